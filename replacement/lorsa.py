@@ -1,0 +1,122 @@
+"""Lorsa: low-rank sparse attention, a replacement for one attention layer.
+
+``n_ov_heads`` rank-1 heads, each reading the residual stream through ``w_v`` and writing
+through ``w_o``; consecutive blocks of ``n_ov_heads // n_qk_heads`` OV heads share one QK head
+(``W_Q``, ``W_K``). With ``X`` the layer's ``ln1`` output:
+
+    A^h   = softmax(causal(Q^h K^h^T / sqrt(d_qk)))
+    z~_i  = A^{h(i)} (X w_v^i + b_V^i)               (one value per head and position)
+    z     = TopK over heads of ReLU(z~), ranked by z * ||w_o||, straight-through
+    Y^    = sum_i z_i w_o^i + b_D
+
+The grouped form is one multi-head attention call whose value width is the group size, so
+per-OV-head patterns are never materialised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class LorsaConfig:
+    d_model: int
+    n_qk_heads: int
+    n_ov_heads: int
+    d_qk: int
+    top_k: int
+
+    def __post_init__(self):
+        if self.n_ov_heads % self.n_qk_heads:
+            raise ValueError(
+                f"n_ov_heads={self.n_ov_heads} must be a multiple of n_qk_heads={self.n_qk_heads}"
+            )
+        if not 0 < self.top_k <= self.n_ov_heads:
+            raise ValueError(f"top_k={self.top_k} must be in 1..n_ov_heads={self.n_ov_heads}")
+
+    @property
+    def group_size(self) -> int:
+        return self.n_ov_heads // self.n_qk_heads
+
+
+def topk_relu(
+    pre: Float[Tensor, "... n"], k: int, weight: Float[Tensor, " n"] | None = None
+) -> Float[Tensor, "... n"]:
+    """ReLU, then keep the k largest per row (ranked by ``pre * weight``), zeros elsewhere.
+
+    Gradients flow to the kept entries only (the TopK SAE straight-through convention).
+    """
+    act = F.relu(pre)
+    score = act if weight is None else act * weight
+    idx = score.topk(k, dim=-1).indices
+    return torch.zeros_like(act).scatter(-1, idx, act.gather(-1, idx))
+
+
+class LorsaLayer(nn.Module):
+    def __init__(self, cfg: LorsaConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, h, e, n = cfg.d_model, cfg.n_qk_heads, cfg.d_qk, cfg.n_ov_heads
+        self.W_Q = nn.Parameter(torch.randn(h, d, e) / math.sqrt(d))
+        self.W_K = nn.Parameter(torch.randn(h, d, e) / math.sqrt(d))
+        self.b_Q = nn.Parameter(torch.zeros(h, e))
+        self.b_K = nn.Parameter(torch.zeros(h, e))
+        self.W_V = nn.Parameter(torch.randn(n, d) / math.sqrt(d))  # row i is w_v^i
+        self.b_V = nn.Parameter(torch.zeros(n))
+        self.W_O = nn.Parameter(torch.randn(n, d) / math.sqrt(n))  # row i is w_o^i
+        self.b_D = nn.Parameter(torch.zeros(d))
+
+    def qk(
+        self, x: Float[Tensor, "batch pos d_model"]
+    ) -> tuple[Float[Tensor, "batch qk pos d_qk"], Float[Tensor, "batch qk pos d_qk"]]:
+        q = torch.einsum("bpd,hde->bhpe", x, self.W_Q) + self.b_Q[:, None]
+        k = torch.einsum("bpd,hde->bhpe", x, self.W_K) + self.b_K[:, None]
+        return q, k
+
+    def patterns(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch qk q k"]:
+        """The QK heads' attention patterns (one per QK head, shared by its OV group)."""
+        q, k = self.qk(x)
+        n = x.shape[1]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.cfg.d_qk)
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+
+    def values(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos ov"]:
+        return x @ self.W_V.T + self.b_V
+
+    def pre_activations(
+        self, x: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos ov"]:
+        """z~ for every OV head: one grouped attention call with value width ``group_size``."""
+        b, n, _ = x.shape
+        q, k = self.qk(x)
+        v = self.values(x).view(b, n, self.cfg.n_qk_heads, self.cfg.group_size).transpose(1, 2)
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # batch qk pos group
+        return z.transpose(1, 2).reshape(b, n, self.cfg.n_ov_heads)
+
+    def encode(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos ov"]:
+        """Sparse head activations: at most ``top_k`` non-zero per position."""
+        return topk_relu(self.pre_activations(x), self.cfg.top_k, self.W_O.norm(dim=-1))
+
+    def decode(self, z: Float[Tensor, "batch pos ov"]) -> Float[Tensor, "batch pos d_model"]:
+        return z @ self.W_O + self.b_D
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.decode(self.encode(x))
+
+    def contributions(
+        self, x: Float[Tensor, "pos d_model"], query: int, heads: Tensor
+    ) -> Float[Tensor, "heads key"]:
+        """Per-key terms ``A[q, k] * (x_k w_v + b_V)`` of chosen heads at one query position.
+
+        They sum over keys to the heads' pre-activations at ``query``.
+        """
+        pattern = self.patterns(x[None, : query + 1])[0, :, query]  # qk key
+        qk_of = heads // self.cfg.group_size
+        return pattern[qk_of] * self.values(x[: query + 1])[:, heads].T

@@ -1,0 +1,57 @@
+"""Transcoder: a sparse replacement for one MLP, reading its input and predicting its output.
+
+    f  = TopK(ReLU(W_enc x + b_enc))
+    y^ = W_dec f + b_dec (+ W_skip x, when the optional linear skip is on)
+
+``x`` is the layer's ``ln2`` output and the target is its ``hook_mlp_out``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from .lorsa import topk_relu
+
+
+@dataclass(frozen=True)
+class TranscoderConfig:
+    d_model: int
+    d_sae: int
+    top_k: int
+    skip: bool = False
+
+    def __post_init__(self):
+        if not 0 < self.top_k <= self.d_sae:
+            raise ValueError(f"top_k={self.top_k} must be in 1..d_sae={self.d_sae}")
+
+
+class Transcoder(nn.Module):
+    def __init__(self, cfg: TranscoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_enc = nn.Parameter(torch.randn(cfg.d_model, cfg.d_sae) / math.sqrt(cfg.d_model))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(torch.randn(cfg.d_sae, cfg.d_model) / math.sqrt(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_model))
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_model)) if cfg.skip else None
+
+    def encode(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_sae"]:
+        return topk_relu(x @ self.W_enc + self.b_enc, self.cfg.top_k, self.W_dec.norm(dim=-1))
+
+    def decode(
+        self, f: Float[Tensor, "... d_sae"], x: Float[Tensor, "... d_model"] | None = None
+    ) -> Float[Tensor, "... d_model"]:
+        y = f @ self.W_dec + self.b_dec
+        if self.W_skip is not None:
+            if x is None:
+                raise ValueError("this transcoder has a linear skip: decode needs its input x")
+            y = y + x @ self.W_skip
+        return y
+
+    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        return self.decode(self.encode(x), x)

@@ -1,0 +1,77 @@
+"""Bad input to the CLIs: one line on stderr, exit code 2, no traceback, nothing overwritten."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_one_line_error(result, match):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], result.stderr
+
+
+def test_train_unknown_config(tmp_path):
+    assert_one_line_error(
+        run("toy_models.train", "--config", "huge", "--out", str(tmp_path / "x")),
+        "unknown config 'huge'",
+    )
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_refuses_to_overwrite_a_run(tiny_run):
+    before = (tiny_run / "model.safetensors").read_bytes()
+    assert_one_line_error(
+        run("toy_models.train", "--config", "tiny", "--out", str(tiny_run)),
+        "already holds a training run",
+    )
+    assert (tiny_run / "model.safetensors").read_bytes() == before
+
+
+def test_train_resume_without_checkpoint(tmp_path):
+    assert_one_line_error(
+        run("toy_models.train", "--config", "tiny", "--out", str(tmp_path), "--resume"),
+        "nothing to resume",
+    )
+
+
+def test_evaluate_unknown_model():
+    assert_one_line_error(run("toy_models.evaluate", "--model", "gpt5"), "unknown model 'gpt5'")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "missing", "tokenizer"])
+def test_evaluate_damaged_checkpoint(tiny_run, tmp_path, damage):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken, ignore=shutil.ignore_patterns("data", "checkpoint"))
+    weights = broken / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        match = "unreadable weights"
+    elif damage == "missing":
+        weights.unlink()
+        match = "checkpoint file missing"
+    else:  # a tokenizer of another vocabulary size
+        import random
+
+        from toy_models.data import names_example
+        from toy_models.tokenizer import train_tokenizer
+
+        rng = random.Random(0)
+        train_tokenizer([names_example(rng).text for _ in range(50)], 300).save(
+            str(broken / "tokenizer.json")
+        )
+        match = "does not match the model's d_vocab"
+    assert_one_line_error(run("toy_models.evaluate", "--model", str(broken), "--docs", "2"), match)
+
+
+def test_help_is_fast_and_explains():
+    for module in ("toy_models.train", "toy_models.evaluate"):
+        result = run(module, "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout

@@ -1,0 +1,234 @@
+"""The toy transformer: a pre-LN GPT decoder with TransformerLens hook names.
+
+Every LayerNorm here has its elementwise weight and bias folded into the layer that reads it
+(TransformerLens's ``LNPre``): it only centres and scales. The model is exactly as expressive,
+and ``blocks.{l}.ln1.hook_normalized`` is then literally the attention layer's input, which is
+what the replacement layers and the attribution engine read. Hooks (``run_with_cache``,
+``run_with_hooks``) come from TransformerLens's ``HookedRootModule``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_vocab: int
+    n_ctx: int = 128
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_head: int = 32
+    d_mlp: int = 512
+    ln_eps: float = 1e-5
+    init_std: float = 0.02
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def _has_hooks(hook: HookPoint) -> bool:
+    return bool(hook._forward_hooks or hook._backward_hooks)
+
+
+class LayerNorm(nn.Module):
+    """Centre and scale (weights folded into the next layer); ``hook_scale`` is the frozen sigma."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.eps = cfg.ln_eps
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        if not (_has_hooks(self.hook_scale) or _has_hooks(self.hook_normalized)):
+            return F.layer_norm(x, x.shape[-1:], eps=self.eps)  # fused; same numbers (tests)
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, d, e))
+        self.W_K = nn.Parameter(torch.empty(h, d, e))
+        self.W_V = nn.Parameter(torch.empty(h, d, e))
+        self.W_O = nn.Parameter(torch.empty(h, e, d))
+        self.b_Q = nn.Parameter(torch.zeros(h, e))
+        self.b_K = nn.Parameter(torch.zeros(h, e))
+        self.b_V = nn.Parameter(torch.zeros(h, e))
+        self.b_O = nn.Parameter(torch.zeros(d))
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_z = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        # One GEMM for Q, K and V: (d_model) -> (3, head, d_head)
+        W = torch.stack([self.W_Q, self.W_K, self.W_V]).permute(2, 0, 1, 3).flatten(1)
+        b = torch.stack([self.b_Q, self.b_K, self.b_V])
+        qkv = (x @ W).unflatten(-1, b.shape) + b
+        q, k, v = qkv.unbind(-3)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # batch head pos d_head
+        if _has_hooks(self.hook_attn_scores) or _has_hooks(self.hook_pattern):
+            n = x.shape[1]
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+            z = self.hook_pattern(scores.softmax(-1)) @ v
+        else:  # nobody reads the pattern: use the fused kernel (same numbers, see tests)
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        z = self.hook_z(z.transpose(1, 2))  # batch pos head d_head
+        return torch.einsum("bphe,hed->bpd", z, self.W_O) + self.b_O
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        post = self.hook_post(F.gelu(self.hook_pre(x @ self.W_in + self.b_in)))
+        return post @ self.W_out + self.b_out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1, self.attn = LayerNorm(cfg), Attention(cfg)
+        self.ln2, self.mlp = LayerNorm(cfg), MLP(cfg)
+        self.hook_resid_pre, self.hook_resid_mid = HookPoint(), HookPoint()
+        self.hook_resid_post = HookPoint()
+        self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
+
+    def forward(
+        self, resid: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid = self.hook_resid_pre(resid)
+        resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(self.ln1(resid))))
+        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
+
+
+class ToyTransformer(HookedRootModule):
+    """Pre-LN decoder; ``forward(tokens)`` returns logits ``(batch, pos, d_vocab)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg)
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.init_weights()
+        self.setup()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        # GPT-2 practice: output projections into the residual stream shrink with depth.
+        out_std = self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if name.split(".")[-1].startswith("b_"):
+                continue
+            std = out_std if name.endswith(("W_O", "W_out")) else self.cfg.init_std
+            nn.init.normal_(p, std=std)
+        # Positions start sinusoidal (then learn freely): previous-token and digit-alignment
+        # heads need relative position, which random position vectors take long to provide.
+        pos = torch.arange(self.cfg.n_ctx)[:, None]
+        freq = torch.exp(-math.log(1e4) * torch.arange(0, self.cfg.d_model, 2) / self.cfg.d_model)
+        self.W_pos[:, 0::2] = torch.sin(pos * freq) * self.cfg.init_std * math.sqrt(2)
+        self.W_pos[:, 1::2] = torch.cos(pos * freq) * self.cfg.init_std * math.sqrt(2)
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be (batch, pos), got shape {tuple(tokens.shape)}")
+        n = tokens.shape[1]
+        if not 0 < n <= self.cfg.n_ctx:
+            raise ValueError(f"sequence length {n} is outside 1..n_ctx={self.cfg.n_ctx}")
+        resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:n])
+        for block in self.blocks:
+            resid = block(resid)
+        return self.ln_final(resid) @ self.W_U + self.b_U
+
+    # ----------------------------------------------------------------- checkpoints
+    def save(
+        self, directory: str | Path, dtype: torch.dtype = torch.float32, extra: dict | None = None
+    ) -> None:
+        """Write ``model.safetensors`` and ``config.json`` atomically into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
+        tmp = directory / (WEIGHTS_FILE + ".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(directory / WEIGHTS_FILE)
+        write_json_atomic(directory / CONFIG_FILE, {"model": asdict(self.cfg), **(extra or {})})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ToyTransformer:
+        """Load a checkpoint directory, refusing (with the file and the mismatch) anything off."""
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"checkpoint file missing: {path}")
+        try:
+            cfg = ModelConfig.from_dict(json.loads(config_path.read_text())["model"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{config_path}: not a valid model config ({exc})") from None
+        try:
+            tensors = load_file(str(weights_path))
+        except Exception as exc:  # safetensors raises its own error types on truncation
+            raise ValueError(f"{weights_path}: unreadable weights ({exc})") from None
+        model = cls(cfg)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights_path}: tensors do not match the config"
+                f" (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        for name, tensor in tensors.items():
+            if tensor.shape != expected[name].shape:
+                raise ValueError(
+                    f"{weights_path}: {name} has shape {tuple(tensor.shape)}, the config in "
+                    f"{config_path.name} implies {tuple(expected[name].shape)}"
+                )
+        model.load_state_dict({k: v.float() for k, v in tensors.items()})
+        return model
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

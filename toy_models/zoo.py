@@ -1,0 +1,122 @@
+"""The model zoo: named configurations, and where the shipped checkpoints live.
+
+``default`` is the model the rest of the project sparsifies; ``tiny`` trains in seconds and is
+what tests build. A name resolves to a shipped checkpoint directory in ``toy_models/zoo/NAME``;
+any existing directory path is accepted too (a model you trained yourself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SHIPPED_DIR = Path(__file__).parent / "zoo"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    vocab_size: int = 1024
+    # Training documents per task family (the held-out split gets a tenth as many).
+    n_docs: dict[str, int] = field(
+        default_factory=lambda: {
+            "names": 60_000,
+            "addition": 60_000,
+            "successor": 25_000,
+            "repeat": 60_000,
+        }
+    )
+    batch_size: int = 32
+    steps: int = 4500
+    lr: float = 3e-3
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    model: dict  # ModelConfig fields except d_vocab (which comes from the tokenizer)
+    train: TrainConfig
+    description: str
+
+
+CONFIGS: dict[str, ZooEntry] = {
+    "default": ZooEntry(
+        model=dict(n_ctx=128, d_model=128, n_layers=4, n_heads=4, d_head=32, d_mlp=512),
+        train=TrainConfig(),
+        description="4 layers, d_model 128: the model the project sparsifies",
+    ),
+    "tiny": ZooEntry(
+        model=dict(n_ctx=64, d_model=32, n_layers=2, n_heads=2, d_head=16, d_mlp=64),
+        train=TrainConfig(
+            vocab_size=400,
+            n_docs={"names": 300, "addition": 300, "successor": 200, "repeat": 300},
+            batch_size=8,
+            steps=30,
+            warmup_steps=5,
+            checkpoint_every=10,
+        ),
+        description="2 layers, d_model 32: trains in seconds, for tests",
+    ),
+}
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def get_config(name: str) -> ZooEntry:
+    if name not in CONFIGS:
+        raise UnknownModelError(f"unknown config {name!r}; known: {', '.join(sorted(CONFIGS))}")
+    return CONFIGS[name]
+
+
+def resolve_model_dir(name_or_path: str) -> Path:
+    """A zoo name with a shipped checkpoint, or a checkpoint directory."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    shipped = SHIPPED_DIR / name_or_path
+    if name_or_path in CONFIGS and shipped.is_dir():
+        return shipped
+    shipped_names = (
+        sorted(p.name for p in SHIPPED_DIR.iterdir() if p.is_dir()) if SHIPPED_DIR.is_dir() else []
+    )
+    raise UnknownModelError(
+        f"unknown model {name_or_path!r}: not a directory and not a shipped model"
+        f" (shipped: {', '.join(shipped_names) or 'none'})"
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_pretrained(name_or_path: str):
+    """``(model, tokenizer)`` from a zoo name or a checkpoint directory, checked together."""
+    import json
+
+    from .model import CONFIG_FILE, ToyTransformer
+    from .tokenizer import load_tokenizer
+
+    directory = resolve_model_dir(name_or_path)
+    model = ToyTransformer.load(directory)
+    tokenizer_path = directory / "tokenizer.json"
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.get_vocab_size() != model.cfg.d_vocab:
+        raise ValueError(
+            f"{tokenizer_path}: vocabulary of {tokenizer.get_vocab_size()} tokens does not match "
+            f"the model's d_vocab={model.cfg.d_vocab}"
+        )
+    recorded = json.loads((directory / CONFIG_FILE).read_text()).get("tokenizer_sha256")
+    if recorded is not None and recorded != file_sha256(tokenizer_path):
+        raise ValueError(
+            f"{tokenizer_path}: not the tokenizer this model was trained with (hash differs)"
+        )
+    model.eval()
+    return model, tokenizer

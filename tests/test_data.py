@@ -1,4 +1,5 @@
 import random
+import re
 
 import pytest
 
@@ -79,6 +80,13 @@ def test_corpus_is_cached_and_packed_rows_start_with_bos(tmp_path):
     assert rows.shape[1] == 32 and len(family) == len(rows)
     assert (rows[:, 0] == tokenizer.token_to_id(BOS)).all()
     assert (rows[:, 1:] != tokenizer.token_to_id(BOS)).all()
+    # every row starts at a document's start, as a prompt does
+    for row, fam in zip(rows, family, strict=True):
+        text = tokenizer.decode(row[1:].tolist())
+        if FAMILIES[fam] == "addition":
+            assert re.match(r"\d+\+\d+=\d+\n", text), text
+        if FAMILIES[fam] == "repeat":
+            assert text.startswith(" "), text
 
 
 def test_tokenizer_splits_digits_and_prepends_bos():

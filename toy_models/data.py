@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,13 +315,27 @@ def build_corpus(n_docs: dict[str, int], seed: int = 0, cache_dir: Path | None =
     return corpus
 
 
-def pack_sequences(corpus_split, tokenizer, n_ctx: int):
-    """Tokenize a split and pack each family's documents into rows ``[BOS, t_1 .. t_{n_ctx-1}]``.
+def pack_rows(documents: Iterable[list[int]], n_ctx: int, bos: int) -> Iterator[list[int]]:
+    """Pack tokenized documents (without BOS) into rows ``[BOS, doc, doc, ...]`` of ``n_ctx``.
 
-    Families are never mixed within a row; the tail that does not fill a row is dropped.
-    Returns ``(tokens (rows, n_ctx), family index per row)`` with indices into ``FAMILIES``.
+    Every row starts at a document's first token, as a prompt does, so that what follows
+    BOS in training is what follows it at inference; the document that overflows a row is
+    cut there and its rest is dropped.
     """
-    import numpy as np
+    row = [bos]
+    for doc in documents:
+        row.extend(doc)
+        if len(row) >= n_ctx:
+            yield row[:n_ctx]
+            row = [bos]
+
+
+def pack_sequences(corpus_split, tokenizer, n_ctx: int):
+    """Tokenize a split and pack each family's documents into rows (see ``pack_rows``).
+
+    Families are never mixed within a row. Returns ``(tokens (rows, n_ctx), family index per
+    row)`` with indices into ``FAMILIES``.
+    """
     import torch
 
     bos = tokenizer.token_to_id(BOS)
@@ -332,14 +346,31 @@ def pack_sequences(corpus_split, tokenizer, n_ctx: int):
             for t, f in zip(corpus_split["text"], corpus_split["family"], strict=True)
             if f == family
         ]
-        if not texts:
-            continue
         # encode_batch adds BOS to each document; strip it, since rows are packed.
-        stream = np.fromiter(
-            (i for enc in tokenizer.encode_batch(texts) for i in enc.ids[1:]), dtype=np.int64
-        )
-        n_rows = len(stream) // (n_ctx - 1)
-        body = torch.from_numpy(stream[: n_rows * (n_ctx - 1)].reshape(n_rows, n_ctx - 1))
-        rows.append(torch.cat([torch.full((n_rows, 1), bos), body], dim=1))
-        row_family.append(torch.full((n_rows,), f_idx))
-    return torch.cat(rows), torch.cat(row_family)
+        docs = (enc.ids[1:] for enc in tokenizer.encode_batch(texts))
+        packed = list(pack_rows(docs, n_ctx, bos))
+        rows += packed
+        row_family += [f_idx] * len(packed)
+    return torch.tensor(rows), torch.tensor(row_family)
+
+
+def stream_rows(
+    tokenizer, n_ctx: int, split: str = "train", seed: int = 0
+) -> Iterator[tuple[str, list[int]]]:
+    """An endless stream of ``(family, row)`` rows, generated and packed on the fly.
+
+    Families take turns at random with equal odds; rows are packed as ``pack_rows`` packs
+    them. Nothing is held beyond the current row of each family, so it serves streaming
+    consumers (activation stores).
+    """
+    rng = random.Random(f"rows/{split}/{seed}")
+    bos = tokenizer.token_to_id(BOS)
+
+    def family_rows(family: str) -> Iterator[list[int]]:
+        docs = (tokenizer.encode(e.text).ids[1:] for e in examples(family, split, seed))
+        return pack_rows(docs, n_ctx, bos)
+
+    streams = {family: family_rows(family) for family in FAMILIES}
+    while True:
+        family = rng.choice(FAMILIES)
+        yield family, next(streams[family])

@@ -96,7 +96,9 @@ def _correct(lp, doc: Encoded, positions: list[int]) -> list[bool]:
     return [int(pred[p - 1]) == doc.ids[p] for p in positions]
 
 
-def induction_probe(model, tokenizer, n_docs: int) -> dict:
+def induction_probe(model, tokenizer, n_docs: int, head_scores: bool = True) -> dict:
+    """Copy losses on repeated segments; with ``head_scores``, per-head pattern scores too
+    (a model without ``attn.hook_pattern`` hooks, such as a replacement model, passes False)."""
     import torch
 
     docs = [encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples("repeat", n_docs)]
@@ -104,14 +106,16 @@ def induction_probe(model, tokenizer, n_docs: int) -> dict:
     ind = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     prev = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     n_ind = n_prev = 0
-    for doc, lp, pats in run_batched(model, docs, patterns=True):
+    for doc, lp, pats in run_batched(model, docs, patterns=head_scores):
         first = doc.tokens_in(doc.example.spans["first"][0])
         second = doc.tokens_in(doc.example.spans["second"][0])
         if len(second) != len(first):
             continue  # the second copy ran past the context
-        offset = second[0] - first[0]
         for name, positions in (("first", first[1:]), ("second", second[1:])):
             losses[name] += [-lp[p - 1, doc.ids[p]].item() for p in positions]
+        if not head_scores:
+            continue
+        offset = second[0] - first[0]
         q = torch.tensor(second[1:])
         stacked = torch.stack([pats[l] for l in range(model.cfg.n_layers)])  # layer head q k
         ind += stacked[:, :, q, q - offset + 1].sum(-1)
@@ -119,18 +123,22 @@ def induction_probe(model, tokenizer, n_docs: int) -> dict:
         allq = torch.arange(1, len(doc.ids))
         prev += stacked[:, :, allq, allq - 1].sum(-1)
         n_prev += len(allq)
-    ind, prev = ind / n_ind, prev / n_prev
     first_loss = sum(losses["first"]) / len(losses["first"])
     second_loss = sum(losses["second"]) / len(losses["second"])
-    return {
+    result = {
         "loss_first_copy": first_loss,
         "loss_second_copy": second_loss,
         "loss_ratio": second_loss / first_loss,
-        "induction_scores": ind.tolist(),
-        "previous_token_scores": prev.tolist(),
-        "best_induction_head": _best(ind),
-        "best_previous_token_head": _best(prev),
     }
+    if head_scores:
+        ind, prev = ind / n_ind, prev / n_prev
+        result |= {
+            "induction_scores": ind.tolist(),
+            "previous_token_scores": prev.tolist(),
+            "best_induction_head": _best(ind),
+            "best_previous_token_head": _best(prev),
+        }
+    return result
 
 
 def _best(scores) -> dict:

@@ -9,6 +9,7 @@ what the replacement layers and the attribution engine read. Hooks (``run_with_c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -169,11 +170,7 @@ class ToyTransformer(HookedRootModule):
         self.W_pos[:, 1::2] = torch.cos(pos * freq) * self.cfg.init_std * math.sqrt(2)
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be (batch, pos), got shape {tuple(tokens.shape)}")
-        n = tokens.shape[1]
-        if not 0 < n <= self.cfg.n_ctx:
-            raise ValueError(f"sequence length {n} is outside 1..n_ctx={self.cfg.n_ctx}")
+        n = check_tokens(tokens, self.cfg.n_ctx)
         resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:n])
         for block in self.blocks:
             resid = block(resid)
@@ -204,27 +201,60 @@ class ToyTransformer(HookedRootModule):
             cfg = ModelConfig.from_dict(json.loads(config_path.read_text())["model"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{config_path}: not a valid model config ({exc})") from None
-        try:
-            tensors = load_file(str(weights_path))
-        except Exception as exc:  # safetensors raises its own error types on truncation
-            raise ValueError(f"{weights_path}: unreadable weights ({exc})") from None
-        model = cls(cfg)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
+        return load_checked(cls(cfg), weights_path, config_path.name)
+
+
+def check_tokens(tokens: Tensor, n_ctx: int) -> int:
+    """The sequence length of a ``(batch, pos)`` token tensor, refusing any other shape."""
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be (batch, pos), got shape {tuple(tokens.shape)}")
+    n = tokens.shape[1]
+    if not 0 < n <= n_ctx:
+        raise ValueError(f"sequence length {n} is outside 1..n_ctx={n_ctx}")
+    return n
+
+
+def load_checked(module: nn.Module, path: Path, config_name: str) -> nn.Module:
+    """Fill ``module`` from a safetensors file after checking tensor names and shapes.
+
+    ``module`` was built from the config in ``config_name``; a mismatch names both files.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file missing: {path}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types on truncation
+        raise ValueError(f"{path}: unreadable weights ({' '.join(str(exc).split())})") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: tensors do not match the config in {config_name}"
+            f" (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
             raise ValueError(
-                f"{weights_path}: tensors do not match the config"
-                f" (missing {missing[:3]}, unexpected {unexpected[:3]})"
+                f"{path}: {name} has shape {tuple(tensor.shape)}, the config in "
+                f"{config_name} implies {tuple(expected[name].shape)}"
             )
-        for name, tensor in tensors.items():
-            if tensor.shape != expected[name].shape:
-                raise ValueError(
-                    f"{weights_path}: {name} has shape {tuple(tensor.shape)}, the config in "
-                    f"{config_path.name} implies {tuple(expected[name].shape)}"
-                )
-        model.load_state_dict({k: v.float() for k, v in tensors.items()})
-        return model
+    module.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return module
+
+
+def fingerprint(module: nn.Module) -> str:
+    """SHA-256 over the state_dict in sorted key order: each name, shape and float32 bytes.
+
+    Identifies a model's weights (e.g. the one a replacement set was trained for) whatever
+    the file or dtype they were stored in, as long as the float32 values agree.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -106,12 +107,13 @@ def train(
     tokenizer, rows = prepare_data(out, entry, cfg)
     model_cfg = ModelConfig(d_vocab=tokenizer.get_vocab_size(), **entry.model)
     model = ToyTransformer(model_cfg)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "W_pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "W_pos" not in n)]
+    # Weight decay on the matrices, not on biases or the position table.
+    named = list(model.named_parameters())
+    decayed = {name for name, p in named if p.ndim >= 2 and name != "W_pos"}
     opt = torch.optim.AdamW(
         [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": [p for n, p in named if n in decayed], "weight_decay": cfg.weight_decay},
+            {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0},
         ],
         lr=cfg.lr,
         betas=(0.9, 0.95),
@@ -119,9 +121,10 @@ def train(
     start, elapsed = 0, 0.0
     if resume:
         state = json.loads((ckpt_dir / "state.json").read_text())
-        if state["config"] != config_name:
+        if (state["config"], state["steps"]) != (config_name, cfg.steps):
             raise UserError(
-                f"{ckpt_dir} was trained with config {state['config']!r}, not {config_name!r}"
+                f"{ckpt_dir} belongs to a run of config {state['config']!r} for {state['steps']}"
+                f" steps, not {config_name!r} for {cfg.steps}"
             )
         # same parameter objects, so the optimizer state lines up with them
         model.load_state_dict(ToyTransformer.load(ckpt_dir).state_dict())
@@ -133,17 +136,15 @@ def train(
         tmp.mkdir(exist_ok=True)
         model.save(tmp)
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        write_json_atomic(
-            tmp / "state.json", {"config": config_name, "step": step, "elapsed_s": elapsed}
-        )
+        state = {"config": config_name, "steps": cfg.steps, "step": step, "elapsed_s": elapsed}
+        write_json_atomic(tmp / "state.json", state)
+        # Swap directories so that a complete checkpoint exists at every moment.
         old = ckpt_dir.with_name("checkpoint.old")
+        shutil.rmtree(old, ignore_errors=True)
         if ckpt_dir.exists():
             ckpt_dir.replace(old)
         tmp.replace(ckpt_dir)
-        if old.exists():
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
+        shutil.rmtree(old, ignore_errors=True)
 
     model.train()
     losses: list[float] = []
@@ -182,7 +183,7 @@ def train(
             f"interrupted at step {step}; resume from step {saved} with --resume"
         ) from None
     save_checkpoint(cfg.steps)
-    tokens_seen = (cfg.steps - start) * cfg.batch_size * (model_cfg.n_ctx - 1)
+    tokens_seen = cfg.steps * cfg.batch_size * (model_cfg.n_ctx - 1)  # elapsed spans resumes
     model.save(
         out,
         extra={

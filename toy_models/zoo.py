@@ -26,7 +26,7 @@ class TrainConfig:
         }
     )
     batch_size: int = 32
-    steps: int = 4500
+    steps: int = 3600
     lr: float = 3e-3
     warmup_steps: int = 200
     min_lr_ratio: float = 0.05
@@ -45,9 +45,9 @@ class ZooEntry:
 
 CONFIGS: dict[str, ZooEntry] = {
     "default": ZooEntry(
-        model=dict(n_ctx=128, d_model=128, n_layers=4, n_heads=4, d_head=32, d_mlp=512),
+        model=dict(n_ctx=128, d_model=128, n_layers=4, n_heads=8, d_head=16, d_mlp=512),
         train=TrainConfig(),
-        description="4 layers, d_model 128: the model the project sparsifies",
+        description="4 layers, d_model 128, 8 heads: the model the project sparsifies",
     ),
     "tiny": ZooEntry(
         model=dict(n_ctx=64, d_model=32, n_layers=2, n_heads=2, d_head=16, d_mlp=64),

@@ -1,0 +1,265 @@
+"""How good is a replacement set? Reconstruction, sparsity, and the loss it keeps.
+
+    python -m replacement.evaluate --model default --replacement DIR [--batches 8] [--json F]
+
+On held-out generated rows:
+- per layer and kind (Lorsa, transcoder): FVU, L0 (mean active units per token) and the dead
+  fraction (units that never fire on the evaluated tokens);
+- next-token cross-entropy and KL to the original model with each replacement layer spliced in
+  alone, and with every layer replaced at once (the fully sparsified model, no error terms),
+  each as the fraction of loss recovered against mean-ablating the same layers:
+  ``(CE_ablated - CE_replaced) / (CE_ablated - CE_original)``;
+- per task family: the probes of ``toy_models.evaluate`` on the fully sparsified model next to
+  the original (does it still add, still induct?).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from toy_models.cli import run_cli
+from toy_models.data import stream_rows
+
+from .activations import lorsa_hooks, transcoder_hooks
+
+EVAL_SEED = 4242
+
+
+def heldout_batches(model, tokenizer, n_batches: int, batch_size: int = 16) -> list[Tensor]:
+    rows = stream_rows(tokenizer, model.cfg.n_ctx, "heldout", EVAL_SEED)
+    return [torch.tensor([next(rows)[1] for _ in range(batch_size)]) for _ in range(n_batches)]
+
+
+def next_token_stats(logits: Tensor, tokens: Tensor, reference: Tensor | None = None) -> dict:
+    """Mean cross-entropy and, against reference logits, mean KL(reference || logits)."""
+    log_probs = logits[:, :-1].log_softmax(-1)
+    ce = -log_probs.gather(-1, tokens[:, 1:, None]).mean().item()
+    out = {"ce": ce}
+    if reference is not None:
+        ref = reference[:, :-1].log_softmax(-1)
+        out["kl"] = (ref.exp() * (ref - log_probs)).sum(-1).mean().item()
+    return out
+
+
+def _sublayer(kind: str, layer: int) -> tuple[str, str]:
+    return lorsa_hooks(layer) if kind == "lorsa" else transcoder_hooks(layer)
+
+
+@torch.no_grad()
+def reconstruction_stats(replacement, batches: list[Tensor]) -> dict:
+    """FVU, L0 and dead fraction per layer, on the original model's own activations."""
+    model = replacement.model
+    n = model.cfg.n_layers
+    hooks = {h for l in range(n) for kind in ("lorsa", "tc") for h in _sublayer(kind, l)}
+    sums = {
+        kind: {"res": torch.zeros(n), "var": torch.zeros(n), "l0": torch.zeros(n), "fired": None}
+        for kind in ("lorsa", "tc")
+    }
+    count = 0
+    ys = {kind: [[] for _ in range(n)] for kind in ("lorsa", "tc")}
+    for tokens in batches:
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+        count += tokens.numel()
+        for l in range(n):
+            for kind, module in (
+                ("lorsa", replacement.lorsas[l]),
+                ("tc", replacement.transcoders[l]),
+            ):
+                x_name, y_name = _sublayer(kind, l)
+                x, y = cache[x_name], cache[y_name]
+                z = module.encode(x)
+                recon = module.decode(z) if kind == "lorsa" else module.decode(z, x)
+                s = sums[kind]
+                s["res"][l] += (recon - y).pow(2).sum()
+                ys[kind][l].append(y.flatten(0, 1))
+                s["l0"][l] += (z != 0).sum()
+                fired = (z != 0).flatten(0, 1).any(0)
+                if s["fired"] is None:
+                    s["fired"] = [torch.zeros_like(fired) for _ in range(n)]
+                s["fired"][l] |= fired
+    out = {}
+    for kind, name in (("lorsa", "lorsa"), ("tc", "transcoder")):
+        s = sums[kind]
+        layers = []
+        for l in range(n):
+            y = torch.cat(ys[kind][l])
+            var = (y - y.mean(0)).pow(2).sum()
+            layers.append(
+                {
+                    "fvu": (s["res"][l] / var).item(),
+                    "l0": (s["l0"][l] / count).item(),
+                    "dead_fraction": 1 - s["fired"][l].float().mean().item(),
+                }
+            )
+        out[name] = layers
+    return out
+
+
+@torch.no_grad()
+def mean_outputs(model, batches: list[Tensor]) -> dict[str, Tensor]:
+    """Mean attention and MLP output per layer over held-out tokens (for mean ablation)."""
+    names = [f"blocks.{l}.hook_{s}_out" for l in range(model.cfg.n_layers) for s in ("attn", "mlp")]
+    totals = {name: 0.0 for name in names}
+    count = 0
+    for tokens in batches:
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        count += tokens.numel()
+        for name in names:
+            totals[name] = totals[name] + cache[name].sum(dim=(0, 1))
+    return {name: total / count for name, total in totals.items()}
+
+
+def _splice_hooks(replacement, spliced: list[tuple[str, int]], means: dict | None):
+    """Hooks that replace the chosen sublayers' outputs (by reconstructions or by means)."""
+    inputs: dict[str, Tensor] = {}
+    hooks = []
+    for kind, l in spliced:
+        x_name, y_name = _sublayer(kind, l)
+        module = replacement.lorsas[l] if kind == "lorsa" else replacement.transcoders[l]
+
+        def keep(x, hook, key=x_name):
+            inputs[key] = x
+
+        def splice(y, hook, key=x_name, module=module, kind=kind, y_name=y_name):
+            if means is not None:
+                return means[y_name].expand_as(y)
+            x = inputs[key]
+            z = module.encode(x)
+            return module.decode(z) if kind == "lorsa" else module.decode(z, x)
+
+        hooks += [(x_name, keep), (y_name, splice)]
+    return hooks
+
+
+@torch.no_grad()
+def loss_recovered(replacement, batches: list[Tensor]) -> dict:
+    model = replacement.model
+    n = model.cfg.n_layers
+    means = mean_outputs(model, batches)
+    everything = [(kind, l) for l in range(n) for kind in ("lorsa", "tc")]
+
+    def run(spliced, ablate: bool) -> dict:
+        stats = []
+        for tokens in batches:
+            clean = model(tokens)
+            if spliced == "sparse":
+                logits = replacement(tokens, mode="sparse")
+            else:
+                hooks = _splice_hooks(replacement, spliced, means if ablate else None)
+                logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+            stats.append(next_token_stats(logits, tokens, clean))
+        return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+
+    ce_original = sum(next_token_stats(model(t), t)["ce"] for t in batches) / len(batches)
+
+    def summary(replaced: dict, ablated: dict) -> dict:
+        gap = ablated["ce"] - ce_original
+        return {
+            "ce": replaced["ce"],
+            "kl": replaced["kl"],
+            "ce_mean_ablated": ablated["ce"],
+            "loss_recovered": (ablated["ce"] - replaced["ce"]) / gap if gap > 0 else float("nan"),
+        }
+
+    per_layer = {
+        name: [summary(run([(kind, l)], False), run([(kind, l)], True)) for l in range(n)]
+        for kind, name in (("lorsa", "lorsa"), ("tc", "transcoder"))
+    }
+    return {
+        "ce_original": ce_original,
+        "spliced_alone": per_layer,
+        "all_layers": summary(run("sparse", False), run(everything, True)),
+    }
+
+
+def family_probes(replacement, tokenizer, n_docs: int) -> dict:
+    """The toy model's mechanism probes on the original and on the fully sparsified model."""
+    from toy_models import evaluate as ev
+
+    out = {}
+    for name, model, head_scores in (
+        ("original", replacement.model, True),
+        ("sparse", replacement, False),
+    ):
+        out[name] = {
+            "heldout_loss": ev.heldout_loss(model, tokenizer, n_docs),
+            "addition": ev.addition_probe(model, tokenizer, n_docs)["exact_match"],
+            "induction_loss_ratio": ev.induction_probe(model, tokenizer, n_docs, head_scores)[
+                "loss_ratio"
+            ],
+            "successor": ev.successor_probe(model, tokenizer, n_docs)["accuracy"],
+            "subtoken_induction": ev.subtoken_induction_probe(model, tokenizer, n_docs)["accuracy"],
+        }
+    return out
+
+
+def evaluate_replacement(replacement, tokenizer, n_batches: int = 8, n_docs: int = 100) -> dict:
+    batches = heldout_batches(replacement.model, tokenizer, n_batches)
+    return {
+        "heldout_tokens": sum(t.numel() for t in batches),
+        "reconstruction": reconstruction_stats(replacement, batches),
+        "loss": loss_recovered(replacement, batches),
+        "families": family_probes(replacement, tokenizer, n_docs),
+    }
+
+
+def summary_lines(r: dict) -> list[str]:
+    lines = ["layer  kind        FVU     L0   dead   CE spliced  recovered"]
+    for name in ("lorsa", "transcoder"):
+        for l, (rec, loss) in enumerate(
+            zip(r["reconstruction"][name], r["loss"]["spliced_alone"][name], strict=True)
+        ):
+            lines.append(
+                f"{l:5d}  {name:10s} {rec['fvu']:6.3f} {rec['l0']:6.1f} {rec['dead_fraction']:6.1%}"
+                f"   {loss['ce']:8.3f}  {loss['loss_recovered']:9.1%}"
+            )
+    a = r["loss"]["all_layers"]
+    lines.append(
+        f"all layers replaced: CE {a['ce']:.3f} (original {r['loss']['ce_original']:.3f}, "
+        f"mean-ablated {a['ce_mean_ablated']:.3f}), KL {a['kl']:.3f}, "
+        f"loss recovered {a['loss_recovered']:.1%}"
+    )
+    for key in ("addition", "induction_loss_ratio", "successor", "subtoken_induction"):
+        o, s = r["families"]["original"][key], r["families"]["sparse"][key]
+        lines.append(f"{key:22s} original {o:.3f}  fully sparsified {s:.3f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m replacement.evaluate",
+        description="Reconstruction, sparsity and loss recovered of a replacement set.",
+    )
+    parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
+    parser.add_argument("--replacement", required=True, help="replacement set directory")
+    parser.add_argument("--batches", type=int, default=8, help="held-out batches of 16 rows")
+    parser.add_argument("--docs", type=int, default=100, help="documents per family (probes)")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    args = parser.parse_args(argv)
+    if args.batches <= 0 or args.docs <= 0:
+        raise ValueError("--batches and --docs must be positive")
+    from toy_models.model import write_json_atomic
+    from toy_models.zoo import load_pretrained
+
+    from .model import ReplacementModel
+
+    model, tokenizer = load_pretrained(args.model)
+    replacement = ReplacementModel.load(args.replacement, model)
+    results = evaluate_replacement(replacement, tokenizer, args.batches, args.docs)
+    print("\n".join(summary_lines(results)))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            args.json, {"model": args.model, "replacement": args.replacement, **results}
+        )
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,318 @@
+"""The replacement model: a frozen toy transformer whose every attention layer is replaced by a
+Lorsa layer and every MLP by a transcoder (DESIGN.md section 4).
+
+Two modes, chosen per call with ``forward(tokens, mode=...)``:
+
+- ``"sparse"``: the fully sparsified model computes alone. Each sublayer's output is its
+  replacement's reconstruction; the original attention and MLP never run.
+- ``"local"``: each sublayer's output is reconstruction + error, where error = (the original
+  sublayer on the same input) - (the reconstruction). The residual stream and the logits are
+  then the original model's, and the errors become nodes of the attribution graph.
+
+Hook points (TransformerLens names, so ``run_with_cache`` / ``run_with_hooks`` work as usual)::
+
+    hook_embed, hook_pos_embed              batch pos d_model
+    blocks.{l}.hook_resid_pre               batch pos d_model
+    blocks.{l}.ln1.hook_scale               batch pos 1          the toy model's own LayerNorm
+    blocks.{l}.ln1.hook_normalized          batch pos d_model
+    blocks.{l}.lorsa.hook_in                batch pos d_model    Lorsa input (= ln1 output)
+    blocks.{l}.lorsa.hook_z                 batch pos n_ov       head activations, <= top_k != 0
+    blocks.{l}.lorsa.hook_out               batch pos d_model    reconstruction
+    blocks.{l}.lorsa.hook_error             batch pos d_model    local mode only
+    blocks.{l}.hook_attn_out                batch pos d_model    hook_out (+ hook_error if local)
+    blocks.{l}.hook_resid_mid               batch pos d_model
+    blocks.{l}.ln2.hook_scale               batch pos 1
+    blocks.{l}.ln2.hook_normalized          batch pos d_model
+    blocks.{l}.transcoder.hook_in           batch pos d_model    transcoder input (= ln2 output)
+    blocks.{l}.transcoder.hook_acts         batch pos d_sae      feature activations, <= top_k != 0
+    blocks.{l}.transcoder.hook_out          batch pos d_model    reconstruction
+    blocks.{l}.transcoder.hook_error        batch pos d_model    local mode only
+    blocks.{l}.hook_mlp_out                 batch pos d_model    hook_out (+ hook_error if local)
+    blocks.{l}.hook_resid_post              batch pos d_model
+    ln_final.hook_scale                     batch pos 1
+    ln_final.hook_normalized                batch pos d_model
+
+In sparse mode the ``hook_error`` points never fire (they are absent from a cache): there is no
+error term, and a cache full of zeros would read as a perfect reconstruction.
+
+The error is measured against the reconstruction *before* ``hook_z`` / ``hook_acts`` /
+``hook_out`` hooks apply, so it depends on the sublayer's input alone: ablating a head in local
+mode moves the output by exactly that head's contribution instead of being absorbed into the
+error. To hold errors at their clean values while intervening upstream, patch ``hook_error`` with
+cached values.
+
+Files (``save`` / ``load``), one directory::
+
+    replacement.json             configs, the toy model's name and weights hash, n_layers,
+                                 d_model, free-form ``meta`` (training figures)
+    lorsa.{l}.safetensors        LorsaLayer state_dict of layer l (float32)
+    transcoder.{l}.safetensors   Transcoder state_dict of layer l (float32)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from toy_models.model import (
+    Block,
+    ToyTransformer,
+    check_tokens,
+    fingerprint,
+    load_checked,
+    write_json_atomic,
+)
+
+from .lorsa import LorsaConfig, LorsaLayer
+from .transcoder import Transcoder, TranscoderConfig
+
+CONFIG_FILE = "replacement.json"
+LORSA_FILE = "lorsa.{}.safetensors"
+TRANSCODER_FILE = "transcoder.{}.safetensors"
+FORMAT_VERSION = 1
+MODES = ("sparse", "local")
+
+Sublayer = Callable[[Tensor], Tensor]
+
+
+class HookedLorsa(nn.Module):
+    """A Lorsa layer standing in for one attention layer, with a hook on every activation."""
+
+    def __init__(self, layer: LorsaLayer):
+        super().__init__()
+        self.layer = layer
+        self.hook_in, self.hook_z = HookPoint(), HookPoint()
+        self.hook_out, self.hook_error = HookPoint(), HookPoint()
+
+    def forward(
+        self, x: Float[Tensor, "batch pos d_model"], original: Sublayer | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The reconstruction, plus the error ``original(x) - reconstruction`` when given."""
+        x = self.hook_in(x)
+        z = self.layer.encode(x)
+        out = self.hook_out(self.layer.decode(self.hook_z(z)))
+        if original is None:
+            return out
+        # Against the un-hooked reconstruction: the error is a function of x alone (module doc).
+        return out + self.hook_error(original(x) - self.layer.decode(z))
+
+
+class HookedTranscoder(nn.Module):
+    """A transcoder standing in for one MLP, with a hook on every activation."""
+
+    def __init__(self, layer: Transcoder):
+        super().__init__()
+        self.layer = layer
+        self.hook_in, self.hook_acts = HookPoint(), HookPoint()
+        self.hook_out, self.hook_error = HookPoint(), HookPoint()
+
+    def forward(
+        self, x: Float[Tensor, "batch pos d_model"], original: Sublayer | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The reconstruction, plus the error ``original(x) - reconstruction`` when given."""
+        x = self.hook_in(x)
+        f = self.layer.encode(x)
+        out = self.hook_out(self.layer.decode(self.hook_acts(f), x))
+        if original is None:
+            return out
+        return out + self.hook_error(original(x) - self.layer.decode(f, x))
+
+
+class ReplacementBlock(nn.Module):
+    """One layer: the toy model's own LayerNorms, a Lorsa layer and a transcoder."""
+
+    def __init__(self, block: Block, lorsa: LorsaLayer, transcoder: Transcoder):
+        super().__init__()
+        # Shared, not copied: same math and the same hook names as in the toy model.
+        self.ln1, self.ln2 = block.ln1, block.ln2
+        self.lorsa, self.transcoder = HookedLorsa(lorsa), HookedTranscoder(transcoder)
+        self.hook_resid_pre, self.hook_resid_mid = HookPoint(), HookPoint()
+        self.hook_resid_post = HookPoint()
+        self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
+
+    def forward(
+        self, resid: Float[Tensor, "batch pos d_model"], original: Block | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """``original`` is the toy model's block in local mode, None in sparse mode."""
+        attn, mlp = (original.attn, original.mlp) if original is not None else (None, None)
+        resid = self.hook_resid_pre(resid)
+        resid = self.hook_resid_mid(resid + self.hook_attn_out(self.lorsa(self.ln1(resid), attn)))
+        mlp_out = self.hook_mlp_out(self.transcoder(self.ln2(resid), mlp))
+        return self.hook_resid_post(resid + mlp_out)
+
+
+class ReplacementModel(HookedRootModule):
+    """A frozen toy model with one Lorsa layer and one transcoder per layer.
+
+    ``forward(tokens, mode)`` returns logits ``(batch, pos, d_vocab)``; see the module
+    docstring for the modes and the hook names. The toy model's parameters are frozen in place
+    (``requires_grad=False``): only the replacement layers train.
+    """
+
+    def __init__(
+        self, model: ToyTransformer, lorsas: list[LorsaLayer], transcoders: list[Transcoder]
+    ):
+        super().__init__()
+        _check_layers(model, lorsas, transcoders)
+        model.requires_grad_(False)
+        # Kept outside the module tree: setup() would rename its hook points ("model.blocks...",
+        # breaking the toy model's own run_with_cache) and its weights would join our state_dict.
+        object.__setattr__(self, "model", model)
+        self.cfg = model.cfg
+        self.blocks = nn.ModuleList(
+            ReplacementBlock(block, lorsa, transcoder)
+            for block, lorsa, transcoder in zip(model.blocks, lorsas, transcoders, strict=True)
+        )
+        self.ln_final = model.ln_final
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.meta: dict = {}
+        self.model_name: str | None = None
+        self.setup()
+
+    @property
+    def lorsas(self) -> list[LorsaLayer]:
+        return [block.lorsa.layer for block in self.blocks]
+
+    @property
+    def transcoders(self) -> list[Transcoder]:
+        return [block.transcoder.layer for block in self.blocks]
+
+    def forward(
+        self, tokens: Int[Tensor, "batch pos"], mode: Literal["sparse", "local"] = "sparse"
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        n = check_tokens(tokens, self.cfg.n_ctx)
+        m = self.model
+        resid = self.hook_embed(m.W_E[tokens]) + self.hook_pos_embed(m.W_pos[:n])
+        for block, original in zip(self.blocks, m.blocks, strict=True):
+            resid = block(resid, original if mode == "local" else None)
+        return self.ln_final(resid) @ m.W_U + m.b_U
+
+    def _apply(self, fn, recurse=True):
+        # The toy model is outside the module tree, so .to() / .float() must reach it here.
+        self.model._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    # ----------------------------------------------------------------- files
+    def save(self, directory: str | Path, model_name: str, meta: dict | None = None) -> None:
+        """Write the replacement layers and ``replacement.json`` atomically into ``directory``.
+
+        ``model_name`` names the toy model they were trained for; its weights hash is recorded
+        too, so that ``load`` can refuse them for any other model. ``meta`` (default:
+        ``self.meta``) is free-form JSON, e.g. training figures.
+        """
+        meta = self.meta if meta is None else meta
+        json.dumps(meta)  # not JSON-serialisable: fail before any file is written
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for l, (lorsa, transcoder) in enumerate(zip(self.lorsas, self.transcoders, strict=True)):
+            _save_atomic(lorsa, directory / LORSA_FILE.format(l))
+            _save_atomic(transcoder, directory / TRANSCODER_FILE.format(l))
+        identity = {
+            "name": model_name,
+            "sha256": fingerprint(self.model),
+            "n_layers": self.cfg.n_layers,
+            "d_model": self.cfg.d_model,
+        }
+        config = {
+            "format_version": FORMAT_VERSION,
+            "model": identity,
+            "lorsa": [asdict(lorsa.cfg) for lorsa in self.lorsas],
+            "transcoders": [asdict(transcoder.cfg) for transcoder in self.transcoders],
+            "meta": meta,
+        }
+        # Written last: a directory whose replacement.json is present holds a complete set.
+        write_json_atomic(directory / CONFIG_FILE, config)
+
+    @classmethod
+    def load(cls, directory: str | Path, model: ToyTransformer) -> ReplacementModel:
+        """Load replacement layers for ``model``, refusing (with the file and the mismatch)
+        missing or unreadable files, wrong shapes, and layers trained for another model."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"replacement file missing: {config_path}")
+        try:
+            config = json.loads(config_path.read_text())
+            version, identity = config["format_version"], config["model"]
+            name, sha256 = identity["name"], identity["sha256"]
+            n_layers, d_model = int(identity["n_layers"]), int(identity["d_model"])
+            lorsa_cfgs = [LorsaConfig(**c) for c in config["lorsa"]]
+            transcoder_cfgs = [TranscoderConfig(**c) for c in config["transcoders"]]
+            meta = dict(config.get("meta") or {})
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{config_path}: not a valid replacement config ({exc})") from None
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{config_path}: format_version {version}, expected {FORMAT_VERSION}")
+        if not len(lorsa_cfgs) == len(transcoder_cfgs) == n_layers:
+            raise ValueError(
+                f"{config_path}: {len(lorsa_cfgs)} Lorsa and {len(transcoder_cfgs)} transcoder "
+                f"configs for n_layers={n_layers}"
+            )
+        if (n_layers, d_model) != (model.cfg.n_layers, model.cfg.d_model):
+            raise ValueError(
+                f"{config_path}: made for a {n_layers}-layer model with d_model={d_model}, the "
+                f"given model has {model.cfg.n_layers} layers and d_model={model.cfg.d_model}"
+            )
+        actual = fingerprint(model)
+        if sha256 != actual:
+            raise ValueError(
+                f"{config_path}: made for toy model {name!r} (weights sha256 {sha256[:12]}...), "
+                f"the given model's weights hash to {actual[:12]}..."
+            )
+        device = model.W_E.device
+        lorsas = [
+            load_checked(LorsaLayer(cfg), directory / LORSA_FILE.format(l), CONFIG_FILE).to(device)
+            for l, cfg in enumerate(lorsa_cfgs)
+        ]
+        transcoders = [
+            load_checked(Transcoder(cfg), directory / TRANSCODER_FILE.format(l), CONFIG_FILE).to(
+                device
+            )
+            for l, cfg in enumerate(transcoder_cfgs)
+        ]
+        try:
+            replacement = cls(model, lorsas, transcoders)
+        except ValueError as exc:  # e.g. a Lorsa config whose d_model is not the model's
+            raise ValueError(f"{config_path}: {exc}") from None
+        replacement.meta, replacement.model_name = meta, name
+        return replacement
+
+
+def _check_layers(
+    model: ToyTransformer, lorsas: list[LorsaLayer], transcoders: list[Transcoder]
+) -> None:
+    n, d = model.cfg.n_layers, model.cfg.d_model
+    for kind, layers, cls in (
+        ("Lorsa", lorsas, LorsaLayer),
+        ("transcoder", transcoders, Transcoder),
+    ):
+        if len(layers) != n:
+            raise ValueError(f"got {len(layers)} {kind} layers for a {n}-layer model")
+        for l, layer in enumerate(layers):
+            if not isinstance(layer, cls):
+                raise TypeError(f"{kind} layer {l} is a {type(layer).__name__}, not {cls.__name__}")
+            if layer.cfg.d_model != d:
+                raise ValueError(
+                    f"{kind} layer {l} has d_model={layer.cfg.d_model}, the model has d_model={d}"
+                )
+
+
+def _save_atomic(module: nn.Module, path: Path) -> None:
+    tensors = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)

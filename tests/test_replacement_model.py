@@ -1,0 +1,266 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from replacement.lorsa import LorsaConfig, LorsaLayer
+from replacement.model import ReplacementModel
+from replacement.transcoder import Transcoder, TranscoderConfig
+from toy_models.model import ToyTransformer
+
+D_MODEL, N_OV, D_SAE, LORSA_K, TC_K = 24, 8, 16, 3, 4
+
+
+def random_layers(n_layers: int = 2, d_model: int = D_MODEL):
+    """Random Lorsa layers and transcoders, biases included; layer 1's transcoder has a skip."""
+    torch.manual_seed(1)
+    lorsas = [
+        LorsaLayer(LorsaConfig(d_model, n_qk_heads=2, n_ov_heads=N_OV, d_qk=4, top_k=LORSA_K))
+        for _ in range(n_layers)
+    ]
+    transcoders = [
+        Transcoder(TranscoderConfig(d_model, d_sae=D_SAE, top_k=TC_K, skip=l == 1))
+        for l in range(n_layers)
+    ]
+    with torch.no_grad():
+        for p in [p for layer in lorsas + transcoders for p in layer.parameters()]:
+            p.normal_(std=0.3)
+    return lorsas, transcoders
+
+
+@pytest.fixture
+def replacement(random_model):
+    return ReplacementModel(random_model, *random_layers())
+
+
+@pytest.fixture
+def tokens():
+    torch.manual_seed(2)
+    return torch.randint(0, 50, (3, 12))
+
+
+def layer_norm(x):
+    """The toy model's LayerNorm, written out: centre and scale, no affine weights."""
+    x = x - x.mean(-1, keepdim=True)
+    return x / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+
+
+def test_local_mode_reproduces_the_original_model(replacement, random_model, tokens):
+    logits, cache = replacement.run_with_cache(tokens, mode="local")
+    original_logits, original = random_model.run_with_cache(tokens)
+    torch.testing.assert_close(logits, original_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(replacement(tokens, mode="local"), original_logits)
+    for l in range(2):
+        for name in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
+            torch.testing.assert_close(cache[f"blocks.{l}.{name}"], original[f"blocks.{l}.{name}"])
+        for site, target in (("lorsa", "hook_attn_out"), ("transcoder", "hook_mlp_out")):
+            rebuilt = cache[f"blocks.{l}.{site}.hook_out"] + cache[f"blocks.{l}.{site}.hook_error"]
+            torch.testing.assert_close(rebuilt, original[f"blocks.{l}.{target}"])
+            torch.testing.assert_close(cache[f"blocks.{l}.{target}"], rebuilt)
+
+
+def test_sparse_mode_is_the_definition(replacement, random_model, tokens):
+    m = random_model
+    resid = m.W_E[tokens] + m.W_pos[: tokens.shape[1]]
+    for lorsa, transcoder in zip(replacement.lorsas, replacement.transcoders, strict=True):
+        resid = resid + lorsa.decode(lorsa.encode(layer_norm(resid)))
+        resid = resid + transcoder(layer_norm(resid))
+    expected = layer_norm(resid) @ m.W_U + m.b_U
+    torch.testing.assert_close(replacement(tokens), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(replacement(tokens, mode="sparse"), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected, m(tokens), atol=1e-3)  # random layers: a real change
+
+
+def test_sparse_mode_is_local_mode_without_errors(replacement, tokens):
+    zero = [(lambda name: name.endswith("hook_error"), lambda act, hook: torch.zeros_like(act))]
+    local = replacement.run_with_hooks(tokens, mode="local", fwd_hooks=zero)
+    torch.testing.assert_close(local, replacement(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_hook_names_and_shapes(replacement, tokens):
+    b, n = tokens.shape
+    d = (b, n, D_MODEL)
+    expected = {"hook_embed": d, "hook_pos_embed": (n, D_MODEL), "ln_final.hook_scale": (b, n, 1)}
+    for l in range(2):
+        for name in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
+            expected[f"blocks.{l}.{name}"] = d
+        for name in ("hook_attn_out", "hook_mlp_out", "ln1.hook_normalized", "ln2.hook_normalized"):
+            expected[f"blocks.{l}.{name}"] = d
+        for site, acts, width in (("lorsa", "hook_z", N_OV), ("transcoder", "hook_acts", D_SAE)):
+            for name in ("hook_in", "hook_out", "hook_error"):
+                expected[f"blocks.{l}.{site}.{name}"] = d
+            expected[f"blocks.{l}.{site}.{acts}"] = (b, n, width)
+
+    _, cache = replacement.run_with_cache(tokens, mode="local")
+    assert {k: tuple(cache[k].shape) for k in expected} == expected
+    _, sparse = replacement.run_with_cache(tokens)
+    assert not [k for k in sparse.keys() if k.endswith("hook_error")]  # no error term: no hook
+    assert set(sparse.keys()) == set(cache.keys()) - {k for k in cache.keys() if "error" in k}
+
+    for c in (cache, sparse):
+        for l in range(2):
+            z, f = c[f"blocks.{l}.lorsa.hook_z"], c[f"blocks.{l}.transcoder.hook_acts"]
+            assert ((z != 0).sum(-1) <= LORSA_K).all() and (z >= 0).all()
+            assert ((f != 0).sum(-1) <= TC_K).all() and (f >= 0).all()
+            torch.testing.assert_close(
+                c[f"blocks.{l}.lorsa.hook_in"], c[f"blocks.{l}.ln1.hook_normalized"]
+            )
+            torch.testing.assert_close(
+                c[f"blocks.{l}.transcoder.hook_in"], c[f"blocks.{l}.ln2.hook_normalized"]
+            )
+
+
+def test_building_a_replacement_keeps_the_toy_models_hook_names(replacement, random_model):
+    # The LayerNorms are shared; setup() must not have renamed the toy model's hook points.
+    _, cache = random_model.run_with_cache(torch.randint(0, 50, (1, 5)))
+    assert "blocks.1.ln1.hook_scale" in cache and "ln_final.hook_scale" in cache
+    assert "blocks.0.attn.hook_pattern" in cache and "hook_embed" in cache
+    assert not any(name.startswith("model.") for name in replacement.hook_dict)
+
+
+@pytest.mark.parametrize("mode", ["sparse", "local"])
+def test_ablating_a_lorsa_head_moves_the_output_by_its_contribution(replacement, tokens, mode):
+    logits, clean = replacement.run_with_cache(tokens, mode=mode)
+    z = clean["blocks.0.lorsa.hook_z"]
+    head = int((z != 0).sum((0, 1)).argmax())  # the head active at the most positions
+    assert (z[..., head] != 0).any()
+
+    def ablate(act, hook):
+        act = act.clone()
+        act[..., head] = 0
+        return act
+
+    seen = {}
+
+    def record(act, hook):
+        seen[hook.name] = act
+
+    ablated = replacement.run_with_hooks(
+        tokens,
+        mode=mode,
+        fwd_hooks=[("blocks.0.lorsa.hook_z", ablate), ("blocks.0.hook_attn_out", record)],
+    )
+    assert not torch.allclose(ablated, logits)
+    # The layer's output moves by exactly -z_i w_o^i: in local mode the error does not absorb it.
+    w_o = replacement.lorsas[0].W_O[head]
+    moved = clean["blocks.0.hook_attn_out"] - z[..., head, None] * w_o
+    torch.testing.assert_close(seen["blocks.0.hook_attn_out"], moved, atol=1e-5, rtol=1e-5)
+    assert torch.equal(replacement(tokens, mode=mode), replacement(tokens, mode=mode))
+    torch.testing.assert_close(replacement(tokens, mode=mode), logits, atol=1e-5, rtol=1e-5)
+
+
+def test_toy_model_stays_frozen_and_replacement_layers_train(replacement, random_model, tokens):
+    logits = replacement(tokens)
+    F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
+    assert all(not p.requires_grad and p.grad is None for p in random_model.parameters())
+    for name, p in replacement.named_parameters():
+        assert p.grad is not None, name
+    names = {name for name, _ in replacement.named_parameters()}
+    assert "blocks.1.transcoder.layer.W_skip" in names and not any("W_E" in n for n in names)
+
+
+def test_unknown_mode_and_bad_tokens(replacement):
+    with pytest.raises(ValueError, match="unknown mode 'dense'"):
+        replacement(torch.zeros(1, 4, dtype=torch.long), mode="dense")
+    with pytest.raises(ValueError, match="outside 1..n_ctx=16"):
+        replacement(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_bad_construction_is_refused(random_model):
+    lorsas, transcoders = random_layers()
+    with pytest.raises(ValueError, match="got 1 Lorsa layers for a 2-layer model"):
+        ReplacementModel(random_model, lorsas[:1], transcoders)
+    with pytest.raises(ValueError, match="got 3 transcoder layers for a 2-layer model"):
+        ReplacementModel(random_model, lorsas, transcoders + transcoders[:1])
+    narrow, _ = random_layers(d_model=16)
+    with pytest.raises(ValueError, match="Lorsa layer 0 has d_model=16, the model has d_model=24"):
+        ReplacementModel(random_model, narrow, transcoders)
+    _, narrow = random_layers(d_model=16)
+    with pytest.raises(ValueError, match="transcoder layer 0 has d_model=16"):
+        ReplacementModel(random_model, lorsas, narrow)
+    with pytest.raises(TypeError, match="transcoder layer 0 is a LorsaLayer"):
+        ReplacementModel(random_model, lorsas, lorsas)
+
+
+def test_save_load_round_trip(replacement, random_model, tokens, tmp_path):
+    replacement.save(tmp_path, "random", meta={"fvu": [0.1, 0.2]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lorsa.0.safetensors",
+        "lorsa.1.safetensors",
+        "replacement.json",
+        "transcoder.0.safetensors",
+        "transcoder.1.safetensors",
+    ]  # and no temporary files left behind
+    config = json.loads((tmp_path / "replacement.json").read_text())
+    assert config["model"]["name"] == "random" and config["model"]["n_layers"] == 2
+    assert config["transcoders"][1] == {"d_model": 24, "d_sae": 16, "top_k": 4, "skip": True}
+
+    loaded = ReplacementModel.load(tmp_path, random_model)
+    assert loaded.meta == {"fvu": [0.1, 0.2]} and loaded.model_name == "random"
+    for mode in ("sparse", "local"):
+        assert torch.equal(loaded(tokens, mode=mode), replacement(tokens, mode=mode))
+
+
+def test_load_refuses_another_toy_model(replacement, random_model, tmp_path):
+    replacement.save(tmp_path, "random")
+    torch.manual_seed(5)
+    other = ToyTransformer(random_model.cfg)
+    with pytest.raises(ValueError, match=r"replacement.json: made for toy model 'random' \("):
+        ReplacementModel.load(tmp_path, other)
+    deeper = ToyTransformer(dataclasses.replace(random_model.cfg, n_layers=3))
+    with pytest.raises(ValueError, match="made for a 2-layer model with d_model=24, the given"):
+        ReplacementModel.load(tmp_path, deeper)
+
+
+def test_load_refuses_truncated_and_missing_files(replacement, random_model, tmp_path):
+    replacement.save(tmp_path, "random")
+    lorsa = tmp_path / "lorsa.1.safetensors"
+    lorsa.write_bytes(lorsa.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"lorsa.1.safetensors: unreadable weights \(") as info:
+        ReplacementModel.load(tmp_path, random_model)
+    assert "\n" not in str(info.value)
+    replacement.save(tmp_path, "random")
+    (tmp_path / "transcoder.0.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="checkpoint file missing: .*transcoder.0"):
+        ReplacementModel.load(tmp_path, random_model)
+    (tmp_path / "replacement.json").unlink()
+    with pytest.raises(FileNotFoundError, match="replacement.json"):
+        ReplacementModel.load(tmp_path, random_model)
+
+
+def test_load_refuses_wrong_shapes_and_bad_configs(replacement, random_model, tmp_path):
+    replacement.save(tmp_path, "random")
+    path = tmp_path / "transcoder.1.safetensors"
+    tensors = load_file(str(path))
+    tensors["W_enc"] = tensors["W_enc"][:, :10].contiguous()
+    save_file(tensors, str(path))
+    with pytest.raises(
+        ValueError,
+        match=r"transcoder.1.safetensors: W_enc has shape \(24, 10\), the config in "
+        r"replacement.json implies \(24, 16\)",
+    ):
+        ReplacementModel.load(tmp_path, random_model)
+    del tensors["W_skip"]
+    save_file(tensors, str(path))
+    with pytest.raises(ValueError, match=r"missing \['W_skip'\]"):
+        ReplacementModel.load(tmp_path, random_model)
+
+    config_path = tmp_path / "replacement.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "lorsa": config["lorsa"][:1]}))
+    with pytest.raises(ValueError, match="1 Lorsa and 2 transcoder configs for n_layers=2"):
+        ReplacementModel.load(tmp_path, random_model)
+    config["lorsa"][0]["colour"] = 1
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="replacement.json: not a valid replacement config"):
+        ReplacementModel.load(tmp_path, random_model)
+
+
+def test_dtype_and_device_moves_reach_the_toy_model(replacement, random_model, tokens):
+    replacement.double()  # the toy model sits outside the module tree; .to() must still move it
+    assert random_model.W_E.dtype == torch.float64
+    assert replacement.lorsas[0].W_Q.dtype == torch.float64
+    torch.testing.assert_close(replacement(tokens, mode="local"), random_model(tokens))

@@ -1,0 +1,116 @@
+import pytest
+import torch
+
+from replacement.activations import ActivationStore
+from replacement.lorsa import LorsaConfig, LorsaLayer
+from replacement.train import (
+    CONFIGS,
+    aux_k_loss,
+    fold_scales_lorsa,
+    fold_scales_transcoder,
+    fvu,
+    init_lorsa_from_heads,
+    k_at,
+)
+from replacement.transcoder import Transcoder, TranscoderConfig
+
+
+def test_store_yields_real_activation_pairs(tiny_pretrained):
+    model, tokenizer = tiny_pretrained
+    store = ActivationStore(model, tokenizer, batch_size=3, seed=0, buffer_batches=2)
+    batch = next(store)
+    L, n, d = model.cfg.n_layers, model.cfg.n_ctx, model.cfg.d_model
+    assert batch.lorsa_x.shape == (L, 3, n, d) and batch.tc_x.shape == (L, 3 * n, d)
+    # the Lorsa pair is (attention input, attention output) of the same sequences
+    out = model.blocks[1].attn(batch.lorsa_x[1])
+    torch.testing.assert_close(out, batch.lorsa_y[1], atol=1e-5, rtol=1e-5)
+    # transcoder pairs are shuffled tokens, but each is still (ln2 out, mlp out) of one token
+    torch.testing.assert_close(
+        model.blocks[0].mlp(batch.tc_x[0]), batch.tc_y[0], atol=1e-5, rtol=1e-5
+    )
+
+
+def test_folding_the_scales_leaves_outputs_unchanged():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 8)
+    lorsa = LorsaLayer(LorsaConfig(d_model=8, n_qk_heads=2, n_ov_heads=6, d_qk=4, top_k=2))
+    tc = Transcoder(TranscoderConfig(d_model=8, d_sae=12, top_k=3, skip=True))
+    with torch.no_grad():
+        tc.W_skip.normal_()
+    s_x, s_y = 2.5, 0.3
+    want_lorsa, want_tc = lorsa(x * s_x) / s_y, tc(x * s_x) / s_y
+    fold_scales_lorsa(lorsa, s_x, s_y)
+    fold_scales_transcoder(tc, s_x, s_y)
+    torch.testing.assert_close(lorsa(x), want_lorsa, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tc(x), want_tc, atol=1e-5, rtol=1e-5)
+
+
+def test_lorsa_initialised_from_heads_reproduces_the_original_layer():
+    """With +/- pairs of an orthonormal basis per head and TopK keeping everything, the
+    initial Lorsa computes exactly what the attention layer computes."""
+    from toy_models.model import Attention, ModelConfig
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(d_vocab=10, n_ctx=8, d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=8)
+    attn = Attention(cfg)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(std=0.5)
+    lorsa = LorsaLayer(LorsaConfig(d_model=8, n_qk_heads=2, n_ov_heads=16, d_qk=4, top_k=16))
+    init_lorsa_from_heads(lorsa, attn, 1.0, 1.0, attn.b_O.detach(), seed=0)
+    x = torch.randn(3, 5, 8)
+    torch.testing.assert_close(lorsa(x), attn(x), atol=1e-5, rtol=1e-5)
+    # and in scaled spaces: a layer initialised for (s_x x -> s_y y) maps s_x x to s_y attn(x)
+    init_lorsa_from_heads(lorsa, attn, 2.0, 3.0, 3.0 * attn.b_O.detach(), seed=0)
+    torch.testing.assert_close(lorsa(2.0 * x), 3.0 * attn(x), atol=1e-5, rtol=1e-5)
+
+
+def test_k_anneals_to_target_and_aux_loss_uses_dead_units_only():
+    cfg = CONFIGS["default"]
+    assert k_at(0, 16, cfg) == 16 * cfg.k_start_factor
+    assert k_at(cfg.k_anneal_steps, 16, cfg) == 16 == k_at(cfg.steps, 16, cfg)
+    pre = torch.tensor([[1.0, 2.0, 3.0]])
+    W = torch.eye(3)
+    residual = torch.tensor([[0.0, 0.0, 3.0]])
+    dead = torch.tensor([False, False, True])
+    assert aux_k_loss(pre, dead, W, residual, 1).item() == pytest.approx(0.0)
+    assert aux_k_loss(pre, torch.zeros(3, dtype=torch.bool), W, residual, 1).item() == 0.0
+
+
+def test_fvu():
+    y = torch.randn(100, 4)
+    assert fvu(y, y).item() == 0.0
+    assert fvu(y.mean(0).expand_as(y), y).item() == pytest.approx(1.0)
+
+
+def test_tiny_replacement_trains_end_to_end_and_lowers_fvu(tiny_run, tmp_path):
+    from replacement.evaluate import evaluate_replacement, summary_lines
+    from replacement.model import ReplacementModel
+    from replacement.train import train_replacement
+    from toy_models.zoo import load_pretrained
+
+    model, dicts, meta = train_replacement(str(tiny_run), tmp_path, config="tiny", quiet=True)
+    replacement = ReplacementModel(model, list(dicts.lorsas), list(dicts.transcoders))
+    replacement.save(tmp_path, "tiny", meta)
+    model, tokenizer = load_pretrained(str(tiny_run))
+    loaded = ReplacementModel.load(tmp_path, model)
+    results = evaluate_replacement(loaded, tokenizer, n_batches=2, n_docs=3)
+    for kind in ("lorsa", "transcoder"):
+        for layer in results["reconstruction"][kind]:
+            assert 0 <= layer["fvu"] < 1.5 and layer["l0"] <= 4 + 1e-6
+    # local mode is exact whatever the quality of the dictionaries
+    tokens = torch.tensor([[1, 5, 9, 2, 7]])
+    torch.testing.assert_close(loaded(tokens, mode="local"), model(tokens), atol=1e-5, rtol=1e-5)
+    assert summary_lines(results)
+    assert meta["train_tokens_per_s"] > 0
+
+
+def test_resume_refuses_another_run(tiny_run, tmp_path):
+    from replacement.train import train_replacement
+    from toy_models.cli import UserError
+
+    train_replacement(str(tiny_run), tmp_path, config="tiny", quiet=True)
+    with pytest.raises(UserError, match="already holds a training run"):
+        train_replacement(str(tiny_run), tmp_path, config="tiny", quiet=True)
+    with pytest.raises(UserError, match="belongs to another run"):
+        train_replacement(str(tiny_run), tmp_path, config="tiny", resume=True, steps=99, quiet=True)

@@ -151,7 +151,8 @@ def init_transcoder(tc: Transcoder, y_mean: Tensor, seed: int) -> None:
         W = torch.randn(tc.cfg.d_model, tc.cfg.d_sae, generator=g)
         W /= W.norm(dim=0, keepdim=True)
         tc.W_enc.copy_(W)
-        tc.W_dec.copy_(W.T)
+        # Small decoder rows: K features firing at once start near the mean prediction.
+        tc.W_dec.copy_(0.1 * W.T)
         tc.b_dec.copy_(y_mean)
 
 

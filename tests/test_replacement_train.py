@@ -89,15 +89,21 @@ def test_tiny_replacement_trains_end_to_end_and_lowers_fvu(tiny_run, tmp_path):
     from replacement.train import train_replacement
     from toy_models.zoo import load_pretrained
 
-    model, dicts, meta = train_replacement(str(tiny_run), tmp_path, config="tiny", quiet=True)
-    replacement = ReplacementModel(model, list(dicts.lorsas), list(dicts.transcoders))
-    replacement.save(tmp_path, "tiny", meta)
     model, tokenizer = load_pretrained(str(tiny_run))
-    loaded = ReplacementModel.load(tmp_path, model)
-    results = evaluate_replacement(loaded, tokenizer, n_batches=2, n_docs=3)
-    for kind in ("lorsa", "transcoder"):
-        for layer in results["reconstruction"][kind]:
-            assert 0 <= layer["fvu"] < 1.5 and layer["l0"] <= 4 + 1e-6
+    fvus = {}
+    for steps in (1, 20):
+        out = tmp_path / str(steps)
+        _, dicts, meta = train_replacement(
+            str(tiny_run), out, config="tiny", steps=steps, quiet=True
+        )
+        ReplacementModel(model, list(dicts.lorsas), list(dicts.transcoders)).save(out, "tiny", meta)
+        loaded = ReplacementModel.load(out, model)
+        results = evaluate_replacement(loaded, tokenizer, n_batches=2, n_docs=3)
+        rec = results["reconstruction"]
+        fvus[steps] = [layer["fvu"] for kind in ("lorsa", "transcoder") for layer in rec[kind]]
+        assert all(layer["l0"] <= 4 + 1e-6 for kind in rec for layer in rec[kind])
+    assert max(fvus[20]) < 0.95
+    assert sum(fvus[20]) < sum(fvus[1])
     # local mode is exact whatever the quality of the dictionaries
     tokens = torch.tensor([[1, 5, 9, 2, 7]])
     torch.testing.assert_close(loaded(tokens, mode="local"), model(tokens), atol=1e-5, rtol=1e-5)

@@ -128,7 +128,7 @@ def induction_probe(model, tokenizer, n_docs: int, head_scores: bool = True) -> 
     result = {
         "loss_first_copy": first_loss,
         "loss_second_copy": second_loss,
-        "loss_ratio": second_loss / first_loss,
+        "loss_ratio": second_loss / first_loss if first_loss > 0 else float("nan"),
     }
     if head_scores:
         ind, prev = ind / n_ind, prev / n_prev

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 
@@ -45,17 +45,36 @@ class LorsaConfig:
         return self.n_ov_heads // self.n_qk_heads
 
 
-def topk_relu(
+def topk_sparse(
     pre: Float[Tensor, "... n"], k: int, weight: Float[Tensor, " n"] | None = None
-) -> Float[Tensor, "... n"]:
-    """ReLU, then keep the k largest per row (ranked by ``pre * weight``), zeros elsewhere.
+) -> tuple[Float[Tensor, "... k"], Int[Tensor, "... k"]]:
+    """ReLU, then the k largest per row ranked by ``relu(pre) * weight``: (values, indices).
 
     Gradients flow to the kept entries only (the TopK SAE straight-through convention).
     """
     act = F.relu(pre)
     score = act if weight is None else act * weight
     idx = score.topk(k, dim=-1).indices
-    return torch.zeros_like(act).scatter(-1, idx, act.gather(-1, idx))
+    return act.gather(-1, idx), idx
+
+
+def topk_relu(
+    pre: Float[Tensor, "... n"], k: int, weight: Float[Tensor, " n"] | None = None
+) -> Float[Tensor, "... n"]:
+    """``topk_sparse`` scattered back into a dense tensor (zeros elsewhere)."""
+    values, idx = topk_sparse(pre, k, weight)
+    return torch.zeros_like(pre).scatter(-1, idx, values)
+
+
+def sparse_decode(
+    values: Float[Tensor, "... k"], idx: Int[Tensor, "... k"], W_dec: Float[Tensor, "n d"]
+) -> Float[Tensor, "... d"]:
+    """``sum_j values_j W_dec[idx_j]`` without forming the dense activation vector."""
+    k = values.shape[-1]
+    flat = F.embedding_bag(
+        idx.reshape(-1, k), W_dec, per_sample_weights=values.reshape(-1, k), mode="sum"
+    )
+    return flat.reshape(*values.shape[:-1], W_dec.shape[-1])
 
 
 class LorsaLayer(nn.Module):
@@ -102,10 +121,20 @@ class LorsaLayer(nn.Module):
 
     def encode(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos ov"]:
         """Sparse head activations: at most ``top_k`` non-zero per position."""
-        return topk_relu(self.pre_activations(x), self.cfg.top_k, self.W_O.norm(dim=-1))
+        return topk_relu(self.pre_activations(x), self.cfg.top_k, self.decoder.norm(dim=-1))
 
     def decode(self, z: Float[Tensor, "batch pos ov"]) -> Float[Tensor, "batch pos d_model"]:
         return z @ self.W_O + self.b_D
+
+    @property
+    def decoder(self) -> Float[Tensor, "ov d_model"]:
+        return self.W_O
+
+    def decode_sparse(
+        self, values: Float[Tensor, "... k"], idx: Int[Tensor, "... k"], x: Tensor | None = None
+    ) -> Float[Tensor, "... d_model"]:
+        """``decode`` from the TopK (values, indices) alone: what training uses."""
+        return sparse_decode(values, idx, self.W_O) + self.b_D
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         return self.decode(self.encode(x))

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from toy_models.cli import UserError, run_cli
 
-from .lorsa import LorsaConfig, LorsaLayer, topk_relu
+from .lorsa import LorsaConfig, LorsaLayer, sparse_decode, topk_sparse
 from .transcoder import Transcoder, TranscoderConfig
 
 
@@ -35,17 +35,17 @@ from .transcoder import Transcoder, TranscoderConfig
 class ReplacementTrainConfig:
     n_qk_heads: int = 16
     n_ov_heads: int = 1024
-    d_qk: int = 32
-    lorsa_top_k: int = 16
+    d_qk: int = 16  # = the default model's d_head, so QK starts as a copy of its heads
+    lorsa_top_k: int = 32
     d_sae: int = 2048
-    transcoder_top_k: int = 16
+    transcoder_top_k: int = 32
     transcoder_skip: bool = False
-    steps: int = 4000
+    steps: int = 3000
     batch_size: int = 16  # sequences per step (transcoders: the same number of tokens)
     lr: float = 1e-3
     warmup_steps: int = 100
     k_start_factor: int = 4  # K anneals from factor * top_k down to top_k ...
-    k_anneal_steps: int = 1000  # ... over this many steps
+    k_anneal_steps: int = 800  # ... over this many steps
     aux_k: int = 64
     aux_coef: float = 1 / 32
     dead_tokens: int = 200_000
@@ -100,10 +100,10 @@ def aux_k_loss(pre: Tensor, dead: Tensor, W_dec: Tensor, residual: Tensor, k: in
     n_dead = int(dead.sum())
     if n_dead == 0:
         return pre.new_zeros(())
-    dead_pre = pre.masked_fill(~dead, 0.0)
-    z = topk_relu(dead_pre, min(k, n_dead))
-    recon = z @ W_dec
-    return (recon - residual.detach()).pow(2).sum() / residual.detach().pow(2).sum().clamp_min(1e-8)
+    values, idx = topk_sparse(pre.masked_fill(~dead, 0.0), min(k, n_dead))
+    residual = residual.detach()
+    error = sparse_decode(values, idx, W_dec) - residual
+    return error.pow(2).sum() / residual.pow(2).sum().clamp_min(1e-8)
 
 
 def value_directions(d_head: int, n: int, generator: torch.Generator) -> Tensor:
@@ -124,7 +124,9 @@ def init_lorsa_from_heads(
     """Initialise from the original attention layer, in the normalised (scaled) spaces.
 
     QK head j copies original head ``j * n_heads // n_qk_heads``; the OV heads of its group
-    read ``x W_V^h r`` and write ``r^T W_O^h`` for directions r of that head's value space.
+    read ``x W_V^h r`` and write ``r^T W_O^h / c`` for directions r of that head's value
+    space, where c counts how many times the groups of head h cover its value space: with
+    TopK keeping every head, the initial Lorsa computes the original layer exactly.
     """
     g = torch.Generator().manual_seed(seed)
     n_heads, _, d_head = attn.W_Q.shape
@@ -136,12 +138,14 @@ def init_lorsa_from_heads(
             lorsa.W_K.copy_(attn.W_K[origin] / s_x)
             lorsa.b_Q.copy_(attn.b_Q[origin])
             lorsa.b_K.copy_(attn.b_K[origin])
+        groups_per_head = cfg.n_qk_heads / n_heads
+        covers = groups_per_head * max(1.0, cfg.group_size / (2 * d_head))
         for j, h in enumerate(origin):
             r = value_directions(d_head, cfg.group_size, g)  # (group, d_head)
             group = slice(j * cfg.group_size, (j + 1) * cfg.group_size)
             lorsa.W_V[group] = (attn.W_V[h] @ r.T).T / s_x
             lorsa.b_V[group] = r @ attn.b_V[h]
-            lorsa.W_O[group] = s_y * (r @ attn.W_O[h])
+            lorsa.W_O[group] = s_y * (r @ attn.W_O[h]) / covers
         lorsa.b_D.copy_(y_mean)
 
 
@@ -204,19 +208,16 @@ def layer_losses(
         ):
             s = dicts.scales[i, 0 if kind == "lorsa" else 1]
             x, y = x * s[0], y * s[1]
-            if kind == "lorsa":
-                pre = module.pre_activations(x)
-                W_dec, top_k = module.W_O, module.cfg.top_k
-            else:
-                pre = x @ module.W_enc + module.b_enc
-                W_dec, top_k = module.W_dec, module.cfg.top_k
-            z = topk_relu(pre, k_at(step, top_k, cfg), W_dec.norm(dim=-1))
-            recon = module.decode(z) if kind == "lorsa" else module.decode(z, x)
+            pre = module.pre_activations(x)
+            k = k_at(step, module.cfg.top_k, cfg)
+            values, idx = topk_sparse(pre, k, module.decoder.norm(dim=-1))
+            recon = module.decode_sparse(values, idx, x)
             mse = (recon - y).pow(2).sum(-1).mean() / y.shape[-1]
-            fired = (z.flatten(0, -2) > 0).any(0)
-            idle.add_(z.flatten(0, -2).shape[0]).masked_fill_(fired, 0)
+            fired = torch.zeros_like(idle, dtype=torch.bool)
+            fired[idx[values > 0]] = True
+            idle.add_(values[..., 0].numel()).masked_fill_(fired, 0)
             dead = idle > cfg.dead_tokens
-            aux = aux_k_loss(pre, dead, W_dec, y - recon, cfg.aux_k)
+            aux = aux_k_loss(pre, dead, module.decoder, y - recon, cfg.aux_k)
             total = total + mse + cfg.aux_coef * aux
             stats[f"{kind}_fvu"].append(fvu(recon.detach(), y).item())
             stats[f"{kind}_dead"].append(dead.float().mean().item())

@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from .lorsa import topk_relu
+from .lorsa import sparse_decode, topk_relu
 
 
 @dataclass(frozen=True)
@@ -40,18 +40,34 @@ class Transcoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_model))
         self.W_skip = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_model)) if cfg.skip else None
 
+    def pre_activations(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_sae"]:
+        return x @ self.W_enc + self.b_enc
+
     def encode(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_sae"]:
-        return topk_relu(x @ self.W_enc + self.b_enc, self.cfg.top_k, self.W_dec.norm(dim=-1))
+        return topk_relu(self.pre_activations(x), self.cfg.top_k, self.decoder.norm(dim=-1))
 
     def decode(
         self, f: Float[Tensor, "... d_sae"], x: Float[Tensor, "... d_model"] | None = None
     ) -> Float[Tensor, "... d_model"]:
-        y = f @ self.W_dec + self.b_dec
-        if self.W_skip is not None:
-            if x is None:
-                raise ValueError("this transcoder has a linear skip: decode needs its input x")
-            y = y + x @ self.W_skip
-        return y
+        return f @ self.W_dec + self._bias(x)
+
+    @property
+    def decoder(self) -> Float[Tensor, "d_sae d_model"]:
+        return self.W_dec
+
+    def decode_sparse(
+        self, values: Float[Tensor, "... k"], idx: Int[Tensor, "... k"], x: Tensor | None = None
+    ) -> Float[Tensor, "... d_model"]:
+        """``decode`` from the TopK (values, indices) alone: what training uses."""
+        return sparse_decode(values, idx, self.W_dec) + self._bias(x)
+
+    def _bias(self, x: Tensor | None) -> Tensor:
+        """The decoder bias, plus the linear skip of the input when there is one."""
+        if self.W_skip is None:
+            return self.b_dec
+        if x is None:
+            raise ValueError("this transcoder has a linear skip: decode needs its input x")
+        return self.b_dec + x @ self.W_skip
 
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         return self.decode(self.encode(x), x)

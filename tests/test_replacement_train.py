@@ -56,10 +56,15 @@ def test_lorsa_initialised_from_heads_reproduces_the_original_layer():
     with torch.no_grad():
         for p in attn.parameters():
             p.normal_(std=0.5)
-    lorsa = LorsaLayer(LorsaConfig(d_model=8, n_qk_heads=2, n_ov_heads=16, d_qk=4, top_k=16))
-    init_lorsa_from_heads(lorsa, attn, 1.0, 1.0, attn.b_O.detach(), seed=0)
     x = torch.randn(3, 5, 8)
-    torch.testing.assert_close(lorsa(x), attn(x), atol=1e-5, rtol=1e-5)
+    # one group per head covering its value space once, then 2 groups per head covering it
+    # twice each (4 times in all): the init divides the copies back out
+    for n_qk, n_ov in ((2, 16), (4, 64)):
+        lorsa = LorsaLayer(
+            LorsaConfig(d_model=8, n_qk_heads=n_qk, n_ov_heads=n_ov, d_qk=4, top_k=n_ov)
+        )
+        init_lorsa_from_heads(lorsa, attn, 1.0, 1.0, attn.b_O.detach(), seed=0)
+        torch.testing.assert_close(lorsa(x), attn(x), atol=1e-5, rtol=1e-5)
     # and in scaled spaces: a layer initialised for (s_x x -> s_y y) maps s_x x to s_y attn(x)
     init_lorsa_from_heads(lorsa, attn, 2.0, 3.0, 3.0 * attn.b_O.detach(), seed=0)
     torch.testing.assert_close(lorsa(2.0 * x), 3.0 * attn(x), atol=1e-5, rtol=1e-5)

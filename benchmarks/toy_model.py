@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         train_wall_s = time.perf_counter() - start
         train_meta = json.loads((out / "config.json").read_text())
     from toy_models.evaluate import evaluate, summary
-    from toy_models.model import write_json_atomic
+    from toy_models.files import write_json_atomic
     from toy_models.zoo import load_pretrained
 
     model, tokenizer = load_pretrained(args.model if args.skip_train else str(out))
@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets(results, train_wall_s),
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"toy_model_{args.config}.json"
+    # an evaluation alone must not overwrite the record of a timed training run
+    suffix = "_eval" if args.skip_train else ""
+    path = RESULTS / f"toy_model_{args.config}{suffix}.json"
     write_json_atomic(path, report)
     for name, t in report["targets"].items():
         value = "n/a" if t["value"] is None else f"{t['value']:.4g}"

@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformer_lens.model_bridge import TransformerBridge
 
     t3 = time.perf_counter()
-    from toy_models.model import ModelConfig, ToyTransformer, write_json_atomic
+    from toy_models.files import write_json_atomic
+    from toy_models.model import ModelConfig, ToyTransformer
 
     startup_s = {
         "import_torch": t1 - t0,

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batches <= 0 or args.docs <= 0:
         raise ValueError("--batches and --docs must be positive")
-    from toy_models.model import write_json_atomic
+    from toy_models.files import write_json_atomic
     from toy_models.zoo import load_pretrained
 
     from .model import ReplacementModel

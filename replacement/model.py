@@ -45,8 +45,8 @@ Files (``save`` / ``load``), one directory::
 
     replacement.json             configs, the toy model's name and weights hash, n_layers,
                                  d_model, free-form ``meta`` (training figures)
-    lorsa.{l}.safetensors        LorsaLayer state_dict of layer l (float32)
-    transcoder.{l}.safetensors   Transcoder state_dict of layer l (float32)
+    lorsa.{l}.safetensors        LorsaLayer state_dict of layer l (float32 or float16)
+    transcoder.{l}.safetensors   Transcoder state_dict of layer l (float32 or float16)
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from toy_models.files import write_json_atomic
 from toy_models.model import (
     Block,
     ToyTransformer,
     check_tokens,
     fingerprint,
     load_checked,
-    write_json_atomic,
 )
 
 from .lorsa import LorsaConfig, LorsaLayer
@@ -83,6 +83,15 @@ FORMAT_VERSION = 1
 MODES = ("sparse", "local")
 
 Sublayer = Callable[[Tensor], Tensor]
+
+
+def _plus_error(out: Tensor, recon: Tensor, target: Tensor, hook_error: HookPoint) -> Tensor:
+    """``out + error`` with ``error = hook_error(target - recon)``, arranged so that without
+    interventions (``out`` is ``recon``, the error unpatched) it is ``target`` to the bit:
+    local mode then reproduces the original model exactly, not just to rounding."""
+    clean_error = target - recon
+    error = hook_error(clean_error)
+    return target + (out - recon) + (error - clean_error)
 
 
 class HookedLorsa(nn.Module):
@@ -104,7 +113,7 @@ class HookedLorsa(nn.Module):
         if original is None:
             return out
         # Against the un-hooked reconstruction: the error is a function of x alone (module doc).
-        return out + self.hook_error(original(x) - self.layer.decode(z))
+        return _plus_error(out, self.layer.decode(z), original(x), self.hook_error)
 
 
 class HookedTranscoder(nn.Module):
@@ -125,7 +134,7 @@ class HookedTranscoder(nn.Module):
         out = self.hook_out(self.layer.decode(self.hook_acts(f), x))
         if original is None:
             return out
-        return out + self.hook_error(original(x) - self.layer.decode(f, x))
+        return _plus_error(out, self.layer.decode(f, x), original(x), self.hook_error)
 
 
 class ReplacementBlock(nn.Module):
@@ -205,20 +214,27 @@ class ReplacementModel(HookedRootModule):
         return super()._apply(fn, recurse)
 
     # ----------------------------------------------------------------- files
-    def save(self, directory: str | Path, model_name: str, meta: dict | None = None) -> None:
+    def save(
+        self,
+        directory: str | Path,
+        model_name: str,
+        meta: dict | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         """Write the replacement layers and ``replacement.json`` atomically into ``directory``.
 
         ``model_name`` names the toy model they were trained for; its weights hash is recorded
         too, so that ``load`` can refuse them for any other model. ``meta`` (default:
-        ``self.meta``) is free-form JSON, e.g. training figures.
+        ``self.meta``) is free-form JSON, e.g. training figures. ``dtype`` is the storage type
+        (float16 halves a shipped set); ``load`` always computes in float32.
         """
         meta = self.meta if meta is None else meta
         json.dumps(meta)  # not JSON-serialisable: fail before any file is written
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for l, (lorsa, transcoder) in enumerate(zip(self.lorsas, self.transcoders, strict=True)):
-            _save_atomic(lorsa, directory / LORSA_FILE.format(l))
-            _save_atomic(transcoder, directory / TRANSCODER_FILE.format(l))
+            _save_atomic(lorsa, directory / LORSA_FILE.format(l), dtype)
+            _save_atomic(transcoder, directory / TRANSCODER_FILE.format(l), dtype)
         identity = {
             "name": model_name,
             "sha256": fingerprint(self.model),
@@ -309,10 +325,8 @@ def _check_layers(
                 )
 
 
-def _save_atomic(module: nn.Module, path: Path) -> None:
-    tensors = {
-        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()
-    }
+def _save_atomic(module: nn.Module, path: Path, dtype: torch.dtype) -> None:
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(path)

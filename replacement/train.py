@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -251,7 +250,7 @@ def train_replacement(
     """
     from tqdm import tqdm
 
-    from toy_models.model import write_json_atomic
+    from toy_models.files import swap_directory, write_json_atomic
     from toy_models.zoo import load_pretrained
 
     from .activations import ActivationStore
@@ -318,14 +317,10 @@ def train_replacement(
             "elapsed_s": elapsed,
         }
         write_json_atomic(tmp / "state.json", state)
-        old = ckpt.with_name("checkpoint.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if ckpt.exists():
-            ckpt.replace(old)
-        tmp.replace(ckpt)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_directory(tmp, ckpt)
 
     history: list[dict[str, float]] = []
+    step = start
     bar = tqdm(
         range(start, cfg.steps),
         initial=start,

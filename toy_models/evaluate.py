@@ -216,22 +216,34 @@ def subtoken_induction_probe(model, tokenizer, n_docs: int) -> dict:
 
 
 def sink_probe(model, tokenizer, n_docs: int) -> dict:
-    """Mean attention mass on BOS per head (queries after the first), over all families."""
+    """Mean attention mass on BOS per head (queries after the first), over all families and
+    per family (a head can be a sink on the tasks it has no work in)."""
     import torch
 
-    mass = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    count = 0
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    mass, count = {}, {}
     for family in FAMILIES:
         docs = [encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples(family, n_docs)]
+        mass[family], count[family] = torch.zeros(shape), 0
         for _, _, pats in run_batched(model, docs, patterns=True):
             stacked = torch.stack([pats[l] for l in range(model.cfg.n_layers)])
-            mass += stacked[:, :, 1:, 0].sum(-1)
-            count += stacked.shape[2] - 1
-    mass /= count
-    later = mass[1:] if model.cfg.n_layers > 1 else mass
-    best = _best(later)
-    best["layer"] += 1 if model.cfg.n_layers > 1 else 0
-    return {"bos_mass": mass.tolist(), "best_head_layer_ge_1": best}
+            mass[family] += stacked[:, :, 1:, 0].sum(-1)
+            count[family] += stacked.shape[2] - 1
+    overall = sum(mass.values()) / sum(count.values())
+
+    def best_after_first_layer(scores) -> dict:
+        later = scores[1:] if model.cfg.n_layers > 1 else scores
+        best = _best(later)
+        best["layer"] += 1 if model.cfg.n_layers > 1 else 0
+        return best
+
+    return {
+        "bos_mass": overall.tolist(),
+        "best_head_layer_ge_1": best_after_first_layer(overall),
+        "best_head_layer_ge_1_by_family": {
+            family: best_after_first_layer(mass[family] / count[family]) for family in FAMILIES
+        },
+    }
 
 
 def evaluate(model, tokenizer, n_docs: int = 200) -> dict:
@@ -266,7 +278,11 @@ def summary(r: dict) -> str:
         + " ".join(f"{k}:{v:.1%}" for k, v in add["by_carries"].items()),
         f"subtoken ind.   accuracy {sub['accuracy']:.1%} over {sub['n_subtokens']} sub-tokens"
         f" (whole mentions {sub['mention_accuracy']:.1%})",
-        f"attention sink  best head in layer >= 1: {_head(sink)} of attention on BOS",
+        f"attention sink  best head in layer >= 1: {_head(sink)} of attention on BOS; per family "
+        + ", ".join(
+            f"{family} {_head(best)}"
+            for family, best in r["attention_sink"]["best_head_layer_ge_1_by_family"].items()
+        ),
     ]
     return "\n".join(lines)
 
@@ -297,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(summary(results))
     if args.json:
-        from .model import write_json_atomic
+        from .files import write_json_atomic
 
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.json, results)

@@ -37,7 +37,8 @@ def record_for(directory: Path) -> dict:
 def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
     import json
 
-    from .model import CONFIG_FILE, ToyTransformer, write_json_atomic
+    from .files import swap_directory, write_json_atomic
+    from .model import CONFIG_FILE, ToyTransformer
 
     if name not in CONFIGS:
         raise UserError(f"unknown zoo name {name!r}; known: {', '.join(sorted(CONFIGS))}")
@@ -50,9 +51,7 @@ def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
     shutil.copyfile(run_dir / "tokenizer.json", tmp / "tokenizer.json")
     write_json_atomic(tmp / "record.json", record_for(tmp))
     dest = dest_root / name
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.replace(dest)
+    swap_directory(tmp, dest)
     return dest
 
 

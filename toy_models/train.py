@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -89,7 +88,8 @@ def train(
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from .model import ModelConfig, ToyTransformer, write_json_atomic
+    from .files import swap_directory, write_json_atomic
+    from .model import ModelConfig, ToyTransformer
     from .zoo import file_sha256
 
     entry = get_config(config_name)
@@ -138,13 +138,7 @@ def train(
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         state = {"config": config_name, "steps": cfg.steps, "step": step, "elapsed_s": elapsed}
         write_json_atomic(tmp / "state.json", state)
-        # Swap directories so that a complete checkpoint exists at every moment.
-        old = ckpt_dir.with_name("checkpoint.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if ckpt_dir.exists():
-            ckpt_dir.replace(old)
-        tmp.replace(ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_directory(tmp, ckpt_dir)
 
     model.train()
     losses: list[float] = []

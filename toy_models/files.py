@@ -1,0 +1,27 @@
+"""Atomic file and directory writes: a reader sees the old version or the new, never half."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def swap_directory(new: Path, dest: Path) -> None:
+    """Put the complete directory ``new`` in the place of ``dest`` (which may not exist).
+
+    ``dest`` is first moved aside, so a complete version exists at every moment.
+    """
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.replace(old)
+    new.replace(dest)
+    shutil.rmtree(old, ignore_errors=True)

@@ -194,6 +194,26 @@ class LayerDictionaries(torch.nn.Module):
         self.register_buffer("tc_idle", torch.zeros(len(layers), cfg.d_sae))
 
 
+def dictionary_loss(
+    module, x: Tensor, y: Tensor, idle: Tensor, step: int, cfg: ReplacementTrainConfig
+) -> tuple[Tensor, float, float]:
+    """One dictionary (Lorsa, transcoder, or an SAE, which is a transcoder with y = x) on one
+    batch of scaled activations: ``(MSE + AuxK loss, FVU, dead fraction)``.
+
+    ``idle`` counts, per unit, the tokens since it last fired; it is updated in place.
+    """
+    pre = module.pre_activations(x)
+    values, idx = topk_sparse(pre, k_at(step, module.cfg.top_k, cfg), module.decoder.norm(dim=-1))
+    recon = module.decode_sparse(values, idx, x)
+    mse = (recon - y).pow(2).sum(-1).mean() / y.shape[-1]
+    fired = torch.zeros_like(idle, dtype=torch.bool)
+    fired[idx[values > 0]] = True
+    idle.add_(values[..., 0].numel()).masked_fill_(fired, 0)
+    dead = idle > cfg.dead_tokens
+    aux = aux_k_loss(pre, dead, module.decoder, y - recon, cfg.aux_k)
+    return mse + cfg.aux_coef * aux, fvu(recon.detach(), y).item(), dead.float().mean().item()
+
+
 def layer_losses(
     dicts: LayerDictionaries, batch, step: int, cfg: ReplacementTrainConfig
 ) -> tuple[Tensor, dict[str, list[float]]]:
@@ -206,20 +226,10 @@ def layer_losses(
             ("tc", dicts.transcoders[i], batch.tc_x[i], batch.tc_y[i], dicts.tc_idle[i]),
         ):
             s = dicts.scales[i, 0 if kind == "lorsa" else 1]
-            x, y = x * s[0], y * s[1]
-            pre = module.pre_activations(x)
-            k = k_at(step, module.cfg.top_k, cfg)
-            values, idx = topk_sparse(pre, k, module.decoder.norm(dim=-1))
-            recon = module.decode_sparse(values, idx, x)
-            mse = (recon - y).pow(2).sum(-1).mean() / y.shape[-1]
-            fired = torch.zeros_like(idle, dtype=torch.bool)
-            fired[idx[values > 0]] = True
-            idle.add_(values[..., 0].numel()).masked_fill_(fired, 0)
-            dead = idle > cfg.dead_tokens
-            aux = aux_k_loss(pre, dead, module.decoder, y - recon, cfg.aux_k)
-            total = total + mse + cfg.aux_coef * aux
-            stats[f"{kind}_fvu"].append(fvu(recon.detach(), y).item())
-            stats[f"{kind}_dead"].append(dead.float().mean().item())
+            loss, fvu_value, dead = dictionary_loss(module, x * s[0], y * s[1], idle, step, cfg)
+            total = total + loss
+            stats[f"{kind}_fvu"].append(fvu_value)
+            stats[f"{kind}_dead"].append(dead)
     return total, stats
 
 

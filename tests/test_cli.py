@@ -75,3 +75,23 @@ def test_help_is_fast_and_explains():
     for module in ("toy_models.train", "toy_models.evaluate"):
         result = run(module, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_replacement_train_bad_input(tmp_path):
+    assert_one_line_error(
+        run("replacement.train", "--model", "gpt5", "--out", str(tmp_path / "r")), "unknown model"
+    )
+    assert_one_line_error(
+        run("replacement.train", "--config", "huge", "--out", str(tmp_path / "r")),
+        "unknown replacement config 'huge'",
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_replacement_evaluate_refuses_a_set_made_for_another_model(tiny_run):
+    # the shipped set belongs to the shipped default model, not to the tiny one
+    from replacement.ship import SHIPPED_DIR
+
+    shipped = str(SHIPPED_DIR / "default")
+    result = run("replacement.evaluate", "--model", str(tiny_run), "--replacement", shipped)
+    assert_one_line_error(result, "made for a 4-layer model")

@@ -1,0 +1,180 @@
+"""Lorsa against a TopK attention-output SAE of the same width and K (the Lorsa paper's baseline).
+
+    python benchmarks/attn_sae_baseline.py [--model default] [--replacement DIR] [--steps 3000]
+
+Trains, for every layer, a TopK SAE on ``hook_attn_out`` (input = target) with as many latents
+as the Lorsa layer has OV heads and the same K, with the same recipe as the replacement layers
+(``replacement.train``: normalisation, K annealing, AuxK, learning-rate schedule, one shared
+activation stream). Then compares, on the same held-out rows, each layer's FVU and the loss
+recovered when it alone is spliced in. Writes benchmarks/results/attn_sae_baseline.json
+(target: Lorsa FVU <= 1.1 x the SAE's in every layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from toy_models.cli import run_cli  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def train_saes(model, tokenizer, n_latents: int, top_k: int, steps: int, quiet: bool = False):
+    """One TopK SAE per layer on the attention output, trained as the replacement layers are."""
+    import torch
+    from tqdm import tqdm
+
+    from replacement.activations import ActivationStore
+    from replacement.train import (
+        CONFIGS,
+        dictionary_loss,
+        estimate_scales,
+        fold_scales_transcoder,
+        init_transcoder,
+        lr_at,
+    )
+    from replacement.transcoder import Transcoder, TranscoderConfig
+
+    cfg = CONFIGS["default"].__class__(**{**asdict(CONFIGS["default"]), "steps": steps})
+    torch.manual_seed(cfg.seed)
+    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
+    saes = [Transcoder(TranscoderConfig(d_model, n_latents, top_k)) for _ in range(n_layers)]
+    store = ActivationStore(model, tokenizer, cfg.batch_size, "train", cfg.seed)
+    scales = estimate_scales(store, cfg.norm_batches)[:, 0, 1]  # the attention output's
+    first = next(store)
+    for l, sae in enumerate(saes):
+        init_transcoder(sae, (first.lorsa_y[l] * scales[l]).flatten(0, 1).mean(0), cfg.seed + l)
+    idle = torch.zeros(n_layers, n_latents)
+    params = [p for sae in saes for p in sae.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    start = time.perf_counter()
+    for step in tqdm(range(steps), desc="train attention SAEs", disable=quiet):
+        batch = next(store)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        total = 0.0
+        for l, sae in enumerate(saes):
+            y = batch.lorsa_y[l] * scales[l]
+            loss, _, _ = dictionary_loss(sae, y, y, idle[l], step, cfg)
+            total = total + loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+    elapsed = time.perf_counter() - start
+    for l, sae in enumerate(saes):
+        fold_scales_transcoder(sae, float(scales[l]), float(scales[l]))
+    return saes, elapsed
+
+
+def compare(replacement, saes, tokenizer, n_batches: int) -> list[dict]:
+    """Per layer: FVU and loss recovered (spliced alone) of the Lorsa layer and of the SAE."""
+    import torch
+
+    from replacement.evaluate import (
+        heldout_batches,
+        loss_recovered,
+        mean_outputs,
+        next_token_stats,
+        reconstruction_stats,
+    )
+
+    model = replacement.model
+    batches = heldout_batches(model, tokenizer, n_batches)
+    lorsa_rec = reconstruction_stats(replacement, batches)["lorsa"]
+    lorsa_loss = loss_recovered(replacement, batches)["spliced_alone"]["lorsa"]
+    means = mean_outputs(model, batches)
+    rows = []
+    with torch.no_grad():
+        for l, sae in enumerate(saes):
+            name = f"blocks.{l}.hook_attn_out"
+            residual = variance = l0 = 0.0
+            ys = []
+            ce = {"sae": [], "ablated": [], "clean": []}
+            for tokens in batches:
+                _, cache = model.run_with_cache(tokens, names_filter=lambda n, name=name: n == name)
+                y = cache[name]
+                f = sae.encode(y)
+                residual += (sae.decode(f) - y).pow(2).sum().item()
+                ys.append(y.flatten(0, 1))
+                l0 += (f != 0).sum().item()
+                clean = model(tokens)
+                spliced = model.run_with_hooks(
+                    tokens, fwd_hooks=[(name, lambda y, hook, sae=sae: sae(y))]
+                )
+                ablated = model.run_with_hooks(
+                    tokens, fwd_hooks=[(name, lambda y, hook, name=name: means[name].expand_as(y))]
+                )
+                ce["clean"].append(next_token_stats(clean, tokens)["ce"])
+                ce["sae"].append(next_token_stats(spliced, tokens)["ce"])
+                ce["ablated"].append(next_token_stats(ablated, tokens)["ce"])
+            y = torch.cat(ys)
+            variance = (y - y.mean(0)).pow(2).sum().item()
+            mean = {k: sum(v) / len(v) for k, v in ce.items()}
+            sae_fvu = residual / variance
+            rows.append(
+                {
+                    "layer": l,
+                    "lorsa_fvu": lorsa_rec[l]["fvu"],
+                    "sae_fvu": sae_fvu,
+                    "fvu_ratio_lorsa_over_sae": lorsa_rec[l]["fvu"] / sae_fvu,
+                    "lorsa_l0": lorsa_rec[l]["l0"],
+                    "sae_l0": l0 / sum(t.numel() for t in batches),
+                    "lorsa_loss_recovered": lorsa_loss[l]["loss_recovered"],
+                    "sae_loss_recovered": (mean["ablated"] - mean["sae"])
+                    / (mean["ablated"] - mean["clean"]),
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/attn_sae_baseline.py", description=__doc__
+    )
+    parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
+    parser.add_argument(
+        "--replacement", default="replacement/zoo/default", help="replacement set directory"
+    )
+    parser.add_argument("--steps", type=int, default=3000, help="SAE training steps (3000)")
+    parser.add_argument("--batches", type=int, default=8, help="held-out batches of 16 rows")
+    args = parser.parse_args(argv)
+    from replacement.model import ReplacementModel
+    from toy_models.files import write_json_atomic
+    from toy_models.zoo import load_pretrained
+
+    model, tokenizer = load_pretrained(args.model)
+    replacement = ReplacementModel.load(args.replacement, model)
+    lorsa_cfg = replacement.lorsas[0].cfg
+    saes, elapsed = train_saes(model, tokenizer, lorsa_cfg.n_ov_heads, lorsa_cfg.top_k, args.steps)
+    rows = compare(replacement, saes, tokenizer, args.batches)
+    worst = max(r["fvu_ratio_lorsa_over_sae"] for r in rows)
+    report = {
+        "model": args.model,
+        "replacement": args.replacement,
+        "sae": {"n_latents": lorsa_cfg.n_ov_heads, "top_k": lorsa_cfg.top_k, "steps": args.steps},
+        "sae_train_s": elapsed,
+        "layers": rows,
+        "target": {"max_fvu_ratio": 1.1, "worst_ratio": worst, "met": worst <= 1.1},
+    }
+    for r in rows:
+        print(
+            f"layer {r['layer']}: FVU Lorsa {r['lorsa_fvu']:.4f} vs SAE {r['sae_fvu']:.4f} "
+            f"(ratio {r['fvu_ratio_lorsa_over_sae']:.2f}); loss recovered spliced alone "
+            f"Lorsa {r['lorsa_loss_recovered']:.1%} vs SAE {r['sae_loss_recovered']:.1%}"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "attn_sae_baseline.json"
+    write_json_atomic(out, report)
+    print(f"worst Lorsa/SAE FVU ratio {worst:.2f} (target <= 1.1) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -47,6 +47,7 @@ def next_token_stats(logits: Tensor, tokens: Tensor, reference: Tensor | None = 
 
 
 def _sublayer(kind: str, layer: int) -> tuple[str, str]:
+    """(input, output) hook names of the sublayer that a kind of dictionary replaces."""
     return lorsa_hooks(layer) if kind == "lorsa" else transcoder_hooks(layer)
 
 
@@ -54,49 +55,41 @@ def _sublayer(kind: str, layer: int) -> tuple[str, str]:
 def reconstruction_stats(replacement, batches: list[Tensor]) -> dict:
     """FVU, L0 and dead fraction per layer, on the original model's own activations."""
     model = replacement.model
-    n = model.cfg.n_layers
-    hooks = {h for l in range(n) for kind in ("lorsa", "tc") for h in _sublayer(kind, l)}
-    sums = {
-        kind: {"res": torch.zeros(n), "var": torch.zeros(n), "l0": torch.zeros(n), "fired": None}
-        for kind in ("lorsa", "tc")
-    }
-    count = 0
-    ys = {kind: [[] for _ in range(n)] for kind in ("lorsa", "tc")}
+    sites = [
+        (name, l, module)
+        for name, modules in (
+            ("lorsa", replacement.lorsas),
+            ("transcoder", replacement.transcoders),
+        )
+        for l, module in enumerate(modules)
+    ]
+    hooks = {h for name, l, _ in sites for h in _sublayer(name, l)}
+    residual = {(name, l): 0.0 for name, l, _ in sites}
+    active = {(name, l): 0 for name, l, _ in sites}
+    targets: dict[tuple[str, int], list[Tensor]] = {(name, l): [] for name, l, _ in sites}
+    fired = {(name, l): torch.zeros(m.decoder.shape[0], dtype=torch.bool) for name, l, m in sites}
+    n_tokens = 0
     for tokens in batches:
-        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
-        count += tokens.numel()
-        for l in range(n):
-            for kind, module in (
-                ("lorsa", replacement.lorsas[l]),
-                ("tc", replacement.transcoders[l]),
-            ):
-                x_name, y_name = _sublayer(kind, l)
-                x, y = cache[x_name], cache[y_name]
-                z = module.encode(x)
-                recon = module.decode(z) if kind == "lorsa" else module.decode(z, x)
-                s = sums[kind]
-                s["res"][l] += (recon - y).pow(2).sum()
-                ys[kind][l].append(y.flatten(0, 1))
-                s["l0"][l] += (z != 0).sum()
-                fired = (z != 0).flatten(0, 1).any(0)
-                if s["fired"] is None:
-                    s["fired"] = [torch.zeros_like(fired) for _ in range(n)]
-                s["fired"][l] |= fired
-    out = {}
-    for kind, name in (("lorsa", "lorsa"), ("tc", "transcoder")):
-        s = sums[kind]
-        layers = []
-        for l in range(n):
-            y = torch.cat(ys[kind][l])
-            var = (y - y.mean(0)).pow(2).sum()
-            layers.append(
-                {
-                    "fvu": (s["res"][l] / var).item(),
-                    "l0": (s["l0"][l] / count).item(),
-                    "dead_fraction": 1 - s["fired"][l].float().mean().item(),
-                }
-            )
-        out[name] = layers
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in hooks)
+        n_tokens += tokens.numel()
+        for name, l, module in sites:
+            x_name, y_name = _sublayer(name, l)
+            x, y = cache[x_name], cache[y_name]
+            z = module.encode(x)
+            residual[name, l] += (module.decode(z, x) - y).pow(2).sum().item()
+            targets[name, l].append(y.flatten(0, 1))
+            active[name, l] += (z != 0).sum().item()
+            fired[name, l] |= (z != 0).flatten(0, 1).any(0)
+    out: dict[str, list[dict]] = {"lorsa": [], "transcoder": []}
+    for name, l, _ in sites:
+        y = torch.cat(targets[name, l])
+        out[name].append(
+            {
+                "fvu": residual[name, l] / (y - y.mean(0)).pow(2).sum().item(),
+                "l0": active[name, l] / n_tokens,
+                "dead_fraction": 1 - fired[name, l].float().mean().item(),
+            }
+        )
     return out
 
 
@@ -125,12 +118,11 @@ def _splice_hooks(replacement, spliced: list[tuple[str, int]], means: dict | Non
         def keep(x, hook, key=x_name):
             inputs[key] = x
 
-        def splice(y, hook, key=x_name, module=module, kind=kind, y_name=y_name):
+        def splice(y, hook, key=x_name, module=module, y_name=y_name):
             if means is not None:
                 return means[y_name].expand_as(y)
             x = inputs[key]
-            z = module.encode(x)
-            return module.decode(z) if kind == "lorsa" else module.decode(z, x)
+            return module.decode(module.encode(x), x)
 
         hooks += [(x_name, keep), (y_name, splice)]
     return hooks
@@ -141,7 +133,7 @@ def loss_recovered(replacement, batches: list[Tensor]) -> dict:
     model = replacement.model
     n = model.cfg.n_layers
     means = mean_outputs(model, batches)
-    everything = [(kind, l) for l in range(n) for kind in ("lorsa", "tc")]
+    everything = [(kind, l) for l in range(n) for kind in ("lorsa", "transcoder")]
 
     def run(spliced, ablate: bool) -> dict:
         stats = []
@@ -167,8 +159,8 @@ def loss_recovered(replacement, batches: list[Tensor]) -> dict:
         }
 
     per_layer = {
-        name: [summary(run([(kind, l)], False), run([(kind, l)], True)) for l in range(n)]
-        for kind, name in (("lorsa", "lorsa"), ("tc", "transcoder"))
+        kind: [summary(run([(kind, l)], False), run([(kind, l)], True)) for l in range(n)]
+        for kind in ("lorsa", "transcoder")
     }
     return {
         "ce_original": ce_original,

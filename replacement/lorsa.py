@@ -123,7 +123,10 @@ class LorsaLayer(nn.Module):
         """Sparse head activations: at most ``top_k`` non-zero per position."""
         return topk_relu(self.pre_activations(x), self.cfg.top_k, self.decoder.norm(dim=-1))
 
-    def decode(self, z: Float[Tensor, "batch pos ov"]) -> Float[Tensor, "batch pos d_model"]:
+    def decode(
+        self, z: Float[Tensor, "batch pos ov"], x: Tensor | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """``x`` is unused; it keeps the signature of ``Transcoder.decode`` (linear skip)."""
         return z @ self.W_O + self.b_D
 
     @property

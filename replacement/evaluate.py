@@ -130,15 +130,17 @@ def _splice_hooks(replacement, spliced: list[tuple[str, int]], means: dict | Non
 
 @torch.no_grad()
 def loss_recovered(replacement, batches: list[Tensor]) -> dict:
+    """CE and KL with each layer spliced in alone and with all replaced, against mean ablation."""
     model = replacement.model
     n = model.cfg.n_layers
     means = mean_outputs(model, batches)
     everything = [(kind, l) for l in range(n) for kind in ("lorsa", "transcoder")]
 
+    clean_logits = [model(tokens) for tokens in batches]  # the reference of every run below
+
     def run(spliced, ablate: bool) -> dict:
         stats = []
-        for tokens in batches:
-            clean = model(tokens)
+        for tokens, clean in zip(batches, clean_logits, strict=True):
             if spliced == "sparse":
                 logits = replacement(tokens, mode="sparse")
             else:
@@ -147,7 +149,9 @@ def loss_recovered(replacement, batches: list[Tensor]) -> dict:
             stats.append(next_token_stats(logits, tokens, clean))
         return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
-    ce_original = sum(next_token_stats(model(t), t)["ce"] for t in batches) / len(batches)
+    ce_original = sum(
+        next_token_stats(clean, t)["ce"] for clean, t in zip(clean_logits, batches, strict=True)
+    ) / len(batches)
 
     def summary(replaced: dict, ablated: dict) -> dict:
         gap = ablated["ce"] - ce_original

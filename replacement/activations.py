@@ -38,7 +38,8 @@ class LayerBatch:
 
 
 class ActivationStore:
-    """Streams activations of all layers; ``next()`` returns a ``LayerBatch``.
+    """Streams activations of ``layers`` (all by default); ``next()`` returns a ``LayerBatch``
+    whose leading axis runs over those layers in order.
 
     ``buffer_batches`` forward passes fill the token shuffle buffer; each call refills what it
     takes, so transcoder batches mix tokens from many sequences and positions.
@@ -52,13 +53,13 @@ class ActivationStore:
         split: str = "train",
         seed: int = 0,
         buffer_batches: int = 8,
+        layers: list[int] | None = None,
     ):
         self.model, self.batch_size = model, batch_size
         self.rows = stream_rows(tokenizer, model.cfg.n_ctx, split, seed)
-        self.n_layers = model.cfg.n_layers
-        self.hooks = [
-            h for l in range(self.n_layers) for h in (*lorsa_hooks(l), *transcoder_hooks(l))
-        ]
+        self.layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+        self.n_layers = len(self.layers)
+        self.hooks = {h for l in self.layers for h in (*lorsa_hooks(l), *transcoder_hooks(l))}
         self.generator = torch.Generator().manual_seed(seed)
         self.buffer_batches = buffer_batches
         self._buffer: Tensor | None = None  # (tokens, layer, 2, d_model)
@@ -69,7 +70,7 @@ class ActivationStore:
         tokens = torch.tensor([next(self.rows)[1] for _ in range(self.batch_size)])
         _, cache = self.model.run_with_cache(tokens, names_filter=lambda n: n in self.hooks)
         stack = lambda names: torch.stack([cache[n] for n in names])  # noqa: E731
-        layers = range(self.n_layers)
+        layers = self.layers
         return (
             stack([lorsa_hooks(l)[0] for l in layers]),
             stack([lorsa_hooks(l)[1] for l in layers]),

@@ -269,8 +269,7 @@ def train_replacement(
         raise UserError(f"unknown replacement config {config!r}; known: {', '.join(CONFIGS)}")
     cfg = CONFIGS[config] if steps is None else replace(CONFIGS[config], steps=steps)
     model, tokenizer = load_pretrained(model_name)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     layers = list(range(model.cfg.n_layers)) if layers is None else layers
     bad = [l for l in layers if not 0 <= l < model.cfg.n_layers]
     if bad:
@@ -300,18 +299,20 @@ def train_replacement(
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt"))
         start, elapsed = state["step"], state["elapsed_s"]
     # A resumed run continues on fresh (still seeded) data rather than replaying the stream.
-    store = ActivationStore(model, tokenizer, cfg.batch_size, "train", cfg.seed * 7919 + start)
+    store = ActivationStore(
+        model, tokenizer, cfg.batch_size, "train", cfg.seed * 7919 + start, layers=layers
+    )
     if not resume:
-        dicts.scales.copy_(estimate_scales(store, cfg.norm_batches)[layers])
+        dicts.scales.copy_(estimate_scales(store, cfg.norm_batches))
         first = next(store)
         for i, l in enumerate(layers):
             s = dicts.scales[i]
-            y_lorsa = (first.lorsa_y[l] * s[0, 1]).flatten(0, 1).mean(0)
+            y_lorsa = (first.lorsa_y[i] * s[0, 1]).flatten(0, 1).mean(0)
             init_lorsa_from_heads(
                 dicts.lorsas[i], model.blocks[l].attn, s[0, 0], s[0, 1], y_lorsa, cfg.seed + l
             )
             init_transcoder(
-                dicts.transcoders[i], (first.tc_y[l] * s[1, 1]).mean(0), cfg.seed + 100 + l
+                dicts.transcoders[i], (first.tc_y[i] * s[1, 1]).mean(0), cfg.seed + 100 + l
             )
 
     def save_checkpoint(step: int) -> None:
@@ -342,8 +343,6 @@ def train_replacement(
         for step in bar:
             t0 = time.perf_counter()
             batch = next(store)
-            batch.lorsa_x, batch.lorsa_y = batch.lorsa_x[layers], batch.lorsa_y[layers]
-            batch.tc_x, batch.tc_y = batch.tc_x[layers], batch.tc_y[layers]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             loss, stats = layer_losses(dicts, batch, step, cfg)
@@ -381,7 +380,7 @@ def train_replacement(
     return model, dicts, meta
 
 
-def parse_layers(text: str, n_layers: int | None = None) -> list[int] | None:
+def parse_layers(text: str) -> list[int] | None:
     """``all`` (None) or a comma-separated list of layer indices."""
     if text == "all":
         return None

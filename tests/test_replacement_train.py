@@ -28,6 +28,12 @@ def test_store_yields_real_activation_pairs(tiny_pretrained):
     torch.testing.assert_close(
         model.blocks[0].mlp(batch.tc_x[0]), batch.tc_y[0], atol=1e-5, rtol=1e-5
     )
+    # a store for a subset of layers holds exactly those, in order
+    only_1 = next(ActivationStore(model, tokenizer, batch_size=2, seed=0, layers=[1]))
+    assert only_1.lorsa_x.shape == (1, 2, n, d)
+    torch.testing.assert_close(
+        model.blocks[1].attn(only_1.lorsa_x[0]), only_1.lorsa_y[0], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_folding_the_scales_leaves_outputs_unchanged():

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tokenizer import BOS
+from .tokenizer import bos_id
 
 FAMILIES = ("names", "addition", "successor", "repeat")
 SPLITS = ("train", "heldout")
@@ -338,7 +338,7 @@ def pack_sequences(corpus_split, tokenizer, n_ctx: int):
     """
     import torch
 
-    bos = tokenizer.token_to_id(BOS)
+    bos = bos_id(tokenizer)
     rows, row_family = [], []
     for f_idx, family in enumerate(FAMILIES):
         texts = [
@@ -364,7 +364,7 @@ def stream_rows(
     consumers (activation stores).
     """
     rng = random.Random(f"rows/{split}/{seed}")
-    bos = tokenizer.token_to_id(BOS)
+    bos = bos_id(tokenizer)
 
     def family_rows(family: str) -> Iterator[list[int]]:
         docs = (tokenizer.encode(e.text).ids[1:] for e in examples(family, split, seed))

@@ -110,18 +110,31 @@ class LorsaLayer(nn.Module):
         return x @ self.W_V.T + self.b_V
 
     def pre_activations(
-        self, x: Float[Tensor, "batch pos d_model"]
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        pattern: Float[Tensor, "batch qk q k"] | None = None,
     ) -> Float[Tensor, "batch pos ov"]:
-        """z~ for every OV head: one grouped attention call with value width ``group_size``."""
+        """z~ for every OV head: one grouped attention call with value width ``group_size``.
+
+        With ``pattern`` given (e.g. frozen at its value on another input), the heads attend
+        with it instead of computing their own.
+        """
         b, n, _ = x.shape
-        q, k = self.qk(x)
         v = self.values(x).view(b, n, self.cfg.n_qk_heads, self.cfg.group_size).transpose(1, 2)
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # batch qk pos group
+        if pattern is None:
+            q, k = self.qk(x)
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # batch qk pos group
+        else:
+            z = pattern @ v
         return z.transpose(1, 2).reshape(b, n, self.cfg.n_ov_heads)
+
+    def activate(self, pre: Float[Tensor, "batch pos ov"]) -> Float[Tensor, "batch pos ov"]:
+        """ReLU + TopK of pre-activations: at most ``top_k`` non-zero per position."""
+        return topk_relu(pre, self.cfg.top_k, self.decoder.norm(dim=-1))
 
     def encode(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos ov"]:
         """Sparse head activations: at most ``top_k`` non-zero per position."""
-        return topk_relu(self.pre_activations(x), self.cfg.top_k, self.decoder.norm(dim=-1))
+        return self.activate(self.pre_activations(x))
 
     def decode(
         self, z: Float[Tensor, "batch pos ov"], x: Tensor | None = None

@@ -16,6 +16,8 @@ Hook points (TransformerLens names, so ``run_with_cache`` / ``run_with_hooks`` w
     blocks.{l}.ln1.hook_scale               batch pos 1          the toy model's own LayerNorm
     blocks.{l}.ln1.hook_normalized          batch pos d_model
     blocks.{l}.lorsa.hook_in                batch pos d_model    Lorsa input (= ln1 output)
+    blocks.{l}.lorsa.hook_pattern           batch qk q k         QK heads' patterns (see below)
+    blocks.{l}.lorsa.hook_pre               batch pos n_ov       head pre-activations z~
     blocks.{l}.lorsa.hook_z                 batch pos n_ov       head activations, <= top_k != 0
     blocks.{l}.lorsa.hook_out               batch pos d_model    reconstruction
     blocks.{l}.lorsa.hook_error             batch pos d_model    local mode only
@@ -24,6 +26,7 @@ Hook points (TransformerLens names, so ``run_with_cache`` / ``run_with_hooks`` w
     blocks.{l}.ln2.hook_scale               batch pos 1
     blocks.{l}.ln2.hook_normalized          batch pos d_model
     blocks.{l}.transcoder.hook_in           batch pos d_model    transcoder input (= ln2 output)
+    blocks.{l}.transcoder.hook_pre          batch pos d_sae      feature pre-activations
     blocks.{l}.transcoder.hook_acts         batch pos d_sae      feature activations, <= top_k != 0
     blocks.{l}.transcoder.hook_out          batch pos d_model    reconstruction
     blocks.{l}.transcoder.hook_error        batch pos d_model    local mode only
@@ -32,11 +35,15 @@ Hook points (TransformerLens names, so ``run_with_cache`` / ``run_with_hooks`` w
     ln_final.hook_scale                     batch pos 1
     ln_final.hook_normalized                batch pos d_model
 
+Like the toy model's ``hook_pattern``, ``lorsa.hook_pattern`` computes explicit patterns only when
+a hook is on it (otherwise one fused attention call runs): patching it with clean patterns is how
+attention is frozen.
+
 In sparse mode the ``hook_error`` points never fire (they are absent from a cache): there is no
 error term, and a cache full of zeros would read as a perfect reconstruction.
 
-The error is measured against the reconstruction *before* ``hook_z`` / ``hook_acts`` /
-``hook_out`` hooks apply, so it depends on the sublayer's input alone: ablating a head in local
+The error is measured against the reconstruction *without* any hook from ``hook_pattern`` to
+``hook_out`` applied, so it depends on the sublayer's input alone: ablating a head in local
 mode moves the output by exactly that head's contribution instead of being absorbed into the
 error. To hold errors at their clean values while intervening upstream, patch ``hook_error`` with
 cached values.
@@ -70,6 +77,7 @@ from toy_models.model import (
     ToyTransformer,
     check_tokens,
     fingerprint,
+    has_hooks,
     load_checked,
 )
 
@@ -100,7 +108,8 @@ class HookedLorsa(nn.Module):
     def __init__(self, layer: LorsaLayer):
         super().__init__()
         self.layer = layer
-        self.hook_in, self.hook_z = HookPoint(), HookPoint()
+        self.hook_in, self.hook_pattern = HookPoint(), HookPoint()
+        self.hook_pre, self.hook_z = HookPoint(), HookPoint()
         self.hook_out, self.hook_error = HookPoint(), HookPoint()
 
     def forward(
@@ -108,11 +117,16 @@ class HookedLorsa(nn.Module):
     ) -> Float[Tensor, "batch pos d_model"]:
         """The reconstruction, plus the error ``original(x) - reconstruction`` when given."""
         x = self.hook_in(x)
-        z = self.layer.encode(x)
+        pattern = None
+        if has_hooks(self.hook_pattern):  # explicit patterns only when someone reads them
+            pattern = self.hook_pattern(self.layer.patterns(x))
+        z = self.layer.activate(self.hook_pre(self.layer.pre_activations(x, pattern)))
         out = self.hook_out(self.layer.decode(self.hook_z(z)))
         if original is None:
             return out
         # Against the un-hooked reconstruction: the error is a function of x alone (module doc).
+        if has_hooks(self.hook_pattern) or has_hooks(self.hook_pre):
+            z = self.layer.encode(x)
         return _plus_error(out, self.layer.decode(z), original(x), self.hook_error)
 
 
@@ -122,7 +136,7 @@ class HookedTranscoder(nn.Module):
     def __init__(self, layer: Transcoder):
         super().__init__()
         self.layer = layer
-        self.hook_in, self.hook_acts = HookPoint(), HookPoint()
+        self.hook_in, self.hook_pre, self.hook_acts = HookPoint(), HookPoint(), HookPoint()
         self.hook_out, self.hook_error = HookPoint(), HookPoint()
 
     def forward(
@@ -130,10 +144,12 @@ class HookedTranscoder(nn.Module):
     ) -> Float[Tensor, "batch pos d_model"]:
         """The reconstruction, plus the error ``original(x) - reconstruction`` when given."""
         x = self.hook_in(x)
-        f = self.layer.encode(x)
+        f = self.layer.activate(self.hook_pre(self.layer.pre_activations(x)))
         out = self.hook_out(self.layer.decode(self.hook_acts(f), x))
         if original is None:
             return out
+        if has_hooks(self.hook_pre):
+            f = self.layer.encode(x)
         return _plus_error(out, self.layer.decode(f, x), original(x), self.hook_error)
 
 

@@ -43,8 +43,12 @@ class Transcoder(nn.Module):
     def pre_activations(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_sae"]:
         return x @ self.W_enc + self.b_enc
 
+    def activate(self, pre: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
+        """ReLU + TopK of pre-activations: at most ``top_k`` non-zero per position."""
+        return topk_relu(pre, self.cfg.top_k, self.decoder.norm(dim=-1))
+
     def encode(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_sae"]:
-        return topk_relu(self.pre_activations(x), self.cfg.top_k, self.decoder.norm(dim=-1))
+        return self.activate(self.pre_activations(x))
 
     def decode(
         self, f: Float[Tensor, "... d_sae"], x: Float[Tensor, "... d_model"] | None = None

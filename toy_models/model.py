@@ -50,7 +50,7 @@ class ModelConfig:
         return cls(**data)
 
 
-def _has_hooks(hook: HookPoint) -> bool:
+def has_hooks(hook: HookPoint) -> bool:
     return bool(hook._forward_hooks or hook._backward_hooks)
 
 
@@ -64,7 +64,7 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        if not (_has_hooks(self.hook_scale) or _has_hooks(self.hook_normalized)):
+        if not (has_hooks(self.hook_scale) or has_hooks(self.hook_normalized)):
             return F.layer_norm(x, x.shape[-1:], eps=self.eps)  # fused; same numbers (tests)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
@@ -96,7 +96,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(-3)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # batch head pos d_head
-        if _has_hooks(self.hook_attn_scores) or _has_hooks(self.hook_pattern):
+        if has_hooks(self.hook_attn_scores) or has_hooks(self.hook_pattern):
             n = x.shape[1]
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
             causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()

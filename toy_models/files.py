@@ -25,3 +25,11 @@ def swap_directory(new: Path, dest: Path) -> None:
         dest.replace(old)
     new.replace(dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` via a temp file and a rename, like ``write_json_atomic``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

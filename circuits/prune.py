@@ -1,0 +1,138 @@
+"""Influence, pruning and graph scores, with circuit-tracer's definitions on a sparse matrix.
+
+``A = edges`` holds direct effects ``[target, source]``; ``Â`` is ``|A|`` with each row divided
+by its sum. A node's influence is the weight of every path from it to the targets,
+``w^T ((I - Â)^-1 - I)``, where ``w`` is the graph's ``target_weight`` (logit probabilities).
+The graph is a DAG sorted by stage, so the power series is summed exactly in one sweep from the
+top stage down: each row block is visited once, and nothing dense of size nodes x nodes exists.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .graph import Graph
+
+NODE_THRESHOLD = 0.8
+EDGE_THRESHOLD = 0.98
+
+
+def normalized(edges: sp.csr_array) -> sp.csr_array:
+    """``|A|`` with every non-empty row scaled to sum to 1 (circuit-tracer's normalisation)."""
+    out = abs(edges).astype(np.float64)
+    sums = np.maximum(out.sum(axis=1), 1e-10)
+    out.data /= np.repeat(sums, np.diff(out.indptr))
+    return out
+
+
+def influence(a_hat: sp.csr_array, stage: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``weights^T ((I - Â)^-1 - I)``: every node's influence on the weighted targets."""
+    total = np.zeros(a_hat.shape[0])
+    bounds = np.flatnonzero(np.diff(stage)) + 1
+    starts, ends = np.r_[0, bounds], np.r_[bounds, len(stage)]
+    for lo, hi in zip(starts[::-1], ends[::-1], strict=True):  # top stage first
+        w = weights[lo:hi] + total[lo:hi]
+        if w.any():
+            total += a_hat[lo:hi].T @ w
+    return total
+
+
+def find_threshold(scores: np.ndarray, fraction: float) -> float:
+    """The smallest score among the top scores that together hold ``fraction`` of the total."""
+    ordered = np.sort(scores)[::-1]
+    if not len(ordered) or ordered.sum() <= 0:
+        return np.inf
+    cumulative = np.cumsum(ordered) / ordered.sum()
+    return float(ordered[min(np.searchsorted(cumulative, fraction), len(ordered) - 1)])
+
+
+def node_influence(graph: Graph) -> np.ndarray:
+    return influence(normalized(graph.edges), graph.stage.numpy(), graph.target_weight.numpy())
+
+
+def prune_graph(
+    graph: Graph,
+    node_threshold: float = NODE_THRESHOLD,
+    edge_threshold: float = EDGE_THRESHOLD,
+    max_nodes: int | None = None,
+) -> Graph:
+    """The subgraph that carries ``node_threshold`` of the influence on the targets, with the
+    edges that carry ``edge_threshold`` of the remaining edge influence; heads, features and
+    errors left without an outgoing edge (heads and features also without an incoming edge)
+    are removed until none is left. Embeddings, logits and node targets always stay.
+    ``max_nodes`` caps the heads, features and errors kept (most influential first).
+    """
+    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not 0 < value <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {value}")
+    stage, weights = graph.stage.numpy(), graph.target_weight.numpy()
+    infl = influence(normalized(graph.edges), stage, weights)
+    always = (graph.is_kind("embedding", "logit") | (graph.target_weight > 0)).numpy()
+    inner = graph.is_kind("lorsa", "transcoder", "error").numpy()
+    keep = infl >= find_threshold(infl, node_threshold)
+    if max_nodes is not None:
+        ranked = np.flatnonzero(keep & inner)
+        ranked = ranked[np.argsort(-infl[ranked], kind="stable")]
+        keep[ranked[max_nodes:]] = False
+    keep |= always
+
+    idx = np.flatnonzero(keep)
+    sub = sp.csr_array(graph.edges[idx][:, idx])
+    sub_hat = normalized(sub)  # same sparsity structure as sub, entry for entry
+    sub_infl = influence(sub_hat, stage[idx], weights[idx]) + weights[idx]
+    coo, coo_hat = sub.tocoo(), sub_hat.tocoo()
+    row, col = coo.row, coo.col
+    scores = coo_hat.data * sub_infl[row]
+    edge_keep = scores >= find_threshold(scores, edge_threshold)
+
+    # Drop nodes left dangling, until nothing changes.
+    must_out = inner[idx] & ~always[idx]
+    must_in = graph.is_kind("lorsa", "transcoder").numpy()[idx] & ~always[idx]
+    alive = np.ones(len(idx), dtype=bool)
+    while True:
+        e = edge_keep & alive[row] & alive[col]
+        has_out = np.bincount(col[e], minlength=len(idx)) > 0
+        has_in = np.bincount(row[e], minlength=len(idx)) > 0
+        new = alive & ~(must_out & ~has_out) & ~(must_in & ~has_in)
+        if (new == alive).all():
+            break
+        alive = new
+
+    new_index = np.cumsum(alive) - 1
+    e = edge_keep & alive[row] & alive[col]
+    n = int(alive.sum())
+    edges = sp.csr_array((coo.data[e], (new_index[row[e]], new_index[col[e]])), shape=(n, n))
+    pruned = graph.subgraph(torch.from_numpy(idx[alive]))
+    pruned.edges = edges
+    pruned.influence = torch.from_numpy(infl[idx[alive]]).float()
+    pruned.settings = {
+        **graph.settings,
+        "node_threshold": node_threshold,
+        "edge_threshold": edge_threshold,
+        "max_nodes": max_nodes,
+        "unpruned": {"nodes": graph.n_nodes, "edges": graph.n_edges},
+    }
+    return pruned
+
+
+def graph_scores(graph: Graph) -> dict[str, float]:
+    """circuit-tracer's replacement and completeness scores of an unpruned graph.
+
+    replacement: of the influence that reaches the targets from embeddings and errors, the
+    fraction from embeddings (error nodes have no inputs: their influence is unexplained).
+    completeness: the fraction of each node's input that does not come from error nodes,
+    averaged with weights (influence + target weight).
+    """
+    a_hat = normalized(graph.edges)
+    weights = graph.target_weight.numpy()
+    infl = influence(a_hat, graph.stage.numpy(), weights)
+    emb, err = graph.is_kind("embedding").numpy(), graph.is_kind("error").numpy()
+    token_infl, error_infl = infl[emb].sum(), infl[err].sum()
+    non_error = 1 - a_hat[:, np.flatnonzero(err)].sum(axis=1) if err.any() else np.ones(len(infl))
+    output_infl = infl + weights
+    return {
+        "replacement": float(token_infl / (token_infl + error_infl)),
+        "completeness": float((non_error * output_infl).sum() / output_infl.sum()),
+    }

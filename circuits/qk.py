@@ -1,0 +1,150 @@
+"""QK attribution: why a Lorsa head attends where it does, as exact query-node x key-node terms.
+
+With LayerNorm scales frozen, the residual stream at a position is the sum of its sources'
+writes plus a constant (decoder biases), so a QK head's pre-softmax score at (q, k),
+
+    score = (x_q W_Q + b_Q) . (x_k W_K + b_K) / sqrt(d_qk),   x = P resid / sigma1,
+
+is a bilinear form: with ``u_s = P write_s / sigma1[q] W_Q`` for each source at q (``u_0`` the
+constant part plus ``b_Q``) and ``v_t`` likewise at k, ``score = sum_{s,t} u_s . v_t / sqrt(d_qk)``
+over sources *and* the bias side. Every term is kept in the sums; the top ones are reported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from replacement.model import ReplacementModel
+
+from .attribution import PromptRun, center, pad_by_position, run_prompt, source_ids
+from .graph import KINDS, Graph, QKAttribution, QKPair
+
+
+class QKSides:
+    """Every source's query- and key-side vector for every QK head of one layer, computed once:
+    ``query[s, h] = P write_s / sigma1[pos_s] W_Q^h`` and the bias side per position (constant
+    residual part, plus ``b_Q``), likewise for keys, padded per position so that the term
+    tables of many (head, query, key) triples are one batched product.
+
+    ``at[p, j]`` is the j-th source at position p (``valid`` marks the real ones); row and
+    column 0 of a table are the bias side, row/column ``1 + j`` the source ``at[p, j]``.
+    """
+
+    def __init__(self, run: PromptRun, replacement: ReplacementModel, layer: int):
+        lorsa = replacement.lorsas[layer]
+        self.run, self.lorsa, self.layer, stage = run, lorsa, layer, 2 * layer + 1
+        n_src, n_pos = run.stage_start(stage), len(run.tokens)
+        inv_sigma = 1 / run.sigma1[layer]
+        self.at, self.valid = pad_by_position(run.pos[:n_src], n_pos)
+        parts = center(run.write[:n_src]) * inv_sigma[run.pos[:n_src], None]
+        parts = parts[self.at] * self.valid[..., None]  # pos slot d
+        bias = center(run.resid_bias[stage])[None, None] * inv_sigma[:, None, None]  # pos 1 d
+        parts = torch.cat([bias, parts], dim=1)
+        self.query = torch.einsum("psd,hde->pshe", parts, lorsa.W_Q)
+        self.key = torch.einsum("psd,hde->pshe", parts, lorsa.W_K)
+        self.query[:, 0] += lorsa.b_Q
+        self.key[:, 0] += lorsa.b_K
+
+    def terms(self, qk_head: Tensor, query: Tensor, key: Tensor) -> Tensor:
+        """(triple, 1 + slots, 1 + slots) score terms; each table sums to its score."""
+        u = self.query[query, :, qk_head]  # triple slot d_qk
+        v = self.key[key, :, qk_head]
+        return u @ v.transpose(1, 2) / math.sqrt(self.lorsa.cfg.d_qk)
+
+    def scores(self, qk_head: Tensor, query: Tensor, key: Tensor) -> Tensor:
+        """The scores computed directly from the cached Lorsa input (the check on ``terms``)."""
+        x, lorsa = self.run.lorsa_in[self.layer], self.lorsa
+        q = torch.einsum("td,tde->te", x[query], lorsa.W_Q[qk_head]) + lorsa.b_Q[qk_head]
+        k = torch.einsum("td,tde->te", x[key], lorsa.W_K[qk_head]) + lorsa.b_K[qk_head]
+        return (q * k).sum(-1) / math.sqrt(lorsa.cfg.d_qk)
+
+
+QK_CHUNK = 256  # triples per batched product
+
+
+@torch.no_grad()
+def qk_attribution(
+    replacement: ReplacementModel,
+    graph: Graph,
+    nodes: list[int] | Tensor | None = None,
+    *,
+    key_mass: float | None = None,
+    top: int = 10,
+    run: PromptRun | None = None,
+) -> list[QKAttribution]:
+    """QK attributions for the Lorsa heads ``nodes`` of ``graph`` (default: all of them).
+
+    For each head: its strongest key, and with ``key_mass`` every key whose attention weight is
+    at least ``key_mass``. Heads of one QK group at one query share the result. ``graph`` may be
+    pruned; terms still run over every source of the prompt (a pruned node keeps its id).
+    The list is also stored in ``graph.qk``.
+    """
+    run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    ids = source_ids(run)
+    if nodes is None:
+        nodes = (graph.kind == KINDS.index("lorsa")).nonzero().squeeze(1)
+    wanted: set[tuple[int, int, int, int]] = set()
+    for i in torch.as_tensor(nodes).tolist():
+        if KINDS[int(graph.kind[i])] != "lorsa":
+            raise ValueError(
+                f"node {graph.ids[i]} is a {KINDS[int(graph.kind[i])]}, not a Lorsa head"
+            )
+        layer, q = int(graph.layer[i]), int(graph.pos[i])
+        h = int(graph.index[i]) // replacement.lorsas[layer].cfg.group_size
+        pattern = run.patterns[layer][h, q, : q + 1]
+        keys = {int(pattern.argmax())}
+        if key_mass is not None:
+            keys |= set((pattern >= key_mass).nonzero().squeeze(1).tolist())
+        wanted |= {(layer, h, q, k) for k in keys}
+    result = []
+    triples = torch.tensor(sorted(wanted), dtype=torch.long).reshape(-1, 4)
+    for layer in triples[:, 0].unique().tolist():
+        side = QKSides(run, replacement, layer)
+        slot_ids = [
+            [None] + [ids[s] if ok else None for s, ok in zip(row, vrow, strict=True)]
+            for row, vrow in zip(side.at.tolist(), side.valid.tolist(), strict=True)
+        ]
+        layer_triples = triples[triples[:, 0] == layer]
+        for chunk in layer_triples.split(QK_CHUNK):
+            h, q, k = chunk[:, 1], chunk[:, 2], chunk[:, 3]
+            terms = side.terms(h, q, k)
+            result += _summaries(
+                terms, side.scores(h, q, k), chunk, run.patterns[layer][h, q, k], slot_ids, top
+            )
+    graph.qk = result
+    return result
+
+
+def _summaries(terms, scores, triples, attention, slot_ids, top) -> list[QKAttribution]:
+    """Top pairs and marginals of each table, as ``QKAttribution`` records."""
+    n = terms.shape[-1]
+    flat = terms.flatten(1)
+    k = min(top, flat.shape[1])
+    best = flat.abs().topk(k, dim=-1).indices
+    best_vals = flat.gather(1, best)
+    rest = scores - best_vals.sum(1)
+    q_marg, k_marg = terms.sum(2), terms.sum(1)
+    q_best = q_marg.abs().topk(min(top, n), dim=-1).indices
+    k_best = k_marg.abs().topk(min(top, n), dim=-1).indices
+    out = []
+    rows = zip(
+        triples.tolist(), attention.tolist(), scores.tolist(), best.tolist(),
+        best_vals.tolist(), rest.tolist(), q_best.tolist(), q_marg.gather(1, q_best).tolist(),
+        k_best.tolist(), k_marg.gather(1, k_best).tolist(), strict=True,
+    )  # fmt: skip
+    for (layer, h, q, k_), att, score, b, bv, r, qb, qv, kb, kv in rows:
+        q_ids, k_ids = slot_ids[q], slot_ids[k_]
+        out.append(
+            QKAttribution(
+                layer=layer, qk_head=h, query=q, key=k_, attention=att, score=score,
+                pairs=[QKPair(q_ids[j // n], k_ids[j % n], v) for j, v in zip(b, bv, strict=True)
+                       if v != 0.0],
+                query_marginals=[(q_ids[j], v) for j, v in zip(qb, qv, strict=True) if v != 0.0],
+                key_marginals=[(k_ids[j], v) for j, v in zip(kb, kv, strict=True) if v != 0.0],
+                rest=r,
+            )
+        )  # fmt: skip
+    return out

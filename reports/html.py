@@ -1,0 +1,246 @@
+"""One self-contained HTML page per attribution graph: prompt, scores, drawing, node table.
+
+The page has no scripts and loads nothing from the network, so it can be mailed, archived or
+opened from a run directory years later. The drawing is the inline SVG that ``dot`` made from
+``reports.graphviz.to_dot``; the table below it carries what a drawing cannot: every node's
+numbers, its strongest inputs and outputs, and for Lorsa heads what made them attend.
+Every string from the graph goes through ``html.escape``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from circuits.graph import KINDS, Graph, QKAttribution
+from toy_models.files import write_text_atomic
+
+CSS = """
+body { font-family: Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.5em; }
+.tokens { display: flex; flex-wrap: wrap; gap: 4px; }
+.tok { border: 1px solid #999; border-radius: 3px; padding: 2px 5px; background: #f7f7f7;
+       font-family: Menlo, Consolas, monospace; white-space: pre; }
+.tok sub { color: #888; font-family: Helvetica, Arial, sans-serif; margin-right: 3px; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; text-align: left; }
+th { background: #eee; }
+td.num { text-align: right; font-family: Menlo, Consolas, monospace; }
+.pos { color: #2166ac; } .neg { color: #b2182b; }
+.graph { overflow: auto; border: 1px solid #ddd; padding: 4px; max-height: 90vh; }
+.note { background: #fff8dc; border: 1px solid #e0c97f; padding: 6px; }
+.kind-embedding { background: #eeeeee; } .kind-lorsa { background: #fdd49e; }
+.kind-transcoder { background: #c6dbef; } .kind-error { background: #d9d9d9; }
+.kind-logit { background: #c7e9c0; }
+.qk { font-size: 0.95em; }
+"""
+
+
+def write_html(
+    graph: Graph,
+    path: str | Path,
+    svg_text: str | None,
+    *,
+    top_edges: int = 5,
+    title: str | None = None,
+) -> None:
+    """Write the report page of ``graph`` to ``path`` atomically.
+
+    ``svg_text`` is the drawing (``dot -Tsvg`` output) or None when Graphviz was missing, in
+    which case the page says how to render the ``.dot`` file instead. ``top_edges`` bounds the
+    incoming and outgoing edges (and QK pairs) listed per node.
+    """
+    path = Path(path)
+    write_text_atomic(path, html_page(graph, svg_text, top_edges=top_edges, title=title))
+
+
+def html_page(
+    graph: Graph, svg_text: str | None, *, top_edges: int = 5, title: str | None = None
+) -> str:
+    """The text of the page ``write_html`` writes."""
+    if top_edges < 0:
+        raise ValueError(f"top_edges must be >= 0, got {top_edges}")
+    if title is None:
+        prompt = graph.prompt if len(graph.prompt) <= 80 else graph.prompt[:79] + "…"
+        title = f"Attribution graph: {prompt}" if prompt else "Attribution graph"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{escape(title)}</title>",
+        f"<style>{CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{escape(title)}</h1>",
+        "<h2>Prompt</h2>",
+        _prompt_html(graph),
+        "<h2>Summary</h2>",
+        _summary_html(graph),
+        "<h2>Graph</h2>",
+        _drawing_html(svg_text),
+        "<h2>Nodes</h2>",
+        _node_table_html(graph, top_edges),
+        "</body>",
+        "</html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------- sections
+def _prompt_html(graph: Graph) -> str:
+    boxes = [
+        f'<span class="tok" title="token id {escape(str(tok))}"><sub>{p}</sub>{escape(text)}</span>'
+        for p, (tok, text) in enumerate(zip(graph.tokens, graph.token_strings, strict=False))
+    ]
+    return (
+        f'<p>{escape(graph.prompt)}</p>\n<div class="tokens">{"".join(boxes)}</div>'
+        if boxes
+        else f"<p>{escape(graph.prompt)}</p>"
+    )
+
+
+def _format_setting(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        return value
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _summary_html(graph: Graph) -> str:
+    kinds = graph.kinds
+    counts = ", ".join(f"{kinds.count(k)} {k}" for k in KINDS if kinds.count(k))
+    rows: list[tuple[str, str]] = [
+        ("nodes", f"{graph.n_nodes} ({counts})" if counts else str(graph.n_nodes)),
+        ("edges", str(graph.n_edges)),
+        ("blocks", str(graph.n_layers)),
+    ]
+    if graph.model.get("name"):
+        rows.append(("model", str(graph.model["name"])))
+    settings = dict(graph.settings)
+    if "mode" in settings:
+        rows.append(("mode", _format_setting(settings.pop("mode"))))
+    scores = settings.pop("scores", None)
+    if isinstance(scores, dict):
+        rows.extend((f"{name} score", _format_setting(v)) for name, v in scores.items())
+    elif scores is not None:
+        rows.append(("scores", _format_setting(scores)))
+    rows.extend((str(k), _format_setting(v)) for k, v in sorted(settings.items(), key=str))
+    body = "\n".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
+    return f'<table class="summary">\n{body}\n</table>'
+
+
+def _drawing_html(svg_text: str | None) -> str:
+    if svg_text is None:
+        return (
+            '<p class="note">No drawing: Graphviz <code>dot</code> was not found when this page '
+            "was written. Install it (<code>apt-get install graphviz</code>) and render the "
+            "<code>.dot</code> file next to this page with "
+            "<code>dot -Tsvg FILE.dot -o FILE.svg</code>.</p>"
+        )
+    start = svg_text.find("<svg")
+    if start < 0:
+        raise ValueError("svg_text holds no <svg> element")
+    # The XML declaration and DOCTYPE dot writes before <svg> do not belong inside HTML.
+    return f'<div class="graph">\n{svg_text[start:].strip()}\n</div>'
+
+
+def _node_order(graph: Graph) -> list[int]:
+    """Most influential first when influence is known; else the graph's stage order."""
+    n = graph.n_nodes
+    if graph.influence is None:
+        return list(range(n))
+    influence = graph.influence.tolist()
+    return sorted(range(n), key=lambda i: (math.isnan(influence[i]), -influence[i], i))
+
+
+def _top(indices: np.ndarray, weights: np.ndarray, k: int) -> list[tuple[int, float]]:
+    order = np.lexsort((indices, -np.abs(weights)))[:k]
+    return [(int(indices[j]), float(weights[j])) for j in order if weights[j] != 0]
+
+
+def _node_link(graph: Graph, i: int) -> str:
+    node = graph.ids[i]
+    return f'<a href="#node-{escape(node)}" title="{escape(graph.labels[i])}">{escape(node)}</a>'
+
+
+def _edge_list(graph: Graph, edges: list[tuple[int, float]]) -> str:
+    return "<br>".join(
+        f'{_node_link(graph, j)} <span class="{"pos" if w > 0 else "neg"}">({w:+.3g})</span>'
+        for j, w in edges
+    )
+
+
+def _qk_node_name(graph: Graph, node: str | None, index_of: dict[str, int]) -> str:
+    if node is None:
+        return "bias"
+    index = index_of.get(node)
+    return _node_link(graph, index) if index is not None else escape(node)
+
+
+def _qk_html(
+    graph: Graph, attributions: list[QKAttribution], top: int, index_of: dict[str, int]
+) -> str:
+    """Per key the head was traced to: where, how much attention, and the largest terms of
+    the score as query-side node x key-side node (a pruned node shows as its bare id)."""
+    blocks = []
+    for a in sorted(attributions, key=lambda a: -a.attention):
+        key_token = graph.token_strings[a.key] if 0 <= a.key < len(graph.token_strings) else ""
+        pairs = sorted(a.pairs, key=lambda p: -abs(p.value))[:top]
+        name = lambda node: _qk_node_name(graph, node, index_of)  # noqa: E731
+        pair_lines = "".join(
+            f"<li>{name(p.query)} &times; {name(p.key)}: "
+            f'<span class="{"pos" if p.value > 0 else "neg"}">{p.value:+.3g}</span></li>'
+            for p in pairs
+        )
+        blocks.append(
+            f'<div class="qk">key pos {a.key} <span class="tok">{escape(key_token)}</span>, '
+            f"attention {a.attention:.3g}, score {a.score:+.3g} (rest {a.rest:+.3g})"
+            + (f"<ul>{pair_lines}</ul>" if pair_lines else "")
+            + "</div>"
+        )
+    return "".join(blocks)
+
+
+def _node_table_html(graph: Graph, top_edges: int) -> str:
+    has_influence = graph.influence is not None
+    csr = graph.edges.tocsr()
+    csc = graph.edges.tocsc()
+    layers = graph.layer.tolist()
+    kinds = graph.kinds
+    index_of = graph.id_to_index
+    head = ["id", "kind", "layer", "pos", "label", "activation"]
+    if has_influence:
+        head.append("influence")
+    head += ["top incoming", "top outgoing", "QK"]
+    rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for i in _node_order(graph):
+        pos = int(graph.pos[i])
+        token = graph.token_strings[pos] if 0 <= pos < len(graph.token_strings) else ""
+        span_in = slice(csr.indptr[i], csr.indptr[i + 1])  # row i: sources of i
+        span_out = slice(csc.indptr[i], csc.indptr[i + 1])  # column i: targets of i
+        incoming = _top(csr.indices[span_in], csr.data[span_in], top_edges)
+        outgoing = _top(csc.indices[span_out], csc.data[span_out], top_edges)
+        cells = [
+            f'<td id="node-{escape(graph.ids[i])}"><code>{escape(graph.ids[i])}</code></td>',
+            f'<td class="kind-{kinds[i]}">{kinds[i]}</td>',
+            f'<td class="num">{layers[i]}</td>',
+            f'<td class="num" title="{escape(token)}">{pos}</td>',
+            f"<td>{escape(graph.labels[i])}</td>",
+            f'<td class="num">{float(graph.activation[i]):.4g}</td>',
+        ]
+        if has_influence:
+            cells.append(f'<td class="num">{float(graph.influence[i]):.4g}</td>')
+        cells += [
+            f"<td>{_edge_list(graph, incoming)}</td>",
+            f"<td>{_edge_list(graph, outgoing)}</td>",
+            f"<td>{_qk_html(graph, graph.qk_for(i), top_edges, index_of)}</td>",
+        ]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return '<table class="nodes">\n' + "\n".join(rows) + "\n</table>"

@@ -84,6 +84,7 @@ from toy_models.model import (
 from .lorsa import LorsaConfig, LorsaLayer
 from .transcoder import Transcoder, TranscoderConfig
 
+SHIPPED_DIR = Path(__file__).parent / "zoo"
 CONFIG_FILE = "replacement.json"
 LORSA_FILE = "lorsa.{}.safetensors"
 TRANSCODER_FILE = "transcoder.{}.safetensors"
@@ -346,3 +347,21 @@ def _save_atomic(module: nn.Module, path: Path, dtype: torch.dtype) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(path)
+
+
+def load_pretrained(model: str = "default", replacement: str | Path | None = None):
+    """``(ReplacementModel, tokenizer)``: a toy model (zoo name or checkpoint directory) with
+    its replacement set (a directory; default: the one shipped for that zoo name)."""
+    from toy_models.zoo import UnknownModelError
+    from toy_models.zoo import load_pretrained as load_toy_model
+
+    toy_model, tokenizer = load_toy_model(model)
+    if replacement is None:
+        replacement = SHIPPED_DIR / model
+        if not (replacement / CONFIG_FILE).is_file():
+            raise UnknownModelError(
+                f"no replacement set is shipped for {model!r}; pass one with --replacement"
+            )
+    loaded = ReplacementModel.load(replacement, toy_model)
+    loaded.eval()
+    return loaded, tokenizer

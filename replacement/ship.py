@@ -18,7 +18,8 @@ import torch
 from toy_models.cli import UserError, run_cli
 from toy_models.zoo import CONFIGS, file_sha256
 
-SHIPPED_DIR = Path(__file__).parent / "zoo"
+from .model import SHIPPED_DIR
+
 RECORD_BATCHES = 2
 
 

@@ -1,0 +1,309 @@
+"""Interventions: change nodes of a graph, rerun the replacement model, compare with the graph.
+
+Two ways to rerun, both through the replacement model's hooks (never through the graph):
+
+- ``direct_pre_activations``: the *frozen* model of the graph: every attention pattern and
+  LayerNorm scale at its clean value, and every node held at its clean activation times a
+  multiplier. Targets' pre-activations then move by exactly their edges from the multiplied
+  sources (circuit-tracer's test); with multipliers that require grad it is also the autograd
+  oracle for the edges.
+- ``intervene``: ablate, clamp or scale some nodes and let every other head and feature
+  recompute (ReLU and TopK live), with attention and LayerNorm frozen or free; error nodes stay
+  at their clean values. ``predict`` propagates the same change linearly through the graph, so
+  the two can be compared on the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from replacement.model import ReplacementModel
+
+from .attribution import EMBEDDING, ERROR, LORSA, TRANSCODER, PromptRun, run_prompt
+from .graph import KINDS, Graph
+
+ACTIONS = ("ablate", "clamp", "scale")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """``ablate`` a node (set it to 0), ``clamp`` it to ``value`` or ``scale`` it by ``value``.
+
+    Embedding and error nodes have activation 1 (their write vector is the vector itself), so
+    clamping one to 2 doubles the vector.
+    """
+
+    node: str  # a node id of the graph
+    action: str = "ablate"
+    value: float = 0.0
+
+    def apply(self, clean: float) -> float:
+        if self.action not in ACTIONS:
+            raise ValueError(
+                f"unknown action {self.action!r}; expected one of {', '.join(ACTIONS)}"
+            )
+        return {"ablate": 0.0, "clamp": self.value, "scale": clean * self.value}[self.action]
+
+
+@dataclass
+class InterventionResult:
+    """Effects on the graph's logit targets, and the new top tokens at the last position."""
+
+    targets: list[str]  # logit node ids
+    predicted: Float[Tensor, " target"]  # change predicted by the linear graph
+    actual: Float[Tensor, " target"]  # change measured by rerunning the model
+    logits: Float[Tensor, " d_vocab"]  # the last position's logits after the intervention
+
+
+# ----------------------------------------------------------------- hooks
+def _hooks(
+    replacement: ReplacementModel,
+    run: PromptRun,
+    *,
+    freeze_attention: bool,
+    freeze_layernorm: bool,
+    z: list[Tensor | None],
+    acts: list[Tensor | None],
+    errors: dict[str, Tensor],
+    embed_scale: Tensor | None,
+) -> list[tuple[str, Callable]]:
+    """Forward hooks that freeze what is asked and replace node values with the given ones
+    (``z[l]``, ``acts[l]``: (batch, pos, n) or None to leave that layer's nodes free)."""
+    hooks = []
+
+    def const(value):
+        return lambda act, hook: value.expand_as(act) if value.dim() == act.dim() else value
+
+    L = replacement.cfg.n_layers
+    if freeze_layernorm:
+        for l in range(L):
+            for ln, sigma in (("ln1", run.sigma1[l]), ("ln2", run.sigma2[l])):
+                hooks.append((f"blocks.{l}.{ln}.hook_scale", const(sigma[None, :, None])))
+        hooks.append(("ln_final.hook_scale", const(run.sigma_final[None, :, None])))
+    for l in range(L):
+        if freeze_attention:
+            hooks.append((f"blocks.{l}.lorsa.hook_pattern", const(run.patterns[l][None])))
+        if z[l] is not None:
+            hooks.append((f"blocks.{l}.lorsa.hook_z", const(z[l])))
+        if acts[l] is not None:
+            hooks.append((f"blocks.{l}.transcoder.hook_acts", const(acts[l])))
+    for name, value in errors.items():
+        hooks.append((name, const(value)))
+    if embed_scale is not None:
+        scale = embed_scale[:, :, None]
+        hooks.append(("hook_embed", lambda act, hook: act * scale))
+        hooks.append(("hook_pos_embed", lambda act, hook: act * scale))
+    return hooks
+
+
+def _error_name(stage: int) -> str:
+    l = (stage - 1) // 2
+    return f"blocks.{l}.{'lorsa' if stage % 2 else 'transcoder'}.hook_error"
+
+
+def _source_count(graph: Graph, run: PromptRun) -> int:
+    n_src = len(run.kind)
+    if graph.n_nodes != n_src + int(graph.is_kind("logit").sum()) or not torch.equal(
+        graph.index[:n_src], run.index
+    ):
+        raise ValueError("this needs the full (unpruned) graph of the prompt")
+    return n_src
+
+
+def _logit_readout(graph: Graph) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """The logit nodes, and a function from last-position logits (..., vocab) to their values."""
+    rows = graph.is_kind("logit").nonzero().squeeze(1)
+    pos_neg = []
+    for i in rows.tolist():
+        name = graph.ids[i].split("_")[1]
+        a, _, b = name.partition("-")
+        pos_neg.append((int(a), int(b) if b else -1))
+    pos_idx = torch.tensor([p for p, _ in pos_neg], dtype=torch.long)
+    neg_idx = torch.tensor([n for _, n in pos_neg], dtype=torch.long)
+    is_diff = neg_idx >= 0
+
+    def read(logits: Tensor) -> Tensor:
+        demeaned = logits - logits.mean(-1, keepdim=True)
+        diff = logits[..., pos_idx] - logits[..., neg_idx.clamp(min=0)]
+        return torch.where(is_diff, diff, demeaned[..., pos_idx])
+
+    return rows, read
+
+
+# ----------------------------------------------------------------- the frozen model
+def direct_pre_activations(
+    replacement: ReplacementModel,
+    graph: Graph,
+    multipliers: Float[Tensor, "batch source"],
+    run: PromptRun | None = None,
+) -> Float[Tensor, "batch node"]:
+    """Every target's pre-activation in the frozen model with each source at its clean
+    activation times ``multipliers[b, s]`` (1 everywhere reproduces ``graph.value``).
+
+    ``graph`` must be the full graph; columns of the result that are not targets are NaN.
+    Differentiable in ``multipliers``: d(target)/d(multiplier of s) at 1 is the edge s -> target.
+    """
+    run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    B, n = multipliers.shape[0], len(run.tokens)
+    L = run.n_layers
+    cache = _clean_nodes(replacement, run)
+    z, acts, errors = [], [], {}
+    embed_scale = torch.ones(B, n, dtype=multipliers.dtype)
+    for kind, stage in sorted(set(zip(run.kind.tolist(), run.stage.tolist(), strict=True))):
+        sel = ((run.kind == kind) & (run.stage == stage)).nonzero().squeeze(1)
+        m = multipliers[:, sel]
+        if kind == EMBEDDING:
+            embed_scale = embed_scale.index_put((torch.arange(B)[:, None], run.pos[sel][None]), m)
+        elif kind == ERROR:
+            name = _error_name(stage)
+            scale = torch.ones(B, n, 1).index_put(
+                (torch.arange(B)[:, None], run.pos[sel][None], torch.zeros_like(sel)[None]), m
+            )
+            errors[name] = cache[name] * scale
+    for l in range(L):
+        for kind, store, values in (
+            (LORSA, z, cache["z"][l]),
+            (TRANSCODER, acts, cache["acts"][l]),
+        ):
+            stage = 2 * l + (1 if kind == LORSA else 2)
+            sel = ((run.kind == kind) & (run.stage == stage)).nonzero().squeeze(1)
+            scale = torch.ones(B, *values.shape, dtype=multipliers.dtype)
+            scale = scale.index_put(
+                (torch.arange(B)[:, None], run.pos[sel][None], run.index[sel][None]),
+                multipliers[:, sel],
+            )
+            store.append(values * scale)
+    _source_count(graph, run)
+    hooks = _hooks(
+        replacement, run, freeze_attention=True, freeze_layernorm=True,
+        z=z, acts=acts, errors=errors, embed_scale=embed_scale,
+    )  # fmt: skip
+    names = tuple(f"blocks.{l}.{d}.hook_pre" for l in range(L) for d in ("lorsa", "transcoder"))
+    pre: dict[str, Tensor] = {}
+
+    def keep(act, hook):
+        pre[hook.name] = act
+
+    tokens = run.tokens[None].expand(B, n)
+    logits = replacement.run_with_hooks(
+        tokens, mode=run.mode, fwd_hooks=hooks + [(lambda name: name in names, keep)]
+    )
+    out = torch.full((B, graph.n_nodes), float("nan"), dtype=logits.dtype)
+    for kind, name in ((LORSA, "lorsa"), (TRANSCODER, "transcoder")):
+        for l in range(L):
+            stage = 2 * l + (1 if kind == LORSA else 2)
+            sel = ((run.kind == kind) & (run.stage == stage)).nonzero().squeeze(1)
+            out[:, sel] = pre[f"blocks.{l}.{name}.hook_pre"][:, run.pos[sel], run.index[sel]]
+    rows, read = _logit_readout(graph)
+    out[:, rows] = read(logits[:, -1])
+    return out
+
+
+def _clean_nodes(replacement: ReplacementModel, run: PromptRun) -> dict:
+    """The clean z / acts per layer (pos, n) and error vectors (1, pos, d) by hook name."""
+    L, n = run.n_layers, len(run.tokens)
+    z = [torch.zeros(n, lorsa.cfg.n_ov_heads) for lorsa in replacement.lorsas]
+    acts = [torch.zeros(n, tc.cfg.d_sae) for tc in replacement.transcoders]
+    out: dict = {"z": z, "acts": acts}
+    for kind, store in ((LORSA, z), (TRANSCODER, acts)):
+        for l in range(L):
+            stage = 2 * l + (1 if kind == LORSA else 2)
+            sel = ((run.kind == kind) & (run.stage == stage)).nonzero().squeeze(1)
+            store[l][run.pos[sel], run.index[sel]] = run.activation[sel]
+    err = run.kind == ERROR
+    for stage in run.stage[err].unique().tolist():
+        sel = (err & (run.stage == stage)).nonzero().squeeze(1)
+        out[_error_name(stage)] = run.write[sel][None]  # (1, pos, d): one per position
+    return out
+
+
+# ----------------------------------------------------------------- interventions
+@torch.no_grad()
+def intervene(
+    replacement: ReplacementModel,
+    graph: Graph,
+    interventions: list[Intervention],
+    *,
+    freeze_attention: bool = True,
+    freeze_layernorm: bool | None = None,
+) -> InterventionResult:
+    """Apply ``interventions`` to the prompt of ``graph`` and rerun: other heads and features
+    recompute, errors stay clean, attention patterns (and, by default with them, LayerNorm
+    scales) are frozen or free. Returns predicted (graph) and actual changes of its logits."""
+    if not interventions:
+        raise ValueError("no interventions given")
+    freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    where = graph.id_to_index
+    cache = _clean_nodes(replacement, run)
+    n, L = len(run.tokens), run.n_layers
+    patches: dict[str, list[tuple[int, int, float]]] = {}
+    errors = {name: v.clone() for name, v in cache.items() if name.endswith("hook_error")}
+    embed_scale = torch.ones(1, n)
+    for edit in interventions:
+        if edit.node not in where:
+            raise ValueError(f"no node {edit.node!r} in this graph")
+        i = where[edit.node]
+        kind, stage = int(graph.kind[i]), int(graph.stage[i])
+        pos, index = int(graph.pos[i]), int(graph.index[i])
+        new = edit.apply(float(graph.activation[i]))
+        if kind in (LORSA, TRANSCODER):
+            l = (stage - 1) // 2
+            name = f"blocks.{l}.{'lorsa.hook_z' if kind == LORSA else 'transcoder.hook_acts'}"
+            patches.setdefault(name, []).append((pos, index, new))
+        elif kind == ERROR:
+            errors[_error_name(stage)][0, pos] *= new
+        elif kind == EMBEDDING:
+            embed_scale[0, pos] = new
+        else:
+            raise ValueError(f"{edit.node} is a {KINDS[kind]} node: only sources can be changed")
+
+    def patch(entries):
+        def hook(act, hook):
+            act = act.clone()
+            for pos, index, value in entries:
+                act[:, pos, index] = value
+            return act
+
+        return hook
+
+    hooks = _hooks(
+        replacement, run, freeze_attention=freeze_attention, freeze_layernorm=freeze_layernorm,
+        z=[None] * L, acts=[None] * L, errors=errors if run.mode == "local" else {},
+        embed_scale=embed_scale,
+    )  # fmt: skip
+    hooks += [(name, patch(entries)) for name, entries in patches.items()]
+    logits = replacement.run_with_hooks(run.tokens[None], mode=run.mode, fwd_hooks=hooks)[0, -1]
+    rows, read = _logit_readout(graph)
+    actual = read(logits) - read(run.logits[-1])
+    predicted = predict(graph, interventions)[rows]
+    return InterventionResult([graph.ids[i] for i in rows.tolist()], predicted, actual, logits)
+
+
+def predict(graph: Graph, interventions: list[Intervention]) -> Float[Tensor, " node"]:
+    """Every node's change under ``interventions`` according to the graph alone: changes flow
+    along edges (per unit of the source's activation), stage by stage, through heads and
+    features that stay linear (active) and into the targets."""
+    where = graph.id_to_index
+    activation = graph.activation.double().numpy()
+    delta = np.zeros(graph.n_nodes)
+    fixed = {}
+    for edit in interventions:
+        i = where[edit.node]
+        fixed[i] = edit.apply(float(activation[i])) - activation[i]
+    stage = graph.stage.numpy()
+    per_unit = np.where(activation != 0, 1 / np.where(activation != 0, activation, 1), 0.0)
+    for s in np.unique(stage):
+        lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
+        if s > 0:
+            delta[lo:hi] = graph.edges[lo:hi] @ (delta * per_unit)
+        for i, d in fixed.items():
+            if lo <= i < hi:
+                delta[i] = d
+    return torch.from_numpy(delta).float()

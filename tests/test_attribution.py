@@ -1,0 +1,365 @@
+"""The attribution graph against independent oracles on a small random replacement model:
+closure (edges + bias = pre-activation), autograd Jacobians, the doubling intervention, QK
+terms against the Lorsa's own scores, and pruning against dense linear algebra."""
+
+import numpy as np
+import pytest
+import torch
+
+from circuits.attribution import (
+    LogitDiffTarget,
+    LogitTarget,
+    NodeTarget,
+    attribute,
+    closure_error,
+    run_prompt,
+)
+from circuits.graph import Graph
+from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
+from circuits.prune import find_threshold, graph_scores, influence, normalized, prune_graph
+from circuits.qk import QKSides, qk_attribution
+from replacement.lorsa import LorsaConfig, LorsaLayer
+from replacement.model import ReplacementModel
+from replacement.transcoder import Transcoder, TranscoderConfig
+
+D_MODEL = 24
+MODES = ("local", "sparse")
+
+
+def random_replacement(model, skip: bool = False) -> ReplacementModel:
+    torch.manual_seed(1)
+    lorsas = [
+        LorsaLayer(LorsaConfig(D_MODEL, n_qk_heads=2, n_ov_heads=8, d_qk=4, top_k=3))
+        for _ in range(2)
+    ]
+    transcoders = [
+        Transcoder(TranscoderConfig(D_MODEL, d_sae=16, top_k=4, skip=skip and l == 1))
+        for l in range(2)
+    ]
+    with torch.no_grad():
+        for p in [p for layer in lorsas + transcoders for p in layer.parameters()]:
+            p.normal_(std=0.3)
+    return ReplacementModel(model, lorsas, transcoders).eval()
+
+
+@pytest.fixture
+def replacement(random_model):
+    return random_replacement(random_model)
+
+
+@pytest.fixture
+def tokens():
+    torch.manual_seed(2)
+    return torch.randint(1, 50, (12,))
+
+
+@pytest.fixture(params=MODES)
+def graph(request, replacement, tokens):
+    return attribute(replacement, tokens, mode=request.param, max_logits=3)
+
+
+def targets(graph: Graph) -> torch.Tensor:
+    return (~torch.isnan(graph.value)).nonzero().squeeze(1)
+
+
+def test_edges_plus_bias_close_every_target(graph):
+    rows = graph.edges.toarray()
+    for t in targets(graph).tolist():
+        assert rows[t].sum() + float(graph.bias[t]) == pytest.approx(
+            float(graph.value[t]), abs=1e-4
+        )
+    errors = closure_error(graph)
+    assert errors["max_abs"] < 1e-4
+    assert graph.settings["closure_error"]["max_abs"] < 1e-4
+
+
+def test_values_are_the_models_own_pre_activations(graph, replacement, tokens):
+    """Checked on the fused (un-hooked) forward pass, not the cache attribution used."""
+    mode = graph.settings["mode"]
+    logits, cache = replacement.run_with_cache(
+        tokens[None], mode=mode, names_filter=lambda n: n.endswith(("hook_z", "hook_acts"))
+    )
+    for t in targets(graph).tolist():
+        kind, layer = graph.kinds[t], int(graph.layer[t])
+        pos, index = int(graph.pos[t]), int(graph.index[t])
+        if kind == "lorsa":
+            expected = cache[f"blocks.{layer}.lorsa.hook_z"][0, pos, index]
+        elif kind == "transcoder":
+            expected = cache[f"blocks.{layer}.transcoder.hook_acts"][0, pos, index]
+        else:
+            expected = logits[0, -1, index] - logits[0, -1].mean()
+        assert float(graph.value[t]) == pytest.approx(float(expected.detach()), abs=1e-4)
+        assert expected != 0  # every head and feature node is active
+
+
+def test_edges_equal_autograd_jacobians(graph, replacement):
+    """Each row is d(target) / d(source multiplier), from backward passes through the frozen
+    replacement model run with hooks (not through the closed form)."""
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    n_src = len(run.kind)
+    rows = targets(graph)
+    multipliers = torch.ones(len(rows), n_src, requires_grad=True)
+    out = direct_pre_activations(replacement, graph, multipliers, run=run)
+    (grad,) = torch.autograd.grad(out[torch.arange(len(rows)), rows].sum(), multipliers)
+    dense = torch.from_numpy(graph.edges.toarray())
+    torch.testing.assert_close(grad, dense[rows, :n_src], atol=1e-5, rtol=1e-4)
+    assert dense[:, n_src:].abs().sum() == 0  # nothing reads a logit
+
+
+def test_doubling_a_source_moves_each_target_by_its_edge(graph, replacement):
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    n_src = len(run.kind)
+    multipliers = torch.ones(n_src, n_src) + torch.eye(n_src)
+    with torch.no_grad():
+        clean = direct_pre_activations(replacement, graph, torch.ones(1, n_src), run=run)
+        doubled = direct_pre_activations(replacement, graph, multipliers, run=run)
+    t = targets(graph)
+    torch.testing.assert_close(clean[0, t], graph.value[t], atol=1e-5, rtol=1e-5)
+    moved = (doubled - clean)[:, t]  # source x target
+    edges = torch.from_numpy(graph.edges.toarray())[t][:, :n_src].T
+    torch.testing.assert_close(moved, edges, atol=1e-4, rtol=1e-4)
+
+
+def test_edges_only_run_upward_and_within_reach(graph):
+    coo = graph.edges.tocoo()
+    stage, pos, kinds = graph.stage.numpy(), graph.pos.numpy(), graph.kinds
+    assert (stage[coo.col] < stage[coo.row]).all()
+    assert (pos[coo.col] <= pos[coo.row]).all()
+    same = np.array([kinds[r] != "lorsa" for r in coo.row])
+    assert (pos[coo.col][same] == pos[coo.row][same]).all()  # only attention moves across
+    assert not any(kinds[c] == "logit" for c in coo.col)
+
+
+def test_error_nodes_exist_only_in_local_mode(graph):
+    n_err = int(graph.is_kind("error").sum())
+    assert n_err == (2 * 2 * len(graph.tokens) if graph.settings["mode"] == "local" else 0)
+
+
+def test_node_ids_are_unique_and_round_trip(graph, tmp_path):
+    assert len(set(graph.ids)) == graph.n_nodes
+    for suffix in (".pt", ".safetensors"):
+        path = tmp_path / f"g{suffix}"
+        graph.save(path)
+        back = Graph.load(path)
+        assert back.ids == graph.ids and back.labels == graph.labels
+        assert (back.edges != graph.edges).nnz == 0
+        for name in ("kind", "stage", "pos", "index", "activation", "bias", "target_weight"):
+            assert torch.equal(getattr(back, name), getattr(graph, name))
+        assert torch.equal(torch.isnan(back.value), torch.isnan(graph.value))
+        assert back.settings == graph.settings
+
+
+def test_corrupt_graph_file_is_refused(graph, tmp_path):
+    path = tmp_path / "g.pt"
+    graph.save(path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable graph file"):
+        Graph.load(path)
+    with pytest.raises(ValueError, match=r"\.pt or \.safetensors"):
+        graph.save(tmp_path / "g.txt")
+
+
+def test_json_export_follows_the_attribution_graph_schema(graph):
+    data = graph.to_json()
+    assert set(data) == {"metadata", "qParams", "nodes", "links"}
+    ids = [n["node_id"] for n in data["nodes"]]
+    assert len(set(ids)) == len(ids) == graph.n_nodes
+    assert len(data["links"]) == graph.n_edges
+    assert {link["source"] for link in data["links"]} <= set(ids)
+    for node in data["nodes"]:
+        assert node["node_id"].endswith(f"_{node['ctx_idx']}")
+        assert node["layer"] == node["node_id"].split("_")[0]
+    assert data["metadata"]["prompt_tokens"] == graph.token_strings
+
+
+def test_networkx_view_and_subgraph(graph):
+    g = graph.to_networkx()
+    assert g.number_of_nodes() == graph.n_nodes and g.number_of_edges() == graph.n_edges
+    keep = torch.arange(0, graph.n_nodes, 2)
+    sub = graph.subgraph(keep)
+    assert sub.ids == [graph.ids[i] for i in keep.tolist()]
+    dense = graph.edges.toarray()[keep][:, keep]
+    np.testing.assert_array_equal(sub.edges.toarray(), dense)
+
+
+# ----------------------------------------------------------------- targets
+def test_named_targets(replacement, tokens):
+    graph = attribute(
+        replacement, tokens, targets=[LogitTarget(3), LogitDiffTarget(4, 5), LogitTarget(7)]
+    )
+    logits = graph.is_kind("logit").nonzero().squeeze(1)
+    assert [graph.ids[i] for i in logits] == ["5_3_11", "5_4-5_11", "5_7_11"]
+    assert graph.target_weight[logits].tolist() == pytest.approx([1 / 3] * 3)
+    out = replacement(tokens[None], mode="local")[0, -1]
+    assert float(graph.value[logits[1]]) == pytest.approx(float(out[4] - out[5]), abs=1e-5)
+    assert closure_error(graph)["max_abs"] < 1e-4
+
+
+def test_node_target_starts_influence_at_that_node(replacement, tokens):
+    full = attribute(replacement, tokens)
+    head = int(full.is_kind("lorsa").nonzero()[-1])
+    target = NodeTarget("lorsa", int(full.layer[head]), int(full.pos[head]), int(full.index[head]))
+    graph = attribute(replacement, tokens, targets=[target])
+    assert graph.target_weight.nonzero().squeeze(1).tolist() == [head]
+    pruned = prune_graph(graph)
+    assert full.ids[head] in pruned.ids
+
+
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        ([LogitTarget(50)], "outside the vocabulary"),
+        ([NodeTarget("lorsa", 0, 3, 99)], "not active"),
+        ([NodeTarget("embedding", 0, 3, 1)], "lorsa or transcoder"),
+        ([], "targets is empty"),
+    ],
+)
+def test_bad_targets_are_refused(replacement, tokens, targets, message):
+    with pytest.raises(ValueError, match=message):
+        attribute(replacement, tokens, targets=targets)
+
+
+def test_bad_inputs_are_refused(replacement, random_model, tokens):
+    with pytest.raises(ValueError, match="unknown mode"):
+        attribute(replacement, tokens, mode="dense")
+    with pytest.raises(ValueError, match="outside 1..n_ctx"):
+        attribute(replacement, torch.randint(0, 50, (17,)))
+    with pytest.raises(ValueError, match="linear skip"):
+        attribute(random_replacement(random_model, skip=True), tokens)
+
+
+# ----------------------------------------------------------------- QK
+def test_qk_terms_sum_to_the_heads_scores(replacement, tokens):
+    run = run_prompt(replacement, tokens, "local")
+    for layer in range(2):
+        lorsa = replacement.lorsas[layer]
+        side = QKSides(run, replacement, layer)
+        q, k = lorsa.qk(run.lorsa_in[layer][None])
+        scores = (q @ k.transpose(-1, -2))[0] / lorsa.cfg.d_qk**0.5  # qk q k
+        heads, queries = torch.meshgrid(torch.arange(2), torch.arange(12), indexing="ij")
+        for key in range(12):
+            h, qq = heads.flatten(), queries.flatten()
+            kk = torch.full_like(h, key)
+            table = side.terms(h, qq, kk)
+            torch.testing.assert_close(table.sum((1, 2)), scores[h, qq, kk], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(side.scores(h, qq, kk), scores[h, qq, kk])
+
+
+def test_qk_attribution_records(graph, replacement):
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1)
+    records = qk_attribution(replacement, graph, heads, key_mass=0.3, top=5)
+    assert graph.qk is records and records
+    ids = set(graph.ids)
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    for a in records:
+        pattern = run.patterns[a.layer][a.qk_head, a.query]
+        assert a.attention == pytest.approx(float(pattern[a.key]))
+        assert a.key == int(pattern.argmax()) or a.attention >= 0.3
+        assert len(a.pairs) <= 5
+        values = [abs(p.value) for p in a.pairs]
+        assert values == sorted(values, reverse=True)
+        assert a.rest == pytest.approx(a.score - sum(p.value for p in a.pairs), abs=1e-4)
+        for p in a.pairs:
+            assert p.query is None or (p.query in ids and p.query.endswith(f"_{a.query}"))
+            assert p.key is None or (p.key in ids and p.key.endswith(f"_{a.key}"))
+    assert all(graph.qk_for(int(i)) for i in heads)
+    with pytest.raises(ValueError, match="not a Lorsa head"):
+        qk_attribution(replacement, graph, [0])
+
+
+# ----------------------------------------------------------------- pruning
+def dense_influence(graph: Graph) -> np.ndarray:
+    a = np.abs(graph.edges.toarray().astype(np.float64))
+    a /= np.maximum(a.sum(1, keepdims=True), 1e-10)
+    n = len(a)
+    return graph.target_weight.double().numpy() @ (np.linalg.inv(np.eye(n) - a) - np.eye(n))
+
+
+def test_influence_equals_the_matrix_inverse(graph):
+    infl = influence(normalized(graph.edges), graph.stage.numpy(), graph.target_weight.numpy())
+    np.testing.assert_allclose(infl, dense_influence(graph), rtol=1e-9, atol=1e-12)
+
+
+def test_find_threshold():
+    scores = np.array([5.0, 3.0, 1.0, 1.0])  # cumulative 0.5, 0.8, 0.9, 1.0
+    assert find_threshold(scores, 0.5) == 5.0
+    assert find_threshold(scores, 0.75) == 3.0
+    assert find_threshold(scores, 0.85) == 1.0
+    assert find_threshold(scores, 1.0) == 1.0
+
+
+def test_pruning_keeps_what_carries_influence(graph):
+    pruned = prune_graph(graph, node_threshold=0.8, edge_threshold=0.98)
+    infl = dense_influence(graph)
+    index = graph.id_to_index
+    kept = np.array([index[i] for i in pruned.ids])
+    kinds = pruned.kinds
+    # Every embedding and logit stays; kept inner nodes are among the most influential.
+    assert kinds.count("embedding") == len(graph.tokens)
+    assert kinds.count("logit") == int(graph.is_kind("logit").sum())
+    inner = [j for j, k in zip(kept, kinds, strict=True) if k not in ("embedding", "logit")]
+    threshold = find_threshold(infl, 0.8)
+    assert all(infl[j] >= threshold - 1e-9 for j in inner)
+    np.testing.assert_allclose(pruned.influence.numpy(), infl[kept], rtol=1e-5, atol=1e-7)
+    # Kept edges are original edges; no head, feature or error is left dangling.
+    full = graph.edges.toarray()
+    coo = pruned.edges.tocoo()
+    np.testing.assert_array_equal(coo.data, full[kept[coo.row], kept[coo.col]])
+    out_deg = np.bincount(coo.col, minlength=pruned.n_nodes)
+    in_deg = np.bincount(coo.row, minlength=pruned.n_nodes)
+    for j, k in enumerate(kinds):
+        if k in ("lorsa", "transcoder", "error"):
+            assert out_deg[j] > 0
+        if k in ("lorsa", "transcoder"):
+            assert in_deg[j] > 0
+    assert pruned.settings["unpruned"] == {"nodes": graph.n_nodes, "edges": graph.n_edges}
+
+
+def test_max_nodes_and_threshold_checks(graph):
+    pruned = prune_graph(graph, max_nodes=3)
+    assert int(pruned.is_kind("lorsa", "transcoder", "error").sum()) <= 3
+    everything = prune_graph(graph, node_threshold=1.0, edge_threshold=1.0)
+    assert everything.n_nodes >= prune_graph(graph).n_nodes
+    with pytest.raises(ValueError, match="node_threshold"):
+        prune_graph(graph, node_threshold=0)
+
+
+def test_scores_follow_circuit_tracers_formulas(graph):
+    scores = graph_scores(graph)
+    infl = dense_influence(graph)
+    a = np.abs(graph.edges.toarray().astype(np.float64))
+    a /= np.maximum(a.sum(1, keepdims=True), 1e-10)
+    err, emb = graph.is_kind("error").numpy(), graph.is_kind("embedding").numpy()
+    w = graph.target_weight.numpy()
+    expected_replacement = infl[emb].sum() / (infl[emb].sum() + infl[err].sum())
+    out = infl + w
+    expected_completeness = ((1 - a[:, err].sum(1)) * out).sum() / out.sum()
+    assert scores["replacement"] == pytest.approx(expected_replacement)
+    assert scores["completeness"] == pytest.approx(expected_completeness)
+    if graph.settings["mode"] == "sparse":
+        assert scores == {"replacement": 1.0, "completeness": 1.0}
+    else:
+        assert 0 < scores["replacement"] < 1 and 0 < scores["completeness"] < 1
+
+
+# ----------------------------------------------------------------- interventions
+def test_intervention_changes_agree_with_the_graph(graph, replacement):
+    logit = int(graph.is_kind("logit").nonzero()[0])
+    # The strongest direct source of the top logit: a tiny change stays in the linear regime.
+    row = graph.edges[[logit]].toarray()[0]
+    source = int(np.abs(row).argmax())
+    node = graph.ids[source]
+    none = intervene(replacement, graph, [Intervention(node, "scale", 1.0)])
+    assert none.actual.abs().max() == 0 and none.predicted.abs().max() == 0
+    small = intervene(replacement, graph, [Intervention(node, "scale", 1.001)])
+    torch.testing.assert_close(small.actual, small.predicted, atol=1e-4, rtol=2e-2)
+    assert small.actual.abs().max() > 0
+    ablated = intervene(replacement, graph, [Intervention(node, "ablate")], freeze_attention=False)
+    assert ablated.logits.shape == (50,)
+    # Predicted direct change of the logit is exactly its edge (per unit) when nothing between.
+    delta = predict(graph, [Intervention(node, "clamp", 0.0)])
+    assert float(delta[source]) == pytest.approx(-float(graph.activation[source]))
+    with pytest.raises(ValueError, match="no node"):
+        intervene(replacement, graph, [Intervention("nope")])
+    with pytest.raises(ValueError, match="unknown action"):
+        intervene(replacement, graph, [Intervention(node, "double")])

@@ -21,10 +21,12 @@ EDGE_THRESHOLD = 0.98
 
 def normalized(edges: sp.csr_array) -> sp.csr_array:
     """``|A|`` with every non-empty row scaled to sum to 1 (circuit-tracer's normalisation)."""
-    out = abs(edges).astype(np.float64)
-    sums = np.maximum(out.sum(axis=1), 1e-10)
-    out.data /= np.repeat(sums, np.diff(out.indptr))
-    return out
+    data = np.abs(edges.data, dtype=np.float64)
+    counts = np.diff(edges.indptr)
+    sums = torch.segment_reduce(torch.from_numpy(data), "sum", lengths=torch.from_numpy(counts))
+    data /= np.repeat(np.maximum(sums.numpy(), 1e-10), counts)
+    # The index arrays are shared with ``edges``, not copied: they are most of its memory.
+    return sp.csr_array((data, edges.indices, edges.indptr), shape=edges.shape, copy=False)
 
 
 def influence(a_hat: sp.csr_array, stage: np.ndarray, weights: np.ndarray) -> np.ndarray:

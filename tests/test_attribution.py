@@ -190,7 +190,8 @@ def test_named_targets(replacement, tokens):
     logits = graph.is_kind("logit").nonzero().squeeze(1)
     assert [graph.ids[i] for i in logits] == ["5_3_11", "5_4-5_11", "5_7_11"]
     assert graph.target_weight[logits].tolist() == pytest.approx([1 / 3] * 3)
-    out = replacement(tokens[None], mode="local")[0, -1]
+    with torch.no_grad():
+        out = replacement(tokens[None], mode="local")[0, -1]
     assert float(graph.value[logits[1]]) == pytest.approx(float(out[4] - out[5]), abs=1e-5)
     assert closure_error(graph)["max_abs"] < 1e-4
 

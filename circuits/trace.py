@@ -88,15 +88,17 @@ def _check_args(args: argparse.Namespace) -> list[str]:
 
 
 def _check_writable(out: Path) -> None:
-    """Fail before any work if ``out`` cannot be created or written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"--out {out}: exists and is not a directory") from None
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create it ({exc.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: not writable")
+    """Fail before any work if ``out`` could not be created or written (nothing is created
+    here: a refused run leaves no trace)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not writable")
 
 
 def _targets(args, tokenizer):
@@ -166,6 +168,7 @@ def write_outputs(graph, full, args, formats: list[str]) -> list[Path]:
     from toy_models.files import write_json_atomic
 
     out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     suffix = "." + args.graph_file
     written = [out / "graph.json", out / f"graph{suffix}"]
     write_json_atomic(written[0], graph.to_json(slug=out.name or "graph"))

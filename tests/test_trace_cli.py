@@ -1,0 +1,106 @@
+"""``python -m circuits.trace`` on the shipped default model: the files it writes, and bad input
+(one line on stderr, exit code 2, no traceback, nothing written)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from circuits.graph import Graph
+from circuits.trace import main
+from toy_models.cli import run_cli
+
+PROMPT = "Monday, Tuesday, Wednesday,"
+
+
+def trace(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_trace_writes_every_file(tmp_path, capsys):
+    out = tmp_path / "trace"
+    code, stdout, _ = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--key-mass", "0.3")
+    assert code == 0
+    assert "logit ' Thursday'" in stdout and "replacement" in stdout
+    names = {p.name for p in out.iterdir()}
+    assert {"graph.json", "graph.pt", "graph.dot", "graph.html"} <= names
+    assert not any(name.endswith(".tmp") for name in names)
+    graph = Graph.load(out / "graph.pt")
+    data = json.loads((out / "graph.json").read_text())
+    assert [n["node_id"] for n in data["nodes"]] == graph.ids
+    assert graph.qk and graph.settings["scores"]["replacement"] > 0
+    assert graph.settings["mode"] == "local"
+    if "graph.svg" in names:  # Graphviz installed (CI installs it)
+        assert "<svg" in (out / "graph.svg").read_text()
+        assert "<svg" in (out / "graph.html").read_text()
+
+
+def test_trace_targets_modes_and_formats(tmp_path, capsys):
+    out = tmp_path / "t"
+    code, stdout, _ = trace(
+        capsys, "--prompt", PROMPT, "--out", str(out), "--mode", "sparse", "--no-qk",
+        "--target", " Thursday", "--target-diff", " Thursday", " Friday",
+        "--graph-file", "safetensors", "--save-full", "--max-nodes", "20", "--format", "",
+    )  # fmt: skip
+    assert code == 0
+    graph = Graph.load(out / "graph.safetensors")
+    full = Graph.load(out / "full_graph.safetensors")
+    assert graph.settings["mode"] == "sparse" and not graph.qk
+    assert int(graph.is_kind("lorsa", "transcoder", "error").sum()) <= 20
+    assert int(graph.is_kind("error").sum()) == 0
+    assert full.n_nodes > graph.n_nodes
+    logits = [graph.labels[i] for i in graph.is_kind("logit").nonzero().squeeze(1).tolist()]
+    assert logits[0].startswith("logit ' Thursday'") and " - ' Friday'" in logits[1]
+    assert not (out / "graph.svg").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", ""], "the prompt is empty"),
+        (["--prompt", "x " * 200], "longer than the model's context of 128"),
+        (["--prompt", "a<|bos|>b"], "special token"),
+        (["--prompt", "bad \ud800 char"], "cannot be tokenized"),
+        (["--prompt", PROMPT, "--model", "gpt5"], "unknown model 'gpt5'"),
+        (["--prompt", PROMPT, "--target", " Thursdayy"], "not one token"),
+        (["--prompt", PROMPT, "--target-node", "lorsa:0:99:1"], "not active"),
+        (["--prompt", PROMPT, "--target-node", "lorsa:x"], "KIND:LAYER:POS:INDEX"),
+        (["--prompt", PROMPT, "--node-threshold", "0"], "--node-threshold must be in (0, 1]"),
+        (["--prompt", PROMPT, "--format", "gif"], "--format: unknown ['gif']"),
+        (["--prompt", PROMPT, "--replacement", "/nonexistent"], "replacement file missing"),
+    ],
+)
+def test_bad_input(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    code, _, err = trace(capsys, *args, "--out", str(out))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error:") and message in err, err
+    assert not out.exists()
+
+
+def test_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(blocker))
+    assert code == 2 and "not a directory" in err
+    assert blocker.read_text() == "keep me"
+    if os.geteuid() != 0:  # root ignores permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(locked / "x"))
+        assert code == 2 and "not writable" in err
+
+
+def test_no_traceback_from_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "circuits.trace", "--prompt", "", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: the prompt is empty"

@@ -137,6 +137,8 @@ def run_prompt(
             raise ValueError(
                 f"transcoder {l} has a linear skip; attribution through skips is not supported"
             )
+    if len({lorsa.cfg.group_size for lorsa in replacement.lorsas}) > 1:
+        raise ValueError("attribution needs the same Lorsa group size in every layer")
     tokens = torch.as_tensor(tokens).reshape(-1)
     L, n = replacement.cfg.n_layers, len(tokens)
     names = ("hook_scale", "hook_pattern", "hook_pre", "hook_z", "hook_acts", "hook_error")

@@ -138,15 +138,16 @@ class Graph:
         return {node_id: i for i, node_id in enumerate(self.ids)}
 
     # ----------------------------------------------------------------- views
-    def subgraph(self, keep: Tensor | list[int]) -> Graph:
-        """The graph restricted to the nodes ``keep`` (indices or a boolean mask), in order."""
+    def subgraph(self, keep: Tensor | list[int], edges: sp.csr_array | None = None) -> Graph:
+        """The graph restricted to the nodes ``keep`` (indices or a boolean mask), in order;
+        ``edges`` (optional) replaces the edges among them, e.g. with a pruned set."""
         keep = torch.as_tensor(keep)
         if keep.dtype == torch.bool:
             keep = keep.nonzero().squeeze(1)
         keep = keep.sort().values
         idx = keep.numpy()
-        kept_ids = {self.ids[i] for i in idx}
         pick = lambda t: None if t is None else t[keep]  # noqa: E731
+        qk_keys = self._qk_keys(keep)
         return replace(
             self,
             kind=self.kind[keep],
@@ -157,12 +158,21 @@ class Graph:
             value=self.value[keep],
             bias=self.bias[keep],
             target_weight=self.target_weight[keep],
-            edges=sp.csr_array(self.edges[idx][:, idx]),
+            edges=sp.csr_array(self.edges[idx][:, idx]) if edges is None else edges,
             labels=[self.labels[i] for i in idx],
             ids=[self.ids[i] for i in idx],
-            qk=[a for a in self.qk if _qk_owner_ids(a, self) & kept_ids],
+            qk=[a for a in self.qk if (a.layer, a.qk_head, a.query) in qk_keys],
             influence=pick(self.influence),
         )
+
+    def _qk_keys(self, nodes: Tensor) -> set[tuple[int, int, int]]:
+        """(layer, QK head, query) of the Lorsa nodes among ``nodes``."""
+        h = self.settings.get("lorsa_group_size")
+        lorsa = nodes[self.kind[nodes] == KINDS.index("lorsa")]
+        if not h or not len(lorsa):
+            return set()
+        layers, heads = self.layer[lorsa].tolist(), (self.index[lorsa] // h).tolist()
+        return set(zip(layers, heads, self.pos[lorsa].tolist(), strict=True))
 
     def qk_for(self, node: int) -> list[QKAttribution]:
         """The QK attributions of the Lorsa head ``node`` (one per key it was traced to)."""
@@ -373,10 +383,3 @@ _FEATURE_TYPE = {
 
 def _error_type(stage: int) -> str:
     return "attention reconstruction error" if stage % 2 else "mlp reconstruction error"
-
-
-def _qk_owner_ids(a: QKAttribution, graph: Graph) -> set[str]:
-    """Ids of the Lorsa nodes that share the QK head of ``a`` at its query position."""
-    h = graph.settings.get("lorsa_group_size", 1)
-    stage = 2 * a.layer + 1
-    return {f"{stage - 1}_{head}_{a.query}" for head in range(a.qk_head * h, (a.qk_head + 1) * h)}

@@ -19,25 +19,51 @@ NODE_THRESHOLD = 0.8
 EDGE_THRESHOLD = 0.98
 
 
-def normalized(edges: sp.csr_array) -> sp.csr_array:
-    """``|A|`` with every non-empty row scaled to sum to 1 (circuit-tracer's normalisation)."""
-    data = np.abs(edges.data, dtype=np.float64)
-    counts = np.diff(edges.indptr)
-    sums = torch.segment_reduce(torch.from_numpy(data), "sum", lengths=torch.from_numpy(counts))
-    data /= np.repeat(np.maximum(sums.numpy(), 1e-10), counts)
-    # The index arrays are shared with ``edges``, not copied: they are most of its memory.
-    return sp.csr_array((data, edges.indices, edges.indptr), shape=edges.shape, copy=False)
+class Normalized:
+    """``Â = D^-1 |A|`` kept as ``|A|`` (sharing ``A``'s index arrays, which are most of its
+    memory) and the row sums ``D``: ``Â^T w = |A|^T (w / D)`` needs no scaled copy."""
+
+    def __init__(self, edges: sp.csr_array):
+        data = np.abs(edges.data, dtype=np.float64)
+        counts = torch.from_numpy(np.diff(edges.indptr))
+        sums = torch.segment_reduce(torch.from_numpy(data), "sum", lengths=counts).numpy()
+        self.abs = sp.csr_array((data, edges.indices, edges.indptr), shape=edges.shape, copy=False)
+        self.row_sums = np.maximum(sums, 1e-10)  # circuit-tracer's clamp: empty rows stay 0
+
+    def abs_rows(self, lo: int, hi: int) -> sp.csr_array:
+        """Rows ``lo:hi`` of ``|A|`` as a view (scipy's row slicing would copy them)."""
+        a = self.abs
+        start, end = a.indptr[lo], a.indptr[hi]
+        indptr = a.indptr[lo : hi + 1] - start
+        return sp.csr_array(
+            (a.data[start:end], a.indices[start:end], indptr),
+            shape=(hi - lo, a.shape[1]),
+            copy=False,
+        )
+
+    def rows(self, lo: int, hi: int) -> sp.csr_array:
+        """Rows ``lo:hi`` of ``Â`` itself (a copy; fine for small blocks)."""
+        block = self.abs_rows(lo, hi).copy()
+        block.data /= np.repeat(self.row_sums[lo:hi], np.diff(block.indptr))
+        return block
+
+    def column_fraction(self, columns: np.ndarray) -> np.ndarray:
+        """Per row, the share of ``|A|`` that comes from ``columns``: ``Â[:, columns].sum(1)``."""
+        return self.abs[:, columns].sum(axis=1) / self.row_sums
 
 
-def influence(a_hat: sp.csr_array, stage: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def influence(
+    edges: sp.csr_array, stage: np.ndarray, weights: np.ndarray, a_hat=None
+) -> np.ndarray:
     """``weights^T ((I - Â)^-1 - I)``: every node's influence on the weighted targets."""
-    total = np.zeros(a_hat.shape[0])
+    a_hat = Normalized(edges) if a_hat is None else a_hat
+    total = np.zeros(edges.shape[0])
     bounds = np.flatnonzero(np.diff(stage)) + 1
     starts, ends = np.r_[0, bounds], np.r_[bounds, len(stage)]
     for lo, hi in zip(starts[::-1], ends[::-1], strict=True):  # top stage first
         w = weights[lo:hi] + total[lo:hi]
         if w.any():
-            total += a_hat[lo:hi].T @ w
+            total += a_hat.abs_rows(lo, hi).T @ (w / a_hat.row_sums[lo:hi])
     return total
 
 
@@ -51,7 +77,7 @@ def find_threshold(scores: np.ndarray, fraction: float) -> float:
 
 
 def node_influence(graph: Graph) -> np.ndarray:
-    return influence(normalized(graph.edges), graph.stage.numpy(), graph.target_weight.numpy())
+    return influence(graph.edges, graph.stage.numpy(), graph.target_weight.numpy())
 
 
 def prune_graph(
@@ -70,7 +96,7 @@ def prune_graph(
         if not 0 < value <= 1:
             raise ValueError(f"{name} must be in (0, 1], got {value}")
     stage, weights = graph.stage.numpy(), graph.target_weight.numpy()
-    infl = influence(normalized(graph.edges), stage, weights)
+    infl = influence(graph.edges, stage, weights)
     always = (graph.is_kind("embedding", "logit") | (graph.target_weight > 0)).numpy()
     inner = graph.is_kind("lorsa", "transcoder", "error").numpy()
     keep = infl >= find_threshold(infl, node_threshold)
@@ -82,8 +108,9 @@ def prune_graph(
 
     idx = np.flatnonzero(keep)
     sub = sp.csr_array(graph.edges[idx][:, idx])
-    sub_hat = normalized(sub)  # same sparsity structure as sub, entry for entry
-    sub_infl = influence(sub_hat, stage[idx], weights[idx]) + weights[idx]
+    sub_norm = Normalized(sub)
+    sub_hat = sub_norm.rows(0, len(idx))  # same sparsity structure as sub, entry for entry
+    sub_infl = influence(sub, stage[idx], weights[idx], sub_norm) + weights[idx]
     coo, coo_hat = sub.tocoo(), sub_hat.tocoo()
     row, col = coo.row, coo.col
     scores = coo_hat.data * sub_infl[row]
@@ -106,8 +133,7 @@ def prune_graph(
     e = edge_keep & alive[row] & alive[col]
     n = int(alive.sum())
     edges = sp.csr_array((coo.data[e], (new_index[row[e]], new_index[col[e]])), shape=(n, n))
-    pruned = graph.subgraph(torch.from_numpy(idx[alive]))
-    pruned.edges = edges
+    pruned = graph.subgraph(torch.from_numpy(idx[alive]), edges=edges)
     pruned.influence = torch.from_numpy(infl[idx[alive]]).float()
     pruned.settings = {
         **graph.settings,
@@ -127,12 +153,12 @@ def graph_scores(graph: Graph) -> dict[str, float]:
     completeness: the fraction of each node's input that does not come from error nodes,
     averaged with weights (influence + target weight).
     """
-    a_hat = normalized(graph.edges)
+    a_hat = Normalized(graph.edges)
     weights = graph.target_weight.numpy()
-    infl = influence(a_hat, graph.stage.numpy(), weights)
+    infl = influence(graph.edges, graph.stage.numpy(), weights, a_hat)
     emb, err = graph.is_kind("embedding").numpy(), graph.is_kind("error").numpy()
     token_infl, error_infl = infl[emb].sum(), infl[err].sum()
-    non_error = 1 - a_hat[:, np.flatnonzero(err)].sum(axis=1) if err.any() else np.ones(len(infl))
+    non_error = 1 - a_hat.column_fraction(np.flatnonzero(err))
     output_infl = infl + weights
     return {
         "replacement": float(token_infl / (token_infl + error_infl)),

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from replacement.model import ReplacementModel
 
-from .attribution import PromptRun, center, pad_by_position, run_prompt, source_ids
+from .attribution import LORSA, PromptRun, center, pad_by_position, run_prompt, source_ids
 from .graph import KINDS, Graph, QKAttribution, QKPair
 
 
@@ -87,13 +87,15 @@ def qk_attribution(
     if nodes is None:
         nodes = (graph.kind == KINDS.index("lorsa")).nonzero().squeeze(1)
     wanted: set[tuple[int, int, int, int]] = set()
-    for i in torch.as_tensor(nodes).tolist():
-        if KINDS[int(graph.kind[i])] != "lorsa":
-            raise ValueError(
-                f"node {graph.ids[i]} is a {KINDS[int(graph.kind[i])]}, not a Lorsa head"
-            )
-        layer, q = int(graph.layer[i]), int(graph.pos[i])
-        h = int(graph.index[i]) // replacement.lorsas[layer].cfg.group_size
+    nodes = torch.as_tensor(nodes, dtype=torch.long)
+    kinds = graph.kind[nodes].tolist()
+    if any(k != LORSA for k in kinds):
+        bad = int(nodes[[k != LORSA for k in kinds]][0])
+        raise ValueError(f"node {graph.ids[bad]} is a {graph.kinds[bad]}, not a Lorsa head")
+    group_size = replacement.lorsas[0].cfg.group_size
+    layers, queries = graph.layer[nodes].tolist(), graph.pos[nodes].tolist()
+    qk_heads = (graph.index[nodes] // group_size).tolist()
+    for layer, q, h in set(zip(layers, queries, qk_heads, strict=True)):
         pattern = run.patterns[layer][h, q, : q + 1]
         keys = {int(pattern.argmax())}
         if key_mass is not None:

@@ -16,7 +16,7 @@ from circuits.attribution import (
 )
 from circuits.graph import Graph
 from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
-from circuits.prune import find_threshold, graph_scores, influence, normalized, prune_graph
+from circuits.prune import find_threshold, graph_scores, influence, prune_graph
 from circuits.qk import QKSides, qk_attribution
 from replacement.lorsa import LorsaConfig, LorsaLayer
 from replacement.model import ReplacementModel
@@ -277,7 +277,7 @@ def dense_influence(graph: Graph) -> np.ndarray:
 
 
 def test_influence_equals_the_matrix_inverse(graph):
-    infl = influence(normalized(graph.edges), graph.stage.numpy(), graph.target_weight.numpy())
+    infl = influence(graph.edges, graph.stage.numpy(), graph.target_weight.numpy())
     np.testing.assert_allclose(infl, dense_influence(graph), rtol=1e-9, atol=1e-12)
 
 

@@ -3,7 +3,9 @@
 The page has no scripts and loads nothing from the network, so it can be mailed, archived or
 opened from a run directory years later. The drawing is the inline SVG that ``dot`` made from
 ``reports.graphviz.to_dot``; the table below it carries what a drawing cannot: every node's
-numbers, its strongest inputs and outputs, and for Lorsa heads what made them attend.
+numbers, its strongest inputs and outputs, and for Lorsa heads what made them attend. The
+drawing shows only a budget of the graph; the table lists every node and greys out the rows
+of those the drawing leaves out.
 Every string from the graph goes through ``html.escape``.
 """
 
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-from html import escape
+import re
+from html import escape, unescape
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,11 @@ td.num { text-align: right; font-family: Menlo, Consolas, monospace; }
 .kind-transcoder { background: #c6dbef; } .kind-error { background: #d9d9d9; }
 .kind-logit { background: #c7e9c0; }
 .qk { font-size: 0.95em; }
+tr.undrawn td { color: #888; }
 """
+
+# A node of a Graphviz SVG: its <title> is the node name (our node id, XML-escaped).
+_SVG_NODE = re.compile(r'<g id="node\d+" class="node">\s*<title>([^<]*)</title>')
 
 
 def write_html(
@@ -64,6 +71,7 @@ def html_page(
     """The text of the page ``write_html`` writes."""
     if top_edges < 0:
         raise ValueError(f"top_edges must be >= 0, got {top_edges}")
+    drawn = drawn_ids(svg_text)
     if title is None:
         prompt = graph.prompt if len(graph.prompt) <= 80 else graph.prompt[:79] + "…"
         title = f"Attribution graph: {prompt}" if prompt else "Attribution graph"
@@ -83,8 +91,9 @@ def html_page(
         _summary_html(graph),
         "<h2>Graph</h2>",
         _drawing_html(svg_text),
+        _drawn_note_html(graph, drawn),
         "<h2>Nodes</h2>",
-        _node_table_html(graph, top_edges),
+        _node_table_html(graph, top_edges, drawn),
         "</body>",
         "</html>",
     ]
@@ -151,6 +160,25 @@ def _drawing_html(svg_text: str | None) -> str:
     return f'<div class="graph">\n{svg_text[start:].strip()}\n</div>'
 
 
+def drawn_ids(svg_text: str | None) -> set[str] | None:
+    """The node ids a Graphviz SVG draws; None without a drawing or when it names no nodes
+    (not one of ``dot``'s), so nothing is marked as left out."""
+    names = _SVG_NODE.findall(svg_text) if svg_text is not None else []
+    return {unescape(name) for name in names} or None
+
+
+def _drawn_note_html(graph: Graph, drawn: set[str] | None) -> str:
+    if drawn is None:
+        return ""
+    shown = sum(node in drawn for node in graph.ids)
+    if shown == graph.n_nodes:
+        return ""
+    return (
+        f"<p>The drawing shows {shown} of {graph.n_nodes} nodes (hover one for its full "
+        "label); the grey rows below are the nodes it leaves out.</p>"
+    )
+
+
 def _node_order(graph: Graph) -> list[int]:
     """Most influential first when influence is known; else the graph's stage order."""
     n = graph.n_nodes
@@ -208,7 +236,7 @@ def _qk_html(
     return "".join(blocks)
 
 
-def _node_table_html(graph: Graph, top_edges: int) -> str:
+def _node_table_html(graph: Graph, top_edges: int, drawn: set[str] | None = None) -> str:
     has_influence = graph.influence is not None
     csr = graph.edges.tocsr()
     csc = graph.edges.tocsc()
@@ -242,5 +270,6 @@ def _node_table_html(graph: Graph, top_edges: int) -> str:
             f"<td>{_edge_list(graph, outgoing)}</td>",
             f"<td>{_qk_html(graph, graph.qk_for(i), top_edges, index_of)}</td>",
         ]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+        undrawn = drawn is not None and graph.ids[i] not in drawn
+        rows.append(('<tr class="undrawn">' if undrawn else "<tr>") + "".join(cells) + "</tr>")
     return '<table class="nodes">\n' + "\n".join(rows) + "\n</table>"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from html.parser import HTMLParser
 
 import numpy as np
@@ -154,10 +155,27 @@ def test_dot_escape_makes_any_text_a_literal_label():
     assert gv.dot_escape("Ġ ☃ <|bos|>") == "Ġ ☃ <|bos|>"
 
 
-def test_dot_has_every_node_and_every_nonzero_edge(graph):
+def drawn_nodes(dot: str) -> dict[str, str]:
+    """Node id -> attribute text of every graph node statement (not the axis labels)."""
+    found = re.findall(r'^  "([^"]+)" \[(.*)\];$', dot, flags=re.M)
+    return {name: attrs for name, attrs in found if 'shape="plaintext"' not in attrs}
+
+
+def attr(attrs: str, name: str) -> str:
+    return re.search(rf'(?<![a-z]){name}="((?:[^"\\]|\\.)*)"', attrs).group(1)
+
+
+def positions(dot: str) -> dict[str, tuple[float, float]]:
+    return {
+        name: tuple(float(v) for v in attr(attrs, "pos").rstrip("!").split(","))
+        for name, attrs in drawn_nodes(dot).items()
+    }
+
+
+def test_dot_has_every_connected_node_and_every_nonzero_edge(graph):
     dot = gv.to_dot(graph)
-    for name in graph.ids:
-        assert re.search(rf'^    "{re.escape(name)}" \[', dot, flags=re.M), name
+    # Everything fits the default budget; only E_0_0 is left out, whose one edge is a zero.
+    assert set(drawn_nodes(dot)) == set(graph.ids) - {"E_0_0"}
     edges = {(a, b) for a, b, _ in drawn_edges(dot)}
     coo = graph.edges.tocoo()
     expected = {
@@ -169,26 +187,68 @@ def test_dot_has_every_node_and_every_nonzero_edge(graph):
     # Quotes balance on every line: no label text can end a string early.
     for line in dot.splitlines():
         assert len(re.findall(r'(?<!\\)(?:\\\\)*"', line)) % 2 == 0, line
-    assert dot.startswith("digraph") and 'rankdir="BT"' in dot
-    assert dot.count("rank=same") == 1 + len(set(graph.stage.tolist()))
+    assert dot.startswith("digraph") and 'layout="neato"' in dot
+    assert all(attr(a, "pos").endswith("!") for a in drawn_nodes(dot).values())  # pinned
+    assert "12 of 13 nodes, 12 of 12 edges\\n" in dot  # nothing trimmed: no "top nodes by"
 
 
 def test_dot_escapes_labels_and_tooltips(graph):
     dot = gv.to_dot(graph)
+    nodes = drawn_nodes(dot)
     escaped = gv.dot_escape(NASTY)
-    assert f'label="{escaped}"' in dot
     assert "\n" not in escaped and NASTY not in dot
-    assert '"E_4_1" [label="Ġ\\"q\\""' in dot  # token string with a quote
+    assert escaped in attr(nodes["1_17_1"], "tooltip")  # the full label
+    assert attr(nodes["1_17_1"], "label") == gv.dot_escape('F17\nsay "hi" \\N <…')
+    assert attr(nodes["E_4_1"], "label") == "'Ġ\\\"q\\\"'@1"  # token string with a quote
+    assert attr(nodes["E_9_3"], "label") == "'&amp;x'@3"
+    assert re.search(r"label=<<TABLE[^\n]*>L0 transcoder</TD>", dot)  # the stage names
 
 
-def test_dot_orders_rows_by_stage_and_nodes_by_position(graph):
-    dot = gv.to_dot(graph)
-    rows = re.findall(r'^  "(row:[^"]+)"( -> "row:[^"]+")+', dot, flags=re.M)
-    chain = re.search(r'^  "row:tokens"(?: -> "row:\d+")+', dot, flags=re.M).group(0)
-    assert re.findall(r"row:(\w+)", chain) == ["tokens", "0", "1", "2", "3", "4", "5"]
-    assert rows  # the chain is a single statement
-    stage2 = re.search(r'^    "row:2" -> .*$', dot, flags=re.M).group(0)
-    assert stage2.index('"1_17_1"') < stage2.index('"1_3_3"') < stage2.index('"1_-1_3"')
+def test_short_labels_of_real_labels():
+    g = make_graph()
+    g.labels = list(g.labels)
+    set_label = lambda node, text: g.labels.__setitem__(g.ids.index(node), text)  # noqa: E731
+    set_label("2_2_3", "L1 head 2 (QK 1) @3 attends ' Julia'@1")
+    set_label("1_3_3", "L0 feature 3 @3 -> ' F' ' M' ' eleven'")
+    set_label("3_9_3", "L1 feature 9 @3 -> \"'s\" ' the' 'x'")
+    set_label("5_11_3", "logit ' Julia' p=0.997")
+    set_label("5_7_3", "logit ' Veafruviand' - ' Tom' = 2.554")
+    set_label("E_0_0", "'<|bos|>'@0")
+    short = {node: gv.short_label(g, i) for i, node in enumerate(g.ids)}
+    assert short["0_5_2"] == "H5\n→'Ġ\"q\"'@1"  # from its QK attribution (most attention)
+    g.settings.pop("lorsa_group_size")  # no QK: parsed from the label
+    assert gv.short_label(g, g.ids.index("2_2_3")) == "H2\n→' Julia'@1"
+    assert short["1_3_3"] == "F3\n' F'" and short["3_9_3"] == 'F9\n"\'s"'
+    assert short["1_-1_3"] == "err" and short["E_0_0"] == "'<|bos|>'@0"
+    assert short["5_11_3"] == "' Julia'\np=0.997"
+    assert short["5_7_3"] == "' Veafruviand' - …\n= 2.554"
+    assert short["1_17_1"] == 'F17\nsay "hi" \\N <…'  # a free-form label, cut
+    for text in short.values():
+        assert text.count("\n") <= 1
+        assert all(len(line) <= gv.LOGIT_CHARS for line in text.split("\n")), text
+
+
+def test_layout_rows_by_stage_columns_by_position(graph):
+    xy = positions(gv.to_dot(graph))
+    stage = dict(zip(graph.ids, graph.stage.tolist(), strict=True))
+    for a in xy:
+        for b in xy:
+            if stage[a] < stage[b]:
+                assert xy[a][1] < xy[b][1], (a, b)  # bottom to top
+    # Left to right by position, within a stage and across stages.
+    assert xy["1_17_1"][0] < xy["1_3_3"][0] and xy["1_17_1"][0] < xy["1_-1_3"][0]
+    assert xy["E_4_1"][0] == pytest.approx(xy["1_17_1"][0])  # one node over its token
+    assert xy["E_4_1"][0] < xy["E_6_2"][0] < xy["E_9_3"][0]
+    # The stage names run top down in one plaintext node.
+    names = re.findall(r">([^<>]+)</TD>", gv.to_dot(graph))
+    assert names == [
+        "logits",
+        "L1 transcoder",
+        "L1 Lorsa",
+        "L0 transcoder",
+        "L0 Lorsa",
+        "embeddings",
+    ]
 
 
 def test_edge_colour_follows_sign_and_width_follows_strength(graph):
@@ -209,10 +269,18 @@ def test_max_edges_keeps_the_strongest(graph):
     # Widths are relative to what is drawn: the strongest kept edge is the widest.
     only = drawn_edges(gv.to_dot(graph, max_edges=1))
     assert len(only) == 1 and f'penwidth="{gv.MAX_PENWIDTH:.3f}"' in only[0][2]
-    assert drawn_edges(gv.to_dot(graph, max_edges=0)) == []
+    none = gv.to_dot(graph, max_edges=0)
+    assert drawn_edges(none) == [] and "0 of 12 edges (top nodes by influence" in none
+    # Embeddings stay only where a QK edge still leaves them; heads, features, logits stay.
+    assert {n for n in drawn_nodes(none) if n.startswith("E_")} == {"E_4_1", "E_6_2"}
+    assert len(drawn_nodes(none)) == 9 + 2
     assert len(drawn_edges(gv.to_dot(graph, max_edges=100))) == 12
-    with pytest.raises(ValueError, match="max_edges"):
-        gv.to_dot(graph, max_edges=-1)
+    assert len(drawn_edges(gv.to_dot(graph, max_edges=None))) == 12
+    for bad in (-1, "all"):
+        with pytest.raises(ValueError, match="max_edges"):
+            gv.to_dot(graph, max_edges=bad)
+    with pytest.raises(ValueError, match="max_nodes"):
+        gv.to_dot(graph, max_nodes=-1)
 
 
 def test_qk_edges_are_dashed_and_skip_bias_and_pruned_nodes(graph):
@@ -226,6 +294,13 @@ def test_qk_edges_are_dashed_and_skip_bias_and_pruned_nodes(graph):
     for line in dot.splitlines():
         if 'style="dashed"' in line:
             assert f'color="{gv.QK_COLOR}"' in line and 'constraint="false"' in line
+    # A node left out of the drawing counts as pruned: the side falls back to a drawn node.
+    qk = gv.qk_edges(graph, [i for i, n in enumerate(graph.ids) if n != "1_3_3"])
+    assert {(graph.ids[e.source], graph.ids[e.target], e.side) for e in qk} == {
+        ("E_6_2", "0_5_2", "q"),
+        ("E_4_1", "0_5_2", "k"),
+        ("1_17_1", "2_2_3", "k"),  # no drawn node left on the query side of head 2
+    }
     # No QK head size in the settings: no QK edges (qk_for cannot map heads).
     graph.settings.pop("lorsa_group_size")
     assert qk_drawn(gv.to_dot(graph)) == set()
@@ -234,7 +309,7 @@ def test_qk_edges_are_dashed_and_skip_bias_and_pruned_nodes(graph):
 def test_dot_of_an_empty_graph_is_valid():
     g = make_graph().subgraph(torch.zeros(13, dtype=torch.bool))
     dot = gv.to_dot(g)
-    assert drawn_edges(dot) == [] and '"row:tokens"' in dot
+    assert drawn_edges(dot) == [] and drawn_nodes(dot) == {} and "0 of 0 nodes" in dot
     if HAS_DOT:
         subprocess.run(["dot", "-Tsvg"], input=dot, text=True, check=True, capture_output=True)
 
@@ -248,11 +323,163 @@ def test_dot_parses_and_svg_shows_labels_literally(graph):
     assert proc.stderr == ""
     svg = proc.stdout
     # Graphviz writes the node name as each node's <title>.
-    for name in graph.ids:
+    for name in set(graph.ids) - {"E_0_0"}:
         assert f"<title>{name.replace('-', '&#45;')}</title>" in svg, name
-    assert "say &quot;hi&quot; \\N &lt;b&gt; &amp; &amp;lt; co</text>" in svg
-    assert "line2 Ġ ☃ &lt;|bos|&gt;</text>" in svg
+    assert ">say &quot;hi&quot; \\N &lt;…</text>" in svg  # the short label, literally
+    assert "line2 Ġ ☃ &lt;|bos|&gt;&#10;" in svg  # the full label, in the tooltip
     assert svg.count('stroke-dasharray="5,2"') >= 4  # the QK edges
+
+
+# ------------------------------------------------------------------------------ budget, layout
+def make_big_graph(*, influence: bool = True, n_pos: int = 21, seed: int = 0) -> Graph:
+    """Shaped like a real pruned graph: one embedding per position, heads and features mostly
+    at the last position, error nodes, two logits and a few thousand random edges."""
+    rng = np.random.default_rng(seed)
+    n_layers, last = 2, n_pos - 1
+    rows = [("embedding", 0, p, -1, f"'t{p}'@{p}") for p in range(n_pos)]
+    for layer in range(n_layers):
+        for kind, stage in (("lorsa", 2 * layer + 1), ("transcoder", 2 * layer + 2)):
+            for k in range(32):
+                p = last if k < 26 else int(rng.integers(1, last))
+                label = (
+                    f"L{layer} head {k} (QK 0) @{p} attends 't{p - 1}'@{p - 1}"
+                    if kind == "lorsa"
+                    else f"L{layer} feature {k} @{p} -> ' w{k}' 'b' 'c'"
+                )
+                rows.append((kind, stage, p, k, label))
+            rows.append(("error", stage, last, -1, f"L{layer} error @{last}"))
+    rows += [("logit", 2 * n_layers + 1, last, 7, "logit ' x' p=0.600")]
+    rows += [("logit", 2 * n_layers + 1, last, 9, "logit ' y' p=0.300")]
+    rows.sort(key=lambda r: (r[1], r[2], r[3]))
+    n = len(rows)
+    stage = np.array([r[1] for r in rows])
+    t, s = [], []
+    for target in range(n):
+        lower = np.flatnonzero(stage < stage[target])
+        if len(lower):
+            picked = rng.choice(lower, size=min(24, len(lower)), replace=False)
+            t += [target] * len(picked)
+            s += picked.tolist()
+    weights = rng.normal(size=len(t)).astype(np.float32)
+    return Graph(
+        prompt=" ".join(f"t{p}" for p in range(n_pos)),
+        tokens=list(range(n_pos)),
+        token_strings=[f"t{p}" for p in range(n_pos)],
+        n_layers=n_layers,
+        kind=torch.tensor([KINDS.index(r[0]) for r in rows]),
+        stage=torch.tensor(stage),
+        pos=torch.tensor([r[2] for r in rows]),
+        index=torch.tensor([r[3] for r in rows]),
+        activation=torch.tensor(rng.uniform(0.5, 5.0, n), dtype=torch.float32),
+        value=torch.full((n,), float("nan")),
+        bias=torch.zeros(n),
+        target_weight=torch.tensor([0.6 * (r[3] == 7) + 0.3 * (r[3] == 9) for r in rows]),
+        edges=sp.csr_array((weights, (t, s)), shape=(n, n)),
+        labels=[r[4] for r in rows],
+        ids=[
+            node_id(k, st, p, i, token=p if k == "embedding" else None) for k, st, p, i, _ in rows
+        ],
+        influence=torch.tensor(rng.permutation(n) / n, dtype=torch.float32) if influence else None,
+        settings={"lorsa_group_size": 1},
+    )
+
+
+@pytest.fixture
+def big() -> Graph:
+    return make_big_graph()
+
+
+def inner(graph: Graph, names) -> list[str]:
+    kinds = dict(zip(graph.ids, graph.kinds, strict=True))
+    return sorted(n for n in names if kinds[n] in ("lorsa", "transcoder", "error"))
+
+
+def test_budget_keeps_the_most_influential_every_logit_and_used_embeddings(big):
+    dot = gv.to_dot(big, max_nodes=10)
+    nodes, edges = drawn_nodes(dot), drawn_edges(dot)
+    ranked = sorted(inner(big, big.ids), key=lambda n: -float(big.influence[big.ids.index(n)]))
+    assert inner(big, nodes) == sorted(ranked[:10])
+    assert {"5_7_20", "5_9_20"} <= set(nodes)  # every logit, however low its influence
+    sources = {a for a, _, _ in edges}
+    embeddings = {n for n in nodes if n.startswith("E_")}
+    assert embeddings and embeddings <= sources  # no embedding without a drawn edge
+    assert all(a in nodes and b in nodes for a, b, _ in edges)
+    # Edges: the strongest among the candidates, EDGES_PER_NODE per possible node.
+    s = gv.select(big, max_nodes=10, max_edges=7)
+    keep = {big.ids.index(n) for n in ranked[:10]} | {
+        i for i, k in enumerate(big.kinds) if k in ("logit", "embedding")
+    }
+    pool = sorted(
+        (abs(e.weight) for e in gv.strongest_edges(big) if e.source in keep and e.target in keep),
+        reverse=True,
+    )
+    assert [abs(e.weight) for e in s.edges] == pool[:7]
+    n_emb_sources = len({e.source for e in gv.select(big, max_nodes=10, max_edges=None).edges
+                         if big.kinds[e.source] == "embedding"})  # fmt: skip
+    assert len(edges) == min(len(pool), gv.EDGES_PER_NODE * (10 + 2 + n_emb_sources))
+
+
+def test_default_budget_and_caption_counts(big):
+    dot = gv.to_dot(big)
+    nodes, edges = drawn_nodes(dot), drawn_edges(dot)
+    assert len(inner(big, nodes)) == gv.MAX_NODES
+    assert len(edges) <= gv.EDGES_PER_NODE * len(nodes)
+    caption = attr(re.search(r"^  graph \[(.*)\];$", dot, flags=re.M).group(1), "label")
+    assert (
+        f"\\n{len(nodes)} of {big.n_nodes} nodes, {len(edges)} of {big.n_edges} edges "
+        "(top nodes by influence, strongest edges; all in the HTML table)\\n"
+    ) in caption
+    assert 'splines="true"' in dot  # small enough to route edges around nodes
+
+    # Without influence the ranking falls back to |activation|.
+    plain = make_big_graph(influence=False)
+    nodes = drawn_nodes(gv.to_dot(plain, max_nodes=5))
+    ranked = sorted(
+        inner(plain, plain.ids), key=lambda n: -float(plain.activation[plain.ids.index(n)])
+    )
+    assert inner(plain, nodes) == sorted(ranked[:5])
+    assert "top nodes by |activation|" in gv.to_dot(plain)
+
+    # No budget: every head, feature and error, every edge; too big to route, so curved.
+    everything = gv.to_dot(big, max_nodes=None, max_edges=None)
+    assert len(drawn_edges(everything)) == big.n_edges
+    assert inner(big, drawn_nodes(everything)) == inner(big, big.ids)
+    assert 'splines="curved"' in everything
+
+
+def test_layout_stacks_big_cells_and_keeps_the_drawing_square(big):
+    dot = gv.to_dot(big)
+    xy, nodes = positions(dot), drawn_nodes(dot)
+    size = {n: (float(attr(a, "width")), float(attr(a, "height"))) for n, a in nodes.items()}
+    # The last position holds ~60 nodes: they stack instead of making rows 20 nodes long.
+    by_row: dict[float, list[str]] = {}
+    for n, (_, y) in xy.items():
+        by_row.setdefault(y, []).append(n)
+    assert max(len(r) for r in by_row.values() if not r[0].startswith("E_")) < 12
+    xs, ys = [x for x, _ in xy.values()], [y for _, y in xy.values()]
+    aspect = (max(xs) - min(xs) + 1.5) / (max(ys) - min(ys) + 1.0)
+    assert 0.6 < aspect < 2.2, aspect
+    for row in by_row.values():  # no two nodes of one row overlap
+        row.sort(key=lambda n: xy[n][0])
+        for a, b in zip(row, row[1:], strict=False):
+            assert xy[b][0] - xy[a][0] >= (size[a][0] + size[b][0]) / 2, (a, b)
+    # Columns only where something is drawn: no width for positions with nothing.
+    small = gv.to_dot(big, max_nodes=5, max_edges=8)
+    used = {big.pos[big.ids.index(n)].item() for n in drawn_nodes(small)}
+    lay = gv.layout(big, gv.select(big, max_nodes=5, max_edges=8))
+    assert set(lay.columns) == used and len(used) < 10
+    xs = sorted(x for x, _ in positions(small).values())
+    assert xs[-1] - xs[0] < 3 * len(used)  # inches: no gaps for the positions in between
+
+
+@needs_dot
+def test_dot_draws_the_default_budget_quickly(big):
+    text = gv.to_dot(big)
+    start = time.perf_counter()
+    proc = subprocess.run(["dot", "-Tsvg"], input=text, text=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert seconds < 6, seconds  # about 1 s; the unbudgeted drawing took 8 s and more
 
 
 # -------------------------------------------------------------------------------------- render
@@ -398,3 +625,25 @@ def test_html_without_svg_or_influence(tmp_path):
     assert [r[0] for r in rows[1:]] == list(graph.ids)  # stage order
     with pytest.raises(ValueError, match="svg"):
         write_html(graph, path, "not a drawing")
+
+
+def test_html_greys_out_the_nodes_the_drawing_leaves_out(tmp_path, graph):
+    path = tmp_path / "g.html"
+    svg = (
+        '<svg width="10pt" height="10pt"><g id="node1" class="node">\n<title>3_9_3</title>'
+        '</g><g id="node2" class="node">\n<title>1_&#45;1_3</title></g></svg>'
+    )
+    write_html(graph, path, svg)
+    text = path.read_text(encoding="utf-8")
+    parse_html(text)
+    undrawn = set(re.findall(r'<tr class="undrawn"><td id="node-([^"]+)"', text))
+    assert undrawn == set(graph.ids) - {"3_9_3", "1_-1_3"}
+    assert "The drawing shows 2 of 13 nodes" in text
+    # A drawing that names no nodes (not dot's) marks nothing.
+    write_html(graph, path, svg_of(graph) if not HAS_DOT else "<svg></svg>")
+    assert 'class="undrawn"' not in path.read_text(encoding="utf-8")
+    if HAS_DOT:  # the real drawing leaves out only E_0_0, whose one edge is a zero
+        write_html(graph, path, svg_of(graph))
+        text = path.read_text(encoding="utf-8")
+        assert re.findall(r'<tr class="undrawn"><td id="node-([^"]+)"', text) == ["E_0_0"]
+        assert "The drawing shows 12 of 13 nodes" in text

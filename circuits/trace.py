@@ -122,10 +122,14 @@ def _targets(args, tokenizer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    formats = _check_args(args)
     import torch
 
+    with torch.no_grad():  # a context, not a global switch: main() is also called in-process
+        return _trace(parse_args(argv))
+
+
+def _trace(args: argparse.Namespace) -> int:
+    formats = _check_args(args)
     from replacement.model import load_pretrained
     from toy_models.tokenizer import encode_prompt
 
@@ -133,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     from .prune import graph_scores, prune_graph
     from .qk import qk_attribution
 
-    torch.set_grad_enabled(False)
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     tokens = encode_prompt(tokenizer, args.prompt, replacement.cfg.n_ctx)
     targets = _targets(args, tokenizer)

@@ -21,9 +21,8 @@ from toy_models.tokenizer import encode_prompt
 def default():
     from replacement.model import load_pretrained
 
-    torch.set_grad_enabled(False)
-    yield load_pretrained("default")
-    torch.set_grad_enabled(True)
+    with torch.no_grad():
+        yield load_pretrained("default")
 
 
 class Traced:

@@ -382,17 +382,19 @@ def attribute(
     logit_probability: float = 0.95,
     tokenizer=None,
     prompt: str = "",
+    run: PromptRun | None = None,
 ) -> Graph:
     """The full (unpruned) attribution graph of one prompt.
 
     ``targets``: default the top logits at the last position, up to ``max_logits`` of them and
     a cumulative probability of ``logit_probability``, each weighted by its probability;
     otherwise the given logit tokens, logit differences and nodes, weighted equally.
-    ``tokenizer`` (optional) gives readable labels.
+    ``tokenizer`` (optional) gives readable labels; ``run`` (optional) is this prompt's
+    ``run_prompt`` in this mode, when the caller has it already.
     """
     t0 = time.perf_counter()
     replacement.eval()
-    run = run_prompt(replacement, tokens, mode)
+    run = run or run_prompt(replacement, tokens, mode)
     m, L, n = replacement.model, run.n_layers, len(run.tokens)
     n_src = len(run.kind)
 

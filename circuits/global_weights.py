@@ -211,15 +211,14 @@ def qk_virtual_weights(
 class Statistics:
     """Corpus statistics of a replacement model: summed local edges between units, per target
     stage (``blocks[S]``: units below stage S x units of stage S), each unit's summed activity
-    and occurrence count, and what logit targets need (activity / sigma_final per unit; for
-    error units the summed error vectors / sigma_final)."""
+    and occurrence count, and what logit targets need: each unit's summed write vector divided
+    by the final LayerNorm scale where it was written (embeddings include their position)."""
 
     units: Units
     blocks: list[Tensor]  # index S - 1 for target stage S = 1 .. 2L
     activity: Tensor  # per unit: sum of activations (1 per occurrence for embeddings, errors)
     count: Tensor  # per unit: number of occurrences
-    activity_final: Tensor  # per unit: sum of a / sigma_final
-    error_final: Tensor  # (2L, d_model): per error unit, sum of error vector / sigma_final
+    write_final: Tensor  # (unit, d_model): sum of centred write / sigma_final
     meta: dict
 
     def edge_block(self, target_stage: int) -> Tensor:
@@ -232,8 +231,7 @@ class Statistics:
         tensors |= {
             "activity": self.activity,
             "count": self.count,
-            "activity_final": self.activity_final,
-            "error_final": self.error_final,
+            "write_final": self.write_final,
         }
         header = {
             "version": STATS_VERSION,
@@ -264,8 +262,8 @@ class Statistics:
             units = Units(**header["units"])
             blocks = [tensors[f"block.{s}"] for s in range(1, 2 * units.n_layers + 1)]
             stats = cls(
-                units, blocks, tensors["activity"], tensors["count"], tensors["activity_final"],
-                tensors["error_final"], header["meta"],
+                units, blocks, tensors["activity"], tensors["count"], tensors["write_final"],
+                header["meta"],
             )  # fmt: skip
         except Exception as exc:
             raise ValueError(f"{path}: not a readable statistics file ({exc})") from None
@@ -285,13 +283,7 @@ class Statistics:
             return torch.empty(0, dtype=torch.long), torch.empty(0)
         below = int(offsets[stage])
         if kind == "logit":
-            r = readers(replacement, self.units)[target]
-            d = decoders(replacement, self.units)[:below]
-            summed = (d @ r) * self.activity_final[:below]
-            errors = [
-                self.units.unit("error", l, j) for l in range(self.units.n_layers) for j in (0, 1)
-            ]
-            summed[errors] = self.error_final @ r
+            summed = self.write_final[:below] @ readers(replacement, self.units)[target]
         else:
             summed = self.edge_block(stage)[:, target - int(offsets[stage])]
         return torch.arange(below), summed / self.activity[:below].clamp(min=1e-12)
@@ -305,16 +297,7 @@ class Statistics:
             parts.append(self.edge_block(target_stage)[source])
             ids.append(torch.arange(int(offsets[target_stage]), int(offsets[target_stage + 1])))
         logits = torch.arange(int(offsets[-2]), int(offsets[-1]))
-        r = readers(replacement, self.units)[logits]
-        kind = self.units.describe(source)[0]
-        if kind == "error":
-            layer_kind = stage - 1  # 0 .. 2L-1 in stage order
-            per_logit = r @ self.error_final[layer_kind]
-        else:
-            per_logit = (r @ decoders(replacement, self.units)[source]) * self.activity_final[
-                source
-            ]
-        parts.append(per_logit)
+        parts.append(readers(replacement, self.units)[logits] @ self.write_final[source])
         ids.append(logits)
         return torch.cat(ids), torch.cat(parts) / self.activity[source].clamp(min=1e-12)
 
@@ -380,7 +363,7 @@ def _empty(units: Units, d_model: int, meta: dict) -> Statistics:
     blocks = [torch.zeros(int(offsets[s]), sizes[s]) for s in range(1, 2 * units.n_layers + 1)]
     return Statistics(
         units, blocks, torch.zeros(units.total), torch.zeros(units.total),
-        torch.zeros(units.total), torch.zeros(2 * units.n_layers, d_model), meta,
+        torch.zeros(units.total, d_model), meta,
     )  # fmt: skip
 
 
@@ -392,11 +375,9 @@ def _accumulate(stats: Statistics, graph, run) -> None:
     src_unit, act = unit[:n_src], graph.activation[:n_src]
     stats.activity.index_add_(0, src_unit, act)
     stats.count.index_add_(0, src_unit, torch.ones(n_src))
-    # Logits read the final residual at every position: per source, a / sigma_final(pos).
+    # Logits read the final residual at every position: per source, its write / sigma_final.
     inv_final = 1 / run.sigma_final[graph.pos[:n_src]]
-    stats.activity_final.index_add_(0, src_unit, act * inv_final)
-    err = (graph.kind[:n_src] == ERROR).nonzero().squeeze(1)
-    stats.error_final.index_add_(0, graph.stage[err] - 1, run.write[err] * inv_final[err, None])
+    stats.write_final.index_add_(0, src_unit, center(run.write) * inv_final[:, None])
     # Edges, one target stage at a time (rows of a stage are contiguous, sorted by stage).
     edges = graph.edges
     stage = graph.stage.numpy()

@@ -179,3 +179,28 @@ def test_global_graph_grows_from_the_start(replacement, units, stats):
         assert w == pytest.approx(float(weights[int(unit[s])]), rel=1e-5)
     down = global_graph(replacement, stats, units.unit("embedding", 0, 5), budget=6, upstream=False)
     assert down.settings["direction"] == "downstream"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--start", "head:1:2"], "expected lorsa:L:HEAD"),
+        (["--start", "lorsa:9:1"], "layer 9 is outside 0..3"),
+        (["--start", "transcoder:1:99999"], "outside 0..2047"),
+        (["--start", "logit: Thursdayy"], "not one token"),
+        (["--start", "token: Monday"], "grow it with --downstream"),
+        (["--start", "logit: Monday", "--downstream"], "a logit has no outputs"),
+        (["--start", "lorsa:1:2", "--budget", "0"], "must be positive"),
+    ],
+)
+def test_global_graph_cli_bad_input(tmp_path, capsys, args, message):
+    from circuits.global_graph import main
+    from toy_models.cli import run_cli
+
+    out = tmp_path / "never"
+    stats = tmp_path / "stats.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [*args, "--out", str(out), "--stats", str(stats)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error:") and message in err, err
+    assert not out.exists() and not stats.exists()

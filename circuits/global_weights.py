@@ -288,6 +288,17 @@ class Statistics:
             summed = self.edge_block(stage)[:, target - int(offsets[stage])]
         return torch.arange(below), summed / self.activity[:below].clamp(min=1e-12)
 
+    def mean_input(self, target: int) -> tuple[Tensor, Tensor]:
+        """What feeds ``target`` on average: summed edges from every unit below it divided by
+        the target's occurrences (a target-side view; ``expected_into`` is the source-side
+        one, which lets a rare source with one strong edge stand out)."""
+        _, stage, _ = self.units.describe(target)
+        below = int(self.units.offsets[stage])
+        if stage == 0 or stage > 2 * self.units.n_layers:
+            raise ValueError("mean_input is for heads, features and their errors' readers")
+        column = self.edge_block(stage)[:, target - int(self.units.offsets[stage])]
+        return torch.arange(below), column / self.count[target].clamp(min=1)
+
     def expected_from(self, source: int, replacement: ReplacementModel) -> tuple[Tensor, Tensor]:
         """Expected attribution from ``source`` into every unit above it: (units, weights)."""
         _, stage, _ = self.units.describe(source)
@@ -512,5 +523,85 @@ def global_graph(
             "per_node": per_node,
             "statistics": {k: v for k, v in stats.meta.items() if k != "model_sha256"},
             "lorsa_group_size": replacement.lorsas[0].cfg.group_size,
+        },
+    )
+
+
+@torch.no_grad()
+def qk_circuit(
+    replacement: ReplacementModel,
+    stats: Statistics,
+    layer: int,
+    heads: list[int],
+    *,
+    k: int = 12,
+    writers: int = 2,
+    tokenizer=None,
+):
+    """The circuit behind Lorsa heads' attention: for the QK group of ``heads`` (one layer,
+    one group), the ``k`` strongest query-unit x key-unit pairs of ``qk_virtual_weights``
+    (weights alone), and for each of those units its ``writers`` strongest inputs on the
+    corpus sample (``Statistics.mean_input``). Returns a ``Graph``: writer -> unit edges carry
+    the mean inputs, and the pairs are the heads' QK record (drawn as dashed query/key edges)."""
+    import scipy.sparse as sp
+
+    from .graph import KINDS, Graph, QKAttribution, QKPair, node_id
+
+    units = stats.units
+    group = replacement.lorsas[layer].cfg.group_size
+    qk_heads = {h // group for h in heads}
+    if len(qk_heads) != 1:
+        raise ValueError(f"heads {heads} are not all in one QK group (groups of {group})")
+    (qk_head,) = qk_heads
+    pairs = qk_virtual_weights(replacement, layer, qk_head, k=k)
+    chosen = {units.unit("lorsa", layer, h) for h in heads}
+    edges: dict[tuple[int, int], float] = {}
+    for u in {q for q, _, _ in pairs} | {key for _, key, _ in pairs}:
+        chosen.add(u)
+        if units.describe(u)[1] == 0:
+            continue
+        ids, w = stats.mean_input(u)
+        for s in w.abs().topk(min(writers, len(w))).indices.tolist():
+            chosen.add(int(ids[s]))
+            edges[(int(ids[s]), u)] = float(w[s])
+    order = sorted(chosen)
+    mean = stats.activity / stats.count.clamp(min=1)
+    at = {u: i for i, u in enumerate(order)}
+    described = [units.describe(u) for u in order]
+    ids = [node_id(kd, st, 0, ix, ix if kd == "embedding" else None) for kd, st, ix in described]
+    n = len(order)
+    rows = [at[t] for _, t in edges]
+    cols = [at[s] for s, _ in edges]
+    matrix = sp.csr_array((np.array(list(edges.values()), np.float32), (rows, cols)), (n, n))
+    record = QKAttribution(
+        layer=layer, qk_head=qk_head, query=0, key=0, attention=float("nan"),
+        score=float("nan"), pairs=[QKPair(ids[at[q]], ids[at[key]], v) for q, key, v in pairs],
+        query_marginals=[], key_marginals=[], rest=float("nan"),
+    )  # fmt: skip
+    target_weight = torch.zeros(n)
+    for h in heads:
+        target_weight[at[units.unit("lorsa", layer, h)]] = 1 / len(heads)
+    return Graph(
+        prompt="",
+        tokens=[],
+        token_strings=[],
+        n_layers=units.n_layers,
+        kind=torch.tensor([KINDS.index(x[0]) for x in described]),
+        stage=torch.tensor([x[1] for x in described]),
+        pos=torch.zeros(n, dtype=torch.long),
+        index=torch.tensor([x[2] for x in described]),
+        activation=torch.tensor([float(mean[u]) for u in order]),
+        value=torch.full((n,), float("nan")),
+        bias=torch.zeros(n),
+        target_weight=target_weight,
+        edges=matrix,
+        labels=[unit_label(units, u, replacement, stats, tokenizer) for u in order],
+        ids=ids,
+        qk=[record],
+        model={"name": replacement.model_name or "unnamed"},
+        settings={
+            "global": True,
+            "qk_circuit": {"layer": layer, "qk_head": qk_head, "heads": heads, "pairs": k},
+            "lorsa_group_size": group,
         },
     )

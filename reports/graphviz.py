@@ -295,8 +295,9 @@ def _at(token: str, pos: int) -> str:
 def short_label(graph: Graph, i: int) -> str:
     """The label drawn in node ``i``: at most two lines of about ``LINE_CHARS`` characters.
 
-    Embedding ``'tok'@pos``; Lorsa head ``H{index}`` over ``→'tok'@key``, its strongest key
-    (most attention among its QK attributions, else parsed from the label); transcoder feature
+    Global graphs (units, no positions): embedding ``'tok'``, Lorsa head ``H{index}`` over its
+    QK group. Embedding ``'tok'@pos``; Lorsa head ``H{index}`` over ``→'tok'@key``, its strongest
+    key (most attention among its QK attributions, else parsed from the label); transcoder feature
     ``F{index}`` over the first token its label says it promotes; error ``err``; logit the
     label without its ``logit`` prefix. Labels in another form are cut to fit; the tooltip and
     the HTML table keep the full label.
@@ -304,6 +305,12 @@ def short_label(graph: Graph, i: int) -> str:
     kind = KINDS[int(graph.kind[i])]
     label = graph.labels[i] if i < len(graph.labels) else ""
     pos, index = int(graph.pos[i]), int(graph.index[i])
+    if graph.settings.get("global"):  # units, not positions: say what, not where
+        if kind == "embedding":
+            return _fit(label.removeprefix("token ").split(" (")[0])
+        if kind == "lorsa":
+            group = graph.settings.get("lorsa_group_size") or 1
+            return f"H{index}\nQK {index // group}"
     if kind == "embedding":
         match = _EMBEDDING.match(label)
         token = match.group(1) if match else _token(graph, pos)

@@ -204,3 +204,22 @@ def test_global_graph_cli_bad_input(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error:") and message in err, err
     assert not out.exists() and not stats.exists()
+
+
+def test_qk_circuit(replacement, units, stats):
+    from circuits.global_weights import qk_circuit
+
+    graph = qk_circuit(replacement, stats, 1, [4, 5], k=5, writers=2)
+    (record,) = graph.qk
+    expected = qk_virtual_weights(replacement, 1, 1, k=5)
+    unit = units.of_nodes(graph.kind, graph.stage, graph.index).tolist()
+    ids = dict(zip(graph.ids, unit, strict=True))
+    assert [(ids[p.query], ids[p.key], p.value) for p in record.pairs] == expected
+    coo = graph.edges.tocoo()
+    for t, s, w in zip(coo.row, coo.col, coo.data, strict=True):
+        sources, inputs = stats.mean_input(unit[t])
+        assert w == pytest.approx(float(inputs[unit[s]]), rel=1e-5)
+        assert graph.stage[s] < graph.stage[t]
+    assert graph.target_weight.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one QK group"):
+        qk_circuit(replacement, stats, 1, [0, 4])

@@ -288,14 +288,22 @@ class Statistics:
             summed = self.edge_block(stage)[:, target - int(offsets[stage])]
         return torch.arange(below), summed / self.activity[:below].clamp(min=1e-12)
 
-    def mean_input(self, target: int) -> tuple[Tensor, Tensor]:
+    def mean_input(
+        self, target: int, replacement: ReplacementModel | None = None
+    ) -> tuple[Tensor, Tensor]:
         """What feeds ``target`` on average: summed edges from every unit below it divided by
         the target's occurrences (a target-side view; ``expected_into`` is the source-side
-        one, which lets a rare source with one strong edge stand out)."""
-        _, stage, _ = self.units.describe(target)
+        one, where a rare source with one strong edge stands out). A logit occurs at every
+        position of the sample; it needs ``replacement`` for its reading direction."""
+        kind, stage, _ = self.units.describe(target)
         below = int(self.units.offsets[stage])
-        if stage == 0 or stage > 2 * self.units.n_layers:
-            raise ValueError("mean_input is for heads, features and their errors' readers")
+        if kind in ("embedding", "error"):
+            return torch.empty(0, dtype=torch.long), torch.empty(0)
+        if kind == "logit":
+            if replacement is None:
+                raise ValueError("a logit's mean input needs the replacement model")
+            summed = self.write_final[:below] @ readers(replacement, self.units)[target]
+            return torch.arange(below), summed / (self.meta["rows_done"] * self.meta["n_ctx"])
         column = self.edge_block(stage)[:, target - int(self.units.offsets[stage])]
         return torch.arange(below), column / self.count[target].clamp(min=1)
 
@@ -441,12 +449,15 @@ def global_graph(
     upstream: bool = True,
     tokenizer=None,
 ):
-    """A circuit grown from ``start`` through expected attribution: best first, each unit's
-    ``per_node`` strongest neighbours (sources when ``upstream``, targets otherwise) are
-    candidates, scored by the share of their parent's total |weight| times the parent's score;
-    the best candidate joins until ``budget`` units. Returns a ``Graph`` (position 0 for
-    every node) whose edges are the expected attributions among the chosen units and whose
-    target weight is 1 on ``start`` (so ``prune_graph`` works on upstream graphs)."""
+    """A circuit grown from ``start``, best first: each unit's ``per_node`` strongest
+    neighbours are candidates, scored by their share of the unit's total |weight| times the
+    unit's own score; the best candidate joins until ``budget`` units.
+
+    Upstream, weights are mean inputs (what feeds a unit per occurrence of it: the drivers
+    that matter most often); downstream, expected attributions (a source's effect per unit of
+    its activity). The returned ``Graph`` (position 0 for every node) holds the same kind of
+    weight among all chosen units, records which in ``settings["edge_weights"]``, and has
+    target weight 1 on ``start`` (so ``prune_graph`` works on upstream graphs)."""
     import heapq
 
     import scipy.sparse as sp
@@ -454,7 +465,7 @@ def global_graph(
     from .graph import KINDS, Graph, node_id
 
     units = stats.units
-    neighbours = stats.expected_into if upstream else stats.expected_from
+    neighbours = stats.mean_input if upstream else stats.expected_from
     chosen: dict[int, float] = {}
     heap = [(-1.0, start)]
     while heap and len(chosen) < budget:
@@ -481,7 +492,7 @@ def global_graph(
     rows, cols, vals = [], [], []
     position = {u: i for i, u in enumerate(order)}
     for i, u in enumerate(order):
-        ids, weights = stats.expected_into(u, replacement)
+        ids, weights = (stats.mean_input if upstream else stats.expected_into)(u, replacement)
         if not len(ids):
             continue
         for v in order:
@@ -519,6 +530,9 @@ def global_graph(
             "global": True,
             "start": labels[position[start]],
             "direction": "upstream" if upstream else "downstream",
+            "edge_weights": "mean input per target occurrence"
+            if upstream
+            else "expected attribution per unit of source activity",
             "budget": budget,
             "per_node": per_node,
             "statistics": {k: v for k, v in stats.meta.items() if k != "model_sha256"},

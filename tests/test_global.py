@@ -175,8 +175,9 @@ def test_global_graph_grows_from_the_start(replacement, units, stats):
     coo = graph.edges.tocoo()
     assert (graph.stage[coo.col] < graph.stage[coo.row]).all()
     for t, s, w in zip(coo.row, coo.col, coo.data, strict=True):
-        ids, weights = stats.expected_into(int(unit[t]), replacement)
+        ids, weights = stats.mean_input(int(unit[t]), replacement)
         assert w == pytest.approx(float(weights[int(unit[s])]), rel=1e-5)
+    assert graph.settings["edge_weights"] == "mean input per target occurrence"
     down = global_graph(replacement, stats, units.unit("embedding", 0, 5), budget=6, upstream=False)
     assert down.settings["direction"] == "downstream"
 

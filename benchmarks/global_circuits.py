@@ -9,11 +9,11 @@ induction circuit is recovered from weights alone.
    grow and prune a global graph (budget 40), and the process's peak resident memory.
 2. Induction circuit from weights: for each QK group of the heads that the head taxonomy
    (``python -m reports.heads``, its ``heads.json``) labels induction, the top query-unit x
-   key-unit pairs of ``qk_virtual_weights`` (decoders scaled by each unit's mean activation,
-   and unscaled). A key-side unit counts as *written by previous-token heads* when its
-   strongest virtual-weight writer (scaled the same way) is a Lorsa head labelled
-   previous-token; a query-side unit is a *current-token feature* when it is a token
-   embedding or its strongest writer is one. Reported as pair-weighted fractions.
+   key-unit pairs of ``qk_virtual_weights`` (weights alone), and where each side's units get
+   their input on the corpus sample (shares of summed |mean input| by writer: token
+   embeddings, heads the taxonomy labels previous-token, other heads, features, errors),
+   averaged with the pairs' |weights|. The induction circuit predicts key-side units written by
+   previous-token heads and query-side units written by token embeddings (the current token).
 
 Writes benchmarks/results/global_circuits_{model}.json.
 """
@@ -94,70 +94,85 @@ def graphs(model: str, stats_path: Path) -> dict:
 def induction_from_weights(model: str, stats_path: Path, heads_json: Path) -> dict:
     import torch
 
-    from circuits.global_weights import (
-        Statistics,
-        Units,
-        decoders,
-        qk_virtual_weights,
-        readers,
-        stage_of,
-    )
+    from circuits.global_weights import Statistics, Units, qk_virtual_weights, stage_of
     from replacement.model import load_pretrained
 
     torch.set_grad_enabled(False)
     if not heads_json.is_file():
         return {"skipped": f"{heads_json} missing: run python -m reports.heads --model {model}"}
-    labels = json.loads(heads_json.read_text())
-    replacement, _ = load_pretrained(model)
+    families = json.loads(heads_json.read_text())["families"]
+    replacement, tokenizer = load_pretrained(model)
     stats = Statistics.load(stats_path, replacement)
     units = Units.of(replacement)
-    heads = labels["heads"]
-    family = {(h["layer"], h["head"]): set(h["labels"]) for h in heads}
-    prev_units = {
-        units.unit("lorsa", layer, head)
-        for (layer, head), fams in family.items()
-        if "previous_token" in fams
-    }
-    induction = sorted({(l, h) for (l, h), fams in family.items() if "induction" in fams})
+    stage = stage_of(units)
     group = replacement.lorsas[0].cfg.group_size
-    groups = sorted({(l, h // group) for l, h in induction})
-    mean_activation = stats.activity / stats.count.clamp(min=1)
-    d_all, r_all = decoders(replacement, units), readers(replacement, units)
-    stage = torch.from_numpy(stage_of(units))
 
-    def strongest_writer(unit: int, scale: torch.Tensor | None) -> int:
-        below = int(units.offsets[stage[unit]])
-        w = d_all[:below] @ r_all[unit]
-        if scale is not None:
-            w = w * scale[:below]
-        return int(w.abs().argmax())
+    def head_units(family: str) -> set[int]:
+        return {units.unit("lorsa", h["layer"], h["head"]) for h in families[family]["heads"]}
 
-    result = {"induction_heads": len(induction), "qk_groups": groups, "by_scaling": {}}
-    for name, scale in (("mean_activation", mean_activation), ("weights_only", None)):
-        key_prev = query_current = total = 0.0
-        examples = []
-        for layer, h in groups:
-            for q, k, v in qk_virtual_weights(replacement, layer, h, k=TOP_PAIRS, scale=scale):
-                weight = abs(v)
-                total += weight
-                key_writer = strongest_writer(k, scale) if stage[k] > 0 else k
-                key_prev += weight * (key_writer in prev_units)
-                q_embedding = stage[q] == 0 or stage[strongest_writer(q, scale)] == 0
-                query_current += weight * bool(q_embedding)
-                if len(examples) < 5:
-                    examples.append([units.describe(q), units.describe(k), v])
-        result["by_scaling"][name] = {
-            "key_side_written_by_previous_token_heads": key_prev / max(total, 1e-12),
-            "query_side_current_token": query_current / max(total, 1e-12),
-            "top_pairs": examples,
-        }
-    return result
+    previous_token = head_units("previous_token")
+    induction = sorted({(h["layer"], h["head"] // group) for h in families["induction"]["heads"]})
+    groups = ("token embeddings", "previous-token heads", "other heads", "features", "errors")
+
+    def input_shares(unit: int) -> dict[str, float]:
+        """Where a unit's input comes from on the corpus sample: shares of its summed |mean
+        input| by kind of writer (a token embedding counts only when its token is there, so
+        embeddings are summed as one group)."""
+        if stage[unit] == 0:
+            return dict.fromkeys(groups, 0.0) | {"token embeddings": 1.0}
+        ids, weights = stats.mean_input(unit)
+        shares = dict.fromkeys(groups, 0.0)
+        for u, w in zip(ids.tolist(), weights.abs().tolist(), strict=True):
+            kind = units.describe(u)[0]
+            name = {"embedding": groups[0], "transcoder": groups[3], "error": groups[4]}.get(kind)
+            shares[name or (groups[1] if u in previous_token else groups[2])] += w
+        total = sum(shares.values()) or 1.0
+        return {k: v / total for k, v in shares.items()}
+
+    def strongest_writer(unit: int) -> int:
+        ids, weights = stats.mean_input(unit)
+        return int(ids[weights.abs().argmax()])
+
+    query_side = dict.fromkeys(groups, 0.0)
+    key_side = dict.fromkeys(groups, 0.0)
+    total = key_strongest_previous = 0.0
+    examples = []
+    for layer, h in induction:
+        for q, k, v in qk_virtual_weights(replacement, layer, h, k=TOP_PAIRS):  # weights alone
+            total += abs(v)
+            q_shares, k_shares = input_shares(q), input_shares(k)
+            key_strongest_previous += abs(v) * (
+                stage[k] > 0 and strongest_writer(k) in previous_token
+            )
+            for name in groups:
+                query_side[name] += abs(v) * q_shares[name]
+                key_side[name] += abs(v) * k_shares[name]
+            if len(examples) < 6:
+                examples.append(
+                    {
+                        "query": units.describe(q),
+                        "query_inputs": q_shares,
+                        "key": units.describe(k),
+                        "key_inputs": k_shares,
+                        "weight": v,
+                    }
+                )
+    return {
+        "induction_qk_groups": induction,
+        "previous_token_heads": len(previous_token),
+        "pairs_per_group": TOP_PAIRS,
+        "key_side_inputs": {k: v / max(total, 1e-12) for k, v in key_side.items()},
+        "key_side_strongest_writer_is_previous_token_head": key_strongest_previous / total,
+        "query_side_inputs": {k: v / max(total, 1e-12) for k, v in query_side.items()},
+        "top_pairs": examples,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/global_circuits.py")
     parser.add_argument("--model", default="default")
-    parser.add_argument("--heads", type=Path, default=Path("runs/heads/heads.json"))
+    parser.add_argument("--heads", type=Path, default=Path("runs/heads/heads.json"),
+                        help="the taxonomy's heads.json (python -m reports.heads)")  # fmt: skip
     args = parser.parse_args(argv)
     stats_path, gather_s = ensure_statistics(args.model)
     result = {"model": args.model, "gather_seconds_this_run": gather_s}

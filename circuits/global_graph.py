@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 def _global_graph(args: argparse.Namespace) -> int:
     from replacement.model import load_pretrained
 
-    from .global_weights import Statistics, Units, gather_statistics, global_graph
+    from .global_weights import Units, global_graph, statistics_for
     from .prune import prune_graph
     from .trace import FORMATS, _check_writable, write_outputs
 
@@ -94,15 +94,7 @@ def _global_graph(args: argparse.Namespace) -> int:
     if kind == "logit" and args.downstream:
         raise UserError("a logit has no outputs: grow it upstream (without --downstream)")
 
-    stats_path = args.stats or Path("runs/global-stats") / f"{Path(args.model).name}.safetensors"
-    stats = None
-    if stats_path.is_file():
-        stats = Statistics.load(stats_path, replacement)
-        if stats.meta.get("rows_done", 0) < stats.meta.get("rows", 0):
-            stats = None  # a partial run: gather_statistics resumes it
-    if stats is None:
-        print(f"gathering statistics over {args.rows} rows into {stats_path} (once)")
-        stats = gather_statistics(replacement, tokenizer, rows=args.rows, checkpoint=stats_path)
+    stats = statistics_for(replacement, tokenizer, args.model, args.stats, args.rows)
 
     t0 = time.perf_counter()
     graph = global_graph(

@@ -377,6 +377,23 @@ def gather_statistics(
     return stats
 
 
+DEFAULT_STATS_DIR = Path("runs/global-stats")
+
+
+def statistics_for(
+    replacement: ReplacementModel, tokenizer, model: str, path: Path | None = None, rows: int = 128
+) -> Statistics:
+    """The statistics at ``path`` (default ``runs/global-stats/{model}.safetensors``), gathered
+    (or a partial run resumed) first when they are missing or incomplete."""
+    path = path or DEFAULT_STATS_DIR / f"{Path(model).name}.safetensors"
+    if path.is_file():
+        stats = Statistics.load(path, replacement)
+        if stats.meta.get("rows_done", 0) >= stats.meta.get("rows", 0):
+            return stats
+    print(f"gathering statistics over {rows} rows into {path} (once)")
+    return gather_statistics(replacement, tokenizer, rows=rows, checkpoint=path)
+
+
 def _empty(units: Units, d_model: int, meta: dict) -> Statistics:
     offsets, sizes = units.offsets, units.sizes
     blocks = [torch.zeros(int(offsets[s]), sizes[s]) for s in range(1, 2 * units.n_layers + 1)]

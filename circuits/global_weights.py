@@ -193,13 +193,12 @@ def qk_virtual_weights(
     best_values, best_index = torch.empty(0), torch.empty(0, dtype=torch.long)
     for start in range(0, below, block):
         table = query[start : start + block] @ key.T  # block x unit
-        values, flat = table.flatten().abs().topk(min(k, table.numel()))
+        flat = table.flatten().abs().topk(min(k, table.numel())).indices
         rows, cols = flat // below + start, flat % below
         best_values = torch.cat([best_values, table.flatten()[flat]])
         best_index = torch.cat([best_index, rows * below + cols])
         keep = best_values.abs().topk(min(k, len(best_values))).indices
         best_values, best_index = best_values[keep], best_index[keep]
-        del values
     return [
         (int(i // below), int(i % below), float(v))
         for i, v in zip(best_index.tolist(), best_values.tolist(), strict=True)

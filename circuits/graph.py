@@ -146,7 +146,6 @@ class Graph:
             keep = keep.nonzero().squeeze(1)
         keep = keep.sort().values
         idx = keep.numpy()
-        pick = lambda t: None if t is None else t[keep]  # noqa: E731
         qk_keys = self._qk_keys(keep)
         return replace(
             self,
@@ -162,7 +161,7 @@ class Graph:
             labels=[self.labels[i] for i in idx],
             ids=[self.ids[i] for i in idx],
             qk=[a for a in self.qk if (a.layer, a.qk_head, a.query) in qk_keys],
-            influence=pick(self.influence),
+            influence=None if self.influence is None else self.influence[keep],
         )
 
     def _qk_keys(self, nodes: Tensor) -> set[tuple[int, int, int]]:

@@ -73,10 +73,16 @@ class QKAttribution:
     query_marginals: list[tuple[str | None, float]]
     key_marginals: list[tuple[str | None, float]]
     rest: float
+    # Optional (``qk_attribution(contrast=True)``): ``score`` minus the mean score over every
+    # key the query could read, split into query-node x key-*unit* terms (a unit's key vector
+    # at this key minus its mean over keys; "bias" is the constant part).
+    contrast: float | None = None
+    contrast_pairs: list[QKPair] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["pairs"] = [[p.query, p.key, p.value] for p in self.pairs]
+        d["contrast_pairs"] = [[p.query, p.key, p.value] for p in self.contrast_pairs]
         d["query_marginals"] = [list(m) for m in self.query_marginals]
         d["key_marginals"] = [list(m) for m in self.key_marginals]
         return d
@@ -85,6 +91,7 @@ class QKAttribution:
     def from_dict(cls, d: dict) -> QKAttribution:
         d = dict(d)
         d["pairs"] = [QKPair(*p) for p in d["pairs"]]
+        d["contrast_pairs"] = [QKPair(*p) for p in d.get("contrast_pairs", [])]
         d["query_marginals"] = [tuple(m) for m in d["query_marginals"]]
         d["key_marginals"] = [tuple(m) for m in d["key_marginals"]]
         return cls(**d)

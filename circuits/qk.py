@@ -20,6 +20,7 @@ from torch import Tensor
 from replacement.model import ReplacementModel
 
 from .attribution import LORSA, PromptRun, center, pad_by_position, run_prompt, source_ids
+from .global_weights import Units
 from .graph import KINDS, Graph, QKAttribution, QKPair
 
 
@@ -54,6 +55,22 @@ class QKSides:
         v = self.key[key, :, qk_head]
         return u @ v.transpose(1, 2) / math.sqrt(self.lorsa.cfg.d_qk)
 
+    def contrast(self, qk_head: int, query: int, key: int, unit: Tensor, n_units: int) -> Tensor:
+        """Query-slot x key-unit terms of ``score(q, key) - mean_{p <= q} score(q, p)``: what
+        makes ``key`` stand out from the keys the query could have read (a uniform baseline;
+        the attention-weighted one is ``score(q, key)`` itself when attention is sharp).
+        ``unit[p, slot]`` names each key slot's unit (``n_units`` for the bias slot,
+        ``n_units + 1`` for padding): a unit present at every key with the same weight (a
+        dense feature, the bias) cancels, which a raw pair table cannot show. Returns
+        (1 + slots, n_units + 2); the columns sum over units."""
+        weight = torch.full((query + 1,), -1 / (query + 1))
+        weight[key] += 1
+        keys = self.key[: query + 1, :, qk_head] * weight[:, None, None]  # pos slot d_qk
+        delta = torch.zeros(n_units + 2, keys.shape[-1]).index_add_(
+            0, unit[: query + 1].flatten(), keys.flatten(0, 1)
+        )
+        return self.query[query, :, qk_head] @ delta.T / math.sqrt(self.lorsa.cfg.d_qk)
+
     def scores(self, qk_head: Tensor, query: Tensor, key: Tensor) -> Tensor:
         """The scores computed directly from the cached Lorsa input (the check on ``terms``)."""
         x, lorsa = self.run.lorsa_in[self.layer], self.lorsa
@@ -74,12 +91,15 @@ def qk_attribution(
     key_mass: float | None = None,
     top: int = 10,
     run: PromptRun | None = None,
+    contrast: bool = False,
 ) -> list[QKAttribution]:
     """QK attributions for the Lorsa heads ``nodes`` of ``graph`` (default: all of them).
 
     For each head: its strongest key, and with ``key_mass`` every key whose attention weight is
     at least ``key_mass``. Heads of one QK group at one query share the result. ``graph`` may be
     pruned; terms still run over every source of the prompt (a pruned node keeps its id).
+    ``contrast`` adds each record's contrast split (``QKSides.contrast``), whose key side is
+    units (``E_{token}``, ``{layer}_{index}`` as in node ids without the position, ``bias``).
     The list is also stored in ``graph.qk``.
     """
     run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
@@ -102,9 +122,15 @@ def qk_attribution(
             keys |= set((pattern >= key_mass).nonzero().squeeze(1).tolist())
         wanted |= {(layer, h, q, k) for k in keys}
     result = []
+    units = Units.of(replacement)
     triples = torch.tensor(sorted(wanted), dtype=torch.long).reshape(-1, 4)
     for layer in triples[:, 0].unique().tolist():
         side = QKSides(run, replacement, layer)
+        if contrast:
+            codes = units.of_nodes(run.kind, run.stage, run.index)[side.at]
+            codes[~side.valid] = units.total + 1
+            bias = torch.full((len(codes), 1), units.total)
+            unit = torch.cat([bias, codes], dim=1)  # pos 1+slot
         slot_ids = [
             [None] + [ids[s] if ok else None for s, ok in zip(row, vrow, strict=True)]
             for row, vrow in zip(side.at.tolist(), side.valid.tolist(), strict=True)
@@ -113,9 +139,13 @@ def qk_attribution(
         for chunk in layer_triples.split(QK_CHUNK):
             h, q, k = chunk[:, 1], chunk[:, 2], chunk[:, 3]
             terms = side.terms(h, q, k)
-            result += _summaries(
+            records = _summaries(
                 terms, side.scores(h, q, k), chunk, run.patterns[layer][h, q, k], slot_ids, top
             )
+            if contrast:
+                for record in records:
+                    _add_contrast(record, side, units, unit, slot_ids, top)
+            result += records
     graph.qk = result
     return result
 
@@ -150,3 +180,26 @@ def _summaries(terms, scores, triples, attention, slot_ids, top) -> list[QKAttri
             )
         )  # fmt: skip
     return out
+
+
+def _add_contrast(record, side: QKSides, units, unit: Tensor, slot_ids, top: int) -> None:
+    """Fill ``record.contrast`` and its ``top`` largest query-node x key-unit terms."""
+    table = side.contrast(record.qk_head, record.query, record.key, unit, units.total)
+    table = table[:, : units.total + 1]  # drop the padding column (all zero)
+    record.contrast = float(table.sum())
+    flat = table.flatten()
+    n = table.shape[1]
+    best = flat.abs().topk(min(top, len(flat))).indices.tolist()
+    record.contrast_pairs = [
+        QKPair(slot_ids[record.query][j // n], _unit_id(units, j % n), float(flat[j]))
+        for j in best
+        if flat[j] != 0
+    ]
+
+
+def _unit_id(units, code: int) -> str:
+    """A unit's id: a node id without its position (``E_{token}``, ``{layer}_{index}``)."""
+    if code == units.total:
+        return "bias"
+    kind, stage, index = units.describe(code)
+    return f"E_{index}" if kind == "embedding" else f"{stage - 1}_{index}"

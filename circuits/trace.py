@@ -153,7 +153,7 @@ def _trace(args: argparse.Namespace) -> int:
     t_prune = time.perf_counter()
     if args.qk:
         heads = graph.is_kind("lorsa").nonzero().squeeze(1)
-        qk_attribution(replacement, graph, heads, key_mass=args.key_mass)
+        qk_attribution(replacement, graph, heads, key_mass=args.key_mass, contrast=True)
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings |= {"scores": scores, "seconds": {k: round(v, 4) for k, v in timings.items()}}

@@ -227,10 +227,21 @@ def _qk_html(
             f'<span class="{"pos" if p.value > 0 else "neg"}">{p.value:+.3g}</span></li>'
             for p in pairs
         )
+        contrast = ""
+        if a.contrast is not None:  # what makes this key stand out: key side as units
+            lines = "".join(
+                f"<li>{name(p.query)} &times; {escape(p.key or 'bias')}: "
+                f'<span class="{"pos" if p.value > 0 else "neg"}">{p.value:+.3g}</span></li>'
+                for p in a.contrast_pairs[:top]
+            )
+            contrast = f"<div>vs the mean key: {a.contrast:+.3g} (key side as units)</div>" + (
+                f"<ul>{lines}</ul>" if lines else ""
+            )
         blocks.append(
             f'<div class="qk">key pos {a.key} <span class="tok">{escape(key_token)}</span>, '
             f"attention {a.attention:.3g}, score {a.score:+.3g} (rest {a.rest:+.3g})"
             + (f"<ul>{pair_lines}</ul>" if pair_lines else "")
+            + contrast
             + "</div>"
         )
     return "".join(blocks)

@@ -246,6 +246,26 @@ def test_qk_terms_sum_to_the_heads_scores(replacement, tokens):
             torch.testing.assert_close(side.scores(h, qq, kk), scores[h, qq, kk])
 
 
+def test_qk_contrast_explains_the_key_against_the_mean_key(graph, replacement, tmp_path):
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1)
+    records = qk_attribution(replacement, graph, heads, top=1000, contrast=True)
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    for a in records:
+        side = QKSides(run, replacement, a.layer)
+        n = a.query + 1
+        with torch.no_grad():
+            scores = side.scores(
+                torch.full((n,), a.qk_head), torch.full((n,), a.query), torch.arange(n)
+            )
+        assert a.contrast == pytest.approx(float(scores[a.key] - scores.mean()), abs=1e-4)
+        # With every term listed they sum to the contrast; keys are units (no position).
+        assert sum(p.value for p in a.contrast_pairs) == pytest.approx(a.contrast, abs=1e-4)
+        assert all(p.key == "bias" or p.key.count("_") == 1 for p in a.contrast_pairs)
+    path = tmp_path / "g.pt"
+    graph.save(path)
+    assert Graph.load(path).qk[0].contrast_pairs == records[0].contrast_pairs
+
+
 def test_qk_attribution_records(graph, replacement):
     heads = graph.is_kind("lorsa").nonzero().squeeze(1)
     records = qk_attribution(replacement, graph, heads, key_mass=0.3, top=5)

@@ -91,6 +91,12 @@ def test_induction_on_a_repeated_random_segment(default):
         t.is_embedding_at(t.origin(p.query), q) and t.carries_previous_token(p.key, first_moon + 1)
         for p in pairs
     )
+    # Against the mean key (dense features cancel), the top query-node x key-unit term is
+    # that same pair: the current token x what the previous-token head wrote at the key.
+    (record,) = qk_attribution(t.replacement, t.graph, [head], top=40, contrast=True)
+    top = next(p for p in record.contrast_pairs if p.query is not None and p.key != "bias")
+    assert t.is_embedding_at(t.origin(top.query), q)
+    assert t.carries_previous_token(f"{top.key}_{first_moon + 1}", first_moon + 1)
 
 
 def test_successor_on_a_weekday_sequence(default):

@@ -334,9 +334,22 @@ def test_cli_end_to_end_on_a_tiny_model(tiny_run, tiny_pretrained, tmp_path, cap
     model, _ = tiny_pretrained
     random_replacement(model, n_qk=2, n_ov=16, top_k=4).save(tmp_path / "rep", str(tiny_run))
     out = tmp_path / "heads"
-    args = ["--model", str(tiny_run), "--replacement", str(tmp_path / "rep"), "--out", str(out),
-            "--docs", "2", "--truth-docs", "1", "--draws", "2", "--quiet",
-            "--no-induction-circuit"]  # fmt: skip  (its parts: tests/test_global.py)
+    args = [
+        "--model",
+        str(tiny_run),
+        "--replacement",
+        str(tmp_path / "rep"),
+        "--out",
+        str(out),
+        "--docs",
+        "2",
+        "--truth-docs",
+        "1",
+        "--draws",
+        "2",
+        "--quiet",
+        "--no-induction-circuit",
+    ]  # fmt: skip  (its parts: tests/test_global.py)
     assert H.main(args) == 0
     results = json.loads((out / "heads.json").read_text())
     assert set(results["families"]) == set(H.HEAD_FAMILIES)

@@ -476,10 +476,6 @@ def global_graph(
     target weight 1 on ``start`` (so ``prune_graph`` works on upstream graphs)."""
     import heapq
 
-    import scipy.sparse as sp
-
-    from .graph import KINDS, Graph, node_id
-
     units = stats.units
     neighbours = stats.mean_input if upstream else stats.expected_from
     chosen: dict[int, float] = {}
@@ -502,49 +498,17 @@ def global_graph(
                 heapq.heappush(heap, (-score * w / float(total), v))
 
     order = sorted(chosen)  # unit order is stage order
-    described = [units.describe(u) for u in order]
-    stage = torch.tensor([d[1] for d in described])
-    n = len(order)
-    rows, cols, vals = [], [], []
-    position = {u: i for i, u in enumerate(order)}
-    for i, u in enumerate(order):
-        ids, weights = (stats.mean_input if upstream else stats.expected_into)(u, replacement)
-        if not len(ids):
-            continue
-        for v in order:
-            if v < len(ids) and weights[v] != 0:
-                rows.append(i), cols.append(position[v]), vals.append(float(weights[v]))
-    edges = sp.csr_array((np.array(vals, dtype=np.float32), (rows, cols)), shape=(n, n))
-    kind = torch.tensor([KINDS.index(d[0]) for d in described])
-    index = torch.tensor([d[2] for d in described])
-    count = stats.count.clone()
-    mean = stats.activity / count.clamp(min=1)
-    activation = torch.tensor([float(mean[u]) if u < len(mean) else 1.0 for u in order])
-    target_weight = torch.zeros(n)
-    target_weight[position[start]] = 1.0
-    labels = [unit_label(units, u, replacement, stats, tokenizer) for u in order]
-    return Graph(
-        prompt="",
-        tokens=[],
-        token_strings=[],
-        n_layers=units.n_layers,
-        kind=kind,
-        stage=stage,
-        pos=torch.zeros(n, dtype=torch.long),
-        index=index,
-        activation=activation,
-        value=torch.full((n,), float("nan")),
-        bias=torch.zeros(n),
-        target_weight=target_weight,
-        edges=edges,
-        labels=labels,
-        ids=[
-            node_id(d[0], d[1], 0, d[2], d[2] if d[0] == "embedding" else None) for d in described
-        ],
-        model={"name": replacement.model_name or "unnamed"},
+    read = stats.mean_input if upstream else stats.expected_into
+    edges: dict[tuple[int, int], float] = {}
+    for t in order:
+        ids, weights = read(t, replacement)
+        for s in order:
+            if s < len(ids) and weights[s] != 0:
+                edges[(s, t)] = float(weights[s])
+    return _unit_graph(
+        replacement, stats, order, edges, {start: 1.0}, tokenizer,
         settings={
-            "global": True,
-            "start": labels[position[start]],
+            "start": unit_label(units, start, replacement, stats, tokenizer),
             "direction": "upstream" if upstream else "downstream",
             "edge_weights": "mean input per target occurrence"
             if upstream
@@ -552,6 +516,65 @@ def global_graph(
             "budget": budget,
             "per_node": per_node,
             "statistics": {k: v for k, v in stats.meta.items() if k != "model_sha256"},
+        },
+    )  # fmt: skip
+
+
+def unit_node_id(units: Units, unit: int) -> str:
+    """The id of a unit's node in a global graph: a node id at position 0."""
+    from .graph import node_id
+
+    kind, stage, index = units.describe(unit)
+    return node_id(kind, stage, 0, index, index if kind == "embedding" else None)
+
+
+def _unit_graph(
+    replacement: ReplacementModel,
+    stats: Statistics,
+    order: list[int],
+    edges: dict[tuple[int, int], float],
+    target_weight: dict[int, float],
+    tokenizer,
+    settings: dict,
+    qk: list | None = None,
+):
+    """A ``Graph`` over units (sorted, so in stage order) at position 0: ``edges`` maps
+    (source unit, target unit) to a weight; activations are mean activations when active."""
+    import scipy.sparse as sp
+
+    from .graph import KINDS, Graph
+
+    units = stats.units
+    at = {u: i for i, u in enumerate(order)}
+    described = [units.describe(u) for u in order]
+    n = len(order)
+    rows, cols = [at[t] for _, t in edges], [at[s] for s, _ in edges]
+    values = np.array(list(edges.values()), dtype=np.float32)
+    weights = torch.zeros(n)
+    for u, w in target_weight.items():
+        weights[at[u]] = w
+    mean = stats.activity / stats.count.clamp(min=1)
+    return Graph(
+        prompt="",
+        tokens=[],
+        token_strings=[],
+        n_layers=units.n_layers,
+        kind=torch.tensor([KINDS.index(d[0]) for d in described]),
+        stage=torch.tensor([d[1] for d in described]),
+        pos=torch.zeros(n, dtype=torch.long),
+        index=torch.tensor([d[2] for d in described]),
+        activation=torch.tensor([float(mean[u]) for u in order]),
+        value=torch.full((n,), float("nan")),
+        bias=torch.zeros(n),
+        target_weight=weights,
+        edges=sp.csr_array((values, (rows, cols)), shape=(n, n)),
+        labels=[unit_label(units, u, replacement, stats, tokenizer) for u in order],
+        ids=[unit_node_id(units, u) for u in order],
+        qk=qk or [],
+        model={"name": replacement.model_name or "unnamed"},
+        settings={
+            "global": True,
+            **settings,
             "lorsa_group_size": replacement.lorsas[0].cfg.group_size,
         },
     )
@@ -573,9 +596,8 @@ def qk_circuit(
     (weights alone), and for each of those units its ``writers`` strongest inputs on the
     corpus sample (``Statistics.mean_input``). Returns a ``Graph``: writer -> unit edges carry
     the mean inputs, and the pairs are the heads' QK record (drawn as dashed query/key edges)."""
-    import scipy.sparse as sp
 
-    from .graph import KINDS, Graph, QKAttribution, QKPair, node_id
+    from .graph import QKAttribution, QKPair
 
     units = stats.units
     group = replacement.lorsas[layer].cfg.group_size
@@ -595,43 +617,12 @@ def qk_circuit(
             chosen.add(int(ids[s]))
             edges[(int(ids[s]), u)] = float(w[s])
     order = sorted(chosen)
-    mean = stats.activity / stats.count.clamp(min=1)
-    at = {u: i for i, u in enumerate(order)}
-    described = [units.describe(u) for u in order]
-    ids = [node_id(kd, st, 0, ix, ix if kd == "embedding" else None) for kd, st, ix in described]
-    n = len(order)
-    rows = [at[t] for _, t in edges]
-    cols = [at[s] for s, _ in edges]
-    matrix = sp.csr_array((np.array(list(edges.values()), np.float32), (rows, cols)), (n, n))
+    ids = {u: unit_node_id(units, u) for u in order}
     record = QKAttribution(
         layer=layer, qk_head=qk_head, query=0, key=0, attention=float("nan"),
-        score=float("nan"), pairs=[QKPair(ids[at[q]], ids[at[key]], v) for q, key, v in pairs],
+        score=float("nan"), pairs=[QKPair(ids[q], ids[key], v) for q, key, v in pairs],
         query_marginals=[], key_marginals=[], rest=float("nan"),
     )  # fmt: skip
-    target_weight = torch.zeros(n)
-    for h in heads:
-        target_weight[at[units.unit("lorsa", layer, h)]] = 1 / len(heads)
-    return Graph(
-        prompt="",
-        tokens=[],
-        token_strings=[],
-        n_layers=units.n_layers,
-        kind=torch.tensor([KINDS.index(x[0]) for x in described]),
-        stage=torch.tensor([x[1] for x in described]),
-        pos=torch.zeros(n, dtype=torch.long),
-        index=torch.tensor([x[2] for x in described]),
-        activation=torch.tensor([float(mean[u]) for u in order]),
-        value=torch.full((n,), float("nan")),
-        bias=torch.zeros(n),
-        target_weight=target_weight,
-        edges=matrix,
-        labels=[unit_label(units, u, replacement, stats, tokenizer) for u in order],
-        ids=ids,
-        qk=[record],
-        model={"name": replacement.model_name or "unnamed"},
-        settings={
-            "global": True,
-            "qk_circuit": {"layer": layer, "qk_head": qk_head, "heads": heads, "pairs": k},
-            "lorsa_group_size": group,
-        },
-    )
+    weight = {units.unit("lorsa", layer, h): 1 / len(heads) for h in heads}
+    settings = {"qk_circuit": {"layer": layer, "qk_head": qk_head, "heads": heads, "pairs": k}}
+    return _unit_graph(replacement, stats, order, edges, weight, tokenizer, settings, [record])

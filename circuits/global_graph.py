@@ -77,14 +77,12 @@ def _global_graph(args: argparse.Namespace) -> int:
 
     from .global_weights import Units, global_graph, statistics_for
     from .prune import prune_graph
-    from .trace import FORMATS, _check_writable, write_outputs
+    from .trace import check_writable, parse_formats, write_outputs
 
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    if set(formats) - set(FORMATS):
-        raise UserError(f"--format: unknown {sorted(set(formats) - set(FORMATS))}")
+    formats = parse_formats(args.format)
     if min(args.budget, args.per_node, args.rows) <= 0:
         raise UserError("--budget, --per-node and --rows must be positive")
-    _check_writable(args.out)
+    check_writable(args.out)
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     units = Units.of(replacement)
     start = parse_unit(args.start, units, tokenizer)
@@ -106,8 +104,7 @@ def _global_graph(args: argparse.Namespace) -> int:
         graph = prune_graph(graph)
     seconds = time.perf_counter() - t0
     graph.settings["seconds"] = round(seconds, 4)
-    args.graph_file = "pt"
-    written = write_outputs(graph, None, args, formats)
+    written = write_outputs(graph, None, args.out, formats)
     print(
         f"{graph.settings['start']}: {graph.n_nodes} units, {graph.n_edges} edges "
         f"({graph.settings['direction']}, {seconds:.2f} s; statistics over "

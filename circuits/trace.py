@@ -70,11 +70,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _check_args(args: argparse.Namespace) -> list[str]:
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+def parse_formats(text: str) -> list[str]:
+    """``--format``'s comma-separated renders, refusing unknown ones."""
+    formats = [f.strip() for f in text.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise UserError(f"--format: unknown {unknown}; choose among {', '.join(FORMATS)}")
+    return formats
+
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    formats = parse_formats(args.format)
     for name in ("node_threshold", "edge_threshold", "logit_probability"):
         value = getattr(args, name)
         if not 0 < value <= 1:
@@ -83,11 +89,11 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise UserError(f"--key-mass must be in (0, 1], got {args.key_mass}")
     if args.max_logits <= 0 or (args.max_nodes is not None and args.max_nodes <= 0):
         raise UserError("--max-logits and --max-nodes must be positive")
-    _check_writable(args.out)
+    check_writable(args.out)
     return formats
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     """Fail before any work if ``out`` could not be created or written (nothing is created
     here: a refused run leaves no trace)."""
     if out.exists() and not out.is_dir():
@@ -157,7 +163,8 @@ def _trace(args: argparse.Namespace) -> int:
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings |= {"scores": scores, "seconds": {k: round(v, 4) for k, v in timings.items()}}
-    written = write_outputs(graph, full if args.save_full else None, args, formats)
+    saved_full = full if args.save_full else None
+    written = write_outputs(graph, saved_full, args.out, formats, args.graph_file)
 
     print(summary(full, graph, scores, timings, tokenizer))
     for path in written:
@@ -165,14 +172,15 @@ def _trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_outputs(graph, full, args, formats: list[str]) -> list[Path]:
+def write_outputs(graph, full, out: Path, formats: list[str], graph_file: str = "pt") -> list[Path]:
+    """Write ``graph`` (and the unpruned ``full``, if given) as JSON and ``graph_file`` ("pt"
+    or "safetensors"), DOT, the ``formats`` renders and HTML into ``out``."""
     from reports.graphviz import dot_available, dot_missing_message, render, to_dot
     from reports.html import write_html
     from toy_models.files import write_json_atomic
 
-    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "." + args.graph_file
+    suffix = "." + graph_file
     written = [out / "graph.json", out / f"graph{suffix}"]
     write_json_atomic(written[0], graph.to_json(slug=out.name or "graph"))
     graph.save(written[1])

@@ -76,10 +76,6 @@ def find_threshold(scores: np.ndarray, fraction: float) -> float:
     return float(ordered[min(np.searchsorted(cumulative, fraction), len(ordered) - 1)])
 
 
-def node_influence(graph: Graph) -> np.ndarray:
-    return influence(graph.edges, graph.stage.numpy(), graph.target_weight.numpy())
-
-
 def prune_graph(
     graph: Graph,
     node_threshold: float = NODE_THRESHOLD,

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -78,6 +78,7 @@ from toy_models.model import (
     check_tokens,
     fingerprint,
     has_hooks,
+    hook_name,
     load_checked,
 )
 
@@ -92,6 +93,66 @@ FORMAT_VERSION = 1
 MODES = ("sparse", "local")
 
 Sublayer = Callable[[Tensor], Tensor]
+
+__all__ = ["MODES", "ReadWrite", "ReplacementModel", "hook_name", "load_pretrained"]
+
+
+def center(x: Tensor) -> Tensor:
+    """The LayerNorm centring ``P x`` along the last axis (``P`` is symmetric: it moves onto
+    whichever side of a dot product is cheaper)."""
+    return x - x.mean(-1, keepdim=True)
+
+
+@dataclass(frozen=True)
+class ReadWrite:
+    """What each unit of a replacement model writes to and reads from the residual stream,
+    centred by the LayerNorm projection ``P`` (every LayerNorm here only centres and scales),
+    with the constants beside them: the small interface circuits read a model through.
+
+    Per block ``l``: a Lorsa head writes ``lorsa_write[l][i] = P w_o^i`` and reads
+    ``lorsa_read[l][i] = P w_v^i`` (plus ``b_V``); a transcoder feature writes
+    ``tc_write[l][f] = P W_dec[f]`` and reads ``tc_read[l][f] = P W_enc[:, f]`` (plus
+    ``b_enc``). A token writes ``P W_E[t]``; a logit reads ``unembed[v]``, the unembedding
+    column demeaned over the vocabulary (a logit minus the mean logit) and centred, with
+    ``unembed_bias`` its demeaned ``b_U``. ``resid_bias[S]`` is the constant part of the
+    residual stream read at stage ``S`` (the decoder biases ``b_D``, ``b_dec`` of every stage
+    below; ``circuits.nodes`` numbers stages). Read with ``ReplacementModel.read_write()``,
+    computed once per set of weights.
+    """
+
+    embed_write: Float[Tensor, "vocab d_model"]
+    lorsa_write: list[Float[Tensor, "ov d_model"]]
+    lorsa_read: list[Float[Tensor, "ov d_model"]]
+    lorsa_bias: list[Float[Tensor, " ov"]]
+    tc_write: list[Float[Tensor, "sae d_model"]]
+    tc_read: list[Float[Tensor, "sae d_model"]]
+    tc_bias: list[Float[Tensor, " sae"]]
+    unembed: Float[Tensor, "vocab d_model"]
+    unembed_bias: Float[Tensor, " vocab"]
+    resid_bias: Float[Tensor, "stage d_model"]
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, replacement: ReplacementModel) -> ReadWrite:
+        m = replacement.model
+        lorsas, tcs = replacement.lorsas, replacement.transcoders
+        constant = [torch.zeros(m.cfg.d_model)]  # stage 0 reads no decoder bias
+        for lorsa, tc in zip(lorsas, tcs, strict=True):
+            constant += [constant[-1] + lorsa.b_D, constant[-1] + lorsa.b_D + tc.b_dec]
+        # Stage S reads the biases of stages 1..S-1: resid_bias[0] = resid_bias[1] = 0.
+        resid_bias = torch.stack([constant[0]] + constant)
+        return cls(
+            embed_write=center(m.W_E).detach(),
+            lorsa_write=[center(lorsa.W_O).detach() for lorsa in lorsas],
+            lorsa_read=[center(lorsa.W_V).detach() for lorsa in lorsas],
+            lorsa_bias=[lorsa.b_V.detach() for lorsa in lorsas],
+            tc_write=[center(tc.W_dec).detach() for tc in tcs],
+            tc_read=[center(tc.W_enc.T).detach() for tc in tcs],
+            tc_bias=[tc.b_enc.detach() for tc in tcs],
+            unembed=center((m.W_U - m.W_U.mean(1, keepdim=True)).T).detach(),
+            unembed_bias=(m.b_U - m.b_U.mean()).detach(),
+            resid_bias=resid_bias.detach(),
+        )
 
 
 def _plus_error(out: Tensor, recon: Tensor, target: Tensor, hook_error: HookPoint) -> Tensor:
@@ -214,16 +275,43 @@ class ReplacementModel(HookedRootModule):
         return [block.transcoder.layer for block in self.blocks]
 
     def forward(
-        self, tokens: Int[Tensor, "batch pos"], mode: Literal["sparse", "local"] = "sparse"
+        self,
+        tokens: Int[Tensor, "batch pos"] | None,
+        mode: Literal["sparse", "local"] = "sparse",
+        *,
+        start_at_layer: int = 0,
+        resid: Float[Tensor, "batch pos d_model"] | None = None,
     ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits. ``start_at_layer`` (TransformerLens's argument): run blocks from that one
+        on, starting from ``resid``, the residual stream entering it (``hook_resid_pre`` of
+        that block); ``tokens`` is then unused."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-        n = check_tokens(tokens, self.cfg.n_ctx)
         m = self.model
-        resid = self.hook_embed(m.W_E[tokens]) + self.hook_pos_embed(m.W_pos[:n])
-        for block, original in zip(self.blocks, m.blocks, strict=True):
+        if start_at_layer == 0 and resid is None:
+            n = check_tokens(tokens, self.cfg.n_ctx)
+            resid = self.hook_embed(m.W_E[tokens]) + self.hook_pos_embed(m.W_pos[:n])
+        elif resid is None or not 0 <= start_at_layer <= self.cfg.n_layers:
+            raise ValueError(
+                f"start_at_layer={start_at_layer} needs resid, the residual stream entering a "
+                f"block 0..{self.cfg.n_layers}"
+            )
+        for block, original in zip(
+            self.blocks[start_at_layer:], m.blocks[start_at_layer:], strict=True
+        ):
             resid = block(resid, original if mode == "local" else None)
         return self.ln_final(resid) @ m.W_U + m.b_U
+
+    def read_write(self) -> ReadWrite:
+        """The model's centred read/write vectors and biases (``ReadWrite``), computed once and
+        recomputed only when a weight has changed (in place or replaced)."""
+        # A tensor's version counter is how autograd itself detects in-place changes.
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key += tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        cached = getattr(self, "_read_write", None)
+        if cached is None or cached[0] != key:
+            object.__setattr__(self, "_read_write", (key, ReadWrite.of(self)))
+        return self._read_write[1]
 
     def _apply(self, fn, recurse=True):
         # The toy model is outside the module tree, so .to() / .float() must reach it here.

@@ -51,7 +51,14 @@ class ModelConfig:
 
 
 def has_hooks(hook: HookPoint) -> bool:
-    return bool(hook._forward_hooks or hook._backward_hooks)
+    """Whether anything hooks ``hook`` (through TransformerLens's API, as every caller here does)."""
+    return hook.has_hooks()
+
+
+def hook_name(layer: int, site: str) -> str:
+    """The full name of a hook point of block ``layer`` (TransformerLens's ``get_act_name``):
+    ``hook_name(1, "attn.hook_pattern") == "blocks.1.attn.hook_pattern"``."""
+    return f"blocks.{layer}.{site}"
 
 
 class LayerNorm(nn.Module):

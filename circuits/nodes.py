@@ -1,0 +1,137 @@
+"""Node kinds, the stage numbering and node/unit ids: the one place that knows them.
+
+A graph's nodes are sorted by *stage*, the replacement model's topological order::
+
+    stage 0             embedding   one per position (token + position vector)
+    stage 2l + 1        lorsa       block l's active Lorsa heads, and its attention error nodes
+    stage 2l + 2        transcoder  block l's active transcoder features, and its MLP error nodes
+    stage 2L + 1        logit       targets: logit tokens (demeaned), logit differences
+
+Ids follow circuit-tracer/Neuronpedia's ``{layer}_{feature}_{pos}``, where ``layer`` counts
+*sublayers* (stage - 1: ``2l`` is block l's Lorsa, ``2l + 1`` its transcoder) and the logits
+sit at ``2L + 1``::
+
+    E_{token}_{pos}        embedding            {2l}_{head}_{pos}      Lorsa head
+    {2l}_-1_{pos}          attention error      {2l+1}_{feature}_{pos} transcoder feature
+    {2l+1}_-1_{pos}        MLP error            {2L+1}_{token}_{pos}   logit
+    {2L+1}_{a}-{b}_{pos}   logit difference a - b
+
+A *unit* is a position-free node (global circuits): its id is the node id without the
+position (``E_{token}``, ``{2l}_{head}``, ...). Ids are for files and people: code reads the
+kind, stage, position and index arrays, never the id text.
+
+This module imports nothing heavy, so CLIs can use it before their arguments are checked.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Kind(IntEnum):
+    """A node's kind; the integer is the code stored in graph files."""
+
+    EMBEDDING = 0
+    LORSA = 1
+    TRANSCODER = 2
+    ERROR = 3
+    LOGIT = 4
+
+    @property
+    def label(self) -> str:
+        """The lower-case name used in files, CLIs and networkx attributes."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, name: str) -> Kind:
+        """The kind named ``name`` (``"lorsa"``, ...), or a ValueError listing the names."""
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            names = ", ".join(k.label for k in cls)
+            raise ValueError(f"unknown node kind {name!r}; expected one of {names}") from None
+
+
+KINDS = tuple(k.label for k in Kind)  # names by code, as in graph files
+
+
+# ----------------------------------------------------------------- stages
+EMBEDDING_STAGE = 0
+
+
+def lorsa_stage(layer: int) -> int:
+    """The stage of block ``layer``'s Lorsa heads and attention errors."""
+    return 2 * layer + 1
+
+
+def transcoder_stage(layer: int) -> int:
+    """The stage of block ``layer``'s transcoder features and MLP errors."""
+    return 2 * layer + 2
+
+
+def logit_stage(n_layers: int) -> int:
+    """The stage of the logits of an ``n_layers``-block model."""
+    return 2 * n_layers + 1
+
+
+def stage_of(kind: Kind, layer: int) -> int:
+    """The stage of a Lorsa or transcoder unit of block ``layer`` (``layer`` is n_layers for
+    logits, ignored for embeddings)."""
+    if kind == Kind.EMBEDDING:
+        return EMBEDDING_STAGE
+    if kind == Kind.LORSA:
+        return lorsa_stage(layer)
+    if kind == Kind.TRANSCODER:
+        return transcoder_stage(layer)
+    if kind == Kind.LOGIT:
+        return logit_stage(layer)
+    raise ValueError(f"{kind.label} nodes exist at both sublayers of a block: give the stage")
+
+
+def block_of(stage: int) -> int:
+    """The block a stage belongs to: -1 for embeddings, n_layers for the logits."""
+    return (stage - 1) // 2
+
+
+def is_attention(stage: int) -> bool:
+    """Whether ``stage`` is a Lorsa (attention) stage rather than a transcoder one. Only
+    meaningful between the embedding and the logit stage."""
+    return stage % 2 == 1
+
+
+def sublayer_kind(stage: int) -> Kind:
+    """The dictionary kind of a sublayer stage: LORSA or TRANSCODER."""
+    return Kind.LORSA if is_attention(stage) else Kind.TRANSCODER
+
+
+def sublayer(stage: int) -> int:
+    """The circuit-tracer "layer" of a stage (its id prefix): stage - 1; logits keep their
+    stage (module docstring)."""
+    return stage - 1
+
+
+# ----------------------------------------------------------------- ids
+def node_id(
+    kind: Kind,
+    stage: int,
+    pos: int,
+    index: int,
+    *,
+    token: int | None = None,
+    negative: int | None = None,
+) -> str:
+    """The node's id (module docstring). ``token``: an embedding's token; ``negative``: the
+    subtracted token of a logit difference (``index`` is the positive one)."""
+    return f"{unit_id(kind, stage, index, token=token, negative=negative)}_{pos}"
+
+
+def unit_id(
+    kind: Kind, stage: int, index: int, *, token: int | None = None, negative: int | None = None
+) -> str:
+    """A unit's id: a node id without the position."""
+    kind = Kind(kind)
+    if kind == Kind.EMBEDDING:
+        return f"E_{index if token is None else token}"
+    if kind == Kind.LOGIT:
+        return f"{stage}_{index}" if negative is None else f"{stage}_{index}-{negative}"
+    return f"{sublayer(stage)}_{-1 if kind == Kind.ERROR else index}"

@@ -33,3 +33,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def replace_atomic(path: str | Path, write) -> None:
+    """Create ``path`` atomically: ``write(tmp)`` fills a temp file beside it, which then
+    replaces ``path``. On any failure the temp file is removed and ``path`` is untouched."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -111,7 +111,7 @@ def exactness(replacement, graph, records) -> dict:
     from circuits.interventions import direct_pre_activations
     from circuits.qk import QKSides
 
-    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     n_src = len(run.kind)
     targets = (~torch.isnan(graph.value)).nonzero().squeeze(1)
     sources = torch.randperm(n_src)[:128]
@@ -150,7 +150,7 @@ def autograd_baseline(replacement, graph) -> dict:
     from circuits.attribution import run_prompt
     from circuits.interventions import direct_pre_activations
 
-    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     n_src = len(run.kind)
     targets = (~torch.isnan(graph.value)).nonzero().squeeze(1)
     t0 = time.perf_counter()

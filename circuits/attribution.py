@@ -27,11 +27,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from replacement.model import MODES, ReplacementModel
+from replacement.model import MODES, ReplacementModel, hook_name
 
-from .graph import KINDS, Graph, node_id
+from .graph import N_PROMOTED, Graph, LogitRecord
+from .nodes import Kind, logit_stage, lorsa_stage, node_id, stage_of, transcoder_stage
 
-EMBEDDING, LORSA, TRANSCODER, ERROR, LOGIT = range(len(KINDS))
 LORSA_ROW_CHUNK = 512  # Lorsa target rows per block: bounds the (rows x sources) temporaries
 
 
@@ -66,15 +66,14 @@ Target = LogitTarget | LogitDiffTarget | NodeTarget
 
 @dataclass
 class _Logit:
-    """A logit target as the graph needs it: what it reads and how it is shown."""
+    """A resolved logit target with what its node reads: ``direction`` (and ``bias``) from
+    the residual stream at the last position, its ``value`` and influence ``weight``."""
 
-    index: int  # the token (the positive one of a difference)
-    name: str  # the feature part of its node id: "v" or "a-b"
+    record: LogitRecord
     direction: Float[Tensor, " d_model"]
     bias: Tensor
     value: Tensor
     weight: float
-    label: str
 
 
 def _check_token(token: int, d_vocab: int) -> int:
@@ -88,9 +87,9 @@ def _check_token(token: int, d_vocab: int) -> int:
 class PromptRun:
     """One clean forward pass and the source nodes it activates, in graph order.
 
-    Sources are sorted by stage, then position, then index (``circuits.graph``); ``write[s]`` is
-    what source s adds to the residual stream at ``pos[s]``. ``resid_bias[S]`` is the constant
-    part of the residual stream that stage S reads (the decoder biases of all lower stages).
+    Sources are sorted by stage, then position, then index (``circuits.nodes``); ``write[s]``
+    is what source s adds to the residual stream at ``pos[s]``. ``resid_bias[S]`` is the
+    constant part of the residual stream that stage S reads (``ReadWrite.resid_bias``).
     """
 
     tokens: Int[Tensor, " pos"]
@@ -124,6 +123,15 @@ class PromptRun:
         n = self.stage_start(below_stage)
         return (self.pos[:n] == pos).nonzero().squeeze(1)
 
+    def select(self, kind: Kind, stage: int) -> Int[Tensor, " n"]:
+        """The sources of one kind in one stage, in graph order."""
+        lo, hi = self.stage_start(stage), self.stage_start(stage + 1)
+        return torch.arange(lo, hi)[self.kind[lo:hi] == kind]
+
+
+_RUN_HOOKS = ("hook_scale", "hook_pattern", "hook_pre", "hook_z", "hook_acts", "hook_error")
+_RUN_HOOKS += ("lorsa.hook_in",)
+
 
 @torch.no_grad()
 def run_prompt(
@@ -141,14 +149,11 @@ def run_prompt(
         raise ValueError("attribution needs the same Lorsa group size in every layer")
     tokens = torch.as_tensor(tokens).reshape(-1)
     L, n = replacement.cfg.n_layers, len(tokens)
-    names = ("hook_scale", "hook_pattern", "hook_pre", "hook_z", "hook_acts", "hook_error")
-    names += ("lorsa.hook_in",)
     logits, cache = replacement.run_with_cache(
-        tokens[None], mode=mode, names_filter=lambda name: name.endswith(names)
+        tokens[None], mode=mode, names_filter=lambda name: name.endswith(_RUN_HOOKS)
     )
     c = {k: v[0] for k, v in cache.items()}
     m = replacement.model
-    blocks = [f"blocks.{l}" for l in range(L)]
 
     # Sources in graph order: stage, then position, then index.
     kinds, stages, poss, indices, acts, writes = [], [], [], [], [], []
@@ -159,47 +164,31 @@ def run_prompt(
         poss.append(pos), indices.append(index), acts.append(act), writes.append(write)
 
     arange = torch.arange(n)
-    add(EMBEDDING, 0, arange, tokens.clone(), torch.ones(n), m.W_E[tokens] + m.W_pos[:n])
-    for l, block in enumerate(blocks):
-        for stage, act_name, decoder, err_name in (
-            (2 * l + 1, "lorsa.hook_z", replacement.lorsas[l].W_O, "lorsa.hook_error"),
-            (2 * l + 2, "transcoder.hook_acts", replacement.transcoders[l].W_dec, None),
+    add(Kind.EMBEDDING, 0, arange, tokens.clone(), torch.ones(n), m.W_E[tokens] + m.W_pos[:n])
+    for l in range(L):
+        for kind, site, decoder in (
+            (Kind.LORSA, "lorsa", replacement.lorsas[l].decoder),
+            (Kind.TRANSCODER, "transcoder", replacement.transcoders[l].decoder),
         ):
-            err_name = err_name or "transcoder.hook_error"
-            a = c[f"{block}.{act_name}"]
+            stage = stage_of(kind, l)
+            a = c[hook_name(l, f"{site}.hook_z" if kind == Kind.LORSA else f"{site}.hook_acts")]
             pos, idx = a.nonzero(as_tuple=True)
             val = a[pos, idx]
-            add(
-                LORSA if stage % 2 else TRANSCODER,
-                stage,
-                pos,
-                idx,
-                val,
-                val[:, None] * decoder[idx],
-            )
+            add(kind, stage, pos, idx, val, val[:, None] * decoder[idx])
             if mode == "local":
-                add(
-                    ERROR,
-                    stage,
-                    arange,
-                    torch.full_like(arange, -1),
-                    torch.ones(n),
-                    c[f"{block}.{err_name}"],
-                )
+                error = c[hook_name(l, f"{site}.hook_error")]
+                add(Kind.ERROR, stage, arange, torch.full_like(arange, -1), torch.ones(n), error)
 
-    biases = [torch.zeros(m.cfg.d_model)]
-    for lorsa, tc in zip(replacement.lorsas, replacement.transcoders, strict=True):
-        biases += [biases[-1] + lorsa.b_D, biases[-1] + lorsa.b_D + tc.b_dec]
     return PromptRun(
         tokens=tokens,
         mode=mode,
-        sigma1=torch.stack([c[f"{b}.ln1.hook_scale"][:, 0] for b in blocks]),
-        sigma2=torch.stack([c[f"{b}.ln2.hook_scale"][:, 0] for b in blocks]),
+        sigma1=torch.stack([c[hook_name(l, "ln1.hook_scale")][:, 0] for l in range(L)]),
+        sigma2=torch.stack([c[hook_name(l, "ln2.hook_scale")][:, 0] for l in range(L)]),
         sigma_final=c["ln_final.hook_scale"][:, 0],
-        patterns=[c[f"{b}.lorsa.hook_pattern"] for b in blocks],
-        lorsa_in=[c[f"{b}.lorsa.hook_in"] for b in blocks],
-        lorsa_pre=[c[f"{b}.lorsa.hook_pre"] for b in blocks],
-        tc_pre=[c[f"{b}.transcoder.hook_pre"] for b in blocks],
+        patterns=[c[hook_name(l, "lorsa.hook_pattern")] for l in range(L)],
+        lorsa_in=[c[hook_name(l, "lorsa.hook_in")] for l in range(L)],
+        lorsa_pre=[c[hook_name(l, "lorsa.hook_pre")] for l in range(L)],
+        tc_pre=[c[hook_name(l, "transcoder.hook_pre")] for l in range(L)],
         logits=logits[0],
         kind=torch.cat(kinds),
         stage=torch.cat(stages),
@@ -207,30 +196,14 @@ def run_prompt(
         index=torch.cat(indices),
         activation=torch.cat(acts),
         write=torch.cat(writes),
-        resid_bias=torch.stack([biases[0]] + [biases[(s - 1)] for s in range(1, 2 * L + 2)]),
+        resid_bias=replacement.read_write().resid_bias,
     )
 
 
 def source_ids(run: PromptRun) -> list[str]:
-    """The node ids of the run's sources (``circuits.graph.node_id``)."""
-    return [
-        node_id(KINDS[k], s, p, i, int(run.tokens[p]) if k == EMBEDDING else None)
-        for k, s, p, i in zip(
-            run.kind.tolist(), run.stage.tolist(), run.pos.tolist(), run.index.tolist(), strict=True
-        )
-    ]
-
-
-def center(x: Tensor) -> Tensor:
-    """The LayerNorm centring ``P x`` along the last axis (``P`` is symmetric: it moves onto
-    whichever side of a dot product is cheaper)."""
-    return x - x.mean(-1, keepdim=True)
-
-
-def unembedding(model) -> Float[Tensor, "vocab d_model"]:
-    """``W_U`` demeaned over the vocabulary (a logit minus the mean logit), centred over
-    d_model (what ``ln_final`` lets through): one reading vector per token."""
-    return center((model.W_U - model.W_U.mean(1, keepdim=True)).T)
+    """The node ids of the run's sources (``circuits.nodes.node_id``)."""
+    rows = zip(run.kind.tolist(), run.stage.tolist(), run.pos.tolist(), run.index.tolist())
+    return [node_id(Kind(k), s, p, i) for k, s, p, i in rows]
 
 
 # ----------------------------------------------------------------- edges
@@ -306,18 +279,18 @@ def _lorsa_edges(
     """Edges into the Lorsa heads ``rows`` (graph indices of layer ``layer``'s heads),
     ``A[h, q, pos(s)] * write[s] . P w_v^i / sigma1[layer, pos(s)]`` for every source below
     the layer at a key position ``pos(s) <= q``; returns the heads' bias terms."""
-    lorsa = replacement.lorsas[layer]
-    stage = 2 * layer + 1
+    rw = replacement.read_write()
+    stage = lorsa_stage(layer)
     n_src = run.stage_start(stage)
     heads, q = run.index[rows], run.pos[rows]
-    qk_head = heads // lorsa.cfg.group_size
+    qk_head = heads // replacement.lorsas[layer].cfg.group_size
     unique, which = torch.unique(heads, return_inverse=True)
-    w_v = center(lorsa.W_V[unique])  # u d
+    w_v = rw.lorsa_read[layer][unique]  # u d
     s_pos = run.pos[:n_src]
     inv_sigma = 1 / run.sigma1[layer]
     values = ((run.write[:n_src] @ w_v.T) * inv_sigma[s_pos, None]).T.contiguous()  # u src
     A = run.patterns[layer]
-    bias = (run.resid_bias[stage] @ w_v.T)[which] * (A[qk_head, q] @ inv_sigma) + lorsa.b_V[heads]
+    bias = (run.resid_bias[stage] @ w_v.T)[which] * (A[qk_head, q] @ inv_sigma) + rw.lorsa_bias[layer][heads]
     # Sources are sorted by stage, then position: the keys a query q sees are not one range,
     # so each query position's columns are listed once.
     causal_cols = [(s_pos <= k).nonzero().squeeze(1).int() for k in range(len(run.tokens))]
@@ -329,39 +302,6 @@ def _lorsa_edges(
         cols = torch.cat([causal_cols[k] for k in q[sl].tolist()])
         edges.add(rows[sl], n_cols[q[sl]], cols, block[mask], dense=block)  # A = 0 above q
     return bias
-
-
-def _node_labels(run, replacement, tokenizer, kind, stage, pos, index):
-    """One readable line per node: token, head with its QK group and strongest key, feature
-    with the tokens its decoder promotes most (through the demeaned unembedding)."""
-    tok = _token_string(tokenizer)
-    toks = run.tokens.tolist()
-    m = replacement.model
-    W_U = unembedding(m).T
-    top_out: dict[tuple[int, int], str] = {}
-    for l, tc in enumerate(replacement.transcoders):
-        feats = index[(kind == TRANSCODER) & (stage == 2 * l + 2)].unique()
-        if len(feats):
-            top = (center(tc.W_dec[feats]) @ W_U).topk(3, dim=-1).indices
-            for f, t in zip(feats.tolist(), top.tolist(), strict=True):
-                top_out[(l, f)] = " ".join(repr(tok(i)) for i in t)
-    group_size = replacement.lorsas[0].cfg.group_size
-    labels = []
-    for k, s, p, i in zip(kind.tolist(), stage.tolist(), pos.tolist(), index.tolist(), strict=True):
-        l = (s - 1) // 2
-        if k == EMBEDDING:
-            labels.append(f"{tok(toks[p])!r}@{p}")
-        elif k == LORSA:
-            h = i // group_size
-            key = int(run.patterns[l][h, p].argmax())
-            labels.append(f"L{l} head {i} (QK {h}) @{p} attends {tok(toks[key])!r}@{key}")
-        elif k == TRANSCODER:
-            labels.append(f"L{l} feature {i} @{p} -> {top_out[(l, i)]}")
-        elif k == ERROR:
-            labels.append(f"L{l} {'attn' if s % 2 else 'mlp'} error @{p}")
-        else:
-            labels.append("")  # logits are labelled where they are made
-    return labels
 
 
 def _token_string(tokenizer):
@@ -389,118 +329,188 @@ def attribute(
     ``targets``: default the top logits at the last position, up to ``max_logits`` of them and
     a cumulative probability of ``logit_probability``, each weighted by its probability;
     otherwise the given logit tokens, logit differences and nodes, weighted equally.
-    ``tokenizer`` (optional) gives readable labels; ``run`` (optional) is this prompt's
-    ``run_prompt`` in this mode, when the caller has it already.
+    ``tokenizer`` (optional) gives the graph its token texts; ``run`` (optional) is this
+    prompt's ``run_prompt`` in this mode, when the caller has it already.
     """
+    if targets is not None and not targets:
+        raise ValueError("targets is empty: name at least one, or pass None for top logits")
     t0 = time.perf_counter()
     replacement.eval()
-    run = run or run_prompt(replacement, tokens, mode)
-    m, L, n = replacement.model, run.n_layers, len(run.tokens)
-    n_src = len(run.kind)
-
-    # Logit targets: demeaned unembedding columns (a difference needs no demeaning).
-    last_logits = run.logits[-1]
-    probs = last_logits.softmax(-1)
-    W_U, b_U = unembedding(m), m.b_U - m.b_U.mean()
-    demeaned = last_logits - last_logits.mean()
-    tok = _token_string(tokenizer)
-    logits: list[_Logit] = []
-    if targets is None:
-        order = probs.argsort(descending=True)
-        k = min(int((probs[order].cumsum(0) < logit_probability).sum()) + 1, max_logits)
-        for v in order[:k].tolist():
-            label = f"logit {tok(v)!r} p={probs[v]:.3f}"
-            logits.append(_Logit(v, f"{v}", W_U[v], b_U[v], demeaned[v], float(probs[v]), label))
-    for t in targets or []:
-        if isinstance(t, LogitTarget):
-            v = _check_token(t.token, m.cfg.d_vocab)
-            label = f"logit {tok(v)!r} p={probs[v]:.3f}"
-            logits.append(_Logit(v, f"{v}", W_U[v], b_U[v], demeaned[v], 1.0, label))
-        elif isinstance(t, LogitDiffTarget):
-            a, b = _check_token(t.positive, m.cfg.d_vocab), _check_token(t.negative, m.cfg.d_vocab)
-            diff = last_logits[a] - last_logits[b]
-            label = f"logit {tok(a)!r} - {tok(b)!r} = {diff:.3f}"
-            logits.append(_Logit(a, f"{a}-{b}", W_U[a] - W_U[b], b_U[a] - b_U[b], diff, 1.0, label))
-    logit_stage = 2 * L + 1
-    n_logit = len(logits)
-    N = n_src + n_logit
-
-    edges = _EdgeRows(N)
-    bias = torch.zeros(N)
-    value = torch.full((N,), float("nan"))
-    for l in range(L):
-        # Lorsa heads of layer l.
-        lo, hi = run.stage_start(2 * l + 1), run.stage_start(2 * l + 2)
-        heads = torch.arange(lo, hi)[run.kind[lo:hi] == LORSA]
-        bias[heads] = _lorsa_edges(edges, run, replacement, l, heads)
-        value[heads] = run.lorsa_pre[l][run.pos[heads], run.index[heads]]
-        # Transcoder features of layer l.
-        tc = replacement.transcoders[l]
-        lo, hi = run.stage_start(2 * l + 2), run.stage_start(2 * l + 3)
-        feats = torch.arange(lo, hi)[run.kind[lo:hi] == TRANSCODER]
-        enc = center(tc.W_enc[:, run.index[feats]].T)  # feat d
-        reading = enc / run.sigma2[l, run.pos[feats], None]
-        _same_position_edges(edges, feats, reading, run, lo)
-        bias[feats] = reading @ run.resid_bias[2 * l + 2] + tc.b_enc[run.index[feats]]
-        value[feats] = run.tc_pre[l][run.pos[feats], run.index[feats]]
-    # Logits at the last position read every source there.
-    last = run.sources_at(n - 1, logit_stage)
-    for j, logit in enumerate(logits):
-        g = logit.direction / run.sigma_final[-1]
-        edges.add(torch.tensor([n_src + j]), torch.tensor([len(last)]), last, run.write[last] @ g)
-        bias[n_src + j] = run.resid_bias[logit_stage] @ g + logit.bias
-        value[n_src + j] = logit.value
-
-    kind = torch.cat([run.kind, torch.full((n_logit,), LOGIT)])
-    stage = torch.cat([run.stage, torch.full((n_logit,), logit_stage)])
-    pos = torch.cat([run.pos, torch.full((n_logit,), n - 1)])
-    index = torch.cat([run.index, torch.tensor([lg.index for lg in logits], dtype=torch.long)])
-    activation = torch.cat([run.activation, value[n_src:]])
-    target_weight = torch.zeros(N)
-    target_weight[n_src:] = torch.tensor([lg.weight for lg in logits])
-    labels = _node_labels(run, replacement, tokenizer, run.kind, run.stage, run.pos, run.index)
-    labels += [lg.label for lg in logits]
-    ids = source_ids(run)
-    ids += [f"{logit_stage}_{lg.name}_{n - 1}" for lg in logits]
-    graph = Graph(
-        prompt=prompt,
-        tokens=run.tokens.tolist(),
-        token_strings=[tok(t) for t in run.tokens.tolist()],
-        n_layers=L,
-        kind=kind,
-        stage=stage,
-        pos=pos,
-        index=index,
-        activation=activation,
-        value=value,
-        bias=bias,
-        target_weight=target_weight,
-        edges=edges.csr(),
-        labels=labels,
-        ids=ids,
-        model={"name": replacement.model_name or "unnamed"},
-        settings={"mode": mode, "lorsa_group_size": replacement.lorsas[0].cfg.group_size},
-    )
+    run = run or run_prompt(replacement, tokens, mode)  # 1) the clean run
+    logits = resolve_targets(replacement, run, targets, max_logits, logit_probability)  # 2)
+    edges, bias, value = build_edges(replacement, run, logits)  # 3) closed-form edges
+    graph = assemble_graph(replacement, run, logits, edges, bias, value, tokenizer, prompt)  # 4)
     for t in targets or []:
         if isinstance(t, NodeTarget):
             graph.target_weight[find_node(graph, t)] = 1.0
     if targets is not None:
-        if not targets:
-            raise ValueError("targets is empty: name at least one, or pass None for top logits")
         graph.target_weight /= graph.target_weight.sum()
     graph.settings["closure_error"] = _closure(edges.row_sum, edges.row_abs, bias, value)
     graph.settings["seconds"] = round(time.perf_counter() - t0, 4)
     return graph
 
 
+def resolve_targets(
+    replacement: ReplacementModel,
+    run: PromptRun,
+    targets: list[Target] | None,
+    max_logits: int = 10,
+    logit_probability: float = 0.95,
+) -> list[_Logit]:
+    """The logit targets: the top tokens by probability (``targets`` None), or the given
+    logit tokens and differences; each reads a demeaned unembedding column (a difference
+    needs no demeaning)."""
+    rw, d_vocab = replacement.read_write(), replacement.cfg.d_vocab
+    last_logits = run.logits[-1]
+    probs = last_logits.softmax(-1)
+    demeaned = last_logits - last_logits.mean()
+
+    def logit(v: int, weight: float) -> _Logit:
+        record = LogitRecord(v, None, float(probs[v]))
+        return _Logit(record, rw.unembed[v], rw.unembed_bias[v], demeaned[v], weight)
+
+    if targets is None:
+        order = probs.argsort(descending=True)
+        k = min(int((probs[order].cumsum(0) < logit_probability).sum()) + 1, max_logits)
+        return [logit(v, float(probs[v])) for v in order[:k].tolist()]
+    logits = []
+    for t in targets:
+        if isinstance(t, LogitTarget):
+            logits.append(logit(_check_token(t.token, d_vocab), 1.0))
+        elif isinstance(t, LogitDiffTarget):
+            a, b = _check_token(t.positive, d_vocab), _check_token(t.negative, d_vocab)
+            logits.append(
+                _Logit(
+                    LogitRecord(a, b, float(probs[a])),
+                    rw.unembed[a] - rw.unembed[b],
+                    rw.unembed_bias[a] - rw.unembed_bias[b],
+                    last_logits[a] - last_logits[b],
+                    1.0,
+                )
+            )
+    return logits
+
+
+def build_edges(
+    replacement: ReplacementModel, run: PromptRun, logits: list[_Logit]
+) -> tuple[_EdgeRows, Tensor, Tensor]:
+    """Every edge into every target (heads, features, logits) in closed form, with each
+    target's bias term and pre-activation; rows are the sources, then the logits."""
+    rw, L, n = replacement.read_write(), run.n_layers, len(run.tokens)
+    n_src = len(run.kind)
+    N = n_src + len(logits)
+    edges = _EdgeRows(N)
+    bias = torch.zeros(N)
+    value = torch.full((N,), float("nan"))
+    for l in range(L):
+        heads = run.select(Kind.LORSA, lorsa_stage(l))
+        bias[heads] = _lorsa_edges(edges, run, replacement, l, heads)
+        value[heads] = run.lorsa_pre[l][run.pos[heads], run.index[heads]]
+        stage = transcoder_stage(l)
+        feats = run.select(Kind.TRANSCODER, stage)
+        reading = rw.tc_read[l][run.index[feats]] / run.sigma2[l, run.pos[feats], None]
+        _same_position_edges(edges, feats, reading, run, run.stage_start(stage))
+        bias[feats] = reading @ run.resid_bias[stage] + rw.tc_bias[l][run.index[feats]]
+        value[feats] = run.tc_pre[l][run.pos[feats], run.index[feats]]
+    # Logits at the last position read every source there.
+    top = logit_stage(L)
+    last = run.sources_at(n - 1, top)
+    for j, logit in enumerate(logits):
+        g = logit.direction / run.sigma_final[-1]
+        edges.add(torch.tensor([n_src + j]), torch.tensor([len(last)]), last, run.write[last] @ g)
+        bias[n_src + j] = run.resid_bias[top] @ g + logit.bias
+        value[n_src + j] = logit.value
+    return edges, bias, value
+
+
+def assemble_graph(
+    replacement: ReplacementModel,
+    run: PromptRun,
+    logits: list[_Logit],
+    edges: _EdgeRows,
+    bias: Tensor,
+    value: Tensor,
+    tokenizer=None,
+    prompt: str = "",
+) -> Graph:
+    """The ``Graph``: the run's sources then the logits, with each node's structured facts
+    (the key a head reads, the tokens a head or feature promotes, the logit records)."""
+    n_src, n_logit, n = len(run.kind), len(logits), len(run.tokens)
+    N = n_src + n_logit
+    kind = torch.cat([run.kind, torch.full((n_logit,), Kind.LOGIT)])
+    stage = torch.cat([run.stage, torch.full((n_logit,), logit_stage(run.n_layers))])
+    pos = torch.cat([run.pos, torch.full((n_logit,), n - 1)])
+    index = torch.cat([run.index, torch.tensor([lg.record.token for lg in logits])]).long()
+    target_weight = torch.zeros(N)
+    target_weight[n_src:] = torch.tensor([lg.weight for lg in logits])
+    attends, attention = _strongest_keys(run, replacement.lorsas[0].cfg.group_size, N)
+    promotes = _promoted_tokens(replacement, run, N)
+    tok = _token_string(tokenizer)
+    referenced = set(run.tokens.tolist()) | set(promotes[promotes >= 0].tolist())
+    referenced |= {lg.record.token for lg in logits}
+    referenced |= {lg.record.negative for lg in logits if lg.record.negative is not None}
+    return Graph(
+        prompt=prompt,
+        tokens=run.tokens.tolist(),
+        token_strings=[tok(t) for t in run.tokens.tolist()],
+        n_layers=run.n_layers,
+        kind=kind,
+        stage=stage,
+        pos=pos,
+        index=index,
+        activation=torch.cat([run.activation, value[n_src:]]),
+        value=value,
+        bias=bias,
+        target_weight=target_weight,
+        edges=edges.csr(),
+        attends=attends,
+        attention=attention,
+        promotes=promotes,
+        logit_targets=[lg.record for lg in logits],
+        token_text={t: tok(t) for t in sorted(referenced)} if tokenizer is not None else {},
+        mode=run.mode,
+        group_size=replacement.lorsas[0].cfg.group_size,
+        model={"name": replacement.model_name or "unnamed"},
+    )
+
+
+def _strongest_keys(run: PromptRun, group_size: int, n_nodes: int) -> tuple[Tensor, Tensor]:
+    """Per node: the key position a Lorsa head reads most and its pattern weight there."""
+    attends = torch.full((n_nodes,), -1, dtype=torch.long)
+    attention = torch.full((n_nodes,), float("nan"))
+    for l in range(run.n_layers):
+        heads = run.select(Kind.LORSA, lorsa_stage(l))
+        rows = run.patterns[l][run.index[heads] // group_size, run.pos[heads]]  # head key
+        attention[heads], attends[heads] = rows.max(-1)
+    return attends, attention
+
+
+def _promoted_tokens(replacement: ReplacementModel, run: PromptRun, n_nodes: int) -> Tensor:
+    """Per node: the ``N_PROMOTED`` tokens a head's or feature's decoder raises most through
+    the demeaned unembedding (-1 for other nodes)."""
+    rw = replacement.read_write()
+    promotes = torch.full((n_nodes, N_PROMOTED), -1, dtype=torch.long)
+    for l in range(run.n_layers):
+        for kind, stage, write in (
+            (Kind.LORSA, lorsa_stage(l), rw.lorsa_write[l]),
+            (Kind.TRANSCODER, transcoder_stage(l), rw.tc_write[l]),
+        ):
+            nodes = run.select(kind, stage)
+            units, which = torch.unique(run.index[nodes], return_inverse=True)
+            if len(units):
+                top = (write[units] @ rw.unembed.T).topk(N_PROMOTED, dim=-1).indices
+                promotes[nodes] = top[which]
+    return promotes
+
+
 def find_node(graph: Graph, target: NodeTarget) -> int:
     """The graph index of an active head or feature, or a ValueError saying it is not there."""
-    if target.kind not in ("lorsa", "transcoder"):
+    kind = Kind.parse(target.kind)
+    if kind not in (Kind.LORSA, Kind.TRANSCODER):
         raise ValueError(f"node targets are lorsa or transcoder nodes, not {target.kind!r}")
-    stage = 2 * target.layer + (1 if target.kind == "lorsa" else 2)
     match = (
-        (graph.kind == KINDS.index(target.kind))
-        & (graph.stage == stage)
+        (graph.kind == kind)
+        & (graph.stage == stage_of(kind, target.layer))
         & (graph.pos == target.pos)
         & (graph.index == target.index)
     ).nonzero()
@@ -533,3 +543,13 @@ def _closure(row_sum: Tensor, row_abs: Tensor, bias: Tensor, value: Tensor) -> d
         "max_rel_terms": float((gap / scale.clamp(min=1e-12)).max()),
         "max_rel_value": float((gap / value[t].abs().clamp(min=1e-12)).max()),
     }
+
+
+# Transitional names for modules not yet moved to ``circuits.nodes`` / ``read_write()``.
+EMBEDDING, LORSA, TRANSCODER, ERROR, LOGIT = (int(k) for k in Kind)
+from replacement.model import center  # noqa: E402
+
+
+def unembedding(model):
+    """Transitional: ``ReplacementModel.read_write().unembed`` for a bare toy model."""
+    return center((model.W_U - model.W_U.mean(1, keepdim=True)).T)

@@ -23,10 +23,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from replacement.model import ReplacementModel
+from replacement.model import ReplacementModel, hook_name
 
-from .attribution import EMBEDDING, ERROR, LORSA, TRANSCODER, PromptRun, run_prompt
-from .graph import KINDS, Graph
+from .attribution import PromptRun, run_prompt
+from .graph import Graph
+from .nodes import Kind, block_of, stage_of, sublayer_kind
+
+# The hook a Lorsa head's / transcoder feature's activation passes, per kind.
+ACTIVATION_SITE = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
+SITE = {Kind.LORSA: "lorsa", Kind.TRANSCODER: "transcoder"}
 
 ACTIONS = ("ablate", "clamp", "scale")
 
@@ -84,15 +89,15 @@ def _hooks(
     if freeze_layernorm:
         for l in range(L):
             for ln, sigma in (("ln1", run.sigma1[l]), ("ln2", run.sigma2[l])):
-                hooks.append((f"blocks.{l}.{ln}.hook_scale", const(sigma[None, :, None])))
+                hooks.append((hook_name(l, f"{ln}.hook_scale"), const(sigma[None, :, None])))
         hooks.append(("ln_final.hook_scale", const(run.sigma_final[None, :, None])))
     for l in range(L):
         if freeze_attention:
-            hooks.append((f"blocks.{l}.lorsa.hook_pattern", const(run.patterns[l][None])))
+            hooks.append((hook_name(l, "lorsa.hook_pattern"), const(run.patterns[l][None])))
         if z[l] is not None:
-            hooks.append((f"blocks.{l}.lorsa.hook_z", const(z[l])))
+            hooks.append((hook_name(l, ACTIVATION_SITE[Kind.LORSA]), const(z[l])))
         if acts[l] is not None:
-            hooks.append((f"blocks.{l}.transcoder.hook_acts", const(acts[l])))
+            hooks.append((hook_name(l, ACTIVATION_SITE[Kind.TRANSCODER]), const(acts[l])))
     for name, value in errors.items():
         hooks.append((name, const(value)))
     if embed_scale is not None:
@@ -103,8 +108,7 @@ def _hooks(
 
 
 def _error_name(stage: int) -> str:
-    l = (stage - 1) // 2
-    return f"blocks.{l}.{'lorsa' if stage % 2 else 'transcoder'}.hook_error"
+    return hook_name(block_of(stage), f"{SITE[sublayer_kind(stage)]}.hook_error")
 
 
 def _source_count(graph: Graph, run: PromptRun) -> int:
@@ -118,14 +122,10 @@ def _source_count(graph: Graph, run: PromptRun) -> int:
 
 def _logit_readout(graph: Graph) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """The logit nodes, and a function from last-position logits (..., vocab) to their values."""
-    rows = graph.is_kind("logit").nonzero().squeeze(1)
-    pos_neg = []
-    for i in rows.tolist():
-        name = graph.ids[i].split("_")[1]
-        a, _, b = name.partition("-")
-        pos_neg.append((int(a), int(b) if b else -1))
-    pos_idx = torch.tensor([p for p, _ in pos_neg], dtype=torch.long)
-    neg_idx = torch.tensor([n for _, n in pos_neg], dtype=torch.long)
+    rows = graph.is_kind(Kind.LOGIT).nonzero().squeeze(1)
+    records = graph.logit_targets  # one per logit node, in node order
+    pos_idx = torch.tensor([r.token for r in records], dtype=torch.long)
+    neg_idx = torch.tensor([-1 if r.negative is None else r.negative for r in records])
     is_diff = neg_idx >= 0
 
     def read(logits: Tensor) -> Tensor:
@@ -149,18 +149,18 @@ def direct_pre_activations(
     ``graph`` must be the full graph; columns of the result that are not targets are NaN.
     Differentiable in ``multipliers``: d(target)/d(multiplier of s) at 1 is the edge s -> target.
     """
-    run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     B, n = multipliers.shape[0], len(run.tokens)
     L = run.n_layers
     cache = _clean_nodes(replacement, run)
     z, acts, errors = [], [], {}
     embed_scale = torch.ones(B, n, dtype=multipliers.dtype)
     for kind, stage in sorted(set(zip(run.kind.tolist(), run.stage.tolist(), strict=True))):
-        sel = ((run.kind == kind) & (run.stage == stage)).nonzero().squeeze(1)
+        sel = run.select(kind, stage)
         m = multipliers[:, sel]
-        if kind == EMBEDDING:
+        if kind == Kind.EMBEDDING:
             embed_scale = embed_scale.index_put((torch.arange(B)[:, None], run.pos[sel][None]), m)
-        elif kind == ERROR:
+        elif kind == Kind.ERROR:
             name = _error_name(stage)
             scale = torch.ones(B, n, 1).index_put(
                 (torch.arange(B)[:, None], run.pos[sel][None], torch.zeros_like(sel)[None]), m
@@ -168,11 +168,10 @@ def direct_pre_activations(
             errors[name] = cache[name] * scale
     for l in range(L):
         for kind, store, values in (
-            (LORSA, z, cache["z"][l]),
-            (TRANSCODER, acts, cache["acts"][l]),
+            (Kind.LORSA, z, cache["z"][l]),
+            (Kind.TRANSCODER, acts, cache["acts"][l]),
         ):
-            stage = 2 * l + (1 if kind == LORSA else 2)
-            sel = ((run.kind == kind) & (run.stage == stage)).nonzero().squeeze(1)
+            sel = run.select(kind, stage_of(kind, l))
             scale = torch.ones(B, *values.shape, dtype=multipliers.dtype)
             scale = scale.index_put(
                 (torch.arange(B)[:, None], run.pos[sel][None], run.index[sel][None]),
@@ -184,7 +183,7 @@ def direct_pre_activations(
         replacement, run, freeze_attention=True, freeze_layernorm=True,
         z=z, acts=acts, errors=errors, embed_scale=embed_scale,
     )  # fmt: skip
-    names = tuple(f"blocks.{l}.{d}.hook_pre" for l in range(L) for d in ("lorsa", "transcoder"))
+    names = tuple(hook_name(l, f"{site}.hook_pre") for l in range(L) for site in SITE.values())
     pre: dict[str, Tensor] = {}
 
     def keep(act, hook):
@@ -195,11 +194,10 @@ def direct_pre_activations(
         tokens, mode=run.mode, fwd_hooks=hooks + [(lambda name: name in names, keep)]
     )
     out = torch.full((B, graph.n_nodes), float("nan"), dtype=logits.dtype)
-    for kind, name in ((LORSA, "lorsa"), (TRANSCODER, "transcoder")):
+    for kind, site in SITE.items():
         for l in range(L):
-            stage = 2 * l + (1 if kind == LORSA else 2)
-            sel = ((run.kind == kind) & (run.stage == stage)).nonzero().squeeze(1)
-            out[:, sel] = pre[f"blocks.{l}.{name}.hook_pre"][:, run.pos[sel], run.index[sel]]
+            sel = run.select(kind, stage_of(kind, l))
+            out[:, sel] = pre[hook_name(l, f"{site}.hook_pre")][:, run.pos[sel], run.index[sel]]
     rows, read = _logit_readout(graph)
     out[:, rows] = read(logits[:, -1])
     return out
@@ -211,14 +209,12 @@ def _clean_nodes(replacement: ReplacementModel, run: PromptRun) -> dict:
     z = [torch.zeros(n, lorsa.cfg.n_ov_heads) for lorsa in replacement.lorsas]
     acts = [torch.zeros(n, tc.cfg.d_sae) for tc in replacement.transcoders]
     out: dict = {"z": z, "acts": acts}
-    for kind, store in ((LORSA, z), (TRANSCODER, acts)):
+    for kind, store in ((Kind.LORSA, z), (Kind.TRANSCODER, acts)):
         for l in range(L):
-            stage = 2 * l + (1 if kind == LORSA else 2)
-            sel = ((run.kind == kind) & (run.stage == stage)).nonzero().squeeze(1)
+            sel = run.select(kind, stage_of(kind, l))
             store[l][run.pos[sel], run.index[sel]] = run.activation[sel]
-    err = run.kind == ERROR
-    for stage in run.stage[err].unique().tolist():
-        sel = (err & (run.stage == stage)).nonzero().squeeze(1)
+    for stage in run.stage[run.kind == Kind.ERROR].unique().tolist():
+        sel = run.select(Kind.ERROR, stage)
         out[_error_name(stage)] = run.write[sel][None]  # (1, pos, d): one per position
     return out
 
@@ -239,7 +235,7 @@ def intervene(
     if not interventions:
         raise ValueError("no interventions given")
     freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
-    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     where = graph.id_to_index
     cache = _clean_nodes(replacement, run)
     n, L = len(run.tokens), run.n_layers
@@ -250,19 +246,18 @@ def intervene(
         if edit.node not in where:
             raise ValueError(f"no node {edit.node!r} in this graph")
         i = where[edit.node]
-        kind, stage = int(graph.kind[i]), int(graph.stage[i])
+        kind, stage = Kind(int(graph.kind[i])), int(graph.stage[i])
         pos, index = int(graph.pos[i]), int(graph.index[i])
         new = edit.apply(float(graph.activation[i]))
-        if kind in (LORSA, TRANSCODER):
-            l = (stage - 1) // 2
-            name = f"blocks.{l}.{'lorsa.hook_z' if kind == LORSA else 'transcoder.hook_acts'}"
+        if kind in ACTIVATION_SITE:
+            name = hook_name(block_of(stage), ACTIVATION_SITE[kind])
             patches.setdefault(name, []).append((pos, index, new))
-        elif kind == ERROR:
+        elif kind == Kind.ERROR:
             errors[_error_name(stage)][0, pos] *= new
-        elif kind == EMBEDDING:
+        elif kind == Kind.EMBEDDING:
             embed_scale[0, pos] = new
         else:
-            raise ValueError(f"{edit.node} is a {KINDS[kind]} node: only sources can be changed")
+            raise ValueError(f"{edit.node} is a {kind.label} node: only sources can be changed")
 
     def patch(entries):
         def hook(act, hook):

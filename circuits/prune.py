@@ -9,6 +9,8 @@ top stage down: each row block is visited once, and nothing dense of size nodes 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -76,23 +78,63 @@ def find_threshold(scores: np.ndarray, fraction: float) -> float:
     return float(ordered[min(np.searchsorted(cumulative, fraction), len(ordered) - 1)])
 
 
+@dataclass
+class Scored:
+    """An unpruned graph's influence (``influence``) and scores (``graph_scores``), computed
+    together once and shared by ``prune_graph``."""
+
+    influence: np.ndarray
+    scores: dict[str, float]
+
+
+def influence_scores(graph: Graph) -> Scored:
+    """Full-graph influence and circuit-tracer's replacement and completeness scores.
+
+    replacement: of the influence that reaches the targets from embeddings and errors, the
+    fraction from embeddings (error nodes have no inputs: their influence is unexplained).
+    completeness: the fraction of each node's input that does not come from error nodes,
+    averaged with weights (influence + target weight).
+    """
+    a_hat = Normalized(graph.edges)
+    weights = graph.target_weight.numpy()
+    infl = influence(graph.edges, graph.stage.numpy(), weights, a_hat)
+    emb, err = graph.is_kind("embedding").numpy(), graph.is_kind("error").numpy()
+    token_infl, error_infl = infl[emb].sum(), infl[err].sum()
+    non_error = 1 - a_hat.column_fraction(np.flatnonzero(err))
+    output_infl = infl + weights
+    scores = {
+        "replacement": float(token_infl / (token_infl + error_infl)),
+        "completeness": float((non_error * output_infl).sum() / output_infl.sum()),
+    }
+    return Scored(infl, scores)
+
+
+def graph_scores(graph: Graph) -> dict[str, float]:
+    """circuit-tracer's replacement and completeness scores of an unpruned graph
+    (``influence_scores``)."""
+    return influence_scores(graph).scores
+
+
 def prune_graph(
     graph: Graph,
     node_threshold: float = NODE_THRESHOLD,
     edge_threshold: float = EDGE_THRESHOLD,
     max_nodes: int | None = None,
+    *,
+    scored: Scored | None = None,
 ) -> Graph:
     """The subgraph that carries ``node_threshold`` of the influence on the targets, with the
     edges that carry ``edge_threshold`` of the remaining edge influence; heads, features and
     errors left without an outgoing edge (heads and features also without an incoming edge)
     are removed until none is left. Embeddings, logits and node targets always stay.
     ``max_nodes`` caps the heads, features and errors kept (most influential first).
+    ``scored`` (optional): this graph's ``influence_scores``, when the caller has them.
     """
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0 < value <= 1:
             raise ValueError(f"{name} must be in (0, 1], got {value}")
     stage, weights = graph.stage.numpy(), graph.target_weight.numpy()
-    infl = influence(graph.edges, stage, weights)
+    infl = scored.influence if scored is not None else influence(graph.edges, stage, weights)
     always = (graph.is_kind("embedding", "logit") | (graph.target_weight > 0)).numpy()
     inner = graph.is_kind("lorsa", "transcoder", "error").numpy()
     keep = infl >= find_threshold(infl, node_threshold)
@@ -140,23 +182,3 @@ def prune_graph(
     }
     return pruned
 
-
-def graph_scores(graph: Graph) -> dict[str, float]:
-    """circuit-tracer's replacement and completeness scores of an unpruned graph.
-
-    replacement: of the influence that reaches the targets from embeddings and errors, the
-    fraction from embeddings (error nodes have no inputs: their influence is unexplained).
-    completeness: the fraction of each node's input that does not come from error nodes,
-    averaged with weights (influence + target weight).
-    """
-    a_hat = Normalized(graph.edges)
-    weights = graph.target_weight.numpy()
-    infl = influence(graph.edges, graph.stage.numpy(), weights, a_hat)
-    emb, err = graph.is_kind("embedding").numpy(), graph.is_kind("error").numpy()
-    token_infl, error_infl = infl[emb].sum(), infl[err].sum()
-    non_error = 1 - a_hat.column_fraction(np.flatnonzero(err))
-    output_infl = infl + weights
-    return {
-        "replacement": float(token_infl / (token_infl + error_infl)),
-        "completeness": float((non_error * output_infl).sum() / output_infl.sum()),
-    }

@@ -17,11 +17,12 @@ import math
 import torch
 from torch import Tensor
 
-from replacement.model import ReplacementModel
+from replacement.model import ReplacementModel, center
 
-from .attribution import LORSA, PromptRun, center, pad_by_position, run_prompt, source_ids
+from .attribution import PromptRun, pad_by_position, run_prompt, source_ids
 from .global_weights import Units
-from .graph import KINDS, Graph, QKAttribution, QKPair
+from .graph import Graph, QKAttribution, QKPair
+from .nodes import Kind, lorsa_stage, unit_id
 
 
 class QKSides:
@@ -36,7 +37,7 @@ class QKSides:
 
     def __init__(self, run: PromptRun, replacement: ReplacementModel, layer: int):
         lorsa = replacement.lorsas[layer]
-        self.run, self.lorsa, self.layer, stage = run, lorsa, layer, 2 * layer + 1
+        self.run, self.lorsa, self.layer, stage = run, lorsa, layer, lorsa_stage(layer)
         n_src, n_pos = run.stage_start(stage), len(run.tokens)
         inv_sigma = 1 / run.sigma1[layer]
         self.at, self.valid = pad_by_position(run.pos[:n_src], n_pos)
@@ -102,15 +103,15 @@ def qk_attribution(
     units (``E_{token}``, ``{layer}_{index}`` as in node ids without the position, ``bias``).
     The list is also stored in ``graph.qk``.
     """
-    run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     ids = source_ids(run)
     if nodes is None:
-        nodes = (graph.kind == KINDS.index("lorsa")).nonzero().squeeze(1)
+        nodes = (graph.kind == Kind.LORSA).nonzero().squeeze(1)
     wanted: set[tuple[int, int, int, int]] = set()
     nodes = torch.as_tensor(nodes, dtype=torch.long)
     kinds = graph.kind[nodes].tolist()
-    if any(k != LORSA for k in kinds):
-        bad = int(nodes[[k != LORSA for k in kinds]][0])
+    if any(k != Kind.LORSA for k in kinds):
+        bad = int(nodes[[k != Kind.LORSA for k in kinds]][0])
         raise ValueError(f"node {graph.ids[bad]} is a {graph.kinds[bad]}, not a Lorsa head")
     group_size = replacement.lorsas[0].cfg.group_size
     layers, queries = graph.layer[nodes].tolist(), graph.pos[nodes].tolist()
@@ -202,4 +203,4 @@ def _unit_id(units, code: int) -> str:
     if code == units.total:
         return "bias"
     kind, stage, index = units.describe(code)
-    return f"E_{index}" if kind == "embedding" else f"{stage - 1}_{index}"
+    return unit_id(Kind.parse(kind) if isinstance(kind, str) else kind, stage, index)

@@ -3,12 +3,13 @@
     python -m circuits.trace --prompt "Monday, Tuesday, Wednesday," --out runs/trace
 
 Writes into ``--out``: ``graph.json`` (circuit-tracer/Neuronpedia schema, pruned graph),
-``graph.pt`` or ``graph.safetensors`` (the pruned ``Graph``; ``--save-full`` adds the unpruned
-one), ``graph.dot`` and, when Graphviz's ``dot`` is installed, ``graph.svg`` (``--format``
-picks more), and ``graph.html``. Every file is written atomically.
+``graph.safetensors`` (the pruned ``Graph``; ``--save-full`` adds the unpruned one),
+``graph.dot`` and, when Graphviz's ``dot`` is installed, ``graph.svg`` (``--format`` picks
+more), and ``graph.html`` (``reports.outputs``). Every file is written atomically.
 
-This command line is the one place in ``circuits`` that calls ``reports`` (imported when
-files are written); the library modules never do, so data still flows one way.
+The command lines (this one and ``circuits.global_graph``) are the only places in
+``circuits`` that call ``reports``, to write files; the library modules never do. Nothing
+heavy (torch, a model) is imported before the arguments are parsed and checked.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from toy_models.cli import UserError, run_cli
 
-FORMATS = ("svg", "pdf", "png")
+FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
+MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     files = parser.add_argument_group("files")
     files.add_argument("--format", default="svg",
                        help=f"renders among {','.join(FORMATS)} (need `dot`)")  # fmt: skip
-    files.add_argument("--graph-file", choices=("pt", "safetensors"), default="pt")
+    files.add_argument("--graph-file", choices=("safetensors",), default="safetensors",
+                       help="graph file format (safetensors: tensors + a JSON header, no pickle)")  # fmt: skip
     files.add_argument("--save-full", action="store_true",
                        help="also save the unpruned graph (large: every edge)")  # fmt: skip
     return parser.parse_args(argv)
@@ -89,6 +93,11 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise UserError(f"--key-mass must be in (0, 1], got {args.key_mass}")
     if args.max_logits <= 0 or (args.max_nodes is not None and args.max_nodes <= 0):
         raise UserError("--max-logits and --max-nodes must be positive")
+    if len(args.prompt) > MAX_PROMPT_CHARS:
+        raise UserError(
+            f"--prompt has {len(args.prompt)} characters; the model reads at most its context "
+            f"length in tokens (prompts over {MAX_PROMPT_CHARS} characters are refused)"
+        )
     check_writable(args.out)
     return formats
 
@@ -96,13 +105,20 @@ def _check_args(args: argparse.Namespace) -> list[str]:
 def check_writable(out: Path) -> None:
     """Fail before any work if ``out`` could not be created or written (nothing is created
     here: a refused run leaves no trace)."""
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"--out {out}: a dangling symbolic link")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    existing = out
-    while not existing.exists():
+    existing = out.absolute()
+    while not existing.exists() and not existing.is_symlink():
         existing = existing.parent
+    if existing.is_symlink() and not existing.exists():
+        raise UserError(f"--out {out}: {existing} is a dangling symbolic link")
     if not existing.is_dir():
         raise UserError(f"--out {out}: {existing} is not a directory")
+    resolved = existing.resolve()
+    if resolved.parts[:2] in (("/", "proc"), ("/", "sys")):
+        raise UserError(f"--out {out}: {resolved} is a kernel file system, not for files")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: {existing} is not writable")
 
@@ -137,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
 def _trace(args: argparse.Namespace) -> int:
     formats = _check_args(args)
     from replacement.model import load_pretrained
+    from reports.outputs import write_graph_outputs
     from toy_models.tokenizer import encode_prompt
 
-    from .attribution import attribute
-    from .prune import graph_scores, prune_graph
+    from .attribution import attribute, run_prompt
+    from .prune import influence_scores, prune_graph
     from .qk import qk_attribution
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
@@ -148,59 +165,57 @@ def _trace(args: argparse.Namespace) -> int:
     targets = _targets(args, tokenizer)
 
     t0 = time.perf_counter()
+    run = run_prompt(replacement, tokens, args.mode)
     full = attribute(
         replacement, tokens, mode=args.mode, targets=targets, max_logits=args.max_logits,
         logit_probability=args.logit_probability, tokenizer=tokenizer, prompt=args.prompt,
+        run=run,
     )  # fmt: skip
     full.model["name"] = args.model
     t_attr = time.perf_counter()
-    scores = graph_scores(full)
-    graph = prune_graph(full, args.node_threshold, args.edge_threshold, args.max_nodes)
+    scored = influence_scores(full)  # full-graph influence, once: scores and pruning share it
+    graph = prune_graph(
+        full, args.node_threshold, args.edge_threshold, args.max_nodes, scored=scored
+    )
     t_prune = time.perf_counter()
     if args.qk:
         heads = graph.is_kind("lorsa").nonzero().squeeze(1)
-        qk_attribution(replacement, graph, heads, key_mass=args.key_mass, contrast=True)
+        qk_attribution(
+            replacement, graph, heads, key_mass=args.key_mass, contrast=True, run=run
+        )
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
-    graph.settings |= {"scores": scores, "seconds": {k: round(v, 4) for k, v in timings.items()}}
-    saved_full = full if args.save_full else None
-    written = write_outputs(graph, saved_full, args.out, formats, args.graph_file)
+    graph.settings["scores"] = scored.scores
+    full.settings.pop("seconds", None)  # timings stay out of the files: they are reproducible
+    try:
+        written = write_graph_outputs(graph, args.out, formats, full if args.save_full else None)
+    except OSError as exc:
+        raise UserError(f"--out {args.out}: could not write ({exc.strerror or exc})") from None
 
-    print(summary(full, graph, scores, timings, tokenizer))
-    for path in written:
+    print(summary(full, graph, scored.scores, timings))
+    for note in written.notes:
+        print(note, file=sys.stderr)
+    for path in written.paths:
         print(f"wrote {path}")
     return 0
 
 
-def write_outputs(graph, full, out: Path, formats: list[str], graph_file: str = "pt") -> list[Path]:
-    """Write ``graph`` (and the unpruned ``full``, if given) as JSON and ``graph_file`` ("pt"
-    or "safetensors"), DOT, the ``formats`` renders and HTML into ``out``."""
-    from reports.graphviz import dot_available, dot_missing_message, render, to_dot
-    from reports.html import write_html
-    from toy_models.files import write_json_atomic
+def write_outputs(graph, full, out: Path, formats: list[str]) -> list[Path]:
+    """Transitional: ``reports.outputs.write_graph_outputs``, printing its notes."""
+    from reports.outputs import write_graph_outputs
 
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "." + graph_file
-    written = [out / "graph.json", out / f"graph{suffix}"]
-    write_json_atomic(written[0], graph.to_json(slug=out.name or "graph"))
-    graph.save(written[1])
-    if full is not None:
-        written.append(out / f"full_graph{suffix}")
-        full.save(written[-1])
-    rendered = render(to_dot(graph), out / "graph", formats if dot_available() else ())
-    written += rendered
-    svg = out / "graph.svg"
-    write_html(graph, out / "graph.html", svg.read_text() if svg in rendered else None)
-    written.append(out / "graph.html")
-    if formats and not dot_available():
-        print(dot_missing_message(out / "graph.dot"), file=sys.stderr)
-    return written
+    written = write_graph_outputs(graph, out, formats, full)
+    for note in written.notes:
+        print(note, file=sys.stderr)
+    return written.paths
 
 
-def summary(full, graph, scores, timings, tokenizer) -> str:
+def summary(full, graph, scores, timings) -> str:
     """A few lines: what the model predicts, how big the graph is, how good, how fast."""
+    from reports.labels import node_label
+
     logits = graph.is_kind("logit").nonzero().squeeze(1).tolist()
-    lines = ["targets: " + ", ".join(graph.labels[i] for i in logits)]
+    lines = ["targets: " + ", ".join(node_label(graph, i) for i in logits)]
     closure = full.settings["closure_error"]
     lines += [
         f"graph: {full.n_nodes} nodes, {full.n_edges} edges -> pruned to {graph.n_nodes} nodes "
@@ -210,19 +225,18 @@ def summary(full, graph, scores, timings, tokenizer) -> str:
         f"(relative to |value| {closure['max_rel_value']:.2e})",
         "seconds: " + json.dumps({k: round(v, 3) for k, v in timings.items()}),
     ]
-    top = sorted(
-        (i for i in range(graph.n_nodes) if graph.kinds[i] in ("lorsa", "transcoder")),
-        key=lambda i: -float(graph.influence[i]),
-    )[:5]
+    inner = graph.is_kind("lorsa", "transcoder").nonzero().squeeze(1)
+    top = inner[graph.influence[inner].argsort(descending=True, stable=True)[:5]].tolist()
     lines += ["most influential:"] + [
-        f"  {graph.ids[i]:>14}  {float(graph.influence[i]):.3f}  {graph.labels[i]}" for i in top
+        f"  {graph.ids[i]:>14}  {float(graph.influence[i]):.3f}  {node_label(graph, i)}"
+        for i in top
     ]
     return "\n".join(lines)
 
 
 def _count_kinds(graph) -> str:
-    kinds = graph.kinds
-    return ", ".join(f"{kinds.count(k)} {k}" for k in sorted(set(kinds)))
+    counts = Counter(graph.kinds)
+    return ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
 
 
 if __name__ == "__main__":

@@ -6,21 +6,26 @@ opened from a run directory years later. The drawing is the inline SVG that ``do
 numbers, its strongest inputs and outputs, and for Lorsa heads what made them attend. The
 drawing shows only a budget of the graph; the table lists every node and greys out the rows
 of those the drawing leaves out.
-Every string from the graph goes through ``html.escape``.
+Every string from the graph goes through ``_escape`` (``html.escape``, control characters
+shown as ``\\xNN`` escapes). Which nodes the drawing shows comes from its ``Selection``.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import math
-import re
-from html import escape, unescape
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 
-from circuits.graph import KINDS, Graph, QKAttribution
+from circuits.graph import Graph, QKAttribution
+from circuits.nodes import KINDS
 from toy_models.files import write_text_atomic
+
+from .labels import node_labels
+from .layout import Selection
 
 CSS = """
 body { font-family: Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }
@@ -43,14 +48,23 @@ td.num { text-align: right; font-family: Menlo, Consolas, monospace; }
 tr.undrawn td { color: #888; }
 """
 
-# A node of a Graphviz SVG: its <title> is the node name (our node id, XML-escaped).
-_SVG_NODE = re.compile(r'<g id="node\d+" class="node">\s*<title>([^<]*)</title>')
+
+
+def escape(text: str) -> str:
+    """``html.escape``, with control characters (which HTML forbids) written as ``\\xNN``."""
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
+        text = "".join(
+            f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" and ch not in "\n\t" else ch
+            for ch in text
+        )
+    return html.escape(text)
 
 
 def write_html(
     graph: Graph,
     path: str | Path,
     svg_text: str | None,
+    selection: Selection | None = None,
     *,
     top_edges: int = 5,
     title: str | None = None,
@@ -58,20 +72,27 @@ def write_html(
     """Write the report page of ``graph`` to ``path`` atomically.
 
     ``svg_text`` is the drawing (``dot -Tsvg`` output) or None when Graphviz was missing, in
-    which case the page says how to render the ``.dot`` file instead. ``top_edges`` bounds the
-    incoming and outgoing edges (and QK pairs) listed per node.
+    which case the page says how to render the ``.dot`` file instead. ``selection`` is what
+    the drawing shows (``reports.layout.select``); the table greys out the other nodes.
+    ``top_edges`` bounds the incoming and outgoing edges (and QK pairs) listed per node.
     """
-    path = Path(path)
-    write_text_atomic(path, html_page(graph, svg_text, top_edges=top_edges, title=title))
+    page = html_page(graph, svg_text, selection, top_edges=top_edges, title=title)
+    write_text_atomic(Path(path), page)
 
 
 def html_page(
-    graph: Graph, svg_text: str | None, *, top_edges: int = 5, title: str | None = None
+    graph: Graph,
+    svg_text: str | None,
+    selection: Selection | None = None,
+    *,
+    top_edges: int = 5,
+    title: str | None = None,
 ) -> str:
     """The text of the page ``write_html`` writes."""
     if top_edges < 0:
         raise ValueError(f"top_edges must be >= 0, got {top_edges}")
-    drawn = drawn_ids(svg_text)
+    drawn = set(selection.nodes) if selection is not None and svg_text is not None else None
+    labels = node_labels(graph)
     if title is None:
         prompt = graph.prompt if len(graph.prompt) <= 80 else graph.prompt[:79] + "…"
         title = f"Attribution graph: {prompt}" if prompt else "Attribution graph"
@@ -93,7 +114,7 @@ def html_page(
         _drawing_html(svg_text),
         _drawn_note_html(graph, drawn),
         "<h2>Nodes</h2>",
-        _node_table_html(graph, top_edges, drawn),
+        _node_table_html(graph, labels, top_edges, drawn),
         "</body>",
         "</html>",
     ]
@@ -132,9 +153,8 @@ def _summary_html(graph: Graph) -> str:
     ]
     if graph.model.get("name"):
         rows.append(("model", str(graph.model["name"])))
+    rows.append(("mode", graph.mode if graph.positional else "global (units)"))
     settings = dict(graph.settings)
-    if "mode" in settings:
-        rows.append(("mode", _format_setting(settings.pop("mode"))))
     scores = settings.pop("scores", None)
     if isinstance(scores, dict):
         rows.extend((f"{name} score", _format_setting(v)) for name, v in scores.items())
@@ -160,17 +180,10 @@ def _drawing_html(svg_text: str | None) -> str:
     return f'<div class="graph">\n{svg_text[start:].strip()}\n</div>'
 
 
-def drawn_ids(svg_text: str | None) -> set[str] | None:
-    """The node ids a Graphviz SVG draws; None without a drawing or when it names no nodes
-    (not one of ``dot``'s), so nothing is marked as left out."""
-    names = _SVG_NODE.findall(svg_text) if svg_text is not None else []
-    return {unescape(name) for name in names} or None
-
-
-def _drawn_note_html(graph: Graph, drawn: set[str] | None) -> str:
+def _drawn_note_html(graph: Graph, drawn: set[int] | None) -> str:
     if drawn is None:
         return ""
-    shown = sum(node in drawn for node in graph.ids)
+    shown = len(drawn)
     if shown == graph.n_nodes:
         return ""
     return (
@@ -193,27 +206,28 @@ def _top(indices: np.ndarray, weights: np.ndarray, k: int) -> list[tuple[int, fl
     return [(int(indices[j]), float(weights[j])) for j in order if weights[j] != 0]
 
 
-def _node_link(graph: Graph, i: int) -> str:
+def _node_link(graph: Graph, labels: list[str], i: int) -> str:
     node = graph.ids[i]
-    return f'<a href="#node-{escape(node)}" title="{escape(graph.labels[i])}">{escape(node)}</a>'
+    return f'<a href="#node-{escape(node)}" title="{escape(labels[i])}">{escape(node)}</a>'
 
 
-def _edge_list(graph: Graph, edges: list[tuple[int, float]]) -> str:
+def _edge_list(graph: Graph, labels: list[str], edges: list[tuple[int, float]]) -> str:
     return "<br>".join(
-        f'{_node_link(graph, j)} <span class="{"pos" if w > 0 else "neg"}">({w:+.3g})</span>'
+        f'{_node_link(graph, labels, j)} <span class="{"pos" if w > 0 else "neg"}">'
+        f"({w:+.3g})</span>"
         for j, w in edges
     )
 
 
-def _qk_node_name(graph: Graph, node: str | None, index_of: dict[str, int]) -> str:
+def _qk_node_name(graph: Graph, labels: list[str], node: str | None) -> str:
     if node is None:
         return "bias"
-    index = index_of.get(node)
-    return _node_link(graph, index) if index is not None else escape(node)
+    index = graph.id_to_index.get(node)
+    return _node_link(graph, labels, index) if index is not None else escape(node)
 
 
 def _qk_html(
-    graph: Graph, attributions: list[QKAttribution], top: int, index_of: dict[str, int]
+    graph: Graph, labels: list[str], attributions: list[QKAttribution], top: int
 ) -> str:
     """Per key the head was traced to: where, how much attention, and the largest terms of
     the score as query-side node x key-side node (a pruned node shows as its bare id)."""
@@ -221,7 +235,7 @@ def _qk_html(
     for a in sorted(attributions, key=lambda a: -a.attention):
         key_token = graph.token_strings[a.key] if 0 <= a.key < len(graph.token_strings) else ""
         pairs = sorted(a.pairs, key=lambda p: -abs(p.value))[:top]
-        name = lambda node: _qk_node_name(graph, node, index_of)  # noqa: E731
+        name = lambda node: _qk_node_name(graph, labels, node)  # noqa: E731
         pair_lines = "".join(
             f"<li>{name(p.query)} &times; {name(p.key)}: "
             f'<span class="{"pos" if p.value > 0 else "neg"}">{p.value:+.3g}</span></li>'
@@ -247,13 +261,14 @@ def _qk_html(
     return "".join(blocks)
 
 
-def _node_table_html(graph: Graph, top_edges: int, drawn: set[str] | None = None) -> str:
+def _node_table_html(
+    graph: Graph, labels: list[str], top_edges: int, drawn: set[int] | None = None
+) -> str:
     has_influence = graph.influence is not None
     csr = graph.edges.tocsr()
     csc = graph.edges.tocsc()
     layers = graph.layer.tolist()
     kinds = graph.kinds
-    index_of = graph.id_to_index
     head = ["id", "kind", "layer", "pos", "label", "activation"]
     if has_influence:
         head.append("influence")
@@ -271,16 +286,16 @@ def _node_table_html(graph: Graph, top_edges: int, drawn: set[str] | None = None
             f'<td class="kind-{kinds[i]}">{kinds[i]}</td>',
             f'<td class="num">{layers[i]}</td>',
             f'<td class="num" title="{escape(token)}">{pos}</td>',
-            f"<td>{escape(graph.labels[i])}</td>",
+            f"<td>{escape(labels[i])}</td>",
             f'<td class="num">{float(graph.activation[i]):.4g}</td>',
         ]
         if has_influence:
             cells.append(f'<td class="num">{float(graph.influence[i]):.4g}</td>')
         cells += [
-            f"<td>{_edge_list(graph, incoming)}</td>",
-            f"<td>{_edge_list(graph, outgoing)}</td>",
-            f"<td>{_qk_html(graph, graph.qk_for(i), top_edges, index_of)}</td>",
+            f"<td>{_edge_list(graph, labels, incoming)}</td>",
+            f"<td>{_edge_list(graph, labels, outgoing)}</td>",
+            f"<td>{_qk_html(graph, labels, graph.qk_for(i), top_edges)}</td>",
         ]
-        undrawn = drawn is not None and graph.ids[i] not in drawn
+        undrawn = drawn is not None and i not in drawn
         rows.append(('<tr class="undrawn">' if undrawn else "<tr>") + "".join(cells) + "</tr>")
     return '<table class="nodes">\n' + "\n".join(rows) + "\n</table>"

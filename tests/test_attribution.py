@@ -15,12 +15,14 @@ from circuits.attribution import (
     run_prompt,
 )
 from circuits.graph import Graph
+from circuits.neuronpedia import to_json
 from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
 from circuits.prune import find_threshold, graph_scores, influence, prune_graph
 from circuits.qk import QKSides, qk_attribution
 from replacement.lorsa import LorsaConfig, LorsaLayer
 from replacement.model import ReplacementModel
 from replacement.transcoder import Transcoder, TranscoderConfig
+from reports.labels import node_labels
 
 D_MODEL = 24
 MODES = ("local", "sparse")
@@ -75,7 +77,7 @@ def test_edges_plus_bias_close_every_target(graph):
 
 def test_values_are_the_models_own_pre_activations(graph, replacement, tokens):
     """Checked on the fused (un-hooked) forward pass, not the cache attribution used."""
-    mode = graph.settings["mode"]
+    mode = graph.mode
     logits, cache = replacement.run_with_cache(
         tokens[None], mode=mode, names_filter=lambda n: n.endswith(("hook_z", "hook_acts"))
     )
@@ -95,7 +97,7 @@ def test_values_are_the_models_own_pre_activations(graph, replacement, tokens):
 def test_edges_equal_autograd_jacobians(graph, replacement):
     """Each row is d(target) / d(source multiplier), from backward passes through the frozen
     replacement model run with hooks (not through the closed form)."""
-    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     n_src = len(run.kind)
     rows = targets(graph)
     multipliers = torch.ones(len(rows), n_src, requires_grad=True)
@@ -107,7 +109,7 @@ def test_edges_equal_autograd_jacobians(graph, replacement):
 
 
 def test_doubling_a_source_moves_each_target_by_its_edge(graph, replacement):
-    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     n_src = len(run.kind)
     multipliers = torch.ones(n_src, n_src) + torch.eye(n_src)
     with torch.no_grad():
@@ -132,35 +134,41 @@ def test_edges_only_run_upward_and_within_reach(graph):
 
 def test_error_nodes_exist_only_in_local_mode(graph):
     n_err = int(graph.is_kind("error").sum())
-    assert n_err == (2 * 2 * len(graph.tokens) if graph.settings["mode"] == "local" else 0)
+    assert n_err == (2 * 2 * len(graph.tokens) if graph.mode == "local" else 0)
 
 
 def test_node_ids_are_unique_and_round_trip(graph, tmp_path):
     assert len(set(graph.ids)) == graph.n_nodes
-    for suffix in (".pt", ".safetensors"):
+    for suffix in (".safetensors",):
         path = tmp_path / f"g{suffix}"
         graph.save(path)
         back = Graph.load(path)
-        assert back.ids == graph.ids and back.labels == graph.labels
+        assert back.ids == graph.ids and node_labels(back) == node_labels(graph)
         assert (back.edges != graph.edges).nnz == 0
         for name in ("kind", "stage", "pos", "index", "activation", "bias", "target_weight"):
             assert torch.equal(getattr(back, name), getattr(graph, name))
+        for name in ("attends", "promotes"):
+            assert torch.equal(getattr(back, name), getattr(graph, name))
         assert torch.equal(torch.isnan(back.value), torch.isnan(graph.value))
         assert back.settings == graph.settings
+        assert (back.mode, back.group_size, back.positional) == (
+            graph.mode, graph.group_size, graph.positional
+        )
+        assert back.logit_targets == graph.logit_targets and back.token_text == graph.token_text
 
 
 def test_corrupt_graph_file_is_refused(graph, tmp_path):
-    path = tmp_path / "g.pt"
+    path = tmp_path / "g.safetensors"
     graph.save(path)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="not a readable graph file"):
         Graph.load(path)
-    with pytest.raises(ValueError, match=r"\.pt or \.safetensors"):
+    with pytest.raises(ValueError, match=r"end in \.safetensors"):
         graph.save(tmp_path / "g.txt")
 
 
 def test_json_export_follows_the_attribution_graph_schema(graph):
-    data = graph.to_json()
+    data = to_json(graph, node_labels(graph))
     assert set(data) == {"metadata", "qParams", "nodes", "links"}
     ids = [n["node_id"] for n in data["nodes"]]
     assert len(set(ids)) == len(ids) == graph.n_nodes
@@ -249,7 +257,7 @@ def test_qk_terms_sum_to_the_heads_scores(replacement, tokens):
 def test_qk_contrast_explains_the_key_against_the_mean_key(graph, replacement, tmp_path):
     heads = graph.is_kind("lorsa").nonzero().squeeze(1)
     records = qk_attribution(replacement, graph, heads, top=1000, contrast=True)
-    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     for a in records:
         side = QKSides(run, replacement, a.layer)
         n = a.query + 1
@@ -261,7 +269,7 @@ def test_qk_contrast_explains_the_key_against_the_mean_key(graph, replacement, t
         # With every term listed they sum to the contrast; keys are units (no position).
         assert sum(p.value for p in a.contrast_pairs) == pytest.approx(a.contrast, abs=1e-4)
         assert all(p.key == "bias" or p.key.count("_") == 1 for p in a.contrast_pairs)
-    path = tmp_path / "g.pt"
+    path = tmp_path / "g.safetensors"
     graph.save(path)
     assert Graph.load(path).qk[0].contrast_pairs == records[0].contrast_pairs
 
@@ -271,7 +279,7 @@ def test_qk_attribution_records(graph, replacement):
     records = qk_attribution(replacement, graph, heads, key_mass=0.3, top=5)
     assert graph.qk is records and records
     ids = set(graph.ids)
-    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.settings["mode"])
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     for a in records:
         pattern = run.patterns[a.layer][a.qk_head, a.query]
         assert a.attention == pytest.approx(float(pattern[a.key]))
@@ -357,7 +365,7 @@ def test_scores_follow_circuit_tracers_formulas(graph):
     expected_completeness = ((1 - a[:, err].sum(1)) * out).sum() / out.sum()
     assert scores["replacement"] == pytest.approx(expected_replacement)
     assert scores["completeness"] == pytest.approx(expected_completeness)
-    if graph.settings["mode"] == "sparse":
+    if graph.mode == "sparse":
         assert scores == {"replacement": 1.0, "completeness": 1.0}
     else:
         assert 0 < scores["replacement"] < 1 and 0 < scores["completeness"] < 1

@@ -10,6 +10,7 @@ import pytest
 
 from circuits.graph import Graph
 from circuits.trace import main
+from reports.labels import node_label
 from toy_models.cli import run_cli
 
 PROMPT = "Monday, Tuesday, Wednesday,"
@@ -28,13 +29,13 @@ def test_trace_writes_every_file(tmp_path, capsys):
     assert code == 0
     assert "logit ' Thursday'" in stdout and "replacement" in stdout
     names = {p.name for p in out.iterdir()}
-    assert {"graph.json", "graph.pt", "graph.dot", "graph.html"} <= names
+    assert {"graph.json", "graph.safetensors", "graph.dot", "graph.html"} <= names
     assert not any(name.endswith(".tmp") for name in names)
-    graph = Graph.load(out / "graph.pt")
+    graph = Graph.load(out / "graph.safetensors")
     data = json.loads((out / "graph.json").read_text())
     assert [n["node_id"] for n in data["nodes"]] == graph.ids
     assert graph.qk and graph.settings["scores"]["replacement"] > 0
-    assert graph.settings["mode"] == "local"
+    assert graph.mode == "local"
     if "graph.svg" in names:  # Graphviz installed (CI installs it)
         assert "<svg" in (out / "graph.svg").read_text()
         assert "<svg" in (out / "graph.html").read_text()
@@ -50,11 +51,11 @@ def test_trace_targets_modes_and_formats(tmp_path, capsys):
     assert code == 0
     graph = Graph.load(out / "graph.safetensors")
     full = Graph.load(out / "full_graph.safetensors")
-    assert graph.settings["mode"] == "sparse" and not graph.qk
+    assert graph.mode == "sparse" and not graph.qk
     assert int(graph.is_kind("lorsa", "transcoder", "error").sum()) <= 20
     assert int(graph.is_kind("error").sum()) == 0
     assert full.n_nodes > graph.n_nodes
-    logits = [graph.labels[i] for i in graph.is_kind("logit").nonzero().squeeze(1).tolist()]
+    logits = [node_label(graph, i) for i in graph.is_kind("logit").nonzero().squeeze(1).tolist()]
     assert logits[0].startswith("logit ' Thursday'") and " - ' Friday'" in logits[1]
     assert not (out / "graph.svg").exists()
 

@@ -1,0 +1,340 @@
+"""The graph file: a ``Graph`` as one safetensors file, written atomically and read as untrusted.
+
+Layout: the per-node arrays, the CSR edge arrays (``edges.indptr``, ``edges.indices``,
+``edges.data``) and the prompt's ``tokens`` as tensors; everything else (prompt, token texts,
+logit targets, QK records, mode, model identity, settings) as one JSON header in the file's
+metadata. Nothing is unpickled: a ``.pt`` graph (a pickle, written by earlier versions) is
+refused.
+
+``load_graph`` checks every field before building the ``Graph``: dtypes, shapes, ranges,
+stage/kind consistency, the node order, the CSR invariants (a malformed index array would
+crash scipy), finite values, header types and lengths; a problem is one ``ValueError`` naming
+the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from toy_models.files import replace_atomic
+
+from .graph import FORMAT_VERSION, MODES, Graph, LogitRecord, QKAttribution, QKPair
+from .nodes import Kind, logit_stage
+
+SUFFIX = ".safetensors"
+MAX_LAYERS = 1024  # far beyond any model here; bounds what a crafted header can make us allocate
+MAX_NODES = 50_000_000
+
+_INT = (torch.int64, torch.int32)
+_FLOAT = (torch.float32,)
+NODE_FLOATS = ("activation", "value", "bias", "target_weight", "attention")
+NODE_INTS = ("kind", "stage", "pos", "index", "attends")
+
+
+class GraphFileError(ValueError):
+    """A graph file that cannot be used; the message names the file and the field."""
+
+
+# ----------------------------------------------------------------- writing
+def save_graph(graph: Graph, path: Path) -> None:
+    if path.suffix != SUFFIX:
+        raise ValueError(f"{path}: graph files end in {SUFFIX}")
+    csr = graph.edges
+    tensors = {
+        "kind": graph.kind,
+        "stage": graph.stage,
+        "pos": graph.pos,
+        "index": graph.index,
+        "activation": graph.activation,
+        "value": graph.value,
+        "bias": graph.bias,
+        "target_weight": graph.target_weight,
+        "attends": graph.attends,
+        "attention": graph.attention,
+        "promotes": graph.promotes,
+        "edges.indptr": torch.from_numpy(csr.indptr.astype(np.int64)),
+        "edges.indices": torch.from_numpy(csr.indices.astype(np.int64)),
+        "edges.data": torch.from_numpy(csr.data.astype(np.float32)),
+        "tokens": torch.tensor(graph.tokens, dtype=torch.int64),
+    }
+    if graph.influence is not None:
+        tensors["influence"] = graph.influence
+    if graph.occurrences is not None:
+        tensors["occurrences"] = graph.occurrences
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {
+        "format_version": FORMAT_VERSION,
+        "prompt": graph.prompt,
+        "token_strings": graph.token_strings,
+        "n_layers": graph.n_layers,
+        "token_text": sorted([int(k), v] for k, v in graph.token_text.items()),
+        "logit_targets": [[r.token, r.negative, r.probability] for r in graph.logit_targets],
+        "mode": graph.mode,
+        "group_size": graph.group_size,
+        "positional": graph.positional,
+        "qk": [a.to_dict() for a in graph.qk],
+        "model": graph.model,
+        "settings": graph.settings,
+    }
+    metadata = {"graph": json.dumps(header)}
+    replace_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+# ----------------------------------------------------------------- reading
+def load_graph(path: Path) -> Graph:
+    if not path.is_file():
+        raise FileNotFoundError(f"graph file missing: {path}")
+    if path.suffix != SUFFIX:
+        raise GraphFileError(
+            f"{path}: graph files are {SUFFIX} (a .pt graph is a pickle, which is never read)"
+        )
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise GraphFileError(f"{path}: not a readable graph file ({_one_line(exc)})") from None
+    try:
+        return _build(metadata, tensors)
+    except _Bad as bad:
+        raise GraphFileError(f"{path}: field {bad.field}: {bad.problem}") from None
+
+
+class _Bad(Exception):
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _require(ok: bool, field: str, problem: str) -> None:
+    if not ok:
+        raise _Bad(field, problem)
+
+
+def _header(metadata: dict) -> dict:
+    _require("graph" in metadata, "graph", "no graph header in the file's metadata")
+    try:
+        header = json.loads(metadata["graph"])
+    except json.JSONDecodeError as exc:
+        raise _Bad("graph", f"header is not JSON ({_one_line(exc)})") from None
+    _require(isinstance(header, dict), "graph", "header is not a JSON object")
+    version = header.get("format_version")
+    _require(
+        version == FORMAT_VERSION,
+        "format_version",
+        f"{version!r}, expected {FORMAT_VERSION} (re-run the trace to rewrite the file)",
+    )
+    return header
+
+
+def _typed(header: dict, name: str, kind: type | tuple[type, ...]):
+    _require(name in header, name, "missing")
+    value = header[name]
+    bad_bool = isinstance(value, bool) and kind is int
+    _require(isinstance(value, kind) and not bad_bool, name, f"expected {_name(kind)}")
+    return value
+
+
+def _name(kind) -> str:
+    return " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+
+
+def _tensor(tensors: dict, name: str, dtypes, shape: tuple[int, ...]) -> Tensor:
+    _require(name in tensors, name, "missing")
+    t = tensors[name]
+    _require(t.dtype in dtypes, name, f"dtype {t.dtype}, expected {dtypes[0]}")
+    _require(tuple(t.shape) == shape, name, f"shape {tuple(t.shape)}, expected {shape}")
+    if t.dtype.is_floating_point and name not in ("value", "attention"):
+        _require(bool(torch.isfinite(t).all()), name, "has NaN or infinite values")
+    return t.long() if t.dtype in _INT else t
+
+
+def _build(metadata: dict, tensors: dict[str, Tensor]) -> Graph:
+    header = _header(metadata)
+    n_layers = _typed(header, "n_layers", int)
+    _require(1 <= n_layers <= MAX_LAYERS, "n_layers", f"{n_layers} is outside 1..{MAX_LAYERS}")
+    _require("kind" in tensors and tensors["kind"].ndim == 1, "kind", "missing or not 1-D")
+    n = len(tensors["kind"])
+    _require(n <= MAX_NODES, "kind", f"{n} nodes, more than {MAX_NODES}")
+    node = {name: _tensor(tensors, name, _INT, (n,)) for name in NODE_INTS}
+    node |= {name: _tensor(tensors, name, _FLOAT, (n,)) for name in NODE_FLOATS}
+    _require("promotes" in tensors and tensors["promotes"].ndim == 2, "promotes", "not 2-D")
+    top = tensors["promotes"].shape[1]
+    promotes = _tensor(tensors, "promotes", _INT, (n, top))
+    _require("tokens" in tensors and tensors["tokens"].ndim == 1, "tokens", "missing or not 1-D")
+    tokens = _tensor(tensors, "tokens", _INT, (len(tensors["tokens"]),))
+    optional = {
+        name: _tensor(tensors, name, _FLOAT, (n,)) if name in tensors else None
+        for name in ("influence", "occurrences")
+    }
+
+    prompt = _typed(header, "prompt", str)
+    token_strings = _typed(header, "token_strings", list)
+    _require(all(isinstance(t, str) for t in token_strings), "token_strings", "not all strings")
+    _require(len(token_strings) == len(tokens), "token_strings", "length differs from tokens")
+    mode = _typed(header, "mode", str)
+    _require(mode in MODES, "mode", f"{mode!r} is not one of {', '.join(MODES)}")
+    group_size = _typed(header, "group_size", int)
+    _require(group_size >= 1, "group_size", f"{group_size} is not positive")
+    positional = _typed(header, "positional", bool)
+    token_text = _token_text(_typed(header, "token_text", list))
+
+    _check_nodes(node, n_layers, len(tokens), positional, group_size)
+    _require(bool((promotes >= -1).all()), "promotes", "has negative token ids")
+    _require(bool((tokens >= 0).all()), "tokens", "has negative token ids")
+    edges = _edges(tensors, n, node["stage"])
+    n_logits = int((node["kind"] == Kind.LOGIT).sum())
+    logit_targets = _logit_targets(_typed(header, "logit_targets", list), n_logits)
+    logit_index = node["index"][node["kind"] == Kind.LOGIT].tolist()
+    _require(
+        [r.token for r in logit_targets] == logit_index,
+        "logit_targets",
+        "tokens do not match the logit nodes' indices",
+    )
+    qk = _qk(_typed(header, "qk", list), n_layers, len(tokens))
+    return Graph(
+        prompt=prompt,
+        tokens=tokens.tolist(),
+        token_strings=token_strings,
+        n_layers=n_layers,
+        **node,
+        edges=edges,
+        promotes=promotes,
+        logit_targets=logit_targets,
+        token_text=token_text,
+        mode=mode,
+        group_size=group_size,
+        positional=positional,
+        qk=qk,
+        **optional,
+        model=_typed(header, "model", dict),
+        settings=_typed(header, "settings", dict),
+    )
+
+
+def _check_nodes(
+    node: dict[str, Tensor], n_layers: int, n_pos: int, positional: bool, group_size: int
+) -> None:
+    kind, stage, pos, index = node["kind"], node["stage"], node["pos"], node["index"]
+    _require(bool(((kind >= 0) & (kind <= max(Kind))).all()), "kind", "unknown kind code")
+    top = logit_stage(n_layers)
+    _require(bool(((stage >= 0) & (stage <= top)).all()), "stage", f"outside 0..{top}")
+    _require(bool((stage[1:] >= stage[:-1]).all()), "stage", "nodes are not in stage order")
+    expected = {
+        Kind.EMBEDDING: stage == 0,
+        Kind.LOGIT: stage == top,
+        Kind.LORSA: (stage % 2 == 1) & (stage < top),
+        Kind.TRANSCODER: (stage % 2 == 0) & (stage > 0),
+        Kind.ERROR: (stage > 0) & (stage < top),
+    }
+    for k, ok in expected.items():
+        _require(bool(ok[kind == k].all()), "stage", f"a {k.label} node at the wrong stage")
+    is_error = kind == Kind.ERROR
+    _require(bool((index[is_error] == -1).all()), "index", "an error node's index is not -1")
+    _require(bool((index[~is_error] >= 0).all()), "index", "negative index")
+    if positional:
+        _require(bool(((pos >= 0) & (pos < max(n_pos, 1))).all()), "pos", "outside the prompt")
+    else:
+        _require(bool((pos == 0).all()), "pos", "a global graph's units sit at position 0")
+    attends = node["attends"]
+    is_head = kind == Kind.LORSA
+    _require(bool((attends[~is_head] == -1).all()), "attends", "set on a node that is no head")
+    ok = (attends[is_head] >= -1) & (attends[is_head] <= pos[is_head])
+    _require(bool(ok.all()), "attends", "a key after its query or outside the prompt")
+
+
+def _edges(tensors: dict[str, Tensor], n: int, stage: Tensor) -> sp.csr_array:
+    indptr = _tensor(tensors, "edges.indptr", _INT, (n + 1,)).numpy()
+    _require("edges.indices" in tensors, "edges.indices", "missing")
+    nnz = len(tensors["edges.indices"])
+    indices = _tensor(tensors, "edges.indices", _INT, (nnz,)).numpy()
+    data = _tensor(tensors, "edges.data", _FLOAT, (nnz,)).numpy()
+    _require(indptr[0] == 0 and indptr[-1] == nnz, "edges.indptr", "does not span the entries")
+    _require(bool((np.diff(indptr) >= 0).all()), "edges.indptr", "decreases")
+    _require(bool(((indices >= 0) & (indices < n)).all()), "edges.indices", f"outside 0..{n - 1}")
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    st = stage.numpy()
+    _require(bool((st[indices] < st[rows]).all()), "edges", "an edge does not go up the stages")
+    key = rows.astype(np.int64) * n + indices
+    _require(bool((np.diff(key) > 0).all()), "edges.indices", "unsorted or repeated in a row")
+    return sp.csr_array((data, indices.astype(np.int64), indptr), shape=(n, n))
+
+
+def _token_text(items: list) -> dict[int, str]:
+    out = {}
+    for item in items:
+        ok = isinstance(item, list) and len(item) == 2 and isinstance(item[1], str)
+        ok = ok and isinstance(item[0], int) and not isinstance(item[0], bool) and item[0] >= 0
+        _require(ok, "token_text", "entries must be [token id, text]")
+        out[item[0]] = item[1]
+    return out
+
+
+def _logit_targets(items: list, n_logits: int) -> list[LogitRecord]:
+    _require(len(items) == n_logits, "logit_targets", f"{len(items)} records, {n_logits} logits")
+    records = []
+    for item in items:
+        ok = isinstance(item, list) and len(item) == 3
+        ok = ok and _is_int(item[0]) and (item[1] is None or _is_int(item[1]))
+        ok = ok and isinstance(item[2], int | float) and not isinstance(item[2], bool)
+        _require(ok, "logit_targets", "entries must be [token, negative or null, probability]")
+        records.append(LogitRecord(item[0], item[1], float(item[2])))
+    return records
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+_QK_INTS = ("layer", "qk_head", "query", "key")
+_QK_FLOATS = ("attention", "score", "rest")
+
+
+def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
+    out = []
+    for d in items:
+        _require(isinstance(d, dict), "qk", "records must be objects")
+        for name in _QK_INTS:
+            _require(_is_int(d.get(name)), f"qk.{name}", "expected a non-negative integer")
+        _require(d["layer"] < n_layers, "qk.layer", f"outside 0..{n_layers - 1}")
+        for name in _QK_FLOATS:
+            value = d.get(name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            _require(ok, f"qk.{name}", "expected a number")
+        for name in ("pairs", "contrast_pairs"):
+            for p in d.get(name, []):
+                ok = isinstance(p, list) and len(p) == 3 and _is_number(p[2])
+                ok = ok and all(x is None or isinstance(x, str) for x in p[:2])
+                _require(ok, f"qk.{name}", "entries must be [query id, key id, value]")
+        for name in ("query_marginals", "key_marginals"):
+            for m in d.get(name, []):
+                ok = isinstance(m, list) and len(m) == 2 and _is_number(m[1])
+                _require(ok and (m[0] is None or isinstance(m[0], str)), f"qk.{name}", "bad entry")
+        contrast = d.get("contrast")
+        _require(contrast is None or _is_number(contrast), "qk.contrast", "expected a number")
+        known = set(QKAttribution.__dataclass_fields__)
+        _require(set(d) <= known, "qk", f"unknown keys {sorted(set(d) - known)}")
+        try:
+            out.append(QKAttribution.from_dict(d))
+        except (KeyError, TypeError) as exc:
+            raise _Bad("qk", _one_line(exc)) from None
+    return out
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and not math.isinf(x)
+
+
+__all__ = ["GraphFileError", "QKPair", "load_graph", "save_graph"]

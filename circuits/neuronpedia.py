@@ -1,0 +1,98 @@
+"""A Graph in the attribution-graph JSON schema of circuit-tracer / Neuronpedia.
+
+``metadata``, ``qParams``, ``nodes`` and ``links``, with one small constructor per node kind
+(as circuit-tracer's ``frontend/graph_models.py`` has). Node ids and the sublayer "layer"
+come from ``circuits.nodes``; readable labels (``clerp``) are given by the caller
+(``reports.labels.node_labels``), since labels are presentation. Lorsa nodes carry their QK
+attributions in ``qk``; logit nodes their resolved target.
+"""
+
+from __future__ import annotations
+
+from .graph import Graph
+from .nodes import Kind, is_attention, sublayer
+
+FEATURE_TYPE = {
+    Kind.EMBEDDING: "embedding",
+    Kind.LORSA: "lorsa",
+    Kind.TRANSCODER: "cross layer transcoder",
+    Kind.LOGIT: "logit",
+}
+SCHEMA_VERSION = 1
+
+
+def _layer(kind: Kind, stage: int) -> str:
+    if kind == Kind.EMBEDDING:
+        return "E"
+    return str(stage if kind == Kind.LOGIT else sublayer(stage))
+
+
+def _feature_type(kind: Kind, stage: int) -> str:
+    if kind == Kind.ERROR:
+        return "attention reconstruction error" if is_attention(stage) else "mlp reconstruction error"
+    return FEATURE_TYPE[kind]
+
+
+def _node(graph: Graph, i: int, label: str) -> dict:
+    kind = Kind(int(graph.kind[i]))
+    stage, pos = int(graph.stage[i]), int(graph.pos[i])
+    influence = None if graph.influence is None else float(graph.influence[i])
+    node = {
+        "node_id": graph.ids[i],
+        "jsNodeId": graph.ids[i],
+        "feature": int(graph.index[i]),
+        "layer": _layer(kind, stage),
+        "ctx_idx": pos,
+        "reverse_ctx_idx": len(graph.tokens) - 1 - pos,
+        "run_idx": 0,
+        "feature_type": _feature_type(kind, stage),
+        "clerp": label,
+        "activation": None if kind in (Kind.EMBEDDING, Kind.ERROR) else float(graph.activation[i]),
+        "influence": influence,
+        "is_target_logit": kind == Kind.LOGIT,
+        "token_prob": 0.0,
+    }
+    if kind == Kind.LOGIT:
+        record = graph.logit_record(i)
+        node["token_prob"] = record.probability if record.negative is None else 0.0
+        node["logit_target"] = {"token": record.token, "negative": record.negative}
+    qk = graph.qk_for(i)
+    if qk:
+        node["qk"] = [a.to_dict() for a in qk]
+    return node
+
+
+def to_json(graph: Graph, labels: list[str], slug: str = "graph") -> dict:
+    """The graph as circuit-tracer / Neuronpedia JSON; ``labels[i]`` is node i's ``clerp``."""
+    if len(labels) != graph.n_nodes:
+        raise ValueError(f"{len(labels)} labels for {graph.n_nodes} nodes")
+    nodes = [_node(graph, i, labels[i]) for i in range(graph.n_nodes)]
+    coo = graph.edges.tocoo()
+    ids = graph.ids
+    links = [
+        {"source": ids[s], "target": ids[t], "weight": float(w)}
+        for t, s, w in zip(coo.row.tolist(), coo.col.tolist(), coo.data.tolist(), strict=True)
+    ]
+    metadata = {
+        "slug": slug,
+        "scan": graph.model.get("name", "unknown"),
+        "transcoder_list": [],
+        "prompt_tokens": graph.token_strings,
+        "prompt": graph.prompt,
+        "node_threshold": graph.settings.get("node_threshold"),
+        "schema_version": SCHEMA_VERSION,
+        "info": {
+            "model": graph.model,
+            "mode": graph.mode,
+            "positional": graph.positional,
+            "settings": graph.settings,
+        },
+    }
+    q_params = {
+        "pinnedIds": [],
+        "supernodes": [],
+        "linkType": "both",
+        "clickedId": "",
+        "sg_pos": "",
+    }
+    return {"metadata": metadata, "qParams": q_params, "nodes": nodes, "links": links}

@@ -1,0 +1,136 @@
+"""Readable labels of graph nodes, made from the Graph's fields (never parsed back).
+
+``node_label`` is the full one-line description (tables, tooltips, the JSON ``clerp``);
+``short_label`` the at-most-two-line text drawn inside a node. Both read the structured
+per-node facts: the key a head attends to (``attends``), the tokens a head or feature promotes
+(``promotes``), the resolved logit targets (``logit_targets``), and for global graphs the
+units' firing counts (``occurrences``).
+"""
+
+from __future__ import annotations
+
+from circuits.graph import Graph
+from circuits.nodes import Kind, block_of, is_attention, logit_stage
+
+MAX_LABEL_CHARS = 48  # longer text is cut in the drawing; the tooltip keeps all of it
+LINE_CHARS = 14  # a node label is at most two lines of about this many characters
+LOGIT_CHARS = 18  # logits are few and say which tokens: their lines may be a little longer
+
+
+def shorten(text: str, limit: int = MAX_LABEL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fit(text: str, limit: int = LINE_CHARS) -> str:
+    return shorten(text, max(limit, 2))
+
+
+def at_position(token: str, pos: int) -> str:
+    """``'tok'@pos`` in at most ``LINE_CHARS`` characters, cutting the token, never the pos."""
+    suffix = f"@{pos}"
+    return _fit(token, LINE_CHARS - len(suffix)) + suffix
+
+
+def prompt_token(graph: Graph, pos: int) -> str:
+    return repr(graph.token_strings[pos]) if 0 <= pos < len(graph.token_strings) else f"<@{pos}>"
+
+
+def promoted(graph: Graph, i: int) -> list[str]:
+    """The tokens node ``i`` promotes most, quoted."""
+    return [repr(graph.token(t)) for t in graph.promotes[i].tolist() if t >= 0]
+
+
+def logit_text(graph: Graph, i: int) -> tuple[str, str]:
+    """A logit node's (tokens, value) texts: ``("' Julia'", "p=0.997")`` or
+    ``("' Mary' - ' Tom'", "= 2.554")``."""
+    record = graph.logit_record(i)
+    if record.negative is None:
+        return repr(graph.token(record.token)), f"p={record.probability:.3f}"
+    pair = f"{graph.token(record.token)!r} - {graph.token(record.negative)!r}"
+    return pair, f"= {float(graph.value[i]):.3f}"
+
+
+def _usage(graph: Graph, i: int) -> str:
+    if graph.occurrences is None:
+        return ""
+    return f" ({float(graph.occurrences[i]):.0f}x, mean {float(graph.activation[i]):.2f})"
+
+
+def node_label(graph: Graph, i: int) -> str:
+    """One readable line: token, head with its QK group and strongest key, feature with the
+    tokens its decoder promotes most, error, logit with its probability or value."""
+    kind = Kind(int(graph.kind[i]))
+    stage, pos, index = int(graph.stage[i]), int(graph.pos[i]), int(graph.index[i])
+    layer = block_of(stage)
+    where = f" @{pos}" if graph.positional else ""
+    if kind == Kind.EMBEDDING:
+        if not graph.positional:
+            return f"token {graph.token(index)!r}{_usage(graph, i)}"
+        return f"{prompt_token(graph, pos)}@{pos}"
+    if kind == Kind.LOGIT:
+        tokens, value = logit_text(graph, i)
+        return f"logit {tokens} {value}" if graph.positional else f"logit {tokens}"
+    if kind == Kind.ERROR:
+        return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} error{where}{_usage(graph, i)}"
+    if kind == Kind.LORSA:
+        text = f"L{layer} head {index} (QK {index // graph.group_size}){where}"
+        key = graph.strongest_key(i)
+        if key is not None:
+            text += f" attends {prompt_token(graph, key)}@{key}"
+        return text + _usage(graph, i)
+    tokens = promoted(graph, i)
+    text = f"L{layer} feature {index}{where}"
+    return text + (f" -> {' '.join(tokens)}" if tokens else "") + _usage(graph, i)
+
+
+def node_labels(graph: Graph) -> list[str]:
+    return [node_label(graph, i) for i in range(graph.n_nodes)]
+
+
+def short_label(graph: Graph, i: int) -> str:
+    """The label drawn in node ``i``: at most two lines of about ``LINE_CHARS`` characters.
+
+    Embedding ``'tok'@pos`` (global graphs: ``'tok'``); Lorsa head ``H{index}`` over
+    ``→'tok'@key``, its strongest key (most attention among its QK attributions, else its
+    pattern's), or over its QK group in a global graph; transcoder feature ``F{index}`` over
+    the token it promotes most; error ``err``; logit its token(s) and probability or value.
+    """
+    kind = Kind(int(graph.kind[i]))
+    pos, index = int(graph.pos[i]), int(graph.index[i])
+    if kind == Kind.EMBEDDING:
+        if not graph.positional:
+            return _fit(repr(graph.token(index)))
+        return at_position(prompt_token(graph, pos), pos)
+    if kind == Kind.ERROR:
+        return "err"
+    if kind == Kind.LOGIT:
+        tokens, value = logit_text(graph, i)
+        if not graph.positional:
+            return _fit(tokens, LOGIT_CHARS)
+        text = f"{tokens} {value}"
+        if len(text) <= LINE_CHARS:
+            return text
+        return f"{_fit(tokens, LOGIT_CHARS)}\n{_fit(value, LOGIT_CHARS)}"
+    if kind == Kind.LORSA:
+        if not graph.positional:
+            return f"H{index}\nQK {index // graph.group_size}"
+        attributions = graph.qk_for(i)
+        key = (
+            max(attributions, key=lambda a: a.attention).key
+            if attributions
+            else graph.strongest_key(i)
+        )
+        second = "" if key is None else "→" + at_position(prompt_token(graph, key), key)
+        return f"H{index}\n{_fit(second, LINE_CHARS + 1)}" if second else f"H{index}"
+    tokens = promoted(graph, i)
+    return f"F{index}\n{_fit(tokens[0], LINE_CHARS + 1)}" if tokens else f"F{index}"
+
+
+def stage_name(stage: int, n_layers: int) -> str:
+    """The row label of ``stage``: which sublayer of which block its nodes belong to."""
+    if stage == 0:
+        return "embeddings"
+    if stage == logit_stage(n_layers):
+        return "logits"
+    block = block_of(stage)
+    return f"L{block} Lorsa" if is_attention(stage) else f"L{block} transcoder"

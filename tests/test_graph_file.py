@@ -1,0 +1,135 @@
+"""A graph file is untrusted: every crafted field is refused with one line naming it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from circuits.graph import Graph
+from circuits.graph_file import GraphFileError
+from reports.html import write_html
+from test_reports import make_graph
+
+
+def read(path):
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["graph"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+def craft(tmp_path, edit_tensors=None, edit_header=None):
+    """A valid graph file with one thing changed."""
+    good = tmp_path / "good.safetensors"
+    make_graph().save(good)
+    header, tensors = read(good)
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_header:
+        edit_header(header)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"graph": json.dumps(header)})
+    return bad
+
+
+def test_a_saved_graph_loads_back(tmp_path):
+    path = tmp_path / "g.safetensors"
+    graph = make_graph()
+    graph.save(path)
+    back = Graph.load(path)
+    assert back.ids == graph.ids and (back.edges != graph.edges).nnz == 0
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _set(name, value):
+    def edit(tensors):
+        tensors[name] = value(tensors[name])
+
+    return edit
+
+
+CRAFTED_TENSORS = {
+    "edge index out of range": ("edges.indices", lambda t: t + 1000),
+    "negative edge index": ("edges.indices", lambda t: t - 100),
+    "indptr decreasing": ("edges.indptr", lambda t: t.flip(0)),
+    "indptr short": ("edges.indptr", lambda t: t[:-1]),
+    "unknown kind code": ("kind", lambda t: torch.where(t == 4, 9, t)),
+    "float kind": ("kind", lambda t: t.float()),
+    "wrong-length values": ("activation", lambda t: t[:-1]),
+    "NaN activation": ("activation", lambda t: torch.full_like(t, float("nan"))),
+    "edge data wrong length": ("edges.data", lambda t: t[:-1]),
+    "stage out of order": ("stage", lambda t: t.flip(0)),
+    "position outside the prompt": ("pos", lambda t: t + 50),
+    "negative token": ("tokens", lambda t: t - 100),
+    "2-D kind": ("kind", lambda t: t[None]),
+    "attends after its query": ("attends", lambda t: torch.where(t >= 0, 99, t)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED_TENSORS))
+def test_crafted_tensors_are_refused_naming_the_field(tmp_path, case):
+    name, change = CRAFTED_TENSORS[case]
+    bad = craft(tmp_path, edit_tensors=_set(name, change))
+    with pytest.raises(GraphFileError) as info:
+        Graph.load(bad)
+    message = str(info.value)
+    assert str(bad) in message and "\n" not in message
+    assert name.split(".")[0] in message
+
+
+def test_a_missing_tensor_is_refused(tmp_path):
+    bad = craft(tmp_path, edit_tensors=lambda t: t.pop("bias"))
+    with pytest.raises(GraphFileError, match="field bias: missing"):
+        Graph.load(bad)
+
+
+CRAFTED_HEADERS = {
+    "absurd layer count": ("n_layers", 10**9),
+    "string layer count": ("n_layers", "2"),
+    "bool layer count": ("n_layers", True),
+    "short token strings": ("token_strings", ["a"]),
+    "unknown mode": ("mode", "dense"),
+    "zero group size": ("group_size", 0),
+    "short logit targets": ("logit_targets", []),
+    "logit target of another token": ("logit_targets", [[1, None, 0.5], [2, None, 0.5]]),
+    "bad token text": ("token_text", [["0", "x"]]),
+    "qk record of another layer": ("qk", [{"layer": 7}]),
+    "newer format": ("format_version", 99),
+    "settings not a dict": ("settings", [1]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED_HEADERS))
+def test_crafted_headers_are_refused_naming_the_field(tmp_path, case):
+    name, value = CRAFTED_HEADERS[case]
+    bad = craft(tmp_path, edit_header=lambda h: h.__setitem__(name, value))
+    with pytest.raises(GraphFileError) as info:
+        Graph.load(bad)
+    assert str(bad) in str(info.value) and name.split(".")[0] in str(info.value)
+
+
+def test_crafted_edges_never_reach_scipy(tmp_path):
+    """Out-of-range edge indices once crashed the HTML writer (SIGSEGV in scipy's tocsc)."""
+    bad = craft(tmp_path, edit_tensors=_set("edges.indices", lambda t: t * 0 + 2**40))
+    with pytest.raises(GraphFileError):
+        write_html(Graph.load(bad), tmp_path / "g.html", None)
+    assert not (tmp_path / "g.html").exists()
+
+
+def test_pickles_are_never_read(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    path = tmp_path / "graph.pt"
+    path.write_bytes(pickle.dumps({"header": Boom()}))
+    with pytest.raises(GraphFileError, match="never read"):
+        Graph.load(path)
+    assert not (tmp_path / "pwned").exists()
+    garbage = tmp_path / "g.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    with pytest.raises(GraphFileError, match="not a readable graph file"):
+        Graph.load(garbage)

@@ -66,7 +66,6 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -89,7 +88,7 @@ SHIPPED_DIR = Path(__file__).parent / "zoo"
 CONFIG_FILE = "replacement.json"
 LORSA_FILE = "lorsa.{}.safetensors"
 TRANSCODER_FILE = "transcoder.{}.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model identity covers config and tokenizer; file hashes
 MODES = ("sparse", "local")
 
 Sublayer = Callable[[Tensor], Tensor]
@@ -328,18 +327,28 @@ class ReplacementModel(HookedRootModule):
     ) -> None:
         """Write the replacement layers and ``replacement.json`` atomically into ``directory``.
 
-        ``model_name`` names the toy model they were trained for; its weights hash is recorded
-        too, so that ``load`` can refuse them for any other model. ``meta`` (default:
+        ``model_name`` names the toy model they were trained for; its identity (``fingerprint``:
+        config, tokenizer and weights) is recorded, so that ``load`` can refuse them for any
+        other model, and so are the SHA-256 of every layer file and of replacement.json's own
+        content, so that a damaged, edited or swapped file is refused too. ``meta`` (default:
         ``self.meta``) is free-form JSON, e.g. training figures. ``dtype`` is the storage type
         (float16 halves a shipped set); ``load`` always computes in float32.
         """
+        from toy_models.checkpoint import json_sha256, save_state_atomic
+        from toy_models.files import file_sha256
+
         meta = self.meta if meta is None else meta
         json.dumps(meta)  # not JSON-serialisable: fail before any file is written
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        files = {}
         for l, (lorsa, transcoder) in enumerate(zip(self.lorsas, self.transcoders, strict=True)):
-            _save_atomic(lorsa, directory / LORSA_FILE.format(l), dtype)
-            _save_atomic(transcoder, directory / TRANSCODER_FILE.format(l), dtype)
+            for name, module in (
+                (LORSA_FILE.format(l), lorsa),
+                (TRANSCODER_FILE.format(l), transcoder),
+            ):
+                save_state_atomic(module, directory / name, dtype)
+                files[name] = file_sha256(directory / name)
         identity = {
             "name": model_name,
             "sha256": fingerprint(self.model),
@@ -351,36 +360,66 @@ class ReplacementModel(HookedRootModule):
             "model": identity,
             "lorsa": [asdict(lorsa.cfg) for lorsa in self.lorsas],
             "transcoders": [asdict(transcoder.cfg) for transcoder in self.transcoders],
+            "files": files,
             "meta": meta,
         }
+        config["content_sha256"] = json_sha256(config)
         # Written last: a directory whose replacement.json is present holds a complete set.
         write_json_atomic(directory / CONFIG_FILE, config)
 
     @classmethod
     def load(cls, directory: str | Path, model: ToyTransformer) -> ReplacementModel:
         """Load replacement layers for ``model``, refusing (with the file and the mismatch)
-        missing or unreadable files, wrong shapes, and layers trained for another model."""
+        missing or unreadable files, wrong shapes or dtypes, layers trained for another model
+        (``fingerprint``), and files changed since they were saved (recorded SHA-256).
+
+        The most specific check runs first, so a wrong shape is reported as such and not as
+        a changed hash."""
+        from toy_models.checkpoint import (
+            MAX_MODULES,
+            check_recorded_hashes,
+            check_value,
+            config_from_dict,
+            json_sha256,
+            read_json,
+        )
+        from toy_models.files import file_sha256
+
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"replacement file missing: {config_path}")
-        try:
-            config = json.loads(config_path.read_text())
-            version, identity = config["format_version"], config["model"]
-            name, sha256 = identity["name"], identity["sha256"]
-            n_layers, d_model = int(identity["n_layers"]), int(identity["d_model"])
-            lorsa_cfgs = [LorsaConfig(**c) for c in config["lorsa"]]
-            transcoder_cfgs = [TranscoderConfig(**c) for c in config["transcoders"]]
-            meta = dict(config.get("meta") or {})
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{config_path}: not a valid replacement config ({exc})") from None
+        config = read_json(config_path)
+        version = config.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"{config_path}: format_version {version}, expected {FORMAT_VERSION}")
+            raise ValueError(
+                f"{config_path}: format_version {version!r}, expected {FORMAT_VERSION} (sets "
+                "saved before model identities covered config and tokenizer must be retrained)"
+            )
+        try:
+            identity = config["model"]
+            name, sha256 = str(identity["name"]), str(identity["sha256"])
+            n_layers, d_model = identity["n_layers"], identity["d_model"]
+            check_value("int", n_layers, "model.n_layers", MAX_MODULES)
+            check_value("int", d_model, "model.d_model")
+            lorsa_cfgs = [config_from_dict(LorsaConfig, c, "lorsa") for c in config["lorsa"]]
+            transcoder_cfgs = [
+                config_from_dict(TranscoderConfig, c, "transcoder") for c in config["transcoders"]
+            ]
+            files = {str(k): str(v) for k, v in config["files"].items()}
+            recorded_content = config["content_sha256"]
+            meta = dict(config.get("meta") or {})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{config_path}: not a valid replacement config ({exc})") from None
         if not len(lorsa_cfgs) == len(transcoder_cfgs) == n_layers:
             raise ValueError(
                 f"{config_path}: {len(lorsa_cfgs)} Lorsa and {len(transcoder_cfgs)} transcoder "
                 f"configs for n_layers={n_layers}"
             )
+        layer_files = [LORSA_FILE.format(l) for l in range(n_layers)]
+        layer_files += [TRANSCODER_FILE.format(l) for l in range(n_layers)]
+        if sorted(files) != sorted(layer_files):
+            raise ValueError(f"{config_path}: 'files' does not list the {2 * n_layers} layer files")
         if (n_layers, d_model) != (model.cfg.n_layers, model.cfg.d_model):
             raise ValueError(
                 f"{config_path}: made for a {n_layers}-layer model with d_model={d_model}, the "
@@ -389,20 +428,34 @@ class ReplacementModel(HookedRootModule):
         actual = fingerprint(model)
         if sha256 != actual:
             raise ValueError(
-                f"{config_path}: made for toy model {name!r} (weights sha256 {sha256[:12]}...), "
-                f"the given model's weights hash to {actual[:12]}..."
+                f"{config_path}: made for toy model {name!r} (identity {sha256[:12]}...), the "
+                f"given model's identity (config, tokenizer, weights) is {actual[:12]}..."
             )
         device = model.W_E.device
         lorsas = [
-            load_checked(LorsaLayer(cfg), directory / LORSA_FILE.format(l), CONFIG_FILE).to(device)
+            load_checked(
+                lambda cfg=cfg: LorsaLayer(cfg), directory / LORSA_FILE.format(l), CONFIG_FILE
+            ).to(device)
             for l, cfg in enumerate(lorsa_cfgs)
         ]
         transcoders = [
-            load_checked(Transcoder(cfg), directory / TRANSCODER_FILE.format(l), CONFIG_FILE).to(
-                device
-            )
+            load_checked(
+                lambda cfg=cfg: Transcoder(cfg), directory / TRANSCODER_FILE.format(l), CONFIG_FILE
+            ).to(device)
             for l, cfg in enumerate(transcoder_cfgs)
         ]
+        for file_name in layer_files:
+            if file_sha256(directory / file_name) != files[file_name]:
+                raise ValueError(
+                    f"{directory / file_name}: not the file recorded in {CONFIG_FILE} (sha256 "
+                    "differs: damaged, edited or swapped with another)"
+                )
+        if (
+            json_sha256({k: v for k, v in config.items() if k != "content_sha256"})
+            != recorded_content
+        ):
+            raise ValueError(f"{config_path}: edited after it was saved (content_sha256 differs)")
+        check_recorded_hashes(directory)
         try:
             replacement = cls(model, lorsas, transcoders)
         except ValueError as exc:  # e.g. a Lorsa config whose d_model is not the model's
@@ -428,13 +481,6 @@ def _check_layers(
                 raise ValueError(
                     f"{kind} layer {l} has d_model={layer.cfg.d_model}, the model has d_model={d}"
                 )
-
-
-def _save_atomic(module: nn.Module, path: Path, dtype: torch.dtype) -> None:
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
 
 
 def load_pretrained(model: str = "default", replacement: str | Path | None = None):

@@ -2,16 +2,15 @@ import pytest
 import torch
 
 from replacement.activations import ActivationStore
-from replacement.lorsa import LorsaConfig, LorsaLayer
-from replacement.train import (
-    CONFIGS,
+from replacement.dictionaries import (
     aux_k_loss,
     fold_scales_lorsa,
     fold_scales_transcoder,
     fvu,
     init_lorsa_from_heads,
-    k_at,
 )
+from replacement.lorsa import LorsaConfig, LorsaLayer
+from replacement.train import CONFIGS, k_at
 from replacement.transcoder import Transcoder, TranscoderConfig
 
 

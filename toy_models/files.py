@@ -1,48 +1,150 @@
-"""Atomic file and directory writes: a reader sees the old version or the new, never half."""
+"""Writing files safely: atomic writes (a reader sees the old version or the new, never half),
+no ``.tmp`` left behind by a failed write, one-line errors, and up-front writability checks.
+
+A write that fails (disk full, read-only file system, a directory in the way, no permission)
+removes its temporary file and raises ``WriteError``, an ``OSError`` whose message is one line
+naming the file; ``toy_models.cli.run_cli`` prints it as the CLI's error.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from .cli import UserError
+
+
+class WriteError(OSError):
+    """Writing ``filename`` failed; ``str()`` is one line: the file and the reason."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file beside it and a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            if not tmp.is_dir():
+                tmp.unlink(missing_ok=True)
+        raise WriteError(exc.errno, exc.strerror, str(path)) from None
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` via a temp file and a rename, like ``write_json_atomic``."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def old_directory(dest: Path) -> Path:
+    """Where ``swap_directory`` keeps the previous version of ``dest`` during the swap."""
+    return dest.with_name(dest.name + ".old")
 
 
 def swap_directory(new: Path, dest: Path) -> None:
     """Put the complete directory ``new`` in the place of ``dest`` (which may not exist).
 
-    ``dest`` is first moved aside, so a complete version exists at every moment.
+    ``dest`` is first moved aside to ``old_directory(dest)``, so a complete version exists at
+    every moment; a crash between the two renames leaves it there (see
+    ``toy_models.resumable``, which looks for it). A failed rename puts the old version back.
     """
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.replace(old)
-    new.replace(dest)
+    old = old_directory(dest)
+    try:
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(new, dest)
+    except OSError as exc:
+        if old.exists() and not dest.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, dest)
+        raise WriteError(exc.errno, exc.strerror, str(dest)) from None
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` via a temp file and a rename, like ``write_json_atomic``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+@contextlib.contextmanager
+def fresh_directory(path: Path) -> Iterator[Path]:
+    """An empty directory ``path`` to fill, removed again if filling it fails in any way."""
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise WriteError(exc.errno, exc.strerror, str(path)) from None
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _cannot_write_in(directory: Path) -> str | None:
+    """Why no file can be written in ``directory`` (created as needed), or None: a probe file
+    is created and removed, the one check that is certain (permissions, read-only and
+    pseudo file systems, a file in the way)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def check_writable_dir(path: Path, flag: str = "--out") -> None:
+    """Create the output directory ``path`` (and its parents) now and prove that files can be
+    written in it, so that a run fails in one line before its work instead of after it."""
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{flag} {path}: is a dangling symbolic link")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: exists and is not a directory")
+    reason = _cannot_write_in(path)
+    if reason:
+        raise UserError(f"{flag} {path}: cannot write there ({reason})")
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """Refuse now an output file that could not be written (a directory in its place, a
+    parent that cannot hold files), creating its missing parent directories."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory")
+    reason = _cannot_write_in(path.parent)
+    if reason:
+        raise UserError(f"{flag} {path}: cannot write there ({reason})")
 
 
 def replace_atomic(path: str | Path, write) -> None:
-    """Create ``path`` atomically: ``write(tmp)`` fills a temp file beside it, which then
-    replaces ``path``. On any failure the temp file is removed and ``path`` is untouched."""
+    """Create ``path`` atomically when another library writes the bytes: ``write(tmp)`` fills
+    a temp file beside it, which then replaces ``path``. On any failure the temp file is
+    removed and ``path`` is untouched; an OSError becomes a ``WriteError``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            if not tmp.is_dir():
+                tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(exc.errno, exc.strerror, str(path)) from None
         raise

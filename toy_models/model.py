@@ -9,24 +9,16 @@ what the replacement layers and the attribution engine read. Hooks (``run_with_c
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
-
-from .files import write_json_atomic
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 
 @dataclass(frozen=True)
@@ -43,11 +35,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**data)
+        """From JSON, refusing unknown keys and values of the wrong type or range."""
+        from .checkpoint import config_from_dict
+
+        return config_from_dict(cls, data, "model config")
 
 
 def has_hooks(hook: HookPoint) -> bool:
@@ -149,6 +140,10 @@ class Block(nn.Module):
 class ToyTransformer(HookedRootModule):
     """Pre-LN decoder; ``forward(tokens)`` returns logits ``(batch, pos, d_vocab)``."""
 
+    # The hash of the tokenizer file it was loaded with (``toy_models.checkpoint.load_model``),
+    # part of its identity (``fingerprint``); None for a model built in memory.
+    tokenizer_sha256: str | None = None
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -185,32 +180,35 @@ class ToyTransformer(HookedRootModule):
             resid = block(resid)
         return self.ln_final(resid) @ self.W_U + self.b_U
 
-    # ----------------------------------------------------------------- checkpoints
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups, as nanoGPT's ``configure_optimizers``.
+
+        Matrices are weight-decayed; biases are not, and neither is ``W_pos``: a table read one
+        row per position, like a bias, whose sinusoidal start (``init_weights``) gives heads
+        relative position, which decay would erode.
+        """
+        named = list(self.named_parameters())
+        decayed = {name for name, p in named if p.ndim >= 2 and name != "W_pos"}
+        return [
+            {"params": [p for n, p in named if n in decayed], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0},
+        ]
+
+    # Checkpoint files are read and written by ``toy_models.checkpoint``.
     def save(
         self, directory: str | Path, dtype: torch.dtype = torch.float32, extra: dict | None = None
     ) -> None:
         """Write ``model.safetensors`` and ``config.json`` atomically into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
-        tmp = directory / (WEIGHTS_FILE + ".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(directory / WEIGHTS_FILE)
-        write_json_atomic(directory / CONFIG_FILE, {"model": asdict(self.cfg), **(extra or {})})
+        from .checkpoint import save_model
+
+        save_model(self, Path(directory), dtype, extra)
 
     @classmethod
     def load(cls, directory: str | Path) -> ToyTransformer:
         """Load a checkpoint directory, refusing (with the file and the mismatch) anything off."""
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"checkpoint file missing: {path}")
-        try:
-            cfg = ModelConfig.from_dict(json.loads(config_path.read_text())["model"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{config_path}: not a valid model config ({exc})") from None
-        return load_checked(cls(cfg), weights_path, config_path.name)
+        from .checkpoint import load_model
+
+        return load_model(Path(directory))
 
 
 def check_tokens(tokens: Tensor, n_ctx: int) -> int:
@@ -223,44 +221,5 @@ def check_tokens(tokens: Tensor, n_ctx: int) -> int:
     return n
 
 
-def load_checked(module: nn.Module, path: Path, config_name: str) -> nn.Module:
-    """Fill ``module`` from a safetensors file after checking tensor names and shapes.
-
-    ``module`` was built from the config in ``config_name``; a mismatch names both files.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file missing: {path}")
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types on truncation
-        raise ValueError(f"{path}: unreadable weights ({' '.join(str(exc).split())})") from None
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: tensors do not match the config in {config_name}"
-            f" (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise ValueError(
-                f"{path}: {name} has shape {tuple(tensor.shape)}, the config in "
-                f"{config_name} implies {tuple(expected[name].shape)}"
-            )
-    module.load_state_dict({k: v.float() for k, v in tensors.items()})
-    return module
-
-
-def fingerprint(module: nn.Module) -> str:
-    """SHA-256 over the state_dict in sorted key order: each name, shape and float32 bytes.
-
-    Identifies a model's weights (e.g. the one a replacement set was trained for) whatever
-    the file or dtype they were stored in, as long as the float32 values agree.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().to("cpu", torch.float32).contiguous()
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
+# Re-exported: importers predate toy_models.checkpoint, which imports this module lazily.
+from .checkpoint import fingerprint, load_checked  # noqa: E402, F401

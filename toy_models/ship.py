@@ -2,24 +2,50 @@
 
     python -m toy_models.ship runs/default --name default
 
-The record (``record.json``) holds the SHA-256 of every shipped file and the held-out loss
-per family that the shipped (fp16) weights give on ``RECORD_DOCS`` documents per family; a
-test reloads the files and must reproduce both.
+The record (``record.json``) holds the SHA-256 of every shipped file, checked whenever the
+entry is loaded, and the held-out loss per family that the shipped (fp16) weights give on
+``RECORD_DOCS`` documents per family; a test reloads the files and must reproduce both.
+``ship_directory`` is the one way entries are shipped (``replacement.ship`` uses it too).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from .cli import UserError, run_cli
-from .zoo import CONFIGS, SHIPPED_DIR, file_sha256
+from .zoo import CONFIGS, SHIPPED_DIR
 
 RECORD_DOCS = 50
 SHIPPED_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+
+
+def ship_directory(
+    dest_root: Path, name: str, write: Callable[[Path], None], record: Callable[[Path], dict]
+) -> Path:
+    """Ship ``dest_root/name`` whole: ``write(tmp)`` fills a fresh directory beside it,
+    ``record(tmp)`` measures what the written files give, and the record (those figures plus
+    the SHA-256 of every file) is added before the directory replaces any earlier entry. A
+    failure leaves the earlier entry as it was and no temporary directory behind."""
+    from .checkpoint import RECORD_FILE
+    from .files import (
+        check_writable_dir,
+        file_sha256,
+        fresh_directory,
+        swap_directory,
+        write_json_atomic,
+    )
+
+    check_writable_dir(dest_root, "zoo directory")
+    with fresh_directory(dest_root / f".{name}.tmp") as tmp:
+        write(tmp)
+        figures = record(tmp)
+        hashes = {f.name: file_sha256(f) for f in sorted(tmp.iterdir())}
+        write_json_atomic(tmp / RECORD_FILE, {"sha256": hashes, **figures})
+        dest = dest_root / name
+        swap_directory(tmp, dest)
+    return dest
 
 
 def record_for(directory: Path) -> dict:
@@ -27,32 +53,28 @@ def record_for(directory: Path) -> dict:
     from .zoo import load_pretrained
 
     model, tokenizer = load_pretrained(str(directory))
-    return {
-        "sha256": {name: file_sha256(directory / name) for name in SHIPPED_FILES},
-        "record_docs": RECORD_DOCS,
-        "heldout_loss": heldout_loss(model, tokenizer, RECORD_DOCS),
-    }
+    return {"record_docs": RECORD_DOCS, "heldout_loss": heldout_loss(model, tokenizer, RECORD_DOCS)}
 
 
 def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
-    import json
+    import shutil
 
-    from .files import swap_directory, write_json_atomic
-    from .model import CONFIG_FILE, ToyTransformer
+    import torch
+
+    from .checkpoint import CONFIG_FILE, TOKENIZER_FILE, read_json
+    from .model import ToyTransformer
 
     if name not in CONFIGS:
         raise UserError(f"unknown zoo name {name!r}; known: {', '.join(sorted(CONFIGS))}")
     model = ToyTransformer.load(run_dir)
-    meta = json.loads((run_dir / CONFIG_FILE).read_text())
+    meta = read_json(run_dir / CONFIG_FILE)
     meta.pop("model")
-    tmp = dest_root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp, dtype=torch.float16, extra=meta)
-    shutil.copyfile(run_dir / "tokenizer.json", tmp / "tokenizer.json")
-    write_json_atomic(tmp / "record.json", record_for(tmp))
-    dest = dest_root / name
-    swap_directory(tmp, dest)
-    return dest
+
+    def write(tmp: Path) -> None:
+        model.save(tmp, dtype=torch.float16, extra=meta)
+        shutil.copyfile(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+
+    return ship_directory(dest_root, name, write, record_for)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name", required=True, help="zoo name to ship it as")
     args = parser.parse_args(argv)
+    if args.name not in CONFIGS:
+        raise UserError(f"unknown zoo name {args.name!r}; known: {', '.join(sorted(CONFIGS))}")
+    if not args.run_dir.is_dir():
+        raise UserError(f"{args.run_dir}: not a directory (a finished toy_models.train run)")
     dest = ship(args.run_dir, args.name)
     total = sum(f.stat().st_size for f in dest.iterdir())
     print(f"shipped {args.run_dir} as {args.name!r} -> {dest} ({total / 1e6:.2f} MB)")

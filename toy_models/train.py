@@ -5,9 +5,10 @@
 
 The run directory holds the corpus cache and packed tokens (``data/``), the tokenizer, a
 checkpoint refreshed every ``checkpoint_every`` steps (``checkpoint/``: weights, AdamW state,
-step), and at the end the final model (``model.safetensors`` + ``config.json`` +
-``tokenizer.json``), which ``toy_models.evaluate --model DIR`` reads. Batches are a pure
-function of (seed, step), so ``--resume`` continues bit-for-bit from the last checkpoint.
+step, recent losses; see ``toy_models.resumable``), and at the end the final model
+(``model.safetensors`` + ``config.json`` + ``tokenizer.json``), which
+``toy_models.evaluate --model DIR`` reads. Batches are a pure function of (seed, step), so
+``--resume`` continues bit-for-bit from the last checkpoint, final figures included.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from .cli import UserError, run_cli
 from .zoo import CONFIGS, TrainConfig, get_config
+
+LOSS_WINDOW = 50  # the reported train loss is the mean over this many last steps
+EPOCH_SEED_STRIDE = 100_003  # epoch e of seed s shuffles with seed s * stride + e
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -38,37 +41,47 @@ def batch_indices(step: int, n_rows: int, batch_size: int, seed: int):
 
     per_epoch = n_rows // batch_size
     epoch, offset = divmod(step, per_epoch)
-    perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    generator = torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch)
+    perm = torch.randperm(n_rows, generator=generator)
     return perm[offset * batch_size : (offset + 1) * batch_size]
 
 
 def prepare_data(out: Path, entry, cfg: TrainConfig):
     """Corpus -> tokenizer -> packed token rows, each cached in the run directory."""
-    import torch
-
+    from .checkpoint import TOKENIZER_FILE, read_tensors, save_state_atomic
     from .data import build_corpus, pack_sequences
+    from .files import write_text_atomic
     from .tokenizer import load_tokenizer, train_tokenizer
 
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     corpus = build_corpus(cfg.n_docs, seed=cfg.seed, cache_dir=data_dir)
-    tokenizer_path = out / "tokenizer.json"
+    tokenizer_path = out / TOKENIZER_FILE
     if tokenizer_path.exists():
         tokenizer = load_tokenizer(tokenizer_path)
     else:
         tokenizer = train_tokenizer(iter(corpus["train"]["text"]), cfg.vocab_size)
-        tmp = tokenizer_path.with_name("tokenizer.json.tmp")
-        tokenizer.save(str(tmp))
-        tmp.replace(tokenizer_path)
-    packed_path = data_dir / f"packed-{entry.model['n_ctx']}.pt"
-    if packed_path.exists():
-        packed = torch.load(packed_path)
-    else:
-        tokens, family = pack_sequences(corpus["train"], tokenizer, entry.model["n_ctx"])
-        packed = {"tokens": tokens, "family": family}
-        torch.save(packed, packed_path.with_name(packed_path.name + ".tmp"))
-        packed_path.with_name(packed_path.name + ".tmp").replace(packed_path)
-    return tokenizer, packed["tokens"]
+        write_text_atomic(tokenizer_path, tokenizer.to_str(pretty=True))
+    n_ctx = entry.model["n_ctx"]
+    packed_path = data_dir / f"packed-{n_ctx}.safetensors"
+    if not packed_path.exists():
+        tokens, family = pack_sequences(corpus["train"], tokenizer, n_ctx)
+        save_state_atomic({"tokens": tokens, "family": family}, packed_path)
+    tokens = read_tensors(packed_path, "packed rows").get("tokens")
+    vocab = tokenizer.get_vocab_size()
+    if (
+        tokens is None
+        or tokens.dtype.is_floating_point
+        or tokens.ndim != 2
+        or tokens.shape[1] != n_ctx
+        or len(tokens) < cfg.batch_size
+        or not bool(((tokens >= 0) & (tokens < vocab)).all())
+    ):
+        raise ValueError(
+            f"{packed_path}: not this run's packed rows (integer tokens < {vocab}, {n_ctx} per "
+            "row, at least a batch); delete it to rebuild"
+        )
+    return tokenizer, tokens
 
 
 def train(
@@ -84,109 +97,73 @@ def train(
     ``stop_after`` ends the run early, as an interruption would, after the checkpoint at that
     step (it must be a multiple of ``checkpoint_every``); the function then returns None.
     """
-    import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
+    from .checkpoint import TOKENIZER_FILE, WEIGHTS_FILE
+    from .files import file_sha256
+    from .resumable import ResumableRun
 
-    from .files import swap_directory, write_json_atomic
-    from .model import ModelConfig, ToyTransformer
-    from .zoo import file_sha256
-
+    # 1) the configuration and the run directory, before any heavy work
     entry = get_config(config_name)
     cfg = entry.train if steps is None else replace(entry.train, steps=steps)
-    ckpt_dir = out / "checkpoint"
-    if resume and not (ckpt_dir / "state.json").exists():
-        raise UserError(f"nothing to resume: {ckpt_dir / 'state.json'} does not exist")
-    if not resume and (ckpt_dir.exists() or (out / "model.safetensors").exists()):
-        raise UserError(
-            f"{out} already holds a training run; pass --resume or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    if stop_after is not None and stop_after % cfg.checkpoint_every:
+        raise ValueError(f"stop_after={stop_after} is not a checkpoint step")
+    out = Path(out)
+    run = ResumableRun(out, resume=resume, outputs=(WEIGHTS_FILE,), window=LOSS_WINDOW)
 
-    torch.manual_seed(cfg.seed)
+    # 2) data: corpus, tokenizer, packed rows (cached in the run directory)
+    import torch
+    import torch.nn.functional as F
+
+    from .model import ModelConfig, ToyTransformer
+
     tokenizer, rows = prepare_data(out, entry, cfg)
+
+    # 3) the model and its optimizer, restored from the checkpoint on --resume
+    torch.manual_seed(cfg.seed)
     model_cfg = ModelConfig(d_vocab=tokenizer.get_vocab_size(), **entry.model)
     model = ToyTransformer(model_cfg)
-    # Weight decay on the matrices, not on biases or the position table.
-    named = list(model.named_parameters())
-    decayed = {name for name, p in named if p.ndim >= 2 and name != "W_pos"}
-    opt = torch.optim.AdamW(
-        [
-            {"params": [p for n, p in named if n in decayed], "weight_decay": cfg.weight_decay},
-            {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-    )
-    start, elapsed = 0, 0.0
-    if resume:
-        state = json.loads((ckpt_dir / "state.json").read_text())
-        if (state["config"], state["steps"]) != (config_name, cfg.steps):
-            raise UserError(
-                f"{ckpt_dir} belongs to a run of config {state['config']!r} for {state['steps']}"
-                f" steps, not {config_name!r} for {cfg.steps}"
-            )
-        # same parameter objects, so the optimizer state lines up with them
-        model.load_state_dict(ToyTransformer.load(ckpt_dir).state_dict())
-        opt.load_state_dict(torch.load(ckpt_dir / "optimizer.pt"))
-        start, elapsed = state["step"], state["elapsed_s"]
+    opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    run.start({"config": config_name, "steps": cfg.steps}, model, opt)
+    if run.step == cfg.steps and (out / WEIGHTS_FILE).exists():
+        return out  # a finished run: its final model and figures stand as written
 
-    def save_checkpoint(step: int) -> None:
-        tmp = ckpt_dir.with_name("checkpoint.tmp")
-        tmp.mkdir(exist_ok=True)
-        model.save(tmp)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        state = {"config": config_name, "steps": cfg.steps, "step": step, "elapsed_s": elapsed}
-        write_json_atomic(tmp / "state.json", state)
-        swap_directory(tmp, ckpt_dir)
-
+    # 4) the loop: the batch at each step is a pure function of (seed, step)
     model.train()
-    losses: list[float] = []
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
+
+    def step_fn(step: int) -> dict[str, float]:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        batch = rows[batch_indices(step, len(rows), cfg.batch_size, cfg.seed)]
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        return {"loss": loss.item()}
+
+    finished = run.train(
+        step_fn,
+        cfg.steps,
+        checkpoint_every=cfg.checkpoint_every,
         desc=f"train {config_name}",
-        disable=quiet,
+        quiet=quiet,
+        stop_after=stop_after,
+        postfix=lambda r: {"loss": f"{r.mean('loss'):.3f}"},
     )
-    step = start
-    try:
-        for step in bar:
-            t0 = time.perf_counter()
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            batch = rows[batch_indices(step, len(rows), cfg.batch_size, cfg.seed)]
-            logits = model(batch[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            elapsed += time.perf_counter() - t0
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                save_checkpoint(step + 1)
-                if step + 1 == stop_after:
-                    return None
-    except KeyboardInterrupt:
-        saved = (
-            json.loads((ckpt_dir / "state.json").read_text())["step"] if ckpt_dir.exists() else 0
-        )
-        raise UserError(
-            f"interrupted at step {step}; resume from step {saved} with --resume"
-        ) from None
-    save_checkpoint(cfg.steps)
-    tokens_seen = cfg.steps * cfg.batch_size * (model_cfg.n_ctx - 1)  # elapsed spans resumes
+    if not finished:
+        return None
+
+    # 5) the final model, with its training figures (elapsed time spans resumes)
+    tokens_seen = cfg.steps * cfg.batch_size * (model_cfg.n_ctx - 1)
     model.save(
         out,
         extra={
             "zoo_config": config_name,
             "train": asdict(cfg),
-            "train_elapsed_s": round(elapsed, 1),
-            "train_tokens_per_s": round(tokens_seen / max(elapsed, 1e-9)),
-            "final_train_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
-            "tokenizer_sha256": file_sha256(out / "tokenizer.json"),
+            "train_elapsed_s": round(run.elapsed_s, 1),
+            "train_tokens_per_s": round(tokens_seen / max(run.elapsed_s, 1e-9)),
+            "final_train_loss": run.mean("loss"),
+            "tokenizer_sha256": file_sha256(out / TOKENIZER_FILE),
         },
     )
     return out

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import file_sha256  # noqa: F401  (re-exported: the shipped-file tests use it)
+
 SHIPPED_DIR = Path(__file__).parent / "zoo"
 
 
@@ -28,12 +30,17 @@ class TrainConfig:
     batch_size: int = 32
     steps: int = 3600
     lr: float = 3e-3
-    warmup_steps: int = 200
+    # The schedule is a fraction of the run, so that ``--steps N`` scales it (200 of 3600).
+    warmup_fraction: float = 1 / 18
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     checkpoint_every: int = 250
     seed: int = 0
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, round(self.warmup_fraction * self.steps))
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ CONFIGS: dict[str, ZooEntry] = {
             n_docs={"names": 300, "addition": 300, "successor": 200, "repeat": 300},
             batch_size=8,
             steps=30,
-            warmup_steps=5,
+            warmup_fraction=1 / 6,
             checkpoint_every=10,
         ),
         description="2 layers, d_model 32: trains in seconds, for tests",
@@ -91,30 +98,22 @@ def resolve_model_dir(name_or_path: str) -> Path:
     )
 
 
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def load_pretrained(name_or_path: str):
     """``(model, tokenizer)`` from a zoo name or a checkpoint directory, checked together."""
-    import json
-
-    from .model import CONFIG_FILE, ToyTransformer
+    from .checkpoint import CONFIG_FILE, TOKENIZER_FILE, load_model, read_json
     from .tokenizer import load_tokenizer
 
     directory = resolve_model_dir(name_or_path)
-    model = ToyTransformer.load(directory)
-    tokenizer_path = directory / "tokenizer.json"
+    model = load_model(directory)
+    tokenizer_path = directory / TOKENIZER_FILE
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.get_vocab_size() != model.cfg.d_vocab:
         raise ValueError(
             f"{tokenizer_path}: vocabulary of {tokenizer.get_vocab_size()} tokens does not match "
             f"the model's d_vocab={model.cfg.d_vocab}"
         )
-    recorded = json.loads((directory / CONFIG_FILE).read_text()).get("tokenizer_sha256")
-    if recorded is not None and recorded != file_sha256(tokenizer_path):
+    recorded = read_json(directory / CONFIG_FILE).get("tokenizer_sha256")
+    if recorded is not None and recorded != model.tokenizer_sha256:
         raise ValueError(
             f"{tokenizer_path}: not the tokenizer this model was trained with (hash differs)"
         )

@@ -1,0 +1,322 @@
+"""Checkpoint I/O: state dicts as safetensors (written atomically, read back with checks),
+optimizer state, JSON configs validated field by field, and a model's identity.
+
+Nothing the project reads is unpickled: tensors are safetensors, everything else is JSON.
+
+A toy model directory::
+
+    model.safetensors   the state_dict (float32, or float16 in a shipped entry)
+    config.json         {"model": ModelConfig fields, ...training figures, "tokenizer_sha256"}
+    tokenizer.json      the tokenizer it was trained with
+    record.json         shipped entries: the sha256 of every shipped file, checked on load
+
+Every error names the file (and the field or tensor) on one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import Tensor, nn
+
+from .files import file_sha256, write_bytes_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from .model import ToyTransformer
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+RECORD_FILE = "record.json"
+
+# Integer config fields must lie in 1..MAX_SIZE; the weights file's header is then compared
+# with the shapes the config implies before anything is allocated (an absurd size is refused
+# there, not by running out of memory).
+MAX_SIZE = 1 << 24
+MAX_MODULES = 1 << 12  # n_layers, head counts: each one builds Python objects
+MANY_MODULES = {"n_layers", "n_heads", "n_qk_heads"}
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ----------------------------------------------------------------- state dicts
+def save_state_atomic(
+    source: nn.Module | dict[str, Tensor], path: Path, dtype: torch.dtype | None = None
+) -> None:
+    """Write a module's state_dict (or a dict of tensors) to ``path`` as safetensors, through a
+    temp file and a rename; ``dtype`` converts floating-point tensors (e.g. float16 to ship)."""
+    tensors = source.state_dict() if isinstance(source, nn.Module) else source
+    tensors = {
+        name: t.detach()
+        .to("cpu", dtype if dtype is not None and t.is_floating_point() else None)
+        .contiguous()
+        for name, t in tensors.items()
+    }
+    write_bytes_atomic(path, save_safetensors_bytes(tensors))
+
+
+def read_tensors(path: Path, what: str = "weights") -> dict[str, Tensor]:
+    """Every tensor of a safetensors file, or one line saying why not."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file missing: {path}")
+    try:
+        return load_safetensors_bytes(path.read_bytes())
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types on damaged files
+        raise ValueError(f"{path}: unreadable {what} ({' '.join(str(exc).split())})") from None
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable weights ({' '.join(str(exc).split())})") from None
+
+
+def _check_names_and_shapes(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], path, config_name
+) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: tensors do not match the config in {config_name}"
+            f" (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, shape in found.items():
+        if shape != expected[name]:
+            raise ValueError(
+                f"{path}: {name} has shape {shape}, the config in {config_name} implies "
+                f"{expected[name]}"
+            )
+
+
+def load_checked(
+    module: nn.Module | Callable[[], nn.Module], path: Path, config_name: str
+) -> nn.Module:
+    """Fill a module from a safetensors file after checking tensor names, shapes and dtypes.
+
+    ``module`` was built from the config in ``config_name``; a mismatch names both files. Pass
+    a function that builds it instead, and it is first built without memory (on the meta
+    device) and checked against the file's header, so that a config implying absurd sizes is
+    refused before anything is allocated.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file missing: {path}")
+    if not isinstance(module, nn.Module):
+        build = module
+        with torch.device("meta"):
+            probe = build()
+        expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+        _check_names_and_shapes(expected, _header_shapes(path), path, config_name)
+        module = build()
+    tensors = read_tensors(path)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    _check_names_and_shapes(
+        expected, {k: tuple(v.shape) for k, v in tensors.items()}, path, config_name
+    )
+    for name, tensor in tensors.items():
+        if tensor.dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"{path}: {name} is stored as {tensor.dtype}, not floating point")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: {name} holds NaN or infinite values")
+    module.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return module
+
+
+# ----------------------------------------------------------------- optimizer state
+def _optimizer_slots(optimizer: torch.optim.Optimizer):
+    """(index, parameter) in the numbering of ``optimizer.state_dict()``."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return list(enumerate(params))
+
+
+OPTIMIZER_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")  # Adam and AdamW, amsgrad off
+
+
+def save_optimizer_atomic(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """The optimizer's per-parameter state as safetensors (``state.{index}.{key}``). The
+    hyperparameters are not stored: the trainer rebuilds them from its config."""
+    state = optimizer.state_dict()["state"]
+    tensors = {}
+    for index, slots in state.items():
+        if set(slots) != set(OPTIMIZER_STATE_KEYS):
+            raise TypeError(f"unsupported optimizer state keys {sorted(slots)}")
+        for key in OPTIMIZER_STATE_KEYS:
+            tensors[f"state.{index}.{key}"] = slots[key]
+    save_state_atomic(tensors, path)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Restore what ``save_optimizer_atomic`` wrote into an optimizer built for the same
+    parameters, after checking every tensor's name, shape and dtype."""
+    tensors = read_tensors(path, "optimizer state")
+    state, expected = {}, set()
+    for index, param in _optimizer_slots(optimizer):
+        names = {key: f"state.{index}.{key}" for key in OPTIMIZER_STATE_KEYS}
+        present = [key for key, name in names.items() if name in tensors]
+        if not present:
+            continue  # a parameter that never had a gradient has no state
+        if len(present) != len(names):
+            raise ValueError(f"{path}: incomplete state of parameter {index} ({present})")
+        for key, name in names.items():
+            shape = () if key == "step" else tuple(param.shape)
+            tensor = tensors[name]
+            if tuple(tensor.shape) != shape or tensor.dtype != torch.float32:
+                raise ValueError(
+                    f"{path}: {name} is {tensor.dtype} {tuple(tensor.shape)}, expected "
+                    f"torch.float32 {shape}"
+                )
+            expected.add(name)
+        state[index] = {key: tensors[name] for key, name in names.items()}
+    unexpected = sorted(set(tensors) - expected)
+    if unexpected:
+        raise ValueError(f"{path}: tensors for no parameter of this run: {unexpected[:3]}")
+    full = optimizer.state_dict()
+    full["state"] = state
+    optimizer.load_state_dict(full)
+
+
+# ----------------------------------------------------------------- JSON files
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``, or one line saying why not."""
+    if not path.is_file():
+        raise FileNotFoundError(f"file missing: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_value(kind: str, value, where: str, limit: int = MAX_SIZE) -> None:
+    """Refuse a JSON value that is not of ``kind`` (``"int"``: 1..limit, ``"float"``: finite
+    and positive, ``"bool"``), naming ``where`` it was found."""
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+    elif kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        if not 1 <= value <= limit:
+            raise ValueError(f"{where} must be in 1..{limit}, got {value}")
+    elif kind == "float":
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{where} must be finite and positive, got {value}")
+
+
+def config_from_dict(cls, data, where: str = "config"):
+    """Build the frozen config dataclass ``cls`` from JSON data, checking every field's type
+    and range: integers are positive and at most ``MAX_SIZE`` (``MAX_MODULES`` for layer and
+    head counts), floats finite and positive, booleans booleans. Errors name the field."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {where} keys: {sorted(unknown)}")
+    for name, value in data.items():
+        kind = known[name].type  # a string under ``from __future__ import annotations``
+        kind = kind if isinstance(kind, str) else kind.__name__
+        limit = MAX_MODULES if name in MANY_MODULES else MAX_SIZE
+        check_value(kind, value, f"{where}.{name}", limit)
+    try:
+        return cls(**data)
+    except TypeError as exc:  # a required field is missing
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def json_sha256(data: dict) -> str:
+    """SHA-256 of a JSON document in canonical form (sorted keys, no spaces)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_recorded_hashes(directory: Path) -> None:
+    """If ``directory`` holds a ``record.json`` (a shipped entry), every file it lists must
+    still have its recorded SHA-256."""
+    record_path = directory / RECORD_FILE
+    if not record_path.exists():
+        return
+    hashes = read_json(record_path).get("sha256")
+    if not isinstance(hashes, dict) or not all(isinstance(h, str) for h in hashes.values()):
+        raise ValueError(f"{record_path}: no valid 'sha256' table")
+    for name, recorded in sorted(hashes.items()):
+        path = directory / name
+        if Path(name).name != name:
+            raise ValueError(f"{record_path}: {name!r} is not a file name")
+        if not path.is_file():
+            raise FileNotFoundError(f"file missing: {path} (listed in {record_path})")
+        if file_sha256(path) != recorded:
+            raise ValueError(f"{path}: changed since shipped (sha256 differs from {RECORD_FILE})")
+
+
+# ----------------------------------------------------------------- the toy model
+def save_model(
+    model: ToyTransformer, directory: Path, dtype: torch.dtype = torch.float32, extra=None
+) -> None:
+    """Write ``model.safetensors`` and ``config.json`` atomically into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"model": asdict(model.cfg), **(extra or {})}
+    json.dumps(config)  # not JSON-serialisable: fail before any file is written
+    save_state_atomic(model, directory / WEIGHTS_FILE, dtype)
+    write_json_atomic(directory / CONFIG_FILE, config)
+
+
+def load_model(directory: Path) -> ToyTransformer:
+    """Load a checkpoint directory, refusing (with the file and the mismatch) anything off:
+    missing files, a config field of the wrong type or range, weights that do not match the
+    config, and files of a shipped entry that changed since it was shipped."""
+    from .model import ModelConfig, ToyTransformer
+
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file missing: {path}")
+    data = read_json(config_path)
+    if "model" not in data:
+        raise ValueError(f"{config_path}: not a valid model config (no 'model' entry)")
+    try:
+        cfg = ModelConfig.from_dict(data["model"])
+    except ValueError as exc:
+        raise ValueError(f"{config_path}: not a valid model config ({exc})") from None
+    model = load_checked(lambda: ToyTransformer(cfg), weights_path, config_path.name)
+    tokenizer_path = directory / TOKENIZER_FILE
+    model.tokenizer_sha256 = file_sha256(tokenizer_path) if tokenizer_path.is_file() else None
+    check_recorded_hashes(directory)
+    return model
+
+
+def fingerprint(model: ToyTransformer) -> str:
+    """A toy model's identity: SHA-256 over its config, its tokenizer file's hash and its
+    weights (each name, shape and float32 bytes, in sorted order).
+
+    Replacement sets and statistics are bound to it, so a changed config value (``ln_eps``),
+    another tokenizer or one changed weight each make another model; the dtype the weights
+    were stored in does not, as long as the float32 values agree.
+    """
+    digest = hashlib.sha256()
+    header = {"config": asdict(model.cfg), "tokenizer_sha256": model.tokenizer_sha256}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,200 @@
+"""One resumable training loop for every trainer of the project (toy models, replacement sets).
+
+A run lives in a directory ``out``; its checkpoint, refreshed every ``checkpoint_every`` steps
+and at the end, is one directory swapped in whole (``toy_models.files.swap_directory``)::
+
+    out/checkpoint/weights.safetensors    the trained module's state_dict
+    out/checkpoint/optimizer.safetensors  the optimizer's per-parameter state
+    out/checkpoint/state.json             the run's identity, step, elapsed time, recent stats
+
+Nothing is pickled. A trainer (dictionary_learning's ``trainSAE`` is the model):
+
+    run = ResumableRun(out, resume=resume, outputs=("model.safetensors",))  # 1) the directory
+    ...build the data, the module and its optimizer...                        # 2)
+    run.start(identity, module, optimizer)  # 3) restored from the checkpoint on --resume
+    run.train(step, total_steps, checkpoint_every=..., desc=...)             # 4) the loop
+    ...write the final outputs, e.g. from run.mean("loss")...                # 5)
+
+``step(i)`` does optimisation step ``i`` and returns its statistics (floats); the last
+``window`` of them are kept in the checkpoint, so figures computed from them at the end are
+those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .cli import UserError
+from .files import check_writable_dir, fresh_directory, old_directory, swap_directory
+
+CHECKPOINT_DIR = "checkpoint"
+WEIGHTS_FILE = "weights.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+
+
+class ResumableRun:
+    """A training run in ``out``; see the module docstring for the protocol."""
+
+    def __init__(self, out: Path, *, resume: bool, outputs: tuple[str, ...] = (), window: int = 50):
+        """Check the run directory before any heavy work: it must be writable; a fresh run
+        refuses a directory that holds a run (a checkpoint or any of ``outputs``); ``resume``
+        needs a checkpoint."""
+        self.out, self.resume, self.window = Path(out), resume, window
+        self.checkpoint = self.out / CHECKPOINT_DIR
+        self._tmp = self.checkpoint.with_name(CHECKPOINT_DIR + ".tmp")
+        self.step, self.elapsed_s, self.recent = 0, 0.0, []
+        check_writable_dir(self.out)
+        if resume:
+            self._recover()
+            if not (self.checkpoint / STATE_FILE).is_file():
+                raise UserError(f"nothing to resume: {self.checkpoint / STATE_FILE} does not exist")
+        elif self._holds_a_checkpoint() or any((self.out / name).exists() for name in outputs):
+            raise UserError(
+                f"{self.out} already holds a training run; pass --resume or choose another --out"
+            )
+
+    def _holds_a_checkpoint(self) -> bool:
+        return (
+            any(
+                (d / STATE_FILE).is_file()
+                for d in (self.checkpoint, old_directory(self.checkpoint), self._tmp)
+            )
+            or self.checkpoint.exists()
+        )
+
+    def _recover(self) -> None:
+        """A crash inside ``swap_directory`` can leave the checkpoint moved aside (``.old``)
+        with the new one complete in ``.tmp`` (its state.json is written last): put the newest
+        complete one in place."""
+        if self.checkpoint.exists():
+            return
+        for candidate in (self._tmp, old_directory(self.checkpoint)):
+            if (candidate / STATE_FILE).is_file():
+                candidate.replace(self.checkpoint)
+                return
+
+    # ----------------------------------------------------------------- state
+    def start(self, identity: dict, module, optimizer) -> None:
+        """Attach the module and optimizer to checkpoint; on ``--resume``, restore them (and
+        the step, elapsed time and recent statistics) after checking that the checkpoint
+        belongs to a run with this ``identity`` (JSON: config, steps, model hash...)."""
+        from .checkpoint import load_checked, load_optimizer, read_json
+
+        identity = json.loads(json.dumps(identity))  # as it reads back (tuples are lists)
+        self.identity, self.module, self.optimizer = identity, module, optimizer
+        if not self.resume:
+            return
+        if (self.checkpoint / "optimizer.pt").exists() and not (
+            self.checkpoint / OPTIMIZER_FILE
+        ).exists():
+            raise UserError(
+                f"{self.checkpoint} was written by an older version (a pickled optimizer.pt, "
+                "which is never loaded); start a new run"
+            )
+        path = self.checkpoint / STATE_FILE
+        state = read_json(path)
+        try:
+            saved, step, elapsed = state["identity"], state["step"], state["elapsed_s"]
+            recent = state["recent"]
+            valid = (
+                isinstance(step, int)
+                and 0 <= step
+                and isinstance(elapsed, int | float)
+                and isinstance(recent, list)
+                and all(isinstance(r, dict) for r in recent)
+            )
+        except KeyError as exc:
+            raise ValueError(f"{path}: not a training state (no {exc})") from None
+        if not valid:
+            raise ValueError(f"{path}: not a training state (step, elapsed_s or recent invalid)")
+        if saved != identity:
+            diff = _first_difference(saved, identity)
+            raise UserError(f"{self.checkpoint} belongs to another run ({diff})")
+        load_checked(module, self.checkpoint / WEIGHTS_FILE, STATE_FILE)
+        load_optimizer(optimizer, self.checkpoint / OPTIMIZER_FILE)
+        self.step, self.elapsed_s, self.recent = step, float(elapsed), recent[-self.window :]
+
+    def save(self) -> None:
+        """Write the checkpoint at ``self.step``: a complete directory beside the old one,
+        state.json last, swapped in whole; removed again if writing fails."""
+        from .checkpoint import save_optimizer_atomic, save_state_atomic
+        from .files import write_json_atomic
+
+        with fresh_directory(self._tmp) as tmp:
+            save_state_atomic(self.module, tmp / WEIGHTS_FILE)
+            save_optimizer_atomic(self.optimizer, tmp / OPTIMIZER_FILE)
+            state = {
+                "identity": self.identity,
+                "step": self.step,
+                "elapsed_s": self.elapsed_s,
+                "recent": self.recent,
+            }
+            write_json_atomic(tmp / STATE_FILE, state)
+            swap_directory(tmp, self.checkpoint)
+
+    def mean(self, key: str, last: int | None = None) -> float:
+        """Mean of statistic ``key`` over the last ``last`` (default: all kept) steps."""
+        recent = self.recent[-last:] if last else self.recent
+        return sum(r[key] for r in recent) / max(1, len(recent))
+
+    def saved_step(self) -> int:
+        from .checkpoint import read_json
+
+        path = self.checkpoint / STATE_FILE
+        return read_json(path)["step"] if path.is_file() else 0
+
+    # ----------------------------------------------------------------- the loop
+    def train(
+        self,
+        step_fn: Callable[[int], dict[str, float]],
+        total: int,
+        *,
+        checkpoint_every: int,
+        desc: str,
+        quiet: bool = False,
+        stop_after: int | None = None,
+        postfix: Callable[[ResumableRun], dict[str, str]] | None = None,
+    ) -> bool:
+        """Run steps ``self.step .. total - 1``, checkpointing every ``checkpoint_every`` steps
+        and at the end. ``stop_after`` ends the run early, as an interruption would, after the
+        checkpoint at that step; the function then returns False. Ctrl-C ends the run with a
+        one-line message saying where ``--resume`` will continue."""
+        from tqdm import tqdm
+
+        step = self.step
+        with tqdm(
+            range(self.step, total), initial=self.step, total=total, desc=desc, disable=quiet
+        ) as bar:
+            try:
+                for step in bar:
+                    t0 = time.perf_counter()
+                    stats = step_fn(step)
+                    self.elapsed_s += time.perf_counter() - t0
+                    self.recent = [*self.recent, stats][-self.window :]
+                    self.step = step + 1
+                    if postfix is not None:
+                        bar.set_postfix(postfix(self))
+                    if self.step % checkpoint_every == 0 and self.step < total:
+                        self.save()
+                        if self.step == stop_after:
+                            return False
+            except KeyboardInterrupt:
+                raise UserError(
+                    f"interrupted at step {step}; resume from step {self.saved_step()} with "
+                    "--resume"
+                ) from None
+        self.save()
+        return True
+
+
+def _first_difference(saved, now, where: str = "") -> str:
+    """``key: X there, Y here`` for the first entry where two JSON values differ."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for key in sorted(set(saved) | set(now)):
+            if saved.get(key) != now.get(key):
+                return _first_difference(saved.get(key), now.get(key), f"{where}{key}.")
+    return f"{where.rstrip('.') or 'identity'}: {saved!r} there, {now!r} here"

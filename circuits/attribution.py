@@ -32,7 +32,7 @@ from replacement.model import MODES, ReplacementModel, hook_name
 from .graph import N_PROMOTED, Graph, LogitRecord
 from .nodes import Kind, logit_stage, lorsa_stage, node_id, stage_of, transcoder_stage
 
-LORSA_ROW_CHUNK = 512  # Lorsa target rows per block: bounds the (rows x sources) temporaries
+LORSA_BLOCK_ENTRIES = 1 << 23  # Lorsa targets x sources per dense block (bounds temporaries)
 
 
 # ----------------------------------------------------------------- targets
@@ -208,36 +208,59 @@ def source_ids(run: PromptRun) -> list[str]:
 
 # ----------------------------------------------------------------- edges
 class _EdgeRows:
-    """The edge matrix assembled as CSR, block by block, in increasing row order (each block
-    gives its rows, how many entries each has, their columns in increasing order and values).
-    Also sums each row's terms and their magnitudes, for the closure check."""
+    """The edge matrix as CSR, filled block by block in increasing row order into arrays
+    sized up front: every row's number of entries is known before any edge is formed
+    (``edge_counts``), so the edges exist once in memory. Each block gives its rows (the rows
+    between them have no entries), their columns in increasing order and values. Also sums
+    each row's terms and their magnitudes, for the closure check."""
 
-    def __init__(self, n: int):
-        self.n, self.counts = n, torch.zeros(n, dtype=torch.long)
-        self.cols: list[Tensor] = []
-        self.vals: list[Tensor] = []
-        self.row_sum, self.row_abs = torch.zeros(n), torch.zeros(n)
+    def __init__(self, counts: Int[Tensor, " node"]):
+        self.n = len(counts)
+        nnz = int(counts.sum())
+        dtype = np.int32 if max(nnz, self.n) < 2**31 else np.int64
+        self.indptr = np.zeros(self.n + 1, dtype=dtype)
+        np.cumsum(counts.numpy(), out=self.indptr[1:])
+        self.counts = counts
+        self.cols, self.vals = np.empty(nnz, dtype=dtype), np.empty(nnz, dtype=np.float32)
+        self.row_sum, self.row_abs = torch.zeros(self.n), torch.zeros(self.n)
 
-    def add(
-        self, rows: Tensor, counts: Tensor, cols: Tensor, vals: Tensor, dense: Tensor | None = None
-    ) -> None:
+    def add(self, rows: Tensor, cols: Tensor, vals: Tensor, dense: Tensor | None = None) -> None:
         """``dense`` (optional): the block as a (rows, anything) matrix whose entries off the
         listed columns are zero, which sums rows faster than the flat values."""
-        self.counts[rows] = counts
-        self.cols.append(cols.int()), self.vals.append(vals.float())
+        if not len(rows):
+            return
+        start, end = self.indptr[int(rows[0])], self.indptr[int(rows[-1]) + 1]
+        if end - start != len(vals):
+            raise AssertionError(f"rows {int(rows[0])}..: {len(vals)} edges, {end - start} counted")
+        self.cols[start:end], self.vals[start:end] = cols.numpy(), vals.float().numpy()
         if dense is not None:
             self.row_sum[rows], self.row_abs[rows] = dense.sum(1), dense.abs().sum(1)
         else:
-            row_of = torch.repeat_interleave(rows, counts)
+            row_of = torch.repeat_interleave(rows, self.counts[rows])
             self.row_sum.index_add_(0, row_of, vals)
             self.row_abs.index_add_(0, row_of, vals.abs())
 
     def csr(self) -> sp.csr_array:
-        nnz = int(self.counts.sum())
-        indptr = np.zeros(self.n + 1, dtype=np.int32 if nnz < 2**31 else np.int64)
-        np.cumsum(self.counts.numpy(), out=indptr[1:])
-        cols, vals = torch.cat(self.cols).numpy(), torch.cat(self.vals).numpy()
-        return sp.csr_array((vals, cols, indptr), shape=(self.n, self.n), copy=False)
+        return sp.csr_array((self.vals, self.cols, self.indptr), shape=(self.n, self.n), copy=False)
+
+
+def edge_counts(run: PromptRun, n_logits: int) -> Int[Tensor, " node"]:
+    """How many edges enter each node: a Lorsa head at query q reads every source below its
+    stage at a key <= q, a feature every source below it at its position, a logit every
+    source at the last position; sources that are not targets have none."""
+    n, n_src = len(run.tokens), len(run.kind)
+    counts = torch.zeros(n_src + n_logits, dtype=torch.long)
+    for l in range(run.n_layers):
+        stage = lorsa_stage(l)
+        heads = run.select(Kind.LORSA, stage)
+        per_pos = torch.bincount(run.pos[: run.stage_start(stage)], minlength=n)
+        counts[heads] = per_pos.cumsum(0)[run.pos[heads]]
+        stage = transcoder_stage(l)
+        feats = run.select(Kind.TRANSCODER, stage)
+        per_pos = torch.bincount(run.pos[: run.stage_start(stage)], minlength=n)
+        counts[feats] = per_pos[run.pos[feats]]
+    counts[n_src:] = len(run.sources_at(n - 1, logit_stage(run.n_layers)))
+    return counts
 
 
 def _same_position_edges(
@@ -255,8 +278,7 @@ def _same_position_edges(
     prod = reading[t_idx] @ run.write[s_idx].transpose(1, 2)  # pos t_slot s_slot
     mask = t_valid[:, :, None] & s_valid[:, None, :]
     p, i, j = mask.nonzero(as_tuple=True)  # row-major: rows, then columns, ascending
-    counts = torch.bincount(t_idx[p, i], minlength=len(rows))
-    edges.add(rows, counts, s_idx[p, j], prod[p, i, j])
+    edges.add(rows, s_idx[p, j], prod[p, i, j])
 
 
 def pad_by_position(pos: Int[Tensor, " n"], n_pos: int) -> tuple[Tensor, Tensor]:
@@ -294,13 +316,13 @@ def _lorsa_edges(
     # Sources are sorted by stage, then position: the keys a query q sees are not one range,
     # so each query position's columns are listed once.
     causal_cols = [(s_pos <= k).nonzero().squeeze(1).int() for k in range(len(run.tokens))]
-    n_cols = torch.tensor([len(c) for c in causal_cols])
-    for start in range(0, len(rows), LORSA_ROW_CHUNK):
-        sl = slice(start, start + LORSA_ROW_CHUNK)
+    chunk = max(1, LORSA_BLOCK_ENTRIES // max(n_src, 1))
+    for start in range(0, len(rows), chunk):
+        sl = slice(start, start + chunk)
         block = A[qk_head[sl], q[sl]][:, s_pos] * values[which[sl]]  # rows src
         mask = s_pos[None, :] <= q[sl, None]
         cols = torch.cat([causal_cols[k] for k in q[sl].tolist()])
-        edges.add(rows[sl], n_cols[q[sl]], cols, block[mask], dense=block)  # A = 0 above q
+        edges.add(rows[sl], cols, block[mask], dense=block)  # A = 0 above q
     return bias
 
 
@@ -399,7 +421,7 @@ def build_edges(
     rw, L, n = replacement.read_write(), run.n_layers, len(run.tokens)
     n_src = len(run.kind)
     N = n_src + len(logits)
-    edges = _EdgeRows(N)
+    edges = _EdgeRows(edge_counts(run, len(logits)))
     bias = torch.zeros(N)
     value = torch.full((N,), float("nan"))
     for l in range(L):
@@ -417,7 +439,7 @@ def build_edges(
     last = run.sources_at(n - 1, top)
     for j, logit in enumerate(logits):
         g = logit.direction / run.sigma_final[-1]
-        edges.add(torch.tensor([n_src + j]), torch.tensor([len(last)]), last, run.write[last] @ g)
+        edges.add(torch.tensor([n_src + j]), last, run.write[last] @ g)
         bias[n_src + j] = run.resid_bias[top] @ g + logit.bias
         value[n_src + j] = logit.value
     return edges, bias, value

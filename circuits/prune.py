@@ -19,39 +19,61 @@ from .graph import Graph
 
 NODE_THRESHOLD = 0.8
 EDGE_THRESHOLD = 0.98
+ROW_BLOCK_ENTRIES = 1 << 23  # |A| is made this many entries at a time (bounds temporaries)
 
 
 class Normalized:
-    """``Â = D^-1 |A|`` kept as ``|A|`` (sharing ``A``'s index arrays, which are most of its
-    memory) and the row sums ``D``: ``Â^T w = |A|^T (w / D)`` needs no scaled copy."""
+    """``Â = D^-1 |A|`` without a copy of ``A``: ``|A|`` is taken one row block at a time
+    (a block's ``|A|`` shares ``A``'s index arrays), with the row sums ``D`` computed once, so
+    ``Â^T w = |A|^T (w / D)`` needs no scaled or absolute copy of the whole matrix (on a long
+    prompt ``A`` alone is most of the memory)."""
 
     def __init__(self, edges: sp.csr_array):
-        data = np.abs(edges.data, dtype=np.float64)
-        counts = torch.from_numpy(np.diff(edges.indptr))
-        sums = torch.segment_reduce(torch.from_numpy(data), "sum", lengths=counts).numpy()
-        self.abs = sp.csr_array((data, edges.indices, edges.indptr), shape=edges.shape, copy=False)
+        self.edges = edges
+        sums = np.zeros(edges.shape[0])
+        for lo, hi in self.blocks():
+            block = self.abs_rows(lo, hi)
+            counts = torch.from_numpy(np.diff(block.indptr))
+            data = torch.from_numpy(block.data.astype(np.float64))
+            sums[lo:hi] = torch.segment_reduce(data, "sum", lengths=counts).numpy()
         self.row_sums = np.maximum(sums, 1e-10)  # circuit-tracer's clamp: empty rows stay 0
 
+    def blocks(self, lo: int = 0, hi: int | None = None):
+        """Ranges covering rows ``lo:hi`` of about ``ROW_BLOCK_ENTRIES`` entries each."""
+        indptr = self.edges.indptr
+        hi = len(indptr) - 1 if hi is None else hi
+        marks = np.arange(indptr[lo], indptr[hi], ROW_BLOCK_ENTRIES)
+        starts = np.searchsorted(indptr, marks, "right") - 1
+        bounds = np.unique(np.clip(np.r_[lo, starts, hi], lo, hi))
+        return zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+
     def abs_rows(self, lo: int, hi: int) -> sp.csr_array:
-        """Rows ``lo:hi`` of ``|A|`` as a view (scipy's row slicing would copy them)."""
-        a = self.abs
+        """Rows ``lo:hi`` of ``|A|`` (their values copied, their index arrays shared)."""
+        a = self.edges
         start, end = a.indptr[lo], a.indptr[hi]
         indptr = a.indptr[lo : hi + 1] - start
         return sp.csr_array(
-            (a.data[start:end], a.indices[start:end], indptr),
+            (np.abs(a.data[start:end]), a.indices[start:end], indptr),
             shape=(hi - lo, a.shape[1]),
             copy=False,
         )
 
     def rows(self, lo: int, hi: int) -> sp.csr_array:
-        """Rows ``lo:hi`` of ``Â`` itself (a copy; fine for small blocks)."""
-        block = self.abs_rows(lo, hi).copy()
-        block.data /= np.repeat(self.row_sums[lo:hi], np.diff(block.indptr))
+        """Rows ``lo:hi`` of ``Â`` itself."""
+        block = self.abs_rows(lo, hi)
+        block.data /= np.repeat(self.row_sums[lo:hi], np.diff(block.indptr)).astype(
+            block.data.dtype
+        )
         return block
 
     def column_fraction(self, columns: np.ndarray) -> np.ndarray:
         """Per row, the share of ``|A|`` that comes from ``columns``: ``Â[:, columns].sum(1)``."""
-        return self.abs[:, columns].sum(axis=1) / self.row_sums
+        picked = np.zeros(self.edges.shape[1])
+        picked[columns] = 1.0
+        part = np.zeros(self.edges.shape[0])
+        for lo, hi in self.blocks():
+            part[lo:hi] = self.abs_rows(lo, hi) @ picked
+        return part / self.row_sums
 
 
 def influence(
@@ -63,9 +85,12 @@ def influence(
     bounds = np.flatnonzero(np.diff(stage)) + 1
     starts, ends = np.r_[0, bounds], np.r_[bounds, len(stage)]
     for lo, hi in zip(starts[::-1], ends[::-1], strict=True):  # top stage first
-        w = weights[lo:hi] + total[lo:hi]
-        if w.any():
-            total += a_hat.abs_rows(lo, hi).T @ (w / a_hat.row_sums[lo:hi])
+        w = (weights[lo:hi] + total[lo:hi]) / a_hat.row_sums[lo:hi]
+        if not w.any():
+            continue
+        # A stage's rows only reach lower stages, so its row blocks add up independently.
+        for a, b in a_hat.blocks(lo, hi):
+            total += a_hat.abs_rows(a, b).T @ w[a - lo : b - lo]
     return total
 
 

@@ -2,7 +2,10 @@
 induction circuit is recovered from weights alone.
 
     python benchmarks/global_circuits.py [--model default] [--heads runs/heads/heads.json]
+                                         [--gather-rows 16]
 
+0. Gathering speed: ``--gather-rows`` rows (default 16) gathered in-process without a
+   checkpoint, model loading apart (seconds, seconds per row).
 1. Statistics (expected attribution) are gathered once with ``circuits.global_graph``'s
    default settings if ``runs/global-stats/{model}.safetensors`` is missing; that time is
    reported separately. Then, per start unit, the time to load the model and statistics and to
@@ -42,6 +45,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def gathering(model: str, rows: int) -> dict:
+    """Seconds to gather ``rows`` rows (no checkpoint), apart from loading the model."""
+    import torch
+
+    from circuits.statistics import gather_statistics
+    from replacement.model import load_pretrained
+
+    torch.set_grad_enabled(False)
+    replacement, tokenizer = load_pretrained(model)
+    t0 = time.perf_counter()
+    gather_statistics(replacement, tokenizer, rows=rows, progress=False)
+    seconds = time.perf_counter() - t0
+    return {"rows": rows, "seconds": seconds, "seconds_per_row": seconds / rows}
+
+
 def ensure_statistics(model: str) -> tuple[Path, float | None]:
     path = Path("runs/global-stats") / f"{model}.safetensors"
     if path.is_file():
@@ -59,14 +77,17 @@ def graphs(model: str, stats_path: Path) -> dict:
     import torch
 
     from circuits.global_graph import parse_unit
-    from circuits.global_weights import Statistics, Units, global_graph
+    from circuits.global_weights import global_graph
     from circuits.prune import prune_graph
+    from circuits.statistics import Statistics
+    from circuits.units import Units
     from replacement.model import load_pretrained
+    from reports.labels import node_labels
 
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
     replacement, tokenizer = load_pretrained(model)
-    stats = Statistics.load(stats_path, replacement)
+    stats = Statistics.load(stats_path, replacement, tokenizer)
     load_s = time.perf_counter() - t0
     units = Units.of(replacement)
     out = {"load_seconds": load_s, "statistics": stats.meta, "starts": {}}
@@ -75,6 +96,7 @@ def graphs(model: str, stats_path: Path) -> dict:
         start = parse_unit(spec, units, tokenizer)
         graph = prune_graph(global_graph(replacement, stats, start, budget=40, tokenizer=tokenizer))
         seconds = time.perf_counter() - t0
+        labels = node_labels(graph)
         coo = graph.edges.tocoo()
         strongest = abs(coo.data).argsort()[::-1][:5]
         out["starts"][spec] = {
@@ -83,8 +105,7 @@ def graphs(model: str, stats_path: Path) -> dict:
             "nodes": graph.n_nodes,
             "edges": graph.n_edges,
             "strongest_edges": [
-                [graph.labels[coo.col[j]], graph.labels[coo.row[j]], float(coo.data[j])]
-                for j in strongest
+                [labels[coo.col[j]], labels[coo.row[j]], float(coo.data[j])] for j in strongest
             ],
         }
     out["peak_rss_mb"] = peak_rss_mb()
@@ -94,7 +115,10 @@ def graphs(model: str, stats_path: Path) -> dict:
 def induction_from_weights(model: str, stats_path: Path, heads_json: Path) -> dict:
     import torch
 
-    from circuits.global_weights import Statistics, Units, qk_virtual_weights, stage_of
+    from circuits.global_weights import qk_virtual_weights
+    from circuits.nodes import Kind
+    from circuits.statistics import Statistics
+    from circuits.units import Units
     from replacement.model import load_pretrained
 
     torch.set_grad_enabled(False)
@@ -102,9 +126,9 @@ def induction_from_weights(model: str, stats_path: Path, heads_json: Path) -> di
         return {"skipped": f"{heads_json} missing: run python -m reports.heads --model {model}"}
     families = json.loads(heads_json.read_text())["families"]
     replacement, tokenizer = load_pretrained(model)
-    stats = Statistics.load(stats_path, replacement)
+    stats = Statistics.load(stats_path, replacement, tokenizer)
     units = Units.of(replacement)
-    stage = stage_of(units)
+    stage = units.stage
     group = replacement.lorsas[0].cfg.group_size
 
     def head_units(family: str) -> set[int]:
@@ -122,9 +146,13 @@ def induction_from_weights(model: str, stats_path: Path, heads_json: Path) -> di
             return dict.fromkeys(groups, 0.0) | {"token embeddings": 1.0}
         ids, weights = stats.mean_input(unit)
         shares = dict.fromkeys(groups, 0.0)
+        writer_group = {
+            Kind.EMBEDDING: groups[0],
+            Kind.TRANSCODER: groups[3],
+            Kind.ERROR: groups[4],
+        }
         for u, w in zip(ids.tolist(), weights.abs().tolist(), strict=True):
-            kind = units.describe(u)[0]
-            name = {"embedding": groups[0], "transcoder": groups[3], "error": groups[4]}.get(kind)
+            name = writer_group.get(units.describe(u)[0])
             shares[name or (groups[1] if u in previous_token else groups[2])] += w
         total = sum(shares.values()) or 1.0
         return {k: v / total for k, v in shares.items()}
@@ -150,9 +178,9 @@ def induction_from_weights(model: str, stats_path: Path, heads_json: Path) -> di
             if len(examples) < 6:
                 examples.append(
                     {
-                        "query": units.describe(q),
+                        "query": units.unit_id(q),
                         "query_inputs": q_shares,
-                        "key": units.describe(k),
+                        "key": units.unit_id(k),
                         "key_inputs": k_shares,
                         "weight": v,
                     }
@@ -173,9 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--heads", type=Path, default=Path("runs/heads/heads.json"),
                         help="the taxonomy's heads.json (python -m reports.heads)")  # fmt: skip
+    parser.add_argument("--gather-rows", type=int, default=16,
+                        help="rows for the gathering-speed measurement (0: skip it)")  # fmt: skip
     args = parser.parse_args(argv)
+    result = {"model": args.model}
+    if args.gather_rows > 0:
+        result["gathering"] = gathering(args.model, args.gather_rows)
     stats_path, gather_s = ensure_statistics(args.model)
-    result = {"model": args.model, "gather_seconds_this_run": gather_s}
+    result["gather_seconds_this_run"] = gather_s
     result["graphs"] = graphs(args.model, stats_path)
     result["induction_from_weights"] = induction_from_weights(args.model, stats_path, args.heads)
     worst = max(s["seconds_with_loading"] for s in result["graphs"]["starts"].values())

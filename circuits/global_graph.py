@@ -7,17 +7,28 @@
 ``--start`` names a unit: ``lorsa:LAYER:HEAD``, ``transcoder:LAYER:FEATURE``,
 ``logit:TOKEN`` or ``token:TOKEN`` (a token's embedding; grow it ``--downstream``).
 Corpus statistics (the summed exact local edges of ``--rows`` held-out rows) are gathered
-once into ``--stats`` (resumable, with a progress bar) and reused. Writes, like
-``circuits.trace``, ``graph.json``, ``graph.pt``, ``graph.dot``/``.svg`` and ``graph.html``.
+once into ``--stats`` (resumable, with a progress bar) and reused; a larger ``--rows`` extends
+them. Writes, like ``circuits.trace``, ``graph.json``, ``graph.safetensors``,
+``graph.dot``/``.svg`` and ``graph.html`` (``reports.outputs``).
+
+Arguments are parsed and checked before anything heavy (torch, a model) is imported.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from toy_models.cli import UserError, run_cli
+
+from .nodes import Kind
+from .trace import check_writable, parse_formats
+
+START_FORMS = "lorsa:L:HEAD, transcoder:L:FEATURE, logit:TOKEN or token:TOKEN"
+N_STRONGEST = 8  # edges printed after a graph is grown
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,10 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
     parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
-    parser.add_argument(
-        "--start", required=True, metavar="UNIT",
-        help="lorsa:L:HEAD, transcoder:L:FEATURE, logit:TOKEN or token:TOKEN",
-    )  # fmt: skip
+    parser.add_argument("--start", required=True, metavar="UNIT", help=START_FORMS)
     parser.add_argument("--downstream", action="store_true",
                         help="grow towards what the unit drives (default: its inputs)")  # fmt: skip
     parser.add_argument("--budget", type=int, default=40, help="units to grow to")
@@ -40,58 +48,91 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-prune", action="store_true", help="keep every grown unit")
     parser.add_argument("--stats", type=Path, help="statistics file (default: runs/global-stats/"
                         "MODEL.safetensors; gathered when missing)")  # fmt: skip
-    parser.add_argument("--rows", type=int, default=128, help="corpus rows for statistics")
+    parser.add_argument("--rows", type=int,
+                        help="corpus rows for statistics (default: those of --stats, or 128 "
+                        "when gathering); more than the file holds extends it")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/global"), help="output directory")
     parser.add_argument("--format", default="svg", help="renders among svg,pdf,png (need `dot`)")
     return parser.parse_args(argv)
 
 
-def parse_unit(spec: str, units, tokenizer) -> int:
-    """A ``--start`` spec as a unit index, or a UserError that says what is wrong."""
+@dataclass(frozen=True)
+class StartSpec:
+    """A ``--start`` unit as written: its kind name, and a layer and index or a token's text."""
+
+    written: str  # the argument itself, for messages
+    kind: str  # "lorsa", "transcoder", "logit" or "token"
+    layer: int = 0
+    index: int = 0
+    text: str = ""
+
+
+def parse_start(spec: str) -> StartSpec:
+    """``--start``'s form, checked without the model (or a UserError saying what is wrong)."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("lorsa", "transcoder"):
+        numbers = rest.split(":")
+        if len(numbers) == 2 and all(n.strip().lstrip("-").isdigit() for n in numbers):
+            return StartSpec(spec, kind, int(numbers[0]), int(numbers[1]))
+    elif kind in ("logit", "token"):
+        return StartSpec(spec, kind, text=rest)
+    raise UserError(f"--start {spec!r}: expected {START_FORMS}")
+
+
+def resolve_start(spec: StartSpec, units, tokenizer) -> int:
+    """The unit ``spec`` names in this model, or a UserError."""
     from toy_models.tokenizer import single_token
 
-    kind, _, rest = spec.partition(":")
     try:
-        if kind in ("lorsa", "transcoder"):
-            layer, index = (int(x) for x in rest.split(":"))
-            return units.unit(kind, layer, index)
-        if kind in ("logit", "token"):
-            token = single_token(tokenizer, rest)
-            return units.unit("logit" if kind == "logit" else "embedding", 0, token)
+        if spec.kind in ("lorsa", "transcoder"):
+            return units.unit(Kind.parse(spec.kind), spec.layer, spec.index)
+        token = single_token(tokenizer, spec.text)
+        return units.unit(Kind.LOGIT if spec.kind == "logit" else Kind.EMBEDDING, 0, token)
     except ValueError as exc:
-        raise UserError(f"--start {spec!r}: {exc}") from None
-    raise UserError(
-        f"--start {spec!r}: expected lorsa:L:HEAD, transcoder:L:FEATURE, logit:TOKEN or token:TOKEN"
-    )
+        raise UserError(f"--start {spec.written!r}: {exc}") from None
+
+
+def parse_unit(spec: str, units, tokenizer) -> int:
+    """A ``--start`` spec as a unit index, or a UserError that says what is wrong."""
+    return resolve_start(parse_start(spec), units, tokenizer)
+
+
+def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
+    formats = parse_formats(args.format)
+    if min(args.budget, args.per_node) <= 0 or (args.rows is not None and args.rows <= 0):
+        raise UserError("--budget, --per-node and --rows must be positive")
+    start = parse_start(args.start)
+    if start.kind == "token" and not args.downstream:
+        raise UserError("a token's embedding has no inputs: grow it with --downstream")
+    if start.kind == "logit" and args.downstream:
+        raise UserError("a logit has no outputs: grow it upstream (without --downstream)")
+    if args.stats is not None and args.stats.is_dir():
+        raise UserError(f"--stats {args.stats}: is a directory, not a statistics file")
+    check_writable(args.out)
+    return start, formats
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start, formats = _check_args(args)
     import torch
 
-    with torch.no_grad():
-        return _global_graph(parse_args(argv))
+    with torch.no_grad():  # a context, not a global switch: main() is also called in-process
+        return _global_graph(args, start, formats)
 
 
-def _global_graph(args: argparse.Namespace) -> int:
+def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str]) -> int:
     from replacement.model import load_pretrained
+    from reports.labels import node_labels
+    from reports.outputs import write_graph_outputs
 
-    from .global_weights import Units, global_graph, statistics_for
+    from .global_weights import global_graph
     from .prune import prune_graph
-    from .trace import check_writable, parse_formats, write_outputs
+    from .statistics import statistics_for
+    from .units import Units
 
-    formats = parse_formats(args.format)
-    if min(args.budget, args.per_node, args.rows) <= 0:
-        raise UserError("--budget, --per-node and --rows must be positive")
-    check_writable(args.out)
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
-    units = Units.of(replacement)
-    start = parse_unit(args.start, units, tokenizer)
-    kind = units.describe(start)[0]
-    if kind == "embedding" and not args.downstream:
-        raise UserError("a token's embedding has no inputs: grow it with --downstream")
-    if kind == "logit" and args.downstream:
-        raise UserError("a logit has no outputs: grow it upstream (without --downstream)")
-
+    start = resolve_start(spec, Units.of(replacement), tokenizer)
     stats = statistics_for(replacement, tokenizer, args.model, args.stats, args.rows)
 
     t0 = time.perf_counter()
@@ -103,19 +144,20 @@ def _global_graph(args: argparse.Namespace) -> int:
     if not (args.no_prune or args.downstream):
         graph = prune_graph(graph)
     seconds = time.perf_counter() - t0
-    graph.settings["seconds"] = round(seconds, 4)
-    written = write_outputs(graph, None, args.out, formats)
+    written = write_graph_outputs(graph, args.out, formats)
+    labels = node_labels(graph)
     print(
-        f"{graph.settings['start']}: {graph.n_nodes} units, {graph.n_edges} edges "
-        f"({graph.settings['direction']}, {seconds:.2f} s; statistics over "
-        f"{stats.meta['rows_done']} rows of {stats.meta['n_ctx']} tokens)"
+        f"{labels[int(graph.target_weight.argmax())]}: {graph.n_nodes} units, "
+        f"{graph.n_edges} edges ({graph.settings['direction']}, {seconds:.2f} s; statistics "
+        f"over {stats.meta['rows_done']} rows of {stats.meta['n_ctx']} tokens)"
     )
     strongest = graph.edges.tocoo()
-    order = abs(strongest.data).argsort()[::-1][:8]
-    for j in order:
+    for j in abs(strongest.data).argsort()[::-1][:N_STRONGEST]:
         s, t = strongest.col[j], strongest.row[j]
-        print(f"  {strongest.data[j]:+.3f}  {graph.labels[s]}  ->  {graph.labels[t]}")
-    for path in written:
+        print(f"  {strongest.data[j]:+.3f}  {labels[s]}  ->  {labels[t]}")
+    for note in written.notes:
+        print(note, file=sys.stderr)
+    for path in written.paths:
         print(f"wrote {path}")
     return 0
 

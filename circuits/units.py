@@ -1,0 +1,147 @@
+"""The numbering of units: one job, mapping units to and from (kind, stage, index).
+
+A *unit* is what a local graph's node is an occurrence of: a token's embedding, a Lorsa head, a
+transcoder feature, a sublayer's error term, a logit. Units are numbered stage by stage (the
+order of ``circuits.nodes``): ``V`` token units, then per block ``l`` its Lorsa heads plus one
+attention-error unit and its features plus one MLP-error unit, then ``V`` logit units::
+
+    sizes = V, (n_ov[0] + 1, d_sae[0] + 1), ..., (n_ov[L-1] + 1, d_sae[L-1] + 1), V
+
+Within a stage a unit's offset is its head, feature or token index; the error unit is last.
+Global circuits (``circuits.statistics``, ``circuits.global_weights``) index their tables by
+unit, and ``unit_id`` names a unit as a node id without its position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from replacement.model import ReplacementModel
+
+from .nodes import (
+    EMBEDDING_STAGE,
+    Kind,
+    block_of,
+    logit_stage,
+    lorsa_stage,
+    node_id,
+    stage_of,
+    sublayer_kind,
+    unit_id,
+)
+
+
+@dataclass(frozen=True)
+class Units:
+    """The numbering of units: stage blocks of sizes ``V, (n_ov+1, d_sae+1) x L, V``.
+
+    ``sizes`` (per stage), ``offsets`` (per stage, and the total at the end) and ``stage`` (per
+    unit) are computed once, when the numbering is made."""
+
+    d_vocab: int
+    n_ov: list[int]
+    d_sae: list[int]
+    sizes: list[int] = field(init=False, repr=False, compare=False)
+    offsets: np.ndarray = field(init=False, repr=False, compare=False)
+    stage: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        inner = [s for n, d in zip(self.n_ov, self.d_sae, strict=True) for s in (n + 1, d + 1)]
+        sizes = [self.d_vocab, *inner, self.d_vocab]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        stage = np.repeat(np.arange(len(sizes)), sizes)
+        offsets.flags.writeable = stage.flags.writeable = False
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "offsets", offsets)
+        object.__setattr__(self, "stage", stage)
+        object.__setattr__(self, "_offsets_t", torch.from_numpy(offsets[:-1].copy()))
+        object.__setattr__(self, "_sizes_t", torch.tensor(sizes))
+
+    @classmethod
+    def of(cls, replacement: ReplacementModel) -> Units:
+        return cls(
+            replacement.cfg.d_vocab,
+            [lorsa.cfg.n_ov_heads for lorsa in replacement.lorsas],
+            [tc.cfg.d_sae for tc in replacement.transcoders],
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.n_ov)
+
+    @property
+    def total(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def logit_stage(self) -> int:
+        return logit_stage(self.n_layers)
+
+    def start(self, stage: int) -> int:
+        """The first unit of ``stage`` (= the number of units below it)."""
+        return int(self.offsets[stage])
+
+    def unit(self, kind: Kind | str, layer: int, index: int) -> int:
+        """The unit of a kind (``Kind`` or its name) in block ``layer`` (ignored for embeddings
+        and logits); an error unit's ``index`` is its sublayer, 0 attention and 1 MLP."""
+        kind = Kind.parse(kind) if isinstance(kind, str) else Kind(kind)
+        if kind == Kind.EMBEDDING:
+            return self._checked(EMBEDDING_STAGE, index)
+        if kind == Kind.LOGIT:
+            return self._checked(self.logit_stage, index)
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} is outside 0..{self.n_layers - 1}")
+        if kind == Kind.ERROR:
+            if index not in (0, 1):
+                raise ValueError(f"an error unit's index is 0 (attention) or 1 (MLP), not {index}")
+            return int(self.offsets[lorsa_stage(layer) + index + 1] - 1)
+        stage = stage_of(kind, layer)
+        return self._checked(stage, index, self.sizes[stage] - 1)
+
+    def _checked(self, stage: int, index: int, size: int | None = None) -> int:
+        size = self.sizes[stage] if size is None else size
+        if not 0 <= index < size:
+            raise ValueError(f"index {index} is outside 0..{size - 1}")
+        return int(self.offsets[stage] + index)
+
+    def describe(self, unit: int) -> tuple[Kind, int, int]:
+        """(kind, stage, index) of a unit; an error unit's index is -1."""
+        if not 0 <= unit < self.total:
+            raise ValueError(f"unit {unit} is outside 0..{self.total - 1}")
+        stage = int(self.stage[unit])
+        index = unit - int(self.offsets[stage])
+        if stage == EMBEDDING_STAGE:
+            return Kind.EMBEDDING, stage, index
+        if stage == self.logit_stage:
+            return Kind.LOGIT, stage, index
+        if index == self.sizes[stage] - 1:
+            return Kind.ERROR, stage, -1
+        return sublayer_kind(stage), stage, index
+
+    def layer(self, unit: int) -> int:
+        """The block of a Lorsa, transcoder or error unit (-1 for tokens, L for logits)."""
+        return block_of(int(self.stage[unit]))
+
+    def unit_id(self, unit: int) -> str:
+        """A unit's id (``circuits.nodes.unit_id``): a node id without the position."""
+        kind, stage, index = self.describe(unit)
+        return unit_id(kind, stage, index)
+
+    def node_id(self, unit: int) -> str:
+        """The id of a unit's node in a global graph, where units sit at position 0."""
+        kind, stage, index = self.describe(unit)
+        return node_id(kind, stage, 0, index)
+
+    def of_nodes(
+        self, kind: Int[Tensor, " n"], stage: Int[Tensor, " n"], index: Int[Tensor, " n"]
+    ) -> Int[Tensor, " n"]:
+        """The unit of each node of a local graph or prompt run (logit nodes included)."""
+        unit = self._offsets_t[stage] + index
+        err = kind == Kind.ERROR
+        unit[err] = self._offsets_t[stage[err]] + self._sizes_t[stage[err]] - 1
+        return unit

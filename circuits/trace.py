@@ -144,14 +144,15 @@ def _targets(args, tokenizer):
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    formats = _check_args(args)  # everything checked before torch or a model is imported
     import torch
 
     with torch.no_grad():  # a context, not a global switch: main() is also called in-process
-        return _trace(parse_args(argv))
+        return _trace(args, formats)
 
 
-def _trace(args: argparse.Namespace) -> int:
-    formats = _check_args(args)
+def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     from replacement.model import load_pretrained
     from reports.outputs import write_graph_outputs
     from toy_models.tokenizer import encode_prompt

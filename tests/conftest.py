@@ -34,3 +34,41 @@ def random_model():
         for p in model.parameters():
             p.normal_(std=0.3)
     return model.eval()
+
+
+# ----------------------------------------------------------------- CLIs in a fresh process
+_FRESH_CLI = """
+import json, runpy, sys, warnings
+warnings.simplefilter("ignore")
+module, args = sys.argv[1], json.loads(sys.argv[2])
+sys.argv = [module, *args]
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformer_lens"})
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+def run_fresh(module: str, args: list[str], cwd=None) -> tuple[int, list[str], str]:
+    """Run ``python -m module args`` in a new interpreter: (exit code, the heavy packages
+    (torch, transformer_lens) it imported, its stderr without the report line)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH_CLI, module, json.dumps(args)],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )  # fmt: skip
+    *lines, last = proc.stderr.rstrip("\n").split("\n")
+    report = json.loads(last)
+    return report["code"], report["heavy"], "\n".join(lines)
+
+
+@pytest.fixture
+def fresh_cli():
+    """``run_fresh`` as a fixture, for tests of start-up and argument errors."""
+    return run_fresh

@@ -105,3 +105,20 @@ def test_no_traceback_from_the_command_line(tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "error: the prompt is empty"
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--help"], 0),
+        (["--prompt", "x", "--node-threshold", "2"], 2),
+        (["--prompt", "x", "--format", "gif"], 2),
+        (["--prompt", "x" * 100_001], 2),  # refused before tokenizing
+    ],
+)
+def test_help_and_argument_errors_import_no_torch(fresh_cli, tmp_path, args, code):
+    got, heavy, err = fresh_cli("circuits.trace", [*args, "--out", str(tmp_path / "never")])
+    assert (got, heavy) == (code, []), err
+    assert not (tmp_path / "never").exists()
+    if code:
+        assert err.startswith("error:") and "Traceback" not in err and err.count("\n") == 0

@@ -17,14 +17,17 @@ from jaxtyping import Float
 from torch import Tensor
 
 from toy_models.data import stream_rows
+from toy_models.model import hook_name
 
 
 def lorsa_hooks(layer: int) -> tuple[str, str]:
-    return f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.hook_attn_out"
+    """(input, target) hook names of the attention layer a Lorsa layer replaces."""
+    return hook_name(layer, "ln1.hook_normalized"), hook_name(layer, "hook_attn_out")
 
 
 def transcoder_hooks(layer: int) -> tuple[str, str]:
-    return f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+    """(input, target) hook names of the MLP a transcoder replaces."""
+    return hook_name(layer, "ln2.hook_normalized"), hook_name(layer, "hook_mlp_out")
 
 
 @dataclass

@@ -16,21 +16,37 @@ On held-out generated rows:
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
-from toy_models.cli import run_cli
+from toy_models.cli import UserError, run_cli
 from toy_models.data import stream_rows
 
-from .activations import lorsa_hooks, transcoder_hooks
+if TYPE_CHECKING:
+    from torch import Tensor
 
 EVAL_SEED = 4242
 
 
+def _no_grad(fn):
+    """``torch.no_grad()`` as a decorator that imports torch only when called, so that the
+    CLI's ``--help`` and argument errors never pay for it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def heldout_batches(model, tokenizer, n_batches: int, batch_size: int = 16) -> list[Tensor]:
+    import torch
+
     rows = stream_rows(tokenizer, model.cfg.n_ctx, "heldout", EVAL_SEED)
     return [torch.tensor([next(rows)[1] for _ in range(batch_size)]) for _ in range(n_batches)]
 
@@ -48,12 +64,16 @@ def next_token_stats(logits: Tensor, tokens: Tensor, reference: Tensor | None = 
 
 def _sublayer(kind: str, layer: int) -> tuple[str, str]:
     """(input, output) hook names of the sublayer that a kind of dictionary replaces."""
+    from .activations import lorsa_hooks, transcoder_hooks
+
     return lorsa_hooks(layer) if kind == "lorsa" else transcoder_hooks(layer)
 
 
-@torch.no_grad()
+@_no_grad
 def reconstruction_stats(replacement, batches: list[Tensor]) -> dict:
     """FVU, L0 and dead fraction per layer, on the original model's own activations."""
+    import torch
+
     model = replacement.model
     sites = [
         (name, l, module)
@@ -93,10 +113,13 @@ def reconstruction_stats(replacement, batches: list[Tensor]) -> dict:
     return out
 
 
-@torch.no_grad()
+@_no_grad
 def mean_outputs(model, batches: list[Tensor]) -> dict[str, Tensor]:
     """Mean attention and MLP output per layer over held-out tokens (for mean ablation)."""
-    names = [f"blocks.{l}.hook_{s}_out" for l in range(model.cfg.n_layers) for s in ("attn", "mlp")]
+    from toy_models.model import hook_name
+
+    sites = ("hook_attn_out", "hook_mlp_out")
+    names = [hook_name(l, site) for l in range(model.cfg.n_layers) for site in sites]
     totals = {name: 0.0 for name in names}
     count = 0
     for tokens in batches:
@@ -128,7 +151,7 @@ def _splice_hooks(replacement, spliced: list[tuple[str, int]], means: dict | Non
     return hooks
 
 
-@torch.no_grad()
+@_no_grad
 def loss_recovered(replacement, batches: list[Tensor]) -> dict:
     """CE and KL with each layer spliced in alone and with all replaced, against mean ablation."""
     model = replacement.model
@@ -238,8 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     if args.batches <= 0 or args.docs <= 0:
-        raise ValueError("--batches and --docs must be positive")
-    from toy_models.files import write_json_atomic
+        raise UserError("--batches and --docs must be positive")
+    from toy_models.files import check_writable_file, write_json_atomic
+    from toy_models.zoo import resolve_model_dir
+
+    from .train import SET_FILE
+
+    resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
+    if not (Path(args.replacement) / SET_FILE).is_file():
+        raise UserError(f"--replacement {args.replacement}: no {SET_FILE} there")
+    if args.json:
+        check_writable_file(args.json, "--json")  # before the evaluation, not after it
     from toy_models.zoo import load_pretrained
 
     from .model import ReplacementModel
@@ -249,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     results = evaluate_replacement(replacement, tokenizer, args.batches, args.docs)
     print("\n".join(summary_lines(results)))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
             args.json, {"model": args.model, "replacement": args.replacement, **results}
         )

@@ -3,23 +3,22 @@
     python -m replacement.ship runs/replacement-default --model default
 
 Writes ``replacement/zoo/{model}/``: fp16 dictionaries, ``replacement.json``, and
-``record.json`` with the SHA-256 of every file and the per-layer FVU and L0 that the shipped
-weights give on ``RECORD_BATCHES`` held-out batches; a test reloads them and must reproduce both.
+``record.json`` with the SHA-256 of every file (checked whenever the set is loaded) and the
+per-layer FVU and L0 that the shipped weights give on ``RECORD_BATCHES`` held-out batches; a
+test reloads them and must reproduce both. Shipping is ``toy_models.ship.ship_directory``.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-import torch
-
 from toy_models.cli import UserError, run_cli
-from toy_models.zoo import CONFIGS, file_sha256
+from toy_models.zoo import CONFIGS
 
-from .model import SHIPPED_DIR
+from .train import SET_FILE
 
+SHIPPED_DIR = Path(__file__).parent / "zoo"  # = replacement.model.SHIPPED_DIR, without torch
 RECORD_BATCHES = 2
 
 
@@ -32,15 +31,13 @@ def record_for(directory: Path, model_name: str) -> dict:
     model, tokenizer = load_pretrained(model_name)
     replacement = ReplacementModel.load(directory, model)
     stats = reconstruction_stats(replacement, heldout_batches(model, tokenizer, RECORD_BATCHES))
-    return {
-        "sha256": {f.name: file_sha256(f) for f in sorted(directory.iterdir())},
-        "record_batches": RECORD_BATCHES,
-        "reconstruction": stats,
-    }
+    return {"record_batches": RECORD_BATCHES, "reconstruction": stats}
 
 
 def ship(run_dir: Path, model_name: str, dest_root: Path = SHIPPED_DIR) -> Path:
-    from toy_models.files import swap_directory, write_json_atomic
+    import torch
+
+    from toy_models.ship import ship_directory
     from toy_models.zoo import load_pretrained
 
     from .model import ReplacementModel
@@ -49,15 +46,11 @@ def ship(run_dir: Path, model_name: str, dest_root: Path = SHIPPED_DIR) -> Path:
         raise UserError(f"unknown zoo model {model_name!r}; known: {', '.join(sorted(CONFIGS))}")
     model, _ = load_pretrained(model_name)
     replacement = ReplacementModel.load(run_dir, model)
-    dest_root.mkdir(exist_ok=True)
-    tmp = dest_root / f".{model_name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    replacement.save(tmp, model_name, replacement.meta, dtype=torch.float16)
-    record = record_for(tmp, model_name)
-    write_json_atomic(tmp / "record.json", record)
-    dest = dest_root / model_name
-    swap_directory(tmp, dest)
-    return dest
+
+    def write(tmp: Path) -> None:
+        replacement.save(tmp, model_name, replacement.meta, dtype=torch.float16)
+
+    return ship_directory(dest_root, model_name, write, lambda tmp: record_for(tmp, model_name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="a trained set (replacement.train --out)")
     parser.add_argument("--model", default="default", help="the zoo model it was trained for")
     args = parser.parse_args(argv)
+    if args.model not in CONFIGS:
+        raise UserError(f"unknown zoo model {args.model!r}; known: {', '.join(sorted(CONFIGS))}")
+    if not (args.run_dir / SET_FILE).is_file():
+        raise UserError(f"{args.run_dir}: no {SET_FILE} (not a replacement.train --out directory)")
     dest = ship(args.run_dir, args.model)
     total = sum(f.stat().st_size for f in dest.iterdir())
     print(f"shipped {args.run_dir} for {args.model!r} -> {dest} ({total / 1e6:.2f} MB)")

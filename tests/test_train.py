@@ -49,3 +49,310 @@ def test_ship_writes_fp16_weights_and_a_record_that_reloads(tiny_run, tmp_path):
     # shipping again replaces the entry whole
     assert ship(tiny_run, "tiny", dest_root=tmp_path) == dest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+# ----------------------------------------------------------------- resume, faults, files
+import errno  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from toy_models import files  # noqa: E402
+from toy_models.cli import UserError, run_cli  # noqa: E402
+
+ROOT = Path(__file__).parent.parent
+
+
+def with_tiny_data(tiny_run, out):
+    """A fresh run directory holding the tiny run's cached corpus and tokenizer (deterministic,
+    so the run is the same; only the minutes of data preparation are saved)."""
+    shutil.copytree(tiny_run / "data", out / "data")
+    shutil.copyfile(tiny_run / "tokenizer.json", out / "tokenizer.json")
+    return out
+
+
+def final_meta(directory):
+    meta = json.loads((directory / "config.json").read_text())
+    return {k: v for k, v in meta.items() if k not in ("train_elapsed_s", "train_tokens_per_s")}
+
+
+def test_resumed_run_records_the_uninterrupted_figures(tiny_run, tmp_path):
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    assert train("tiny", out, stop_after=10, quiet=True) is None
+    train("tiny", out, resume=True, quiet=True)
+    assert final_meta(out) == final_meta(tiny_run)  # final_train_loss included
+    # --resume on a finished run leaves its final model and figures as they are
+    before = {name: (out / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    assert train("tiny", out, resume=True, quiet=True) == out
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert json.loads((out / "config.json").read_text())["final_train_loss"] > 0
+
+
+KILL_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+import toy_models.resumable as resumable
+from toy_models.files import old_directory
+from toy_models.train import train
+
+def swap(new, dest):  # the first rename of swap_directory, then kill -9
+    if dest.exists() and resumable.ResumableRun.saved_step_now == {step}:
+        os.replace(dest, old_directory(dest))
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.replace(new, dest) if not dest.exists() else (os.replace(dest, old_directory(dest)),
+                                                       os.replace(new, dest))
+
+real_save = resumable.ResumableRun.save
+def save(self):
+    resumable.ResumableRun.saved_step_now = self.step
+    real_save(self)
+resumable.ResumableRun.save = save
+resumable.swap_directory = swap
+train("tiny", Path(sys.argv[1]), quiet=True)
+"""
+
+
+def test_a_crash_between_the_checkpoint_renames_leaves_a_checkpoint_to_resume(tiny_run, tmp_path):
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    script = KILL_BETWEEN_RENAMES.format(step=20)
+    result = subprocess.run([sys.executable, "-c", script, str(out)], cwd=ROOT)
+    assert result.returncode == -9
+    assert not (out / "checkpoint").exists() and (out / "checkpoint.old").exists()
+    assert train("tiny", out, resume=True, quiet=True) == out
+    straight = load_file(str(tiny_run / "model.safetensors"))
+    resumed = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert final_meta(out) == final_meta(tiny_run)
+    assert not list(out.glob("checkpoint.*"))
+
+
+MALICIOUS = """
+import os
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch {marker}",))
+"""
+
+
+def plant_pickle(path, marker):
+    import pickle
+    import types
+
+    module = types.ModuleType("payload")
+    exec(MALICIOUS.format(marker=marker), module.__dict__)
+    path.write_bytes(pickle.dumps(module.Payload()))
+
+
+def test_no_checkpoint_file_is_unpickled_on_resume(tiny_run, tmp_path, monkeypatch):
+    """Issue 11 item 4: a planted pickle never runs, even with torch's weights-only switch off."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "pwned"
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    assert train("tiny", out, stop_after=20, quiet=True) is None
+    for name in ("optimizer.pt", "dictionaries.pt", "model.pt"):
+        plant_pickle(out / "checkpoint" / name, marker)
+    plant_pickle(out / "data" / "packed-64.pt", marker)
+    train("tiny", out, resume=True, quiet=True)
+    assert not marker.exists()
+    # a pickle in the place of the optimizer state is refused as unreadable, not run
+    again = with_tiny_data(tiny_run, tmp_path / "again")
+    assert train("tiny", again, stop_after=10, quiet=True) is None
+    plant_pickle(again / "checkpoint" / "optimizer.safetensors", marker)
+    with pytest.raises(ValueError, match="optimizer.safetensors: unreadable optimizer state"):
+        train("tiny", again, resume=True, quiet=True)
+    # a checkpoint of the old format (a pickled optimizer.pt) is refused, not loaded
+    (again / "checkpoint" / "optimizer.safetensors").unlink()
+    plant_pickle(again / "checkpoint" / "optimizer.pt", marker)
+    with pytest.raises(UserError, match="older version"):
+        train("tiny", again, resume=True, quiet=True)
+    assert not marker.exists()
+
+
+def test_no_code_of_the_project_unpickles():
+    sources = [p for d in ("toy_models", "replacement") for p in (ROOT / d).rglob("*.py")]
+    for path in sources:
+        text = path.read_text()
+        for call in ("torch.load(", "import pickle", "pickle.load", "weights_only=False"):
+            assert call not in text, (path, call)
+
+
+def test_schedules_are_fractions_of_the_run():
+    """Issue 11 item 8: a shortened run warms up (and anneals K) within its own length."""
+    from replacement.train import CONFIGS as REPLACEMENT_CONFIGS
+    from replacement.train import k_at
+    from replacement.train import lr_at as replacement_lr_at
+
+    short = replace(CONFIGS["default"].train, steps=100)
+    assert max(lr_at(s, short) for s in range(short.steps)) == pytest.approx(short.lr)
+    assert short.warmup_steps == round(100 / 18)
+    assert CONFIGS["default"].train.warmup_steps == 200  # the shipped model's schedule
+    for steps in (1024, 300, 50):
+        cfg = replace(REPLACEMENT_CONFIGS["default"], steps=steps)
+        lrs = [replacement_lr_at(s, cfg) for s in range(steps)]
+        assert max(lrs) == pytest.approx(cfg.lr) and lrs[-1] <= 0.1 * cfg.lr + 1e-12
+        # K reaches its target at the same fraction of any run, well before its end
+        assert k_at(int(0.3 * steps), 32, cfg) == 32 < k_at(int(0.1 * steps), 32, cfg)
+    default = REPLACEMENT_CONFIGS["default"]
+    assert (default.warmup_steps, default.k_anneal_steps, default.decay_start) == (100, 800, 2400)
+
+
+class FullDisk:
+    """``open`` for files whose path contains ``where``: half the bytes, then ENOSPC."""
+
+    def __init__(self, where, code=errno.ENOSPC):
+        self.where, self.code = where, code
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)  # noqa: SIM115
+        if self.where not in str(path) or "w" not in mode:
+            return f
+        code = self.code
+
+        class Failing:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                f.close()
+
+            def write(self, data):
+                f.write(data[: len(data) // 2])
+                raise OSError(code, os.strerror(code))
+
+        return Failing()
+
+
+def cli_error(capsys, main, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: "), err
+    return last
+
+
+@pytest.mark.parametrize(
+    ("where", "code", "message"),
+    [
+        ("checkpoint.tmp", errno.ENOSPC, "No space left on device"),
+        ("config.json", errno.EROFS, "Read-only file system"),
+    ],
+)
+def test_train_on_a_full_or_read_only_disk_fails_in_one_line(
+    tiny_run, tmp_path, monkeypatch, capsys, where, code, message
+):
+    from toy_models.train import main
+
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    monkeypatch.setattr(files, "open", FullDisk(where, code), raising=False)
+    line = cli_error(capsys, main, ["--config", "tiny", "--out", str(out)])
+    assert "cannot write" in line and message in line and where.split(".")[0] in line, line
+    assert not list(out.rglob("*.tmp")), list(out.rglob("*.tmp"))
+
+
+def test_train_refuses_an_unwritable_out_before_any_work(tmp_path, capsys):
+    from toy_models.train import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert "exists and is not a directory" in cli_error(
+        capsys, main, ["--config", "tiny", "--out", str(a_file)]
+    )
+    for place in ("/proc/x/run", "/sys/x/run"):
+        assert "cannot write there" in cli_error(capsys, main, ["--config", "tiny", "--out", place])
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    assert "dangling symbolic link" in cli_error(
+        capsys, main, ["--config", "tiny", "--out", str(link)]
+    )
+
+
+def test_atomic_writes_leave_no_temp_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    monkeypatch.setattr(files, "open", FullDisk("out.json"), raising=False)
+    with pytest.raises(OSError, match=r"cannot write .*out.json: No space left on device"):
+        files.write_json_atomic(target, {"a": 1})
+    monkeypatch.undo()
+    assert target.read_text() == "old" and sorted(tmp_path.iterdir()) == [target]
+    adir = tmp_path / "adir"
+    adir.mkdir()
+    with pytest.raises(OSError, match="cannot write .*adir: Is a directory"):
+        files.write_text_atomic(adir, "x")
+    assert sorted(tmp_path.iterdir()) == [adir, target]
+
+
+# Every CLI of this package and of replacement, with --help and with bad arguments: none may
+# import torch, transformer_lens or a model before its arguments are checked (issue 10 item 8).
+START_UP = """
+import json, runpy, sys, warnings
+warnings.simplefilter("ignore")
+cases = json.loads(sys.argv[1])
+for module, args in cases:
+    sys.argv = [module, *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    heavy = [m for m in ("torch", "transformer_lens", "safetensors") if m in sys.modules]
+    print(json.dumps([module, args, code, heavy]), flush=True)
+"""
+
+
+def test_help_and_argument_errors_import_no_torch(tmp_path):
+    a_file, a_dir = tmp_path / "a-file", tmp_path / "a-dir"
+    a_file.write_text("")
+    a_dir.mkdir()
+    shipped = str(ROOT / "replacement" / "zoo" / "default")
+    out = str(tmp_path / "never")
+    cases = [
+        ("toy_models.train", ["--help"]),
+        ("toy_models.train", ["--config", "huge", "--out", out]),
+        ("toy_models.train", ["--config", "tiny", "--steps", "0", "--out", out]),
+        ("toy_models.train", ["--config", "tiny", "--out", str(a_file)]),
+        ("toy_models.train", ["--config", "tiny", "--out", "/proc/x/y"]),
+        ("toy_models.train", ["--config", "tiny", "--out", str(tmp_path), "--resume"]),
+        ("toy_models.evaluate", ["--help"]),
+        ("toy_models.evaluate", ["--model", "gpt5"]),
+        ("toy_models.evaluate", ["--docs", "0"]),
+        ("toy_models.evaluate", ["--json", str(a_dir)]),
+        ("toy_models.evaluate", ["--json", "/proc/x/eval.json"]),
+        ("toy_models.ship", ["--help"]),
+        ("toy_models.ship", [str(a_dir), "--name", "huge"]),
+        ("toy_models.ship", [str(tmp_path / "missing"), "--name", "tiny"]),
+        ("replacement.train", ["--help"]),
+        ("replacement.train", ["--config", "huge", "--out", out]),
+        ("replacement.train", ["--layers", "1", "--out", out]),
+        ("replacement.train", ["--model", "gpt5", "--out", out]),
+        ("replacement.train", ["--out", str(a_file)]),
+        ("replacement.evaluate", ["--help"]),
+        ("replacement.evaluate", ["--replacement", shipped, "--batches", "0"]),
+        ("replacement.evaluate", ["--replacement", str(a_dir)]),
+        ("replacement.evaluate", ["--replacement", shipped, "--json", str(a_dir)]),
+        ("replacement.ship", ["--help"]),
+        ("replacement.ship", [str(a_dir)]),
+        ("replacement.ship", [shipped, "--model", "huge"]),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", START_UP, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("[")]
+    assert len(runs) == len(cases), result.stdout + result.stderr
+    for module, args, code, heavy in runs:
+        assert code == (0 if args == ["--help"] else 2), (module, args, code)
+        assert not heavy, (module, args, heavy)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir", "a-file"]  # no leftovers
+    assert list(a_dir.iterdir()) == []

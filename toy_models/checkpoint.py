@@ -23,16 +23,16 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
-from torch import Tensor, nn
-
 from .files import file_sha256, write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
     from .model import ToyTransformer
+
+# torch and safetensors are imported inside the functions that use them: the CLIs name these
+# files while checking their arguments, before any heavy import.
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -45,7 +45,7 @@ RECORD_FILE = "record.json"
 MAX_SIZE = 1 << 24
 MAX_MODULES = 1 << 12  # n_layers, head counts: each one builds Python objects
 MANY_MODULES = {"n_layers", "n_heads", "n_qk_heads"}
-WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+WEIGHT_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
 
 
 # ----------------------------------------------------------------- state dicts
@@ -54,6 +54,9 @@ def save_state_atomic(
 ) -> None:
     """Write a module's state_dict (or a dict of tensors) to ``path`` as safetensors, through a
     temp file and a rename; ``dtype`` converts floating-point tensors (e.g. float16 to ship)."""
+    from safetensors.torch import save
+    from torch import nn
+
     tensors = source.state_dict() if isinstance(source, nn.Module) else source
     tensors = {
         name: t.detach()
@@ -61,15 +64,17 @@ def save_state_atomic(
         .contiguous()
         for name, t in tensors.items()
     }
-    write_bytes_atomic(path, save_safetensors_bytes(tensors))
+    write_bytes_atomic(path, save(tensors))
 
 
 def read_tensors(path: Path, what: str = "weights") -> dict[str, Tensor]:
     """Every tensor of a safetensors file, or one line saying why not."""
+    from safetensors.torch import load
+
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file missing: {path}")
     try:
-        return load_safetensors_bytes(path.read_bytes())
+        return load(path.read_bytes())
     except OSError:
         raise
     except Exception as exc:  # safetensors raises its own error types on damaged files
@@ -77,6 +82,8 @@ def read_tensors(path: Path, what: str = "weights") -> dict[str, Tensor]:
 
 
 def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), "pt") as f:
             return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
@@ -112,6 +119,9 @@ def load_checked(
     device) and checked against the file's header, so that a config implying absurd sizes is
     refused before anything is allocated.
     """
+    import torch
+    from torch import nn
+
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file missing: {path}")
     if not isinstance(module, nn.Module):
@@ -127,7 +137,7 @@ def load_checked(
         expected, {k: tuple(v.shape) for k, v in tensors.items()}, path, config_name
     )
     for name, tensor in tensors.items():
-        if tensor.dtype not in WEIGHT_DTYPES:
+        if str(tensor.dtype) not in WEIGHT_DTYPES:
             raise ValueError(f"{path}: {name} is stored as {tensor.dtype}, not floating point")
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{path}: {name} holds NaN or infinite values")
@@ -161,6 +171,8 @@ def save_optimizer_atomic(optimizer: torch.optim.Optimizer, path: Path) -> None:
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Restore what ``save_optimizer_atomic`` wrote into an optimizer built for the same
     parameters, after checking every tensor's name, shape and dtype."""
+    import torch
+
     tensors = read_tensors(path, "optimizer state")
     state, expected = {}, set()
     for index, param in _optimizer_slots(optimizer):
@@ -268,14 +280,17 @@ def check_recorded_hashes(directory: Path) -> None:
 
 # ----------------------------------------------------------------- the toy model
 def save_model(
-    model: ToyTransformer, directory: Path, dtype: torch.dtype = torch.float32, extra=None
+    model: ToyTransformer, directory: Path, dtype: torch.dtype | None = None, extra=None
 ) -> None:
-    """Write ``model.safetensors`` and ``config.json`` atomically into ``directory``."""
+    """Write ``model.safetensors`` and ``config.json`` atomically into ``directory``
+    (``dtype``: the storage type of the weights, default float32)."""
+    import torch
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {"model": asdict(model.cfg), **(extra or {})}
     json.dumps(config)  # not JSON-serialisable: fail before any file is written
-    save_state_atomic(model, directory / WEIGHTS_FILE, dtype)
+    save_state_atomic(model, directory / WEIGHTS_FILE, dtype or torch.float32)
     write_json_atomic(directory / CONFIG_FILE, config)
 
 
@@ -312,6 +327,8 @@ def fingerprint(model: ToyTransformer) -> str:
     another tokenizer or one changed weight each make another model; the dtype the weights
     were stored in does not, as long as the float32 values agree.
     """
+    import torch
+
     digest = hashlib.sha256()
     header = {"config": asdict(model.cfg), "tokenizer_sha256": model.tokenizer_sha256}
     digest.update(json.dumps(header, sort_keys=True).encode())

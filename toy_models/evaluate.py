@@ -302,9 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.docs <= 0:
         raise ValueError(f"--docs must be positive, got {args.docs}")
+    from .files import check_writable_file, write_json_atomic
     from .zoo import load_pretrained, resolve_model_dir
 
     resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
+    if args.json:
+        check_writable_file(args.json, "--json")  # before the evaluation, not after it
     model, tokenizer = load_pretrained(args.model)
     results = {
         "model": args.model,
@@ -313,9 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(summary(results))
     if args.json:
-        from .files import write_json_atomic
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.json, results)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

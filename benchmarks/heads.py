@@ -15,19 +15,24 @@ checks of the analysis itself:
   (``repeat_second_copy``) ablated alone, to see whether group testing (which never splits a
   chunk of heads below the threshold) missed a head above it.
 
+Also times the command line's start-up in fresh processes: ``--help`` and an argument error,
+neither of which may import torch (``cli_startup_seconds``).
+
 Writes benchmarks/results/heads_{model}.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(ROOT))
 
 from toy_models.cli import run_cli  # noqa: E402
 
@@ -35,11 +40,27 @@ RESULTS = Path(__file__).parent / "results"
 CHECK_TASK = "repeat_second_copy"
 
 
+def cli_startup() -> dict[str, float]:
+    """Wall seconds of ``python -m reports.heads --help`` and of an argument error, each in a
+    fresh process."""
+    seconds = {}
+    for name, args, code in (("help", ["--help"], 0), ("bad_argument", ["--docs", "0"], 2)):
+        t0 = time.perf_counter()
+        run = subprocess.run(
+            [sys.executable, "-m", "reports.heads", *args], capture_output=True, cwd=ROOT
+        )
+        seconds[name] = time.perf_counter() - t0
+        if run.returncode != code:
+            raise RuntimeError(f"reports.heads {' '.join(args)} exited {run.returncode}")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/heads.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
     parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
     args = parser.parse_args(argv)
+    startup = cli_startup()
 
     t0 = time.perf_counter()
     import torch
@@ -141,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             "heads it reaches, so any difference is a head hidden in a chunk below threshold",
         },
         "seconds": seconds,
+        "cli_startup_seconds": startup,
     }
     for name, t in targets.items():
         value = "n/a" if t["value"] is None else f"{t['value']:.4g}"
         print(f"{name:40s} {value:>10s}  {'met' if t['met'] else 'NOT met'}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    print("cli start-up: " + ", ".join(f"{k} {v:.2f} s" for k, v in startup.items()))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"heads_{Path(args.model).name}.json"
     write_json_atomic(path, report)

@@ -1,11 +1,14 @@
+import hashlib
 import random
 import re
 
 import pytest
+import torch
 
 from toy_models.data import (
     COMMON_NAMES,
     FAMILIES,
+    ORDERED_LISTS,
     addition_example,
     build_corpus,
     count_carries,
@@ -13,6 +16,7 @@ from toy_models.data import (
     is_heldout,
     names_example,
     pack_sequences,
+    pad_rows,
     rare_name,
     repeat_example,
     successor_example,
@@ -48,18 +52,74 @@ def test_heldout_addition_and_names_are_disjoint_from_training():
 def test_spans_mark_what_the_probes_score():
     rng = random.Random(1)
     ex = addition_example(rng)
-    for (start, end), line in zip(ex.spans["answer"], ex.text.splitlines(), strict=True):
+    answers = ex.spans_of("answer")
+    for span, line in zip(answers, ex.text.splitlines(), strict=True):
         a, b = map(int, line.split("=")[0].split("+"))
-        assert ex.text[start:end] == str(a + b)
+        assert ex.text[span.start : span.end] == span.value == str(a + b)
+        first, second = span.operands
+        assert (first.value, second.value) == (str(a), str(b))
+        assert ex.text[first.start : second.end] == f"{a}+{b}"
     ex = names_example(rng)
-    for tag, spans in ex.spans.items():
-        assert all(ex.text[s:e] == tag.removeprefix("name:") for s, e in spans)
-        assert len(spans) >= 2  # every character recurs
+    mentions = {}
+    for span in ex.spans_of("name"):
+        assert ex.text[span.start : span.end] == span.value
+        assert span.rare == (span.value not in COMMON_NAMES)
+        assert span.occurrences_before() == mentions.get(span.value, [])
+        mentions.setdefault(span.value, []).append(span)
+    assert len(mentions) == 2
+    assert all(len(spans) >= 2 for spans in mentions.values())  # every character recurs
     ex = repeat_example(rng)
-    (s1, e1), (s2, e2) = ex.spans["first"][0], ex.spans["second"][0]
-    assert ex.text[s1:e1] == ex.text[s2:e2]
+    (first,), (second,) = ex.spans_of("first"), ex.spans_of("second")
+    assert ex.text[first.start : first.end] == ex.text[second.start : second.end]
+    assert second.earlier == first
     ex = successor_example(rng)
-    assert all(tag.startswith("item:") for tag in ex.spans)
+    assert ex.spans and all(span.kind == "item" for span in ex.spans)
+    for span in ex.spans:
+        items = ORDERED_LISTS[span.sequence]
+        before = span.previous
+        assert ex.text[before.start : before.end] == before.value
+        assert ex.text[before.end : span.start] == ", "
+        assert items.index(span.value) == (items.index(before.value) + 1) % len(items)
+    with pytest.raises(ValueError, match="unknown span kind 'answers'"):
+        ex.spans_of("answers")
+
+
+def test_spans_of_held_out_documents_hold_their_text():
+    for family in FAMILIES:
+        stream = examples(family, "heldout", 12345)
+        for _ in range(20):
+            ex = next(stream)
+            for span in ex.spans:
+                for s in (span, span.earlier, span.previous, *span.operands):
+                    if s is not None:
+                        assert ex.text[s.start : s.end] == s.value
+
+
+# sha256 over the text of the first 50 documents of every family, split and seeds 0 and 1,
+# computed before spans carried values: the shipped model was trained on this text.
+TEXT_SHA256 = "e4e531b73a69ce86a6f53a1834e4964e03d3a5bec093a72136f84752b009db22"
+
+
+def test_generated_text_is_unchanged():
+    digest = hashlib.sha256()
+    for family in FAMILIES:
+        for split in ("train", "heldout"):
+            for seed in (0, 1):
+                stream = examples(family, split, seed)
+                for _ in range(50):
+                    digest.update(next(stream).text.encode() + b"\0")
+    assert digest.hexdigest() == TEXT_SHA256
+
+
+def test_padded_rows_give_each_row_its_own_logits(random_model):
+    rows = [[0, 5, 7, 9, 11], [0, 3], [0, 4, 4]]
+    tokens = pad_rows(rows)
+    assert tokens.tolist() == [[0, 5, 7, 9, 11], [0, 3, 0, 0, 0], [0, 4, 4, 0, 0]]
+    with torch.no_grad():
+        logits = random_model(tokens)
+        for j, row in enumerate(rows):
+            alone = random_model(torch.tensor([row]))[0]
+            torch.testing.assert_close(logits[j, : len(row)], alone)
 
 
 def test_count_carries():

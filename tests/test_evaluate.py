@@ -58,8 +58,8 @@ def test_induction_scores_find_a_planted_induction_head(oracle, tiny_pretrained)
             pattern = torch.zeros(b, 2, n, n)
             for j in range(b):
                 doc = next(d for d in docs if d.ids == tokens[j, : len(d.ids)].tolist())
-                first = doc.tokens_in(doc.example.spans["first"][0])
-                second = doc.tokens_in(doc.example.spans["second"][0])
+                copy = doc.example.spans_of("second")[0]
+                first, second = doc.tokens_in(copy.earlier), doc.tokens_in(copy)
                 off = second[0] - first[0]
                 pattern[j, 0, :, 0] = 1.0
                 for q in range(1, n):

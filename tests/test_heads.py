@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from replacement.lorsa import LorsaConfig, LorsaLayer
-from replacement.model import ReplacementModel
+from replacement.model import ReplacementModel, hook_name
 from replacement.transcoder import Transcoder, TranscoderConfig
 from reports import heads as H
 
@@ -61,6 +61,19 @@ def probes():
         probe.successor_token = {3: ids[4], 5: ids[6]}
         docs.append(probe)
     return {"repeat": docs}
+
+
+# ----------------------------------------------------------------- the package
+def test_every_public_name_resolves_to_its_module():
+    import importlib
+
+    for name in H.__all__:
+        value = getattr(H, name)
+        assert not isinstance(value, type(H)), f"{name} is shadowed by a submodule"
+        module = importlib.import_module(f"reports.heads.{H._MODULE_OF[name]}")
+        assert getattr(module, name) is value
+    with pytest.raises(AttributeError, match="no attribute 'CORPUS'"):
+        H.CORPUS  # noqa: B018  (the corpus families are toy_models.data.FAMILIES)
 
 
 # ----------------------------------------------------------------- key rules
@@ -136,11 +149,11 @@ def test_key_mass_is_the_positive_part_of_contributions():
 
 def test_score_heads_equals_brute_force(replacement, probes):
     """Every family's sums against per-query ``LorsaLayer.contributions``, and the successor
-    OV check against the head's own logit effects."""
-    from circuits.attribution import unembedding
-
+    OV check against the head's own logit effects (``W_O`` through the demeaned ``W_U``)."""
     scores = H.score_heads(replacement, probes, batch_size=2, progress=False)
-    unembed = unembedding(replacement.model)
+    W_U = replacement.model.W_U
+    unembed = (W_U - W_U.mean(1, keepdim=True)).T
+    unembed = unembed - unembed.mean(1, keepdim=True)  # what ln_final lets through
     for l, lorsa in enumerate(replacement.lorsas):
         top = (lorsa.W_O @ unembed.T).topk(H.SUCCESSOR_TOP, dim=1).indices
         for family in ("previous_token", "attention_sink", "duplicate_token", "induction",
@@ -150,7 +163,8 @@ def test_score_heads_equals_brute_force(replacement, probes):
                 tokens = torch.tensor([probe.ids])
                 with torch.no_grad():
                     _, cache = replacement.run_with_cache(tokens, mode="local")
-                x, z = cache[f"blocks.{l}.lorsa.hook_in"][0], cache[f"blocks.{l}.lorsa.hook_z"][0]
+                x = cache[hook_name(l, "lorsa.hook_in")][0]
+                z = cache[hook_name(l, "lorsa.hook_z")][0]
                 for q, keys in probe.keys[family].items():
                     with torch.no_grad():
                         c = lorsa.contributions(x, q, torch.arange(8)).clamp(min=0)
@@ -183,7 +197,7 @@ def test_labels_follow_thresholds_and_min_layer():
 # ----------------------------------------------------------------- ablation
 @pytest.fixture
 def batch(replacement, probes):
-    return H._task_batch(replacement, probes["repeat"], "all_tokens")
+    return H.task_batch(replacement, probes["repeat"], "all_tokens")
 
 
 def test_clean_run_is_the_original_model(replacement, batch):
@@ -200,11 +214,11 @@ def test_ablation_zeroes_exactly_the_heads(replacement, batch):
         seen[hook.name] = z.clone()
 
     hooks = H.ablation_hooks(batch, heads) + [
-        (f"blocks.{l}.lorsa.hook_z", capture) for l in range(2)
+        (hook_name(l, "lorsa.hook_z"), capture) for l in range(2)
     ]
     replacement.run_with_hooks(batch.tokens, mode="local", fwd_hooks=hooks)
     for l, hs in heads.items():
-        z = seen[f"blocks.{l}.lorsa.hook_z"]
+        z = seen[hook_name(l, "lorsa.hook_z")]
         assert (z[..., hs] == 0).all()
     # The layer's output moves by exactly the head's term z w_o (errors held at clean values).
     with torch.no_grad():
@@ -213,12 +227,12 @@ def test_ablation_zeroes_exactly_the_heads(replacement, batch):
             batch.tokens,
             mode="local",
             fwd_hooks=H.ablation_hooks(batch, {1: [2]})
-            + [("blocks.1.hook_attn_out", lambda x, hook: seen.__setitem__("out", x))],
+            + [(hook_name(1, "hook_attn_out"), lambda x, hook: seen.__setitem__("out", x))],
         )
-    z = clean["blocks.1.lorsa.hook_z"][..., 2, None]
+    z = clean[hook_name(1, "lorsa.hook_z")][..., 2, None]
     assert z.abs().sum() > 0  # the head does fire
     torch.testing.assert_close(
-        seen["out"] - clean["blocks.1.hook_attn_out"],
+        seen["out"] - clean[hook_name(1, "hook_attn_out")],
         -z * replacement.lorsas[1].W_O[2],
         atol=1e-5,
         rtol=1e-4,
@@ -307,6 +321,20 @@ def test_probes_of_real_documents(tokenizer):
     assert add.keys["operand_fetching"][49] == [46]
 
 
+def test_successor_probe_reads_a_documents_first_item(tokenizer):
+    """The previous item comes from the span itself: a one-letter item at the very start of a
+    document is read too (re-parsing the text with ``rfind`` once cut its first character)."""
+    from toy_models.evaluate import encode, heldout_examples
+
+    ex = heldout_examples("successor", 5)[4]
+    assert ex.text.startswith("Q, R, S")
+    probe = H.probe_doc(encode(tokenizer, ex, 128))
+    assert tokenizer.decode(probe.ids[1:4]) == "Q, R"
+    assert probe.keys["successor"][2] == [1]  # at the comma after Q: Q, promoting R
+    assert probe.successor_token[2] == probe.ids[3]
+    assert 3 in probe.targets["successor_items"]
+
+
 # ----------------------------------------------------------------- the command line
 def run_cli(*args):
     return subprocess.run(
@@ -330,7 +358,51 @@ def test_cli_bad_input(args, match, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_end_to_end_on_a_tiny_model(tiny_run, tiny_pretrained, tmp_path, capsys):
+# Runs the CLI in this process, then names the heavy packages that it imported.
+_CLI_THEN_HEAVY_IMPORTS = """
+import json, runpy, sys
+sys.argv[0] = "reports.heads"
+code = 0
+try:
+    runpy.run_module("reports.heads", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformer_lens"})
+print(json.dumps(heavy), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "match"),
+    [
+        (["--help"], 0, None),
+        (["--docs", "0"], 2, "--docs must be between 1 and 10000"),
+        (["--model", "gpt5"], 2, "unknown model 'gpt5'"),
+        (["--out", "{file}"], 2, "exists and is not a directory"),
+        (["--out", "{file}/heads"], 2, "cannot write there"),
+        (["--out", "/proc/heads"], 2, "cannot write there"),
+    ],
+)
+def test_cli_checks_arguments_before_importing_torch(args, code, match, tmp_path):
+    """``--help`` and every refusal (an unwritable ``--out`` included) come before torch,
+    transformer_lens or a model is imported, and leave nothing behind."""
+    (tmp_path / "file").write_text("")
+    args = [a.format(file=tmp_path / "file") for a in args]
+    result = subprocess.run(
+        [sys.executable, "-c", _CLI_THEN_HEAVY_IMPORTS, *args], capture_output=True, text=True
+    )
+    *messages, heavy = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr
+    assert json.loads(heavy) == [], f"{args} imported {heavy}"
+    if match is None:
+        assert "--truth-docs" in result.stdout and not messages
+    else:
+        assert len(messages) == 1 and messages[0].startswith("error:") and match in messages[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_cli_end_to_end_on_a_tiny_model(tiny_run, tiny_pretrained, tmp_path, capsys, monkeypatch):
     model, _ = tiny_pretrained
     random_replacement(model, n_qk=2, n_ov=16, top_k=4).save(tmp_path / "rep", str(tiny_run))
     out = tmp_path / "heads"
@@ -350,8 +422,16 @@ def test_cli_end_to_end_on_a_tiny_model(tiny_run, tiny_pretrained, tmp_path, cap
         "--quiet",
         "--no-induction-circuit",
     ]  # fmt: skip  (its parts: tests/test_global.py)
+    reports = []
+    write_report = H.write_report
+    monkeypatch.setattr(
+        "reports.heads.report.write_report",
+        lambda *a: reports.append(a) or write_report(*a),
+    )
     assert H.main(args) == 0
+    assert len(reports) == 1  # the report is written once, with its timings complete
     results = json.loads((out / "heads.json").read_text())
+    assert results["seconds"]["total"] >= results["seconds"]["load"]
     assert set(results["families"]) == set(H.HEAD_FAMILIES)
     for f in H.HEAD_FAMILIES:
         assert len(results["scores"][f]["score"]) == 2

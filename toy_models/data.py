@@ -11,7 +11,9 @@ Families (each document is plain text; the tokenizer adds the BOS sink token):
 Every generator takes a ``split`` ("train" or "heldout"). Held-out addition problems and held-out
 rare names are disjoint from the training ones (by a stable hash), so held-out accuracy measures
 the mechanism rather than memorisation. Each generator returns an ``Example`` whose ``spans``
-mark the characters an evaluation probe scores.
+mark the characters an evaluation probe scores, each with what the generator knows about it
+(the name, the operands and their places, the previous list item, the earlier occurrence), so
+that analyses never re-parse the text.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .tokenizer import bos_id
@@ -79,13 +81,62 @@ _VOWELS = "a e i o u ia ea ou y ae io".split()
 _CODAS = ["", "", "", "n", "r", "l", "s", "th", "x", "nd", "m", "lle", "ne", "sh"]
 
 
+SPAN_KINDS = ("name", "answer", "operand", "item", "first", "second")
+
+
+@dataclass(frozen=True)
+class Span:
+    """Characters ``text[start:end] == value`` of a document, and what the generator knows
+    about them; the fields that do not apply to a kind keep their defaults.
+
+    ==========  ===========  =====================================================================
+    family      kind         value, and the other fields
+    ==========  ===========  =====================================================================
+    names       ``name``     a character's name; ``rare``: generated from syllables (not one of
+                             ``COMMON_NAMES``); ``earlier``: the same name's previous mention
+    addition    ``answer``   the digits of ``a + b``; ``operands``: the spans of ``a`` and ``b``
+                ``operand``  an addend's digits (inside an answer's ``operands``)
+    successor   ``item``     a list element after the first; ``sequence``: its list's name in
+                             ``ORDERED_LISTS``; ``previous``: the element before it (a list's
+                             first element, which no probe scores, appears only here)
+    repeat      ``first``    the random segment, with its leading space
+                ``second``   its copy; ``earlier``: the ``first`` span
+    ==========  ===========  =====================================================================
+    """
+
+    start: int
+    end: int
+    kind: str
+    value: str
+    earlier: Span | None = None  # the previous occurrence of the same text
+    previous: Span | None = None  # the list element before this one
+    operands: tuple[Span, ...] = ()
+    sequence: str | None = None
+    rare: bool = False
+
+    def occurrences_before(self) -> list[Span]:
+        """Every earlier occurrence of the same text (``earlier``, its ``earlier``, ...), in
+        text order."""
+        out, span = [], self.earlier
+        while span is not None:
+            out.append(span)
+            span = span.earlier
+        return out[::-1]
+
+
 @dataclass(frozen=True)
 class Example:
-    """One document and the character spans an evaluation probe scores (family-specific keys)."""
+    """One document and the spans an evaluation probe scores, in text order."""
 
     family: str
     text: str
-    spans: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    spans: tuple[Span, ...] = ()
+
+    def spans_of(self, kind: str) -> list[Span]:
+        """The spans of one kind (``SPAN_KINDS``), in text order."""
+        if kind not in SPAN_KINDS:
+            raise ValueError(f"unknown span kind {kind!r}; known: {', '.join(SPAN_KINDS)}")
+        return [span for span in self.spans if span.kind == kind]
 
 
 def stable_hash(text: str) -> int:
@@ -142,25 +193,41 @@ _ENDINGS = (
 
 
 class _Builder:
-    """Appends text pieces and records the character span of each tagged piece."""
+    """Appends text pieces; ``span`` appends one and returns its ``Span``, ``mark`` records a
+    span as one that a probe scores."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.length = 0
-        self.spans: dict[str, list[tuple[int, int]]] = {}
+        self.spans: list[Span] = []
 
-    def add(self, text: str, tag: str | None = None) -> None:
-        if tag is not None:
-            self.spans.setdefault(tag, []).append((self.length, self.length + len(text)))
+    def add(self, text: str) -> None:
         self.parts.append(text)
         self.length += len(text)
 
-    def text(self) -> str:
-        return "".join(self.parts)
+    def span(self, text: str, kind: str, **fields) -> Span:
+        """Append ``text`` and return its span (``fields``: the rest of what is known)."""
+        span = Span(self.length, self.length + len(text), kind, text, **fields)
+        self.add(text)
+        return span
+
+    def mark(self, span: Span) -> Span:
+        self.spans.append(span)
+        return span
+
+    def example(self, family: str) -> Example:
+        return Example(family, "".join(self.parts), tuple(self.spans))
 
 
-def _fill(builder: _Builder, template: str, names: dict[str, str], values: dict[str, str]) -> None:
-    """Write a template, tagging each name occurrence with ``name:{name}``."""
+def _fill(
+    builder: _Builder,
+    template: str,
+    names: dict[str, str],
+    values: dict[str, str],
+    mentions: dict[str, Span],
+) -> None:
+    """Write a template, marking each name occurrence with a ``name`` span linked to the same
+    name's previous mention (``mentions``: each name's latest one so far, updated here)."""
     pos = 0
     while pos < len(template):
         start = template.find("{", pos)
@@ -171,7 +238,11 @@ def _fill(builder: _Builder, template: str, names: dict[str, str], values: dict[
         end = template.index("}", start)
         key = template[start + 1 : end]
         if key in names:
-            builder.add(names[key], tag=f"name:{names[key]}")
+            name = names[key]
+            span = builder.span(
+                name, "name", earlier=mentions.get(name), rare=name not in COMMON_NAMES
+            )
+            mentions[name] = builder.mark(span)
         else:
             builder.add(values[key])
         pos = end + 1
@@ -182,17 +253,17 @@ def names_example(rng: random.Random, split: str = "train") -> Example:
     a, b = _pick_names(rng, split)
     names = {"A": a, "B": b}
     values = {"P": rng.choice(PLACES), "O": rng.choice(OBJECTS)}
-    builder = _Builder()
+    builder, mentions = _Builder(), {}
     templates = [rng.choice(_OPENINGS)]
     templates += rng.sample(_MIDDLES, rng.randint(2, 4))
     templates.append(rng.choice(_ENDINGS))
     for i, template in enumerate(templates):
         if rng.random() < 0.5:  # the roles swap so that either name can come next
             template = template.replace("{A}", "{_}").replace("{B}", "{A}").replace("{_}", "{B}")
-        _fill(builder, ("" if i == 0 else " ") + template, names, values)
+        _fill(builder, ("" if i == 0 else " ") + template, names, values, mentions)
         values["O"] = rng.choice(OBJECTS) if rng.random() < 0.3 else values["O"]
     builder.add("\n")
-    return Example("names", builder.text(), builder.spans)
+    return builder.example("names")
 
 
 def count_carries(a: int, b: int) -> int:
@@ -218,18 +289,23 @@ def addition_problem(
 
 
 def addition_example(rng: random.Random, split: str = "train", n_problems: int = 8) -> Example:
-    """Lines ``a+b=c``; the span ``answer`` covers each ``c`` (the part a probe generates)."""
+    """Lines ``a+b=c``; an ``answer`` span covers each ``c`` (the part a probe generates) and
+    holds the ``operand`` spans of ``a`` and ``b``."""
     builder = _Builder()
     for _ in range(n_problems):
         a, b = addition_problem(rng, split)
-        builder.add(f"{a}+{b}=")
-        builder.add(str(a + b), tag="answer")
+        first = builder.span(str(a), "operand")
+        builder.add("+")
+        second = builder.span(str(b), "operand")
+        builder.add("=")
+        builder.mark(builder.span(str(a + b), "answer", operands=(first, second)))
         builder.add("\n")
-    return Example("addition", builder.text(), builder.spans)
+    return builder.example("addition")
 
 
 def successor_example(rng: random.Random, split: str = "train", n_lists: int = 4) -> Example:
-    """Ordered lists; spans ``item:{kind}`` cover each element after a list's first."""
+    """Ordered lists; an ``item`` span covers each element after a list's first and names its
+    list (``sequence``) and the element before it (``previous``)."""
     builder = _Builder()
     for _ in range(n_lists):
         kind = rng.choice(sorted(ORDERED_LISTS))
@@ -238,24 +314,25 @@ def successor_example(rng: random.Random, split: str = "train", n_lists: int = 4
         wrap = kind in ("weekdays", "months")
         start = rng.randrange(len(items) if wrap else len(items) - length + 1)
         seq = [items[(start + i) % len(items)] for i in range(length)]
-        builder.add(seq[0])
+        previous = builder.span(seq[0], "item", sequence=kind)
         for item in seq[1:]:
             builder.add(", ")
-            builder.add(item, tag=f"item:{kind}")
+            previous = builder.mark(builder.span(item, "item", sequence=kind, previous=previous))
         builder.add(".\n")
-    return Example("successor", builder.text(), builder.spans)
+    return builder.example("successor")
 
 
 def repeat_example(rng: random.Random, split: str = "train") -> Example:
-    """A random word segment and its copy; spans ``first``/``second`` cover the two copies."""
+    """A random word segment and its copy: spans ``first`` and ``second`` (whose ``earlier`` is
+    the first)."""
     segment = " ".join(rng.choice(REPEAT_WORDS) for _ in range(rng.randint(8, 20)))
     builder = _Builder()
     # The leading space makes both copies tokenize identically (the first word included).
-    builder.add(" " + segment, tag="first")
+    first = builder.mark(builder.span(" " + segment, "first"))
     builder.add(" |")
-    builder.add(" " + segment, tag="second")
+    builder.mark(builder.span(" " + segment, "second", earlier=first))
     builder.add("\n")
-    return Example("repeat", builder.text(), builder.spans)
+    return builder.example("repeat")
 
 
 GENERATORS: dict[str, Callable[..., Example]] = {
@@ -328,6 +405,16 @@ def pack_rows(documents: Iterable[list[int]], n_ctx: int, bos: int) -> Iterator[
         if len(row) >= n_ctx:
             yield row[:n_ctx]
             row = [bos]
+
+
+def pad_rows(rows: list[list[int]]):
+    """Rows of token ids of different lengths as one ``(batch, pos)`` tensor, right-padded with
+    each row's first token (BOS): through a causal model padding never reaches earlier
+    positions, so each row's logits are what it alone would give."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [row[0]] * (width - len(row)) for row in rows])
 
 
 def pack_sequences(corpus_split, tokenizer, n_ctx: int):

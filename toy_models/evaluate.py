@@ -17,14 +17,13 @@ Probes (all on held-out documents, teacher-forced, greedy = argmax):
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import run_cli
-from .data import FAMILIES, Example, count_carries, examples
+from .data import FAMILIES, Example, Span, count_carries, examples, pad_rows
 
 EVAL_SEED = 12345
 
@@ -35,10 +34,14 @@ class Encoded:
     ids: list[int]  # BOS + document, cut to n_ctx
     offsets: list[tuple[int, int]]
 
-    def tokens_in(self, span: tuple[int, int]) -> list[int]:
-        """Positions of the tokens overlapping a character span (those inside the context)."""
-        start, end = span
+    def tokens_in(self, span: Span) -> list[int]:
+        """Positions of the tokens overlapping a span's characters (those inside the context)."""
+        start, end = span.start, span.end
         return [i for i, (s, e) in enumerate(self.offsets) if i > 0 and s < end and e > start]
+
+    def holds(self, span: Span) -> bool:
+        """Whether a span lies wholly inside the (possibly cut) context."""
+        return span.end <= self.offsets[-1][1]
 
 
 def encode(tokenizer, example: Example, n_ctx: int) -> Encoded:
@@ -55,12 +58,12 @@ def run_batched(model, docs: list[Encoded], batch_size: int = 32, patterns: bool
     """Yield ``(doc, log_probs (pos, vocab), patterns {layer: (head, q, k)} | None)`` per doc."""
     import torch
 
+    from .model import hook_name
+
     names = (lambda name: name.endswith("hook_pattern")) if patterns else (lambda name: False)
     for i in range(0, len(docs), batch_size):
         chunk = docs[i : i + batch_size]
-        width = max(len(d.ids) for d in chunk)
-        # Right padding never reaches earlier positions through a causal model.
-        tokens = torch.tensor([d.ids + [d.ids[0]] * (width - len(d.ids)) for d in chunk])
+        tokens = pad_rows([d.ids for d in chunk])
         with torch.no_grad():
             logits, cache = model.run_with_cache(tokens, names_filter=names)
         log_probs = logits.log_softmax(-1)
@@ -69,7 +72,7 @@ def run_batched(model, docs: list[Encoded], batch_size: int = 32, patterns: bool
             pats = None
             if patterns:
                 pats = {
-                    l: cache[f"blocks.{l}.attn.hook_pattern"][j, :, :n, :n]
+                    l: cache[hook_name(l, "attn.hook_pattern")][j, :, :n, :n]
                     for l in range(model.cfg.n_layers)
                 }
             yield doc, log_probs[j, :n], pats
@@ -107,8 +110,8 @@ def induction_probe(model, tokenizer, n_docs: int, head_scores: bool = True) -> 
     prev = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     n_ind = n_prev = 0
     for doc, lp, pats in run_batched(model, docs, patterns=head_scores):
-        first = doc.tokens_in(doc.example.spans["first"][0])
-        second = doc.tokens_in(doc.example.spans["second"][0])
+        copy = doc.example.spans_of("second")[0]
+        first, second = doc.tokens_in(copy.earlier), doc.tokens_in(copy)
         if len(second) != len(first):
             continue  # the second copy ran past the context
         for name, positions in (("first", first[1:]), ("second", second[1:])):
@@ -151,11 +154,10 @@ def successor_probe(model, tokenizer, n_docs: int) -> dict:
     docs = [encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples("successor", n_docs)]
     hits: dict[str, list[bool]] = defaultdict(list)
     for doc, lp, _ in run_batched(model, docs):
-        for tag, spans in doc.example.spans.items():
-            for span in spans:
-                positions = doc.tokens_in(span)
-                if positions and positions[-1] < len(doc.ids) and span[1] <= doc.offsets[-1][1]:
-                    hits[tag.split(":")[1]].append(all(_correct(lp, doc, positions)))
+        for span in doc.example.spans_of("item"):
+            positions = doc.tokens_in(span)
+            if positions and positions[-1] < len(doc.ids) and doc.holds(span):
+                hits[span.sequence].append(all(_correct(lp, doc, positions)))
     every = [h for v in hits.values() for h in v]
     return {
         "accuracy": sum(every) / len(every),
@@ -170,17 +172,14 @@ def addition_probe(model, tokenizer, n_docs: int) -> dict:
     by_digits: dict[int, list[bool]] = defaultdict(list)
     by_carries: dict[int, list[bool]] = defaultdict(list)
     for doc, lp, _ in run_batched(model, docs):
-        text = doc.example.text
-        for start, end in doc.example.spans["answer"]:
-            positions = doc.tokens_in((start, end))
+        for answer in doc.example.spans_of("answer"):
+            positions = doc.tokens_in(answer)
             if not positions or positions[-1] + 1 >= len(doc.ids):
                 continue  # the answer or its line end lies past the context
-            a, b = map(
-                int, re.match(r"(\d+)\+(\d+)=", text[text.rfind("\n", 0, start) + 1 :]).groups()
-            )
+            a, b = answer.operands
             ok = all(_correct(lp, doc, positions)) and int(lp[positions[-1]].argmax()) == newline
-            by_digits[max(len(str(a)), len(str(b)))].append(ok)
-            by_carries[count_carries(a, b)].append(ok)
+            by_digits[max(len(a.value), len(b.value))].append(ok)
+            by_carries[count_carries(int(a.value), int(b.value))].append(ok)
     every = [h for v in by_digits.values() for h in v]
     return {
         "exact_match": sum(every) / len(every),
@@ -192,21 +191,18 @@ def addition_probe(model, tokenizer, n_docs: int) -> dict:
 
 def subtoken_induction_probe(model, tokenizer, n_docs: int) -> dict:
     """Accuracy on sub-tokens 2..n of multi-token held-out names at their later mentions."""
-    from .data import COMMON_NAMES
-
     docs = [encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples("names", n_docs)]
     token_hits, mention_hits = [], []
     for doc, lp, _ in run_batched(model, docs):
-        for tag, spans in doc.example.spans.items():
-            if tag.removeprefix("name:") in COMMON_NAMES:
+        for span in doc.example.spans_of("name"):
+            if not span.rare or span.earlier is None:
+                continue  # a name seen in training, or its first mention
+            positions = doc.tokens_in(span)
+            if len(positions) < 2 or not doc.holds(span):
                 continue
-            for span in spans[1:]:
-                positions = doc.tokens_in(span)
-                if len(positions) < 2 or span[1] > doc.offsets[-1][1]:
-                    continue
-                hits = _correct(lp, doc, positions[1:])
-                token_hits += hits
-                mention_hits.append(all(hits))
+            hits = _correct(lp, doc, positions[1:])
+            token_hits += hits
+            mention_hits.append(all(hits))
     return {
         "accuracy": sum(token_hits) / max(1, len(token_hits)),
         "mention_accuracy": sum(mention_hits) / max(1, len(mention_hits)),

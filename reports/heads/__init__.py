@@ -1,0 +1,124 @@
+"""Head taxonomy: which Lorsa heads are previous-token, induction, successor... heads, and the
+ablations that say whether each label means anything.
+
+    python -m reports.heads --model default [--out runs/heads] [--docs 24]
+
+Writes into ``--out``: ``heads.json`` (every head's family scores and probe counts, the labels,
+thresholds, ablation results and timings), ``heads.md`` (counts and top examples per layer and
+family, ablation and precision/recall tables, what is missing and why) and PNG plots
+(``scores.png`` score histograms per family, ``counts.png`` labelled heads per layer,
+``ablation.png`` family vs random ablations).
+
+**Detectors.** A Lorsa head ``i`` fires at query ``q`` with ``z_i(q) = sum_k c_k``, where
+``c_k = A[q, k] (x_k . w_v + b_V)`` is what key ``k`` contributes (``LorsaLayer.contributions``).
+Each family names the keys a head of that family should read at each of its probe queries
+(the ``*_keys`` rules). A head's family score is the share of its positive contribution mass
+that comes from those keys, summed over the probe queries where the head is active::
+
+    score_f(i) = sum_{q active} sum_{k in keys_f(q)} c_k^+  /  sum_{q active} sum_k c_k^+
+
+Positive parts (``c^+ = A relu(x w_v + b_V)``, patterns being non-negative) keep the score in
+[0, 1] when a few keys pull against the rest; where every ``c_k >= 0`` it is exactly the share
+of ``z``. It counts what the head *reads*, whether its pattern or its value picks the key (a
+rank-1 head whose value is positive only on one token reads that token wherever it attends).
+A head gets every label whose ``THRESHOLDS`` entry it meets (a score and a minimum number of
+active probe queries, without which a score is noise); labels may overlap.
+
+Probe queries and keys, on held-out documents (``toy_models.evaluate.heldout_examples``):
+
+- previous-token: every query ``q >= 2`` of every corpus family; key ``q - 1``.
+- attention sink: the same queries; key 0 (BOS). (At ``q = 1`` a head can only choose
+  between BOS and the query itself.)
+- duplicate-token: queries of every corpus family whose token occurred before; keys: those
+  earlier occurrences.
+- induction: the ``repeat`` family's second copy; keys: the tokens right after earlier
+  occurrences of the query's token. Layer >= 1 only: at layer 0 the residual stream holds a
+  token and its position, so no head there can find "the token after an earlier occurrence
+  of mine" (that needs a previous-token head below it); a layer-0 head can score high only
+  by reading some kind of token wherever it is, and is reported as a look-alike.
+- subtoken induction: held-out rare names (``ĠB rio dan``) at their second and later
+  mentions, every sub-token but the last; keys: as induction, inside the earlier mentions
+  of the same name. Layer >= 1, as induction.
+- successor: ``successor`` lists (weekdays, months, number words, ordinals, letters;
+  counting is left out, its items are several digit tokens) at the comma before an item; key:
+  the previous item. That pattern alone is a previous-token head's, so mass counts only where
+  the head's output also promotes the next item: its token is among the ``SUCCESSOR_TOP``
+  tokens that the head's ``w_o`` raises most through the unembedding (direct path, the
+  demeaned and centred ``W_U``: ``ReplacementModel.read_write().unembed``).
+- operand fetching: ``addition``, at each query that predicts an answer digit (``=`` and the
+  answer digits but the last); keys: the operand digits of the same place value as the digit
+  being predicted (right-aligned: units with units). The share from any digit of the two
+  operands is reported beside it (``operand_any_digit``), not used for labels.
+
+Key 0 is left to the sink and ``q - 1`` to the previous-token family (successor aside, which
+its output tells apart), so that one attention is never evidence for two mechanisms.
+
+**Ground truth.** In local mode (the original model's computation) with every error term held
+at its clean value, so that zeroing a head is not absorbed by the errors, a family's heads are
+zeroed (``hook_z``) and the loss on the family's task (``TASK_OF``) is compared with zeroing as
+many random heads from the same layers (seeded draws): uniformly among the layer's heads (the
+target's control) and among the heads active on the task's documents (a stricter control). A
+family meets the target when its heads raise the task loss by at least ``RATIO_TARGET`` times
+the uniform control, and by at least ``TRUTH_DELTA`` nats (a ratio of two noise-level numbers
+is no evidence). Per head, the exact single-head ablation effect on the task (found for every
+head by adaptive group testing, ``single_head_effects``) marks a head as truly carrying the
+task when it is at least ``TRUTH_DELTA``; each detector's precision and recall are counted
+against that. (First-order estimates, ``-z dL/dz``, are no substitute here: the tasks' losses
+are near zero, the softmax saturates and the estimates miss by orders of magnitude.)
+
+The package, one job per module (``reports.heads`` re-exports the public names, importing a
+module only when one of its names is first used, so that ``python -m reports.heads --help``
+and argument errors never import torch):
+
+- ``config``: head families, thresholds, tasks, ``Settings`` (no torch);
+- ``probes``: the key rules and the probe documents (``ProbeDoc``, ``build_probes``);
+- ``scores``: key mass, ``FamilyScores``, ``score_heads``, ``labels``;
+- ``ablation``: ``TaskBatch``, ``task_loss``, ``family_ablation``, ``single_head_effects``;
+- ``analysis``: ``analyse`` (the three phases) and the examples;
+- ``report`` and ``plots``: ``heads.md``, ``heads.json``, the PNGs, the console summary;
+- ``circuit``: the global induction circuit drawn with Graphviz;
+- ``cli``: the command line (``__main__`` runs it).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "config": (
+        "DIAGNOSTICS", "HEAD_FAMILIES", "MIN_LAYER", "RATIO_TARGET", "SUCCESSOR_TOP", "TASKS",
+        "TASK_CORPUS", "TASK_OF", "THRESHOLDS", "TRUTH_DELTA", "Settings", "Threshold",
+    ),
+    "probes": (
+        "Keys", "ProbeDoc", "build_probes", "duplicate_token_keys", "induction_keys",
+        "previous_token_keys", "probe_doc", "sink_keys",
+    ),
+    "scores": (
+        "FamilyScores", "HeadScores", "key_mass", "key_masks", "labels", "passing",
+        "promoted_tokens", "score_heads",
+    ),
+    "ablation": (
+        "TaskBatch", "ablated_logits", "ablation_hooks", "active_heads", "family_ablation",
+        "precision_recall", "random_like", "single_head_effects", "task_batch", "task_batches",
+        "task_loss",
+    ),
+    "analysis": ("analyse", "example", "ground_truth"),
+    "report": ("MISSING_NOTES", "markdown", "summary", "write_report"),
+    "plots": ("write_plots",),
+    "circuit": ("induction_circuit",),
+    "cli": ("check_args", "main", "parse_args"),
+}  # fmt: skip
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,235 @@
+"""The whole analysis, as three phases: scores and labels, family ablations, single-head
+ground truth with each detector's precision and recall; then the results that ``heads.json``
+holds, with an example of what each top head reads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+
+from .ablation import (
+    family_ablation,
+    precision_recall,
+    single_head_effects,
+    task_batches,
+    task_loss,
+)
+from .config import (
+    DIAGNOSTICS,
+    HEAD_FAMILIES,
+    MIN_LAYER,
+    RATIO_TARGET,
+    SUCCESSOR_TOP,
+    TASK_CORPUS,
+    TASK_OF,
+    TASKS,
+    THRESHOLDS,
+    TRUTH_DELTA,
+    Settings,
+)
+from .probes import ProbeDoc, build_probes
+from .scores import HeadScores, labels, passing, score_heads
+
+HeadSet = set[tuple[int, int]]  # (layer, head)
+
+
+def analyse(replacement, tokenizer, settings: Settings | None = None, progress: bool = True):
+    """Scores, labels, ablations and ground truth: ``(results, scores, probes)``, where
+    ``results`` is what ``heads.json`` holds (``settings``: ``Settings()`` when None)."""
+    from tqdm import tqdm
+
+    settings = settings or Settings()
+    seconds: dict[str, float] = {}
+    # 1) scores and labels
+    t0 = time.perf_counter()
+    probes = build_probes(tokenizer, settings.docs, replacement.cfg.n_ctx)
+    scores = score_heads(replacement, probes, progress=progress)
+    labelled = labels(scores)
+    seconds["scores"] = time.perf_counter() - t0
+
+    # 2) each family's heads zeroed vs random heads
+    t0 = time.perf_counter()
+    batches = task_batches(replacement, probes)
+    clean = {task: task_loss(replacement, b, {}) for task, b in batches.items() if b}
+    ablation = {}
+    for family in tqdm(HEAD_FAMILIES, desc="family ablations", disable=not progress, leave=False):
+        ablation[family] = family_ablation(
+            replacement, batches, clean, labelled[family], TASK_OF[family], settings.draws,
+            settings.seed,
+        )  # fmt: skip
+    seconds["family_ablations"] = time.perf_counter() - t0
+
+    # 3) single heads: the ground truth for precision and recall
+    label_sets = {f: {(l, h) for l, hs in labelled[f].items() for h in hs} for f in HEAD_FAMILIES}
+    truth, detectors = {}, {}
+    if settings.truth:
+        t0 = time.perf_counter()
+        truth, detectors = ground_truth(replacement, probes, settings, label_sets, progress)
+        seconds["single_head_ablations"] = time.perf_counter() - t0
+
+    results = {
+        "settings": {
+            **settings.__dict__,
+            "thresholds": {f: t.__dict__ for f, t in THRESHOLDS.items()},
+            "min_layer": MIN_LAYER,
+            "successor_top": SUCCESSOR_TOP,
+            "truth_delta": TRUTH_DELTA,
+            "ratio_target": RATIO_TARGET,
+            "tasks": {t: {"description": d, "corpus": TASK_CORPUS[t]} for t, d in TASKS.items()},
+        },
+        "n_ov_heads": [lorsa.cfg.n_ov_heads for lorsa in replacement.lorsas],
+        "probe_queries": {
+            f: sum(len(p.keys.get(f, {})) for docs in probes.values() for p in docs)
+            for f in HEAD_FAMILIES + DIAGNOSTICS
+        },
+        "clean_loss": clean,
+        "families": {
+            f: _family_summary(replacement, tokenizer, scores, probes, labelled, f, settings)
+            for f in HEAD_FAMILIES
+        },
+        "scores": {
+            f: {
+                "score": [[round(v, 4) for v in s.score.tolist()] for s in per_layer],
+                "active": [[int(v) for v in s.active.tolist()] for s in per_layer],
+            }
+            for f, per_layer in scores.families.items()
+        },
+        "ablation": ablation,
+        "truth": truth,
+        "detectors": detectors,
+        "seconds": seconds,
+    }
+    results["overlaps"] = {
+        f: {g: len(label_sets[f] & label_sets[g]) for g in HEAD_FAMILIES if g != f}
+        for f in HEAD_FAMILIES
+    }
+    results["found"] = {f: results["families"][f]["total"] > 0 for f in HEAD_FAMILIES}
+    results["met"] = {f: bool(ablation[f].get("meets_target")) for f in HEAD_FAMILIES}
+    return results, scores, probes
+
+
+def ground_truth(
+    replacement,
+    probes: dict[str, list[ProbeDoc]],
+    settings: Settings,
+    label_sets: dict[str, HeadSet],
+    progress: bool = True,
+) -> tuple[dict, dict]:
+    """``(truth, detectors)``: per task, the heads whose single-head ablation on the first
+    ``settings.truth_docs`` documents costs at least ``TRUTH_DELTA`` (with their labels); per
+    family, its labels' precision and recall against them."""
+    from tqdm import tqdm
+
+    subset = {c: docs[: settings.truth_docs] for c, docs in probes.items()}
+    truth_batches = task_batches(replacement, subset)
+    truth = {}
+    for task in tqdm(sorted(set(TASK_OF.values())), desc="single-head ablations",
+                     disable=not progress, leave=False):  # fmt: skip
+        effects, runs = single_head_effects(
+            replacement, truth_batches[task], TRUTH_DELTA, progress=progress
+        )
+        true = sorted((lh for lh, e in effects.items() if e >= TRUTH_DELTA),
+                      key=lambda lh: -effects[lh])  # fmt: skip
+        truth[task] = {
+            "forward_passes": runs,
+            "heads_measured_alone": len(effects),
+            "true_heads": [
+                {
+                    "layer": l,
+                    "head": h,
+                    "increase": effects[(l, h)],
+                    "labels": [f for f in HEAD_FAMILIES if (l, h) in label_sets[f]],
+                }
+                for l, h in true
+            ],
+        }
+    detectors = {}
+    for family in HEAD_FAMILIES:
+        task = TASK_OF[family]
+        true = {(t["layer"], t["head"]) for t in truth[task]["true_heads"]}
+        detectors[family] = precision_recall(label_sets[family], true) | {
+            "task": task,
+            "true_heads_by_label": by_label(truth[task]["true_heads"]),
+        }
+    return truth, detectors
+
+
+def by_label(true_heads: list[dict]) -> dict[str, int]:
+    """How many of the heads carry each label (``(none)``: unlabelled)."""
+    out: dict[str, int] = {}
+    for t in true_heads:
+        for name in t["labels"] or ["(none)"]:
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+def _family_summary(replacement, tokenizer, scores, probes, labelled, family, settings) -> dict:
+    per_layer = scores.families[family]
+    heads = []
+    for l, hs in labelled[family].items():
+        s = per_layer[l]
+        for rank, h in enumerate(hs):
+            entry = {"layer": l, "head": h, "score": float(s.score[h]), "active": int(s.active[h])}
+            if rank < settings.examples:
+                entry["example"] = example(replacement, tokenizer, scores, probes, family, l, h)
+            heads.append(entry)
+    heads.sort(key=lambda e: -e["score"])
+    t = THRESHOLDS[family]
+    below = [
+        int(len(passing(per_layer[l], t)))
+        for l in range(min(MIN_LAYER.get(family, 0), len(per_layer)))
+    ]
+    return {
+        "task": TASK_OF[family],
+        "threshold": t.__dict__,
+        "min_layer": MIN_LAYER.get(family, 0),
+        "counts_per_layer": [len(labelled[family][l]) for l in range(len(per_layer))],
+        "total": len(heads),
+        "look_alikes_below_min_layer": sum(below),
+        "heads": heads,
+    }
+
+
+def example(replacement, tokenizer, scores: HeadScores, probes, family: str, layer: int, head: int):
+    """The probe query where the head read most from the family's keys: the query token, the
+    expected key it read most from, and that key's share of ``z`` (``LorsaLayer.contributions``)."""
+    where = scores.families[family][layer].best_at[head]
+    if where is None:
+        return None
+    corpus, doc, q = where
+    probe = probes[corpus][doc]
+    x = scores.lorsa_inputs[corpus][layer][doc, : len(probe.ids)]
+    with torch.no_grad():
+        c = replacement.lorsas[layer].contributions(x, q, torch.tensor([head]))[0]
+    key = max(probe.keys[family][q], key=lambda k: float(c[k]))
+    return {
+        "corpus": corpus,
+        "doc": doc,
+        "query": q,
+        "query_token": _token(tokenizer, probe.ids[q]),
+        "key": key,
+        "key_token": _token(tokenizer, probe.ids[key]),
+        "share_of_z": float(c[key] / c.sum()) if float(c.sum()) > 0 else None,
+        "context": _context(tokenizer, probe.ids, key, q),
+    }
+
+
+def _token(tokenizer, token: int) -> str:
+    return tokenizer.decode([token], skip_special_tokens=False)
+
+
+def _context(tokenizer, ids: list[int], key: int, query: int, width: int = 3) -> str:
+    """The text around the key and the query, each in brackets, with ``…`` for a long gap."""
+
+    def piece(positions: Iterable[int]) -> str:
+        return "".join(
+            f"[{_token(tokenizer, ids[p])}]" if p in (key, query) else _token(tokenizer, ids[p])
+            for p in positions
+        )
+
+    left = range(max(0, key - width + 1), key + 1)
+    if query - key <= width + 1:
+        return piece(range(left.start, query + 1))
+    return piece(left) + " … " + piece(range(query - width + 1, query + 1))

@@ -1,0 +1,40 @@
+"""The global induction circuit of the top induction head, drawn from weights: its QK group's
+strongest query-unit x key-unit pairs and the units that write them on the corpus sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .report import head_id
+
+
+def induction_circuit(replacement, tokenizer, results: dict, model: str, out: Path) -> list[Path]:
+    """The QK group of the top induction head (``circuits.global_weights.qk_circuit``) drawn
+    with Graphviz as ``out/induction_circuit.{svg,png,html}``; returns the files written.
+    ``model`` names the toy model for the corpus statistics (gathered on the first run: a few
+    minutes, once)."""
+    from circuits.global_weights import qk_circuit, statistics_for
+    from reports.graphviz import dot_available, render, to_dot
+    from reports.html import write_html
+
+    heads = results["families"]["induction"]["heads"]
+    if not heads:
+        print("induction circuit skipped: no induction head was found")
+        return []
+    top = heads[0]
+    group = replacement.lorsas[top["layer"]].cfg.group_size
+    same_group = [
+        h["head"] for h in heads
+        if h["layer"] == top["layer"] and h["head"] // group == top["head"] // group
+    ]  # fmt: skip
+    stats = statistics_for(replacement, tokenizer, model)
+    graph = qk_circuit(replacement, stats, top["layer"], same_group, tokenizer=tokenizer)
+    graph.model["name"] = model
+    path = out / "induction_circuit"
+    formats = ("svg", "png") if dot_available() else ()
+    written = render(to_dot(graph, max_nodes=None), path, formats)
+    svg = path.with_suffix(".svg")
+    title = f"Global induction circuit: QK group of {head_id(top['layer'], top['head'])}"
+    write_html(graph, path.with_suffix(".html"), svg.read_text() if svg in written else None,
+               title=title)  # fmt: skip
+    return [*written, path.with_suffix(".html")]

@@ -1,0 +1,111 @@
+"""The command line: ``python -m reports.heads``. Arguments are parsed and checked (the
+model's name, ``--out``'s writability) before torch or a model is imported."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from toy_models.cli import UserError
+from toy_models.files import check_writable_dir
+from toy_models.zoo import resolve_model_dir
+
+from .config import Settings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m reports.heads",
+        description="Label Lorsa heads as previous-token, duplicate-token, induction, subtoken "
+        "induction, successor, attention-sink and operand-fetching heads from their per-key "
+        "contributions on held-out probes, and check each family by ablation (family heads vs "
+        "random heads, and single heads for precision/recall).",
+    )
+    parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
+    parser.add_argument(
+        "--replacement", help="replacement set directory (default: the one shipped with --model)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/heads"), help="output directory")
+    parser.add_argument(
+        "--docs",
+        type=int,
+        default=Settings.docs,
+        help="held-out documents per corpus family (default %(default)s)",
+    )
+    parser.add_argument(
+        "--truth-docs",
+        type=int,
+        default=Settings.truth_docs,
+        help="of those, how many the single-head ablations use (default "
+        "%(default)s; they cost most of the time)",
+    )
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=Settings.draws,
+        help="random head sets per control (default %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=Settings.seed, help="seeds the random draws")
+    parser.add_argument(
+        "--no-truth",
+        action="store_true",
+        help="skip the single-head ablations (no precision/recall)",
+    )
+    parser.add_argument(
+        "--no-induction-circuit",
+        action="store_true",
+        help="skip the Graphviz picture of the global induction circuit (its first run "
+        "gathers corpus statistics for circuits.global_weights: a few minutes, once)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad values, an unknown model and an ``--out`` that cannot be written, before any
+    work. ``--out`` is created (to prove it can hold files) only once the rest has passed."""
+    if not 1 <= args.docs <= 10_000:
+        raise UserError(f"--docs must be between 1 and 10000, got {args.docs}")
+    if not 1 <= args.truth_docs <= args.docs:
+        raise UserError(f"--truth-docs must be between 1 and --docs ({args.docs}), "
+                        f"got {args.truth_docs}")  # fmt: skip
+    if args.draws < 1:
+        raise UserError(f"--draws must be positive, got {args.draws}")
+    resolve_model_dir(args.model)
+    check_writable_dir(args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_args(args)
+    from replacement.model import load_pretrained
+
+    from .analysis import analyse
+    from .circuit import induction_circuit
+    from .report import summary, write_report
+
+    t0 = time.perf_counter()
+    replacement, tokenizer = load_pretrained(args.model, args.replacement)
+    settings = Settings(
+        docs=args.docs, truth_docs=args.truth_docs, draws=args.draws, seed=args.seed,
+        truth=not args.no_truth,
+    )  # fmt: skip
+    t1 = time.perf_counter()
+    results, _, _ = analyse(replacement, tokenizer, settings, progress=not args.quiet)
+    results["model"] = args.model
+    results["replacement"] = args.replacement or "shipped"
+    results["seconds"] = {
+        "load": t1 - t0,
+        **results["seconds"],
+        "total": time.perf_counter() - t0,  # the report files and the circuit not included
+    }
+    written = write_report(results, args.out)
+    print(summary(results))
+    print("seconds: " + json.dumps({k: round(v, 1) for k, v in results["seconds"].items()}))
+    if not args.no_induction_circuit:
+        written += induction_circuit(replacement, tokenizer, results, args.model, args.out)
+    for path in written:
+        print(f"wrote {path}")
+    return 0

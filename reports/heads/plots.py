@@ -1,0 +1,82 @@
+"""The report's PNG plots: score histograms per family, labelled heads per layer, and family vs
+random ablations. Reads only the ``results`` dictionary; draws on ``matplotlib.figure.Figure``
+objects (no pyplot state, no backend to choose)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import DIAGNOSTICS, HEAD_FAMILIES, THRESHOLDS
+
+
+def write_plots(results: dict, out: Path) -> list[Path]:
+    """``scores.png``, ``counts.png`` and ``ablation.png`` in ``out``; returns their paths."""
+    from matplotlib.figure import Figure
+
+    written = []
+    for name, size, draw in (
+        ("scores.png", (16, 7), _score_histograms),
+        ("counts.png", (10, 4), _counts_per_layer),
+        ("ablation.png", (10, 4), _ablations),
+    ):
+        fig = Figure(figsize=size)
+        draw(fig, results)
+        _save_png(fig, out / name)
+        written.append(out / name)
+    return written
+
+
+def _save_png(fig, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    tmp.replace(path)
+
+
+def _score_histograms(fig, results: dict) -> None:
+    axes = fig.subplots(2, 4)
+    for ax, f in zip(axes.flat, HEAD_FAMILIES + DIAGNOSTICS, strict=True):
+        t = THRESHOLDS.get(f, THRESHOLDS["operand_fetching"])
+        sc = results["scores"][f]
+        for l, (score, active) in enumerate(zip(sc["score"], sc["active"], strict=True)):
+            kept = [v for v, a in zip(score, active, strict=True) if a >= t.min_active]
+            ax.hist(kept, bins=40, range=(0, 1), histtype="step", label=f"L{l} ({len(kept)})")
+        ax.axvline(t.score, color="k", linestyle="--", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_title(f + (" (diagnostic)" if f in DIAGNOSTICS else ""))
+        ax.set_xlabel(f"score (heads with >= {t.min_active} active queries)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Family scores of every Lorsa head (dashed: label threshold)")
+    fig.tight_layout()
+
+
+def _counts_per_layer(fig, results: dict) -> None:
+    n_layers = len(results["n_ov_heads"])
+    ax = fig.subplots()
+    width = 0.8 / len(HEAD_FAMILIES)
+    for j, f in enumerate(HEAD_FAMILIES):
+        counts = results["families"][f]["counts_per_layer"]
+        ax.bar([l + j * width for l in range(n_layers)], counts, width, label=f)
+    ax.set_xticks(
+        [l + 0.4 - width / 2 for l in range(n_layers)], [f"L{l}" for l in range(n_layers)]
+    )
+    ax.set_ylabel("labelled heads")
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Labelled heads per layer and family")
+    fig.tight_layout()
+
+
+def _ablations(fig, results: dict) -> None:
+    ax = fig.subplots()
+    abl = results["ablation"]
+    for j, (key, label) in enumerate(
+        [("increase", "family heads"), ("random_mean", "random heads"),
+         ("matched_random_mean", "random active heads")]
+    ):  # fmt: skip
+        values = [abl[f].get(key, 0.0) for f in HEAD_FAMILIES]
+        ax.bar([i + j * 0.27 for i in range(len(HEAD_FAMILIES))], values, 0.27, label=label)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xticks(range(len(HEAD_FAMILIES)), [f.replace("_", "\n") for f in HEAD_FAMILIES])
+    ax.set_ylabel("task loss increase (nats)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Zeroing a family's heads vs as many random heads, on the family's task")
+    fig.tight_layout()

@@ -168,7 +168,7 @@ def _summary_html(graph: Graph) -> str:
 def _drawing_html(svg_text: str | None) -> str:
     if svg_text is None:
         return (
-            '<p class="note">No drawing: Graphviz <code>dot</code> was not found when this page '
+            '<p class="note">No drawing: Graphviz <code>dot</code> was missing or failed when this page '
             "was written. Install it (<code>apt-get install graphviz</code>) and render the "
             "<code>.dot</code> file next to this page with "
             "<code>dot -Tsvg FILE.dot -o FILE.svg</code>.</p>"

@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -66,7 +67,8 @@ def test_trace_targets_modes_and_formats(tmp_path, capsys):
         (["--prompt", ""], "the prompt is empty"),
         (["--prompt", "x " * 200], "longer than the model's context of 128"),
         (["--prompt", "a<|bos|>b"], "special token"),
-        (["--prompt", "bad \ud800 char"], "cannot be tokenized"),
+        (["--prompt", "bad \ud800 char"], "the prompt is not valid UTF-8"),
+        (["--prompt", PROMPT, "--target", "\udcff"], "target '\\udcff' is not valid UTF-8"),
         (["--prompt", PROMPT, "--model", "gpt5"], "unknown model 'gpt5'"),
         (["--prompt", PROMPT, "--target", " Thursdayy"], "not one token"),
         (["--prompt", PROMPT, "--target-node", "lorsa:0:99:1"], "not active"),
@@ -95,6 +97,55 @@ def test_unwritable_output(tmp_path, capsys):
         locked.mkdir(mode=0o500)
         code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(locked / "x"))
         assert code == 2 and "not writable" in err
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, capsys):
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere" / "dir")
+    code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(dangling))
+    assert code == 2 and "dangling symbolic link" in err and err.count("\n") == 1
+    code, _, err = trace(capsys, "--prompt", PROMPT, "--out", "/proc/sparse-circuits-test")
+    assert code == 2 and "kernel file system" in err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr("circuits.graph_file.save_file", full)
+    out = tmp_path / "t"
+    code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-qk")
+    assert code == 2 and err.startswith("error:") and "No space left" in err, err
+    assert err.count("\n") == 1
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_failed_drawing_keeps_every_other_file_and_stale_renders_go(tmp_path, capsys):
+    if not shutil.which("dot"):
+        pytest.skip("Graphviz `dot` is not installed")
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "graph.png").write_text("a drawing of an earlier run")
+    fake = tmp_path / "bin" / "dot"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'cdt.c:887: assertion failed' >&2\nexit 134\n")
+    fake.chmod(0o755)
+    path = os.environ["PATH"]
+    os.environ["PATH"] = f"{fake.parent}:{path}"
+    try:
+        code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-qk")
+    finally:
+        os.environ["PATH"] = path
+    assert code == 0, err
+    assert "drawing failed, written without it" in err and "cdt.c:887" in err
+    names = {p.name for p in out.iterdir()}
+    assert {"graph.json", "graph.safetensors", "graph.dot", "graph.html"} <= names
+    assert "graph.svg" not in names and "graph.png" not in names  # none stale, none half
+    assert not any(name.endswith(".tmp") for name in names)
+    assert "No drawing" in (out / "graph.html").read_text()
 
 
 def test_no_traceback_from_the_command_line(tmp_path):

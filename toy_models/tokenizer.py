@@ -59,23 +59,29 @@ def bos_id(tokenizer: Tokenizer) -> int:
     return tokenizer.token_to_id(BOS)
 
 
-def encode_prompt(tokenizer: Tokenizer, text: str, n_ctx: int) -> list[int]:
+def encode_prompt(
+    tokenizer: Tokenizer, text: str, n_ctx: int, what: str = "the prompt"
+) -> list[int]:
     """A user's prompt as token ids (BOS first), refusing what the model cannot take: empty
-    text, text that does not survive encoding unchanged, a BOS inside it, or more than
-    ``n_ctx`` tokens."""
+    text, text that is not valid Unicode or does not survive encoding unchanged, a BOS inside
+    it, or more than ``n_ctx`` tokens. ``what`` names the text in messages."""
     if not text:
-        raise ValueError("the prompt is empty")
+        raise ValueError(f"{what} is empty")
     if BOS in text:
-        raise ValueError(f"the prompt contains the special token {BOS}; it is prepended already")
+        raise ValueError(f"{what} contains the special token {BOS}; it is prepended already")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # e.g. bytes that were not UTF-8 on the command line
+        raise ValueError(f"{what} is not valid UTF-8 text") from None
     try:
         ids = tokenizer.encode(text).ids
-    except Exception as exc:  # e.g. lone surrogates, which are not UTF-8
-        raise ValueError(f"the prompt cannot be tokenized ({' '.join(str(exc).split())})") from None
+    except Exception as exc:  # anything else the tokenizer cannot take
+        raise ValueError(f"{what} cannot be tokenized ({' '.join(str(exc).split())})") from None
     if tokenizer.decode(ids, skip_special_tokens=True) != text:
-        raise ValueError("the prompt does not survive tokenization unchanged")
+        raise ValueError(f"{what} does not survive tokenization unchanged")
     if len(ids) > n_ctx:
         raise ValueError(
-            f"the prompt is {len(ids)} tokens with BOS, longer than the model's context of {n_ctx}"
+            f"{what} is {len(ids)} tokens with BOS, longer than the model's context of {n_ctx}"
         )
     return ids
 
@@ -84,7 +90,7 @@ def single_token(tokenizer: Tokenizer, text: str) -> int:
     """The id of ``text`` if it is exactly one token (e.g. " Julia"), else a ValueError."""
     if text == BOS:
         return bos_id(tokenizer)
-    ids = encode_prompt(tokenizer, text, n_ctx=10**9)[1:] if text else []
+    ids = encode_prompt(tokenizer, text, n_ctx=10**9, what=f"target {text!r}")[1:] if text else []
     if len(ids) != 1:
         pieces = tokenizer.encode(text).tokens[1:] if text else []
         raise ValueError(

@@ -114,3 +114,88 @@ def test_load_refuses_truncated_and_missing_files(random_model, tmp_path):
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({"d_vocab": 10, "n_layer": 2})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("d_vocab", 50.0, "model config.d_vocab must be an integer, got 50.0"),
+        ("n_heads", "3", "model config.n_heads must be an integer, got '3'"),
+        ("n_layers", -1, "model config.n_layers must be in 1..4096, got -1"),
+        ("n_layers", True, "model config.n_layers must be an integer, got True"),
+        ("d_model", None, "model config.d_model must be an integer, got None"),
+        ("ln_eps", float("nan"), "model config.ln_eps must be finite and positive, got nan"),
+        ("ln_eps", "1e-5", "model config.ln_eps must be a number, got '1e-5'"),
+        ("init_std", -0.1, "model config.init_std must be finite and positive"),
+        ("n_layers", 10**9, "model config.n_layers must be in 1..4096"),
+        ("d_mlp", 2**40, "model config.d_mlp must be in 1..16777216"),
+    ],
+)
+def test_load_refuses_config_values_of_the_wrong_type_or_range(
+    random_model, tmp_path, field, value, message
+):
+    random_model.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="config.json: not a valid model config") as info:
+        ToyTransformer.load(tmp_path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated(random_model, tmp_path):
+    random_model.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    # within every field's range, but 2^44 parameters: refused by comparing with the file
+    config["model"].update(d_vocab=2**22, d_model=2**22)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model.safetensors: .* has shape \(.*\), the config"):
+        ToyTransformer.load(tmp_path)
+
+
+def test_load_refuses_integer_or_non_finite_weights(random_model, tmp_path):
+    random_model.save(tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(str(path))
+    save_file({**tensors, "W_U": tensors["W_U"].to(torch.int32)}, str(path))
+    with pytest.raises(ValueError, match="model.safetensors: W_U is stored as torch.int32"):
+        ToyTransformer.load(tmp_path)
+    tensors["W_E"][3, 4] = float("nan")
+    save_file(tensors, str(path))
+    with pytest.raises(ValueError, match="model.safetensors: W_E holds NaN or infinite values"):
+        ToyTransformer.load(tmp_path)
+
+
+def test_identity_covers_config_tokenizer_and_weights(random_model, tmp_path):
+    from toy_models.checkpoint import fingerprint
+
+    random_model.save(tmp_path)
+    base = fingerprint(ToyTransformer.load(tmp_path))
+    assert fingerprint(random_model) == base  # what was saved is what was loaded
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"]["ln_eps"] = 0.5
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    changed_config = fingerprint(ToyTransformer.load(tmp_path))
+    random_model.save(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with_tokenizer = fingerprint(ToyTransformer.load(tmp_path))
+    (tmp_path / "tokenizer.json").write_text('{"another": 1}')
+    other_tokenizer = fingerprint(ToyTransformer.load(tmp_path))
+    with torch.no_grad():
+        random_model.W_U[0, 0] += 1e-3
+    other_weights = fingerprint(random_model)
+    assert len({base, changed_config, with_tokenizer, other_tokenizer, other_weights}) == 5
+    # the dtype weights are stored in is not part of it
+    random_model.save(tmp_path / "double", dtype=torch.float64)
+    assert fingerprint(ToyTransformer.load(tmp_path / "double")) == other_weights
+
+
+def test_param_groups_decay_matrices_but_not_biases_or_positions(random_model):
+    decayed, plain = random_model.param_groups(0.1)
+    names = {id(p): n for n, p in random_model.named_parameters()}
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert {names[id(p)] for p in plain["params"]} >= {"W_pos", "b_U", "blocks.0.attn.b_O"}
+    assert all(p.ndim >= 2 for p in decayed["params"])
+    assert all(p.ndim == 1 or names[id(p)] == "W_pos" for p in plain["params"])
+    assert "W_E" in {names[id(p)] for p in decayed["params"]}
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(random_model.parameters()))

@@ -31,3 +31,143 @@ def test_shipped_set_reproduces_its_record_and_local_mode_is_exact():
     with torch.no_grad():
         local = replacement(batches[0][:4], mode="local")
         torch.testing.assert_close(local, model(batches[0][:4]), atol=1e-5, rtol=1e-5)
+
+
+def test_the_zoo_directory_is_named_once():
+    from replacement import model, train
+
+    assert SHIPPED_DIR == model.SHIPPED_DIR and train.SET_FILE == model.CONFIG_FILE
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_pretrained("default")[0]
+
+
+def damaged_copy(tmp_path, keep_record=False):
+    import shutil
+
+    copy = tmp_path / "set"
+    shutil.copytree(DEFAULT, copy)
+    if not keep_record:
+        (copy / "record.json").unlink()  # so that the set's own checks are what refuses
+    return copy
+
+
+def reseal(directory):
+    """Record the files' current hashes in replacement.json, as a forger would."""
+    from toy_models.checkpoint import json_sha256
+
+    config = json.loads((directory / "replacement.json").read_text())
+    config["files"] = {name: file_sha256(directory / name) for name in config["files"]}
+    config.pop("content_sha256")
+    config["content_sha256"] = json_sha256(config)
+    (directory / "replacement.json").write_text(json.dumps(config))
+
+
+def flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1000] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def edit_config(directory, change):
+    config = json.loads((directory / "replacement.json").read_text())
+    change(config)
+    (directory / "replacement.json").write_text(json.dumps(config))
+
+
+def as_integers(path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    save_file({k: (v * 100).to(torch.int16) for k, v in tensors.items()}, str(path))
+
+
+DAMAGE = {
+    "missing": (
+        lambda d: (d / "lorsa.2.safetensors").unlink(),
+        FileNotFoundError,
+        r"checkpoint file missing: .*set/lorsa.2.safetensors",
+    ),
+    "truncated": (
+        lambda d: (d / "transcoder.1.safetensors").write_bytes(
+            (d / "transcoder.1.safetensors").read_bytes()[:5000]
+        ),
+        ValueError,
+        r"set/transcoder.1.safetensors: unreadable weights",
+    ),
+    "flipped": (
+        lambda d: flip_byte(d / "lorsa.0.safetensors"),
+        ValueError,
+        r"set/lorsa.0.safetensors: not the file recorded in replacement.json",
+    ),
+    "top_k": (
+        lambda d: edit_config(d, lambda c: c["lorsa"][1].update(top_k=64)),
+        ValueError,
+        r"set/replacement.json: edited after it was saved",
+    ),
+    "top_k_type": (
+        lambda d: edit_config(d, lambda c: c["transcoders"][0].update(top_k="32")),
+        ValueError,
+        r"set/replacement.json: not a valid replacement config \(transcoder.top_k must be an "
+        r"integer, got '32'\)",
+    ),
+    "swapped": (
+        lambda d: [
+            (d / "lorsa.0.safetensors").rename(d / "swap"),
+            (d / "lorsa.1.safetensors").rename(d / "lorsa.0.safetensors"),
+            (d / "swap").rename(d / "lorsa.1.safetensors"),
+        ],
+        ValueError,
+        r"set/lorsa.0.safetensors: not the file recorded in replacement.json",
+    ),
+    "integers": (  # resealed, so that the dtype check itself is what refuses
+        lambda d: [as_integers(d / "transcoder.3.safetensors"), reseal(d)],
+        ValueError,
+        r"set/transcoder.3.safetensors: \w+ is stored as torch.int16, not floating point",
+    ),
+    "old_format": (
+        lambda d: edit_config(d, lambda c: c.update(format_version=1)),
+        ValueError,
+        r"set/replacement.json: format_version 1, expected 2",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_set_is_refused_naming_the_file(default_model, tmp_path, damage):
+    from replacement.model import ReplacementModel
+
+    directory = damaged_copy(tmp_path)
+    ReplacementModel.load(directory, default_model)  # intact without its record, too
+    apply, error, match = DAMAGE[damage]
+    apply(directory)
+    with pytest.raises(error, match=match) as info:
+        ReplacementModel.load(directory, default_model)
+    assert "\n" not in str(info.value)
+
+
+def test_a_resealed_shipped_set_is_still_refused_by_its_record(default_model, tmp_path):
+    from replacement.model import ReplacementModel
+
+    directory = damaged_copy(tmp_path, keep_record=True)
+    flip_byte(directory / "transcoder.2.safetensors")
+    reseal(directory)
+    with pytest.raises(
+        ValueError, match=r"set/(replacement.json|transcoder.2.safetensors): changed since"
+    ):
+        ReplacementModel.load(directory, default_model)
+
+
+def test_evaluate_refuses_a_damaged_set_in_one_line(tmp_path, capsys):
+    from replacement.evaluate import main
+    from toy_models.cli import run_cli
+
+    directory = damaged_copy(tmp_path)
+    flip_byte(directory / "lorsa.3.safetensors")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["--replacement", str(directory), "--batches", "1", "--docs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert "lorsa.3.safetensors: not the file recorded in replacement.json" in err[0]

@@ -130,3 +130,107 @@ def test_resume_refuses_another_run(tiny_run, tmp_path):
         train_replacement(str(tiny_run), tmp_path, config="tiny", quiet=True)
     with pytest.raises(UserError, match="belongs to another run"):
         train_replacement(str(tiny_run), tmp_path, config="tiny", resume=True, steps=99, quiet=True)
+
+
+# ----------------------------------------------------------------- faults
+KILL_WHILE_CHECKPOINTING = """
+import os, signal, sys
+from pathlib import Path
+import toy_models.checkpoint as checkpoint
+from replacement.train import train_replacement
+
+real, calls = checkpoint.save_optimizer_atomic, []
+
+def save_optimizer_atomic(optimizer, path):  # kill -9 in the middle of the second checkpoint
+    calls.append(path)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(optimizer, path)
+
+checkpoint.save_optimizer_atomic = save_optimizer_atomic
+train_replacement(sys.argv[1], Path(sys.argv[2]), config="tiny", quiet=True)
+"""
+
+
+def test_kill_9_while_checkpointing_then_resume(tiny_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from replacement.train import train_replacement
+
+    out = tmp_path / "killed"
+    script = [sys.executable, "-c", KILL_WHILE_CHECKPOINTING, str(tiny_run), str(out)]
+    result = subprocess.run(script, cwd=Path(__file__).parent.parent)
+    assert result.returncode == -9
+    assert (out / "checkpoint.tmp" / "weights.safetensors").exists()  # the half-written one
+    _, resumed, _ = train_replacement(str(tiny_run), out, config="tiny", resume=True, quiet=True)
+    assert not list(out.glob("checkpoint.*"))
+    # the same as a run stopped cleanly at the last complete checkpoint (step 10), resumed
+    ref = tmp_path / "ref"
+    assert train_replacement(str(tiny_run), ref, config="tiny", stop_after=10, quiet=True) is None
+    _, expected, _ = train_replacement(str(tiny_run), ref, config="tiny", resume=True, quiet=True)
+    want, got = expected.state_dict(), resumed.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def failing_open(where, code):
+    """``open`` that fails (ENOSPC, EROFS...) for paths containing ``where``."""
+    import os
+
+    def fake(path, mode="r", *args, **kwargs):
+        if where in str(path) and "w" in mode:
+            raise OSError(code, os.strerror(code))
+        return open(path, mode, *args, **kwargs)  # noqa: SIM115
+
+    return fake
+
+
+def one_line_error(capsys, main, argv) -> str:
+    from toy_models.cli import run_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: "), err
+    return err.strip().splitlines()[-1]
+
+
+def test_replacement_cli_write_failures_are_one_line_with_nothing_left(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from replacement import evaluate, train
+    from toy_models import files
+
+    out = tmp_path / "set"
+    monkeypatch.setattr(files, "open", failing_open("checkpoint.tmp", errno.ENOSPC), raising=False)
+    argv = ["--model", str(tiny_run), "--config", "tiny", "--out", str(out)]
+    line = one_line_error(capsys, train.main, argv)
+    assert "weights.safetensors: No space left on device" in line
+    assert not list(out.rglob("*.tmp")) and not (out / "checkpoint").exists()
+    monkeypatch.undo()
+
+    assert "exists and is not a directory" in one_line_error(
+        capsys, train.main, ["--model", str(tiny_run), "--config", "tiny", "--out", __file__]
+    )
+    monkeypatch.setattr(files, "open", failing_open("replacement.json", errno.EROFS), raising=False)
+    line = one_line_error(capsys, train.main, argv)  # the final set cannot be written
+    assert line == f"error: cannot write {out / 'replacement.json'}: Read-only file system"
+    assert not list(out.rglob("*.tmp"))
+    monkeypatch.undo()
+    train.main([*argv, "--resume"])  # the set is written when the disk is back
+
+    adir = tmp_path / "adir"
+    adir.mkdir()
+    argv = ["--model", str(tiny_run), "--replacement", str(out), "--batches", "1", "--docs", "1"]
+    assert f"--json {adir}: is a directory" in one_line_error(
+        capsys, evaluate.main, [*argv, "--json", str(adir)]
+    )
+    monkeypatch.setattr(files, "open", failing_open("eval.json", errno.ENOSPC), raising=False)
+    line = one_line_error(capsys, evaluate.main, [*argv, "--json", str(tmp_path / "eval.json")])
+    assert line == f"error: cannot write {tmp_path / 'eval.json'}: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "set"]
+    assert list(adir.iterdir()) == []

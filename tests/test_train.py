@@ -356,3 +356,15 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir", "a-file"]  # no leftovers
     assert list(a_dir.iterdir()) == []
+
+
+def test_a_failed_ship_keeps_the_earlier_entry_and_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    from toy_models import ship
+
+    dest = ship.ship(tiny_run, "tiny", dest_root=tmp_path)
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    monkeypatch.setattr(files, "open", FullDisk("record.json"), raising=False)
+    with pytest.raises(OSError, match="record.json: No space left on device"):
+        ship.ship(tiny_run, "tiny", dest_root=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before

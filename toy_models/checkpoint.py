@@ -45,7 +45,7 @@ RECORD_FILE = "record.json"
 MAX_SIZE = 1 << 24
 MAX_MODULES = 1 << 12  # n_layers, head counts: each one builds Python objects
 MANY_MODULES = {"n_layers", "n_heads", "n_qk_heads"}
-WEIGHT_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
+WEIGHT_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.float64")
 
 
 # ----------------------------------------------------------------- state dicts

@@ -183,9 +183,11 @@ class ToyTransformer(HookedRootModule):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups, as nanoGPT's ``configure_optimizers``.
 
-        Matrices are weight-decayed; biases are not, and neither is ``W_pos``: a table read one
-        row per position, like a bias, whose sinusoidal start (``init_weights``) gives heads
-        relative position, which decay would erode.
+        nanoGPT's rule: every parameter of 2 or more dimensions is weight-decayed (matrices, and
+        here also the per-head biases ``b_Q/b_K/b_V``, of shape head x d_head), 1-D ones are not.
+        The exception is ``W_pos``: a table read one row per position, like a bias, whose
+        sinusoidal start (``init_weights``) gives heads relative position, which decay would
+        erode.
         """
         named = list(self.named_parameters())
         decayed = {name for name, p in named if p.ndim >= 2 and name != "W_pos"}

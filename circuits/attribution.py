@@ -202,7 +202,9 @@ def run_prompt(
 
 def source_ids(run: PromptRun) -> list[str]:
     """The node ids of the run's sources (``circuits.nodes.node_id``)."""
-    rows = zip(run.kind.tolist(), run.stage.tolist(), run.pos.tolist(), run.index.tolist())
+    rows = zip(
+        run.kind.tolist(), run.stage.tolist(), run.pos.tolist(), run.index.tolist(), strict=True
+    )
     return [node_id(Kind(k), s, p, i) for k, s, p, i in rows]
 
 
@@ -312,7 +314,8 @@ def _lorsa_edges(
     inv_sigma = 1 / run.sigma1[layer]
     values = ((run.write[:n_src] @ w_v.T) * inv_sigma[s_pos, None]).T.contiguous()  # u src
     A = run.patterns[layer]
-    bias = (run.resid_bias[stage] @ w_v.T)[which] * (A[qk_head, q] @ inv_sigma) + rw.lorsa_bias[layer][heads]
+    constant = (run.resid_bias[stage] @ w_v.T)[which] * (A[qk_head, q] @ inv_sigma)
+    bias = constant + rw.lorsa_bias[layer][heads]
     # Sources are sorted by stage, then position: the keys a query q sees are not one range,
     # so each query position's columns are listed once.
     causal_cols = [(s_pos <= k).nonzero().squeeze(1).int() for k in range(len(run.tokens))]
@@ -565,13 +568,3 @@ def _closure(row_sum: Tensor, row_abs: Tensor, bias: Tensor, value: Tensor) -> d
         "max_rel_terms": float((gap / scale.clamp(min=1e-12)).max()),
         "max_rel_value": float((gap / value[t].abs().clamp(min=1e-12)).max()),
     }
-
-
-# Transitional names for modules not yet moved to ``circuits.nodes`` / ``read_write()``.
-EMBEDDING, LORSA, TRANSCODER, ERROR, LOGIT = (int(k) for k in Kind)
-from replacement.model import center  # noqa: E402
-
-
-def unembedding(model):
-    """Transitional: ``ReplacementModel.read_write().unembed`` for a bare toy model."""
-    return center((model.W_U - model.W_U.mean(1, keepdim=True)).T)

@@ -32,7 +32,6 @@ from functools import cached_property
 from pathlib import Path
 
 import networkx as nx
-import numpy as np
 import scipy.sparse as sp
 import torch
 from jaxtyping import Float, Int
@@ -63,6 +62,7 @@ class LogitRecord:
     token: int
     negative: int | None
     probability: float
+
 
 @dataclass
 class QKAttribution:
@@ -164,7 +164,10 @@ class Graph:
         """Node ids (``circuits.nodes.node_id``), derived from the fields."""
         negative = iter([r.negative for r in self.logit_targets])
         ids = []
-        rows = zip(self.kind.tolist(), self.stage.tolist(), self.pos.tolist(), self.index.tolist())
+        rows = zip(
+            self.kind.tolist(), self.stage.tolist(), self.pos.tolist(), self.index.tolist(),
+            strict=True,
+        )  # fmt: skip
         for k, s, p, i in rows:
             kind = Kind(k)
             neg = next(negative) if kind == Kind.LOGIT else None

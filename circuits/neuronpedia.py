@@ -29,7 +29,7 @@ def _layer(kind: Kind, stage: int) -> str:
 
 def _feature_type(kind: Kind, stage: int) -> str:
     if kind == Kind.ERROR:
-        return "attention reconstruction error" if is_attention(stage) else "mlp reconstruction error"
+        return f"{'attention' if is_attention(stage) else 'mlp'} reconstruction error"
     return FEATURE_TYPE[kind]
 
 

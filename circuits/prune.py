@@ -206,4 +206,3 @@ def prune_graph(
         "unpruned": {"nodes": graph.n_nodes, "edges": graph.n_edges},
     }
     return pruned
-

@@ -20,9 +20,9 @@ from torch import Tensor
 from replacement.model import ReplacementModel, center
 
 from .attribution import PromptRun, pad_by_position, run_prompt, source_ids
-from .global_weights import Units
 from .graph import Graph, QKAttribution, QKPair
-from .nodes import Kind, lorsa_stage, unit_id
+from .nodes import Kind, lorsa_stage
+from .units import Units
 
 
 class QKSides:
@@ -202,5 +202,4 @@ def _unit_id(units, code: int) -> str:
     """A unit's id: a node id without its position (``E_{token}``, ``{layer}_{index}``)."""
     if code == units.total:
         return "bias"
-    kind, stage, index = units.describe(code)
-    return unit_id(Kind.parse(kind) if isinstance(kind, str) else kind, stage, index)
+    return units.unit_id(code)

@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     files.add_argument("--format", default="svg",
                        help=f"renders among {','.join(FORMATS)} (need `dot`)")  # fmt: skip
     files.add_argument("--graph-file", choices=("safetensors",), default="safetensors",
-                       help="graph file format (safetensors: tensors + a JSON header, no pickle)")  # fmt: skip
+                       help="graph file format: tensors + a JSON header, no pickle")  # fmt: skip
     files.add_argument("--save-full", action="store_true",
                        help="also save the unpruned graph (large: every edge)")  # fmt: skip
     return parser.parse_args(argv)
@@ -181,9 +181,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     t_prune = time.perf_counter()
     if args.qk:
         heads = graph.is_kind("lorsa").nonzero().squeeze(1)
-        qk_attribution(
-            replacement, graph, heads, key_mass=args.key_mass, contrast=True, run=run
-        )
+        qk_attribution(replacement, graph, heads, key_mass=args.key_mass, contrast=True, run=run)
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings["scores"] = scored.scores
@@ -199,16 +197,6 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     for path in written.paths:
         print(f"wrote {path}")
     return 0
-
-
-def write_outputs(graph, full, out: Path, formats: list[str]) -> list[Path]:
-    """Transitional: ``reports.outputs.write_graph_outputs``, printing its notes."""
-    from reports.outputs import write_graph_outputs
-
-    written = write_graph_outputs(graph, out, formats, full)
-    for note in written.notes:
-        print(note, file=sys.stderr)
-    return written.paths
 
 
 def summary(full, graph, scores, timings) -> str:

@@ -49,7 +49,6 @@ tr.undrawn td { color: #888; }
 """
 
 
-
 def escape(text: str) -> str:
     """``html.escape``, with control characters (which HTML forbids) written as ``\\xNN``."""
     if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
@@ -168,9 +167,9 @@ def _summary_html(graph: Graph) -> str:
 def _drawing_html(svg_text: str | None) -> str:
     if svg_text is None:
         return (
-            '<p class="note">No drawing: Graphviz <code>dot</code> was missing or failed when this page '
-            "was written. Install it (<code>apt-get install graphviz</code>) and render the "
-            "<code>.dot</code> file next to this page with "
+            '<p class="note">No drawing: Graphviz <code>dot</code> was missing or failed when '
+            "this page was written. Install it (<code>apt-get install graphviz</code>) and "
+            "render the <code>.dot</code> file next to this page with "
             "<code>dot -Tsvg FILE.dot -o FILE.svg</code>.</p>"
         )
     start = svg_text.find("<svg")
@@ -226,9 +225,7 @@ def _qk_node_name(graph: Graph, labels: list[str], node: str | None) -> str:
     return _node_link(graph, labels, index) if index is not None else escape(node)
 
 
-def _qk_html(
-    graph: Graph, labels: list[str], attributions: list[QKAttribution], top: int
-) -> str:
+def _qk_html(graph: Graph, labels: list[str], attributions: list[QKAttribution], top: int) -> str:
     """Per key the head was traced to: where, how much attention, and the largest terms of
     the score as query-side node x key-side node (a pruned node shows as its bare id)."""
     blocks = []

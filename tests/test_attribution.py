@@ -15,8 +15,8 @@ from circuits.attribution import (
     run_prompt,
 )
 from circuits.graph import Graph
-from circuits.neuronpedia import to_json
 from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
+from circuits.neuronpedia import to_json
 from circuits.prune import find_threshold, graph_scores, influence, prune_graph
 from circuits.qk import QKSides, qk_attribution
 from replacement.lorsa import LorsaConfig, LorsaLayer

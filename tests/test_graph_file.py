@@ -7,13 +7,13 @@ import pickle
 
 import pytest
 import torch
+from report_graphs import make_graph
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from circuits.graph import Graph
 from circuits.graph_file import GraphFileError
 from reports.html import write_html
-from test_reports import make_graph
 
 
 def read(path):

@@ -8,151 +8,17 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 
-import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
+from report_graphs import NASTY, make_big_graph, make_graph
 
-from circuits.graph import Graph, LogitRecord, QKAttribution, QKPair, no_promotes
-from circuits.nodes import Kind, node_id
+from circuits.graph import Graph, LogitRecord
 from reports import graphviz as gv
 from reports import labels, layout
 from reports.html import write_html
 
 HAS_DOT = shutil.which("dot") is not None
 needs_dot = pytest.mark.skipif(not HAS_DOT, reason="Graphviz `dot` is not installed")
-
-NASTY = 'say "hi" \\N <b> & &lt; co\nline2 Ġ ☃ <|bos|>'
-TOKENS = [0, 4, 6, 9]
-TOKEN_STRINGS = ["<|bos|>", 'Ġ"q"', "a\\b", "&x"]
-
-
-# Tokens the hand-built graphs' features promote, with their texts (NASTY among them).
-PROMOTED = {100: NASTY, 101: "digits", 102: "say 9"}
-
-
-def build_graph(rows, *, n_layers, tokens, token_strings, token_text, **fields) -> Graph:
-    """A Graph from ``(kind, stage, pos, index, extra)`` rows in stage order, where ``extra``
-    is a head's attended key, a feature's promoted token, or a logit's (token, negative, p)."""
-    n = len(rows)
-    attends = torch.tensor([r[4] if r[0] == "lorsa" else -1 for r in rows])
-    promotes = no_promotes(n)
-    for i, r in enumerate(rows):
-        if r[0] == "transcoder":
-            promotes[i, 0] = r[4]
-    records = [LogitRecord(*r[4]) for r in rows if r[0] == "logit"]
-    return Graph(
-        tokens=tokens,
-        token_strings=token_strings,
-        n_layers=n_layers,
-        kind=torch.tensor([Kind.parse(r[0]) for r in rows]),
-        stage=torch.tensor([r[1] for r in rows]),
-        pos=torch.tensor([r[2] for r in rows]),
-        index=torch.tensor([r[3] for r in rows]),
-        value=torch.full((n,), float("nan")),
-        bias=torch.zeros(n),
-        attends=attends,
-        attention=torch.where(attends >= 0, 0.5, float("nan")),
-        promotes=promotes,
-        logit_targets=records,
-        token_text=token_text,
-        **fields,
-    )
-
-
-def make_graph(*, influence: bool = True) -> Graph:
-    """Two blocks, four positions, every node kind, signed edges and two QK attributions.
-
-    ``(kind, stage, pos, index, extra)`` rows, already in stage order as ``Graph`` requires.
-    """
-    n_layers = 2
-    rows = [("embedding", 0, p, TOKENS[p], None) for p in range(len(TOKENS))]
-    rows += [
-        ("lorsa", 1, 2, 5, 2),
-        ("error", 1, 2, -1, None),
-        ("transcoder", 2, 1, 17, 100),
-        ("transcoder", 2, 3, 3, 101),
-        ("error", 2, 3, -1, None),
-        ("lorsa", 3, 3, 2, 3),
-        ("transcoder", 4, 3, 9, 102),
-        ("logit", 5, 3, 11, (11, None, 0.7)),
-        ("logit", 5, 3, 7, (7, None, 0.3)),
-    ]
-    ids = [node_id(Kind.parse(k), s, p, i) for k, s, p, i, _ in rows]
-    n = len(rows)
-    col = {name: j for j, name in enumerate(ids)}
-    # (source, target, weight): the strongest is negative, so colours and widths both matter.
-    edge_list = [
-        ("E_6_2", "0_5_2", 0.5),
-        ("E_4_1", "0_5_2", 1.5),
-        ("E_4_1", "1_17_1", 2.0),
-        ("E_9_3", "1_3_3", -0.25),
-        ("0_5_2", "1_3_3", 1.0),
-        ("0_-1_2", "1_3_3", 0.1),
-        ("1_17_1", "2_2_3", 0.75),
-        ("1_3_3", "3_9_3", 3.0),
-        ("1_-1_3", "3_9_3", -0.5),
-        ("2_2_3", "3_9_3", 1.25),
-        ("3_9_3", "5_11_3", 2.5),
-        ("3_9_3", "5_7_3", -4.0),
-        ("E_0_0", "5_7_3", 0.0),  # an explicit zero: not an edge worth drawing
-    ]
-    t = [col[b] for _, b, _ in edge_list]
-    s = [col[a] for a, _, _ in edge_list]
-    w = [x for _, _, x in edge_list]
-    edges = sp.csr_array((np.array(w, np.float32), (t, s)), shape=(n, n))
-    qk = [
-        # L0 head 5 is QK head 2 (group size 2): query at 2, key at 1.
-        QKAttribution(
-            layer=0,
-            qk_head=2,
-            query=2,
-            key=1,
-            attention=0.8,
-            score=3.0,
-            pairs=[QKPair("E_6_2", "E_4_1", 2.0), QKPair(None, "E_4_1", 0.6)],
-            query_marginals=[("E_6_2", 2.2)],
-            key_marginals=[("E_4_1", 2.6)],
-            rest=0.4,
-        ),
-        # L1 head 2 is QK head 1. The largest pair's query side was pruned away (not in the
-        # graph) and the second's key side is the bias, so each side needs a later pair.
-        QKAttribution(
-            layer=1,
-            qk_head=1,
-            query=3,
-            key=1,
-            attention=0.6,
-            score=-1.0,
-            pairs=[
-                QKPair("1_99_3", "1_17_1", -4.0),
-                QKPair("1_3_3", None, 1.5),
-                QKPair(None, None, 0.2),
-            ],
-            query_marginals=[("1_99_3", -3.0), ("1_3_3", 1.0)],
-            key_marginals=[("1_17_1", -2.0)],
-            rest=1.3,
-        ),
-    ]
-    graph = build_graph(
-        rows,
-        n_layers=n_layers,
-        tokens=TOKENS,
-        token_strings=TOKEN_STRINGS,
-        token_text={**dict(zip(TOKENS, TOKEN_STRINGS, strict=True)), **PROMOTED, 11: "9", 7: "7"},
-        prompt='0 "4" a\\b &x',
-        activation=torch.linspace(0.5, 2.0, n),
-        target_weight=torch.tensor([0.0] * (n - 2) + [0.7, 0.3]),
-        edges=edges,
-        qk=qk,
-        influence=torch.linspace(0.1, 1.3, n).flip(0) if influence else None,
-        model={"name": "toy <tiny>"},
-        mode="local",
-        group_size=2,
-        settings={"scores": {"replacement": 0.75, "completeness": 0.9}, "node_threshold": 0.8},
-    )
-    assert graph.ids == ids
-    return graph
 
 
 @pytest.fixture
@@ -224,7 +90,7 @@ def test_dot_escapes_labels_and_tooltips(graph):
     escaped = gv.dot_escape(labels.node_label(graph, graph.ids.index("1_17_1")))
     assert "\n" not in escaped and NASTY not in dot and repr(NASTY) not in dot
     assert escaped in attr(nodes["1_17_1"], "tooltip")  # the full label
-    assert attr(nodes["1_17_1"], "label") == gv.dot_escape("F17\n'say \"hi\" \\\\N …")
+    assert attr(nodes["1_17_1"], "label") == gv.dot_escape('F17\n\'say "hi" \\\\N …')
     assert attr(nodes["E_4_1"], "label") == "'Ġ\\\"q\\\"'@1"  # token string with a quote
     assert attr(nodes["E_9_3"], "label") == "'&amp;x'@3"
     assert re.search(r"label=<<TABLE[^\n]*>L0 transcoder</TD>", dot)  # the stage names
@@ -247,7 +113,7 @@ def test_short_labels_from_fields():
     assert short["1_-1_3"] == "err" and short["E_0_0"] == "'<|bos|>'@0"
     assert short["5_11_3"] == "' Julia'\np=0.997"
     assert short["5_200-201_3"] == "' Veafruviand' - …\n= 2.554"
-    assert short["1_17_1"] == "F17\n'say \"hi\" \\\\N …"  # a long token, cut
+    assert short["1_17_1"] == 'F17\n\'say "hi" \\\\N …'  # a long token, cut
     for text in short.values():
         assert text.count("\n") <= 1
         assert all(len(line) <= labels.LOGIT_CHARS for line in text.split("\n")), text
@@ -356,47 +222,6 @@ def test_dot_parses_and_svg_shows_labels_literally(graph):
 
 
 # ------------------------------------------------------------------------------ budget, layout
-def make_big_graph(*, influence: bool = True, n_pos: int = 21, seed: int = 0) -> Graph:
-    """Shaped like a real pruned graph: one embedding per position, heads and features mostly
-    at the last position, error nodes, two logits and a few thousand random edges."""
-    rng = np.random.default_rng(seed)
-    n_layers, last = 2, n_pos - 1
-    rows = [("embedding", 0, p, p, None) for p in range(n_pos)]
-    for layer in range(n_layers):
-        for kind, stage in (("lorsa", 2 * layer + 1), ("transcoder", 2 * layer + 2)):
-            for k in range(32):
-                p = last if k < 26 else int(rng.integers(1, last))
-                rows.append((kind, stage, p, k, p - 1 if kind == "lorsa" else 100 + k))
-            rows.append(("error", stage, last, -1, None))
-    rows += [("logit", 2 * n_layers + 1, last, 7, (7, None, 0.6))]
-    rows += [("logit", 2 * n_layers + 1, last, 9, (9, None, 0.3))]
-    rows.sort(key=lambda r: (r[1], r[2], r[3]))
-    n = len(rows)
-    stage = np.array([r[1] for r in rows])
-    t, s = [], []
-    for target in range(n):
-        lower = np.flatnonzero(stage < stage[target])
-        if len(lower):
-            picked = rng.choice(lower, size=min(24, len(lower)), replace=False)
-            t += [target] * len(picked)
-            s += picked.tolist()
-    weights = rng.normal(size=len(t)).astype(np.float32)
-    token_text = {p: f"t{p}" for p in range(n_pos)} | {100 + k: f" w{k}" for k in range(32)}
-    return build_graph(
-        rows,
-        n_layers=n_layers,
-        tokens=list(range(n_pos)),
-        token_strings=[f"t{p}" for p in range(n_pos)],
-        token_text=token_text | {7: " x", 9: " y"},
-        prompt=" ".join(f"t{p}" for p in range(n_pos)),
-        activation=torch.tensor(rng.uniform(0.5, 5.0, n), dtype=torch.float32),
-        target_weight=torch.tensor([0.6 * (r[3] == 7) + 0.3 * (r[3] == 9) for r in rows]),
-        edges=sp.csr_array((weights, (t, s)), shape=(n, n)),
-        influence=torch.tensor(rng.permutation(n) / n, dtype=torch.float32) if influence else None,
-        group_size=1,
-    )
-
-
 @pytest.fixture
 def big() -> Graph:
     return make_big_graph()
@@ -422,10 +247,8 @@ def test_budget_keeps_the_most_influential_every_logit_and_used_embeddings(big):
     keep = {big.ids.index(n) for n in ranked[:10]} | {
         i for i, k in enumerate(big.kinds) if k in ("logit", "embedding")
     }
-    pool = sorted(
-        (abs(e.weight) for e in layout.strongest_edges(big) if e.source in keep and e.target in keep),
-        reverse=True,
-    )
+    among = [e for e in layout.strongest_edges(big) if e.source in keep and e.target in keep]
+    pool = sorted((abs(e.weight) for e in among), reverse=True)
     assert [abs(e.weight) for e in s.edges] == pool[:7]
     n_emb_sources = len({e.source for e in layout.select(big, max_nodes=10, max_edges=None).edges
                          if big.kinds[e.source] == "embedding"})  # fmt: skip

@@ -189,9 +189,9 @@ def induction_from_weights(model: str, stats_path: Path, heads_json: Path) -> di
         "induction_qk_groups": induction,
         "previous_token_heads": len(previous_token),
         "pairs_per_group": TOP_PAIRS,
-        "key_side_inputs": {k: v / max(total, 1e-12) for k, v in key_side.items()},
-        "key_side_strongest_writer_is_previous_token_head": key_strongest_previous / total,
-        "query_side_inputs": {k: v / max(total, 1e-12) for k, v in query_side.items()},
+        "key_side_inputs": {k: v / (total or 1.0) for k, v in key_side.items()},
+        "key_side_strongest_writer_is_previous_token_head": key_strongest_previous / (total or 1.0),
+        "query_side_inputs": {k: v / (total or 1.0) for k, v in query_side.items()},
         "top_pairs": examples,
     }
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toy_models.cli import UserError, run_cli
+from toy_models.files import check_writable_file
+from toy_models.tokenizer import single_token
 
 from .nodes import Kind
 from .trace import check_writable, parse_formats
@@ -81,8 +83,6 @@ def parse_start(spec: str) -> StartSpec:
 
 def resolve_start(spec: StartSpec, units, tokenizer) -> int:
     """The unit ``spec`` names in this model, or a UserError."""
-    from toy_models.tokenizer import single_token
-
     try:
         if spec.kind in ("lorsa", "transcoder"):
             return units.unit(Kind.parse(spec.kind), spec.layer, spec.index)
@@ -106,8 +106,8 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
         raise UserError("a token's embedding has no inputs: grow it with --downstream")
     if start.kind == "logit" and args.downstream:
         raise UserError("a logit has no outputs: grow it upstream (without --downstream)")
-    if args.stats is not None and args.stats.is_dir():
-        raise UserError(f"--stats {args.stats}: is a directory, not a statistics file")
+    if args.stats is not None and not args.stats.is_file():
+        check_writable_file(args.stats, "--stats")  # it will be gathered into: fail now
     check_writable(args.out)
     return start, formats
 

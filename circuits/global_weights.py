@@ -282,7 +282,8 @@ def _unit_graph(
     order_t = torch.tensor(order, dtype=torch.long)
     count = stats.count[order_t]
     promotes = _promoted_tokens(replacement.read_write(), described)
-    logits = [LogitRecord(d[2], None, float("nan")) for d in described if d[0] == Kind.LOGIT]
+    # A unit has no probability (that is a prompt's); 0 keeps graph.json valid JSON (NaN is not).
+    logits = [LogitRecord(d[2], None, 0.0) for d in described if d[0] == Kind.LOGIT]
     referenced = {d[2] for d in described if d[0] in (Kind.EMBEDDING, Kind.LOGIT)}
     referenced |= set(promotes[promotes >= 0].tolist())
     return Graph(

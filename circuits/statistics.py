@@ -415,11 +415,10 @@ def gather_statistics(
         stats.check_identity(checkpoint, expected, Units.of(replacement))
         _check_settings(stats, settings, checkpoint)
         _check_rows(stats, rows, checkpoint)
-        stats.meta["rows"] = rows
     else:
         meta = {"rows": rows, **settings, "rows_done": 0, "seconds": 0.0, "identity": expected}
         stats = Statistics.empty(Units.of(replacement), replacement.cfg.d_model, meta)
-    return _gather(replacement, tokenizer, stats, checkpoint, progress)
+    return _gather(replacement, tokenizer, stats, rows, checkpoint, progress)
 
 
 def _check_settings(stats: Statistics, settings: dict, path: Path) -> None:
@@ -446,13 +445,15 @@ def _gather(
     replacement: ReplacementModel,
     tokenizer,
     stats: Statistics,
+    rows: int,
     checkpoint: Path | None,
     progress: bool,
 ) -> Statistics:
-    """Continue ``stats`` up to ``meta["rows"]``: the row stream is skipped past the rows
-    already summed, so each row is added once and in order."""
+    """Continue ``stats`` up to ``rows``: the row stream is skipped past the rows already
+    summed, so each row is added once and in order. The file is written when it changes."""
     replacement.eval()
     meta = stats.meta
+    unsaved, meta["rows"] = meta["rows"] != rows, rows
     stream = stream_rows(tokenizer, meta["n_ctx"], meta["split"], meta["seed"])
     for _ in range(meta["rows_done"]):
         next(stream)
@@ -464,10 +465,12 @@ def _gather(
         meta["rows_done"] += 1
         meta["seconds"] = seconds + time.perf_counter() - t0
         bar.update()
+        unsaved = True
         if checkpoint is not None and meta["rows_done"] % CHECKPOINT_EVERY == 0:
             stats.save(checkpoint)
+            unsaved = False
     bar.close()
-    if checkpoint is not None:
+    if checkpoint is not None and unsaved:
         stats.save(checkpoint)
     return stats
 
@@ -492,6 +495,5 @@ def statistics_for(
     if done == rows:
         return stats
     _check_rows(stats, rows, path)
-    stats.meta["rows"] = rows
     print(f"gathering statistics in {path}: from {done} to {rows} rows")
-    return _gather(replacement, tokenizer, stats, path, progress=True)
+    return _gather(replacement, tokenizer, stats, rows, path, progress=True)

@@ -6,8 +6,6 @@ bit; the CLI's bad input and start-up."""
 import itertools
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +30,6 @@ from circuits.statistics import Statistics, gather_statistics, identity, statist
 from circuits.units import Units
 from replacement.model import center
 from tests.test_attribution import random_replacement
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -445,6 +441,7 @@ def test_global_graph_grows_from_the_start(replacement, units, stats, tmp_path):
         (["--start", "lorsa:1:2", "--budget", "0"], "must be positive"),
         (["--start", "lorsa:1:2", "--rows", "-3"], "must be positive"),
         (["--start", "lorsa:1:x"], "expected lorsa:L:HEAD"),
+        (["--start", "lorsa:1:2", "--stats", "/proc/stats.safetensors"], "--stats /proc/"),
     ],
 )
 def test_global_graph_cli_bad_input(tmp_path, capsys, args, message):
@@ -454,7 +451,7 @@ def test_global_graph_cli_bad_input(tmp_path, capsys, args, message):
     out = tmp_path / "never"
     stats = tmp_path / "stats.safetensors"
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, [*args, "--out", str(out), "--stats", str(stats)])
+        run_cli(main, ["--out", str(out), "--stats", str(stats), *args])  # a later --stats wins
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error:") and message in err, err
     assert not out.exists() and not stats.exists()
@@ -464,21 +461,11 @@ def test_global_graph_cli_bad_input(tmp_path, capsys, args, message):
     "args, code",
     [(["--help"], 0), (["--start", "head:1:2"], 2), (["--start", "lorsa:1:2", "--budget", "0"], 2)],
 )
-def test_global_graph_cli_parses_arguments_before_importing_torch(tmp_path, args, code):
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "circuits.global_graph", *args,
-         "--out", str(tmp_path / "never")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == code, proc.stderr[-2000:]
-    imported = [
-        line.rsplit("|", 1)[-1].strip()
-        for line in proc.stderr.splitlines()
-        if line.startswith("import time:")
-    ]
-    assert "toy_models.cli" in imported  # the CLI module itself ran (as __main__)
-    heavy = [m for m in imported if m.split(".")[0] in ("torch", "transformer_lens")]
-    assert not heavy, heavy[:5]
+def test_global_graph_cli_parses_arguments_before_importing_torch(fresh_cli, tmp_path, args, code):
+    got, heavy, err = fresh_cli("circuits.global_graph", [*args, "--out", str(tmp_path / "x")])
+    assert got == code, err[-2000:]
+    assert heavy == [], err[-2000:]
+    assert not (tmp_path / "x").exists()
 
 
 def test_qk_circuit(replacement, units, stats):

@@ -88,7 +88,12 @@ def node_labels(graph: Graph) -> list[str]:
 
 
 def short_label(graph: Graph, i: int) -> str:
-    """The label drawn in node ``i``: at most two lines of about ``LINE_CHARS`` characters.
+    """The label drawn in node ``i``: ``short_label_lines`` joined by newlines."""
+    return "\n".join(short_label_lines(graph, i))
+
+
+def short_label_lines(graph: Graph, i: int) -> list[str]:
+    """The lines drawn in node ``i``: at most two of about ``LINE_CHARS`` characters.
 
     Embedding ``'tok'@pos`` (global graphs: ``'tok'``); Lorsa head ``H{index}`` over
     ``→'tok'@key``, its strongest key (most attention among its QK attributions, else its
@@ -99,31 +104,32 @@ def short_label(graph: Graph, i: int) -> str:
     pos, index = int(graph.pos[i]), int(graph.index[i])
     if kind == Kind.EMBEDDING:
         if not graph.positional:
-            return _fit(repr(graph.token(index)))
-        return at_position(prompt_token(graph, pos), pos)
+            return [_fit(repr(graph.token(index)))]
+        return [at_position(prompt_token(graph, pos), pos)]
     if kind == Kind.ERROR:
-        return "err"
+        return ["err"]
     if kind == Kind.LOGIT:
         tokens, value = logit_text(graph, i)
         if not graph.positional:
-            return _fit(tokens, LOGIT_CHARS)
+            return [_fit(tokens, LOGIT_CHARS)]
         text = f"{tokens} {value}"
         if len(text) <= LINE_CHARS:
-            return text
-        return f"{_fit(tokens, LOGIT_CHARS)}\n{_fit(value, LOGIT_CHARS)}"
+            return [text]
+        return [_fit(tokens, LOGIT_CHARS), _fit(value, LOGIT_CHARS)]
     if kind == Kind.LORSA:
         if not graph.positional:
-            return f"H{index}\nQK {index // graph.group_size}"
+            return [f"H{index}", f"QK {index // graph.group_size}"]
         attributions = graph.qk_for(i)
         key = (
             max(attributions, key=lambda a: a.attention).key
             if attributions
             else graph.strongest_key(i)
         )
-        second = "" if key is None else "→" + at_position(prompt_token(graph, key), key)
-        return f"H{index}\n{_fit(second, LINE_CHARS + 1)}" if second else f"H{index}"
+        if key is None:
+            return [f"H{index}"]
+        return [f"H{index}", _fit("→" + at_position(prompt_token(graph, key), key), LINE_CHARS + 1)]
     tokens = promoted(graph, i)
-    return f"F{index}\n{_fit(tokens[0], LINE_CHARS + 1)}" if tokens else f"F{index}"
+    return [f"F{index}", _fit(tokens[0], LINE_CHARS + 1)] if tokens else [f"F{index}"]
 
 
 def stage_name(stage: int, n_layers: int) -> str:

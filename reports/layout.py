@@ -24,7 +24,7 @@ import numpy as np
 from circuits.graph import Graph
 from circuits.nodes import Kind
 
-from .labels import at_position, prompt_token, short_label
+from .labels import at_position, prompt_token, short_label_lines
 
 FONT_SIZE = 10
 
@@ -203,9 +203,8 @@ def text_width(text: str, fontsize: float = FONT_SIZE) -> float:
     return sum(_CHAR_WIDTH.get(ch, 1000) for ch in text) * fontsize / 72000
 
 
-def node_size(kind: str, label: str) -> tuple[float, float]:
-    """Width and height (inches) of the node shape that holds ``label``, by kind."""
-    lines = label.split("\n")
+def node_size(kind: str, lines: list[str]) -> tuple[float, float]:
+    """Width and height (inches) of the node shape that holds the text ``lines``, by kind."""
     text_w = max(text_width(line) for line in lines) * TEXT_SLACK
     text_h = len(lines) * FONT_SIZE * 1.2 / 72
     if kind == "axis":  # bare text
@@ -296,13 +295,14 @@ def layout(graph: Graph, selection: Selection) -> Layout:
     down) and dealt round-robin over its rows, which keeps edges short and few crossings."""
     scores, _ = _node_scores(graph)
     kinds = graph.kinds
-    labels = {i: short_label(graph, i) for i in selection.nodes}
-    size = {i: node_size(kinds[i], labels[i]) for i in selection.nodes}
+    lines = {i: short_label_lines(graph, i) for i in selection.nodes}
+    labels = {i: "\n".join(lines[i]) for i in selection.nodes}
+    size = {i: node_size(kinds[i], lines[i]) for i in selection.nodes}
     cells = _cells(graph, selection.nodes, scores)
     used = sorted({p for by_pos in cells.values() for p in by_pos})
     for p in used:  # token placeholders stand where no embedding is drawn
         if p not in cells[0]:
-            size[-1 - p] = node_size("axis", placeholder(graph, p))
+            size[-1 - p] = node_size("axis", [placeholder(graph, p)])
     at = {p: [-1 - p, *(i for by_pos in cells.values() for i in by_pos.get(p, ()))] for p in used}
     slot = {p: NODE_GAP_IN + max(size[i][0] for i in at[p] if i in size) for p in used}
     row_h = {

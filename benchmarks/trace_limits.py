@@ -1,0 +1,105 @@
+"""The main command at its limits: a full-n_ctx held-out prompt traced with QK and every file
+written, in a fresh process, and how long Graphviz takes to draw the default budget.
+
+    python benchmarks/trace_limits.py [--model default] [--prompts 2]
+
+For each prompt (held-out rows of the four families, interleaved, cut to n_ctx tokens with BOS)
+``python -m circuits.trace`` runs under ``/usr/bin/time``-style accounting (peak resident
+memory of the child, wall time) and must exit 0 with every file (JSON, graph, DOT, SVG when
+``dot`` is installed, HTML). Target (issue 11): peak RSS <= 2 GB. Then ``dot -Tsvg`` is timed
+on each written DOT file (the default drawing budget). Results go to
+benchmarks/results/trace_limits_{model}.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = Path(__file__).parent / "results"
+TARGET_PEAK_GB = 2.0
+
+
+def full_context_prompt(tokenizer, n_ctx: int, offset: int) -> str:
+    """Held-out rows of every family, interleaved from ``offset``, cut to ``n_ctx`` tokens."""
+    from toy_models.data import FAMILIES
+    from toy_models.evaluate import heldout_examples
+
+    docs = {f: iter(heldout_examples(f, 40 + offset)[offset:]) for f in FAMILIES}
+    text = ""
+    while len(tokenizer.encode(text).ids) <= n_ctx:
+        for f in FAMILIES:
+            text += next(docs[f]).text
+    ids = tokenizer.encode(text).ids[1:n_ctx]  # BOS comes back when the trace encodes it
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def child_peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--prompts", type=int, default=2)
+    args = parser.parse_args()
+
+    from toy_models.zoo import load_pretrained
+
+    model, tokenizer = load_pretrained(args.model)
+    runs = []
+    for k in range(args.prompts):
+        prompt = full_context_prompt(tokenizer, model.cfg.n_ctx, offset=3 * k)
+        n_tokens = len(tokenizer.encode(prompt).ids)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "trace"
+            start = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "circuits.trace", "--prompt", prompt, "--model",
+                 args.model, "--out", str(out)],
+                capture_output=True, text=True, cwd=ROOT,
+            )  # fmt: skip
+            seconds = time.perf_counter() - start
+            peak = child_peak_gb()  # the largest child so far: each run is at least as big
+            files = sorted(p.name for p in out.iterdir()) if out.exists() else []
+            dot_seconds = None
+            if shutil.which("dot") and (out / "graph.dot").exists():
+                t0 = time.perf_counter()
+                subprocess.run(["dot", "-Tsvg", str(out / "graph.dot"), "-o", "/dev/null"],
+                               check=True, capture_output=True)  # fmt: skip
+                dot_seconds = round(time.perf_counter() - t0, 2)
+        summary = [line for line in proc.stdout.splitlines() if line.startswith(("graph:", "sec"))]
+        runs.append({
+            "tokens": n_tokens, "exit": proc.returncode, "seconds": round(seconds, 1),
+            "peak_rss_gb_so_far": round(peak, 3), "files": files, "dot_svg_seconds": dot_seconds,
+            "summary": summary, "stderr_tail": proc.stderr[-300:],
+        })  # fmt: skip
+        print(json.dumps(runs[-1]), flush=True)
+    result = {
+        "model": args.model,
+        "target_peak_rss_gb": TARGET_PEAK_GB,
+        "peak_rss_gb": max(r["peak_rss_gb_so_far"] for r in runs),
+        "all_exit_0": all(r["exit"] == 0 for r in runs),
+        "runs": runs,
+    }
+    result["meets_target"] = result["all_exit_0"] and result["peak_rss_gb"] <= TARGET_PEAK_GB
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"trace_limits_{args.model}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -179,8 +179,7 @@ class Statistics:
         self, run: PromptRun, rw: ReadWrite, layer: int, group_size: int, unit: Tensor
     ) -> None:
         stage = lorsa_stage(layer)
-        n_src, end = run.stage_start(stage), run.stage_start(stage + 1)
-        nodes = n_src + (run.kind[n_src:end] == Kind.LORSA).nonzero().squeeze(1)
+        n_src, nodes = run.stage_start(stage), run.select(Kind.LORSA, stage)
         heads, query = run.index[nodes], run.pos[nodes]
         active, which = torch.unique(heads, return_inverse=True)
         pattern = run.patterns[layer][heads // group_size, query]  # node key
@@ -194,8 +193,7 @@ class Statistics:
         self, run: PromptRun, rw: ReadWrite, layer: int, unit: Tensor
     ) -> None:
         stage = transcoder_stage(layer)
-        n_src, end = run.stage_start(stage), run.stage_start(stage + 1)
-        nodes = n_src + (run.kind[n_src:end] == Kind.TRANSCODER).nonzero().squeeze(1)
+        n_src, nodes = run.stage_start(stage), run.select(Kind.TRANSCODER, stage)
         feats, pos = run.index[nodes], run.pos[nodes]
         reading = rw.tc_read[layer][feats] / run.sigma2[layer, pos, None]
         n_pos = len(run.tokens)

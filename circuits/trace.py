@@ -185,7 +185,6 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings["scores"] = scored.scores
-    full.settings.pop("seconds", None)  # timings stay out of the files: they are reproducible
     try:
         written = write_graph_outputs(graph, args.out, formats, full if args.save_full else None)
     except OSError as exc:

@@ -173,3 +173,15 @@ def test_help_and_argument_errors_import_no_torch(fresh_cli, tmp_path, args, cod
     assert not (tmp_path / "never").exists()
     if code:
         assert err.startswith("error:") and "Traceback" not in err and err.count("\n") == 0
+
+
+def test_outputs_are_byte_reproducible(tmp_path, capsys):
+    """No timings or other run-to-run noise in any file: the same prompt, the same bytes."""
+    outs = [tmp_path / run / "t" for run in ("a", "b")]
+    for out in outs:
+        code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--max-nodes", "30")
+        assert code == 0, err
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == sorted(p.name for p in outs[1].iterdir())
+    for name in names:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name

@@ -28,7 +28,7 @@ from torch import Tensor
 from toy_models.files import replace_atomic
 
 from .graph import FORMAT_VERSION, MODES, Graph, LogitRecord, QKAttribution, QKPair
-from .nodes import Kind, logit_stage
+from .nodes import Kind, is_attention, logit_stage
 
 SUFFIX = ".safetensors"
 MAX_LAYERS = 1024  # far beyond any model here; bounds what a crafted header can make us allocate
@@ -235,8 +235,8 @@ def _check_nodes(
     expected = {
         Kind.EMBEDDING: stage == 0,
         Kind.LOGIT: stage == top,
-        Kind.LORSA: (stage % 2 == 1) & (stage < top),
-        Kind.TRANSCODER: (stage % 2 == 0) & (stage > 0),
+        Kind.LORSA: is_attention(stage) & (stage < top),
+        Kind.TRANSCODER: ~is_attention(stage) & (stage > 0),
         Kind.ERROR: (stage > 0) & (stage < top),
     }
     for k, ok in expected.items():

@@ -93,9 +93,9 @@ def block_of(stage: int) -> int:
     return (stage - 1) // 2
 
 
-def is_attention(stage: int) -> bool:
-    """Whether ``stage`` is a Lorsa (attention) stage rather than a transcoder one. Only
-    meaningful between the embedding and the logit stage."""
+def is_attention(stage):
+    """Whether ``stage`` (an int, or elementwise a tensor of stages) is a Lorsa (attention)
+    stage rather than a transcoder one. Only meaningful between the embedding and logit stage."""
     return stage % 2 == 1
 
 

@@ -479,3 +479,16 @@ def test_html_greys_out_the_nodes_the_drawing_leaves_out(tmp_path, graph):
         text = path.read_text(encoding="utf-8")
         assert re.findall(r'<tr class="undrawn"><td id="node-([^"]+)"', text) == ["E_0_0"]
         assert "The drawing shows 12 of 13 nodes" in text
+
+
+def test_html_has_no_raw_control_characters(tmp_path):
+    graph = make_graph()
+    graph.prompt = "bell\x07 escape\x1b[31m nul\x00 tab\tok"
+    graph.token_strings = ["<|bos|>", "\x07", "\x1b", "\x00"]
+    graph.token_text[100] = "feature \x08 text"
+    path = tmp_path / "g.html"
+    write_html(graph, path, None)
+    text = path.read_text(encoding="utf-8")
+    parse_html(text)
+    assert not any(ord(ch) < 32 and ch not in "\n\t" for ch in text)
+    assert "bell\\x07 escape\\x1b[31m nul\\x00" in text

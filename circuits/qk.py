@@ -41,6 +41,7 @@ class QKSides:
         n_src, n_pos = run.stage_start(stage), len(run.tokens)
         inv_sigma = 1 / run.sigma1[layer]
         self.at, self.valid = pad_by_position(run.pos[:n_src], n_pos)
+        self.slot_valid = torch.cat([torch.ones(n_pos, 1, dtype=torch.bool), self.valid], dim=1)
         parts = center(run.write[:n_src]) * inv_sigma[run.pos[:n_src], None]
         parts = parts[self.at] * self.valid[..., None]  # pos slot d
         bias = center(run.resid_bias[stage])[None, None] * inv_sigma[:, None, None]  # pos 1 d
@@ -56,21 +57,22 @@ class QKSides:
         v = self.key[key, :, qk_head]
         return u @ v.transpose(1, 2) / math.sqrt(self.lorsa.cfg.d_qk)
 
-    def contrast(self, qk_head: int, query: int, key: int, unit: Tensor, n_units: int) -> Tensor:
+    def contrast(self, qk_head: int, query: int, key: int, unit: Tensor) -> tuple[Tensor, Tensor]:
         """Query-slot x key-unit terms of ``score(q, key) - mean_{p <= q} score(q, p)``: what
         makes ``key`` stand out from the keys the query could have read (a uniform baseline;
         the attention-weighted one is ``score(q, key)`` itself when attention is sharp).
-        ``unit[p, slot]`` names each key slot's unit (``n_units`` for the bias slot,
-        ``n_units + 1`` for padding): a unit present at every key with the same weight (a
-        dense feature, the bias) cancels, which a raw pair table cannot show. Returns
-        (1 + slots, n_units + 2); the columns sum over units."""
+        ``unit[p, 1 + slot]`` names each key slot's unit (any integer codes; column 0 is the
+        bias slot's own): a unit present at every key with the same weight (a dense feature,
+        the bias) cancels, which a raw pair table cannot show. Returns the table
+        (1 + slots, units) over the units present at keys <= q, and those units' codes; its
+        columns sum over each unit's occurrences. Padding slots take no part."""
         weight = torch.full((query + 1,), -1 / (query + 1))
         weight[key] += 1
-        keys = self.key[: query + 1, :, qk_head] * weight[:, None, None]  # pos slot d_qk
-        delta = torch.zeros(n_units + 2, keys.shape[-1]).index_add_(
-            0, unit[: query + 1].flatten(), keys.flatten(0, 1)
-        )
-        return self.query[query, :, qk_head] @ delta.T / math.sqrt(self.lorsa.cfg.d_qk)
+        real = self.slot_valid[: query + 1]  # pos 1+slot
+        keys = self.key[: query + 1, :, qk_head][real] * weight[real.nonzero()[:, 0], None]
+        present, which = torch.unique(unit[: query + 1][real], return_inverse=True)
+        delta = torch.zeros(len(present), keys.shape[-1]).index_add_(0, which, keys)
+        return self.query[query, :, qk_head] @ delta.T / math.sqrt(self.lorsa.cfg.d_qk), present
 
     def scores(self, qk_head: Tensor, query: Tensor, key: Tensor) -> Tensor:
         """The scores computed directly from the cached Lorsa input (the check on ``terms``)."""
@@ -185,16 +187,16 @@ def _summaries(terms, scores, triples, attention, slot_ids, top) -> list[QKAttri
 
 def _add_contrast(record, side: QKSides, units, unit: Tensor, slot_ids, top: int) -> None:
     """Fill ``record.contrast`` and its ``top`` largest query-node x key-unit terms."""
-    table = side.contrast(record.qk_head, record.query, record.key, unit, units.total)
-    table = table[:, : units.total + 1]  # drop the padding column (all zero)
+    table, present = side.contrast(record.qk_head, record.query, record.key, unit)
+    present = present.tolist()
     record.contrast = float(table.sum())
     flat = table.flatten()
     n = table.shape[1]
-    best = flat.abs().topk(min(top, len(flat))).indices.tolist()
+    best = flat.abs().topk(min(top, len(flat)))
     record.contrast_pairs = [
-        QKPair(slot_ids[record.query][j // n], _unit_id(units, j % n), float(flat[j]))
-        for j in best
-        if flat[j] != 0
+        QKPair(slot_ids[record.query][j // n], _unit_id(units, present[j % n]), v)
+        for j, v in zip(best.indices.tolist(), flat[best.indices].tolist(), strict=True)
+        if v != 0
     ]
 
 

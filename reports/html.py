@@ -1,13 +1,17 @@
-"""One self-contained HTML page per attribution graph: prompt, scores, drawing, node table.
+"""One self-contained HTML page per attribution graph: an interactive viewer, the prompt, the
+scores, the node table and the Graphviz drawing when there is one.
 
-The page has no scripts and loads nothing from the network, so it can be mailed, archived or
-opened from a run directory years later. The drawing is the inline SVG that ``dot`` made from
-``reports.graphviz.to_dot``; the table below it carries what a drawing cannot: every node's
-numbers, its strongest inputs and outputs, and for Lorsa heads what made them attend. The
-drawing shows only a budget of the graph; the table lists every node and greys out the rows
-of those the drawing leaves out.
-Every string from the graph goes through ``_escape`` (``html.escape``, control characters
-shown as ``\\xNN`` escapes). Which nodes the drawing shows comes from its ``Selection``.
+The page loads nothing from the network, so it can be mailed, archived or opened from a run
+directory years later. Its viewer (``reports/viewer/``: a script and a stylesheet written
+here, inlined) draws the pruned graph itself from one JSON blob (``reports.viewer``), laid
+out by stage and position, so the picture needs no Graphviz: click a node for its panel
+(edges, QK records, dashboard), hover for its paths, change the node budget and the edge
+threshold, search, pin and group nodes (kept in the URL and in the blob's ``qParams``). The
+table below it carries every node's numbers without any script, and greys out the rows of
+the nodes the drawing leaves out (the script keeps them in step with its controls). The
+Graphviz SVG, when ``dot`` made one, follows as a static drawing of the default budget.
+Every string from the graph goes through ``escape`` (``html.escape``, control characters
+shown as ``\\xNN`` escapes) or, inside the JSON blob, ``reports.viewer.script_json``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import html
 import json
 import math
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,10 @@ from circuits.nodes import KINDS
 from toy_models.files import write_text_atomic
 
 from .labels import node_labels
-from .layout import Selection
+from .layout import Selection, select
+from .viewer import assets, script_json, viewer_data
+
+TABLE_OPEN_NODES = 200  # the node table starts open up to this many nodes
 
 CSS = """
 body { font-family: Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }
@@ -62,58 +70,84 @@ def escape(text: str) -> str:
 def write_html(
     graph: Graph,
     path: str | Path,
-    svg_text: str | None,
+    svg_text: str | None = None,
     selection: Selection | None = None,
     *,
     top_edges: int = 5,
     title: str | None = None,
+    dashboards: Mapping[str, Mapping] | None = None,
+    q_params: Mapping | None = None,
 ) -> None:
     """Write the report page of ``graph`` to ``path`` atomically.
 
-    ``svg_text`` is the drawing (``dot -Tsvg`` output) or None when Graphviz was missing, in
-    which case the page says how to render the ``.dot`` file instead. ``selection`` is what
-    the drawing shows (``reports.layout.select``); the table greys out the other nodes.
-    ``top_edges`` bounds the incoming and outgoing edges (and QK pairs) listed per node.
+    ``svg_text`` is the Graphviz drawing (``dot -Tsvg`` output), shown as a static picture
+    below the viewer, or None when Graphviz was missing (the page then says how to render the
+    ``.dot`` file; the viewer draws the graph either way). ``selection`` is the default view
+    (``reports.layout.select``; its budget when None): the viewer starts from it and the table
+    greys out the other nodes. ``top_edges`` bounds the incoming and outgoing edges (and QK
+    pairs) listed per node in the table. ``dashboards`` (by unit id) and ``q_params``
+    (circuit-tracer's pinned ids and supernodes) go to the viewer (``reports.viewer``).
     """
-    page = html_page(graph, svg_text, selection, top_edges=top_edges, title=title)
+    page = html_page(
+        graph, svg_text, selection, top_edges=top_edges, title=title, dashboards=dashboards,
+        q_params=q_params,
+    )  # fmt: skip
     write_text_atomic(Path(path), page)
 
 
 def html_page(
     graph: Graph,
-    svg_text: str | None,
+    svg_text: str | None = None,
     selection: Selection | None = None,
     *,
     top_edges: int = 5,
     title: str | None = None,
+    dashboards: Mapping[str, Mapping] | None = None,
+    q_params: Mapping | None = None,
 ) -> str:
     """The text of the page ``write_html`` writes."""
     if top_edges < 0:
         raise ValueError(f"top_edges must be >= 0, got {top_edges}")
-    drawn = set(selection.nodes) if selection is not None and svg_text is not None else None
+    if selection is None:
+        selection = select(graph)
+    drawing = _drawing_html(svg_text)  # refuses text that is not an SVG before any work
+    drawn = set(selection.nodes)
     labels = node_labels(graph)
     if title is None:
         prompt = graph.prompt if len(graph.prompt) <= 80 else graph.prompt[:79] + "…"
         title = f"Attribution graph: {prompt}" if prompt else "Attribution graph"
+    data = viewer_data(graph, selection, dashboards=dashboards, q_params=q_params, title=title)
+    viewer_css, viewer_js = assets()
+    table_open = " open" if graph.n_nodes <= TABLE_OPEN_NODES else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
         "<head>",
         '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title>",
-        f"<style>{CSS}</style>",
+        f"<style>{CSS}\n{viewer_css}</style>",
         "</head>",
         "<body>",
         f"<h1>{escape(title)}</h1>",
-        "<h2>Prompt</h2>",
+        '<div id="viewer" class="viewer">',
+        '<p class="note">The interactive drawing needs JavaScript; the node table below lists '
+        "every node without it.</p>",
+        "</div>",
+        _drawn_note_html(graph, drawn),
+        "<h2>Prompt</h2>" if graph.positional else "<h2>Global graph</h2>",
         _prompt_html(graph),
         "<h2>Summary</h2>",
         _summary_html(graph),
-        "<h2>Graph</h2>",
-        _drawing_html(svg_text),
-        _drawn_note_html(graph, drawn),
+        "<h2>Static drawing</h2>",
+        drawing,
         "<h2>Nodes</h2>",
+        f'<details class="node-table"{table_open}><summary>every node, most influential '
+        f"first ({graph.n_nodes})</summary>",
         _node_table_html(graph, labels, top_edges, drawn),
+        "</details>",
+        f'<script type="application/json" id="graph-data">{script_json(data)}</script>',
+        f"<script>{viewer_js}</script>",
         "</body>",
         "</html>",
     ]
@@ -167,27 +201,29 @@ def _summary_html(graph: Graph) -> str:
 def _drawing_html(svg_text: str | None) -> str:
     if svg_text is None:
         return (
-            '<p class="note">No drawing: Graphviz <code>dot</code> was missing or failed when '
-            "this page was written. Install it (<code>apt-get install graphviz</code>) and "
-            "render the <code>.dot</code> file next to this page with "
+            '<p class="note">No drawing from Graphviz: <code>dot</code> was missing or failed '
+            "when this page was written (the viewer above needs no Graphviz). For a static "
+            "picture, install it (<code>apt-get install graphviz</code>) and render the "
+            "<code>.dot</code> file next to this page with "
             "<code>dot -Tsvg FILE.dot -o FILE.svg</code>.</p>"
         )
     start = svg_text.find("<svg")
     if start < 0:
         raise ValueError("svg_text holds no <svg> element")
     # The XML declaration and DOCTYPE dot writes before <svg> do not belong inside HTML.
-    return f'<div class="graph">\n{svg_text[start:].strip()}\n</div>'
+    return (
+        "<details><summary>Graphviz drawing of the default budget (no script needed)</summary>"
+        f'\n<div class="graph">\n{svg_text[start:].strip()}\n</div>\n</details>'
+    )
 
 
-def _drawn_note_html(graph: Graph, drawn: set[int] | None) -> str:
-    if drawn is None:
-        return ""
+def _drawn_note_html(graph: Graph, drawn: set[int]) -> str:
     shown = len(drawn)
     if shown == graph.n_nodes:
         return ""
     return (
-        f"<p>The drawing shows {shown} of {graph.n_nodes} nodes (hover one for its full "
-        "label); the grey rows below are the nodes it leaves out.</p>"
+        f"<p>The drawing shows {shown} of {graph.n_nodes} nodes at first; the grey rows of the "
+        "node table are the nodes it leaves out.</p>"
     )
 
 

@@ -421,7 +421,13 @@ def test_html_page_is_well_formed_and_lists_every_node(tmp_path, graph):
     assert not path.with_name("graph.html.tmp").exists()
     parsed = parse_html(text)
     assert "<svg" in text and "<?xml" not in text and "<!DOCTYPE svg" not in text
-    assert "<script" not in text and "src=" not in text and "<link" not in text
+    # Self-contained: the scripts are inline, nothing is fetched (no src, link, import, url()).
+    assert re.findall(r"<script[^>]*>", text) == [
+        '<script type="application/json" id="graph-data">',
+        "<script>",
+    ]
+    for fetch in ("src=", "<link", "@import", "url(", "fetch(", "XMLHttpRequest"):
+        assert fetch not in text, fetch
     body = "".join(parsed.text)
     assert repr(NASTY) in body and '0 "4" a\\b &x' in body and "toy <tiny>" in body
     assert "replacement score" in body and "0.75" in body and "completeness score" in body
@@ -471,9 +477,11 @@ def test_html_greys_out_the_nodes_the_drawing_leaves_out(tmp_path, graph):
     undrawn = set(re.findall(r'<tr class="undrawn"><td id="node-([^"]+)"', text))
     assert undrawn == set(graph.ids) - {"3_9_3", "1_-1_3"}
     assert "The drawing shows 2 of 13 nodes" in text
-    # Without a selection (what was drawn is not known) nothing is marked.
+    # Without a selection the page starts from the default budget (``layout.select``): that
+    # leaves out only E_0_0, whose one edge is a zero.
     write_html(graph, path, svg_of(graph))
-    assert 'class="undrawn"' not in path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    assert re.findall(r'<tr class="undrawn"><td id="node-([^"]+)"', text) == ["E_0_0"]
     if HAS_DOT:  # the real drawing leaves out only E_0_0, whose one edge is a zero
         write_html(graph, path, svg_of(graph), layout.select(graph))
         text = path.read_text(encoding="utf-8")

@@ -1,0 +1,376 @@
+"""The interactive viewer's data: one JSON object per graph, embedded safely in the page.
+
+``viewer_data`` gathers what the page's script (``reports/viewer/viewer.js``) draws and shows:
+every node with its readable labels (``reports.labels``) and structured fields, every edge as
+parallel arrays, the QK records of Lorsa heads, the default view (``reports.layout.select``'s
+budget, so the first picture is the one the Graphviz drawing shows), unit dashboards when
+there are any, and circuit-tracer's ``qParams`` (``pinnedIds``, ``supernodes``, ``clickedId``)
+from which the page starts and which it keeps in step with the URL.
+
+``script_json`` writes the object so that it can sit inside ``<script type="application/json">``:
+no string from the graph can close the element or open a comment (``<``, ``>`` and ``&`` are
+written as ``\\u`` escapes, as are U+2028/2029 and every control character), and the text
+holds no NaN (not JSON).
+
+Dashboards (``dashboards``, keyed by unit id, ``circuits.nodes.unit_id``: ``{sublayer}_{index}``)
+are built elsewhere from corpus data; the viewer shows the one of a clicked node's unit when
+present. One dashboard is a dict; every key is optional::
+
+    {
+      "concept": {"label": "second mention of a name", "f1": 0.83},
+      "frequency": 0.012,                      # fraction of tokens the unit fires on
+      "histogram": {"edges": [0, 0.5, 1.0], "counts": [120, 7]},  # activations when firing
+      "logits": {"promoted": [[" Mary", 1.9], ...], "suppressed": [[" the", -1.2], ...]},
+      "examples": [{
+          "group": "top",                      # or a quantile's name: "q 0.50-0.75"
+          "tokens": ["<|bos|>", "Mary", " met", ...],  # the window's token texts
+          "at": 5,                             # index (in tokens) of the activating token
+          "activation": 3.2,
+          "acts": [0, 0, 0.4, ...],            # optional: activation at every window token
+          "keys": [[2, 1.7], [4, 0.3]],        # optional, Lorsa heads: z-pattern, the part of
+      }],                                      # the activation each key token carried
+    }
+
+``check_dashboards`` validates that shape and names the unit and field it refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from circuits.graph import Graph, QKAttribution
+from circuits.nodes import Kind, logit_stage, unit_id
+
+from .labels import node_labels, short_label_lines, stage_name
+from .layout import EDGES_PER_NODE, MAX_NODES, Selection, placeholder, select
+
+ASSETS = Path(__file__).with_name("viewer")
+SIGNIFICANT = 6  # digits kept of each float (float32 values need no more)
+INNER_KINDS = ("lorsa", "transcoder", "error")
+
+
+def _num(value: float | None) -> float | None:
+    """A float for JSON: ``SIGNIFICANT`` digits, None for NaN and infinities."""
+    if value is None:
+        return None
+    value = float(value)
+    return float(f"{value:.{SIGNIFICANT}g}") if math.isfinite(value) else None
+
+
+def _qk_record(graph: Graph, a: QKAttribution) -> dict:
+    # Every pair and marginal the record has (the QK pass keeps a few): the drawing's QK edges
+    # go to the strongest drawn node among them, as reports.layout.qk_edges does.
+    pairs = sorted(a.pairs, key=lambda p: -abs(p.value))
+    key_token = graph.token_strings[a.key] if 0 <= a.key < len(graph.token_strings) else ""
+    return {
+        "key": a.key,
+        "keyToken": key_token,
+        "attention": _num(a.attention),
+        "score": _num(a.score),
+        "rest": _num(a.rest),
+        "pairs": [[p.query, p.key, _num(p.value)] for p in pairs],
+        "queryMarginals": [[n, _num(v)] for n, v in a.query_marginals],
+        "keyMarginals": [[n, _num(v)] for n, v in a.key_marginals],
+        "contrast": _num(a.contrast),
+        "contrastPairs": [[p.query, p.key, _num(p.value)] for p in a.contrast_pairs],
+    }
+
+
+def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
+    kind = Kind(arrays["kind"][i])
+    stage, pos, index = arrays["stage"][i], arrays["pos"][i], arrays["index"][i]
+    negative = None
+    if kind == Kind.LOGIT:
+        record = graph.logit_record(i)
+        negative = record.negative
+    node = {
+        "id": graph.ids[i],
+        "unit": unit_id(kind, stage, index, negative=negative),
+        "kind": kind.label,
+        "stage": stage,
+        "layer": arrays["layer"][i],
+        "pos": pos,
+        "index": index,
+        "label": label,
+        "lines": short_label_lines(graph, i),
+        "activation": _num(arrays["activation"][i]),
+        "influence": None if graph.influence is None else _num(arrays["influence"][i]),
+    }
+    if kind in (Kind.LORSA, Kind.TRANSCODER, Kind.LOGIT):
+        node["value"] = _num(arrays["value"][i])
+        node["bias"] = _num(arrays["bias"][i])
+    if graph.occurrences is not None:
+        node["occurrences"] = _num(graph.occurrences[i])
+    key = graph.strongest_key(i)
+    if key is not None:
+        node["attends"] = key
+        node["attention"] = _num(graph.attention[i])
+    promoted = [graph.token(t) for t in arrays["promotes"][i] if t >= 0]
+    if promoted:
+        node["promotes"] = promoted
+    if kind == Kind.LOGIT:
+        node["logit"] = {
+            "token": graph.token(record.token),
+            "negative": None if negative is None else graph.token(negative),
+            "probability": _num(record.probability),
+        }
+    qk = graph.qk_for(i)
+    if qk:
+        node["qk"] = [_qk_record(graph, a) for a in sorted(qk, key=lambda a: -a.attention)]
+    return node
+
+
+def default_view(graph: Graph, selection: Selection) -> dict:
+    """The budget and edge threshold that make the page's first picture ``selection``: as
+    many heads, features and errors as it keeps, edges down to its weakest one."""
+    kinds = graph.kinds
+    n_inner = sum(k in INNER_KINDS for k in kinds)
+    budget = sum(kinds[i] in INNER_KINDS for i in selection.nodes)
+    if not selection.trimmed:
+        budget = n_inner
+    # Edges among the nodes the selection could draw (every embedding is a candidate there).
+    candidates = np.zeros(graph.n_nodes, dtype=bool)
+    candidates[selection.nodes] = True
+    candidates[graph.kind.numpy() == Kind.EMBEDDING] = True
+    coo = graph.edges.tocoo()
+    among = int(np.count_nonzero(candidates[coo.row] & candidates[coo.col] & (coo.data != 0)))
+    weakest = min((abs(e.weight) for e in selection.edges), default=0.0)
+    edge_min = weakest if len(selection.edges) < among else 0.0
+    return {
+        "budget": budget,
+        "edgeMin": _num(edge_min),
+        "maxNodes": MAX_NODES,
+        "edgesPerNode": EDGES_PER_NODE,
+        "rankedBy": selection.ranked_by,
+        "selected": [graph.ids[i] for i in selection.nodes],
+    }
+
+
+def check_q_params(graph: Graph, q_params: Mapping | None) -> dict:
+    """circuit-tracer's ``qParams`` with this graph's ids only: ``pinnedIds`` (ids),
+    ``supernodes`` (``[name, id, id, ...]`` lists of at least two members), ``clickedId``."""
+    q = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+    if not q_params:
+        return q
+    known = graph.id_to_index
+    pinned = q_params.get("pinnedIds", [])
+    if not isinstance(pinned, list) or not all(isinstance(p, str) for p in pinned):
+        raise ValueError("qParams.pinnedIds must be a list of node ids")
+    unknown = [p for p in pinned if p not in known]
+    if unknown:
+        raise ValueError(f"qParams.pinnedIds: no node {unknown[0]!r} in the graph")
+    q["pinnedIds"] = list(dict.fromkeys(pinned))
+    groups, taken = [], set()
+    for group in q_params.get("supernodes", []):
+        if (
+            not isinstance(group, list)
+            or len(group) < 3
+            or not all(isinstance(x, str) for x in group)
+        ):
+            raise ValueError("qParams.supernodes: each is [name, id, id, ...], two ids or more")
+        members = list(dict.fromkeys(group[1:]))
+        bad = [m for m in members if m not in known or m in taken]
+        if bad:
+            raise ValueError(f"qParams.supernodes {group[0]!r}: {bad[0]!r} unknown or in two")
+        taken.update(members)
+        groups.append([group[0], *members])
+    q["supernodes"] = groups
+    clicked = q_params.get("clickedId", "")
+    if clicked and clicked not in known:
+        raise ValueError(f"qParams.clickedId: no node {clicked!r} in the graph")
+    q["clickedId"] = clicked or ""
+    return q
+
+
+# ---------------------------------------------------------------------------------- dashboards
+def _is_num(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_dashboard(unit: str, d: Mapping) -> dict:
+    def fail(field: str, what: str) -> None:
+        raise ValueError(f"dashboard of {unit}: {field} {what}")
+
+    out: dict = {}
+    if not isinstance(d, Mapping):
+        fail("(the dashboard)", "must be a dict")
+    unknown = set(d) - {"concept", "frequency", "histogram", "logits", "examples"}
+    if unknown:
+        fail(sorted(unknown)[0], "is not a dashboard field")
+    if d.get("concept") is not None:
+        c = d["concept"]
+        if not isinstance(c, Mapping) or not isinstance(c.get("label"), str):
+            fail("concept", "must be {label: str, f1: number}")
+        if c.get("f1") is not None and not _is_num(c["f1"]):
+            fail("concept.f1", "must be a number")
+        out["concept"] = {"label": c["label"], "f1": _num(c.get("f1"))}
+    if d.get("frequency") is not None:
+        if not _is_num(d["frequency"]) or not 0 <= d["frequency"] <= 1:
+            fail("frequency", "must be a fraction in [0, 1]")
+        out["frequency"] = _num(d["frequency"])
+    if d.get("histogram") is not None:
+        h = d["histogram"]
+        edges, counts = (h.get("edges"), h.get("counts")) if isinstance(h, Mapping) else (0, 0)
+        if (
+            not isinstance(edges, list)
+            or not isinstance(counts, list)
+            or len(edges) != len(counts) + 1
+            or not all(map(_is_num, edges + counts))
+        ):
+            fail("histogram", "must be {edges: n+1 numbers, counts: n numbers}")
+        out["histogram"] = {"edges": [_num(x) for x in edges], "counts": [_num(x) for x in counts]}
+    if d.get("logits") is not None:
+        lg = d["logits"]
+        if not isinstance(lg, Mapping):
+            fail("logits", "must be {promoted: [[token, value]], suppressed: [...]}")
+        out["logits"] = {}
+        for side in ("promoted", "suppressed"):
+            rows = lg.get(side, [])
+            if not isinstance(rows, list) or not all(
+                isinstance(r, list | tuple) and len(r) == 2 and isinstance(r[0], str)
+                and _is_num(r[1])
+                for r in rows
+            ):  # fmt: skip
+                fail(f"logits.{side}", "must be a list of [token text, value]")
+            out["logits"][side] = [[r[0], _num(r[1])] for r in rows]
+    if d.get("examples") is not None:
+        if not isinstance(d["examples"], list):
+            fail("examples", "must be a list")
+        out["examples"] = [_check_example(fail, k, e) for k, e in enumerate(d["examples"])]
+    return out
+
+
+def _check_example(fail, k: int, e) -> dict:
+    name = f"examples[{k}]"
+    if not isinstance(e, Mapping):
+        fail(name, "must be a dict")
+    tokens = e.get("tokens")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        fail(f"{name}.tokens", "must be a non-empty list of token texts")
+    at = e.get("at")
+    if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at < len(tokens):
+        fail(f"{name}.at", f"must index tokens (0..{len(tokens) - 1})")
+    out = {"group": str(e.get("group", "top")), "tokens": tokens, "at": at}
+    if e.get("activation") is not None:
+        if not _is_num(e["activation"]):
+            fail(f"{name}.activation", "must be a number")
+        out["activation"] = _num(e["activation"])
+    if e.get("acts") is not None:
+        acts = e["acts"]
+        if not isinstance(acts, list) or len(acts) != len(tokens) or not all(map(_is_num, acts)):
+            fail(f"{name}.acts", "must be one number per token")
+        out["acts"] = [_num(a) for a in acts]
+    if e.get("keys") is not None:
+        keys = e["keys"]
+        if not isinstance(keys, list) or not all(
+            isinstance(r, list | tuple) and len(r) == 2 and isinstance(r[0], int)
+            and 0 <= r[0] < len(tokens) and _is_num(r[1])
+            for r in keys
+        ):  # fmt: skip
+            fail(f"{name}.keys", "must be a list of [token index, value]")
+        out["keys"] = [[r[0], _num(r[1])] for r in keys]
+    return out
+
+
+def check_dashboards(dashboards: Mapping[str, Mapping] | None) -> dict:
+    """``dashboards`` validated and normalised (module docstring); {} for None."""
+    if not dashboards:
+        return {}
+    if not isinstance(dashboards, Mapping):
+        raise ValueError("dashboards must be a dict keyed by unit id")
+    out = {}
+    for unit, d in dashboards.items():
+        if not isinstance(unit, str):
+            raise ValueError(f"dashboards are keyed by unit id (a string), got {unit!r}")
+        out[unit] = _check_dashboard(unit, d)
+    return out
+
+
+# ------------------------------------------------------------------------------------ the data
+def viewer_data(
+    graph: Graph,
+    selection: Selection | None = None,
+    *,
+    dashboards: Mapping[str, Mapping] | None = None,
+    q_params: Mapping | None = None,
+    title: str = "",
+) -> dict:
+    """Everything the page's script needs about ``graph`` (module docstring). ``selection``
+    is the default view (``select(graph)`` when None)."""
+    if selection is None:
+        selection = select(graph)
+    labels = node_labels(graph)
+    arrays = {
+        "kind": graph.kind.tolist(),
+        "stage": graph.stage.tolist(),
+        "pos": graph.pos.tolist(),
+        "index": graph.index.tolist(),
+        "layer": graph.layer.tolist(),
+        "activation": graph.activation.tolist(),
+        "value": graph.value.tolist(),
+        "bias": graph.bias.tolist(),
+        "promotes": graph.promotes.tolist(),
+        "influence": None if graph.influence is None else graph.influence.tolist(),
+    }
+    nodes = [_node(graph, i, labels[i], arrays) for i in range(graph.n_nodes)]
+    coo = graph.edges.tocoo()
+    keep = coo.data != 0
+    links = {
+        "source": coo.col[keep].tolist(),
+        "target": coo.row[keep].tolist(),
+        "weight": [_num(w) for w in coo.data[keep].tolist()],
+    }
+    n_positions = len(graph.token_strings)
+    n_stages = logit_stage(graph.n_layers) + 1
+    settings = dict(graph.settings)
+    metadata = {
+        "title": title,
+        "prompt": graph.prompt,
+        "promptTokens": graph.token_strings,
+        "tokenIds": list(graph.tokens),
+        "positional": graph.positional,
+        "mode": graph.mode,
+        "model": graph.model.get("name", ""),
+        "nLayers": graph.n_layers,
+        "stageNames": [stage_name(s, graph.n_layers) for s in range(n_stages)],
+        "axis": [placeholder(graph, p) for p in range(n_positions)] if graph.positional else [],
+        "scores": settings.get("scores") if isinstance(settings.get("scores"), dict) else None,
+        "nodeThreshold": _num(settings["node_threshold"])
+        if _is_num(settings.get("node_threshold"))
+        else None,
+    }
+    return {
+        "metadata": metadata,
+        "qParams": check_q_params(graph, q_params),
+        "view": default_view(graph, selection),
+        "nodes": nodes,
+        "links": links,
+        "dashboards": check_dashboards(dashboards),
+    }
+
+
+_UNSAFE = re.compile("[<>&\u2028\u2029\x00-\x1f\x7f-\x9f]")
+
+
+def script_json(data: dict) -> str:
+    """``data`` as JSON text safe inside ``<script type="application/json">`` (module
+    docstring); ``JSON.parse`` of the element's text gives ``data`` back."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def assets() -> tuple[str, str]:
+    """The viewer's stylesheet and script (``reports/viewer/``), checked to be inlinable."""
+    css = (ASSETS / "viewer.css").read_text(encoding="utf-8")
+    js = (ASSETS / "viewer.js").read_text(encoding="utf-8")
+    for name, text in (("viewer.css", css), ("viewer.js", js)):
+        lowered = text.lower()
+        if "</script" in lowered or "</style" in lowered or "<!--" in lowered:
+            raise ValueError(f"{name} cannot be inlined: it closes its element or opens a comment")
+    return css, js

@@ -1,0 +1,912 @@
+// The interactive attribution-graph viewer of graph.html (sparse-circuits, reports/viewer.py).
+//
+// Reads the graph from the JSON element #graph-data (reports/viewer.py), chooses what to draw
+// (the node budget and edge threshold, pinned nodes, supernodes), lays it out by stage (rows,
+// bottom to top) and position (columns) and draws it as SVG; a click shows a node in the side
+// panel, hovering highlights its paths, the search box finds nodes by token or label. Pins and
+// supernodes live in the URL hash and in data.qParams, as circuit-tracer keeps them.
+// Every string from the graph reaches the page as text (textContent, text nodes), never markup.
+"use strict";
+
+(function () {
+  performance.mark("viewer:start");
+  const SVGNS = "http://www.w3.org/2000/svg";
+  const INNER = new Set(["lorsa", "transcoder", "error"]);
+  const KIND_NAMES = {
+    embedding: "token embedding", lorsa: "Lorsa head", transcoder: "transcoder feature",
+    error: "error (what the dictionary misses)", logit: "logit", supernode: "supernode",
+  };
+  // Layout, in px: stage-name column, gaps between nodes of a cell, between position columns,
+  // between the rows of one stage and between stages; the text's line height.
+  const LABEL_COL = 112, NODE_GAP = 10, COLUMN_GAP = 20, ROW_GAP = 16, STAGE_GAP = 26;
+  const LINE_H = 13, FONT = "11px Helvetica, Arial, sans-serif", SWEEPS = 4, TOP_EDGES = 10, QK_SHOWN = 8;
+
+  const root = document.getElementById("viewer");
+  const data = JSON.parse(document.getElementById("graph-data").textContent);
+  const meta = data.metadata, nodes = data.nodes, N = nodes.length;
+  const src = data.links.source, tgt = data.links.target, wt = data.links.weight, E = src.length;
+  const byId = new Map(nodes.map((n, i) => [n.id, i]));
+  const inE = nodes.map(() => []), outE = nodes.map(() => []);
+  for (let e = 0; e < E; e++) { inE[tgt[e]].push(e); outE[src[e]].push(e); }
+  for (let i = 0; i < N; i++) {
+    inE[i].sort((a, b) => Math.abs(wt[b]) - Math.abs(wt[a]) || src[a] - src[b]);
+    outE[i].sort((a, b) => Math.abs(wt[b]) - Math.abs(wt[a]) || tgt[a] - tgt[b]);
+  }
+  const score = nodes.map((n) => {
+    const v = n.influence != null ? n.influence : n.activation != null ? Math.abs(n.activation) : null;
+    return v == null ? -Infinity : v;
+  });
+  const byScore = (a, b) => (score[b] > score[a]) - (score[b] < score[a]) || a - b;
+  const innerRanked = nodes.map((_, i) => i).filter((i) => INNER.has(nodes[i].kind)).sort(byScore);
+  const searchText = nodes.map((n) => {
+    const token = meta.positional ? meta.promptTokens[n.pos] || "" : "";
+    return [n.id, n.label, n.lines.join(" "), token, (n.promotes || []).join(" ")]
+      .join(" \u0001 ").toLowerCase();
+  });
+
+  // ------------------------------------------------------------------------------ text helpers
+  // Control characters are shown as \xNN, as on the rest of the page.
+  const CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
+  const shown = (s) => String(s).replace(CONTROL, (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
+  function fmt(x, digits) {
+    if (x == null || !isFinite(x)) return "–";
+    const t = Number(x).toPrecision(digits || 4);
+    return String(Number(t));
+  }
+  const signed = (x) => (x > 0 ? "+" : "") + fmt(x, 3);
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "class") e.className = v;
+      else if (k === "text") e.textContent = shown(v);
+      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v);
+    }
+    for (const c of children) if (c != null) e.append(typeof c === "string" ? shown(c) : c);
+    return e;
+  }
+  function svgEl(tag, attrs) {
+    const e = document.createElementNS(SVGNS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    return e;
+  }
+  const measure = document.createElement("canvas").getContext("2d");
+  measure.font = FONT;
+  const textWidth = (s) => measure.measureText(s).width;
+  const quote = (t) => "'" + shown(t) + "'";
+
+  // ------------------------------------------------------------------------------------ state
+  const state = {
+    budget: Math.min(data.view.budget, innerRanked.length),
+    edgeMin: data.view.edgeMin || 0,
+    pinned: new Set(), groups: [], clicked: null, picks: new Set(), query: "", zoom: null,
+  };
+  const defaults = { budget: state.budget, edgeMin: state.edgeMin };
+  let view = null, hovered = null, drawnOnce = false;
+
+  // Supernodes are [name, id, id, ...] (circuit-tracer's qParams); a node is in one at most.
+  function parseGroups(list, notes) {
+    const groups = [], taken = new Set();
+    if (!Array.isArray(list)) { notes.push("supernodes: not a list"); return groups; }
+    for (const g of list) {
+      if (!Array.isArray(g) || g.length < 2 || !g.every((x) => typeof x === "string")) {
+        notes.push("a supernode that is not [name, id, ...]"); continue;
+      }
+      const members = [];
+      for (const id of g.slice(1)) {
+        const i = byId.get(id);
+        if (i === undefined) notes.push("no node " + id);
+        else if (!taken.has(i)) { taken.add(i); members.push(i); }
+      }
+      if (members.length) groups.push({ name: g[0], members });
+    }
+    return groups;
+  }
+  function applyParams(q, notes) {
+    if (q.pinnedIds !== undefined) {
+      const ids = Array.isArray(q.pinnedIds) ? q.pinnedIds : String(q.pinnedIds).split(",");
+      state.pinned = new Set();
+      for (const id of ids) {
+        if (!id) continue;
+        const i = byId.get(id);
+        if (i === undefined) notes.push("no node " + id); else state.pinned.add(i);
+      }
+    }
+    if (q.supernodes !== undefined) state.groups = parseGroups(q.supernodes, notes);
+    if (q.clickedId !== undefined) {
+      const i = byId.get(q.clickedId);
+      state.clicked = i === undefined ? null : { node: i };
+    }
+  }
+  function readHash(notes) {
+    const h = location.hash.slice(1);
+    if (!h.includes("=")) return false; // e.g. #node-... from the table below: not a state
+    const p = new URLSearchParams(h), q = {};
+    if (p.has("pinnedIds")) q.pinnedIds = p.get("pinnedIds");
+    if (p.has("supernodes")) {
+      try { q.supernodes = JSON.parse(p.get("supernodes")); } catch (err) { notes.push("supernodes: not JSON"); }
+    }
+    if (p.has("clickedId")) q.clickedId = p.get("clickedId");
+    applyParams(q, notes);
+    if (p.has("nodes")) {
+      const b = parseInt(p.get("nodes"), 10);
+      if (b >= 0) state.budget = Math.min(b, innerRanked.length);
+    }
+    if (p.has("edgeMin")) {
+      const m = parseFloat(p.get("edgeMin"));
+      if (m >= 0) state.edgeMin = m;
+    }
+    return true;
+  }
+  function groupIds(g) { return [g.name, ...g.members.map((i) => nodes[i].id)]; }
+  function writeState() {
+    const pinnedIds = [...state.pinned].map((i) => nodes[i].id);
+    const supernodes = state.groups.map(groupIds);
+    const clickedId = state.clicked && state.clicked.node !== undefined ? nodes[state.clicked.node].id : "";
+    data.qParams.pinnedIds = pinnedIds;
+    data.qParams.supernodes = supernodes;
+    data.qParams.clickedId = clickedId;
+    const p = new URLSearchParams();
+    if (pinnedIds.length) p.set("pinnedIds", pinnedIds.join(","));
+    if (supernodes.length) p.set("supernodes", JSON.stringify(supernodes));
+    if (clickedId) p.set("clickedId", clickedId);
+    if (state.budget !== defaults.budget) p.set("nodes", String(state.budget));
+    if (state.edgeMin !== defaults.edgeMin) p.set("edgeMin", String(state.edgeMin));
+    const hash = p.toString();
+    const url = location.pathname + location.search + (hash ? "#" + hash : "");
+    try { history.replaceState(null, "", url); } catch (err) { location.replace(hash ? "#" + hash : "#"); }
+    if (ui.qparams) ui.qparams.textContent = JSON.stringify(data.qParams, null, 1);
+  }
+
+  // ------------------------------------------------------------------------- what is drawn
+  // Items are what the drawing shows: single nodes and supernodes. Like reports.layout.select:
+  // the `budget` highest heads, features and errors (influence, else |activation|), every
+  // logit, pinned nodes and supernode members, and the embeddings a drawn edge leaves; edges
+  // between items are summed and drawn when |weight| >= edgeMin.
+  function computeView() {
+    const show = new Uint8Array(N);
+    for (const i of innerRanked.slice(0, state.budget)) show[i] = 1;
+    nodes.forEach((n, i) => { if (n.kind === "logit") show[i] = 1; });
+    for (const i of state.pinned) show[i] = 1;
+    const groupOf = new Int32Array(N).fill(-1);
+    state.groups.forEach((g, k) => g.members.forEach((i) => { groupOf[i] = k; show[i] = 1; }));
+    const candidate = show.slice();
+    nodes.forEach((n, i) => { if (n.kind === "embedding") candidate[i] = 1; });
+
+    const items = [], itemOf = new Int32Array(N).fill(-1);
+    state.groups.forEach((g, k) => {
+      const best = g.members.slice().sort(byScore)[0];
+      items.push({
+        group: k, kind: "supernode", members: g.members, name: g.name,
+        stage: Math.max(...g.members.map((i) => nodes[i].stage)),
+        pos: meta.positional ? nodes[best].pos : 0,
+        score: Math.max(...g.members.map((i) => score[i])),
+        lines: [fitText(g.name, 16), g.members.length + " nodes"],
+      });
+      for (const i of g.members) itemOf[i] = items.length - 1;
+    });
+    for (let i = 0; i < N; i++) {
+      if (!candidate[i] || groupOf[i] >= 0) continue;
+      itemOf[i] = items.length;
+      items.push({ node: i, kind: nodes[i].kind, stage: nodes[i].stage, pos: nodes[i].pos, score: score[i], lines: nodes[i].lines });
+    }
+    const M = items.length, sums = new Map();
+    for (let e = 0; e < E; e++) {
+      const a = itemOf[src[e]], b = itemOf[tgt[e]];
+      if (a < 0 || b < 0 || a === b) continue;
+      const key = a * M + b;
+      sums.set(key, (sums.get(key) || 0) + wt[e]);
+    }
+    const edges = [];
+    let among = 0;
+    sums.forEach((w, key) => {
+      if (w === 0) return;
+      among++;
+      if (Math.abs(w) >= state.edgeMin) edges.push({ s: Math.floor(key / M), t: key % M, w });
+    });
+    edges.sort((x, y) => Math.abs(y.w) - Math.abs(x.w));
+
+    // QK edges: each drawn head's strongest query-side and key-side node among the candidates.
+    const qk = new Map();
+    for (let i = 0; i < N; i++) {
+      if (!show[i] || !nodes[i].qk) continue;
+      for (const rec of nodes[i].qk) {
+        for (const side of ["q", "k"]) {
+          const top = topQK(rec, side, candidate);
+          if (!top) continue;
+          const a = itemOf[top[0]], b = itemOf[i];
+          if (a === b) continue;
+          const key = a + "," + b + "," + side, old = qk.get(key);
+          if (!old || Math.abs(top[1]) > Math.abs(old.v)) qk.set(key, { s: a, t: b, side, v: top[1] });
+        }
+      }
+    }
+    const qkEdges = [...qk.values()];
+    const leaves = new Uint8Array(M);
+    for (const e of edges) leaves[e.s] = 1;
+    for (const e of qkEdges) leaves[e.s] = 1;
+    items.forEach((it, k) => {
+      it.drawn = !(it.kind === "embedding" && !leaves[k] && !state.pinned.has(it.node));
+    });
+    return { items, itemOf, edges, qkEdges, among, groupOf };
+  }
+  function topQK(rec, side, present) {
+    const col = side === "q" ? 0 : 1;
+    for (const p of rec.pairs) {
+      const i = p[col] == null ? undefined : byId.get(p[col]);
+      if (i !== undefined && present[i]) return [i, p[2]];
+    }
+    const marginals = side === "q" ? rec.queryMarginals : rec.keyMarginals;
+    for (const m of marginals.slice().sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]))) {
+      const i = m[0] == null ? undefined : byId.get(m[0]);
+      if (i !== undefined && present[i]) return [i, m[1]];
+    }
+    return null;
+  }
+  function fitText(s, n) { s = shown(s); return s.length <= n ? s : s.slice(0, n - 1) + "…"; }
+
+  // ---------------------------------------------------------------------------------- layout
+  function nodeSize(kind, lines) {
+    const tw = Math.max(...lines.map(textWidth)), th = lines.length * LINE_H;
+    let w, h;
+    if (kind === "error") { w = tw * 2 + 8; h = th * 2 + 2; }
+    else if (kind === "logit") { w = tw + 16; h = th * 1.45 + 8; }
+    else if (kind === "axis") { w = tw + 4; h = th; }
+    else { w = tw + 14; h = th + 8; }
+    return [Math.max(w, 34), Math.max(h, 22)];
+  }
+  // Rows are stages bottom to top, columns the positions something is drawn at (reports.layout:
+  // a full cell wraps into rows so the picture keeps about the canvas's aspect; within a cell,
+  // nodes are ordered by the mean x of their neighbours, sweeping up and down).
+  function layout(v) {
+    const drawn = v.items.map((_, k) => k).filter((k) => v.items[k].drawn);
+    for (const k of drawn) v.items[k].size = nodeSize(v.items[k].kind, v.items[k].lines);
+    const cells = new Map();
+    if (drawn.length) cells.set(0, new Map());
+    const order = drawn.slice().sort((a, b) => {
+      const x = v.items[a], y = v.items[b];
+      return x.stage - y.stage || x.pos - y.pos || (y.score > x.score) - (y.score < x.score) || a - b;
+    });
+    for (const k of order) {
+      const it = v.items[k];
+      if (!cells.has(it.stage)) cells.set(it.stage, new Map());
+      const byPos = cells.get(it.stage);
+      if (!byPos.has(it.pos)) byPos.set(it.pos, []);
+      byPos.get(it.pos).push(k);
+    }
+    const stages = [...cells.keys()].sort((a, b) => a - b);
+    const used = [...new Set(drawn.map((k) => v.items[k].pos))].sort((a, b) => a - b);
+    const axis = new Map();
+    if (meta.positional) {
+      for (const p of used) {
+        if (!cells.get(0).has(p)) {
+          const text = shown(meta.axis[p] || "@" + p);
+          axis.set(p, { text, size: nodeSize("axis", [text]) });
+        }
+      }
+    }
+    const slot = new Map(), rowH = new Map();
+    for (const p of used) {
+      let w = axis.has(p) ? axis.get(p).size[0] : 0;
+      for (const s of stages) for (const k of cells.get(s).get(p) || []) w = Math.max(w, v.items[k].size[0]);
+      slot.set(p, NODE_GAP + w);
+    }
+    for (const s of stages) {
+      let h = 22;
+      for (const m of cells.get(s).values()) for (const k of m) h = Math.max(h, v.items[k].size[1]);
+      rowH.set(s, h);
+    }
+    const nRows = (s, wrap) => Math.max(1, ...[...cells.get(s).values()].map((m) => Math.ceil(m.length / wrap)));
+    const across = (p, wrap) => Math.max(1, ...stages.map((s) => Math.min((cells.get(s).get(p) || []).length, wrap)));
+    const extent = (wrap) => {
+      let w = LABEL_COL, h = 0;
+      for (const p of used) w += across(p, wrap) * slot.get(p) + COLUMN_GAP;
+      for (const s of stages) h += nRows(s, wrap) * (rowH.get(s) + ROW_GAP) - ROW_GAP + STAGE_GAP;
+      return [w, h + 24];
+    };
+    const box = ui.canvas.getBoundingClientRect();
+    const aspect = Math.min(2.5, Math.max(1.0, (box.width || 1200) / (box.height || 700)));
+    let biggest = 1;
+    for (const s of stages) for (const m of cells.get(s).values()) biggest = Math.max(biggest, m.length);
+    let wrap = biggest, best = Infinity;
+    for (let w = biggest; w >= 1; w--) { // ties go to the wider: fewer rows
+      const [x, y] = extent(w), cost = Math.abs(Math.log(x / y / aspect));
+      if (cost < best - 1e-9) { best = cost; wrap = w; }
+    }
+    const columns = new Map();
+    let x = LABEL_COL;
+    for (const p of used) {
+      const a = across(p, wrap);
+      columns.set(p, x + (a * slot.get(p)) / 2);
+      x += a * slot.get(p) + COLUMN_GAP;
+    }
+    const width = Math.max(x, LABEL_COL + 100) + LABEL_COL; // stage names on both sides
+    const rowY = new Map(), bands = new Map(), rows = new Map();
+    let top = meta.positional && axis.size ? 4 : 0; // y grows upwards here; flipped below
+    for (const s of stages) {
+      const bottom = top, n = nRows(s, wrap);
+      rows.set(s, n);
+      top += STAGE_GAP / 2;
+      for (let r = 0; r < n; r++) {
+        rowY.set(s + "," + r, top + rowH.get(s) / 2);
+        top += rowH.get(s) + (r + 1 < n ? ROW_GAP : 0);
+      }
+      top += STAGE_GAP / 2;
+      bands.set(s, [bottom, top]);
+    }
+    const height = top + 8;
+    const xy = new Map();
+    const place = (s, p, members) => {
+      const n = rows.get(s), counts = [];
+      for (let r = 0; r < n; r++) counts.push(Math.ceil((members.length - r) / n));
+      members.forEach((k, j) => {
+        const r = j % n, slotK = Math.floor(j / n);
+        xy.set(k, [columns.get(p) + (slotK - (counts[r] - 1) / 2) * slot.get(p), rowY.get(s + "," + r)]);
+      });
+    };
+    for (const s of stages) for (const [p, m] of cells.get(s)) place(s, p, m);
+    const below = new Map(drawn.map((k) => [k, []])), above = new Map(drawn.map((k) => [k, []]));
+    for (const e of [...v.edges, ...v.qkEdges]) {
+      if (above.has(e.s) && below.has(e.t)) { above.get(e.s).push(e.t); below.get(e.t).push(e.s); }
+    }
+    const meanX = (ks, d) => (ks.length ? ks.reduce((a, k) => a + xy.get(k)[0], 0) / ks.length : d);
+    for (let sweep = 0; sweep < SWEEPS; sweep++) {
+      const up = sweep % 2 === 0, nb = up ? below : above;
+      for (const s of up ? stages : stages.slice().reverse()) {
+        for (const [p, m] of cells.get(s)) {
+          const key = new Map(m.map((k) => [k, meanX(nb.get(k), xy.get(k)[0])]));
+          m.sort((a, b) => key.get(a) - key.get(b));
+          place(s, p, m);
+        }
+      }
+    }
+    const flip = (y) => height - y;
+    for (const [k, [px, py]] of xy) xy.set(k, [px, flip(py)]);
+    const axisXY = new Map();
+    for (const [p, a] of axis) axisXY.set(p, [columns.get(p), flip(rowY.get("0,0"))]);
+    const bandsY = new Map();
+    for (const [s, [b, t]] of bands) bandsY.set(s, [flip(t), flip(b)]);
+    return { xy, width, height, bands: bandsY, axis, axisXY, columns, wrap };
+  }
+
+  // --------------------------------------------------------------------------------- drawing
+  const ui = {};
+  function buildChrome() {
+    const budgetMax = innerRanked.length;
+    ui.budget = el("input", { type: "number", min: "0", max: String(budgetMax), step: "1", "aria-label": "node budget" });
+    ui.budgetRange = el("input", { type: "range", min: "0", max: String(budgetMax), step: "1", "aria-label": "node budget slider" });
+    ui.edgeRange = el("input", { type: "range", min: "0", max: "1000", step: "1", "aria-label": "edge threshold" });
+    ui.edgeValue = el("span", { class: "value" });
+    ui.search = el("input", { type: "search", placeholder: "search token or label", "aria-label": "search" });
+    ui.searchCount = el("span", { class: "muted" });
+    ui.groupName = el("input", { type: "text", placeholder: "supernode name", size: "14", "aria-label": "supernode name" });
+    ui.groupButton = el("button", { type: "button", class: "group" }, "Group");
+    ui.clearPins = el("button", { type: "button", class: "clear-pins" }, "Clear pins");
+    const zoom = (f) => () => { state.zoom = (state.zoom || fitZoom()) * f; applyZoom(); };
+    const toolbar = el("div", { class: "toolbar" },
+      el("label", {}, "Nodes", ui.budgetRange, ui.budget, el("span", { class: "muted" }, "of " + budgetMax)),
+      el("label", {}, "Edges |w| ≥", ui.edgeRange, ui.edgeValue),
+      el("label", {}, ui.search, ui.searchCount),
+      el("span", {}, ui.groupName, " ", ui.groupButton, " ", ui.clearPins),
+      el("span", {},
+        el("button", { type: "button", onclick: zoom(1 / 1.25), title: "zoom out" }, "−"), " ",
+        el("button", { type: "button", onclick: () => { state.zoom = null; applyZoom(); }, title: "fit to width" }, "fit"), " ",
+        el("button", { type: "button", onclick: zoom(1.25), title: "zoom in" }, "+")),
+      el("span", { class: "muted" }, "click: details · ctrl/shift-click: pick for a supernode · hover: paths"));
+    ui.results = el("div", { class: "results" });
+    ui.status = el("div", { class: "status" });
+    ui.svg = svgEl("svg", { role: "img" });
+    ui.canvas = el("div", { class: "canvas" });
+    ui.canvas.append(ui.svg);
+    ui.panel = el("aside", { class: "panel" });
+    root.replaceChildren(toolbar, ui.results, ui.status, el("div", { class: "main" }, ui.canvas, ui.panel));
+
+    const setBudget = (b) => {
+      b = Math.max(0, Math.min(budgetMax, Math.round(Number(b) || 0)));
+      if (b === state.budget) return;
+      state.budget = b;
+      update();
+    };
+    ui.budget.addEventListener("change", () => setBudget(ui.budget.value));
+    ui.budgetRange.addEventListener("input", () => setBudget(ui.budgetRange.value));
+    ui.edgeRange.addEventListener("input", () => { state.edgeMin = sliderToEdge(Number(ui.edgeRange.value)); update(); });
+    ui.search.addEventListener("input", () => { state.query = ui.search.value; markSearch(); });
+    ui.groupButton.addEventListener("click", makeGroup);
+    ui.clearPins.addEventListener("click", () => { state.pinned.clear(); update(); });
+    ui.svg.addEventListener("mouseleave", () => setHover(null));
+    document.addEventListener("keydown", (ev) => {
+      if (ev.key === "Escape") { state.picks.clear(); setHover(null); update(); }
+    });
+    // Links of the node table below select the node here instead of changing the URL's hash.
+    document.addEventListener("click", (ev) => {
+      const a = ev.target.closest && ev.target.closest('a[href^="#node-"]');
+      if (!a) return;
+      const i = byId.get(decodeURIComponent(a.getAttribute("href").slice(6)));
+      if (i === undefined) return;
+      ev.preventDefault();
+      const row = tableRows.get(nodes[i].id);
+      if (row) row.scrollIntoView({ block: "center" });
+      select({ node: i });
+    });
+    window.addEventListener("hashchange", () => { if (readHash([])) update(); });
+  }
+  // The edge slider is logarithmic between the weakest and strongest |weight| of the graph.
+  let wLo = Infinity, wHi = 0;
+  for (const w of wt) { const a = Math.abs(w); if (a > 0) { wLo = Math.min(wLo, a); wHi = Math.max(wHi, a); } }
+  if (!(wHi > 0)) { wLo = 1e-6; wHi = 1; }
+  function sliderToEdge(v) {
+    if (v <= 0) return 0;
+    return Number((wLo * Math.pow(wHi / wLo, (v - 1) / 999)).toPrecision(4));
+  }
+  function edgeToSlider(m) {
+    if (m <= 0 || wHi <= wLo) return m <= 0 ? 0 : 1000;
+    return Math.max(1, Math.min(1000, Math.round(1 + (999 * Math.log(m / wLo)) / Math.log(wHi / wLo))));
+  }
+
+  // "fit": the canvas's width, but text no smaller than MIN_ZOOM (then the canvas scrolls,
+  // starting at the right, where the last position's nodes and the logits are).
+  const MIN_ZOOM = 0.8, MAX_ZOOM = 1.5;
+  function fitZoom() {
+    const w = ui.canvas.clientWidth || 1000;
+    if (!view || !view.layout) return 1;
+    return Math.max(MIN_ZOOM, Math.min(MAX_ZOOM, (w - 4) / view.layout.width));
+  }
+  function applyZoom() {
+    if (!view || !view.layout) return;
+    const z = state.zoom || fitZoom(), L = view.layout;
+    ui.svg.setAttribute("width", String(Math.round(L.width * z)));
+    ui.svg.setAttribute("height", String(Math.round(L.height * z)));
+    if (!state.zoom) ui.canvas.scrollLeft = ui.canvas.scrollWidth;
+  }
+
+  function nodeShape(kind, w, h) {
+    if (kind === "error") return svgEl("polygon", { class: "shape", points: `0,${-h / 2} ${w / 2},0 0,${h / 2} ${-w / 2},0` });
+    if (kind === "logit") {
+      const roof = Math.min(10, h * 0.3);
+      return svgEl("polygon", { class: "shape", points: `${-w / 2},${h / 2} ${w / 2},${h / 2} ${w / 2},${-h / 2 + roof} 0,${-h / 2} ${-w / 2},${-h / 2 + roof}` });
+    }
+    const rx = kind === "lorsa" || kind === "supernode" ? 7 : kind === "embedding" ? 2 : 3;
+    return svgEl("rect", { class: "shape", x: -w / 2, y: -h / 2, width: w, height: h, rx });
+  }
+  function itemLabel(it) {
+    return it.node !== undefined ? nodes[it.node].label : it.name + " (supernode of " + it.members.length + ")";
+  }
+
+  function render() {
+    view = computeView();
+    const L = layout(view);
+    view.layout = L;
+    const svg = ui.svg;
+    svg.replaceChildren();
+    svg.setAttribute("viewBox", `0 0 ${L.width} ${L.height}`);
+    const gBands = svgEl("g"), gEdges = svgEl("g"), gQK = svgEl("g"), gNodes = svgEl("g");
+    svg.append(gBands, gEdges, gQK, gNodes);
+    let odd = false;
+    for (const [s, [y0, y1]] of [...L.bands].sort((a, b) => b[0] - a[0])) {
+      gBands.append(svgEl("rect", { class: "band" + (odd ? " odd" : ""), x: 0, y: y0, width: L.width, height: y1 - y0 }));
+      const t = svgEl("text", { class: "stage-name", x: 6, y: (y0 + y1) / 2 + 4 });
+      const right = svgEl("text", { class: "stage-name", x: L.width - 6, y: (y0 + y1) / 2 + 4, "text-anchor": "end" });
+      t.textContent = right.textContent = meta.stageNames[s] || "stage " + s;
+      gBands.append(t, right);
+      odd = !odd;
+    }
+    for (const [p, a] of L.axis) {
+      const [x, y] = L.axisXY.get(p);
+      const t = svgEl("text", { class: "axis", x, y: y + 4, "text-anchor": "middle" });
+      t.textContent = a.text;
+      gBands.append(t);
+    }
+    const maxW = Math.max(1e-12, ...view.edges.map((e) => Math.abs(e.w)));
+    view.edgeEls = view.edges.map((e) => {
+      const [x1, y1] = L.xy.get(e.s), [x2, y2] = L.xy.get(e.t);
+      const h1 = view.items[e.s].size[1] / 2, h2 = view.items[e.t].size[1] / 2;
+      const path = curve(x1, y1 - h1, x2, y2 + h2);
+      const p = svgEl("path", { class: "edge " + (e.w > 0 ? "pos" : "neg"), d: path, "stroke-width": (0.6 + (4 * Math.abs(e.w)) / maxW).toFixed(2) });
+      p.dataset.s = itemKey(view.items[e.s]);
+      p.dataset.t = itemKey(view.items[e.t]);
+      p.dataset.w = String(e.w);
+      const title = svgEl("title");
+      title.textContent = shown(itemLabel(view.items[e.s]) + " → " + itemLabel(view.items[e.t]) + ": " + signed(e.w));
+      p.append(title);
+      gEdges.append(p);
+      return p;
+    });
+    view.qkEls = view.qkEdges.map((e) => {
+      const [x1, y1] = L.xy.get(e.s), [x2, y2] = L.xy.get(e.t);
+      const h1 = view.items[e.s].size[1] / 2, h2 = view.items[e.t].size[1] / 2;
+      const g = svgEl("g", { class: "qk-edge" });
+      g.dataset.s = itemKey(view.items[e.s]);
+      g.dataset.t = itemKey(view.items[e.t]);
+      g.dataset.side = e.side;
+      g.append(svgEl("path", { d: curve(x1, y1 - h1, x2, y2 + h2) }));
+      const label = svgEl("text", { class: "qk-label", x: (x1 + x2) / 2 + 3, y: (y1 - h1 + y2 + h2) / 2 });
+      label.textContent = e.side;
+      const title = svgEl("title");
+      title.textContent = shown((e.side === "q" ? "query side of " : "key side of ") + itemLabel(view.items[e.t]) + ": " + itemLabel(view.items[e.s]) + " " + signed(e.v));
+      g.append(label, title);
+      gQK.append(g);
+      return g;
+    });
+    view.nodeEls = new Map();
+    view.items.forEach((it, k) => {
+      if (!it.drawn) return;
+      const [x, y] = L.xy.get(k), [w, h] = it.size;
+      const g = svgEl("g", { class: "node kind-" + it.kind, transform: `translate(${x.toFixed(1)},${y.toFixed(1)})` });
+      g.dataset.item = String(k);
+      if (it.node !== undefined) g.dataset.id = nodes[it.node].id;
+      else g.dataset.group = String(it.group);
+      g.append(nodeShape(it.kind, w, h));
+      const y0 = -((it.lines.length - 1) * LINE_H) / 2 + 4;
+      it.lines.forEach((line, r) => {
+        const t = svgEl("text", { x: 0, y: y0 + r * LINE_H, "text-anchor": "middle" });
+        t.textContent = shown(line);
+        g.append(t);
+      });
+      const title = svgEl("title");
+      title.textContent = shown(itemLabel(it));
+      g.append(title);
+      g.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        if (ev.ctrlKey || ev.metaKey || ev.shiftKey) togglePick(it);
+        else select(it.node !== undefined ? { node: it.node } : { group: it.group });
+      });
+      g.addEventListener("mouseenter", () => setHover(k));
+      gNodes.append(g);
+      view.nodeEls.set(k, g);
+    });
+    applyZoom();
+    markClasses();
+    markSearch();
+    updateControls();
+    updateTable();
+    if (!drawnOnce) {
+      drawnOnce = true;
+      performance.mark("viewer:drawn");
+      root.dataset.ready = "1";
+    }
+  }
+  function curve(x1, y1, x2, y2) {
+    const dy = Math.max(20, Math.abs(y1 - y2) / 2);
+    const c1 = y1 > y2 ? y1 - dy : y1 + dy, c2 = y1 > y2 ? y2 + dy : y2 - dy;
+    return `M${x1.toFixed(1)},${y1.toFixed(1)} C${x1.toFixed(1)},${c1.toFixed(1)} ${x2.toFixed(1)},${c2.toFixed(1)} ${x2.toFixed(1)},${y2.toFixed(1)}`;
+  }
+
+  // Hovering an item highlights every drawn path into it and out of it (QK edges count as
+  // inputs of the head they point to).
+  function setHover(k) {
+    if (hovered === k || !view) return;
+    hovered = k;
+    ui.svg.classList.toggle("hovering", k != null);
+    for (const g of view.nodeEls.values()) g.classList.remove("hl");
+    view.edgeEls.forEach((p) => p.classList.remove("hl"));
+    view.qkEls.forEach((p) => p.classList.remove("hl"));
+    if (k == null) return;
+    const all = [...view.edges.map((e, j) => [e, view.edgeEls[j]]), ...view.qkEdges.map((e, j) => [e, view.qkEls[j]])];
+    const reach = (from, to) => {
+      const seen = new Set([k]), stack = [k];
+      while (stack.length) {
+        const x = stack.pop();
+        for (const [e, elem] of all) {
+          if (e[from] !== x) continue;
+          elem.classList.add("hl");
+          if (!seen.has(e[to])) { seen.add(e[to]); stack.push(e[to]); }
+        }
+      }
+      return seen;
+    };
+    for (const j of [...reach("t", "s"), ...reach("s", "t")]) {
+      const g = view.nodeEls.get(j);
+      if (g) g.classList.add("hl");
+    }
+  }
+
+  function markClasses() {
+    if (!view) return;
+    for (const [k, g] of view.nodeEls) {
+      const it = view.items[k];
+      g.classList.toggle("pinned", it.node !== undefined && state.pinned.has(it.node));
+      g.classList.toggle("picked", it.node !== undefined && state.picks.has(it.node));
+      const c = state.clicked;
+      g.classList.toggle("selected", !!c && (c.node !== undefined ? it.node === c.node : it.group === c.group));
+    }
+  }
+
+  function searchMatches() {
+    const q = state.query.trim().toLowerCase();
+    if (!q) return [];
+    const found = [];
+    for (let i = 0; i < N; i++) if (searchText[i].includes(q)) found.push(i);
+    return found.sort(byScore);
+  }
+  function markSearch() {
+    const found = searchMatches();
+    const hit = new Set(found.map((i) => view.itemOf[i]));
+    let drawnHits = 0;
+    for (const [k, g] of view.nodeEls) {
+      const on = hit.has(k);
+      g.classList.toggle("match", on);
+      if (on) drawnHits++;
+    }
+    ui.searchCount.textContent = state.query.trim() ? `${found.length} found, ${drawnHits} drawn` : "";
+    ui.results.replaceChildren(...found.slice(0, 40).map((i) => {
+      const drawn = view.itemOf[i] >= 0 && view.items[view.itemOf[i]].drawn;
+      return el("button", { type: "button", class: "result", title: nodes[i].id, onclick: () => select({ node: i }) },
+        fitText(nodes[i].label, 48) + (drawn ? "" : " (not drawn)"));
+    }));
+  }
+
+  function updateControls() {
+    ui.budget.value = String(state.budget);
+    ui.budgetRange.value = String(state.budget);
+    ui.edgeRange.value = String(edgeToSlider(state.edgeMin));
+    ui.edgeValue.textContent = fmt(state.edgeMin, 3);
+    const picks = state.picks.size;
+    ui.groupButton.textContent = picks ? `Group ${picks} picked` : "Group";
+    ui.groupButton.disabled = picks < 2;
+    ui.clearPins.disabled = state.pinned.size === 0;
+    const v = view, drawnNodes = v.items.filter((it) => it.drawn && it.node !== undefined).length;
+    const parts = [
+      `Drawing ${drawnNodes} of ${N} nodes` + (state.groups.length ? ` and ${state.groups.length} supernode(s)` : ""),
+      `${v.edges.length} of ${v.among} edges among them (|w| ≥ ${fmt(state.edgeMin, 3)}), ${v.qkEdges.length} QK edges`,
+      `ranked by ${data.view.rankedBy}`,
+    ];
+    if (state.pinned.size) parts.push(`${state.pinned.size} pinned`);
+    if (!meta.positional) parts.push("global graph: units, laid out by stage");
+    ui.status.textContent = parts.join(" · ");
+  }
+
+  // The node table below the viewer: grey out the rows of nodes the drawing leaves out.
+  const tableRows = new Map();
+  for (const td of document.querySelectorAll("table.nodes td[id^='node-']")) tableRows.set(td.id.slice(5), td.parentElement);
+  function updateTable() {
+    if (!tableRows.size) return;
+    const drawn = new Set();
+    view.items.forEach((it) => {
+      if (!it.drawn) return;
+      if (it.node !== undefined) drawn.add(it.node); else it.members.forEach((i) => drawn.add(i));
+    });
+    nodes.forEach((n, i) => { const r = tableRows.get(n.id); if (r) r.classList.toggle("undrawn", !drawn.has(i)); });
+  }
+
+  function update() {
+    setHover(null);
+    hovered = null;
+    render();
+    writeState();
+    showPanel();
+  }
+
+  // ---------------------------------------------------------------------- pins and groups
+  function togglePick(it) {
+    if (it.node === undefined) return; // a supernode: ungroup it first
+    if (state.picks.has(it.node)) state.picks.delete(it.node); else state.picks.add(it.node);
+    markClasses();
+    updateControls();
+  }
+  function makeGroup() {
+    if (state.picks.size < 2) return;
+    const members = [...state.picks];
+    for (const g of state.groups) g.members = g.members.filter((i) => !state.picks.has(i));
+    state.groups = state.groups.filter((g) => g.members.length > 0);
+    const name = ui.groupName.value.trim() || "group " + (state.groups.length + 1);
+    state.groups.push({ name, members });
+    state.picks.clear();
+    ui.groupName.value = "";
+    state.clicked = { group: state.groups.length - 1 };
+    update();
+  }
+  function ungroup(k) {
+    state.groups.splice(k, 1);
+    state.clicked = null;
+    update();
+  }
+  function togglePin(i) {
+    if (state.pinned.has(i)) state.pinned.delete(i); else state.pinned.add(i);
+    update();
+  }
+  function select(target) {
+    state.clicked = target;
+    markClasses();
+    writeState();
+    showPanel();
+  }
+
+  // ------------------------------------------------------------------------------- the panel
+  function noderef(id) {
+    if (id == null) return el("span", { class: "muted" }, "bias");
+    const i = byId.get(id);
+    if (i === undefined) return el("span", { class: "noderef absent", title: "not in this pruned graph" }, id);
+    return el("button", { type: "button", class: "noderef", title: nodes[i].label, onclick: () => select({ node: i }) }, id);
+  }
+  function edgeTable(list, other) {
+    if (!list.length) return el("p", { class: "muted" }, "none");
+    return el("table", { class: "edges" }, ...list.slice(0, TOP_EDGES).map(([j, w]) =>
+      el("tr", {},
+        el("td", {}, noderef(nodes[j].id), " ", el("span", { class: "muted" }, fitText(nodes[j].label, 42))),
+        el("td", { class: "num " + (w > 0 ? "pos" : "neg") }, signed(w)))));
+  }
+  function facts(rows) {
+    const dl = el("dl", { class: "facts" });
+    for (const [k, v] of rows) if (v != null && v !== "") dl.append(el("dt", {}, k), el("dd", {}, String(v)));
+    return dl;
+  }
+  function drawnItemOf(i) {
+    const k = view.itemOf[i];
+    return k >= 0 && view.items[k].drawn ? view.items[k] : null;
+  }
+  function showPanel() {
+    const c = state.clicked;
+    if (c && c.group !== undefined && state.groups[c.group]) return showGroup(c.group);
+    if (c && c.node !== undefined) return showNode(c.node);
+    ui.panel.replaceChildren(
+      el("h3", {}, "Click a node"),
+      el("p", { class: "muted" }, "Its label, numbers, strongest incoming and outgoing edges, QK records for Lorsa heads and its unit's dashboard appear here."),
+      qParamsBlock());
+  }
+  function showNode(i) {
+    const n = nodes[i], parts = [];
+    parts.push(el("h3", {}, n.label), el("div", { class: "id" }, n.id + " · unit " + n.unit));
+    const item = drawnItemOf(i);
+    const buttons = el("div", { class: "buttons" },
+      el("button", { type: "button", class: "pin", onclick: () => togglePin(i) }, state.pinned.has(i) ? "Unpin" : "Pin"),
+      el("button", { type: "button", class: "pick", onclick: () => { togglePick({ node: i }); showPanel(); } },
+        state.picks.has(i) ? "Unpick" : "Pick for a supernode"));
+    parts.push(buttons);
+    if (!item) parts.push(el("p", { class: "note" }, "Not drawn at this budget and edge threshold: pin it to draw it."));
+    else if (item.group !== undefined) parts.push(el("p", { class: "note" }, "Drawn inside supernode " + quote(item.name) + "."));
+    const token = meta.positional && n.pos >= 0 && n.pos < meta.promptTokens.length ? " " + quote(meta.promptTokens[n.pos]) : "";
+    parts.push(facts([
+      ["kind", KIND_NAMES[n.kind] || n.kind],
+      ["stage", meta.stageNames[n.stage]],
+      ["layer", n.kind === "embedding" || n.kind === "logit" ? "" : n.layer],
+      ["index", n.index >= 0 && n.kind !== "embedding" ? n.index : ""],
+      ["position", meta.positional ? n.pos + token : "(global: a unit)"],
+      ["activation", fmt(n.activation)],
+      ["influence", n.influence == null ? "" : fmt(n.influence)],
+      ["pre-activation", n.value == null ? "" : fmt(n.value)],
+      ["constant term", n.bias == null ? "" : fmt(n.bias)],
+      ["firings in sample", n.occurrences == null ? "" : fmt(n.occurrences)],
+      ["probability", n.logit && n.logit.negative == null ? fmt(n.logit.probability) : ""],
+    ]));
+    if (n.logit) {
+      parts.push(el("p", {}, "Target: logit of " + quote(n.logit.token) + (n.logit.negative != null ? " minus " + quote(n.logit.negative) : "")));
+    }
+    if (n.attends != null) {
+      const keyTok = meta.positional ? " " + quote(meta.promptTokens[n.attends] || "") : "";
+      parts.push(el("p", { class: "attends" }, `Attends to key ${n.attends}${keyTok} (attention ${fmt(n.attention, 3)})`));
+    }
+    if (n.promotes && n.promotes.length) {
+      parts.push(el("p", { class: "promotes" }, "Promotes " + n.promotes.map(quote).join(", ")));
+    }
+    if (n.qk) parts.push(el("h4", {}, "QK: why it attends there"), ...n.qk.map(qkBlock));
+    parts.push(el("h4", {}, "Top incoming edges"), edgeTable(inE[i].map((e) => [src[e], wt[e]])));
+    parts.push(el("h4", {}, "Top outgoing edges"), edgeTable(outE[i].map((e) => [tgt[e], wt[e]])));
+    parts.push(el("h4", {}, "Dashboard"), dashboard(n));
+    parts.push(qParamsBlock());
+    ui.panel.replaceChildren(...parts);
+    ui.panel.scrollTop = 0;
+  }
+  function qkBlock(rec) {
+    const keyTok = meta.positional ? " " + quote(rec.keyToken) : "";
+    const block = el("div", { class: "qk" },
+      el("div", {}, `key ${rec.key}${keyTok} · attention ${fmt(rec.attention, 3)} · score ${signed(rec.score)} (rest ${signed(rec.rest)})`));
+    if (rec.pairs.length) {
+      block.append(el("div", { class: "muted" }, "largest terms, query-side × key-side:"),
+        el("ul", {}, ...rec.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ", noderef(p[1]), ": ",
+          el("span", { class: p[2] > 0 ? "pos" : "neg" }, signed(p[2]))))));
+    }
+    if (rec.contrast != null) {
+      block.append(el("div", {}, `vs the mean key: ${signed(rec.contrast)} (key side as units)`),
+        el("ul", {}, ...rec.contrastPairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ",
+          el("span", { class: "id" }, p[1] == null ? "bias" : p[1]), ": ",
+          el("span", { class: p[2] > 0 ? "pos" : "neg" }, signed(p[2]))))));
+    }
+    return block;
+  }
+  function dashboard(n) {
+    const d = data.dashboards[n.unit];
+    if (!d) {
+      const any = Object.keys(data.dashboards).length > 0;
+      return el("p", { class: "muted no-dashboard" }, any
+        ? "No dashboard for unit " + n.unit + " in this page's data."
+        : "No unit dashboards in this page's data: none were given when it was written.");
+    }
+    const box = el("div", { class: "dashboard" });
+    if (d.concept) box.append(el("p", { class: "concept" }, "Concept: " + d.concept.label + (d.concept.f1 != null ? ` (F1 ${fmt(d.concept.f1, 3)})` : "")));
+    if (d.frequency != null) box.append(el("p", {}, `Fires on ${fmt(100 * d.frequency, 3)}% of tokens`));
+    if (d.histogram) box.append(histogram(d.histogram));
+    if (d.logits) {
+      const side = (name, rows) => rows && rows.length
+        ? el("div", { class: "logits-" + name }, name + ": ", ...rows.map((r, j) => el("span", {}, (j ? ", " : "") + quote(r[0]) + " " + signed(r[1]))))
+        : null;
+      box.append(el("div", { class: "logits" }, side("promotes", d.logits.promoted), side("suppresses", d.logits.suppressed)));
+    }
+    if (d.examples && d.examples.length) {
+      const groups = new Map();
+      for (const ex of d.examples) { if (!groups.has(ex.group)) groups.set(ex.group, []); groups.get(ex.group).push(ex); }
+      for (const [g, list] of groups) {
+        box.append(el("div", { class: "muted" }, "examples: " + g));
+        for (const ex of list) box.append(example(ex));
+      }
+    }
+    return box;
+  }
+  function example(ex) {
+    const keys = new Map((ex.keys || []).map((k) => [k[0], k[1]]));
+    const maxAct = ex.acts ? Math.max(1e-12, ...ex.acts.map(Math.abs)) : 0;
+    const maxKey = keys.size ? Math.max(1e-12, ...[...keys.values()].map(Math.abs)) : 0;
+    const line = el("div", { class: "example" });
+    if (ex.activation != null) line.append(el("span", { class: "act" }, fmt(ex.activation, 3)));
+    ex.tokens.forEach((t, j) => {
+      const span = j === ex.at ? el("mark", { title: "activating token" }, t) : el("span", {}, t);
+      if (j !== ex.at && ex.acts && ex.acts[j] > 0) span.style.background = `rgba(253,141,60,${(0.6 * ex.acts[j]) / maxAct})`;
+      if (keys.has(j)) {
+        span.classList.add("key");
+        span.style.borderBottomWidth = `${1 + Math.round((3 * Math.abs(keys.get(j))) / maxKey)}px`;
+        span.title = "key: carried " + signed(keys.get(j)) + " of the activation";
+      }
+      line.append(span);
+    });
+    return line;
+  }
+  function histogram(h) {
+    const W = 300, H = 44, n = h.counts.length, max = Math.max(1, ...h.counts);
+    const svg = svgEl("svg", { class: "hist", width: W, height: H + 12, viewBox: `0 0 ${W} ${H + 12}` });
+    h.counts.forEach((c, j) => {
+      const bh = (H * c) / max;
+      svg.append(svgEl("rect", { x: (j * W) / n, y: H - bh, width: Math.max(1, W / n - 1), height: bh }));
+    });
+    const lo = svgEl("text", { x: 0, y: H + 11, "font-size": "9" }), hi = svgEl("text", { x: W, y: H + 11, "font-size": "9", "text-anchor": "end" });
+    lo.textContent = fmt(h.edges[0], 3);
+    hi.textContent = fmt(h.edges[n], 3);
+    svg.append(lo, hi);
+    return el("div", {}, el("div", { class: "muted" }, "activation histogram (when firing)"), svg);
+  }
+  function showGroup(k) {
+    const g = state.groups[k], members = new Set(g.members);
+    const sum = (lists, end) => {
+      const by = new Map();
+      for (const i of g.members) for (const e of lists[i]) {
+        const j = end[e];
+        if (!members.has(j)) by.set(j, (by.get(j) || 0) + wt[e]);
+      }
+      return [...by].filter((x) => x[1] !== 0).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
+    };
+    ui.panel.replaceChildren(
+      el("h3", {}, g.name), el("div", { class: "id" }, `supernode of ${g.members.length} nodes`),
+      el("div", { class: "buttons" }, el("button", { type: "button", class: "ungroup", onclick: () => ungroup(k) }, "Ungroup")),
+      el("h4", {}, "Members"),
+      el("ul", {}, ...g.members.map((i) => el("li", {}, noderef(nodes[i].id), " ", el("span", { class: "muted" }, fitText(nodes[i].label, 44))))),
+      el("h4", {}, "Top incoming edges (summed over members)"), edgeTable(sum(inE, src)),
+      el("h4", {}, "Top outgoing edges (summed over members)"), edgeTable(sum(outE, tgt)),
+      qParamsBlock());
+  }
+  function qParamsBlock() {
+    ui.qparams = el("pre", { class: "qparams" }, JSON.stringify(data.qParams, null, 1));
+    return el("details", {}, el("summary", {}, "qParams (pins and supernodes, as in graph.json)"), ui.qparams);
+  }
+
+  // ----------------------------------------------------------------------------------- start
+  try {
+    buildChrome();
+    const notes = [];
+    applyParams(data.qParams, notes);
+    readHash(notes);
+    render();
+    writeState();
+    showPanel();
+    if (notes.length) ui.status.textContent += " · ignored from the URL: " + notes.slice(0, 3).join("; ");
+    window.addEventListener("resize", () => { if (!state.zoom) applyZoom(); });
+    window.viewer = {
+      data, state, update,
+      drawnIds: () => view.items.filter((it) => it.drawn && it.node !== undefined).map((it) => nodes[it.node].id),
+      supernodes: () => view.items.filter((it) => it.drawn && it.group !== undefined).map((it) => it.name),
+      edges: () => view.edges.map((e) => [itemKey(view.items[e.s]), itemKey(view.items[e.t]), e.w]),
+    };
+  } catch (err) {
+    root.dataset.error = String(err && err.message);
+    root.prepend(el("p", { class: "note" }, "The viewer failed: " + String(err && err.message)));
+    throw err;
+  }
+  function itemKey(it) { return it.node !== undefined ? nodes[it.node].id : "supernode:" + it.name; }
+})();

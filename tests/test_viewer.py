@@ -1,0 +1,499 @@
+"""The interactive graph.html viewer: its data (no browser), then the page in a real headless
+Chromium driven over the DevTools pipe (``reports.browser``): real mouse clicks and hovers,
+typing in the search box, the budget and edge controls, pins and supernodes in the URL.
+
+The browser tests skip only when no Chromium is installed; ``.ci/run`` installs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import pytest
+import torch
+from report_graphs import NASTY, make_graph
+
+from circuits.graph import Graph
+from reports import layout
+from reports.browser import Browser, find_chromium
+from reports.html import write_html
+from reports.labels import node_label
+from reports.viewer import check_dashboards, check_q_params, script_json, viewer_data
+
+DASHBOARDS = {
+    "0_5": {  # L0 Lorsa head 5: a head reading the key two tokens back
+        "concept": {"label": "second mention of a name", "f1": 0.83},
+        "frequency": 0.0125,
+        "histogram": {"edges": [0.0, 1.0, 2.0, 3.0], "counts": [40, 12, 3]},
+        "logits": {"promoted": [[" Mary", 1.9], [NASTY, 1.1]], "suppressed": [[" the", -1.2]]},
+        "examples": [
+            {
+                "group": "top",
+                "tokens": ["<|bos|>", "Mary", " met", " Tom", ".", " Mary"],
+                "at": 5,
+                "activation": 3.25,
+                "acts": [0, 0, 0, 0, 0.5, 3.25],
+                "keys": [[1, 2.5], [3, 0.25]],
+            },
+            {"group": "q 0.50-0.75", "tokens": ["a", "b"], "at": 0, "activation": 1.0},
+        ],
+    }
+}
+
+
+# ------------------------------------------------------------------------- data, no browser
+def test_script_json_cannot_close_its_element_and_round_trips():
+    hostile = "</script><script>alert(1)</script> <!-- --> \u2028 \x00\x07\x1b\x7f\x85 & é"
+    data = {"a": hostile, "b": [1.5, None, "<"], hostile: 2}
+    text = script_json(data)
+    lowered = text.lower()
+    assert "</script" not in lowered and "<!--" not in lowered and "<" not in text
+    assert not any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in text)
+    assert "\u2028" not in text and "é" in text  # other text stays readable
+    assert json.loads(text) == data
+    with pytest.raises(ValueError):
+        script_json({"x": float("nan")})
+
+
+def test_viewer_data_holds_every_node_and_edge_and_the_default_view():
+    graph = make_graph()
+    data = viewer_data(graph)
+    assert [n["id"] for n in data["nodes"]] == graph.ids
+    assert [n["label"] for n in data["nodes"]] == [node_label(graph, i) for i in range(13)]
+    by_id = {n["id"]: n for n in data["nodes"]}
+    assert by_id["0_5_2"]["unit"] == "0_5" and by_id["E_4_1"]["unit"] == "E_4"
+    assert by_id["0_5_2"]["attends"] == 2 and by_id["1_3_3"]["promotes"] == ["digits"]
+    assert by_id["5_11_3"]["logit"] == {"token": "9", "negative": None, "probability": 0.7}
+    assert by_id["0_5_2"]["qk"][0]["pairs"][0] == ["E_6_2", "E_4_1", 2.0]
+    links = data["links"]
+    assert len(links["source"]) == 12  # the explicit zero is no edge
+    ends = zip(links["source"], links["target"], strict=True)
+    assert {(graph.ids[s], graph.ids[t]) for s, t in ends} == {
+        (graph.ids[e.source], graph.ids[e.target]) for e in layout.strongest_edges(graph)
+    }
+    view = data["view"]
+    selection = layout.select(graph)
+    assert view["selected"] == [graph.ids[i] for i in selection.nodes]
+    assert view["budget"] == 7 and view["rankedBy"] == "influence"
+    # A budget that binds: the page starts with as many heads, features and errors as
+    # select keeps, and edges down to the weakest it draws.
+    tight = layout.select(graph, max_nodes=3, max_edges=2)
+    view = viewer_data(graph, tight)["view"]
+    assert view["budget"] == 3
+    assert view["edgeMin"] == 1.5  # the weaker of the two strongest of three edges
+    assert data["qParams"]["pinnedIds"] == [] and data["qParams"]["supernodes"] == []
+
+
+def test_q_params_and_dashboards_are_checked():
+    graph = make_graph()
+    q = check_q_params(graph, {"pinnedIds": ["3_9_3"], "supernodes": [["g", "1_3_3", "1_17_1"]]})
+    assert q["pinnedIds"] == ["3_9_3"] and q["supernodes"] == [["g", "1_3_3", "1_17_1"]]
+    for bad, match in [
+        ({"pinnedIds": ["nope"]}, "pinnedIds.*nope"),
+        ({"pinnedIds": "3_9_3"}, "pinnedIds"),
+        ({"supernodes": [["g", "1_3_3"]]}, "two ids"),
+        ({"supernodes": [["a", "1_3_3", "3_9_3"], ["b", "3_9_3", "E_4_1"]]}, "'3_9_3'"),
+        ({"clickedId": "x"}, "clickedId"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            check_q_params(graph, bad)
+    assert check_dashboards(DASHBOARDS)["0_5"]["examples"][0]["keys"] == [[1, 2.5], [3, 0.25]]
+    for edit, match in [
+        (lambda d: d.update(colour=1), "0_5: colour is not a dashboard field"),
+        (lambda d: d.update(frequency=2), "frequency"),
+        (lambda d: d["histogram"].update(counts=[1]), "histogram"),
+        (lambda d: d["examples"][0].update(at=6), r"examples\[0\].at"),
+        (lambda d: d["examples"][0].update(keys=[[9, 1.0]]), r"examples\[0\].keys"),
+        (lambda d: d["examples"][1].update(acts=[1.0]), r"examples\[1\].acts"),
+        (lambda d: d["logits"].update(promoted=[["x"]]), "logits.promoted"),
+    ]:
+        broken = json.loads(json.dumps(DASHBOARDS))
+        edit(broken["0_5"])
+        with pytest.raises(ValueError, match=match):
+            check_dashboards(broken)
+
+
+# ------------------------------------------------------------------------------ the browser
+@pytest.fixture(scope="module")
+def browser():
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    with Browser(width=1400, height=900) as b:
+        yield b
+
+
+def open_page(browser: Browser, path: Path, hash_: str = "") -> None:
+    url = path.resolve().as_uri() + hash_
+    browser.load("about:blank")  # a new document even when only the hash differs
+    browser.load(url)
+    error = browser.evaluate("document.getElementById('viewer').dataset.error || ''")
+    assert error == "" and browser.evaluate("document.getElementById('viewer').dataset.ready")
+
+
+def js(value) -> str:
+    return json.dumps(value)
+
+
+def centre(browser: Browser, selector: str) -> tuple[float, float]:
+    """The viewport centre of the element ``selector`` (scrolled into view first)."""
+    box = browser.evaluate(
+        f"(() => {{ const e = document.querySelector({js(selector)}); if (!e) return null;"
+        " e.scrollIntoView({block: 'center', inline: 'center'});"
+        " const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+    )
+    assert box is not None, f"nothing matches {selector}"
+    return box[0], box[1]
+
+
+def node_sel(node_id: str) -> str:
+    return f'#viewer svg g.node[data-id="{node_id}"]'
+
+
+def click_node(browser: Browser, node_id: str, modifiers: int = 0) -> None:
+    browser.click(*centre(browser, node_sel(node_id)), modifiers=modifiers)
+
+
+def panel_text(browser: Browser) -> str:
+    return browser.evaluate("document.querySelector('#viewer .panel').innerText")
+
+
+def url_state(browser: Browser) -> dict[str, str]:
+    fragment = browser.evaluate("location.hash").lstrip("#")
+    return {k: v[0] for k, v in parse_qs(fragment).items()}
+
+
+def drawn(browser: Browser) -> list[str]:
+    return browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg g.node[data-id]')].map(g => g.dataset.id)"
+    )
+
+
+def boxes(browser: Browser) -> dict[str, list[float]]:
+    """Each drawn node's centre in the SVG's own units."""
+    return browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#viewer svg g.node[data-id]')]"
+        ".map(g => [g.dataset.id, [g.transform.baseVal[0].matrix.e,"
+        " g.transform.baseVal[0].matrix.f]]))"
+    )
+
+
+@pytest.fixture
+def small_page(tmp_path) -> tuple[Graph, Path]:
+    graph = make_graph()
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    return graph, path
+
+
+def test_page_draws_the_default_selection_by_stage_and_position(browser, small_page):
+    graph, path = small_page
+    open_page(browser, path)
+    selection = layout.select(graph)
+    assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in selection.nodes)
+    drawn_edges = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg path.edge')]"
+        ".map(p => [p.dataset.s, p.dataset.t])"
+    )
+    assert sorted(map(tuple, drawn_edges)) == sorted(
+        (graph.ids[e.source], graph.ids[e.target]) for e in selection.edges
+    )
+    qk = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg g.qk-edge')]"
+        ".map(g => [g.dataset.s, g.dataset.t, g.dataset.side])"
+    )
+    assert sorted(map(tuple, qk)) == sorted(
+        (graph.ids[e.source], graph.ids[e.target], e.side) for e in selection.qk
+    )
+    # Stages are rows, bottom to top; positions are columns, left to right.
+    xy = boxes(browser)
+    stage = dict(zip(graph.ids, graph.stage.tolist(), strict=True))
+    pos = dict(zip(graph.ids, graph.pos.tolist(), strict=True))
+    for a in xy:
+        for b in xy:
+            if stage[a] < stage[b]:
+                assert xy[a][1] > xy[b][1], (a, b)
+            if stage[a] == stage[b] and pos[a] < pos[b]:
+                assert xy[a][0] < xy[b][0], (a, b)
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert "Drawing 12 of 13 nodes" in status and "ranked by influence" in status
+    # The table's grey rows follow the drawing.
+    grey = browser.evaluate(
+        "[...document.querySelectorAll('tr.undrawn td[id]')].map(td => td.id.slice(5))"
+    )
+    assert grey == ["E_0_0"]
+
+
+def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page):
+    graph, path = small_page
+    open_page(browser, path)
+    click_node(browser, "0_5_2")
+    text = panel_text(browser)
+    assert node_label(graph, graph.ids.index("0_5_2")) in text
+    assert "Lorsa head" in text and "L0 Lorsa" in text
+    assert "Attends to key 2 'a\\b' (attention 0.5)" in text
+    assert "key 1 'Ġ\"q\"' · attention 0.8 · score +3 (rest +0.4)" in text
+    assert "E_6_2 × E_4_1: +2" in text and "bias × E_4_1: +0.6" in text
+    incoming = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel table.edges')[0].rows]"
+        ".map(r => r.cells[0].querySelector('.noderef').textContent + ' ' + r.cells[1].textContent)"
+    )
+    assert incoming == ["E_4_1 +1.5", "E_6_2 +0.5"]
+    assert "No unit dashboards in this page's data" in text
+    assert browser.evaluate("document.querySelector(" + js(node_sel("0_5_2")) + ").classList"
+                            ".contains('selected')")  # fmt: skip
+    assert url_state(browser)["clickedId"] == "0_5_2"
+    # An outgoing edge is a link: clicking it shows the node at its other end.
+    out_link = "#viewer .panel table.edges:nth-of-type(2) .noderef"
+    browser.click(*centre(browser, out_link))
+    text = panel_text(browser)
+    assert text.startswith(node_label(graph, graph.ids.index("1_3_3")))
+    assert url_state(browser)["clickedId"] == "1_3_3"
+    assert browser.evaluate("viewer.data.qParams.clickedId") == "1_3_3"
+    # A QK pair names a pruned node (1_99_3): shown, not a link.
+    click_node(browser, "2_2_3")
+    assert "1_99_3 × 1_17_1: -4" in panel_text(browser)
+    assert browser.evaluate("document.querySelectorAll('#viewer .panel .noderef.absent').length")
+
+
+def test_hover_highlights_the_paths_through_a_node(browser, small_page):
+    graph, path = small_page
+    open_page(browser, path)
+    browser.move(*centre(browser, node_sel("1_3_3")))
+    assert browser.evaluate("document.querySelector('#viewer svg').classList.contains('hovering')")
+    lit = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg path.edge.hl, #viewer svg g.qk-edge.hl')]"
+        ".map(p => p.dataset.s + '>' + p.dataset.t)"
+    )
+    selection = layout.select(graph)
+    edges = [(graph.ids[e.source], graph.ids[e.target]) for e in selection.edges]
+    edges += [(graph.ids[e.source], graph.ids[e.target]) for e in selection.qk]
+
+    def reach(start, forward):
+        seen, stack, found = {start}, [start], set()
+        while stack:
+            x = stack.pop()
+            for s, t in edges:
+                a, b = (s, t) if forward else (t, s)
+                if a == x:
+                    found.add(f"{s}>{t}")
+                    if b not in seen:
+                        seen.add(b)
+                        stack.append(b)
+        return found
+
+    expected = reach("1_3_3", True) | reach("1_3_3", False)
+    assert set(lit) == expected and 0 < len(expected) < len(edges)
+    assert "E_9_3>1_3_3" in expected and "3_9_3>5_7_3" in expected  # up and down
+    lit_nodes = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg g.node.hl')].map(g => g.dataset.id)"
+    )
+    assert "1_3_3" in lit_nodes and "1_17_1" not in lit_nodes  # 1_17_1 is off its paths
+    browser.move(2, 2)  # off the drawing
+    assert not browser.evaluate(
+        "document.querySelector('#viewer svg').classList.contains('hovering')"
+    )
+
+
+def test_search_finds_nodes_by_label_and_by_token(browser, small_page):
+    graph, path = small_page
+    open_page(browser, path)
+    browser.click(*centre(browser, "#viewer input[type=search]"))
+    browser.type_text("digits")  # the token 1_3_3 promotes
+    matched = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg g.node.match')].map(g => g.dataset.id)"
+    )
+    assert matched == ["1_3_3"]
+    count = browser.evaluate(
+        "document.querySelector('#viewer input[type=search] + span').textContent"
+    )
+    assert count == "1 found, 1 drawn"
+    results = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .results button')].map(b => b.textContent)"
+    )
+    assert results == [node_label(graph, graph.ids.index("1_3_3"))]
+    browser.evaluate("(() => { const s = document.querySelector('#viewer input[type=search]');"
+                     " s.select(); })()")  # fmt: skip
+    browser.type_text("&x")  # the prompt token at position 3: every node there
+    matched = set(
+        browser.evaluate(
+            "[...document.querySelectorAll('#viewer svg g.node.match')].map(g => g.dataset.id)"
+        )
+    )
+    at_3 = {name for name, p in zip(graph.ids, graph.pos.tolist(), strict=True) if p == 3}
+    assert matched == at_3 & set(drawn(browser))
+    # A result is a link to its node's panel.
+    browser.click(*centre(browser, "#viewer .results button"))
+    assert "kind" in panel_text(browser)
+
+
+def set_control(browser: Browser, selector: str, value, event: str) -> None:
+    browser.evaluate(
+        f"(() => {{ const e = document.querySelector({js(selector)}); e.value = {js(str(value))};"
+        f" e.dispatchEvent(new Event({js(event)}, {{bubbles: true}})); }})()"
+    )
+
+
+def test_budget_and_edge_threshold_redraw(browser, small_page):
+    graph, path = small_page
+    open_page(browser, path)
+    set_control(browser, "#viewer input[type=number]", 2, "change")
+    expected = layout.select(graph, max_nodes=2, max_edges=None)
+    inner = [i for i in expected.nodes if graph.kinds[i] in ("lorsa", "transcoder", "error")]
+    assert len(inner) == 2
+    assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in expected.nodes)
+    assert url_state(browser)["nodes"] == "2"
+    grey = browser.evaluate("document.querySelectorAll('tr.undrawn').length")
+    assert grey == graph.n_nodes - len(expected.nodes)
+    # A high edge threshold keeps only the strong edges.
+    set_control(browser, "#viewer input[type=number]", 7, "change")
+    before = browser.evaluate("document.querySelectorAll('#viewer svg path.edge').length")
+    set_control(browser, "#viewer input[aria-label='edge threshold']", 900, "input")
+    threshold = browser.evaluate("viewer.state.edgeMin")
+    weights = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg path.edge')].map(p => +p.dataset.w)"
+    )
+    assert 0 < len(weights) < before and all(abs(w) >= threshold for w in weights)
+    assert float(url_state(browser)["edgeMin"]) == threshold
+
+
+def test_pins_and_supernodes_live_in_the_url_and_qparams(browser, small_page):
+    graph, path = small_page
+    open_page(browser, path, "#nodes=4&pinnedIds=3_9_3")  # a state from the URL
+    assert "3_9_3" in drawn(browser) and "2_2_3" not in drawn(browser)
+    # Find an undrawn node by search, open it, pin it: it is drawn.
+    browser.click(*centre(browser, "#viewer input[type=search]"))
+    browser.type_text("2_2_3")
+    browser.click(*centre(browser, "#viewer .results button"))
+    assert "Not drawn at this budget" in panel_text(browser)
+    browser.click(*centre(browser, "#viewer .panel button.pin"))
+    assert "2_2_3" in drawn(browser)
+    assert url_state(browser)["pinnedIds"] == "3_9_3,2_2_3"
+    assert browser.evaluate("viewer.data.qParams.pinnedIds") == ["3_9_3", "2_2_3"]
+    # Group two drawn nodes (ctrl-click picks them) into a named supernode.
+    click_node(browser, "1_3_3", modifiers=2)
+    click_node(browser, "2_2_3", modifiers=2)
+    browser.click(*centre(browser, "#viewer input[aria-label='supernode name']"))
+    browser.type_text("my <group>")
+    browser.click(*centre(browser, "#viewer button.group"))
+    assert "1_3_3" not in drawn(browser) and "2_2_3" not in drawn(browser)
+    assert browser.evaluate("viewer.supernodes()") == ["my <group>"]
+    group = ["my <group>", "1_3_3", "2_2_3"]
+    assert json.loads(url_state(browser)["supernodes"]) == [group]
+    assert browser.evaluate("viewer.data.qParams.supernodes") == [group]
+    assert panel_text(browser).startswith("my <group>\nsupernode of 2 nodes")
+    # Edges of the supernode are sums over its members: 3.0 + 1.25 into 3_9_3.
+    summed = {(s, t): w for s, t, w in browser.evaluate("viewer.edges()")}
+    assert summed[("supernode:my <group>", "3_9_3")] == pytest.approx(4.25)
+    assert summed[("0_5_2", "supernode:my <group>")] == pytest.approx(1.0)
+    # The URL alone gives the same picture back.
+    url = browser.evaluate("location.href")
+    open_page(browser, path, "#" + url.split("#", 1)[1])
+    assert browser.evaluate("viewer.supernodes()") == ["my <group>"]
+    assert browser.evaluate("viewer.data.qParams.pinnedIds") == ["3_9_3", "2_2_3"]
+    # Ungroup from the supernode's panel.
+    browser.click(*centre(browser, '#viewer svg g.node[data-group="0"]'))
+    browser.click(*centre(browser, "#viewer .panel button.ungroup"))
+    assert "1_3_3" in drawn(browser) and browser.evaluate("viewer.data.qParams.supernodes") == []
+    assert "supernodes" not in url_state(browser)
+
+
+def test_page_starts_from_the_q_params_it_was_written_with(browser, tmp_path):
+    graph = make_graph()
+    path = tmp_path / "graph.html"
+    q = {"pinnedIds": ["E_0_0"], "supernodes": [["heads", "0_5_2", "2_2_3"]]}
+    write_html(graph, path, None, q_params=q)
+    open_page(browser, path)
+    assert "E_0_0" in drawn(browser) and browser.evaluate("viewer.supernodes()") == ["heads"]
+    assert url_state(browser)["pinnedIds"] == "E_0_0"
+
+
+def test_dashboards_show_concept_examples_keys_and_logits(browser, tmp_path):
+    graph = make_graph()
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None, dashboards=DASHBOARDS)
+    open_page(browser, path)
+    click_node(browser, "0_5_2")
+    text = panel_text(browser)
+    assert "Concept: second mention of a name (F1 0.83)" in text
+    assert "Fires on 1.25% of tokens" in text
+    assert "promotes: ' Mary' +1.9" in text and "suppresses: ' the' -1.2" in text
+    marks = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel .example mark')].map(m => m.textContent)"
+    )
+    assert marks == [" Mary", "a"]  # the activating token of each example
+    keys = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel .example .key')].map(k => k.textContent)"
+    )
+    assert keys == ["Mary", " Tom"]  # the z-pattern's keys
+    assert browser.evaluate("document.querySelectorAll('#viewer .panel svg.hist rect').length") == 3
+    assert "examples: top" in text and "examples: q 0.50-0.75" in text
+    click_node(browser, "1_3_3")  # a unit without a dashboard
+    assert "No dashboard for unit 1_3 in this page's data." in panel_text(browser)
+
+
+def test_global_graph_is_laid_out_by_stage_only(browser, tmp_path):
+    local = make_graph()
+    graph = dataclasses.replace(local, positional=False, pos=torch.zeros_like(local.pos))
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None, title="Global circuit")
+    open_page(browser, path)
+    ids = drawn(browser)
+    assert len(ids) >= 10
+    assert browser.evaluate("document.querySelectorAll('#viewer svg text.axis').length") == 0
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert "global graph" in status
+    xy = boxes(browser)
+    stage = dict(zip(graph.ids, graph.stage.tolist(), strict=True))
+    for a in xy:
+        for b in xy:
+            if stage[a] < stage[b]:
+                assert xy[a][1] > xy[b][1]
+    click_node(browser, graph.ids[7])  # 1_3_0: a feature unit
+    assert "(global: a unit)" in panel_text(browser)
+
+
+def test_text_from_the_graph_is_never_markup(browser, tmp_path):
+    graph = make_graph()
+    graph.prompt = "</script><script>window.pwned = 1</script><!-- <img src=x onerror=pwned=2>"
+    graph.token_strings = ["<|bos|>", "</script>", "<!--", "<img src=x onerror=window.pwned=3>"]
+    graph.token_text[100] = "</SCRIPT><b>bold</b>\x07"
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    text = path.read_text(encoding="utf-8")
+    assert text.lower().count("</script") == 2  # the blob's and the viewer's own
+    open_page(browser, path)
+    assert browser.evaluate("typeof window.pwned") == "undefined"
+    assert browser.evaluate("document.querySelectorAll('img, #viewer b').length") == 0
+    click_node(browser, "E_9_3")
+    assert "'<img src=x onerror=window.pwned=3>'@3" in panel_text(browser)
+    click_node(browser, "1_17_1")
+    panel = panel_text(browser)
+    assert "</SCRIPT><b>bold</b>\\x07" in panel  # control characters as \xNN, as in the table
+
+
+def test_a_real_trace_opens_and_explains_its_logit(browser, tmp_path):
+    from circuits.attribution import attribute
+    from circuits.prune import prune_graph
+    from circuits.qk import qk_attribution
+    from replacement.model import load_pretrained
+
+    replacement, tokenizer = load_pretrained("default")
+    tokens = tokenizer.encode("Monday, Tuesday, Wednesday,").ids
+    graph = prune_graph(attribute(replacement, tokens, tokenizer=tokenizer))
+    qk_attribution(replacement, graph)
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    selection = layout.select(graph)
+    assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in selection.nodes)
+    logit = int(graph.is_kind("logit").nonzero()[0])
+    click_node(browser, graph.ids[logit])
+    text = panel_text(browser)
+    assert text.startswith(node_label(graph, logit)) and "Top incoming edges" in text
+    head = next(i for i in selection.nodes if graph.qk_for(i))
+    click_node(browser, graph.ids[head])
+    text = panel_text(browser)
+    assert "QK: why it attends there" in text and re.search(r"score [+-]\d", text)

@@ -1,11 +1,18 @@
-"""Fixtures: a tiny model trained from scratch with the project's own command (seconds)."""
+"""Fixtures shared by the tests: a tiny model trained with the project's own command
+(seconds), a random toy model, random replacement layers around any model, and the two ways
+to run a CLI (in this process with ``cli``, in a fresh interpreter with ``fresh_cli``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from replacement.lorsa import LorsaConfig, LorsaLayer
+from replacement.model import ReplacementModel
+from replacement.transcoder import Transcoder, TranscoderConfig
 from toy_models.model import ModelConfig, ToyTransformer
+
+D_MODEL = 24  # random_model's width
 
 
 @pytest.fixture(scope="session")
@@ -27,13 +34,77 @@ def tiny_pretrained(tiny_run):
 @pytest.fixture
 def random_model():
     torch.manual_seed(0)
-    cfg = ModelConfig(d_vocab=50, n_ctx=16, d_model=24, n_layers=2, n_heads=3, d_head=8, d_mlp=48)
+    cfg = ModelConfig(
+        d_vocab=50, n_ctx=16, d_model=D_MODEL, n_layers=2, n_heads=3, d_head=8, d_mlp=48
+    )
     model = ToyTransformer(cfg)
     # Larger weights than the init so that attention patterns are far from uniform.
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(std=0.3)
     return model.eval()
+
+
+# ----------------------------------------------------------------- random replacement layers
+def random_layers(
+    n_layers: int = 2,
+    d_model: int = D_MODEL,
+    *,
+    n_qk: int = 2,
+    n_ov: int = 8,
+    lorsa_k: int = 3,
+    d_sae: int = 16,
+    tc_k: int = 4,
+    skip_layers: tuple[int, ...] = (),
+) -> tuple[list[LorsaLayer], list[Transcoder]]:
+    """Seeded random Lorsa layers and transcoders, biases included, with weights large enough
+    that patterns are far from uniform; ``skip_layers`` get a transcoder skip."""
+    torch.manual_seed(1)
+    lorsas = [
+        LorsaLayer(LorsaConfig(d_model, n_qk_heads=n_qk, n_ov_heads=n_ov, d_qk=4, top_k=lorsa_k))
+        for _ in range(n_layers)
+    ]
+    transcoders = [
+        Transcoder(TranscoderConfig(d_model, d_sae=d_sae, top_k=tc_k, skip=l in skip_layers))
+        for l in range(n_layers)
+    ]
+    with torch.no_grad():
+        for p in [p for layer in lorsas + transcoders for p in layer.parameters()]:
+            p.normal_(std=0.3)
+    return lorsas, transcoders
+
+
+def random_replacement(model: ToyTransformer, **layers) -> ReplacementModel:
+    """``random_layers`` (same keywords) around ``model``, in eval mode."""
+    lorsas, transcoders = random_layers(model.cfg.n_layers, model.cfg.d_model, **layers)
+    return ReplacementModel(model, lorsas, transcoders).eval()
+
+
+@pytest.fixture
+def make_layers():
+    """``random_layers`` as a fixture."""
+    return random_layers
+
+
+@pytest.fixture
+def make_replacement():
+    """``random_replacement`` as a fixture."""
+    return random_replacement
+
+
+# ----------------------------------------------------------------- CLIs in this process
+@pytest.fixture
+def cli(capsys):
+    """Run a CLI's ``main`` through ``run_cli`` in this process: (exit code, stdout, stderr)."""
+    from toy_models.cli import run_cli
+
+    def run(main, *args) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, [str(a) for a in args])
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+
+    return run
 
 
 # ----------------------------------------------------------------- CLIs in a fresh process

@@ -19,34 +19,14 @@ from circuits.interventions import Intervention, direct_pre_activations, interve
 from circuits.neuronpedia import to_json
 from circuits.prune import find_threshold, graph_scores, influence, prune_graph
 from circuits.qk import QKSides, qk_attribution
-from replacement.lorsa import LorsaConfig, LorsaLayer
-from replacement.model import ReplacementModel
-from replacement.transcoder import Transcoder, TranscoderConfig
 from reports.labels import node_labels
 
-D_MODEL = 24
 MODES = ("local", "sparse")
 
 
-def random_replacement(model, skip: bool = False) -> ReplacementModel:
-    torch.manual_seed(1)
-    lorsas = [
-        LorsaLayer(LorsaConfig(D_MODEL, n_qk_heads=2, n_ov_heads=8, d_qk=4, top_k=3))
-        for _ in range(2)
-    ]
-    transcoders = [
-        Transcoder(TranscoderConfig(D_MODEL, d_sae=16, top_k=4, skip=skip and l == 1))
-        for l in range(2)
-    ]
-    with torch.no_grad():
-        for p in [p for layer in lorsas + transcoders for p in layer.parameters()]:
-            p.normal_(std=0.3)
-    return ReplacementModel(model, lorsas, transcoders).eval()
-
-
 @pytest.fixture
-def replacement(random_model):
-    return random_replacement(random_model)
+def replacement(random_model, make_replacement):
+    return make_replacement(random_model)
 
 
 @pytest.fixture
@@ -152,7 +132,9 @@ def test_node_ids_are_unique_and_round_trip(graph, tmp_path):
         assert torch.equal(torch.isnan(back.value), torch.isnan(graph.value))
         assert back.settings == graph.settings
         assert (back.mode, back.group_size, back.positional) == (
-            graph.mode, graph.group_size, graph.positional
+            graph.mode,
+            graph.group_size,
+            graph.positional,
         )
         assert back.logit_targets == graph.logit_targets and back.token_text == graph.token_text
 
@@ -228,13 +210,13 @@ def test_bad_targets_are_refused(replacement, tokens, targets, message):
         attribute(replacement, tokens, targets=targets)
 
 
-def test_bad_inputs_are_refused(replacement, random_model, tokens):
+def test_bad_inputs_are_refused(replacement, random_model, tokens, make_replacement):
     with pytest.raises(ValueError, match="unknown mode"):
         attribute(replacement, tokens, mode="dense")
     with pytest.raises(ValueError, match="outside 1..n_ctx"):
         attribute(replacement, torch.randint(0, 50, (17,)))
     with pytest.raises(ValueError, match="linear skip"):
-        attribute(random_replacement(random_model, skip=True), tokens)
+        attribute(make_replacement(random_model, skip_layers=(1,)), tokens)
 
 
 # ----------------------------------------------------------------- QK

@@ -29,12 +29,11 @@ from circuits.nodes import Kind, block_of, is_attention
 from circuits.statistics import Statistics, gather_statistics, identity, statistics_for
 from circuits.units import Units
 from replacement.model import center
-from tests.test_attribution import random_replacement
 
 
 @pytest.fixture
-def replacement(random_model):
-    return random_replacement(random_model)
+def replacement(random_model, make_replacement):
+    return make_replacement(random_model)
 
 
 @pytest.fixture
@@ -243,10 +242,10 @@ def test_statistics_round_trip_and_refusals(replacement, stats, tmp_path, random
         Statistics.load(tmp_path / "none.safetensors")
 
 
-def test_statistics_of_another_model_are_refused(replacement, stats, tmp_path):
+def test_statistics_of_another_model_are_refused(replacement, stats, tmp_path, make_replacement):
     path = tmp_path / "stats.safetensors"
     stats.save(path)
-    other_layers = random_replacement(replacement.model)
+    other_layers = make_replacement(replacement.model)
     with torch.no_grad():
         other_layers.lorsas[0].W_V[0, 0] += 1e-3  # one weight of the replacement set
     with pytest.raises(ValueError, match=f"{path}: made for another replacement set"):

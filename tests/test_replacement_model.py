@@ -6,33 +6,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from replacement.lorsa import LorsaConfig, LorsaLayer
 from replacement.model import ReplacementModel
-from replacement.transcoder import Transcoder, TranscoderConfig
 from toy_models.model import ToyTransformer
 
-D_MODEL, N_OV, D_SAE, LORSA_K, TC_K = 24, 8, 16, 3, 4
-
-
-def random_layers(n_layers: int = 2, d_model: int = D_MODEL):
-    """Random Lorsa layers and transcoders, biases included; layer 1's transcoder has a skip."""
-    torch.manual_seed(1)
-    lorsas = [
-        LorsaLayer(LorsaConfig(d_model, n_qk_heads=2, n_ov_heads=N_OV, d_qk=4, top_k=LORSA_K))
-        for _ in range(n_layers)
-    ]
-    transcoders = [
-        Transcoder(TranscoderConfig(d_model, d_sae=D_SAE, top_k=TC_K, skip=l == 1))
-        for l in range(n_layers)
-    ]
-    with torch.no_grad():
-        for p in [p for layer in lorsas + transcoders for p in layer.parameters()]:
-            p.normal_(std=0.3)
-    return lorsas, transcoders
+N_OV, D_SAE, LORSA_K, TC_K = 8, 16, 3, 4  # conftest.random_layers' defaults
 
 
 @pytest.fixture
-def replacement(random_model):
+def random_layers(make_layers):
+    """Layer 1's transcoder has a skip, so the skip path is exercised everywhere here."""
+    return lambda n_layers=2, d_model=24: make_layers(n_layers, d_model, skip_layers=(1,))
+
+
+@pytest.fixture
+def replacement(random_model, random_layers):
     return ReplacementModel(random_model, *random_layers())
 
 
@@ -82,8 +69,9 @@ def test_sparse_mode_is_local_mode_without_errors(replacement, tokens):
 
 def test_hook_names_and_shapes(replacement, tokens):
     b, n = tokens.shape
-    d = (b, n, D_MODEL)
-    expected = {"hook_embed": d, "hook_pos_embed": (n, D_MODEL), "ln_final.hook_scale": (b, n, 1)}
+    d_model = replacement.cfg.d_model
+    d = (b, n, d_model)
+    expected = {"hook_embed": d, "hook_pos_embed": (n, d_model), "ln_final.hook_scale": (b, n, 1)}
     for l in range(2):
         for name in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
             expected[f"blocks.{l}.{name}"] = d
@@ -169,7 +157,7 @@ def test_unknown_mode_and_bad_tokens(replacement):
         replacement(torch.zeros(1, 17, dtype=torch.long))
 
 
-def test_bad_construction_is_refused(random_model):
+def test_bad_construction_is_refused(random_model, random_layers):
     lorsas, transcoders = random_layers()
     with pytest.raises(ValueError, match="got 1 Lorsa layers for a 2-layer model"):
         ReplacementModel(random_model, lorsas[:1], transcoders)

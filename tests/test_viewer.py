@@ -400,6 +400,23 @@ def test_pins_and_supernodes_live_in_the_url_and_qparams(browser, small_page):
     assert "supernodes" not in url_state(browser)
 
 
+def test_a_hash_pasted_by_hand_is_the_whole_state(browser, small_page):
+    graph, path = small_page
+    open_page(browser, path, '#pinnedIds=E_0_0&supernodes=[["g","1_3_3","2_2_3"]]')
+    assert "E_0_0" in drawn(browser) and browser.evaluate("viewer.supernodes()") == ["g"]
+    browser.evaluate("location.hash = 'nodes=2'")
+    browser.evaluate("new Promise(r => setTimeout(r, 50))")  # hashchange is dispatched async
+    expected = layout.select(graph, max_nodes=2, max_edges=None)
+    assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in expected.nodes)
+    assert browser.evaluate("viewer.supernodes()") == []
+    assert browser.evaluate("viewer.data.qParams.pinnedIds") == []
+    # Tab reaches the nodes; Enter opens one's panel.
+    browser.evaluate(f"document.querySelector({js(node_sel('0_5_2'))}).focus()")
+    browser.send("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter",
+                 windowsVirtualKeyCode=13)  # fmt: skip
+    assert panel_text(browser).startswith(node_label(graph, graph.ids.index("0_5_2")))
+
+
 def test_page_starts_from_the_q_params_it_was_written_with(browser, tmp_path):
     graph = make_graph()
     path = tmp_path / "graph.html"

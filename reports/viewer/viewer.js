@@ -428,7 +428,13 @@
       if (row) row.scrollIntoView({ block: "center" });
       select({ node: i });
     });
-    window.addEventListener("hashchange", () => { if (readHash([])) update(); });
+    // A hash typed or pasted by hand is the whole state: what it leaves out is the default.
+    window.addEventListener("hashchange", () => {
+      if (!location.hash.slice(1).includes("=")) return;
+      Object.assign(state, { budget: defaults.budget, edgeMin: defaults.edgeMin, pinned: new Set(), groups: [], clicked: null });
+      readHash([]);
+      update();
+    });
   }
   // The edge slider is logarithmic between the weakest and strongest |weight| of the graph.
   let wLo = Infinity, wHi = 0;
@@ -551,6 +557,12 @@
         else select(it.node !== undefined ? { node: it.node } : { group: it.group });
       });
       g.addEventListener("mouseenter", () => setHover(k));
+      g.setAttribute("tabindex", "0"); // keyboard: Tab to a node, Enter shows it
+      g.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter") select(it.node !== undefined ? { node: it.node } : { group: it.group });
+      });
+      g.addEventListener("focus", () => setHover(k));
+      g.addEventListener("blur", () => setHover(null));
       gNodes.append(g);
       view.nodeEls.set(k, g);
     });

@@ -134,6 +134,10 @@ def html_page(
         '<p class="note">The interactive drawing needs JavaScript; the node table below lists '
         "every node without it.</p>",
         "</div>",
+        # The viewer's data and script come before the long parts of the page, so the picture
+        # is drawn before the table and the static drawing are parsed.
+        f'<script type="application/json" id="graph-data">{script_json(data)}</script>',
+        f"<script>{viewer_js}</script>",
         _drawn_note_html(graph, drawn),
         "<h2>Prompt</h2>" if graph.positional else "<h2>Global graph</h2>",
         _prompt_html(graph),
@@ -146,8 +150,6 @@ def html_page(
         f"first ({graph.n_nodes})</summary>",
         _node_table_html(graph, labels, top_edges, drawn),
         "</details>",
-        f'<script type="application/json" id="graph-data">{script_json(data)}</script>',
-        f"<script>{viewer_js}</script>",
         "</body>",
         "</html>",
     ]

@@ -574,6 +574,7 @@
     if (!drawnOnce) {
       drawnOnce = true;
       performance.mark("viewer:drawn");
+      requestAnimationFrame(() => setTimeout(() => performance.mark("viewer:painted"), 0));
       root.dataset.ready = "1";
     }
   }
@@ -667,9 +668,16 @@
     ui.status.textContent = parts.join(" · ");
   }
 
-  // The node table below the viewer: grey out the rows of nodes the drawing leaves out.
+  // The node table below the viewer: grey out the rows of nodes the drawing leaves out. The
+  // script runs before the table is parsed (so the picture comes first): rows are found once
+  // the document is complete.
   const tableRows = new Map();
-  for (const td of document.querySelectorAll("table.nodes td[id^='node-']")) tableRows.set(td.id.slice(5), td.parentElement);
+  function findRows() {
+    for (const td of document.querySelectorAll("table.nodes td[id^='node-']")) tableRows.set(td.id.slice(5), td.parentElement);
+    if (view) updateTable();
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", findRows);
+  else findRows();
   function updateTable() {
     if (!tableRows.size) return;
     const drawn = new Set();

@@ -6,30 +6,13 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from replacement.lorsa import LorsaConfig, LorsaLayer
-from replacement.model import ReplacementModel, hook_name
-from replacement.transcoder import Transcoder, TranscoderConfig
+from replacement.model import hook_name
 from reports import heads as H
-
-D_MODEL = 24  # conftest's random_model
-
-
-def random_replacement(model, n_qk: int = 2, n_ov: int = 8, top_k: int = 3) -> ReplacementModel:
-    """Random Lorsa layers and transcoders around a (random or trained) toy model."""
-    torch.manual_seed(1)
-    d, n_layers = model.cfg.d_model, model.cfg.n_layers
-    lorsas = [LorsaLayer(LorsaConfig(d, n_qk, n_ov, d_qk=4, top_k=top_k)) for _ in range(n_layers)]
-    transcoders = [Transcoder(TranscoderConfig(d, d_sae=16, top_k=4)) for _ in range(n_layers)]
-    with torch.no_grad():
-        for p in [p for layer in lorsas + transcoders for p in layer.parameters()]:
-            p.normal_(std=0.3)
-    return ReplacementModel(model, lorsas, transcoders).eval()
 
 
 def hand_probe(ids: list[int], corpus: str = "repeat") -> H.ProbeDoc:
@@ -44,8 +27,8 @@ def hand_probe(ids: list[int], corpus: str = "repeat") -> H.ProbeDoc:
 
 
 @pytest.fixture
-def replacement(random_model):
-    return random_replacement(random_model)
+def replacement(random_model, make_replacement):
+    return make_replacement(random_model)
 
 
 @pytest.fixture
@@ -336,75 +319,43 @@ def test_successor_probe_reads_a_documents_first_item(tokenizer):
 
 
 # ----------------------------------------------------------------- the command line
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "reports.heads", *args], capture_output=True, text=True
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "match"),
     [
         (["--model", "gpt5"], "unknown model 'gpt5'"),
         (["--docs", "0"], "--docs must be between 1 and 10000"),
         (["--docs", "2", "--truth-docs", "3"], "--truth-docs must be between 1 and --docs"),
+        (["--out", "{file}"], "exists and is not a directory"),
+        (["--out", "{file}/heads"], "cannot write there"),
+        (["--out", "/proc/heads"], "cannot write there"),
     ],
 )
-def test_cli_bad_input(args, match, tmp_path):
-    result = run_cli(*args, "--out", str(tmp_path / "out"))
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], result.stderr
-    assert not (tmp_path / "out").exists()
-
-
-# Runs the CLI in this process, then names the heavy packages that it imported.
-_CLI_THEN_HEAVY_IMPORTS = """
-import json, runpy, sys
-sys.argv[0] = "reports.heads"
-code = 0
-try:
-    runpy.run_module("reports.heads", run_name="__main__", alter_sys=True)
-except SystemExit as exit:
-    code = exit.code
-heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformer_lens"})
-print(json.dumps(heavy), file=sys.stderr)
-sys.exit(code)
-"""
-
-
-@pytest.mark.parametrize(
-    ("args", "code", "match"),
-    [
-        (["--help"], 0, None),
-        (["--docs", "0"], 2, "--docs must be between 1 and 10000"),
-        (["--model", "gpt5"], 2, "unknown model 'gpt5'"),
-        (["--out", "{file}"], 2, "exists and is not a directory"),
-        (["--out", "{file}/heads"], 2, "cannot write there"),
-        (["--out", "/proc/heads"], 2, "cannot write there"),
-    ],
-)
-def test_cli_checks_arguments_before_importing_torch(args, code, match, tmp_path):
-    """``--help`` and every refusal (an unwritable ``--out`` included) come before torch,
-    transformer_lens or a model is imported, and leave nothing behind."""
+def test_cli_bad_input(args, match, tmp_path, fresh_cli):
+    """Every refusal (an unwritable ``--out`` included) is one line, comes before torch,
+    transformer_lens or a model is imported, and leaves nothing behind."""
     (tmp_path / "file").write_text("")
     args = [a.format(file=tmp_path / "file") for a in args]
-    result = subprocess.run(
-        [sys.executable, "-c", _CLI_THEN_HEAVY_IMPORTS, *args], capture_output=True, text=True
-    )
-    *messages, heavy = result.stderr.strip().splitlines()
-    assert result.returncode == code, result.stderr
-    assert json.loads(heavy) == [], f"{args} imported {heavy}"
-    if match is None:
-        assert "--truth-docs" in result.stdout and not messages
-    else:
-        assert len(messages) == 1 and messages[0].startswith("error:") and match in messages[0]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    code, heavy, stderr = fresh_cli("reports.heads", args)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], stderr
+    assert heavy == [], f"{args} imported {heavy}"
+    assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-def test_cli_end_to_end_on_a_tiny_model(tiny_run, tiny_pretrained, tmp_path, capsys, monkeypatch):
+def test_cli_help_imports_no_torch(fresh_cli):
+    code, heavy, stderr = fresh_cli("reports.heads", ["--help"])
+    assert (code, heavy, stderr) == (0, [], "")
+
+
+def test_cli_end_to_end_on_a_tiny_model(
+    tiny_run, tiny_pretrained, make_replacement, tmp_path, capsys, monkeypatch
+):
     model, _ = tiny_pretrained
-    random_replacement(model, n_qk=2, n_ov=16, top_k=4).save(tmp_path / "rep", str(tiny_run))
+    make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4).save(tmp_path / "rep", str(tiny_run))
     out = tmp_path / "heads"
     args = [
         "--model",

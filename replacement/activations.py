@@ -45,7 +45,9 @@ class ActivationStore:
     whose leading axis runs over those layers in order.
 
     ``buffer_batches`` forward passes fill the token shuffle buffer; each call refills what it
-    takes, so transcoder batches mix tokens from many sequences and positions.
+    takes, so transcoder batches mix tokens from many sequences and positions. A subclass that
+    overrides ``sequences`` (``replacement.activation_cache.CachedActivationStore``) gets the
+    same batches and shuffle from stored rows.
     """
 
     def __init__(
@@ -62,24 +64,14 @@ class ActivationStore:
         self.rows = stream_rows(tokenizer, model.cfg.n_ctx, split, seed)
         self.layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
         self.n_layers = len(self.layers)
-        self.hooks = {h for l in self.layers for h in (*lorsa_hooks(l), *transcoder_hooks(l))}
         self.generator = torch.Generator().manual_seed(seed)
         self.buffer_batches = buffer_batches
         self._buffer: Tensor | None = None  # (tokens, layer, 2, d_model)
 
-    @torch.no_grad()
     def sequences(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One forward pass: Lorsa x, y and transcoder x, y, each ``(layer, batch, pos, d)``."""
         tokens = torch.tensor([next(self.rows)[1] for _ in range(self.batch_size)])
-        _, cache = self.model.run_with_cache(tokens, names_filter=lambda n: n in self.hooks)
-        stack = lambda names: torch.stack([cache[n] for n in names])  # noqa: E731
-        layers = self.layers
-        return (
-            stack([lorsa_hooks(l)[0] for l in layers]),
-            stack([lorsa_hooks(l)[1] for l in layers]),
-            stack([transcoder_hooks(l)[0] for l in layers]),
-            stack([transcoder_hooks(l)[1] for l in layers]),
-        )
+        return layer_activations(self.model, tokens, self.layers)
 
     def __iter__(self) -> Iterator[LayerBatch]:
         return self
@@ -97,6 +89,23 @@ class ActivationStore:
         return LayerBatch(
             lorsa_x, lorsa_y, taken[:, :, 0].transpose(0, 1), taken[:, :, 1].transpose(0, 1)
         )
+
+
+@torch.no_grad()
+def layer_activations(
+    model, tokens: Tensor, layers: list[int]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One forward pass over ``tokens (batch, pos)``: the Lorsa x, y and transcoder x, y of
+    ``layers``, each ``(layer, batch, pos, d_model)`` in the order of ``layers``."""
+    hooks = {h for l in layers for h in (*lorsa_hooks(l), *transcoder_hooks(l))}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in hooks)
+    stack = lambda names: torch.stack([cache[n] for n in names])  # noqa: E731
+    return (
+        stack([lorsa_hooks(l)[0] for l in layers]),
+        stack([lorsa_hooks(l)[1] for l in layers]),
+        stack([transcoder_hooks(l)[0] for l in layers]),
+        stack([transcoder_hooks(l)[1] for l in layers]),
+    )
 
 
 def _as_tokens(x: Tensor, y: Tensor) -> Float[Tensor, "tokens layer 2 d_model"]:

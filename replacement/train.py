@@ -9,6 +9,21 @@ what a replacement set is) and the optimisation (``ReplacementTrainConfig``: ste
 learning rate, the schedule as fractions of the run, AuxK). What one step computes (the
 initialisation, the loss, the scale folding) is in ``replacement.dictionaries``; the loop,
 its checkpoints and ``--resume`` are ``toy_models.resumable``'s.
+
+Ablations (many short runs of one layer) read a cached activation set instead
+(``python -m replacement.cache``, see ``replacement.activation_cache``) and train only some
+layers::
+
+    python -m replacement.train --activations runs/acts --layers 1 \
+        --base replacement/zoo/default --out runs/layer1
+
+The output is still a complete replacement set: the other layers are copied from ``--base``
+(a set for the same model), so ``replacement.evaluate`` and everything downstream read it as
+it is. A layer's FVU and its spliced-alone loss recovered depend on that layer alone, so runs
+compare layer by layer whatever the base; the all-layers figure measures it among the base's
+layers. ``meta`` records ``trained_layers``, the base and the cache (id, epochs read). The
+cache's rows are those of the stream with the cache's seed: a fresh run from a cache built with
+seed 0 sees the rows a streaming run with ``seed=0`` sees.
 """
 
 from __future__ import annotations
@@ -143,8 +158,11 @@ def train_replacement(
     steps: int | None = None,
     quiet: bool = False,
     stop_after: int | None = None,
+    activations: Path | None = None,
 ):
-    """Train the dictionaries of ``layers`` (all by default) with scales folded in.
+    """Train the dictionaries of ``layers`` (all by default) with scales folded in, from the
+    streamed model or, with ``activations``, from that cached activation set (it must hold
+    ``layers`` and have been built from this model).
 
     Returns ``(toy model, LayerDictionaries, meta)``; ``meta`` holds the training figures.
     ``stop_after`` ends the run after the checkpoint at that step, as an interruption would;
@@ -176,6 +194,12 @@ def train_replacement(
     bad = [l for l in layers if not 0 <= l < model.cfg.n_layers]
     if bad:
         raise UserError(f"layers {bad} out of range: the model has {model.cfg.n_layers} layers")
+    cache = None
+    if activations is not None:
+        from .activation_cache import ActivationCache
+
+        cache = ActivationCache(activations, model)
+        cache.check_layers(layers)
     torch.manual_seed(cfg.seed)
     dicts = LayerDictionaries(layers, model.cfg.d_model, shapes)
     opt = torch.optim.Adam(dicts.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
@@ -185,12 +209,21 @@ def train_replacement(
         "shapes": asdict(shapes),
         "train": asdict(cfg),
     }
+    if cache is not None:  # a streaming run's identity stays what it was
+        identity["activations"] = cache.plan.cache_id()
     run.start(identity, dicts, opt)
 
     # 3) a fresh run starts from the original model; a resumed run continues on fresh (still
     #    seeded) data rather than replaying the stream
     seed = cfg.seed * STREAM_SEED_STRIDE + run.step
-    store = ActivationStore(model, tokenizer, cfg.batch_size, "train", seed, layers=layers)
+    if cache is None:
+        store = ActivationStore(model, tokenizer, cfg.batch_size, "train", seed, layers=layers)
+    else:
+        from .activation_cache import CachedActivationStore
+
+        # from the cache: resume reads on from the rows an uninterrupted run reaches there
+        start = 0 if not resume else cfg.batch_size * (cfg.norm_batches + 8 + run.step)
+        store = CachedActivationStore(cache, layers, cfg.batch_size, seed, start_row=start)
     if not resume:
         dicts.initialise(model, store, cfg.norm_batches, cfg.seed)
 
@@ -229,6 +262,13 @@ def train_replacement(
         "train_tokens_per_s": round(tokens / max(run.elapsed_s, 1e-9)),
         "final_train_stats": run.recent[-1] if run.recent else {},
     }
+    if cache is not None:
+        meta["activations"] = {
+            "directory": str(activations),
+            "cache_id": cache.plan.cache_id(),
+            "rows": cache.plan.rows,
+            "epochs_read": round(store.epochs, 3),  # of this process (after a resume: since it)
+        }
     return model, dicts, meta
 
 
@@ -250,7 +290,21 @@ def main(argv: list[str] | None = None) -> int:
         description="Train a Lorsa layer and a transcoder for every layer of a toy model.",
     )
     parser.add_argument("--model", default="default", help="zoo name or toy model directory")
-    parser.add_argument("--layers", default="all", help="'all' (a complete replacement set)")
+    parser.add_argument(
+        "--layers",
+        default="all",
+        help="'all', or layers to train such as 1 or 0,2 (needs --activations and --base: the "
+        "other layers are copied from --base, so the output is a complete set)",
+    )
+    parser.add_argument(
+        "--activations",
+        type=Path,
+        help="train from this cached activation set (python -m replacement.cache) instead of "
+        "streaming from the model",
+    )
+    parser.add_argument(
+        "--base", type=Path, help="replacement set whose layers fill those not trained"
+    )
     parser.add_argument("--config", default="default", help=f"one of {', '.join(CONFIGS)}")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -259,17 +313,42 @@ def main(argv: list[str] | None = None) -> int:
     check_config(args.config)
     if args.steps is not None and args.steps <= 0:
         raise UserError(f"--steps must be positive, got {args.steps}")
-    if parse_layers(args.layers) is not None:
-        raise UserError("a replacement set needs every layer: only --layers all is supported")
+    layers = parse_layers(args.layers)
+    if layers is not None and (args.activations is None or args.base is None):
+        raise UserError(
+            "--layers other than 'all' trains part of a set: it needs --activations (a cached "
+            "activation set) and --base (the set that supplies the other layers)"
+        )
+    if layers is None and args.base is not None:
+        raise UserError(
+            "--base fills layers that are not trained; with --layers all there are none"
+        )
+    if args.activations is not None and not (args.activations / "manifest.json").is_file():
+        raise UserError(f"--activations {args.activations}: not an activation cache")
+    if args.base is not None and not (args.base / SET_FILE).is_file():
+        raise UserError(f"--base {args.base}: no {SET_FILE} there")
     from toy_models.zoo import resolve_model_dir
 
     resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
     model, dicts, meta = train_replacement(
-        args.model, args.out, config=args.config, resume=args.resume, steps=args.steps
+        args.model,
+        args.out,
+        layers=layers,
+        config=args.config,
+        resume=args.resume,
+        steps=args.steps,
+        activations=args.activations,
     )
     from .model import ReplacementModel
 
-    replacement = ReplacementModel(model, list(dicts.lorsas), list(dicts.transcoders))
+    lorsas, transcoders = list(dicts.lorsas), list(dicts.transcoders)
+    if args.base is not None:
+        base = ReplacementModel.load(args.base, model)
+        lorsas, transcoders = list(base.lorsas), list(base.transcoders)
+        for i, l in enumerate(dicts.layers):
+            lorsas[l], transcoders[l] = dicts.lorsas[i], dicts.transcoders[i]
+        meta = {**meta, "trained_layers": dicts.layers, "base": str(args.base)}
+    replacement = ReplacementModel(model, lorsas, transcoders)
     replacement.save(args.out, args.model, meta)
     stats = meta["final_train_stats"]
     print(

@@ -1,0 +1,403 @@
+"""Activation sets cached on disk, so that many short training runs (ablations of one layer)
+read the same activations instead of each running the toy model again.
+
+    python -m replacement.cache --model default --rows 8192 --out runs/acts-default
+    python -m replacement.train --activations runs/acts-default --layers 1 \\
+        --base replacement/zoo/default --out runs/layer1-k16
+
+What is stored: for every cached layer, the four activations training reads, as whole rows
+(Lorsa attends across positions, and transcoder tokens are shuffled from the same rows at read
+time): ``lorsa_x`` (``ln1`` output), ``lorsa_y`` (``hook_attn_out``), ``tc_x`` (``ln2``
+output), ``tc_y`` (``hook_mlp_out``), each ``(rows, n_ctx, d_model)``, plus the ``tokens``.
+Storing the residual stream instead (``resid_pre`` of each layer, ``resid_mid``, the last
+``resid_post``: 2L + 1 vectors a token instead of 4L) would save 44% at 4 layers, but targets
+would be differences of large residuals (not the model's own ``hook_attn_out`` bits), every
+read would rerun the LayerNorms, and a one-layer cache (``--layers 1``, 4 vectors a token)
+would be no smaller; ``--dtype float16`` halves the size while keeping the format simple.
+
+Files, one directory::
+
+    manifest.json              the plan (model identity = ``fingerprint``, corpus split, seed,
+                               rows, n_ctx, layers, dtype, chunk size, forward batch) and, for
+                               every chunk written so far, its rows and the SHA-256 of each
+                               tensor
+    chunk-00000.safetensors    rows 0 .. chunk_rows-1: ``tokens`` and ``{kind}.{layer}``;
+                               its metadata names the cache (``cache_id``) and its index
+
+Each chunk is written atomically, then recorded in the manifest (atomically): a build killed at
+any point continues with the next unrecorded chunk when rerun with the same arguments, and its
+result is the same bytes as an uninterrupted build (rows are drawn from a seeded stream and the
+model runs on the same batches). A reader checks the manifest field by field, the model's
+identity against the model it is given, and every chunk's names, shapes, dtypes, index and the
+SHA-256 of each tensor it reads; a missing, truncated, swapped or edited chunk is refused with
+its file named. Nothing is unpickled.
+
+Rows are those of ``toy_models.data.stream_rows(tokenizer, n_ctx, "train", seed)`` in order, so
+training from a cache built with seed s sees exactly the rows that streaming with stream seed s
+sees; with float32 storage and ``forward_batch`` equal to the training batch the activations are
+the same bits (a different forward batch can change the last bits of a batched matmul).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from toy_models.cli import UserError
+
+from .activations import ActivationStore, layer_activations
+
+MANIFEST_FILE = "manifest.json"
+CHUNK_FILE = "chunk-{:05d}.safetensors"
+FORMAT = "activation-cache/1"
+KINDS = ("lorsa_x", "lorsa_y", "tc_x", "tc_y")
+DTYPES = ("float32", "float16", "bfloat16")
+SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """What a cache holds; two builds with the same plan write the same bytes."""
+
+    model_sha256: str
+    n_ctx: int
+    d_model: int
+    layers: list[int]
+    split: str
+    seed: int
+    rows: int
+    chunk_rows: int
+    forward_batch: int
+    dtype: str
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.rows / self.chunk_rows)
+
+    def chunk_size(self, index: int) -> int:
+        return min(self.chunk_rows, self.rows - index * self.chunk_rows)
+
+    def tensor_names(self) -> list[str]:
+        return ["tokens", *(f"{kind}.{l}" for l in self.layers for kind in KINDS)]
+
+    def cache_id(self) -> str:
+        from toy_models.checkpoint import json_sha256
+
+        return json_sha256(asdict(self))
+
+    @classmethod
+    def from_json(cls, data, where: str) -> CachePlan:
+        """Every field checked: a manifest is untrusted input."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: 'plan' must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        if set(data) != known:
+            raise ValueError(
+                f"{where}: plan fields differ (missing {sorted(known - set(data))}, "
+                f"unexpected {sorted(set(data) - known)})"
+            )
+
+        def positive(name, lo=1):
+            v = data[name]
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= 1 << 40:
+                raise ValueError(f"{where}: plan.{name} must be an integer >= {lo}, got {v!r}")
+
+        for name in ("n_ctx", "d_model", "rows", "chunk_rows", "forward_batch"):
+            positive(name)
+        positive("seed", 0)
+        sha = data["model_sha256"]
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise ValueError(f"{where}: plan.model_sha256 is not a SHA-256, got {sha!r}")
+        layers = data["layers"]
+        if (
+            not isinstance(layers, list)
+            or not layers
+            or not all(isinstance(l, int) and not isinstance(l, bool) and l >= 0 for l in layers)
+            or layers != sorted(set(layers))
+        ):
+            raise ValueError(
+                f"{where}: plan.layers must be increasing layer indices, got {layers!r}"
+            )
+        if data["split"] not in SPLITS:
+            raise ValueError(f"{where}: plan.split must be one of {SPLITS}, got {data['split']!r}")
+        if data["dtype"] not in DTYPES:
+            raise ValueError(f"{where}: plan.dtype must be one of {DTYPES}, got {data['dtype']!r}")
+        return cls(**data)
+
+
+def _first_difference(a: dict, b: dict) -> str:
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"{key}: {a.get(key)!r} there, {b.get(key)!r} here"
+    return "identical"
+
+
+def tensor_sha256(tensor) -> str:
+    """SHA-256 of a tensor's bytes (any dtype; shape and dtype are checked separately)."""
+    return hashlib.sha256(tensor.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+# ----------------------------------------------------------------- the manifest
+def read_manifest(directory: Path) -> tuple[CachePlan, list[dict]]:
+    """The plan and the recorded chunks of a cache directory, every field checked."""
+    from toy_models.checkpoint import read_json
+
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise UserError(f"{directory}: not an activation cache (no {MANIFEST_FILE})")
+    data = read_json(path)
+    if data.get("format") != FORMAT:
+        raise ValueError(
+            f"{path}: not an activation cache manifest (format {data.get('format')!r})"
+        )
+    plan = CachePlan.from_json(data.get("plan"), str(path))
+    chunks = data.get("chunks")
+    if not isinstance(chunks, list) or len(chunks) > plan.n_chunks:
+        raise ValueError(f"{path}: 'chunks' must be a list of at most {plan.n_chunks} chunks")
+    names = set(plan.tensor_names())
+    for i, chunk in enumerate(chunks):
+        ok = (
+            isinstance(chunk, dict)
+            and chunk.get("file") == CHUNK_FILE.format(i)
+            and chunk.get("rows") == plan.chunk_size(i)
+            and isinstance(chunk.get("sha256"), dict)
+            and set(chunk["sha256"]) == names
+            and all(
+                isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h)
+                for h in chunk["sha256"].values()
+            )
+        )
+        if not ok:
+            raise ValueError(f"{path}: chunk record {i} is invalid (file, rows or sha256 table)")
+    return plan, chunks
+
+
+def _write_manifest(directory: Path, plan: CachePlan, chunks: list[dict]) -> None:
+    from toy_models.files import write_json_atomic
+
+    write_json_atomic(
+        directory / MANIFEST_FILE,
+        {"format": FORMAT, "plan": asdict(plan), "cache_id": plan.cache_id(), "chunks": chunks},
+    )
+
+
+# ----------------------------------------------------------------- building
+def build_cache(
+    model,
+    tokenizer,
+    out: Path,
+    rows: int,
+    *,
+    layers: list[int] | None = None,
+    split: str = "train",
+    seed: int = 0,
+    chunk_rows: int = 256,
+    forward_batch: int = 16,
+    dtype: str = "float32",
+    quiet: bool = False,
+    stop_after_chunks: int | None = None,
+) -> CachePlan:
+    """Write (or finish) the cache of ``rows`` rows of ``model`` in ``out``; see the module
+    docstring. A directory holding a cache with another plan is refused, naming the first
+    difference. ``stop_after_chunks`` ends the build after that many chunks are recorded, as
+    an interruption would."""
+    from safetensors.torch import save
+    from tqdm import tqdm
+
+    from toy_models.checkpoint import fingerprint
+    from toy_models.data import stream_rows
+    from toy_models.files import check_writable_dir, replace_atomic
+
+    if chunk_rows % forward_batch:
+        raise UserError(f"--chunk-rows {chunk_rows} must be a multiple of --batch {forward_batch}")
+    layers = list(range(model.cfg.n_layers)) if layers is None else sorted(set(layers))
+    bad = [l for l in layers if not 0 <= l < model.cfg.n_layers]
+    if bad:
+        raise UserError(f"layers {bad} out of range: the model has {model.cfg.n_layers} layers")
+    plan = CachePlan(
+        fingerprint(model), model.cfg.n_ctx, model.cfg.d_model, layers, split, seed, rows,
+        chunk_rows, forward_batch, dtype,
+    )  # fmt: skip
+    out = Path(out)
+    check_writable_dir(out)
+    chunks: list[dict] = []
+    if (out / MANIFEST_FILE).exists():
+        old_plan, chunks = read_manifest(out)
+        if old_plan != plan:
+            diff = _first_difference(asdict(old_plan), asdict(plan))
+            raise UserError(f"{out} holds another activation cache ({diff})")
+    else:
+        _write_manifest(out, plan, chunks)
+    cache_id, storage = plan.cache_id(), getattr(torch, dtype)
+    stream = stream_rows(tokenizer, plan.n_ctx, split, seed)
+    for _ in range(len(chunks) * chunk_rows):  # rows of recorded chunks: tokenized, not run
+        next(stream)
+    with tqdm(
+        total=plan.n_chunks, initial=len(chunks), desc="cache activations", disable=quiet
+    ) as bar:
+        for index in range(len(chunks), plan.n_chunks):
+            if stop_after_chunks is not None and len(chunks) >= stop_after_chunks:
+                return plan
+            n = plan.chunk_size(index)
+            tokens = torch.tensor([next(stream)[1] for _ in range(n)])
+            parts = [layer_activations(model, t, layers) for t in tokens.split(forward_batch)]
+            tensors = {"tokens": tokens.to(torch.int32)}
+            for k, kind in enumerate(KINDS):
+                acts = torch.cat([p[k] for p in parts], dim=1).to(storage)  # (layer, rows, ...)
+                for i, l in enumerate(layers):
+                    tensors[f"{kind}.{l}"] = acts[i].contiguous()
+            meta = {"cache_id": cache_id, "chunk": str(index)}
+            data = save(tensors, metadata=meta)
+            replace_atomic(out / CHUNK_FILE.format(index), lambda tmp, d=data: tmp.write_bytes(d))
+            chunks.append(
+                {
+                    "file": CHUNK_FILE.format(index),
+                    "rows": n,
+                    "sha256": {name: tensor_sha256(t) for name, t in tensors.items()},
+                }
+            )
+            _write_manifest(out, plan, chunks)
+            bar.update(1)
+    return plan
+
+
+# ----------------------------------------------------------------- reading
+class ActivationCache:
+    """A complete cache directory, checked against ``model``; ``rows(layers, start, n)``
+    reads rows (wrapping around at the end) of the given layers, verifying each tensor read."""
+
+    def __init__(self, directory: Path, model):
+        from toy_models.checkpoint import fingerprint
+
+        self.directory = Path(directory)
+        self.plan, self.chunks = read_manifest(self.directory)
+        if len(self.chunks) < self.plan.n_chunks:
+            raise UserError(
+                f"activation cache {self.directory} is incomplete ({len(self.chunks)} of "
+                f"{self.plan.n_chunks} chunks); rerun python -m replacement.cache with the same "
+                "arguments to finish it"
+            )
+        sha = fingerprint(model)
+        if sha != self.plan.model_sha256:
+            raise UserError(
+                f"activation cache {self.directory} was built from another model (identity "
+                f"{self.plan.model_sha256[:12]}..., the given model is {sha[:12]}...)"
+            )
+        if (model.cfg.n_ctx, model.cfg.d_model) != (self.plan.n_ctx, self.plan.d_model):
+            raise ValueError(f"{self.directory / MANIFEST_FILE}: n_ctx or d_model differ")
+        self._loaded: tuple[int, tuple[int, ...], dict] | None = None
+
+    def check_layers(self, layers: list[int]) -> None:
+        missing = [l for l in layers if l not in self.plan.layers]
+        if missing:
+            raise UserError(
+                f"activation cache {self.directory} holds layers {self.plan.layers}, not {missing}"
+            )
+
+    def chunk(self, index: int, layers: list[int]) -> dict:
+        """The tensors of chunk ``index`` for ``layers`` (and the tokens), as float32."""
+        if self._loaded is not None and self._loaded[:2] == (index, tuple(layers)):
+            return self._loaded[2]
+        from safetensors import safe_open
+
+        path = self.directory / CHUNK_FILE.format(index)
+        if not path.is_file():
+            raise FileNotFoundError(f"activation cache chunk missing: {path}")
+        plan, record = self.plan, self.chunks[index]
+        n = record["rows"]
+        want = ["tokens", *(f"{kind}.{l}" for l in layers for kind in KINDS)]
+        out = {}
+        try:
+            with safe_open(str(path), "pt") as f:
+                if set(f.keys()) != set(plan.tensor_names()):
+                    raise ValueError(f"{path}: tensors differ from the manifest's")
+                meta = f.metadata() or {}
+                if meta.get("cache_id") != plan.cache_id() or meta.get("chunk") != str(index):
+                    raise ValueError(
+                        f"{path}: is chunk {meta.get('chunk')!r} of cache "
+                        f"{str(meta.get('cache_id'))[:12]}..., not chunk {index} of this cache"
+                    )
+                for name in want:
+                    t = f.get_tensor(name)
+                    shape = (n, plan.n_ctx) if name == "tokens" else (n, plan.n_ctx, plan.d_model)
+                    dtype = torch.int32 if name == "tokens" else getattr(torch, plan.dtype)
+                    if tuple(t.shape) != shape or t.dtype != dtype:
+                        raise ValueError(f"{path}: {name} is {t.dtype} {tuple(t.shape)}")
+                    if tensor_sha256(t) != record["sha256"][name]:
+                        raise ValueError(f"{path}: {name} differs from the manifest (sha256)")
+                    out[name] = t if name == "tokens" else t.float()
+        except ValueError:
+            raise
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors' own errors on truncated or damaged files
+            raise ValueError(f"{path}: unreadable chunk ({' '.join(str(exc).split())})") from None
+        self._loaded = (index, tuple(layers), out)
+        return out
+
+    def rows(self, layers: list[int], start: int, n: int) -> tuple:
+        """Rows ``start .. start + n - 1`` (modulo the cache's rows): Lorsa x, y and
+        transcoder x, y, each ``(layer, n, pos, d)`` in the order of ``layers``."""
+        pieces: list[list] = [[] for _ in KINDS]
+        row = start % self.plan.rows
+        while n > 0:
+            index, offset = divmod(row, self.plan.chunk_rows)
+            take = min(n, self.plan.chunk_size(index) - offset)
+            tensors = self.chunk(index, layers)
+            for k, kind in enumerate(KINDS):
+                pieces[k].append(
+                    torch.stack([tensors[f"{kind}.{l}"][offset : offset + take] for l in layers])
+                )
+            n -= take
+            row = (row + take) % self.plan.rows
+        return tuple(p[0] if len(p) == 1 else torch.cat(p, dim=1) for p in pieces)
+
+    def tokens(self, start: int, n: int):
+        """The token ids of rows ``start .. start + n - 1`` (modulo the rows)."""
+        out, row = [], start % self.plan.rows
+        while n > 0:
+            index, offset = divmod(row, self.plan.chunk_rows)
+            take = min(n, self.plan.chunk_size(index) - offset)
+            out.append(self.chunk(index, self.plan.layers[:1])["tokens"][offset : offset + take])
+            n -= take
+            row = (row + take) % self.plan.rows
+        return torch.cat(out).long()
+
+
+class CachedActivationStore(ActivationStore):
+    """An ``ActivationStore`` whose rows come from an ``ActivationCache``: the same batches and
+    token shuffle, with ``sequences`` reading ``batch_size`` stored rows instead of running the
+    model. Rows are read in order from ``start_row`` and wrap around at the end of the cache
+    (``epochs`` says how many passes were read)."""
+
+    def __init__(
+        self,
+        cache: ActivationCache,
+        layers: list[int],
+        batch_size: int = 16,
+        seed: int = 0,
+        start_row: int = 0,
+        buffer_batches: int = 8,
+    ):
+        cache.check_layers(layers)
+        self.cache, self.batch_size, self.layers = cache, batch_size, list(layers)
+        self.n_layers = len(self.layers)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.buffer_batches = buffer_batches
+        self._buffer = None
+        self.row = start_row
+
+    @property
+    def epochs(self) -> float:
+        return self.row / self.cache.plan.rows
+
+    def sequences(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out = self.cache.rows(self.layers, self.row, self.batch_size)
+        self.row += self.batch_size
+        return out

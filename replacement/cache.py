@@ -1,0 +1,84 @@
+"""Cache a toy model's activations to disk for training replacement layers from them.
+
+    python -m replacement.cache --model default --rows 8192 --out runs/acts-default
+    python -m replacement.cache --model default --rows 8192 --layers 1 --out runs/acts-l1
+
+Rerun the same command after an interruption and it continues with the next chunk. The format,
+what is checked on read and why whole rows are stored: ``replacement.activation_cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from toy_models.cli import UserError, run_cli
+
+DTYPES = ("float32", "float16", "bfloat16")  # replacement.activation_cache.DTYPES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m replacement.cache",
+        description="Store every chosen layer's Lorsa and transcoder (input, target) activations "
+        "of generated rows, in chunks with a manifest bound to the model's identity; "
+        "python -m replacement.train --activations DIR trains from them. Rerun to resume.",
+    )
+    parser.add_argument("--model", default="default", help="zoo name or toy model directory")
+    parser.add_argument("--rows", type=int, required=True, help="rows of n_ctx tokens to store")
+    parser.add_argument("--out", type=Path, required=True, help="cache directory")
+    parser.add_argument("--layers", default="all", help="'all' or layers such as 1 or 0,2")
+    parser.add_argument("--seed", type=int, default=0, help="row stream seed (training's: 0)")
+    parser.add_argument("--split", default="train", choices=("train", "heldout"))
+    parser.add_argument("--chunk-rows", type=int, default=256, help="rows per chunk file")
+    parser.add_argument(
+        "--batch", type=int, default=16, help="rows per forward pass (training's batch: 16)"
+    )
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="storage type")
+    args = parser.parse_args(argv)
+    for flag, value in (("--rows", args.rows), ("--chunk-rows", args.chunk_rows)):
+        if value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+    if args.batch <= 0 or args.chunk_rows % args.batch:
+        raise UserError(
+            f"--batch must be positive and divide --chunk-rows {args.chunk_rows}, got {args.batch}"
+        )
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    from toy_models.files import check_writable_dir
+    from toy_models.zoo import resolve_model_dir
+
+    from .train import parse_layers
+
+    layers = parse_layers(args.layers)
+    resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
+    check_writable_dir(args.out)
+    from toy_models.zoo import load_pretrained
+
+    from .activation_cache import build_cache
+
+    model, tokenizer = load_pretrained(args.model)
+    t0 = time.perf_counter()
+    plan = build_cache(
+        model,
+        tokenizer,
+        args.out,
+        args.rows,
+        layers=layers,
+        split=args.split,
+        seed=args.seed,
+        chunk_rows=args.chunk_rows,
+        forward_batch=args.batch,
+        dtype=args.dtype,
+    )
+    size = sum(p.stat().st_size for p in args.out.iterdir() if p.is_file())
+    print(
+        f"cached {plan.rows} rows of layers {plan.layers} ({plan.n_chunks} chunks, "
+        f"{size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s -> {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

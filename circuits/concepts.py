@@ -1,0 +1,185 @@
+"""Ground-truth concepts: what the corpus generator knows about every token, and how well a
+unit's firing is predicted by one of them (best-F1 concept labels, DESIGN.md section 5).
+
+Rows are held-out documents, one per row (BOS + the document, cut to ``n_ctx``), the families
+taking turns (row ``r`` is document ``r // 4`` of family ``FAMILIES[r % 4]``), from
+``toy_models.data.examples(family, "heldout", seed)``: a row's tokens and concepts depend on
+its index and the seed only, so a resumed pass sees the rows an uninterrupted one sees.
+
+Every token gets a set of concepts from the generator's spans (never by parsing the text
+again; a separator is read as the characters of its own token): its family; BOS; for names,
+whether a token is a name's first token or a later sub-token, of a common or a rare name, on
+its first or a repeated mention (a later sub-token of a repeated rare name is where subtoken
+induction acts); for addition, each operand digit with its operand (first/second) and place,
+each answer digit with its place, ``+``, ``=`` and the line break; for successor lists, a list's
+first item, a next item (one with a previous item), its list's kind, the comma and the full
+stop; for repeats, the first and the second copy (and the second copy's first token), and the
+``|`` between them.
+
+For a unit that fires on ``F`` tokens, a concept present on ``C`` tokens and both on ``B``:
+``F1 = 2 B / (F + C)`` (precision ``B / F``, recall ``B / C``). The unit's label is the concept
+of largest F1 (the first in ``CONCEPTS`` order on ties).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toy_models.data import FAMILIES, ORDERED_LISTS, Example, examples
+
+_SEPARATORS = {
+    "addition": {"+": "addition: '+'", "=": "addition: '='", "\n": "addition: line break"},
+    "successor": {",": "successor: comma", ".": "successor: full stop",
+                  "\n": "successor: line break"},
+    "repeat": {"|": "repeat: '|' between the copies", "\n": "repeat: line break"},
+}
+MAX_PLACE = 4  # answer digits of 3-digit operands: places 0..3
+
+CONCEPTS: tuple[str, ...] = (
+    "BOS",
+    *(f"family: {f}" for f in FAMILIES),
+    "name: first token",
+    "name: later sub-token",
+    "name: common name",
+    "name: rare name",
+    "name: first mention",
+    "name: repeated mention",
+    "name: later sub-token of a repeated rare name",
+    "names: other text",
+    *(f"addition: first operand digit, place {p}" for p in range(3)),
+    *(f"addition: second operand digit, place {p}" for p in range(3)),
+    *(f"addition: answer digit, place {p}" for p in range(MAX_PLACE)),
+    *_SEPARATORS["addition"].values(),
+    "successor: first item of a list",
+    "successor: next item",
+    *(f"successor: {kind} item" for kind in sorted(ORDERED_LISTS)),
+    *_SEPARATORS["successor"].values(),
+    "repeat: first copy",
+    "repeat: second copy",
+    "repeat: first token of the second copy",
+    *_SEPARATORS["repeat"].values(),
+)
+INDEX = {name: i for i, name in enumerate(CONCEPTS)}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One corpus row: its document, token ids (BOS first) and each token's concept indices."""
+
+    example: Example
+    ids: list[int]
+    concepts: list[tuple[int, ...]]
+
+
+def corpus_rows(tokenizer, n_ctx: int, seed: int, start: int, stop: int) -> list[Row]:
+    """Rows ``start .. stop - 1`` with their tokens and concepts."""
+    n = len(FAMILIES)
+    out = []
+    streams = {}
+    for index in range(start, stop):
+        family = FAMILIES[index % n]
+        if family not in streams:  # advance each family's stream to its first row once
+            streams[family] = examples(family, "heldout", seed)
+            for _ in range((index - index % n) // n):
+                next(streams[family])
+        example = next(streams[family])
+        enc = tokenizer.encode(example.text)
+        ids, offsets = enc.ids[:n_ctx], [tuple(o) for o in enc.offsets[:n_ctx]]
+        out.append(Row(example, ids, token_concepts(example, offsets)))
+    return out
+
+
+def token_concepts(example: Example, offsets: list[tuple[int, int]]) -> list[tuple[int, ...]]:
+    """Each token's concept indices (position 0 is BOS); ``offsets`` are its characters."""
+    concepts: list[set[str]] = [set() for _ in offsets]
+    concepts[0].add("BOS")
+    family = example.family
+    in_span = [False] * len(offsets)
+
+    def positions(span):
+        return [i for i, (s, e) in enumerate(offsets) if i > 0 and s < span.end and e > span.start]
+
+    def mark(span, *names):
+        found = positions(span)
+        for i in found:
+            concepts[i].update(names)
+            in_span[i] = True
+        return found
+
+    for span in example.spans:
+        if span.kind == "name":
+            found = mark(
+                span,
+                "name: rare name" if span.rare else "name: common name",
+                "name: repeated mention" if span.earlier is not None else "name: first mention",
+            )
+            for j, i in enumerate(found):
+                concepts[i].add("name: first token" if j == 0 else "name: later sub-token")
+                if j > 0 and span.rare and span.earlier is not None:
+                    concepts[i].add("name: later sub-token of a repeated rare name")
+        elif span.kind == "answer":
+            _digits(span, positions(span), offsets, "addition: answer digit", concepts, in_span)
+            for which, operand in zip(("first", "second"), span.operands, strict=False):
+                name = f"addition: {which} operand digit"
+                _digits(operand, positions(operand), offsets, name, concepts, in_span)
+        elif span.kind == "item":
+            mark(span, "successor: next item", f"successor: {span.sequence} item")
+            first = span.previous
+            if first is not None and first.previous is None:
+                mark(first, "successor: first item of a list", f"successor: {first.sequence} item")
+        elif span.kind == "first":
+            mark(span, "repeat: first copy")
+        elif span.kind == "second":
+            found = mark(span, "repeat: second copy")
+            if found:
+                concepts[found[0]].add("repeat: first token of the second copy")
+    separators = _SEPARATORS.get(family, {})
+    for i in range(1, len(offsets)):
+        concepts[i].add(f"family: {family}")
+        if in_span[i]:
+            continue
+        s, e = offsets[i]
+        text = example.text[s:e].strip(" ")
+        if family == "names":
+            concepts[i].add("names: other text")
+        elif text in separators:
+            concepts[i].add(separators[text])
+    return [tuple(sorted(INDEX[c] for c in names)) for names in concepts]
+
+
+def _digits(span, found, offsets, name, concepts, in_span) -> None:
+    for i in found:
+        place = span.end - offsets[i][0] - 1  # digits are one token each
+        if 0 <= place < MAX_PLACE and f"{name}, place {place}" in INDEX:
+            concepts[i].add(f"{name}, place {place}")
+        in_span[i] = True
+
+
+def best_f1(fires, concept_count, both):
+    """Per unit, the concept of largest F1 and that F1 (NaN, index -1, where a unit never
+    fired): ``fires (U,)``, ``concept_count (C,)``, ``both (U, C)`` counts (module docstring)."""
+    import torch
+
+    fires = fires.double()[:, None]
+    denom = fires + concept_count.double()[None, :]
+    f1 = torch.where(denom > 0, 2 * both.double() / denom.clamp_min(1), torch.zeros(()))
+    best, index = f1.max(1)  # the first maximum: CONCEPTS order on ties
+    never = fires[:, 0] == 0
+    return index.masked_fill(never, -1), best.masked_fill(never, float("nan"))
+
+
+def f1_summary(f1) -> dict:
+    """The distribution of best-F1 over units (NaN: units that never fired, left out)."""
+    import torch
+
+    f1 = f1[~torch.isnan(f1)].double()
+    if not len(f1):
+        return {"units": 0}
+    q = torch.quantile(f1, torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64))
+    return {
+        "units": len(f1),
+        "mean": round(float(f1.mean()), 4),
+        "quantiles": {k: round(float(v), 4) for k, v in zip(("10", "25", "50", "75", "90"), q)},
+        "at_least_0.5": round(float((f1 >= 0.5).double().mean()), 4),
+        "at_least_0.8": round(float((f1 >= 0.8).double().mean()), 4),
+    }

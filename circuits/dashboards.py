@@ -1,0 +1,723 @@
+"""Unit dashboards: what every Lorsa head and transcoder feature does on held-out corpus rows,
+gathered in one streaming, resumable, seeded pass, and its compact file (DESIGN.md section 5).
+
+    python -m circuits.dashboard_cli --model default --rows 256
+
+Rows are held-out documents (``circuits.concepts``: one per row, families in turn), run
+``batch_rows`` at a time through the replacement model in ``mode``. For every unit (units are
+numbered block by block, a block's Lorsa heads before its transcoder features) the pass keeps,
+in memory that does not grow with the number of rows:
+
+- ``fires`` (tokens it fires on, activation > 0), ``act_sum``, and a histogram of its
+  activations over the fixed geometric bins ``HIST_EDGES`` (the last bin takes everything
+  above);
+- its ``TOP_K`` largest activations (ties: the earlier token first) with a token window
+  (``WINDOW_BEFORE`` tokens before, ``WINDOW_AFTER`` after, -1 outside the row);
+- ``SAMPLES`` firings drawn uniformly (the firings with the smallest seeded hash of
+  (seed, unit, token): a bottom-k sample, the same whatever the batches), which the dashboard
+  splits into activation quantiles;
+- for a Lorsa head, at each kept example its z-pattern: the ``N_KEYS`` keys of largest
+  |contribution| ``A[q, k] (x_k w_v + b_V)`` (these sum over all keys to the activation), with
+  each key's token and the token before it;
+- the co-occurrence counts of its firing with every ground-truth concept
+  (``circuits.concepts``), whence its best-F1 concept label.
+
+A finished file adds the direct logit effects of each unit (its centred write vector against the
+demeaned unembedding, ``ReplacementModel.read_write``): the ``N_LOGITS`` most promoted and most
+suppressed tokens.
+
+The file (safetensors; a JSON header with the format version, unit sizes, the settings, the
+rows done, the identity of the model, replacement layers and tokenizer, and a SHA-256 over the
+tensors) is untrusted: its layout is compared with the header before any tensor is read, then
+the checksum and the values; a damaged, foreign, old or mismatched file is refused with a
+ValueError saying what. A partial file (rows_done < rows) is what an interrupted pass resumes
+from; batches are fixed by row index, so a resumed pass equals an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from replacement.model import MODES, ReplacementModel, hook_name
+from toy_models.data import pad_rows
+from toy_models.files import replace_atomic
+
+from .concepts import CONCEPTS, best_f1, corpus_rows, f1_summary
+from .nodes import Kind, lorsa_stage, transcoder_stage, unit_id
+from .statistics import identity
+
+VERSION = 1
+HEADER_KEY = "dashboards"
+TOP_K = 8
+SAMPLES = 12
+QUANTILE_GROUPS = 4
+WINDOW_BEFORE, WINDOW_AFTER = 10, 3
+WINDOW = WINDOW_BEFORE + 1 + WINDOW_AFTER
+N_KEYS = 3
+N_LOGITS = 8
+HIST_EDGES = [0.0] + [2.0 ** (k / 4) for k in range(-28, 33)]  # 0, 0.0078 .. 256
+N_BINS = len(HIST_EDGES) - 1
+DEFAULT_ROWS = 256  # about a minute on two CPU cores for the default model
+BATCH_ROWS = 32
+CHECKPOINT_SECONDS = 30.0
+MIN_FIRES = 10  # "fired enough" for coverage: a full top-k and a usable F1
+DEFAULT_DIR = Path("runs/dashboards")
+
+
+def default_path(model_name: str, mode: str) -> Path:
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(model_name))
+    return DEFAULT_DIR / f"{slug.strip('.') or 'model'}-{mode}.safetensors"
+
+
+# ----------------------------------------------------------------- units
+@dataclass(frozen=True)
+class Layout:
+    """The units: per block, ``n_ov[l]`` Lorsa heads then ``d_sae[l]`` transcoder features."""
+
+    n_ov: tuple[int, ...]
+    d_sae: tuple[int, ...]
+
+    @classmethod
+    def of(cls, replacement: ReplacementModel) -> Layout:
+        return cls(
+            tuple(x.cfg.n_ov_heads for x in replacement.lorsas),
+            tuple(t.cfg.d_sae for t in replacement.transcoders),
+        )
+
+    def blocks(self) -> list[tuple[Kind, int, int, int]]:
+        """(kind, layer, width, first unit) of each sublayer, in unit order."""
+        out, start = [], 0
+        for l, (a, f) in enumerate(zip(self.n_ov, self.d_sae, strict=True)):
+            out += [(Kind.LORSA, l, a, start), (Kind.TRANSCODER, l, f, start + a)]
+            start += a + f
+        return out
+
+    @property
+    def total(self) -> int:
+        return sum(self.n_ov) + sum(self.d_sae)
+
+    @property
+    def n_lorsa(self) -> int:
+        return sum(self.n_ov)
+
+    def unit(self, kind: Kind, layer: int, index: int) -> int:
+        for k, l, width, start in self.blocks():
+            if k == kind and l == layer:
+                if not 0 <= index < width:
+                    raise ValueError(f"{kind.label} {layer}:{index} is out of range (0..{width - 1})")
+                return start + index
+        raise ValueError(f"no {kind.label} layer {layer}")
+
+    def lorsa_slot(self) -> Tensor:
+        """Per unit, its row among Lorsa units (-1 for transcoder features)."""
+        slot = torch.full((self.total,), -1, dtype=torch.long)
+        for kind, _, width, start in self.blocks():
+            if kind == Kind.LORSA:
+                first = int((slot >= 0).sum())
+                slot[start : start + width] = torch.arange(first, first + width)
+        return slot
+
+    def ids(self) -> list[str]:
+        out = []
+        for kind, l, width, _ in self.blocks():
+            stage = lorsa_stage(l) if kind == Kind.LORSA else transcoder_stage(l)
+            out += [unit_id(kind, stage, i) for i in range(width)]
+        return out
+
+
+def tensor_layout(layout: Layout) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor of a file: (dtype, shape)."""
+    U, H, C = layout.total, layout.n_lorsa, len(CONCEPTS)
+    out = {
+        "tokens": ("I64", (1,)),
+        "fires": ("I64", (U,)),
+        "act_sum": ("F64", (U,)),
+        "hist": ("I64", (U, N_BINS)),
+        "concept_count": ("I64", (C,)),
+        "concept_both": ("I32", (U, C)),
+        "logit_token": ("I32", (U, 2, N_LOGITS)),
+        "logit_value": ("F32", (U, 2, N_LOGITS)),
+    }
+    for name, k in (("top", TOP_K), ("sample", SAMPLES)):
+        out |= {
+            f"{name}.value": ("F32", (U, k)),
+            f"{name}.index": ("I64", (U, k)),
+            f"{name}.window": ("I32", (U, k, WINDOW)),
+            f"{name}.key_pos": ("I32", (H, k, N_KEYS)),
+            f"{name}.key_token": ("I32", (H, k, N_KEYS, 2)),
+            f"{name}.key_value": ("F32", (H, k, N_KEYS)),
+        }
+    out["sample.hash"] = ("F64", (U, SAMPLES))
+    return out
+
+
+_TORCH = {"I64": torch.int64, "I32": torch.int32, "F32": torch.float32, "F64": torch.float64}
+
+
+def empty_state(layout: Layout) -> dict[str, Tensor]:
+    state = {}
+    for name, (dtype, shape) in tensor_layout(layout).items():
+        fill = -1 if name.endswith(("index", "window", "key_pos", "key_token")) else 0
+        state[name] = torch.full(shape, fill, dtype=_TORCH[dtype])
+    return state
+
+
+# ----------------------------------------------------------------- the data
+@dataclass(eq=False)
+class Dashboards:
+    """A dashboards file's contents (module docstring): ``layout``, the tensors ``state`` and
+    ``meta`` (settings, ``rows_done``, ``seconds``, ``identity``)."""
+
+    layout: Layout
+    state: dict[str, Tensor]
+    meta: dict
+
+    @property
+    def finished(self) -> bool:
+        return self.meta["rows_done"] == self.meta["rows"]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.state["tokens"][0])
+
+    def frequency(self) -> Tensor:
+        return self.state["fires"].double() / max(self.n_tokens, 1)
+
+    def concept_labels(self) -> tuple[Tensor, Tensor]:
+        """Per unit: the index into ``CONCEPTS`` of its best-F1 concept (-1: never fired), F1."""
+        s = self.state
+        return best_f1(s["fires"], s["concept_count"], s["concept_both"])
+
+    def coverage(self) -> dict:
+        """Fraction of Lorsa heads and transcoder features that fired at all / enough."""
+        fires, out = self.state["fires"], {}
+        for kind in (Kind.LORSA, Kind.TRANSCODER):
+            mask = self.kind_mask(kind)
+            out[kind.label] = {
+                "units": int(mask.sum()),
+                "fired": round(float((fires[mask] > 0).double().mean()), 4),
+                f"fired_{MIN_FIRES}": round(float((fires[mask] >= MIN_FIRES).double().mean()), 4),
+            }
+        return out
+
+    def kind_mask(self, kind: Kind) -> Tensor:
+        mask = torch.zeros(self.layout.total, dtype=torch.bool)
+        for k, _, width, start in self.layout.blocks():
+            if k == kind:
+                mask[start : start + width] = True
+        return mask
+
+    def f1_report(self, min_fires: int = MIN_FIRES) -> dict:
+        """Best-F1 distribution per kind over units that fired at least ``min_fires`` times,
+        and how often each concept is the label."""
+        index, f1 = self.concept_labels()
+        enough = self.state["fires"] >= min_fires
+        out = {}
+        for kind in (Kind.LORSA, Kind.TRANSCODER):
+            mask = self.kind_mask(kind) & enough
+            summary = f1_summary(f1[mask])
+            labels = torch.bincount(index[mask], minlength=len(CONCEPTS))
+            top = labels.argsort(descending=True, stable=True)[:5]
+            summary["top_labels"] = {CONCEPTS[i]: int(labels[i]) for i in top if labels[i]}
+            out[kind.label] = summary
+        return out
+
+    # ------------------------------------------------------------- the viewer's schema
+    def for_viewer(self, tokenizer, units: list[tuple[Kind, int, int]] | None = None) -> dict:
+        """Dashboards in ``reports.viewer``'s schema keyed by unit id, for ``units``
+        ((kind, layer, index) triples; all units when None)."""
+        if units is None:
+            chosen = range(self.layout.total)
+        else:
+            chosen = sorted({self.layout.unit(Kind(k), l, i) for k, l, i in units})
+        ids, slot = self.layout.ids(), self.layout.lorsa_slot()
+        label_index, f1 = self.concept_labels()
+        cache: dict[int, str] = {}
+
+        def text(t: int) -> str:
+            if t not in cache:
+                cache[t] = tokenizer.decode([t], skip_special_tokens=False)
+            return cache[t]
+
+        s, out = self.state, {}
+        for u in chosen:
+            d: dict = {"frequency": float(self.frequency()[u])}
+            if label_index[u] >= 0:
+                d["concept"] = {"label": CONCEPTS[label_index[u]], "f1": float(f1[u])}
+            hist = s["hist"][u]
+            nonzero = hist.nonzero().squeeze(1)
+            if len(nonzero):
+                lo, hi = int(nonzero[0]), int(nonzero[-1]) + 1
+                edges = HIST_EDGES[lo : hi + 1]
+                edges[-1] = max(edges[-1], float(s["top.value"][u, 0]))
+                d["histogram"] = {"edges": edges, "counts": hist[lo:hi].tolist()}
+            d["logits"] = {
+                side: [[text(int(t)), float(v)] for t, v in zip(s["logit_token"][u, j],
+                                                                s["logit_value"][u, j], strict=True)]
+                for j, side in enumerate(("promoted", "suppressed"))
+            }  # fmt: skip
+            d["examples"] = self._examples(u, int(slot[u]), text)
+            out[ids[u]] = d
+        return out
+
+    def _examples(self, u: int, h: int, text) -> list[dict]:
+        s, examples = self.state, []
+        top = [("top", j) for j in range(TOP_K) if s["top.index"][u, j] >= 0]
+        samples = [j for j in range(SAMPLES) if s["sample.index"][u, j] >= 0]
+        samples.sort(key=lambda j: (float(s["sample.value"][u, j]), int(s["sample.index"][u, j])))
+        picked = []
+        for g in range(QUANTILE_GROUPS):
+            part = samples[g * len(samples) // QUANTILE_GROUPS : (g + 1) * len(samples) // QUANTILE_GROUPS]
+            name = f"q {g / QUANTILE_GROUPS:.2f}-{(g + 1) / QUANTILE_GROUPS:.2f}"
+            picked += [(name, j) for j in part]
+        for group, j in top + picked:
+            prefix = "top" if group == "top" else "sample"
+            examples.append(self._example(u, h, prefix, j, group, text))
+        return examples
+
+    def _example(self, u, h, prefix, j, group, text) -> dict:
+        s = self.state
+        window = s[f"{prefix}.window"][u, j].tolist()
+        index = int(s[f"{prefix}.index"][u, j])
+        pos = index % self.meta["n_ctx"]
+        first = pos - WINDOW_BEFORE  # the row position of window[0]
+        keep = [i for i, t in enumerate(window) if t >= 0]
+        tokens, where = [], {}
+        if h >= 0:  # keys before the window: their token and the one before, then an ellipsis
+            keys = [(int(p), s[f"{prefix}.key_token"][h, j, n].tolist())
+                    for n, p in enumerate(s[f"{prefix}.key_pos"][h, j].tolist())
+                    if 0 <= p < first + keep[0]]  # fmt: skip
+            for p, (tok, prev) in sorted(set((p, tuple(t)) for p, t in keys)):
+                if prev >= 0 and p - 1 not in where:
+                    where[p - 1] = len(tokens)
+                    tokens.append(text(prev))
+                where[p] = len(tokens)
+                tokens.append(text(tok))
+            if tokens:
+                tokens.append("…")
+        for i in keep:
+            where[first + i] = len(tokens)
+            tokens.append(text(window[i]))
+        example = {
+            "group": group,
+            "tokens": tokens,
+            "at": where[pos],
+            "activation": float(s[f"{prefix}.value"][u, j]),
+        }
+        if h >= 0:
+            example["keys"] = [
+                [where[int(p)], float(v)]
+                for p, v in zip(s[f"{prefix}.key_pos"][h, j], s[f"{prefix}.key_value"][h, j],
+                                strict=True)
+                if p >= 0 and int(p) in where
+            ]  # fmt: skip
+        return example
+
+
+# ----------------------------------------------------------------- the streaming pass
+def _hash(seed: int, unit: Tensor, index: Tensor) -> Tensor:
+    """A seeded 53-bit hash of (unit, token index), exact in float64 (splitmix64)."""
+    x = (unit.numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ (
+        index.numpy().astype(np.uint64) + np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+    )
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return torch.from_numpy((x >> np.uint64(11)).astype(np.float64))
+
+
+def keep_per_unit(unit: Tensor, primary: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Of candidates (unit, primary, token index), the k of each unit with the smallest
+    primary (ties: smaller token index): (positions into the candidates, slot 0..k-1)."""
+    order = torch.argsort(index, stable=True)
+    order = order[torch.argsort(primary[order], stable=True)]
+    order = order[torch.argsort(unit[order], stable=True)]
+    u = unit[order]
+    counts = torch.bincount(u, minlength=int(u.max()) + 1 if len(u) else 0)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(len(u)) - starts[u]
+    keep = rank < k
+    return order[keep], rank[keep]
+
+
+class Pass:
+    """The running state of the pass over one batch at a time (module docstring)."""
+
+    def __init__(self, replacement: ReplacementModel, layout: Layout, state: dict, meta: dict):
+        self.replacement, self.layout, self.state, self.meta = replacement, layout, state, meta
+        self.slot = layout.lorsa_slot()
+        self.edges = torch.tensor(HIST_EDGES, dtype=torch.float32)
+
+    def add(self, rows) -> None:
+        n_ctx = self.meta["n_ctx"]
+        first_row = self.meta["rows_done"]
+        tokens = pad_rows([r.ids for r in rows])
+        B, P = tokens.shape
+        valid = torch.arange(P)[None, :] < torch.tensor([len(r.ids) for r in rows])[:, None]
+        C = torch.zeros(B, P, len(CONCEPTS))
+        for b, r in enumerate(rows):
+            for p, cs in enumerate(r.concepts):
+                C[b, p, list(cs)] = 1.0
+        s = self.state
+        s["tokens"] += int(valid.sum())
+        s["concept_count"] += C.sum((0, 1)).long()
+        names = {hook_name(l, x) for l in range(len(self.layout.n_ov))
+                 for x in ("lorsa.hook_z", "transcoder.hook_acts", "lorsa.hook_in",
+                           "lorsa.hook_pattern")}  # fmt: skip
+        _, cache = self.replacement.run_with_cache(
+            tokens, mode=self.meta["mode"], names_filter=lambda n: n in names
+        )
+        window_tokens = torch.nn.functional.pad(
+            tokens.masked_fill(~valid, -1), (WINDOW_BEFORE, WINDOW_AFTER), value=-1
+        )
+        gidx_base = (torch.arange(B) + first_row)[:, None] * n_ctx + torch.arange(P)[None, :]
+        Cflat = C.reshape(B * P, -1)
+        for kind, l, width, start in self.layout.blocks():
+            site = "lorsa.hook_z" if kind == Kind.LORSA else "transcoder.hook_acts"
+            acts = cache[hook_name(l, site)].float() * valid[..., None]
+            b, p, i = acts.nonzero(as_tuple=True)
+            value = acts[b, p, i]
+            unit = i + start
+            s["fires"] += torch.bincount(unit, minlength=self.layout.total)
+            s["act_sum"].index_add_(0, unit, value.double())
+            bucket = (torch.searchsorted(self.edges, value, right=True) - 1).clamp(0, N_BINS - 1)
+            s["hist"].view(-1).index_add_(0, unit * N_BINS + bucket, torch.ones_like(unit))
+            fired = (acts > 0).float().reshape(B * P, width)
+            s["concept_both"][start : start + width] += (fired.T @ Cflat).round().int()
+            lorsa = None
+            if kind == Kind.LORSA:
+                x = cache[hook_name(l, "lorsa.hook_in")]
+                lorsa = (cache[hook_name(l, "lorsa.hook_pattern")],
+                         self.replacement.lorsas[l].values(x),
+                         self.replacement.lorsas[l].cfg.group_size)  # fmt: skip
+            new = (b, p, i, unit, value, gidx_base[b, p])
+            self._merge("top", TOP_K, -value.double(), new, window_tokens, tokens, lorsa, start, width)
+            h = _hash(self.meta["seed"], unit, gidx_base[b, p])
+            self._merge("sample", SAMPLES, h, new, window_tokens, tokens, lorsa, start, width)
+        self.meta["rows_done"] += B
+
+    def _merge(self, name, k, primary, new, window_tokens, tokens, lorsa, start, width) -> None:
+        s = self.state
+        b, p, i, unit, value, gidx = new
+        old_index = s[f"{name}.index"][start : start + width]
+        ou, oj = (old_index >= 0).nonzero(as_tuple=True)
+        if name == "top":
+            old_primary = -s["top.value"][start : start + width][ou, oj].double()
+        else:
+            old_primary = s["sample.hash"][start : start + width][ou, oj]
+        cand_unit = torch.cat([ou, i])
+        n_old = len(ou)
+        kept, slot = keep_per_unit(
+            cand_unit, torch.cat([old_primary, primary]), torch.cat([old_index[ou, oj], gidx]), k
+        )
+        fields = [f"{name}.value", f"{name}.index", f"{name}.window"]
+        if name == "sample":
+            fields.append("sample.hash")
+        keys = lorsa is not None
+        heads = self.slot[start : start + width] if keys else None
+        key_fields = [f"{name}.key_pos", f"{name}.key_token", f"{name}.key_value"]
+        old = {f: s[f][start : start + width][ou, oj] for f in fields}
+        if keys:
+            old |= {f: s[f][heads[ou], oj] for f in key_fields}
+        # Reset the units' slots, then write the kept candidates into them.
+        for f in fields:
+            s[f][start : start + width] = -1 if f.endswith(("index", "window")) else 0
+        if keys:
+            for f in key_fields:
+                s[f][heads] = 0 if f.endswith("value") else -1
+        from_old = kept < n_old
+        ko, so = kept[from_old], slot[from_old]
+        block = {f: s[f][start : start + width] for f in fields}
+        for f in fields:
+            block[f][cand_unit[ko], so] = old[f][ko]
+        if keys:
+            for f in key_fields:
+                s[f][heads[cand_unit[ko]], so] = old[f][ko]
+        kn, sn = kept[~from_old] - n_old, slot[~from_old]
+        if not len(kn):
+            return
+        nb, np_, ni = b[kn], p[kn], i[kn]
+        block[f"{name}.value"][ni, sn] = value[kn]
+        block[f"{name}.index"][ni, sn] = gidx[kn]
+        offsets = np_[:, None] + torch.arange(WINDOW)[None, :]
+        block[f"{name}.window"][ni, sn] = window_tokens[nb[:, None], offsets].int()
+        if name == "sample":
+            block["sample.hash"][ni, sn] = primary[kn]
+        if keys:
+            pattern, values, group = lorsa
+            contrib = pattern[nb, ni // group, np_, :] * values[nb, :, ni]  # (E, key)
+            n_keys = min(N_KEYS, contrib.shape[1])
+            top = contrib.abs().topk(n_keys, dim=1)
+            kpos = top.indices
+            kval = contrib.gather(1, kpos)
+            real = kpos <= np_[:, None]
+            hs = heads[ni]
+            s[f"{name}.key_pos"][hs, sn, :n_keys] = kpos.masked_fill(~real, -1).int()
+            s[f"{name}.key_value"][hs, sn, :n_keys] = kval.masked_fill(~real, 0).float()
+            prev = (kpos - 1).clamp_min(0)
+            key_tok = torch.stack(
+                [tokens[nb[:, None], kpos], tokens[nb[:, None], prev].masked_fill(kpos == 0, -1)],
+                -1,
+            ).masked_fill(~real[..., None], -1)
+            s[f"{name}.key_token"][hs, sn, :n_keys] = key_tok.int()
+
+
+def logit_effects(replacement: ReplacementModel, layout: Layout, state: dict) -> None:
+    """The ``N_LOGITS`` most promoted and suppressed tokens of every unit's write vector."""
+    rw = replacement.read_write()
+    n = min(N_LOGITS, rw.unembed.shape[0])
+    for kind, l, _, start in layout.blocks():
+        write = rw.lorsa_write[l] if kind == Kind.LORSA else rw.tc_write[l]
+        effect = write.float() @ rw.unembed.float().T  # unit vocab
+        for j, largest in enumerate((True, False)):
+            top = effect.topk(n, dim=1, largest=largest)
+            rows = slice(start, start + len(write))
+            state["logit_token"][rows, j, :n] = top.indices.int()
+            state["logit_value"][rows, j, :n] = top.values
+
+
+def build(
+    replacement: ReplacementModel,
+    tokenizer,
+    path: Path,
+    *,
+    rows: int = DEFAULT_ROWS,
+    n_ctx: int | None = None,
+    seed: int = 0,
+    mode: str = "local",
+    batch_rows: int = BATCH_ROWS,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Dashboards:
+    """Build (or resume, or just load) the dashboards file at ``path``. ``stop_after``: stop
+    after that many rows in this call (a partial file), as an interruption would."""
+    from tqdm import tqdm
+
+    n_ctx = replacement.cfg.n_ctx if n_ctx is None else n_ctx
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    settings = {"rows": rows, "n_ctx": n_ctx, "seed": seed, "mode": mode, "batch_rows": batch_rows}
+    ident = identity(replacement, tokenizer)
+    layout = Layout.of(replacement)
+    if path.exists():
+        dash = read_file(path, replacement, tokenizer)
+        found = {k: dash.meta.get(k) for k in settings}
+        if found != settings:
+            raise ValueError(f"{path}: made with {found}, not {settings}; remove it or pick --out")
+    else:
+        dash = Dashboards(layout, empty_state(layout), {**settings, "rows_done": 0,
+                                                         "seconds": 0.0, "identity": ident})
+    if dash.finished:
+        return dash
+    run = Pass(replacement, layout, dash.state, dash.meta)
+    t0, last = time.perf_counter(), time.perf_counter()
+    seconds0 = dash.meta["seconds"]
+    limit = rows if stop_after is None else min(rows, dash.meta["rows_done"] + stop_after)
+    bar = tqdm(total=rows, initial=dash.meta["rows_done"], disable=not progress, desc="dashboards")
+    with torch.no_grad():
+        try:
+            while dash.meta["rows_done"] < limit:
+                a = dash.meta["rows_done"]
+                z = min(a + batch_rows, rows)
+                run.add(corpus_rows(tokenizer, n_ctx, seed, a, z))
+                bar.update(z - a)
+                if time.perf_counter() - last > CHECKPOINT_SECONDS and dash.meta["rows_done"] < rows:
+                    dash.meta["seconds"] = seconds0 + time.perf_counter() - t0
+                    write_file(path, dash)
+                    last = time.perf_counter()
+        finally:
+            bar.close()
+        dash.meta["seconds"] = seconds0 + time.perf_counter() - t0
+        if dash.finished:
+            logit_effects(replacement, layout, dash.state)
+        write_file(path, dash)
+    return dash
+
+
+# ----------------------------------------------------------------- the file
+def _sha256(tensors: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_file(path: Path, dash: Dashboards) -> None:
+    """``dash`` written atomically (a temp file beside ``path``, then a rename)."""
+    tensors = {k: v.contiguous() for k, v in dash.state.items()}
+    header = {
+        "version": VERSION,
+        "units": {"n_ov": list(dash.layout.n_ov), "d_sae": list(dash.layout.d_sae)},
+        "concepts": list(CONCEPTS),
+        "shape": {"top_k": TOP_K, "samples": SAMPLES, "window": WINDOW, "keys": N_KEYS,
+                  "logits": N_LOGITS, "bins": N_BINS},  # fmt: skip
+        "meta": dash.meta,
+        "sha256": _sha256(tensors),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomic(path, lambda tmp: save_file(tensors, str(tmp), {HEADER_KEY: json.dumps(header)}))
+
+
+def _int(value, name: str, low: int, high: int | None = None) -> int:
+    if type(value) is not int or value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be an integer >= {low}, not {value!r}")
+    return value
+
+
+def _check_header(header) -> tuple[Layout, dict]:
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    if header.get("version") != VERSION:
+        raise ValueError(f"format version {header.get('version')!r}, expected {VERSION}: "
+                         "made by another version; remove it to build again")  # fmt: skip
+    units = header.get("units")
+    if not isinstance(units, dict) or set(units) != {"n_ov", "d_sae"}:
+        raise ValueError("units must be an object with n_ov and d_sae")
+    for name in ("n_ov", "d_sae"):
+        if not isinstance(units[name], list) or not 0 < len(units[name]) <= 1024:
+            raise ValueError(f"units.{name} must be a non-empty list")
+        for n in units[name]:
+            _int(n, f"units.{name}[]", 1, 1 << 20)
+    if len(units["n_ov"]) != len(units["d_sae"]):
+        raise ValueError("units.n_ov and units.d_sae have different lengths")
+    if header.get("concepts") != list(CONCEPTS):
+        raise ValueError("its concepts are not this version's (circuits.concepts); build again")
+    shape = {"top_k": TOP_K, "samples": SAMPLES, "window": WINDOW, "keys": N_KEYS,
+             "logits": N_LOGITS, "bins": N_BINS}  # fmt: skip
+    if header.get("shape") != shape:
+        raise ValueError(f"shape {header.get('shape')!r} is not this version's {shape}")
+    meta = header.get("meta")
+    if not isinstance(meta, dict):
+        raise ValueError("meta must be an object")
+    rows = _int(meta.get("rows"), "meta.rows", 1, 1 << 24)
+    _int(meta.get("rows_done"), "meta.rows_done", 0, rows)
+    _int(meta.get("n_ctx"), "meta.n_ctx", 2, 1 << 16)
+    _int(meta.get("batch_rows"), "meta.batch_rows", 1)
+    _int(meta.get("seed"), "meta.seed", -(2**63), 2**63 - 1)
+    if meta.get("mode") not in MODES:
+        raise ValueError(f"meta.mode must be one of {MODES}")
+    seconds = meta.get("seconds")
+    if type(seconds) not in (int, float) or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("meta.seconds must be a finite number >= 0")
+    found = meta.get("identity")
+    if not isinstance(found, dict) or set(found) != {"model", "replacement", "tokenizer"}:
+        raise ValueError("meta.identity must be an object with model, replacement, tokenizer")
+    if not all(v is None or isinstance(v, str) for v in found.values()):
+        raise ValueError("meta.identity values must be strings or null")
+    return Layout(tuple(units["n_ov"]), tuple(units["d_sae"])), meta
+
+
+def read_file(path: Path, replacement: ReplacementModel | None = None, tokenizer=None) -> Dashboards:
+    """A dashboards file, checked (module docstring); with ``replacement`` (and
+    ``tokenizer``), refused unless it was built from them. A ValueError names the file."""
+    try:
+        return _read(Path(path), replacement, tokenizer)
+    except ValueError as exc:
+        raise ValueError(f"dashboards file {path}: {exc}") from None
+
+
+def _read(path, replacement, tokenizer) -> Dashboards:
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+            if HEADER_KEY not in metadata:
+                raise ValueError("no dashboards header (not a dashboards file)")
+            layout, meta = _check_header(json.loads(metadata[HEADER_KEY]))
+            header = json.loads(metadata[HEADER_KEY])
+            expected = tensor_layout(layout)
+            names = set(f.keys())
+            if names != set(expected):
+                raise ValueError(f"its tensors are not the ones its header implies "
+                                 f"(missing {sorted(set(expected) - names)[:3]}, "
+                                 f"unexpected {sorted(names - set(expected))[:3]})")  # fmt: skip
+            for name, (dtype, shape) in expected.items():
+                sl = f.get_slice(name)
+                if tuple(sl.get_shape()) != shape or sl.get_dtype() != dtype:
+                    raise ValueError(f"{name} is {sl.get_dtype()} {tuple(sl.get_shape())}, "
+                                     f"its header implies {dtype} {shape}")  # fmt: skip
+            state = {name: f.get_tensor(name) for name in expected}
+    except ValueError:
+        raise
+    except Exception as exc:  # safetensors and json raise their own types on damaged files
+        raise ValueError(" ".join(str(exc).split()) or type(exc).__name__) from None
+    if header.get("sha256") != _sha256(state):
+        raise ValueError("its tensors do not match the checksum in its header (damaged)")
+    dash = Dashboards(layout, state, meta)
+    _check_values(dash)
+    if replacement is not None:
+        if Layout.of(replacement) != layout:
+            raise ValueError("its units are not this replacement model's")
+        want = identity(replacement, tokenizer)
+        for key, value in want.items():
+            if value is not None and meta["identity"][key] != value:
+                raise ValueError(f"built for another {key} (identity differs); build again")
+    return dash
+
+
+def _check_values(dash: Dashboards) -> None:
+    s, meta = dash.state, dash.meta
+    for name, t in s.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
+    tokens = int(s["tokens"][0])
+    if not 0 <= tokens <= meta["rows_done"] * meta["n_ctx"]:
+        raise ValueError("tokens is not a count of the rows done")
+    if (s["fires"] < 0).any() or (s["fires"] > tokens).any():
+        raise ValueError("fires holds values that are not counts of tokens")
+    if (s["hist"] < 0).any() or (s["hist"].sum(1) != s["fires"]).any():
+        raise ValueError("hist does not count every firing once")
+    if (s["concept_count"] < 0).any() or (s["concept_count"] > tokens).any():
+        raise ValueError("concept_count holds values that are not counts of tokens")
+    both = s["concept_both"].long()
+    if (both < 0).any() or (both > s["fires"][:, None]).any() or (both > s["concept_count"]).any():
+        raise ValueError("concept_both holds values above their unit's or concept's count")
+    limit = meta["rows_done"] * meta["n_ctx"]
+    for name in ("top", "sample"):
+        index = s[f"{name}.index"]
+        real = index >= 0
+        if (index < -1).any() or (index >= limit).any():
+            raise ValueError(f"{name}.index holds tokens outside the rows done")
+        if (s[f"{name}.value"][real] <= 0).any():
+            raise ValueError(f"{name}.value holds examples that did not fire")
+        if (real.sum(1) > s["fires"]).any():
+            raise ValueError(f"{name} keeps more examples than its unit fired")
+        if (s[f"{name}.window"] < -1).any():
+            raise ValueError(f"{name}.window holds negative token ids")
+        centre = s[f"{name}.window"][..., WINDOW_BEFORE]
+        if ((centre < 0) & real).any():
+            raise ValueError(f"{name}.window misses the activating token")
+        key_pos = s[f"{name}.key_pos"]
+        if (key_pos < -1).any() or (key_pos >= meta["n_ctx"]).any():
+            raise ValueError(f"{name}.key_pos holds positions outside a row")
+    top = s["top.value"]
+    if (top[:, 1:] > top[:, :-1]).any():
+        raise ValueError("top.value is not sorted")
+
+
+def summary(dash: Dashboards, path: Path | None = None) -> dict:
+    """The figures a build reports: rows, tokens, time, size, coverage, best-F1."""
+    out = {
+        "rows": dash.meta["rows_done"],
+        "tokens": dash.n_tokens,
+        "seconds": round(dash.meta["seconds"], 2),
+        "coverage": dash.coverage(),
+        "best_f1": dash.f1_report(),
+    }
+    if path is not None and path.exists():
+        out["bytes"] = path.stat().st_size
+    return out
+

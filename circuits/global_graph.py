@@ -6,10 +6,14 @@
 
 ``--start`` names a unit: ``lorsa:LAYER:HEAD``, ``transcoder:LAYER:FEATURE``,
 ``logit:TOKEN`` or ``token:TOKEN`` (a token's embedding; grow it ``--downstream``).
-Corpus statistics (the summed exact local edges of ``--rows`` held-out rows) are gathered
-once into ``--stats`` (resumable, with a progress bar) and reused; a larger ``--rows`` extends
-them. Writes, like ``circuits.trace``, ``graph.json``, ``graph.safetensors``,
-``graph.dot``/``.svg`` and ``graph.html`` (``reports.outputs``).
+Corpus statistics (the summed exact local edges and QK terms of ``--rows`` held-out rows,
+``circuits.gathering``) are gathered once into ``--stats`` (resumable, with a progress bar)
+and reused; a larger ``--rows`` gathers them again over more rows. Every Lorsa head of the
+graph gets its QK group's expected QK attribution, drawn as q/k edges (``--no-qk``: value
+edges only). The same graph is grown from each half of the sample, and how many of its top
+edges the halves share is printed (the split-half reliability: low means gather more rows).
+Writes, like ``circuits.trace``, ``graph.json``, ``graph.safetensors``, ``graph.dot``/``.svg``
+and ``graph.html`` (``reports.outputs``).
 
 Arguments are parsed and checked before anything heavy (torch, a model) is imported.
 """
@@ -48,11 +52,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=40, help="units to grow to")
     parser.add_argument("--per-node", type=int, default=8, help="candidates per unit")
     parser.add_argument("--no-prune", action="store_true", help="keep every grown unit")
+    parser.add_argument("--qk", action=argparse.BooleanOptionalAction, default=True,
+                        help="give every Lorsa head its QK group's expected QK attribution, "
+                        "drawn as q/k edges (default: on)")  # fmt: skip
     parser.add_argument("--stats", type=Path, help="statistics file (default: runs/global-stats/"
                         "MODEL.safetensors; gathered when missing)")  # fmt: skip
     parser.add_argument("--rows", type=int,
                         help="corpus rows for statistics (default: those of --stats, or 128 "
-                        "when gathering); more than the file holds extends it")  # fmt: skip
+                        "when gathering); more than the file holds gathers them again")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/global"), help="output directory")
     parser.add_argument("--format", default="svg", help="renders among svg,pdf,png (need `dot`)")
     return parser.parse_args(argv)
@@ -126,24 +133,30 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     from reports.labels import node_labels
     from reports.outputs import write_graph_outputs
 
-    from .global_weights import global_graph
+    from .gathering import statistics_for
+    from .global_weights import global_graph, split_half, with_qk_side
     from .prune import prune_graph
-    from .statistics import statistics_for
     from .units import Units
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     start = resolve_start(spec, Units.of(replacement), tokenizer)
     stats = statistics_for(replacement, tokenizer, args.model, args.stats, args.rows)
+    upstream = not args.downstream
+
+    def grow(sample):
+        graph = global_graph(
+            replacement, sample, start, budget=args.budget, per_node=args.per_node,
+            upstream=upstream, tokenizer=tokenizer,
+        )  # fmt: skip
+        return prune_graph(graph) if upstream and not args.no_prune else graph
 
     t0 = time.perf_counter()
-    graph = global_graph(
-        replacement, stats, start, budget=args.budget, per_node=args.per_node,
-        upstream=not args.downstream, tokenizer=tokenizer,
-    )  # fmt: skip
+    graph = grow(stats)
+    if args.qk:
+        graph = with_qk_side(replacement, stats, graph, tokenizer)
     graph.model["name"] = args.model
-    if not (args.no_prune or args.downstream):
-        graph = prune_graph(graph)
     seconds = time.perf_counter() - t0
+    reliability = split_half(grow, stats)
     written = write_graph_outputs(graph, args.out, formats)
     labels = node_labels(graph)
     print(
@@ -155,11 +168,41 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     for j in abs(strongest.data).argsort()[::-1][:N_STRONGEST]:
         s, t = strongest.col[j], strongest.row[j]
         print(f"  {strongest.data[j]:+.3f}  {labels[s]}  ->  {labels[t]}")
+    for line in _qk_lines(graph, labels):
+        print(line)
+    print(_reliability_line(reliability))
     for note in written.notes:
         print(note, file=sys.stderr)
     for path in written.paths:
         print(f"wrote {path}")
     return 0
+
+
+def _qk_lines(graph, labels: list[str]) -> list[str]:
+    """Per QK group of the graph: its score lift and strongest pair, per firing."""
+    at = graph.id_to_index
+    lines = []
+    for a in graph.qk:
+        name = f"L{a.layer} QK {a.qk_head}"
+        if not a.pairs:
+            lines.append(f"  {name}: no QK pairs gathered")
+            continue
+        p = max(a.pairs, key=lambda p: abs(p.value))
+        query = labels[at[p.query]] if p.query in at else p.query
+        key = labels[at[p.key]] if p.key in at else p.key
+        lines.append(f"  {name} (score lift {a.score:+.3f} per firing): q {query}  x  k {key}"
+                     f"  {p.value:+.3f}")  # fmt: skip
+    return lines
+
+
+def _reliability_line(r: dict) -> str:
+    if not r["compared"]:
+        return "split-half reliability: a half's graph has no edges (gather more rows)"
+    return (
+        f"split-half reliability: {r['shared']} of the top {r['compared']} edges shared by the "
+        f"graphs of the even and odd rows ({r['overlap']:.2f}; {r['rows'][0]} + {r['rows'][1]} "
+        f"rows; {r['units_shared']} units in both); below ~0.5, gather more with --rows"
+    )
 
 
 if __name__ == "__main__":

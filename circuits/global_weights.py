@@ -9,20 +9,24 @@ Two kinds of weights (DESIGN.md section 5, "Global circuits"):
   unembedding column): ``ReplacementModel.read_write()`` holds them centred. For a Lorsa QK
   head the bilinear ``(P d_s) W_Q W_K^T (P d_t) / sqrt(d_qk)`` says which key-side units a head
   looks for given query-side units.
-- **Expected attribution** and **mean input** (``Statistics``): the local graphs' exact edges
-  summed over a corpus sample, per unit of the source's activity or per occurrence of the
-  target.
+- **Expected attribution**, **mean input** and **expected QK attribution** (``Statistics``):
+  the local graphs' exact edges and QK terms summed over a corpus sample, per unit of the
+  source's activity, per occurrence of the target, or per firing of a QK group.
 
 Nothing of size units x units is ever formed for virtual weights (top-k per target in
-blocks). ``global_graph`` grows a circuit best first from one unit over the statistics;
-``qk_circuit`` draws a QK group's weights-only pairs with each unit's strongest writers. Both
-return a ``Graph`` whose nodes are units (``positional=False``, position 0).
+blocks). ``global_graph`` grows a circuit best first from one unit over the statistics and
+gives every Lorsa head in it its QK group's record (``with_qk_side``: the strongest pairs and
+marginals, and the units of the strongest pair drawn as q/k edges); ``qk_circuit`` draws a QK
+group's weights-only pairs with each unit's strongest writers; ``split_half`` grows the same
+graph from each half of the sample and says how many of its top edges agree. Each returns a
+``Graph`` whose nodes are units (``positional=False``, position 0).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,38 +36,30 @@ from torch import Tensor
 
 from replacement.model import ReadWrite, ReplacementModel
 
+from .gathering import statistics_for as statistics_for  # reports.heads imports it from here
 from .graph import N_PROMOTED, Graph, LogitRecord, QKAttribution, QKPair
 from .nodes import Kind, block_of, lorsa_stage
 from .statistics import Statistics
-from .statistics import statistics_for as statistics_for  # reports.heads imports it from here
 from .units import Units
+from .units import decoders as unit_decoders
+from .units import readers as unit_readers
 
 WEIGHT_FLOOR = 1e-12  # divisor floor for a unit's total |weight| (0 when nothing feeds it)
 QK_BLOCK = 2048  # query units per block of the QK table: bounds the (block x units) temporary
+QK_RECORD_TERMS = 10  # pairs and marginals per side kept in a global QK record
+SPLIT_HALF_EDGES = 20  # top edges compared between the two halves' graphs
 
 
 # ----------------------------------------------------------------- read/write vectors
 def decoders(replacement: ReplacementModel, units: Units) -> Float[Tensor, "unit d_model"]:
     """Every source unit's write direction, centred (``P d``); zero for error and logit units."""
-    rw = replacement.read_write()
-    zero = torch.zeros(1, rw.embed_write.shape[1])
-    rows = [rw.embed_write]
-    for lorsa_write, tc_write in zip(rw.lorsa_write, rw.tc_write, strict=True):
-        rows += [lorsa_write, zero, tc_write, zero]
-    rows.append(zero.expand(units.d_vocab, -1))
-    return torch.cat(rows)
+    return unit_decoders(replacement.read_write(), units)
 
 
 def readers(replacement: ReplacementModel, units: Units) -> Float[Tensor, "unit d_model"]:
     """Every target unit's reading direction (``P w_v``, an encoder column, a demeaned
     unembedding column), centred; zero for embeddings and errors."""
-    rw = replacement.read_write()
-    zero = torch.zeros(1, rw.embed_write.shape[1])
-    rows = [zero.expand(units.d_vocab, -1)]
-    for lorsa_read, tc_read in zip(rw.lorsa_read, rw.tc_read, strict=True):
-        rows += [lorsa_read, zero, tc_read, zero]
-    rows.append(rw.unembed)
-    return torch.cat(rows)
+    return unit_readers(replacement.read_write(), units)
 
 
 def _decoder(rw: ReadWrite, units: Units, unit: int) -> Float[Tensor, " d_model"]:
@@ -156,20 +152,28 @@ def global_graph(
     per_node: int = 8,
     upstream: bool = True,
     tokenizer=None,
+    qk: bool = False,
 ) -> Graph:
     """A circuit grown from ``start``, best first: each unit's ``per_node`` strongest
-    neighbours are candidates, scored by their share of the unit's total |weight| times the
-    unit's own score; the best candidate joins until ``budget`` units.
+    neighbours are candidates, scored by their share of the unit's total |weight| (over every
+    neighbour, kept in the statistics or not) times the unit's own score; the best candidate
+    joins until ``budget`` units.
 
     Upstream, weights are mean inputs (what feeds a unit per occurrence of it: the drivers
-    that matter most often); downstream, expected attributions (a source's effect per unit of
-    its activity). The returned ``Graph`` (units at position 0) holds the same kind of weight
-    among all chosen units, records which in ``settings["edge_weights"]``, and has target
-    weight 1 on ``start`` (so ``prune_graph`` works on upstream graphs). ``tokenizer``
-    (optional) gives the text of the tokens the graph refers to."""
+    that matter most often; a logit's occurrences are the positions where its token came
+    next); downstream, expected attributions (a source's effect per unit of its activity). The
+    returned ``Graph`` (units at position 0) holds the same kind of weight among all chosen
+    units, records which in ``settings["edge_weights"]``, and has target weight 1 on ``start``
+    (so ``prune_graph`` works on upstream graphs). ``qk``: give its Lorsa heads their QK side
+    (``with_qk_side``; after pruning, prune first and add it then). ``tokenizer`` (optional)
+    gives the text of the tokens the graph refers to."""
     units = stats.units
-    neighbours = stats.mean_input if upstream else stats.expected_from
-    stop = (Kind.EMBEDDING, Kind.ERROR) if upstream else (Kind.LOGIT,)
+    if upstream:
+        neighbours, total = stats.mean_input, stats.input_total
+        stop = (Kind.EMBEDDING, Kind.ERROR)
+    else:
+        neighbours, total = stats.expected_from, stats.output_total
+        stop = (Kind.LOGIT,)
     chosen: dict[int, float] = {}
     heap = [(-1.0, start)]
     while heap and len(chosen) < budget:
@@ -179,23 +183,16 @@ def global_graph(
         score = chosen[u] = -neg_score
         if units.describe(u)[0] in stop:
             continue  # nothing flows further that way
-        ids, weights = neighbours(u, replacement)
+        ids, weights = neighbours(u)
         if not len(weights):
             continue
-        total = float(weights.abs().sum().clamp(min=WEIGHT_FLOOR))
+        whole = max(total(u), WEIGHT_FLOOR)
         top = weights.abs().topk(min(per_node, len(weights))).indices
         for v, w in zip(ids[top].tolist(), weights[top].abs().tolist(), strict=True):
             if v not in chosen and w > 0:
-                heapq.heappush(heap, (-score * w / total, v))
+                heapq.heappush(heap, (-score * w / whole, v))
 
-    order = sorted(chosen)  # unit order is stage order
-    read = stats.mean_input if upstream else stats.expected_into
-    edges: dict[tuple[int, int], float] = {}
-    for t in order:
-        ids, weights = read(t, replacement)
-        for s in order:
-            if s < len(ids) and weights[s] != 0:
-                edges[(s, t)] = float(weights[s])
+    edges = _edges_among(stats, sorted(chosen), upstream)
     settings = {
         "start": units.unit_id(start),
         "direction": "upstream" if upstream else "downstream",
@@ -205,7 +202,128 @@ def global_graph(
         "budget": budget,
         "per_node": per_node,
     }
-    return _unit_graph(replacement, stats, order, edges, {start: 1.0}, tokenizer, settings)
+    graph = _unit_graph(replacement, stats, sorted(chosen), edges, {start: 1.0}, tokenizer,
+                        settings)  # fmt: skip
+    return with_qk_side(replacement, stats, graph, tokenizer) if qk else graph
+
+
+def _edges_among(stats: Statistics, order: list[int], upstream: bool) -> dict:
+    """The kept weights between every two of ``order`` (mean inputs or expected
+    attributions): (source unit, target unit) -> weight."""
+    read = stats.mean_input if upstream else stats.expected_into
+    members = torch.tensor(order, dtype=torch.long)
+    edges: dict[tuple[int, int], float] = {}
+    for t in order:
+        ids, weights = read(t)
+        among = torch.isin(ids, members) & (weights != 0)
+        for s, w in zip(ids[among].tolist(), weights[among].tolist(), strict=True):
+            edges[(s, t)] = w
+    return edges
+
+
+def units_of(graph: Graph, units: Units) -> list[int]:
+    """The unit of each node of a global graph, in node order."""
+    return units.of_nodes(graph.kind, graph.stage, graph.index).tolist()
+
+
+@torch.no_grad()
+def with_qk_side(
+    replacement: ReplacementModel,
+    stats: Statistics,
+    graph: Graph,
+    tokenizer=None,
+    pairs: int = 1,
+) -> Graph:
+    """``graph`` (a global graph) with the QK side of each of its Lorsa heads: the head's QK
+    group's record (``qk_record``) and, as nodes, the query and key units of the group's
+    ``pairs`` strongest pairs (drawn as q/k edges into the head). Added units have no value
+    edges here, so their influence is 0; every other field of the graph is kept."""
+    units = stats.units
+    have = units_of(graph, units)
+    heads = (graph.kind == Kind.LORSA).nonzero().squeeze(1).tolist()
+    groups = sorted({(int(graph.layer[i]), int(graph.index[i]) // graph.group_size) for i in heads})
+    records, extra = [], set()
+    for layer, qk_head in groups:
+        group = stats.qk_group(layer, qk_head)
+        records.append(qk_record(stats, layer, qk_head))
+        flat = group.pairs.abs().flatten()
+        for j in flat.topk(min(pairs, len(flat))).indices.tolist() if len(flat) else []:
+            if flat[j] > 0:
+                q, k = divmod(j, group.pairs.shape[1])
+                extra |= {int(group.query_units[q]), int(group.key_units[k])}
+    order = sorted(set(have) | extra)
+    coo = graph.edges.tocoo()
+    edges = {(have[s], have[t]): float(w)
+             for t, s, w in zip(coo.row.tolist(), coo.col.tolist(), coo.data.tolist(),
+                                strict=True)}  # fmt: skip
+    weight = {have[i]: float(w) for i, w in enumerate(graph.target_weight.tolist()) if w}
+    out = _unit_graph(replacement, stats, order, edges, weight, tokenizer,
+                      {**graph.settings, "qk_side": {"pairs": pairs}}, records)  # fmt: skip
+    if graph.influence is not None:
+        at = {u: i for i, u in enumerate(have)}
+        out.influence = torch.tensor(
+            [float(graph.influence[at[u]]) if u in at else 0.0 for u in order]
+        )
+    return out
+
+
+def qk_record(stats: Statistics, layer: int, qk_head: int, top: int = QK_RECORD_TERMS):
+    """A QK group's expected QK attribution as a ``QKAttribution``: per firing of a head of
+    the group, ``score`` is every term (how much higher the scores of the keys its heads attend
+    to are than an average key's), ``pairs`` its ``top`` strongest query-unit x key-unit terms
+    among the units gathered, the marginals each side's ``top`` strongest units and the bias
+    (``None``), ``rest`` the score minus the listed pairs. A global record has no query, key or
+    attention of its own (0)."""
+    group = stats.qk_group(layer, qk_head)
+    unit_id = stats.units.node_id
+    flat = group.pairs.flatten()
+    best = flat.abs().topk(min(top, len(flat))).indices.tolist() if len(flat) else []
+    n_key = group.pairs.shape[1]
+    pairs = [QKPair(unit_id(int(group.query_units[j // n_key])),
+                    unit_id(int(group.key_units[j % n_key])), float(flat[j]))
+             for j in best if flat[j] != 0]  # fmt: skip
+
+    def marginals(chosen: Tensor, values: Tensor, bias: float) -> list:
+        order = values.abs().topk(min(top, len(values))).indices.tolist() if len(values) else []
+        listed = [(unit_id(int(chosen[i])), float(values[i])) for i in order if values[i] != 0]
+        return sorted([*listed, (None, bias)], key=lambda m: -abs(m[1]))[:top]
+
+    return QKAttribution(
+        layer=layer, qk_head=qk_head, query=0, key=0, attention=0.0, score=group.total,
+        pairs=pairs,
+        query_marginals=marginals(group.query_units, group.query_marginal, group.bias_query),
+        key_marginals=marginals(group.key_units, group.key_marginal, group.bias_key),
+        rest=group.total - sum(p.value for p in pairs),
+    )  # fmt: skip
+
+
+def split_half(
+    grow: Callable[[Statistics], Graph], stats: Statistics, top: int = SPLIT_HALF_EDGES
+) -> dict:
+    """Whether the sample is large enough for a graph: ``grow`` (a statistics -> graph
+    function, e.g. growing and pruning from one start) applied to each half of the sample, and
+    how many of each half's ``top`` strongest edges (by |weight|, as unit pairs) the other
+    half's graph has among its own ``top``. Returns the overlap fraction, the counts and the
+    units both halves' graphs share."""
+    halves = [grow(stats.half(h)) for h in (0, 1)]
+    tops, members = [], []
+    for graph in halves:
+        unit = units_of(graph, stats.units)
+        coo = graph.edges.tocoo()
+        order = np.argsort(-np.abs(coo.data), kind="stable")[:top]
+        tops.append({(unit[coo.col[j]], unit[coo.row[j]]) for j in order})
+        members.append(set(unit))
+    k = min(len(tops[0]), len(tops[1]))
+    shared = len(tops[0] & tops[1])
+    return {
+        "top_edges": top,
+        "compared": k,
+        "shared": shared,
+        "overlap": shared / k if k else float("nan"),
+        "units_shared": len(members[0] & members[1]),
+        "units": [len(m) for m in members],
+        "rows": [stats.half(h).rows for h in (0, 1)],
+    }
 
 
 @torch.no_grad()
@@ -237,16 +355,15 @@ def qk_circuit(
         chosen.add(u)
         if units.describe(u)[0] == Kind.EMBEDDING:
             continue  # nothing writes into a token
-        ids, w = stats.mean_input(u, replacement)
+        ids, w = stats.mean_input(u)
         for s in w.abs().topk(min(writers, len(w))).indices.tolist():
             chosen.add(int(ids[s]))
             edges[(int(ids[s]), u)] = float(w[s])
     node_ids = {u: units.node_id(u) for u in chosen}
     record = QKAttribution(
-        layer=layer, qk_head=qk_head, query=0, key=0, attention=float("nan"),
-        score=float("nan"),
+        layer=layer, qk_head=qk_head, query=0, key=0, attention=0.0, score=0.0,
         pairs=[QKPair(node_ids[q], node_ids[key], v) for q, key, v in pairs],
-        query_marginals=[], key_marginals=[], rest=float("nan"),
+        query_marginals=[], key_marginals=[], rest=0.0,
     )  # fmt: skip
     weight = {units.unit(Kind.LORSA, layer, h): 1 / len(heads) for h in heads}
     settings = {"qk_circuit": {"layer": layer, "qk_head": qk_head, "heads": heads, "pairs": k}}
@@ -267,7 +384,8 @@ def _unit_graph(
 ) -> Graph:
     """A ``Graph`` over units (sorted, so in stage order) at position 0: ``edges`` maps
     (source unit, target unit) to a weight; a node's activation is its unit's mean activation
-    when active, ``occurrences`` its firings in the sample."""
+    when active, ``occurrences`` its firings in the sample (a logit's: where its token came
+    next, and its record's probability the mean probability there)."""
     units = stats.units
     at = {u: i for i, u in enumerate(order)}
     described = [units.describe(u) for u in order]
@@ -280,10 +398,11 @@ def _unit_graph(
     for u, w in target_weight.items():
         weights[at[u]] = w
     order_t = torch.tensor(order, dtype=torch.long)
-    count = stats.count[order_t]
+    count = stats.unit_count[order_t]
+    mean = stats.unit_activity[order_t] / count.clamp(min=1)
     promotes = _promoted_tokens(replacement.read_write(), described)
-    # A unit has no probability (that is a prompt's); 0 keeps graph.json valid JSON (NaN is not).
-    logits = [LogitRecord(d[2], None, 0.0) for d in described if d[0] == Kind.LOGIT]
+    pairs = zip(described, mean.tolist(), strict=True)
+    logits = [LogitRecord(d[2], None, float(m)) for d, m in pairs if d[0] == Kind.LOGIT]
     referenced = {d[2] for d in described if d[0] in (Kind.EMBEDDING, Kind.LOGIT)}
     referenced |= set(promotes[promotes >= 0].tolist())
     return Graph(
@@ -295,7 +414,7 @@ def _unit_graph(
         stage=torch.tensor([d[1] for d in described], dtype=torch.long),
         pos=torch.zeros(n, dtype=torch.long),
         index=index,
-        activation=stats.activity[order_t] / count.clamp(min=1),
+        activation=mean,
         value=torch.full((n,), float("nan")),
         bias=torch.zeros(n),
         target_weight=weights,
@@ -336,4 +455,5 @@ def _token_text(tokenizer, token: int) -> str:
 def _provenance(stats: Statistics) -> dict:
     """The statistics' settings and size, for ``Graph.settings`` (the identity hashes stay in
     the statistics file; timings stay out of graph files, which are then reproducible)."""
-    return {k: v for k, v in stats.meta.items() if k not in ("identity", "seconds")}
+    meta = {k: v for k, v in stats.meta.items() if k not in ("identity", "seconds")}
+    return meta | {"sample": stats.view_name}

@@ -1,70 +1,58 @@
-"""Corpus statistics for expected attribution: one job, what a corpus sample says about units
-(the ``Statistics`` data, its file, its queries) and how it is gathered.
+"""Corpus statistics for global circuits: one job, what a corpus sample says about units (the
+``Statistics`` data, its compact file, its queries). ``circuits.gathering`` gathers them.
 
-Over ``rows`` held-out corpus rows of ``n_ctx`` tokens, run in local (or sparse) mode, it holds
-(units are numbered by ``circuits.units``):
+Over ``rows`` held-out corpus rows of ``n_ctx`` tokens (units numbered by ``circuits.units``),
+kept per *half* of the sample (even rows, odd rows; a query reads both halves summed, or one
+half through ``half(i)``, so that a graph can be grown from each half and compared):
 
-- ``activity[u]``: the sum of unit u's activations (1 per occurrence for tokens and errors),
-  and ``count[u]``: its number of occurrences;
-- ``blocks[S - 1][s, t - start(S)]`` for each target stage S = 1 .. 2L: the sum, over every
-  occurrence of unit s and of unit t in the sample, of the exact local edge s -> t (frozen
-  patterns and LayerNorm scales, DESIGN.md section 5): units below S x units of S;
-- ``write_final[u]``: unit u's summed centred write vector divided by the final LayerNorm scale
-  where it was written (embeddings include their position), for logits, which every position
-  reads.
+- ``activity[u]`` and ``count[u]``: unit u's summed activation (1 per occurrence for tokens and
+  errors; a logit's probability where its token came next) and its occurrences (a logit's:
+  the positions where its token came next);
+- **edges**: the summed exact local edges ``s -> t`` of every unit pair, kept for each target
+  among the ``top_k`` sources of largest |sum| in either half or in both, and for each source
+  among its ``top_k`` targets likewise, with every target's and source's totals (signed and
+  absolute, over *all* partners) so that shares and what was left out stay known;
+- **QK terms** per Lorsa QK head: the expected QK attribution (``circuits.gathering``) of pairs
+  among its ``qk_units`` strongest query-side and key-side units, those units' marginals, and
+  the head's total, bias terms, firings and absolute marginal totals.
 
-Expected attribution ``E[s -> t] = sum of edges s -> t / sum of a_s`` and mean input
-``sum of edges s -> t / occurrences of t`` are the queries (``expected_into``, ``expected_from``,
-``mean_input``). A row's edges are summed per unit pair in closed form rather than listed: a
-Lorsa head i at query q reads source s (at key ``k_s <= q``) with
-``A[h(i), q, k_s] * write_s . P w_v^i / sigma1[k_s]``, so over the queries where i fired the
-pattern sums to its *mass* on each key, ``sum_q A[h(i), q, k]``; a feature f at position p reads
-the sources at p with ``write_s . P W_enc[:, f] / sigma2[p]``, one batched product per position.
-The tests check these sums against the summed edges of ``circuits.attribution``'s local graphs.
+Queries: expected attribution ``E[s -> t] = sum of edges / sum of a_s`` (``expected_into``,
+``expected_from``), mean input ``sum of edges / occurrences of t`` (``mean_input``), and a QK
+head's terms per firing (``qk_group``).
 
-The file (safetensors: ``block.{S}``, ``activity``, ``count``, ``write_final``; JSON metadata
-with the format version, unit sizes, gathering settings, the identity of the model, replacement
-layers and tokenizer, and a SHA-256 over the tensors) is untrusted: every field is checked
-before use, and a damaged, foreign or mismatched file is refused in one line naming it.
-Gathering saves it every ``CHECKPOINT_EVERY`` rows (atomically) and resumes from it; a resumed
-or extended run sums the same rows in the same order as an uninterrupted one, bit for bit.
+The file (safetensors; JSON header with the format version, unit sizes, QK heads per block,
+the gathering settings, the identity of the model, replacement layers and tokenizer, and a
+SHA-256 over the tensors) is untrusted: every field is checked before use, and a damaged,
+foreign, old or mismatched file is refused in one line naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from jaxtyping import Float
-from safetensors import safe_open
-from safetensors.torch import save_file
+from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm import tqdm
 
-from replacement.model import MODES, ReadWrite, ReplacementModel, center
-from toy_models.data import stream_rows
-from toy_models.files import replace_atomic
+from replacement.model import ReplacementModel
 from toy_models.model import fingerprint
 
-from .attribution import PromptRun, pad_by_position, run_prompt
-from .nodes import Kind, lorsa_stage, transcoder_stage
+from .nodes import Kind
+from .statistics_file import QK_SCALARS, SPLIT, STATS_VERSION, read_finished, units_header
+from .statistics_file import write_file as write_statistics_file
 from .units import Units
 
-STATS_VERSION = 2  # 2: identity of model, replacement layers and tokenizer; tensor checksum
-SPLIT = "heldout"  # statistics describe text the model was not trained on
-DEFAULT_ROWS = 128  # rows a first global graph gathers (statistics_for, gather_statistics)
+DEFAULT_ROWS = 128  # rows a first global graph gathers
 DEFAULT_N_CTX = 64  # tokens per row
-CHECKPOINT_EVERY = 8  # rows between checkpoints: a few seconds of work lost at most
+TOP_K = 64  # sources kept per target and targets per source (in either half or both)
 # Divisor floor for sums per unit of activity: a unit that never fired has activity 0 and
 # every edge sum 0, so its expected attribution is 0 rather than NaN.
 ACTIVITY_FLOOR = 1e-12
 DEFAULT_STATS_DIR = Path("runs/global-stats")
+VIEWS = ("even rows", "odd rows", "all rows")  # the halves, and both
 
 
 def identity(replacement: ReplacementModel, tokenizer=None) -> dict[str, str | None]:
@@ -84,159 +72,206 @@ def identity(replacement: ReplacementModel, tokenizer=None) -> dict[str, str | N
     }
 
 
-# ----------------------------------------------------------------- the data
 @dataclass
+class QKGroup:
+    """One Lorsa QK head's expected QK attribution, per firing of a head of its group
+    (``circuits.gathering``): ``pairs[i, j]`` is query unit ``query_units[i]`` x key unit
+    ``key_units[j]``; the marginals are each unit's terms with every partner (bias included);
+    ``total`` is every term, of which ``bias_query`` has the query-side bias and ``bias_key``
+    the key-side bias; ``query_abs``/``key_abs`` sum |marginal| over every unit of each side
+    (what the listed units cover); ``firings`` is the number of firings."""
+
+    layer: int
+    qk_head: int
+    query_units: Int[Tensor, " n"]
+    key_units: Int[Tensor, " m"]
+    pairs: Float[Tensor, "n m"]
+    query_marginal: Float[Tensor, " n"]
+    key_marginal: Float[Tensor, " m"]
+    total: float
+    bias_query: float
+    bias_key: float
+    query_abs: float
+    key_abs: float
+    firings: float
+
+
+# ----------------------------------------------------------------- the data
+@dataclass(eq=False)
 class Statistics:
-    """Summed local edges between units, per target stage, with each unit's summed activity,
-    occurrence count and write vector over sigma_final (module docstring). ``meta``: the
-    gathering settings (``rows``, ``n_ctx``, ``seed``, ``mode``, ``split``), ``rows_done``,
-    ``seconds`` and ``identity``."""
+    """The compact statistics (module docstring); ``view`` selects a half (0: even rows,
+    1: odd rows) or both (None). Edges are CSR by target over the units of stages 1 .. 2L+1
+    (``edge_source[edge_indptr[i] : edge_indptr[i + 1]]`` feed unit ``start(1) + i``), with
+    values per half; ``into_totals[view, (sum, abs), target]`` and ``out_totals[view, (sum,
+    abs), source]`` cover every partner. ``meta``: the gathering settings (``rows``, ``n_ctx``,
+    ``seed``, ``mode``, ``split``, ``top_k``, ``qk_units``), ``rows_done``, ``seconds`` and
+    ``identity``."""
 
     units: Units
-    blocks: list[Float[Tensor, "below stage_units"]]  # index S - 1 for target stage S = 1 .. 2L
-    activity: Float[Tensor, " unit"]
-    count: Float[Tensor, " unit"]
-    write_final: Float[Tensor, "unit d_model"]
+    n_qk: list[int]
+    activity: Float[Tensor, "half unit"]
+    count: Float[Tensor, "half unit"]
+    edge_indptr: Int[Tensor, " target_plus_1"]
+    edge_source: Int[Tensor, " nnz"]
+    edge_value: Float[Tensor, "half nnz"]
+    into_totals: Float[Tensor, "view 2 target"]
+    out_totals: Float[Tensor, "view 2 source"]
+    qk_query_units: Int[Tensor, "group n"]
+    qk_key_units: Int[Tensor, "group n"]
+    qk_pairs: Float[Tensor, "half group n n"]
+    qk_query_marginal: Float[Tensor, "half group n"]
+    qk_key_marginal: Float[Tensor, "half group n"]
+    qk_scalars: Float[Tensor, "view group 6"]
     meta: dict
+    view: int | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
 
-    @classmethod
-    def empty(cls, units: Units, d_model: int, meta: dict) -> Statistics:
-        blocks = [torch.zeros(units.start(s), units.sizes[s]) for s in range(1, units.logit_stage)]
-        zeros = torch.zeros(units.total)
-        return cls(units, blocks, zeros, zeros.clone(), torch.zeros(units.total, d_model), meta)
+    def half(self, view: int) -> Statistics:
+        """The statistics of one half of the sample: 0 the even rows, 1 the odd rows."""
+        if view not in (0, 1):
+            raise ValueError(f"a half is 0 (even rows) or 1 (odd rows), not {view!r}")
+        return replace(self, view=view, _cache={})
 
-    def edge_block(self, target_stage: int) -> Float[Tensor, "below stage_units"]:
-        return self.blocks[target_stage - 1]
+    @property
+    def view_name(self) -> str:
+        return VIEWS[2 if self.view is None else self.view]
+
+    @property
+    def rows(self) -> int:
+        """Rows in this view."""
+        done = self.meta["rows_done"]
+        return done if self.view is None else (done + 1 - self.view) // 2
 
     @property
     def positions(self) -> int:
-        """Token positions in the sample (every row is ``n_ctx`` long)."""
-        return self.meta["rows_done"] * self.meta["n_ctx"]
+        return self.rows * self.meta["n_ctx"]
 
-    # ------------------------------------------------------------- queries
-    def expected_into(self, target: int, replacement: ReplacementModel) -> tuple[Tensor, Tensor]:
-        """Expected attribution from every unit below ``target``: (units, weights)."""
-        kind, stage, _ = self.units.describe(target)
-        if kind in (Kind.EMBEDDING, Kind.ERROR):
+    def _per_half(self, name: str, tensor: Tensor) -> Tensor:
+        if name not in self._cache:
+            self._cache[name] = tensor.sum(0) if self.view is None else tensor[self.view]
+        return self._cache[name]
+
+    @property
+    def unit_activity(self) -> Float[Tensor, " unit"]:
+        return self._per_half("activity", self.activity)
+
+    @property
+    def unit_count(self) -> Float[Tensor, " unit"]:
+        return self._per_half("count", self.count)
+
+    @property
+    def values(self) -> Float[Tensor, " nnz"]:
+        return self._per_half("values", self.edge_value)
+
+    def _totals(self, totals: Tensor) -> Tensor:
+        return totals[2 if self.view is None else self.view]
+
+    # ------------------------------------------------------------- edge queries
+    def summed_into(self, target: int) -> tuple[Tensor, Tensor]:
+        """The kept sources of ``target`` and their summed edges (none for tokens, errors)."""
+        i = target - self.units.start(1)
+        if i < 0 or self.units.describe(target)[0] == Kind.ERROR:
             return torch.empty(0, dtype=torch.long), torch.empty(0)
-        below = self.units.start(stage)
-        summed = self._summed_into(target, replacement)
-        return torch.arange(below), summed / self.activity[:below].clamp(min=ACTIVITY_FLOOR)
+        lo, hi = int(self.edge_indptr[i]), int(self.edge_indptr[i + 1])
+        return self.edge_source[lo:hi], self.values[lo:hi]
 
-    def mean_input(
-        self, target: int, replacement: ReplacementModel | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """What feeds ``target`` on average: summed edges from every unit below it divided by
-        the target's occurrences (a target-side view; ``expected_into`` is the source-side
-        one, where a rare source with one strong edge stands out). A logit occurs at every
-        position of the sample; it needs ``replacement`` for its reading direction."""
-        kind, stage, _ = self.units.describe(target)
-        if kind in (Kind.EMBEDDING, Kind.ERROR):
+    def summed_from(self, source: int) -> tuple[Tensor, Tensor]:
+        """The kept targets of ``source`` and their summed edges."""
+        indptr, order, target = self._by_source()
+        if source >= len(indptr) - 1:
             return torch.empty(0, dtype=torch.long), torch.empty(0)
-        if kind == Kind.LOGIT and replacement is None:
-            raise ValueError("a logit's mean input needs the replacement model")
-        summed = self._summed_into(target, replacement)
-        occurrences = self.positions if kind == Kind.LOGIT else self.count[target].clamp(min=1)
-        return torch.arange(self.units.start(stage)), summed / occurrences
+        lo, hi = int(indptr[source]), int(indptr[source + 1])
+        return target[lo:hi], self.values[order[lo:hi]]
 
-    def expected_from(self, source: int, replacement: ReplacementModel) -> tuple[Tensor, Tensor]:
-        """Expected attribution from ``source`` into every unit above it: (units, weights)."""
-        _, stage, _ = self.units.describe(source)
-        starts = self.units.offsets
-        parts, ids = [], []
-        for target_stage in range(stage + 1, self.units.logit_stage):
-            parts.append(self.edge_block(target_stage)[source])
-            ids.append(torch.arange(int(starts[target_stage]), int(starts[target_stage + 1])))
-        parts.append(replacement.read_write().unembed @ self.write_final[source])
-        ids.append(torch.arange(self.units.start(self.units.logit_stage), self.units.total))
-        return torch.cat(ids), torch.cat(parts) / self.activity[source].clamp(min=ACTIVITY_FLOOR)
+    def _by_source(self):
+        if "by_source" not in self._cache:
+            n_target = len(self.edge_indptr) - 1
+            counts = self.edge_indptr.diff()
+            target = torch.repeat_interleave(torch.arange(n_target) + self.units.start(1), counts)
+            order = torch.sort(self.edge_source, stable=True).indices
+            n_source = self.out_totals.shape[-1]
+            indptr = torch.zeros(n_source + 1, dtype=torch.long)
+            indptr[1:] = torch.bincount(self.edge_source, minlength=n_source).cumsum(0)
+            self._cache["by_source"] = (indptr, order, target[order])
+        return self._cache["by_source"]
 
-    def _summed_into(self, target: int, replacement: ReplacementModel | None) -> Tensor:
-        """Summed edges into ``target`` from every unit below it (logits: through the summed
-        writes over sigma_final and the demeaned unembedding)."""
-        kind, stage, index = self.units.describe(target)
-        below = self.units.start(stage)
-        if kind == Kind.LOGIT:
-            return self.write_final[:below] @ replacement.read_write().unembed[index]
-        return self.edge_block(stage)[:, target - below]
+    def mean_input(self, target: int) -> tuple[Tensor, Tensor]:
+        """What feeds ``target`` on average: summed edges from its kept sources divided by the
+        target's occurrences (a logit's: where its token came next). A target-side view;
+        ``expected_into`` is the source-side one, where a rare source with one strong edge
+        stands out."""
+        sources, summed = self.summed_into(target)
+        return sources, summed / self.unit_count[target].clamp(min=1)
 
-    # ------------------------------------------------------------- adding a prompt
-    @torch.no_grad()
-    def add_run(self, run: PromptRun, replacement: ReplacementModel) -> None:
-        """Add one prompt's run: its sources' activity, occurrences and writes over
-        sigma_final, and its local edges summed per unit pair (module docstring)."""
-        rw = replacement.read_write()
-        unit = self.units.of_nodes(run.kind, run.stage, run.index)
-        self.activity.index_add_(0, unit, run.activation)
-        self.count.index_add_(0, unit, torch.ones(len(unit)))
-        inv_final = 1 / run.sigma_final[run.pos]
-        self.write_final.index_add_(0, unit, center(run.write) * inv_final[:, None])
-        for layer, lorsa in enumerate(replacement.lorsas):
-            self._add_lorsa_edges(run, rw, layer, lorsa.cfg.group_size, unit)
-            self._add_transcoder_edges(run, rw, layer, unit)
+    def expected_into(self, target: int) -> tuple[Tensor, Tensor]:
+        """Expected attribution into ``target`` from its kept sources: (units, weights)."""
+        sources, summed = self.summed_into(target)
+        return sources, summed / self.unit_activity[sources].clamp(min=ACTIVITY_FLOOR)
 
-    def _add_lorsa_edges(
-        self, run: PromptRun, rw: ReadWrite, layer: int, group_size: int, unit: Tensor
-    ) -> None:
-        stage = lorsa_stage(layer)
-        n_src, nodes = run.stage_start(stage), run.select(Kind.LORSA, stage)
-        heads, query = run.index[nodes], run.pos[nodes]
-        active, which = torch.unique(heads, return_inverse=True)
-        pattern = run.patterns[layer][heads // group_size, query]  # node key
-        mass = torch.zeros(len(active), pattern.shape[1]).index_add_(0, which, pattern)
-        key = run.pos[:n_src]
-        inv_sigma = 1 / run.sigma1[layer]
-        reads = (run.write[:n_src] @ rw.lorsa_read[layer][active].T) * inv_sigma[key, None]
-        self._add_pair_sums(stage, unit[:n_src], active, reads * mass.T[key])  # src head
+    def expected_from(self, source: int) -> tuple[Tensor, Tensor]:
+        """Expected attribution from ``source`` into its kept targets: (units, weights)."""
+        targets, summed = self.summed_from(source)
+        return targets, summed / self.unit_activity[source].clamp(min=ACTIVITY_FLOOR)
 
-    def _add_transcoder_edges(
-        self, run: PromptRun, rw: ReadWrite, layer: int, unit: Tensor
-    ) -> None:
-        stage = transcoder_stage(layer)
-        n_src, nodes = run.stage_start(stage), run.select(Kind.TRANSCODER, stage)
-        feats, pos = run.index[nodes], run.pos[nodes]
-        reading = rw.tc_read[layer][feats] / run.sigma2[layer, pos, None]
-        n_pos = len(run.tokens)
-        t_at, t_valid = pad_by_position(pos, n_pos)
-        s_at, s_valid = pad_by_position(run.pos[:n_src], n_pos)
-        edges = reading[t_at] @ run.write[s_at].transpose(1, 2)  # pos t_slot s_slot
-        valid = t_valid[:, :, None] & s_valid[:, None, :]
-        pair = unit[s_at][:, None, :] * self.units.sizes[stage] + feats[t_at][:, :, None]
-        self.edge_block(stage).view(-1).index_add_(0, pair[valid], edges[valid])
+    def input_total(self, target: int) -> float:
+        """Sum of |mean input| into ``target`` over *every* source (kept or not)."""
+        i = target - self.units.start(1)
+        if i < 0:
+            return 0.0
+        total = float(self._totals(self.into_totals)[1, i])
+        return total / max(float(self.unit_count[target]), 1.0)
 
-    def _add_pair_sums(self, stage: int, src_unit: Tensor, targets: Tensor, sums: Tensor) -> None:
-        """Add ``sums[s, j]`` (per source node, per target index) into the stage's block."""
-        src, inverse = torch.unique(src_unit, return_inverse=True)
-        by_unit = torch.zeros(len(src), len(targets)).index_add_(0, inverse, sums)
-        self.edge_block(stage)[src[:, None], targets[None, :]] += by_unit
+    def output_total(self, source: int) -> float:
+        """Sum of |expected attribution| from ``source`` over *every* target."""
+        totals = self._totals(self.out_totals)
+        if source >= totals.shape[-1]:
+            return 0.0
+        return float(totals[1, source]) / max(float(self.unit_activity[source]), ACTIVITY_FLOOR)
+
+    # ------------------------------------------------------------- QK queries
+    def qk_index(self, layer: int, qk_head: int) -> int:
+        if not 0 <= layer < len(self.n_qk) or not 0 <= qk_head < self.n_qk[layer]:
+            raise ValueError(f"no QK head {qk_head} in block {layer}")
+        return sum(self.n_qk[:layer]) + qk_head
+
+    def qk_group(self, layer: int, qk_head: int) -> QKGroup:
+        """QK head ``qk_head`` of block ``layer``: its terms per firing (``QKGroup``)."""
+        g = self.qk_index(layer, qk_head)
+        scalars = self._totals(self.qk_scalars)[g]
+        per = 1 / max(float(scalars[3]), 1.0)
+        q_real, k_real = self.qk_query_units[g] >= 0, self.qk_key_units[g] >= 0
+        pairs = self._per_half("qk_pairs", self.qk_pairs)[g][q_real][:, k_real]
+        total, bias_q, bias_k, firings, q_abs, k_abs = scalars.tolist()
+        return QKGroup(
+            layer, qk_head, self.qk_query_units[g][q_real], self.qk_key_units[g][k_real],
+            pairs * per, self._per_half("qk_q", self.qk_query_marginal)[g][q_real] * per,
+            self._per_half("qk_k", self.qk_key_marginal)[g][k_real] * per,
+            total * per, bias_q * per, bias_k * per, q_abs * per, k_abs * per, firings,
+        )  # fmt: skip
 
     # ------------------------------------------------------------- files
     def tensors(self) -> dict[str, Tensor]:
         """The tensors, by their names in the file."""
-        tensors = {f"block.{s + 1}": b.contiguous() for s, b in enumerate(self.blocks)}
-        return tensors | {
+        return {
             "activity": self.activity,
             "count": self.count,
-            "write_final": self.write_final,
+            "edges.indptr": self.edge_indptr,
+            "edges.source": self.edge_source.int(),
+            "edges.value": self.edge_value,
+            "edges.into": self.into_totals,
+            "edges.out": self.out_totals,
+            "qk.query_units": self.qk_query_units.int(),
+            "qk.key_units": self.qk_key_units.int(),
+            "qk.pairs": self.qk_pairs,
+            "qk.query_marginal": self.qk_query_marginal,
+            "qk.key_marginal": self.qk_key_marginal,
+            "qk.scalars": self.qk_scalars,
         }
 
     def save(self, path: str | Path) -> None:
         """Write the file atomically (a temp file beside it, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = self.tensors()
-        header = {
-            "version": STATS_VERSION,
-            "units": {
-                "d_vocab": self.units.d_vocab,
-                "n_ov": self.units.n_ov,
-                "d_sae": self.units.d_sae,
-            },
-            "meta": self.meta,
-            "sha256": _tensors_sha256(tensors),
-        }
-        metadata = {"statistics": json.dumps(header)}
-        replace_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        header = {"units": units_header(self.units), "n_qk": self.n_qk, "meta": self.meta}
+        write_statistics_file(Path(path), self.tensors(), header)
 
     @classmethod
     def load(
@@ -248,7 +283,7 @@ class Statistics:
         if not path.is_file():
             raise FileNotFoundError(f"statistics file missing: {path}")
         try:
-            stats = _read_checked(path)
+            stats = read_finished(path)
         except ValueError as exc:
             raise ValueError(f"{path}: not a readable statistics file ({exc})") from None
         if replacement is not None:
@@ -257,241 +292,95 @@ class Statistics:
 
     def check_identity(self, path: Path, expected: dict, units: Units) -> None:
         """Refuse (one line naming ``path``) statistics made for another model."""
-        if units != self.units:
+        self.check_identity_of(path, self.meta, self.units, expected, units)
+
+    @staticmethod
+    def check_identity_of(path: Path, meta: dict, found: Units, expected: dict, units: Units):
+        if units != found:
             raise ValueError(f"{path}: made for replacement layers of other sizes")
-        found = self.meta["identity"]
         names = {"model": "toy model", "replacement": "replacement set", "tokenizer": "tokenizer"}
         for key, name in names.items():
-            if expected[key] is not None and found[key] != expected[key]:
+            got = meta["identity"][key]
+            if expected[key] is not None and got != expected[key]:
                 raise ValueError(
-                    f"{path}: made for another {name} ({key} sha256 {str(found[key])[:12]}..., "
+                    f"{path}: made for another {name} ({key} sha256 {str(got)[:12]}..., "
                     f"this one is {expected[key][:12]}...)"
                 )
 
 
-def _tensors_sha256(tensors: dict[str, Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(tensors.items()):
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-# ----------------------------------------------------------------- checking a file
-def _read_checked(path: Path) -> Statistics:
-    """Every field of a statistics file, checked before use; a ValueError says what is wrong.
-    Shapes and dtypes are compared with the header before any tensor is read."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-            if "statistics" not in metadata:
-                raise ValueError("no statistics header")
-            header = json.loads(metadata["statistics"])
-            found = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118
-            shapes = {name: tuple(s.get_shape()) for name, s in found.items()}
-            units, meta, checksum = _check_header(header)
-            _check_layout(units, shapes, {name: s.get_dtype() for name, s in found.items()})
-            tensors = {name: f.get_tensor(name) for name in found}
-    except ValueError:
-        raise
-    except Exception as exc:  # safetensors and json raise their own types on damaged files
-        raise ValueError(" ".join(str(exc).split()) or type(exc).__name__) from None
-    if _tensors_sha256(tensors) != checksum:
-        raise ValueError("its tensors do not match the checksum in its header (damaged)")
-    units = Units(**units)
-    blocks = [tensors[f"block.{s}"] for s in range(1, units.logit_stage)]
-    stats = Statistics(
-        units, blocks, tensors["activity"], tensors["count"], tensors["write_final"], meta
-    )
-    _check_values(stats)
-    return stats
-
-
-def _check_int(value, name: str, low: int, high: int | None = None) -> int:
-    if type(value) is not int or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ValueError(f"{name} must be an integer {bound}, not {value!r}")
-    return value
-
-
-def _check_header(header) -> tuple[dict, dict, str]:
-    if not isinstance(header, dict):
-        raise ValueError("its header is not a JSON object")
-    version = header.get("version")
-    if version != STATS_VERSION:
-        raise ValueError(f"format version {version!r}, expected {STATS_VERSION}")
-    units, meta, checksum = header.get("units"), header.get("meta"), header.get("sha256")
-    if not isinstance(units, dict) or set(units) != {"d_vocab", "n_ov", "d_sae"}:
-        raise ValueError("units must be an object with d_vocab, n_ov and d_sae")
-    _check_int(units["d_vocab"], "units.d_vocab", 1)
-    for name in ("n_ov", "d_sae"):
-        sizes = units[name]
-        if not isinstance(sizes, list) or not sizes:
-            raise ValueError(f"units.{name} must be a non-empty list")
-        for size in sizes:
-            _check_int(size, f"units.{name}[]", 1)
-    if len(units["n_ov"]) != len(units["d_sae"]):
-        raise ValueError("units.n_ov and units.d_sae have different lengths")
-    if not isinstance(meta, dict):
-        raise ValueError("meta must be an object")
-    rows = _check_int(meta.get("rows"), "meta.rows", 1)
-    _check_int(meta.get("rows_done"), "meta.rows_done", 0, rows)
-    _check_int(meta.get("n_ctx"), "meta.n_ctx", 1)
-    _check_int(meta.get("seed"), "meta.seed", -(2**63), 2**63 - 1)
-    if meta.get("mode") not in MODES or meta.get("split") != SPLIT:
-        raise ValueError(f"meta.mode must be one of {MODES} and meta.split {SPLIT!r}")
-    seconds = meta.get("seconds", 0.0)
-    if type(seconds) not in (int, float) or not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"meta.seconds must be a finite number >= 0, not {seconds!r}")
-    found = meta.get("identity")
-    if not isinstance(found, dict) or set(found) != {"model", "replacement", "tokenizer"}:
-        raise ValueError("meta.identity must be an object with model, replacement, tokenizer")
-    if not all(v is None or isinstance(v, str) for v in found.values()):
-        raise ValueError("meta.identity values must be strings or null")
-    if not isinstance(checksum, str):
-        raise ValueError("sha256 (of the tensors) is missing")
-    return units, meta, checksum
-
-
-def _check_layout(units: dict, shapes: dict, dtypes: dict) -> None:
-    """The tensors the unit sizes imply, with their shapes, all float32; nothing else."""
-    inner = [s for n, d in zip(units["n_ov"], units["d_sae"], strict=True) for s in (n + 1, d + 1)]
-    sizes = [units["d_vocab"], *inner, units["d_vocab"]]
-    starts = np.cumsum([0, *sizes]).tolist()
-    total, write_shape = starts[-1], shapes.get("write_final", ())
-    d_model = write_shape[1] if len(write_shape) == 2 and write_shape[1] > 0 else "d_model > 0"
-    expected = {f"block.{s}": (starts[s], sizes[s]) for s in range(1, len(sizes) - 1)}
-    expected |= {"activity": (total,), "count": (total,), "write_final": (total, d_model)}
-    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
-    if missing or extra:
-        raise ValueError(
-            f"its tensors do not match its unit sizes (missing {missing[:3]}, "
-            f"unexpected {extra[:3]})"
-        )
-    for name, shape in expected.items():
-        if shapes[name] != shape:
-            raise ValueError(f"{name} has shape {shapes[name]}, its unit sizes imply {shape}")
-        if dtypes[name] != "F32":
-            raise ValueError(f"{name} is stored as {dtypes[name]}, not float32")
-
-
-def _check_values(stats: Statistics) -> None:
-    for name, tensor in stats.tensors().items():
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"{name} holds NaN or infinite values")
-    if (stats.count < 0).any() or (stats.count != stats.count.round()).any():
-        raise ValueError("count holds values that are not occurrence counts")
-    if (stats.activity < 0).any():
-        raise ValueError("activity holds negative values")
-    tokens = stats.count[: stats.units.d_vocab].double().sum()
-    if tokens != stats.positions:
-        raise ValueError(
-            f"its token counts sum to {tokens:.0f}, not rows_done x n_ctx = {stats.positions}"
-        )
-
-
-# ----------------------------------------------------------------- gathering
+# ----------------------------------------------------------------- compaction
 @torch.no_grad()
-def gather_statistics(
-    replacement: ReplacementModel,
-    tokenizer,
-    rows: int = DEFAULT_ROWS,
-    n_ctx: int = DEFAULT_N_CTX,
-    seed: int = 0,
-    mode: str = "local",
-    progress: bool = True,
-    checkpoint: Path | None = None,
-) -> Statistics:
-    """Sum the exact local edges of ``rows`` corpus rows (held-out split, ``n_ctx`` tokens)
-    between units. With ``checkpoint``, saves there every ``CHECKPOINT_EVERY`` rows and at the
-    end, and continues what it holds: a partial run, or fewer rows of the same settings (it is
-    extended); a file of other settings, of more rows or of another model is refused."""
-    expected = identity(replacement, tokenizer)
-    settings = {"n_ctx": n_ctx, "seed": seed, "mode": mode, "split": SPLIT}
-    if checkpoint is not None and Path(checkpoint).is_file():
-        stats = Statistics.load(checkpoint)
-        stats.check_identity(checkpoint, expected, Units.of(replacement))
-        _check_settings(stats, settings, checkpoint)
-        _check_rows(stats, rows, checkpoint)
-    else:
-        meta = {"rows": rows, **settings, "rows_done": 0, "seconds": 0.0, "identity": expected}
-        stats = Statistics.empty(Units.of(replacement), replacement.cfg.d_model, meta)
-    return _gather(replacement, tokenizer, stats, rows, checkpoint, progress)
+def compact(sums, tables, top_k: int = TOP_K) -> Statistics:
+    """The compact ``Statistics`` of gathered dense sums (``circuits.gathering.Sums``): per
+    target its ``top_k`` sources of largest |sum| in the even half, the odd half and both, per
+    source its ``top_k`` targets likewise, every total, and the QK tables."""
+    units = sums.units
+    stages = range(1, units.logit_stage + 1)
+    n_source = units.start(units.logit_stage)
+    # First pass: each source's top_k-th largest |sum| over every stage above it (0 where it
+    # has fewer nonzero sums: then all of them are kept).
+    best = torch.zeros(3, n_source, top_k)
+    for stage in stages:
+        below = units.start(stage)
+        for v, block in enumerate(_views(sums, stage, tables)):
+            top = block.abs().topk(min(top_k, block.shape[1]), dim=1).values
+            merged = torch.cat([best[v, :below], top], dim=1)
+            best[v, :below] = merged.topk(top_k, dim=1).values
+    threshold = best[:, :, -1]
+
+    n_target = units.total - units.start(1)
+    into, out = torch.zeros(3, 2, n_target), torch.zeros(3, 2, n_source)
+    sources, values, counts = [], [], []
+    for stage in stages:  # second pass: the kept entries and every total
+        below, first = units.start(stage), units.start(stage) - units.start(1)
+        cols = slice(first, first + units.sizes[stage])
+        blocks = _views(sums, stage, tables)
+        keep = torch.zeros(blocks[0].shape, dtype=torch.bool)
+        for v, block in enumerate(blocks):
+            size = block.abs()
+            top = size.T.contiguous().topk(min(top_k, below), dim=1).indices  # target source
+            keep.T.scatter_(1, top, True)
+            keep |= size >= threshold[v, :below, None]
+            into[v, 0, cols], into[v, 1, cols] = block.sum(0), size.sum(0)
+            out[v, 0, :below] += block.sum(1)
+            out[v, 1, :below] += size.sum(1)
+        keep &= (blocks[0] != 0) | (blocks[1] != 0)
+        column, row = keep.T.nonzero(as_tuple=True)  # by target, then source
+        sources.append(row)
+        values.append(torch.stack([blocks[0][row, column], blocks[1][row, column]]))
+        counts.append(torch.bincount(column, minlength=units.sizes[stage]))
+    indptr = torch.zeros(n_target + 1, dtype=torch.long)
+    indptr[1:] = torch.cat(counts).cumsum(0)
+    meta = dict(sums.meta) | {"top_k": top_k}
+    return Statistics(
+        units, list(sums.n_qk), sums.activity.clone(), sums.count.clone(), indptr,
+        torch.cat(sources), torch.cat(values, dim=1), into, out, *_qk_tables(sums), meta,
+    )  # fmt: skip
 
 
-def _check_settings(stats: Statistics, settings: dict, path: Path) -> None:
-    """Refuse to continue a file gathered with other settings (another row stream)."""
-    differ = [f"{k} {stats.meta[k]!r}" for k, v in settings.items() if stats.meta[k] != v]
-    if differ:
-        raise ValueError(
-            f"{path}: holds statistics gathered with {', '.join(differ)}; remove it or choose "
-            "another file"
-        )
+def _views(sums, stage: int, tables) -> tuple[Tensor, Tensor, Tensor]:
+    even, odd = sums.edge_blocks(stage, tables)
+    return even, odd, even + odd
 
 
-def _check_rows(stats: Statistics, rows: int, path: Path) -> None:
-    """Refuse to continue a file that holds more rows than asked for (sums cannot shrink)."""
-    done = stats.meta["rows_done"]
-    if done > rows:
-        raise ValueError(
-            f"{path}: holds statistics over {done} rows, more than the {rows} asked for: ask "
-            f"for {done} or more, or choose another file"
-        )
+def _qk_tables(sums):
+    query_units, key_units = sums.candidates
+    G, N = query_units.shape
+    q_marg, k_marg = torch.zeros(2, G, N), torch.zeros(2, G, N)
+    scalars = torch.zeros(3, G, len(QK_SCALARS))
+    scalars[:2, :, :4] = sums.qk_scalars
+    scalars[2, :, :4] = sums.qk_scalars.sum(0)
+    g = 0
+    for query, key in zip(sums.qk_query, sums.qk_key, strict=True):
+        for h in range(query.shape[1]):
+            for side, chosen, out, column in ((query, query_units, q_marg, 4),
+                                              (key, key_units, k_marg, 5)):  # fmt: skip
+                real = chosen[g] >= 0
+                out[:, g, real] = side[:, h, chosen[g][real]]
+                scalars[:2, g, column] = side[:, h].abs().sum(1)
+                scalars[2, g, column] = side[:, h].sum(0).abs().sum()
+            g += 1
+    return query_units.clone(), key_units.clone(), sums.qk_pairs.clone(), q_marg, k_marg, scalars
 
 
-def _gather(
-    replacement: ReplacementModel,
-    tokenizer,
-    stats: Statistics,
-    rows: int,
-    checkpoint: Path | None,
-    progress: bool,
-) -> Statistics:
-    """Continue ``stats`` up to ``rows``: the row stream is skipped past the rows already
-    summed, so each row is added once and in order. The file is written when it changes."""
-    replacement.eval()
-    meta = stats.meta
-    unsaved, meta["rows"] = meta["rows"] != rows, rows
-    stream = stream_rows(tokenizer, meta["n_ctx"], meta["split"], meta["seed"])
-    for _ in range(meta["rows_done"]):
-        next(stream)
-    bar = tqdm(total=meta["rows"], initial=meta["rows_done"], disable=not progress, desc="rows")
-    t0, seconds = time.perf_counter(), meta["seconds"]
-    while meta["rows_done"] < meta["rows"]:
-        _, tokens = next(stream)
-        stats.add_run(run_prompt(replacement, torch.tensor(tokens), meta["mode"]), replacement)
-        meta["rows_done"] += 1
-        meta["seconds"] = seconds + time.perf_counter() - t0
-        bar.update()
-        unsaved = True
-        if checkpoint is not None and meta["rows_done"] % CHECKPOINT_EVERY == 0:
-            stats.save(checkpoint)
-            unsaved = False
-    bar.close()
-    if checkpoint is not None and unsaved:
-        stats.save(checkpoint)
-    return stats
-
-
-def statistics_for(
-    replacement: ReplacementModel,
-    tokenizer,
-    model: str,
-    path: Path | None = None,
-    rows: int | None = None,
-) -> Statistics:
-    """The statistics at ``path`` (default ``runs/global-stats/{model}.safetensors``), gathered
-    first when missing, resumed when partial and extended when ``rows`` asks for more than
-    they hold (``rows`` None: what the file was gathered for, or ``DEFAULT_ROWS``)."""
-    path = Path(path or DEFAULT_STATS_DIR / f"{Path(model).name}.safetensors")
-    if not path.is_file():
-        rows = rows or DEFAULT_ROWS
-        print(f"gathering statistics over {rows} rows into {path} (once)")
-        return gather_statistics(replacement, tokenizer, rows=rows, checkpoint=path)
-    stats = Statistics.load(path, replacement, tokenizer)
-    done, rows = stats.meta["rows_done"], rows or stats.meta["rows"]
-    if done == rows:
-        return stats
-    _check_rows(stats, rows, path)
-    print(f"gathering statistics in {path}: from {done} to {rows} rows")
-    return _gather(replacement, tokenizer, stats, rows, path, progress=True)
+__all__ = ["QKGroup", "STATS_VERSION", "SPLIT", "Statistics", "compact", "identity"]

@@ -9,7 +9,8 @@ attention-error unit and its features plus one MLP-error unit, then ``V`` logit 
 
 Within a stage a unit's offset is its head, feature or token index; the error unit is last.
 Global circuits (``circuits.statistics``, ``circuits.global_weights``) index their tables by
-unit, and ``unit_id`` names a unit as a node id without its position.
+unit, and ``unit_id`` names a unit as a node id without its position. ``decoders`` and
+``readers`` give every unit's centred write and read direction in that order.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from replacement.model import ReplacementModel
+from replacement.model import ReadWrite, ReplacementModel
 
 from .nodes import (
     EMBEDDING_STAGE,
@@ -137,6 +138,14 @@ class Units:
         kind, stage, index = self.describe(unit)
         return node_id(kind, stage, 0, index)
 
+    def dictionary(self) -> Tensor:
+        """Per unit: whether it is a Lorsa head or a transcoder feature (a dictionary unit,
+        whose write is its activation times a fixed direction)."""
+        stage = torch.tensor(self.stage)
+        offset = torch.arange(self.total) - self._offsets_t[stage]
+        inner = (stage > EMBEDDING_STAGE) & (stage < self.logit_stage)
+        return inner & (offset < self._sizes_t[stage] - 1)
+
     def of_nodes(
         self, kind: Int[Tensor, " n"], stage: Int[Tensor, " n"], index: Int[Tensor, " n"]
     ) -> Int[Tensor, " n"]:
@@ -145,3 +154,25 @@ class Units:
         err = kind == Kind.ERROR
         unit[err] = self._offsets_t[stage[err]] + self._sizes_t[stage[err]] - 1
         return unit
+
+
+def decoders(rw: ReadWrite, units: Units) -> Float[Tensor, "unit d_model"]:
+    """Every unit's write direction, centred (``P d``: a token's ``P W_E[t]``, a head's
+    ``P w_o``, a feature's decoder row), in unit order; zero for error and logit units."""
+    zero = torch.zeros(1, rw.embed_write.shape[1])
+    rows = [rw.embed_write]
+    for lorsa_write, tc_write in zip(rw.lorsa_write, rw.tc_write, strict=True):
+        rows += [lorsa_write, zero, tc_write, zero]
+    rows.append(zero.expand(units.d_vocab, -1))
+    return torch.cat(rows)
+
+
+def readers(rw: ReadWrite, units: Units) -> Float[Tensor, "unit d_model"]:
+    """Every unit's reading direction, centred (``P w_v``, an encoder column, a demeaned
+    unembedding column), in unit order; zero for tokens and errors."""
+    zero = torch.zeros(1, rw.embed_write.shape[1])
+    rows = [zero.expand(units.d_vocab, -1)]
+    for lorsa_read, tc_read in zip(rw.lorsa_read, rw.tc_read, strict=True):
+        rows += [lorsa_read, zero, tc_read, zero]
+    rows.append(rw.unembed)
+    return torch.cat(rows)

@@ -1,8 +1,11 @@
 """Global circuits against brute force on a small random replacement model: unit numbering,
-virtual weights, QK bilinear weights, expected attribution (summed local edges), graphs; the
-statistics file refused whole when damaged or foreign; gathering resumed and extended bit for
-bit; the CLI's bad input and start-up."""
+virtual weights, QK bilinear weights; the gathered sums (every summed local edge, the logit
+edges where each token came next, every expected QK term from ``circuits.qk.QKSides``), in
+both halves of the sample; the compact statistics and their queries; graphs with their QK
+side and split-half reliability; the statistics file refused whole when damaged, foreign or
+old; gathering resumed bit for bit and extended; the CLI's bad input and start-up."""
 
+import copy
 import itertools
 import json
 import math
@@ -14,21 +17,30 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from circuits import statistics as statistics_module
-from circuits.attribution import attribute, run_prompt
+from circuits import gathering
+from circuits.attribution import LogitTarget, attribute, run_prompt
+from circuits.gathering import Sums, gather_statistics, new_sums, partial_path, statistics_for
+from circuits.gathering import sum_rows as sum_rows_of
 from circuits.global_weights import (
     decoders,
     global_graph,
     qk_circuit,
     qk_virtual_weights,
     readers,
+    split_half,
+    units_of,
     virtual_weights,
+    with_qk_side,
 )
 from circuits.graph import Graph
-from circuits.nodes import Kind, block_of, is_attention
-from circuits.statistics import Statistics, gather_statistics, identity, statistics_for
-from circuits.units import Units
+from circuits.nodes import Kind, block_of, is_attention, lorsa_stage
+from circuits.prune import prune_graph
+from circuits.qk import QKSides
+from circuits.statistics import Statistics, compact, identity
+from circuits.statistics_file import load_partial
 from replacement.model import center
+
+N_ROWS, N_CTX, QK_UNITS = 5, 10, 6
 
 
 @pytest.fixture
@@ -38,26 +50,48 @@ def replacement(random_model, make_replacement):
 
 @pytest.fixture
 def units(replacement):
+    from circuits.units import Units
+
     return Units.of(replacement)
 
 
 def sample_meta(replacement, rows: int, n_ctx: int) -> dict:
     return {
         "rows": rows, "n_ctx": n_ctx, "seed": 3, "mode": "local", "split": "heldout",
-        "rows_done": 0, "seconds": 0.0, "identity": identity(replacement),
+        "rows_done": 0, "seconds": 0.0, "identity": identity(replacement), "qk_units": QK_UNITS,
     }  # fmt: skip
 
 
+def random_tokens(n_rows: int = N_ROWS, n_ctx: int = N_CTX, seed: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 50, (n_rows, n_ctx), generator=generator)
+
+
+def summed(replacement, tokens, mode="local") -> Sums:
+    """Every sum of ``tokens``'s rows, gathered in batches of 2 (so batches split halves)."""
+    sums = new_sums(replacement, sample_meta(replacement, len(tokens), tokens.shape[1]) | {
+        "mode": mode})  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gathering, "BATCH_ROWS", 2)
+        return sum_rows_of(replacement, tokens, sums)
+
+
+_SUMS: dict[str, Sums] = {}  # the fixture's sums, per model: gathered once per session
+
+
 @pytest.fixture
-def stats(replacement, units):
-    """Statistics over three random prompts, added the way gather_statistics adds rows."""
-    torch.manual_seed(3)
-    stats = Statistics.empty(units, replacement.cfg.d_model, sample_meta(replacement, 3, 10))
-    for _ in range(3):
-        tokens = torch.randint(1, 50, (10,))
-        stats.add_run(run_prompt(replacement, tokens, "local"), replacement)
-        stats.meta["rows_done"] += 1
-    return stats
+def sums(replacement):
+    key = json.dumps(identity(replacement))
+    if key not in _SUMS:
+        _SUMS[key] = summed(replacement, random_tokens())
+    return copy.deepcopy(_SUMS[key])
+
+
+@pytest.fixture
+def stats(replacement, sums):
+    from circuits.gathering import Tables
+
+    return compact(sums, Tables.of(replacement, sums.units), top_k=4)
 
 
 @pytest.fixture
@@ -70,7 +104,7 @@ def random_rows(monkeypatch):
         while True:
             yield "random", torch.randint(1, 50, (n_ctx,), generator=generator).tolist()
 
-    monkeypatch.setattr(statistics_module, "stream_rows", rows)
+    monkeypatch.setattr(gathering, "stream_rows", rows)
 
 
 def assert_same(a: Statistics, b: Statistics) -> None:
@@ -156,85 +190,210 @@ def test_qk_virtual_weights_match_brute_force(replacement, units):
         assert v == pytest.approx(float(table[q, k].detach()), rel=1e-5)
 
 
-# ----------------------------------------------------------------- expected attribution
-def summed_local_edges(replacement, units, prompts, mode="local"):
-    """Edges of dense local graphs summed per unit pair with plain loops, and activities."""
-    summed = np.zeros((units.total, units.total))
-    activity = np.zeros(units.total)
-    for tokens in prompts:
-        graph = attribute(replacement, tokens, mode=mode)
+# ----------------------------------------------------------------- brute force
+def brute_force_edges(replacement, units, tokens, mode="local"):
+    """Per half (even, odd rows): the edges of dense local graphs summed per unit pair with
+    plain loops, activities and counts; a logit's edges and occurrences from the graph of each
+    prefix whose next token it is (so its probability there is the graph's)."""
+    edges = np.zeros((2, units.total, units.total))
+    activity, count = np.zeros((2, units.total)), np.zeros((2, units.total))
+    for row, prompt in enumerate(tokens):
+        half = row % 2
+        graph = attribute(replacement, prompt, mode=mode)
         unit = units.of_nodes(graph.kind, graph.stage, graph.index).numpy()
         dense = graph.edges.toarray()
         for t, s in zip(*dense.nonzero(), strict=True):
-            summed[unit[s], unit[t]] += dense[t, s]
+            if graph.kinds[t] != "logit":
+                edges[half, unit[s], unit[t]] += dense[t, s]
         for i in range(graph.n_nodes):
             if graph.kinds[i] != "logit":
-                activity[unit[i]] += float(graph.activation[i])
-    return summed, activity
+                activity[half, unit[i]] += float(graph.activation[i])
+                count[half, unit[i]] += 1
+        for p in range(len(prompt) - 1):
+            nxt = int(prompt[p + 1])
+            prefix = attribute(replacement, prompt[: p + 1], mode=mode, targets=[LogitTarget(nxt)])
+            unit = units.of_nodes(prefix.kind, prefix.stage, prefix.index).numpy()
+            logit = prefix.n_nodes - 1
+            row_edges = prefix.edges[[logit]].toarray()[0]
+            for s in row_edges.nonzero()[0]:
+                edges[half, unit[s], unit[logit]] += row_edges[s]
+            count[half, unit[logit]] += 1
+            activity[half, unit[logit]] += prefix.logit_targets[0].probability
+    return edges, activity, count
 
 
-def test_expected_attribution_sums_local_edges(replacement, units, stats):
-    torch.manual_seed(3)
-    prompts = [torch.randint(1, 50, (10,)) for _ in range(3)]
-    summed, activity = summed_local_edges(replacement, units, prompts)
-    np.testing.assert_allclose(stats.activity.numpy(), activity, rtol=1e-5)
-    stage = units.stage
-    for target in (units.unit("lorsa", 1, 2), units.unit("transcoder", 0, 7)):
-        ids, weights = stats.expected_into(target, replacement)
-        expected = summed[: len(ids), target] / np.maximum(activity[: len(ids)], 1e-12)
-        np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-4, atol=1e-6)
-        assert (stage[ids.numpy()] < stage[target]).all()
-    # Units that never fire together have no expected attribution.
-    source = int(np.flatnonzero(activity == 0)[0])
-    ids, weights = stats.expected_from(source, replacement)
-    assert weights.abs().max() == 0
+@torch.no_grad()
+def brute_force_qk(replacement, units, tokens, layer, mode="local"):
+    """Per half and QK head: every exact QK term of ``QKSides`` at every (query, key <= query)
+    weighted by ``w(q) (A[q,k] - 1/(q+1))`` (w: the group's heads that fired at q), summed per
+    (query unit, key unit) with the bias side as a last row and column; and the firings."""
+    lorsa = replacement.lorsas[layer]
+    H, group = lorsa.cfg.n_qk_heads, lorsa.cfg.group_size
+    below = units.start(lorsa_stage(layer))
+    table = np.zeros((2, H, below + 1, below + 1))
+    firings = np.zeros((2, H))
+    for row, prompt in enumerate(tokens):
+        half, n = row % 2, len(prompt)
+        run = run_prompt(replacement, prompt, mode)
+        side = QKSides(run, replacement, layer)
+        code = units.of_nodes(run.kind, run.stage, run.index)[side.at]
+        code[~side.valid] = -1
+        code = torch.cat([torch.full((n, 1), below), code], dim=1).numpy()  # slot 0: bias
+        w = torch.zeros(n, H)
+        for node in run.select(Kind.LORSA, lorsa_stage(layer)).tolist():
+            w[run.pos[node], run.index[node] // group] += 1
+        h, q, k = (t.flatten() for t in torch.meshgrid(
+            torch.arange(H), torch.arange(n), torch.arange(n), indexing="ij"))  # fmt: skip
+        causal = k <= q
+        h, q, k = h[causal], q[causal], k[causal]
+        weight = w[q, h] * (run.patterns[layer][h, q, k] - 1 / (q + 1).float())
+        terms = (side.terms(h, q, k) * weight[:, None, None]).numpy()
+        for i, (hh, qq, kk) in enumerate(zip(h.tolist(), q.tolist(), k.tolist(), strict=True)):
+            rows, cols = code[qq], code[kk]
+            ok = (rows >= 0)[:, None] & (cols >= 0)[None, :]
+            r, c = np.nonzero(ok)
+            np.add.at(table[half, hh], (rows[r], cols[c]), terms[i][r, c])
+        firings[half] += w.sum(0).numpy()
+    return table, firings
 
 
+# ----------------------------------------------------------------- the gathered sums
 @pytest.mark.parametrize("mode", ["local", "sparse"])
-def test_every_summed_edge_block_matches_the_local_graphs(replacement, units, mode):
-    """add_run forms a row's sums in closed form; every block equals the summed edge lists."""
-    torch.manual_seed(5)
-    prompts = [torch.randint(1, 50, (n,)) for n in (12, 7)]
-    stats = Statistics.empty(units, replacement.cfg.d_model, sample_meta(replacement, 2, 12))
-    for tokens in prompts:
-        stats.add_run(run_prompt(replacement, tokens, mode), replacement)
-    summed, activity = summed_local_edges(replacement, units, prompts, mode)
-    for s in range(1, units.logit_stage):
-        start, end = units.start(s), units.start(s + 1)
-        np.testing.assert_allclose(
-            stats.edge_block(s).numpy(), summed[:start, start:end], rtol=1e-4, atol=1e-5
-        )
-    np.testing.assert_allclose(stats.activity.numpy(), activity, rtol=1e-5)
+def test_every_summed_edge_matches_the_local_graphs(replacement, units, mode):
+    """Every edge block of both halves, logits conditioned on the next token included, equals
+    the summed edges of the rows' local graphs; so do activities and counts."""
+    tokens = random_tokens(4, 8, seed=5)
+    sums = summed(replacement, tokens, mode)
+    edges, activity, count = brute_force_edges(replacement, units, tokens, mode)
+    from circuits.gathering import Tables
+
+    tables = Tables.of(replacement, units)
+    for stage in range(1, units.logit_stage + 1):
+        start, end = units.start(stage), units.start(stage + 1)
+        for half, block in enumerate(sums.edge_blocks(stage, tables)):
+            np.testing.assert_allclose(
+                block.numpy(), edges[half, :start, start:end], rtol=1e-4, atol=1e-5
+            )
+    np.testing.assert_allclose(sums.activity.numpy(), activity, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(sums.count.numpy(), count)
+    # A logit occurs where its token comes next: rows x (n_ctx - 1) occurrences in all.
+    assert sums.count[:, units.start(units.logit_stage) :].sum() == 4 * 7
 
 
-def test_expected_attribution_into_logits(replacement, units, stats):
-    """Every position's final residual reads every source there: sum of a * VW / sigma_f."""
-    torch.manual_seed(3)
-    logit = units.unit("logit", 0, 11)
-    r = readers(replacement, units)[logit]
-    expected = torch.zeros(units.total)
-    for _ in range(3):
-        tokens = torch.randint(1, 50, (10,))
-        run = run_prompt(replacement, tokens, "local")
-        unit = units.of_nodes(run.kind, run.stage, run.index)
-        for s in range(len(run.kind)):
-            write = run.write[s]  # errors write their own vector; others a * decoder
-            expected[unit[s]] += float(center(write) @ r) / float(run.sigma_final[run.pos[s]])
-    ids, weights = stats.expected_into(logit, replacement)
-    torch.testing.assert_close(weights, expected[ids] / stats.activity[ids].clamp(min=1e-12),
-                               atol=1e-5, rtol=1e-4)  # fmt: skip
-    _, mean = stats.mean_input(logit, replacement)
-    torch.testing.assert_close(mean, expected[ids] / (3 * 10), atol=1e-5, rtol=1e-4)
+def test_expected_qk_attribution_matches_summed_local_qk_terms(replacement, units, sums):
+    """Marginals (every unit), totals, bias sides, firings and the pairs among the chosen
+    units equal the sums of ``QKSides``'s exact terms, weighted as documented, over the rows."""
+    tokens = random_tokens()
+    query_units, key_units = sums.candidates
+    g = 0
+    for layer in range(units.n_layers):
+        table, firings = brute_force_qk(replacement, units, tokens, layer)
+        below = units.start(lorsa_stage(layer))
+        for h in range(replacement.lorsas[layer].cfg.n_qk_heads):
+            for half in (0, 1):
+                t = table[half, h]
+                scale = np.abs(t).max()
+                scalars = sums.qk_scalars[half, g].numpy()
+                np.testing.assert_allclose(
+                    scalars, [t.sum(), t[below].sum(), t[:, below].sum(), firings[half, h]],
+                    rtol=1e-4, atol=1e-5 * scale,
+                )  # fmt: skip
+                np.testing.assert_allclose(sums.qk_query[layer][half, h].numpy(),
+                                           t[:below].sum(1), atol=1e-5 * scale)  # fmt: skip
+                np.testing.assert_allclose(sums.qk_key[layer][half, h].numpy(),
+                                           t[:, :below].sum(0), atol=1e-5 * scale)  # fmt: skip
+                q, k = query_units[g].numpy(), key_units[g].numpy()
+                expected = t[np.ix_(np.maximum(q, 0), np.maximum(k, 0))]
+                expected *= (q >= 0)[:, None] & (k >= 0)[None, :]
+                np.testing.assert_allclose(sums.qk_pairs[half, g].numpy(), expected,
+                                           atol=1e-5 * scale)  # fmt: skip
+            # The chosen units are each side's largest |marginal| on the whole sample.
+            for chosen, marginal in ((query_units[g], t_sum(table, h, below, 1)),
+                                     (key_units[g], t_sum(table, h, below, 0))):  # fmt: skip
+                real = chosen[chosen >= 0].numpy()
+                cutoff = np.abs(marginal[real]).min()
+                assert (np.abs(np.delete(marginal, real)) <= cutoff + 1e-5).all()
+            g += 1
+    # Each query's terms sum to E_A[score] - mean score >= 0, so every total is >= 0.
+    assert (sums.qk_scalars[:, :, 0] >= -1e-5).all()
+
+
+def t_sum(table, h, below, axis):
+    whole = table[0, h] + table[1, h]
+    return whole[:below].sum(1) if axis == 1 else whole[:, :below].sum(0)
+
+
+# ----------------------------------------------------------------- compact statistics
+def test_compact_statistics_keep_each_units_strongest_partners(replacement, units, sums, stats):
+    """Per target, its top_k sources of every view (even, odd, both) are kept with exact
+    values; per source likewise its top_k targets over every stage; totals cover everyone."""
+    from circuits.gathering import Tables
+
+    tables = Tables.of(replacement, units)
+    dense = [torch.zeros(units.total, units.total) for _ in range(2)]
+    for stage in range(1, units.logit_stage + 1):
+        start, end = units.start(stage), units.start(stage + 1)
+        for half, block in enumerate(sums.edge_blocks(stage, tables)):
+            dense[half][:start, start:end] = block
+    views = [dense[0], dense[1], dense[0] + dense[1]]
+    for v, view in enumerate(views):
+        sample = stats if v == 2 else stats.half(v)
+        for target in range(units.start(1), units.total):
+            sources, values = sample.summed_into(target)
+            if units.describe(target)[0] == Kind.ERROR:
+                assert not len(sources)
+                continue
+            torch.testing.assert_close(values, view[sources, target])
+            column = view[:, target].abs()
+            if (column > 0).sum() >= 4:
+                assert set(column.topk(4).indices.tolist()) <= set(sources.tolist())
+            assert sample.input_total(target) == pytest.approx(
+                float(column.sum() / sample.unit_count[target].clamp(min=1)), rel=1e-5, abs=1e-6
+            )
+        for source in range(units.start(units.logit_stage)):
+            targets, values = sample.summed_from(source)
+            torch.testing.assert_close(values, view[source, targets])
+            row = view[source].abs()
+            strongest = row.topk(4).indices[row.topk(4).values > 0]
+            assert set(strongest.tolist()) <= set(targets.tolist())
+    # Halves add up to the whole sample; the whole sample's queries divide by its totals.
+    torch.testing.assert_close(stats.unit_count, sums.count.sum(0))
+    assert stats.half(0).rows == 3 and stats.half(1).rows == 2 and stats.rows == 5
+    target = units.unit("transcoder", 1, int(sums.count[:, units.unit("transcoder", 1, 0) :][
+        :, :16].sum(0).argmax()))  # fmt: skip
+    ids, weights = stats.expected_into(target)
+    expected = views[2][ids, target] / stats.unit_activity[ids].clamp(min=1e-12)
+    torch.testing.assert_close(weights, expected)
+    ids, weights = stats.mean_input(target)
+    torch.testing.assert_close(weights, views[2][ids, target] / stats.unit_count[target])
+
+
+def test_qk_groups_per_firing(replacement, sums, stats):
+    """A QK group's record is its sums over its firings, per half or both."""
+    g = stats.qk_index(1, 1)
+    for v in (0, 1, None):
+        sample = stats if v is None else stats.half(v)
+        group = sample.qk_group(1, 1)
+        pick = slice(None) if v is None else v
+        firings = sums.qk_scalars[pick, g, 3].sum() if v is None else sums.qk_scalars[v, g, 3]
+        raw = sums.qk_pairs[pick, g].sum(0) if v is None else sums.qk_pairs[v, g]
+        real_q, real_k = sums.candidates[0][g] >= 0, sums.candidates[1][g] >= 0
+        torch.testing.assert_close(group.pairs, raw[real_q][:, real_k] / firings)
+        assert group.firings == float(firings)
+        total = sums.qk_scalars[pick, g, 0].sum() if v is None else sums.qk_scalars[v, g, 0]
+        assert group.total == pytest.approx(float(total / firings), rel=1e-5)
+        assert group.query_abs >= float(group.query_marginal.abs().sum()) - 1e-6
+    with pytest.raises(ValueError, match="no QK head 9"):
+        stats.qk_group(1, 9)
 
 
 # ----------------------------------------------------------------- the file
-def test_statistics_round_trip_and_refusals(replacement, stats, tmp_path, random_model):
+def test_statistics_round_trip_and_refusals(replacement, stats, tmp_path):
     path = tmp_path / "stats.safetensors"
     stats.save(path)
     back = Statistics.load(path, replacement)
-    assert all(torch.equal(a, b) for a, b in zip(back.blocks, stats.blocks, strict=True))
-    assert torch.equal(back.activity, stats.activity) and back.units == stats.units
     assert_same(back, stats)
+    assert back.qk_group(1, 0).pairs.shape == stats.qk_group(1, 0).pairs.shape
     path.write_bytes(path.read_bytes()[:64])
     with pytest.raises(ValueError, match="not a readable statistics file"):
         Statistics.load(path)
@@ -284,21 +443,27 @@ def without(key: str, part: str | None = None):
 
 IDENTITY_KEYS = ("model", "replacement", "tokenizer")
 CRAFTED = {
-    "old version": dict(header=lambda header: header | {"version": 1}),
-    "rows as a string": dict(header=meta_with("rows", "3")),
-    "rows as a float": dict(header=meta_with("rows", 3.0)),
-    "more rows done than asked": dict(header=meta_with("rows_done", 4)),
+    "old version": dict(header=lambda header: header | {"version": 2}),
+    "rows as a string": dict(header=meta_with("rows", "5")),
+    "rows as a float": dict(header=meta_with("rows", 5.0)),
+    "more rows done than asked": dict(header=meta_with("rows_done", 6)),
+    "fewer rows done than asked": dict(header=meta_with("rows", 6)),
     "unknown mode": dict(header=meta_with("mode", "both")),
     "no identity": dict(header=without("identity", "meta")),
     "identity of numbers": dict(header=meta_with("identity", dict.fromkeys(IDENTITY_KEYS, 1))),
     "absurd unit sizes": dict(header=units_with("n_ov", [10**12, 8])),
     "sizes of the wrong type": dict(header=units_with("d_vocab", "50")),
+    "QK heads of another model": dict(header=lambda header: header | {"n_qk": [2, 3]}),
     "no checksum": dict(header=without("sha256")),
+    "a partial file": dict(header=lambda header: header | {"partial": True}),
     "header not JSON": dict(raw_metadata={"statistics": "{not json"}),
     "no header": dict(raw_metadata={}),
     "a missing tensor": dict(tensors=lambda t: {k: v for k, v in t.items() if k != "count"}),
     "an extra tensor": dict(tensors=lambda t: t | {"extra": torch.zeros(2)}),
-    "a block one row short": dict(tensors=lambda t: t | {"block.1": t["block.1"][:-1]}),
+    "a short index": dict(tensors=lambda t: t | {"edges.indptr": t["edges.indptr"][:-1]}),
+    "values of another length": dict(
+        tensors=lambda t: t | {"edges.value": t["edges.value"][:, :-1].contiguous()}
+    ),  # fmt: skip
     "float64 counts": dict(tensors=lambda t: t | {"count": t["count"].double()}),
     "changed values": dict(tensors=lambda t: t | {"activity": t["activity"] + 1}),
 }
@@ -314,20 +479,54 @@ def test_crafted_statistics_files_are_refused_in_one_line(stats, tmp_path, case)
     assert str(info.value).startswith(f"{crafted}: ") and "\n" not in str(info.value)
 
 
+def test_an_old_statistics_file_is_refused_with_what_to_do(stats, tmp_path):
+    path = tmp_path / "stats.safetensors"
+    stats.save(path)
+    old = rewrite(path, tmp_path / "old.safetensors", header=lambda h: h | {"version": 2})
+    with pytest.raises(ValueError) as info:
+        Statistics.load(old)
+    assert str(info.value) == (
+        f"{old}: not a readable statistics file (format version 2, expected 3: made by an "
+        "older version; remove it to gather again)"
+    )
+
+
+def damaged(stats, change):
+    """``stats`` with ``change`` applied to a copy of its tensors (saved with a fresh
+    checksum: ``save`` writes what it is given, so the values themselves are checked)."""
+    fields = {
+        "activity": "activity", "count": "count", "edges.source": "edge_source",
+        "edges.indptr": "edge_indptr", "qk.query_units": "qk_query_units",
+        "qk.scalars": "qk_scalars",
+    }  # fmt: skip
+    name, edit = change
+    copy = Statistics(**{f: getattr(stats, f) for f in stats.__dataclass_fields__ if f != "_cache"})
+    tensor = getattr(stats, fields[name]).clone()
+    edit(tensor)
+    setattr(copy, fields[name], tensor)
+    return copy
+
+
 @pytest.mark.parametrize(
-    "damage, message",
+    "change, message",
     [
-        (lambda s: s.activity.__setitem__(0, float("nan")), "activity holds NaN"),
-        (lambda s: s.count.__setitem__(0, -1.0), "not occurrence counts"),
-        (lambda s: s.count.__setitem__(0, 0.5), "not occurrence counts"),
-        (lambda s: s.count.__setitem__(0, s.count[0] + 1), "token counts sum to 31"),
-        (lambda s: s.blocks.__setitem__(0, s.blocks[0].double()), "not float32"),
+        (("activity", lambda t: t.__setitem__((0, 0), float("nan"))), "activity holds NaN"),
+        (("count", lambda t: t.__setitem__((0, 0), -1.0)), "not occurrence counts"),
+        (("count", lambda t: t.__setitem__((0, 0), 0.5)), "not occurrence counts"),
+        (
+            ("count", lambda t: t.__setitem__((1, 0), t[1, 0] + 1)),
+            "token counts sum to 21 in half 1",
+        ),
+        (("edges.source", lambda t: t.__setitem__(0, 10**6)), "not below their target's stage"),
+        (("edges.source", lambda t: t.__setitem__(1, t[0])), "not sorted and unique"),
+        (("edges.indptr", lambda t: t.__setitem__(3, t[2] - 1)), "not a CSR index"),
+        (("qk.query_units", lambda t: t.__setitem__((0, 0), 10**6)), "not below their block"),
+        (("qk.query_units", lambda t: t.__setitem__((0, 1), t[0, 0])), "lists a unit twice"),
+        (("qk.scalars", lambda t: t.__setitem__((0, 0, 3), 0.5)), "firing counts"),
     ],
 )
-def test_statistics_with_bad_values_are_refused(stats, tmp_path, damage, message):
-    """Saved with a valid checksum (save writes what it is given): the values are checked."""
-    damage(stats)
-    stats.save(tmp_path / "stats.safetensors")
+def test_statistics_with_bad_values_are_refused(stats, tmp_path, change, message):
+    damaged(stats, change).save(tmp_path / "stats.safetensors")
     with pytest.raises(ValueError, match=message):
         Statistics.load(tmp_path / "stats.safetensors")
 
@@ -352,38 +551,41 @@ def test_gathering_resumes_bit_for_bit_after_a_kill(
 ):
     """A fault mid-gathering (as kill -9: no handler runs) loses only the rows since the last
     checkpoint; the resumed run equals an uninterrupted one bit for bit."""
+    monkeypatch.setattr(gathering, "BATCH_ROWS", 2)
     whole = gather_statistics(replacement, None, rows=7, n_ctx=8, progress=False)
-    monkeypatch.setattr(statistics_module, "CHECKPOINT_EVERY", 2)
-    add_run, calls = Statistics.add_run, itertools.count()
+    monkeypatch.setattr(gathering, "CHECKPOINT_SECONDS", 0.0)  # after every batch
+    add, calls = Sums.add, itertools.count()
 
-    def killed_at_row_6(self, run, replacement):
-        if next(calls) == 5:
+    def killed_at_row_6(self, run, half, *args):
+        if next(calls) == 5:  # rows 1..5 (halves of batches 1-3) added, then row 6
             raise RuntimeError("killed")
-        add_run(self, run, replacement)
+        add(self, run, half, *args)
 
     path = tmp_path / "stats.safetensors"
-    monkeypatch.setattr(Statistics, "add_run", killed_at_row_6)
+    monkeypatch.setattr(Sums, "add", killed_at_row_6)
     with pytest.raises(RuntimeError, match="killed"):
         gather_statistics(replacement, None, rows=7, n_ctx=8, progress=False, checkpoint=path)
-    assert Statistics.load(path).meta["rows_done"] == 4  # the last checkpoint
-    path.with_name(path.name + ".tmp").write_bytes(b"half a checkpoint")  # killed mid-save
-    resumed_rows = itertools.count()
+    assert load_partial(partial_path(path)).meta["rows_done"] == 4  # the last checkpoint
+    assert not path.exists()
+    partial_path(path).with_name(partial_path(path).name + ".tmp").write_bytes(b"half a save")
+    resumed_rows = []
 
-    def counted(self, run, replacement):
-        next(resumed_rows)
-        add_run(self, run, replacement)
+    def counted(self, run, half, *args):
+        resumed_rows.append(run.n_rows)
+        add(self, run, half, *args)
 
-    monkeypatch.setattr(Statistics, "add_run", counted)
+    monkeypatch.setattr(Sums, "add", counted)
     resumed = gather_statistics(replacement, None, rows=7, n_ctx=8, progress=False, checkpoint=path)
-    assert next(resumed_rows) == 3  # rows 5..7 only
+    assert sum(resumed_rows) == 3  # rows 5..7 only
     assert_same(resumed, whole)
     assert_same(Statistics.load(path, replacement), whole)
+    assert not partial_path(path).exists()  # finished: the dense sums are gone
 
 
 def test_rows_extend_statistics_or_are_refused(replacement, tmp_path, random_rows):
     path = tmp_path / "stats.safetensors"
     gather_statistics(replacement, None, rows=2, n_ctx=8, progress=False, checkpoint=path)
-    # More rows than the file holds: extended, the same as gathering them at once.
+    # More rows than the file holds: gathered again, the same as gathering them at once.
     extended = statistics_for(replacement, None, "random", path, rows=4)
     assert_same(extended, gather_statistics(replacement, None, rows=4, n_ctx=8, progress=False))
     assert Statistics.load(path).meta["rows_done"] == 4
@@ -401,10 +603,19 @@ def test_rows_extend_statistics_or_are_refused(replacement, tmp_path, random_row
     assert path.read_bytes() == before
 
 
+def test_a_damaged_partial_file_is_refused_in_one_line(replacement, tmp_path, random_rows):
+    path = tmp_path / "stats.safetensors"
+    partial_path(path).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + bytes(8))
+    with pytest.raises(ValueError) as info:
+        gather_statistics(replacement, None, rows=2, n_ctx=8, progress=False, checkpoint=path)
+    assert str(info.value).startswith(f"{partial_path(path)}: not a readable partial")
+    assert "\n" not in str(info.value)
+
+
 # ----------------------------------------------------------------- global graphs
 def test_global_graph_grows_from_the_start(replacement, units, stats, tmp_path):
     start = units.unit(
-        "transcoder", 1, int(stats.count[units.unit("transcoder", 1, 0) :][:16].argmax())
+        "transcoder", 1, int(stats.unit_count[units.unit("transcoder", 1, 0) :][:16].argmax())
     )
     graph = global_graph(replacement, stats, start, budget=12, per_node=4)
     assert graph.n_nodes <= 12
@@ -415,10 +626,10 @@ def test_global_graph_grows_from_the_start(replacement, units, stats, tmp_path):
     coo = graph.edges.tocoo()
     assert (graph.stage[coo.col] < graph.stage[coo.row]).all()
     for t, s, w in zip(coo.row, coo.col, coo.data, strict=True):
-        ids, weights = stats.mean_input(int(unit[t]), replacement)
-        assert w == pytest.approx(float(weights[int(unit[s])]), rel=1e-5)
+        ids, weights = stats.mean_input(int(unit[t]))
+        assert w == pytest.approx(float(weights[ids == int(unit[s])][0]), rel=1e-5)
     assert graph.settings["edge_weights"] == "mean input per target occurrence"
-    torch.testing.assert_close(graph.occurrences, stats.count[unit])
+    torch.testing.assert_close(graph.occurrences, stats.unit_count[unit])
     assert not graph.positional
     down = global_graph(replacement, stats, units.unit("embedding", 0, 5), budget=6, upstream=False)
     assert down.settings["direction"] == "downstream"
@@ -426,6 +637,79 @@ def test_global_graph_grows_from_the_start(replacement, units, stats, tmp_path):
     down.save(tmp_path / "down.safetensors")
     back = Graph.load(tmp_path / "down.safetensors")
     assert back.ids == down.ids and (back.edges != down.edges).nnz == 0
+
+
+def test_a_logit_rooted_graph_reads_where_its_token_came_next(replacement, units, stats):
+    counts = stats.unit_count[units.start(units.logit_stage) :]
+    token = int(counts.argmax())
+    logit = units.unit("logit", 0, token)
+    graph = global_graph(replacement, stats, logit, budget=8, per_node=4)
+    (record,) = graph.logit_targets
+    # Its probability is the mean probability of its token where it came next.
+    assert record.probability == pytest.approx(
+        float(stats.unit_activity[logit] / stats.unit_count[logit]), rel=1e-6
+    )
+    row = graph.edges.tocsr()[[int((graph.kind == Kind.LOGIT).nonzero()[0])]]
+    assert row.nnz > 0
+
+
+def test_every_lorsa_head_of_a_graph_gets_its_qk_side(replacement, units, stats, tmp_path):
+    start = units.unit("lorsa", 1, int(stats.unit_count[units.unit("lorsa", 1, 0) :][:8].argmax()))
+    value = prune_graph(global_graph(replacement, stats, start, budget=10, per_node=4))
+    graph = with_qk_side(replacement, stats, value)
+    unit = units_of(graph, units)
+    heads = (graph.kind == Kind.LORSA).nonzero().squeeze(1).tolist()
+    groups = {(int(graph.layer[i]), int(graph.index[i]) // graph.group_size) for i in heads}
+    assert {(a.layer, a.qk_head) for a in graph.qk} == groups
+    for a in graph.qk:
+        group = stats.qk_group(a.layer, a.qk_head)
+        assert a.score == pytest.approx(group.total)
+        assert a.rest == pytest.approx(group.total - sum(p.value for p in a.pairs), abs=1e-6)
+        best = group.pairs.abs().argmax()
+        q, k = divmod(int(best), group.pairs.shape[1])
+        top = max(a.pairs, key=lambda p: abs(p.value))
+        assert top.value == pytest.approx(float(group.pairs.flatten()[best]))
+        # The strongest pair's units are nodes of the graph, drawn as its q and k sides.
+        assert units.node_id(int(group.query_units[q])) in graph.ids
+        assert units.node_id(int(group.key_units[k])) in graph.ids
+        assert (None, pytest.approx(group.bias_query)) in [
+            (m[0], pytest.approx(m[1])) for m in a.query_marginals
+        ] or len(a.query_marginals) == 10
+    # Value edges and influence of the pruned graph are kept; added units have influence 0.
+    old = units_of(value, units)
+    assert graph.edges.nnz == value.edges.nnz
+    for i, u in enumerate(unit):
+        expected = float(value.influence[old.index(u)]) if u in old else 0.0
+        assert float(graph.influence[i]) == pytest.approx(expected)
+    from reports.layout import qk_edges
+
+    assert {e.side for e in qk_edges(graph)} == {"q", "k"}
+    graph.save(tmp_path / "qk.safetensors")
+    assert len(Graph.load(tmp_path / "qk.safetensors").qk) == len(graph.qk)
+
+
+def test_split_half_reliability_compares_the_halves_graphs(replacement, units, stats):
+    start = units.unit("transcoder", 1, int(stats.unit_count[units.unit("transcoder", 1, 0) :][
+        :16].argmax()))  # fmt: skip
+    grown = []
+
+    def grow(sample):
+        grown.append(sample.view)
+        return global_graph(replacement, sample, start, budget=8, per_node=4)
+
+    result = split_half(grow, stats, top=5)
+    assert grown == [0, 1] and result["rows"] == [3, 2]
+    halves = [grow(stats.half(h)) for h in (0, 1)]
+    tops = []
+    for graph in halves:
+        unit = units_of(graph, units)
+        coo = graph.edges.tocoo()
+        order = np.argsort(-np.abs(coo.data), kind="stable")[:5]
+        tops.append({(unit[coo.col[j]], unit[coo.row[j]]) for j in order})
+    assert result["shared"] == len(tops[0] & tops[1])
+    assert result["overlap"] == result["shared"] / min(len(tops[0]), len(tops[1]))
+    same = split_half(lambda sample: global_graph(replacement, stats, start, budget=8), stats)
+    assert same["overlap"] == 1.0  # the same graph twice agrees with itself
 
 
 @pytest.mark.parametrize(
@@ -477,7 +761,7 @@ def test_qk_circuit(replacement, units, stats):
     coo = graph.edges.tocoo()
     for t, s, w in zip(coo.row, coo.col, coo.data, strict=True):
         sources, inputs = stats.mean_input(unit[t])
-        assert w == pytest.approx(float(inputs[unit[s]]), rel=1e-5)
+        assert w == pytest.approx(float(inputs[sources == unit[s]][0]), rel=1e-5)
         assert graph.stage[s] < graph.stage[t]
     assert graph.target_weight.sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one QK group"):

@@ -1,0 +1,303 @@
+"""Statistics files: one job, writing them and reading them back checked.
+
+Two kinds, both safetensors with a JSON header (format version, unit sizes, QK heads per
+block, the gathering settings, the identity of the model, replacement layers and tokenizer,
+and a SHA-256 over the tensors): a finished file (``Statistics``, compact) and the *partial*
+file gathering keeps its dense sums in until it finishes (``circuits.gathering.Sums``). A file
+is untrusted: its header is checked, every tensor's dtype and shape are compared with what the
+header implies before any tensor is read, then the checksum and the values; anything wrong is
+a ValueError saying what, which the callers turn into one line naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from replacement.model import MODES
+from toy_models.files import replace_atomic
+
+from .nodes import lorsa_stage
+from .units import Units
+
+STATS_VERSION = 3  # 3: halves, compact top-k edges, conditioned logits, QK terms
+SPLIT = "heldout"  # statistics describe text the model was not trained on
+QK_SCALARS = ("total", "bias_query", "bias_key", "firings", "query_abs", "key_abs")
+
+
+def write_file(path: Path, tensors: dict[str, Tensor], header: dict) -> None:
+    """``tensors`` and ``header`` (plus the version and the tensors' SHA-256) written
+    atomically (a temp file beside ``path``, then a rename)."""
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    header = {"version": STATS_VERSION, **header, "sha256": tensors_sha256(tensors)}
+    metadata = {"statistics": json.dumps(header)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def units_header(units: Units) -> dict:
+    return {"d_vocab": units.d_vocab, "n_ov": units.n_ov, "d_sae": units.d_sae}
+
+
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------- checking a file
+def read_safetensors(path: Path, layout) -> tuple[dict, dict[str, Tensor]]:
+    """A statistics header and tensors, checked: ``layout(header)`` gives every tensor's
+    (dtype, shape) (None in a shape: any length, the same wherever the name is reused), which
+    are compared with the file before any tensor is read; then the checksum."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+            if "statistics" not in metadata:
+                raise ValueError("no statistics header")
+            header = json.loads(metadata["statistics"])
+            if not isinstance(header, dict):
+                raise ValueError("its header is not a JSON object")
+            expected = layout(header)
+            found = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118
+            _check_layout(expected, found)
+            tensors = {name: f.get_tensor(name) for name in found}
+    except ValueError:
+        raise
+    except Exception as exc:  # safetensors and json raise their own types on damaged files
+        raise ValueError(" ".join(str(exc).split()) or type(exc).__name__) from None
+    if not isinstance(header.get("sha256"), str):
+        raise ValueError("sha256 (of the tensors) is missing")
+    if tensors_sha256(tensors) != header["sha256"]:
+        raise ValueError("its tensors do not match the checksum in its header (damaged)")
+    return header, tensors
+
+
+def _check_layout(expected: dict, found: dict) -> None:
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"its tensors do not match its header (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    free: dict[str, int] = {}
+    for name, (dtype, shape) in expected.items():
+        got = tuple(found[name].get_shape())
+        if len(got) != len(shape):
+            raise ValueError(f"{name} has shape {got}, its header implies {shape}")
+        for axis, (want, have) in enumerate(zip(shape, got, strict=True)):
+            if isinstance(want, str):  # a free length, the same wherever it is named
+                want = free.setdefault(want, have)
+            if want != have:
+                raise ValueError(f"{name} has shape {got}, its header implies {shape} "
+                                 f"(axis {axis})")  # fmt: skip
+        if found[name].get_dtype() != dtype:
+            raise ValueError(f"{name} is stored as {found[name].get_dtype()}, not {dtype}")
+
+
+def _check_int(value, name: str, low: int, high: int | None = None) -> int:
+    if type(value) is not int or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be an integer {bound}, not {value!r}")
+    return value
+
+
+def check_header_meta(header: dict) -> tuple[Units, dict, list[int]]:
+    """The version, unit sizes, QK heads per block and gathering settings of a header."""
+    version = header.get("version")
+    if version != STATS_VERSION:
+        raise ValueError(
+            f"format version {version!r}, expected {STATS_VERSION}: made by an older version; "
+            "remove it to gather again"
+        )
+    units, meta, n_qk = header.get("units"), header.get("meta"), header.get("n_qk")
+    if not isinstance(units, dict) or set(units) != {"d_vocab", "n_ov", "d_sae"}:
+        raise ValueError("units must be an object with d_vocab, n_ov and d_sae")
+    _check_int(units["d_vocab"], "units.d_vocab", 1, 1 << 24)
+    for name in ("n_ov", "d_sae"):
+        sizes = units[name]
+        if not isinstance(sizes, list) or not 0 < len(sizes) <= 1024:
+            raise ValueError(f"units.{name} must be a non-empty list")
+        for size in sizes:
+            _check_int(size, f"units.{name}[]", 1, 1 << 24)
+    if len(units["n_ov"]) != len(units["d_sae"]):
+        raise ValueError("units.n_ov and units.d_sae have different lengths")
+    if not isinstance(n_qk, list) or len(n_qk) != len(units["n_ov"]):
+        raise ValueError("n_qk must list the QK heads of every block")
+    for n, n_ov in zip(n_qk, units["n_ov"], strict=True):
+        _check_int(n, "n_qk[]", 1, n_ov)
+    if not isinstance(meta, dict):
+        raise ValueError("meta must be an object")
+    rows = _check_int(meta.get("rows"), "meta.rows", 1)
+    _check_int(meta.get("rows_done"), "meta.rows_done", 0, rows)
+    _check_int(meta.get("n_ctx"), "meta.n_ctx", 2)
+    _check_int(meta.get("seed"), "meta.seed", -(2**63), 2**63 - 1)
+    _check_int(meta.get("qk_units"), "meta.qk_units", 1, 1 << 16)
+    if meta.get("mode") not in MODES or meta.get("split") != SPLIT:
+        raise ValueError(f"meta.mode must be one of {MODES} and meta.split {SPLIT!r}")
+    seconds = meta.get("seconds", 0.0)
+    if type(seconds) not in (int, float) or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"meta.seconds must be a finite number >= 0, not {seconds!r}")
+    found = meta.get("identity")
+    if not isinstance(found, dict) or set(found) != {"model", "replacement", "tokenizer"}:
+        raise ValueError("meta.identity must be an object with model, replacement, tokenizer")
+    if not all(v is None or isinstance(v, str) for v in found.values()):
+        raise ValueError("meta.identity values must be strings or null")
+    return Units(**units), meta, n_qk
+
+
+def finished_layout(header: dict) -> dict:
+    if header.get("partial") is not None:
+        raise ValueError("a partial file (gathering was interrupted): gather again to finish")
+    units, meta, n_qk = check_header_meta(header)
+    if meta["rows_done"] != meta["rows"]:
+        raise ValueError("meta.rows_done must equal meta.rows in a finished file")
+    _check_int(meta.get("top_k"), "meta.top_k", 1)
+    n_target, n_source = units.total - units.start(1), units.start(units.logit_stage)
+    G, N = sum(n_qk), meta["qk_units"]
+    f32, i32 = "F32", "I32"
+    return {
+        "activity": (f32, (2, units.total)),
+        "count": (f32, (2, units.total)),
+        "edges.indptr": ("I64", (n_target + 1,)),
+        "edges.source": (i32, ("nnz",)),
+        "edges.value": (f32, (2, "nnz")),
+        "edges.into": (f32, (3, 2, n_target)),
+        "edges.out": (f32, (3, 2, n_source)),
+        "qk.query_units": (i32, (G, N)),
+        "qk.key_units": (i32, (G, N)),
+        "qk.pairs": (f32, (2, G, N, N)),
+        "qk.query_marginal": (f32, (2, G, N)),
+        "qk.key_marginal": (f32, (2, G, N)),
+        "qk.scalars": (f32, (3, G, len(QK_SCALARS))),
+    }
+
+
+def read_finished(path: Path):
+    """Every field of a finished statistics file, checked before use (a ``Statistics``); a
+    ValueError says what is wrong."""
+    from .statistics import Statistics
+
+    header, t = read_safetensors(path, finished_layout)
+    units, meta, n_qk = check_header_meta(header)
+    stats = Statistics(
+        units, n_qk, t["activity"], t["count"], t["edges.indptr"], t["edges.source"].long(),
+        t["edges.value"], t["edges.into"], t["edges.out"], t["qk.query_units"].long(),
+        t["qk.key_units"].long(), t["qk.pairs"], t["qk.query_marginal"], t["qk.key_marginal"],
+        t["qk.scalars"], meta,
+    )  # fmt: skip
+    check_values(stats)
+    return stats
+
+
+def check_values(stats) -> None:
+    """Values a finished file must hold: finite; counts of occurrences; edges in CSR order
+    from lower stages only; QK units below their block; token counts that fill every row."""
+    for name, tensor in stats.tensors().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
+    count, units = stats.count, stats.units
+    if (count < 0).any() or (count != count.round()).any():
+        raise ValueError("count holds values that are not occurrence counts")
+    if (stats.activity < 0).any():
+        raise ValueError("activity holds negative values")
+    for half in (0, 1):
+        rows = (stats.meta["rows_done"] + 1 - half) // 2
+        tokens = count[half, : units.d_vocab].double().sum()
+        if tokens != rows * stats.meta["n_ctx"]:
+            raise ValueError(
+                f"its token counts sum to {tokens:.0f} in half {half}, not its {rows} rows x "
+                f"n_ctx = {rows * stats.meta['n_ctx']}"
+            )
+    _check_edges(stats)
+    _check_qk(stats)
+
+
+def _check_edges(stats) -> None:
+    indptr, source, units = stats.edge_indptr, stats.edge_source, stats.units
+    if indptr[0] != 0 or indptr[-1] != len(source) or (indptr.diff() < 0).any():
+        raise ValueError("edges.indptr is not a CSR index of edges.source")
+    n_target = len(indptr) - 1
+    target = torch.repeat_interleave(torch.arange(n_target) + units.start(1), indptr.diff())
+    below = torch.tensor(units.offsets)[torch.tensor(units.stage)[target]]
+    if len(source) and ((source < 0).any() or (source >= below).any()):
+        raise ValueError("edges.source holds units that are not below their target's stage")
+    same_row = target[1:] == target[:-1]
+    if (same_row & (source[1:] <= source[:-1])).any():
+        raise ValueError("edges.source is not sorted and unique within each target")
+
+
+def _check_qk(stats) -> None:
+    units = stats.units
+    below = torch.tensor([units.start(lorsa_stage(l)) for l, n in enumerate(stats.n_qk)
+                          for _ in range(n)])[:, None]  # fmt: skip
+    for name, chosen in (("query", stats.qk_query_units), ("key", stats.qk_key_units)):
+        real = chosen >= 0
+        if (chosen < -1).any() or (chosen >= below).any():
+            raise ValueError(f"qk.{name}_units holds units that are not below their block")
+        if (real[:, 1:] & ~real[:, :-1]).any():
+            raise ValueError(f"qk.{name}_units pads (-1) before its last unit")
+        ordered = torch.sort(chosen, dim=1).values
+        if ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any():
+            raise ValueError(f"qk.{name}_units lists a unit twice")
+    firings = stats.qk_scalars[:, :, 3]
+    if (firings < 0).any() or (firings != firings.round()).any():
+        raise ValueError("qk.scalars holds firing counts that are not counts")
+
+
+# ----------------------------------------------------------------- the partial file
+def save_partial(sums, path: Path) -> None:
+    """The dense sums, atomically (a temp file, then a rename)."""
+    tensors = {f"edges.{s + 1}": b.contiguous() for s, b in enumerate(sums.edges)}
+    tensors |= {"activity": sums.activity, "count": sums.count, "qk.scalars": sums.qk_scalars}
+    for l, (q, k) in enumerate(zip(sums.qk_query, sums.qk_key, strict=True)):
+        tensors |= {f"qk.query.{l}": q.contiguous(), f"qk.key.{l}": k.contiguous()}
+    header = {"partial": True, "units": units_header(sums.units), "n_qk": sums.n_qk,
+              "meta": sums.meta}  # fmt: skip
+    write_file(path, tensors, header)
+
+
+def load_partial(path: Path):
+    """Read and check a partial file: every field, before use; a ValueError names ``path``."""
+    from .gathering import Sums
+
+    try:
+        header, tensors = read_safetensors(path, partial_layout)
+        units = Units(**header["units"])
+        L = units.n_layers
+        sums = Sums(
+            units, header["n_qk"], [tensors[f"edges.{s}"] for s in range(1, 2 * L + 2)],
+            tensors["activity"], tensors["count"],
+            [tensors[f"qk.query.{l}"] for l in range(L)],
+            [tensors[f"qk.key.{l}"] for l in range(L)], tensors["qk.scalars"], header["meta"],
+        )  # fmt: skip
+        for name, t in tensors.items():
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} holds NaN or infinite values")
+        if (sums.count < 0).any() or (sums.count != sums.count.round()).any():
+            raise ValueError("count holds values that are not occurrence counts")
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a readable partial statistics file ({exc})") from None
+    return sums
+
+
+def partial_layout(header: dict) -> dict[str, tuple]:
+    if header.get("partial") is not True:
+        raise ValueError("not a partial file")
+    units, _, n_qk = check_header_meta(header)
+    sizes, L = units.sizes, units.n_layers
+    layout = {f"edges.{s}": (2, units.start(s), sizes[s]) for s in range(1, 2 * L + 2)}
+    layout |= {"activity": (2, units.total), "count": (2, units.total),
+               "qk.scalars": (2, sum(n_qk), 4)}  # fmt: skip
+    for l in range(L):
+        shape = (2, n_qk[l], units.start(lorsa_stage(l)))
+        layout |= {f"qk.query.{l}": shape, f"qk.key.{l}": shape}
+    return {name: ("F32", shape) for name, shape in layout.items()}

@@ -26,16 +26,21 @@ Files, one directory::
 
 Each chunk is written atomically, then recorded in the manifest (atomically): a build killed at
 any point continues with the next unrecorded chunk when rerun with the same arguments, and its
-result is the same bytes as an uninterrupted build (rows are drawn from a seeded stream and the
-model runs on the same batches). A reader checks the manifest field by field, the model's
-identity against the model it is given, and every chunk's names, shapes, dtypes, index and the
-SHA-256 of each tensor it reads; a missing, truncated, swapped or edited chunk is refused with
-its file named. Nothing is unpickled.
+result is the same manifest and tensors as an uninterrupted build (rows are drawn from a seeded
+stream and the model runs on the same batches; only the order of the two metadata entries in a
+chunk's header may differ, which safetensors does not fix).
+
+A reader checks the manifest field by field, the model's identity against the model it is
+given, and every chunk's names, shapes, dtypes, index and the SHA-256 of each tensor it reads; a
+missing, truncated, swapped or edited chunk is refused with its file named. Nothing is
+unpickled.
 
 Rows are those of ``toy_models.data.stream_rows(tokenizer, n_ctx, "train", seed)`` in order, so
 training from a cache built with seed s sees exactly the rows that streaming with stream seed s
 sees; with float32 storage and ``forward_batch`` equal to the training batch the activations are
-the same bits (a different forward batch can change the last bits of a batched matmul).
+the same bits as a streaming run over all layers (a different forward batch can change the last
+bits of a batched matmul; so does streaming only some layers, since the toy model computes an
+unhooked layer on a fused path).
 """
 
 from __future__ import annotations
@@ -235,6 +240,7 @@ def build_cache(
     else:
         _write_manifest(out, plan, chunks)
     cache_id, storage = plan.cache_id(), getattr(torch, dtype)
+    every = list(range(model.cfg.n_layers))
     stream = stream_rows(tokenizer, plan.n_ctx, split, seed)
     for _ in range(len(chunks) * chunk_rows):  # rows of recorded chunks: tokenized, not run
         next(stream)
@@ -246,12 +252,15 @@ def build_cache(
                 return plan
             n = plan.chunk_size(index)
             tokens = torch.tensor([next(stream)[1] for _ in range(n)])
-            parts = [layer_activations(model, t, layers) for t in tokens.split(forward_batch)]
+            # every layer hooked, whatever is stored: the toy model computes an unhooked layer
+            # on a fused path whose last bits differ, and a layer's stored activations must
+            # not depend on which others are stored (streaming training hooks them all)
+            parts = [layer_activations(model, t, every) for t in tokens.split(forward_batch)]
             tensors = {"tokens": tokens.to(torch.int32)}
             for k, kind in enumerate(KINDS):
                 acts = torch.cat([p[k] for p in parts], dim=1).to(storage)  # (layer, rows, ...)
-                for i, l in enumerate(layers):
-                    tensors[f"{kind}.{l}"] = acts[i].contiguous()
+                for l in layers:
+                    tensors[f"{kind}.{l}"] = acts[l].contiguous()
             meta = {"cache_id": cache_id, "chunk": str(index)}
             data = save(tensors, metadata=meta)
             replace_atomic(out / CHUNK_FILE.format(index), lambda tmp, d=data: tmp.write_bytes(d))

@@ -1,0 +1,301 @@
+"""Activation caches (replacement.activation_cache, python -m replacement.cache) and training
+from them (replacement.train --activations, --layers, --base)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from replacement.activation_cache import (
+    CHUNK_FILE,
+    MANIFEST_FILE,
+    ActivationCache,
+    CachedActivationStore,
+    build_cache,
+)
+from replacement.activations import ActivationStore
+from replacement.train import CONFIGS
+from toy_models.cli import UserError
+
+ROOT = Path(__file__).parent.parent
+TINY = CONFIGS["tiny"]
+# rows a tiny run reads: scales, the shuffle buffer, then one batch a step
+TINY_ROWS = TINY.batch_size * (TINY.norm_batches + 8 + TINY.steps)
+CHUNK, BATCH = 32, TINY.batch_size  # forward batch = training batch: the same bits
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_run, tmp_path_factory):
+    from toy_models.zoo import load_pretrained
+
+    model, tokenizer = load_pretrained(str(tiny_run))
+    out = tmp_path_factory.mktemp("acts") / "acts"
+    build_cache(model, tokenizer, out, TINY_ROWS, chunk_rows=CHUNK, forward_batch=BATCH, quiet=True)
+    return out
+
+
+def _states_equal(a, b) -> bool:
+    a, b = a.state_dict(), b.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cached_store_yields_the_streamed_batches(tiny_pretrained, tiny_cache):
+    """Same rows, same forward batches, float32: the cached store's batches (Lorsa rows and
+    shuffled transcoder tokens) are the streamed store's, bit for bit."""
+    model, tokenizer = tiny_pretrained
+    cache = ActivationCache(tiny_cache, model)
+    assert cache.plan.rows == TINY_ROWS and len(cache.chunks) == -(-TINY_ROWS // CHUNK)
+    streamed = ActivationStore(model, tokenizer, BATCH, "train", seed=0)  # every layer
+    cached = CachedActivationStore(cache, [1], BATCH, seed=0)
+    for _ in range(3):
+        a, b = next(streamed), next(cached)
+        for name in ("lorsa_x", "lorsa_y", "tc_x", "tc_y"):
+            assert torch.equal(getattr(a, name)[1:], getattr(b, name)), name
+    # stored tokens are the stream's rows; reading past the end wraps around to row 0
+    from toy_models.data import stream_rows
+
+    rows = stream_rows(tokenizer, model.cfg.n_ctx, "train", 0)
+    first = torch.tensor([next(rows)[1] for _ in range(CHUNK + 3)])
+    assert torch.equal(cache.tokens(0, CHUNK + 3), first)
+    wrapped = cache.rows([0], TINY_ROWS - 2, 4)
+    torch.testing.assert_close(wrapped[0][:, 2:], cache.rows([0], 0, 2)[0], rtol=0, atol=0)
+
+
+def test_training_from_the_cache_equals_training_from_the_stream(tiny_run, tiny_cache, tmp_path):
+    """A fresh run from a cache built with the training stream's seed (0) sees the same rows
+    in the same forward batches (float32), so the trained dictionaries are bit-identical."""
+    from replacement.train import train_replacement
+
+    def run(out, **kw):
+        return train_replacement(str(tiny_run), tmp_path / out, config="tiny", quiet=True, **kw)[1:]
+
+    streamed, _ = run("stream")
+    cached, meta = run("cache", activations=tiny_cache)
+    assert _states_equal(streamed, cached)
+    assert meta["activations"]["rows"] == TINY_ROWS and meta["activations"]["epochs_read"] <= 1
+    # --layers 1 trains layer 1 alone: exactly the layer-1 dictionaries of the full run (each
+    # layer's loss, initialisation and Adam state are its own)
+    only_1, meta_1 = run("layer1", activations=tiny_cache, layers=[1])
+    assert only_1.layers == [1] and len(only_1.lorsas) == len(only_1.transcoders) == 1
+    assert meta_1["layers"] == [1]
+    for part in ("lorsas", "transcoders"):
+        one, full = getattr(only_1, part)[0].state_dict(), getattr(cached, part)[1].state_dict()
+        for k in full:
+            torch.testing.assert_close(one[k], full[k], rtol=1e-6, atol=1e-7)
+    # a cache of another seed is other rows: the run differs
+    with pytest.raises(UserError, match="already holds a training run"):
+        run("cache", activations=tiny_cache)
+
+
+def test_cli_trains_only_the_given_layers_and_copies_the_rest_from_base(
+    tiny_run, tiny_cache, tmp_path, cli
+):
+    from replacement import train
+    from replacement.model import ReplacementModel
+    from toy_models.zoo import load_pretrained
+
+    model, _ = load_pretrained(str(tiny_run))
+    base = tmp_path / "base"
+    common = ["--model", tiny_run, "--config", "tiny", "--steps", "10"]
+    assert cli(train.main, *common, "--activations", tiny_cache, "--out", base)[0] == 0
+    out = tmp_path / "layer0"
+    code, stdout, err = cli(
+        train.main, *common, "--activations", tiny_cache, "--layers", "0", "--base", base,
+        "--out", out, "--steps", "20",
+    )  # fmt: skip
+    assert code == 0, err
+    got, want = ReplacementModel.load(out, model), ReplacementModel.load(base, model)
+    assert _states_equal(got.transcoders[1], want.transcoders[1])
+    assert _states_equal(got.lorsas[1], want.lorsas[1])
+    assert not _states_equal(got.lorsas[0], want.lorsas[0])
+    meta = json.loads((out / "replacement.json").read_text())["meta"]
+    assert meta["trained_layers"] == [0] and meta["base"] == str(base)
+    assert (
+        meta["activations"]["cache_id"]
+        == json.loads((tiny_cache / MANIFEST_FILE).read_text())["cache_id"]
+    )
+    # a layer the cache does not hold, and a layer the model does not have
+    code, _, err = cli(
+        train.main, *common, "--activations", tiny_cache, "--layers", "5", "--base", base,
+        "--out", tmp_path / "bad",
+    )  # fmt: skip
+    assert code == 2 and "out of range" in err
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_damaged_caches_are_refused_naming_the_file(tiny_pretrained, tiny_cache, tmp_path):
+    model, _ = tiny_pretrained
+
+    def read_all(directory):
+        cache = ActivationCache(directory, model)
+        for i in range(cache.plan.n_chunks):
+            cache.chunk(i, cache.plan.layers)
+
+    read_all(tiny_cache)  # the intact one reads
+    chunk1 = CHUNK_FILE.format(1)
+
+    missing = _copy(tiny_cache, tmp_path / "missing")
+    (missing / chunk1).unlink()
+    with pytest.raises(FileNotFoundError, match=f"chunk missing: .*missing/{chunk1}"):
+        read_all(missing)
+
+    truncated = _copy(tiny_cache, tmp_path / "truncated")
+    data = (truncated / chunk1).read_bytes()
+    (truncated / chunk1).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"truncated/{chunk1}: unreadable chunk"):
+        read_all(truncated)
+
+    swapped = _copy(tiny_cache, tmp_path / "swapped")
+    a, b = swapped / CHUNK_FILE.format(0), swapped / chunk1
+    a.rename(tmp_path / "t")
+    b.rename(a)
+    (tmp_path / "t").rename(b)
+    with pytest.raises(ValueError, match=f"swapped/{CHUNK_FILE.format(0)}: is chunk '1'"):
+        read_all(swapped)
+
+    edited = _copy(tiny_cache, tmp_path / "edited")  # same header, one value changed
+    data = bytearray((edited / chunk1).read_bytes())
+    data[-5] ^= 0xFF
+    (edited / chunk1).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"edited/{chunk1}: .* differs from the manifest"):
+        read_all(edited)
+
+    for name, change, match in (
+        ("bad-field", lambda m: m["plan"].update(rows=-3), "plan.rows must be an integer"),
+        ("bad-dtype", lambda m: m["plan"].update(dtype="int8"), "plan.dtype must be one of"),
+        ("bad-record", lambda m: m["chunks"][0].update(file="../x"), "chunk record 0 is invalid"),
+        ("incomplete", lambda m: m["chunks"].pop(), "incomplete"),
+        ("another-model", lambda m: m["plan"].update(model_sha256="0" * 64), "another model"),
+    ):
+        bad = _copy(tiny_cache, tmp_path / name)
+        manifest = json.loads((bad / MANIFEST_FILE).read_text())
+        change(manifest)
+        (bad / MANIFEST_FILE).write_text(json.dumps(manifest))
+        with pytest.raises((ValueError, UserError), match=match):
+            read_all(bad)
+
+    # the identity is the model's: one changed weight makes another model
+    other = type(model)(model.cfg)
+    other.load_state_dict(model.state_dict())
+    other.tokenizer_sha256 = model.tokenizer_sha256
+    with torch.no_grad():
+        other.blocks[0].attn.W_Q[0, 0, 0] += 1e-3
+    with pytest.raises(UserError, match="built from another model"):
+        ActivationCache(tiny_cache, other)
+
+
+KILL_WHILE_WRITING_A_CHUNK = """
+import os, signal, sys
+from pathlib import Path
+import toy_models.files as files
+from replacement.activation_cache import build_cache
+from toy_models.zoo import load_pretrained
+
+real, calls = files.replace_atomic, []
+
+def replace_atomic(path, write):  # kill -9 half-way through the third chunk's temp file
+    calls.append(path)
+    if len(calls) == 3:
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_bytes(b"half a chunk")
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, write)
+
+files.replace_atomic = replace_atomic
+model, tokenizer = load_pretrained(sys.argv[1])
+build_cache(model, tokenizer, Path(sys.argv[2]), int(sys.argv[3]), chunk_rows=32,
+            forward_batch=4, quiet=True)
+"""
+
+
+def test_a_killed_cache_build_resumes_to_the_same_bytes(tiny_run, tiny_cache, tmp_path):
+    from toy_models.zoo import load_pretrained
+
+    out = tmp_path / "killed"
+    script = [sys.executable, "-c", KILL_WHILE_WRITING_A_CHUNK, str(tiny_run), str(out)]
+    result = subprocess.run([*script, str(TINY_ROWS)], cwd=ROOT)
+    assert result.returncode == -9
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert len(manifest["chunks"]) == 2 and (out / (CHUNK_FILE.format(2) + ".tmp")).exists()
+    model, tokenizer = load_pretrained(str(tiny_run))
+    with pytest.raises(UserError, match="incomplete"):
+        ActivationCache(out, model)
+    # another plan in the same directory is refused, naming the difference
+    with pytest.raises(UserError, match="another activation cache .*rows"):
+        build_cache(model, tokenizer, out, 64, chunk_rows=32, forward_batch=4, quiet=True)
+    build_cache(model, tokenizer, out, TINY_ROWS, chunk_rows=32, forward_batch=4, quiet=True)
+    (out / (CHUNK_FILE.format(2) + ".tmp")).unlink(missing_ok=True)
+    names = sorted(os.listdir(tiny_cache))
+    assert sorted(os.listdir(out)) == names
+    # the same manifest (which holds every tensor's SHA-256) and the same chunks; safetensors
+    # writes a header's metadata entries in no fixed order, so chunk bytes are compared by
+    # content
+    from safetensors import safe_open
+
+    assert (out / MANIFEST_FILE).read_bytes() == (tiny_cache / MANIFEST_FILE).read_bytes()
+    for name in names:
+        if name != MANIFEST_FILE:
+            with (
+                safe_open(str(out / name), "pt") as a,
+                safe_open(str(tiny_cache / name), "pt") as b,
+            ):
+                assert a.metadata() == b.metadata() and set(a.keys()) == set(b.keys())
+                assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())  # noqa: SIM118
+    ActivationCache(out, model).chunk(2, [0, 1])  # and it reads, checked
+
+
+def test_cache_cli_builds_and_resumes(tiny_run, tmp_path, cli):
+    from replacement import cache
+
+    out = tmp_path / "acts"
+    argv = ["--model", tiny_run, "--rows", "20", "--layers", "1", "--chunk-rows", "8",
+            "--batch", "4", "--out", out]  # fmt: skip
+    code, stdout, err = cli(cache.main, *argv)
+    assert code == 0, err
+    assert "cached 20 rows of layers [1] (3 chunks" in stdout
+    code, stdout, _ = cli(cache.main, *argv)  # a complete cache: nothing to do, same result
+    assert code == 0 and "cached 20 rows" in stdout
+    code, _, err = cli(cache.main, *argv[:-1], tmp_path / "x", "--dtype", "float16")
+    assert code == 0
+    assert json.loads((tmp_path / "x" / MANIFEST_FILE).read_text())["plan"]["dtype"] == "float16"
+
+
+def test_cache_and_train_arguments_are_checked_before_torch(tmp_path, fresh_cli):
+    out, a_file = str(tmp_path / "never"), tmp_path / "a-file"
+    a_file.write_text("")
+    cases = [
+        ("replacement.cache", ["--help"], 0, "Rerun to resume"),
+        ("replacement.cache", ["--rows", "0", "--out", out], 2, "--rows must be positive"),
+        ("replacement.cache", ["--rows", "8", "--batch", "3", "--out", out], 2, "divide"),
+        ("replacement.cache", ["--rows", "8", "--layers", "x", "--out", out], 2, "--layers"),
+        ("replacement.cache", ["--rows", "8", "--model", "gpt5", "--out", out], 2, "unknown"),
+        ("replacement.cache", ["--rows", "8", "--out", str(a_file)], 2, "not a directory"),
+        ("replacement.train", ["--help"], 0, "--activations"),
+        ("replacement.train", ["--layers", "1", "--out", out], 2, "needs --activations"),
+        ("replacement.train", ["--activations", out, "--out", out], 2, "not an activation"),
+        ("replacement.train", ["--base", str(tmp_path), "--out", out], 2, "with --layers all"),
+        (
+            "replacement.train",
+            ["--layers", "0,2", "--activations", str(tmp_path), "--base", out, "--out", out],
+            2,
+            "not an activation cache",
+        ),
+    ]
+    for module, args, want, text in cases:
+        code, heavy, err = fresh_cli(module, args, cwd=ROOT)
+        assert code == want and not heavy, (module, args, code, heavy, err)
+        assert "Traceback" not in err
+        if want:
+            assert err.strip().splitlines()[-1].startswith("error: ") and text in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

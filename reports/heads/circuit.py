@@ -13,7 +13,8 @@ def induction_circuit(replacement, tokenizer, results: dict, model: str, out: Pa
     with Graphviz as ``out/induction_circuit.{svg,png,html}``; returns the files written.
     ``model`` names the toy model for the corpus statistics (gathered on the first run: a few
     minutes, once)."""
-    from circuits.global_weights import qk_circuit, statistics_for
+    from circuits.gathering import statistics_for
+    from circuits.global_weights import qk_circuit
     from reports.graphviz import dot_available, render, to_dot
     from reports.html import write_html
 

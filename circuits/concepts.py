@@ -29,8 +29,11 @@ from toy_models.data import FAMILIES, ORDERED_LISTS, Example, examples
 
 _SEPARATORS = {
     "addition": {"+": "addition: '+'", "=": "addition: '='", "\n": "addition: line break"},
-    "successor": {",": "successor: comma", ".": "successor: full stop",
-                  "\n": "successor: line break"},
+    "successor": {
+        ",": "successor: comma",
+        ".": "successor: full stop",
+        "\n": "successor: line break",
+    },
     "repeat": {"|": "repeat: '|' between the copies", "\n": "repeat: line break"},
 }
 MAX_PLACE = 4  # answer digits of 3-digit operands: places 0..3

@@ -17,7 +17,7 @@ from pathlib import Path
 from toy_models.cli import UserError, run_cli
 
 MODES = ("local", "sparse")  # = replacement.model.MODES (not imported: start-up)
-DEFAULT_ROWS = 256  # = circuits.dashboards.DEFAULT_ROWS
+DEFAULT_ROWS = 192  # = circuits.dashboards.DEFAULT_ROWS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -60,7 +60,7 @@ from .statistics import identity
 VERSION = 1
 HEADER_KEY = "dashboards"
 TOP_K = 8
-SAMPLES = 12
+SAMPLES = 8
 QUANTILE_GROUPS = 4
 WINDOW_BEFORE, WINDOW_AFTER = 10, 3
 WINDOW = WINDOW_BEFORE + 1 + WINDOW_AFTER
@@ -68,7 +68,7 @@ N_KEYS = 3
 N_LOGITS = 8
 HIST_EDGES = [0.0] + [2.0 ** (k / 4) for k in range(-28, 33)]  # 0, 0.0078 .. 256
 N_BINS = len(HIST_EDGES) - 1
-DEFAULT_ROWS = 256  # about a minute on two CPU cores for the default model
+DEFAULT_ROWS = 192  # about a minute on two CPU cores for the default model
 BATCH_ROWS = 32
 CHECKPOINT_SECONDS = 30.0
 MIN_FIRES = 10  # "fired enough" for coverage: a full top-k and a usable F1
@@ -115,7 +115,9 @@ class Layout:
         for k, l, width, start in self.blocks():
             if k == kind and l == layer:
                 if not 0 <= index < width:
-                    raise ValueError(f"{kind.label} {layer}:{index} is out of range (0..{width - 1})")
+                    raise ValueError(
+                        f"{kind.label} {layer}:{index} is out of range (0..{width - 1})"
+                    )
                 return start + index
         raise ValueError(f"no {kind.label} layer {layer}")
 
@@ -143,7 +145,7 @@ def tensor_layout(layout: Layout) -> dict[str, tuple[str, tuple[int, ...]]]:
         "tokens": ("I64", (1,)),
         "fires": ("I64", (U,)),
         "act_sum": ("F64", (U,)),
-        "hist": ("I64", (U, N_BINS)),
+        "hist": ("I32", (U, N_BINS)),
         "concept_count": ("I64", (C,)),
         "concept_both": ("I32", (U, C)),
         "logit_token": ("I32", (U, 2, N_LOGITS)),
@@ -153,16 +155,21 @@ def tensor_layout(layout: Layout) -> dict[str, tuple[str, tuple[int, ...]]]:
         out |= {
             f"{name}.value": ("F32", (U, k)),
             f"{name}.index": ("I64", (U, k)),
-            f"{name}.window": ("I32", (U, k, WINDOW)),
-            f"{name}.key_pos": ("I32", (H, k, N_KEYS)),
-            f"{name}.key_token": ("I32", (H, k, N_KEYS, 2)),
+            f"{name}.window": ("I16", (U, k, WINDOW)),
+            f"{name}.key_pos": ("I16", (H, k, N_KEYS)),
+            f"{name}.key_token": ("I16", (H, k, N_KEYS, 2)),
             f"{name}.key_value": ("F32", (H, k, N_KEYS)),
         }
-    out["sample.hash"] = ("F64", (U, SAMPLES))
     return out
 
 
-_TORCH = {"I64": torch.int64, "I32": torch.int32, "F32": torch.float32, "F64": torch.float64}
+_TORCH = {
+    "I16": torch.int16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
 
 
 def empty_state(layout: Layout) -> dict[str, Tensor]:
@@ -278,7 +285,9 @@ class Dashboards:
         samples.sort(key=lambda j: (float(s["sample.value"][u, j]), int(s["sample.index"][u, j])))
         picked = []
         for g in range(QUANTILE_GROUPS):
-            part = samples[g * len(samples) // QUANTILE_GROUPS : (g + 1) * len(samples) // QUANTILE_GROUPS]
+            part = samples[
+                g * len(samples) // QUANTILE_GROUPS : (g + 1) * len(samples) // QUANTILE_GROUPS
+            ]
             name = f"q {g / QUANTILE_GROUPS:.2f}-{(g + 1) / QUANTILE_GROUPS:.2f}"
             picked += [(name, j) for j in part]
         for group, j in top + picked:
@@ -394,7 +403,9 @@ class Pass:
             s["fires"] += torch.bincount(unit, minlength=self.layout.total)
             s["act_sum"].index_add_(0, unit, value.double())
             bucket = (torch.searchsorted(self.edges, value, right=True) - 1).clamp(0, N_BINS - 1)
-            s["hist"].view(-1).index_add_(0, unit * N_BINS + bucket, torch.ones_like(unit))
+            s["hist"].view(-1).index_add_(
+                0, unit * N_BINS + bucket, torch.ones_like(unit, dtype=torch.int32)
+            )
             fired = (acts > 0).float().reshape(B * P, width)
             s["concept_both"][start : start + width] += (fired.T @ Cflat).round().int()
             lorsa = None
@@ -404,7 +415,9 @@ class Pass:
                          self.replacement.lorsas[l].values(x),
                          self.replacement.lorsas[l].cfg.group_size)  # fmt: skip
             new = (b, p, i, unit, value, gidx_base[b, p])
-            self._merge("top", TOP_K, -value.double(), new, window_tokens, tokens, lorsa, start, width)
+            self._merge(
+                "top", TOP_K, -value.double(), new, window_tokens, tokens, lorsa, start, width
+            )
             h = _hash(self.meta["seed"], unit, gidx_base[b, p])
             self._merge("sample", SAMPLES, h, new, window_tokens, tokens, lorsa, start, width)
         self.meta["rows_done"] += B
@@ -416,16 +429,14 @@ class Pass:
         ou, oj = (old_index >= 0).nonzero(as_tuple=True)
         if name == "top":
             old_primary = -s["top.value"][start : start + width][ou, oj].double()
-        else:
-            old_primary = s["sample.hash"][start : start + width][ou, oj]
+        else:  # the hash is a function of (seed, unit, token): recomputed, not stored
+            old_primary = _hash(self.meta["seed"], ou + start, old_index[ou, oj])
         cand_unit = torch.cat([ou, i])
         n_old = len(ou)
         kept, slot = keep_per_unit(
             cand_unit, torch.cat([old_primary, primary]), torch.cat([old_index[ou, oj], gidx]), k
         )
         fields = [f"{name}.value", f"{name}.index", f"{name}.window"]
-        if name == "sample":
-            fields.append("sample.hash")
         keys = lorsa is not None
         heads = self.slot[start : start + width] if keys else None
         key_fields = [f"{name}.key_pos", f"{name}.key_token", f"{name}.key_value"]
@@ -453,9 +464,7 @@ class Pass:
         block[f"{name}.value"][ni, sn] = value[kn]
         block[f"{name}.index"][ni, sn] = gidx[kn]
         offsets = np_[:, None] + torch.arange(WINDOW)[None, :]
-        block[f"{name}.window"][ni, sn] = window_tokens[nb[:, None], offsets].int()
-        if name == "sample":
-            block["sample.hash"][ni, sn] = primary[kn]
+        block[f"{name}.window"][ni, sn] = window_tokens[nb[:, None], offsets].short()
         if keys:
             pattern, values, group = lorsa
             contrib = pattern[nb, ni // group, np_, :] * values[nb, :, ni]  # (E, key)
@@ -465,14 +474,14 @@ class Pass:
             kval = contrib.gather(1, kpos)
             real = kpos <= np_[:, None]
             hs = heads[ni]
-            s[f"{name}.key_pos"][hs, sn, :n_keys] = kpos.masked_fill(~real, -1).int()
+            s[f"{name}.key_pos"][hs, sn, :n_keys] = kpos.masked_fill(~real, -1).short()
             s[f"{name}.key_value"][hs, sn, :n_keys] = kval.masked_fill(~real, 0).float()
             prev = (kpos - 1).clamp_min(0)
             key_tok = torch.stack(
                 [tokens[nb[:, None], kpos], tokens[nb[:, None], prev].masked_fill(kpos == 0, -1)],
                 -1,
             ).masked_fill(~real[..., None], -1)
-            s[f"{name}.key_token"][hs, sn, :n_keys] = key_tok.int()
+            s[f"{name}.key_token"][hs, sn, :n_keys] = key_tok.short()
 
 
 def logit_effects(replacement: ReplacementModel, layout: Layout, state: dict) -> None:
@@ -512,14 +521,21 @@ def build(
     settings = {"rows": rows, "n_ctx": n_ctx, "seed": seed, "mode": mode, "batch_rows": batch_rows}
     ident = identity(replacement, tokenizer)
     layout = Layout.of(replacement)
+    if replacement.cfg.d_vocab > 32767:  # windows hold token ids as int16
+        raise ValueError(f"a vocabulary of {replacement.cfg.d_vocab} tokens is over 32767")
+    if rows * n_ctx >= 2**31:
+        raise ValueError("rows x n_ctx must stay below 2**31 (token indices, counts)")
     if path.exists():
         dash = read_file(path, replacement, tokenizer)
         found = {k: dash.meta.get(k) for k in settings}
         if found != settings:
             raise ValueError(f"{path}: made with {found}, not {settings}; remove it or pick --out")
     else:
-        dash = Dashboards(layout, empty_state(layout), {**settings, "rows_done": 0,
-                                                         "seconds": 0.0, "identity": ident})
+        dash = Dashboards(
+            layout,
+            empty_state(layout),
+            {**settings, "rows_done": 0, "seconds": 0.0, "identity": ident},
+        )
     if dash.finished:
         return dash
     run = Pass(replacement, layout, dash.state, dash.meta)
@@ -534,7 +550,10 @@ def build(
                 z = min(a + batch_rows, rows)
                 run.add(corpus_rows(tokenizer, n_ctx, seed, a, z))
                 bar.update(z - a)
-                if time.perf_counter() - last > CHECKPOINT_SECONDS and dash.meta["rows_done"] < rows:
+                if (
+                    time.perf_counter() - last > CHECKPOINT_SECONDS
+                    and dash.meta["rows_done"] < rows
+                ):
                     dash.meta["seconds"] = seconds0 + time.perf_counter() - t0
                     write_file(path, dash)
                     last = time.perf_counter()
@@ -563,8 +582,14 @@ def write_file(path: Path, dash: Dashboards) -> None:
         "version": VERSION,
         "units": {"n_ov": list(dash.layout.n_ov), "d_sae": list(dash.layout.d_sae)},
         "concepts": list(CONCEPTS),
-        "shape": {"top_k": TOP_K, "samples": SAMPLES, "window": WINDOW, "keys": N_KEYS,
-                  "logits": N_LOGITS, "bins": N_BINS},  # fmt: skip
+        "shape": {
+            "top_k": TOP_K,
+            "samples": SAMPLES,
+            "window": WINDOW,
+            "keys": N_KEYS,
+            "logits": N_LOGITS,
+            "bins": N_BINS,
+        },  # fmt: skip
         "meta": dash.meta,
         "sha256": _sha256(tensors),
     }
@@ -621,7 +646,9 @@ def _check_header(header) -> tuple[Layout, dict]:
     return Layout(tuple(units["n_ov"]), tuple(units["d_sae"])), meta
 
 
-def read_file(path: Path, replacement: ReplacementModel | None = None, tokenizer=None) -> Dashboards:
+def read_file(
+    path: Path, replacement: ReplacementModel | None = None, tokenizer=None
+) -> Dashboards:
     """A dashboards file, checked (module docstring); with ``replacement`` (and
     ``tokenizer``), refused unless it was built from them. A ValueError names the file."""
     try:
@@ -678,7 +705,7 @@ def _check_values(dash: Dashboards) -> None:
         raise ValueError("tokens is not a count of the rows done")
     if (s["fires"] < 0).any() or (s["fires"] > tokens).any():
         raise ValueError("fires holds values that are not counts of tokens")
-    if (s["hist"] < 0).any() or (s["hist"].sum(1) != s["fires"]).any():
+    if (s["hist"] < 0).any() or (s["hist"].long().sum(1) != s["fires"]).any():
         raise ValueError("hist does not count every firing once")
     if (s["concept_count"] < 0).any() or (s["concept_count"] > tokens).any():
         raise ValueError("concept_count holds values that are not counts of tokens")
@@ -720,4 +747,3 @@ def summary(dash: Dashboards, path: Path | None = None) -> dict:
     if path is not None and path.exists():
         out["bytes"] = path.stat().st_size
     return out
-

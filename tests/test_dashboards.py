@@ -1,0 +1,217 @@
+"""Unit dashboards and concept labels (circuits.dashboards, circuits.concepts) against brute
+force on a tiny trained model with random replacement layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits import dashboards as D
+from circuits.concepts import CONCEPTS, best_f1, corpus_rows
+from circuits.nodes import Kind
+from replacement.model import hook_name
+from toy_models.data import pad_rows
+
+ROWS, BATCH = 11, 4  # batches that do not divide the rows
+
+
+@pytest.fixture
+def setup(tiny_pretrained, make_replacement, tmp_path):
+    model, tokenizer = tiny_pretrained
+    replacement = make_replacement(model, n_qk=2, n_ov=8, lorsa_k=3, d_sae=16, tc_k=4)
+    return replacement, tokenizer, tmp_path
+
+
+def _build(replacement, tokenizer, path, **kw):
+    kw = {"rows": ROWS, "batch_rows": BATCH, "seed": 3, "progress": False, **kw}
+    return D.build(replacement, tokenizer, path, **kw)
+
+
+def _brute(replacement, tokenizer, n_ctx):
+    """Every firing (unit, value, token index), the concept matrix and the row tokens."""
+    rows = corpus_rows(tokenizer, n_ctx, 3, 0, ROWS)
+    layout = D.Layout.of(replacement)
+    firings, acts_all = [], []
+    for r, row in enumerate(rows):
+        tokens = torch.tensor([row.ids])
+        _, cache = replacement.run_with_cache(tokens, mode="local")
+        per_unit = []
+        for kind, l, _, start in layout.blocks():
+            site = "lorsa.hook_z" if kind == Kind.LORSA else "transcoder.hook_acts"
+            acts = cache[hook_name(l, site)][0]  # pos width
+            per_unit.append(acts)
+            for p, i in acts.nonzero().tolist():
+                firings.append((start + i, float(acts[p, i]), r * n_ctx + p))
+        acts_all.append(torch.cat(per_unit, 1))
+    concepts = torch.zeros(sum(len(r.ids) for r in rows), len(CONCEPTS))
+    t = 0
+    for row in rows:
+        for cs in row.concepts:
+            concepts[t, list(cs)] = 1
+            t += 1
+    return rows, firings, torch.cat(acts_all), concepts
+
+
+def test_top_k_samples_and_counts_equal_brute_force(setup):
+    replacement, tokenizer, tmp = setup
+    n_ctx = replacement.cfg.n_ctx
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, tmp / "d.safetensors")
+        rows, firings, acts, _ = _brute(replacement, tokenizer, n_ctx)
+    s = dash.state
+    assert dash.n_tokens == acts.shape[0]
+    assert torch.equal(s["fires"], (acts > 0).sum(0))
+    checked = 0
+    for u in range(dash.layout.total):
+        mine = [f for f in firings if f[0] == u]
+        top = sorted(mine, key=lambda f: (-f[1], f[2]))[: D.TOP_K]
+        got = [(int(i), float(v)) for i, v in zip(s["top.index"][u], s["top.value"][u], strict=True)
+               if i >= 0]  # fmt: skip
+        assert [g[0] for g in got] == [f[2] for f in top], u
+        assert [g[1] for g in got] == pytest.approx([f[1] for f in top], rel=1e-5)
+        h = D._hash(
+            3, torch.full((len(mine),), u), torch.tensor([f[2] for f in mine], dtype=torch.long)
+        )
+        sample = sorted(zip(h.tolist(), [f[2] for f in mine], strict=True))[: D.SAMPLES]
+        assert sorted(int(i) for i in s["sample.index"][u] if i >= 0) == sorted(
+            i for _, i in sample
+        )
+        for j, (_, _, index) in enumerate(top):  # the window around the activating token
+            r, p = divmod(index, n_ctx)
+            ids = rows[r].ids
+            want = [ids[q] if 0 <= q < len(ids) else -1
+                    for q in range(p - D.WINDOW_BEFORE, p + D.WINDOW_AFTER + 1)]  # fmt: skip
+            assert s["top.window"][u, j].tolist() == want
+        checked += len(top)
+    assert checked > 50
+
+
+def test_z_pattern_keys_are_the_largest_contributions(setup):
+    replacement, tokenizer, tmp = setup
+    n_ctx = replacement.cfg.n_ctx
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, tmp / "d.safetensors")
+        rows = corpus_rows(tokenizer, n_ctx, 3, 0, ROWS)
+        layout, slot, seen = dash.layout, dash.layout.lorsa_slot(), 0
+        for kind, l, width, start in layout.blocks():
+            if kind != Kind.LORSA:
+                continue
+            for i in range(width):
+                u = start + i
+                for j in range(D.TOP_K):
+                    index = int(dash.state["top.index"][u, j])
+                    if index < 0:
+                        continue
+                    r, q = divmod(index, n_ctx)
+                    _, cache = replacement.run_with_cache(torch.tensor([rows[r].ids]), mode="local")
+                    x = cache[hook_name(l, "lorsa.hook_in")][0]
+                    c = replacement.lorsas[l].contributions(x, q, torch.tensor([i]))[0]
+                    assert float(c.sum()) == pytest.approx(
+                        float(dash.state["top.value"][u, j]), rel=1e-4, abs=1e-5
+                    )
+                    order = c.abs().argsort(descending=True)[: D.N_KEYS]
+                    h = int(slot[u])
+                    assert dash.state["top.key_pos"][h, j].tolist()[: len(order)] == order.tolist()
+                    assert dash.state["top.key_value"][h, j, : len(order)] == pytest.approx(
+                        c[order], rel=1e-4, abs=1e-6
+                    )
+                    seen += 1
+    assert seen > 10
+
+
+def test_f1_equals_brute_force(setup):
+    replacement, tokenizer, tmp = setup
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, tmp / "d.safetensors")
+        _, _, acts, concepts = _brute(replacement, tokenizer, replacement.cfg.n_ctx)
+    index, f1 = dash.concept_labels()
+    fired = acts > 0
+    for u in range(dash.layout.total):
+        if not fired[:, u].any():
+            assert index[u] == -1 and torch.isnan(f1[u])
+            continue
+        scores = []
+        for c in range(len(CONCEPTS)):
+            tp = float((fired[:, u] & (concepts[:, c] > 0)).sum())
+            precision = tp / float(fired[:, u].sum())
+            recall = tp / float(concepts[:, c].sum()) if concepts[:, c].any() else 0.0
+            scores.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+        best = max(scores)
+        assert float(f1[u]) == pytest.approx(best, abs=1e-9)
+        assert int(index[u]) == scores.index(best)
+
+
+def test_best_f1_picks_a_perfect_concept():
+    fires = torch.tensor([4, 0, 3])
+    count = torch.tensor([4, 8, 6])
+    both = torch.tensor([[4, 2, 0], [0, 0, 0], [1, 3, 3]])
+    index, f1 = best_f1(fires, count, both)
+    assert index.tolist()[0] == 0 and f1[0] == 1.0
+    assert index[1] == -1 and torch.isnan(f1[1])
+    assert index[2] == 2 and float(f1[2]) == pytest.approx(2 * 3 / (3 + 6))  # not 2*3/(3+8)
+
+
+def test_resume_equals_uninterrupted(setup):
+    replacement, tokenizer, tmp = setup
+    with torch.no_grad():
+        whole = _build(replacement, tokenizer, tmp / "whole.safetensors")
+        part = _build(replacement, tokenizer, tmp / "part.safetensors", stop_after=BATCH)
+        assert not part.finished
+        assert D.read_file(tmp / "part.safetensors").meta["rows_done"] == BATCH
+        resumed = _build(replacement, tokenizer, tmp / "part.safetensors")
+    assert resumed.finished
+    for name, tensor in whole.state.items():
+        assert torch.equal(tensor, resumed.state[name]), name
+
+
+def test_file_refused_when_damaged_or_foreign(setup, make_replacement, tiny_pretrained):
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    with torch.no_grad():
+        _build(replacement, tokenizer, path)
+    D.read_file(path, replacement, tokenizer)  # accepted as written
+    data = bytearray(path.read_bytes())
+    damaged = tmp / "damaged.safetensors"
+    data[-5] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged"):
+        D.read_file(damaged)
+    truncated = tmp / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated.safetensors"):
+        D.read_file(truncated)
+    other = make_replacement(tiny_pretrained[0], n_qk=2, n_ov=8, lorsa_k=3, d_sae=16, tc_k=4)
+    with torch.no_grad():
+        next(iter(other.lorsas[0].parameters())).add_(0.01)
+    with pytest.raises(ValueError, match="identity differs"):
+        D.read_file(path, other, tokenizer)
+    with pytest.raises(ValueError, match="made with"):
+        _build(replacement, tokenizer, path, seed=4)
+
+
+def test_viewer_schema(setup):
+    from reports.viewer import check_dashboards
+
+    replacement, tokenizer, tmp = setup
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, tmp / "d.safetensors")
+    views = dash.for_viewer(tokenizer)
+    checked = check_dashboards(views)
+    assert set(checked) == set(dash.layout.ids())
+    fired = [u for u, d in checked.items() if d.get("examples")]
+    assert fired
+    for unit in fired:
+        d = checked[unit]
+        assert len(d["logits"]["promoted"]) == D.N_LOGITS
+        tops = [e for e in d["examples"] if e["group"] == "top"]
+        assert tops[0]["activation"] == max(e["activation"] for e in d["examples"])
+        assert sum(d["histogram"]["counts"]) == round(d["frequency"] * dash.n_tokens)
+    one = dash.for_viewer(tokenizer, [(Kind.LORSA, 1, 2)])
+    assert list(one) == ["2_2"]
+
+
+def test_cli_refuses_bad_arguments_before_importing_torch(fresh_cli, tmp_path):
+    code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--rows", "0"])
+    assert code == 2 and "--rows" in err and heavy == []
+    code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--out", str(tmp_path)])
+    assert code == 2 and "not a file" in err and heavy == []

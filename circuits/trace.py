@@ -26,6 +26,7 @@ from toy_models.cli import UserError, run_cli
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
 MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
+DASHBOARD_ROWS = 192  # = circuits.dashboards.DEFAULT_ROWS (not imported: start-up)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,6 +72,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="graph file format: tensors + a JSON header, no pickle")  # fmt: skip
     files.add_argument("--save-full", action="store_true",
                        help="also save the unpruned graph (large: every edge)")  # fmt: skip
+    dash = parser.add_argument_group("unit dashboards (circuits.dashboards)")
+    dash.add_argument("--dashboards", action=argparse.BooleanOptionalAction, default=True,
+                      help="show each head's and feature's corpus dashboard and concept label "
+                      "in the report; built on first use (about a minute) and reused")  # fmt: skip
+    dash.add_argument("--dashboard-rows", type=int, default=DASHBOARD_ROWS,
+                      help=f"held-out rows a first build reads (default {DASHBOARD_ROWS})")  # fmt: skip
+    dash.add_argument("--dashboards-file", type=Path,
+                      help="the dashboards file (default runs/dashboards/<model>-<mode>"
+                      ".safetensors)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -98,6 +108,13 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             f"--prompt has {len(args.prompt)} characters; the model reads at most its context "
             f"length in tokens (prompts over {MAX_PROMPT_CHARS} characters are refused)"
         )
+    if not 1 <= args.dashboard_rows <= 1 << 24:
+        raise UserError(f"--dashboard-rows must be in 1..{1 << 24}, got {args.dashboard_rows}")
+    if args.dashboards_file is not None:
+        if args.dashboards_file.exists() and not args.dashboards_file.is_file():
+            raise UserError(f"--dashboards-file {args.dashboards_file}: not a file")
+        if args.dashboards and not args.dashboards_file.exists():
+            check_writable(args.dashboards_file.parent)
     check_writable(args.out)
     return formats
 
@@ -185,12 +202,15 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings["scores"] = scored.scores
+    dashboards, labels = _dashboards(args, replacement, tokenizer, graph)
     try:
-        written = write_graph_outputs(graph, args.out, formats, full if args.save_full else None)
+        written = write_graph_outputs(
+            graph, args.out, formats, full if args.save_full else None, dashboards=dashboards
+        )
     except OSError as exc:
         raise UserError(f"--out {args.out}: could not write ({exc.strerror or exc})") from None
 
-    print(summary(full, graph, scored.scores, timings))
+    print(summary(full, graph, scored.scores, timings, labels))
     for note in written.notes:
         print(note, file=sys.stderr)
     for path in written.paths:
@@ -198,7 +218,41 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     return 0
 
 
-def summary(full, graph, scores, timings) -> str:
+def _dashboards(args, replacement, tokenizer, graph) -> tuple[dict | None, dict]:
+    """The dashboards of the graph's heads and features (viewer schema) and their concept
+    labels by unit id, from the dashboards file, built on first use; (None, {}) with
+    ``--no-dashboards``. A refused file at the default path (another model, other rows, an
+    older format) is built again; a refused ``--dashboards-file`` is an error."""
+    if not args.dashboards:
+        return None, {}
+    from .dashboards import build, default_path
+    from .nodes import Kind
+
+    path = args.dashboards_file or default_path(args.model, args.mode)
+    settings = {"rows": args.dashboard_rows, "mode": args.mode}
+    if not path.exists():
+        print(f"building unit dashboards into {path} (once; --no-dashboards skips)",
+              file=sys.stderr)  # fmt: skip
+    try:
+        dash = build(replacement, tokenizer, path, **settings)
+    except ValueError as exc:
+        if args.dashboards_file is not None:
+            raise UserError(f"{exc} (or pass --no-dashboards)") from None
+        print(f"{exc}; building it again", file=sys.stderr)
+        path.unlink()
+        dash = build(replacement, tokenizer, path, **settings)
+    units = [
+        (Kind(k), l, i)
+        for k, l, i in zip(graph.kind.tolist(), graph.layer.tolist(), graph.index.tolist(),
+                           strict=True)
+        if k in (Kind.LORSA, Kind.TRANSCODER) and i >= 0
+    ]  # fmt: skip
+    views = dash.for_viewer(tokenizer, units)
+    labels = {u: d["concept"] for u, d in views.items() if "concept" in d}
+    return views, labels
+
+
+def summary(full, graph, scores, timings, labels=None) -> str:
     """A few lines: what the model predicts, how big the graph is, how good, how fast."""
     from reports.labels import node_label
 
@@ -217,9 +271,17 @@ def summary(full, graph, scores, timings) -> str:
     top = inner[graph.influence[inner].argsort(descending=True, stable=True)[:5]].tolist()
     lines += ["most influential:"] + [
         f"  {graph.ids[i]:>14}  {float(graph.influence[i]):.3f}  {node_label(graph, i)}"
+        + _concept(graph, i, labels or {})
         for i in top
     ]
     return "\n".join(lines)
+
+
+def _concept(graph, i: int, labels: dict) -> str:
+    from .nodes import unit_id
+
+    concept = labels.get(unit_id(int(graph.kind[i]), int(graph.stage[i]), int(graph.index[i])))
+    return "" if concept is None else f"  [concept: {concept['label']}, F1 {concept['f1']:.2f}]"
 
 
 def _count_kinds(graph) -> str:

@@ -10,6 +10,7 @@ directory never shows a stale drawing beside a new graph.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,11 +36,16 @@ class Written:
 
 
 def write_graph_outputs(
-    graph: Graph, out: Path, formats: list[str], full: Graph | None = None
+    graph: Graph,
+    out: Path,
+    formats: list[str],
+    full: Graph | None = None,
+    dashboards: Mapping[str, Mapping] | None = None,
 ) -> Written:
     """Write ``graph`` (and the unpruned ``full``, if given) into ``out``: ``graph.json``
     (Neuronpedia schema), ``graph.safetensors``, ``graph.dot``, the ``formats`` renders
-    (when ``dot`` is installed) and ``graph.html``."""
+    (when ``dot`` is installed) and ``graph.html`` (with ``dashboards``, keyed by unit id,
+    ``reports.viewer``'s schema, when given)."""
     out.mkdir(parents=True, exist_ok=True)
     result = Written()
     json_path = out / "graph.json"
@@ -73,6 +79,6 @@ def write_graph_outputs(
     svg = out / "graph.svg"
     if svg in rendered:
         svg_text = svg.read_text(encoding="utf-8")
-    write_html(graph, out / "graph.html", svg_text, selection)
+    write_html(graph, out / "graph.html", svg_text, selection, dashboards=dashboards)
     result.paths.append(out / "graph.html")
     return result

@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="show each head's and feature's corpus dashboard and concept label "
                       "in the report; built on first use (about a minute) and reused")  # fmt: skip
     dash.add_argument("--dashboard-rows", type=int, default=DASHBOARD_ROWS,
-                      help=f"held-out rows a first build reads (default {DASHBOARD_ROWS})")  # fmt: skip
+                      help=f"rows a first build reads (default {DASHBOARD_ROWS})")  # fmt: skip
     dash.add_argument("--dashboards-file", type=Path,
                       help="the dashboards file (default runs/dashboards/<model>-<mode>"
                       ".safetensors)")  # fmt: skip

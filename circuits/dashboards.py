@@ -269,11 +269,12 @@ class Dashboards:
                 edges = HIST_EDGES[lo : hi + 1]
                 edges[-1] = max(edges[-1], float(s["top.value"][u, 0]))
                 d["histogram"] = {"edges": edges, "counts": hist[lo:hi].tolist()}
+            pairs = [zip(s["logit_token"][u, j].tolist(), s["logit_value"][u, j].tolist(),
+                         strict=True) for j in (0, 1)]  # fmt: skip
             d["logits"] = {
-                side: [[text(int(t)), float(v)] for t, v in zip(s["logit_token"][u, j],
-                                                                s["logit_value"][u, j], strict=True)]
+                side: [[text(t), v] for t, v in pairs[j]]
                 for j, side in enumerate(("promoted", "suppressed"))
-            }  # fmt: skip
+            }
             d["examples"] = self._examples(u, int(slot[u]), text)
             out[ids[u]] = d
         return out
@@ -508,11 +509,12 @@ def build(
     seed: int = 0,
     mode: str = "local",
     batch_rows: int = BATCH_ROWS,
-    progress: bool = True,
+    progress: bool | None = True,
     stop_after: int | None = None,
 ) -> Dashboards:
     """Build (or resume, or just load) the dashboards file at ``path``. ``stop_after``: stop
-    after that many rows in this call (a partial file), as an interruption would."""
+    after that many rows in this call (a partial file), as an interruption would.
+    ``progress``: None shows the bar only on a terminal."""
     from tqdm import tqdm
 
     n_ctx = replacement.cfg.n_ctx if n_ctx is None else n_ctx
@@ -542,7 +544,8 @@ def build(
     t0, last = time.perf_counter(), time.perf_counter()
     seconds0 = dash.meta["seconds"]
     limit = rows if stop_after is None else min(rows, dash.meta["rows_done"] + stop_after)
-    bar = tqdm(total=rows, initial=dash.meta["rows_done"], disable=not progress, desc="dashboards")
+    disable = None if progress is None else not progress
+    bar = tqdm(total=rows, initial=dash.meta["rows_done"], disable=disable, desc="unit dashboards")
     with torch.no_grad():
         try:
             while dash.meta["rows_done"] < limit:

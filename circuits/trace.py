@@ -229,10 +229,7 @@ def _dashboards(args, replacement, tokenizer, graph) -> tuple[dict | None, dict]
     from .nodes import Kind
 
     path = args.dashboards_file or default_path(args.model, args.mode)
-    settings = {"rows": args.dashboard_rows, "mode": args.mode}
-    if not path.exists():
-        print(f"building unit dashboards into {path} (once; --no-dashboards skips)",
-              file=sys.stderr)  # fmt: skip
+    settings = {"rows": args.dashboard_rows, "mode": args.mode, "progress": None}
     try:
         dash = build(replacement, tokenizer, path, **settings)
     except ValueError as exc:

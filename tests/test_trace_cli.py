@@ -18,8 +18,13 @@ PROMPT = "Monday, Tuesday, Wednesday,"
 
 
 def trace(capsys, *args) -> tuple[int, str, str]:
+    """The trace CLI in this process; without dashboards unless the arguments ask for them
+    (building the default ones takes minutes: one test below builds small ones)."""
+    args = list(args)
+    if not any(a.startswith("--dashboard") for a in args):
+        args.append("--no-dashboards")
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, list(args))
+        run_cli(main, args)
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
 
@@ -185,3 +190,15 @@ def test_outputs_are_byte_reproducible(tmp_path, capsys):
     assert names == sorted(p.name for p in outs[1].iterdir())
     for name in names:
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_trace_builds_small_dashboards_on_first_use_then_reuses_them(tmp_path, capsys):
+    dashboards = tmp_path / "dashboards.safetensors"
+    small = ["--dashboards-file", str(dashboards), "--dashboard-rows", "4", "--max-nodes", "20"]
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "a"), *small)
+    assert code == 0, err
+    assert dashboards.is_file() and "[concept: " in stdout
+    built = dashboards.read_bytes()
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "b"), *small)
+    assert code == 0 and dashboards.read_bytes() == built  # reused, not rebuilt
+    assert '"dashboards"' in (tmp_path / "b" / "graph.html").read_text(encoding="utf-8")

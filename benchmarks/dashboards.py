@@ -30,7 +30,8 @@ def main() -> None:
     t0 = time.perf_counter()
     import torch
 
-    from circuits.dashboards import build, summary
+    from circuits.dashboard_pass import build
+    from circuits.dashboards import summary
     from replacement.model import load_pretrained
 
     replacement, tokenizer = load_pretrained(args.model)

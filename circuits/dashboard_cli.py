@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     out = check_args(args)  # everything checked before torch or a model is imported
     from replacement.model import load_pretrained
 
-    from .dashboards import build, summary
+    from .dashboard_pass import build
+    from .dashboards import summary
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     dash = build(replacement, tokenizer, out, rows=args.rows, seed=args.seed, mode=args.mode,

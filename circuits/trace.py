@@ -225,7 +225,8 @@ def _dashboards(args, replacement, tokenizer, graph) -> tuple[dict | None, dict]
     older format) is built again; a refused ``--dashboards-file`` is an error."""
     if not args.dashboards:
         return None, {}
-    from .dashboards import build, default_path
+    from .dashboard_pass import build
+    from .dashboards import default_path
     from .nodes import Kind
 
     path = args.dashboards_file or default_path(args.model, args.mode)

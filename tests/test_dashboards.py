@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from circuits import dashboard_pass as P
 from circuits import dashboards as D
 from circuits.concepts import CONCEPTS, best_f1, corpus_rows
 from circuits.nodes import Kind
 from replacement.model import hook_name
-from toy_models.data import pad_rows
 
 ROWS, BATCH = 11, 4  # batches that do not divide the rows
 
@@ -24,7 +24,7 @@ def setup(tiny_pretrained, make_replacement, tmp_path):
 
 def _build(replacement, tokenizer, path, **kw):
     kw = {"rows": ROWS, "batch_rows": BATCH, "seed": 3, "progress": False, **kw}
-    return D.build(replacement, tokenizer, path, **kw)
+    return P.build(replacement, tokenizer, path, **kw)
 
 
 def _brute(replacement, tokenizer, n_ctx):
@@ -69,7 +69,7 @@ def test_top_k_samples_and_counts_equal_brute_force(setup):
                if i >= 0]  # fmt: skip
         assert [g[0] for g in got] == [f[2] for f in top], u
         assert [g[1] for g in got] == pytest.approx([f[1] for f in top], rel=1e-5)
-        h = D._hash(
+        h = P._hash(
             3, torch.full((len(mine),), u), torch.tensor([f[2] for f in mine], dtype=torch.long)
         )
         sample = sorted(zip(h.tolist(), [f[2] for f in mine], strict=True))[: D.SAMPLES]

@@ -29,7 +29,10 @@ CLIS = {
     "replacement.train": ["--model", "default", "--steps", "0", "--out", "/tmp/never"],
     "replacement.evaluate": ["--model", "nonesuch"],
     "reports.heads": ["--docs", "0"],
+    "replacement.cache": ["--model", "nonesuch"],
+    "circuits.dashboard_cli": ["--rows", "0"],
 }
+# The README's main command, with dashboards already built (their first build is separate).
 MAIN_COMMAND = ["circuits.trace", "--prompt", "Monday, Tuesday, Wednesday,"]
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -88,8 +88,8 @@ def partial_path(path: Path) -> Path:
 @dataclass
 class Tables:
     """What gathering needs from the weights, computed once: the read/write vectors, every
-    unit's write direction, and per block the query and key sides of every unit below it
-    (``(P d_u) W_Q^h``), the position vectors' reads and the QK weights."""
+    unit's write direction, per block the query and key sides of every unit below it
+    (``(P d_u) W_Q^h``, ``(P d_u) W_K^h``), and the token and position embeddings."""
 
     rw: ReadWrite
     writes: Float[Tensor, "unit d_model"]
@@ -117,12 +117,13 @@ class Tables:
 class Sums:
     """The dense sums of both halves (leading axis: even rows, odd rows).
 
-    ``edges[S - 1][half]`` (target stage S = 1 .. 2L+1, units below S x units of S): for heads,
-    features and error... see below: rows of heads and features hold co-activation sums (times
-    the virtual weight at the end, ``edge_block``); rows of tokens and errors hold edge sums.
-    ``qk_query[l][half, h, u]`` / ``qk_key``: unit u's QK marginal for QK head h of block l;
-    ``qk_scalars[half, g]``: (total, query bias, key bias, firings) of QK head g (blocks in
-    order); ``qk_pairs[half, g]``: pair sums among the candidates (second pass)."""
+    ``edges[S - 1][half]`` (target stage S = 1 .. 2L+1; units below S x units of S): the rows
+    of heads and features hold co-activation sums, which ``edge_blocks`` multiplies by their
+    virtual weights; the rows of tokens and errors hold edge sums. ``activity``/``count`` per
+    unit. ``qk_query[l][half, h, u]`` / ``qk_key``: unit u's QK marginal for QK head h of block
+    l; ``qk_scalars[half, g]``: (total, query bias, key bias, firings) of QK head g (blocks in
+    order). After the first pass, ``candidates`` (per QK head, the chosen query-side and
+    key-side units) and ``qk_pairs[half, g]``, their pair sums (second pass)."""
 
     units: Units
     n_qk: list[int]
@@ -135,7 +136,6 @@ class Sums:
     meta: dict
     qk_pairs: Tensor | None = None
     candidates: tuple[Tensor, Tensor] | None = None
-    _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def empty(cls, units: Units, n_qk: list[int], meta: dict) -> Sums:

@@ -157,7 +157,8 @@ def global_graph(
     """A circuit grown from ``start``, best first: each unit's ``per_node`` strongest
     neighbours are candidates, scored by their share of the unit's total |weight| (over every
     neighbour, kept in the statistics or not) times the unit's own score; the best candidate
-    joins until ``budget`` units.
+    joins until ``budget`` units. A unit none of whose candidates joined then gets its best
+    candidate where paths end (a token or an error term upstream, a logit downstream).
 
     Upstream, weights are mean inputs (what feeds a unit per occurrence of it: the drivers
     that matter most often; a logit's occurrences are the positions where its token came
@@ -175,6 +176,7 @@ def global_graph(
         neighbours, total = stats.expected_from, stats.output_total
         stop = (Kind.LOGIT,)
     chosen: dict[int, float] = {}
+    candidates: dict[int, list[int]] = {}  # per grown unit, its candidates, best first
     heap = [(-1.0, start)]
     while heap and len(chosen) < budget:
         neg_score, u = heapq.heappop(heap)
@@ -188,9 +190,18 @@ def global_graph(
             continue
         whole = max(total(u), WEIGHT_FLOOR)
         top = weights.abs().topk(min(per_node, len(weights))).indices
+        candidates[u] = ids[top].tolist()
         for v, w in zip(ids[top].tolist(), weights[top].abs().tolist(), strict=True):
             if v not in chosen and w > 0:
                 heapq.heappush(heap, (-score * w / whole, v))
+    # A path must end where nothing flows further (a token or an error term; downstream, a
+    # logit): a unit none of whose candidates joined gets its best such candidate, or a
+    # budget spent high up would leave units without inputs, and pruning would drop them all.
+    for vs in list(candidates.values()):
+        if not any(v in chosen for v in vs):
+            ends = [v for v in vs if units.describe(v)[0] in stop]
+            if ends:
+                chosen[ends[0]] = 0.0
 
     edges = _edges_among(stats, sorted(chosen), upstream)
     settings = {

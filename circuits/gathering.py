@@ -286,49 +286,58 @@ class Sums:
     def add_pairs(self, run: BatchRun, half: int, replacement: ReplacementModel, tables):
         """Add a batch's QK pair terms among the chosen units (``choose_candidates``): per
         head, ``sum_q U[q] . (sum_k c[q, k] V[k])`` with U and V each chosen unit's query and
-        key vectors at every position (zero where it is absent)."""
+        key vectors at every position (zero where it is absent). U and V are laid out so that
+        both products are batched matrix products without a copy."""
         first = 0
         for l in range(run.n_layers):
             lorsa = replacement.lorsas[l]
             nodes = _SourceNodes.below(run, self.units, lorsa_stage(l), 1 / run.sigma1[l])
             side = _LorsaSide(run, replacement, l, totals=False)
             H, e = side.n_qk, side.d_qk
+            B, n = run.n_rows, run.n_pos
             groups = slice(first, first + H)
-            u = self._side_vectors(run, nodes, self.candidates[0][groups], tables.qk_query[l],
-                                   lorsa.W_Q, tables)  # fmt: skip
-            v = self._side_vectors(run, nodes, self.candidates[1][groups], tables.qk_key[l],
-                                   lorsa.W_K, tables)  # fmt: skip
-            B, _, n, N, _ = v.shape
-            y = (side.contrast @ v.view(B, H, n, N * e)).view(B, H, n, N, e)
-            u = u.permute(1, 3, 0, 2, 4).reshape(H, N, -1)  # qk slot (row q e)
-            y = y.permute(1, 0, 2, 4, 3).reshape(H, -1, N)  # qk (row q e) slot
-            self.qk_pairs[half, groups] += torch.bmm(u, y) / math.sqrt(e)
+            N = self.candidates[0].shape[1]
+            u = torch.zeros(H, N, B * n, e)
+            h, slot, flat, vec = _side_entries(run, nodes, self.candidates[0][groups],
+                                               tables.qk_query[l], lorsa.W_Q, tables)  # fmt: skip
+            u[h, slot, flat] = vec
+            v = torch.zeros(H, B * n, e, N)
+            h, slot, flat, vec = _side_entries(run, nodes, self.candidates[1][groups],
+                                               tables.qk_key[l], lorsa.W_K, tables)  # fmt: skip
+            v[h, flat, :, slot] = vec
+            contrast = side.contrast.transpose(0, 1).reshape(H * B, n, n)  # (qk row) q k
+            y = torch.bmm(contrast, v.view(H * B, n, e * N))  # (qk row) q (e slot)
+            pairs = torch.bmm(u.view(H, N, -1), y.view(H, -1, N))
+            self.qk_pairs[half, groups] += pairs / math.sqrt(e)
             first += H
 
-    def _side_vectors(self, run, nodes, chosen, unit_side, W, tables) -> Tensor:
-        """(row, qk, pos, slot, d_qk): each QK head's chosen units' query (or key) vectors at
-        every position, zero where a unit is absent (a unit occurs once per position)."""
-        H, N = chosen.shape
-        B, n, e = run.n_rows, run.n_pos, W.shape[-1]
-        slot = torch.full((H, unit_side.shape[0]), -1, dtype=torch.long)
-        h, i = (chosen >= 0).nonzero(as_tuple=True)
-        slot[h, chosen[h, i]] = i
-        out = torch.zeros(B * n, H, N, e)
-        s = slot[:, nodes.unit]  # qk node
-        h, j = (s >= 0).nonzero(as_tuple=True)
-        out[nodes.flat[j], h, s[h, j]] = nodes.alpha[j, None] * unit_side[nodes.unit[j], h]
-        emb = center(run_embeddings(run, tables).flatten(0, 1)) * nodes.inv[:, None]
-        s = slot[:, run.tokens.flatten()]  # qk (row pos)
-        h, p = (s >= 0).nonzero(as_tuple=True)
-        if len(p):
-            out[p, h, s[h, p]] = torch.einsum("nd,nde->ne", emb[p], W[h])
-        if nodes.errors is not None:
-            for k, unit in enumerate(nodes.error_units.tolist()):
-                h = (slot[:, unit] >= 0).nonzero().squeeze(1)
-                if len(h):
-                    err = center(nodes.errors[:, k]) * nodes.inv[:, None]
-                    out[:, h, slot[h, unit]] = torch.einsum("nd,hde->nhe", err, W[h])
-        return out.view(B, n, H, N, e).transpose(1, 2)
+
+def _side_entries(run, nodes, chosen, unit_side, W, tables):
+    """The nonzero entries of each QK head's chosen units' query (or key) vectors at every
+    position: (head, slot, flat position, vector), a unit occurring once per position."""
+    H, N = chosen.shape
+    slot = torch.full((H, unit_side.shape[0]), -1, dtype=torch.long)
+    h, i = (chosen >= 0).nonzero(as_tuple=True)
+    slot[h, chosen[h, i]] = i
+    heads, slots, flats, vecs = [], [], [], []
+    s = slot[:, nodes.unit]  # qk node
+    h, j = (s >= 0).nonzero(as_tuple=True)
+    heads.append(h), slots.append(s[h, j]), flats.append(nodes.flat[j])
+    vecs.append(nodes.alpha[j, None] * unit_side[nodes.unit[j], h])
+    emb = center(run_embeddings(run, tables).flatten(0, 1)) * nodes.inv[:, None]
+    s = slot[:, run.tokens.flatten()]  # qk (row pos)
+    h, p = (s >= 0).nonzero(as_tuple=True)
+    heads.append(h), slots.append(s[h, p]), flats.append(p)
+    vecs.append(torch.einsum("nd,nde->ne", emb[p], W[h]))
+    if nodes.errors is not None:
+        every = torch.arange(nodes.n_flat)
+        for k, unit in enumerate(nodes.error_units.tolist()):
+            for h in (slot[:, unit] >= 0).nonzero().squeeze(1).tolist():
+                err = center(nodes.errors[:, k]) * nodes.inv[:, None]
+                heads.append(torch.full_like(every, h)), flats.append(every)
+                slots.append(torch.full_like(every, int(slot[h, unit])))
+                vecs.append(err @ W[h])
+    return torch.cat(heads), torch.cat(slots), torch.cat(flats), torch.cat(vecs)
 
 
 def _dot(x: Tensor, W: Tensor, bar: Tensor) -> Tensor:

@@ -196,12 +196,13 @@ def _qk_lines(graph, labels: list[str]) -> list[str]:
 
 
 def _reliability_line(r: dict) -> str:
+    head = f"split-half reliability ({r['rows'][0]} + {r['rows'][1]} rows)"
     if not r["compared"]:
-        return "split-half reliability: a half's graph has no edges (gather more rows)"
+        return f"{head}: a half's graph has no edges; gather more with --rows"
     return (
-        f"split-half reliability: {r['shared']} of the top {r['compared']} edges shared by the "
-        f"graphs of the even and odd rows ({r['overlap']:.2f}; {r['rows'][0]} + {r['rows'][1]} "
-        f"rows; {r['units_shared']} units in both); below ~0.5, gather more with --rows"
+        f"{head}: {r['shared']} of the top {r['compared']} edges shared by the graphs of the "
+        f"even and the odd rows ({r['overlap']:.2f}; {r['units_shared']} units in both); "
+        "below ~0.5, gather more with --rows"
     )
 
 

@@ -773,6 +773,33 @@ def test_global_graph_cli_parses_arguments_before_importing_torch(fresh_cli, tmp
     assert not (tmp_path / "x").exists()
 
 
+def test_global_graph_cli_end_to_end_on_a_tiny_model(
+    tiny_run, tiny_pretrained, make_replacement, tmp_path, cli
+):
+    """Gathers statistics once (QK side, halves), draws the graph with q/k edges and prints
+    the QK groups and the split-half reliability; --no-qk leaves the QK side out."""
+    from circuits.global_graph import main
+
+    model, _ = tiny_pretrained
+    make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4).save(tmp_path / "rep", str(tiny_run))
+    stats = tmp_path / "stats.safetensors"
+    args = ["--model", tiny_run, "--replacement", tmp_path / "rep", "--stats", stats,
+            "--rows", 4, "--start", "lorsa:1:0", "--budget", 12, "--format", ""]  # fmt: skip
+    code, out, err = cli(main, *args, "--out", tmp_path / "qk")
+    assert code == 0, err
+    assert "gathering statistics over 4 rows" in out and stats.is_file()
+    assert not partial_path(stats).exists()
+    assert "split-half reliability (2 + 2 rows): " in out
+    assert "L1 QK 0 (score lift" in out
+    graph = Graph.load(tmp_path / "qk" / "graph.safetensors")
+    assert [(a.layer, a.qk_head) for a in graph.qk if a.layer == 1] == [(1, 0)]
+    code, out, err = cli(main, *args, "--out", tmp_path / "no-qk", "--no-qk")
+    assert code == 0, err
+    assert "gathering" not in out and "score lift" not in out  # the same file, no QK side
+    assert not Graph.load(tmp_path / "no-qk" / "graph.safetensors").qk
+    assert "split-half reliability (2 + 2 rows): " in out
+
+
 def test_qk_circuit(replacement, units, stats):
     graph = qk_circuit(replacement, stats, 1, [4, 5], k=5, writers=2)
     (record,) = graph.qk

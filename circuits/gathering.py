@@ -71,17 +71,12 @@ from .statistics import (
     compact,
     identity,
 )
-from .statistics_file import load_partial, save_partial
+from .statistics_file import check_rows, check_settings, load_partial, partial_path, save_partial
 from .units import Units, decoders
 
 BATCH_ROWS = 32  # rows per forward pass (a pass costs about what one row costs)
 CHECKPOINT_SECONDS = 60.0  # a partial file is written after a batch this long after the last
 QK_UNITS = 64  # query-side and key-side units per QK head whose pairs are summed
-
-
-def partial_path(path: Path) -> Path:
-    """Where gathering into ``path`` keeps its dense sums until it finishes."""
-    return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
 # ----------------------------------------------------------------- weights-only tables
@@ -481,26 +476,6 @@ def gather_statistics(
         sums = new_sums(replacement, meta)
     sums.meta["rows"] = rows
     return _gather(replacement, tokenizer, sums, checkpoint, progress)
-
-
-def check_settings(meta: dict, settings: dict, path: Path) -> None:
-    """Refuse to continue a file gathered with other settings (another row stream)."""
-    differ = [f"{k} {meta[k]!r}" for k, v in settings.items() if meta[k] != v]
-    if differ:
-        raise ValueError(
-            f"{path}: holds statistics gathered with {', '.join(differ)}; remove it or choose "
-            "another file"
-        )
-
-
-def check_rows(meta: dict, rows: int, path: Path) -> None:
-    """Refuse to continue a file that holds more rows than asked for (sums cannot shrink)."""
-    done = meta["rows_done"]
-    if done > rows:
-        raise ValueError(
-            f"{path}: holds statistics over {done} rows, more than the {rows} asked for: ask "
-            f"for {done} or more, or choose another file"
-        )
 
 
 def batches(rows: int, start: int = 0, size: int | None = None) -> list[tuple[int, int]]:

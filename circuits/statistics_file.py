@@ -254,6 +254,31 @@ def _check_qk(stats) -> None:
 
 
 # ----------------------------------------------------------------- the partial file
+def partial_path(path: Path) -> Path:
+    """Where gathering into ``path`` keeps its dense sums until it finishes."""
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def check_settings(meta: dict, settings: dict, path: Path) -> None:
+    """Refuse to continue a file gathered with other settings (another row stream)."""
+    differ = [f"{k} {meta[k]!r}" for k, v in settings.items() if meta[k] != v]
+    if differ:
+        raise ValueError(
+            f"{path}: holds statistics gathered with {', '.join(differ)}; remove it or choose "
+            "another file"
+        )
+
+
+def check_rows(meta: dict, rows: int, path: Path) -> None:
+    """Refuse to continue a file that holds more rows than asked for (sums cannot shrink)."""
+    done = meta["rows_done"]
+    if done > rows:
+        raise ValueError(
+            f"{path}: holds statistics over {done} rows, more than the {rows} asked for: ask "
+            f"for {done} or more, or choose another file"
+        )
+
+
 def save_partial(sums, path: Path) -> None:
     """The dense sums, atomically (a temp file, then a rename)."""
     tensors = {f"edges.{s + 1}": b.contiguous() for s, b in enumerate(sums.edges)}

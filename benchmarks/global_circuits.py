@@ -18,7 +18,8 @@ side is made of, and how much of the local graphs it stands for.
    (token embedding, previous-token head, other head, feature, error, bias; what the 64
    gathered units of a side leave out is "not gathered"), and by kind of *writer* (the listed
    units' mean inputs, shared out by kind of the unit that writes them, weighted by the
-   units' |marginal|; a token writes itself).
+   units' |marginal|; a token writes itself), and how many of its 10 strongest pairs the two
+   halves share (among the same units, chosen on the whole sample).
 3. Validation against local graphs: per corpus family, ``--prompts`` held-out prompts (rows of
    another seed than the statistics', cut before a position whose next token is the target);
    for each, the global graph of the logit of its next token and the prompt's local graph of
@@ -49,6 +50,7 @@ RESULTS = Path(__file__).parent / "results"
 STARTS = ("logit: Thursday", "lorsa:1:318", "transcoder:2:417", "logit:6")
 INDUCTION = "lorsa:1:318"  # an induction head of the default model (reports.heads)
 TOP_EDGES = 20
+TOP_PAIRS = 10  # QK pairs compared between the halves
 N_STRONGEST = 5
 VALIDATION_SEED = 1  # held-out rows of another seed than the statistics' (seed 0)
 
@@ -189,6 +191,10 @@ def induction_qk_side(replacement, tokenizer, stats, heads_json: Path) -> dict:
     flat = group.pairs.flatten()
     top = flat.abs().topk(min(5, len(flat))).indices.tolist()
     n_key = group.pairs.shape[1]
+    halves = []
+    for h in (0, 1):  # the same 64 x 64 units (chosen on the whole sample), each half's sums
+        pairs = stats.half(h).qk_group(layer, qk_head).pairs.flatten()
+        halves.append(set(pairs.abs().topk(min(TOP_PAIRS, len(pairs))).indices.tolist()))
     return {
         "head": INDUCTION,
         "qk_group": [layer, qk_head],
@@ -196,6 +202,7 @@ def induction_qk_side(replacement, tokenizer, stats, heads_json: Path) -> dict:
         "previous_token_heads": len(previous),
         "heads_json": str(heads_json) if heads_json.is_file() else None,
         "score_lift_per_firing": group.total,
+        f"top_{TOP_PAIRS}_pairs_shared_by_the_halves": len(halves[0] & halves[1]),
         "firings": group.firings,
         "sides": sides,
         "top_pairs": [

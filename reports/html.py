@@ -286,14 +286,38 @@ def _qk_html(graph: Graph, labels: list[str], attributions: list[QKAttribution],
             contrast = f"<div>vs the mean key: {a.contrast:+.3g} (key side as units)</div>" + (
                 f"<ul>{lines}</ul>" if lines else ""
             )
+        if graph.positional:
+            where = (
+                f'key pos {a.key} <span class="tok">{escape(key_token)}</span>, '
+                f"attention {a.attention:.3g}, score {a.score:+.3g} (rest {a.rest:+.3g})"
+            )
+        else:  # a global graph's record: no positions, an expected score lift per firing
+            where = (
+                f"L{a.layer} QK {a.qk_head}: expected QK attribution per firing, score lift "
+                f"{a.score:+.3g} (rest {a.rest:+.3g})"
+            )
+            contrast += _marginals_html(a, name, top)
         blocks.append(
-            f'<div class="qk">key pos {a.key} <span class="tok">{escape(key_token)}</span>, '
-            f"attention {a.attention:.3g}, score {a.score:+.3g} (rest {a.rest:+.3g})"
+            f'<div class="qk">{where}'
             + (f"<ul>{pair_lines}</ul>" if pair_lines else "")
             + contrast
             + "</div>"
         )
     return "".join(blocks)
+
+
+def _marginals_html(a: QKAttribution, name, top: int) -> str:
+    """Each side's strongest units over every partner (``None`` is the bias)."""
+    parts = []
+    for side, marginals in (("query side", a.query_marginals), ("key side", a.key_marginals)):
+        lines = "".join(
+            f"<li>{name(node)}: "
+            f'<span class="{"pos" if value > 0 else "neg"}">{value:+.3g}</span></li>'
+            for node, value in sorted(marginals, key=lambda m: -abs(m[1]))[:top]
+        )
+        if lines:
+            parts.append(f"<div>{side}:</div><ul>{lines}</ul>")
+    return "".join(parts)
 
 
 def _node_table_html(

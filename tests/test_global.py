@@ -793,6 +793,8 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     assert "L1 QK 0 (score lift" in out
     graph = Graph.load(tmp_path / "qk" / "graph.safetensors")
     assert [(a.layer, a.qk_head) for a in graph.qk if a.layer == 1] == [(1, 0)]
+    page = (tmp_path / "qk" / "graph.html").read_text(encoding="utf-8")
+    assert "expected QK attribution per firing" in page and "key pos" not in page
     code, out, err = cli(main, *args, "--out", tmp_path / "no-qk", "--no-qk")
     assert code == 0, err
     assert "gathering" not in out and "score lift" not in out  # the same file, no QK side

@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-induction-circuit",
         action="store_true",
         help="skip the Graphviz picture of the global induction circuit (its first run "
-        "gathers corpus statistics for circuits.global_weights: a few minutes, once)",
+        "gathers corpus statistics with circuits.gathering: under a minute, once)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)

@@ -69,6 +69,8 @@ def _qk_record(graph: Graph, a: QKAttribution) -> dict:
     pairs = sorted(a.pairs, key=lambda p: -abs(p.value))
     key_token = graph.token_strings[a.key] if 0 <= a.key < len(graph.token_strings) else ""
     return {
+        "layer": a.layer,
+        "qkHead": a.qk_head,
         "key": a.key,
         "keyToken": key_token,
         "attention": _num(a.attention),

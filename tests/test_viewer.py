@@ -470,6 +470,16 @@ def test_global_graph_is_laid_out_by_stage_only(browser, tmp_path):
                 assert xy[a][1] > xy[b][1]
     click_node(browser, graph.ids[7])  # 1_3_0: a feature unit
     assert "(global: a unit)" in panel_text(browser)
+    # A unit's QK record reads as an expected score lift, with each side's strongest units.
+    graph.qk = [dataclasses.replace(a, query=0) for a in local.qk]
+    write_html(graph, path, None, title="Global circuit")
+    open_page(browser, path)
+    click_node(browser, "0_5_0")
+    text = panel_text(browser)
+    assert "QK: what its group attends with" in text and "L0 QK 2" in text
+    block = browser.evaluate("document.querySelector('.qk').textContent")
+    assert "expected QK attribution per firing" in block and "query side:" in block
+    assert "key 1" not in block and "attention 0" not in block  # no positions here
 
 
 def test_text_from_the_graph_is_never_markup(browser, tmp_path):

@@ -798,7 +798,8 @@
     if (n.promotes && n.promotes.length) {
       parts.push(el("p", { class: "promotes" }, "Promotes " + n.promotes.map(quote).join(", ")));
     }
-    if (n.qk) parts.push(el("h4", {}, "QK: why it attends there"), ...n.qk.map(qkBlock));
+    const qkTitle = meta.positional ? "QK: why it attends there" : "QK: what its group attends with";
+    if (n.qk) parts.push(el("h4", {}, qkTitle), ...n.qk.map(qkBlock));
     parts.push(el("h4", {}, "Top incoming edges"), edgeTable(inE[i].map((e) => [src[e], wt[e]])));
     parts.push(el("h4", {}, "Top outgoing edges"), edgeTable(outE[i].map((e) => [tgt[e], wt[e]])));
     parts.push(el("h4", {}, "Dashboard"), dashboard(n));
@@ -807,7 +808,8 @@
     ui.panel.scrollTop = 0;
   }
   function qkBlock(rec) {
-    const keyTok = meta.positional ? " " + quote(rec.keyToken) : "";
+    if (!meta.positional) return globalQkBlock(rec);
+    const keyTok = " " + quote(rec.keyToken);
     const block = el("div", { class: "qk" },
       el("div", {}, `key ${rec.key}${keyTok} · attention ${fmt(rec.attention, 3)} · score ${signed(rec.score)} (rest ${signed(rec.rest)})`));
     if (rec.pairs.length) {
@@ -820,6 +822,23 @@
         el("ul", {}, ...rec.contrastPairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ",
           el("span", { class: "id" }, p[1] == null ? "bias" : p[1]), ": ",
           el("span", { class: p[2] > 0 ? "pos" : "neg" }, signed(p[2]))))));
+    }
+    return block;
+  }
+  // A global graph's QK record: no positions; an expected score lift per firing of the group,
+  // its largest query-unit x key-unit pairs and each side's strongest units.
+  function globalQkBlock(rec) {
+    const block = el("div", { class: "qk" },
+      el("div", {}, `L${rec.layer} QK ${rec.qkHead} · expected QK attribution per firing · score lift ${signed(rec.score)} (rest ${signed(rec.rest)})`));
+    const term = (p) => el("span", { class: p > 0 ? "pos" : "neg" }, signed(p));
+    if (rec.pairs.length) {
+      block.append(el("div", { class: "muted" }, "largest pairs, query-side unit × key-side unit:"),
+        el("ul", {}, ...rec.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ", noderef(p[1]), ": ", term(p[2])))));
+    }
+    for (const [name, list] of [["query side", rec.queryMarginals], ["key side", rec.keyMarginals]]) {
+      if (!list || !list.length) continue;
+      block.append(el("div", { class: "muted" }, name + ":"),
+        el("ul", {}, ...list.slice(0, QK_SHOWN).map((m) => el("li", {}, m[0] == null ? "bias" : noderef(m[0]), ": ", term(m[1])))));
     }
     return block;
   }

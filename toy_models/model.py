@@ -42,7 +42,7 @@ class ModelConfig:
 
 
 def has_hooks(hook: HookPoint) -> bool:
-    """Whether anything hooks ``hook`` (through TransformerLens's API, as every caller here does)."""
+    """Whether anything hooks ``hook`` (through TransformerLens's API, which every caller uses)."""
     return hook.has_hooks()
 
 

@@ -182,7 +182,9 @@ def f1_summary(f1) -> dict:
     return {
         "units": len(f1),
         "mean": round(float(f1.mean()), 4),
-        "quantiles": {k: round(float(v), 4) for k, v in zip(("10", "25", "50", "75", "90"), q, strict=True)},
+        "quantiles": {
+            k: round(float(v), 4) for k, v in zip(("10", "25", "50", "75", "90"), q, strict=True)
+        },
         "at_least_0.5": round(float((f1 >= 0.5).double().mean()), 4),
         "at_least_0.8": round(float((f1 >= 0.8).double().mean()), 4),
     }

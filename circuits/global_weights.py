@@ -36,7 +36,6 @@ from torch import Tensor
 
 from replacement.model import ReadWrite, ReplacementModel
 
-from .gathering import statistics_for as statistics_for  # reports.heads imports it from here
 from .graph import N_PROMOTED, Graph, LogitRecord, QKAttribution, QKPair
 from .nodes import Kind, block_of, lorsa_stage
 from .statistics import Statistics

@@ -51,6 +51,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from replacement.model import MODES, ReplacementModel
+from toy_models.cli import one_line
 from toy_models.files import replace_atomic
 
 from .concepts import CONCEPTS, best_f1, f1_summary
@@ -449,7 +450,7 @@ def _read(path, replacement, tokenizer) -> Dashboards:
     except ValueError:
         raise
     except Exception as exc:  # safetensors and json raise their own types on damaged files
-        raise ValueError(" ".join(str(exc).split()) or type(exc).__name__) from None
+        raise ValueError(one_line(exc) or type(exc).__name__) from None
     if header.get("sha256") != _sha256(state):
         raise ValueError("its tensors do not match the checksum in its header (damaged)")
     dash = Dashboards(layout, state, meta)

@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from toy_models.cli import one_line
 from toy_models.files import replace_atomic
 
 from .graph import FORMAT_VERSION, MODES, Graph, LogitRecord, QKAttribution, QKPair
@@ -115,7 +116,7 @@ class _Bad(Exception):
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
+    return one_line(exc)[:200]
 
 
 def _require(ok: bool, field: str, problem: str) -> None:

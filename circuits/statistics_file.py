@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from replacement.model import MODES
+from toy_models.cli import one_line
 from toy_models.files import replace_atomic
 
 from .nodes import lorsa_stage
@@ -74,7 +75,7 @@ def read_safetensors(path: Path, layout) -> tuple[dict, dict[str, Tensor]]:
     except ValueError:
         raise
     except Exception as exc:  # safetensors and json raise their own types on damaged files
-        raise ValueError(" ".join(str(exc).split()) or type(exc).__name__) from None
+        raise ValueError(one_line(exc) or type(exc).__name__) from None
     if not isinstance(header.get("sha256"), str):
         raise ValueError("sha256 (of the tensors) is missing")
     if tensors_sha256(tensors) != header["sha256"]:

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from toy_models.cli import UserError
+from toy_models.cli import UserError, one_line
 
 from .activations import ActivationStore, layer_activations
 
@@ -346,7 +346,7 @@ class ActivationCache:
         except OSError:
             raise
         except Exception as exc:  # safetensors' own errors on truncated or damaged files
-            raise ValueError(f"{path}: unreadable chunk ({' '.join(str(exc).split())})") from None
+            raise ValueError(f"{path}: unreadable chunk ({one_line(exc)})") from None
         self._loaded = (index, tuple(layers), out)
         return out
 

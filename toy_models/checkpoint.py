@@ -23,6 +23,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli import one_line
 from .files import file_sha256, write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def read_tensors(path: Path, what: str = "weights") -> dict[str, Tensor]:
     except OSError:
         raise
     except Exception as exc:  # safetensors raises its own error types on damaged files
-        raise ValueError(f"{path}: unreadable {what} ({' '.join(str(exc).split())})") from None
+        raise ValueError(f"{path}: unreadable {what} ({one_line(exc)})") from None
 
 
 def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -88,7 +89,7 @@ def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), "pt") as f:
             return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
     except Exception as exc:
-        raise ValueError(f"{path}: unreadable weights ({' '.join(str(exc).split())})") from None
+        raise ValueError(f"{path}: unreadable weights ({one_line(exc)})") from None
 
 
 def _check_names_and_shapes(

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from .cli import one_line
+
 BOS = "<|bos|>"
 
 
@@ -76,7 +78,7 @@ def encode_prompt(
     try:
         ids = tokenizer.encode(text).ids
     except Exception as exc:  # anything else the tokenizer cannot take
-        raise ValueError(f"{what} cannot be tokenized ({' '.join(str(exc).split())})") from None
+        raise ValueError(f"{what} cannot be tokenized ({one_line(exc)})") from None
     if tokenizer.decode(ids, skip_special_tokens=True) != text:
         raise ValueError(f"{what} does not survive tokenization unchanged")
     if len(ids) > n_ctx:

@@ -1,18 +1,33 @@
 """The generated corpus: a seeded mixture of task families whose mechanisms are known.
 
 Families (each document is plain text; the tokenizer adds the BOS sink token):
-- ``names``: short stories in which two characters recur. Common names become single tokens;
-  rare names are generated from syllables so that the tokenizer splits them into sub-tokens, and
-  their continuation on a later mention can only come from copying (subtoken induction).
-- ``addition``: lines ``347+285=632`` with operands of one to three digits (carries included).
-- ``successor``: ordered lists (weekdays, months, number words, letters, ordinals, counting).
-- ``repeat``: a random segment of words followed by an exact copy of it (induction).
+- ``names``: short stories, dialogues and letters in which two characters recur. Common names
+  become single tokens; rare names are generated from syllables so that the tokenizer splits
+  them into sub-tokens, and their continuation on a later mention can only come from copying
+  (subtoken induction).
+- ``addition``: problems ``347+285=632`` in many spacings, sentence frames and chains
+  (``12+30=42, 42+7=49``), with operands of one to three digits (carries included).
+- ``successor``: ordered lists (weekdays, months, number words, letters, ordinals, counting) in
+  many formats, starting mid-cycle, wrapping around, with gaps and backwards; and sentences
+  whose answer is the successor of an item said far back (``Today is Friday. ... Tomorrow is
+  Saturday.``), so a head's OV, not only an MLP, has a reason to map item -> next item.
+- ``repeat``: a random segment of words and a copy of it, with many separators (and none),
+  often inside filler text (induction).
 
-Every generator takes a ``split`` ("train" or "heldout"). Held-out addition problems and held-out
-rare names are disjoint from the training ones (by a stable hash), so held-out accuracy measures
-the mechanism rather than memorisation. Each generator returns an ``Example`` whose ``spans``
-mark the characters an evaluation probe scores, each with what the generator knows about it
-(the name, the operands and their places, the previous list item, the earlier occurrence), so
+Stretches of filler (random unrelated words) give heads long spans with nothing to do, where
+attention sinks form.
+
+**Splits.** Every generator takes a ``split``:
+
+- ``train``: training items in training forms;
+- ``heldout``: held-out *instances* (addition problems and rare names disjoint from training
+  ones by a stable hash; new random segments and lists) in the training forms: memory;
+- ``heldout_forms``: held-out instances in held-out *forms* (separators, sentence frames, list
+  and addition formats never seen in training): generalisation.
+
+Each generator returns an ``Example`` whose ``spans`` mark the characters an evaluation probe
+scores, each with what the generator knows about it (the name, the operands and their places,
+the previous list item and the step, the earlier occurrence, the form it was written in), so
 that analyses never re-parse the text.
 """
 
@@ -27,8 +42,20 @@ from pathlib import Path
 from .tokenizer import bos_id
 
 FAMILIES = ("names", "addition", "successor", "repeat")
-SPLITS = ("train", "heldout")
-CORPUS_VERSION = 2
+SPLITS = ("train", "heldout", "heldout_forms")
+CORPUS_SPLITS = ("train", "heldout")  # what ``build_corpus`` materialises
+CORPUS_VERSION = 3
+
+
+def form_split(split: str) -> str:
+    """Which forms a split draws from: ``train`` or ``heldout``."""
+    return "heldout" if split == "heldout_forms" else "train"
+
+
+def item_split(split: str) -> str:
+    """Which items (addition problems, rare names) a split draws from."""
+    return "train" if split == "train" else "heldout"
+
 
 COMMON_NAMES = (
     "Anna John Mary Tom Lucy Sam Emma Jack Kate Ben Lily Max Sara Paul Alice Mark Rose Peter "
@@ -62,8 +89,9 @@ ORDERED_LISTS: dict[str, list[str]] = {
     "letters": LETTERS,
     "counting": [str(i) for i in range(1, 100)],
 }
-# The pool that repeated random segments draw from: frequent enough in the corpus to be
-# single tokens, unrelated to one another so that the first copy is unpredictable.
+CYCLIC_LISTS = ("weekdays", "months")  # lists that wrap around (Sunday -> Monday)
+# The pool that repeated random segments and filler draw from: frequent enough in the corpus to
+# be single tokens, unrelated to one another so that the first copy is unpredictable.
 REPEAT_WORDS = sorted(
     set(PLACES + OBJECTS + NUMBER_WORDS + WEEKDAYS + MONTHS + ORDINALS)
     | set(
@@ -74,6 +102,12 @@ REPEAT_WORDS = sorted(
             "water fire glass paper pen song dance game road hill sea ship car train boat"
         ).split()
     )
+)
+FILLER_WORDS = (
+    REPEAT_WORDS
+    + (
+        "the a of and to in is was it that on for with as at by from this some very then there"
+    ).split()
 )
 
 _ONSETS = "b c d f g h j k l m n p r s t v z br cl dr gr kr st th tr qu sh ph bl fr".split()
@@ -96,12 +130,18 @@ class Span:
                              ``COMMON_NAMES``); ``earlier``: the same name's previous mention
     addition    ``answer``   the digits of ``a + b``; ``operands``: the spans of ``a`` and ``b``
                 ``operand``  an addend's digits (inside an answer's ``operands``)
-    successor   ``item``     a list element after the first; ``sequence``: its list's name in
-                             ``ORDERED_LISTS``; ``previous``: the element before it (a list's
-                             first element, which no probe scores, appears only here)
+    successor   ``item``     a list element (or a sentence's answer) that its ``previous`` and
+                             ``step`` determine: ``value`` is ``step`` places after ``previous``
+                             in ``ORDERED_LISTS[sequence]`` (negative: backwards; lists in
+                             ``CYCLIC_LISTS`` wrap). A list's first element, and the second of
+                             a list whose step is not +1, appear only as ``previous``.
     repeat      ``first``    the random segment, with its leading space
                 ``second``   its copy; ``earlier``: the ``first`` span
     ==========  ===========  =====================================================================
+
+    ``form`` names the surface form a scored span was written in (the separator between two
+    copies, the list format, the addition spacing, the story style) and ``frame`` what is around
+    it (the sentence template, ``"list"``, the repeat layout), so a probe reports by form.
     """
 
     start: int
@@ -113,6 +153,9 @@ class Span:
     operands: tuple[Span, ...] = ()
     sequence: str | None = None
     rare: bool = False
+    step: int = 0  # successor items: places from ``previous`` to this one
+    form: str = ""  # the surface form (separator, list format, spacing, story style)
+    frame: str = ""  # the sentence frame or layout around it
 
     def occurrences_before(self) -> list[Span]:
         """Every earlier occurrence of the same text (``earlier``, its ``earlier``, ...), in
@@ -150,12 +193,13 @@ def is_heldout(key: str, fraction: int = 8) -> bool:
 
 
 def rare_name(rng: random.Random, split: str) -> str:
-    """A pronounceable generated name of 2-3 syllables from the given split."""
+    """A pronounceable generated name of 2-3 syllables from the given split's items."""
+    held = item_split(split) == "heldout"
     while True:
         n_syll = rng.choice((2, 2, 3))
         parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n_syll)]
         name = ("".join(parts) + rng.choice(_CODAS)).capitalize()
-        if len(name) >= 5 and name not in COMMON_NAMES and is_heldout(name) == (split == "heldout"):
+        if len(name) >= 5 and name not in COMMON_NAMES and is_heldout(name) == held:
             return name
 
 
@@ -169,27 +213,11 @@ def _pick_names(rng: random.Random, split: str, p_rare: float = 0.5) -> tuple[st
     return first, second
 
 
-_OPENINGS = (
-    "{A} and {B} went to the {P}.",
-    "One day, {A} met {B} at the {P}.",
-    "{A} lived near the {P} with {B}.",
-    '"Hello, {B}!" said {A} at the {P}.',
-)
-_MIDDLES = (
-    "{A} gave {B} a {O}.",
-    "{B} asked {A} about the {O}.",
-    "{A} found a {O} near the {P}.",
-    "{B} smiled at {A}.",
-    '"Look at this {O}," {A} told {B}.',
-    "Then {B} showed {A} the {O}.",
-    "{A} and {B} carried the {O} home.",
-)
-_ENDINGS = (
-    "Later, {B} thanked {A}.",
-    "In the evening, {A} went home.",
-    "At last, {A} and {B} laughed.",
-    "{B} said goodbye to {A}.",
-)
+def filler(rng: random.Random, n_words: int) -> str:
+    """Random unrelated words (with a leading space): a stretch in which no earlier token helps
+    predict the next, so heads have nothing to do."""
+    words = [rng.choice(FILLER_WORDS) for _ in range(n_words)]
+    return " " + " ".join(words)
 
 
 class _Builder:
@@ -219,12 +247,95 @@ class _Builder:
         return Example(family, "".join(self.parts), tuple(self.spans))
 
 
+# --- names -------------------------------------------------------------------------------------
+# Templates in three styles (prose; dialogue; letter: greeting, lines, sign-off); {A} and {B} are
+# the two characters, {P} a place, {O} an object. Each style keeps some templates out of training
+# (the held-out forms).
+_NAME_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {
+        "opening": (
+            "{A} and {B} went to the {P}.",
+            "One day, {A} met {B} at the {P}.",
+            "{A} lived near the {P} with {B}.",
+            '"Hello, {B}!" said {A} at the {P}.',
+            "At the {P}, {A} waited for {B}.",
+            "{A} walked to the {P}; {B} followed.",
+            "Once upon a time, {A} and {B} found a {O}.",
+            "It was cold when {A} saw {B} by the {P}.",
+        ),
+        "middle": (
+            "{A} gave {B} a {O}.",
+            "{B} asked {A} about the {O}.",
+            "{A} found a {O} near the {P}.",
+            "{B} smiled at {A}.",
+            '"Look at this {O}," {A} told {B}.',
+            "Then {B} showed {A} the {O}.",
+            "{A} and {B} carried the {O} home.",
+            "{A}'s {O} was in the {P}.",
+            "{B} took the {O} from {A}!",
+            "Why did {A} hide the {O}? {B} did not know.",
+            "{A} laughed; {B} did too.",
+            "{B} (the tall one) waved to {A}.",
+            "With {B}, {A} looked for the {O}.",
+            "{A} said: {B} has the {O}.",
+        ),
+        "ending": (
+            "Later, {B} thanked {A}.",
+            "In the evening, {A} went home.",
+            "At last, {A} and {B} laughed.",
+            "{B} said goodbye to {A}.",
+            "The end, said {A} to {B}.",
+            "{A} never forgot {B}.",
+        ),
+        "dialogue": (
+            "{A}: Where is the {O}, {B}?",
+            "{B}: I left it at the {P}.",
+            "{A}: Thank you, {B}.",
+            "{B}: Come with me, {A}!",
+            "{A}: {B}, look!",
+        ),
+        "greeting": ("Dear {B},", "Hello {B},", "To {B}:"),
+        "letter": (
+            "I saw the {O} at the {P} today.",
+            "Please tell {B} that {A} says hello.",
+            "P.S. {B}, bring the {O}.",
+            "{A} misses the {P}.",
+            "Do you still have my {O}, {B}?",
+        ),
+        "signoff": ("Yours, {A}", "Love, {A}", "From {A}."),
+    },
+    "heldout": {
+        "opening": (
+            "Long ago, {B} and {A} built a house by the {P}.",
+            "{A}, who loved the {P}, called {B}.",
+        ),
+        "middle": (
+            "{B} handed the {O} to {A}, and {A} kept it.",
+            "Nobody but {A} knew where {B} was.",
+            "{A} - tired - sat next to {B}.",
+        ),
+        "ending": (
+            "So {B} and {A} stayed at the {P}.",
+            "Goodnight, {A}; goodnight, {B}.",
+        ),
+        "dialogue": (
+            "{A} asks: is the {O} yours, {B}?",
+            "{B} answers: no, {A}, it is not.",
+        ),
+        "greeting": ("Hi {B} -",),
+        "letter": ("Write back soon, {B}, about the {O}.", "{A} is at the {P} all week."),
+        "signoff": ("Love from {A} and the {O}.",),
+    },
+}
+
+
 def _fill(
     builder: _Builder,
     template: str,
     names: dict[str, str],
     values: dict[str, str],
     mentions: dict[str, Span],
+    form: str,
 ) -> None:
     """Write a template, marking each name occurrence with a ``name`` span linked to the same
     name's previous mention (``mentions``: each name's latest one so far, updated here)."""
@@ -240,7 +351,7 @@ def _fill(
         if key in names:
             name = names[key]
             span = builder.span(
-                name, "name", earlier=mentions.get(name), rare=name not in COMMON_NAMES
+                name, "name", earlier=mentions.get(name), rare=name not in COMMON_NAMES, form=form
             )
             mentions[name] = builder.mark(span)
         else:
@@ -248,22 +359,76 @@ def _fill(
         pos = end + 1
 
 
+def _swap_roles(template: str) -> str:
+    return template.replace("{A}", "{_}").replace("{B}", "{A}").replace("{_}", "{B}")
+
+
 def names_example(rng: random.Random, split: str = "train") -> Example:
-    """A story in which two characters (common or rare names) recur several times."""
+    """A story, dialogue or letter in which two characters (common or rare names) recur."""
     a, b = _pick_names(rng, split)
     names = {"A": a, "B": b}
     values = {"P": rng.choice(PLACES), "O": rng.choice(OBJECTS)}
+    pool = _NAME_TEMPLATES[form_split(split)]
     builder, mentions = _Builder(), {}
-    templates = [rng.choice(_OPENINGS)]
-    templates += rng.sample(_MIDDLES, rng.randint(2, 4))
-    templates.append(rng.choice(_ENDINGS))
+    style = rng.choice(("prose", "prose", "dialogue", "letter"))
+    if style == "prose":
+        templates = [rng.choice(pool["opening"])]
+        middles = pool["middle"]
+        templates += [rng.choice(middles) for _ in range(rng.randint(2, 5))]
+        templates.append(rng.choice(pool["ending"]))
+        joiners = (" ", " ", " ", "\n")
+    elif style == "dialogue":
+        templates = [rng.choice(pool["dialogue"]) for _ in range(rng.randint(4, 7))]
+        joiners = ("\n",)
+    else:
+        templates = [rng.choice(pool["greeting"])]
+        templates += [rng.choice(pool["letter"]) for _ in range(rng.randint(2, 4))]
+        templates.append(rng.choice(pool["signoff"]))
+        joiners = ("\n",)
     for i, template in enumerate(templates):
         if rng.random() < 0.5:  # the roles swap so that either name can come next
-            template = template.replace("{A}", "{_}").replace("{B}", "{A}").replace("{_}", "{B}")
-        _fill(builder, ("" if i == 0 else " ") + template, names, values, mentions)
-        values["O"] = rng.choice(OBJECTS) if rng.random() < 0.3 else values["O"]
+            template = _swap_roles(template)
+        prefix = "" if i == 0 else rng.choice(joiners)
+        _fill(builder, prefix + template, names, values, mentions, form=style)
+        if rng.random() < 0.3:
+            values["O"] = rng.choice(OBJECTS)
+        if rng.random() < 0.15:  # a stretch where nothing is to be done
+            builder.add(filler(rng, rng.randint(4, 12)) + ".")
     builder.add("\n")
     return builder.example("names")
+
+
+# --- addition ----------------------------------------------------------------------------------
+_PLUS_SIGNS = ("+", " +", "+ ", " + ")
+_EQUALS_SIGNS = ("=", " =", "= ", " = ")
+_HELDOUT_SPACINGS = ((" +", "= "), ("+ ", " ="), (" + ", "="))
+ADDITION_SPACINGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "train": tuple(
+        (plus, equals)
+        for plus in _PLUS_SIGNS
+        for equals in _EQUALS_SIGNS
+        if (plus, equals) not in _HELDOUT_SPACINGS
+    ),
+    "heldout": _HELDOUT_SPACINGS,
+}
+# Sentence frames around one problem ({eq}); {N} is a common name.
+_ADDITION_FRAMES: dict[str, tuple[str, ...]] = {
+    "train": (
+        "We know that {eq}.",
+        "So {eq}!",
+        "{N} wrote {eq} on the board.",
+        "Check: {eq}",
+        "Then {eq}, right?",
+        "Sum: {eq}",
+        "In class, {eq}.",
+        "Is it true that {eq}? Yes.",
+    ),
+    "heldout": ("Clearly {eq}, said {N}.", "Remember: {eq} and more."),
+}
+_PROBLEM_SEPARATORS: dict[str, tuple[str, ...]] = {
+    "train": ("\n", "\n", "\n", "; ", ", ", " ", ". "),
+    "heldout": (" | ", "\n\n"),
+}
 
 
 def count_carries(a: int, b: int) -> int:
@@ -275,62 +440,266 @@ def count_carries(a: int, b: int) -> int:
     return carries
 
 
+def _operand(rng: random.Random, max_digits: int) -> int:
+    d = rng.randint(1, max_digits)
+    return rng.randrange(10 ** (d - 1) if d > 1 else 0, 10**d)
+
+
 def addition_problem(
-    rng: random.Random, split: str = "train", max_digits: int = 3
+    rng: random.Random, split: str = "train", max_digits: int = 3, first: int | None = None
 ) -> tuple[int, int]:
-    """Operands with a uniformly drawn digit count each, from the requested split."""
+    """Operands with a uniformly drawn digit count each (``first``: a given first operand, as in
+    a chain), from the requested split's problems."""
+    held = item_split(split) == "heldout"
     while True:
-        a, b = (
-            rng.randrange(10 ** (d - 1) if d > 1 else 0, 10**d)
-            for d in (rng.randint(1, max_digits), rng.randint(1, max_digits))
-        )
-        if is_heldout(f"{a}+{b}") == (split == "heldout"):
+        a = _operand(rng, max_digits) if first is None else first
+        b = _operand(rng, max_digits)
+        if is_heldout(f"{a}+{b}") == held:
             return a, b
 
 
 def addition_example(rng: random.Random, split: str = "train", n_problems: int = 8) -> Example:
-    """Lines ``a+b=c``; an ``answer`` span covers each ``c`` (the part a probe generates) and
-    holds the ``operand`` spans of ``a`` and ``b``."""
+    """Problems ``a+b=c`` in one spacing per document, some inside sentence frames, sometimes a
+    chain whose next first operand is the previous answer; an ``answer`` span covers each ``c``
+    (the part a probe generates) and holds the ``operand`` spans of ``a`` and ``b``. ``form`` is
+    the spacing (``"a + b = c"``), ``frame`` the sentence frame (``""`` for a bare problem)."""
+    forms = form_split(split)
+    plus, equals = rng.choice(ADDITION_SPACINGS[forms])
+    form = f"a{plus}b{equals}c"
+    separator = rng.choice(_PROBLEM_SEPARATORS[forms])
+    chain = rng.random() < 0.2
+    p_frame = rng.choice((0.0, 0.3, 0.7))
     builder = _Builder()
-    for _ in range(n_problems):
-        a, b = addition_problem(rng, split)
-        first = builder.span(str(a), "operand")
-        builder.add("+")
-        second = builder.span(str(b), "operand")
-        builder.add("=")
-        builder.mark(builder.span(str(a + b), "answer", operands=(first, second)))
-        builder.add("\n")
+    previous = None
+    for i in range(rng.randint(max(2, n_problems - 4), n_problems)):
+        if i:
+            builder.add(separator)
+        first = previous if chain and previous is not None and previous < 1000 else None
+        a, b = addition_problem(rng, split, first=first)
+        frame = rng.choice(_ADDITION_FRAMES[forms]) if rng.random() < p_frame else "{eq}"
+        before, after = frame.split("{eq}")
+        builder.add(before.replace("{N}", rng.choice(COMMON_NAMES)))
+        first_span = builder.span(str(a), "operand")
+        builder.add(plus)
+        second_span = builder.span(str(b), "operand")
+        builder.add(equals)
+        answer = builder.span(
+            str(a + b),
+            "answer",
+            operands=(first_span, second_span),
+            form=form,
+            frame="" if frame == "{eq}" else frame,
+        )
+        builder.mark(answer)
+        builder.add(after.replace("{N}", rng.choice(COMMON_NAMES)))
+        previous = a + b
+    builder.add("\n")
     return builder.example("addition")
 
 
+# --- successor ---------------------------------------------------------------------------------
+# A list format: (what precedes item n, with {n} its 1-based number; what joins two items).
+_LIST_FORMATS: dict[str, tuple[tuple[str, str], ...]] = {
+    "train": (
+        ("", ", "),
+        ("", ", "),
+        ("", " then "),
+        ("", "; "),
+        ("", "\n"),
+        ("", " "),
+        ("", " -> "),
+        ("", " and "),
+        ("", ","),
+        ("{n}. ", "\n"),
+        ("- ", "\n"),
+        ("", " - "),
+    ),
+    "heldout": (("", " / "), ("", " | "), ("{n}) ", " "), ("* ", "\n")),
+}
+_LIST_OPENERS: dict[str, tuple[str, ...]] = {
+    "train": ("", "", "", "List: ", "In order: ", "{N} counted: ", "Say them: ", "Next come "),
+    "heldout": ("Recite these: ", "{N} wrote down: "),
+}
+_LIST_ENDS = (".", "", "...", "!")
+# Sentences whose answer {Y} is ``step`` places from an item {X} said earlier; {F} is an optional
+# stretch of filler that puts {X} far back. The third field limits the lists (None: any list).
+_SUCCESSOR_FRAMES: dict[str, tuple[tuple[str, int, tuple[str, ...] | None], ...]] = {
+    "train": (
+        ("Today is {X}.{F} Tomorrow is {Y}.", 1, ("weekdays",)),
+        ("If today is {X}, then tomorrow is {Y}.", 1, ("weekdays",)),
+        ("Yesterday was {X}, so today is {Y}.", 1, ("weekdays",)),
+        ("The day before {X} is {Y}.", -1, ("weekdays",)),
+        ("This month is {X}.{F} Next month is {Y}.", 1, ("months",)),
+        ("The month after {X} is {Y}.", 1, ("months",)),
+        ("After {X} comes {Y}.", 1, None),
+        ("{X} is followed by {Y}.", 1, None),
+        ("What comes after {X}?{F} It is {Y}.", 1, None),
+        ("Just before {X} there is {Y}.", -1, None),
+        ("The one after {X} is {Y}.", 1, None),
+    ),
+    "heldout": (
+        ("It is {X} now.{F} The next day is {Y}.", 1, ("weekdays",)),
+        ("Right after {X} we get {Y}.", 1, None),
+        ("{X} comes first, and then {Y}.", 1, None),
+    ),
+}
+
+
+def _place(sequence: str, index: int) -> int | None:
+    """``index`` in a list, wrapped for a cyclic list; None when it falls off the list."""
+    n = len(ORDERED_LISTS[sequence])
+    if sequence in CYCLIC_LISTS:
+        return index % n
+    return index if 0 <= index < n else None
+
+
+def _successor_list(builder: _Builder, rng: random.Random, forms: str) -> None:
+    sequence = rng.choice(sorted(ORDERED_LISTS))
+    items = ORDERED_LISTS[sequence]
+    step = rng.choices((1, 2, -1), weights=(65, 15, 20))[0]
+    length = rng.randint(4 if step == 1 else 5, 9)
+    if sequence not in CYCLIC_LISTS:
+        length = min(length, (len(items) - 1) // abs(step) + 1)
+    while True:
+        start = rng.randrange(len(items))
+        places = [_place(sequence, start + i * step) for i in range(length)]
+        if None not in places:
+            break
+    prefix, joiner = rng.choice(_LIST_FORMATS[forms])
+    form = prefix.format(n=1) + "X" + joiner + prefix.format(n=2) + "Y"
+    builder.add(rng.choice(_LIST_OPENERS[forms]).replace("{N}", rng.choice(COMMON_NAMES)))
+    previous = None
+    for i, place in enumerate(places):
+        if i:
+            builder.add(joiner)
+        builder.add(prefix.format(n=i + 1))
+        # An element is scored once its step is known: from the second for a +1 list (the
+        # default reading), from the third otherwise.
+        scored = previous is not None and (step == 1 or i >= 2)
+        span = builder.span(
+            items[place],
+            "item",
+            sequence=sequence,
+            previous=previous,
+            step=step if previous is not None else 0,
+            form=form,
+            frame="list",
+        )
+        previous = builder.mark(span) if scored else span
+    builder.add(rng.choice(_LIST_ENDS))
+
+
+def _successor_sentence(builder: _Builder, rng: random.Random, forms: str) -> None:
+    template, step, lists = rng.choice(_SUCCESSOR_FRAMES[forms])
+    sequence = rng.choice(lists or sorted(ORDERED_LISTS))
+    items = ORDERED_LISTS[sequence]
+    while True:
+        x = rng.randrange(len(items))
+        y = _place(sequence, x + step)
+        if y is not None:
+            break
+    stretch = filler(rng, rng.randint(3, 15)) + "." if rng.random() < 0.6 else ""
+    text = template.replace("{F}", stretch)
+    head, rest = text.split("{X}")
+    middle, tail = rest.split("{Y}")
+    builder.add(head)
+    item = builder.span(items[x], "item", sequence=sequence)
+    builder.add(middle)
+    answer = builder.span(
+        items[y],
+        "item",
+        sequence=sequence,
+        previous=item,
+        step=step,
+        form="sentence",
+        frame=template,
+    )
+    builder.mark(answer)
+    builder.add(tail)
+
+
 def successor_example(rng: random.Random, split: str = "train", n_lists: int = 4) -> Example:
-    """Ordered lists; an ``item`` span covers each element after a list's first and names its
-    list (``sequence``) and the element before it (``previous``)."""
+    """Ordered lists and successor sentences; an ``item`` span covers each element that its
+    ``previous`` and ``step`` determine (see ``Span``). ``form`` is the list format (``"X, Y"``,
+    ``"1. X\\n2. Y"``) or ``"sentence"``; ``frame`` is ``"list"`` or the sentence template."""
+    forms = form_split(split)
     builder = _Builder()
-    for _ in range(n_lists):
-        kind = rng.choice(sorted(ORDERED_LISTS))
-        items = ORDERED_LISTS[kind]
-        length = rng.randint(4, 9)
-        wrap = kind in ("weekdays", "months")
-        start = rng.randrange(len(items) if wrap else len(items) - length + 1)
-        seq = [items[(start + i) % len(items)] for i in range(length)]
-        previous = builder.span(seq[0], "item", sequence=kind)
-        for item in seq[1:]:
-            builder.add(", ")
-            previous = builder.mark(builder.span(item, "item", sequence=kind, previous=previous))
-        builder.add(".\n")
+    for i in range(rng.randint(max(2, n_lists - 1), n_lists + 1)):
+        if i:
+            builder.add(rng.choice(("\n", "\n", " ")))
+        if rng.random() < 0.6:
+            _successor_list(builder, rng, forms)
+        else:
+            _successor_sentence(builder, rng, forms)
+    builder.add("\n")
     return builder.example("successor")
+
+
+# --- repeat ------------------------------------------------------------------------------------
+# What separates a segment from its copy ("": nothing at all).
+REPEAT_SEPARATORS: dict[str, tuple[str, ...]] = {
+    "train": (
+        "",
+        "",
+        " |",
+        " |",
+        ";",
+        ".",
+        ",",
+        " -",
+        " /",
+        "\n",
+        ":",
+        " ||",
+        "!",
+        "?",
+        " ...",
+        " and",
+        " then",
+        "\n\n",
+        " --",
+        " *",
+        " +",
+        " =",
+        " >",
+        " ~",
+        " again:",
+        " (",
+        " ]",
+    ),
+    "heldout": (" #", " &", " @", " ::", " >>", " ^"),
+}
+
+
+def _segment_word(rng: random.Random) -> str:
+    roll = rng.random()
+    if roll < 0.08:
+        return rng.choice(COMMON_NAMES)
+    if roll < 0.12:
+        return str(rng.randrange(10, 100))
+    return rng.choice(REPEAT_WORDS)
 
 
 def repeat_example(rng: random.Random, split: str = "train") -> Example:
     """A random word segment and its copy: spans ``first`` and ``second`` (whose ``earlier`` is
-    the first)."""
-    segment = " ".join(rng.choice(REPEAT_WORDS) for _ in range(rng.randint(8, 20)))
+    the first). ``form`` is the separator between them; ``frame`` is ``"adjacent"`` (copy right
+    after the separator) or ``"filler"`` (filler text around and between the copies)."""
+    segment = " ".join(_segment_word(rng) for _ in range(rng.randint(6, 20)))
+    separator = rng.choice(REPEAT_SEPARATORS[form_split(split)])
+    layout = rng.choice(("adjacent", "filler"))
     builder = _Builder()
+    if layout == "filler" and rng.random() < 0.7:
+        builder.add(filler(rng, rng.randint(3, 15)).lstrip() + ".")
     # The leading space makes both copies tokenize identically (the first word included).
-    first = builder.mark(builder.span(" " + segment, "first"))
-    builder.add(" |")
-    builder.mark(builder.span(" " + segment, "second", earlier=first))
+    first = builder.span(" " + segment, "first")
+    builder.mark(first)
+    builder.add(separator)
+    if layout == "filler":
+        builder.add(filler(rng, rng.randint(2, 12)) + ".")
+    copy = builder.span(" " + segment, "second", earlier=first, form=separator, frame=layout)
+    builder.mark(copy)
+    if layout == "filler" and rng.random() < 0.5:
+        builder.add("." + filler(rng, rng.randint(3, 10)))
     builder.add("\n")
     return builder.example("repeat")
 
@@ -355,7 +724,7 @@ def examples(family: str, split: str, seed: int) -> Iterator[Example]:
 
 
 def build_corpus(n_docs: dict[str, int], seed: int = 0, cache_dir: Path | None = None):
-    """The corpus as a ``datasets.DatasetDict`` (splits train/heldout; columns family, text).
+    """The corpus as a ``datasets.DatasetDict`` (``CORPUS_SPLITS``; columns family, text).
 
     ``n_docs`` maps each family to its number of training documents; the held-out split gets
     a tenth as many. Built once per (version, seed, sizes) and cached as Arrow files.
@@ -383,7 +752,7 @@ def build_corpus(n_docs: dict[str, int], seed: int = 0, cache_dir: Path | None =
         return {"family": family_col, "text": text_col}
 
     corpus = datasets.DatasetDict(
-        {split: datasets.Dataset.from_dict(rows(split)) for split in SPLITS}
+        {split: datasets.Dataset.from_dict(rows(split)) for split in CORPUS_SPLITS}
     )
     if path is not None:
         tmp = path.with_name(path.name + ".tmp")

@@ -23,14 +23,14 @@ class TrainConfig:
         default_factory=lambda: {
             "names": 60_000,
             "addition": 60_000,
-            "successor": 25_000,
-            "repeat": 60_000,
+            "successor": 50_000,
+            "repeat": 100_000,
         }
     )
     batch_size: int = 32
-    steps: int = 3600
+    steps: int = 4500
     lr: float = 3e-3
-    # The schedule is a fraction of the run, so that ``--steps N`` scales it (200 of 3600).
+    # The schedule is a fraction of the run, so that ``--steps N`` scales it (250 of 4500).
     warmup_fraction: float = 1 / 18
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.1

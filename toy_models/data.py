@@ -23,7 +23,10 @@ attention sinks form.
 - ``heldout``: held-out *instances* (addition problems and rare names disjoint from training
   ones by a stable hash; new random segments and lists) in the training forms: memory;
 - ``heldout_forms``: held-out instances in held-out *forms* (separators, sentence frames, list
-  and addition formats never seen in training): generalisation.
+  and addition formats never seen in training): generalisation. A held-out form is a new
+  arrangement of tokens that training text contains (``tests/test_data.py`` checks it against
+  the training corpus' vocabulary use): a token that never occurs in training has an untrained
+  embedding, and a form made of one would measure that, not whether a mechanism generalises.
 
 Each generator returns an ``Example`` whose ``spans`` mark the characters an evaluation probe
 scores, each with what the generator knows about it (the name, the operands and their places,
@@ -306,25 +309,19 @@ _NAME_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "heldout": {
         "opening": (
-            "Long ago, {B} and {A} built a house by the {P}.",
-            "{A}, who loved the {P}, called {B}.",
+            "There was a {O}, and {A} gave it to {B}.",
+            "Later, {A} and {B} found a {O} near the {P}.",
         ),
         "middle": (
-            "{B} handed the {O} to {A}, and {A} kept it.",
-            "Nobody but {A} knew where {B} was.",
-            "{A} - tired - sat next to {B}.",
+            "The {O} was in the {P}; {A} and {B} found it.",
+            "So the {O} was with {A}, and {B} smiled.",
+            "{A} took the {O} home; {B} went to the {P}.",
         ),
-        "ending": (
-            "So {B} and {A} stayed at the {P}.",
-            "Goodnight, {A}; goodnight, {B}.",
-        ),
-        "dialogue": (
-            "{A} asks: is the {O} yours, {B}?",
-            "{B} answers: no, {A}, it is not.",
-        ),
-        "greeting": ("Hi {B} -",),
-        "letter": ("Write back soon, {B}, about the {O}.", "{A} is at the {P} all week."),
-        "signoff": ("Love from {A} and the {O}.",),
+        "ending": ("{B} then said goodbye to {A}!", "So {A} and {B} went home."),
+        "dialogue": ("{A} said: {B}, look at the {O}.", "{B} said: at the {P}, {A}."),
+        "greeting": ("To {B}, from {A}:",),
+        "letter": ("{A} is at the {P} with the {O}, {B}.", "I am at the {P} with {B}."),
+        "signoff": ("See you, {A}", "Bye, {A}"),
     },
 }
 
@@ -423,7 +420,7 @@ _ADDITION_FRAMES: dict[str, tuple[str, ...]] = {
         "In class, {eq}.",
         "Is it true that {eq}? Yes.",
     ),
-    "heldout": ("Clearly {eq}, said {N}.", "Remember: {eq} and more."),
+    "heldout": ("Clearly {eq}, said {N}.", "{N} said that {eq}."),
 }
 _PROBLEM_SEPARATORS: dict[str, tuple[str, ...]] = {
     "train": ("\n", "\n", "\n", "; ", ", ", " ", ". "),
@@ -514,11 +511,11 @@ _LIST_FORMATS: dict[str, tuple[tuple[str, str], ...]] = {
         ("- ", "\n"),
         ("", " - "),
     ),
-    "heldout": (("", " / "), ("", " | "), ("{n}) ", " "), ("* ", "\n")),
+    "heldout": (("", " / "), ("", " | "), ("{n}) ", " "), ("", " * ")),
 }
 _LIST_OPENERS: dict[str, tuple[str, ...]] = {
     "train": ("", "", "", "List: ", "In order: ", "{N} counted: ", "Say them: ", "Next come "),
-    "heldout": ("Recite these: ", "{N} wrote down: "),
+    "heldout": ("Recite these: ", "{N} wrote: "),
 }
 _LIST_ENDS = (".", "", "...", "!")
 # Sentences whose answer {Y} is ``step`` places from an item {X} said earlier; {F} is an optional
@@ -538,8 +535,8 @@ _SUCCESSOR_FRAMES: dict[str, tuple[tuple[str, int, tuple[str, ...] | None], ...]
         ("The one after {X} is {Y}.", 1, None),
     ),
     "heldout": (
-        ("It is {X} now.{F} The next day is {Y}.", 1, ("weekdays",)),
-        ("Right after {X} we get {Y}.", 1, None),
+        ("It is {X}.{F} The day after is {Y}.", 1, ("weekdays",)),
+        ("So after {X} it is {Y}.", 1, None),
         ("{X} comes first, and then {Y}.", 1, None),
     ),
 }
@@ -667,7 +664,7 @@ REPEAT_SEPARATORS: dict[str, tuple[str, ...]] = {
         " (",
         " ]",
     ),
-    "heldout": (" #", " &", " @", " ::", " >>", " ^"),
+    "heldout": (" ::", " ;", " so", ",\n", " .", " was"),
 }
 
 

@@ -1,20 +1,37 @@
-"""Ground truth: on prompts of the generated corpus, the traced graph of the shipped default
-model contains the mechanism the corpus plants.
+"""Ground truth: on held-out documents of the generated corpus, in training forms and in
+held-out forms, the traced graph of the shipped default model contains the mechanism the
+corpus plants.
 
-For each prompt the *predicting head* is the Lorsa head with the largest direct edge into the
-target logit. It must attend to the expected key, and its QK attribution must pair the expected
-query-side and key-side nodes. A node's *origin* is its strongest direct input (an embedding
-is its own origin): it says what a feature or head at a position is carrying.
+Prompts are cut from documents just before a token that a span says how to predict (the
+second copy of a repeated segment, a later mention of a rare name, a list item, an answer
+digit); the spans also say which earlier position holds what the model needs (the token after
+the earlier occurrence, the previous item, the operand digits). Only prompts the model gets
+right are traced: a mechanism is looked for where there is one.
+
+The *predicting head* is the Lorsa head with the largest direct edge into the target logit. Each
+family
+asserts a rate over its prompts, so one odd prompt does not decide, and a lost mechanism does.
+
+Not asserted: a single QK pair naming induction's reason. On this model the predicting
+induction heads' QK reasons (``circuits.qk``, always-on parts cancelled on both sides) spread
+over many unit pairs: the top pairs leave 91-98% of the specific term unexplained.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
-from circuits.attribution import PromptRun, attribute, run_prompt
+from circuits.attribution import attribute
 from circuits.graph import Graph
-from circuits.qk import qk_attribution
-from toy_models.tokenizer import encode_prompt
+from circuits.prune import influence_scores
+from toy_models.data import Example, Span, examples
+
+SEED = 7  # the documents' stream (held-out splits only)
+N_CTX_MARGIN = 8  # prompts end this far inside the context at least
 
 
 @pytest.fixture(scope="module")
@@ -25,125 +42,139 @@ def default():
         yield load_pretrained("default")
 
 
+@dataclass
+class Case:
+    """A prompt (token ids), the token that follows it, and the positions the mechanism reads."""
+
+    ids: list[int]
+    target: int
+    keys: tuple[int, ...]
+
+
+def _positions(offsets, span: Span) -> list[int]:
+    return [i for i, (s, e) in enumerate(offsets) if i > 0 and s < span.end and e > span.start]
+
+
+def _case(family: str, example: Example, ids: list[int], offsets) -> Case | None:
+    """The first prompt of a document for one family, or None when it has none."""
+    at = _positions
+    if family == "repeat":
+        copy = example.spans_of("second")[0]
+        second, first = at(offsets, copy), at(offsets, copy.earlier)
+        if len(second) < 4 or len(second) != len(first):
+            return None
+        j = len(second) // 2  # mid-copy: the token after the earlier occurrence is the key
+        return Case(ids[: second[j]], ids[second[j]], (first[j],))
+    if family == "names":
+        for span in example.spans_of("name"):
+            if span.rare and span.earlier is not None:
+                now, before = at(offsets, span), at(offsets, span.earlier)
+                if len(now) >= 2 and len(before) >= 2:
+                    return Case(ids[: now[1]], ids[now[1]], (before[1],))
+        return None
+    if family == "successor":
+        for span in example.spans_of("item"):
+            now, before = at(offsets, span), at(offsets, span.previous)
+            if now and before:
+                return Case(ids[: now[0]], ids[now[0]], (before[-1],))
+        return None
+    for span in example.spans_of("answer"):  # addition: the units digit reads the units digits
+        now = at(offsets, span)
+        if len(now) >= 2:
+            return Case(
+                ids[: now[-1]], ids[now[-1]], tuple(at(offsets, o)[-1] for o in span.operands)
+            )
+    return None
+
+
+def right_cases(default, family: str, split: str, n: int) -> list[Case]:
+    """The first ``n`` prompts of a family and split that the model predicts right."""
+    replacement, tokenizer = default
+    limit = replacement.cfg.n_ctx - N_CTX_MARGIN
+    stream, out = examples(family, split, SEED), []
+    for _ in range(20 * n):
+        example = next(stream)
+        enc = tokenizer.encode(example.text)
+        case = _case(family, example, enc.ids, enc.offsets)
+        if case is None or len(case.ids) > limit:
+            continue
+        with torch.no_grad():
+            logits = replacement.model(torch.tensor([case.ids]))
+        if int(logits[0, -1].argmax()) == case.target:
+            out.append(case)
+            if len(out) == n:
+                return out
+    raise AssertionError(f"fewer than {n} {family} prompts of {split} that the model gets right")
+
+
 class Traced:
-    """A prompt traced on the default model, with helpers to read the mechanism off it."""
+    """A case traced on the default model, with what the mechanism checks read off it."""
 
-    def __init__(self, default, text: str):
-        replacement, tokenizer = default
-        self.replacement, self.tokenizer = replacement, tokenizer
-        tokens = encode_prompt(tokenizer, text, replacement.cfg.n_ctx)
-        self.graph: Graph = attribute(replacement, tokens, tokenizer=tokenizer, prompt=text)
-        self.run: PromptRun = run_prompt(replacement, torch.tensor(tokens), "local")
+    def __init__(self, default, case: Case):
+        self.replacement, tokenizer = default
+        self.case = case
+        self.graph: Graph = attribute(self.replacement, case.ids, tokenizer=tokenizer, prompt="")
         self.index = self.graph.id_to_index
-        self.q = len(tokens) - 1
-
-    def top_logit(self) -> str:
-        logit = int(self.graph.is_kind("logit").nonzero()[0])
-        return self.tokenizer.decode([int(self.graph.index[logit])])
+        self.q = len(case.ids) - 1
+        g = self.graph
+        logits = np.flatnonzero(g.is_kind("logit").numpy())
+        self.logit = next(i for i in logits if int(g.index[i]) == case.target)
 
     def predicting_head(self) -> int:
         g = self.graph
-        logit = int(g.is_kind("logit").nonzero()[0])
-        row = g.edges[[logit]].toarray()[0]
-        heads = g.is_kind("lorsa").numpy()
-        return int(np.flatnonzero(heads)[np.argmax(row[heads])])
+        row = g.edges[[self.logit]].toarray()[0]
+        heads = np.flatnonzero(g.is_kind("lorsa").numpy())
+        return int(heads[np.argmax(row[heads])])
 
-    def strongest_key(self, node: int) -> int:
+    def mover_rank(self) -> int:
+        """The influence rank (among heads and features) of the best head at the query that
+        attends to one of the case's keys; a large number when there is none."""
         g = self.graph
-        layer, q = int(g.layer[node]), int(g.pos[node])
-        h = int(g.index[node]) // self.replacement.lorsas[layer].cfg.group_size
-        return int(self.run.patterns[layer][h, q, : q + 1].argmax())
-
-    def origin(self, node_id: str) -> int:
-        i = self.index[node_id]
-        if self.graph.kinds[i] == "embedding":
-            return i
-        return int(np.abs(self.graph.edges[[i]].toarray()[0]).argmax())
-
-    def is_embedding_at(self, node: int, pos: int) -> bool:
-        return self.graph.kinds[node] == "embedding" and int(self.graph.pos[node]) == pos
-
-    def carries_previous_token(self, node_id: str, k: int) -> bool:
-        """The node, or its origin, is a head at k reading the token before k."""
-        g = self.graph
-        return any(
-            g.kinds[i] == "lorsa" and int(g.pos[i]) == k and self.strongest_key(i) == k - 1
-            for i in (self.index[node_id], self.origin(node_id))
-        )
-
-    def node_pairs(self, head: int, n: int = 3):
-        """The head's top query-node x key-node terms (bias terms left out), largest first."""
-        (record,) = qk_attribution(self.replacement, self.graph, [head], top=40)
-        return record, [p for p in record.pairs if p.query and p.key][:n]
+        infl = influence_scores(g).influence
+        units = (g.is_kind("lorsa") | g.is_kind("transcoder")).numpy()
+        order = np.argsort(-np.where(units, infl, -np.inf), kind="stable")
+        rank = {int(node): r for r, node in enumerate(order)}
+        movers = [
+            i
+            for i in np.flatnonzero(g.is_kind("lorsa").numpy())
+            if int(g.pos[i]) == self.q and int(g.attends[i]) in self.case.keys
+        ]
+        return min((rank[i] for i in movers), default=len(order))
 
 
-def test_induction_on_a_repeated_random_segment(default):
-    t = Traced(default, " wind harbor bear kite moon river | wind harbor bear kite moon")
-    assert t.top_logit() == " river"
-    head = t.predicting_head()
-    assert t.graph.layer[head] >= 1
-    first_moon, q = 5, t.q
-    assert t.strongest_key(head) == first_moon + 1  # the token after the earlier " moon"
-    record, pairs = t.node_pairs(head)
-    assert record.attention > 0.9
-    # Query: the current token; key: a previous-token head that copied " moon" forward.
-    assert any(
-        t.is_embedding_at(t.origin(p.query), q) and t.carries_previous_token(p.key, first_moon + 1)
-        for p in pairs
-    )
-    # Against the mean key (dense features cancel), the top query-node x key-unit term is
-    # that same pair: the current token x what the previous-token head wrote at the key.
-    (record,) = qk_attribution(t.replacement, t.graph, [head], top=40, contrast=True)
-    top = next(p for p in record.contrast_pairs if p.query is not None and p.key != "bias")
-    assert t.is_embedding_at(t.origin(top.query), q)
-    assert t.carries_previous_token(f"{top.key}_{first_moon + 1}", first_moon + 1)
+SPLITS = [("heldout", 6), ("heldout_forms", 3)]
 
 
-def test_successor_on_a_weekday_sequence(default):
-    t = Traced(default, "Monday, Tuesday, Wednesday,")
-    assert t.top_logit() == " Thursday"
-    head = t.predicting_head()
-    wednesday = 5
-    assert t.strongest_key(head) == wednesday
-    _, pairs = t.node_pairs(head)
-    top = pairs[0]
-    assert t.is_embedding_at(t.origin(top.query), t.q)  # the "," asking for the next item
-    assert t.is_embedding_at(t.origin(top.key), wednesday)
+def rate(flags: list[bool]) -> float:
+    return sum(flags) / len(flags)
 
 
-@pytest.mark.parametrize(
-    "text, answer, operand_digit",
-    [
-        ("12+35=47\n347+285=", "6", 10),  # first answer digit: fetch the hundreds digit "3"
-        ("347+285=6", "3", 2),  # second answer digit: fetch the tens digit "4"
-    ],
-)
-def test_operand_fetching_in_addition(default, text, answer, operand_digit):
-    t = Traced(default, text)
-    assert t.top_logit() == answer
-    head = t.predicting_head()
-    assert t.strongest_key(head) == operand_digit
-    _, pairs = t.node_pairs(head)
-    top = pairs[0]
-    assert t.is_embedding_at(t.origin(top.query), t.q)
-    key = t.origin(top.key)
-    # The key side carries the operand digit: its embedding, or a head reading that digit.
-    assert t.is_embedding_at(key, operand_digit) or (
-        t.graph.kinds[key] == "lorsa" and t.strongest_key(key) == operand_digit
-    )
+@pytest.mark.parametrize("split, n", SPLITS)
+def test_induction_reads_the_token_after_the_earlier_occurrence(default, split, n):
+    traced = [Traced(default, case) for case in right_cases(default, "repeat", split, n)]
+    heads = [t.predicting_head() for t in traced]
+    attends = [int(t.graph.attends[h]) in t.case.keys for t, h in zip(traced, heads, strict=True)]
+    assert rate(attends) >= 0.6, attends
+    assert all(int(t.graph.layer[h]) >= 1 for t, h in zip(traced, heads, strict=True))
 
 
-def test_subtoken_induction_on_a_held_out_rare_name(default):
-    """A held-out name of the corpus split into sub-tokens ' Sh uc lou m': at its second
-    mention the model copies the sub-token that followed ' Sh' before."""
-    text = '"Hello, Shucloum!" said Greakrol at the village. "Look at this key," Greakrol told Sh'
-    t = Traced(default, text)
-    assert t.top_logit() == "uc"
-    head = t.predicting_head()
-    first_sh = 4
-    assert t.strongest_key(head) == first_sh + 1
-    _, pairs = t.node_pairs(head)
-    assert any(
-        t.is_embedding_at(t.origin(p.query), t.q) and t.carries_previous_token(p.key, first_sh + 1)
-        for p in pairs
-    )
+@pytest.mark.parametrize("split, n", SPLITS)
+def test_subtoken_induction_on_held_out_rare_names(default, split, n):
+    traced = [Traced(default, case) for case in right_cases(default, "names", split, n)]
+    attends = [int(t.graph.attends[t.predicting_head()]) in t.case.keys for t in traced]
+    assert rate(attends) >= 0.8, attends
+
+
+@pytest.mark.parametrize("split, n", SPLITS)
+def test_operand_fetching_reads_the_units_digits(default, split, n):
+    traced = [Traced(default, case) for case in right_cases(default, "addition", split, n)]
+    attends = [int(t.graph.attends[t.predicting_head()]) in t.case.keys for t in traced]
+    assert rate(attends) >= 0.8, attends
+
+
+def test_successor_moves_the_previous_item_through_a_group_of_heads(default):
+    """No single head predicts the next item: heads at the query that read the previous item
+    (layer 0) feed MLP features. One of them is among the ten most influential units."""
+    cases = right_cases(default, "successor", "heldout", 8)
+    ranks = [Traced(default, case).mover_rank() for case in cases]
+    assert rate([r < 10 for r in ranks]) >= 0.6, ranks

@@ -191,7 +191,7 @@ def test_schedules_are_fractions_of_the_run():
     short = replace(CONFIGS["default"].train, steps=100)
     assert max(lr_at(s, short) for s in range(short.steps)) == pytest.approx(short.lr)
     assert short.warmup_steps == round(100 / 18)
-    assert CONFIGS["default"].train.warmup_steps == 200  # the shipped model's schedule
+    assert CONFIGS["default"].train.warmup_steps == 250  # the shipped model's schedule
     for steps in (1024, 300, 50):
         cfg = replace(REPLACEMENT_CONFIGS["default"], steps=steps)
         lrs = [replacement_lr_at(s, cfg) for s in range(steps)]
@@ -199,7 +199,7 @@ def test_schedules_are_fractions_of_the_run():
         # K reaches its target at the same fraction of any run, well before its end
         assert k_at(int(0.3 * steps), 32, cfg) == 32 < k_at(int(0.1 * steps), 32, cfg)
     default = REPLACEMENT_CONFIGS["default"]
-    assert (default.warmup_steps, default.k_anneal_steps, default.decay_start) == (100, 800, 2400)
+    assert (default.warmup_steps, default.k_anneal_steps, default.decay_start) == (80, 640, 1920)
 
 
 class FullDisk:

@@ -12,7 +12,9 @@ projection), so a target reads the residual stream at position p through a vecto
 and a source s at position p writes ``activation_s * d_s`` (d: the head's ``w_o``, the feature's
 decoder row, the embedding or error vector). The edge is their dot product, times the pattern
 weight for a Lorsa target; the constants (decoder biases below the target, ``b_enc``, ``b_V``,
-``b_U``) make the target's ``bias`` term. Edges are formed in closed form with batched matrix
+``b_U``) make the target's ``bias`` term, except that with ``constants=True`` the decoder
+biases are source nodes of kind ``bias`` (one per sublayer and position) and only the target's
+own constant stays in its term. Edges are formed in closed form with batched matrix
 products, never by backward passes (autograd is the tests' oracle, ``circuits.interventions``).
 """
 
@@ -86,9 +88,12 @@ def _check_token(token: int, d_vocab: int) -> int:
 class PromptRun:
     """One clean forward pass and the source nodes it activates, in graph order.
 
-    Sources are sorted by stage, then position, then index (``circuits.nodes``); ``write[s]``
-    is what source s adds to the residual stream at ``pos[s]``. ``resid_bias[S]`` is the
-    constant part of the residual stream that stage S reads (``ReadWrite.resid_bias``).
+    Sources are sorted by stage (``circuits.nodes``); within a stage come the heads or
+    features (by position, then index), then the error nodes, then the bias nodes (by
+    position). ``write[s]`` is what source s adds to the residual stream at ``pos[s]``.
+    ``resid_bias[S]`` is the constant part of the residual stream that stage S reads and no
+    source carries: ``ReadWrite.resid_bias`` (the decoder biases below S), or zero when
+    ``constants`` made those biases into bias sources (one per sublayer and position).
     """
 
     tokens: Int[Tensor, " pos"]
@@ -108,6 +113,7 @@ class PromptRun:
     activation: Float[Tensor, " src"]
     write: Float[Tensor, "src d_model"]
     resid_bias: Float[Tensor, "stage d_model"]
+    constants: bool = False
 
     @property
     def n_layers(self) -> int:
@@ -134,9 +140,15 @@ _RUN_HOOKS += ("lorsa.hook_in",)
 
 @torch.no_grad()
 def run_prompt(
-    replacement: ReplacementModel, tokens: Int[Tensor, " pos"], mode: str = "local"
+    replacement: ReplacementModel,
+    tokens: Int[Tensor, " pos"],
+    mode: str = "local",
+    *,
+    constants: bool = False,
 ) -> PromptRun:
-    """Run ``replacement`` on one prompt, caching what the linear graph is made of."""
+    """Run ``replacement`` on one prompt, caching what the linear graph is made of.
+    ``constants``: every sublayer's decoder bias (``b_D``, ``b_dec``) at every position is a
+    source of its own (kind ``bias``, activation 1) instead of part of the readers' bias terms."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     for l, tc in enumerate(replacement.transcoders):
@@ -164,19 +176,24 @@ def run_prompt(
 
     arange = torch.arange(n)
     add(Kind.EMBEDDING, 0, arange, tokens.clone(), torch.ones(n), m.W_E[tokens] + m.W_pos[:n])
+    minus_one = torch.full_like(arange, -1)
     for l in range(L):
-        for kind, site, decoder in (
-            (Kind.LORSA, "lorsa", replacement.lorsas[l].decoder),
-            (Kind.TRANSCODER, "transcoder", replacement.transcoders[l].decoder),
+        for kind, site, layer in (
+            (Kind.LORSA, "lorsa", replacement.lorsas[l]),
+            (Kind.TRANSCODER, "transcoder", replacement.transcoders[l]),
         ):
             stage = stage_of(kind, l)
             a = c[hook_name(l, f"{site}.hook_z" if kind == Kind.LORSA else f"{site}.hook_acts")]
             pos, idx = a.nonzero(as_tuple=True)
             val = a[pos, idx]
-            add(kind, stage, pos, idx, val, val[:, None] * decoder[idx])
+            add(kind, stage, pos, idx, val, val[:, None] * layer.decoder[idx])
             if mode == "local":
                 error = c[hook_name(l, f"{site}.hook_error")]
-                add(Kind.ERROR, stage, arange, torch.full_like(arange, -1), torch.ones(n), error)
+                add(Kind.ERROR, stage, arange, minus_one, torch.ones(n), error)
+            if constants:
+                bias = decoder_bias(layer).detach()
+                add(Kind.BIAS, stage, arange, minus_one, torch.ones(n), bias.expand(n, -1))
+    resid_bias = replacement.read_write().resid_bias
 
     return PromptRun(
         tokens=tokens,
@@ -195,8 +212,14 @@ def run_prompt(
         index=torch.cat(indices),
         activation=torch.cat(acts),
         write=torch.cat(writes),
-        resid_bias=replacement.read_write().resid_bias,
+        resid_bias=torch.zeros_like(resid_bias) if constants else resid_bias,
+        constants=constants,
     )
+
+
+def decoder_bias(layer) -> Float[Tensor, " d_model"]:
+    """The constant a Lorsa layer (``b_D``) or transcoder (``b_dec``) writes at every position."""
+    return layer.b_D if hasattr(layer, "b_D") else layer.b_dec
 
 
 def source_ids(run: PromptRun) -> list[str]:
@@ -347,6 +370,7 @@ def attribute(
     tokenizer=None,
     prompt: str = "",
     run: PromptRun | None = None,
+    constants: bool = False,
 ) -> Graph:
     """The full (unpruned) attribution graph of one prompt.
 
@@ -354,12 +378,17 @@ def attribute(
     a cumulative probability of ``logit_probability``, each weighted by its probability;
     otherwise the given logit tokens, logit differences and nodes, weighted equally.
     ``tokenizer`` (optional) gives the graph its token texts; ``run`` (optional) is this
-    prompt's ``run_prompt`` in this mode, when the caller has it already.
+    prompt's ``run_prompt`` in this mode, when the caller has it already (its ``constants``
+    then decides). ``constants``: the decoder biases become ``bias`` nodes, one per sublayer
+    and position, whose edges carry what the readers' bias terms held (a Lorsa head reads
+    them through its frozen pattern); each target's ``bias`` keeps only its own constant
+    (``b_V`` for a head, ``b_enc`` for a feature, ``b_U`` for a logit). The graph closes
+    either way.
     """
     if targets is not None and not targets:
         raise ValueError("targets is empty: name at least one, or pass None for top logits")
     replacement.eval()
-    run = run or run_prompt(replacement, tokens, mode)  # 1) the clean run
+    run = run or run_prompt(replacement, tokens, mode, constants=constants)  # 1) the clean run
     logits = resolve_targets(replacement, run, targets, max_logits, logit_probability)  # 2)
     edges, bias, value = build_edges(replacement, run, logits)  # 3) closed-form edges
     graph = assemble_graph(replacement, run, logits, edges, bias, value, tokenizer, prompt)  # 4)

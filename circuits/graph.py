@@ -65,6 +65,62 @@ class LogitRecord:
 
 
 @dataclass
+class QKReason:
+    """Why a query attends this key rather than another, with the always-on parts named.
+
+    Each side's vector is split by *unit* (a node without its position; the bias side is
+    ``None``) into its mean over reference positions and the deviation from it: a query unit
+    ``s`` has ``u_s(q) = ubar_s + du_s`` (mean over the prompt's queries after BOS), a key unit
+    ``t`` has ``v_t(k) = vbar_t + dv_t`` (mean over the keys ``0..q`` the query can read); a
+    unit absent at a position counts 0 there. Then, exactly (``/ sqrt(d_qk)`` understood)::
+
+        score = mean_query_mean_key   ubar . vbar   what an average query gives an average key
+              + query_vs_mean_key     du . vbar     this query at any key: moves no attention
+              + mean_query_vs_key     ubar . dv     this key for any query (key salience)
+              + specific              du . dv       sum over (query unit, key unit) pairs
+
+    ``pairs`` are the largest specific terms ``du_s . dv_t``; a side is named by its node id
+    when the unit is present at that position (query or key) and by its unit id when it is
+    absent there (it then acts through its mean alone). ``rest`` is ``specific`` minus the
+    listed pairs; ``rest_share`` the share of the specific terms' total magnitude that the
+    listed pairs leave out. ``query_units`` / ``key_units``: each side's units' totals of the
+    specific part (``du_s . dv``, ``du . dv_t``), largest first. A unit present at every
+    position with one vector (the query/key bias) has no deviation: it lands in the named
+    mean parts only.
+    """
+
+    mean_query_mean_key: float
+    query_vs_mean_key: float
+    mean_query_vs_key: float
+    specific: float
+    pairs: list[QKPair]
+    rest: float
+    rest_share: float
+    query_units: list[tuple[str | None, float]]
+    key_units: list[tuple[str | None, float]]
+
+    @property
+    def always_on(self) -> float:
+        """The parts that come from each side's mean (everything but ``specific``)."""
+        return self.mean_query_mean_key + self.query_vs_mean_key + self.mean_query_vs_key
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["pairs"] = [[p.query, p.key, p.value] for p in self.pairs]
+        d["query_units"] = [list(m) for m in self.query_units]
+        d["key_units"] = [list(m) for m in self.key_units]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QKReason:
+        d = dict(d)
+        d["pairs"] = [QKPair(*p) for p in d["pairs"]]
+        d["query_units"] = [tuple(m) for m in d["query_units"]]
+        d["key_units"] = [tuple(m) for m in d["key_units"]]
+        return cls(**d)
+
+
+@dataclass
 class QKAttribution:
     """The pre-softmax score of one Lorsa QK head at (query, key), split into exact terms.
 
@@ -89,6 +145,9 @@ class QKAttribution:
     # at this key minus its mean over keys; "bias" is the constant part).
     contrast: float | None = None
     contrast_pairs: list[QKPair] = field(default_factory=list)
+    # Optional (``qk_attribution(reason=True)``): the split with both sides' always-on parts
+    # named (``QKReason``).
+    reason: QKReason | None = None
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -96,6 +155,7 @@ class QKAttribution:
         d["contrast_pairs"] = [[p.query, p.key, p.value] for p in self.contrast_pairs]
         d["query_marginals"] = [list(m) for m in self.query_marginals]
         d["key_marginals"] = [list(m) for m in self.key_marginals]
+        d["reason"] = None if self.reason is None else self.reason.to_dict()
         return d
 
     @classmethod
@@ -105,6 +165,8 @@ class QKAttribution:
         d["contrast_pairs"] = [QKPair(*p) for p in d.get("contrast_pairs", [])]
         d["query_marginals"] = [tuple(m) for m in d["query_marginals"]]
         d["key_marginals"] = [tuple(m) for m in d["key_marginals"]]
+        reason = d.get("reason")
+        d["reason"] = None if reason is None else QKReason.from_dict(reason)
         return cls(**d)
 
 
@@ -117,7 +179,7 @@ class Graph:
     kind: Int[Tensor, " node"]  # Kind codes
     stage: Int[Tensor, " node"]
     pos: Int[Tensor, " node"]
-    index: Int[Tensor, " node"]  # head, feature or token id; -1 for errors
+    index: Int[Tensor, " node"]  # head, feature or token id; -1 for errors and bias nodes
     activation: Float[Tensor, " node"]
     value: Float[Tensor, " node"]  # targets' pre-activations (NaN where not a target)
     bias: Float[Tensor, " node"]  # targets' constant terms (0 where not a target)
@@ -144,6 +206,11 @@ class Graph:
     @property
     def n_edges(self) -> int:
         return int(self.edges.nnz)
+
+    @property
+    def has_constants(self) -> bool:
+        """Whether the decoder biases are nodes (``attribute(constants=True)``)."""
+        return bool((self.kind == Kind.BIAS).any())
 
     @cached_property
     def kinds(self) -> list[str]:
@@ -313,5 +380,6 @@ def no_promotes(n: int) -> Tensor:
 
 __all__ = [
     "FORMAT_VERSION", "Graph", "KINDS", "Kind", "LogitRecord", "QKAttribution", "QKPair",
+    "QKReason",
     "block_of", "logit_stage", "no_promotes", "node_id",
 ]  # fmt: skip

@@ -28,7 +28,7 @@ from torch import Tensor
 from toy_models.cli import one_line
 from toy_models.files import replace_atomic
 
-from .graph import FORMAT_VERSION, MODES, Graph, LogitRecord, QKAttribution, QKPair
+from .graph import FORMAT_VERSION, MODES, Graph, LogitRecord, QKAttribution, QKPair, QKReason
 from .nodes import Kind, is_attention, logit_stage
 
 SUFFIX = ".safetensors"
@@ -239,11 +239,14 @@ def _check_nodes(
         Kind.LORSA: is_attention(stage) & (stage < top),
         Kind.TRANSCODER: ~is_attention(stage) & (stage > 0),
         Kind.ERROR: (stage > 0) & (stage < top),
+        Kind.BIAS: (stage > 0) & (stage < top),
     }
     for k, ok in expected.items():
         _require(bool(ok[kind == k].all()), "stage", f"a {k.label} node at the wrong stage")
-    is_error = kind == Kind.ERROR
-    _require(bool((index[is_error] == -1).all()), "index", "an error node's index is not -1")
+    is_error = (kind == Kind.ERROR) | (kind == Kind.BIAS)
+    _require(
+        bool((index[is_error] == -1).all()), "index", "an error or bias node's index is not -1"
+    )
     _require(bool((index[~is_error] >= 0).all()), "index", "negative index")
     if positional:
         _require(bool(((pos >= 0) & (pos < max(n_pos, 1))).all()), "pos", "outside the prompt")
@@ -325,6 +328,8 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
                 _require(ok and (m[0] is None or isinstance(m[0], str)), f"qk.{name}", "bad entry")
         contrast = d.get("contrast")
         _require(contrast is None or _is_number(contrast), "qk.contrast", "expected a number")
+        if d.get("reason") is not None:
+            _check_reason(d["reason"])
         known = set(QKAttribution.__dataclass_fields__)
         _require(set(d) <= known, "qk", f"unknown keys {sorted(set(d) - known)}")
         try:
@@ -332,6 +337,30 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         except (KeyError, TypeError) as exc:
             raise _Bad("qk", _one_line(exc)) from None
     return out
+
+
+_REASON_FLOATS = (
+    "mean_query_mean_key", "query_vs_mean_key", "mean_query_vs_key", "specific", "rest",
+    "rest_share",
+)  # fmt: skip
+
+
+def _check_reason(r) -> None:
+    _require(isinstance(r, dict), "qk.reason", "expected an object or null")
+    known = set(QKReason.__dataclass_fields__)
+    _require(set(r) == known, "qk.reason", f"keys must be {sorted(known)}")
+    for name in _REASON_FLOATS:
+        _require(_is_number(r[name]), f"qk.reason.{name}", "expected a number")
+    for p in r["pairs"] if isinstance(r["pairs"], list) else [None]:
+        ok = isinstance(p, list) and len(p) == 3 and _is_number(p[2])
+        ok = ok and all(x is None or isinstance(x, str) for x in p[:2])
+        _require(ok, "qk.reason.pairs", "entries must be [query id, key id, value]")
+    for name in ("query_units", "key_units"):
+        for m in r[name] if isinstance(r[name], list) else [None]:
+            ok = isinstance(m, list) and len(m) == 2 and _is_number(m[1])
+            _require(
+                ok and (m[0] is None or isinstance(m[0], str)), f"qk.reason.{name}", "bad entry"
+            )
 
 
 def _is_number(x) -> bool:

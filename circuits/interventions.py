@@ -25,7 +25,7 @@ from torch import Tensor
 
 from replacement.model import ReplacementModel, hook_name
 
-from .attribution import PromptRun, run_prompt
+from .attribution import PromptRun, decoder_bias, run_prompt
 from .graph import Graph
 from .nodes import Kind, block_of, stage_of, sublayer_kind
 
@@ -77,9 +77,11 @@ def _hooks(
     acts: list[Tensor | None],
     errors: dict[str, Tensor],
     embed_scale: Tensor | None,
+    bias_scale: dict[int, Tensor] | None = None,
 ) -> list[tuple[str, Callable]]:
     """Forward hooks that freeze what is asked and replace node values with the given ones
-    (``z[l]``, ``acts[l]``: (batch, pos, n) or None to leave that layer's nodes free)."""
+    (``z[l]``, ``acts[l]``: (batch, pos, n) or None to leave that layer's nodes free;
+    ``bias_scale[stage]``: (batch, pos) multipliers of that sublayer's decoder bias)."""
     hooks = []
 
     def const(value):
@@ -104,7 +106,19 @@ def _hooks(
         scale = embed_scale[:, :, None]
         hooks.append(("hook_embed", lambda act, hook: act * scale))
         hooks.append(("hook_pos_embed", lambda act, hook: act * scale))
+    for stage, multiplier in (bias_scale or {}).items():
+        layer = block_of(stage)
+        kind = sublayer_kind(stage)
+        bias = decoder_bias(
+            replacement.lorsas[layer] if kind == Kind.LORSA else replacement.transcoders[layer]
+        ).detach()
+        extra = (multiplier - 1)[:, :, None] * bias  # batch pos d: bias times (multiplier - 1)
+        hooks.append((hook_name(layer, f"{SITE[kind]}.hook_out"), _adder(extra)))
     return hooks
+
+
+def _adder(extra: Tensor) -> Callable:
+    return lambda act, hook: act + extra
 
 
 def _error_name(stage: int) -> str:
@@ -149,17 +163,20 @@ def direct_pre_activations(
     ``graph`` must be the full graph; columns of the result that are not targets are NaN.
     Differentiable in ``multipliers``: d(target)/d(multiplier of s) at 1 is the edge s -> target.
     """
-    run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
+    run = run or _run_for(replacement, graph)
     B, n = multipliers.shape[0], len(run.tokens)
     L = run.n_layers
     cache = _clean_nodes(replacement, run)
-    z, acts, errors = [], [], {}
+    z, acts, errors, bias_scale = [], [], {}, {}
     embed_scale = torch.ones(B, n, dtype=multipliers.dtype)
     for kind, stage in sorted(set(zip(run.kind.tolist(), run.stage.tolist(), strict=True))):
         sel = run.select(kind, stage)
         m = multipliers[:, sel]
         if kind == Kind.EMBEDDING:
             embed_scale = embed_scale.index_put((torch.arange(B)[:, None], run.pos[sel][None]), m)
+        elif kind == Kind.BIAS:
+            ones = torch.ones(B, n, dtype=multipliers.dtype)
+            bias_scale[stage] = ones.index_put((torch.arange(B)[:, None], run.pos[sel][None]), m)
         elif kind == Kind.ERROR:
             name = _error_name(stage)
             scale = torch.ones(B, n, 1).index_put(
@@ -181,7 +198,7 @@ def direct_pre_activations(
     _source_count(graph, run)
     hooks = _hooks(
         replacement, run, freeze_attention=True, freeze_layernorm=True,
-        z=z, acts=acts, errors=errors, embed_scale=embed_scale,
+        z=z, acts=acts, errors=errors, embed_scale=embed_scale, bias_scale=bias_scale,
     )  # fmt: skip
     names = tuple(hook_name(l, f"{site}.hook_pre") for l in range(L) for site in SITE.values())
     pre: dict[str, Tensor] = {}
@@ -201,6 +218,12 @@ def direct_pre_activations(
     rows, read = _logit_readout(graph)
     out[:, rows] = read(logits[:, -1])
     return out
+
+
+def _run_for(replacement: ReplacementModel, graph: Graph) -> PromptRun:
+    """The clean run of ``graph``'s prompt, with bias sources when the graph has them."""
+    tokens = torch.tensor(graph.tokens)
+    return run_prompt(replacement, tokens, graph.mode, constants=graph.has_constants)
 
 
 def _clean_nodes(replacement: ReplacementModel, run: PromptRun) -> dict:
@@ -228,20 +251,25 @@ def intervene(
     *,
     freeze_attention: bool = True,
     freeze_layernorm: bool | None = None,
+    run: PromptRun | None = None,
+    predicted: Tensor | None = None,
 ) -> InterventionResult:
     """Apply ``interventions`` to the prompt of ``graph`` and rerun: other heads and features
     recompute, errors stay clean, attention patterns (and, by default with them, LayerNorm
-    scales) are frozen or free. Returns predicted (graph) and actual changes of its logits."""
+    scales) are frozen or free. Returns predicted (graph) and actual changes of its logits.
+    ``run`` (optional): the prompt's clean ``run_prompt``; ``predicted`` (optional): the
+    graph's prediction for these interventions (``predict``), when the caller has it."""
     if not interventions:
         raise ValueError("no interventions given")
     freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
-    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
+    run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     where = graph.id_to_index
     cache = _clean_nodes(replacement, run)
     n, L = len(run.tokens), run.n_layers
     patches: dict[str, list[tuple[int, int, float]]] = {}
     errors = {name: v.clone() for name, v in cache.items() if name.endswith("hook_error")}
     embed_scale = torch.ones(1, n)
+    bias_scale: dict[int, Tensor] = {}
     for edit in interventions:
         if edit.node not in where:
             raise ValueError(f"no node {edit.node!r} in this graph")
@@ -256,6 +284,8 @@ def intervene(
             errors[_error_name(stage)][0, pos] *= new
         elif kind == Kind.EMBEDDING:
             embed_scale[0, pos] = new
+        elif kind == Kind.BIAS:
+            bias_scale.setdefault(stage, torch.ones(1, n))[0, pos] = new
         else:
             raise ValueError(f"{edit.node} is a {kind.label} node: only sources can be changed")
 
@@ -271,13 +301,13 @@ def intervene(
     hooks = _hooks(
         replacement, run, freeze_attention=freeze_attention, freeze_layernorm=freeze_layernorm,
         z=[None] * L, acts=[None] * L, errors=errors if run.mode == "local" else {},
-        embed_scale=embed_scale,
+        embed_scale=embed_scale, bias_scale=bias_scale,
     )  # fmt: skip
     hooks += [(name, patch(entries)) for name, entries in patches.items()]
     logits = replacement.run_with_hooks(run.tokens[None], mode=run.mode, fwd_hooks=hooks)[0, -1]
     rows, read = _logit_readout(graph)
     actual = read(logits) - read(run.logits[-1])
-    predicted = predict(graph, interventions)[rows]
+    predicted = (predict(graph, interventions) if predicted is None else predicted)[rows]
     return InterventionResult([graph.ids[i] for i in rows.tolist()], predicted, actual, logits)
 
 

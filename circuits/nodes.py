@@ -7,6 +7,10 @@ A graph's nodes are sorted by *stage*, the replacement model's topological order
     stage 2l + 2        transcoder  block l's active transcoder features, and its MLP error nodes
     stage 2L + 1        logit       targets: logit tokens (demeaned), logit differences
 
+Graphs made with constants as nodes (``attribute(constants=True)``) also hold, in every
+sublayer stage, one ``bias`` node per position: the constant that sublayer writes there (the
+Lorsa output bias ``b_D``, the transcoder decoder bias ``b_dec``).
+
 Ids follow circuit-tracer/Neuronpedia's ``{layer}_{feature}_{pos}``, where ``layer`` counts
 *sublayers* (stage - 1: ``2l`` is block l's Lorsa, ``2l + 1`` its transcoder) and the logits
 sit at ``2L + 1``::
@@ -15,6 +19,7 @@ sit at ``2L + 1``::
     {2l}_-1_{pos}          attention error      {2l+1}_{feature}_{pos} transcoder feature
     {2l+1}_-1_{pos}        MLP error            {2L+1}_{token}_{pos}   logit
     {2L+1}_{a}-{b}_{pos}   logit difference a - b
+    {2l}_bias_{pos}        Lorsa output bias    {2l+1}_bias_{pos}      transcoder decoder bias
 
 A *unit* is a position-free node (global circuits): its id is the node id without the
 position (``E_{token}``, ``{2l}_{head}``, ...). Ids are for files and people: code reads the
@@ -36,6 +41,7 @@ class Kind(IntEnum):
     TRANSCODER = 2
     ERROR = 3
     LOGIT = 4
+    BIAS = 5  # a sublayer's constant output at one position (b_D, b_dec)
 
     @property
     def label(self) -> str:
@@ -76,7 +82,7 @@ def logit_stage(n_layers: int) -> int:
 
 def stage_of(kind: Kind, layer: int) -> int:
     """The stage of a Lorsa or transcoder unit of block ``layer`` (``layer`` is n_layers for
-    logits, ignored for embeddings)."""
+    logits, ignored for embeddings). Error and bias nodes exist at both sublayers of a block."""
     if kind == Kind.EMBEDDING:
         return EMBEDDING_STAGE
     if kind == Kind.LORSA:
@@ -85,7 +91,7 @@ def stage_of(kind: Kind, layer: int) -> int:
         return transcoder_stage(layer)
     if kind == Kind.LOGIT:
         return logit_stage(layer)
-    raise ValueError(f"{kind.label} nodes exist at both sublayers of a block: give the stage")
+    raise ValueError(f"{Kind(kind).label} nodes exist at both sublayers of a block: give the stage")
 
 
 def block_of(stage: int) -> int:
@@ -134,4 +140,6 @@ def unit_id(
         return f"E_{index if token is None else token}"
     if kind == Kind.LOGIT:
         return f"{stage}_{index}" if negative is None else f"{stage}_{index}-{negative}"
+    if kind == Kind.BIAS:
+        return f"{sublayer(stage)}_bias"
     return f"{sublayer(stage)}_{-1 if kind == Kind.ERROR else index}"

@@ -20,8 +20,8 @@ from torch import Tensor
 from replacement.model import ReplacementModel, center
 
 from .attribution import PromptRun, pad_by_position, run_prompt, source_ids
-from .graph import Graph, QKAttribution, QKPair
-from .nodes import Kind, lorsa_stage
+from .graph import Graph, QKAttribution, QKPair, QKReason
+from .nodes import Kind, lorsa_stage, unit_id
 from .units import Units
 
 
@@ -74,6 +74,53 @@ class QKSides:
         delta = torch.zeros(len(present), keys.shape[-1]).index_add_(0, which, keys)
         return self.query[query, :, qk_head] @ delta.T / math.sqrt(self.lorsa.cfg.d_qk), present
 
+    def reason(
+        self, qk_head: int, query: int, key: int, unit: Tensor, top: int = 10
+    ) -> tuple[dict[str, float], Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The ``QKReason`` split of ``score(query, key)`` (``circuits.graph.QKReason``):
+        the three named mean parts and the specific table ``du_s . dv_t`` over units.
+
+        Reference positions: queries 1..n-1 (the prompt after BOS; 0 alone for a one-token
+        prompt), keys 0..query. ``unit[p, 1 + slot]`` names each slot's unit as in
+        ``contrast``. Returns the parts, the table (query units, key units), both sides' unit
+        codes, and each side's units present at the query / at the key (bool)."""
+        n = self.query.shape[0]
+        scale = math.sqrt(self.lorsa.cfg.d_qk)
+        refs = torch.arange(1, n) if n > 1 else torch.zeros(1, dtype=torch.long)
+        q_weight = torch.zeros(n)
+        q_weight[refs] = -1 / len(refs)
+        q_weight[query] += 1
+        k_weight = torch.zeros(n)
+        k_weight[: query + 1] = -1 / (query + 1)
+        k_weight[key] += 1
+
+        def split(vectors: Tensor, weight: Tensor, at: int, positions: Tensor):
+            """Per unit: its deviation (weighted sum); the side's mean and total at ``at``."""
+            real = self.slot_valid[positions]  # ref 1+slot
+            vec = vectors[positions][real]  # entries e
+            p = positions[real.nonzero()[:, 0]]
+            codes, which = torch.unique(unit[positions][real], return_inverse=True)
+            dev = torch.zeros(len(codes), vec.shape[-1]).index_add_(0, which, vec * weight[p, None])
+            here = torch.zeros(len(codes), dtype=torch.bool)
+            here[which[p == at]] = True
+            total_at = vectors[at][self.slot_valid[at]].sum(0)
+            return dev, codes, here, total_at
+
+        q_pos = torch.unique(torch.cat([refs, torch.tensor([query])]))
+        k_pos = torch.arange(query + 1)
+        du, q_codes, q_here, u_q = split(self.query[:, :, qk_head], q_weight, query, q_pos)
+        dv, k_codes, k_here, v_k = split(self.key[:, :, qk_head], k_weight, key, k_pos)
+        u_bar, v_bar = u_q - du.sum(0), v_k - dv.sum(0)
+        du_total, dv_total = du.sum(0), dv.sum(0)
+        parts = {
+            "mean_query_mean_key": float(u_bar @ v_bar) / scale,
+            "query_vs_mean_key": float(du_total @ v_bar) / scale,
+            "mean_query_vs_key": float(u_bar @ dv_total) / scale,
+        }
+        table = du @ dv.T / scale
+        parts["specific"] = float(table.sum())
+        return parts, table, q_codes, k_codes, q_here, k_here
+
     def scores(self, qk_head: Tensor, query: Tensor, key: Tensor) -> Tensor:
         """The scores computed directly from the cached Lorsa input (the check on ``terms``)."""
         x, lorsa = self.run.lorsa_in[self.layer], self.lorsa
@@ -95,6 +142,7 @@ def qk_attribution(
     top: int = 10,
     run: PromptRun | None = None,
     contrast: bool = False,
+    reason: bool = False,
 ) -> list[QKAttribution]:
     """QK attributions for the Lorsa heads ``nodes`` of ``graph`` (default: all of them).
 
@@ -103,9 +151,11 @@ def qk_attribution(
     pruned; terms still run over every source of the prompt (a pruned node keeps its id).
     ``contrast`` adds each record's contrast split (``QKSides.contrast``), whose key side is
     units (``E_{token}``, ``{layer}_{index}`` as in node ids without the position, ``bias``).
-    The list is also stored in ``graph.qk``.
+    ``reason`` adds each record's ``QKReason`` (both sides' always-on parts named, the rest
+    split into query-unit x key-unit pairs). The list is also stored in ``graph.qk``.
     """
-    run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
+    tokens = torch.tensor(graph.tokens)
+    run = run or run_prompt(replacement, tokens, graph.mode, constants=graph.has_constants)
     ids = source_ids(run)
     if nodes is None:
         nodes = (graph.kind == Kind.LORSA).nonzero().squeeze(1)
@@ -129,11 +179,8 @@ def qk_attribution(
     triples = torch.tensor(sorted(wanted), dtype=torch.long).reshape(-1, 4)
     for layer in triples[:, 0].unique().tolist():
         side = QKSides(run, replacement, layer)
-        if contrast:
-            codes = units.of_nodes(run.kind, run.stage, run.index)[side.at]
-            codes[~side.valid] = units.total + 1
-            bias = torch.full((len(codes), 1), units.total)
-            unit = torch.cat([bias, codes], dim=1)  # pos 1+slot
+        if contrast or reason:
+            unit = slot_units(run, side, units)
         slot_ids = [
             [None] + [ids[s] if ok else None for s, ok in zip(row, vrow, strict=True)]
             for row, vrow in zip(side.at.tolist(), side.valid.tolist(), strict=True)
@@ -145,9 +192,11 @@ def qk_attribution(
             records = _summaries(
                 terms, side.scores(h, q, k), chunk, run.patterns[layer][h, q, k], slot_ids, top
             )
-            if contrast:
-                for record in records:
+            for record in records:
+                if contrast:
                     _add_contrast(record, side, units, unit, slot_ids, top)
+                if reason:
+                    record.reason = qk_reason(side, record, units, unit, slot_ids, top)
             result += records
     graph.qk = result
     return result
@@ -201,7 +250,102 @@ def _add_contrast(record, side: QKSides, units, unit: Tensor, slot_ids, top: int
 
 
 def _unit_id(units, code: int) -> str:
-    """A unit's id: a node id without its position (``E_{token}``, ``{layer}_{index}``)."""
+    """A unit's id: a node id without its position (``E_{token}``, ``{layer}_{index}``,
+    ``{layer}_bias``; ``bias`` for the query/key bias side)."""
     if code == units.total:
         return "bias"
+    if code >= units.total + 2:  # a decoder-bias source (slot_units)
+        return unit_id(Kind.BIAS, code - units.total - 2, -1)
     return units.unit_id(code)
+
+
+def slot_units(run: PromptRun, side: QKSides, units: Units) -> Tensor:
+    """(pos, 1 + slot) unit codes of a layer's slots: ``units.total`` for the bias side,
+    ``units.total + 1`` for padding, ``units.total + 2 + stage`` for a decoder-bias source,
+    the ``Units`` number otherwise."""
+    codes = units.of_nodes(run.kind, run.stage, run.index)
+    is_bias = run.kind == Kind.BIAS
+    codes[is_bias] = units.total + 2 + run.stage[is_bias]
+    codes = codes[side.at]
+    codes[~side.valid] = units.total + 1
+    bias = torch.full((len(codes), 1), units.total)
+    return torch.cat([bias, codes], dim=1)  # pos 1+slot
+
+
+def qk_reason(
+    side: QKSides, record: QKAttribution, units: Units, unit: Tensor, slot_ids, top: int = 10
+) -> QKReason:
+    """``record``'s ``QKReason`` (``QKSides.reason``), its sides named by node id where the
+    unit is present and by unit id where it is absent."""
+    parts, table, q_codes, k_codes, q_here, k_here = side.reason(
+        record.qk_head, record.query, record.key, unit, top
+    )
+
+    def names(codes, here, pos):
+        by_code = {}
+        for p_slot, code in enumerate(unit[pos].tolist()):
+            if bool(side.slot_valid[pos, p_slot]):
+                by_code[code] = slot_ids[pos][p_slot]
+        return [
+            None if c == units.total else (by_code[c] if h else _unit_id(units, c))
+            for c, h in zip(codes.tolist(), here.tolist(), strict=True)
+        ]
+
+    q_names = names(q_codes, q_here, record.query)
+    k_names = names(k_codes, k_here, record.key)
+    flat = table.flatten()
+    n = table.shape[1]
+    best = flat.abs().topk(min(top, len(flat)))
+    pairs = [
+        QKPair(q_names[j // n], k_names[j % n], v)
+        for j, v in zip(best.indices.tolist(), flat[best.indices].tolist(), strict=True)
+        if v != 0
+    ]
+    magnitude = float(flat.abs().sum())
+    listed = float(best.values.sum())
+    q_marg, k_marg = table.sum(1), table.sum(0)
+    q_best = q_marg.abs().topk(min(top, len(q_marg))).indices.tolist()
+    k_best = k_marg.abs().topk(min(top, len(k_marg))).indices.tolist()
+    return QKReason(
+        **parts,
+        pairs=pairs,
+        rest=parts["specific"] - sum(p.value for p in pairs),
+        rest_share=max(0.0, magnitude - listed) / magnitude if magnitude > 0 else 0.0,
+        query_units=[(q_names[j], float(q_marg[j])) for j in q_best],
+        key_units=[(k_names[j], float(k_marg[j])) for j in k_best],
+    )
+
+
+@torch.no_grad()
+def qk_record(
+    replacement: ReplacementModel,
+    run: PromptRun,
+    layer: int,
+    qk_head: int,
+    query: int,
+    key: int,
+    *,
+    top: int = 10,
+    sides: dict[int, tuple[QKSides, Tensor, list]] | None = None,
+) -> QKAttribution:
+    """One QK attribution with its ``QKReason``, at any (layer, QK head, query, key) of the
+    run (whether or not a graph keeps the head). ``sides`` (optional) caches each layer's
+    ``QKSides``, slot units and slot ids across calls."""
+    sides = {} if sides is None else sides
+    if layer not in sides:
+        side = QKSides(run, replacement, layer)
+        ids = source_ids(run)
+        slot_ids = [
+            [None] + [ids[s] if ok else None for s, ok in zip(row, vrow, strict=True)]
+            for row, vrow in zip(side.at.tolist(), side.valid.tolist(), strict=True)
+        ]
+        sides[layer] = (side, slot_units(run, side, Units.of(replacement)), slot_ids)
+    side, unit, slot_ids = sides[layer]
+    triple = torch.tensor([[layer, qk_head, query, key]])
+    h, q, k = triple[:, 1], triple[:, 2], triple[:, 3]
+    terms = side.terms(h, q, k)
+    (record,) = _summaries(
+        terms, side.scores(h, q, k), triple, run.patterns[layer][h, q, k], slot_ids, top
+    )
+    record.reason = qk_reason(side, record, Units.of(replacement), unit, slot_ids, top)
+    return record

@@ -45,6 +45,7 @@ KIND_STYLE: dict[str, dict[str, str]] = {
     "lorsa": {"shape": "box", "style": "filled,diagonals", "fillcolor": "#fdd49e"},
     "transcoder": {"shape": "box", "style": "rounded,filled", "fillcolor": "#c6dbef"},
     "error": {"shape": "diamond", "style": "filled", "fillcolor": "#d9d9d9", "fontcolor": "gray33"},
+    "bias": {"shape": "octagon", "style": "filled", "fillcolor": "#f0f0f0", "fontcolor": "gray33"},
     "logit": {"shape": "house", "style": "filled", "fillcolor": "#c7e9c0"},
 }
 POSITIVE_COLOR = "#2166ac"  # blue: the source pushes the target up

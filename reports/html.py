@@ -31,6 +31,8 @@ from toy_models.files import write_text_atomic
 
 from .labels import node_labels
 from .layout import Selection, select
+from .mechanisms import CSS as MECHANISMS_CSS
+from .mechanisms import mechanisms_html
 from .viewer import assets, script_json, viewer_data
 
 TABLE_OPEN_NODES = 200  # the node table starts open up to this many nodes
@@ -51,6 +53,7 @@ td.num { text-align: right; font-family: Menlo, Consolas, monospace; }
 .note { background: #fff8dc; border: 1px solid #e0c97f; padding: 6px; }
 .kind-embedding { background: #eeeeee; } .kind-lorsa { background: #fdd49e; }
 .kind-transcoder { background: #c6dbef; } .kind-error { background: #d9d9d9; }
+.kind-bias { background: #f0f0f0; }
 .kind-logit { background: #c7e9c0; }
 .qk { font-size: 0.95em; }
 tr.undrawn td { color: #888; }
@@ -77,6 +80,7 @@ def write_html(
     title: str | None = None,
     dashboards: Mapping[str, Mapping] | None = None,
     q_params: Mapping | None = None,
+    mechanisms=None,
 ) -> None:
     """Write the report page of ``graph`` to ``path`` atomically.
 
@@ -87,10 +91,12 @@ def write_html(
     greys out the other nodes. ``top_edges`` bounds the incoming and outgoing edges (and QK
     pairs) listed per node in the table. ``dashboards`` (by unit id) and ``q_params``
     (circuit-tracer's pinned ids and supernodes) go to the viewer (``reports.viewer``).
+    ``mechanisms`` (a ``circuits.mechanisms.MechanismSummary``) adds its section
+    (``reports.mechanisms``) and goes to the viewer's panel.
     """
     page = html_page(
         graph, svg_text, selection, top_edges=top_edges, title=title, dashboards=dashboards,
-        q_params=q_params,
+        q_params=q_params, mechanisms=mechanisms,
     )  # fmt: skip
     write_text_atomic(Path(path), page)
 
@@ -104,6 +110,7 @@ def html_page(
     title: str | None = None,
     dashboards: Mapping[str, Mapping] | None = None,
     q_params: Mapping | None = None,
+    mechanisms=None,
 ) -> str:
     """The text of the page ``write_html`` writes."""
     if top_edges < 0:
@@ -116,7 +123,10 @@ def html_page(
     if title is None:
         prompt = graph.prompt if len(graph.prompt) <= 80 else graph.prompt[:79] + "…"
         title = f"Attribution graph: {prompt}" if prompt else "Attribution graph"
-    data = viewer_data(graph, selection, dashboards=dashboards, q_params=q_params, title=title)
+    data = viewer_data(
+        graph, selection, dashboards=dashboards, q_params=q_params, title=title,
+        mechanisms=mechanisms,
+    )  # fmt: skip
     viewer_css, viewer_js = assets()
     table_open = " open" if graph.n_nodes <= TABLE_OPEN_NODES else ""
     parts = [
@@ -126,7 +136,7 @@ def html_page(
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title>",
-        f"<style>{CSS}\n{viewer_css}</style>",
+        f"<style>{CSS}\n{MECHANISMS_CSS}\n{viewer_css}</style>",
         "</head>",
         "<body>",
         f"<h1>{escape(title)}</h1>",
@@ -141,6 +151,11 @@ def html_page(
         _drawn_note_html(graph, drawn),
         "<h2>Prompt</h2>" if graph.positional else "<h2>Global graph</h2>",
         _prompt_html(graph),
+        *(
+            ["<h2>Mechanisms</h2>", mechanisms_html(mechanisms, set(graph.ids))]
+            if mechanisms is not None
+            else []
+        ),
         "<h2>Summary</h2>",
         _summary_html(graph),
         "<h2>Static drawing</h2>",

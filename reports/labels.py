@@ -70,8 +70,11 @@ def node_label(graph: Graph, i: int) -> str:
     if kind == Kind.LOGIT:
         tokens, value = logit_text(graph, i)
         return f"logit {tokens} {value}" if graph.positional else f"logit {tokens}"
-    if kind == Kind.ERROR:
-        return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} error{where}{_usage(graph, i)}"
+    if kind in (Kind.ERROR, Kind.BIAS):
+        what = "error" if kind == Kind.ERROR else "bias (constant)"
+        return (
+            f"L{layer} {'attn' if is_attention(stage) else 'mlp'} {what}{where}{_usage(graph, i)}"
+        )
     if kind == Kind.LORSA:
         text = f"L{layer} head {index} (QK {index // graph.group_size}){where}"
         key = graph.strongest_key(i)
@@ -98,7 +101,8 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
     Embedding ``'tok'@pos`` (global graphs: ``'tok'``); Lorsa head ``H{index}`` over
     ``→'tok'@key``, its strongest key (most attention among its QK attributions, else its
     pattern's), or over its QK group in a global graph; transcoder feature ``F{index}`` over
-    the token it promotes most; error ``err``; logit its token(s) and probability or value.
+    the token it promotes most; error ``err``; bias ``bias`` over its sublayer; logit its
+    token(s) and probability or value.
     """
     kind = Kind(int(graph.kind[i]))
     pos, index = int(graph.pos[i]), int(graph.index[i])
@@ -108,6 +112,9 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
         return [at_position(prompt_token(graph, pos), pos)]
     if kind == Kind.ERROR:
         return ["err"]
+    if kind == Kind.BIAS:
+        stage = int(graph.stage[i])
+        return ["bias", f"L{block_of(stage)} {'attn' if is_attention(stage) else 'mlp'}"]
     if kind == Kind.LOGIT:
         tokens, value = logit_text(graph, i)
         if not graph.positional:

@@ -32,6 +32,7 @@ FONT_SIZE = 10
 # always; embeddings where a drawn edge leaves them) and a few edges per node, strongest first.
 MAX_NODES = 60
 EDGES_PER_NODE = 2
+INNER_KINDS = ("lorsa", "transcoder", "error", "bias")  # what the node budget ranks
 
 # Layout, in inches: the stage-name column and the caption, gaps between nodes of one cell,
 # between position columns, between the rows of one stage and between stages; the
@@ -162,7 +163,7 @@ def select(
         raise ValueError(f"max_edges must be >= 0, got {max_edges}")
     kinds = graph.kinds
     scores, ranked_by = _node_scores(graph)
-    inner = [i for i, k in enumerate(kinds) if k in ("lorsa", "transcoder", "error")]
+    inner = [i for i, k in enumerate(kinds) if k in INNER_KINDS]
     trimmed = max_nodes is not None and len(inner) > max_nodes
     if trimmed:
         inner = sorted(inner, key=lambda i: (-scores[i], i))[:max_nodes]

@@ -52,7 +52,7 @@ from .layout import EDGES_PER_NODE, MAX_NODES, Selection, placeholder, select
 
 ASSETS = Path(__file__).with_name("viewer")
 SIGNIFICANT = 6  # digits kept of each float (float32 values need no more)
-INNER_KINDS = ("lorsa", "transcoder", "error")
+INNER_KINDS = ("lorsa", "transcoder", "error", "bias")
 
 
 def _num(value: float | None) -> float | None:
@@ -81,7 +81,59 @@ def _qk_record(graph: Graph, a: QKAttribution) -> dict:
         "keyMarginals": [[n, _num(v)] for n, v in a.key_marginals],
         "contrast": _num(a.contrast),
         "contrastPairs": [[p.query, p.key, _num(p.value)] for p in a.contrast_pairs],
+        "reason": None if a.reason is None else _reason(a.reason),
     }
+
+
+def _reason(r) -> dict:
+    """A ``QKReason`` for the panel: the named parts, the specific pairs (ids) and the share
+    of the specific terms' magnitude the pairs leave out."""
+    return {
+        "meanQueryMeanKey": _num(r.mean_query_mean_key),
+        "queryVsMeanKey": _num(r.query_vs_mean_key),
+        "meanQueryVsKey": _num(r.mean_query_vs_key),
+        "specific": _num(r.specific),
+        "restShare": _num(r.rest_share),
+        "pairs": [[p.query, p.key, _num(p.value)] for p in r.pairs],
+    }
+
+
+def mechanisms_data(summary, graph: Graph) -> dict | None:
+    """A ``circuits.mechanisms.MechanismSummary`` for the panel: targets with their exact
+    parts, paths by group key, and each group with its members present in this graph."""
+    if summary is None:
+        return None
+    from circuits.mechanisms import ref_text
+
+    known = graph.id_to_index
+    return {
+        "targets": [
+            {"node": t.node, "token": t.token, "negative": t.negative, "value": _num(t.value),
+             "probability": _num(t.probability), "tokens": _num(t.tokens),
+             "constants": _num(t.constants), "errors": _num(t.errors),
+             "runnerUp": t.runner_up, "margin": _num(t.margin),
+             "predicting": t.predicting_group}
+            for t in summary.targets
+        ],
+        "paths": [{"target": p.target, "groups": p.groups, "flow": _num(p.flow)}
+                  for p in summary.paths],
+        "groups": [
+            {"key": g.key, "name": g.name, "kind": g.kind,
+             "members": [m for m in g.members if m in known],
+             "flow": {k: _num(v) for k, v in g.flow.items()}, "concept": g.concept,
+             "qk": [{"qkHead": r.qk_head, "key": r.key, "keyToken": r.key_token,
+                     "score": _num(r.score),
+                     "alwaysOn": _num(r.mean_query_mean_key + r.query_vs_mean_key
+                                      + r.mean_query_vs_key),
+                     "specific": _num(r.specific), "restShare": _num(r.rest_share),
+                     "pairs": [[ref_text(p.query), ref_text(p.key), _num(p.value)]
+                               for p in r.pairs[:3]]}
+                    for r in g.qk],
+             "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged]
+                        for c in g.checks]}
+            for g in summary.groups
+        ],
+    }  # fmt: skip
 
 
 def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
@@ -302,9 +354,11 @@ def viewer_data(
     dashboards: Mapping[str, Mapping] | None = None,
     q_params: Mapping | None = None,
     title: str = "",
+    mechanisms=None,
 ) -> dict:
     """Everything the page's script needs about ``graph`` (module docstring). ``selection``
-    is the default view (``select(graph)`` when None)."""
+    is the default view (``select(graph)`` when None); ``mechanisms`` a mechanism summary
+    (``mechanisms_data``)."""
     if selection is None:
         selection = select(graph)
     labels = node_labels(graph)
@@ -354,6 +408,7 @@ def viewer_data(
         "nodes": nodes,
         "links": links,
         "dashboards": check_dashboards(dashboards),
+        "mechanisms": mechanisms_data(mechanisms, graph),
     }
 
 

@@ -70,10 +70,12 @@ def test_node_and_unit_ids_follow_circuit_tracer():
     assert node_id(Kind.LOGIT, logit_stage(4), 7, 11, negative=12) == "9_11-12_7"
     assert unit_id(Kind.LORSA, lorsa_stage(1), 400) == "2_400"
     assert unit_id(Kind.EMBEDDING, 0, 17) == "E_17"
+    assert node_id(Kind.BIAS, lorsa_stage(1), 5, -1) == "2_bias_5"
+    assert unit_id(Kind.BIAS, transcoder_stage(0), -1) == "1_bias"
 
 
 def test_kind_names():
-    assert [k.label for k in Kind] == ["embedding", "lorsa", "transcoder", "error", "logit"]
+    assert [k.label for k in Kind] == ["embedding", "lorsa", "transcoder", "error", "logit", "bias"]
     assert Kind.parse("lorsa") == Kind.LORSA
     with pytest.raises(ValueError, match="expected one of embedding, lorsa"):
         Kind.parse("head")

@@ -11,10 +11,11 @@
 (function () {
   performance.mark("viewer:start");
   const SVGNS = "http://www.w3.org/2000/svg";
-  const INNER = new Set(["lorsa", "transcoder", "error"]);
+  const INNER = new Set(["lorsa", "transcoder", "error", "bias"]);
   const KIND_NAMES = {
     embedding: "token embedding", lorsa: "Lorsa head", transcoder: "transcoder feature",
     error: "error (what the dictionary misses)", logit: "logit", supernode: "supernode",
+    bias: "constant (a sublayer's decoder bias at this position)",
   };
   // Layout, in px: stage-name column, gaps between nodes of a cell, between position columns,
   // between the rows of one stage and between stages; the text's line height.
@@ -761,7 +762,50 @@
     ui.panel.replaceChildren(
       el("h3", {}, "Click a node"),
       el("p", { class: "muted" }, "Its label, numbers, strongest incoming and outgoing edges, QK records for Lorsa heads and its unit's dashboard appear here."),
+      ...mechanismsBlock(),
       qParamsBlock());
+  }
+  // The mechanism summary (circuits.mechanisms): targets' exact parts, top paths by group,
+  // each group's flow, QK reason and ablation checks; a group with two or more members in
+  // this graph can be drawn as a supernode.
+  function mechanismsBlock() {
+    const m = data.mechanisms;
+    if (!m) return [];
+    const names = new Map(m.groups.map((g) => [g.key, g.name]));
+    const out = [el("h4", {}, "Mechanisms")];
+    for (const t of m.targets) {
+      const what = quote(t.token) + (t.negative != null ? " − " + quote(t.negative) : "");
+      out.push(el("p", {}, `${what} = ${fmt(t.value)}: tokens ${signed(t.tokens)}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
+        (t.runnerUp != null ? ` · margin over ${quote(t.runnerUp)} ${signed(t.margin)}` : "") +
+        (t.predicting ? ` · predicting heads ${t.predicting}` : "")));
+      const paths = m.paths.filter((p) => p.target === t.node);
+      if (paths.length) out.push(el("ul", { class: "paths" }, ...paths.map((p) =>
+        el("li", {}, signed(p.flow) + "  " + p.groups.map((k) => k + " " + names.get(k)).join(" → ")))));
+    }
+    const inner = m.groups.filter((g) => g.kind === "lorsa" || g.kind === "transcoder");
+    out.push(el("ul", { class: "mech-groups" }, ...inner.map((g) => {
+      const li = el("li", {}, el("b", {}, g.key), " " + g.name + " · flow " + Object.values(g.flow).map(signed).join(", "));
+      for (const r of g.qk) {
+        li.append(el("div", { class: "muted" }, `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`),
+          el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
+      }
+      for (const c of g.checks) {
+        li.append(el("div", { class: c[4] ? "neg" : "muted" },
+          `ablate: predicted ${signed(c[1])}, frozen ${signed(c[2])}, free ${signed(c[3])}` + (c[4] ? " (flagged)" : "")));
+      }
+      const members = g.members.map((id) => byId.get(id)).filter((i) => i !== undefined);
+      if (members.length >= 2) {
+        li.append(el("button", { type: "button", class: "mech-group", onclick: () => {
+          for (const h of state.groups) h.members = h.members.filter((i) => !members.includes(i));
+          state.groups = state.groups.filter((h) => h.members.length > 0);
+          state.groups.push({ name: g.key + " " + g.name, members });
+          state.clicked = { group: state.groups.length - 1 };
+          update();
+        } }, "Draw as a supernode"));
+      }
+      return li;
+    })));
+    return out;
   }
   function showNode(i) {
     const n = nodes[i], parts = [];
@@ -815,6 +859,12 @@
     if (rec.pairs.length) {
       block.append(el("div", { class: "muted" }, "largest terms, query-side × key-side:"),
         el("ul", {}, ...rec.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ", noderef(p[1]), ": ",
+          el("span", { class: p[2] > 0 ? "pos" : "neg" }, signed(p[2]))))));
+    }
+    if (rec.reason) {
+      const r = rec.reason;
+      block.append(el("div", {}, `always-on: mean q × mean k ${signed(r.meanQueryMeanKey)}, this q × mean k ${signed(r.queryVsMeanKey)}, mean q × this k ${signed(r.meanQueryVsKey)}; specific ${signed(r.specific)} (unlisted ${fmt(100 * r.restShare, 2)}%)`),
+        el("ul", {}, ...r.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ", noderef(p[1]), ": ",
           el("span", { class: p[2] > 0 ? "pos" : "neg" }, signed(p[2]))))));
     }
     if (rec.contrast != null) {

@@ -1,0 +1,456 @@
+"""Mechanism summaries on probe prompts: does the summary name the head group that predicts,
+the key it reads and why, and does the linear graph agree in sign with ablations?
+
+    python benchmarks/mechanisms.py [--model default] [--prompts 20]
+
+Targets (issue 14, item 3), per probe family, over the prompts the model gets right (its top
+token is the expected one): in >= 90% of them the summary's predicting head group attends to
+the expected key and its QK reason meets the family's criterion (below); and the ablation
+check agrees in sign with the measured effect for >= 90% of the summary's checked groups.
+
+**Prompts.** For each family, ``--prompts`` prompts taken in turn from three sources: held-out
+documents (``toy_models.data.examples(family, "heldout")``), documents in held-out forms
+(``"heldout_forms"``), and frames written here (``NEW_FRAMES``, in no split of the corpus).
+A prompt is a document's tokens cut just before one scored token (drawn with a seeded
+generator among the document's candidates); the query is the last position ``q`` and the
+generator's spans give the expected key(s):
+
+- ``induction`` (repeat documents): a token of the second copy (not its first); key: the
+  token after the earlier occurrence of the query's token in the first copy;
+- ``subtoken_induction`` (names documents): a later sub-token of a repeated rare name; keys:
+  the same sub-token in every earlier mention (tokenized alike);
+- ``successor`` (successor documents; single-token items, not counting): an item; key: its
+  ``span.previous``;
+- ``operand_fetching`` (addition documents): an answer digit; keys: the digits of the same
+  place in the operands.
+
+**Pipeline.** ``circuits.trace``'s: the full graph with constants as nodes, the logit of the
+expected token as the target, the automatic groups with the unit dashboards' concept labels
+(when ``runs/dashboards`` holds a valid file for the model), ``circuits.mechanisms.summarize``
+with its ablation checks.
+
+**Criteria** (from the summary's fields only):
+
+- ``key``: the predicting head group's ``attends`` is an expected key (``key_top3``: any of the
+  ``head_groups`` ranked at the query);
+- ``reason``: the largest positive specific pair of that group's first QK reason has its
+  query side at ``q`` and its key side at the key read, and for the induction families the
+  query side is *the current token* (the embedding at ``q``, or a block-0 feature at ``q``,
+  or a block-0 head at ``q`` reading ``q``) while the key side is *written by a previous-token
+  head* (a head at the key reading the position before it, or a feature at the key whose
+  largest input is such a head);
+- ``sign``: a check's ``agree_frozen`` / ``agree_free`` (``circuits.mechanisms``).
+
+Writes benchmarks/results/mechanisms_{model}.json: per family the rates, counts and CPU
+seconds per prompt, and every prompt's record (text, query, expected keys, the group named,
+its key, its top pair, the criteria).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(ROOT))
+
+from toy_models.cli import run_cli  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+FAMILIES = {  # probe family -> corpus family
+    "induction": "repeat",
+    "subtoken_induction": "names",
+    "successor": "successor",
+    "operand_fetching": "addition",
+}
+INDUCTION = ("induction", "subtoken_induction")
+SOURCES = ("heldout", "heldout_forms", "new_frames")
+SEED = 1234
+
+
+# ----------------------------------------------------------------- frames written here
+@dataclass
+class Doc:
+    """A document and the character spans that make its probes (the generators' Example
+    when it comes from ``toy_models.data``)."""
+
+    text: str
+    spans: list = field(default_factory=list)
+
+
+class _Builder:
+    def __init__(self):
+        self.text = ""
+
+    def add(self, s: str) -> None:
+        self.text += s
+
+    def span(self, value: str, kind: str, **fields):
+        from toy_models.data import Span
+
+        start = len(self.text)
+        self.text += value
+        return Span(start, len(self.text), kind, value, **fields)
+
+
+def new_repeat(rng: random.Random) -> Doc:
+    from toy_models.data import REPEAT_WORDS
+
+    frames = (("Remember these words:", ". Now say them again:", "."),
+              ("", " <=>", ""), ("Copy:", " // Copy:", " ok"))  # fmt: skip
+    before, middle, after = rng.choice(frames)
+    seg = " " + " ".join(rng.choice(REPEAT_WORDS) for _ in range(rng.randint(5, 9)))
+    b = _Builder()
+    b.add(before)
+    first = b.span(seg, "first")
+    b.add(middle)
+    second = b.span(seg, "second", earlier=first)
+    b.add(after)
+    return Doc(b.text, [first, second])
+
+
+def new_names(rng: random.Random) -> Doc:
+    from toy_models.data import rare_name
+
+    name = rare_name(rng, "heldout")
+    frames = ("Our guide {A} waved at us. Everyone followed {A} up the hill.",
+              "Dear {A}, thanks for the book. Best wishes to {A} and the family.",
+              "The winner was {A}! Congratulations again, {A}.")  # fmt: skip
+    head, middle, tail = rng.choice(frames).split("{A}")
+    b = _Builder()
+    b.add(head)
+    first = b.span(name, "name", rare=True)
+    b.add(middle)
+    second = b.span(name, "name", rare=True, earlier=first)
+    b.add(tail)
+    return Doc(b.text, [first, second])
+
+
+def new_successor(rng: random.Random) -> Doc:
+    from toy_models.data import ORDERED_LISTS
+
+    sequence = rng.choice(("weekdays", "months", "number_words", "ordinals"))
+    items = ORDERED_LISTS[sequence]
+    joiner = rng.choice((" => ", " ~ ", " :: "))
+    start = rng.randrange(len(items) - 5)
+    b = _Builder()
+    b.add(rng.choice(("Sequence: ", "Keep going: ", "")))
+    previous, spans = None, []
+    for i in range(rng.randint(3, 5)):
+        if i:
+            b.add(joiner)
+        span = b.span(items[start + i], "item", sequence=sequence, previous=previous, step=1)
+        if previous is not None:
+            spans.append(span)
+        previous = span
+    return Doc(b.text, spans)
+
+
+def new_addition(rng: random.Random) -> Doc:
+    a, b_ = rng.randrange(10, 1000), rng.randrange(10, 1000)
+    frames = ("Add them up: {a} plus {b} gives {eq}.", "({eq})", "Sum of {a} and {b}: {eq}")
+    frame = rng.choice(frames)
+    head, tail = frame.split("{eq}")
+    b = _Builder()
+    b.add(head.replace("{a}", str(a)).replace("{b}", str(b_)))
+    first = b.span(str(a), "operand")
+    b.add("+")
+    second = b.span(str(b_), "operand")
+    b.add("=")
+    answer = b.span(str(a + b_), "answer", operands=(first, second))
+    b.add(tail)
+    return Doc(b.text, [answer])
+
+
+NEW_FRAMES = {"repeat": new_repeat, "names": new_names, "successor": new_successor,
+              "addition": new_addition}  # fmt: skip
+
+
+# ----------------------------------------------------------------- probe prompts
+@dataclass
+class Prompt:
+    family: str
+    source: str
+    ids: list[int]  # BOS + the document, cut before the scored token
+    target: int  # the token that comes next
+    keys: list[int]  # expected key positions
+    text: str
+
+
+def _positions(offsets, span) -> list[int]:
+    return [i for i, (s, e) in enumerate(offsets) if i > 0 and s < span.end and e > span.start]
+
+
+def candidates(family: str, ids: list[int], offsets, spans) -> list[tuple[int, list[int]]]:
+    """(target position, expected keys) of every probe of one document."""
+    out = []
+    if family == "induction":
+        for span in [s for s in spans if s.kind == "second"]:
+            first, second = _positions(offsets, span.earlier), _positions(offsets, span)
+            if len(first) != len(second) or [ids[i] for i in first] != [ids[i] for i in second]:
+                continue
+            out += [(second[j], [first[j]]) for j in range(1, len(second))]
+    elif family == "subtoken_induction":
+        for span in [s for s in spans if s.kind == "name" and s.rare and s.earlier is not None]:
+            pos = _positions(offsets, span)
+            earlier = [_positions(offsets, e) for e in span.occurrences_before()]
+            earlier = [e for e in earlier if [ids[i] for i in e] == [ids[i] for i in pos]]
+            if len(pos) >= 2 and earlier:
+                out += [(pos[j], [e[j] for e in earlier]) for j in range(1, len(pos))]
+    elif family == "successor":
+        for span in [s for s in spans if s.kind == "item" and s.previous is not None]:
+            if span.sequence == "counting":
+                continue
+            item, prev = _positions(offsets, span), _positions(offsets, span.previous)
+            if len(item) == 1 and len(prev) == 1:
+                out.append((item[0], prev))
+    else:
+        for span in [s for s in spans if s.kind == "answer"]:
+            answer = _positions(offsets, span)
+            operands = [_positions(offsets, o) for o in span.operands]
+            for j, p in enumerate(answer):
+                place = len(answer) - 1 - j
+                keys = [d[-1 - place] for d in operands if place < len(d)]
+                if keys:
+                    out.append((p, keys))
+    return out
+
+
+def build_prompts(tokenizer, family: str, n: int, n_ctx: int, seed: int = SEED) -> list[Prompt]:
+    """``n`` prompts of a probe family, the sources taking turns (module docstring)."""
+    from toy_models.data import examples
+
+    corpus = FAMILIES[family]
+    rng = random.Random(f"{seed}-{family}")
+    streams = {s: examples(corpus, s, seed) for s in SOURCES[:2]}
+    prompts: list[Prompt] = []
+    for _ in range(n * 50):
+        if len(prompts) >= n:
+            break
+        source = SOURCES[len(prompts) % len(SOURCES)]
+        if source == "new_frames":
+            doc = NEW_FRAMES[corpus](rng)
+            text, spans = doc.text, doc.spans
+        else:
+            ex = next(streams[source])
+            text, spans = ex.text, list(ex.spans)
+        enc = tokenizer.encode(text)
+        ids, offsets = enc.ids, [tuple(o) for o in enc.offsets]
+        found = [(p, keys) for p, keys in candidates(family, ids, offsets, spans)
+                 if 2 <= p <= n_ctx]  # fmt: skip
+        if not found:
+            continue
+        p, keys = rng.choice(found)
+        prompts.append(Prompt(family, source, ids[:p], ids[p], keys,
+                              tokenizer.decode(ids[1:p], skip_special_tokens=False)))  # fmt: skip
+    return prompts
+
+
+# ----------------------------------------------------------------- criteria
+def token_like(ref, q: int) -> bool:
+    """The current token at ``q``: its embedding, a block-0 feature there, or a block-0 head
+    there reading ``q`` itself."""
+    if ref is None or not ref.present or ref.pos != q:
+        return False
+    if ref.kind == "embedding":
+        return True
+    return ref.layer == 0 and (
+        ref.kind == "transcoder" or (ref.kind == "lorsa" and ref.attends == q)
+    )
+
+
+def previous_token_written(ref, k: int) -> bool:
+    """Written at ``k`` by a previous-token head: a head at ``k`` reading ``k - 1``, or a
+    feature at ``k`` whose largest input is such a head."""
+    if ref is None or not ref.present or ref.pos != k:
+        return False
+    if ref.kind == "lorsa":
+        return ref.attends == k - 1
+    mi = ref.main_input
+    return ref.kind == "transcoder" and mi is not None and mi["kind"] == "lorsa" and \
+        mi["pos"] == k and mi["attends"] == k - 1  # fmt: skip
+
+
+def score_prompt(prompt: Prompt, summary) -> dict:
+    q = len(prompt.ids) - 1
+    target = summary.targets[0]
+    out = {"named": target.predicting_group is not None}
+    if not out["named"]:
+        return out | {"key": False, "key_top3": False, "reason": False}
+    group = summary.group(target.predicting_group)
+    ranked = [summary.group(k) for k in target.head_groups]
+    out["group"] = group.name
+    out["attends"] = group.attends
+    out["key"] = group.attends in prompt.keys
+    out["key_top3"] = any(g.attends in prompt.keys for g in ranked)
+    reason = group.qk[0] if group.qk else None
+    positive = [p for p in reason.pairs if p.value > 0] if reason else []
+    top = positive[0] if positive else None
+    ok = top is not None and top.query.present and top.query.pos == q and top.key.present \
+        and top.key.pos == group.attends  # fmt: skip
+    if prompt.family in INDUCTION:
+        ok = ok and token_like(top.query, q) and previous_token_written(top.key, group.attends)
+    out["reason"] = bool(ok) and out["key"]
+    if top is not None:
+        from circuits.mechanisms import ref_text
+
+        out["top_pair"] = [ref_text(top.query), ref_text(top.key), top.value]
+        out["specific_share"] = reason.specific / reason.score if reason.score else None
+    checks = [c for g in summary.groups for c in g.checks]
+    out["checks"] = len(checks)
+    out["agree_frozen"] = sum(c.agree_frozen for c in checks)
+    out["agree_free"] = sum(c.agree_free for c in checks)
+    out["flagged"] = sum(c.flagged for c in checks)
+    return out
+
+
+# ----------------------------------------------------------------- the run
+def concepts_for(replacement, tokenizer, model: str, mode: str) -> tuple[dict | None, str]:
+    """Every unit's (concept, F1) from the model's dashboards file, when there is a valid
+    one; else None and why."""
+    from circuits.concepts import CONCEPTS
+    from circuits.dashboards import default_path, read_file
+    from circuits.nodes import Kind, lorsa_stage, transcoder_stage, unit_id
+
+    path = default_path(model, mode)
+    if not path.exists():
+        return None, f"no dashboards file {path} (run circuits.trace once to build it)"
+    try:
+        dash = read_file(path, replacement, tokenizer)
+    except ValueError as exc:
+        return None, str(exc)
+    index, f1 = dash.concept_labels()
+    out = {}
+    for kind, layer, width, start in dash.layout.blocks():
+        stage = lorsa_stage(layer) if kind == Kind.LORSA else transcoder_stage(layer)
+        for i in range(width):
+            if index[start + i] >= 0:
+                out[unit_id(kind, stage, i)] = (CONCEPTS[int(index[start + i])],
+                                                float(f1[start + i]))  # fmt: skip
+    return out, str(path)
+
+
+def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: str) -> dict:
+    import torch
+
+    from circuits.attribution import LogitTarget, attribute, run_prompt
+    from circuits.mechanisms import summarize
+
+    records = []
+    cpu = 0.0
+    for prompt in prompts:
+        t0 = time.process_time()
+        tokens = torch.tensor(prompt.ids)
+        run = run_prompt(replacement, tokens, mode, constants=True)
+        correct = int(run.logits[-1].argmax()) == prompt.target
+        record = {"source": prompt.source, "text": prompt.text[-160:], "query": len(prompt.ids) - 1,
+                  "keys": prompt.keys, "target": tokenizer.decode([prompt.target]),
+                  "correct": correct}  # fmt: skip
+        if correct:
+            full = attribute(replacement, tokens, mode=mode, targets=[LogitTarget(prompt.target)],
+                             tokenizer=tokenizer, run=run)  # fmt: skip
+            summary = summarize(replacement, full, run, concepts=concepts)
+            record |= score_prompt(prompt, summary)
+            record["closure"] = full.settings["closure_error"]["max_abs"]
+        record["cpu_seconds"] = round(time.process_time() - t0, 3)
+        cpu += record["cpu_seconds"]
+        records.append(record)
+    right = [r for r in records if r["correct"]]
+
+    def rate(key, rows=right):
+        return round(sum(bool(r.get(key)) for r in rows) / len(rows), 4) if rows else None
+
+    checks = sum(r.get("checks", 0) for r in right)
+    by_source = {s: {"prompts": sum(r["source"] == s for r in records),
+                     "correct": sum(r["source"] == s for r in right),
+                     "key": rate("key", [r for r in right if r["source"] == s]),
+                     "reason": rate("reason", [r for r in right if r["source"] == s])}
+                 for s in SOURCES}  # fmt: skip
+    return {
+        "prompts": len(records),
+        "correct": len(right),
+        "named": rate("named"),
+        "key": rate("key"),
+        "key_top3": rate("key_top3"),
+        "reason": rate("reason"),
+        "checks": checks,
+        "sign_agree_frozen": round(sum(r.get("agree_frozen", 0) for r in right) / checks, 4)
+        if checks
+        else None,
+        "sign_agree_free": round(sum(r.get("agree_free", 0) for r in right) / checks, 4)
+        if checks
+        else None,
+        "flagged": round(sum(r.get("flagged", 0) for r in right) / checks, 4) if checks else None,
+        "targets_met": {
+            "reason_90": rate("reason") is not None and rate("reason") >= 0.9,
+            "sign_90_frozen": bool(checks)
+            and sum(r.get("agree_frozen", 0) for r in right) / checks >= 0.9,
+        },  # fmt: skip
+        "by_source": by_source,
+        "cpu_seconds_per_prompt": round(cpu / max(len(records), 1), 3),
+        "records": records,
+    }
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default", help="zoo name or directory")
+    parser.add_argument("--prompts", type=int, default=20, help="prompts per probe family")
+    parser.add_argument("--families", default=",".join(FAMILIES),
+                        help=f"comma-separated among {', '.join(FAMILIES)}")  # fmt: skip
+    parser.add_argument("--mode", choices=("local", "sparse"), default="local")
+    parser.add_argument("--out", type=Path, help="result file (default: benchmarks/results/"
+                        "mechanisms_{model}.json)")  # fmt: skip
+    args = parser.parse_args(argv)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    bad = sorted(set(families) - set(FAMILIES))
+    if bad or not families:
+        parser.error(f"--families: unknown {bad}; choose among {', '.join(FAMILIES)}")
+    if args.prompts < 1:
+        parser.error("--prompts must be positive")
+    args.families = families
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    import torch
+
+    from replacement.model import load_pretrained
+
+    torch.manual_seed(0)
+    replacement, tokenizer = load_pretrained(args.model)
+    concepts, concept_source = concepts_for(replacement, tokenizer, args.model, args.mode)
+    startup = time.perf_counter() - t0
+    result = {"model": args.model, "mode": args.mode, "prompts_per_family": args.prompts,
+              "concepts": concept_source, "startup_seconds": round(startup, 2),
+              "families": {}}  # fmt: skip
+    with torch.no_grad():
+        for family in args.families:
+            t1 = time.perf_counter()
+            prompts = build_prompts(tokenizer, family, args.prompts, replacement.cfg.n_ctx - 1)
+            result["families"][family] = run_family(
+                replacement, tokenizer, prompts, concepts, args.mode
+            )
+            result["families"][family]["wall_seconds"] = round(time.perf_counter() - t1, 2)
+            summary = {k: v for k, v in result["families"][family].items()
+                       if k not in ("records", "by_source")}  # fmt: skip
+            print(family, json.dumps(summary), flush=True)
+    out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from toy_models.files import write_json_atomic
+
+    write_json_atomic(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

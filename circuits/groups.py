@@ -1,0 +1,284 @@
+"""Supernodes: groups of a graph's nodes read as one, with exact summed edges.
+
+A *grouping* partitions a graph's nodes; every node not named in a group is a group of its
+own. The grouped view (``GroupedGraph``) has one node per group and, between two groups, the
+sum of every edge from a member of one to a member of the other: exact, since edges are
+additive contributions (the effect of all of a group's members on a target is the sum of
+their edges). Edges among one group's own members are not edges of the view; their sum is
+the group's ``internal`` total, so that for a group of targets ``sum of incoming group edges
++ internal + bias = value`` (the members' sums) still closes exactly.
+
+Two ways to make groups:
+
+- by hand: ``group(graph, [node indices], "name")`` (one supernode) or
+  ``grouped(graph, [[...], [...]], names)`` (several);
+- ``auto_groups(graph, concepts)``: heads and features that do the same thing in the same
+  place (``AUTO_RULES``).
+
+Groups hold structure (kind, block, position, the key their heads read, their QK heads, the
+concept they share); ``name`` is for people.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .graph import Graph
+from .nodes import KINDS, Kind, is_attention, unit_id
+
+MIN_CONCEPT_F1 = 0.5  # a concept label groups features (and marks a head's role) from this F1
+
+AUTO_RULES = """\
+Lorsa heads: one group per (block, query position, key read most (``attends``), role); the
+  role is the unit's concept label when its F1 >= MIN_CONCEPT_F1, else none (heads at one
+  place reading one key then form one group).
+transcoder features: one group per (block, position, concept label) when the label's F1 >=
+  MIN_CONCEPT_F1; other features stay alone.
+bias nodes: one group per sublayer (every position): the constant that sublayer writes.
+embeddings, error nodes, logits: alone."""
+
+
+@dataclass
+class Group:
+    """A set of a graph's nodes read as one (module docstring)."""
+
+    name: str
+    members: list[int]  # node indices of the graph, ascending
+    kind: str  # the members' kind, or "mixed"
+    layer: int | None = None  # the members' block, when they share one
+    stage: int | None = None  # the members' stage, when they share one
+    pos: int | None = None  # the members' position, when they share one
+    attends: int | None = None  # Lorsa groups: the key every member reads most, when shared
+    qk_heads: list[int] = field(default_factory=list)  # Lorsa groups: their QK heads
+    concept: str | None = None  # the concept label the members share (auto groups)
+
+    @property
+    def is_root(self) -> bool:
+        """Whether every member is a source without inputs (embedding, error, bias)."""
+        return self.kind in ("embedding", "error", "bias")
+
+
+def describe(graph: Graph, members: Sequence[int], name: str, concept: str | None = None) -> Group:
+    """A ``Group`` of ``members`` with the structure they share read from the graph."""
+    idx = sorted({int(m) for m in members})
+    if not idx:
+        raise ValueError(f"group {name!r} has no members")
+    bad = [m for m in idx if not 0 <= m < graph.n_nodes]
+    if bad:
+        raise ValueError(f"group {name!r}: node {bad[0]} is outside 0..{graph.n_nodes - 1}")
+    t = torch.tensor(idx)
+
+    def shared(values: torch.Tensor) -> int | None:
+        values = values[t]
+        return int(values[0]) if bool((values == values[0]).all()) else None
+
+    kinds = {graph.kinds[i] for i in idx}
+    kind = kinds.pop() if len(kinds) == 1 else "mixed"
+    lorsa = [i for i in idx if graph.kinds[i] == "lorsa"]
+    heads = sorted({int(graph.index[i]) // graph.group_size for i in lorsa})
+    attends = shared(graph.attends) if kind == "lorsa" else None
+    return Group(
+        name=name, members=idx, kind=kind, layer=shared(graph.layer), stage=shared(graph.stage),
+        pos=shared(graph.pos), attends=attends if attends is not None and attends >= 0 else None,
+        qk_heads=heads, concept=concept,
+    )  # fmt: skip
+
+
+@dataclass(eq=False)
+class GroupedGraph:
+    """A graph seen through a partition of its nodes (module docstring).
+
+    ``groups[g]``; ``of_node[i]`` the group of node ``i``; ``edges[g, h]`` the sum of the edges
+    from the members of ``h`` into the members of ``g`` (``g != h``); ``internal[g]`` the sum
+    of the edges among ``g``'s own members; ``value``/``bias``/``target_weight`` the members'
+    sums (``value`` NaN where no member is a target)."""
+
+    graph: Graph
+    groups: list[Group]
+    of_node: np.ndarray
+    edges: sp.csr_array
+    internal: np.ndarray
+    value: np.ndarray
+    bias: np.ndarray
+    target_weight: np.ndarray
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    def members(self, g: int) -> list[int]:
+        return self.groups[g].members
+
+    def group_of(self, node: int) -> int:
+        return int(self.of_node[node])
+
+    def to_networkx(self):
+        """Groups keyed by name with their fields; edges source -> target with ``weight``."""
+        import networkx as nx
+
+        g = nx.DiGraph(prompt=self.graph.prompt)
+        for k, grp in enumerate(self.groups):
+            g.add_node(grp.name, kind=grp.kind, layer=grp.layer, pos=grp.pos,
+                       attends=grp.attends, concept=grp.concept,
+                       members=[self.graph.ids[i] for i in grp.members],
+                       internal=float(self.internal[k]))  # fmt: skip
+        coo = self.edges.tocoo()
+        g.add_weighted_edges_from(
+            (self.groups[s].name, self.groups[t].name, float(w))
+            for t, s, w in zip(coo.row.tolist(), coo.col.tolist(), coo.data.tolist(), strict=True)
+        )
+        return g
+
+
+def grouped(
+    graph: Graph,
+    groups: Sequence[Sequence[int] | Group],
+    names: Sequence[str] | None = None,
+) -> GroupedGraph:
+    """The view of ``graph`` in which each of ``groups`` (node index lists, or ``Group``s) is
+    one node and every other node is a group of its own. A node may be in one group only."""
+    made: list[Group] = []
+    for k, members in enumerate(groups):
+        if isinstance(members, Group):
+            made.append(describe(graph, members.members, members.name, members.concept))
+        else:
+            made.append(describe(graph, members, names[k] if names else f"group {k}"))
+    of_node = np.full(graph.n_nodes, -1, dtype=np.int64)
+    for k, grp in enumerate(made):
+        taken = [m for m in grp.members if of_node[m] >= 0]
+        if taken:
+            raise ValueError(f"node {graph.ids[taken[0]]} is in two groups")
+        of_node[grp.members] = k
+    all_groups = list(made)
+    for i in np.flatnonzero(of_node < 0).tolist():
+        of_node[i] = len(all_groups)
+        all_groups.append(describe(graph, [i], node_name(graph, i)))
+    return _view(graph, all_groups, of_node)
+
+
+def group(graph: Graph, nodes: Sequence[int], name: str) -> GroupedGraph:
+    """``graph`` with the nodes ``nodes`` merged into one supernode called ``name`` (its index
+    in the view is 0); edges into and out of it are the exact sums of its members' edges."""
+    return grouped(graph, [list(nodes)], [name])
+
+
+def _view(graph: Graph, groups: list[Group], of_node: np.ndarray) -> GroupedGraph:
+    # Order groups as the graph orders their first members, so a view of stage-pure groups
+    # keeps the graph's stage order.
+    order = np.argsort([g.members[0] for g in groups], kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    groups = [groups[k] for k in order]
+    of_node = rank[of_node]
+    n_groups = len(groups)
+    member = sp.csr_array(
+        (np.ones(graph.n_nodes), (of_node, np.arange(graph.n_nodes))),
+        shape=(n_groups, graph.n_nodes),
+    )
+    coo = sp.coo_array(member @ graph.edges.astype(np.float64) @ member.T)
+    inside = coo.row == coo.col
+    internal = np.bincount(coo.row[inside], coo.data[inside], minlength=n_groups)
+    off = ~inside
+    summed = sp.csr_array((coo.data[off], (coo.row[off], coo.col[off])), shape=(n_groups, n_groups))
+    summed.sum_duplicates()
+    summed.sort_indices()
+    value = graph.value.double().numpy()
+    is_target = ~np.isnan(value)
+    value_sum = np.bincount(of_node, np.where(is_target, value, 0.0), minlength=n_groups)
+    has_target = np.bincount(of_node, is_target, minlength=n_groups) > 0
+    return GroupedGraph(
+        graph=graph, groups=groups, of_node=of_node, edges=summed, internal=internal,
+        value=np.where(has_target, value_sum, np.nan),
+        bias=np.bincount(of_node, graph.bias.double().numpy(), minlength=n_groups),
+        target_weight=np.bincount(of_node, graph.target_weight.double().numpy(),
+                                  minlength=n_groups),
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------- automatic groups
+def auto_groups(
+    graph: Graph,
+    concepts: Mapping[str, tuple[str, float]] | None = None,
+    min_f1: float = MIN_CONCEPT_F1,
+) -> GroupedGraph:
+    """Group heads and features that do the same thing in the same place (``AUTO_RULES``).
+    ``concepts``: unit id (``circuits.nodes.unit_id``) -> (concept label, F1), e.g. from the
+    unit dashboards (``Dashboards.concept_labels``)."""
+    concepts = concepts or {}
+    kinds, layers = graph.kind.tolist(), graph.layer.tolist()
+    stages, pos = graph.stage.tolist(), graph.pos.tolist()
+    index, attends = graph.index.tolist(), graph.attends.tolist()
+    buckets: dict[tuple, list[int]] = {}
+    labels: dict[tuple, str | None] = {}
+    for i in range(graph.n_nodes):
+        kind = Kind(kinds[i])
+        concept = None
+        if kind in (Kind.LORSA, Kind.TRANSCODER):
+            found = concepts.get(unit_id(kind, stages[i], index[i]))
+            if found is not None and found[1] is not None and found[1] >= min_f1:
+                concept = found[0]
+        if kind == Kind.LORSA:
+            key = ("lorsa", layers[i], pos[i], attends[i], concept)
+        elif kind == Kind.TRANSCODER and concept is not None:
+            key = ("transcoder", layers[i], pos[i], concept)
+        elif kind == Kind.BIAS:
+            key = ("bias", stages[i])
+        else:
+            key = ("node", i)
+        buckets.setdefault(key, []).append(i)
+        labels[key] = concept
+    made = []
+    for key, members in buckets.items():
+        if key[0] == "node":
+            continue
+        made.append(describe(graph, members, _auto_name(graph, key, len(members)), labels[key]))
+    return grouped(graph, made)
+
+
+def node_name(graph: Graph, i: int) -> str:
+    """A short readable name of one node (for people; ``reports.labels`` has the long ones)."""
+    kind = Kind(int(graph.kind[i]))
+    layer, stage = int(graph.layer[i]), int(graph.stage[i])
+    pos, index = int(graph.pos[i]), int(graph.index[i])
+    where = f"@{pos}" if graph.positional else ""
+    if kind == Kind.EMBEDDING:
+        return f"token {graph.token_strings[pos]!r}{where}" if graph.positional else \
+            f"token {graph.token(index)!r}"  # fmt: skip
+    if kind == Kind.LOGIT:
+        record = graph.logit_record(i)
+        text = f"logit {graph.token(record.token)!r}"
+        return text if record.negative is None else f"{text} - {graph.token(record.negative)!r}"
+    if kind in (Kind.ERROR, Kind.BIAS):
+        return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} {kind.label} {where}".strip()
+    if kind == Kind.LORSA:
+        text = f"L{layer} head {index} {where}".strip()
+        key = int(graph.attends[i])
+        return text + (f" -> {graph.token_strings[key]!r}@{key}" if key >= 0 else "")
+    return f"L{layer} feature {index} {where}".strip()
+
+
+def _auto_name(graph: Graph, key: tuple, n: int) -> str:
+    """A readable name of an automatic group (for people; structure is in the ``Group``)."""
+    if key[0] == "bias":
+        stage = key[1]
+        layer = (stage - 1) // 2
+        return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} bias (all positions)"
+    if key[0] == "lorsa":
+        _, layer, pos, attends, concept = key
+        what = f"L{layer} {'head' if n == 1 else f'{n} heads'} @{pos}"
+        if attends >= 0:
+            what += f" -> {graph.token_strings[attends]!r}@{attends}"
+        return what + (f" [{concept}]" if concept else "")
+    _, layer, pos, concept = key
+    return f"L{layer} {'feature' if n == 1 else f'{n} features'} @{pos} [{concept}]"
+
+
+__all__ = [
+    "AUTO_RULES", "Group", "GroupedGraph", "KINDS", "MIN_CONCEPT_F1", "auto_groups", "describe",
+    "group", "grouped", "node_name",
+]  # fmt: skip

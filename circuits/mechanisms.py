@@ -1,0 +1,705 @@
+"""The mechanism summary: a graph read at the level of groups, with checks of its linearity.
+
+Built from the *full* graph of a prompt (every edge, so every number is exact) and its groups
+(``circuits.groups.auto_groups``). For each logit target ``t``:
+
+- **flows.** ``h_n = d value_t / d value_n`` through the frozen linear graph (``h_t = 1``;
+  ``h_s = sum_r h_r edges[r, s] / activation_s``); a node's *flow* ``h_n activation_n`` is its
+  total signed contribution to the target along every path, and a group's flow the sum of its
+  members'. The target's value splits exactly into ``tokens`` (the embeddings' flows),
+  ``errors`` (the error nodes'), and ``constants``: the bias nodes' flows plus every node's
+  own constant term reaching the target (``h_n bias_n``: ``b_V``, ``b_enc``, ``b_U``, and in
+  graphs without bias nodes the decoder biases those terms hold).
+- **paths.** Group-level paths from the target down to a root group (embedding, error or
+  constant), found by a beam search. A path's flow is exact: the part of the target that flows
+  along that sequence of groups (at node level, the sum over every member-level path through
+  those groups in that order). ``hops`` are the summed edges between consecutive groups.
+- **predicting head group.** The Lorsa group at the target's position with the largest
+  positive flow (else the largest |flow|): the heads that move what is predicted.
+- **groups.** The summary's groups (the predicting head groups, the groups on the top paths,
+  then the largest flows) with the structure that reads them: where a head group attends and
+  why (``QKReason`` of each of its QK heads at that key: both sides' always-on parts named,
+  the specific query-unit x key-unit pairs with their nodes' fields), each feature's concept
+  label and promoted tokens.
+- **checks.** For each head and feature group: the change of every target when the group is
+  ablated, predicted by the linear graph (``circuits.interventions.predict`` on the full
+  graph) and measured by rerunning the replacement model with attention frozen and with it
+  free (``intervene``). A check is *flagged* where a measured change disagrees in sign with the
+  prediction, or differs from it by more than ``RATIO`` x in magnitude, unless both are below
+  ``TOLERANCE`` (logit units): the places where the linear graph is not to be trusted.
+
+The summary is a record (``MechanismSummary``) that ``to_dict``/``from_dict`` write and read
+as JSON (``save_summary``, beside the graph as ``mechanisms.json``); ``format_summary`` prints
+it and ``reports.html`` renders it. Ids are for files and people: every node a record
+mentions comes with its fields (``NodeRef``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .attribution import PromptRun
+from .graph import Graph, QKAttribution
+from .groups import AUTO_RULES, GroupedGraph, auto_groups
+from .interventions import Intervention, intervene, predict
+from .nodes import Kind, unit_id
+from .qk import qk_record
+
+TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
+RATIO = 3.0  # a measured effect this many times larger or smaller than predicted is flagged
+BEAM = 24
+MAX_PATHS = 5
+MAX_GROUPS = 10
+HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
+QK_PAIRS = 5
+VERSION = 1
+
+
+# ----------------------------------------------------------------- records
+@dataclass
+class NodeRef:
+    """A node named in a summary, with its fields: ``kind``, ``layer`` (block; -1 embeddings),
+    ``pos`` and ``index``; a head's key (``attends``) and QK head; a unit's concept label and
+    promoted tokens; ``main_input``: the source of its largest incoming |edge| (id, kind,
+    layer, pos, attends and its share of the |edges|), for the key-side nodes of QK pairs.
+    ``present`` is False for a unit absent at the position a QK term names it at (it acts
+    through its mean alone): ``id`` is then the unit id, ``pos`` is None, and ``token`` is
+    an embedding unit's token."""
+
+    id: str | None
+    kind: str
+    present: bool = True
+    layer: int | None = None
+    stage: int | None = None
+    pos: int | None = None
+    index: int | None = None
+    token: str | None = None  # the prompt token at ``pos``
+    attends: int | None = None
+    qk_head: int | None = None
+    concept: str | None = None
+    concept_f1: float | None = None
+    promotes: list[str] = field(default_factory=list)
+    main_input: dict | None = None
+
+
+@dataclass
+class QKTermRecord:
+    """One specific QK term: query-side unit x key-side unit (``NodeRef``), its value."""
+
+    query: NodeRef
+    key: NodeRef
+    value: float
+
+
+@dataclass
+class QKReasonRecord:
+    """A head group's attention at its key, split as ``circuits.graph.QKReason`` (the four
+    parts sum to ``score``)."""
+
+    layer: int
+    qk_head: int
+    query: int
+    key: int
+    key_token: str
+    attention: float
+    score: float
+    mean_query_mean_key: float
+    query_vs_mean_key: float
+    mean_query_vs_key: float
+    specific: float
+    rest: float
+    rest_share: float
+    pairs: list[QKTermRecord]
+
+
+@dataclass
+class EffectCheck:
+    """Ablating a group: the change of one target predicted by the linear graph and measured
+    with attention frozen and free; ``agree_*`` (sign, module docstring) and ``ratio_*``
+    (|measured| / |predicted|, None when the prediction is 0); ``flagged``: a sign
+    disagreement or a ratio beyond ``RATIO`` in either mode."""
+
+    target: str
+    predicted: float
+    frozen: float
+    free: float
+    agree_frozen: bool
+    agree_free: bool
+    ratio_frozen: float | None
+    ratio_free: float | None
+    flagged: bool
+
+
+@dataclass
+class GroupRecord:
+    """A group of the summary: ``key`` (``g0``, ``g1``, ... within this summary), ``name`` (for
+    people), the structure its members share, its members (ids; ``in_pruned`` those the pruned
+    graph keeps), ``flow`` per target node id, the tokens its strongest member promotes, the QK
+    reasons of its heads and its ablation checks."""
+
+    key: str
+    name: str
+    kind: str
+    layer: int | None
+    pos: int | None
+    attends: int | None
+    attends_token: str | None
+    qk_heads: list[int]
+    concept: str | None
+    members: list[str]
+    in_pruned: list[str]
+    flow: dict[str, float]
+    promotes: list[str] = field(default_factory=list)
+    qk: list[QKReasonRecord] = field(default_factory=list)
+    checks: list[EffectCheck] = field(default_factory=list)
+
+
+@dataclass
+class PathRecord:
+    """A group-level path into ``target``: ``groups`` (keys) from the root up, ``flow`` its
+    exact contribution, ``hops[i]`` the summed edge from ``groups[i]`` to the next group (the
+    last into the target)."""
+
+    target: str
+    groups: list[str]
+    flow: float
+    hops: list[float]
+
+
+@dataclass
+class TargetRecord:
+    """A logit target: its value split exactly into ``tokens + errors + constants``;
+    ``constants_by_source`` the constant part by where it comes from (each sublayer's bias
+    nodes, ``own`` the nodes' own terms); the runner-up token and the margin over it; the
+    predicting head group (a group key) and the ``HEAD_GROUPS`` head groups at the target's
+    position ranked as it was chosen (positive flows first, largest first)."""
+
+    node: str
+    token: str
+    negative: str | None
+    probability: float
+    value: float
+    tokens: float
+    errors: float
+    constants: float
+    constants_by_source: list[tuple[str, float]]
+    runner_up: str | None
+    runner_up_probability: float | None
+    margin: float | None
+    predicting_group: str | None
+    head_groups: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MechanismSummary:
+    """The summary of one prompt's graph (module docstring)."""
+
+    prompt: str
+    tokens: list[str]
+    mode: str
+    model: str
+    targets: list[TargetRecord]
+    groups: list[GroupRecord]
+    paths: list[PathRecord]
+    settings: dict
+
+    def group(self, key: str) -> GroupRecord:
+        return next(g for g in self.groups if g.key == key)
+
+    def to_dict(self) -> dict:
+        return {"version": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MechanismSummary:
+        try:
+            if d.get("version") != VERSION:
+                raise ValueError(f"version {d.get('version')!r}, expected {VERSION}")
+            return _summary_from_dict(d)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a mechanism summary ({type(exc).__name__}: {exc})") from None
+
+
+def _node_ref(d: dict | None) -> NodeRef | None:
+    return None if d is None else NodeRef(**d)
+
+
+def _summary_from_dict(d: dict) -> MechanismSummary:
+    groups = []
+    for g in d["groups"]:
+        g = dict(g)
+        g["qk"] = [
+            QKReasonRecord(**{**r, "pairs": [
+                QKTermRecord(_node_ref(p["query"]), _node_ref(p["key"]), p["value"])
+                for p in r["pairs"]
+            ]})
+            for r in g["qk"]
+        ]  # fmt: skip
+        g["checks"] = [EffectCheck(**c) for c in g["checks"]]
+        groups.append(GroupRecord(**g))
+    targets = [
+        TargetRecord(**{**t, "constants_by_source": [tuple(x) for x in t["constants_by_source"]]})
+        for t in d["targets"]
+    ]
+    return MechanismSummary(
+        prompt=d["prompt"], tokens=list(d["tokens"]), mode=d["mode"], model=d["model"],
+        targets=targets, groups=groups, paths=[PathRecord(**p) for p in d["paths"]],
+        settings=dict(d["settings"]),
+    )  # fmt: skip
+
+
+def save_summary(summary: MechanismSummary, path: str | Path) -> None:
+    """Write ``summary`` as JSON atomically."""
+    from toy_models.files import write_json_atomic
+
+    write_json_atomic(Path(path), summary.to_dict())
+
+
+def load_summary(path: str | Path) -> MechanismSummary:
+    """Read a summary written by ``save_summary``; a ValueError names the file."""
+    try:
+        return MechanismSummary.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+# ----------------------------------------------------------------- flows
+def node_flows(graph: Graph, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flow, h) of every node for the target node ``target`` (module docstring): ``flow[n]``
+    its total signed contribution to the target's value, ``h[n] = d value / d value_n``."""
+    edges_t = graph.edges.T.tocsr().astype(np.float64)  # [source, target]
+    activation = graph.activation.double().numpy()
+    stage = graph.stage.numpy()
+    n = graph.n_nodes
+    h, flow = np.zeros(n), np.zeros(n)
+    h[target] = 1.0
+    flow[target] = float(graph.value[target])
+    for s in np.unique(stage[stage < stage[target]])[::-1]:
+        lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
+        flow[lo:hi] = edges_t[lo:hi] @ h
+        act = activation[lo:hi]
+        h[lo:hi] = np.where(act != 0, flow[lo:hi] / np.where(act != 0, act, 1.0), 0.0)
+    return flow, h
+
+
+def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> dict:
+    """``tokens``, ``errors``, ``constants`` (summing to the target's value) and the constant
+    part by source: each sublayer's bias nodes and ``own`` (the nodes' own terms)."""
+    kinds = graph.kind.numpy()
+    own = h * graph.bias.double().numpy()
+    is_bias = kinds == Kind.BIAS
+    by_stage = {}
+    for s in np.unique(graph.stage.numpy()[is_bias]).tolist():
+        sel = is_bias & (graph.stage.numpy() == s)
+        layer, attn = (s - 1) // 2, s % 2 == 1
+        by_stage[f"L{layer} {'attn' if attn else 'mlp'} bias"] = float(flow[sel].sum())
+    by_source = sorted(by_stage.items(), key=lambda kv: -abs(kv[1]))
+    by_source.append(("own", float(own.sum())))
+    return {
+        "tokens": float(flow[kinds == Kind.EMBEDDING].sum()),
+        "errors": float(flow[kinds == Kind.ERROR].sum()),
+        "constants": float(flow[is_bias].sum() + own.sum()),
+        "constants_by_source": by_source,
+    }
+
+
+def top_paths(
+    view: GroupedGraph,
+    target: int,
+    *,
+    beam: int = BEAM,
+    keep: int = MAX_PATHS,
+    roots: tuple[str, ...] = ("embedding",),
+) -> list[tuple[list[int], float, list[float]]]:
+    """The ``keep`` group-level paths into node ``target`` of largest |flow| that start at a
+    root group of a kind in ``roots`` (default: token embeddings; errors and constants are
+    the target's ``errors`` and ``constants`` parts), each (groups from the root up, flow,
+    hops), by a beam search from the target down (module docstring)."""
+    graph = view.graph
+    edges = graph.edges.astype(np.float64).tocsr()
+    activation = graph.activation.double().numpy()
+    start = view.group_of(target)
+    # A partial path: (groups from the target down, members' d(target)/d(value), flow).
+    frontier = [([start], {target: 1.0}, float(graph.value[target]))]
+    done: list[tuple[list[int], float]] = []
+    while frontier:
+        children = []
+        for path, b, _ in frontier:
+            rows = np.fromiter(b, dtype=np.int64)
+            weights = np.fromiter(b.values(), dtype=np.float64)
+            block = edges[rows]
+            r = np.asarray(weights @ block).ravel() if block.nnz else np.zeros(graph.n_nodes)
+            cols = np.flatnonzero(r)
+            if not len(cols):
+                continue
+            groups = view.of_node[cols]
+            sums = np.bincount(groups, r[cols], minlength=view.n_groups)
+            candidates = [g for g in np.unique(groups).tolist() if g not in path]
+            candidates.sort(key=lambda g: -abs(sums[g]))
+            for g in candidates[:beam]:
+                members = cols[groups == g]
+                if view.groups[g].is_root:
+                    if view.groups[g].kind in roots:
+                        done.append((path + [g], float(sums[g])))
+                else:
+                    child = {int(m): float(r[m] / activation[m]) for m in members}
+                    children.append((path + [g], child, float(sums[g])))
+        children.sort(key=lambda c: -abs(c[2]))
+        frontier = children[:beam]
+    done.sort(key=lambda d: -abs(d[1]))
+    out = []
+    for path, flow in done[:keep]:
+        up = path[::-1]  # root first, the target last
+        hops = [float(view.edges[up[i + 1], up[i]]) for i in range(len(up) - 1)]
+        out.append((up[:-1], flow, hops))
+    return out
+
+
+# ----------------------------------------------------------------- the summary
+def summarize(
+    replacement,
+    full: Graph,
+    run: PromptRun,
+    *,
+    pruned: Graph | None = None,
+    concepts: Mapping[str, tuple[str, float]] | None = None,
+    view: GroupedGraph | None = None,
+    beam: int = BEAM,
+    max_paths: int = MAX_PATHS,
+    max_groups: int = MAX_GROUPS,
+    check: bool = True,
+    tolerance: float = TOLERANCE,
+) -> MechanismSummary:
+    """The mechanism summary of ``full`` (the unpruned graph of ``run``'s prompt; module
+    docstring). ``pruned`` (optional) marks the members the drawn graph keeps; ``concepts``
+    (unit id -> (label, F1)) labels units and groups them (``auto_groups``); ``view`` replaces
+    the automatic groups with the caller's (``circuits.groups.grouped``); ``check`` runs the
+    ablation checks (two reruns of the model per head or feature group)."""
+    concepts = concepts or {}
+    grouping = "given" if view is not None else AUTO_RULES
+    view = view or auto_groups(full, concepts)
+    logits = full.is_kind("logit").nonzero().squeeze(1).tolist()
+    flows: dict[int, np.ndarray] = {}
+    targets, paths, chosen, ranked = [], [], [], set()
+    probs = run.logits[-1].softmax(-1)
+    for t in logits:
+        flow, h = node_flows(full, t)
+        flows[t] = flow
+        group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
+        ranking = _head_ranking(view, group_flow, int(full.pos[t]))[:HEAD_GROUPS]
+        chosen += ranking
+        ranked.update(ranking)
+        for groups, path_flow, hops in top_paths(view, t, beam=beam, keep=max_paths):
+            paths.append((t, groups, path_flow, hops))
+            chosen += [g for g in groups if not view.groups[g].is_root]
+        targets.append((t, target_parts(full, t, flow, h), ranking))
+    # Fill up with the largest flows into the first target.
+    if logits:
+        group_flow = np.bincount(view.of_node, flows[logits[0]], minlength=view.n_groups)
+        inner = [g for g in np.argsort(-np.abs(group_flow)).tolist()
+                 if view.groups[g].kind in ("lorsa", "transcoder")]  # fmt: skip
+        chosen += inner[:max_groups]
+    inner_chosen = list(
+        dict.fromkeys(g for g in chosen if view.groups[g].kind in ("lorsa", "transcoder"))
+    )
+    keep_inner = set(inner_chosen[:max_groups])
+    on_paths = {g for _, groups, _, _ in paths for g in groups}
+    listed = [g for g in dict.fromkeys(chosen + sorted(on_paths))
+              if g in keep_inner or g in ranked or g in on_paths]  # fmt: skip
+    keys = {g: f"g{k}" for k, g in enumerate(listed)}
+    ids = full.ids
+    pruned_ids = set(pruned.ids) if pruned is not None else set()
+    sides: dict = {}
+    units = unit_nodes(full)
+    records = []
+    for g in listed:
+        grp = view.groups[g]
+        member_flow = {ids[t]: flows[t][grp.members] for t in logits}
+        total = {t: float(v.sum()) for t, v in member_flow.items()}
+        strongest = grp.members[int(np.argmax(np.abs(member_flow[ids[logits[0]]])))] if logits \
+            else grp.members[0]  # fmt: skip
+        record = GroupRecord(
+            key=keys[g], name=grp.name, kind=grp.kind, layer=grp.layer, pos=grp.pos,
+            attends=grp.attends,
+            attends_token=None if grp.attends is None else full.token_strings[grp.attends],
+            qk_heads=grp.qk_heads, concept=grp.concept,
+            members=[ids[m] for m in grp.members],
+            in_pruned=[ids[m] for m in grp.members if ids[m] in pruned_ids],
+            flow=total,
+            promotes=[full.token(x) for x in full.promotes[strongest].tolist() if x >= 0],
+        )  # fmt: skip
+        if grp.kind == "lorsa" and grp.attends is not None and grp.pos is not None:
+            by_head: dict[int, float] = {}
+            first = ids[logits[0]] if logits else None
+            for m, f in zip(grp.members, member_flow[first] if first else [], strict=False):
+                head = int(full.index[m]) // full.group_size
+                by_head[head] = by_head.get(head, 0.0) + abs(float(f))
+            heads = sorted(grp.qk_heads, key=lambda x: -by_head.get(x, 0.0))[:2]
+            for head in heads:
+                a = qk_record(replacement, run, grp.layer, head, grp.pos, grp.attends,
+                              top=QK_PAIRS, sides=sides)  # fmt: skip
+                record.qk.append(_reason_record(full, a, concepts, units))
+        if check and g in keep_inner and logits:
+            record.checks = _checks(replacement, full, run, grp.members, logits, tolerance)
+        records.append(record)
+    target_records = []
+    for t, parts, ranking in targets:
+        target_records.append(_target_record(full, t, parts, probs, run,
+                                             [keys[g] for g in ranking]))  # fmt: skip
+    path_records = [
+        PathRecord(ids[t], [keys[g] for g in groups], flow, hops) for t, groups, flow, hops in paths
+    ]
+    return MechanismSummary(
+        prompt=full.prompt, tokens=list(full.token_strings), mode=full.mode,
+        model=str(full.model.get("name", "")), targets=target_records, groups=records,
+        paths=path_records,
+        settings={"beam": beam, "max_paths": max_paths, "max_groups": max_groups,
+                  "tolerance": tolerance, "ratio": RATIO, "constants": full.has_constants,
+                  "grouping": grouping},
+    )  # fmt: skip
+
+
+def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int) -> list[int]:
+    """The Lorsa groups at ``pos``: positive flows first, largest first, then the others by
+    |flow| (the first is the predicting head group)."""
+    heads = [g for g, grp in enumerate(view.groups) if grp.kind == "lorsa" and grp.pos == pos]
+    return sorted(heads, key=lambda g: (group_flow[g] <= 0, -abs(group_flow[g])))
+
+
+def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
+    record = graph.logit_record(t)
+    order = probs.argsort(descending=True).tolist()
+    runner = next((v for v in order if v != record.token), None)
+    margin = None
+    if runner is not None:
+        margin = float(run.logits[-1, record.token] - run.logits[-1, runner])
+    return TargetRecord(
+        node=graph.ids[t], token=graph.token(record.token),
+        negative=None if record.negative is None else graph.token(record.negative),
+        probability=record.probability, value=float(graph.value[t]),
+        tokens=parts["tokens"], errors=parts["errors"], constants=parts["constants"],
+        constants_by_source=parts["constants_by_source"],
+        runner_up=None if runner is None else graph.token(runner),
+        runner_up_probability=None if runner is None else float(probs[runner]),
+        margin=margin, predicting_group=head_groups[0] if head_groups else None,
+        head_groups=head_groups,
+    )  # fmt: skip
+
+
+def node_ref(graph: Graph, i: int, concepts: Mapping, with_input: bool = False) -> NodeRef:
+    """A ``NodeRef`` of node ``i`` from the graph's fields."""
+    kind = Kind(int(graph.kind[i]))
+    stage, pos, index = int(graph.stage[i]), int(graph.pos[i]), int(graph.index[i])
+    ref = NodeRef(
+        id=graph.ids[i], kind=kind.label, layer=int(graph.layer[i]), stage=stage, pos=pos,
+        index=index, token=graph.token_strings[pos],
+    )  # fmt: skip
+    if kind == Kind.LORSA:
+        ref.attends = int(graph.attends[i])
+        ref.qk_head = index // graph.group_size
+    if kind in (Kind.LORSA, Kind.TRANSCODER):
+        found = concepts.get(unit_id(kind, stage, index))
+        if found is not None:
+            ref.concept, ref.concept_f1 = found[0], found[1]
+        ref.promotes = [graph.token(x) for x in graph.promotes[i].tolist() if x >= 0]
+        if with_input:
+            ref.main_input = _main_input(graph, i)
+    return ref
+
+
+def _main_input(graph: Graph, i: int) -> dict | None:
+    row = graph.edges[[i]].tocoo()
+    if not row.nnz:
+        return None
+    j = int(np.argmax(np.abs(row.data)))
+    s = int(row.col[j])
+    attends = int(graph.attends[s])
+    return {
+        "id": graph.ids[s], "kind": graph.kinds[s], "layer": int(graph.layer[s]),
+        "pos": int(graph.pos[s]), "attends": attends if attends >= 0 else None,
+        "share": float(abs(row.data[j]) / np.abs(row.data).sum()),
+    }  # fmt: skip
+
+
+def unit_nodes(graph: Graph) -> dict[str, int]:
+    """unit id -> the first node of that unit in the graph."""
+    out: dict[str, int] = {}
+    rows = zip(graph.kind.tolist(), graph.stage.tolist(), graph.index.tolist(), strict=True)
+    for i, (k, s, x) in enumerate(rows):
+        out.setdefault(unit_id(Kind(k), s, x), i)
+    return out
+
+
+def _side_ref(graph: Graph, name: str | None, concepts: Mapping, with_input: bool,
+              units: Mapping[str, int]) -> NodeRef:  # fmt: skip
+    if name is None:
+        return NodeRef(id=None, kind="qk bias")
+    i = graph.id_to_index.get(name)
+    if i is not None:
+        return node_ref(graph, i, concepts, with_input)
+    j = units.get(name)
+    if j is None:
+        return NodeRef(id=name, kind="unit", present=False)
+    ref = node_ref(graph, j, concepts)
+    ref.id, ref.present, ref.pos, ref.attends = name, False, None, None
+    ref.token = graph.token(int(graph.index[j])) if ref.kind == "embedding" else None
+    return ref
+
+
+def _reason_record(
+    graph: Graph, a: QKAttribution, concepts: Mapping, units: Mapping[str, int]
+) -> QKReasonRecord:
+    r = a.reason
+    pairs = [
+        QKTermRecord(
+            _side_ref(graph, p.query, concepts, False, units),
+            _side_ref(graph, p.key, concepts, True, units),
+            float(p.value),
+        )
+        for p in r.pairs
+    ]
+    return QKReasonRecord(
+        layer=a.layer, qk_head=a.qk_head, query=a.query, key=a.key,
+        key_token=graph.token_strings[a.key], attention=float(a.attention), score=float(a.score),
+        mean_query_mean_key=r.mean_query_mean_key, query_vs_mean_key=r.query_vs_mean_key,
+        mean_query_vs_key=r.mean_query_vs_key, specific=r.specific, rest=r.rest,
+        rest_share=r.rest_share, pairs=pairs,
+    )  # fmt: skip
+
+
+def _agree(predicted: float, actual: float, tolerance: float) -> bool:
+    return max(abs(predicted), abs(actual)) < tolerance or predicted * actual > 0
+
+
+def _ratio(predicted: float, actual: float) -> float | None:
+    return None if predicted == 0 else abs(actual) / abs(predicted)
+
+
+def _off(predicted: float, actual: float, tolerance: float) -> bool:
+    if max(abs(predicted), abs(actual)) < tolerance:
+        return False
+    if predicted == 0 or actual == 0:
+        return True
+    ratio = abs(actual) / abs(predicted)
+    return ratio > RATIO or ratio < 1 / RATIO
+
+
+def _checks(replacement, full, run, members, logits, tolerance) -> list[EffectCheck]:
+    edits = [Intervention(full.ids[m], "ablate") for m in members]
+    predicted = predict(full, edits)
+    frozen = intervene(replacement, full, edits, run=run, predicted=predicted)
+    free = intervene(replacement, full, edits, freeze_attention=False, run=run,
+                     predicted=predicted)  # fmt: skip
+    out = []
+    for j, target in enumerate(frozen.targets):
+        p = float(frozen.predicted[j])
+        fz, fr = float(frozen.actual[j]), float(free.actual[j])
+        agree_frozen, agree_free = _agree(p, fz, tolerance), _agree(p, fr, tolerance)
+        flagged = (
+            not (agree_frozen and agree_free) or _off(p, fz, tolerance) or _off(p, fr, tolerance)
+        )
+        out.append(
+            EffectCheck(
+                target=target, predicted=p, frozen=fz, free=fr, agree_frozen=agree_frozen,
+                agree_free=agree_free, ratio_frozen=_ratio(p, fz), ratio_free=_ratio(p, fr),
+                flagged=flagged,
+            )
+        )  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------- printing
+def _signed(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.3g}"
+
+
+def ref_text(ref: NodeRef | None) -> str:
+    """A node reference in words (for people)."""
+    if ref is None or ref.kind == "qk bias":
+        return "bias"
+    if not ref.present:
+        if ref.kind == "embedding":
+            return f"no token {ref.token!r} here"
+        what = {"lorsa": "head", "transcoder": "feature"}.get(ref.kind, ref.kind)
+        index = f" {ref.index}" if ref.kind in ("lorsa", "transcoder") else ""
+        layer = f"L{ref.layer} " if ref.layer is not None and ref.layer >= 0 else ""
+        return f"no {layer}{what}{index} here"
+    where = f"@{ref.pos}"
+    if ref.kind == "embedding":
+        return f"token {ref.token!r}{where}"
+    if ref.kind in ("error", "bias"):
+        sub = "attn" if ref.stage is not None and ref.stage % 2 == 1 else "mlp"
+        return f"L{ref.layer} {sub} {ref.kind}{where}"
+    text = f"L{ref.layer} {'head' if ref.kind == 'lorsa' else 'feature'} {ref.index}{where}"
+    if ref.kind == "lorsa" and ref.attends is not None and ref.attends >= 0:
+        text += f" reads @{ref.attends}"
+    if ref.concept:
+        text += f" [{ref.concept}]"
+    elif ref.promotes:
+        text += f" -> {ref.promotes[0]!r}"
+    if ref.main_input is not None and ref.kind == "transcoder":
+        mi = ref.main_input
+        if mi["kind"] == "lorsa":
+            text += f" (from L{mi['layer']} head @{mi['pos']} reading @{mi['attends']})"
+    return text
+
+
+def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
+    """The summary as text (what ``python -m circuits.trace`` prints)."""
+    lines = ["mechanisms (exact flows: each group's total linear contribution to the target):"]
+    names = {g.key: g for g in summary.groups}
+
+    def short(key: str) -> str:
+        return f"{key} {names[key].name}"
+
+    for t in summary.targets:
+        head = f"target {t.token!r}" + (f" - {t.negative!r}" if t.negative else "")
+        head += f" = {t.value:.3g} (p={t.probability:.3f})"
+        if t.runner_up is not None:
+            head += f"; runner-up {t.runner_up!r} p={t.runner_up_probability:.3f}, margin " \
+                    f"{_signed(t.margin)}"  # fmt: skip
+        lines.append(head)
+        consts = ", ".join(f"{name} {_signed(v)}" for name, v in t.constants_by_source[:4])
+        lines.append(f"  parts: tokens {_signed(t.tokens)}, constants {_signed(t.constants)} "
+                     f"({consts}), errors {_signed(t.errors)}")  # fmt: skip
+        if t.predicting_group:
+            g = names[t.predicting_group]
+            lines.append(f"  predicting heads: {short(g.key)}, flow {_signed(g.flow[t.node])}")
+            others = [names[k] for k in t.head_groups[1:]]
+            if others:
+                lines.append("  next head groups there: " + "; ".join(
+                    f"{short(o.key)} {_signed(o.flow[t.node])}" for o in others))  # fmt: skip
+        lines.append("  top paths (root -> target):")
+        for p in [p for p in summary.paths if p.target == t.node]:
+            chain = " -> ".join(names[k].name for k in p.groups)
+            lines.append(f"    {_signed(p.flow):>8}  {chain}")
+    lines.append("groups:")
+    for g in summary.groups:
+        if g.kind in ("embedding", "error", "bias"):
+            continue
+        flow = ", ".join(_signed(v) for v in g.flow.values())
+        extra = f" promotes {g.promotes[0]!r}" if g.promotes and g.kind == "transcoder" else ""
+        lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}")
+        for r in g.qk:
+            lines.append(
+                f"       QK {r.qk_head} reads {r.key_token!r}@{r.key} (attention "
+                f"{r.attention:.2f}): score {r.score:+.3g} = always-on "
+                f"{r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key:+.3g} "
+                f"(mean q x mean k {r.mean_query_mean_key:+.3g}, q x mean k "
+                f"{r.query_vs_mean_key:+.3g}, mean q x k {r.mean_query_vs_key:+.3g}) + specific "
+                f"{r.specific:+.3g} (unlisted {r.rest_share:.0%})"
+            )
+            for p in r.pairs[:max_pairs]:
+                lines.append(f"         {p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
+        for c in g.checks:
+            mark = "FLAGGED" if c.flagged else "ok"
+            lines.append(
+                f"       ablate: predicted {_signed(c.predicted)}, frozen attention "
+                f"{_signed(c.frozen)}, free attention {_signed(c.free)}  [{mark}]"
+            )
+    return "\n".join(lines)

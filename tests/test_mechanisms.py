@@ -1,0 +1,337 @@
+"""Reading a graph as mechanisms, on a small random replacement model: constants as nodes
+(closure, autograd, interventions), the QK reason split (exact, against the Lorsa's own scores
+and a direct per-unit computation), supernodes (exact summed edges), flows and paths (against
+dense linear algebra and interventions), and the summary's records and files."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from circuits.attribution import attribute, closure_error, run_prompt
+from circuits.graph import Graph
+from circuits.groups import auto_groups, group, grouped
+from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
+from circuits.mechanisms import (
+    MechanismSummary,
+    format_summary,
+    load_summary,
+    node_flows,
+    save_summary,
+    summarize,
+    target_parts,
+    top_paths,
+)
+from circuits.nodes import Kind
+from circuits.qk import QKSides, qk_attribution
+from reports.html import html_page
+
+MODES = ("local", "sparse")
+
+
+@pytest.fixture
+def replacement(random_model, make_replacement):
+    return make_replacement(random_model)
+
+
+@pytest.fixture
+def tokens():
+    torch.manual_seed(2)
+    return torch.randint(1, 50, (12,))
+
+
+@pytest.fixture(params=MODES)
+def run(request, replacement, tokens):
+    return run_prompt(replacement, tokens, request.param, constants=True)
+
+
+@pytest.fixture
+def graph(replacement, tokens, run):
+    return attribute(replacement, tokens, max_logits=3, run=run)
+
+
+def targets(graph: Graph) -> torch.Tensor:
+    return (~torch.isnan(graph.value)).nonzero().squeeze(1)
+
+
+# ----------------------------------------------------------------- constants as nodes
+def test_constant_nodes_close_the_graph_and_carry_the_decoder_biases(graph, replacement, tokens):
+    n, L = len(tokens), replacement.cfg.n_layers
+    assert graph.has_constants and int(graph.is_kind("bias").sum()) == 2 * L * n
+    assert closure_error(graph)["max_abs"] < 1e-5
+    assert graph.settings["closure_error"]["max_abs"] < 1e-5
+    # Without bias nodes the same targets close with the decoder biases in their bias terms:
+    # the difference is exactly the bias nodes' edges.
+    plain = attribute(replacement, tokens, mode=graph.mode, max_logits=3)
+    keep = ~graph.is_kind("bias")
+    assert plain.ids == [graph.ids[i] for i in keep.nonzero().squeeze(1).tolist()]
+    bias_cols = graph.is_kind("bias").nonzero().squeeze(1).numpy()
+    from_bias = np.asarray(graph.edges[:, bias_cols].sum(axis=1)).ravel()[keep.numpy()]
+    t = targets(plain)
+    torch.testing.assert_close(plain.value[t], graph.value[keep][t])
+    np.testing.assert_allclose(
+        plain.bias[t].numpy(), (graph.bias[keep][t].numpy() + from_bias[t.numpy()]), atol=1e-5
+    )
+
+
+def test_constant_node_edges_equal_autograd_and_doubling(graph, replacement, run):
+    n_src = len(run.kind)
+    rows = targets(graph)
+    multipliers = torch.ones(len(rows), n_src, requires_grad=True)
+    out = direct_pre_activations(replacement, graph, multipliers, run=run)
+    (grad,) = torch.autograd.grad(out[torch.arange(len(rows)), rows].sum(), multipliers)
+    dense = torch.from_numpy(graph.edges.toarray())
+    torch.testing.assert_close(grad, dense[rows, :n_src], atol=1e-5, rtol=1e-4)
+    bias = graph.is_kind("bias").nonzero().squeeze(1)
+    doubled = torch.ones(len(bias), n_src)
+    doubled[torch.arange(len(bias)), bias] = 2
+    with torch.no_grad():
+        clean = direct_pre_activations(replacement, graph, torch.ones(1, n_src), run=run)
+        moved = direct_pre_activations(replacement, graph, doubled, run=run) - clean
+    torch.testing.assert_close(moved[:, rows], dense[rows][:, bias].T, atol=1e-4, rtol=1e-4)
+
+
+def test_a_bias_node_can_be_ablated_and_scaled(graph, replacement):
+    logit = int(graph.is_kind("logit").nonzero()[0])
+    bias = graph.is_kind("bias").nonzero().squeeze(1)
+    row = graph.edges[[logit]].toarray()[0]
+    node = graph.ids[int(bias[np.abs(row[bias.numpy()]).argmax()])]
+    small = intervene(replacement, graph, [Intervention(node, "scale", 1.001)])
+    torch.testing.assert_close(small.actual, small.predicted, atol=1e-4, rtol=2e-2)
+    assert small.actual.abs().max() > 0
+    ablated = intervene(replacement, graph, [Intervention(node, "ablate")])
+    assert torch.isfinite(ablated.actual).all()
+
+
+def test_graph_with_constants_and_reasons_round_trips(graph, replacement, tmp_path):
+    qk_attribution(replacement, graph, reason=True, contrast=True, top=4)
+    path = tmp_path / "g.safetensors"
+    graph.save(path)
+    back = Graph.load(path)
+    assert back.ids == graph.ids and back.has_constants
+    assert [a.reason for a in back.qk] == [a.reason for a in graph.qk]
+    assert all(a.reason is not None for a in back.qk)
+
+
+# ----------------------------------------------------------------- QK reasons
+def test_qk_reason_parts_sum_to_the_lorsas_own_score(graph, replacement, run):
+    records = qk_attribution(replacement, graph, key_mass=0.2, top=10**6, contrast=True,
+                             reason=True, run=run)  # fmt: skip
+    assert records
+    for a in records:
+        lorsa = replacement.lorsas[a.layer]
+        with torch.no_grad():
+            q, k = lorsa.qk(run.lorsa_in[a.layer][None])
+        score = float(q[0, a.qk_head, a.query] @ k[0, a.qk_head, a.key]) / lorsa.cfg.d_qk**0.5
+        r = a.reason
+        parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
+        assert parts == pytest.approx(score, abs=1e-4)
+        assert a.score == pytest.approx(score, abs=1e-4)
+        # The key-side contrast is what moves attention: (mean query + this query) x this key.
+        assert a.contrast == pytest.approx(r.mean_query_vs_key + r.specific, abs=1e-4)
+        # With every pair listed, the pairs are the specific part and nothing is left out.
+        assert sum(p.value for p in r.pairs) + r.rest == pytest.approx(r.specific, abs=1e-5)
+        assert abs(r.rest) < 1e-4 and r.rest_share == pytest.approx(0, abs=1e-5)
+        # The query/key bias is the same at every position: it has no specific terms.
+        assert all(abs(p.value) < 1e-5 for p in r.pairs if p.query is None or p.key is None)
+
+
+def test_qk_reason_against_a_direct_per_unit_computation(graph, replacement, run):
+    """Means and deviations recomputed unit by unit with plain loops."""
+    (a,) = [r for r in qk_attribution(replacement, graph, top=10**6, reason=True, run=run)
+            if r.query == max(r.query for r in graph.qk)][:1]  # fmt: skip
+    with torch.no_grad():
+        side = QKSides(run, replacement, a.layer)
+    ids = graph.ids
+    n = len(run.tokens)
+    d = replacement.lorsas[a.layer].cfg.d_qk
+
+    def unit_vectors(vectors, positions):
+        """unit -> {pos: vector}, the unit being (kind, stage, index), or None (bias)."""
+        out = {}
+        for p in positions:
+            out.setdefault(None, {})[p] = vectors[p, 0, a.qk_head]
+            for j, s in enumerate(side.at[p].tolist()):
+                if side.valid[p, j]:
+                    u = (int(run.kind[s]), int(run.stage[s]), int(run.index[s]))
+                    out.setdefault(u, {})[p] = vectors[p, 1 + j, a.qk_head]
+        return out
+
+    refs = list(range(1, n))
+    qu = unit_vectors(side.query, sorted(set(refs) | {a.query}))
+    ku = unit_vectors(side.key, range(a.query + 1))
+    zero = torch.zeros(d)
+    du = {u: v.get(a.query, zero) - sum((v.get(p, zero) for p in refs), zero) / len(refs)
+          for u, v in qu.items()}  # fmt: skip
+    dv = {u: v.get(a.key, zero) - sum(v.values(), zero) / (a.query + 1) for u, v in ku.items()}
+    specific = {(s, t): float(du[s] @ dv[t]) / d**0.5 for s in du for t in dv}
+    assert a.reason.specific == pytest.approx(sum(specific.values()), abs=1e-4)
+    top = max(specific.items(), key=lambda kv: abs(kv[1]))
+    assert a.reason.pairs[0].value == pytest.approx(top[1], abs=1e-5)
+    (s, t) = top[0]
+    pair = a.reason.pairs[0]
+    # Named by node id where the unit is present at that position.
+    for unit, name, pos in ((s, pair.query, a.query), (t, pair.key, a.key)):
+        if unit is None:
+            assert name is None
+        elif pos in (qu if name is pair.query else ku)[unit]:
+            i = graph.id_to_index[name]
+            assert (int(graph.kind[i]), int(graph.stage[i]), int(graph.pos[i])) == (
+                unit[0],
+                unit[1],
+                pos,
+            )
+    assert ids  # the graph's ids name the present units
+
+
+# ----------------------------------------------------------------- groups
+def test_a_supernode_sums_its_members_edges_exactly(graph):
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()[-3:]
+    view = group(graph, heads, "my heads")
+    g = view.group_of(heads[0])
+    assert view.groups[g].name == "my heads" and view.groups[g].members == sorted(heads)
+    dense = graph.edges.toarray().astype(np.float64)
+    ve = view.edges.toarray()
+    for h in range(view.n_groups):
+        if h == g:
+            continue
+        others = view.members(h)
+        np.testing.assert_allclose(ve[g, h], dense[np.ix_(heads, others)].sum(), atol=1e-9)
+        np.testing.assert_allclose(ve[h, g], dense[np.ix_(others, heads)].sum(), atol=1e-9)
+    # Closure holds for groups: incoming + internal + bias = summed values.
+    t = ~np.isnan(view.value)
+    gap = ve.sum(1) + view.internal + view.bias - np.where(t, view.value, 0)
+    assert np.abs(gap[t]).max() < 1e-4
+    with pytest.raises(ValueError, match="in two groups"):
+        grouped(graph, [heads, heads[:1]], ["a", "b"])
+
+
+def test_auto_groups_follow_their_rules(graph):
+    view = auto_groups(graph)
+    for grp in view.groups:
+        kinds = {graph.kinds[i] for i in grp.members}
+        assert len(kinds) == 1
+        if grp.kind == "lorsa":
+            assert len({(int(graph.layer[i]), int(graph.pos[i]), int(graph.attends[i]))
+                        for i in grp.members}) == 1  # fmt: skip
+        elif grp.kind == "bias":
+            assert len({int(graph.stage[i]) for i in grp.members}) == 1
+            assert len(grp.members) == len(graph.tokens)
+        elif grp.kind != "lorsa":
+            assert len(grp.members) == 1  # no concept labels: features stay alone
+    # With concepts, features of one place and one label group.
+    feats = graph.is_kind("transcoder").nonzero().squeeze(1).tolist()
+    from circuits.nodes import unit_id
+
+    last = max(int(graph.pos[i]) for i in feats)
+    same = [i for i in feats if int(graph.pos[i]) == last and int(graph.layer[i]) == 0]
+    concepts = {unit_id(Kind.TRANSCODER, int(graph.stage[i]), int(graph.index[i])): ("x", 0.9)
+                for i in same}  # fmt: skip
+    view = auto_groups(graph, concepts)
+    assert view.groups[view.group_of(same[0])].members == sorted(same)
+    assert view.groups[view.group_of(same[0])].concept == "x"
+
+
+# ----------------------------------------------------------------- flows and paths
+def test_flows_are_total_linear_effects_and_parts_close(graph):
+    t = int(graph.is_kind("logit").nonzero()[0])
+    flow, h = node_flows(graph, t)
+    parts = target_parts(graph, t, flow, h)
+    total = parts["tokens"] + parts["errors"] + parts["constants"]
+    assert total == pytest.approx(float(graph.value[t]), abs=1e-4)
+    assert parts["constants_by_source"][-1][0] == "own"
+    # A node's flow is minus the graph's predicted change of the target when it is ablated.
+    inner = graph.is_kind("lorsa", "transcoder", "bias").nonzero().squeeze(1).tolist()
+    for i in inner[:: max(1, len(inner) // 12)]:
+        change = predict(graph, [Intervention(graph.ids[i], "ablate")])[t]
+        assert float(change) == pytest.approx(-flow[i], abs=1e-4)
+
+
+def test_a_path_flow_is_the_sum_over_its_member_level_paths(graph):
+    t = int(graph.is_kind("logit").nonzero()[0])
+    view = auto_groups(graph)
+    paths = top_paths(view, t, beam=8, keep=4)
+    assert paths
+    dense = graph.edges.toarray().astype(np.float64)
+    per_unit = dense / np.where(graph.activation.numpy() != 0, graph.activation.numpy(), 1)
+    for groups, flow, hops in paths:
+        assert view.groups[groups[0]].is_root and len(hops) == len(groups)
+        chain = groups + [view.group_of(t)]
+        vec = np.zeros(graph.n_nodes)
+        vec[view.members(chain[0])] = 1.0  # roots: each member's whole write
+        vec = dense @ vec
+        for g in chain[1:-1]:
+            keep = np.zeros(graph.n_nodes)
+            keep[view.members(g)] = vec[view.members(g)]
+            vec = per_unit @ keep
+        assert vec[t] == pytest.approx(flow, abs=1e-5)
+        last = view.members(chain[-2])
+        assert hops[-1] == pytest.approx(dense[t, last].sum(), abs=1e-5)
+
+
+# ----------------------------------------------------------------- the summary
+def test_summary_records(graph, replacement, run, tmp_path):
+    summary = summarize(replacement, graph, run, max_groups=4)
+    logits = graph.is_kind("logit").nonzero().squeeze(1).tolist()
+    assert [t.node for t in summary.targets] == [graph.ids[i] for i in logits]
+    keys = {g.key for g in summary.groups}
+    for t in summary.targets:
+        assert t.tokens + t.errors + t.constants == pytest.approx(t.value, abs=1e-4)
+        assert t.constants == pytest.approx(sum(v for _, v in t.constants_by_source), abs=1e-5)
+        assert t.runner_up is not None and t.runner_up != t.token
+        g = summary.group(t.predicting_group)
+        assert g.kind == "lorsa" and g.pos == len(graph.tokens) - 1
+        assert g.attends is not None and g.attends_token == graph.token_strings[g.attends]
+        assert g.qk and g.qk[0].key == g.attends and g.qk[0].query == g.pos
+        r = g.qk[0]
+        assert r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific \
+            == pytest.approx(r.score, abs=1e-4)  # fmt: skip
+        for p in r.pairs:  # fields, not ids, say where each side is
+            assert p.query.kind == "qk bias" or not p.query.present or p.query.pos == r.query
+            assert p.key.kind == "qk bias" or not p.key.present or p.key.pos == r.key
+    for p in summary.paths:
+        assert set(p.groups) <= keys
+        assert summary.group(p.groups[0]).kind == "embedding"
+    checked = [g for g in summary.groups if g.checks]
+    assert checked and all(g.kind in ("lorsa", "transcoder") for g in checked)
+    flows = {t.node: node_flows(graph, graph.id_to_index[t.node])[0] for t in summary.targets}
+    for g in summary.groups:
+        members = [graph.id_to_index[m] for m in g.members]
+        for node, v in g.flow.items():
+            assert v == pytest.approx(flows[node][members].sum(), abs=1e-5)
+        for c in g.checks:
+            assert c.predicted == pytest.approx(-g.flow[c.target], abs=1e-4)
+            edits = [Intervention(m, "ablate") for m in g.members]
+            frozen = intervene(replacement, graph, edits)
+            j = frozen.targets.index(c.target)
+            assert c.frozen == pytest.approx(float(frozen.actual[j]), abs=1e-5)
+            ok = c.predicted * c.frozen > 0 or max(abs(c.predicted), abs(c.frozen)) < 0.01
+            assert c.agree_frozen == ok
+            if not c.agree_frozen or not c.agree_free:
+                assert c.flagged
+    # The file round-trips, and the printer and the report render it.
+    path = tmp_path / "mechanisms.json"
+    save_summary(summary, path)
+    back = load_summary(path)
+    assert json.dumps(back.to_dict(), sort_keys=True) == json.dumps(
+        json.loads(path.read_text()), sort_keys=True
+    )
+    text = format_summary(back)
+    assert "predicting heads" in text and "QK" in text and "ablate: predicted" in text
+    page = html_page(graph, mechanisms=back)
+    assert "<h2>Mechanisms</h2>" in page and "always-on" in page
+    with pytest.raises(ValueError, match="not a mechanism summary|version"):
+        MechanismSummary.from_dict({"version": 1})
+
+
+def test_summary_without_constants_or_checks(replacement, tokens):
+    run = run_prompt(replacement, tokens, "local")
+    graph = attribute(replacement, tokens, max_logits=1, run=run)
+    summary = summarize(replacement, graph, run, check=False)
+    (t,) = summary.targets
+    assert t.tokens + t.errors + t.constants == pytest.approx(t.value, abs=1e-4)
+    assert t.constants_by_source == [("own", pytest.approx(t.constants))]
+    assert not any(g.checks for g in summary.groups)
+    assert not math.isnan(t.margin)

@@ -30,6 +30,8 @@ def _layer(kind: Kind, stage: int) -> str:
 def _feature_type(kind: Kind, stage: int) -> str:
     if kind == Kind.ERROR:
         return f"{'attention' if is_attention(stage) else 'mlp'} reconstruction error"
+    if kind == Kind.BIAS:
+        return f"{'attention' if is_attention(stage) else 'mlp'} bias"
     return FEATURE_TYPE[kind]
 
 
@@ -47,7 +49,9 @@ def _node(graph: Graph, i: int, label: str) -> dict:
         "run_idx": 0,
         "feature_type": _feature_type(kind, stage),
         "clerp": label,
-        "activation": None if kind in (Kind.EMBEDDING, Kind.ERROR) else float(graph.activation[i]),
+        "activation": None
+        if kind in (Kind.EMBEDDING, Kind.ERROR, Kind.BIAS)
+        else float(graph.activation[i]),
         "influence": influence,
         "is_target_logit": kind == Kind.LOGIT,
         "token_prob": 0.0,

@@ -5,7 +5,8 @@
 Writes into ``--out``: ``graph.json`` (circuit-tracer/Neuronpedia schema, pruned graph),
 ``graph.safetensors`` (the pruned ``Graph``; ``--save-full`` adds the unpruned one),
 ``graph.dot`` and, when Graphviz's ``dot`` is installed, ``graph.svg`` (``--format`` picks
-more), and ``graph.html`` (``reports.outputs``). Every file is written atomically.
+more), ``graph.html`` (``reports.outputs``) and ``mechanisms.json``, the mechanism summary it
+also prints (``circuits.mechanisms``). Every file is written atomically.
 
 The command lines (this one and ``circuits.global_graph``) are the only places in
 ``circuits`` that call ``reports``, to write files; the library modules never do. Nothing
@@ -27,6 +28,7 @@ from toy_models.cli import UserError, run_cli
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
 MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
 DASHBOARD_ROWS = 192  # = circuits.dashboards.DEFAULT_ROWS (not imported: start-up)
+MECHANISMS_FILE = "mechanisms.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          metavar=("A", "B"), help="explain logit(A) - logit(B)")  # fmt: skip
     targets.add_argument("--target-node", action="append", default=[], metavar="KIND:L:POS:I",
                          help="a head or feature: lorsa:2:15:417, transcoder:1:7:88")  # fmt: skip
+    targets.add_argument("--vs-runner-up", action="store_true",
+                         help="explain each logit target minus the most likely other token "
+                         "(the margin over the runner-up) instead of the logit itself")  # fmt: skip
     targets.add_argument("--max-logits", type=int, default=10)
     targets.add_argument("--logit-probability", type=float, default=0.95)
     prune = parser.add_argument_group("pruning (circuit-tracer's definitions)")
@@ -65,6 +70,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="split kept heads' attention scores into query x key pairs")  # fmt: skip
     qk.add_argument("--key-mass", type=float,
                     help="also trace every key with at least this attention weight")  # fmt: skip
+    mech = parser.add_argument_group("reading the graph (circuits.mechanisms)")
+    mech.add_argument("--constants", action=argparse.BooleanOptionalAction, default=True,
+                      help="decoder biases as nodes (one per sublayer and position), so the "
+                      "graph shows how much of each target is constant")  # fmt: skip
+    mech.add_argument("--mechanisms", action=argparse.BooleanOptionalAction, default=True,
+                      help="print a mechanism summary (head and feature groups, top paths, "
+                      "QK reasons) and write mechanisms.json")  # fmt: skip
+    mech.add_argument("--checks", action=argparse.BooleanOptionalAction, default=True,
+                      help="check each summary group by ablation, attention frozen and free, "
+                      "against the graph's linear prediction")  # fmt: skip
     files = parser.add_argument_group("files")
     files.add_argument("--format", default="svg",
                        help=f"renders among {','.join(FORMATS)} (need `dot`)")  # fmt: skip
@@ -140,12 +155,22 @@ def check_writable(out: Path) -> None:
         raise UserError(f"--out {out}: {existing} is not writable")
 
 
-def _targets(args, tokenizer):
+def _targets(args, tokenizer, last_logits=None):
+    """The targets the arguments name (None: the default top logits); with
+    ``--vs-runner-up``, logit targets become differences with the most likely other token
+    (``last_logits``: the prompt's logits at the last position)."""
     from toy_models.tokenizer import single_token
 
     from .attribution import LogitDiffTarget, LogitTarget, NodeTarget
 
     targets = [LogitTarget(single_token(tokenizer, t)) for t in args.target]
+    if args.vs_runner_up and last_logits is not None:
+        order = last_logits.argsort(descending=True).tolist()
+        if not targets and not args.target_diff and not args.target_node:
+            targets = [LogitTarget(order[0])]
+        targets = [
+            LogitDiffTarget(t.token, next(v for v in order if v != t.token)) for t in targets
+        ]
     targets += [
         LogitDiffTarget(single_token(tokenizer, a), single_token(tokenizer, b))
         for a, b in args.target_diff
@@ -175,6 +200,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     from toy_models.tokenizer import encode_prompt
 
     from .attribution import attribute, run_prompt
+    from .mechanisms import format_summary, save_summary, summarize
     from .prune import influence_scores, prune_graph
     from .qk import qk_attribution
 
@@ -183,7 +209,9 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     targets = _targets(args, tokenizer)
 
     t0 = time.perf_counter()
-    run = run_prompt(replacement, tokens, args.mode)
+    run = run_prompt(replacement, tokens, args.mode, constants=args.constants)
+    if args.vs_runner_up:
+        targets = _targets(args, tokenizer, run.logits[-1])
     full = attribute(
         replacement, tokens, mode=args.mode, targets=targets, max_logits=args.max_logits,
         logit_probability=args.logit_probability, tokenizer=tokenizer, prompt=args.prompt,
@@ -198,19 +226,32 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     t_prune = time.perf_counter()
     if args.qk:
         heads = graph.is_kind("lorsa").nonzero().squeeze(1)
-        qk_attribution(replacement, graph, heads, key_mass=args.key_mass, contrast=True, run=run)
+        qk_attribution(
+            replacement, graph, heads, key_mass=args.key_mass, contrast=True, reason=True, run=run
+        )
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings["scores"] = scored.scores
-    dashboards, labels = _dashboards(args, replacement, tokenizer, graph)
+    dashboards, labels, concepts = _dashboards(args, replacement, tokenizer, graph, full)
+    mechanisms = None
+    if args.mechanisms:
+        t_mech = time.perf_counter()
+        mechanisms = summarize(
+            replacement, full, run, pruned=graph, concepts=concepts, check=args.checks
+        )
+        timings["mechanisms"] = time.perf_counter() - t_mech
     try:
         written = write_graph_outputs(
-            graph, args.out, formats, full if args.save_full else None, dashboards=dashboards
-        )
+            graph, args.out, formats, full if args.save_full else None, dashboards=dashboards,
+            mechanisms=mechanisms,
+        )  # fmt: skip
+        _write_mechanisms(mechanisms, args.out / MECHANISMS_FILE, written, save_summary)
     except OSError as exc:
         raise UserError(f"--out {args.out}: could not write ({exc.strerror or exc})") from None
 
     print(summary(full, graph, scored.scores, timings, labels))
+    if mechanisms is not None:
+        print(format_summary(mechanisms))
     for note in written.notes:
         print(note, file=sys.stderr)
     for path in written.paths:
@@ -218,13 +259,24 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     return 0
 
 
-def _dashboards(args, replacement, tokenizer, graph) -> tuple[dict | None, dict]:
-    """The dashboards of the graph's heads and features (viewer schema) and their concept
-    labels by unit id, from the dashboards file, built on first use; (None, {}) with
-    ``--no-dashboards``. A refused file at the default path (another model, other rows, an
-    older format) is built again; a refused ``--dashboards-file`` is an error."""
+def _write_mechanisms(mechanisms, path: Path, written, save) -> None:
+    """``mechanisms.json``, or the removal of an earlier run's one (``--no-mechanisms``)."""
+    if mechanisms is not None:
+        save(mechanisms, path)
+        written.paths.append(path)
+    elif path.exists():
+        path.unlink()
+        written.notes.append(f"removed {path} of an earlier run")
+
+
+def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None, dict, dict]:
+    """The dashboards of the graph's heads and features (viewer schema), their concept
+    labels by unit id, and (label, F1) of every unit of ``full`` by unit id, from the
+    dashboards file, built on first use; (None, {}, {}) with ``--no-dashboards``. A refused
+    file at the default path (another model, other rows, an older format) is built again; a
+    refused ``--dashboards-file`` is an error."""
     if not args.dashboards:
-        return None, {}
+        return None, {}, {}
     from .dashboard_pass import build
     from .dashboards import default_path
     from .nodes import Kind
@@ -247,7 +299,24 @@ def _dashboards(args, replacement, tokenizer, graph) -> tuple[dict | None, dict]
     ]  # fmt: skip
     views = dash.for_viewer(tokenizer, units)
     labels = {u: d["concept"] for u, d in views.items() if "concept" in d}
-    return views, labels
+    return views, labels, unit_concepts(dash, full)
+
+
+def unit_concepts(dash, graph) -> dict[str, tuple[str, float]]:
+    """(concept label, F1) of every head and feature of ``graph`` that has one, by unit id."""
+    from .concepts import CONCEPTS
+    from .nodes import Kind, unit_id
+
+    index, f1 = dash.concept_labels()
+    out = {}
+    rows = zip(graph.kind.tolist(), graph.layer.tolist(), graph.stage.tolist(),
+               graph.index.tolist(), strict=True)  # fmt: skip
+    for k, l, s, i in rows:
+        if k in (Kind.LORSA, Kind.TRANSCODER):
+            u = dash.layout.unit(Kind(k), l, i)
+            if index[u] >= 0:
+                out[unit_id(Kind(k), s, i)] = (CONCEPTS[int(index[u])], float(f1[u]))
+    return out
 
 
 def summary(full, graph, scores, timings, labels=None) -> str:

@@ -41,11 +41,13 @@ def write_graph_outputs(
     formats: list[str],
     full: Graph | None = None,
     dashboards: Mapping[str, Mapping] | None = None,
+    mechanisms=None,
 ) -> Written:
     """Write ``graph`` (and the unpruned ``full``, if given) into ``out``: ``graph.json``
     (Neuronpedia schema), ``graph.safetensors``, ``graph.dot``, the ``formats`` renders
     (when ``dot`` is installed) and ``graph.html`` (with ``dashboards``, keyed by unit id,
-    ``reports.viewer``'s schema, when given)."""
+    ``reports.viewer``'s schema, when given; with ``mechanisms``, a
+    ``circuits.mechanisms.MechanismSummary``, its section in the page)."""
     out.mkdir(parents=True, exist_ok=True)
     result = Written()
     json_path = out / "graph.json"
@@ -79,6 +81,9 @@ def write_graph_outputs(
     svg = out / "graph.svg"
     if svg in rendered:
         svg_text = svg.read_text(encoding="utf-8")
-    write_html(graph, out / "graph.html", svg_text, selection, dashboards=dashboards)
+    write_html(
+        graph, out / "graph.html", svg_text, selection, dashboards=dashboards,
+        mechanisms=mechanisms,
+    )  # fmt: skip
     result.paths.append(out / "graph.html")
     return result

@@ -1,5 +1,7 @@
-"""The probes score what they claim: an oracle gets everything right, a blind model nothing."""
+"""The probes score what they claim: on constructed runs whose answers are known, an oracle
+model gets everything right, a blind one nothing, and the targets read the right numbers."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -7,6 +9,7 @@ import pytest
 import torch
 
 from toy_models import evaluate as ev
+from toy_models.data import REPEAT_SEPARATORS, form_split
 
 
 class Oracle:
@@ -33,22 +36,207 @@ def oracle(tiny_pretrained):
     return Oracle(cfg), Oracle(cfg, sharp=False), tokenizer
 
 
+@pytest.fixture
+def tokenizer(tiny_pretrained):
+    return tiny_pretrained[1]
+
+
+def encoded(tokenizer, family, n, split):
+    return [ev.encode(tokenizer, e, 128) for e in ev.heldout_examples(family, n, split=split)]
+
+
+def oracle_run(doc, after_last: int) -> ev.Scored:
+    """A run that predicts every next token (loss 0) and ``after_last`` after the last one."""
+    return ev.Scored(doc, [0.0] * (len(doc.ids) - 1), doc.ids[1:] + [after_last])
+
+
+def digit(tokenizer, d: str) -> int:
+    return tokenizer.token_to_id(d)
+
+
+# ----------------------------------------------------------------- constructed runs
+@pytest.mark.parametrize("split", ev.EVAL_SPLITS)
+def test_addition_needs_every_digit_and_then_no_further_digit(tokenizer, split):
+    digits = ev._digit_ids(tokenizer)
+    assert len(digits) == 10
+    docs = encoded(tokenizer, "addition", 12, split)
+    runs = [oracle_run(doc, doc.ids[0]) for doc in docs]
+    perfect = ev.addition_scores(runs, digits)
+    assert perfect["exact_match"] == 1.0 and perfect["n_problems"] > 40
+    held = [a for d in docs for a in d.example.spans_of("answer") if d.holds(a)]
+    assert set(perfect["by_form"]) == {a.form for a in held}
+    assert set(perfect["by_frame"]) == {a.frame for a in held}
+    # answers followed by ".", ",", " " or a frame's words count: greedy decoding stops there
+    followers = {
+        tokenizer.id_to_token(d.ids[d.tokens_in(a)[-1] + 1])
+        for d in docs
+        for a in d.example.spans_of("answer")
+        if d.holds(a) and d.tokens_in(a)[-1] + 1 < len(d.ids)
+    }
+    assert len(followers) > 1 and not followers & {str(i) for i in range(10)}
+
+    # one answer whose last digit is followed by a predicted digit: the number goes on, wrong
+    doc, run = docs[0], runs[0]
+    answer = doc.example.spans_of("answer")[0]
+    last = doc.tokens_in(answer)[-1]
+    run.argmax[last] = digit(tokenizer, "7")
+    n = perfect["n_problems"]
+    assert ev.addition_scores(runs, digits)["exact_match"] == pytest.approx((n - 1) / n)
+    # and one whose first digit is wrong
+    other = docs[1].tokens_in(docs[1].example.spans_of("answer")[0])[0]
+    wrong = "0" if docs[1].ids[other] != digit(tokenizer, "0") else "1"
+    runs[1].argmax[other - 1] = digit(tokenizer, wrong)
+    scores = ev.addition_scores(runs, digits)
+    assert scores["exact_match"] == pytest.approx((n - 2) / n)
+    assert sum(scores["counts"]["by_form"].values()) == n
+
+
+def repeat_runs(docs, slow_separator: str) -> list[ev.Scored]:
+    """Loss 2 on first-copy tokens, 0.2 on second-copy tokens (1.0 with ``slow_separator``),
+    1 elsewhere."""
+    runs = []
+    for doc in docs:
+        log_prob = [-1.0] * (len(doc.ids) - 1)
+        copies = ev.copy_positions(doc)
+        if copies:
+            second_loss = 1.0 if doc.example.spans_of("second")[0].form == slow_separator else 0.2
+            for p in copies[0]:
+                log_prob[p - 1] = -2.0
+            for p in copies[1]:
+                log_prob[p - 1] = -second_loss
+        runs.append(ev.Scored(doc, log_prob, doc.ids[1:] + [doc.ids[0]]))
+    return runs
+
+
+@pytest.mark.parametrize("split", ev.EVAL_SPLITS)
+def test_induction_ratio_per_separator_and_the_worst(tokenizer, split):
+    docs = encoded(tokenizer, "repeat", 60, split)
+    held = [d for d in docs if ev.copy_positions(d)]
+    separators = {d.example.spans_of("second")[0].form for d in held}
+    assert len(held) > 40 and separators <= set(REPEAT_SEPARATORS[form_split(split)])
+    slow = held[0].example.spans_of("second")[0].form
+    result = ev.induction_scores(repeat_runs(docs, slow), head_scores=False)
+    assert set(result["by_separator"]) == separators  # the raw separator strings
+    assert result["n_copies"] == len(held)
+    for separator, ratio in result["by_separator"].items():
+        assert ratio == pytest.approx(0.5 if separator == slow else 0.1), repr(separator)
+    assert result["worst_separator"] == slow and result["worst_separator_ratio"] == 0.5
+    assert set(result["by_layout"]) == {"adjacent", "filler"}
+    assert 0.1 < result["loss_ratio"] < 0.5
+    assert result["loss_first_copy"] == pytest.approx(2.0)
+    assert "induction_scores" not in result
+    json.dumps(result)  # separators as keys: "", "\n" included
+
+
+def test_successor_items_by_kind_step_form_and_frame(tokenizer):
+    digits = ev._digit_ids(tokenizer)
+    docs = encoded(tokenizer, "successor", 30, "heldout")
+    runs = [oracle_run(doc, doc.ids[0]) for doc in docs]
+    perfect = ev.successor_scores(runs, digits)
+    assert perfect["accuracy"] == 1.0
+    assert set(perfect["by_step"]) <= {1, 2, -1} and 1 in perfect["by_step"]
+    items = [s for d in docs for s in d.example.spans_of("item") if d.holds(s)]
+    assert set(perfect["by_frame"]) == {s.frame for s in items if s.form == "sentence"}
+    assert "list" not in perfect["by_frame"] and "sentence" in perfect["by_form"]
+    # a count that goes on past its last digit is wrong, as greedy decoding would write it
+    doc, run, span = next(
+        (d, r, s)
+        for d, r in zip(docs, runs, strict=True)
+        for s in d.example.spans_of("item")
+        if s.sequence == "counting" and d.holds(s)
+    )
+    run.argmax[doc.tokens_in(span)[-1]] = digit(tokenizer, "0")
+    scores = ev.successor_scores(runs, digits)
+    assert scores["accuracy"] == pytest.approx(1 - 1 / perfect["n_items"])
+    assert scores["by_kind"]["counting"] < 1.0 and scores["by_kind"]["weekdays"] == 1.0
+
+
+def test_subtoken_induction_scores_later_subtokens_by_style(tokenizer):
+    docs = encoded(tokenizer, "names", 40, "heldout_forms")
+    runs = [oracle_run(doc, doc.ids[0]) for doc in docs]
+    perfect = ev.subtoken_scores(runs)
+    assert perfect["accuracy"] == 1.0 and perfect["n_subtokens"] > 20
+    assert set(perfect["by_form"]) <= {"prose", "dialogue", "letter"}
+    doc, run, span = next(
+        (d, r, s)
+        for d, r in zip(docs, runs, strict=True)
+        for s in d.example.spans_of("name")
+        if s.rare and s.earlier is not None and len(d.tokens_in(s)) >= 2 and d.holds(s)
+    )
+    second = doc.tokens_in(span)[1]
+    run.argmax[second - 1] = doc.ids[0]
+    scores = ev.subtoken_scores(runs)
+    assert scores["accuracy"] == pytest.approx(1 - 1 / perfect["n_subtokens"])
+    assert scores["mention_accuracy"] == pytest.approx(1 - 1 / perfect["n_mentions"])
+    # the first sub-token of a name is not scored: it cannot be copied before it is said
+    run.argmax[second - 1] = doc.ids[second]
+    run.argmax[second - 2] = doc.ids[0]
+    assert ev.subtoken_scores(runs)["accuracy"] == 1.0
+
+
+def test_targets_use_each_splits_threshold():
+    def split(add, worst, suc, sub):
+        return {
+            "addition": {"exact_match": add},
+            "induction": {"worst_separator_ratio": worst},
+            "successor": {"accuracy": suc},
+            "subtoken_induction": {"accuracy": sub},
+        }
+
+    results = {"heldout": split(0.9, 0.1, 0.96, 0.8), "heldout_forms": split(0.9, 0.2, 0.86, 0.7)}
+    t = ev.targets(results)
+    met = {s: {name: c["met"] for name, c in t[s].items()} for s in ev.EVAL_SPLITS}
+    assert met["heldout"] == {
+        "addition_exact_match>=0.95": False,
+        "induction_loss_ratio_every_separator<=0.15": True,
+        "successor_accuracy>=0.95": True,
+        "subtoken_induction_accuracy>=0.8": True,
+    }
+    assert met["heldout_forms"] == {
+        "addition_exact_match>=0.85": True,
+        "induction_loss_ratio_every_separator<=0.15": False,
+        "successor_accuracy>=0.85": True,
+        "subtoken_induction_accuracy>=0.7": True,
+    }
+    assert t["all_met"] is False
+    assert t["heldout"]["addition_exact_match>=0.95"]["value"] == 0.9
+    nan = split(*[float("nan")] * 4)
+    unmeasured = ev.targets({"heldout": nan, "heldout_forms": nan})
+    assert not any(c["met"] for s in ev.EVAL_SPLITS for c in unmeasured[s].values())
+
+
+# ----------------------------------------------------------------- through a model
 def test_oracle_is_perfect_and_blind_model_scores_nothing(oracle):
     perfect, blind, tokenizer = oracle
-    assert ev.successor_probe(perfect, tokenizer, 10)["accuracy"] == 1.0
-    assert ev.addition_probe(perfect, tokenizer, 10)["exact_match"] == 1.0
-    assert ev.subtoken_induction_probe(perfect, tokenizer, 30)["accuracy"] == 1.0
+    for split in ev.EVAL_SPLITS:
+        assert ev.successor_probe(perfect, tokenizer, 10, split)["accuracy"] == 1.0
+        assert ev.addition_probe(perfect, tokenizer, 10, split)["exact_match"] == 1.0
+        assert ev.subtoken_induction_probe(perfect, tokenizer, 30, split)["accuracy"] == 1.0
+        induction = ev.induction_probe(perfect, tokenizer, 10, split=split)
+        assert induction["loss_second_copy"] < 1e-6  # and the first's: their ratio is 0/0
+        assert induction["worst_separator"] in induction["by_separator"]
+        loss = ev.heldout_loss(blind, tokenizer, 5, split)
+        uniform = math.log(blind.cfg.d_vocab)
+        assert all(math.isclose(v, uniform, rel_tol=1e-6) for v in loss.values())
+        # argmax of flat logits is token 0, which never is the answer
+        assert ev.addition_probe(blind, tokenizer, 10, split)["exact_match"] == 0.0
     assert ev.sink_probe(perfect, tokenizer, 2)["best_head_layer_ge_1"]["score"] == 1.0
-    loss = ev.heldout_loss(blind, tokenizer, 5)
-    assert all(math.isclose(v, math.log(blind.cfg.d_vocab), rel_tol=1e-6) for v in loss.values())
-    # argmax of flat logits is token 0, which never is the answer
-    assert ev.addition_probe(blind, tokenizer, 10)["exact_match"] == 0.0
+
+
+def test_heldout_examples_take_a_split(tokenizer):
+    default = ev.heldout_examples("repeat", 20)
+    assert default == ev.heldout_examples("repeat", 20, ev.EVAL_SEED, "heldout")
+    held_forms = ev.heldout_examples("repeat", 20, split="heldout_forms")
+    forms = {e.spans_of("second")[0].form for e in held_forms}
+    assert forms <= set(REPEAT_SEPARATORS["heldout"])
+    assert not {e.spans_of("second")[0].form for e in default} & forms
 
 
 def test_induction_scores_find_a_planted_induction_head(oracle, tiny_pretrained):
     _, _, tokenizer = oracle
     model, _ = tiny_pretrained
-    docs = [ev.encode(tokenizer, e, model.cfg.n_ctx) for e in ev.heldout_examples("repeat", 3)]
+    docs = [ev.encode(tokenizer, e, model.cfg.n_ctx) for e in ev.heldout_examples("repeat", 6)]
+    assert any(ev.copy_positions(d) for d in docs)
 
     # A head that attends to the token after the previous copy of the current token scores 1.
     class Planted(Oracle):
@@ -58,23 +246,22 @@ def test_induction_scores_find_a_planted_induction_head(oracle, tiny_pretrained)
             pattern = torch.zeros(b, 2, n, n)
             for j in range(b):
                 doc = next(d for d in docs if d.ids == tokens[j, : len(d.ids)].tolist())
-                copy = doc.example.spans_of("second")[0]
-                first, second = doc.tokens_in(copy.earlier), doc.tokens_in(copy)
-                off = second[0] - first[0]
                 pattern[j, 0, :, 0] = 1.0
                 for q in range(1, n):
-                    pattern[j, 1, q] = 0
                     pattern[j, 1, q, q - 1] = 1.0  # previous-token head
-                for q in second[1:]:
-                    pattern[j, 0, q] = 0
-                    pattern[j, 0, q, q - off + 1] = 1.0
+                if copies := ev.copy_positions(doc):
+                    first, second = copies
+                    off = second[0] - first[0]
+                    for q in second[1:]:
+                        pattern[j, 0, q] = 0
+                        pattern[j, 0, q, q - off + 1] = 1.0
             cache = {"blocks.0.attn.hook_pattern": pattern, "blocks.1.attn.hook_pattern": pattern}
             return logits, cache
 
     planted = Planted(
         SimpleNamespace(d_vocab=model.cfg.d_vocab, n_ctx=model.cfg.n_ctx, n_layers=2, n_heads=2)
     )
-    result = ev.induction_probe(planted, tokenizer, 3)
+    result = ev.induction_probe(planted, tokenizer, 6)
     assert result["best_induction_head"]["score"] == pytest.approx(1.0)
     assert result["best_previous_token_head"] == {
         "layer": 0,
@@ -86,8 +273,17 @@ def test_induction_scores_find_a_planted_induction_head(oracle, tiny_pretrained)
 
 def test_full_evaluation_runs_on_the_tiny_model(tiny_pretrained):
     model, tokenizer = tiny_pretrained
-    results = ev.evaluate(model, tokenizer, n_docs=4)
-    assert all(math.isfinite(v) for v in results["heldout_loss"].values())
-    assert 0 <= results["addition"]["exact_match"] <= 1
-    assert results["induction"]["loss_ratio"] > 0
-    assert "addition" in ev.summary(results)
+    results = ev.evaluate(model, tokenizer, n_docs=6)
+    for split in ev.EVAL_SPLITS:
+        r = results[split]
+        assert all(math.isfinite(v) for v in r["heldout_loss"].values())
+        assert 0 <= r["addition"]["exact_match"] <= 1
+        assert r["induction"]["loss_ratio"] > 0
+        assert r["induction"]["worst_separator"] in r["induction"]["by_separator"]
+        assert set(results["targets"][split]) == {
+            f"{name}{op}{thresholds[split]:g}" for name, (_, op, thresholds) in ev.TARGETS.items()
+        }
+    assert "best_induction_head" in results["heldout"]["induction"]
+    text = ev.summary(json.loads(json.dumps(results, sort_keys=True)))
+    assert "worst separator" in text and "forms" in text and "instances" in text
+    assert len([line for line in text.splitlines() if line.startswith("addition")]) == 1

@@ -1,17 +1,29 @@
-"""Held-out loss per task family and probes of the mechanisms the corpus plants.
+"""Held-out loss per task family and probes of the mechanisms the corpus plants, on both
+held-out splits, with the issue's targets.
 
     python -m toy_models.evaluate --model default [--docs 200] [--json results.json]
 
-Probes (all on held-out documents, teacher-forced, greedy = argmax):
-- induction: mean loss on the second copy of a repeated random segment over the first copy's;
+Every probe runs on two splits, reported side by side (``toy_models.data``):
+``heldout`` (*instances*: addition problems and rare names never trained on, in the training
+forms: memory) and ``heldout_forms`` (*forms*: held-out instances in separators, frames, list
+and addition formats never seen in training: whether the mechanism is general). Each split's
+documents go through the model once (``run_split``); the probes read those runs
+(teacher-forced, greedy = argmax):
+
+- induction: mean loss on the second copy of a repeated random segment over the first copy's,
+  overall, per separator (the second span's ``form``; the worst one is named) and per layout;
   per-head induction score (attention from a second-copy token to the token after its first
   occurrence) and previous-token score (attention to the position before).
-- successor: an element of an ordered list counts as correct when all its tokens are predicted.
-- addition: exact match of the answer (every digit and the line end predicted, which is what
-  greedy decoding would produce), by operand digits and by number of carries.
+- successor: an item counts as correct when all its tokens are predicted (and a number stops
+  where it should); by list kind, step, list format (or ``"sentence"``) and sentence frame.
+- addition: exact match of the answer: every digit predicted and, after the last one, a
+  prediction that is not a digit (greedy decoding stops the number there, whatever follows:
+  a line end, ``.``, ``,`` or a space); by operand digits, carries, spacing and frame.
 - subtoken induction: the sub-tokens after the first of a held-out rare name, on every mention
-  after its first; names seen in training never appear here.
-- attention sink: mean attention mass on the BOS position, per head.
+  after its first, by story style; names seen in training never appear here.
+- attention sink: mean attention mass on the BOS position, per head (instances split).
+
+``targets`` checks the issue's numbers for each split (``TARGETS``).
 """
 
 from __future__ import annotations
@@ -19,13 +31,44 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cli import run_cli
 from .data import FAMILIES, Example, Span, count_carries, examples, pad_rows
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 EVAL_SEED = 12345
+EVAL_SPLITS = ("heldout", "heldout_forms")
+SPLIT_LABELS = {"heldout": "instances", "heldout_forms": "forms"}
+
+# The issue's targets: (result path in a split's probes, comparison, threshold per split).
+TARGETS: dict[str, tuple[tuple[str, str], str, dict[str, float]]] = {
+    "addition_exact_match": (
+        ("addition", "exact_match"),
+        ">=",
+        {"heldout": 0.95, "heldout_forms": 0.85},
+    ),
+    "induction_loss_ratio_every_separator": (
+        ("induction", "worst_separator_ratio"),
+        "<=",
+        {"heldout": 0.15, "heldout_forms": 0.15},
+    ),
+    "successor_accuracy": (
+        ("successor", "accuracy"),
+        ">=",
+        {"heldout": 0.95, "heldout_forms": 0.85},
+    ),
+    "subtoken_induction_accuracy": (
+        ("subtoken_induction", "accuracy"),
+        ">=",
+        {"heldout": 0.80, "heldout_forms": 0.70},
+    ),
+}
 
 
 @dataclass
@@ -49,92 +92,196 @@ def encode(tokenizer, example: Example, n_ctx: int) -> Encoded:
     return Encoded(example, enc.ids[:n_ctx], [tuple(o) for o in enc.offsets[:n_ctx]])
 
 
-def heldout_examples(family: str, n_docs: int, seed: int = EVAL_SEED) -> list[Example]:
-    stream = examples(family, "heldout", seed)
+def heldout_examples(
+    family: str, n_docs: int, seed: int = EVAL_SEED, split: str = "heldout"
+) -> list[Example]:
+    """The first ``n_docs`` documents of a family's evaluation stream in ``split``."""
+    stream = examples(family, split, seed)
     return [next(stream) for _ in range(n_docs)]
 
 
-def run_batched(model, docs: list[Encoded], batch_size: int = 32, patterns: bool = False):
-    """Yield ``(doc, log_probs (pos, vocab), patterns {layer: (head, q, k)} | None)`` per doc."""
+# ----------------------------------------------------------------- one pass over a split
+@dataclass
+class Scored:
+    """One document after one forward pass: what every probe reads.
+
+    ``log_prob[p - 1]`` is the log-probability of token ``p`` given the tokens before it and
+    ``argmax[p - 1]`` the prediction made there (``argmax[n - 1]``: after the last token).
+    With patterns, per-head sums of attention (layer, head) over the document's queries:
+    ``bos_mass`` on BOS and ``previous_token`` on the position before (queries 1..n-1), and
+    for a repeat document ``induction`` on the induction key of each second-copy query
+    (``n_induction`` of them).
+    """
+
+    doc: Encoded
+    log_prob: list[float]
+    argmax: list[int]
+    bos_mass: Tensor | None = None  # (layer, head)
+    previous_token: Tensor | None = None  # (layer, head)
+    induction: Tensor | None = None  # (layer, head)
+    n_induction: int = 0
+
+    def loss(self, positions: Iterable[int]) -> list[float]:
+        """The loss (nats) on the token at each position."""
+        return [-self.log_prob[p - 1] for p in positions]
+
+    def correct(self, positions: Iterable[int]) -> list[bool]:
+        """Whether the token at each position is the argmax prediction from the one before."""
+        return [self.argmax[p - 1] == self.doc.ids[p] for p in positions]
+
+
+def copy_positions(doc: Encoded) -> tuple[list[int], list[int]] | None:
+    """The token positions of a repeat document's two copies, or None when the second runs
+    past the context or the two do not tokenize alike."""
+    copy = doc.example.spans_of("second")[0]
+    first, second = doc.tokens_in(copy.earlier), doc.tokens_in(copy)
+    if not doc.holds(copy) or len(first) != len(second):
+        return None
+    if [doc.ids[p] for p in first] != [doc.ids[p] for p in second]:
+        return None
+    return first, second
+
+
+def score_docs(model, docs: list[Encoded], patterns: bool = False, batch_size: int = 32):
+    """Run documents through the model in batches: a ``Scored`` per document."""
     import torch
 
     from .model import hook_name
 
     names = (lambda name: name.endswith("hook_pattern")) if patterns else (lambda name: False)
+    out = []
     for i in range(0, len(docs), batch_size):
         chunk = docs[i : i + batch_size]
         tokens = pad_rows([d.ids for d in chunk])
         with torch.no_grad():
             logits, cache = model.run_with_cache(tokens, names_filter=names)
-        log_probs = logits.log_softmax(-1)
+        logits = logits.float()
+        target = logits[:, :-1].gather(2, tokens[:, 1:, None])[..., 0]
+        log_prob = (target - logits[:, :-1].logsumexp(-1)).tolist()
+        argmax = logits.argmax(-1).tolist()
+        stacked = None
+        if patterns:  # (batch, layer, head, q, k)
+            layers = range(model.cfg.n_layers)
+            stacked = torch.stack([cache[hook_name(l, "attn.hook_pattern")] for l in layers], 1)
         for j, doc in enumerate(chunk):
             n = len(doc.ids)
-            pats = None
-            if patterns:
-                pats = {
-                    l: cache[hook_name(l, "attn.hook_pattern")][j, :, :n, :n]
-                    for l in range(model.cfg.n_layers)
-                }
-            yield doc, log_probs[j, :n], pats
+            scored = Scored(doc, log_prob[j][: n - 1], argmax[j][:n])
+            if stacked is not None:
+                _attention_sums(scored, stacked[j, :, :, :n, :n].float())
+            out.append(scored)
+    return out
 
 
-def heldout_loss(model, tokenizer, n_docs: int = 200) -> dict[str, float]:
-    """Mean next-token cross-entropy (nats) on held-out documents of each family."""
+def _attention_sums(scored: Scored, pattern) -> None:
+    """Fill a ``Scored``'s per-head attention sums from its pattern (layer, head, q, k)."""
+    import torch
+
+    n = pattern.shape[-1]
+    queries = torch.arange(1, n)
+    scored.bos_mass = pattern[:, :, 1:, 0].sum(-1)
+    scored.previous_token = pattern[:, :, queries, queries - 1].sum(-1)
+    if scored.doc.example.family == "repeat" and (copies := copy_positions(scored.doc)):
+        first, second = copies
+        q = torch.tensor(second[1:])
+        scored.induction = pattern[:, :, q, q - (second[0] - first[0]) + 1].sum(-1)
+        scored.n_induction = len(q)
+
+
+def run_split(
+    model,
+    tokenizer,
+    family: str,
+    n_docs: int,
+    split: str = "heldout",
+    patterns: bool = False,
+    progress=None,
+) -> list[Scored]:
+    """The first ``n_docs`` evaluation documents of a family in ``split``, run once."""
+    docs = [
+        encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples(family, n_docs, split=split)
+    ]
+    scored = score_docs(model, docs, patterns)
+    if progress is not None:
+        progress.update(len(docs))
+    return scored
+
+
+# ----------------------------------------------------------------- what the probes compute
+def _rates(hits: dict) -> dict:
+    """Mean of each group's hits, groups in sorted order."""
+    return {k: sum(v) / len(v) for k, v in sorted(hits.items(), key=lambda kv: str(kv[0]))}
+
+
+def _counts(hits: dict) -> dict:
+    return {k: len(v) for k, v in sorted(hits.items(), key=lambda kv: str(kv[0]))}
+
+
+def loss_scores(scored: dict[str, list[Scored]]) -> dict[str, float]:
+    """Mean next-token cross-entropy (nats) per family, and their mean."""
     out = {}
     for family in FAMILIES:
-        docs = [encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples(family, n_docs)]
-        total, count = 0.0, 0
-        for doc, lp, _ in run_batched(model, docs):
-            targets = lp.new_tensor(doc.ids[1:], dtype=int)
-            total += -lp[:-1].gather(1, targets[:, None]).sum().item()
-            count += len(targets)
-        out[family] = total / count
+        losses = [x for s in scored[family] for x in s.loss(range(1, len(s.doc.ids)))]
+        out[family] = sum(losses) / len(losses)
     out["mean"] = sum(out[f] for f in FAMILIES) / len(FAMILIES)
     return out
 
 
-def _correct(lp, doc: Encoded, positions: list[int]) -> list[bool]:
-    """Whether the token at each position is the argmax prediction from the position before."""
-    pred = lp.argmax(-1)
-    return [int(pred[p - 1]) == doc.ids[p] for p in positions]
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
-def induction_probe(model, tokenizer, n_docs: int, head_scores: bool = True) -> dict:
-    """Copy losses on repeated segments; with ``head_scores``, per-head pattern scores too
-    (a model without ``attn.hook_pattern`` hooks, such as a replacement model, passes False)."""
+def induction_scores(scored: list[Scored], head_scores: bool = True) -> dict:
+    """Copy losses on repeated segments, overall, per separator and per layout; with
+    ``head_scores``, per-head pattern scores too (they need runs with patterns).
+
+    A ratio is the mean loss on the second copy's tokens 2..n over the first copy's, pooled
+    over the documents of a group; ``worst_separator`` is the separator with the highest;
+    ``counts`` are the second-copy tokens behind each group's ratio."""
     import torch
 
-    docs = [encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples("repeat", n_docs)]
-    losses = {"first": [], "second": []}
-    ind = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    prev = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    n_ind = n_prev = 0
-    for doc, lp, pats in run_batched(model, docs, patterns=head_scores):
-        copy = doc.example.spans_of("second")[0]
-        first, second = doc.tokens_in(copy.earlier), doc.tokens_in(copy)
-        if len(second) != len(first):
-            continue  # the second copy ran past the context
-        for name, positions in (("first", first[1:]), ("second", second[1:])):
-            losses[name] += [-lp[p - 1, doc.ids[p]].item() for p in positions]
-        if not head_scores:
+    losses: dict[str, dict[str, tuple[list[float], list[float]]]] = {"form": {}, "frame": {}}
+    n_copies = 0
+    for s in scored:
+        copies = copy_positions(s.doc)
+        if copies is None:
             continue
-        offset = second[0] - first[0]
-        q = torch.tensor(second[1:])
-        stacked = torch.stack([pats[l] for l in range(model.cfg.n_layers)])  # layer head q k
-        ind += stacked[:, :, q, q - offset + 1].sum(-1)
-        n_ind += len(q)
-        allq = torch.arange(1, len(doc.ids))
-        prev += stacked[:, :, allq, allq - 1].sum(-1)
-        n_prev += len(allq)
-    first_loss = sum(losses["first"]) / len(losses["first"])
-    second_loss = sum(losses["second"]) / len(losses["second"])
+        n_copies += 1
+        copy = s.doc.example.spans_of("second")[0]
+        first, second = s.loss(copies[0][1:]), s.loss(copies[1][1:])
+        for by in ("form", "frame"):
+            group = losses[by].setdefault(getattr(copy, by), ([], []))
+            group[0].extend(first)
+            group[1].extend(second)
+
+    def ratio(first: list[float], second: list[float]) -> float:
+        f, s = _mean(first), _mean(second)
+        return s / f if f > 0 else float("nan")
+
+    by = {b: {k: ratio(*losses[b][k]) for k in sorted(losses[b])} for b in losses}
+    every_first = [x for first, _ in losses["frame"].values() for x in first]
+    every_second = [x for _, second in losses["frame"].values() for x in second]
+    worst = max(by["form"], key=lambda k: by["form"][k], default=None)
     result = {
-        "loss_first_copy": first_loss,
-        "loss_second_copy": second_loss,
-        "loss_ratio": second_loss / first_loss if first_loss > 0 else float("nan"),
+        "loss_first_copy": _mean(every_first),
+        "loss_second_copy": _mean(every_second),
+        "loss_ratio": ratio(every_first, every_second),
+        "n_copies": n_copies,
+        "by_separator": by["form"],
+        "by_layout": by["frame"],
+        "worst_separator": worst,
+        "worst_separator_ratio": float("nan") if worst is None else by["form"][worst],
+        "counts": {
+            "by_separator": {k: len(losses["form"][k][1]) for k in by["form"]},
+            "by_layout": {k: len(losses["frame"][k][1]) for k in by["frame"]},
+        },
     }
     if head_scores:
-        ind, prev = ind / n_ind, prev / n_prev
+        if any(s.previous_token is None for s in scored):
+            raise ValueError("head scores need documents run with patterns=True")
+        prev = sum(s.previous_token for s in scored) / sum(len(s.doc.ids) - 1 for s in scored)
+        with_heads = [s for s in scored if s.induction is not None]
+        ind = sum((s.induction for s in with_heads), torch.zeros_like(prev))
+        ind = ind / sum(s.n_induction for s in with_heads) if with_heads else ind * float("nan")
         result |= {
             "induction_scores": ind.tolist(),
             "previous_token_scores": prev.tolist(),
@@ -150,149 +297,317 @@ def _best(scores) -> dict:
     return {"layer": layer, "head": head, "score": float(scores[layer, head])}
 
 
-def successor_probe(model, tokenizer, n_docs: int) -> dict:
-    docs = [encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples("successor", n_docs)]
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for doc, lp, _ in run_batched(model, docs):
-        for span in doc.example.spans_of("item"):
-            positions = doc.tokens_in(span)
-            if positions and positions[-1] < len(doc.ids) and doc.holds(span):
-                hits[span.sequence].append(all(_correct(lp, doc, positions)))
-    every = [h for v in hits.values() for h in v]
+def _digit_ids(tokenizer) -> frozenset[int]:
+    """Tokens that would extend a number (digits split one per token)."""
+    return frozenset(i for d in "0123456789" if (i := tokenizer.token_to_id(d)) is not None)
+
+
+def _stops(s: Scored, span: Span, positions: list[int], digits: frozenset[int]) -> bool:
+    """For a number, whether the prediction after its last digit ends it (not a digit)."""
+    return not span.value.isdigit() or s.argmax[positions[-1]] not in digits
+
+
+def successor_scores(scored: list[Scored], digits: frozenset[int] = frozenset()) -> dict:
+    """Items (all tokens predicted; a number must stop) by list kind, step, form and, for
+    sentences, frame."""
+    groups: dict[str, dict] = {k: defaultdict(list) for k in ("kind", "step", "form", "frame")}
+    for s in scored:
+        for span in s.doc.example.spans_of("item"):
+            positions = s.doc.tokens_in(span)
+            if not positions or not s.doc.holds(span):
+                continue
+            ok = all(s.correct(positions)) and _stops(s, span, positions, digits)
+            groups["kind"][span.sequence].append(ok)
+            groups["step"][span.step].append(ok)
+            groups["form"][span.form].append(ok)
+            if span.form == "sentence":
+                groups["frame"][span.frame].append(ok)
+    every = [h for v in groups["kind"].values() for h in v]
     return {
-        "accuracy": sum(every) / len(every),
+        "accuracy": sum(every) / max(1, len(every)),
         "n_items": len(every),
-        "by_kind": {k: sum(v) / len(v) for k, v in sorted(hits.items())},
+        **{f"by_{k}": _rates(v) for k, v in groups.items()},
+        "counts": {f"by_{k}": _counts(v) for k, v in groups.items()},
     }
 
 
-def addition_probe(model, tokenizer, n_docs: int) -> dict:
-    docs = [encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples("addition", n_docs)]
-    newline = tokenizer.token_to_id("Ċ")
-    by_digits: dict[int, list[bool]] = defaultdict(list)
-    by_carries: dict[int, list[bool]] = defaultdict(list)
-    for doc, lp, _ in run_batched(model, docs):
-        for answer in doc.example.spans_of("answer"):
-            positions = doc.tokens_in(answer)
-            if not positions or positions[-1] + 1 >= len(doc.ids):
-                continue  # the answer or its line end lies past the context
+def addition_scores(scored: list[Scored], digits: frozenset[int]) -> dict:
+    """Exact match: every answer digit predicted and then no further digit."""
+    groups: dict[str, dict] = {k: defaultdict(list) for k in ("digits", "carries", "form", "frame")}
+    for s in scored:
+        for answer in s.doc.example.spans_of("answer"):
+            positions = s.doc.tokens_in(answer)
+            if not positions or not s.doc.holds(answer):
+                continue
             a, b = answer.operands
-            ok = all(_correct(lp, doc, positions)) and int(lp[positions[-1]].argmax()) == newline
-            by_digits[max(len(a.value), len(b.value))].append(ok)
-            by_carries[count_carries(int(a.value), int(b.value))].append(ok)
-    every = [h for v in by_digits.values() for h in v]
+            ok = all(s.correct(positions)) and s.argmax[positions[-1]] not in digits
+            groups["digits"][max(len(a.value), len(b.value))].append(ok)
+            groups["carries"][count_carries(int(a.value), int(b.value))].append(ok)
+            groups["form"][answer.form].append(ok)
+            groups["frame"][answer.frame].append(ok)
+    every = [h for v in groups["digits"].values() for h in v]
     return {
-        "exact_match": sum(every) / len(every),
+        "exact_match": sum(every) / max(1, len(every)),
         "n_problems": len(every),
-        "by_digits": {k: sum(v) / len(v) for k, v in sorted(by_digits.items())},
-        "by_carries": {k: sum(v) / len(v) for k, v in sorted(by_carries.items())},
+        **{f"by_{k}": _rates(v) for k, v in groups.items()},
+        "counts": {f"by_{k}": _counts(v) for k, v in groups.items()},
     }
 
 
-def subtoken_induction_probe(model, tokenizer, n_docs: int) -> dict:
-    """Accuracy on sub-tokens 2..n of multi-token held-out names at their later mentions."""
-    docs = [encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples("names", n_docs)]
-    token_hits, mention_hits = [], []
-    for doc, lp, _ in run_batched(model, docs):
-        for span in doc.example.spans_of("name"):
+def subtoken_scores(scored: list[Scored]) -> dict:
+    """Accuracy on sub-tokens 2..n of multi-token rare names at later mentions, by style."""
+    by_form: dict[str, list[bool]] = defaultdict(list)
+    mention_hits = []
+    for s in scored:
+        for span in s.doc.example.spans_of("name"):
             if not span.rare or span.earlier is None:
                 continue  # a name seen in training, or its first mention
-            positions = doc.tokens_in(span)
-            if len(positions) < 2 or not doc.holds(span):
+            positions = s.doc.tokens_in(span)
+            if len(positions) < 2 or not s.doc.holds(span):
                 continue
-            hits = _correct(lp, doc, positions[1:])
-            token_hits += hits
+            hits = s.correct(positions[1:])
+            by_form[span.form] += hits
             mention_hits.append(all(hits))
+    token_hits = [h for v in by_form.values() for h in v]
     return {
         "accuracy": sum(token_hits) / max(1, len(token_hits)),
         "mention_accuracy": sum(mention_hits) / max(1, len(mention_hits)),
         "n_subtokens": len(token_hits),
         "n_mentions": len(mention_hits),
+        "by_form": _rates(by_form),
+        "counts": {"by_form": _counts(by_form)},
     }
 
 
-def sink_probe(model, tokenizer, n_docs: int) -> dict:
+def sink_scores(scored: dict[str, list[Scored]]) -> dict:
     """Mean attention mass on BOS per head (queries after the first), over all families and
     per family (a head can be a sink on the tasks it has no work in)."""
-    import torch
-
-    shape = (model.cfg.n_layers, model.cfg.n_heads)
-    mass, count = {}, {}
-    for family in FAMILIES:
-        docs = [encode(tokenizer, e, model.cfg.n_ctx) for e in heldout_examples(family, n_docs)]
-        mass[family], count[family] = torch.zeros(shape), 0
-        for _, _, pats in run_batched(model, docs, patterns=True):
-            stacked = torch.stack([pats[l] for l in range(model.cfg.n_layers)])
-            mass[family] += stacked[:, :, 1:, 0].sum(-1)
-            count[family] += stacked.shape[2] - 1
+    mass = {f: sum(s.bos_mass for s in scored[f]) for f in FAMILIES}
+    count = {f: sum(len(s.doc.ids) - 1 for s in scored[f]) for f in FAMILIES}
     overall = sum(mass.values()) / sum(count.values())
+    n_layers = overall.shape[0]
 
     def best_after_first_layer(scores) -> dict:
-        later = scores[1:] if model.cfg.n_layers > 1 else scores
-        best = _best(later)
-        best["layer"] += 1 if model.cfg.n_layers > 1 else 0
+        best = _best(scores[1:] if n_layers > 1 else scores)
+        best["layer"] += 1 if n_layers > 1 else 0
         return best
 
     return {
         "bos_mass": overall.tolist(),
         "best_head_layer_ge_1": best_after_first_layer(overall),
         "best_head_layer_ge_1_by_family": {
-            family: best_after_first_layer(mass[family] / count[family]) for family in FAMILIES
+            f: best_after_first_layer(mass[f] / count[f]) for f in FAMILIES
         },
     }
 
 
-def evaluate(model, tokenizer, n_docs: int = 200) -> dict:
+# ----------------------------------------------------------------- one probe at a time
+def heldout_loss(model, tokenizer, n_docs: int = 200, split: str = "heldout") -> dict[str, float]:
+    """Mean next-token cross-entropy (nats) on evaluation documents of each family."""
+    return loss_scores({f: run_split(model, tokenizer, f, n_docs, split) for f in FAMILIES})
+
+
+def induction_probe(
+    model, tokenizer, n_docs: int, head_scores: bool = True, split: str = "heldout"
+) -> dict:
+    """Copy losses on repeated segments; with ``head_scores``, per-head pattern scores too
+    (a model without ``attn.hook_pattern`` hooks, such as a replacement model, passes False)."""
+    scored = run_split(model, tokenizer, "repeat", n_docs, split, patterns=head_scores)
+    return induction_scores(scored, head_scores)
+
+
+def successor_probe(model, tokenizer, n_docs: int, split: str = "heldout") -> dict:
+    scored = run_split(model, tokenizer, "successor", n_docs, split)
+    return successor_scores(scored, _digit_ids(tokenizer))
+
+
+def addition_probe(model, tokenizer, n_docs: int, split: str = "heldout") -> dict:
+    scored = run_split(model, tokenizer, "addition", n_docs, split)
+    return addition_scores(scored, _digit_ids(tokenizer))
+
+
+def subtoken_induction_probe(model, tokenizer, n_docs: int, split: str = "heldout") -> dict:
+    return subtoken_scores(run_split(model, tokenizer, "names", n_docs, split))
+
+
+def sink_probe(model, tokenizer, n_docs: int, split: str = "heldout") -> dict:
+    return sink_scores(
+        {f: run_split(model, tokenizer, f, n_docs, split, patterns=True) for f in FAMILIES}
+    )
+
+
+# ----------------------------------------------------------------- everything, both splits
+def split_probes(scored: dict[str, list[Scored]], tokenizer, head_scores: bool) -> dict:
+    """Every probe on one split's runs (``scored``: family -> its documents)."""
+    digits = _digit_ids(tokenizer)
     return {
-        "heldout_loss": heldout_loss(model, tokenizer, n_docs),
-        "induction": induction_probe(model, tokenizer, n_docs),
-        "successor": successor_probe(model, tokenizer, n_docs),
-        "addition": addition_probe(model, tokenizer, n_docs),
-        "subtoken_induction": subtoken_induction_probe(model, tokenizer, n_docs),
-        "attention_sink": sink_probe(model, tokenizer, n_docs // 4 or 1),
+        "heldout_loss": loss_scores(scored),
+        "induction": induction_scores(scored["repeat"], head_scores),
+        "successor": successor_scores(scored["successor"], digits),
+        "addition": addition_scores(scored["addition"], digits),
+        "subtoken_induction": subtoken_scores(scored["names"]),
     }
 
 
+def _lookup(probes: dict, path: tuple[str, ...]):
+    for key in path:
+        probes = probes[key]
+    return probes
+
+
+def targets(results: dict) -> dict:
+    """Each of the issue's targets per split: the value, its threshold and whether it is met;
+    ``all_met`` over all of them."""
+    out: dict = {}
+    for split in EVAL_SPLITS:
+        out[split] = {}
+        for name, (path, op, thresholds) in TARGETS.items():
+            value, threshold = _lookup(results[split], path), thresholds[split]
+            met = value >= threshold if op == ">=" else value <= threshold
+            out[split][f"{name}{op}{threshold:g}"] = {
+                "value": value,
+                "threshold": threshold,
+                "met": bool(met),
+            }
+    out["all_met"] = all(t["met"] for split in EVAL_SPLITS for t in out[split].values())
+    return out
+
+
+def evaluate(
+    model, tokenizer, n_docs: int = 200, head_scores: bool = True, progress: bool = False
+) -> dict:
+    """Every probe on both held-out splits (each split's documents run once), the attention
+    sink on the instances split, and the targets."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=n_docs * len(FAMILIES) * len(EVAL_SPLITS),
+        desc="evaluating",
+        unit="doc",
+        disable=not progress,
+    )
+    results: dict = {}
+    with bar:
+        for split in EVAL_SPLITS:
+            scored = {
+                f: run_split(model, tokenizer, f, n_docs, split, head_scores, bar) for f in FAMILIES
+            }
+            results[split] = split_probes(scored, tokenizer, head_scores)
+            if split == "heldout" and head_scores:
+                results["attention_sink"] = sink_scores(scored)
+    results["targets"] = targets(results)
+    return results
+
+
+# ----------------------------------------------------------------- the printed summary
 def _head(best: dict) -> str:
     return f"L{best['layer']}H{best['head']} {best['score']:.2f}"
 
 
+def _groups(rates: dict, fmt: str = "{:.0%}") -> str:
+    return " ".join(f"{k!r}:{fmt.format(v)}" for k, v in rates.items())
+
+
+def _failing(rates: dict, threshold: float, op: str = ">=") -> list[str]:
+    bad = [(k, v) for k, v in rates.items() if (v < threshold if op == ">=" else v > threshold)]
+    return [f"{k!r} {v:.0%}" for k, v in bad]
+
+
+def _failing_text(items: list[str]) -> str:
+    return "; failing: " + ", ".join(items) if items else "; no failing form"
+
+
 def summary(r: dict) -> str:
-    ind, add, suc, sub = r["induction"], r["addition"], r["successor"], r["subtoken_induction"]
-    sink = r["attention_sink"]["best_head_layer_ge_1"]
-    lines = [
-        "held-out loss   " + "  ".join(f"{k} {v:.3f}" for k, v in r["heldout_loss"].items()),
-        f"induction       second/first copy loss {ind['loss_second_copy']:.3f}/"
-        f"{ind['loss_first_copy']:.3f} = {ind['loss_ratio']:.1%}; best induction head "
-        f"{_head(ind['best_induction_head'])}; best previous-token head "
-        f"{_head(ind['best_previous_token_head'])}",
-        f"successor       accuracy {suc['accuracy']:.1%} over {suc['n_items']} items; "
-        + " ".join(f"{k} {v:.0%}" for k, v in suc["by_kind"].items()),
-        f"addition        exact match {add['exact_match']:.1%} over {add['n_problems']}; by digits "
-        + " ".join(f"{k}:{v:.1%}" for k, v in add["by_digits"].items())
-        + "; by carries "
-        + " ".join(f"{k}:{v:.1%}" for k, v in add["by_carries"].items()),
-        f"subtoken ind.   accuracy {sub['accuracy']:.1%} over {sub['n_subtokens']} sub-tokens"
-        f" (whole mentions {sub['mention_accuracy']:.1%})",
-        f"attention sink  best head in layer >= 1: {_head(sink)} of attention on BOS; per family "
-        + ", ".join(
-            f"{family} {_head(best)}"
-            for family, best in r["attention_sink"]["best_head_layer_ge_1_by_family"].items()
-        ),
-    ]
+    """Both splits, one line per probe per split, with the worst separator and the forms
+    below their split's target."""
+    lines = []
+
+    def add(label: str, split: str, text: str) -> None:
+        first = label if split == EVAL_SPLITS[0] else ""
+        lines.append(f"{first:15s} {SPLIT_LABELS[split]:9s} {text}")
+
+    for split in EVAL_SPLITS:
+        losses = r[split]["heldout_loss"]
+        add("held-out loss", split, "  ".join(f"{k} {v:.3f}" for k, v in losses.items()))
+    for split in EVAL_SPLITS:
+        ind = r[split]["induction"]
+        threshold = TARGETS["induction_loss_ratio_every_separator"][2][split]
+        text = (
+            f"second/first copy loss {ind['loss_second_copy']:.3f}/{ind['loss_first_copy']:.3f}"
+            f" = {ind['loss_ratio']:.1%}; worst separator {ind['worst_separator']!r} "
+            f"{ind['worst_separator_ratio']:.1%}; layouts {_groups(ind['by_layout'], '{:.1%}')}"
+        )
+        if "best_induction_head" in ind:
+            text += (
+                f"; best induction head {_head(ind['best_induction_head'])}, previous-token "
+                f"{_head(ind['best_previous_token_head'])}"
+            )
+        failing = _failing(ind["by_separator"], threshold, "<=")
+        add("induction", split, text + _failing_text(failing))
+    for split in EVAL_SPLITS:
+        suc = r[split]["successor"]
+        threshold = TARGETS["successor_accuracy"][2][split]
+        text = (
+            f"accuracy {suc['accuracy']:.1%} over {suc['n_items']} items; kinds "
+            + " ".join(f"{k} {v:.0%}" for k, v in suc["by_kind"].items())
+            + "; steps "
+            + " ".join(f"{k}:{v:.0%}" for k, v in suc["by_step"].items())
+        )
+        failing = _failing(suc["by_form"], threshold) + _failing(suc["by_frame"], threshold)
+        add("successor", split, text + _failing_text(failing))
+    for split in EVAL_SPLITS:
+        a = r[split]["addition"]
+        threshold = TARGETS["addition_exact_match"][2][split]
+        text = (
+            f"exact match {a['exact_match']:.1%} over {a['n_problems']}; by digits "
+            + " ".join(f"{k}:{v:.1%}" for k, v in a["by_digits"].items())
+            + "; by carries "
+            + " ".join(f"{k}:{v:.1%}" for k, v in a["by_carries"].items())
+        )
+        failing = _failing(a["by_form"], threshold) + _failing(a["by_frame"], threshold)
+        add("addition", split, text + _failing_text(failing))
+    for split in EVAL_SPLITS:
+        sub = r[split]["subtoken_induction"]
+        threshold = TARGETS["subtoken_induction_accuracy"][2][split]
+        text = (
+            f"accuracy {sub['accuracy']:.1%} over {sub['n_subtokens']} sub-tokens (whole "
+            f"mentions {sub['mention_accuracy']:.1%}); styles {_groups(sub['by_form'])}"
+        )
+        add("subtoken ind.", split, text + _failing_text(_failing(sub["by_form"], threshold)))
+    if "attention_sink" in r:
+        sink = r["attention_sink"]
+        lines.append(
+            f"{'attention sink':15s} {SPLIT_LABELS['heldout']:9s} best head in layer >= 1: "
+            f"{_head(sink['best_head_layer_ge_1'])} of attention on BOS; per family "
+            + ", ".join(
+                f"{family} {_head(best)}"
+                for family, best in sink["best_head_layer_ge_1_by_family"].items()
+            )
+        )
+    for split in EVAL_SPLITS:
+        checks = r["targets"][split]
+        add(
+            "targets",
+            split,
+            "  ".join(
+                f"{name} {'met' if t['met'] else 'NOT met'} ({t['value']:.3f})"
+                for name, t in checks.items()
+            ),
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m toy_models.evaluate",
-        description="Held-out loss per task family and mechanism probes for a toy model.",
+        description="Held-out loss per task family, mechanism probes and the issue's targets "
+        "for a toy model, on held-out instances (heldout) and held-out forms (heldout_forms).",
     )
     parser.add_argument(
         "--model", default="default", help="zoo name with a shipped checkpoint, or a run directory"
     )
     parser.add_argument(
-        "--docs", type=int, default=200, help="held-out documents per family (default 200)"
+        "--docs", type=int, default=200, help="documents per family and split (default 200)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
@@ -308,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "model": args.model,
         "docs_per_family": args.docs,
-        **evaluate(model, tokenizer, args.docs),
+        **evaluate(model, tokenizer, args.docs, progress=True),
     }
     print(summary(results))
     if args.json:

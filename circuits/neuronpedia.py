@@ -3,8 +3,15 @@
 ``metadata``, ``qParams``, ``nodes`` and ``links``, with one small constructor per node kind
 (as circuit-tracer's ``frontend/graph_models.py`` has). Node ids and the sublayer "layer"
 come from ``circuits.nodes``; readable labels (``clerp``) are given by the caller
-(``reports.labels.node_labels``), since labels are presentation. Lorsa nodes carry their QK
-attributions in ``qk``; logit nodes their resolved target.
+(``reports.labels.node_labels``), since labels are presentation, except for logits, whose
+``clerp`` has circuit-tracer's form (``Output ' Julia' (p=0.997)``), which its page parses.
+Lorsa nodes carry their QK attributions in ``qk``; logit nodes their resolved target.
+
+A head's or feature's ``feature`` is circuit-tracer's feature number (schema version 1):
+the Cantor pairing of its sublayer and its index (``feature_number``), unique over the whole
+model; viewers unpair it for the label and load the unit's feature file ``{scan}/{feature}.json``
+(``reports.feature_files``). Other nodes keep their index (an embedding's token, a logit's
+token, -1 for errors).
 """
 
 from __future__ import annotations
@@ -19,6 +26,14 @@ FEATURE_TYPE = {
     Kind.LOGIT: "logit",
 }
 SCHEMA_VERSION = 1
+
+
+def feature_number(sublayer: int, index: int) -> int:
+    """circuit-tracer's number of unit ``index`` of ``sublayer``: the Cantor pairing
+    ``(x + y)(x + y + 1) / 2 + y`` of x = sublayer, y = index (one-to-one on pairs >= 0)."""
+    if sublayer < 0 or index < 0:
+        raise ValueError(f"feature_number needs a sublayer and index >= 0, not {sublayer}, {index}")
+    return (sublayer + index) * (sublayer + index + 1) // 2 + index
 
 
 def _layer(kind: Kind, stage: int) -> str:
@@ -39,10 +54,13 @@ def _node(graph: Graph, i: int, label: str) -> dict:
     kind = Kind(int(graph.kind[i]))
     stage, pos = int(graph.stage[i]), int(graph.pos[i])
     influence = None if graph.influence is None else float(graph.influence[i])
+    feature = int(graph.index[i])
+    if kind in (Kind.LORSA, Kind.TRANSCODER) and feature >= 0:
+        feature = feature_number(sublayer(stage), feature)
     node = {
         "node_id": graph.ids[i],
         "jsNodeId": graph.ids[i],
-        "feature": int(graph.index[i]),
+        "feature": feature,
         "layer": _layer(kind, stage),
         "ctx_idx": pos,
         "reverse_ctx_idx": len(graph.tokens) - 1 - pos,
@@ -60,14 +78,27 @@ def _node(graph: Graph, i: int, label: str) -> dict:
         record = graph.logit_record(i)
         node["token_prob"] = record.probability if record.negative is None else 0.0
         node["logit_target"] = {"token": record.token, "negative": record.negative}
+        node["clerp"] = _logit_clerp(graph, i, node["token_prob"])
     qk = graph.qk_for(i)
     if qk:
         node["qk"] = [a.to_dict() for a in qk]
     return node
 
 
-def to_json(graph: Graph, labels: list[str], slug: str = "graph") -> dict:
-    """The graph as circuit-tracer / Neuronpedia JSON; ``labels[i]`` is node i's ``clerp``."""
+def _logit_clerp(graph: Graph, i: int, probability: float) -> str:
+    """circuit-tracer's logit ``clerp``, ``Output ' Julia' (p=0.997)``: its page reads the
+    probability back from the "(p=...)" (and fails to draw a graph whose logits lack it)."""
+    record = graph.logit_record(i)
+    text = repr(graph.token(record.token))
+    if record.negative is not None:
+        text += f" - {graph.token(record.negative)!r} = {float(graph.value[i]):.3f}"
+    return f"Output {text} (p={probability:.3f})"
+
+
+def to_json(graph: Graph, labels: list[str], slug: str = "graph", scan: str | None = None) -> dict:
+    """The graph as circuit-tracer / Neuronpedia JSON; ``labels[i]`` is node i's ``clerp``
+    (logits: module docstring).
+    ``scan`` names where viewers find the units' feature files (default: the model's name)."""
     if len(labels) != graph.n_nodes:
         raise ValueError(f"{len(labels)} labels for {graph.n_nodes} nodes")
     nodes = [_node(graph, i, labels[i]) for i in range(graph.n_nodes)]
@@ -79,7 +110,7 @@ def to_json(graph: Graph, labels: list[str], slug: str = "graph") -> dict:
     ]
     metadata = {
         "slug": slug,
-        "scan": graph.model.get("name", "unknown"),
+        "scan": graph.model.get("name", "unknown") if scan is None else scan,
         "transcoder_list": [],
         "prompt_tokens": graph.token_strings,
         "prompt": graph.prompt,

@@ -5,8 +5,9 @@
 Writes into ``--out``: ``graph.json`` (circuit-tracer/Neuronpedia schema, pruned graph),
 ``graph.safetensors`` (the pruned ``Graph``; ``--save-full`` adds the unpruned one),
 ``graph.dot`` and, when Graphviz's ``dot`` is installed, ``graph.svg`` (``--format`` picks
-more), ``graph.html`` (``reports.outputs``) and ``mechanisms.json``, the mechanism summary it
-also prints (``circuits.mechanisms``). Every file is written atomically.
+more), ``graph.html`` (``reports.outputs``), ``mechanisms.json``, the mechanism summary it
+also prints (``circuits.mechanisms``), and with dashboards circuit-tracer's feature files and
+viewer index (``reports.feature_files``). Every file is written atomically.
 
 The command lines (this one and ``circuits.global_graph``) are the only places in
 ``circuits`` that call ``reports``, to write files; the library modules never do. Nothing
@@ -96,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     dash.add_argument("--dashboards-file", type=Path,
                       help="the dashboards file (default runs/dashboards/<model>-<mode>"
                       ".safetensors)")  # fmt: skip
+    dash.add_argument("--feature-files", action=argparse.BooleanOptionalAction, default=True,
+                      help="on by default: with dashboards, also write circuit-tracer's "
+                      "feature files (features/<model>-<mode>/<n>.json) and viewer index "
+                      "(graph-metadata.json) beside graph.json, so circuit_tracer.frontend."
+                      "local_server.serve(OUT) opens the graph with them "
+                      "(reports.feature_files)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -243,7 +250,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     try:
         written = write_graph_outputs(
             graph, args.out, formats, full if args.save_full else None, dashboards=dashboards,
-            mechanisms=mechanisms,
+            feature_files=args.feature_files, mechanisms=mechanisms,
         )  # fmt: skip
         _write_mechanisms(mechanisms, args.out / MECHANISMS_FILE, written, save_summary)
     except OSError as exc:

@@ -5,7 +5,8 @@ The one place the CLIs of ``circuits`` (``trace``, ``global_graph``) hand a fini
 refusing the file) never loses the other outputs: the DOT file, the JSON, the graph file and
 the HTML page (without a drawing) are still written, and the failure comes back as one line.
 Renders of an earlier run that this run does not write again are removed, so a reused
-directory never shows a stale drawing beside a new graph.
+directory never shows a stale drawing beside a new graph. With dashboards, circuit-tracer's
+feature files and viewer index are written beside ``graph.json`` (``reports.feature_files``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from circuits.graph import Graph
 from circuits.neuronpedia import to_json
 from toy_models.files import write_json_atomic
 
+from .feature_files import remove_feature_files, write_feature_files
 from .graphviz import RENDER_FORMATS, dot_available, dot_missing_message, render, to_dot
 from .html import write_html
 from .labels import node_labels
@@ -41,19 +43,27 @@ def write_graph_outputs(
     formats: list[str],
     full: Graph | None = None,
     dashboards: Mapping[str, Mapping] | None = None,
+    feature_files: bool = True,
     mechanisms=None,
 ) -> Written:
     """Write ``graph`` (and the unpruned ``full``, if given) into ``out``: ``graph.json``
     (Neuronpedia schema), ``graph.safetensors``, ``graph.dot``, the ``formats`` renders
     (when ``dot`` is installed) and ``graph.html`` (with ``dashboards``, keyed by unit id,
-    ``reports.viewer``'s schema, when given; with ``mechanisms``, a
+    ``reports.viewer``'s schema, when given; then with ``feature_files``, circuit-tracer's
+    feature files and ``graph-metadata.json`` too; with ``mechanisms``, a
     ``circuits.mechanisms.MechanismSummary``, its section in the page)."""
     out.mkdir(parents=True, exist_ok=True)
     result = Written()
     json_path = out / "graph.json"
-    write_json_atomic(json_path, to_json(graph, node_labels(graph), slug=out.name or "graph"))
+    scan, feature_paths = None, []
+    if dashboards is not None and feature_files:
+        scan, feature_paths = write_feature_files(out, graph, dashboards)
+    else:
+        result.notes += remove_feature_files(out)
+    labels = node_labels(graph)
+    write_json_atomic(json_path, to_json(graph, labels, slug=out.name or "graph", scan=scan))
     graph.save(out / GRAPH_FILE)
-    result.paths += [json_path, out / GRAPH_FILE]
+    result.paths += [json_path, *feature_paths, out / GRAPH_FILE]
     if full is not None:
         full.save(out / FULL_GRAPH_FILE)
         result.paths.append(out / FULL_GRAPH_FILE)

@@ -1,0 +1,235 @@
+"""circuit-tracer's feature files beside graph.json (reports.feature_files): they follow its
+schema, graph.json's nodes resolve to them, and they hold the dashboards' values; on a tiny
+trained model with random replacement layers and small dashboards."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from circuits import dashboard_pass as P
+from circuits.attribution import attribute
+from circuits.neuronpedia import feature_number
+from circuits.nodes import Kind, sublayer, unit_id
+from circuits.prune import prune_graph
+from circuits.trace import parse_args
+from reports import feature_files as F
+from reports.outputs import write_graph_outputs
+from reports.viewer import check_dashboards
+from toy_models.tokenizer import encode_prompt
+
+PROMPT = "Monday, Tuesday, Wednesday,"
+
+
+@pytest.fixture(scope="module")
+def traced(tiny_pretrained, tmp_path_factory):
+    """A pruned graph of the tiny model and its units' dashboards (viewer schema)."""
+    from conftest import random_replacement
+
+    model, tokenizer = tiny_pretrained
+    replacement = random_replacement(model, n_qk=2, n_ov=8, lorsa_k=3, d_sae=16, tc_k=4)
+    path = tmp_path_factory.mktemp("dash") / "d.safetensors"
+    with torch.no_grad():
+        dash = P.build(replacement, tokenizer, path, rows=12, batch_rows=4, seed=3, progress=False)
+        tokens = encode_prompt(tokenizer, PROMPT, replacement.cfg.n_ctx)
+        full = attribute(replacement, tokens, tokenizer=tokenizer, prompt=PROMPT, max_logits=3)
+    full.model["name"] = "tiny"
+    graph = prune_graph(full, 0.9, 0.98, max_nodes=24)
+    units = [(Kind(k), s, i) for k, s, i in F.graph_units(graph)]
+    views = dash.for_viewer(tokenizer, [(k, (s - 1) // 2, i) for k, s, i in units])
+    return graph, views
+
+
+def feature_paths(out):
+    return sorted((out / F.FEATURES_DIR).rglob("*.json"))
+
+
+def cantor_unpair(z: int) -> tuple[int, int]:
+    """The viewer's ``util.cantorUnpair``."""
+    w = math.floor((math.sqrt(8 * z + 1) - 1) / 2)
+    y = z - (w * w + w) // 2
+    return w - y, y
+
+
+def test_graph_json_nodes_resolve_to_feature_files(traced, tmp_path):
+    graph, views = traced
+    write_graph_outputs(graph, tmp_path, [], dashboards=views)
+    data = json.loads((tmp_path / "graph.json").read_text())
+    scan = data["metadata"]["scan"]
+    assert scan == "./graph_data/features/tiny-local"
+    index = json.loads((tmp_path / F.INDEX_FILE).read_text())
+    assert [g["slug"] for g in index["graphs"]] == [F.GRAPH_SLUG]  # -> graph_data/graph.json
+    assert index["graphs"][0]["prompt_tokens"] == graph.token_strings
+    assert "node_threshold" not in index["graphs"][0]
+    wanted = set()
+    for node in data["nodes"]:
+        if node["feature_type"] in ("lorsa", "cross layer transcoder"):
+            layer, index_in_layer = cantor_unpair(node["feature"])
+            assert node["node_id"].startswith(f"{layer}_{index_in_layer}_")
+            # the viewer fetches {scan}/{feature}.json; the server maps graph_data/ to --out
+            path = tmp_path / scan.removeprefix("./graph_data/") / f"{node['feature']}.json"
+            assert path.is_file(), node["node_id"]
+            wanted.add(path)
+        if node["feature_type"] == "logit":
+            float(node["clerp"].split("(p=")[1].split(")")[0])  # what the viewer parses
+    assert wanted and set(feature_paths(tmp_path)) == wanted  # one file per unit, no more
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
+
+
+def test_files_follow_the_schema_and_hold_the_dashboards_values(traced, tmp_path):
+    graph, views = traced
+    write_graph_outputs(graph, tmp_path, [], dashboards=views)
+    checked = check_dashboards(views)
+    seen = {Kind.LORSA: 0, Kind.TRANSCODER: 0}
+    for kind, stage, index in F.graph_units(graph):
+        number = feature_number(sublayer(stage), index)
+        data = json.loads((tmp_path / "features/tiny-local" / f"{number}.json").read_text())
+        F.check_feature_file(data)
+        view = checked[unit_id(kind, stage, index)]
+        assert data["index"] == index and data["transcoder_id"].endswith(kind.label)
+        assert data["activation_frequency"] == view["frequency"]
+        assert data["top_logits"] == [t for t, _ in view["logits"]["promoted"]]
+        assert data["bottom_logits"] == [t for t, _ in view["logits"]["suppressed"]]
+        shown = [e for q in data["examples_quantiles"] for e in q["examples"]]
+        assert len(shown) == len(view.get("examples", []))
+        for e, v in zip(shown, view.get("examples", []), strict=True):
+            assert e["tokens"] == [t.translate(F.VISIBLE) for t in v["tokens"]]
+            assert e["train_token_ind"] == v["at"]
+            acts = [0.0] * len(v["tokens"])
+            acts[v["at"]] = v["activation"]
+            assert e["tokens_acts_list"] == acts
+            assert e.get("keys") == v.get("keys")
+        if "concept" in view:
+            assert data["concept"] == view["concept"]
+            assert data["description"].startswith(view["concept"]["label"])
+        if not view.get("examples"):
+            assert data["histogram"] == data["quantile_values"] == [] and data["act_max"] == 0
+            continue
+        seen[kind] += 1
+        assert data["examples_quantiles"][0]["quantile_name"] == F.TOP_NAME
+        assert data["act_max"] == view["examples"][0]["activation"]  # the top example
+        fires = sum(view["histogram"]["counts"])
+        assert len(data["histogram"]) == F.HIST_BINS
+        assert sum(data["histogram"]) == pytest.approx(fires)
+        q = data["quantile_values"]
+        assert len(q) == F.N_QUANTILES and q == sorted(q) and q[-1] == data["act_max"]
+    assert seen[Kind.LORSA] and seen[Kind.TRANSCODER]  # both kinds were really checked
+
+
+def test_files_validate_against_circuit_tracers_pydantic_models(traced, tmp_path):
+    """The field definitions of circuit_tracer/frontend/feature_models.py (0.5.0)."""
+    pydantic = pytest.importorskip("pydantic")
+
+    class Example(pydantic.BaseModel):
+        tokens_acts_list: list[float]
+        train_token_ind: int
+        is_repeated_datapoint: bool
+        tokens: list[str]
+
+    class ExamplesQuantile(pydantic.BaseModel):
+        quantile_name: str
+        examples: list[Example]
+
+    class Model(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(strict=True)
+        transcoder_id: str
+        index: int
+        examples_quantiles: list[ExamplesQuantile]
+        top_logits: list[str]
+        bottom_logits: list[str]
+        act_min: float
+        act_max: float
+        quantile_values: list[float]
+        histogram: list[float]
+        activation_frequency: float
+
+    graph, views = traced
+    write_graph_outputs(graph, tmp_path, [], dashboards=views)
+    paths = feature_paths(tmp_path)
+    assert paths
+    for path in paths:
+        Model.model_validate_json(path.read_text())
+
+
+def test_byte_reproducible_and_stale_files_removed(traced, tmp_path):
+    graph, views = traced
+    outs = [tmp_path / "a" / "t", tmp_path / "b" / "t"]  # the slug is the directory's name
+    for out in outs:
+        write_graph_outputs(graph, out, [], dashboards=views)
+    names = [sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) for out in outs]
+    assert names[0] == names[1]
+    for name in names[0]:
+        a, b = outs[0] / name, outs[1] / name
+        assert a.is_dir() or a.read_bytes() == b.read_bytes(), name
+    stale = outs[0] / "features/tiny-local/999999.json"
+    stale.write_text("{}")
+    write_graph_outputs(graph, outs[0], [], dashboards=views)  # rebuilt whole: no stale file
+    assert not stale.exists()
+    written = write_graph_outputs(graph, outs[0], [], dashboards=views, feature_files=False)
+    assert not (outs[0] / F.FEATURES_DIR).exists() and not (outs[0] / F.INDEX_FILE).exists()
+    assert sum("of an earlier run" in note for note in written.notes) == 2
+    data = json.loads((outs[0] / "graph.json").read_text())
+    assert data["metadata"]["scan"] == "tiny"  # the model's name, as without dashboards
+
+
+def test_bad_dashboards_are_refused(traced, tmp_path):
+    graph, views = traced
+    unit = next(iter(views))
+    with pytest.raises(ValueError, match=f"no dashboard for {unit}"):
+        write_graph_outputs(graph, tmp_path, [], dashboards={u: v for u, v in views.items()
+                                                             if u != unit})  # fmt: skip
+    bad = {u: dict(v) for u, v in views.items()}
+    bad[unit]["histogram"] = {"edges": [1.0, 0.5], "counts": [3]}
+    with pytest.raises(ValueError, match=f"dashboard of {unit}: histogram"):
+        write_graph_outputs(graph, tmp_path, [], dashboards=bad)
+    bad[unit]["frequency"] = float("nan")
+    with pytest.raises(ValueError, match="frequency"):
+        write_graph_outputs(graph, tmp_path, [], dashboards=bad)
+    assert not (tmp_path / F.FEATURES_DIR).exists() and not (tmp_path / "graph.json").exists()
+
+
+def test_schema_check_refuses_what_the_viewer_cannot_read():
+    example = {"tokens": ["a", "b"], "tokens_acts_list": [0.0, 1.5], "train_token_ind": 1,
+               "is_repeated_datapoint": False}  # fmt: skip
+    good = {
+        "transcoder_id": "m:L0.lorsa", "index": 3, "top_logits": ["x"], "bottom_logits": [],
+        "examples_quantiles": [{"quantile_name": "Top activations", "examples": [example]}],
+        "act_min": 0.0, "act_max": 1.5, "quantile_values": [1.5], "histogram": [1.0],
+        "activation_frequency": 0.1,
+    }  # fmt: skip
+    F.check_feature_file(good)
+    for change, message in [
+        ({"act_max": float("inf")}, "act_max must be float"),
+        ({"index": True}, "index must be int"),
+        ({"top_logits": [3]}, r"top_logits must be list\[str\]"),
+        ({"examples_quantiles": [{"examples": []}]}, "quantile_name"),
+        ({"examples_quantiles": [{"quantile_name": "q", "examples": [
+            {**example, "tokens_acts_list": [1.0]}]}]}, "one activation per token"),
+        ({"examples_quantiles": [{"quantile_name": "q", "examples": [
+            {**example, "train_token_ind": 2}]}]}, "not a token index"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            F.check_feature_file({**good, **change})
+    with pytest.raises(ValueError, match="histogram is missing"):
+        F.check_feature_file({k: v for k, v in good.items() if k != "histogram"})
+
+
+def test_histogram_and_quantiles_from_geometric_bins():
+    edges, counts = [0.5, 1.0, 2.0, 4.0], [2, 0, 6]
+    bins = F.equal_bins(edges, counts, 3.0)
+    assert sum(bins) == pytest.approx(8) and len(bins) == F.HIST_BINS
+    width = 3.0 / F.HIST_BINS
+    assert sum(bins[: int(0.5 / width)]) == 0  # nothing below the first edge
+    assert sum(bins[int(1.0 / width) + 1 : int(2.0 / width)]) == 0  # the empty bin
+    q = F.quantile_values(edges, counts, 3.0)
+    assert q[:25] == [1.0] * 25  # 2 of 8 firings lie below 1.0
+    assert q[25:] == [3.0] * 75  # the rest in [2, 4), capped at the largest activation
+    assert F.equal_bins([3.0, 3.5], [4], 3.0)[-1] == 4  # a bin at the top keeps its count
+
+
+def test_trace_flag_on_by_default():
+    assert parse_args(["--prompt", "x"]).feature_files
+    assert not parse_args(["--prompt", "x", "--no-feature-files"]).feature_files

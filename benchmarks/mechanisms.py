@@ -33,12 +33,21 @@ with its ablation checks.
 
 - ``key``: the predicting head group's ``attends`` is an expected key (``key_top3``: any of the
   ``head_groups`` ranked at the query);
-- ``reason``: the largest positive specific pair of that group's first QK reason has its
-  query side at ``q`` and its key side at the key read, and for the induction families the
-  query side is *the current token* (the embedding at ``q``, or a block-0 feature at ``q``,
-  or a block-0 head at ``q`` reading ``q``) while the key side is *written by a previous-token
-  head* (a head at the key reading the position before it, or a feature at the key whose
-  largest input is such a head);
+- ``reason`` (the group's first QK reason, i.e. its QK head with the largest flow, and the
+  sources of each side of its specific part through the graph, ``QKReasonRecord``): for the
+  induction families, the query side's largest positive root is the token embedding at ``q``
+  (*the current token*) and the key side's largest positive head group sits at the key read
+  and reads the position before it (*what a previous-token head wrote there*, directly or
+  through the features it feeds); for successor and operand fetching, the key side's largest
+  positive root is the token embedding at the key read (*the key's own token*: the previous
+  item, the operand digit). ``reason`` also needs ``key``;
+- ``reason_top3``: as ``reason``, with the key side's previous-token head group among its
+  three largest positive head groups;
+- ``reason_pair`` (stricter, reported beside it): the largest positive single pair of the
+  specific part has its query side at ``q`` and its key side at the key, and for the
+  induction families the query side is the current token (the embedding at ``q``, a block-0
+  feature there, or a block-0 head there reading ``q``) and the key side a head at the key
+  reading the position before it, or a feature there whose largest input is such a head;
 - ``sign``: a check's ``agree_frozen`` / ``agree_free`` (``circuits.mechanisms``).
 
 Writes benchmarks/results/mechanisms_{model}.json: per family the rates, counts and CPU
@@ -277,12 +286,31 @@ def previous_token_written(ref, k: int) -> bool:
         mi["pos"] == k and mi["attends"] == k - 1  # fmt: skip
 
 
+def _first_positive(shares):
+    return next((x for x in shares if x.value > 0), None)
+
+
+def sources_ok(family: str, reason, q: int, k: int, among: int = 1) -> bool:
+    """The ``reason`` criterion on the sources of each side of the specific part (``among``:
+    the key side's previous-token head group may be any of that many largest positive
+    ones)."""
+    key_root = _first_positive(reason.key_sources.get("roots", []))
+    if family in INDUCTION:
+        query_root = _first_positive(reason.query_sources.get("roots", []))
+        heads = [x for x in reason.key_sources.get("heads", []) if x.value > 0][:among]
+        return (
+            query_root is not None and query_root.kind == "embedding" and query_root.pos == q
+            and any(x.pos == k and x.attends == k - 1 for x in heads)
+        )  # fmt: skip
+    return key_root is not None and key_root.kind == "embedding" and key_root.pos == k
+
+
 def score_prompt(prompt: Prompt, summary) -> dict:
     q = len(prompt.ids) - 1
     target = summary.targets[0]
     out = {"named": target.predicting_group is not None}
     if not out["named"]:
-        return out | {"key": False, "key_top3": False, "reason": False}
+        return out | {"key": False, "key_top3": False, "reason": False, "reason_pair": False}
     group = summary.group(target.predicting_group)
     ranked = [summary.group(k) for k in target.head_groups]
     out["group"] = group.name
@@ -292,16 +320,26 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     reason = group.qk[0] if group.qk else None
     positive = [p for p in reason.pairs if p.value > 0] if reason else []
     top = positive[0] if positive else None
+    k = group.attends
     ok = top is not None and top.query.present and top.query.pos == q and top.key.present \
-        and top.key.pos == group.attends  # fmt: skip
+        and top.key.pos == k  # fmt: skip
     if prompt.family in INDUCTION:
-        ok = ok and token_like(top.query, q) and previous_token_written(top.key, group.attends)
-    out["reason"] = bool(ok) and out["key"]
-    if top is not None:
+        ok = ok and token_like(top.query, q) and previous_token_written(top.key, k)
+    out["reason_pair"] = bool(ok) and out["key"]
+    out["reason"] = out["key"] and reason is not None and sources_ok(prompt.family, reason, q, k)
+    out["reason_top3"] = (
+        out["key"] and reason is not None and sources_ok(prompt.family, reason, q, k, among=3)
+    )
+    if reason is not None:
         from circuits.mechanisms import ref_text
 
-        out["top_pair"] = [ref_text(top.query), ref_text(top.key), top.value]
+        if top is not None:
+            out["top_pair"] = [ref_text(top.query), ref_text(top.key), top.value]
         out["specific_share"] = reason.specific / reason.score if reason.score else None
+        out["sources"] = {
+            side: {c: [[x.name, round(x.value, 4)] for x in xs[:1]] for c, xs in d.items()}
+            for side, d in (("query", reason.query_sources), ("key", reason.key_sources))
+        }
     checks = [c for g in summary.groups for c in g.checks]
     out["checks"] = len(checks)
     out["agree_frozen"] = sum(c.agree_frozen for c in checks)
@@ -379,6 +417,8 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
         "key": rate("key"),
         "key_top3": rate("key_top3"),
         "reason": rate("reason"),
+        "reason_top3": rate("reason_top3"),
+        "reason_pair": rate("reason_pair"),
         "checks": checks,
         "sign_agree_frozen": round(sum(r.get("agree_frozen", 0) for r in right) / checks, 4)
         if checks
@@ -405,6 +445,9 @@ def parse_args(argv):
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma-separated among {', '.join(FAMILIES)}")  # fmt: skip
     parser.add_argument("--mode", choices=("local", "sparse"), default="local")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the graphs are small, and a second "
+                        "thread mostly spins on a shared machine)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="result file (default: benchmarks/results/"
                         "mechanisms_{model}.json)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -426,10 +469,12 @@ def main(argv=None) -> int:
     from replacement.model import load_pretrained
 
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     replacement, tokenizer = load_pretrained(args.model)
     concepts, concept_source = concepts_for(replacement, tokenizer, args.model, args.mode)
     startup = time.perf_counter() - t0
     result = {"model": args.model, "mode": args.mode, "prompts_per_family": args.prompts,
+              "threads": args.threads,
               "concepts": concept_source, "startup_seconds": round(startup, 2),
               "families": {}}  # fmt: skip
     with torch.no_grad():

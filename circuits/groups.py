@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from .graph import Graph
 from .nodes import KINDS, Kind, is_attention, unit_id
@@ -63,28 +62,44 @@ class Group:
         return self.kind in ("embedding", "error", "bias")
 
 
-def describe(graph: Graph, members: Sequence[int], name: str, concept: str | None = None) -> Group:
+class _Fields:
+    """A graph's per-node fields as Python lists, read once for many groups."""
+
+    def __init__(self, graph: Graph):
+        self.n = graph.n_nodes
+        self.kinds = graph.kinds
+        self.layer, self.stage = graph.layer.tolist(), graph.stage.tolist()
+        self.pos, self.attends = graph.pos.tolist(), graph.attends.tolist()
+        self.index, self.group_size = graph.index.tolist(), graph.group_size
+
+
+def describe(
+    graph: Graph,
+    members: Sequence[int],
+    name: str,
+    concept: str | None = None,
+    fields: _Fields | None = None,
+) -> Group:
     """A ``Group`` of ``members`` with the structure they share read from the graph."""
+    f = fields or _Fields(graph)
     idx = sorted({int(m) for m in members})
     if not idx:
         raise ValueError(f"group {name!r} has no members")
-    bad = [m for m in idx if not 0 <= m < graph.n_nodes]
+    bad = [m for m in idx if not 0 <= m < f.n]
     if bad:
-        raise ValueError(f"group {name!r}: node {bad[0]} is outside 0..{graph.n_nodes - 1}")
-    t = torch.tensor(idx)
+        raise ValueError(f"group {name!r}: node {bad[0]} is outside 0..{f.n - 1}")
 
-    def shared(values: torch.Tensor) -> int | None:
-        values = values[t]
-        return int(values[0]) if bool((values == values[0]).all()) else None
+    def shared(values: list[int]) -> int | None:
+        first = values[idx[0]]
+        return first if all(values[i] == first for i in idx) else None
 
-    kinds = {graph.kinds[i] for i in idx}
+    kinds = {f.kinds[i] for i in idx}
     kind = kinds.pop() if len(kinds) == 1 else "mixed"
-    lorsa = [i for i in idx if graph.kinds[i] == "lorsa"]
-    heads = sorted({int(graph.index[i]) // graph.group_size for i in lorsa})
-    attends = shared(graph.attends) if kind == "lorsa" else None
+    heads = sorted({f.index[i] // f.group_size for i in idx if f.kinds[i] == "lorsa"})
+    attends = shared(f.attends) if kind == "lorsa" else None
     return Group(
-        name=name, members=idx, kind=kind, layer=shared(graph.layer), stage=shared(graph.stage),
-        pos=shared(graph.pos), attends=attends if attends is not None and attends >= 0 else None,
+        name=name, members=idx, kind=kind, layer=shared(f.layer), stage=shared(f.stage),
+        pos=shared(f.pos), attends=attends if attends is not None and attends >= 0 else None,
         qk_heads=heads, concept=concept,
     )  # fmt: skip
 
@@ -142,12 +157,13 @@ def grouped(
 ) -> GroupedGraph:
     """The view of ``graph`` in which each of ``groups`` (node index lists, or ``Group``s) is
     one node and every other node is a group of its own. A node may be in one group only."""
+    fields = _Fields(graph)
     made: list[Group] = []
     for k, members in enumerate(groups):
         if isinstance(members, Group):
-            made.append(describe(graph, members.members, members.name, members.concept))
+            made.append(describe(graph, members.members, members.name, members.concept, fields))
         else:
-            made.append(describe(graph, members, names[k] if names else f"group {k}"))
+            made.append(describe(graph, members, names[k] if names else f"group {k}", None, fields))
     of_node = np.full(graph.n_nodes, -1, dtype=np.int64)
     for k, grp in enumerate(made):
         taken = [m for m in grp.members if of_node[m] >= 0]
@@ -157,7 +173,7 @@ def grouped(
     all_groups = list(made)
     for i in np.flatnonzero(of_node < 0).tolist():
         of_node[i] = len(all_groups)
-        all_groups.append(describe(graph, [i], node_name(graph, i)))
+        all_groups.append(describe(graph, [i], node_name(graph, i, fields), None, fields))
     return _view(graph, all_groups, of_node)
 
 
@@ -236,15 +252,16 @@ def auto_groups(
     for key, members in buckets.items():
         if key[0] == "node":
             continue
-        made.append(describe(graph, members, _auto_name(graph, key, len(members)), labels[key]))
+        name = _auto_name(graph, key, len(members))
+        made.append(Group(name=name, members=members, kind="", concept=labels[key]))
     return grouped(graph, made)
 
 
-def node_name(graph: Graph, i: int) -> str:
+def node_name(graph: Graph, i: int, fields: _Fields | None = None) -> str:
     """A short readable name of one node (for people; ``reports.labels`` has the long ones)."""
-    kind = Kind(int(graph.kind[i]))
-    layer, stage = int(graph.layer[i]), int(graph.stage[i])
-    pos, index = int(graph.pos[i]), int(graph.index[i])
+    f = fields or _Fields(graph)
+    kind = Kind.parse(f.kinds[i])
+    layer, stage, pos, index = f.layer[i], f.stage[i], f.pos[i], f.index[i]
     where = f"@{pos}" if graph.positional else ""
     if kind == Kind.EMBEDDING:
         return f"token {graph.token_strings[pos]!r}{where}" if graph.positional else \
@@ -257,7 +274,7 @@ def node_name(graph: Graph, i: int) -> str:
         return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} {kind.label} {where}".strip()
     if kind == Kind.LORSA:
         text = f"L{layer} head {index} {where}".strip()
-        key = int(graph.attends[i])
+        key = f.attends[i]
         return text + (f" -> {graph.token_strings[key]!r}@{key}" if key >= 0 else "")
     return f"L{layer} feature {index} {where}".strip()
 

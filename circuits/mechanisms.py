@@ -14,8 +14,10 @@ Built from the *full* graph of a prompt (every edge, so every number is exact) a
   constant), found by a beam search. A path's flow is exact: the part of the target that flows
   along that sequence of groups (at node level, the sum over every member-level path through
   those groups in that order). ``hops`` are the summed edges between consecutive groups.
-- **predicting head group.** The Lorsa group at the target's position with the largest
-  positive flow (else the largest |flow|): the heads that move what is predicted.
+- **predicting head group.** Among the Lorsa groups at the target's position that move
+  something from elsewhere (their key is neither that position nor BOS), the one with the
+  largest positive flow (else any positive flow, else the largest |flow|): the heads that
+  move what is predicted.
 - **groups.** The summary's groups (the predicting head groups, the groups on the top paths,
   then the largest flows) with the structure that reads them: where a head group attends and
   why (``QKReason`` of each of its QK heads at that key: both sides' always-on parts named,
@@ -48,7 +50,7 @@ from .attribution import PromptRun
 from .graph import Graph, QKAttribution
 from .groups import AUTO_RULES, GroupedGraph, auto_groups
 from .interventions import Intervention, intervene, predict
-from .nodes import Kind, unit_id
+from .nodes import Kind, lorsa_stage, unit_id
 from .qk import qk_record
 
 TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
@@ -58,6 +60,7 @@ MAX_PATHS = 5
 MAX_GROUPS = 10
 HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
+SIDE_SOURCES = 3  # groups per category listed for each side of a QK reason
 VERSION = 1
 
 
@@ -98,9 +101,33 @@ class QKTermRecord:
 
 
 @dataclass
+class SourceShare:
+    """A group's total contribution (``value``) to one side of a QK reason's specific part,
+    with the group's fields (``circuits.groups.Group``)."""
+
+    name: str
+    kind: str
+    layer: int | None
+    pos: int | None
+    attends: int | None
+    concept: str | None
+    value: float
+
+
+@dataclass
 class QKReasonRecord:
     """A head group's attention at its key, split as ``circuits.graph.QKReason`` (the four
-    parts sum to ``score``)."""
+    parts sum to ``score``).
+
+    ``query_sources`` / ``key_sources``: where each side of the ``specific`` part comes from,
+    through the graph. With the other side's deviation fixed (``dv`` for the query side,
+    ``du`` for the key side), the specific part is linear in every node below the head: each
+    node's direct term (its own query or key vector, weighted +1 at the query / key and minus
+    the reference mean elsewhere) plus everything it adds through the nodes it feeds (the
+    backward flow of ``node_flows``). Grouped by the summary's groups, the ``SIDE_SOURCES``
+    largest of each category, largest first: ``roots`` (token embeddings, errors, constants:
+    their totals and the nodes' own terms sum to ``specific``), ``heads`` and ``features``
+    (totals through them)."""
 
     layer: int
     qk_head: int
@@ -116,6 +143,8 @@ class QKReasonRecord:
     rest: float
     rest_share: float
     pairs: list[QKTermRecord]
+    query_sources: dict[str, list[SourceShare]] = field(default_factory=dict)
+    key_sources: dict[str, list[SourceShare]] = field(default_factory=dict)
 
 
 @dataclass
@@ -237,7 +266,8 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             QKReasonRecord(**{**r, "pairs": [
                 QKTermRecord(_node_ref(p["query"]), _node_ref(p["key"]), p["value"])
                 for p in r["pairs"]
-            ]})
+            ], **{side: {c: [SourceShare(**x) for x in xs] for c, xs in r.get(side, {}).items()}
+                  for side in ("query_sources", "key_sources")}})
             for r in g["qk"]
         ]  # fmt: skip
         g["checks"] = [EffectCheck(**c) for c in g["checks"]]
@@ -285,6 +315,72 @@ def node_flows(graph: Graph, target: int) -> tuple[np.ndarray, np.ndarray]:
         act = activation[lo:hi]
         h[lo:hi] = np.where(act != 0, flow[lo:hi] / np.where(act != 0, act, 1.0), 0.0)
     return flow, h
+
+
+def linear_flows(
+    graph: Graph, direct: np.ndarray, below_stage: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(flow, h) of a linear readout ``R = sum_n direct[n]`` of the nodes below ``below_stage``
+    (``direct[n]``: node n's own term, proportional to its activation): ``flow[n]`` is n's
+    total contribution to R through every node it feeds, ``h[n] = dR / d value_n``."""
+    edges_t = graph.edges.T.tocsr().astype(np.float64)
+    activation = graph.activation.double().numpy()
+    stage = graph.stage.numpy()
+    h, flow = np.zeros(graph.n_nodes), np.zeros(graph.n_nodes)
+    for s in np.unique(stage[stage < below_stage])[::-1]:
+        lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
+        flow[lo:hi] = direct[lo:hi] + edges_t[lo:hi] @ h
+        act = activation[lo:hi]
+        h[lo:hi] = np.where(act != 0, flow[lo:hi] / np.where(act != 0, act, 1.0), 0.0)
+    return flow, h
+
+
+def qk_side_flows(
+    graph: Graph, side, qk_head: int, query: int, key: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per node, its total contribution (``linear_flows``) to the specific part of the QK
+    reason at (``qk_head``, ``query``, ``key``) through the query side and through the key
+    side (``QKReasonRecord``); ``side`` is the layer's ``circuits.qk.QKSides``. Each side's
+    flows over the roots, plus the nodes' own terms, sum to the specific part."""
+    n = side.query.shape[0]
+    refs = np.arange(1, n) if n > 1 else np.zeros(1, dtype=np.int64)
+    wq = np.zeros(n)
+    wq[refs] = -1 / len(refs)
+    wq[query] += 1
+    wk = np.zeros(n)
+    wk[: query + 1] = -1 / (query + 1)
+    wk[key] += 1
+    valid = side.slot_valid.numpy()
+    u = side.query[:, :, qk_head].double().numpy() * valid[..., None]  # pos 1+slot e
+    v = side.key[:, :, qk_head].double().numpy() * valid[..., None]
+    scale = math.sqrt(side.lorsa.cfg.d_qk)
+    du = np.einsum("p,pse->e", wq, u)
+    dv = np.einsum("p,pse->e", wk, v)
+    pos, slot = np.nonzero(side.valid.numpy())
+    src = side.at.numpy()[pos, slot]
+    q_direct, k_direct = np.zeros(graph.n_nodes), np.zeros(graph.n_nodes)
+    q_direct[src] = wq[pos] * (u[pos, 1 + slot] @ dv) / scale
+    k_direct[src] = wk[pos] * (v[pos, 1 + slot] @ du) / scale
+    below = int(lorsa_stage(side.layer))
+    return linear_flows(graph, q_direct, below)[0], linear_flows(graph, k_direct, below)[0]
+
+
+def _side_sources(view: GroupedGraph, flow: np.ndarray) -> dict[str, list[SourceShare]]:
+    sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
+    out: dict[str, list[SourceShare]] = {"roots": [], "heads": [], "features": []}
+    for g in np.argsort(-sums, kind="stable").tolist():
+        grp = view.groups[g]
+        category = (
+            "roots" if grp.is_root else {"lorsa": "heads", "transcoder": "features"}.get(grp.kind)
+        )
+        if sums[g] == 0 or category is None or len(out[category]) >= SIDE_SOURCES:
+            continue
+        out[category].append(
+            SourceShare(
+                grp.name, grp.kind, grp.layer, grp.pos, grp.attends, grp.concept, float(sums[g])
+            )  # fmt: skip
+        )
+    return out
 
 
 def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> dict:
@@ -443,7 +539,12 @@ def summarize(
             for head in heads:
                 a = qk_record(replacement, run, grp.layer, head, grp.pos, grp.attends,
                               top=QK_PAIRS, sides=sides)  # fmt: skip
-                record.qk.append(_reason_record(full, a, concepts, units))
+                reason = _reason_record(full, a, concepts, units)
+                q_flow, k_flow = qk_side_flows(full, sides[grp.layer][0], head, grp.pos,
+                                               grp.attends)  # fmt: skip
+                reason.query_sources = _side_sources(view, q_flow)
+                reason.key_sources = _side_sources(view, k_flow)
+                record.qk.append(reason)
         if check and g in keep_inner and logits:
             record.checks = _checks(replacement, full, run, grp.members, logits, tolerance)
         records.append(record)
@@ -465,10 +566,16 @@ def summarize(
 
 
 def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int) -> list[int]:
-    """The Lorsa groups at ``pos``: positive flows first, largest first, then the others by
-    |flow| (the first is the predicting head group)."""
+    """The Lorsa groups at ``pos``, the predicting head group first: groups that move
+    something from another position (their key is neither ``pos`` itself nor BOS) with
+    positive flow, largest first; then the other positive flows; then the rest by |flow|."""
     heads = [g for g, grp in enumerate(view.groups) if grp.kind == "lorsa" and grp.pos == pos]
-    return sorted(heads, key=lambda g: (group_flow[g] <= 0, -abs(group_flow[g])))
+
+    def rank(g):
+        moves = view.groups[g].attends not in (None, 0, pos)
+        return (group_flow[g] <= 0, not moves, -abs(group_flow[g]))
+
+    return sorted(heads, key=rank)
 
 
 def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
@@ -696,6 +803,11 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
             )
             for p in r.pairs[:max_pairs]:
                 lines.append(f"         {p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
+            for name, sources in (("query", r.query_sources), ("key", r.key_sources)):
+                top = [x for c in ("roots", "heads") for x in sources.get(c, [])[:1]]
+                if top:
+                    lines.append(f"         {name} side from: " + "; ".join(
+                        f"{x.name} {x.value:+.3g}" for x in top))  # fmt: skip
         for c in g.checks:
             mark = "FLAGGED" if c.flagged else "ok"
             lines.append(

@@ -49,13 +49,23 @@ def _reason_html(r: QKReasonRecord, drawn: set[str]) -> str:
         f"<li>{_ref(p.query, drawn)} &times; {_ref(p.key, drawn)}: {_span(p.value)}</li>"
         for p in r.pairs
     )
+    sources = ""
+    for name, side in (("query", r.query_sources), ("key", r.key_sources)):
+        items = [
+            f"{_esc(x.name)} {_span(x.value)}"
+            for c in ("roots", "heads", "features")
+            for x in side.get(c, [])[:2]
+        ]
+        if items:
+            sources += f"<div>{name} side of the specific part, through the graph: "
+            sources += "; ".join(items) + "</div>"
     return (
         f"<div>QK {r.qk_head} reads {_esc(repr(r.key_token))}@{r.key} (attention "
         f"{r.attention:.2f}): score {_span(r.score)} = always-on {_span(always)} (mean query "
         f"&times; mean key {_span(r.mean_query_mean_key)}, this query &times; mean key "
         f"{_span(r.query_vs_mean_key)}, mean query &times; this key "
         f"{_span(r.mean_query_vs_key)}) + specific {_span(r.specific)}, of which the pairs "
-        f"below leave out {r.rest_share:.0%} of the magnitude:</div><ul>{pairs}</ul>"
+        f"below leave out {r.rest_share:.0%} of the magnitude:</div><ul>{pairs}</ul>{sources}"
     )
 
 

@@ -127,7 +127,11 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
                                       + r.mean_query_vs_key),
                      "specific": _num(r.specific), "restShare": _num(r.rest_share),
                      "pairs": [[ref_text(p.query), ref_text(p.key), _num(p.value)]
-                               for p in r.pairs[:3]]}
+                               for p in r.pairs[:3]],
+                     "sources": {side: [[x.name, _num(x.value)] for c in ("roots", "heads")
+                                        for x in d.get(c, [])[:1]]
+                                 for side, d in (("query", r.query_sources),
+                                                 ("key", r.key_sources))}}
                     for r in g.qk],
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged]
                         for c in g.checks]}

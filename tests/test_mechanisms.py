@@ -19,6 +19,7 @@ from circuits.mechanisms import (
     format_summary,
     load_summary,
     node_flows,
+    qk_side_flows,
     save_summary,
     summarize,
     target_parts,
@@ -186,6 +187,23 @@ def test_qk_reason_against_a_direct_per_unit_computation(graph, replacement, run
     assert ids  # the graph's ids name the present units
 
 
+def test_each_side_of_the_specific_part_traces_back_to_roots(graph, replacement, run):
+    """Query side and key side: roots' flows plus the nodes' own terms are the specific part,
+    and each node's flow is its own term plus what it adds through the nodes it feeds."""
+    records = qk_attribution(replacement, graph, reason=True, run=run)
+    roots = graph.is_kind("embedding", "error", "bias").numpy()
+    act = graph.activation.double().numpy()
+    bias = graph.bias.double().numpy()
+    for a in records[:6]:
+        with torch.no_grad():
+            side = QKSides(run, replacement, a.layer)
+        below = graph.stage.numpy() < 2 * a.layer + 1
+        for flow in qk_side_flows(graph, side, a.qk_head, a.query, a.key):
+            assert not flow[~below].any()
+            own = np.where(roots | ~below, 0, flow / np.where(act != 0, act, 1) * bias)
+            assert flow[roots].sum() + own.sum() == pytest.approx(a.reason.specific, abs=1e-4)
+
+
 # ----------------------------------------------------------------- groups
 def test_a_supernode_sums_its_members_edges_exactly(graph):
     heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()[-3:]
@@ -288,6 +306,10 @@ def test_summary_records(graph, replacement, run, tmp_path):
         r = g.qk[0]
         assert r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific \
             == pytest.approx(r.score, abs=1e-4)  # fmt: skip
+        for sources in (r.query_sources, r.key_sources):
+            assert set(sources) == {"roots", "heads", "features"}
+            for xs in sources.values():
+                assert [x.value for x in xs] == sorted((x.value for x in xs), reverse=True)
         for p in r.pairs:  # fields, not ids, say where each side is
             assert p.query.kind == "qk bias" or not p.query.present or p.query.pos == r.query
             assert p.key.kind == "qk bias" or not p.key.present or p.key.pos == r.key
@@ -335,3 +357,42 @@ def test_summary_without_constants_or_checks(replacement, tokens):
     assert t.constants_by_source == [("own", pytest.approx(t.constants))]
     assert not any(g.checks for g in summary.groups)
     assert not math.isnan(t.margin)
+
+
+# ----------------------------------------------------------------- the viewer
+@pytest.fixture(scope="module")
+def browser():
+    from reports.browser import Browser, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    with Browser(width=1400, height=900) as b:
+        yield b
+
+
+def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
+    browser, replacement, tokens, tmp_path
+):
+    from reports.html import write_html
+
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    graph = attribute(replacement, tokens, max_logits=1, run=run)
+    qk_attribution(replacement, graph, reason=True, run=run)
+    summary = summarize(replacement, graph, run, check=False)
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None, mechanisms=summary)
+    browser.load("about:blank")
+    browser.load(path.resolve().as_uri())
+    assert browser.evaluate("document.getElementById('viewer').dataset.error || ''") == ""
+    text = browser.evaluate("document.querySelector('#viewer .panel').innerText")
+    assert "Mechanisms" in text and "predicting heads" in text and "key side from" in text
+    buttons = browser.evaluate("document.querySelectorAll('#viewer .panel .mech-group').length")
+    assert buttons > 0
+    browser.evaluate("document.querySelector('#viewer .panel .mech-group').click()")
+    (name,) = browser.evaluate("viewer.data.qParams.supernodes.map((s) => s[0])")
+    assert name.startswith("g") and browser.evaluate("viewer.supernodes()") == [name]
+    lorsa = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+    head = next(i for i in lorsa if graph.qk_for(i))
+    browser.evaluate(f"viewer.state.clicked = {{node: {head}}}; viewer.update()")
+    panel = browser.evaluate("document.querySelector('#viewer .panel').innerText")
+    assert "always-on" in panel

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -27,50 +25,11 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def train_saes(model, tokenizer, n_latents: int, top_k: int, steps: int, quiet: bool = False):
-    """One TopK SAE per layer on the attention output, trained as the replacement layers are."""
-    import torch
-    from tqdm import tqdm
+    """One TopK SAE per layer on the attention output, trained as the replacement layers are
+    (the recipe lives in ``replacement.attn_sae``, shared with ``replacement.ablations``)."""
+    from replacement.attn_sae import train_attn_saes
 
-    from replacement.activations import ActivationStore
-    from replacement.train import (
-        CONFIGS,
-        dictionary_loss,
-        estimate_scales,
-        fold_scales_transcoder,
-        init_transcoder,
-        lr_at,
-    )
-    from replacement.transcoder import Transcoder, TranscoderConfig
-
-    cfg = CONFIGS["default"].__class__(**{**asdict(CONFIGS["default"]), "steps": steps})
-    torch.manual_seed(cfg.seed)
-    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
-    saes = [Transcoder(TranscoderConfig(d_model, n_latents, top_k)) for _ in range(n_layers)]
-    store = ActivationStore(model, tokenizer, cfg.batch_size, "train", cfg.seed)
-    scales = estimate_scales(store, cfg.norm_batches)[:, 0, 1]  # the attention output's
-    first = next(store)
-    for l, sae in enumerate(saes):
-        init_transcoder(sae, (first.lorsa_y[l] * scales[l]).flatten(0, 1).mean(0), cfg.seed + l)
-    idle = torch.zeros(n_layers, n_latents)
-    params = [p for sae in saes for p in sae.parameters()]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    start = time.perf_counter()
-    for step in tqdm(range(steps), desc="train attention SAEs", disable=quiet):
-        batch = next(store)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        total = 0.0
-        for l, sae in enumerate(saes):
-            y = batch.lorsa_y[l] * scales[l]
-            loss, _, _ = dictionary_loss(sae, y, y, idle[l], step, cfg)
-            total = total + loss
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-    elapsed = time.perf_counter() - start
-    for l, sae in enumerate(saes):
-        fold_scales_transcoder(sae, float(scales[l]), float(scales[l]))
-    return saes, elapsed
+    return train_attn_saes(model, tokenizer, n_latents, top_k, steps, quiet=quiet)
 
 
 def compare(replacement, saes, tokenizer, n_batches: int) -> list[dict]:

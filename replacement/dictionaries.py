@@ -75,9 +75,11 @@ def init_lorsa_from_heads(
             lorsa.W_K.copy_(attn.W_K[origin] / s_x)
             lorsa.b_Q.copy_(attn.b_Q[origin])
             lorsa.b_K.copy_(attn.b_K[origin])
-        groups_per_head = cfg.n_qk_heads / n_heads
-        covers = groups_per_head * max(1.0, cfg.group_size / (2 * d_head))
+        # groups copying each head (fewer QK heads than original heads: one, or none)
+        groups_of = [origin.count(h) for h in range(n_heads)]
+        per_group = max(1.0, cfg.group_size / (2 * d_head))
         for j, h in enumerate(origin):
+            covers = groups_of[h] * per_group
             r = value_directions(d_head, cfg.group_size, g)  # (group, d_head)
             group = slice(j * cfg.group_size, (j + 1) * cfg.group_size)
             lorsa.W_V[group] = (attn.W_V[h] @ r.T).T / s_x

@@ -1,0 +1,93 @@
+"""The attention-output SAE: the baseline a Lorsa layer is compared with (the Lorsa paper's).
+
+A TopK SAE on one layer's ``hook_attn_out`` (input = target), with as many latents as the Lorsa
+layer has OV heads and the same K, trained with the replacement layers' recipe
+(``replacement.dictionaries``): the attention output scaled to mean norm sqrt(d_model) (one
+scale for input and target), ``b_dec`` the mean target, K annealed, AuxK, the learning-rate
+schedule; the scale folded back at the end, so the SAE maps the model's own activations. It is a
+``Transcoder`` with ``y = x``.
+
+Two trainers share the recipe: ``train_attn_saes`` streams every layer from the model at once
+(``benchmarks/attn_sae_baseline.py``); ``replacement.ablations`` trains one layer from a cached
+activation set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from .dictionaries import fold_scales_transcoder, init_transcoder
+from .transcoder import Transcoder, TranscoderConfig
+
+SEED_OFFSET = 0  # layer l's SAE starts from seed + offset + l (as the baseline always did)
+
+
+def new_attn_sae(d_model: int, n_latents: int, top_k: int) -> Transcoder:
+    return Transcoder(TranscoderConfig(d_model, n_latents, top_k))
+
+
+def init_attn_sae(sae: Transcoder, y_mean_scaled: Tensor, seed: int) -> None:
+    """Random unit encoder columns, small decoder rows, ``b_dec`` = the (scaled) mean output."""
+    init_transcoder(sae, y_mean_scaled, seed)
+
+
+def fold_attn_sae(sae: Transcoder, scale: float) -> None:
+    """Trained on ``scale * y -> scale * y``: afterwards it maps ``y -> y``."""
+    fold_scales_transcoder(sae, scale, scale)
+
+
+def train_attn_saes(
+    model,
+    tokenizer,
+    n_latents: int,
+    top_k: int,
+    steps: int,
+    *,
+    layers: list[int] | None = None,
+    quiet: bool = False,
+) -> tuple[list[Transcoder], float]:
+    """One attention-output SAE per layer of ``layers`` (all by default), trained together
+    from one activation stream with the default replacement config's optimisation (``steps``
+    overridden). Returns the SAEs (scales folded) and the training wall seconds."""
+    from tqdm import tqdm
+
+    from .activations import ActivationStore
+    from .dictionaries import dictionary_loss, estimate_scales
+    from .train import CONFIGS, lr_at
+
+    cfg = replace(CONFIGS["default"], steps=steps)
+    # K anneals from at most the width (only a narrow test SAE is affected)
+    cfg = replace(cfg, k_start_factor=max(1, min(cfg.k_start_factor, n_latents // top_k)))
+    torch.manual_seed(cfg.seed)
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    d_model = model.cfg.d_model
+    saes = [new_attn_sae(d_model, n_latents, top_k) for _ in layers]
+    store = ActivationStore(model, tokenizer, cfg.batch_size, "train", cfg.seed, layers=layers)
+    scales = estimate_scales(store, cfg.norm_batches)[:, 0, 1]  # the attention output's
+    first = next(store)
+    for i, (l, sae) in enumerate(zip(layers, saes, strict=True)):
+        y_mean = (first.lorsa_y[i] * scales[i]).flatten(0, 1).mean(0)
+        init_attn_sae(sae, y_mean, cfg.seed + SEED_OFFSET + l)
+    idle = torch.zeros(len(layers), n_latents)
+    opt = torch.optim.Adam([p for sae in saes for p in sae.parameters()], lr=cfg.lr)
+    start = time.perf_counter()
+    for step in tqdm(range(steps), desc="train attention SAEs", disable=quiet):
+        batch = next(store)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        total = torch.zeros(())
+        for i, sae in enumerate(saes):
+            y = batch.lorsa_y[i] * scales[i]
+            loss, _, _ = dictionary_loss(sae, y, y, idle[i], step, cfg)
+            total = total + loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+    elapsed = time.perf_counter() - start
+    for i, sae in enumerate(saes):
+        fold_attn_sae(sae, float(scales[i]))
+    return saes, elapsed

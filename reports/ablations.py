@@ -1,0 +1,310 @@
+"""The Lorsa ablation report: markdown tables, findings and PNG curves from the results of
+``benchmarks/lorsa_ablations.py`` (``replacement.ablations``).
+
+    python -m reports.ablations [--json benchmarks/results/lorsa_ablations_default.json] [--out DIR]
+
+Writes ``ablations.md`` and ``ablations.png`` (FVU and 1 - loss recovered against K, the number
+of QK heads and the QK rank; the attention-output SAE beside Lorsa on the K axis) into
+``--out`` (default: the JSON's path without its suffix). Reads only the results dictionary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from toy_models.cli import UserError, run_cli
+
+DEFAULT_JSON = Path("benchmarks/results/lorsa_ablations_default.json")
+AXES = (  # (axis, x label, variant field on that axis)
+    ("k", "K (active units per token)", "top_k"),
+    ("qk_heads", "QK heads (same OV heads)", "n_qk_heads"),
+    ("d_qk", "QK rank d_qk", "d_qk"),
+)
+
+
+def _points(results: dict, layer: str, axis: str) -> list[tuple[int, dict]]:
+    field = {a: f for a, _, f in AXES}.get(axis, "top_k")
+    runs = results["layers"][layer]["runs"]
+    pts = [(results["variants"][n][field], runs[n]) for n in results["axes"][axis] if n in runs]
+    return sorted(pts, key=lambda p: p[0])
+
+
+def _fmt(v: float, digits: int = 4) -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "n/a"
+
+
+# ----------------------------------------------------------------- markdown
+def markdown(results: dict) -> str:
+    s = results["settings"]
+    base = s["base_shapes"]
+    lines = ["# Lorsa architecture ablations", ""]
+    if results.get("quick"):
+        lines += [
+            "**SMOKE RUN (`--quick`): a few steps on a few rows; these figures check the "
+            "machinery and mean nothing about the architecture.**",
+            "",
+        ]
+    lines += [
+        f"Model `{results['model']}` (heads of dimension {results['d_head']}, "
+        f"{results['n_heads']} per layer), layers {s['layers']}. Each point is one "
+        f"single-layer run of {s['steps']} steps (batch {s['batch_size']} rows) on the same "
+        f"{s['rows']} cached training rows, measured on {s['heldout_rows']} cached held-out "
+        f"rows. Base shapes: {base['n_ov_heads']} OV heads, {base['n_qk_heads']} QK heads, "
+        f"d_qk {base['d_qk']}, K {base['lorsa_top_k']}; each axis varies one of them. Loss "
+        "recovered: that layer alone spliced in, against mean-ablating its attention output. "
+        "Short runs: compare points with each other, not with the shipped set (trained longer).",
+        "",
+        f"Wall time of the command: {results['seconds']['total']:.0f} s (caches "
+        f"{results['seconds']['caches']:.0f} s, runs {results['seconds']['runs']:.0f} s); "
+        f"training time summed over the runs, including any read back from an earlier "
+        f"invocation: {results['seconds']['train_in_runs']:.0f} s.",
+        "",
+        "![curves](ablations.png)",
+        "",
+        "## Findings",
+        "",
+        *[f"- {f}" for f in findings(results)],
+        "",
+        "## K: Lorsa vs an attention-output TopK SAE of the same width and K",
+        "",
+    ]
+    for layer in results["layers"]:
+        base_line = results["layers"][layer]["baseline"]
+        lines += [
+            f"Layer {layer} (CE original {base_line['ce_original']:.4f}, attention output "
+            f"mean-ablated {base_line['ce_mean_ablated']:.4f}"
+            + (
+                "; mean ablation does not raise the loss here, so loss recovered is undefined"
+                if base_line["ce_mean_ablated"] <= base_line["ce_original"]
+                else ""
+            )
+            + "):",
+            "",
+            "| K | Lorsa FVU | SAE FVU | Lorsa / SAE | Lorsa loss rec. | SAE loss rec. "
+            "| Lorsa KL | SAE KL |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        sae = dict(_points(results, layer, "sae"))
+        for k, r in _points(results, layer, "k"):
+            a = sae.get(k)
+            lines.append(
+                f"| {k} | {_fmt(r['fvu'])} | {_fmt(a['fvu']) if a else '-'} | "
+                f"{_ratio(r['fvu'], a['fvu']) if a else '-'} | {_fmt(r['loss_recovered'])} | "
+                f"{_fmt(a['loss_recovered']) if a else '-'} | {_fmt(r['kl'])} | "
+                f"{_fmt(a['kl']) if a else '-'} |"
+            )
+        lines.append("")
+    for axis, title, unit in (
+        ("qk_heads", "QK sharing: number of QK heads for the same OV heads", "QK heads"),
+        ("d_qk", "QK rank", "d_qk"),
+    ):
+        lines += [f"## {title}", ""]
+        for layer in results["layers"]:
+            lines += [
+                f"Layer {layer}:",
+                "",
+                f"| {unit} | FVU | loss rec. | KL | dead | train s |",
+                "|---|---|---|---|---|---|",
+            ]
+            pts = _points(results, layer, axis)
+            if axis == "d_qk":
+                pts += [
+                    (f"{results['variants'][n]['d_qk']} (random QK start)", r)
+                    for n, r in _control(results, layer)
+                ]
+            for x, r in pts:
+                lines.append(
+                    f"| {x} | {_fmt(r['fvu'])} | {_fmt(r['loss_recovered'])} | {_fmt(r['kl'])} "
+                    f"| {r['dead_fraction']:.1%} | {r['train_s']:.0f} |"
+                )
+            lines.append("")
+    lines += [
+        "QK starts from the original heads on every axis: at d_qk below the head dimension "
+        "from each head's best rank-d_qk approximation of its score (SVD of the bilinear form, "
+        "biases included), above it from the head plus small random extra dimensions; the "
+        "control starts from random QK at the base rank. With fewer QK heads than the model's "
+        f"{results['n_heads']} heads, QK head j copies original head j x {results['n_heads']} / "
+        "n_qk and the other heads' patterns must be learned from there.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _control(results: dict, layer: str) -> list[tuple[str, dict]]:
+    runs = results["layers"][layer]["runs"]
+    return [(n, runs[n]) for n in results["axes"].get("control", []) if n in runs]
+
+
+def findings(results: dict) -> list[str]:
+    """Sentences computed from the figures (no judgement beyond the numbers)."""
+    out = []
+    s = results["settings"]["base_shapes"]
+    d_head = results["d_head"]
+    for layer in results["layers"]:
+        k_pts = _points(results, layer, "k")
+        sae = dict(_points(results, layer, "sae"))
+        if len(k_pts) >= 2:
+            (k0, r0), (k1, r1) = k_pts[0], k_pts[-1]
+            out.append(
+                f"Layer {layer}, K: Lorsa FVU {_fmt(r0['fvu'])} at K={k0} -> {_fmt(r1['fvu'])} "
+                f"at K={k1}; loss recovered {_fmt(r0['loss_recovered'])} -> "
+                f"{_fmt(r1['loss_recovered'])}."
+            )
+        ratios = [(k, r["fvu"] / sae[k]["fvu"]) for k, r in k_pts if k in sae and sae[k]["fvu"]]
+        if ratios:
+            text = ", ".join(f"{x:.2f} (K={k})" for k, x in ratios)
+            better = sum(x < 1 for _, x in ratios)
+            out.append(
+                f"Layer {layer}, Lorsa / SAE FVU at equal width and K: {text}; Lorsa is lower "
+                f"at {better} of {len(ratios)} K values."
+            )
+        d_pts = dict(_points(results, layer, "d_qk"))
+        ref = d_pts.get(d_head) or d_pts.get(s["d_qk"])
+        if ref and len(d_pts) >= 2:
+            parts = [f"d_qk={d}: {_ratio(r['fvu'], ref['fvu'])}" for d, r in sorted(d_pts.items())]
+            out.append(
+                f"Layer {layer}, QK rank: FVU relative to d_qk={d_head} (the head dimension): "
+                + ", ".join(parts)
+                + "."
+            )
+        for name, r in _control(results, layer):
+            base = d_pts.get(results["variants"][name]["d_qk"])
+            if base:
+                out.append(
+                    f"Layer {layer}, random QK start at the same rank: FVU "
+                    f"{_ratio(r['fvu'], base['fvu'])} the copied start's, loss recovered "
+                    f"{_fmt(r['loss_recovered'])} vs {_fmt(base['loss_recovered'])}."
+                )
+        q_pts = dict(_points(results, layer, "qk_heads"))
+        ref = q_pts.get(s["n_qk_heads"])
+        if ref and len(q_pts) >= 2:
+            parts = [f"{h}: {_ratio(r['fvu'], ref['fvu'])}" for h, r in sorted(q_pts.items())]
+            out.append(
+                f"Layer {layer}, QK heads: FVU relative to {s['n_qk_heads']} QK heads: "
+                + ", ".join(parts)
+                + "."
+            )
+    return out
+
+
+def summary_lines(results: dict) -> list[str]:
+    tag = " [SMOKE RUN]" if results.get("quick") else ""
+    lines = [f"Lorsa ablations{tag}: layer, run, FVU, loss recovered, KL, train s"]
+    for layer, data in results["layers"].items():
+        for name, r in data["runs"].items():
+            lines.append(
+                f"  L{layer} {name:34s} {r['fvu']:.4f}  {r['loss_recovered']:.4f}  "
+                f"{r['kl']:.4f}  {r['train_s']:.0f}"
+            )
+    return lines + findings(results)
+
+
+# ----------------------------------------------------------------- plots
+def _positive(v: float) -> float:
+    """For a log axis: NaN (not drawn) unless finite and positive."""
+    return v if v is not None and math.isfinite(v) and v > 0 else math.nan
+
+
+def _gap(r: dict) -> float:
+    """1 - loss recovered, floored at 1e-6 for the log axis (NaN where undefined: an
+    ablation that does not raise the loss)."""
+    v = r["loss_recovered"]
+    return max(1 - v, 1e-6) if v is not None and math.isfinite(v) else math.nan
+
+
+def plot(results: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 8))
+    axes = fig.subplots(2, 3)
+    colors = ["C0", "C1", "C2", "C3", "C4", "C5"]
+    for col, (axis, label, _) in enumerate(AXES):
+        top, bottom = axes[0, col], axes[1, col]
+        for i, layer in enumerate(results["layers"]):
+            c = colors[i % len(colors)]
+            series = [(f"Lorsa L{layer}", _points(results, layer, axis), "-o")]
+            if axis == "k":
+                series.append((f"SAE L{layer}", _points(results, layer, "sae"), "--s"))
+            for name, pts, style in series:
+                xs = [x for x, _ in pts]
+                top.plot(xs, [_positive(r["fvu"]) for _, r in pts], style, color=c, label=name)
+                bottom.plot(xs, [_gap(r) for _, r in pts], style, color=c, label=name)
+            if axis == "d_qk":
+                for n, r in _control(results, layer):
+                    x = results["variants"][n]["d_qk"]
+                    top.plot([x], [_positive(r["fvu"])], "x", color=c, markersize=10,
+                             label=f"random QK start L{layer}")  # fmt: skip
+                    bottom.plot([x], [_gap(r)], "x", color=c, markersize=10)
+        xs_all = sorted({x for l in results["layers"] for x, _ in _points(results, l, axis)})
+        for ax in (top, bottom):
+            ax.set_xlabel(label)
+            if not any(math.isfinite(v) for line in ax.get_lines() for v in line.get_ydata()):
+                ax.text(0.5, 0.5, "no finite values", ha="center", transform=ax.transAxes)
+                continue  # (a log axis needs some data)
+            if axis == "d_qk":
+                ax.axvline(results["d_head"], color="gray", linestyle=":", linewidth=1)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs_all, [str(x) for x in xs_all])
+            ax.minorticks_off()
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        top.set_ylabel("FVU (held-out)")
+        bottom.set_ylabel("1 - loss recovered (spliced alone)")
+        top.legend(fontsize=7)
+    title = "Lorsa ablations"
+    if results.get("quick"):
+        title += " (SMOKE RUN: meaningless figures)"
+    fig.suptitle(f"{title}: {results['settings']['steps']} steps per run")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    tmp.replace(path)
+
+
+def write_ablation_report(results: dict, out: Path) -> list[Path]:
+    """``ablations.md`` and ``ablations.png`` in ``out`` (created); returns their paths."""
+    from toy_models.files import write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(results, out / "ablations.png")
+    write_text_atomic(out / "ablations.md", markdown(results))
+    return [out / "ablations.md", out / "ablations.png"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m reports.ablations",
+        description="Render the Lorsa ablation results (benchmarks/lorsa_ablations.py) as "
+        "markdown and PNG curves.",
+    )
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
+    parser.add_argument("--out", type=Path, help="report directory (default: the JSON's stem)")
+    args = parser.parse_args(argv)
+    if not args.json.is_file():
+        raise UserError(
+            f"--json {args.json}: no such file (run python benchmarks/lorsa_ablations.py first)"
+        )
+    from toy_models.files import check_writable_dir
+
+    out = args.out or args.json.with_suffix("")
+    check_writable_dir(out)
+    try:
+        results = json.loads(args.json.read_text(encoding="utf-8"))
+        written = write_ablation_report(results, out)
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--json {args.json}: not a Lorsa ablation result ({exc!r})") from None
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

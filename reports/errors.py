@@ -1,0 +1,405 @@
+"""Error analysis of a replacement set: where each Lorsa layer and transcoder errs, by task
+family, token role and position, and whether the Lorsa error and an attention-output SAE's
+error on the same tokens share a direction (``replacement.errors`` has the bookkeeping).
+
+    python -m reports.errors [--json benchmarks/results/error_analysis_default.json] [--out DIR]
+
+re-renders the report (``errors.md``, ``errors.png``) from the results that
+``benchmarks/error_analysis.py`` computes with ``analyse_errors``.
+
+Rows are held-out documents, one per row, the families taking turns
+(``circuits.concepts.corpus_rows``: ``toy_models.data.examples(family, "heldout", seed)``), so
+every token's role comes from the generator's spans through its ground-truth concepts
+(``role_of``): ``bos``; ``name`` (any token of a character's name); ``operand`` and ``answer``
+(addition digits; digits of a 4-digit chained operand carry no concept and count as
+``other``); ``item`` (a successor list's elements); ``first`` and ``second`` (the two copies of
+a repeated segment); ``separator`` (``+``, ``=``, commas, full stops, ``|``, line breaks);
+``other`` (everything else: sentence frames, filler stretches, story text).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from circuits.concepts import CONCEPTS
+from toy_models.cli import UserError, run_cli
+from toy_models.data import FAMILIES
+
+DEFAULT_JSON = Path("benchmarks/results/error_analysis_default.json")
+ROLES = ("bos", "name", "operand", "answer", "item", "first", "second", "separator", "other")
+SEPARATOR_CONCEPTS = frozenset(
+    c for c in CONCEPTS if "'" in c or c.endswith(("comma", "full stop", "line break"))
+)
+
+
+def _role_rule(concept: str) -> str | None:
+    if concept == "BOS":
+        return "bos"
+    if concept.startswith("name:"):
+        return "name"
+    if concept.startswith(("addition: first operand", "addition: second operand")):
+        return "operand"
+    if concept.startswith("addition: answer digit"):
+        return "answer"
+    if concept.startswith("successor:") and "item" in concept:
+        return "item"
+    if concept == "repeat: first copy":
+        return "first"
+    if concept.startswith("repeat: ") and "second copy" in concept:
+        return "second"
+    if concept in SEPARATOR_CONCEPTS:
+        return "separator"
+    return None
+
+
+ROLE_OF_CONCEPT = {i: _role_rule(c) for i, c in enumerate(CONCEPTS)}
+
+
+def role_of(concepts: tuple[int, ...]) -> int:
+    """A token's role (index into ``ROLES``) from its concept indices: the first role in
+    ``ROLES`` order that one of its concepts names, else ``other``."""
+    found = {ROLE_OF_CONCEPT[c] for c in concepts} - {None}
+    return next((i for i, r in enumerate(ROLES) if r in found), ROLES.index("other"))
+
+
+# ----------------------------------------------------------------- the analysis
+def analyse_errors(
+    replacement,
+    tokenizer,
+    layers: list[int],
+    n_rows: int,
+    *,
+    saes: dict | None = None,
+    seed: int = 4242,
+    n_top: int = 8,
+    batch_size: int = 16,
+) -> dict:
+    """Every figure of the report for ``layers``; ``saes`` maps a layer to its attention-output
+    SAE (compared with that layer's Lorsa)."""
+    import torch
+
+    from circuits.concepts import corpus_rows
+    from replacement.errors import (
+        KINDS,
+        POSITION_BINS,
+        bin_labels,
+        concentration,
+        dictionary_errors,
+        error_shares,
+        position_bins,
+        shared_direction,
+        top_tokens,
+    )
+    from toy_models.data import pad_rows
+
+    n_ctx = replacement.cfg.n_ctx
+    rows = corpus_rows(tokenizer, n_ctx, seed, 0, n_rows)
+    tokens = pad_rows([r.ids for r in rows])
+    lengths = torch.tensor([len(r.ids) for r in rows])
+    mask = torch.arange(tokens.shape[1])[None] < lengths[:, None]
+    family = torch.tensor([FAMILIES.index(r.example.family) for r in rows])[:, None].expand_as(
+        tokens
+    )
+    role = pad_rows([[role_of(c) for c in r.concepts] for r in rows])
+    positions = torch.arange(tokens.shape[1])[None].expand_as(tokens)
+    edges = [e for e in POSITION_BINS if e < n_ctx]
+    labels = {
+        "family": family[mask],
+        "role": role[mask],
+        "position": position_bins(positions[mask], edges),
+        "token": tokens[mask],
+    }
+    errors: dict = {}
+    for batch in tokens.split(batch_size):
+        for key, (e, y) in dictionary_errors(replacement, batch, layers).items():
+            errors.setdefault(key, []).append((e, y))
+    flat = {}
+    for key, parts in errors.items():
+        e = torch.cat([p[0] for p in parts])[mask]
+        y = torch.cat([p[1] for p in parts])[mask]
+        flat[key] = (e, y)
+    del errors
+    pos_labels = bin_labels(edges, n_ctx)
+    out: dict = {
+        "rows": n_rows,
+        "tokens": int(mask.sum()),
+        "seed": seed,
+        "families": list(FAMILIES),
+        "roles": list(ROLES),
+        "position_bins": pos_labels,
+        "layers": layers,
+        "by_kind": {kind: {} for kind in KINDS},
+        "lorsa_vs_sae": {},
+    }
+    for (kind, l), (e, y) in flat.items():
+        top = top_tokens(e, labels["token"], n_top)
+        dense = top_tokens(e, labels["token"], n_top, min_count=10, by="enrichment")
+        for t in top + dense:
+            t["text"] = tokenizer.id_to_token(t["token"])
+        out["by_kind"][kind][str(l)] = {
+            "by_family": error_shares(e, y, labels["family"], len(FAMILIES)),
+            "by_role": error_shares(e, y, labels["role"], len(ROLES)),
+            "by_position": error_shares(e, y, labels["position"], len(pos_labels)),
+            "concentration": concentration(e),
+            "top_tokens": top,
+            "dense_tokens": dense,
+        }
+    with torch.no_grad():
+        for l, sae in (saes or {}).items():
+            e_lorsa, y = flat["lorsa", l]
+            e_sae = y - sae(y)
+            record = shared_direction(e_lorsa, e_sae)
+            record["lorsa_fvu"] = out["by_kind"]["lorsa"][str(l)]["by_family"]["fvu"]
+            record["sae_fvu"] = error_shares(e_sae, y, labels["family"], len(FAMILIES))["fvu"]
+            record["by_family_mean_cosine"] = {
+                f: shared_direction(e_lorsa[sel], e_sae[sel])["mean_cosine"]
+                for i, f in enumerate(FAMILIES)
+                if (sel := labels["family"] == i).any()
+            }
+            out["lorsa_vs_sae"][str(l)] = record
+    return out
+
+
+# ----------------------------------------------------------------- markdown
+def _pct(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1%}"
+
+
+def _share_table(results: dict, split: str, names: list[str]) -> list[str]:
+    """Rows (kind, layer); per group: error share (token share) and the group's FVU."""
+    head = "| kind | layer | FVU | " + " | ".join(names) + " |"
+    lines = [head, "|" + "---|" * (len(names) + 3)]
+    for kind, per_layer in results["by_kind"].items():
+        for layer, r in per_layer.items():
+            s = r[split]
+            cells = [
+                f"{_pct(e)} ({_pct(t)}); {g:.3f}" if not math.isnan(g) else "-"
+                for e, t, g in zip(s["error_share"], s["token_share"], s["group_fvu"], strict=True)
+            ]
+            lines.append(f"| {kind} | {layer} | {s['fvu']:.4f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def findings(results: dict) -> list[str]:
+    out = []
+    for kind, per_layer in results["by_kind"].items():
+        for layer, r in per_layer.items():
+            s = r["by_role"]
+            enrich = [
+                (e / t, ROLES[i]) for i, (e, t) in enumerate(zip(s["error_share"], s["token_share"],
+                                                                  strict=True)) if t > 0.005
+            ]  # fmt: skip
+            hi = max(enrich)
+            f = r["by_family"]
+            worst = max(range(len(f["group_fvu"])), key=lambda i: f["group_fvu"][i])
+            c = r["concentration"]
+            out.append(
+                f"{kind} layer {layer}: FVU {s['fvu']:.4f}; most error-dense role '{hi[1]}' "
+                f"({hi[0]:.1f}x its token share); worst family '{results['families'][worst]}' "
+                f"(group FVU {f['group_fvu'][worst]:.3f}); {c['tokens_for_half']:.1%} of tokens "
+                f"carry half the error."
+            )
+    for layer, r in results["lorsa_vs_sae"].items():
+        out.append(
+            f"layer {layer}: Lorsa and attention-SAE errors, mean cosine {r['mean_cosine']:.3f} "
+            f"(shuffled tokens {r['mean_cosine_shuffled']:.3f}); an affine map of the Lorsa error "
+            f"explains {r['r2_b_from_a']:.1%} of the SAE error's variance and the reverse "
+            f"{r['r2_a_from_b']:.1%} (FVU Lorsa {r['lorsa_fvu']:.4f}, SAE {r['sae_fvu']:.4f})."
+        )
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Error analysis of the replacement layers", ""]
+    if results.get("quick"):
+        lines += [
+            "**SMOKE RUN (`--quick`): a few rows and a barely trained SAE; these figures check "
+            "the machinery and mean nothing.**",
+            "",
+        ]
+    lines += [
+        f"Model `{results.get('model')}`, replacement set `{results.get('replacement')}`; "
+        f"{results['rows']} held-out documents (one per row, families in turn), "
+        f"{results['tokens']} tokens. A dictionary's error on a token is its target minus its "
+        "reconstruction on the original model's input. Each cell: the group's share of the "
+        "error energy (its share of tokens); the group's own FVU (its error energy over its "
+        "tokens' variance about the overall mean). The error shares of a row sum to 100% and "
+        "the FVU contributions (share x FVU) to the row's FVU.",
+        "",
+        "![errors](errors.png)",
+        "",
+        "## Findings",
+        "",
+        *[f"- {f}" for f in findings(results)],
+        "",
+        "## By task family",
+        "",
+        *_share_table(results, "by_family", results["families"]),
+        "",
+        "## By token role",
+        "",
+        *_share_table(results, "by_role", results["roles"]),
+        "",
+        "## By position",
+        "",
+        *_share_table(results, "by_position", results["position_bins"]),
+        "",
+        "## Where it concentrates: tokens",
+        "",
+        "Top tokens: most error energy in all (share of the error, x their token share); "
+        "densest: most error per occurrence among tokens seen 10 times or more.",
+        "",
+        "| kind | layer | tokens for half the error | for 90% | top 1% carry | top tokens "
+        "| densest tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, per_layer in results["by_kind"].items():
+        for layer, r in per_layer.items():
+            c = r["concentration"]
+            top, dense = (
+                ", ".join(
+                    f"`{t['text']}` {t['error_share']:.1%} ({t['enrichment']:.1f}x)"
+                    for t in r.get(key, [])[:5]
+                )
+                for key in ("top_tokens", "dense_tokens")
+            )
+            lines.append(
+                f"| {kind} | {layer} | {_pct(c['tokens_for_half'])} | "
+                f"{_pct(c['tokens_for_90pct'])} | {_pct(c['top_1pct_share'])} | {top} | {dense} |"
+            )
+    if results["lorsa_vs_sae"]:
+        sae = results.get("sae", {})
+        lines += [
+            "",
+            "## Lorsa error vs attention-output SAE error on the same tokens",
+            "",
+            f"The SAE: {sae.get('width')} latents, K {sae.get('top_k')}, {sae.get('steps')} "
+            "training steps (the replacement recipe; the shipped Lorsa had its own training "
+            "run). Mean cosine per token, and with the SAE errors' tokens shuffled (what a "
+            "shared mean direction alone gives); the share of one error's energy along the "
+            "other's direction, token by token; and the variance of one explained by an affine "
+            "map of the other (fitted on half the tokens, measured on the other half).",
+            "",
+            "| layer | FVU Lorsa | FVU SAE | mean cos | shuffled | SAE along Lorsa | Lorsa along "
+            "SAE | R^2 SAE from Lorsa | R^2 Lorsa from SAE | mean cos by family |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for layer, r in results["lorsa_vs_sae"].items():
+            fam = ", ".join(f"{f} {v:.2f}" for f, v in r["by_family_mean_cosine"].items())
+            lines.append(
+                f"| {layer} | {r['lorsa_fvu']:.4f} | {r['sae_fvu']:.4f} | {r['mean_cosine']:.3f} "
+                f"| {r['mean_cosine_shuffled']:.3f} | {_pct(r['b_along_a'])} | "
+                f"{_pct(r['a_along_b'])} | {_pct(r['r2_b_from_a'])} | {_pct(r['r2_a_from_b'])} "
+                f"| {fam} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- plots
+def plot(results: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 8))
+    axes = fig.subplots(2, 3)
+    kinds = list(results["by_kind"])
+    for col, kind in enumerate(kinds[:2]):
+        per_layer = results["by_kind"][kind]
+        for row, (split, names) in enumerate(
+            (("by_role", results["roles"]), ("by_position", results["position_bins"]))
+        ):
+            ax = axes[row, col]
+            width = 0.8 / max(1, len(per_layer))
+            for j, (layer, r) in enumerate(per_layer.items()):
+                s = r[split]
+                ratio = [
+                    e / t if t > 0 else 0.0
+                    for e, t in zip(s["error_share"], s["token_share"], strict=True)
+                ]
+                ax.bar([i + j * width for i in range(len(names))], ratio, width, label=f"L{layer}")
+            ax.axhline(1.0, color="k", linewidth=0.8, linestyle="--")
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, fontsize=8,
+                          rotation=30)  # fmt: skip
+            ax.set_yscale("log")
+            ax.set_ylabel("error share / token share")
+            ax.set_title(f"{kind}: error per token {split.replace('_', ' ')} (1 = average)")
+            ax.legend(fontsize=7)
+    ax = axes[0, 2]
+    vs = results["lorsa_vs_sae"]
+    if vs:
+        keys = [
+            ("mean_cosine", "mean cos"),
+            ("mean_cosine_shuffled", "shuffled cos"),
+            ("r2_b_from_a", "R² SAE from Lorsa"),
+            ("r2_a_from_b", "R² Lorsa from SAE"),
+        ]
+        width = 0.8 / len(keys)
+        layers = list(vs)
+        for j, (key, label) in enumerate(keys):
+            ax.bar([i + j * width for i in range(len(layers))], [vs[l][key] for l in layers],
+                   width, label=label)  # fmt: skip
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))],
+                      [f"L{l}" for l in layers])  # fmt: skip
+        ax.legend(fontsize=7)
+    ax.set_title("Lorsa error vs attention-SAE error, same tokens")
+    ax = axes[1, 2]
+    for kind in kinds:
+        for layer, r in results["by_kind"][kind].items():
+            ax.plot(results["families"], r["by_family"]["group_fvu"], "-o",
+                    label=f"{kind} L{layer}")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_ylabel("FVU within the family's tokens")
+    ax.set_title("By task family")
+    ax.legend(fontsize=6, ncol=2)
+    title = "Replacement-layer errors"
+    if results.get("quick"):
+        title += " (SMOKE RUN: meaningless figures)"
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    tmp.replace(path)
+
+
+def write_error_report(results: dict, out: Path) -> list[Path]:
+    """``errors.md`` and ``errors.png`` in ``out`` (created); returns their paths."""
+    from toy_models.files import write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(results, out / "errors.png")
+    write_text_atomic(out / "errors.md", markdown(results))
+    return [out / "errors.md", out / "errors.png"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m reports.errors",
+        description="Render the error analysis (benchmarks/error_analysis.py) as markdown and PNG.",
+    )
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
+    parser.add_argument("--out", type=Path, help="report directory (default: the JSON's stem)")
+    args = parser.parse_args(argv)
+    if not args.json.is_file():
+        raise UserError(
+            f"--json {args.json}: no such file (run python benchmarks/error_analysis.py first)"
+        )
+    from toy_models.files import check_writable_dir
+
+    out = args.out or args.json.with_suffix("")
+    check_writable_dir(out)
+    try:
+        results = json.loads(args.json.read_text(encoding="utf-8"))
+        written = write_error_report(results, out)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"--json {args.json}: not an error-analysis result ({exc!r})") from None
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,361 @@
+"""Lorsa ablations (replacement.ablations, benchmarks/lorsa_ablations.py), the error analysis
+(replacement.errors, reports.errors, benchmarks/error_analysis.py) and their reports, on
+tiny models where the answer is known."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from replacement import ablations
+from replacement.ablations import (
+    CachedLayerRows,
+    LayerEvaluation,
+    SweepAxes,
+    Variant,
+    copy_qk_heads,
+    fvu_of,
+    sweep_variants,
+    train_variant,
+    unique_variants,
+)
+from replacement.errors import (
+    bin_labels,
+    concentration,
+    error_shares,
+    position_bins,
+    shared_direction,
+    top_tokens,
+)
+from replacement.lorsa import LorsaConfig, LorsaLayer
+from replacement.train import SHAPES, ReplacementTrainConfig
+from replacement.transcoder import Transcoder, TranscoderConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------- the sweep's variants
+def test_sweep_variants_share_the_base_run_and_have_unique_names():
+    base = SHAPES["default"]
+    axes = sweep_variants(base, SweepAxes())
+    runs = unique_variants(axes)
+    names = [v.name for v in runs]
+    assert len(names) == len(set(names)) == 4 + 4 + 4 + 4 + 1  # K, SAE, QK heads, d_qk, control
+    base_name = Variant("lorsa", 32, 1024, 16, 16).name
+    for axis in ("k", "qk_heads", "d_qk"):
+        assert base_name in [v.name for v in axes[axis]]
+    assert [v.top_k for v in axes["sae"]] == [8, 16, 32, 64]
+    assert all(v.width == 1024 for v in runs)
+    assert axes["control"][0].qk_init == "random"
+    with pytest.raises(ValueError, match="multiple"):
+        Variant("lorsa", 4, 32, 3, 8)
+
+
+# ----------------------------------------------------------------- QK rank
+def _pattern_of(model, x, layer: int) -> torch.Tensor:
+    attn = model.blocks[layer].attn
+    q = torch.einsum("bpd,hde->bhpe", x, attn.W_Q) + attn.b_Q[:, None]
+    k = torch.einsum("bpd,hde->bhpe", x, attn.W_K) + attn.b_K[:, None]
+    n = x.shape[1]
+    scores = q @ k.transpose(-1, -2) / attn.W_Q.shape[-1] ** 0.5
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+
+
+def test_copied_qk_reproduces_the_heads_at_and_above_their_rank(random_model, monkeypatch):
+    """From each head's SVD, a rank >= d_head reproduces its patterns (extra dimensions at 0);
+    a lower rank cannot."""
+    monkeypatch.setattr(ablations, "PAD_SCALE", 0.0)
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, random_model.cfg.d_model)
+    want = _pattern_of(random_model, x, 0)  # 3 heads of dimension 8
+    errors = {}
+    for d_qk in (2, 8, 16):
+        lorsa = LorsaLayer(LorsaConfig(random_model.cfg.d_model, 3, 6, d_qk, 6))
+        copy_qk_heads(lorsa, random_model.blocks[0].attn, s_x=2.0, seed=0)
+        got = lorsa.patterns(2.0 * x)  # inputs scaled by s_x, as in training
+        errors[d_qk] = (got - want).abs().max().item()
+    assert errors[8] < 1e-4 and errors[16] < 1e-4
+    assert errors[2] > 1e-2
+
+
+def test_fewer_qk_heads_than_heads_copy_those_heads_at_their_own_scale(random_model):
+    """One QK head for a 3-head layer copies head 0; with every OV head kept its output is
+    head 0's output (not 3x it, as when the cover count was the average over heads)."""
+    from replacement.dictionaries import init_lorsa_from_heads
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, random_model.cfg.d_vocab, (2, random_model.cfg.n_ctx))
+    with torch.no_grad():
+        _, cache = random_model.run_with_cache(tokens)
+        attn = random_model.blocks[0].attn
+        head0 = cache["blocks.0.attn.hook_z"][:, :, 0] @ attn.W_O[0]
+        d = random_model.cfg.d_model
+        lorsa = LorsaLayer(LorsaConfig(d, 1, 16, 8, 16))  # 16 = a +/- pair per value dimension
+        init_lorsa_from_heads(lorsa, attn, 1.0, 1.0, torch.zeros(d), seed=0)
+        out = lorsa(cache["blocks.0.ln1.hook_normalized"])
+    torch.testing.assert_close(out, head0, atol=1e-4, rtol=1e-4)
+
+
+def test_a_rank_that_holds_the_heads_recovers_them_better_than_a_smaller_one(random_model):
+    """Attention of a random model, whose heads are exactly representable at d_qk = d_head
+    (8) and not at 2: after the same short training, the larger rank explains more."""
+    torch.manual_seed(0)
+    model, layer = random_model, 0
+    tokens = torch.randint(0, model.cfg.d_vocab, (40, model.cfg.n_ctx))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    x, y = cache["blocks.0.ln1.hook_normalized"], cache["blocks.0.hook_attn_out"]
+    rows = CachedLayerRows.from_tensors(x[:32], y[:32], batch_size=8)
+    cfg = ReplacementTrainConfig(
+        steps=30, batch_size=8, norm_batches=2, aux_k=8, dead_tokens=10**9, k_start_factor=1
+    )
+    fvu = {}
+    for d_qk in (2, 8):
+        variant = Variant("lorsa", top_k=48, width=48, n_qk_heads=3, d_qk=d_qk)
+        module, info = train_variant(variant, model, rows, layer, cfg)
+        assert info["train_s"] >= 0 and len(info["scales"]) == 2
+        fvu[d_qk] = fvu_of(module, "lorsa", x[32:], y[32:])
+    assert fvu[8] < 0.5 * fvu[2], fvu
+
+
+# ----------------------------------------------------------------- held-out measures
+@pytest.fixture(scope="module")
+def heldout_cache(tiny_run, tmp_path_factory):
+    from replacement.activation_cache import ActivationCache, build_cache
+    from toy_models.zoo import load_pretrained
+
+    model, tokenizer = load_pretrained(str(tiny_run))
+    out = tmp_path_factory.mktemp("heldout") / "acts"
+    build_cache(model, tokenizer, out, 8, split="heldout", seed=4242, chunk_rows=8,
+                forward_batch=4, quiet=True)  # fmt: skip
+    return model, ActivationCache(out, model)
+
+
+def test_an_exact_dictionary_has_zero_fvu_and_recovers_all_the_loss(heldout_cache):
+    """An SAE whose latents are +x and -x of every dimension reconstructs exactly (FVU 0,
+    the spliced model is the original: loss recovered 1, KL 0); so does a Lorsa initialised
+    from the heads with every head kept and b_D = b_O, to rounding."""
+    model, cache = heldout_cache
+    d = model.cfg.d_model
+    evaluation = LayerEvaluation(model, cache, 0, batch_size=4)
+    sae = Transcoder(TranscoderConfig(d, 2 * d, d))
+    with torch.no_grad():
+        eye = torch.eye(d)
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    r = evaluation.measure(sae, "sae", batch_size=4)
+    assert r["fvu"] == 0.0 and r["kl"] == pytest.approx(0.0, abs=1e-9)
+    assert r["loss_recovered"] == pytest.approx(1.0, abs=1e-9) and r["l0"] <= d
+    base = evaluation.baseline()
+    assert base["heldout_rows"] == 8 and base["ce_mean_ablated"] >= base["ce_original"] - 1e-6
+
+    attn = model.blocks[0].attn
+    n_heads, d_head = attn.W_Q.shape[0], attn.W_Q.shape[-1]
+    width = n_heads * 2 * d_head  # one +/- pair per value dimension of every head
+    lorsa = LorsaLayer(LorsaConfig(d, n_heads, width, d_head, width))
+    from replacement.dictionaries import init_lorsa_from_heads
+
+    init_lorsa_from_heads(lorsa, attn, 1.0, 1.0, attn.b_O.detach().clone(), seed=0)
+    r = evaluation.measure(lorsa, "lorsa", batch_size=4)
+    assert r["fvu"] < 1e-8 and r["kl"] < 1e-6
+    assert r["ce"] == pytest.approx(base["ce_original"], abs=1e-5)
+
+
+# ----------------------------------------------------------------- error bookkeeping
+def test_error_shares_sum_to_the_total():
+    torch.manual_seed(0)
+    target = torch.randn(500, 6) * torch.linspace(0.5, 2, 6)
+    error = torch.randn(500, 6) * 0.3
+    groups = torch.randint(0, 4, (500,))
+    groups[:3] = 4  # a small group
+    s = error_shares(error, target, groups, 6)  # group 5 is empty
+    total = error.double().pow(2).sum() / (target.double() - target.double().mean(0)).pow(2).sum()
+    assert s["fvu"] == pytest.approx(float(total))
+    assert sum(s["fvu_contribution"]) == pytest.approx(s["fvu"])
+    assert sum(s["error_share"]) == pytest.approx(1.0)
+    assert sum(s["token_share"]) == pytest.approx(1.0) and s["tokens"][5] == 0
+    assert s["fvu_contribution"][5] == 0.0 and s["group_fvu"][5] != s["group_fvu"][5]  # NaN
+    # a group's FVU is its error energy over its own spread about the overall mean
+    sel = groups == 2
+    mean = target.double().mean(0)
+    want = error[sel].double().pow(2).sum() / (target[sel].double() - mean).pow(2).sum()
+    assert s["group_fvu"][2] == pytest.approx(float(want))
+
+
+def test_positions_concentration_and_top_tokens():
+    edges = (0, 1, 2, 4)
+    assert position_bins(torch.tensor([0, 1, 2, 3, 4, 9]), edges).tolist() == [0, 1, 2, 2, 3, 3]
+    assert bin_labels(edges, n_ctx=16) == ["0", "1", "2-3", "4-15"]
+    error = torch.zeros(200, 4)
+    error[7] = 5.0  # one token carries all of it
+    c = concentration(error)
+    assert c["tokens_for_half"] == c["tokens_for_90pct"] == 1 / 200 and c["top_1pct_share"] == 1
+    ids = torch.arange(200) % 10  # token 7 appears 20 times, once with the error
+    top = top_tokens(error, ids, k=3)
+    assert len(top) == 1 and top[0]["token"] == 7 and top[0]["error_share"] == 1.0
+    assert top[0]["enrichment"] == pytest.approx(10.0)
+    error[:100] += 1.0  # now every even token has some error; token 7 still the densest
+    by_share = top_tokens(error, ids, k=10)
+    dense = top_tokens(error, ids, k=2, by="enrichment")
+    assert dense[0]["token"] == 7 and len(by_share) == 10
+    assert sum(t["error_share"] for t in by_share) == pytest.approx(1.0)
+
+
+def test_shared_direction_known_answers():
+    torch.manual_seed(0)
+    a = torch.randn(400, 16)
+    same = shared_direction(a, 2 * a)
+    assert same["mean_cosine"] == pytest.approx(1.0) and same["b_along_a"] == pytest.approx(1.0)
+    assert same["r2_b_from_a"] == pytest.approx(1.0) and same["r2_a_from_b"] == pytest.approx(1.0)
+    assert shared_direction(a, -a)["mean_cosine"] == pytest.approx(-1.0)
+    other = shared_direction(a, torch.randn(400, 16))
+    assert abs(other["mean_cosine"]) < 0.05 and other["b_along_a"] < 0.15
+    assert other["r2_b_from_a"] < 0.1
+    # a shared constant direction shows in the shuffled baseline too
+    common = torch.zeros(16)
+    common[0] = 10.0
+    shifted = shared_direction(a + common, torch.randn(400, 16) + common)
+    assert shifted["mean_cosine"] > 0.5 and shifted["mean_cosine_shuffled"] > 0.5
+
+
+def test_token_roles_come_from_the_spans(tiny_pretrained):
+    from circuits.concepts import corpus_rows
+    from reports.errors import ROLES, role_of
+
+    _, tokenizer = tiny_pretrained
+    rows = corpus_rows(tokenizer, 128, 4242, 0, 8)
+    seen = {r.example.family: set() for r in rows}
+    for r in rows:
+        roles = [ROLES[role_of(c)] for c in r.concepts]
+        assert roles[0] == "bos" and "bos" not in roles[1:]
+        seen[r.example.family] |= set(roles)
+    assert {"name", "other"} <= seen["names"]
+    assert {"operand", "answer", "separator"} <= seen["addition"]
+    assert {"item", "separator"} <= seen["successor"]
+    assert {"first", "second"} <= seen["repeat"]
+
+
+# ----------------------------------------------------------------- the commands
+def _script(path: str, *args, cwd=ROOT):
+    """Run a benchmark script in a fresh interpreter; also report whether torch was imported
+    before it exited."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{path!r}, *{list(map(str, args))!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({path!r}, run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=900
+    )
+
+
+@pytest.mark.parametrize(
+    "script, args, match",
+    [
+        ("benchmarks/lorsa_ablations.py", ["--steps", "0"], "--steps must be positive"),
+        ("benchmarks/lorsa_ablations.py", ["--ks", "8,x"], "--ks must be comma-separated"),
+        ("benchmarks/lorsa_ablations.py", ["--qk-heads", "3"], "do not divide"),
+        ("benchmarks/lorsa_ablations.py", ["--layers", "all"], "must name layers"),
+        ("benchmarks/lorsa_ablations.py", ["--model", "gpt5"], "unknown"),
+        ("benchmarks/error_analysis.py", ["--rows", "0"], "--rows must be positive"),
+        ("benchmarks/error_analysis.py", ["--replacement", "/nonexistent"], "no replacement"),
+    ],
+)
+def test_benchmark_arguments_are_checked_before_torch(script, args, match):
+    result = _script(script, *args)
+    *lines, torch_line = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and torch_line == "NOTORCH", result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], lines
+
+
+@pytest.mark.parametrize("module", ["reports.ablations", "reports.errors"])
+def test_report_commands_need_their_results(module, fresh_cli, tmp_path):
+    code, heavy, err = fresh_cli(module, ["--help"], cwd=ROOT)
+    assert code == 0 and not heavy
+    code, heavy, err = fresh_cli(module, ["--json", str(tmp_path / "none.json")], cwd=ROOT)
+    assert code == 2 and not heavy and err.startswith("error:") and "no such file" in err
+    (tmp_path / "bad.json").write_text("{}")
+    code, _, err = fresh_cli(module, ["--json", str(tmp_path / "bad.json")], cwd=ROOT)
+    assert code == 2 and "not a" in err and len(err.strip().splitlines()) == 1
+
+
+def _benchmark(name: str):
+    """A benchmark script as a module (they are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_sweep_writes_results_and_a_report_and_resumes(tiny_run, tmp_path, cli):
+    """The whole sweep in smoke-run size on the tiny model; a rerun reads every record back."""
+    main = _benchmark("lorsa_ablations").main
+    args = ["--model", tiny_run, "--config", "tiny", "--quick", "--quiet",
+            "--work", tmp_path / "work", "--json", tmp_path / "abl.json"]  # fmt: skip
+    code, out, err = cli(main, *args)
+    assert code == 0, err
+    assert "SMOKE RUN" in out
+    results = json.loads((tmp_path / "abl.json").read_text())
+    assert results["quick"] and results["settings"]["layers"] == [1]
+    runs = results["layers"]["1"]["runs"]
+    assert len(runs) == 7  # K x2, SAE x2, one more QK-head count, one more rank, the control
+    for r in runs.values():
+        assert {"fvu", "l0", "loss_recovered", "kl", "train_s"} <= set(r)
+    assert {r["l0"] for n, r in runs.items() if n.startswith("sae")} <= {2.0, 4.0}
+    md = (tmp_path / "abl" / "ablations.md").read_text()
+    assert "SMOKE RUN" in md and (tmp_path / "abl" / "ablations.png").stat().st_size > 1000
+    code, _, err = cli(main, *args)  # every run is read back, none retrained
+    assert code == 0, err
+    assert json.loads((tmp_path / "abl.json").read_text())["layers"] == results["layers"]
+    md = (tmp_path / "abl" / "ablations.md").read_text()
+    from reports.ablations import main as render
+
+    code, _, err = cli(render, "--json", tmp_path / "abl.json", "--out", tmp_path / "again")
+    assert code == 0 and (tmp_path / "again" / "ablations.md").read_text() == md
+
+
+def test_quick_error_analysis_end_to_end(tiny_run, make_replacement, tmp_path, cli):
+    from toy_models.zoo import load_pretrained
+
+    model, _ = load_pretrained(str(tiny_run))
+    make_replacement(model, n_qk=2, n_ov=8).save(tmp_path / "set", str(tiny_run))
+    args = ["--model", tiny_run, "--replacement", tmp_path / "set", "--quick", "--quiet",
+            "--work", tmp_path / "work", "--json", tmp_path / "err.json"]  # fmt: skip
+    code, out, err = cli(_benchmark("error_analysis").main, *args)
+    assert code == 0, err
+    r = json.loads((tmp_path / "err.json").read_text())
+    assert r["quick"] and set(r["by_kind"]) == {"lorsa", "transcoder"}
+    for per_layer in r["by_kind"].values():
+        assert set(per_layer) == {"0", "1"}
+        for split in ("by_family", "by_role", "by_position"):
+            s = per_layer["0"][split]
+            assert sum(s["fvu_contribution"]) == pytest.approx(s["fvu"], rel=1e-9)
+            assert sum(s["error_share"]) == pytest.approx(1.0)
+    assert set(r["lorsa_vs_sae"]) == {"0", "1"}
+    assert -1 <= r["lorsa_vs_sae"]["0"]["mean_cosine"] <= 1
+    md = (tmp_path / "err" / "errors.md").read_text()
+    assert "SMOKE RUN" in md and "By token role" in md
+
+
+def test_streamed_attention_saes_train_the_given_layers(tiny_pretrained):
+    from replacement.attn_sae import train_attn_saes
+
+    model, tokenizer = tiny_pretrained
+    saes, seconds = train_attn_saes(model, tokenizer, 16, 2, 3, layers=[1], quiet=True)
+    assert len(saes) == 1 and seconds >= 0
+    assert saes[0].cfg.d_sae == 16 and all(torch.isfinite(p).all() for p in saes[0].parameters())

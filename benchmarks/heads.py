@@ -2,14 +2,18 @@
 
     python benchmarks/heads.py [--model default]
 
-Targets: every family found (>= 1 labelled head), and for each family, zeroing its heads
-raises its task's loss >= 5x as much as zeroing as many random heads from the same layers
-(and by >= 0.01 nats). Runs the analysis with ``python -m reports.heads``'s default settings
-(the figures that command writes), timed apart from start-up (imports and loading), then two
-checks of the analysis itself:
+Targets: every family found (>= 1 labelled head), and for each family, its test (zeroing its
+heads; for attention sinks, taking away their attention to BOS) raises its task's loss >= 5x
+as much as the same test on as many random heads from the same layers (and by >= 0.01
+nats); successor heads must also pass the OV test (the successor among the family's top
+promoted tokens for >= half the items). Where a family fails, the report's account says where
+the model computes its task instead (layer ablations of heads vs features, direct effects).
+Runs the analysis with ``python -m reports.heads``'s default settings (the figures that command
+writes), timed apart from start-up (imports and loading), then two checks of the analysis
+itself:
 
-- robustness of each ratio: the family-vs-random ablation again with another seed and three
-  times the random draws (random controls are heavy-tailed: one critical head in a draw
+- robustness of each ratio: each family's test vs random heads again with another seed and
+  three times the random draws (random controls are heavy-tailed: one critical head in a draw
   dominates its mean);
 - group testing vs exhaustive ablation: every head active on the cheapest task
   (``repeat_second_copy``) ablated alone, to see whether group testing (which never splits a
@@ -87,13 +91,16 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     labelled = H.labels(scores)
-    batches = H.task_batches(replacement, probes)
+    corpus = H.corpus_batches(replacement, probes)
+    batches = H.task_batches(replacement, probes, corpus)
     clean = {t: H.task_loss(replacement, b, {}) for t, b in batches.items() if b}
     robust = {}
     for f in H.HEAD_FAMILIES:
+        test = H.TEST_OF[f]
         a = H.family_ablation(
-            replacement, batches, clean, labelled[f], H.TASK_OF[f], 3 * settings.draws, seed=1
-        )
+            replacement, batches, clean, labelled[f], H.TASK_OF[f], 3 * settings.draws, seed=1,
+            test=test, corpus=corpus, every_task=test == "mask_bos",
+        )  # fmt: skip
         robust[f] = {k: a.get(k) for k in ("increase", "random_mean", "ratio", "matched_ratio")}
         robust[f]["meets_target"] = bool(a.get("meets_target"))
     seconds["robustness_check"] = time.perf_counter() - t0
@@ -115,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     for f in H.HEAD_FAMILIES:
         fam, a, d = results["families"][f], results["ablation"][f], results["detectors"][f]
         families[f] = {
+            "test": fam["test"],
             "heads": fam["total"],
             "per_layer": fam["counts_per_layer"],
+            "layers": fam["layers"],
             "top_heads": [f"L{h['layer']}H{h['head']} {h['score']:.2f}" for h in fam["heads"][:5]],
             "task": a["task"],
             "ablation_increase": a.get("increase"),
@@ -129,7 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             "precision": d["precision"],
             "recall": d["recall"],
             "true_heads_by_label": d["true_heads_by_label"],
+            "met": results["met"][f],
         }
+        if not results["met"][f]:
+            families[f]["task_account"] = results["account"].get(a["task"])
+    families["attention_sink"]["every_task"] = results["ablation"]["attention_sink"].get(
+        "every_task"
+    )
+    families["successor"]["ov_test"] = results["successor_ov"]
     targets = {
         f"found_{f}": {"value": families[f]["heads"], "threshold": 1, "met": results["found"][f]}
         for f in H.HEAD_FAMILIES
@@ -137,10 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         f"ablation_ratio>=5_{f}": {
             "value": families[f]["ratio"],
             "threshold": H.RATIO_TARGET,
-            "met": results["met"][f],
+            "met": bool(results["ablation"][f].get("meets_target")),
             "met_in_robustness_check": robust[f]["meets_target"],
         }
         for f in H.HEAD_FAMILIES
+    }
+    ov = results["successor_ov"]
+    targets["successor_ov_in_top"] = {
+        "value": ov.get("in_top"),
+        "threshold": H.SUCCESSOR_OV_TARGET,
+        "met": bool(ov.get("meets_target")),
     }
     report = {
         "model": args.model,
@@ -148,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": results["settings"],
         "targets": targets,
         "families": families,
+        "met": results["met"],
         "clean_loss": results["clean_loss"],
         "group_testing_vs_exhaustive": {
             "task": CHECK_TASK,

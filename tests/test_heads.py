@@ -1,6 +1,8 @@
 """The head taxonomy (reports.heads): key rules and scores on hand-made patterns, scores against
 brute force through ``LorsaLayer.contributions``, ablations that zero exactly the heads asked
-for, group testing against exhaustive ablation, probes on real corpus documents, the CLI."""
+for, BOS masking that renormalises exactly, group testing against exhaustive ablation (several
+tasks at once, both tests), the successor OV test on a constructed head, the direct-effect
+account against the model's own terms, probes on corpus spans, the CLI."""
 
 from __future__ import annotations
 
@@ -139,8 +141,7 @@ def test_score_heads_equals_brute_force(replacement, probes):
     unembed = unembed - unembed.mean(1, keepdim=True)  # what ln_final lets through
     for l, lorsa in enumerate(replacement.lorsas):
         top = (lorsa.W_O @ unembed.T).topk(H.SUCCESSOR_TOP, dim=1).indices
-        for family in ("previous_token", "attention_sink", "duplicate_token", "induction",
-                       "successor"):  # fmt: skip
+        for family in ("previous_token", "duplicate_token", "induction", "successor"):
             expected, total = torch.zeros(8), torch.zeros(8)
             for probe in probes["repeat"]:
                 tokens = torch.tensor([probe.ids])
@@ -160,6 +161,22 @@ def test_score_heads_equals_brute_force(replacement, probes):
             s = scores.families[family][l]
             torch.testing.assert_close(s.expected, expected, atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(s.total, total, atol=1e-5, rtol=1e-4)
+        # The sink: its QK group's attention on BOS, over every probe query, active or not.
+        expected, active = torch.zeros(8), torch.zeros(8)
+        for probe in probes["repeat"]:
+            with torch.no_grad():
+                _, cache = replacement.run_with_cache(torch.tensor([probe.ids]), mode="local")
+                x = cache[hook_name(l, "lorsa.hook_in")][0]
+                z = cache[hook_name(l, "lorsa.hook_z")][0]
+                for q in probe.keys["attention_sink"]:
+                    pattern = lorsa.patterns(x[None, : q + 1])[0, :, q, 0]
+                    expected += pattern.repeat_interleave(lorsa.cfg.group_size)
+                    active += z[q] > 0
+        s = scores.families["attention_sink"][l]
+        n_queries = sum(len(p.keys["attention_sink"]) for p in probes["repeat"])
+        torch.testing.assert_close(s.expected, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(s.total, torch.full((8,), float(n_queries)))
+        torch.testing.assert_close(s.active, active)
 
 
 def test_labels_follow_thresholds_and_min_layer():
@@ -231,7 +248,7 @@ def test_ablation_from_a_layer_equals_the_full_run(replacement, batch):
 
 
 def test_silent_heads_are_skipped_and_change_nothing(replacement, batch):
-    for l, active in enumerate(batch.active):
+    for l, active in enumerate(batch.active["all_tokens"]):
         silent = (~active).nonzero().flatten().tolist()
         if silent:
             clean = H.task_loss(replacement, [batch], {})
@@ -252,17 +269,206 @@ def test_group_testing_matches_exhaustive_ablation(replacement, batch):
     clean = H.task_loss(replacement, [batch], {})
     effects, runs = H.single_head_effects(replacement, [batch], delta=-1e9, chunk=4)
     active = H.active_heads([batch])
-    assert set(effects) == {(l, h) for l, hs in enumerate(active) for h in hs}
-    for (l, h), effect in effects.items():
+    assert set(effects) == {"all_tokens"}
+    assert set(effects["all_tokens"]) == {(l, h) for l, hs in enumerate(active) for h in hs}
+    for (l, h), effect in effects["all_tokens"].items():
         assert effect == pytest.approx(H.task_loss(replacement, [batch], {l: [h]}) - clean)
     _, few_runs = H.single_head_effects(replacement, [batch], delta=1e9, chunk=4)
     assert few_runs < runs
+
+
+@pytest.mark.parametrize("test", H.TESTS)
+def test_group_testing_of_several_tasks_keeps_each_tasks_books(replacement, probes, test):
+    """Two tasks on the same documents share the runs; each head's effect on each task is its
+    own exact single-head effect (zeroing, or BOS masking, which tries silent heads too)."""
+    docs = probes["repeat"]
+    for p in docs:
+        p.targets["early"] = [t for t in p.targets["all_tokens"] if t < 8]
+    both = H.task_batch(replacement, docs, ["all_tokens", "early"])
+    clean = H.task_losses(replacement, [both], {})
+    assert set(clean) == {"all_tokens", "early"}
+    effects, runs = H.single_head_effects(replacement, [both], delta=-1e9, chunk=4, test=test)
+    pools = H.active_heads([both]) if test == "zero" else [list(range(8))] * 2
+    heads = {(l, h) for l, hs in enumerate(pools) for h in hs}
+    assert set(effects) == {"all_tokens", "early"}
+    for task in ("all_tokens", "early"):
+        assert set(effects[task]) == heads
+        for (l, h), effect in list(effects[task].items())[:6]:
+            loss = H.task_loss(replacement, [both], {l: [h]}, test, task=task)
+            assert effect == pytest.approx(loss - clean[task])
+    # One task's own batch, cut to its rows and columns, measures the same loss.
+    early = both.select(["early"])
+    assert early.tokens.shape[1] == 8 and early.tasks == ["early"]
+    assert H.task_loss(replacement, [early], {1: [0, 3]}, test) == pytest.approx(
+        H.task_loss(replacement, [both], {1: [0, 3]}, test, task="early"), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="several tasks"):
+        H.task_loss(replacement, [both], {})
+
+
+@pytest.mark.parametrize("test", H.TESTS)
+def test_merged_batches_measure_what_each_batch_measures(replacement, probes, test):
+    docs = probes["repeat"]
+    for p in docs:
+        p.targets["early"] = [t for t in p.targets["all_tokens"] if t < 8]
+    first = H.task_batch(replacement, docs[:2], "all_tokens")
+    second = H.task_batch(replacement, docs[2:], "early").select(["early"])
+    assert second.tokens.shape[1] == 8 < first.tokens.shape[1]
+    merged = H.merge([first, second])
+    assert merged.tokens.shape == (3, first.tokens.shape[1])
+    heads = {0: [1, 6], 1: [2]}
+    separate = H.task_losses(replacement, [first, second], heads, test)
+    together = H.task_losses(replacement, [merged], heads, test)
+    assert together == pytest.approx(separate, rel=1e-5)
+    assert all(map(torch.equal, merged.active["early"], second.active["early"]))
+
+
+# ----------------------------------------------------------------- the sink test
+def test_bos_masking_renormalises_onto_the_other_keys():
+    """A QK head whose every query attends (almost) only to BOS: with BOS taken away the
+    pattern is the softmax over the other keys, here uniform, so ``z~`` is their mean value;
+    and on random weights it is the pattern with BOS zeroed and each row renormalised."""
+    torch.manual_seed(0)
+    d, n = 6, 7
+    lorsa = LorsaLayer(LorsaConfig(d, n_qk_heads=2, n_ov_heads=4, d_qk=3, top_k=2))
+    x = torch.randn(1, n, d)
+    x[0, :, 0] = 0.0
+    x[0, 0, 0] = 1.0  # only BOS has the first coordinate
+    with torch.no_grad():
+        lorsa.W_Q.zero_(), lorsa.W_K.zero_(), lorsa.b_K.zero_()
+        lorsa.b_Q.fill_(1.0)
+        lorsa.W_K[0, 0] = 40.0  # QK head 0: a score of 40 * sqrt(3) on BOS, 0 elsewhere
+        pattern = lorsa.patterns(x)
+        assert (pattern[0, 0, :, 0] > 0.999).all()
+        masked = H.bos_masked_pre(lorsa, x, [0, 1, 3])
+        values = lorsa.values(x)[0]
+        for q in range(1, n):
+            torch.testing.assert_close(masked[0, q, :2], values[1 : q + 1, :2].mean(0))
+        torch.testing.assert_close(masked[0, 0], lorsa.pre_activations(x)[0, 0, [0, 1, 3]])
+        # Random weights: the pattern with BOS zeroed and renormalised, for head 3 (QK head 1).
+        for p in lorsa.parameters():
+            p.normal_()
+        renorm = lorsa.patterns(x).clone()
+        renorm[:, :, 1:, 0] = 0
+        renorm = renorm / renorm.sum(-1, keepdim=True)
+        torch.testing.assert_close(
+            H.bos_masked_pre(lorsa, x, [3, 0]), lorsa.pre_activations(x, renorm)[..., [3, 0]]
+        )
+
+
+def test_bos_masking_changes_only_the_heads_asked_for(replacement, batch):
+    seen = {}
+
+    def capture(pre, hook):
+        seen[hook.name] = pre.clone()
+
+    name = hook_name(1, "lorsa.hook_pre")
+    with torch.no_grad():
+        replacement.run_with_hooks(batch.tokens, mode="local", fwd_hooks=[(name, capture)])
+        clean = seen.pop(name)
+        hooks = H.ablation_hooks(batch, {1: [2, 5]}, "mask_bos", replacement.lorsas)
+        replacement.run_with_hooks(batch.tokens, mode="local", fwd_hooks=hooks + [(name, capture)])
+    changed = (seen[name] - clean).abs().amax((0, 1)) > 1e-6
+    assert changed.nonzero().flatten().tolist() == [2, 5]
+    x = replacement.run_with_cache(batch.tokens, mode="local")[1][hook_name(1, "lorsa.hook_in")]
+    torch.testing.assert_close(
+        seen[name][..., [2, 5]], H.bos_masked_pre(replacement.lorsas[1], x, [2, 5])
+    )
+    with pytest.raises(ValueError, match="unknown test"):
+        H.ablation_hooks(batch, {1: [2]}, "scramble")
+
+
+def test_every_task_controls(replacement, probes):
+    """The sink's test runs its controls on every corpus batch; each task gets its ratio and
+    the headline is the family's own task's row."""
+    for p in probes["repeat"]:
+        p.targets["repeat_second_copy"] = p.targets["all_tokens"][8:]
+    corpus = [H.task_batch(replacement, probes["repeat"], ["all_tokens", "repeat_second_copy"])]
+    batches = {t: H.for_tasks(corpus, [t]) for t in ("all_tokens", "repeat_second_copy")}
+    clean = {t: H.task_loss(replacement, b, {}) for t, b in batches.items()}
+    out = H.family_ablation(replacement, batches, clean, {0: [1, 2], 1: [4]}, "all_tokens", 2, 0,
+                            "mask_bos", corpus, every_task=True)  # fmt: skip
+    assert set(out["every_task"]) == {"all_tokens", "repeat_second_copy"}
+    row = out["every_task"]["all_tokens"]
+    assert out["increase"] == row["increase"] and out["random_mean"] == row["random_mean"]
+    assert out["increase"] == pytest.approx(
+        H.task_loss(replacement, batches["all_tokens"], {0: [1, 2], 1: [4]}, "mask_bos")
+        - clean["all_tokens"], abs=1e-6
+    )  # fmt: skip
+    assert set(out["other_tasks"]) == {"repeat_second_copy"}
+    assert len(out["random_increases"]) == 2 and len(out["matched_random_increases"]) == 1
 
 
 def test_precision_recall():
     r = H.precision_recall({(0, 1), (0, 2), (1, 3)}, {(0, 1), (1, 4)})
     assert (r["precision"], r["recall"]) == (pytest.approx(1 / 3), 0.5)
     assert H.precision_recall(set(), {(0, 1)})["precision"] is None
+
+
+# ----------------------------------------------------------------- the successor OV test
+def test_successor_ov_on_a_constructed_head(replacement):
+    """Head 5 of layer 1 reads one item's residual (its ``w_v`` is that residual) and writes
+    the unembedding direction of a chosen token: the OV test finds that token at rank 0 for
+    the item, and nothing for a head that writes elsewhere; ties count against a token."""
+    torch.manual_seed(0)
+    rw = replacement.read_write()
+    lorsa = replacement.lorsas[1]
+    x_item = torch.randn(24)
+    self_rank = (rw.unembed @ rw.unembed.T).argmax(1)
+    successor = int((self_rank == torch.arange(50)).nonzero()[0])  # u_s . u_s is row s's top
+    with torch.no_grad():
+        lorsa.W_V[5] = x_item / x_item.norm() ** 2
+        lorsa.b_V[5] = 0.0
+        lorsa.W_O[5] = rw.unembed[successor]
+    rw = replacement.read_write()  # recomputed: the weights changed
+    inputs = [torch.zeros(1, 24), x_item[None]]
+    logits = H.ov_logits(replacement, inputs, {1: [5]})
+    torch.testing.assert_close(logits[0], rw.unembed @ rw.lorsa_write[1][5])
+    assert int(H.ranks(logits, torch.tensor([successor]))) == 0
+    assert int(H.ranks(torch.zeros(1, 50), torch.tensor([3]))) == 49
+
+    probe = H.ProbeDoc("successor", [0, 7, 8, 9])
+    probe.keys["successor"] = {2: [1]}
+    probe.successor_token, probe.successor_frame = {2: successor}, {2: "list"}
+    scores = H.HeadScores({}, {"successor": [torch.zeros(1, 4, 24), torch.zeros(1, 4, 24)]})
+    scores.lorsa_inputs["successor"][1][0, 1] = x_item
+    ov = H.successor_ov(replacement, scores, {"successor": [probe]}, {1: [5]}, draws=2)
+    assert (ov["probes"], ov["in_top"], ov["median_rank"]) == (1, 1.0, 0)
+    assert ov["meets_target"] and ov["by_frame"] == {"list": {"probes": 1, "in_top": 1.0}}
+    assert ov["above_item"] == float(successor != 7)
+    with torch.no_grad():
+        lorsa.W_O[5] = -rw.unembed[successor]
+    ov = H.successor_ov(replacement, scores, {"successor": [probe]}, {1: [5]}, draws=2)
+    assert ov["in_top"] == 0.0 and not ov["meets_target"]
+    assert not H.successor_ov(replacement, scores, {"successor": [probe]}, {})["meets_target"]
+
+
+# ----------------------------------------------------------------- where a task is computed
+def test_direct_effects_add_up_to_the_model_terms(replacement, batch):
+    """Embeddings, heads, features, errors and biases, each from its own hook or weight, sum
+    to the demeaned target logit: nothing is left over without a transcoder skip."""
+    direct = H.direct_effects(replacement, [batch])["all_tokens"]
+    with torch.no_grad():
+        logits, cache = replacement.run_with_cache(batch.tokens, mode="local")
+        b, p = batch.targets["all_tokens"][:, 1:].nonzero(as_tuple=True)
+        token = batch.tokens[b, p + 1]
+        demeaned = logits[b, p] - logits[b, p].mean(-1, keepdim=True)
+        u = replacement.read_write().unembed[token] / cache["ln_final.hook_scale"][b, p]
+        heads = cache[hook_name(1, "lorsa.hook_z")][b, p] @ replacement.lorsas[1].W_O
+    assert direct["targets"] == len(token)
+    assert direct["total"] == pytest.approx(float(demeaned.gather(1, token[:, None]).mean()))
+    assert direct["heads"][1] == pytest.approx(float((heads * u).sum(-1).mean()), abs=1e-5)
+    assert direct["errors"] != 0 and direct["biases"] != 0
+    assert abs(direct["rest"]) < 1e-3 * abs(direct["total"]) + 1e-4
+
+
+def test_layer_ablations(replacement, batch):
+    account = H.layer_ablations(replacement, [batch])["all_tokens"]
+    clean = H.task_loss(replacement, [batch], {})
+    assert account["heads"][0] == pytest.approx(
+        H.task_loss(replacement, [batch], {0: list(range(8))}) - clean
+    )
+    assert len(account["features"]) == 2 and account["features"][1] != 0
 
 
 # ----------------------------------------------------------------- probes on the corpus
@@ -275,7 +481,9 @@ def tokenizer():
 
 
 def test_probes_of_real_documents(tokenizer):
-    probes = H.build_probes(tokenizer, 4, 128)
+    """Held-out corpus documents: every key a rule names is what its span says."""
+    probes = H.build_probes(tokenizer, 6, 128)
+    digits = 0
     for docs in probes.values():
         for p in docs:
             text = lambda i, ids=p.ids: tokenizer.decode([ids[i]])  # noqa: E731
@@ -284,38 +492,92 @@ def test_probes_of_real_documents(tokenizer):
             for q, keys in p.keys.get("subtoken_induction", {}).items():
                 assert all(p.ids[k - 1] == p.ids[q] and k < q - 1 for k in keys)
             for q, keys in p.keys.get("successor", {}).items():
-                assert keys == [q - 1] and text(q) == ","
+                assert len(keys) == 1 and keys[0] < q
                 assert p.successor_token[q] == p.ids[q + 1]
-            for q, keys in p.keys.get("operand_fetching", {}).items():
-                assert all(text(k).isdigit() and k < q - 1 for k in keys)
+                assert p.successor_frame[q] in ("list", "sentence")
+            for f in H.ARITHMETIC_FAMILIES:
+                for q, keys in p.keys.get(f, {}).items():
+                    assert all(text(k).strip().isdigit() and k < q - 1 for k in keys)
+                    digits += len(keys)
             for task, targets in p.targets.items():
                 assert all(0 < t < len(p.ids) for t in targets), task
     assert sum(len(p.keys["induction"]) for p in probes["repeat"]) > 20
     assert sum(len(p.keys["subtoken_induction"]) for p in probes["names"]) > 0
     assert sum(len(p.keys["successor"]) for p in probes["successor"]) > 10
-    # Same place value: in "5+153=158" the hundreds digit 1 is predicted from 153's 1.
-    add = probes["addition"][0]
-    assert tokenizer.decode(add.ids[1:10]) == "5+153=158"
-    assert add.keys["operand_fetching"][6] == [3]  # at '=': the hundreds of 153
-    assert add.keys["operand_fetching"][7] == [4]  # then its tens
-    assert add.keys["operand_fetching"][8] == [1, 5]  # then the units of 5 and of 153
-    assert add.keys["operand_any_digit"][6] == [1, 3, 4]  # 3 (q - 1) is previous-token's
-    assert tokenizer.decode(add.ids[46:51]) == "8+1=9"
-    assert add.keys["operand_fetching"][49] == [46]
+    frames = {f for p in probes["successor"] for f in p.successor_frame.values()}
+    assert frames == {"list", "sentence"}
+    assert digits > 50 and sum(len(p.keys["carry"]) for p in probes["addition"]) > 5
 
 
-def test_successor_probe_reads_a_documents_first_item(tokenizer):
-    """The previous item comes from the span itself: a one-letter item at the very start of a
-    document is read too (re-parsing the text with ``rfind`` once cut its first character)."""
-    from toy_models.evaluate import encode, heldout_examples
+def hand_doc(tokenizer, family: str, text: str, spans) -> H.ProbeDoc:
+    """The probe document of a hand-written corpus document with its spans."""
+    from toy_models.data import Example
+    from toy_models.evaluate import encode
 
-    ex = heldout_examples("successor", 5)[4]
-    assert ex.text.startswith("Q, R, S")
-    probe = H.probe_doc(encode(tokenizer, ex, 128))
-    assert tokenizer.decode(probe.ids[1:4]) == "Q, R"
-    assert probe.keys["successor"][2] == [1]  # at the comma after Q: Q, promoting R
-    assert probe.successor_token[2] == probe.ids[3]
-    assert 3 in probe.targets["successor_items"]
+    return H.probe_doc(encode(tokenizer, Example(family, text, tuple(spans)), 128))
+
+
+def test_operand_and_carry_probes_follow_the_spans(tokenizer):
+    """In ``347+285=632`` the hundreds digit 6 is predicted at '=' from 3 and 2 (and the
+    carry from the tens 4 and 8: 47 + 85 >= 100); the tens digit 3 from 4 and 8 (carry from
+    the units 7 and 5); the units 2 from 7 and 5 (no carry into the units). In
+    ``999+1=1000`` the thousands digit is a carry from the hundreds (999's 9; 1 has none)."""
+    from toy_models.data import Span
+
+    text = "347+285=632\n999+1=1000\n"
+    a, b = Span(0, 3, "operand", "347"), Span(4, 7, "operand", "285")
+    c, d = Span(12, 15, "operand", "999"), Span(16, 17, "operand", "1")
+    spans = [Span(8, 11, "answer", "632", operands=(a, b)),
+             Span(18, 22, "answer", "1000", operands=(c, d))]  # fmt: skip
+    probe = hand_doc(tokenizer, "addition", text, spans)
+    assert tokenizer.decode(probe.ids[1:12]) == "347+285=632"
+    assert probe.ids[8] == tokenizer.token_to_id("=")
+    keys = probe.keys
+    assert (keys["operand_a_hundreds"][8], keys["operand_b_hundreds"][8]) == ([1], [5])
+    assert (keys["operand_a_tens"][9], keys["operand_b_tens"][9]) == ([2], [6])
+    assert (keys["operand_a_units"][10], keys["operand_b_units"][10]) == ([3], [7])
+    assert keys["carry"][8] == [2, 6] and keys["carry"][9] == [3, 7] and 10 not in keys["carry"]
+    # 999+1=1000 starts at position 13: '=' at 18 predicts the thousands digit.
+    assert tokenizer.decode(probe.ids[13:23]) == "999+1=1000"
+    assert keys["carry"][18] == [13] and 18 not in keys["operand_a_hundreds"]
+    assert keys["operand_a_hundreds"][19] == [13] and 19 not in keys["operand_b_hundreds"]
+    assert keys["carry"][19] == [14] and keys["carry"][20] == [15, 17]
+    assert keys["operand_b_units"][21] == [17] and 21 not in keys["carry"]
+    assert probe.targets["answer_hundreds"] == [9, 20]
+    assert probe.targets["answer_units"] == [11, 22]
+    assert probe.targets["carry_digits"] == [9, 10, 19, 20, 21]
+    assert probe.targets["addition_answers"] == [9, 10, 11, 19, 20, 21, 22]
+    assert H.carries_into(47, 85, 2) and not H.carries_into(347, 285, 0)
+    assert not H.carries_into(12, 35, 1)
+
+
+def test_successor_probes_follow_the_spans(tokenizer):
+    """A list's items read the item before them (a document's very first one included); a
+    far-back sentence's answer reads the item said before the filler; a step that is not +1
+    (backwards, or every second item) is no successor probe."""
+    from toy_models.data import Span
+
+    text = "Q, R, S. Today is Friday. red blue. Tomorrow is Saturday. B, A\n"
+    q_ = Span(0, 1, "item", "Q", sequence="letters")
+    r_ = Span(3, 4, "item", "R", sequence="letters", previous=q_, step=1, frame="list")
+    s_ = Span(6, 7, "item", "S", sequence="letters", previous=r_, step=1, frame="list")
+    fri = Span(18, 24, "item", "Friday", sequence="weekdays")
+    sat = Span(48, 56, "item", "Saturday", sequence="weekdays", previous=fri, step=1,
+               form="sentence", frame="Today is {X}.{F} Tomorrow is {Y}.")  # fmt: skip
+    b_ = Span(58, 59, "item", "B", sequence="letters")
+    a_ = Span(61, 62, "item", "A", sequence="letters", previous=b_, step=-1, frame="list")
+    assert [text[s.start : s.end] for s in (r_, s_, fri, sat, a_)] == [
+        "R", "S", "Friday", "Saturday", "A"
+    ]  # fmt: skip
+    probe = hand_doc(tokenizer, "successor", text, [r_, s_, sat, a_])
+    pos = {tokenizer.decode([t]).strip(): i for i, t in enumerate(probe.ids)}
+    assert probe.keys["successor"][pos["R"] - 1] == [1]  # the document's first token
+    assert probe.keys["successor"][pos["S"] - 1] == [pos["R"]]
+    assert probe.keys["successor"][pos["Saturday"] - 1] == [pos["Friday"]]
+    assert probe.successor_frame[pos["Saturday"] - 1] == "sentence"
+    assert probe.successor_token[pos["R"] - 1] == probe.ids[pos["R"]]
+    assert len(probe.keys["successor"]) == 3  # B -> A is a step back
+    assert probe.targets["successor_items"] == sorted([pos["R"], pos["S"], pos["Saturday"]])
 
 
 # ----------------------------------------------------------------- the command line
@@ -388,11 +650,18 @@ def test_cli_end_to_end_on_a_tiny_model(
         assert len(results["scores"][f]["score"]) == 2
         assert all(len(layer) == 16 for layer in results["scores"][f]["score"])
         assert results["ablation"][f]["task"] == H.TASK_OF[f]
+        assert results["ablation"][f]["test"] == H.TEST_OF[f]
         assert 0 <= min(min(layer) for layer in results["scores"][f]["score"])
         assert max(max(layer) for layer in results["scores"][f]["score"]) <= 1.0001
-    assert set(results["truth"]) == set(H.TASK_OF.values())
+    assert set(results["truth"]) == {H.truth_key(H.TASK_OF[f], H.TEST_OF[f])
+                                     for f in H.HEAD_FAMILIES}  # fmt: skip
+    assert "all_tokens/mask_bos" in results["truth"]
+    assert set(results["account"]) == set(results["clean_loss"])
+    assert "probes" in results["successor_ov"]
     page = (out / "heads.md").read_text()
-    assert "## Summary" in page and "## Per layer" in page
+    for section in ("## Families", "## Per layer", "## Successor heads", "## Attention sinks",
+                    "## Where each task is computed"):  # fmt: skip
+        assert section in page
     for name in ("scores.png", "counts.png", "ablation.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp"))

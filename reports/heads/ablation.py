@@ -1,59 +1,86 @@
-"""Ablations, the ground truth for the labels: zero heads (``hook_z``) in local mode with every
-error held at its clean value, measure the loss on a task's target tokens, compare a family
-with random heads from the same layers, and find every head's single-head effect by adaptive
-group testing."""
+"""Causal tests, the ground truth for the labels, in local mode with every error held at its
+clean value: zero heads (``hook_z``), or take away their attention to BOS and let them attend
+elsewhere (``hook_pre``), and measure the loss on tasks' target tokens; compare a family with
+random heads from the same layers; find every head's single-head effect by adaptive group
+testing.
+
+A ``TaskBatch`` holds one corpus family's documents with the target masks of one or more
+tasks, so that one run serves every task its documents hold."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from replacement.model import hook_name
 from toy_models.data import pad_rows
 
-from .config import RATIO_TARGET, TASK_CORPUS, TASKS, TRUTH_DELTA
+from .config import RATIO_TARGET, TASK_CORPUS, TESTS, TRUTH_DELTA
 from .probes import ProbeDoc
+
+Heads = dict[int, list[int]]  # layer -> head indices
 
 
 @dataclass
 class TaskBatch:
-    """One task's documents (padded), its target mask, and what an ablation starts from: the
+    """Documents (padded), their tasks' target masks, and what an ablation starts from: the
     clean local-mode errors (held fixed) and the clean residual stream before each layer."""
 
     tokens: Int[Tensor, "batch pos"]
-    targets: Bool[Tensor, "batch pos"]  # position p is a target: its token, predicted at p - 1
+    targets: dict[str, Bool[Tensor, "batch pos"]]  # task -> p is a target (predicted at p - 1)
     errors: dict[str, Float[Tensor, "batch pos d_model"]]  # hook name -> clean error
     resid_pre: list[Float[Tensor, "batch pos d_model"]]  # per layer
-    active: list[Bool[Tensor, " ov"]]  # per layer: heads active at or before some target
+    active: dict[str, list[Bool[Tensor, " ov"]]]  # task -> per layer: heads active at or before
+    # one of its targets
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.targets)
+
+    def select(self, tasks: Iterable[str]) -> TaskBatch | None:
+        """The rows holding a target of ``tasks``, cut after the last target (a causal model's
+        earlier positions do not see the rest), with those tasks only; None without one."""
+        tasks = [t for t in tasks if t in self.targets]
+        if not tasks:
+            return None
+        hits = torch.stack([self.targets[t] for t in tasks]).any(0)
+        rows = hits.any(1).nonzero().flatten()
+        if not len(rows):
+            return None
+        n = int(hits.any(0).nonzero().max()) + 1
+        return TaskBatch(
+            self.tokens[rows, :n],
+            {t: self.targets[t][rows, :n] for t in tasks},
+            {name: e[rows, :n] for name, e in self.errors.items()},
+            [r[rows, :n] for r in self.resid_pre],
+            {t: self.active[t] for t in tasks},
+        )
 
 
-def task_batches(replacement, probes: dict[str, list[ProbeDoc]]) -> dict[str, list[TaskBatch]]:
-    """Every task's documents with their clean local-mode state. A task spread over k corpus
-    families takes the first 1/k of each one's documents, so that every task is measured on
-    about as many documents (and costs about as much per ablation)."""
-    out: dict[str, list[TaskBatch]] = {task: [] for task in TASKS}
-    for task, corpora in TASK_CORPUS.items():
-        for corpus in corpora:
-            docs = probes[corpus][: max(1, len(probes[corpus]) // len(corpora))]
-            batch = task_batch(replacement, docs, task)
-            if batch is not None:
-                out[task].append(batch)
-    return out
-
-
-def task_batch(replacement, docs: list[ProbeDoc], task: str) -> TaskBatch | None:
-    """One corpus family's documents for a task, or None when they hold no target of it."""
+def task_batch(
+    replacement,
+    docs: list[ProbeDoc],
+    tasks: str | Iterable[str],
+    limits: dict[str, int] | None = None,
+) -> TaskBatch | None:
+    """One corpus family's documents with the targets of ``tasks`` (of the first
+    ``limits[task]`` documents where given), or None when they hold no target of them."""
     n_layers = replacement.cfg.n_layers
     tokens = pad_rows([p.ids for p in docs])
-    targets = torch.zeros_like(tokens, dtype=torch.bool)
-    for j, probe in enumerate(docs):
-        targets[j, probe.targets.get(task, [])] = True
-    if not targets.any():
+    targets = {}
+    for task in [tasks] if isinstance(tasks, str) else tasks:
+        mask = torch.zeros_like(tokens, dtype=torch.bool)
+        for j, probe in enumerate(docs[: (limits or {}).get(task, len(docs))]):
+            mask[j, probe.targets.get(task, [])] = True
+        if mask.any():
+            targets[task] = mask
+    if not targets:
         return None
     with torch.no_grad():
         _, cache = replacement.run_with_cache(
@@ -61,29 +88,122 @@ def task_batch(replacement, docs: list[ProbeDoc], task: str) -> TaskBatch | None
             mode="local",
             names_filter=lambda n: n.endswith(("hook_error", "hook_resid_pre", "lorsa.hook_z")),
         )
-    # A head silent at every position up to the last target cannot move the task's loss:
-    # ablating it is exactly a no-op, and group testing skips it.
-    upto = targets.flip(1).cummax(1).values.flip(1)
+    # A head silent at every position up to a task's last target cannot move its loss when
+    # zeroed: that ablation is exactly a no-op, and group testing skips it.
+    active = {}
+    for task, mask in targets.items():
+        upto = mask.flip(1).cummax(1).values.flip(1)
+        active[task] = [
+            ((cache[hook_name(l, "lorsa.hook_z")] > 0) & upto[..., None]).any(1).any(0)
+            for l in range(n_layers)
+        ]
     return TaskBatch(
         tokens,
         targets,
         {n: v for n, v in cache.items() if n.endswith("hook_error")},
         [cache[hook_name(l, "hook_resid_pre")] for l in range(n_layers)],
-        [
-            ((cache[hook_name(l, "lorsa.hook_z")] > 0) & upto[..., None]).any(1).any(0)
-            for l in range(n_layers)
-        ],
+        active,
     )
 
 
-def ablation_hooks(batch: TaskBatch, heads: dict[int, list[int]]) -> list[tuple[str, Callable]]:
-    """Zero the given heads (``hook_z``) and hold every error at its clean value."""
+def corpus_batches(replacement, probes: dict[str, list[ProbeDoc]]) -> list[TaskBatch]:
+    """One batch per corpus family with every task its documents hold. A task spread over k
+    corpus families takes the first 1/k of each one's documents, so that every task is
+    measured on about as many documents (and costs about as much per ablation)."""
+    out = []
+    for corpus, docs in probes.items():
+        tasks = [t for t, corpora in TASK_CORPUS.items() if corpus in corpora]
+        limits = {t: max(1, len(docs) // len(TASK_CORPUS[t])) for t in tasks}
+        batch = task_batch(replacement, docs, tasks, limits)
+        if batch is not None:
+            out.append(batch)
+    return out
+
+
+def merge(batches: list[TaskBatch]) -> TaskBatch:
+    """Batches as one (fewer, larger runs): rows right-padded with their first token (BOS)
+    and zero states, which positions before them never see in a causal model; no target
+    there. A head active in any of them is active in the merged batch."""
+    n = max(b.tokens.shape[1] for b in batches)
+    tasks = list(dict.fromkeys(t for b in batches for t in b.targets))
+    n_layers = len(batches[0].resid_pre)
+
+    def cat(tensors: list[Tensor], value=0) -> Tensor:
+        widths = [(0, 0) * (x.dim() - 2) + (0, n - x.shape[1]) for x in tensors]
+        return torch.cat([F.pad(x, w, value=value) for x, w in zip(tensors, widths, strict=True)])
+
+    def targets(b: TaskBatch, task: str) -> Tensor:
+        return b.targets.get(task, torch.zeros_like(b.tokens, dtype=torch.bool))
+
+    return TaskBatch(
+        cat([b.tokens for b in batches], value=int(batches[0].tokens[0, 0])),
+        {t: cat([targets(b, t) for b in batches], value=False) for t in tasks},
+        {name: cat([b.errors[name] for b in batches]) for name in batches[0].errors},
+        [cat([b.resid_pre[l] for b in batches]) for l in range(n_layers)],
+        {
+            t: [
+                torch.stack([b.active[t][l] for b in batches if t in b.active]).any(0)
+                for l in range(n_layers)
+            ]
+            for t in tasks
+        },
+    )
+
+
+def for_tasks(batches: list[TaskBatch], tasks: Iterable[str]) -> list[TaskBatch]:
+    """The batches cut down to the rows and targets of ``tasks``, merged into one."""
+    tasks = list(tasks)
+    selected = [s for b in batches if (s := b.select(tasks)) is not None]
+    return [merge(selected)] if len(selected) > 1 else selected
+
+
+def task_batches(
+    replacement, probes: dict[str, list[ProbeDoc]], corpus: list[TaskBatch] | None = None
+) -> dict[str, list[TaskBatch]]:
+    """Every task's batches (``corpus_batches`` cut to it; ``corpus``: those, when built)."""
+    corpus = corpus_batches(replacement, probes) if corpus is None else corpus
+    return {task: for_tasks(corpus, [task]) for task in TASK_CORPUS}
+
+
+# ----------------------------------------------------------------- interventions
+def bos_masked_pre(
+    lorsa, x: Float[Tensor, "batch pos d_model"], heads: list[int]
+) -> Float[Tensor, "batch pos n"]:
+    """Pre-activations ``z~`` of ``heads`` when their attention to BOS (key 0) is taken away
+    and the rest renormalised: the softmax over keys ``1..q`` alone. Query 0 has no other key
+    and keeps its own. Each OV head reads its QK group's pattern; only these heads' ``z~``
+    change, not the group's other heads'."""
+    q, k = lorsa.qk(x)
+    b, n, _ = x.shape
+    scores = q @ k.transpose(-1, -2) / lorsa.cfg.d_qk**0.5
+    allowed = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+    allowed[1:, 0] = False
+    pattern = scores.masked_fill(~allowed, float("-inf")).softmax(-1)  # batch qk q k
+    # The grouped product for every head (as cheap as one layer's attention), then the heads.
+    v = lorsa.values(x).view(b, n, lorsa.cfg.n_qk_heads, lorsa.cfg.group_size).transpose(1, 2)
+    pre = (pattern @ v).transpose(1, 2).reshape(b, n, lorsa.cfg.n_ov_heads)
+    return pre[..., heads]
+
+
+def ablation_hooks(
+    batch: TaskBatch,
+    heads: Heads,
+    test: str = "zero",
+    lorsas: list | None = None,
+    features: Heads | None = None,
+) -> list[tuple[str, Callable]]:
+    """Hold every error at its clean value and apply a test to ``heads``: ``"zero"`` zeroes
+    them (``hook_z``); ``"mask_bos"`` replaces their pre-activations with ``bos_masked_pre``
+    (``lorsas``: the model's Lorsa layers), TopK then runs as usual. ``features``: transcoder
+    features zeroed as well (``hook_acts``)."""
+    if test not in TESTS:
+        raise ValueError(f"unknown test {test!r}; known: {', '.join(TESTS)}")
 
     def zero(index: list[int]):
-        def hook(z, hook):
-            z = z.clone()
-            z[..., index] = 0
-            return z
+        def hook(act, hook):
+            act = act.clone()
+            act[..., index] = 0
+            return act
 
         return hook
 
@@ -91,45 +211,101 @@ def ablation_hooks(batch: TaskBatch, heads: dict[int, list[int]]) -> list[tuple[
         return lambda act, hook: value
 
     hooks = [(name, frozen(value)) for name, value in batch.errors.items()]
-    return hooks + [(hook_name(l, "lorsa.hook_z"), zero(h)) for l, h in heads.items() if len(h)]
+    for l, h in heads.items():
+        if not len(h):
+            continue
+        if test == "zero":
+            hooks.append((hook_name(l, "lorsa.hook_z"), zero(h)))
+            continue
+        hooks += _mask_bos_hooks(l, lorsas[l], list(h))
+    for l, f in (features or {}).items():
+        if len(f):
+            hooks.append((hook_name(l, "transcoder.hook_acts"), zero(f)))
+    return hooks
+
+
+def _mask_bos_hooks(layer: int, lorsa, heads: list[int]) -> list[tuple[str, Callable]]:
+    """The Lorsa input is kept as it passes (``hook_in``) for ``hook_pre`` to recompute the
+    heads' pre-activations from."""
+    seen: dict[str, Tensor] = {}
+
+    def keep(x, hook):
+        seen["x"] = x
+
+    def masked(pre, hook):
+        pre = pre.clone()
+        pre[..., heads] = bos_masked_pre(lorsa, seen["x"], heads)
+        return pre
+
+    return [(hook_name(layer, "lorsa.hook_in"), keep), (hook_name(layer, "lorsa.hook_pre"), masked)]
 
 
 def ablated_logits(
-    replacement, batch: TaskBatch, heads: dict[int, list[int]]
+    replacement,
+    batch: TaskBatch,
+    heads: Heads,
+    test: str = "zero",
+    features: Heads | None = None,
 ) -> Float[Tensor, "batch pos vocab"]:
-    """Logits with ``heads`` zeroed and errors frozen. The layers below the first ablated one
-    compute what the clean run computed, so the run starts from its residual stream there."""
-    start = min((l for l, h in heads.items() if len(h)), default=0)
-    with torch.no_grad(), replacement.hooks(fwd_hooks=ablation_hooks(batch, heads)):
+    """Logits with a test applied to ``heads`` (and ``features`` zeroed), errors frozen. The
+    layers below the first one touched compute what the clean run computed, so the run
+    starts from its residual stream there."""
+    touched = [l for l, h in heads.items() if len(h)] + [l for l, f in (features or {}).items()
+                                                         if len(f)]  # fmt: skip
+    start = min(touched, default=0)
+    hooks = ablation_hooks(batch, heads, test, replacement.lorsas, features)
+    with torch.no_grad(), replacement.hooks(fwd_hooks=hooks):
         return replacement(
             batch.tokens, mode="local", start_at_layer=start, resid=batch.resid_pre[start]
         )
 
 
-def task_loss(replacement, batches: list[TaskBatch], heads: dict[int, list[int]]) -> float:
-    """Mean cross-entropy (nats) over a task's target tokens with ``heads`` zeroed."""
-    total, count = 0.0, 0
+def task_losses(
+    replacement,
+    batches: list[TaskBatch],
+    heads: Heads,
+    test: str = "zero",
+    features: Heads | None = None,
+) -> dict[str, float]:
+    """Mean cross-entropy (nats) over each task's target tokens, one run per batch."""
+    sums: dict[str, list[float]] = {}
     for batch in batches:
-        lp = ablated_logits(replacement, batch, heads)[:, :-1].log_softmax(-1)
+        lp = ablated_logits(replacement, batch, heads, test, features)[:, :-1].log_softmax(-1)
         nll = -lp.gather(-1, batch.tokens[:, 1:, None])[..., 0]
-        mask = batch.targets[:, 1:]
-        total += float(nll[mask].sum())
-        count += int(mask.sum())
-    return total / max(count, 1)
+        for task, targets in batch.targets.items():
+            mask = targets[:, 1:]
+            total = sums.setdefault(task, [0.0, 0])
+            total[0] += float(nll[mask].sum())
+            total[1] += int(mask.sum())
+    return {task: s / max(n, 1) for task, (s, n) in sums.items()}
+
+
+def task_loss(
+    replacement,
+    batches: list[TaskBatch],
+    heads: Heads,
+    test: str = "zero",
+    task: str | None = None,
+) -> float:
+    """``task_losses`` of one task (``task``: which, where the batches hold several)."""
+    losses = task_losses(replacement, batches, heads, test)
+    if task is None:
+        if len(losses) > 1:
+            raise ValueError(f"the batches hold several tasks ({', '.join(losses)}): name one")
+        return next(iter(losses.values()), 0.0)
+    return losses.get(task, 0.0)
 
 
 def active_heads(batches: list[TaskBatch]) -> list[list[int]]:
-    """Per layer, the heads active on a task's documents (at or before some target)."""
-    n_layers = len(batches[0].active)
+    """Per layer, the heads active on the batches' tasks (at or before one of its targets)."""
+    per_task = [active for b in batches for active in b.active.values()]
     return [
-        torch.stack([b.active[l] for b in batches]).any(0).nonzero().flatten().tolist()
-        for l in range(n_layers)
+        torch.stack([a[l] for a in per_task]).any(0).nonzero().flatten().tolist()
+        for l in range(len(per_task[0]))
     ]
 
 
-def random_like(
-    heads: dict[int, list[int]], pools: list[list[int]], n_ov: list[int], rng: random.Random
-) -> dict[int, list[int]]:
+def random_like(heads: Heads, pools: list[list[int]], n_ov: list[int], rng: random.Random) -> Heads:
     """As many heads per layer as ``heads`` has, drawn from ``pools[layer]`` minus those heads
     (topped up from the layer's other heads where the pool is too small)."""
     out = {}
@@ -148,16 +324,22 @@ def family_ablation(
     replacement,
     batches: dict[str, list[TaskBatch]],
     clean: dict[str, float],
-    family_heads: dict[int, list[int]],
+    family_heads: Heads,
     task: str,
     draws: int,
     seed: int,
+    test: str = "zero",
+    corpus: list[TaskBatch] | None = None,
+    every_task: bool = False,
 ) -> dict:
-    """A family's heads zeroed vs as many random heads from the same layers: the increase of
-    the task's loss, and of every other task's (does it hurt its own task most?)."""
+    """A family's heads under its test vs as many random heads from the same layers (drawn
+    uniformly, and among the heads active on the task): the increase of the task's loss,
+    and (``corpus``: every corpus family's batch) of every other task's. With ``every_task``
+    the controls run on ``corpus`` too and every task gets its own ratio (``every_task`` in
+    the result): what a sink test needs, whose damage may land anywhere."""
     n_ov = [lorsa.cfg.n_ov_heads for lorsa in replacement.lorsas]
     n_heads = sum(len(h) for h in family_heads.values())
-    out: dict = {"task": task, "n_heads": n_heads, "clean_loss": clean.get(task)}
+    out: dict = {"task": task, "test": test, "n_heads": n_heads, "clean_loss": clean.get(task)}
     if not batches.get(task):
         return out | {"skipped": "the probe documents hold no target of this task"}
     if not n_heads:
@@ -172,21 +354,45 @@ def family_ablation(
             random_like(family_heads, matched, n_ov, rng) for _ in range(max(1, draws // 2))
         ],
     }
-    out["increase"] = task_loss(replacement, batches[task], family_heads) - clean[task]
-    for name, drawn in controls.items():
-        increases = [task_loss(replacement, batches[task], r) - clean[task] for r in drawn]
-        out[f"{name}_increases"] = increases
-        out[f"{name}_mean"] = sum(increases) / len(increases)
+    if every_task and corpus:
+        base = task_losses(replacement, corpus, {})
+
+        def increases(heads: Heads) -> dict[str, float]:
+            losses = task_losses(replacement, corpus, heads, test)
+            return {t: losses[t] - base[t] for t in losses}
+
+        family = increases(family_heads)
+        drawn = {name: [increases(r) for r in sets] for name, sets in controls.items()}
+        out["every_task"] = {
+            t: {"increase": family[t]} | {
+                f"{name}_mean": sum(d[t] for d in ds) / len(ds) for name, ds in drawn.items()
+            }
+            for t in family
+        }  # fmt: skip
+        for row in out["every_task"].values():
+            row["ratio"] = _ratio(row["increase"], row["random_mean"])
+            row["matched_ratio"] = _ratio(row["increase"], row["matched_random_mean"])
+        out["increase"] = family[task]
+        for name, ds in drawn.items():
+            out[f"{name}_increases"] = [d[task] for d in ds]
+        out["other_tasks"] = {t: v for t, v in family.items() if t != task}
+    else:
+        out["increase"] = task_loss(replacement, batches[task], family_heads, test) - clean[task]
+        for name, drawn_sets in controls.items():
+            out[f"{name}_increases"] = [
+                task_loss(replacement, batches[task], r, test) - clean[task] for r in drawn_sets
+            ]
+        if corpus:
+            base = task_losses(replacement, corpus, {})
+            losses = task_losses(replacement, corpus, family_heads, test)
+            out["other_tasks"] = {t: losses[t] - base[t] for t in losses if t != task}
+    for name in controls:
+        out[f"{name}_mean"] = sum(out[f"{name}_increases"]) / len(out[f"{name}_increases"])
     out["ratio"] = _ratio(out["increase"], out["random_mean"])
     out["matched_ratio"] = _ratio(out["increase"], out["matched_random_mean"])
     out["meets_target"] = bool(
         out["increase"] >= TRUTH_DELTA and out["increase"] >= RATIO_TARGET * out["random_mean"]
     )
-    out["other_tasks"] = {
-        t: task_loss(replacement, b, family_heads) - clean[t]
-        for t, b in batches.items()
-        if b and t != task
-    }
     return out
 
 
@@ -201,36 +407,45 @@ def single_head_effects(
     delta: float,
     chunk: int = 32,
     progress: bool = False,
-) -> tuple[dict[tuple[int, int], float], int]:
-    """Exact single-head ablation effects on a task's loss, by adaptive group testing.
+    test: str = "zero",
+) -> tuple[dict[str, dict[tuple[int, int], float]], int]:
+    """Exact single-head effects of a test on every task the batches hold, by adaptive group
+    testing.
 
-    Heads silent on the task's documents have no effect and are skipped. The others are
-    ablated ``chunk`` at a time; a chunk that raises the loss by ``delta`` or more is halved
-    until single heads remain, whose effect is then exact; a chunk below ``delta`` is taken to
-    hold no head above it (such a head would have to be cancelled by its neighbours). Returns
-    ``{(layer, head): loss increase}`` for the heads measured alone and the number of runs.
+    Zeroing a head silent on the tasks' documents is a no-op, so those heads are skipped
+    (taking away a silent head's BOS attention can wake it: that test tries every head).
+    The rest are tested ``chunk`` at a time; a chunk that raises some task's loss by
+    ``delta`` or more is halved until single heads remain, whose effects are then exact; a
+    chunk below ``delta`` on every task is taken to hold no head above it (such a head would
+    have to be cancelled by its neighbours). Returns ``{task: {(layer, head): loss
+    increase}}`` for the heads measured alone, and the number of runs.
     """
     from tqdm import tqdm
 
     if not batches:
         return {}, 0
-    clean = task_loss(replacement, batches, {})
+    clean = task_losses(replacement, batches, {})
+    if test == "zero":
+        pools = active_heads(batches)
+    else:
+        pools = [list(range(lorsa.cfg.n_ov_heads)) for lorsa in replacement.lorsas]
     stack = [
         (l, heads[i : i + chunk])
-        for l, heads in enumerate(active_heads(batches))
+        for l, heads in enumerate(pools)
         for i in range(0, len(heads), chunk)
     ]
-    effects: dict[tuple[int, int], float] = {}
+    effects: dict[str, dict[tuple[int, int], float]] = {task: {} for task in clean}
     runs = 1
     bar = tqdm(total=len(stack), desc="single heads", disable=not progress, leave=False)
     while stack:
         l, heads = stack.pop()
-        effect = task_loss(replacement, batches, {l: heads}) - clean
+        losses = task_losses(replacement, batches, {l: heads}, test)
         runs += 1
         bar.update()
         if len(heads) == 1:
-            effects[(l, heads[0])] = effect
-        elif effect >= delta:
+            for task, loss in losses.items():
+                effects[task][(l, heads[0])] = loss - clean[task]
+        elif max(loss - clean[task] for task, loss in losses.items()) >= delta:
             stack += [(l, heads[: len(heads) // 2]), (l, heads[len(heads) // 2 :])]
             bar.total += 2
     bar.close()

@@ -1,6 +1,7 @@
-"""The whole analysis, as three phases: scores and labels, family ablations, single-head
-ground truth with each detector's precision and recall; then the results that ``heads.json``
-holds, with an example of what each top head reads."""
+"""The whole analysis, in phases: scores and labels; each family's causal test against random
+heads (and the successor family's OV test); where each task is computed; single-head ground
+truth with each detector's precision and recall. Then the results that ``heads.json`` holds,
+with an example of what each top head reads."""
 
 from __future__ import annotations
 
@@ -10,33 +11,40 @@ from collections.abc import Iterable
 import torch
 
 from .ablation import (
+    corpus_batches,
     family_ablation,
+    for_tasks,
     precision_recall,
     single_head_effects,
     task_batches,
     task_loss,
 )
+from .account import task_account
 from .config import (
     DIAGNOSTICS,
     HEAD_FAMILIES,
     MIN_LAYER,
     RATIO_TARGET,
+    SUCCESSOR_OV_TARGET,
     SUCCESSOR_TOP,
     TASK_CORPUS,
     TASK_OF,
     TASKS,
+    TEST_OF,
     THRESHOLDS,
     TRUTH_DELTA,
     Settings,
+    truth_key,
 )
 from .probes import ProbeDoc, build_probes
 from .scores import HeadScores, labels, passing, score_heads
+from .successor import successor_ov
 
 HeadSet = set[tuple[int, int]]  # (layer, head)
 
 
 def analyse(replacement, tokenizer, settings: Settings | None = None, progress: bool = True):
-    """Scores, labels, ablations and ground truth: ``(results, scores, probes)``, where
+    """Scores, labels, tests, accounts and ground truth: ``(results, scores, probes)``, where
     ``results`` is what ``heads.json`` holds (``settings``: ``Settings()`` when None)."""
     from tqdm import tqdm
 
@@ -49,25 +57,35 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
     labelled = labels(scores)
     seconds["scores"] = time.perf_counter() - t0
 
-    # 2) each family's heads zeroed vs random heads
+    # 2) each family's test vs random heads; the successor family's OV test
     t0 = time.perf_counter()
-    batches = task_batches(replacement, probes)
+    corpus = corpus_batches(replacement, probes)
+    batches = task_batches(replacement, probes, corpus)
     clean = {task: task_loss(replacement, b, {}) for task, b in batches.items() if b}
     ablation = {}
-    for family in tqdm(HEAD_FAMILIES, desc="family ablations", disable=not progress, leave=False):
+    for family in tqdm(HEAD_FAMILIES, desc="family tests", disable=not progress, leave=False):
+        test = TEST_OF[family]
         ablation[family] = family_ablation(
             replacement, batches, clean, labelled[family], TASK_OF[family], settings.draws,
-            settings.seed,
+            settings.seed, test, corpus, every_task=test == "mask_bos",
         )  # fmt: skip
-    seconds["family_ablations"] = time.perf_counter() - t0
+    successor = successor_ov(
+        replacement, scores, probes, labelled["successor"], settings.draws, settings.seed
+    )
+    seconds["family_tests"] = time.perf_counter() - t0
 
-    # 3) single heads: the ground truth for precision and recall
+    # 3) where each task is computed: layers of heads vs of features
+    t0 = time.perf_counter()
+    account = task_account(replacement, corpus)
+    seconds["task_account"] = time.perf_counter() - t0
+
+    # 4) single heads: the ground truth for precision and recall
     label_sets = {f: {(l, h) for l, hs in labelled[f].items() for h in hs} for f in HEAD_FAMILIES}
     truth, detectors = {}, {}
     if settings.truth:
         t0 = time.perf_counter()
         truth, detectors = ground_truth(replacement, probes, settings, label_sets, progress)
-        seconds["single_head_ablations"] = time.perf_counter() - t0
+        seconds["single_head_tests"] = time.perf_counter() - t0
 
     results = {
         "settings": {
@@ -75,9 +93,11 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
             "thresholds": {f: t.__dict__ for f, t in THRESHOLDS.items()},
             "min_layer": MIN_LAYER,
             "successor_top": SUCCESSOR_TOP,
+            "successor_ov_target": SUCCESSOR_OV_TARGET,
             "truth_delta": TRUTH_DELTA,
             "ratio_target": RATIO_TARGET,
             "tasks": {t: {"description": d, "corpus": TASK_CORPUS[t]} for t, d in TASKS.items()},
+            "tests": TEST_OF,
         },
         "n_ov_heads": [lorsa.cfg.n_ov_heads for lorsa in replacement.lorsas],
         "probe_queries": {
@@ -97,6 +117,8 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
             for f, per_layer in scores.families.items()
         },
         "ablation": ablation,
+        "successor_ov": successor,
+        "account": account,
         "truth": truth,
         "detectors": detectors,
         "seconds": seconds,
@@ -107,7 +129,21 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
     }
     results["found"] = {f: results["families"][f]["total"] > 0 for f in HEAD_FAMILIES}
     results["met"] = {f: bool(ablation[f].get("meets_target")) for f in HEAD_FAMILIES}
+    # A successor head must both map the item to its successor and matter causally.
+    results["met"]["successor"] &= bool(successor.get("meets_target"))
     return results, scores, probes
+
+
+def truth_groups() -> list[tuple[tuple[str, ...], str]]:
+    """The single-head runs the families need: ``(tasks, test)``, tasks that share documents
+    (``TASK_CORPUS``) and a test measured together, in one group testing."""
+    groups: dict[tuple, list[str]] = {}
+    for family in HEAD_FAMILIES:
+        task, test = TASK_OF[family], TEST_OF[family]
+        tasks = groups.setdefault((TASK_CORPUS[task], test), [])
+        if task not in tasks:
+            tasks.append(task)
+    return [(tuple(tasks), test) for (_, test), tasks in groups.items()]
 
 
 def ground_truth(
@@ -117,41 +153,48 @@ def ground_truth(
     label_sets: dict[str, HeadSet],
     progress: bool = True,
 ) -> tuple[dict, dict]:
-    """``(truth, detectors)``: per task, the heads whose single-head ablation on the first
-    ``settings.truth_docs`` documents costs at least ``TRUTH_DELTA`` (with their labels); per
-    family, its labels' precision and recall against them."""
+    """``(truth, detectors)``: per task and test (``truth_key``), the heads whose single-head
+    test on the first ``settings.truth_docs`` documents costs at least ``TRUTH_DELTA`` (with
+    their labels); per family, its labels' precision and recall against its own task and
+    test."""
     from tqdm import tqdm
 
     subset = {c: docs[: settings.truth_docs] for c, docs in probes.items()}
-    truth_batches = task_batches(replacement, subset)
+    corpus = corpus_batches(replacement, subset)
     truth = {}
-    for task in tqdm(sorted(set(TASK_OF.values())), desc="single-head ablations",
-                     disable=not progress, leave=False):  # fmt: skip
+    for tasks, test in tqdm(truth_groups(), desc="single-head tests", disable=not progress,
+                            leave=False):  # fmt: skip
         effects, runs = single_head_effects(
-            replacement, truth_batches[task], TRUTH_DELTA, progress=progress
+            replacement, for_tasks(corpus, tasks), TRUTH_DELTA, progress=progress, test=test
         )
-        true = sorted((lh for lh, e in effects.items() if e >= TRUTH_DELTA),
-                      key=lambda lh: -effects[lh])  # fmt: skip
-        truth[task] = {
-            "forward_passes": runs,
-            "heads_measured_alone": len(effects),
-            "true_heads": [
-                {
-                    "layer": l,
-                    "head": h,
-                    "increase": effects[(l, h)],
-                    "labels": [f for f in HEAD_FAMILIES if (l, h) in label_sets[f]],
-                }
-                for l, h in true
-            ],
-        }
+        for task in tasks:
+            measured = effects.get(task, {})
+            true = sorted((lh for lh, e in measured.items() if e >= TRUTH_DELTA),
+                          key=lambda lh, m=measured: -m[lh])  # fmt: skip
+            truth[truth_key(task, test)] = {
+                "task": task,
+                "test": test,
+                "forward_passes": runs,
+                "shared_with": [t for t in tasks if t != task],
+                "heads_measured_alone": len(measured),
+                "true_heads": [
+                    {
+                        "layer": l,
+                        "head": h,
+                        "increase": measured[(l, h)],
+                        "labels": [f for f in HEAD_FAMILIES if (l, h) in label_sets[f]],
+                    }
+                    for l, h in true
+                ],
+            }
     detectors = {}
     for family in HEAD_FAMILIES:
-        task = TASK_OF[family]
-        true = {(t["layer"], t["head"]) for t in truth[task]["true_heads"]}
+        key = truth_key(TASK_OF[family], TEST_OF[family])
+        true = {(t["layer"], t["head"]) for t in truth[key]["true_heads"]}
         detectors[family] = precision_recall(label_sets[family], true) | {
-            "task": task,
-            "true_heads_by_label": by_label(truth[task]["true_heads"]),
+            "task": TASK_OF[family],
+            "truth": key,
+            "true_heads_by_label": by_label(truth[key]["true_heads"]),
         }
     return truth, detectors
 
@@ -183,9 +226,11 @@ def _family_summary(replacement, tokenizer, scores, probes, labelled, family, se
     ]
     return {
         "task": TASK_OF[family],
+        "test": TEST_OF[family],
         "threshold": t.__dict__,
         "min_layer": MIN_LAYER.get(family, 0),
         "counts_per_layer": [len(labelled[family][l]) for l in range(len(per_layer))],
+        "layers": [l for l in range(len(per_layer)) if labelled[family][l]],
         "total": len(heads),
         "look_alikes_below_min_layer": sum(below),
         "heads": heads,
@@ -193,16 +238,19 @@ def _family_summary(replacement, tokenizer, scores, probes, labelled, family, se
 
 
 def example(replacement, tokenizer, scores: HeadScores, probes, family: str, layer: int, head: int):
-    """The probe query where the head read most from the family's keys: the query token, the
-    expected key it read most from, and that key's share of ``z`` (``LorsaLayer.contributions``)."""
+    """The probe query where the head read most from the family's keys (a sink: attended most
+    to BOS): the query token, the expected key it read most from, that key's share of ``z``
+    (``LorsaLayer.contributions``) and the head's attention on it."""
     where = scores.families[family][layer].best_at[head]
     if where is None:
         return None
     corpus, doc, q = where
     probe = probes[corpus][doc]
     x = scores.lorsa_inputs[corpus][layer][doc, : len(probe.ids)]
+    lorsa = replacement.lorsas[layer]
     with torch.no_grad():
-        c = replacement.lorsas[layer].contributions(x, q, torch.tensor([head]))[0]
+        c = lorsa.contributions(x, q, torch.tensor([head]))[0]
+        attention = lorsa.patterns(x[None, : q + 1])[0, head // lorsa.cfg.group_size, q]
     key = max(probe.keys[family][q], key=lambda k: float(c[k]))
     return {
         "corpus": corpus,
@@ -212,6 +260,7 @@ def example(replacement, tokenizer, scores: HeadScores, probes, family: str, lay
         "key": key,
         "key_token": _token(tokenizer, probe.ids[key]),
         "share_of_z": float(c[key] / c.sum()) if float(c.sum()) > 0 else None,
+        "attention": float(attention[key]),
         "context": _context(tokenizer, probe.ids, key, q),
     }
 

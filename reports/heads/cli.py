@@ -19,9 +19,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m reports.heads",
         description="Label Lorsa heads as previous-token, duplicate-token, induction, subtoken "
-        "induction, successor, attention-sink and operand-fetching heads from their per-key "
-        "contributions on held-out probes, and check each family by ablation (family heads vs "
-        "random heads, and single heads for precision/recall).",
+        "induction, successor, attention-sink and arithmetic heads (operand a/b digit of each "
+        "place, carry) from their per-key contributions on held-out probes, and test each "
+        "family causally against random heads: zeroing for heads that write, BOS masking for "
+        "sinks, and an OV test for successor heads; single-head tests give precision/recall, "
+        "and layer ablations say where each task is computed.",
     )
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
     parser.add_argument(
@@ -38,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--truth-docs",
         type=int,
         default=Settings.truth_docs,
-        help="of those, how many the single-head ablations use (default "
+        help="of those, how many the single-head tests use (default "
         "%(default)s; they cost most of the time)",
     )
     parser.add_argument(
@@ -51,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-truth",
         action="store_true",
-        help="skip the single-head ablations (no precision/recall)",
+        help="skip the single-head tests (no precision/recall)",
     )
     parser.add_argument(
         "--no-induction-circuit",

@@ -1,5 +1,5 @@
 """What the taxonomy is configured with: the head families, their label thresholds, the tasks
-that ablations measure, and the settings of one analysis.
+that ablations measure, each family's causal test, and the settings of one analysis.
 
 Nothing here imports torch: the command line reads these defaults before it checks its
 arguments.
@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from toy_models.data import FAMILIES
 
+PLACES = ("units", "tens", "hundreds")  # place p of a number: its digit of 10**p
+OPERAND_FAMILIES = tuple(f"operand_{x}_{place}" for x in "ab" for place in PLACES)
+ARITHMETIC_FAMILIES = (*OPERAND_FAMILIES, "carry")
 HEAD_FAMILIES = (
     "previous_token",
     "duplicate_token",
@@ -18,7 +21,7 @@ HEAD_FAMILIES = (
     "subtoken_induction",
     "successor",
     "attention_sink",
-    "operand_fetching",
+    *ARITHMETIC_FAMILIES,
 )
 DIAGNOSTICS = ("operand_any_digit",)  # scored like a family, never a label
 
@@ -30,18 +33,24 @@ class Threshold:
 
 
 # Successor heads are specific (one rank-1 head per few transitions, e.g. eighth -> ninth)
-# and see only those transitions' queries; subtoken-induction queries are few per document.
+# and see only those transitions' queries; subtoken-induction and carry queries are few.
 THRESHOLDS: dict[str, Threshold] = {
     "previous_token": Threshold(0.5, 10),
     "duplicate_token": Threshold(0.5, 10),
     "induction": Threshold(0.5, 10),
     "subtoken_induction": Threshold(0.5, 5),
     "successor": Threshold(0.5, 3),
-    "attention_sink": Threshold(0.5, 10),
-    "operand_fetching": Threshold(0.5, 10),
+    # The head's attention (not its value) on BOS, averaged over every probe query: uniform
+    # attention gives BOS about 0.03 here (1 / (q + 1) over q = 2..127), so a quarter is a
+    # head that rests on BOS far more than chance would put it there.
+    "attention_sink": Threshold(0.25, 10),
+    **{f: Threshold(0.5, 10) for f in OPERAND_FAMILIES},
+    "carry": Threshold(0.5, 5),
 }
 MIN_LAYER = {"induction": 1, "subtoken_induction": 1}  # see the package docstring
 SUCCESSOR_TOP = 10  # "promotes the successor": among the head's top tokens (1% of 1024)
+SUCCESSOR_OV_TARGET = 0.5  # share of successor probes whose successor the family's OV puts in
+# its top SUCCESSOR_TOP tokens, reading the previous item's actual residual
 TRUTH_DELTA = 0.01  # nats per target token: a head whose ablation costs this carries the task
 RATIO_TARGET = 5.0
 
@@ -49,8 +58,13 @@ RATIO_TARGET = 5.0
 TASKS = {
     "repeat_second_copy": "repeat: tokens 2..n of the second copy (copying)",
     "rare_name_subtokens": "names: sub-tokens 2..n of later mentions of held-out rare names",
-    "successor_items": "successor: items after a list's first (single-token kinds)",
-    "addition_answers": "addition: the answer digits",
+    "successor_items": "successor: items one step after the previous item (lists and "
+    "sentences; single-token items, counting left out)",
+    "answer_units": "addition: the answer's units digit",
+    "answer_tens": "addition: the answer's tens digit",
+    "answer_hundreds": "addition: the answer's hundreds digit",
+    "carry_digits": "addition: the answer digits whose place receives a carry",
+    "addition_answers": "addition: every answer digit",
     "after_duplicate": "all families: the token after a token that occurred before",
     "all_tokens": "all families: every next token",
 }
@@ -58,6 +72,10 @@ TASK_CORPUS = {
     "repeat_second_copy": ("repeat",),
     "rare_name_subtokens": ("names",),
     "successor_items": ("successor",),
+    "answer_units": ("addition",),
+    "answer_tens": ("addition",),
+    "answer_hundreds": ("addition",),
+    "carry_digits": ("addition",),
     "addition_answers": ("addition",),
     "after_duplicate": FAMILIES,
     "all_tokens": FAMILIES,
@@ -71,8 +89,19 @@ TASK_OF = {
     "subtoken_induction": "rare_name_subtokens",
     "successor": "successor_items",
     "attention_sink": "all_tokens",
-    "operand_fetching": "addition_answers",
+    **{f"operand_{x}_{place}": f"answer_{place}" for x in "ab" for place in PLACES},
+    "carry": "carry_digits",
 }
+# How a family is tested: heads that write are zeroed (``hook_z``); a sink's job is to hold
+# attention that has nowhere better to go, so its heads' attention to BOS is removed instead
+# (the rest renormalised) and they attend elsewhere.
+TESTS = ("zero", "mask_bos")
+TEST_OF = {f: "mask_bos" if f == "attention_sink" else "zero" for f in HEAD_FAMILIES}
+
+
+def truth_key(task: str, test: str) -> str:
+    """The name of a single-head ground truth: the task, and the test when not zeroing."""
+    return task if test == "zero" else f"{task}/{test}"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""The report's PNG plots: score histograms per family, labelled heads per layer, and family vs
-random ablations. Reads only the ``results`` dictionary; draws on ``matplotlib.figure.Figure``
-objects (no pyplot state, no backend to choose)."""
+"""The report's PNG plots: score histograms per family, labelled heads per layer, and each
+family's test vs random heads. Reads only the ``results`` dictionary; draws on
+``matplotlib.figure.Figure`` objects (no pyplot state, no backend to choose)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ def write_plots(results: dict, out: Path) -> list[Path]:
 
     written = []
     for name, size, draw in (
-        ("scores.png", (16, 7), _score_histograms),
-        ("counts.png", (10, 4), _counts_per_layer),
-        ("ablation.png", (10, 4), _ablations),
+        ("scores.png", (16, 13), _score_histograms),
+        ("counts.png", (12, 4), _counts_per_layer),
+        ("ablation.png", (14, 4), _ablations),
     ):
         fig = Figure(figsize=size)
         draw(fig, results)
@@ -33,9 +33,12 @@ def _save_png(fig, path: Path) -> None:
 
 
 def _score_histograms(fig, results: dict) -> None:
-    axes = fig.subplots(2, 4)
-    for ax, f in zip(axes.flat, HEAD_FAMILIES + DIAGNOSTICS, strict=True):
-        t = THRESHOLDS.get(f, THRESHOLDS["operand_fetching"])
+    names = HEAD_FAMILIES + DIAGNOSTICS
+    axes = list(fig.subplots(-(-len(names) // 4), 4).flat)
+    for ax in axes[len(names) :]:
+        ax.set_axis_off()
+    for ax, f in zip(axes, names, strict=False):
+        t = THRESHOLDS.get(f, THRESHOLDS["operand_a_units"])
         sc = results["scores"][f]
         for l, (score, active) in enumerate(zip(sc["score"], sc["active"], strict=True)):
             kept = [v for v, a in zip(score, active, strict=True) if a >= t.min_active]
@@ -43,7 +46,8 @@ def _score_histograms(fig, results: dict) -> None:
         ax.axvline(t.score, color="k", linestyle="--", linewidth=1)
         ax.set_yscale("log")
         ax.set_title(f + (" (diagnostic)" if f in DIAGNOSTICS else ""))
-        ax.set_xlabel(f"score (heads with >= {t.min_active} active queries)")
+        what = "attention on BOS" if f == "attention_sink" else "score"
+        ax.set_xlabel(f"{what} (heads with >= {t.min_active} active queries)")
         ax.legend(fontsize=7)
     fig.suptitle("Family scores of every Lorsa head (dashed: label threshold)")
     fig.tight_layout()
@@ -60,7 +64,7 @@ def _counts_per_layer(fig, results: dict) -> None:
         [l + 0.4 - width / 2 for l in range(n_layers)], [f"L{l}" for l in range(n_layers)]
     )
     ax.set_ylabel("labelled heads")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=7, ncol=3)
     ax.set_title("Labelled heads per layer and family")
     fig.tight_layout()
 
@@ -75,8 +79,10 @@ def _ablations(fig, results: dict) -> None:
         values = [abl[f].get(key, 0.0) for f in HEAD_FAMILIES]
         ax.bar([i + j * 0.27 for i in range(len(HEAD_FAMILIES))], values, 0.27, label=label)
     ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xticks(range(len(HEAD_FAMILIES)), [f.replace("_", "\n") for f in HEAD_FAMILIES])
+    ax.set_xticks(range(len(HEAD_FAMILIES)), [f.replace("_", "\n") for f in HEAD_FAMILIES],
+                  fontsize=7)  # fmt: skip
     ax.set_ylabel("task loss increase (nats)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("Zeroing a family's heads vs as many random heads, on the family's task")
+    ax.set_title("Each family's test (zeroing; BOS masking for sinks) vs as many random heads, "
+                 "on the family's task")  # fmt: skip
     fig.tight_layout()

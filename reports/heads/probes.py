@@ -1,7 +1,8 @@
 """Probe documents: which keys each head family should read at which queries, and which
 tokens each task predicts, on held-out corpus documents (the rules are in the package
-docstring). The corpus spans say where names, list items, operands and copies are; nothing
-here re-reads the text."""
+docstring). The corpus spans say where names, list items, operands and copies are, and what
+they hold (an item's previous item and step, an answer's operands); nothing here re-reads
+the text."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from toy_models.data import FAMILIES
+
+from .config import PLACES
 
 Keys = dict[int, list[int]]  # query position -> key positions
 
@@ -46,17 +49,24 @@ def induction_keys(
     return out
 
 
+def carries_into(a: int, b: int, place: int) -> bool:
+    """Whether adding ``a + b`` carries a one into ``place`` (from the places below it)."""
+    return place > 0 and a % 10**place + b % 10**place >= 10**place
+
+
 # ----------------------------------------------------------------- probe documents
 @dataclass
 class ProbeDoc:
     """One held-out document: per head family, its probe queries with their expected keys;
-    per task, the positions whose token is a target (predicted at ``p - 1``)."""
+    per task, the positions whose token is a target (predicted at ``p - 1``); at each
+    successor query, the successor's token and whether it is a list's or a sentence's."""
 
     corpus: str  # the corpus family it comes from
     ids: list[int]
     keys: dict[str, Keys] = field(default_factory=dict)
     targets: dict[str, list[int]] = field(default_factory=dict)
     successor_token: dict[int, int] = field(default_factory=dict)  # query -> next item's token
+    successor_frame: dict[int, str] = field(default_factory=dict)  # query -> list / sentence
 
 
 def probe_doc(encoded) -> ProbeDoc:
@@ -75,7 +85,8 @@ def probe_doc(encoded) -> ProbeDoc:
 
 
 def _repeat_probes(encoded, probe: ProbeDoc) -> None:
-    """Induction: the second copy's tokens read the token after their first occurrence."""
+    """Induction: the second copy's tokens (whatever separates the copies, filler or none)
+    read the token after their earlier occurrences."""
     copy = encoded.example.spans_of("second")[0]
     first, second = encoded.tokens_in(copy.earlier), encoded.tokens_in(copy)
     if len(first) == len(second) and encoded.holds(copy):
@@ -99,37 +110,59 @@ def _names_probes(encoded, probe: ProbeDoc) -> None:
 
 
 def _successor_probes(encoded, probe: ProbeDoc) -> None:
-    """Successor: at the comma before an item, the previous item (single-token items only)."""
+    """Successor: an item one step after its previous item (``step == 1``), in a list of any
+    format or a sentence (``Today is X. ... Tomorrow is Y``: X may lie far back); at the
+    token before the item, the key is the previous item. Single-token items only (counting's
+    are several digit tokens: digit arithmetic, not a lookup)."""
     keys, targets = {}, []
     for span in encoded.example.spans_of("item"):
-        if span.sequence == "counting":
-            continue  # several digit tokens per item: digit arithmetic, not a lookup
+        if span.step != 1 or span.sequence == "counting" or not encoded.holds(span):
+            continue
         item, prev = encoded.tokens_in(span), encoded.tokens_in(span.previous)
-        if len(item) == 1 and len(prev) == 1 and encoded.holds(span):
-            keys[item[0] - 1] = prev
-            probe.successor_token[item[0] - 1] = probe.ids[item[0]]
+        if len(item) == 1 and len(prev) == 1:
+            q = item[0] - 1
+            keys[q] = prev
+            probe.successor_token[q] = probe.ids[item[0]]
+            probe.successor_frame[q] = "list" if span.frame == "list" else "sentence"
             targets.append(item[0])
     probe.keys["successor"] = keys
     probe.targets["successor_items"] = sorted(targets)
 
 
 def _addition_probes(encoded, probe: ProbeDoc) -> None:
-    """Operand fetching: each answer digit reads the operand digits of its place value."""
-    aligned, any_digit, targets = {}, {}, []
+    """Operand fetching, by what is fetched: at the query predicting the answer digit of
+    place p, ``operand_{a,b}_{place}`` reads operand a's (b's) digit of place p; ``carry``
+    reads both operands' digits of place p - 1, at the places that receive a carry only."""
+    names = [*(f"operand_{x}_{place}" for x in "ab" for place in PLACES), "carry"]
+    keys: dict[str, Keys] = {name: {} for name in [*names, "operand_any_digit"]}
+    targets: dict[str, list[int]] = {f"answer_{place}": [] for place in PLACES}
+    targets |= {"carry_digits": [], "addition_answers": []}
     for span in encoded.example.spans_of("answer"):
         if not encoded.holds(span):
             continue
-        operands = [encoded.tokens_in(operand) for operand in span.operands]
+        digits = [encoded.tokens_in(operand) for operand in span.operands]
+        a, b = (int(operand.value) for operand in span.operands)
         answer = encoded.tokens_in(span)
         for j, p in enumerate(answer):
             place, q = len(answer) - 1 - j, p - 1  # place 0: units
-            same_place = [d[-1 - place] for d in operands if place < len(d)]
-            aligned[q] = [k for k in same_place if k != q - 1]
-            any_digit[q] = [k for d in operands for k in d if k != q - 1]
-            targets.append(p)
-    probe.keys["operand_fetching"] = {q: k for q, k in aligned.items() if k}
-    probe.keys["operand_any_digit"] = {q: k for q, k in any_digit.items() if k}
-    probe.targets["addition_answers"] = targets
+
+            def fetch(d: list[int], place: int = place) -> list[int]:
+                return [d[-1 - place]] if 0 <= place < len(d) else []
+
+            if place < len(PLACES):
+                for x, d in zip("ab", digits, strict=True):
+                    keys[f"operand_{x}_{PLACES[place]}"][q] = fetch(d)
+                targets[f"answer_{PLACES[place]}"].append(p)
+            if carries_into(a, b, place):
+                keys["carry"][q] = fetch(digits[0], place - 1) + fetch(digits[1], place - 1)
+                targets["carry_digits"].append(p)
+            keys["operand_any_digit"][q] = [k for d in digits for k in d]
+            targets["addition_answers"].append(p)
+    for name, family_keys in keys.items():
+        # q - 1 is the previous-token family's (see the package docstring).
+        cleaned = {q: [k for k in ks if k != q - 1] for q, ks in family_keys.items()}
+        probe.keys[name] = {q: ks for q, ks in cleaned.items() if ks}
+    probe.targets |= targets
 
 
 _FAMILY_PROBES = {

@@ -6,39 +6,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from .analysis import by_label
-from .config import HEAD_FAMILIES
+from .config import HEAD_FAMILIES, PLACES
 
-# What would create a family that the default model lacks (printed when one fails).
+# What would create or strengthen a family that fails (printed after its measured account).
+_OPERAND_NOTE = (
+    "A digit can reach the answer without a head that reads it alone: a head that reads both "
+    "operands' digits of a place (half each) carries neither label, and the MLPs can combine "
+    "digits that earlier heads moved together; the account says which layers carry the task."
+)
 MISSING_NOTES = {
+    "previous_token": "A stronger copying task (longer repeated segments) needs more of them.",
     "duplicate_token": (
         "Nothing in the corpus rewards knowing that the current token occurred before for its "
         "own sake: in `names` the two characters' roles swap at random, so a repeated name says "
-        "nothing about the next one. An IOI-style template (`When Anna and Tom went to the "
-        "park, Tom gave a ring to` -> Anna), where the answer is the name that is *not* "
-        "repeated, is the setting in which duplicate-token heads appear in GPT-2 and would "
-        "plant them here."
+        "nothing about the next one. An IOI-style template (the answer is the name that is "
+        "*not* repeated) is the setting in which duplicate-token heads appear in GPT-2."
     ),
-    "successor": (
-        "In this corpus the next item always follows the previous one directly, so the model "
-        "can move the previous item to the comma with previous-token heads and look up its "
-        "successor in the MLPs; heads whose own output promotes the successor exist (layer 0) "
-        "but are redundant with that route. Lists with gaps (`Monday ... [filler] ... then "
-        "the day after:`) that force the item to be fetched from afar, a smaller d_mlp, or "
-        "more kinds of ordered lists than the MLPs can memorise would push the successor map "
-        "into attention OV circuits."
-    ),
-    "attention_sink": (
-        "A head that attends to BOS reads the same BOS value everywhere and adds a nearly "
-        "constant vector: removing it is close to a no-op by design, so no task depends on "
-        "sink heads (they exist and are detected; the ablation target cannot be met by "
-        "construction). Sinks matter as a resting place for other heads' attention, which a "
-        "pattern intervention (not a head ablation) would show; no change to the corpus or "
-        "model would make zeroing them costly without making them something other than sinks."
-    ),
-    "previous_token": "A stronger copying task (longer repeated segments) needs more of them.",
     "induction": "Longer repeated segments or more `repeat` documents would strengthen it.",
     "subtoken_induction": "More rare names per story would strengthen it.",
-    "operand_fetching": "Longer operands would need more of them.",
+    "successor": (
+        "Where the previous item sits right before the next one, previous-token heads can move "
+        "it and MLP features look its successor up; the far-back sentences (`Today is X. ... "
+        "Tomorrow is Y`) are the corpus's reason for an OV successor map, so their share of "
+        "the corpus (and a smaller d_mlp) decides whether heads or MLPs hold it."
+    ),
+    "attention_sink": (
+        "A sink matters only where the heads that rest on it would otherwise read something "
+        "harmful; if removing BOS leaves them spreading attention over keys whose values "
+        "cancel or are small, the model does not depend on the sink for that task."
+    ),
+    **{f"operand_{x}_{place}": _OPERAND_NOTE for x in "ab" for place in PLACES},
+    "carry": (
+        "A carry can be computed from the lower digits by the heads that fetch them for their "
+        "own place (their outputs reach the MLPs of the next position) rather than by heads "
+        "that read the lower place at the higher place's query."
+    ),
 }
 
 
@@ -55,29 +57,48 @@ def write_report(results: dict, out: Path) -> list[Path]:
 
 
 def summary(results: dict) -> str:
-    """One console line per family: heads per layer, ablation against random, detectors."""
-    lines = []
+    """The family table on the console: one line per family (its test, heads per layer, the
+    test vs both random controls, the 5x target, detectors), then the successor OV test."""
+    lines = [
+        f"{'family':19s} {'test':8s} {'heads':>5s} {'per layer':14s} {'task':20s} "
+        f"{'+ family':>8s} {'+ random':>8s} {'ratio':>6s} {'+ active':>8s} {'ratio':>6s} "
+        f"{'5x':4s} {'prec':>4s} {'rec':>4s}"
+    ]
     for f in HEAD_FAMILIES:
         fam, a, d = results["families"][f], results["ablation"][f], results["detectors"].get(f, {})
         lines.append(
-            f"{f:19s} heads {fam['total']:4d} per layer {fam['counts_per_layer']}; zeroing them: "
-            f"+{_fmt(a.get('increase'), '.4f')} nats on {a['task']} vs random "
-            f"+{_fmt(a.get('random_mean'), '.4f')} (ratio {_fmt(a.get('ratio'), '.1f')}, "
-            f"{'met' if results['met'][f] else 'NOT met'}); precision "
-            f"{_fmt(d.get('precision'), '.2f')} recall {_fmt(d.get('recall'), '.2f')}"
+            f"{f:19s} {fam['test']:8s} {fam['total']:5d} {str(fam['counts_per_layer']):14s} "
+            f"{a['task']:20s} {_fmt(a.get('increase'), '8.4f'):>8s} "
+            f"{_fmt(a.get('random_mean'), '8.4f'):>8s} {_fmt(a.get('ratio'), '6.1f'):>6s} "
+            f"{_fmt(a.get('matched_random_mean'), '8.4f'):>8s} "
+            f"{_fmt(a.get('matched_ratio'), '6.1f'):>6s} "
+            f"{'met' if results['met'][f] else 'NOT':4s} {_fmt(d.get('precision'), '4.2f'):>4s} "
+            f"{_fmt(d.get('recall'), '4.2f'):>4s}"
+        )
+    ov = results["successor_ov"]
+    if "in_top" in ov:
+        lines.append(
+            f"successor OV: the successor is among the family's top {ov['top']} promoted tokens "
+            f"at {ov['in_top']:.0%} of {ov['probes']} items (random heads "
+            f"{ov['random_in_top']:.0%}; target {ov['target']:.0%}), above the item itself at "
+            f"{ov['above_item']:.0%}"
         )
     return "\n".join(lines)
 
 
 def markdown(results: dict) -> str:
-    """The report page: summary, per-layer tables with examples, ablations, ground truth, and
-    what is missing with its evidence."""
+    """The report page: the family table, per-layer tables with examples, the successor OV
+    test, the sink test on every task, every family on every task, where each task is
+    computed, ground truth, and what fails with its measured account."""
     sections = (
         _introduction,
         _summary_table,
+        _successor_section,
+        _sink_section,
         _per_layer,
         _overlaps,
         _ablation_table,
+        _account_section,
         _ground_truth,
         _missing,
         _plots,
@@ -98,6 +119,10 @@ def _md(text: str) -> str:
     return text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'")
 
 
+def _test_name(test: str) -> str:
+    return {"zero": "zeroed", "mask_bos": "BOS masked"}.get(test, test)
+
+
 # ----------------------------------------------------------------- sections
 def _introduction(results: dict) -> list[str]:
     s = results["settings"]
@@ -108,9 +133,12 @@ def _introduction(results: dict) -> list[str]:
         f"first {s['truth_docs']}); {results['n_ov_heads'][0]} Lorsa OV heads per layer. A "
         "head's family score is the share of its positive per-key contribution mass, over the "
         "family's probe queries where it is active, that comes from the keys the family "
-        "predicts (see `reports/heads/__init__.py`). Ablations: local mode, errors frozen at "
-        f"their clean values; {s['draws']} random head sets per control, drawn from the same "
-        "layers (uniformly, and among heads active on the task's documents).",
+        "predicts; a sink's is its attention on BOS over every probe query (see "
+        "`reports/heads/__init__.py`). Tests run in local mode with errors frozen at their "
+        "clean values: heads that write are zeroed; sink heads lose their attention to BOS "
+        "(the rest renormalised) and attend elsewhere. Controls: as many random heads from the "
+        f"same layers under the same test, {s['draws']} draws uniformly over each layer and "
+        f"{max(1, s['draws'] // 2)} among the heads active on the task's documents.",
     ]
 
 
@@ -120,37 +148,91 @@ def _summary_table(results: dict) -> list[str]:
     layer_cols = " | ".join(f"L{l}" for l in range(n_layers))
     lines = [
         "",
-        "## Summary",
+        "## Families",
         "",
-        f"| family | threshold | {layer_cols} | heads | task | loss +, family | + random | ratio "
-        f"| + active random | ratio | target met | precision | recall |",
-        "|---" * (12 + n_layers) + "|",
+        f"| family | test | threshold | {layer_cols} | heads | task | loss +, family | + random "
+        f"| ratio | + active random | ratio | >= {s['ratio_target']:g}x | precision | recall |",
+        "|---" * (13 + n_layers) + "|",
     ]
     for f in HEAD_FAMILIES:
         fam, a, d = fams[f], abl[f], results["detectors"].get(f, {})
         t = fam["threshold"]
         counts = " | ".join(str(c) for c in fam["counts_per_layer"])
+        met = "yes" if results["met"][f] else "**no**"
+        if f == "successor" and a.get("meets_target") and not results["met"][f]:
+            met = "**no** (OV)"
         lines.append(
-            f"| {f} | {t['score']} (>= {t['min_active']} q) | {counts} | {fam['total']} | "
-            f"`{fam['task']}` | {_fmt(a.get('increase'), '.4f')} | "
+            f"| {f} | {_test_name(fam['test'])} | {t['score']} (>= {t['min_active']} q) | "
+            f"{counts} | {fam['total']} | `{fam['task']}` | {_fmt(a.get('increase'), '.4f')} | "
             f"{_fmt(a.get('random_mean'), '.4f')} | {_fmt(a.get('ratio'), '.1f')} | "
             f"{_fmt(a.get('matched_random_mean'), '.4f')} | {_fmt(a.get('matched_ratio'), '.1f')} "
-            f"| {'yes' if results['met'][f] else '**no**'} | {_fmt(d.get('precision'), '.2f')} "
-            f"| {_fmt(d.get('recall'), '.2f')} |"
+            f"| {met} | {_fmt(d.get('precision'), '.2f')} | {_fmt(d.get('recall'), '.2f')} |"
         )
     return lines + [
         "",
-        f"Target: every family found (>= 1 head) and its heads' ablation raises its task's loss "
-        f">= {s['ratio_target']:g}x as much as as many random heads (and by >= "
-        f"{s['truth_delta']} nats). Precision/recall: against heads whose single-head ablation "
-        f"raises the family's task loss by >= {s['truth_delta']} nats. Probe queries per "
-        "family: " + ", ".join(f"{f} {n}" for f, n in results["probe_queries"].items()) + ".",
+        f"Target: each family's heads under its test raise its task's loss >= "
+        f"{s['ratio_target']:g}x as much as as many uniformly drawn random heads (and by >= "
+        f"{s['truth_delta']} nats); successor heads must also pass the OV test below. "
+        f"Precision/recall: against heads whose single-head test raises the family's task loss "
+        f"by >= {s['truth_delta']} nats. Probe queries per family: "
+        + ", ".join(f"{f} {n}" for f, n in results["probe_queries"].items())
+        + ".",
+        "",
+        "Arithmetic families, by what they fetch: `operand_{a,b}_{place}` read operand a's "
+        "(b's) digit of that place at the query that predicts the answer digit of the same "
+        "place (task: that answer digit); `carry` reads both operands' digits of place p - 1 at "
+        "the query predicting the digit of place p, on problems where place p receives a carry "
+        "(task: the answer digits that receive one).",
         "",
         "Reading precision and recall: single-head ground truth undercounts a family whose heads "
         "are redundant (each dispensable alone, the family as a whole not: compare the family "
-        "ablation), and it counts heads that carry the task by another mechanism (lowering "
+        "test), and it counts heads that carry the task by another mechanism (lowering "
         "recall); the ground-truth table below says which labels those heads carry.",
     ]
+
+
+def _successor_section(results: dict) -> list[str]:
+    ov = results["successor_ov"]
+    lines = ["", "## Successor heads: the OV test", ""]
+    if "in_top" not in ov:
+        why = "no successor head" if not ov.get("n_heads") else "no successor probe"
+        return lines + [f"Not run: {why}."]
+    frames = ", ".join(
+        f"{frame} {row['in_top']:.0%} of {row['probes']}" for frame, row in ov["by_frame"].items()
+    )
+    return lines + [
+        "Each successor probe's previous item, read where it stands (its actual residual "
+        "stream), through the family's OV circuits as if each head attended there alone, "
+        "summed, through the direct path to the logits:",
+        "",
+        f"- successor among the top {ov['top']} promoted tokens: **{ov['in_top']:.0%}** of "
+        f"{ov['probes']} items ({frames}); random heads from the same layers: "
+        f"{ov['random_in_top']:.0%}; target {ov['target']:.0%}: "
+        f"{'met' if ov['meets_target'] else '**not met**'};",
+        f"- median rank of the successor {ov['median_rank']}; the successor outranks the item "
+        f"itself at {ov['above_item']:.0%} (a copying head would not).",
+    ]
+
+
+def _sink_section(results: dict) -> list[str]:
+    a = results["ablation"]["attention_sink"]
+    lines = ["", "## Attention sinks: BOS masked on every task", ""]
+    if "every_task" not in a:
+        return lines + [f"Not run: {a.get('skipped', 'no sink head')}."]
+    lines += [
+        f"The {a['n_heads']} sink heads' attention to BOS taken away (softmax over the other "
+        "keys) vs the same for as many random heads (loss increase, nats per target token):",
+        "",
+        "| task | sink heads | random heads | ratio | active random heads | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, row in a["every_task"].items():
+        lines.append(
+            f"| `{task}` | {row['increase']:.4f} | {row['random_mean']:.4f} | "
+            f"{_fmt(row['ratio'], '.1f')} | {row['matched_random_mean']:.4f} | "
+            f"{_fmt(row['matched_ratio'], '.1f')} |"
+        )
+    return lines
 
 
 def _per_layer(results: dict) -> list[str]:
@@ -175,7 +257,8 @@ def _per_layer(results: dict) -> list[str]:
             if ex:
                 shown = (
                     f"{head_id(l, heads[0]['head'])}: `{_md(ex['context'])}` "
-                    f"({_fmt(ex['share_of_z'], '.0%')} of z from the key)"
+                    f"({_fmt(ex['share_of_z'], '.0%')} of z from the key, attention "
+                    f"{_fmt(ex.get('attention'), '.2f')})"
                 )
             elif l < fams[f]["min_layer"]:
                 shown = (
@@ -187,19 +270,18 @@ def _per_layer(results: dict) -> list[str]:
 
 
 def _overlaps(results: dict) -> list[str]:
-    short = [f.replace("_", " ") for f in HEAD_FAMILIES]
     lines = [
         "",
         "## Heads with two labels",
         "",
-        "Labels may overlap; a head counted here is zeroed with both families.",
+        "Labels may overlap; a head counted here is tested with both families.",
         "",
-        "| | " + " | ".join(short) + " |",
-        "|---" * (len(short) + 1) + "|",
+        "| family | shares heads with |",
+        "|---|---|",
     ]
-    for f, name in zip(HEAD_FAMILIES, short, strict=True):
-        cells = ["" if g == f else str(results["overlaps"][f][g] or "") for g in HEAD_FAMILIES]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for f in HEAD_FAMILIES:
+        shared = ", ".join(f"{g} {n}" for g, n in results["overlaps"][f].items() if n)
+        lines.append(f"| {f} | {shared or '-'} |")
     return lines
 
 
@@ -207,27 +289,70 @@ def _ablation_table(results: dict) -> list[str]:
     tasks = list(results["clean_loss"])
     lines = [
         "",
-        "## Ablating each family on every task",
+        "## Each family's test on every task",
         "",
-        "Loss increase (nats per target token) when the family's heads are zeroed; bold: the "
-        "family's own task. Clean losses: "
+        "Loss increase (nats per target token) under the family's test; bold: the family's own "
+        "task. Clean losses: "
         + ", ".join(f"`{t}` {v:.4f}" for t, v in results["clean_loss"].items())
         + ".",
         "",
-        "| family heads zeroed | " + " | ".join(f"`{t}`" for t in tasks) + " |",
+        "| family heads (test) | " + " | ".join(f"`{t}`" for t in tasks) + " |",
         "|---" * (len(tasks) + 1) + "|",
     ]
     for f in HEAD_FAMILIES:
         a = results["ablation"][f]
+        name = f"{f} ({a['n_heads']}, {_test_name(a['test'])})"
         if "increase" not in a:
             why = a.get("skipped", "no heads")
             lines.append(f"| {f} ({why}) |" + " |" * len(tasks))
             continue
         cells = [
-            f"**{a['increase']:.4f}**" if t == a["task"] else _fmt(a["other_tasks"].get(t), ".4f")
+            f"**{a['increase']:.4f}**"
+            if t == a["task"]
+            else _fmt(a.get("other_tasks", {}).get(t), ".4f")
             for t in tasks
         ]
-        lines.append(f"| {f} ({a['n_heads']}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _account_section(results: dict) -> list[str]:
+    account = results.get("account") or {}
+    if not account:
+        return []
+    n_layers = len(results["n_ov_heads"])
+    cols = " | ".join(f"heads L{l}" for l in range(n_layers))
+    cols += " | " + " | ".join(f"features L{l}" for l in range(n_layers))
+    lines = [
+        "",
+        "## Where each task is computed",
+        "",
+        "Loss increase when every Lorsa head (every transcoder feature) of one layer is zeroed, "
+        "errors frozen; then the mean direct effect on the target's demeaned logit of the "
+        "embeddings, the heads and features of each layer, the error terms, the constant "
+        "biases and the rest (transcoder skips), which sum to the demeaned logit.",
+        "",
+        f"| task | {cols} |",
+        "|---" * (2 * n_layers + 1) + "|",
+    ]
+    for task, row in account.items():
+        cells = [f"{v:.3f}" for v in row["ablation"]["heads"] + row["ablation"]["features"]]
+        lines.append(f"| `{task}` | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"| task | logit | embedding | {cols} | errors | biases | rest |",
+        "|---" * (2 * n_layers + 6) + "|",
+    ]
+    for task, row in account.items():
+        d = row["direct"]
+        if not d:
+            continue
+        cells = [f"{v:.2f}" for v in d["heads"] + d["features"]]
+        lines.append(
+            f"| `{task}` | {d['total']:.2f} | {d['embedding']:.2f} | "
+            + " | ".join(cells)
+            + f" | {d['rest']:.2f} |"
+        )
     return lines
 
 
@@ -236,23 +361,25 @@ def _ground_truth(results: dict) -> list[str]:
         return []
     lines = [
         "",
-        "## Ground truth: single-head ablations",
+        "## Ground truth: single-head tests",
         "",
-        "Exact loss increase of zeroing one head, for every head active on the task's "
-        "documents (adaptive group testing: chunks of heads below the threshold are not "
-        "split further) and for every labelled head.",
+        "Exact loss increase of testing one head alone (zeroing it, or masking its BOS "
+        "attention for the sink test), for every head active on the task's documents (every "
+        "head for the sink test; adaptive group testing: chunks below the threshold on every "
+        "task of their run are not split further; tasks that share documents share the run).",
         "",
-        "| task | forward passes | heads >= threshold | their labels | strongest |",
+        "| task / test | forward passes | heads >= threshold | their labels | strongest |",
         "|---|---|---|---|---|",
     ]
-    for task, t in results["truth"].items():
+    for t in results["truth"].values():
         strongest = ", ".join(
             f"{head_id(h['layer'], h['head'])} +{h['increase']:.3f}"
             + (f" ({'/'.join(h['labels'])})" if h["labels"] else "")
             for h in t["true_heads"][:8]
         )
         lines.append(
-            f"| `{task}` | {t['forward_passes']} | {len(t['true_heads'])} | "
+            f"| `{t['task']}` / {_test_name(t['test'])} | {t['forward_passes']} | "
+            f"{len(t['true_heads'])} | "
             + ", ".join(f"{k} {v}" for k, v in by_label(t["true_heads"]).items())
             + f" | {strongest} |"
         )
@@ -260,15 +387,44 @@ def _ground_truth(results: dict) -> list[str]:
 
 
 def _missing(results: dict) -> list[str]:
-    """Each family not found or without ablation evidence: the evidence, then what would
-    create it (``MISSING_NOTES``)."""
+    """Each family not found or failing its test: the evidence, where its task is computed
+    instead (measured), then what would create it (``MISSING_NOTES``)."""
     missing = [f for f in HEAD_FAMILIES if not (results["found"][f] and results["met"][f])]
-    lines = ["", "## Families not found, or without ablation evidence", ""]
+    lines = ["", "## Families not found or failing their test, and where the model computes them",
+             ""]  # fmt: skip
     if not missing:
-        return lines + ["None: every family is found and meets the ablation target.", ""]
+        return lines + ["None: every family is found and meets its target.", ""]
     for f in missing:
-        lines += [f"- **{f}**: {_evidence(results, f)} {MISSING_NOTES[f]}", ""]
+        lines += [
+            f"- **{f}**: {_evidence(results, f)} {_where(results, f)} {MISSING_NOTES[f]}",
+            "",
+        ]
     return lines
+
+
+def _where(results: dict, f: str) -> str:
+    """The measured account of a family's task: the layers whose heads or features cost it
+    most when zeroed, and the direct effects of heads vs features on its logit."""
+    task = results["families"][f]["task"]
+    row = (results.get("account") or {}).get(task)
+    if not row:
+        return ""
+    abl, d = row["ablation"], row["direct"]
+    parts = [(f"heads L{l}", v) for l, v in enumerate(abl["heads"])]
+    parts += [(f"features L{l}", v) for l, v in enumerate(abl["features"])]
+    top = sorted(parts, key=lambda p: -p[1])[:3]
+    text = (
+        f"Where `{task}` is computed: zeroing a whole layer costs most for "
+        + ", ".join(f"{name} (+{v:.3f})" for name, v in top)
+        + "."
+    )
+    if d:
+        text += (
+            f" Direct effects on the demeaned target logit ({d['total']:.2f}): heads "
+            f"{sum(d['heads']):.2f}, features {sum(d['features']):.2f}, embedding "
+            f"{d['embedding']:.2f}, errors {d['errors']:.2f}, biases {d['biases']:.2f}."
+        )
+    return text
 
 
 def _evidence(results: dict, f: str) -> str:
@@ -282,14 +438,20 @@ def _evidence(results: dict, f: str) -> str:
             f"{fam['min_layer']})."
         )
     elif "skipped" in a:
-        evidence = f"{fam['total']} heads found; ablation skipped: {a['skipped']}."
+        evidence = f"{fam['total']} heads found; test skipped: {a['skipped']}."
     else:
         evidence = (
-            f"{fam['total']} heads found, but zeroing them raises `{a['task']}` loss by "
-            f"{a['increase']:.4f} nats vs {a['random_mean']:.4f} for random heads "
-            f"(ratio {_fmt(a['ratio'], '.2f')}; target {s['ratio_target']:g}x and >= "
-            f"{s['truth_delta']} nats)."
+            f"{fam['total']} heads found; under their test ({_test_name(a['test'])}) "
+            f"`{a['task']}` loss rises by {a['increase']:.4f} nats vs {a['random_mean']:.4f} "
+            f"for random heads (ratio {_fmt(a['ratio'], '.2f')}; target "
+            f"{s['ratio_target']:g}x and >= {s['truth_delta']} nats)."
         )
+        ov = results["successor_ov"]
+        if f == "successor" and "in_top" in ov:
+            evidence += (
+                f" OV test: successor in the top {ov['top']} at {ov['in_top']:.0%} of items "
+                f"(target {ov['target']:.0%})."
+            )
     hurts = {
         g: abl[g]["other_tasks"][a["task"]]
         for g in HEAD_FAMILIES
@@ -298,10 +460,11 @@ def _evidence(results: dict, f: str) -> str:
     if hurts:
         g = max(hurts, key=hurts.get)
         evidence += (
-            f" Of the other families, zeroing the {g} heads hurts `{a['task']}` most: "
+            f" Of the other families, testing the {g} heads hurts `{a['task']}` most: "
             f"+{hurts[g]:.4f} nats."
         )
-    truth = results["truth"].get(a["task"])
+    key = (results["detectors"].get(f) or {}).get("truth")
+    truth = results["truth"].get(key) if key else None
     if truth:
         carriers = ", ".join(
             f"{head_id(h['layer'], h['head'])} +{h['increase']:.3f} "
@@ -309,7 +472,7 @@ def _evidence(results: dict, f: str) -> str:
             for h in truth["true_heads"][:6]
         )
         evidence += (
-            f" The heads whose single ablation costs the task >= {s['truth_delta']} nats: "
+            f" The heads whose single test costs the task >= {s['truth_delta']} nats: "
             f"{len(truth['true_heads'])} ({carriers or 'none'})."
         )
     return evidence
@@ -323,7 +486,7 @@ def _plots(results: dict) -> list[str]:
         "",
         "![labelled heads per layer](counts.png)",
         "",
-        "![ablations](ablation.png)",
+        "![family tests](ablation.png)",
         "",
         "Seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in results["seconds"].items()),
         "",

@@ -1,6 +1,7 @@
 """Family scores: every head's positive contribution mass from each family's expected keys
-over its active probe queries, in one run of the probe documents, and the labels that follow
-from the thresholds (``score_f(i)`` in the package docstring)."""
+over its active probe queries (the attention sink: its attention on BOS over every probe
+query), in one run of the probe documents, and the labels that follow from the thresholds
+(``score_f(i)`` in the package docstring)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def key_mass(
 class FamilyScores:
     """One family's sums over its probe queries, for each head of one layer."""
 
-    expected: Float[Tensor, " ov"]  # positive mass from the expected keys, active queries
-    total: Float[Tensor, " ov"]  # positive mass from every key, active queries
+    expected: Float[Tensor, " ov"]  # positive mass from the expected keys, counted queries
+    total: Float[Tensor, " ov"]  # positive mass from every key, counted queries
     active: Float[Tensor, " ov"]  # number of active probe queries
     best: Float[Tensor, " ov"]  # the largest expected mass at one query
     best_at: list[tuple[str, int, int] | None]  # (corpus, doc, query) of it: the example
@@ -58,8 +59,11 @@ class FamilyScores:
         active: Bool[Tensor, "batch q ov"],
         corpus: str,
         first_doc: int = 0,
+        counted: Bool[Tensor, "batch q ov"] | None = None,
     ) -> None:
-        expected, total = expected * active, total * active
+        """Add one batch: sums over the ``counted`` queries (default: the active ones)."""
+        counted = active if counted is None else counted
+        expected, total = expected * counted, total * counted
         self.expected += expected.sum((0, 1))
         self.total += total.sum((0, 1))
         self.active += active.sum((0, 1))
@@ -79,6 +83,13 @@ def key_masks(
         for q, ks in probe.keys.get(family, {}).items():
             mask[j, q, ks] = True
     return mask, mask.any(-1)
+
+
+def sink_attention(
+    pattern: Float[Tensor, "batch qk q k"], group_size: int
+) -> Float[Tensor, "batch q ov"]:
+    """Every OV head's attention on BOS (key 0): its QK head's, shared by the group."""
+    return pattern[..., 0].transpose(1, 2).repeat_interleave(group_size, dim=-1)
 
 
 def promoted_tokens(
@@ -144,11 +155,19 @@ def score_heads(
                     mask, queries = key_masks(batch, family, n)
                     if not queries.any():
                         continue
+                    active = (z > 0) & queries[..., None]
+                    if family == "attention_sink":
+                        # Attention, not value: a sink head rests on BOS whether or not BOS's
+                        # value moves it, and rests most where it is silent.
+                        bos = sink_attention(pattern, lorsa.cfg.group_size)
+                        counted = queries[..., None].expand_as(active)
+                        families[family][l].add(bos, torch.ones_like(bos), active, corpus,
+                                                first, counted)  # fmt: skip
+                        continue
                     expected = key_mass(pattern, values, mask)
                     if family == "successor":
                         target = successor_targets(batch, n)
                         expected = expected * promoted[l][:, target].permute(1, 2, 0)
-                    active = (z > 0) & queries[..., None]
                     families[family][l].add(expected, total, active, corpus, first)
     width = {c: max(len(p.ids) for p in docs) for c, docs in probes.items()}
     lorsa_inputs = {

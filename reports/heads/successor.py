@@ -1,0 +1,101 @@
+"""The successor family's OV test: does the family's output, reading an item where it stands,
+promote the item's successor?
+
+At every successor probe the previous item's actual Lorsa input ``x`` (its residual stream at
+the previous item's position, local mode) goes through each head's OV circuit as if the head
+attended there alone: ``relu(x w_v + b_V) w_o`` (a rank-1 head's output, ReLU as in ``z``),
+summed over the family's heads (each reading its own layer's ``x``), and through the direct
+path to the logits (the demeaned, centred unembedding). The successor passes where its token
+is among the ``top`` tokens raised most; the item itself is compared too (a head that copies
+the item is no successor head). Equal-size random head sets from the same layers are the
+control."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .ablation import Heads, random_like
+from .config import SUCCESSOR_OV_TARGET, SUCCESSOR_TOP
+from .probes import ProbeDoc
+from .scores import HeadScores
+
+
+def ov_logits(
+    replacement, inputs: list[Float[Tensor, "n d_model"]], heads: Heads
+) -> Float[Tensor, "n vocab"]:
+    """Direct logit effects of ``heads``' summed OV outputs on the inputs ``inputs[layer]``
+    (each head attending only there): ``sum_i relu(x w_v^i + b_V^i) (P w_o^i) . unembed``."""
+    rw = replacement.read_write()
+    out = torch.zeros(inputs[0].shape[0], rw.unembed.shape[1])
+    for l, hs in heads.items():
+        if len(hs):
+            index = torch.tensor(hs, dtype=torch.long)
+            values = replacement.lorsas[l].values(inputs[l])[:, index].clamp(min=0)
+            out += values @ rw.lorsa_write[l][index]
+    return out @ rw.unembed.T
+
+
+def ranks(logits: Float[Tensor, "n vocab"], tokens: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+    """Each token's rank among its row's logits (0: the top; ties count against it)."""
+    own = logits.gather(1, tokens[:, None])
+    return (logits >= own).sum(1) - 1
+
+
+def successor_ov(
+    replacement,
+    scores: HeadScores,
+    probes: dict[str, list[ProbeDoc]],
+    heads: Heads,
+    draws: int = 10,
+    seed: int = 0,
+    top: int = SUCCESSOR_TOP,
+) -> dict:
+    """The OV test of ``heads`` on every successor probe: the share whose successor is among
+    the ``top`` tokens promoted (overall and by frame: lists, sentences), the median rank,
+    the share where the successor outranks the item itself, and the same share for random
+    heads; ``meets_target`` when the share reaches ``SUCCESSOR_OV_TARGET``."""
+    docs = probes.get("successor", [])
+    rows = [
+        (j, keys[0], probe.successor_token[q], probe.ids[keys[0]], probe.successor_frame[q])
+        for j, probe in enumerate(docs)
+        for q, keys in probe.keys.get("successor", {}).items()
+    ]
+    n_heads = sum(len(h) for h in heads.values())
+    out: dict = {"probes": len(rows), "n_heads": n_heads, "top": top}
+    if not rows or not n_heads:
+        return out | {"meets_target": False}
+    doc, key = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+    successor, item = torch.tensor([r[2] for r in rows]), torch.tensor([r[3] for r in rows])
+    inputs = [x[doc, key] for x in scores.lorsa_inputs["successor"]]
+    with torch.no_grad():
+        logits = ov_logits(replacement, inputs, heads)
+        rank, item_rank = ranks(logits, successor), ranks(logits, item)
+        n_ov = [lorsa.cfg.n_ov_heads for lorsa in replacement.lorsas]
+        rng = random.Random(f"successor-ov/{seed}/{n_heads}")
+        pools = [list(range(n)) for n in n_ov]
+        random_in_top = [
+            float((ranks(ov_logits(replacement, inputs, r), successor) < top).float().mean())
+            for r in (random_like(heads, pools, n_ov, rng) for _ in range(draws))
+        ]
+    hit = rank < top
+    frames = [r[4] for r in rows]
+    out |= {
+        "in_top": float(hit.float().mean()),
+        "median_rank": int(rank.median()),
+        "above_item": float((rank < item_rank).float().mean()),
+        "by_frame": {
+            frame: {
+                "probes": frames.count(frame),
+                "in_top": float(hit[[f == frame for f in frames]].float().mean()),
+            }
+            for frame in sorted(set(frames))
+        },
+        "random_in_top": sum(random_in_top) / len(random_in_top),
+        "target": SUCCESSOR_OV_TARGET,
+    }
+    out["meets_target"] = out["in_top"] >= SUCCESSOR_OV_TARGET
+    return out

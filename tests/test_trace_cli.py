@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from circuits.graph import Graph
+from circuits.mechanisms import load_summary
 from circuits.trace import main
 from reports.labels import node_label
 from toy_models.cli import run_cli
@@ -42,6 +43,16 @@ def test_trace_writes_every_file(tmp_path, capsys):
     assert [n["node_id"] for n in data["nodes"]] == graph.ids
     assert graph.qk and graph.settings["scores"]["replacement"] > 0
     assert graph.mode == "local"
+    # Constants are nodes, QK records carry their reasons, and the mechanism summary is
+    # printed, written and shown in the report.
+    assert graph.has_constants and all(a.reason is not None for a in graph.qk)
+    assert "mechanisms.json" in names and "predicting heads" in stdout
+    assert "ablate: predicted" in stdout and "parts: tokens" in stdout
+    summary = load_summary(out / "mechanisms.json")
+    (target,) = summary.targets
+    assert target.tokens + target.constants + target.errors == pytest.approx(target.value, abs=1e-3)
+    assert summary.group(target.predicting_group).kind == "lorsa"
+    assert "<h2>Mechanisms</h2>" in (out / "graph.html").read_text()
     if "graph.svg" in names:  # Graphviz installed (CI installs it)
         assert "<svg" in (out / "graph.svg").read_text()
         assert "<svg" in (out / "graph.html").read_text()
@@ -64,6 +75,22 @@ def test_trace_targets_modes_and_formats(tmp_path, capsys):
     logits = [node_label(graph, i) for i in graph.is_kind("logit").nonzero().squeeze(1).tolist()]
     assert logits[0].startswith("logit ' Thursday'") and " - ' Friday'" in logits[1]
     assert not (out / "graph.svg").exists()
+
+
+def test_trace_vs_runner_up_without_constants_or_mechanisms(tmp_path, capsys):
+    out = tmp_path / "t"
+    (out).mkdir()
+    (out / "mechanisms.json").write_text("{}")  # an earlier run's, removed
+    code, stdout, err = trace(
+        capsys, "--prompt", PROMPT, "--out", str(out), "--vs-runner-up", "--no-constants",
+        "--no-mechanisms", "--no-qk", "--max-nodes", "10", "--format", "",
+    )  # fmt: skip
+    assert code == 0, err
+    graph = Graph.load(out / "graph.safetensors")
+    (record,) = graph.logit_targets
+    assert record.negative is not None and record.negative != record.token
+    assert not graph.has_constants and "predicting heads" not in stdout
+    assert not (out / "mechanisms.json").exists() and "mechanisms.json of an earlier run" in err
 
 
 @pytest.mark.parametrize(

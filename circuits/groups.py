@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -116,11 +117,37 @@ class GroupedGraph:
     graph: Graph
     groups: list[Group]
     of_node: np.ndarray
-    edges: sp.csr_array
-    internal: np.ndarray
     value: np.ndarray
     bias: np.ndarray
     target_weight: np.ndarray
+
+    @cached_property
+    def _summed(self) -> tuple[sp.csr_array, np.ndarray]:
+        """(edges, internal), made on first use: summing every edge of a long prompt's graph
+        is the costly part of a view, and many uses need only the groups."""
+        n_groups, n = self.n_groups, self.graph.n_nodes
+        member = sp.csr_array(
+            (np.ones(n, dtype=np.float32), (self.of_node, np.arange(n))), shape=(n_groups, n)
+        )
+        # float32 like the edges themselves: no float64 copy of a matrix that can hold 1e7
+        # entries; each sum is as exact as the edges it adds.
+        coo = sp.coo_array(member @ self.graph.edges @ member.T)
+        inside = coo.row == coo.col
+        data = coo.data.astype(np.float64)
+        internal = np.bincount(coo.row[inside], data[inside], minlength=n_groups)
+        off = ~inside
+        edges = sp.csr_array((data[off], (coo.row[off], coo.col[off])), shape=(n_groups, n_groups))
+        edges.sum_duplicates()
+        edges.sort_indices()
+        return edges, internal
+
+    @property
+    def edges(self) -> sp.csr_array:
+        return self._summed[0]
+
+    @property
+    def internal(self) -> np.ndarray:
+        return self._summed[1]
 
     @property
     def n_groups(self) -> int:
@@ -192,23 +219,12 @@ def _view(graph: Graph, groups: list[Group], of_node: np.ndarray) -> GroupedGrap
     groups = [groups[k] for k in order]
     of_node = rank[of_node]
     n_groups = len(groups)
-    member = sp.csr_array(
-        (np.ones(graph.n_nodes), (of_node, np.arange(graph.n_nodes))),
-        shape=(n_groups, graph.n_nodes),
-    )
-    coo = sp.coo_array(member @ graph.edges.astype(np.float64) @ member.T)
-    inside = coo.row == coo.col
-    internal = np.bincount(coo.row[inside], coo.data[inside], minlength=n_groups)
-    off = ~inside
-    summed = sp.csr_array((coo.data[off], (coo.row[off], coo.col[off])), shape=(n_groups, n_groups))
-    summed.sum_duplicates()
-    summed.sort_indices()
     value = graph.value.double().numpy()
     is_target = ~np.isnan(value)
     value_sum = np.bincount(of_node, np.where(is_target, value, 0.0), minlength=n_groups)
     has_target = np.bincount(of_node, is_target, minlength=n_groups) > 0
     return GroupedGraph(
-        graph=graph, groups=groups, of_node=of_node, edges=summed, internal=internal,
+        graph=graph, groups=groups, of_node=of_node,
         value=np.where(has_target, value_sum, np.nan),
         bias=np.bincount(of_node, graph.bias.double().numpy(), minlength=n_groups),
         target_weight=np.bincount(of_node, graph.target_weight.double().numpy(),

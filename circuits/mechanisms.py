@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
+import torch
 
 from .attribution import PromptRun
 from .graph import Graph, QKAttribution
@@ -299,44 +301,66 @@ def load_summary(path: str | Path) -> MechanismSummary:
 
 
 # ----------------------------------------------------------------- flows
-def node_flows(graph: Graph, target: int) -> tuple[np.ndarray, np.ndarray]:
+class EdgeColumns:
+    """A graph's edges transposed (a row per source), made once and read stage by stage
+    without copies: the flows below sweep it many times, and a long prompt's graph holds
+    1e7 edges or more."""
+
+    def __init__(self, graph: Graph):
+        t = graph.edges.T.tocsr()  # float32, like the edges
+        self.data, self.indices, self.indptr = t.data, t.indices, t.indptr
+        self.n = graph.n_nodes
+        self.stage = graph.stage.numpy()
+        self.activation = graph.activation.double().numpy()
+
+    def times(self, lo: int, hi: int, x: np.ndarray) -> np.ndarray:
+        """``edges[:, lo:hi].T @ x`` (float32 products, float64 result)."""
+        start, end = self.indptr[lo], self.indptr[hi]
+        block = sp.csr_array(
+            (self.data[start:end], self.indices[start:end], self.indptr[lo : hi + 1] - start),
+            shape=(hi - lo, self.n), copy=False,
+        )  # fmt: skip
+        return (block @ x.astype(np.float32)).astype(np.float64)
+
+    def sweep(self, direct: np.ndarray, h: np.ndarray, flow: np.ndarray, below_stage: int):
+        """Fill ``flow`` and ``h`` stage by stage, from the top stage below ``below_stage``
+        down: ``flow = direct + edges.T @ h``, ``h = flow / activation``."""
+        stage = self.stage
+        for s in np.unique(stage[stage < below_stage])[::-1]:
+            lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
+            flow[lo:hi] = direct[lo:hi] + self.times(lo, hi, h)
+            act = self.activation[lo:hi]
+            h[lo:hi] = np.where(act != 0, flow[lo:hi] / np.where(act != 0, act, 1.0), 0.0)
+        return flow, h
+
+
+def node_flows(
+    graph: Graph, target: int, columns: EdgeColumns | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(flow, h) of every node for the target node ``target`` (module docstring): ``flow[n]``
-    its total signed contribution to the target's value, ``h[n] = d value / d value_n``."""
-    edges_t = graph.edges.T.tocsr().astype(np.float64)  # [source, target]
-    activation = graph.activation.double().numpy()
-    stage = graph.stage.numpy()
+    its total signed contribution to the target's value, ``h[n] = d value / d value_n``.
+    ``columns``: the graph's ``EdgeColumns``, when the caller has them."""
+    columns = columns or EdgeColumns(graph)
     n = graph.n_nodes
     h, flow = np.zeros(n), np.zeros(n)
     h[target] = 1.0
     flow[target] = float(graph.value[target])
-    for s in np.unique(stage[stage < stage[target]])[::-1]:
-        lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
-        flow[lo:hi] = edges_t[lo:hi] @ h
-        act = activation[lo:hi]
-        h[lo:hi] = np.where(act != 0, flow[lo:hi] / np.where(act != 0, act, 1.0), 0.0)
-    return flow, h
+    return columns.sweep(np.zeros(n), h, flow, int(graph.stage[target]))
 
 
 def linear_flows(
-    graph: Graph, direct: np.ndarray, below_stage: int
+    graph: Graph, direct: np.ndarray, below_stage: int, columns: EdgeColumns | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flow, h) of a linear readout ``R = sum_n direct[n]`` of the nodes below ``below_stage``
     (``direct[n]``: node n's own term, proportional to its activation): ``flow[n]`` is n's
     total contribution to R through every node it feeds, ``h[n] = dR / d value_n``."""
-    edges_t = graph.edges.T.tocsr().astype(np.float64)
-    activation = graph.activation.double().numpy()
-    stage = graph.stage.numpy()
-    h, flow = np.zeros(graph.n_nodes), np.zeros(graph.n_nodes)
-    for s in np.unique(stage[stage < below_stage])[::-1]:
-        lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
-        flow[lo:hi] = direct[lo:hi] + edges_t[lo:hi] @ h
-        act = activation[lo:hi]
-        h[lo:hi] = np.where(act != 0, flow[lo:hi] / np.where(act != 0, act, 1.0), 0.0)
-    return flow, h
+    columns = columns or EdgeColumns(graph)
+    n = graph.n_nodes
+    return columns.sweep(direct, np.zeros(n), np.zeros(n), below_stage)
 
 
 def qk_side_flows(
-    graph: Graph, side, qk_head: int, query: int, key: int
+    graph: Graph, side, qk_head: int, query: int, key: int, columns: EdgeColumns | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per node, its total contribution (``linear_flows``) to the specific part of the QK
     reason at (``qk_head``, ``query``, ``key``) through the query side and through the key
@@ -362,7 +386,11 @@ def qk_side_flows(
     q_direct[src] = wq[pos] * (u[pos, 1 + slot] @ dv) / scale
     k_direct[src] = wk[pos] * (v[pos, 1 + slot] @ du) / scale
     below = int(lorsa_stage(side.layer))
-    return linear_flows(graph, q_direct, below)[0], linear_flows(graph, k_direct, below)[0]
+    columns = columns or EdgeColumns(graph)
+    return (
+        linear_flows(graph, q_direct, below, columns)[0],
+        linear_flows(graph, k_direct, below, columns)[0],
+    )
 
 
 def _side_sources(view: GroupedGraph, flow: np.ndarray) -> dict[str, list[SourceShare]]:
@@ -417,7 +445,7 @@ def top_paths(
     the target's ``errors`` and ``constants`` parts), each (groups from the root up, flow,
     hops), by a beam search from the target down (module docstring)."""
     graph = view.graph
-    edges = graph.edges.astype(np.float64).tocsr()
+    edges = graph.edges
     activation = graph.activation.double().numpy()
     start = view.group_of(target)
     # A partial path: (groups from the target down, members' d(target)/d(value), flow).
@@ -451,9 +479,15 @@ def top_paths(
     out = []
     for path, flow in done[:keep]:
         up = path[::-1]  # root first, the target last
-        hops = [float(view.edges[up[i + 1], up[i]]) for i in range(len(up) - 1)]
+        hops = [_summed_edge(edges, view.members(up[i + 1]), view.members(up[i]))
+                for i in range(len(up) - 1)]  # fmt: skip
         out.append((up[:-1], flow, hops))
     return out
+
+
+def _summed_edge(edges, targets: list[int], sources: list[int]) -> float:
+    """The sum of the edges from ``sources`` into ``targets``."""
+    return float(edges[targets][:, sources].sum(dtype=np.float64))
 
 
 # ----------------------------------------------------------------- the summary
@@ -483,8 +517,9 @@ def summarize(
     flows: dict[int, np.ndarray] = {}
     targets, paths, chosen, ranked = [], [], [], set()
     probs = run.logits[-1].softmax(-1)
+    columns = EdgeColumns(full)
     for t in logits:
-        flow, h = node_flows(full, t)
+        flow, h = node_flows(full, t, columns)
         flows[t] = flow
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
         ranking = _head_ranking(view, group_flow, int(full.pos[t]))[:HEAD_GROUPS]
@@ -541,12 +576,12 @@ def summarize(
                               top=QK_PAIRS, sides=sides)  # fmt: skip
                 reason = _reason_record(full, a, concepts, units)
                 q_flow, k_flow = qk_side_flows(full, sides[grp.layer][0], head, grp.pos,
-                                               grp.attends)  # fmt: skip
+                                               grp.attends, columns)  # fmt: skip
                 reason.query_sources = _side_sources(view, q_flow)
                 reason.key_sources = _side_sources(view, k_flow)
                 record.qk.append(reason)
         if check and g in keep_inner and logits:
-            record.checks = _checks(replacement, full, run, grp.members, logits, tolerance)
+            record.checks = _checks(replacement, full, run, grp.members, logits, tolerance, flows)
         records.append(record)
     target_records = []
     for t, parts, ranking in targets:
@@ -696,9 +731,15 @@ def _off(predicted: float, actual: float, tolerance: float) -> bool:
     return ratio > RATIO or ratio < 1 / RATIO
 
 
-def _checks(replacement, full, run, members, logits, tolerance) -> list[EffectCheck]:
+def _checks(replacement, full, run, members, logits, tolerance, flows) -> list[EffectCheck]:
     edits = [Intervention(full.ids[m], "ablate") for m in members]
-    predicted = predict(full, edits)
+    if len({int(full.stage[m]) for m in members}) == 1:
+        # Members of one stage do not feed each other: the graph's prediction for ablating
+        # them is minus their flows (what ``predict`` would propagate, without a sweep).
+        predicted = torch.zeros(full.n_nodes)
+        predicted[logits] = torch.tensor([-float(flows[t][members].sum()) for t in logits])
+    else:
+        predicted = predict(full, edits)
     frozen = intervene(replacement, full, edits, run=run, predicted=predicted)
     free = intervene(replacement, full, edits, freeze_attention=False, run=run,
                      predicted=predicted)  # fmt: skip

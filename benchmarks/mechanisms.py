@@ -34,15 +34,22 @@ with its ablation checks.
 - ``key``: the predicting head group's ``attends`` is an expected key (``key_top3``: any of the
   ``head_groups`` ranked at the query);
 - ``reason`` (the group's first QK reason, i.e. its QK head with the largest flow, and the
-  sources of each side of its specific part through the graph, ``QKReasonRecord``): for the
+  sources through the graph of what the query and the key position hold against the other
+  side's deviation, ``query_at`` / ``key_at`` of ``QKReasonRecord``): for the
   induction families, the query side's largest positive root is the token embedding at ``q``
-  (*the current token*) and the key side's largest positive head group sits at the key read
-  and reads the position before it (*what a previous-token head wrote there*, directly or
-  through the features it feeds); for successor and operand fetching, the key side's largest
-  positive root is the token embedding at the key read (*the key's own token*: the previous
-  item, the operand digit). ``reason`` also needs ``key``;
-- ``reason_top3``: as ``reason``, with the key side's previous-token head group among its
-  three largest positive head groups;
+  (*the current token*), and among the key side's roots at other positions than the key, the
+  largest positive one is the token just before the key: a token reaches the key's residual
+  stream only through heads at the key reading it, so this is *what a previous-token head
+  wrote there* (directly, or through the features it feeds). For successor and operand
+  fetching, whose QK reason the issue leaves open, the reason is recorded for the key read
+  and its specific part is positive (this key stands out for this query beyond both sides'
+  always-on parts); ``key_own_token`` reports how often what the key holds comes first from
+  its own token (the previous item, the operand digit) rather than from tokens moved there
+  (in this model often the ``+`` an operand digit follows: its place). ``reason`` also needs
+  ``key``;
+- ``reason_head``: for the induction families, as ``reason`` but with the key side's largest
+  positive head group itself at the key reading the position before it (heads are grouped by
+  the key they read most, so heads that read the previous token only in part fall elsewhere);
 - ``reason_pair`` (stricter, reported beside it): the largest positive single pair of the
   specific part has its query side at ``q`` and its key side at the key, and for the
   induction families the query side is the current token (the embedding at ``q``, a block-0
@@ -290,19 +297,20 @@ def _first_positive(shares):
     return next((x for x in shares if x.value > 0), None)
 
 
-def sources_ok(family: str, reason, q: int, k: int, among: int = 1) -> bool:
-    """The ``reason`` criterion on the sources of each side of the specific part (``among``:
-    the key side's previous-token head group may be any of that many largest positive
-    ones)."""
-    key_root = _first_positive(reason.key_sources.get("roots", []))
-    if family in INDUCTION:
-        query_root = _first_positive(reason.query_sources.get("roots", []))
-        heads = [x for x in reason.key_sources.get("heads", []) if x.value > 0][:among]
-        return (
-            query_root is not None and query_root.kind == "embedding" and query_root.pos == q
-            and any(x.pos == k and x.attends == k - 1 for x in heads)
-        )  # fmt: skip
-    return key_root is not None and key_root.kind == "embedding" and key_root.pos == k
+def sources_ok(family: str, reason, q: int, k: int, by_head: bool = False) -> bool:
+    """The ``reason`` criterion on the sources of each side of the specific part
+    (``by_head``: ``reason_head``'s key side)."""
+    roots = reason.key_sources.get("roots", [])
+    if family not in INDUCTION:
+        return reason.specific > 0
+    query_root = _first_positive(reason.query_sources.get("roots", []))
+    if query_root is None or query_root.kind != "embedding" or query_root.pos != q:
+        return False
+    if by_head:
+        head = _first_positive(reason.key_sources.get("heads", []))
+        return head is not None and head.pos == k and head.attends == k - 1
+    moved = _first_positive([x for x in roots if x.pos != k])
+    return moved is not None and moved.kind == "embedding" and moved.pos == k - 1
 
 
 def score_prompt(prompt: Prompt, summary) -> dict:
@@ -310,7 +318,8 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     target = summary.targets[0]
     out = {"named": target.predicting_group is not None}
     if not out["named"]:
-        return out | {"key": False, "key_top3": False, "reason": False, "reason_pair": False}
+        none = {"key": False, "key_top3": False, "reason": False, "reason_head": False}
+        return out | none | {"reason_pair": False}
     group = summary.group(target.predicting_group)
     ranked = [summary.group(k) for k in target.head_groups]
     out["group"] = group.name
@@ -327,8 +336,12 @@ def score_prompt(prompt: Prompt, summary) -> dict:
         ok = ok and token_like(top.query, q) and previous_token_written(top.key, k)
     out["reason_pair"] = bool(ok) and out["key"]
     out["reason"] = out["key"] and reason is not None and sources_ok(prompt.family, reason, q, k)
-    out["reason_top3"] = (
-        out["key"] and reason is not None and sources_ok(prompt.family, reason, q, k, among=3)
+    out["reason_head"] = (
+        out["key"] and reason is not None and sources_ok(prompt.family, reason, q, k, by_head=True)
+    )
+    key_root = _first_positive(reason.key_sources.get("roots", [])) if reason else None
+    out["key_own_token"] = (
+        key_root is not None and key_root.kind == "embedding" and (key_root.pos == k)
     )
     if reason is not None:
         from circuits.mechanisms import ref_text
@@ -337,7 +350,7 @@ def score_prompt(prompt: Prompt, summary) -> dict:
             out["top_pair"] = [ref_text(top.query), ref_text(top.key), top.value]
         out["specific_share"] = reason.specific / reason.score if reason.score else None
         out["sources"] = {
-            side: {c: [[x.name, round(x.value, 4)] for x in xs[:1]] for c, xs in d.items()}
+            side: {c: [[x.name, round(x.value, 4)] for x in xs] for c, xs in d.items()}
             for side, d in (("query", reason.query_sources), ("key", reason.key_sources))
         }
     checks = [c for g in summary.groups for c in g.checks]
@@ -417,8 +430,9 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
         "key": rate("key"),
         "key_top3": rate("key_top3"),
         "reason": rate("reason"),
-        "reason_top3": rate("reason_top3"),
+        "reason_head": rate("reason_head"),
         "reason_pair": rate("reason_pair"),
+        "key_own_token": rate("key_own_token"),
         "checks": checks,
         "sign_agree_frozen": round(sum(r.get("agree_frozen", 0) for r in right) / checks, 4)
         if checks

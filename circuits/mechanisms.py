@@ -21,8 +21,9 @@ Built from the *full* graph of a prompt (every edge, so every number is exact) a
 - **groups.** The summary's groups (the predicting head groups, the groups on the top paths,
   then the largest flows) with the structure that reads them: where a head group attends and
   why (``QKReason`` of each of its QK heads at that key: both sides' always-on parts named,
-  the specific query-unit x key-unit pairs with their nodes' fields), each feature's concept
-  label and promoted tokens.
+  the specific query-unit x key-unit pairs with their nodes' fields, and where what the query
+  and the key hold comes from through the graph: tokens, heads, features), each feature's
+  concept label and promoted tokens.
 - **checks.** For each head and feature group: the change of every target when the group is
   ablated, predicted by the linear graph (``circuits.interventions.predict`` on the full
   graph) and measured by rerunning the replacement model with attention frozen and with it
@@ -62,7 +63,7 @@ MAX_PATHS = 5
 MAX_GROUPS = 10
 HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
-SIDE_SOURCES = 3  # groups per category listed for each side of a QK reason
+SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
 VERSION = 1
 
 
@@ -121,15 +122,18 @@ class QKReasonRecord:
     """A head group's attention at its key, split as ``circuits.graph.QKReason`` (the four
     parts sum to ``score``).
 
-    ``query_sources`` / ``key_sources``: where each side of the ``specific`` part comes from,
-    through the graph. With the other side's deviation fixed (``dv`` for the query side,
-    ``du`` for the key side), the specific part is linear in every node below the head: each
-    node's direct term (its own query or key vector, weighted +1 at the query / key and minus
-    the reference mean elsewhere) plus everything it adds through the nodes it feeds (the
-    backward flow of ``node_flows``). Grouped by the summary's groups, the ``SIDE_SOURCES``
-    largest of each category, largest first: ``roots`` (token embeddings, errors, constants:
-    their totals and the nodes' own terms sum to ``specific``), ``heads`` and ``features``
-    (totals through them)."""
+    Each side of the ``specific`` part splits into what that position holds and the mean it
+    is measured against: ``specific = query_at - mean query . dv = key_at - du . mean key``,
+    with ``query_at = u(q) . dv`` (this query's own vector against the key's deviation) and
+    ``key_at = du . v(k)`` (the query's deviation against this key's own vector).
+    ``query_sources`` / ``key_sources``: where ``query_at`` / ``key_at`` come from through the
+    graph. Each is linear in every node below the head: a node at the query (key) adds its
+    own query (key) vector's term, and every node adds what it passes on through the nodes it
+    feeds (the backward flow of ``node_flows``; a token at another position reaches the key
+    only through heads at the key that read it). Grouped by the summary's groups, the
+    ``SIDE_SOURCES`` largest of each category, largest first: ``roots`` (token embeddings,
+    errors, constants: their totals, the nodes' own terms and the QK bias term sum to
+    ``query_at`` / ``key_at``), ``heads`` and ``features`` (totals through them)."""
 
     layer: int
     qk_head: int
@@ -145,6 +149,8 @@ class QKReasonRecord:
     rest: float
     rest_share: float
     pairs: list[QKTermRecord]
+    query_at: float | None = None
+    key_at: float | None = None
     query_sources: dict[str, list[SourceShare]] = field(default_factory=dict)
     key_sources: dict[str, list[SourceShare]] = field(default_factory=dict)
 
@@ -361,11 +367,12 @@ def linear_flows(
 
 def qk_side_flows(
     graph: Graph, side, qk_head: int, query: int, key: int, columns: EdgeColumns | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per node, its total contribution (``linear_flows``) to the specific part of the QK
-    reason at (``qk_head``, ``query``, ``key``) through the query side and through the key
-    side (``QKReasonRecord``); ``side`` is the layer's ``circuits.qk.QKSides``. Each side's
-    flows over the roots, plus the nodes' own terms, sum to the specific part."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Per node, its total contribution (``linear_flows``) to ``query_at`` and to ``key_at``
+    of the QK reason at (``qk_head``, ``query``, ``key``) (``QKReasonRecord``), and the parts:
+    ``query_at``, ``key_at``, ``specific`` and the QK bias side's terms in the first two
+    (``query_bias``, ``key_bias``). ``side`` is the layer's ``circuits.qk.QKSides``. Each
+    side's root flows, the nodes' own terms and its bias term sum to its ``_at`` part."""
     n = side.query.shape[0]
     refs = np.arange(1, n) if n > 1 else np.zeros(1, dtype=np.int64)
     wq = np.zeros(n)
@@ -380,16 +387,24 @@ def qk_side_flows(
     scale = math.sqrt(side.lorsa.cfg.d_qk)
     du = np.einsum("p,pse->e", wq, u)
     dv = np.einsum("p,pse->e", wk, v)
-    pos, slot = np.nonzero(side.valid.numpy())
-    src = side.at.numpy()[pos, slot]
+    at, slots = side.at.numpy(), side.valid.numpy()
     q_direct, k_direct = np.zeros(graph.n_nodes), np.zeros(graph.n_nodes)
-    q_direct[src] = wq[pos] * (u[pos, 1 + slot] @ dv) / scale
-    k_direct[src] = wk[pos] * (v[pos, 1 + slot] @ du) / scale
+    q_slots, k_slots = np.flatnonzero(slots[query]), np.flatnonzero(slots[key])
+    q_direct[at[query, q_slots]] = u[query, 1 + q_slots] @ dv / scale
+    k_direct[at[key, k_slots]] = v[key, 1 + k_slots] @ du / scale
     below = int(lorsa_stage(side.layer))
     columns = columns or EdgeColumns(graph)
+    parts = {
+        "query_at": float(u[query].sum(0) @ dv / scale),
+        "key_at": float(du @ v[key].sum(0) / scale),
+        "specific": float(du @ dv / scale),
+        "query_bias": float(u[query, 0] @ dv / scale),
+        "key_bias": float(du @ v[key, 0] / scale),
+    }
     return (
         linear_flows(graph, q_direct, below, columns)[0],
         linear_flows(graph, k_direct, below, columns)[0],
+        parts,
     )
 
 
@@ -575,8 +590,9 @@ def summarize(
                 a = qk_record(replacement, run, grp.layer, head, grp.pos, grp.attends,
                               top=QK_PAIRS, sides=sides)  # fmt: skip
                 reason = _reason_record(full, a, concepts, units)
-                q_flow, k_flow = qk_side_flows(full, sides[grp.layer][0], head, grp.pos,
-                                               grp.attends, columns)  # fmt: skip
+                q_flow, k_flow, parts = qk_side_flows(full, sides[grp.layer][0], head,
+                                                      grp.pos, grp.attends, columns)  # fmt: skip
+                reason.query_at, reason.key_at = parts["query_at"], parts["key_at"]
                 reason.query_sources = _side_sources(view, q_flow)
                 reason.key_sources = _side_sources(view, k_flow)
                 record.qk.append(reason)

@@ -57,7 +57,8 @@ def _reason_html(r: QKReasonRecord, drawn: set[str]) -> str:
             for x in side.get(c, [])[:2]
         ]
         if items:
-            sources += f"<div>{name} side of the specific part, through the graph: "
+            sources += f"<div>what the {name} holds (against the other side's deviation), "
+            sources += "from, through the graph: "
             sources += "; ".join(items) + "</div>"
     return (
         f"<div>QK {r.qk_head} reads {_esc(repr(r.key_token))}@{r.key} (attention "

@@ -188,8 +188,10 @@ def test_qk_reason_against_a_direct_per_unit_computation(graph, replacement, run
 
 
 def test_each_side_of_the_specific_part_traces_back_to_roots(graph, replacement, run):
-    """Query side and key side: roots' flows plus the nodes' own terms are the specific part,
-    and each node's flow is its own term plus what it adds through the nodes it feeds."""
+    """What the query (key) position holds, against the other side's deviation, minus the
+    mean it is measured against, is the specific part; its roots' flows plus the nodes' own
+    terms plus the QK bias term are that part, and only nodes at or below the position feed
+    it."""
     records = qk_attribution(replacement, graph, reason=True, run=run)
     roots = graph.is_kind("embedding", "error", "bias").numpy()
     act = graph.activation.double().numpy()
@@ -198,10 +200,21 @@ def test_each_side_of_the_specific_part_traces_back_to_roots(graph, replacement,
         with torch.no_grad():
             side = QKSides(run, replacement, a.layer)
         below = graph.stage.numpy() < 2 * a.layer + 1
-        for flow in qk_side_flows(graph, side, a.qk_head, a.query, a.key):
+        q_flow, k_flow, parts = qk_side_flows(graph, side, a.qk_head, a.query, a.key)
+        assert parts["specific"] == pytest.approx(a.reason.specific, abs=1e-4)
+        # The means: over the prompt's queries after BOS, over the keys 0..query.
+        r = a.reason
+        mean_q = parts["query_at"] - parts["specific"]
+        mean_k = parts["key_at"] - parts["specific"]
+        assert mean_q == pytest.approx(r.mean_query_vs_key, abs=1e-4)
+        assert mean_k == pytest.approx(r.query_vs_mean_key, abs=1e-4)
+        for flow, name in ((q_flow, "query"), (k_flow, "key")):
             assert not flow[~below].any()
+            pos = a.query if name == "query" else a.key
+            assert not flow[graph.pos.numpy() > pos].any()
             own = np.where(roots | ~below, 0, flow / np.where(act != 0, act, 1) * bias)
-            assert flow[roots].sum() + own.sum() == pytest.approx(a.reason.specific, abs=1e-4)
+            total = flow[roots].sum() + own.sum() + parts[f"{name}_bias"]
+            assert total == pytest.approx(parts[f"{name}_at"], abs=1e-4)
 
 
 # ----------------------------------------------------------------- groups

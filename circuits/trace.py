@@ -207,7 +207,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     from toy_models.tokenizer import encode_prompt
 
     from .attribution import attribute, run_prompt
-    from .mechanisms import format_summary, save_summary, summarize
+    from .mechanisms import format_summary, save_summary, single_thread, summarize
     from .prune import influence_scores, prune_graph
     from .qk import qk_attribution
 
@@ -233,9 +233,11 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     t_prune = time.perf_counter()
     if args.qk:
         heads = graph.is_kind("lorsa").nonzero().squeeze(1)
-        qk_attribution(
-            replacement, graph, heads, key_mass=args.key_mass, contrast=True, reason=True, run=run
-        )
+        with single_thread():  # many small tables: one thread is faster
+            qk_attribution(
+                replacement, graph, heads, key_mass=args.key_mass, contrast=True, reason=True,
+                run=run,
+            )  # fmt: skip
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings["scores"] = scored.scores

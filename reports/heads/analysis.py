@@ -41,6 +41,9 @@ from .scores import HeadScores, labels, passing, score_heads
 from .successor import successor_ov
 
 HeadSet = set[tuple[int, int]]  # (layer, head)
+# Group testing's first chunks: zeroing is tried on the heads active on a task, many of which
+# matter; BOS masking on every head, few of which do, so larger chunks are cheaper there.
+TRUTH_CHUNK = {"zero": 32, "mask_bos": 128}
 
 
 def analyse(replacement, tokenizer, settings: Settings | None = None, progress: bool = True):
@@ -165,7 +168,7 @@ def ground_truth(
     for tasks, test in tqdm(truth_groups(), desc="single-head tests", disable=not progress,
                             leave=False):  # fmt: skip
         effects, runs = single_head_effects(
-            replacement, for_tasks(corpus, tasks), TRUTH_DELTA, progress=progress, test=test
+            replacement, for_tasks(corpus, tasks), TRUTH_DELTA, TRUTH_CHUNK[test], progress, test
         )
         for task in tasks:
             measured = effects.get(task, {})

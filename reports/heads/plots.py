@@ -40,11 +40,14 @@ def _score_histograms(fig, results: dict) -> None:
     for ax, f in zip(axes, names, strict=False):
         t = THRESHOLDS.get(f, THRESHOLDS["operand_a_units"])
         sc = results["scores"][f]
+        drawn = 0
         for l, (score, active) in enumerate(zip(sc["score"], sc["active"], strict=True)):
             kept = [v for v, a in zip(score, active, strict=True) if a >= t.min_active]
             ax.hist(kept, bins=40, range=(0, 1), histtype="step", label=f"L{l} ({len(kept)})")
+            drawn += len(kept)
         ax.axvline(t.score, color="k", linestyle="--", linewidth=1)
-        ax.set_yscale("log")
+        if drawn:  # a log axis needs a positive count
+            ax.set_yscale("log")
         ax.set_title(f + (" (diagnostic)" if f in DIAGNOSTICS else ""))
         what = "attention on BOS" if f == "attention_sink" else "score"
         ax.set_xlabel(f"{what} (heads with >= {t.min_active} active queries)")

@@ -1,10 +1,17 @@
 """Unit dashboards on the default model: build time, file size, coverage, best-F1 distribution.
 
-    python benchmarks/dashboards.py [--model default] [--rows 192]
+    python benchmarks/dashboards.py [--model default] [--rows 192] [--sae-steps 2400]
 
 Builds ``circuits.dashboards`` from scratch into a temporary file (start-up, i.e. imports and
 loading the model, timed apart from the pass) and writes
 benchmarks/results/dashboards_<model>.json.
+
+Beside the Lorsa heads' and transcoder features' best-F1 concept labels, the same measure for
+the attention-output SAE baseline (``replacement.attn_sae``: per layer, as many latents as the
+Lorsa layer has OV heads, the same K, ``--sae-steps`` steps of the replacement recipe; the SAEs
+that ``benchmarks/error_analysis.py`` keeps under ``--work`` with the same settings are reused,
+else trained and kept there) on the same held-out rows: the seed paper finds Lorsa heads on par
+with SAE latents. ``--sae-steps 0`` skips it.
 """
 
 from __future__ import annotations
@@ -22,10 +29,57 @@ if __package__ in (None, ""):
 RESULTS = Path(__file__).parent / "results"
 
 
+def sae_f1(replacement, tokenizer, dash, args) -> dict:
+    """Best-F1 concept labels of the attention-output SAE latents (all layers) on the rows the
+    dashboards were built from."""
+    from collections import Counter
+
+    import torch
+
+    from circuits.concepts import CONCEPTS, corpus_rows, f1_summary, units_best_f1
+    from circuits.dashboards import MIN_FIRES
+    from replacement.attn_sae import kept_attn_saes
+    from replacement.model import hook_name
+
+    model = replacement.model
+    layers = list(range(model.cfg.n_layers))
+    lorsa = replacement.lorsas[0].cfg
+    saes, train_s = kept_attn_saes(
+        model, tokenizer, layers, lorsa.n_ov_heads, lorsa.top_k, args.sae_steps, args.work
+    )
+    names = [hook_name(l, "hook_attn_out") for l in layers]
+
+    def activations(tokens):
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        return torch.cat([saes[l].encode(cache[n]) for l, n in zip(layers, names, strict=True)], -1)
+
+    meta = dash.meta
+    rows = corpus_rows(tokenizer, meta["n_ctx"], meta["seed"], 0, meta["rows"])
+    t0 = time.perf_counter()
+    index, f1, fires = units_best_f1(activations, rows)
+    enough = fires >= MIN_FIRES  # as the dashboards' report counts Lorsa heads
+    summary = f1_summary(f1[enough])
+    fired = index[enough].tolist()
+    summary["top_labels"] = dict(Counter(CONCEPTS[i] for i in fired).most_common(5))
+    return {
+        "layers": layers,
+        "latents_per_layer": lorsa.n_ov_heads,
+        "k": lorsa.top_k,
+        "steps": args.sae_steps,
+        "train_seconds": round(train_s, 1),
+        "f1_seconds": round(time.perf_counter() - t0, 1),
+        "fired": round(float((fires > 0).double().mean()), 4),
+        "min_fires": MIN_FIRES,
+        "best_f1": summary,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--rows", type=int, default=192)
+    parser.add_argument("--sae-steps", type=int, default=2400, help="0: no SAE baseline")
+    parser.add_argument("--work", type=Path, default=Path("runs/error-analysis"))
     args = parser.parse_args()
     t0 = time.perf_counter()
     import torch
@@ -48,9 +102,12 @@ def main() -> None:
             "build_seconds": round(seconds, 2),
             "torch_threads": torch.get_num_threads(),
             **summary(dash, path),
-            "attn_sae_baseline_f1": "not measured: the baseline SAEs of "
-            "benchmarks/attn_sae_baseline.py are trained per run (3000 steps) and not saved",
         }
+    if args.sae_steps > 0:
+        result["attn_sae_baseline_f1"] = sae_f1(replacement, tokenizer, dash, args)
+        ours = result["best_f1"]["lorsa"].get("mean")
+        theirs = result["attn_sae_baseline_f1"]["best_f1"].get("mean")
+        print(f"mean best-F1: Lorsa heads {ours}, attention-SAE latents {theirs}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"dashboards_{args.model}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -61,40 +61,6 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def attention_saes(model, tokenizer, layers, width, top_k, steps, work: Path, quiet: bool):
-    """Per layer, an attention-output SAE: read from ``work`` when a previous run with the same
-    settings left them there, else trained (and saved)."""
-    from safetensors.torch import load_file, save_file
-
-    from replacement.attn_sae import new_attn_sae, train_attn_saes
-    from toy_models.checkpoint import fingerprint, json_sha256, read_json
-    from toy_models.files import replace_atomic, write_json_atomic
-
-    identity = json_sha256(
-        {"model": fingerprint(model), "layers": layers, "width": width, "k": top_k, "steps": steps}
-    )
-    directory = work / identity[:16]
-    record = directory / "saes.json"
-    if record.is_file() and read_json(record).get("identity") == identity:
-        saes = {}
-        for l in layers:
-            sae = new_attn_sae(model.cfg.d_model, width, top_k)
-            sae.load_state_dict(load_file(str(directory / f"sae.{l}.safetensors")))
-            saes[l] = sae.requires_grad_(False)
-        return saes, read_json(record)["train_s"]
-    trained, seconds = train_attn_saes(
-        model, tokenizer, width, top_k, steps, layers=layers, quiet=quiet
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    for l, sae in zip(layers, trained, strict=True):
-        state = {k: t.detach().contiguous() for k, t in sae.state_dict().items()}
-        replace_atomic(
-            directory / f"sae.{l}.safetensors", lambda tmp, s=state: save_file(s, str(tmp))
-        )
-    write_json_atomic(record, {"identity": identity, "train_s": seconds})
-    return {l: sae.requires_grad_(False) for l, sae in zip(layers, trained, strict=True)}, seconds
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.quick:
@@ -131,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     saes, sae_s = {}, 0.0
     if args.sae_steps:
         check_writable_dir(args.work, "--work")
-        saes, sae_s = attention_saes(
+        from replacement.attn_sae import kept_attn_saes
+
+        saes, sae_s = kept_attn_saes(
             replacement.model, tokenizer, layers, lorsa_cfg.n_ov_heads, lorsa_cfg.top_k,
-            args.sae_steps, args.work, args.quiet,
+            args.sae_steps, args.work, quiet=args.quiet,
         )  # fmt: skip
     t_sae = time.perf_counter()
     results = analyse_errors(replacement, tokenizer, layers, args.rows, saes=saes, seed=args.seed)

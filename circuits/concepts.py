@@ -158,6 +158,54 @@ def _digits(span, found, offsets, name, concepts, in_span) -> None:
         in_span[i] = True
 
 
+def concept_matrix(rows: list[Row], positions: int):
+    """``(len(rows), positions, len(CONCEPTS))`` float 0/1: each token's concepts (positions past
+    a row's end, i.e. padding, hold none)."""
+    import torch
+
+    out = torch.zeros(len(rows), positions, len(CONCEPTS))
+    for b, row in enumerate(rows):
+        for p, cs in enumerate(row.concepts):
+            out[b, p, list(cs)] = 1.0
+    return out
+
+
+def firing_counts(fired, concepts):
+    """The counts ``best_f1`` reads, from ``fired (B, P, U)`` (bool: a unit fired on a token;
+    padding must be False) and ``concepts (B, P, C)`` (``concept_matrix``): each unit's firings
+    ``(U,)``, each concept's tokens ``(C,)`` and their co-occurrences ``(U, C)``, all int64."""
+    f = fired.reshape(-1, fired.shape[-1]).float()
+    c = concepts.reshape(-1, concepts.shape[-1])
+    both = (f.T @ c).round().long()  # exact: float32 counts stay below 2**24 per batch
+    return f.sum(0).round().long(), c.sum(0).round().long(), both
+
+
+def units_best_f1(activations, rows: list[Row], batch_rows: int = 8):
+    """Best-F1 concept of every unit of any dictionary over corpus ``rows`` (``corpus_rows``):
+    ``activations(tokens (B, P)) -> (B, P, U)`` gives the units' activations on a padded batch
+    (``toy_models.data.pad_rows``), a unit fires where its activation is above 0. Returns
+    ``best_f1``'s ``(index, f1)``, what the dashboards hold for Lorsa heads and transcoder
+    features, for units outside the replacement model (an attention-output SAE's latents), and
+each unit's number of firings ``(U,)``."""
+    import torch
+
+    from toy_models.data import pad_rows
+
+    fires = counts = both = None
+    for a in range(0, len(rows), batch_rows):
+        chunk = rows[a : a + batch_rows]
+        tokens = pad_rows([r.ids for r in chunk])
+        lengths = torch.tensor([len(r.ids) for r in chunk])
+        valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+        with torch.no_grad():
+            fired = (activations(tokens) > 0) & valid[..., None]
+        f, c, b = firing_counts(fired, concept_matrix(chunk, tokens.shape[1]))
+        fires, counts, both = (f, c, b) if fires is None else (fires + f, counts + c, both + b)
+    if fires is None:
+        raise ValueError("no rows")
+    return (*best_f1(fires, counts, both), fires)
+
+
 def best_f1(fires, concept_count, both):
     """Per unit, the concept of largest F1 and that F1 (NaN, index -1, where a unit never
     fired): ``fires (U,)``, ``concept_count (C,)``, ``both (U, C)`` counts (module docstring)."""

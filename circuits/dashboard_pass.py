@@ -18,7 +18,7 @@ from torch import Tensor
 from replacement.model import MODES, ReplacementModel, hook_name
 from toy_models.data import pad_rows
 
-from .concepts import CONCEPTS, corpus_rows
+from .concepts import concept_matrix, corpus_rows
 from .dashboards import (
     BATCH_ROWS,
     CHECKPOINT_SECONDS,
@@ -84,10 +84,7 @@ class Pass:
         tokens = pad_rows([r.ids for r in rows])
         B, P = tokens.shape
         valid = torch.arange(P)[None, :] < torch.tensor([len(r.ids) for r in rows])[:, None]
-        C = torch.zeros(B, P, len(CONCEPTS))
-        for b, r in enumerate(rows):
-            for p, cs in enumerate(r.concepts):
-                C[b, p, list(cs)] = 1.0
+        C = concept_matrix(rows, P)
         s = self.state
         s["tokens"] += int(valid.sum())
         s["concept_count"] += C.sum((0, 1)).long()

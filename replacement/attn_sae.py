@@ -9,13 +9,16 @@ schedule; the scale folded back at the end, so the SAE maps the model's own acti
 
 Two trainers share the recipe: ``train_attn_saes`` streams every layer from the model at once
 (``benchmarks/attn_sae_baseline.py``); ``replacement.ablations`` trains one layer from a cached
-activation set.
+activation set. ``kept_attn_saes`` keeps streamed SAEs in a work directory, bound to the model and
+the settings, so that the analyses comparing Lorsa with them (error analysis, concept F1) train
+them once.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -91,3 +94,50 @@ def train_attn_saes(
     for i, sae in enumerate(saes):
         fold_attn_sae(sae, float(scales[i]))
     return saes, elapsed
+
+
+def kept_attn_saes(
+    model,
+    tokenizer,
+    layers: list[int],
+    n_latents: int,
+    top_k: int,
+    steps: int,
+    work: Path,
+    *,
+    quiet: bool = False,
+) -> tuple[dict[int, Transcoder], float]:
+    """Per layer of ``layers``, the attention-output SAE of ``train_attn_saes``: read from
+    ``work/<identity>/`` when an earlier call with the same model and settings left them there,
+    else trained and saved there (atomically, the record last). Returns the SAEs by layer and
+    their training wall seconds. A directory whose record or weights do not match is refused
+    by ``load_state_dict`` (shapes) or retrained over (identity)."""
+    from safetensors.torch import load_file, save_file
+
+    from toy_models.checkpoint import fingerprint, json_sha256, read_json
+    from toy_models.files import replace_atomic, write_json_atomic
+
+    identity = json_sha256(
+        {"model": fingerprint(model), "layers": layers, "width": n_latents, "k": top_k,
+         "steps": steps}
+    )  # fmt: skip
+    directory = Path(work) / identity[:16]
+    record = directory / "saes.json"
+    if record.is_file() and read_json(record).get("identity") == identity:
+        saes = {}
+        for l in layers:
+            sae = new_attn_sae(model.cfg.d_model, n_latents, top_k)
+            sae.load_state_dict(load_file(str(directory / f"sae.{l}.safetensors")))
+            saes[l] = sae.requires_grad_(False)
+        return saes, float(read_json(record)["train_s"])
+    trained, seconds = train_attn_saes(
+        model, tokenizer, n_latents, top_k, steps, layers=layers, quiet=quiet
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    for l, sae in zip(layers, trained, strict=True):
+        state = {k: t.detach().contiguous() for k, t in sae.state_dict().items()}
+        replace_atomic(
+            directory / f"sae.{l}.safetensors", lambda tmp, s=state: save_file(s, str(tmp))
+        )
+    write_json_atomic(record, {"identity": identity, "train_s": seconds})
+    return {l: sae.requires_grad_(False) for l, sae in zip(layers, trained, strict=True)}, seconds

@@ -359,3 +359,24 @@ def test_streamed_attention_saes_train_the_given_layers(tiny_pretrained):
     saes, seconds = train_attn_saes(model, tokenizer, 16, 2, 3, layers=[1], quiet=True)
     assert len(saes) == 1 and seconds >= 0
     assert saes[0].cfg.d_sae == 16 and all(torch.isfinite(p).all() for p in saes[0].parameters())
+
+
+def test_kept_attention_saes_are_trained_once_per_setting(tiny_pretrained, tmp_path, monkeypatch):
+    """A second call with the same model and settings reads the SAEs back, equal to the first;
+    other settings train anew beside them."""
+    from replacement import attn_sae
+
+    model, tokenizer = tiny_pretrained
+    first, seconds = attn_sae.kept_attn_saes(model, tokenizer, [1], 16, 2, 3, tmp_path, quiet=True)
+    trained = []
+    real = attn_sae.train_attn_saes
+    monkeypatch.setattr(
+        attn_sae, "train_attn_saes", lambda *a, **k: trained.append(a) or real(*a, **k)
+    )
+    again, again_s = attn_sae.kept_attn_saes(model, tokenizer, [1], 16, 2, 3, tmp_path)
+    assert not trained and again_s == pytest.approx(seconds)
+    for name, value in first[1].state_dict().items():
+        assert torch.equal(again[1].state_dict()[name], value), name
+    other, _ = attn_sae.kept_attn_saes(model, tokenizer, [1], 16, 4, 3, tmp_path, quiet=True)
+    assert len(trained) == 1 and other[1].cfg.top_k == 4
+    assert len([d for d in tmp_path.iterdir() if d.is_dir()]) == 2

@@ -8,7 +8,7 @@ import torch
 
 from circuits import dashboard_pass as P
 from circuits import dashboards as D
-from circuits.concepts import CONCEPTS, best_f1, corpus_rows
+from circuits.concepts import CONCEPTS, INDEX, best_f1, corpus_rows, units_best_f1
 from circuits.nodes import Kind
 from replacement.model import hook_name
 
@@ -139,6 +139,44 @@ def test_f1_equals_brute_force(setup):
         best = max(scores)
         assert float(f1[u]) == pytest.approx(best, abs=1e-9)
         assert int(index[u]) == scores.index(best)
+
+
+def test_units_best_f1_of_any_dictionary_equals_the_pass(setup):
+    """The labels of units outside the replacement model (an SAE's latents) come from the
+    same counts: given the replacement's own activations, the pass's labels; a unit that is
+    a concept's indicator gets it with F1 1 (padding, where it is also on, not counted); a unit
+    that never fires gets none."""
+    replacement, tokenizer, tmp = setup
+    layout = D.Layout.of(replacement)
+    rows = corpus_rows(tokenizer, replacement.cfg.n_ctx, 3, 0, ROWS)
+    concept = INDEX["family: names"]
+    batches = iter(range(0, ROWS, 3))
+
+    def activations(tokens):
+        _, cache = replacement.run_with_cache(tokens, mode="local")
+        sites = [(l, "lorsa.hook_z" if kind == Kind.LORSA else "transcoder.hook_acts")
+                 for kind, l, _, _ in layout.blocks()]  # fmt: skip
+        acts = [cache[hook_name(l, site)] for l, site in sites]
+        chunk = rows[next(batches) :][: len(tokens)]
+        on = torch.zeros(tokens.shape + (1,))
+        for b, row in enumerate(chunk):
+            names = [concept in cs for cs in row.concepts]
+            on[b, : len(names), 0] = torch.tensor(names, dtype=torch.float)
+            on[b, len(names) :, 0] = float(names[-1])  # padding: on where the row ended on
+        return torch.cat(acts + [on, torch.full(tokens.shape + (1,), -1.0)], -1)
+
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, tmp / "d.safetensors")
+        index, f1, fires = units_best_f1(activations, rows, batch_rows=3)
+    ours, our_f1 = dash.concept_labels()
+    n = layout.total
+    assert torch.equal(fires[:n], dash.state["fires"].long())
+    assert torch.equal(index[:n], ours)
+    torch.testing.assert_close(f1[:n], our_f1.double(), equal_nan=True)
+    names_tokens = sum(concept in cs for row in rows for cs in row.concepts)
+    assert 0 < names_tokens and int(fires[n]) == names_tokens
+    assert int(index[n]) == concept and float(f1[n]) == 1.0
+    assert int(index[n + 1]) == -1 and torch.isnan(f1[n + 1]) and int(fires[n + 1]) == 0
 
 
 def test_best_f1_picks_a_perfect_concept():

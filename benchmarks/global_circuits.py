@@ -8,12 +8,14 @@ side is made of, and how much of the local graphs it stands for.
 0. Gathering: ``--rows`` rows (default 128, the default of ``circuits.global_graph``) gathered
    in-process into a fresh file, model loading apart: wall and CPU seconds, the file's size,
    the machine's load average before and after (the figures depend on it).
-1. Graphs, per start unit (upstream, budget 40, pruned, with the QK side, as the CLI grows
-   them): seconds, nodes, edges, the strongest edges and each QK group's strongest pair, and
-   the split-half reliability (how many of the top 20 edges the graphs of the even and of the
-   odd rows share); the process's peak resident memory.
-2. The induction head's QK side (``lorsa:1:318``'s QK group; previous-token heads from the
-   taxonomy's ``heads.json``, ``python -m reports.heads``): the shares of the group's
+1. Graphs, per start unit (the logits of `` Thursday`` and of ``6``, and the top induction
+   head; upstream, budget 40, pruned, with the QK side, as the CLI grows them): seconds,
+   nodes, edges, the strongest edges and each QK group's strongest pair, and the split-half
+   reliability (how many of the top 20 edges the graphs of the even and of the odd rows
+   share); the process's peak resident memory.
+2. The induction head's QK side (the QK group of the taxonomy's top induction head, and its
+   previous-token heads, from ``heads.json`` of ``python -m reports.heads`` on the same model
+   and replacement set, checked by its ``identity``): the shares of the group's
    |expected QK attribution| marginals by kind of unit on the query side and on the key side
    (token embedding, previous-token head, other head, feature, error, bias; what the 64
    gathered units of a side leave out is "not gathered"), and by kind of *writer* (the listed
@@ -47,8 +49,7 @@ if __package__ in (None, ""):
 from toy_models.cli import run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-STARTS = ("logit: Thursday", "lorsa:1:318", "transcoder:2:417", "logit:6")
-INDUCTION = "lorsa:1:318"  # an induction head of the default model (reports.heads)
+LOGIT_STARTS = ("logit: Thursday", "logit:6")
 TOP_EDGES = 20
 TOP_PAIRS = 10  # QK pairs compared between the halves
 N_STRONGEST = 5
@@ -90,7 +91,37 @@ def grower(replacement, tokenizer, start: int):
     return grow
 
 
-def graphs(replacement, tokenizer, stats) -> dict:
+def taxonomy(replacement, tokenizer, heads_json: Path) -> dict:
+    """The families of ``heads.json``, refused unless it was made on this model, replacement
+    set and tokenizer."""
+    from circuits.statistics import identity
+    from toy_models.cli import UserError
+
+    rerun = f"run python -m reports.heads --model ... --out {heads_json.parent} first"
+    if not heads_json.is_file():
+        raise UserError(f"--heads {heads_json}: no such file; {rerun}")
+    try:
+        record = json.loads(heads_json.read_text())
+        families = record["families"]
+        for f in ("induction", "previous_token"):
+            for h in families[f]["heads"]:
+                int(h["layer"]), int(h["head"]), float(h["score"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--heads {heads_json}: not a reports.heads file ({e})") from None
+    if record.get("identity") != identity(replacement, tokenizer):
+        raise UserError(f"--heads {heads_json}: made on another model or replacement set; {rerun}")
+    if not families["induction"]["heads"]:
+        raise UserError(f"--heads {heads_json}: no induction head was found")
+    return families
+
+
+def induction_head(families: dict) -> str:
+    """The unit id of the taxonomy's induction head of highest score (most active on ties)."""
+    best = max(families["induction"]["heads"], key=lambda h: (h["score"], h["active"]))
+    return f"lorsa:{best['layer']}:{best['head']}"
+
+
+def graphs(replacement, tokenizer, stats, starts) -> dict:
     from circuits.global_graph import parse_unit
     from circuits.global_weights import split_half, with_qk_side
     from circuits.units import Units
@@ -98,7 +129,7 @@ def graphs(replacement, tokenizer, stats) -> dict:
 
     units = Units.of(replacement)
     out = {}
-    for spec in STARTS:
+    for spec in starts:
         t0 = time.perf_counter()
         grow = grower(replacement, tokenizer, parse_unit(spec, units, tokenizer))
         graph = with_qk_side(replacement, stats, grow(stats), tokenizer)
@@ -127,25 +158,19 @@ def graphs(replacement, tokenizer, stats) -> dict:
     return out
 
 
-def induction_qk_side(replacement, tokenizer, stats, heads_json: Path) -> dict:
+def induction_qk_side(replacement, tokenizer, stats, families: dict) -> dict:
     """Shares of the induction head's QK group's |marginals| by kind of unit and of writer."""
     from circuits.global_graph import parse_unit
     from circuits.nodes import Kind
     from circuits.units import Units
 
     units = Units.of(replacement)
-    head = parse_unit(INDUCTION, units, tokenizer)
+    spec = induction_head(families)
+    head = parse_unit(spec, units, tokenizer)
     _, stage, index = units.describe(head)
     layer, qk_head = (stage - 1) // 2, index // replacement.lorsas[0].cfg.group_size
-    previous = set()
-    if heads_json.is_file():
-        families = json.loads(heads_json.read_text())["families"]
-        previous = {units.unit("lorsa", h["layer"], h["head"]) for h in
-                    families["previous_token"]["heads"]}  # fmt: skip
-        induction = {(h["layer"], h["head"]) for h in families["induction"]["heads"]}
-        is_induction = (layer, index) in induction
-    else:
-        is_induction = None
+    previous = {units.unit("lorsa", h["layer"], h["head"]) for h in
+                families["previous_token"]["heads"]}  # fmt: skip
 
     def kind_of(unit: int) -> str:
         kind = units.describe(unit)[0]
@@ -196,11 +221,9 @@ def induction_qk_side(replacement, tokenizer, stats, heads_json: Path) -> dict:
         pairs = stats.half(h).qk_group(layer, qk_head).pairs.flatten()
         halves.append(set(pairs.abs().topk(min(TOP_PAIRS, len(pairs))).indices.tolist()))
     return {
-        "head": INDUCTION,
+        "head": spec,
         "qk_group": [layer, qk_head],
-        "labelled_induction_by_taxonomy": is_induction,
         "previous_token_heads": len(previous),
-        "heads_json": str(heads_json) if heads_json.is_file() else None,
         "score_lift_per_firing": group.total,
         f"top_{TOP_PAIRS}_pairs_shared_by_the_halves": len(halves[0] & halves[1]),
         "firings": group.firings,
@@ -287,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     replacement, tokenizer = load_pretrained(args.model)
     result = {"model": args.model, "load_seconds": time.perf_counter() - t0}
+    families = taxonomy(replacement, tokenizer, args.heads)  # before the long gathering
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stats.safetensors"
         result["gathering"] = gathering(replacement, tokenizer, args.rows, path)
@@ -294,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         stats = Statistics.load(path, replacement, tokenizer)
         result["statistics_load_seconds"] = time.perf_counter() - t0
     result["statistics"] = {k: v for k, v in stats.meta.items() if k != "identity"}
-    result["graphs"] = graphs(replacement, tokenizer, stats)
-    result["induction_qk_side"] = induction_qk_side(replacement, tokenizer, stats, args.heads)
+    result["graphs"] = graphs(
+        replacement, tokenizer, stats, (LOGIT_STARTS[0], induction_head(families), LOGIT_STARTS[1])
+    )
+    result["induction_qk_side"] = induction_qk_side(replacement, tokenizer, stats, families)
+    result["heads_json"] = str(args.heads)
     result["validation"] = validation(replacement, tokenizer, stats, args.prompts)
     result["peak_rss_mb"] = peak_rss_mb()
     worst = max(s["seconds_grow_prune_qk"] for s in result["graphs"].values())

@@ -50,6 +50,12 @@ with its ablation checks.
 - ``reason_head``: for the induction families, as ``reason`` but with the key side's largest
   positive head group itself at the key reading the position before it (heads are grouped by
   the key they read most, so heads that read the previous token only in part fall elsewhere);
+- ``reason_match`` (looser, reported beside it; induction families): the query side's largest
+  positive root and the key side's largest positive root at another position than the key are
+  token embeddings of one and the same token, at or before ``q`` and before the key: the query
+  and the key hold a shared earlier token. It contains ``reason`` (the current token and the
+  token before the key are the same token) and admits a match on an earlier token, such as a
+  name's first sub-token held at both places when its third is predicted;
 - ``reason_pair`` (stricter, reported beside it): the largest positive single pair of the
   specific part has its query side at ``q`` and its key side at the key, and for the
   induction families the query side is the current token (the embedding at ``q``, a block-0
@@ -313,12 +319,25 @@ def sources_ok(family: str, reason, q: int, k: int, by_head: bool = False) -> bo
     return moved is not None and moved.kind == "embedding" and moved.pos == k - 1
 
 
+def shared_token(reason, ids: list[int], q: int, k: int) -> bool:
+    """``reason_match``: both sides' largest positive roots (the key's at another position
+    than ``k``) are embeddings of the same token, at or before ``q`` and before ``k``."""
+    query_root = _first_positive(reason.query_sources.get("roots", []))
+    moved = _first_positive([x for x in reason.key_sources.get("roots", []) if x.pos != k])
+    return (
+        query_root is not None and moved is not None
+        and query_root.kind == "embedding" and moved.kind == "embedding"
+        and query_root.pos <= q and moved.pos < k and ids[query_root.pos] == ids[moved.pos]
+    )  # fmt: skip
+
+
 def score_prompt(prompt: Prompt, summary) -> dict:
     q = len(prompt.ids) - 1
     target = summary.targets[0]
     out = {"named": target.predicting_group is not None}
     if not out["named"]:
-        none = {"key": False, "key_top3": False, "reason": False, "reason_head": False}
+        none = {"key": False, "key_top3": False, "reason": False, "reason_head": False,
+                "reason_match": False}  # fmt: skip
         return out | none | {"reason_pair": False}
     group = summary.group(target.predicting_group)
     ranked = [summary.group(k) for k in target.head_groups]
@@ -339,6 +358,10 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     out["reason_head"] = (
         out["key"] and reason is not None and sources_ok(prompt.family, reason, q, k, by_head=True)
     )
+    out["reason_match"] = (
+        out["key"] and prompt.family in INDUCTION and reason is not None
+        and shared_token(reason, prompt.ids, q, k)
+    )  # fmt: skip
     key_root = _first_positive(reason.key_sources.get("roots", [])) if reason else None
     out["key_own_token"] = (
         key_root is not None and key_root.kind == "embedding" and (key_root.pos == k)
@@ -431,6 +454,7 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
         "key_top3": rate("key_top3"),
         "reason": rate("reason"),
         "reason_head": rate("reason_head"),
+        "reason_match": rate("reason_match"),
         "reason_pair": rate("reason_pair"),
         "key_own_token": rate("key_own_token"),
         "checks": checks,

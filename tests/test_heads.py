@@ -664,9 +664,14 @@ def test_cli_end_to_end_on_a_tiny_model(
     assert set(results["account"]) == set(results["clean_loss"])
     assert "probes" in results["successor_ov"]
     page = (out / "heads.md").read_text()
-    for section in ("## Families", "## Per layer", "## Successor heads", "## Attention sinks",
-                    "## Where each task is computed"):  # fmt: skip
+    sections = ("## Families", "## Per layer", "## Successor heads",
+                "## Machinery heads on every task", "## Where each task is computed")  # fmt: skip
+    for section in sections:
         assert section in page
+    # machinery heads (queries everywhere) are measured on every task, the others on theirs
+    every = {f for f in H.HEAD_FAMILIES if "every_task" in results["ablation"][f]}
+    labelled = {f for f in H.HEAD_FAMILIES if results["ablation"][f].get("n_heads")}
+    assert every == {"previous_token", "duplicate_token", "attention_sink"} & labelled
     for name in ("scores.png", "counts.png", "ablation.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp"))

@@ -342,8 +342,8 @@ def family_ablation(
     uniformly, and among the heads active on the task): the increase of the task's loss,
     and (``corpus``: every corpus family's batch) of every other task's. With ``every_task``
     the uniform control runs on ``corpus`` too and every task gets its own ratio and verdict
-    (``every_task``, ``tasks_met`` in the result): what a sink test needs, whose damage may
-    land anywhere."""
+    (``every_task``, ``tasks_met`` in the result): what the tests of machinery heads (sinks,
+    previous-token heads) need, whose damage may land anywhere."""
     n_ov = [lorsa.cfg.n_ov_heads for lorsa in replacement.lorsas]
     n_heads = sum(len(h) for h in family_heads.values())
     out: dict = {"task": task, "test": test, "n_heads": n_heads, "clean_loss": clean.get(task)}

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 import torch
 
+from toy_models.data import FAMILIES
+
 from .ablation import (
     corpus_batches,
     family_ablation,
@@ -70,7 +72,7 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
         test = TEST_OF[family]
         ablation[family] = family_ablation(
             replacement, batches, clean, labelled[family], TASK_OF[family], settings.draws,
-            settings.seed, test, corpus, every_task=test == "mask_bos",
+            settings.seed, test, corpus, every_task=serves_every_task(family),
         )  # fmt: skip
     successor = successor_ov(
         replacement, scores, probes, labelled["successor"], settings.draws, settings.seed
@@ -135,6 +137,14 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
     # A successor head must both map the item to its successor and matter causally.
     results["met"]["successor"] &= bool(successor.get("meets_target"))
     return results, scores, probes
+
+
+def serves_every_task(family: str) -> bool:
+    """Families whose probe queries are every position of every corpus family (previous-token,
+    duplicate-token and sink heads: machinery other heads read): their test is measured, with
+    its own uniform control, on every task, since their damage may land on any of them; the
+    verdict stays the one on the task fixed in advance."""
+    return set(TASK_CORPUS[TASK_OF[family]]) == set(FAMILIES)
 
 
 def truth_groups() -> list[tuple[tuple[str, ...], str]]:

@@ -75,12 +75,13 @@ def summary(results: dict) -> str:
             f"{'met' if results['met'][f] else 'NOT':4s} {_fmt(d.get('precision'), '4.2f'):>4s} "
             f"{_fmt(d.get('recall'), '4.2f'):>4s}"
         )
-    sink = results["ablation"]["attention_sink"]
-    if sink.get("every_task"):
-        lines.append(
-            "attention sink, BOS masked, meets the target on: "
-            + (", ".join(sink.get("tasks_met", [])) or "no task")
-        )
+    for f in HEAD_FAMILIES:
+        a = results["ablation"][f]
+        if a.get("every_task"):
+            lines.append(
+                f"{f} ({_test_name(a['test'])}) meets the target on: "
+                + (", ".join(a.get("tasks_met", [])) or "no task")
+            )
     ov = results["successor_ov"]
     if "in_top" in ov:
         lines.append(
@@ -100,7 +101,7 @@ def markdown(results: dict) -> str:
         _introduction,
         _summary_table,
         _successor_section,
-        _sink_section,
+        _every_task_section,
         _per_layer,
         _overlaps,
         _ablation_table,
@@ -222,32 +223,42 @@ def _successor_section(results: dict) -> list[str]:
     ]
 
 
-def _sink_section(results: dict) -> list[str]:
-    a = results["ablation"]["attention_sink"]
-    lines = ["", "## Attention sinks: BOS masked on every task", ""]
-    if "every_task" not in a:
-        return lines + [f"Not run: {a.get('skipped', 'no sink head')}."]
+def _every_task_section(results: dict) -> list[str]:
+    """The families tested on every task (sinks, previous-token and duplicate-token heads:
+    machinery whose damage may land on any task), one table each."""
+    lines = ["", "## Machinery heads on every task", ""]
+    tested = [f for f in HEAD_FAMILIES if "every_task" in results["ablation"][f]]
+    if not tested:
+        return lines + ["Not run: no such family has heads."]
     lines += [
-        f"The {a['n_heads']} sink heads' attention to BOS taken away (softmax over the other "
-        "keys) vs the same for as many random heads drawn uniformly from the same layers (loss "
-        "increase, nats per target token; the stricter control, heads active on the task, is "
-        f"in the family table for `{a['task']}`):",
-        "",
-        "| task | sink heads | random heads | ratio | target met |",
-        "|---|---|---|---|---|",
+        "Sinks: their attention to BOS taken away (softmax over the other keys); previous-token "
+        "and duplicate-token heads: zeroed. Each vs the same test on as many random heads drawn "
+        "uniformly from the same layers (loss increase, nats per target token; the stricter "
+        "control, heads active on the task, is in the family table for the family's own task).",
     ]
-    for task, row in a["every_task"].items():
-        lines.append(
-            f"| `{task}` | {row['increase']:.4f} | {row['random_mean']:.4f} | "
-            f"{_fmt(row['ratio'], '.1f')} | {'yes' if row['meets_target'] else 'no'} |"
-        )
-    met = ", ".join(f"`{t}`" for t in a.get("tasks_met", [])) or "none"
-    return lines + [
-        "",
-        f"Tasks on which the target is met (>= {results['settings']['ratio_target']:g}x the "
-        f"random heads and >= {results['settings']['truth_delta']} nats): {met}. The family "
-        f"table's verdict is the one on `{a['task']}`, the task fixed in advance.",
-    ]
+    target = (f">= {results['settings']['ratio_target']:g}x the random heads and >= "
+              f"{results['settings']['truth_delta']} nats")  # fmt: skip
+    for f in tested:
+        a = results["ablation"][f]
+        lines += [
+            "",
+            f"**{f}** ({a['n_heads']} heads, {_test_name(a['test'])}):",
+            "",
+            "| task | family's heads | random heads | ratio | target met |",
+            "|---|---|---|---|---|",
+        ]
+        for task, row in a["every_task"].items():
+            lines.append(
+                f"| `{task}` | {row['increase']:.4f} | {row['random_mean']:.4f} | "
+                f"{_fmt(row['ratio'], '.1f')} | {'yes' if row['meets_target'] else 'no'} |"
+            )
+        met = ", ".join(f"`{t}`" for t in a.get("tasks_met", [])) or "none"
+        lines += [
+            "",
+            f"Target ({target}) met on: {met}. The family table's verdict is the one on "
+            f"`{a['task']}`, the task fixed in advance.",
+        ]
+    return lines
 
 
 def _per_layer(results: dict) -> list[str]:

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/heads.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
     parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
+    parser.add_argument(
+        "--report", type=Path, help="keep the report files (heads.json, heads.md, plots) there"
+    )
     args = parser.parse_args(argv)
     startup = cli_startup()
 
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds["analysis"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        H.write_report(results, Path(tmp))
+        H.write_report(results, args.report or Path(tmp))
     seconds["report_files"] = time.perf_counter() - t0
     seconds["cli_equivalent_total"] = sum(seconds.values())
     seconds |= {f"analysis_{k}": v for k, v in results["seconds"].items()}

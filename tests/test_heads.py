@@ -662,6 +662,7 @@ def test_cli_end_to_end_on_a_tiny_model(
                                      for f in H.HEAD_FAMILIES}  # fmt: skip
     assert "all_tokens/mask_bos" in results["truth"]
     assert set(results["account"]) == set(results["clean_loss"])
+    assert set(results["identity"]) == {"model", "replacement", "tokenizer"}
     assert "probes" in results["successor_ov"]
     page = (out / "heads.md").read_text()
     sections = ("## Families", "## Per layer", "## Successor heads",

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import torch
 
+from circuits.statistics import identity
 from toy_models.data import FAMILIES
 
 from .ablation import (
@@ -128,6 +129,8 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
         "detectors": detectors,
         "seconds": seconds,
     }
+    # what the labels are bound to: a consumer checks it before reading heads by index
+    results["identity"] = identity(replacement, tokenizer)
     results["overlaps"] = {
         f: {g: len(label_sets[f] & label_sets[g]) for g in HEAD_FAMILIES if g != f}
         for f in HEAD_FAMILIES

@@ -82,7 +82,6 @@ def check_args(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
-    from circuits.statistics import identity
     from replacement.model import load_pretrained
 
     from .analysis import analyse
@@ -99,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     results, _, _ = analyse(replacement, tokenizer, settings, progress=not args.quiet)
     results["model"] = args.model
     results["replacement"] = args.replacement or "shipped"
-    # what the labels are bound to: a consumer checks it before reading heads by index
-    results["identity"] = identity(replacement, tokenizer)
     results["seconds"] = {
         "load": t1 - t0,
         **results["seconds"],

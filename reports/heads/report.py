@@ -15,7 +15,12 @@ _OPERAND_NOTE = (
     "digits that earlier heads moved together; the account says which layers carry the task."
 )
 MISSING_NOTES = {
-    "previous_token": "A stronger copying task (longer repeated segments) needs more of them.",
+    "previous_token": (
+        "A head that reads the current token and the previous one together (a local-context or "
+        "bigram head) scores below the label threshold though it moves the previous token as "
+        "well: look up the single-head tests' heads in `heads.json` (their `previous_token` "
+        "score) to see whether such heads carry the task."
+    ),
     "duplicate_token": (
         "Nothing in the corpus rewards knowing that the current token occurred before for its "
         "own sake: in `names` the two characters' roles swap at random, so a repeated name says "

@@ -234,17 +234,31 @@ def _summaries(terms, scores, triples, attention, slot_ids, top) -> list[QKAttri
     return out
 
 
+def top_entries(table: Tensor, k: int, magnitude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The ``k`` entries of largest magnitude of a 2-D ``table``, largest first, as flat
+    indices and values: ``topk`` of ``|table|.flatten()``, taken among the ``k`` rows of
+    largest row maximum only (any of the ``k`` largest entries lies in one of those rows: a
+    row outside them has ``k`` rows at least as large above it), so that a QK reason's table
+    of thousands x thousands of units costs one pass, not a sort. ``magnitude``: ``|table|``
+    when the caller has it."""
+    magnitude = table.abs() if magnitude is None else magnitude
+    n_rows, n_cols = table.shape
+    rows = magnitude.amax(1).topk(min(k, n_rows)).indices
+    best = magnitude[rows].flatten().topk(min(k, len(rows) * n_cols))
+    flat = rows[best.indices // n_cols] * n_cols + best.indices % n_cols
+    return flat, table.flatten()[flat]
+
+
 def _add_contrast(record, side: QKSides, units, unit: Tensor, slot_ids, top: int) -> None:
     """Fill ``record.contrast`` and its ``top`` largest query-node x key-unit terms."""
     table, present = side.contrast(record.qk_head, record.query, record.key, unit)
     present = present.tolist()
     record.contrast = float(table.sum())
-    flat = table.flatten()
     n = table.shape[1]
-    best = flat.abs().topk(min(top, len(flat)))
+    flat, values = top_entries(table, top)
     record.contrast_pairs = [
         QKPair(slot_ids[record.query][j // n], _unit_id(units, present[j % n]), v)
-        for j, v in zip(best.indices.tolist(), flat[best.indices].tolist(), strict=True)
+        for j, v in zip(flat.tolist(), values.tolist(), strict=True)
         if v != 0
     ]
 
@@ -281,28 +295,32 @@ def qk_reason(
         record.qk_head, record.query, record.key, unit, top
     )
 
-    def names(codes, here, pos):
+    def namer(codes, here, pos):
+        """Names of the side's units by their index in ``codes``, made only when asked for
+        (a side has thousands of units; a reason names at most ``top`` pairs and units)."""
         by_code = {}
         for p_slot, code in enumerate(unit[pos].tolist()):
             if bool(side.slot_valid[pos, p_slot]):
                 by_code[code] = slot_ids[pos][p_slot]
-        return [
-            None if c == units.total else (by_code[c] if h else _unit_id(units, c))
-            for c, h in zip(codes.tolist(), here.tolist(), strict=True)
-        ]
 
-    q_names = names(q_codes, q_here, record.query)
-    k_names = names(k_codes, k_here, record.key)
-    flat = table.flatten()
+        def name(j: int):
+            c = int(codes[j])
+            return None if c == units.total else (by_code[c] if here[j] else _unit_id(units, c))
+
+        return name
+
+    q_name = namer(q_codes, q_here, record.query)
+    k_name = namer(k_codes, k_here, record.key)
     n = table.shape[1]
-    best = flat.abs().topk(min(top, len(flat)))
+    magnitude = table.abs()
+    flat, values = top_entries(table, top, magnitude)
     pairs = [
-        QKPair(q_names[j // n], k_names[j % n], v)
-        for j, v in zip(best.indices.tolist(), flat[best.indices].tolist(), strict=True)
+        QKPair(q_name(j // n), k_name(j % n), v)
+        for j, v in zip(flat.tolist(), values.tolist(), strict=True)
         if v != 0
     ]
-    magnitude = float(flat.abs().sum())
-    listed = float(best.values.sum())
+    total = float(magnitude.sum())
+    listed = float(values.abs().sum())
     q_marg, k_marg = table.sum(1), table.sum(0)
     q_best = q_marg.abs().topk(min(top, len(q_marg))).indices.tolist()
     k_best = k_marg.abs().topk(min(top, len(k_marg))).indices.tolist()
@@ -310,9 +328,9 @@ def qk_reason(
         **parts,
         pairs=pairs,
         rest=parts["specific"] - sum(p.value for p in pairs),
-        rest_share=max(0.0, magnitude - listed) / magnitude if magnitude > 0 else 0.0,
-        query_units=[(q_names[j], float(q_marg[j])) for j in q_best],
-        key_units=[(k_names[j], float(k_marg[j])) for j in k_best],
+        rest_share=max(0.0, total - listed) / total if total > 0 else 0.0,
+        query_units=[(q_name(j), float(q_marg[j])) for j in q_best],
+        key_units=[(k_name(j), float(k_marg[j])) for j in k_best],
     )
 
 

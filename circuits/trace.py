@@ -201,15 +201,28 @@ def main(argv: list[str] | None = None) -> int:
         return _trace(args, formats)
 
 
+def qk_step(replacement, graph, run, key_mass: float | None = None) -> None:
+    """The trace's QK step (``benchmarks/attribution.py`` times this very call): every head
+    the pruned graph keeps, with the contrast split and the QK reason, on one torch thread
+    (many small tables: one thread is faster)."""
+    from .mechanisms import single_thread
+    from .qk import qk_attribution
+
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1)
+    with single_thread():
+        qk_attribution(
+            replacement, graph, heads, key_mass=key_mass, contrast=True, reason=True, run=run
+        )
+
+
 def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     from replacement.model import load_pretrained
     from reports.outputs import write_graph_outputs
     from toy_models.tokenizer import encode_prompt
 
     from .attribution import attribute, run_prompt
-    from .mechanisms import format_summary, save_summary, single_thread, summarize
+    from .mechanisms import format_summary, save_summary, summarize
     from .prune import influence_scores, prune_graph
-    from .qk import qk_attribution
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     tokens = encode_prompt(tokenizer, args.prompt, replacement.cfg.n_ctx)
@@ -232,12 +245,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     )
     t_prune = time.perf_counter()
     if args.qk:
-        heads = graph.is_kind("lorsa").nonzero().squeeze(1)
-        with single_thread():  # many small tables: one thread is faster
-            qk_attribution(
-                replacement, graph, heads, key_mass=args.key_mass, contrast=True, reason=True,
-                run=run,
-            )  # fmt: skip
+        qk_step(replacement, graph, run, args.key_mass)
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings["scores"] = scored.scores

@@ -410,3 +410,18 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
     browser.evaluate(f"viewer.state.clicked = {{node: {head}}}; viewer.update()")
     panel = browser.evaluate("document.querySelector('#viewer .panel').innerText")
     assert "always-on" in panel
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (40, 1), (7, 9), (300, 200)])
+def test_top_entries_equal_a_full_sort(shape):
+    """The row-prefiltered top-k of a QK table is the top-k of the whole table, largest
+    magnitude first, with signed values (entries of equal magnitude may come in any order)."""
+    from circuits.qk import top_entries
+
+    gen = torch.Generator().manual_seed(shape[0] * 1000 + shape[1])
+    table = torch.randn(shape, generator=gen) * torch.rand(shape[0], 1, generator=gen)
+    for k in (1, 3, 10, shape[0] * shape[1]):
+        flat, values = top_entries(table, k)
+        want = table.flatten().abs().topk(min(k, table.numel()))
+        assert torch.equal(values.abs(), want.values)
+        assert torch.equal(values, table.flatten()[flat]) and len(set(flat.tolist())) == len(flat)

@@ -454,7 +454,8 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
         "key_top3": rate("key_top3"),
         "reason": rate("reason"),
         "reason_head": rate("reason_head"),
-        "reason_match": rate("reason_match") if prompts and prompts[0].family in INDUCTION
+        "reason_match": rate("reason_match")
+        if prompts and prompts[0].family in INDUCTION
         else None,  # fmt: skip
         "reason_pair": rate("reason_pair"),
         "key_own_token": rate("key_own_token"),

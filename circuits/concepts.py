@@ -11,10 +11,15 @@ again; a separator is read as the characters of its own token): its family; BOS;
 whether a token is a name's first token or a later sub-token, of a common or a rare name, on
 its first or a repeated mention (a later sub-token of a repeated rare name is where subtoken
 induction acts); for addition, each operand digit with its operand (first/second) and place,
-each answer digit with its place, ``+``, ``=`` and the line break; for successor lists, a list's
-first item, a next item (one with a previous item), its list's kind, the comma and the full
-stop; for repeats, the first and the second copy (and the second copy's first token), and the
-``|`` between them.
+each answer digit with its place, ``+``, ``=`` and the line break; for successor documents, a
+list's first item, a next item (one with a previous item) with its list's kind and its step
+(+1, +2 or -1 places), whatever stands between two items of a list (the separator, in any of
+the corpus's list formats), and in sentences the item said first and the answer; for repeats,
+the first and the second copy (and the second copy's first token), the separator between
+them (the span's ``form``, right after the first copy) and the text around them (filler).
+Positions come from the spans only (corpus v3 writes each family in many forms, so no
+separator is read from the characters except addition's ``+``, ``=`` and line break).
+``CONCEPT_ROLE`` gives each concept the role (``TOKEN_ROLES``) its tokens play.
 
 For a unit that fires on ``F`` tokens, a concept present on ``C`` tokens and both on ``B``:
 ``F1 = 2 B / (F + C)`` (precision ``B / F``, recall ``B / C``). The unit's label is the concept
@@ -29,39 +34,44 @@ from toy_models.data import FAMILIES, ORDERED_LISTS, Example, examples
 
 _SEPARATORS = {
     "addition": {"+": "addition: '+'", "=": "addition: '='", "\n": "addition: line break"},
-    "successor": {
-        ",": "successor: comma",
-        ".": "successor: full stop",
-        "\n": "successor: line break",
-    },
-    "repeat": {"|": "repeat: '|' between the copies", "\n": "repeat: line break"},
 }
 MAX_PLACE = 4  # answer digits of 3-digit operands: places 0..3
+STEPS = (1, 2, -1)  # places from a successor item's previous item (toy_models.data)
 
-CONCEPTS: tuple[str, ...] = (
-    "BOS",
-    *(f"family: {f}" for f in FAMILIES),
-    "name: first token",
-    "name: later sub-token",
-    "name: common name",
-    "name: rare name",
-    "name: first mention",
-    "name: repeated mention",
-    "name: later sub-token of a repeated rare name",
-    "names: other text",
-    *(f"addition: first operand digit, place {p}" for p in range(3)),
-    *(f"addition: second operand digit, place {p}" for p in range(3)),
-    *(f"addition: answer digit, place {p}" for p in range(MAX_PLACE)),
-    *_SEPARATORS["addition"].values(),
-    "successor: first item of a list",
-    "successor: next item",
-    *(f"successor: {kind} item" for kind in sorted(ORDERED_LISTS)),
-    *_SEPARATORS["successor"].values(),
-    "repeat: first copy",
-    "repeat: second copy",
-    "repeat: first token of the second copy",
-    *_SEPARATORS["repeat"].values(),
+# The role a token plays in its document (the error analysis splits by it): each concept names
+# the role its tokens play, or none (a token with no role-naming concept is ``other``; one with
+# several takes the first in this order).
+TOKEN_ROLES = ("bos", "name", "operand", "answer", "item", "first", "second", "separator", "other")
+_CONCEPT_ROLES: tuple[tuple[str, str | None], ...] = (
+    ("BOS", "bos"),
+    *((f"family: {f}", None) for f in FAMILIES),
+    ("name: first token", "name"),
+    ("name: later sub-token", "name"),
+    ("name: common name", "name"),
+    ("name: rare name", "name"),
+    ("name: first mention", "name"),
+    ("name: repeated mention", "name"),
+    ("name: later sub-token of a repeated rare name", "name"),
+    ("names: other text", None),
+    *((f"addition: first operand digit, place {p}", "operand") for p in range(3)),
+    *((f"addition: second operand digit, place {p}", "operand") for p in range(3)),
+    *((f"addition: answer digit, place {p}", "answer") for p in range(MAX_PLACE)),
+    *((name, "separator") for name in _SEPARATORS["addition"].values()),
+    ("successor: first item of a list", "item"),
+    ("successor: next item", "item"),
+    *((f"successor: next item, step {step:+d}", "item") for step in STEPS),
+    *((f"successor: {kind} item", "item") for kind in sorted(ORDERED_LISTS)),
+    ("successor: between two items of a list", "separator"),
+    ("successor: a sentence's first item", "item"),
+    ("successor: a sentence's answer", "item"),
+    ("repeat: first copy", "first"),
+    ("repeat: second copy", "second"),
+    ("repeat: first token of the second copy", "second"),
+    ("repeat: separator between the copies", "separator"),
+    ("repeat: around the copies", None),
 )
+CONCEPTS: tuple[str, ...] = tuple(name for name, _ in _CONCEPT_ROLES)
+CONCEPT_ROLE: dict[str, str | None] = dict(_CONCEPT_ROLES)
 INDEX = {name: i for i, name in enumerate(CONCEPTS)}
 
 
@@ -109,6 +119,13 @@ def token_concepts(example: Example, offsets: list[tuple[int, int]]) -> list[tup
             in_span[i] = True
         return found
 
+    def between(start, end, name):
+        """Tokens wholly inside characters ``start:end`` (one that reaches out is not)."""
+        for i, (s, e) in enumerate(offsets):
+            if i > 0 and s >= start and e <= end and e > s:
+                concepts[i].add(name)
+                in_span[i] = True
+
     for span in example.spans:
         if span.kind == "name":
             found = mark(
@@ -125,17 +142,32 @@ def token_concepts(example: Example, offsets: list[tuple[int, int]]) -> list[tup
             for which, operand in zip(("first", "second"), span.operands, strict=False):
                 name = f"addition: {which} operand digit"
                 _digits(operand, positions(operand), offsets, name, concepts, in_span)
-        elif span.kind == "item":
-            mark(span, "successor: next item", f"successor: {span.sequence} item")
-            first = span.previous
-            if first is not None and first.previous is None:
-                mark(first, "successor: first item of a list", f"successor: {first.sequence} item")
+        elif span.kind == "item" and span.frame == "list":
+            item = span  # this item, and the unscored ones before it that only ``previous`` holds
+            while item.previous is not None:
+                mark(item, "successor: next item", f"successor: {item.sequence} item",
+                     *([f"successor: next item, step {item.step:+d}"] if item.step in STEPS
+                       else []))  # fmt: skip
+                between(item.previous.end, item.start, "successor: between two items of a list")
+                item = item.previous
+            mark(item, "successor: first item of a list", f"successor: {item.sequence} item")
+        elif span.kind == "item":  # a sentence: its answer, and the item said first
+            mark(span, "successor: next item", "successor: a sentence's answer",
+                 f"successor: {span.sequence} item",
+                 *([f"successor: next item, step {span.step:+d}"] if span.step in STEPS
+                   else []))  # fmt: skip
+            if span.previous is not None:
+                mark(span.previous, "successor: a sentence's first item",
+                     f"successor: {span.sequence} item")  # fmt: skip
         elif span.kind == "first":
             mark(span, "repeat: first copy")
         elif span.kind == "second":
             found = mark(span, "repeat: second copy")
             if found:
                 concepts[found[0]].add("repeat: first token of the second copy")
+            if span.earlier is not None:  # the separator (``form``) follows the first copy
+                end = min(span.earlier.end + len(span.form), span.start)
+                between(span.earlier.end, end, "repeat: separator between the copies")
     separators = _SEPARATORS.get(family, {})
     for i in range(1, len(offsets)):
         concepts[i].add(f"family: {family}")
@@ -145,6 +177,8 @@ def token_concepts(example: Example, offsets: list[tuple[int, int]]) -> list[tup
         text = example.text[s:e].strip(" ")
         if family == "names":
             concepts[i].add("names: other text")
+        elif family == "repeat":
+            concepts[i].add("repeat: around the copies")
         elif text in separators:
             concepts[i].add(separators[text])
     return [tuple(sorted(INDEX[c] for c in names)) for names in concepts]
@@ -182,11 +216,11 @@ def firing_counts(fired, concepts):
 
 def units_best_f1(activations, rows: list[Row], batch_rows: int = 8):
     """Best-F1 concept of every unit of any dictionary over corpus ``rows`` (``corpus_rows``):
-    ``activations(tokens (B, P)) -> (B, P, U)`` gives the units' activations on a padded batch
-    (``toy_models.data.pad_rows``), a unit fires where its activation is above 0. Returns
-    ``best_f1``'s ``(index, f1)``, what the dashboards hold for Lorsa heads and transcoder
-    features, for units outside the replacement model (an attention-output SAE's latents), and
-each unit's number of firings ``(U,)``."""
+        ``activations(tokens (B, P)) -> (B, P, U)`` gives the units' activations on a padded batch
+        (``toy_models.data.pad_rows``), a unit fires where its activation is above 0. Returns
+        ``best_f1``'s ``(index, f1)``, what the dashboards hold for Lorsa heads and transcoder
+        features, for units outside the replacement model (an attention-output SAE's latents), and
+    each unit's number of firings ``(U,)``."""
     import torch
 
     from toy_models.data import pad_rows

@@ -24,38 +24,13 @@ import json
 import math
 from pathlib import Path
 
-from circuits.concepts import CONCEPTS
+from circuits.concepts import CONCEPT_ROLE, CONCEPTS, TOKEN_ROLES
 from toy_models.cli import UserError, run_cli
 from toy_models.data import FAMILIES
 
 DEFAULT_JSON = Path("benchmarks/results/error_analysis_default.json")
-ROLES = ("bos", "name", "operand", "answer", "item", "first", "second", "separator", "other")
-SEPARATOR_CONCEPTS = frozenset(
-    c for c in CONCEPTS if "'" in c or c.endswith(("comma", "full stop", "line break"))
-)
-
-
-def _role_rule(concept: str) -> str | None:
-    if concept == "BOS":
-        return "bos"
-    if concept.startswith("name:"):
-        return "name"
-    if concept.startswith(("addition: first operand", "addition: second operand")):
-        return "operand"
-    if concept.startswith("addition: answer digit"):
-        return "answer"
-    if concept.startswith("successor:") and "item" in concept:
-        return "item"
-    if concept == "repeat: first copy":
-        return "first"
-    if concept.startswith("repeat: ") and "second copy" in concept:
-        return "second"
-    if concept in SEPARATOR_CONCEPTS:
-        return "separator"
-    return None
-
-
-ROLE_OF_CONCEPT = {i: _role_rule(c) for i, c in enumerate(CONCEPTS)}
+ROLES = TOKEN_ROLES
+ROLE_OF_CONCEPT = {i: CONCEPT_ROLE[c] for i, c in enumerate(CONCEPTS)}
 
 
 def role_of(concepts: tuple[int, ...]) -> int:

@@ -253,3 +253,41 @@ def test_cli_refuses_bad_arguments_before_importing_torch(fresh_cli, tmp_path):
     assert code == 2 and "--rows" in err and heavy == []
     code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--out", str(tmp_path)])
     assert code == 2 and "not a file" in err and heavy == []
+
+
+def test_v3_concepts_follow_the_spans_in_every_form(tiny_pretrained):
+    """Separators of any form are found from the spans: the repeat separator is the span's
+    ``form`` (its tokens, whatever the characters), a list's items have the text between them
+    marked, steps and sentence roles come from the items' fields; every concept has a role."""
+    from circuits.concepts import CONCEPT_ROLE, TOKEN_ROLES
+
+    _, tokenizer = tiny_pretrained
+    rows = corpus_rows(tokenizer, 128, 11, 0, 48)
+    sep, between = (
+        INDEX["repeat: separator between the copies"],
+        INDEX["successor: between two items of a list"],
+    )
+    forms = steps = separators = 0
+    for row in rows:
+        text, spans = row.example.text, row.example.spans
+        offsets = [tuple(o) for o in tokenizer.encode(text).offsets][: len(row.ids)]
+        marked = "".join(text[s:e] for (s, e), cs in zip(offsets, row.concepts, strict=True)
+                         if sep in cs)  # fmt: skip
+        second = [sp for sp in spans if sp.kind == "second"]
+        if second and second[0].end <= offsets[-1][1]:
+            assert marked == second[0].form  # the separator exactly, empty when there is none
+            forms += bool(marked)
+        for sp in spans:
+            if sp.kind == "item" and sp.frame == "list" and sp.end <= offsets[-1][1]:
+                inside = [i for i, (s, e) in enumerate(offsets)
+                          if i and s >= sp.previous.end and e <= sp.start and e > s]  # fmt: skip
+                # (a separator glued to an item's first characters is one token with it)
+                assert all(between in row.concepts[i] for i in inside)
+                separators += bool(inside)
+                item = [i for i, (s, e) in enumerate(offsets) if i and s < sp.end and e > sp.start]
+                step = INDEX[f"successor: next item, step {sp.step:+d}"]
+                assert all(step in row.concepts[i] for i in item)
+                steps += 1
+    assert forms and steps and separators
+    assert set(CONCEPT_ROLE) == set(CONCEPTS)
+    assert set(CONCEPT_ROLE.values()) - {None} <= set(TOKEN_ROLES) - {"other"}

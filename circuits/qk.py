@@ -96,10 +96,8 @@ class QKSides:
 
         def split(vectors: Tensor, weight: Tensor, at: int, positions: Tensor):
             """Per unit: its deviation (weighted sum); the side's mean and total at ``at``."""
-            real = self.slot_valid[positions]  # ref 1+slot
-            vec = vectors[positions][real]  # entries e
-            p = positions[real.nonzero()[:, 0]]
-            codes, which = torch.unique(unit[positions][real], return_inverse=True)
+            p, slot, codes, which = self._entries(positions, unit)
+            vec = vectors[p, slot]  # entries e
             dev = torch.zeros(len(codes), vec.shape[-1]).index_add_(0, which, vec * weight[p, None])
             here = torch.zeros(len(codes), dtype=torch.bool)
             here[which[p == at]] = True
@@ -120,6 +118,20 @@ class QKSides:
         table = du @ dv.T / scale
         parts["specific"] = float(table.sum())
         return parts, table, q_codes, k_codes, q_here, k_here
+
+    def _entries(self, positions: Tensor, unit: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The real (position, slot) entries at ``positions``, their units' codes (unique) and
+        each entry's index among them: the same for every QK head and, on the query side, for
+        every query, so kept per (positions, ``unit``) and reused by all of a layer's reasons."""
+        cache = self.__dict__.setdefault("_entry_cache", {})
+        key = (tuple(positions.tolist()), id(unit))
+        if key not in cache:
+            real = self.slot_valid[positions]  # ref 1+slot
+            nz = real.nonzero()
+            codes, which = torch.unique(unit[positions][real], return_inverse=True)
+            cache[key] = (positions[nz[:, 0]], nz[:, 1], codes, which, unit)  # unit kept alive
+        p, slot, codes, which, _ = cache[key]
+        return p, slot, codes, which
 
     def scores(self, qk_head: Tensor, query: Tensor, key: Tensor) -> Tensor:
         """The scores computed directly from the cached Lorsa input (the check on ``terms``)."""

@@ -374,14 +374,7 @@ def qk_side_flows(
     ``query_at``, ``key_at``, ``specific`` and the QK bias side's terms in the first two
     (``query_bias``, ``key_bias``). ``side`` is the layer's ``circuits.qk.QKSides``. Each
     side's root flows, the nodes' own terms and its bias term sum to its ``_at`` part."""
-    n = side.query.shape[0]
-    refs = np.arange(1, n) if n > 1 else np.zeros(1, dtype=np.int64)
-    wq = np.zeros(n)
-    wq[refs] = -1 / len(refs)
-    wq[query] += 1
-    wk = np.zeros(n)
-    wk[: query + 1] = -1 / (query + 1)
-    wk[key] += 1
+    wq, wk = (w.numpy() for w in side.reference_weights(query, key, torch.float64))
     valid = side.slot_valid.numpy()
     u = side.query[:, :, qk_head].double().numpy() * valid[..., None]  # pos 1+slot e
     v = side.key[:, :, qk_head].double().numpy() * valid[..., None]

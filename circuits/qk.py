@@ -25,6 +25,12 @@ from .nodes import Kind, lorsa_stage, unit_id
 from .units import Units
 
 
+def reference_queries(n_pos: int) -> Tensor:
+    """The queries a QK reason's mean query averages: the prompt after BOS (BOS alone for a
+    one-token prompt)."""
+    return torch.arange(1, n_pos) if n_pos > 1 else torch.zeros(1, dtype=torch.long)
+
+
 class QKSides:
     """Every source's query- and key-side vector for every QK head of one layer, computed once:
     ``query[s, h] = P write_s / sigma1[pos_s] W_Q^h`` and the bias side per position (constant
@@ -86,13 +92,8 @@ class QKSides:
         codes, and each side's units present at the query / at the key (bool)."""
         n = self.query.shape[0]
         scale = math.sqrt(self.lorsa.cfg.d_qk)
-        refs = torch.arange(1, n) if n > 1 else torch.zeros(1, dtype=torch.long)
-        q_weight = torch.zeros(n)
-        q_weight[refs] = -1 / len(refs)
-        q_weight[query] += 1
-        k_weight = torch.zeros(n)
-        k_weight[: query + 1] = -1 / (query + 1)
-        k_weight[key] += 1
+        refs = reference_queries(n)
+        q_weight, k_weight = self.reference_weights(query, key)
 
         def split(vectors: Tensor, weight: Tensor, at: int, positions: Tensor):
             """Per unit: its deviation (weighted sum); the side's mean and total at ``at``."""
@@ -118,6 +119,22 @@ class QKSides:
         table = du @ dv.T / scale
         parts["specific"] = float(table.sum())
         return parts, table, q_codes, k_codes, q_here, k_here
+
+    def reference_weights(
+        self, query: int, key: int, dtype: torch.dtype = torch.float32
+    ) -> tuple[Tensor, Tensor]:
+        """Per position, the weight of its vector in ``query_at`` (this query minus the mean
+        of ``reference_queries``) and in ``key_at`` (this key minus the mean of keys
+        ``0..query``): the deviations a ``QKReason`` splits."""
+        n = self.query.shape[0]
+        refs = reference_queries(n)
+        q_weight = torch.zeros(n, dtype=dtype)
+        q_weight[refs] = -1 / len(refs)
+        q_weight[query] += 1
+        k_weight = torch.zeros(n, dtype=dtype)
+        k_weight[: query + 1] = -1 / (query + 1)
+        k_weight[key] += 1
+        return q_weight, k_weight
 
     def _entries(self, positions: Tensor, unit: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The real (position, slot) entries at ``positions``, their units' codes (unique) and

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 from toy_models.cli import UserError, run_cli
+from toy_models.files import write_png_atomic
 
 DEFAULT_JSON = Path("benchmarks/results/lorsa_ablations_default.json")
 AXES = (  # (axis, x label, variant field on that axis)
@@ -263,9 +264,7 @@ def plot(results: dict, path: Path) -> None:
         title += " (SMOKE RUN: meaningless figures)"
     fig.suptitle(f"{title}: {results['settings']['steps']} steps per run")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    tmp.replace(path)
+    write_png_atomic(fig, path, dpi=100)
 
 
 def write_ablation_report(results: dict, out: Path) -> list[Path]:

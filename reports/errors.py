@@ -27,6 +27,7 @@ from pathlib import Path
 from circuits.concepts import CONCEPT_ROLE, CONCEPTS, TOKEN_ROLES
 from toy_models.cli import UserError, run_cli
 from toy_models.data import FAMILIES
+from toy_models.files import write_png_atomic
 
 DEFAULT_JSON = Path("benchmarks/results/error_analysis_default.json")
 ROLES = TOKEN_ROLES
@@ -334,9 +335,7 @@ def plot(results: dict, path: Path) -> None:
         title += " (SMOKE RUN: meaningless figures)"
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    tmp.replace(path)
+    write_png_atomic(fig, path, dpi=100)
 
 
 def write_error_report(results: dict, out: Path) -> list[Path]:

@@ -565,15 +565,13 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     """``superposition.png`` (MHSA heads x families per layer) and ``top_share.png``."""
     from matplotlib.figure import Figure
 
-    from toy_models.files import replace_atomic
+    from toy_models.files import write_png_atomic
 
     written = []
     for name, draw in (("superposition.png", _family_heatmaps), ("top_share.png", _top_shares)):
         fig = Figure(figsize=(4.2 * max(len(results["layers"]), 1), 4.8))
         draw(fig, results)
-        replace_atomic(out / name,
-                       lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110,
-                                                        bbox_inches="tight"))  # fmt: skip
+        write_png_atomic(fig, out / name)
         written.append(out / name)
     return written
 

@@ -148,3 +148,8 @@ def replace_atomic(path: str | Path, write) -> None:
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             raise WriteError(exc.errno, exc.strerror, str(path)) from None
         raise
+
+
+def write_png_atomic(fig, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure as a PNG at ``path``, atomically (``replace_atomic``)."""
+    replace_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toy_models.files import write_png_atomic
+
 from .config import DIAGNOSTICS, HEAD_FAMILIES, THRESHOLDS
 
 
@@ -21,15 +23,9 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     ):
         fig = Figure(figsize=size)
         draw(fig, results)
-        _save_png(fig, out / name)
+        write_png_atomic(fig, out / name)
         written.append(out / name)
     return written
-
-
-def _save_png(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    tmp.replace(path)
 
 
 def _score_histograms(fig, results: dict) -> None:

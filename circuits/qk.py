@@ -48,6 +48,7 @@ class QKSides:
         inv_sigma = 1 / run.sigma1[layer]
         self.at, self.valid = pad_by_position(run.pos[:n_src], n_pos)
         self.slot_valid = torch.cat([torch.ones(n_pos, 1, dtype=torch.bool), self.valid], dim=1)
+        self._entry_cache: dict = {}  # ``_entries`` by (positions, unit table)
         parts = center(run.write[:n_src]) * inv_sigma[run.pos[:n_src], None]
         parts = parts[self.at] * self.valid[..., None]  # pos slot d
         bias = center(run.resid_bias[stage])[None, None] * inv_sigma[:, None, None]  # pos 1 d
@@ -140,7 +141,7 @@ class QKSides:
         """The real (position, slot) entries at ``positions``, their units' codes (unique) and
         each entry's index among them: the same for every QK head and, on the query side, for
         every query, so kept per (positions, ``unit``) and reused by all of a layer's reasons."""
-        cache = self.__dict__.setdefault("_entry_cache", {})
+        cache = self._entry_cache
         key = (tuple(positions.tolist()), id(unit))
         if key not in cache:
             real = self.slot_valid[positions]  # ref 1+slot

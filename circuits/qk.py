@@ -13,15 +13,16 @@ over sources *and* the bias side. Every term is kept in the sums; the top ones a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from replacement.model import ReplacementModel, center
 
-from .attribution import PromptRun, pad_by_position, run_prompt, source_ids
+from .attribution import PromptRun, pad_by_position, run_prompt
 from .graph import Graph, QKAttribution, QKPair, QKReason
-from .nodes import Kind, lorsa_stage, unit_id
+from .nodes import Kind, lorsa_stage, node_id, unit_id
 from .units import Units
 
 
@@ -29,6 +30,34 @@ def reference_queries(n_pos: int) -> Tensor:
     """The queries a QK reason's mean query averages: the prompt after BOS (BOS alone for a
     one-token prompt)."""
     return torch.arange(1, n_pos) if n_pos > 1 else torch.zeros(1, dtype=torch.long)
+
+
+@dataclass
+class Deviations:
+    """A batch of records' unit deviations on both sides (``QKSides.deviations``): ``du``
+    (record, query unit, d_qk) over the units ``q_codes``, ``dv`` likewise over ``k_codes``;
+    ``q_present[p, j]``: unit ``q_codes[j]`` has a slot at position p (likewise keys)."""
+
+    du: Tensor
+    dv: Tensor
+    q_codes: Tensor
+    k_codes: Tensor
+    q_present: Tensor
+    k_present: Tensor
+
+
+@dataclass
+class SpecificTerms:
+    """A batch's specific tables ``du_s . dv_t / sqrt(d_qk)`` (``QKSides.specific_terms``):
+    per record the total magnitude of the terms, the largest terms as flat indices
+    ``query unit * n_key_units + key unit`` and values (largest first), and each query
+    (key) unit's total with every partner."""
+
+    magnitude: Tensor
+    flat: Tensor
+    values: Tensor
+    query_units: Tensor
+    key_units: Tensor
 
 
 class QKSides:
@@ -48,7 +77,7 @@ class QKSides:
         inv_sigma = 1 / run.sigma1[layer]
         self.at, self.valid = pad_by_position(run.pos[:n_src], n_pos)
         self.slot_valid = torch.cat([torch.ones(n_pos, 1, dtype=torch.bool), self.valid], dim=1)
-        self._entry_cache: dict = {}  # ``_entries`` by (positions, unit table)
+        self._entry_cache: tuple | None = None  # ``_entries`` and the unit table it is for
         parts = center(run.write[:n_src]) * inv_sigma[run.pos[:n_src], None]
         parts = parts[self.at] * self.valid[..., None]  # pos slot d
         bias = center(run.resid_bias[stage])[None, None] * inv_sigma[:, None, None]  # pos 1 d
@@ -64,62 +93,102 @@ class QKSides:
         v = self.key[key, :, qk_head]
         return u @ v.transpose(1, 2) / math.sqrt(self.lorsa.cfg.d_qk)
 
-    def contrast(self, qk_head: int, query: int, key: int, unit: Tensor) -> tuple[Tensor, Tensor]:
-        """Query-slot x key-unit terms of ``score(q, key) - mean_{p <= q} score(q, p)``: what
-        makes ``key`` stand out from the keys the query could have read (a uniform baseline;
-        the attention-weighted one is ``score(q, key)`` itself when attention is sharp).
-        ``unit[p, 1 + slot]`` names each key slot's unit (any integer codes; column 0 is the
-        bias slot's own): a unit present at every key with the same weight (a dense feature,
-        the bias) cancels, which a raw pair table cannot show. Returns the table
-        (1 + slots, units) over the units present at keys <= q, and those units' codes; its
-        columns sum over each unit's occurrences. Padding slots take no part."""
-        weight = torch.full((query + 1,), -1 / (query + 1))
-        weight[key] += 1
-        real = self.slot_valid[: query + 1]  # pos 1+slot
-        keys = self.key[: query + 1, :, qk_head][real] * weight[real.nonzero()[:, 0], None]
-        present, which = torch.unique(unit[: query + 1][real], return_inverse=True)
-        delta = torch.zeros(len(present), keys.shape[-1]).index_add_(0, which, keys)
-        return self.query[query, :, qk_head] @ delta.T / math.sqrt(self.lorsa.cfg.d_qk), present
+    def deviations(
+        self, qk_heads: Tensor, queries: Tensor, keys: Tensor, unit: Tensor
+    ) -> Deviations:
+        """Each record's units' deviations on both sides (``QKReason``), for a batch of
+        (QK head, query, key) records at once: query unit ``s`` has ``du_s = sum_p wq[p]
+        u_s(p)`` and key unit ``t`` has ``dv_t = sum_p wk[p] v_t(p)`` with the weights of
+        ``reference_weights`` (a unit absent at p counts 0 there). The query side's units are
+        those of the whole prompt, the key side's those at positions ``<= max(queries)``: one
+        unit list for the batch; a unit outside a record's reference positions has a zero
+        deviation in it. ``unit[p, 1 + slot]`` names each slot's unit (any integer codes;
+        column 0 is the bias slot's own)."""
+        p, slot, codes, which = self._entries(unit)
+        n_keys = int(torch.searchsorted(p, int(queries.max()), right=True))
+        if n_keys == len(p):
+            k_codes, k_which = codes, which
+        else:
+            k_codes, k_which = torch.unique(unit[p[:n_keys], slot[:n_keys]], return_inverse=True)
+        wq, wk = self._weights(queries, keys)
 
-    def reason(
-        self, qk_head: int, query: int, key: int, unit: Tensor, top: int = 10
-    ) -> tuple[dict[str, float], Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The ``QKReason`` split of ``score(query, key)`` (``circuits.graph.QKReason``):
-        the three named mean parts and the specific table ``du_s . dv_t`` over units.
+        def deviation(vectors: Tensor, weight: Tensor, n_entries: int, n_units: int, which):
+            vec = vectors[p[:n_entries], slot[:n_entries]][:, qk_heads]  # entry record d
+            vec = vec * weight.T[p[:n_entries], :, None]
+            dev = torch.zeros(n_units, *vec.shape[1:]).index_add_(0, which, vec)
+            return dev.transpose(0, 1)  # record unit d
 
-        Reference positions: queries 1..n-1 (the prompt after BOS; 0 alone for a one-token
-        prompt), keys 0..query. ``unit[p, 1 + slot]`` names each slot's unit as in
-        ``contrast``. Returns the parts, the table (query units, key units), both sides' unit
-        codes, and each side's units present at the query / at the key (bool)."""
-        n = self.query.shape[0]
+        def present(entries: int, n_units: int, which: Tensor) -> Tensor:
+            at = torch.zeros(self.query.shape[0], n_units, dtype=torch.bool)
+            at[p[:entries], which] = True
+            return at
+
+        return Deviations(
+            du=deviation(self.query, wq, len(p), len(codes), which),
+            dv=deviation(self.key, wk, n_keys, len(k_codes), k_which),
+            q_codes=codes,
+            k_codes=k_codes,
+            q_present=present(len(p), len(codes), which),
+            k_present=present(n_keys, len(k_codes), k_which),
+        )
+
+    def contrasts(
+        self, qk_heads: Tensor, queries: Tensor, dev: Deviations, top: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The query-slot x key-unit terms of ``score(q, key) - mean_{p <= q} score(q, p)``
+        for a batch: what makes the key stand out from the keys the query could have read (a
+        uniform baseline; the attention-weighted one is ``score(q, key)`` itself when
+        attention is sharp). The key side's weights are the ``QKReason`` key deviation's, so a
+        unit present at every key with the same weight (a dense feature, the bias) cancels,
+        which a raw pair table cannot show. Returns each record's contrast (its table's sum)
+        and the table's ``top`` largest terms as flat indices ``(1 + slot) * n_key_units +
+        key unit`` and values (``product_top``); padding slots' rows are zero."""
+        u = self.query[queries, :, qk_heads] / math.sqrt(self.lorsa.cfg.d_qk)  # record 1+slot d
+        _, flat, values = product_top(u, dev.dv.transpose(1, 2), top)
+        return (u.sum(1) * dev.dv.sum(1)).sum(-1), flat, values
+
+    def reason_parts(
+        self, qk_heads: Tensor, queries: Tensor, keys: Tensor, dev: Deviations, top: int
+    ) -> tuple[dict[str, Tensor], SpecificTerms]:
+        """The ``QKReason`` split of each record's score (``circuits.graph.QKReason``): the
+        three named mean parts and ``specific`` per record, and the summary of the specific
+        tables ``du_s . dv_t`` (``specific_terms``)."""
         scale = math.sqrt(self.lorsa.cfg.d_qk)
-        refs = reference_queries(n)
-        q_weight, k_weight = self.reference_weights(query, key)
 
-        def split(vectors: Tensor, weight: Tensor, at: int, positions: Tensor):
-            """Per unit: its deviation (weighted sum); the side's mean and total at ``at``."""
-            p, slot, codes, which = self._entries(positions, unit)
-            vec = vectors[p, slot]  # entries e
-            dev = torch.zeros(len(codes), vec.shape[-1]).index_add_(0, which, vec * weight[p, None])
-            here = torch.zeros(len(codes), dtype=torch.bool)
-            here[which[p == at]] = True
-            total_at = vectors[at][self.slot_valid[at]].sum(0)
-            return dev, codes, here, total_at
+        def total_at(vectors: Tensor, at: Tensor) -> Tensor:
+            return (vectors[at, :, qk_heads] * self.slot_valid[at, :, None]).sum(1)
 
-        q_pos = torch.unique(torch.cat([refs, torch.tensor([query])]))
-        k_pos = torch.arange(query + 1)
-        du, q_codes, q_here, u_q = split(self.query[:, :, qk_head], q_weight, query, q_pos)
-        dv, k_codes, k_here, v_k = split(self.key[:, :, qk_head], k_weight, key, k_pos)
-        u_bar, v_bar = u_q - du.sum(0), v_k - dv.sum(0)
-        du_total, dv_total = du.sum(0), dv.sum(0)
+        du_total, dv_total = dev.du.sum(1), dev.dv.sum(1)
+        u_bar = total_at(self.query, queries) - du_total
+        v_bar = total_at(self.key, keys) - dv_total
         parts = {
-            "mean_query_mean_key": float(u_bar @ v_bar) / scale,
-            "query_vs_mean_key": float(du_total @ v_bar) / scale,
-            "mean_query_vs_key": float(u_bar @ dv_total) / scale,
+            "mean_query_mean_key": (u_bar * v_bar).sum(-1) / scale,
+            "query_vs_mean_key": (du_total * v_bar).sum(-1) / scale,
+            "mean_query_vs_key": (u_bar * dv_total).sum(-1) / scale,
+            "specific": (du_total * dv_total).sum(-1) / scale,
         }
-        table = du @ dv.T / scale
-        parts["specific"] = float(table.sum())
-        return parts, table, q_codes, k_codes, q_here, k_here
+        return parts, self.specific_terms(dev, top)
+
+    def specific_terms(self, dev: Deviations, top: int) -> SpecificTerms:
+        """The specific tables ``du_s . dv_t / sqrt(d_qk)`` of a batch, summarised without
+        holding them (``SpecificTerms``, ``product_top``)."""
+        du = dev.du / math.sqrt(self.lorsa.cfg.d_qk)
+        magnitude, flat, values = product_top(du, dev.dv.transpose(1, 2), top)
+        return SpecificTerms(
+            magnitude=magnitude,
+            flat=flat,
+            values=values,
+            query_units=torch.bmm(du, dev.dv.sum(1)[..., None]).squeeze(2),
+            key_units=torch.bmm(dev.dv, du.sum(1)[..., None]).squeeze(2),
+        )
+
+    def units_up_to(self, unit: Tensor) -> Tensor:
+        """Per position p, how many distinct units the slots at positions ``<= p`` hold: the
+        key side's unit count for a batch whose last query is p."""
+        p, _, codes, which = self._entries(unit)
+        first = torch.full((len(codes),), self.query.shape[0], dtype=torch.long)
+        first = first.scatter_reduce(0, which, p, "amin")
+        return torch.bincount(first, minlength=self.query.shape[0]).cumsum(0)
 
     def reference_weights(
         self, query: int, key: int, dtype: torch.dtype = torch.float32
@@ -127,29 +196,32 @@ class QKSides:
         """Per position, the weight of its vector in ``query_at`` (this query minus the mean
         of ``reference_queries``) and in ``key_at`` (this key minus the mean of keys
         ``0..query``): the deviations a ``QKReason`` splits."""
-        n = self.query.shape[0]
-        refs = reference_queries(n)
-        q_weight = torch.zeros(n, dtype=dtype)
-        q_weight[refs] = -1 / len(refs)
-        q_weight[query] += 1
-        k_weight = torch.zeros(n, dtype=dtype)
-        k_weight[: query + 1] = -1 / (query + 1)
-        k_weight[key] += 1
-        return q_weight, k_weight
+        wq, wk = self._weights(torch.tensor([query]), torch.tensor([key]), dtype)
+        return wq[0], wk[0]
 
-    def _entries(self, positions: Tensor, unit: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The real (position, slot) entries at ``positions``, their units' codes (unique) and
-        each entry's index among them: the same for every QK head and, on the query side, for
-        every query, so kept per (positions, ``unit``) and reused by all of a layer's reasons."""
-        cache = self._entry_cache
-        key = (tuple(positions.tolist()), id(unit))
-        if key not in cache:
-            real = self.slot_valid[positions]  # ref 1+slot
-            nz = real.nonzero()
-            codes, which = torch.unique(unit[positions][real], return_inverse=True)
-            cache[key] = (positions[nz[:, 0]], nz[:, 1], codes, which, unit)  # unit kept alive
-        p, slot, codes, which, _ = cache[key]
-        return p, slot, codes, which
+    def _weights(
+        self, queries: Tensor, keys: Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[Tensor, Tensor]:
+        """``reference_weights`` of a batch of records: (record, pos) each."""
+        n, rows = self.query.shape[0], torch.arange(len(queries))
+        refs = reference_queries(n)
+        wq = torch.zeros(len(queries), n, dtype=dtype)
+        wq[:, refs] = -1 / len(refs)
+        wq[rows, queries] += 1
+        readable = (torch.arange(n) <= queries[:, None]).to(dtype)
+        wk = readable * (-1 / (queries[:, None] + 1).to(dtype))
+        wk[rows, keys] += 1
+        return wq, wk
+
+    def _entries(self, unit: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The real (position, slot) entries of the prompt in position order, their units'
+        codes (unique) and each entry's index among them: the same for every record of the
+        layer, so kept per ``unit`` table."""
+        if self._entry_cache is None or self._entry_cache[-1] is not unit:
+            p, slot = self.slot_valid.nonzero(as_tuple=True)
+            codes, which = torch.unique(unit[p, slot], return_inverse=True)
+            self._entry_cache = (p, slot, codes, which, unit)
+        return self._entry_cache[:4]
 
     def scores(self, qk_head: Tensor, query: Tensor, key: Tensor) -> Tensor:
         """The scores computed directly from the cached Lorsa input (the check on ``terms``)."""
@@ -160,6 +232,39 @@ class QKSides:
 
 
 QK_CHUNK = 256  # triples per batched product
+REASON_ELEMENTS = 1 << 23  # tensor entries per batch of reasons (``_explain``)
+PRODUCT_BLOCK = 1 << 18  # table entries formed at once (``product_top``)
+
+
+class SlotNames:
+    """Node ids of a layer's slots (``QKSides``), made when asked for: a prompt has thousands
+    of sources and a record names a few. ``names(p, j)`` is the id of slot ``j`` at position
+    ``p`` (slot 0, the bias side, and padding: None); ``names.slot_of(p)`` maps the unit code
+    of each source at ``p`` to its slot (``unit``: ``slot_units``)."""
+
+    def __init__(self, run: PromptRun, side: QKSides, unit: Tensor | None = None):
+        self.at, self.valid = side.at.tolist(), side.valid.tolist()
+        self.source = list(
+            zip(run.kind.tolist(), run.stage.tolist(), run.pos.tolist(), run.index.tolist(),
+                strict=True)
+        )  # fmt: skip
+        self.unit = None if unit is None else unit.tolist()
+        self._slot_of: dict[int, dict[int, int]] = {}
+        self._ids: dict[tuple[int, int], str] = {}
+
+    def __call__(self, pos: int, slot: int) -> str | None:
+        if slot == 0 or not self.valid[pos][slot - 1]:
+            return None
+        if (pos, slot) not in self._ids:
+            kind, stage, p, index = self.source[self.at[pos][slot - 1]]
+            self._ids[pos, slot] = node_id(Kind(kind), stage, p, index)
+        return self._ids[pos, slot]
+
+    def slot_of(self, pos: int) -> dict[int, int]:
+        if pos not in self._slot_of:
+            row, valid = self.unit[pos], self.valid[pos]
+            self._slot_of[pos] = {row[j]: j for j in range(1, len(row)) if valid[j - 1]}
+        return self._slot_of[pos]
 
 
 @torch.no_grad()
@@ -179,14 +284,14 @@ def qk_attribution(
     For each head: its strongest key, and with ``key_mass`` every key whose attention weight is
     at least ``key_mass``. Heads of one QK group at one query share the result. ``graph`` may be
     pruned; terms still run over every source of the prompt (a pruned node keeps its id).
-    ``contrast`` adds each record's contrast split (``QKSides.contrast``), whose key side is
+    ``contrast`` adds each record's contrast split (``QKSides.contrasts``), whose key side is
     units (``E_{token}``, ``{layer}_{index}`` as in node ids without the position, ``bias``).
     ``reason`` adds each record's ``QKReason`` (both sides' always-on parts named, the rest
-    split into query-unit x key-unit pairs). The list is also stored in ``graph.qk``.
+    split into query-unit x key-unit pairs). Both are computed for a batch of a layer's
+    records at once. The list is also stored in ``graph.qk``.
     """
     tokens = torch.tensor(graph.tokens)
     run = run or run_prompt(replacement, tokens, graph.mode, constants=graph.has_constants)
-    ids = source_ids(run)
     if nodes is None:
         nodes = (graph.kind == Kind.LORSA).nonzero().squeeze(1)
     wanted: set[tuple[int, int, int, int]] = set()
@@ -209,30 +314,23 @@ def qk_attribution(
     triples = torch.tensor(sorted(wanted), dtype=torch.long).reshape(-1, 4)
     for layer in triples[:, 0].unique().tolist():
         side = QKSides(run, replacement, layer)
-        if contrast or reason:
-            unit = slot_units(run, side, units)
-        slot_ids = [
-            [None] + [ids[s] if ok else None for s, ok in zip(row, vrow, strict=True)]
-            for row, vrow in zip(side.at.tolist(), side.valid.tolist(), strict=True)
-        ]
-        layer_triples = triples[triples[:, 0] == layer]
+        unit = slot_units(run, side, units) if contrast or reason else None
+        names = SlotNames(run, side, unit)
+        layer_triples, records = triples[triples[:, 0] == layer], []
         for chunk in layer_triples.split(QK_CHUNK):
             h, q, k = chunk[:, 1], chunk[:, 2], chunk[:, 3]
             terms = side.terms(h, q, k)
-            records = _summaries(
-                terms, side.scores(h, q, k), chunk, run.patterns[layer][h, q, k], slot_ids, top
+            records += _summaries(
+                terms, side.scores(h, q, k), chunk, run.patterns[layer][h, q, k], names, top
             )
-            for record in records:
-                if contrast:
-                    _add_contrast(record, side, units, unit, slot_ids, top)
-                if reason:
-                    record.reason = qk_reason(side, record, units, unit, slot_ids, top)
-            result += records
+        if contrast or reason:
+            _explain(side, records, units, unit, names, top, contrast=contrast, reason=reason)
+        result += records
     graph.qk = result
     return result
 
 
-def _summaries(terms, scores, triples, attention, slot_ids, top) -> list[QKAttribution]:
+def _summaries(terms, scores, triples, attention, names: SlotNames, top) -> list[QKAttribution]:
     """Top pairs and marginals of each table, as ``QKAttribution`` records."""
     n = terms.shape[-1]
     flat = terms.flatten(1)
@@ -250,47 +348,151 @@ def _summaries(terms, scores, triples, attention, slot_ids, top) -> list[QKAttri
         k_best.tolist(), k_marg.gather(1, k_best).tolist(), strict=True,
     )  # fmt: skip
     for (layer, h, q, k_), att, score, b, bv, r, qb, qv, kb, kv in rows:
-        q_ids, k_ids = slot_ids[q], slot_ids[k_]
         out.append(
             QKAttribution(
                 layer=layer, qk_head=h, query=q, key=k_, attention=att, score=score,
-                pairs=[QKPair(q_ids[j // n], k_ids[j % n], v) for j, v in zip(b, bv, strict=True)
-                       if v != 0.0],
-                query_marginals=[(q_ids[j], v) for j, v in zip(qb, qv, strict=True) if v != 0.0],
-                key_marginals=[(k_ids[j], v) for j, v in zip(kb, kv, strict=True) if v != 0.0],
+                pairs=[QKPair(names(q, j // n), names(k_, j % n), v)
+                       for j, v in zip(b, bv, strict=True) if v != 0.0],
+                query_marginals=[(names(q, j), v) for j, v in zip(qb, qv, strict=True) if v != 0.0],
+                key_marginals=[(names(k_, j), v) for j, v in zip(kb, kv, strict=True) if v != 0.0],
                 rest=r,
             )
         )  # fmt: skip
     return out
 
 
+def product_top(left: Tensor, right: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Of each table ``left[r] @ right[r]`` of a batch (record, n, d) x (record, d, m): its
+    total magnitude and its ``top`` largest entries (flat indices ``row * m + column``, values,
+    largest first: ``top_entries``), without holding the tables. They are formed a block of
+    rows at a time that stays in cache: a batch's tables are tens of millions of entries from
+    16 tokens on, and passes over them in memory cost more than the products. The top entries
+    are exact: they lie in the ``top`` rows of largest maximum, which are formed again."""
+    right = right.contiguous()
+    n_rec, n_rows, d = left.shape
+    n_cols = right.shape[2]
+    block = max(1, PRODUCT_BLOCK // max(1, n_rec * n_cols))
+    magnitude, row_max = torch.zeros(n_rec), torch.zeros(n_rec, n_rows)
+    for i in range(0, n_rows if n_cols else 0, block):
+        m = torch.bmm(left[:, i : i + block], right).abs_()
+        magnitude += m.sum((1, 2))
+        row_max[:, i : i + block] = m.amax(2)
+    rows = row_max.topk(min(top, n_rows), dim=1).indices  # record row
+    table = torch.bmm(left.gather(1, rows[..., None].expand(-1, -1, d)), right)
+    in_rows, values = top_entries(table, top)
+    flat = rows.gather(1, in_rows // max(n_cols, 1)) * n_cols + in_rows % max(n_cols, 1)
+    return magnitude, flat, values
+
+
 def top_entries(table: Tensor, k: int, magnitude: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """The ``k`` entries of largest magnitude of a 2-D ``table``, largest first, as flat
-    indices and values: ``topk`` of ``|table|.flatten()``, taken among the ``k`` rows of
-    largest row maximum only (any of the ``k`` largest entries lies in one of those rows: a
-    row outside them has ``k`` rows at least as large above it), so that a QK reason's table
-    of thousands x thousands of units costs one pass, not a sort. ``magnitude``: ``|table|``
-    when the caller has it."""
+    """The ``k`` entries of largest magnitude of a 2-D ``table`` (or of each table of a 3-D
+    batch), largest first, as flat indices and values: ``topk`` of ``|table|.flatten()``, taken
+    among the ``k`` rows of largest row maximum only (any of the ``k`` largest entries lies in
+    one of those rows: a row outside them has ``k`` rows at least as large above it), so that
+    a QK reason's table of thousands x thousands of units costs one pass, not a sort.
+    ``magnitude``: ``|table|`` when the caller has it."""
+    if table.dim() == 2:
+        flat, values = top_entries(table[None], k, None if magnitude is None else magnitude[None])
+        return flat[0], values[0]
     magnitude = table.abs() if magnitude is None else magnitude
-    n_rows, n_cols = table.shape
-    rows = magnitude.amax(1).topk(min(k, n_rows)).indices
-    best = magnitude[rows].flatten().topk(min(k, len(rows) * n_cols))
-    flat = rows[best.indices // n_cols] * n_cols + best.indices % n_cols
-    return flat, table.flatten()[flat]
+    _, n_rows, n_cols = table.shape
+    rows = magnitude.amax(2).topk(min(k, n_rows), dim=1).indices  # batch row
+    candidates = magnitude.gather(1, rows[..., None].expand(-1, -1, n_cols)).flatten(1)
+    best = candidates.topk(min(k, candidates.shape[1]), dim=1).indices
+    flat = rows.gather(1, best // n_cols) * n_cols + best % n_cols
+    return flat, table.flatten(1).gather(1, flat)
 
 
-def _add_contrast(record, side: QKSides, units, unit: Tensor, slot_ids, top: int) -> None:
-    """Fill ``record.contrast`` and its ``top`` largest query-node x key-unit terms."""
-    table, present = side.contrast(record.qk_head, record.query, record.key, unit)
-    present = present.tolist()
-    record.contrast = float(table.sum())
-    n = table.shape[1]
-    flat, values = top_entries(table, top)
-    record.contrast_pairs = [
-        QKPair(slot_ids[record.query][j // n], _unit_id(units, present[j % n]), v)
-        for j, v in zip(flat.tolist(), values.tolist(), strict=True)
-        if v != 0
-    ]
+def _explain(
+    side: QKSides, records: list[QKAttribution], units: Units, unit: Tensor, names: SlotNames,
+    top: int, *, contrast: bool, reason: bool,
+) -> None:  # fmt: skip
+    """Fill the contrast split (``record.contrast``, its ``top`` largest query-node x key-unit
+    terms) and/or the ``QKReason`` of a layer's records, a batch at a time: records in query
+    order, as many as keep a batch's largest tensors (each record's entries' vectors, its
+    table's top rows: ``product_top``) under ``REASON_ELEMENTS`` entries."""
+    units_up_to = side.units_up_to(unit).tolist()
+    entries = int(side.slot_valid.sum()) * side.lorsa.cfg.d_qk
+    top_rows = min(top, max(units_up_to[-1], side.slot_valid.shape[1]))
+    batches: list[list[QKAttribution]] = [[]]
+    for record in sorted(records, key=lambda r: r.query):
+        per_record = max(entries, top_rows * units_up_to[record.query])
+        if batches[-1] and (len(batches[-1]) + 1) * per_record > REASON_ELEMENTS:
+            batches.append([])
+        batches[-1].append(record)
+    for batch in batches:
+        if not batch:
+            continue
+        heads, queries, keys = (
+            torch.tensor([getattr(r, f) for r in batch]) for f in ("qk_head", "query", "key")
+        )
+        dev = side.deviations(heads, queries, keys, unit)
+        if contrast:
+            _add_contrasts(batch, side.contrasts(heads, queries, dev, top), dev, units, names, top)
+        if reason:
+            parts, terms = side.reason_parts(heads, queries, keys, dev, top)
+            _add_reasons(batch, parts, terms, dev, units, names, top)
+
+
+def _add_contrasts(batch, contrasts, dev: Deviations, units, names, top: int) -> None:
+    total, flat, values = (t.tolist() for t in contrasts)
+    n, k_codes = len(dev.k_codes), dev.k_codes.tolist()
+    for record, contrast, best, best_values in zip(batch, total, flat, values, strict=True):
+        record.contrast = contrast
+        record.contrast_pairs = [
+            QKPair(names(record.query, j // n), _unit_id(units, k_codes[j % n]), v)
+            for j, v in zip(best, best_values, strict=True)
+            if v != 0
+        ]
+
+
+def _add_reasons(batch, parts, terms: SpecificTerms, dev: Deviations, units, names, top) -> None:
+    """Each record's ``QKReason`` from its parts and specific terms; a side's unit is named by
+    its node id where present at the record's query (key) and by its unit id elsewhere."""
+    n = len(dev.k_codes)
+    q_codes, k_codes = dev.q_codes.tolist(), dev.k_codes.tolist()
+    total, listed = terms.magnitude.tolist(), terms.values.abs().sum(1).tolist()
+    q_marg, k_marg = terms.query_units, terms.key_units
+    q_best = q_marg.abs().topk(min(top, q_marg.shape[1]), dim=1).indices
+    k_best = k_marg.abs().topk(min(top, k_marg.shape[1]), dim=1).indices
+    columns = (
+        {name: value.tolist() for name, value in parts.items()}, terms.flat.tolist(),
+        terms.values.tolist(), q_best.tolist(), q_marg.gather(1, q_best).tolist(),
+        k_best.tolist(), k_marg.gather(1, k_best).tolist(),
+    )  # fmt: skip
+    part_values, flat, values, q_best, q_values, k_best, k_values = columns
+
+    def namer(codes: list[int], pos: int):
+        slot_of = names.slot_of(pos)
+
+        def name(j: int) -> str | None:
+            code = codes[j]
+            if code == units.total:
+                return None
+            return names(pos, slot_of[code]) if code in slot_of else _unit_id(units, code)
+
+        return name
+
+    for r, record in enumerate(batch):
+        q_name, k_name = namer(q_codes, record.query), namer(k_codes, record.key)
+        pairs = [
+            QKPair(q_name(j // n), k_name(j % n), v)
+            for j, v in zip(flat[r], values[r], strict=True)
+            if v != 0
+        ]
+        mine = {name: value[r] for name, value in part_values.items()}
+        record.reason = QKReason(
+            **mine,
+            pairs=pairs,
+            rest=mine["specific"] - sum(p.value for p in pairs),
+            rest_share=max(0.0, total[r] - listed[r]) / total[r] if total[r] > 0 else 0.0,
+            query_units=[
+                (q_name(j), v) for j, v in zip(q_best[r], q_values[r], strict=True) if v != 0
+            ],
+            key_units=[
+                (k_name(j), v) for j, v in zip(k_best[r], k_values[r], strict=True) if v != 0
+            ],
+        )
 
 
 def _unit_id(units, code: int) -> str:
@@ -316,54 +518,6 @@ def slot_units(run: PromptRun, side: QKSides, units: Units) -> Tensor:
     return torch.cat([bias, codes], dim=1)  # pos 1+slot
 
 
-def qk_reason(
-    side: QKSides, record: QKAttribution, units: Units, unit: Tensor, slot_ids, top: int = 10
-) -> QKReason:
-    """``record``'s ``QKReason`` (``QKSides.reason``), its sides named by node id where the
-    unit is present and by unit id where it is absent."""
-    parts, table, q_codes, k_codes, q_here, k_here = side.reason(
-        record.qk_head, record.query, record.key, unit, top
-    )
-
-    def namer(codes, here, pos):
-        """Names of the side's units by their index in ``codes``, made only when asked for
-        (a side has thousands of units; a reason names at most ``top`` pairs and units)."""
-        by_code = {}
-        for p_slot, code in enumerate(unit[pos].tolist()):
-            if bool(side.slot_valid[pos, p_slot]):
-                by_code[code] = slot_ids[pos][p_slot]
-
-        def name(j: int):
-            c = int(codes[j])
-            return None if c == units.total else (by_code[c] if here[j] else _unit_id(units, c))
-
-        return name
-
-    q_name = namer(q_codes, q_here, record.query)
-    k_name = namer(k_codes, k_here, record.key)
-    n = table.shape[1]
-    magnitude = table.abs()
-    flat, values = top_entries(table, top, magnitude)
-    pairs = [
-        QKPair(q_name(j // n), k_name(j % n), v)
-        for j, v in zip(flat.tolist(), values.tolist(), strict=True)
-        if v != 0
-    ]
-    total = float(magnitude.sum())
-    listed = float(values.abs().sum())
-    q_marg, k_marg = table.sum(1), table.sum(0)
-    q_best = q_marg.abs().topk(min(top, len(q_marg))).indices.tolist()
-    k_best = k_marg.abs().topk(min(top, len(k_marg))).indices.tolist()
-    return QKReason(
-        **parts,
-        pairs=pairs,
-        rest=parts["specific"] - sum(p.value for p in pairs),
-        rest_share=max(0.0, total - listed) / total if total > 0 else 0.0,
-        query_units=[(q_name(j), float(q_marg[j])) for j in q_best],
-        key_units=[(k_name(j), float(k_marg[j])) for j in k_best],
-    )
-
-
 @torch.no_grad()
 def qk_record(
     replacement: ReplacementModel,
@@ -374,26 +528,23 @@ def qk_record(
     key: int,
     *,
     top: int = 10,
-    sides: dict[int, tuple[QKSides, Tensor, list]] | None = None,
+    sides: dict[int, tuple[QKSides, Tensor, SlotNames]] | None = None,
 ) -> QKAttribution:
     """One QK attribution with its ``QKReason``, at any (layer, QK head, query, key) of the
     run (whether or not a graph keeps the head). ``sides`` (optional) caches each layer's
-    ``QKSides``, slot units and slot ids across calls."""
+    ``QKSides``, slot units and slot names across calls."""
     sides = {} if sides is None else sides
+    units = Units.of(replacement)
     if layer not in sides:
         side = QKSides(run, replacement, layer)
-        ids = source_ids(run)
-        slot_ids = [
-            [None] + [ids[s] if ok else None for s, ok in zip(row, vrow, strict=True)]
-            for row, vrow in zip(side.at.tolist(), side.valid.tolist(), strict=True)
-        ]
-        sides[layer] = (side, slot_units(run, side, Units.of(replacement)), slot_ids)
-    side, unit, slot_ids = sides[layer]
+        unit = slot_units(run, side, units)
+        sides[layer] = (side, unit, SlotNames(run, side, unit))
+    side, unit, names = sides[layer]
     triple = torch.tensor([[layer, qk_head, query, key]])
     h, q, k = triple[:, 1], triple[:, 2], triple[:, 3]
     terms = side.terms(h, q, k)
-    (record,) = _summaries(
-        terms, side.scores(h, q, k), triple, run.patterns[layer][h, q, k], slot_ids, top
+    records = _summaries(
+        terms, side.scores(h, q, k), triple, run.patterns[layer][h, q, k], names, top
     )
-    record.reason = qk_reason(side, record, Units.of(replacement), unit, slot_ids, top)
-    return record
+    _explain(side, records, units, unit, names, top, contrast=False, reason=True)
+    return records[0]

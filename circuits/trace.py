@@ -203,16 +203,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def qk_step(replacement, graph, run, key_mass: float | None = None) -> None:
     """The trace's QK step (``benchmarks/attribution.py`` times this very call): every head
-    the pruned graph keeps, with the contrast split and the QK reason, on one torch thread
-    (many small tables: one thread is faster)."""
-    from .mechanisms import single_thread
+    the pruned graph keeps, with the contrast split and the QK reason."""
     from .qk import qk_attribution
 
     heads = graph.is_kind("lorsa").nonzero().squeeze(1)
-    with single_thread():
-        qk_attribution(
-            replacement, graph, heads, key_mass=key_mass, contrast=True, reason=True, run=run
-        )
+    qk_attribution(
+        replacement, graph, heads, key_mass=key_mass, contrast=True, reason=True, run=run
+    )
 
 
 def _trace(args: argparse.Namespace, formats: list[str]) -> int:

@@ -425,3 +425,48 @@ def test_top_entries_equal_a_full_sort(shape):
         want = table.flatten().abs().topk(min(k, table.numel()))
         assert torch.equal(values.abs(), want.values)
         assert torch.equal(values, table.flatten()[flat]) and len(set(flat.tolist())) == len(flat)
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 18])
+def test_product_top_equals_the_whole_tables(block, monkeypatch):
+    """Blockwise, a batch of product tables gives each table's total magnitude and top entries
+    exactly as the whole tables do, whatever the block size."""
+    import circuits.qk as qk
+
+    monkeypatch.setattr(qk, "PRODUCT_BLOCK", block)
+    gen = torch.Generator().manual_seed(block)
+    left = torch.randn(3, 37, 5, generator=gen) * torch.rand(3, 37, 1, generator=gen)
+    right = torch.randn(3, 5, 23, generator=gen)
+    tables = left @ right
+    for k in (1, 4, 37 * 23):
+        magnitude, flat, values = qk.product_top(left, right, k)
+        torch.testing.assert_close(magnitude, tables.abs().sum((1, 2)))
+        for r in range(3):
+            want = tables[r].flatten().abs().topk(min(k, tables[r].numel())).values
+            torch.testing.assert_close(values[r].abs(), want)
+            torch.testing.assert_close(values[r], tables[r].flatten()[flat[r]])
+
+
+def test_qk_reasons_do_not_depend_on_batching(graph, replacement, run, monkeypatch):
+    """Each record alone, formed a row at a time, gives the same records as a layer's records
+    in one batch."""
+    import circuits.qk as qk
+
+    def records():
+        out = qk_attribution(replacement, graph, key_mass=0.2, contrast=True, reason=True,
+                             run=run)  # fmt: skip
+        return [(a.contrast, a.contrast_pairs, a.reason) for a in out]
+
+    batched = records()
+    monkeypatch.setattr(qk, "REASON_ELEMENTS", 1)
+    monkeypatch.setattr(qk, "PRODUCT_BLOCK", 1)
+    alone = records()
+    assert len(alone) == len(batched) > 3
+    for (c1, p1, r1), (c2, p2, r2) in zip(batched, alone, strict=True):
+        assert c1 == pytest.approx(c2, abs=1e-5)
+        assert [(p.query, p.key) for p in p1] == [(p.query, p.key) for p in p2]
+        assert r1.specific == pytest.approx(r2.specific, abs=1e-5)
+        assert r1.rest_share == pytest.approx(r2.rest_share, abs=1e-5)
+        assert [(p.query, p.key) for p in r1.pairs] == [(p.query, p.key) for p in r2.pairs]
+        assert [u for u, _ in r1.query_units] == [u for u, _ in r2.query_units]
+        assert [u for u, _ in r1.key_units] == [u for u, _ in r2.key_units]

@@ -521,8 +521,19 @@ def assemble_graph(
         token_text={t: tok(t) for t in sorted(referenced)} if tokenizer is not None else {},
         mode=run.mode,
         group_size=replacement.lorsas[0].cfg.group_size,
-        model={"name": replacement.model_name or "unnamed"},
+        model=_model_info(replacement, run.tokens.tolist()),
     )
+
+
+def _model_info(replacement: ReplacementModel, tokens: list[int]) -> dict:
+    """The graph's ``model`` entry: the model's name and, when the model records the tokens it
+    never saw in training, the prompt positions holding one (``untrained_positions``: their
+    embeddings are untrained, so the graph shows no learned mechanism there)."""
+    info: dict = {"name": replacement.model_name or "unnamed"}
+    untrained = replacement.model.untrained_tokens
+    if untrained is not None:
+        info["untrained_positions"] = [p for p, t in enumerate(tokens) if t in untrained]
+    return info
 
 
 def _strongest_keys(run: PromptRun, group_size: int, n_nodes: int) -> tuple[Tensor, Tensor]:

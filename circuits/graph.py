@@ -255,6 +255,24 @@ class Graph:
         """The text of a token id the graph refers to."""
         return self.token_text.get(int(token), f"<{int(token)}>")
 
+    @property
+    def untrained_positions(self) -> list[int]:
+        """Prompt positions holding a token the model never saw as an input in training
+        (``model["untrained_positions"]``; empty when the model does not record them)."""
+        return list(self.model.get("untrained_positions", []))
+
+    def untrained_note(self) -> str | None:
+        """One line for the reader when the prompt holds tokens the model never trained on."""
+        positions = self.untrained_positions
+        if not positions:
+            return None
+        shown = ", ".join(f"{self.token_strings[p]!r}@{p}" for p in positions[:8])
+        more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
+        return (
+            f"the model never saw {shown}{more} in training: those embeddings are untrained, "
+            "so the graph shows no learned mechanism at those positions"
+        )
+
     # ----------------------------------------------------------------- views
     def subgraph(self, keep: Tensor | list[int], edges: sp.csr_array | None = None) -> Graph:
         """The graph restricted to the nodes ``keep`` (indices or a boolean mask), in order;

@@ -220,9 +220,22 @@ def _build(metadata: dict, tensors: dict[str, Tensor]) -> Graph:
         positional=positional,
         qk=qk,
         **optional,
-        model=_typed(header, "model", dict),
+        model=_model(_typed(header, "model", dict), len(tokens)),
         settings=_typed(header, "settings", dict),
     )
+
+
+def _model(model: dict, n_pos: int) -> dict:
+    """The ``model`` entry; its ``untrained_positions`` (when present) are distinct prompt
+    positions in increasing order."""
+    positions = model.get("untrained_positions")
+    if positions is not None:
+        ok = isinstance(positions, list) and all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p < n_pos for p in positions
+        )
+        _require(ok and positions == sorted(set(positions)), "model.untrained_positions",
+                 "must be distinct prompt positions in increasing order")  # fmt: skip
+    return model
 
 
 def _check_nodes(

@@ -140,6 +140,11 @@ def html_page(
         "</head>",
         "<body>",
         f"<h1>{escape(title)}</h1>",
+        *(
+            [f'<p class="note">Note: {escape(graph.untrained_note())}.</p>']
+            if graph.untrained_note()
+            else []
+        ),  # fmt: skip
         '<div id="viewer" class="viewer">',
         '<p class="note">The interactive drawing needs JavaScript; the node table below lists '
         "every node without it.</p>",
@@ -203,6 +208,8 @@ def _summary_html(graph: Graph) -> str:
     ]
     if graph.model.get("name"):
         rows.append(("model", str(graph.model["name"])))
+    if graph.untrained_positions:
+        rows.append(("untrained-token positions", ", ".join(map(str, graph.untrained_positions))))
     rows.append(("mode", graph.mode if graph.positional else "global (units)"))
     settings = dict(graph.settings)
     scores = settings.pop("scores", None)

@@ -374,3 +374,28 @@ def test_intervention_changes_agree_with_the_graph(graph, replacement):
         intervene(replacement, graph, [Intervention("nope")])
     with pytest.raises(ValueError, match="unknown action"):
         intervene(replacement, graph, [Intervention(node, "double")])
+
+
+# ----------------------------------------------------------------- untrained tokens
+def test_a_graph_marks_the_prompt_positions_of_untrained_tokens(replacement, tokens, tmp_path):
+    from circuits.graph_file import GraphFileError
+    from reports.html import html_page
+
+    assert attribute(replacement, tokens).untrained_positions == []  # the model does not say
+    unseen = {int(tokens[3]), int(tokens[7])}
+    replacement.model.untrained_tokens = frozenset(unseen | {49})
+    graph = attribute(replacement, tokens)
+    want = [p for p, t in enumerate(tokens.tolist()) if t in unseen]
+    assert graph.untrained_positions == want and 3 in want and 7 in want
+    note = graph.untrained_note()
+    assert f"{graph.token_strings[3]!r}@3" in note and "untrained" in note
+    assert prune_graph(graph).untrained_positions == want
+    path = tmp_path / "g.safetensors"
+    graph.save(path)
+    assert Graph.load(path).untrained_positions == want
+    assert "Note: the model never saw" in html_page(graph)
+    for bad in ([len(tokens)], [3, 3], [7, 3], ["3"]):
+        graph.model["untrained_positions"] = bad
+        graph.save(path)
+        with pytest.raises(GraphFileError, match="untrained_positions"):
+            Graph.load(path)

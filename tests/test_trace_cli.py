@@ -77,6 +77,24 @@ def test_trace_targets_modes_and_formats(tmp_path, capsys):
     assert not (out / "graph.svg").exists()
 
 
+def test_trace_notes_the_tokens_the_model_never_trained_on(tmp_path, capsys):
+    """The default model never saw ``#`` in training: the trace says so, in one line, and the
+    graph records where."""
+    code, _, err = trace(
+        capsys, "--prompt", PROMPT, "--out", str(tmp_path / "a"), "--no-qk", "--format", ""
+    )
+    assert code == 0 and "never saw" not in err
+    assert Graph.load(tmp_path / "a" / "graph.safetensors").untrained_positions == []
+    code, _, err = trace(
+        capsys, "--prompt", "Monday # Tuesday", "--out", str(tmp_path / "b"), "--no-qk",
+        "--format", "",
+    )  # fmt: skip
+    (note,) = [line for line in err.splitlines() if "never saw" in line]
+    graph = Graph.load(tmp_path / "b" / "graph.safetensors")
+    (pos,) = graph.untrained_positions
+    assert "#" in graph.token_strings[pos] and f"@{pos}" in note and code == 0
+
+
 def test_trace_vs_runner_up_without_constants_or_mechanisms(tmp_path, capsys):
     out = tmp_path / "t"
     (out).mkdir()

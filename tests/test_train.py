@@ -368,3 +368,59 @@ def test_a_failed_ship_keeps_the_earlier_entry_and_leaves_nothing(tiny_run, tmp_
         ship.ship(tiny_run, "tiny", dest_root=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+
+
+# ----------------------------------------------------------------- untrained tokens
+def test_untrained_tokens_are_those_no_drawn_row_holds_before_its_end():
+    from toy_models.train import batch_indices, untrained_tokens
+
+    rows = torch.tensor([[0, 1, 2, 9], [0, 3, 4, 8], [0, 5, 6, 7], [0, 1, 1, 1]])
+    drawn = set(batch_indices(0, len(rows), 2, seed=3).tolist())
+    got = untrained_tokens(rows, steps=1, batch_size=2, seed=3, vocab=12)
+    inputs = {t for r in drawn for t in rows[r, :-1].tolist()}
+    assert got == sorted(set(range(12)) - inputs)
+    assert {7, 8, 9, 10, 11} <= set(got)  # last positions and absent ids are never inputs
+    assert untrained_tokens(rows, steps=2, batch_size=2, seed=3, vocab=12) == [7, 8, 9, 10, 11]
+
+
+def test_training_and_shipping_record_the_untrained_tokens(tiny_run, tmp_path):
+    from toy_models.checkpoint import read_tensors
+    from toy_models.ship import ship
+    from toy_models.train import untrained_tokens
+    from toy_models.zoo import load_pretrained
+
+    meta = json.loads((tiny_run / "config.json").read_text())
+    (packed,) = (tiny_run / "data").glob("packed-*.safetensors")
+    rows = read_tensors(packed)["tokens"]
+    train_cfg = meta["train"]
+    want = untrained_tokens(rows, train_cfg["steps"], train_cfg["batch_size"],
+                            train_cfg["seed"], meta["model"]["d_vocab"])  # fmt: skip
+    assert meta["untrained_tokens"] == want and want
+    model, _ = load_pretrained(str(tiny_run))
+    assert model.untrained_tokens == frozenset(want)
+    # A run from before training recorded them: shipping works them out from its rows.
+    old_run = tmp_path / "old"
+    shutil.copytree(tiny_run, old_run)
+    meta.pop("untrained_tokens")
+    (old_run / "config.json").write_text(json.dumps(meta))
+    dest = ship(old_run, "tiny", dest_root=tmp_path / "zoo")
+    assert load_pretrained(str(dest))[0].untrained_tokens == frozenset(want)
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [("all", "list of token ids"), ([1, -1], "list of token ids"), ([10**6], "below"),
+     ([True], "list of token ids"), ([3, 3], "twice")],
+)  # fmt: skip
+def test_a_config_with_bad_untrained_tokens_is_refused_in_one_line(tiny_run, tmp_path, value,
+                                                                   problem):  # fmt: skip
+    from toy_models.checkpoint import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("data", "checkpoint*"))
+    meta = json.loads((run / "config.json").read_text())
+    meta["untrained_tokens"] = value
+    (run / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=problem) as err:
+        load_model(run)
+    assert "config.json" in str(err.value) and "\n" not in str(err.value)

@@ -6,7 +6,8 @@ Nothing the project reads is unpickled: tensors are safetensors, everything else
 A toy model directory::
 
     model.safetensors   the state_dict (float32, or float16 in a shipped entry)
-    config.json         {"model": ModelConfig fields, ...training figures, "tokenizer_sha256"}
+    config.json         {"model": ModelConfig fields, ...training figures, "tokenizer_sha256",
+                         "untrained_tokens": ids never an input in training}
     tokenizer.json      the tokenizer it was trained with
     record.json         shipped entries: the sha256 of every shipped file, checked on load
 
@@ -316,8 +317,24 @@ def load_model(directory: Path) -> ToyTransformer:
     model = load_checked(lambda: ToyTransformer(cfg), weights_path, config_path.name)
     tokenizer_path = directory / TOKENIZER_FILE
     model.tokenizer_sha256 = file_sha256(tokenizer_path) if tokenizer_path.is_file() else None
+    model.untrained_tokens = _untrained_tokens(data, cfg.d_vocab, config_path)
     check_recorded_hashes(directory)
     return model
+
+
+def _untrained_tokens(data: dict, vocab: int, where: Path) -> frozenset[int] | None:
+    """The config's ``untrained_tokens`` (``toy_models.train.untrained_tokens``): distinct
+    token ids below ``vocab``; None when the config does not say (an older run)."""
+    ids = data.get("untrained_tokens")
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids
+    ):
+        raise ValueError(f"{where}: 'untrained_tokens' must be a list of token ids below {vocab}")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{where}: 'untrained_tokens' lists a token twice")
+    return frozenset(ids)
 
 
 def fingerprint(model: ToyTransformer) -> str:

@@ -143,6 +143,9 @@ class ToyTransformer(HookedRootModule):
     # The hash of the tokenizer file it was loaded with (``toy_models.checkpoint.load_model``),
     # part of its identity (``fingerprint``); None for a model built in memory.
     tokenizer_sha256: str | None = None
+    # The tokens never an input in training (``toy_models.train.untrained_tokens``, read by
+    # ``load_model`` from the config); None when unknown (a model built in memory, an older run).
+    untrained_tokens: frozenset[int] | None = None
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -56,6 +56,35 @@ def record_for(directory: Path) -> dict:
     return {"record_docs": RECORD_DOCS, "heldout_loss": heldout_loss(model, tokenizer, RECORD_DOCS)}
 
 
+def _untrained_tokens(run_dir: Path, meta: dict, model_cfg) -> list[int]:
+    """``toy_models.train.untrained_tokens`` from the run's cached packed rows."""
+    from .checkpoint import check_value, read_tensors
+    from .train import untrained_tokens
+
+    packed = run_dir / "data" / f"packed-{model_cfg.n_ctx}.safetensors"
+    if not packed.is_file():
+        raise UserError(
+            f"{packed}: missing; the run's packed rows tell which tokens training never saw "
+            "(rerun toy_models.train --resume on the run to rebuild them)"
+        )
+    train = meta.get("train")
+    if not isinstance(train, dict):
+        raise UserError(f"{run_dir / 'config.json'}: no 'train' settings")
+    for name in ("steps", "batch_size"):
+        check_value("int", train.get(name), f"{run_dir / 'config.json'} train.{name}")
+    seed = train.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UserError(f"{run_dir / 'config.json'}: train.seed must be an integer >= 0")
+    rows = read_tensors(packed, "packed rows").get("tokens")
+    if rows is None or rows.ndim != 2 or rows.dtype.is_floating_point:
+        raise UserError(f"{packed}: not packed token rows")
+    if len(rows) < train["batch_size"] or not bool(
+        ((rows >= 0) & (rows < model_cfg.d_vocab)).all()
+    ):
+        raise UserError(f"{packed}: not this run's packed rows")
+    return untrained_tokens(rows, train["steps"], train["batch_size"], seed, model_cfg.d_vocab)
+
+
 def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
     import shutil
 
@@ -69,6 +98,8 @@ def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
     model = ToyTransformer.load(run_dir)
     meta = read_json(run_dir / CONFIG_FILE)
     meta.pop("model")
+    if "untrained_tokens" not in meta:  # a run trained before training recorded them
+        meta["untrained_tokens"] = _untrained_tokens(run_dir, meta, model.cfg)
 
     def write(tmp: Path) -> None:
         model.save(tmp, dtype=torch.float16, extra=meta)

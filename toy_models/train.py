@@ -46,6 +46,20 @@ def batch_indices(step: int, n_rows: int, batch_size: int, seed: int):
     return perm[offset * batch_size : (offset + 1) * batch_size]
 
 
+def untrained_tokens(rows, steps: int, batch_size: int, seed: int, vocab: int) -> list[int]:
+    """The tokens that were never an input in training: not at any position but the last of
+    the rows that the ``steps`` batches draw (``batch_indices``). Their embeddings kept
+    their initial values (up to weight decay), so a prompt that holds one feeds the model
+    noise there, and a graph of it shows no learned mechanism."""
+    import torch
+
+    seen = torch.zeros(len(rows), dtype=torch.bool)
+    for step in range(steps):
+        seen[batch_indices(step, len(rows), batch_size, seed)] = True
+    counts = torch.bincount(rows[seen, :-1].flatten(), minlength=vocab)
+    return (counts == 0).nonzero().squeeze(1).tolist()
+
+
 def prepare_data(out: Path, entry, cfg: TrainConfig):
     """Corpus -> tokenizer -> packed token rows, each cached in the run directory."""
     from .checkpoint import TOKENIZER_FILE, read_tensors, save_state_atomic
@@ -164,6 +178,9 @@ def train(
             "train_tokens_per_s": round(tokens_seen / max(run.elapsed_s, 1e-9)),
             "final_train_loss": run.mean("loss"),
             "tokenizer_sha256": file_sha256(out / TOKENIZER_FILE),
+            "untrained_tokens": untrained_tokens(
+                rows, cfg.steps, cfg.batch_size, cfg.seed, model_cfg.d_vocab
+            ),
         },
     )
     return out

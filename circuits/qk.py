@@ -35,15 +35,12 @@ def reference_queries(n_pos: int) -> Tensor:
 @dataclass
 class Deviations:
     """A batch of records' unit deviations on both sides (``QKSides.deviations``): ``du``
-    (record, query unit, d_qk) over the units ``q_codes``, ``dv`` likewise over ``k_codes``;
-    ``q_present[p, j]``: unit ``q_codes[j]`` has a slot at position p (likewise keys)."""
+    (record, query unit, d_qk) over the units ``q_codes``, ``dv`` likewise over ``k_codes``."""
 
     du: Tensor
     dv: Tensor
     q_codes: Tensor
     k_codes: Tensor
-    q_present: Tensor
-    k_present: Tensor
 
 
 @dataclass
@@ -118,18 +115,11 @@ class QKSides:
             dev = torch.zeros(n_units, *vec.shape[1:]).index_add_(0, which, vec)
             return dev.transpose(0, 1)  # record unit d
 
-        def present(entries: int, n_units: int, which: Tensor) -> Tensor:
-            at = torch.zeros(self.query.shape[0], n_units, dtype=torch.bool)
-            at[p[:entries], which] = True
-            return at
-
         return Deviations(
             du=deviation(self.query, wq, len(p), len(codes), which),
             dv=deviation(self.key, wk, n_keys, len(k_codes), k_which),
             q_codes=codes,
             k_codes=k_codes,
-            q_present=present(len(p), len(codes), which),
-            k_present=present(n_keys, len(k_codes), k_which),
         )
 
     def contrasts(

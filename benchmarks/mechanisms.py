@@ -65,7 +65,8 @@ with its ablation checks.
 
 Writes benchmarks/results/mechanisms_{model}.json: per family the rates, counts and CPU
 seconds per prompt, and every prompt's record (text, query, expected keys, the group named,
-its key, its top pair, the criteria).
+its key, its top pair, the criteria, the positions holding a token the model never trained on:
+``untrained_positions``, counted per source, since frames written here can hold such tokens).
 """
 
 from __future__ import annotations
@@ -418,14 +419,22 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
 
     records = []
     cpu = 0.0
+    untrained = replacement.model.untrained_tokens or frozenset()
     for prompt in prompts:
         t0 = time.process_time()
         tokens = torch.tensor(prompt.ids)
         run = run_prompt(replacement, tokens, mode, constants=True)
         correct = int(run.logits[-1].argmax()) == prompt.target
-        record = {"source": prompt.source, "text": prompt.text[-160:], "query": len(prompt.ids) - 1,
-                  "keys": prompt.keys, "target": tokenizer.decode([prompt.target]),
-                  "correct": correct}  # fmt: skip
+        record = {
+            "source": prompt.source,
+            "text": prompt.text[-160:],
+            "query": len(prompt.ids) - 1,
+            "keys": prompt.keys,
+            "target": tokenizer.decode([prompt.target]),
+            "correct": correct,
+            "untrained_positions": [p for p, t in enumerate(prompt.ids) if t in untrained],
+        }
+        # fmt: skip
         if correct:
             full = attribute(replacement, tokens, mode=mode, targets=[LogitTarget(prompt.target)],
                              tokenizer=tokenizer, run=run)  # fmt: skip
@@ -444,7 +453,11 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
     by_source = {s: {"prompts": sum(r["source"] == s for r in records),
                      "correct": sum(r["source"] == s for r in right),
                      "key": rate("key", [r for r in right if r["source"] == s]),
-                     "reason": rate("reason", [r for r in right if r["source"] == s])}
+                     "reason": rate("reason", [r for r in right if r["source"] == s]),
+                     "with_untrained_tokens": sum(
+                         r["source"] == s and bool(r["untrained_positions"]) for r in records),
+                     "correct_with_untrained_tokens": sum(
+                         r["source"] == s and bool(r["untrained_positions"]) for r in right)}
                  for s in SOURCES}  # fmt: skip
     return {
         "prompts": len(records),

@@ -31,7 +31,7 @@ from torch import Tensor
 from replacement.model import MODES, ReplacementModel, hook_name
 
 from .graph import N_PROMOTED, Graph, LogitRecord
-from .nodes import Kind, logit_stage, lorsa_stage, node_id, stage_of, transcoder_stage
+from .nodes import Kind, logit_stage, lorsa_stage, stage_of, transcoder_stage
 
 LORSA_BLOCK_ENTRIES = 1 << 23  # Lorsa targets x sources per dense block (bounds temporaries)
 
@@ -220,14 +220,6 @@ def run_prompt(
 def decoder_bias(layer) -> Float[Tensor, " d_model"]:
     """The constant a Lorsa layer (``b_D``) or transcoder (``b_dec``) writes at every position."""
     return layer.b_D if hasattr(layer, "b_D") else layer.b_dec
-
-
-def source_ids(run: PromptRun) -> list[str]:
-    """The node ids of the run's sources (``circuits.nodes.node_id``)."""
-    rows = zip(
-        run.kind.tolist(), run.stage.tolist(), run.pos.tolist(), run.index.tolist(), strict=True
-    )
-    return [node_id(Kind(k), s, p, i) for k, s, p, i in rows]
 
 
 # ----------------------------------------------------------------- edges

@@ -58,8 +58,8 @@ def record_for(directory: Path) -> dict:
 
 def _untrained_tokens(run_dir: Path, meta: dict, model_cfg) -> list[int]:
     """``toy_models.train.untrained_tokens`` from the run's cached packed rows."""
-    from .checkpoint import check_value, read_tensors
-    from .train import untrained_tokens
+    from .checkpoint import check_value
+    from .train import read_packed_rows, untrained_tokens
 
     packed = run_dir / "data" / f"packed-{model_cfg.n_ctx}.safetensors"
     if not packed.is_file():
@@ -75,14 +75,9 @@ def _untrained_tokens(run_dir: Path, meta: dict, model_cfg) -> list[int]:
     seed = train.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UserError(f"{run_dir / 'config.json'}: train.seed must be an integer >= 0")
-    rows = read_tensors(packed, "packed rows").get("tokens")
-    if rows is None or rows.ndim != 2 or rows.dtype.is_floating_point:
-        raise UserError(f"{packed}: not packed token rows")
-    if len(rows) < train["batch_size"] or not bool(
-        ((rows >= 0) & (rows < model_cfg.d_vocab)).all()
-    ):
-        raise UserError(f"{packed}: not this run's packed rows")
-    return untrained_tokens(rows, train["steps"], train["batch_size"], seed, model_cfg.d_vocab)
+    vocab, batch_size = model_cfg.d_vocab, train["batch_size"]
+    rows = read_packed_rows(packed, vocab, model_cfg.n_ctx, batch_size)
+    return untrained_tokens(rows, train["steps"], batch_size, seed, vocab)
 
 
 def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:

@@ -35,34 +35,61 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def batch_indices(step: int, n_rows: int, batch_size: int, seed: int):
-    """Rows of the batch at ``step``: epochs are seeded permutations, so any step can be rebuilt."""
+def epoch_order(epoch: int, n_rows: int, seed: int):
+    """The seeded permutation of the rows that epoch ``epoch`` draws its batches from."""
     import torch
 
-    per_epoch = n_rows // batch_size
-    epoch, offset = divmod(step, per_epoch)
     generator = torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch)
-    perm = torch.randperm(n_rows, generator=generator)
-    return perm[offset * batch_size : (offset + 1) * batch_size]
+    return torch.randperm(n_rows, generator=generator)
+
+
+def batch_indices(step: int, n_rows: int, batch_size: int, seed: int):
+    """Rows of the batch at ``step``: epochs are seeded permutations, so any step can be rebuilt."""
+    epoch, offset = divmod(step, n_rows // batch_size)
+    return epoch_order(epoch, n_rows, seed)[offset * batch_size : (offset + 1) * batch_size]
 
 
 def untrained_tokens(rows, steps: int, batch_size: int, seed: int, vocab: int) -> list[int]:
     """The tokens that were never an input in training: not at any position but the last of
-    the rows that the ``steps`` batches draw (``batch_indices``). Their embeddings kept
-    their initial values (up to weight decay), so a prompt that holds one feeds the model
-    noise there, and a graph of it shows no learned mechanism."""
+    the rows that the ``steps`` batches draw (``batch_indices``: each epoch's first
+    ``batch_size`` times its steps rows of ``epoch_order``). Their embeddings kept their
+    initial values (up to weight decay), so a prompt that holds one feeds the model noise
+    there, and a graph of it shows no learned mechanism."""
     import torch
 
+    per_epoch = len(rows) // batch_size
     seen = torch.zeros(len(rows), dtype=torch.bool)
-    for step in range(steps):
-        seen[batch_indices(step, len(rows), batch_size, seed)] = True
+    for epoch in range(-(-steps // per_epoch)):
+        drawn = min(per_epoch, steps - epoch * per_epoch) * batch_size
+        seen[epoch_order(epoch, len(rows), seed)[:drawn]] = True
     counts = torch.bincount(rows[seen, :-1].flatten(), minlength=vocab)
     return (counts == 0).nonzero().squeeze(1).tolist()
 
 
+def read_packed_rows(path: Path, vocab: int, n_ctx: int, batch_size: int):
+    """A run's cached packed rows (``pack_sequences``), refused unless they are integer tokens
+    below ``vocab``, ``n_ctx`` per row, at least a batch of them."""
+    from .checkpoint import read_tensors
+
+    tokens = read_tensors(path, "packed rows").get("tokens")
+    if (
+        tokens is None
+        or tokens.dtype.is_floating_point
+        or tokens.ndim != 2
+        or tokens.shape[1] != n_ctx
+        or len(tokens) < batch_size
+        or not bool(((tokens >= 0) & (tokens < vocab)).all())
+    ):
+        raise ValueError(
+            f"{path}: not this run's packed rows (integer tokens < {vocab}, {n_ctx} per "
+            "row, at least a batch); delete it to rebuild"
+        )
+    return tokens
+
+
 def prepare_data(out: Path, entry, cfg: TrainConfig):
     """Corpus -> tokenizer -> packed token rows, each cached in the run directory."""
-    from .checkpoint import TOKENIZER_FILE, read_tensors, save_state_atomic
+    from .checkpoint import TOKENIZER_FILE, save_state_atomic
     from .data import build_corpus, pack_sequences
     from .files import write_text_atomic
     from .tokenizer import load_tokenizer, train_tokenizer
@@ -81,21 +108,8 @@ def prepare_data(out: Path, entry, cfg: TrainConfig):
     if not packed_path.exists():
         tokens, family = pack_sequences(corpus["train"], tokenizer, n_ctx)
         save_state_atomic({"tokens": tokens, "family": family}, packed_path)
-    tokens = read_tensors(packed_path, "packed rows").get("tokens")
     vocab = tokenizer.get_vocab_size()
-    if (
-        tokens is None
-        or tokens.dtype.is_floating_point
-        or tokens.ndim != 2
-        or tokens.shape[1] != n_ctx
-        or len(tokens) < cfg.batch_size
-        or not bool(((tokens >= 0) & (tokens < vocab)).all())
-    ):
-        raise ValueError(
-            f"{packed_path}: not this run's packed rows (integer tokens < {vocab}, {n_ctx} per "
-            "row, at least a batch); delete it to rebuild"
-        )
-    return tokenizer, tokens
+    return tokenizer, read_packed_rows(packed_path, vocab, n_ctx, cfg.batch_size)
 
 
 def train(

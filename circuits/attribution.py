@@ -422,6 +422,9 @@ def resolve_targets(
             logits.append(logit(_check_token(t.token, d_vocab), 1.0))
         elif isinstance(t, LogitDiffTarget):
             a, b = _check_token(t.positive, d_vocab), _check_token(t.negative, d_vocab)
+            if a == b:
+                raise ValueError(f"a logit difference of token {a} with itself is zero: name "
+                                 "two different tokens")  # fmt: skip
             logits.append(
                 _Logit(
                     LogitRecord(a, b, float(probs[a])),
@@ -431,7 +434,28 @@ def resolve_targets(
                     1.0,
                 )
             )
+        else:
+            _check_node(run, t)
     return logits
+
+
+def _check_node(run: PromptRun, target: NodeTarget) -> None:
+    """A ValueError naming what is wrong with a node target (kind, layer, position, or a unit
+    that is not active there), before any edge is built."""
+    kind = Kind.parse(target.kind)
+    if kind not in (Kind.LORSA, Kind.TRANSCODER):
+        raise ValueError(f"node targets are lorsa or transcoder nodes, not {target.kind!r}")
+    if not 0 <= target.layer < run.n_layers:
+        raise ValueError(f"layer {target.layer} does not exist: the model has layers "
+                         f"0..{run.n_layers - 1}")  # fmt: skip
+    if not 0 <= target.pos < len(run.tokens):
+        raise ValueError(f"position {target.pos} is outside the prompt (positions 0.."
+                         f"{len(run.tokens) - 1}, BOS included)")  # fmt: skip
+    found = (run.kind == kind) & (run.stage == stage_of(kind, target.layer)) & \
+        (run.pos == target.pos) & (run.index == target.index)  # fmt: skip
+    if not found.any():
+        raise ValueError(f"{target.kind} {target.index} of layer {target.layer} is not active "
+                         f"at position {target.pos} of this prompt")  # fmt: skip
 
 
 def build_edges(
@@ -558,21 +582,14 @@ def _promoted_tokens(replacement: ReplacementModel, run: PromptRun, n_nodes: int
 
 
 def find_node(graph: Graph, target: NodeTarget) -> int:
-    """The graph index of an active head or feature, or a ValueError saying it is not there."""
+    """The graph index of a node target (``resolve_targets`` has checked that it is active)."""
     kind = Kind.parse(target.kind)
-    if kind not in (Kind.LORSA, Kind.TRANSCODER):
-        raise ValueError(f"node targets are lorsa or transcoder nodes, not {target.kind!r}")
     match = (
         (graph.kind == kind)
         & (graph.stage == stage_of(kind, target.layer))
         & (graph.pos == target.pos)
         & (graph.index == target.index)
     ).nonzero()
-    if not len(match):
-        raise ValueError(
-            f"{target.kind} {target.index} of layer {target.layer} is not active at position "
-            f"{target.pos} of this prompt"
-        )
     return int(match[0])
 
 

@@ -201,6 +201,9 @@ def test_node_target_starts_influence_at_that_node(replacement, tokens):
     [
         ([LogitTarget(50)], "outside the vocabulary"),
         ([NodeTarget("lorsa", 0, 3, 99)], "not active"),
+        ([NodeTarget("lorsa", 0, 99, 1)], "outside the prompt"),
+        ([NodeTarget("transcoder", -1, 3, 1)], "layer -1 does not exist"),
+        ([LogitDiffTarget(5, 5)], "with itself is zero"),
         ([NodeTarget("embedding", 0, 3, 1)], "lorsa or transcoder"),
         ([], "targets is empty"),
     ],

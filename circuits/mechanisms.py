@@ -835,6 +835,13 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
     """The summary as text (what ``python -m circuits.trace`` prints)."""
     lines = ["mechanisms (exact flows: each group's total linear contribution to the target):"]
     names = {g.key: g for g in summary.groups}
+    several = len(summary.targets) > 1  # then each flow and check names its target
+    target_text = {
+        t.node: repr(t.token) + (f" - {t.negative!r}" if t.negative else "") for t in summary.targets
+    }
+
+    def per_target(node: str) -> str:
+        return f"{target_text.get(node, node)} " if several else ""
 
     def short(key: str) -> str:
         return f"{key} {names[key].name}"
@@ -861,10 +868,14 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
             chain = " -> ".join(names[k].name for k in p.groups)
             lines.append(f"    {_signed(p.flow):>8}  {chain}")
     lines.append("groups:")
+    if any(g.checks for g in summary.groups):
+        lines.append(f"  (ablate: the group zeroed; the change of the target predicted by the "
+                     f"linear graph and measured with attention frozen and free; FLAGGED where "
+                     f"a measured change has the other sign or is over {RATIO:g}x off)")  # fmt: skip
     for g in summary.groups:
         if g.kind in ("embedding", "error", "bias"):
             continue
-        flow = ", ".join(_signed(v) for v in g.flow.values())
+        flow = ", ".join(f"{per_target(node)}{_signed(v)}" for node, v in g.flow.items())
         extra = f" promotes {g.promotes[0]!r}" if g.promotes and g.kind == "transcoder" else ""
         lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}")
         for r in g.qk:
@@ -886,7 +897,8 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
         for c in g.checks:
             mark = "FLAGGED" if c.flagged else "ok"
             lines.append(
-                f"       ablate: predicted {_signed(c.predicted)}, frozen attention "
+                f"       ablate{': ' + per_target(c.target).strip() if several else ''}: "
+                f"predicted {_signed(c.predicted)}, frozen attention "
                 f"{_signed(c.frozen)}, free attention {_signed(c.free)}  [{mark}]"
             )
     return "\n".join(lines)

@@ -355,7 +355,14 @@ def test_summary_records(graph, replacement, run, tmp_path):
         json.loads(path.read_text()), sort_keys=True
     )
     text = format_summary(back)
-    assert "predicting heads" in text and "QK" in text and "ablate: predicted" in text
+    assert "predicting heads" in text and "QK" in text and "FLAGGED where" in text
+    checks = [line.strip() for line in text.splitlines() if line.strip().startswith("ablate")]
+    assert len(checks) == sum(len(g.checks) for g in back.groups)
+    if len(back.targets) > 1:  # each check line says which target it measures
+        assert all(any(line.startswith(f"ablate: {t.token!r}") for t in back.targets)
+                   for line in checks)  # fmt: skip
+    else:
+        assert all(line.startswith("ablate: predicted") for line in checks)
     page = html_page(graph, mechanisms=back)
     assert "<h2>Mechanisms</h2>" in page and "always-on" in page
     with pytest.raises(ValueError, match="not a mechanism summary|version"):

@@ -837,7 +837,8 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
     names = {g.key: g for g in summary.groups}
     several = len(summary.targets) > 1  # then each flow and check names its target
     target_text = {
-        t.node: repr(t.token) + (f" - {t.negative!r}" if t.negative else "") for t in summary.targets
+        t.node: repr(t.token) + (f" - {t.negative!r}" if t.negative else "")
+        for t in summary.targets
     }
 
     def per_target(node: str) -> str:
@@ -869,9 +870,11 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
             lines.append(f"    {_signed(p.flow):>8}  {chain}")
     lines.append("groups:")
     if any(g.checks for g in summary.groups):
-        lines.append(f"  (ablate: the group zeroed; the change of the target predicted by the "
-                     f"linear graph and measured with attention frozen and free; FLAGGED where "
-                     f"a measured change has the other sign or is over {RATIO:g}x off)")  # fmt: skip
+        lines.append(
+            "  (ablate: the group zeroed; the change of the target predicted by the linear "
+            "graph and measured with attention frozen and free; FLAGGED where a measured "
+            f"change has the other sign or is over {RATIO:g}x off)"
+        )
     for g in summary.groups:
         if g.kind in ("embedding", "error", "bias"):
             continue

@@ -126,8 +126,10 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if args.max_logits <= 0 or (args.max_nodes is not None and args.max_nodes <= 0):
         raise UserError("--max-logits and --max-nodes must be positive")
     if args.vs_runner_up and not args.target and (args.target_diff or args.target_node):
-        raise UserError("--vs-runner-up turns logit targets (--target, or the default top "
-                        "token) into margins; --target-diff and --target-node are not logits")  # fmt: skip
+        raise UserError(
+            "--vs-runner-up turns logit targets (--target, or the default top token) into "
+            "margins; --target-diff and --target-node are not logits"
+        )
     if len(args.prompt) > MAX_PROMPT_CHARS:
         raise UserError(
             f"--prompt has {len(args.prompt)} characters; the model reads at most its context "

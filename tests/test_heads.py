@@ -21,6 +21,7 @@ def hand_probe(ids: list[int], corpus: str = "repeat") -> H.ProbeDoc:
     """A probe document with every generic family's keys and a target on every token."""
     probe = H.ProbeDoc(corpus, ids)
     probe.keys["previous_token"] = H.previous_token_keys(ids)
+    probe.keys["local_context"] = H.local_context_keys(ids)
     probe.keys["attention_sink"] = H.sink_keys(ids)
     probe.keys["duplicate_token"] = H.duplicate_token_keys(ids)
     probe.keys["induction"] = H.induction_keys(ids)
@@ -66,6 +67,10 @@ def test_key_rules():
     ids = [0, 5, 6, 7, 5, 6, 7]
     assert H.previous_token_keys(ids) == {q: [q - 1] for q in range(2, 7)}
     assert H.sink_keys(ids) == {q: [0] for q in range(2, 7)}
+    # the three tokens before the query, fewer near the start, never BOS or the query
+    assert H.local_context_keys(ids) == {2: [1], 3: [1, 2], 4: [1, 2, 3], 5: [2, 3, 4],
+                                         6: [3, 4, 5]}  # fmt: skip
+    assert H.local_context_keys(ids, window=1) == H.previous_token_keys(ids)
     assert H.duplicate_token_keys(ids) == {4: [1], 5: [2], 6: [3]}
     assert H.induction_keys(ids) == {4: [2], 5: [3], 6: [4]}
     assert H.induction_keys(ids, allowed={3}) == {5: [3]}
@@ -115,6 +120,26 @@ def test_scores_on_constructed_patterns():
     values[0, 0, 5] = -1.0
     prev = constructed_scores(pattern, values, z, probe, "previous_token")
     assert prev.score[5] == pytest.approx(1.0)
+
+
+def test_local_context_scores_a_spread_over_the_tokens_before():
+    """QK head 0 spreads over the two tokens before the query (a local-context head, half a
+    previous-token head), QK head 1 reads the query itself, QK head 2 the token 4 back."""
+    n = 8
+    q = torch.arange(n)
+    spread, itself, far = torch.zeros(n, n), torch.eye(n), torch.zeros(n, n)
+    spread[q[2:], q[1:-1]] = spread[q[2:], q[:-2]] = 0.5
+    spread[:2, 0] = 1
+    far[q[4:], q[:-4]] = 1
+    far[:4, 0] = 1
+    pattern = torch.stack([spread, itself, far])[None]
+    values, z = torch.ones(1, n, 3), torch.ones(1, n, 3)
+    probe = hand_probe(list(range(n)))
+    local = constructed_scores(pattern, values, z, probe, "local_context")
+    prev = constructed_scores(pattern, values, z, probe, "previous_token")
+    # at q = 2 the token before-before is BOS, which is the sink's: half the mass there
+    assert local.score.tolist() == pytest.approx([11 / 12, 0.0, 0.0])
+    assert prev.score[0] == pytest.approx(0.5)
 
 
 def test_key_mass_is_the_positive_part_of_contributions():
@@ -672,7 +697,8 @@ def test_cli_end_to_end_on_a_tiny_model(
     # machinery heads (queries everywhere) are measured on every task, the others on theirs
     every = {f for f in H.HEAD_FAMILIES if "every_task" in results["ablation"][f]}
     labelled = {f for f in H.HEAD_FAMILIES if results["ablation"][f].get("n_heads")}
-    assert every == {"previous_token", "duplicate_token", "attention_sink"} & labelled
+    machinery = {"previous_token", "local_context", "duplicate_token", "attention_sink"}
+    assert every == machinery & labelled
     for name in ("scores.png", "counts.png", "ablation.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp"))

@@ -125,8 +125,10 @@ def test_trace_vs_runner_up_without_constants_or_mechanisms(tmp_path, capsys):
         (["--prompt", PROMPT, "--target-node", "lorsa:0:99:1"], "position 99 is outside"),
         (["--prompt", PROMPT, "--target-node", "transcoder:9:1:1"], "layer 9 does not exist"),
         (["--prompt", PROMPT, "--target-diff", " Friday", " Friday"], "with itself is zero"),
-        (["--prompt", PROMPT, "--vs-runner-up", "--target-diff", " Friday", " May"],
-         "--target-diff and --target-node are not logits"),
+        (
+            ["--prompt", PROMPT, "--vs-runner-up", "--target-diff", " Friday", " May"],
+            "--target-diff and --target-node are not logits",
+        ),
         (["--prompt", PROMPT, "--target-node", "lorsa:x"], "KIND:LAYER:POS:INDEX"),
         (["--prompt", PROMPT, "--node-threshold", "0"], "--node-threshold must be in (0, 1]"),
         (["--prompt", PROMPT, "--format", "gif"], "--format: unknown ['gif']"),

@@ -14,14 +14,14 @@ side is made of, and how much of the local graphs it stands for.
    reliability (how many of the top 20 edges the graphs of the even and of the odd rows
    share); the process's peak resident memory.
 2. The induction head's QK side (the QK group of the taxonomy's top induction head, and its
-   previous-token heads, from ``heads.json`` of ``python -m reports.heads`` on the same model
-   and replacement set, checked by its ``identity``): the shares of the group's
-   |expected QK attribution| marginals by kind of unit on the query side and on the key side
-   (token embedding, previous-token head, other head, feature, error, bias; what the 64
-   gathered units of a side leave out is "not gathered"), and by kind of *writer* (the listed
-   units' mean inputs, shared out by kind of the unit that writes them, weighted by the
-   units' |marginal|; a token writes itself), and how many of its 10 strongest pairs the two
-   halves share (among the same units, chosen on the whole sample).
+   previous-token and local-context heads, from ``heads.json`` of ``python -m reports.heads``
+   on the same model and replacement set, checked by its ``identity``): the shares of the
+   group's |expected QK attribution| marginals by kind of unit on the query side and on the
+   key side (token embedding, previous-token head, other local-context head, other head,
+   feature, error, bias; what the 64 gathered units of a side leave out is "not gathered"),
+   and by kind of *writer* (the listed units' mean inputs, shared out by kind of the unit that
+   writes them, weighted by the units' |marginal|; a token writes itself), and how many of its
+   10 strongest pairs the two halves share (among the same units, chosen on the whole sample).
 3. Validation against local graphs: per corpus family, ``--prompts`` held-out prompts (rows of
    another seed than the statistics', cut before a position whose next token is the target);
    for each, the global graph of the logit of its next token and the prompt's local graph of
@@ -103,7 +103,7 @@ def taxonomy(replacement, tokenizer, heads_json: Path) -> dict:
     try:
         record = json.loads(heads_json.read_text())
         families = record["families"]
-        for f in ("induction", "previous_token"):
+        for f in ("induction", "previous_token", "local_context"):
             for h in families[f]["heads"]:
                 int(h["layer"]), int(h["head"]), float(h["score"])
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -169,13 +169,18 @@ def induction_qk_side(replacement, tokenizer, stats, families: dict) -> dict:
     head = parse_unit(spec, units, tokenizer)
     _, stage, index = units.describe(head)
     layer, qk_head = (stage - 1) // 2, index // replacement.lorsas[0].cfg.group_size
-    previous = {units.unit("lorsa", h["layer"], h["head"]) for h in
-                families["previous_token"]["heads"]}  # fmt: skip
+
+    def labelled(family: str) -> set[int]:
+        return {units.unit("lorsa", h["layer"], h["head"]) for h in families[family]["heads"]}
+
+    previous, local = labelled("previous_token"), labelled("local_context")
 
     def kind_of(unit: int) -> str:
         kind = units.describe(unit)[0]
         if kind == Kind.LORSA:
-            return "previous-token heads" if unit in previous else "other heads"
+            if unit in previous:
+                return "previous-token heads"
+            return "other local-context heads" if unit in local else "other heads"
         return {Kind.EMBEDDING: "token embeddings", Kind.TRANSCODER: "features",
                 Kind.ERROR: "errors"}[kind]  # fmt: skip
 
@@ -224,6 +229,7 @@ def induction_qk_side(replacement, tokenizer, stats, families: dict) -> dict:
         "head": spec,
         "qk_group": [layer, qk_head],
         "previous_token_heads": len(previous),
+        "other_local_context_heads": len(local - previous),
         "score_lift_per_firing": group.total,
         f"top_{TOP_PAIRS}_pairs_shared_by_the_halves": len(halves[0] & halves[1]),
         "firings": group.firings,

@@ -32,6 +32,10 @@ Probe queries and keys, on held-out documents (``toy_models.evaluate.heldout_exa
 corpus spans say where everything is and what it holds (never re-parsed from the text):
 
 - previous-token: every query ``q >= 2`` of every corpus family; key ``q - 1``.
+- local context: the same queries; keys the ``LOCAL_WINDOW`` tokens before the query
+  (``q - 3 .. q - 1``, BOS excluded). A head that moves the recent context into ``q``, not
+  one token: a sharp previous-token head is one too (the two labels overlap by design; the
+  test says which set the model depends on).
 - attention sink: the same queries; key 0 (BOS). (At ``q = 1`` a head can only choose
   between BOS and the query itself.)
 - duplicate-token: queries of every corpus family whose token occurred before; keys: those
@@ -63,7 +67,8 @@ corpus spans say where everything is and what it holds (never re-parsed from the
   (``operand_any_digit``), not used for labels.
 
 Key 0 is left to the sink and ``q - 1`` to the previous-token family (successor aside, which
-its output tells apart), so that one attention is never evidence for two mechanisms.
+its output tells apart; local context, the previous-token family widened, aside), so that one
+attention is never evidence for two mechanisms.
 
 **Causal tests.** In local mode (the original model's computation) with every error term held
 at its clean value, so that a change to a head is not absorbed by the errors, each family gets
@@ -112,14 +117,15 @@ import importlib
 
 _EXPORTS = {
     "config": (
-        "ARITHMETIC_FAMILIES", "DIAGNOSTICS", "HEAD_FAMILIES", "MIN_LAYER", "OPERAND_FAMILIES",
+        "ARITHMETIC_FAMILIES", "DIAGNOSTICS", "HEAD_FAMILIES", "LOCAL_WINDOW", "MIN_LAYER",
+        "OPERAND_FAMILIES",
         "PLACES", "RATIO_TARGET", "SUCCESSOR_OV_TARGET", "SUCCESSOR_TOP", "TASKS", "TASK_CORPUS",
         "TASK_OF", "TESTS", "TEST_OF", "THRESHOLDS", "TRUTH_DELTA", "Settings", "Threshold",
         "truth_key",
     ),
     "probes": (
         "Keys", "ProbeDoc", "build_probes", "carries_into", "duplicate_token_keys",
-        "induction_keys", "previous_token_keys", "probe_doc", "sink_keys",
+        "induction_keys", "local_context_keys", "previous_token_keys", "probe_doc", "sink_keys",
     ),
     "scores": (
         "FamilyScores", "HeadScores", "key_mass", "key_masks", "labels", "passing",

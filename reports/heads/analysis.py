@@ -144,9 +144,9 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
 
 def serves_every_task(family: str) -> bool:
     """Families whose probe queries are every position of every corpus family (previous-token,
-    duplicate-token and sink heads: machinery other heads read): their test is measured, with
-    its own uniform control, on every task, since their damage may land on any of them; the
-    verdict stays the one on the task fixed in advance."""
+    local-context, duplicate-token and sink heads: machinery other heads read): their test is
+    measured, with its own uniform control, on every task, since their damage may land on any
+    of them; the verdict stays the one on the task fixed in advance."""
     return set(TASK_CORPUS[TASK_OF[family]]) == set(FAMILIES)
 
 

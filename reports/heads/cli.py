@@ -18,12 +18,13 @@ from .config import Settings
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m reports.heads",
-        description="Label Lorsa heads as previous-token, duplicate-token, induction, subtoken "
-        "induction, successor, attention-sink and arithmetic heads (operand a/b digit of each "
-        "place, carry) from their per-key contributions on held-out probes, and test each "
-        "family causally against random heads: zeroing for heads that write, BOS masking for "
-        "sinks, and an OV test for successor heads; single-head tests give precision/recall, "
-        "and layer ablations say where each task is computed.",
+        description="Label Lorsa heads as previous-token, local-context, duplicate-token, "
+        "induction, subtoken induction, successor, attention-sink and arithmetic heads "
+        "(operand a/b digit of each place, carry) from their per-key contributions on "
+        "held-out probes, and test each family causally against random heads: zeroing for "
+        "heads that write, BOS masking for sinks, and an OV test for successor heads; "
+        "single-head tests give precision/recall, and layer ablations say where each task is "
+        "computed.",
     )
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
     parser.add_argument(

@@ -16,6 +16,7 @@ OPERAND_FAMILIES = tuple(f"operand_{x}_{place}" for x in "ab" for place in PLACE
 ARITHMETIC_FAMILIES = (*OPERAND_FAMILIES, "carry")
 HEAD_FAMILIES = (
     "previous_token",
+    "local_context",
     "duplicate_token",
     "induction",
     "subtoken_induction",
@@ -36,6 +37,7 @@ class Threshold:
 # and see only those transitions' queries; subtoken-induction and carry queries are few.
 THRESHOLDS: dict[str, Threshold] = {
     "previous_token": Threshold(0.5, 10),
+    "local_context": Threshold(0.5, 10),
     "duplicate_token": Threshold(0.5, 10),
     "induction": Threshold(0.5, 10),
     "subtoken_induction": Threshold(0.5, 5),
@@ -47,6 +49,7 @@ THRESHOLDS: dict[str, Threshold] = {
     **{f: Threshold(0.5, 10) for f in OPERAND_FAMILIES},
     "carry": Threshold(0.5, 5),
 }
+LOCAL_WINDOW = 3  # local-context keys: the tokens q - 3 .. q - 1 before the query (not BOS)
 MIN_LAYER = {"induction": 1, "subtoken_induction": 1}  # see the package docstring
 SUCCESSOR_TOP = 10  # "promotes the successor": among the head's top tokens (1% of 1024)
 SUCCESSOR_OV_TARGET = 0.5  # share of successor probes whose successor the family's OV puts in
@@ -84,6 +87,7 @@ TASK_CORPUS = {
 # queries are every position, the next token everywhere).
 TASK_OF = {
     "previous_token": "all_tokens",
+    "local_context": "all_tokens",
     "duplicate_token": "after_duplicate",
     "induction": "repeat_second_copy",
     "subtoken_induction": "rare_name_subtokens",

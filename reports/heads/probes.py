@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from toy_models.data import FAMILIES
 
-from .config import PLACES
+from .config import LOCAL_WINDOW, PLACES
 
 Keys = dict[int, list[int]]  # query position -> key positions
 
@@ -20,6 +20,15 @@ Keys = dict[int, list[int]]  # query position -> key positions
 def previous_token_keys(ids: list[int], queries: Iterable[int] | None = None) -> Keys:
     queries = range(2, len(ids)) if queries is None else queries
     return {q: [q - 1] for q in queries if q >= 2}
+
+
+def local_context_keys(
+    ids: list[int], queries: Iterable[int] | None = None, window: int = LOCAL_WINDOW
+) -> Keys:
+    """The ``window`` tokens just before the query (fewer near the start; never BOS, never
+    the query itself): what a head that moves the recent context, not one token, reads."""
+    queries = range(2, len(ids)) if queries is None else queries
+    return {q: list(range(max(1, q - window), q)) for q in queries if q >= 2}
 
 
 def sink_keys(ids: list[int], queries: Iterable[int] | None = None) -> Keys:
@@ -74,6 +83,7 @@ def probe_doc(encoded) -> ProbeDoc:
     ids = encoded.ids
     probe = ProbeDoc(encoded.example.family, ids)
     probe.keys["previous_token"] = previous_token_keys(ids)
+    probe.keys["local_context"] = local_context_keys(ids)
     probe.keys["attention_sink"] = sink_keys(ids)
     probe.keys["duplicate_token"] = duplicate_token_keys(ids)
     probe.targets["all_tokens"] = list(range(1, len(ids)))

@@ -16,10 +16,15 @@ _OPERAND_NOTE = (
 )
 MISSING_NOTES = {
     "previous_token": (
-        "A head that reads the current token and the previous one together (a local-context or "
-        "bigram head) scores below the label threshold though it moves the previous token as "
-        "well: look up the single-head tests' heads in `heads.json` (their `previous_token` "
-        "score) to see whether such heads carry the task."
+        "A head that reads the previous token together with the ones before it (or with the "
+        "current one) scores below the label threshold though it moves the previous token as "
+        "well: the `local_context` family (the three tokens before the query) tests those "
+        "heads; compare its row."
+    ),
+    "local_context": (
+        "The recent context may reach a position through the MLPs of earlier positions "
+        "(features that already combine a token with its neighbours) rather than through "
+        "heads that read it there."
     ),
     "duplicate_token": (
         "Nothing in the corpus rewards knowing that the current token occurred before for its "
@@ -229,17 +234,18 @@ def _successor_section(results: dict) -> list[str]:
 
 
 def _every_task_section(results: dict) -> list[str]:
-    """The families tested on every task (sinks, previous-token and duplicate-token heads:
-    machinery whose damage may land on any task), one table each."""
+    """The families tested on every task (sinks, previous-token, local-context and
+    duplicate-token heads: machinery whose damage may land on any task), one table each."""
     lines = ["", "## Machinery heads on every task", ""]
     tested = [f for f in HEAD_FAMILIES if "every_task" in results["ablation"][f]]
     if not tested:
         return lines + ["Not run: no such family has heads."]
     lines += [
-        "Sinks: their attention to BOS taken away (softmax over the other keys); previous-token "
-        "and duplicate-token heads: zeroed. Each vs the same test on as many random heads drawn "
-        "uniformly from the same layers (loss increase, nats per target token; the stricter "
-        "control, heads active on the task, is in the family table for the family's own task).",
+        "Sinks: their attention to BOS taken away (softmax over the other keys); "
+        "previous-token, local-context and duplicate-token heads: zeroed. Each vs the same test "
+        "on as many random heads drawn uniformly from the same layers (loss increase, nats per "
+        "target token; the stricter control, heads active on the task, is in the family table "
+        "for the family's own task).",
     ]
     target = (f">= {results['settings']['ratio_target']:g}x the random heads and >= "
               f"{results['settings']['truth_delta']} nats")  # fmt: skip

@@ -434,8 +434,10 @@ def resolve_targets(
                     1.0,
                 )
             )
-        else:
+        elif isinstance(t, NodeTarget):
             _check_node(run, t)
+        else:
+            raise ValueError(f"unknown target {t!r}: a LogitTarget, LogitDiffTarget or NodeTarget")
     return logits
 
 

@@ -204,6 +204,7 @@ def test_node_target_starts_influence_at_that_node(replacement, tokens):
         ([NodeTarget("lorsa", 0, 99, 1)], "outside the prompt"),
         ([NodeTarget("transcoder", -1, 3, 1)], "layer -1 does not exist"),
         ([LogitDiffTarget(5, 5)], "with itself is zero"),
+        (["logit 5"], "unknown target"),
         ([NodeTarget("embedding", 0, 3, 1)], "lorsa or transcoder"),
         ([], "targets is empty"),
     ],

@@ -524,3 +524,30 @@ def test_a_real_trace_opens_and_explains_its_logit(browser, tmp_path):
     click_node(browser, graph.ids[head])
     text = panel_text(browser)
     assert "QK: why it attends there" in text and re.search(r"score [+-]\d", text)
+
+
+def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_path):
+    """With several targets, each group's flows and ablation checks in the panel say which
+    target they are for (one bare number per target could not be read)."""
+    from circuits.attribution import LogitTarget, attribute, run_prompt
+    from circuits.mechanisms import summarize
+    from circuits.prune import prune_graph
+    from replacement.model import load_pretrained
+    from toy_models.tokenizer import single_token
+
+    replacement, tokenizer = load_pretrained("default")
+    tokens = torch.tensor(tokenizer.encode("Monday, Tuesday, Wednesday,").ids)
+    names = [" Thursday", " Friday"]
+    targets = [LogitTarget(single_token(tokenizer, t)) for t in names]
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    full = attribute(replacement, tokens, targets=targets, tokenizer=tokenizer, run=run)
+    summary = summarize(replacement, full, run)
+    path = tmp_path / "graph.html"
+    write_html(prune_graph(full), path, None, mechanisms=summary)
+    open_page(browser, path)
+    text = panel_text(browser)
+    checks = [line for line in text.splitlines() if line.startswith("ablate")]
+    assert len(checks) == sum(len(g.checks) for g in summary.groups) > 0
+    assert all(any(line.startswith(f"ablate '{n}': predicted") for n in names) for line in checks)
+    flows = [line for line in text.splitlines() if " · flow " in line]
+    assert flows and all(f"'{names[0]}' " in line and f"'{names[1]}' " in line for line in flows)

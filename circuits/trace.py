@@ -268,8 +268,9 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     except OSError as exc:
         raise UserError(f"--out {args.out}: could not write ({exc.strerror or exc})") from None
 
-    if graph.untrained_note():
-        print(f"note: {graph.untrained_note()}", file=sys.stderr)
+    untrained = graph.untrained_note()
+    if untrained:
+        print(f"note: {untrained}", file=sys.stderr)
     print(summary(full, graph, scored.scores, timings, labels))
     if mechanisms is not None:
         print(format_summary(mechanisms))

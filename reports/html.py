@@ -129,6 +129,7 @@ def html_page(
     )  # fmt: skip
     viewer_css, viewer_js = assets()
     table_open = " open" if graph.n_nodes <= TABLE_OPEN_NODES else ""
+    untrained = graph.untrained_note()
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -140,11 +141,7 @@ def html_page(
         "</head>",
         "<body>",
         f"<h1>{escape(title)}</h1>",
-        *(
-            [f'<p class="note">Note: {escape(graph.untrained_note())}.</p>']
-            if graph.untrained_note()
-            else []
-        ),  # fmt: skip
+        *([f'<p class="note">Note: {escape(untrained)}.</p>'] if untrained else []),
         '<div id="viewer" class="viewer">',
         '<p class="note">The interactive drawing needs JavaScript; the node table below lists '
         "every node without it.</p>",

@@ -82,13 +82,13 @@ class LorsaLayer(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, h, e, n = cfg.d_model, cfg.n_qk_heads, cfg.d_qk, cfg.n_ov_heads
-        self.W_Q = nn.Parameter(torch.randn(h, d, e) / math.sqrt(d))
-        self.W_K = nn.Parameter(torch.randn(h, d, e) / math.sqrt(d))
+        self.W_Q = nn.Parameter(torch.randn(h, d, e).div_(math.sqrt(d)))
+        self.W_K = nn.Parameter(torch.randn(h, d, e).div_(math.sqrt(d)))
         self.b_Q = nn.Parameter(torch.zeros(h, e))
         self.b_K = nn.Parameter(torch.zeros(h, e))
-        self.W_V = nn.Parameter(torch.randn(n, d) / math.sqrt(d))  # row i is w_v^i
+        self.W_V = nn.Parameter(torch.randn(n, d).div_(math.sqrt(d)))  # row i is w_v^i
         self.b_V = nn.Parameter(torch.zeros(n))
-        self.W_O = nn.Parameter(torch.randn(n, d) / math.sqrt(n))  # row i is w_o^i
+        self.W_O = nn.Parameter(torch.randn(n, d).div_(math.sqrt(n)))  # row i is w_o^i
         self.b_D = nn.Parameter(torch.zeros(d))
 
     def qk(

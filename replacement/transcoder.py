@@ -34,9 +34,9 @@ class Transcoder(nn.Module):
     def __init__(self, cfg: TranscoderConfig):
         super().__init__()
         self.cfg = cfg
-        self.W_enc = nn.Parameter(torch.randn(cfg.d_model, cfg.d_sae) / math.sqrt(cfg.d_model))
+        self.W_enc = nn.Parameter(torch.randn(cfg.d_model, cfg.d_sae).div_(math.sqrt(cfg.d_model)))
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.W_dec = nn.Parameter(torch.randn(cfg.d_sae, cfg.d_model) / math.sqrt(cfg.d_sae))
+        self.W_dec = nn.Parameter(torch.randn(cfg.d_sae, cfg.d_model).div_(math.sqrt(cfg.d_sae)))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_model))
         self.W_skip = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_model)) if cfg.skip else None
 

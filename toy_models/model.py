@@ -162,6 +162,10 @@ class ToyTransformer(HookedRootModule):
 
     @torch.no_grad()
     def init_weights(self) -> None:
+        if self.W_E.is_meta:
+            # Built only for its shapes (``checkpoint.load_checked``): random init on the meta
+            # device goes through torch's reference ops, whose import alone takes seconds.
+            return
         # GPT-2 practice: output projections into the residual stream shrink with depth.
         out_std = self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)
         for name, p in self.named_parameters():

@@ -171,3 +171,18 @@ def test_evaluate_refuses_a_damaged_set_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert "lorsa.3.safetensors: not the file recorded in replacement.json" in err[0]
+
+
+def test_loading_builds_no_meta_tensor_ops():
+    """The shape check builds each module on the meta device first; an out-of-place op or a
+    random init there runs torch's Python meta kernels, whose import costs seconds of every
+    trace's start-up. A fresh process loads the shipped model and replacement set without."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from replacement.model import load_pretrained; load_pretrained('default'); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout

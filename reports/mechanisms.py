@@ -8,7 +8,14 @@ marked). Rendered from the record's fields only; every string goes through ``esc
 
 from __future__ import annotations
 
-from circuits.mechanisms import GroupRecord, MechanismSummary, NodeRef, QKReasonRecord, ref_text
+from circuits.mechanisms import (
+    RATIO,
+    GroupRecord,
+    MechanismSummary,
+    NodeRef,
+    QKReasonRecord,
+    ref_text,
+)
 
 CSS = """
 .mech td, .mech th { font-size: 0.9em; }
@@ -99,7 +106,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         "position and concept) read as one; a <em>flow</em> is a group's exact total linear "
         "contribution to the target through every path. Checks ablate a group and compare the "
         "graph's prediction with the model rerun, attention frozen and free: flagged rows "
-        "(sign differs, or more than 3x off) are where the linear graph is not to be "
+        f"(sign differs, or more than {RATIO:g}x off) are where the linear graph is not to be "
         "trusted.</p>",
     ]
     for t in summary.targets:

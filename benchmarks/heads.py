@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         "every_task"
     )
     families["successor"]["ov_test"] = results["successor_ov"]
+    # the same OV test on the heads that carry the task alone (the account when it fails)
+    families["successor"]["ov_test_on_task_carriers"] = results.get("successor_ov_truth")
     targets = {
         f"found_{f}": {"value": families[f]["heads"], "threshold": 1, "met": results["found"][f]}
         for f in H.HEAD_FAMILIES

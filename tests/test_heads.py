@@ -15,6 +15,7 @@ import torch
 from replacement.lorsa import LorsaConfig, LorsaLayer
 from replacement.model import hook_name
 from reports import heads as H
+from reports.heads.report import _successor_truth_lines
 
 
 def hand_probe(ids: list[int], corpus: str = "repeat") -> H.ProbeDoc:
@@ -472,6 +473,24 @@ def test_successor_ov_on_a_constructed_head(replacement):
     assert ov["in_top"] == 0.0 and not ov["meets_target"]
     assert not H.successor_ov(replacement, scores, {"successor": [probe]}, {})["meets_target"]
 
+    # The same test on the heads that carry the task (ground truth), and its report line.
+    with torch.no_grad():
+        lorsa.W_O[5] = rw.unembed[successor]
+    key = H.truth_key(H.TASK_OF["successor"], H.TEST_OF["successor"])
+    true = [{"layer": 1, "head": 5, "increase": 0.2, "labels": ["local_context"]},
+            {"layer": 0, "head": 3, "increase": 0.1, "labels": []}]  # fmt: skip
+    truth = {key: {"task": "successor_items", "true_heads": true}}
+    settings = H.Settings(draws=2)
+    probes = {"successor": [probe]}
+    carriers = H.successor_carriers_ov(replacement, scores, probes, truth, settings)
+    assert carriers["n_heads"] == 2 and carriers["truth"] == key and carriers["in_top"] == 1.0
+    assert H.successor_carriers_ov(replacement, scores, probes, {}, settings) is None
+    results = {"successor_ov_truth": carriers, "truth": truth, "settings": {"truth_delta": 0.01}}
+    (line,) = _successor_truth_lines(results)
+    assert "2 heads whose single-head test costs `successor_items` >= 0.01 nats" in line
+    assert "(local_context 1, (none) 1)" in line and "**100%**" in line
+    assert _successor_truth_lines({}) == []
+
 
 # ----------------------------------------------------------------- where a task is computed
 def test_direct_effects_add_up_to_the_model_terms(replacement, batch):
@@ -689,7 +708,15 @@ def test_cli_end_to_end_on_a_tiny_model(
     assert set(results["account"]) == set(results["clean_loss"])
     assert set(results["identity"]) == {"model", "replacement", "tokenizer"}
     assert "probes" in results["successor_ov"]
+    # the OV test also runs on the heads that carry the successor task, when there are any
+    carriers = results["truth"][H.truth_key(H.TASK_OF["successor"], H.TEST_OF["successor"])]
+    if carriers["true_heads"]:
+        assert results["successor_ov_truth"]["n_heads"] == len(carriers["true_heads"])
+    else:
+        assert "successor_ov_truth" not in results
     page = (out / "heads.md").read_text()
+    if "in_top" in results.get("successor_ov_truth", {}):
+        assert "heads whose single-head test costs `successor_items`" in page
     sections = ("## Families", "## Per layer", "## Successor heads",
                 "## Machinery heads on every task", "## Where each task is computed")  # fmt: skip
     for section in sections:

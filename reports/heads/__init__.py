@@ -139,7 +139,7 @@ _EXPORTS = {
     ),
     "successor": ("ov_logits", "ranks", "successor_ov"),
     "account": ("direct_effects", "layer_ablations", "task_account"),
-    "analysis": ("analyse", "example", "ground_truth", "truth_groups"),
+    "analysis": ("analyse", "example", "ground_truth", "successor_carriers_ov", "truth_groups"),
     "report": ("MISSING_NOTES", "markdown", "summary", "write_report"),
     "plots": ("write_plots",),
     "circuit": ("induction_circuit",),

@@ -136,10 +136,27 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
         for f in HEAD_FAMILIES
     }
     results["found"] = {f: results["families"][f]["total"] > 0 for f in HEAD_FAMILIES}
+    carriers = successor_carriers_ov(replacement, scores, probes, truth, settings)
+    if carriers is not None:
+        results["successor_ov_truth"] = carriers
     results["met"] = {f: bool(ablation[f].get("meets_target")) for f in HEAD_FAMILIES}
     # A successor head must both map the item to its successor and matter causally.
     results["met"]["successor"] &= bool(successor.get("meets_target"))
     return results, scores, probes
+
+
+def successor_carriers_ov(replacement, scores, probes, truth: dict, settings: Settings):
+    """The successor OV test on the heads that carry the successor task by their single-head
+    tests (chosen by their causal effect alone, not by their OV): where the successor map
+    lives among heads when the family fails. None without such heads."""
+    key = truth_key(TASK_OF["successor"], TEST_OF["successor"])
+    carriers: dict[int, list[int]] = {}
+    for t in truth.get(key, {}).get("true_heads", []):
+        carriers.setdefault(t["layer"], []).append(t["head"])
+    if not carriers:
+        return None
+    ov = successor_ov(replacement, scores, probes, carriers, settings.draws, settings.seed)
+    return ov | {"truth": key}
 
 
 def serves_every_task(family: str) -> bool:

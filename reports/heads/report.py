@@ -219,7 +219,7 @@ def _successor_section(results: dict) -> list[str]:
     frames = ", ".join(
         f"{frame} {row['in_top']:.0%} of {row['probes']}" for frame, row in ov["by_frame"].items()
     )
-    return lines + [
+    lines += [
         "Each successor probe's previous item, read where it stands (its actual residual "
         "stream), through the family's OV circuits as if each head attended there alone, "
         "summed, through the direct path to the logits:",
@@ -230,6 +230,25 @@ def _successor_section(results: dict) -> list[str]:
         f"{'met' if ov['meets_target'] else '**not met**'};",
         f"- median rank of the successor {ov['median_rank']}; the successor outranks the item "
         f"itself at {ov['above_item']:.0%} (a copying head would not).",
+    ]
+    return lines + _successor_truth_lines(results)
+
+
+def _successor_truth_lines(results: dict) -> list[str]:
+    """The OV test on the heads that carry the successor task by their single-head tests
+    (chosen by their causal effect, not their OV), with their labels."""
+    ov = results.get("successor_ov_truth")
+    if not ov or "in_top" not in ov:
+        return []
+    truth = results["truth"][ov["truth"]]
+    labelled = by_label(truth["true_heads"])
+    which = ", ".join(f"{name} {n}" for name, n in sorted(labelled.items(), key=lambda x: -x[1]))
+    return [
+        f"- the same test on the {ov['n_heads']} heads whose single-head test costs "
+        f"`{truth['task']}` >= {results['settings']['truth_delta']} nats ({which}): successor "
+        f"in the top {ov['top']} at **{ov['in_top']:.0%}** (random heads "
+        f"{ov['random_in_top']:.0%}), median rank {ov['median_rank']}, above the item at "
+        f"{ov['above_item']:.0%}: where the successor map lives among heads.",
     ]
 
 

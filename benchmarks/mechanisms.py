@@ -63,6 +63,12 @@ with its ablation checks.
   reading the position before it, or a feature there whose largest input is such a head;
 - ``sign``: a check's ``agree_frozen`` / ``agree_free`` (``circuits.mechanisms``).
 
+For the induction families each record also holds both sides' largest positive roots as fields
+(``query_root``, ``key_moved_root``: kind, position, token), and ``reason_misses`` counts the
+prompts whose key is right but whose ``reason`` is not, by what the key side leads with
+instead: a token the query side leads with too (``shared_token``), the document's first token
+(``document_start``), or something else.
+
 Writes benchmarks/results/mechanisms_{model}.json: per family the rates, counts and CPU
 seconds per prompt, and every prompt's record (text, query, expected keys, the group named,
 its key, its top pair, the criteria, the positions holding a token the model never trained on:
@@ -363,6 +369,12 @@ def score_prompt(prompt: Prompt, summary) -> dict:
         out["key"] and prompt.family in INDUCTION and reason is not None
         and shared_token(reason, prompt.ids, q, k)
     )  # fmt: skip
+    if reason is not None and prompt.family in INDUCTION:
+        # What each side's largest positive root is, as fields (the failure classes below).
+        query_root = _first_positive(reason.query_sources.get("roots", []))
+        moved = _first_positive([x for x in reason.key_sources.get("roots", []) if x.pos != k])
+        out["query_root"] = _root_fields(query_root, prompt.ids)
+        out["key_moved_root"] = _root_fields(moved, prompt.ids)
     key_root = _first_positive(reason.key_sources.get("roots", [])) if reason else None
     out["key_own_token"] = (
         key_root is not None and key_root.kind == "embedding" and (key_root.pos == k)
@@ -382,6 +394,33 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     out["agree_frozen"] = sum(c.agree_frozen for c in checks)
     out["agree_free"] = sum(c.agree_free for c in checks)
     out["flagged"] = sum(c.flagged for c in checks)
+    return out
+
+
+def _root_fields(x, ids: list[int]) -> dict | None:
+    """A root source as fields: its kind, position and (an embedding's) token id."""
+    if x is None:
+        return None
+    token = ids[x.pos] if x.kind == "embedding" and x.pos is not None else None
+    return {"kind": x.kind, "pos": x.pos, "token": token, "value": round(x.value, 4)}
+
+
+def reason_misses(records: list[dict]) -> dict:
+    """The induction families' ``reason`` misses among prompts whose key is right, by what
+    the key side's largest moved root is instead: the token before the key is not it, but a
+    token the query side also leads with (``shared_token``: a match on an earlier token,
+    e.g. a name's first sub-token), the document's first token (``document_start``: position
+    1, read by heads at an early key), or something else."""
+    misses = [r for r in records if r.get("key") and not r.get("reason") and "query_root" in r]
+    out = {"misses": len(misses), "shared_token": 0, "document_start": 0, "other": 0}
+    for r in misses:
+        moved = r.get("key_moved_root") or {}
+        if r.get("reason_match"):
+            out["shared_token"] += 1
+        elif moved.get("pos") == 1:
+            out["document_start"] += 1
+        else:
+            out["other"] += 1
     return out
 
 
@@ -486,6 +525,9 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
             and sum(r.get("agree_frozen", 0) for r in right) / checks >= 0.9,
         },  # fmt: skip
         "by_source": by_source,
+        "reason_misses": reason_misses(right)
+        if prompts and prompts[0].family in INDUCTION
+        else None,  # fmt: skip
         "cpu_seconds_per_prompt": round(cpu / max(len(records), 1), 3),
         "records": records,
     }

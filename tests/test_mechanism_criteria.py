@@ -59,3 +59,20 @@ def test_no_match_when_the_sides_hold_different_tokens_or_nothing_positive():
     # the strongest moved root is not a token (an error term before the key): no match
     error = SourceShare("L0 mlp error", "error", 0, K - 1, None, None, 4.0)
     assert not m.shared_token(reason([token(Q, 5.0)], [error, token(K - 1, 3.0)]), IDS, Q, K)
+
+
+def test_reason_misses_are_sorted_by_what_the_key_side_leads_with():
+    m = _benchmark()
+    right = {"key": True, "reason": True, "query_root": {}}
+    shared = {"key": True, "reason": False, "reason_match": True, "query_root": {},
+              "key_moved_root": {"kind": "embedding", "pos": 2}}  # fmt: skip
+    start = {"key": True, "reason": False, "reason_match": False, "query_root": {},
+             "key_moved_root": {"kind": "embedding", "pos": 1}}  # fmt: skip
+    other = {"key": True, "reason": False, "reason_match": False, "query_root": {},
+             "key_moved_root": None}  # fmt: skip
+    wrong_key = {"key": False, "reason": False, "query_root": {}}
+    counts = m.reason_misses([right, shared, start, start, other, wrong_key])
+    assert counts == {"misses": 4, "shared_token": 1, "document_start": 2, "other": 1}
+    assert m._root_fields(None, IDS) is None
+    assert m._root_fields(token(5, 2.5), IDS) == {"kind": "embedding", "pos": 5, "token": 11,
+                                                  "value": 2.5}  # fmt: skip

@@ -83,7 +83,10 @@ control). A family meets the target when it raises the task loss by at least ``R
 times the uniform control, and by at least ``TRUTH_DELTA`` nats (a ratio of two noise-level
 numbers is no evidence). A successor family must also pass the OV test (``successor_ov``):
 the previous item's actual residual, through the family's OV circuits, must put the successor
-among its ``SUCCESSOR_TOP`` promoted tokens at ``SUCCESSOR_OV_TARGET`` of the probes.
+among its ``SUCCESSOR_TOP`` promoted tokens at ``SUCCESSOR_OV_TARGET`` of the probes. The same
+test also runs on the heads that carry the successor task by their single-head tests below
+(``successor_carriers_ov``; chosen by causal effect alone): where the map lives among heads
+when the family fails.
 
 Per head, the exact single-head effect of the family's test on its task (found for every head
 by adaptive group testing, ``single_head_effects``) marks a head as truly carrying the task

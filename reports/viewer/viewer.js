@@ -772,14 +772,14 @@
     const m = data.mechanisms;
     if (!m) return [];
     const names = new Map(m.groups.map((g) => [g.key, g.name]));
-    // With several targets, each flow and check says which target it is for.
     const targetText = new Map(m.targets.map((t) =>
       [t.node, quote(t.token) + (t.negative != null ? " − " + quote(t.negative) : "")]));
-    const forTarget = (node) => m.targets.length > 1 ? (targetText.get(node) ?? node) + " " : "";
-    const checkFor = (node) => m.targets.length > 1 ? " " + (targetText.get(node) ?? node) : "";
+    // With several targets, each flow and check says which target it is for.
+    const several = m.targets.length > 1;
+    const named = (node) => targetText.get(node) ?? node;
     const out = [el("h4", {}, "Mechanisms")];
     for (const t of m.targets) {
-      const what = quote(t.token) + (t.negative != null ? " − " + quote(t.negative) : "");
+      const what = named(t.node);
       out.push(el("p", {}, `${what} = ${fmt(t.value)}: tokens ${signed(t.tokens)}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
         (t.runnerUp != null ? ` · margin over ${quote(t.runnerUp)} ${signed(t.margin)}` : "") +
         (t.predicting ? ` · predicting heads ${t.predicting}` : "")));
@@ -789,7 +789,7 @@
     }
     const inner = m.groups.filter((g) => g.kind === "lorsa" || g.kind === "transcoder");
     out.push(el("ul", { class: "mech-groups" }, ...inner.map((g) => {
-      const li = el("li", {}, el("b", {}, g.key), " " + g.name + " · flow " + Object.entries(g.flow).map(([node, v]) => forTarget(node) + signed(v)).join(", "));
+      const li = el("li", {}, el("b", {}, g.key), " " + g.name + " · flow " + Object.entries(g.flow).map(([node, v]) => (several ? named(node) + " " : "") + signed(v)).join(", "));
       for (const r of g.qk) {
         li.append(el("div", { class: "muted" }, `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`),
           el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
@@ -800,7 +800,7 @@
       }
       for (const c of g.checks) {
         li.append(el("div", { class: c[4] ? "neg" : "muted" },
-          `ablate${checkFor(c[0])}: predicted ${signed(c[1])}, frozen ${signed(c[2])}, free ${signed(c[3])}` + (c[4] ? " (flagged)" : "")));
+          `ablate${several ? " " + named(c[0]) : ""}: predicted ${signed(c[1])}, frozen ${signed(c[2])}, free ${signed(c[3])}` + (c[4] ? " (flagged)" : "")));
       }
       const members = g.members.map((id) => byId.get(id)).filter((i) => i !== undefined);
       if (members.length >= 2) {

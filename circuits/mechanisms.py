@@ -233,6 +233,11 @@ class TargetRecord:
     predicting_group: str | None
     head_groups: list[str] = field(default_factory=list)
 
+    @property
+    def label(self) -> str:
+        """How the target is named to a reader: ``' Friday'`` or ``' Friday' - ' May'``."""
+        return repr(self.token) + (f" - {self.negative!r}" if self.negative else "")
+
 
 @dataclass
 class MechanismSummary:
@@ -835,21 +840,17 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
     """The summary as text (what ``python -m circuits.trace`` prints)."""
     lines = ["mechanisms (exact flows: each group's total linear contribution to the target):"]
     names = {g.key: g for g in summary.groups}
-    several = len(summary.targets) > 1  # then each flow and check names its target
-    target_text = {
-        t.node: repr(t.token) + (f" - {t.negative!r}" if t.negative else "")
-        for t in summary.targets
-    }
+    labels = {t.node: t.label for t in summary.targets}
+    several = len(labels) > 1  # then each flow and check names its target
 
     def per_target(node: str) -> str:
-        return f"{target_text.get(node, node)} " if several else ""
+        return f"{labels.get(node, node)} " if several else ""
 
     def short(key: str) -> str:
         return f"{key} {names[key].name}"
 
     for t in summary.targets:
-        head = f"target {t.token!r}" + (f" - {t.negative!r}" if t.negative else "")
-        head += f" = {t.value:.3g} (p={t.probability:.3f})"
+        head = f"target {t.label} = {t.value:.3g} (p={t.probability:.3f})"
         if t.runner_up is not None:
             head += f"; runner-up {t.runner_up!r} p={t.runner_up_probability:.3f}, margin " \
                     f"{_signed(t.margin)}"  # fmt: skip
@@ -900,7 +901,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
         for c in g.checks:
             mark = "FLAGGED" if c.flagged else "ok"
             lines.append(
-                f"       ablate{': ' + per_target(c.target).strip() if several else ''}: "
+                f"       ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
                 f"predicted {_signed(c.predicted)}, frozen attention "
                 f"{_signed(c.frozen)}, free attention {_signed(c.free)}  [{mark}]"
             )

@@ -98,8 +98,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     """The section's HTML; ``drawn_ids``: the node ids that have a row in the node table."""
     drawn = drawn_ids or set()
     names = {g.key: g.name for g in summary.groups}
-    target_names = {t.node: repr(t.token) + (f" - {t.negative!r}" if t.negative else "")
-                    for t in summary.targets}  # fmt: skip
+    target_names = {t.node: t.label for t in summary.targets}
     parts = [
         '<div class="mech">',
         "<p>Groups are heads (same block, query position and key) and features (same block, "

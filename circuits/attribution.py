@@ -453,9 +453,7 @@ def _check_node(run: PromptRun, target: NodeTarget) -> None:
     if not 0 <= target.pos < len(run.tokens):
         raise ValueError(f"position {target.pos} is outside the prompt (positions 0.."
                          f"{len(run.tokens) - 1}, BOS included)")  # fmt: skip
-    found = (run.kind == kind) & (run.stage == stage_of(kind, target.layer)) & \
-        (run.pos == target.pos) & (run.index == target.index)  # fmt: skip
-    if not found.any():
+    if not _matching(run, target).any():
         raise ValueError(f"{target.kind} {target.index} of layer {target.layer} is not active "
                          f"at position {target.pos} of this prompt")  # fmt: skip
 
@@ -583,16 +581,20 @@ def _promoted_tokens(replacement: ReplacementModel, run: PromptRun, n_nodes: int
     return promotes
 
 
+def _matching(nodes: PromptRun | Graph, target: NodeTarget) -> Tensor:
+    """Which of the run's sources (or the graph's nodes) is the node target: a bool mask."""
+    kind = Kind.parse(target.kind)
+    return (
+        (nodes.kind == kind)
+        & (nodes.stage == stage_of(kind, target.layer))
+        & (nodes.pos == target.pos)
+        & (nodes.index == target.index)
+    )
+
+
 def find_node(graph: Graph, target: NodeTarget) -> int:
     """The graph index of a node target (``resolve_targets`` has checked that it is active)."""
-    kind = Kind.parse(target.kind)
-    match = (
-        (graph.kind == kind)
-        & (graph.stage == stage_of(kind, target.layer))
-        & (graph.pos == target.pos)
-        & (graph.index == target.index)
-    ).nonzero()
-    return int(match[0])
+    return int(_matching(graph, target).nonzero()[0])
 
 
 def closure_error(graph: Graph) -> dict[str, float]:

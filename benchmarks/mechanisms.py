@@ -310,27 +310,32 @@ def _first_positive(shares):
     return next((x for x in shares if x.value > 0), None)
 
 
+def leading_roots(reason, k: int):
+    """The query side's largest positive root, and the key side's largest positive root at
+    another position than the key ``k`` (what was moved there); None where there is none."""
+    query_root = _first_positive(reason.query_sources.get("roots", []))
+    moved = _first_positive([x for x in reason.key_sources.get("roots", []) if x.pos != k])
+    return query_root, moved
+
+
 def sources_ok(family: str, reason, q: int, k: int, by_head: bool = False) -> bool:
     """The ``reason`` criterion on the sources of each side of the specific part
     (``by_head``: ``reason_head``'s key side)."""
-    roots = reason.key_sources.get("roots", [])
     if family not in INDUCTION:
         return reason.specific > 0
-    query_root = _first_positive(reason.query_sources.get("roots", []))
+    query_root, moved = leading_roots(reason, k)
     if query_root is None or query_root.kind != "embedding" or query_root.pos != q:
         return False
     if by_head:
         head = _first_positive(reason.key_sources.get("heads", []))
         return head is not None and head.pos == k and head.attends == k - 1
-    moved = _first_positive([x for x in roots if x.pos != k])
     return moved is not None and moved.kind == "embedding" and moved.pos == k - 1
 
 
 def shared_token(reason, ids: list[int], q: int, k: int) -> bool:
     """``reason_match``: both sides' largest positive roots (the key's at another position
     than ``k``) are embeddings of the same token, at or before ``q`` and before ``k``."""
-    query_root = _first_positive(reason.query_sources.get("roots", []))
-    moved = _first_positive([x for x in reason.key_sources.get("roots", []) if x.pos != k])
+    query_root, moved = leading_roots(reason, k)
     return (
         query_root is not None and moved is not None
         and query_root.kind == "embedding" and moved.kind == "embedding"
@@ -371,8 +376,7 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     )  # fmt: skip
     if reason is not None and prompt.family in INDUCTION:
         # What each side's largest positive root is, as fields (the failure classes below).
-        query_root = _first_positive(reason.query_sources.get("roots", []))
-        moved = _first_positive([x for x in reason.key_sources.get("roots", []) if x.pos != k])
+        query_root, moved = leading_roots(reason, k)
         out["query_root"] = _root_fields(query_root, prompt.ids)
         out["key_moved_root"] = _root_fields(moved, prompt.ids)
     key_root = _first_positive(reason.key_sources.get("roots", [])) if reason else None
@@ -473,7 +477,6 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
             "correct": correct,
             "untrained_positions": [p for p, t in enumerate(prompt.ids) if t in untrained],
         }
-        # fmt: skip
         if correct:
             full = attribute(replacement, tokens, mode=mode, targets=[LogitTarget(prompt.target)],
                              tokenizer=tokenizer, run=run)  # fmt: skip

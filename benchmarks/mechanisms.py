@@ -1,7 +1,7 @@
 """Mechanism summaries on probe prompts: does the summary name the head group that predicts,
 the key it reads and why, and does the linear graph agree in sign with ablations?
 
-    python benchmarks/mechanisms.py [--model default] [--prompts 20]
+    python benchmarks/mechanisms.py [--model default] [--prompts 40]
 
 Targets (issue 14, item 3), per probe family, over the prompts the model gets right (its top
 token is the expected one): in >= 90% of them the summary's predicting head group attends to
@@ -61,6 +61,15 @@ with its ablation checks.
   induction families the query side is the current token (the embedding at ``q``, a block-0
   feature there, or a block-0 head there reading ``q``) and the key side a head at the key
   reading the position before it, or a feature there whose largest input is such a head;
+- ``reason_roots`` (induction families; added on 2026-12-02 after ``reason`` missed on
+  subtoken induction, so read it as a second look, not a pre-registered target): the summary's
+  QK reason split by roots on both sides at once (``QKReasonRecord.root_pairs``): among its
+  listed token x token terms whose key side is a token moved to the key (not the key's own
+  token), the largest positive one is the current token at ``q`` x the token at ``k - 1``;
+  ``reason_roots_match``: that term pairs one and the same token (at or before ``q``, before
+  the key): a match on a shared earlier token; ``root_own_first``: the largest positive token
+  term overall is against the key's own token (the key is the kind of token the query reads,
+  e.g. a name's later sub-token), reported beside them;
 - ``sign``: a check's ``agree_frozen`` / ``agree_free`` (``circuits.mechanisms``).
 
 For the induction families each record also holds both sides' largest positive roots as fields
@@ -349,7 +358,8 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     out = {"named": target.predicting_group is not None}
     if not out["named"]:
         none = {"key": False, "key_top3": False, "reason": False, "reason_head": False,
-                "reason_match": False}  # fmt: skip
+                "reason_match": False, "reason_roots": False,
+                "reason_roots_match": False}  # fmt: skip
         return out | none | {"reason_pair": False}
     group = summary.group(target.predicting_group)
     ranked = [summary.group(k) for k in target.head_groups]
@@ -379,6 +389,8 @@ def score_prompt(prompt: Prompt, summary) -> dict:
         query_root, moved = leading_roots(reason, k)
         out["query_root"] = _root_fields(query_root, prompt.ids)
         out["key_moved_root"] = _root_fields(moved, prompt.ids)
+    if reason is not None:
+        out |= root_criteria(prompt.family, reason, prompt.ids, q, k, out["key"])
     key_root = _first_positive(reason.key_sources.get("roots", [])) if reason else None
     out["key_own_token"] = (
         key_root is not None and key_root.kind == "embedding" and (key_root.pos == k)
@@ -399,6 +411,39 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     out["agree_free"] = sum(c.agree_free for c in checks)
     out["flagged"] = sum(c.flagged for c in checks)
     return out
+
+
+def root_criteria(family: str, reason, ids: list[int], q: int, k: int, key: bool) -> dict:
+    """``reason_roots``, ``reason_roots_match`` (induction families) and ``root_own_first``
+    from a QK reason's root pairs (module docstring), with the pair they read as fields."""
+    tokens = token_pairs(reason)
+    pair = next((p for p in tokens if p.key.pos != k), None)
+    out = {"root_own_first": bool(tokens) and tokens[0].key.pos == k}
+    if pair is not None:
+        out["root_pair"] = {
+            "query": _root_fields(pair.query, ids),
+            "key": _root_fields(pair.key, ids),
+            "value": round(pair.value, 4),
+        }
+        out["root_parts"] = {name: round(v, 4) for name, v in reason.root_parts.items()}
+    if family in INDUCTION:
+        right = key and pair is not None
+        out["reason_roots"] = right and pair.query.pos == q and pair.key.pos == k - 1
+        out["reason_roots_match"] = (
+            right and pair.query.pos <= q and pair.key.pos < k
+            and ids[pair.query.pos] == ids[pair.key.pos]
+        )  # fmt: skip
+    return out
+
+
+def token_pairs(reason) -> list:
+    """The QK reason's listed root pairs between two token embeddings with a positive term,
+    largest first."""
+    return sorted(
+        (p for p in reason.root_pairs
+         if p.value > 0 and p.query.kind == "embedding" and p.key.kind == "embedding"),
+        key=lambda p: -p.value,
+    )  # fmt: skip
 
 
 def _root_fields(x, ids: list[int]) -> dict | None:
@@ -492,10 +537,14 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
         return round(sum(bool(r.get(key)) for r in rows) / len(rows), 4) if rows else None
 
     checks = sum(r.get("checks", 0) for r in right)
+    induction = bool(prompts) and prompts[0].family in INDUCTION
     by_source = {s: {"prompts": sum(r["source"] == s for r in records),
                      "correct": sum(r["source"] == s for r in right),
                      "key": rate("key", [r for r in right if r["source"] == s]),
                      "reason": rate("reason", [r for r in right if r["source"] == s]),
+                     "reason_roots": rate("reason_roots", [r for r in right
+                                                           if r["source"] == s])
+                     if induction else None,
                      "with_untrained_tokens": sum(
                          r["source"] == s and bool(r["untrained_positions"]) for r in records),
                      "correct_with_untrained_tokens": sum(
@@ -509,10 +558,11 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
         "key_top3": rate("key_top3"),
         "reason": rate("reason"),
         "reason_head": rate("reason_head"),
-        "reason_match": rate("reason_match")
-        if prompts and prompts[0].family in INDUCTION
-        else None,  # fmt: skip
+        "reason_match": rate("reason_match") if induction else None,
         "reason_pair": rate("reason_pair"),
+        "reason_roots": rate("reason_roots") if induction else None,
+        "reason_roots_match": rate("reason_roots_match") if induction else None,
+        "root_own_first": rate("root_own_first"),
         "key_own_token": rate("key_own_token"),
         "checks": checks,
         "sign_agree_frozen": round(sum(r.get("agree_frozen", 0) for r in right) / checks, 4)
@@ -528,9 +578,7 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
             and sum(r.get("agree_frozen", 0) for r in right) / checks >= 0.9,
         },  # fmt: skip
         "by_source": by_source,
-        "reason_misses": reason_misses(right)
-        if prompts and prompts[0].family in INDUCTION
-        else None,  # fmt: skip
+        "reason_misses": reason_misses(right) if induction else None,
         "cpu_seconds_per_prompt": round(cpu / max(len(records), 1), 3),
         "records": records,
     }
@@ -539,7 +587,7 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="zoo name or directory")
-    parser.add_argument("--prompts", type=int, default=20, help="prompts per probe family")
+    parser.add_argument("--prompts", type=int, default=40, help="prompts per probe family")
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma-separated among {', '.join(FAMILIES)}")  # fmt: skip
     parser.add_argument("--mode", choices=("local", "sparse"), default="local")

@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from .attribution import PromptRun
@@ -65,6 +65,10 @@ MAX_GROUPS = 10
 HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
+ROOT_PAIRS = 5  # root x root terms listed for each QK reason
+TIMES_COLUMNS = 16  # columns per sparse product in EdgeColumns.times
+ROOT_BATCH = 8  # QK reasons whose root pairs one sweep computes (2 x d_qk columns each)
+PSEUDO_ROOTS = (("QK bias side", "qk_bias"), ("own terms of the nodes", "own"))  # qk_root_pairs
 VERSION = 1
 
 
@@ -119,6 +123,23 @@ class SourceShare:
 
 
 @dataclass
+class RootPair:
+    """One term of a QK reason's ``specific`` part split by roots on both sides
+    (``qk_root_pairs``): the part of the query's deviation that comes from the root group
+    ``query`` (a token embedding at some position, an error, a constant) against the part of
+    the key's deviation that comes from the root group ``key``. For induction the expected
+    term is the current token at the query against the token before the key, which reaches
+    the key through the heads there that read it. Each side's ``value`` is that root's total
+    against the other side's whole deviation; besides the graph's roots, a side has two
+    pseudo-roots: ``qk_bias`` (the QK bias side: ``b_Q``/``b_K`` and the residual constants
+    not held by nodes) and ``own`` (the nodes' own terms, e.g. encoder biases)."""
+
+    query: SourceShare
+    key: SourceShare
+    value: float
+
+
+@dataclass
 class QKReasonRecord:
     """A head group's attention at its key, split as ``circuits.graph.QKReason`` (the four
     parts sum to ``score``).
@@ -134,7 +155,13 @@ class QKReasonRecord:
     only through heads at the key that read it). Grouped by the summary's groups, the
     ``SIDE_SOURCES`` largest of each category, largest first: ``roots`` (token embeddings,
     errors, constants: their totals, the nodes' own terms and the QK bias term sum to
-    ``query_at`` / ``key_at``), ``heads`` and ``features`` (totals through them)."""
+    ``query_at`` / ``key_at``), ``heads`` and ``features`` (totals through them).
+    ``root_pairs`` (for the group's first QK head, the one with the largest flow):
+    ``specific`` split by roots on both sides at once (``RootPair``,
+    ``qk_root_pairs``), its ``ROOT_PAIRS`` largest terms between tokens and errors: which token
+    at the query meets which token the key holds (its own, or one moved there by the heads at
+    the key); ``root_parts``: the exact split of ``specific`` into ``tokens``, ``errors`` and
+    ``constants`` (``root_split``)."""
 
     layer: int
     qk_head: int
@@ -154,6 +181,8 @@ class QKReasonRecord:
     key_at: float | None = None
     query_sources: dict[str, list[SourceShare]] = field(default_factory=dict)
     key_sources: dict[str, list[SourceShare]] = field(default_factory=dict)
+    root_pairs: list[RootPair] = field(default_factory=list)
+    root_parts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -281,7 +310,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                 QKTermRecord(_node_ref(p["query"]), _node_ref(p["key"]), p["value"])
                 for p in r["pairs"]
             ], **{side: {c: [SourceShare(**x) for x in xs] for c, xs in r.get(side, {}).items()}
-                  for side in ("query_sources", "key_sources")}})
+                  for side in ("query_sources", "key_sources")},
+               "root_pairs": [RootPair(SourceShare(**p["query"]), SourceShare(**p["key"]),
+                                       p["value"]) for p in r.get("root_pairs", [])]})
             for r in g["qk"]
         ]  # fmt: skip
         g["checks"] = [EffectCheck(**c) for c in g["checks"]]
@@ -316,23 +347,32 @@ def load_summary(path: str | Path) -> MechanismSummary:
 class EdgeColumns:
     """A graph's edges transposed (a row per source), made once and read stage by stage
     without copies: the flows below sweep it many times, and a long prompt's graph holds
-    1e7 edges or more."""
+    1e7 edges or more. A stage's block is a torch CSR view of the arrays (scipy copies a
+    slice of a much larger array on every construction), multiplied ``TIMES_COLUMNS``
+    columns at a time (where its CSR product is fastest per column)."""
 
     def __init__(self, graph: Graph):
         t = graph.edges.T.tocsr()  # float32, like the edges
-        self.data, self.indices, self.indptr = t.data, t.indices, t.indptr
+        self.data, self.indices = torch.from_numpy(t.data), torch.from_numpy(t.indices)
+        self.indptr = t.indptr.astype(t.indices.dtype)
         self.n = graph.n_nodes
         self.stage = graph.stage.numpy()
         self.activation = graph.activation.double().numpy()
 
     def times(self, lo: int, hi: int, x: np.ndarray) -> np.ndarray:
-        """``edges[:, lo:hi].T @ x`` (float32 products, float64 result)."""
-        start, end = self.indptr[lo], self.indptr[hi]
-        block = sp.csr_array(
-            (self.data[start:end], self.indices[start:end], self.indptr[lo : hi + 1] - start),
-            shape=(hi - lo, self.n), copy=False,
-        )  # fmt: skip
-        return (block @ x.astype(np.float32)).astype(np.float64)
+        """``edges[:, lo:hi].T @ x`` (float32 products, float64 result); ``x`` (node,) or
+        (node, columns)."""
+        start, end = int(self.indptr[lo]), int(self.indptr[hi])
+        with warnings.catch_warnings():  # torch calls its CSR support beta, once per process
+            warnings.simplefilter("ignore", UserWarning)
+            block = torch.sparse_csr_tensor(
+                torch.from_numpy(self.indptr[lo : hi + 1] - start), self.indices[start:end],
+                self.data[start:end], size=(hi - lo, self.n), check_invariants=False,
+            )  # fmt: skip
+        dense = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(self.n, -1))
+        out = torch.cat([block @ dense[:, i : i + TIMES_COLUMNS].contiguous()
+                         for i in range(0, dense.shape[1], TIMES_COLUMNS)], dim=1)  # fmt: skip
+        return out.numpy().astype(np.float64).reshape(hi - lo, *x.shape[1:])
 
     def sweep(self, direct: np.ndarray, h: np.ndarray, flow: np.ndarray, below_stage: int):
         """Fill ``flow`` and ``h`` stage by stage, from the top stage below ``below_stage``
@@ -341,7 +381,7 @@ class EdgeColumns:
         for s in np.unique(stage[stage < below_stage])[::-1]:
             lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
             flow[lo:hi] = direct[lo:hi] + self.times(lo, hi, h)
-            act = self.activation[lo:hi]
+            act = self.activation[lo:hi].reshape(-1, *[1] * (flow.ndim - 1))
             h[lo:hi] = np.where(act != 0, flow[lo:hi] / np.where(act != 0, act, 1.0), 0.0)
         return flow, h
 
@@ -365,10 +405,10 @@ def linear_flows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flow, h) of a linear readout ``R = sum_n direct[n]`` of the nodes below ``below_stage``
     (``direct[n]``: node n's own term, proportional to its activation): ``flow[n]`` is n's
-    total contribution to R through every node it feeds, ``h[n] = dR / d value_n``."""
+    total contribution to R through every node it feeds, ``h[n] = dR / d value_n``. A
+    ``direct`` of shape (node, d) sweeps d readouts at once (a vector readout)."""
     columns = columns or EdgeColumns(graph)
-    n = graph.n_nodes
-    return columns.sweep(direct, np.zeros(n), np.zeros(n), below_stage)
+    return columns.sweep(direct, np.zeros(direct.shape), np.zeros(direct.shape), below_stage)
 
 
 def qk_side_flows(
@@ -405,6 +445,104 @@ def qk_side_flows(
         linear_flows(graph, k_direct, below, columns)[0],
         parts,
     )
+
+
+def qk_root_pairs(
+    view: GroupedGraph, side, qk_head: int, query: int, key: int,
+    columns: EdgeColumns | None = None,
+) -> tuple[list[SourceShare], list[SourceShare], np.ndarray]:  # fmt: skip
+    """The ``specific`` part of the QK reason at (``qk_head``, ``query``, ``key``) split by
+    roots on both sides (``RootPair``): each side's deviation vector (``du``, ``dv`` of
+    ``QKSides.deviations``) is a sum over the graph's sources at every reference position,
+    and each source's vector a sum over the roots it comes from (a vector readout of
+    ``linear_flows``: d_qk readouts in one sweep); grouped by ``view``'s root groups, plus the
+    side's QK bias term and the nodes' own terms (what no root holds). Returns the query
+    side's and the key side's rows (``SourceShare``, each with its total against the other
+    side's whole deviation) and the table ``table[a, b] = DU_a . DV_b / sqrt(d_qk)``, which
+    sums to ``specific`` exactly. ``qk_root_tables`` does many at once."""
+    return qk_root_tables(view, [(side, qk_head, query, key)], columns)[0]
+
+
+def qk_root_tables(
+    view: GroupedGraph, requests: list[tuple], columns: EdgeColumns | None = None
+) -> list[tuple[list[SourceShare], list[SourceShare], np.ndarray]]:
+    """``qk_root_pairs`` of many (``QKSides``, QK head, query, key) requests, their readouts
+    swept together (``ROOT_BATCH`` requests per sweep: a sparse product with many columns
+    costs much less per column than one with a few)."""
+    graph = view.graph
+    columns = columns or EdgeColumns(graph)
+    roots = np.flatnonzero([g.is_root for g in view.groups])
+    is_root = np.isin(view.of_node, roots)
+    names = [view.groups[g] for g in roots]
+
+    def shares(totals: np.ndarray) -> list[SourceShare]:
+        out = [SourceShare(g.name, g.kind, g.layer, g.pos, g.attends, g.concept, float(x))
+               for g, x in zip(names, totals[:-2], strict=True)]  # fmt: skip
+        for (name, kind), x in zip(PSEUDO_ROOTS, totals[-2:], strict=True):
+            out.append(SourceShare(name, kind, None, None, None, None, float(x)))
+        return out
+
+    out = []
+    for start in range(0, len(requests), ROOT_BATCH):
+        batch = requests[start : start + ROOT_BATCH]
+        directs, biases = [], []
+        for side, qk_head, query, key in batch:
+            wq, wk = (w.numpy() for w in side.reference_weights(query, key, torch.float64))
+            valid, at = side.valid.numpy(), side.at.numpy()
+            for vectors, weight in ((side.query, wq), (side.key, wk)):
+                vec = vectors[:, :, qk_head].double().numpy()  # pos 1+slot e
+                direct = np.zeros((graph.n_nodes, vec.shape[-1]))
+                direct[at[valid]] = (weight[:, None, None] * vec[:, 1:])[valid]
+                directs.append(direct)
+                biases.append(weight @ vec[:, 0])
+        direct = np.concatenate(directs, axis=1)  # node (request side e)
+        below = max(int(lorsa_stage(side.layer)) for side, *_ in batch)
+        flow = linear_flows(graph, direct, below, columns)[0]
+        by_group = np.zeros((view.n_groups, direct.shape[1]))
+        np.add.at(by_group, view.of_node[is_root], flow[is_root])
+        by_root = by_group[roots]
+        own = direct.sum(0) - by_root.sum(0)
+        width = len(biases[0])
+        for i, (side, *_) in enumerate(batch):
+            du, dv = (
+                np.concatenate([by_root[:, sl], biases[j][None], own[None, sl]])
+                for j in (2 * i, 2 * i + 1)
+                for sl in [slice(j * width, (j + 1) * width)]
+            )
+            table = du @ dv.T / math.sqrt(side.lorsa.cfg.d_qk)
+            out.append((shares(table.sum(1)), shares(table.sum(0)), table))
+    return out
+
+
+def root_split(
+    query_rows: list[SourceShare], key_rows: list[SourceShare], table: np.ndarray, top: int
+) -> tuple[list[RootPair], dict[str, float]]:
+    """A ``qk_root_pairs`` table read for people: its ``top`` largest terms by magnitude
+    between tokens and errors (largest first), and the table's exact split into ``tokens``
+    (token x token terms), ``constants`` (every term with a constant on either side: bias
+    nodes, the QK bias side, the nodes' own terms; the always-on part, which cancels across
+    positions only where nothing varies) and ``errors`` (the rest: terms with an error)."""
+    constant = np.array([r.kind in ("bias", "qk_bias", "own") for r in query_rows])
+    token_q = np.array([r.kind == "embedding" for r in query_rows])
+    token_k = np.array([r.kind == "embedding" for r in key_rows])
+    varying = table[~constant][:, ~constant]
+    parts = {
+        "tokens": float(table[token_q][:, token_k].sum()),
+        "errors": float(varying.sum() - table[token_q][:, token_k].sum()),
+        "constants": float(table.sum() - varying.sum()),
+    }
+    rows, cols = np.flatnonzero(~constant), np.flatnonzero(~constant)
+    magnitude = np.abs(varying).ravel()
+    flat = np.argpartition(-magnitude, top - 1)[:top] if magnitude.size > top else \
+        np.arange(magnitude.size)  # fmt: skip
+    flat = flat[np.argsort(-magnitude[flat], kind="stable")]
+    a, b = np.unravel_index(flat, varying.shape)
+    pairs = [
+        RootPair(query_rows[rows[i]], key_rows[cols[j]], float(varying[i, j]))
+        for i, j in zip(a.tolist(), b.tolist(), strict=True)
+        if varying[i, j] != 0
+    ]
+    return pairs, parts
 
 
 def _side_sources(view: GroupedGraph, flow: np.ndarray) -> dict[str, list[SourceShare]]:
@@ -586,6 +724,7 @@ def _summarize(
     sides: dict = {}
     units = unit_nodes(full)
     records = []
+    pending = []  # (QK reason, its root-pair request): computed together below
     for g in listed:
         grp = view.groups[g]
         member_flow = {ids[t]: flows[t][grp.members] for t in logits}
@@ -618,10 +757,15 @@ def _summarize(
                 reason.query_at, reason.key_at = parts["query_at"], parts["key_at"]
                 reason.query_sources = _side_sources(view, q_flow)
                 reason.key_sources = _side_sources(view, k_flow)
+                if head == heads[0]:  # the group's main QK head (the sweeps cost most)
+                    pending.append((reason, (sides[grp.layer][0], head, grp.pos, grp.attends)))
                 record.qk.append(reason)
         if check and g in keep_inner and logits:
             record.checks = _checks(replacement, full, run, grp.members, logits, tolerance, flows)
         records.append(record)
+    tables = qk_root_tables(view, [request for _, request in pending], columns)
+    for (reason, _), table in zip(pending, tables, strict=True):
+        reason.root_pairs, reason.root_parts = root_split(*table, ROOT_PAIRS)
     target_records = []
     for t, parts, ranking in targets:
         target_records.append(_target_record(full, t, parts, probs, run,
@@ -836,6 +980,17 @@ def ref_text(ref: NodeRef | None) -> str:
     return text
 
 
+def root_text(r: QKReasonRecord, top: int) -> str:
+    """A QK reason's root pairs in one line: the exact split of ``specific`` and its largest
+    token (or error) pairs, query side first."""
+    parts = r.root_parts
+    split = (f"tokens {_signed(parts.get('tokens'))}, errors {_signed(parts.get('errors'))}, "
+             f"constants {_signed(parts.get('constants'))}")  # fmt: skip
+    pairs = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
+                      for p in r.root_pairs[:top])  # fmt: skip
+    return f"specific by roots ({split}): {pairs}"
+
+
 def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
     """The summary as text (what ``python -m circuits.trace`` prints)."""
     lines = ["mechanisms (exact flows: each group's total linear contribution to the target):"]
@@ -898,6 +1053,8 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
                 if top:
                     lines.append(f"         {name} side from: " + "; ".join(
                         f"{x.name} {x.value:+.3g}" for x in top))  # fmt: skip
+            if r.root_pairs:
+                lines.append(f"         {root_text(r, max_pairs)}")
         for c in g.checks:
             mark = "FLAGGED" if c.flagged else "ok"
             lines.append(

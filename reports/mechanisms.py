@@ -15,6 +15,7 @@ from circuits.mechanisms import (
     NodeRef,
     QKReasonRecord,
     ref_text,
+    root_text,
 )
 
 CSS = """
@@ -67,6 +68,8 @@ def _reason_html(r: QKReasonRecord, drawn: set[str]) -> str:
             sources += f"<div>what the {name} holds (against the other side's deviation), "
             sources += "from, through the graph: "
             sources += "; ".join(items) + "</div>"
+    if r.root_pairs:
+        sources += f"<div>{_esc(root_text(r, 3))}</div>"
     return (
         f"<div>QK {r.qk_head} reads {_esc(repr(r.key_token))}@{r.key} (attention "
         f"{r.attention:.2f}): score {_span(r.score)} = always-on {_span(always)} (mean query "

@@ -103,7 +103,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
     parts, paths by group key, and each group with its members present in this graph."""
     if summary is None:
         return None
-    from circuits.mechanisms import ref_text
+    from circuits.mechanisms import ref_text, root_text
 
     known = graph.id_to_index
     return {
@@ -131,7 +131,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
                      "sources": {side: [[x.name, _num(x.value)] for c in ("roots", "heads")
                                         for x in d.get(c, [])[:1]]
                                  for side, d in (("query", r.query_sources),
-                                                 ("key", r.key_sources))}}
+                                                 ("key", r.key_sources))},
+                     "roots": root_text(r, 3) if r.root_pairs else None}
                     for r in g.qk],
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged]
                         for c in g.checks]}

@@ -1,5 +1,6 @@
 """The mechanism benchmark's criteria (benchmarks/mechanisms.py) on constructed QK reasons whose
-answer is known: which token each side's roots name decides ``reason`` and ``reason_match``."""
+answer is known: which token each side's roots name decides ``reason`` and ``reason_match``,
+and which token pair the root pairs lead with decides ``reason_roots``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from circuits.mechanisms import SourceShare
+from circuits.mechanisms import RootPair, SourceShare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,3 +77,31 @@ def test_reason_misses_are_sorted_by_what_the_key_side_leads_with():
     assert m._root_fields(None, IDS) is None
     assert m._root_fields(token(5, 2.5), IDS) == {"kind": "embedding", "pos": 5, "token": 11,
                                                   "value": 2.5}  # fmt: skip
+
+
+def roots(*pairs: tuple[SourceShare, SourceShare, float]):
+    return SimpleNamespace(root_pairs=[RootPair(*p) for p in pairs],
+                           root_parts={"tokens": 1.0, "errors": 0.0, "constants": 0.0})  # fmt: skip
+
+
+def test_root_pair_criteria_read_the_largest_moved_token_pair():
+    m = _benchmark()
+    # the key's own token (C) leads, then B at q x B before the key: reason_roots
+    plain = roots((token(Q, 1), token(K, 1), 9.0), (token(Q, 1), token(K - 1, 1), 4.0))
+    out = m.root_criteria("induction", plain, IDS, Q, K, key=True)
+    assert out["reason_roots"] and out["reason_roots_match"] and out["root_own_first"]
+    assert out["root_pair"]["query"]["pos"] == Q and out["root_pair"]["key"]["pos"] == K - 1
+    assert not m.root_criteria("induction", plain, IDS, Q, K, key=False)["reason_roots"]
+    # A before the query x A two before the key leads the moved pairs: a match, not the strict one
+    earlier = roots((token(Q, 1), token(K - 1, 1), 3.0), (token(Q - 1, 1), token(K - 2, 1), 5.0))
+    out = m.root_criteria("subtoken_induction", earlier, IDS, Q, K, key=True)
+    assert not out["reason_roots"] and out["reason_roots_match"] and not out["root_own_first"]
+    # different tokens, negative terms and error roots never match
+    other = roots((token(Q, 1), token(K - 2, 1), 5.0), (token(Q, 1), token(K - 1, 1), -9.0))
+    out = m.root_criteria("induction", other, IDS, Q, K, key=True)
+    assert not out["reason_roots"] and not out["reason_roots_match"]
+    error = SourceShare("L0 mlp error", "error", 0, K - 1, None, None, 4.0)
+    out = m.root_criteria("induction", roots((token(Q, 1), error, 9.0)), IDS, Q, K, key=True)
+    assert not out["reason_roots"] and "root_pair" not in out
+    # other families: no induction criterion
+    assert "reason_roots" not in m.root_criteria("successor", plain, IDS, Q, K, key=True)

@@ -17,9 +17,12 @@ from circuits.interventions import Intervention, direct_pre_activations, interve
 from circuits.mechanisms import (
     MechanismSummary,
     format_summary,
+    linear_flows,
     load_summary,
     node_flows,
+    qk_root_pairs,
     qk_side_flows,
+    root_split,
     save_summary,
     summarize,
     target_parts,
@@ -217,6 +220,55 @@ def test_each_side_of_the_specific_part_traces_back_to_roots(graph, replacement,
             assert total == pytest.approx(parts[f"{name}_at"], abs=1e-4)
 
 
+def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
+    """The root x root table of a QK reason sums to its specific part; each query (key) row
+    is what one root gives the query's (key's) deviation against the other side's whole
+    deviation, the same readout swept as a scalar; the ``own`` pseudo-root is the nodes' own
+    terms (``flow / activation * bias``); the readable split closes."""
+    records = qk_attribution(replacement, graph, reason=True, run=run)
+    view = auto_groups(graph)
+    roots = graph.is_kind("embedding", "error", "bias").numpy()
+    act = graph.activation.double().numpy()
+    bias = graph.bias.double().numpy()
+    for a in records[:6]:
+        with torch.no_grad():
+            side = QKSides(run, replacement, a.layer)
+        q_rows, k_rows, table = qk_root_pairs(view, side, a.qk_head, a.query, a.key)
+        assert table.sum() == pytest.approx(a.reason.specific, abs=1e-4)
+        # The scalar readouts: u_n . dv (query side) and du . v_n (key side), each source at
+        # every position weighted like its deviation.
+        wq, wk = (w.numpy() for w in side.reference_weights(a.query, a.key, torch.float64))
+        scale = math.sqrt(replacement.lorsas[a.layer].cfg.d_qk)
+        u = side.query[:, :, a.qk_head].double().numpy()
+        v = side.key[:, :, a.qk_head].double().numpy()
+        at, valid = side.at.numpy(), side.valid.numpy()
+        du = np.einsum("p,pse->e", wq, u * side.slot_valid.numpy()[..., None])
+        dv = np.einsum("p,pse->e", wk, v * side.slot_valid.numpy()[..., None])
+        below = 2 * a.layer + 1
+        for rows, vec, weight, other in ((q_rows, u, wq, dv), (k_rows, v, wk, du)):
+            direct = np.zeros(graph.n_nodes)
+            direct[at[valid]] = (weight[:, None] * (vec[:, 1:] @ other))[valid] / scale
+            flow = linear_flows(graph, direct, below)[0]
+            by_name = {r.name: r.value for r in rows}
+            for g in view.groups:
+                if g.is_root:
+                    assert by_name[g.name] == pytest.approx(flow[g.members].sum(), abs=1e-4)
+            own = np.where(roots, 0, flow / np.where(act != 0, act, 1) * bias)
+            assert by_name["own terms of the nodes"] == pytest.approx(
+                own[graph.stage.numpy() < below].sum(), abs=1e-4
+            )
+            assert by_name["QK bias side"] == pytest.approx(weight @ vec[:, 0] @ other / scale,
+                                                            abs=1e-4)  # fmt: skip
+        # Key-side roots come only from positions up to the query.
+        for r, x in zip(k_rows, table.sum(0), strict=True):
+            assert r.pos is None or r.pos <= a.query or abs(x) < 1e-9
+        pairs, parts = root_split(q_rows, k_rows, table, 4)
+        assert sum(parts.values()) == pytest.approx(a.reason.specific, abs=1e-4)
+        assert all(p.query.kind in ("embedding", "error") and p.key.kind in ("embedding", "error")
+                   for p in pairs)  # fmt: skip
+        assert [abs(p.value) for p in pairs] == sorted((abs(p.value) for p in pairs), reverse=True)
+
+
 # ----------------------------------------------------------------- groups
 def test_a_supernode_sums_its_members_edges_exactly(graph):
     heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()[-3:]
@@ -324,6 +376,8 @@ def test_summary_records(graph, replacement, run, tmp_path):
             assert set(sources) == {"roots", "heads", "features"}
             for xs in sources.values():
                 assert [x.value for x in xs] == sorted((x.value for x in xs), reverse=True)
+        assert sum(r.root_parts.values()) == pytest.approx(r.specific, abs=1e-4)
+        assert r.root_pairs and all(p.query.pos <= r.query for p in r.root_pairs)
         for p in r.pairs:  # fields, not ids, say where each side is
             assert p.query.kind == "qk bias" or not p.query.present or p.query.pos == r.query
             assert p.key.kind == "qk bias" or not p.key.present or p.key.pos == r.key
@@ -356,6 +410,7 @@ def test_summary_records(graph, replacement, run, tmp_path):
     )
     text = format_summary(back)
     assert "predicting heads" in text and "QK" in text and "FLAGGED where" in text
+    assert "specific by roots (tokens" in text
     checks = [line.strip() for line in text.splitlines() if line.strip().startswith("ablate")]
     assert len(checks) == sum(len(g.checks) for g in back.groups)
     if len(back.targets) > 1:  # each check line says which target it measures
@@ -407,6 +462,7 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
     assert browser.evaluate("document.getElementById('viewer').dataset.error || ''") == ""
     text = browser.evaluate("document.querySelector('#viewer .panel').innerText")
     assert "Mechanisms" in text and "predicting heads" in text and "key side from" in text
+    assert "specific by roots (tokens" in text
     buttons = browser.evaluate("document.querySelectorAll('#viewer .panel .mech-group').length")
     assert buttons > 0
     browser.evaluate("document.querySelector('#viewer .panel .mech-group').click()")

@@ -797,6 +797,7 @@
           const src = (r.sources || {})[side] || [];
           if (src.length) li.append(el("div", { class: "muted" }, `${side} side from: ` + src.map((x) => `${x[0]} ${signed(x[1])}`).join("; ")));
         }
+        if (r.roots) li.append(el("div", { class: "muted" }, r.roots));
       }
       for (const c of g.checks) {
         li.append(el("div", { class: c[4] ? "neg" : "muted" },

@@ -17,8 +17,11 @@ generator's spans give the expected key(s):
 
 - ``induction`` (repeat documents): a token of the second copy (not its first); key: the
   token after the earlier occurrence of the query's token in the first copy;
-- ``subtoken_induction`` (names documents): a later sub-token of a repeated rare name; keys:
-  the same sub-token in every earlier mention (tokenized alike);
+- ``subtoken_induction`` (names documents): a later sub-token of a repeated rare name, in a
+  mention tokenized like an earlier one; keys: the same sub-token in every earlier mention
+  tokenized alike, and in any earlier mention (tokenized otherwise, e.g. without the leading
+  space at a document's start) every sub-token equal to the target that follows a sub-token
+  equal to the query's;
 - ``successor`` (successor documents; single-token items, not counting): an item; key: its
   ``span.previous``;
 - ``operand_fetching`` (addition documents): an answer digit; keys: the digits of the same
@@ -237,10 +240,15 @@ def candidates(family: str, ids: list[int], offsets, spans) -> list[tuple[int, l
     elif family == "subtoken_induction":
         for span in [s for s in spans if s.kind == "name" and s.rare and s.earlier is not None]:
             pos = _positions(offsets, span)
-            earlier = [_positions(offsets, e) for e in span.occurrences_before()]
-            earlier = [e for e in earlier if [ids[i] for i in e] == [ids[i] for i in pos]]
-            if len(pos) >= 2 and earlier:
-                out += [(pos[j], [e[j] for e in earlier]) for j in range(1, len(pos))]
+            mentions = [_positions(offsets, e) for e in span.occurrences_before()]
+            alike = [e for e in mentions if [ids[i] for i in e] == [ids[i] for i in pos]]
+            if len(pos) >= 2 and alike:
+                for j in range(1, len(pos)):
+                    keys = {e[j] for e in alike} | {
+                        e[i + 1] for e in mentions for i in range(len(e) - 1)
+                        if ids[e[i]] == ids[pos[j - 1]] and ids[e[i + 1]] == ids[pos[j]]
+                    }  # fmt: skip
+                    out.append((pos[j], sorted(keys)))
     elif family == "successor":
         for span in [s for s in spans if s.kind == "item" and s.previous is not None]:
             if span.sequence == "counting":

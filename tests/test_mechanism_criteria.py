@@ -105,3 +105,32 @@ def test_root_pair_criteria_read_the_largest_moved_token_pair():
     assert not out["reason_roots"] and "root_pair" not in out
     # other families: no induction criterion
     assert "reason_roots" not in m.root_criteria("successor", plain, IDS, Q, K, key=True)
+
+
+def test_subtoken_keys_include_earlier_mentions_tokenized_otherwise():
+    """A name at a document's start has no leading space, so its first sub-token differs from
+    later mentions'; the sub-token after the query's sub-token there is a key all the same."""
+    m = _benchmark()
+    # BOS Z ou b le | x | ␣Z ou b le | y | ␣Z ou b le
+    pieces = ["", "Z", "ou", "b", "le", " x", " Z", "ou", "b", "le", " y", " Z", "ou", "b", "le"]
+    vocab = {"": 0, "Z": 1, "ou": 2, "b": 3, "le": 4, " x": 5, " Z": 6, " y": 7}
+    ids = [vocab[t] for t in pieces]
+    offsets, at = [], 0
+    for t in pieces:
+        offsets.append((at, at + len(t)))
+        at += len(t)
+
+    def mention(start: int, end: int, before: list):
+        return SimpleNamespace(kind="name", rare=True, start=start, end=end,
+                               earlier=before[-1] if before else None,
+                               occurrences_before=lambda: list(before))  # fmt: skip
+
+    first = mention(0, 6, [])
+    second = mention(8, 15, [first])
+    third = mention(17, 24, [first, second])
+    found = dict(m.candidates("subtoken_induction", ids, offsets, [first, second, third]))
+    assert found[12] == [7]  # 'ou' after ' Z': only the mention tokenized alike
+    assert found[14] == [4, 9]  # 'le' after 'b': both earlier mentions
+    # the second mention has no earlier mention tokenized alike: no probe there (which
+    # prompts are drawn does not change), nor anywhere in the first
+    assert sorted(found) == [12, 13, 14]

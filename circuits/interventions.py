@@ -311,6 +311,58 @@ def intervene(
     return InterventionResult([graph.ids[i] for i in rows.tolist()], predicted, actual, logits)
 
 
+def first_order(
+    replacement: ReplacementModel,
+    graph: Graph,
+    *,
+    freeze_attention: bool = False,
+    freeze_layernorm: bool | None = None,
+    run: PromptRun | None = None,
+) -> Float[Tensor, "target node"]:
+    """Every head's and feature's first-order effect on each logit target (rows in node
+    order): ``a_n dT/da_n`` at the clean point, with attention (and by default with it
+    LayerNorm) frozen or free, errors held at their clean values (local mode); other nodes'
+    entries are 0. To first order, ablating a set of nodes changes a target by minus the sum
+    of their entries. Frozen, this is the graph's own linear prediction (``predict``); free,
+    it adds what the nodes' writes do to later attention patterns and LayerNorm scales, the
+    paths the graph holds fixed."""
+    freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
+    run = run or _run_for(replacement, graph)
+    n, L = len(run.tokens), run.n_layers
+    cache = _clean_nodes(replacement, run)
+    errors = {name: v for name, v in cache.items() if name.endswith("hook_error")}
+    scales = {
+        hook_name(l, ACTIVATION_SITE[kind]): torch.ones(1, n, width, requires_grad=True)
+        for l in range(L)
+        for kind, width in ((Kind.LORSA, replacement.lorsas[l].cfg.n_ov_heads),
+                            (Kind.TRANSCODER, replacement.transcoders[l].cfg.d_sae))
+    }  # fmt: skip
+    hooks = _hooks(
+        replacement, run, freeze_attention=freeze_attention, freeze_layernorm=freeze_layernorm,
+        z=[None] * L, acts=[None] * L, errors=errors if run.mode == "local" else {},
+        embed_scale=None,
+    )  # fmt: skip
+    hooks += [(name, lambda act, hook, m=m: act * m) for name, m in scales.items()]
+    with torch.enable_grad():
+        logits = replacement.run_with_hooks(run.tokens[None], mode=run.mode, fwd_hooks=hooks)
+        rows, read = _logit_readout(graph)
+        values = read(logits[0, -1])
+        out = torch.zeros(len(rows), graph.n_nodes)
+        units = graph.is_kind(Kind.LORSA, Kind.TRANSCODER).nonzero().squeeze(1)
+        names = [
+            hook_name(block_of(int(s)), ACTIVATION_SITE[Kind(int(k))])
+            for k, s in zip(graph.kind[units].tolist(), graph.stage[units].tolist(), strict=True)
+        ]
+        order = list(scales)
+        which = torch.tensor([order.index(name) for name in names], dtype=torch.long)
+        for j in range(len(rows)):
+            grads = torch.autograd.grad(values[j], list(scales.values()), retain_graph=True)
+            for b, g in enumerate(grads):
+                sel = units[which == b]
+                out[j, sel] = g[0, graph.pos[sel], graph.index[sel]]
+    return out
+
+
 def predict(graph: Graph, interventions: list[Intervention]) -> Float[Tensor, " node"]:
     """Every node's change under ``interventions`` according to the graph alone: changes flow
     along edges (per unit of the source's activation), stage by stage, through heads and

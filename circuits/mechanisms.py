@@ -67,7 +67,7 @@ QK_PAIRS = 5
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
 ROOT_PAIRS = 5  # root x root terms listed for each QK reason
 TIMES_COLUMNS = 16  # columns per sparse product in EdgeColumns.times
-ROOT_BATCH = 8  # QK reasons whose root pairs one sweep computes (2 x d_qk columns each)
+ROOT_BATCH = 8  # QK reasons per root-pair sweep (2 x d_qk columns each: bounds memory)
 PSEUDO_ROOTS = (("QK bias side", "qk_bias"), ("own terms of the nodes", "own"))  # qk_root_pairs
 VERSION = 1
 

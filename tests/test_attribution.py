@@ -15,7 +15,13 @@ from circuits.attribution import (
     run_prompt,
 )
 from circuits.graph import Graph
-from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
+from circuits.interventions import (
+    Intervention,
+    direct_pre_activations,
+    first_order,
+    intervene,
+    predict,
+)
 from circuits.neuronpedia import to_json
 from circuits.prune import find_threshold, graph_scores, influence, prune_graph
 from circuits.qk import QKSides, qk_attribution
@@ -378,6 +384,30 @@ def test_intervention_changes_agree_with_the_graph(graph, replacement):
         intervene(replacement, graph, [Intervention("nope")])
     with pytest.raises(ValueError, match="unknown action"):
         intervene(replacement, graph, [Intervention(node, "double")])
+
+
+def test_first_order_effects_are_the_graph_frozen_and_a_derivative_free(graph, replacement):
+    """With attention and LayerNorm frozen, ``a_n dT/da_n`` (autograd through the model) is the
+    graph's own prediction for ablating n; free, it is the slope of the measured change."""
+    frozen = first_order(replacement, graph, freeze_attention=True)
+    free = first_order(replacement, graph)
+    logits = graph.is_kind("logit").nonzero().squeeze(1)
+    units = graph.is_kind("lorsa", "transcoder").nonzero().squeeze(1).tolist()
+    assert frozen.shape == (len(logits), graph.n_nodes)
+    others = torch.ones(graph.n_nodes, dtype=torch.bool)
+    others[units] = False
+    assert not frozen[:, others].any() and not free[:, others].any()
+    row = graph.edges[[int(logits[0])]].toarray()[0]
+    strongest = [units[i] for i in np.argsort(-np.abs(row[units]))[:3].tolist()]
+    for i in units[:: max(1, len(units) // 12)] + strongest:
+        edit = [Intervention(graph.ids[i], "ablate")]
+        torch.testing.assert_close(-frozen[:, i], predict(graph, edit)[logits],
+                                   atol=1e-4, rtol=1e-3)  # fmt: skip
+    for i in strongest:
+        small = intervene(replacement, graph, [Intervention(graph.ids[i], "scale", 1.001)],
+                          freeze_attention=False)  # fmt: skip
+        torch.testing.assert_close(small.actual, 1e-3 * free[:, i], atol=1e-4, rtol=5e-2)
+    assert not torch.allclose(frozen, free)  # the attention paths count
 
 
 # ----------------------------------------------------------------- untrained tokens

@@ -134,3 +134,24 @@ def test_subtoken_keys_include_earlier_mentions_tokenized_otherwise():
     # the second mention has no earlier mention tokenized alike: no probe there (which
     # prompts are drawn does not change), nor anywhere in the first
     assert sorted(found) == [12, 13, 14]
+
+
+def test_first_order_agreement_counts_signs_against_the_free_measurement():
+    import torch
+
+    m = _benchmark()
+    ids = ["a", "b", "c", "t"]
+    logit = torch.tensor([False, False, False, True])
+    full = SimpleNamespace(ids=ids, id_to_index={x: i for i, x in enumerate(ids)},
+                           is_kind=lambda kind: logit)  # fmt: skip
+    slopes = torch.tensor([[1.0, -3.0, 0.5, 0.0]])  # ablating a and b: -(1 - 3) = +2
+
+    def group(members: list[str], free: float, agree_free: bool):
+        check = SimpleNamespace(target="t", free=free, agree_free=agree_free)
+        return SimpleNamespace(members=members, checks=[check])
+
+    groups = [group(["a", "b"], +1.0, False),  # +2 vs +1: agrees where the graph did not
+              group(["c"], +0.2, True),  # -0.5 vs +0.2: disagrees
+              group([], 0.001, True)]  # 0 vs 0.001: both below the tolerance  # fmt: skip
+    out = m.first_order_agreement(SimpleNamespace(groups=groups), full, slopes, tolerance=0.01)
+    assert out == {"agree_first_order_free": 2, "disagree_free": 1, "disagree_free_explained": 1}

@@ -1044,8 +1044,13 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
                 f"{r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key:+.3g} "
                 f"(mean q x mean k {r.mean_query_mean_key:+.3g}, q x mean k "
                 f"{r.query_vs_mean_key:+.3g}, mean q x k {r.mean_query_vs_key:+.3g}) + specific "
-                f"{r.specific:+.3g} (unlisted {r.rest_share:.0%})"
+                f"{r.specific:+.3g}"
             )
+            if r.root_pairs:
+                lines.append(f"         {root_text(r, max_pairs)}")
+            if r.pairs:
+                lines.append(f"         specific by units at the two positions (the pairs "
+                             f"below leave out {r.rest_share:.0%}):")  # fmt: skip
             for p in r.pairs[:max_pairs]:
                 lines.append(f"         {p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
             for name, sources in (("query", r.query_sources), ("key", r.key_sources)):
@@ -1053,8 +1058,6 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
                 if top:
                     lines.append(f"         {name} side from: " + "; ".join(
                         f"{x.name} {x.value:+.3g}" for x in top))  # fmt: skip
-            if r.root_pairs:
-                lines.append(f"         {root_text(r, max_pairs)}")
         for c in g.checks:
             mark = "FLAGGED" if c.flagged else "ok"
             lines.append(

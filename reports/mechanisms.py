@@ -68,15 +68,15 @@ def _reason_html(r: QKReasonRecord, drawn: set[str]) -> str:
             sources += f"<div>what the {name} holds (against the other side's deviation), "
             sources += "from, through the graph: "
             sources += "; ".join(items) + "</div>"
-    if r.root_pairs:
-        sources += f"<div>{_esc(root_text(r, 3))}</div>"
+    roots = f"<div>{_esc(root_text(r, 3))}</div>" if r.root_pairs else ""
     return (
         f"<div>QK {r.qk_head} reads {_esc(repr(r.key_token))}@{r.key} (attention "
         f"{r.attention:.2f}): score {_span(r.score)} = always-on {_span(always)} (mean query "
         f"&times; mean key {_span(r.mean_query_mean_key)}, this query &times; mean key "
         f"{_span(r.query_vs_mean_key)}, mean query &times; this key "
-        f"{_span(r.mean_query_vs_key)}) + specific {_span(r.specific)}, of which the pairs "
-        f"below leave out {r.rest_share:.0%} of the magnitude:</div><ul>{pairs}</ul>{sources}"
+        f"{_span(r.mean_query_vs_key)}) + specific {_span(r.specific)}</div>{roots}"
+        f"<div>specific by units at the two positions (the pairs below leave out "
+        f"{r.rest_share:.0%} of the magnitude):</div><ul>{pairs}</ul>{sources}"
     )
 
 

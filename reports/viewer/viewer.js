@@ -791,13 +791,14 @@
     out.push(el("ul", { class: "mech-groups" }, ...inner.map((g) => {
       const li = el("li", {}, el("b", {}, g.key), " " + g.name + " · flow " + Object.entries(g.flow).map(([node, v]) => (several ? named(node) + " " : "") + signed(v)).join(", "));
       for (const r of g.qk) {
-        li.append(el("div", { class: "muted" }, `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`),
-          el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
+        li.append(el("div", { class: "muted" }, `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`));
+        // Tokens first (which token at the query meets which at the key), then the units.
+        if (r.roots) li.append(el("div", { class: "muted" }, r.roots));
+        li.append(el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
         for (const side of ["query", "key"]) {
           const src = (r.sources || {})[side] || [];
           if (src.length) li.append(el("div", { class: "muted" }, `${side} side from: ` + src.map((x) => `${x[0]} ${signed(x[1])}`).join("; ")));
         }
-        if (r.roots) li.append(el("div", { class: "muted" }, r.roots));
       }
       for (const c of g.checks) {
         li.append(el("div", { class: c[4] ? "neg" : "muted" },

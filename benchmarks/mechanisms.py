@@ -465,13 +465,15 @@ def first_order_agreement(summary, full, slopes, tolerance: float) -> dict:
     (``slopes``: ``circuits.interventions.first_order`` of ``full``) against the free
     measurement; counts of sign agreement overall and among the checks where the graph's
     prediction and the free measurement disagree."""
+    from circuits.mechanisms import signs_agree
+
     row_of = {full.ids[int(i)]: j for j, i in enumerate(full.is_kind("logit").nonzero())}
     out = {"agree_first_order_free": 0, "disagree_free": 0, "disagree_free_explained": 0}
     for g in summary.groups:
         members = [full.id_to_index[m] for m in g.members]
         for c in g.checks:
             first = -float(slopes[row_of[c.target], members].sum())
-            agree = max(abs(first), abs(c.free)) < tolerance or first * c.free > 0
+            agree = signs_agree(first, c.free, tolerance)
             out["agree_first_order_free"] += agree
             out["disagree_free"] += not c.agree_free
             out["disagree_free_explained"] += not c.agree_free and agree

@@ -897,7 +897,8 @@ def _reason_record(
     )  # fmt: skip
 
 
-def _agree(predicted: float, actual: float, tolerance: float) -> bool:
+def signs_agree(predicted: float, actual: float, tolerance: float) -> bool:
+    """A check's sign agreement: same sign, or both below ``tolerance`` in magnitude."""
     return max(abs(predicted), abs(actual)) < tolerance or predicted * actual > 0
 
 
@@ -930,7 +931,7 @@ def _checks(replacement, full, run, members, logits, tolerance, flows) -> list[E
     for j, target in enumerate(frozen.targets):
         p = float(frozen.predicted[j])
         fz, fr = float(frozen.actual[j]), float(free.actual[j])
-        agree_frozen, agree_free = _agree(p, fz, tolerance), _agree(p, fr, tolerance)
+        agree_frozen, agree_free = signs_agree(p, fz, tolerance), signs_agree(p, fr, tolerance)
         flagged = (
             not (agree_frozen and agree_free) or _off(p, fz, tolerance) or _off(p, fr, tolerance)
         )

@@ -1,7 +1,7 @@
 """Mechanism summaries on probe prompts: does the summary name the head group that predicts,
 the key it reads and why, and does the linear graph agree in sign with ablations?
 
-    python benchmarks/mechanisms.py [--model default] [--prompts 40]
+    python benchmarks/mechanisms.py [--model default] [--prompts 40] [--min-correct 30]
 
 Targets (issue 14, item 3), per probe family, over the prompts the model gets right (its top
 token is the expected one): in >= 90% of them the summary's predicting head group attends to
@@ -10,7 +10,9 @@ check agrees in sign with the measured effect for >= 90% of the summary's checke
 
 **Prompts.** For each family, ``--prompts`` prompts taken in turn from three sources: held-out
 documents (``toy_models.data.examples(family, "heldout")``), documents in held-out forms
-(``"heldout_forms"``), and frames written here (``NEW_FRAMES``, in no split of the corpus).
+(``"heldout_forms"``), and frames written here (``NEW_FRAMES``, in no split of the corpus);
+then more in the same order until ``--min-correct`` of them are prompts the model gets right
+(at most ``--max-prompts``), so that every family's rates rest on as many prompts.
 A prompt is a document's tokens cut just before one scored token (drawn with a seeded
 generator among the document's candidates); the query is the last position ``q`` and the
 generator's spans give the expected key(s):
@@ -533,7 +535,12 @@ def concepts_for(replacement, tokenizer, model: str, mode: str) -> tuple[dict | 
     return out, str(path)
 
 
-def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: str) -> dict:
+def run_family(
+    replacement, tokenizer, prompts: list[Prompt], concepts, mode: str, at_least: int | None = None,
+    min_correct: int = 0,
+) -> dict:  # fmt: skip
+    """Score ``prompts`` in order: the first ``at_least`` (default: all), then more until
+    ``min_correct`` of the scored ones are prompts the model gets right."""
     import torch
 
     from circuits.attribution import LogitTarget, attribute, run_prompt
@@ -543,7 +550,10 @@ def run_family(replacement, tokenizer, prompts: list[Prompt], concepts, mode: st
     records = []
     cpu = 0.0
     untrained = replacement.model.untrained_tokens or frozenset()
-    for prompt in prompts:
+    at_least = len(prompts) if at_least is None else at_least
+    for i, prompt in enumerate(prompts):
+        if i >= at_least and sum(r["correct"] for r in records) >= min_correct:
+            break
         t0 = time.process_time()
         tokens = torch.tensor(prompt.ids)
         run = run_prompt(replacement, tokens, mode, constants=True)
@@ -636,6 +646,14 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="zoo name or directory")
     parser.add_argument("--prompts", type=int, default=40, help="prompts per probe family")
+    parser.add_argument(
+        "--min-correct",
+        type=int,
+        default=30,
+        help="then more prompts until this many are ones the model gets right",
+    )
+    parser.add_argument("--max-prompts", type=int, default=200,
+                        help="at most this many prompts per family")  # fmt: skip
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma-separated among {', '.join(FAMILIES)}")  # fmt: skip
     parser.add_argument("--mode", choices=("local", "sparse"), default="local")
@@ -651,6 +669,8 @@ def parse_args(argv):
         parser.error(f"--families: unknown {bad}; choose among {', '.join(FAMILIES)}")
     if args.prompts < 1:
         parser.error("--prompts must be positive")
+    if args.min_correct < 0 or args.max_prompts < args.prompts:
+        parser.error("--min-correct must be >= 0 and --max-prompts >= --prompts")
     args.families = families
     return args
 
@@ -668,16 +688,20 @@ def main(argv=None) -> int:
     concepts, concept_source = concepts_for(replacement, tokenizer, args.model, args.mode)
     startup = time.perf_counter() - t0
     result = {"model": args.model, "mode": args.mode, "prompts_per_family": args.prompts,
+              "min_correct": args.min_correct, "max_prompts": args.max_prompts,
               "threads": args.threads,
               "concepts": concept_source, "startup_seconds": round(startup, 2),
               "families": {}}  # fmt: skip
     with torch.no_grad():
         for family in args.families:
             t1 = time.perf_counter()
-            prompts = build_prompts(tokenizer, family, args.prompts, replacement.cfg.n_ctx - 1)
+            # The first prompts of a longer list are the same as those of a shorter one.
+            n = max(args.prompts, args.max_prompts)
+            prompts = build_prompts(tokenizer, family, n, replacement.cfg.n_ctx - 1)
             result["families"][family] = run_family(
-                replacement, tokenizer, prompts, concepts, args.mode
-            )
+                replacement, tokenizer, prompts, concepts, args.mode, at_least=args.prompts,
+                min_correct=args.min_correct,
+            )  # fmt: skip
             result["families"][family]["wall_seconds"] = round(time.perf_counter() - t1, 2)
             summary = {k: v for k, v in result["families"][family].items()
                        if k not in ("records", "by_source")}  # fmt: skip

@@ -252,8 +252,13 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings["scores"] = scored.scores
     dashboards, labels, concepts = _dashboards(args, replacement, tokenizer, graph, full)
-    mechanisms = None
-    if args.mechanisms:
+    mechanisms, not_summarised = None, None
+    if args.mechanisms and not bool(full.is_kind("logit").any()):
+        not_summarised = (
+            "mechanisms: none (the summary reads logit targets, and this graph's targets are "
+            "heads or features: their inputs are in the graph and the report)"
+        )
+    elif args.mechanisms:
         t_mech = time.perf_counter()
         mechanisms = summarize(
             replacement, full, run, pruned=graph, concepts=concepts, check=args.checks
@@ -274,6 +279,8 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     print(summary(full, graph, scored.scores, timings, labels))
     if mechanisms is not None:
         print(format_summary(mechanisms))
+    if not_summarised:
+        print(not_summarised)
     for note in written.notes:
         print(note, file=sys.stderr)
     for path in written.paths:
@@ -345,8 +352,14 @@ def summary(full, graph, scores, timings, labels=None) -> str:
     """A few lines: what the model predicts, how big the graph is, how good, how fast."""
     from reports.labels import node_label
 
-    logits = graph.is_kind("logit").nonzero().squeeze(1).tolist()
-    lines = ["targets: " + ", ".join(node_label(graph, i) for i in logits)]
+    from .nodes import Kind
+
+    targets = (graph.is_kind("logit") | (graph.target_weight > 0)).nonzero().squeeze(1).tolist()
+    lines = ["targets: " + ", ".join(
+        node_label(graph, i) + ("" if graph.kind[i] == Kind.LOGIT else
+                                f" (pre-activation {float(graph.value[i]):.4g})")
+        for i in targets
+    )]  # fmt: skip
     closure = full.settings["closure_error"]
     lines += [
         f"graph: {full.n_nodes} nodes, {full.n_edges} edges -> pruned to {graph.n_nodes} nodes "

@@ -77,6 +77,28 @@ def test_trace_targets_modes_and_formats(tmp_path, capsys):
     assert not (out / "graph.svg").exists()
 
 
+def test_a_node_target_is_named_and_has_no_empty_summary(tmp_path, capsys):
+    """A head or feature as the only target: the targets line names it with its value, and
+    the mechanism summary (which reads logit targets) says so in one line instead of printing
+    empty headings; an earlier run's ``mechanisms.json`` goes."""
+    out = tmp_path / "n"
+    code, _, _ = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "")
+    assert code == 0 and (out / "mechanisms.json").exists()
+    graph = Graph.load(out / "graph.safetensors")
+    feature = next(i for i in graph.is_kind("transcoder").nonzero().squeeze(1).tolist()
+                   if int(graph.layer[i]) == 1)  # fmt: skip
+    node = f"transcoder:1:{int(graph.pos[feature])}:{int(graph.index[feature])}"
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
+                              "--target-node", node)  # fmt: skip
+    assert code == 0
+    first = stdout.splitlines()[0]
+    assert first.startswith(f"targets: L1 feature {int(graph.index[feature])} @")
+    assert "(pre-activation " in first
+    assert "mechanisms: none (the summary reads logit targets" in stdout
+    assert "groups:" not in stdout and "top paths" not in stdout
+    assert not (out / "mechanisms.json").exists() and "removed" in err
+
+
 def test_trace_notes_the_tokens_the_model_never_trained_on(tmp_path, capsys):
     """The default model never saw ``#`` in training: the trace says so, in one line, and the
     graph records where."""

@@ -58,9 +58,10 @@ class Intervention:
 
 @dataclass
 class InterventionResult:
-    """Effects on the graph's logit targets, and the new top tokens at the last position."""
+    """Effects on the graph's targets (``target_nodes``: logits, then heads or features, whose
+    pre-activations are read), and the new logits at the last position."""
 
-    targets: list[str]  # logit node ids
+    targets: list[str]  # target node ids
     predicted: Float[Tensor, " target"]  # change predicted by the linear graph
     actual: Float[Tensor, " target"]  # change measured by rerunning the model
     logits: Float[Tensor, " d_vocab"]  # the last position's logits after the intervention
@@ -134,12 +135,27 @@ def _source_count(graph: Graph, run: PromptRun) -> int:
     return n_src
 
 
+def target_nodes(graph: Graph) -> list[int]:
+    """The nodes a graph explains: its logit nodes, then the heads and features it was traced
+    from (``NodeTarget``: positive ``target_weight``), in node order each."""
+    logits = graph.is_kind(Kind.LOGIT)
+    nodes = (graph.target_weight > 0) & ~logits
+    return torch.cat([logits.nonzero(), nodes.nonzero()]).squeeze(1).tolist()
+
+
+def _pre_activation_site(graph: Graph, i: int) -> str:
+    """The hook holding head or feature ``i``'s pre-activation (its value in the graph)."""
+    kind = Kind(int(graph.kind[i]))
+    return hook_name(block_of(int(graph.stage[i])), f"{SITE[kind]}.hook_pre")
+
+
 def _logit_readout(graph: Graph) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """The logit nodes, and a function from last-position logits (..., vocab) to their values."""
     rows = graph.is_kind(Kind.LOGIT).nonzero().squeeze(1)
     records = graph.logit_targets  # one per logit node, in node order
     pos_idx = torch.tensor([r.token for r in records], dtype=torch.long)
-    neg_idx = torch.tensor([-1 if r.negative is None else r.negative for r in records])
+    neg_idx = torch.tensor([-1 if r.negative is None else r.negative for r in records],
+                           dtype=torch.long)  # fmt: skip
     is_diff = neg_idx >= 0
 
     def read(logits: Tensor) -> Tensor:
@@ -304,9 +320,22 @@ def intervene(
         embed_scale=embed_scale, bias_scale=bias_scale,
     )  # fmt: skip
     hooks += [(name, patch(entries)) for name, entries in patches.items()]
+    # Head and feature targets: their pre-activations, read where the model computes them.
+    nodes = [i for i in target_nodes(graph) if graph.kind[i] != Kind.LOGIT]
+    seen: dict[str, Tensor] = {}
+
+    def keep(act, hook):
+        seen[hook.name] = act.detach()
+
+    hooks += [(name, keep) for name in dict.fromkeys(_pre_activation_site(graph, i) for i in nodes)]
     logits = replacement.run_with_hooks(run.tokens[None], mode=run.mode, fwd_hooks=hooks)[0, -1]
     rows, read = _logit_readout(graph)
     actual = read(logits) - read(run.logits[-1])
+    if nodes:
+        moved = [float(seen[_pre_activation_site(graph, i)][0, graph.pos[i], graph.index[i]]
+                       - graph.value[i]) for i in nodes]  # fmt: skip
+        rows = torch.cat([rows, torch.tensor(nodes, dtype=torch.long)])
+        actual = torch.cat([actual, torch.tensor(moved)])
     predicted = (predict(graph, interventions) if predicted is None else predicted)[rows]
     return InterventionResult([graph.ids[i] for i in rows.tolist()], predicted, actual, logits)
 

@@ -1,7 +1,9 @@
 """The mechanism summary: a graph read at the level of groups, with checks of its linearity.
 
 Built from the *full* graph of a prompt (every edge, so every number is exact) and its groups
-(``circuits.groups.auto_groups``). For each logit target ``t``:
+(``circuits.groups.auto_groups``). For each target ``t`` (``circuits.interventions.target_nodes``:
+the logits, then any head or feature the graph was traced from, whose value is its
+pre-activation):
 
 - **flows.** ``h_n = d value_t / d value_n`` through the frozen linear graph (``h_t = 1``;
   ``h_s = sum_r h_r edges[r, s] / activation_s``); a node's *flow* ``h_n activation_n`` is its
@@ -52,8 +54,8 @@ import torch
 
 from .attribution import PromptRun
 from .graph import Graph, QKAttribution
-from .groups import AUTO_RULES, GroupedGraph, auto_groups
-from .interventions import Intervention, intervene, predict
+from .groups import AUTO_RULES, GroupedGraph, auto_groups, node_name
+from .interventions import Intervention, intervene, predict, target_nodes
 from .nodes import Kind, lorsa_stage, unit_id
 from .qk import qk_record
 
@@ -241,7 +243,9 @@ class PathRecord:
 
 @dataclass
 class TargetRecord:
-    """A logit target: its value split exactly into ``tokens + errors + constants``;
+    """A target: a logit (or logit difference), or a head or feature (``kind``; ``token`` its
+    name, ``value`` its pre-activation, no probability or runner-up); its value split exactly
+    into ``tokens + errors + constants``;
     ``constants_by_source`` the constant part by where it comes from (each sublayer's bias
     nodes, ``own`` the nodes' own terms); the runner-up token and the margin over it; the
     predicting head group (a group key) and the ``HEAD_GROUPS`` head groups at the target's
@@ -261,10 +265,14 @@ class TargetRecord:
     margin: float | None
     predicting_group: str | None
     head_groups: list[str] = field(default_factory=list)
+    kind: str = "logit"  # or the kind of a head or feature target ("lorsa", "transcoder")
 
     @property
     def label(self) -> str:
-        """How the target is named to a reader: ``' Friday'`` or ``' Friday' - ' May'``."""
+        """How the target is named to a reader: ``' Friday'``, ``' Friday' - ' May'``, or a
+        head's or feature's name (``token`` holds it; its value is its pre-activation)."""
+        if self.kind != "logit":
+            return self.token
         return repr(self.token) + (f" - {self.negative!r}" if self.negative else "")
 
 
@@ -689,7 +697,7 @@ def _summarize(
     concepts = concepts or {}
     grouping = "given" if view is not None else AUTO_RULES
     view = view or auto_groups(full, concepts)
-    logits = full.is_kind("logit").nonzero().squeeze(1).tolist()
+    logits = target_nodes(full)  # the targets: logits, then heads or features
     flows: dict[int, np.ndarray] = {}
     targets, paths, chosen, ranked = [], [], [], set()
     probs = run.logits[-1].softmax(-1)
@@ -797,6 +805,16 @@ def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int) -> list[
 
 
 def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
+    kind = Kind(int(graph.kind[t]))
+    if kind != Kind.LOGIT:
+        return TargetRecord(
+            node=graph.ids[t], token=node_name(graph, t), negative=None, probability=None,
+            value=float(graph.value[t]), tokens=parts["tokens"], errors=parts["errors"],
+            constants=parts["constants"], constants_by_source=parts["constants_by_source"],
+            runner_up=None, runner_up_probability=None, margin=None,
+            predicting_group=head_groups[0] if head_groups else None, head_groups=head_groups,
+            kind=kind.label,
+        )  # fmt: skip
     record = graph.logit_record(t)
     order = probs.argsort(descending=True).tolist()
     runner = next((v for v in order if v != record.token), None)
@@ -1006,7 +1024,9 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
         return f"{key} {names[key].name}"
 
     for t in summary.targets:
-        head = f"target {t.label} = {t.value:.3g} (p={t.probability:.3f})"
+        head = f"target {t.label} = {t.value:.3g} " + (
+            f"(p={t.probability:.3f})" if t.probability is not None else "(pre-activation)"
+        )
         if t.runner_up is not None:
             head += f"; runner-up {t.runner_up!r} p={t.runner_up_probability:.3f}, margin " \
                     f"{_signed(t.margin)}"  # fmt: skip

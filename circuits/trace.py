@@ -252,13 +252,8 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings["scores"] = scored.scores
     dashboards, labels, concepts = _dashboards(args, replacement, tokenizer, graph, full)
-    mechanisms, not_summarised = None, None
-    if args.mechanisms and not bool(full.is_kind("logit").any()):
-        not_summarised = (
-            "mechanisms: none (the summary reads logit targets, and this graph's targets are "
-            "heads or features: their inputs are in the graph and the report)"
-        )
-    elif args.mechanisms:
+    mechanisms = None
+    if args.mechanisms:
         t_mech = time.perf_counter()
         mechanisms = summarize(
             replacement, full, run, pruned=graph, concepts=concepts, check=args.checks
@@ -279,8 +274,6 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     print(summary(full, graph, scored.scores, timings, labels))
     if mechanisms is not None:
         print(format_summary(mechanisms))
-    if not_summarised:
-        print(not_summarised)
     for note in written.notes:
         print(note, file=sys.stderr)
     for path in written.paths:

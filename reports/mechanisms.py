@@ -119,7 +119,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
                       f", margin {_span(t.margin)}")  # fmt: skip
         parts.append(
             f"<h3>Target {_esc(target_names[t.node])} = {t.value:.4g} "
-            f"(p={t.probability:.3f}){runner}</h3>"
+            + (f"(p={t.probability:.3f})" if t.probability is not None else "(pre-activation)")
+            + f"{runner}</h3>"
             f"<p>parts: tokens {_span(t.tokens)}, constants {_span(t.constants)} ({consts}), "
             f"errors {_span(t.errors)}</p>"
         )

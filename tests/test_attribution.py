@@ -202,6 +202,44 @@ def test_node_target_starts_influence_at_that_node(replacement, tokens):
     assert full.ids[head] in pruned.ids
 
 
+@pytest.mark.parametrize("mode", ["local", "sparse"])
+def test_interventions_read_a_node_targets_pre_activation(replacement, tokens, mode):
+    """With a head or feature as a target (beside a logit), an intervention measures its
+    pre-activation: a tiny change of its strongest source moves it by the graph's prediction
+    (frozen), and the summary explains it like a logit (parts close, checks measured)."""
+    from circuits.interventions import target_nodes
+    from circuits.mechanisms import summarize
+
+    full = attribute(replacement, tokens, mode=mode)
+    feature = int(full.is_kind("transcoder").nonzero()[-1])
+    target = NodeTarget("transcoder", int(full.layer[feature]), int(full.pos[feature]),
+                        int(full.index[feature]))  # fmt: skip
+    run = run_prompt(replacement, tokens, mode, constants=True)
+    graph = attribute(replacement, tokens, mode=mode, run=run, targets=[LogitTarget(7), target])
+    node = target_nodes(graph)[-1]
+    assert graph.ids[node] == full.ids[feature] and len(target_nodes(graph)) == 2
+    row = graph.edges[[node]].toarray()[0]
+    source = int(np.abs(row).argmax())
+    small = intervene(replacement, graph, [Intervention(graph.ids[source], "scale", 1.001)])
+    assert small.targets[-1] == graph.ids[node]
+    torch.testing.assert_close(small.actual, small.predicted, atol=1e-4, rtol=2e-2)
+    assert abs(float(small.actual[-1])) > 0
+    # ablating a head of the block's own Lorsa: exactly minus its edge (nothing between)
+    below = np.flatnonzero((graph.stage.numpy() == int(graph.stage[node]) - 1) & (row != 0))
+    head = int(below[np.abs(row[below]).argmax()])
+    gone = intervene(replacement, graph, [Intervention(graph.ids[head], "ablate")])
+    assert float(gone.actual[-1]) == pytest.approx(-float(row[head]), abs=1e-4)
+    summary = summarize(replacement, graph, run, max_groups=3)
+    assert [t.kind for t in summary.targets] == ["logit", "transcoder"]
+    t = summary.targets[-1]
+    assert t.tokens + t.errors + t.constants == pytest.approx(t.value, abs=1e-4)
+    assert t.value == pytest.approx(float(graph.value[node]), abs=1e-6)
+    checks = [c for g in summary.groups for c in g.checks if c.target == graph.ids[node]]
+    assert checks and all(c.predicted == pytest.approx(-g.flow[c.target], abs=1e-4)
+                          for g in summary.groups for c in g.checks
+                          if c.target == graph.ids[node])  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "targets, message",
     [

@@ -77,26 +77,31 @@ def test_trace_targets_modes_and_formats(tmp_path, capsys):
     assert not (out / "graph.svg").exists()
 
 
-def test_a_node_target_is_named_and_has_no_empty_summary(tmp_path, capsys):
+def test_a_node_target_is_named_and_summarised(tmp_path, capsys):
     """A head or feature as the only target: the targets line names it with its value, and
-    the mechanism summary (which reads logit targets) says so in one line instead of printing
-    empty headings; an earlier run's ``mechanisms.json`` goes."""
+    the mechanism summary explains its pre-activation like a logit's (parts, paths, checks)."""
     out = tmp_path / "n"
     code, _, _ = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "")
-    assert code == 0 and (out / "mechanisms.json").exists()
+    assert code == 0
     graph = Graph.load(out / "graph.safetensors")
     feature = next(i for i in graph.is_kind("transcoder").nonzero().squeeze(1).tolist()
-                   if int(graph.layer[i]) == 1)  # fmt: skip
-    node = f"transcoder:1:{int(graph.pos[feature])}:{int(graph.index[feature])}"
-    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
-                              "--target-node", node)  # fmt: skip
+                   if int(graph.layer[i]) == 2)  # fmt: skip
+    node = f"transcoder:2:{int(graph.pos[feature])}:{int(graph.index[feature])}"
+    code, stdout, _ = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
+                            "--target-node", node)  # fmt: skip
     assert code == 0
     first = stdout.splitlines()[0]
-    assert first.startswith(f"targets: L1 feature {int(graph.index[feature])} @")
+    assert first.startswith(f"targets: L2 feature {int(graph.index[feature])} @")
     assert "(pre-activation " in first
-    assert "mechanisms: none (the summary reads logit targets" in stdout
-    assert "groups:" not in stdout and "top paths" not in stdout
-    assert not (out / "mechanisms.json").exists() and "removed" in err
+    name = f"L2 feature {int(graph.index[feature])} @{int(graph.pos[feature])}"
+    assert f"target {name} = " in stdout and "(pre-activation)" in stdout
+    assert "ablate: predicted" in stdout and "parts: tokens" in stdout
+    summary = load_summary(out / "mechanisms.json")
+    (target,) = summary.targets
+    assert target.kind == "transcoder" and target.label == name and target.probability is None
+    assert target.tokens + target.constants + target.errors == pytest.approx(target.value, abs=1e-3)
+    assert any(g.checks for g in summary.groups)
+    assert name in (out / "graph.html").read_text()
 
 
 def test_trace_notes_the_tokens_the_model_never_trained_on(tmp_path, capsys):

@@ -773,7 +773,7 @@
     if (!m) return [];
     const names = new Map(m.groups.map((g) => [g.key, g.name]));
     const targetText = new Map(m.targets.map((t) =>
-      [t.node, quote(t.token) + (t.negative != null ? " − " + quote(t.negative) : "")]));
+      [t.node, t.kind !== "logit" ? t.token : quote(t.token) + (t.negative != null ? " − " + quote(t.negative) : "")]));
     // With several targets, each flow and check says which target it is for.
     const several = m.targets.length > 1;
     const named = (node) => targetText.get(node) ?? node;

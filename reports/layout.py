@@ -2,9 +2,10 @@
 
 A pruned graph still has far too much for one picture (thousands of edges, most nodes at the
 last position), so a drawing shows a budget of it (``select``): the most influential heads,
-features and error nodes, every logit, the embeddings those read from, and the strongest
-edges among them. The ``Selection`` is passed on to whoever needs to know what was drawn
-(the DOT writer, the HTML report).
+features and error nodes, every target (the logits, or a head or feature the graph was
+traced from), the embeddings those read from, and the strongest edges among them. The
+``Selection`` is passed on to whoever needs to know what was drawn (the DOT writer, the HTML
+report).
 
 Layout (``layout``), bottom to top: the embeddings (which double as the token axis), then for
 each block its Lorsa row and its transcoder row, and the logits on top; columns are only the
@@ -167,7 +168,9 @@ def select(
     trimmed = max_nodes is not None and len(inner) > max_nodes
     if trimmed:
         inner = sorted(inner, key=lambda i: (-scores[i], i))[:max_nodes]
-    logits = [i for i, k in enumerate(kinds) if k == "logit"]
+    # Every target is drawn: the logits, and a head or feature the graph was traced from.
+    weight = graph.target_weight.tolist()
+    logits = [i for i, k in enumerate(kinds) if k == "logit" or weight[i] > 0]
     embeddings = [i for i, k in enumerate(kinds) if k == "embedding"]
     candidates = set(inner) | set(logits) | set(embeddings)
 
@@ -180,7 +183,7 @@ def select(
     trimmed = trimmed or len(edges) < len(every)
     qk = qk_edges(graph, candidates)
     connected = {e.source for e in edges} | {e.source for e in qk}
-    nodes = sorted([*inner, *logits, *(i for i in embeddings if i in connected)])
+    nodes = sorted({*inner, *logits, *(i for i in embeddings if i in connected)})
     return Selection(nodes, edges, qk, graph.n_nodes, len(every), ranked_by, trimmed)
 
 

@@ -161,6 +161,8 @@ def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
         "activation": _num(arrays["activation"][i]),
         "influence": None if graph.influence is None else _num(arrays["influence"][i]),
     }
+    if kind != Kind.LOGIT and float(graph.target_weight[i]) > 0:
+        node["target"] = True  # a head or feature the graph was traced from: always drawn
     if kind in (Kind.LORSA, Kind.TRANSCODER, Kind.LOGIT):
         node["value"] = _num(arrays["value"][i])
         node["bias"] = _num(arrays["bias"][i])

@@ -177,7 +177,11 @@ def make_big_graph(*, influence: bool = True, n_pos: int = 21, seed: int = 0) ->
         token_text=token_text | {7: " x", 9: " y"},
         prompt=" ".join(f"t{p}" for p in range(n_pos)),
         activation=torch.tensor(rng.uniform(0.5, 5.0, n), dtype=torch.float32),
-        target_weight=torch.tensor([0.6 * (r[3] == 7) + 0.3 * (r[3] == 9) for r in rows]),
+        target_weight=torch.tensor(
+            [  # the two logits (tokens 7 and 9) only
+                (r[0] == "logit") * (0.6 * (r[3] == 7) + 0.3 * (r[3] == 9)) for r in rows
+            ]
+        ),
         edges=sp.csr_array((weights, (t, s)), shape=(n, n)),
         influence=torch.tensor(rng.permutation(n) / n, dtype=torch.float32) if influence else None,
         group_size=1,

@@ -255,6 +255,20 @@ def test_budget_keeps_the_most_influential_every_logit_and_used_embeddings(big):
     assert len(edges) == min(len(pool), layout.EDGES_PER_NODE * (10 + 2 + n_emb_sources))
 
 
+def test_a_head_or_feature_target_is_drawn_however_low_its_influence(big):
+    ranked = sorted(inner(big, big.ids), key=lambda n: -float(big.influence[big.ids.index(n)]))
+    lowest = big.ids.index(ranked[-1])
+    assert big.ids[lowest] not in {big.ids[i] for i in layout.select(big, max_nodes=10).nodes}
+    big.target_weight[lowest] = 0.5  # traced from it (``--target-node``), beside the logits
+    assert lowest in layout.select(big, max_nodes=10).nodes
+    assert ranked[-1] in drawn_nodes(gv.to_dot(big, max_nodes=10))
+    from reports.viewer import viewer_data
+
+    data = viewer_data(big)
+    flagged = [n["id"] for n in data["nodes"] if n.get("target")]
+    assert flagged == [big.ids[lowest]]
+
+
 def test_default_budget_and_caption_counts(big):
     dot = gv.to_dot(big)
     nodes, edges = drawn_nodes(dot), drawn_edges(dot)

@@ -359,6 +359,20 @@ def test_budget_and_edge_threshold_redraw(browser, small_page):
     assert float(url_state(browser)["edgeMin"]) == threshold
 
 
+def test_a_head_or_feature_target_stays_drawn_at_any_budget(browser, tmp_path):
+    graph = make_graph()
+    inner = [i for i, k in enumerate(graph.kinds) if k in ("lorsa", "transcoder")]
+    low = min(inner, key=lambda i: float(graph.influence[i]))
+    graph.target_weight[low] = 0.5  # traced from it (``--target-node``)
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    set_control(browser, "#viewer input[type=number]", 0, "change")
+    expected = layout.select(graph, max_nodes=0, max_edges=None)
+    assert low in expected.nodes
+    assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in expected.nodes)
+
+
 def test_pins_and_supernodes_live_in_the_url_and_qparams(browser, small_page):
     graph, path = small_page
     open_page(browser, path, "#nodes=4&pinnedIds=3_9_3")  # a state from the URL

@@ -162,12 +162,12 @@
   // ------------------------------------------------------------------------- what is drawn
   // Items are what the drawing shows: single nodes and supernodes. Like reports.layout.select:
   // the `budget` highest heads, features and errors (influence, else |activation|), every
-  // logit, pinned nodes and supernode members, and the embeddings a drawn edge leaves; edges
+  // target (logits, a head or feature traced from), pinned nodes and supernode members, and the embeddings a drawn edge leaves; edges
   // between items are summed and drawn when |weight| >= edgeMin.
   function computeView() {
     const show = new Uint8Array(N);
     for (const i of innerRanked.slice(0, state.budget)) show[i] = 1;
-    nodes.forEach((n, i) => { if (n.kind === "logit") show[i] = 1; });
+    nodes.forEach((n, i) => { if (n.kind === "logit" || n.target) show[i] = 1; });
     for (const i of state.pinned) show[i] = 1;
     const groupOf = new Int32Array(N).fill(-1);
     state.groups.forEach((g, k) => g.members.forEach((i) => { groupOf[i] = k; show[i] = 1; }));

@@ -345,9 +345,10 @@ def summary(full, graph, scores, timings, labels=None) -> str:
     """A few lines: what the model predicts, how big the graph is, how good, how fast."""
     from reports.labels import node_label
 
+    from .interventions import target_nodes
     from .nodes import Kind
 
-    targets = (graph.is_kind("logit") | (graph.target_weight > 0)).nonzero().squeeze(1).tolist()
+    targets = target_nodes(graph)  # the logits, then a head or feature traced from
     lines = ["targets: " + ", ".join(
         node_label(graph, i) + ("" if graph.kind[i] == Kind.LOGIT else
                                 f" (pre-activation {float(graph.value[i]):.4g})")

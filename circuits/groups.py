@@ -40,7 +40,7 @@ Lorsa heads: one group per (block, query position, key read most (``attends``), 
 transcoder features: one group per (block, position, concept label) when the label's F1 >=
   MIN_CONCEPT_F1; other features stay alone.
 bias nodes: one group per sublayer (every position): the constant that sublayer writes.
-embeddings, error nodes, logits: alone."""
+embeddings, error nodes, logits and any other target (a head or feature traced from): alone."""
 
 
 @dataclass
@@ -245,11 +245,15 @@ def auto_groups(
     kinds, layers = graph.kind.tolist(), graph.layer.tolist()
     stages, pos = graph.stage.tolist(), graph.pos.tolist()
     index, attends = graph.index.tolist(), graph.attends.tolist()
+    target = (graph.target_weight > 0).tolist()
     buckets: dict[tuple, list[int]] = {}
     labels: dict[tuple, str | None] = {}
     for i in range(graph.n_nodes):
         kind = Kind(kinds[i])
         concept = None
+        if target[i]:  # what the graph explains stays itself
+            buckets[("node", i)], labels[("node", i)] = [i], None
+            continue
         if kind in (Kind.LORSA, Kind.TRANSCODER):
             found = concepts.get(unit_id(kind, stages[i], index[i]))
             if found is not None and found[1] is not None and found[1] >= min_f1:

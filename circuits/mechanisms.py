@@ -698,6 +698,7 @@ def _summarize(
     grouping = "given" if view is not None else AUTO_RULES
     view = view or auto_groups(full, concepts)
     logits = target_nodes(full)  # the targets: logits, then heads or features
+    own = {t: int(view.of_node[t]) for t in logits}  # a target's group never explains itself
     flows: dict[int, np.ndarray] = {}
     targets, paths, chosen, ranked = [], [], [], set()
     probs = run.logits[-1].softmax(-1)
@@ -706,7 +707,8 @@ def _summarize(
         flow, h = node_flows(full, t, columns)
         flows[t] = flow
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
-        ranking = _head_ranking(view, group_flow, int(full.pos[t]))[:HEAD_GROUPS]
+        ranking = [g for g in _head_ranking(view, group_flow, int(full.pos[t]))
+                   if g != own[t]][:HEAD_GROUPS]  # fmt: skip
         chosen += ranking
         ranked.update(ranking)
         for groups, path_flow, hops in top_paths(view, t, beam=beam, keep=max_paths):
@@ -717,7 +719,8 @@ def _summarize(
     if logits:
         group_flow = np.bincount(view.of_node, flows[logits[0]], minlength=view.n_groups)
         inner = [g for g in np.argsort(-np.abs(group_flow)).tolist()
-                 if view.groups[g].kind in ("lorsa", "transcoder")]  # fmt: skip
+                 if view.groups[g].kind in ("lorsa", "transcoder")
+                 and g != own[logits[0]]]  # fmt: skip
         chosen += inner[:max_groups]
     inner_chosen = list(
         dict.fromkeys(g for g in chosen if view.groups[g].kind in ("lorsa", "transcoder"))
@@ -946,7 +949,10 @@ def _checks(replacement, full, run, members, logits, tolerance, flows) -> list[E
     free = intervene(replacement, full, edits, freeze_attention=False, run=run,
                      predicted=predicted)  # fmt: skip
     out = []
+    inside = {full.ids[m] for m in members}
     for j, target in enumerate(frozen.targets):
+        if target in inside:  # a target in the ablated group is not its own effect
+            continue
         p = float(frozen.predicted[j])
         fz, fr = float(frozen.actual[j]), float(free.actual[j])
         agree_frozen, agree_free = signs_agree(p, fz, tolerance), signs_agree(p, fr, tolerance)

@@ -234,6 +234,12 @@ def test_interventions_read_a_node_targets_pre_activation(replacement, tokens, m
     t = summary.targets[-1]
     assert t.tokens + t.errors + t.constants == pytest.approx(t.value, abs=1e-4)
     assert t.value == pytest.approx(float(graph.value[node]), abs=1e-6)
+    # the target is alone in its group (it also feeds the logit, so it may be listed), and
+    # its group is checked on the other targets only, never on itself
+    mine = [g for g in summary.groups if graph.ids[node] in g.members]
+    assert all(g.members == [graph.ids[node]] for g in mine)
+    assert all(c.target != graph.ids[node] for g in mine for c in g.checks)
+    assert summary.targets[-1].predicting_group not in [g.key for g in mine]
     checks = [c for g in summary.groups for c in g.checks if c.target == graph.ids[node]]
     assert checks and all(c.predicted == pytest.approx(-g.flow[c.target], abs=1e-4)
                           for g in summary.groups for c in g.checks

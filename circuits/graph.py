@@ -222,6 +222,12 @@ class Graph:
         return torch.isin(self.kind, codes)
 
     @property
+    def is_target(self) -> Tensor:
+        """What the graph explains: its logit nodes and any head or feature it was traced
+        from (positive ``target_weight``)."""
+        return self.is_kind(Kind.LOGIT) | (self.target_weight > 0)
+
+    @property
     def layer(self) -> Int[Tensor, " node"]:
         """Block index: -1 for embeddings, n_layers for logits."""
         return torch.div(self.stage - 1, 2, rounding_mode="floor").clamp(max=self.n_layers)

@@ -245,7 +245,7 @@ def auto_groups(
     kinds, layers = graph.kind.tolist(), graph.layer.tolist()
     stages, pos = graph.stage.tolist(), graph.pos.tolist()
     index, attends = graph.index.tolist(), graph.attends.tolist()
-    target = (graph.target_weight > 0).tolist()
+    target = graph.is_target.tolist()
     buckets: dict[tuple, list[int]] = {}
     labels: dict[tuple, str | None] = {}
     for i in range(graph.n_nodes):

@@ -139,8 +139,7 @@ def target_nodes(graph: Graph) -> list[int]:
     """The nodes a graph explains: its logit nodes, then the heads and features it was traced
     from (``NodeTarget``: positive ``target_weight``), in node order each."""
     logits = graph.is_kind(Kind.LOGIT)
-    nodes = (graph.target_weight > 0) & ~logits
-    return torch.cat([logits.nonzero(), nodes.nonzero()]).squeeze(1).tolist()
+    return torch.cat([logits.nonzero(), (graph.is_target & ~logits).nonzero()]).squeeze(1).tolist()
 
 
 def _pre_activation_site(graph: Graph, i: int) -> str:

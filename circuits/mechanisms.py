@@ -539,14 +539,14 @@ def root_split(
         "errors": float(varying.sum() - table[token_q][:, token_k].sum()),
         "constants": float(table.sum() - varying.sum()),
     }
-    rows, cols = np.flatnonzero(~constant), np.flatnonzero(~constant)
+    kept = np.flatnonzero(~constant)  # the same rows on both sides
     magnitude = np.abs(varying).ravel()
     flat = np.argpartition(-magnitude, top - 1)[:top] if magnitude.size > top else \
         np.arange(magnitude.size)  # fmt: skip
     flat = flat[np.argsort(-magnitude[flat], kind="stable")]
     a, b = np.unravel_index(flat, varying.shape)
     pairs = [
-        RootPair(query_rows[rows[i]], key_rows[cols[j]], float(varying[i, j]))
+        RootPair(query_rows[kept[i]], key_rows[kept[j]], float(varying[i, j]))
         for i, j in zip(a.tolist(), b.tolist(), strict=True)
         if varying[i, j] != 0
     ]
@@ -697,13 +697,13 @@ def _summarize(
     concepts = concepts or {}
     grouping = "given" if view is not None else AUTO_RULES
     view = view or auto_groups(full, concepts)
-    logits = target_nodes(full)  # the targets: logits, then heads or features
-    own = {t: int(view.of_node[t]) for t in logits}  # a target's group never explains itself
+    targets = target_nodes(full)  # the logits, then heads or features traced from
+    own = {t: int(view.of_node[t]) for t in targets}  # a target's group never explains itself
     flows: dict[int, np.ndarray] = {}
-    targets, paths, chosen, ranked = [], [], [], set()
+    per_target, paths, chosen, ranked = [], [], [], set()
     probs = run.logits[-1].softmax(-1)
     columns = EdgeColumns(full)
-    for t in logits:
+    for t in targets:
         flow, h = node_flows(full, t, columns)
         flows[t] = flow
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
@@ -714,13 +714,13 @@ def _summarize(
         for groups, path_flow, hops in top_paths(view, t, beam=beam, keep=max_paths):
             paths.append((t, groups, path_flow, hops))
             chosen += [g for g in groups if not view.groups[g].is_root]
-        targets.append((t, target_parts(full, t, flow, h), ranking))
+        per_target.append((t, target_parts(full, t, flow, h), ranking))
     # Fill up with the largest flows into the first target.
-    if logits:
-        group_flow = np.bincount(view.of_node, flows[logits[0]], minlength=view.n_groups)
+    if targets:
+        group_flow = np.bincount(view.of_node, flows[targets[0]], minlength=view.n_groups)
         inner = [g for g in np.argsort(-np.abs(group_flow)).tolist()
                  if view.groups[g].kind in ("lorsa", "transcoder")
-                 and g != own[logits[0]]]  # fmt: skip
+                 and g != own[targets[0]]]  # fmt: skip
         chosen += inner[:max_groups]
     inner_chosen = list(
         dict.fromkeys(g for g in chosen if view.groups[g].kind in ("lorsa", "transcoder"))
@@ -738,9 +738,9 @@ def _summarize(
     pending = []  # (QK reason, its root-pair request): computed together below
     for g in listed:
         grp = view.groups[g]
-        member_flow = {ids[t]: flows[t][grp.members] for t in logits}
+        member_flow = {ids[t]: flows[t][grp.members] for t in targets}
         total = {t: float(v.sum()) for t, v in member_flow.items()}
-        strongest = grp.members[int(np.argmax(np.abs(member_flow[ids[logits[0]]])))] if logits \
+        strongest = grp.members[int(np.argmax(np.abs(member_flow[ids[targets[0]]])))] if targets \
             else grp.members[0]  # fmt: skip
         record = GroupRecord(
             key=keys[g], name=grp.name, kind=grp.kind, layer=grp.layer, pos=grp.pos,
@@ -754,7 +754,7 @@ def _summarize(
         )  # fmt: skip
         if grp.kind == "lorsa" and grp.attends is not None and grp.pos is not None:
             by_head: dict[int, float] = {}
-            first = ids[logits[0]] if logits else None
+            first = ids[targets[0]] if targets else None
             for m, f in zip(grp.members, member_flow[first] if first else [], strict=False):
                 head = int(full.index[m]) // full.group_size
                 by_head[head] = by_head.get(head, 0.0) + abs(float(f))
@@ -771,14 +771,14 @@ def _summarize(
                 if head == heads[0]:  # the group's main QK head (the sweeps cost most)
                     pending.append((reason, (sides[grp.layer][0], head, grp.pos, grp.attends)))
                 record.qk.append(reason)
-        if check and g in keep_inner and logits:
-            record.checks = _checks(replacement, full, run, grp.members, logits, tolerance, flows)
+        if check and g in keep_inner and targets:
+            record.checks = _checks(replacement, full, run, grp.members, targets, tolerance, flows)
         records.append(record)
     tables = qk_root_tables(view, [request for _, request in pending], columns)
     for (reason, _), table in zip(pending, tables, strict=True):
         reason.root_pairs, reason.root_parts = root_split(*table, ROOT_PAIRS)
     target_records = []
-    for t, parts, ranking in targets:
+    for t, parts, ranking in per_target:
         target_records.append(_target_record(full, t, parts, probs, run,
                                              [keys[g] for g in ranking]))  # fmt: skip
     path_records = [
@@ -936,13 +936,13 @@ def _off(predicted: float, actual: float, tolerance: float) -> bool:
     return ratio > RATIO or ratio < 1 / RATIO
 
 
-def _checks(replacement, full, run, members, logits, tolerance, flows) -> list[EffectCheck]:
+def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[EffectCheck]:
     edits = [Intervention(full.ids[m], "ablate") for m in members]
     if len({int(full.stage[m]) for m in members}) == 1:
         # Members of one stage do not feed each other: the graph's prediction for ablating
         # them is minus their flows (what ``predict`` would propagate, without a sweep).
         predicted = torch.zeros(full.n_nodes)
-        predicted[logits] = torch.tensor([-float(flows[t][members].sum()) for t in logits])
+        predicted[targets] = torch.tensor([-float(flows[t][members].sum()) for t in targets])
     else:
         predicted = predict(full, edits)
     frozen = intervene(replacement, full, edits, run=run, predicted=predicted)

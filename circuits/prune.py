@@ -160,7 +160,7 @@ def prune_graph(
             raise ValueError(f"{name} must be in (0, 1], got {value}")
     stage, weights = graph.stage.numpy(), graph.target_weight.numpy()
     infl = scored.influence if scored is not None else influence(graph.edges, stage, weights)
-    always = (graph.is_kind("embedding", "logit") | (graph.target_weight > 0)).numpy()
+    always = (graph.is_kind("embedding") | graph.is_target).numpy()
     inner = graph.is_kind("lorsa", "transcoder", "error").numpy()
     keep = infl >= find_threshold(infl, node_threshold)
     if max_nodes is not None:

@@ -169,8 +169,7 @@ def select(
     if trimmed:
         inner = sorted(inner, key=lambda i: (-scores[i], i))[:max_nodes]
     # Every target is drawn: the logits, and a head or feature the graph was traced from.
-    weight = graph.target_weight.tolist()
-    logits = [i for i, k in enumerate(kinds) if k == "logit" or weight[i] > 0]
+    logits = graph.is_target.nonzero().squeeze(1).tolist()
     embeddings = [i for i, k in enumerate(kinds) if k == "embedding"]
     candidates = set(inner) | set(logits) | set(embeddings)
 

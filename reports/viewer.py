@@ -161,7 +161,7 @@ def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
         "activation": _num(arrays["activation"][i]),
         "influence": None if graph.influence is None else _num(arrays["influence"][i]),
     }
-    if kind != Kind.LOGIT and float(graph.target_weight[i]) > 0:
+    if kind != Kind.LOGIT and arrays["target"][i]:
         node["target"] = True  # a head or feature the graph was traced from: always drawn
     if kind in (Kind.LORSA, Kind.TRANSCODER, Kind.LOGIT):
         node["value"] = _num(arrays["value"][i])
@@ -371,6 +371,7 @@ def viewer_data(
     labels = node_labels(graph)
     arrays = {
         "kind": graph.kind.tolist(),
+        "target": graph.is_target.tolist(),
         "stage": graph.stage.tolist(),
         "pos": graph.pos.tolist(),
         "index": graph.index.tolist(),

@@ -190,18 +190,31 @@ def test_qk_reason_against_a_direct_per_unit_computation(graph, replacement, run
     assert ids  # the graph's ids name the present units
 
 
+def root_mask(graph: Graph) -> np.ndarray:
+    return graph.is_kind("embedding", "error", "bias").numpy()
+
+
+def own_terms(graph: Graph, flow: np.ndarray, below: np.ndarray) -> np.ndarray:
+    """Each node's own term in a readout with flows ``flow`` (``flow / activation * bias``)
+    for the non-root nodes in ``below``, else 0."""
+    act = graph.activation.double().numpy()
+    per_unit = flow / np.where(act != 0, act, 1)
+    return np.where(root_mask(graph) | ~below, 0, per_unit * graph.bias.double().numpy())
+
+
+def reasons_with_sides(graph, replacement, run, n: int = 6):
+    """The first ``n`` QK records with reasons, each with its layer's ``QKSides``."""
+    for a in qk_attribution(replacement, graph, reason=True, run=run)[:n]:
+        with torch.no_grad():
+            yield a, QKSides(run, replacement, a.layer)
+
+
 def test_each_side_of_the_specific_part_traces_back_to_roots(graph, replacement, run):
     """What the query (key) position holds, against the other side's deviation, minus the
     mean it is measured against, is the specific part; its roots' flows plus the nodes' own
     terms plus the QK bias term are that part, and only nodes at or below the position feed
     it."""
-    records = qk_attribution(replacement, graph, reason=True, run=run)
-    roots = graph.is_kind("embedding", "error", "bias").numpy()
-    act = graph.activation.double().numpy()
-    bias = graph.bias.double().numpy()
-    for a in records[:6]:
-        with torch.no_grad():
-            side = QKSides(run, replacement, a.layer)
+    for a, side in reasons_with_sides(graph, replacement, run):
         below = graph.stage.numpy() < 2 * a.layer + 1
         q_flow, k_flow, parts = qk_side_flows(graph, side, a.qk_head, a.query, a.key)
         assert parts["specific"] == pytest.approx(a.reason.specific, abs=1e-4)
@@ -215,8 +228,8 @@ def test_each_side_of_the_specific_part_traces_back_to_roots(graph, replacement,
             assert not flow[~below].any()
             pos = a.query if name == "query" else a.key
             assert not flow[graph.pos.numpy() > pos].any()
-            own = np.where(roots | ~below, 0, flow / np.where(act != 0, act, 1) * bias)
-            total = flow[roots].sum() + own.sum() + parts[f"{name}_bias"]
+            total = flow[root_mask(graph)].sum() + own_terms(graph, flow, below).sum() \
+                + parts[f"{name}_bias"]  # fmt: skip
             assert total == pytest.approx(parts[f"{name}_at"], abs=1e-4)
 
 
@@ -225,14 +238,8 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
     is what one root gives the query's (key's) deviation against the other side's whole
     deviation, the same readout swept as a scalar; the ``own`` pseudo-root is the nodes' own
     terms (``flow / activation * bias``); the readable split closes."""
-    records = qk_attribution(replacement, graph, reason=True, run=run)
     view = auto_groups(graph)
-    roots = graph.is_kind("embedding", "error", "bias").numpy()
-    act = graph.activation.double().numpy()
-    bias = graph.bias.double().numpy()
-    for a in records[:6]:
-        with torch.no_grad():
-            side = QKSides(run, replacement, a.layer)
+    for a, side in reasons_with_sides(graph, replacement, run):
         q_rows, k_rows, table = qk_root_pairs(view, side, a.qk_head, a.query, a.key)
         assert table.sum() == pytest.approx(a.reason.specific, abs=1e-4)
         # The scalar readouts: u_n . dv (query side) and du . v_n (key side), each source at
@@ -253,10 +260,8 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
             for g in view.groups:
                 if g.is_root:
                     assert by_name[g.name] == pytest.approx(flow[g.members].sum(), abs=1e-4)
-            own = np.where(roots, 0, flow / np.where(act != 0, act, 1) * bias)
-            assert by_name["own terms of the nodes"] == pytest.approx(
-                own[graph.stage.numpy() < below].sum(), abs=1e-4
-            )
+            own = own_terms(graph, flow, graph.stage.numpy() < below)
+            assert by_name["own terms of the nodes"] == pytest.approx(own.sum(), abs=1e-4)
             assert by_name["QK bias side"] == pytest.approx(weight @ vec[:, 0] @ other / scale,
                                                             abs=1e-4)  # fmt: skip
         # Key-side roots come only from positions up to the query.

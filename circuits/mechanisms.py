@@ -52,8 +52,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toy_models.records import from_json
+
 from .attribution import PromptRun
-from .graph import Graph, QKAttribution
+from .graph import MODES, Graph, QKAttribution
 from .groups import AUTO_RULES, GroupedGraph, auto_groups, node_name
 from .interventions import Intervention, intervene, predict, target_nodes
 from .nodes import Kind, lorsa_stage, unit_id
@@ -254,7 +256,7 @@ class TargetRecord:
     node: str
     token: str
     negative: str | None
-    probability: float
+    probability: float | None
     value: float
     tokens: float
     errors: float
@@ -301,39 +303,57 @@ class MechanismSummary:
             if d.get("version") != VERSION:
                 raise ValueError(f"version {d.get('version')!r}, expected {VERSION}")
             return _summary_from_dict(d)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a mechanism summary ({type(exc).__name__}: {exc})") from None
-
-
-def _node_ref(d: dict | None) -> NodeRef | None:
-    return None if d is None else NodeRef(**d)
+        except ValueError as exc:
+            raise ValueError(f"not a mechanism summary ({exc})") from None
 
 
 def _summary_from_dict(d: dict) -> MechanismSummary:
-    groups = []
-    for g in d["groups"]:
-        g = dict(g)
-        g["qk"] = [
-            QKReasonRecord(**{**r, "pairs": [
-                QKTermRecord(_node_ref(p["query"]), _node_ref(p["key"]), p["value"])
-                for p in r["pairs"]
-            ], **{side: {c: [SourceShare(**x) for x in xs] for c, xs in r.get(side, {}).items()}
-                  for side in ("query_sources", "key_sources")},
-               "root_pairs": [RootPair(SourceShare(**p["query"]), SourceShare(**p["key"]),
-                                       p["value"]) for p in r.get("root_pairs", [])]})
-            for r in g["qk"]
-        ]  # fmt: skip
-        g["checks"] = [EffectCheck(**c) for c in g["checks"]]
-        groups.append(GroupRecord(**g))
-    targets = [
-        TargetRecord(**{**t, "constants_by_source": [tuple(x) for x in t["constants_by_source"]]})
-        for t in d["targets"]
-    ]
-    return MechanismSummary(
-        prompt=d["prompt"], tokens=list(d["tokens"]), mode=d["mode"], model=d["model"],
-        targets=targets, groups=groups, paths=[PathRecord(**p) for p in d["paths"]],
-        settings=dict(d["settings"]),
-    )  # fmt: skip
+    """Every field typed (``toy_models.records.from_json``), then the references and sums
+    that tie the records together: group keys unique and every key a target, a path or a
+    check names defined; each target's parts closing to its value and each QK reason's to its
+    score (``CLOSURE`` of the larger magnitude); attentions and probabilities in [0, 1]; the mode
+    one of ``MODES``."""
+    summary = from_json(MechanismSummary, {k: v for k, v in d.items() if k != "version"}, "summary")
+    _expect(summary.mode in MODES, f"mode: {summary.mode!r}, not one of {list(MODES)}")
+    keys = [g.key for g in summary.groups]
+    _expect(len(set(keys)) == len(keys), "groups: two groups share a key")
+    targets = {t.node for t in summary.targets}
+    for i, t in enumerate(summary.targets):
+        where = f"targets[{i}]"
+        named = [t.predicting_group] if t.predicting_group is not None else []
+        _expect(set(named + t.head_groups) <= set(keys), f"{where}: names a group not defined")
+        _closes(t.tokens + t.errors + t.constants, t.value, f"{where}: tokens + errors + constants")
+        for p in (t.probability, t.runner_up_probability):
+            _expect(p is None or 0 <= p <= 1, f"{where}: a probability outside [0, 1]")
+    for i, g in enumerate(summary.groups):
+        where = f"groups[{i}]"
+        _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
+        _expect(set(g.flow) <= targets, f"{where}.flow: a flow into a node that is no target")
+        _expect({c.target for c in g.checks} <= targets, f"{where}.checks: an unknown target")
+        for j, r in enumerate(g.qk):
+            parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
+            _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
+            _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
+    for i, p in enumerate(summary.paths):
+        where = f"paths[{i}]"
+        _expect(p.target in targets and set(p.groups) <= set(keys), f"{where}: unknown names")
+        _expect(len(p.hops) == len(p.groups), f"{where}: one hop per group")
+    return summary
+
+
+CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
+
+
+def _expect(ok: bool, problem: str) -> None:
+    if not ok:
+        raise ValueError(problem)
+
+
+def _closes(total: float, value: float, what: str) -> None:
+    _expect(
+        abs(total - value) <= CLOSURE * max(1.0, abs(total), abs(value)),
+        f"{what} = {total:.6g}, not {value:.6g}",
+    )
 
 
 def save_summary(summary: MechanismSummary, path: str | Path) -> None:

@@ -5,6 +5,7 @@ dense linear algebra and interventions), and the summary's records and files."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -427,6 +428,42 @@ def test_summary_records(graph, replacement, run, tmp_path):
     assert "<h2>Mechanisms</h2>" in page and "always-on" in page
     with pytest.raises(ValueError, match="not a mechanism summary|version"):
         MechanismSummary.from_dict({"version": 1})
+    tampered_summaries_are_refused(summary.to_dict())
+
+
+def tampered_summaries_are_refused(good: dict) -> None:
+    """A summary file is untrusted: wrong types, non-finite numbers, unknown keys, names of
+    groups or targets it does not define and sums that do not close are refused, naming the
+    field; the untouched file reads back."""
+    MechanismSummary.from_dict(json.loads(json.dumps(good)))
+    g = next(i for i, g in enumerate(good["groups"]) if g["qk"] and g["qk"][0]["pairs"])
+    missing = object()
+    edits = [
+        ("targets[0].value: expected a finite number", ("targets", 0, "value"), "x"),
+        ("targets[0].tokens: expected a finite number", ("targets", 0, "tokens"), float("nan")),
+        ("targets[0]: tokens + errors + constants", ("targets", 0, "value"), 1e6),
+        ("targets[0]: names a group", ("targets", 0, "predicting_group"), "g999"),
+        ("targets[0]: unknown keys ['surprise']", ("targets", 0, "surprise"), 1),
+        (f"groups[{g}]: missing key 'members'", ("groups", g, "members"), missing),
+        (f"groups[{g}]: members", ("groups", g, "members"), []),
+        (f"groups[{g}].flow: a flow into a node that is no target", ("groups", g, "flow"),
+         {"nope": 1.0}),
+        (f"groups[{g}].qk[0]: always-on + specific", ("groups", g, "qk", 0, "score"), 99.0),
+        (f"groups[{g}].qk[0].pairs[0].query.present: expected true or false",
+         ("groups", g, "qk", 0, "pairs", 0, "query", "present"), 1),
+        ("mode: 'x'", ("mode",), "x"),
+    ]  # fmt: skip
+    for message, path, value in edits:
+        d = json.loads(json.dumps(good))
+        at = d
+        for k in path[:-1]:
+            at = at[k]
+        if value is missing:
+            del at[path[-1]]
+        else:
+            at[path[-1]] = value
+        with pytest.raises(ValueError, match=re.escape(message)):
+            MechanismSummary.from_dict(d)
 
 
 def test_summary_without_constants_or_checks(replacement, tokens):

@@ -29,6 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from replacement.model import MODES, ReplacementModel, hook_name
+from toy_models.tokenizer import token_text
 
 from .graph import N_PROMOTED, Graph, LogitRecord
 from .nodes import Kind, logit_stage, lorsa_stage, stage_of, transcoder_stage
@@ -346,7 +347,7 @@ def _lorsa_edges(
 def _token_string(tokenizer):
     if tokenizer is None:
         return lambda i: f"<{i}>"
-    return lambda i: tokenizer.decode([i], skip_special_tokens=False)
+    return lambda i: token_text(tokenizer, i)
 
 
 # ----------------------------------------------------------------- the graph

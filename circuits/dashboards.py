@@ -53,6 +53,7 @@ from torch import Tensor
 from replacement.model import MODES, ReplacementModel
 from toy_models.cli import one_line
 from toy_models.files import replace_atomic
+from toy_models.tokenizer import token_text
 
 from .concepts import CONCEPTS, best_f1, f1_summary
 from .nodes import Kind, lorsa_stage, transcoder_stage, unit_id
@@ -255,7 +256,7 @@ class Dashboards:
 
         def text(t: int) -> str:
             if t not in cache:
-                cache[t] = tokenizer.decode([t], skip_special_tokens=False)
+                cache[t] = token_text(tokenizer, t)
             return cache[t]
 
         s, out = self.state, {}

@@ -35,6 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from replacement.model import ReadWrite, ReplacementModel
+from toy_models.tokenizer import token_text
 
 from .graph import N_PROMOTED, Graph, LogitRecord, QKAttribution, QKPair
 from .nodes import Kind, block_of, lorsa_stage
@@ -433,7 +434,7 @@ def _unit_graph(
         attention=torch.full((n,), float("nan")),
         promotes=promotes,
         logit_targets=logits,
-        token_text={t: _token_text(tokenizer, t) for t in sorted(referenced)}
+        token_text={t: token_text(tokenizer, t) for t in sorted(referenced)}
         if tokenizer is not None
         else {},
         mode=stats.meta["mode"],
@@ -455,11 +456,6 @@ def _promoted_tokens(rw: ReadWrite, described: list[tuple[Kind, int, int]]) -> T
             write = (rw.lorsa_write if kind == Kind.LORSA else rw.tc_write)[block_of(stage)]
             promotes[i] = (rw.unembed @ write[index]).topk(N_PROMOTED).indices
     return promotes
-
-
-def _token_text(tokenizer, token: int) -> str:
-    # Special tokens (BOS) are kept: skipping them would give an empty label.
-    return tokenizer.decode([token], skip_special_tokens=False)
 
 
 def _provenance(stats: Statistics) -> dict:

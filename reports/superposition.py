@@ -38,6 +38,7 @@ from pathlib import Path
 
 from toy_models.cli import UserError, run_cli
 from toy_models.files import check_writable_dir
+from toy_models.tokenizer import token_text
 from toy_models.zoo import resolve_model_dir
 
 DEFAULT_ROWS = 256
@@ -369,7 +370,7 @@ def _window(tokenizer, ids: list[int], pos: int, key: int, before: int = 10) -> 
     firing token in ``[[ ]]`` and the key in ``<< >>``."""
 
     def text(p: int) -> str:
-        t = tokenizer.decode([ids[p]], skip_special_tokens=False)
+        t = token_text(tokenizer, ids[p])
         t = t.replace("\n", "⏎").replace("|", "¦").replace("`", "'")
         if p == pos:
             return f"[[{t}]]"

@@ -30,7 +30,7 @@ from toy_models.data import (
     pad_rows,
     rare_name,
 )
-from toy_models.tokenizer import BOS, train_tokenizer
+from toy_models.tokenizer import BOS, token_text, train_tokenizer
 
 N_DOCS = 300  # per family and split: enough for every form of every table to turn up
 
@@ -373,3 +373,21 @@ def test_tokenizer_splits_digits_and_prepends_bos():
     assert [t for t in enc.tokens if t.isdigit()] == list("347285632")
     assert tokenizer.decode(enc.ids) == "347+285=632\n"
     assert all(n not in COMMON_NAMES for n in (rare_name(rng, "train") for _ in range(20)))
+
+
+def test_token_text_names_the_bytes_of_a_split_character():
+    """A token holding part of a multi-byte character decodes alone to U+FFFD, which names
+    nothing: ``token_text`` gives its bytes instead; whole characters and BOS read as text."""
+    texts = ["Zoe said: naïve café, 🙂 ok"] * 3 + ["plain words here"] * 20
+    tokenizer = train_tokenizer(texts, 270)  # too small to merge every character's bytes
+    for text in ("🙂", "é", "ï", " ok", "Zoe"):
+        ids = tokenizer.encode(text).ids[1:]
+        shown = "".join(token_text(tokenizer, i) for i in ids)
+        raw = "".join(f"<0x{b:02X}>" for b in text.encode())
+        if len(ids) == 1 or text.isascii():  # one token or plain ASCII: the text itself
+            assert shown == text
+        else:  # every token a byte or bytes of the character: the bytes, in order
+            assert shown == raw, (text, [tokenizer.id_to_token(i) for i in ids])
+    assert token_text(tokenizer, tokenizer.token_to_id(BOS)) == BOS
+    every = range(tokenizer.get_vocab_size())
+    assert not any("\ufffd" in token_text(tokenizer, i) for i in every)

@@ -57,6 +57,37 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return tokenizer
 
 
+def _byte_of_char() -> dict[str, int]:
+    """The byte-level alphabet read back: the printable character that stands for each byte
+    in a token's string (printable Latin-1 bytes stand for themselves, the other 68 bytes for
+    the characters from U+0100 on, in byte order)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars = {b: chr(b) for b in printable}
+    others = [b for b in range(256) if b not in chars]
+    chars |= {b: chr(256 + i) for i, b in enumerate(others)}
+    return {c: b for b, c in chars.items()}
+
+
+_BYTE_OF_CHAR = _byte_of_char()
+
+
+def token_text(tokenizer: Tokenizer, token: int) -> str:
+    """How one token reads to a person: its text (special tokens such as BOS kept, since
+    skipping them leaves an empty label), or, for a token holding part of a multi-byte
+    character (which decodes alone to U+FFFD), its bytes with each byte of an incomplete
+    character written ``<0xF0>``, as byte-fallback vocabularies name them."""
+    text = tokenizer.decode([token], skip_special_tokens=False)
+    if "\ufffd" not in text:
+        return text
+    raw = tokenizer.id_to_token(token)
+    if raw is None or any(c not in _BYTE_OF_CHAR for c in raw):
+        return text
+    escaped = bytes(_BYTE_OF_CHAR[c] for c in raw).decode("utf-8", errors="surrogateescape")
+    return "".join(
+        f"<0x{ord(c) - 0xDC00:02X}>" if "\udc80" <= c <= "\udcff" else c for c in escaped
+    )
+
+
 def bos_id(tokenizer: Tokenizer) -> int:
     return tokenizer.token_to_id(BOS)
 

@@ -12,6 +12,7 @@ import torch
 
 from circuits.statistics import identity
 from toy_models.data import FAMILIES
+from toy_models.tokenizer import token_text
 
 from .ablation import (
     corpus_batches,
@@ -299,7 +300,7 @@ def example(replacement, tokenizer, scores: HeadScores, probes, family: str, lay
 
 
 def _token(tokenizer, token: int) -> str:
-    return tokenizer.decode([token], skip_special_tokens=False)
+    return token_text(tokenizer, token)
 
 
 def _context(tokenizer, ids: list[int], key: int, query: int, width: int = 3) -> str:

@@ -990,8 +990,15 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
 
 
 # ----------------------------------------------------------------- printing
-def _signed(x: float | None) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.3g}"
+ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
+
+
+def _signed(x: float | None, whole: float = 0.0) -> str:
+    """``x`` signed to 3 digits; ``0`` where it is float rounding against ``whole`` (a sum of
+    parts that are exactly zero in exact arithmetic comes out as 1e-16, not 0)."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return "0" if abs(x) <= ROUNDING * max(abs(whole), 1e-3) else f"{x:+.3g}"
 
 
 def ref_text(ref: NodeRef | None) -> str:
@@ -1028,9 +1035,9 @@ def ref_text(ref: NodeRef | None) -> str:
 def root_text(r: QKReasonRecord, top: int) -> str:
     """A QK reason's root pairs in one line: the exact split of ``specific`` and its largest
     token (or error) pairs, query side first."""
-    parts = r.root_parts
-    split = (f"tokens {_signed(parts.get('tokens'))}, errors {_signed(parts.get('errors'))}, "
-             f"constants {_signed(parts.get('constants'))}")  # fmt: skip
+    whole = sum(abs(x) for x in r.root_parts.values())
+    split = ", ".join(f"{part} {_signed(r.root_parts.get(part), whole)}"
+                      for part in ("tokens", "errors", "constants"))  # fmt: skip
     pairs = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
                       for p in r.root_pairs[:top])  # fmt: skip
     return f"specific by roots ({split}): {pairs}"

@@ -276,6 +276,18 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
 
 
 # ----------------------------------------------------------------- groups
+def test_root_text_shows_float_rounding_as_zero():
+    """Parts that are exactly zero in exact arithmetic (no error node below layer 0) come out
+    of float sums as 1e-16; the line says 0 for them and keeps every real part."""
+    from circuits.mechanisms import QKReasonRecord, root_text
+
+    r = QKReasonRecord(0, 0, 3, 2, "x", 0.5, 1.0, 0, 0, 0, 1.0, 0, 0, [])
+    r.root_parts = {"tokens": 1.08, "errors": 1.1e-16, "constants": -2.2e-16}
+    assert root_text(r, 3).startswith("specific by roots (tokens +1.08, errors 0, constants 0)")
+    r.root_parts = {"tokens": 1.08, "errors": -1e-6, "constants": 0.0}
+    assert "errors -1e-06, constants 0)" in root_text(r, 3)
+
+
 def test_a_supernode_sums_its_members_edges_exactly(graph):
     heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()[-3:]
     view = group(graph, heads, "my heads")

@@ -11,7 +11,8 @@ trained on) with the wall-clock time it took, and each target with the measured 
 whether it is met, each split's own targets marked (instances) or (forms): addition exact
 match >= 0.95 / 0.85, induction loss ratio <= 0.15 with every separator, successor accuracy
 >= 0.95 / 0.85, subtoken induction >= 0.80 / 0.70; and the head scores, the attention sink and
-the training time.
+the training time; and induction on repeated sentences written by hand
+(``HAND_WRITTEN_INDUCTION``: next word right, its probability).
 """
 
 from __future__ import annotations
@@ -70,6 +71,81 @@ def targets(results: dict, train_wall_s: float | None) -> dict:
     return out
 
 
+# Repeated sentences written by hand (in no split of the corpus; the second copy stops before
+# a word the first copy gives): does induction copy whatever text repeats, or only the corpus's
+# segments? Written before the corpus-v4 model was evaluated; the first six after corpus v3's
+# model had failed on them.
+HAND_WRITTEN_INDUCTION = (
+    (
+        "Mia saw milk, garden and red boat near the river. Later Mia saw milk, garden and red",
+        " boat",
+    ),
+    ("The cat is on a green boat. The cat is on a green", " boat"),
+    (" cat sat green boat river. cat sat green", " boat"),
+    (" milk a red boat river; milk a red", " boat"),
+    (" milk the red boat river; milk the red", " boat"),
+    (" cat on a green boat river. cat on a green", " boat"),
+    ("Tom said the old door was open. Then Tom said the old door was", " open"),
+    ("In the evening the bird sang by the window. In the evening the bird sang by the", " window"),
+    ("She put the tea on the table and left. She put the tea on the", " table"),
+    ("The small fox ran to the hill at night. Again, the small fox ran to the", " hill"),
+    ("We found a key under the blue chair. We found a key under the blue", " chair"),
+    ("It is very cold and the wind is loud. It is very cold and the wind is", " loud"),
+    (
+        "The ship went past the bridge, then the harbor. The ship went past the bridge, then the",
+        " harbor",
+    ),
+    ("my dog likes bread with milk; my dog likes bread with", " milk"),
+    ("a big owl sat in the old tree - a big owl sat in the old", " tree"),
+    (
+        "First the rain, then the snow, then the sun. First the rain, then the snow, then the",
+        " sun",
+    ),
+    ("He wrote a song about the moon and the sea. He wrote a song about the moon and the", " sea"),
+    ("the glass of water is on the paper # the glass of water is on the", " paper"),
+    ("Look at the bright star over the castle! Look at the bright star over the", " castle"),
+    ("the horse and the wolf and the bear went home. the horse and the wolf and the", " bear"),
+    (
+        "Is the lamp in the kitchen or in the garden? Is the lamp in the kitchen or in the",
+        " garden",
+    ),
+    ("The train was slow because of the snow. The train was slow because of the", " snow"),
+    ("one cup, two cups and a coin. one cup, two cups and a", " coin"),
+    ("At noon the farm was quiet and warm. At noon the farm was quiet and", " warm"),
+    ("Zora and Plim went to the village. Zora and Plim went to the", " village"),
+    ("Please bring the drum to the museum. Please bring the drum to the", " museum"),
+    ("The letter from the tower was sad. The letter from the tower was", " sad"),
+    ("this old map shows a hidden beach / this old map shows a hidden", " beach"),
+    ("Kelo likes the sweet apple from the valley. Kelo likes the sweet apple from the", " valley"),
+    ("so the frog jumped into the pond at dawn and the frog jumped into the", " pond"),
+)
+
+
+def hand_written_induction(model, tokenizer) -> dict:
+    """Each sentence's next-token prediction: right when the argmax is the first token of the
+    word the first copy gives; its probability; the prompts with what was predicted."""
+    import torch
+
+    rows = []
+    for prompt, word in HAND_WRITTEN_INDUCTION:
+        ids = tokenizer.encode(prompt).ids
+        target = tokenizer.encode(word).ids[1]  # the word's first token (after BOS)
+        with torch.no_grad():
+            log_probs = model(torch.tensor([ids])).float()[0, -1].log_softmax(-1)
+        top = int(log_probs.argmax())
+        rows.append({
+            "prompt": prompt, "word": word, "right": top == target,
+            "probability": float(log_probs[target].exp()),
+            "predicted": tokenizer.decode([top]),
+        })  # fmt: skip
+    return {
+        "right": sum(r["right"] for r in rows),
+        "n": len(rows),
+        "mean_probability": sum(r["probability"] for r in rows) / len(rows),
+        "prompts": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/toy_model.py", description=__doc__)
     parser.add_argument("--config", default="default", help="zoo config to train (default)")
@@ -100,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     eval_wall_s = time.perf_counter() - start
     results = json.loads(json.dumps(results))  # int keys become strings, as in the file
     print(summary(results))
+    hand = hand_written_induction(model, tokenizer)
+    print(
+        f"hand-written repeated sentences: {hand['right']}/{hand['n']} next words right, mean "
+        f"probability {hand['mean_probability']:.2f}"
+    )
     report = {
         "config": args.config,
         "model": args.model if args.skip_train else str(out),
@@ -109,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "docs_per_family": args.docs,
         "eval_wall_s": eval_wall_s,
         "evaluation": results,
+        "hand_written_induction": hand,
         "targets": targets(results, train_wall_s),
     }
     RESULTS.mkdir(exist_ok=True)

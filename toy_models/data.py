@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from .tokenizer import bos_id
 FAMILIES = ("names", "addition", "successor", "repeat")
 SPLITS = ("train", "heldout", "heldout_forms")
 CORPUS_SPLITS = ("train", "heldout")  # what ``build_corpus`` materialises
-CORPUS_VERSION = 3
+CORPUS_VERSION = 4
 
 
 def form_split(split: str) -> str:
@@ -668,13 +669,41 @@ REPEAT_SEPARATORS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Every word of the training frames (the names stories, the successor sentences, the list
+# openers) and of the filler: function words included, so that a repeated segment can hold any
+# word a prompt may hold and induction learns to copy tokens, not a lexicon (corpus v3 drew
+# segments from ``REPEAT_WORDS`` alone, and the model copied nothing else: 2 of 30 repeated
+# sentences in frames written by hand were completed).
+_FRAME_TEXT = (
+    " ".join(t for style in _NAME_TEMPLATES["train"].values() for t in style)
+    + " ".join(template for template, _, _ in _SUCCESSOR_FRAMES["train"])
+    + " ".join(_LIST_OPENERS["train"])
+)
+_SLOTS = {"A", "B", "P", "O", "X", "Y", "F", "N"}  # the templates' placeholders
+ANY_WORDS = sorted(
+    {w for w in re.findall(r"[A-Za-z]+", _FRAME_TEXT) if w not in _SLOTS} | set(FILLER_WORDS)
+)
+_SEGMENT_PUNCTUATION = (",", ".", ";", ":", "!", "?", "-", "'s", ")", "(")
+
+
 def _segment_word(rng: random.Random) -> str:
+    """One word of a repeated segment: a common name (8%), a number (4%), a filler-lexicon
+    word (33%), any frame or function word (35%), a made-up word of arbitrary sub-tokens
+    (10%, capitalised or not) or a word with punctuation attached (10%)."""
     roll = rng.random()
     if roll < 0.08:
         return rng.choice(COMMON_NAMES)
     if roll < 0.12:
         return str(rng.randrange(10, 100))
-    return rng.choice(REPEAT_WORDS)
+    if roll < 0.45:
+        return rng.choice(REPEAT_WORDS)
+    if roll < 0.80:
+        return rng.choice(ANY_WORDS)
+    if roll < 0.90:
+        lower = rng.random() < 0.5
+        word = rare_name(rng, "train")
+        return word.lower() if lower else word
+    return rng.choice(ANY_WORDS) + rng.choice(_SEGMENT_PUNCTUATION)
 
 
 def repeat_example(rng: random.Random, split: str = "train") -> Example:

@@ -113,7 +113,9 @@ def test_induction_ratio_per_separator_and_the_worst(tokenizer, split):
     docs = encoded(tokenizer, "repeat", 60, split)
     held = [d for d in docs if ev.copy_positions(d)]
     separators = {d.example.spans_of("second")[0].form for d in held}
-    assert len(held) > 40 and separators <= set(REPEAT_SEPARATORS[form_split(split)])
+    # most copies fit in 128 tokens (corpus v4's segments hold made-up words and punctuation,
+    # which this small vocabulary splits into many tokens)
+    assert len(held) >= len(docs) // 2 and separators <= set(REPEAT_SEPARATORS[form_split(split)])
     slow = held[0].example.spans_of("second")[0].form
     result = ev.induction_scores(repeat_runs(docs, slow), head_scores=False)
     assert set(result["by_separator"]) == separators  # the raw separator strings
@@ -273,7 +275,7 @@ def test_induction_scores_find_a_planted_induction_head(oracle, tiny_pretrained)
 
 def test_full_evaluation_runs_on_the_tiny_model(tiny_pretrained):
     model, tokenizer = tiny_pretrained
-    results = ev.evaluate(model, tokenizer, n_docs=6)
+    results = ev.evaluate(model, tokenizer, n_docs=16)  # some repeat documents fit in 64 tokens
     for split in ev.EVAL_SPLITS:
         r = results[split]
         assert all(math.isfinite(v) for v in r["heldout_loss"].values())

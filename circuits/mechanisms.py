@@ -74,6 +74,8 @@ TIMES_COLUMNS = 16  # columns per sparse product in EdgeColumns.times
 ROOT_BATCH = 8  # QK reasons per root-pair sweep (2 x d_qk columns each: bounds memory)
 PSEUDO_ROOTS = (("QK bias side", "qk_bias"), ("own terms of the nodes", "own"))  # qk_root_pairs
 VERSION = 1
+CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
+ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 
 
 # ----------------------------------------------------------------- records
@@ -339,9 +341,6 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(p.target in targets and set(p.groups) <= set(keys), f"{where}: unknown names")
         _expect(len(p.hops) == len(p.groups), f"{where}: one hop per group")
     return summary
-
-
-CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
 
 def _expect(ok: bool, problem: str) -> None:
@@ -990,9 +989,6 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
 
 
 # ----------------------------------------------------------------- printing
-ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
-
-
 def _signed(x: float | None, whole: float = 0.0) -> str:
     """``x`` signed to 3 digits; ``0`` where it is float rounding against ``whole`` (a sum of
     parts that are exactly zero in exact arithmetic comes out as 1e-16, not 0)."""

@@ -126,6 +126,8 @@ def hand_written_induction(model, tokenizer) -> dict:
     word the first copy gives; its probability; the prompts with what was predicted."""
     import torch
 
+    from toy_models.tokenizer import token_text
+
     rows = []
     for prompt, word in HAND_WRITTEN_INDUCTION:
         ids = tokenizer.encode(prompt).ids
@@ -136,7 +138,7 @@ def hand_written_induction(model, tokenizer) -> dict:
         rows.append({
             "prompt": prompt, "word": word, "right": top == target,
             "probability": float(log_probs[target].exp()),
-            "predicted": tokenizer.decode([top]),
+            "predicted": token_text(tokenizer, top),
         })  # fmt: skip
     return {
         "right": sum(r["right"] for r in rows),

@@ -674,10 +674,10 @@ REPEAT_SEPARATORS: dict[str, tuple[str, ...]] = {
 # word a prompt may hold and induction learns to copy tokens, not a lexicon (corpus v3 drew
 # segments from ``REPEAT_WORDS`` alone, and the model copied nothing else: 2 of 30 repeated
 # sentences in frames written by hand were completed).
-_FRAME_TEXT = (
-    " ".join(t for style in _NAME_TEMPLATES["train"].values() for t in style)
-    + " ".join(template for template, _, _ in _SUCCESSOR_FRAMES["train"])
-    + " ".join(_LIST_OPENERS["train"])
+_FRAME_TEXT = " ".join(
+    [t for style in _NAME_TEMPLATES["train"].values() for t in style]
+    + [template for template, _, _ in _SUCCESSOR_FRAMES["train"]]
+    + list(_LIST_OPENERS["train"])
 )
 _SLOTS = {"A", "B", "P", "O", "X", "Y", "F", "N"}  # the templates' placeholders
 ANY_WORDS = sorted(

@@ -83,6 +83,19 @@ with its ablation checks.
   measurement, and ``free_disagreements_explained_by_first_order``, the same among the checks
   where the graph and the free measurement disagree.
 
+**A fresh draw** (written on 2026-12-02 before it was run, the seventh session): ``--seed
+4321`` draws new prompts from the same sources and frames (the results go to
+``mechanisms_{model}_seed4321.json``). Its targets: ``key`` >= 90%, sign agreement with
+attention frozen >= 90%, and for the induction families ``reason_roots`` >= 90%, the criterion
+on the line the summary prints first for a QK reason (``specific by roots``: both sides split
+by roots at once). On seed 1234 the 5 induction prompts that missed ``reason`` all had
+``reason_roots``: read one side at a time, the key side's largest moved root was the
+document's first tokens (which the query side holds as well), not ``k - 1``; the fresh draw
+tests whether ``reason_roots`` holds on prompts nobody has looked at. ``targets_met`` gives
+``key_90``, ``reason_90``, ``reason_roots_90`` and ``sign_90_frozen`` for every draw. Each
+record also holds how sure the model was: ``probability``, ``runner_up`` and ``margin`` (the
+target's logit minus the runner-up's).
+
 For the induction families each record also holds both sides' largest positive roots as fields
 (``query_root``, ``key_moved_root``: kind, position, token), and ``reason_misses`` counts the
 prompts whose key is right but whose ``reason`` is not, by what the key side leads with
@@ -546,6 +559,7 @@ def run_family(
     from circuits.attribution import LogitTarget, attribute, run_prompt
     from circuits.interventions import first_order
     from circuits.mechanisms import TOLERANCE, summarize
+    from toy_models.tokenizer import token_text
 
     records = []
     cpu = 0.0
@@ -557,7 +571,10 @@ def run_family(
         t0 = time.process_time()
         tokens = torch.tensor(prompt.ids)
         run = run_prompt(replacement, tokens, mode, constants=True)
-        correct = int(run.logits[-1].argmax()) == prompt.target
+        logits = run.logits[-1]
+        runner = int(logits.argsort(descending=True)[1 if int(logits.argmax()) == prompt.target
+                                                     else 0])  # fmt: skip
+        correct = int(logits.argmax()) == prompt.target
         record = {
             "source": prompt.source,
             "text": prompt.text[-160:],
@@ -565,6 +582,11 @@ def run_family(
             "keys": prompt.keys,
             "target": tokenizer.decode([prompt.target]),
             "correct": correct,
+            # How sure the model is: the target's probability, and its logit minus that of
+            # the most likely other token (negative where the prompt is not right).
+            "probability": round(float(logits.softmax(-1)[prompt.target]), 4),
+            "runner_up": token_text(tokenizer, runner),
+            "margin": round(float(logits[prompt.target] - logits[runner]), 4),
             "untrained_positions": [p for p, t in enumerate(prompt.ids) if t in untrained],
         }
         if correct:
@@ -631,7 +653,9 @@ def run_family(
         ),
         "flagged": round(sum(r.get("flagged", 0) for r in right) / checks, 4) if checks else None,
         "targets_met": {
+            "key_90": rate("key") is not None and rate("key") >= 0.9,
             "reason_90": rate("reason") is not None and rate("reason") >= 0.9,
+            "reason_roots_90": (rate("reason_roots") or 0) >= 0.9 if induction else None,
             "sign_90_frozen": bool(checks)
             and sum(r.get("agree_frozen", 0) for r in right) / checks >= 0.9,
         },  # fmt: skip
@@ -657,11 +681,14 @@ def parse_args(argv):
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma-separated among {', '.join(FAMILIES)}")  # fmt: skip
     parser.add_argument("--mode", choices=("local", "sparse"), default="local")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"draws the prompts (default {SEED}; another seed is a fresh "
+                        "draw of the same sources)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the graphs are small, and a second "
                         "thread mostly spins on a shared machine)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="result file (default: benchmarks/results/"
-                        "mechanisms_{model}.json)")  # fmt: skip
+                        "mechanisms_{model}.json; _seed{seed} added for another seed)")  # fmt: skip
     args = parser.parse_args(argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = sorted(set(families) - set(FAMILIES))
@@ -689,7 +716,7 @@ def main(argv=None) -> int:
     startup = time.perf_counter() - t0
     result = {"model": args.model, "mode": args.mode, "prompts_per_family": args.prompts,
               "min_correct": args.min_correct, "max_prompts": args.max_prompts,
-              "threads": args.threads,
+              "threads": args.threads, "seed": args.seed,
               "concepts": concept_source, "startup_seconds": round(startup, 2),
               "families": {}}  # fmt: skip
     with torch.no_grad():
@@ -697,7 +724,7 @@ def main(argv=None) -> int:
             t1 = time.perf_counter()
             # The first prompts of a longer list are the same as those of a shorter one.
             n = max(args.prompts, args.max_prompts)
-            prompts = build_prompts(tokenizer, family, n, replacement.cfg.n_ctx - 1)
+            prompts = build_prompts(tokenizer, family, n, replacement.cfg.n_ctx - 1, args.seed)
             result["families"][family] = run_family(
                 replacement, tokenizer, prompts, concepts, args.mode, at_least=args.prompts,
                 min_correct=args.min_correct,
@@ -706,7 +733,8 @@ def main(argv=None) -> int:
             summary = {k: v for k, v in result["families"][family].items()
                        if k not in ("records", "by_source")}  # fmt: skip
             print(family, json.dumps(summary), flush=True)
-    out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}.json"
+    seed = "" if args.seed == SEED else f"_seed{args.seed}"
+    out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}{seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     from toy_models.files import write_json_atomic
 

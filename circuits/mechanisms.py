@@ -72,6 +72,7 @@ SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
 ROOT_PAIRS = 5  # root x root terms listed for each QK reason
 TIMES_COLUMNS = 16  # columns per sparse product in EdgeColumns.times
 ROOT_BATCH = 8  # QK reasons per root-pair sweep (2 x d_qk columns each: bounds memory)
+SIDE_BATCH = 64  # readouts per sweep of the QK reasons' side flows (two per reason)
 PSEUDO_ROOTS = (("QK bias side", "qk_bias"), ("own terms of the nodes", "own"))  # qk_root_pairs
 VERSION = 1
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
@@ -419,12 +420,26 @@ def node_flows(
     """(flow, h) of every node for the target node ``target`` (module docstring): ``flow[n]``
     its total signed contribution to the target's value, ``h[n] = d value / d value_n``.
     ``columns``: the graph's ``EdgeColumns``, when the caller has them."""
+    return many_node_flows(graph, [target], columns)[target]
+
+
+def many_node_flows(
+    graph: Graph, targets: list[int], columns: EdgeColumns | None = None
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``node_flows`` of several targets, those of one stage (the logits) in one sweep: a
+    sparse product with many columns costs little more than one with a single column."""
     columns = columns or EdgeColumns(graph)
     n = graph.n_nodes
-    h, flow = np.zeros(n), np.zeros(n)
-    h[target] = 1.0
-    flow[target] = float(graph.value[target])
-    return columns.sweep(np.zeros(n), h, flow, int(graph.stage[target]))
+    out = {}
+    for stage in sorted({int(graph.stage[t]) for t in targets}):
+        same = [t for t in dict.fromkeys(targets) if int(graph.stage[t]) == stage]
+        cols = np.arange(len(same))
+        h, flow = np.zeros((n, len(same))), np.zeros((n, len(same)))
+        h[same, cols] = 1.0
+        flow[same, cols] = graph.value[same].double().numpy()
+        columns.sweep(np.zeros((n, len(same))), h, flow, stage)
+        out |= {t: (flow[:, j].copy(), h[:, j].copy()) for j, t in enumerate(same)}
+    return out
 
 
 def linear_flows(
@@ -446,6 +461,34 @@ def qk_side_flows(
     ``query_at``, ``key_at``, ``specific`` and the QK bias side's terms in the first two
     (``query_bias``, ``key_bias``). ``side`` is the layer's ``circuits.qk.QKSides``. Each
     side's root flows, the nodes' own terms and its bias term sum to its ``_at`` part."""
+    return many_qk_side_flows(graph, [(side, qk_head, query, key)], columns)[0]
+
+
+def many_qk_side_flows(
+    graph: Graph, requests: list[tuple], columns: EdgeColumns | None = None
+) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:
+    """``qk_side_flows`` of many (``QKSides``, QK head, query, key) requests, their readouts
+    swept together (``SIDE_BATCH`` columns per sweep). A readout is zero above its own
+    Lorsa layer, so sweeping it from a higher stage adds exact zeros."""
+    columns = columns or EdgeColumns(graph)
+    directs, parts = [], []
+    for request in requests:
+        q_direct, k_direct, part = _qk_side_directs(graph, *request)
+        directs += [q_direct, k_direct]
+        parts.append(part)
+    flows = []
+    below = max((int(lorsa_stage(side.layer)) for side, *_ in requests), default=0)
+    for start in range(0, len(directs), SIDE_BATCH):
+        batch = np.stack(directs[start : start + SIDE_BATCH], axis=1)
+        flow = linear_flows(graph, batch, below, columns)[0]
+        flows += [flow[:, j].copy() for j in range(flow.shape[1])]
+    return [(flows[2 * i], flows[2 * i + 1], part) for i, part in enumerate(parts)]
+
+
+def _qk_side_directs(
+    graph: Graph, side, qk_head: int, query: int, key: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """The nodes' own terms in ``query_at`` and ``key_at`` (``qk_side_flows``), and the parts."""
     wq, wk = (w.numpy() for w in side.reference_weights(query, key, torch.float64))
     valid = side.slot_valid.numpy()
     u = side.query[:, :, qk_head].double().numpy() * valid[..., None]  # pos 1+slot e
@@ -458,8 +501,6 @@ def qk_side_flows(
     q_slots, k_slots = np.flatnonzero(slots[query]), np.flatnonzero(slots[key])
     q_direct[at[query, q_slots]] = u[query, 1 + q_slots] @ dv / scale
     k_direct[at[key, k_slots]] = v[key, 1 + k_slots] @ du / scale
-    below = int(lorsa_stage(side.layer))
-    columns = columns or EdgeColumns(graph)
     parts = {
         "query_at": float(u[query].sum(0) @ dv / scale),
         "key_at": float(du @ v[key].sum(0) / scale),
@@ -467,11 +508,7 @@ def qk_side_flows(
         "query_bias": float(u[query, 0] @ dv / scale),
         "key_bias": float(du @ v[key, 0] / scale),
     }
-    return (
-        linear_flows(graph, q_direct, below, columns)[0],
-        linear_flows(graph, k_direct, below, columns)[0],
-        parts,
-    )
+    return q_direct, k_direct, parts
 
 
 def qk_root_pairs(
@@ -722,8 +759,9 @@ def _summarize(
     per_target, paths, chosen, ranked = [], [], [], set()
     probs = run.logits[-1].softmax(-1)
     columns = EdgeColumns(full)
+    target_flows = many_node_flows(full, targets, columns)
     for t in targets:
-        flow, h = node_flows(full, t, columns)
+        flow, h = target_flows[t]
         flows[t] = flow
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
         ranking = [g for g in _head_ranking(view, group_flow, int(full.pos[t]))
@@ -755,6 +793,7 @@ def _summarize(
     units = unit_nodes(full)
     records = []
     pending = []  # (QK reason, its root-pair request): computed together below
+    side_requests = []  # (QK reason, its side-flow request): computed together below
     for g in listed:
         grp = view.groups[g]
         member_flow = {ids[t]: flows[t][grp.members] for t in targets}
@@ -782,17 +821,18 @@ def _summarize(
                 a = qk_record(replacement, run, grp.layer, head, grp.pos, grp.attends,
                               top=QK_PAIRS, sides=sides)  # fmt: skip
                 reason = _reason_record(full, a, concepts, units)
-                q_flow, k_flow, parts = qk_side_flows(full, sides[grp.layer][0], head,
-                                                      grp.pos, grp.attends, columns)  # fmt: skip
-                reason.query_at, reason.key_at = parts["query_at"], parts["key_at"]
-                reason.query_sources = _side_sources(view, q_flow)
-                reason.key_sources = _side_sources(view, k_flow)
+                side_requests.append((reason, (sides[grp.layer][0], head, grp.pos, grp.attends)))
                 if head == heads[0]:  # the group's main QK head (the sweeps cost most)
                     pending.append((reason, (sides[grp.layer][0], head, grp.pos, grp.attends)))
                 record.qk.append(reason)
         if check and g in keep_inner and targets:
             record.checks = _checks(replacement, full, run, grp.members, targets, tolerance, flows)
         records.append(record)
+    side_flows = many_qk_side_flows(full, [request for _, request in side_requests], columns)
+    for (reason, _), (q_flow, k_flow, parts) in zip(side_requests, side_flows, strict=True):
+        reason.query_at, reason.key_at = parts["query_at"], parts["key_at"]
+        reason.query_sources = _side_sources(view, q_flow)
+        reason.key_sources = _side_sources(view, k_flow)
     tables = qk_root_tables(view, [request for _, request in pending], columns)
     for (reason, _), table in zip(pending, tables, strict=True):
         reason.root_pairs, reason.root_parts = root_split(*table, ROOT_PAIRS)

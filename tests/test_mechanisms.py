@@ -16,10 +16,13 @@ from circuits.graph import Graph
 from circuits.groups import auto_groups, group, grouped
 from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
 from circuits.mechanisms import (
+    EdgeColumns,
     MechanismSummary,
     format_summary,
     linear_flows,
     load_summary,
+    many_node_flows,
+    many_qk_side_flows,
     node_flows,
     qk_root_pairs,
     qk_side_flows,
@@ -349,6 +352,36 @@ def test_flows_are_total_linear_effects_and_parts_close(graph):
     for i in inner[:: max(1, len(inner) // 12)]:
         change = predict(graph, [Intervention(graph.ids[i], "ablate")])[t]
         assert float(change) == pytest.approx(-flow[i], abs=1e-4)
+
+
+def test_flows_swept_together_equal_flows_swept_alone(graph, replacement, run):
+    """The summary sweeps many targets, and many QK readouts, as columns of one product;
+    each column is the single sweep of its own (targets of different stages, readouts of
+    different layers, whose stages above their own layer add exact zeros), up to the float32
+    rounding of the products (summed in another order with more columns)."""
+    logits = graph.is_kind("logit").nonzero().squeeze(1).tolist()
+    inner = graph.is_kind("transcoder").nonzero().squeeze(1).tolist()
+    targets = logits + [inner[-1], inner[0]]  # three stages at least
+    assert len({int(graph.stage[t]) for t in targets}) >= 3
+    together = many_node_flows(graph, targets)
+    for t in targets:
+        n = graph.n_nodes
+        h, flow = np.zeros(n), np.zeros(n)
+        h[t], flow[t] = 1.0, float(graph.value[t])
+        EdgeColumns(graph).sweep(np.zeros(n), h, flow, int(graph.stage[t]))
+        np.testing.assert_allclose(together[t][0], flow, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(together[t][1], h, rtol=1e-5, atol=1e-6)
+    requests, per_layer = [], {}
+    for a, side in reasons_with_sides(graph, replacement, run, n=10_000):
+        per_layer[a.layer] = per_layer.get(a.layer, 0) + 1
+        if per_layer[a.layer] <= 3:  # a few of every layer, interleaved as they come
+            requests.append((side, a.qk_head, a.query, a.key))
+    assert len({side.layer for side, *_ in requests}) >= 2
+    for request, (q, k, parts) in zip(requests, many_qk_side_flows(graph, requests), strict=True):
+        q1, k1, parts1 = qk_side_flows(graph, *request)
+        np.testing.assert_allclose(q, q1, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(k, k1, rtol=1e-5, atol=1e-6)
+        assert parts == parts1
 
 
 def test_a_path_flow_is_the_sum_over_its_member_level_paths(graph):

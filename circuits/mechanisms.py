@@ -45,7 +45,6 @@ import json
 import math
 import warnings
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,6 +59,7 @@ from .groups import AUTO_RULES, GroupedGraph, auto_groups, node_name
 from .interventions import Intervention, intervene, predict, target_nodes
 from .nodes import Kind, lorsa_stage, unit_id
 from .qk import qk_record
+from .threads import single_thread
 
 TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 RATIO = 3.0  # a measured effect this many times larger or smaller than predicted is flagged
@@ -699,19 +699,6 @@ def top_paths(
                 for i in range(len(up) - 1)]  # fmt: skip
         out.append((up[:-1], flow, hops))
     return out
-
-
-@contextmanager
-def single_thread():
-    """Torch on one thread inside, as before outside: the summary's reruns and QK tables are
-    many small operations, where a second thread costs more than it gives (measured on the
-    default model's README prompt: 4.7 CPU-s with two threads, 0.7 with one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _summed_edge(edges, targets: list[int], sources: list[int]) -> float:

@@ -23,6 +23,7 @@ from replacement.model import ReplacementModel, center
 from .attribution import PromptRun, pad_by_position, run_prompt
 from .graph import Graph, QKAttribution, QKPair, QKReason
 from .nodes import Kind, lorsa_stage, node_id, unit_id
+from .threads import single_thread
 from .units import Units
 
 
@@ -258,6 +259,7 @@ class SlotNames:
 
 
 @torch.no_grad()
+@single_thread()
 def qk_attribution(
     replacement: ReplacementModel,
     graph: Graph,

@@ -43,12 +43,12 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from toy_models.records import from_json
@@ -58,6 +58,7 @@ from .graph import MODES, Graph, QKAttribution
 from .groups import AUTO_RULES, GroupedGraph, auto_groups, node_name
 from .interventions import Intervention, intervene, predict, target_nodes
 from .nodes import Kind, lorsa_stage, unit_id
+from .prune import row_blocks
 from .qk import qk_record
 from .threads import single_thread
 
@@ -70,7 +71,6 @@ HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
 ROOT_PAIRS = 5  # root x root terms listed for each QK reason
-TIMES_COLUMNS = 16  # columns per sparse product in EdgeColumns.times
 ROOT_BATCH = 8  # QK reasons per root-pair sweep (2 x d_qk columns each: bounds memory)
 SIDE_BATCH = 64  # readouts per sweep of the QK reasons' side flows (two per reason)
 PSEUDO_ROOTS = (("QK bias side", "qk_bias"), ("own terms of the nodes", "own"))  # qk_root_pairs
@@ -372,63 +372,63 @@ def load_summary(path: str | Path) -> MechanismSummary:
 
 
 # ----------------------------------------------------------------- flows
-class EdgeColumns:
-    """A graph's edges transposed (a row per source), made once and read stage by stage
-    without copies: the flows below sweep it many times, and a long prompt's graph holds
-    1e7 edges or more. A stage's block is a torch CSR view of the arrays (scipy copies a
-    slice of a much larger array on every construction), multiplied ``TIMES_COLUMNS``
-    columns at a time (where its CSR product is fastest per column)."""
+class EdgeSweep:
+    """Backward sweeps over a graph's edges, read in place: a long prompt's graph holds 1e8
+    edges (0.9 GB), and a transposed copy for column access would double that at the trace's
+    peak. A sweep visits the stages from the top down; once a stage's ``h`` is final, its
+    rows push ``edges[rows].T @ h[rows]`` into the stages below, one block of about
+    ``ROW_BLOCK_ENTRIES`` edges at a time (``circuits.prune.row_blocks``; float32 products,
+    float64 sums), so the only copies are one block's."""
 
     def __init__(self, graph: Graph):
-        t = graph.edges.T.tocsr()  # float32, like the edges
-        self.data, self.indices = torch.from_numpy(t.data), torch.from_numpy(t.indices)
-        self.indptr = t.indptr.astype(t.indices.dtype)
-        self.n = graph.n_nodes
+        self.edges = graph.edges
         self.stage = graph.stage.numpy()
         self.activation = graph.activation.double().numpy()
 
-    def times(self, lo: int, hi: int, x: np.ndarray) -> np.ndarray:
-        """``edges[:, lo:hi].T @ x`` (float32 products, float64 result); ``x`` (node,) or
-        (node, columns)."""
-        start, end = int(self.indptr[lo]), int(self.indptr[hi])
-        with warnings.catch_warnings():  # torch calls its CSR support beta, once per process
-            warnings.simplefilter("ignore", UserWarning)
-            block = torch.sparse_csr_tensor(
-                torch.from_numpy(self.indptr[lo : hi + 1] - start), self.indices[start:end],
-                self.data[start:end], size=(hi - lo, self.n), check_invariants=False,
+    def push(self, lo: int, hi: int, h: np.ndarray, into: np.ndarray) -> None:
+        """``into += edges[lo:hi].T @ h[lo:hi]``; ``h`` (node,) or (node, columns)."""
+        edges = self.edges
+        for a, b in row_blocks(edges.indptr, lo, hi):
+            if not h[a:b].any():
+                continue
+            start, end = int(edges.indptr[a]), int(edges.indptr[b])
+            block = sp.csr_array(
+                (edges.data[start:end], edges.indices[start:end], edges.indptr[a : b + 1] - start),
+                shape=(b - a, edges.shape[1]), copy=False,
             )  # fmt: skip
-        dense = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(self.n, -1))
-        out = torch.cat([block @ dense[:, i : i + TIMES_COLUMNS].contiguous()
-                         for i in range(0, dense.shape[1], TIMES_COLUMNS)], dim=1)  # fmt: skip
-        return out.numpy().astype(np.float64).reshape(hi - lo, *x.shape[1:])
+            into += block.T @ h[a:b].astype(np.float32)
 
     def sweep(self, direct: np.ndarray, h: np.ndarray, flow: np.ndarray, below_stage: int):
         """Fill ``flow`` and ``h`` stage by stage, from the top stage below ``below_stage``
-        down: ``flow = direct + edges.T @ h``, ``h = flow / activation``."""
+        down: ``flow = direct + edges.T @ h``, ``h = flow / activation``; rows from
+        ``below_stage`` up pass on the ``h`` they hold (a target's 1)."""
         stage = self.stage
+        into = np.zeros(direct.shape)
+        self.push(int(np.searchsorted(stage, below_stage)), len(stage), h, into)
         for s in np.unique(stage[stage < below_stage])[::-1]:
             lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
-            flow[lo:hi] = direct[lo:hi] + self.times(lo, hi, h)
+            flow[lo:hi] = direct[lo:hi] + into[lo:hi]
             act = self.activation[lo:hi].reshape(-1, *[1] * (flow.ndim - 1))
             h[lo:hi] = np.where(act != 0, flow[lo:hi] / np.where(act != 0, act, 1.0), 0.0)
+            self.push(lo, hi, h, into)
         return flow, h
 
 
 def node_flows(
-    graph: Graph, target: int, columns: EdgeColumns | None = None
+    graph: Graph, target: int, columns: EdgeSweep | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flow, h) of every node for the target node ``target`` (module docstring): ``flow[n]``
     its total signed contribution to the target's value, ``h[n] = d value / d value_n``.
-    ``columns``: the graph's ``EdgeColumns``, when the caller has them."""
+    ``columns``: the graph's ``EdgeSweep``, when the caller has one."""
     return many_node_flows(graph, [target], columns)[target]
 
 
 def many_node_flows(
-    graph: Graph, targets: list[int], columns: EdgeColumns | None = None
+    graph: Graph, targets: list[int], columns: EdgeSweep | None = None
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``node_flows`` of several targets, those of one stage (the logits) in one sweep: a
     sparse product with many columns costs little more than one with a single column."""
-    columns = columns or EdgeColumns(graph)
+    columns = columns or EdgeSweep(graph)
     n = graph.n_nodes
     out = {}
     for stage in sorted({int(graph.stage[t]) for t in targets}):
@@ -443,18 +443,18 @@ def many_node_flows(
 
 
 def linear_flows(
-    graph: Graph, direct: np.ndarray, below_stage: int, columns: EdgeColumns | None = None
+    graph: Graph, direct: np.ndarray, below_stage: int, columns: EdgeSweep | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flow, h) of a linear readout ``R = sum_n direct[n]`` of the nodes below ``below_stage``
     (``direct[n]``: node n's own term, proportional to its activation): ``flow[n]`` is n's
     total contribution to R through every node it feeds, ``h[n] = dR / d value_n``. A
     ``direct`` of shape (node, d) sweeps d readouts at once (a vector readout)."""
-    columns = columns or EdgeColumns(graph)
+    columns = columns or EdgeSweep(graph)
     return columns.sweep(direct, np.zeros(direct.shape), np.zeros(direct.shape), below_stage)
 
 
 def qk_side_flows(
-    graph: Graph, side, qk_head: int, query: int, key: int, columns: EdgeColumns | None = None
+    graph: Graph, side, qk_head: int, query: int, key: int, columns: EdgeSweep | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Per node, its total contribution (``linear_flows``) to ``query_at`` and to ``key_at``
     of the QK reason at (``qk_head``, ``query``, ``key``) (``QKReasonRecord``), and the parts:
@@ -465,12 +465,12 @@ def qk_side_flows(
 
 
 def many_qk_side_flows(
-    graph: Graph, requests: list[tuple], columns: EdgeColumns | None = None
+    graph: Graph, requests: list[tuple], columns: EdgeSweep | None = None
 ) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:
     """``qk_side_flows`` of many (``QKSides``, QK head, query, key) requests, their readouts
     swept together (``SIDE_BATCH`` columns per sweep). A readout is zero above its own
     Lorsa layer, so sweeping it from a higher stage adds exact zeros."""
-    columns = columns or EdgeColumns(graph)
+    columns = columns or EdgeSweep(graph)
     directs, parts = [], []
     for request in requests:
         q_direct, k_direct, part = _qk_side_directs(graph, *request)
@@ -513,7 +513,7 @@ def _qk_side_directs(
 
 def qk_root_pairs(
     view: GroupedGraph, side, qk_head: int, query: int, key: int,
-    columns: EdgeColumns | None = None,
+    columns: EdgeSweep | None = None,
 ) -> tuple[list[SourceShare], list[SourceShare], np.ndarray]:  # fmt: skip
     """The ``specific`` part of the QK reason at (``qk_head``, ``query``, ``key``) split by
     roots on both sides (``RootPair``): each side's deviation vector (``du``, ``dv`` of
@@ -528,13 +528,13 @@ def qk_root_pairs(
 
 
 def qk_root_tables(
-    view: GroupedGraph, requests: list[tuple], columns: EdgeColumns | None = None
+    view: GroupedGraph, requests: list[tuple], columns: EdgeSweep | None = None
 ) -> list[tuple[list[SourceShare], list[SourceShare], np.ndarray]]:
     """``qk_root_pairs`` of many (``QKSides``, QK head, query, key) requests, their readouts
     swept together (``ROOT_BATCH`` requests per sweep: a sparse product with many columns
     costs much less per column than one with a few)."""
     graph = view.graph
-    columns = columns or EdgeColumns(graph)
+    columns = columns or EdgeSweep(graph)
     roots = np.flatnonzero([g.is_root for g in view.groups])
     is_root = np.isin(view.of_node, roots)
     names = [view.groups[g] for g in roots]
@@ -745,7 +745,7 @@ def _summarize(
     flows: dict[int, np.ndarray] = {}
     per_target, paths, chosen, ranked = [], [], [], set()
     probs = run.logits[-1].softmax(-1)
-    columns = EdgeColumns(full)
+    columns = EdgeSweep(full)
     target_flows = many_node_flows(full, targets, columns)
     for t in targets:
         flow, h = target_flows[t]

@@ -22,6 +22,16 @@ EDGE_THRESHOLD = 0.98
 ROW_BLOCK_ENTRIES = 1 << 23  # |A| is made this many entries at a time (bounds temporaries)
 
 
+def row_blocks(indptr: np.ndarray, lo: int = 0, hi: int | None = None):
+    """Ranges covering rows ``lo:hi`` of a CSR matrix with row pointers ``indptr``, of about
+    ``ROW_BLOCK_ENTRIES`` entries each (a row longer than that is a range of its own)."""
+    hi = len(indptr) - 1 if hi is None else hi
+    marks = np.arange(indptr[lo], indptr[hi], ROW_BLOCK_ENTRIES)
+    starts = np.searchsorted(indptr, marks, "right") - 1
+    bounds = np.unique(np.clip(np.r_[lo, starts, hi], lo, hi))
+    return zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+
+
 class Normalized:
     """``Â = D^-1 |A|`` without a copy of ``A``: ``|A|`` is taken one row block at a time
     (a block's ``|A|`` shares ``A``'s index arrays), with the row sums ``D`` computed once, so
@@ -40,12 +50,7 @@ class Normalized:
 
     def blocks(self, lo: int = 0, hi: int | None = None):
         """Ranges covering rows ``lo:hi`` of about ``ROW_BLOCK_ENTRIES`` entries each."""
-        indptr = self.edges.indptr
-        hi = len(indptr) - 1 if hi is None else hi
-        marks = np.arange(indptr[lo], indptr[hi], ROW_BLOCK_ENTRIES)
-        starts = np.searchsorted(indptr, marks, "right") - 1
-        bounds = np.unique(np.clip(np.r_[lo, starts, hi], lo, hi))
-        return zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+        return row_blocks(self.edges.indptr, lo, hi)
 
     def abs_rows(self, lo: int, hi: int) -> sp.csr_array:
         """Rows ``lo:hi`` of ``|A|`` (their values copied, their index arrays shared)."""

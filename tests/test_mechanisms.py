@@ -16,7 +16,7 @@ from circuits.graph import Graph
 from circuits.groups import auto_groups, group, grouped
 from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
 from circuits.mechanisms import (
-    EdgeColumns,
+    EdgeSweep,
     MechanismSummary,
     format_summary,
     linear_flows,
@@ -368,7 +368,7 @@ def test_flows_swept_together_equal_flows_swept_alone(graph, replacement, run):
         n = graph.n_nodes
         h, flow = np.zeros(n), np.zeros(n)
         h[t], flow[t] = 1.0, float(graph.value[t])
-        EdgeColumns(graph).sweep(np.zeros(n), h, flow, int(graph.stage[t]))
+        EdgeSweep(graph).sweep(np.zeros(n), h, flow, int(graph.stage[t]))
         np.testing.assert_allclose(together[t][0], flow, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(together[t][1], h, rtol=1e-5, atol=1e-6)
     requests, per_layer = [], {}

@@ -679,9 +679,10 @@ def top_paths(
                 continue
             groups = view.of_node[cols]
             sums = np.bincount(groups, r[cols], minlength=view.n_groups)
-            candidates = [g for g in np.unique(groups).tolist() if g not in path]
-            candidates.sort(key=lambda g: -abs(sums[g]))
-            for g in candidates[:beam]:
+            candidates = np.unique(groups)
+            candidates = candidates[~np.isin(candidates, path)]
+            order = np.argsort(-np.abs(sums[candidates]), kind="stable")[:beam]
+            for g in candidates[order].tolist():
                 members = cols[groups == g]
                 if view.groups[g].is_root:
                     if view.groups[g].kind in roots:

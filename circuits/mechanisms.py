@@ -415,20 +415,20 @@ class EdgeSweep:
 
 
 def node_flows(
-    graph: Graph, target: int, columns: EdgeSweep | None = None
+    graph: Graph, target: int, edge_sweep: EdgeSweep | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flow, h) of every node for the target node ``target`` (module docstring): ``flow[n]``
     its total signed contribution to the target's value, ``h[n] = d value / d value_n``.
-    ``columns``: the graph's ``EdgeSweep``, when the caller has one."""
-    return many_node_flows(graph, [target], columns)[target]
+    ``edge_sweep``: the graph's ``EdgeSweep``, when the caller has one."""
+    return many_node_flows(graph, [target], edge_sweep)[target]
 
 
 def many_node_flows(
-    graph: Graph, targets: list[int], columns: EdgeSweep | None = None
+    graph: Graph, targets: list[int], edge_sweep: EdgeSweep | None = None
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``node_flows`` of several targets, those of one stage (the logits) in one sweep: a
     sparse product with many columns costs little more than one with a single column."""
-    columns = columns or EdgeSweep(graph)
+    edge_sweep = edge_sweep or EdgeSweep(graph)
     n = graph.n_nodes
     out = {}
     for stage in sorted({int(graph.stage[t]) for t in targets}):
@@ -437,40 +437,40 @@ def many_node_flows(
         h, flow = np.zeros((n, len(same))), np.zeros((n, len(same)))
         h[same, cols] = 1.0
         flow[same, cols] = graph.value[same].double().numpy()
-        columns.sweep(np.zeros((n, len(same))), h, flow, stage)
+        edge_sweep.sweep(np.zeros((n, len(same))), h, flow, stage)
         out |= {t: (flow[:, j].copy(), h[:, j].copy()) for j, t in enumerate(same)}
     return out
 
 
 def linear_flows(
-    graph: Graph, direct: np.ndarray, below_stage: int, columns: EdgeSweep | None = None
+    graph: Graph, direct: np.ndarray, below_stage: int, edge_sweep: EdgeSweep | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flow, h) of a linear readout ``R = sum_n direct[n]`` of the nodes below ``below_stage``
     (``direct[n]``: node n's own term, proportional to its activation): ``flow[n]`` is n's
     total contribution to R through every node it feeds, ``h[n] = dR / d value_n``. A
     ``direct`` of shape (node, d) sweeps d readouts at once (a vector readout)."""
-    columns = columns or EdgeSweep(graph)
-    return columns.sweep(direct, np.zeros(direct.shape), np.zeros(direct.shape), below_stage)
+    edge_sweep = edge_sweep or EdgeSweep(graph)
+    return edge_sweep.sweep(direct, np.zeros(direct.shape), np.zeros(direct.shape), below_stage)
 
 
 def qk_side_flows(
-    graph: Graph, side, qk_head: int, query: int, key: int, columns: EdgeSweep | None = None
+    graph: Graph, side, qk_head: int, query: int, key: int, edge_sweep: EdgeSweep | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Per node, its total contribution (``linear_flows``) to ``query_at`` and to ``key_at``
     of the QK reason at (``qk_head``, ``query``, ``key``) (``QKReasonRecord``), and the parts:
     ``query_at``, ``key_at``, ``specific`` and the QK bias side's terms in the first two
     (``query_bias``, ``key_bias``). ``side`` is the layer's ``circuits.qk.QKSides``. Each
     side's root flows, the nodes' own terms and its bias term sum to its ``_at`` part."""
-    return many_qk_side_flows(graph, [(side, qk_head, query, key)], columns)[0]
+    return many_qk_side_flows(graph, [(side, qk_head, query, key)], edge_sweep)[0]
 
 
 def many_qk_side_flows(
-    graph: Graph, requests: list[tuple], columns: EdgeSweep | None = None
+    graph: Graph, requests: list[tuple], edge_sweep: EdgeSweep | None = None
 ) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:
     """``qk_side_flows`` of many (``QKSides``, QK head, query, key) requests, their readouts
     swept together (``SIDE_BATCH`` columns per sweep). A readout is zero above its own
     Lorsa layer, so sweeping it from a higher stage adds exact zeros."""
-    columns = columns or EdgeSweep(graph)
+    edge_sweep = edge_sweep or EdgeSweep(graph)
     directs, parts = [], []
     for request in requests:
         q_direct, k_direct, part = _qk_side_directs(graph, *request)
@@ -480,7 +480,7 @@ def many_qk_side_flows(
     below = max((int(lorsa_stage(side.layer)) for side, *_ in requests), default=0)
     for start in range(0, len(directs), SIDE_BATCH):
         batch = np.stack(directs[start : start + SIDE_BATCH], axis=1)
-        flow = linear_flows(graph, batch, below, columns)[0]
+        flow = linear_flows(graph, batch, below, edge_sweep)[0]
         flows += [flow[:, j].copy() for j in range(flow.shape[1])]
     return [(flows[2 * i], flows[2 * i + 1], part) for i, part in enumerate(parts)]
 
@@ -513,7 +513,7 @@ def _qk_side_directs(
 
 def qk_root_pairs(
     view: GroupedGraph, side, qk_head: int, query: int, key: int,
-    columns: EdgeSweep | None = None,
+    edge_sweep: EdgeSweep | None = None,
 ) -> tuple[list[SourceShare], list[SourceShare], np.ndarray]:  # fmt: skip
     """The ``specific`` part of the QK reason at (``qk_head``, ``query``, ``key``) split by
     roots on both sides (``RootPair``): each side's deviation vector (``du``, ``dv`` of
@@ -524,17 +524,17 @@ def qk_root_pairs(
     side's and the key side's rows (``SourceShare``, each with its total against the other
     side's whole deviation) and the table ``table[a, b] = DU_a . DV_b / sqrt(d_qk)``, which
     sums to ``specific`` exactly. ``qk_root_tables`` does many at once."""
-    return qk_root_tables(view, [(side, qk_head, query, key)], columns)[0]
+    return qk_root_tables(view, [(side, qk_head, query, key)], edge_sweep)[0]
 
 
 def qk_root_tables(
-    view: GroupedGraph, requests: list[tuple], columns: EdgeSweep | None = None
+    view: GroupedGraph, requests: list[tuple], edge_sweep: EdgeSweep | None = None
 ) -> list[tuple[list[SourceShare], list[SourceShare], np.ndarray]]:
     """``qk_root_pairs`` of many (``QKSides``, QK head, query, key) requests, their readouts
     swept together (``ROOT_BATCH`` requests per sweep: a sparse product with many columns
     costs much less per column than one with a few)."""
     graph = view.graph
-    columns = columns or EdgeSweep(graph)
+    edge_sweep = edge_sweep or EdgeSweep(graph)
     roots = np.flatnonzero([g.is_root for g in view.groups])
     is_root = np.isin(view.of_node, roots)
     names = [view.groups[g] for g in roots]
@@ -561,7 +561,7 @@ def qk_root_tables(
                 biases.append(weight @ vec[:, 0])
         direct = np.concatenate(directs, axis=1)  # node (request side e)
         below = max(int(lorsa_stage(side.layer)) for side, *_ in batch)
-        flow = linear_flows(graph, direct, below, columns)[0]
+        flow = linear_flows(graph, direct, below, edge_sweep)[0]
         by_group = np.zeros((view.n_groups, direct.shape[1]))
         np.add.at(by_group, view.of_node[is_root], flow[is_root])
         by_root = by_group[roots]
@@ -746,8 +746,8 @@ def _summarize(
     flows: dict[int, np.ndarray] = {}
     per_target, paths, chosen, ranked = [], [], [], set()
     probs = run.logits[-1].softmax(-1)
-    columns = EdgeSweep(full)
-    target_flows = many_node_flows(full, targets, columns)
+    edge_sweep = EdgeSweep(full)
+    target_flows = many_node_flows(full, targets, edge_sweep)
     for t in targets:
         flow, h = target_flows[t]
         flows[t] = flow
@@ -816,12 +816,12 @@ def _summarize(
         if check and g in keep_inner and targets:
             record.checks = _checks(replacement, full, run, grp.members, targets, tolerance, flows)
         records.append(record)
-    side_flows = many_qk_side_flows(full, [request for _, request in side_requests], columns)
+    side_flows = many_qk_side_flows(full, [request for _, request in side_requests], edge_sweep)
     for (reason, _), (q_flow, k_flow, parts) in zip(side_requests, side_flows, strict=True):
         reason.query_at, reason.key_at = parts["query_at"], parts["key_at"]
         reason.query_sources = _side_sources(view, q_flow)
         reason.key_sources = _side_sources(view, k_flow)
-    tables = qk_root_tables(view, [request for _, request in pending], columns)
+    tables = qk_root_tables(view, [request for _, request in pending], edge_sweep)
     for (reason, _), table in zip(pending, tables, strict=True):
         reason.root_pairs, reason.root_parts = root_split(*table, ROOT_PAIRS)
     target_records = []

@@ -1067,8 +1067,11 @@ def root_text(r: QKReasonRecord, top: int) -> str:
     return f"specific by roots ({split}): {pairs}"
 
 
-def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
-    """The summary as text (what ``python -m circuits.trace`` prints)."""
+def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: bool = False) -> str:
+    """The summary as text (what ``python -m circuits.trace`` prints). A group's ablation
+    checks are printed for the first target, and for the other targets counted in one line
+    (how many agree in sign and how many are flagged; each is in the record, and
+    ``every_check`` prints them all)."""
     lines = ["mechanisms (exact flows: each group's total linear contribution to the target):"]
     names = {g.key: g for g in summary.groups}
     labels = {t.node: t.label for t in summary.targets}
@@ -1136,11 +1139,21 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3) -> str:
                 if top:
                     lines.append(f"         {name} side from: " + "; ".join(
                         f"{x.name} {x.value:+.3g}" for x in top))  # fmt: skip
-        for c in g.checks:
+        first = summary.targets[0].node if summary.targets else None
+        shown = [c for c in g.checks if every_check or c.target == first]
+        for c in shown:
             mark = "FLAGGED" if c.flagged else "ok"
             lines.append(
                 f"       ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
                 f"predicted {_signed(c.predicted)}, frozen attention "
                 f"{_signed(c.frozen)}, free attention {_signed(c.free)}  [{mark}]"
+            )
+        rest = [c for c in g.checks if c not in shown]
+        if rest:
+            lines.append(
+                f"       ablate, the other {len(rest)} targets: sign agrees with attention "
+                f"frozen {sum(c.agree_frozen for c in rest)}, free "
+                f"{sum(c.agree_free for c in rest)}; flagged {sum(c.flagged for c in rest)} "
+                "(each in mechanisms.json)"
             )
     return "\n".join(lines)

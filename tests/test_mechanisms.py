@@ -459,7 +459,7 @@ def test_summary_records(graph, replacement, run, tmp_path):
     assert json.dumps(back.to_dict(), sort_keys=True) == json.dumps(
         json.loads(path.read_text()), sort_keys=True
     )
-    text = format_summary(back)
+    text = format_summary(back, every_check=True)
     assert "predicting heads" in text and "QK" in text and "FLAGGED where" in text
     assert "specific by roots (tokens" in text
     checks = [line.strip() for line in text.splitlines() if line.strip().startswith("ablate")]
@@ -469,6 +469,22 @@ def test_summary_records(graph, replacement, run, tmp_path):
                    for line in checks)  # fmt: skip
     else:
         assert all(line.startswith("ablate: predicted") for line in checks)
+    # By default: the first target's checks, the others counted in one line per group.
+    compact = [line.strip() for line in format_summary(back).splitlines()
+               if line.strip().startswith("ablate")]  # fmt: skip
+    first = back.targets[0].node
+    counted = []
+    for g in back.groups:
+        rest = [c for c in g.checks if c.target != first]
+        if rest:
+            counted.append(
+                f"ablate, the other {len(rest)} targets: sign agrees with attention frozen "
+                f"{sum(c.agree_frozen for c in rest)}, free {sum(c.agree_free for c in rest)}; "
+                f"flagged {sum(c.flagged for c in rest)} (each in mechanisms.json)"
+            )
+    own = sum(c.target == first for g in back.groups for c in g.checks)
+    assert [line for line in compact if line.startswith("ablate, the other")] == counted
+    assert len(compact) == own + len(counted)
     page = html_page(graph, mechanisms=back)
     assert "<h2>Mechanisms</h2>" in page and "always-on" in page
     with pytest.raises(ValueError, match="not a mechanism summary|version"):

@@ -13,6 +13,7 @@ over sources *and* the bias side. Every term is kept in the sums; the top ones a
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -259,7 +260,6 @@ class SlotNames:
 
 
 @torch.no_grad()
-@single_thread()
 def qk_attribution(
     replacement: ReplacementModel,
     graph: Graph,
@@ -304,20 +304,23 @@ def qk_attribution(
     result = []
     units = Units.of(replacement)
     triples = torch.tensor(sorted(wanted), dtype=torch.long).reshape(-1, 4)
-    for layer in triples[:, 0].unique().tolist():
-        side = QKSides(run, replacement, layer)
-        unit = slot_units(run, side, units) if contrast or reason else None
-        names = SlotNames(run, side, unit)
-        layer_triples, records = triples[triples[:, 0] == layer], []
-        for chunk in layer_triples.split(QK_CHUNK):
-            h, q, k = chunk[:, 1], chunk[:, 2], chunk[:, 3]
-            terms = side.terms(h, q, k)
-            records += _summaries(
-                terms, side.scores(h, q, k), chunk, run.patterns[layer][h, q, k], names, top
-            )
-        if contrast or reason:
-            _explain(side, records, units, unit, names, top, contrast=contrast, reason=reason)
-        result += records
+    # The contrast split and the reason are thousands of small products: one thread
+    # (``single_thread``); the plain records are a few large ones per layer.
+    with single_thread() if contrast or reason else nullcontext():
+        for layer in triples[:, 0].unique().tolist():
+            side = QKSides(run, replacement, layer)
+            unit = slot_units(run, side, units) if contrast or reason else None
+            names = SlotNames(run, side, unit)
+            layer_triples, records = triples[triples[:, 0] == layer], []
+            for chunk in layer_triples.split(QK_CHUNK):
+                h, q, k = chunk[:, 1], chunk[:, 2], chunk[:, 3]
+                terms = side.terms(h, q, k)
+                records += _summaries(
+                    terms, side.scores(h, q, k), chunk, run.patterns[layer][h, q, k], names, top
+                )
+            if contrast or reason:
+                _explain(side, records, units, unit, names, top, contrast=contrast, reason=reason)
+            result += records
     graph.qk = result
     return result
 

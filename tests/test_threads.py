@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from circuits import qk
+from circuits.attribution import attribute, run_prompt
 from circuits.threads import single_thread
 
 
@@ -24,15 +25,29 @@ def test_one_thread_inside_and_the_count_restored_even_on_error(two_threads):
     assert torch.get_num_threads() == 2
 
 
-def test_qk_attributions_run_on_one_thread(two_threads, monkeypatch):
+def test_qk_explanations_run_on_one_thread_plain_records_on_the_callers(
+    two_threads, monkeypatch, random_model, make_replacement
+):
+    """The contrast split and the reason (thousands of small products) run on one thread;
+    plain QK records (a few large products per layer) on the caller's threads."""
+    replacement = make_replacement(random_model)
+    tokens = torch.randint(1, 50, (8,), generator=torch.Generator().manual_seed(0))
+    run = run_prompt(replacement, tokens, "local")
+    graph = attribute(replacement, tokens, max_logits=2, run=run)
     seen = []
+    real = qk.QKSides
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
-        raise RuntimeError("stop here")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(qk, "run_prompt", spy)  # the first thing it calls without a run
-    graph = type("G", (), {"tokens": [1, 2], "mode": "local", "has_constants": False})()
-    with pytest.raises(RuntimeError, match="stop here"):
-        qk.qk_attribution(None, graph)
-    assert seen == [1] and torch.get_num_threads() == 2
+    monkeypatch.setattr(qk, "QKSides", spy)
+    plain = qk.qk_attribution(replacement, graph, run=run)
+    assert seen and set(seen) == {2}
+    seen.clear()
+    explained = qk.qk_attribution(replacement, graph, run=run, contrast=True, reason=True)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+    assert [(a.layer, a.qk_head, a.query, a.key) for a in plain] == [
+        (a.layer, a.qk_head, a.query, a.key) for a in explained
+    ]
+    assert [a.score for a in plain] == pytest.approx([a.score for a in explained], abs=1e-5)

@@ -558,7 +558,7 @@ def run_family(
 
     from circuits.attribution import LogitTarget, attribute, run_prompt
     from circuits.interventions import first_order
-    from circuits.mechanisms import TOLERANCE, summarize
+    from circuits.mechanisms import TOLERANCE, runner_up, summarize
     from toy_models.tokenizer import token_text
 
     records = []
@@ -572,8 +572,7 @@ def run_family(
         tokens = torch.tensor(prompt.ids)
         run = run_prompt(replacement, tokens, mode, constants=True)
         logits = run.logits[-1]
-        runner = int(logits.argsort(descending=True)[1 if int(logits.argmax()) == prompt.target
-                                                     else 0])  # fmt: skip
+        runner = runner_up(logits, prompt.target)
         correct = int(logits.argmax()) == prompt.target
         record = {
             "source": prompt.source,

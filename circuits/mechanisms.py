@@ -809,9 +809,10 @@ def _summarize(
                 a = qk_record(replacement, run, grp.layer, head, grp.pos, grp.attends,
                               top=QK_PAIRS, sides=sides)  # fmt: skip
                 reason = _reason_record(full, a, concepts, units)
-                side_requests.append((reason, (sides[grp.layer][0], head, grp.pos, grp.attends)))
+                request = (sides[grp.layer][0], head, grp.pos, grp.attends)
+                side_requests.append((reason, request))
                 if head == heads[0]:  # the group's main QK head (the sweeps cost most)
-                    pending.append((reason, (sides[grp.layer][0], head, grp.pos, grp.attends)))
+                    pending.append((reason, request))
                 record.qk.append(reason)
         if check and g in keep_inner and targets:
             record.checks = _checks(replacement, full, run, grp.members, targets, tolerance, flows)
@@ -854,6 +855,12 @@ def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int) -> list[
     return sorted(heads, key=rank)
 
 
+def runner_up(scores: torch.Tensor, token: int) -> int | None:
+    """The most likely token other than ``token`` by ``scores`` (logits or probabilities
+    over the vocabulary); None when there is no other."""
+    return next((v for v in scores.argsort(descending=True).tolist() if v != token), None)
+
+
 def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
     kind = Kind(int(graph.kind[t]))
     if kind != Kind.LOGIT:
@@ -866,8 +873,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
             kind=kind.label,
         )  # fmt: skip
     record = graph.logit_record(t)
-    order = probs.argsort(descending=True).tolist()
-    runner = next((v for v in order if v != record.token), None)
+    runner = runner_up(probs, record.token)
     margin = None
     if runner is not None:
         margin = float(run.logits[-1, record.token] - run.logits[-1, runner])
@@ -1112,6 +1118,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
             "graph and measured with attention frozen and free; FLAGGED where a measured "
             f"change has the other sign or is over {RATIO:g}x off)"
         )
+    first = summary.targets[0].node if summary.targets else None
     for g in summary.groups:
         if g.kind in ("embedding", "error", "bias"):
             continue
@@ -1139,8 +1146,8 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
                 if top:
                     lines.append(f"         {name} side from: " + "; ".join(
                         f"{x.name} {x.value:+.3g}" for x in top))  # fmt: skip
-        first = summary.targets[0].node if summary.targets else None
         shown = [c for c in g.checks if every_check or c.target == first]
+        rest = [] if every_check else [c for c in g.checks if c.target != first]
         for c in shown:
             mark = "FLAGGED" if c.flagged else "ok"
             lines.append(
@@ -1148,7 +1155,6 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
                 f"predicted {_signed(c.predicted)}, frozen attention "
                 f"{_signed(c.frozen)}, free attention {_signed(c.free)}  [{mark}]"
             )
-        rest = [c for c in g.checks if c not in shown]
         if rest:
             lines.append(
                 f"       ablate, the other {len(rest)} targets: sign agrees with attention "

@@ -1,13 +1,15 @@
 """Lorsa against a TopK attention-output SAE of the same width and K (the Lorsa paper's baseline).
 
     python benchmarks/attn_sae_baseline.py [--model default] [--replacement DIR] [--steps 3000]
+        [--out benchmarks/results/attn_sae_baseline.json]
 
 Trains, for every layer, a TopK SAE on ``hook_attn_out`` (input = target) with as many latents
 as the Lorsa layer has OV heads and the same K, with the same recipe as the replacement layers
 (``replacement.train``: normalisation, K annealing, AuxK, learning-rate schedule, one shared
 activation stream). Then compares, on the same held-out rows, each layer's FVU and the loss
-recovered when it alone is spliced in. Writes benchmarks/results/attn_sae_baseline.json
-(target: Lorsa FVU <= 1.1 x the SAE's in every layer).
+recovered when it alone is spliced in. Writes benchmarks/results/attn_sae_baseline.json, or
+``--out`` (a candidate replacement set's comparison, kept beside the shipped one's). Target:
+Lorsa FVU <= 1.1 x the SAE's in every layer.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=3000, help="SAE training steps (3000)")
     parser.add_argument("--batches", type=int, default=8, help="held-out batches of 16 rows")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "attn_sae_baseline.json", help="JSON written"
+    )
     args = parser.parse_args(argv)
     from replacement.model import ReplacementModel
     from toy_models.files import write_json_atomic
@@ -128,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(ratio {r['fvu_ratio_lorsa_over_sae']:.2f}); loss recovered spliced alone "
             f"Lorsa {r['lorsa_loss_recovered']:.1%} vs SAE {r['sae_loss_recovered']:.1%}"
         )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "attn_sae_baseline.json"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, report)
     print(f"worst Lorsa/SAE FVU ratio {worst:.2f} (target <= 1.1) -> {out}")
     return 0

@@ -380,3 +380,25 @@ def test_kept_attention_saes_are_trained_once_per_setting(tiny_pretrained, tmp_p
     other, _ = attn_sae.kept_attn_saes(model, tokenizer, [1], 16, 4, 3, tmp_path, quiet=True)
     assert len(trained) == 1 and other[1].cfg.top_k == 4
     assert len([d for d in tmp_path.iterdir() if d.is_dir()]) == 2
+
+
+def test_attention_sae_baseline_writes_where_told(tiny_run, make_replacement, tmp_path, cli):
+    """The Lorsa-vs-SAE benchmark on the tiny model: one row per layer, written to ``--out``
+    (a candidate set's comparison), the shipped results left alone."""
+    from toy_models.zoo import load_pretrained
+
+    module = _benchmark("attn_sae_baseline")
+    shipped = module.RESULTS / "attn_sae_baseline.json"
+    before = shipped.read_bytes() if shipped.exists() else None
+    model, _ = load_pretrained(str(tiny_run))
+    make_replacement(model, n_qk=2, n_ov=8).save(tmp_path / "set", str(tiny_run))
+    out = tmp_path / "candidate" / "sae.json"
+    args = ["--model", tiny_run, "--replacement", tmp_path / "set", "--steps", 3,
+            "--batches", 1, "--out", out]  # fmt: skip
+    code, stdout, err = cli(module.main, *args)
+    assert code == 0, err
+    r = json.loads(out.read_text())
+    assert [row["layer"] for row in r["layers"]] == [0, 1] and r["sae"]["steps"] == 3
+    assert r["target"]["worst_ratio"] == max(row["fvu_ratio_lorsa_over_sae"] for row in r["layers"])
+    assert str(out) in stdout
+    assert (shipped.read_bytes() if shipped.exists() else None) == before

@@ -2,6 +2,7 @@
 the key it reads and why, and does the linear graph agree in sign with ablations?
 
     python benchmarks/mechanisms.py [--model default] [--prompts 40] [--min-correct 30]
+        [--replacement DIR --dashboards-file FILE]   # another replacement set, its own labels
 
 Targets (issue 14, item 3), per probe family, over the prompts the model gets right (its top
 token is the expected one): in >= 90% of them the summary's predicting head group attends to
@@ -523,14 +524,16 @@ def reason_misses(records: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------- the run
-def concepts_for(replacement, tokenizer, model: str, mode: str) -> tuple[dict | None, str]:
-    """Every unit's (concept, F1) from the model's dashboards file, when there is a valid
-    one; else None and why."""
+def concepts_for(
+    replacement, tokenizer, model: str, mode: str, path: Path | None = None
+) -> tuple[dict | None, str]:
+    """Every unit's (concept, F1) from the dashboards file (default: the model's), when it is
+    a valid one for this replacement set; else None and why."""
     from circuits.concepts import CONCEPTS
     from circuits.dashboards import default_path, read_file
     from circuits.nodes import Kind, lorsa_stage, transcoder_stage, unit_id
 
-    path = default_path(model, mode)
+    path = default_path(model, mode) if path is None else path
     if not path.exists():
         return None, f"no dashboards file {path} (run circuits.trace once to build it)"
     try:
@@ -668,6 +671,15 @@ def run_family(
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="zoo name or directory")
+    parser.add_argument(
+        "--replacement",
+        type=Path,
+        help="replacement set directory (default: the one shipped with --model)",
+    )
+    parser.add_argument("--dashboards-file", type=Path,
+                        help="the concept labels' dashboards file (default "
+                        "runs/dashboards/<model>-<mode>.safetensors; one built for another "
+                        "set is refused, and the groups then go without concepts)")  # fmt: skip
     parser.add_argument("--prompts", type=int, default=40, help="prompts per probe family")
     parser.add_argument(
         "--min-correct",
@@ -710,10 +722,14 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    replacement, tokenizer = load_pretrained(args.model)
-    concepts, concept_source = concepts_for(replacement, tokenizer, args.model, args.mode)
+    replacement, tokenizer = load_pretrained(args.model, args.replacement)
+    concepts, concept_source = concepts_for(
+        replacement, tokenizer, args.model, args.mode, args.dashboards_file
+    )
     startup = time.perf_counter() - t0
-    result = {"model": args.model, "mode": args.mode, "prompts_per_family": args.prompts,
+    result = {"model": args.model, "mode": args.mode,
+              "replacement": str(args.replacement) if args.replacement else "shipped",
+              "prompts_per_family": args.prompts,
               "min_correct": args.min_correct, "max_prompts": args.max_prompts,
               "threads": args.threads, "seed": args.seed,
               "concepts": concept_source, "startup_seconds": round(startup, 2),

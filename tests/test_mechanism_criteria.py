@@ -155,3 +155,29 @@ def test_first_order_agreement_counts_signs_against_the_free_measurement():
               group([], 0.001, True)]  # 0 vs 0.001: both below the tolerance  # fmt: skip
     out = m.first_order_agreement(SimpleNamespace(groups=groups), full, slopes, tolerance=0.01)
     assert out == {"agree_first_order_free": 2, "disagree_free": 1, "disagree_free_explained": 1}
+
+
+def test_concept_labels_come_from_the_named_dashboards_file_of_this_set(
+    tiny_pretrained, make_replacement, tmp_path
+):
+    """``--dashboards-file``: labels are read from the file given, one built for another
+    replacement set is refused with the reason, and a missing file says how to build one."""
+    import torch
+
+    from circuits import dashboard_pass
+
+    m = _benchmark()
+    model, tokenizer = tiny_pretrained
+    ours = make_replacement(model, n_qk=2, n_ov=8, lorsa_k=3, d_sae=16, tc_k=4)
+    other = make_replacement(model, n_qk=2, n_ov=8, lorsa_k=3, d_sae=16, tc_k=4)
+    with torch.no_grad():
+        other.transcoders[1].W_dec[0] += 0.5  # same shapes, other weights
+    path = tmp_path / "ours.safetensors"
+    dashboard_pass.build(ours, tokenizer, path, rows=6, batch_rows=3, seed=3, progress=False)
+    concepts, source = m.concepts_for(ours, tokenizer, "tiny", "local", path)
+    assert source == str(path) and concepts
+    assert all(0 <= f1 <= 1 for _, f1 in concepts.values())
+    refused, why = m.concepts_for(other, tokenizer, "tiny", "local", path)
+    assert refused is None and str(path) in why
+    missing, why = m.concepts_for(ours, tokenizer, "tiny", "local", tmp_path / "none.st")
+    assert missing is None and why.startswith("no dashboards file")

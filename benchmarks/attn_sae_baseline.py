@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=RESULTS / "attn_sae_baseline.json", help="JSON written"
     )
     args = parser.parse_args(argv)
+    from toy_models.files import check_writable_file
+
+    check_writable_file(args.out, "--out")  # before, not after, the SAEs' training
     from replacement.model import ReplacementModel
     from toy_models.files import write_json_atomic
     from toy_models.zoo import load_pretrained
@@ -134,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
             f"Lorsa {r['lorsa_loss_recovered']:.1%} vs SAE {r['sae_loss_recovered']:.1%}"
         )
     out = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, report)
     print(f"worst Lorsa/SAE FVU ratio {worst:.2f} (target <= 1.1) -> {out}")
     return 0

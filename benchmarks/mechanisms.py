@@ -123,7 +123,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import run_cli  # noqa: E402
+from toy_models.cli import UserError, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FAMILIES = {  # probe family -> corpus family
@@ -678,8 +678,8 @@ def parse_args(argv):
     )
     parser.add_argument("--dashboards-file", type=Path,
                         help="the concept labels' dashboards file (default "
-                        "runs/dashboards/<model>-<mode>.safetensors; one built for another "
-                        "set is refused, and the groups then go without concepts)")  # fmt: skip
+                        "runs/dashboards/<model>-<mode>.safetensors, used when valid; a file "
+                        "named here must be valid for the replacement set)")  # fmt: skip
     parser.add_argument("--prompts", type=int, default=40, help="prompts per probe family")
     parser.add_argument(
         "--min-correct",
@@ -716,6 +716,11 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
+    seed = "" if args.seed == SEED else f"_seed{args.seed}"
+    out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}{seed}.json"
+    from toy_models.files import check_writable_file
+
+    check_writable_file(out, "--out")  # before, not after, the run
     import torch
 
     from replacement.model import load_pretrained
@@ -726,6 +731,8 @@ def main(argv=None) -> int:
     concepts, concept_source = concepts_for(
         replacement, tokenizer, args.model, args.mode, args.dashboards_file
     )
+    if concepts is None and args.dashboards_file is not None:
+        raise UserError(f"--dashboards-file: {concept_source}")
     startup = time.perf_counter() - t0
     result = {"model": args.model, "mode": args.mode,
               "replacement": str(args.replacement) if args.replacement else "shipped",
@@ -748,9 +755,6 @@ def main(argv=None) -> int:
             summary = {k: v for k, v in result["families"][family].items()
                        if k not in ("records", "by_source")}  # fmt: skip
             print(family, json.dumps(summary), flush=True)
-    seed = "" if args.seed == SEED else f"_seed{args.seed}"
-    out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}{seed}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     from toy_models.files import write_json_atomic
 
     write_json_atomic(out, result)

@@ -402,3 +402,5 @@ def test_attention_sae_baseline_writes_where_told(tiny_run, make_replacement, tm
     assert r["target"]["worst_ratio"] == max(row["fvu_ratio_lorsa_over_sae"] for row in r["layers"])
     assert str(out) in stdout
     assert (shipped.read_bytes() if shipped.exists() else None) == before
+    code, _, err = cli(module.main, *args[:-1], tmp_path)  # --out a directory: refused first
+    assert code == 2 and err.strip() == f"error: --out {tmp_path}: is a directory"

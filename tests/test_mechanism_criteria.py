@@ -181,3 +181,23 @@ def test_concept_labels_come_from_the_named_dashboards_file_of_this_set(
     assert refused is None and str(path) in why
     missing, why = m.concepts_for(ours, tokenizer, "tiny", "local", tmp_path / "none.st")
     assert missing is None and why.startswith("no dashboards file")
+
+
+def test_a_named_dashboards_file_must_serve_and_the_output_must_be_writable(
+    tiny_run, make_replacement, tmp_path, cli
+):
+    """Bad input ends in one line and exit 2: an output path that is a directory (before any
+    work), a ``--dashboards-file`` that is missing (not a run without labels)."""
+    from toy_models.zoo import load_pretrained
+
+    main = _benchmark().main
+    model, _ = load_pretrained(str(tiny_run))
+    make_replacement(model, n_qk=2, n_ov=8).save(tmp_path / "set", str(tiny_run))
+    base = ["--model", tiny_run, "--replacement", tmp_path / "set", "--families", "successor"]
+    code, _, err = cli(main, *base, "--out", tmp_path)
+    assert code == 2 and err.strip() == f"error: --out {tmp_path}: is a directory"
+    missing = tmp_path / "none.safetensors"
+    code, _, err = cli(main, *base, "--dashboards-file", missing, "--out", tmp_path / "m.json")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: --dashboards-file: no dashboards file {missing}")
+    assert not (tmp_path / "m.json").exists()

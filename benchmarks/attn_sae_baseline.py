@@ -109,11 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=RESULTS / "attn_sae_baseline.json", help="JSON written"
     )
     args = parser.parse_args(argv)
-    from toy_models.files import check_writable_file
+    from toy_models.files import check_writable_file, write_json_atomic
 
     check_writable_file(args.out, "--out")  # before, not after, the SAEs' training
     from replacement.model import ReplacementModel
-    from toy_models.files import write_json_atomic
     from toy_models.zoo import load_pretrained
 
     model, tokenizer = load_pretrained(args.model)
@@ -136,9 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(ratio {r['fvu_ratio_lorsa_over_sae']:.2f}); loss recovered spliced alone "
             f"Lorsa {r['lorsa_loss_recovered']:.1%} vs SAE {r['sae_loss_recovered']:.1%}"
         )
-    out = args.out
-    write_json_atomic(out, report)
-    print(f"worst Lorsa/SAE FVU ratio {worst:.2f} (target <= 1.1) -> {out}")
+    write_json_atomic(args.out, report)
+    print(f"worst Lorsa/SAE FVU ratio {worst:.2f} (target <= 1.1) -> {args.out}")
     return 0
 
 

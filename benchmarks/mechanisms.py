@@ -671,11 +671,7 @@ def run_family(
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="zoo name or directory")
-    parser.add_argument(
-        "--replacement",
-        type=Path,
-        help="replacement set directory (default: the one shipped with --model)",
-    )
+    parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
     parser.add_argument("--dashboards-file", type=Path,
                         help="the concept labels' dashboards file (default "
                         "runs/dashboards/<model>-<mode>.safetensors, used when valid; a file "
@@ -718,7 +714,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     seed = "" if args.seed == SEED else f"_seed{args.seed}"
     out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}{seed}.json"
-    from toy_models.files import check_writable_file
+    from toy_models.files import check_writable_file, write_json_atomic
 
     check_writable_file(out, "--out")  # before, not after, the run
     import torch
@@ -735,7 +731,7 @@ def main(argv=None) -> int:
         raise UserError(f"--dashboards-file: {concept_source}")
     startup = time.perf_counter() - t0
     result = {"model": args.model, "mode": args.mode,
-              "replacement": str(args.replacement) if args.replacement else "shipped",
+              "replacement": args.replacement or "shipped",
               "prompts_per_family": args.prompts,
               "min_correct": args.min_correct, "max_prompts": args.max_prompts,
               "threads": args.threads, "seed": args.seed,
@@ -755,8 +751,6 @@ def main(argv=None) -> int:
             summary = {k: v for k, v in result["families"][family].items()
                        if k not in ("records", "by_source")}  # fmt: skip
             print(family, json.dumps(summary), flush=True)
-    from toy_models.files import write_json_atomic
-
     write_json_atomic(out, result)
     print(f"wrote {out}")
     return 0

@@ -31,9 +31,10 @@ generator's spans give the expected key(s):
   place in the operands.
 
 **Pipeline.** ``circuits.trace``'s: the full graph with constants as nodes, the logit of the
-expected token as the target, the automatic groups with the unit dashboards' concept labels
-(when ``runs/dashboards`` holds a valid file for the model), ``circuits.mechanisms.summarize``
-with its ablation checks.
+expected token as the target (``--vs-runner-up``: its margin over the most likely other token,
+the logit difference ``circuits.trace --vs-runner-up`` explains), the automatic groups with
+the unit dashboards' concept labels (when ``runs/dashboards`` holds a valid file for the
+model), ``circuits.mechanisms.summarize`` with its ablation checks.
 
 **Criteria** (from the summary's fields only):
 
@@ -553,13 +554,13 @@ def concepts_for(
 
 def run_family(
     replacement, tokenizer, prompts: list[Prompt], concepts, mode: str, at_least: int | None = None,
-    min_correct: int = 0,
+    min_correct: int = 0, vs_runner_up: bool = False,
 ) -> dict:  # fmt: skip
     """Score ``prompts`` in order: the first ``at_least`` (default: all), then more until
     ``min_correct`` of the scored ones are prompts the model gets right."""
     import torch
 
-    from circuits.attribution import LogitTarget, attribute, run_prompt
+    from circuits.attribution import LogitDiffTarget, LogitTarget, attribute, run_prompt
     from circuits.interventions import first_order
     from circuits.mechanisms import TOLERANCE, runner_up, summarize
     from toy_models.tokenizer import token_text
@@ -592,7 +593,9 @@ def run_family(
             "untrained_positions": [p for p, t in enumerate(prompt.ids) if t in untrained],
         }
         if correct:
-            full = attribute(replacement, tokens, mode=mode, targets=[LogitTarget(prompt.target)],
+            target = (LogitDiffTarget(prompt.target, runner) if vs_runner_up
+                      else LogitTarget(prompt.target))  # fmt: skip
+            full = attribute(replacement, tokens, mode=mode, targets=[target],
                              tokenizer=tokenizer, run=run)  # fmt: skip
             summary = summarize(replacement, full, run, concepts=concepts)
             record |= score_prompt(prompt, summary)
@@ -688,6 +691,10 @@ def parse_args(argv):
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma-separated among {', '.join(FAMILIES)}")  # fmt: skip
     parser.add_argument("--mode", choices=("local", "sparse"), default="local")
+    parser.add_argument("--vs-runner-up", action="store_true",
+                        help="explain the margin over the runner-up (logit(target) - "
+                        "logit(runner-up)) instead of the target's logit, as circuits.trace "
+                        "--vs-runner-up does")  # fmt: skip
     parser.add_argument("--seed", type=int, default=SEED,
                         help=f"draws the prompts (default {SEED}; another seed is a fresh "
                         "draw of the same sources)")  # fmt: skip
@@ -735,6 +742,7 @@ def main(argv=None) -> int:
               "prompts_per_family": args.prompts,
               "min_correct": args.min_correct, "max_prompts": args.max_prompts,
               "threads": args.threads, "seed": args.seed,
+              "target": "margin over the runner-up" if args.vs_runner_up else "logit",
               "concepts": concept_source, "startup_seconds": round(startup, 2),
               "families": {}}  # fmt: skip
     with torch.no_grad():
@@ -745,7 +753,7 @@ def main(argv=None) -> int:
             prompts = build_prompts(tokenizer, family, n, replacement.cfg.n_ctx - 1, args.seed)
             result["families"][family] = run_family(
                 replacement, tokenizer, prompts, concepts, args.mode, at_least=args.prompts,
-                min_correct=args.min_correct,
+                min_correct=args.min_correct, vs_runner_up=args.vs_runner_up,
             )  # fmt: skip
             result["families"][family]["wall_seconds"] = round(time.perf_counter() - t1, 2)
             summary = {k: v for k, v in result["families"][family].items()

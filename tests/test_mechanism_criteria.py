@@ -201,3 +201,34 @@ def test_a_named_dashboards_file_must_serve_and_the_output_must_be_writable(
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: --dashboards-file: no dashboards file {missing}")
     assert not (tmp_path / "m.json").exists()
+
+
+def test_vs_runner_up_explains_the_margin_over_the_most_likely_other_token(
+    tiny_pretrained, make_replacement, monkeypatch
+):
+    """``--vs-runner-up``: the graph the summary reads has the target's logit minus the
+    runner-up's as its target; without it, the target's logit alone."""
+    import torch
+
+    import circuits.mechanisms as mechanisms
+    from circuits.interventions import target_nodes
+    from toy_models.tokenizer import bos_id
+
+    m = _benchmark()
+    model, tokenizer = tiny_pretrained
+    replacement = make_replacement(model, n_qk=2, n_ov=8, lorsa_k=3, d_sae=16, tc_k=4)
+    ids = [bos_id(tokenizer), 5, 6, 7, 5, 6]
+    with torch.no_grad():  # local mode reproduces the model's logits
+        logits = model(torch.tensor([ids]))[0, -1]
+    best, second = logits.argsort(descending=True)[:2].tolist()
+    prompt = m.Prompt("successor", "heldout", ids, best, [3], "made here")
+    seen = []
+    real = mechanisms.summarize
+    monkeypatch.setattr(mechanisms, "summarize", lambda r, full, run, **kw: seen.append(full)
+                        or real(r, full, run, **kw))  # fmt: skip
+    for vs in (True, False):
+        out = m.run_family(replacement, tokenizer, [prompt], {}, "local", vs_runner_up=vs)
+        assert out["correct"] == 1 and out["records"][0]["runner_up"] is not None
+    records = [full.logit_record(target_nodes(full)[0]) for full in seen]
+    assert (records[0].token, records[0].negative) == (best, second)
+    assert (records[1].token, records[1].negative) == (best, None)

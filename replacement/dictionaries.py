@@ -33,11 +33,16 @@ def fvu(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def aux_k_loss(pre: Tensor, dead: Tensor, W_dec: Tensor, residual: Tensor, k: int) -> Tensor:
-    """AuxK: the top-k dead units must explain what the live ones left (normalised MSE)."""
-    n_dead = int(dead.sum())
-    if n_dead == 0:
+    """AuxK: the top-k dead units must explain what the live ones left (normalised MSE).
+
+    The TopK runs over the dead units' columns only: the loss and its gradients are those of a
+    TopK over every unit with the live ones masked to zero, at a fraction of the cost (the dead
+    are 0-26% of a layer's units in the default set)."""
+    cols = dead.nonzero().squeeze(1)
+    if len(cols) == 0:
         return pre.new_zeros(())
-    values, idx = topk_sparse(pre.masked_fill(~dead, 0.0), min(k, n_dead))
+    values, idx = topk_sparse(pre[..., cols], min(k, len(cols)))
+    idx = cols[idx]
     residual = residual.detach()
     error = sparse_decode(values, idx, W_dec) - residual
     return error.pow(2).sum() / residual.pow(2).sum().clamp_min(1e-8)

@@ -87,6 +87,31 @@ def test_k_anneals_to_target_and_aux_loss_uses_dead_units_only():
     assert aux_k_loss(pre, torch.zeros(3, dtype=torch.bool), W, residual, 1).item() == 0.0
 
 
+def test_aux_loss_over_dead_columns_equals_the_masked_full_width_reference():
+    """AuxK's TopK over the dead units' columns gives the loss and gradients of the reference
+    formula (a TopK over every unit, live ones masked to zero), for any number of dead units."""
+    from replacement.lorsa import sparse_decode, topk_sparse
+
+    def reference(pre, dead, W, residual, k):
+        values, idx = topk_sparse(pre.masked_fill(~dead, 0.0), min(k, int(dead.sum())))
+        error = sparse_decode(values, idx, W) - residual
+        return error.pow(2).sum() / residual.pow(2).sum()
+
+    g = torch.Generator().manual_seed(0)
+    for n_dead in (1, 3, 7, 40):
+        pre = torch.randn(2, 5, 40, generator=g, requires_grad=True)
+        W = torch.randn(40, 6, generator=g, requires_grad=True)
+        residual = torch.randn(2, 5, 6, generator=g)
+        dead = torch.zeros(40, dtype=torch.bool)
+        dead[torch.randperm(40, generator=g)[:n_dead]] = True
+        ours = aux_k_loss(pre, dead, W, residual, 4)
+        grads = torch.autograd.grad(ours, (pre, W))
+        ref = reference(pre, dead, W, residual, 4)
+        torch.testing.assert_close(ours, ref)
+        for a, b in zip(grads, torch.autograd.grad(ref, (pre, W)), strict=True):
+            torch.testing.assert_close(a, b)
+
+
 def test_fvu():
     y = torch.randn(100, 4)
     assert fvu(y, y).item() == 0.0

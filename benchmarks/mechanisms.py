@@ -702,7 +702,8 @@ def parse_args(argv):
                         help="torch threads (default 1: the graphs are small, and a second "
                         "thread mostly spins on a shared machine)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="result file (default: benchmarks/results/"
-                        "mechanisms_{model}.json; _seed{seed} added for another seed)")  # fmt: skip
+                        "mechanisms_{model}.json; _seed{seed} added for another seed, "
+                        "_vs_runner_up with --vs-runner-up)")  # fmt: skip
     args = parser.parse_args(argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = sorted(set(families) - set(FAMILIES))
@@ -720,7 +721,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     seed = "" if args.seed == SEED else f"_seed{args.seed}"
-    out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}{seed}.json"
+    margin = "_vs_runner_up" if args.vs_runner_up else ""
+    out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}{seed}{margin}.json"
     from toy_models.files import check_writable_file, write_json_atomic
 
     check_writable_file(out, "--out")  # before, not after, the run

@@ -222,10 +222,13 @@ def test_vs_runner_up_explains_the_margin_over_the_most_likely_other_token(
         logits = model(torch.tensor([ids]))[0, -1]
     best, second = logits.argsort(descending=True)[:2].tolist()
     prompt = m.Prompt("successor", "heldout", ids, best, [3], "made here")
-    seen = []
-    real = mechanisms.summarize
-    monkeypatch.setattr(mechanisms, "summarize", lambda r, full, run, **kw: seen.append(full)
-                        or real(r, full, run, **kw))  # fmt: skip
+    seen, real = [], mechanisms.summarize
+
+    def summarize(replacement, full, run, **kw):  # the real one, keeping the graph it reads
+        seen.append(full)
+        return real(replacement, full, run, **kw)
+
+    monkeypatch.setattr(mechanisms, "summarize", summarize)
     for vs in (True, False):
         out = m.run_family(replacement, tokenizer, [prompt], {}, "local", vs_runner_up=vs)
         assert out["correct"] == 1 and out["records"][0]["runner_up"] is not None

@@ -174,15 +174,13 @@ def _targets(args, tokenizer, last_logits=None):
     from toy_models.tokenizer import single_token
 
     from .attribution import LogitDiffTarget, LogitTarget, NodeTarget
+    from .mechanisms import runner_up
 
     targets = [LogitTarget(single_token(tokenizer, t)) for t in args.target]
     if args.vs_runner_up and last_logits is not None:
-        order = last_logits.argsort(descending=True).tolist()
         if not targets and not args.target_diff and not args.target_node:
-            targets = [LogitTarget(order[0])]
-        targets = [
-            LogitDiffTarget(t.token, next(v for v in order if v != t.token)) for t in targets
-        ]
+            targets = [LogitTarget(int(last_logits.argsort(descending=True)[0]))]
+        targets = [LogitDiffTarget(t.token, runner_up(last_logits, t.token)) for t in targets]
     targets += [
         LogitDiffTarget(single_token(tokenizer, a), single_token(tokenizer, b))
         for a, b in args.target_diff

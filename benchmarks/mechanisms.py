@@ -534,7 +534,7 @@ def concepts_for(
     from circuits.dashboards import default_path, read_file
     from circuits.nodes import Kind, lorsa_stage, transcoder_stage, unit_id
 
-    path = default_path(model, mode) if path is None else path
+    path = default_path(model, mode, replacement, tokenizer) if path is None else path
     if not path.exists():
         return None, f"no dashboards file {path} (run circuits.trace once to build it)"
     try:
@@ -677,7 +677,8 @@ def parse_args(argv):
     parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
     parser.add_argument("--dashboards-file", type=Path,
                         help="the concept labels' dashboards file (default "
-                        "runs/dashboards/<model>-<mode>.safetensors, used when valid; a file "
+                        "runs/dashboards/<model>-<mode>-<key>.safetensors, the one "
+                        "circuits.trace builds, used when valid; a file "
                         "named here must be valid for the replacement set)")  # fmt: skip
     parser.add_argument("--prompts", type=int, default=40, help="prompts per probe family")
     parser.add_argument(

@@ -417,6 +417,9 @@ def resolve_targets(
         order = probs.argsort(descending=True)
         k = min(int((probs[order].cumsum(0) < logit_probability).sum()) + 1, max_logits)
         return [logit(v, float(probs[v])) for v in order[:k].tolist()]
+    repeated = next((t for i, t in enumerate(targets) if t in targets[:i]), None)
+    if repeated is not None:  # two nodes with one id, and the target weighted twice
+        raise ValueError(f"{repeated} is named twice: name each target once")
     logits = []
     for t in targets:
         if isinstance(t, LogitTarget):

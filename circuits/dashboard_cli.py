@@ -2,7 +2,8 @@
 
     python -m circuits.dashboard_cli --model default --rows 256
 
-Writes ``--out`` (default ``runs/dashboards/<model>-<mode>.safetensors``) and prints the
+Writes ``--out`` (default ``circuits.dashboards.default_path``: the file ``circuits.trace``
+builds and reads, ``runs/dashboards/<model>-<mode>-<key>.safetensors``) and prints the
 coverage and the best-F1 distribution as JSON. Interrupted, it resumes from its last
 checkpoint when run again with the same settings; a finished file is only loaded and
 summarised. Nothing heavy is imported before the arguments are checked.
@@ -18,6 +19,7 @@ from toy_models.cli import UserError, run_cli
 
 MODES = ("local", "sparse")  # = replacement.model.MODES (not imported: start-up)
 DEFAULT_ROWS = 192  # = circuits.dashboards.DEFAULT_ROWS
+DEFAULT_DIR = Path("runs/dashboards")  # = circuits.dashboards.DEFAULT_DIR
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,18 +43,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_args(args: argparse.Namespace) -> Path:
+def check_args(args: argparse.Namespace) -> Path | None:
     if not 1 <= args.rows <= 1 << 24:
         raise UserError(f"--rows must be in 1..{1 << 24}, got {args.rows}")
     if not -(2**63) <= args.seed < 2**63:
         raise UserError("--seed must fit in 64 bits")
-    if args.out is None:
-        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.model)
-        args.out = Path("runs/dashboards") / f"{slug.strip('.') or 'model'}-{args.mode}.safetensors"
-    if args.out.exists() and not args.out.is_file():
-        raise UserError(f"--out {args.out}: exists and is not a file")
     from .trace import check_writable
 
+    if args.out is None:  # named once the replacement set is loaded (its identity)
+        check_writable(DEFAULT_DIR)
+        return None
+    if args.out.exists() and not args.out.is_file():
+        raise UserError(f"--out {args.out}: exists and is not a file")
     check_writable(args.out.parent)
     return args.out
 
@@ -63,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     from replacement.model import load_pretrained
 
     from .dashboard_pass import build
-    from .dashboards import summary
+    from .dashboards import default_path, summary
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
+    if out is None:
+        out = default_path(args.model, args.mode, replacement, tokenizer, args.rows, args.seed)
     dash = build(replacement, tokenizer, out, rows=args.rows, seed=args.seed, mode=args.mode,
                  progress=not args.quiet)  # fmt: skip
     print(json.dumps(summary(dash, out), indent=2))

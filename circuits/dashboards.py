@@ -47,12 +47,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from replacement.model import MODES, ReplacementModel
+from toy_models.checkpoint import save_state_atomic
 from toy_models.cli import one_line
-from toy_models.files import replace_atomic
 from toy_models.tokenizer import token_text
 
 from .concepts import CONCEPTS, best_f1, f1_summary
@@ -77,9 +76,29 @@ MIN_FIRES = 10  # "fired enough" for coverage: a full top-k and a usable F1
 DEFAULT_DIR = Path("runs/dashboards")
 
 
-def default_path(model_name: str, mode: str) -> Path:
+def default_name(model_name: str, mode: str) -> str:
+    """``<model>-<mode>`` with the model name made safe for a file name (``default-local``)."""
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(model_name))
-    return DEFAULT_DIR / f"{slug.strip('.') or 'model'}-{mode}.safetensors"
+    return f"{slug.strip('.') or 'model'}-{mode}"
+
+
+def default_path(
+    model_name: str,
+    mode: str,
+    replacement: ReplacementModel,
+    tokenizer,
+    rows: int = DEFAULT_ROWS,
+    seed: int = 0,
+) -> Path:
+    """Where dashboards are built on first use and found again:
+    ``runs/dashboards/<model>-<mode>-<key>.safetensors``, ``key`` 12 hex digits of a SHA-256
+    over what the file is bound to (``identity``: the model, the replacement layers, the
+    tokenizer) and its rows and seed. Another replacement set, a retrained model or other
+    settings get a file of their own beside the others: a first build never replaces saved
+    work."""
+    bound = {**identity(replacement, tokenizer), "rows": rows, "seed": seed}
+    key = hashlib.sha256(json.dumps(bound, sort_keys=True).encode()).hexdigest()[:12]
+    return DEFAULT_DIR / f"{default_name(model_name, mode)}-{key}.safetensors"
 
 
 # ----------------------------------------------------------------- units
@@ -365,7 +384,7 @@ def write_file(path: Path, dash: Dashboards) -> None:
         "sha256": _sha256(tensors),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomic(path, lambda tmp: save_file(tensors, str(tmp), {HEADER_KEY: json.dumps(header)}))
+    save_state_atomic(tensors, path, metadata={HEADER_KEY: json.dumps(header)})
 
 
 def _int(value, name: str, low: int, high: int | None = None) -> int:
@@ -459,6 +478,7 @@ def _read(path, replacement, tokenizer) -> Dashboards:
     if replacement is not None:
         if Layout.of(replacement) != layout:
             raise ValueError("its units are not this replacement model's")
+        _check_tokens(dash, replacement.cfg.d_vocab)
         want = identity(replacement, tokenizer)
         for key, value in want.items():
             if value is not None and meta["identity"][key] != value:
@@ -504,6 +524,19 @@ def _check_values(dash: Dashboards) -> None:
     top = s["top.value"]
     if (top[:, 1:] > top[:, :-1]).any():
         raise ValueError("top.value is not sorted")
+
+
+def _check_tokens(dash: Dashboards, d_vocab: int) -> None:
+    """Every token id the file holds is one of the model's (-1 where a window or a key has
+    none): the viewer and the feature files print them as text."""
+    s = dash.state
+    if ((s["logit_token"] < 0) | (s["logit_token"] >= d_vocab)).any():
+        raise ValueError(f"logit_token holds ids outside the vocabulary of {d_vocab}")
+    for name in ("top", "sample"):
+        for part in ("window", "key_token"):
+            t = s[f"{name}.{part}"]
+            if ((t < -1) | (t >= d_vocab)).any():
+                raise ValueError(f"{name}.{part} holds ids outside the vocabulary of {d_vocab}")
 
 
 def summary(dash: Dashboards, path: Path | None = None) -> dict:

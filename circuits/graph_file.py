@@ -22,11 +22,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from toy_models.checkpoint import save_state_atomic
 from toy_models.cli import one_line
-from toy_models.files import replace_atomic
 
 from .graph import FORMAT_VERSION, MODES, Graph, LogitRecord, QKAttribution, QKPair, QKReason
 from .nodes import Kind, is_attention, logit_stage
@@ -87,7 +86,7 @@ def save_graph(graph: Graph, path: Path) -> None:
         "settings": graph.settings,
     }
     metadata = {"graph": json.dumps(header)}
-    replace_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_state_atomic(tensors, path, metadata=metadata)
 
 
 # ----------------------------------------------------------------- reading

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from replacement.model import MODES
+from toy_models.checkpoint import save_state_atomic
 from toy_models.cli import one_line
-from toy_models.files import replace_atomic
 
 from .nodes import lorsa_stage
 from .units import Units
@@ -40,7 +39,7 @@ def write_file(path: Path, tensors: dict[str, Tensor], header: dict) -> None:
     header = {"version": STATS_VERSION, **header, "sha256": tensors_sha256(tensors)}
     metadata = {"statistics": json.dumps(header)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_state_atomic(tensors, path, metadata=metadata)
 
 
 def units_header(units: Units) -> dict:

@@ -95,8 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     dash.add_argument("--dashboard-rows", type=int, default=DASHBOARD_ROWS,
                       help=f"rows a first build reads (default {DASHBOARD_ROWS})")  # fmt: skip
     dash.add_argument("--dashboards-file", type=Path,
-                      help="the dashboards file (default runs/dashboards/<model>-<mode>"
-                      ".safetensors)")  # fmt: skip
+                      help="the dashboards file (default runs/dashboards/<model>-<mode>-"
+                      "<key>.safetensors, key: the replacement set's identity and the "
+                      "rows)")  # fmt: skip
     dash.add_argument("--feature-files", action=argparse.BooleanOptionalAction, default=True,
                       help="on by default: with dashboards, also write circuit-tracer's "
                       "feature files (features/<model>-<mode>/<n>.json) and viewer index "
@@ -263,8 +264,10 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
             feature_files=args.feature_files, mechanisms=mechanisms,
         )  # fmt: skip
         _write_mechanisms(mechanisms, args.out / MECHANISMS_FILE, written, save_summary)
-    except OSError as exc:
-        raise UserError(f"--out {args.out}: could not write ({exc.strerror or exc})") from None
+    except OSError as exc:  # a WriteError names the file; any other names at least --out
+        if exc.filename is None:
+            raise UserError(f"--out {args.out}: could not write ({exc.strerror or exc})") from None
+        raise
 
     untrained = graph.untrained_note()
     if untrained:
@@ -301,13 +304,17 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
     from .dashboards import default_path
     from .nodes import Kind
 
-    path = args.dashboards_file or default_path(args.model, args.mode)
+    path = args.dashboards_file or default_path(
+        args.model, args.mode, replacement, tokenizer, args.dashboard_rows
+    )
     settings = {"rows": args.dashboard_rows, "mode": args.mode, "progress": None}
     try:
         dash = build(replacement, tokenizer, path, **settings)
     except ValueError as exc:
         if args.dashboards_file is not None:
             raise UserError(f"{exc} (or pass --no-dashboards)") from None
+        # The default path is bound to this replacement set and these rows (``default_path``):
+        # a file refused there is damaged or of an older format, not another set's work.
         print(f"{exc}; building it again", file=sys.stderr)
         path.unlink()
         dash = build(replacement, tokenizer, path, **settings)

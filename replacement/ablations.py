@@ -399,11 +399,10 @@ def run_sweep(
 
     Returns ``{"layers": {layer: {"baseline": ..., "runs": {name: record}}}, "axes": ...}``.
     """
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
-    from toy_models.checkpoint import json_sha256, read_json
-    from toy_models.files import replace_atomic, write_json_atomic
+    from toy_models.checkpoint import json_sha256, read_json, save_state_atomic
+    from toy_models.files import write_json_atomic
 
     variants = unique_variants(axes)
     out: dict = {
@@ -436,9 +435,7 @@ def run_sweep(
                     continue
             module, info = train_variant(v, model, rows, layer, cfg, quiet=quiet)
             record = {**info, **evaluation.measure(module, v.kind)}
-            state = {k: t.contiguous() for k, t in module.state_dict().items()}
-            weights = directory / f"{v.name}.safetensors"
-            replace_atomic(weights, lambda tmp, s=state: save_file(s, str(tmp)))
+            save_state_atomic(module, directory / f"{v.name}.safetensors")
             write_json_atomic(record_path, {"identity": key, "record": record})
             runs[v.name] = record
             bar.update(1)

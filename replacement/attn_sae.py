@@ -112,10 +112,10 @@ def kept_attn_saes(
     else trained and saved there (atomically, the record last). Returns the SAEs by layer and
     their training wall seconds. A directory whose record or weights do not match is refused
     by ``load_state_dict`` (shapes) or retrained over (identity)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from toy_models.checkpoint import fingerprint, json_sha256, read_json
-    from toy_models.files import replace_atomic, write_json_atomic
+    from toy_models.checkpoint import fingerprint, json_sha256, read_json, save_state_atomic
+    from toy_models.files import write_json_atomic
 
     identity = json_sha256(
         {"model": fingerprint(model), "layers": layers, "width": n_latents, "k": top_k,
@@ -135,9 +135,6 @@ def kept_attn_saes(
     )
     directory.mkdir(parents=True, exist_ok=True)
     for l, sae in zip(layers, trained, strict=True):
-        state = {k: t.detach().contiguous() for k, t in sae.state_dict().items()}
-        replace_atomic(
-            directory / f"sae.{l}.safetensors", lambda tmp, s=state: save_file(s, str(tmp))
-        )
+        save_state_atomic(sae, directory / f"sae.{l}.safetensors")
     write_json_atomic(record, {"identity": identity, "train_s": seconds})
     return {l: sae.requires_grad_(False) for l, sae in zip(layers, trained, strict=True)}, seconds

@@ -262,16 +262,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batches <= 0 or args.docs <= 0:
         raise UserError("--batches and --docs must be positive")
-    from toy_models.files import check_writable_file, write_json_atomic
+    from toy_models.checkpoint import RECORD_FILE, model_files
+    from toy_models.files import check_not_input, check_writable_file, write_json_atomic
     from toy_models.zoo import resolve_model_dir
 
     from .train import SET_FILE
 
-    resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
-    if not (Path(args.replacement) / SET_FILE).is_file():
+    directory = resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
+    replacement_dir = Path(args.replacement)
+    if not (replacement_dir / SET_FILE).is_file():
         raise UserError(f"--replacement {args.replacement}: no {SET_FILE} there")
     if args.json:
         check_writable_file(args.json, "--json")  # before the evaluation, not after it
+        # the model's files, and the set's: its config, its record, its layers' weights
+        inputs = [replacement_dir / SET_FILE, replacement_dir / RECORD_FILE]
+        inputs += [*model_files(directory), *replacement_dir.glob("*.safetensors")]
+        check_not_input(args.json, inputs, "--json")
     from toy_models.zoo import load_pretrained
 
     from .model import ReplacementModel

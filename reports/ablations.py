@@ -220,7 +220,8 @@ def _gap(r: dict) -> float:
     return max(1 - v, 1e-6) if v is not None and math.isfinite(v) else math.nan
 
 
-def plot(results: dict, path: Path) -> None:
+def figure(results: dict):
+    """The report's figure (a matplotlib ``Figure``), drawn in memory."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(15, 8))
@@ -264,17 +265,18 @@ def plot(results: dict, path: Path) -> None:
         title += " (SMOKE RUN: meaningless figures)"
     fig.suptitle(f"{title}: {results['settings']['steps']} steps per run")
     fig.tight_layout()
-    write_png_atomic(fig, path, dpi=100)
+    return fig
 
 
 def write_ablation_report(results: dict, out: Path) -> list[Path]:
     """``ablations.md`` and ``ablations.png`` in ``out`` (created); returns their paths."""
     from toy_models.files import write_text_atomic
 
+    text, fig = markdown(results), figure(results)  # every figure read before any write
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plot(results, out / "ablations.png")
-    write_text_atomic(out / "ablations.md", markdown(results))
+    write_png_atomic(fig, out / "ablations.png", dpi=100)
+    write_text_atomic(out / "ablations.md", text)
     return [out / "ablations.md", out / "ablations.png"]
 
 
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = json.loads(args.json.read_text(encoding="utf-8"))
         written = write_ablation_report(results, out)
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # nothing written yet
         raise UserError(f"--json {args.json}: not a Lorsa ablation result ({exc!r})") from None
     for path in written:
         print(f"wrote {path}")

@@ -276,7 +276,8 @@ def markdown(results: dict) -> str:
 
 
 # ----------------------------------------------------------------- plots
-def plot(results: dict, path: Path) -> None:
+def figure(results: dict):
+    """The report's figure (a matplotlib ``Figure``), drawn in memory."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(16, 8))
@@ -335,17 +336,18 @@ def plot(results: dict, path: Path) -> None:
         title += " (SMOKE RUN: meaningless figures)"
     fig.suptitle(title)
     fig.tight_layout()
-    write_png_atomic(fig, path, dpi=100)
+    return fig
 
 
 def write_error_report(results: dict, out: Path) -> list[Path]:
     """``errors.md`` and ``errors.png`` in ``out`` (created); returns their paths."""
     from toy_models.files import write_text_atomic
 
+    text, fig = markdown(results), figure(results)  # every figure read before any write
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plot(results, out / "errors.png")
-    write_text_atomic(out / "errors.md", markdown(results))
+    write_png_atomic(fig, out / "errors.png", dpi=100)
+    write_text_atomic(out / "errors.md", text)
     return [out / "errors.md", out / "errors.png"]
 
 
@@ -368,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = json.loads(args.json.read_text(encoding="utf-8"))
         written = write_error_report(results, out)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # nothing written yet
         raise UserError(f"--json {args.json}: not an error-analysis result ({exc!r})") from None
     for path in written:
         print(f"wrote {path}")

@@ -52,7 +52,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from circuits.dashboards import default_path
+from circuits.dashboards import default_name
 from circuits.graph import Graph
 from circuits.neuronpedia import SCHEMA_VERSION, feature_number
 from circuits.nodes import Kind, block_of, sublayer, unit_id
@@ -76,7 +76,7 @@ VISIBLE = str.maketrans({"\n": "⏎", "\t": "→", "\r": "↵"})
 
 def feature_dir_name(graph: Graph) -> str:
     """The feature files' directory name: the dashboards' model and mode (``default-local``)."""
-    return default_path(graph.model.get("name", "model"), graph.mode).stem
+    return default_name(graph.model.get("name", "model"), graph.mode)
 
 
 def scan_of(name: str) -> str:

@@ -104,7 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dashboards",
         type=Path,
         help="unit dashboards file for concept labels (default: "
-        "runs/dashboards/<model>-local.safetensors when it exists)",
+        "the one circuits.trace builds, runs/dashboards/<model>-local-<key>.safetensors, "
+        "when it exists)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -284,7 +285,7 @@ def concept_labels(replacement, tokenizer, args) -> tuple[dict, str]:
     from circuits.dashboards import default_path, read_file
     from circuits.nodes import Kind
 
-    path = args.dashboards or default_path(args.model, "local")
+    path = args.dashboards or default_path(args.model, "local", replacement, tokenizer)
     if not path.is_file():
         return {}, f"no dashboards file at {path} (python -m circuits.dashboard_cli builds it)"
     try:

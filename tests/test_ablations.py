@@ -292,6 +292,34 @@ def test_report_commands_need_their_results(module, fresh_cli, tmp_path):
     assert code == 2 and "not a" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("module", "results", "damage"),
+    [
+        ("reports.errors", "error_analysis_default.json", ("lorsa_vs_sae", [1])),
+        ("reports.errors", "error_analysis_default.json", ("roles", None)),
+        ("reports.ablations", "lorsa_ablations_default.json", ("layers", "x")),
+        ("reports.ablations", "lorsa_ablations_default.json", ("settings", [])),
+    ],
+)
+def test_a_damaged_results_file_is_one_line_and_writes_nothing(
+    module, results, damage, tmp_path, cli
+):
+    """The shipped results with one field of the wrong shape: refused in one line, and no
+    report file is written (the markdown and the figure are made before either is)."""
+    import importlib
+
+    data = json.loads((ROOT / "benchmarks" / "results" / results).read_text())
+    key, value = damage
+    data[key] = value
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    out = tmp_path / "report"
+    main = importlib.import_module(module).main
+    code, _, err = cli(main, "--json", tmp_path / "bad.json", "--out", out)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith("error:") and "not a" in err and len(err.strip().splitlines()) == 1
+    assert not any(out.iterdir())
+
+
 def _benchmark(name: str):
     """A benchmark script as a module (they are scripts, not a package)."""
     import importlib.util

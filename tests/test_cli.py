@@ -1,5 +1,6 @@
 """Bad input to the CLIs: one line on stderr, exit code 2, no traceback, nothing overwritten."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def test_evaluate_unknown_model():
     assert_one_line_error(run("toy_models.evaluate", "--model", "gpt5"), "unknown model 'gpt5'")
 
 
-@pytest.mark.parametrize("damage", ["truncate", "missing", "tokenizer"])
+@pytest.mark.parametrize("damage", ["truncate", "missing", "tokenizer", "token_ids"])
 def test_evaluate_damaged_checkpoint(tiny_run, tmp_path, damage):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_run, broken, ignore=shutil.ignore_patterns("data", "checkpoint"))
@@ -57,6 +58,13 @@ def test_evaluate_damaged_checkpoint(tiny_run, tmp_path, damage):
     elif damage == "missing":
         weights.unlink()
         match = "checkpoint file missing"
+    elif damage == "token_ids":  # as many tokens, one of them with an id past the embeddings
+        data = json.loads((broken / "tokenizer.json").read_text())
+        vocab = data["model"]["vocab"]
+        token = max(vocab, key=vocab.get)
+        vocab[token] = 5000
+        (broken / "tokenizer.json").write_text(json.dumps(data))
+        match = "token ids are not 0.."
     else:  # a tokenizer of another vocabulary size
         import random
 
@@ -69,6 +77,32 @@ def test_evaluate_damaged_checkpoint(tiny_run, tmp_path, damage):
         )
         match = "does not match the model's d_vocab"
     assert_one_line_error(run("toy_models.evaluate", "--model", str(broken), "--docs", "2"), match)
+
+
+def test_results_never_overwrite_the_files_a_run_reads(tiny_run, tmp_path):
+    """``--json`` naming a file of the model or of the replacement set is refused before any
+    work, and the file is left as it was (a results file in the same folder is fine)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run, model, ignore=shutil.ignore_patterns("data", "checkpoint"))
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        result = run("toy_models.evaluate", "--model", str(model), "--docs", "1",
+                     "--json", str(model / "." / name))  # fmt: skip
+        assert_one_line_error(result, f"is {name} of the model or replacement set")
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    assert "wrote" in run("toy_models.evaluate", "--model", str(model), "--docs", "1",
+                          "--json", str(model / "eval.json")).stderr  # fmt: skip
+
+    from replacement.ship import SHIPPED_DIR
+
+    replacement = tmp_path / "set"
+    shutil.copytree(SHIPPED_DIR / "default", replacement)
+    before = {p.name: p.read_bytes() for p in replacement.iterdir()}
+    for name in ("replacement.json", "record.json", "lorsa.0.safetensors"):
+        result = run("replacement.evaluate", "--replacement", str(replacement),
+                     "--json", str(replacement / name))  # fmt: skip
+        assert_one_line_error(result, f"is {name} of the model or replacement set")
+    assert {p.name: p.read_bytes() for p in replacement.iterdir()} == before
 
 
 def test_help_is_fast_and_explains():

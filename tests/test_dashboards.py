@@ -227,6 +227,32 @@ def test_file_refused_when_damaged_or_foreign(setup, make_replacement, tiny_pret
         _build(replacement, tokenizer, path, seed=4)
 
 
+@pytest.mark.parametrize(
+    ("tensor", "value", "message"),
+    [
+        ("logit_token", -5, "logit_token holds ids outside"),
+        ("logit_token", 30000, "logit_token holds ids outside"),
+        ("top.window", 30000, "top.window holds ids outside"),
+        ("sample.key_token", 30000, "sample.key_token holds ids outside"),
+        ("top.key_token", -2, "top.key_token holds ids outside"),
+    ],
+)
+def test_a_forged_file_with_token_ids_outside_the_vocabulary_is_refused(
+    setup, tensor, value, message
+):
+    """A file whose checksum was recomputed over a wrong token id: refused by value, not
+    shown as an empty string or a traceback in the viewer and the feature files."""
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, path)
+    dash.state[tensor].view(-1)[0] = value
+    forged = tmp / "forged.safetensors"
+    D.write_file(forged, dash)  # a valid checksum over the forged tensors
+    with pytest.raises(ValueError, match=message):
+        D.read_file(forged, replacement, tokenizer)
+
+
 def test_viewer_schema(setup):
     from reports.viewer import check_dashboards
 

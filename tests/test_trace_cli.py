@@ -152,6 +152,11 @@ def test_trace_vs_runner_up_without_constants_or_mechanisms(tmp_path, capsys):
         (["--prompt", PROMPT, "--target-node", "lorsa:0:99:1"], "position 99 is outside"),
         (["--prompt", PROMPT, "--target-node", "transcoder:9:1:1"], "layer 9 does not exist"),
         (["--prompt", PROMPT, "--target-diff", " Friday", " Friday"], "with itself is zero"),
+        (["--prompt", PROMPT, "--target", " Friday", "--target", " Friday"], "named twice"),
+        (
+            ["--prompt", PROMPT, "--target-node", "lorsa:0:1:1", "--target-node", "lorsa:0:1:1"],
+            "named twice",
+        ),
         (
             ["--prompt", PROMPT, "--vs-runner-up", "--target-diff", " Friday", " May"],
             "--target-diff and --target-node are not logits",
@@ -193,18 +198,29 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, ca
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path, capsys, monkeypatch):
-    import safetensors.torch
+    """The disk fills up while the graph file is written: half its bytes, then ENOSPC, at
+    the one place every safetensors file is written (``save_state_atomic``)."""
+    import errno
 
-    def full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    from toy_models import files
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
-    monkeypatch.setattr("circuits.graph_file.save_file", full)
+    real_open = open
+
+    def full(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if "graph.safetensors" in str(path) and "w" in mode:
+            f.write(b"half")
+            f.close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return f
+
+    monkeypatch.setattr(files, "open", full, raising=False)
     out = tmp_path / "t"
     code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-qk")
-    assert code == 2 and err.startswith("error:") and "No space left" in err, err
-    assert err.count("\n") == 1
+    assert code == 2 and "Traceback" not in err, err
+    assert err == f"error: cannot write {out / 'graph.safetensors'}: No space left on device\n"
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not (out / "graph.safetensors").exists()
 
 
 def test_a_failed_drawing_keeps_every_other_file_and_stale_renders_go(tmp_path, capsys):
@@ -281,3 +297,30 @@ def test_trace_builds_small_dashboards_on_first_use_then_reuses_them(tmp_path, c
     code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "b"), *small)
     assert code == 0 and dashboards.read_bytes() == built  # reused, not rebuilt
     assert '"dashboards"' in (tmp_path / "b" / "graph.html").read_text(encoding="utf-8")
+
+
+def test_default_dashboards_are_bound_to_the_set_and_rows_and_never_replaced(
+    tmp_path, capsys, monkeypatch
+):
+    """Traces asking for other dashboards (here other rows; another replacement set is keyed
+    the same way) build a file of their own at the default place, keeping the earlier one;
+    ``circuits.dashboard_cli`` writes and reuses the very file the trace reads."""
+    from circuits import dashboard_cli
+
+    monkeypatch.chdir(tmp_path)
+    place = tmp_path / "runs" / "dashboards"
+    small = ["--prompt", PROMPT, "--max-nodes", "20", "--no-checks"]
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(place.glob("*.safetensors"))}
+
+    assert trace(capsys, *small, "--dashboard-rows", "2", "--out", "a")[0] == 0
+    first = files()
+    assert len(first) == 1 and next(iter(first)).startswith("default-local-")
+    code, _, err = trace(capsys, *small, "--dashboard-rows", "3", "--out", "b")
+    assert code == 0 and "building it again" not in err, err
+    second = files()
+    assert len(second) == 2 and {k: second[k] for k in first} == first  # kept as it was
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(dashboard_cli.main, ["--rows", "2", "--quiet"])
+    assert exit_info.value.code == 0 and files() == second  # the trace's file, reused

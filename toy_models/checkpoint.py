@@ -41,6 +41,12 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 RECORD_FILE = "record.json"
 
+
+def model_files(directory: Path) -> list[Path]:
+    """The files of a model directory that loading it reads (``record.json`` when shipped)."""
+    return [directory / name for name in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, RECORD_FILE)]
+
+
 # Integer config fields must lie in 1..MAX_SIZE; the weights file's header is then compared
 # with the shapes the config implies before anything is allocated (an absurd size is refused
 # there, not by running out of memory).
@@ -52,10 +58,16 @@ WEIGHT_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.floa
 
 # ----------------------------------------------------------------- state dicts
 def save_state_atomic(
-    source: nn.Module | dict[str, Tensor], path: Path, dtype: torch.dtype | None = None
+    source: nn.Module | dict[str, Tensor],
+    path: Path,
+    dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Write a module's state_dict (or a dict of tensors) to ``path`` as safetensors, through a
-    temp file and a rename; ``dtype`` converts floating-point tensors (e.g. float16 to ship)."""
+    temp file and a rename; ``dtype`` converts floating-point tensors (e.g. float16 to ship);
+    ``metadata``: the file's string header entries. Every safetensors file of the project is
+    written here: the bytes are made in memory and written by ``write_bytes_atomic``, so a
+    failed write (disk full) is one ``WriteError`` line, not the library's own exception."""
     from safetensors.torch import save
     from torch import nn
 
@@ -66,7 +78,7 @@ def save_state_atomic(
         .contiguous()
         for name, t in tensors.items()
     }
-    write_bytes_atomic(path, save(tensors))
+    write_bytes_atomic(path, save(tensors, metadata))
 
 
 def read_tensors(path: Path, what: str = "weights") -> dict[str, Tensor]:

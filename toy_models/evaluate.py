@@ -613,12 +613,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.docs <= 0:
         raise ValueError(f"--docs must be positive, got {args.docs}")
-    from .files import check_writable_file, write_json_atomic
+    from .checkpoint import model_files
+    from .files import check_not_input, check_writable_file, write_json_atomic
     from .zoo import load_pretrained, resolve_model_dir
 
-    resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
+    directory = resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
     if args.json:
         check_writable_file(args.json, "--json")  # before the evaluation, not after it
+        check_not_input(args.json, model_files(directory), "--json")
     model, tokenizer = load_pretrained(args.model)
     results = {
         "model": args.model,

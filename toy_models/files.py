@@ -132,6 +132,16 @@ def check_writable_file(path: Path, flag: str) -> None:
         raise UserError(f"{flag} {path}: cannot write there ({reason})")
 
 
+def check_not_input(path: Path, inputs: list[Path], flag: str) -> None:
+    """Refuse an output file that is one of the files the run reads (``inputs``: a model's or a
+    replacement set's own files), which writing the results there would destroy."""
+    target = path.resolve()
+    for source in inputs:
+        if source.resolve() == target:
+            raise UserError(f"{flag} {path}: is {source.name} of the model or replacement set "
+                            "this run reads; write the results elsewhere")  # fmt: skip
+
+
 def replace_atomic(path: str | Path, write) -> None:
     """Create ``path`` atomically when another library writes the bytes: ``write(tmp)`` fills
     a temp file beside it, which then replaces ``path``. On any failure the temp file is

@@ -54,6 +54,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise ValueError(f"{path}: not a valid tokenizer file ({exc})") from None
     if tokenizer.token_to_id(BOS) is None:
         raise ValueError(f"{path}: tokenizer has no {BOS} token; it was not made by this project")
+    ids = sorted(tokenizer.get_vocab(with_added_tokens=True).values())
+    if ids != list(range(len(ids))) or len(ids) != tokenizer.get_vocab_size():
+        raise ValueError(f"{path}: its token ids are not 0..{len(ids) - 1}, one per token "
+                         "(a model's embedding rows are indexed by them)")  # fmt: skip
     return tokenizer
 
 

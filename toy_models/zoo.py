@@ -113,6 +113,8 @@ def load_pretrained(name_or_path: str):
             f"the model's d_vocab={model.cfg.d_vocab}"
         )
     recorded = read_json(directory / CONFIG_FILE).get("tokenizer_sha256")
+    if recorded is not None and not isinstance(recorded, str):
+        raise ValueError(f"{directory / CONFIG_FILE}: tokenizer_sha256 must be a string")
     if recorded is not None and recorded != model.tokenizer_sha256:
         raise ValueError(
             f"{tokenizer_path}: not the tokenizer this model was trained with (hash differs)"

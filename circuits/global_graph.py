@@ -31,7 +31,7 @@ from toy_models.files import check_writable_file
 from toy_models.tokenizer import single_token
 
 from .nodes import Kind
-from .trace import check_writable, parse_formats
+from .trace import check_not_an_output, check_writable, parse_formats
 
 START_FORMS = "lorsa:L:HEAD, transcoder:L:FEATURE, logit:TOKEN or token:TOKEN"
 N_STRONGEST = 8  # edges printed after a graph is grown
@@ -113,8 +113,10 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
         raise UserError("a token's embedding has no inputs: grow it with --downstream")
     if start.kind == "logit" and args.downstream:
         raise UserError("a logit has no outputs: grow it upstream (without --downstream)")
-    if args.stats is not None and not args.stats.is_file():
-        check_writable_file(args.stats, "--stats")  # it will be gathered into: fail now
+    if args.stats is not None:
+        if not args.stats.is_file():
+            check_writable_file(args.stats, "--stats")  # it will be gathered into: fail now
+        check_not_an_output(args.stats, args.out, "--stats")
     check_writable(args.out)
     return start, formats
 

@@ -30,6 +30,10 @@ FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not import
 MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
 DASHBOARD_ROWS = 192  # = circuits.dashboards.DEFAULT_ROWS (not imported: start-up)
 MECHANISMS_FILE = "mechanisms.json"
+# What a run writes, replaces or removes in --out besides its graph.* files (not imported:
+# start-up): reports.outputs.FULL_GRAPH_FILE, the summary, reports.feature_files.FEATURES_DIR.
+OUTPUT_FILES = ("full_graph.safetensors", MECHANISMS_FILE)
+OUTPUT_DIRS = ("features",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -143,8 +147,23 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             raise UserError(f"--dashboards-file {args.dashboards_file}: not a file")
         if args.dashboards and not args.dashboards_file.exists():
             check_writable(args.dashboards_file.parent)
+        if args.dashboards:
+            check_not_an_output(args.dashboards_file, args.out, "--dashboards-file")
     check_writable(args.out)
     return formats
+
+
+def check_not_an_output(path: Path, out: Path, flag: str) -> None:
+    """Refuse an input file (or one to build) that writing the run's outputs into ``out``
+    would replace or remove: ``graph.*`` there, ``OUTPUT_FILES``, anything in
+    ``OUTPUT_DIRS``."""
+    path, out = path.resolve(), out.resolve()
+    inside = any(out / d in path.parents for d in OUTPUT_DIRS) or (
+        path.parent == out and (path.name.startswith("graph") or path.name in OUTPUT_FILES)
+    )
+    if inside:
+        raise UserError(f"{flag} {path}: the run writes its outputs over it in --out {out}; "
+                        "keep it outside them")  # fmt: skip
 
 
 def check_writable(out: Path) -> None:

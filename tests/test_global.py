@@ -762,6 +762,33 @@ def test_global_graph_cli_bad_input(tmp_path, capsys, args, message):
     assert not out.exists() and not stats.exists()
 
 
+@pytest.mark.parametrize("name", ["graph.safetensors", "graph.html", "features/a/1.json"])
+def test_statistics_among_the_outputs_are_refused_and_kept(tmp_path, capsys, name):
+    """A statistics file the run would write its graph over (or remove) is refused before
+    any work, and left as it was."""
+    from circuits.global_graph import main
+    from toy_models.cli import run_cli
+
+    out = tmp_path / "out"
+    stats = out / name
+    stats.parent.mkdir(parents=True)
+    stats.write_bytes(b"saved statistics")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["--start", "lorsa:1:2", "--out", str(out), "--stats", str(stats)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "writes its outputs over it" in err, err
+    assert stats.read_bytes() == b"saved statistics"
+
+
+def test_the_trace_knows_every_output_name_of_the_reports():
+    from circuits.trace import OUTPUT_DIRS, OUTPUT_FILES
+    from reports.feature_files import FEATURES_DIR
+    from reports.outputs import FULL_GRAPH_FILE, GRAPH_FILE
+
+    assert FULL_GRAPH_FILE in OUTPUT_FILES and OUTPUT_DIRS == (FEATURES_DIR,)
+    assert GRAPH_FILE.startswith("graph")
+
+
 @pytest.mark.parametrize(
     "args, code",
     [(["--help"], 0), (["--start", "head:1:2"], 2), (["--start", "lorsa:1:2", "--budget", "0"], 2)],

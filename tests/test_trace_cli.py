@@ -175,6 +175,17 @@ def test_bad_input(tmp_path, capsys, args, message):
     assert not out.exists()
 
 
+def test_a_dashboards_file_among_the_outputs_is_refused_and_kept(tmp_path, capsys):
+    out = tmp_path / "t"
+    saved = out / "graph.safetensors"
+    out.mkdir()
+    saved.write_bytes(b"saved dashboards")
+    code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out),
+                         "--dashboards-file", str(saved))  # fmt: skip
+    assert code == 2 and "writes its outputs over it" in err and err.count("\n") == 1, err
+    assert saved.read_bytes() == b"saved dashboards"
+
+
 def test_unwritable_output(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("keep me")

@@ -39,7 +39,6 @@ from; batches are fixed by row index, so a resumed pass equals an uninterrupted 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from replacement.model import MODES, ReplacementModel
-from toy_models.checkpoint import save_state_atomic
+from toy_models.checkpoint import json_sha256, save_state_atomic, tensors_sha256
 from toy_models.cli import one_line
 from toy_models.tokenizer import token_text
 
@@ -97,7 +96,7 @@ def default_path(
     settings get a file of their own beside the others: a first build never replaces saved
     work."""
     bound = {**identity(replacement, tokenizer), "rows": rows, "seed": seed}
-    key = hashlib.sha256(json.dumps(bound, sort_keys=True).encode()).hexdigest()[:12]
+    key = json_sha256(bound)[:12]
     return DEFAULT_DIR / f"{default_name(model_name, mode)}-{key}.safetensors"
 
 
@@ -357,14 +356,6 @@ class Dashboards:
 
 
 # ----------------------------------------------------------------- the file
-def _sha256(tensors: dict[str, Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(tensors.items()):
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def write_file(path: Path, dash: Dashboards) -> None:
     """``dash`` written atomically (a temp file beside ``path``, then a rename)."""
     tensors = {k: v.contiguous() for k, v in dash.state.items()}
@@ -381,7 +372,7 @@ def write_file(path: Path, dash: Dashboards) -> None:
             "bins": N_BINS,
         },  # fmt: skip
         "meta": dash.meta,
-        "sha256": _sha256(tensors),
+        "sha256": tensors_sha256(tensors),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_state_atomic(tensors, path, metadata={HEADER_KEY: json.dumps(header)})
@@ -471,7 +462,7 @@ def _read(path, replacement, tokenizer) -> Dashboards:
         raise
     except Exception as exc:  # safetensors and json raise their own types on damaged files
         raise ValueError(one_line(exc) or type(exc).__name__) from None
-    if header.get("sha256") != _sha256(state):
+    if header.get("sha256") != tensors_sha256(state):
         raise ValueError("its tensors do not match the checksum in its header (damaged)")
     dash = Dashboards(layout, state, meta)
     _check_values(dash)

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .nodes import KINDS, Kind, block_of, logit_stage, node_id
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the header holds a SHA-256 of the tensors
 MODES = ("local", "sparse")
 N_PROMOTED = 3  # tokens kept per head/feature in ``promotes``
 

@@ -6,10 +6,11 @@ logit targets, QK records, mode, model identity, settings) as one JSON header in
 metadata. Nothing is unpickled: a ``.pt`` graph (a pickle, written by earlier versions) is
 refused.
 
-``load_graph`` checks every field before building the ``Graph``: dtypes, shapes, ranges,
-stage/kind consistency, the node order, the CSR invariants (a malformed index array would
-crash scipy), finite values, header types and lengths; a problem is one ``ValueError`` naming
-the file and the field.
+``load_graph`` checks every field before building the ``Graph``: the SHA-256 of the tensors
+against the header's (a damaged file), dtypes, shapes, ranges, stage/kind consistency, the
+node order, unique node ids, the CSR invariants (a malformed index array would crash scipy),
+finite values, QK records inside the prompt with keys at or before their query, header types
+and lengths; a problem is one ``ValueError`` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from toy_models.checkpoint import save_state_atomic
+from toy_models.checkpoint import save_state_atomic, tensors_sha256
 from toy_models.cli import one_line
 
 from .graph import FORMAT_VERSION, MODES, Graph, LogitRecord, QKAttribution, QKPair, QKReason
@@ -34,6 +35,8 @@ SUFFIX = ".safetensors"
 MAX_LAYERS = 1024  # far beyond any model here; bounds what a crafted header can make us allocate
 MAX_NODES = 50_000_000
 
+# Settings keys that ``Graph.to_networkx`` sets itself on the networkx graph.
+RESERVED_SETTINGS = {"prompt", "tokens", "mode", "positional"}
 _INT = (torch.int64, torch.int32)
 _FLOAT = (torch.float32,)
 NODE_FLOATS = ("activation", "value", "bias", "target_weight", "attention")
@@ -73,6 +76,7 @@ def save_graph(graph: Graph, path: Path) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {
         "format_version": FORMAT_VERSION,
+        "sha256": tensors_sha256(tensors),
         "prompt": graph.prompt,
         "token_strings": graph.token_strings,
         "n_layers": graph.n_layers,
@@ -163,6 +167,8 @@ def _tensor(tensors: dict, name: str, dtypes, shape: tuple[int, ...]) -> Tensor:
 
 def _build(metadata: dict, tensors: dict[str, Tensor]) -> Graph:
     header = _header(metadata)
+    _require(header.get("sha256") == tensors_sha256(tensors), "sha256",
+             "the tensors do not match the checksum in the header (damaged)")  # fmt: skip
     n_layers = _typed(header, "n_layers", int)
     _require(1 <= n_layers <= MAX_LAYERS, "n_layers", f"{n_layers} is outside 1..{MAX_LAYERS}")
     _require("kind" in tensors and tensors["kind"].ndim == 1, "kind", "missing or not 1-D")
@@ -204,7 +210,16 @@ def _build(metadata: dict, tensors: dict[str, Tensor]) -> Graph:
         "tokens do not match the logit nodes' indices",
     )
     qk = _qk(_typed(header, "qk", list), n_layers, len(tokens))
-    return Graph(
+    _require(mode == "local" or not bool((node["kind"] == Kind.ERROR).any()), "mode",
+             "a sparse graph has no error nodes")  # fmt: skip
+    if positional:
+        emb = node["kind"] == Kind.EMBEDDING
+        _require(bool((node["index"][emb] == tokens[node["pos"][emb]]).all()), "index",
+                 "an embedding node's index is not the prompt's token at its position")  # fmt: skip
+    settings = _typed(header, "settings", dict)
+    reserved = sorted(set(settings) & RESERVED_SETTINGS)
+    _require(not reserved, "settings", f"keys {reserved} are the graph's own attributes")
+    graph = Graph(
         prompt=prompt,
         tokens=tokens.tolist(),
         token_strings=token_strings,
@@ -220,8 +235,11 @@ def _build(metadata: dict, tensors: dict[str, Tensor]) -> Graph:
         qk=qk,
         **optional,
         model=_model(_typed(header, "model", dict), len(tokens)),
-        settings=_typed(header, "settings", dict),
+        settings=settings,
     )
+    _require(len(set(graph.ids)) == n, "kind", "two nodes have one id (kind, stage, position "
+             "and index repeated)")  # fmt: skip
+    return graph
 
 
 def _model(model: dict, n_pos: int) -> dict:
@@ -269,6 +287,9 @@ def _check_nodes(
     _require(bool((attends[~is_head] == -1).all()), "attends", "set on a node that is no head")
     ok = (attends[is_head] >= -1) & (attends[is_head] <= pos[is_head])
     _require(bool(ok.all()), "attends", "a key after its query or outside the prompt")
+    weight = node["attention"][is_head & (attends >= 0)]
+    _require(bool(((weight >= 0) & (weight <= 1)).all()), "attention",
+             "a head's pattern weight at its key is not in 0..1")  # fmt: skip
 
 
 def _edges(tensors: dict[str, Tensor], n: int, stage: Tensor) -> sp.csr_array:
@@ -304,7 +325,7 @@ def _logit_targets(items: list, n_logits: int) -> list[LogitRecord]:
     for item in items:
         ok = isinstance(item, list) and len(item) == 3
         ok = ok and _is_int(item[0]) and (item[1] is None or _is_int(item[1]))
-        ok = ok and isinstance(item[2], int | float) and not isinstance(item[2], bool)
+        ok = ok and _is_number(item[2]) and 0 <= item[2] <= 1
         _require(ok, "logit_targets", "entries must be [token, negative or null, probability]")
         records.append(LogitRecord(item[0], item[1], float(item[2])))
     return records
@@ -325,10 +346,11 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         for name in _QK_INTS:
             _require(_is_int(d.get(name)), f"qk.{name}", "expected a non-negative integer")
         _require(d["layer"] < n_layers, "qk.layer", f"outside 0..{n_layers - 1}")
+        _require(d["query"] < max(n_pos, 1), "qk.query", "outside the prompt")
+        _require(d["key"] <= d["query"], "qk.key", "after its query")
         for name in _QK_FLOATS:
-            value = d.get(name)
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            _require(ok, f"qk.{name}", "expected a number")
+            _require(_is_number(d.get(name)), f"qk.{name}", "expected a finite number")
+        _require(0 <= d["attention"] <= 1, "qk.attention", "outside 0..1")
         for name in ("pairs", "contrast_pairs"):
             for p in d.get(name, []):
                 ok = isinstance(p, list) and len(p) == 3 and _is_number(p[2])
@@ -376,7 +398,8 @@ def _check_reason(r) -> None:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and not math.isinf(x)
+    """A finite JSON number (NaN and infinities, which JSON cannot carry, are refused)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 __all__ = ["GraphFileError", "QKPair", "load_graph", "save_graph"]

@@ -11,7 +11,6 @@ a ValueError saying what, which the callers turn into one line naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from replacement.model import MODES
-from toy_models.checkpoint import save_state_atomic
+from toy_models.checkpoint import save_state_atomic, tensors_sha256
 from toy_models.cli import one_line
 
 from .nodes import lorsa_stage
@@ -44,14 +43,6 @@ def write_file(path: Path, tensors: dict[str, Tensor], header: dict) -> None:
 
 def units_header(units: Units) -> dict:
     return {"d_vocab": units.d_vocab, "n_ov": units.n_ov, "d_sae": units.d_sae}
-
-
-def tensors_sha256(tensors: dict[str, Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(tensors.items()):
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------- checking a file

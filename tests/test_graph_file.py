@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from circuits.graph import Graph
 from circuits.graph_file import GraphFileError
 from reports.html import write_html
+from toy_models.checkpoint import tensors_sha256
 
 
 def read(path):
@@ -21,13 +22,17 @@ def read(path):
         return json.loads(f.metadata()["graph"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
 
 
-def craft(tmp_path, edit_tensors=None, edit_header=None):
-    """A valid graph file with one thing changed."""
+def craft(tmp_path, edit_tensors=None, edit_header=None, checksum=True):
+    """A valid graph file with one thing changed, its checksum recomputed (a forged file, so
+    that the field checks behind the checksum are what refuses it) unless ``checksum`` is
+    False (a damaged file)."""
     good = tmp_path / "good.safetensors"
     make_graph().save(good)
     header, tensors = read(good)
     if edit_tensors:
         edit_tensors(tensors)
+    if checksum:
+        header["sha256"] = tensors_sha256(tensors)
     if edit_header:
         edit_header(header)
     bad = tmp_path / "bad.safetensors"
@@ -83,6 +88,59 @@ def test_crafted_tensors_are_refused_naming_the_field(tmp_path, case):
 def test_a_missing_tensor_is_refused(tmp_path):
     bad = craft(tmp_path, edit_tensors=lambda t: t.pop("bias"))
     with pytest.raises(GraphFileError, match="field bias: missing"):
+        Graph.load(bad)
+
+
+def test_a_damaged_file_is_refused_by_its_checksum(tmp_path):
+    """One edge weight changed without the checksum: once loaded as an edge of 1e38."""
+    bad = craft(tmp_path, _set("edges.data", lambda t: t.index_fill(0, torch.tensor([0]), 1e38)),
+                checksum=False)  # fmt: skip
+    with pytest.raises(GraphFileError, match="field sha256: .*damaged"):
+        Graph.load(bad)
+
+
+def _collide(tensors):
+    """The second transcoder node made a copy of the first (same stage, position, index)."""
+    tc = (tensors["kind"] == 2).nonzero().squeeze(1)
+    for name in ("stage", "pos", "index"):
+        tensors[name][tc[1]] = tensors[name][tc[0]]
+
+
+def _qk_record(**change):
+    def edit(header):
+        header["qk"][0].update(change)
+
+    return edit
+
+
+FORGED = {
+    "two nodes with one id": (_collide, None, "two nodes have one id"),
+    "NaN qk score": (None, _qk_record(score=float("nan")), "qk.score"),
+    "qk query outside the prompt": (None, _qk_record(query=99999), "qk.query"),
+    "qk key after its query": (None, _qk_record(key=50), "qk.key"),
+    "qk attention above 1": (None, _qk_record(attention=5.0), "qk.attention"),
+    "NaN logit probability": (
+        None, lambda h: h["logit_targets"][0].__setitem__(2, float("nan")), "logit_targets",
+    ),
+    "settings that shadow the graph's attributes": (
+        None, lambda h: h["settings"].update(prompt="x"), "settings",
+    ),
+    "a sparse graph with error nodes": (None, lambda h: h.update(mode="sparse"), "mode"),
+    "an embedding of another token": (
+        _set("index", lambda t: torch.where(torch.arange(len(t)) == 0, t + 1, t)), None, "index",
+    ),
+    "a head's weight above 1": (
+        _set("attention", lambda t: torch.where(t.isnan(), t, t * 0 + 5)), None, "attention",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(FORGED))
+def test_forged_files_with_a_valid_checksum_are_refused(tmp_path, case):
+    """Files made consistent in their checksum but not in what they say."""
+    edit_tensors, edit_header, field = FORGED[case]
+    bad = craft(tmp_path, edit_tensors, edit_header)
+    with pytest.raises(GraphFileError, match=field):
         Graph.load(bad)
 
 

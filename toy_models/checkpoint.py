@@ -267,6 +267,16 @@ def config_from_dict(cls, data, where: str = "config"):
         raise ValueError(f"{where}: {exc}") from None
 
 
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over named tensors (names, shapes and bytes, in name order): the checksum the
+    project's files (graphs, dashboards, statistics) keep in their header."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def json_sha256(data: dict) -> str:
     """SHA-256 of a JSON document in canonical form (sorted keys, no spaces)."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)

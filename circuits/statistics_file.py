@@ -195,6 +195,16 @@ def check_values(stats) -> None:
     for name, tensor in stats.tensors().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ValueError(f"{name} holds NaN or infinite values")
+    check_counts(stats)
+    _check_edges(stats)
+    _check_qk(stats)
+
+
+def check_counts(stats) -> None:
+    """The counts a finished or a partial file must hold (``stats``: statistics or the
+    gathering's ``Sums``): occurrences, non-negative activity, and in each half exactly one
+    token count per position of its rows done, so a file cannot claim other rows than its
+    sums hold."""
     count, units = stats.count, stats.units
     if (count < 0).any() or (count != count.round()).any():
         raise ValueError("count holds values that are not occurrence counts")
@@ -208,8 +218,6 @@ def check_values(stats) -> None:
                 f"its token counts sum to {tokens:.0f} in half {half}, not its {rows} rows x "
                 f"n_ctx = {rows * stats.meta['n_ctx']}"
             )
-    _check_edges(stats)
-    _check_qk(stats)
 
 
 def _check_edges(stats) -> None:
@@ -298,8 +306,7 @@ def load_partial(path: Path):
         for name, t in tensors.items():
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name} holds NaN or infinite values")
-        if (sums.count < 0).any() or (sums.count != sums.count.round()).any():
-            raise ValueError("count holds values that are not occurrence counts")
+        check_counts(sums)
     except ValueError as exc:
         raise ValueError(f"{path}: not a readable partial statistics file ({exc})") from None
     return sums

@@ -612,6 +612,41 @@ def test_a_damaged_partial_file_is_refused_in_one_line(replacement, tmp_path, ra
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda sums: sums.meta.update(rows_done=sums.meta["rows_done"] // 2), "token counts"),
+        (lambda sums: sums.activity.view(-1)[0].fill_(-1.0), "activity holds negative"),
+    ],
+)
+def test_a_partial_file_that_claims_other_rows_than_it_holds_is_refused(
+    replacement, tmp_path, random_rows, monkeypatch, change, message
+):
+    """A partial file made consistent in its checksum but not in its counts: resuming from it
+    would add rows twice (or trust a negative activity) and write a graph from wrong sums."""
+    from circuits.statistics_file import save_partial
+
+    monkeypatch.setattr(gathering, "BATCH_ROWS", 2)
+    monkeypatch.setattr(gathering, "CHECKPOINT_SECONDS", 0.0)
+    add, calls = Sums.add, itertools.count()
+
+    def killed(self, run, half, *args):
+        if next(calls) == 5:
+            raise RuntimeError("killed")
+        add(self, run, half, *args)
+
+    path = tmp_path / "stats.safetensors"
+    monkeypatch.setattr(Sums, "add", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        gather_statistics(replacement, None, rows=7, n_ctx=8, progress=False, checkpoint=path)
+    monkeypatch.setattr(Sums, "add", add)
+    sums = load_partial(partial_path(path))
+    change(sums)
+    save_partial(sums, partial_path(path))  # a valid checksum over the forged sums
+    with pytest.raises(ValueError, match=message):
+        gather_statistics(replacement, None, rows=7, n_ctx=8, progress=False, checkpoint=path)
+
+
 # ----------------------------------------------------------------- global graphs
 def test_global_graph_grows_from_the_start(replacement, units, stats, tmp_path):
     start = units.unit(

@@ -284,9 +284,19 @@ class Graph:
         """The graph restricted to the nodes ``keep`` (indices or a boolean mask), in order;
         ``edges`` (optional) replaces the edges among them, e.g. with a pruned set."""
         keep = torch.as_tensor(keep)
+        if keep.numel() == 0:
+            raise ValueError("keep must hold node indices, at least one")
         if keep.dtype == torch.bool:
+            if keep.shape != (self.n_nodes,):
+                raise ValueError(f"a mask of {tuple(keep.shape)} for {self.n_nodes} nodes")
             keep = keep.nonzero().squeeze(1)
+        if keep.dtype.is_floating_point or keep.ndim != 1:
+            raise ValueError("keep must be node indices (integers, 1-D) or a boolean mask")
         keep = keep.sort().values
+        if len(keep) == 0 or keep[0] < 0 or keep[-1] >= self.n_nodes:
+            raise ValueError(f"keep must hold node indices in 0..{self.n_nodes - 1}, at least one")
+        if bool((keep[1:] == keep[:-1]).any()):
+            raise ValueError("keep names a node twice")
         idx = keep.numpy()
         qk_keys = self._qk_keys(keep)
         logit_nodes = (self.kind == Kind.LOGIT).nonzero().squeeze(1).tolist()

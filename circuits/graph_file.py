@@ -95,6 +95,8 @@ def save_graph(graph: Graph, path: Path) -> None:
 
 # ----------------------------------------------------------------- reading
 def load_graph(path: Path) -> Graph:
+    if path.is_dir():
+        raise GraphFileError(f"{path}: a directory, not a graph file ({SUFFIX})")
     if not path.is_file():
         raise FileNotFoundError(f"graph file missing: {path}")
     if path.suffix != SUFFIX:

@@ -21,6 +21,7 @@ concept they share); ``name`` is for people.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -83,7 +84,9 @@ def describe(
 ) -> Group:
     """A ``Group`` of ``members`` with the structure they share read from the graph."""
     f = fields or _Fields(graph)
-    idx = sorted({int(m) for m in members})
+    if any(isinstance(m, bool) or not _is_index(m) for m in members):
+        raise ValueError(f"group {name!r}: members must be node indices (integers)")
+    idx = sorted({operator.index(m) for m in members})
     if not idx:
         raise ValueError(f"group {name!r} has no members")
     bad = [m for m in idx if not 0 <= m < f.n]
@@ -184,6 +187,8 @@ def grouped(
 ) -> GroupedGraph:
     """The view of ``graph`` in which each of ``groups`` (node index lists, or ``Group``s) is
     one node and every other node is a group of its own. A node may be in one group only."""
+    if names is not None and len(names) != len(groups):
+        raise ValueError(f"{len(names)} names for {len(groups)} groups")
     fields = _Fields(graph)
     made: list[Group] = []
     for k, members in enumerate(groups):
@@ -191,6 +196,9 @@ def grouped(
             made.append(describe(graph, members.members, members.name, members.concept, fields))
         else:
             made.append(describe(graph, members, names[k] if names else f"group {k}", None, fields))
+    repeated = [grp.name for k, grp in enumerate(made) if grp.name in {g.name for g in made[:k]}]
+    if repeated:  # groups are keyed by name (``to_networkx``, the viewer's supernodes)
+        raise ValueError(f"two groups are named {repeated[0]!r}")
     of_node = np.full(graph.n_nodes, -1, dtype=np.int64)
     for k, grp in enumerate(made):
         taken = [m for m in grp.members if of_node[m] >= 0]
@@ -205,8 +213,9 @@ def grouped(
 
 
 def group(graph: Graph, nodes: Sequence[int], name: str) -> GroupedGraph:
-    """``graph`` with the nodes ``nodes`` merged into one supernode called ``name`` (its index
-    in the view is 0); edges into and out of it are the exact sums of its members' edges."""
+    """``graph`` with the nodes ``nodes`` merged into one supernode called ``name`` (the view
+    orders groups as the graph orders their first members: find it by its name or by
+    ``group_of`` a member); edges into and out of it are the exact sums of its members' edges."""
     return grouped(graph, [list(nodes)], [name])
 
 
@@ -313,6 +322,14 @@ def _auto_name(graph: Graph, key: tuple, n: int) -> str:
         return what + (f" [{concept}]" if concept else "")
     _, layer, pos, concept = key
     return f"L{layer} {'feature' if n == 1 else f'{n} features'} @{pos} [{concept}]"
+
+
+def _is_index(x) -> bool:
+    try:
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
 
 
 __all__ = [

@@ -15,6 +15,7 @@ Two ways to rerun, both through the replacement model's hooks (never through the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -276,9 +277,9 @@ def intervene(
     graph's prediction for these interventions (``predict``), when the caller has it."""
     if not interventions:
         raise ValueError("no interventions given")
+    where = _edited_nodes(graph, interventions)
     freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
     run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
-    where = graph.id_to_index
     cache = _clean_nodes(replacement, run)
     n, L = len(run.tokens), run.n_layers
     patches: dict[str, list[tuple[int, int, float]]] = {}
@@ -286,8 +287,6 @@ def intervene(
     embed_scale = torch.ones(1, n)
     bias_scale: dict[int, Tensor] = {}
     for edit in interventions:
-        if edit.node not in where:
-            raise ValueError(f"no node {edit.node!r} in this graph")
         i = where[edit.node]
         kind, stage = Kind(int(graph.kind[i])), int(graph.stage[i])
         pos, index = int(graph.pos[i]), int(graph.index[i])
@@ -391,11 +390,30 @@ def first_order(
     return out
 
 
+def _edited_nodes(graph: Graph, interventions: list[Intervention]) -> dict[str, int]:
+    """Node id -> index of every edited node, after checking the edits: nodes of this graph,
+    each edited once (two edits of one node would leave the last one standing, silently),
+    known actions with finite values."""
+    where, seen = graph.id_to_index, set()
+    for edit in interventions:
+        if edit.node not in where:
+            raise ValueError(f"no node {edit.node!r} in this graph")
+        if edit.node in seen:
+            raise ValueError(f"node {edit.node!r} is edited twice: one edit per node")
+        seen.add(edit.node)
+        if edit.action not in ACTIONS:
+            raise ValueError(f"unknown action {edit.action!r}; expected one of "
+                             f"{', '.join(ACTIONS)}")  # fmt: skip
+        if not math.isfinite(edit.value):
+            raise ValueError(f"{edit.action} of {edit.node!r} to {edit.value}: not a finite value")
+    return where
+
+
 def predict(graph: Graph, interventions: list[Intervention]) -> Float[Tensor, " node"]:
     """Every node's change under ``interventions`` according to the graph alone: changes flow
     along edges (per unit of the source's activation), stage by stage, through heads and
     features that stay linear (active) and into the targets."""
-    where = graph.id_to_index
+    where = _edited_nodes(graph, interventions)
     activation = graph.activation.double().numpy()
     delta = np.zeros(graph.n_nodes)
     fixed = {}

@@ -52,6 +52,7 @@ def write_graph_outputs(
     ``reports.viewer``'s schema, when given; then with ``feature_files``, circuit-tracer's
     feature files and ``graph-metadata.json`` too; with ``mechanisms``, a
     ``circuits.mechanisms.MechanismSummary``, its section in the page)."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = Written()
     json_path = out / "graph.json"

@@ -191,3 +191,42 @@ def test_pickles_are_never_read(tmp_path):
     garbage.write_bytes(b"\xff" * 64)
     with pytest.raises(GraphFileError, match="not a readable graph file"):
         Graph.load(garbage)
+
+
+def test_the_graph_api_refuses_nonsense_in_one_clear_error(tmp_path):
+    """What a researcher calls on a graph, with wrong arguments: a ValueError saying what,
+    never a silently different answer (a float index truncated, a mask of the wrong length,
+    two edits of one node where the last wins) or a bare IndexError/KeyError."""
+    from circuits.groups import group, grouped
+    from circuits.interventions import Intervention, predict
+    from circuits.prune import prune_graph
+
+    graph = make_graph()
+    node = graph.ids[-1]
+    cases = [
+        (lambda: predict(graph, [Intervention("nope")]), "no node 'nope'"),
+        (lambda: predict(graph, [Intervention(node), Intervention(node, "scale", 2.0)]),
+         "edited twice"),
+        (lambda: predict(graph, [Intervention(node, "clamp", float("nan"))]), "not a finite"),
+        (lambda: predict(graph, [Intervention(node, "double")]), "unknown action"),
+        (lambda: graph.subgraph([-1]), "node indices in 0.."),
+        (lambda: graph.subgraph([10**6]), "node indices in 0.."),
+        (lambda: graph.subgraph([]), "at least one"),
+        (lambda: graph.subgraph([1, 1]), "names a node twice"),
+        (lambda: graph.subgraph(torch.tensor([True, False])), "a mask of"),
+        (lambda: graph.subgraph(torch.tensor([1.5, 2.0])), "node indices"),
+        (lambda: prune_graph(graph, max_nodes=-1), "max_nodes must be a positive integer"),
+        (lambda: prune_graph(graph, max_nodes=2.5), "max_nodes must be a positive integer"),
+        (lambda: group(graph, [1.7, 2.2], "g"), "must be node indices"),
+        (lambda: group(graph, [True, False], "g"), "must be node indices"),
+        (lambda: grouped(graph, [[1], [2]], ["a"]), "1 names for 2 groups"),
+        (lambda: grouped(graph, [[1], [2]], ["a", "a"]), "two groups are named 'a'"),
+        (lambda: Graph.load(tmp_path), "a directory"),
+    ]  # fmt: skip
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert graph.subgraph(torch.ones(graph.n_nodes, dtype=torch.bool)).ids == graph.ids
+    view = group(graph, [1, 2], "g")
+    merged = view.groups[view.group_of(2)]
+    assert merged.name == "g" and merged.members == [1, 2]

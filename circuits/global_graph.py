@@ -21,6 +21,7 @@ Arguments are parsed and checked before anything heavy (torch, a model) is impor
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ def parse_start(spec: str) -> StartSpec:
     kind, _, rest = spec.partition(":")
     if kind in ("lorsa", "transcoder"):
         numbers = rest.split(":")
-        if len(numbers) == 2 and all(n.strip().lstrip("-").isdigit() for n in numbers):
+        if len(numbers) == 2 and all(re.fullmatch(r"-?[0-9]+", n.strip()) for n in numbers):
             return StartSpec(spec, kind, int(numbers[0]), int(numbers[1]))
     elif kind in ("logit", "token"):
         return StartSpec(spec, kind, text=rest)

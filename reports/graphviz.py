@@ -69,6 +69,19 @@ _FORMAT = re.compile(r"[a-z0-9_]+(:[a-z0-9_]+)*")  # validates dot's -T values: 
 
 
 # ------------------------------------------------------------------------------------ escaping
+# Bidirectional controls: a token holding one would reorder the text around it in a drawing or a
+# page (a label read backwards); they are shown as their code point instead.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                          "\u2066\u2067\u2068\u2069")  # fmt: skip
+
+
+def show_bidi(text: str) -> str:
+    """``text`` with every bidirectional control written as ``<U+202E>``."""
+    if not BIDI_CONTROLS.intersection(text):
+        return text
+    return "".join(f"<U+{ord(ch):04X}>" if ch in BIDI_CONTROLS else ch for ch in text)
+
+
 def dot_escape(text: str) -> str:
     """``text`` as the inside of a DOT double-quoted label or tooltip, shown literally.
 
@@ -78,7 +91,7 @@ def dot_escape(text: str) -> str:
     are dropped because Graphviz rejects or garbles them.
     """
     out = []
-    for ch in text.replace("\r\n", "\n"):
+    for ch in show_bidi(text).replace("\r\n", "\n"):
         if ch == "\\":
             out.append("\\\\")
         elif ch == '"':

@@ -29,6 +29,7 @@ from circuits.graph import Graph, QKAttribution
 from circuits.nodes import KINDS
 from toy_models.files import write_text_atomic
 
+from .graphviz import show_bidi
 from .labels import node_labels
 from .layout import Selection, select
 from .mechanisms import CSS as MECHANISMS_CSS
@@ -61,7 +62,9 @@ tr.undrawn td { color: #888; }
 
 
 def escape(text: str) -> str:
-    """``html.escape``, with control characters (which HTML forbids) written as ``\\xNN``."""
+    """``html.escape``, with control characters (which HTML forbids) written as ``\\xNN`` and
+    bidirectional controls as their code point (``graphviz.show_bidi``)."""
+    text = show_bidi(text)
     if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
         text = "".join(
             f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" and ch not in "\n\t" else ch

@@ -781,6 +781,7 @@ def test_split_half_reliability_compares_the_halves_graphs(replacement, units, s
         (["--start", "lorsa:1:2", "--budget", "0"], "must be positive"),
         (["--start", "lorsa:1:2", "--rows", "-3"], "must be positive"),
         (["--start", "lorsa:1:x"], "expected lorsa:L:HEAD"),
+        (["--start", "lorsa:1:\u0663"], "expected lorsa:L:HEAD"),  # an Arabic-Indic 3
         (["--start", "lorsa:1:2", "--stats", "/proc/stats.safetensors"], "--stats /proc/"),
     ],
 )

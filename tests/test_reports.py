@@ -45,6 +45,15 @@ def qk_drawn(dot: str) -> set[tuple[str, str, str]]:
 def test_dot_escape_makes_any_text_a_literal_label():
     assert gv.dot_escape('a"b\\c\nd&e\x00f\tg') == 'a\\"b\\\\c\\nd&amp;ef g'
     assert gv.dot_escape("Ġ ☃ <|bos|>") == "Ġ ☃ <|bos|>"
+    # a right-to-left override would draw the rest of the label backwards: shown, not obeyed
+    assert gv.dot_escape("ab\u202ecd") == "ab<U+202E>cd"
+
+
+def test_html_escape_shows_bidirectional_controls():
+    from reports.html import escape
+
+    assert escape("x\u2066y\u202e<") == "x&lt;U+2066&gt;y&lt;U+202E&gt;&lt;"
+    assert escape("plain Ġ ☃") == "plain Ġ ☃"
 
 
 def drawn_nodes(dot: str) -> dict[str, str]:

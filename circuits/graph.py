@@ -284,8 +284,8 @@ class Graph:
         """The graph restricted to the nodes ``keep`` (indices or a boolean mask), in order;
         ``edges`` (optional) replaces the edges among them, e.g. with a pruned set."""
         keep = torch.as_tensor(keep)
-        if keep.numel() == 0:
-            raise ValueError("keep must hold node indices, at least one")
+        if keep.numel() == 0 and keep.dtype != torch.bool:
+            keep = keep.long()  # an empty list: the empty graph
         if keep.dtype == torch.bool:
             if keep.shape != (self.n_nodes,):
                 raise ValueError(f"a mask of {tuple(keep.shape)} for {self.n_nodes} nodes")
@@ -293,8 +293,8 @@ class Graph:
         if keep.dtype.is_floating_point or keep.ndim != 1:
             raise ValueError("keep must be node indices (integers, 1-D) or a boolean mask")
         keep = keep.sort().values
-        if len(keep) == 0 or keep[0] < 0 or keep[-1] >= self.n_nodes:
-            raise ValueError(f"keep must hold node indices in 0..{self.n_nodes - 1}, at least one")
+        if len(keep) and (keep[0] < 0 or keep[-1] >= self.n_nodes):
+            raise ValueError(f"keep must hold node indices in 0..{self.n_nodes - 1}")
         if bool((keep[1:] == keep[:-1]).any()):
             raise ValueError("keep names a node twice")
         idx = keep.numpy()

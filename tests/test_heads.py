@@ -636,6 +636,7 @@ def test_successor_probes_follow_the_spans(tokenizer):
         (["--model", "gpt5"], "unknown model 'gpt5'"),
         (["--docs", "0"], "--docs must be between 1 and 10000"),
         (["--docs", "2", "--truth-docs", "3"], "--truth-docs must be between 1 and --docs"),
+        (["--draws", "100000000"], "--draws must be between 1 and 1000"),
         (["--out", "{file}"], "exists and is not a directory"),
         (["--out", "{file}/heads"], "cannot write there"),
         (["--out", "/proc/heads"], "cannot write there"),
@@ -730,3 +731,16 @@ def test_cli_end_to_end_on_a_tiny_model(
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp"))
     assert "wrote" in capsys.readouterr().out
+
+
+def test_a_few_docs_cap_the_default_truth_docs(tmp_path):
+    """``--docs 1`` alone is valid: the single-head tests' default share follows it down
+    (it once refused a ``--truth-docs 6`` the user never passed)."""
+    from reports.heads.cli import check_args, parse_args
+
+    args = parse_args(["--docs", "1", "--out", str(tmp_path / "out")])
+    check_args(args)
+    assert args.truth_docs == 1
+    args = parse_args(["--out", str(tmp_path / "out")])
+    check_args(args)
+    assert args.truth_docs == 6

@@ -14,6 +14,8 @@ from toy_models.zoo import resolve_model_dir
 
 from .config import Settings
 
+MAX_DRAWS = 1000  # each draw ablates a random head set on every task: 100x the default is hours
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -40,9 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--truth-docs",
         type=int,
-        default=Settings.truth_docs,
-        help="of those, how many the single-head tests use (default "
-        "%(default)s; they cost most of the time)",
+        help=f"of those, how many the single-head tests use (default {Settings.truth_docs}, "
+        "or --docs when fewer; they cost most of the time)",
     )
     parser.add_argument(
         "--draws",
@@ -71,11 +72,13 @@ def check_args(args: argparse.Namespace) -> None:
     work. ``--out`` is created (to prove it can hold files) only once the rest has passed."""
     if not 1 <= args.docs <= 10_000:
         raise UserError(f"--docs must be between 1 and 10000, got {args.docs}")
+    if args.truth_docs is None:  # the default, capped by the documents asked for
+        args.truth_docs = min(Settings.truth_docs, args.docs)
     if not 1 <= args.truth_docs <= args.docs:
         raise UserError(f"--truth-docs must be between 1 and --docs ({args.docs}), "
                         f"got {args.truth_docs}")  # fmt: skip
-    if args.draws < 1:
-        raise UserError(f"--draws must be positive, got {args.draws}")
+    if not 1 <= args.draws <= MAX_DRAWS:
+        raise UserError(f"--draws must be between 1 and {MAX_DRAWS}, got {args.draws}")
     resolve_model_dir(args.model)
     check_writable_dir(args.out)
 

@@ -546,10 +546,13 @@ def assemble_graph(
 
 
 def _model_info(replacement: ReplacementModel, tokens: list[int]) -> dict:
-    """The graph's ``model`` entry: the model's name and, when the model records the tokens it
-    never saw in training, the prompt positions holding one (``untrained_positions``: their
-    embeddings are untrained, so the graph shows no learned mechanism there)."""
+    """The graph's ``model`` entry: the model's name, the saved replacement set's identity
+    (``replacement_sha256``) and, when the model records the tokens it never saw in training,
+    the prompt positions holding one (``untrained_positions``: their embeddings are untrained,
+    so the graph shows no learned mechanism there)."""
     info: dict = {"name": replacement.model_name or "unnamed"}
+    if replacement.content_sha256 is not None:  # a saved set: which one (``intervene`` checks)
+        info["replacement_sha256"] = replacement.content_sha256
     untrained = replacement.model.untrained_tokens
     if untrained is not None:
         info["untrained_positions"] = [p for p, t in enumerate(tokens) if t in untrained]

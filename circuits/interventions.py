@@ -277,6 +277,11 @@ def intervene(
     graph's prediction for these interventions (``predict``), when the caller has it."""
     if not interventions:
         raise ValueError("no interventions given")
+    traced, given = graph.model.get("replacement_sha256"), replacement.content_sha256
+    if None not in (traced, given) and traced != given:
+        raise ValueError(f"the graph was traced with another replacement set ({traced[:12]}...) "
+                         f"than the one given ({given[:12]}...): its predictions and this set's "
+                         "effects would not compare")  # fmt: skip
     where = _edited_nodes(graph, interventions)
     freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
     run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)

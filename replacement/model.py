@@ -263,6 +263,9 @@ class ReplacementModel(HookedRootModule):
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.meta: dict = {}
         self.model_name: str | None = None
+        # The saved set's identity (its config's ``content_sha256``, which covers every layer
+        # file's SHA-256 and the toy model's identity); None for a set built in memory.
+        self.content_sha256: str | None = None
         self.setup()
 
     @property
@@ -461,6 +464,7 @@ class ReplacementModel(HookedRootModule):
         except ValueError as exc:  # e.g. a Lorsa config whose d_model is not the model's
             raise ValueError(f"{config_path}: {exc}") from None
         replacement.meta, replacement.model_name = meta, name
+        replacement.content_sha256 = recorded_content
         return replacement
 
 

@@ -335,3 +335,29 @@ def test_default_dashboards_are_bound_to_the_set_and_rows_and_never_replaced(
     with pytest.raises(SystemExit) as exit_info:
         run_cli(dashboard_cli.main, ["--rows", "2", "--quiet"])
     assert exit_info.value.code == 0 and files() == second  # the trace's file, reused
+
+
+def test_a_graph_names_its_replacement_set_and_intervene_refuses_another(tmp_path):
+    """A graph traced with a saved set records the set's identity (its config's content hash,
+    which covers every layer file), through its file too; intervening on it with another set
+    is refused instead of comparing one set's predictions with the other's effects."""
+    import torch
+
+    from circuits.attribution import attribute
+    from circuits.interventions import Intervention, intervene
+    from replacement.model import load_pretrained
+    from toy_models.tokenizer import encode_prompt
+
+    with torch.no_grad():
+        replacement, tokenizer = load_pretrained("default")
+        tokens = encode_prompt(tokenizer, PROMPT, replacement.cfg.n_ctx)
+        graph = attribute(replacement, tokens, tokenizer=tokenizer, prompt=PROMPT)
+        assert graph.model["replacement_sha256"] == replacement.content_sha256 is not None
+        graph.save(tmp_path / "g.safetensors")
+        back = Graph.load(tmp_path / "g.safetensors")
+        assert back.model["replacement_sha256"] == replacement.content_sha256
+        edit = [Intervention(graph.ids[len(graph.ids) // 2])]
+        intervene(replacement, back, edit)  # the same set: fine
+        back.model["replacement_sha256"] = "0" * 64  # as if traced with another set
+        with pytest.raises(ValueError, match="traced with another replacement set"):
+            intervene(replacement, back, edit)

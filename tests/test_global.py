@@ -546,13 +546,11 @@ def test_damaged_statistics_files_are_refused(stats, tmp_path, where):
 
 
 # ----------------------------------------------------------------- gathering
-def test_gathering_resumes_bit_for_bit_after_a_kill(
-    replacement, tmp_path, random_rows, monkeypatch
-):
-    """A fault mid-gathering (as kill -9: no handler runs) loses only the rows since the last
-    checkpoint; the resumed run equals an uninterrupted one bit for bit."""
+def gather_killed_at_row_6(replacement, path, monkeypatch):
+    """Gather 7 rows in batches of 2 with a checkpoint after every batch into ``path``, killed
+    (as kill -9: no handler runs) while adding row 6: the partial file holds rows 1..4. Returns
+    the real ``Sums.add``, put back."""
     monkeypatch.setattr(gathering, "BATCH_ROWS", 2)
-    whole = gather_statistics(replacement, None, rows=7, n_ctx=8, progress=False)
     monkeypatch.setattr(gathering, "CHECKPOINT_SECONDS", 0.0)  # after every batch
     add, calls = Sums.add, itertools.count()
 
@@ -561,10 +559,22 @@ def test_gathering_resumes_bit_for_bit_after_a_kill(
             raise RuntimeError("killed")
         add(self, run, half, *args)
 
-    path = tmp_path / "stats.safetensors"
     monkeypatch.setattr(Sums, "add", killed_at_row_6)
     with pytest.raises(RuntimeError, match="killed"):
         gather_statistics(replacement, None, rows=7, n_ctx=8, progress=False, checkpoint=path)
+    monkeypatch.setattr(Sums, "add", add)
+    return add
+
+
+def test_gathering_resumes_bit_for_bit_after_a_kill(
+    replacement, tmp_path, random_rows, monkeypatch
+):
+    """A fault mid-gathering (as kill -9: no handler runs) loses only the rows since the last
+    checkpoint; the resumed run equals an uninterrupted one bit for bit."""
+    monkeypatch.setattr(gathering, "BATCH_ROWS", 2)
+    whole = gather_statistics(replacement, None, rows=7, n_ctx=8, progress=False)
+    path = tmp_path / "stats.safetensors"
+    add = gather_killed_at_row_6(replacement, path, monkeypatch)
     assert load_partial(partial_path(path)).meta["rows_done"] == 4  # the last checkpoint
     assert not path.exists()
     partial_path(path).with_name(partial_path(path).name + ".tmp").write_bytes(b"half a save")
@@ -626,20 +636,8 @@ def test_a_partial_file_that_claims_other_rows_than_it_holds_is_refused(
     would add rows twice (or trust a negative activity) and write a graph from wrong sums."""
     from circuits.statistics_file import save_partial
 
-    monkeypatch.setattr(gathering, "BATCH_ROWS", 2)
-    monkeypatch.setattr(gathering, "CHECKPOINT_SECONDS", 0.0)
-    add, calls = Sums.add, itertools.count()
-
-    def killed(self, run, half, *args):
-        if next(calls) == 5:
-            raise RuntimeError("killed")
-        add(self, run, half, *args)
-
     path = tmp_path / "stats.safetensors"
-    monkeypatch.setattr(Sums, "add", killed)
-    with pytest.raises(RuntimeError, match="killed"):
-        gather_statistics(replacement, None, rows=7, n_ctx=8, progress=False, checkpoint=path)
-    monkeypatch.setattr(Sums, "add", add)
+    gather_killed_at_row_6(replacement, path, monkeypatch)
     sums = load_partial(partial_path(path))
     change(sums)
     save_partial(sums, partial_path(path))  # a valid checksum over the forged sums

@@ -27,6 +27,7 @@ anything uses it, and refuses with one line naming the file and the field.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -405,6 +406,18 @@ class Graph:
         from .graph_file import load_graph
 
         return load_graph(Path(path))
+
+
+def is_integer(x) -> bool:
+    """A Python or NumPy integer (what ``operator.index`` takes), not a bool: what the graph
+    API accepts as a node index or a count, so a float is never truncated into one."""
+    if isinstance(x, bool):
+        return False
+    try:
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
 
 
 def no_promotes(n: int) -> Tensor:

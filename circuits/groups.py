@@ -29,7 +29,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-from .graph import Graph
+from .graph import Graph, is_integer
 from .nodes import KINDS, Kind, is_attention, unit_id
 
 MIN_CONCEPT_F1 = 0.5  # a concept label groups features (and marks a head's role) from this F1
@@ -49,7 +49,7 @@ class Group:
     """A set of a graph's nodes read as one (module docstring)."""
 
     name: str
-    members: list[int]  # node indices of the graph, ascending
+    members: list[int]  # node indices of the graph it was made on, ascending
     kind: str  # the members' kind, or "mixed"
     layer: int | None = None  # the members' block, when they share one
     stage: int | None = None  # the members' stage, when they share one
@@ -57,6 +57,7 @@ class Group:
     attends: int | None = None  # Lorsa groups: the key every member reads most, when shared
     qk_heads: list[int] = field(default_factory=list)  # Lorsa groups: their QK heads
     concept: str | None = None  # the concept label the members share (auto groups)
+    ids: list[str] = field(default_factory=list)  # the members' node ids (``describe`` sets them)
 
     @property
     def is_root(self) -> bool:
@@ -84,7 +85,7 @@ def describe(
 ) -> Group:
     """A ``Group`` of ``members`` with the structure they share read from the graph."""
     f = fields or _Fields(graph)
-    if any(isinstance(m, bool) or not _is_index(m) for m in members):
+    if not all(is_integer(m) for m in members):
         raise ValueError(f"group {name!r}: members must be node indices (integers)")
     idx = sorted({operator.index(m) for m in members})
     if not idx:
@@ -104,7 +105,7 @@ def describe(
     return Group(
         name=name, members=idx, kind=kind, layer=shared(f.layer), stage=shared(f.stage),
         pos=shared(f.pos), attends=attends if attends is not None and attends >= 0 else None,
-        qk_heads=heads, concept=concept,
+        qk_heads=heads, concept=concept, ids=[graph.ids[i] for i in idx],
     )  # fmt: skip
 
 
@@ -186,14 +187,19 @@ def grouped(
     names: Sequence[str] | None = None,
 ) -> GroupedGraph:
     """The view of ``graph`` in which each of ``groups`` (node index lists, or ``Group``s) is
-    one node and every other node is a group of its own. A node may be in one group only."""
+    one node and every other node is a group of its own. A node may be in one group only.
+
+    A ``Group`` stands for its members' node ids: made on another graph (a pruned graph's
+    group applied to its full graph, or a graph of another prompt) it means the nodes with
+    those ids here, and one missing here is an error, never another node at its index."""
     if names is not None and len(names) != len(groups):
         raise ValueError(f"{len(names)} names for {len(groups)} groups")
     fields = _Fields(graph)
     made: list[Group] = []
     for k, members in enumerate(groups):
         if isinstance(members, Group):
-            made.append(describe(graph, members.members, members.name, members.concept, fields))
+            here = _members_here(graph, members)
+            made.append(describe(graph, here, members.name, members.concept, fields))
         else:
             made.append(describe(graph, members, names[k] if names else f"group {k}", None, fields))
     repeated = [grp.name for k, grp in enumerate(made) if grp.name in {g.name for g in made[:k]}]
@@ -210,6 +216,20 @@ def grouped(
         of_node[i] = len(all_groups)
         all_groups.append(describe(graph, [i], node_name(graph, i, fields), None, fields))
     return _view(graph, all_groups, of_node)
+
+
+def _members_here(graph: Graph, grp: Group) -> list[int]:
+    """``grp``'s members in ``graph``, found by their node ids (a ``Group`` made by hand
+    without ids names indices of ``graph`` itself)."""
+    if not grp.ids:
+        return grp.members
+    if len(grp.ids) != len(grp.members):
+        raise ValueError(f"group {grp.name!r}: {len(grp.ids)} ids for {len(grp.members)} members")
+    index = graph.id_to_index
+    missing = [i for i in grp.ids if i not in index]
+    if missing:
+        raise ValueError(f"group {grp.name!r}: node {missing[0]} is not in this graph")
+    return [index[i] for i in grp.ids]
 
 
 def group(graph: Graph, nodes: Sequence[int], name: str) -> GroupedGraph:
@@ -322,14 +342,6 @@ def _auto_name(graph: Graph, key: tuple, n: int) -> str:
         return what + (f" [{concept}]" if concept else "")
     _, layer, pos, concept = key
     return f"L{layer} {'feature' if n == 1 else f'{n} features'} @{pos} [{concept}]"
-
-
-def _is_index(x) -> bool:
-    try:
-        operator.index(x)
-    except TypeError:
-        return False
-    return True
 
 
 __all__ = [

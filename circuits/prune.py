@@ -9,14 +9,13 @@ top stage down: each row block is visited once, and nothing dense of size nodes 
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .graph import Graph
+from .graph import Graph, is_integer
 
 NODE_THRESHOLD = 0.8
 EDGE_THRESHOLD = 0.98
@@ -161,7 +160,7 @@ def prune_graph(
     ``max_nodes`` caps the heads, features and errors kept (most influential first).
     ``scored`` (optional): this graph's ``influence_scores``, when the caller has them.
     """
-    if max_nodes is not None and not _is_count(max_nodes):
+    if max_nodes is not None and not (is_integer(max_nodes) and max_nodes >= 1):
         raise ValueError(f"max_nodes must be a positive integer or None, got {max_nodes!r}")
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0 < value <= 1:
@@ -214,13 +213,3 @@ def prune_graph(
         "unpruned": {"nodes": graph.n_nodes, "edges": graph.n_edges},
     }
     return pruned
-
-
-def _is_count(x) -> bool:
-    """A positive integer (a Python or NumPy integer; not a bool, not a float)."""
-    if isinstance(x, bool):
-        return False
-    try:
-        return operator.index(x) >= 1
-    except TypeError:
-        return False

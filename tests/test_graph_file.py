@@ -230,3 +230,25 @@ def test_the_graph_api_refuses_nonsense_in_one_clear_error(tmp_path):
     view = group(graph, [1, 2], "g")
     merged = view.groups[view.group_of(2)]
     assert merged.name == "g" and merged.members == [1, 2]
+
+
+def test_a_group_made_on_one_graph_means_the_same_nodes_on_another():
+    """A ``Group`` stands for its members' node ids: applied to another graph (the full graph
+    of the pruned one it was made on) it takes the nodes with those ids there, and refuses
+    when one is missing, instead of taking whatever nodes sit at the same indices."""
+    from circuits.groups import group, grouped
+
+    full = make_graph()
+    keep = [0, 2, full.n_nodes - 1]
+    pruned = full.subgraph(keep)
+    made = group(pruned, [1, 2], "g")
+    g = made.groups[made.group_of(1)]
+    assert g.ids == [full.ids[2], full.ids[-1]]
+    view = grouped(full, [g])
+    back = view.groups[view.group_of(2)]
+    assert back.name == "g" and back.members == [2, full.n_nodes - 1]
+    assert view.group_of(full.n_nodes - 1) == view.group_of(2)
+    # the other way: a group of the full graph that the pruned graph lacks a node of
+    wide = group(full, [1, 2], "w")
+    with pytest.raises(ValueError, match=f"node {full.ids[1]} is not in this graph"):
+        grouped(pruned, [wide.groups[wide.group_of(1)]])

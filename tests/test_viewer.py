@@ -500,7 +500,7 @@ def test_text_from_the_graph_is_never_markup(browser, tmp_path):
     graph = make_graph()
     graph.prompt = "</script><script>window.pwned = 1</script><!-- <img src=x onerror=pwned=2>"
     graph.token_strings = ["<|bos|>", "</script>", "<!--", "<img src=x onerror=window.pwned=3>"]
-    graph.token_text[100] = "</SCRIPT><b>bold</b>\x07"
+    graph.token_text[100] = "</SCRIPT><b>bold</b>\x07ab\u202ecd"
     path = tmp_path / "graph.html"
     write_html(graph, path, None)
     text = path.read_text(encoding="utf-8")
@@ -513,6 +513,8 @@ def test_text_from_the_graph_is_never_markup(browser, tmp_path):
     click_node(browser, "1_17_1")
     panel = panel_text(browser)
     assert "</SCRIPT><b>bold</b>\\x07" in panel  # control characters as \xNN, as in the table
+    # a right-to-left override (it would draw what follows backwards) as its code point
+    assert "ab<U+202E>cd" in panel and "\u202e" not in panel
 
 
 def test_a_real_trace_opens_and_explains_its_logit(browser, tmp_path):

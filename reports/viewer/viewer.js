@@ -46,9 +46,13 @@
   });
 
   // ------------------------------------------------------------------------------ text helpers
-  // Control characters are shown as \xNN, as on the rest of the page.
+  // Control characters are shown as \xNN, as on the rest of the page; bidirectional controls
+  // (which would draw the text around them backwards) as <U+202E>, as reports.graphviz does.
   const CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
-  const shown = (s) => String(s).replace(CONTROL, (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
+  const BIDI = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+  const shown = (s) => String(s)
+    .replace(CONTROL, (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"))
+    .replace(BIDI, (c) => "<U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + ">");
   function fmt(x, digits) {
     if (x == null || !isFinite(x)) return "–";
     const t = Number(x).toPrecision(digits || 4);

@@ -10,13 +10,13 @@ of QK heads and the QK rank; the attention-output SAE beside Lorsa on the K axis
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 
-from toy_models.cli import UserError, run_cli
+from toy_models.cli import run_cli
 from toy_models.files import write_png_atomic
+
+from .results_cli import render_results
 
 DEFAULT_JSON = Path("benchmarks/results/lorsa_ablations_default.json")
 AXES = (  # (axis, x label, variant field on that axis)
@@ -281,30 +281,16 @@ def write_ablation_report(results: dict, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return render_results(
+        argv,
         prog="python -m reports.ablations",
         description="Render the Lorsa ablation results (benchmarks/lorsa_ablations.py) as "
         "markdown and PNG curves.",
+        default_json=DEFAULT_JSON,
+        benchmark="benchmarks/lorsa_ablations.py",
+        what="a Lorsa ablation result",
+        write=write_ablation_report,
     )
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
-    parser.add_argument("--out", type=Path, help="report directory (default: the JSON's stem)")
-    args = parser.parse_args(argv)
-    if not args.json.is_file():
-        raise UserError(
-            f"--json {args.json}: no such file (run python benchmarks/lorsa_ablations.py first)"
-        )
-    from toy_models.files import check_writable_dir
-
-    out = args.out or args.json.with_suffix("")
-    check_writable_dir(out)
-    try:
-        results = json.loads(args.json.read_text(encoding="utf-8"))
-        written = write_ablation_report(results, out)
-    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # nothing written yet
-        raise UserError(f"--json {args.json}: not a Lorsa ablation result ({exc!r})") from None
-    for path in written:
-        print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

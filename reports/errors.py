@@ -19,15 +19,15 @@ a repeated segment); ``separator`` (``+``, ``=``, commas, full stops, ``|``, lin
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 
 from circuits.concepts import CONCEPT_ROLE, CONCEPTS, TOKEN_ROLES
-from toy_models.cli import UserError, run_cli
+from toy_models.cli import run_cli
 from toy_models.data import FAMILIES
 from toy_models.files import write_png_atomic
+
+from .results_cli import render_results
 
 DEFAULT_JSON = Path("benchmarks/results/error_analysis_default.json")
 ROLES = TOKEN_ROLES
@@ -352,29 +352,15 @@ def write_error_report(results: dict, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return render_results(
+        argv,
         prog="python -m reports.errors",
         description="Render the error analysis (benchmarks/error_analysis.py) as markdown and PNG.",
+        default_json=DEFAULT_JSON,
+        benchmark="benchmarks/error_analysis.py",
+        what="an error-analysis result",
+        write=write_error_report,
     )
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
-    parser.add_argument("--out", type=Path, help="report directory (default: the JSON's stem)")
-    args = parser.parse_args(argv)
-    if not args.json.is_file():
-        raise UserError(
-            f"--json {args.json}: no such file (run python benchmarks/error_analysis.py first)"
-        )
-    from toy_models.files import check_writable_dir
-
-    out = args.out or args.json.with_suffix("")
-    check_writable_dir(out)
-    try:
-        results = json.loads(args.json.read_text(encoding="utf-8"))
-        written = write_error_report(results, out)
-    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # nothing written yet
-        raise UserError(f"--json {args.json}: not an error-analysis result ({exc!r})") from None
-    for path in written:
-        print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""The command line shared by the reports that render a benchmark's results file
+(``reports.errors``, ``reports.ablations``): read the JSON, make the report in memory, write it.
+
+The file is untrusted: a results file of another shape is one line naming it, and nothing is
+written until the whole report has been made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from toy_models.cli import UserError
+
+
+def render_results(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str,
+    default_json: Path,
+    benchmark: str,
+    what: str,
+    write: Callable[[dict, Path], list[Path]],
+) -> int:
+    """Parse ``--json`` and ``--out``, then ``write(results, out)``; ``benchmark`` is the
+    script that makes the file, ``what`` the kind of result (for the messages)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--json", type=Path, default=default_json, help="results file")
+    parser.add_argument("--out", type=Path, help="report directory (default: the JSON's stem)")
+    args = parser.parse_args(argv)
+    if not args.json.is_file():
+        raise UserError(f"--json {args.json}: no such file (run python {benchmark} first)")
+    from toy_models.files import check_writable_dir
+
+    out = args.out or args.json.with_suffix("")
+    check_writable_dir(out)
+    try:
+        results = json.loads(args.json.read_text(encoding="utf-8"))
+        written = write(results, out)
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # nothing written yet
+        raise UserError(f"--json {args.json}: not {what} ({exc!r})") from None
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -143,16 +143,19 @@ def make_graph(*, influence: bool = True) -> Graph:
     return graph
 
 
-def make_big_graph(*, influence: bool = True, n_pos: int = 21, seed: int = 0) -> Graph:
-    """Shaped like a real pruned graph: one embedding per position, heads and features mostly
-    at the last position, error nodes, two logits and a few thousand random edges."""
+def make_big_graph(
+    *, influence: bool = True, n_pos: int = 21, seed: int = 0, units: int = 32, fan_in: int = 24
+) -> Graph:
+    """Shaped like a real pruned graph: one embedding per position, ``units`` heads and
+    features per sublayer, mostly at the last position, error nodes, two logits and up to
+    ``fan_in`` random edges into each node (a few thousand by default)."""
     rng = np.random.default_rng(seed)
     n_layers, last = 2, n_pos - 1
     rows = [("embedding", 0, p, p, None) for p in range(n_pos)]
     for layer in range(n_layers):
         for kind, stage in (("lorsa", 2 * layer + 1), ("transcoder", 2 * layer + 2)):
-            for k in range(32):
-                p = last if k < 26 else int(rng.integers(1, last))
+            for k in range(units):
+                p = last if k < units - 6 else int(rng.integers(1, last))
                 rows.append((kind, stage, p, k, p - 1 if kind == "lorsa" else 100 + k))
             rows.append(("error", stage, last, -1, None))
     rows += [("logit", 2 * n_layers + 1, last, 7, (7, None, 0.6))]
@@ -164,11 +167,11 @@ def make_big_graph(*, influence: bool = True, n_pos: int = 21, seed: int = 0) ->
     for target in range(n):
         lower = np.flatnonzero(stage < stage[target])
         if len(lower):
-            picked = rng.choice(lower, size=min(24, len(lower)), replace=False)
+            picked = rng.choice(lower, size=min(fan_in, len(lower)), replace=False)
             t += [target] * len(picked)
             s += picked.tolist()
     weights = rng.normal(size=len(t)).astype(np.float32)
-    token_text = {p: f"t{p}" for p in range(n_pos)} | {100 + k: f" w{k}" for k in range(32)}
+    token_text = {p: f"t{p}" for p in range(n_pos)} | {100 + k: f" w{k}" for k in range(units)}
     return build_graph(
         rows,
         n_layers=n_layers,

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import pytest
 import torch
-from report_graphs import NASTY, make_graph
+from report_graphs import NASTY, make_big_graph, make_graph
 
 from circuits.graph import Graph
 from reports import layout
@@ -357,6 +357,18 @@ def test_budget_and_edge_threshold_redraw(browser, small_page):
     )
     assert 0 < len(weights) < before and all(abs(w) >= threshold for w in weights)
     assert float(url_state(browser)["edgeMin"]) == threshold
+
+
+def test_a_graph_kept_whole_draws_every_edge(browser, tmp_path):
+    """Hundreds of thousands of edges drawn at once (a graph pruned with thresholds 1 and the
+    edge threshold at 0): the page draws them, with no stack overflow on the largest weight."""
+    graph = make_big_graph(units=200, fan_in=500, influence=False)
+    assert graph.n_edges > 150_000
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path, "#nodes=100000&edgeMin=0")
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert f"Drawing {graph.n_nodes} of {graph.n_nodes} nodes" in status, status
 
 
 def test_a_head_or_feature_target_stays_drawn_at_any_budget(browser, tmp_path):

@@ -53,6 +53,13 @@
   const shown = (s) => String(s)
     .replace(CONTROL, (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"))
     .replace(BIDI, (c) => "<U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + ">");
+  // The largest f(x) over a list, by a loop: Math.max(...list) overflows the call stack on the
+  // hundreds of thousands of edges a graph kept whole can hold.
+  function maxOf(list, f, start) {
+    let m = start;
+    for (const x of list) { const v = f(x); if (v > m) m = v; }
+    return m;
+  }
   function fmt(x, digits) {
     if (x == null || !isFinite(x)) return "–";
     const t = Number(x).toPrecision(digits || 4);
@@ -183,9 +190,9 @@
       const best = g.members.slice().sort(byScore)[0];
       items.push({
         group: k, kind: "supernode", members: g.members, name: g.name,
-        stage: Math.max(...g.members.map((i) => nodes[i].stage)),
+        stage: maxOf(g.members, (i) => nodes[i].stage, -Infinity),
         pos: meta.positional ? nodes[best].pos : 0,
-        score: Math.max(...g.members.map((i) => score[i])),
+        score: maxOf(g.members, (i) => score[i], -Infinity),
         lines: [fitText(g.name, 16), g.members.length + " nodes"],
       });
       for (const i of g.members) itemOf[i] = items.length - 1;
@@ -507,7 +514,7 @@
       t.textContent = a.text;
       gBands.append(t);
     }
-    const maxW = Math.max(1e-12, ...view.edges.map((e) => Math.abs(e.w)));
+    const maxW = maxOf(view.edges, (e) => Math.abs(e.w), 1e-12);
     view.edgeEls = view.edges.map((e) => {
       const [x1, y1] = L.xy.get(e.s), [x2, y2] = L.xy.get(e.t);
       const h1 = view.items[e.s].size[1] / 2, h2 = view.items[e.t].size[1] / 2;

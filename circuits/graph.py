@@ -299,6 +299,9 @@ class Graph:
         if bool((keep[1:] == keep[:-1]).any()):
             raise ValueError("keep names a node twice")
         idx = keep.numpy()
+        if edges is not None and not (sp.issparse(edges) and edges.shape == (len(idx),) * 2):
+            shape = getattr(edges, "shape", None)
+            raise ValueError(f"edges must be a sparse ({len(idx)}, {len(idx)}) array, got {shape}")
         qk_keys = self._qk_keys(keep)
         logit_nodes = (self.kind == Kind.LOGIT).nonzero().squeeze(1).tolist()
         kept_logits = set(idx[self.kind[keep].numpy() == Kind.LOGIT].tolist())
@@ -318,7 +321,7 @@ class Graph:
             logit_targets=[
                 r for n, r in zip(logit_nodes, self.logit_targets, strict=True) if n in kept_logits
             ],
-            edges=sp.csr_array(self.edges[idx][:, idx]) if edges is None else edges,
+            edges=sp.csr_array(self.edges[idx][:, idx] if edges is None else edges),
             qk=[a for a in self.qk if (a.layer, a.qk_head, a.query) in qk_keys],
             influence=None if self.influence is None else self.influence[keep],
             occurrences=None if self.occurrences is None else self.occurrences[keep],

@@ -49,8 +49,23 @@ class GraphFileError(ValueError):
 
 # ----------------------------------------------------------------- writing
 def save_graph(graph: Graph, path: Path) -> None:
+    """Write ``graph`` to ``path`` atomically, after checking it exactly as ``load_graph``
+    will: a graph that would not load back (a field edited by hand, edges of the wrong shape)
+    is refused with the field named, and any file already at ``path`` is left as it was."""
     if path.suffix != SUFFIX:
         raise ValueError(f"{path}: graph files end in {SUFFIX}")
+    try:
+        tensors, metadata = _to_file(graph)
+        _build(metadata, tensors)
+    except _Bad as bad:
+        raise GraphFileError(f"{path}: not saved, field {bad.field}: {bad.problem}") from None
+    except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
+        raise GraphFileError(f"{path}: not saved, not a valid graph ({_one_line(exc)})") from None
+    save_state_atomic(tensors, path, metadata=metadata)
+
+
+def _to_file(graph: Graph) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and the header metadata of ``graph``'s file."""
     csr = graph.edges
     tensors = {
         "kind": graph.kind,
@@ -89,8 +104,7 @@ def save_graph(graph: Graph, path: Path) -> None:
         "model": graph.model,
         "settings": graph.settings,
     }
-    metadata = {"graph": json.dumps(header)}
-    save_state_atomic(tensors, path, metadata=metadata)
+    return tensors, {"graph": json.dumps(header)}
 
 
 # ----------------------------------------------------------------- reading

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -252,3 +253,40 @@ def test_a_group_made_on_one_graph_means_the_same_nodes_on_another():
     wide = group(full, [1, 2], "w")
     with pytest.raises(ValueError, match=f"node {full.ids[1]} is not in this graph"):
         grouped(pruned, [wide.groups[wide.group_of(1)]])
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda g: dataclasses.replace(g, prompt=None), "prompt"),
+        (lambda g: dataclasses.replace(g, mode="bogus"), "mode"),
+        (lambda g: dataclasses.replace(g, activation=g.activation[:3]), "activation"),
+        (lambda g: dataclasses.replace(g, kind=g.kind.float()), "kind"),
+        (lambda g: dataclasses.replace(g, settings={"x": object()}), "not a valid graph"),
+    ],
+)
+def test_a_graph_that_would_not_load_back_is_never_saved(tmp_path, edit, field):
+    """``save`` checks the graph as ``load`` will: a graph edited into one that load refuses
+    is refused before writing, and the good file already at the path stays as it was."""
+    graph = make_graph()
+    path = tmp_path / "keep.safetensors"
+    graph.save(path)
+    before = path.read_bytes()
+    with pytest.raises(GraphFileError, match=f"not saved.*{field}"):
+        edit(graph).save(path)
+    assert path.read_bytes() == before
+    assert Graph.load(path).ids == graph.ids
+
+
+def test_subgraph_edges_of_the_wrong_shape_are_refused():
+    import numpy as np
+    import scipy.sparse as sp
+
+    graph = make_graph()
+    keep = [0, 1, 2]
+    with pytest.raises(ValueError, match=r"edges must be a sparse \(3, 3\) array"):
+        graph.subgraph(keep, edges=sp.csr_array(np.ones((7, 7), np.float32)))
+    with pytest.raises(ValueError, match=r"edges must be a sparse \(3, 3\) array"):
+        graph.subgraph(keep, edges=np.zeros((3, 3), np.float32))
+    sub = graph.subgraph(keep, edges=sp.coo_array(np.zeros((3, 3), np.float32)))
+    assert isinstance(sub.edges, sp.csr_array) and sub.n_edges == 0

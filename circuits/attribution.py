@@ -140,6 +140,41 @@ _RUN_HOOKS += ("lorsa.hook_in",)
 
 
 @torch.no_grad()
+def run_for_graph(
+    replacement: ReplacementModel,
+    graph: Graph,
+    run: PromptRun | None = None,
+    *,
+    constants: bool | None = None,
+) -> PromptRun:
+    """The clean run that a computation on ``graph`` reads (``intervene``, ``first_order``,
+    ``qk_attribution``): ``run`` when the caller has one, else a new ``run_prompt`` of the
+    graph's prompt in its mode, with bias sources when ``constants`` (default: when the graph
+    has them).
+
+    Refused, each in one line: a graph without a prompt (a global graph), a graph traced with
+    another saved replacement set than ``replacement`` (its edges and this set's run would
+    not describe one model), and a ``run`` of another prompt or mode than the graph's.
+    """
+    if not graph.positional or not graph.tokens:
+        raise ValueError("a global graph has no prompt to run: this needs a prompt's graph")
+    traced, given = graph.model.get("replacement_sha256"), replacement.content_sha256
+    if None not in (traced, given) and traced != given:
+        raise ValueError(f"the graph was traced with another replacement set ({traced[:12]}...) "
+                         f"than the one given ({given[:12]}...): its edges and this set's run "
+                         "would not describe one model")  # fmt: skip
+    tokens = torch.tensor(graph.tokens)
+    if run is None:
+        with_constants = graph.has_constants if constants is None else constants
+        return run_prompt(replacement, tokens, graph.mode, constants=with_constants)
+    if run.mode != graph.mode or not torch.equal(run.tokens, tokens):
+        raise ValueError(
+            f"the run given is not of this graph's prompt in its mode ({graph.mode}): "
+            "pass the run_prompt of the graph's own tokens, or none"
+        )
+    return run
+
+
 def run_prompt(
     replacement: ReplacementModel,
     tokens: Int[Tensor, " pos"],

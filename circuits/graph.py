@@ -281,23 +281,33 @@ class Graph:
         )
 
     # ----------------------------------------------------------------- views
+    def node_indices(self, nodes, name: str = "nodes") -> Int[Tensor, " n"]:
+        """``nodes`` (node indices or a boolean mask over the nodes) as sorted indices, refused
+        in one line when it is anything else: floats, strings, negative or out-of-range
+        indices (never read from the end), a node named twice, a mask of another length."""
+        listed = isinstance(nodes, list | tuple)
+        if listed and not (all(map(is_integer, nodes)) or all(isinstance(x, bool) for x in nodes)):
+            raise ValueError(f"{name} must be node indices (integers, 1-D) or a boolean mask")
+        nodes = torch.as_tensor(nodes)
+        if nodes.numel() == 0 and nodes.dtype != torch.bool:
+            nodes = nodes.long()  # an empty list: no nodes
+        if nodes.dtype == torch.bool:
+            if nodes.shape != (self.n_nodes,):
+                raise ValueError(f"a mask of {tuple(nodes.shape)} for {self.n_nodes} nodes")
+            nodes = nodes.nonzero().squeeze(1)
+        if nodes.dtype.is_floating_point or nodes.is_complex() or nodes.ndim != 1:
+            raise ValueError(f"{name} must be node indices (integers, 1-D) or a boolean mask")
+        nodes = nodes.long().sort().values
+        if len(nodes) and (nodes[0] < 0 or nodes[-1] >= self.n_nodes):
+            raise ValueError(f"{name} must hold node indices in 0..{self.n_nodes - 1}")
+        if bool((nodes[1:] == nodes[:-1]).any()):
+            raise ValueError(f"{name} names a node twice")
+        return nodes
+
     def subgraph(self, keep: Tensor | list[int], edges: sp.csr_array | None = None) -> Graph:
         """The graph restricted to the nodes ``keep`` (indices or a boolean mask), in order;
         ``edges`` (optional) replaces the edges among them, e.g. with a pruned set."""
-        keep = torch.as_tensor(keep)
-        if keep.numel() == 0 and keep.dtype != torch.bool:
-            keep = keep.long()  # an empty list: the empty graph
-        if keep.dtype == torch.bool:
-            if keep.shape != (self.n_nodes,):
-                raise ValueError(f"a mask of {tuple(keep.shape)} for {self.n_nodes} nodes")
-            keep = keep.nonzero().squeeze(1)
-        if keep.dtype.is_floating_point or keep.ndim != 1:
-            raise ValueError("keep must be node indices (integers, 1-D) or a boolean mask")
-        keep = keep.sort().values
-        if len(keep) and (keep[0] < 0 or keep[-1] >= self.n_nodes):
-            raise ValueError(f"keep must hold node indices in 0..{self.n_nodes - 1}")
-        if bool((keep[1:] == keep[:-1]).any()):
-            raise ValueError("keep names a node twice")
+        keep = self.node_indices(keep, "keep")
         idx = keep.numpy()
         if edges is not None and not (sp.issparse(edges) and edges.shape == (len(idx),) * 2):
             shape = getattr(edges, "shape", None)
@@ -421,6 +431,11 @@ def is_integer(x) -> bool:
     except TypeError:
         return False
     return True
+
+
+def is_fraction(x) -> bool:
+    """A real number in (0, 1] (not a bool, not NaN): a threshold or a share of a mass."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and 0 < x <= 1
 
 
 def no_promotes(n: int) -> Tensor:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from replacement.model import ReplacementModel, hook_name
 
-from .attribution import PromptRun, decoder_bias, run_prompt
+from .attribution import PromptRun, decoder_bias, run_for_graph
 from .graph import Graph
 from .nodes import Kind, block_of, stage_of, sublayer_kind
 
@@ -179,7 +179,7 @@ def direct_pre_activations(
     ``graph`` must be the full graph; columns of the result that are not targets are NaN.
     Differentiable in ``multipliers``: d(target)/d(multiplier of s) at 1 is the edge s -> target.
     """
-    run = run or _run_for(replacement, graph)
+    run = run_for_graph(replacement, graph, run)
     B, n = multipliers.shape[0], len(run.tokens)
     L = run.n_layers
     cache = _clean_nodes(replacement, run)
@@ -236,12 +236,6 @@ def direct_pre_activations(
     return out
 
 
-def _run_for(replacement: ReplacementModel, graph: Graph) -> PromptRun:
-    """The clean run of ``graph``'s prompt, with bias sources when the graph has them."""
-    tokens = torch.tensor(graph.tokens)
-    return run_prompt(replacement, tokens, graph.mode, constants=graph.has_constants)
-
-
 def _clean_nodes(replacement: ReplacementModel, run: PromptRun) -> dict:
     """The clean z / acts per layer (pos, n) and error vectors (1, pos, d) by hook name."""
     L, n = run.n_layers, len(run.tokens)
@@ -277,14 +271,12 @@ def intervene(
     graph's prediction for these interventions (``predict``), when the caller has it."""
     if not interventions:
         raise ValueError("no interventions given")
-    traced, given = graph.model.get("replacement_sha256"), replacement.content_sha256
-    if None not in (traced, given) and traced != given:
-        raise ValueError(f"the graph was traced with another replacement set ({traced[:12]}...) "
-                         f"than the one given ({given[:12]}...): its predictions and this set's "
-                         "effects would not compare")  # fmt: skip
+    run = run_for_graph(replacement, graph, run, constants=False)
     where = _edited_nodes(graph, interventions)
+    if predicted is not None and tuple(predicted.shape) != (graph.n_nodes,):
+        raise ValueError(f"predicted has shape {tuple(predicted.shape)}: expected predict(graph, "
+                         f"interventions), one value per node ({graph.n_nodes})")  # fmt: skip
     freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
-    run = run or run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
     cache = _clean_nodes(replacement, run)
     n, L = len(run.tokens), run.n_layers
     patches: dict[str, list[tuple[int, int, float]]] = {}
@@ -359,7 +351,7 @@ def first_order(
     it adds what the nodes' writes do to later attention patterns and LayerNorm scales, the
     paths the graph holds fixed."""
     freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
-    run = run or _run_for(replacement, graph)
+    run = run_for_graph(replacement, graph, run)
     n, L = len(run.tokens), run.n_layers
     cache = _clean_nodes(replacement, run)
     errors = {name: v for name, v in cache.items() if name.endswith("hook_error")}

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .graph import Graph, is_integer
+from .graph import Graph, is_fraction, is_integer
 
 NODE_THRESHOLD = 0.8
 EDGE_THRESHOLD = 0.98
@@ -163,8 +163,8 @@ def prune_graph(
     if max_nodes is not None and not (is_integer(max_nodes) and max_nodes >= 1):
         raise ValueError(f"max_nodes must be a positive integer or None, got {max_nodes!r}")
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-        if not 0 < value <= 1:
-            raise ValueError(f"{name} must be in (0, 1], got {value}")
+        if not is_fraction(value):
+            raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     stage, weights = graph.stage.numpy(), graph.target_weight.numpy()
     infl = scored.influence if scored is not None else influence(graph.edges, stage, weights)
     always = (graph.is_kind("embedding") | graph.is_target).numpy()

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from replacement.model import ReplacementModel, center
 
-from .attribution import PromptRun, pad_by_position, run_prompt
-from .graph import Graph, QKAttribution, QKPair, QKReason
+from .attribution import PromptRun, pad_by_position, run_for_graph
+from .graph import Graph, QKAttribution, QKPair, QKReason, is_fraction, is_integer
 from .nodes import Kind, lorsa_stage, node_id, unit_id
 from .threads import single_thread
 from .units import Units
@@ -282,12 +282,15 @@ def qk_attribution(
     split into query-unit x key-unit pairs). Both are computed for a batch of a layer's
     records at once. The list is also stored in ``graph.qk``.
     """
-    tokens = torch.tensor(graph.tokens)
-    run = run or run_prompt(replacement, tokens, graph.mode, constants=graph.has_constants)
+    if not (is_integer(top) and top >= 1):
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    if key_mass is not None and not is_fraction(key_mass):
+        raise ValueError(f"key_mass must be in (0, 1] or None, got {key_mass!r}")
+    run = run_for_graph(replacement, graph, run)
     if nodes is None:
         nodes = (graph.kind == Kind.LORSA).nonzero().squeeze(1)
     wanted: set[tuple[int, int, int, int]] = set()
-    nodes = torch.as_tensor(nodes, dtype=torch.long)
+    nodes = graph.node_indices(nodes)
     kinds = graph.kind[nodes].tolist()
     if any(k != Kind.LORSA for k in kinds):
         bad = int(nodes[[k != Kind.LORSA for k in kinds]][0])

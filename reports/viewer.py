@@ -236,6 +236,11 @@ def check_q_params(graph: Graph, q_params: Mapping | None) -> dict:
         ):
             raise ValueError("qParams.supernodes: each is [name, id, id, ...], two ids or more")
         members = list(dict.fromkeys(group[1:]))
+        if len(members) < 2:
+            raise ValueError(f"qParams.supernodes {group[0]!r}: two different ids or more")
+        if not group[0].strip() or group[0] in [g[0] for g in groups]:
+            raise ValueError(f"qParams.supernodes {group[0]!r}: names must be non-empty and "
+                             "unique (supernodes are keyed by name)")  # fmt: skip
         bad = [m for m in members if m not in known or m in taken]
         if bad:
             raise ValueError(f"qParams.supernodes {group[0]!r}: {bad[0]!r} unknown or in two")

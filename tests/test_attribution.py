@@ -456,8 +456,9 @@ def test_first_order_effects_are_the_graph_frozen_and_a_derivative_free(graph, r
 
 # ----------------------------------------------------------------- untrained tokens
 def test_a_graph_marks_the_prompt_positions_of_untrained_tokens(replacement, tokens, tmp_path):
-    from circuits.graph_file import GraphFileError
+    from circuits.graph_file import GraphFileError, _to_file
     from reports.html import html_page
+    from toy_models.checkpoint import save_state_atomic
 
     assert attribute(replacement, tokens).untrained_positions == []  # the model does not say
     unseen = {int(tokens[3]), int(tokens[7])}
@@ -474,6 +475,11 @@ def test_a_graph_marks_the_prompt_positions_of_untrained_tokens(replacement, tok
     assert "Note: the model never saw" in html_page(graph)
     for bad in ([len(tokens)], [3, 3], [7, 3], ["3"]):
         graph.model["untrained_positions"] = bad
-        graph.save(path)
+        with pytest.raises(GraphFileError, match="not saved.*untrained_positions"):
+            graph.save(path)  # save refuses what load would
+        assert Graph.load(path).untrained_positions == want  # the good file stays
+        forged = tmp_path / "forged.safetensors"  # written past save's check: load refuses
+        tensors, metadata = _to_file(graph)
+        save_state_atomic(tensors, forged, metadata=metadata)
         with pytest.raises(GraphFileError, match="untrained_positions"):
-            Graph.load(path)
+            Graph.load(forged)

@@ -1,6 +1,7 @@
 """``python -m circuits.trace`` on the shipped default model: the files it writes, and bad input
 (one line on stderr, exit code 2, no traceback, nothing written)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -343,8 +344,9 @@ def test_a_graph_names_its_replacement_set_and_intervene_refuses_another(tmp_pat
     is refused instead of comparing one set's predictions with the other's effects."""
     import torch
 
-    from circuits.attribution import attribute
-    from circuits.interventions import Intervention, intervene
+    from circuits.attribution import attribute, run_prompt
+    from circuits.interventions import Intervention, first_order, intervene
+    from circuits.qk import qk_attribution
     from replacement.model import load_pretrained
     from toy_models.tokenizer import encode_prompt
 
@@ -359,5 +361,36 @@ def test_a_graph_names_its_replacement_set_and_intervene_refuses_another(tmp_pat
         edit = [Intervention(graph.ids[len(graph.ids) // 2])]
         intervene(replacement, back, edit)  # the same set: fine
         back.model["replacement_sha256"] = "0" * 64  # as if traced with another set
-        with pytest.raises(ValueError, match="traced with another replacement set"):
-            intervene(replacement, back, edit)
+        for call in (
+            lambda: intervene(replacement, back, edit),
+            lambda: first_order(replacement, back),
+            lambda: qk_attribution(replacement, back),
+        ):
+            with pytest.raises(ValueError, match="traced with another replacement set"):
+                call()
+        # a run of another prompt, or in another mode, is not this graph's
+        other = encode_prompt(tokenizer, "12+35=47", replacement.cfg.n_ctx)
+        for run in (run_prompt(replacement, other), run_prompt(replacement, tokens, "sparse")):
+            for call in (
+                lambda run=run: intervene(replacement, graph, edit, run=run),
+                lambda run=run: first_order(replacement, graph, run=run),
+                lambda run=run: qk_attribution(replacement, graph, run=run),
+            ):
+                with pytest.raises(ValueError, match="not of this graph's prompt in its mode"):
+                    call()
+        with pytest.raises(ValueError, match="predicted has shape"):
+            intervene(replacement, graph, edit, predicted=torch.zeros(3))
+        # arguments: no negative index read from the end, no string ids, ranges checked
+        for kwargs, message in (
+            ({"nodes": [-1]}, "node indices in 0.."),
+            ({"nodes": [graph.ids[5]]}, "must be node indices"),
+            ({"top": -1}, "top must be a positive integer"),
+            ({"key_mass": 2.0}, "key_mass must be in"),
+            ({"key_mass": float("nan")}, "key_mass must be in"),
+        ):
+            with pytest.raises(ValueError, match=message):
+                qk_attribution(replacement, graph, **kwargs)
+        # a global graph has no prompt to rerun
+        unit_graph = dataclasses.replace(graph, positional=False, tokens=[])
+        with pytest.raises(ValueError, match="a global graph has no prompt"):
+            first_order(replacement, unit_graph)

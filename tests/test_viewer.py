@@ -97,6 +97,9 @@ def test_q_params_and_dashboards_are_checked():
         ({"supernodes": [["g", "1_3_3"]]}, "two ids"),
         ({"supernodes": [["a", "1_3_3", "3_9_3"], ["b", "3_9_3", "E_4_1"]]}, "'3_9_3'"),
         ({"clickedId": "x"}, "clickedId"),
+        ({"supernodes": [["g", "1_3_3", "1_3_3"]]}, "two different ids"),
+        ({"supernodes": [["  ", "1_3_3", "1_17_1"]]}, "non-empty and unique"),
+        ({"supernodes": [["g", "1_3_3", "1_17_1"], ["g", "3_9_3", "E_4_1"]]}, "unique"),
     ]:
         with pytest.raises(ValueError, match=match):
             check_q_params(graph, bad)
@@ -424,6 +427,18 @@ def test_pins_and_supernodes_live_in_the_url_and_qparams(browser, small_page):
     browser.click(*centre(browser, "#viewer .panel button.ungroup"))
     assert "1_3_3" in drawn(browser) and browser.evaluate("viewer.data.qParams.supernodes") == []
     assert "supernodes" not in url_state(browser)
+    # Names stay unique: a name already taken, or none typed, gets the first free number.
+    for pair, typed in (
+        (("1_3_3", "2_2_3"), "g"),
+        (("0_5_2", "E_4_1"), "g"),
+        (("E_9_3", "3_9_3"), ""),
+    ):
+        for node in pair:
+            click_node(browser, node, modifiers=2)
+        browser.click(*centre(browser, "#viewer input[aria-label='supernode name']"))
+        browser.type_text(typed)
+        browser.click(*centre(browser, "#viewer button.group"))
+    assert browser.evaluate("viewer.supernodes()") == ["g", "g 1", "group 1"]
 
 
 def test_a_hash_pasted_by_hand_is_the_whole_state(browser, small_page):
@@ -436,6 +451,25 @@ def test_a_hash_pasted_by_hand_is_the_whole_state(browser, small_page):
     assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in expected.nodes)
     assert browser.evaluate("viewer.supernodes()") == []
     assert browser.evaluate("viewer.data.qParams.pinnedIds") == []
+    # What a pasted hash holds that the page cannot use is reported, as on first load; numbers
+    # are read whole or not at all, and a long id is cut short in the note.
+    long_id = "A" * 5000
+    for fragment, notes in (
+        ("nodes=5abc&edgeMin=1e999", ["nodes=5abc: not a whole number",
+                                      "edgeMin=1e999: not a finite number"]),
+        (f"pinnedIds={long_id},E_0_0&nodes=-3", ["no node AAAA", "nodes=-3"]),
+        ('supernodes=[["x","1_3_3","2_2_3"],["x","E_0_0","E_4_1"],["y","E_9_3"]]',
+         ['supernode "x": empty or repeated name', 'supernode "y": fewer than two nodes']),
+    ):  # fmt: skip
+        browser.evaluate(f"location.hash = {js(fragment)}")
+        browser.evaluate("new Promise(r => setTimeout(r, 50))")
+        status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+        assert "ignored from the URL" in status and all(n in status for n in notes), status
+        assert long_id not in status
+    assert browser.evaluate("viewer.supernodes()") == ["x"]
+    assert browser.evaluate("document.documentElement.scrollWidth") <= 1400
+    browser.evaluate("location.hash = 'nodes=2'")
+    browser.evaluate("new Promise(r => setTimeout(r, 50))")
     # Tab reaches the nodes; Enter opens one's panel.
     browser.evaluate(f"document.querySelector({js(node_sel('0_5_2'))}).focus()")
     browser.send("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter",

@@ -96,7 +96,10 @@
   const defaults = { budget: state.budget, edgeMin: state.edgeMin };
   let view = null, hovered = null, drawnOnce = false;
 
-  // Supernodes are [name, id, id, ...] (circuit-tracer's qParams); a node is in one at most.
+  // What the URL held that the page ignores, cut short: an id can be any length.
+  const clip = (x) => { const t = String(x); return t.length > 60 ? t.slice(0, 57) + "..." : t; };
+  // Supernodes are [name, id, id, ...] (circuit-tracer's qParams): two nodes or more, a node in
+  // one at most, names non-empty and unique (supernodes are keyed by name, as in Python).
   function parseGroups(list, notes) {
     const groups = [], taken = new Set();
     if (!Array.isArray(list)) { notes.push("supernodes: not a list"); return groups; }
@@ -104,13 +107,18 @@
       if (!Array.isArray(g) || g.length < 2 || !g.every((x) => typeof x === "string")) {
         notes.push("a supernode that is not [name, id, ...]"); continue;
       }
+      const name = g[0];
+      if (!name.trim() || groups.some((o) => o.name === name)) {
+        notes.push("supernode " + JSON.stringify(clip(name)) + ": empty or repeated name"); continue;
+      }
       const members = [];
       for (const id of g.slice(1)) {
         const i = byId.get(id);
-        if (i === undefined) notes.push("no node " + id);
+        if (i === undefined) notes.push("no node " + clip(id));
         else if (!taken.has(i)) { taken.add(i); members.push(i); }
       }
-      if (members.length) groups.push({ name: g[0], members });
+      if (members.length >= 2) groups.push({ name, members });
+      else notes.push("supernode " + JSON.stringify(clip(name)) + ": fewer than two nodes");
     }
     return groups;
   }
@@ -121,13 +129,14 @@
       for (const id of ids) {
         if (!id) continue;
         const i = byId.get(id);
-        if (i === undefined) notes.push("no node " + id); else state.pinned.add(i);
+        if (i === undefined) notes.push("no node " + clip(id)); else state.pinned.add(i);
       }
     }
     if (q.supernodes !== undefined) state.groups = parseGroups(q.supernodes, notes);
     if (q.clickedId !== undefined) {
       const i = byId.get(q.clickedId);
       state.clicked = i === undefined ? null : { node: i };
+      if (i === undefined && q.clickedId) notes.push("no node " + clip(q.clickedId));
     }
   }
   function readHash(notes) {
@@ -140,13 +149,16 @@
     }
     if (p.has("clickedId")) q.clickedId = p.get("clickedId");
     applyParams(q, notes);
+    // Numbers are whole strings: "5abc", "-3", "NaN" and "1e999" are reported, never half-read.
     if (p.has("nodes")) {
-      const b = parseInt(p.get("nodes"), 10);
-      if (b >= 0) state.budget = Math.min(b, innerRanked.length);
+      const t = p.get("nodes");
+      if (/^[0-9]+$/.test(t)) state.budget = Math.min(Number(t), innerRanked.length);
+      else notes.push("nodes=" + clip(t) + ": not a whole number");
     }
     if (p.has("edgeMin")) {
-      const m = parseFloat(p.get("edgeMin"));
-      if (m >= 0) state.edgeMin = m;
+      const t = p.get("edgeMin"), m = Number(t);
+      if (t.trim() !== "" && Number.isFinite(m) && m >= 0) state.edgeMin = m;
+      else notes.push("edgeMin=" + clip(t) + ": not a finite number >= 0");
     }
     return true;
   }
@@ -444,8 +456,10 @@
     window.addEventListener("hashchange", () => {
       if (!location.hash.slice(1).includes("=")) return;
       Object.assign(state, { budget: defaults.budget, edgeMin: defaults.edgeMin, pinned: new Set(), groups: [], clicked: null });
-      readHash([]);
+      const notes = [];
+      readHash(notes);
       update();
+      showIgnored(notes);
     });
   }
   // The edge slider is logarithmic between the weakest and strongest |weight| of the graph.
@@ -720,7 +734,11 @@
     const members = [...state.picks];
     for (const g of state.groups) g.members = g.members.filter((i) => !state.picks.has(i));
     state.groups = state.groups.filter((g) => g.members.length > 0);
-    const name = ui.groupName.value.trim() || "group " + (state.groups.length + 1);
+    // Names are unique (supernodes are keyed by name): a taken one gets a number.
+    const taken = new Set(state.groups.map((g) => g.name));
+    const base = ui.groupName.value.trim() || "group";
+    let name = ui.groupName.value.trim() && !taken.has(base) ? base : null;
+    for (let k = 1; name === null; k++) if (!taken.has(base + " " + k)) name = base + " " + k;
     state.groups.push({ name, members });
     state.picks.clear();
     ui.groupName.value = "";
@@ -992,6 +1010,9 @@
       el("h4", {}, "Top outgoing edges (summed over members)"), edgeTable(sum(outE, tgt)),
       qParamsBlock());
   }
+  function showIgnored(notes) {
+    if (notes.length) ui.status.textContent += " · ignored from the URL: " + notes.slice(0, 3).join("; ");
+  }
   function qParamsBlock() {
     ui.qparams = el("pre", { class: "qparams" }, JSON.stringify(data.qParams, null, 1));
     return el("details", {}, el("summary", {}, "qParams (pins and supernodes, as in graph.json)"), ui.qparams);
@@ -1006,7 +1027,7 @@
     render();
     writeState();
     showPanel();
-    if (notes.length) ui.status.textContent += " · ignored from the URL: " + notes.slice(0, 3).join("; ");
+    showIgnored(notes);
     window.addEventListener("resize", () => { if (!state.zoom) applyZoom(); });
     window.viewer = {
       data, state, update,

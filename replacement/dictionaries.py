@@ -23,6 +23,7 @@ from .train import DictionaryShapes, ReplacementTrainConfig, k_at
 from .transcoder import Transcoder
 
 INIT_SEED_OFFSET = {"lorsa": 0, "transcoder": 100}  # layer l of a kind: seed + offset + l
+STAT_NAMES = ("lorsa_fvu", "tc_fvu", "lorsa_dead", "tc_dead")  # one step's statistics
 
 
 def fvu(pred: Tensor, target: Tensor) -> Tensor:
@@ -194,7 +195,7 @@ def layer_losses(
 ) -> tuple[Tensor, dict[str, list[float]]]:
     """Summed training loss of every layer's Lorsa and transcoder on one batch, and stats."""
     total = torch.zeros(())
-    stats: dict[str, list[float]] = {"lorsa_fvu": [], "tc_fvu": [], "lorsa_dead": [], "tc_dead": []}
+    stats: dict[str, list[float]] = {name: [] for name in STAT_NAMES}
     for i in range(len(dicts.layers)):
         for kind, module, x, y, idle in (
             ("lorsa", dicts.lorsas[i], batch.lorsa_x[i], batch.lorsa_y[i], dicts.lorsa_idle[i]),

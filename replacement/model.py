@@ -495,7 +495,12 @@ def load_pretrained(model: str = "default", replacement: str | Path | None = Non
 
     toy_model, tokenizer = load_toy_model(model)
     if replacement is None:
+        from toy_models.files import restore_moved_aside
+        from toy_models.zoo import CONFIGS as ZOO_NAMES
+
         replacement = SHIPPED_DIR / model
+        if model in ZOO_NAMES:
+            restore_moved_aside(replacement)  # a ship cut short between its two renames
         if not (replacement / CONFIG_FILE).is_file():
             raise UnknownModelError(
                 f"no replacement set is shipped for {model!r}; pass one with --replacement"

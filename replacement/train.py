@@ -186,7 +186,7 @@ def train_replacement(
     from toy_models.zoo import load_pretrained
 
     from .activations import ActivationStore
-    from .dictionaries import LayerDictionaries, layer_losses
+    from .dictionaries import STAT_NAMES, LayerDictionaries, layer_losses
 
     model, tokenizer = load_pretrained(model_name)
     model.requires_grad_(False)
@@ -211,7 +211,7 @@ def train_replacement(
     }
     if cache is not None:  # a streaming run's identity stays what it was
         identity["activations"] = cache.plan.cache_id()
-    run.start(identity, dicts, opt)
+    run.start(identity, dicts, opt, stats=STAT_NAMES)
 
     # 3) a fresh run starts from the original model; a resumed run continues on fresh (still
     #    seeded) data rather than replaying the stream

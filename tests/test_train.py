@@ -424,3 +424,78 @@ def test_a_config_with_bad_untrained_tokens_is_refused_in_one_line(tiny_run, tmp
     with pytest.raises(ValueError, match=problem) as err:
         load_model(run)
     assert "config.json" in str(err.value) and "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------- faults at the end of a run
+def test_a_run_stopped_while_writing_its_final_model_finishes_on_resume(tiny_run, tmp_path):
+    """A crash or a full disk between model.safetensors and config.json: --resume writes the
+    final model again from the last checkpoint (no steps left), instead of a run that can be
+    neither resumed nor started again."""
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    assert train("tiny", out, quiet=True) == out
+    (out / "config.json").unlink()
+    assert train("tiny", out, resume=True, quiet=True) == out
+    straight = load_file(str(tiny_run / "model.safetensors"))
+    resumed = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert final_meta(out) == final_meta(tiny_run)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.update(recent=[{"x": 1.0}]), "not a training state"),
+        (lambda s: s.update(recent=[{"loss": "2.5"}]), "not a training state"),
+        (lambda s: s.update(recent=[{"loss": float("nan")}]), "not a training state"),
+        (lambda s: s.update(step=10**6), r"step 1000000 of a \d+-step run"),
+        (lambda s: s.update(elapsed_s=-5), "not a training state"),
+    ],
+)
+def test_a_forged_training_state_is_refused(tiny_run, tmp_path, edit, message):
+    """state.json is read from disk: statistics that are not the trainer's, a step beyond the
+    run (which would write early weights as the final model) are one line, not a traceback or a
+    silently wrong model."""
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    assert train("tiny", out, stop_after=10, quiet=True) is None
+    path = out / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    edit(state)
+    path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=message):
+        train("tiny", out, resume=True, quiet=True)
+    assert not (out / "model.safetensors").exists()
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(tiny_run, tmp_path, monkeypatch):
+    from toy_models import resumable
+
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    real_train = resumable.ResumableRun.train
+
+    def interrupt_first_step(self, step_fn, total, **kwargs):
+        def step(i):
+            raise KeyboardInterrupt
+
+        return real_train(self, step, total, **kwargs)
+
+    monkeypatch.setattr(resumable.ResumableRun, "train", interrupt_first_step)
+    with pytest.raises(UserError, match="before the first checkpoint: nothing was saved; start"):
+        train("tiny", out, quiet=True)
+    monkeypatch.undo()
+    assert train("tiny", out, quiet=True) == out  # started again, as the message says
+
+
+def test_a_ship_cut_between_its_renames_is_put_back_on_load(tiny_run, tmp_path, monkeypatch):
+    """A kill between the two renames of a ship leaves the entry moved aside (NAME.old) and the
+    new version in .NAME.tmp: loading the name puts the old one back, and the listing of
+    shipped names never offers the leftovers."""
+    from toy_models import ship, zoo
+
+    ship.ship(tiny_run, "tiny", dest_root=tmp_path)
+    (tmp_path / "tiny").rename(tmp_path / "tiny.old")
+    (tmp_path / ".tiny.tmp").mkdir()
+    monkeypatch.setattr(zoo, "SHIPPED_DIR", tmp_path)
+    assert zoo.resolve_model_dir("tiny") == tmp_path / "tiny"
+    assert (tmp_path / "tiny" / "config.json").is_file()
+    with pytest.raises(zoo.UnknownModelError, match=r"\(shipped: tiny\)"):
+        zoo.resolve_model_dir("nope")

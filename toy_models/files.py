@@ -81,6 +81,22 @@ def swap_directory(new: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def restore_moved_aside(dest: Path) -> None:
+    """Undo a swap that a crash cut in two: ``dest`` missing and its previous, complete version
+    still at ``old_directory(dest)`` -> put it back. Readers of swapped directories (the zoo
+    entries) call this before looking ``dest`` up; a new swap replaces it as usual."""
+    old = old_directory(dest)
+    if not dest.exists() and old.is_dir():
+        with contextlib.suppress(OSError):
+            os.replace(old, dest)
+
+
+def is_swap_leftover(path: Path) -> bool:
+    """A directory that ``swap_directory`` or ``fresh_directory`` leaves behind when cut short
+    (``.NAME.tmp``, ``NAME.old``): never an entry of its own."""
+    return path.name.startswith(".") or path.name.endswith(".old")
+
+
 @contextlib.contextmanager
 def fresh_directory(path: Path) -> Iterator[Path]:
     """An empty directory ``path`` to fill, removed again if filling it fails in any way."""

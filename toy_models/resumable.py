@@ -23,6 +23,7 @@ those of an uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,10 +79,12 @@ class ResumableRun:
                 return
 
     # ----------------------------------------------------------------- state
-    def start(self, identity: dict, module, optimizer) -> None:
+    def start(self, identity: dict, module, optimizer, stats: tuple[str, ...] = ()) -> None:
         """Attach the module and optimizer to checkpoint; on ``--resume``, restore them (and
         the step, elapsed time and recent statistics) after checking that the checkpoint
-        belongs to a run with this ``identity`` (JSON: config, steps, model hash...)."""
+        belongs to a run with this ``identity`` (JSON: config, steps, model hash...).
+        ``stats``: the names of the statistics ``step`` returns; the checkpoint's recent
+        statistics must be exactly those, finite numbers."""
         from .checkpoint import load_checked, load_optimizer, read_json
 
         identity = json.loads(json.dumps(identity))  # as it reads back (tuples are lists)
@@ -102,10 +105,13 @@ class ResumableRun:
             recent = state["recent"]
             valid = (
                 isinstance(step, int)
+                and not isinstance(step, bool)
                 and 0 <= step
                 and isinstance(elapsed, int | float)
+                and math.isfinite(elapsed)
+                and elapsed >= 0
                 and isinstance(recent, list)
-                and all(isinstance(r, dict) for r in recent)
+                and all(_is_stats(r, stats) for r in recent)
             )
         except KeyError as exc:
             raise ValueError(f"{path}: not a training state (no {exc})") from None
@@ -114,6 +120,9 @@ class ResumableRun:
         if saved != identity:
             diff = _first_difference(saved, identity)
             raise UserError(f"{self.checkpoint} belongs to another run ({diff})")
+        total = identity.get("steps", identity.get("train", {}).get("steps"))
+        if isinstance(total, int) and step > total:
+            raise ValueError(f"{path}: not a training state (step {step} of a {total}-step run)")
         load_checked(module, self.checkpoint / WEIGHTS_FILE, STATE_FILE)
         load_optimizer(optimizer, self.checkpoint / OPTIMIZER_FILE)
         self.step, self.elapsed_s, self.recent = step, float(elapsed), recent[-self.window :]
@@ -183,12 +192,30 @@ class ResumableRun:
                         if self.step == stop_after:
                             return False
             except KeyboardInterrupt:
+                if not (self.checkpoint / STATE_FILE).is_file():
+                    raise UserError(
+                        f"interrupted at step {step}, before the first checkpoint: nothing was "
+                        "saved; start the run again (without --resume)"
+                    ) from None
                 raise UserError(
                     f"interrupted at step {step}; resume from step {self.saved_step()} with "
                     "--resume"
                 ) from None
         self.save()
         return True
+
+
+def _is_stats(record, names: tuple[str, ...]) -> bool:
+    """One step's statistics as a checkpoint keeps them: finite numbers, named ``names``
+    (when the trainer gives them)."""
+    return (
+        isinstance(record, dict)
+        and (not names or sorted(record) == sorted(names))
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in record.values()
+        )
+    )
 
 
 def _first_difference(saved, now, where: str = "") -> str:

@@ -125,7 +125,7 @@ def train(
     ``stop_after`` ends the run early, as an interruption would, after the checkpoint at that
     step (it must be a multiple of ``checkpoint_every``); the function then returns None.
     """
-    from .checkpoint import TOKENIZER_FILE, WEIGHTS_FILE
+    from .checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
     from .files import file_sha256
     from .resumable import ResumableRun
 
@@ -150,9 +150,10 @@ def train(
     model_cfg = ModelConfig(d_vocab=tokenizer.get_vocab_size(), **entry.model)
     model = ToyTransformer(model_cfg)
     opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    run.start({"config": config_name, "steps": cfg.steps}, model, opt)
-    if run.step == cfg.steps and (out / WEIGHTS_FILE).exists():
+    run.start({"config": config_name, "steps": cfg.steps}, model, opt, stats=("loss",))
+    if run.step == cfg.steps and all((out / f).is_file() for f in (WEIGHTS_FILE, CONFIG_FILE)):
         return out  # a finished run: its final model and figures stand as written
+    # (a run stopped while writing them resumes here: no steps left, they are written again)
 
     # 4) the loop: the batch at each step is a pure function of (seed, step)
     model.train()

@@ -86,11 +86,17 @@ def resolve_model_dir(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_dir():
         return path
+    from .files import is_swap_leftover, restore_moved_aside
+
     shipped = SHIPPED_DIR / name_or_path
-    if name_or_path in CONFIGS and shipped.is_dir():
-        return shipped
+    if name_or_path in CONFIGS:
+        restore_moved_aside(shipped)  # a ship cut short between its two renames
+        if shipped.is_dir():
+            return shipped
     shipped_names = (
-        sorted(p.name for p in SHIPPED_DIR.iterdir() if p.is_dir()) if SHIPPED_DIR.is_dir() else []
+        sorted(p.name for p in SHIPPED_DIR.iterdir() if p.is_dir() and not is_swap_leftover(p))
+        if SHIPPED_DIR.is_dir()
+        else []
     )
     raise UnknownModelError(
         f"unknown model {name_or_path!r}: not a directory and not a shipped model"

@@ -363,6 +363,9 @@ class Graph:
             prompt=self.prompt, tokens=self.token_strings, mode=self.mode,
             positional=self.positional, **self.settings,
         )  # fmt: skip
+        if labels is not None and len(labels) != self.n_nodes:
+            raise ValueError(f"{len(labels)} labels for {self.n_nodes} nodes (labels of another "
+                             "graph?)")  # fmt: skip
         for i, name in enumerate(self.ids):
             attrs = self.node_attributes(i)
             if labels is not None:

@@ -85,7 +85,9 @@ def describe(
 ) -> Group:
     """A ``Group`` of ``members`` with the structure they share read from the graph."""
     f = fields or _Fields(graph)
-    if not all(is_integer(m) for m in members):
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a group's name must be a non-empty string, got {name!r}")
+    if isinstance(members, Mapping | str) or not all(is_integer(m) for m in members):
         raise ValueError(f"group {name!r}: members must be node indices (integers)")
     idx = sorted({operator.index(m) for m in members})
     if not idx:

@@ -123,7 +123,8 @@ def influence_scores(graph: Graph) -> Scored:
     replacement: of the influence that reaches the targets from embeddings and errors, the
     fraction from embeddings (error nodes have no inputs: their influence is unexplained).
     completeness: the fraction of each node's input that does not come from error nodes,
-    averaged with weights (influence + target weight).
+    averaged with weights (influence + target weight). A score with nothing to divide by (a
+    graph without targets, or no influence reaching them) is NaN: undefined, not 0 or 1.
     """
     a_hat = Normalized(graph.edges)
     weights = graph.target_weight.numpy()
@@ -133,10 +134,14 @@ def influence_scores(graph: Graph) -> Scored:
     non_error = 1 - a_hat.column_fraction(np.flatnonzero(err))
     output_infl = infl + weights
     scores = {
-        "replacement": float(token_infl / (token_infl + error_infl)),
-        "completeness": float((non_error * output_infl).sum() / output_infl.sum()),
+        "replacement": _ratio(token_infl, token_infl + error_infl),
+        "completeness": _ratio((non_error * output_infl).sum(), output_infl.sum()),
     }
     return Scored(infl, scores)
+
+
+def _ratio(part: float, whole: float) -> float:
+    return float(part / whole) if whole > 0 else float("nan")
 
 
 def graph_scores(graph: Graph) -> dict[str, float]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -200,7 +202,7 @@ def test_the_graph_api_refuses_nonsense_in_one_clear_error(tmp_path):
     two edits of one node where the last wins) or a bare IndexError/KeyError."""
     from circuits.groups import group, grouped
     from circuits.interventions import Intervention, predict
-    from circuits.prune import prune_graph
+    from circuits.prune import graph_scores, prune_graph
 
     graph = make_graph()
     node = graph.ids[-1]
@@ -220,6 +222,10 @@ def test_the_graph_api_refuses_nonsense_in_one_clear_error(tmp_path):
         (lambda: prune_graph(graph, node_threshold="0.8"), "node_threshold must be in"),
         (lambda: prune_graph(graph, edge_threshold=float("nan")), "edge_threshold must be in"),
         (lambda: graph.subgraph([graph.ids[1]]), "must be node indices"),
+        (lambda: group(graph, [1, 2], None), "name must be a non-empty string"),
+        (lambda: group(graph, [1, 2], 5), "name must be a non-empty string"),
+        (lambda: grouped(graph, [{1: 2}]), "must be node indices"),
+        (lambda: graph.to_networkx(["a", "b"]), "2 labels for 13 nodes"),
         (lambda: group(graph, [1.7, 2.2], "g"), "must be node indices"),
         (lambda: group(graph, [True, False], "g"), "must be node indices"),
         (lambda: grouped(graph, [[1], [2]], ["a"]), "1 names for 2 groups"),
@@ -231,6 +237,9 @@ def test_the_graph_api_refuses_nonsense_in_one_clear_error(tmp_path):
             call()
     assert graph.subgraph(torch.ones(graph.n_nodes, dtype=torch.bool)).ids == graph.ids
     assert graph.subgraph([]).n_nodes == 0  # the empty graph is a graph (reports draw it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # undefined scores are NaN, said without a warning
+        assert all(math.isnan(v) for v in graph_scores(graph.subgraph([])).values())
     view = group(graph, [1, 2], "g")
     merged = view.groups[view.group_of(2)]
     assert merged.name == "g" and merged.members == [1, 2]

@@ -44,6 +44,9 @@ def _ratio(a: float, b: float) -> str:
 # ----------------------------------------------------------------- markdown
 def markdown(results: dict) -> str:
     s = results["settings"]
+    if not results["layers"] or sorted(results["layers"]) != sorted(map(str, s["layers"])):
+        raise ValueError(f"results for layers {sorted(results['layers'])}, settings say "
+                         f"{s['layers']}: a results file holds every layer it names")  # fmt: skip
     base = s["base_shapes"]
     lines = ["# Lorsa architecture ablations", ""]
     if results.get("quick"):

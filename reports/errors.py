@@ -189,6 +189,10 @@ def findings(results: dict) -> list[str]:
 
 
 def markdown(results: dict) -> str:
+    layers = [str(layer) for layer in results["layers"]]
+    by_kind = results["by_kind"]
+    if not layers or not by_kind or any(sorted(v) != sorted(layers) for v in by_kind.values()):
+        raise ValueError(f"no results for every kind in every layer named ({layers})")
     lines = ["# Error analysis of the replacement layers", ""]
     if results.get("quick"):
         lines += [

@@ -299,6 +299,10 @@ def test_report_commands_need_their_results(module, fresh_cli, tmp_path):
         ("reports.errors", "error_analysis_default.json", ("roles", None)),
         ("reports.ablations", "lorsa_ablations_default.json", ("layers", "x")),
         ("reports.ablations", "lorsa_ablations_default.json", ("settings", [])),
+        # no data at all: refused, not an empty report
+        ("reports.errors", "error_analysis_default.json", ("layers", [])),
+        ("reports.errors", "error_analysis_default.json", ("by_kind", {})),
+        ("reports.ablations", "lorsa_ablations_default.json", ("layers", {})),
     ],
 )
 def test_a_damaged_results_file_is_one_line_and_writes_nothing(

@@ -162,7 +162,7 @@ def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
         "influence": None if graph.influence is None else _num(arrays["influence"][i]),
     }
     if kind != Kind.LOGIT and arrays["target"][i]:
-        node["target"] = True  # a head or feature the graph was traced from: always drawn
+        node["target"] = True  # a head, feature or token the graph starts from: always drawn
     if kind in (Kind.LORSA, Kind.TRANSCODER, Kind.LOGIT):
         node["value"] = _num(arrays["value"][i])
         node["bias"] = _num(arrays["bias"][i])

@@ -379,12 +379,15 @@ def test_a_head_or_feature_target_stays_drawn_at_any_budget(browser, tmp_path):
     inner = [i for i, k in enumerate(graph.kinds) if k in ("lorsa", "transcoder")]
     low = min(inner, key=lambda i: float(graph.influence[i]))
     graph.target_weight[low] = 0.5  # traced from it (``--target-node``)
+    # a token a downstream global graph starts from is a target too, though no edge enters it
+    token = graph.kinds.index("embedding")
+    graph.target_weight[token] = 0.5
     path = tmp_path / "graph.html"
     write_html(graph, path, None)
     open_page(browser, path)
     set_control(browser, "#viewer input[type=number]", 0, "change")
     expected = layout.select(graph, max_nodes=0, max_edges=None)
-    assert low in expected.nodes
+    assert low in expected.nodes and token in expected.nodes
     assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in expected.nodes)
 
 

@@ -250,7 +250,9 @@
     for (const e of edges) leaves[e.s] = 1;
     for (const e of qkEdges) leaves[e.s] = 1;
     items.forEach((it, k) => {
-      it.drawn = !(it.kind === "embedding" && !leaves[k] && !state.pinned.has(it.node));
+      // An embedding is drawn when a drawn edge leaves it, or when pinned or a target (the
+      // token a downstream global graph starts from).
+      it.drawn = !(it.kind === "embedding" && !leaves[k] && !state.pinned.has(it.node) && !nodes[it.node].target);
     });
     return { items, itemOf, edges, qkEdges, among, groupOf };
   }

@@ -31,9 +31,10 @@ MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokeniz
 DASHBOARD_ROWS = 192  # = circuits.dashboards.DEFAULT_ROWS (not imported: start-up)
 MECHANISMS_FILE = "mechanisms.json"
 # What a run writes, replaces or removes in --out besides its graph.* files (not imported:
-# start-up): reports.outputs.FULL_GRAPH_FILE, the summary, reports.feature_files.FEATURES_DIR.
+# start-up): reports.outputs.FULL_GRAPH_FILE, the summary, reports.feature_files.FEATURES_DIR
+# and reports.outputs.STAGING_DIR (where the set is written before it is moved into place).
 OUTPUT_FILES = ("full_graph.safetensors", MECHANISMS_FILE)
-OUTPUT_DIRS = ("features",)
+OUTPUT_DIRS = ("features", ".writing")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -278,11 +279,17 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
         )
         timings["mechanisms"] = time.perf_counter() - t_mech
     try:
+
+        def write_summary(directory: Path) -> list[Path]:
+            if mechanisms is None:  # an earlier run's summary is removed with the set
+                return []
+            save_summary(mechanisms, directory / MECHANISMS_FILE)
+            return [directory / MECHANISMS_FILE]
+
         written = write_graph_outputs(
             graph, args.out, formats, full if args.save_full else None, dashboards=dashboards,
-            feature_files=args.feature_files, mechanisms=mechanisms,
+            feature_files=args.feature_files, mechanisms=mechanisms, also=write_summary,
         )  # fmt: skip
-        _write_mechanisms(mechanisms, args.out / MECHANISMS_FILE, written, save_summary)
     except OSError as exc:  # a WriteError names the file; any other names at least --out
         if exc.filename is None:
             raise UserError(f"--out {args.out}: could not write ({exc.strerror or exc})") from None
@@ -299,16 +306,6 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     for path in written.paths:
         print(f"wrote {path}")
     return 0
-
-
-def _write_mechanisms(mechanisms, path: Path, written, save) -> None:
-    """``mechanisms.json``, or the removal of an earlier run's one (``--no-mechanisms``)."""
-    if mechanisms is not None:
-        save(mechanisms, path)
-        written.paths.append(path)
-    elif path.exists():
-        path.unlink()
-        written.notes.append(f"removed {path} of an earlier run")
 
 
 def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None, dict, dict]:

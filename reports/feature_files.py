@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -308,15 +307,3 @@ def _check_histogram(unit: str, d: Mapping) -> None:
         raise ValueError(f"dashboard of {unit}: histogram edges must rise from 0 or more")
     if any(c < 0 for c in counts):
         raise ValueError(f"dashboard of {unit}: histogram counts must be >= 0")
-
-
-def remove_feature_files(out: Path) -> list[str]:
-    """Remove the feature files and index an earlier run left in ``out``; one note each."""
-    notes = []
-    if (out / FEATURES_DIR).is_dir():
-        shutil.rmtree(out / FEATURES_DIR)
-        notes.append(f"removed {out / FEATURES_DIR} of an earlier run")
-    if (out / INDEX_FILE).is_file():
-        (out / INDEX_FILE).unlink()
-        notes.append(f"removed {out / INDEX_FILE} of an earlier run")
-    return notes

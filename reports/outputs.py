@@ -4,29 +4,45 @@ The one place the CLIs of ``circuits`` (``trace``, ``global_graph``) hand a fini
 ``reports``. Every file is written atomically. A rendering failure (``dot`` crashing or
 refusing the file) never loses the other outputs: the DOT file, the JSON, the graph file and
 the HTML page (without a drawing) are still written, and the failure comes back as one line.
-Renders of an earlier run that this run does not write again are removed, so a reused
-directory never shows a stale drawing beside a new graph. With dashboards, circuit-tracer's
-feature files and viewer index are written beside ``graph.json`` (``reports.feature_files``).
+With dashboards, circuit-tracer's feature files and viewer index are written beside
+``graph.json`` (``reports.feature_files``).
+
+The files are a set: they are written into a staging directory inside ``out`` first and moved
+into place (renames, which need no space) only when all of them are written, so a run that
+fails half-way (a full disk) leaves an earlier run's set as it was, never a mix of two
+prompts' files. Outputs of an earlier run that this run does not write again (a render in
+another format, ``full_graph.safetensors``, feature files, ``mechanisms.json``) are removed
+then, so a reused directory never shows a stale file beside a new graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from circuits.graph import Graph
 from circuits.neuronpedia import to_json
-from toy_models.files import write_json_atomic
+from toy_models.files import WriteError, fresh_directory, write_json_atomic
 
-from .feature_files import remove_feature_files, write_feature_files
-from .graphviz import RENDER_FORMATS, dot_available, dot_missing_message, render, to_dot
+from .feature_files import FEATURES_DIR, write_feature_files
+from .graphviz import dot_available, dot_missing_message, render, to_dot
 from .html import write_html
 from .labels import node_labels
 from .layout import select
 
 GRAPH_FILE = "graph.safetensors"
 FULL_GRAPH_FILE = "full_graph.safetensors"
+MECHANISMS_FILE = "mechanisms.json"  # the trace's summary (``circuits.trace`` writes it)
+STAGING_DIR = ".writing"  # inside ``out``: the set being written, moved into place when whole
+
+
+def is_output(name: str) -> bool:
+    """Whether a file or directory named ``name`` in ``out`` belongs to a run's output set
+    (``circuits.trace.check_not_an_output`` refuses inputs there)."""
+    return name.startswith("graph") or name in (FULL_GRAPH_FILE, MECHANISMS_FILE, FEATURES_DIR)
 
 
 @dataclass
@@ -45,32 +61,82 @@ def write_graph_outputs(
     dashboards: Mapping[str, Mapping] | None = None,
     feature_files: bool = True,
     mechanisms=None,
+    also: Callable[[Path], list[Path]] | None = None,
 ) -> Written:
     """Write ``graph`` (and the unpruned ``full``, if given) into ``out``: ``graph.json``
     (Neuronpedia schema), ``graph.safetensors``, ``graph.dot``, the ``formats`` renders
     (when ``dot`` is installed) and ``graph.html`` (with ``dashboards``, keyed by unit id,
     ``reports.viewer``'s schema, when given; then with ``feature_files``, circuit-tracer's
     feature files and ``graph-metadata.json`` too; with ``mechanisms``, a
-    ``circuits.mechanisms.MechanismSummary``, its section in the page)."""
+    ``circuits.mechanisms.MechanismSummary``, its section in the page). ``also(directory)``
+    writes the caller's own outputs (named so that ``is_output`` claims them) into the set
+    and returns their paths. All of it lands in ``out`` at once (module docstring)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    stage = out / STAGING_DIR
+    try:
+        with fresh_directory(stage):
+            result = _write_set(graph, stage, out.name or "graph", formats, full, dashboards,
+                                feature_files, mechanisms)  # fmt: skip
+            if also is not None:
+                result.paths += also(stage)
+            result.notes += _move_into_place(stage, out)
+    except OSError as exc:  # name the file the user will look for, not its staged copy
+        name = str(exc.filename or "")
+        if name.startswith(str(stage)):
+            raise WriteError(
+                exc.errno, exc.strerror, name.replace(str(stage), str(out), 1)
+            ) from None
+        raise
+    result.paths = [out / path.relative_to(stage) for path in result.paths]
+    result.notes = [note.replace(str(stage), str(out)) for note in result.notes]
+    return result
+
+
+def _move_into_place(stage: Path, out: Path) -> list[str]:
+    """Replace ``out``'s output set by the one written in ``stage``; one note per file of an
+    earlier run that is removed, not replaced."""
+    notes = []
+    staged = {entry.name for entry in stage.iterdir()}
+    for entry in sorted(out.iterdir()):
+        if is_output(entry.name) and entry.name not in staged:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            notes.append(f"removed {entry} of an earlier run")
+    for entry in sorted(stage.iterdir()):
+        target = out / entry.name
+        if entry.is_dir() and target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)  # a directory is replaced whole (feature files)
+        os.replace(entry, target)
+    stage.rmdir()
+    return notes
+
+
+def _write_set(
+    graph: Graph,
+    out: Path,
+    slug: str,
+    formats: list[str],
+    full: Graph | None,
+    dashboards: Mapping[str, Mapping] | None,
+    feature_files: bool,
+    mechanisms,
+) -> Written:
+    """Every file of the set, into the empty directory ``out``."""
     result = Written()
     json_path = out / "graph.json"
     scan, feature_paths = None, []
     if dashboards is not None and feature_files:
         scan, feature_paths = write_feature_files(out, graph, dashboards)
-    else:
-        result.notes += remove_feature_files(out)
     labels = node_labels(graph)
-    write_json_atomic(json_path, to_json(graph, labels, slug=out.name or "graph", scan=scan))
+    write_json_atomic(json_path, to_json(graph, labels, slug=slug, scan=scan))
     graph.save(out / GRAPH_FILE)
     result.paths += [json_path, *feature_paths, out / GRAPH_FILE]
     if full is not None:
         full.save(out / FULL_GRAPH_FILE)
         result.paths.append(out / FULL_GRAPH_FILE)
-    elif (out / FULL_GRAPH_FILE).exists():
-        (out / FULL_GRAPH_FILE).unlink()
-        result.notes.append(f"removed {out / FULL_GRAPH_FILE} of an earlier run")
 
     selection = select(graph)
     dot_text = to_dot(graph, selection)
@@ -84,11 +150,6 @@ def write_graph_outputs(
     result.paths += rendered or [out / "graph.dot"]
     if formats and not dot_available():
         result.notes.append(dot_missing_message(out / "graph.dot"))
-    for fmt in RENDER_FORMATS:
-        stale = out / f"graph.{fmt}"
-        if stale.exists() and stale not in rendered:
-            stale.unlink()
-            result.notes.append(f"removed {stale} of an earlier run")
     svg = out / "graph.svg"
     if svg in rendered:
         svg_text = svg.read_text(encoding="utf-8")

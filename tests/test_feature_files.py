@@ -4,6 +4,7 @@ trained model with random replacement layers and small dashboards."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -233,3 +234,28 @@ def test_histogram_and_quantiles_from_geometric_bins():
 def test_trace_flag_on_by_default():
     assert parse_args(["--prompt", "x"]).feature_files
     assert not parse_args(["--prompt", "x", "--no-feature-files"]).feature_files
+
+
+def test_a_run_that_fails_half_way_leaves_the_earlier_set_whole(traced, tmp_path, monkeypatch):
+    """The output set is written beside the old one and moved into place only when whole: a
+    full disk while writing the page (the last file) leaves the earlier run's files, every one
+    of them, and no staging directory; never a mix of two prompts' files."""
+    import errno
+
+    from reports import outputs
+
+    graph, views = traced
+    out = tmp_path / "t"
+    write_graph_outputs(graph, out, [], dashboards=views, full=graph)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "graph.html")
+
+    monkeypatch.setattr(outputs, "write_html", full_disk)
+    other = dataclasses.replace(graph, prompt="another prompt")
+    with pytest.raises(OSError, match="No space left"):
+        write_graph_outputs(other, out, [], dashboards=None)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert not (out / outputs.STAGING_DIR).exists()

@@ -815,12 +815,15 @@ def test_statistics_among_the_outputs_are_refused_and_kept(tmp_path, capsys, nam
 
 
 def test_the_trace_knows_every_output_name_of_the_reports():
-    from circuits.trace import OUTPUT_DIRS, OUTPUT_FILES
+    from circuits import trace
     from reports.feature_files import FEATURES_DIR
-    from reports.outputs import FULL_GRAPH_FILE, GRAPH_FILE
+    from reports.outputs import FULL_GRAPH_FILE, GRAPH_FILE, MECHANISMS_FILE, STAGING_DIR, is_output
 
-    assert FULL_GRAPH_FILE in OUTPUT_FILES and OUTPUT_DIRS == (FEATURES_DIR,)
+    assert set(trace.OUTPUT_FILES) == {FULL_GRAPH_FILE, MECHANISMS_FILE}
+    assert trace.MECHANISMS_FILE == MECHANISMS_FILE
+    assert set(trace.OUTPUT_DIRS) == {FEATURES_DIR, STAGING_DIR}
     assert GRAPH_FILE.startswith("graph")
+    assert all(is_output(name) for name in (*trace.OUTPUT_FILES, FEATURES_DIR, GRAPH_FILE))
 
 
 @pytest.mark.parametrize(

@@ -499,3 +499,23 @@ def test_a_ship_cut_between_its_renames_is_put_back_on_load(tiny_run, tmp_path, 
     assert (tmp_path / "tiny" / "config.json").is_file()
     with pytest.raises(zoo.UnknownModelError, match=r"\(shipped: tiny\)"):
         zoo.resolve_model_dir("nope")
+
+
+def test_a_full_disk_while_saving_the_corpus_names_it_and_leaves_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    import datasets
+
+    from toy_models.train import main
+
+    def full(self, path, *args, **kwargs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", full)
+    out = tmp_path / "run"
+    line = cli_error(capsys, main, ["--config", "tiny", "--out", str(out)])
+    assert line.startswith(f"error: cannot write {out / 'data'}/corpus-v"), line
+    assert line.endswith("No space left on device"), line
+    assert not list((out / "data").iterdir())

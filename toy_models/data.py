@@ -780,10 +780,16 @@ def build_corpus(n_docs: dict[str, int], seed: int = 0, cache_dir: Path | None =
     corpus = datasets.DatasetDict(
         {split: datasets.Dataset.from_dict(rows(split)) for split in CORPUS_SPLITS}
     )
-    if path is not None:
+    if path is not None:  # written whole beside its place, then renamed; nothing left on failure
+        from .files import WriteError, fresh_directory
+
         tmp = path.with_name(path.name + ".tmp")
-        corpus.save_to_disk(str(tmp))
-        tmp.rename(path)
+        try:
+            with fresh_directory(tmp):
+                corpus.save_to_disk(str(tmp))
+                tmp.rename(path)
+        except OSError as exc:
+            raise WriteError(exc.errno, exc.strerror or str(exc), str(path)) from None
     return corpus
 
 

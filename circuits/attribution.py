@@ -139,7 +139,6 @@ _RUN_HOOKS = ("hook_scale", "hook_pattern", "hook_pre", "hook_z", "hook_acts", "
 _RUN_HOOKS += ("lorsa.hook_in",)
 
 
-@torch.no_grad()
 def run_for_graph(
     replacement: ReplacementModel,
     graph: Graph,
@@ -175,6 +174,7 @@ def run_for_graph(
     return run
 
 
+@torch.no_grad()
 def run_prompt(
     replacement: ReplacementModel,
     tokens: Int[Tensor, " pos"],

@@ -271,8 +271,8 @@ def intervene(
     graph's prediction for these interventions (``predict``), when the caller has it."""
     if not interventions:
         raise ValueError("no interventions given")
+    where = _edited_nodes(graph, interventions)  # cheap checks first, then the clean run
     run = run_for_graph(replacement, graph, run, constants=False)
-    where = _edited_nodes(graph, interventions)
     if predicted is not None and tuple(predicted.shape) != (graph.n_nodes,):
         raise ValueError(f"predicted has shape {tuple(predicted.shape)}: expected predict(graph, "
                          f"interventions), one value per node ({graph.n_nodes})")  # fmt: skip

@@ -876,7 +876,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
     runner = runner_up(probs, record.token)
     margin = None
     if runner is not None:
-        margin = float((run.logits[-1, record.token] - run.logits[-1, runner]).detach())
+        margin = float(run.logits[-1, record.token] - run.logits[-1, runner])
     return TargetRecord(
         node=graph.ids[t], token=graph.token(record.token),
         negative=None if record.negative is None else graph.token(record.negative),

@@ -27,8 +27,8 @@ from circuits.graph import Graph
 from circuits.neuronpedia import to_json
 from toy_models.files import WriteError, fresh_directory, write_json_atomic
 
-from .feature_files import FEATURES_DIR, write_feature_files
-from .graphviz import dot_available, dot_missing_message, render, to_dot
+from .feature_files import FEATURES_DIR, INDEX_FILE, write_feature_files
+from .graphviz import RENDER_FORMATS, dot_available, dot_missing_message, render, to_dot
 from .html import write_html
 from .labels import node_labels
 from .layout import select
@@ -39,10 +39,17 @@ MECHANISMS_FILE = "mechanisms.json"  # the trace's summary (``circuits.trace`` w
 STAGING_DIR = ".writing"  # inside ``out``: the set being written, moved into place when whole
 
 
+# Every name a run's output set can hold in ``out``; nothing else there is ever touched (the
+# trace refuses inputs among them, and more: ``circuits.trace.check_not_an_output``).
+OUTPUT_NAMES = frozenset(
+    ("graph.json", GRAPH_FILE, "graph.dot", "graph.html", INDEX_FILE, FULL_GRAPH_FILE,
+     MECHANISMS_FILE, FEATURES_DIR, *(f"graph.{fmt}" for fmt in RENDER_FORMATS))
+)  # fmt: skip
+
+
 def is_output(name: str) -> bool:
-    """Whether a file or directory named ``name`` in ``out`` belongs to a run's output set
-    (``circuits.trace.check_not_an_output`` refuses inputs there)."""
-    return name.startswith("graph") or name in (FULL_GRAPH_FILE, MECHANISMS_FILE, FEATURES_DIR)
+    """Whether a file or directory named ``name`` in ``out`` belongs to a run's output set."""
+    return name in OUTPUT_NAMES
 
 
 @dataclass

@@ -273,6 +273,15 @@ def test_bad_inputs_are_refused(replacement, random_model, tokens, make_replacem
         attribute(make_replacement(random_model, skip_layers=(1,)), tokens)
 
 
+def test_a_clean_run_holds_no_autograd_graph(replacement, tokens):
+    """``run_prompt`` caches plain tensors even for a set whose weights require grad (the
+    trace calls it outside ``no_grad``): no autograd graph of the forward pass is kept."""
+    assert any(p.requires_grad for p in replacement.parameters())
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    held = [run.logits, run.write, run.activation, *run.patterns, *run.lorsa_pre, *run.tc_pre]
+    assert not any(t.requires_grad for t in held)
+
+
 # ----------------------------------------------------------------- QK
 def test_qk_terms_sum_to_the_heads_scores(replacement, tokens):
     run = run_prompt(replacement, tokens, "local")

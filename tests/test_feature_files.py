@@ -13,6 +13,7 @@ import torch
 
 from circuits import dashboard_pass as P
 from circuits.attribution import attribute
+from circuits.graph import Graph
 from circuits.neuronpedia import feature_number
 from circuits.nodes import Kind, sublayer, unit_id
 from circuits.prune import prune_graph
@@ -259,3 +260,12 @@ def test_a_run_that_fails_half_way_leaves_the_earlier_set_whole(traced, tmp_path
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert not (out / outputs.STAGING_DIR).exists()
+    # the next run that succeeds replaces the set and removes what it does not write again,
+    # and nothing else: a file of the user's own beside the set stays
+    (out / "graph_notes.txt").write_text("mine")
+    monkeypatch.undo()
+    written = write_graph_outputs(other, out, [], dashboards=None)
+    assert (out / "graph_notes.txt").read_text() == "mine"
+    assert not (out / "full_graph.safetensors").exists() and not (out / "features").exists()
+    assert sum("of an earlier run" in note for note in written.notes) == 3  # + graph-metadata
+    assert Graph.load(out / "graph.safetensors").prompt == "another prompt"

@@ -56,7 +56,7 @@ def save_graph(graph: Graph, path: Path) -> None:
         raise ValueError(f"{path}: graph files end in {SUFFIX}")
     try:
         tensors, metadata = _to_file(graph)
-        _build(metadata, tensors)
+        _build(metadata, tensors, check_sha=False)
     except _Bad as bad:
         raise GraphFileError(f"{path}: not saved, field {bad.field}: {bad.problem}") from None
     except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
@@ -181,10 +181,13 @@ def _tensor(tensors: dict, name: str, dtypes, shape: tuple[int, ...]) -> Tensor:
     return t.long() if t.dtype in _INT else t
 
 
-def _build(metadata: dict, tensors: dict[str, Tensor]) -> Graph:
+def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -> Graph:
+    """The graph of a file's header and tensors, every field checked; ``check_sha=False``
+    when the checksum was just computed from these very tensors (``save_graph``)."""
     header = _header(metadata)
-    _require(header.get("sha256") == tensors_sha256(tensors), "sha256",
-             "the tensors do not match the checksum in the header (damaged)")  # fmt: skip
+    if check_sha:
+        _require(header.get("sha256") == tensors_sha256(tensors), "sha256",
+                 "the tensors do not match the checksum in the header (damaged)")  # fmt: skip
     n_layers = _typed(header, "n_layers", int)
     _require(1 <= n_layers <= MAX_LAYERS, "n_layers", f"{n_layers} is outside 1..{MAX_LAYERS}")
     _require("kind" in tensors and tensors["kind"].ndim == 1, "kind", "missing or not 1-D")

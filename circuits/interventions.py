@@ -272,10 +272,10 @@ def intervene(
     if not interventions:
         raise ValueError("no interventions given")
     where = _edited_nodes(graph, interventions)  # cheap checks first, then the clean run
-    run = run_for_graph(replacement, graph, run, constants=False)
     if predicted is not None and tuple(predicted.shape) != (graph.n_nodes,):
         raise ValueError(f"predicted has shape {tuple(predicted.shape)}: expected predict(graph, "
                          f"interventions), one value per node ({graph.n_nodes})")  # fmt: skip
+    run = run_for_graph(replacement, graph, run, constants=False)
     freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
     cache = _clean_nodes(replacement, run)
     n, L = len(run.tokens), run.n_layers

@@ -278,14 +278,14 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
             replacement, full, run, pruned=graph, concepts=concepts, check=args.checks
         )
         timings["mechanisms"] = time.perf_counter() - t_mech
+
+    def write_summary(directory: Path) -> list[Path]:
+        if mechanisms is None:  # an earlier run's summary is removed with the set
+            return []
+        save_summary(mechanisms, directory / MECHANISMS_FILE)
+        return [directory / MECHANISMS_FILE]
+
     try:
-
-        def write_summary(directory: Path) -> list[Path]:
-            if mechanisms is None:  # an earlier run's summary is removed with the set
-                return []
-            save_summary(mechanisms, directory / MECHANISMS_FILE)
-            return [directory / MECHANISMS_FILE]
-
         written = write_graph_outputs(
             graph, args.out, formats, full if args.save_full else None, dashboards=dashboards,
             feature_files=args.feature_files, mechanisms=mechanisms, also=write_summary,

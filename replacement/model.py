@@ -495,12 +495,13 @@ def load_pretrained(model: str = "default", replacement: str | Path | None = Non
 
     toy_model, tokenizer = load_toy_model(model)
     if replacement is None:
-        from toy_models.files import restore_moved_aside
-        from toy_models.zoo import CONFIGS as ZOO_NAMES
+        from toy_models.files import cut_short
 
         replacement = SHIPPED_DIR / model
-        if model in ZOO_NAMES:
-            restore_moved_aside(replacement)  # a ship cut short between its two renames
+        why = cut_short(replacement)
+        if why:
+            raise UnknownModelError(f"{why}; ship the set again (python -m replacement.ship "
+                                    f"SET --model {model}) or rename that back")  # fmt: skip
         if not (replacement / CONFIG_FILE).is_file():
             raise UnknownModelError(
                 f"no replacement set is shipped for {model!r}; pass one with --replacement"

@@ -9,14 +9,16 @@ With dashboards, circuit-tracer's feature files and viewer index are written bes
 
 The files are a set: they are written into a staging directory inside ``out`` first and moved
 into place (renames, which need no space) only when all of them are written, so a run that
-fails half-way (a full disk) leaves an earlier run's set as it was, never a mix of two
-prompts' files. Outputs of an earlier run that this run does not write again (a render in
-another format, ``full_graph.safetensors``, feature files, ``mechanisms.json``) are removed
-then, so a reused directory never shows a stale file beside a new graph.
+fails while writing (a full disk) leaves an earlier run's set as it was, never a mix of two
+prompts' files (only a kill inside the few renames could). Outputs of an earlier run that
+this run does not write again (a render in another format, ``full_graph.safetensors``,
+feature files, ``mechanisms.json``) are removed then, so a reused directory never shows a
+stale file beside a new graph; nothing else in ``out`` is touched (``OUTPUT_NAMES``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from circuits.graph import Graph
 from circuits.neuronpedia import to_json
-from toy_models.files import WriteError, fresh_directory, write_json_atomic
+from toy_models.files import WriteError, fresh_directory, swap_directory, write_json_atomic
 
 from .feature_files import FEATURES_DIR, INDEX_FILE, write_feature_files
 from .graphviz import RENDER_FORMATS, dot_available, dot_missing_message, render, to_dot
@@ -101,22 +103,31 @@ def write_graph_outputs(
 
 
 def _move_into_place(stage: Path, out: Path) -> list[str]:
-    """Replace ``out``'s output set by the one written in ``stage``; one note per file of an
-    earlier run that is removed, not replaced."""
+    """Replace ``out``'s output set by the one written in ``stage``: each new entry moved in
+    (a directory by ``swap_directory``, so one version exists at every moment), then the files
+    of an earlier run that the set does not replace removed, one note each. A name in ``out``
+    held by the other kind of entry (a directory named ``graph.html``) is refused before
+    anything moves."""
+    new = sorted(stage.iterdir())
+    for entry in new:
+        target = out / entry.name
+        if target.exists() and (entry.is_dir() != target.is_dir() or target.is_symlink()):
+            raise WriteError(errno.EEXIST, "in the way: not the kind of entry the run writes",
+                             str(target))  # fmt: skip
+    for entry in new:
+        if entry.is_dir():
+            swap_directory(entry, out / entry.name)
+        else:
+            os.replace(entry, out / entry.name)
     notes = []
-    staged = {entry.name for entry in stage.iterdir()}
+    written = {entry.name for entry in new}
     for entry in sorted(out.iterdir()):
-        if is_output(entry.name) and entry.name not in staged:
+        if is_output(entry.name) and entry.name not in written:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
             notes.append(f"removed {entry} of an earlier run")
-    for entry in sorted(stage.iterdir()):
-        target = out / entry.name
-        if entry.is_dir() and target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)  # a directory is replaced whole (feature files)
-        os.replace(entry, target)
     stage.rmdir()
     return notes
 

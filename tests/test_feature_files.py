@@ -250,13 +250,15 @@ def test_a_run_that_fails_half_way_leaves_the_earlier_set_whole(traced, tmp_path
     write_graph_outputs(graph, out, [], dashboards=views, full=graph)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    def full_disk(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", "graph.html")
+    def full_disk(graph, path, *args, **kwargs):  # write_html(graph, path, ...)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(outputs, "write_html", full_disk)
     other = dataclasses.replace(graph, prompt="another prompt")
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError) as failed:
         write_graph_outputs(other, out, [], dashboards=None)
+    # the error names the file in out, not its staged copy
+    assert str(failed.value) == f"cannot write {out / 'graph.html'}: No space left on device"
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert not (out / outputs.STAGING_DIR).exists()
@@ -269,3 +271,12 @@ def test_a_run_that_fails_half_way_leaves_the_earlier_set_whole(traced, tmp_path
     assert not (out / "full_graph.safetensors").exists() and not (out / "features").exists()
     assert sum("of an earlier run" in note for note in written.notes) == 3  # + graph-metadata
     assert Graph.load(out / "graph.safetensors").prompt == "another prompt"
+    # an entry of the other kind in the way (a directory named graph.html) is refused before
+    # anything moves: the set stays whole
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (out / "graph.html").unlink()
+    (out / "graph.html").mkdir()
+    with pytest.raises(OSError, match="graph.html: in the way"):
+        write_graph_outputs(graph, out, [], dashboards=None)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == {k: v for k, v in before.items() if k.name != "graph.html"}

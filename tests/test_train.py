@@ -446,7 +446,7 @@ def test_a_run_stopped_while_writing_its_final_model_finishes_on_resume(tiny_run
     [
         (lambda s: s.update(recent=[{"x": 1.0}]), "not a training state"),
         (lambda s: s.update(recent=[{"loss": "2.5"}]), "not a training state"),
-        (lambda s: s.update(recent=[{"loss": float("nan")}]), "not a training state"),
+        (lambda s: s.update(recent=[{"loss": float("nan")}]), "the run diverged"),
         (lambda s: s.update(step=10**6), r"step 1000000 of a \d+-step run"),
         (lambda s: s.update(elapsed_s=-5), "not a training state"),
     ],
@@ -485,20 +485,26 @@ def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(tiny_run, tmp_pa
     assert train("tiny", out, quiet=True) == out  # started again, as the message says
 
 
-def test_a_ship_cut_between_its_renames_is_put_back_on_load(tiny_run, tmp_path, monkeypatch):
+def test_a_ship_cut_between_its_renames_is_explained_on_load(tiny_run, tmp_path, monkeypatch):
     """A kill between the two renames of a ship leaves the entry moved aside (NAME.old) and the
-    new version in .NAME.tmp: loading the name puts the old one back, and the listing of
-    shipped names never offers the leftovers."""
+    new version in .NAME.tmp: loading the name says so and how to mend it (a reader renames
+    nothing: it could race a ship in progress), and the listing of shipped names never offers
+    the leftovers."""
     from toy_models import ship, zoo
 
     ship.ship(tiny_run, "tiny", dest_root=tmp_path)
     (tmp_path / "tiny").rename(tmp_path / "tiny.old")
     (tmp_path / ".tiny.tmp").mkdir()
+    (tmp_path / "other.old").mkdir()
     monkeypatch.setattr(zoo, "SHIPPED_DIR", tmp_path)
-    assert zoo.resolve_model_dir("tiny") == tmp_path / "tiny"
-    assert (tmp_path / "tiny" / "config.json").is_file()
-    with pytest.raises(zoo.UnknownModelError, match=r"\(shipped: tiny\)"):
+    with pytest.raises(zoo.UnknownModelError, match=r"cut short.*tiny\.old; ship it again"):
+        zoo.resolve_model_dir("tiny")
+    assert (tmp_path / "tiny.old" / "config.json").is_file()  # left as it was
+    with pytest.raises(zoo.UnknownModelError, match=r"\(shipped: none\)"):
         zoo.resolve_model_dir("nope")
+    ship.ship(tiny_run, "tiny", dest_root=tmp_path)  # shipping again mends it
+    assert zoo.resolve_model_dir("tiny") == tmp_path / "tiny"
+    assert not (tmp_path / "tiny.old").exists()
 
 
 def test_a_full_disk_while_saving_the_corpus_names_it_and_leaves_nothing(

@@ -442,6 +442,13 @@ def test_pins_and_supernodes_live_in_the_url_and_qparams(browser, small_page):
         browser.type_text(typed)
         browser.click(*centre(browser, "#viewer button.group"))
     assert browser.evaluate("viewer.supernodes()") == ["g", "g 1", "group 1"]
+    # A new supernode takes its members from the ones they were in; one left with fewer than
+    # two dissolves (the URL and qParams never hold a supernode the page would refuse).
+    browser.evaluate("viewer.group(['0_5_2', 'E_9_3', '3_9_3'], 'three')")
+    assert browser.evaluate("viewer.supernodes()") == ["g", "three"]
+    browser.evaluate("viewer.group(['E_9_3', '3_9_3'], 'three')")
+    assert sorted(browser.evaluate("viewer.supernodes()")) == ["g", "three"]
+    assert [g[0] for g in browser.evaluate("viewer.data.qParams.supernodes")] == ["g", "three"]
 
 
 def test_a_hash_pasted_by_hand_is_the_whole_state(browser, small_page):

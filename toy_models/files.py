@@ -81,14 +81,15 @@ def swap_directory(new: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def restore_moved_aside(dest: Path) -> None:
-    """Undo a swap that a crash cut in two: ``dest`` missing and its previous, complete version
-    still at ``old_directory(dest)`` -> put it back. Readers of swapped directories (the zoo
-    entries) call this before looking ``dest`` up; a new swap replaces it as usual."""
+def cut_short(dest: Path) -> str | None:
+    """Why ``dest`` is missing when a swap was cut between its two renames (its previous,
+    complete version still at ``old_directory(dest)``), or None. Readers say so and rename
+    nothing: a reader's rename could race a swap in progress (``swap_directory``); the next
+    swap into ``dest`` (e.g. shipping again) replaces the leftovers."""
     old = old_directory(dest)
-    if not dest.exists() and old.is_dir():
-        with contextlib.suppress(OSError):
-            os.replace(old, dest)
+    if dest.exists() or not old.is_dir():
+        return None
+    return f"{dest} is missing: a swap into it was cut short and left its previous version at {old}"
 
 
 def is_swap_leftover(path: Path) -> bool:

@@ -113,10 +113,16 @@ class ResumableRun:
                 and isinstance(recent, list)
                 and all(_is_stats(r, stats) for r in recent)
             )
+            diverged = valid and not all(math.isfinite(v) for r in recent for v in r.values())
         except KeyError as exc:
             raise ValueError(f"{path}: not a training state (no {exc})") from None
         if not valid:
             raise ValueError(f"{path}: not a training state (step, elapsed_s or recent invalid)")
+        if diverged:
+            raise ValueError(
+                f"{path}: the run diverged (a NaN or infinite statistic among its last steps): "
+                "resuming would train on from it; start a new run"
+            )
         if saved != identity:
             diff = _first_difference(saved, identity)
             raise UserError(f"{self.checkpoint} belongs to another run ({diff})")
@@ -192,7 +198,7 @@ class ResumableRun:
                         if self.step == stop_after:
                             return False
             except KeyboardInterrupt:
-                if not (self.checkpoint / STATE_FILE).is_file():
+                if not self._holds_a_checkpoint():
                     raise UserError(
                         f"interrupted at step {step}, before the first checkpoint: nothing was "
                         "saved; start the run again (without --resume)"
@@ -206,15 +212,12 @@ class ResumableRun:
 
 
 def _is_stats(record, names: tuple[str, ...]) -> bool:
-    """One step's statistics as a checkpoint keeps them: finite numbers, named ``names``
-    (when the trainer gives them)."""
+    """One step's statistics as a checkpoint keeps them: numbers, named ``names`` (when the
+    trainer gives them); whether they are finite is checked apart (a diverged run)."""
     return (
         isinstance(record, dict)
         and (not names or sorted(record) == sorted(names))
-        and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in record.values()
-        )
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in record.values())
     )
 
 

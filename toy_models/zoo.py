@@ -86,13 +86,16 @@ def resolve_model_dir(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_dir():
         return path
-    from .files import is_swap_leftover, restore_moved_aside
+    from .files import cut_short, is_swap_leftover
 
     shipped = SHIPPED_DIR / name_or_path
     if name_or_path in CONFIGS:
-        restore_moved_aside(shipped)  # a ship cut short between its two renames
         if shipped.is_dir():
             return shipped
+        why = cut_short(shipped)
+        if why:
+            raise UnknownModelError(f"{why}; ship it again (python -m toy_models.ship RUN "
+                                    f"--name {name_or_path}) or rename that back")  # fmt: skip
     shipped_names = (
         sorted(p.name for p in SHIPPED_DIR.iterdir() if p.is_dir() and not is_swap_leftover(p))
         if SHIPPED_DIR.is_dir()

@@ -731,21 +731,28 @@
     markClasses();
     updateControls();
   }
+  // A new supernode of ``members`` (two or more): they leave the groups they were in (a group
+  // left with fewer than two dissolves), and its name is unique (supernodes are keyed by name:
+  // a taken one, or none, gets the first free number).
+  function addGroup(members, wanted) {
+    const picked = new Set(members);
+    for (const g of state.groups) g.members = g.members.filter((i) => !picked.has(i));
+    state.groups = state.groups.filter((g) => g.members.length >= 2);
+    const taken = new Set(state.groups.map((g) => g.name));
+    const base = wanted.trim() || "group";
+    let name = wanted.trim() && !taken.has(base) ? base : null;
+    for (let k = 1; name === null; k++) if (!taken.has(base + " " + k)) name = base + " " + k;
+    state.groups.push({ name, members });
+    state.clicked = { group: state.groups.length - 1 };
+    update();
+  }
   function makeGroup() {
     if (state.picks.size < 2) return;
     const members = [...state.picks];
-    for (const g of state.groups) g.members = g.members.filter((i) => !state.picks.has(i));
-    state.groups = state.groups.filter((g) => g.members.length > 0);
-    // Names are unique (supernodes are keyed by name): a taken one gets a number.
-    const taken = new Set(state.groups.map((g) => g.name));
-    const base = ui.groupName.value.trim() || "group";
-    let name = ui.groupName.value.trim() && !taken.has(base) ? base : null;
-    for (let k = 1; name === null; k++) if (!taken.has(base + " " + k)) name = base + " " + k;
-    state.groups.push({ name, members });
     state.picks.clear();
+    const wanted = ui.groupName.value;
     ui.groupName.value = "";
-    state.clicked = { group: state.groups.length - 1 };
-    update();
+    addGroup(members, wanted);
   }
   function ungroup(k) {
     state.groups.splice(k, 1);
@@ -837,13 +844,8 @@
       }
       const members = g.members.map((id) => byId.get(id)).filter((i) => i !== undefined);
       if (members.length >= 2) {
-        li.append(el("button", { type: "button", class: "mech-group", onclick: () => {
-          for (const h of state.groups) h.members = h.members.filter((i) => !members.includes(i));
-          state.groups = state.groups.filter((h) => h.members.length > 0);
-          state.groups.push({ name: g.key + " " + g.name, members });
-          state.clicked = { group: state.groups.length - 1 };
-          update();
-        } }, "Draw as a supernode"));
+        li.append(el("button", { type: "button", class: "mech-group",
+          onclick: () => addGroup(members, g.key + " " + g.name) }, "Draw as a supernode"));
       }
       return li;
     })));
@@ -1033,6 +1035,7 @@
     window.addEventListener("resize", () => { if (!state.zoom) applyZoom(); });
     window.viewer = {
       data, state, update,
+      group: (ids, name) => addGroup(ids.map((id) => byId.get(id)), name), // as the panel's button
       drawnIds: () => view.items.filter((it) => it.drawn && it.node !== undefined).map((it) => nodes[it.node].id),
       supernodes: () => view.items.filter((it) => it.drawn && it.group !== undefined).map((it) => it.name),
       edges: () => view.edges.map((e) => [itemKey(view.items[e.s]), itemKey(view.items[e.t]), e.w]),

@@ -291,7 +291,7 @@ class ReplacementModel(HookedRootModule):
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         m = self.model
         if start_at_layer == 0 and resid is None:
-            n = check_tokens(tokens, self.cfg.n_ctx)
+            n = check_tokens(tokens, self.cfg.n_ctx, self.cfg.d_vocab)
             resid = self.hook_embed(m.W_E[tokens]) + self.hook_pos_embed(m.W_pos[:n])
         elif resid is None or not 0 <= start_at_layer <= self.cfg.n_layers:
             raise ValueError(

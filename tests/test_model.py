@@ -70,6 +70,31 @@ def test_bad_shapes_and_lengths(random_model):
         random_model(torch.zeros(17, dtype=torch.long))
 
 
+def test_token_ids_outside_the_vocabulary_or_of_another_type_are_refused(
+    random_model, make_replacement
+):
+    """A negative id would index the embedding from its end (-1 read as the last token): a
+    silently different prompt. Ids out of range, floats, bools, bytes (read as a mask) and
+    plain lists are refused by the toy model and the replacement model in both modes."""
+    vocab = random_model.cfg.d_vocab
+    replacement = make_replacement(random_model)
+    calls = [random_model, lambda t: replacement(t, mode="local"),
+             lambda t: replacement(t, mode="sparse")]  # fmt: skip
+    for tokens, message in (
+        (torch.tensor([[1, -1, 3]]), f"token id -1 is outside 0..{vocab - 1}"),
+        (torch.tensor([[1, vocab, 3]]), f"token id {vocab} is outside"),
+        (torch.tensor([[1.0, 2.0]]), "integer ids, got torch.float32"),
+        (torch.tensor([[True, False]]), "integer ids, got torch.bool"),
+        (torch.tensor([[1, 2]], dtype=torch.uint8), "integer ids, got torch.uint8"),
+        ([[1, 2]], "integer ids, got list"),
+    ):
+        for call in calls:
+            with pytest.raises(ValueError, match=message):
+                call(tokens)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(random_model(ids.int()), random_model(ids))  # int32 ids are ids
+
+
 def test_save_load_round_trip(random_model, tmp_path):
     random_model.save(tmp_path)
     loaded = ToyTransformer.load(tmp_path)

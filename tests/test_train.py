@@ -525,3 +525,13 @@ def test_a_full_disk_while_saving_the_corpus_names_it_and_leaves_nothing(
     assert line.startswith(f"error: cannot write {out / 'data'}/corpus-v"), line
     assert line.endswith("No space left on device"), line
     assert not list((out / "data").iterdir())
+
+
+def test_a_run_is_shipped_only_under_the_config_it_was_trained_as(tiny_run, tmp_path):
+    """Shipping the tiny run as "default" would replace the default model (and break every
+    set made for it): refused, nothing written."""
+    from toy_models import ship
+
+    with pytest.raises(UserError, match="trained as zoo config 'tiny', not 'default'"):
+        ship.ship(tiny_run, "default", dest_root=tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -181,7 +181,7 @@ class ToyTransformer(HookedRootModule):
         self.W_pos[:, 1::2] = torch.cos(pos * freq) * self.cfg.init_std * math.sqrt(2)
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
-        n = check_tokens(tokens, self.cfg.n_ctx)
+        n = check_tokens(tokens, self.cfg.n_ctx, self.cfg.d_vocab)
         resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:n])
         for block in self.blocks:
             resid = block(resid)
@@ -220,14 +220,25 @@ class ToyTransformer(HookedRootModule):
         return load_model(Path(directory))
 
 
-def check_tokens(tokens: Tensor, n_ctx: int) -> int:
-    """The sequence length of a ``(batch, pos)`` token tensor, refusing any other shape."""
+def check_tokens(tokens: Tensor, n_ctx: int, d_vocab: int) -> int:
+    """The sequence length of a ``(batch, pos)`` tensor of token ids, refusing anything else:
+    another shape or type, and ids outside ``0..d_vocab - 1`` (a negative id would otherwise
+    index the embedding from its end: a silently different token)."""
+    if not isinstance(tokens, Tensor) or tokens.dtype not in _TOKEN_DTYPES:
+        what = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise ValueError(f"tokens must be a tensor of integer ids, got {what}")
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be (batch, pos), got shape {tuple(tokens.shape)}")
     n = tokens.shape[1]
     if not 0 < n <= n_ctx:
         raise ValueError(f"sequence length {n} is outside 1..n_ctx={n_ctx}")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= d_vocab:
+        raise ValueError(f"token id {low if low < 0 else high} is outside 0..{d_vocab - 1}")
     return n
+
+
+_TOKEN_DTYPES = (torch.int64, torch.int32)  # what indexing reads as ids (uint8 would be a mask)
 
 
 # Re-exported: importers predate toy_models.checkpoint, which imports this module lazily.

@@ -93,6 +93,12 @@ def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
     model = ToyTransformer.load(run_dir)
     meta = read_json(run_dir / CONFIG_FILE)
     meta.pop("model")
+    trained_as = meta.get("zoo_config")
+    if not isinstance(trained_as, str):
+        raise UserError(f"{run_dir / CONFIG_FILE}: no zoo_config (not a toy_models.train run)")
+    if trained_as != name:  # shipping it as another name would replace that entry's model
+        raise UserError(f"{run_dir} was trained as zoo config {trained_as!r}, not {name!r}: "
+                        f"ship it as --name {trained_as}")  # fmt: skip
     if "untrained_tokens" not in meta:  # a run trained before training recorded them
         meta["untrained_tokens"] = _untrained_tokens(run_dir, meta, model.cfg)
 

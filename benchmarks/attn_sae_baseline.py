@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import run_cli  # noqa: E402
+from toy_models.cli import path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -103,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replacement", default="replacement/zoo/default", help="replacement set directory"
     )
-    parser.add_argument("--steps", type=int, default=3000, help="SAE training steps (3000)")
-    parser.add_argument("--batches", type=int, default=8, help="held-out batches of 16 rows")
     parser.add_argument(
-        "--out", type=Path, default=RESULTS / "attn_sae_baseline.json", help="JSON written"
+        "--steps", type=positive_int, default=3000, help="SAE training steps (3000)"
+    )
+    parser.add_argument(
+        "--batches", type=positive_int, default=8, help="held-out batches of 16 rows"
+    )
+    parser.add_argument(
+        "--out", type=path_arg, default=RESULTS / "attn_sae_baseline.json", help="JSON written"
     )
     args = parser.parse_args(argv)
     from toy_models.files import check_writable_file, write_json_atomic

@@ -27,10 +27,11 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import run_cli  # noqa: E402
+from toy_models.cli import positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 EXACT_LENGTH = 64
+MAX_LENGTH = 128  # the default model's n_ctx: a trace refuses longer prompts
 AUTOGRAD_BATCH = 64
 
 
@@ -206,14 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", default="16,32,48,64,96,128")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one length
     parser.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--scores-prompts", type=int, default=10, help="prompts per family")
+    parser.add_argument(
+        "--scores-prompts", type=positive_int, default=10, help="prompts per family"
+    )
     args = parser.parse_args(argv)
     if args.one is not None:
         print(json.dumps(one_length(args.model, args.one, args.exact)))
         return 0
 
+    try:
+        lengths = [int(x) for x in args.lengths.split(",")]
+    except ValueError:
+        parser.error(f"--lengths must be comma-separated whole numbers, got {args.lengths!r}")
+    if not all(1 <= n <= MAX_LENGTH for n in lengths):
+        parser.error(f"--lengths must lie in 1..{MAX_LENGTH} (the model's n_ctx)")
     curve = []
-    for n in (int(x) for x in args.lengths.split(",")):
+    for n in lengths:
         cmd = [sys.executable, __file__, "--model", args.model, "--one", str(n)]
         cmd += ["--exact"] if n == EXACT_LENGTH else []
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

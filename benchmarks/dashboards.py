@@ -26,6 +26,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from toy_models.cli import count_arg, path_arg, positive_int  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -77,9 +79,9 @@ def sae_f1(replacement, tokenizer, dash, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--rows", type=int, default=192)
-    parser.add_argument("--sae-steps", type=int, default=2400, help="0: no SAE baseline")
-    parser.add_argument("--work", type=Path, default=Path("runs/error-analysis"))
+    parser.add_argument("--rows", type=positive_int, default=192)
+    parser.add_argument("--sae-steps", type=count_arg, default=2400, help="0: no SAE baseline")
+    parser.add_argument("--work", type=path_arg, default=Path("runs/error-analysis"))
     args = parser.parse_args()
     t0 = time.perf_counter()
     import torch

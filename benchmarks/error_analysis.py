@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import UserError, run_cli  # noqa: E402
+from toy_models.cli import UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 QUICK = {"rows": 16, "sae_steps": 4}
@@ -46,16 +46,23 @@ def parse_args(argv):
         "--replacement", help="replacement set directory (default: the one shipped with --model)"
     )
     parser.add_argument("--layers", default="all", help="'all' or layers such as 1 or 1,2")
-    parser.add_argument("--rows", type=int, default=256, help="held-out documents (256)")
-    parser.add_argument("--seed", type=int, default=4242, help="held-out document stream seed")
+    parser.add_argument("--rows", type=positive_int, default=256, help="held-out documents (256)")
     parser.add_argument(
-        "--sae-steps", type=int, default=1000, help="attention-SAE training steps (1000; 0: none)"
+        "--seed", type=count_arg, default=4242, help="held-out document stream seed"
     )
     parser.add_argument(
-        "--work", type=Path, default=Path("runs/error-analysis"), help="where the SAEs are kept"
+        "--sae-steps",
+        type=count_arg,
+        default=1000,
+        help="attention-SAE training steps (1000; 0: none)",
     )
-    parser.add_argument("--json", type=Path, help="results file (default in benchmarks/results)")
-    parser.add_argument("--report", type=Path, help="report directory (default beside --json)")
+    parser.add_argument(
+        "--work", type=path_arg, default=Path("runs/error-analysis"), help="where the SAEs are kept"
+    )
+    parser.add_argument(
+        "--json", type=path_arg, help="results file (default in benchmarks/results)"
+    )
+    parser.add_argument("--report", type=path_arg, help="report directory (default beside --json)")
     parser.add_argument("--quick", action="store_true", help="smoke run: " + str(QUICK))
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)

@@ -46,7 +46,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import run_cli  # noqa: E402
+from toy_models.cli import path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LOGIT_STARTS = ("logit: Thursday", "logit:6")
@@ -301,10 +301,10 @@ def validation(replacement, tokenizer, stats, prompts: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/global_circuits.py")
     parser.add_argument("--model", default="default")
-    parser.add_argument("--heads", type=Path, default=Path("runs/heads/heads.json"),
+    parser.add_argument("--heads", type=path_arg, default=Path("runs/heads/heads.json"),
                         help="the taxonomy's heads.json (python -m reports.heads)")  # fmt: skip
-    parser.add_argument("--rows", type=int, default=128, help="rows to gather")
-    parser.add_argument("--prompts", type=int, default=8,
+    parser.add_argument("--rows", type=positive_int, default=128, help="rows to gather")
+    parser.add_argument("--prompts", type=positive_int, default=8,
                         help="held-out prompts per family for the validation")  # fmt: skip
     args = parser.parse_args(argv)
     import torch

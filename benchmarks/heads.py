@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import run_cli  # noqa: E402
+from toy_models.cli import path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CHECK_TASK = "repeat_second_copy"
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
     parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
     parser.add_argument(
-        "--report", type=Path, help="keep the report files (heads.json, heads.md, plots) there"
+        "--report", type=path_arg, help="keep the report files (heads.json, heads.md, plots) there"
     )
     args = parser.parse_args(argv)
     startup = cli_startup()

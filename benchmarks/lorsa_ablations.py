@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import UserError, run_cli  # noqa: E402
+from toy_models.cli import UserError, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 HELDOUT_SEED = 4242  # replacement.evaluate.EVAL_SEED: the held-out rows evaluate reads first
@@ -71,20 +71,26 @@ def parse_args(argv):
         help="replacement config whose shapes and recipe are the base",
     )
     parser.add_argument("--layers", default="1,2", help="layers to ablate (default 1,2)")
-    parser.add_argument("--steps", type=int, default=500, help="training steps per run (500)")
-    parser.add_argument("--rows", type=int, default=2048, help="cached training rows (2048)")
     parser.add_argument(
-        "--heldout-rows", type=int, default=256, help="cached held-out rows measured (256)"
+        "--steps", type=positive_int, default=500, help="training steps per run (500)"
+    )
+    parser.add_argument(
+        "--rows", type=positive_int, default=2048, help="cached training rows (2048)"
+    )
+    parser.add_argument(
+        "--heldout-rows", type=positive_int, default=256, help="cached held-out rows measured (256)"
     )
     parser.add_argument("--ks", default="8,16,32,64", help="TopK values (Lorsa and SAE)")
     parser.add_argument("--qk-heads", default="4,8,16,32,64", help="numbers of QK heads")
     parser.add_argument("--d-qk", default="4,8,16,32,64", help="QK ranks")
     parser.add_argument("--no-control", action="store_true", help="skip the random-QK control run")
     parser.add_argument(
-        "--work", type=Path, default=Path("runs/ablations"), help="caches, records, weights"
+        "--work", type=path_arg, default=Path("runs/ablations"), help="caches, records, weights"
     )
-    parser.add_argument("--json", type=Path, help="results file (default in benchmarks/results)")
-    parser.add_argument("--report", type=Path, help="report directory (default beside --json)")
+    parser.add_argument(
+        "--json", type=path_arg, help="results file (default in benchmarks/results)"
+    )
+    parser.add_argument("--report", type=path_arg, help="report directory (default beside --json)")
     parser.add_argument("--quick", action="store_true", help="smoke run: " + str(QUICK))
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)

@@ -24,7 +24,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from replacement.lorsa import LorsaConfig, LorsaLayer  # noqa: E402
-from toy_models.cli import run_cli  # noqa: E402
+from toy_models.cli import positive_int, run_cli  # noqa: E402
 from toy_models.files import write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,13 +61,13 @@ def timed(fn, layer: LorsaLayer, x: torch.Tensor, repeats: int) -> tuple[list[fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/lorsa_speed.py", description=__doc__)
-    parser.add_argument("--heads", type=int, default=2048, help="OV heads (2048)")
-    parser.add_argument("--qk-heads", type=int, default=16, help="QK heads (16)")
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--d-qk", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--heads", type=positive_int, default=2048, help="OV heads (2048)")
+    parser.add_argument("--qk-heads", type=positive_int, default=16, help="QK heads (16)")
+    parser.add_argument("--d-model", type=positive_int, default=128)
+    parser.add_argument("--d-qk", type=positive_int, default=16)
+    parser.add_argument("--batch", type=positive_int, default=4)
+    parser.add_argument("--seq", type=positive_int, default=128)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     cfg = LorsaConfig(args.d_model, args.qk_heads, args.heads, args.d_qk, top_k=32)

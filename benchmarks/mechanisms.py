@@ -124,7 +124,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import UserError, run_cli  # noqa: E402
+from toy_models.cli import UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FAMILIES = {  # probe family -> corpus family
@@ -675,19 +675,19 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="zoo name or directory")
     parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
-    parser.add_argument("--dashboards-file", type=Path,
+    parser.add_argument("--dashboards-file", type=path_arg,
                         help="the concept labels' dashboards file (default "
                         "runs/dashboards/<model>-<mode>-<key>.safetensors, the one "
                         "circuits.trace builds, used when valid; a file "
                         "named here must be valid for the replacement set)")  # fmt: skip
-    parser.add_argument("--prompts", type=int, default=40, help="prompts per probe family")
+    parser.add_argument("--prompts", type=positive_int, default=40, help="prompts per probe family")
     parser.add_argument(
         "--min-correct",
-        type=int,
+        type=positive_int,
         default=30,
         help="then more prompts until this many are ones the model gets right",
     )
-    parser.add_argument("--max-prompts", type=int, default=200,
+    parser.add_argument("--max-prompts", type=positive_int, default=200,
                         help="at most this many prompts per family")  # fmt: skip
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma-separated among {', '.join(FAMILIES)}")  # fmt: skip
@@ -696,13 +696,13 @@ def parse_args(argv):
                         help="explain the margin over the runner-up (logit(target) - "
                         "logit(runner-up)) instead of the target's logit, as circuits.trace "
                         "--vs-runner-up does")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=SEED,
+    parser.add_argument("--seed", type=count_arg, default=SEED,
                         help=f"draws the prompts (default {SEED}; another seed is a fresh "
                         "draw of the same sources)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: the graphs are small, and a second "
                         "thread mostly spins on a shared machine)")  # fmt: skip
-    parser.add_argument("--out", type=Path, help="result file (default: benchmarks/results/"
+    parser.add_argument("--out", type=path_arg, help="result file (default: benchmarks/results/"
                         "mechanisms_{model}.json; _seed{seed} added for another seed, "
                         "_vs_runner_up with --vs-runner-up)")  # fmt: skip
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import run_cli  # noqa: E402
+from toy_models.cli import positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -61,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/replacement.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
     parser.add_argument("--replacement", required=True, help="replacement set directory")
-    parser.add_argument("--batches", type=int, default=8, help="held-out batches of 16 rows")
-    parser.add_argument("--docs", type=int, default=100, help="documents per family (probes)")
+    parser.add_argument(
+        "--batches", type=positive_int, default=8, help="held-out batches of 16 rows"
+    )
+    parser.add_argument(
+        "--docs", type=positive_int, default=100, help="documents per family (probes)"
+    )
     args = parser.parse_args(argv)
     from replacement.evaluate import evaluate_replacement, summary_lines
     from replacement.model import ReplacementModel

@@ -46,6 +46,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    if args.repeat < 1:  # no toy_models import here: this script times their start-up
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     result: dict = {"repeat": args.repeat, "clis": {}}
     for module, bad in CLIS.items():
         row = {}

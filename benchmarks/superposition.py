@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import run_cli  # noqa: E402
+from toy_models.cli import path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MIX_EVEN = (1, 3)  # head 3 := head 1
@@ -134,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/superposition.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
     parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
-    parser.add_argument("--rows", type=int, default=256, help="held-out rows (the CLI default)")
-    parser.add_argument("--validation-rows", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=Path("runs/superposition"))
+    parser.add_argument(
+        "--rows", type=positive_int, default=256, help="held-out rows (the CLI default)"
+    )
+    parser.add_argument("--validation-rows", type=positive_int, default=64)
+    parser.add_argument("--out", type=path_arg, default=Path("runs/superposition"))
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()

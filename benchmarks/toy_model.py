@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import run_cli  # noqa: E402
+from toy_models.cli import path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -151,13 +151,19 @@ def hand_written_induction(model, tokenizer) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/toy_model.py", description=__doc__)
     parser.add_argument("--config", default="default", help="zoo config to train (default)")
-    parser.add_argument("--out", type=Path, help="run directory (runs/bench-CONFIG)")
+    parser.add_argument("--out", type=path_arg, help="run directory (runs/bench-CONFIG)")
     parser.add_argument("--skip-train", action="store_true", help="only evaluate --model")
     parser.add_argument("--model", help="model to evaluate with --skip-train (zoo name or dir)")
     parser.add_argument(
-        "--docs", type=int, default=200, help="documents per family and held-out split"
+        "--docs", type=positive_int, default=200, help="documents per family and held-out split"
     )
     args = parser.parse_args(argv)
+    if args.skip_train and args.model is None:
+        parser.error("--skip-train evaluates --model: name one (e.g. --model default)")
+    from toy_models.zoo import CONFIGS
+
+    if args.config not in CONFIGS:
+        parser.error(f"unknown --config {args.config!r}; known: {', '.join(CONFIGS)}")
     out = args.out or Path("runs") / f"bench-{args.config}"
     train_wall_s = train_meta = None
     if not args.skip_train:

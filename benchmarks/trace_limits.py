@@ -54,10 +54,15 @@ def main() -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--prompts", type=int, default=2)
     args = parser.parse_args()
+    if args.prompts < 1:
+        parser.error(f"--prompts must be at least 1, got {args.prompts}")
 
-    from toy_models.zoo import load_pretrained
+    from toy_models.zoo import UnknownModelError, load_pretrained
 
-    model, tokenizer = load_pretrained(args.model)
+    try:
+        model, tokenizer = load_pretrained(args.model)
+    except UnknownModelError as exc:
+        parser.error(str(exc))
     runs = []
     for k in range(args.prompts):
         prompt = full_context_prompt(tokenizer, model.cfg.n_ctx, offset=3 * k)

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
+from toy_models.cli import path_arg, positive_int  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 
 MEASURE = """(async () => {
@@ -106,9 +108,11 @@ def measure(page: Path, runs: int) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--html", type=Path, help="measure this page instead of tracing one")
+    parser.add_argument("--runs", type=positive_int, default=5)
+    parser.add_argument("--html", type=path_arg, help="measure this page instead of tracing one")
     args = parser.parse_args()
+    if args.html is not None and not args.html.is_file():
+        parser.error(f"--html {args.html}: no such page")
 
     from reports.browser import find_chromium
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from toy_models.cli import UserError, run_cli
+from toy_models.cli import UserError, path_arg, run_cli
 from toy_models.files import check_writable_file
 from toy_models.tokenizer import single_token
 
@@ -56,12 +56,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--qk", action=argparse.BooleanOptionalAction, default=True,
                         help="give every Lorsa head its QK group's expected QK attribution, "
                         "drawn as q/k edges (default: on)")  # fmt: skip
-    parser.add_argument("--stats", type=Path, help="statistics file (default: runs/global-stats/"
-                        "MODEL.safetensors; gathered when missing)")  # fmt: skip
+    parser.add_argument("--stats", type=path_arg,
+                        help="statistics file (default: runs/global-stats/MODEL.safetensors; "
+                        "gathered when missing)")  # fmt: skip
     parser.add_argument("--rows", type=int,
                         help="corpus rows for statistics (default: those of --stats, or 128 "
                         "when gathering); more than the file holds gathers them again")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("runs/global"), help="output directory")
+    parser.add_argument(
+        "--out", type=path_arg, default=Path("runs/global"), help="output directory"
+    )
     parser.add_argument("--format", default="svg", help="renders among svg,pdf,png (need `dot`)")
     return parser.parse_args(argv)
 

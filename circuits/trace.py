@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from toy_models.cli import UserError, run_cli
+from toy_models.cli import UserError, path_arg, run_cli
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
 MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--replacement", help="replacement set directory (default: the one shipped with --model)"
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/trace"), help="output directory")
+    parser.add_argument("--out", type=path_arg, default=Path("runs/trace"), help="output directory")
     parser.add_argument("--mode", choices=("local", "sparse"), default="local",
                         help="local: explain the original model, with error nodes (default); "
                         "sparse: explain the fully sparsified model, no errors")  # fmt: skip
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "in the report; built on first use (about a minute) and reused")  # fmt: skip
     dash.add_argument("--dashboard-rows", type=int, default=DASHBOARD_ROWS,
                       help=f"rows a first build reads (default {DASHBOARD_ROWS})")  # fmt: skip
-    dash.add_argument("--dashboards-file", type=Path,
+    dash.add_argument("--dashboards-file", type=path_arg,
                       help="the dashboards file (default runs/dashboards/<model>-<mode>-"
                       "<key>.safetensors, key: the replacement set's identity and the "
                       "rows)")  # fmt: skip

@@ -461,3 +461,10 @@ def fvu_of(module, kind: str, x: Float[Tensor, "... d"], y: Float[Tensor, "... d
 
     with torch.no_grad():
         return float(fvu(reconstruct(module, kind, x, y), y))
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "error: replacement.ablations is a library, not a command: "
+        "run python benchmarks/lorsa_ablations.py (see its --help)"
+    )

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -237,6 +238,8 @@ def build_cache(
         if old_plan != plan:
             diff = _first_difference(asdict(old_plan), asdict(plan))
             raise UserError(f"{out} holds another activation cache ({diff})")
+        chunks = _intact_chunks(out, plan, chunks, quiet)
+        _write_manifest(out, plan, chunks)
     else:
         _write_manifest(out, plan, chunks)
     cache_id, storage = plan.cache_id(), getattr(torch, dtype)
@@ -276,7 +279,61 @@ def build_cache(
     return plan
 
 
+def _intact_chunks(out: Path, plan: CachePlan, chunks: list[dict], quiet: bool) -> list[dict]:
+    """The recorded chunks up to the first that is missing or damaged (read whole and checked
+    against the manifest, ``read_chunk``): a rerun builds again from there, so the finished
+    cache is whole whatever happened to its files."""
+    for index, record in enumerate(chunks):
+        try:
+            read_chunk(out, plan, index, record, plan.layers)
+        except (OSError, ValueError) as exc:
+            if not quiet:
+                print(f"rebuilding from chunk {index}: {exc}", file=sys.stderr)
+            return chunks[:index]
+    return chunks
+
+
 # ----------------------------------------------------------------- reading
+def read_chunk(directory: Path, plan: CachePlan, index: int, record: dict, layers: list[int]):
+    """The tensors of chunk ``index`` for ``layers`` (and the tokens), float32 but the tokens,
+    after checking the file against the plan and ``record`` (its manifest entry): tensor names,
+    the cache and chunk it says it is, each shape and dtype, each tensor's SHA-256."""
+    from safetensors import safe_open
+
+    path = Path(directory) / CHUNK_FILE.format(index)
+    if not path.is_file():
+        raise FileNotFoundError(f"activation cache chunk missing: {path}")
+    n = record["rows"]
+    want = ["tokens", *(f"{kind}.{l}" for l in layers for kind in KINDS)]
+    out = {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            if set(f.keys()) != set(plan.tensor_names()):
+                raise ValueError(f"{path}: tensors differ from the manifest's")
+            meta = f.metadata() or {}
+            if meta.get("cache_id") != plan.cache_id() or meta.get("chunk") != str(index):
+                raise ValueError(
+                    f"{path}: is chunk {meta.get('chunk')!r} of cache "
+                    f"{str(meta.get('cache_id'))[:12]}..., not chunk {index} of this cache"
+                )
+            for name in want:
+                t = f.get_tensor(name)
+                shape = (n, plan.n_ctx) if name == "tokens" else (n, plan.n_ctx, plan.d_model)
+                dtype = torch.int32 if name == "tokens" else getattr(torch, plan.dtype)
+                if tuple(t.shape) != shape or t.dtype != dtype:
+                    raise ValueError(f"{path}: {name} is {t.dtype} {tuple(t.shape)}")
+                if tensor_sha256(t) != record["sha256"][name]:
+                    raise ValueError(f"{path}: {name} differs from the manifest (sha256)")
+                out[name] = t if name == "tokens" else t.float()
+    except ValueError:
+        raise
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors' own errors on truncated or damaged files
+        raise ValueError(f"{path}: unreadable chunk ({one_line(exc)})") from None
+    return out
+
+
 class ActivationCache:
     """A complete cache directory, checked against ``model``; ``rows(layers, start, n)``
     reads rows (wrapping around at the end) of the given layers, verifying each tensor read."""
@@ -313,40 +370,7 @@ class ActivationCache:
         """The tensors of chunk ``index`` for ``layers`` (and the tokens), as float32."""
         if self._loaded is not None and self._loaded[:2] == (index, tuple(layers)):
             return self._loaded[2]
-        from safetensors import safe_open
-
-        path = self.directory / CHUNK_FILE.format(index)
-        if not path.is_file():
-            raise FileNotFoundError(f"activation cache chunk missing: {path}")
-        plan, record = self.plan, self.chunks[index]
-        n = record["rows"]
-        want = ["tokens", *(f"{kind}.{l}" for l in layers for kind in KINDS)]
-        out = {}
-        try:
-            with safe_open(str(path), "pt") as f:
-                if set(f.keys()) != set(plan.tensor_names()):
-                    raise ValueError(f"{path}: tensors differ from the manifest's")
-                meta = f.metadata() or {}
-                if meta.get("cache_id") != plan.cache_id() or meta.get("chunk") != str(index):
-                    raise ValueError(
-                        f"{path}: is chunk {meta.get('chunk')!r} of cache "
-                        f"{str(meta.get('cache_id'))[:12]}..., not chunk {index} of this cache"
-                    )
-                for name in want:
-                    t = f.get_tensor(name)
-                    shape = (n, plan.n_ctx) if name == "tokens" else (n, plan.n_ctx, plan.d_model)
-                    dtype = torch.int32 if name == "tokens" else getattr(torch, plan.dtype)
-                    if tuple(t.shape) != shape or t.dtype != dtype:
-                        raise ValueError(f"{path}: {name} is {t.dtype} {tuple(t.shape)}")
-                    if tensor_sha256(t) != record["sha256"][name]:
-                        raise ValueError(f"{path}: {name} differs from the manifest (sha256)")
-                    out[name] = t if name == "tokens" else t.float()
-        except ValueError:
-            raise
-        except OSError:
-            raise
-        except Exception as exc:  # safetensors' own errors on truncated or damaged files
-            raise ValueError(f"{path}: unreadable chunk ({one_line(exc)})") from None
+        out = read_chunk(self.directory, self.plan, index, self.chunks[index], layers)
         self._loaded = (index, tuple(layers), out)
         return out
 

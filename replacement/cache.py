@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-from toy_models.cli import UserError, run_cli
+from toy_models.cli import UserError, path_arg, run_cli
 
 DTYPES = ("float32", "float16", "bfloat16")  # replacement.activation_cache.DTYPES
 
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="default", help="zoo name or toy model directory")
     parser.add_argument("--rows", type=int, required=True, help="rows of n_ctx tokens to store")
-    parser.add_argument("--out", type=Path, required=True, help="cache directory")
+    parser.add_argument("--out", type=path_arg, required=True, help="cache directory")
     parser.add_argument("--layers", default="all", help="'all' or layers such as 1 or 0,2")
     parser.add_argument("--seed", type=int, default=0, help="row stream seed (training's: 0)")
     parser.add_argument("--split", default="train", choices=("train", "heldout"))

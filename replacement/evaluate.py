@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toy_models.cli import UserError, run_cli
+from toy_models.cli import UserError, path_arg, run_cli
 from toy_models.data import stream_rows
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replacement", required=True, help="replacement set directory")
     parser.add_argument("--batches", type=int, default=8, help="held-out batches of 16 rows")
     parser.add_argument("--docs", type=int, default=100, help="documents per family (probes)")
-    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    parser.add_argument("--json", type=path_arg, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     if args.batches <= 0 or args.docs <= 0:
         raise UserError("--batches and --docs must be positive")

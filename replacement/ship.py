@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toy_models.cli import UserError, run_cli
+from toy_models.cli import UserError, path_arg, run_cli
 from toy_models.zoo import CONFIGS
 
 from .train import SET_FILE
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m replacement.ship", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("run_dir", type=Path, help="a trained set (replacement.train --out)")
+    parser.add_argument("run_dir", type=path_arg, help="a trained set (replacement.train --out)")
     parser.add_argument("--model", default="default", help="the zoo model it was trained for")
     args = parser.parse_args(argv)
     if args.model not in CONFIGS:

@@ -32,7 +32,7 @@ import argparse
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from toy_models.cli import UserError, run_cli
+from toy_models.cli import UserError, path_arg, run_cli
 
 STREAM_SEED_STRIDE = 7919  # the activation stream of seed s resumed at step t: s * stride + t
 STATS_WINDOW = 20  # steps averaged in the progress bar
@@ -298,15 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--activations",
-        type=Path,
+        type=path_arg,
         help="train from this cached activation set (python -m replacement.cache) instead of "
         "streaming from the model",
     )
     parser.add_argument(
-        "--base", type=Path, help="replacement set whose layers fill those not trained"
+        "--base", type=path_arg, help="replacement set whose layers fill those not trained"
     )
     parser.add_argument("--config", default="default", help=f"one of {', '.join(CONFIGS)}")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=path_arg, required=True, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--steps", type=int, help="override the config's number of steps")
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from toy_models.cli import UserError
+from toy_models.cli import UserError, path_arg
 
 
 def render_results(
@@ -28,8 +28,8 @@ def render_results(
     """Parse ``--json`` and ``--out``, then ``write(results, out)``; ``benchmark`` is the
     script that makes the file, ``what`` the kind of result (for the messages)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--json", type=Path, default=default_json, help="results file")
-    parser.add_argument("--out", type=Path, help="report directory (default: the JSON's stem)")
+    parser.add_argument("--json", type=path_arg, default=default_json, help="results file")
+    parser.add_argument("--out", type=path_arg, help="report directory (default: the JSON's stem)")
     args = parser.parse_args(argv)
     if not args.json.is_file():
         raise UserError(f"--json {args.json}: no such file (run python {benchmark} first)")

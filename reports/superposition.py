@@ -36,7 +36,7 @@ import json
 import time
 from pathlib import Path
 
-from toy_models.cli import UserError, run_cli
+from toy_models.cli import UserError, path_arg, run_cli
 from toy_models.files import check_writable_dir
 from toy_models.tokenizer import token_text
 from toy_models.zoo import resolve_model_dir
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--replacement", help="replacement set directory (default: the one shipped with --model)"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("runs/superposition"), help="output directory"
+        "--out", type=path_arg, default=Path("runs/superposition"), help="output directory"
     )
     parser.add_argument(
         "--rows", type=int, default=DEFAULT_ROWS, help="held-out rows (default %(default)s)"
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--units", type=int, default=6, help="Lorsa units per worked example")
     parser.add_argument(
         "--dashboards",
-        type=Path,
+        type=path_arg,
         help="unit dashboards file for concept labels (default: "
         "the one circuits.trace builds, runs/dashboards/<model>-local-<key>.safetensors, "
         "when it exists)",

@@ -255,6 +255,32 @@ def test_a_killed_cache_build_resumes_to_the_same_bytes(tiny_run, tiny_cache, tm
     ActivationCache(out, model).chunk(2, [0, 1])  # and it reads, checked
 
 
+def test_a_rerun_rebuilds_missing_or_damaged_chunks(tiny_run, tiny_cache, tmp_path):
+    """A rerun of a finished (or partial) cache reads every recorded chunk against the
+    manifest and builds again from the first missing or damaged one, instead of reporting a
+    cache that training would refuse later."""
+    import shutil
+
+    from toy_models.zoo import load_pretrained
+
+    model, tokenizer = load_pretrained(str(tiny_run))
+    for damage in (
+        lambda out: (out / CHUNK_FILE.format(1)).unlink(),
+        lambda out: os.truncate(out / CHUNK_FILE.format(0), 5000),
+        lambda out: shutil.copyfile(out / CHUNK_FILE.format(0), out / CHUNK_FILE.format(2)),
+    ):
+        out = tmp_path / "acts"
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(tiny_cache, out)
+        damage(out)
+        build_cache(model, tokenizer, out, TINY_ROWS, chunk_rows=CHUNK, forward_batch=BATCH,
+                    quiet=True)  # fmt: skip
+        assert (out / MANIFEST_FILE).read_bytes() == (tiny_cache / MANIFEST_FILE).read_bytes()
+        cache = ActivationCache(out, model)
+        for index in range(cache.plan.n_chunks):
+            cache.chunk(index, cache.plan.layers)  # every chunk reads, checked
+
+
 def test_cache_cli_builds_and_resumes(tiny_run, tmp_path, cli):
     from replacement import cache
 
@@ -298,4 +324,10 @@ def test_cache_and_train_arguments_are_checked_before_torch(tmp_path, fresh_cli)
         assert "Traceback" not in err
         if want:
             assert err.strip().splitlines()[-1].startswith("error: ") and text in err, err
+    for module, args in (
+        ("replacement.cache", ["--rows", "8", "--out", ""]),
+        ("replacement.train", ["--out", " "]),
+    ):  # argparse's own line
+        code, heavy, err = fresh_cli(module, args, cwd=ROOT)
+        assert code == 2 and not heavy and "error: argument --out: an empty path" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

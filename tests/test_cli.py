@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,23 @@ def test_replacement_evaluate_refuses_a_set_made_for_another_model(tiny_run):
     shipped = str(SHIPPED_DIR / "default")
     result = run("replacement.evaluate", "--model", str(tiny_run), "--replacement", shipped)
     assert_one_line_error(result, "made for a 4-layer model")
+
+
+def test_count_arguments_of_the_benchmarks_are_checked_before_any_work():
+    """A zero or negative count (threads, repeats, rows, steps...) is argparse's one line, not
+    a traceback later or a run that starts and never stops."""
+    root = Path(__file__).parent.parent
+    for script, args, text in (
+        ("lorsa_speed", ["--batch", "0"], "--batch: must be at least 1, got 0"),
+        ("mechanisms", ["--threads", "0"], "--threads: must be at least 1"),
+        ("attn_sae_baseline", ["--batches", "-1"], "--batches: must be at least 1"),
+        ("dashboards", ["--sae-steps", "-5"], "--sae-steps: must be at least 0"),
+        ("replacement", ["--replacement", "x", "--docs", "2.5"], "not a whole number: '2.5'"),
+        ("attribution", ["--lengths", "0"], "--lengths must lie in 1..128"),
+        ("toy_model", ["--skip-train"], "--skip-train evaluates --model"),
+        ("startup", ["--repeat", "0"], "--repeat must be at least 1"),
+    ):
+        proc = subprocess.run([sys.executable, str(root / "benchmarks" / f"{script}.py"), *args],
+                              capture_output=True, text=True, cwd=root, timeout=120)  # fmt: skip
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (script, proc.stderr)
+        assert text in proc.stderr.strip().splitlines()[-1], (script, proc.stderr)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -14,6 +16,34 @@ class UserError(Exception):
 # OSError covers failed writes too (disk full, read-only file system, a directory in the way):
 # ``toy_models.files`` raises them as one line naming the file, with no temporary file left.
 EXPECTED_ERRORS = (UserError, ValueError, OSError)
+
+
+def path_arg(text: str) -> Path:
+    """An argparse ``type`` for paths: an empty string is refused (``Path("")`` would be the
+    current directory, where nobody asked a run to write)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts that must be at least 1 (steps, rows, repeats...)."""
+    return _int_at_least(text, 1)
+
+
+def count_arg(text: str) -> int:
+    """An argparse ``type`` for counts where 0 means none (a seed, SAE steps, warm-up)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
 
 
 def one_line(exc: BaseException) -> str:

@@ -33,10 +33,9 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli import run_cli
+from .cli import path_arg, run_cli
 from .data import FAMILIES, Example, Span, count_carries, examples, pad_rows
 
 if TYPE_CHECKING:
@@ -609,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--docs", type=int, default=200, help="documents per family and split (default 200)"
     )
-    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    parser.add_argument("--json", type=path_arg, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     if args.docs <= 0:
         raise ValueError(f"--docs must be positive, got {args.docs}")

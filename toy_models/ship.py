@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from .cli import UserError, run_cli
+from .cli import UserError, path_arg, run_cli
 from .zoo import CONFIGS, SHIPPED_DIR
 
 RECORD_DOCS = 50
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m toy_models.ship", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
-        "run_dir", type=Path, help="a finished training run (toy_models.train --out)"
+        "run_dir", type=path_arg, help="a finished training run (toy_models.train --out)"
     )
     parser.add_argument("--name", required=True, help="zoo name to ship it as")
     args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .cli import UserError, run_cli
+from .cli import UserError, path_arg, run_cli
 from .zoo import CONFIGS, TrainConfig, get_config
 
 LOSS_WINDOW = 50  # the reported train loss is the mean over this many last steps
@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Train a zoo model from scratch on the generated corpus (seeded, resumable).",
     )
     parser.add_argument("--config", default="default", help=f"zoo config: {', '.join(CONFIGS)}")
-    parser.add_argument("--out", type=Path, required=True, help="run directory (created as needed)")
+    parser.add_argument(
+        "--out", type=path_arg, required=True, help="run directory (created as needed)"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run's last checkpoint"
     )

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from toy_models.cli import UserError
+from toy_models.cli import UserError, path_arg
 from toy_models.files import check_writable_dir
 from toy_models.zoo import resolve_model_dir
 
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--replacement", help="replacement set directory (default: the one shipped with --model)"
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/heads"), help="output directory")
+    parser.add_argument("--out", type=path_arg, default=Path("runs/heads"), help="output directory")
     parser.add_argument(
         "--docs",
         type=int,

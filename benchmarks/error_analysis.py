@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import UserError, count_arg, path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 QUICK = {"rows": 16, "sae_steps": 4}
@@ -46,13 +46,13 @@ def parse_args(argv):
         "--replacement", help="replacement set directory (default: the one shipped with --model)"
     )
     parser.add_argument("--layers", default="all", help="'all' or layers such as 1 or 1,2")
-    parser.add_argument("--rows", type=positive_int, default=256, help="held-out documents (256)")
+    parser.add_argument("--rows", type=int, default=256, help="held-out documents (256)")
     parser.add_argument(
         "--seed", type=count_arg, default=4242, help="held-out document stream seed"
     )
     parser.add_argument(
         "--sae-steps",
-        type=count_arg,
+        type=int,
         default=1000,
         help="attention-SAE training steps (1000; 0: none)",
     )

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import UserError, path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import UserError, path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 HELDOUT_SEED = 4242  # replacement.evaluate.EVAL_SEED: the held-out rows evaluate reads first
@@ -71,14 +71,10 @@ def parse_args(argv):
         help="replacement config whose shapes and recipe are the base",
     )
     parser.add_argument("--layers", default="1,2", help="layers to ablate (default 1,2)")
+    parser.add_argument("--steps", type=int, default=500, help="training steps per run (500)")
+    parser.add_argument("--rows", type=int, default=2048, help="cached training rows (2048)")
     parser.add_argument(
-        "--steps", type=positive_int, default=500, help="training steps per run (500)"
-    )
-    parser.add_argument(
-        "--rows", type=positive_int, default=2048, help="cached training rows (2048)"
-    )
-    parser.add_argument(
-        "--heldout-rows", type=positive_int, default=256, help="cached held-out rows measured (256)"
+        "--heldout-rows", type=int, default=256, help="cached held-out rows measured (256)"
     )
     parser.add_argument("--ks", default="8,16,32,64", help="TopK values (Lorsa and SAE)")
     parser.add_argument("--qk-heads", default="4,8,16,32,64", help="numbers of QK heads")

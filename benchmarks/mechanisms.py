@@ -680,14 +680,14 @@ def parse_args(argv):
                         "runs/dashboards/<model>-<mode>-<key>.safetensors, the one "
                         "circuits.trace builds, used when valid; a file "
                         "named here must be valid for the replacement set)")  # fmt: skip
-    parser.add_argument("--prompts", type=positive_int, default=40, help="prompts per probe family")
+    parser.add_argument("--prompts", type=int, default=40, help="prompts per probe family")
     parser.add_argument(
         "--min-correct",
-        type=positive_int,
+        type=int,
         default=30,
         help="then more prompts until this many are ones the model gets right",
     )
-    parser.add_argument("--max-prompts", type=positive_int, default=200,
+    parser.add_argument("--max-prompts", type=int, default=200,
                         help="at most this many prompts per family")  # fmt: skip
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma-separated among {', '.join(FAMILIES)}")  # fmt: skip

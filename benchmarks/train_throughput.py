@@ -28,7 +28,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402  (light: no torch, no TL)
+from toy_models.cli import UserError, path_arg, run_cli  # noqa: E402  (light: no torch, no TL)
 from toy_models.zoo import CONFIGS  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "train_throughput.json"
@@ -60,19 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which.add_argument("--tiny", action="store_true", help="shortcut for --config tiny")
     parser.add_argument(
-        "--steps", type=positive_int, default=20, help="timed steps per model per round (20)"
+        "--steps", type=int, default=20, help="timed steps per model per round (20)"
     )
-    parser.add_argument(
-        "--rounds", type=positive_int, default=5, help="interleaved timing rounds (5)"
-    )
-    parser.add_argument(
-        "--warmup", type=count_arg, default=3, help="untimed steps per model first (3)"
-    )
-    parser.add_argument("--batch", type=positive_int, default=32, help="sequences per batch (32)")
-    parser.add_argument("--seq-len", type=positive_int, help="tokens per sequence (default: n_ctx)")
-    parser.add_argument(
-        "--threads", type=positive_int, help="torch threads (default: torch's default)"
-    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (5)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first (3)")
+    parser.add_argument("--batch", type=int, default=32, help="sequences per batch (32)")
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: n_ctx)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
     parser.add_argument(
         "--bridge-norm",
         choices=BRIDGE_NORMS,

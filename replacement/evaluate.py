@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -249,6 +250,17 @@ def summary_lines(r: dict) -> list[str]:
     return lines
 
 
+def _not_finite(value, where: str = "") -> list[str]:
+    """The paths (``layers.2.fvu``) of every NaN or infinite number in a results tree."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _not_finite(v, f"{where}{k}.")]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in _not_finite(v, f"{where}{i}.")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [where.rstrip(".")]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m replacement.evaluate",
@@ -285,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_pretrained(args.model)
     replacement = ReplacementModel.load(args.replacement, model)
     results = evaluate_replacement(replacement, tokenizer, args.batches, args.docs)
+    bad = _not_finite(results)
+    if bad:  # weights that load (finite) but overflow in use: no figure of them means anything
+        named = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise UserError(f"{args.replacement}: the set gives non-finite figures ({named}): its "
+                        "weights overflow")  # fmt: skip
     print("\n".join(summary_lines(results)))
     if args.json:
         write_json_atomic(

@@ -150,3 +150,21 @@ def test_count_arguments_of_the_benchmarks_are_checked_before_any_work():
                               capture_output=True, text=True, cwd=root, timeout=120)  # fmt: skip
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (script, proc.stderr)
         assert text in proc.stderr.strip().splitlines()[-1], (script, proc.stderr)
+
+
+def test_replacement_evaluate_refuses_a_set_whose_weights_overflow(tmp_path):
+    """Finite weights load, but x1e30 overflows in use: the figures would be NaN (and NaN is
+    not JSON); one line saying so, and no results file."""
+    import torch
+
+    from replacement.model import load_pretrained
+
+    replacement, _ = load_pretrained("default")
+    with torch.no_grad():
+        for p in replacement.transcoders[2].parameters():
+            p.mul_(1e30)
+    replacement.save(tmp_path / "huge", "default")
+    result = run("replacement.evaluate", "--replacement", str(tmp_path / "huge"),
+                 "--batches", "1", "--docs", "1", "--json", str(tmp_path / "r.json"))  # fmt: skip
+    assert_one_line_error(result, "the set gives non-finite figures")
+    assert not (tmp_path / "r.json").exists()

@@ -297,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_pretrained(args.model)
     replacement = ReplacementModel.load(args.replacement, model)
     results = evaluate_replacement(replacement, tokenizer, args.batches, args.docs)
-    bad = _not_finite(results)
-    if bad:  # weights that load (finite) but overflow in use: no figure of them means anything
+    # Weights that load (finite) but overflow in use: the spliced model's own loss is not a
+    # number, and no figure of it means anything. (A ratio of a degenerate model, such as the
+    # induction ratio of a model without induction, may be NaN on its own: that stays.)
+    bad = _not_finite(results["loss"]["all_layers"], "loss.all_layers.")
+    if bad:
         named = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
         raise UserError(f"{args.replacement}: the set gives non-finite figures ({named}): its "
                         "weights overflow")  # fmt: skip

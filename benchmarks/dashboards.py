@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import count_arg, path_arg, positive_int  # noqa: E402
+from toy_models.cli import count_arg, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -76,13 +76,16 @@ def sae_f1(replacement, tokenizer, dash, args) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--rows", type=positive_int, default=192)
     parser.add_argument("--sae-steps", type=count_arg, default=2400, help="0: no SAE baseline")
     parser.add_argument("--work", type=path_arg, default=Path("runs/error-analysis"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    from toy_models.files import check_writable_dir
+
+    check_writable_dir(args.work, "--work")  # before, not after, the SAE training
     t0 = time.perf_counter()
     import torch
 
@@ -114,7 +117,8 @@ def main() -> None:
     out = RESULTS / f"dashboards_{args.model}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

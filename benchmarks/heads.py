@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         "--report", type=path_arg, help="keep the report files (heads.json, heads.md, plots) there"
     )
     args = parser.parse_args(argv)
+    if args.report is not None:
+        from toy_models.files import check_writable_dir
+
+        check_writable_dir(args.report, "--report")  # before, not after, the analysis
     startup = cli_startup()
 
     t0 = time.perf_counter()

@@ -132,9 +132,9 @@ def test_replacement_evaluate_refuses_a_set_made_for_another_model(tiny_run):
     assert_one_line_error(result, "made for a 4-layer model")
 
 
-def test_count_arguments_of_the_benchmarks_are_checked_before_any_work():
-    """A zero or negative count (threads, repeats, rows, steps...) is argparse's one line, not
-    a traceback later or a run that starts and never stops."""
+def test_bad_arguments_of_the_benchmarks_are_one_line_before_any_work():
+    """A zero or negative count (threads, repeats, rows, steps...) or a file where a directory
+    goes is one error line, not a traceback later or a run that starts and fails at its end."""
     root = Path(__file__).parent.parent
     for script, args, text in (
         ("lorsa_speed", ["--batch", "0"], "--batch: must be at least 1, got 0"),
@@ -145,6 +145,8 @@ def test_count_arguments_of_the_benchmarks_are_checked_before_any_work():
         ("attribution", ["--lengths", "0"], "--lengths must lie in 1..128"),
         ("toy_model", ["--skip-train"], "--skip-train evaluates --model"),
         ("startup", ["--repeat", "0"], "--repeat must be at least 1"),
+        ("dashboards", ["--work", "README.md"], "--work README.md: exists and is not a dir"),
+        ("heads", ["--report", "README.md"], "--report README.md: exists and is not a dir"),
     ):
         proc = subprocess.run([sys.executable, str(root / "benchmarks" / f"{script}.py"), *args],
                               capture_output=True, text=True, cwd=root, timeout=120)  # fmt: skip

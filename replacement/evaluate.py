@@ -250,17 +250,6 @@ def summary_lines(r: dict) -> list[str]:
     return lines
 
 
-def _not_finite(value, where: str = "") -> list[str]:
-    """The paths (``layers.2.fvu``) of every NaN or infinite number in a results tree."""
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in _not_finite(v, f"{where}{k}.")]
-    if isinstance(value, list | tuple):
-        return [p for i, v in enumerate(value) for p in _not_finite(v, f"{where}{i}.")]
-    if isinstance(value, float) and not math.isfinite(value):
-        return [where.rstrip(".")]
-    return []
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m replacement.evaluate",
@@ -300,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     # Weights that load (finite) but overflow in use: the spliced model's own loss is not a
     # number, and no figure of it means anything. (A ratio of a degenerate model, such as the
     # induction ratio of a model without induction, may be NaN on its own: that stays.)
-    bad = _not_finite(results["loss"]["all_layers"], "loss.all_layers.")
+    spliced = results["loss"]["all_layers"]
+    bad = [f"loss.all_layers.{k}" for k, v in spliced.items() if not math.isfinite(v)]
     if bad:
         named = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
         raise UserError(f"{args.replacement}: the set gives non-finite figures ({named}): its "

@@ -126,9 +126,6 @@ class ResumableRun:
         if saved != identity:
             diff = _first_difference(saved, identity)
             raise UserError(f"{self.checkpoint} belongs to another run ({diff})")
-        total = identity.get("steps", identity.get("train", {}).get("steps"))
-        if isinstance(total, int) and step > total:
-            raise ValueError(f"{path}: not a training state (step {step} of a {total}-step run)")
         load_checked(module, self.checkpoint / WEIGHTS_FILE, STATE_FILE)
         load_optimizer(optimizer, self.checkpoint / OPTIMIZER_FILE)
         self.step, self.elapsed_s, self.recent = step, float(elapsed), recent[-self.window :]
@@ -180,6 +177,9 @@ class ResumableRun:
         one-line message saying where ``--resume`` will continue."""
         from tqdm import tqdm
 
+        if self.step > total:  # a restored step beyond the run: its weights are not the end's
+            raise ValueError(f"{self.checkpoint / STATE_FILE}: not a training state (step "
+                             f"{self.step} of a {total}-step run)")  # fmt: skip
         step = self.step
         with tqdm(
             range(self.step, total), initial=self.step, total=total, desc=desc, disable=quiet

@@ -51,10 +51,7 @@ def parse_args(argv):
         "--seed", type=count_arg, default=4242, help="held-out document stream seed"
     )
     parser.add_argument(
-        "--sae-steps",
-        type=int,
-        default=1000,
-        help="attention-SAE training steps (1000; 0: none)",
+        "--sae-steps", type=int, default=1000, help="attention-SAE training steps (1000; 0: none)"
     )
     parser.add_argument(
         "--work", type=path_arg, default=Path("runs/error-analysis"), help="where the SAEs are kept"

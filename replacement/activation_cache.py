@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import shutil
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -64,6 +65,7 @@ CHUNK_FILE = "chunk-{:05d}.safetensors"
 FORMAT = "activation-cache/1"
 KINDS = ("lorsa_x", "lorsa_y", "tc_x", "tc_y")
 DTYPES = ("float32", "float16", "bfloat16")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 SPLITS = ("train", "heldout")
 
 
@@ -91,6 +93,13 @@ class CachePlan:
 
     def tensor_names(self) -> list[str]:
         return ["tokens", *(f"{kind}.{l}" for l in self.layers for kind in KINDS)]
+
+    def chunk_bytes(self, index: int) -> int:
+        """The tensor bytes of one chunk (its file adds a header of a few KB)."""
+        per_row = self.n_ctx * (
+            4 + len(KINDS) * len(self.layers) * self.d_model * DTYPE_BYTES[self.dtype]
+        )
+        return self.chunk_size(index) * per_row
 
     def cache_id(self) -> str:
         from toy_models.checkpoint import json_sha256
@@ -239,9 +248,8 @@ def build_cache(
             diff = _first_difference(asdict(old_plan), asdict(plan))
             raise UserError(f"{out} holds another activation cache ({diff})")
         chunks = _intact_chunks(out, plan, chunks, quiet)
-        _write_manifest(out, plan, chunks)
-    else:
-        _write_manifest(out, plan, chunks)
+    _check_space(out, plan, len(chunks))
+    _write_manifest(out, plan, chunks)
     cache_id, storage = plan.cache_id(), getattr(torch, dtype)
     every = list(range(model.cfg.n_layers))
     stream = stream_rows(tokenizer, plan.n_ctx, split, seed)
@@ -277,6 +285,18 @@ def build_cache(
             _write_manifest(out, plan, chunks)
             bar.update(1)
     return plan
+
+
+def _check_space(out: Path, plan: CachePlan, done: int) -> None:
+    """Refuse before any work when the chunks still to write cannot fit on ``out``'s disk (a
+    build that fills it fails hours in); each chunk is written whole and then renamed."""
+    need = sum(plan.chunk_bytes(i) + 2**16 for i in range(done, plan.n_chunks))
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise UserError(
+            f"{out}: the cache needs {need / 2**30:.2f} GiB more and its disk has "
+            f"{free / 2**30:.2f} GiB free; store fewer --rows or --layers, or --dtype float16"
+        )
 
 
 def _intact_chunks(out: Path, plan: CachePlan, chunks: list[dict], quiet: bool) -> list[dict]:

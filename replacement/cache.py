@@ -3,8 +3,10 @@
     python -m replacement.cache --model default --rows 8192 --out runs/acts-default
     python -m replacement.cache --model default --rows 8192 --layers 1 --out runs/acts-l1
 
-Rerun the same command after an interruption and it continues with the next chunk. The format,
-what is checked on read and why whole rows are stored: ``replacement.activation_cache``.
+Rerun the same command after an interruption and it continues with the next chunk. A cache
+that would not fit on the disk is refused before any work (the chunks' sizes follow from
+``--rows``, ``--layers`` and ``--dtype``). The format, what is checked on read and why whole
+rows are stored: ``replacement.activation_cache``.
 """
 
 from __future__ import annotations

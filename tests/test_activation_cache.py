@@ -331,3 +331,38 @@ def test_cache_and_train_arguments_are_checked_before_torch(tmp_path, fresh_cli)
         code, heavy, err = fresh_cli(module, args, cwd=ROOT)
         assert code == 2 and not heavy and "error: argument --out: an empty path" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_cache_that_cannot_fit_on_the_disk_is_refused_before_any_work(
+    tiny_run, tiny_cache, tmp_path, monkeypatch
+):
+    """The chunk sizes are known from the plan: a build that would fill the disk is refused
+    up front (naming what it needs and what is free), writing nothing; a partial cache needs
+    room only for its missing chunks."""
+    import replacement.activation_cache as ac
+    from toy_models.zoo import load_pretrained
+
+    plan, _ = ac.read_manifest(tiny_cache)
+    for i in range(plan.n_chunks):  # the estimate is each file's tensor bytes
+        size = (tiny_cache / CHUNK_FILE.format(i)).stat().st_size
+        assert 0 <= size - plan.chunk_bytes(i) < 2**16
+    need = sum(plan.chunk_bytes(i) for i in range(plan.n_chunks))
+    model, tokenizer = load_pretrained(str(tiny_run))
+    real = shutil.disk_usage
+
+    def free(n):
+        monkeypatch.setattr(ac.shutil, "disk_usage", lambda p: real(p)._replace(free=n))
+
+    free(need // 2)
+    out = tmp_path / "acts"
+    with pytest.raises(UserError, match=r"needs 0\.\d+ GiB more .* GiB free.*--rows"):
+        build_cache(model, tokenizer, out, TINY_ROWS, chunk_rows=CHUNK, forward_batch=BATCH,
+                    quiet=True)  # fmt: skip
+    assert not out.exists() or not any(out.iterdir())
+    monkeypatch.undo()
+    build_cache(model, tokenizer, out, TINY_ROWS, chunk_rows=CHUNK, forward_batch=BATCH,
+                quiet=True, stop_after_chunks=plan.n_chunks - 1)  # fmt: skip
+    free(plan.chunk_bytes(plan.n_chunks - 1) + 2**17)  # room for the last chunk only
+    build_cache(model, tokenizer, out, TINY_ROWS, chunk_rows=CHUNK, forward_batch=BATCH,
+                quiet=True)  # fmt: skip
+    assert (out / MANIFEST_FILE).read_bytes() == (tiny_cache / MANIFEST_FILE).read_bytes()

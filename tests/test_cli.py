@@ -170,3 +170,32 @@ def test_replacement_evaluate_refuses_a_set_whose_weights_overflow(tmp_path):
                  "--batches", "1", "--docs", "1", "--json", str(tmp_path / "r.json"))  # fmt: skip
     assert_one_line_error(result, "the set gives non-finite figures")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_refused_run_leaves_no_empty_output_directory(tmp_path, capsys):
+    """Output checks create ``--out`` early (to prove it writable); a run refused after them
+    removes what they created and left empty, and nothing else: a directory that existed, or
+    one holding a file, stays."""
+    from toy_models.cli import UserError, run_cli
+    from toy_models.files import check_writable_dir
+
+    existed = tmp_path / "existed"
+    existed.mkdir()
+
+    def refused(argv):
+        check_writable_dir(tmp_path / "new" / "deeper" / "out")
+        check_writable_dir(existed / "sub")
+        check_writable_dir(tmp_path / "kept")
+        (tmp_path / "kept" / "file").write_text("x")
+        raise UserError("no")
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(refused, [])
+    assert stop.value.code == 2 and "error: no" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existed", "kept"]
+    assert not any(existed.iterdir()) and (tmp_path / "kept" / "file").exists()
+    # end to end: a cache that cannot fit on any disk is refused before any work
+    out = tmp_path / "acts" / "default"
+    assert_one_line_error(run("replacement.cache", "--rows", "100000000", "--out", str(out)),
+                          "GiB free")  # fmt: skip
+    assert not (tmp_path / "acts").exists()

@@ -113,18 +113,34 @@ def fresh_directory(path: Path) -> Iterator[Path]:
         raise
 
 
+# Directories the output checks below created in this process: a run refused after them
+# removes those still empty (``remove_empty_created``, called by ``toy_models.cli.run_cli``).
+_CREATED: list[Path] = []
+
+
 def _cannot_write_in(directory: Path) -> str | None:
     """Why no file can be written in ``directory`` (created as needed), or None: a probe file
     is created and removed, the one check that is certain (permissions, read-only and
     pseudo file systems, a file in the way)."""
     try:
+        missing = [p for p in (directory, *directory.parents) if not os.path.lexists(p)]
         directory.mkdir(parents=True, exist_ok=True)
+        _CREATED.extend(missing)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+def remove_empty_created() -> None:
+    """Remove the directories the output checks created that are still empty, deepest first
+    (a refused run leaves no empty ``--out`` behind; anything holding a file stays)."""
+    for path in sorted(set(_CREATED), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    _CREATED.clear()
 
 
 def check_writable_dir(path: Path, flag: str = "--out") -> None:

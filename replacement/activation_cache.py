@@ -58,7 +58,7 @@ from torch import Tensor
 
 from toy_models.cli import UserError, one_line
 
-from .activations import ActivationStore, layer_activations
+from .activations import ActivationStore, layer_activations, shuffle_in
 
 MANIFEST_FILE = "manifest.json"
 CHUNK_FILE = "chunk-{:05d}.safetensors"
@@ -427,7 +427,8 @@ class CachedActivationStore(ActivationStore):
     """An ``ActivationStore`` whose rows come from an ``ActivationCache``: the same batches and
     token shuffle, with ``sequences`` reading ``batch_size`` stored rows instead of running the
     model. Rows are read in order from ``start_row`` and wrap around at the end of the cache
-    (``epochs`` says how many passes were read)."""
+    (``epochs`` says how many passes were read); ``skip`` moves a new store to where a store
+    that has been read stands (a resumed run)."""
 
     def __init__(
         self,
@@ -453,4 +454,43 @@ class CachedActivationStore(ActivationStore):
     def sequences(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         out = self.cache.rows(self.layers, self.row, self.batch_size)
         self.row += self.batch_size
+        return out
+
+    def skip(self, sequences: int, batches: int) -> None:
+        """Stand as after ``sequences`` calls of ``sequences`` then ``batches`` of ``next``:
+        the same row, shuffle generator and buffer, the same bits from there on. The shuffle
+        is replayed on token indices, so only the tokens left in the buffer are read."""
+        if self._buffer is not None:
+            raise ValueError("skip is for a store not read yet")
+        self.row += sequences * self.batch_size
+        ids = None  # the buffer as indices of stored tokens: row * n_ctx + position
+        for _ in range(batches):
+            fresh = self._token_ids()
+            if ids is None:
+                more = [self._token_ids() for _ in range(self.buffer_batches - 1)]
+                ids = torch.cat([fresh, *more])
+            shuffle_in(ids, fresh, self.generator)
+        if ids is not None:
+            self._buffer = self._stored_tokens(ids)
+
+    def _token_ids(self) -> Tensor:
+        """The token indices ``sequences`` would read next, in its order; moves on as it does."""
+        n_ctx = self.cache.plan.n_ctx
+        rows = torch.arange(self.row, self.row + self.batch_size) % self.cache.plan.rows
+        self.row += self.batch_size
+        return (rows[:, None] * n_ctx + torch.arange(n_ctx)).flatten()
+
+    def _stored_tokens(self, ids: Tensor) -> Tensor:
+        """Transcoder pairs of the stored tokens ``ids``, ``(tokens, layer, 2, d_model)`` as
+        the buffer holds them, reading each chunk once."""
+        plan = self.cache.plan
+        out = torch.empty(len(ids), self.n_layers, 2, plan.d_model)
+        chunk_of = ids // (plan.chunk_rows * plan.n_ctx)
+        for index in chunk_of.unique().tolist():
+            at = (chunk_of == index).nonzero().flatten()
+            local = ids[at] - index * plan.chunk_rows * plan.n_ctx
+            tensors = self.cache.chunk(index, self.layers)
+            for k, kind in enumerate(("tc_x", "tc_y")):
+                for i, l in enumerate(self.layers):
+                    out[at, i, k] = tensors[f"{kind}.{l}"].flatten(0, 1)[local]
         return out

@@ -82,10 +82,7 @@ class ActivationStore:
         if self._buffer is None:
             more = [_as_tokens(*self.sequences()[2:]) for _ in range(self.buffer_batches - 1)]
             self._buffer = torch.cat([fresh, *more])
-        # Take a random batch out of the buffer and put the fresh tokens in its place.
-        idx = torch.randperm(len(self._buffer), generator=self.generator)[: len(fresh)]
-        taken = self._buffer[idx]
-        self._buffer[idx] = fresh
+        taken = shuffle_in(self._buffer, fresh, self.generator)
         return LayerBatch(
             lorsa_x, lorsa_y, taken[:, :, 0].transpose(0, 1), taken[:, :, 1].transpose(0, 1)
         )
@@ -106,6 +103,14 @@ def layer_activations(
         stack([transcoder_hooks(l)[0] for l in layers]),
         stack([transcoder_hooks(l)[1] for l in layers]),
     )
+
+
+def shuffle_in(buffer: Tensor, fresh: Tensor, generator: torch.Generator) -> Tensor:
+    """Take a random batch out of ``buffer`` (rows: tokens) and put ``fresh`` in its place."""
+    idx = torch.randperm(len(buffer), generator=generator)[: len(fresh)]
+    taken = buffer[idx]
+    buffer[idx] = fresh
+    return taken
 
 
 def _as_tokens(x: Tensor, y: Tensor) -> Float[Tensor, "tokens layer 2 d_model"]:

@@ -23,7 +23,9 @@ it is. A layer's FVU and its spliced-alone loss recovered depend on that layer a
 compare layer by layer whatever the base; the all-layers figure measures it among the base's
 layers. ``meta`` records ``trained_layers``, the base and the cache (id, epochs read). The
 cache's rows are those of the stream with the cache's seed: a fresh run from a cache built with
-seed 0 sees the rows a streaming run with ``seed=0`` sees.
+seed 0 sees the rows a streaming run with ``seed=0`` sees. A run from a cache resumed with
+``--resume`` reads on as an uninterrupted run does (the same rows, shuffle buffer and
+generator), so it ends with the same weights, bit for bit.
 """
 
 from __future__ import annotations
@@ -213,17 +215,20 @@ def train_replacement(
         identity["activations"] = cache.plan.cache_id()
     run.start(identity, dicts, opt, stats=STAT_NAMES)
 
-    # 3) a fresh run starts from the original model; a resumed run continues on fresh (still
-    #    seeded) data rather than replaying the stream
-    seed = cfg.seed * STREAM_SEED_STRIDE + run.step
+    # 3) a fresh run starts from the original model; a resumed streaming run continues on
+    #    fresh (still seeded) data rather than replaying the stream
     if cache is None:
+        seed = cfg.seed * STREAM_SEED_STRIDE + run.step
         store = ActivationStore(model, tokenizer, cfg.batch_size, "train", seed, layers=layers)
     else:
         from .activation_cache import CachedActivationStore
 
-        # from the cache: resume reads on from the rows an uninterrupted run reaches there
-        start = 0 if not resume else cfg.batch_size * (cfg.norm_batches + 8 + run.step)
-        store = CachedActivationStore(cache, layers, cfg.batch_size, seed, start_row=start)
+        seed = cfg.seed * STREAM_SEED_STRIDE
+        store = CachedActivationStore(cache, layers, cfg.batch_size, seed)
+        # resumed, it stands where an uninterrupted run stands at this step (the same rows,
+        # shuffle buffer and generator): past the scales' batches, the first, one a step
+        if resume:
+            store.skip(cfg.norm_batches, 1 + run.step)
     if not resume:
         dicts.initialise(model, store, cfg.norm_batches, cfg.seed)
 
@@ -267,7 +272,7 @@ def train_replacement(
             "directory": str(activations),
             "cache_id": cache.plan.cache_id(),
             "rows": cache.plan.rows,
-            "epochs_read": round(store.epochs, 3),  # of this process (after a resume: since it)
+            "epochs_read": round(store.epochs, 3),
         }
     return model, dicts, meta
 

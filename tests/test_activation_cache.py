@@ -94,6 +94,28 @@ def test_training_from_the_cache_equals_training_from_the_stream(tiny_run, tiny_
         run("cache", activations=tiny_cache)
 
 
+def test_a_resumed_run_from_the_cache_ends_as_an_uninterrupted_one(tiny_run, tiny_cache, tmp_path):
+    """Stopped at checkpoints and resumed, a run from the cache reads on with the rows, the
+    shuffle buffer and the generator of an uninterrupted run: the same bits at the end. By
+    step 30 it has read past the cache's last row, so the second resume's buffer holds
+    wrapped rows."""
+    from replacement.train import train_replacement
+
+    def run(out, **kw):
+        return train_replacement(
+            str(tiny_run), tmp_path / out, config="tiny", steps=40, quiet=True,
+            activations=tiny_cache, **kw,
+        )  # fmt: skip
+
+    _, whole, meta = run("whole")
+    assert run("stopped", stop_after=10) is None
+    assert run("stopped", stop_after=30, resume=True) is None
+    _, resumed, resumed_meta = run("stopped", resume=True)
+    assert _states_equal(whole, resumed)
+    assert meta["activations"]["epochs_read"] > 1
+    assert resumed_meta["activations"] == meta["activations"]
+
+
 def test_cli_trains_only_the_given_layers_and_copies_the_rest_from_base(
     tiny_run, tiny_cache, tmp_path, cli
 ):

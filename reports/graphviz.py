@@ -280,6 +280,14 @@ def _beside(stem: Path, suffix: str) -> Path:
     return stem.with_name(f"{stem.name}.{suffix}")
 
 
+class RenderError(RuntimeError):
+    """``dot`` failed to draw a format: which one, and the first line it printed."""
+
+    def __init__(self, fmt: str, detail: str):
+        super().__init__(f"dot -T{fmt} failed: {detail}")
+        self.fmt, self.detail = fmt, detail
+
+
 def render(
     dot_text: str, out_stem: str | Path, formats: Iterable[str] = ("svg", "pdf", "png")
 ) -> list[Path]:
@@ -287,7 +295,8 @@ def render(
     format; every file is written atomically. Returns the paths written, ``.dot`` first.
 
     Without ``dot`` only the ``.dot`` path is returned, so the caller can tell and print
-    ``dot_missing_message``. A failing ``dot`` raises RuntimeError with its first error line.
+    ``dot_missing_message``. A failing ``dot`` raises ``RenderError``: the format and its first
+    error line (``dot`` reads the text on stdin, so the line names no file).
     """
     formats = list(formats)
     for fmt in formats:
@@ -305,15 +314,15 @@ def render(
 
         def run_dot(tmp: Path, fmt: str = fmt) -> None:
             proc = subprocess.run(
-                [binary, f"-T{fmt}", str(dot_path), "-o", str(tmp)],
+                [binary, f"-T{fmt}", "-o", str(tmp)],
+                input=dot_text,
                 capture_output=True,
                 text=True,
                 errors="replace",
             )
             if proc.returncode != 0:
                 stderr = proc.stderr.strip().splitlines()
-                first = stderr[0] if stderr else f"exit status {proc.returncode}"
-                raise RuntimeError(f"dot -T{fmt} {dot_path} failed: {first}")
+                raise RenderError(fmt, stderr[0] if stderr else f"exit status {proc.returncode}")
 
         path = _beside(out_stem, fmt.split(":")[0])
         replace_atomic(path, run_dot)

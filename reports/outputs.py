@@ -30,7 +30,14 @@ from circuits.neuronpedia import to_json
 from toy_models.files import WriteError, fresh_directory, swap_directory, write_json_atomic
 
 from .feature_files import FEATURES_DIR, INDEX_FILE, write_feature_files
-from .graphviz import RENDER_FORMATS, dot_available, dot_missing_message, render, to_dot
+from .graphviz import (
+    RENDER_FORMATS,
+    RenderError,
+    dot_available,
+    dot_missing_message,
+    render,
+    to_dot,
+)
 from .html import write_html
 from .labels import node_labels
 from .layout import select
@@ -85,20 +92,17 @@ def write_graph_outputs(
     stage = out / STAGING_DIR
     try:
         with fresh_directory(stage):
-            result = _write_set(graph, stage, out.name or "graph", formats, full, dashboards,
-                                feature_files, mechanisms)  # fmt: skip
+            result = _write_set(graph, stage, out, formats, full, dashboards, feature_files,
+                                mechanisms)  # fmt: skip
             if also is not None:
                 result.paths += also(stage)
             result.notes += _move_into_place(stage, out)
     except OSError as exc:  # name the file the user will look for, not its staged copy
-        name = str(exc.filename or "")
-        if name.startswith(str(stage)):
-            raise WriteError(
-                exc.errno, exc.strerror, name.replace(str(stage), str(out), 1)
-            ) from None
+        name = Path(str(exc.filename or ""))
+        if name.is_relative_to(stage):
+            raise WriteError(exc.errno, exc.strerror, str(out / name.relative_to(stage))) from None
         raise
     result.paths = [out / path.relative_to(stage) for path in result.paths]
-    result.notes = [note.replace(str(stage), str(out)) for note in result.notes]
     return result
 
 
@@ -135,21 +139,22 @@ def _move_into_place(stage: Path, out: Path) -> list[str]:
 def _write_set(
     graph: Graph,
     out: Path,
-    slug: str,
+    final: Path,
     formats: list[str],
     full: Graph | None,
     dashboards: Mapping[str, Mapping] | None,
     feature_files: bool,
     mechanisms,
 ) -> Written:
-    """Every file of the set, into the empty directory ``out``."""
+    """Every file of the set, into the empty directory ``out``; the notes name the files
+    where they will be, in ``final``."""
     result = Written()
     json_path = out / "graph.json"
     scan, feature_paths = None, []
     if dashboards is not None and feature_files:
         scan, feature_paths = write_feature_files(out, graph, dashboards)
     labels = node_labels(graph)
-    write_json_atomic(json_path, to_json(graph, labels, slug=slug, scan=scan))
+    write_json_atomic(json_path, to_json(graph, labels, slug=final.name or "graph", scan=scan))
     graph.save(out / GRAPH_FILE)
     result.paths += [json_path, *feature_paths, out / GRAPH_FILE]
     if full is not None:
@@ -161,13 +166,13 @@ def _write_set(
     svg_text = None
     try:
         rendered = render(dot_text, out / "graph", formats if dot_available() else ())
-    except RuntimeError as exc:  # dot crashed or refused the file: keep everything else
+    except RenderError as exc:  # dot crashed or refused the file: keep everything else
         rendered = []
-        result.notes.append(f"drawing failed, written without it: {exc}")
+        result.notes.append(f"drawing failed, written without it ({final / 'graph.dot'}): {exc}")
         render(dot_text, out / "graph", ())  # the DOT file, for a look by hand
     result.paths += rendered or [out / "graph.dot"]
     if formats and not dot_available():
-        result.notes.append(dot_missing_message(out / "graph.dot"))
+        result.notes.append(dot_missing_message(final / "graph.dot"))
     svg = out / "graph.svg"
     if svg in rendered:
         svg_text = svg.read_text(encoding="utf-8")

@@ -744,3 +744,26 @@ def test_a_few_docs_cap_the_default_truth_docs(tmp_path):
     args = parse_args(["--out", str(tmp_path / "out")])
     check_args(args)
     assert args.truth_docs == 6
+
+
+def test_a_set_whose_weights_overflow_is_one_line_and_writes_nothing(
+    tiny_run, tiny_pretrained, make_replacement, tmp_path, fresh_cli
+):
+    """Finite weights load, but x1e30 overflows in use: every figure would be NaN (heads.json
+    once held them); one line saying so, before the family tests, and no report."""
+    import torch
+
+    model, _ = tiny_pretrained
+    rep = make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4)
+    with torch.no_grad():
+        for p in rep.transcoders[0].parameters():
+            p.mul_(1e30)
+    rep.save(tmp_path / "huge", str(tiny_run))
+    out = tmp_path / "heads"
+    args = ["--model", str(tiny_run), "--replacement", str(tmp_path / "huge"), "--out",
+            str(out), "--docs", "2", "--no-truth", "--draws", "2", "--quiet",
+            "--no-induction-circuit"]  # fmt: skip
+    code, _, stderr = fresh_cli("reports.heads", args)
+    assert code == 2 and stderr.startswith("error: the replacement model's loss is not finite")
+    assert "weights overflow" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not out.exists()

@@ -369,7 +369,7 @@ def test_render_reports_the_first_line_of_a_dot_failure(tmp_path, monkeypatch):
     fake.write_text("#!/bin/sh\necho 'Error: syntax error in line 1' >&2\necho more >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setattr(gv, "dot_binary", lambda: str(fake))
-    with pytest.raises(RuntimeError, match=r"failed: Error: syntax error in line 1$"):
+    with pytest.raises(gv.RenderError, match=r"^dot -Tsvg failed: Error: syntax error in line 1$"):
         gv.render("digraph {", tmp_path / "bad", formats=("svg",))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("bad")] == ["bad.dot"]
     with pytest.raises(ValueError, match="format"):

@@ -252,7 +252,8 @@ def test_a_failed_drawing_keeps_every_other_file_and_stale_renders_go(tmp_path, 
     finally:
         os.environ["PATH"] = path
     assert code == 0, err
-    assert "drawing failed, written without it" in err and "cdt.c:887" in err
+    assert f"drawing failed, written without it ({out / 'graph.dot'}): " in err
+    assert "dot -Tsvg failed: cdt.c:887" in err and ".writing" not in err
     names = {p.name for p in out.iterdir()}
     assert {"graph.json", "graph.safetensors", "graph.dot", "graph.html"} <= names
     assert "graph.svg" not in names and "graph.png" not in names  # none stale, none half

@@ -289,21 +289,6 @@ def test_atomic_writes_leave_no_temp_file_on_failure(tmp_path, monkeypatch):
     assert sorted(tmp_path.iterdir()) == [adir, target]
 
 
-def test_a_json_result_holding_nan_or_infinity_is_never_written(tmp_path):
-    """NaN is not JSON and no figure: refused, naming the field, leaving the old file."""
-    target = tmp_path / "out.json"
-    target.write_text("old")
-    for bad, where in (
-        ({"a": {"b": [1.0, float("nan")]}}, "a.b.1"),
-        ({"ok": 1, "z": float("-inf")}, "z"),
-    ):
-        with pytest.raises(ValueError, match=rf"out.json: not written: {where} is NaN or inf"):
-            files.write_json_atomic(target, bad)
-    assert target.read_text() == "old" and sorted(tmp_path.iterdir()) == [target]
-    files.write_json_atomic(target, {"a": [1.5, None, True, "nan"]})
-    assert json.loads(target.read_text()) == {"a": [1.5, None, True, "nan"]}
-
-
 # Every CLI of this package and of replacement, with --help and with bad arguments: none may
 # import torch, transformer_lens or a model before its arguments are checked (issue 10 item 8).
 START_UP = """

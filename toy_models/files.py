@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -44,28 +43,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write ``data`` as JSON via a temp file and a rename. A NaN or infinity (not JSON, and a
-    figure nobody can use) is refused before anything is written, naming where it is."""
-    try:
-        text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
-    except ValueError:
-        where = _non_finite(data) or "a number"
-        raise ValueError(f"{path}: not written: {where} is NaN or infinite") from None
-    write_bytes_atomic(path, (text + "\n").encode())
-
-
-def _non_finite(data, where: str = "") -> str | None:
-    """The first field in ``data`` (nested dicts and lists) holding a NaN or infinity."""
-    if isinstance(data, float):
-        return None if math.isfinite(data) else where
-    if isinstance(data, dict):
-        items = data.items()
-    elif isinstance(data, (list, tuple)):
-        items = enumerate(data)
-    else:
-        return None
-    found = (_non_finite(v, f"{where}.{k}" if where else str(k)) for k, v in items)
-    return next((f for f in found if f), None)
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -5,12 +5,14 @@ with an example of what each top head reads."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 
 import torch
 
 from circuits.statistics import identity
+from toy_models.cli import UserError
 from toy_models.data import FAMILIES
 from toy_models.tokenizer import token_text
 
@@ -69,6 +71,10 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
     corpus = corpus_batches(replacement, probes)
     batches = task_batches(replacement, probes, corpus)
     clean = {task: task_loss(replacement, b, {}) for task, b in batches.items() if b}
+    overflow = sorted(task for task, loss in clean.items() if not math.isfinite(loss))
+    if overflow:  # weights that load (finite) but overflow in use: every figure would be NaN
+        raise UserError(f"the replacement model's loss is not finite on {', '.join(overflow)}: "
+                        "its weights overflow")  # fmt: skip
     ablation = {}
     for family in tqdm(HEAD_FAMILIES, desc="family tests", disable=not progress, leave=False):
         test = TEST_OF[family]

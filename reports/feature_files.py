@@ -33,7 +33,8 @@ follows ``circuit_tracer/frontend/feature_models.py``'s ``Model`` (``check_featu
 - ``quantile_values``: for k = 1..100, the smallest histogram edge below which at least k%
   of the firings lie (capped at ``act_max``): the viewer reads a node's activation against it
   as "Act 2.31 87pct".
-- ``description`` and ``concept``: the unit's best-F1 concept label, when it has one.
+- ``description`` and ``concept``: the unit's best-F1 concept label, when it has one; a unit
+  that never fired on the dashboards' tokens (it fired on the traced prompt only) says so.
 
 circuit-tracer 0.5.0's page shows examples for nodes of ``feature_type`` "cross layer
 transcoder" only; Lorsa nodes keep the type "lorsa" (Neuronpedia's and OpenMOSS's name), so
@@ -112,6 +113,8 @@ def feature_file(dashboard: Mapping, transcoder_id: str, index: int) -> dict:
         f1 = "" if concept.get("f1") is None else f", F1 {concept['f1']:.2f}"
         out["description"] = f"{concept['label']} (best-F1 concept{f1})"
         out["concept"] = dict(concept)
+    elif dashboard.get("frequency") == 0:  # act_max 0 and no histogram say so to the eye only
+        out["description"] = "never fired on the dashboards' tokens (no examples)"
     return out
 
 

@@ -232,6 +232,18 @@ def test_histogram_and_quantiles_from_geometric_bins():
     assert F.equal_bins([3.0, 3.5], [4], 3.0)[-1] == 4  # a bin at the top keeps its count
 
 
+def test_a_unit_that_never_fired_on_the_dashboards_tokens_says_so():
+    """A graph's unit fired on its prompt, but maybe never on the dashboards' tokens: its file
+    has no examples, no histogram and act_max 0, and its description says why."""
+    never = {"frequency": 0.0, "histogram": {"edges": [0.0, 1.0], "counts": [0]}, "examples": []}
+    data = F.feature_file(never, "0-lorsa", 3)
+    F.check_feature_file(data)
+    assert data["act_max"] == 0 and data["histogram"] == [] and data["examples_quantiles"] == []
+    assert data["description"] == "never fired on the dashboards' tokens (no examples)"
+    fired = F.feature_file({"frequency": 0.5, "examples": []}, "0-lorsa", 3)
+    assert "description" not in fired
+
+
 def test_trace_flag_on_by_default():
     assert parse_args(["--prompt", "x"]).feature_files
     assert not parse_args(["--prompt", "x", "--no-feature-files"]).feature_files

@@ -519,6 +519,12 @@ def test_dashboards_show_concept_examples_keys_and_logits(browser, tmp_path):
     assert "examples: top" in text and "examples: q 0.50-0.75" in text
     click_node(browser, "1_3_3")  # a unit without a dashboard
     assert "No dashboard for unit 1_3 in this page's data." in panel_text(browser)
+    never = {"1_3": {"frequency": 0.0, "examples": []}}  # fired on the prompt only
+    write_html(graph, path, None, dashboards={**DASHBOARDS, **never})
+    open_page(browser, path)
+    click_node(browser, "1_3_3")
+    text = panel_text(browser)
+    assert "Never fired on the dashboards' tokens" in text and "Fires on" not in text
 
 
 def test_global_graph_is_laid_out_by_stage_only(browser, tmp_path):

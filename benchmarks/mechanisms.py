@@ -427,7 +427,7 @@ def score_prompt(prompt: Prompt, summary) -> dict:
         key_root is not None and key_root.kind == "embedding" and (key_root.pos == k)
     )
     if reason is not None:
-        from circuits.mechanisms import ref_text
+        from reports.mechanisms import ref_text
 
         if top is not None:
             out["top_pair"] = [ref_text(top.query), ref_text(top.key), top.value]

@@ -238,11 +238,13 @@ def qk_step(replacement, graph, run, key_mass: float | None = None) -> None:
 
 def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     from replacement.model import load_pretrained
+    from reports.mechanisms import format_summary
     from reports.outputs import write_graph_outputs
     from toy_models.tokenizer import encode_prompt
 
     from .attribution import attribute, run_prompt
-    from .mechanisms import format_summary, save_summary, summarize
+    from .mechanism_file import save_summary
+    from .mechanisms import summarize
     from .prune import influence_scores, prune_graph
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)

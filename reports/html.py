@@ -94,7 +94,7 @@ def write_html(
     greys out the other nodes. ``top_edges`` bounds the incoming and outgoing edges (and QK
     pairs) listed per node in the table. ``dashboards`` (by unit id) and ``q_params``
     (circuit-tracer's pinned ids and supernodes) go to the viewer (``reports.viewer``).
-    ``mechanisms`` (a ``circuits.mechanisms.MechanismSummary``) adds its section
+    ``mechanisms`` (a ``circuits.mechanism_file.MechanismSummary``) adds its section
     (``reports.mechanisms``) and goes to the viewer's panel.
     """
     page = html_page(

@@ -1,22 +1,167 @@
-"""The mechanism summary (``circuits.mechanisms.MechanismSummary``) as a section of the HTML
-report: per target its exact parts (tokens, constants, errors), the predicting head group and
-the top group-level paths; per group its flow, where its heads attend and why (the QK reason
-with both sides' always-on parts named), its concept label, and the ablation checks (the
-graph's prediction beside the effect measured with attention frozen and free, flagged rows
-marked). Rendered from the record's fields only; every string goes through ``escape``.
+"""The mechanism summary (``circuits.mechanism_file.MechanismSummary``) shown to people: as text
+and as a section of the HTML report.
+
+The text (``format_summary``) is what ``python -m circuits.trace`` prints; ``ref_text`` and
+``root_text`` put a node reference and a QK reason's root pairs in words, here and in the
+viewer's panel (``reports.viewer``). The HTML section: per target its exact parts (tokens,
+constants, errors), the predicting head group and the top group-level paths; per group its
+flow, where its heads attend and why (the QK reason with both sides' always-on parts named),
+its concept label, and the ablation checks (the graph's prediction beside the effect measured
+with attention frozen and free, flagged rows marked). Rendered from the record's fields only;
+every string of the HTML goes through ``escape``.
 """
 
 from __future__ import annotations
 
-from circuits.mechanisms import (
-    RATIO,
-    GroupRecord,
-    MechanismSummary,
-    NodeRef,
-    QKReasonRecord,
-    ref_text,
-    root_text,
-)
+import math
+
+from circuits.mechanism_file import GroupRecord, MechanismSummary, NodeRef, QKReasonRecord
+from circuits.mechanisms import RATIO
+
+ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
+
+
+def _signed(x: float | None, whole: float = 0.0) -> str:
+    """``x`` signed to 3 digits; ``0`` where it is float rounding against ``whole`` (a sum of
+    parts that are exactly zero in exact arithmetic comes out as 1e-16, not 0)."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return "0" if abs(x) <= ROUNDING * max(abs(whole), 1e-3) else f"{x:+.3g}"
+
+
+def ref_text(ref: NodeRef | None) -> str:
+    """A node reference in words (for people)."""
+    if ref is None or ref.kind == "qk bias":
+        return "bias"
+    if not ref.present:
+        if ref.kind == "embedding":
+            return f"no token {ref.token!r} here"
+        what = {"lorsa": "head", "transcoder": "feature"}.get(ref.kind, ref.kind)
+        index = f" {ref.index}" if ref.kind in ("lorsa", "transcoder") else ""
+        layer = f"L{ref.layer} " if ref.layer is not None and ref.layer >= 0 else ""
+        return f"no {layer}{what}{index} here"
+    where = f"@{ref.pos}"
+    if ref.kind == "embedding":
+        return f"token {ref.token!r}{where}"
+    if ref.kind in ("error", "bias"):
+        sub = "attn" if ref.stage is not None and ref.stage % 2 == 1 else "mlp"
+        return f"L{ref.layer} {sub} {ref.kind}{where}"
+    text = f"L{ref.layer} {'head' if ref.kind == 'lorsa' else 'feature'} {ref.index}{where}"
+    if ref.kind == "lorsa" and ref.attends is not None and ref.attends >= 0:
+        text += f" reads @{ref.attends}"
+    if ref.concept:
+        text += f" [{ref.concept}]"
+    elif ref.promotes:
+        text += f" -> {ref.promotes[0]!r}"
+    if ref.main_input is not None and ref.kind == "transcoder":
+        mi = ref.main_input
+        if mi["kind"] == "lorsa":
+            text += f" (from L{mi['layer']} head @{mi['pos']} reading @{mi['attends']})"
+    return text
+
+
+def root_text(r: QKReasonRecord, top: int) -> str:
+    """A QK reason's root pairs in one line: the exact split of ``specific`` and its largest
+    token (or error) pairs, query side first."""
+    whole = sum(abs(x) for x in r.root_parts.values())
+    split = ", ".join(f"{part} {_signed(r.root_parts.get(part), whole)}"
+                      for part in ("tokens", "errors", "constants"))  # fmt: skip
+    pairs = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
+                      for p in r.root_pairs[:top])  # fmt: skip
+    return f"specific by roots ({split}): {pairs}"
+
+
+def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: bool = False) -> str:
+    """The summary as text (what ``python -m circuits.trace`` prints). A group's ablation
+    checks are printed for the first target, and for the other targets counted in one line
+    (how many agree in sign and how many are flagged; each is in the record, and
+    ``every_check`` prints them all)."""
+    lines = ["mechanisms (exact flows: each group's total linear contribution to the target):"]
+    names = {g.key: g for g in summary.groups}
+    labels = {t.node: t.label for t in summary.targets}
+    several = len(labels) > 1  # then each flow and check names its target
+
+    def per_target(node: str) -> str:
+        return f"{labels.get(node, node)} " if several else ""
+
+    def short(key: str) -> str:
+        return f"{key} {names[key].name}"
+
+    for t in summary.targets:
+        head = f"target {t.label} = {t.value:.3g} " + (
+            f"(p={t.probability:.3f})" if t.probability is not None else "(pre-activation)"
+        )
+        if t.runner_up is not None:
+            head += f"; runner-up {t.runner_up!r} p={t.runner_up_probability:.3f}, margin " \
+                    f"{_signed(t.margin)}"  # fmt: skip
+        lines.append(head)
+        consts = ", ".join(f"{name} {_signed(v)}" for name, v in t.constants_by_source[:4])
+        lines.append(f"  parts: tokens {_signed(t.tokens)}, constants {_signed(t.constants)} "
+                     f"({consts}), errors {_signed(t.errors)}")  # fmt: skip
+        if t.predicting_group:
+            g = names[t.predicting_group]
+            lines.append(f"  predicting heads: {short(g.key)}, flow {_signed(g.flow[t.node])}")
+            others = [names[k] for k in t.head_groups[1:]]
+            if others:
+                lines.append("  next head groups there: " + "; ".join(
+                    f"{short(o.key)} {_signed(o.flow[t.node])}" for o in others))  # fmt: skip
+        lines.append("  top paths (root -> target):")
+        for p in [p for p in summary.paths if p.target == t.node]:
+            chain = " -> ".join(names[k].name for k in p.groups)
+            lines.append(f"    {_signed(p.flow):>8}  {chain}")
+    lines.append("groups:")
+    if any(g.checks for g in summary.groups):
+        lines.append(
+            "  (ablate: the group zeroed; the change of the target predicted by the linear "
+            "graph and measured with attention frozen and free; FLAGGED where a measured "
+            f"change has the other sign or is over {RATIO:g}x off)"
+        )
+    first = summary.targets[0].node if summary.targets else None
+    for g in summary.groups:
+        if g.kind in ("embedding", "error", "bias"):
+            continue
+        flow = ", ".join(f"{per_target(node)}{_signed(v)}" for node, v in g.flow.items())
+        extra = f" promotes {g.promotes[0]!r}" if g.promotes and g.kind == "transcoder" else ""
+        lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}")
+        for r in g.qk:
+            lines.append(
+                f"       QK {r.qk_head} reads {r.key_token!r}@{r.key} (attention "
+                f"{r.attention:.2f}): score {r.score:+.3g} = always-on "
+                f"{r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key:+.3g} "
+                f"(mean q x mean k {r.mean_query_mean_key:+.3g}, q x mean k "
+                f"{r.query_vs_mean_key:+.3g}, mean q x k {r.mean_query_vs_key:+.3g}) + specific "
+                f"{r.specific:+.3g}"
+            )
+            if r.root_pairs:
+                lines.append(f"         {root_text(r, max_pairs)}")
+            if r.pairs:
+                lines.append(f"         specific by units at the two positions (the pairs "
+                             f"below leave out {r.rest_share:.0%}):")  # fmt: skip
+            for p in r.pairs[:max_pairs]:
+                lines.append(f"         {p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
+            for name, sources in (("query", r.query_sources), ("key", r.key_sources)):
+                top = [x for c in ("roots", "heads") for x in sources.get(c, [])[:1]]
+                if top:
+                    lines.append(f"         {name} side from: " + "; ".join(
+                        f"{x.name} {x.value:+.3g}" for x in top))  # fmt: skip
+        shown = [c for c in g.checks if every_check or c.target == first]
+        rest = [] if every_check else [c for c in g.checks if c.target != first]
+        for c in shown:
+            mark = "FLAGGED" if c.flagged else "ok"
+            lines.append(
+                f"       ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
+                f"predicted {_signed(c.predicted)}, frozen attention "
+                f"{_signed(c.frozen)}, free attention {_signed(c.free)}  [{mark}]"
+            )
+        if rest:
+            lines.append(
+                f"       ablate, the other {len(rest)} targets: sign agrees with attention "
+                f"frozen {sum(c.agree_frozen for c in rest)}, free "
+                f"{sum(c.agree_free for c in rest)}; flagged {sum(c.flagged for c in rest)} "
+                "(each in mechanisms.json)"
+            )
+    return "\n".join(lines)
+
 
 CSS = """
 .mech td, .mech th { font-size: 0.9em; }

@@ -84,7 +84,7 @@ def write_graph_outputs(
     (when ``dot`` is installed) and ``graph.html`` (with ``dashboards``, keyed by unit id,
     ``reports.viewer``'s schema, when given; then with ``feature_files``, circuit-tracer's
     feature files and ``graph-metadata.json`` too; with ``mechanisms``, a
-    ``circuits.mechanisms.MechanismSummary``, its section in the page). ``also(directory)``
+    ``circuits.mechanism_file.MechanismSummary``, its section in the page). ``also(directory)``
     writes the caller's own outputs (named so that ``is_output`` claims them) into the set
     and returns their paths. All of it lands in ``out`` at once (module docstring)."""
     out = Path(out)

@@ -99,11 +99,11 @@ def _reason(r) -> dict:
 
 
 def mechanisms_data(summary, graph: Graph) -> dict | None:
-    """A ``circuits.mechanisms.MechanismSummary`` for the panel: targets with their exact
+    """A ``circuits.mechanism_file.MechanismSummary`` for the panel: targets with their exact
     parts, paths by group key, and each group with its members present in this graph."""
     if summary is None:
         return None
-    from circuits.mechanisms import ref_text, root_text
+    from .mechanisms import ref_text, root_text
 
     known = graph.id_to_index
     return {

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from circuits.mechanisms import RootPair, SourceShare
+from circuits.mechanism_file import RootPair, SourceShare
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,29 +12,27 @@ import pytest
 import torch
 
 from circuits.attribution import attribute, closure_error, run_prompt
-from circuits.graph import Graph
-from circuits.groups import auto_groups, group, grouped
-from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
-from circuits.mechanisms import (
+from circuits.flows import (
     EdgeSweep,
-    MechanismSummary,
-    format_summary,
     linear_flows,
-    load_summary,
     many_node_flows,
     many_qk_side_flows,
     node_flows,
     qk_root_pairs,
     qk_side_flows,
     root_split,
-    save_summary,
-    summarize,
     target_parts,
     top_paths,
 )
+from circuits.graph import Graph
+from circuits.groups import auto_groups, group, grouped
+from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
+from circuits.mechanism_file import MechanismSummary, load_summary, save_summary
+from circuits.mechanisms import summarize
 from circuits.nodes import Kind
 from circuits.qk import QKSides, qk_attribution
 from reports.html import html_page
+from reports.mechanisms import format_summary
 
 MODES = ("local", "sparse")
 
@@ -282,7 +280,8 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
 def test_root_text_shows_float_rounding_as_zero():
     """Parts that are exactly zero in exact arithmetic (no error node below layer 0) come out
     of float sums as 1e-16; the line says 0 for them and keeps every real part."""
-    from circuits.mechanisms import QKReasonRecord, root_text
+    from circuits.mechanism_file import QKReasonRecord
+    from reports.mechanisms import root_text
 
     r = QKReasonRecord(0, 0, 3, 2, "x", 0.5, 1.0, 0, 0, 0, 1.0, 0, 0, [])
     r.root_parts = {"tokens": 1.08, "errors": 1.1e-16, "constants": -2.2e-16}

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from circuits.graph import Graph
-from circuits.mechanisms import load_summary
+from circuits.mechanism_file import load_summary
 from circuits.trace import main
 from reports.labels import node_label
 from toy_models.cli import run_cli

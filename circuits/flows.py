@@ -1,0 +1,364 @@
+"""Exact flows through the frozen linear graph: what each node contributes to a target, to a
+linear readout of the nodes, and to each side of a QK reason, and the group-level paths that
+carry it.
+
+Read from the *full* graph of a prompt (every edge, so every number is exact). For a target
+``t`` (``circuits.interventions.target_nodes``: the logits, then any head or feature the graph
+was traced from, whose value is its pre-activation):
+
+- **flows.** ``h_n = d value_t / d value_n`` through the frozen linear graph (``h_t = 1``;
+  ``h_s = sum_r h_r edges[r, s] / activation_s``); a node's *flow* ``h_n activation_n`` is its
+  total signed contribution to the target along every path, and a group's flow the sum of its
+  members'. The target's value splits exactly into ``tokens`` (the embeddings' flows),
+  ``errors`` (the error nodes'), and ``constants``: the bias nodes' flows plus every node's
+  own constant term reaching the target (``h_n bias_n``: ``b_V``, ``b_enc``, ``b_U``, and in
+  graphs without bias nodes the decoder biases those terms hold).
+- **paths.** Group-level paths from the target down to a root group (embedding, error or
+  constant), found by a beam search. A path's flow is exact: the part of the target that flows
+  along that sequence of groups (at node level, the sum over every member-level path through
+  those groups in that order). ``hops`` are the summed edges between consecutive groups.
+
+The same backward sweep (``EdgeSweep``) reads any linear readout of the nodes
+(``linear_flows``): the two sides of a QK reason (``qk_side_flows``) and its ``specific``
+part split by roots on both sides (``qk_root_pairs``, read by ``root_split``). The summary
+that reads them is ``circuits.mechanisms``; its records (``SourceShare``, ``RootPair``) are
+``circuits.mechanism_file``'s.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .graph import Graph
+from .groups import GroupedGraph
+from .mechanism_file import RootPair, SourceShare
+from .nodes import Kind, lorsa_stage
+from .prune import row_blocks
+
+BEAM = 24  # the paths' beam width (``top_paths``)
+MAX_PATHS = 5
+ROOT_BATCH = 8  # QK reasons per root-pair sweep (2 x d_qk columns each: bounds memory)
+SIDE_BATCH = 64  # readouts per sweep of the QK reasons' side flows (two per reason)
+PSEUDO_ROOTS = (("QK bias side", "qk_bias"), ("own terms of the nodes", "own"))  # qk_root_pairs
+
+
+class EdgeSweep:
+    """Backward sweeps over a graph's edges, read in place: a long prompt's graph holds 1e8
+    edges (0.9 GB), and a transposed copy for column access would double that at the trace's
+    peak. A sweep visits the stages from the top down; once a stage's ``h`` is final, its
+    rows push ``edges[rows].T @ h[rows]`` into the stages below, one block of about
+    ``ROW_BLOCK_ENTRIES`` edges at a time (``circuits.prune.row_blocks``; float32 products,
+    float64 sums), so the only copies are one block's."""
+
+    def __init__(self, graph: Graph):
+        self.edges = graph.edges
+        self.stage = graph.stage.numpy()
+        self.activation = graph.activation.double().numpy()
+
+    def push(self, lo: int, hi: int, h: np.ndarray, into: np.ndarray) -> None:
+        """``into += edges[lo:hi].T @ h[lo:hi]``; ``h`` (node,) or (node, columns)."""
+        edges = self.edges
+        for a, b in row_blocks(edges.indptr, lo, hi):
+            if not h[a:b].any():
+                continue
+            start, end = int(edges.indptr[a]), int(edges.indptr[b])
+            block = sp.csr_array(
+                (edges.data[start:end], edges.indices[start:end], edges.indptr[a : b + 1] - start),
+                shape=(b - a, edges.shape[1]), copy=False,
+            )  # fmt: skip
+            into += block.T @ h[a:b].astype(np.float32)
+
+    def sweep(self, direct: np.ndarray, h: np.ndarray, flow: np.ndarray, below_stage: int):
+        """Fill ``flow`` and ``h`` stage by stage, from the top stage below ``below_stage``
+        down: ``flow = direct + edges.T @ h``, ``h = flow / activation``; rows from
+        ``below_stage`` up pass on the ``h`` they hold (a target's 1)."""
+        stage = self.stage
+        into = np.zeros(direct.shape)
+        self.push(int(np.searchsorted(stage, below_stage)), len(stage), h, into)
+        for s in np.unique(stage[stage < below_stage])[::-1]:
+            lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
+            flow[lo:hi] = direct[lo:hi] + into[lo:hi]
+            act = self.activation[lo:hi].reshape(-1, *[1] * (flow.ndim - 1))
+            h[lo:hi] = np.where(act != 0, flow[lo:hi] / np.where(act != 0, act, 1.0), 0.0)
+            self.push(lo, hi, h, into)
+        return flow, h
+
+
+def node_flows(
+    graph: Graph, target: int, edge_sweep: EdgeSweep | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(flow, h) of every node for the target node ``target`` (module docstring): ``flow[n]``
+    its total signed contribution to the target's value, ``h[n] = d value / d value_n``.
+    ``edge_sweep``: the graph's ``EdgeSweep``, when the caller has one."""
+    return many_node_flows(graph, [target], edge_sweep)[target]
+
+
+def many_node_flows(
+    graph: Graph, targets: list[int], edge_sweep: EdgeSweep | None = None
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``node_flows`` of several targets, those of one stage (the logits) in one sweep: a
+    sparse product with many columns costs little more than one with a single column."""
+    edge_sweep = edge_sweep or EdgeSweep(graph)
+    n = graph.n_nodes
+    out = {}
+    for stage in sorted({int(graph.stage[t]) for t in targets}):
+        same = [t for t in dict.fromkeys(targets) if int(graph.stage[t]) == stage]
+        cols = np.arange(len(same))
+        h, flow = np.zeros((n, len(same))), np.zeros((n, len(same)))
+        h[same, cols] = 1.0
+        flow[same, cols] = graph.value[same].double().numpy()
+        edge_sweep.sweep(np.zeros((n, len(same))), h, flow, stage)
+        out |= {t: (flow[:, j].copy(), h[:, j].copy()) for j, t in enumerate(same)}
+    return out
+
+
+def linear_flows(
+    graph: Graph, direct: np.ndarray, below_stage: int, edge_sweep: EdgeSweep | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(flow, h) of a linear readout ``R = sum_n direct[n]`` of the nodes below ``below_stage``
+    (``direct[n]``: node n's own term, proportional to its activation): ``flow[n]`` is n's
+    total contribution to R through every node it feeds, ``h[n] = dR / d value_n``. A
+    ``direct`` of shape (node, d) sweeps d readouts at once (a vector readout)."""
+    edge_sweep = edge_sweep or EdgeSweep(graph)
+    return edge_sweep.sweep(direct, np.zeros(direct.shape), np.zeros(direct.shape), below_stage)
+
+
+def qk_side_flows(
+    graph: Graph, side, qk_head: int, query: int, key: int, edge_sweep: EdgeSweep | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Per node, its total contribution (``linear_flows``) to ``query_at`` and to ``key_at``
+    of the QK reason at (``qk_head``, ``query``, ``key``)
+    (``circuits.mechanism_file.QKReasonRecord``), and the parts: ``query_at``, ``key_at``,
+    ``specific`` and the QK bias side's terms in the first two (``query_bias``,
+    ``key_bias``). ``side`` is the layer's ``circuits.qk.QKSides``. Each side's root flows,
+    the nodes' own terms and its bias term sum to its ``_at`` part."""
+    return many_qk_side_flows(graph, [(side, qk_head, query, key)], edge_sweep)[0]
+
+
+def many_qk_side_flows(
+    graph: Graph, requests: list[tuple], edge_sweep: EdgeSweep | None = None
+) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:
+    """``qk_side_flows`` of many (``QKSides``, QK head, query, key) requests, their readouts
+    swept together (``SIDE_BATCH`` columns per sweep). A readout is zero above its own
+    Lorsa layer, so sweeping it from a higher stage adds exact zeros."""
+    edge_sweep = edge_sweep or EdgeSweep(graph)
+    directs, parts = [], []
+    for request in requests:
+        q_direct, k_direct, part = _qk_side_directs(graph, *request)
+        directs += [q_direct, k_direct]
+        parts.append(part)
+    flows = []
+    below = max((int(lorsa_stage(side.layer)) for side, *_ in requests), default=0)
+    for start in range(0, len(directs), SIDE_BATCH):
+        batch = np.stack(directs[start : start + SIDE_BATCH], axis=1)
+        flow = linear_flows(graph, batch, below, edge_sweep)[0]
+        flows += [flow[:, j].copy() for j in range(flow.shape[1])]
+    return [(flows[2 * i], flows[2 * i + 1], part) for i, part in enumerate(parts)]
+
+
+def _qk_side_directs(
+    graph: Graph, side, qk_head: int, query: int, key: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """The nodes' own terms in ``query_at`` and ``key_at`` (``qk_side_flows``), and the parts."""
+    wq, wk = (w.numpy() for w in side.reference_weights(query, key, torch.float64))
+    valid = side.slot_valid.numpy()
+    u = side.query[:, :, qk_head].double().numpy() * valid[..., None]  # pos 1+slot e
+    v = side.key[:, :, qk_head].double().numpy() * valid[..., None]
+    scale = math.sqrt(side.lorsa.cfg.d_qk)
+    du = np.einsum("p,pse->e", wq, u)
+    dv = np.einsum("p,pse->e", wk, v)
+    at, slots = side.at.numpy(), side.valid.numpy()
+    q_direct, k_direct = np.zeros(graph.n_nodes), np.zeros(graph.n_nodes)
+    q_slots, k_slots = np.flatnonzero(slots[query]), np.flatnonzero(slots[key])
+    q_direct[at[query, q_slots]] = u[query, 1 + q_slots] @ dv / scale
+    k_direct[at[key, k_slots]] = v[key, 1 + k_slots] @ du / scale
+    parts = {
+        "query_at": float(u[query].sum(0) @ dv / scale),
+        "key_at": float(du @ v[key].sum(0) / scale),
+        "specific": float(du @ dv / scale),
+        "query_bias": float(u[query, 0] @ dv / scale),
+        "key_bias": float(du @ v[key, 0] / scale),
+    }
+    return q_direct, k_direct, parts
+
+
+def qk_root_pairs(
+    view: GroupedGraph, side, qk_head: int, query: int, key: int,
+    edge_sweep: EdgeSweep | None = None,
+) -> tuple[list[SourceShare], list[SourceShare], np.ndarray]:  # fmt: skip
+    """The ``specific`` part of the QK reason at (``qk_head``, ``query``, ``key``) split by
+    roots on both sides (``RootPair``): each side's deviation vector (``du``, ``dv`` of
+    ``QKSides.deviations``) is a sum over the graph's sources at every reference position,
+    and each source's vector a sum over the roots it comes from (a vector readout of
+    ``linear_flows``: d_qk readouts in one sweep); grouped by ``view``'s root groups, plus the
+    side's QK bias term and the nodes' own terms (what no root holds). Returns the query
+    side's and the key side's rows (``SourceShare``, each with its total against the other
+    side's whole deviation) and the table ``table[a, b] = DU_a . DV_b / sqrt(d_qk)``, which
+    sums to ``specific`` exactly. ``qk_root_tables`` does many at once."""
+    return qk_root_tables(view, [(side, qk_head, query, key)], edge_sweep)[0]
+
+
+def qk_root_tables(
+    view: GroupedGraph, requests: list[tuple], edge_sweep: EdgeSweep | None = None
+) -> list[tuple[list[SourceShare], list[SourceShare], np.ndarray]]:
+    """``qk_root_pairs`` of many (``QKSides``, QK head, query, key) requests, their readouts
+    swept together (``ROOT_BATCH`` requests per sweep: a sparse product with many columns
+    costs much less per column than one with a few)."""
+    graph = view.graph
+    edge_sweep = edge_sweep or EdgeSweep(graph)
+    roots = np.flatnonzero([g.is_root for g in view.groups])
+    is_root = np.isin(view.of_node, roots)
+    names = [view.groups[g] for g in roots]
+
+    def shares(totals: np.ndarray) -> list[SourceShare]:
+        out = [SourceShare(g.name, g.kind, g.layer, g.pos, g.attends, g.concept, float(x))
+               for g, x in zip(names, totals[:-2], strict=True)]  # fmt: skip
+        for (name, kind), x in zip(PSEUDO_ROOTS, totals[-2:], strict=True):
+            out.append(SourceShare(name, kind, None, None, None, None, float(x)))
+        return out
+
+    out = []
+    for start in range(0, len(requests), ROOT_BATCH):
+        batch = requests[start : start + ROOT_BATCH]
+        directs, biases = [], []
+        for side, qk_head, query, key in batch:
+            wq, wk = (w.numpy() for w in side.reference_weights(query, key, torch.float64))
+            valid, at = side.valid.numpy(), side.at.numpy()
+            for vectors, weight in ((side.query, wq), (side.key, wk)):
+                vec = vectors[:, :, qk_head].double().numpy()  # pos 1+slot e
+                direct = np.zeros((graph.n_nodes, vec.shape[-1]))
+                direct[at[valid]] = (weight[:, None, None] * vec[:, 1:])[valid]
+                directs.append(direct)
+                biases.append(weight @ vec[:, 0])
+        direct = np.concatenate(directs, axis=1)  # node (request side e)
+        below = max(int(lorsa_stage(side.layer)) for side, *_ in batch)
+        flow = linear_flows(graph, direct, below, edge_sweep)[0]
+        by_group = np.zeros((view.n_groups, direct.shape[1]))
+        np.add.at(by_group, view.of_node[is_root], flow[is_root])
+        by_root = by_group[roots]
+        own = direct.sum(0) - by_root.sum(0)
+        width = len(biases[0])
+        for i, (side, *_) in enumerate(batch):
+            du, dv = (
+                np.concatenate([by_root[:, sl], biases[j][None], own[None, sl]])
+                for j in (2 * i, 2 * i + 1)
+                for sl in [slice(j * width, (j + 1) * width)]
+            )
+            table = du @ dv.T / math.sqrt(side.lorsa.cfg.d_qk)
+            out.append((shares(table.sum(1)), shares(table.sum(0)), table))
+    return out
+
+
+def root_split(
+    query_rows: list[SourceShare], key_rows: list[SourceShare], table: np.ndarray, top: int
+) -> tuple[list[RootPair], dict[str, float]]:
+    """A ``qk_root_pairs`` table read for people: its ``top`` largest terms by magnitude
+    between tokens and errors (largest first), and the table's exact split into ``tokens``
+    (token x token terms), ``constants`` (every term with a constant on either side: bias
+    nodes, the QK bias side, the nodes' own terms; the always-on part, which cancels across
+    positions only where nothing varies) and ``errors`` (the rest: terms with an error)."""
+    constant = np.array([r.kind in ("bias", "qk_bias", "own") for r in query_rows])
+    token_q = np.array([r.kind == "embedding" for r in query_rows])
+    token_k = np.array([r.kind == "embedding" for r in key_rows])
+    varying = table[~constant][:, ~constant]
+    parts = {
+        "tokens": float(table[token_q][:, token_k].sum()),
+        "errors": float(varying.sum() - table[token_q][:, token_k].sum()),
+        "constants": float(table.sum() - varying.sum()),
+    }
+    kept = np.flatnonzero(~constant)  # the same rows on both sides
+    magnitude = np.abs(varying).ravel()
+    flat = np.argpartition(-magnitude, top - 1)[:top] if magnitude.size > top else \
+        np.arange(magnitude.size)  # fmt: skip
+    flat = flat[np.argsort(-magnitude[flat], kind="stable")]
+    a, b = np.unravel_index(flat, varying.shape)
+    pairs = [
+        RootPair(query_rows[kept[i]], key_rows[kept[j]], float(varying[i, j]))
+        for i, j in zip(a.tolist(), b.tolist(), strict=True)
+        if varying[i, j] != 0
+    ]
+    return pairs, parts
+
+
+def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> dict:
+    """``tokens``, ``errors``, ``constants`` (summing to the target's value) and the constant
+    part by source: each sublayer's bias nodes and ``own`` (the nodes' own terms)."""
+    kinds = graph.kind.numpy()
+    own = h * graph.bias.double().numpy()
+    is_bias = kinds == Kind.BIAS
+    by_stage = {}
+    for s in np.unique(graph.stage.numpy()[is_bias]).tolist():
+        sel = is_bias & (graph.stage.numpy() == s)
+        layer, attn = (s - 1) // 2, s % 2 == 1
+        by_stage[f"L{layer} {'attn' if attn else 'mlp'} bias"] = float(flow[sel].sum())
+    by_source = sorted(by_stage.items(), key=lambda kv: -abs(kv[1]))
+    by_source.append(("own", float(own.sum())))
+    return {
+        "tokens": float(flow[kinds == Kind.EMBEDDING].sum()),
+        "errors": float(flow[kinds == Kind.ERROR].sum()),
+        "constants": float(flow[is_bias].sum() + own.sum()),
+        "constants_by_source": by_source,
+    }
+
+
+def top_paths(
+    view: GroupedGraph,
+    target: int,
+    *,
+    beam: int = BEAM,
+    keep: int = MAX_PATHS,
+    roots: tuple[str, ...] = ("embedding",),
+) -> list[tuple[list[int], float, list[float]]]:
+    """The ``keep`` group-level paths into node ``target`` of largest |flow| that start at a
+    root group of a kind in ``roots`` (default: token embeddings; errors and constants are
+    the target's ``errors`` and ``constants`` parts), each (groups from the root up, flow,
+    hops), by a beam search from the target down (module docstring)."""
+    graph = view.graph
+    edges = graph.edges
+    activation = graph.activation.double().numpy()
+    start = view.group_of(target)
+    # A partial path: (groups from the target down, members' d(target)/d(value), flow).
+    frontier = [([start], {target: 1.0}, float(graph.value[target]))]
+    done: list[tuple[list[int], float]] = []
+    while frontier:
+        children = []
+        for path, b, _ in frontier:
+            rows = np.fromiter(b, dtype=np.int64)
+            weights = np.fromiter(b.values(), dtype=np.float64)
+            block = edges[rows]
+            r = np.asarray(weights @ block).ravel() if block.nnz else np.zeros(graph.n_nodes)
+            cols = np.flatnonzero(r)
+            if not len(cols):
+                continue
+            groups = view.of_node[cols]
+            sums = np.bincount(groups, r[cols], minlength=view.n_groups)
+            candidates = np.unique(groups)
+            candidates = candidates[~np.isin(candidates, path)]
+            order = np.argsort(-np.abs(sums[candidates]), kind="stable")[:beam]
+            for g in candidates[order].tolist():
+                members = cols[groups == g]
+                if view.groups[g].is_root:
+                    if view.groups[g].kind in roots:
+                        done.append((path + [g], float(sums[g])))
+                else:
+                    child = {int(m): float(r[m] / activation[m]) for m in members}
+                    children.append((path + [g], child, float(sums[g])))
+        children.sort(key=lambda c: -abs(c[2]))
+        frontier = children[:beam]
+    done.sort(key=lambda d: -abs(d[1]))
+    out = []
+    for path, flow in done[:keep]:
+        up = path[::-1]  # root first, the target last
+        hops = [_summed_edge(edges, view.members(up[i + 1]), view.members(up[i]))
+                for i in range(len(up) - 1)]  # fmt: skip
+        out.append((up[:-1], flow, hops))
+    return out
+
+
+def _summed_edge(edges, targets: list[int], sources: list[int]) -> float:
+    """The sum of the edges from ``sources`` into ``targets``."""
+    return float(edges[targets][:, sources].sum(dtype=np.float64))

@@ -1,0 +1,317 @@
+"""The mechanism summary's records and their file: ``MechanismSummary`` (the summary of one
+prompt's graph, ``circuits.mechanisms``) and the records it holds, as JSON.
+
+``to_dict``/``from_dict`` write and read the summary as JSON (``save_summary``, beside the
+graph as ``mechanisms.json``, atomically; ``load_summary``). A file is untrusted: every field
+is typed (``toy_models.records.from_json``), then the references and sums that tie the records
+together are checked (``_summary_from_dict``); a problem is one ValueError naming the file.
+Ids are for files and people: every node a record mentions comes with its fields
+(``NodeRef``). What the records' docstrings name lives with the summary
+(``circuits.mechanisms``: ``RATIO``, ``HEAD_GROUPS``, ``SIDE_SOURCES``, ``ROOT_PAIRS``, the
+sign agreement of a check) and with the flows (``circuits.flows``: ``node_flows``,
+``qk_root_pairs``, ``root_split``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from toy_models.records import from_json
+
+from .graph import MODES
+
+VERSION = 1
+CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
+
+
+@dataclass
+class NodeRef:
+    """A node named in a summary, with its fields: ``kind``, ``layer`` (block; -1 embeddings),
+    ``pos`` and ``index``; a head's key (``attends``) and QK head; a unit's concept label and
+    promoted tokens; ``main_input``: the source of its largest incoming |edge| (id, kind,
+    layer, pos, attends and its share of the |edges|), for the key-side nodes of QK pairs.
+    ``present`` is False for a unit absent at the position a QK term names it at (it acts
+    through its mean alone): ``id`` is then the unit id, ``pos`` is None, and ``token`` is
+    an embedding unit's token."""
+
+    id: str | None
+    kind: str
+    present: bool = True
+    layer: int | None = None
+    stage: int | None = None
+    pos: int | None = None
+    index: int | None = None
+    token: str | None = None  # the prompt token at ``pos``
+    attends: int | None = None
+    qk_head: int | None = None
+    concept: str | None = None
+    concept_f1: float | None = None
+    promotes: list[str] = field(default_factory=list)
+    main_input: dict | None = None
+
+
+@dataclass
+class QKTermRecord:
+    """One specific QK term: query-side unit x key-side unit (``NodeRef``), its value."""
+
+    query: NodeRef
+    key: NodeRef
+    value: float
+
+
+@dataclass
+class SourceShare:
+    """A group's total contribution (``value``) to one side of a QK reason's specific part,
+    with the group's fields (``circuits.groups.Group``)."""
+
+    name: str
+    kind: str
+    layer: int | None
+    pos: int | None
+    attends: int | None
+    concept: str | None
+    value: float
+
+
+@dataclass
+class RootPair:
+    """One term of a QK reason's ``specific`` part split by roots on both sides
+    (``qk_root_pairs``): the part of the query's deviation that comes from the root group
+    ``query`` (a token embedding at some position, an error, a constant) against the part of
+    the key's deviation that comes from the root group ``key``. For induction the expected
+    term is the current token at the query against the token before the key, which reaches
+    the key through the heads there that read it. Each side's ``value`` is that root's total
+    against the other side's whole deviation; besides the graph's roots, a side has two
+    pseudo-roots: ``qk_bias`` (the QK bias side: ``b_Q``/``b_K`` and the residual constants
+    not held by nodes) and ``own`` (the nodes' own terms, e.g. encoder biases)."""
+
+    query: SourceShare
+    key: SourceShare
+    value: float
+
+
+@dataclass
+class QKReasonRecord:
+    """A head group's attention at its key, split as ``circuits.graph.QKReason`` (the four
+    parts sum to ``score``).
+
+    Each side of the ``specific`` part splits into what that position holds and the mean it
+    is measured against: ``specific = query_at - mean query . dv = key_at - du . mean key``,
+    with ``query_at = u(q) . dv`` (this query's own vector against the key's deviation) and
+    ``key_at = du . v(k)`` (the query's deviation against this key's own vector).
+    ``query_sources`` / ``key_sources``: where ``query_at`` / ``key_at`` come from through the
+    graph. Each is linear in every node below the head: a node at the query (key) adds its
+    own query (key) vector's term, and every node adds what it passes on through the nodes it
+    feeds (the backward flow of ``node_flows``; a token at another position reaches the key
+    only through heads at the key that read it). Grouped by the summary's groups, the
+    ``SIDE_SOURCES`` largest of each category, largest first: ``roots`` (token embeddings,
+    errors, constants: their totals, the nodes' own terms and the QK bias term sum to
+    ``query_at`` / ``key_at``), ``heads`` and ``features`` (totals through them).
+    ``root_pairs`` (for the group's first QK head, the one with the largest flow):
+    ``specific`` split by roots on both sides at once (``RootPair``,
+    ``qk_root_pairs``), its ``ROOT_PAIRS`` largest terms between tokens and errors: which token
+    at the query meets which token the key holds (its own, or one moved there by the heads at
+    the key); ``root_parts``: the exact split of ``specific`` into ``tokens``, ``errors`` and
+    ``constants`` (``root_split``)."""
+
+    layer: int
+    qk_head: int
+    query: int
+    key: int
+    key_token: str
+    attention: float
+    score: float
+    mean_query_mean_key: float
+    query_vs_mean_key: float
+    mean_query_vs_key: float
+    specific: float
+    rest: float
+    rest_share: float
+    pairs: list[QKTermRecord]
+    query_at: float | None = None
+    key_at: float | None = None
+    query_sources: dict[str, list[SourceShare]] = field(default_factory=dict)
+    key_sources: dict[str, list[SourceShare]] = field(default_factory=dict)
+    root_pairs: list[RootPair] = field(default_factory=list)
+    root_parts: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EffectCheck:
+    """Ablating a group: the change of one target predicted by the linear graph and measured
+    with attention frozen and free; ``agree_*`` (sign, ``circuits.mechanisms``) and ``ratio_*``
+    (|measured| / |predicted|, None when the prediction is 0); ``flagged``: a sign
+    disagreement or a ratio beyond ``RATIO`` in either mode."""
+
+    target: str
+    predicted: float
+    frozen: float
+    free: float
+    agree_frozen: bool
+    agree_free: bool
+    ratio_frozen: float | None
+    ratio_free: float | None
+    flagged: bool
+
+
+@dataclass
+class GroupRecord:
+    """A group of the summary: ``key`` (``g0``, ``g1``, ... within this summary), ``name`` (for
+    people), the structure its members share, its members (ids; ``in_pruned`` those the pruned
+    graph keeps), ``flow`` per target node id, the tokens its strongest member promotes, the QK
+    reasons of its heads and its ablation checks."""
+
+    key: str
+    name: str
+    kind: str
+    layer: int | None
+    pos: int | None
+    attends: int | None
+    attends_token: str | None
+    qk_heads: list[int]
+    concept: str | None
+    members: list[str]
+    in_pruned: list[str]
+    flow: dict[str, float]
+    promotes: list[str] = field(default_factory=list)
+    qk: list[QKReasonRecord] = field(default_factory=list)
+    checks: list[EffectCheck] = field(default_factory=list)
+
+
+@dataclass
+class PathRecord:
+    """A group-level path into ``target``: ``groups`` (keys) from the root up, ``flow`` its
+    exact contribution, ``hops[i]`` the summed edge from ``groups[i]`` to the next group (the
+    last into the target)."""
+
+    target: str
+    groups: list[str]
+    flow: float
+    hops: list[float]
+
+
+@dataclass
+class TargetRecord:
+    """A target: a logit (or logit difference), or a head or feature (``kind``; ``token`` its
+    name, ``value`` its pre-activation, no probability or runner-up); its value split exactly
+    into ``tokens + errors + constants``;
+    ``constants_by_source`` the constant part by where it comes from (each sublayer's bias
+    nodes, ``own`` the nodes' own terms); the runner-up token and the margin over it; the
+    predicting head group (a group key) and the ``HEAD_GROUPS`` head groups at the target's
+    position ranked as it was chosen (positive flows first, largest first)."""
+
+    node: str
+    token: str
+    negative: str | None
+    probability: float | None
+    value: float
+    tokens: float
+    errors: float
+    constants: float
+    constants_by_source: list[tuple[str, float]]
+    runner_up: str | None
+    runner_up_probability: float | None
+    margin: float | None
+    predicting_group: str | None
+    head_groups: list[str] = field(default_factory=list)
+    kind: str = "logit"  # or the kind of a head or feature target ("lorsa", "transcoder")
+
+    @property
+    def label(self) -> str:
+        """How the target is named to a reader: ``' Friday'``, ``' Friday' - ' May'``, or a
+        head's or feature's name (``token`` holds it; its value is its pre-activation)."""
+        if self.kind != "logit":
+            return self.token
+        return repr(self.token) + (f" - {self.negative!r}" if self.negative else "")
+
+
+@dataclass
+class MechanismSummary:
+    """The summary of one prompt's graph (``circuits.mechanisms``)."""
+
+    prompt: str
+    tokens: list[str]
+    mode: str
+    model: str
+    targets: list[TargetRecord]
+    groups: list[GroupRecord]
+    paths: list[PathRecord]
+    settings: dict
+
+    def group(self, key: str) -> GroupRecord:
+        return next(g for g in self.groups if g.key == key)
+
+    def to_dict(self) -> dict:
+        return {"version": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MechanismSummary:
+        try:
+            if d.get("version") != VERSION:
+                raise ValueError(f"version {d.get('version')!r}, expected {VERSION}")
+            return _summary_from_dict(d)
+        except ValueError as exc:
+            raise ValueError(f"not a mechanism summary ({exc})") from None
+
+
+def _summary_from_dict(d: dict) -> MechanismSummary:
+    """Every field typed (``toy_models.records.from_json``), then the references and sums
+    that tie the records together: group keys unique and every key a target, a path or a
+    check names defined; each target's parts closing to its value and each QK reason's to its
+    score (``CLOSURE`` of the larger magnitude); attentions and probabilities in [0, 1]; the mode
+    one of ``MODES``."""
+    summary = from_json(MechanismSummary, {k: v for k, v in d.items() if k != "version"}, "summary")
+    _expect(summary.mode in MODES, f"mode: {summary.mode!r}, not one of {list(MODES)}")
+    keys = [g.key for g in summary.groups]
+    _expect(len(set(keys)) == len(keys), "groups: two groups share a key")
+    targets = {t.node for t in summary.targets}
+    for i, t in enumerate(summary.targets):
+        where = f"targets[{i}]"
+        named = [t.predicting_group] if t.predicting_group is not None else []
+        _expect(set(named + t.head_groups) <= set(keys), f"{where}: names a group not defined")
+        _closes(t.tokens + t.errors + t.constants, t.value, f"{where}: tokens + errors + constants")
+        for p in (t.probability, t.runner_up_probability):
+            _expect(p is None or 0 <= p <= 1, f"{where}: a probability outside [0, 1]")
+    for i, g in enumerate(summary.groups):
+        where = f"groups[{i}]"
+        _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
+        _expect(set(g.flow) <= targets, f"{where}.flow: a flow into a node that is no target")
+        _expect({c.target for c in g.checks} <= targets, f"{where}.checks: an unknown target")
+        for j, r in enumerate(g.qk):
+            parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
+            _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
+            _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
+    for i, p in enumerate(summary.paths):
+        where = f"paths[{i}]"
+        _expect(p.target in targets and set(p.groups) <= set(keys), f"{where}: unknown names")
+        _expect(len(p.hops) == len(p.groups), f"{where}: one hop per group")
+    return summary
+
+
+def _expect(ok: bool, problem: str) -> None:
+    if not ok:
+        raise ValueError(problem)
+
+
+def _closes(total: float, value: float, what: str) -> None:
+    _expect(
+        abs(total - value) <= CLOSURE * max(1.0, abs(total), abs(value)),
+        f"{what} = {total:.6g}, not {value:.6g}",
+    )
+
+
+def save_summary(summary: MechanismSummary, path: str | Path) -> None:
+    """Write ``summary`` as JSON atomically."""
+    from toy_models.files import write_json_atomic
+
+    write_json_atomic(Path(path), summary.to_dict())
+
+
+def load_summary(path: str | Path) -> MechanismSummary:
+    """Read a summary written by ``save_summary``; a ValueError names the file."""
+    try:
+        return MechanismSummary.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: {exc}") from None

@@ -93,7 +93,8 @@ on the line the summary prints first for a QK reason (``specific by roots``: bot
 by roots at once). On seed 1234 the 5 induction prompts that missed ``reason`` all had
 ``reason_roots``: read one side at a time, the key side's largest moved root was the
 document's first tokens (which the query side holds as well), not ``k - 1``; the fresh draw
-tests whether ``reason_roots`` holds on prompts nobody has looked at. ``targets_met`` gives
+tests whether ``reason_roots`` holds on prompts nobody has looked at. A third draw, ``--seed 9876``
+(2026-12-03, the same targets), tests the first two again. ``targets_met`` gives
 ``key_90``, ``reason_90``, ``reason_roots_90`` and ``sign_90_frozen`` for every draw. Each
 record also holds how sure the model was: ``probability``, ``runner_up`` and ``margin`` (the
 target's logit minus the runner-up's).

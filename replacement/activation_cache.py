@@ -293,10 +293,13 @@ def _check_space(out: Path, plan: CachePlan, done: int) -> None:
     need = sum(plan.chunk_bytes(i) + 2**16 for i in range(done, plan.n_chunks))
     free = shutil.disk_usage(out).free
     if need > free:
-        raise UserError(
-            f"{out}: the cache needs {need / 2**30:.2f} GiB more and its disk has "
-            f"{free / 2**30:.2f} GiB free; store fewer --rows or --layers, or --dtype float16"
-        )
+        smaller = " or --dtype float16" if plan.dtype == "float32" else ""
+        raise UserError(f"{out}: the cache needs {_size(need)} more and its disk has "
+                        f"{_size(free)} free; store fewer --rows or --layers{smaller}")  # fmt: skip
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _intact_chunks(out: Path, plan: CachePlan, chunks: list[dict], quiet: bool) -> list[dict]:
@@ -426,7 +429,7 @@ class ActivationCache:
 class CachedActivationStore(ActivationStore):
     """An ``ActivationStore`` whose rows come from an ``ActivationCache``: the same batches and
     token shuffle, with ``sequences`` reading ``batch_size`` stored rows instead of running the
-    model. Rows are read in order from ``start_row`` and wrap around at the end of the cache
+    model. Rows are read in order from the cache's first and wrap around at its end
     (``epochs`` says how many passes were read); ``skip`` moves a new store to where a store
     that has been read stands (a resumed run)."""
 
@@ -436,7 +439,6 @@ class CachedActivationStore(ActivationStore):
         layers: list[int],
         batch_size: int = 16,
         seed: int = 0,
-        start_row: int = 0,
         buffer_batches: int = 8,
     ):
         cache.check_layers(layers)
@@ -445,7 +447,7 @@ class CachedActivationStore(ActivationStore):
         self.generator = torch.Generator().manual_seed(seed)
         self.buffer_batches = buffer_batches
         self._buffer = None
-        self.row = start_row
+        self.row = 0
 
     @property
     def epochs(self) -> float:

@@ -296,7 +296,8 @@ def render(
 
     Without ``dot`` only the ``.dot`` path is returned, so the caller can tell and print
     ``dot_missing_message``. A failing ``dot`` raises ``RenderError``: the format and its first
-    error line (``dot`` reads the text on stdin, so the line names no file).
+    error line (``dot`` reads the text on stdin, so the line names ``<stdin>``, never a staged
+    path).
     """
     formats = list(formats)
     for fmt in formats:
@@ -317,7 +318,7 @@ def render(
                 [binary, f"-T{fmt}", "-o", str(tmp)],
                 input=dot_text,
                 capture_output=True,
-                text=True,
+                encoding="utf-8",  # as the .dot file is written, whatever the locale
                 errors="replace",
             )
             if proc.returncode != 0:

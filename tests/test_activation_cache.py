@@ -377,7 +377,8 @@ def test_a_cache_that_cannot_fit_on_the_disk_is_refused_before_any_work(
 
     free(need // 2)
     out = tmp_path / "acts"
-    with pytest.raises(UserError, match=r"needs 0\.\d+ GiB more .* GiB free.*--rows"):
+    with pytest.raises(UserError, match=r"needs \d+\.\d MiB more .* MiB free; .*--rows or "
+                       "--layers or --dtype float16$"):  # fmt: skip
         build_cache(model, tokenizer, out, TINY_ROWS, chunk_rows=CHUNK, forward_batch=BATCH,
                     quiet=True)  # fmt: skip
     assert not out.exists() or not any(out.iterdir())

@@ -172,10 +172,11 @@ def test_replacement_evaluate_refuses_a_set_whose_weights_overflow(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_a_refused_run_leaves_no_empty_output_directory(tmp_path, capsys):
+def test_a_refused_run_leaves_no_empty_output_directory(tmp_path, capsys, monkeypatch):
     """Output checks create ``--out`` early (to prove it writable); a run refused after them
-    removes what they created and left empty, and nothing else: a directory that existed, or
-    one holding a file, stays."""
+    removes the directories they made themselves and left empty, and nothing else: not a
+    directory that existed (also when named through a ``..``), one holding a file, the parents
+    made on the way (another run may use them), nor one made by an earlier run."""
     from toy_models.cli import UserError, run_cli
     from toy_models.files import check_writable_dir
 
@@ -185,17 +186,32 @@ def test_a_refused_run_leaves_no_empty_output_directory(tmp_path, capsys):
     def refused(argv):
         check_writable_dir(tmp_path / "new" / "deeper" / "out")
         check_writable_dir(existed / "sub")
+        check_writable_dir(Path("missing") / ".." / "existed")  # relative, existed
         check_writable_dir(tmp_path / "kept")
         (tmp_path / "kept" / "file").write_text("x")
         raise UserError("no")
 
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stop:
         run_cli(refused, [])
     assert stop.value.code == 2 and "error: no" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["existed", "kept"]
-    assert not any(existed.iterdir()) and (tmp_path / "kept" / "file").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existed", "kept", "missing", "new"]
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["deeper"]
+    assert not any((tmp_path / "new" / "deeper").iterdir()) and not any(existed.iterdir())
+    assert (tmp_path / "kept" / "file").exists()
+    # a directory a successful run made is not the next run's: a refused run elsewhere that
+    # names the same relative path leaves it (and its namesake there) alone
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "results").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a")
+    with pytest.raises(SystemExit):
+        run_cli(lambda argv: check_writable_dir(Path("results")), [])
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(SystemExit):
+        run_cli(lambda argv: (check_writable_dir(Path("results")), refused(argv)), [])
+    assert (tmp_path / "a" / "results").is_dir() and (tmp_path / "b" / "results").is_dir()
     # end to end: a cache that cannot fit on any disk is refused before any work
     out = tmp_path / "acts" / "default"
     assert_one_line_error(run("replacement.cache", "--rows", "100000000", "--out", str(out)),
-                          "GiB free")  # fmt: skip
-    assert not (tmp_path / "acts").exists()
+                          "free")  # fmt: skip
+    assert not out.exists()

@@ -364,6 +364,24 @@ def test_render_without_dot_writes_only_the_dot_file(tmp_path, monkeypatch, grap
     assert "FILE" in gv.DOT_MISSING_MESSAGE
 
 
+def test_dot_reads_the_text_as_utf8_whatever_the_locale(tmp_path):
+    """``dot`` reads the DOT text on stdin; under a C locale a text-mode pipe would have sent
+    '?' for every non-ASCII character (the legend's minus sign, arrows, names)."""
+    if not shutil.which("dot"):
+        pytest.skip("Graphviz `dot` is not installed")
+    import os
+    import sys
+
+    script = (  # ASCII source: the label's characters are escapes the child decodes
+        "import sys\n"
+        "from reports import graphviz as gv\n"
+        "gv.render('digraph { a [label=\"\\u2212 \\u2192 \\u00e9\"] }', sys.argv[1], ['svg'])\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "g")], env=env, check=True)
+    assert "\u2212 \u2192 \u00e9" in (tmp_path / "g.svg").read_text(encoding="utf-8")
+
+
 def test_render_reports_the_first_line_of_a_dot_failure(tmp_path, monkeypatch):
     fake = tmp_path / "fake-dot"
     fake.write_text("#!/bin/sh\necho 'Error: syntax error in line 1' >&2\necho more >&2\nexit 1\n")

@@ -58,16 +58,19 @@ def one_line(exc: BaseException) -> str:
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a CLI's ``main``: expected errors end in one line and exit code 2, Ctrl-C in 130,
     and either way the output directories the run created and left empty are removed."""
-    from .files import remove_empty_created
+    from . import files
 
+    files.forget_created()  # only this run's directories
     try:
         code = main(argv)
     except EXPECTED_ERRORS as exc:
-        remove_empty_created()
+        files.remove_empty_created()
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        remove_empty_created()
+        files.remove_empty_created()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        files.forget_created()
     sys.exit(code or 0)

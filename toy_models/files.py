@@ -113,9 +113,25 @@ def fresh_directory(path: Path) -> Iterator[Path]:
         raise
 
 
-# Directories the output checks below created in this process: a run refused after them
-# removes those still empty (``remove_empty_created``, called by ``toy_models.cli.run_cli``).
+# The output directories the checks below made themselves in this run (absolute; the parents
+# they made on the way are not listed): a run refused after them removes those still empty
+# (``remove_empty_created``). ``toy_models.cli.run_cli`` empties the list before and after
+# each run, so one run never acts on another's.
 _CREATED: list[Path] = []
+
+
+def _make_dir(directory: Path) -> None:
+    """Create ``directory`` and its parents as needed; list it in ``_CREATED`` only when this
+    call made the directory itself (``os.mkdir`` is atomic: a directory that existed, or that
+    another process made first, is never listed)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        if not directory.is_dir():
+            raise
+        return
+    _CREATED.append(Path.cwd() / directory)  # absolute, with no link or ``..`` resolved
 
 
 def _cannot_write_in(directory: Path) -> str | None:
@@ -123,9 +139,7 @@ def _cannot_write_in(directory: Path) -> str | None:
     is created and removed, the one check that is certain (permissions, read-only and
     pseudo file systems, a file in the way)."""
     try:
-        missing = [p for p in (directory, *directory.parents) if not os.path.lexists(p)]
-        directory.mkdir(parents=True, exist_ok=True)
-        _CREATED.extend(missing)
+        _make_dir(directory)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
@@ -134,13 +148,19 @@ def _cannot_write_in(directory: Path) -> str | None:
     return None
 
 
+def forget_created() -> None:
+    """Start a new run's list of made directories (``toy_models.cli.run_cli``)."""
+    _CREATED.clear()
+
+
 def remove_empty_created() -> None:
-    """Remove the directories the output checks created that are still empty, deepest first
-    (a refused run leaves no empty ``--out`` behind; anything holding a file stays)."""
-    for path in sorted(set(_CREATED), key=lambda p: len(p.parts), reverse=True):
+    """Remove the output directories the checks made in this run if they are still empty (a
+    refused run leaves no empty ``--out`` behind; anything holding a file stays, and so do
+    parents the checks made on the way, which another run may be using), then forget them."""
+    for path in reversed(_CREATED):
         with contextlib.suppress(OSError):
             path.rmdir()
-    _CREATED.clear()
+    forget_created()
 
 
 def check_writable_dir(path: Path, flag: str = "--out") -> None:

@@ -946,7 +946,7 @@
     }
     const box = el("div", { class: "dashboard" });
     if (d.concept) box.append(el("p", { class: "concept" }, "Concept: " + d.concept.label + (d.concept.f1 != null ? ` (F1 ${fmt(d.concept.f1, 3)})` : "")));
-    if (d.frequency === 0) box.append(el("p", { class: "never-fired" }, "Never fired on the dashboards' tokens: it fires on this prompt only, so it has no examples to show"));
+    if (d.frequency === 0) box.append(el("p", { class: "never-fired" }, "Never fired on the dashboards' tokens (it does on this prompt), so there are no examples to show"));
     else if (d.frequency != null) box.append(el("p", {}, `Fires on ${fmt(100 * d.frequency, 3)}% of tokens`));
     if (d.histogram) box.append(histogram(d.histogram));
     if (d.logits) {

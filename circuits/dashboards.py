@@ -515,6 +515,14 @@ def _check_values(dash: Dashboards) -> None:
     top = s["top.value"]
     if (top[:, 1:] > top[:, :-1]).any():
         raise ValueError("top.value is not sorted")
+    # The logit effects are added when the last row is done: rows_done (in the header, outside
+    # the checksum) must agree, or a partial file would be shown as finished without them and
+    # a finished one resumed, its last rows added twice.
+    values = bool((s["logit_value"] != 0).any())
+    if dash.finished and not values:
+        raise ValueError("meta.rows_done says the pass is finished, but it holds no logit effects")
+    if not dash.finished and (values or (s["logit_token"] != 0).any()):
+        raise ValueError("meta.rows_done says the pass is partial, but it holds logit effects")
 
 
 def _check_tokens(dash: Dashboards, d_vocab: int) -> None:

@@ -71,7 +71,15 @@ from .statistics import (
     compact,
     identity,
 )
-from .statistics_file import check_rows, check_settings, load_partial, partial_path, save_partial
+from .statistics_file import (
+    MAX_ROWS,
+    check_rows,
+    check_settings,
+    load_partial,
+    partial_path,
+    partial_plan,
+    save_partial,
+)
 from .units import Units, decoders
 
 BATCH_ROWS = 32  # rows per forward pass (a pass costs about what one row costs)
@@ -449,6 +457,8 @@ def gather_statistics(
     or of another model are refused."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if type(rows) is not int or not 1 <= rows <= MAX_ROWS:
+        raise ValueError(f"rows must be an integer in 1..{MAX_ROWS}, not {rows!r}")
     expected = identity(replacement, tokenizer)
     units = Units.of(replacement)
     settings = {"n_ctx": n_ctx, "seed": seed, "mode": mode, "split": SPLIT}
@@ -564,8 +574,8 @@ def statistics_for(
 ) -> Statistics:
     """The statistics at ``path`` (default ``runs/global-stats/{model}.safetensors``),
     gathered first when missing, resumed when partial and gathered again to ``rows`` when
-    that asks for more than they hold (``rows`` None: what the file holds, or
-    ``DEFAULT_ROWS``)."""
+    that asks for more than they hold (``rows`` None: what the file holds, or what an
+    interrupted gathering into it asked for, or ``DEFAULT_ROWS``)."""
     path = Path(path or DEFAULT_STATS_DIR / f"{Path(model).name}.safetensors")
     settings = {}
     if path.is_file():
@@ -576,6 +586,12 @@ def statistics_for(
         check_rows(stats.meta, rows, path)
         settings = {k: stats.meta[k] for k in ("n_ctx", "seed", "mode")}  # the same stream
         print(f"gathering statistics over {rows} rows into {path} (it holds {done})")
+    elif (plan := partial_plan(partial_path(path))) is not None and rows in (None, plan["rows"]):
+        # An interrupted gathering: resumed as it was asked for (its rows, its row stream).
+        rows = plan["rows"]
+        settings = {k: plan[k] for k in ("n_ctx", "seed", "mode")}
+        print(f"gathering statistics over {rows} rows into {path} (resuming at "
+              f"{plan['rows_done']})")  # fmt: skip
     else:
         rows = rows or DEFAULT_ROWS
         print(f"gathering statistics over {rows} rows into {path} (once)")

@@ -36,6 +36,13 @@ from .trace import check_not_an_output, check_writable, parse_formats
 
 START_FORMS = "lorsa:L:HEAD, transcoder:L:FEATURE, logit:TOKEN or token:TOKEN"
 N_STRONGEST = 8  # edges printed after a graph is grown
+DEFAULT_STATS_DIR = Path("runs/global-stats")  # = circuits.statistics (not imported: start-up)
+MAX_ROWS = 1 << 20  # = circuits.statistics_file.MAX_ROWS (rows are held in memory)
+
+
+def default_stats_path(model: str) -> Path:
+    """Where statistics are gathered once and reused without ``--stats``."""
+    return DEFAULT_STATS_DIR / f"{Path(model).name}.safetensors"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -112,15 +119,17 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
     formats = parse_formats(args.format)
     if min(args.budget, args.per_node) <= 0 or (args.rows is not None and args.rows <= 0):
         raise UserError("--budget, --per-node and --rows must be positive")
+    if args.rows is not None and args.rows > MAX_ROWS:
+        raise UserError(f"--rows must be at most {MAX_ROWS}, got {args.rows}")
     start = parse_start(args.start)
     if start.kind == "token" and not args.downstream:
         raise UserError("a token's embedding has no inputs: grow it with --downstream")
     if start.kind == "logit" and args.downstream:
         raise UserError("a logit has no outputs: grow it upstream (without --downstream)")
-    if args.stats is not None:
-        if not args.stats.is_file():
-            check_writable_file(args.stats, "--stats")  # it will be gathered into: fail now
-        check_not_an_output(args.stats, args.out, "--stats")
+    stats = default_stats_path(args.model) if args.stats is None else args.stats
+    if not stats.is_file():  # it will be gathered into: fail now, not after the gathering
+        check_writable_file(stats, "--stats")
+    check_not_an_output(stats, args.out, "--stats")
     check_writable(args.out)
     return start, formats
 
@@ -146,7 +155,9 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     start = resolve_start(spec, Units.of(replacement), tokenizer)
-    stats = statistics_for(replacement, tokenizer, args.model, args.stats, args.rows)
+    stats = statistics_for(
+        replacement, tokenizer, args.model, args.stats or default_stats_path(args.model), args.rows
+    )
     upstream = not args.downstream
 
     def grow(sample):

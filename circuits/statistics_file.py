@@ -29,6 +29,7 @@ from .units import Units
 STATS_VERSION = 3  # 3: halves, compact top-k edges, conditioned logits, QK terms
 SPLIT = "heldout"  # statistics describe text the model was not trained on
 QK_SCALARS = ("total", "bias_query", "bias_key", "firings", "query_abs", "key_abs")
+MAX_ROWS = 1 << 20  # rows of a sample: they are drawn and held in memory before gathering
 
 
 def write_file(path: Path, tensors: dict[str, Tensor], header: dict) -> None:
@@ -127,7 +128,7 @@ def check_header_meta(header: dict) -> tuple[Units, dict, list[int]]:
         _check_int(n, "n_qk[]", 1, n_ov)
     if not isinstance(meta, dict):
         raise ValueError("meta must be an object")
-    rows = _check_int(meta.get("rows"), "meta.rows", 1)
+    rows = _check_int(meta.get("rows"), "meta.rows", 1, MAX_ROWS)
     _check_int(meta.get("rows_done"), "meta.rows_done", 0, rows)
     _check_int(meta.get("n_ctx"), "meta.n_ctx", 2)
     _check_int(meta.get("seed"), "meta.seed", -(2**63), 2**63 - 1)
@@ -256,6 +257,23 @@ def _check_qk(stats) -> None:
 def partial_path(path: Path) -> Path:
     """Where gathering into ``path`` keeps its dense sums until it finishes."""
     return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def partial_plan(path: Path) -> dict | None:
+    """The gathering settings (``rows`` asked for, ``rows_done``, ``n_ctx``, ``seed``,
+    ``mode``) a partial file's header records, read without its tensors; None when there is
+    no partial file or its header is not one (``load_partial`` then says what is wrong)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = json.loads((f.metadata() or {})["statistics"])
+        if not isinstance(header, dict) or header.get("partial") is not True:
+            return None
+        _, meta, _ = check_header_meta(header)
+    except Exception:  # any unreadable header: no plan (load_partial then says what is wrong)
+        return None
+    return {k: meta[k] for k in ("rows", "rows_done", "n_ctx", "seed", "mode")}
 
 
 def check_settings(meta: dict, settings: dict, path: Path) -> None:

@@ -326,6 +326,9 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
         args.model, args.mode, replacement, tokenizer, args.dashboard_rows
     )
     settings = {"rows": args.dashboard_rows, "mode": args.mode, "progress": None}
+    if path.exists() and not path.is_file():  # nothing to read, nor to remove and build again
+        raise UserError(f"dashboards file {path}: exists and is not a file; move it away "
+                        "(or pass --dashboards-file or --no-dashboards)")  # fmt: skip
     try:
         dash = build(replacement, tokenizer, path, **settings)
     except ValueError as exc:
@@ -334,7 +337,7 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
         # The default path is bound to this replacement set and these rows (``default_path``):
         # a file refused there is damaged or of an older format, not another set's work.
         print(f"{exc}; building it again", file=sys.stderr)
-        path.unlink()
+        path.unlink(missing_ok=True)  # another trace may have removed it first
         dash = build(replacement, tokenizer, path, **settings)
     units = [
         (Kind(k), l, i)

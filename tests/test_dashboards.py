@@ -253,6 +253,29 @@ def test_a_forged_file_with_token_ids_outside_the_vocabulary_is_refused(
         D.read_file(forged, replacement, tokenizer)
 
 
+def test_a_partial_file_whose_header_claims_it_finished_is_refused(setup):
+    """rows_done lies in the header, outside the tensors' checksum: a partial file edited to
+    claim every row was shown as finished, with empty logit effects (every promoted token
+    id 0, effect 0) and the concept labels of the few rows it held."""
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, path, stop_after=BATCH)
+    dash.meta["rows_done"] = ROWS
+    forged = tmp / "forged.safetensors"
+    D.write_file(forged, dash)  # a valid checksum: the tensors are the partial file's own
+    with pytest.raises(ValueError, match="finished, but it holds no logit effects"):
+        D.read_file(forged, replacement, tokenizer)
+    D.read_file(path, replacement, tokenizer)  # the partial file as written: accepted
+    with torch.no_grad():
+        finished = _build(replacement, tokenizer, path)  # resumed and finished: accepted
+    D.read_file(path, replacement, tokenizer)
+    finished.meta["rows"] = 2 * ROWS  # a finished file may not claim to be partial either
+    D.write_file(forged, finished)
+    with pytest.raises(ValueError, match="partial, but it holds logit effects"):
+        D.read_file(forged, replacement, tokenizer)
+
+
 def test_viewer_schema(setup):
     from reports.viewer import check_dashboards
 

@@ -592,6 +592,21 @@ def test_gathering_resumes_bit_for_bit_after_a_kill(
     assert not partial_path(path).exists()  # finished: the dense sums are gone
 
 
+def test_without_rows_an_interrupted_gathering_resumes_as_it_was_asked(
+    replacement, tmp_path, random_rows, monkeypatch
+):
+    """``global_graph`` run again without --rows after an interrupted ``--rows N`` finishes
+    those N rows with the partial file's row stream (it asked for the default rows instead:
+    fewer than the partial file held were refused, more were a plan nobody made)."""
+    monkeypatch.setattr(gathering, "BATCH_ROWS", 2)
+    whole = gather_statistics(replacement, None, rows=7, n_ctx=8, progress=False)
+    path = tmp_path / "stats.safetensors"
+    gather_killed_at_row_6(replacement, path, monkeypatch)
+    monkeypatch.setattr(gathering, "DEFAULT_ROWS", 3)  # fewer than the 4 rows it holds
+    assert_same(statistics_for(replacement, None, "random", path), whole)
+    assert not partial_path(path).exists()
+
+
 def test_rows_extend_statistics_or_are_refused(replacement, tmp_path, random_rows):
     path = tmp_path / "stats.safetensors"
     gather_statistics(replacement, None, rows=2, n_ctx=8, progress=False, checkpoint=path)
@@ -778,6 +793,7 @@ def test_split_half_reliability_compares_the_halves_graphs(replacement, units, s
         (["--start", "logit: Monday", "--downstream"], "a logit has no outputs"),
         (["--start", "lorsa:1:2", "--budget", "0"], "must be positive"),
         (["--start", "lorsa:1:2", "--rows", "-3"], "must be positive"),
+        (["--start", "lorsa:1:2", "--rows", "99999999999999999999"], "--rows must be at most"),
         (["--start", "lorsa:1:x"], "expected lorsa:L:HEAD"),
         (["--start", "lorsa:1:\u0663"], "expected lorsa:L:HEAD"),  # an Arabic-Indic 3
         (["--start", "lorsa:1:2", "--stats", "/proc/stats.safetensors"], "--stats /proc/"),
@@ -812,6 +828,40 @@ def test_statistics_among_the_outputs_are_refused_and_kept(tmp_path, capsys, nam
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "writes its outputs over it" in err, err
     assert stats.read_bytes() == b"saved statistics"
+
+
+@pytest.mark.parametrize(
+    "in_the_way", ["runs/global-stats/default.safetensors", "runs/global-stats"]
+)
+def test_the_default_statistics_file_is_checked_before_any_work(
+    tmp_path, capsys, monkeypatch, in_the_way
+):
+    """Without --stats the statistics are gathered into runs/global-stats/MODEL.safetensors:
+    a directory there (or a file in place of the folder) is refused before a model is loaded,
+    as --stats is, not after the whole gathering."""
+    import replacement.model
+    from circuits import global_graph, statistics, statistics_file
+    from circuits.global_graph import main
+    from toy_models.cli import run_cli
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the statistics file was checked")
+
+    monkeypatch.setattr(replacement.model, "load_pretrained", loaded)
+    monkeypatch.chdir(tmp_path)
+    if in_the_way.endswith(".safetensors"):
+        (tmp_path / in_the_way).mkdir(parents=True)
+    else:
+        (tmp_path / "runs").mkdir()
+        (tmp_path / in_the_way).write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["--start", "lorsa:1:2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: --stats runs/global-stats/"), err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "global").exists()
+    assert global_graph.DEFAULT_STATS_DIR == statistics.DEFAULT_STATS_DIR  # copies, for start-up
+    assert global_graph.MAX_ROWS == statistics_file.MAX_ROWS
 
 
 def test_the_trace_knows_every_output_name_of_the_reports():

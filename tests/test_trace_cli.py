@@ -339,6 +339,26 @@ def test_default_dashboards_are_bound_to_the_set_and_rows_and_never_replaced(
     assert exit_info.value.code == 0 and files() == second  # the trace's file, reused
 
 
+def test_a_directory_at_the_default_dashboards_file_is_refused_in_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    """Something that is not a file where the dashboards are built (a folder of the user's):
+    one line saying so, the folder kept; not 'building it again' and then a failed remove."""
+    from circuits.dashboards import default_path
+    from replacement.model import load_pretrained
+
+    monkeypatch.chdir(tmp_path)
+    replacement, tokenizer = load_pretrained("default")
+    place = default_path("default", "local", replacement, tokenizer, 2)
+    place.mkdir(parents=True)
+    (place / "mine.txt").write_text("kept")
+    small = ["--prompt", PROMPT, "--max-nodes", "20", "--no-checks", "--dashboard-rows", "2"]
+    code, _, err = trace(capsys, *small, "--out", "a")
+    assert code == 2 and err.startswith("error: dashboards file ") and "not a file" in err, err
+    assert len(err.strip().splitlines()) == 1 and "building it again" not in err, err
+    assert (place / "mine.txt").read_text() == "kept" and not (tmp_path / "a").exists()
+
+
 def test_a_graph_names_its_replacement_set_and_intervene_refuses_another(tmp_path):
     """A graph traced with a saved set records the set's identity (its config's content hash,
     which covers every layer file), through its file too; intervening on it with another set

@@ -579,7 +579,11 @@ def statistics_for(
     path = Path(path or DEFAULT_STATS_DIR / f"{Path(model).name}.safetensors")
     settings = {}
     if path.is_file():
-        stats = Statistics.load(path, replacement, tokenizer)
+        try:
+            stats = Statistics.load(path, replacement, tokenizer)
+        except ValueError as exc:  # gathered work is the user's: never removed for them
+            raise ValueError(f"{exc}; remove it to gather the statistics again, or pass "
+                             "another --stats") from None  # fmt: skip
         done = stats.meta["rows_done"]
         if rows is None or rows == done:
             return stats

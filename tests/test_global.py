@@ -626,6 +626,13 @@ def test_rows_extend_statistics_or_are_refused(replacement, tmp_path, random_row
     with pytest.raises(ValueError, match=f"{path}: holds statistics gathered with n_ctx 8"):
         gather_statistics(replacement, None, rows=4, n_ctx=12, progress=False, checkpoint=path)
     assert path.read_bytes() == before
+    # A damaged file is the user's gathered work: refused, kept, with the way out named.
+    damaged = bytearray(before)
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="damaged.*; remove it to gather the statistics again"):
+        statistics_for(replacement, None, "random", path)
+    assert path.read_bytes() == bytes(damaged)
 
 
 def test_a_damaged_partial_file_is_refused_in_one_line(replacement, tmp_path, random_rows):

@@ -91,8 +91,10 @@ class CachePlan:
     def chunk_size(self, index: int) -> int:
         return min(self.chunk_rows, self.rows - index * self.chunk_rows)
 
-    def tensor_names(self) -> list[str]:
-        return ["tokens", *(f"{kind}.{l}" for l in self.layers for kind in KINDS)]
+    def tensor_names(self, layers: list[int] | None = None) -> list[str]:
+        """The tokens, then every kind of each of ``layers`` (default: the plan's)."""
+        layers = self.layers if layers is None else layers
+        return ["tokens", *(f"{kind}.{l}" for l in layers for kind in KINDS)]
 
     def chunk_bytes(self, index: int) -> int:
         """The tensor bytes of one chunk (its file adds a header of a few KB)."""
@@ -327,7 +329,6 @@ def read_chunk(directory: Path, plan: CachePlan, index: int, record: dict, layer
     if not path.is_file():
         raise FileNotFoundError(f"activation cache chunk missing: {path}")
     n = record["rows"]
-    want = ["tokens", *(f"{kind}.{l}" for l in layers for kind in KINDS)]
     out = {}
     try:
         with safe_open(str(path), "pt") as f:
@@ -339,7 +340,7 @@ def read_chunk(directory: Path, plan: CachePlan, index: int, record: dict, layer
                     f"{path}: is chunk {meta.get('chunk')!r} of cache "
                     f"{str(meta.get('cache_id'))[:12]}..., not chunk {index} of this cache"
                 )
-            for name in want:
+            for name in plan.tensor_names(layers):
                 t = f.get_tensor(name)
                 shape = (n, plan.n_ctx) if name == "tokens" else (n, plan.n_ctx, plan.d_model)
                 dtype = torch.int32 if name == "tokens" else getattr(torch, plan.dtype)
@@ -348,9 +349,7 @@ def read_chunk(directory: Path, plan: CachePlan, index: int, record: dict, layer
                 if tensor_sha256(t) != record["sha256"][name]:
                     raise ValueError(f"{path}: {name} differs from the manifest (sha256)")
                 out[name] = t if name == "tokens" else t.float()
-    except ValueError:
-        raise
-    except OSError:
+    except (ValueError, OSError):
         raise
     except Exception as exc:  # safetensors' own errors on truncated or damaged files
         raise ValueError(f"{path}: unreadable chunk ({one_line(exc)})") from None

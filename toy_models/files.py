@@ -3,7 +3,9 @@ no ``.tmp`` left behind by a failed write, one-line errors, and up-front writabi
 
 A write that fails (disk full, read-only file system, a directory in the way, no permission)
 removes its temporary file and raises ``WriteError``, an ``OSError`` whose message is one line
-naming the file; ``toy_models.cli.run_cli`` prints it as the CLI's error.
+naming the file; ``toy_models.cli.run_cli`` prints it as the CLI's error. Each writer has a
+temp file of its own (``temp_path``), so processes saving one file at once never mix their
+bytes; a temp file that a killed writer left is removed by the next save of that file.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,19 +32,51 @@ class WriteError(OSError):
         return f"cannot write {self.filename}: {self.strerror}"
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file beside it and a rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+# A writer's temp file beside ``NAME``: ``NAME.HOST-PID-RANDOM.tmp``, a name no other writer
+# uses, so that two processes saving one file at once never write into the same temp file (with
+# one shared name the second truncated the first's half-written file, whose rename then put a
+# mix of both in place). ``HOST`` is a hash of the machine's name, for the clean-up below.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh temp name beside ``path`` for this writer (see ``_HOST``)."""
+    return path.with_name(f"{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _writer_alive(pid: int) -> bool:
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # no permission to signal it: it exists
+        return True
+    return True
+
+
+def remove_dead_temps(path: Path) -> None:
+    """Remove the temp files of ``path`` that writers on this machine left when they were
+    killed (no handler ran; their process is gone). A temp file of a live writer, of this
+    process or of another machine is never touched; a process id reused since leaves its
+    file in place, which costs disk only."""
+    pattern = re.compile(re.escape(path.name) + rf"\.{_HOST}-(\d+)-[0-9a-f]{{8}}\.tmp")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            found = pattern.fullmatch(entry.name)
+            if found and not _writer_alive(int(found[1])):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file beside it and a rename
+    (``replace_atomic``)."""
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            if not tmp.is_dir():
-                tmp.unlink(missing_ok=True)
-        raise WriteError(exc.errno, exc.strerror, str(path)) from None
+
+    replace_atomic(path, write)
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
@@ -197,10 +234,14 @@ def check_not_input(path: Path, inputs: list[Path], flag: str) -> None:
 
 def replace_atomic(path: str | Path, write) -> None:
     """Create ``path`` atomically when another library writes the bytes: ``write(tmp)`` fills
-    a temp file beside it, which then replaces ``path``. On any failure the temp file is
-    removed and ``path`` is untouched; an OSError becomes a ``WriteError``."""
+    a temp file beside it (this writer's own, ``temp_path``), which then replaces ``path``. On
+    any failure the temp file is removed and ``path`` is untouched; an OSError becomes a
+    ``WriteError``. Temp files that killed writers left beside ``path`` go first
+    (``remove_dead_temps``). Writers of one file at once each put a whole version in place,
+    the last to finish winning."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    remove_dead_temps(path)
+    tmp = temp_path(path)
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -13,7 +13,8 @@ pre-activation):
 - **predicting head group.** Among the Lorsa groups at the target's position that move
   something from elsewhere (their key is neither that position nor BOS), the one with the
   largest positive flow (else any positive flow, else the largest |flow|): the heads that
-  move what is predicted.
+  move what is predicted. The other head groups there follow by flow (``head_groups``), so a
+  group that reads the current token itself shows with its weight.
 - **groups.** The summary's groups (the predicting head groups, the groups on the top paths,
   then the largest flows) with the structure that reads them: where a head group attends and
   why (``QKReason`` of each of its QK heads at that key: both sides' always-on parts named,
@@ -124,8 +125,7 @@ def _summarize(
         flow, h = target_flows[t]
         flows[t] = flow
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
-        ranking = [g for g in _head_ranking(view, group_flow, int(full.pos[t]))
-                   if g != own[t]][:HEAD_GROUPS]  # fmt: skip
+        ranking = _head_ranking(view, group_flow, int(full.pos[t]), own[t])[:HEAD_GROUPS]
         chosen += ranking
         ranked.update(ranking)
         for groups, path_flow, hops in top_paths(view, t, beam=beam, keep=max_paths):
@@ -214,17 +214,26 @@ def _summarize(
     )  # fmt: skip
 
 
-def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int) -> list[int]:
-    """The Lorsa groups at ``pos``, the predicting head group first: groups that move
-    something from another position (their key is neither ``pos`` itself nor BOS) with
-    positive flow, largest first; then the other positive flows; then the rest by |flow|."""
-    heads = [g for g, grp in enumerate(view.groups) if grp.kind == "lorsa" and grp.pos == pos]
+def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int) -> list[int]:
+    """The Lorsa groups at ``pos`` but the target's ``own``, the predicting head group first:
+    of the groups that move something from another position (their key is neither ``pos``
+    itself nor BOS), the one with the largest positive flow (else the largest positive flow of
+    any group, else the largest |flow|). The others follow by flow alone, positive ones first,
+    largest first, so that a group reading the current token itself (a successor item at the
+    query) shows with its weight however small the movers are."""
+    heads = [g for g, grp in enumerate(view.groups)
+             if grp.kind == "lorsa" and grp.pos == pos and g != own]  # fmt: skip
 
-    def rank(g):
-        moves = view.groups[g].attends not in (None, 0, pos)
-        return (group_flow[g] <= 0, not moves, -abs(group_flow[g]))
+    def by_flow(g):
+        return (group_flow[g] <= 0, -abs(group_flow[g]))
 
-    return sorted(heads, key=rank)
+    def as_predictor(g):
+        return (by_flow(g)[0], view.groups[g].attends in (None, 0, pos), by_flow(g)[1])
+
+    if not heads:
+        return []
+    first = min(heads, key=as_predictor)
+    return [first, *sorted((g for g in heads if g != first), key=by_flow)]
 
 
 def runner_up(scores: torch.Tensor, token: int) -> int | None:

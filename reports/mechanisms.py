@@ -103,7 +103,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
             lines.append(f"  predicting heads: {short(g.key)}, flow {_signed(g.flow[t.node])}")
             others = [names[k] for k in t.head_groups[1:]]
             if others:
-                lines.append("  next head groups there: " + "; ".join(
+                lines.append("  next head groups there, by flow: " + "; ".join(
                     f"{short(o.key)} {_signed(o.flow[t.node])}" for o in others))  # fmt: skip
         lines.append("  top paths (root -> target):")
         for p in [p for p in summary.paths if p.target == t.node]:
@@ -272,6 +272,9 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         if t.predicting_group:
             parts.append(f"<p>predicting heads: <b>{_esc(t.predicting_group)}</b> "
                          f"{_esc(names[t.predicting_group])}</p>")  # fmt: skip
+            others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])}" for k in t.head_groups[1:])
+            if others:
+                parts.append(f"<p>next head groups there, by flow: {others}</p>")
         paths = [p for p in summary.paths if p.target == t.node]
         if paths:
             items = "".join(

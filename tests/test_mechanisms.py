@@ -635,3 +635,25 @@ def test_qk_reasons_do_not_depend_on_batching(graph, replacement, run, monkeypat
         assert [(p.query, p.key) for p in r1.pairs] == [(p.query, p.key) for p in r2.pairs]
         assert [u for u, _ in r1.query_units] == [u for u, _ in r2.query_units]
         assert [u for u, _ in r1.key_units] == [u for u, _ in r2.key_units]
+
+
+def test_head_ranking_names_a_mover_first_then_every_group_by_flow():
+    """The predicting head group moves something from another position (not BOS, not the
+    query itself); the groups after it are ranked by flow alone, so a group reading the
+    current token with the largest flow is second, not behind every small mover."""
+    from types import SimpleNamespace
+
+    from circuits.mechanisms import _head_ranking
+
+    q = 9
+    attends = {0: 4, 1: 6, 2: q, 3: 0, 4: 7, 5: 3}  # group -> key; 5 is the target's own
+    groups = [SimpleNamespace(kind="lorsa", pos=q, attends=a) for a in attends.values()]
+    groups.append(SimpleNamespace(kind="transcoder", pos=q, attends=None))
+    view = SimpleNamespace(groups=groups)
+    flow = np.array([1.5, 2.0, 19.4, 3.0, -4.0, 50.0, 99.0])
+    assert _head_ranking(view, flow, q, own=5) == [1, 2, 3, 0, 4]
+    # no mover with positive flow: the largest positive flow predicts
+    flow = np.array([-1.5, -2.0, 19.4, 3.0, -4.0, 50.0, 99.0])
+    assert _head_ranking(view, flow, q, own=5) == [2, 3, 4, 1, 0]
+    # the target's own group never ranks, even as the only mover
+    assert _head_ranking(view, np.ones(7), q, own=0)[0] == 1

@@ -215,3 +215,26 @@ def test_a_refused_run_leaves_no_empty_output_directory(tmp_path, capsys, monkey
     assert_one_line_error(run("replacement.cache", "--rows", "100000000", "--out", str(out)),
                           "free")  # fmt: skip
     assert not out.exists()
+
+
+def test_the_clis_copies_of_library_constants_are_the_librarys():
+    """The CLIs keep copies of a few library constants so that parsing their arguments
+    imports no torch; each copy must equal its original."""
+    from circuits import dashboard_cli, dashboards, global_graph, statistics, statistics_file, trace
+    from circuits import superposition as library
+    from replacement import model
+    from reports import superposition
+    from reports.graphviz import RENDER_FORMATS
+    from reports.heads import Settings
+
+    assert trace.FORMATS == RENDER_FORMATS
+    assert trace.DASHBOARD_ROWS == dashboard_cli.DEFAULT_ROWS == dashboards.DEFAULT_ROWS
+    assert dashboard_cli.DEFAULT_DIR == dashboards.DEFAULT_DIR
+    assert sorted(dashboard_cli.MODES) == sorted(model.MODES)
+    assert global_graph.DEFAULT_STATS_DIR == statistics.DEFAULT_STATS_DIR
+    assert global_graph.MAX_ROWS == statistics_file.MAX_ROWS
+    assert superposition.DEFAULT_THRESHOLDS == library.SPREAD_THRESHOLDS
+    assert superposition.HEADLINE == library.HEADLINE_THRESHOLD
+    assert superposition.HOST_SHARE == library.HOST_SHARE
+    assert superposition.MIN_FIRES == library.MIN_FIRES == dashboards.MIN_FIRES
+    assert superposition.HEADS_DOCS == Settings().docs

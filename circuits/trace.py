@@ -147,7 +147,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         if args.dashboards_file.exists() and not args.dashboards_file.is_file():
             raise UserError(f"--dashboards-file {args.dashboards_file}: not a file")
         if args.dashboards and not args.dashboards_file.exists():
-            check_writable(args.dashboards_file.parent)
+            check_writable(args.dashboards_file.parent, "--dashboards-file's folder")
         if args.dashboards:
             check_not_an_output(args.dashboards_file, args.out, "--dashboards-file")
     check_writable(args.out)
@@ -167,25 +167,25 @@ def check_not_an_output(path: Path, out: Path, flag: str) -> None:
                         "keep it outside them")  # fmt: skip
 
 
-def check_writable(out: Path) -> None:
-    """Fail before any work if ``out`` could not be created or written (nothing is created
-    here: a refused run leaves no trace)."""
+def check_writable(out: Path, flag: str = "--out") -> None:
+    """Fail before any work if the directory ``out`` could not be created or written (nothing
+    is created here: a refused run leaves no trace); ``flag`` names it in the message."""
     if out.is_symlink() and not out.exists():
-        raise UserError(f"--out {out}: a dangling symbolic link")
+        raise UserError(f"{flag} {out}: a dangling symbolic link")
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
+        raise UserError(f"{flag} {out}: exists and is not a directory")
     existing = out.absolute()
     while not existing.exists() and not existing.is_symlink():
         existing = existing.parent
     if existing.is_symlink() and not existing.exists():
-        raise UserError(f"--out {out}: {existing} is a dangling symbolic link")
+        raise UserError(f"{flag} {out}: {existing} is a dangling symbolic link")
     if not existing.is_dir():
-        raise UserError(f"--out {out}: {existing} is not a directory")
+        raise UserError(f"{flag} {out}: {existing} is not a directory")
     resolved = existing.resolve()
     if resolved.parts[:2] in (("/", "proc"), ("/", "sys")):
-        raise UserError(f"--out {out}: {resolved} is a kernel file system, not for files")
+        raise UserError(f"{flag} {out}: {resolved} is a kernel file system, not for files")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: {existing} is not writable")
+        raise UserError(f"{flag} {out}: {existing} is not writable")
 
 
 def _targets(args, tokenizer, last_logits=None):
@@ -329,6 +329,8 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
     if path.exists() and not path.is_file():  # nothing to read, nor to remove and build again
         raise UserError(f"dashboards file {path}: exists and is not a file; move it away "
                         "(or pass --dashboards-file or --no-dashboards)")  # fmt: skip
+    if not path.exists():  # to be built: where it goes must hold files, known before the pass
+        check_writable(path.parent, "dashboards folder")
     try:
         dash = build(replacement, tokenizer, path, **settings)
     except ValueError as exc:

@@ -359,6 +359,25 @@ def test_a_directory_at_the_default_dashboards_file_is_refused_in_one_line(
     assert (place / "mine.txt").read_text() == "kept" and not (tmp_path / "a").exists()
 
 
+def test_a_dashboards_folder_that_cannot_hold_the_file_is_refused_before_the_pass(
+    tmp_path, capsys, monkeypatch
+):
+    """A file where the dashboards' folder goes (``runs/dashboards``): one line before the
+    minute-long pass over the corpus, not a failed write after it; the file kept."""
+    from circuits import dashboard_pass
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "dashboards").write_text("mine")
+    monkeypatch.setattr(dashboard_pass, "build", lambda *a, **k: pytest.fail("the pass ran"))
+    small = ["--prompt", PROMPT, "--max-nodes", "20", "--no-checks", "--dashboard-rows", "2"]
+    code, _, err = trace(capsys, *small, "--out", "a")
+    assert code == 2 and err.startswith("error: dashboards folder runs/dashboards: "), err
+    assert "not a directory" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "runs" / "dashboards").read_text() == "mine"
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_graph_names_its_replacement_set_and_intervene_refuses_another(tmp_path):
     """A graph traced with a saved set records the set's identity (its config's content hash,
     which covers every layer file), through its file too; intervening on it with another set

@@ -70,6 +70,19 @@ def keep_per_unit(unit: Tensor, primary: Tensor, index: Tensor, k: int) -> tuple
     return order[keep], rank[keep]
 
 
+class OtherSettings(ValueError):
+    """A dashboards file made with other settings than a build asks for (``found`` and
+    ``wanted``: the settings by name), so it can be neither resumed nor used."""
+
+    def __init__(self, path: Path, found: dict, wanted: dict):
+        self.path, self.found, self.wanted = path, found, wanted
+        super().__init__(f"{path}: made with {found}, not {wanted}; remove it or pick --out")
+
+    @property
+    def differing(self) -> list[str]:
+        return [k for k in self.wanted if self.found.get(k) != self.wanted[k]]
+
+
 class Pass:
     """The running state of the pass over one batch at a time (module docstring)."""
 
@@ -235,7 +248,7 @@ def build(
         dash = read_file(path, replacement, tokenizer)
         found = {k: dash.meta.get(k) for k in settings}
         if found != settings:
-            raise ValueError(f"{path}: made with {found}, not {settings}; remove it or pick --out")
+            raise OtherSettings(path, found, settings)
     else:
         dash = Dashboards(
             layout,

@@ -98,7 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="show each head's and feature's corpus dashboard and concept label "
                       "in the report; built on first use (about a minute) and reused")  # fmt: skip
     dash.add_argument("--dashboard-rows", type=int, default=DASHBOARD_ROWS,
-                      help=f"rows a first build reads (default {DASHBOARD_ROWS})")  # fmt: skip
+                      help=f"rows a first build reads (default {DASHBOARD_ROWS}; a finished "
+                      "--dashboards-file is used with the rows it has)")  # fmt: skip
     dash.add_argument("--dashboards-file", type=path_arg,
                       help="the dashboards file (default runs/dashboards/<model>-<mode>-"
                       "<key>.safetensors, key: the replacement set's identity and the "
@@ -332,10 +333,12 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
     if not path.exists():  # to be built: where it goes must hold files, known before the pass
         check_writable(path.parent, "dashboards folder")
     try:
-        dash = build(replacement, tokenizer, path, **settings)
+        dash = _given_file(args, path, replacement, tokenizer) or build(
+            replacement, tokenizer, path, **settings
+        )
     except ValueError as exc:
         if args.dashboards_file is not None:
-            raise UserError(f"{exc} (or pass --no-dashboards)") from None
+            raise UserError(_refused(exc)) from None
         # The default path is bound to this replacement set and these rows (``default_path``):
         # a file refused there is damaged or of an older format, not another set's work.
         print(f"{exc}; building it again", file=sys.stderr)
@@ -350,6 +353,33 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
     views = dash.for_viewer(tokenizer, units)
     labels = {u: d["concept"] for u, d in views.items() if "concept" in d}
     return views, labels, unit_concepts(dash, full)
+
+
+def _refused(exc: ValueError) -> str:
+    """Why the ``--dashboards-file`` cannot be used, and the way out."""
+    from .dashboard_pass import OtherSettings
+
+    if isinstance(exc, OtherSettings) and "mode" in exc.differing:
+        mode = exc.found["mode"]
+        return (f"--dashboards-file {exc.path}: built in {mode} mode, not {exc.wanted['mode']}; "
+                f"trace with --mode {mode}, or pass another file or --no-dashboards")  # fmt: skip
+    if isinstance(exc, OtherSettings) and exc.differing == ["rows"]:
+        rows = exc.found["rows"]
+        return (f"--dashboards-file {exc.path}: an unfinished build of {rows} rows; pass "
+                f"--dashboard-rows {rows} to finish it, or remove it")  # fmt: skip
+    return f"{exc} (or pass --no-dashboards)"
+
+
+def _given_file(args, path: Path, replacement, tokenizer):
+    """The finished dashboards file the user named with ``--dashboards-file``, for this
+    replacement set and mode, whatever rows it was built with (``--dashboard-rows`` is what a
+    build reads); None where it is to be built, resumed, or refused by ``build``."""
+    from .dashboards import read_file
+
+    if args.dashboards_file is None or not path.is_file():
+        return None
+    dash = read_file(path, replacement, tokenizer)
+    return dash if dash.finished and dash.meta["mode"] == args.mode else None
 
 
 def unit_concepts(dash, graph) -> dict[str, tuple[str, float]]:

@@ -310,6 +310,26 @@ def test_trace_builds_small_dashboards_on_first_use_then_reuses_them(tmp_path, c
     code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "b"), *small)
     assert code == 0 and dashboards.read_bytes() == built  # reused, not rebuilt
     assert '"dashboards"' in (tmp_path / "b" / "graph.html").read_text(encoding="utf-8")
+    # a finished file the user names is used with the rows it has, whatever --dashboard-rows
+    other_rows = [*small[:2], "--dashboard-rows", "6", *small[4:]]
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "c"), *other_rows)
+    assert code == 0 and dashboards.read_bytes() == built and "[concept: " in stdout, err
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "s"), *small,
+                              "--mode", "sparse")  # fmt: skip
+    assert code == 2 and "built in local mode, not sparse; trace with --mode local" in err, err
+    # an unfinished one is resumed only with the rows it was started with
+    from circuits.dashboard_pass import build
+    from replacement.model import load_pretrained
+
+    replacement, tokenizer = load_pretrained("default")
+    partial = tmp_path / "partial.safetensors"
+    build(replacement, tokenizer, partial, rows=40, stop_after=32, progress=False)
+    started = partial.read_bytes()
+    small = ["--dashboards-file", str(partial), "--dashboard-rows", "4", "--max-nodes", "20"]
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "d"), *small)
+    assert code == 2 and partial.read_bytes() == started, err
+    assert "an unfinished build of 40 rows; pass --dashboard-rows 40 to finish it" in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_default_dashboards_are_bound_to_the_set_and_rows_and_never_replaced(

@@ -112,7 +112,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "probability": _num(t.probability), "tokens": _num(t.tokens),
              "constants": _num(t.constants), "errors": _num(t.errors),
              "runnerUp": t.runner_up, "margin": _num(t.margin),
-             "predicting": t.predicting_group, "kind": t.kind}
+             "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind}
             for t in summary.targets
         ],
         "paths": [{"target": p.target, "groups": p.groups, "flow": _num(p.flow)}

@@ -629,3 +629,8 @@ def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_p
     assert all(any(line.startswith(f"ablate '{n}': predicted") for n in names) for line in checks)
     flows = [line for line in text.splitlines() if " · flow " in line]
     assert flows and all(f"'{names[0]}' " in line and f"'{names[1]}' " in line for line in flows)
+    # each target names its predicting heads, then the other head groups there by flow
+    for t in summary.targets:
+        line = next(x for x in text.splitlines() if x.startswith(f"'{t.token}' = "))
+        assert f"predicting heads {t.predicting_group}" in line
+        assert t.head_groups[1:] and f"(next by flow: {', '.join(t.head_groups[1:])})" in line

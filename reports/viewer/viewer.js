@@ -820,7 +820,8 @@
       const what = named(t.node);
       out.push(el("p", {}, `${what} = ${fmt(t.value)}: tokens ${signed(t.tokens)}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
         (t.runnerUp != null ? ` · margin over ${quote(t.runnerUp)} ${signed(t.margin)}` : "") +
-        (t.predicting ? ` · predicting heads ${t.predicting}` : "")));
+        (t.predicting ? ` · predicting heads ${t.predicting}` : "") +
+        (t.next && t.next.length ? ` (next by flow: ${t.next.join(", ")})` : "")));
       const paths = m.paths.filter((p) => p.target === t.node);
       if (paths.length) out.push(el("ul", { class: "paths" }, ...paths.map((p) =>
         el("li", {}, signed(p.flow) + "  " + p.groups.map((k) => k + " " + names.get(k)).join(" → ")))));

@@ -535,3 +535,52 @@ def test_a_run_is_shipped_only_under_the_config_it_was_trained_as(tiny_run, tmp_
     with pytest.raises(UserError, match="trained as zoo config 'tiny', not 'default'"):
         ship.ship(tiny_run, "default", dest_root=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_compiled_run_follows_the_eager_one_and_keeps_its_choice(tiny_run, tmp_path, capsys):
+    """``--compile`` trains the same model up to float rounding and records that it was
+    compiled; a run resumes only with the choice it was started with."""
+    from toy_models.train import main
+
+    out = with_tiny_data(tiny_run, tmp_path / "compiled")
+    assert run_cli_code(main, ["--config", "tiny", "--out", str(out), "--compile"]) == 0
+    eager = load_file(str(tiny_run / "model.safetensors"))
+    compiled = load_file(str(out / "model.safetensors"))
+    assert all(torch.allclose(eager[k], compiled[k], atol=1e-4, rtol=0) for k in eager)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["train_compiled"] is True
+    assert json.loads((tiny_run / "config.json").read_text())["train_compiled"] is False
+    half = with_tiny_data(tiny_run, tmp_path / "half")
+    assert train("tiny", half, stop_after=10, quiet=True) is None  # eager
+    again = ["--config", "tiny", "--out", str(half), "--resume", "--compile"]
+    line = cli_error(capsys, main, again)
+    assert "belongs to another run" in line and "compile" in line, line
+
+
+def test_a_machine_that_cannot_compile_fails_in_one_line_before_any_step(
+    tiny_run, tmp_path, capsys, monkeypatch
+):
+    """torch.compile fails at the first call where no C++ compiler is found: one line, no
+    traceback, and no checkpoint of a step that never ran."""
+    from toy_models.train import main
+
+    def no_compiler(fn):
+        def call(*args):
+            raise RuntimeError("InductorError: CppCompileError: no C++ compiler found\ndetails")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    line = cli_error(capsys, main, ["--config", "tiny", "--out", str(out), "--compile"])
+    assert line == (
+        "error: --compile: torch.compile failed here (InductorError: CppCompileError: no C++ "
+        "compiler found); train without --compile"
+    )
+    assert not (out / "checkpoint").exists() and not (out / "model.safetensors").exists()
+
+
+def run_cli_code(main, argv) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    return exit_info.value.code

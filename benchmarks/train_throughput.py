@@ -6,19 +6,15 @@ weights, see the same random token batches and train with the same AdamW (lr 1e-
 number of threads. A step is forward + next-token cross-entropy + backward + optimizer step.
 The two models are timed in interleaved rounds (order ABBA...), so background load hits both
 alike; the reported figure is the median round. The time to import ``transformer_lens`` is
-reported apart from compute. With ``--compiled``, a third model in the same rounds (their
-order rotating) is ours through ``torch.compile`` (``unchecked_forward``, what
-``toy_models.train --compile`` runs), from the same weights; its compile time is the first
-warm-up step's and is reported apart.
+reported apart from compute.
 
-    python benchmarks/train_throughput.py [--config default] [--steps 20] [--rounds 5] [--compiled]
+    python benchmarks/train_throughput.py [--config default] [--steps 20] [--rounds 5]
     python benchmarks/train_throughput.py --tiny --steps 2 --rounds 2   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.metadata
 import os
 import statistics
@@ -71,12 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=32, help="sequences per batch (32)")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: n_ctx)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
-    parser.add_argument(
-        "--compiled",
-        action="store_true",
-        help="also time ours through torch.compile (toy_models.train --compile; needs a C++ "
-        "compiler)",
-    )
     parser.add_argument(
         "--bridge-norm",
         choices=BRIDGE_NORMS,
@@ -191,17 +181,15 @@ def param_count_check(ours: Any, bridge: Any, norm: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ timing
-def make_step(model: Any, lr: float, forward: Callable | None = None) -> Callable[[Any], float]:
-    """One training step: forward (``model`` itself, or ``forward``), next-token
-    cross-entropy, backward, AdamW; returns the loss."""
+def make_step(model: Any, lr: float) -> Callable[[Any], float]:
+    """One training step: forward, next-token cross-entropy, backward, AdamW; returns the loss."""
     import torch
     import torch.nn.functional as F
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    forward = model if forward is None else forward
 
     def step(tokens: Any) -> float:
-        logits = forward(tokens)  # the bridge's normal forward (return_type="logits")
+        logits = model(tokens)  # the bridge's normal forward (return_type="logits")
         loss = F.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)
         )
@@ -298,25 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         raise RuntimeError(f"same weights, different logits (max |diff| {max_logit_diff:.2e})")
 
     steps = {"ours": make_step(ours, LR), "bridge": make_step(bridge, LR)}
-    if args.compiled:
-        twin = copy.deepcopy(ours)  # the same weights, its own optimizer
-        steps["ours_compiled"] = make_step(twin, LR, torch.compile(twin.unchecked_forward))
-    warmup_s = {}
-    for label, step in steps.items():
-        t = time.perf_counter()
-        timed_round(step, batches, max(args.warmup, 1 if label == "ours_compiled" else 0))
-        warmup_s[label] = time.perf_counter() - t
-    if args.compiled:
-        startup_s["warmup_ours_compiled"] = warmup_s["ours_compiled"]  # compiling, mostly
+    for step in steps.values():
+        timed_round(step, batches, args.warmup)
 
     seconds: dict[str, list[float]] = {label: [] for label in steps}
     last_loss: dict[str, float] = {}
     load_before = load_average()
-    labels = list(steps)
     for r in range(args.rounds):
-        # ABBA for two models; with three, each round starts one later (ABC, BCA, CAB...)
-        order = (labels if r % 2 == 0 else labels[::-1]) if len(labels) == 2 else \
-            labels[r % len(labels):] + labels[: r % len(labels)]  # fmt: skip
+        order = ["ours", "bridge"] if r % 2 == 0 else ["bridge", "ours"]
         for label in order:
             elapsed, last_loss[label] = timed_round(steps[label], batches, args.steps)
             seconds[label].append(elapsed)
@@ -330,15 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_s_median": statistics.median(rates),
             "tokens_per_s_rounds": rates,
             "ms_per_step_median": 1000 * statistics.median(seconds[label]) / args.steps,
-            "params": params["ours" if label == "ours_compiled" else label],
+            "params": params[label],
             "last_loss": last_loss[label],
         }
     speedup = per_model["ours"]["tokens_per_s_median"] / per_model["bridge"]["tokens_per_s_median"]
-    compiled = (
-        {"speedup_compiled_over_ours": per_model["ours_compiled"]["tokens_per_s_median"]
-         / per_model["ours"]["tokens_per_s_median"]}
-        if args.compiled else {}
-    )  # fmt: skip
 
     results = {
         "config_name": name,
@@ -353,9 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_steps": args.warmup,
         "steps_per_round": args.steps,
         "rounds": args.rounds,
-        "round_order": "ours/bridge alternating first (ABBA...)"
-        if not args.compiled
-        else "ours, bridge, ours_compiled rotating (ABC, BCA, CAB...)",
+        "round_order": "ours/bridge alternating first (ABBA...)",
         "bridge": {
             "constructor": "TransformerBridge.boot_native",
             "normalization_type": args.bridge_norm,
@@ -368,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
         "models": per_model,
         "param_counts": params,
         "speedup_ours_over_bridge": speedup,
-        **compiled,
         "target": {"min_speedup": MIN_SPEEDUP, "met": speedup >= MIN_SPEEDUP},
         "startup_s": startup_s,
         "startup_note": (
@@ -404,16 +373,6 @@ def summary(r: dict[str, Any]) -> str:
             f"speedup ours/bridge {r['speedup_ours_over_bridge']:.2f}x "
             f"(target >= {r['target']['min_speedup']}: "
             f"{'met' if r['target']['met'] else 'NOT met'})",
-            *(
-                [
-                    f"ours compiled {r['models']['ours_compiled']['tokens_per_s_median']:>10,.0f} "
-                    f"tokens/s ({r['models']['ours_compiled']['ms_per_step_median']:.1f} ms/step; "
-                    f"{r['speedup_compiled_over_ours']:.2f}x ours, after "
-                    f"{s['warmup_ours_compiled']:.0f} s of compiling and warm-up)"
-                ]
-                if "ours_compiled" in r["models"]
-                else []
-            ),  # fmt: skip
             f"start-up (not in the rates): import transformer_lens "
             f"{s['import_transformer_lens']:.2f} s, its model_bridge "
             f"{s['import_transformer_lens_model_bridge']:.2f} s, boot_native "

@@ -181,18 +181,8 @@ class ToyTransformer(HookedRootModule):
         self.W_pos[:, 1::2] = torch.cos(pos * freq) * self.cfg.init_std * math.sqrt(2)
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
-        check_tokens(tokens, self.cfg.n_ctx, self.cfg.d_vocab)
-        return self.unchecked_forward(tokens)
-
-    def unchecked_forward(
-        self, tokens: Int[Tensor, "batch pos"]
-    ) -> Float[Tensor, "batch pos d_vocab"]:
-        """``forward`` without its check of the token ids, for tokens checked already (the
-        training rows, checked when read): what ``torch.compile`` traces whole, since the
-        check reads values back to Python."""
-        resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(
-            self.W_pos[: tokens.shape[-1]]
-        )
+        n = check_tokens(tokens, self.cfg.n_ctx, self.cfg.d_vocab)
+        resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:n])
         for block in self.blocks:
             resid = block(resid)
         return self.ln_final(resid) @ self.W_U + self.b_U

@@ -119,16 +119,11 @@ def train(
     steps: int | None = None,
     stop_after: int | None = None,
     quiet: bool = False,
-    compile: bool = False,
 ) -> Path | None:
     """Train (or resume) a zoo config into ``out``; returns the directory of the final model.
 
     ``stop_after`` ends the run early, as an interruption would, after the checkpoint at that
     step (it must be a multiple of ``checkpoint_every``); the function then returns None.
-    ``compile`` runs the model's forward and backward through ``torch.compile`` (about 14%
-    faster a step on two CPU cores for the default model, after about 40 s of compiling; the
-    float arithmetic differs from the eager run's in its last bits). A run keeps the choice it
-    was started with: resuming with the other one is refused, and the model records it.
     """
     from .checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
     from .files import file_sha256
@@ -155,23 +150,19 @@ def train(
     model_cfg = ModelConfig(d_vocab=tokenizer.get_vocab_size(), **entry.model)
     model = ToyTransformer(model_cfg)
     opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    # The identity of an eager run is what it was before ``compile`` existed (its checkpoints
-    # resume as they are); a compiled run's names it, so the two never mix in one run.
-    identity = {"config": config_name, "steps": cfg.steps} | ({"compile": True} if compile else {})
-    run.start(identity, model, opt, stats=("loss",))
+    run.start({"config": config_name, "steps": cfg.steps}, model, opt, stats=("loss",))
     if run.step == cfg.steps and all((out / f).is_file() for f in (WEIGHTS_FILE, CONFIG_FILE)):
         return out  # a finished run: its final model and figures stand as written
     # (a run stopped while writing them resumes here: no steps left, they are written again)
 
     # 4) the loop: the batch at each step is a pure function of (seed, step)
     model.train()
-    forward = compiled(model) if compile else model
 
     def step_fn(step: int) -> dict[str, float]:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         batch = rows[batch_indices(step, len(rows), cfg.batch_size, cfg.seed)]
-        logits = forward(batch[:, :-1])
+        logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -199,7 +190,6 @@ def train(
             "zoo_config": config_name,
             "train": asdict(cfg),
             "train_elapsed_s": round(run.elapsed_s, 1),
-            "train_compiled": compile,
             "train_tokens_per_s": round(tokens_seen / max(run.elapsed_s, 1e-9)),
             "final_train_loss": run.mean("loss"),
             "tokenizer_sha256": file_sha256(out / TOKENIZER_FILE),
@@ -209,32 +199,6 @@ def train(
         },
     )
     return out
-
-
-def compiled(model):
-    """``model`` through ``torch.compile``, failing in one line where this machine cannot
-    compile (no C++ compiler for the CPU backend, say): at the first call, which compiles,
-    before the step changes any weight, so the run's last checkpoint stands. Later calls
-    run the compiled code as they are."""
-    import torch
-
-    inner = torch.compile(model.unchecked_forward)  # the rows were checked when read
-    first = [True]
-
-    def forward(tokens):
-        if not first[0]:
-            return inner(tokens)
-        try:
-            out = inner(tokens)
-        except Exception as exc:  # noqa: BLE001  (dynamo and inductor raise many kinds)
-            lines = str(exc).strip().splitlines()
-            reason = lines[0][:200] if lines else type(exc).__name__
-            raise UserError(f"--compile: torch.compile failed here ({reason}); train without "
-                            "--compile") from None  # fmt: skip
-        first[0] = False
-        return out
-
-    return forward
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,17 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true", help="continue from the run's last checkpoint"
     )
     parser.add_argument("--steps", type=int, help="override the config's number of steps")
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="run the model through torch.compile (faster steps after ~40 s of compiling; "
-        "needs a C++ compiler; a run resumes only with the choice it started with)",
-    )
     args = parser.parse_args(argv)
     get_config(args.config)  # fail on an unknown name before any heavy import
     if args.steps is not None and args.steps <= 0:
         raise UserError(f"--steps must be positive, got {args.steps}")
-    final = train(args.config, args.out, resume=args.resume, steps=args.steps, compile=args.compile)
+    final = train(args.config, args.out, resume=args.resume, steps=args.steps)
     meta = json.loads((final / "config.json").read_text())
     print(
         f"trained {args.config}: final train loss {meta['final_train_loss']:.4f}, "

@@ -228,7 +228,8 @@ def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int
         return (group_flow[g] <= 0, -abs(group_flow[g]))
 
     def as_predictor(g):
-        return (by_flow(g)[0], view.groups[g].attends in (None, 0, pos), by_flow(g)[1])
+        not_positive, size = by_flow(g)
+        return (not_positive, view.groups[g].attends in (None, 0, pos), size)
 
     if not heads:
         return []

@@ -330,7 +330,9 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
     if path.exists() and not path.is_file():  # nothing to read, nor to remove and build again
         raise UserError(f"dashboards file {path}: exists and is not a file; move it away "
                         "(or pass --dashboards-file or --no-dashboards)")  # fmt: skip
-    if not path.exists():  # to be built: where it goes must hold files, known before the pass
+    # The default file, to be built: its folder must hold files, known before the pass
+    # (a --dashboards-file's folder is checked with the arguments).
+    if args.dashboards_file is None and not path.exists():
         check_writable(path.parent, "dashboards folder")
     try:
         dash = _given_file(args, path, replacement, tokenizer) or build(

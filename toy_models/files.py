@@ -247,8 +247,7 @@ def replace_atomic(path: str | Path, write) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            if not tmp.is_dir():
-                tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             raise WriteError(exc.errno, exc.strerror, str(path)) from None
         raise

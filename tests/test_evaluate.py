@@ -91,6 +91,72 @@ def test_addition_needs_every_digit_and_then_no_further_digit(tokenizer, split):
     assert sum(scores["counts"]["by_form"].values()) == n
 
 
+class Recording(Oracle):
+    """An oracle that keeps the rows it was run on."""
+
+    def __init__(self, cfg, sharp=True):
+        super().__init__(cfg, sharp)
+        self.rows: list[list[int]] = []
+
+    def run_with_cache(self, tokens, names_filter=None):
+        self.rows += tokens.tolist()
+        return super().run_with_cache(tokens, names_filter)
+
+
+@pytest.mark.parametrize("split", ev.EVAL_SPLITS)
+def test_an_answer_after_the_models_own_space_counts_beside_the_exact_match(tokenizer, split):
+    digits = ev._digit_ids(tokenizer)
+    space = tokenizer.token_to_id("Ġ")
+    docs = encoded(tokenizer, "addition", 12, split)
+
+    def own(sharp=True, n_ctx=128):
+        cfg = SimpleNamespace(
+            d_vocab=tokenizer.get_vocab_size(), n_ctx=n_ctx, n_layers=1, n_heads=1
+        )
+        model = Recording(cfg, sharp)
+        return ev.OwnSpacing.of(model, tokenizer), model
+
+    spacing, _ = own()
+    assert space in spacing.spaces and not spacing.spaces & digits
+    runs = [oracle_run(doc, doc.ids[0]) for doc in docs]
+    perfect = ev.addition_scores(runs, digits, spacing)
+    n = perfect["n_problems"]
+    assert perfect["exact_match"] == perfect["exact_match_own_space"] == 1.0
+    assert perfect["space_first"] == 0 and spacing.model.rows == []  # nothing to rerun
+
+    # the model writes a space where the document goes on with the answer's first digit
+    doc = docs[0]
+    answer = doc.example.spans_of("answer")[0]
+    first = doc.tokens_in(answer)[0]
+    runs[0].argmax[first - 1] = space
+    # and another answer has a wrong first digit: no space, so no second chance
+    other = docs[1].tokens_in(docs[1].example.spans_of("answer")[0])[0]
+    runs[1].argmax[other - 1] = digit(
+        tokenizer, "0" if docs[1].ids[other] != digit(tokenizer, "0") else "1"
+    )
+
+    spacing, model = own()
+    scores = ev.addition_scores(runs, digits, spacing)
+    assert scores["exact_match"] == pytest.approx((n - 2) / n)
+    assert scores["exact_match_own_space"] == pytest.approx((n - 1) / n)  # right after its space
+    assert scores["space_first"] == pytest.approx(1 / n)
+    assert model.rows == [doc.ids[:first] + [space] + doc.ids[first:]]  # rerun once, space put in
+    assert scores["by_form_own_space"][answer.form] >= scores["by_form"][answer.form]
+
+    # a model that, given its space, still gets the sum wrong gains nothing
+    wrong, _ = own(sharp=False)
+    assert ev.addition_scores(runs, digits, wrong)["exact_match_own_space"] == pytest.approx(
+        (n - 2) / n
+    )
+    # an answer the inserted token pushes out of the context keeps its exact-match result
+    last = doc.tokens_in(answer)[-1]
+    cut, cut_model = own(n_ctx=last + 1)
+    assert ev.addition_scores(runs, digits, cut)["exact_match_own_space"] == pytest.approx(
+        (n - 2) / n
+    )
+    assert cut_model.rows == []
+
+
 def repeat_runs(docs, slow_separator: str) -> list[ev.Scored]:
     """Loss 2 on first-copy tokens, 0.2 on second-copy tokens (1.0 with ``slow_separator``),
     1 elsewhere."""
@@ -212,7 +278,8 @@ def test_oracle_is_perfect_and_blind_model_scores_nothing(oracle):
     perfect, blind, tokenizer = oracle
     for split in ev.EVAL_SPLITS:
         assert ev.successor_probe(perfect, tokenizer, 10, split)["accuracy"] == 1.0
-        assert ev.addition_probe(perfect, tokenizer, 10, split)["exact_match"] == 1.0
+        addition = ev.addition_probe(perfect, tokenizer, 10, split)
+        assert addition["exact_match"] == addition["exact_match_own_space"] == 1.0
         assert ev.subtoken_induction_probe(perfect, tokenizer, 30, split)["accuracy"] == 1.0
         induction = ev.induction_probe(perfect, tokenizer, 10, split=split)
         assert induction["loss_second_copy"] < 1e-6  # and the first's: their ratio is 0/0
@@ -279,7 +346,7 @@ def test_full_evaluation_runs_on_the_tiny_model(tiny_pretrained):
     for split in ev.EVAL_SPLITS:
         r = results[split]
         assert all(math.isfinite(v) for v in r["heldout_loss"].values())
-        assert 0 <= r["addition"]["exact_match"] <= 1
+        assert 0 <= r["addition"]["exact_match"] <= r["addition"]["exact_match_own_space"] <= 1
         assert r["induction"]["loss_ratio"] > 0
         assert r["induction"]["worst_separator"] in r["induction"]["by_separator"]
         assert set(results["targets"][split]) == {

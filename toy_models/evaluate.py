@@ -18,7 +18,13 @@ documents go through the model once (``run_split``); the probes read those runs
   where it should); by list kind, step, list format (or ``"sentence"``) and sentence frame.
 - addition: exact match of the answer: every digit predicted and, after the last one, a
   prediction that is not a digit (greedy decoding stops the number there, whatever follows:
-  a line end, ``.``, ``,`` or a space); by operand digits, carries, spacing and frame.
+  a line end, ``.``, ``,`` or a space); by operand digits, carries, spacing and frame. Beside
+  it (the targets read the exact match), ``exact_match_own_space``: the same when the model
+  may write a whitespace token of its choosing before the answer where the document has none
+  (``OwnSpacing``). A held-out spacing form such as ``a + b=c`` shares its text up to ``=``
+  with a training form that always goes on with a space (``a + b= c``), so the first token
+  of its answer cannot be told from what comes before; the second figure says how much of the
+  exact match is lost to that token rather than to the sum.
 - subtoken induction: the sub-tokens after the first of a held-out rare name, on every mention
   after its first, by story style; names seen in training never appear here.
 - attention sink: mean attention mass on the BOS position, per head (instances split).
@@ -330,9 +336,47 @@ def successor_scores(scored: list[Scored], digits: frozenset[int] = frozenset())
     }
 
 
-def addition_scores(scored: list[Scored], digits: frozenset[int]) -> dict:
-    """Exact match: every answer digit predicted and then no further digit."""
+@dataclass(frozen=True)
+class OwnSpacing:
+    """Reruns a model on documents with one whitespace token put in, for
+    ``exact_match_own_space``: where the model predicts a whitespace token (``spaces``) at an
+    answer's first position and the document has a digit there, the document's tokens up to
+    the answer, that whitespace token, then the answer and what follows (cut to the context)
+    go through the model once more; the answer counts there when every digit is predicted
+    after the inserted token and then no further digit. An answer pushed out of the context by
+    the inserted token keeps its exact-match result."""
+
+    model: object
+    spaces: frozenset[int]
+
+    @classmethod
+    def of(cls, model, tokenizer) -> OwnSpacing:
+        vocab = range(tokenizer.get_vocab_size())
+        return cls(model, frozenset(i for i in vocab if tokenizer.decode([i]).isspace()))
+
+    def predictions(self, rows: list[list[int]], batch_size: int = 32) -> list[list[int]]:
+        """The argmax prediction at every position of each row."""
+        import torch
+
+        out = []
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            with torch.no_grad():
+                logits, _ = self.model.run_with_cache(pad_rows(chunk), names_filter=lambda n: False)
+            argmax = logits.argmax(-1).tolist()
+            out += [a[: len(r)] for a, r in zip(argmax, chunk, strict=True)]
+        return out
+
+
+def addition_scores(
+    scored: list[Scored], digits: frozenset[int], own_spacing: OwnSpacing | None = None
+) -> dict:
+    """Exact match: every answer digit predicted and then no further digit; with
+    ``own_spacing``, also ``exact_match_own_space`` (its docstring), its rates by form, and
+    ``space_first``: the share of answers where the model predicted a whitespace token the
+    document does not have at the answer's first position."""
     groups: dict[str, dict] = {k: defaultdict(list) for k in ("digits", "carries", "form", "frame")}
+    answers = []  # (scored run, answer positions, exact match)
     for s in scored:
         for answer in s.doc.example.spans_of("answer"):
             positions = s.doc.tokens_in(answer)
@@ -344,12 +388,46 @@ def addition_scores(scored: list[Scored], digits: frozenset[int]) -> dict:
             groups["carries"][count_carries(int(a.value), int(b.value))].append(ok)
             groups["form"][answer.form].append(ok)
             groups["frame"][answer.frame].append(ok)
+            answers.append((s, positions, answer.form, ok))
     every = [h for v in groups["digits"].values() for h in v]
-    return {
+    out = {
         "exact_match": sum(every) / max(1, len(every)),
         "n_problems": len(every),
         **{f"by_{k}": _rates(v) for k, v in groups.items()},
         "counts": {f"by_{k}": _counts(v) for k, v in groups.items()},
+    }
+    if own_spacing is not None:
+        out |= _own_space_scores(answers, digits, own_spacing)
+    return out
+
+
+def _own_space_scores(answers: list, digits: frozenset[int], own: OwnSpacing) -> dict:
+    retries = []  # (index into answers, the row with the model's whitespace put in)
+    for j, (s, positions, _, ok) in enumerate(answers):
+        first = positions[0]
+        space = s.argmax[first - 1]
+        if ok or space not in own.spaces or s.doc.ids[first] in own.spaces:
+            continue
+        row = (s.doc.ids[:first] + [space] + s.doc.ids[first:])[: own.model.cfg.n_ctx]
+        if positions[-1] + 1 < len(row):  # the answer still fits, after one more token
+            retries.append((j, row))
+    right = {j: ok for j, (_, _, _, ok) in enumerate(answers)}
+    for (j, row), argmax in zip(retries, own.predictions([r for _, r in retries]), strict=True):
+        shifted = [p + 1 for p in answers[j][1]]
+        stops = argmax[shifted[-1]] not in digits
+        right[j] = stops and all(argmax[p - 1] == row[p] for p in shifted)
+    by_form: dict = defaultdict(list)
+    for j, (_, _, form, _) in enumerate(answers):
+        by_form[form].append(right[j])
+    spaced = sum(
+        s.argmax[p[0] - 1] in own.spaces and s.doc.ids[p[0]] not in own.spaces
+        for s, p, _, _ in answers
+    )
+    n = max(1, len(answers))
+    return {
+        "exact_match_own_space": sum(right.values()) / n,
+        "by_form_own_space": _rates(by_form),
+        "space_first": spaced / n,
     }
 
 
@@ -422,7 +500,7 @@ def successor_probe(model, tokenizer, n_docs: int, split: str = "heldout") -> di
 
 def addition_probe(model, tokenizer, n_docs: int, split: str = "heldout") -> dict:
     scored = run_split(model, tokenizer, "addition", n_docs, split)
-    return addition_scores(scored, _digit_ids(tokenizer))
+    return addition_scores(scored, _digit_ids(tokenizer), OwnSpacing.of(model, tokenizer))
 
 
 def subtoken_induction_probe(model, tokenizer, n_docs: int, split: str = "heldout") -> dict:
@@ -436,14 +514,16 @@ def sink_probe(model, tokenizer, n_docs: int, split: str = "heldout") -> dict:
 
 
 # ----------------------------------------------------------------- everything, both splits
-def split_probes(scored: dict[str, list[Scored]], tokenizer, head_scores: bool) -> dict:
-    """Every probe on one split's runs (``scored``: family -> its documents)."""
+def split_probes(scored: dict[str, list[Scored]], tokenizer, head_scores: bool, model=None) -> dict:
+    """Every probe on one split's runs (``scored``: family -> its documents); with the
+    ``model`` that ran them, addition's ``exact_match_own_space`` too (``OwnSpacing``)."""
     digits = _digit_ids(tokenizer)
+    own = OwnSpacing.of(model, tokenizer) if model is not None else None
     return {
         "heldout_loss": loss_scores(scored),
         "induction": induction_scores(scored["repeat"], head_scores),
         "successor": successor_scores(scored["successor"], digits),
-        "addition": addition_scores(scored["addition"], digits),
+        "addition": addition_scores(scored["addition"], digits, own),
         "subtoken_induction": subtoken_scores(scored["names"]),
     }
 
@@ -491,7 +571,7 @@ def evaluate(
             scored = {
                 f: run_split(model, tokenizer, f, n_docs, split, head_scores, bar) for f in FAMILIES
             }
-            results[split] = split_probes(scored, tokenizer, head_scores)
+            results[split] = split_probes(scored, tokenizer, head_scores, model)
             if split == "heldout" and head_scores:
                 results["attention_sink"] = sink_scores(scored)
     results["targets"] = targets(results)
@@ -563,6 +643,11 @@ def summary(r: dict) -> str:
             + "; by carries "
             + " ".join(f"{k}:{v:.1%}" for k, v in a["by_carries"].items())
         )
+        if "exact_match_own_space" in a:
+            text += (
+                f"; {a['exact_match_own_space']:.1%} with the model's own space before the "
+                f"answer (a space predicted where the document has none: {a['space_first']:.1%})"
+            )
         failing = _failing(a["by_form"], threshold) + _failing(a["by_frame"], threshold)
         add("addition", split, text + _failing_text(failing))
     for split in EVAL_SPLITS:

@@ -17,6 +17,11 @@ list's first item, a next item (one with a previous item) with its list's kind a
 the corpus's list formats), and in sentences the item said first and the answer; for repeats,
 the first and the second copy (and the second copy's first token), the separator between
 them (the span's ``form``, right after the first copy) and the text around them (filler).
+Every concept that names a token's role (``CONCEPT_ROLE``, BOS aside) comes again as
+``next token: <concept>`` on the token before it, in the same row: the position where that
+token is predicted (the ``=`` before an answer's hundreds digit, the separator before a
+letters item, the sub-token before a repeated rare name's next one), so that a unit that fires
+where something is about to be written is labelled by what comes, not only by what is there.
 Positions come from the spans only (corpus v3 writes each family in many forms, so no
 separator is read from the characters except addition's ``+``, ``=`` and line break).
 ``CONCEPT_ROLE`` gives each concept the role (``TOKEN_ROLES``) its tokens play.
@@ -70,8 +75,14 @@ _CONCEPT_ROLES: tuple[tuple[str, str | None], ...] = (
     ("repeat: separator between the copies", "separator"),
     ("repeat: around the copies", None),
 )
-CONCEPTS: tuple[str, ...] = tuple(name for name, _ in _CONCEPT_ROLES)
-CONCEPT_ROLE: dict[str, str | None] = dict(_CONCEPT_ROLES)
+NEXT = "next token: "  # the prefix of a concept of the token that follows
+_NEXT_OF = {name: NEXT + name for name, role in _CONCEPT_ROLES if role not in (None, "bos")}
+# A ``next token`` concept names no role of the token it is on (the role is the next token's).
+CONCEPTS: tuple[str, ...] = (
+    *(name for name, _ in _CONCEPT_ROLES),
+    *_NEXT_OF.values(),
+)
+CONCEPT_ROLE: dict[str, str | None] = {**dict(_CONCEPT_ROLES), **dict.fromkeys(_NEXT_OF.values())}
 INDEX = {name: i for i, name in enumerate(CONCEPTS)}
 
 
@@ -181,6 +192,8 @@ def token_concepts(example: Example, offsets: list[tuple[int, int]]) -> list[tup
             concepts[i].add("repeat: around the copies")
         elif text in separators:
             concepts[i].add(separators[text])
+    for i in range(len(offsets) - 1):
+        concepts[i].update(_NEXT_OF[c] for c in concepts[i + 1] if c in _NEXT_OF)
     return [tuple(sorted(INDEX[c] for c in names)) for names in concepts]
 
 

@@ -340,3 +340,37 @@ def test_v3_concepts_follow_the_spans_in_every_form(tiny_pretrained):
     assert forms and steps and separators
     assert set(CONCEPT_ROLE) == set(CONCEPTS)
     assert set(CONCEPT_ROLE.values()) - {None} <= set(TOKEN_ROLES) - {"other"}
+
+
+def test_next_token_concepts_sit_on_the_token_before_their_concept(tiny_pretrained):
+    """``next token: X`` is on exactly the tokens followed (in the row) by a token with the
+    role-naming concept X: the token before an answer's first digit is where that digit, with
+    its place, is predicted; the last token of a row and family-level concepts get none."""
+    from circuits.concepts import CONCEPT_ROLE, NEXT
+
+    _, tokenizer = tiny_pretrained
+    rows = corpus_rows(tokenizer, 128, 5, 0, 24)
+    own = {i for i, c in enumerate(CONCEPTS) if not c.startswith(NEXT)}
+    twin = {INDEX[c]: INDEX[NEXT + c] for c in CONCEPTS if NEXT + c in INDEX}
+    assert INDEX["BOS"] not in twin and INDEX["family: addition"] not in twin
+    assert INDEX["addition: answer digit, place 0"] in twin
+    assert all(CONCEPT_ROLE[CONCEPTS[t]] is None for t in twin.values())
+    answers = 0
+    for row in rows:
+        for i, cs in enumerate(row.concepts):
+            following = row.concepts[i + 1] if i + 1 < len(row.concepts) else ()
+            assert set(cs) - own == {twin[c] for c in following if c in twin}
+        text = row.example.text
+        offsets = [tuple(o) for o in tokenizer.encode(text).offsets][: len(row.ids)]
+        for span in row.example.spans_of("answer"):
+            digits = [
+                i for i, (s, e) in enumerate(offsets) if i and s < span.end and e > span.start
+            ]
+            if span.end > offsets[-1][1] or len(span.value) > 4:
+                continue
+            place = len(span.value) - 1
+            assert (
+                INDEX[f"{NEXT}addition: answer digit, place {place}"] in row.concepts[digits[0] - 1]
+            )
+            answers += 1
+    assert answers > 5

@@ -285,8 +285,10 @@ def root_split(
 
 
 def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> dict:
-    """``tokens``, ``errors``, ``constants`` (summing to the target's value) and the constant
-    part by source: each sublayer's bias nodes and ``own`` (the nodes' own terms)."""
+    """``tokens``, ``errors``, ``constants`` (summing to the target's value), the constant
+    part by source (each sublayer's bias nodes and ``own``, the nodes' own terms) and the token
+    part by position (``tokens_by_position``: (position, flow) for every position whose token
+    embeddings carry flow, largest |flow| first)."""
     kinds = graph.kind.numpy()
     own = h * graph.bias.double().numpy()
     is_bias = kinds == Kind.BIAS
@@ -297,11 +299,16 @@ def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> 
         by_stage[f"L{layer} {'attn' if attn else 'mlp'} bias"] = float(flow[sel].sum())
     by_source = sorted(by_stage.items(), key=lambda kv: -abs(kv[1]))
     by_source.append(("own", float(own.sum())))
+    is_token = kinds == Kind.EMBEDDING
+    at = np.bincount(graph.pos.numpy()[is_token], flow[is_token], minlength=len(graph.tokens))
+    by_position = [(p, float(at[p])) for p in np.argsort(-np.abs(at), kind="stable").tolist()
+                   if at[p] != 0]  # fmt: skip
     return {
-        "tokens": float(flow[kinds == Kind.EMBEDDING].sum()),
+        "tokens": float(flow[is_token].sum()),
         "errors": float(flow[kinds == Kind.ERROR].sum()),
         "constants": float(flow[is_bias].sum() + own.sum()),
         "constants_by_source": by_source,
+        "tokens_by_position": by_position,
     }
 
 

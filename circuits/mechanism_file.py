@@ -193,12 +193,24 @@ class PathRecord:
 
 
 @dataclass
+class TokenShare:
+    """The part of a target's ``tokens`` that the token embedding at ``pos`` carries (``token``
+    its text): its exact flow into the target through the frozen linear graph."""
+
+    pos: int
+    token: str
+    flow: float
+
+
+@dataclass
 class TargetRecord:
     """A target: a logit (or logit difference), or a head or feature (``kind``; ``token`` its
     name, ``value`` its pre-activation, no probability or runner-up); its value split exactly
     into ``tokens + errors + constants``;
     ``constants_by_source`` the constant part by where it comes from (each sublayer's bias
-    nodes, ``own`` the nodes' own terms); the runner-up token and the margin over it; the
+    nodes, ``own`` the nodes' own terms); ``tokens_by_position`` the token part by the
+    position of the token that carries it (largest |flow| first, summing to ``tokens``: which
+    tokens of the prompt the target comes from); the runner-up token and the margin over it; the
     predicting head group (a group key) and the ``HEAD_GROUPS`` head groups at the target's
     position ranked as it was chosen (positive flows first, largest first)."""
 
@@ -216,6 +228,7 @@ class TargetRecord:
     margin: float | None
     predicting_group: str | None
     head_groups: list[str] = field(default_factory=list)
+    tokens_by_position: list[TokenShare] = field(default_factory=list)
     kind: str = "logit"  # or the kind of a head or feature target ("lorsa", "transcoder")
 
     @property
@@ -259,8 +272,9 @@ class MechanismSummary:
 def _summary_from_dict(d: dict) -> MechanismSummary:
     """Every field typed (``toy_models.records.from_json``), then the references and sums
     that tie the records together: group keys unique and every key a target, a path or a
-    check names defined; each target's parts closing to its value and each QK reason's to its
-    score (``CLOSURE`` of the larger magnitude); attentions and probabilities in [0, 1]; the mode
+    check names defined; each target's parts closing to its value (its tokens by position to
+    its tokens, each at a position holding that token) and each QK reason's to its score
+    (``CLOSURE`` of the larger magnitude); attentions and probabilities in [0, 1]; the mode
     one of ``MODES``."""
     summary = from_json(MechanismSummary, {k: v for k, v in d.items() if k != "version"}, "summary")
     _expect(summary.mode in MODES, f"mode: {summary.mode!r}, not one of {list(MODES)}")
@@ -272,6 +286,16 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         named = [t.predicting_group] if t.predicting_group is not None else []
         _expect(set(named + t.head_groups) <= set(keys), f"{where}: names a group not defined")
         _closes(t.tokens + t.errors + t.constants, t.value, f"{where}: tokens + errors + constants")
+        if t.tokens_by_position:
+            shares = t.tokens_by_position
+            _closes(sum(x.flow for x in shares), t.tokens, f"{where}.tokens_by_position")
+            _expect(len({x.pos for x in shares}) == len(shares), f"{where}: a position twice")
+            for x in shares:
+                inside = 0 <= x.pos < len(summary.tokens)
+                _expect(
+                    inside and summary.tokens[x.pos] == x.token,
+                    f"{where}.tokens_by_position: position {x.pos} is not token {x.token!r}",
+                )
         for p in (t.probability, t.runner_up_probability):
             _expect(p is None or 0 <= p <= 1, f"{where}: a probability outside [0, 1]")
     for i, g in enumerate(summary.groups):

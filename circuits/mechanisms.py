@@ -67,6 +67,7 @@ from .mechanism_file import (
     QKTermRecord,
     SourceShare,
     TargetRecord,
+    TokenShare,
 )
 from .nodes import Kind, unit_id
 from .qk import qk_record
@@ -245,6 +246,7 @@ def runner_up(scores: torch.Tensor, token: int) -> int | None:
 
 def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
     kind = Kind(int(graph.kind[t]))
+    by_position = [TokenShare(p, graph.token_strings[p], v) for p, v in parts["tokens_by_position"]]
     if kind != Kind.LOGIT:
         return TargetRecord(
             node=graph.ids[t], token=node_name(graph, t), negative=None, probability=None,
@@ -252,7 +254,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
             constants=parts["constants"], constants_by_source=parts["constants_by_source"],
             runner_up=None, runner_up_probability=None, margin=None,
             predicting_group=head_groups[0] if head_groups else None, head_groups=head_groups,
-            kind=kind.label,
+            tokens_by_position=by_position, kind=kind.label,
         )  # fmt: skip
     record = graph.logit_record(t)
     runner = runner_up(probs, record.token)
@@ -268,7 +270,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
         runner_up=None if runner is None else graph.token(runner),
         runner_up_probability=None if runner is None else float(probs[runner]),
         margin=margin, predicting_group=head_groups[0] if head_groups else None,
-        head_groups=head_groups,
+        head_groups=head_groups, tokens_by_position=by_position,
     )  # fmt: skip
 
 

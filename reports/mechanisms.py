@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import math
 
-from circuits.mechanism_file import GroupRecord, MechanismSummary, NodeRef, QKReasonRecord
+from circuits.mechanism_file import (
+    GroupRecord,
+    MechanismSummary,
+    NodeRef,
+    QKReasonRecord,
+    TargetRecord,
+)
 from circuits.mechanisms import RATIO
 
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
+TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
 
 
 def _signed(x: float | None, whole: float = 0.0) -> str:
@@ -27,6 +34,16 @@ def _signed(x: float | None, whole: float = 0.0) -> str:
     if x is None or not math.isfinite(x):
         return "n/a"
     return "0" if abs(x) <= ROUNDING * max(abs(whole), 1e-3) else f"{x:+.3g}"
+
+
+def token_shares_text(t: TargetRecord, top: int = TOKEN_SHARES) -> str:
+    """The positions whose tokens carry most of a target's token part, as
+    `` (' Wednesday'@6 +15.2, ','@7 +8.1, ...)``; empty when there is no such split."""
+    if not t.tokens_by_position:
+        return ""
+    shown = [f"{x.token!r}@{x.pos} {_signed(x.flow)}" for x in t.tokens_by_position[:top]]
+    more = len(t.tokens_by_position) - top
+    return " (" + ", ".join(shown) + (f", {more} more" if more > 0 else "") + ")"
 
 
 def ref_text(ref: NodeRef | None) -> str:
@@ -96,11 +113,12 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
                     f"{_signed(t.margin)}"  # fmt: skip
         lines.append(head)
         consts = ", ".join(f"{name} {_signed(v)}" for name, v in t.constants_by_source[:4])
-        lines.append(f"  parts: tokens {_signed(t.tokens)}, constants {_signed(t.constants)} "
-                     f"({consts}), errors {_signed(t.errors)}")  # fmt: skip
+        lines.append(f"  parts: tokens {_signed(t.tokens)}{token_shares_text(t)}, constants "
+                     f"{_signed(t.constants)} ({consts}), errors {_signed(t.errors)}")  # fmt: skip
         if t.predicting_group:
             g = names[t.predicting_group]
-            lines.append(f"  predicting heads: {short(g.key)}, flow {_signed(g.flow[t.node])}")
+            lines.append(f"  predicting heads (the largest mover from another position): "
+                         f"{short(g.key)}, flow {_signed(g.flow[t.node])}")  # fmt: skip
             others = [names[k] for k in t.head_groups[1:]]
             if others:
                 lines.append("  next head groups there, by flow: " + "; ".join(
@@ -266,11 +284,12 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             f"<h3>Target {_esc(target_names[t.node])} = {t.value:.4g} "
             + (f"(p={t.probability:.3f})" if t.probability is not None else "(pre-activation)")
             + f"{runner}</h3>"
-            f"<p>parts: tokens {_span(t.tokens)}, constants {_span(t.constants)} ({consts}), "
-            f"errors {_span(t.errors)}</p>"
+            f"<p>parts: tokens {_span(t.tokens)}{_esc(token_shares_text(t))}, constants "
+            f"{_span(t.constants)} ({consts}), errors {_span(t.errors)}</p>"
         )
         if t.predicting_group:
-            parts.append(f"<p>predicting heads: <b>{_esc(t.predicting_group)}</b> "
+            parts.append(f"<p>predicting heads (the largest mover from another position): "
+                         f"<b>{_esc(t.predicting_group)}</b> "
                          f"{_esc(names[t.predicting_group])}</p>")  # fmt: skip
             others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])}" for k in t.head_groups[1:])
             if others:

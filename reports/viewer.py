@@ -103,7 +103,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
     parts, paths by group key, and each group with its members present in this graph."""
     if summary is None:
         return None
-    from .mechanisms import ref_text, root_text
+    from .mechanisms import TOKEN_SHARES, ref_text, root_text
 
     known = graph.id_to_index
     return {
@@ -112,7 +112,10 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "probability": _num(t.probability), "tokens": _num(t.tokens),
              "constants": _num(t.constants), "errors": _num(t.errors),
              "runnerUp": t.runner_up, "margin": _num(t.margin),
-             "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind}
+             "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
+             "byPosition": [{"pos": x.pos, "token": x.token, "flow": _num(x.flow)}
+                            for x in t.tokens_by_position[:TOKEN_SHARES]],
+             "morePositions": max(0, len(t.tokens_by_position) - TOKEN_SHARES)}
             for t in summary.targets
         ],
         "paths": [{"target": p.target, "groups": p.groups, "flow": _num(p.flow)}

@@ -346,6 +346,15 @@ def test_flows_are_total_linear_effects_and_parts_close(graph):
     total = parts["tokens"] + parts["errors"] + parts["constants"]
     assert total == pytest.approx(float(graph.value[t]), abs=1e-4)
     assert parts["constants_by_source"][-1][0] == "own"
+    # The token part by position: each position's embedding flows, largest |flow| first.
+    shares = parts["tokens_by_position"]
+    tokens = graph.is_kind("embedding").nonzero().squeeze(1).tolist()
+    at = {}
+    for i in tokens:
+        at[int(graph.pos[i])] = at.get(int(graph.pos[i]), 0.0) + flow[i]
+    assert {p: v for p, v in shares} == pytest.approx({p: v for p, v in at.items() if v != 0})
+    assert [abs(v) for _, v in shares] == sorted((abs(v) for _, v in shares), reverse=True)
+    assert sum(v for _, v in shares) == pytest.approx(parts["tokens"], abs=1e-6)
     # A node's flow is minus the graph's predicted change of the target when it is ablated.
     inner = graph.is_kind("lorsa", "transcoder", "bias").nonzero().squeeze(1).tolist()
     for i in inner[:: max(1, len(inner) // 12)]:
@@ -414,6 +423,10 @@ def test_summary_records(graph, replacement, run, tmp_path):
     for t in summary.targets:
         assert t.tokens + t.errors + t.constants == pytest.approx(t.value, abs=1e-4)
         assert t.constants == pytest.approx(sum(v for _, v in t.constants_by_source), abs=1e-5)
+        assert t.tokens_by_position and t.tokens == pytest.approx(
+            sum(x.flow for x in t.tokens_by_position), abs=1e-5
+        )
+        assert all(x.token == graph.token_strings[x.pos] for x in t.tokens_by_position)
         assert t.runner_up is not None and t.runner_up != t.token
         g = summary.group(t.predicting_group)
         assert g.kind == "lorsa" and g.pos == len(graph.tokens) - 1
@@ -461,6 +474,8 @@ def test_summary_records(graph, replacement, run, tmp_path):
     text = format_summary(back, every_check=True)
     assert "predicting heads" in text and "QK" in text and "FLAGGED where" in text
     assert "specific by roots (tokens" in text
+    top = back.targets[0].tokens_by_position[0]
+    assert f"parts: tokens {back.targets[0].tokens:+.3g} ({top.token!r}@{top.pos} " in text
     checks = [line.strip() for line in text.splitlines() if line.strip().startswith("ablate")]
     assert len(checks) == sum(len(g.checks) for g in back.groups)
     if len(back.targets) > 1:  # each check line says which target it measures
@@ -502,6 +517,11 @@ def tampered_summaries_are_refused(good: dict) -> None:
         ("targets[0].value: expected a finite number", ("targets", 0, "value"), "x"),
         ("targets[0].tokens: expected a finite number", ("targets", 0, "tokens"), float("nan")),
         ("targets[0]: tokens + errors + constants", ("targets", 0, "value"), 1e6),
+        ("targets[0].tokens_by_position = ", ("targets", 0, "tokens_by_position", 0, "flow"),
+         1e6),
+        ("is not token ' nope'", ("targets", 0, "tokens_by_position", 0, "token"), " nope"),
+        ("targets[0].tokens_by_position[0].pos: expected an integer",
+         ("targets", 0, "tokens_by_position", 0, "pos"), 1.5),
         ("targets[0]: names a group", ("targets", 0, "predicting_group"), "g999"),
         ("targets[0]: unknown keys ['surprise']", ("targets", 0, "surprise"), 1),
         (f"groups[{g}]: missing key 'members'", ("groups", g, "members"), missing),
@@ -565,6 +585,8 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
     text = browser.evaluate("document.querySelector('#viewer .panel').innerText")
     assert "Mechanisms" in text and "predicting heads" in text and "key side from" in text
     assert "specific by roots (tokens" in text
+    top = summary.targets[0].tokens_by_position[0]
+    assert f"'{top.token}'@{top.pos} " in text  # which tokens the target comes from
     buttons = browser.evaluate("document.querySelectorAll('#viewer .panel .mech-group').length")
     assert buttons > 0
     browser.evaluate("document.querySelector('#viewer .panel .mech-group').click()")

@@ -818,7 +818,10 @@
     const out = [el("h4", {}, "Mechanisms")];
     for (const t of m.targets) {
       const what = named(t.node);
-      out.push(el("p", {}, `${what} = ${fmt(t.value)}: tokens ${signed(t.tokens)}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
+      const at = (t.byPosition || []).map((x) => `${quote(x.token)}@${x.pos} ${signed(x.flow)}`);
+      if (t.morePositions) at.push(`${t.morePositions} more`);
+      const byPos = at.length ? ` (${at.join(", ")})` : "";
+      out.push(el("p", {}, `${what} = ${fmt(t.value)}: tokens ${signed(t.tokens)}${byPos}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
         (t.runnerUp != null ? ` · margin over ${quote(t.runnerUp)} ${signed(t.margin)}` : "") +
         (t.predicting ? ` · predicting heads ${t.predicting}` : "") +
         (t.next && t.next.length ? ` (next by flow: ${t.next.join(", ")})` : "")));

@@ -77,6 +77,13 @@ model), ``circuits.mechanisms.summarize`` with its ablation checks.
   the key): a match on a shared earlier token; ``root_own_first``: the largest positive token
   term overall is against the key's own token (the key is the kind of token the query reads,
   e.g. a name's later sub-token), reported beside them;
+- ``key_by_tokens`` (reported beside, added on 2026-12-03 in the eighth session after the
+  successor key misses, so a second look, not a pre-registered target): the position whose
+  token carries the largest positive part of the target's ``tokens``
+  (``TargetRecord.tokens_by_position``, exact; ``top_token`` records it) is an expected key:
+  where the prediction comes from, whether a head moves it or the current position's own
+  layers compute on it (a joiner-less list's item is the query token itself, which no head
+  moves);
 - ``sign``: a check's ``agree_frozen`` / ``agree_free`` (``circuits.mechanisms``). Beside
   them, a candidate for predicting the free measurement that the summary does not print:
   ``sign_agree_first_order_free``, the group's first-order change with attention and
@@ -388,6 +395,10 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     q = len(prompt.ids) - 1
     target = summary.targets[0]
     out = {"named": target.predicting_group is not None}
+    top_token = next((x for x in target.tokens_by_position if x.flow > 0), None)
+    out["key_by_tokens"] = top_token is not None and top_token.pos in prompt.keys
+    if top_token is not None:
+        out["top_token"] = [top_token.pos, top_token.token, round(top_token.flow, 4)]
     if not out["named"]:
         none = {"key": False, "key_top3": False, "reason": False, "reason_head": False,
                 "reason_match": False, "reason_roots": False,
@@ -632,6 +643,7 @@ def run_family(
         "named": rate("named"),
         "key": rate("key"),
         "key_top3": rate("key_top3"),
+        "key_by_tokens": rate("key_by_tokens"),
         "reason": rate("reason"),
         "reason_head": rate("reason_head"),
         "reason_match": rate("reason_match") if induction else None,

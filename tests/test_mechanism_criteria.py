@@ -235,3 +235,23 @@ def test_vs_runner_up_explains_the_margin_over_the_most_likely_other_token(
     records = [full.logit_record(target_nodes(full)[0]) for full in seen]
     assert (records[0].token, records[0].negative) == (best, second)
     assert (records[1].token, records[1].negative) == (best, None)
+
+
+def test_key_by_tokens_reads_the_position_carrying_most_of_the_token_part():
+    from circuits.mechanism_file import TokenShare
+
+    m = _benchmark()
+
+    def scored(keys, shares):
+        target = SimpleNamespace(tokens_by_position=shares, predicting_group=None)
+        prompt = SimpleNamespace(ids=IDS, keys=keys, family="successor")
+        return m.score_prompt(prompt, SimpleNamespace(targets=[target]))
+
+    # largest |flow| first, as the summary lists them; the criterion reads the largest positive
+    shares = [TokenShare(Q, "B", -6.0), TokenShare(K, "C", 4.0), TokenShare(K - 1, "B", 1.0)]
+    assert scored([K], shares)["key_by_tokens"]
+    assert scored([K], shares)["top_token"] == [K, "C", 4.0]
+    assert not scored([Q], shares)["key_by_tokens"]  # it pushes the target down
+    assert not scored([K - 1], shares)["key_by_tokens"]
+    negative = [TokenShare(K, "C", -1.0)]
+    assert not scored([K], negative)["key_by_tokens"] and "top_token" not in scored([K], negative)

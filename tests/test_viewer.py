@@ -517,6 +517,13 @@ def test_dashboards_show_concept_examples_keys_and_logits(browser, tmp_path):
     assert keys == ["Mary", " Tom"]  # the z-pattern's keys
     assert browser.evaluate("document.querySelectorAll('#viewer .panel svg.hist rect').length") == 3
     assert "examples: top" in text and "examples: q 0.50-0.75" in text
+    # the search finds a unit by its concept label (here only the head 0_5 at position 2)
+    browser.click(*centre(browser, "#viewer input[type=search]"))
+    browser.type_text("second mention")
+    matched = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg g.node.match')].map(g => g.dataset.id)"
+    )
+    assert matched == [n for n in graph.ids if n.startswith("0_5_")] == ["0_5_2"]
     click_node(browser, "1_3_3")  # a unit without a dashboard
     assert "No dashboard for unit 1_3 in this page's data." in panel_text(browser)
     never = {"1_3": {"frequency": 0.0, "examples": []}}  # fired on the prompt only

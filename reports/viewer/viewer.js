@@ -39,9 +39,12 @@
   });
   const byScore = (a, b) => (score[b] > score[a]) - (score[b] < score[a]) || a - b;
   const innerRanked = nodes.map((_, i) => i).filter((i) => INNER.has(nodes[i].kind)).sort(byScore);
+  // A node is found by its id, label, drawn text, token, promoted tokens and its unit's concept
+  // label (from the dashboards: "answer digit" finds every unit labelled with one).
   const searchText = nodes.map((n) => {
     const token = meta.positional ? meta.promptTokens[n.pos] || "" : "";
-    return [n.id, n.label, n.lines.join(" "), token, (n.promotes || []).join(" ")]
+    const concept = (data.dashboards[n.unit] || {}).concept;
+    return [n.id, n.label, n.lines.join(" "), token, (n.promotes || []).join(" "), concept ? concept.label : ""]
       .join(" \u0001 ").toLowerCase();
   });
 
@@ -403,7 +406,7 @@
     ui.budgetRange = el("input", { type: "range", min: "0", max: String(budgetMax), step: "1", "aria-label": "node budget slider" });
     ui.edgeRange = el("input", { type: "range", min: "0", max: "1000", step: "1", "aria-label": "edge threshold" });
     ui.edgeValue = el("span", { class: "value" });
-    ui.search = el("input", { type: "search", placeholder: "search token or label", "aria-label": "search" });
+    ui.search = el("input", { type: "search", placeholder: "search token, label or concept", "aria-label": "search" });
     ui.searchCount = el("span", { class: "muted" });
     ui.groupName = el("input", { type: "text", placeholder: "supernode name", size: "14", "aria-label": "supernode name" });
     ui.groupButton = el("button", { type: "button", class: "group" }, "Group");

@@ -376,7 +376,7 @@ def addition_scores(
     ``space_first``: the share of answers where the model predicted a whitespace token the
     document does not have at the answer's first position."""
     groups: dict[str, dict] = {k: defaultdict(list) for k in ("digits", "carries", "form", "frame")}
-    answers = []  # (scored run, answer positions, exact match)
+    answers = []  # (scored run, answer positions, form, exact match)
     for s in scored:
         for answer in s.doc.example.spans_of("answer"):
             positions = s.doc.tokens_in(answer)

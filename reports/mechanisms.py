@@ -26,6 +26,7 @@ from circuits.mechanisms import RATIO
 
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
+PREDICTING = "predicting heads (the largest mover from another position)"
 
 
 def _signed(x: float | None, whole: float = 0.0) -> str:
@@ -117,8 +118,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
                      f"{_signed(t.constants)} ({consts}), errors {_signed(t.errors)}")  # fmt: skip
         if t.predicting_group:
             g = names[t.predicting_group]
-            lines.append(f"  predicting heads (the largest mover from another position): "
-                         f"{short(g.key)}, flow {_signed(g.flow[t.node])}")  # fmt: skip
+            lines.append(f"  {PREDICTING}: {short(g.key)}, flow {_signed(g.flow[t.node])}")
             others = [names[k] for k in t.head_groups[1:]]
             if others:
                 lines.append("  next head groups there, by flow: " + "; ".join(
@@ -288,8 +288,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             f"{_span(t.constants)} ({consts}), errors {_span(t.errors)}</p>"
         )
         if t.predicting_group:
-            parts.append(f"<p>predicting heads (the largest mover from another position): "
-                         f"<b>{_esc(t.predicting_group)}</b> "
+            parts.append(f"<p>{PREDICTING}: <b>{_esc(t.predicting_group)}</b> "
                          f"{_esc(names[t.predicting_group])}</p>")  # fmt: skip
             others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])}" for k in t.head_groups[1:])
             if others:

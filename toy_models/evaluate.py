@@ -38,7 +38,7 @@ import argparse
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .cli import path_arg, run_cli
@@ -338,13 +338,12 @@ def successor_scores(scored: list[Scored], digits: frozenset[int] = frozenset())
 
 @dataclass(frozen=True)
 class OwnSpacing:
-    """Reruns a model on documents with one whitespace token put in, for
-    ``exact_match_own_space``: where the model predicts a whitespace token (``spaces``) at an
-    answer's first position and the document has a digit there, the document's tokens up to
-    the answer, that whitespace token, then the answer and what follows (cut to the context)
-    go through the model once more; the answer counts there when every digit is predicted
-    after the inserted token and then no further digit. An answer pushed out of the context by
-    the inserted token keeps its exact-match result."""
+    """What ``exact_match_own_space`` reruns: where the model predicts a whitespace token
+    (``spaces``) at an answer's first position and the document has a digit there, the
+    document's tokens up to the answer, that whitespace token, then the answer and what follows
+    (cut to the context) go through ``model`` once more (``score_docs``); the answer counts
+    there when every digit is predicted after the inserted token and then no further digit. An
+    answer pushed out of the context by the inserted token keeps its exact-match result."""
 
     model: object
     spaces: frozenset[int]
@@ -353,19 +352,6 @@ class OwnSpacing:
     def of(cls, model, tokenizer) -> OwnSpacing:
         vocab = range(tokenizer.get_vocab_size())
         return cls(model, frozenset(i for i in vocab if tokenizer.decode([i]).isspace()))
-
-    def predictions(self, rows: list[list[int]], batch_size: int = 32) -> list[list[int]]:
-        """The argmax prediction at every position of each row."""
-        import torch
-
-        out = []
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            with torch.no_grad():
-                logits, _ = self.model.run_with_cache(pad_rows(chunk), names_filter=lambda n: False)
-            argmax = logits.argmax(-1).tolist()
-            out += [a[: len(r)] for a, r in zip(argmax, chunk, strict=True)]
-        return out
 
 
 def addition_scores(
@@ -402,27 +388,28 @@ def addition_scores(
 
 
 def _own_space_scores(answers: list, digits: frozenset[int], own: OwnSpacing) -> dict:
-    retries = []  # (index into answers, the row with the model's whitespace put in)
+    retries = []  # (index into answers, the document with the model's whitespace put in)
+    spaced = 0  # answers whose first position the model gave a whitespace the document lacks
     for j, (s, positions, _, ok) in enumerate(answers):
         first = positions[0]
         space = s.argmax[first - 1]
         if ok or space not in own.spaces or s.doc.ids[first] in own.spaces:
             continue
+        spaced += 1
         row = (s.doc.ids[:first] + [space] + s.doc.ids[first:])[: own.model.cfg.n_ctx]
         if positions[-1] + 1 < len(row):  # the answer still fits, after one more token
-            retries.append((j, row))
+            at = s.doc.offsets[first][0]  # the inserted token holds none of the text
+            offsets = (s.doc.offsets[:first] + [(at, at)] + s.doc.offsets[first:])[: len(row)]
+            retries.append((j, replace(s.doc, ids=row, offsets=offsets)))
     right = {j: ok for j, (_, _, _, ok) in enumerate(answers)}
-    for (j, row), argmax in zip(retries, own.predictions([r for _, r in retries]), strict=True):
+    rerun = score_docs(own.model, [doc for _, doc in retries])
+    for (j, doc), run in zip(retries, rerun, strict=True):
         shifted = [p + 1 for p in answers[j][1]]
-        stops = argmax[shifted[-1]] not in digits
-        right[j] = stops and all(argmax[p - 1] == row[p] for p in shifted)
+        stops = run.argmax[shifted[-1]] not in digits
+        right[j] = stops and all(run.argmax[p - 1] == doc.ids[p] for p in shifted)
     by_form: dict = defaultdict(list)
     for j, (_, _, form, _) in enumerate(answers):
         by_form[form].append(right[j])
-    spaced = sum(
-        s.argmax[p[0] - 1] in own.spaces and s.doc.ids[p[0]] not in own.spaces
-        for s, p, _, _ in answers
-    )
     n = max(1, len(answers))
     return {
         "exact_match_own_space": sum(right.values()) / n,

@@ -1,6 +1,6 @@
 """Unit dashboards on the default model: build time, file size, coverage, best-F1 distribution.
 
-    python benchmarks/dashboards.py [--model default] [--rows 192] [--sae-steps 2400]
+    python benchmarks/dashboards.py [--model default] [--rows 192] [--sae-steps N]
 
 Builds ``circuits.dashboards`` from scratch into a temporary file (start-up, i.e. imports and
 loading the model, timed apart from the pass) and writes
@@ -8,10 +8,10 @@ benchmarks/results/dashboards_<model>.json.
 
 Beside the Lorsa heads' and transcoder features' best-F1 concept labels, the same measure for
 the attention-output SAE baseline (``replacement.attn_sae``: per layer, as many latents as the
-Lorsa layer has OV heads, the same K, ``--sae-steps`` steps of the replacement recipe; the SAEs
-that ``benchmarks/error_analysis.py`` keeps under ``--work`` with the same settings are reused,
-else trained and kept there) on the same held-out rows: the seed paper finds Lorsa heads on par
-with SAE latents. ``--sae-steps 0`` skips it.
+Lorsa layer has OV heads, the same K, the replacement recipe for as many steps as the set was
+trained, or ``--sae-steps``; the SAEs that ``benchmarks/error_analysis.py`` keeps under
+``--work`` with the same settings are reused, else trained and kept there) on the same held-out
+rows: the seed paper finds Lorsa heads on par with SAE latents. ``--sae-steps 0`` skips it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import count_arg, path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--rows", type=positive_int, default=192)
-    parser.add_argument("--sae-steps", type=count_arg, default=2400, help="0: no SAE baseline")
+    parser.add_argument(
+        "--sae-steps",
+        type=count_arg,
+        help="SAE training steps (default: as many as the replacement set; 0: no SAE baseline)",
+    )
     parser.add_argument("--work", type=path_arg, default=Path("runs/error-analysis"))
     args = parser.parse_args(argv)
     from toy_models.files import check_writable_dir
@@ -94,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     from replacement.model import load_pretrained
 
     replacement, tokenizer = load_pretrained(args.model)
+    if args.sae_steps is None:
+        args.sae_steps = replacement.trained_steps()
+        if args.sae_steps is None:
+            raise UserError(
+                f"--model {args.model}: its set records no training steps; give --sae-steps"
+            )
     startup = time.perf_counter() - t0
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -268,6 +268,15 @@ class ReplacementModel(HookedRootModule):
         self.content_sha256: str | None = None
         self.setup()
 
+    def trained_steps(self) -> int | None:
+        """The optimisation steps the set was trained for, as its ``meta`` records them; None
+        when it records none (a set built in memory). A baseline trained "as long as the set"
+        takes these steps."""
+        train = self.meta.get("train") if isinstance(self.meta, dict) else None
+        steps = train.get("steps") if isinstance(train, dict) else None
+        ok = isinstance(steps, int) and not isinstance(steps, bool) and steps > 0
+        return steps if ok else None
+
     @property
     def lorsas(self) -> list[LorsaLayer]:
         return [block.lorsa.layer for block in self.blocks]

@@ -426,7 +426,7 @@ def test_attention_sae_baseline_writes_where_told(tiny_run, make_replacement, tm
     make_replacement(model, n_qk=2, n_ov=8).save(tmp_path / "set", str(tiny_run))
     out = tmp_path / "candidate" / "sae.json"
     args = ["--model", tiny_run, "--replacement", tmp_path / "set", "--steps", 3,
-            "--batches", 1, "--out", out]  # fmt: skip
+            "--batches", 1, "--out", out, "--work", tmp_path / "work"]  # fmt: skip
     code, stdout, err = cli(module.main, *args)
     assert code == 0, err
     r = json.loads(out.read_text())
@@ -434,5 +434,23 @@ def test_attention_sae_baseline_writes_where_told(tiny_run, make_replacement, tm
     assert r["target"]["worst_ratio"] == max(row["fvu_ratio_lorsa_over_sae"] for row in r["layers"])
     assert str(out) in stdout
     assert (shipped.read_bytes() if shipped.exists() else None) == before
-    code, _, err = cli(module.main, *args[:-1], tmp_path)  # --out a directory: refused first
+    kept = [d for d in (tmp_path / "work").iterdir() if d.is_dir()]
+    assert len(kept) == 1  # the SAEs kept for the other analyses to reuse
+    code, _, err = cli(module.main, *args[:-3], tmp_path)  # --out a directory: refused first
     assert code == 2 and err.strip() == f"error: --out {tmp_path}: is a directory"
+    # Without --steps the SAEs train as long as the set records; a set recording none is refused.
+    no_steps = [a for a in args if a not in ("--steps", 3)]
+    code, _, err = cli(module.main, *no_steps)
+    assert (
+        code == 2
+        and err.strip()
+        == f"error: {tmp_path / 'set'}: the set records no training steps; give --steps"
+    )
+    make_replacement(model, n_qk=2, n_ov=8).save(
+        tmp_path / "set2", str(tiny_run), meta={"train": {"steps": 2}}
+    )
+    code, _, err = cli(
+        module.main, *[tmp_path / "set2" if a == tmp_path / "set" else a for a in no_steps]
+    )
+    assert code == 0, err
+    assert json.loads(out.read_text())["sae"]["steps"] == 2

@@ -68,13 +68,13 @@ class DictionaryShapes:
 class ReplacementTrainConfig:
     """The optimisation. The schedule is a fraction of the run, so ``--steps N`` scales it."""
 
-    steps: int = 2400
+    steps: int = 2800
     batch_size: int = 16  # sequences per step (transcoders: the same number of tokens)
     lr: float = 1e-3
     warmup_fraction: float = 1 / 30  # linear warm-up over this part of the run ...
     decay_fraction: float = 0.2  # ... and linear decay to zero over this last part
     k_start_factor: int = 4  # K anneals from factor * top_k down to top_k ...
-    k_anneal_fraction: float = 4 / 15  # ... over this part of the run (640 of 2400 steps)
+    k_anneal_fraction: float = 4 / 15  # ... over this part of the run (747 of 2800 steps)
     aux_k: int = 64
     aux_coef: float = 1 / 32
     dead_tokens: int = 200_000

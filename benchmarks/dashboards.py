@@ -58,9 +58,9 @@ def sae_f1(replacement, tokenizer, dash, args) -> dict:
     meta = dash.meta
     rows = corpus_rows(tokenizer, meta["n_ctx"], meta["seed"], 0, meta["rows"])
     t0 = time.perf_counter()
-    index, f1, fires = units_best_f1(activations, rows)
+    index, f1, fires, chance = units_best_f1(activations, rows)
     enough = fires >= MIN_FIRES  # as the dashboards' report counts Lorsa heads
-    summary = f1_summary(f1[enough])
+    summary = f1_summary(f1[enough], chance[enough])
     fired = index[enough].tolist()
     summary["top_labels"] = dict(Counter(CONCEPTS[i] for i in fired).most_common(5))
     return {

@@ -28,7 +28,12 @@ separator is read from the characters except addition's ``+``, ``=`` and line br
 
 For a unit that fires on ``F`` tokens, a concept present on ``C`` tokens and both on ``B``:
 ``F1 = 2 B / (F + C)`` (precision ``B / F``, recall ``B / C``). The unit's label is the concept
-of largest F1 (the first in ``CONCEPTS`` order on ties).
+of largest F1 (the first in ``CONCEPTS`` order on ties). Over ``N`` tokens, a unit firing on as
+many tokens at random would expect precision ``C / N`` and recall ``F / N``, so the label's
+*chance* F1 is ``2 C F / (N (C + F))``; a dense unit reaches a large F1 with a large concept
+(one firing on 94% of tokens gets 0.43 from ``family: addition``, 27% of the tokens, by its
+density alone), so a label whose F1 is below ``AT_CHANCE`` times its chance F1 is *at chance*:
+it says how often the unit fires, not what it reads (``chance_f1``, ``at_chance``).
 """
 
 from __future__ import annotations
@@ -232,8 +237,8 @@ def units_best_f1(activations, rows: list[Row], batch_rows: int = 8):
         ``activations(tokens (B, P)) -> (B, P, U)`` gives the units' activations on a padded batch
         (``toy_models.data.pad_rows``), a unit fires where its activation is above 0. Returns
         ``best_f1``'s ``(index, f1)``, what the dashboards hold for Lorsa heads and transcoder
-        features, for units outside the replacement model (an attention-output SAE's latents), and
-    each unit's number of firings ``(U,)``."""
+        features, for units outside the replacement model (an attention-output SAE's latents),
+    each unit's number of firings ``(U,)`` and its label's chance F1 (``chance_f1``)."""
     import torch
 
     from toy_models.data import pad_rows
@@ -250,7 +255,8 @@ def units_best_f1(activations, rows: list[Row], batch_rows: int = 8):
         fires, counts, both = (f, c, b) if fires is None else (fires + f, counts + c, both + b)
     if fires is None:
         raise ValueError("no rows")
-    return (*best_f1(fires, counts, both), fires)
+    index, f1 = best_f1(fires, counts, both)
+    return index, f1, fires, chance_f1(fires, counts, sum(len(r.ids) for r in rows), index)
 
 
 def best_f1(fires, concept_count, both):
@@ -266,15 +272,39 @@ def best_f1(fires, concept_count, both):
     return index.masked_fill(never, -1), best.masked_fill(never, float("nan"))
 
 
-def f1_summary(f1) -> dict:
-    """The distribution of best-F1 over units (NaN: units that never fired, left out)."""
+AT_CHANCE = 1.5  # a label whose F1 is below this many times its chance F1 is at chance
+
+
+def chance_f1(fires, concept_count, n_tokens: int, index):
+    """Per unit, the F1 that a unit firing on as many of the ``n_tokens`` tokens at random
+    would expect against its label ``index`` (``best_f1``'s; NaN where it never fired):
+    ``2 C F / (N (C + F))`` (module docstring)."""
     import torch
 
-    f1 = f1[~torch.isnan(f1)].double()
+    f = fires.double() / max(n_tokens, 1)
+    c = concept_count.double()[index.clamp_min(0)] / max(n_tokens, 1)
+    chance = torch.where(c + f > 0, 2 * c * f / (c + f).clamp_min(1e-12), torch.zeros(()))
+    return chance.masked_fill(index < 0, float("nan"))
+
+
+def at_chance(f1, chance):
+    """Which labels are at chance: F1 below ``AT_CHANCE`` times the chance F1 (False for units
+    that never fired)."""
+    return f1 < AT_CHANCE * chance
+
+
+def f1_summary(f1, chance=None) -> dict:
+    """The distribution of best-F1 over units (NaN: units that never fired, left out); with
+    the labels' ``chance`` F1 (``chance_f1``), also the share of labels at chance and the mean
+    best-F1 of the others."""
+    import torch
+
+    fired = ~torch.isnan(f1)
+    f1 = f1[fired].double()
     if not len(f1):
         return {"units": 0}
     q = torch.quantile(f1, torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64))
-    return {
+    out = {
         "units": len(f1),
         "mean": round(float(f1.mean()), 4),
         "quantiles": {
@@ -283,3 +313,8 @@ def f1_summary(f1) -> dict:
         "at_least_0.5": round(float((f1 >= 0.5).double().mean()), 4),
         "at_least_0.8": round(float((f1 >= 0.8).double().mean()), 4),
     }
+    if chance is not None:
+        low = at_chance(f1, chance[fired].double())
+        out["at_chance"] = round(float(low.double().mean()), 4)
+        out["mean_not_at_chance"] = round(float(f1[~low].mean()), 4) if (~low).any() else None
+    return out

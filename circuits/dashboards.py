@@ -53,7 +53,7 @@ from toy_models.checkpoint import json_sha256, save_state_atomic, tensors_sha256
 from toy_models.cli import one_line
 from toy_models.tokenizer import token_text
 
-from .concepts import CONCEPTS, best_f1, f1_summary
+from .concepts import CONCEPTS, at_chance, best_f1, chance_f1, f1_summary
 from .nodes import Kind, lorsa_stage, transcoder_stage, unit_id
 from .statistics import identity
 
@@ -226,6 +226,10 @@ class Dashboards:
         s = self.state
         return best_f1(s["fires"], s["concept_count"], s["concept_both"])
 
+    def concept_chance(self, index: Tensor) -> Tensor:
+        """Per unit: the chance F1 of its label ``index`` (``concepts.chance_f1``)."""
+        return chance_f1(self.state["fires"], self.state["concept_count"], self.n_tokens, index)
+
     def coverage(self) -> dict:
         """Fraction of Lorsa heads and transcoder features that fired at all / enough."""
         fires, out = self.state["fires"], {}
@@ -249,11 +253,12 @@ class Dashboards:
         """Best-F1 distribution per kind over units that fired at least ``min_fires`` times,
         and how often each concept is the label."""
         index, f1 = self.concept_labels()
+        chance = self.concept_chance(index)
         enough = self.state["fires"] >= min_fires
         out = {}
         for kind in (Kind.LORSA, Kind.TRANSCODER):
             mask = self.kind_mask(kind) & enough
-            summary = f1_summary(f1[mask])
+            summary = f1_summary(f1[mask], chance[mask])
             labels = torch.bincount(index[mask], minlength=len(CONCEPTS))
             top = labels.argsort(descending=True, stable=True)[:5]
             summary["top_labels"] = {CONCEPTS[i]: int(labels[i]) for i in top if labels[i]}
@@ -270,6 +275,8 @@ class Dashboards:
             chosen = sorted({self.layout.unit(Kind(k), l, i) for k, l, i in units})
         ids, slot = self.layout.ids(), self.layout.lorsa_slot()
         label_index, f1 = self.concept_labels()
+        chance = self.concept_chance(label_index)
+        low = at_chance(f1, chance)
         cache: dict[int, str] = {}
 
         def text(t: int) -> str:
@@ -281,7 +288,8 @@ class Dashboards:
         for u in chosen:
             d: dict = {"frequency": float(self.frequency()[u])}
             if label_index[u] >= 0:
-                d["concept"] = {"label": CONCEPTS[label_index[u]], "f1": float(f1[u])}
+                d["concept"] = {"label": CONCEPTS[label_index[u]], "f1": float(f1[u]),
+                                "chance": float(chance[u]), "at_chance": bool(low[u])}  # fmt: skip
             hist = s["hist"][u]
             nonzero = hist.nonzero().squeeze(1)
             if len(nonzero):

@@ -434,10 +434,12 @@ def summary(full, graph, scores, timings, labels=None) -> str:
 
 
 def _concept(graph, i: int, labels: dict) -> str:
+    from reports.labels import concept_text
+
     from .nodes import unit_id
 
     concept = labels.get(unit_id(int(graph.kind[i]), int(graph.stage[i]), int(graph.index[i])))
-    return "" if concept is None else f"  [concept: {concept['label']}, F1 {concept['f1']:.2f}]"
+    return "" if concept is None else f"  [concept: {concept_text(concept)}]"
 
 
 def _count_kinds(graph) -> str:

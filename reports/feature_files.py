@@ -63,6 +63,7 @@ from toy_models.files import (
     write_json_atomic,
 )
 
+from .labels import concept_text
 from .viewer import check_dashboards
 
 FEATURES_DIR = "features"
@@ -110,8 +111,7 @@ def feature_file(dashboard: Mapping, transcoder_id: str, index: int) -> dict:
     }
     concept = dashboard.get("concept")
     if concept is not None:
-        f1 = "" if concept.get("f1") is None else f", F1 {concept['f1']:.2f}"
-        out["description"] = f"{concept['label']} (best-F1 concept{f1})"
+        out["description"] = f"{concept_text(concept)} (best-F1 concept)"
         out["concept"] = dict(concept)
     elif dashboard.get("frequency") == 0:  # act_max 0 and no histogram say so to the eye only
         out["description"] = "never fired on the dashboards' tokens (no examples)"

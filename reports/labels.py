@@ -86,6 +86,18 @@ def node_label(graph: Graph, i: int) -> str:
     return text + (f" -> {' '.join(tokens)}" if tokens else "") + _usage(graph, i)
 
 
+def concept_text(concept) -> str:
+    """A unit's concept label for people (a dashboard's ``concept``: label, F1, chance F1):
+    ``family: addition, F1 0.45, at chance (0.43)`` where the F1 is what the unit's firing rate
+    alone would give (``circuits.concepts.at_chance``)."""
+    text = concept["label"]
+    if concept.get("f1") is not None:
+        text += f", F1 {concept['f1']:.2f}"
+    if concept.get("at_chance"):
+        text += f", at chance ({concept['chance']:.2f})"
+    return text
+
+
 def node_labels(graph: Graph) -> list[str]:
     return [node_label(graph, i) for i in range(graph.n_nodes)]
 

@@ -17,7 +17,8 @@ are built elsewhere from corpus data; the viewer shows the one of a clicked node
 present. One dashboard is a dict; every key is optional::
 
     {
-      "concept": {"label": "second mention of a name", "f1": 0.83},
+      "concept": {"label": "second mention of a name", "f1": 0.83,
+                  "chance": 0.02, "at_chance": false},  # optional: F1 by firing rate alone
       "frequency": 0.012,                      # fraction of tokens the unit fires on
       "histogram": {"edges": [0, 0.5, 1.0], "counts": [120, 7]},  # activations when firing
       "logits": {"promoted": [[" Mary", 1.9], ...], "suppressed": [[" the", -1.2], ...]},
@@ -276,9 +277,16 @@ def _check_dashboard(unit: str, d: Mapping) -> dict:
         c = d["concept"]
         if not isinstance(c, Mapping) or not isinstance(c.get("label"), str):
             fail("concept", "must be {label: str, f1: number}")
-        if c.get("f1") is not None and not _is_num(c["f1"]):
-            fail("concept.f1", "must be a number")
+        for field in ("f1", "chance"):
+            if c.get(field) is not None and not _is_num(c[field]):
+                fail(f"concept.{field}", "must be a number")
+        if not isinstance(c.get("at_chance", False), bool):
+            fail("concept.at_chance", "must be true or false")
+        if c.get("at_chance") and c.get("chance") is None:
+            fail("concept.at_chance", "needs the chance F1 it is measured against")
         out["concept"] = {"label": c["label"], "f1": _num(c.get("f1"))}
+        if c.get("chance") is not None:
+            out["concept"] |= {"chance": _num(c["chance"]), "at_chance": c.get("at_chance", False)}
     if d.get("frequency") is not None:
         if not _is_num(d["frequency"]) or not 0 <= d["frequency"] <= 1:
             fail("frequency", "must be a fraction in [0, 1]")

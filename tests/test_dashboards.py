@@ -167,12 +167,19 @@ def test_units_best_f1_of_any_dictionary_equals_the_pass(setup):
 
     with torch.no_grad():
         dash = _build(replacement, tokenizer, tmp / "d.safetensors")
-        index, f1, fires = units_best_f1(activations, rows, batch_rows=3)
+        index, f1, fires, chance = units_best_f1(activations, rows, batch_rows=3)
     ours, our_f1 = dash.concept_labels()
     n = layout.total
     assert torch.equal(fires[:n], dash.state["fires"].long())
     assert torch.equal(index[:n], ours)
     torch.testing.assert_close(f1[:n], our_f1.double(), equal_nan=True)
+    assert sum(len(r.ids) for r in rows) == dash.n_tokens  # both count the same tokens
+    torch.testing.assert_close(chance[:n], dash.concept_chance(ours), equal_nan=True)
+    u = int((ours >= 0).nonzero()[0])  # the viewer's record of a labelled unit carries both
+    kind, layer, _, start = max((b for b in layout.blocks() if b[3] <= u), key=lambda b: b[3])
+    view = next(iter(dash.for_viewer(tokenizer, [(kind, layer, u - start)]).values()))
+    assert view["concept"]["chance"] == pytest.approx(float(chance[u]))
+    assert view["concept"]["at_chance"] == bool(our_f1[u] < 1.5 * chance[u])
     names_tokens = sum(concept in cs for row in rows for cs in row.concepts)
     assert 0 < names_tokens and int(fires[n]) == names_tokens
     assert int(index[n]) == concept and float(f1[n]) == 1.0
@@ -187,6 +194,29 @@ def test_best_f1_picks_a_perfect_concept():
     assert index.tolist()[0] == 0 and f1[0] == 1.0
     assert index[1] == -1 and torch.isnan(f1[1])
     assert index[2] == 2 and float(f1[2]) == pytest.approx(2 * 3 / (3 + 6))  # not 2*3/(3+8)
+
+
+def test_a_dense_units_label_is_at_chance_and_a_selective_ones_is_not():
+    """A unit firing on 90 of 100 tokens matches a concept on 30 of them (all 30 inside its
+    firings) with F1 0.5, which its density alone would give (chance 0.45): at chance. A unit
+    firing on 10 tokens, 8 of them the concept's, has F1 0.4 against chance 0.15: a label."""
+    from circuits.concepts import at_chance, chance_f1, f1_summary
+
+    fires, count = torch.tensor([90, 10, 0]), torch.tensor([30])
+    both = torch.tensor([[30], [8], [0]])
+    index, f1 = best_f1(fires, count, both)
+    chance = chance_f1(fires, count, 100, index)
+    assert f1[:2].tolist() == pytest.approx([0.5, 16 / 40])
+    assert chance[:2].tolist() == pytest.approx([2 * 0.3 * 0.9 / 1.2, 2 * 0.3 * 0.1 / 0.4])
+    assert at_chance(f1, chance).tolist() == [True, False, False]  # never fired: no label
+    summary = f1_summary(f1, chance)
+    assert summary["units"] == 2 and summary["at_chance"] == 0.5
+    assert summary["mean_not_at_chance"] == pytest.approx(0.4)
+    from reports.labels import concept_text
+
+    dense = {"label": "family: addition", "f1": 0.5, "chance": 0.45, "at_chance": True}
+    assert concept_text(dense) == "family: addition, F1 0.50, at chance (0.45)"
+    assert concept_text(dense | {"at_chance": False}) == "family: addition, F1 0.50"
 
 
 def test_resume_equals_uninterrupted(setup):

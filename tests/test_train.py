@@ -199,7 +199,8 @@ def test_schedules_are_fractions_of_the_run():
         # K reaches its target at the same fraction of any run, well before its end
         assert k_at(int(0.3 * steps), 32, cfg) == 32 < k_at(int(0.1 * steps), 32, cfg)
     default = REPLACEMENT_CONFIGS["default"]
-    assert (default.warmup_steps, default.k_anneal_steps, default.decay_start) == (80, 640, 1920)
+    # the shipped set's schedule (2800 steps)
+    assert (default.warmup_steps, default.k_anneal_steps, default.decay_start) == (93, 747, 2240)
 
 
 class FullDisk:

@@ -112,6 +112,9 @@ def test_q_params_and_dashboards_are_checked():
         (lambda d: d["examples"][0].update(keys=[[9, 1.0]]), r"examples\[0\].keys"),
         (lambda d: d["examples"][1].update(acts=[1.0]), r"examples\[1\].acts"),
         (lambda d: d["logits"].update(promoted=[["x"]]), "logits.promoted"),
+        (lambda d: d["concept"].update(chance="low"), "concept.chance"),
+        (lambda d: d["concept"].update(at_chance=1), "concept.at_chance"),
+        (lambda d: d["concept"].update(at_chance=True), "needs the chance F1"),
     ]:
         broken = json.loads(json.dumps(DASHBOARDS))
         edit(broken["0_5"])
@@ -524,8 +527,15 @@ def test_dashboards_show_concept_examples_keys_and_logits(browser, tmp_path):
         "[...document.querySelectorAll('#viewer svg g.node.match')].map(g => g.dataset.id)"
     )
     assert matched == [n for n in graph.ids if n.startswith("0_5_")] == ["0_5_2"]
+    assert "At chance" not in text
     click_node(browser, "1_3_3")  # a unit without a dashboard
     assert "No dashboard for unit 1_3 in this page's data." in panel_text(browser)
+    dense = json.loads(json.dumps(DASHBOARDS))  # a label that the firing rate alone explains
+    dense["0_5"]["concept"] |= {"chance": 0.8, "at_chance": True}
+    write_html(graph, path, None, dashboards=dense)
+    open_page(browser, path)
+    click_node(browser, "0_5_2")
+    assert "At chance: a unit firing as often at random would get F1 0.8" in panel_text(browser)
     never = {"1_3": {"frequency": 0.0, "examples": []}}  # fired on the prompt only
     write_html(graph, path, None, dashboards={**DASHBOARDS, **never})
     open_page(browser, path)

@@ -115,6 +115,8 @@ def test_q_params_and_dashboards_are_checked():
         (lambda d: d["concept"].update(chance="low"), "concept.chance"),
         (lambda d: d["concept"].update(at_chance=1), "concept.at_chance"),
         (lambda d: d["concept"].update(at_chance=True), "needs the chance F1"),
+        (lambda d: d["concept"].update(chance=0.8), r"must say whether F1 < 1.5 x chance"),
+        (lambda d: d["concept"].update(chance=0.1, at_chance=True), "must say whether"),
     ]:
         broken = json.loads(json.dumps(DASHBOARDS))
         edit(broken["0_5"])

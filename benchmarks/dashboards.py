@@ -12,6 +12,8 @@ Lorsa layer has OV heads, the same K, the replacement recipe for as many steps a
 trained, or ``--sae-steps``; the SAEs that ``benchmarks/error_analysis.py`` keeps under
 ``--work`` with the same settings are reused, else trained and kept there) on the same held-out
 rows: the seed paper finds Lorsa heads on par with SAE latents. ``--sae-steps 0`` skips it.
+Each kind's summary also gives the share of labels at chance (``circuits.concepts.at_chance``:
+F1 that the unit's firing rate alone would give) and the mean best-F1 of the other units.
 """
 
 from __future__ import annotations

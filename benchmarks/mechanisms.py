@@ -541,10 +541,9 @@ def concepts_for(
     replacement, tokenizer, model: str, mode: str, path: Path | None = None
 ) -> tuple[dict | None, str]:
     """Every unit's (concept, F1) from the dashboards file (default: the model's), when it is
-    a valid one for this replacement set; else None and why."""
-    from circuits.concepts import CONCEPTS
+    a valid one for this replacement set, as the trace gives them to the summary (labels at
+    chance left out: ``Dashboards.summary_concepts``); else None and why."""
     from circuits.dashboards import default_path, read_file
-    from circuits.nodes import Kind, lorsa_stage, transcoder_stage, unit_id
 
     path = default_path(model, mode, replacement, tokenizer) if path is None else path
     if not path.exists():
@@ -553,15 +552,7 @@ def concepts_for(
         dash = read_file(path, replacement, tokenizer)
     except ValueError as exc:
         return None, str(exc)
-    index, f1 = dash.concept_labels()
-    out = {}
-    for kind, layer, width, start in dash.layout.blocks():
-        stage = lorsa_stage(layer) if kind == Kind.LORSA else transcoder_stage(layer)
-        for i in range(width):
-            if index[start + i] >= 0:
-                out[unit_id(kind, stage, i)] = (CONCEPTS[int(index[start + i])],
-                                                float(f1[start + i]))  # fmt: skip
-    return out, str(path)
+    return dash.summary_concepts(), str(path)
 
 
 def run_family(

@@ -230,6 +230,16 @@ class Dashboards:
         """Per unit: the chance F1 of its label ``index`` (``concepts.chance_f1``)."""
         return chance_f1(self.state["fires"], self.state["concept_count"], self.n_tokens, index)
 
+    def summary_concepts(self) -> dict[str, tuple[str, float]]:
+        """(concept label, F1) by unit id of every unit that fired and whose label is not at
+        chance (``concepts.at_chance``): the labels that the mechanism summary names and groups
+        by (``circuits.mechanisms.summarize``'s ``concepts``); a label that the unit's firing
+        rate alone explains names nothing there."""
+        index, f1 = self.concept_labels()
+        keep = (index >= 0) & ~at_chance(f1, self.concept_chance(index))
+        ids = self.layout.ids()
+        return {ids[u]: (CONCEPTS[int(index[u])], float(f1[u])) for u in keep.nonzero()[:, 0]}
+
     def coverage(self) -> dict:
         """Fraction of Lorsa heads and transcoder features that fired at all / enough."""
         fires, out = self.state["fires"], {}

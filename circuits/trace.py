@@ -354,7 +354,7 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
     ]  # fmt: skip
     views = dash.for_viewer(tokenizer, units)
     labels = {u: d["concept"] for u, d in views.items() if "concept" in d}
-    return views, labels, unit_concepts(dash, full)
+    return views, labels, dash.summary_concepts()
 
 
 def _refused(exc: ValueError) -> str:
@@ -382,23 +382,6 @@ def _given_file(args, path: Path, replacement, tokenizer):
         return None
     dash = read_file(path, replacement, tokenizer)
     return dash if dash.finished and dash.meta["mode"] == args.mode else None
-
-
-def unit_concepts(dash, graph) -> dict[str, tuple[str, float]]:
-    """(concept label, F1) of every head and feature of ``graph`` that has one, by unit id."""
-    from .concepts import CONCEPTS
-    from .nodes import Kind, unit_id
-
-    index, f1 = dash.concept_labels()
-    out = {}
-    rows = zip(graph.kind.tolist(), graph.layer.tolist(), graph.stage.tolist(),
-               graph.index.tolist(), strict=True)  # fmt: skip
-    for k, l, s, i in rows:
-        if k in (Kind.LORSA, Kind.TRANSCODER):
-            u = dash.layout.unit(Kind(k), l, i)
-            if index[u] >= 0:
-                out[unit_id(Kind(k), s, i)] = (CONCEPTS[int(index[u])], float(f1[u]))
-    return out
 
 
 def summary(full, graph, scores, timings, labels=None) -> str:

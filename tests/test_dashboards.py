@@ -180,6 +180,14 @@ def test_units_best_f1_of_any_dictionary_equals_the_pass(setup):
     view = next(iter(dash.for_viewer(tokenizer, [(kind, layer, u - start)]).values()))
     assert view["concept"]["chance"] == pytest.approx(float(chance[u]))
     assert view["concept"]["at_chance"] == bool(our_f1[u] < 1.5 * chance[u])
+    # the summary names and groups by the labels that are not at chance, and only those
+    named = dash.summary_concepts()
+    ids = layout.ids()
+    informative = (ours >= 0) & ~(our_f1 < 1.5 * chance[:n])
+    assert 0 < int(informative.sum()) < int((ours >= 0).sum())  # the tiny set has dense units
+    assert sorted(named) == sorted(ids[v] for v in informative.nonzero()[:, 0].tolist())
+    for v in informative.nonzero()[:, 0].tolist()[:20]:
+        assert named[ids[v]] == (CONCEPTS[int(ours[v])], pytest.approx(float(our_f1[v])))
     names_tokens = sum(concept in cs for row in rows for cs in row.concepts)
     assert 0 < names_tokens and int(fires[n]) == names_tokens
     assert int(index[n]) == concept and float(f1[n]) == 1.0

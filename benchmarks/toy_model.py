@@ -123,27 +123,36 @@ HAND_WRITTEN_INDUCTION = (
 
 def hand_written_induction(model, tokenizer) -> dict:
     """Each sentence's next-token prediction: right when the argmax is the first token of the
-    word the first copy gives; its probability; the prompts with what was predicted."""
+    word the first copy gives; its probability; the prompts with what was predicted. Beside it,
+    ``right_with_leading_space``: the same sentences opened with a space, as the corpus's first
+    copies always were up to corpus v4 (a typed prompt opens without one, so its first word
+    tokenizes unlike the copy's): the gap between the two counts is how much the model's
+    induction depends on the copies' first tokens being alike."""
     import torch
 
     from toy_models.tokenizer import token_text
 
-    rows = []
-    for prompt, word in HAND_WRITTEN_INDUCTION:
+    def predict(prompt: str, word: str) -> tuple[bool, float, int]:
         ids = tokenizer.encode(prompt).ids
         target = tokenizer.encode(word).ids[1]  # the word's first token (after BOS)
         with torch.no_grad():
             log_probs = model(torch.tensor([ids])).float()[0, -1].log_softmax(-1)
         top = int(log_probs.argmax())
+        return top == target, float(log_probs[target].exp()), top
+
+    rows, spaced = [], 0
+    for prompt, word in HAND_WRITTEN_INDUCTION:
+        right, probability, top = predict(prompt, word)
+        spaced += predict(" " + prompt.lstrip(), word)[0]
         rows.append({
-            "prompt": prompt, "word": word, "right": top == target,
-            "probability": float(log_probs[target].exp()),
+            "prompt": prompt, "word": word, "right": right, "probability": probability,
             "predicted": token_text(tokenizer, top),
         })  # fmt: skip
     return {
         "right": sum(r["right"] for r in rows),
         "n": len(rows),
         "mean_probability": sum(r["probability"] for r in rows) / len(rows),
+        "right_with_leading_space": spaced,
         "prompts": rows,
     }
 
@@ -187,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     hand = hand_written_induction(model, tokenizer)
     print(
         f"hand-written repeated sentences: {hand['right']}/{hand['n']} next words right, mean "
-        f"probability {hand['mean_probability']:.2f}"
+        f"probability {hand['mean_probability']:.2f}; opened with a space: "
+        f"{hand['right_with_leading_space']}/{hand['n']}"
     )
     report = {
         "config": args.config,

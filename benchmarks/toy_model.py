@@ -12,7 +12,8 @@ whether it is met, each split's own targets marked (instances) or (forms): addit
 match >= 0.95 / 0.85, induction loss ratio <= 0.15 with every separator, successor accuracy
 >= 0.95 / 0.85, subtoken induction >= 0.80 / 0.70; and the head scores, the attention sink and
 the training time; and induction on repeated sentences written by hand
-(``HAND_WRITTEN_INDUCTION``: next word right, its probability).
+(``HAND_WRITTEN_INDUCTION``: next word right, its probability; also opened with a space, and
+among the prompts where one token of match is ambiguous).
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ def hand_written_induction(model, tokenizer) -> dict:
     ``right_with_leading_space``: the same sentences opened with a space, as the corpus's first
     copies always were up to corpus v4 (a typed prompt opens without one, so its first word
     tokenizes unlike the copy's): the gap between the two counts is how much the model's
-    induction depends on the copies' first tokens being alike."""
+    induction depends on the copies' first tokens being alike. ``ambiguous``: the count among
+    the prompts whose last token occurs earlier followed by different tokens (``_ambiguous``),
+    where the tokens before it must be matched too."""
     import torch
 
     from toy_models.tokenizer import token_text
@@ -147,14 +150,25 @@ def hand_written_induction(model, tokenizer) -> dict:
         rows.append({
             "prompt": prompt, "word": word, "right": right, "probability": probability,
             "predicted": token_text(tokenizer, top),
+            "ambiguous": _ambiguous(tokenizer.encode(prompt).ids),
         })  # fmt: skip
+    ambiguous = [r for r in rows if r["ambiguous"]]
     return {
         "right": sum(r["right"] for r in rows),
         "n": len(rows),
         "mean_probability": sum(r["probability"] for r in rows) / len(rows),
         "right_with_leading_space": spaced,
+        "ambiguous": {"right": sum(r["right"] for r in ambiguous), "n": len(ambiguous)},
         "prompts": rows,
     }
+
+
+def _ambiguous(ids: list[int]) -> bool:
+    """Whether the last token occurs earlier followed by different tokens: one token of match
+    does not tell which comes next (``... by the window. In the evening ... by the``), so
+    induction has to match the tokens before it too."""
+    after = {ids[i + 1] for i in range(len(ids) - 1) if ids[i] == ids[-1]}
+    return len(after) > 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"hand-written repeated sentences: {hand['right']}/{hand['n']} next words right, mean "
         f"probability {hand['mean_probability']:.2f}; opened with a space: "
-        f"{hand['right_with_leading_space']}/{hand['n']}"
+        f"{hand['right_with_leading_space']}/{hand['n']}; where one token of match is ambiguous: "
+        f"{hand['ambiguous']['right']}/{hand['ambiguous']['n']}"
     )
     report = {
         "config": args.config,

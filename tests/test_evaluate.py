@@ -356,3 +356,35 @@ def test_full_evaluation_runs_on_the_tiny_model(tiny_pretrained):
     text = ev.summary(json.loads(json.dumps(results, sort_keys=True)))
     assert "worst separator" in text and "forms" in text and "instances" in text
     assert len([line for line in text.splitlines() if line.startswith("addition")]) == 1
+
+
+def _toy_model_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_model.py"
+    spec = importlib.util.spec_from_file_location("toy_model_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hand_written_induction_reads_typed_spaced_and_ambiguous_prompts(tiny_pretrained):
+    """The benchmark's hand-written sentences: a prompt is ambiguous when its last token occurs
+    earlier followed by different tokens; the counts are the rows' own, and the spaced reading
+    is a count of the same prompts."""
+    bench = _toy_model_benchmark()
+    assert bench._ambiguous([0, 5, 6, 9, 5, 7, 5])  # 5 was followed by 6 and by 7
+    assert not bench._ambiguous([0, 5, 6, 9, 5, 6, 5])  # always by 6
+    assert not bench._ambiguous([0, 5, 6, 9])  # never seen before
+    model, tokenizer = tiny_pretrained
+    hand = bench.hand_written_induction(model, tokenizer)
+    rows = hand["prompts"]
+    assert hand["n"] == len(rows) == len(bench.HAND_WRITTEN_INDUCTION)
+    assert hand["right"] == sum(r["right"] for r in rows)
+    assert hand["ambiguous"] == {
+        "right": sum(r["right"] for r in rows if r["ambiguous"]),
+        "n": sum(r["ambiguous"] for r in rows),
+    }
+    assert 0 < hand["ambiguous"]["n"] < hand["n"]
+    assert 0 <= hand["right_with_leading_space"] <= hand["n"]

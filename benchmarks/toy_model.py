@@ -12,14 +12,16 @@ whether it is met, each split's own targets marked (instances) or (forms): addit
 match >= 0.95 / 0.85, induction loss ratio <= 0.15 with every separator, successor accuracy
 >= 0.95 / 0.85, subtoken induction >= 0.80 / 0.70; and the head scores, the attention sink and
 the training time; and induction on repeated sentences written by hand
-(``HAND_WRITTEN_INDUCTION``: next word right, its probability; also opened with a space, and
-among the prompts where one token of match is ambiguous).
+(``HAND_WRITTEN_INDUCTION``: next word right, its probability; also opened with a space, among
+the prompts where one token of match is ambiguous and among those whose sentence holds one of
+the corpus's repeat separators).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -130,7 +132,8 @@ def hand_written_induction(model, tokenizer) -> dict:
     tokenizes unlike the copy's): the gap between the two counts is how much the model's
     induction depends on the copies' first tokens being alike. ``ambiguous``: the count among
     the prompts whose last token occurs earlier followed by different tokens (``_ambiguous``),
-    where the tokens before it must be matched too."""
+    where the tokens before it must be matched too; ``holds_separator``: among those whose
+    repeated sentence holds one of the corpus's repeat separators (``holds_separator``)."""
     import torch
 
     from toy_models.tokenizer import token_text
@@ -151,16 +154,34 @@ def hand_written_induction(model, tokenizer) -> dict:
             "prompt": prompt, "word": word, "right": right, "probability": probability,
             "predicted": token_text(tokenizer, top),
             "ambiguous": _ambiguous(tokenizer.encode(prompt).ids),
+            "holds_separator": holds_separator(prompt, word),
         })  # fmt: skip
     ambiguous = [r for r in rows if r["ambiguous"]]
+    separated = [r for r in rows if r["holds_separator"]]
     return {
         "right": sum(r["right"] for r in rows),
         "n": len(rows),
         "mean_probability": sum(r["probability"] for r in rows) / len(rows),
         "right_with_leading_space": spaced,
         "ambiguous": {"right": sum(r["right"] for r in ambiguous), "n": len(ambiguous)},
+        "holds_separator": {"right": sum(r["right"] for r in separated), "n": len(separated)},
         "prompts": rows,
     }
+
+
+def holds_separator(prompt: str, word: str) -> bool:
+    """Whether the sentence that is repeated (the prompt up to the first occurrence of
+    ``word``) holds one of the corpus's repeat separators (``,``, `` and``, `` then``, ``.``...)
+    inside it: in training those stand between a segment and its copy."""
+    from toy_models.data import REPEAT_SEPARATORS
+
+    sentence = prompt[: prompt.index(word) + len(word)]
+    separators = {s for s in REPEAT_SEPARATORS["train"] if s.strip()}
+    # a separator ending in a letter must end a word there (`` and``, not `` android``)
+    return any(
+        re.search(re.escape(s) + (r"(?![A-Za-z])" if s[-1].isalpha() else ""), sentence)
+        for s in separators
+    )
 
 
 def _ambiguous(ids: list[int]) -> bool:
@@ -208,11 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(json.dumps(results))  # int keys become strings, as in the file
     print(summary(results))
     hand = hand_written_induction(model, tokenizer)
+    count = lambda part: f"{hand[part]['right']}/{hand[part]['n']}"  # noqa: E731
     print(
         f"hand-written repeated sentences: {hand['right']}/{hand['n']} next words right, mean "
         f"probability {hand['mean_probability']:.2f}; opened with a space: "
-        f"{hand['right_with_leading_space']}/{hand['n']}; where one token of match is ambiguous: "
-        f"{hand['ambiguous']['right']}/{hand['ambiguous']['n']}"
+        f"{hand['right_with_leading_space']}/{hand['n']}; where one token of match is "
+        f"ambiguous: {count('ambiguous')}; where the repeated sentence holds a separator of "
+        f"the corpus: {count('holds_separator')}"
     )
     report = {
         "config": args.config,

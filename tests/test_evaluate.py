@@ -369,9 +369,10 @@ def _toy_model_benchmark():
     return module
 
 
-def test_hand_written_induction_reads_typed_spaced_and_ambiguous_prompts(tiny_pretrained):
+def test_hand_written_induction_reads_typed_spaced_ambiguous_and_separated_prompts(tiny_pretrained):
     """The benchmark's hand-written sentences: a prompt is ambiguous when its last token occurs
-    earlier followed by different tokens; the counts are the rows' own, and the spaced reading
+    earlier followed by different tokens, and holds a separator when its repeated sentence holds
+    one of the corpus's repeat separators; the counts are the rows' own, and the spaced reading
     is a count of the same prompts."""
     bench = _toy_model_benchmark()
     assert bench._ambiguous([0, 5, 6, 9, 5, 7, 5])  # 5 was followed by 6 and by 7
@@ -387,4 +388,13 @@ def test_hand_written_induction_reads_typed_spaced_and_ambiguous_prompts(tiny_pr
         "n": sum(r["ambiguous"] for r in rows),
     }
     assert 0 < hand["ambiguous"]["n"] < hand["n"]
+    assert hand["holds_separator"] == {
+        "right": sum(r["right"] for r in rows if r["holds_separator"]),
+        "n": sum(r["holds_separator"] for r in rows),
+    }
+    # the sentence up to the word's first occurrence; a word-final separator ends a word
+    assert bench.holds_separator("the horse and the bear. the horse and the", " bear")
+    assert bench.holds_separator("one cup, two cups. one cup, two", " cups")
+    assert not bench.holds_separator("Sandy sat near the pond. Sandy sat near the", " pond")
+    assert not bench.holds_separator("an android dog. an android", " dog")
     assert 0 <= hand["right_with_leading_space"] <= hand["n"]

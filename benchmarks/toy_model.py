@@ -14,7 +14,8 @@ match >= 0.95 / 0.85, induction loss ratio <= 0.15 with every separator, success
 the training time; and induction on repeated sentences written by hand
 (``HAND_WRITTEN_INDUCTION``: next word right, its probability; also opened with a space, among
 the prompts where one token of match is ambiguous and among those whose sentence holds one of
-the corpus's repeat separators).
+the corpus's repeat separators); and ``separator_probe``: induction on an ambiguous `` the``
+after each of the corpus's separators and after ordinary words (``separator_probe``).
 """
 
 from __future__ import annotations
@@ -169,6 +170,43 @@ def hand_written_induction(model, tokenizer) -> dict:
     }
 
 
+# Joiners of the separator probe: the corpus's repeat separators, then ordinary words.
+SEPARATOR_PROBE_JOINERS = ((" and", True), (" then", True), (",", True), (" of", False),
+                           (" with", False), (" near", False), (" by", False))  # fmt: skip
+
+
+def separator_probe(model, tokenizer, n: int = 300, seed: int = 12) -> dict:
+    """Induction where one token of match is ambiguous, after a separator or after a word:
+    ``" C the A{j} the B D. C the A{j} the"`` -> `` B``, for ``n`` draws of four different
+    single-token lexicon words and each joiner ``j`` of ``SEPARATOR_PROBE_JOINERS`` (the same
+    draws for every joiner). ` the` is followed by A and by B, so the token before it decides;
+    the corpus's separators stand between a segment and its copy in training. Right: the
+    argmax is B. Returns the rate per joiner and whether it is a corpus separator."""
+    import random
+
+    import torch
+
+    from toy_models.data import REPEAT_WORDS
+
+    def one_token(word: str) -> int | None:
+        ids = tokenizer.encode(" " + word, add_special_tokens=False).ids
+        return ids[0] if len(ids) == 1 else None
+
+    words = [w for w in REPEAT_WORDS if one_token(w) is not None]
+    rng = random.Random(seed)
+    draws = [rng.sample(words, 4) for _ in range(n)]
+    rates = {}
+    for joiner, separator in SEPARATOR_PROBE_JOINERS:
+        prompts = [f" {c} the {a}{joiner} the {b} {d}. {c} the {a}{joiner} the"
+                   for a, b, c, d in draws]  # fmt: skip
+        ids = torch.tensor([tokenizer.encode(p).ids for p in prompts])
+        with torch.no_grad():
+            top = model(ids)[:, -1].argmax(-1).tolist()
+        right = sum(t == one_token(b) for t, (_, b, _, _) in zip(top, draws, strict=True))
+        rates[joiner] = {"right": right / n, "separator": separator}
+    return {"n": n, "joiners": rates}
+
+
 def holds_separator(prompt: str, word: str) -> bool:
     """Whether the sentence that is repeated (the prompt up to the first occurrence of
     ``word``) holds one of the corpus's repeat separators (``,``, `` and``, `` then``, ``.``...)
@@ -237,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         f"ambiguous: {count('ambiguous')}; where the repeated sentence holds a separator of "
         f"the corpus: {count('holds_separator')}"
     )
+    probe = separator_probe(model, tokenizer)
+    print("ambiguous ' the' after a joiner, right: " + ", ".join(
+        f"{j!r} {r['right']:.0%}{' (separator)' if r['separator'] else ''}"
+        for j, r in probe["joiners"].items()
+    ))  # fmt: skip
     report = {
         "config": args.config,
         "model": args.model if args.skip_train else str(out),
@@ -247,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_wall_s": eval_wall_s,
         "evaluation": results,
         "hand_written_induction": hand,
+        "separator_probe": probe,
         "targets": targets(results, train_wall_s),
     }
     RESULTS.mkdir(exist_ok=True)

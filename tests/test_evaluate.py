@@ -398,3 +398,32 @@ def test_hand_written_induction_reads_typed_spaced_ambiguous_and_separated_promp
     assert not bench.holds_separator("Sandy sat near the pond. Sandy sat near the", " pond")
     assert not bench.holds_separator("an android dog. an android", " dog")
     assert 0 <= hand["right_with_leading_space"] <= hand["n"]
+
+
+def test_separator_probe_reads_every_joiner_on_the_same_draws(tiny_pretrained):
+    """Each joiner's rate is a share of the draws, the corpus's separators are marked, and a
+    model that always answers B (the word after the second ` the`) gets every one right."""
+    bench = _toy_model_benchmark()
+    model, tokenizer = tiny_pretrained
+    probe = bench.separator_probe(model, tokenizer, n=20)
+    assert probe["n"] == 20 and list(probe["joiners"]) == [
+        j for j, _ in bench.SEPARATOR_PROBE_JOINERS
+    ]
+    assert {j for j, r in probe["joiners"].items() if r["separator"]} == {" and", " then", ","}
+    assert all(0 <= r["right"] <= 1 and r["right"] * 20 == int(r["right"] * 20)
+               for r in probe["joiners"].values())  # fmt: skip
+
+    class Oracle(torch.nn.Module):
+        """Puts everything on the token two after the last-but-one ` the`."""
+
+        def forward(self, ids):
+            the = tokenizer.encode(" the", add_special_tokens=False).ids[0]
+            logits = torch.zeros(*ids.shape, tokenizer.get_vocab_size())
+            for row, seq in enumerate(ids.tolist()):
+                seen = [i for i, t in enumerate(seq[:-1]) if t == the]
+                # the first copy's second ` the` is followed by B
+                logits[row, -1, seq[seen[1] + 1]] = 1.0
+            return logits
+
+    perfect = bench.separator_probe(Oracle(), tokenizer, n=20)
+    assert all(r["right"] == 1.0 for r in perfect["joiners"].values())

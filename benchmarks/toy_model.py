@@ -139,22 +139,20 @@ def hand_written_induction(model, tokenizer) -> dict:
 
     from toy_models.tokenizer import token_text
 
-    def predict(prompt: str, word: str) -> tuple[bool, float, int]:
-        ids = tokenizer.encode(prompt).ids
-        target = tokenizer.encode(word).ids[1]  # the word's first token (after BOS)
+    def predict(ids: list[int], target: int) -> tuple[float, int]:
         with torch.no_grad():
             log_probs = model(torch.tensor([ids])).float()[0, -1].log_softmax(-1)
-        top = int(log_probs.argmax())
-        return top == target, float(log_probs[target].exp()), top
+        return float(log_probs[target].exp()), int(log_probs.argmax())
 
     rows, spaced = [], 0
     for prompt, word in HAND_WRITTEN_INDUCTION:
-        right, probability, top = predict(prompt, word)
-        spaced += predict(" " + prompt.lstrip(), word)[0]
+        ids = tokenizer.encode(prompt).ids
+        target = tokenizer.encode(word).ids[1]  # the word's first token (after BOS)
+        probability, top = predict(ids, target)
+        spaced += predict(tokenizer.encode(" " + prompt.lstrip()).ids, target)[1] == target
         rows.append({
-            "prompt": prompt, "word": word, "right": right, "probability": probability,
-            "predicted": token_text(tokenizer, top),
-            "ambiguous": _ambiguous(tokenizer.encode(prompt).ids),
+            "prompt": prompt, "word": word, "right": top == target, "probability": probability,
+            "predicted": token_text(tokenizer, top), "ambiguous": _ambiguous(ids),
             "holds_separator": holds_separator(prompt, word),
         })  # fmt: skip
     ambiguous = [r for r in rows if r["ambiguous"]]
@@ -188,11 +186,9 @@ def separator_probe(model, tokenizer, n: int = 300, seed: int = 12) -> dict:
 
     from toy_models.data import REPEAT_WORDS
 
-    def one_token(word: str) -> int | None:
-        ids = tokenizer.encode(" " + word, add_special_tokens=False).ids
-        return ids[0] if len(ids) == 1 else None
-
-    words = [w for w in REPEAT_WORDS if one_token(w) is not None]
+    encoded = {w: tokenizer.encode(" " + w, add_special_tokens=False).ids for w in REPEAT_WORDS}
+    token = {w: ids[0] for w, ids in encoded.items() if len(ids) == 1}  # single-token words
+    words = [w for w in REPEAT_WORDS if w in token]
     rng = random.Random(seed)
     draws = [rng.sample(words, 4) for _ in range(n)]
     rates = {}
@@ -202,7 +198,7 @@ def separator_probe(model, tokenizer, n: int = 300, seed: int = 12) -> dict:
         ids = torch.tensor([tokenizer.encode(p).ids for p in prompts])
         with torch.no_grad():
             top = model(ids)[:, -1].argmax(-1).tolist()
-        right = sum(t == one_token(b) for t, (_, b, _, _) in zip(top, draws, strict=True))
+        right = sum(t == token[b] for t, (_, b, _, _) in zip(top, draws, strict=True))
         rates[joiner] = {"right": right / n, "separator": separator}
     return {"n": n, "joiners": rates}
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from circuits.concepts import AT_CHANCE
+from circuits.concepts import AT_CHANCE, at_chance
 from circuits.graph import Graph, QKAttribution
 from circuits.nodes import Kind, logit_stage, unit_id
 
@@ -286,7 +286,7 @@ def _check_dashboard(unit: str, d: Mapping) -> dict:
         if c.get("at_chance") and c.get("chance") is None:
             fail("concept.at_chance", "needs the chance F1 it is measured against")
         if None not in (c.get("f1"), c.get("chance")) and c.get("at_chance", False) != bool(
-            c["f1"] < AT_CHANCE * c["chance"]
+            at_chance(c["f1"], c["chance"])
         ):
             fail("concept.at_chance", f"must say whether F1 < {AT_CHANCE} x chance")
         out["concept"] = {"label": c["label"], "f1": _num(c.get("f1"))}

@@ -1,8 +1,13 @@
 """Fixtures shared by the tests: a tiny model trained with the project's own command
 (seconds), a random toy model, random replacement layers around any model, and the two ways
-to run a CLI (in this process with ``cli``, in a fresh interpreter with ``fresh_cli``)."""
+to run a CLI (in this process with ``cli``, in a fresh interpreter with ``fresh_cli``), and a
+benchmark script loaded as a module (``benchmark``)."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +148,14 @@ def run_fresh(module: str, args: list[str], cwd=None) -> tuple[int, list[str], s
 def fresh_cli():
     """``run_fresh`` as a fixture, for tests of start-up and argument errors."""
     return run_fresh
+
+
+def benchmark(name: str):
+    """``benchmarks/NAME.py`` as a module (the benchmarks are scripts, not a package),
+    registered in ``sys.modules`` so that its dataclasses can look their module up."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

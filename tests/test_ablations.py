@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import benchmark
 
 from replacement import ablations
 from replacement.ablations import (
@@ -324,19 +325,9 @@ def test_a_damaged_results_file_is_one_line_and_writes_nothing(
     assert not out.exists()  # nothing written, and the directory the run made removed
 
 
-def _benchmark(name: str):
-    """A benchmark script as a module (they are scripts, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_quick_sweep_writes_results_and_a_report_and_resumes(tiny_run, tmp_path, cli):
     """The whole sweep in smoke-run size on the tiny model; a rerun reads every record back."""
-    main = _benchmark("lorsa_ablations").main
+    main = benchmark("lorsa_ablations").main
     args = ["--model", tiny_run, "--config", "tiny", "--quick", "--quiet",
             "--work", tmp_path / "work", "--json", tmp_path / "abl.json"]  # fmt: skip
     code, out, err = cli(main, *args)
@@ -368,7 +359,7 @@ def test_quick_error_analysis_end_to_end(tiny_run, make_replacement, tmp_path, c
     make_replacement(model, n_qk=2, n_ov=8).save(tmp_path / "set", str(tiny_run))
     args = ["--model", tiny_run, "--replacement", tmp_path / "set", "--quick", "--quiet",
             "--work", tmp_path / "work", "--json", tmp_path / "err.json"]  # fmt: skip
-    code, out, err = cli(_benchmark("error_analysis").main, *args)
+    code, out, err = cli(benchmark("error_analysis").main, *args)
     assert code == 0, err
     r = json.loads((tmp_path / "err.json").read_text())
     assert r["quick"] and set(r["by_kind"]) == {"lorsa", "transcoder"}
@@ -419,7 +410,7 @@ def test_attention_sae_baseline_writes_where_told(tiny_run, make_replacement, tm
     (a candidate set's comparison), the shipped results left alone."""
     from toy_models.zoo import load_pretrained
 
-    module = _benchmark("attn_sae_baseline")
+    module = benchmark("attn_sae_baseline")
     shipped = module.RESULTS / "attn_sae_baseline.json"
     before = shipped.read_bytes() if shipped.exists() else None
     model, _ = load_pretrained(str(tiny_run))

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import benchmark
 
 from toy_models import evaluate as ev
 from toy_models.data import REPEAT_SEPARATORS, form_split
@@ -358,23 +359,12 @@ def test_full_evaluation_runs_on_the_tiny_model(tiny_pretrained):
     assert len([line for line in text.splitlines() if line.startswith("addition")]) == 1
 
 
-def _toy_model_benchmark():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_model.py"
-    spec = importlib.util.spec_from_file_location("toy_model_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_hand_written_induction_reads_typed_spaced_ambiguous_and_separated_prompts(tiny_pretrained):
     """The benchmark's hand-written sentences: a prompt is ambiguous when its last token occurs
     earlier followed by different tokens, and holds a separator when its repeated sentence holds
     one of the corpus's repeat separators; the counts are the rows' own, and the spaced reading
     is a count of the same prompts."""
-    bench = _toy_model_benchmark()
+    bench = benchmark("toy_model")
     assert bench._ambiguous([0, 5, 6, 9, 5, 7, 5])  # 5 was followed by 6 and by 7
     assert not bench._ambiguous([0, 5, 6, 9, 5, 6, 5])  # always by 6
     assert not bench._ambiguous([0, 5, 6, 9])  # never seen before
@@ -403,7 +393,7 @@ def test_hand_written_induction_reads_typed_spaced_ambiguous_and_separated_promp
 def test_separator_probe_reads_every_joiner_on_the_same_draws(tiny_pretrained):
     """Each joiner's rate is a share of the draws, the corpus's separators are marked, and a
     model that always answers B (the word after the second ` the`) gets every one right."""
-    bench = _toy_model_benchmark()
+    bench = benchmark("toy_model")
     model, tokenizer = tiny_pretrained
     probe = bench.separator_probe(model, tokenizer, n=20)
     assert probe["n"] == 20 and list(probe["joiners"]) == [

@@ -4,22 +4,11 @@ and which token pair the root pairs lead with decides ``reason_roots``."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
+from conftest import benchmark
+
 from circuits.mechanism_file import RootPair, SourceShare
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("mechs", ROOT / "benchmarks" / "mechanisms.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def token(pos: int, value: float) -> SourceShare:
@@ -36,7 +25,7 @@ Q, K = 6, 3
 
 
 def test_induction_reason_is_the_current_token_and_the_token_before_the_key():
-    m = _benchmark()
+    m = benchmark("mechanisms")
     plain = reason([token(Q, 5.0), token(Q - 1, 1.0)], [token(K, 9.0), token(K - 1, 4.0)])
     assert m.sources_ok("induction", plain, Q, K)
     assert m.shared_token(plain, IDS, Q, K)
@@ -48,7 +37,7 @@ def test_induction_reason_is_the_current_token_and_the_token_before_the_key():
 
 
 def test_no_match_when_the_sides_hold_different_tokens_or_nothing_positive():
-    m = _benchmark()
+    m = benchmark("mechanisms")
     other = reason([token(Q, 5.0)], [token(K - 2, 4.0), token(K - 1, 3.0)])  # B vs A
     assert not m.sources_ok("induction", other, Q, K)
     assert not m.shared_token(other, IDS, Q, K)
@@ -63,7 +52,7 @@ def test_no_match_when_the_sides_hold_different_tokens_or_nothing_positive():
 
 
 def test_reason_misses_are_sorted_by_what_the_key_side_leads_with():
-    m = _benchmark()
+    m = benchmark("mechanisms")
     right = {"key": True, "reason": True, "query_root": {}}
     shared = {"key": True, "reason": False, "reason_match": True, "query_root": {},
               "key_moved_root": {"kind": "embedding", "pos": 2}}  # fmt: skip
@@ -85,7 +74,7 @@ def roots(*pairs: tuple[SourceShare, SourceShare, float]):
 
 
 def test_root_pair_criteria_read_the_largest_moved_token_pair():
-    m = _benchmark()
+    m = benchmark("mechanisms")
     # the key's own token (C) leads, then B at q x B before the key: reason_roots
     plain = roots((token(Q, 1), token(K, 1), 9.0), (token(Q, 1), token(K - 1, 1), 4.0))
     out = m.root_criteria("induction", plain, IDS, Q, K, key=True)
@@ -110,7 +99,7 @@ def test_root_pair_criteria_read_the_largest_moved_token_pair():
 def test_subtoken_keys_include_earlier_mentions_tokenized_otherwise():
     """A name at a document's start has no leading space, so its first sub-token differs from
     later mentions'; the sub-token after the query's sub-token there is a key all the same."""
-    m = _benchmark()
+    m = benchmark("mechanisms")
     # BOS Z ou b le | x | ␣Z ou b le | y | ␣Z ou b le
     pieces = ["", "Z", "ou", "b", "le", " x", " Z", "ou", "b", "le", " y", " Z", "ou", "b", "le"]
     vocab = {"": 0, "Z": 1, "ou": 2, "b": 3, "le": 4, " x": 5, " Z": 6, " y": 7}
@@ -139,7 +128,7 @@ def test_subtoken_keys_include_earlier_mentions_tokenized_otherwise():
 def test_first_order_agreement_counts_signs_against_the_free_measurement():
     import torch
 
-    m = _benchmark()
+    m = benchmark("mechanisms")
     ids = ["a", "b", "c", "t"]
     logit = torch.tensor([False, False, False, True])
     full = SimpleNamespace(ids=ids, id_to_index={x: i for i, x in enumerate(ids)},
@@ -166,7 +155,7 @@ def test_concept_labels_come_from_the_named_dashboards_file_of_this_set(
 
     from circuits import dashboard_pass
 
-    m = _benchmark()
+    m = benchmark("mechanisms")
     model, tokenizer = tiny_pretrained
     ours = make_replacement(model, n_qk=2, n_ov=8, lorsa_k=3, d_sae=16, tc_k=4)
     other = make_replacement(model, n_qk=2, n_ov=8, lorsa_k=3, d_sae=16, tc_k=4)
@@ -190,7 +179,7 @@ def test_a_named_dashboards_file_must_serve_and_the_output_must_be_writable(
     work), a ``--dashboards-file`` that is missing (not a run without labels)."""
     from toy_models.zoo import load_pretrained
 
-    main = _benchmark().main
+    main = benchmark("mechanisms").main
     model, _ = load_pretrained(str(tiny_run))
     make_replacement(model, n_qk=2, n_ov=8).save(tmp_path / "set", str(tiny_run))
     base = ["--model", tiny_run, "--replacement", tmp_path / "set", "--families", "successor"]
@@ -214,7 +203,7 @@ def test_vs_runner_up_explains_the_margin_over_the_most_likely_other_token(
     from circuits.interventions import target_nodes
     from toy_models.tokenizer import bos_id
 
-    m = _benchmark()
+    m = benchmark("mechanisms")
     model, tokenizer = tiny_pretrained
     replacement = make_replacement(model, n_qk=2, n_ov=8, lorsa_k=3, d_sae=16, tc_k=4)
     ids = [bos_id(tokenizer), 5, 6, 7, 5, 6]
@@ -240,7 +229,7 @@ def test_vs_runner_up_explains_the_margin_over_the_most_likely_other_token(
 def test_key_by_tokens_reads_the_position_carrying_most_of_the_token_part():
     from circuits.mechanism_file import TokenShare
 
-    m = _benchmark()
+    m = benchmark("mechanisms")
 
     def scored(keys, shares):
         target = SimpleNamespace(tokens_by_position=shares, predicting_group=None)

@@ -305,7 +305,7 @@ def test_heldout_examples_take_a_split(tokenizer):
 def test_induction_scores_find_a_planted_induction_head(oracle, tiny_pretrained):
     _, _, tokenizer = oracle
     model, _ = tiny_pretrained
-    docs = [ev.encode(tokenizer, e, model.cfg.n_ctx) for e in ev.heldout_examples("repeat", 6)]
+    docs = [ev.encode(tokenizer, e, model.cfg.n_ctx) for e in ev.heldout_examples("repeat", 12)]
     assert any(ev.copy_positions(d) for d in docs)
 
     # A head that attends to the token after the previous copy of the current token scores 1.
@@ -331,7 +331,7 @@ def test_induction_scores_find_a_planted_induction_head(oracle, tiny_pretrained)
     planted = Planted(
         SimpleNamespace(d_vocab=model.cfg.d_vocab, n_ctx=model.cfg.n_ctx, n_layers=2, n_heads=2)
     )
-    result = ev.induction_probe(planted, tokenizer, 6)
+    result = ev.induction_probe(planted, tokenizer, 12)
     assert result["best_induction_head"]["score"] == pytest.approx(1.0)
     assert result["best_previous_token_head"] == {
         "layer": 0,

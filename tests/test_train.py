@@ -191,7 +191,7 @@ def test_schedules_are_fractions_of_the_run():
     short = replace(CONFIGS["default"].train, steps=100)
     assert max(lr_at(s, short) for s in range(short.steps)) == pytest.approx(short.lr)
     assert short.warmup_steps == round(100 / 18)
-    assert CONFIGS["default"].train.warmup_steps == 250  # the shipped model's schedule
+    assert CONFIGS["default"].train.warmup_steps == 300  # the shipped model's schedule
     for steps in (1024, 300, 50):
         cfg = replace(REPLACEMENT_CONFIGS["default"], steps=steps)
         lrs = [replacement_lr_at(s, cfg) for s in range(steps)]

@@ -12,7 +12,9 @@ Families (each document is plain text; the tokenizer adds the BOS sink token):
   whose answer is the successor of an item said far back (``Today is Friday. ... Tomorrow is
   Saturday.``), so a head's OV, not only an MLP, has a reason to map item -> next item.
 - ``repeat``: a random segment of words and a copy of it, with many separators (and none),
-  often inside filler text (induction).
+  often inside filler text (induction). Half the documents that open with their segment open
+  with no space, as a typed prompt does (corpus v5), so the first word of a prompt need not
+  tokenize as it does after a space for the model to copy what follows.
 
 Stretches of filler (random unrelated words) give heads long spans with nothing to do, where
 attention sinks form.
@@ -48,7 +50,7 @@ from .tokenizer import bos_id
 FAMILIES = ("names", "addition", "successor", "repeat")
 SPLITS = ("train", "heldout", "heldout_forms")
 CORPUS_SPLITS = ("train", "heldout")  # what ``build_corpus`` materialises
-CORPUS_VERSION = 4
+CORPUS_VERSION = 5
 
 
 def form_split(split: str) -> str:
@@ -139,7 +141,8 @@ class Span:
                              in ``ORDERED_LISTS[sequence]`` (negative: backwards; lists in
                              ``CYCLIC_LISTS`` wrap). A list's first element, and the second of
                              a list whose step is not +1, appear only as ``previous``.
-    repeat      ``first``    the random segment, with its leading space
+    repeat      ``first``    the random segment, with its leading space (in a document that
+                             opens with its segment bare, from the segment's second word on)
                 ``second``   its copy; ``earlier``: the ``first`` span
     ==========  ===========  =====================================================================
 
@@ -710,18 +713,26 @@ def repeat_example(rng: random.Random, split: str = "train") -> Example:
     """A random word segment and its copy: spans ``first`` and ``second`` (whose ``earlier`` is
     the first). ``form`` is the separator between them; ``frame`` is ``"adjacent"`` (copy right
     after the separator) or ``"filler"`` (filler text around and between the copies)."""
-    segment = " ".join(_segment_word(rng) for _ in range(rng.randint(6, 20)))
+    words = [_segment_word(rng) for _ in range(rng.randint(6, 20))]
     separator = rng.choice(REPEAT_SEPARATORS[form_split(split)])
     layout = rng.choice(("adjacent", "filler"))
     builder = _Builder()
     if layout == "filler" and rng.random() < 0.7:
         builder.add(filler(rng, rng.randint(3, 15)).lstrip() + ".")
-    # The leading space makes both copies tokenize identically (the first word included).
+    # A document that opens with its segment opens with no space half the time, as a typed
+    # prompt does: its first word then tokenizes unlike the copy's, and the spans (which
+    # start with a space, so that they tokenize identically) begin at the second word.
+    bare = builder.length == 0 and rng.random() < 0.5
+    if bare:
+        builder.add(words[0])
+    segment = " ".join(words[1:] if bare else words)
     first = builder.span(" " + segment, "first")
     builder.mark(first)
     builder.add(separator)
     if layout == "filler":
         builder.add(filler(rng, rng.randint(2, 12)) + ".")
+    if bare:
+        builder.add(" " + words[0])
     copy = builder.span(" " + segment, "second", earlier=first, form=separator, frame=layout)
     builder.mark(copy)
     if layout == "filler" and rng.random() < 0.5:

@@ -28,9 +28,9 @@ class TrainConfig:
         }
     )
     batch_size: int = 32
-    steps: int = 4500
+    steps: int = 5400
     lr: float = 3e-3
-    # The schedule is a fraction of the run, so that ``--steps N`` scales it (250 of 4500).
+    # The schedule is a fraction of the run, so that ``--steps N`` scales it (300 of 5400).
     warmup_fraction: float = 1 / 18
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.1

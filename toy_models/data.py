@@ -838,13 +838,11 @@ def pack_sequences(corpus_split, tokenizer, n_ctx: int):
     import torch
 
     bos = bos_id(tokenizer)
+    # Each column read once: reading a column of a ``datasets`` split materialises all of it.
+    documents = list(zip(corpus_split["text"], corpus_split["family"], strict=True))
     rows, row_family = [], []
     for f_idx, family in enumerate(FAMILIES):
-        texts = [
-            t
-            for t, f in zip(corpus_split["text"], corpus_split["family"], strict=True)
-            if f == family
-        ]
+        texts = [t for t, f in documents if f == family]
         # encode_batch adds BOS to each document; strip it, since rows are packed.
         docs = (enc.ids[1:] for enc in tokenizer.encode_batch(texts))
         packed = list(pack_rows(docs, n_ctx, bos))

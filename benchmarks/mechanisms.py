@@ -28,7 +28,11 @@ generator's spans give the expected key(s):
 - ``successor`` (successor documents; single-token items, not counting): an item; key: its
   ``span.previous``;
 - ``operand_fetching`` (addition documents): an answer digit; keys: the digits of the same
-  place in the operands.
+  place in the operands, in every mention of them (the frames written here that say the
+  operands before the equation mark those mentions as the operands' ``earlier`` spans; added
+  on 2026-12-04 after 4 of 12 misses on the corpus-v5 default were groups reading such a
+  mention's digit: a correction of the expected keys made after seeing misses, so the fourth
+  draw below tests it).
 
 **Pipeline.** ``circuits.trace``'s: the full graph with constants as nodes, the logit of the
 expected token as the target (``--vs-runner-up``: its margin over the most likely other token,
@@ -101,7 +105,9 @@ by roots at once). On seed 1234 the 5 induction prompts that missed ``reason`` a
 ``reason_roots``: read one side at a time, the key side's largest moved root was the
 document's first tokens (which the query side holds as well), not ``k - 1``; the fresh draw
 tests whether ``reason_roots`` holds on prompts nobody has looked at. A third draw, ``--seed 9876``
-(2026-12-03, the same targets), tests the first two again. ``targets_met`` gives
+(2026-12-03, the same targets), tests the first two again. A fourth, ``--seed 2468`` (written
+on 2026-12-04 before it was run, after the operand keys took in every mention of an operand):
+the same targets, on prompts nobody has looked at. ``targets_met`` gives
 ``key_90``, ``reason_90``, ``reason_roots_90`` and ``sign_90_frozen`` for every draw. Each
 record also holds how sure the model was: ``probability``, ``runner_up`` and ``margin`` (the
 target's logit minus the runner-up's).
@@ -123,6 +129,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -225,15 +232,22 @@ def new_successor(rng: random.Random) -> Doc:
 
 
 def new_addition(rng: random.Random) -> Doc:
+    """A problem in a frame written here; a frame that says the operands before the equation
+    marks those mentions as the operands' ``earlier`` occurrences (their digits are keys too)."""
     a, b_ = rng.randrange(10, 1000), rng.randrange(10, 1000)
     frames = ("Add them up: {a} plus {b} gives {eq}.", "({eq})", "Sum of {a} and {b}: {eq}")
     frame = rng.choice(frames)
     head, tail = frame.split("{eq}")
     b = _Builder()
-    b.add(head.replace("{a}", str(a)).replace("{b}", str(b_)))
-    first = b.span(str(a), "operand")
+    mentions = {}
+    for piece in re.split(r"(\{a\}|\{b\})", head):
+        if piece in ("{a}", "{b}"):
+            mentions[piece] = b.span(str(a if piece == "{a}" else b_), "operand")
+        else:
+            b.add(piece)
+    first = b.span(str(a), "operand", earlier=mentions.get("{a}"))
     b.add("+")
-    second = b.span(str(b_), "operand")
+    second = b.span(str(b_), "operand", earlier=mentions.get("{b}"))
     b.add("=")
     answer = b.span(str(a + b_), "answer", operands=(first, second))
     b.add(tail)
@@ -290,10 +304,12 @@ def candidates(family: str, ids: list[int], offsets, spans) -> list[tuple[int, l
     else:
         for span in [s for s in spans if s.kind == "answer"]:
             answer = _positions(offsets, span)
-            operands = [_positions(offsets, o) for o in span.operands]
+            # every mention of each operand: the equation's, and any earlier one
+            mentions = [_positions(offsets, m) for o in span.operands
+                        for m in (*o.occurrences_before(), o)]  # fmt: skip
             for j, p in enumerate(answer):
                 place = len(answer) - 1 - j
-                keys = [d[-1 - place] for d in operands if place < len(d)]
+                keys = sorted({d[-1 - place] for d in mentions if place < len(d)})
                 if keys:
                     out.append((p, keys))
     return out

@@ -244,3 +244,33 @@ def test_key_by_tokens_reads_the_position_carrying_most_of_the_token_part():
     assert not scored([K - 1], shares)["key_by_tokens"]
     negative = [TokenShare(K, "C", -1.0)]
     assert not scored([K], negative)["key_by_tokens"] and "top_token" not in scored([K], negative)
+
+
+def test_operand_keys_are_the_place_digits_of_every_mention_of_the_operands():
+    """A frame written here that says the operands before the equation: a group reading the
+    first mention's digit fetches the same operand digit, so it is a key as well; a bare
+    equation keeps the equation's digits alone."""
+    import random
+
+    m = benchmark("mechanisms")
+    rng, seen = random.Random(0), set()
+    while len(seen) < 2:
+        doc = m.new_addition(rng)
+        (answer,) = doc.spans
+        a, b = answer.operands
+        found = m.candidates(
+            "operand_fetching",
+            [0] + [ord(c) for c in doc.text],
+            [(0, 0)] + [(i, i + 1) for i in range(len(doc.text))],
+            doc.spans,
+        )
+        units = found[-1][1]  # the answer's last digit: the operands' units digits
+        equation = [a.end, b.end]  # a span's last character, at position end (BOS first)
+        if a.earlier is None:
+            seen.add("bare")
+            assert doc.text.startswith("(") and units == equation
+        else:
+            seen.add("mentioned")
+            assert b.earlier is not None and doc.text[: a.earlier.start].endswith(" ")
+            assert units == sorted([a.earlier.end, b.earlier.end, *equation])
+            assert {doc.text[k - 1] for k in units} == {str(a.value)[-1], str(b.value)[-1]}

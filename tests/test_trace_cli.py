@@ -454,3 +454,36 @@ def test_a_graph_names_its_replacement_set_and_intervene_refuses_another(tmp_pat
         unit_graph = dataclasses.replace(graph, positional=False, tokens=[])
         with pytest.raises(ValueError, match="a global graph has no prompt"):
             first_order(replacement, unit_graph)
+
+
+def readme_trace_commands() -> list[list[str]]:
+    """The arguments of every ``python -m circuits.trace`` command in the README's examples
+    (continuation lines joined, comments dropped)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = []
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+        _, found, args = line.partition("python -m circuits.trace ")
+        if found:
+            commands.append(shlex.split(args.split("  #")[0], posix=True))
+    return commands
+
+
+def test_the_readme_trace_examples_run_on_the_shipped_default(tmp_path, capsys):
+    """The examples name tokens and node ids of the shipped model: a retrained default that
+    leaves one inactive (or a target that is not one token) fails here, not for a reader."""
+    commands = readme_trace_commands()
+    assert len(commands) >= 4 and any("--target-node" in c for c in commands)
+    for i, args in enumerate(commands):
+        # bash's $'...' quoting: shlex leaves the $ and the escapes to be read here
+        args = [a[1:].encode().decode("unicode_escape") if a.startswith("$") else a for a in args]
+        for flag in ("--out", "--format"):
+            if flag in args:
+                del args[args.index(flag) : args.index(flag) + 2]
+        code, stdout, err = trace(capsys, *args, "--out", str(tmp_path / str(i)), "--format",
+                                  "", "--no-checks")  # fmt: skip
+        assert code == 0, (args, err)
+        assert "targets:" in stdout

@@ -239,15 +239,15 @@ def new_addition(rng: random.Random) -> Doc:
     frame = rng.choice(frames)
     head, tail = frame.split("{eq}")
     b = _Builder()
-    mentions = {}
+    values, mentions = {"{a}": str(a), "{b}": str(b_)}, {}
     for piece in re.split(r"(\{a\}|\{b\})", head):
-        if piece in ("{a}", "{b}"):
-            mentions[piece] = b.span(str(a if piece == "{a}" else b_), "operand")
+        if piece in values:
+            mentions[piece] = b.span(values[piece], "operand")
         else:
             b.add(piece)
-    first = b.span(str(a), "operand", earlier=mentions.get("{a}"))
+    first = b.span(values["{a}"], "operand", earlier=mentions.get("{a}"))
     b.add("+")
-    second = b.span(str(b_), "operand", earlier=mentions.get("{b}"))
+    second = b.span(values["{b}"], "operand", earlier=mentions.get("{b}"))
     b.add("=")
     answer = b.span(str(a + b_), "answer", operands=(first, second))
     b.add(tail)

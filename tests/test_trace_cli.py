@@ -468,7 +468,7 @@ def readme_trace_commands() -> list[list[str]]:
     for line in re.sub(r"\\\n\s*", " ", text).splitlines():
         _, found, args = line.partition("python -m circuits.trace ")
         if found:
-            commands.append(shlex.split(args.split("  #")[0], posix=True))
+            commands.append(shlex.split(args, comments=True))
     return commands
 
 

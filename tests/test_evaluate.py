@@ -92,6 +92,52 @@ def test_addition_needs_every_digit_and_then_no_further_digit(tokenizer, split):
     assert sum(scores["counts"]["by_form"].values()) == n
 
 
+def addition_doc(tokenizer, a: int, b: int) -> ev.Encoded:
+    """One problem ``a+b=c.`` as the corpus writes it, with its spans."""
+    from toy_models.data import Example, Span
+
+    text = f"{a}+{b}={a + b}."
+    first = Span(0, len(str(a)), "operand", str(a))
+    second = Span(first.end + 1, first.end + 1 + len(str(b)), "operand", str(b))
+    answer = Span(second.end + 1, second.end + 1 + len(str(a + b)), "answer", str(a + b),
+                  operands=(first, second))  # fmt: skip
+    return ev.encode(tokenizer, Example("addition", text, (first, second, answer)), 128)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "place", "said", "kind"),
+    [
+        (123, 456, 2, "6", "carry_added"),  # 579: a carry into the hundreds that is not there
+        (158, 267, 2, "3", "carry_missed"),  # 425: the carry from the tens left out
+        (158, 267, 1, "1", "carry_missed"),  # ... and the one from the units
+        (158, 267, 0, "6", "other_digit"),  # +1 at the units: no carry can come in there
+        (123, 456, 1, "4", "other_digit"),
+        (123, 456, 0, " ", "not_a_digit"),
+    ],
+)
+def test_a_wrong_answer_is_counted_by_what_goes_wrong_first(tokenizer, a, b, place, said, kind):
+    digits = ev._digit_ids(tokenizer)
+    doc = addition_doc(tokenizer, a, b)
+    answer = doc.example.spans_of("answer")[0]
+    positions = doc.tokens_in(answer)
+    assert [tokenizer.id_to_token(doc.ids[p]) for p in positions] == list(str(a + b))
+    run = oracle_run(doc, doc.ids[0])
+    assert ev.first_error(run, answer, positions, digits) is None
+    wrong = tokenizer.token_to_id(said) if said != " " else tokenizer.token_to_id("Ġ")
+    at = positions[len(positions) - 1 - place]
+    run.argmax[at - 1] = wrong
+    run.argmax[positions[-1] - 1] = wrong  # a later digit wrong too: the first one counts
+    assert ev.first_error(run, answer, positions, digits) == (kind, place)
+    scores = ev.addition_scores([run], digits)
+    assert scores["exact_match"] == 0.0
+    assert scores["first_errors"] == {k: int(k == kind) for k in ev.FIRST_ERRORS}
+    assert scores["first_error_places"] == {place: 1}
+    # every digit right, and then one more: the number goes on
+    right = oracle_run(doc, doc.ids[0])
+    right.argmax[positions[-1]] = tokenizer.token_to_id("0")
+    assert ev.first_error(right, answer, positions, digits) == ("continues", -1)
+
+
 class Recording(Oracle):
     """An oracle that keeps the rows it was run on."""
 
@@ -118,7 +164,7 @@ def test_an_answer_after_the_models_own_space_counts_beside_the_exact_match(toke
         return ev.OwnSpacing.of(model, tokenizer), model
 
     spacing, _ = own()
-    assert space in spacing.spaces and not spacing.spaces & digits
+    assert space in spacing.spaces and spacing.spaces.isdisjoint(digits)
     runs = [oracle_run(doc, doc.ids[0]) for doc in docs]
     perfect = ev.addition_scores(runs, digits, spacing)
     n = perfect["n_problems"]

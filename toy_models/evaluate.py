@@ -18,7 +18,9 @@ documents go through the model once (``run_split``); the probes read those runs
   where it should); by list kind, step, list format (or ``"sentence"``) and sentence frame.
 - addition: exact match of the answer: every digit predicted and, after the last one, a
   prediction that is not a digit (greedy decoding stops the number there, whatever follows:
-  a line end, ``.``, ``,`` or a space); by operand digits, carries, spacing and frame. Beside
+  a line end, ``.``, ``,`` or a space); by operand digits, carries, spacing and frame, and
+  the wrong answers by what goes wrong first (a carry added or missed, another digit, no
+  digit, a number that goes on: ``first_error``) and at which place. Beside
   it (the targets read the exact match), ``exact_match_own_space``: the same when the model
   may write a whitespace token of its choosing before the answer where the document has none
   (``OwnSpacing``). A held-out spacing form such as ``a + b=c`` shares its text up to ``=``
@@ -37,7 +39,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -302,19 +304,20 @@ def _best(scores) -> dict:
     return {"layer": layer, "head": head, "score": float(scores[layer, head])}
 
 
-def _digit_ids(tokenizer) -> frozenset[int]:
-    """Tokens that would extend a number (digits split one per token)."""
-    return frozenset(i for d in "0123456789" if (i := tokenizer.token_to_id(d)) is not None)
+def _digit_ids(tokenizer) -> dict[int, int]:
+    """Tokens that would extend a number (digits split one per token), each with its digit."""
+    return {i: int(d) for d in "0123456789" if (i := tokenizer.token_to_id(d)) is not None}
 
 
-def _stops(s: Scored, span: Span, positions: list[int], digits: frozenset[int]) -> bool:
+def _stops(s: Scored, span: Span, positions: list[int], digits: Mapping[int, int]) -> bool:
     """For a number, whether the prediction after its last digit ends it (not a digit)."""
     return not span.value.isdigit() or s.argmax[positions[-1]] not in digits
 
 
-def successor_scores(scored: list[Scored], digits: frozenset[int] = frozenset()) -> dict:
+def successor_scores(scored: list[Scored], digits: Mapping[int, int] | None = None) -> dict:
     """Items (all tokens predicted; a number must stop) by list kind, step, form and, for
     sentences, frame."""
+    digits = digits or {}
     groups: dict[str, dict] = {k: defaultdict(list) for k in ("kind", "step", "form", "frame")}
     for s in scored:
         for span in s.doc.example.spans_of("item"):
@@ -354,14 +357,47 @@ class OwnSpacing:
         return cls(model, frozenset(i for i in vocab if tokenizer.decode([i]).isspace()))
 
 
+FIRST_ERRORS = ("carry_added", "carry_missed", "other_digit", "not_a_digit", "continues")
+
+
+def first_error(s: Scored, answer: Span, positions: list[int], digits: Mapping[int, int]):
+    """What goes wrong first in an answer, as (kind, place; place 0 = units), or None when it
+    is right. Kinds (``FIRST_ERRORS``): the first wrong prediction is a digit one above the
+    right one at a place above the units that receives no carry (``carry_added``: the model
+    carried where the lower places do not), one below at a place that receives one
+    (``carry_missed``), another digit (``other_digit``), or no digit (``not_a_digit``: mostly
+    a space the document does not have); or every digit is right and the number goes on
+    (``continues``, place -1)."""
+    a, b = (int(o.value) for o in answer.operands)
+    for j, p in enumerate(positions):
+        predicted = s.argmax[p - 1]
+        if predicted == s.doc.ids[p]:
+            continue
+        place = len(positions) - 1 - j
+        if predicted not in digits:
+            return "not_a_digit", place
+        carry_in = (a % 10**place + b % 10**place) >= 10**place
+        step = digits[predicted] - (a + b) // 10**place % 10
+        if place and (step, carry_in) == (1, False):
+            return "carry_added", place
+        if place and (step, carry_in) == (-1, True):
+            return "carry_missed", place
+        return "other_digit", place
+    return ("continues", -1) if s.argmax[positions[-1]] in digits else None
+
+
 def addition_scores(
-    scored: list[Scored], digits: frozenset[int], own_spacing: OwnSpacing | None = None
+    scored: list[Scored], digits: Mapping[int, int], own_spacing: OwnSpacing | None = None
 ) -> dict:
-    """Exact match: every answer digit predicted and then no further digit; with
-    ``own_spacing``, also ``exact_match_own_space`` (its docstring), its rates by form, and
-    ``space_first``: the share of answers where the model predicted a whitespace token the
-    document does not have at the answer's first position."""
+    """Exact match: every answer digit predicted and then no further digit, by operand
+    digits, carries, form and frame; ``first_errors`` / ``first_error_places``: the wrong
+    answers counted by what goes wrong first (``first_error``). With ``own_spacing``, also
+    ``exact_match_own_space`` (its docstring), its rates by form, and ``space_first``: the
+    share of answers where the model predicted a whitespace token the document does not have
+    at the answer's first position."""
     groups: dict[str, dict] = {k: defaultdict(list) for k in ("digits", "carries", "form", "frame")}
+    errors: dict[str, int] = dict.fromkeys(FIRST_ERRORS, 0)
+    places: dict[int, int] = defaultdict(int)
     answers = []  # (scored run, answer positions, form, exact match)
     for s in scored:
         for answer in s.doc.example.spans_of("answer"):
@@ -369,7 +405,11 @@ def addition_scores(
             if not positions or not s.doc.holds(answer):
                 continue
             a, b = answer.operands
-            ok = all(s.correct(positions)) and s.argmax[positions[-1]] not in digits
+            error = first_error(s, answer, positions, digits)
+            ok = error is None
+            if error is not None:
+                errors[error[0]] += 1
+                places[error[1]] += 1
             groups["digits"][max(len(a.value), len(b.value))].append(ok)
             groups["carries"][count_carries(int(a.value), int(b.value))].append(ok)
             groups["form"][answer.form].append(ok)
@@ -381,13 +421,15 @@ def addition_scores(
         "n_problems": len(every),
         **{f"by_{k}": _rates(v) for k, v in groups.items()},
         "counts": {f"by_{k}": _counts(v) for k, v in groups.items()},
+        "first_errors": errors,
+        "first_error_places": dict(sorted(places.items())),
     }
     if own_spacing is not None:
         out |= _own_space_scores(answers, digits, own_spacing)
     return out
 
 
-def _own_space_scores(answers: list, digits: frozenset[int], own: OwnSpacing) -> dict:
+def _own_space_scores(answers: list, digits: Mapping[int, int], own: OwnSpacing) -> dict:
     retries = []  # (index into answers, the document with the model's whitespace put in)
     spaced = 0  # answers whose first position the model gave a whitespace the document lacks
     for j, (s, positions, _, ok) in enumerate(answers):
@@ -635,6 +677,9 @@ def summary(r: dict) -> str:
                 f"; {a['exact_match_own_space']:.1%} with the model's own space before the "
                 f"answer (a space predicted where the document has none: {a['space_first']:.1%})"
             )
+        wrong = {k.replace("_", " "): v for k, v in a["first_errors"].items() if v}
+        if wrong:
+            text += "; first errors " + ", ".join(f"{k} {v}" for k, v in wrong.items())
         failing = _failing(a["by_form"], threshold) + _failing(a["by_frame"], threshold)
         add("addition", split, text + _failing_text(failing))
     for split in EVAL_SPLITS:

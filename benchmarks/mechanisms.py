@@ -36,7 +36,9 @@ generator's spans give the expected key(s):
 
 **Pipeline.** ``circuits.trace``'s: the full graph with constants as nodes, the logit of the
 expected token as the target (``--vs-runner-up``: its margin over the most likely other token,
-the logit difference ``circuits.trace --vs-runner-up`` explains), the automatic groups with
+the logit difference ``circuits.trace --vs-runner-up`` explains; ``--vs-other-item``, successor
+only: its margin over the most likely other item of the same list, the question which item,
+as ``circuits.trace --target-diff`` explains it), the automatic groups with
 the unit dashboards' concept labels (when ``runs/dashboards`` holds a valid file for the
 model), ``circuits.mechanisms.summarize`` with its ablation checks.
 
@@ -267,6 +269,22 @@ class Prompt:
     target: int  # the token that comes next
     keys: list[int]  # expected key positions
     text: str
+    others: list[int] = field(default_factory=list)  # successor: the list's other items
+
+
+def other_items(tokenizer, span, target: int) -> list[int]:
+    """The other items of a successor item's list (``span.sequence``), each as the single
+    token the target is written as (with its leading space, or none); items that take more
+    than one token in that form are left out."""
+    from toy_models.data import ORDERED_LISTS
+
+    lead = " " if tokenizer.decode([target]).startswith(" ") else ""
+    out = []
+    for item in ORDERED_LISTS[span.sequence]:
+        ids = tokenizer.encode(lead + item, add_special_tokens=False).ids
+        if len(ids) == 1 and ids[0] != target:
+            out.append(ids[0])
+    return out
 
 
 def _positions(offsets, span) -> list[int]:
@@ -340,8 +358,13 @@ def build_prompts(tokenizer, family: str, n: int, n_ctx: int, seed: int = SEED) 
         if not found:
             continue
         p, keys = rng.choice(found)
+        others = []
+        if family == "successor":
+            item = next(s for s in spans if s.kind == "item" and p in _positions(offsets, s))
+            others = other_items(tokenizer, item, ids[p])
         prompts.append(Prompt(family, source, ids[:p], ids[p], keys,
-                              tokenizer.decode(ids[1:p], skip_special_tokens=False)))  # fmt: skip
+                              tokenizer.decode(ids[1:p], skip_special_tokens=False),
+                              others))  # fmt: skip
     return prompts
 
 
@@ -573,7 +596,7 @@ def concepts_for(
 
 def run_family(
     replacement, tokenizer, prompts: list[Prompt], concepts, mode: str, at_least: int | None = None,
-    min_correct: int = 0, vs_runner_up: bool = False,
+    min_correct: int = 0, vs_runner_up: bool = False, vs_other_item: bool = False,
 ) -> dict:  # fmt: skip
     """Score ``prompts`` in order: the first ``at_least`` (default: all), then more until
     ``min_correct`` of the scored ones are prompts the model gets right."""
@@ -611,9 +634,16 @@ def run_family(
             "margin": round(float(logits[prompt.target] - logits[runner]), 4),
             "untrained_positions": [p for p, t in enumerate(prompt.ids) if t in untrained],
         }
+        target = LogitTarget(prompt.target)
+        if vs_runner_up:
+            target = LogitDiffTarget(prompt.target, runner)
+        elif vs_other_item:  # the list's most likely other item (successor)
+            if not prompt.others:
+                raise UserError(f"--vs-other-item: no other item of one token for {prompt.text!r}")
+            other = max(prompt.others, key=lambda t: float(logits[t]))
+            record["other_item"] = token_text(tokenizer, other)
+            target = LogitDiffTarget(prompt.target, other)
         if correct:
-            target = (LogitDiffTarget(prompt.target, runner) if vs_runner_up
-                      else LogitTarget(prompt.target))  # fmt: skip
             full = attribute(replacement, tokens, mode=mode, targets=[target],
                              tokenizer=tokenizer, run=run)  # fmt: skip
             summary = summarize(replacement, full, run, concepts=concepts)
@@ -716,6 +746,10 @@ def parse_args(argv):
                         help="explain the margin over the runner-up (logit(target) - "
                         "logit(runner-up)) instead of the target's logit, as circuits.trace "
                         "--vs-runner-up does")  # fmt: skip
+    parser.add_argument("--vs-other-item", action="store_true",
+                        help="successor only: explain logit(target) - logit(the most likely "
+                        "other item of the same list), the question which item, instead of "
+                        "the target's logit")  # fmt: skip
     parser.add_argument("--seed", type=count_arg, default=SEED,
                         help=f"draws the prompts (default {SEED}; another seed is a fresh "
                         "draw of the same sources)")  # fmt: skip
@@ -724,7 +758,8 @@ def parse_args(argv):
                         "thread mostly spins on a shared machine)")  # fmt: skip
     parser.add_argument("--out", type=path_arg, help="result file (default: benchmarks/results/"
                         "mechanisms_{model}.json; _seed{seed} added for another seed, "
-                        "_vs_runner_up with --vs-runner-up)")  # fmt: skip
+                        "_vs_runner_up with --vs-runner-up, _vs_other_item with "
+                        "--vs-other-item)")  # fmt: skip
     args = parser.parse_args(argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = sorted(set(families) - set(FAMILIES))
@@ -734,6 +769,10 @@ def parse_args(argv):
         parser.error("--prompts must be positive")
     if args.min_correct < 0 or args.max_prompts < args.prompts:
         parser.error("--min-correct must be >= 0 and --max-prompts >= --prompts")
+    if args.vs_runner_up and args.vs_other_item:
+        parser.error("--vs-runner-up and --vs-other-item name two different targets: pick one")
+    if args.vs_other_item and families != ["successor"]:
+        parser.error("--vs-other-item is for the successor family: pass --families successor")
     args.families = families
     return args
 
@@ -743,6 +782,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     seed = "" if args.seed == SEED else f"_seed{args.seed}"
     margin = "_vs_runner_up" if args.vs_runner_up else ""
+    margin = "_vs_other_item" if args.vs_other_item else margin
     out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}{seed}{margin}.json"
     from toy_models.files import check_writable_file, write_json_atomic
 
@@ -765,7 +805,9 @@ def main(argv=None) -> int:
               "prompts_per_family": args.prompts,
               "min_correct": args.min_correct, "max_prompts": args.max_prompts,
               "threads": args.threads, "seed": args.seed,
-              "target": "margin over the runner-up" if args.vs_runner_up else "logit",
+              "target": "margin over the runner-up" if args.vs_runner_up
+              else "margin over the list's most likely other item" if args.vs_other_item
+              else "logit",
               "concepts": concept_source, "startup_seconds": round(startup, 2),
               "families": {}}  # fmt: skip
     with torch.no_grad():
@@ -777,6 +819,7 @@ def main(argv=None) -> int:
             result["families"][family] = run_family(
                 replacement, tokenizer, prompts, concepts, args.mode, at_least=args.prompts,
                 min_correct=args.min_correct, vs_runner_up=args.vs_runner_up,
+                vs_other_item=args.vs_other_item,
             )  # fmt: skip
             result["families"][family]["wall_seconds"] = round(time.perf_counter() - t1, 2)
             summary = {k: v for k, v in result["families"][family].items()

@@ -226,6 +226,70 @@ def test_vs_runner_up_explains_the_margin_over_the_most_likely_other_token(
     assert (records[1].token, records[1].negative) == (best, None)
 
 
+def test_vs_other_item_explains_the_margin_over_the_lists_most_likely_other_item(
+    tiny_pretrained, make_replacement, monkeypatch
+):
+    """``--vs-other-item``: the graph's target is the item's logit minus that of the most
+    likely of the list's other items (``Prompt.others``), not the runner-up token."""
+    import torch
+
+    import circuits.mechanisms as mechanisms
+    from circuits.interventions import target_nodes
+    from toy_models.tokenizer import bos_id
+
+    m = benchmark("mechanisms")
+    model, tokenizer = tiny_pretrained
+    replacement = make_replacement(model, n_qk=2, n_ov=8, lorsa_k=3, d_sae=16, tc_k=4)
+    ids = [bos_id(tokenizer), 5, 6, 7, 5, 6]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0, -1]
+    order = logits.argsort(descending=True).tolist()
+    best, others = order[0], [order[5], order[3], order[9]]  # the runner-up is not among them
+    prompt = m.Prompt("successor", "heldout", ids, best, [3], "made here", others)
+    seen, real = [], mechanisms.summarize
+
+    def summarize(replacement, full, run, **kw):
+        seen.append(full)
+        return real(replacement, full, run, **kw)
+
+    monkeypatch.setattr(mechanisms, "summarize", summarize)
+    out = m.run_family(replacement, tokenizer, [prompt], {}, "local", vs_other_item=True)
+    assert out["correct"] == 1 and out["records"][0]["other_item"] is not None
+    record = seen[0].logit_record(target_nodes(seen[0])[0])
+    assert (record.token, record.negative) == (best, order[3])
+
+
+def test_other_items_are_the_rest_of_the_list_written_as_the_target_is():
+    """A successor item's alternatives: the other items of its list, each one token in the
+    target's own form (a leading space, or none), never the target itself."""
+    from toy_models.data import ORDERED_LISTS, Span
+    from toy_models.tokenizer import load_tokenizer
+    from toy_models.zoo import SHIPPED_DIR
+
+    m = benchmark("mechanisms")
+    tok = load_tokenizer(SHIPPED_DIR / "default" / "tokenizer.json")
+    for lead, sequence, value in ((" ", "weekdays", "Thursday"), ("", "letters", "C")):
+        span = Span(0, len(value), "item", value, sequence=sequence)
+        target = tok.encode(lead + value, add_special_tokens=False).ids
+        assert len(target) == 1
+        others = m.other_items(tok, span, target[0])
+        texts = [tok.decode([t]) for t in others]
+        expected = [lead + d for d in ORDERED_LISTS[sequence] if d != value]
+        assert texts == [e for e in expected if e in texts] and len(texts) >= 6
+        assert target[0] not in others and all(t.startswith(lead) for t in texts)
+    spaced = tok.encode(" Thursday", add_special_tokens=False).ids[0]
+    weekdays = Span(0, 8, "item", "Thursday", sequence="weekdays")
+    assert len(m.other_items(tok, weekdays, spaced)) == 6  # every other weekday is one token
+
+
+def test_vs_other_item_is_for_the_successor_family_alone(cli):
+    main = benchmark("mechanisms").main
+    code, _, err = cli(main, "--vs-other-item", "--families", "induction")
+    assert code == 2 and "--vs-other-item is for the successor family" in err
+    code, _, err = cli(main, "--vs-other-item", "--vs-runner-up", "--families", "successor")
+    assert code == 2 and "pick one" in err
+
+
 def test_key_by_tokens_reads_the_position_carrying_most_of_the_token_part():
     from circuits.mechanism_file import TokenShare
 

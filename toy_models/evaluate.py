@@ -360,12 +360,14 @@ class OwnSpacing:
 FIRST_ERRORS = ("carry_added", "carry_missed", "other_digit", "not_a_digit", "continues")
 
 
-def first_error(s: Scored, answer: Span, positions: list[int], digits: Mapping[int, int]):
+def first_error(
+    s: Scored, answer: Span, positions: list[int], digits: Mapping[int, int]
+) -> tuple[str, int] | None:
     """What goes wrong first in an answer, as (kind, place; place 0 = units), or None when it
     is right. Kinds (``FIRST_ERRORS``): the first wrong prediction is a digit one above the
     right one at a place above the units that receives no carry (``carry_added``: the model
     carried where the lower places do not), one below at a place that receives one
-    (``carry_missed``), another digit (``other_digit``), or no digit (``not_a_digit``: mostly
+    (``carry_missed``), another digit (``other_digit``), or no digit (``not_a_digit``, such as
     a space the document does not have); or every digit is right and the number goes on
     (``continues``, place -1)."""
     a, b = (int(o.value) for o in answer.operands)

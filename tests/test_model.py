@@ -224,3 +224,29 @@ def test_param_groups_decay_matrices_but_not_biases_or_positions(random_model):
     assert all(p.ndim == 1 or names[id(p)] == "W_pos" for p in plain["params"])
     assert "W_E" in {names[id(p)] for p in decayed["params"]}
     assert len(decayed["params"]) + len(plain["params"]) == len(list(random_model.parameters()))
+
+
+def test_a_backward_pass_gives_the_same_gradients_every_time():
+    """Training is reproducible run to run: the embedding's gradient sums a repeated token's
+    rows in a fixed order (indexing ``W_E[tokens]`` accumulates them in thread order, and two
+    passes on the default's batch shape then differ in the last bits on 2 threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        cfg = ModelConfig(d_vocab=64, n_ctx=128, d_model=32, n_layers=1, n_heads=2, d_head=16,
+                          d_mlp=64)  # fmt: skip
+        model = ToyTransformer(cfg)
+        tokens = torch.randint(0, cfg.d_vocab, (32, 127))  # the default's batch: many repeats
+
+        def grads():
+            model.zero_grad(set_to_none=True)
+            model(tokens).square().mean().backward()
+            return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+        first = grads()
+        for _ in range(5):
+            again = grads()
+            assert all(torch.equal(first[n], again[n]) for n in first)
+    finally:
+        torch.set_num_threads(before)

@@ -182,7 +182,11 @@ class ToyTransformer(HookedRootModule):
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         n = check_tokens(tokens, self.cfg.n_ctx, self.cfg.d_vocab)
-        resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:n])
+        # F.embedding, not W_E[tokens]: the same rows, but its backward sums a token's
+        # gradients in a fixed order, where indexing's accumulates them in whatever order the
+        # threads reach them, so that two training runs of one command would differ.
+        embed = F.embedding(tokens, self.W_E)
+        resid = self.hook_embed(embed) + self.hook_pos_embed(self.W_pos[:n])
         for block in self.blocks:
             resid = block(resid)
         return self.ln_final(resid) @ self.W_U + self.b_U

@@ -153,6 +153,13 @@ FAMILIES = {  # probe family -> corpus family
 INDUCTION = ("induction", "subtoken_induction")
 SOURCES = ("heldout", "heldout_forms", "new_frames")
 SEED = 1234
+# What the graph explains besides the expected token's logit: --vs-runner-up, --vs-other-item
+# (the contrast's name, its file suffix, and the "target" the result file records).
+CONTRASTS = {
+    None: ("", "logit"),
+    "runner_up": ("_vs_runner_up", "margin over the runner-up"),
+    "other_item": ("_vs_other_item", "margin over the list's most likely other item"),
+}
 
 
 # ----------------------------------------------------------------- frames written here
@@ -596,10 +603,12 @@ def concepts_for(
 
 def run_family(
     replacement, tokenizer, prompts: list[Prompt], concepts, mode: str, at_least: int | None = None,
-    min_correct: int = 0, vs_runner_up: bool = False, vs_other_item: bool = False,
+    min_correct: int = 0, contrast: str | None = None,
 ) -> dict:  # fmt: skip
     """Score ``prompts`` in order: the first ``at_least`` (default: all), then more until
-    ``min_correct`` of the scored ones are prompts the model gets right."""
+    ``min_correct`` of the scored ones are prompts the model gets right. ``contrast``
+    (``CONTRASTS``): explain the target's logit minus the runner-up's or the most likely other
+    item's of its list, instead of its logit."""
     import torch
 
     from circuits.attribution import LogitDiffTarget, LogitTarget, attribute, run_prompt
@@ -635,9 +644,9 @@ def run_family(
             "untrained_positions": [p for p, t in enumerate(prompt.ids) if t in untrained],
         }
         target = LogitTarget(prompt.target)
-        if vs_runner_up:
+        if contrast == "runner_up":
             target = LogitDiffTarget(prompt.target, runner)
-        elif vs_other_item:  # the list's most likely other item (successor)
+        elif contrast == "other_item":  # the list's most likely other item (successor)
             if not prompt.others:
                 raise UserError(f"--vs-other-item: no other item of one token for {prompt.text!r}")
             other = max(prompt.others, key=lambda t: float(logits[t]))
@@ -774,6 +783,8 @@ def parse_args(argv):
     if args.vs_other_item and families != ["successor"]:
         parser.error("--vs-other-item is for the successor family: pass --families successor")
     args.families = families
+    args.contrast = "runner_up" if args.vs_runner_up else "other_item" if args.vs_other_item \
+        else None  # fmt: skip
     return args
 
 
@@ -781,9 +792,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     seed = "" if args.seed == SEED else f"_seed{args.seed}"
-    margin = "_vs_runner_up" if args.vs_runner_up else ""
-    margin = "_vs_other_item" if args.vs_other_item else margin
-    out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}{seed}{margin}.json"
+    suffix, explained = CONTRASTS[args.contrast]
+    out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}{seed}{suffix}.json"
     from toy_models.files import check_writable_file, write_json_atomic
 
     check_writable_file(out, "--out")  # before, not after, the run
@@ -805,9 +815,7 @@ def main(argv=None) -> int:
               "prompts_per_family": args.prompts,
               "min_correct": args.min_correct, "max_prompts": args.max_prompts,
               "threads": args.threads, "seed": args.seed,
-              "target": "margin over the runner-up" if args.vs_runner_up
-              else "margin over the list's most likely other item" if args.vs_other_item
-              else "logit",
+              "target": explained,
               "concepts": concept_source, "startup_seconds": round(startup, 2),
               "families": {}}  # fmt: skip
     with torch.no_grad():
@@ -818,8 +826,7 @@ def main(argv=None) -> int:
             prompts = build_prompts(tokenizer, family, n, replacement.cfg.n_ctx - 1, args.seed)
             result["families"][family] = run_family(
                 replacement, tokenizer, prompts, concepts, args.mode, at_least=args.prompts,
-                min_correct=args.min_correct, vs_runner_up=args.vs_runner_up,
-                vs_other_item=args.vs_other_item,
+                min_correct=args.min_correct, contrast=args.contrast,
             )  # fmt: skip
             result["families"][family]["wall_seconds"] = round(time.perf_counter() - t1, 2)
             summary = {k: v for k, v in result["families"][family].items()

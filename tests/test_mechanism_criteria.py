@@ -219,7 +219,8 @@ def test_vs_runner_up_explains_the_margin_over_the_most_likely_other_token(
 
     monkeypatch.setattr(mechanisms, "summarize", summarize)
     for vs in (True, False):
-        out = m.run_family(replacement, tokenizer, [prompt], {}, "local", vs_runner_up=vs)
+        contrast = "runner_up" if vs else None
+        out = m.run_family(replacement, tokenizer, [prompt], {}, "local", contrast=contrast)
         assert out["correct"] == 1 and out["records"][0]["runner_up"] is not None
     records = [full.logit_record(target_nodes(full)[0]) for full in seen]
     assert (records[0].token, records[0].negative) == (best, second)
@@ -253,7 +254,7 @@ def test_vs_other_item_explains_the_margin_over_the_lists_most_likely_other_item
         return real(replacement, full, run, **kw)
 
     monkeypatch.setattr(mechanisms, "summarize", summarize)
-    out = m.run_family(replacement, tokenizer, [prompt], {}, "local", vs_other_item=True)
+    out = m.run_family(replacement, tokenizer, [prompt], {}, "local", contrast="other_item")
     assert out["correct"] == 1 and out["records"][0]["other_item"] is not None
     record = seen[0].logit_record(target_nodes(seen[0])[0])
     assert (record.token, record.negative) == (best, order[3])

@@ -94,6 +94,34 @@ def test_resumed_run_records_the_uninterrupted_figures(tiny_run, tmp_path):
     assert json.loads((out / "config.json").read_text())["final_train_loss"] > 0
 
 
+def test_learning_rate_and_seed_overrides_are_part_of_the_run(tiny_run, tmp_path):
+    """``--lr`` and ``--seed`` change what is trained, are recorded with the final model, and
+    a run resumed with other values, or started on another seed's cached data, is refused."""
+    out = with_tiny_data(tiny_run, tmp_path / "lr")
+    train("tiny", out, lr=2 * CONFIGS["tiny"].train.lr, quiet=True)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["train"]["lr"] == 2 * CONFIGS["tiny"].train.lr
+    straight = load_file(str(tiny_run / "model.safetensors"))
+    other = load_file(str(out / "model.safetensors"))
+    assert not all(torch.equal(straight[k], other[k]) for k in straight)
+
+    stopped = with_tiny_data(tiny_run, tmp_path / "stopped")
+    assert train("tiny", stopped, stop_after=10, quiet=True) is None
+    with pytest.raises(UserError, match=r"belongs to another run \(.*lr"):
+        train("tiny", stopped, resume=True, lr=0.5, quiet=True)
+    with pytest.raises(UserError, match="another corpus.s"):  # its data is seed 0's
+        train("tiny", stopped, resume=True, seed=7, quiet=True)
+    train("tiny", stopped, resume=True, quiet=True)  # the same configuration resumes
+
+    # seed 0's tokenizer and packed rows are never trained on as seed 7's
+    with pytest.raises(UserError, match="another corpus's"):
+        train("tiny", with_tiny_data(tiny_run, tmp_path / "seed7"), seed=7, quiet=True)
+    older = with_tiny_data(tiny_run, tmp_path / "older")
+    (older / "data" / "source.json").unlink()  # data of a run from before the record
+    with pytest.raises(UserError, match="older run's"):
+        train("tiny", older, quiet=True)
+
+
 KILL_BETWEEN_RENAMES = """
 import os, signal, sys
 from pathlib import Path
@@ -318,6 +346,9 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
         ("toy_models.train", ["--help"]),
         ("toy_models.train", ["--config", "huge", "--out", out]),
         ("toy_models.train", ["--config", "tiny", "--steps", "0", "--out", out]),
+        ("toy_models.train", ["--config", "tiny", "--lr", "0", "--out", out]),
+        ("toy_models.train", ["--config", "tiny", "--lr", "nan", "--out", out]),
+        ("toy_models.train", ["--config", "tiny", "--seed", "-1", "--out", out]),
         ("toy_models.train", ["--config", "tiny", "--out", str(a_file)]),
         ("toy_models.train", ["--config", "tiny", "--out", "/proc/x/y"]),
         ("toy_models.train", ["--config", "tiny", "--out", str(tmp_path), "--resume"]),

@@ -87,24 +87,46 @@ def read_packed_rows(path: Path, vocab: int, n_ctx: int, batch_size: int):
     return tokens
 
 
+def data_identity(cfg: TrainConfig) -> dict:
+    """What a run's cached tokenizer and packed rows are a function of."""
+    from .data import CORPUS_VERSION
+
+    return {
+        "corpus_version": CORPUS_VERSION,
+        "seed": cfg.seed,
+        "n_docs": dict(sorted(cfg.n_docs.items())),
+        "vocab_size": cfg.vocab_size,
+    }
+
+
 def prepare_data(out: Path, entry, cfg: TrainConfig):
-    """Corpus -> tokenizer -> packed token rows, each cached in the run directory."""
-    from .checkpoint import TOKENIZER_FILE, save_state_atomic
+    """Corpus -> tokenizer -> packed token rows, each cached in the run directory.
+
+    ``data/source.json`` records what they were built from (``data_identity``); a run whose
+    corpus differs (another ``--seed``, say) is refused rather than trained on them."""
+    from .checkpoint import TOKENIZER_FILE, read_json, save_state_atomic
     from .data import build_corpus, pack_sequences
-    from .files import write_text_atomic
+    from .files import write_json_atomic, write_text_atomic
     from .tokenizer import load_tokenizer, train_tokenizer
 
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    corpus = build_corpus(cfg.n_docs, seed=cfg.seed, cache_dir=data_dir)
     tokenizer_path = out / TOKENIZER_FILE
+    n_ctx = entry.model["n_ctx"]
+    packed_path = data_dir / f"packed-{n_ctx}.safetensors"
+    source_path, source = data_dir / "source.json", data_identity(cfg)
+    if tokenizer_path.exists() or packed_path.exists():
+        recorded = read_json(source_path) if source_path.exists() else None
+        if recorded != source:
+            what = "an older run's" if recorded is None else "another corpus's (seed, sizes)"
+            raise UserError(f"{out} holds {what} tokenizer and packed rows; choose another --out")
+    corpus = build_corpus(cfg.n_docs, seed=cfg.seed, cache_dir=data_dir)
     if tokenizer_path.exists():
         tokenizer = load_tokenizer(tokenizer_path)
     else:
         tokenizer = train_tokenizer(iter(corpus["train"]["text"]), cfg.vocab_size)
+        write_json_atomic(source_path, source)  # before what it describes
         write_text_atomic(tokenizer_path, tokenizer.to_str(pretty=True))
-    n_ctx = entry.model["n_ctx"]
-    packed_path = data_dir / f"packed-{n_ctx}.safetensors"
     if not packed_path.exists():
         tokens, family = pack_sequences(corpus["train"], tokenizer, n_ctx)
         save_state_atomic({"tokens": tokens, "family": family}, packed_path)
@@ -119,8 +141,14 @@ def train(
     steps: int | None = None,
     stop_after: int | None = None,
     quiet: bool = False,
+    lr: float | None = None,
+    seed: int | None = None,
 ) -> Path | None:
     """Train (or resume) a zoo config into ``out``; returns the directory of the final model.
+
+    ``steps``, ``lr`` and ``seed`` override the config's (the schedule scales with the steps;
+    the seed draws the corpus, the initialisation and the batches). A resumed run must have
+    the same training configuration, overrides included.
 
     ``stop_after`` ends the run early, as an interruption would, after the checkpoint at that
     step (it must be a multiple of ``checkpoint_every``); the function then returns None.
@@ -131,7 +159,8 @@ def train(
 
     # 1) the configuration and the run directory, before any heavy work
     entry = get_config(config_name)
-    cfg = entry.train if steps is None else replace(entry.train, steps=steps)
+    overrides = {"steps": steps, "lr": lr, "seed": seed}
+    cfg = replace(entry.train, **{k: v for k, v in overrides.items() if v is not None})
     if stop_after is not None and stop_after % cfg.checkpoint_every:
         raise ValueError(f"stop_after={stop_after} is not a checkpoint step")
     out = Path(out)
@@ -150,7 +179,7 @@ def train(
     model_cfg = ModelConfig(d_vocab=tokenizer.get_vocab_size(), **entry.model)
     model = ToyTransformer(model_cfg)
     opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    run.start({"config": config_name, "steps": cfg.steps}, model, opt, stats=("loss",))
+    run.start({"config": config_name, "train": asdict(cfg)}, model, opt, stats=("loss",))
     if run.step == cfg.steps and all((out / f).is_file() for f in (WEIGHTS_FILE, CONFIG_FILE)):
         return out  # a finished run: its final model and figures stand as written
     # (a run stopped while writing them resumes here: no steps left, they are written again)
@@ -214,11 +243,21 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true", help="continue from the run's last checkpoint"
     )
     parser.add_argument("--steps", type=int, help="override the config's number of steps")
+    parser.add_argument("--lr", type=float, help="override the config's peak learning rate")
+    parser.add_argument(
+        "--seed", type=int, help="override the config's seed (corpus, initialisation, batches)"
+    )
     args = parser.parse_args(argv)
     get_config(args.config)  # fail on an unknown name before any heavy import
     if args.steps is not None and args.steps <= 0:
         raise UserError(f"--steps must be positive, got {args.steps}")
-    final = train(args.config, args.out, resume=args.resume, steps=args.steps)
+    if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= 1):
+        raise UserError(f"--lr must be a number in (0, 1], got {args.lr}")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {args.seed}")
+    final = train(
+        args.config, args.out, resume=args.resume, steps=args.steps, lr=args.lr, seed=args.seed
+    )
     meta = json.loads((final / "config.json").read_text())
     print(
         f"trained {args.config}: final train loss {meta['final_train_loss']:.4f}, "

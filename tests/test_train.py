@@ -349,6 +349,7 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
         ("toy_models.train", ["--config", "tiny", "--lr", "0", "--out", out]),
         ("toy_models.train", ["--config", "tiny", "--lr", "nan", "--out", out]),
         ("toy_models.train", ["--config", "tiny", "--seed", "-1", "--out", out]),
+        ("toy_models.train", ["--config", "tiny", "--seed", str(2**64), "--out", out]),
         ("toy_models.train", ["--config", "tiny", "--out", str(a_file)]),
         ("toy_models.train", ["--config", "tiny", "--out", "/proc/x/y"]),
         ("toy_models.train", ["--config", "tiny", "--out", str(tmp_path), "--resume"]),

@@ -253,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--steps must be positive, got {args.steps}")
     if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= 1):
         raise UserError(f"--lr must be a number in (0, 1], got {args.lr}")
-    if args.seed is not None and args.seed < 0:
-        raise UserError(f"--seed must be 0 or more, got {args.seed}")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32), got {args.seed}")
     final = train(
         args.config, args.out, resume=args.resume, steps=args.steps, lr=args.lr, seed=args.seed
     )

@@ -7,7 +7,9 @@ heads; for attention sinks, taking away their attention to BOS) raises its task'
 as much as the same test on as many random heads from the same layers (and by >= 0.01
 nats); successor heads must also pass the OV test (the successor among the family's top
 promoted tokens for >= half the items). Where a family fails, the report's account says where
-the model computes its task instead (layer ablations of heads vs features, direct effects).
+the model computes its task instead (layer ablations of heads vs features, direct effects),
+and ``threshold_sweep`` the family labelled and tested again at other score thresholds
+(``reports.heads.threshold_sweep``: whether it exists just past its threshold or at none).
 Runs the analysis with ``python -m reports.heads``'s default settings (the figures that command
 writes), timed apart from start-up (imports and loading), then two checks of the analysis
 itself:
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if not results["met"][f]:
             families[f]["task_account"] = results["account"].get(a["task"])
+            # labelled and tested again at other thresholds: past its threshold, or at none?
+            families[f]["threshold_sweep"] = results["threshold_sweeps"].get(f)
     families["attention_sink"]["every_task"] = results["ablation"]["attention_sink"].get(
         "every_task"
     )

@@ -15,7 +15,7 @@ import torch
 from replacement.lorsa import LorsaConfig, LorsaLayer
 from replacement.model import hook_name
 from reports import heads as H
-from reports.heads.report import _successor_truth_lines
+from reports.heads.report import _successor_truth_lines, _sweep_section
 
 
 def hand_probe(ids: list[int], corpus: str = "repeat") -> H.ProbeDoc:
@@ -428,6 +428,59 @@ def test_every_task_controls(replacement, probes):
     assert out["matched_random_mean"] == sum(out["matched_random_increases"])
     assert out["tasks_met"] == [t for t, r in out["every_task"].items() if r["meets_target"]]
     assert len(out["random_increases"]) == 2 and len(out["matched_random_increases"]) == 1
+
+
+def test_threshold_sweep_tests_each_new_set_of_heads(replacement, probes):
+    """A family that misses is labelled again at the other thresholds: each new set of heads
+    (not the verdict's, not the one below it again) gets the family's own test, exactly; the
+    sweep ends where no head passes; the report shows it."""
+
+    def fam(score):
+        s = H.FamilyScores.zeros(8)
+        s.expected, s.total = torch.tensor(score + [0.0] * (8 - len(score))), torch.ones(8)
+        s.active = torch.full((8,), 20.0)
+        return s
+
+    per_layer = [fam([0.95, 0.75, 0.45, 0.25, 0.1]), fam([0.35, 0.72])]
+    scores = H.HeadScores({f: per_layer for f in H.HEAD_FAMILIES}, {})
+    corpus = [H.task_batch(replacement, probes["repeat"], "all_tokens")]
+    batches = {"all_tokens": corpus}
+    clean = {"all_tokens": H.task_loss(replacement, corpus, {})}
+    settings = H.Settings(draws=2)
+    sweep = H.threshold_sweep(replacement, scores, probes, batches, clean, "previous_token",
+                              settings)  # fmt: skip
+    assert (sweep["task"], sweep["test"], sweep["verdict_threshold"]) == ("all_tokens", "zero", 0.5)
+    # 0.5 is the verdict's (L0 0, 1; L1 1), 0.6 and 0.7 label the same heads, 0.9 as 0.8
+    assert [r["score"] for r in sweep["rows"]] == [0.2, 0.3, 0.4, 0.8]
+    listed = {r["score"]: r["listed"] for r in sweep["rows"]}
+    assert listed == {
+        0.2: [[0, 0], [0, 1], [0, 2], [0, 3], [1, 1], [1, 0]],
+        0.3: [[0, 0], [0, 1], [0, 2], [1, 1], [1, 0]],
+        0.4: [[0, 0], [0, 1], [0, 2], [1, 1]],
+        0.8: [[0, 0]],
+    }
+    for row in sweep["rows"]:
+        heads: dict[int, list[int]] = {}
+        for l, h in row["listed"]:
+            heads.setdefault(l, []).append(h)
+        assert row["heads"] == len(row["listed"]) and sum(row["per_layer"]) == row["heads"]
+        assert row["increase"] == pytest.approx(
+            H.task_loss(replacement, corpus, heads) - clean["all_tokens"], abs=1e-6
+        )
+        assert row["met"] == row["meets_target"] and "ov_test" not in row
+    # the successor family is also OV-tested at each threshold; above every score: no rows
+    more = batches | {"successor_items": corpus}
+    more_clean = {"successor_items": clean["all_tokens"]}
+    succ = H.threshold_sweep(replacement, scores, probes, more, more_clean, "successor", settings)
+    assert all("ov_test" in r and not r["met"] for r in succ["rows"])  # no successor probes
+    high = H.HeadScores({f: [fam([0.1]), fam([0.15])] for f in H.HEAD_FAMILIES}, {})
+    assert H.threshold_sweep(replacement, high, probes, batches, clean, "previous_token",
+                             settings)["rows"] == []  # fmt: skip
+    text = "\n".join(_sweep_section({
+        "settings": {"ratio_target": 5.0, "truth_delta": 0.01, "successor_ov_target": 0.5},
+        "threshold_sweeps": {"previous_token": sweep, "successor": succ},
+    }))  # fmt: skip
+    assert "| 0.8 | 1 | [1, 0] |" in text and "L0H0" in text
 
 
 def test_precision_recall():

@@ -86,7 +86,10 @@ the previous item's actual residual, through the family's OV circuits, must put 
 among its ``SUCCESSOR_TOP`` promoted tokens at ``SUCCESSOR_OV_TARGET`` of the probes. The same
 test also runs on the heads that carry the successor task by their single-head tests below
 (``successor_carriers_ov``; chosen by causal effect alone): where the map lives among heads
-when the family fails.
+when the family fails. A family that misses its target is labelled and tested again at the
+other ``SWEEP_SCORES`` thresholds (``threshold_sweep``: its heads, its test against both
+controls, the OV test for successor heads), so that the report shows whether the family exists
+just past the threshold or at no threshold; the verdict stays the one at ``THRESHOLDS``.
 
 Per head, the exact single-head effect of the family's test on its task (found for every head
 by adaptive group testing, ``single_head_effects``) marks a head as truly carrying the task
@@ -103,7 +106,8 @@ and argument errors never import torch):
 
 - ``config``: head families, thresholds, tasks, tests, ``Settings`` (no torch);
 - ``probes``: the key rules and the probe documents (``ProbeDoc``, ``build_probes``);
-- ``scores``: key mass, sink attention, ``FamilyScores``, ``score_heads``, ``labels``;
+- ``scores``: key mass, sink attention, ``FamilyScores``, ``score_heads``, ``labels``,
+  ``family_labels``;
 - ``ablation``: ``TaskBatch``, the tests (zeroing, ``bos_masked_pre``), ``task_losses``,
   ``family_ablation``, ``single_head_effects``;
 - ``successor``: the successor family's OV test (``successor_ov``);
@@ -122,7 +126,8 @@ _EXPORTS = {
     "config": (
         "ARITHMETIC_FAMILIES", "DIAGNOSTICS", "HEAD_FAMILIES", "LOCAL_WINDOW", "MIN_LAYER",
         "OPERAND_FAMILIES",
-        "PLACES", "RATIO_TARGET", "SUCCESSOR_OV_TARGET", "SUCCESSOR_TOP", "TASKS", "TASK_CORPUS",
+        "PLACES", "RATIO_TARGET", "SUCCESSOR_OV_TARGET", "SUCCESSOR_TOP", "SWEEP_SCORES", "TASKS",
+        "TASK_CORPUS",
         "TASK_OF", "TESTS", "TEST_OF", "THRESHOLDS", "TRUTH_DELTA", "Settings", "Threshold",
         "truth_key",
     ),
@@ -131,7 +136,7 @@ _EXPORTS = {
         "induction_keys", "local_context_keys", "previous_token_keys", "probe_doc", "sink_keys",
     ),
     "scores": (
-        "FamilyScores", "HeadScores", "key_mass", "key_masks", "labels", "passing",
+        "FamilyScores", "HeadScores", "family_labels", "key_mass", "key_masks", "labels", "passing",
         "promoted_tokens", "score_heads", "sink_attention",
     ),
     "ablation": (
@@ -142,7 +147,10 @@ _EXPORTS = {
     ),
     "successor": ("ov_logits", "ranks", "successor_ov"),
     "account": ("direct_effects", "layer_ablations", "task_account"),
-    "analysis": ("analyse", "example", "ground_truth", "successor_carriers_ov", "truth_groups"),
+    "analysis": (
+        "analyse", "example", "ground_truth", "successor_carriers_ov", "threshold_sweep",
+        "truth_groups",
+    ),
     "report": ("MISSING_NOTES", "markdown", "summary", "write_report"),
     "plots": ("write_plots",),
     "circuit": ("induction_circuit",),

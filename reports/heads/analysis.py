@@ -33,6 +33,7 @@ from .config import (
     RATIO_TARGET,
     SUCCESSOR_OV_TARGET,
     SUCCESSOR_TOP,
+    SWEEP_SCORES,
     TASK_CORPUS,
     TASK_OF,
     TASKS,
@@ -40,10 +41,11 @@ from .config import (
     THRESHOLDS,
     TRUTH_DELTA,
     Settings,
+    Threshold,
     truth_key,
 )
 from .probes import ProbeDoc, build_probes
-from .scores import HeadScores, labels, passing, score_heads
+from .scores import HeadScores, family_labels, labels, passing, score_heads
 from .successor import successor_ov
 
 HeadSet = set[tuple[int, int]]  # (layer, head)
@@ -85,7 +87,19 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
     successor = successor_ov(
         replacement, scores, probes, labelled["successor"], settings.draws, settings.seed
     )
+    met = {f: bool(ablation[f].get("meets_target")) for f in HEAD_FAMILIES}
+    # A successor head must both map the item to its successor and matter causally.
+    met["successor"] &= bool(successor.get("meets_target"))
     seconds["family_tests"] = time.perf_counter() - t0
+
+    # 2b) each family that misses, labelled and tested at other thresholds
+    t0 = time.perf_counter()
+    missed = [f for f in HEAD_FAMILIES if not met[f]]
+    sweeps = {
+        f: threshold_sweep(replacement, scores, probes, batches, clean, f, settings)
+        for f in tqdm(missed, desc="threshold sweeps", disable=not progress, leave=False)
+    }
+    seconds["threshold_sweeps"] = time.perf_counter() - t0
 
     # 3) where each task is computed: layers of heads vs of features
     t0 = time.perf_counter()
@@ -131,6 +145,7 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
         },
         "ablation": ablation,
         "successor_ov": successor,
+        "threshold_sweeps": sweeps,
         "account": account,
         "truth": truth,
         "detectors": detectors,
@@ -146,10 +161,47 @@ def analyse(replacement, tokenizer, settings: Settings | None = None, progress: 
     carriers = successor_carriers_ov(replacement, scores, probes, truth, settings)
     if carriers is not None:
         results["successor_ov_truth"] = carriers
-    results["met"] = {f: bool(ablation[f].get("meets_target")) for f in HEAD_FAMILIES}
-    # A successor head must both map the item to its successor and matter causally.
-    results["met"]["successor"] &= bool(successor.get("meets_target"))
+    results["met"] = met
     return results, scores, probes
+
+
+def threshold_sweep(replacement, scores, probes, batches, clean, family: str, settings: Settings):
+    """One family labelled at every ``SWEEP_SCORES`` threshold but its own (the same minimum of
+    active queries and first layer) and tested as the verdict is, on its own task: per
+    threshold its heads (listed when at most ten), its test against both random controls
+    and, for successor heads, the OV test; ``met`` as the verdict would read it. A threshold
+    labelling the same heads as the next lower one (or as the verdict's) is left out, and the
+    sweep ends at the first that labels none."""
+    own = THRESHOLDS[family]
+    task, test = TASK_OF[family], TEST_OF[family]
+    rows, previous = [], None
+    for score in sorted({*SWEEP_SCORES, own.score}):
+        heads = family_labels(
+            scores, family, Threshold(score, own.min_active), MIN_LAYER.get(family, 0)
+        )
+        n = sum(len(h) for h in heads.values())
+        if not n:
+            break
+        if heads == previous or score == own.score:  # the same heads, or the verdict's
+            previous = heads
+            continue
+        previous = heads
+        a = family_ablation(
+            replacement, batches, clean, heads, task, settings.draws, settings.seed, test
+        )
+        row = {"score": score, "heads": n, "per_layer": [len(h) for h in heads.values()]}
+        if n <= 10:
+            row["listed"] = [[l, h] for l, hs in heads.items() for h in hs]
+        keep = ("increase", "random_mean", "ratio", "matched_random_mean", "matched_ratio")
+        row |= {k: a.get(k) for k in keep} | {"meets_target": bool(a.get("meets_target"))}
+        row["met"] = row["meets_target"]
+        if family == "successor":
+            ov = successor_ov(replacement, scores, probes, heads, settings.draws, settings.seed)
+            keep = ("in_top", "random_in_top", "above_item", "median_rank", "meets_target")
+            row["ov_test"] = {k: ov.get(k) for k in keep}
+            row["met"] &= bool(ov.get("meets_target"))
+        rows.append(row)
+    return {"task": task, "test": test, "verdict_threshold": own.score, "rows": rows}
 
 
 def successor_carriers_ov(replacement, scores, probes, truth: dict, settings: Settings):

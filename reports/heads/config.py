@@ -54,6 +54,10 @@ MIN_LAYER = {"induction": 1, "subtoken_induction": 1}  # see the package docstri
 SUCCESSOR_TOP = 10  # "promotes the successor": among the head's top tokens (1% of 1024)
 SUCCESSOR_OV_TARGET = 0.5  # share of successor probes whose successor the family's OV puts in
 # its top SUCCESSOR_TOP tokens, reading the previous item's actual residual
+# Label thresholds (family scores) at which a family that misses its target is labelled and
+# tested again (``threshold_sweep``): how its heads and its test move with the threshold, beside
+# the verdict, which stays the one at ``THRESHOLDS``.
+SWEEP_SCORES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 TRUTH_DELTA = 0.01  # nats per target token: a head whose ablation costs this carries the task
 RATIO_TARGET = 5.0
 

@@ -92,6 +92,9 @@ def summary(results: dict) -> str:
                 f"{f} ({_test_name(a['test'])}) meets the target on: "
                 + (", ".join(a.get("tasks_met", [])) or "no task")
             )
+    for f, sweep in results.get("threshold_sweeps", {}).items():
+        rows = "; ".join(_sweep_row_text(row) for row in sweep["rows"]) or "no other labels"
+        lines.append(f"{f} at other label thresholds: {rows}")
     ov = results["successor_ov"]
     if "in_top" in ov:
         lines.append(
@@ -118,6 +121,7 @@ def markdown(results: dict) -> str:
         _account_section,
         _ground_truth,
         _missing,
+        _sweep_section,
         _plots,
     )
     return "\n".join(line for section in sections for line in section(results))
@@ -455,6 +459,70 @@ def _missing(results: dict) -> list[str]:
             f"- **{f}**: {_evidence(results, f)} {_where(results, f)} {MISSING_NOTES[f]}",
             "",
         ]
+    return lines
+
+
+def _sweep_row_text(row: dict) -> str:
+    """One threshold of a sweep, in a line: heads, test vs both controls, the OV test."""
+    text = (
+        f">= {row['score']:g}: {row['heads']} head{'s' * (row['heads'] != 1)}, "
+        f"{_fmt(row['increase'], '+.3f')} nats, "
+        f"{_fmt(row['ratio'], '.1f')}x random ({_fmt(row['matched_ratio'], '.1f')}x active)"
+    )
+    if "ov_test" in row:
+        text += f", OV {_fmt(row['ov_test']['in_top'], '.0%')}"
+    return text + (" [met]" if row["met"] else "")
+
+
+def _sweep_section(results: dict) -> list[str]:
+    """Each family that misses, labelled and tested at other thresholds (``threshold_sweep``):
+    whether it exists just past its threshold or at none."""
+    sweeps = results.get("threshold_sweeps") or {}
+    if not sweeps:
+        return []
+    s = results["settings"]
+    lines = [
+        "## The families that miss, at other label thresholds",
+        "",
+        "Each family that misses its target, labelled again at other score thresholds (the "
+        "same minimum of active queries) and tested as its verdict is, on its own task: "
+        "whether the family exists just past its threshold or at none. The verdict above "
+        f"stays the one at the fixed threshold. Target: >= {s['ratio_target']:g}x the uniform "
+        f"control and >= {s['truth_delta']} nats"
+        + (f"; successor heads also the OV test (>= {s['successor_ov_target']:.0%})." if
+           "successor" in sweeps else "."),
+        "",
+    ]  # fmt: skip
+    for f, sweep in sweeps.items():
+        lines += [
+            f"**{f}** (verdict at >= {sweep['verdict_threshold']:g}; {_test_name(sweep['test'])}"
+            f", task `{sweep['task']}`):",
+            "",
+        ]
+        if not sweep["rows"]:
+            lines += ["No other threshold labels other heads.", ""]
+            continue
+        ov = "ov_test" in sweep["rows"][0]
+        lines += [
+            "| score >= | heads | per layer | + family | + random | ratio | ratio vs active "
+            "random |"
+            + (" OV: successor in top | OV, random heads |" if ov else "")
+            + " target met | heads listed |",
+            "|---|---|---|---|---|---|---|" + ("---|---|" if ov else "") + "---|---|",
+        ]
+        for row in sweep["rows"]:
+            listed = ", ".join(head_id(l, h) for l, h in row.get("listed", []))
+            cells = [
+                f"{row['score']:g}", str(row["heads"]), str(row["per_layer"]),
+                _fmt(row["increase"], ".4f"), _fmt(row["random_mean"], ".4f"),
+                _fmt(row["ratio"], ".1f"), _fmt(row["matched_ratio"], ".1f"),
+            ]  # fmt: skip
+            if ov:
+                o = row["ov_test"]
+                cells += [_fmt(o["in_top"], ".0%"), _fmt(o["random_in_top"], ".0%")]
+            cells += ["yes" if row["met"] else "no", listed]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
     return lines
 
 

@@ -187,13 +187,21 @@ def labels(
     min_layer: dict[str, int] = MIN_LAYER,
 ) -> dict[str, dict[int, list[int]]]:
     """``{family: {layer: [head, ...]}}``, each layer's heads by decreasing score."""
-    out: dict[str, dict[int, list[int]]] = {}
-    for family in HEAD_FAMILIES:
-        out[family] = {}
-        for l, s in enumerate(scores.families[family]):
-            heads = passing(s, thresholds[family])
-            out[family][l] = heads.tolist() if l >= min_layer.get(family, 0) else []
-    return out
+    return {
+        family: family_labels(scores, family, thresholds[family], min_layer.get(family, 0))
+        for family in HEAD_FAMILIES
+    }
+
+
+def family_labels(
+    scores: HeadScores, family: str, threshold: Threshold, min_layer: int = 0
+) -> dict[int, list[int]]:
+    """``{layer: [head, ...]}``: one family's heads meeting ``threshold`` from ``min_layer``
+    on, each layer's by decreasing score."""
+    return {
+        l: passing(s, threshold).tolist() if l >= min_layer else []
+        for l, s in enumerate(scores.families[family])
+    }
 
 
 def passing(s: FamilyScores, t: Threshold) -> Int[Tensor, " n"]:

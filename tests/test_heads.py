@@ -520,10 +520,21 @@ def test_successor_ov_on_a_constructed_head(replacement):
     assert (ov["probes"], ov["in_top"], ov["median_rank"]) == (1, 1.0, 0)
     assert ov["meets_target"] and ov["by_frame"] == {"list": {"probes": 1, "in_top": 1.0}}
     assert ov["above_item"] == float(successor != 7)
+    assert "in_sequence" not in ov  # no rivals recorded
+    # Within its sequence: the successor against the list's other items (and itself listed).
+    probe.successor_rivals = {2: [successor, *(t for t in (7, 8, 9) if t != successor)]}
+    ov = H.successor_ov(replacement, scores, {"successor": [probe]}, {1: [5]}, draws=2)
+    assert ov["in_sequence"]["first"] == 1.0 and ov["in_sequence"]["probes"] == 1
+    assert 0.0 <= ov["in_sequence"]["random_first"] <= 1.0
     with torch.no_grad():
         lorsa.W_O[5] = -rw.unembed[successor]
     ov = H.successor_ov(replacement, scores, {"successor": [probe]}, {1: [5]}, draws=2)
     assert ov["in_top"] == 0.0 and not ov["meets_target"]
+    assert ov["in_sequence"]["first"] == 0.0  # pushed below every rival
+    logits = torch.tensor([[0.0, 2.0, 2.0, 1.0]])
+    assert H.first_in_sequence(logits, [(0, [1, 2, 3], 1)]) == 0.0  # a tie counts against it
+    assert H.first_in_sequence(logits, [(0, [0, 3], 1)]) == 1.0  # beats all, itself unlisted
+    probe.successor_rivals = {}
     assert not H.successor_ov(replacement, scores, {"successor": [probe]}, {})["meets_target"]
 
     # The same test on the heads that carry the task (ground truth), and its report line.
@@ -608,6 +619,22 @@ def test_probes_of_real_documents(tokenizer):
     assert sum(len(p.keys["successor"]) for p in probes["successor"]) > 10
     frames = {f for p in probes["successor"] for f in p.successor_frame.values()}
     assert frames == {"list", "sentence"}
+    # every successor is among its sequence's rivals, which hold that sequence's items only
+    from toy_models.data import ORDERED_LISTS
+    from toy_models.tokenizer import token_text
+
+    rivals = H.sequence_tokens(tokenizer)
+    for p in probes["successor"]:
+        assert set(p.successor_rivals) == set(p.successor_token)
+        for q, token in p.successor_token.items():
+            spaced = token_text(tokenizer, token).startswith(" ")
+            assert p.successor_rivals[q] == rivals[p.successor_sequence[q]][spaced]
+            assert token in p.successor_rivals[q]
+    for name, forms in rivals.items():
+        for spaced, tokens in forms.items():
+            texts = [token_text(tokenizer, t) for t in tokens]
+            assert all(t.startswith(" ") == spaced for t in texts)
+            assert {t.strip() for t in texts} <= set(ORDERED_LISTS[name])
     assert digits > 50 and sum(len(p.keys["carry"]) for p in probes["addition"]) > 5
 
 

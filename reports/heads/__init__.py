@@ -133,7 +133,8 @@ _EXPORTS = {
     ),
     "probes": (
         "Keys", "ProbeDoc", "build_probes", "carries_into", "duplicate_token_keys",
-        "induction_keys", "local_context_keys", "previous_token_keys", "probe_doc", "sink_keys",
+        "induction_keys", "local_context_keys", "previous_token_keys", "probe_doc",
+        "sequence_tokens", "sink_keys",
     ),
     "scores": (
         "FamilyScores", "HeadScores", "family_labels", "key_mass", "key_masks", "labels", "passing",
@@ -145,7 +146,7 @@ _EXPORTS = {
         "random_like", "single_head_effects", "task_batch", "task_batches", "task_loss",
         "task_losses",
     ),
-    "successor": ("ov_logits", "ranks", "successor_ov"),
+    "successor": ("first_in_sequence", "ov_logits", "ranks", "successor_ov"),
     "account": ("direct_effects", "layer_ablations", "task_account"),
     "analysis": (
         "analyse", "example", "ground_truth", "successor_carriers_ov", "threshold_sweep",

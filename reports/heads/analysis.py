@@ -197,7 +197,8 @@ def threshold_sweep(replacement, scores, probes, batches, clean, family: str, se
         row["met"] = row["meets_target"]
         if family == "successor":
             ov = successor_ov(replacement, scores, probes, heads, settings.draws, settings.seed)
-            keep = ("in_top", "random_in_top", "above_item", "median_rank", "meets_target")
+            keep = ("in_top", "random_in_top", "above_item", "median_rank", "in_sequence",
+                    "meets_target")  # fmt: skip
             row["ov_test"] = {k: ov.get(k) for k in keep}
             row["met"] &= bool(ov.get("meets_target"))
         rows.append(row)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from toy_models.data import FAMILIES
+from toy_models.data import FAMILIES, ORDERED_LISTS
 
 from .config import LOCAL_WINDOW, PLACES
 
@@ -76,6 +76,10 @@ class ProbeDoc:
     targets: dict[str, list[int]] = field(default_factory=dict)
     successor_token: dict[int, int] = field(default_factory=dict)  # query -> next item's token
     successor_frame: dict[int, str] = field(default_factory=dict)  # query -> list / sentence
+    successor_sequence: dict[int, str] = field(default_factory=dict)  # query -> ordered list
+    # query -> its ordered list's items that are one token in the successor's own spelling
+    # (with or without a leading space): what the successor is ranked against in its sequence
+    successor_rivals: dict[int, list[int]] = field(default_factory=dict)
 
 
 def probe_doc(encoded) -> ProbeDoc:
@@ -134,6 +138,7 @@ def _successor_probes(encoded, probe: ProbeDoc) -> None:
             keys[q] = prev
             probe.successor_token[q] = probe.ids[item[0]]
             probe.successor_frame[q] = "list" if span.frame == "list" else "sentence"
+            probe.successor_sequence[q] = span.sequence
             targets.append(item[0])
     probe.keys["successor"] = keys
     probe.targets["successor_items"] = sorted(targets)
@@ -188,7 +193,37 @@ def build_probes(tokenizer, n_docs: int, n_ctx: int) -> dict[str, list[ProbeDoc]
     sets: the same seed and encoding), with their probe queries and task targets."""
     from toy_models.evaluate import encode, heldout_examples
 
-    return {
+    probes = {
         corpus: [probe_doc(encode(tokenizer, ex, n_ctx)) for ex in heldout_examples(corpus, n_docs)]
         for corpus in FAMILIES
+    }
+    from toy_models.tokenizer import token_text
+
+    rivals = sequence_tokens(tokenizer)
+    for probe in probes["successor"]:
+        probe.successor_rivals = {
+            q: rivals[sequence][token_text(tokenizer, probe.successor_token[q]).startswith(" ")]
+            for q, sequence in probe.successor_sequence.items()
+        }
+    return probes
+
+
+def sequence_tokens(tokenizer) -> dict[str, dict[bool, list[int]]]:
+    """``{list: {spaced: tokens}}``: every ordered list's items that are one token, without
+    (``False``) and with (``True``) a leading space: the tokens a successor is ranked against
+    within its sequence, in its own spelling."""
+    from toy_models.tokenizer import single_token
+
+    def one(text: str) -> int | None:
+        try:
+            return single_token(tokenizer, text)
+        except ValueError:  # several tokens
+            return None
+
+    return {
+        name: {
+            spaced: sorted({t for item in items if (t := one(" " * spaced + item)) is not None})
+            for spaced in (False, True)
+        }
+        for name, items in ORDERED_LISTS.items()
     }

@@ -101,7 +101,7 @@ def summary(results: dict) -> str:
             f"successor OV: the successor is among the family's top {ov['top']} promoted tokens "
             f"at {ov['in_top']:.0%} of {ov['probes']} items (random heads "
             f"{ov['random_in_top']:.0%}; target {ov['target']:.0%}), above the item itself at "
-            f"{ov['above_item']:.0%}"
+            f"{ov['above_item']:.0%}{_in_sequence_text(ov)}"
         )
     return "\n".join(lines)
 
@@ -233,9 +233,21 @@ def _successor_section(results: dict) -> list[str]:
         f"{ov['random_in_top']:.0%}; target {ov['target']:.0%}: "
         f"{'met' if ov['meets_target'] else '**not met**'};",
         f"- median rank of the successor {ov['median_rank']}; the successor outranks the item "
-        f"itself at {ov['above_item']:.0%} (a copying head would not).",
+        f"itself at {ov['above_item']:.0%} (a copying head would not){_in_sequence_text(ov)}.",
     ]
     return lines + _successor_truth_lines(results)
+
+
+def _in_sequence_text(ov: dict) -> str:
+    """The within-sequence reading of an OV test (not part of its verdict), as a clause."""
+    seq = ov.get("in_sequence")
+    if not seq:
+        return ""
+    return (
+        f"; raised most among the items of its own sequence in its spelling "
+        f"({seq['mean_rivals']:.0f} on average) at {seq['first']:.0%} (random heads "
+        f"{seq['random_first']:.0%})"
+    )
 
 
 def _successor_truth_lines(results: dict) -> list[str]:
@@ -252,7 +264,8 @@ def _successor_truth_lines(results: dict) -> list[str]:
         f"`{truth['task']}` >= {results['settings']['truth_delta']} nats ({which}): successor "
         f"in the top {ov['top']} at **{ov['in_top']:.0%}** (random heads "
         f"{ov['random_in_top']:.0%}), median rank {ov['median_rank']}, above the item at "
-        f"{ov['above_item']:.0%}: where the successor map lives among heads.",
+        f"{ov['above_item']:.0%}{_in_sequence_text(ov)}: where the successor map lives among "
+        "heads.",
     ]
 
 
@@ -471,6 +484,8 @@ def _sweep_row_text(row: dict) -> str:
     )
     if "ov_test" in row:
         text += f", OV {_fmt(row['ov_test']['in_top'], '.0%')}"
+        if row["ov_test"].get("in_sequence"):
+            text += f" (first in its sequence {row['ov_test']['in_sequence']['first']:.0%})"
     return text + (" [met]" if row["met"] else "")
 
 
@@ -506,9 +521,13 @@ def _sweep_section(results: dict) -> list[str]:
         lines += [
             "| score >= | heads | per layer | + family | + random | ratio | ratio vs active "
             "random |"
-            + (" OV: successor in top | OV, random heads |" if ov else "")
+            + (
+                " OV: successor in top | OV, random heads | OV: first in its sequence (random) |"
+                if ov
+                else ""
+            )
             + " target met | heads listed |",
-            "|---|---|---|---|---|---|---|" + ("---|---|" if ov else "") + "---|---|",
+            "|---|---|---|---|---|---|---|" + ("---|---|---|" if ov else "") + "---|---|",
         ]
         for row in sweep["rows"]:
             listed = ", ".join(head_id(l, h) for l, h in row.get("listed", []))
@@ -519,7 +538,11 @@ def _sweep_section(results: dict) -> list[str]:
             ]  # fmt: skip
             if ov:
                 o = row["ov_test"]
-                cells += [_fmt(o["in_top"], ".0%"), _fmt(o["random_in_top"], ".0%")]
+                seq = o.get("in_sequence")
+                cells += [
+                    _fmt(o["in_top"], ".0%"), _fmt(o["random_in_top"], ".0%"),
+                    f"{seq['first']:.0%} ({seq['random_first']:.0%})" if seq else "n/a",
+                ]  # fmt: skip
             cells += ["yes" if row["met"] else "no", listed]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

@@ -8,7 +8,10 @@ summed over the family's heads (each reading its own layer's ``x``), and through
 path to the logits (the demeaned, centred unembedding). The successor passes where its token
 is among the ``top`` tokens raised most; the item itself is compared too (a head that copies
 the item is no successor head). Equal-size random head sets from the same layers are the
-control."""
+control. Reported beside it, not part of the verdict: how often the successor is raised most
+among the items of its own sequence (``ProbeDoc.successor_rivals``: every item of the list
+that is one token in the successor's spelling, with or without a leading space; the item
+itself among them), the within-sequence reading of a successor head's OV."""
 
 from __future__ import annotations
 
@@ -60,10 +63,11 @@ def successor_ov(
     heads; ``meets_target`` when the share reaches ``SUCCESSOR_OV_TARGET``."""
     docs = probes.get("successor", [])
     rows = [
-        (j, keys[0], probe.successor_token[q], probe.ids[keys[0]], probe.successor_frame[q])
+        (j, keys[0], probe.successor_token[q], probe.ids[keys[0]], probe.successor_frame[q],
+         probe.successor_rivals.get(q))
         for j, probe in enumerate(docs)
         for q, keys in probe.keys.get("successor", {}).items()
-    ]
+    ]  # fmt: skip
     n_heads = sum(len(h) for h in heads.values())
     out: dict = {"probes": len(rows), "n_heads": n_heads, "top": top}
     if not rows or not n_heads:
@@ -77,11 +81,11 @@ def successor_ov(
         n_ov = [lorsa.cfg.n_ov_heads for lorsa in replacement.lorsas]
         rng = random.Random(f"successor-ov/{seed}/{n_heads}")
         pools = [list(range(n)) for n in n_ov]
-        random_in_top = [
-            float((ranks(ov_logits(replacement, inputs, r), successor) < top).float().mean())
-            for r in (random_like(heads, pools, n_ov, rng) for _ in range(draws))
-        ]
+        drawn = [ov_logits(replacement, inputs, random_like(heads, pools, n_ov, rng))
+                 for _ in range(draws)]  # fmt: skip
+        random_in_top = [float((ranks(r, successor) < top).float().mean()) for r in drawn]
     hit = rank < top
+    rivals = [(i, r[5], r[2]) for i, r in enumerate(rows) if r[5]]
     frames = [r[4] for r in rows]
     out |= {
         "in_top": float(hit.float().mean()),
@@ -97,5 +101,24 @@ def successor_ov(
         "random_in_top": sum(random_in_top) / len(random_in_top),
         "target": SUCCESSOR_OV_TARGET,
     }
+    if rivals:
+        out["in_sequence"] = {
+            "probes": len(rivals),
+            "mean_rivals": sum(len(r[1]) for r in rivals) / len(rivals),
+            "first": first_in_sequence(logits, rivals),
+            "random_first": sum(first_in_sequence(r, rivals) for r in drawn) / len(drawn),
+        }
     out["meets_target"] = out["in_top"] >= SUCCESSOR_OV_TARGET
     return out
+
+
+def first_in_sequence(
+    logits: Float[Tensor, "n vocab"], rivals: list[tuple[int, list[int], int]]
+) -> float:
+    """The share of ``(row, rival tokens, successor)`` whose successor's logit is above every
+    other rival's (ties count against it)."""
+    hits = [
+        bool((logits[i, [t for t in toks if t != successor]] < logits[i, successor]).all())
+        for i, toks, successor in rivals
+    ]
+    return sum(hits) / len(hits)

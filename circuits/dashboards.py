@@ -31,10 +31,11 @@ suppressed tokens.
 
 The file (safetensors; a JSON header with the format version, unit sizes, the settings, the
 rows done, the identity of the model, replacement layers and tokenizer, and a SHA-256 over the
-tensors) is untrusted: its layout is compared with the header before any tensor is read, then
-the checksum and the values; a damaged, foreign, old or mismatched file is refused with a
-ValueError saying what. A partial file (rows_done < rows) is what an interrupted pass resumes
-from; batches are fixed by row index, so a resumed pass equals an uninterrupted one bit for bit.
+tensors and the rest of the header) is untrusted: its layout is compared with the header before
+any tensor is read, then the checksum and the values; a damaged, foreign, old or mismatched
+file is refused with a ValueError saying what. A partial file (rows_done < rows) is what an
+interrupted pass resumes from; batches are fixed by row index, so a resumed pass equals an
+uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -49,15 +50,16 @@ from safetensors import safe_open
 from torch import Tensor
 
 from replacement.model import MODES, ReplacementModel
-from toy_models.checkpoint import json_sha256, save_state_atomic, tensors_sha256
+from toy_models.checkpoint import content_sha256, json_sha256, save_state_atomic
 from toy_models.cli import one_line
+from toy_models.records import parse_json
 from toy_models.tokenizer import token_text
 
 from .concepts import CONCEPTS, at_chance, best_f1, chance_f1, f1_summary
 from .nodes import Kind, lorsa_stage, transcoder_stage, unit_id
 from .statistics import identity
 
-VERSION = 1
+VERSION = 2  # 2: the checksum covers the header too
 HEADER_KEY = "dashboards"
 TOP_K = 8
 SAMPLES = 8
@@ -390,8 +392,8 @@ def write_file(path: Path, dash: Dashboards) -> None:
             "bins": N_BINS,
         },  # fmt: skip
         "meta": dash.meta,
-        "sha256": tensors_sha256(tensors),
     }
+    header["sha256"] = content_sha256(tensors, header)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_state_atomic(tensors, path, metadata={HEADER_KEY: json.dumps(header)})
 
@@ -462,8 +464,8 @@ def _read(path, replacement, tokenizer) -> Dashboards:
             metadata = f.metadata() or {}
             if HEADER_KEY not in metadata:
                 raise ValueError("no dashboards header (not a dashboards file)")
-            layout, meta = _check_header(json.loads(metadata[HEADER_KEY]))
-            header = json.loads(metadata[HEADER_KEY])
+            header = parse_json(metadata[HEADER_KEY])
+            layout, meta = _check_header(header)
             expected = tensor_layout(layout)
             names = set(f.keys())
             if names != set(expected):
@@ -480,8 +482,8 @@ def _read(path, replacement, tokenizer) -> Dashboards:
         raise
     except Exception as exc:  # safetensors and json raise their own types on damaged files
         raise ValueError(one_line(exc) or type(exc).__name__) from None
-    if header.get("sha256") != tensors_sha256(state):
-        raise ValueError("its tensors do not match the checksum in its header (damaged)")
+    if header.get("sha256") != content_sha256(state, header):
+        raise ValueError("its tensors or header do not match the checksum in its header (damaged)")
     dash = Dashboards(layout, state, meta)
     _check_values(dash)
     if replacement is not None:

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .nodes import KINDS, Kind, block_of, logit_stage, node_id
 
-FORMAT_VERSION = 3  # 3: the header holds a SHA-256 of the tensors
+FORMAT_VERSION = 4  # 3: the header holds a SHA-256 of the tensors; 4: and of the header
 MODES = ("local", "sparse")
 N_PROMOTED = 3  # tokens kept per head/feature in ``promotes``
 

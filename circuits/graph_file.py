@@ -6,9 +6,10 @@ logit targets, QK records, mode, model identity, settings) as one JSON header in
 metadata. Nothing is unpickled: a ``.pt`` graph (a pickle, written by earlier versions) is
 refused.
 
-``load_graph`` checks every field before building the ``Graph``: the SHA-256 of the tensors
-against the header's (a damaged file), dtypes, shapes, ranges, stage/kind consistency, the
-node order, unique node ids, the CSR invariants (a malformed index array would crash scipy),
+``load_graph`` checks every field before building the ``Graph``: the SHA-256 of the tensors and
+the rest of the header against the header's (a damaged file), dtypes, shapes, ranges,
+stage/kind consistency, the node order, unique node ids, the CSR invariants (a malformed index
+array would crash scipy),
 finite values, QK records inside the prompt with keys at or before their query, header types
 and lengths; a problem is one ``ValueError`` naming the file and the field.
 """
@@ -25,8 +26,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from toy_models.checkpoint import save_state_atomic, tensors_sha256
+from toy_models.checkpoint import content_sha256, save_state_atomic
 from toy_models.cli import one_line
+from toy_models.records import parse_json
 
 from .graph import FORMAT_VERSION, MODES, Graph, LogitRecord, QKAttribution, QKPair, QKReason
 from .nodes import Kind, is_attention, logit_stage
@@ -91,7 +93,6 @@ def _to_file(graph: Graph) -> tuple[dict[str, Tensor], dict[str, str]]:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {
         "format_version": FORMAT_VERSION,
-        "sha256": tensors_sha256(tensors),
         "prompt": graph.prompt,
         "token_strings": graph.token_strings,
         "n_layers": graph.n_layers,
@@ -104,6 +105,7 @@ def _to_file(graph: Graph) -> tuple[dict[str, Tensor], dict[str, str]]:
         "model": graph.model,
         "settings": graph.settings,
     }
+    header["sha256"] = content_sha256(tensors, header)
     return tensors, {"graph": json.dumps(header)}
 
 
@@ -146,8 +148,8 @@ def _require(ok: bool, field: str, problem: str) -> None:
 def _header(metadata: dict) -> dict:
     _require("graph" in metadata, "graph", "no graph header in the file's metadata")
     try:
-        header = json.loads(metadata["graph"])
-    except json.JSONDecodeError as exc:
+        header = parse_json(metadata["graph"])
+    except ValueError as exc:
         raise _Bad("graph", f"header is not JSON ({_one_line(exc)})") from None
     _require(isinstance(header, dict), "graph", "header is not a JSON object")
     version = header.get("format_version")
@@ -186,8 +188,8 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     when the checksum was just computed from these very tensors (``save_graph``)."""
     header = _header(metadata)
     if check_sha:
-        _require(header.get("sha256") == tensors_sha256(tensors), "sha256",
-                 "the tensors do not match the checksum in the header (damaged)")  # fmt: skip
+        _require(header.get("sha256") == content_sha256(tensors, header), "sha256",
+                 "the tensors or header do not match its checksum (damaged)")  # fmt: skip
     n_layers = _typed(header, "n_layers", int)
     _require(1 <= n_layers <= MAX_LAYERS, "n_layers", f"{n_layers} is outside 1..{MAX_LAYERS}")
     _require("kind" in tensors and tensors["kind"].ndim == 1, "kind", "missing or not 1-D")

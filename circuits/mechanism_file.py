@@ -14,11 +14,10 @@ sign agreement of a check) and with the flows (``circuits.flows``: ``node_flows`
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from toy_models.records import from_json
+from toy_models.records import from_json, parse_json
 
 from .graph import MODES
 
@@ -262,6 +261,8 @@ class MechanismSummary:
     @classmethod
     def from_dict(cls, d: dict) -> MechanismSummary:
         try:
+            if not isinstance(d, dict):
+                raise ValueError(f"expected a JSON object, got {type(d).__name__}")
             if d.get("version") != VERSION:
                 raise ValueError(f"version {d.get('version')!r}, expected {VERSION}")
             return _summary_from_dict(d)
@@ -336,6 +337,6 @@ def save_summary(summary: MechanismSummary, path: str | Path) -> None:
 def load_summary(path: str | Path) -> MechanismSummary:
     """Read a summary written by ``save_summary``; a ValueError names the file."""
     try:
-        return MechanismSummary.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return MechanismSummary.from_dict(parse_json(Path(path).read_text(encoding="utf-8")))
     except (ValueError, OSError) as exc:
         raise ValueError(f"{path}: {exc}") from None

@@ -20,10 +20,10 @@ Queries: expected attribution ``E[s -> t] = sum of edges / sum of a_s`` (``expec
 ``expected_from``), mean input ``sum of edges / occurrences of t`` (``mean_input``), and a QK
 head's terms per firing (``qk_group``).
 
-The file (safetensors; JSON header with the format version, unit sizes, QK heads per block,
-the gathering settings, the identity of the model, replacement layers and tokenizer, and a
-SHA-256 over the tensors) is untrusted: every field is checked before use, and a damaged,
-foreign, old or mismatched file is refused in one line naming it.
+The file (safetensors; JSON header with the format version, unit sizes, QK heads per block, the
+gathering settings, the identity of the model, replacement layers and tokenizer, and a SHA-256
+over the tensors and the rest of the header) is untrusted: every field is checked before use,
+and a damaged, foreign, old or mismatched file is refused in one line naming it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Statistics files: one job, writing them and reading them back checked.
 
-Two kinds, both safetensors with a JSON header (format version, unit sizes, QK heads per
-block, the gathering settings, the identity of the model, replacement layers and tokenizer,
-and a SHA-256 over the tensors): a finished file (``Statistics``, compact) and the *partial*
-file gathering keeps its dense sums in until it finishes (``circuits.gathering.Sums``). A file
+Two kinds, both safetensors with a JSON header (format version, unit sizes, QK heads per block,
+the gathering settings, the identity of the model, replacement layers and tokenizer, and a
+SHA-256 over the tensors and the rest of the header): a finished file (``Statistics``, compact)
+and the *partial* file gathering keeps its dense sums in until it finishes
+(``circuits.gathering.Sums``). A file
 is untrusted: its header is checked, every tensor's dtype and shape are compared with what the
 header implies before any tensor is read, then the checksum and the values; anything wrong is
 a ValueError saying what, which the callers turn into one line naming the file.
@@ -20,23 +21,26 @@ from safetensors import safe_open
 from torch import Tensor
 
 from replacement.model import MODES
-from toy_models.checkpoint import save_state_atomic, tensors_sha256
+from toy_models.checkpoint import content_sha256, save_state_atomic
 from toy_models.cli import one_line
+from toy_models.records import parse_json
 
 from .nodes import lorsa_stage
 from .units import Units
 
-STATS_VERSION = 3  # 3: halves, compact top-k edges, conditioned logits, QK terms
+STATS_VERSION = 4  # 3: halves, compact top-k edges, conditioned logits, QK terms; 4: the
+# checksum covers the header too
 SPLIT = "heldout"  # statistics describe text the model was not trained on
 QK_SCALARS = ("total", "bias_query", "bias_key", "firings", "query_abs", "key_abs")
 MAX_ROWS = 1 << 20  # rows of a sample: they are drawn and held in memory before gathering
 
 
 def write_file(path: Path, tensors: dict[str, Tensor], header: dict) -> None:
-    """``tensors`` and ``header`` (plus the version and the tensors' SHA-256) written
+    """``tensors`` and ``header`` (plus the version and the SHA-256 of both) written
     atomically (a temp file beside ``path``, then a rename)."""
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    header = {"version": STATS_VERSION, **header, "sha256": tensors_sha256(tensors)}
+    header = {"version": STATS_VERSION, **header}
+    header["sha256"] = content_sha256(tensors, header)
     metadata = {"statistics": json.dumps(header)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_state_atomic(tensors, path, metadata=metadata)
@@ -56,7 +60,7 @@ def read_safetensors(path: Path, layout) -> tuple[dict, dict[str, Tensor]]:
             metadata = f.metadata() or {}
             if "statistics" not in metadata:
                 raise ValueError("no statistics header")
-            header = json.loads(metadata["statistics"])
+            header = parse_json(metadata["statistics"])
             if not isinstance(header, dict):
                 raise ValueError("its header is not a JSON object")
             expected = layout(header)
@@ -68,9 +72,9 @@ def read_safetensors(path: Path, layout) -> tuple[dict, dict[str, Tensor]]:
     except Exception as exc:  # safetensors and json raise their own types on damaged files
         raise ValueError(one_line(exc) or type(exc).__name__) from None
     if not isinstance(header.get("sha256"), str):
-        raise ValueError("sha256 (of the tensors) is missing")
-    if tensors_sha256(tensors) != header["sha256"]:
-        raise ValueError("its tensors do not match the checksum in its header (damaged)")
+        raise ValueError("sha256 (of the tensors and the header) is missing")
+    if content_sha256(tensors, header) != header["sha256"]:
+        raise ValueError("its tensors or header do not match the checksum in its header (damaged)")
     return header, tensors
 
 
@@ -267,7 +271,7 @@ def partial_plan(path: Path) -> dict | None:
         return None
     try:
         with safe_open(str(path), "pt") as f:
-            header = json.loads((f.metadata() or {})["statistics"])
+            header = parse_json((f.metadata() or {})["statistics"])
         if not isinstance(header, dict) or header.get("partial") is not True:
             return None
         _, meta, _ = check_header_meta(header)

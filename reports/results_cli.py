@@ -8,11 +8,11 @@ written until the whole report has been made.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from toy_models.cli import UserError, path_arg
+from toy_models.records import parse_json
 
 
 def render_results(
@@ -38,7 +38,7 @@ def render_results(
     out = args.out or args.json.with_suffix("")
     check_writable_dir(out)
     try:
-        results = json.loads(args.json.read_text(encoding="utf-8"))
+        results = parse_json(args.json.read_text(encoding="utf-8"))
         written = write(results, out)
     except (LookupError, TypeError, ValueError, AttributeError) as exc:  # nothing written yet
         raise UserError(f"--json {args.json}: not {what} ({exc!r})") from None

@@ -325,6 +325,19 @@ def test_a_damaged_results_file_is_one_line_and_writes_nothing(
     assert not out.exists()  # nothing written, and the directory the run made removed
 
 
+@pytest.mark.parametrize("module", ["reports.ablations", "reports.errors"])
+@pytest.mark.parametrize("text", ['{"layers": NaN}', "[" * 100_000 + "]" * 100_000])
+def test_a_results_file_that_is_not_strict_json_is_one_line(module, text, tmp_path, cli):
+    import importlib
+
+    (tmp_path / "bad.json").write_text(text)
+    out = tmp_path / "report"
+    code, _, err = cli(importlib.import_module(module).main, "--json", tmp_path / "bad.json",
+                       "--out", out)  # fmt: skip
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
 def test_quick_sweep_writes_results_and_a_report_and_resumes(tiny_run, tmp_path, cli):
     """The whole sweep in smoke-run size on the tiny model; a rerun reads every record back."""
     main = benchmark("lorsa_ablations").main

@@ -3,6 +3,8 @@ force on a tiny trained model with random replacement layers."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -252,6 +254,18 @@ def test_file_refused_when_damaged_or_foreign(setup, make_replacement, tiny_pret
     damaged.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="damaged"):
         D.read_file(damaged)
+    # a valid setting that is not the one built with: only the checksum over the header sees it
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        header = json.loads(f.metadata()[D.HEADER_KEY])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    header["meta"]["seed"] += 1
+    edited = tmp / "edited.safetensors"
+    save_file(tensors, str(edited), metadata={D.HEADER_KEY: json.dumps(header)})
+    with pytest.raises(ValueError, match="damaged"):
+        D.read_file(edited)
     truncated = tmp / "truncated.safetensors"
     truncated.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="truncated.safetensors"):

@@ -449,6 +449,9 @@ CRAFTED = {
     "more rows done than asked": dict(header=meta_with("rows_done", 6)),
     "fewer rows done than asked": dict(header=meta_with("rows", 6)),
     "unknown mode": dict(header=meta_with("mode", "both")),
+    # settings that are valid but not the ones gathered with: only the checksum catches them
+    "another mode": dict(header=meta_with("mode", "sparse")),
+    "another seed": dict(header=meta_with("seed", 12345)),
     "no identity": dict(header=without("identity", "meta")),
     "identity of numbers": dict(header=meta_with("identity", dict.fromkeys(IDENTITY_KEYS, 1))),
     "absurd unit sizes": dict(header=units_with("n_ov", [10**12, 8])),
@@ -486,7 +489,7 @@ def test_an_old_statistics_file_is_refused_with_what_to_do(stats, tmp_path):
     with pytest.raises(ValueError) as info:
         Statistics.load(old)
     assert str(info.value) == (
-        f"{old}: not a readable statistics file (format version 2, expected 3: made by an "
+        f"{old}: not a readable statistics file (format version 2, expected 4: made by an "
         "older version; remove it to gather again)"
     )
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from circuits.graph import Graph
 from circuits.graph_file import GraphFileError
 from reports.html import write_html
-from toy_models.checkpoint import tensors_sha256
+from toy_models.checkpoint import content_sha256
 
 
 def read(path):
@@ -34,10 +34,10 @@ def craft(tmp_path, edit_tensors=None, edit_header=None, checksum=True):
     header, tensors = read(good)
     if edit_tensors:
         edit_tensors(tensors)
-    if checksum:
-        header["sha256"] = tensors_sha256(tensors)
     if edit_header:
         edit_header(header)
+    if checksum:
+        header["sha256"] = content_sha256(tensors, header)
     bad = tmp_path / "bad.safetensors"
     save_file(tensors, str(bad), metadata={"graph": json.dumps(header)})
     return bad
@@ -100,6 +100,10 @@ def test_a_damaged_file_is_refused_by_its_checksum(tmp_path):
                 checksum=False)  # fmt: skip
     with pytest.raises(GraphFileError, match="field sha256: .*damaged"):
         Graph.load(bad)
+    # the header is covered too: another prompt, valid in itself, without a new checksum
+    edited = craft(tmp_path, edit_header=lambda h: h.__setitem__("prompt", "x"), checksum=False)
+    with pytest.raises(GraphFileError, match="field sha256: .*damaged"):
+        Graph.load(edited)
 
 
 def _collide(tensors):

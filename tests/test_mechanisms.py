@@ -503,6 +503,8 @@ def test_summary_records(graph, replacement, run, tmp_path):
     assert "<h2>Mechanisms</h2>" in page and "always-on" in page
     with pytest.raises(ValueError, match="not a mechanism summary|version"):
         MechanismSummary.from_dict({"version": 1})
+    with pytest.raises(ValueError, match="not a mechanism summary .expected a JSON object"):
+        MechanismSummary.from_dict([])
     tampered_summaries_are_refused(summary.to_dict())
 
 

@@ -123,6 +123,9 @@ def test_load_refuses_missing_tensor_and_bad_config(random_model, tmp_path):
     (tmp_path / "config.json").write_text('{"model": {"d_vocab": 5, "colour": 1}}')
     with pytest.raises(ValueError, match="config.json: not a valid model config"):
         ToyTransformer.load(tmp_path)
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="config.json: not valid JSON here: nested too deeply"):
+        ToyTransformer.load(tmp_path)
 
 
 def test_load_refuses_truncated_and_missing_files(random_model, tmp_path):

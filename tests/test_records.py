@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from toy_models.records import from_json
+from toy_models.records import from_json, parse_json
 
 
 @dataclass
@@ -69,3 +69,14 @@ def test_a_missing_field_or_a_non_object_is_refused():
         from_json(Outer, {k: v for k, v in GOOD.items() if k != "count"})
     with pytest.raises(ValueError, match="expected a JSON object"):
         from_json(Outer, [GOOD])
+
+
+def test_parse_json_is_never_a_traceback():
+    """JSON from disk: text that is not JSON, and nesting too deep to parse, are one
+    ValueError line each, not a JSONDecodeError or a RecursionError traceback."""
+    assert parse_json('{"a": [1, 2.5, null, "x"]}') == {"a": [1, 2.5, None, "x"]}
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_json("{not json")
+    with pytest.raises(ValueError, match="nested too deeply") as info:
+        parse_json("[" * 100_000 + "]" * 100_000)
+    assert "\n" not in str(info.value)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from .cli import one_line
 from .files import file_sha256, write_bytes_atomic, write_json_atomic
+from .records import parse_json
 
 if TYPE_CHECKING:
     import torch
@@ -220,9 +221,11 @@ def read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"file missing: {path}")
     try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = parse_json(path.read_text())
+    except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -275,6 +278,15 @@ def tensors_sha256(tensors: dict[str, Tensor]) -> str:
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
         digest.update(tensor.contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def content_sha256(tensors: dict[str, Tensor], header: dict) -> str:
+    """The checksum a file of tensors with a JSON header (graphs, dashboards, statistics) keeps
+    in its header's ``sha256``: over the tensors and over the rest of the header (as it reads
+    back from JSON), so that a changed setting in the header is caught as a changed tensor is."""
+    rest = json.loads(json.dumps({k: v for k, v in header.items() if k != "sha256"}))
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"))  # NaN too: checked later
+    return hashlib.sha256((tensors_sha256(tensors) + text).encode()).hexdigest()
 
 
 def json_sha256(data: dict) -> str:

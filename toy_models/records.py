@@ -1,6 +1,12 @@
 """Records read back from JSON as untrusted data: every field checked against its dataclass's
 annotations before anything is built.
 
+``parse_json(text)`` is the one way JSON read from disk becomes Python here: text that is not
+JSON, or whose nesting is too deep to parse, is refused with one ``ValueError`` line, never a
+``RecursionError`` traceback. (``NaN`` is read as Python reads it: the project writes it for a
+figure that is undefined, such as a loss recovered where the ablation costs nothing; the
+records that hold it check it where they are used.)
+
 ``from_json(cls, data)`` builds the dataclass ``cls`` from parsed JSON, recursively, accepting
 exactly what its annotations say: ``str``, ``int`` (not ``bool``), ``float`` (a finite number:
 NaN and infinities are refused), ``bool``, ``X | None``, ``list[T]``, ``tuple[A, B]`` (a JSON
@@ -13,10 +19,22 @@ default. A problem raises one ``ValueError`` naming the field's path
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 from functools import cache
+
+
+def parse_json(text: str):
+    """Parse untrusted JSON text: a ``ValueError`` of one line for text that is not JSON, or
+    whose nesting is too deep to parse."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON here: nested too deeply to read") from None
 
 
 @cache

@@ -11,10 +11,13 @@ of QK heads and the QK rank; the attention-output SAE beside Lorsa on the K axis
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from toy_models.cli import run_cli
 from toy_models.files import write_png_atomic
+from toy_models.records import Bounds, from_json
 
 from .results_cli import render_results
 
@@ -24,6 +27,106 @@ AXES = (  # (axis, x label, variant field on that axis)
     ("qk_heads", "QK heads (same OV heads)", "n_qk_heads"),
     ("d_qk", "QK rank d_qk", "d_qk"),
 )
+
+
+# ----------------------------------------------------------------- the results file
+# What ``benchmarks/lorsa_ablations.py`` writes, every field typed and in range: the file is
+# read back as untrusted data (``check_results``) before anything is rendered from it.
+NonNegative = Annotated[float, Bounds(0.0)]
+Count = Annotated[int, Bounds(0)]
+Share = Annotated[float, Bounds(0.0, 1.0)]
+
+
+@dataclass
+class Baseline:
+    ce_original: NonNegative
+    ce_mean_ablated: NonNegative
+    heldout_rows: Count
+    heldout_tokens: Count
+
+
+@dataclass
+class Run:
+    """One variant's record (``replacement.ablations``: its training and ``measure``)."""
+
+    fvu: NonNegative
+    l0: NonNegative
+    dead_fraction: Share
+    ce: NonNegative
+    kl: Annotated[float, Bounds(-1e-6)]  # a KL divergence, to rounding
+    loss_recovered: Annotated[float, Bounds(nan=True)]  # NaN: ablating costs nothing
+    scales: list[NonNegative]
+    train_s: NonNegative
+    train_cpu_s: NonNegative
+    train_dead_last: Annotated[float, Bounds(0.0, 1.0, nan=True)]  # NaN: never measured
+    train_fvu_last20: Annotated[float, Bounds(0.0, nan=True)]
+
+
+@dataclass
+class Layer:
+    baseline: Baseline
+    runs: dict[str, Run]
+
+
+@dataclass
+class SweepSettings:
+    config: str
+    layers: list[int]
+    rows: Count
+    heldout_rows: Count
+    steps: Count
+    batch_size: Count
+    base_shapes: dict
+    train: dict
+    train_cache_id: str
+    heldout_cache_id: str
+
+
+@dataclass
+class AblationResults:
+    model: str
+    model_sha256: str
+    quick: bool
+    d_head: Count
+    n_heads: Count
+    axes: dict[str, list[str]]
+    variants: dict
+    settings: SweepSettings
+    layers: dict[str, Layer]
+    seconds: dict[str, NonNegative]
+
+
+def check_results(results) -> AblationResults:
+    """The results file as typed records, or a ValueError naming the first field that is of
+    the wrong type or out of range, a variant that is not one (``replacement.ablations.Variant``
+    checks its fields), a run or axis naming no variant, or a loss recovered that does not
+    follow from its run's and its layer's losses."""
+    from replacement.ablations import Variant
+
+    record = from_json(AblationResults, results, "results")
+    for name, fields in record.variants.items():
+        try:
+            from_json(Variant, fields, f"results.variants.{name}")
+        except ValueError as exc:  # Variant's own checks do not know where it was read
+            raise ValueError(f"results.variants.{name}: {exc}") from None
+    names = set(record.variants)
+    for axis, members in record.axes.items():
+        if unknown := sorted(set(members) - names):
+            raise ValueError(f"results.axes.{axis}: no variant named {unknown[:3]}")
+    for layer, data in record.layers.items():
+        if unknown := sorted(set(data.runs) - names):
+            raise ValueError(f"results.layers.{layer}.runs: no variant named {unknown[:3]}")
+        base = data.baseline
+        gap = base.ce_mean_ablated - base.ce_original
+        for name, run in data.runs.items():
+            expected = (base.ce_mean_ablated - run.ce) / gap if gap > 0 else math.nan
+            same = math.isnan(expected) == math.isnan(run.loss_recovered) and (
+                math.isnan(expected) or math.isclose(run.loss_recovered, expected, abs_tol=1e-6)
+            )
+            if not same:
+                where = f"results.layers.{layer}.runs.{name}.loss_recovered"
+                raise ValueError(f"{where}: {run.loss_recovered!r}, its losses give {expected!r}")
+    return record
 
 
 def _points(results: dict, layer: str, axis: str) -> list[tuple[int, dict]]:
@@ -275,6 +378,7 @@ def write_ablation_report(results: dict, out: Path) -> list[Path]:
     """``ablations.md`` and ``ablations.png`` in ``out`` (created); returns their paths."""
     from toy_models.files import write_text_atomic
 
+    check_results(results)
     text, fig = markdown(results), figure(results)  # every figure read before any write
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,18 +20,135 @@ a repeated segment); ``separator`` (``+``, ``=``, commas, full stops, ``|``, lin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from circuits.concepts import CONCEPT_ROLE, CONCEPTS, TOKEN_ROLES
 from toy_models.cli import run_cli
 from toy_models.data import FAMILIES
 from toy_models.files import write_png_atomic
+from toy_models.records import Bounds, from_json
 
 from .results_cli import render_results
 
 DEFAULT_JSON = Path("benchmarks/results/error_analysis_default.json")
 ROLES = TOKEN_ROLES
 ROLE_OF_CONCEPT = {i: CONCEPT_ROLE[c] for i, c in enumerate(CONCEPTS)}
+
+
+# ----------------------------------------------------------------- the results file
+# What ``benchmarks/error_analysis.py`` writes, every field typed and in range: the file is
+# read back as untrusted data (``check_results``) before anything is rendered from it.
+Share = Annotated[float, Bounds(0.0, 1.0)]
+NonNegative = Annotated[float, Bounds(0.0)]
+Count = Annotated[int, Bounds(0)]
+Cosine = Annotated[float, Bounds(-1.0, 1.0, nan=True)]
+Undefined = Annotated[float, Bounds(nan=True)]  # an R^2 held out: negative or NaN with few rows
+
+
+@dataclass
+class Shares:
+    """``replacement.errors.error_shares``: per group of tokens."""
+
+    fvu: NonNegative
+    tokens: list[NonNegative]
+    token_share: list[Share]
+    error_share: list[Share]
+    fvu_contribution: list[NonNegative]
+    group_fvu: list[Annotated[float, Bounds(0.0, nan=True)]]  # NaN: a group without tokens
+
+
+@dataclass
+class Concentration:
+    tokens_for_half: Share
+    tokens_for_90pct: Share
+    top_1pct_share: Share
+
+
+@dataclass
+class TokenErrors:
+    token: Count
+    count: Count
+    error_share: Share
+    token_share: Share
+    enrichment: NonNegative
+    text: str
+
+
+@dataclass
+class LayerErrors:
+    by_family: Shares
+    by_role: Shares
+    by_position: Shares
+    concentration: Concentration
+    top_tokens: list[TokenErrors]
+    dense_tokens: list[TokenErrors]
+
+
+@dataclass
+class SharedDirection:
+    """``replacement.errors.shared_direction`` of a layer's Lorsa and SAE errors."""
+
+    tokens: Count
+    mean_cosine: Cosine
+    mean_cosine_shuffled: Cosine
+    b_along_a: Annotated[float, Bounds(0.0, nan=True)]
+    a_along_b: Annotated[float, Bounds(0.0, nan=True)]
+    r2_b_from_a: Undefined
+    r2_a_from_b: Undefined
+    lorsa_fvu: NonNegative
+    sae_fvu: NonNegative
+    by_family_mean_cosine: dict[str, Cosine]
+
+
+@dataclass
+class SaeSettings:
+    width: Count
+    top_k: Count
+    steps: Count
+    train_s: NonNegative
+
+
+@dataclass
+class ErrorResults:
+    model: str
+    replacement: str
+    quick: bool
+    sae: SaeSettings
+    rows: Count
+    tokens: Count
+    seed: int
+    families: list[str]
+    roles: list[str]
+    position_bins: list[str]
+    layers: list[int]
+    by_kind: dict[str, dict[str, LayerErrors]]
+    lorsa_vs_sae: dict[str, SharedDirection]
+    seconds: dict[str, NonNegative]
+
+
+def check_results(results) -> ErrorResults:
+    """The results file as typed records, or a ValueError naming the first field that is of
+    the wrong type, out of range, or of another length than the groups it counts."""
+    record = from_json(ErrorResults, results, "results")
+    groups = {"by_family": record.families, "by_role": record.roles,
+              "by_position": record.position_bins}  # fmt: skip
+    for kind, per_layer in record.by_kind.items():
+        for layer, r in per_layer.items():
+            for split, names in groups.items():
+                shares = getattr(r, split)
+                for name in ("tokens", "token_share", "error_share", "fvu_contribution",
+                             "group_fvu"):  # fmt: skip
+                    if len(getattr(shares, name)) != len(names):
+                        raise ValueError(f"results.by_kind.{kind}.{layer}.{split}.{name}: "
+                                         f"{len(getattr(shares, name))} values for "
+                                         f"{len(names)} groups")  # fmt: skip
+                for i, (n, g) in enumerate(zip(shares.tokens, shares.group_fvu, strict=True)):
+                    if math.isnan(g) and n > 0:  # undefined only for a group without tokens
+                        raise ValueError(f"results.by_kind.{kind}.{layer}.{split}.group_fvu"
+                                         f"[{i}]: NaN for a group of {n:g} tokens")  # fmt: skip
+    return record
 
 
 def role_of(concepts: tuple[int, ...]) -> int:
@@ -347,6 +464,7 @@ def write_error_report(results: dict, out: Path) -> list[Path]:
     """``errors.md`` and ``errors.png`` in ``out`` (created); returns their paths."""
     from toy_models.files import write_text_atomic
 
+    check_results(results)
     text, fig = markdown(results), figure(results)  # every figure read before any write
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

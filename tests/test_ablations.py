@@ -325,6 +325,61 @@ def test_a_damaged_results_file_is_one_line_and_writes_nothing(
     assert not out.exists()  # nothing written, and the directory the run made removed
 
 
+def _set_nested(path: str, value):
+    """An edit of the field at a dotted ``path`` (list indices as numbers)."""
+
+    def edit(data):
+        *parents, last = path.split(".")
+        for key in parents:
+            data = data[int(key)] if isinstance(data, list) else data[key]
+        data[int(last) if isinstance(data, list) else last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("module", "results", "edit", "message"),
+    [
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("by_kind.transcoder.1.by_position.fvu", -5), "fvu: expected a number in"),
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("by_kind.lorsa.0.by_role.group_fvu.1", float("nan")), "NaN for a group"),
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("by_kind.lorsa.2.top_tokens.0.count", None), "count: expected an integer"),
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("by_kind.lorsa.0.by_family.error_share", [0.5]), "1 values for 4 groups"),
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("lorsa_vs_sae.0.mean_cosine", 3.0), "mean_cosine: expected a number in"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("layers.1.runs.lorsa-w1024-k16-qk16-d16.loss_recovered", 1e30),
+         "its losses give"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("layers.2.runs.lorsa-w1024-k32-qk16-d8.l0", float("nan")),
+         "l0: expected a finite number"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("variants.lorsa-w1024-k16-qk16-d16.kind", "mlp"), "unknown dictionary kind"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("axes.k", ["no-such-variant"]), "no variant named"),
+    ],
+)  # fmt: skip
+def test_a_results_file_with_values_out_of_range_is_one_line(
+    module, results, edit, message, tmp_path, cli
+):
+    """Found by a fuzz pass: values of the right shape but impossible (a negative FVU, a loss
+    recovered that its losses do not give, NaN where the benchmark writes none) rendered into
+    the report with exit 0. Each is refused naming the field, and nothing is written."""
+    import importlib
+
+    data = json.loads((ROOT / "benchmarks" / "results" / results).read_text())
+    edit(data)
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    out = tmp_path / "report"
+    code, _, err = cli(importlib.import_module(module).main, "--json", tmp_path / "bad.json",
+                       "--out", out)  # fmt: skip
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("module", ["reports.ablations", "reports.errors"])
 @pytest.mark.parametrize("text", ['{"layers": NaN}', "[" * 100_000 + "]" * 100_000])
 def test_a_results_file_that_is_not_strict_json_is_one_line(module, text, tmp_path, cli):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import pytest
 
-from toy_models.records import from_json, parse_json
+from toy_models.records import Bounds, from_json, parse_json
 
 
 @dataclass
@@ -80,3 +81,27 @@ def test_parse_json_is_never_a_traceback():
     with pytest.raises(ValueError, match="nested too deeply") as info:
         parse_json("[" * 100_000 + "]" * 100_000)
     assert "\n" not in str(info.value)
+
+
+@dataclass
+class Ranged:
+    share: Annotated[float, Bounds(0.0, 1.0)]
+    count: Annotated[int, Bounds(0)]
+    maybe: Annotated[float, Bounds(0.0, nan=True)]
+
+
+def test_bounds_check_the_range_and_nan_only_where_allowed():
+    assert from_json(Ranged, {"share": 1, "count": 0, "maybe": float("nan")}).share == 1.0
+    cases = {
+        "share": (1.5, "record.share: expected a number in [0, 1], got 1.5"),
+        "count": (-1, "record.count: expected a number in [0, inf], got -1"),
+        "maybe": (-0.5, "record.maybe: expected a number in [0, inf], got -0.5"),
+    }
+    for name, (value, message) in cases.items():
+        good = {"share": 0.5, "count": 3, "maybe": 0.0}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            from_json(Ranged, good | {name: value})
+    with pytest.raises(ValueError, match="record.share: expected a finite number"):
+        from_json(Ranged, {"share": float("nan"), "count": 3, "maybe": 0.0})
+    with pytest.raises(ValueError, match="record.count: expected an integer"):
+        from_json(Ranged, {"share": 0.5, "count": True, "maybe": 0.0})

@@ -11,9 +11,11 @@ records that hold it check it where they are used.)
 exactly what its annotations say: ``str``, ``int`` (not ``bool``), ``float`` (a finite number:
 NaN and infinities are refused), ``bool``, ``X | None``, ``list[T]``, ``tuple[A, B]`` (a JSON
 array of that length), ``dict[str, T]``, a bare ``dict`` (any JSON object) and nested
-dataclasses. Unknown keys are refused; missing keys are allowed only where the field has a
-default. A problem raises one ``ValueError`` naming the field's path
-(``groups[3].qk[0].score: expected a finite number, got 'x'``).
+dataclasses, and ``Annotated[float, Bounds(low, high)]`` (or ``int``) for a number in a range
+(with ``nan=True``, NaN too: a figure its writer leaves undefined). Unknown keys are refused;
+missing keys are allowed only where the field has a default. A problem raises one
+``ValueError`` naming the field's path (``groups[3].qk[0].score: expected a finite number,
+got 'x'``).
 """
 
 from __future__ import annotations
@@ -37,9 +39,29 @@ def parse_json(text: str):
         raise ValueError("not valid JSON here: nested too deeply to read") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The range of a number read by ``from_json``: ``Annotated[float, Bounds(0, 1)]`` (either end
+    None: open); ``nan``: NaN is allowed as well."""
+
+    low: float | None = None
+    high: float | None = None
+    nan: bool = False
+
+    def check(self, value, where: str):
+        """``value`` if inside the range, else one ``ValueError`` naming ``where``."""
+        if (self.low is not None and value < self.low) or (
+            self.high is not None and value > self.high
+        ):
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            _fail(where, f"a number in [{low}, {high}]", value)
+        return value
+
+
 @cache
 def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def _fail(where: str, expected: str, value) -> typing.NoReturn:
@@ -50,6 +72,11 @@ def _fail(where: str, expected: str, value) -> typing.NoReturn:
 def from_json(tp, value, where: str = "record"):
     """``value`` (parsed JSON) as an instance of the type ``tp`` (module docstring)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        bounds = next((m for m in args[1:] if isinstance(m, Bounds)), Bounds())
+        if bounds.nan and isinstance(value, float) and math.isnan(value):
+            return value
+        return bounds.check(from_json(args[0], value, where), where)
     if dataclasses.is_dataclass(tp):
         return _dataclass(tp, value, where)
     if origin in (types.UnionType, typing.Union):

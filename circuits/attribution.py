@@ -492,6 +492,11 @@ def _check_node(run: PromptRun, target: NodeTarget) -> None:
     if not 0 <= target.pos < len(run.tokens):
         raise ValueError(f"position {target.pos} is outside the prompt (positions 0.."
                          f"{len(run.tokens) - 1}, BOS included)")  # fmt: skip
+    pre = run.lorsa_pre if kind is Kind.LORSA else run.tc_pre
+    n_units = pre[target.layer].shape[-1]
+    if not 0 <= target.index < n_units:
+        raise ValueError(f"{target.kind} {target.index} does not exist: layer {target.layer} "
+                         f"has {target.kind} units 0..{n_units - 1}")  # fmt: skip
     if not _matching(run, target).any():
         raise ValueError(f"{target.kind} {target.index} of layer {target.layer} is not active "
                          f"at position {target.pos} of this prompt")  # fmt: skip

@@ -250,7 +250,8 @@ def test_interventions_read_a_node_targets_pre_activation(replacement, tokens, m
     "targets, message",
     [
         ([LogitTarget(50)], "outside the vocabulary"),
-        ([NodeTarget("lorsa", 0, 3, 99)], "not active"),
+        ([NodeTarget("lorsa", 0, 3, 99)], "lorsa 99 does not exist: layer 0 has lorsa units"),
+        ([NodeTarget("transcoder", 1, 3, -1)], "transcoder -1 does not exist"),
         ([NodeTarget("lorsa", 0, 99, 1)], "outside the prompt"),
         ([NodeTarget("transcoder", -1, 3, 1)], "layer -1 does not exist"),
         ([LogitDiffTarget(5, 5)], "with itself is zero"),
@@ -262,6 +263,15 @@ def test_interventions_read_a_node_targets_pre_activation(replacement, tokens, m
 def test_bad_targets_are_refused(replacement, tokens, targets, message):
     with pytest.raises(ValueError, match=message):
         attribute(replacement, tokens, targets=targets)
+
+
+def test_a_unit_that_exists_but_is_silent_is_refused(replacement, tokens):
+    from replacement.model import hook_name
+
+    _, cache = replacement.run_with_cache(tokens[None], mode="local")
+    silent = int((cache[hook_name(0, "lorsa.hook_z")][0, 3] == 0).nonzero()[0])
+    with pytest.raises(ValueError, match=f"lorsa {silent} of layer 0 is not active at position 3"):
+        attribute(replacement, tokens, targets=[NodeTarget("lorsa", 0, 3, silent)])
 
 
 def test_bad_inputs_are_refused(replacement, random_model, tokens, make_replacement):

@@ -172,6 +172,18 @@ def test_replacement_evaluate_refuses_a_set_whose_weights_overflow(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_an_output_under_a_file_names_the_file(tmp_path):
+    from toy_models.cli import UserError
+    from toy_models.files import check_writable_dir, check_writable_file
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=r"cannot write there \(.*afile is not a directory\)"):
+        check_writable_file(tmp_path / "afile" / "deeper" / "x.json", "--json")
+    with pytest.raises(UserError, match=r"cannot write there \(.*afile is not a directory\)"):
+        check_writable_dir(tmp_path / "afile" / "sub")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_a_refused_run_leaves_no_empty_output_directory(tmp_path, capsys, monkeypatch):
     """Output checks create ``--out`` early (to prove it writable); a run refused after them
     removes the directories they made themselves and left empty, and nothing else: not a

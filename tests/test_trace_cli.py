@@ -149,7 +149,7 @@ def test_trace_vs_runner_up_without_constants_or_mechanisms(tmp_path, capsys):
         (["--prompt", PROMPT, "--target", "\udcff"], "target '\\udcff' is not valid UTF-8"),
         (["--prompt", PROMPT, "--model", "gpt5"], "unknown model 'gpt5'"),
         (["--prompt", PROMPT, "--target", " Thursdayy"], "not one token"),
-        (["--prompt", PROMPT, "--target-node", "lorsa:0:1:99999"], "not active"),
+        (["--prompt", PROMPT, "--target-node", "lorsa:0:1:99999"], "lorsa 99999 does not exist"),
         (["--prompt", PROMPT, "--target-node", "lorsa:0:99:1"], "position 99 is outside"),
         (["--prompt", PROMPT, "--target-node", "transcoder:9:1:1"], "layer 9 does not exist"),
         (["--prompt", PROMPT, "--target-diff", " Friday", " Friday"], "with itself is zero"),

@@ -175,6 +175,11 @@ def _cannot_write_in(directory: Path) -> str | None:
     """Why no file can be written in ``directory`` (created as needed), or None: a probe file
     is created and removed, the one check that is certain (permissions, read-only and
     pseudo file systems, a file in the way)."""
+    for parent in (directory, *directory.parents):  # the nearest one that exists
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is not a directory"
+            break
     try:
         _make_dir(directory)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")

@@ -96,16 +96,23 @@ def taxonomy(replacement, tokenizer, heads_json: Path) -> dict:
     set and tokenizer."""
     from circuits.statistics import identity
     from toy_models.cli import UserError
+    from toy_models.records import parse_json
 
     rerun = f"run python -m reports.heads --model ... --out {heads_json.parent} first"
     if not heads_json.is_file():
         raise UserError(f"--heads {heads_json}: no such file; {rerun}")
+    n_ov = [lorsa.cfg.n_ov_heads for lorsa in replacement.lorsas]
     try:
-        record = json.loads(heads_json.read_text())
+        record = parse_json(heads_json.read_text())
         families = record["families"]
         for f in ("induction", "previous_token", "local_context"):
             for h in families[f]["heads"]:
-                int(h["layer"]), int(h["head"]), float(h["score"])
+                layer, head, score = h["layer"], h["head"], h["score"]
+                if not (type(layer) is int and 0 <= layer < len(n_ov)
+                        and type(head) is int and 0 <= head < n_ov[layer]):  # fmt: skip
+                    raise ValueError(f"{f}: no head {layer!r}:{head!r} in this replacement set")
+                if not (type(score) in (int, float) and 0 <= score <= 1):
+                    raise ValueError(f"{f}: score {score!r} outside [0, 1]")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"--heads {heads_json}: not a reports.heads file ({e})") from None
     if record.get("identity") != identity(replacement, tokenizer):

@@ -941,3 +941,45 @@ def test_qk_circuit(replacement, units, stats):
     assert graph.target_weight.sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one QK group"):
         qk_circuit(replacement, stats, 1, [0, 4])
+
+
+def test_the_benchmarks_heads_file_is_read_as_untrusted(
+    tiny_pretrained, make_replacement, tmp_path
+):
+    """``benchmarks/global_circuits.py --heads``: a heads.json of this model is read; one nested
+    too deeply, naming a head the set does not have, or with a score outside [0, 1] is one
+    line (a UserError), not a traceback or a head id that breaks later."""
+    from conftest import benchmark
+
+    from toy_models.cli import UserError
+
+    model, tokenizer = tiny_pretrained
+    replacement = make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4)
+    taxonomy = benchmark("global_circuits").taxonomy
+    good = {
+        "identity": identity(replacement, tokenizer),
+        "families": {
+            "induction": {"heads": [{"layer": 1, "head": 3, "score": 0.9, "active": 12}]},
+            "previous_token": {"heads": []},
+            "local_context": {"heads": [{"layer": 0, "head": 15, "score": 0.5, "active": 3}]},
+        },
+    }
+    path = tmp_path / "heads.json"
+    path.write_text(json.dumps(good))
+    assert taxonomy(replacement, tokenizer, path) == good["families"]
+    bad = {
+        "a head the set lacks": ("local_context", {"layer": 0, "head": 16, "score": 0.5}),
+        "a layer it lacks": ("induction", {"layer": 2, "head": 0, "score": 0.9}),
+        "a head id as text": ("induction", {"layer": "1", "head": 3, "score": 0.9}),
+        "a score above 1": ("induction", {"layer": 1, "head": 3, "score": 7.0}),
+    }
+    for case, (family, head) in bad.items():
+        damaged = copy.deepcopy(good)
+        damaged["families"][family]["heads"] = [head]
+        path.write_text(json.dumps(damaged))
+        with pytest.raises(UserError, match="not a reports.heads file") as info:
+            taxonomy(replacement, tokenizer, path)
+        assert "\n" not in str(info.value), case
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        taxonomy(replacement, tokenizer, path)

@@ -182,10 +182,9 @@ def threshold_sweep(replacement, scores, probes, batches, clean, family: str, se
         n = sum(len(h) for h in heads.values())
         if not n:
             break
-        if heads == previous or score == own.score:  # the same heads, or the verdict's
-            previous = heads
+        seen, previous = heads == previous or score == own.score, heads
+        if seen:  # the same heads as the score below, or the verdict's
             continue
-        previous = heads
         a = family_ablation(
             replacement, batches, clean, heads, task, settings.draws, settings.seed, test
         )

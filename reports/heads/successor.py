@@ -16,6 +16,7 @@ itself among them), the within-sequence reading of a successor head's OV."""
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -25,6 +26,17 @@ from .ablation import Heads, random_like
 from .config import SUCCESSOR_OV_TARGET, SUCCESSOR_TOP
 from .probes import ProbeDoc
 from .scores import HeadScores
+
+
+class OVProbe(NamedTuple):
+    """One successor probe of the OV test: the previous item read where it stands."""
+
+    doc: int  # index of the probe document
+    key: int  # position of the previous item
+    successor: int  # the next item's token
+    item: int  # the previous item's token
+    frame: str  # list / sentence
+    rivals: list[int] | None  # the sequence's items in the successor's spelling, if known
 
 
 def ov_logits(
@@ -63,8 +75,8 @@ def successor_ov(
     heads; ``meets_target`` when the share reaches ``SUCCESSOR_OV_TARGET``."""
     docs = probes.get("successor", [])
     rows = [
-        (j, keys[0], probe.successor_token[q], probe.ids[keys[0]], probe.successor_frame[q],
-         probe.successor_rivals.get(q))
+        OVProbe(j, keys[0], probe.successor_token[q], probe.ids[keys[0]],
+                probe.successor_frame[q], probe.successor_rivals.get(q))
         for j, probe in enumerate(docs)
         for q, keys in probe.keys.get("successor", {}).items()
     ]  # fmt: skip
@@ -72,8 +84,9 @@ def successor_ov(
     out: dict = {"probes": len(rows), "n_heads": n_heads, "top": top}
     if not rows or not n_heads:
         return out | {"meets_target": False}
-    doc, key = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
-    successor, item = torch.tensor([r[2] for r in rows]), torch.tensor([r[3] for r in rows])
+    doc, key = torch.tensor([r.doc for r in rows]), torch.tensor([r.key for r in rows])
+    successor = torch.tensor([r.successor for r in rows])
+    item = torch.tensor([r.item for r in rows])
     inputs = [x[doc, key] for x in scores.lorsa_inputs["successor"]]
     with torch.no_grad():
         logits = ov_logits(replacement, inputs, heads)
@@ -85,8 +98,8 @@ def successor_ov(
                  for _ in range(draws)]  # fmt: skip
         random_in_top = [float((ranks(r, successor) < top).float().mean()) for r in drawn]
     hit = rank < top
-    rivals = [(i, r[5], r[2]) for i, r in enumerate(rows) if r[5]]
-    frames = [r[4] for r in rows]
+    rivals = [(i, r.rivals, r.successor) for i, r in enumerate(rows) if r.rivals]
+    frames = [r.frame for r in rows]
     out |= {
         "in_top": float(hit.float().mean()),
         "median_rank": int(rank.median()),

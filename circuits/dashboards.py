@@ -50,7 +50,12 @@ from safetensors import safe_open
 from torch import Tensor
 
 from replacement.model import MODES, ReplacementModel
-from toy_models.checkpoint import content_sha256, json_sha256, save_state_atomic
+from toy_models.checkpoint import (
+    check_content_sha256,
+    content_sha256,
+    json_sha256,
+    save_state_atomic,
+)
 from toy_models.cli import one_line
 from toy_models.records import parse_json
 from toy_models.tokenizer import token_text
@@ -482,8 +487,7 @@ def _read(path, replacement, tokenizer) -> Dashboards:
         raise
     except Exception as exc:  # safetensors and json raise their own types on damaged files
         raise ValueError(one_line(exc) or type(exc).__name__) from None
-    if header.get("sha256") != content_sha256(state, header):
-        raise ValueError("its tensors or header do not match the checksum in its header (damaged)")
+    check_content_sha256(state, header)
     dash = Dashboards(layout, state, meta)
     _check_values(dash)
     if replacement is not None:

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from replacement.model import MODES
-from toy_models.checkpoint import content_sha256, save_state_atomic
+from toy_models.checkpoint import check_content_sha256, content_sha256, save_state_atomic
 from toy_models.cli import one_line
 from toy_models.records import parse_json
 
@@ -73,8 +73,7 @@ def read_safetensors(path: Path, layout) -> tuple[dict, dict[str, Tensor]]:
         raise ValueError(one_line(exc) or type(exc).__name__) from None
     if not isinstance(header.get("sha256"), str):
         raise ValueError("sha256 (of the tensors and the header) is missing")
-    if content_sha256(tensors, header) != header["sha256"]:
-        raise ValueError("its tensors or header do not match the checksum in its header (damaged)")
+    check_content_sha256(tensors, header)
     return header, tensors
 
 

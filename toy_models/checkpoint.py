@@ -289,6 +289,12 @@ def content_sha256(tensors: dict[str, Tensor], header: dict) -> str:
     return hashlib.sha256((tensors_sha256(tensors) + text).encode()).hexdigest()
 
 
+def check_content_sha256(tensors: dict[str, Tensor], header: dict) -> None:
+    """Refuse a file whose tensors or header are not the ones its ``sha256`` was made of."""
+    if header.get("sha256") != content_sha256(tensors, header):
+        raise ValueError("its tensors or header do not match the checksum in its header (damaged)")
+
+
 def json_sha256(data: dict) -> str:
     """SHA-256 of a JSON document in canonical form (sorted keys, no spaces)."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)

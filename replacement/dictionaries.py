@@ -139,6 +139,15 @@ class LayerDictionaries(torch.nn.Module):
         self.register_buffer("lorsa_idle", torch.zeros(len(layers), shapes.n_ov_heads))
         self.register_buffer("tc_idle", torch.zeros(len(layers), shapes.d_sae))
 
+    def check_buffers(self, where: str) -> None:
+        """Refuse restored buffers no run could have written (finite ones are checked on
+        load): normalisation scales that are not positive, negative idle counts."""
+        if not (self.scales > 0).all():
+            raise ValueError(f"{where}: scales holds values that are not positive")
+        for name in ("lorsa_idle", "tc_idle"):
+            if (getattr(self, name) < 0).any():
+                raise ValueError(f"{where}: {name} holds negative token counts")
+
     def initialise(self, model, store, norm_batches: int, seed: int) -> None:
         """A fresh run's start: scales from ``norm_batches`` batches of ``store``, Lorsa from
         the original heads, transcoders random with ``b_dec`` the mean target."""

@@ -350,7 +350,12 @@ class ReplacementModel(HookedRootModule):
         from toy_models.files import file_sha256
 
         meta = self.meta if meta is None else meta
-        json.dumps(meta)  # not JSON-serialisable: fail before any file is written
+        try:  # not JSON-serialisable (NaN too): fail before any file is written
+            json.dumps(meta, allow_nan=False)
+        except ValueError as exc:
+            raise ValueError(
+                f"the set's figures cannot be saved ({exc}): nothing written"
+            ) from None
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         files = {}

@@ -170,7 +170,7 @@ def train_replacement(
     ``stop_after`` ends the run after the checkpoint at that step, as an interruption would;
     the function then returns None.
     """
-    from toy_models.resumable import ResumableRun
+    from toy_models.resumable import WEIGHTS_FILE, ResumableRun
 
     # 1) the configuration and the run directory, before any heavy work
     check_config(config)
@@ -214,6 +214,8 @@ def train_replacement(
     if cache is not None:  # a streaming run's identity stays what it was
         identity["activations"] = cache.plan.cache_id()
     run.start(identity, dicts, opt, stats=STAT_NAMES)
+    if run.step:
+        dicts.check_buffers(str(run.checkpoint / WEIGHTS_FILE))
 
     # 3) a fresh run starts from the original model; a resumed streaming run continues on
     #    fresh (still seeded) data rather than replaying the stream

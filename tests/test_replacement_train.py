@@ -259,3 +259,40 @@ def test_replacement_cli_write_failures_are_one_line_with_nothing_left(
     assert line == f"error: cannot write {tmp_path / 'eval.json'}: No space left on device"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "set"]
     assert list(adir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "buffer, value, message",
+    [
+        ("scales", -1.0, "scales holds values that are not positive"),
+        ("scales", 0.0, "scales holds values that are not positive"),
+        ("lorsa_idle", -1e30, "lorsa_idle holds negative token counts"),
+    ],
+)
+def test_restored_buffers_no_run_could_write_are_refused(tiny_run, tmp_path, buffer, value,
+                                                         message):  # fmt: skip
+    """Found by a fuzz pass: a negative scale trained a set of FVU 9785 written with exit 0, a
+    zero scale failed after the layer files were written (half a set), and a huge negative idle
+    count kept every unit from ever counting as dead. Refused on resume, checkpoint kept."""
+    from safetensors.torch import load_file, save_file
+
+    from replacement.train import train_replacement
+
+    out = tmp_path / "run"
+    assert train_replacement(str(tiny_run), out, config="tiny", stop_after=10, quiet=True) is None
+    weights = out / "checkpoint" / "weights.safetensors"
+    tensors = load_file(str(weights))
+    tensors[buffer].view(-1)[0] = value
+    save_file(tensors, str(weights))
+    before = weights.read_bytes()
+    with pytest.raises(ValueError, match=message):
+        train_replacement(str(tiny_run), out, config="tiny", resume=True, quiet=True)
+    assert weights.read_bytes() == before and not (out / "replacement.json").exists()
+
+
+def test_figures_that_cannot_be_saved_leave_no_half_set(random_model, make_replacement, tmp_path):
+    """A NaN among the figures is refused before any layer file is written."""
+    replacement = make_replacement(random_model)
+    with pytest.raises(ValueError, match="cannot be saved .*nothing written"):
+        replacement.save(tmp_path / "set", "m", meta={"loss_recovered": float("nan")})
+    assert not (tmp_path / "set").exists() or not any((tmp_path / "set").iterdir())

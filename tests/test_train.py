@@ -1,5 +1,5 @@
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from toy_models.train import lr_at, train
 from toy_models.zoo import CONFIGS
@@ -468,6 +468,17 @@ def test_a_run_stopped_while_writing_its_final_model_finishes_on_resume(tiny_run
     assert train("tiny", out, quiet=True) == out
     (out / "config.json").unlink()
     assert train("tiny", out, resume=True, quiet=True) == out
+    # final files damaged since (found by a fuzz pass: a truncated model was reported as
+    # trained, a config without its figures was a KeyError traceback): written again
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(weights[:1000])
+    assert train("tiny", out, resume=True, quiet=True) == out
+    assert (out / "model.safetensors").read_bytes() == weights
+    meta = json.loads((out / "config.json").read_text())
+    del meta["final_train_loss"]
+    (out / "config.json").write_text(json.dumps(meta))
+    assert train("tiny", out, resume=True, quiet=True) == out
+    assert "final_train_loss" in json.loads((out / "config.json").read_text())
     straight = load_file(str(tiny_run / "model.safetensors"))
     resumed = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
@@ -480,7 +491,11 @@ def test_a_run_stopped_while_writing_its_final_model_finishes_on_resume(tiny_run
         (lambda s: s.update(recent=[{"x": 1.0}]), "not a training state"),
         (lambda s: s.update(recent=[{"loss": "2.5"}]), "not a training state"),
         (lambda s: s.update(recent=[{"loss": float("nan")}]), "the run diverged"),
-        (lambda s: s.update(step=10**6), r"step 1000000 of a \d+-step run"),
+        (lambda s: s.update(step=10**6), "state is of step 10, the checkpoint's of step 1000000"),
+        # a step that is not the checkpoint's: its weights would ship as another step's
+        (lambda s: s.update(step=20), "its state is of step 10, the checkpoint's of step 20"),
+        (lambda s: s.update(step=5), r"state.0.step is 10, not a step count of this checkpoint"),
+        (lambda s: s.update(step=0), r"state.0.step is 10, not a step count of this checkpoint"),
         (lambda s: s.update(elapsed_s=-5), "not a training state"),
     ],
 )
@@ -497,6 +512,87 @@ def test_a_forged_training_state_is_refused(tiny_run, tmp_path, edit, message):
     with pytest.raises(ValueError, match=message):
         train("tiny", out, resume=True, quiet=True)
     assert not (out / "model.safetensors").exists()
+
+
+def _edit_optimizer(edit):
+    def change(path):
+        tensors = load_file(str(path))
+        edit(tensors)
+        save_file(tensors, str(path))
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_edit_optimizer(lambda t: t["state.0.exp_avg"].view(-1).__setitem__(0, float("nan"))),
+         "state.0.exp_avg holds NaN or infinite values"),
+        (_edit_optimizer(lambda t: t["state.1.exp_avg_sq"].view(-1).__setitem__(0, -1.0)),
+         "state.1.exp_avg_sq holds negative values"),
+        (_edit_optimizer(lambda t: t["state.0.step"].fill_(2.5)), "state.0.step is 2.5"),
+        (_edit_optimizer(lambda t: [t.pop(k) for k in list(t)]), "its state is of step 0"),
+    ],
+)  # fmt: skip
+def test_a_damaged_optimizer_state_is_refused_and_the_checkpoint_kept(
+    tiny_run, tmp_path, edit, message
+):
+    """Found by a fuzz pass: optimizer values were never checked, so a NaN moment trained a NaN
+    model that was written with exit 0 over the good checkpoint, and an empty state restarted
+    the moments silently (no longer bit for bit)."""
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    assert train("tiny", out, stop_after=10, quiet=True) is None
+    edit(out / "checkpoint" / "optimizer.safetensors")
+    before = (out / "checkpoint" / "weights.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=message):
+        train("tiny", out, resume=True, quiet=True)
+    assert (out / "checkpoint" / "weights.safetensors").read_bytes() == before
+    assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: (c / "train" / "state.json").write_text("[" * 100_000 + "]" * 100_000),
+         "the cached corpus cannot be read"),
+        (lambda c: (c / "dataset_dict.json").write_text("{"), "the cached corpus cannot be read"),
+        (lambda c: shutil.rmtree(c / "heldout"), "the cached corpus cannot be read"),
+    ],
+)  # fmt: skip
+def test_a_damaged_corpus_cache_is_one_line_naming_it(tiny_run, tmp_path, damage, message):
+    """Found by a fuzz pass: a damaged cached corpus was a RecursionError traceback (the corpus
+    is read on every run, --resume too) or a line that named no file."""
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    assert train("tiny", out, stop_after=10, quiet=True) is None
+    (corpus,) = (out / "data").glob("corpus-v*")
+    damage(corpus)
+    with pytest.raises(ValueError, match=message) as info:
+        train("tiny", out, resume=True, quiet=True)
+    assert str(corpus) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_diverging_run_stops_before_replacing_its_last_checkpoint(tmp_path, monkeypatch):
+    """A NaN statistic ends the run at that step, in one line: the last good checkpoint stays
+    (a checkpoint of the diverged weights would replace it, and --resume would refuse it)."""
+    import torch
+
+    from toy_models.cli import UserError
+    from toy_models.resumable import ResumableRun
+
+    module = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW(module.parameters())
+    run = ResumableRun(tmp_path / "run", resume=False, outputs=(), window=5)
+    run.start({"x": 1}, module, opt, stats=("loss",))
+
+    def step_fn(step):
+        module(torch.ones(2)).sum().backward()
+        opt.step()
+        return {"loss": float("nan") if step == 6 else 1.0}
+
+    with pytest.raises(UserError, match="diverged at step 6 .* nothing after step 5 was saved"):
+        run.train(step_fn, 10, checkpoint_every=5, desc="x", quiet=True)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 5
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(tiny_run, tmp_path, monkeypatch):

@@ -183,9 +183,12 @@ def save_optimizer_atomic(optimizer: torch.optim.Optimizer, path: Path) -> None:
     save_state_atomic(tensors, path)
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int | None = None) -> None:
     """Restore what ``save_optimizer_atomic`` wrote into an optimizer built for the same
-    parameters, after checking every tensor's name, shape and dtype."""
+    parameters, after checking every tensor's name, shape and dtype, and its values: finite,
+    second moments not negative, and (``step``: the checkpoint's) each parameter's step count
+    a whole number of at most ``step``, the largest equal to it (every step updates some
+    parameter), so that the state cannot belong to another point of the run."""
     import torch
 
     tensors = read_tensors(path, "optimizer state")
@@ -210,9 +213,31 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     unexpected = sorted(set(tensors) - expected)
     if unexpected:
         raise ValueError(f"{path}: tensors for no parameter of this run: {unexpected[:3]}")
+    _check_optimizer_values(state, path, step)
     full = optimizer.state_dict()
     full["state"] = state
     optimizer.load_state_dict(full)
+
+
+def _check_optimizer_values(state: dict[int, dict], path: Path, step: int | None) -> None:
+    """The values ``load_optimizer`` checks (its docstring), naming the first one off."""
+    import torch
+
+    for index, slots in state.items():
+        for key, tensor in slots.items():
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{path}: state.{index}.{key} holds NaN or infinite values")
+        if (slots["exp_avg_sq"] < 0).any():
+            raise ValueError(f"{path}: state.{index}.exp_avg_sq holds negative values")
+        count = float(slots["step"])
+        if count != int(count) or count < 1 or (step is not None and count > step):
+            raise ValueError(f"{path}: state.{index}.step is {count:g}, not a step count of "
+                             f"this checkpoint (step {step})")  # fmt: skip
+    if step:
+        counts = [int(slots["step"]) for slots in state.values()]
+        if not counts or max(counts) != step:
+            raise ValueError(f"{path}: its state is of step {max(counts, default=0)}, the "
+                             f"checkpoint's of step {step}")  # fmt: skip
 
 
 # ----------------------------------------------------------------- JSON files

@@ -760,6 +760,35 @@ def examples(family: str, split: str, seed: int) -> Iterator[Example]:
         yield GENERATORS[family](rng, split)
 
 
+def _cached_corpus(path: Path, n_docs: dict[str, int]):
+    """A corpus cached by ``build_corpus``, refused in one line when it cannot be read or is
+    not that corpus's shape (splits, columns, document counts): a damaged cache is removed
+    and built again by the user, never trained on."""
+    import datasets
+
+    from .cli import one_line
+
+    try:
+        corpus = datasets.load_from_disk(str(path))
+        sizes = {split: len(corpus[split]) for split in CORPUS_SPLITS}
+        columns = {split: corpus[split].column_names for split in CORPUS_SPLITS}
+    except Exception as exc:  # datasets, Arrow and json raise their own types (RecursionError)
+        raise ValueError(f"{path}: the cached corpus cannot be read ({one_line(exc)[:200]}); "
+                         "remove it to build it again") from None  # fmt: skip
+    expected = {
+        split: sum(n if split == "train" else max(1, n // 10) for n in n_docs.values())
+        for split in CORPUS_SPLITS
+    }
+    if (
+        set(corpus) != set(CORPUS_SPLITS)
+        or sizes != expected
+        or any(sorted(c) != ["family", "text"] for c in columns.values())
+    ):
+        raise ValueError(f"{path}: the cached corpus is not this corpus ({sizes} documents, "
+                         f"expected {expected}); remove it to build it again")  # fmt: skip
+    return corpus
+
+
 def build_corpus(n_docs: dict[str, int], seed: int = 0, cache_dir: Path | None = None):
     """The corpus as a ``datasets.DatasetDict`` (``CORPUS_SPLITS``; columns family, text).
 
@@ -777,7 +806,7 @@ def build_corpus(n_docs: dict[str, int], seed: int = 0, cache_dir: Path | None =
     if cache_dir is not None:
         path = Path(cache_dir) / f"corpus-v{CORPUS_VERSION}-s{seed}-{key}"
         if path.exists():
-            return datasets.load_from_disk(str(path))
+            return _cached_corpus(path, n_docs)
 
     def rows(split: str) -> dict[str, list[str]]:
         family_col, text_col = [], []

@@ -127,7 +127,7 @@ class ResumableRun:
             diff = _first_difference(saved, identity)
             raise UserError(f"{self.checkpoint} belongs to another run ({diff})")
         load_checked(module, self.checkpoint / WEIGHTS_FILE, STATE_FILE)
-        load_optimizer(optimizer, self.checkpoint / OPTIMIZER_FILE)
+        load_optimizer(optimizer, self.checkpoint / OPTIMIZER_FILE, step)
         self.step, self.elapsed_s, self.recent = step, float(elapsed), recent[-self.window :]
 
     def save(self) -> None:
@@ -189,6 +189,13 @@ class ResumableRun:
                     t0 = time.perf_counter()
                     stats = step_fn(step)
                     self.elapsed_s += time.perf_counter() - t0
+                    if not all(math.isfinite(v) for v in stats.values()):
+                        # stop before a checkpoint of it replaces the last good one
+                        raise UserError(
+                            f"the run diverged at step {step} (a NaN or infinite statistic: "
+                            f"{stats}); nothing after step {self.saved_step()} was saved, and "
+                            "--resume would diverge again: start a new run"
+                        )
                     self.recent = [*self.recent, stats][-self.window :]
                     self.step = step + 1
                     if postfix is not None:

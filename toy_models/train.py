@@ -14,7 +14,6 @@ step, recent losses; see ``toy_models.resumable``), and at the end the final mod
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -134,6 +133,23 @@ def prepare_data(out: Path, entry, cfg: TrainConfig):
     return tokenizer, read_packed_rows(packed_path, vocab, n_ctx, cfg.batch_size)
 
 
+def _final_files_read(out: Path) -> bool:
+    """Whether a finished run's final model loads (config, tokenizer, weights: every check of
+    ``ToyTransformer.load``) and its config records the training figures ``main`` prints."""
+    from .checkpoint import CONFIG_FILE, read_json
+    from .model import ToyTransformer
+
+    try:
+        ToyTransformer.load(out)
+        meta = read_json(out / CONFIG_FILE)
+        return all(
+            isinstance(meta.get(k), int | float) and not isinstance(meta.get(k), bool)
+            for k in ("final_train_loss", "train_elapsed_s", "train_tokens_per_s")
+        )
+    except (OSError, ValueError):
+        return False
+
+
 def train(
     config_name: str,
     out: Path,
@@ -153,7 +169,7 @@ def train(
     ``stop_after`` ends the run early, as an interruption would, after the checkpoint at that
     step (it must be a multiple of ``checkpoint_every``); the function then returns None.
     """
-    from .checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+    from .checkpoint import TOKENIZER_FILE, WEIGHTS_FILE
     from .files import file_sha256
     from .resumable import ResumableRun
 
@@ -180,9 +196,10 @@ def train(
     model = ToyTransformer(model_cfg)
     opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     run.start({"config": config_name, "train": asdict(cfg)}, model, opt, stats=("loss",))
-    if run.step == cfg.steps and all((out / f).is_file() for f in (WEIGHTS_FILE, CONFIG_FILE)):
+    if run.step == cfg.steps and _final_files_read(out):
         return out  # a finished run: its final model and figures stand as written
-    # (a run stopped while writing them resumes here: no steps left, they are written again)
+    # (a run stopped while writing them, or whose final files were damaged since, resumes
+    # here: no steps left, they are written again from the last checkpoint)
 
     # 4) the loop: the batch at each step is a pure function of (seed, step)
     model.train()
@@ -258,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     final = train(
         args.config, args.out, resume=args.resume, steps=args.steps, lr=args.lr, seed=args.seed
     )
-    meta = json.loads((final / "config.json").read_text())
+    from .checkpoint import read_json
+
+    meta = read_json(final / "config.json")  # checked by train: written or verified
     print(
         f"trained {args.config}: final train loss {meta['final_train_loss']:.4f}, "
         f"{meta['train_elapsed_s']:.0f} s, {meta['train_tokens_per_s']} tokens/s -> {final}"

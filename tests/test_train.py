@@ -571,6 +571,23 @@ def test_a_damaged_corpus_cache_is_one_line_naming_it(tiny_run, tmp_path, damage
     assert str(corpus) in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_resume_on_other_cached_data_is_refused(tiny_run, tmp_path):
+    """Found by a fuzz pass: packed rows put in another order, or a tokenizer with two ids
+    swapped, resumed with exit 0 on data the checkpoint was not trained on. The checkpoint
+    records both files' SHA-256; a resume on others names the one that changed."""
+    from toy_models.cli import UserError
+
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    assert train("tiny", out, stop_after=10, quiet=True) is None
+    (packed,) = (out / "data").glob("packed-*.safetensors")
+    tensors = load_file(str(packed))
+    save_file({k: v.flip(0).contiguous() for k, v in tensors.items()}, str(packed))
+    with pytest.raises(UserError, match=r"belongs to another run \(data.packed_rows_sha256"):
+        train("tiny", out, resume=True, quiet=True)
+    save_file(tensors, str(packed))  # the rows it was trained on: it resumes
+    assert train("tiny", out, resume=True, quiet=True) == out
+
+
 def test_a_diverging_run_stops_before_replacing_its_last_checkpoint(tmp_path, monkeypatch):
     """A NaN statistic ends the run at that step, in one line: the last good checkpoint stays
     (a checkpoint of the diverged weights would replace it, and --resume would refuse it)."""

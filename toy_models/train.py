@@ -99,13 +99,15 @@ def data_identity(cfg: TrainConfig) -> dict:
 
 
 def prepare_data(out: Path, entry, cfg: TrainConfig):
-    """Corpus -> tokenizer -> packed token rows, each cached in the run directory.
+    """Corpus -> tokenizer -> packed token rows, each cached in the run directory; returns
+    them with the SHA-256 of both files (a checkpoint records them: a resume on other data is
+    refused).
 
     ``data/source.json`` records what they were built from (``data_identity``); a run whose
     corpus differs (another ``--seed``, say) is refused rather than trained on them."""
     from .checkpoint import TOKENIZER_FILE, read_json, save_state_atomic
     from .data import build_corpus, pack_sequences
-    from .files import write_json_atomic, write_text_atomic
+    from .files import file_sha256, write_json_atomic, write_text_atomic
     from .tokenizer import load_tokenizer, train_tokenizer
 
     data_dir = out / "data"
@@ -130,7 +132,10 @@ def prepare_data(out: Path, entry, cfg: TrainConfig):
         tokens, family = pack_sequences(corpus["train"], tokenizer, n_ctx)
         save_state_atomic({"tokens": tokens, "family": family}, packed_path)
     vocab = tokenizer.get_vocab_size()
-    return tokenizer, read_packed_rows(packed_path, vocab, n_ctx, cfg.batch_size)
+    rows = read_packed_rows(packed_path, vocab, n_ctx, cfg.batch_size)
+    files = {"tokenizer_sha256": file_sha256(tokenizer_path),
+             "packed_rows_sha256": file_sha256(packed_path)}  # fmt: skip
+    return tokenizer, rows, files
 
 
 def _final_files_read(out: Path) -> bool:
@@ -169,8 +174,7 @@ def train(
     ``stop_after`` ends the run early, as an interruption would, after the checkpoint at that
     step (it must be a multiple of ``checkpoint_every``); the function then returns None.
     """
-    from .checkpoint import TOKENIZER_FILE, WEIGHTS_FILE
-    from .files import file_sha256
+    from .checkpoint import WEIGHTS_FILE
     from .resumable import ResumableRun
 
     # 1) the configuration and the run directory, before any heavy work
@@ -188,14 +192,15 @@ def train(
 
     from .model import ModelConfig, ToyTransformer
 
-    tokenizer, rows = prepare_data(out, entry, cfg)
+    tokenizer, rows, data_files = prepare_data(out, entry, cfg)
 
     # 3) the model and its optimizer, restored from the checkpoint on --resume
     torch.manual_seed(cfg.seed)
     model_cfg = ModelConfig(d_vocab=tokenizer.get_vocab_size(), **entry.model)
     model = ToyTransformer(model_cfg)
     opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    run.start({"config": config_name, "train": asdict(cfg)}, model, opt, stats=("loss",))
+    identity = {"config": config_name, "train": asdict(cfg), "data": data_files}
+    run.start(identity, model, opt, stats=("loss",))
     if run.step == cfg.steps and _final_files_read(out):
         return out  # a finished run: its final model and figures stand as written
     # (a run stopped while writing them, or whose final files were damaged since, resumes
@@ -238,7 +243,7 @@ def train(
             "train_elapsed_s": round(run.elapsed_s, 1),
             "train_tokens_per_s": round(tokens_seen / max(run.elapsed_s, 1e-9)),
             "final_train_loss": run.mean("loss"),
-            "tokenizer_sha256": file_sha256(out / TOKENIZER_FILE),
+            "tokenizer_sha256": data_files["tokenizer_sha256"],
             "untrained_tokens": untrained_tokens(
                 rows, cfg.steps, cfg.batch_size, cfg.seed, model_cfg.d_vocab
             ),

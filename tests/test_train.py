@@ -531,7 +531,10 @@ def _edit_optimizer(edit):
         (_edit_optimizer(lambda t: t["state.1.exp_avg_sq"].view(-1).__setitem__(0, -1.0)),
          "state.1.exp_avg_sq holds negative values"),
         (_edit_optimizer(lambda t: t["state.0.step"].fill_(2.5)), "state.0.step is 2.5"),
-        (_edit_optimizer(lambda t: [t.pop(k) for k in list(t)]), "its state is of step 0"),
+        (_edit_optimizer(lambda t: [t.pop(k) for k in list(t)]), "no state for parameter 0"),
+        (_edit_optimizer(lambda t: [t.pop(f"state.3.{k}") for k in ("step", "exp_avg",
+                                                                 "exp_avg_sq")]),
+         "no state for parameter 3 at step 10"),
     ],
 )  # fmt: skip
 def test_a_damaged_optimizer_state_is_refused_and_the_checkpoint_kept(

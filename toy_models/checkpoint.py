@@ -197,6 +197,8 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int | Non
         names = {key: f"state.{index}.{key}" for key in OPTIMIZER_STATE_KEYS}
         present = [key for key, name in names.items() if name in tensors]
         if not present:
+            if step:  # the project's trainers put every parameter in the loss from step 1
+                raise ValueError(f"{path}: no state for parameter {index} at step {step}")
             continue  # a parameter that never had a gradient has no state
         if len(present) != len(names):
             raise ValueError(f"{path}: incomplete state of parameter {index} ({present})")

@@ -253,6 +253,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     targets = _targets(args, tokenizer)
 
     t0 = time.perf_counter()
+    _check_replacement_runs(replacement, tokens)
     run = run_prompt(replacement, tokens, args.mode, constants=args.constants)
     if args.vs_runner_up:
         targets = _targets(args, tokenizer, run.logits[-1])
@@ -382,6 +383,19 @@ def _given_file(args, path: Path, replacement, tokenizer):
         return None
     dash = read_file(path, replacement, tokenizer)
     return dash if dash.finished and dash.meta["mode"] == args.mode else None
+
+
+def _check_replacement_runs(replacement, tokens) -> None:
+    """Refuse a replacement set whose weights load (finite) but overflow in use on this
+    prompt: its fully sparsified logits are not finite. In local mode the error nodes would
+    absorb the overflow and every edge of the graph would be enormous and meaningless."""
+    import torch
+
+    with torch.no_grad():
+        logits = replacement(torch.as_tensor(tokens)[None], mode="sparse")
+    if not torch.isfinite(logits).all():
+        raise UserError("the replacement set's weights overflow on this prompt (its fully "
+                        "sparsified logits are not finite); nothing written")  # fmt: skip
 
 
 def summary(full, graph, scores, timings, labels=None) -> str:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 EVAL_SEED = 4242
+MAX_BATCHES = 10_000  # held-out batches of 16 rows a command line may ask for
+MAX_DOCS = 10_000  # probe documents per family
 
 
 def _no_grad(fn):
@@ -261,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=100, help="documents per family (probes)")
     parser.add_argument("--json", type=path_arg, help="also write the results here as JSON")
     args = parser.parse_args(argv)
-    if args.batches <= 0 or args.docs <= 0:
-        raise UserError("--batches and --docs must be positive")
+    if not (1 <= args.batches <= MAX_BATCHES and 1 <= args.docs <= MAX_DOCS):
+        # a huge count would build its batches for hours (or run out of memory) without a word
+        raise UserError(f"--batches must be between 1 and {MAX_BATCHES} and --docs between 1 "
+                        f"and {MAX_DOCS}, got {args.batches} and {args.docs}")  # fmt: skip
     from toy_models.checkpoint import RECORD_FILE, model_files
     from toy_models.files import check_not_input, check_writable_file, write_json_atomic
     from toy_models.zoo import resolve_model_dir

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from toy_models import files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +100,25 @@ def test_a_killed_writers_temp_file_goes_and_a_live_ones_stays(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_link_device_or_fifo_in_the_way_is_never_replaced(tmp_path):
+    """Found by a fuzz pass: the atomic write renamed its temp file over whatever stood at the
+    path, so ``--json /dev/null`` (as root) would have replaced the device, a FIFO became a
+    file and a symbolic link was replaced instead of written through. Now refused, untouched."""
+    from toy_models.cli import UserError
+    from toy_models.files import WriteError, check_writable_file, write_json_atomic
+
+    fifo, link, target = tmp_path / "fifo", tmp_path / "link", tmp_path / "target"
+    os.mkfifo(fifo)
+    target.write_text("kept")
+    link.symlink_to(target)
+    for path, what in ((fifo, "not a regular file"), (link, "a symbolic link")):
+        with pytest.raises(WriteError, match=what):
+            write_json_atomic(path, {"a": 1})
+        with pytest.raises(UserError, match=what):
+            check_writable_file(path, "--json")
+    assert fifo.is_fifo() and link.is_symlink() and target.read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link", "target"]
+    write_json_atomic(target, {"a": 1})  # a regular file is replaced as before
+    assert target.read_text().startswith("{")

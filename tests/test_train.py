@@ -356,6 +356,7 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
         ("toy_models.evaluate", ["--help"]),
         ("toy_models.evaluate", ["--model", "gpt5"]),
         ("toy_models.evaluate", ["--docs", "0"]),
+        ("toy_models.evaluate", ["--docs", str(10**20)]),  # would run for ever
         ("toy_models.evaluate", ["--json", str(a_dir)]),
         ("toy_models.evaluate", ["--json", "/proc/x/eval.json"]),
         ("toy_models.ship", ["--help"]),
@@ -368,6 +369,8 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
         ("replacement.train", ["--out", str(a_file)]),
         ("replacement.evaluate", ["--help"]),
         ("replacement.evaluate", ["--replacement", shipped, "--batches", "0"]),
+        ("replacement.evaluate", ["--replacement", shipped, "--batches", str(10**9)]),
+        ("replacement.evaluate", ["--replacement", shipped, "--docs", str(10**12)]),
         ("replacement.evaluate", ["--replacement", str(a_dir)]),
         ("replacement.evaluate", ["--replacement", shipped, "--json", str(a_dir)]),
         ("replacement.ship", ["--help"]),
@@ -401,6 +404,28 @@ def test_a_failed_ship_keeps_the_earlier_entry_and_leaves_nothing(tiny_run, tmp_
         ship.ship(tiny_run, "tiny", dest_root=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+
+
+def test_two_ships_of_one_name_fill_their_own_directories(tiny_run, tmp_path, monkeypatch):
+    """Found by a fuzz pass: two ships of one name at once shared ``.NAME.tmp``, each emptying
+    it, so the entry could hold the failed run's files while the other said it shipped. Each
+    shipper fills its own (``temp_path``); one a killed shipper left goes at the next ship."""
+    import subprocess
+    import sys
+
+    from toy_models import files, ship
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp_path / f".tiny.{files._HOST}-{int(done.stdout)}-0123abcd.tmp"
+    (dead / "half").mkdir(parents=True)
+    used, real = [], files.fresh_directory
+    monkeypatch.setattr(files, "fresh_directory", lambda p: (used.append(p), real(p))[1])
+    ship.ship(tiny_run, "tiny", dest_root=tmp_path)
+    ship.ship(tiny_run, "tiny", dest_root=tmp_path)
+    assert len(used) == 2 and used[0] != used[1]
+    assert all(p.name.startswith(f".tiny.{files._HOST}-{os.getpid()}-") for p in used)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # the dead one's gone too
 
 
 # ----------------------------------------------------------------- untrained tokens

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 EVAL_SEED = 12345
 EVAL_SPLITS = ("heldout", "heldout_forms")
 SPLIT_LABELS = {"heldout": "instances", "heldout_forms": "forms"}
+MAX_DOCS = 10_000  # documents per family and split a command line may ask for
 
 # The targets: (result path in a split's probes, comparison, threshold per split).
 TARGETS: dict[str, tuple[tuple[str, str], str, dict[str, float]]] = {
@@ -729,8 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=path_arg, help="also write the results here as JSON")
     args = parser.parse_args(argv)
-    if args.docs <= 0:
-        raise ValueError(f"--docs must be positive, got {args.docs}")
+    if not 1 <= args.docs <= MAX_DOCS:  # a huge count would run for ever without a word
+        raise ValueError(f"--docs must be between 1 and {MAX_DOCS}, got {args.docs}")
     from .checkpoint import model_files
     from .files import check_not_input, check_writable_file, write_json_atomic
     from .zoo import load_pretrained, resolve_model_dir

@@ -11,6 +11,7 @@ bytes; a temp file that a killed writer left is removed by the next save of that
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -55,17 +56,20 @@ def _writer_alive(pid: int) -> bool:
 
 
 def remove_dead_temps(path: Path) -> None:
-    """Remove the temp files of ``path`` that writers on this machine left when they were
-    killed (no handler ran; their process is gone). A temp file of a live writer, of this
-    process or of another machine is never touched; a process id reused since leaves its
-    file in place, which costs disk only."""
+    """Remove the temp files (or directories: ``ship_directory``'s) of ``path`` that writers
+    on this machine left when they were killed (no handler ran; their process is gone). A
+    temp file of a live writer, of this process or of another machine is never touched; a
+    process id reused since leaves its file in place, which costs disk only."""
     pattern = re.compile(re.escape(path.name) + rf"\.{_HOST}-(\d+)-[0-9a-f]{{8}}\.tmp")
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
             found = pattern.fullmatch(entry.name)
             if found and not _writer_alive(int(found[1])):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -219,9 +223,13 @@ def check_writable_dir(path: Path, flag: str = "--out") -> None:
 
 def check_writable_file(path: Path, flag: str) -> None:
     """Refuse now an output file that could not be written (a directory in its place, a
-    parent that cannot hold files), creating its missing parent directories."""
+    symbolic link, a device or a FIFO, which the atomic write would replace, a parent that
+    cannot hold files), creating its missing parent directories."""
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a directory")
+    reason = _unreplaceable(path)
+    if reason:
+        raise UserError(f"{flag} {path}: {reason}")
     reason = _cannot_write_in(path.parent)
     if reason:
         raise UserError(f"{flag} {path}: cannot write there ({reason})")
@@ -237,14 +245,34 @@ def check_not_input(path: Path, inputs: list[Path], flag: str) -> None:
                             "this run reads; write the results elsewhere")  # fmt: skip
 
 
+def _unreplaceable(path: Path) -> str | None:
+    """Why a rename must not replace what stands at ``path`` (None: nothing, or a regular
+    file): it would replace a link rather than write through it, or a device or FIFO."""
+    if path.is_symlink():
+        return "is a symbolic link; name a new or regular file"
+    if path.exists() and not path.is_file():
+        return "is not a regular file; name a new or regular file"
+    return None
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse (``WriteError``) a file in ``path``'s place that a rename must not replace."""
+    reason = _unreplaceable(path)
+    if reason:
+        raise WriteError(errno.EEXIST, f"it {reason}", str(path))
+
+
 def replace_atomic(path: str | Path, write) -> None:
     """Create ``path`` atomically when another library writes the bytes: ``write(tmp)`` fills
     a temp file beside it (this writer's own, ``temp_path``), which then replaces ``path``. On
     any failure the temp file is removed and ``path`` is untouched; an OSError becomes a
     ``WriteError``. Temp files that killed writers left beside ``path`` go first
     (``remove_dead_temps``). Writers of one file at once each put a whole version in place,
-    the last to finish winning."""
+    the last to finish winning. A ``path`` that is a symbolic link, a device, a FIFO or
+    anything else but a regular file is refused: the rename would replace it (``/dev/null``
+    itself, for root), not write through it."""
     path = Path(path)
+    _check_replaceable(path)
     remove_dead_temps(path)
     tmp = temp_path(path)
     try:

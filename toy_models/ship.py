@@ -24,21 +24,26 @@ SHIPPED_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 def ship_directory(
     dest_root: Path, name: str, write: Callable[[Path], None], record: Callable[[Path], dict]
 ) -> Path:
-    """Ship ``dest_root/name`` whole: ``write(tmp)`` fills a fresh directory beside it,
+    """Ship ``dest_root/name`` whole: ``write(tmp)`` fills a fresh directory beside it (this
+    shipper's own, ``temp_path``: two ships of one name at once never fill one directory),
     ``record(tmp)`` measures what the written files give, and the record (those figures plus
     the SHA-256 of every file) is added before the directory replaces any earlier entry. A
-    failure leaves the earlier entry as it was and no temporary directory behind."""
+    failure leaves the earlier entry as it was and no temporary directory behind; one that a
+    killed shipper left goes at the next ship (``remove_dead_temps``)."""
     from .checkpoint import RECORD_FILE
     from .files import (
         check_writable_dir,
         file_sha256,
         fresh_directory,
+        remove_dead_temps,
         swap_directory,
+        temp_path,
         write_json_atomic,
     )
 
     check_writable_dir(dest_root, "zoo directory")
-    with fresh_directory(dest_root / f".{name}.tmp") as tmp:
+    remove_dead_temps(dest_root / f".{name}")
+    with fresh_directory(temp_path(dest_root / f".{name}")) as tmp:
         write(tmp)
         figures = record(tmp)
         hashes = {f.name: file_sha256(f) for f in sorted(tmp.iterdir())}

@@ -250,7 +250,7 @@ def _unreplaceable(path: Path) -> str | None:
     file): it would replace a link rather than write through it, or a device or FIFO."""
     if path.is_symlink():
         return "is a symbolic link; name a new or regular file"
-    if path.exists() and not path.is_file():
+    if path.exists() and not path.is_file() and not path.is_dir():  # a directory: the OS says
         return "is not a regular file; name a new or regular file"
     return None
 

@@ -10,7 +10,10 @@ With dashboards, circuit-tracer's feature files and viewer index are written bes
 The files are a set: they are written into a staging directory inside ``out`` first and moved
 into place (renames, which need no space) only when all of them are written, so a run that
 fails while writing (a full disk) leaves an earlier run's set as it was, never a mix of two
-prompts' files (only a kill inside the few renames could). Outputs of an earlier run that
+prompts' files (only a kill inside the few renames could). Two runs writing into one
+directory at once would share the staging directory, so a run holds ``out/.writing.lock``
+(its process id) while it writes; another finds it and is refused in one line (a killed
+run's lock is taken over). Outputs of an earlier run that
 this run does not write again (a render in another format, ``full_graph.safetensors``,
 feature files, ``mechanisms.json``) are removed then, so a reused directory never shows a
 stale file beside a new graph; nothing else in ``out`` is touched (``OUTPUT_NAMES``).
@@ -18,16 +21,24 @@ stale file beside a new graph; nothing else in ``out`` is touched (``OUTPUT_NAME
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from circuits.graph import Graph
 from circuits.neuronpedia import to_json
-from toy_models.files import WriteError, fresh_directory, swap_directory, write_json_atomic
+from toy_models.files import (
+    WriteError,
+    fresh_directory,
+    process_alive,
+    swap_directory,
+    temp_path,
+    write_json_atomic,
+)
 
 from .feature_files import FEATURES_DIR, INDEX_FILE, write_feature_files
 from .graphviz import (
@@ -46,6 +57,7 @@ GRAPH_FILE = "graph.safetensors"
 FULL_GRAPH_FILE = "full_graph.safetensors"
 MECHANISMS_FILE = "mechanisms.json"  # the trace's summary (``circuits.trace`` writes it)
 STAGING_DIR = ".writing"  # inside ``out``: the set being written, moved into place when whole
+LOCK_FILE = ".writing.lock"  # inside ``out``: the process id of the run writing there
 
 
 # Every name a run's output set can hold in ``out``; nothing else there is ever touched (the
@@ -91,7 +103,7 @@ def write_graph_outputs(
     out.mkdir(parents=True, exist_ok=True)
     stage = out / STAGING_DIR
     try:
-        with fresh_directory(stage):
+        with _writing_lock(out), fresh_directory(stage):
             result = _write_set(graph, stage, out, formats, full, dashboards, feature_files,
                                 mechanisms)  # fmt: skip
             if also is not None:
@@ -104,6 +116,37 @@ def write_graph_outputs(
         raise
     result.paths = [out / path.relative_to(stage) for path in result.paths]
     return result
+
+
+@contextlib.contextmanager
+def _writing_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/LOCK_FILE`` while this run writes its set there (module docstring)."""
+    lock, mine = out / LOCK_FILE, temp_path(out / LOCK_FILE)
+    mine.write_text(str(os.getpid()))  # linked into place whole: never read half-written
+    try:
+        for _ in range(2):
+            try:
+                os.link(mine, lock)
+                break
+            except FileExistsError:
+                try:
+                    owner = int(lock.read_text())
+                except (OSError, ValueError):
+                    owner = 0  # unreadable: not a lock this code wrote
+                if owner > 0 and owner != os.getpid() and process_alive(owner):
+                    raise WriteError(errno.EBUSY, f"another run (process {owner}) is writing "
+                                     "its graph there; wait for it or choose another --out",
+                                     str(out)) from None  # fmt: skip
+                lock.unlink(missing_ok=True)  # a killed run's: taken over
+        else:
+            raise WriteError(errno.EBUSY, "another run took the lock at the same moment",
+                             str(out))  # fmt: skip
+    finally:
+        mine.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _move_into_place(stage: Path, out: Path) -> list[str]:

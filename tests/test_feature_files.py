@@ -292,3 +292,35 @@ def test_a_run_that_fails_half_way_leaves_the_earlier_set_whole(traced, tmp_path
         write_graph_outputs(graph, out, [], dashboards=None)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == {k: v for k, v in before.items() if k.name != "graph.html"}
+
+
+def test_two_runs_never_write_into_one_directory_at_once(traced, tmp_path):
+    """Found by a fuzz pass: two traces into one --out shared its staging directory, each
+    removing the other's files, and both said they wrote graph.json that was not there. A run
+    holds ``.writing.lock`` while it writes: another live run's lock is refused in one line
+    (nothing touched), a killed run's is taken over, and none is left behind."""
+    import subprocess
+    import sys
+
+    from reports.outputs import LOCK_FILE
+    from toy_models.files import WriteError
+
+    graph, views = traced
+    out = tmp_path / "t"
+    write_graph_outputs(graph, out, [], dashboards=views)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_FILE).write_text(str(live.pid))
+        with pytest.raises(WriteError, match=f"another run .process {live.pid}. is writing"):
+            write_graph_outputs(graph, out, [], dashboards=views)
+        after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+        assert after == before
+    finally:
+        live.kill()
+        live.wait()
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    (out / LOCK_FILE).write_text(done.stdout)  # a killed run's lock
+    write_graph_outputs(graph, out, [], dashboards=views)
+    assert not (out / LOCK_FILE).exists() and not list(out.glob(f"{LOCK_FILE}*"))

@@ -720,6 +720,9 @@ def test_successor_probes_follow_the_spans(tokenizer):
         (["--out", "{file}"], "exists and is not a directory"),
         (["--out", "{file}/heads"], "cannot write there"),
         (["--out", "/proc/heads"], "cannot write there"),
+        # a model's or a replacement set's own folder (found by a fuzz pass)
+        (["--out", "replacement/zoo/default"], "holds a replacement set (replacement.json)"),
+        (["--out", "toy_models/zoo/default"], "holds a model (config.json)"),
     ],
 )
 def test_cli_bad_input(args, match, tmp_path, fresh_cli):

@@ -406,6 +406,19 @@ def test_a_failed_ship_keeps_the_earlier_entry_and_leaves_nothing(tiny_run, tmp_
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
 
 
+def test_a_foreign_tokenizer_is_named_where_it_is_before_shipping(tiny_run, tmp_path):
+    """Found by a fuzz pass: the error named the ship's temporary copy, which no longer exists."""
+    from toy_models import ship
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.copyfile(ROOT / "toy_models" / "zoo" / "default" / "tokenizer.json",
+                    run / "tokenizer.json")  # fmt: skip
+    with pytest.raises(ValueError, match=f"^{run / 'tokenizer.json'}: vocabulary of"):
+        ship.ship(run, "tiny", dest_root=tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists() or not any((tmp_path / "zoo").iterdir())
+
+
 def test_two_ships_of_one_name_fill_their_own_directories(tiny_run, tmp_path, monkeypatch):
     """Found by a fuzz pass: two ships of one name at once shared ``.NAME.tmp``, each emptying
     it, so the entry could hold the failed run's files while the other said it shipped. Each

@@ -91,11 +91,13 @@ def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
     import torch
 
     from .checkpoint import CONFIG_FILE, TOKENIZER_FILE, read_json
-    from .model import ToyTransformer
+    from .zoo import load_pretrained
 
     if name not in CONFIGS:
         raise UserError(f"unknown zoo name {name!r}; known: {', '.join(sorted(CONFIGS))}")
-    model = ToyTransformer.load(run_dir)
+    # the model with its tokenizer, as a user will load the entry: a damaged or foreign
+    # tokenizer is named where it is, not under the ship's temporary copy
+    model, _ = load_pretrained(str(run_dir))
     meta = read_json(run_dir / CONFIG_FILE)
     meta.pop("model")
     trained_as = meta.get("zoo_config")

@@ -80,6 +80,13 @@ def check_args(args: argparse.Namespace) -> None:
     if not 1 <= args.draws <= MAX_DRAWS:
         raise UserError(f"--draws must be between 1 and {MAX_DRAWS}, got {args.draws}")
     resolve_model_dir(args.model)
+    from replacement.train import SET_FILE
+    from toy_models.checkpoint import CONFIG_FILE
+
+    for marker, what in ((SET_FILE, "a replacement set"), (CONFIG_FILE, "a model")):
+        if (args.out / marker).is_file():  # the report's files would land among its own
+            raise UserError(f"--out {args.out}: holds {what} ({marker}); write the report "
+                            "elsewhere")  # fmt: skip
     check_writable_dir(args.out)
 
 

@@ -97,6 +97,19 @@ def make_replacement():
     return random_replacement
 
 
+@pytest.fixture
+def overflowing_set(tiny_run, tiny_pretrained, tmp_path):
+    """A replacement set of the tiny model whose weights are finite (they load) but overflow in
+    use (a transcoder x1e30), saved in ``tmp_path / "huge"``: its path."""
+    model, _ = tiny_pretrained
+    rep = random_replacement(model, n_qk=2, n_ov=16, lorsa_k=4)
+    with torch.no_grad():
+        for p in rep.transcoders[0].parameters():
+            p.mul_(1e30)
+    rep.save(tmp_path / "huge", str(tiny_run))
+    return tmp_path / "huge"
+
+
 # ----------------------------------------------------------------- CLIs in this process
 @pytest.fixture
 def cli(capsys):

@@ -830,20 +830,12 @@ def test_a_few_docs_cap_the_default_truth_docs(tmp_path):
 
 
 def test_a_set_whose_weights_overflow_is_one_line_and_writes_nothing(
-    tiny_run, tiny_pretrained, make_replacement, tmp_path, fresh_cli
+    tiny_run, overflowing_set, tmp_path, fresh_cli
 ):
     """Finite weights load, but x1e30 overflows in use: every figure would be NaN (heads.json
     once held them); one line saying so, before the family tests, and no report."""
-    import torch
-
-    model, _ = tiny_pretrained
-    rep = make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4)
-    with torch.no_grad():
-        for p in rep.transcoders[0].parameters():
-            p.mul_(1e30)
-    rep.save(tmp_path / "huge", str(tiny_run))
     out = tmp_path / "heads"
-    args = ["--model", str(tiny_run), "--replacement", str(tmp_path / "huge"), "--out",
+    args = ["--model", str(tiny_run), "--replacement", str(overflowing_set), "--out",
             str(out), "--docs", "2", "--no-truth", "--draws", "2", "--quiet",
             "--no-induction-circuit"]  # fmt: skip
     code, _, stderr = fresh_cli("reports.heads", args)

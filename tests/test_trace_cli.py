@@ -177,21 +177,13 @@ def test_bad_input(tmp_path, capsys, args, message):
 
 
 def test_a_set_whose_weights_overflow_in_use_is_refused(
-    tiny_run, tiny_pretrained, make_replacement, tmp_path, capsys
+    tiny_run, overflowing_set, tmp_path, capsys
 ):
     """Found by a fuzz pass: finite weights that overflow in use gave, in local mode, a graph
     of edges near 1e35 (the error nodes absorbing the overflow) written with exit 0."""
-    import torch
-
-    model, _ = tiny_pretrained
-    rep = make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4)
-    with torch.no_grad():
-        for p in rep.transcoders[0].parameters():
-            p.mul_(1e30)
-    rep.save(tmp_path / "huge", str(tiny_run))
     out = tmp_path / "never"
     code, _, err = trace(capsys, "--prompt", "ab", "--model", str(tiny_run), "--replacement",
-                         str(tmp_path / "huge"), "--out", str(out))  # fmt: skip
+                         str(overflowing_set), "--out", str(out))  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and "weights overflow on this prompt" in err, err
     assert not out.exists()
 

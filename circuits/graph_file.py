@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from toy_models.checkpoint import content_sha256, save_state_atomic
+from toy_models.checkpoint import check_content_sha256, content_sha256, save_state_atomic
 from toy_models.cli import one_line
 from toy_models.records import parse_json
 
@@ -188,8 +188,10 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     when the checksum was just computed from these very tensors (``save_graph``)."""
     header = _header(metadata)
     if check_sha:
-        _require(header.get("sha256") == content_sha256(tensors, header), "sha256",
-                 "the tensors or header do not match its checksum (damaged)")  # fmt: skip
+        try:
+            check_content_sha256(tensors, header)
+        except ValueError as exc:
+            raise _Bad("sha256", str(exc)) from None
     n_layers = _typed(header, "n_layers", int)
     _require(1 <= n_layers <= MAX_LAYERS, "n_layers", f"{n_layers} is outside 1..{MAX_LAYERS}")
     _require("kind" in tensors and tensors["kind"].ndim == 1, "kind", "missing or not 1-D")

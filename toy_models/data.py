@@ -760,6 +760,12 @@ def examples(family: str, split: str, seed: int) -> Iterator[Example]:
         yield GENERATORS[family](rng, split)
 
 
+def split_docs(n: int, split: str) -> int:
+    """A family's documents in ``split`` of a corpus of ``n`` training documents: the
+    held-out split gets a tenth as many (at least one)."""
+    return n if split == "train" else max(1, n // 10)
+
+
 def _cached_corpus(path: Path, n_docs: dict[str, int]):
     """A corpus cached by ``build_corpus``, refused in one line when it cannot be read or is
     not that corpus's shape (splits, columns, document counts): a damaged cache is removed
@@ -776,8 +782,7 @@ def _cached_corpus(path: Path, n_docs: dict[str, int]):
         raise ValueError(f"{path}: the cached corpus cannot be read ({one_line(exc)[:200]}); "
                          "remove it to build it again") from None  # fmt: skip
     expected = {
-        split: sum(n if split == "train" else max(1, n // 10) for n in n_docs.values())
-        for split in CORPUS_SPLITS
+        split: sum(split_docs(n, split) for n in n_docs.values()) for split in CORPUS_SPLITS
     }
     if (
         set(corpus) != set(CORPUS_SPLITS)
@@ -812,7 +817,7 @@ def build_corpus(n_docs: dict[str, int], seed: int = 0, cache_dir: Path | None =
         family_col, text_col = [], []
         for family, n in n_docs.items():
             stream = examples(family, split, seed)
-            for _ in range(n if split == "train" else max(1, n // 10)):
+            for _ in range(split_docs(n, split)):
                 family_col.append(family)
                 text_col.append(next(stream).text)
         return {"family": family_col, "text": text_col}

@@ -312,6 +312,27 @@ def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> 
     }
 
 
+def key_flows(graph: Graph, h: np.ndarray, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the Lorsa heads ``heads`` (node indices) bring to a target from each key position:
+    ``(carried, own)``, ``carried[i, k] = h[m] sum_{s at k} edges[m, s]`` for ``m = heads[i]``
+    and ``own[i] = h[m] bias[m]``. A head's activation is ``sum_k A[q, k] x_k . w_v`` plus its
+    constant term, and every edge into it comes from the residual stream at one key position
+    (``circuits.attribution._lorsa_edges``), so its flow ``h[m] activation[m]`` splits exactly
+    into ``carried[i].sum() + own[i]``: the flow of the z-pattern, position by position. A
+    head is grouped and drawn by the key it attends to most (``attends``); ``carried`` says
+    which keys its contribution comes from, and a head reading two places splits between them."""
+    heads = np.asarray(heads, dtype=np.int64)
+    n_pos = len(graph.tokens)
+    carried = np.zeros((len(heads), n_pos))
+    if len(heads):
+        block = graph.edges[heads].tocoo()
+        cell = block.row.astype(np.int64) * n_pos + graph.pos.numpy()[block.col]
+        sums = np.bincount(cell, block.data.astype(np.float64), minlength=len(heads) * n_pos)
+        carried = sums.reshape(len(heads), n_pos) * h[heads, None]
+    own = h[heads] * graph.bias.double().numpy()[heads]
+    return carried, own
+
+
 def top_paths(
     view: GroupedGraph,
     target: int,

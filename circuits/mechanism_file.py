@@ -156,11 +156,27 @@ class EffectCheck:
 
 
 @dataclass
+class TokenShare:
+    """A position's part of a flow into a target (``token``: the prompt's token there). In a
+    target's ``tokens_by_position``: what the token embedding at ``pos`` carries, its exact
+    flow through the frozen linear graph; in ``moved_by_position`` and a head group's
+    ``carried``: what heads bring from the residual stream at key position ``pos``."""
+
+    pos: int
+    token: str
+    flow: float
+
+
+@dataclass
 class GroupRecord:
     """A group of the summary: ``key`` (``g0``, ``g1``, ... within this summary), ``name`` (for
     people), the structure its members share, its members (ids; ``in_pruned`` those the pruned
     graph keeps), ``flow`` per target node id, the tokens its strongest member promotes, the QK
-    reasons of its heads and its ablation checks."""
+    reasons of its heads and its ablation checks. ``carried`` (head groups): per target node
+    id, the key positions its flow comes from (``circuits.flows.key_flows``: the flow of its
+    z-pattern, position by position; the ``CARRIED`` largest |flow| first; the rest of its
+    flow comes from other keys and the heads' constant terms). A head group is named by the key
+    its heads attend to most (``attends``); ``carried`` says what it brings from each."""
 
     key: str
     name: str
@@ -177,6 +193,7 @@ class GroupRecord:
     promotes: list[str] = field(default_factory=list)
     qk: list[QKReasonRecord] = field(default_factory=list)
     checks: list[EffectCheck] = field(default_factory=list)
+    carried: dict[str, list[TokenShare]] = field(default_factory=dict)
 
 
 @dataclass
@@ -192,16 +209,6 @@ class PathRecord:
 
 
 @dataclass
-class TokenShare:
-    """The part of a target's ``tokens`` that the token embedding at ``pos`` carries (``token``
-    its text): its exact flow into the target through the frozen linear graph."""
-
-    pos: int
-    token: str
-    flow: float
-
-
-@dataclass
 class TargetRecord:
     """A target: a logit (or logit difference), or a head or feature (``kind``; ``token`` its
     name, ``value`` its pre-activation, no probability or runner-up); its value split exactly
@@ -211,7 +218,12 @@ class TargetRecord:
     position of the token that carries it (largest |flow| first, summing to ``tokens``: which
     tokens of the prompt the target comes from); the runner-up token and the margin over it; the
     predicting head group (a group key) and the ``HEAD_GROUPS`` head groups at the target's
-    position ranked as it was chosen (positive flows first, largest first)."""
+    position ranked as it was chosen (positive flows first, largest first). ``heads_flow``:
+    the summed flow of every Lorsa head at the target's position (the target itself left
+    out); ``moved_by_position`` splits it by the key position each part comes from (largest
+    |flow| first, every position that brings any), ``heads_own`` the heads' constant terms,
+    so that the two sum to ``heads_flow`` (``circuits.flows.key_flows``): which places the
+    attention at this position brings the prediction from, whichever group holds the heads."""
 
     node: str
     token: str
@@ -229,6 +241,9 @@ class TargetRecord:
     head_groups: list[str] = field(default_factory=list)
     tokens_by_position: list[TokenShare] = field(default_factory=list)
     kind: str = "logit"  # or the kind of a head or feature target ("lorsa", "transcoder")
+    heads_flow: float = 0.0
+    heads_own: float = 0.0
+    moved_by_position: list[TokenShare] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -290,13 +305,10 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         if t.tokens_by_position:
             shares = t.tokens_by_position
             _closes(sum(x.flow for x in shares), t.tokens, f"{where}.tokens_by_position")
-            _expect(len({x.pos for x in shares}) == len(shares), f"{where}: a position twice")
-            for x in shares:
-                inside = 0 <= x.pos < len(summary.tokens)
-                _expect(
-                    inside and summary.tokens[x.pos] == x.token,
-                    f"{where}.tokens_by_position: position {x.pos} is not token {x.token!r}",
-                )
+            _at_tokens(shares, summary.tokens, f"{where}.tokens_by_position")
+        moved = t.moved_by_position
+        _closes(sum(x.flow for x in moved) + t.heads_own, t.heads_flow, f"{where}: heads' flow")
+        _at_tokens(moved, summary.tokens, f"{where}.moved_by_position")
         for p in (t.probability, t.runner_up_probability):
             _expect(p is None or 0 <= p <= 1, f"{where}: a probability outside [0, 1]")
     for i, g in enumerate(summary.groups):
@@ -304,6 +316,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
         _expect(set(g.flow) <= targets, f"{where}.flow: a flow into a node that is no target")
         _expect({c.target for c in g.checks} <= targets, f"{where}.checks: an unknown target")
+        _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
+        for shares in g.carried.values():
+            _at_tokens(shares, summary.tokens, f"{where}.carried")
         for j, r in enumerate(g.qk):
             parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
             _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
@@ -313,6 +328,17 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(p.target in targets and set(p.groups) <= set(keys), f"{where}: unknown names")
         _expect(len(p.hops) == len(p.groups), f"{where}: one hop per group")
     return summary
+
+
+def _at_tokens(shares: list[TokenShare], tokens: list[str], where: str) -> None:
+    """Flows by position: each position once, each holding the token the share names."""
+    _expect(len({x.pos for x in shares}) == len(shares), f"{where}: a position twice")
+    for x in shares:
+        inside = 0 <= x.pos < len(tokens)
+        _expect(
+            inside and tokens[x.pos] == x.token,
+            f"{where}: position {x.pos} is not token {x.token!r}",
+        )
 
 
 def _expect(ok: bool, problem: str) -> None:

@@ -15,6 +15,13 @@ pre-activation):
   largest positive flow (else any positive flow, else the largest |flow|): the heads that
   move what is predicted. The other head groups there follow by flow (``head_groups``), so a
   group that reads the current token itself shows with its weight.
+- **keys.** What the Lorsa heads at the target's position bring from each key position
+  (``circuits.flows.key_flows``: each head's flow split exactly by its z-pattern,
+  ``A[q, k] x_k w_v``), summed over all of them (``TargetRecord.moved_by_position``) and per
+  head group (``GroupRecord.carried``). A head group is named by the key its heads attend to
+  most; a head that reads two places brings from both, and this says how much from each
+  (on ``If today is Wednesday, then tomorrow is``, the heads named for ` tomorrow` bring
+  a third of their flow from ` Wednesday`).
 - **groups.** The summary's groups (the predicting head groups, the groups on the top paths,
   then the largest flows) with the structure that reads them: where a head group attends and
   why (``QKReason`` of each of its QK heads at that key: both sides' always-on parts named,
@@ -47,6 +54,7 @@ from .flows import (
     BEAM,
     MAX_PATHS,
     EdgeSweep,
+    key_flows,
     many_node_flows,
     many_qk_side_flows,
     qk_root_tables,
@@ -78,6 +86,7 @@ RATIO = 3.0  # a measured effect this many times larger or smaller than predicte
 MAX_GROUPS = 10
 HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
+CARRIED = 4  # key positions listed per head group and target (``GroupRecord.carried``)
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
 ROOT_PAIRS = 5  # root x root terms listed for each QK reason
 
@@ -118,13 +127,14 @@ def _summarize(
     targets = target_nodes(full)  # the logits, then heads or features traced from
     own = {t: int(view.of_node[t]) for t in targets}  # a target's group never explains itself
     flows: dict[int, np.ndarray] = {}
+    grads: dict[int, np.ndarray] = {}  # h = d value_t / d value_n, per target
     per_target, paths, chosen, ranked = [], [], [], set()
     probs = run.logits[-1].softmax(-1)
     edge_sweep = EdgeSweep(full)
     target_flows = many_node_flows(full, targets, edge_sweep)
     for t in targets:
         flow, h = target_flows[t]
-        flows[t] = flow
+        flows[t], grads[t] = flow, h
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
         ranking = _head_ranking(view, group_flow, int(full.pos[t]), own[t])[:HEAD_GROUPS]
         chosen += ranking
@@ -132,7 +142,8 @@ def _summarize(
         for groups, path_flow, hops in top_paths(view, t, beam=beam, keep=max_paths):
             paths.append((t, groups, path_flow, hops))
             chosen += [g for g in groups if not view.groups[g].is_root]
-        per_target.append((t, target_parts(full, t, flow, h), ranking))
+        parts = target_parts(full, t, flow, h) | _moved(full, t, h)
+        per_target.append((t, parts, ranking))
     # Fill up with the largest flows into the first target.
     if targets:
         group_flow = np.bincount(view.of_node, flows[targets[0]], minlength=view.n_groups)
@@ -171,6 +182,10 @@ def _summarize(
             flow=total,
             promotes=[full.token(x) for x in full.promotes[strongest].tolist() if x >= 0],
         )  # fmt: skip
+        if grp.kind == "lorsa":
+            for t in targets:
+                carried, _ = key_flows(full, grads[t], np.asarray(grp.members))
+                record.carried[ids[t]] = _shares(full, carried.sum(0))[:CARRIED]
         if grp.kind == "lorsa" and grp.attends is not None and grp.pos is not None:
             by_head: dict[int, float] = {}
             first = ids[targets[0]] if targets else None
@@ -238,6 +253,29 @@ def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int
     return [first, *sorted((g for g in heads if g != first), key=by_flow)]
 
 
+def _moved(graph: Graph, t: int, h: np.ndarray) -> dict:
+    """What the Lorsa heads at target ``t``'s position (``t`` itself left out) bring to it:
+    their summed flow, split by key position (``circuits.flows.key_flows``) and their own
+    constant terms; ``TargetRecord``'s ``heads_flow``, ``moved_by_position``, ``heads_own``."""
+    heads = np.flatnonzero(
+        (graph.kind.numpy() == Kind.LORSA) & (graph.pos.numpy() == int(graph.pos[t]))
+    )
+    heads = heads[heads != t]
+    carried, own = key_flows(graph, h, heads)
+    return {
+        "heads_flow": float((h[heads] * graph.activation.double().numpy()[heads]).sum()),
+        "heads_own": float(own.sum()),
+        "moved_by_position": _shares(graph, carried.sum(0)),
+    }
+
+
+def _shares(graph: Graph, by_position: np.ndarray) -> list[TokenShare]:
+    """Nonzero flows by position as ``TokenShare``s, largest |flow| first."""
+    order = np.argsort(-np.abs(by_position), kind="stable").tolist()
+    return [TokenShare(p, graph.token_strings[p], float(by_position[p]))
+            for p in order if by_position[p] != 0]  # fmt: skip
+
+
 def runner_up(scores: torch.Tensor, token: int) -> int | None:
     """The most likely token other than ``token`` by ``scores`` (logits or probabilities
     over the vocabulary); None when there is no other."""
@@ -254,7 +292,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
             constants=parts["constants"], constants_by_source=parts["constants_by_source"],
             runner_up=None, runner_up_probability=None, margin=None,
             predicting_group=head_groups[0] if head_groups else None, head_groups=head_groups,
-            tokens_by_position=by_position, kind=kind.label,
+            tokens_by_position=by_position, kind=kind.label, **_moved_fields(parts),
         )  # fmt: skip
     record = graph.logit_record(t)
     runner = runner_up(probs, record.token)
@@ -270,8 +308,12 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
         runner_up=None if runner is None else graph.token(runner),
         runner_up_probability=None if runner is None else float(probs[runner]),
         margin=margin, predicting_group=head_groups[0] if head_groups else None,
-        head_groups=head_groups, tokens_by_position=by_position,
+        head_groups=head_groups, tokens_by_position=by_position, **_moved_fields(parts),
     )  # fmt: skip
+
+
+def _moved_fields(parts: dict) -> dict:
+    return {k: parts[k] for k in ("heads_flow", "heads_own", "moved_by_position")}
 
 
 def node_ref(graph: Graph, i: int, concepts: Mapping, with_input: bool = False) -> NodeRef:

@@ -21,6 +21,7 @@ from circuits.mechanism_file import (
     NodeRef,
     QKReasonRecord,
     TargetRecord,
+    TokenShare,
 )
 from circuits.mechanisms import RATIO
 
@@ -42,9 +43,30 @@ def token_shares_text(t: TargetRecord, top: int = TOKEN_SHARES) -> str:
     `` (' Wednesday'@6 +15.2, ','@7 +8.1, ...)``; empty when there is no such split."""
     if not t.tokens_by_position:
         return ""
-    shown = [f"{x.token!r}@{x.pos} {_signed(x.flow)}" for x in t.tokens_by_position[:top]]
-    more = len(t.tokens_by_position) - top
-    return " (" + ", ".join(shown) + (f", {more} more" if more > 0 else "") + ")"
+    return f" ({positions_text(t.tokens_by_position, top)})"
+
+
+def positions_text(shares: list[TokenShare], top: int = TOKEN_SHARES) -> str:
+    """Flows by position as ``' Wednesday'@4 +13.8, ' tomorrow'@7 +7.3, 3 more``."""
+    shown = [f"{x.token!r}@{x.pos} {_signed(x.flow)}" for x in shares[:top]]
+    more = len(shares) - top
+    return ", ".join(shown) + (f", {more} more" if more > 0 else "")
+
+
+def moved_text(t: TargetRecord) -> str:
+    """What the heads at a target's position bring from each key position (its
+    ``moved_by_position``), in one line; empty when no head there carries flow."""
+    if not t.moved_by_position:
+        return ""
+    return (f"the heads there bring {_signed(t.heads_flow)}, by key: "
+            f"{positions_text(t.moved_by_position)}; their constant terms "
+            f"{_signed(t.heads_own, t.heads_flow)}")  # fmt: skip
+
+
+def carried_text(g: GroupRecord, node: str) -> str:
+    """Where a head group's flow into target ``node`` comes from, by key (``carried``)."""
+    shares = g.carried.get(node, [])
+    return f"brings {positions_text(shares, len(shares))}" if shares else ""
 
 
 def ref_text(ref: NodeRef | None) -> str:
@@ -119,6 +141,8 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         if t.predicting_group:
             g = names[t.predicting_group]
             lines.append(f"  {PREDICTING}: {short(g.key)}, flow {_signed(g.flow[t.node])}")
+            if moved_text(t):
+                lines.append(f"  {moved_text(t)}")
             others = [names[k] for k in t.head_groups[1:]]
             if others:
                 lines.append("  next head groups there, by flow: " + "; ".join(
@@ -140,7 +164,9 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
             continue
         flow = ", ".join(f"{per_target(node)}{_signed(v)}" for node, v in g.flow.items())
         extra = f" promotes {g.promotes[0]!r}" if g.promotes and g.kind == "transcoder" else ""
-        lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}")
+        brings = carried_text(g, first) if first is not None else ""
+        brings = f"; {brings}" if brings else ""
+        lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}{brings}")
         for r in g.qk:
             lines.append(
                 f"       QK {r.qk_head} reads {r.key_token!r}@{r.key} (attention "
@@ -290,6 +316,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         if t.predicting_group:
             parts.append(f"<p>{PREDICTING}: <b>{_esc(t.predicting_group)}</b> "
                          f"{_esc(names[t.predicting_group])}</p>")  # fmt: skip
+            if moved_text(t):
+                parts.append(f"<p>{_esc(moved_text(t))}</p>")
             others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])}" for k in t.head_groups[1:])
             if others:
                 parts.append(f"<p>next head groups there, by flow: {others}</p>")
@@ -313,6 +341,11 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             what.append(f"concept: {_esc(g.concept)}")
         if g.promotes:
             what.append("promotes " + ", ".join(_esc(repr(x)) for x in g.promotes))
+        what += [
+            f"{_esc(target_names.get(k, k))}: {_esc(carried_text(g, k))}"
+            for k in g.carried
+            if g.carried[k]
+        ]
         what += [_reason_html(r, drawn) for r in g.qk]
         members = ", ".join(
             f'<a href="#node-{_esc(m)}">{_esc(m)}</a>' if m in drawn else _esc(m)

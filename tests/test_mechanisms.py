@@ -14,6 +14,7 @@ import torch
 from circuits.attribution import attribute, closure_error, run_prompt
 from circuits.flows import (
     EdgeSweep,
+    key_flows,
     linear_flows,
     many_node_flows,
     many_qk_side_flows,
@@ -28,7 +29,7 @@ from circuits.graph import Graph
 from circuits.groups import auto_groups, group, grouped
 from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
 from circuits.mechanism_file import MechanismSummary, load_summary, save_summary
-from circuits.mechanisms import summarize
+from circuits.mechanisms import CARRIED, summarize
 from circuits.nodes import Kind
 from circuits.qk import QKSides, qk_attribution
 from reports.html import html_page
@@ -414,6 +415,37 @@ def test_a_path_flow_is_the_sum_over_its_member_level_paths(graph):
         assert hops[-1] == pytest.approx(dense[t, last].sum(), abs=1e-5)
 
 
+def test_key_flows_split_a_heads_flow_by_its_z_pattern(graph, replacement, tokens):
+    """A Lorsa head's flow into a target splits exactly by key position: the key k part is
+    ``h A[q, k] (x_k . w_v)`` as the Lorsa computes its own output, the constant ``h b_V``
+    (with the residual constants that reach it) is the rest, and the parts sum to its flow."""
+    t = int(graph.is_kind("logit").nonzero()[0])
+    flow, h = node_flows(graph, t)
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1).numpy()
+    carried, own = key_flows(graph, h, heads)
+    assert carried.shape == (len(heads), len(tokens))
+    np.testing.assert_allclose(carried.sum(1) + own, flow[heads], atol=1e-5)
+    _, cache = replacement.run_with_cache(tokens[None], mode=graph.mode)
+    checked = 0
+    for row, m in enumerate(heads.tolist()):
+        if h[m] == 0:
+            continue
+        layer, i, q = int(graph.layer[m]), int(graph.index[m]), int(graph.pos[m])
+        lorsa = replacement.lorsas[layer]
+        x = cache[f"blocks.{layer}.lorsa.hook_in"][0]
+        pattern = cache[f"blocks.{layer}.lorsa.hook_pattern"][0, i // lorsa.cfg.group_size, q]
+        per_key = (pattern * lorsa.values(x)[:, i]).detach().double().numpy()  # z-pattern
+        assert per_key.sum() == pytest.approx(float(graph.activation[m]), abs=1e-5)
+        assert not carried[row, q + 1 :].any()  # no key after the query
+        # Each key's part less its share of the constant term is what the graph carries.
+        constant = own[row] / h[m]
+        np.testing.assert_allclose(
+            carried[row] / h[m], per_key - pattern.detach().double().numpy() * constant, atol=1e-5
+        )
+        checked += 1
+    assert checked >= 3
+
+
 # ----------------------------------------------------------------- the summary
 def test_summary_records(graph, replacement, run, tmp_path):
     summary = summarize(replacement, graph, run, max_groups=4)
@@ -449,11 +481,32 @@ def test_summary_records(graph, replacement, run, tmp_path):
         assert summary.group(p.groups[0]).kind == "embedding"
     checked = [g for g in summary.groups if g.checks]
     assert checked and all(g.kind in ("lorsa", "transcoder") for g in checked)
-    flows = {t.node: node_flows(graph, graph.id_to_index[t.node])[0] for t in summary.targets}
+    swept = {t.node: node_flows(graph, graph.id_to_index[t.node]) for t in summary.targets}
+    flows = {node: f for node, (f, _) in swept.items()}
     for g in summary.groups:
         members = [graph.id_to_index[m] for m in g.members]
         for node, v in g.flow.items():
             assert v == pytest.approx(flows[node][members].sum(), abs=1e-5)
+        # A head group brings its flow from the keys of its heads' z-patterns.
+        assert set(g.carried) == (set(g.flow) if g.kind == "lorsa" else set())
+        for node, shares in g.carried.items():
+            by_key = key_flows(graph, swept[node][1], np.asarray(members))[0].sum(0)
+            assert len(shares) == min(CARRIED, np.count_nonzero(by_key))
+            assert [x.flow for x in shares] == pytest.approx(
+                sorted(by_key[by_key != 0], key=abs, reverse=True)[:CARRIED], abs=1e-6
+            )
+            assert all(x.token == graph.token_strings[x.pos] for x in shares)
+    # Every head at a target's position: their flow by key position and constant terms.
+    for t in summary.targets:
+        i = graph.id_to_index[t.node]
+        heads = [m for m in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+                 if int(graph.pos[m]) == int(graph.pos[i]) and m != i]  # fmt: skip
+        assert t.heads_flow == pytest.approx(flows[t.node][heads].sum(), abs=1e-5)
+        moved = sum(x.flow for x in t.moved_by_position)
+        assert moved + t.heads_own == pytest.approx(t.heads_flow, abs=1e-5)
+        assert [abs(x.flow) for x in t.moved_by_position] == sorted(
+            (abs(x.flow) for x in t.moved_by_position), reverse=True
+        )
         for c in g.checks:
             assert c.predicted == pytest.approx(-g.flow[c.target], abs=1e-4)
             edits = [Intervention(m, "ablate") for m in g.members]
@@ -473,6 +526,12 @@ def test_summary_records(graph, replacement, run, tmp_path):
     )
     text = format_summary(back, every_check=True)
     assert "predicting heads" in text and "QK" in text and "FLAGGED where" in text
+    moved = back.targets[0].moved_by_position[0]
+    assert f"the heads there bring {back.targets[0].heads_flow:+.3g}, by key: " \
+           f"{moved.token!r}@{moved.pos} {moved.flow:+.3g}" in text  # fmt: skip
+    head = next(g for g in back.groups if g.carried)
+    brings = head.carried[back.targets[0].node][0]
+    assert f"{head.name}: flow " in text and f"; brings {brings.token!r}@{brings.pos} " in text
     assert "specific by roots (tokens" in text
     top = back.targets[0].tokens_by_position[0]
     assert f"parts: tokens {back.targets[0].tokens:+.3g} ({top.token!r}@{top.pos} " in text
@@ -525,6 +584,11 @@ def tampered_summaries_are_refused(good: dict) -> None:
         ("targets[0].tokens_by_position[0].pos: expected an integer",
          ("targets", 0, "tokens_by_position", 0, "pos"), 1.5),
         ("targets[0]: names a group", ("targets", 0, "predicting_group"), "g999"),
+        ("targets[0]: heads' flow", ("targets", 0, "heads_flow"), 1e6),
+        ("targets[0].moved_by_position: position", ("targets", 0, "moved_by_position", 0, "token"),
+         " nope"),
+        (f"groups[{g}].carried: from a node that is no target", ("groups", g, "carried"),
+         {"nope": []}),
         ("targets[0]: unknown keys ['surprise']", ("targets", 0, "surprise"), 1),
         (f"groups[{g}]: missing key 'members'", ("groups", g, "members"), missing),
         (f"groups[{g}]: members", ("groups", g, "members"), []),
@@ -589,6 +653,8 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
     assert "specific by roots (tokens" in text
     top = summary.targets[0].tokens_by_position[0]
     assert f"'{top.token}'@{top.pos} " in text  # which tokens the target comes from
+    assert "the heads there bring" in text and "; their constant terms" in text
+    assert "brings " in text  # each head group: the keys its flow comes from
     buttons = browser.evaluate("document.querySelectorAll('#viewer .panel .mech-group').length")
     assert buttons > 0
     browser.evaluate("document.querySelector('#viewer .panel .mech-group').click()")

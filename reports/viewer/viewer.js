@@ -828,6 +828,7 @@
         (t.runnerUp != null ? ` · margin over ${quote(t.runnerUp)} ${signed(t.margin)}` : "") +
         (t.predicting ? ` · predicting heads ${t.predicting}` : "") +
         (t.next && t.next.length ? ` (next by flow: ${t.next.join(", ")})` : "")));
+      if (t.moved) out.push(el("p", { class: "muted" }, t.moved));
       const paths = m.paths.filter((p) => p.target === t.node);
       if (paths.length) out.push(el("ul", { class: "paths" }, ...paths.map((p) =>
         el("li", {}, signed(p.flow) + "  " + p.groups.map((k) => k + " " + names.get(k)).join(" → ")))));
@@ -835,6 +836,9 @@
     const inner = m.groups.filter((g) => g.kind === "lorsa" || g.kind === "transcoder");
     out.push(el("ul", { class: "mech-groups" }, ...inner.map((g) => {
       const li = el("li", {}, el("b", {}, g.key), " " + g.name + " · flow " + Object.entries(g.flow).map(([node, v]) => (several ? named(node) + " " : "") + signed(v)).join(", "));
+      for (const [node, text] of Object.entries(g.brings || {})) {
+        li.append(el("div", { class: "muted" }, (several ? named(node) + ": " : "") + text));
+      }
       for (const r of g.qk) {
         li.append(el("div", { class: "muted" }, `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`));
         // Tokens first (which token at the query meets which at the key), then the units.

@@ -90,6 +90,14 @@ model), ``circuits.mechanisms.summarize`` with its ablation checks.
   where the prediction comes from, whether a head moves it or the current position's own
   layers compute on it (a joiner-less list's item is the query token itself, which no head
   moves);
+- ``key_moved`` (reported beside, added on 2026-12-05 in the fifteenth session after
+  reading the successor key misses on the four draws below, so a second look, not a
+  pre-registered target): the key position, other than BOS, from which the heads at the query
+  bring the largest positive flow (``TargetRecord.moved_by_position``, exact: every head's
+  flow split by its z-pattern; ``moved_top`` records it) is an expected key. ``key`` reads the
+  predicting group's ``attends``, the key its heads attend to *most*; a group named for the
+  relation word of ``If today is Wednesday, then tomorrow is`` brings part of its flow from
+  the item, and a joiner-less list's item is the query itself, which ``key_moved`` admits;
 - ``sign``: a check's ``agree_frozen`` / ``agree_free`` (``circuits.mechanisms``). Beside
   them, a candidate for predicting the free measurement that the summary does not print:
   ``sign_agree_first_order_free``, the group's first-order change with attention and
@@ -445,6 +453,11 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     out["key_by_tokens"] = top_token is not None and top_token.pos in prompt.keys
     if top_token is not None:
         out["top_token"] = [top_token.pos, top_token.token, round(top_token.flow, 4)]
+    moved = max((x for x in target.moved_by_position if x.pos != 0 and x.flow > 0),
+                key=lambda x: x.flow, default=None)  # fmt: skip
+    out["key_moved"] = moved is not None and moved.pos in prompt.keys
+    if moved is not None:
+        out["moved_top"] = [moved.pos, moved.token, round(moved.flow, 4)]
     if not out["named"]:
         none = {"key": False, "key_top3": False, "reason": False, "reason_head": False,
                 "reason_match": False, "reason_roots": False,
@@ -690,6 +703,7 @@ def run_family(
         "key": rate("key"),
         "key_top3": rate("key_top3"),
         "key_by_tokens": rate("key_by_tokens"),
+        "key_moved": rate("key_moved"),
         "reason": rate("reason"),
         "reason_head": rate("reason_head"),
         "reason_match": rate("reason_match") if induction else None,

@@ -297,7 +297,8 @@ def test_key_by_tokens_reads_the_position_carrying_most_of_the_token_part():
     m = benchmark("mechanisms")
 
     def scored(keys, shares):
-        target = SimpleNamespace(tokens_by_position=shares, predicting_group=None)
+        target = SimpleNamespace(tokens_by_position=shares, predicting_group=None,
+                                 moved_by_position=[])  # fmt: skip
         prompt = SimpleNamespace(ids=IDS, keys=keys, family="successor")
         return m.score_prompt(prompt, SimpleNamespace(targets=[target]))
 
@@ -309,6 +310,28 @@ def test_key_by_tokens_reads_the_position_carrying_most_of_the_token_part():
     assert not scored([K - 1], shares)["key_by_tokens"]
     negative = [TokenShare(K, "C", -1.0)]
     assert not scored([K], negative)["key_by_tokens"] and "top_token" not in scored([K], negative)
+
+
+def test_key_moved_reads_the_key_the_heads_at_the_query_bring_most_from():
+    from circuits.mechanism_file import TokenShare
+
+    m = benchmark("mechanisms")
+
+    def scored(keys, moved):
+        target = SimpleNamespace(tokens_by_position=[], predicting_group=None,
+                                 moved_by_position=moved)  # fmt: skip
+        prompt = SimpleNamespace(ids=IDS, keys=keys, family="successor")
+        return m.score_prompt(prompt, SimpleNamespace(targets=[target]))
+
+    # BOS brings the most, then a negative key, then K: BOS is no key, and a negative push
+    # is not what predicts; the query itself counts (a joiner-less list's item is there)
+    moved = [TokenShare(0, "<bos>", 9.0), TokenShare(Q, "B", -6.0), TokenShare(K, "C", 4.0),
+             TokenShare(K - 1, "B", 1.0)]  # fmt: skip
+    assert scored([K], moved)["key_moved"] and scored([K], moved)["moved_top"] == [K, "C", 4.0]
+    assert not scored([Q], moved)["key_moved"] and not scored([0], moved)["key_moved"]
+    assert scored([Q], [TokenShare(Q, "B", 2.0), TokenShare(K, "C", 1.5)])["key_moved"]
+    none = scored([K], [TokenShare(K, "C", -1.0)])
+    assert not none["key_moved"] and "moved_top" not in none
 
 
 def test_operand_keys_are_the_place_digits_of_every_mention_of_the_operands():

@@ -55,6 +55,7 @@ def test_ship_writes_fp16_weights_and_a_record_that_reloads(tiny_run, tmp_path):
 import errno  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -417,6 +418,39 @@ def test_a_foreign_tokenizer_is_named_where_it_is_before_shipping(tiny_run, tmp_
     with pytest.raises(ValueError, match=f"^{run / 'tokenizer.json'}: vocabulary of"):
         ship.ship(run, "tiny", dest_root=tmp_path / "zoo")
     assert not (tmp_path / "zoo").exists() or not any((tmp_path / "zoo").iterdir())
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"surprise": 1}, "config: unknown keys ['surprise']"),
+        ({"final_train_loss": float("nan")}, "config.final_train_loss: expected a finite number"),
+        ({"train_elapsed_s": -5.0}, "config.train_elapsed_s: expected a number in [0, inf]"),
+        ({"train": {"steps": "many"}}, "config.train.steps: expected an integer"),
+        ({"train_tokens_per_s": 1.5}, "config.train_tokens_per_s: expected an integer"),
+    ],
+)
+def test_a_runs_other_config_fields_are_checked_before_shipping(tiny_run, tmp_path, edit, message):
+    """Found by the third fuzz pass: the ship copied the config fields the model does not read
+    (a NaN loss, a stray key) into the shipped entry unchecked."""
+    from toy_models import ship
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    for key, value in edit.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ship.UserError, match=re.escape(message)):
+        ship.ship(run, "tiny", dest_root=tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists() or not any((tmp_path / "zoo").iterdir())
+    # what is shipped is exactly the checked record
+    shutil.copyfile(tiny_run / "config.json", run / "config.json")
+    dest = ship.ship(run, "tiny", dest_root=tmp_path / "zoo")
+    shipped = json.loads((dest / "config.json").read_text())
+    assert {k: v for k, v in shipped.items() if k != "model"} == {
+        k: v for k, v in json.loads((tiny_run / "config.json").read_text()).items() if k != "model"
+    }
 
 
 def test_two_ships_of_one_name_fill_their_own_directories(tiny_run, tmp_path, monkeypatch):

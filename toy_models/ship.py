@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 from .cli import UserError, path_arg, run_cli
-from .zoo import CONFIGS, SHIPPED_DIR
+from .records import Bounds
+from .zoo import CONFIGS, SHIPPED_DIR, TrainConfig
 
 RECORD_DOCS = 50
 SHIPPED_FILES = ("model.safetensors", "config.json", "tokenizer.json")
@@ -51,6 +54,33 @@ def ship_directory(
         dest = dest_root / name
         swap_directory(tmp, dest)
     return dest
+
+
+@dataclass(frozen=True)
+class RunFields:
+    """What a finished ``toy_models.train`` run's ``config.json`` holds beside the model config
+    (which the model's load checks): the ship reads them as this typed record (unknown keys,
+    NaN, a negative time or a malformed hash refused, naming the field) and ships exactly it."""
+
+    zoo_config: str
+    train: TrainConfig
+    final_train_loss: Annotated[float, Bounds(0, None)]
+    train_elapsed_s: Annotated[float, Bounds(0, None)]
+    train_tokens_per_s: Annotated[int, Bounds(0, None)]
+    tokenizer_sha256: str | None = None  # runs before it was recorded lack it
+    untrained_tokens: list[int] | None = None  # ditto (the ship then computes them)
+
+
+def run_fields(meta: dict, where: Path) -> RunFields:
+    """``meta`` (a run's config without ``model``) as ``RunFields``, or one ``UserError``
+    naming the file and the field. (The recorded tokenizer hash is checked against the
+    tokenizer by the model's load, ``zoo.load_pretrained``.)"""
+    from .records import from_json
+
+    try:
+        return from_json(RunFields, meta, "config")
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 def record_for(directory: Path) -> dict:
@@ -106,7 +136,9 @@ def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
     if trained_as != name:  # shipping it as another name would replace that entry's model
         raise UserError(f"{run_dir} was trained as zoo config {trained_as!r}, not {name!r}: "
                         f"ship it as --name {trained_as}")  # fmt: skip
-    if "untrained_tokens" not in meta:  # a run trained before training recorded them
+    fields = run_fields(meta, run_dir / CONFIG_FILE)
+    meta = {k: v for k, v in asdict(fields).items() if v is not None}
+    if fields.untrained_tokens is None:  # a run trained before training recorded them
         meta["untrained_tokens"] = _untrained_tokens(run_dir, meta, model.cfg)
 
     def write(tmp: Path) -> None:

@@ -597,6 +597,8 @@ def statistics_for(
         print(f"gathering statistics over {rows} rows into {path} (resuming at "
               f"{plan['rows_done']})")  # fmt: skip
     else:
+        if partial_path(path).is_file():  # not resumable as asked: its own line says why,
+            load_partial(partial_path(path))  # before one announces a gathering
         rows = rows or DEFAULT_ROWS
         print(f"gathering statistics over {rows} rows into {path} (once)")
     return gather_statistics(replacement, tokenizer, rows=rows, checkpoint=path, **settings)

@@ -647,6 +647,19 @@ def test_a_damaged_partial_file_is_refused_in_one_line(replacement, tmp_path, ra
     assert "\n" not in str(info.value)
 
 
+def test_a_damaged_partial_file_is_refused_before_a_gathering_is_announced(
+    replacement, tmp_path, capsys
+):
+    """Found by the second fuzz pass: ``statistics_for`` first printed "gathering statistics
+    over 128 rows", then refused the partial file it would have resumed."""
+    path = tmp_path / "stats.safetensors"
+    partial_path(path).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + bytes(8))
+    with pytest.raises(ValueError, match="not a readable partial"):
+        statistics_for(replacement, None, "random", path)
+    assert "gathering" not in capsys.readouterr().out
+    assert partial_path(path).is_file()  # gathered work is the user's: kept
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -21,7 +21,7 @@ pre-activation):
   head group (``GroupRecord.carried``). A head group is named by the key its heads attend to
   most; a head that reads two places brings from both, and this says how much from each
   (on ``If today is Wednesday, then tomorrow is``, the heads named for ` tomorrow` bring
-  a third of their flow from ` Wednesday`).
+  two fifths of their flow from ` Wednesday`).
 - **groups.** The summary's groups (the predicting head groups, the groups on the top paths,
   then the largest flows) with the structure that reads them: where a head group attends and
   why (``QKReason`` of each of its QK heads at that key: both sides' always-on parts named,

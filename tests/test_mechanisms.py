@@ -560,6 +560,7 @@ def test_summary_records(graph, replacement, run, tmp_path):
     assert len(compact) == own + len(counted)
     page = html_page(graph, mechanisms=back)
     assert "<h2>Mechanisms</h2>" in page and "always-on" in page
+    assert "the heads there bring" in page and "brings " in page
     with pytest.raises(ValueError, match="not a mechanism summary|version"):
         MechanismSummary.from_dict({"version": 1})
     with pytest.raises(ValueError, match="not a mechanism summary .expected a JSON object"):

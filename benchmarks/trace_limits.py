@@ -1,9 +1,11 @@
-"""The main command at its limits: a full-n_ctx held-out prompt traced with QK and every file
+"""The main command at its limits: the longest prompt it takes (the model's trained positions,
+``n_ctx - 1``), from held-out rows, traced with QK and every file
 written, in a fresh process, and how long Graphviz takes to draw the default budget.
 
     python benchmarks/trace_limits.py [--model default] [--prompts 2]
 
-For each prompt (held-out rows of the four families, interleaved, cut to n_ctx tokens with BOS)
+For each prompt (held-out rows of the four families, interleaved, cut to ``trained_positions``
+tokens with BOS: the last position of the context never trains, and the trace refuses it)
 ``python -m circuits.trace`` runs under ``/usr/bin/time``-style accounting (peak resident
 memory of the child, wall time) and must exit 0 with every file (JSON, graph, DOT, SVG when
 ``dot`` is installed, HTML). Target (issue 11): peak RSS <= 2 GB. Then ``dot -Tsvg`` is timed
@@ -65,7 +67,7 @@ def main() -> int:
         parser.error(str(exc))
     runs = []
     for k in range(args.prompts):
-        prompt = full_context_prompt(tokenizer, model.cfg.n_ctx, offset=3 * k)
+        prompt = full_context_prompt(tokenizer, model.trained_positions, offset=3 * k)
         n_tokens = len(tokenizer.encode(prompt).ids)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "trace"

@@ -28,6 +28,10 @@ from toy_models.cli import UserError, path_arg, run_cli
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
 MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
+# graph.json holds a record per edge (about 100 bytes): beyond this the file runs to 100 MB
+# and more, no viewer draws it, and writing a whole 128-token graph's 1e8 edges ran out of
+# memory. ``--save-full`` keeps every edge in the compact safetensors file.
+MAX_KEPT_EDGES = 1_000_000
 DASHBOARD_ROWS = 192  # = circuits.dashboards.DEFAULT_ROWS (not imported: start-up)
 MECHANISMS_FILE = "mechanisms.json"
 # What a run writes, replaces or removes in --out besides its graph.* files (not imported:
@@ -249,7 +253,8 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     from .prune import influence_scores, prune_graph
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
-    tokens = encode_prompt(tokenizer, args.prompt, replacement.cfg.n_ctx)
+    # not n_ctx: the last position of the context never trains (``trained_positions``)
+    tokens = encode_prompt(tokenizer, args.prompt, replacement.model.trained_positions)
     targets = _targets(args, tokenizer)
 
     t0 = time.perf_counter()
@@ -269,6 +274,12 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
         full, args.node_threshold, args.edge_threshold, args.max_nodes, scored=scored
     )
     t_prune = time.perf_counter()
+    if graph.n_edges > MAX_KEPT_EDGES:  # graph.json is one record per edge, for people
+        raise UserError(
+            f"the pruned graph keeps {graph.n_edges:,} edges, more than graph.json takes "
+            f"({MAX_KEPT_EDGES:,}): lower --node-threshold or --edge-threshold, or cap "
+            "--max-nodes (the default keeps about 10,000)"
+        )
     if args.qk:
         qk_step(replacement, graph, run, args.key_mass)
     t_qk = time.perf_counter()

@@ -139,11 +139,63 @@ def test_trace_vs_runner_up_without_constants_or_mechanisms(tmp_path, capsys):
     assert not (out / "mechanisms.json").exists() and "mechanisms.json of an earlier run" in err
 
 
+def test_a_prompt_reaching_the_untrained_last_position_is_refused(tmp_path, capsys):
+    """Found by the fourth fuzz pass: a prompt of exactly n_ctx tokens was traced, and its
+    prediction read at position n_ctx - 1, which training never reaches (rows[:, :-1]): on a
+    repeated week the model said ' Tuesday' after 'Sunday,' there, ' Monday' everywhere else."""
+    from toy_models.zoo import load_pretrained
+
+    model, tokenizer = load_pretrained("default")
+    assert model.trained_positions == model.cfg.n_ctx - 1 == 127
+    week = "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday, " * 20
+    ids = tokenizer.encode(week).ids
+
+    def prompt(n):  # n tokens with BOS
+        return tokenizer.decode(ids[1:n], skip_special_tokens=True)
+
+    code, _, err = trace(capsys, "--prompt", prompt(128), "--out", str(tmp_path / "a"),
+                         "--no-qk", "--no-mechanisms", "--format", "")  # fmt: skip
+    assert code == 2 and "128 tokens with BOS, longer than the 127 positions" in err
+    assert not (tmp_path / "a").exists()
+    code, _, err = trace(capsys, "--prompt", prompt(127), "--out", str(tmp_path / "b"),
+                         "--no-qk", "--no-mechanisms", "--format", "")  # fmt: skip
+    assert code == 0, err
+
+
+def test_a_pruned_graph_too_large_for_graph_json_is_refused(tmp_path, capsys, monkeypatch):
+    """Found by the fourth fuzz pass: ``--node-threshold 1 --edge-threshold 1`` on a 128-token
+    prompt kept all 1.1e8 edges and ran out of memory writing graph.json, leaving a lock."""
+    import circuits.trace as trace_module
+
+    monkeypatch.setattr(trace_module, "MAX_KEPT_EDGES", 50)
+    out = tmp_path / "big"
+    code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-qk",
+                         "--no-mechanisms", "--format", "")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1
+    assert "edges, more than graph.json takes (50): lower --node-threshold" in err
+    assert not out.exists()
+
+
+def test_the_last_position_never_trains(tiny_run):
+    """What ``trained_positions`` rests on: training feeds ``rows[:, :-1]``, so the position
+    embedding of the context's last position keeps its initial value (it is not decayed)."""
+    import torch
+
+    from toy_models.model import ModelConfig, ToyTransformer
+    from toy_models.zoo import load_pretrained
+
+    model, _ = load_pretrained(str(tiny_run))
+    start = ToyTransformer(ModelConfig(**dataclasses.asdict(model.cfg)))
+    last = model.cfg.n_ctx - 1
+    torch.testing.assert_close(model.W_pos[last], start.W_pos[last], rtol=0, atol=0)
+    assert not torch.equal(model.W_pos[last - 1], start.W_pos[last - 1])
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--prompt", ""], "the prompt is empty"),
-        (["--prompt", "x " * 200], "longer than the model's context of 128"),
+        (["--prompt", "x " * 200], "longer than the 127 positions the model was trained on"),
         (["--prompt", "a<|bos|>b"], "special token"),
         (["--prompt", "bad \ud800 char"], "the prompt is not valid UTF-8"),
         (["--prompt", PROMPT, "--target", "\udcff"], "target '\\udcff' is not valid UTF-8"),

@@ -191,6 +191,14 @@ class ToyTransformer(HookedRootModule):
             resid = block(resid)
         return self.ln_final(resid) @ self.W_U + self.b_U
 
+    @property
+    def trained_positions(self) -> int:
+        """How many positions training gives a gradient: ``toy_models.train`` feeds packed rows
+        of ``n_ctx`` tokens as ``rows[:, :-1]``, so position ``n_ctx - 1`` never trains (its
+        position embedding stays near its start) and a prediction read there is not the
+        model's: prompts are held to this many tokens (``circuits.trace``)."""
+        return self.cfg.n_ctx - 1
+
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups, as nanoGPT's ``configure_optimizers``.
 

@@ -101,7 +101,8 @@ def encode_prompt(
 ) -> list[int]:
     """A user's prompt as token ids (BOS first), refusing what the model cannot take: empty
     text, text that is not valid Unicode or does not survive encoding unchanged, a BOS inside
-    it, or more than ``n_ctx`` tokens. ``what`` names the text in messages."""
+    it, or more than ``n_ctx`` tokens (for a prompt, the positions the model was trained on:
+    ``ToyTransformer.trained_positions``). ``what`` names the text in messages."""
     if not text:
         raise ValueError(f"{what} is empty")
     if BOS in text:
@@ -118,7 +119,8 @@ def encode_prompt(
         raise ValueError(f"{what} does not survive tokenization unchanged")
     if len(ids) > n_ctx:
         raise ValueError(
-            f"{what} is {len(ids)} tokens with BOS, longer than the model's context of {n_ctx}"
+            f"{what} is {len(ids)} tokens with BOS, longer than the {n_ctx} positions the "
+            "model was trained on"
         )
     return ids
 

@@ -65,10 +65,10 @@ from .nodes import Kind, logit_stage, lorsa_stage, transcoder_stage
 from .statistics import (
     DEFAULT_N_CTX,
     DEFAULT_ROWS,
-    DEFAULT_STATS_DIR,
     SPLIT,
     Statistics,
     compact,
+    default_stats_path,
     identity,
 )
 from .statistics_file import (
@@ -571,19 +571,21 @@ def statistics_for(
     model: str,
     path: Path | None = None,
     rows: int | None = None,
+    option: str | None = "--stats",
 ) -> Statistics:
-    """The statistics at ``path`` (default ``runs/global-stats/{model}.safetensors``),
-    gathered first when missing, resumed when partial and gathered again to ``rows`` when
-    that asks for more than they hold (``rows`` None: what the file holds, or what an
-    interrupted gathering into it asked for, or ``DEFAULT_ROWS``)."""
-    path = Path(path or DEFAULT_STATS_DIR / f"{Path(model).name}.safetensors")
+    """The statistics at ``path`` (default ``circuits.statistics.default_stats_path``: one
+    file per model, replacement set and tokenizer), gathered first when missing, resumed when
+    partial and gathered again to ``rows`` when that asks for more than they hold (``rows``
+    None: what the file holds, or what an interrupted gathering into it asked for, or
+    ``DEFAULT_ROWS``). ``option``: the caller's flag for another file, named in a refusal."""
+    path = Path(path) if path else default_stats_path(model, replacement, tokenizer)
     settings = {}
     if path.is_file():
         try:
             stats = Statistics.load(path, replacement, tokenizer)
         except ValueError as exc:  # gathered work is the user's: never removed for them
-            raise ValueError(f"{exc}; remove it to gather the statistics again, or pass "
-                             "another --stats") from None  # fmt: skip
+            other = f", or pass another {option}" if option else ""
+            raise ValueError(f"{exc}; remove it to gather the statistics again{other}") from None
         done = stats.meta["rows_done"]
         if rows is None or rows == done:
             return stats

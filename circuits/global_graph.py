@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toy_models.cli import UserError, path_arg, run_cli
-from toy_models.files import check_writable_file
+from toy_models.files import check_writable_dir, check_writable_file
 from toy_models.tokenizer import single_token
 
 from .nodes import Kind
@@ -38,11 +38,6 @@ START_FORMS = "lorsa:L:HEAD, transcoder:L:FEATURE, logit:TOKEN or token:TOKEN"
 N_STRONGEST = 8  # edges printed after a graph is grown
 DEFAULT_STATS_DIR = Path("runs/global-stats")  # = circuits.statistics (not imported: start-up)
 MAX_ROWS = 1 << 20  # = circuits.statistics_file.MAX_ROWS (rows are held in memory)
-
-
-def default_stats_path(model: str) -> Path:
-    """Where statistics are gathered once and reused without ``--stats``."""
-    return DEFAULT_STATS_DIR / f"{Path(model).name}.safetensors"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="give every Lorsa head its QK group's expected QK attribution, "
                         "drawn as q/k edges (default: on)")  # fmt: skip
     parser.add_argument("--stats", type=path_arg,
-                        help="statistics file (default: runs/global-stats/MODEL.safetensors; "
+                        help="statistics file (default: runs/global-stats/MODEL-KEY"
+                        ".safetensors, KEY from the model, replacement set and tokenizer; "
                         "gathered when missing)")  # fmt: skip
     parser.add_argument("--rows", type=int,
                         help="corpus rows for statistics (default: those of --stats, or 128 "
@@ -126,10 +122,12 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
         raise UserError("a token's embedding has no inputs: grow it with --downstream")
     if start.kind == "logit" and args.downstream:
         raise UserError("a logit has no outputs: grow it upstream (without --downstream)")
-    stats = default_stats_path(args.model) if args.stats is None else args.stats
-    if not stats.is_file():  # it will be gathered into: fail now, not after the gathering
-        check_writable_file(stats, "--stats")
-    check_not_an_output(stats, args.out, "--stats")
+    if args.stats is None:  # the default file is named by the model's identity, once loaded
+        check_writable_dir(DEFAULT_STATS_DIR, "--stats (default)")
+    else:
+        if not args.stats.is_file():  # it will be gathered into: fail now, not after
+            check_writable_file(args.stats, "--stats")
+        check_not_an_output(args.stats, args.out, "--stats")
     check_writable(args.out)
     return start, formats
 
@@ -155,9 +153,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     start = resolve_start(spec, Units.of(replacement), tokenizer)
-    stats = statistics_for(
-        replacement, tokenizer, args.model, args.stats or default_stats_path(args.model), args.rows
-    )
+    stats = statistics_for(replacement, tokenizer, args.model, args.stats, args.rows)
     upstream = not args.downstream
 
     def grow(sample):

@@ -72,6 +72,15 @@ def identity(replacement: ReplacementModel, tokenizer=None) -> dict[str, str | N
     }
 
 
+def default_stats_path(model: str, replacement: ReplacementModel, tokenizer) -> Path:
+    """Where statistics are gathered once and found again without ``--stats``:
+    ``runs/global-stats/<model>-<key>.safetensors``, ``key`` 12 hex digits of a SHA-256 over
+    what they are bound to (``identity``). Another model in a folder of the same name, another
+    replacement set or tokenizer gets a file of its own: never one gathered for another."""
+    digest = hashlib.sha256(json.dumps(identity(replacement, tokenizer), sort_keys=True).encode())
+    return DEFAULT_STATS_DIR / f"{Path(model).name}-{digest.hexdigest()[:12]}.safetensors"
+
+
 @dataclass
 class QKGroup:
     """One Lorsa QK head's expected QK attribution, per firing of a head of its group

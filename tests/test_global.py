@@ -853,15 +853,10 @@ def test_statistics_among_the_outputs_are_refused_and_kept(tmp_path, capsys, nam
     assert stats.read_bytes() == b"saved statistics"
 
 
-@pytest.mark.parametrize(
-    "in_the_way", ["runs/global-stats/default.safetensors", "runs/global-stats"]
-)
-def test_the_default_statistics_file_is_checked_before_any_work(
-    tmp_path, capsys, monkeypatch, in_the_way
-):
-    """Without --stats the statistics are gathered into runs/global-stats/MODEL.safetensors:
-    a directory there (or a file in place of the folder) is refused before a model is loaded,
-    as --stats is, not after the whole gathering."""
+def test_the_default_statistics_folder_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """Without --stats the statistics are gathered into runs/global-stats/: a file in place of
+    that folder is refused before a model is loaded, as --stats is, not after the gathering."""
+    in_the_way = "runs/global-stats"
     import replacement.model
     from circuits import global_graph, statistics, statistics_file
     from circuits.global_graph import main
@@ -872,19 +867,36 @@ def test_the_default_statistics_file_is_checked_before_any_work(
 
     monkeypatch.setattr(replacement.model, "load_pretrained", loaded)
     monkeypatch.chdir(tmp_path)
-    if in_the_way.endswith(".safetensors"):
-        (tmp_path / in_the_way).mkdir(parents=True)
-    else:
-        (tmp_path / "runs").mkdir()
-        (tmp_path / in_the_way).write_text("mine")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / in_the_way).write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, ["--start", "lorsa:1:2"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith("error: --stats runs/global-stats/"), err
+    assert exit_info.value.code == 2, err
+    assert err.startswith("error: --stats (default) runs/global-stats: exists and is not"), err
+    assert (tmp_path / in_the_way).read_text() == "mine"
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs" / "global").exists()
     assert global_graph.DEFAULT_STATS_DIR == statistics.DEFAULT_STATS_DIR  # copies, for start-up
     assert global_graph.MAX_ROWS == statistics_file.MAX_ROWS
+
+
+def test_the_default_statistics_file_is_named_by_what_it_is_bound_to(replacement):
+    """Found by the fourth fuzz pass: the default file was runs/global-stats/<folder>.safetensors,
+    so a model of one's own in a folder called ``default`` met the shipped model's statistics
+    (and was told to remove them). The name now carries a key of the model, the replacement
+    set and the tokenizer."""
+    import copy
+
+    from circuits.statistics import DEFAULT_STATS_DIR, default_stats_path
+
+    path = default_stats_path("runs/default", replacement, None)
+    assert path.parent == DEFAULT_STATS_DIR and path.name.startswith("default-")
+    assert default_stats_path("default", replacement, None) == path  # the folder's name only
+    other = copy.deepcopy(replacement)
+    with torch.no_grad():
+        next(other.transcoders[0].parameters()).add_(1e-3)
+    assert default_stats_path("runs/default", other, None) != path
 
 
 def test_the_trace_knows_every_output_name_of_the_reports():

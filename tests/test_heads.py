@@ -829,6 +829,38 @@ def test_a_few_docs_cap_the_default_truth_docs(tmp_path):
     assert args.truth_docs == 6
 
 
+def test_statistics_it_cannot_use_are_refused_before_the_report_is_written(
+    tiny_run, tiny_pretrained, make_replacement, tmp_path, capsys, monkeypatch
+):
+    """Found by the fourth fuzz pass: the report and its plots were written, then the
+    induction circuit's statistics file was refused, naming a --stats flag reports.heads does
+    not have. The statistics are read first now; an earlier run's circuit files go when the
+    circuit is skipped."""
+    from circuits.statistics import default_stats_path
+    from replacement.model import load_pretrained
+
+    model, _ = tiny_pretrained
+    make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4).save(tmp_path / "rep", str(tiny_run))
+    replacement, tokenizer = load_pretrained(str(tiny_run), str(tmp_path / "rep"))
+    monkeypatch.chdir(tmp_path)
+    stats = default_stats_path(str(tiny_run), replacement, tokenizer)
+    stats.parent.mkdir(parents=True)
+    stats.write_bytes(b"not statistics")
+    out = tmp_path / "heads"
+    args = ["--model", str(tiny_run), "--replacement", str(tmp_path / "rep"), "--out", str(out),
+            "--docs", "2", "--no-truth", "--draws", "2", "--quiet"]  # fmt: skip
+    with pytest.raises(ValueError) as info:
+        H.main(args)
+    assert str(info.value).startswith(f"{stats}: ") and "--stats" not in str(info.value)
+    assert not out.exists() or not any(out.iterdir())
+    assert stats.read_bytes() == b"not statistics"  # the user's file, kept
+    out.mkdir(exist_ok=True)
+    (out / "induction_circuit.svg").write_text("an earlier run's")
+    assert H.main([*args, "--no-induction-circuit"]) == 0
+    assert not (out / "induction_circuit.svg").exists() and (out / "heads.json").is_file()
+    assert "removed" in capsys.readouterr().out
+
+
 def test_a_set_whose_weights_overflow_is_one_line_and_writes_nothing(
     tiny_run, overflowing_set, tmp_path, fresh_cli
 ):

@@ -7,13 +7,24 @@ from pathlib import Path
 
 from .report import head_id
 
+CIRCUIT_FILES = ("induction_circuit.svg", "induction_circuit.png", "induction_circuit.html")
 
-def induction_circuit(replacement, tokenizer, results: dict, model: str, out: Path) -> list[Path]:
-    """The QK group of the top induction head (``circuits.global_weights.qk_circuit``) drawn
-    with Graphviz as ``out/induction_circuit.{svg,png,html}``; returns the files written.
-    ``model`` names the toy model for the corpus statistics (gathered on the first run: a few
-    minutes, once)."""
+
+def circuit_statistics(replacement, tokenizer, model: str):
+    """The corpus statistics the induction circuit is drawn from (``statistics_for``: the
+    default file of this model, replacement set and tokenizer; gathered on the first run, in
+    under a minute, once). Read before the report's work, so that a file it cannot use is
+    refused before anything is written."""
     from circuits.gathering import statistics_for
+
+    return statistics_for(replacement, tokenizer, model, option=None)
+
+
+def induction_circuit(replacement, tokenizer, results: dict, model: str, out: Path,
+                      stats) -> list[Path]:  # fmt: skip
+    """The QK group of the top induction head (``circuits.global_weights.qk_circuit``) drawn
+    with Graphviz as ``out/induction_circuit.{svg,png,html}`` from ``stats``
+    (``circuit_statistics``); returns the files written. ``model`` names the toy model."""
     from circuits.global_weights import qk_circuit
     from reports.graphviz import dot_available, render, to_dot
     from reports.html import write_html
@@ -28,7 +39,6 @@ def induction_circuit(replacement, tokenizer, results: dict, model: str, out: Pa
         h["head"] for h in heads
         if h["layer"] == top["layer"] and h["head"] // group == top["head"] // group
     ]  # fmt: skip
-    stats = statistics_for(replacement, tokenizer, model)
     graph = qk_circuit(replacement, stats, top["layer"], same_group, tokenizer=tokenizer)
     graph.model["name"] = model
     path = out / "induction_circuit"

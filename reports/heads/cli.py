@@ -96,11 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     from replacement.model import load_pretrained
 
     from .analysis import analyse
-    from .circuit import induction_circuit
+    from .circuit import CIRCUIT_FILES, circuit_statistics, induction_circuit
     from .report import summary, write_report
 
     t0 = time.perf_counter()
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
+    stats = None
+    if not args.no_induction_circuit:  # a statistics file it cannot use: refused before work
+        stats = circuit_statistics(replacement, tokenizer, args.model)
     settings = Settings(
         docs=args.docs, truth_docs=args.truth_docs, draws=args.draws, seed=args.seed,
         truth=not args.no_truth,
@@ -117,8 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     written = write_report(results, args.out)
     print(summary(results))
     print("seconds: " + json.dumps({k: round(v, 1) for k, v in results["seconds"].items()}))
-    if not args.no_induction_circuit:
-        written += induction_circuit(replacement, tokenizer, results, args.model, args.out)
+    if stats is not None:
+        written += induction_circuit(replacement, tokenizer, results, args.model, args.out, stats)
+    else:  # an earlier run's circuit is not this report's
+        for name in CIRCUIT_FILES:
+            if (args.out / name).is_file():
+                (args.out / name).unlink()
+                print(f"removed {args.out / name} of an earlier run")
     for path in written:
         print(f"wrote {path}")
     return 0

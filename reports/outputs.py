@@ -68,6 +68,9 @@ OUTPUT_NAMES = frozenset(
 )  # fmt: skip
 
 
+SET_MARK = "graph.json"  # in every set: what tells an earlier run's set from a user's files
+
+
 def is_output(name: str) -> bool:
     """Whether a file or directory named ``name`` in ``out`` belongs to a run's output set."""
     return name in OUTPUT_NAMES
@@ -155,12 +158,21 @@ def _move_into_place(stage: Path, out: Path) -> list[str]:
     of an earlier run that the set does not replace removed, one note each. A name in ``out``
     held by the other kind of entry (a directory named ``graph.html``) is refused before
     anything moves."""
-    new = sorted(stage.iterdir())
+    # graph.json first: it is in every set, so an entry of the set's names beside no
+    # graph.json was not written by a run (a killed run moved graph.json before it)
+    new = sorted(stage.iterdir(), key=lambda entry: (entry.name != SET_MARK, entry.name))
+    earlier_set = (out / SET_MARK).is_file()
     for entry in new:
         target = out / entry.name
         if target.exists() and (entry.is_dir() != target.is_dir() or target.is_symlink()):
             raise WriteError(errno.EEXIST, "in the way: not the kind of entry the run writes",
                              str(target))  # fmt: skip
+    if not earlier_set:  # then nothing of the set's names there is a run's to replace
+        for entry in sorted(out.iterdir()):
+            if is_output(entry.name):
+                raise WriteError(errno.EEXIST, f"in the way: not written by a run (there is no "
+                                 f"{SET_MARK} beside it); move it or choose another --out",
+                                 str(entry))  # fmt: skip
     for entry in new:
         if entry.is_dir():
             swap_directory(entry, out / entry.name)

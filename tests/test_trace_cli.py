@@ -126,7 +126,8 @@ def test_trace_notes_the_tokens_the_model_never_trained_on(tmp_path, capsys):
 def test_trace_vs_runner_up_without_constants_or_mechanisms(tmp_path, capsys):
     out = tmp_path / "t"
     (out).mkdir()
-    (out / "mechanisms.json").write_text("{}")  # an earlier run's, removed
+    (out / "graph.json").write_text("{}")  # an earlier run's set: replaced,
+    (out / "mechanisms.json").write_text("{}")  # and what this run does not write removed
     code, stdout, err = trace(
         capsys, "--prompt", PROMPT, "--out", str(out), "--vs-runner-up", "--no-constants",
         "--no-mechanisms", "--no-qk", "--max-nodes", "10", "--format", "",
@@ -299,11 +300,28 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path, capsys, monk
     assert not (out / "graph.safetensors").exists()
 
 
+def test_files_of_the_sets_names_that_no_run_wrote_are_refused_not_removed(tmp_path, capsys):
+    """Found by the fourth fuzz pass: a user's own ``graph.pdf`` or ``features/`` in --out was
+    removed as "of an earlier run" although no run had written there. A set's entries are
+    replaced only beside an earlier set's graph.json; otherwise the run refuses, leaving them."""
+    out = tmp_path / "mine"
+    (out / "features").mkdir(parents=True)
+    (out / "features" / "notes.txt").write_text("keep")
+    (out / "graph.pdf").write_text("my drawing")
+    code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-qk",
+                         "--no-mechanisms", "--format", "")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "not written by a run" in err, err
+    assert (out / "features" / "notes.txt").read_text() == "keep"
+    assert (out / "graph.pdf").read_text() == "my drawing"
+    assert sorted(p.name for p in out.iterdir()) == ["features", "graph.pdf"]
+
+
 def test_a_failed_drawing_keeps_every_other_file_and_stale_renders_go(tmp_path, capsys):
     if not shutil.which("dot"):
         pytest.skip("Graphviz `dot` is not installed")
     out = tmp_path / "t"
     out.mkdir()
+    (out / "graph.json").write_text("{}")
     (out / "graph.png").write_text("a drawing of an earlier run")
     fake = tmp_path / "bin" / "dot"
     fake.parent.mkdir()

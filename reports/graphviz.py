@@ -281,11 +281,22 @@ def _beside(stem: Path, suffix: str) -> Path:
 
 
 class RenderError(RuntimeError):
-    """``dot`` failed to draw a format: which one, and the first line it printed."""
+    """``dot`` failed to draw a format: which one, and what it said (``_failure``)."""
 
     def __init__(self, fmt: str, detail: str):
         super().__init__(f"dot -T{fmt} failed: {detail}")
         self.fmt, self.detail = fmt, detail
+
+
+def _failure(returncode: int, stderr: str) -> str:
+    """What a failing ``dot`` said, in one line: its first line that says something (Graphviz
+    2.43 opens a crash with a bare ``**``), and the signal that killed it, if one did."""
+    lines = [line.strip() for line in stderr.splitlines()]
+    said = next((line for line in lines if any(c.isalnum() for c in line)), "")
+    if returncode < 0:
+        crash = f"crashed (signal {-returncode})"
+        return f"{crash}: {said}" if said else crash
+    return said or f"exit status {returncode}"
 
 
 def render(
@@ -296,7 +307,7 @@ def render(
 
     Without ``dot`` only the ``.dot`` path is returned, so the caller can tell and print
     ``dot_missing_message``. A failing ``dot`` raises ``RenderError``: the format and its first
-    error line (``dot`` reads the text on stdin, so the line names ``<stdin>``, never a staged
+    meaningful error line (with the signal if it crashed) (``dot`` reads the text on stdin, so the line names ``<stdin>``, never a staged
     path).
     """
     formats = list(formats)
@@ -322,8 +333,7 @@ def render(
                 errors="replace",
             )
             if proc.returncode != 0:
-                stderr = proc.stderr.strip().splitlines()
-                raise RenderError(fmt, stderr[0] if stderr else f"exit status {proc.returncode}")
+                raise RenderError(fmt, _failure(proc.returncode, proc.stderr))
 
         path = _beside(out_stem, fmt.split(":")[0])
         replace_atomic(path, run_dot)

@@ -392,6 +392,14 @@ def test_render_reports_the_first_line_of_a_dot_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("bad")] == ["bad.dot"]
     with pytest.raises(ValueError, match="format"):
         gv.render("digraph {}", tmp_path / "bad", formats=("svg -o /x",))
+    # Found by the fourth fuzz pass: Graphviz 2.43 crashes on some large graphs, opening its
+    # message with a bare "**"; the line that says something is shown, with the signal.
+    fake.write_text("#!/bin/sh\necho '**' >&2\necho 'Gts:ERROR:cdt.c:887: assertion failed' >&2"
+                    "\nkill -ABRT $$\n")  # fmt: skip
+    with pytest.raises(gv.RenderError) as info:
+        gv.render("digraph {}", tmp_path / "crash", formats=("svg",))
+    assert str(info.value) == "dot -Tsvg failed: crashed (signal 6): Gts:ERROR:cdt.c:887: " \
+        "assertion failed"  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- HTML

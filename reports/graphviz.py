@@ -307,8 +307,8 @@ def render(
 
     Without ``dot`` only the ``.dot`` path is returned, so the caller can tell and print
     ``dot_missing_message``. A failing ``dot`` raises ``RenderError``: the format and its first
-    meaningful error line (with the signal if it crashed) (``dot`` reads the text on stdin, so the line names ``<stdin>``, never a staged
-    path).
+    meaningful error line, with the signal if it crashed (``dot`` reads the text on stdin, so
+    the line names ``<stdin>``, never a staged path).
     """
     formats = list(formats)
     for fmt in formats:

@@ -34,6 +34,7 @@ from circuits.neuronpedia import to_json
 from toy_models.files import (
     WriteError,
     fresh_directory,
+    make_dir,
     process_alive,
     swap_directory,
     temp_path,
@@ -103,7 +104,7 @@ def write_graph_outputs(
     writes the caller's own outputs (named so that ``is_output`` claims them) into the set
     and returns their paths. All of it lands in ``out`` at once (module docstring)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)  # listed: a run stopped before its set is in place leaves no empty --out
     stage = out / STAGING_DIR
     try:
         with _writing_lock(out), fresh_directory(stage):

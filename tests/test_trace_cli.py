@@ -177,6 +177,22 @@ def test_a_pruned_graph_too_large_for_graph_json_is_refused(tmp_path, capsys, mo
     assert not out.exists()
 
 
+def test_an_interrupted_trace_leaves_no_empty_out(tmp_path, capsys, monkeypatch):
+    """Found by the fourth fuzz pass: Ctrl-C while the set was being written left the --out
+    directory the run had made, empty."""
+    from reports import outputs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs, "_write_set", interrupted)
+    out = tmp_path / "new" / "out"
+    code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-qk",
+                         "--no-mechanisms", "--format", "")  # fmt: skip
+    assert code == 130 and err == "interrupted\n"
+    assert not out.exists()
+
+
 def test_the_last_position_never_trains(tiny_run):
     """What ``trained_positions`` rests on: training feeds ``rows[:, :-1]``, so the position
     embedding of the context's last position keeps its initial value (it is not decayed)."""

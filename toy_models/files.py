@@ -162,9 +162,10 @@ def fresh_directory(path: Path) -> Iterator[Path]:
 _CREATED: list[Path] = []
 
 
-def _make_dir(directory: Path) -> None:
-    """Create ``directory`` and its parents as needed; list it in ``_CREATED`` only when this
-    call made the directory itself (``os.mkdir`` is atomic: a directory that existed, or that
+def make_dir(directory: Path) -> None:
+    """Create the output directory ``directory`` and its parents as needed; list it in
+    ``_CREATED`` only when this call made the directory itself, so that a run that fails or
+    is interrupted after it removes it again if still empty (``os.mkdir`` is atomic: a directory that existed, or that
     another process made first, is never listed)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -186,7 +187,7 @@ def _cannot_write_in(directory: Path) -> str | None:
                 return f"{parent} is not a directory"
             break
     try:
-        _make_dir(directory)
+        make_dir(directory)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)

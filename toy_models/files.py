@@ -165,8 +165,8 @@ _CREATED: list[Path] = []
 def make_dir(directory: Path) -> None:
     """Create the output directory ``directory`` and its parents as needed; list it in
     ``_CREATED`` only when this call made the directory itself, so that a run that fails or
-    is interrupted after it removes it again if still empty (``os.mkdir`` is atomic: a directory that existed, or that
-    another process made first, is never listed)."""
+    is interrupted after it removes it again if still empty (``os.mkdir`` is atomic: a
+    directory that existed, or that another process made first, is never listed)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.mkdir(directory)

@@ -141,6 +141,14 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             "--vs-runner-up turns logit targets (--target, or the default top token) into "
             "margins; --target-diff and --target-node are not logits"
         )
+    named = [("--target", repr(t)) for t in args.target] + [
+        ("--target-diff", f"{a!r} {b!r}") for a, b in args.target_diff
+    ] + [("--target-node", spec) for spec in args.target_node]  # fmt: skip
+    twice = next((n for i, n in enumerate(named) if n in named[:i]), None)
+    if twice is not None:  # the same node twice, weighted twice
+        raise UserError(f"{twice[0]} {twice[1]} is given twice: name each target once")
+    if any(a == b for a, b in args.target_diff):
+        raise UserError("--target-diff of a token with itself is zero: name two different tokens")
     if len(args.prompt) > MAX_PROMPT_CHARS:
         raise UserError(
             f"--prompt has {len(args.prompt)} characters; the model reads at most its context "

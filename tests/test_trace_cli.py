@@ -221,11 +221,17 @@ def test_the_last_position_never_trains(tiny_run):
         (["--prompt", PROMPT, "--target-node", "lorsa:0:1:99999"], "lorsa 99999 does not exist"),
         (["--prompt", PROMPT, "--target-node", "lorsa:0:99:1"], "position 99 is outside"),
         (["--prompt", PROMPT, "--target-node", "transcoder:9:1:1"], "layer 9 does not exist"),
-        (["--prompt", PROMPT, "--target-diff", " Friday", " Friday"], "with itself is zero"),
-        (["--prompt", PROMPT, "--target", " Friday", "--target", " Friday"], "named twice"),
+        (
+            ["--prompt", PROMPT, "--target-diff", " Friday", " Friday"],
+            "--target-diff of a token with itself is zero",
+        ),
+        (
+            ["--prompt", PROMPT, "--target", " Friday", "--target", " Friday"],
+            "--target ' Friday' is given twice",
+        ),
         (
             ["--prompt", PROMPT, "--target-node", "lorsa:0:1:1", "--target-node", "lorsa:0:1:1"],
-            "named twice",
+            "--target-node lorsa:0:1:1 is given twice",
         ),
         (
             ["--prompt", PROMPT, "--vs-runner-up", "--target-diff", " Friday", " May"],

@@ -106,7 +106,10 @@ def encode_prompt(
     if not text:
         raise ValueError(f"{what} is empty")
     if BOS in text:
-        raise ValueError(f"{what} contains the special token {BOS}; it is prepended already")
+        raise ValueError(
+            f"{what} contains the special token {BOS}, which only begins a "
+            "sequence (the trace puts it before the prompt; it is never predicted)"
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # e.g. bytes that were not UTF-8 on the command line

@@ -155,6 +155,13 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     start = resolve_start(spec, Units.of(replacement), tokenizer)
     stats = statistics_for(replacement, tokenizer, args.model, args.stats, args.rows)
     upstream = not args.downstream
+    if float(stats.unit_count[start]) == 0:  # its graph would be empty, its reliability moot
+        what = "never occurs as the next token" if spec.kind == "logit" else "never fires"
+        raise UserError(
+            f"--start {spec.written!r} {what} in the {stats.meta['rows_done']} rows of "
+            f"{stats.meta['n_ctx']} tokens the statistics hold: its global graph is empty "
+            "(a rare unit may show with more rows: --rows N)"
+        )
 
     def grow(sample):
         graph = global_graph(

@@ -38,6 +38,7 @@ from circuits.prune import prune_graph
 from circuits.qk import QKSides
 from circuits.statistics import Statistics, compact, identity
 from circuits.statistics_file import load_partial
+from circuits.units import Units
 from replacement.model import center
 
 N_ROWS, N_CTX, QK_UNITS = 5, 10, 6
@@ -934,9 +935,20 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     stats = tmp_path / "stats.safetensors"
     args = ["--model", tiny_run, "--replacement", tmp_path / "rep", "--stats", stats,
             "--rows", 4, "--start", "lorsa:1:0", "--budget", 12, "--format", ""]  # fmt: skip
+    code, out, err = cli(main, *args, "--out", tmp_path / "dead")
+    assert "gathering statistics over 4 rows" in out and stats.is_file()
+    # Found by the fourth fuzz pass: a start that never occurs in the sample gave an empty
+    # graph and "gather more with --rows"; it is one line saying so, and nothing is written.
+    units = Units.of(make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4))
+    counts = Statistics.load(stats).unit_count
+    assert counts[units.unit(Kind.LORSA, 1, 0)] == 0  # this head never fires on the sample
+    last = err.strip().splitlines()[-1]  # after the gathering's progress bars
+    assert code == 2 and last.startswith("error: --start 'lorsa:1:0' never fires in the 4 rows")
+    assert not (tmp_path / "dead").exists()
+    firing = next(i for i in range(8) if counts[units.unit(Kind.LORSA, 1, i)] > 0)  # QK group 0
+    args[args.index("--start") + 1] = f"lorsa:1:{firing}"
     code, out, err = cli(main, *args, "--out", tmp_path / "qk")
     assert code == 0, err
-    assert "gathering statistics over 4 rows" in out and stats.is_file()
     assert not partial_path(stats).exists()
     assert "split-half reliability (2 + 2 rows): " in out
     assert "L1 QK 0 (score lift" in out

@@ -241,6 +241,7 @@ def test_the_last_position_never_trains(tiny_run):
         (["--prompt", PROMPT, "--node-threshold", "0"], "--node-threshold must be in (0, 1]"),
         (["--prompt", PROMPT, "--format", "gif"], "--format: unknown ['gif']"),
         (["--prompt", PROMPT, "--replacement", "/nonexistent"], "replacement file missing"),
+        (["--prompt", PROMPT, "--model", ""], "the model is an empty name"),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, message):

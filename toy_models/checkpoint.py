@@ -372,8 +372,8 @@ def load_model(directory: Path) -> ToyTransformer:
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file missing: {path}")
+        if not path.is_file():  # absolute: "config.json" alone does not say where
+            raise FileNotFoundError(f"checkpoint file missing: {path.absolute()}")
     data = read_json(config_path)
     if "model" not in data:
         raise ValueError(f"{config_path}: not a valid model config (no 'model' entry)")

@@ -82,7 +82,10 @@ def get_config(name: str) -> ZooEntry:
 
 
 def resolve_model_dir(name_or_path: str) -> Path:
-    """A zoo name with a shipped checkpoint, or a checkpoint directory."""
+    """A zoo name with a shipped checkpoint, or a checkpoint directory (an empty name is
+    neither: ``Path("")`` would be the current directory)."""
+    if not name_or_path.strip():
+        raise UnknownModelError("the model is an empty name: give a zoo name or a directory")
     path = Path(name_or_path)
     if path.is_dir():
         return path

@@ -31,12 +31,17 @@ def render_results(
     parser.add_argument("--json", type=path_arg, default=default_json, help="results file")
     parser.add_argument("--out", type=path_arg, help="report directory (default: the JSON's stem)")
     args = parser.parse_args(argv)
-    if not args.json.is_file():
+    if not args.json.exists():
         raise UserError(f"--json {args.json}: no such file (run python {benchmark} first)")
+    if not args.json.is_file():
+        raise UserError(f"--json {args.json}: not a regular file (a results file of {benchmark})")
     from toy_models.files import check_writable_dir
 
     out = args.out or args.json.with_suffix("")
-    check_writable_dir(out)
+    if args.out is None and out == args.json:  # no suffix: the default would be the file itself
+        raise UserError(f"--json {args.json}: has no suffix, so the report directory (its stem "
+                        "by default) would be the file itself: pass --out")  # fmt: skip
+    check_writable_dir(out, "--out" if args.out else "the report directory")
     try:
         results = parse_json(args.json.read_text(encoding="utf-8"))
         written = write(results, out)

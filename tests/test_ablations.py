@@ -291,6 +291,14 @@ def test_report_commands_need_their_results(module, fresh_cli, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     code, _, err = fresh_cli(module, ["--json", str(tmp_path / "bad.json")], cwd=ROOT)
     assert code == 2 and "not a" in err and len(err.strip().splitlines()) == 1
+    # Found by the fourth fuzz pass: a directory was "no such file", and a file without a
+    # suffix was its own default report directory ("--out ... exists", with no --out given).
+    code, _, err = fresh_cli(module, ["--json", str(tmp_path)], cwd=ROOT)
+    assert code == 2 and "not a regular file" in err
+    (tmp_path / "results").write_text("{}")
+    code, _, err = fresh_cli(module, ["--json", str(tmp_path / "results")], cwd=ROOT)
+    assert code == 2 and "has no suffix" in err and "pass --out" in err
+    assert (tmp_path / "results").read_text() == "{}"
 
 
 @pytest.mark.parametrize(

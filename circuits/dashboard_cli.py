@@ -18,6 +18,9 @@ from pathlib import Path
 from toy_models.cli import UserError, path_arg, run_cli
 
 MODES = ("local", "sparse")  # = replacement.model.MODES (not imported: start-up)
+# Rows of a dashboards pass: rows x n_ctx must stay below 2**31 (``dashboard_pass``), which
+# this keeps for any context up to 2048 tokens, checked before a model is loaded.
+MAX_ROWS = 1 << 20
 DEFAULT_ROWS = 192  # = circuits.dashboards.DEFAULT_ROWS
 DEFAULT_DIR = Path("runs/dashboards")  # = circuits.dashboards.DEFAULT_DIR
 
@@ -44,8 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> Path | None:
-    if not 1 <= args.rows <= 1 << 24:
-        raise UserError(f"--rows must be in 1..{1 << 24}, got {args.rows}")
+    if not 1 <= args.rows <= MAX_ROWS:
+        raise UserError(f"--rows must be in 1..{MAX_ROWS}, got {args.rows}")
     if not -(2**63) <= args.seed < 2**63:
         raise UserError("--seed must fit in 64 bits")
     from .trace import check_writable

@@ -154,8 +154,12 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             f"--prompt has {len(args.prompt)} characters; the model reads at most its context "
             f"length in tokens (prompts over {MAX_PROMPT_CHARS} characters are refused)"
         )
-    if not 1 <= args.dashboard_rows <= 1 << 24:
-        raise UserError(f"--dashboard-rows must be in 1..{1 << 24}, got {args.dashboard_rows}")
+    from .dashboard_cli import MAX_ROWS as MAX_DASHBOARD_ROWS  # light: argparse only
+
+    if not 1 <= args.dashboard_rows <= MAX_DASHBOARD_ROWS:
+        raise UserError(
+            f"--dashboard-rows must be in 1..{MAX_DASHBOARD_ROWS}, got {args.dashboard_rows}"
+        )
     if args.dashboards_file is not None:
         if args.dashboards_file.exists() and not args.dashboards_file.is_file():
             raise UserError(f"--dashboards-file {args.dashboards_file}: not a file")

@@ -352,6 +352,12 @@ def test_viewer_schema(setup):
 def test_cli_refuses_bad_arguments_before_importing_torch(fresh_cli, tmp_path):
     code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--rows", "0"])
     assert code == 2 and "--rows" in err and heavy == []
+    # found by the fourth fuzz pass: 2**24 rows passed this check and failed after the load
+    code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--rows", str(1 << 24)])
+    assert code == 2 and f"--rows must be in 1..{1 << 20}" in err and heavy == []
+    code, heavy, err = fresh_cli("circuits.trace", ["--prompt", "a", "--dashboard-rows",
+                                                    str(1 << 24)])  # fmt: skip
+    assert code == 2 and "--dashboard-rows must be in 1..1048576" in err and heavy == []
     code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--out", str(tmp_path)])
     assert code == 2 and "not a file" in err and heavy == []
 

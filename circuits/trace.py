@@ -225,7 +225,9 @@ def _targets(args, tokenizer, last_logits=None):
     ]
     for spec in args.target_node:
         parts = spec.split(":")
-        try:
+        try:  # whole numbers as written: int() would also read "1_0" as 10
+            if not all(p.isascii() and p.isdigit() for p in parts[1:]):
+                raise ValueError
             kind, layer, pos, index = parts[0], *(int(p) for p in parts[1:])
         except (ValueError, TypeError):
             raise UserError(f"--target-node {spec!r}: expected KIND:LAYER:POS:INDEX") from None

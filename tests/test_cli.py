@@ -250,3 +250,18 @@ def test_the_clis_copies_of_library_constants_are_the_librarys():
     assert superposition.HOST_SHARE == library.HOST_SHARE
     assert superposition.MIN_FIRES == library.MIN_FIRES == dashboards.MIN_FIRES
     assert superposition.HEADS_DOCS == Settings().docs
+
+
+def test_a_closed_stdout_ends_the_run_quietly(capsys):
+    """Found by the fourth fuzz pass: ``circuits.trace ... | head -1`` printed "error: Broken
+    pipe" and exit 2 after writing everything. A reader that goes away ends the run with 141
+    (as SIGPIPE would), nothing on stderr."""
+    from toy_models.cli import run_cli
+
+    def main(argv):
+        print("a line nobody reads")
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [])
+    assert exit_info.value.code == 141 and capsys.readouterr().err == ""

@@ -238,6 +238,7 @@ def test_the_last_position_never_trains(tiny_run):
             "--target-diff and --target-node are not logits",
         ),
         (["--prompt", PROMPT, "--target-node", "lorsa:x"], "KIND:LAYER:POS:INDEX"),
+        (["--prompt", PROMPT, "--target-node", "lorsa:0:1:1_0"], "KIND:LAYER:POS:INDEX"),
         (["--prompt", PROMPT, "--node-threshold", "0"], "--node-threshold must be in (0, 1]"),
         (["--prompt", PROMPT, "--format", "gif"], "--format: unknown ['gif']"),
         (["--prompt", PROMPT, "--replacement", "/nonexistent"], "replacement file missing"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,13 +58,19 @@ def one_line(exc: BaseException) -> str:
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a CLI's ``main``: expected errors end in one line and exit code 2, Ctrl-C in 130,
-    and either way the output directories the run created and left empty are removed."""
+    """Run a CLI's ``main``: expected errors end in one line and exit code 2, Ctrl-C in 130, a
+    closed stdout (``| head``) in 141 with nothing printed, and each way the output
+    directories the run created and left empty are removed."""
     from . import files
 
     files.forget_created()  # only this run's directories
     try:
         code = main(argv)
+    except BrokenPipeError:  # stdout's reader went away (``| head``): nothing more to say
+        files.remove_empty_created()
+        with contextlib.suppress(OSError, ValueError):  # (a captured stdout has no fd)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        sys.exit(141)  # as a process killed by SIGPIPE
     except EXPECTED_ERRORS as exc:
         files.remove_empty_created()
         print(f"error: {one_line(exc)}", file=sys.stderr)

@@ -132,6 +132,12 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if not 0 < value <= 1:
             raise UserError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
+    # a flag another flag makes moot is a request that would be silently dropped
+    if args.key_mass is not None and not args.qk:
+        raise UserError("--key-mass sets the QK attribution that --no-qk turns off: drop one")
+    if args.dashboards_file is not None and not args.dashboards:
+        raise UserError("--dashboards-file names the dashboards --no-dashboards turns off: "
+                        "drop one")  # fmt: skip
     if args.key_mass is not None and not 0 < args.key_mass <= 1:
         raise UserError(f"--key-mass must be in (0, 1], got {args.key_mass}")
     if args.max_logits <= 0 or (args.max_nodes is not None and args.max_nodes <= 0):

@@ -716,6 +716,7 @@ def test_successor_probes_follow_the_spans(tokenizer):
         (["--model", "gpt5"], "unknown model 'gpt5'"),
         (["--docs", "0"], "--docs must be between 1 and 10000"),
         (["--docs", "2", "--truth-docs", "3"], "--truth-docs must be between 1 and --docs"),
+        (["--truth-docs", "3", "--no-truth"], "--no-truth skips: drop one"),
         (["--draws", "100000000"], "--draws must be between 1 and 1000"),
         (["--out", "{file}"], "exists and is not a directory"),
         (["--out", "{file}/heads"], "cannot write there"),

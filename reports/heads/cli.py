@@ -72,6 +72,9 @@ def check_args(args: argparse.Namespace) -> None:
     work. ``--out`` is created (to prove it can hold files) only once the rest has passed."""
     if not 1 <= args.docs <= 10_000:
         raise UserError(f"--docs must be between 1 and 10000, got {args.docs}")
+    if args.truth_docs is not None and args.no_truth:  # a request silently dropped
+        raise UserError("--truth-docs sizes the single-head tests that --no-truth skips: "
+                        "drop one")  # fmt: skip
     if args.truth_docs is None:  # the default, capped by the documents asked for
         args.truth_docs = min(Settings.truth_docs, args.docs)
     if not 1 <= args.truth_docs <= args.docs:

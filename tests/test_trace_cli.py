@@ -193,6 +193,28 @@ def test_an_interrupted_trace_leaves_no_empty_out(tmp_path, capsys, monkeypatch)
     assert not out.exists()
 
 
+def test_a_terminated_trace_leaves_no_lock_and_no_empty_out(tmp_path, capsys, monkeypatch):
+    """Found by the fourth fuzz pass: SIGTERM (``timeout``) while the set was being written
+    left ``.writing.lock`` and ``.writing/`` in a new --out. SIGTERM is raised where the run is,
+    as Ctrl-C is, so the lock and the staging directory go, then the empty --out."""
+    import os
+    import signal
+
+    from reports import outputs
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(outputs, "_write_set", killed)
+    out = tmp_path / "out"
+    code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-qk",
+                         "--no-mechanisms", "--format", "")  # fmt: skip
+    assert code == 143 and err == "terminated\n"
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the run
+
+
 def test_the_last_position_never_trains(tiny_run):
     """What ``trained_positions`` rests on: training feeds ``rows[:, :-1]``, so the position
     embedding of the context's last position keeps its initial value (it is not decayed)."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,13 +59,26 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``), raised where the run is as Ctrl-C is (a kind of
+    KeyboardInterrupt, so whatever handles an interrupt handles it: a training run says where
+    to resume), and its cleanups run: a write lock released, a staging directory removed."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a CLI's ``main``: expected errors end in one line and exit code 2, Ctrl-C in 130, a
-    closed stdout (``| head``) in 141 with nothing printed, and each way the output
-    directories the run created and left empty are removed."""
+    """Run a CLI's ``main``: expected errors end in one line and exit code 2, Ctrl-C in 130,
+    SIGTERM in 143 (after the same cleanups), a closed stdout (``| head``) in 141 with nothing
+    printed, and each way the output directories the run created and left empty are
+    removed."""
     from . import files
 
     files.forget_created()  # only this run's directories
+    in_main = threading.current_thread() is threading.main_thread()  # where handlers can go
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         code = main(argv)
     except BrokenPipeError:  # stdout's reader went away (``| head``): nothing more to say
@@ -75,10 +90,16 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         files.remove_empty_created()
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except Terminated:
+        files.remove_empty_created()
+        print("terminated", file=sys.stderr)
+        sys.exit(143)  # as a process killed by SIGTERM
     except KeyboardInterrupt:
         files.remove_empty_created()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
         files.forget_created()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code or 0)

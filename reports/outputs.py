@@ -28,6 +28,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from circuits.graph import Graph
 from circuits.neuronpedia import to_json
@@ -69,7 +70,21 @@ OUTPUT_NAMES = frozenset(
 )  # fmt: skip
 
 
-SET_MARK = "graph.json"  # in every set: what tells an earlier run's set from a user's files
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class OutputSet:
+    """The entries a command writes into its output directory as one set (``write_set``):
+    ``names``, every name the set can hold there (nothing else in the directory is touched),
+    and ``mark``, a file in every set, which tells an earlier run's set from a user's files."""
+
+    names: frozenset[str]
+    mark: str
+
+
+GRAPH_SET = OutputSet(OUTPUT_NAMES, "graph.json")  # a traced or global graph's files
+SET_MARK = GRAPH_SET.mark
 
 
 def is_output(name: str) -> bool:
@@ -104,22 +119,39 @@ def write_graph_outputs(
     writes the caller's own outputs (named so that ``is_output`` claims them) into the set
     and returns their paths. All of it lands in ``out`` at once (module docstring)."""
     out = Path(out)
+
+    def fill(stage: Path) -> Written:
+        result = _write_set(graph, stage, out, formats, full, dashboards, feature_files,
+                            mechanisms)  # fmt: skip
+        if also is not None:
+            result.paths += also(stage)
+        return result
+
+    result, notes = write_set(out, GRAPH_SET, fill)
+    result.notes += notes
+    result.paths = [out / path.relative_to(out / STAGING_DIR) for path in result.paths]
+    return result
+
+
+def write_set(out: Path, kind: OutputSet, fill: Callable[[Path], T]) -> tuple[T, list[str]]:
+    """Write a set of files into ``out`` at once (module docstring): ``fill(stage)`` writes
+    them into a staging directory and returns what the caller wants back; they are moved into
+    place only when all are written, under ``out``'s write lock, and an earlier set's entries
+    this one does not write again are removed (``kind``). Returns ``(result, notes)``; an OSError
+    names the file in ``out``, not its staged copy."""
+    out = Path(out)
     make_dir(out)  # listed: a run stopped before its set is in place leaves no empty --out
     stage = out / STAGING_DIR
     try:
         with _writing_lock(out), fresh_directory(stage):
-            result = _write_set(graph, stage, out, formats, full, dashboards, feature_files,
-                                mechanisms)  # fmt: skip
-            if also is not None:
-                result.paths += also(stage)
-            result.notes += _move_into_place(stage, out)
+            result = fill(stage)
+            notes = _move_into_place(stage, out, kind)
     except OSError as exc:  # name the file the user will look for, not its staged copy
         name = Path(str(exc.filename or ""))
         if name.is_relative_to(stage):
             raise WriteError(exc.errno, exc.strerror, str(out / name.relative_to(stage))) from None
         raise
-    result.paths = [out / path.relative_to(stage) for path in result.paths]
-    return result
+    return result, notes
 
 
 @contextlib.contextmanager
@@ -153,7 +185,7 @@ def _writing_lock(out: Path) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-def _move_into_place(stage: Path, out: Path) -> list[str]:
+def _move_into_place(stage: Path, out: Path, kind: OutputSet = GRAPH_SET) -> list[str]:
     """Replace ``out``'s output set by the one written in ``stage``: each new entry moved in
     (a directory by ``swap_directory``, so one version exists at every moment), then the files
     of an earlier run that the set does not replace removed, one note each. A name in ``out``
@@ -161,8 +193,8 @@ def _move_into_place(stage: Path, out: Path) -> list[str]:
     anything moves."""
     # graph.json first: it is in every set, so an entry of the set's names beside no
     # graph.json was not written by a run (a killed run moved graph.json before it)
-    new = sorted(stage.iterdir(), key=lambda entry: (entry.name != SET_MARK, entry.name))
-    earlier_set = (out / SET_MARK).is_file()
+    new = sorted(stage.iterdir(), key=lambda entry: (entry.name != kind.mark, entry.name))
+    earlier_set = (out / kind.mark).is_file()
     for entry in new:
         target = out / entry.name
         if target.exists() and (entry.is_dir() != target.is_dir() or target.is_symlink()):
@@ -170,9 +202,9 @@ def _move_into_place(stage: Path, out: Path) -> list[str]:
                              str(target))  # fmt: skip
     if not earlier_set:  # then nothing of the set's names there is a run's to replace
         for entry in sorted(out.iterdir()):
-            if is_output(entry.name):
+            if entry.name in kind.names:
                 raise WriteError(errno.EEXIST, f"in the way: not written by a run (there is no "
-                                 f"{SET_MARK} beside it); move it or choose another --out",
+                                 f"{kind.mark} beside it); move it or choose another --out",
                                  str(entry))  # fmt: skip
     for entry in new:
         if entry.is_dir():
@@ -182,7 +214,7 @@ def _move_into_place(stage: Path, out: Path) -> list[str]:
     notes = []
     written = {entry.name for entry in new}
     for entry in sorted(out.iterdir()):
-        if is_output(entry.name) and entry.name not in written:
+        if entry.name in kind.names and entry.name not in written:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:

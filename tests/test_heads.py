@@ -855,11 +855,21 @@ def test_statistics_it_cannot_use_are_refused_before_the_report_is_written(
     assert str(info.value).startswith(f"{stats}: ") and "--stats" not in str(info.value)
     assert not out.exists() or not any(out.iterdir())
     assert stats.read_bytes() == b"not statistics"  # the user's file, kept
+    # the report is one set: a circuit file beside no heads.json is the user's, and refused;
+    # beside an earlier report, one this run does not write again is removed with a note
     out.mkdir(exist_ok=True)
+    (out / "induction_circuit.svg").write_text("mine")
+    with pytest.raises(OSError, match="not written by a run"):
+        H.main([*args, "--no-induction-circuit"])
+    assert sorted(p.name for p in out.iterdir()) == ["induction_circuit.svg"]
+    (out / "induction_circuit.svg").unlink()
+    assert H.main([*args, "--no-induction-circuit"]) == 0
     (out / "induction_circuit.svg").write_text("an earlier run's")
+    capsys.readouterr()
     assert H.main([*args, "--no-induction-circuit"]) == 0
     assert not (out / "induction_circuit.svg").exists() and (out / "heads.json").is_file()
-    assert "removed" in capsys.readouterr().out
+    assert "induction_circuit.svg of an earlier run" in capsys.readouterr().err
+    assert not (out / ".writing").exists() and not (out / ".writing.lock").exists()
 
 
 def test_a_set_whose_weights_overflow_is_one_line_and_writes_nothing(

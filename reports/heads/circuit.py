@@ -7,8 +7,6 @@ from pathlib import Path
 
 from .report import head_id
 
-CIRCUIT_FILES = ("induction_circuit.svg", "induction_circuit.png", "induction_circuit.html")
-
 
 def circuit_statistics(replacement, tokenizer, model: str):
     """The corpus statistics the induction circuit is drawn from (``statistics_for``: the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -97,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
     from replacement.model import load_pretrained
+    from reports.outputs import STAGING_DIR, write_set
 
     from .analysis import analyse
-    from .circuit import CIRCUIT_FILES, circuit_statistics, induction_circuit
-    from .report import summary, write_report
+    from .circuit import circuit_statistics, induction_circuit
+    from .report import REPORT_SET, summary, write_report
 
     t0 = time.perf_counter()
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
@@ -120,16 +122,20 @@ def main(argv: list[str] | None = None) -> int:
         **results["seconds"],
         "total": time.perf_counter() - t0,  # the report files and the circuit not included
     }
-    written = write_report(results, args.out)
     print(summary(results))
     print("seconds: " + json.dumps({k: round(v, 1) for k, v in results["seconds"].items()}))
-    if stats is not None:
-        written += induction_circuit(replacement, tokenizer, results, args.model, args.out, stats)
-    else:  # an earlier run's circuit is not this report's
-        for name in CIRCUIT_FILES:
-            if (args.out / name).is_file():
-                (args.out / name).unlink()
-                print(f"removed {args.out / name} of an earlier run")
+
+    def fill(stage: Path) -> list[Path]:
+        written = write_report(results, stage)
+        if stats is not None:
+            written += induction_circuit(replacement, tokenizer, results, args.model, stage,
+                                         stats)  # fmt: skip
+        return written
+
+    # one set, as the trace's: an earlier run's circuit (or plot) is never left beside this one
+    written, notes = write_set(args.out, REPORT_SET, fill)
+    for note in notes:
+        print(note, file=sys.stderr)
     for path in written:
-        print(f"wrote {path}")
+        print(f"wrote {args.out / path.relative_to(args.out / STAGING_DIR)}")
     return 0

@@ -120,3 +120,7 @@ class Settings:
     seed: int = 0
     truth: bool = True  # single-head ground truth (precision / recall)
     examples: int = 3  # top heads per family and layer shown with an example
+
+
+# The induction circuit's files in the report's directory (``reports.heads.circuit``).
+CIRCUIT_FILES = tuple(f"induction_circuit.{x}" for x in ("dot", "svg", "png", "html"))

@@ -10,17 +10,16 @@ from toy_models.files import write_png_atomic
 
 from .config import DIAGNOSTICS, HEAD_FAMILIES, THRESHOLDS
 
+PLOT_FILES = ("scores.png", "counts.png", "ablation.png")
+
 
 def write_plots(results: dict, out: Path) -> list[Path]:
-    """``scores.png``, ``counts.png`` and ``ablation.png`` in ``out``; returns their paths."""
+    """``PLOT_FILES`` in ``out``; returns their paths."""
     from matplotlib.figure import Figure
 
     written = []
-    for name, size, draw in (
-        ("scores.png", (16, 13), _score_histograms),
-        ("counts.png", (12, 4), _counts_per_layer),
-        ("ablation.png", (14, 4), _ablations),
-    ):
+    drawings = ((16, 13), _score_histograms), ((12, 4), _counts_per_layer), ((14, 4), _ablations)
+    for name, (size, draw) in zip(PLOT_FILES, drawings, strict=True):
         fig = Figure(figsize=size)
         draw(fig, results)
         write_png_atomic(fig, out / name)

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reports.outputs import OutputSet
+
 from .analysis import by_label
-from .config import HEAD_FAMILIES, PLACES
+from .config import CIRCUIT_FILES, HEAD_FAMILIES, PLACES
+from .plots import PLOT_FILES
+
+# What ``reports.heads`` writes into --out, as one set (``reports.outputs.write_set``).
+REPORT_SET = OutputSet(frozenset({"heads.json", "heads.md", *PLOT_FILES, *CIRCUIT_FILES}),
+                       "heads.json")  # fmt: skip
 
 # What would create or strengthen a family that fails (printed after its measured account).
 _OPERAND_NOTE = (

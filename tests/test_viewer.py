@@ -379,6 +379,21 @@ def test_a_graph_kept_whole_draws_every_edge(browser, tmp_path):
     assert f"Drawing {graph.n_nodes} of {graph.n_nodes} nodes" in status, status
 
 
+def test_a_graph_without_heads_or_features_says_so_at_its_budget(browser, tmp_path):
+    """Found by the fourth fuzz pass: a graph pruned down to tokens and targets showed "Nodes 0
+    of 0" while it drew them; the label says there are no heads or features to rank."""
+    graph = make_graph()
+    keep = [i for i, k in enumerate(graph.kinds) if k in ("embedding", "logit")]
+    graph = graph.subgraph(torch.tensor(keep))
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    toolbar = browser.evaluate("document.querySelector('#viewer .toolbar').innerText")
+    assert "of 0 (no heads or features)" in toolbar
+    expected = layout.select(graph, max_nodes=0, max_edges=None)
+    assert expected.nodes and sorted(drawn(browser)) == sorted(graph.ids[i] for i in expected.nodes)
+
+
 def test_a_head_or_feature_target_stays_drawn_at_any_budget(browser, tmp_path):
     graph = make_graph()
     inner = [i for i, k in enumerate(graph.kinds) if k in ("lorsa", "transcoder")]

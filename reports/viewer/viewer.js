@@ -413,7 +413,10 @@
     ui.clearPins = el("button", { type: "button", class: "clear-pins" }, "Clear pins");
     const zoom = (f) => () => { state.zoom = (state.zoom || fitZoom()) * f; applyZoom(); };
     const toolbar = el("div", { class: "toolbar" },
-      el("label", {}, "Nodes", ui.budgetRange, ui.budget, el("span", { class: "muted" }, "of " + budgetMax)),
+      // the budget ranks heads, features and errors; tokens and targets are always drawn
+      el("label", { title: "heads, features and errors drawn, by influence (tokens and targets always)" },
+        "Nodes", ui.budgetRange, ui.budget,
+        el("span", { class: "muted" }, "of " + budgetMax + (budgetMax ? "" : " (no heads or features)"))),
       el("label", {}, "Edges |w| ≥", ui.edgeRange, ui.edgeValue),
       el("label", {}, ui.search, ui.searchCount),
       el("span", {}, ui.groupName, " ", ui.groupButton, " ", ui.clearPins),

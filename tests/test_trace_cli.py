@@ -263,7 +263,13 @@ def test_the_last_position_never_trains(tiny_run):
         (["--prompt", PROMPT, "--target-node", "lorsa:0:1:1_0"], "KIND:LAYER:POS:INDEX"),
         (["--prompt", PROMPT, "--no-qk", "--key-mass", "0.2"], "--no-qk turns off: drop one"),
         (
-            ["--prompt", PROMPT, "--dashboards-file", "/nonexistent/x.safetensors", "--no-dashboards"],
+            [
+                "--prompt",
+                PROMPT,
+                "--dashboards-file",
+                "/nonexistent/x.safetensors",
+                "--no-dashboards",
+            ],
             "--no-dashboards turns off: drop one",
         ),
         (["--prompt", PROMPT, "--node-threshold", "0"], "--node-threshold must be in (0, 1]"),

@@ -16,7 +16,11 @@ directory at once would share the staging directory, so a run holds ``out/.writi
 run's lock is taken over). Outputs of an earlier run that
 this run does not write again (a render in another format, ``full_graph.safetensors``,
 feature files, ``mechanisms.json``) are removed then, so a reused directory never shows a
-stale file beside a new graph; nothing else in ``out`` is touched (``OUTPUT_NAMES``).
+stale file beside a new graph; nothing else in ``out`` is touched (``OUTPUT_NAMES``), and an
+entry of those names in an ``out`` that holds no earlier set's ``graph.json`` is the user's:
+the run refuses rather than replace it. ``write_set`` is that machinery for any set of files
+(``OutputSet``: its names and the file that marks it); ``reports.heads`` writes its report
+with it too.
 """
 
 from __future__ import annotations
@@ -84,7 +88,6 @@ class OutputSet:
 
 
 GRAPH_SET = OutputSet(OUTPUT_NAMES, "graph.json")  # a traced or global graph's files
-SET_MARK = GRAPH_SET.mark
 
 
 def is_output(name: str) -> bool:
@@ -185,14 +188,14 @@ def _writing_lock(out: Path) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-def _move_into_place(stage: Path, out: Path, kind: OutputSet = GRAPH_SET) -> list[str]:
+def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
     """Replace ``out``'s output set by the one written in ``stage``: each new entry moved in
     (a directory by ``swap_directory``, so one version exists at every moment), then the files
     of an earlier run that the set does not replace removed, one note each. A name in ``out``
     held by the other kind of entry (a directory named ``graph.html``) is refused before
     anything moves."""
-    # graph.json first: it is in every set, so an entry of the set's names beside no
-    # graph.json was not written by a run (a killed run moved graph.json before it)
+    # the mark first: it is in every set, so an entry of the set's names beside no mark was
+    # not written by a run (a run killed among these renames had moved the mark already)
     new = sorted(stage.iterdir(), key=lambda entry: (entry.name != kind.mark, entry.name))
     earlier_set = (out / kind.mark).is_file()
     for entry in new:

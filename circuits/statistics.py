@@ -38,6 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from replacement.model import ReplacementModel
+from toy_models.checkpoint import json_sha256
 from toy_models.model import fingerprint
 
 from .nodes import Kind
@@ -77,8 +78,8 @@ def default_stats_path(model: str, replacement: ReplacementModel, tokenizer) -> 
     ``runs/global-stats/<model>-<key>.safetensors``, ``key`` 12 hex digits of a SHA-256 over
     what they are bound to (``identity``). Another model in a folder of the same name, another
     replacement set or tokenizer gets a file of its own: never one gathered for another."""
-    digest = hashlib.sha256(json.dumps(identity(replacement, tokenizer), sort_keys=True).encode())
-    return DEFAULT_STATS_DIR / f"{Path(model).name}-{digest.hexdigest()[:12]}.safetensors"
+    key = json_sha256(identity(replacement, tokenizer))[:12]  # as dashboards' default_path
+    return DEFAULT_STATS_DIR / f"{Path(model).name}-{key}.safetensors"
 
 
 @dataclass

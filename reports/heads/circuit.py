@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .config import CIRCUIT_STEM
 from .report import head_id
 
 
@@ -21,8 +22,9 @@ def circuit_statistics(replacement, tokenizer, model: str):
 def induction_circuit(replacement, tokenizer, results: dict, model: str, out: Path,
                       stats) -> list[Path]:  # fmt: skip
     """The QK group of the top induction head (``circuits.global_weights.qk_circuit``) drawn
-    with Graphviz as ``out/induction_circuit.{svg,png,html}`` from ``stats``
-    (``circuit_statistics``); returns the files written. ``model`` names the toy model."""
+    with Graphviz as ``out/induction_circuit.{dot,svg,png,html}`` (``CIRCUIT_FILES``) from
+    ``stats`` (``circuit_statistics``); returns the files written. ``model`` names the toy
+    model."""
     from circuits.global_weights import qk_circuit
     from reports.graphviz import dot_available, render, to_dot
     from reports.html import write_html
@@ -39,7 +41,7 @@ def induction_circuit(replacement, tokenizer, results: dict, model: str, out: Pa
     ]  # fmt: skip
     graph = qk_circuit(replacement, stats, top["layer"], same_group, tokenizer=tokenizer)
     graph.model["name"] = model
-    path = out / "induction_circuit"
+    path = out / CIRCUIT_STEM
     formats = ("svg", "png") if dot_available() else ()
     written = render(to_dot(graph, max_nodes=None), path, formats)
     svg = path.with_suffix(".svg")

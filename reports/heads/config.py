@@ -123,4 +123,5 @@ class Settings:
 
 
 # The induction circuit's files in the report's directory (``reports.heads.circuit``).
-CIRCUIT_FILES = tuple(f"induction_circuit.{x}" for x in ("dot", "svg", "png", "html"))
+CIRCUIT_STEM = "induction_circuit"
+CIRCUIT_FILES = tuple(f"{CIRCUIT_STEM}.{x}" for x in ("dot", "svg", "png", "html"))

@@ -87,9 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mech.add_argument("--mechanisms", action=argparse.BooleanOptionalAction, default=True,
                       help="print a mechanism summary (head and feature groups, top paths, "
                       "QK reasons) and write mechanisms.json")  # fmt: skip
-    mech.add_argument("--checks", action=argparse.BooleanOptionalAction, default=True,
+    mech.add_argument("--checks", action=argparse.BooleanOptionalAction,
                       help="check each summary group by ablation, attention frozen and free, "
-                      "against the graph's linear prediction")  # fmt: skip
+                      "against the graph's linear prediction (on with the summary)")  # fmt: skip
     files = parser.add_argument_group("files")
     files.add_argument("--format", default="svg",
                        help=f"renders among {','.join(FORMATS)} (need `dot`)")  # fmt: skip
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     dash.add_argument("--dashboards", action=argparse.BooleanOptionalAction, default=True,
                       help="show each head's and feature's corpus dashboard and concept label "
                       "in the report; built on first use (about a minute) and reused")  # fmt: skip
-    dash.add_argument("--dashboard-rows", type=int, default=DASHBOARD_ROWS,
+    dash.add_argument("--dashboard-rows", type=int,
                       help=f"rows a first build reads (default {DASHBOARD_ROWS}; a finished "
                       "--dashboards-file is used with the rows it has)")  # fmt: skip
     dash.add_argument("--dashboards-file", type=path_arg,
@@ -138,6 +138,15 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if args.dashboards_file is not None and not args.dashboards:
         raise UserError("--dashboards-file names the dashboards --no-dashboards turns off: "
                         "drop one")  # fmt: skip
+    if args.checks is not None and not args.mechanisms:
+        raise UserError("--checks sets the summary's ablation checks that --no-mechanisms "
+                        "turns off: drop one")  # fmt: skip
+    if args.dashboard_rows is not None and not args.dashboards:
+        raise UserError("--dashboard-rows sets the dashboards --no-dashboards turns off: "
+                        "drop one")  # fmt: skip
+    # the defaults of the flags above, once it is known whether they were given
+    args.checks = args.mechanisms if args.checks is None else args.checks
+    args.dashboard_rows = DASHBOARD_ROWS if args.dashboard_rows is None else args.dashboard_rows
     if args.key_mass is not None and not 0 < args.key_mass <= 1:
         raise UserError(f"--key-mass must be in (0, 1], got {args.key_mass}")
     if args.max_logits <= 0 or (args.max_nodes is not None and args.max_nodes <= 0):

@@ -272,6 +272,12 @@ def test_the_last_position_never_trains(tiny_run):
             ],
             "--no-dashboards turns off: drop one",
         ),
+        (["--prompt", PROMPT, "--checks", "--no-mechanisms"], "--no-mechanisms turns off"),
+        (["--prompt", PROMPT, "--no-checks", "--no-mechanisms"], "--no-mechanisms turns off"),
+        (
+            ["--prompt", PROMPT, "--dashboard-rows", "64", "--no-dashboards"],
+            "--dashboard-rows sets the dashboards --no-dashboards turns off",
+        ),
         (["--prompt", PROMPT, "--node-threshold", "0"], "--node-threshold must be in (0, 1]"),
         (["--prompt", PROMPT, "--format", "gif"], "--format: unknown ['gif']"),
         (["--prompt", PROMPT, "--replacement", "/nonexistent"], "replacement file missing"),

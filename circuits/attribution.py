@@ -31,7 +31,7 @@ from torch import Tensor
 from replacement.model import MODES, ReplacementModel, hook_name
 from toy_models.tokenizer import token_text
 
-from .graph import N_PROMOTED, Graph, LogitRecord
+from .graph import N_PROMOTED, Graph, LogitRecord, checked_count, is_fraction, is_integer
 from .nodes import Kind, logit_stage, lorsa_stage, stage_of, transcoder_stage
 
 LORSA_BLOCK_ENTRIES = 1 << 23  # Lorsa targets x sources per dense block (bounds temporaries)
@@ -79,7 +79,9 @@ class _Logit:
 
 
 def _check_token(token: int, d_vocab: int) -> int:
-    if not 0 <= int(token) < d_vocab:
+    if not is_integer(token):  # never a float or a string truncated or parsed into an id
+        raise ValueError(f"a target token id must be an integer, got {token!r}")
+    if not 0 <= token < d_vocab:
         raise ValueError(f"target token id {token} is outside the vocabulary (0..{d_vocab - 1})")
     return int(token)
 
@@ -157,6 +159,7 @@ def run_for_graph(
     """
     if not graph.positional or not graph.tokens:
         raise ValueError("a global graph has no prompt to run: this needs a prompt's graph")
+    check_replacement_fits(replacement, graph)
     traced, given = graph.model.get("replacement_sha256"), replacement.content_sha256
     if None not in (traced, given) and traced != given:
         raise ValueError(f"the graph was traced with another replacement set ({traced[:12]}...) "
@@ -171,7 +174,39 @@ def run_for_graph(
             f"the run given is not of this graph's prompt in its mode ({graph.mode}): "
             "pass the run_prompt of the graph's own tokens, or none"
         )
+    if constants is None and run.constants != graph.has_constants:  # not the graph's sources
+        raise ValueError(f"the run given {'has' if run.constants else 'lacks'} the bias sources "
+                         f"the graph {'lacks' if run.constants else 'has'}: pass run_prompt(..., "
+                         f"constants={graph.has_constants}), or none")  # fmt: skip
     return run
+
+
+def check_replacement_fits(replacement: ReplacementModel, graph: Graph) -> None:
+    """Refuse, in one line, a replacement set that cannot be the one ``graph`` was traced with:
+    another number of layers, Lorsa group size or vocabulary, or a unit index the set does not
+    have (a saved set is also checked by its identity, ``run_for_graph``; an unsaved one only
+    by these shapes)."""
+    lorsas, tcs = replacement.lorsas, replacement.transcoders
+    if graph.n_layers != len(lorsas):
+        raise ValueError(f"the graph has {graph.n_layers} layers and the replacement set "
+                         f"{len(lorsas)}: not the set it was traced with")  # fmt: skip
+    if graph.group_size != lorsas[0].cfg.group_size:
+        raise ValueError(f"the graph's Lorsa heads share QK in groups of {graph.group_size}, the "
+                         f"replacement set's in groups of {lorsas[0].cfg.group_size}: not the "
+                         "set it was traced with")  # fmt: skip
+    referenced = [r.token for r in graph.logit_targets] + graph.tokens
+    referenced += [r.negative for r in graph.logit_targets if r.negative is not None]
+    if max(referenced, default=0) >= replacement.cfg.d_vocab:
+        raise ValueError(f"the graph names token {max(referenced)}, outside the replacement set's "
+                         f"vocabulary of {replacement.cfg.d_vocab}")  # fmt: skip
+    for kind, widths in ((Kind.LORSA, [x.cfg.n_ov_heads for x in lorsas]),
+                         (Kind.TRANSCODER, [x.cfg.d_sae for x in tcs])):  # fmt: skip
+        for l, width in enumerate(widths):
+            at = graph.index[(graph.kind == kind) & (graph.stage == stage_of(kind, l))]
+            if len(at) and int(at.max()) >= width:
+                raise ValueError(f"the graph has {kind.label} {int(at.max())} in layer {l}, which "
+                                 f"the replacement set's {width} units lack: not the set it was "
+                                 "traced with")  # fmt: skip
 
 
 @torch.no_grad()
@@ -194,7 +229,7 @@ def run_prompt(
             )
     if len({lorsa.cfg.group_size for lorsa in replacement.lorsas}) > 1:
         raise ValueError("attribution needs the same Lorsa group size in every layer")
-    tokens = torch.as_tensor(tokens).reshape(-1)
+    tokens = prompt_tokens(replacement, tokens)
     L, n = replacement.cfg.n_layers, len(tokens)
     logits, cache = replacement.run_with_cache(
         tokens[None], mode=mode, names_filter=lambda name: name.endswith(_RUN_HOOKS)
@@ -251,6 +286,34 @@ def run_prompt(
         resid_bias=torch.zeros_like(resid_bias) if constants else resid_bias,
         constants=constants,
     )
+
+
+def prompt_tokens(replacement: ReplacementModel, tokens) -> Int[Tensor, " pos"]:
+    """One prompt's token ids as a 1-D tensor (a ``(1, pos)`` batch of one is read as its
+    row), refused in one line when it is anything else: text, several prompts (never run as
+    one), nothing, or more tokens than the model trained positions for
+    (``ToyTransformer.trained_positions``: a prediction read past them is not the model's).
+    Ids and their type are checked where the model reads them (``check_tokens``)."""
+    if isinstance(tokens, str | bytes):
+        raise ValueError("tokens are token ids: encode the text with the model's tokenizer")
+    try:
+        tokens = torch.as_tensor(tokens)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"tokens must be token ids (integers), got {type(tokens).__name__}: "
+                         f"{str(exc).splitlines()[0]}") from None  # fmt: skip
+    if tokens.ndim == 2 and tokens.shape[0] == 1:
+        tokens = tokens[0]
+    if tokens.ndim != 1:
+        raise ValueError(f"one prompt at a time: tokens must be (pos,) or (1, pos), got shape "
+                         f"{tuple(tokens.shape)}")  # fmt: skip
+    if not len(tokens):
+        raise ValueError("tokens is empty: a prompt has at least one token (BOS)")
+    limit = replacement.model.trained_positions
+    if len(tokens) > limit:
+        raise ValueError(f"{len(tokens)} tokens: the model was trained on {limit} positions "
+                         "(its last one never trains), so a prompt holds at most "
+                         "that many")  # fmt: skip
+    return tokens
 
 
 def decoder_bias(layer) -> Float[Tensor, " d_model"]:
@@ -391,7 +454,7 @@ def attribute(
     replacement: ReplacementModel,
     tokens: Int[Tensor, " pos"] | list[int],
     *,
-    mode: str = "local",
+    mode: str | None = None,
     targets: list[Target] | None = None,
     max_logits: int = 10,
     logit_probability: float = 0.95,
@@ -405,18 +468,33 @@ def attribute(
     ``targets``: default the top logits at the last position, up to ``max_logits`` of them and
     a cumulative probability of ``logit_probability``, each weighted by its probability;
     otherwise the given logit tokens, logit differences and nodes, weighted equally.
-    ``tokenizer`` (optional) gives the graph its token texts; ``run`` (optional) is this
-    prompt's ``run_prompt`` in this mode, when the caller has it already (its ``constants``
-    then decides). ``constants``: the decoder biases become ``bias`` nodes, one per sublayer
-    and position, whose edges carry what the readers' bias terms held (a Lorsa head reads
-    them through its frozen pattern); each target's ``bias`` keeps only its own constant
-    (``b_V`` for a head, ``b_enc`` for a feature, ``b_U`` for a logit). The graph closes
-    either way.
+    ``mode``: "local" (the default) or "sparse"; ``tokenizer`` (optional) gives the graph its
+    token texts; ``run`` (optional) is this prompt's ``run_prompt``, when the caller has it
+    already (its mode is the default then, and its ``constants`` decides). ``constants``: the
+    decoder biases become ``bias`` nodes, one per sublayer and position, whose edges carry
+    what the readers' bias terms held (a Lorsa head reads them through its frozen pattern);
+    each target's ``bias`` keeps only its own constant (``b_V`` for a head, ``b_enc`` for a
+    feature, ``b_U`` for a logit). The graph closes either way.
     """
+    if targets is not None and not isinstance(targets, list | tuple):
+        raise ValueError(f"targets must be a list of targets (or None), got "
+                         f"{type(targets).__name__}")  # fmt: skip
     if targets is not None and not targets:
         raise ValueError("targets is empty: name at least one, or pass None for top logits")
+    checked_count(max_logits, "max_logits")
+    if not is_fraction(logit_probability):
+        raise ValueError(f"logit_probability must be in (0, 1], got {logit_probability!r}")
     replacement.eval()
-    run = run or run_prompt(replacement, tokens, mode, constants=constants)  # 1) the clean run
+    if run is None:
+        run = run_prompt(replacement, tokens, mode or "local", constants=constants)  # 1) clean run
+    elif run.mode != (mode or run.mode) or not torch.equal(
+        run.tokens, prompt_tokens(replacement, tokens)
+    ):
+        raise ValueError(f"the run given is not of these tokens in mode {mode or run.mode!r}: "
+                         "pass the run_prompt of the same tokens and mode, or none")  # fmt: skip
+    elif constants and not run.constants:
+        raise ValueError("constants asks for bias nodes the run given has none of: pass a "
+                         "run_prompt(..., constants=True), or none")  # fmt: skip
     logits = resolve_targets(replacement, run, targets, max_logits, logit_probability)  # 2)
     edges, bias, value = build_edges(replacement, run, logits)  # 3) closed-form edges
     graph = assemble_graph(replacement, run, logits, edges, bias, value, tokenizer, prompt)  # 4)
@@ -486,6 +564,10 @@ def _check_node(run: PromptRun, target: NodeTarget) -> None:
     kind = Kind.parse(target.kind)
     if kind not in (Kind.LORSA, Kind.TRANSCODER):
         raise ValueError(f"node targets are lorsa or transcoder nodes, not {target.kind!r}")
+    odd = next((f for f in ("layer", "pos", "index") if not is_integer(getattr(target, f))), None)
+    if odd is not None:
+        raise ValueError(f"a node target's {odd} must be an integer, got "
+                         f"{getattr(target, odd)!r}")  # fmt: skip
     if not 0 <= target.layer < run.n_layers:
         raise ValueError(f"layer {target.layer} does not exist: the model has layers "
                          f"0..{run.n_layers - 1}")  # fmt: skip

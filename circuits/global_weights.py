@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,10 +37,18 @@ from torch import Tensor
 from replacement.model import ReadWrite, ReplacementModel
 from toy_models.tokenizer import token_text
 
-from .graph import N_PROMOTED, Graph, LogitRecord, QKAttribution, QKPair
+from .graph import (
+    N_PROMOTED,
+    Graph,
+    LogitRecord,
+    QKAttribution,
+    QKPair,
+    checked_count,
+    is_integer,
+)
 from .nodes import Kind, block_of, lorsa_stage
 from .statistics import Statistics
-from .units import Units
+from .units import Units, checked_index
 from .units import decoders as unit_decoders
 from .units import readers as unit_readers
 
@@ -92,6 +100,7 @@ def virtual_weights(
     """The ``k`` strongest virtual weights into ``target`` from every unit below it
     (``upstream``), or out of it into every unit above: (units, weights), by |weight|."""
     units, rw = Units.of(replacement), replacement.read_write()
+    target, k = units.check(target, "target"), checked_count(k, "k")
     stage = int(units.stage[target])
     if upstream:
         below = units.start(stage)
@@ -119,7 +128,10 @@ def qk_virtual_weights(
     blocks without forming the whole table. ``scale`` (per unit, optional) multiplies each
     decoder, e.g. by a unit's typical activation / sigma from corpus statistics."""
     units = Units.of(replacement)
+    layer = units.check_layer(layer)
     lorsa = replacement.lorsas[layer]
+    qk_head = checked_index(qk_head, "qk_head", lorsa.cfg.n_qk_heads)
+    k, block = checked_count(k, "k"), checked_count(block, "block")
     below = units.start(lorsa_stage(layer))
     d = decoders(replacement, units)[:below]
     if scale is not None:
@@ -169,6 +181,8 @@ def global_graph(
     (``with_qk_side``; after pruning, prune first and add it then). ``tokenizer`` (optional)
     gives the text of the tokens the graph refers to."""
     units = stats.units
+    start = units.check(start, "start")
+    budget, per_node = checked_count(budget, "budget"), checked_count(per_node, "per_node")
     if upstream:
         neighbours, total = stats.mean_input, stats.input_total
         stop = (Kind.EMBEDDING, Kind.ERROR)
@@ -249,6 +263,7 @@ def with_qk_side(
     group's record (``qk_record``) and, as nodes, the query and key units of the group's
     ``pairs`` strongest pairs (drawn as q/k edges into the head). Added units have no value
     edges here, so their influence is 0; every other field of the graph is kept."""
+    pairs = checked_count(pairs, "pairs", least=0)
     units = stats.units
     have = units_of(graph, units)
     heads = (graph.kind == Kind.LORSA).nonzero().squeeze(1).tolist()
@@ -285,6 +300,7 @@ def qk_record(stats: Statistics, layer: int, qk_head: int, top: int = QK_RECORD_
     among the units gathered, the marginals each side's ``top`` strongest units and the bias
     (``None``), ``rest`` the score minus the listed pairs. A global record has no query, key or
     attention of its own (0)."""
+    top = checked_count(top, "top")
     group = stats.qk_group(layer, qk_head)
     unit_id = stats.units.node_id
     flat = group.pairs.flatten()
@@ -316,6 +332,7 @@ def split_half(
     how many of each half's ``top`` strongest edges (by |weight|, as unit pairs) the other
     half's graph has among its own ``top``. Returns the overlap fraction, the counts and the
     units both halves' graphs share."""
+    top = checked_count(top, "top")
     halves = [grow(stats.half(h)) for h in (0, 1)]
     tops, members = [], []
     for graph in halves:
@@ -354,7 +371,16 @@ def qk_circuit(
     corpus sample (``Statistics.mean_input``). Returns a ``Graph``: writer -> unit edges carry
     the mean inputs, and the pairs are the heads' QK record (drawn as dashed query/key edges)."""
     units = stats.units
-    group = replacement.lorsas[layer].cfg.group_size
+    layer = units.check_layer(layer)
+    cfg = replacement.lorsas[layer].cfg
+    listed = list(heads) if isinstance(heads, Iterable) and not isinstance(heads, str) else []
+    if not listed or not all(map(is_integer, listed)):
+        raise ValueError(f"heads must be a non-empty list of Lorsa head indices, got {heads!r}")
+    heads = [checked_index(h, "head", cfg.n_ov_heads) for h in listed]
+    if len(set(heads)) != len(heads):
+        raise ValueError(f"heads {heads} name a head twice")
+    writers = checked_count(writers, "writers", least=0)
+    group = cfg.group_size
     qk_heads = {h // group for h in heads}
     if len(qk_heads) != 1:
         raise ValueError(f"heads {heads} are not all in one QK group (groups of {group})")

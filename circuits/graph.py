@@ -27,12 +27,14 @@ anything uses it, and refuses with one line naming the file and the field.
 
 from __future__ import annotations
 
+import numbers
 import operator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 import networkx as nx
+import numpy as np
 import scipy.sparse as sp
 import torch
 from jaxtyping import Float, Int
@@ -254,6 +256,7 @@ class Graph:
 
     def logit_record(self, node: int) -> LogitRecord:
         """The resolved target of logit node ``node``."""
+        node = self.node_index(node)
         if Kind(int(self.kind[node])) != Kind.LOGIT:
             raise ValueError(f"node {self.ids[node]} is not a logit")
         return self.logit_targets[int((self.kind[:node] == Kind.LOGIT).sum())]
@@ -281,10 +284,20 @@ class Graph:
         )
 
     # ----------------------------------------------------------------- views
+    def node_index(self, node, name: str = "node") -> int:
+        """One node index, refused in one line unless an integer in ``0..n_nodes - 1`` (never
+        read from the end, never a float truncated into one)."""
+        if not (is_integer(node) and 0 <= node < self.n_nodes):
+            raise ValueError(f"{name} must be a node index in 0..{self.n_nodes - 1}, got {node!r}")
+        return int(node)
+
     def node_indices(self, nodes, name: str = "nodes") -> Int[Tensor, " n"]:
         """``nodes`` (node indices or a boolean mask over the nodes) as sorted indices, refused
         in one line when it is anything else: floats, strings, negative or out-of-range
         indices (never read from the end), a node named twice, a mask of another length."""
+        if isinstance(nodes, set | frozenset | dict | str):  # no order, or no indices
+            raise ValueError(f"{name} must be node indices (integers, 1-D) or a boolean mask, "
+                             f"not a {type(nodes).__name__}")  # fmt: skip
         listed = isinstance(nodes, list | tuple)
         if listed and not (all(map(is_integer, nodes)) or all(isinstance(x, bool) for x in nodes)):
             raise ValueError(f"{name} must be node indices (integers, 1-D) or a boolean mask")
@@ -312,6 +325,8 @@ class Graph:
         if edges is not None and not (sp.issparse(edges) and edges.shape == (len(idx),) * 2):
             shape = getattr(edges, "shape", None)
             raise ValueError(f"edges must be a sparse ({len(idx)}, {len(idx)}) array, got {shape}")
+        if edges is not None and not np.isfinite(edges.data).all():
+            raise ValueError("edges has NaN or infinite values: a graph's edges are finite")
         qk_keys = self._qk_keys(keep)
         logit_nodes = (self.kind == Kind.LOGIT).nonzero().squeeze(1).tolist()
         kept_logits = set(idx[self.kind[keep].numpy() == Kind.LOGIT].tolist())
@@ -345,6 +360,7 @@ class Graph:
 
     def qk_for(self, node: int) -> list[QKAttribution]:
         """The QK attributions of the Lorsa head ``node`` (one per key it was traced to)."""
+        node = self.node_index(node)
         if Kind(int(self.kind[node])) != Kind.LORSA:
             return []
         layer, q = int(self.layer[node]), int(self.pos[node])
@@ -353,7 +369,7 @@ class Graph:
 
     def strongest_key(self, node: int) -> int | None:
         """The key position a Lorsa head node reads most (None for other nodes)."""
-        key = int(self.attends[node])
+        key = int(self.attends[self.node_index(node)])
         return key if key >= 0 else None
 
     def to_networkx(self, labels: list[str] | None = None) -> nx.DiGraph:
@@ -379,6 +395,8 @@ class Graph:
         return g
 
     def node_attributes(self, i: int) -> dict:
+        """Node ``i``'s fields, as ``to_networkx`` gives them."""
+        i = self.node_index(i)
         attrs = {
             "kind": self.kinds[i],
             "layer": int(self.layer[i]),
@@ -436,9 +454,18 @@ def is_integer(x) -> bool:
     return True
 
 
+def checked_count(value, name: str, least: int = 1) -> int:
+    """``value`` as an ``int`` of at least ``least`` (1: a positive count, 0: a non-negative
+    one), or a one-line ValueError naming ``name``: never a float truncated into one."""
+    if not (is_integer(value) and value >= least):
+        what = "a positive" if least == 1 else "a non-negative"
+        raise ValueError(f"{name} must be {what} integer, got {value!r}")
+    return int(value)
+
+
 def is_fraction(x) -> bool:
     """A real number in (0, 1] (not a bool, not NaN): a threshold or a share of a mass."""
-    return isinstance(x, int | float) and not isinstance(x, bool) and 0 < x <= 1
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and 0 < x <= 1
 
 
 def no_promotes(n: int) -> Tensor:

@@ -90,6 +90,8 @@ def describe(
     if isinstance(members, Mapping | str) or not all(is_integer(m) for m in members):
         raise ValueError(f"group {name!r}: members must be node indices (integers)")
     idx = sorted({operator.index(m) for m in members})
+    if len(idx) != len(members):
+        raise ValueError(f"group {name!r} names a node twice")
     if not idx:
         raise ValueError(f"group {name!r} has no members")
     bad = [m for m in idx if not 0 <= m < f.n]
@@ -163,7 +165,7 @@ class GroupedGraph:
         return self.groups[g].members
 
     def group_of(self, node: int) -> int:
-        return int(self.of_node[node])
+        return int(self.of_node[self.graph.node_index(node)])
 
     def to_networkx(self):
         """Groups keyed by name with their fields; edges source -> target with ``weight``."""
@@ -214,9 +216,14 @@ def grouped(
             raise ValueError(f"node {graph.ids[taken[0]]} is in two groups")
         of_node[grp.members] = k
     all_groups = list(made)
+    names_made = {grp.name for grp in made}
     for i in np.flatnonzero(of_node < 0).tolist():
         of_node[i] = len(all_groups)
-        all_groups.append(describe(graph, [i], node_name(graph, i, fields), None, fields))
+        own = node_name(graph, i, fields)
+        if own in names_made:  # the networkx view would merge the two
+            raise ValueError(f"a group is named {own!r}, the name of node {graph.ids[i]}'s own "
+                             "group: choose another")  # fmt: skip
+        all_groups.append(describe(graph, [i], own, None, fields))
     return _view(graph, all_groups, of_node)
 
 
@@ -272,6 +279,9 @@ def auto_groups(
     """Group heads and features that do the same thing in the same place (``AUTO_RULES``).
     ``concepts``: unit id (``circuits.nodes.unit_id``) -> (concept label, F1), e.g. from the
     unit dashboards (``Dashboards.concept_labels``)."""
+    if concepts is not None and not isinstance(concepts, Mapping):
+        raise ValueError(f"concepts must map unit ids to (label, F1), got a "
+                         f"{type(concepts).__name__}")  # fmt: skip
     concepts = concepts or {}
     kinds, layers = graph.kind.tolist(), graph.layer.tolist()
     stages, pos = graph.stage.tolist(), graph.pos.tolist()

@@ -16,6 +16,7 @@ Two ways to rerun, both through the replacement model's hooks (never through the
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -127,7 +128,9 @@ def _error_name(stage: int) -> str:
     return hook_name(block_of(stage), f"{SITE[sublayer_kind(stage)]}.hook_error")
 
 
-def _source_count(graph: Graph, run: PromptRun) -> int:
+def check_full_graph(graph: Graph, run: PromptRun) -> int:
+    """The number of source nodes of ``run``, refusing a ``graph`` that is not its full
+    (unpruned) graph."""
     n_src = len(run.kind)
     if graph.n_nodes != n_src + int(graph.is_kind("logit").sum()) or not torch.equal(
         graph.index[:n_src], run.index
@@ -180,6 +183,12 @@ def direct_pre_activations(
     Differentiable in ``multipliers``: d(target)/d(multiplier of s) at 1 is the edge s -> target.
     """
     run = run_for_graph(replacement, graph, run)
+    n_src = check_full_graph(graph, run)
+    if not isinstance(multipliers, Tensor) or multipliers.ndim != 2 or \
+            multipliers.shape[1] != n_src:  # fmt: skip
+        shape = tuple(getattr(multipliers, "shape", ()))
+        raise ValueError(f"multipliers must be (batch, {n_src}): one per source node of the "
+                         f"graph, got {shape}")  # fmt: skip
     B, n = multipliers.shape[0], len(run.tokens)
     L = run.n_layers
     cache = _clean_nodes(replacement, run)
@@ -211,7 +220,6 @@ def direct_pre_activations(
                 multipliers[:, sel],
             )
             store.append(values * scale)
-    _source_count(graph, run)
     hooks = _hooks(
         replacement, run, freeze_attention=True, freeze_layernorm=True,
         z=z, acts=acts, errors=errors, embed_scale=embed_scale, bias_scale=bias_scale,
@@ -331,6 +339,9 @@ def intervene(
                        - graph.value[i]) for i in nodes]  # fmt: skip
         rows = torch.cat([rows, torch.tensor(nodes, dtype=torch.long)])
         actual = torch.cat([actual, torch.tensor(moved)])
+    if not torch.isfinite(actual).all():  # an edit far outside the model's range
+        raise ValueError("the model overflows under these edits (a target's value is not "
+                         "finite): edit by values nearer the nodes' own")  # fmt: skip
     predicted = (predict(graph, interventions) if predicted is None else predicted)[rows]
     return InterventionResult([graph.ids[i] for i in rows.tolist()], predicted, actual, logits)
 
@@ -401,6 +412,9 @@ def _edited_nodes(graph: Graph, interventions: list[Intervention]) -> dict[str, 
         if edit.action not in ACTIONS:
             raise ValueError(f"unknown action {edit.action!r}; expected one of "
                              f"{', '.join(ACTIONS)}")  # fmt: skip
+        if not isinstance(edit.value, numbers.Real) or isinstance(edit.value, bool):
+            raise ValueError(f"{edit.action} of {edit.node!r}: the value must be a number, got "
+                             f"{edit.value!r}")  # fmt: skip
         if not math.isfinite(edit.value):
             raise ValueError(f"{edit.action} of {edit.node!r} to {edit.value}: not a finite value")
     return where

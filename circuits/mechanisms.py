@@ -44,12 +44,14 @@ fields (``NodeRef``).
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from .attribution import PromptRun
+from .attribution import PromptRun, run_for_graph
 from .flows import (
     BEAM,
     MAX_PATHS,
@@ -62,9 +64,9 @@ from .flows import (
     target_parts,
     top_paths,
 )
-from .graph import Graph, QKAttribution
+from .graph import Graph, QKAttribution, checked_count
 from .groups import AUTO_RULES, GroupedGraph, auto_groups, node_name
-from .interventions import Intervention, intervene, predict, target_nodes
+from .interventions import Intervention, check_full_graph, intervene, predict, target_nodes
 from .mechanism_file import (
     EffectCheck,
     GroupRecord,
@@ -110,6 +112,18 @@ def summarize(
     (unit id -> (label, F1)) labels units and groups them (``auto_groups``); ``view`` replaces
     the automatic groups with the caller's (``circuits.groups.grouped``); ``check`` runs the
     ablation checks (two reruns of the model per head or feature group)."""
+    run_for_graph(replacement, full, run)  # wrong inputs refused before any work, each in a line
+    check_full_graph(full, run)
+    for name, count in (("beam", beam), ("max_paths", max_paths), ("max_groups", max_groups)):
+        checked_count(count, name)
+    if not (isinstance(tolerance, numbers.Real) and 0 <= tolerance < math.inf):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    if view is not None and view.graph.ids != full.ids:
+        raise ValueError("view groups another graph's nodes: make it from full (grouped(full, "
+                         "...))")  # fmt: skip
+    if pruned is not None and (pruned.tokens != full.tokens or pruned.mode != full.mode
+                               or not set(pruned.ids) <= set(full.ids)):  # fmt: skip
+        raise ValueError("pruned is not a pruning of full: another prompt, mode or nodes")
     with single_thread():
         return _summarize(
             replacement, full, run, pruned=pruned, concepts=concepts, view=view, beam=beam,

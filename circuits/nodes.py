@@ -50,10 +50,13 @@ class Kind(IntEnum):
 
     @classmethod
     def parse(cls, name: str) -> Kind:
-        """The kind named ``name`` (``"lorsa"``, ...), or a ValueError listing the names."""
+        """The kind named ``name`` (``"lorsa"``, ...; a ``Kind`` is itself), or a ValueError
+        listing the names."""
+        if isinstance(name, cls):
+            return name
         try:
             return cls[name.upper()]
-        except KeyError:
+        except (KeyError, AttributeError):
             names = ", ".join(k.label for k in cls)
             raise ValueError(f"unknown node kind {name!r}; expected one of {names}") from None
 

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .graph import Graph, is_fraction, is_integer
+from .graph import Graph, checked_count, is_fraction
 
 NODE_THRESHOLD = 0.8
 EDGE_THRESHOLD = 0.98
@@ -165,11 +165,14 @@ def prune_graph(
     ``max_nodes`` caps the heads, features and errors kept (most influential first).
     ``scored`` (optional): this graph's ``influence_scores``, when the caller has them.
     """
-    if max_nodes is not None and not (is_integer(max_nodes) and max_nodes >= 1):
-        raise ValueError(f"max_nodes must be a positive integer or None, got {max_nodes!r}")
+    if max_nodes is not None:
+        checked_count(max_nodes, "max_nodes")
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not is_fraction(value):
             raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    if scored is not None and scored.influence.shape != (graph.n_nodes,):
+        raise ValueError(f"scored holds {len(scored.influence)} nodes' influence, the graph has "
+                         f"{graph.n_nodes}: pass this graph's influence_scores")  # fmt: skip
     stage, weights = graph.stage.numpy(), graph.target_weight.numpy()
     infl = scored.influence if scored is not None else influence(graph.edges, stage, weights)
     always = (graph.is_kind("embedding") | graph.is_target).numpy()

@@ -22,10 +22,10 @@ from torch import Tensor
 from replacement.model import ReplacementModel, center
 
 from .attribution import PromptRun, pad_by_position, run_for_graph
-from .graph import Graph, QKAttribution, QKPair, QKReason, is_fraction, is_integer
+from .graph import Graph, QKAttribution, QKPair, QKReason, checked_count, is_fraction
 from .nodes import Kind, lorsa_stage, node_id, unit_id
 from .threads import single_thread
-from .units import Units
+from .units import Units, checked_index
 
 
 def reference_queries(n_pos: int) -> Tensor:
@@ -282,8 +282,7 @@ def qk_attribution(
     split into query-unit x key-unit pairs). Both are computed for a batch of a layer's
     records at once. The list is also stored in ``graph.qk``.
     """
-    if not (is_integer(top) and top >= 1):
-        raise ValueError(f"top must be a positive integer, got {top!r}")
+    checked_count(top, "top")
     if key_mass is not None and not is_fraction(key_mass):
         raise ValueError(f"key_mass must be in (0, 1] or None, got {key_mass!r}")
     run = run_for_graph(replacement, graph, run)
@@ -529,10 +528,18 @@ def qk_record(
     sides: dict[int, tuple[QKSides, Tensor, SlotNames]] | None = None,
 ) -> QKAttribution:
     """One QK attribution with its ``QKReason``, at any (layer, QK head, query, key) of the
-    run (whether or not a graph keeps the head). ``sides`` (optional) caches each layer's
-    ``QKSides``, slot units and slot names across calls."""
-    sides = {} if sides is None else sides
+    run (whether or not a graph keeps the head): integers in range, the key at or before the
+    query (a later key is masked). ``sides`` (optional) caches each layer's ``QKSides``, slot
+    units and slot names across calls."""
     units = Units.of(replacement)
+    layer = units.check_layer(layer)
+    qk_head = checked_index(qk_head, "qk_head", replacement.lorsas[layer].cfg.n_qk_heads)
+    query = checked_index(query, "query", len(run.tokens))
+    key = checked_index(key, "key", len(run.tokens))
+    if key > query:
+        raise ValueError(f"key {key} is after query {query}: a query reads keys 0..{query} only")
+    checked_count(top, "top")
+    sides = {} if sides is None else sides
     if layer not in sides:
         side = QKSides(run, replacement, layer)
         unit = slot_units(run, side, units)

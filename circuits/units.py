@@ -24,6 +24,7 @@ from torch import Tensor
 
 from replacement.model import ReadWrite, ReplacementModel
 
+from .graph import is_integer
 from .nodes import (
     EMBEDDING_STAGE,
     Kind,
@@ -35,6 +36,16 @@ from .nodes import (
     sublayer_kind,
     unit_id,
 )
+
+
+def checked_index(value, name: str, size: int) -> int:
+    """``value`` as an ``int`` in ``0..size-1``, or a one-line ValueError naming ``name``: a
+    bool, a float or a negative index (never read from the end) is refused."""
+    if not is_integer(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= value < size:
+        raise ValueError(f"{name} {value} is outside 0..{size - 1}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -95,10 +106,9 @@ class Units:
             return self._checked(EMBEDDING_STAGE, index)
         if kind == Kind.LOGIT:
             return self._checked(self.logit_stage, index)
-        if not 0 <= layer < self.n_layers:
-            raise ValueError(f"layer {layer} is outside 0..{self.n_layers - 1}")
+        layer = self.check_layer(layer)
         if kind == Kind.ERROR:
-            if index not in (0, 1):
+            if not is_integer(index) or index not in (0, 1):
                 raise ValueError(f"an error unit's index is 0 (attention) or 1 (MLP), not {index}")
             return int(self.offsets[lorsa_stage(layer) + index + 1] - 1)
         stage = stage_of(kind, layer)
@@ -106,14 +116,21 @@ class Units:
 
     def _checked(self, stage: int, index: int, size: int | None = None) -> int:
         size = self.sizes[stage] if size is None else size
-        if not 0 <= index < size:
-            raise ValueError(f"index {index} is outside 0..{size - 1}")
-        return int(self.offsets[stage] + index)
+        return int(self.offsets[stage]) + checked_index(index, "index", size)
+
+    def check(self, unit: int, name: str = "unit") -> int:
+        """``unit`` as an ``int``, or a one-line ValueError naming ``name`` unless it is a unit
+        of this numbering (``checked_index``)."""
+        return checked_index(unit, name, self.total)
+
+    def check_layer(self, layer: int) -> int:
+        """``layer`` as an ``int``, or a one-line ValueError unless it is a block of this
+        numbering."""
+        return checked_index(layer, "layer", self.n_layers)
 
     def describe(self, unit: int) -> tuple[Kind, int, int]:
         """(kind, stage, index) of a unit; an error unit's index is -1."""
-        if not 0 <= unit < self.total:
-            raise ValueError(f"unit {unit} is outside 0..{self.total - 1}")
+        unit = self.check(unit)
         stage = int(self.stage[unit])
         index = unit - int(self.offsets[stage])
         if stage == EMBEDDING_STAGE:
@@ -126,7 +143,7 @@ class Units:
 
     def layer(self, unit: int) -> int:
         """The block of a Lorsa, transcoder or error unit (-1 for tokens, L for logits)."""
-        return block_of(int(self.stage[unit]))
+        return block_of(int(self.stage[self.check(unit)]))
 
     def unit_id(self, unit: int) -> str:
         """A unit's id (``circuits.nodes.unit_id``): a node id without the position."""

@@ -15,6 +15,7 @@ from circuits.attribution import (
     run_prompt,
 )
 from circuits.graph import Graph
+from circuits.groups import group
 from circuits.interventions import (
     Intervention,
     direct_pre_activations,
@@ -257,7 +258,15 @@ def test_interventions_read_a_node_targets_pre_activation(replacement, tokens, m
         ([LogitDiffTarget(5, 5)], "with itself is zero"),
         (["logit 5"], "unknown target"),
         ([NodeTarget("embedding", 0, 3, 1)], "lorsa or transcoder"),
+        ([NodeTarget(None, 0, 3, 1)], "unknown node kind None"),
+        ([NodeTarget("lorsa", 0.0, 3, 1)], "a node target's layer must be an integer"),
         ([], "targets is empty"),
+        # found by a fuzz pass: ids were int()-ed, so 4.7 was token 4 and "5" next to 5 made
+        # two logit nodes of one id
+        ([LogitTarget(4.7)], "a target token id must be an integer, got 4.7"),
+        ([LogitTarget(5), LogitTarget("5")], "must be an integer, got '5'"),
+        ([LogitTarget(True)], "must be an integer, got True"),
+        (LogitTarget(5), "targets must be a list of targets"),
     ],
 )
 def test_bad_targets_are_refused(replacement, tokens, targets, message):
@@ -277,10 +286,121 @@ def test_a_unit_that_exists_but_is_silent_is_refused(replacement, tokens):
 def test_bad_inputs_are_refused(replacement, random_model, tokens, make_replacement):
     with pytest.raises(ValueError, match="unknown mode"):
         attribute(replacement, tokens, mode="dense")
-    with pytest.raises(ValueError, match="outside 1..n_ctx"):
-        attribute(replacement, torch.randint(0, 50, (17,)))
     with pytest.raises(ValueError, match="linear skip"):
         attribute(make_replacement(random_model, skip_layers=(1,)), tokens)
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        # a batch was flattened into one prompt with a BOS in its middle
+        (lambda t: torch.stack([t, t]), r"one prompt at a time: .* got shape \(2, 12\)"),
+        (lambda t: t[None, None], r"got shape \(1, 1, 12\)"),
+        (lambda t: [], "tokens is empty"),
+        (lambda t: "Monday", "encode the text"),
+        (lambda t: [["a"]], "tokens must be token ids"),
+        # the last of the n_ctx = 16 positions never trains: 16 tokens are one too many
+        (lambda t: torch.randint(0, 50, (16,)), "16 tokens: the model was trained on 15 positions"),
+        (lambda t: torch.randint(0, 50, (17,)), "17 tokens"),
+    ],
+)
+def test_tokens_that_are_not_one_prompt_are_refused(replacement, tokens, given, message):
+    with pytest.raises(ValueError, match=message):
+        attribute(replacement, given(tokens))
+    assert attribute(replacement, tokens[None], max_logits=1).tokens == tokens.tolist()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"max_logits": 0}, "max_logits must be a positive integer, got 0"),
+        ({"max_logits": -3}, "got -3"),  # was every logit of the vocabulary (order[:-3])
+        ({"max_logits": 1.5}, "got 1.5"),
+        ({"logit_probability": float("nan")}, "logit_probability must be in"),
+        ({"logit_probability": 2.0}, "logit_probability must be in"),
+    ],
+)
+def test_bad_target_options_are_refused(replacement, tokens, options, message):
+    with pytest.raises(ValueError, match=message):
+        attribute(replacement, tokens, **options)
+
+
+def test_a_run_given_must_be_of_the_tokens_and_mode_asked_for(replacement, tokens):
+    """Found by a fuzz pass: the graph of the run given came back under the prompt and mode
+    asked for (another prompt's graph, or a local graph for mode="sparse")."""
+    run = run_prompt(replacement, tokens, "local")
+    with pytest.raises(ValueError, match="not of these tokens in mode 'local'"):
+        attribute(replacement, tokens.flip(0), run=run)
+    with pytest.raises(ValueError, match="not of these tokens in mode 'sparse'"):
+        attribute(replacement, tokens, mode="sparse", run=run)
+    with pytest.raises(ValueError, match="constants asks for bias nodes the run given has none"):
+        attribute(replacement, tokens, run=run, constants=True)
+    assert attribute(replacement, tokens, run=run).tokens == tokens.tolist()
+
+
+def test_a_replacement_set_that_cannot_be_the_graphs_is_refused(
+    graph, replacement, random_model, make_replacement, tokens
+):
+    """Found by a fuzz pass: an unsaved set (no identity to compare) of other shapes gave
+    deep IndexErrors or silently meaningless predictions."""
+    edit = [Intervention(graph.ids[int(graph.is_kind("lorsa").nonzero()[0])], "ablate")]
+    regrouped = make_replacement(random_model, n_qk=4)  # QK groups of 2, not 4
+    with pytest.raises(ValueError, match="in groups of 4, the replacement set's in groups of 2"):
+        intervene(regrouped, graph, edit)
+    narrow = make_replacement(random_model, n_ov=4, n_qk=1)  # heads 4..7 missing
+    assert int(graph.index[graph.is_kind("lorsa")].max()) >= 4
+    with pytest.raises(ValueError, match="lorsa .* the replacement set's 4 units lack"):
+        first_order(narrow, graph)
+    run = run_prompt(replacement, tokens, graph.mode, constants=True)  # the graph has none
+    with pytest.raises(ValueError, match="the run given has the bias sources the graph lacks"):
+        qk_attribution(replacement, graph, run=run)
+
+
+def test_direct_pre_activations_checks_its_inputs_first(graph, replacement):
+    n_src = graph.n_nodes - int(graph.is_kind("logit").sum())
+    with pytest.raises(ValueError, match=rf"multipliers must be \(batch, {n_src}\).*\(1, 5\)"):
+        direct_pre_activations(replacement, graph, torch.ones(1, 5))
+    with pytest.raises(ValueError, match="multipliers must be"):
+        direct_pre_activations(replacement, graph, torch.ones(n_src))
+    pruned = prune_graph(graph)
+    with pytest.raises(ValueError, match="needs the full"):
+        direct_pre_activations(replacement, pruned, torch.ones(1, pruned.n_nodes - 1))
+
+
+def test_single_node_accessors_never_read_from_the_end(graph):
+    last = graph.n_nodes - 1
+    for call in (graph.node_attributes, graph.logit_record, graph.strongest_key, graph.qk_for):
+        for bad in (-1, graph.n_nodes, 2.0):
+            with pytest.raises(ValueError, match=f"node must be a node index in 0..{last}"):
+                call(bad)
+    assert graph.node_attributes(last)["kind"] == "logit"
+    with pytest.raises(ValueError, match="node must be a node index"):
+        group(graph, [1], "x").group_of(-1)
+
+
+def test_odd_arguments_of_the_graph_api_are_refused_in_a_line(graph, replacement):
+    """Found by a fuzz pass: each failed deep in torch or numpy, or ran on."""
+    from circuits.groups import auto_groups
+    from circuits.prune import influence_scores
+
+    with pytest.raises(ValueError, match="keep must be node indices .* not a set"):
+        graph.subgraph({0, 1, 2})
+    with pytest.raises(ValueError, match="concepts must map unit ids to"):
+        auto_groups(graph, [("0_1", "x", 1.0)])
+    other = attribute(replacement, torch.arange(1, 6), max_logits=1)
+    with pytest.raises(ValueError, match="pass this graph's influence_scores"):
+        prune_graph(graph, scored=influence_scores(other))
+    node = graph.ids[int(graph.is_kind("lorsa").nonzero()[0])]
+    with pytest.raises(ValueError, match="the value must be a number, got '2'"):
+        intervene(replacement, graph, [Intervention(node, "clamp", "2")])
+
+
+def test_non_finite_edges_are_refused_by_subgraph(graph):
+    keep = list(range(graph.n_nodes))
+    edges = graph.edges.copy()
+    edges.data[0] = float("nan")
+    with pytest.raises(ValueError, match="edges has NaN or infinite values"):
+        graph.subgraph(keep, edges=edges)
 
 
 def test_a_clean_run_holds_no_autograd_graph(replacement, tokens):
@@ -400,6 +520,8 @@ def test_pruning_keeps_what_carries_influence(graph):
 
 
 def test_max_nodes_and_threshold_checks(graph):
+    # any real number type: np.float32(0.8) was refused as not in (0, 1]
+    assert prune_graph(graph, node_threshold=np.float32(0.8)).n_nodes > 0
     pruned = prune_graph(graph, max_nodes=3)
     assert int(pruned.is_kind("lorsa", "transcoder", "error").sum()) <= 3
     everything = prune_graph(graph, node_threshold=1.0, edge_threshold=1.0)
@@ -447,6 +569,9 @@ def test_intervention_changes_agree_with_the_graph(graph, replacement):
         intervene(replacement, graph, [Intervention("nope")])
     with pytest.raises(ValueError, match="unknown action"):
         intervene(replacement, graph, [Intervention(node, "double")])
+    # found by a fuzz pass: a clamp to 3e38 returned actual = -inf without a word
+    with pytest.raises(ValueError, match="the model overflows under these edits"):
+        intervene(replacement, graph, [Intervention(node, "clamp", 3e38)])
 
 
 def test_first_order_effects_are_the_graph_frozen_and_a_derivative_free(graph, replacement):

@@ -32,6 +32,7 @@ from circuits.global_weights import (
     virtual_weights,
     with_qk_side,
 )
+from circuits.global_weights import qk_record as global_qk_record
 from circuits.graph import Graph
 from circuits.nodes import Kind, block_of, is_attention, lorsa_stage
 from circuits.prune import prune_graph
@@ -137,6 +138,27 @@ def test_unit_numbering_round_trips(units):
     assert units.stage is units.stage
 
 
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda u: u.unit("lorsa", 0, 1.5), "index must be an integer, got 1.5"),
+        (lambda u: u.unit("lorsa", 0, -1), r"index -1 is outside 0\.\.7"),
+        (lambda u: u.unit("lorsa", True, 0), "layer must be an integer, got True"),
+        (lambda u: u.unit("transcoder", -1, 0), r"layer -1 is outside 0\.\.1"),
+        (lambda u: u.unit("error", 0, True), "an error unit's index is 0 .* not True"),
+        (lambda u: u.unit("embedding", 0, 50), r"index 50 is outside 0\.\.49"),
+        (lambda u: u.describe(-1), r"unit -1 is outside 0\.\.151"),
+        (lambda u: u.describe(152), r"unit 152 is outside 0\.\.151"),
+        (lambda u: u.describe(3.0), "unit must be an integer, got 3.0"),
+        (lambda u: u.layer(-1), r"unit -1 is outside 0\.\.151"),
+        (lambda u: u.unit_id(152), r"unit 152 is outside"),
+    ],
+)
+def test_bad_units_are_refused(units, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(units)
+
+
 def test_unit_ids(units):
     assert units.unit_id(units.unit(Kind.EMBEDDING, 0, 7)) == "E_7"
     assert units.unit_id(units.unit(Kind.LORSA, 1, 3)) == "2_3"
@@ -189,6 +211,33 @@ def test_qk_virtual_weights_match_brute_force(replacement, units):
     assert [(q * below + k) for q, k, _ in pairs] == best.tolist()
     for q, k, v in pairs:
         assert v == pytest.approx(float(table[q, k].detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda r, u: virtual_weights(r, u.total), r"target 152 is outside 0\.\.151"),
+        (lambda r, u: virtual_weights(r, -1), r"target -1 is outside 0\.\.151"),
+        (lambda r, u: virtual_weights(r, 60.0), "target must be an integer, got 60.0"),
+        (lambda r, u: virtual_weights(r, 60, k=-1), "k must be a positive integer, got -1"),
+        (lambda r, u: virtual_weights(r, 60, k=0), "k must be a positive integer, got 0"),
+        (lambda r, u: qk_virtual_weights(r, -1, 0), r"layer -1 is outside 0\.\.1"),
+        (lambda r, u: qk_virtual_weights(r, 2, 0), r"layer 2 is outside 0\.\.1"),
+        (lambda r, u: qk_virtual_weights(r, 1.0, 0), "layer must be an integer, got 1.0"),
+        (lambda r, u: qk_virtual_weights(r, 1, -1), r"qk_head -1 is outside 0\.\.1"),
+        (lambda r, u: qk_virtual_weights(r, 1, 2), r"qk_head 2 is outside 0\.\.1"),
+        (lambda r, u: qk_virtual_weights(r, 1, True), "qk_head must be an integer, got True"),
+        (lambda r, u: qk_virtual_weights(r, 1, 0, k=0), "k must be a positive integer, got 0"),
+        (lambda r, u: qk_virtual_weights(r, 1, 0, block=0), "block must be a positive integer"),
+    ],
+)
+def test_bad_virtual_weight_arguments_are_refused(replacement, units, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(replacement, units)
+    # NumPy integers are integers.
+    assert qk_virtual_weights(replacement, np.int64(1), np.int64(1), k=np.int64(3)) == (
+        qk_virtual_weights(replacement, 1, 1, k=3)
+    )
 
 
 # ----------------------------------------------------------------- brute force
@@ -978,6 +1027,45 @@ def test_qk_circuit(replacement, units, stats):
     assert graph.target_weight.sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one QK group"):
         qk_circuit(replacement, stats, 1, [0, 4])
+
+
+START = 78  # a unit of the fixture's numbering: block 1's Lorsa head 2
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda r, s: global_graph(r, s, START, budget=0), "budget must be a positive integer"),
+        (lambda r, s: global_graph(r, s, START, budget=-3), "budget must be a positive integer"),
+        (lambda r, s: global_graph(r, s, START, budget=2.5), "budget .* got 2.5"),
+        (lambda r, s: global_graph(r, s, START, budget=True), "budget .* got True"),
+        (lambda r, s: global_graph(r, s, START, per_node=-1), "per_node must be a positive"),
+        (lambda r, s: global_graph(r, s, START, per_node=0), "per_node must be a positive"),
+        (lambda r, s: global_graph(r, s, 78.0), "start must be an integer, got 78.0"),
+        (lambda r, s: global_graph(r, s, 152), r"start 152 is outside 0\.\.151"),
+        (lambda r, s: global_graph(r, s, -1, upstream=False), r"start -1 is outside 0\.\.151"),
+        (lambda r, s: qk_circuit(r, s, 9, [0]), r"layer 9 is outside 0\.\.1"),
+        (lambda r, s: qk_circuit(r, s, -1, [0]), r"layer -1 is outside 0\.\.1"),
+        (lambda r, s: qk_circuit(r, s, 1, []), "heads must be a non-empty list"),
+        (lambda r, s: qk_circuit(r, s, 1, 4), "heads must be a non-empty list"),
+        (lambda r, s: qk_circuit(r, s, 1, [4.0]), "heads must be a non-empty list"),
+        (lambda r, s: qk_circuit(r, s, 1, [99]), r"head 99 is outside 0\.\.7"),
+        (lambda r, s: qk_circuit(r, s, 1, [-1]), r"head -1 is outside 0\.\.7"),
+        (lambda r, s: qk_circuit(r, s, 1, [4, 4]), "name a head twice"),
+        (lambda r, s: qk_circuit(r, s, 1, [4], k=0), "k must be a positive integer"),
+        (lambda r, s: qk_circuit(r, s, 1, [4], writers=-1), "writers must be a non-negative"),
+        (lambda r, s: global_qk_record(s, 1, 0, top=0), "top must be a positive integer"),
+        (lambda r, s: split_half(lambda h: None, s, top=-1), "top must be a positive integer"),
+    ],
+)
+def test_bad_global_graph_arguments_are_refused(replacement, units, stats, call, message):
+    assert units.unit("lorsa", 1, 2) == START
+    with pytest.raises(ValueError, match=message):
+        call(replacement, stats)
+    graph = global_graph(replacement, stats, np.int64(START), budget=np.int64(5))
+    assert graph.settings["start"] == units.unit_id(START) and graph.settings["budget"] == 5
+    with pytest.raises(ValueError, match="pairs must be a non-negative integer, got -1"):
+        with_qk_side(replacement, stats, graph, pairs=-1)
 
 
 def test_the_benchmarks_heads_file_is_read_as_untrusted(

@@ -313,6 +313,48 @@ def test_a_supernode_sums_its_members_edges_exactly(graph):
         grouped(graph, [heads, heads[:1]], ["a", "b"])
 
 
+def test_a_group_may_not_take_a_nodes_own_name_or_name_a_node_twice(graph):
+    """Found by a fuzz pass: a hand-made group named as another node's own group was kept, and
+    ``to_networkx`` (groups keyed by name) merged the two, dropping edges; a ``Group`` whose
+    ids repeat lost a member silently."""
+    from circuits.groups import Group, node_name
+
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+    taken = node_name(graph, heads[1])
+    with pytest.raises(ValueError, match=f"the name of node {graph.ids[heads[1]]}'s own group"):
+        grouped(graph, [[heads[0]]], [taken])
+    view = grouped(graph, [[heads[0]]], ["mine"])
+    assert view.to_networkx().number_of_nodes() == view.n_groups
+    with pytest.raises(ValueError, match="names a node twice"):
+        grouped(graph, [[heads[0], heads[0]]], ["twice"])
+    twice = Group("z", heads[:2], "lorsa", ids=[graph.ids[heads[0]]] * 2)
+    with pytest.raises(ValueError, match="group 'z' names a node twice"):
+        grouped(graph, [twice])
+
+
+def test_summarize_refuses_inputs_that_do_not_belong_together(graph, replacement, run, tokens):
+    """Found by a fuzz pass: with check=False a run of another prompt gave a wrong margin and
+    QK records; a pruned graph as ``full``, a view of another graph or a negative count failed
+    deep in numpy or sliced silently."""
+    from circuits.prune import prune_graph
+
+    other = run_prompt(replacement, tokens.flip(0), run.mode, constants=True)
+    with pytest.raises(ValueError, match="not of this graph's prompt"):
+        summarize(replacement, graph, other, check=False)
+    with pytest.raises(ValueError, match="needs the full"):
+        summarize(replacement, prune_graph(graph), run, check=False)
+    for name in ("max_groups", "max_paths", "beam"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer, got -1"):
+            summarize(replacement, graph, run, check=False, **{name: -1})
+    with pytest.raises(ValueError, match="tolerance must be a finite number"):
+        summarize(replacement, graph, run, check=False, tolerance=float("nan"))
+    other_graph = attribute(replacement, tokens.flip(0), max_logits=1, run=other)
+    with pytest.raises(ValueError, match="view groups another graph's nodes"):
+        summarize(replacement, graph, run, view=auto_groups(other_graph), check=False)
+    with pytest.raises(ValueError, match="pruned is not a pruning of full"):
+        summarize(replacement, graph, run, pruned=prune_graph(other_graph), check=False)
+
+
 def test_auto_groups_follow_their_rules(graph):
     view = auto_groups(graph)
     for grp in view.groups:

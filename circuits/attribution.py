@@ -174,10 +174,6 @@ def run_for_graph(
             f"the run given is not of this graph's prompt in its mode ({graph.mode}): "
             "pass the run_prompt of the graph's own tokens, or none"
         )
-    if constants is None and run.constants != graph.has_constants:  # not the graph's sources
-        raise ValueError(f"the run given {'has' if run.constants else 'lacks'} the bias sources "
-                         f"the graph {'lacks' if run.constants else 'has'}: pass run_prompt(..., "
-                         f"constants={graph.has_constants}), or none")  # fmt: skip
     return run
 
 

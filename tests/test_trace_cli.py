@@ -105,6 +105,23 @@ def test_a_node_target_is_named_and_summarised(tmp_path, capsys):
     assert name in (out / "graph.html").read_text()
 
 
+def test_a_layer_0_node_target_is_traced(tmp_path, capsys):
+    """Found by a fuzz pass: the pruned graph of a layer-0 target keeps no bias node, and a
+    check taking that for a graph without constants refused the QK step's run."""
+    out = tmp_path / "n0"
+    code, _, _ = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
+                       "--no-mechanisms")  # fmt: skip
+    graph = Graph.load(out / "graph.safetensors")
+    head = next(i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+                if int(graph.layer[i]) == 0)  # fmt: skip
+    node = f"lorsa:0:{int(graph.pos[head])}:{int(graph.index[head])}"
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
+                              "--target-node", node)  # fmt: skip
+    assert code == 0, err
+    pruned = Graph.load(out / "graph.safetensors")
+    assert not pruned.is_kind("bias").any() and pruned.qk
+
+
 def test_trace_notes_the_tokens_the_model_never_trained_on(tmp_path, capsys):
     """The default model never saw ``#`` in training: the trace says so, in one line, and the
     graph records where."""

@@ -286,7 +286,8 @@ def root_split(
 
 def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> dict:
     """``tokens``, ``errors``, ``constants`` (summing to the target's value), the constant
-    part by source (each sublayer's bias nodes and ``own``, the nodes' own terms) and the token
+    part by source (each sublayer's bias nodes and ``own``, the nodes' own terms; largest
+    |flow| first, none that is 0, such as a stage above a head or feature target) and the token
     part by position (``tokens_by_position``: (position, flow) for every position whose token
     embeddings carry flow, largest |flow| first)."""
     kinds = graph.kind.numpy()
@@ -297,8 +298,8 @@ def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> 
         sel = is_bias & (graph.stage.numpy() == s)
         layer, attn = (s - 1) // 2, s % 2 == 1
         by_stage[f"L{layer} {'attn' if attn else 'mlp'} bias"] = float(flow[sel].sum())
-    by_source = sorted(by_stage.items(), key=lambda kv: -abs(kv[1]))
-    by_source.append(("own", float(own.sum())))
+    by_stage["own"] = float(own.sum())
+    by_source = sorted(((k, v) for k, v in by_stage.items() if v != 0), key=lambda kv: -abs(kv[1]))
     is_token = kinds == Kind.EMBEDDING
     at = np.bincount(graph.pos.numpy()[is_token], flow[is_token], minlength=len(graph.tokens))
     by_position = [(p, float(at[p])) for p in np.argsort(-np.abs(at), kind="stable").tolist()

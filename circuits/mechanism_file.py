@@ -21,7 +21,7 @@ from toy_models.records import from_json, parse_json
 
 from .graph import MODES
 
-VERSION = 1
+VERSION = 2  # 2: a head group's ``carried`` holds every key, with ``carried_own``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
 
@@ -174,9 +174,10 @@ class GroupRecord:
     graph keeps), ``flow`` per target node id, the tokens its strongest member promotes, the QK
     reasons of its heads and its ablation checks. ``carried`` (head groups): per target node
     id, the key positions its flow comes from (``circuits.flows.key_flows``: the flow of its
-    z-pattern, position by position; the ``CARRIED`` largest |flow| first; the rest of its
-    flow comes from other keys and the heads' constant terms). A head group is named by the key
-    its heads attend to most (``attends``); ``carried`` says what it brings from each."""
+    z-pattern, position by position; largest |flow| first, every key that brings any) and
+    ``carried_own`` the heads' constant terms: the two sum to the group's flow. A head group
+    is named by the key its heads attend to most (``attends``); ``carried`` says what it
+    brings from each."""
 
     key: str
     name: str
@@ -194,6 +195,7 @@ class GroupRecord:
     qk: list[QKReasonRecord] = field(default_factory=list)
     checks: list[EffectCheck] = field(default_factory=list)
     carried: dict[str, list[TokenShare]] = field(default_factory=dict)
+    carried_own: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -317,8 +319,12 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(set(g.flow) <= targets, f"{where}.flow: a flow into a node that is no target")
         _expect({c.target for c in g.checks} <= targets, f"{where}.checks: an unknown target")
         _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
-        for shares in g.carried.values():
+        _expect(set(g.carried) == set(g.carried_own), f"{where}: carried and carried_own "
+                "name other targets")  # fmt: skip
+        for node, shares in g.carried.items():
             _at_tokens(shares, summary.tokens, f"{where}.carried")
+            _closes(sum(x.flow for x in shares) + g.carried_own[node],
+                    g.flow.get(node, float("nan")), f"{where}: flow carried")  # fmt: skip
         for j, r in enumerate(g.qk):
             parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
             _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")

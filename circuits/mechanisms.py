@@ -88,7 +88,6 @@ RATIO = 3.0  # a measured effect this many times larger or smaller than predicte
 MAX_GROUPS = 10
 HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
-CARRIED = 4  # key positions listed per head group and target (``GroupRecord.carried``)
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
 ROOT_PAIRS = 5  # root x root terms listed for each QK reason
 
@@ -150,7 +149,8 @@ def _summarize(
         flow, h = target_flows[t]
         flows[t], grads[t] = flow, h
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
-        ranking = _head_ranking(view, group_flow, int(full.pos[t]), own[t])[:HEAD_GROUPS]
+        ranking = _head_ranking(view, group_flow, int(full.pos[t]), own[t],
+                                int(full.stage[t]))[:HEAD_GROUPS]  # fmt: skip
         chosen += ranking
         ranked.update(ranking)
         for groups, path_flow, hops in top_paths(view, t, beam=beam, keep=max_paths):
@@ -198,8 +198,9 @@ def _summarize(
         )  # fmt: skip
         if grp.kind == "lorsa":
             for t in targets:
-                carried, _ = key_flows(full, grads[t], np.asarray(grp.members))
-                record.carried[ids[t]] = _shares(full, carried.sum(0))[:CARRIED]
+                carried, own = key_flows(full, grads[t], np.asarray(grp.members))
+                record.carried[ids[t]] = _shares(full, carried.sum(0))
+                record.carried_own[ids[t]] = float(own.sum())
         if grp.kind == "lorsa" and grp.attends is not None and grp.pos is not None:
             by_head: dict[int, float] = {}
             first = ids[targets[0]] if targets else None
@@ -244,15 +245,20 @@ def _summarize(
     )  # fmt: skip
 
 
-def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int) -> list[int]:
-    """The Lorsa groups at ``pos`` but the target's ``own``, the predicting head group first:
+def _head_ranking(
+    view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int, stage: int
+) -> list[int]:
+    """The Lorsa groups at ``pos`` below ``stage`` (the target's: a head or feature target
+    reads only the blocks below it) with a flow, but the target's ``own``, the predicting head
+    group first:
     of the groups that move something from another position (their key is neither ``pos``
     itself nor BOS), the one with the largest positive flow (else the largest positive flow of
     any group, else the largest |flow|). The others follow by flow alone, positive ones first,
     largest first, so that a group reading the current token itself (a successor item at the
     query) shows with its weight however small the movers are."""
     heads = [g for g, grp in enumerate(view.groups)
-             if grp.kind == "lorsa" and grp.pos == pos and g != own]  # fmt: skip
+             if grp.kind == "lorsa" and grp.pos == pos and g != own and grp.stage < stage
+             and group_flow[g] != 0]  # fmt: skip
 
     def by_flow(g):
         return (group_flow[g] <= 0, -abs(group_flow[g]))

@@ -4,7 +4,8 @@
 (as circuit-tracer's ``frontend/graph_models.py`` has). Node ids and the sublayer "layer"
 come from ``circuits.nodes``; readable labels (``clerp``) are given by the caller
 (``reports.labels.node_labels``), since labels are presentation, except for logits, whose
-``clerp`` has circuit-tracer's form (``Output ' Julia' (p=0.997)``), which its page parses.
+``clerp`` has circuit-tracer's form (``Output ' Julia' (p=0.997)``), which its page parses,
+and whose ``token_prob`` is that same probability: the one of the token in ``feature``.
 Lorsa nodes carry their QK attributions in ``qk``; logit nodes their resolved target.
 
 A head's or feature's ``feature`` is circuit-tracer's feature number (schema version 1):
@@ -76,23 +77,29 @@ def _node(graph: Graph, i: int, label: str) -> dict:
     }
     if kind == Kind.LOGIT:
         record = graph.logit_record(i)
-        node["token_prob"] = record.probability if record.negative is None else 0.0
+        # circuit-tracer's token_prob is the probability of the node's token (its feature);
+        # a difference's feature is its positive token, so that token's probability.
+        node["token_prob"] = record.probability
         node["logit_target"] = {"token": record.token, "negative": record.negative}
-        node["clerp"] = _logit_clerp(graph, i, node["token_prob"])
+        node["clerp"] = _logit_clerp(graph, i)
     qk = graph.qk_for(i)
     if qk:
         node["qk"] = [a.to_dict() for a in qk]
     return node
 
 
-def _logit_clerp(graph: Graph, i: int, probability: float) -> str:
+def _logit_clerp(graph: Graph, i: int) -> str:
     """circuit-tracer's logit ``clerp``, ``Output ' Julia' (p=0.997)``: its page reads the
-    probability back from the "(p=...)" (and fails to draw a graph whose logits lack it)."""
+    probability back from the "(p=...)" (and fails to draw a graph whose logits lack it), as
+    the number up to the next ")". A difference names the token its probability is of, before
+    the "(p=...)" so the page still reads it: ``Output ' Mary' - ' Tom' = 2.554; ' Mary'
+    (p=0.997)``; a difference has no probability of its own."""
     record = graph.logit_record(i)
-    text = repr(graph.token(record.token))
+    token = repr(graph.token(record.token))
+    text = token
     if record.negative is not None:
-        text += f" - {graph.token(record.negative)!r} = {float(graph.value[i]):.3f}"
-    return f"Output {text} (p={probability:.3f})"
+        text += f" - {graph.token(record.negative)!r} = {float(graph.value[i]):.3f}; {token}"
+    return f"Output {text} (p={record.probability:.3f})"
 
 
 def to_json(graph: Graph, labels: list[str], slug: str = "graph", scan: str | None = None) -> dict:

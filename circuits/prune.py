@@ -38,7 +38,9 @@ class Normalized:
     ``Â^T w = |A|^T (w / D)`` needs no scaled or absolute copy of the whole matrix (on a long
     prompt ``A`` alone is most of the memory)."""
 
-    def __init__(self, edges: sp.csr_array):
+    def __init__(self, edges: sp.csr_array, leave_out: np.ndarray | None = None):
+        """``leave_out`` (optional): source columns that are not part of a row's sum, as if the
+        graph had no such nodes (their own entries of ``Â`` are then relative to the rest)."""
         self.edges = edges
         sums = np.zeros(edges.shape[0])
         for lo, hi in self.blocks():
@@ -47,6 +49,8 @@ class Normalized:
             data = torch.from_numpy(block.data.astype(np.float64))
             sums[lo:hi] = torch.segment_reduce(data, "sum", lengths=counts).numpy()
         self.row_sums = np.maximum(sums, 1e-10)  # circuit-tracer's clamp: empty rows stay 0
+        if leave_out is not None and len(leave_out):
+            self.row_sums = np.maximum(sums - self.column_fraction(leave_out) * sums, 1e-10)
 
     def blocks(self, lo: int = 0, hi: int | None = None):
         """Ranges covering rows ``lo:hi`` of about ``ROW_BLOCK_ENTRIES`` entries each."""
@@ -125,19 +129,35 @@ def influence_scores(graph: Graph) -> Scored:
     completeness: the fraction of each node's input that does not come from error nodes,
     averaged with weights (influence + target weight). A score with nothing to divide by (a
     graph without targets, or no influence reaching them) is NaN: undefined, not 0 or 1.
+
+    The scores are circuit-tracer's whether or not the decoder biases are nodes (``bias``,
+    ``attribute(constants=True)``): circuit-tracer's graphs have none, so the scores leave
+    them out of every row's sum (one more sweep), and a graph scores the same either way.
+    The influence returned, which pruning reads, counts them as the inputs they are.
     """
     a_hat = Normalized(graph.edges)
     weights = graph.target_weight.numpy()
-    infl = influence(graph.edges, graph.stage.numpy(), weights, a_hat)
+    stage = graph.stage.numpy()
+    infl = influence(graph.edges, stage, weights, a_hat)
+    biases = np.flatnonzero(graph.is_kind("bias").numpy())
+    if len(biases):
+        a_hat = Normalized(graph.edges, leave_out=biases)
+        return Scored(infl, _scores(graph, influence(graph.edges, stage, weights, a_hat), a_hat))
+    return Scored(infl, _scores(graph, infl, a_hat))
+
+
+def _scores(graph: Graph, infl: np.ndarray, a_hat: Normalized) -> dict[str, float]:
+    """The replacement and completeness scores from influence and ``Â`` (``influence_scores``)."""
+    weights = graph.target_weight.numpy()
     emb, err = graph.is_kind("embedding").numpy(), graph.is_kind("error").numpy()
     token_infl, error_infl = infl[emb].sum(), infl[err].sum()
     non_error = 1 - a_hat.column_fraction(np.flatnonzero(err))
     output_infl = infl + weights
-    scores = {
+    output_infl[graph.is_kind("bias").numpy()] = 0.0  # not nodes of circuit-tracer's graph
+    return {
         "replacement": _ratio(token_infl, token_infl + error_infl),
         "completeness": _ratio((non_error * output_infl).sum(), output_infl.sum()),
     }
-    return Scored(infl, scores)
 
 
 def _ratio(part: float, whole: float) -> float:

@@ -460,8 +460,12 @@ def summary(full, graph, scores, timings, labels=None) -> str:
         f"(relative to |value| {closure['max_rel_value']:.2e})",
         "seconds: " + json.dumps({k: round(v, 3) for k, v in timings.items()}),
     ]
-    inner = graph.is_kind("lorsa", "transcoder").nonzero().squeeze(1)
+    # A target has no influence on itself (its own influence is 0 by definition): leave it out.
+    inner = (graph.is_kind("lorsa", "transcoder") & ~graph.is_target).nonzero().squeeze(1)
     top = inner[graph.influence[inner].argsort(descending=True, stable=True)[:5]].tolist()
+    if not top:
+        return "\n".join(lines + ["most influential: none (the pruned graph keeps no head or "
+                                   "feature besides the targets)"])  # fmt: skip
     lines += ["most influential:"] + [
         f"  {graph.ids[i]:>14}  {float(graph.influence[i]):.3f}  {node_label(graph, i)}"
         + _concept(graph, i, labels or {})

@@ -28,6 +28,15 @@ from circuits.mechanisms import RATIO
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
 PREDICTING = "predicting heads (the largest mover from another position)"
+NO_MOVER = "no head group there moves anything from another position; the largest"
+
+
+def predicting_heading(g: GroupRecord, node: str) -> str:
+    """``PREDICTING`` when the predicting group moves something into target ``node`` from
+    another position (its key is neither BOS nor its own position, its flow positive: what
+    ``circuits.mechanisms`` looks for first), else ``NO_MOVER`` (the fallback it took)."""
+    moves = g.attends not in (None, 0, g.pos) and g.flow.get(node, 0.0) > 0
+    return PREDICTING if moves else NO_MOVER
 
 
 def _signed(x: float | None, whole: float = 0.0) -> str:
@@ -53,6 +62,15 @@ def positions_text(shares: list[TokenShare], top: int = TOKEN_SHARES) -> str:
     return ", ".join(shown) + (f", {more} more" if more > 0 else "")
 
 
+def probability_text(t: TargetRecord) -> str:
+    """``(p=0.997)`` for a logit; a difference has none of its own, so the probability of its
+    positive token, named; ``(pre-activation)`` for a head or feature."""
+    if t.probability is None:
+        return "(pre-activation)"
+    of = f" for {t.token!r}" if t.negative is not None else ""
+    return f"(p={t.probability:.3f}{of})"
+
+
 def moved_text(t: TargetRecord) -> str:
     """What the heads at a target's position bring from each key position (its
     ``moved_by_position``), in one line; empty when no head there carries flow."""
@@ -64,9 +82,14 @@ def moved_text(t: TargetRecord) -> str:
 
 
 def carried_text(g: GroupRecord, node: str) -> str:
-    """Where a head group's flow into target ``node`` comes from, by key (``carried``)."""
+    """Where a head group's flow into target ``node`` comes from, by key (``carried``), and
+    its heads' constant terms (``carried_own``): the parts of its flow there."""
     shares = g.carried.get(node, [])
-    return f"brings {positions_text(shares, len(shares))}" if shares else ""
+    if not shares:
+        return ""
+    flow = g.flow.get(node, 0.0)
+    return (f"brings {positions_text(shares)}; constant terms "
+            f"{_signed(g.carried_own.get(node, 0.0), flow)}")  # fmt: skip
 
 
 def ref_text(ref: NodeRef | None) -> str:
@@ -128,19 +151,21 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         return f"{key} {names[key].name}"
 
     for t in summary.targets:
-        head = f"target {t.label} = {t.value:.3g} " + (
-            f"(p={t.probability:.3f})" if t.probability is not None else "(pre-activation)"
-        )
+        head = f"target {t.label} = {t.value:.3g} {probability_text(t)}"
         if t.runner_up is not None:
             head += f"; runner-up {t.runner_up!r} p={t.runner_up_probability:.3f}, margin " \
                     f"{_signed(t.margin)}"  # fmt: skip
         lines.append(head)
         consts = ", ".join(f"{name} {_signed(v)}" for name, v in t.constants_by_source[:4])
+        more = len(t.constants_by_source) - 4
+        consts += f", {more} more" if more > 0 else ""
+        consts = f" ({consts})" if consts else ""
         lines.append(f"  parts: tokens {_signed(t.tokens)}{token_shares_text(t)}, constants "
-                     f"{_signed(t.constants)} ({consts}), errors {_signed(t.errors)}")  # fmt: skip
+                     f"{_signed(t.constants)}{consts}, errors {_signed(t.errors)}")  # fmt: skip
         if t.predicting_group:
             g = names[t.predicting_group]
-            lines.append(f"  {PREDICTING}: {short(g.key)}, flow {_signed(g.flow[t.node])}")
+            lines.append(f"  {predicting_heading(g, t.node)}: {short(g.key)}, flow "
+                         f"{_signed(g.flow[t.node])}")  # fmt: skip
             if moved_text(t):
                 lines.append(f"  {moved_text(t)}")
             others = [names[k] for k in t.head_groups[1:]]
@@ -162,10 +187,11 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
     for g in summary.groups:
         if g.kind in ("embedding", "error", "bias"):
             continue
-        flow = ", ".join(f"{per_target(node)}{_signed(v)}" for node, v in g.flow.items())
+        flow = ", ".join(f"{per_target(node)}{_signed(g.flow[node])}"
+                         for node in labels if node in g.flow)  # the targets' order  # fmt: skip
         extra = f" promotes {g.promotes[0]!r}" if g.promotes and g.kind == "transcoder" else ""
         brings = carried_text(g, first) if first is not None else ""
-        brings = f"; {brings}" if brings else ""
+        brings = f"; {per_target(first)}{brings}" if brings else ""
         lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}{brings}")
         for r in g.qk:
             lines.append(
@@ -308,13 +334,14 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
                       f", margin {_span(t.margin)}")  # fmt: skip
         parts.append(
             f"<h3>Target {_esc(target_names[t.node])} = {t.value:.4g} "
-            + (f"(p={t.probability:.3f})" if t.probability is not None else "(pre-activation)")
+            + _esc(probability_text(t))
             + f"{runner}</h3>"
             f"<p>parts: tokens {_span(t.tokens)}{_esc(token_shares_text(t))}, constants "
             f"{_span(t.constants)} ({consts}), errors {_span(t.errors)}</p>"
         )
         if t.predicting_group:
-            parts.append(f"<p>{PREDICTING}: <b>{_esc(t.predicting_group)}</b> "
+            heading = predicting_heading(summary.group(t.predicting_group), t.node)
+            parts.append(f"<p>{heading}: <b>{_esc(t.predicting_group)}</b> "
                          f"{_esc(names[t.predicting_group])}</p>")  # fmt: skip
             if moved_text(t):
                 parts.append(f"<p>{_esc(moved_text(t))}</p>")
@@ -334,17 +361,17 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     for g in summary.groups:
         if g.kind in ("embedding", "error", "bias"):
             continue
-        flows = "<br>".join(f"{_esc(target_names.get(k, k))}: {_span(v)}"
-                            for k, v in g.flow.items())  # fmt: skip
+        flows = "<br>".join(f"{_esc(target_names[k])}: {_span(g.flow[k])}"
+                            for k in target_names if k in g.flow)  # fmt: skip
         what = []
         if g.concept:
             what.append(f"concept: {_esc(g.concept)}")
         if g.promotes:
             what.append("promotes " + ", ".join(_esc(repr(x)) for x in g.promotes))
         what += [
-            f"{_esc(target_names.get(k, k))}: {_esc(carried_text(g, k))}"
-            for k in g.carried
-            if g.carried[k]
+            f"{_esc(target_names[k])}: {_esc(carried_text(g, k))}"
+            for k in target_names
+            if g.carried.get(k)
         ]
         what += [_reason_html(r, drawn) for r in g.qk]
         members = ", ".join(

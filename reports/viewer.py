@@ -105,7 +105,15 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
     parts, paths by group key, and each group with its members present in this graph."""
     if summary is None:
         return None
-    from .mechanisms import TOKEN_SHARES, carried_text, moved_text, ref_text, root_text
+    from .mechanisms import (
+        PREDICTING,
+        TOKEN_SHARES,
+        carried_text,
+        moved_text,
+        predicting_heading,
+        ref_text,
+        root_text,
+    )
 
     known = graph.id_to_index
     return {
@@ -115,6 +123,10 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "constants": _num(t.constants), "errors": _num(t.errors),
              "runnerUp": t.runner_up, "margin": _num(t.margin),
              "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
+             "predictingLabel": None if t.predicting_group is None else (
+                 "predicting heads" if predicting_heading(summary.group(t.predicting_group),
+                                                          t.node) == PREDICTING
+                 else "largest head group there (none moves anything from another position)"),
              "byPosition": [{"pos": x.pos, "token": x.token, "flow": _num(x.flow)}
                             for x in t.tokens_by_position[:TOKEN_SHARES]],
              "morePositions": max(0, len(t.tokens_by_position) - TOKEN_SHARES),
@@ -127,7 +139,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
             {"key": g.key, "name": g.name, "kind": g.kind,
              "members": [m for m in g.members if m in known],
              "flow": {k: _num(v) for k, v in g.flow.items()}, "concept": g.concept,
-             "brings": {k: carried_text(g, k) for k in g.carried if g.carried[k]},
+             "brings": {t.node: carried_text(g, t.node) for t in summary.targets
+                        if g.carried.get(t.node)},
              "qk": [{"qkHead": r.qk_head, "key": r.key, "keyToken": r.key_token,
                      "score": _num(r.score),
                      "alwaysOn": _num(r.mean_query_mean_key + r.query_vs_mean_key

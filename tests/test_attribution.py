@@ -24,7 +24,13 @@ from circuits.interventions import (
     predict,
 )
 from circuits.neuronpedia import to_json
-from circuits.prune import find_threshold, graph_scores, influence, prune_graph
+from circuits.prune import (
+    find_threshold,
+    graph_scores,
+    influence,
+    influence_scores,
+    prune_graph,
+)
 from circuits.qk import QKSides, qk_attribution
 from reports.labels import node_labels
 
@@ -543,6 +549,19 @@ def test_scores_follow_circuit_tracers_formulas(graph):
         assert scores == {"replacement": 1.0, "completeness": 1.0}
     else:
         assert 0 < scores["replacement"] < 1 and 0 < scores["completeness"] < 1
+
+
+def test_scores_do_not_depend_on_constants_as_nodes(graph, replacement, tokens):
+    """Found by a fuzz pass: with the decoder biases as nodes (the trace's default) the bias
+    nodes took a share of every row, so the printed scores were not circuit-tracer's (whose
+    graphs have none) and moved by up to 0.04 with --constants. Pruning still counts them."""
+    run = run_prompt(replacement, tokens, graph.mode, constants=True)
+    with_biases = attribute(replacement, tokens, max_logits=3, run=run)
+    assert with_biases.is_kind("bias").any()
+    for name, value in graph_scores(with_biases).items():
+        assert value == pytest.approx(graph_scores(graph)[name], rel=1e-6), name
+    scored = influence_scores(with_biases)
+    assert scored.influence[with_biases.is_kind("bias").numpy()].sum() > 0
 
 
 # ----------------------------------------------------------------- interventions

@@ -13,6 +13,7 @@ import torch
 from report_graphs import NASTY, make_big_graph, make_graph
 
 from circuits.graph import Graph, LogitRecord
+from circuits.neuronpedia import to_json
 from reports import graphviz as gv
 from reports import labels, layout
 from reports.html import write_html
@@ -549,3 +550,24 @@ def test_html_has_no_raw_control_characters(tmp_path):
     parse_html(text)
     assert not any(ord(ch) < 32 and ch not in "\n\t" for ch in text)
     assert "bell\\x07 escape\\x1b[31m nul\\x00" in text
+
+
+def test_a_logit_differences_json_label_gives_its_positive_tokens_probability():
+    """A difference has no probability of its own: its circuit-tracer ``clerp`` and
+    ``token_prob`` give its positive token's (the token in ``feature``), and the label says
+    whose, while keeping the "(p=<number>)" that circuit-tracer's page parses."""
+    g = make_graph()
+    g.token_text |= {11: " Julia", 200: " Monday", 201: " Saturday"}
+    g.logit_targets[1] = LogitRecord(200, 201, 0.9967)
+    g.value[g.ids.index("5_7_3")] = 7.374
+    g.index[g.ids.index("5_7_3")] = 200
+    del g.ids  # the second logit became a difference: ids are derived again
+    g.logit_targets[0].probability = 0.997
+    nodes = {n["node_id"]: n for n in to_json(g, labels.node_labels(g))["nodes"]}
+    single, diff = nodes["5_11_3"], nodes["5_200-201_3"]
+    assert single["clerp"] == "Output ' Julia' (p=0.997)" and single["token_prob"] == 0.997
+    assert diff["clerp"] == "Output ' Monday' - ' Saturday' = 7.374; ' Monday' (p=0.997)"
+    assert diff["feature"] == 200 and diff["token_prob"] == pytest.approx(0.9967)
+    for node in (single, diff):  # what circuit-tracer's page reads: d.clerp.split('(p=')...
+        parsed = float(node["clerp"].split("(p=")[1].split(")")[0])
+        assert parsed == pytest.approx(node["token_prob"], abs=5e-4)

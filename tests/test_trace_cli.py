@@ -649,3 +649,39 @@ def test_the_readme_trace_examples_run_on_the_shipped_default(tmp_path, capsys):
                                   "", "--no-checks")  # fmt: skip
         assert code == 0, (args, err)
         assert "targets:" in stdout
+
+
+def test_a_logit_differences_json_label_agrees_with_the_printout(tmp_path, capsys):
+    """graph.json's label of a difference gives the probability the printout gives (its
+    positive token's), saying whose, and never a "(p=0.000)" of its own."""
+    out = tmp_path / "d"
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-qk",
+                              "--target-diff", " Thursday", " Friday", "--format", "")  # fmt: skip
+    assert code == 0, err
+    (record,) = Graph.load(out / "graph.safetensors").logit_targets
+    assert record.probability > 0.5
+    (node,) = [n for n in json.loads((out / "graph.json").read_text())["nodes"]
+               if n["feature_type"] == "logit"]  # fmt: skip
+    p = f"p={record.probability:.3f}"
+    assert node["clerp"].startswith("Output ' Thursday' - ' Friday' = ")
+    assert node["clerp"].endswith(f"; ' Thursday' ({p})")
+    assert node["token_prob"] == pytest.approx(record.probability)
+    (printed,) = [line for line in stdout.splitlines()  # the mechanisms' "target" line
+                  if "' Thursday' - ' Friday' = " in line and "p=" in line]  # fmt: skip
+    assert f"({p} for ' Thursday')" in printed
+
+
+def test_most_influential_never_lists_a_target(tmp_path, capsys):
+    """A target has no influence on itself. A layer-0 feature at BOS traced alone keeps no
+    other head or feature: the printout says so in words instead of listing the target."""
+    out = tmp_path / "n"
+    code, stdout, err = trace(
+        capsys, "--prompt", PROMPT, "--out", str(out), "--format", "", "--no-mechanisms",
+        "--target-node", "transcoder:0:0:1859",
+    )  # fmt: skip
+    assert code == 0, err
+    graph = Graph.load(out / "graph.safetensors")
+    (target,) = graph.is_target.logical_and(~graph.is_kind("logit")).nonzero().squeeze(1).tolist()
+    assert not graph.is_kind("lorsa", "transcoder").logical_and(~graph.is_target).any()
+    assert "most influential: none" in stdout
+    assert graph.ids[target] not in stdout.split("most influential")[1]

@@ -36,21 +36,24 @@ class Normalized:
     """``Â = D^-1 |A|`` without a copy of ``A``: ``|A|`` is taken one row block at a time
     (a block's ``|A|`` shares ``A``'s index arrays), with the row sums ``D`` computed once, so
     ``Â^T w = |A|^T (w / D)`` needs no scaled or absolute copy of the whole matrix (on a long
-    prompt ``A`` alone is most of the memory)."""
+    prompt ``A`` alone is most of the memory). ``row_sums`` (optional): ``D`` given rather than
+    computed (``without``)."""
 
-    def __init__(self, edges: sp.csr_array, leave_out: np.ndarray | None = None):
-        """``leave_out`` (optional): source columns that are not part of a row's sum, as if the
-        graph had no such nodes (their own entries of ``Â`` are then relative to the rest)."""
+    def __init__(self, edges: sp.csr_array, row_sums: np.ndarray | None = None):
         self.edges = edges
-        sums = np.zeros(edges.shape[0])
-        for lo, hi in self.blocks():
-            block = self.abs_rows(lo, hi)
-            counts = torch.from_numpy(np.diff(block.indptr))
-            data = torch.from_numpy(block.data.astype(np.float64))
-            sums[lo:hi] = torch.segment_reduce(data, "sum", lengths=counts).numpy()
-        self.row_sums = np.maximum(sums, 1e-10)  # circuit-tracer's clamp: empty rows stay 0
-        if leave_out is not None and len(leave_out):
-            self.row_sums = np.maximum(sums - self.column_fraction(leave_out) * sums, 1e-10)
+        if row_sums is None:
+            row_sums = np.zeros(edges.shape[0])
+            for lo, hi in self.blocks():
+                block = self.abs_rows(lo, hi)
+                counts = torch.from_numpy(np.diff(block.indptr))
+                data = torch.from_numpy(block.data.astype(np.float64))
+                row_sums[lo:hi] = torch.segment_reduce(data, "sum", lengths=counts).numpy()
+        self.row_sums = np.maximum(row_sums, 1e-10)  # circuit-tracer's clamp: empty rows stay 0
+
+    def without(self, columns: np.ndarray) -> Normalized:
+        """``Â`` of the graph without the source nodes ``columns``: each row divided by its
+        sum over the other columns (the entries of ``columns`` stay, relative to the rest)."""
+        return Normalized(self.edges, self.row_sums * (1 - self.column_fraction(columns)))
 
     def blocks(self, lo: int = 0, hi: int | None = None):
         """Ranges covering rows ``lo:hi`` of about ``ROW_BLOCK_ENTRIES`` entries each."""
@@ -89,18 +92,24 @@ def influence(
     edges: sp.csr_array, stage: np.ndarray, weights: np.ndarray, a_hat=None
 ) -> np.ndarray:
     """``weights^T ((I - Â)^-1 - I)``: every node's influence on the weighted targets."""
-    a_hat = Normalized(edges) if a_hat is None else a_hat
-    total = np.zeros(edges.shape[0])
+    return influences([Normalized(edges) if a_hat is None else a_hat], stage, weights)[0]
+
+
+def influences(a_hats: list[Normalized], stage: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``influence`` under each of ``a_hats`` (one ``A``, several row normalisations), in one
+    sweep: each block of ``|A|`` is made once for all of them. Returns (len(a_hats), nodes)."""
+    sums = np.stack([a.row_sums for a in a_hats], 1)
+    total = np.zeros((len(weights), len(a_hats)))
     bounds = np.flatnonzero(np.diff(stage)) + 1
     starts, ends = np.r_[0, bounds], np.r_[bounds, len(stage)]
     for lo, hi in zip(starts[::-1], ends[::-1], strict=True):  # top stage first
-        w = (weights[lo:hi] + total[lo:hi]) / a_hat.row_sums[lo:hi]
+        w = (weights[lo:hi, None] + total[lo:hi]) / sums[lo:hi]
         if not w.any():
             continue
         # A stage's rows only reach lower stages, so its row blocks add up independently.
-        for a, b in a_hat.blocks(lo, hi):
-            total += a_hat.abs_rows(a, b).T @ w[a - lo : b - lo]
-    return total
+        for a, b in a_hats[0].blocks(lo, hi):
+            total += a_hats[0].abs_rows(a, b).T @ w[a - lo : b - lo]
+    return total.T
 
 
 def find_threshold(scores: np.ndarray, fraction: float) -> float:
@@ -136,14 +145,14 @@ def influence_scores(graph: Graph) -> Scored:
     The influence returned, which pruning reads, counts them as the inputs they are.
     """
     a_hat = Normalized(graph.edges)
-    weights = graph.target_weight.numpy()
-    stage = graph.stage.numpy()
-    infl = influence(graph.edges, stage, weights, a_hat)
+    weights, stage = graph.target_weight.numpy(), graph.stage.numpy()
     biases = np.flatnonzero(graph.is_kind("bias").numpy())
-    if len(biases):
-        a_hat = Normalized(graph.edges, leave_out=biases)
-        return Scored(infl, _scores(graph, influence(graph.edges, stage, weights, a_hat), a_hat))
-    return Scored(infl, _scores(graph, infl, a_hat))
+    if not len(biases):
+        infl = influence(graph.edges, stage, weights, a_hat)
+        return Scored(infl, _scores(graph, infl, a_hat))
+    scoring = a_hat.without(biases)
+    infl, scored = influences([a_hat, scoring], stage, weights)
+    return Scored(infl, _scores(graph, scored, scoring))
 
 
 def _scores(graph: Graph, infl: np.ndarray, a_hat: Normalized) -> dict[str, float]:

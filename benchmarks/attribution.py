@@ -1,7 +1,7 @@
 """Speed, memory and exactness of attribution graphs on the default model, against the targets
 of the attribution issue, plus replacement/completeness scores over a prompt set.
 
-    python benchmarks/attribution.py [--model default] [--lengths 16,32,48,64,96,128]
+    python benchmarks/attribution.py [--model default] [--lengths 16,32,48,64,96,127]
 
 For each prompt length (a held-out generated document, cut to that many tokens) a fresh
 subprocess builds the full graph (every edge), QK attributions for *every* active Lorsa head
@@ -31,7 +31,7 @@ from toy_models.cli import positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 EXACT_LENGTH = 64
-MAX_LENGTH = 128  # the default model's n_ctx: a trace refuses longer prompts
+MAX_LENGTH = 127  # the default's trained positions (n_ctx - 1): the library refuses more
 AUTOGRAD_BATCH = 64
 
 
@@ -204,7 +204,7 @@ def autograd_baseline(replacement, graph) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/attribution.py")
     parser.add_argument("--model", default="default")
-    parser.add_argument("--lengths", default="16,32,48,64,96,128")
+    parser.add_argument("--lengths", default="16,32,48,64,96,127")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one length
     parser.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--lengths must be comma-separated whole numbers, got {args.lengths!r}")
     if not all(1 <= n <= MAX_LENGTH for n in lengths):
-        parser.error(f"--lengths must lie in 1..{MAX_LENGTH} (the model's n_ctx)")
+        parser.error(f"--lengths must lie in 1..{MAX_LENGTH} (the positions the model trained)")
     curve = []
     for n in lengths:
         cmd = [sys.executable, __file__, "--model", args.model, "--one", str(n)]

@@ -31,7 +31,7 @@ from torch import Tensor
 from replacement.model import MODES, ReplacementModel, hook_name
 from toy_models.tokenizer import token_text
 
-from .graph import N_PROMOTED, Graph, LogitRecord, checked_count, is_fraction, is_integer
+from .graph import N_PROMOTED, Graph, LogitRecord, checked_count, checked_fraction, is_integer
 from .nodes import Kind, logit_stage, lorsa_stage, stage_of, transcoder_stage
 
 LORSA_BLOCK_ENTRIES = 1 << 23  # Lorsa targets x sources per dense block (bounds temporaries)
@@ -153,9 +153,12 @@ def run_for_graph(
     graph's prompt in its mode, with bias sources when ``constants`` (default: when the graph
     has them).
 
-    Refused, each in one line: a graph without a prompt (a global graph), a graph traced with
-    another saved replacement set than ``replacement`` (its edges and this set's run would
-    not describe one model), and a ``run`` of another prompt or mode than the graph's.
+    Refused, each in one line: a graph without a prompt (a global graph), a replacement set
+    that cannot be the graph's (``check_replacement_fits``: other layers, QK group size,
+    vocabulary or widths), a graph traced with another saved replacement set than
+    ``replacement`` or with other weights (``weights_sha256``: a set swapped or edited in
+    place; its edges and this set's run would not describe one model), and a ``run`` of
+    another prompt or mode than the graph's.
     """
     if not graph.positional or not graph.tokens:
         raise ValueError("a global graph has no prompt to run: this needs a prompt's graph")
@@ -164,6 +167,11 @@ def run_for_graph(
     if None not in (traced, given) and traced != given:
         raise ValueError(f"the graph was traced with another replacement set ({traced[:12]}...) "
                          f"than the one given ({given[:12]}...): its edges and this set's run "
+                         "would not describe one model")  # fmt: skip
+    weights = graph.model.get("weights_sha256")
+    if weights is not None and weights != replacement.weights_sha256():
+        raise ValueError("the graph was traced with other weights than this replacement set's "
+                         "(another set, or one edited since): its edges and this set's run "
                          "would not describe one model")  # fmt: skip
     tokens = torch.tensor(graph.tokens)
     if run is None:
@@ -478,8 +486,7 @@ def attribute(
     if targets is not None and not targets:
         raise ValueError("targets is empty: name at least one, or pass None for top logits")
     checked_count(max_logits, "max_logits")
-    if not is_fraction(logit_probability):
-        raise ValueError(f"logit_probability must be in (0, 1], got {logit_probability!r}")
+    logit_probability = checked_fraction(logit_probability, "logit_probability")
     replacement.eval()
     if run is None:
         run = run_prompt(replacement, tokens, mode or "local", constants=constants)  # 1) clean run
@@ -664,11 +671,13 @@ def assemble_graph(
 
 
 def _model_info(replacement: ReplacementModel, tokens: list[int]) -> dict:
-    """The graph's ``model`` entry: the model's name, the saved replacement set's identity
+    """The graph's ``model`` entry: the model's name, the hash of the weights it was traced
+    with (``weights_sha256``, any set), the saved replacement set's identity
     (``replacement_sha256``) and, when the model records the tokens it never saw in training,
     the prompt positions holding one (``untrained_positions``: their embeddings are untrained,
     so the graph shows no learned mechanism there)."""
-    info: dict = {"name": replacement.model_name or "unnamed"}
+    info: dict = {"name": replacement.model_name or "unnamed",
+                  "weights_sha256": replacement.weights_sha256()}  # fmt: skip
     if replacement.content_sha256 is not None:  # a saved set: which one (``intervene`` checks)
         info["replacement_sha256"] = replacement.content_sha256
     untrained = replacement.model.untrained_tokens

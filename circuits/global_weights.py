@@ -44,7 +44,6 @@ from .graph import (
     QKAttribution,
     QKPair,
     checked_count,
-    is_integer,
 )
 from .nodes import Kind, block_of, lorsa_stage
 from .statistics import Statistics
@@ -374,7 +373,7 @@ def qk_circuit(
     layer = units.check_layer(layer)
     cfg = replacement.lorsas[layer].cfg
     listed = list(heads) if isinstance(heads, Iterable) and not isinstance(heads, str) else []
-    if not listed or not all(map(is_integer, listed)):
+    if not listed:
         raise ValueError(f"heads must be a non-empty list of Lorsa head indices, got {heads!r}")
     heads = [checked_index(h, "head", cfg.n_ov_heads) for h in listed]
     if len(set(heads)) != len(heads):

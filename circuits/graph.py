@@ -287,15 +287,15 @@ class Graph:
     def node_index(self, node, name: str = "node") -> int:
         """One node index, refused in one line unless an integer in ``0..n_nodes - 1`` (never
         read from the end, never a float truncated into one)."""
-        if not (is_integer(node) and 0 <= node < self.n_nodes):
-            raise ValueError(f"{name} must be a node index in 0..{self.n_nodes - 1}, got {node!r}")
-        return int(node)
+        return checked_index(node, name, self.n_nodes)
 
     def node_indices(self, nodes, name: str = "nodes") -> Int[Tensor, " n"]:
         """``nodes`` (node indices or a boolean mask over the nodes) as sorted indices, refused
         in one line when it is anything else: floats, strings, negative or out-of-range
         indices (never read from the end), a node named twice, a mask of another length."""
-        if isinstance(nodes, set | frozenset | dict | str):  # no order, or no indices
+        if isinstance(nodes, set | frozenset):
+            nodes = sorted(nodes)  # sorted below anyway
+        if isinstance(nodes, dict | str):
             raise ValueError(f"{name} must be node indices (integers, 1-D) or a boolean mask, "
                              f"not a {type(nodes).__name__}")  # fmt: skip
         listed = isinstance(nodes, list | tuple)
@@ -452,6 +452,25 @@ def is_integer(x) -> bool:
     except TypeError:
         return False
     return True
+
+
+def checked_index(value, name: str, size: int) -> int:
+    """``value`` as an ``int`` in ``0..size-1``, or a one-line ValueError naming ``name``: a
+    bool, a float or a negative index (never read from the end) is refused."""
+    if not is_integer(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= value < size:
+        raise ValueError(f"{name} {value} is outside 0..{size - 1}")
+    return int(value)
+
+
+def checked_fraction(value, name: str) -> float:
+    """``value`` as a ``float`` in (0, 1] (``is_fraction``), or a one-line ValueError."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if not is_fraction(value):
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return float(value)
 
 
 def checked_count(value, name: str, least: int = 1) -> int:

@@ -268,8 +268,9 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
 def _model(model: dict, n_pos: int) -> dict:
     """The ``model`` entry; its ``untrained_positions`` (when present) are distinct prompt
     positions in increasing order."""
-    sha = model.get("replacement_sha256")
-    _require(sha is None or isinstance(sha, str), "model.replacement_sha256", "not a string")
+    for key in ("replacement_sha256", "weights_sha256"):
+        sha = model.get(key)
+        _require(sha is None or isinstance(sha, str), f"model.{key}", "not a string")
     positions = model.get("untrained_positions")
     if positions is not None:
         ok = isinstance(positions, list) and all(

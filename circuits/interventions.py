@@ -50,6 +50,17 @@ class Intervention:
     action: str = "ablate"
     value: float = 0.0
 
+    def __post_init__(self) -> None:
+        """``value`` as a Python float: any real number, a NumPy scalar or a one-element
+        tensor (``graph.value[i] * 2``); anything else is refused in one line."""
+        value = self.value
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise ValueError(f"{self.action} of {self.node!r}: the value must be a number, got "
+                             f"{self.value!r}")  # fmt: skip
+        object.__setattr__(self, "value", float(value))
+
     def apply(self, clean: float) -> float:
         if self.action not in ACTIONS:
             raise ValueError(
@@ -182,13 +193,14 @@ def direct_pre_activations(
     ``graph`` must be the full graph; columns of the result that are not targets are NaN.
     Differentiable in ``multipliers``: d(target)/d(multiplier of s) at 1 is the edge s -> target.
     """
-    run = run_for_graph(replacement, graph, run)
-    n_src = check_full_graph(graph, run)
+    n_src = graph.n_nodes - int(graph.is_kind(Kind.LOGIT).sum())  # checked before any run
     if not isinstance(multipliers, Tensor) or multipliers.ndim != 2 or \
             multipliers.shape[1] != n_src:  # fmt: skip
         shape = tuple(getattr(multipliers, "shape", ()))
         raise ValueError(f"multipliers must be (batch, {n_src}): one per source node of the "
                          f"graph, got {shape}")  # fmt: skip
+    run = run_for_graph(replacement, graph, run)
+    check_full_graph(graph, run)
     B, n = multipliers.shape[0], len(run.tokens)
     L = run.n_layers
     cache = _clean_nodes(replacement, run)
@@ -412,9 +424,6 @@ def _edited_nodes(graph: Graph, interventions: list[Intervention]) -> dict[str, 
         if edit.action not in ACTIONS:
             raise ValueError(f"unknown action {edit.action!r}; expected one of "
                              f"{', '.join(ACTIONS)}")  # fmt: skip
-        if not isinstance(edit.value, numbers.Real) or isinstance(edit.value, bool):
-            raise ValueError(f"{edit.action} of {edit.node!r}: the value must be a number, got "
-                             f"{edit.value!r}")  # fmt: skip
         if not math.isfinite(edit.value):
             raise ValueError(f"{edit.action} of {edit.node!r} to {edit.value}: not a finite value")
     return where

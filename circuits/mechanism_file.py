@@ -21,7 +21,8 @@ from toy_models.records import from_json, parse_json
 
 from .graph import MODES
 
-VERSION = 2  # 2: a head group's ``carried`` holds every key, with ``carried_own``
+VERSION = 2  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
+# ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
 

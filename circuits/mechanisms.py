@@ -111,7 +111,7 @@ def summarize(
     (unit id -> (label, F1)) labels units and groups them (``auto_groups``); ``view`` replaces
     the automatic groups with the caller's (``circuits.groups.grouped``); ``check`` runs the
     ablation checks (two reruns of the model per head or feature group)."""
-    run_for_graph(replacement, full, run)  # wrong inputs refused before any work, each in a line
+    run = run_for_graph(replacement, full, run)  # wrong inputs refused here, each in a line
     check_full_graph(full, run)
     for name, count in (("beam", beam), ("max_paths", max_paths), ("max_groups", max_groups)):
         checked_count(count, name)
@@ -149,8 +149,7 @@ def _summarize(
         flow, h = target_flows[t]
         flows[t], grads[t] = flow, h
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
-        ranking = _head_ranking(view, group_flow, int(full.pos[t]), own[t],
-                                int(full.stage[t]))[:HEAD_GROUPS]  # fmt: skip
+        ranking = _head_ranking(view, group_flow, int(full.pos[t]), own[t])[:HEAD_GROUPS]
         chosen += ranking
         ranked.update(ranking)
         for groups, path_flow, hops in top_paths(view, t, beam=beam, keep=max_paths):
@@ -201,7 +200,7 @@ def _summarize(
                 carried, own = key_flows(full, grads[t], np.asarray(grp.members))
                 record.carried[ids[t]] = _shares(full, carried.sum(0))
                 record.carried_own[ids[t]] = float(own.sum())
-        if grp.kind == "lorsa" and grp.attends is not None and grp.pos is not None:
+        if grp.kind == "lorsa" and None not in (grp.attends, grp.pos, grp.layer):
             by_head: dict[int, float] = {}
             first = ids[targets[0]] if targets else None
             for m, f in zip(grp.members, member_flow[first] if first else [], strict=False):
@@ -245,19 +244,17 @@ def _summarize(
     )  # fmt: skip
 
 
-def _head_ranking(
-    view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int, stage: int
-) -> list[int]:
-    """The Lorsa groups at ``pos`` below ``stage`` (the target's: a head or feature target
-    reads only the blocks below it) with a flow, but the target's ``own``, the predicting head
-    group first:
+def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int) -> list[int]:
+    """The Lorsa groups at ``pos`` with a flow (a head or feature target's own block and those
+    above have none: it reads only the blocks below), but the target's ``own``, the predicting
+    head group first:
     of the groups that move something from another position (their key is neither ``pos``
     itself nor BOS), the one with the largest positive flow (else the largest positive flow of
     any group, else the largest |flow|). The others follow by flow alone, positive ones first,
     largest first, so that a group reading the current token itself (a successor item at the
     query) shows with its weight however small the movers are."""
     heads = [g for g, grp in enumerate(view.groups)
-             if grp.kind == "lorsa" and grp.pos == pos and g != own and grp.stage < stage
+             if grp.kind == "lorsa" and grp.pos == pos and g != own
              and group_flow[g] != 0]  # fmt: skip
 
     def by_flow(g):

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .graph import Graph, checked_count, is_fraction
+from .graph import Graph, checked_count, checked_fraction
 
 NODE_THRESHOLD = 0.8
 EDGE_THRESHOLD = 0.98
@@ -196,9 +196,8 @@ def prune_graph(
     """
     if max_nodes is not None:
         checked_count(max_nodes, "max_nodes")
-    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-        if not is_fraction(value):
-            raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    node_threshold = checked_fraction(node_threshold, "node_threshold")
+    edge_threshold = checked_fraction(edge_threshold, "edge_threshold")
     if scored is not None and scored.influence.shape != (graph.n_nodes,):
         raise ValueError(f"scored holds {len(scored.influence)} nodes' influence, the graph has "
                          f"{graph.n_nodes}: pass this graph's influence_scores")  # fmt: skip

@@ -22,7 +22,7 @@ from torch import Tensor
 from replacement.model import ReplacementModel, center
 
 from .attribution import PromptRun, pad_by_position, run_for_graph
-from .graph import Graph, QKAttribution, QKPair, QKReason, checked_count, is_fraction
+from .graph import Graph, QKAttribution, QKPair, QKReason, checked_count, checked_fraction
 from .nodes import Kind, lorsa_stage, node_id, unit_id
 from .threads import single_thread
 from .units import Units, checked_index
@@ -283,8 +283,8 @@ def qk_attribution(
     records at once. The list is also stored in ``graph.qk``.
     """
     checked_count(top, "top")
-    if key_mass is not None and not is_fraction(key_mass):
-        raise ValueError(f"key_mass must be in (0, 1] or None, got {key_mass!r}")
+    if key_mass is not None:
+        key_mass = checked_fraction(key_mass, "key_mass")
     run = run_for_graph(replacement, graph, run)
     if nodes is None:
         nodes = (graph.kind == Kind.LORSA).nonzero().squeeze(1)

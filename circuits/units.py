@@ -24,7 +24,7 @@ from torch import Tensor
 
 from replacement.model import ReadWrite, ReplacementModel
 
-from .graph import is_integer
+from .graph import checked_index, is_integer
 from .nodes import (
     EMBEDDING_STAGE,
     Kind,
@@ -36,16 +36,6 @@ from .nodes import (
     sublayer_kind,
     unit_id,
 )
-
-
-def checked_index(value, name: str, size: int) -> int:
-    """``value`` as an ``int`` in ``0..size-1``, or a one-line ValueError naming ``name``: a
-    bool, a float or a negative index (never read from the end) is refused."""
-    if not is_integer(value):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not 0 <= value < size:
-        raise ValueError(f"{name} {value} is outside 0..{size - 1}")
-    return int(value)
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,27 @@ class ReplacementModel(HookedRootModule):
         # The saved set's identity (its config's ``content_sha256``, which covers every layer
         # file's SHA-256 and the toy model's identity); None for a set built in memory.
         self.content_sha256: str | None = None
+        self._weights: tuple[tuple, str] | None = None  # (what the hash was taken of, the hash)
         self.setup()
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of every weight in use now, the toy model's and the set's, by name: what a
+        graph records of the weights it was traced with (``circuits.attribution``), so that a
+        set built in memory, swapped or edited in place is told from the one a graph came
+        from (``content_sha256`` names a saved set only, and not its later edits). Taken again
+        only when a weight was replaced or edited (its storage or ``_version`` changed)."""
+        from toy_models.checkpoint import tensors_sha256
+
+        named, seen = {}, set()
+        for name, t in [*self.model.named_parameters(prefix="model"), *self.named_parameters(),
+                        *self.named_buffers()]:  # fmt: skip
+            if id(t) not in seen:
+                seen.add(id(t))
+                named[name] = t
+        key = tuple((name, t.data_ptr(), t._version) for name, t in named.items())
+        if self._weights is None or self._weights[0] != key:
+            self._weights = (key, tensors_sha256({n: t.detach() for n, t in named.items()}))
+        return self._weights[1]
 
     def trained_steps(self) -> int | None:
         """The optimisation steps the set was trained for, as its ``meta`` records them; None

@@ -28,7 +28,7 @@ from circuits.mechanisms import RATIO
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
 PREDICTING = "predicting heads (the largest mover from another position)"
-NO_MOVER = "no head group there moves anything from another position; the largest"
+NO_MOVER = "no head group there moves a positive flow from another position; the largest"
 
 
 def predicting_heading(g: GroupRecord, node: str) -> str:
@@ -328,6 +328,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     ]
     for t in summary.targets:
         consts = ", ".join(f"{_esc(name)} {_span(v)}" for name, v in t.constants_by_source)
+        consts = f" ({consts})" if consts else ""
         runner = ""
         if t.runner_up is not None:
             runner = (f"; runner-up {_esc(repr(t.runner_up))} (p={t.runner_up_probability:.3f})"
@@ -337,7 +338,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             + _esc(probability_text(t))
             + f"{runner}</h3>"
             f"<p>parts: tokens {_span(t.tokens)}{_esc(token_shares_text(t))}, constants "
-            f"{_span(t.constants)} ({consts}), errors {_span(t.errors)}</p>"
+            f"{_span(t.constants)}{consts}, errors {_span(t.errors)}</p>"
         )
         if t.predicting_group:
             heading = predicting_heading(summary.group(t.predicting_group), t.node)

@@ -106,7 +106,6 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
     if summary is None:
         return None
     from .mechanisms import (
-        PREDICTING,
         TOKEN_SHARES,
         carried_text,
         moved_text,
@@ -123,10 +122,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "constants": _num(t.constants), "errors": _num(t.errors),
              "runnerUp": t.runner_up, "margin": _num(t.margin),
              "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
-             "predictingLabel": None if t.predicting_group is None else (
-                 "predicting heads" if predicting_heading(summary.group(t.predicting_group),
-                                                          t.node) == PREDICTING
-                 else "largest head group there (none moves anything from another position)"),
+             "predictingLabel": None if t.predicting_group is None else
+                 predicting_heading(summary.group(t.predicting_group), t.node),
              "byPosition": [{"pos": x.pos, "token": x.token, "flow": _num(x.flow)}
                             for x in t.tokens_by_position[:TOKEN_SHARES]],
              "morePositions": max(0, len(t.tokens_by_position) - TOKEN_SHARES),

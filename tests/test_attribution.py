@@ -358,6 +358,20 @@ def test_a_replacement_set_that_cannot_be_the_graphs_is_refused(
     with pytest.raises(ValueError, match="lorsa .* the replacement set's 4 units lack"):
         first_order(narrow, graph)
 
+    # Same shapes, other weights (the pass: transcoders swapped gave predicted -0.10 against
+    # an actual 0; weights edited in place after the trace): told by the weights' hash. The
+    # same weights built again are the same set.
+    assert intervene(make_replacement(random_model), graph, edit).actual.shape
+    from replacement.model import ReplacementModel
+
+    swapped = ReplacementModel(random_model, replacement.lorsas, replacement.transcoders[::-1])
+    with pytest.raises(ValueError, match="traced with other weights than this replacement"):
+        intervene(swapped.eval(), graph, edit)
+    with torch.no_grad():
+        replacement.transcoders[1].W_dec.mul_(1.5)
+    with pytest.raises(ValueError, match="traced with other weights than this replacement"):
+        first_order(replacement, graph)
+
 
 def test_direct_pre_activations_checks_its_inputs_first(graph, replacement):
     n_src = graph.n_nodes - int(graph.is_kind("logit").sum())
@@ -367,17 +381,20 @@ def test_direct_pre_activations_checks_its_inputs_first(graph, replacement):
         direct_pre_activations(replacement, graph, torch.ones(n_src))
     pruned = prune_graph(graph)
     with pytest.raises(ValueError, match="needs the full"):
-        direct_pre_activations(replacement, pruned, torch.ones(1, pruned.n_nodes - 1))
+        n_kept = pruned.n_nodes - int(pruned.is_kind("logit").sum())
+        direct_pre_activations(replacement, pruned, torch.ones(1, n_kept))
 
 
 def test_single_node_accessors_never_read_from_the_end(graph):
     last = graph.n_nodes - 1
     for call in (graph.node_attributes, graph.logit_record, graph.strongest_key, graph.qk_for):
-        for bad in (-1, graph.n_nodes, 2.0):
-            with pytest.raises(ValueError, match=f"node must be a node index in 0..{last}"):
+        for bad, message in ((-1, f"node -1 is outside 0..{last}"),
+                             (graph.n_nodes, f"node {graph.n_nodes} is outside"),
+                             (2.0, "node must be an integer, got 2.0")):  # fmt: skip
+            with pytest.raises(ValueError, match=message):
                 call(bad)
     assert graph.node_attributes(last)["kind"] == "logit"
-    with pytest.raises(ValueError, match="node must be a node index"):
+    with pytest.raises(ValueError, match="node -1 is outside"):
         group(graph, [1], "x").group_of(-1)
 
 
@@ -386,8 +403,9 @@ def test_odd_arguments_of_the_graph_api_are_refused_in_a_line(graph, replacement
     from circuits.groups import auto_groups
     from circuits.prune import influence_scores
 
-    with pytest.raises(ValueError, match="keep must be node indices .* not a set"):
-        graph.subgraph({0, 1, 2})
+    assert graph.subgraph({2, 0, 1}).ids == graph.subgraph([0, 1, 2]).ids  # a set has no order
+    with pytest.raises(ValueError, match="keep must be node indices .* not a dict"):
+        graph.subgraph({0: 1})
     with pytest.raises(ValueError, match="concepts must map unit ids to"):
         auto_groups(graph, [("0_1", "x", 1.0)])
     other = attribute(replacement, torch.arange(1, 6), max_logits=1)
@@ -396,6 +414,11 @@ def test_odd_arguments_of_the_graph_api_are_refused_in_a_line(graph, replacement
     node = graph.ids[int(graph.is_kind("lorsa").nonzero()[0])]
     with pytest.raises(ValueError, match="the value must be a number, got '2'"):
         intervene(replacement, graph, [Intervention(node, "clamp", "2")])
+    # a tensor or NumPy value is a number (np.float32 once passed the check and failed deep)
+    i = graph.id_to_index[node]
+    by_tensor = intervene(replacement, graph, [Intervention(node, "clamp", graph.activation[i])])
+    by_numpy = intervene(replacement, graph, [Intervention(node, "clamp", np.float32(1.5))])
+    assert by_tensor.actual.abs().max() == 0 and by_numpy.actual.abs().max() > 0
 
 
 def test_non_finite_edges_are_refused_by_subgraph(graph):

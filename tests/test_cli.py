@@ -142,7 +142,7 @@ def test_bad_arguments_of_the_benchmarks_are_one_line_before_any_work():
         ("attn_sae_baseline", ["--batches", "-1"], "--batches: must be at least 1"),
         ("dashboards", ["--sae-steps", "-5"], "--sae-steps: must be at least 0"),
         ("replacement", ["--replacement", "x", "--docs", "2.5"], "not a whole number: '2.5'"),
-        ("attribution", ["--lengths", "0"], "--lengths must lie in 1..128"),
+        ("attribution", ["--lengths", "0"], "--lengths must lie in 1..127"),
         ("toy_model", ["--skip-train"], "--skip-train evaluates --model"),
         ("startup", ["--repeat", "0"], "--repeat must be at least 1"),
         ("dashboards", ["--work", "README.md"], "--work README.md: exists and is not a dir"),

@@ -1048,7 +1048,7 @@ START = 78  # a unit of the fixture's numbering: block 1's Lorsa head 2
         (lambda r, s: qk_circuit(r, s, -1, [0]), r"layer -1 is outside 0\.\.1"),
         (lambda r, s: qk_circuit(r, s, 1, []), "heads must be a non-empty list"),
         (lambda r, s: qk_circuit(r, s, 1, 4), "heads must be a non-empty list"),
-        (lambda r, s: qk_circuit(r, s, 1, [4.0]), "heads must be a non-empty list"),
+        (lambda r, s: qk_circuit(r, s, 1, [4.0]), "head must be an integer, got 4.0"),
         (lambda r, s: qk_circuit(r, s, 1, [99]), r"head 99 is outside 0\.\.7"),
         (lambda r, s: qk_circuit(r, s, 1, [-1]), r"head -1 is outside 0\.\.7"),
         (lambda r, s: qk_circuit(r, s, 1, [4, 4]), "name a head twice"),

@@ -353,6 +353,13 @@ def test_summarize_refuses_inputs_that_do_not_belong_together(graph, replacement
         summarize(replacement, graph, run, view=auto_groups(other_graph), check=False)
     with pytest.raises(ValueError, match="pruned is not a pruning of full"):
         summarize(replacement, graph, run, pruned=prune_graph(other_graph), check=False)
+    # what belongs together still runs: no run (one is made), a group of heads in two blocks
+    last = len(graph.tokens) - 1
+    across = [i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+              if int(graph.pos[i]) == last]  # fmt: skip
+    assert len({int(graph.layer[i]) for i in across}) == 2
+    view = grouped(graph, [across], ["across"])
+    assert summarize(replacement, graph, None, view=view, check=False).targets
 
 
 def test_auto_groups_follow_their_rules(graph):
@@ -818,19 +825,16 @@ def test_head_ranking_names_a_mover_first_then_every_group_by_flow():
 
     q = 9
     attends = {0: 4, 1: 6, 2: q, 3: 0, 4: 7, 5: 3}  # group -> key; 5 is the target's own
-    groups = [SimpleNamespace(kind="lorsa", pos=q, attends=a, stage=3) for a in attends.values()]
-    groups.append(SimpleNamespace(kind="transcoder", pos=q, attends=None, stage=4))
+    groups = [SimpleNamespace(kind="lorsa", pos=q, attends=a) for a in attends.values()]
+    groups.append(SimpleNamespace(kind="transcoder", pos=q, attends=None))
     view = SimpleNamespace(groups=groups)
-    logit = 9  # a logit target's stage: above every group
     flow = np.array([1.5, 2.0, 19.4, 3.0, -4.0, 50.0, 99.0])
-    assert _head_ranking(view, flow, q, own=5, stage=logit) == [1, 2, 3, 0, 4]
+    assert _head_ranking(view, flow, q, own=5) == [1, 2, 3, 0, 4]
     # no mover with positive flow: the largest positive flow predicts
     flow = np.array([-1.5, -2.0, 19.4, 3.0, -4.0, 50.0, 99.0])
-    assert _head_ranking(view, flow, q, own=5, stage=logit) == [2, 3, 4, 1, 0]
+    assert _head_ranking(view, flow, q, own=5) == [2, 3, 4, 1, 0]
     # the target's own group never ranks, even as the only mover
-    assert _head_ranking(view, np.ones(7), q, own=0, stage=logit)[0] == 1
-    # found by a fuzz pass: a head target's ranking held groups of its own block and above
-    # (flow 0: they cannot reach it); groups without flow never rank
-    groups[1].stage = 5
-    assert _head_ranking(view, np.ones(7), q, own=5, stage=5) == [0, 2, 3, 4]
-    assert _head_ranking(view, np.r_[0.0, np.ones(6)], q, own=5, stage=logit) == [1, 2, 3, 4]
+    assert _head_ranking(view, np.ones(7), q, own=0)[0] == 1
+    # found by a fuzz pass: a head target's ranking held the groups of its own block and
+    # above, whose flow into it is exactly 0; a group without flow never ranks
+    assert _head_ranking(view, np.r_[0.0, np.ones(6)], q, own=5) == [1, 2, 3, 4]

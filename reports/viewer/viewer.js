@@ -829,7 +829,7 @@
       const byPos = at.length ? ` (${at.join(", ")})` : "";
       out.push(el("p", {}, `${what} = ${fmt(t.value)}: tokens ${signed(t.tokens)}${byPos}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
         (t.runnerUp != null ? ` · margin over ${quote(t.runnerUp)} ${signed(t.margin)}` : "") +
-        (t.predicting ? ` · ${t.predictingLabel} ${t.predicting}` : "") +
+        (t.predicting ? ` · ${t.predictingLabel}: ${t.predicting}` : "") +
         (t.next && t.next.length ? ` (next by flow: ${t.next.join(", ")})` : "")));
       if (t.moved) out.push(el("p", { class: "muted" }, t.moved));
       const paths = m.paths.filter((p) => p.target === t.node);

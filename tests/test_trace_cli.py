@@ -78,18 +78,25 @@ def test_trace_targets_modes_and_formats(tmp_path, capsys):
     assert not (out / "graph.svg").exists()
 
 
+def trace_a_node(capsys, out, kind: str, layer: int):
+    """Trace ``PROMPT`` into ``out``, then again with the first ``kind`` node of ``layer`` its
+    pruned graph kept as the only target: (code, stdout, stderr, first graph, that node)."""
+    assert trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
+                 "--no-mechanisms")[0] == 0  # fmt: skip
+    graph = Graph.load(out / "graph.safetensors")
+    node = next(i for i in graph.is_kind(kind).nonzero().squeeze(1).tolist()
+                if int(graph.layer[i]) == layer)  # fmt: skip
+    spec = f"{kind}:{layer}:{int(graph.pos[node])}:{int(graph.index[node])}"
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
+                              "--target-node", spec)  # fmt: skip
+    return code, stdout, err, graph, node
+
+
 def test_a_node_target_is_named_and_summarised(tmp_path, capsys):
     """A head or feature as the only target: the targets line names it with its value, and
     the mechanism summary explains its pre-activation like a logit's (parts, paths, checks)."""
     out = tmp_path / "n"
-    code, _, _ = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "")
-    assert code == 0
-    graph = Graph.load(out / "graph.safetensors")
-    feature = next(i for i in graph.is_kind("transcoder").nonzero().squeeze(1).tolist()
-                   if int(graph.layer[i]) == 2)  # fmt: skip
-    node = f"transcoder:2:{int(graph.pos[feature])}:{int(graph.index[feature])}"
-    code, stdout, _ = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
-                            "--target-node", node)  # fmt: skip
+    code, stdout, _, graph, feature = trace_a_node(capsys, out, "transcoder", 2)
     assert code == 0
     first = stdout.splitlines()[0]
     assert first.startswith(f"targets: L2 feature {int(graph.index[feature])} @")
@@ -108,16 +115,9 @@ def test_a_node_target_is_named_and_summarised(tmp_path, capsys):
 def test_a_layer_0_node_target_is_traced(tmp_path, capsys):
     """Found by a fuzz pass: the pruned graph of a layer-0 target keeps no bias node, and a
     check taking that for a graph without constants refused the QK step's run."""
-    out = tmp_path / "n0"
-    code, _, _ = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
-                       "--no-mechanisms")  # fmt: skip
-    graph = Graph.load(out / "graph.safetensors")
-    head = next(i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
-                if int(graph.layer[i]) == 0)  # fmt: skip
-    node = f"lorsa:0:{int(graph.pos[head])}:{int(graph.index[head])}"
-    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
-                              "--target-node", node)  # fmt: skip
+    code, _, err, _, _ = trace_a_node(capsys, tmp_path / "n0", "lorsa", 0)
     assert code == 0, err
+    out = tmp_path / "n0"
     pruned = Graph.load(out / "graph.safetensors")
     assert not pruned.is_kind("bias").any() and pruned.qk
 

@@ -38,6 +38,7 @@ from .dashboards import (
     read_file,
     write_file,
 )
+from .graph import checked_count, is_integer
 from .nodes import Kind
 from .statistics import identity
 
@@ -219,7 +220,7 @@ def logit_effects(replacement: ReplacementModel, layout: Layout, state: dict) ->
 def build(
     replacement: ReplacementModel,
     tokenizer,
-    path: Path,
+    path: str | Path,
     *,
     rows: int = DEFAULT_ROWS,
     n_ctx: int | None = None,
@@ -234,7 +235,16 @@ def build(
     ``progress``: None shows the bar only on a terminal."""
     from tqdm import tqdm
 
+    path = Path(path)
     n_ctx = replacement.cfg.n_ctx if n_ctx is None else n_ctx
+    checked_count(rows, "rows"), checked_count(batch_rows, "batch_rows")
+    if stop_after is not None:
+        checked_count(stop_after, "stop_after")
+    if not (is_integer(n_ctx) and 2 <= n_ctx <= replacement.cfg.n_ctx):
+        raise ValueError(f"n_ctx must be a whole number in 2..{replacement.cfg.n_ctx}, got "
+                         f"{n_ctx!r}")  # fmt: skip
+    if not (is_integer(seed) and 0 <= seed < 2**63):
+        raise ValueError(f"seed must be a whole number in 0..2**63 - 1, got {seed!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     settings = {"rows": rows, "n_ctx": n_ctx, "seed": seed, "mode": mode, "batch_rows": batch_rows}

@@ -381,8 +381,9 @@ class Dashboards:
 
 
 # ----------------------------------------------------------------- the file
-def write_file(path: Path, dash: Dashboards) -> None:
+def write_file(path: str | Path, dash: Dashboards) -> None:
     """``dash`` written atomically (a temp file beside ``path``, then a rename)."""
+    path = Path(path)
     tensors = {k: v.contiguous() for k, v in dash.state.items()}
     header = {
         "version": VERSION,
@@ -562,8 +563,9 @@ def _check_tokens(dash: Dashboards, d_vocab: int) -> None:
                 raise ValueError(f"{name}.{part} holds ids outside the vocabulary of {d_vocab}")
 
 
-def summary(dash: Dashboards, path: Path | None = None) -> dict:
+def summary(dash: Dashboards, path: str | Path | None = None) -> dict:
     """The figures a build reports: rows, tokens, time, size, coverage, best-F1."""
+    path = None if path is None else Path(path)
     out = {
         "rows": dash.meta["rows_done"],
         "tokens": dash.n_tokens,

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .graph import Graph
+from .graph import Graph, checked_count
 from .groups import GroupedGraph
 from .mechanism_file import RootPair, SourceShare
 from .nodes import Kind, lorsa_stage
@@ -346,6 +346,8 @@ def top_paths(
     root group of a kind in ``roots`` (default: token embeddings; errors and constants are
     the target's ``errors`` and ``constants`` parts), each (groups from the root up, flow,
     hops), by a beam search from the target down (module docstring)."""
+    beam, keep = checked_count(beam, "beam"), checked_count(keep, "keep")
+    target = view.graph.node_index(target, "target")
     graph = view.graph
     edges = graph.edges
     activation = graph.activation.double().numpy()

@@ -50,10 +50,11 @@ class GraphFileError(ValueError):
 
 
 # ----------------------------------------------------------------- writing
-def save_graph(graph: Graph, path: Path) -> None:
+def save_graph(graph: Graph, path: str | Path) -> None:
     """Write ``graph`` to ``path`` atomically, after checking it exactly as ``load_graph``
     will: a graph that would not load back (a field edited by hand, edges of the wrong shape)
     is refused with the field named, and any file already at ``path`` is left as it was."""
+    path = Path(path)
     if path.suffix != SUFFIX:
         raise ValueError(f"{path}: graph files end in {SUFFIX}")
     try:
@@ -106,11 +107,16 @@ def _to_file(graph: Graph) -> tuple[dict[str, Tensor], dict[str, str]]:
         "settings": graph.settings,
     }
     header["sha256"] = content_sha256(tensors, header)
-    return tensors, {"graph": json.dumps(header)}
+    try:
+        return tensors, {"graph": json.dumps(header, allow_nan=False)}
+    except ValueError:  # NaN or an infinity in settings or model, which JSON cannot carry
+        raise GraphFileError("settings or model: holds NaN or an infinity, which a graph file "
+                             "(JSON) cannot carry") from None  # fmt: skip
 
 
 # ----------------------------------------------------------------- reading
-def load_graph(path: Path) -> Graph:
+def load_graph(path: str | Path) -> Graph:
+    path = Path(path)
     if path.is_dir():
         raise GraphFileError(f"{path}: a directory, not a graph file ({SUFFIX})")
     if not path.is_file():

@@ -179,6 +179,7 @@ class Statistics:
     # ------------------------------------------------------------- edge queries
     def summed_into(self, target: int) -> tuple[Tensor, Tensor]:
         """The kept sources of ``target`` and their summed edges (none for tokens, errors)."""
+        target = self.units.check(target, "target")
         i = target - self.units.start(1)
         if i < 0 or self.units.describe(target)[0] == Kind.ERROR:
             return torch.empty(0, dtype=torch.long), torch.empty(0)
@@ -187,6 +188,7 @@ class Statistics:
 
     def summed_from(self, source: int) -> tuple[Tensor, Tensor]:
         """The kept targets of ``source`` and their summed edges."""
+        source = self.units.check(source, "source")
         indptr, order, target = self._by_source()
         if source >= len(indptr) - 1:
             return torch.empty(0, dtype=torch.long), torch.empty(0)
@@ -225,6 +227,7 @@ class Statistics:
 
     def input_total(self, target: int) -> float:
         """Sum of |mean input| into ``target`` over *every* source (kept or not)."""
+        target = self.units.check(target, "target")
         i = target - self.units.start(1)
         if i < 0:
             return 0.0
@@ -233,6 +236,7 @@ class Statistics:
 
     def output_total(self, source: int) -> float:
         """Sum of |expected attribution| from ``source`` over *every* target."""
+        source = self.units.check(source, "source")
         totals = self._totals(self.out_totals)
         if source >= totals.shape[-1]:
             return 0.0

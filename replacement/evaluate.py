@@ -56,6 +56,13 @@ def heldout_batches(model, tokenizer, n_batches: int, batch_size: int = 16) -> l
 
 def next_token_stats(logits: Tensor, tokens: Tensor, reference: Tensor | None = None) -> dict:
     """Mean cross-entropy and, against reference logits, mean KL(reference || logits)."""
+    batch, n = tokens.shape
+    if tuple(logits.shape[:2]) != (batch, n) or n < 2:
+        raise ValueError(f"logits {tuple(logits.shape)} do not line up with tokens "
+                         f"{tuple(tokens.shape)} of at least 2 positions")  # fmt: skip
+    if reference is not None and reference.shape != logits.shape:
+        raise ValueError(f"reference logits {tuple(reference.shape)}, logits "
+                         f"{tuple(logits.shape)}: not of one run's shape")  # fmt: skip
     log_probs = logits[:, :-1].log_softmax(-1)
     ce = -log_probs.gather(-1, tokens[:, 1:, None]).mean().item()
     out = {"ce": ce}

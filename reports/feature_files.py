@@ -272,12 +272,13 @@ def graph_units(graph: Graph) -> list[tuple[Kind, int, int]]:
 
 
 def write_feature_files(
-    out: Path, graph: Graph, dashboards: Mapping[str, Mapping]
+    out: str | Path, graph: Graph, dashboards: Mapping[str, Mapping]
 ) -> tuple[str, list[Path]]:
     """Write the feature files of ``graph``'s heads and features from ``dashboards`` (keyed by
     unit id) and the viewer's index into ``out`` (module docstring); return the ``scan`` that
     graph.json must name and the paths written (the index and the features directory).
     A ValueError names a unit without a dashboard or a dashboard that is not valid."""
+    out = Path(out)
     checked = check_dashboards(dashboards)
     name = feature_dir_name(graph)
     files = {}

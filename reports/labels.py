@@ -59,6 +59,7 @@ def _usage(graph: Graph, i: int) -> str:
 def node_label(graph: Graph, i: int) -> str:
     """One readable line: token, head with its QK group and strongest key, feature with the
     tokens its decoder promotes most, error, logit with its probability or value."""
+    i = graph.node_index(i)
     kind = Kind(int(graph.kind[i]))
     stage, pos, index = int(graph.stage[i]), int(graph.pos[i]), int(graph.index[i])
     layer = block_of(stage)
@@ -116,6 +117,7 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
     the token it promotes most; error ``err``; bias ``bias`` over its sublayer; logit its
     token(s) and probability or value.
     """
+    i = graph.node_index(i)
     kind = Kind(int(graph.kind[i]))
     pos, index = int(graph.pos[i]), int(graph.index[i])
     if kind == Kind.EMBEDDING:

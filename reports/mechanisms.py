@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+from circuits.graph import checked_count
 from circuits.mechanism_file import (
     GroupRecord,
     MechanismSummary,
@@ -139,6 +140,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
     checks are printed for the first target, and for the other targets counted in one line
     (how many agree in sign and how many are flagged; each is in the record, and
     ``every_check`` prints them all)."""
+    max_pairs = checked_count(max_pairs, "max_pairs", least=0)
     lines = ["mechanisms (exact flows: each group's total linear contribution to the target):"]
     names = {g.key: g for g in summary.groups}
     labels = {t.node: t.label for t in summary.targets}

@@ -4,6 +4,7 @@ force on a tiny trained model with random replacement layers."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -240,6 +241,27 @@ def test_resume_equals_uninterrupted(setup):
     assert resumed.finished
     for name, tensor in whole.state.items():
         assert torch.equal(tensor, resumed.state[name]), name
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"rows": -1}, "rows must be a positive integer, got -1"),
+        ({"rows": True}, "rows must be a positive integer, got True"),
+        ({"n_ctx": 1}, "n_ctx must be a whole number in 2..64, got 1"),
+        ({"n_ctx": -5}, "n_ctx must be a whole number in 2..64, got -5"),
+        ({"seed": 2**70}, "seed must be a whole number in 0.."),
+        ({"batch_rows": 0}, "batch_rows must be a positive integer"),
+        ({"stop_after": 0}, "stop_after must be a positive integer"),
+    ],
+)
+def test_a_build_refuses_settings_its_file_could_not_hold(setup, options, message):
+    """Found by a fuzz pass: each wrote an 18 MB file that ``read_file`` then refused (or
+    sliced rows from their end); nothing is written now, and a str path is taken."""
+    replacement, tokenizer, tmp = setup
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _build(replacement, tokenizer, tmp / "x.safetensors", **options)
+    assert not (tmp / "x.safetensors").exists()
 
 
 def test_file_refused_when_damaged_or_foreign(setup, make_replacement, tiny_pretrained):

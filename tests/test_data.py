@@ -68,6 +68,27 @@ def test_unknown_family_and_split_are_refused():
         next(examples("addition", "train", 0)).spans_of("answers")
 
 
+def test_generators_refuse_what_would_loop_or_mislabel():
+    """Found by a fuzz pass: a misspelt split drew training forms or items (a held-out
+    measurement silently measuring memory); negative operands and a first operand with no
+    held-out problem looped for ever."""
+    import random
+
+    from toy_models.data import addition_example, addition_problem, count_carries
+
+    for call in (lambda: form_split("held_out"), lambda: item_split("nope"),
+                 lambda: addition_example(random.Random(0), "test")):  # fmt: skip
+        with pytest.raises(ValueError, match="unknown split"):
+            call()
+    with pytest.raises(ValueError, match="operands are non-negative"):
+        count_carries(-5, 7)
+    assert count_carries(95, 7) == 2
+    with pytest.raises(ValueError, match=r"no heldout problem 0\+b .* in 10000 draws"):
+        addition_problem(random.Random(0), "heldout", max_digits=1, first=0)
+    with pytest.raises(ValueError, match="first must be a non-negative whole number"):
+        addition_problem(random.Random(0), "train", first=-5)
+
+
 def test_splits_draw_forms_and_items_from_the_right_pools():
     assert [form_split(s) for s in SPLITS] == ["train", "train", "heldout"]
     assert [item_split(s) for s in SPLITS] == ["train", "heldout", "heldout"]

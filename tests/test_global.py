@@ -159,6 +159,18 @@ def test_bad_units_are_refused(units, call, message):
         call(units)
 
 
+@pytest.mark.parametrize("lookup", ["summed_into", "summed_from", "mean_input", "expected_into",
+                                    "expected_from", "input_total", "output_total"])  # fmt: skip
+def test_statistics_lookups_never_read_a_unit_from_the_end(stats, lookup):
+    """Found by a fuzz pass: summed_from(-2) gave 46 edges, output_total(-1) 5.5e12, and an
+    id past the units an empty answer, where summed_into refused the same ids."""
+    for bad in (-1, stats.units.total, 2.0):
+        with pytest.raises(ValueError, match="(target|source) (-1|152) is outside|must be an "
+                           "integer"):  # fmt: skip
+            getattr(stats, lookup)(bad)
+    getattr(stats, lookup)(stats.units.total - 1)  # the last unit is one
+
+
 def test_unit_ids(units):
     assert units.unit_id(units.unit(Kind.EMBEDDING, 0, 7)) == "E_7"
     assert units.unit_id(units.unit(Kind.LORSA, 1, 3)) == "2_3"

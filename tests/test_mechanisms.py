@@ -683,6 +683,21 @@ def tampered_summaries_are_refused(good: dict) -> None:
             MechanismSummary.from_dict(d)
 
 
+def test_counts_of_the_flow_and_text_api_are_checked(graph, replacement, run):
+    """Found by a fuzz pass: top_paths(beam=-1) never returned (the beam cut with [:-1]), and
+    keep=-1 or format_summary(max_pairs=-1) dropped the last entry silently."""
+    view = auto_groups(graph)
+    t = int(graph.is_kind("logit").nonzero()[0])
+    for bad in ({"beam": -1}, {"beam": 0}, {"keep": -1}, {"keep": 1.5}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a positive integer"):
+            top_paths(view, t, **bad)
+    with pytest.raises(ValueError, match="target -1 is outside"):
+        top_paths(view, -1)
+    summary = summarize(replacement, graph, run, check=False)
+    with pytest.raises(ValueError, match="max_pairs must be a non-negative integer, got -1"):
+        format_summary(summary, max_pairs=-1)
+
+
 def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, run):
     """Found by a fuzz pass: the fallback (no group moving a positive flow from another
     position, so the largest one) was printed as "the largest mover from another position"."""

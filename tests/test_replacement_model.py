@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -59,6 +60,21 @@ def test_sparse_mode_is_the_definition(replacement, random_model, tokens):
     torch.testing.assert_close(replacement(tokens), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(replacement(tokens, mode="sparse"), expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(expected, m(tokens), atol=1e-3)  # random layers: a real change
+
+
+def test_next_token_stats_needs_logits_and_tokens_that_line_up():
+    """Found by a fuzz pass: logits of 5 positions against 3 tokens gave a cross-entropy read
+    at the wrong positions, and one position NaN."""
+    from replacement.evaluate import next_token_stats
+
+    tokens = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"logits \(1, 5, 7\) do not line up with tokens"):
+        next_token_stats(torch.zeros(1, 5, 7), tokens)
+    with pytest.raises(ValueError, match="at least 2 positions"):
+        next_token_stats(torch.zeros(1, 1, 7), tokens[:, :1])
+    with pytest.raises(ValueError, match="not of one run's shape"):
+        next_token_stats(torch.zeros(1, 3, 7), tokens, torch.zeros(1, 3, 8))
+    assert next_token_stats(torch.zeros(1, 3, 7), tokens)["ce"] == pytest.approx(math.log(7))
 
 
 def test_sparse_mode_is_local_mode_without_errors(replacement, tokens):

@@ -552,6 +552,20 @@ def test_html_has_no_raw_control_characters(tmp_path):
     assert "bell\\x07 escape\\x1b[31m nul\\x00" in text
 
 
+def test_labels_never_read_a_node_from_the_end(tmp_path):
+    """Found by a fuzz pass: node_label(graph, -127) was node 0's label. Paths may be text."""
+    from circuits.graph_file import load_graph, save_graph
+    from reports.labels import node_label, short_label
+
+    graph = make_graph()
+    for label in (node_label, short_label):
+        for bad in (-1, graph.n_nodes, True):
+            with pytest.raises(ValueError, match="node (-1|True|\\d+) is outside|must be an int"):
+                label(graph, bad)
+    save_graph(graph, str(tmp_path / "g.safetensors"))  # a str path (was an AttributeError)
+    assert load_graph(str(tmp_path / "g.safetensors")).ids == graph.ids
+
+
 def test_a_logit_differences_json_label_gives_its_positive_tokens_probability():
     """A difference has no probability of its own: its circuit-tracer ``clerp`` and
     ``token_prob`` give its positive token's (the token in ``feature``), and the label says

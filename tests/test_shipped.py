@@ -57,6 +57,12 @@ def flip_a_weight_byte(path):
     path.write_bytes(bytes(data))
 
 
+def test_a_model_directory_may_be_a_path():
+    """Found by a fuzz pass: a Path (what a notebook often holds) failed on ``.strip``."""
+    model, _ = load_pretrained(SHIPPED_DIR / "default")
+    assert model.cfg.n_layers == 4
+
+
 def test_a_changed_shipped_file_is_refused(tmp_path):
     """Issue 11 item 3: record.json's hashes are checked whenever a shipped entry loads."""
     d = shipped_copy(tmp_path)

@@ -55,12 +55,20 @@ CORPUS_VERSION = 5
 
 def form_split(split: str) -> str:
     """Which forms a split draws from: ``train`` or ``heldout``."""
-    return "heldout" if split == "heldout_forms" else "train"
+    return "heldout" if _checked_split(split) == "heldout_forms" else "train"
 
 
 def item_split(split: str) -> str:
     """Which items (addition problems, rare names) a split draws from."""
-    return "train" if split == "train" else "heldout"
+    return "train" if _checked_split(split) == "train" else "heldout"
+
+
+def _checked_split(split: str) -> str:
+    """``split`` when it is one of ``SPLITS``: a misspelt held-out split would otherwise draw
+    training forms or items, and a held-out measurement would silently measure memory."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return split
 
 
 COMMON_NAMES = (
@@ -433,6 +441,9 @@ _PROBLEM_SEPARATORS: dict[str, tuple[str, ...]] = {
 
 
 def count_carries(a: int, b: int) -> int:
+    """How many places of ``a + b`` carry (operands are non-negative whole numbers)."""
+    if min(a, b) < 0:
+        raise ValueError(f"operands are non-negative, got {a} and {b}")
     carries, carry = 0, 0
     while a or b:
         carry = int(a % 10 + b % 10 + carry >= 10)
@@ -446,17 +457,24 @@ def _operand(rng: random.Random, max_digits: int) -> int:
     return rng.randrange(10 ** (d - 1) if d > 1 else 0, 10**d)
 
 
+MAX_DRAWS = 10_000  # draws an addition problem of a split may take (a split can hold none)
+
+
 def addition_problem(
     rng: random.Random, split: str = "train", max_digits: int = 3, first: int | None = None
 ) -> tuple[int, int]:
     """Operands with a uniformly drawn digit count each (``first``: a given first operand, as in
     a chain), from the requested split's problems."""
     held = item_split(split) == "heldout"
-    while True:
+    if first is not None and (isinstance(first, bool) or not isinstance(first, int) or first < 0):
+        raise ValueError(f"first must be a non-negative whole number, got {first!r}")
+    for _ in range(MAX_DRAWS):
         a = _operand(rng, max_digits) if first is None else first
         b = _operand(rng, max_digits)
         if is_heldout(f"{a}+{b}") == held:
             return a, b
+    raise ValueError(f"no {split} problem{'' if first is None else f' {first}+b'} with operands "
+                     f"of at most {max_digits} digits in {MAX_DRAWS} draws")  # fmt: skip
 
 
 def addition_example(rng: random.Random, split: str = "train", n_problems: int = 8) -> Example:

@@ -84,6 +84,7 @@ def get_config(name: str) -> ZooEntry:
 def resolve_model_dir(name_or_path: str) -> Path:
     """A zoo name with a shipped checkpoint, or a checkpoint directory (an empty name is
     neither: ``Path("")`` would be the current directory)."""
+    name_or_path = str(name_or_path)  # a Path is taken too
     if not name_or_path.strip():
         raise UnknownModelError("the model is an empty name: give a zoo name or a directory")
     path = Path(name_or_path)

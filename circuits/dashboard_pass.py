@@ -18,7 +18,7 @@ from torch import Tensor
 from replacement.model import MODES, ReplacementModel, hook_name
 from toy_models.data import pad_rows
 
-from .concepts import concept_matrix, corpus_rows
+from .concepts import check_row_settings, concept_matrix, corpus_rows
 from .dashboards import (
     BATCH_ROWS,
     CHECKPOINT_SECONDS,
@@ -38,7 +38,7 @@ from .dashboards import (
     read_file,
     write_file,
 )
-from .graph import checked_count, is_integer
+from .graph import checked_count
 from .nodes import Kind
 from .statistics import identity
 
@@ -240,11 +240,7 @@ def build(
     checked_count(rows, "rows"), checked_count(batch_rows, "batch_rows")
     if stop_after is not None:
         checked_count(stop_after, "stop_after")
-    if not (is_integer(n_ctx) and 2 <= n_ctx <= replacement.cfg.n_ctx):
-        raise ValueError(f"n_ctx must be a whole number in 2..{replacement.cfg.n_ctx}, got "
-                         f"{n_ctx!r}")  # fmt: skip
-    if not (is_integer(seed) and 0 <= seed < 2**63):
-        raise ValueError(f"seed must be a whole number in 0..2**63 - 1, got {seed!r}")
+    check_row_settings(n_ctx, seed, replacement.cfg.n_ctx)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     settings = {"rows": rows, "n_ctx": n_ctx, "seed": seed, "mode": mode, "batch_rows": batch_rows}

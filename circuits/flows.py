@@ -322,7 +322,16 @@ def key_flows(graph: Graph, h: np.ndarray, heads: np.ndarray) -> tuple[np.ndarra
     into ``carried[i].sum() + own[i]``: the flow of the z-pattern, position by position. A
     head is grouped and drawn by the key it attends to most (``attends``); ``carried`` says
     which keys its contribution comes from, and a head reading two places splits between them."""
-    heads = np.asarray(heads, dtype=np.int64)
+    heads = np.asarray(heads)
+    if len(heads) and (heads.ndim != 1 or heads.dtype.kind not in "iu"):
+        raise ValueError("heads must be node indices (integers, 1-D), in the caller's order")
+    heads = heads.astype(np.int64)
+    if len(heads) and (heads.min() < 0 or heads.max() >= graph.n_nodes
+                       or not bool((graph.kind.numpy()[heads] == Kind.LORSA).all())):  # fmt: skip
+        raise ValueError(f"heads must be Lorsa head nodes of the graph (0..{graph.n_nodes - 1})")
+    if np.shape(h) != (graph.n_nodes,):
+        raise ValueError(f"h holds {np.shape(h)} values, the graph {graph.n_nodes} nodes: pass "
+                         "this graph's node_flows")  # fmt: skip
     n_pos = len(graph.tokens)
     carried = np.zeros((len(heads), n_pos))
     if len(heads):

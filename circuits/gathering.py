@@ -61,6 +61,7 @@ from replacement.model import MODES, ReadWrite, ReplacementModel, center
 from toy_models.data import stream_rows
 
 from .batch_run import BatchRun, run_rows
+from .concepts import check_row_settings
 from .nodes import Kind, logit_stage, lorsa_stage, transcoder_stage
 from .statistics import (
     DEFAULT_N_CTX,
@@ -459,6 +460,7 @@ def gather_statistics(
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     if type(rows) is not int or not 1 <= rows <= MAX_ROWS:
         raise ValueError(f"rows must be an integer in 1..{MAX_ROWS}, not {rows!r}")
+    check_row_settings(n_ctx, seed, replacement.cfg.n_ctx)
     expected = identity(replacement, tokenizer)
     units = Units.of(replacement)
     settings = {"n_ctx": n_ctx, "seed": seed, "mode": mode, "split": SPLIT}

@@ -264,6 +264,22 @@ def test_a_build_refuses_settings_its_file_could_not_hold(setup, options, messag
     assert not (tmp / "x.safetensors").exists()
 
 
+def test_corpus_rows_and_statistics_never_slice_rows_from_their_end(setup):
+    """Found by a fuzz pass: a negative start read rows from the end (mislabelled), a negative
+    n_ctx cut each row's last tokens, and statistics wrote files their reader refuses."""
+    from circuits.gathering import gather_statistics
+
+    replacement, tokenizer, _ = setup
+    with pytest.raises(ValueError, match=r"rows -3\.\.2: whole numbers"):
+        corpus_rows(tokenizer, 16, 0, -3, 2)
+    with pytest.raises(ValueError, match="n_ctx must be a positive whole number, got -5"):
+        corpus_rows(tokenizer, -5, 0, 0, 2)
+    for options, message in (({"n_ctx": 1}, "n_ctx must be a whole number in 2..64"),
+                             ({"seed": -1}, "seed must be a whole number")):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(message)):
+            gather_statistics(replacement, tokenizer, rows=2, progress=False, **options)
+
+
 def test_file_refused_when_damaged_or_foreign(setup, make_replacement, tiny_pretrained):
     replacement, tokenizer, tmp = setup
     path = tmp / "d.safetensors"

@@ -445,3 +445,6 @@ def test_token_text_names_the_bytes_of_a_split_character():
     assert token_text(tokenizer, tokenizer.token_to_id(BOS)) == BOS
     every = range(tokenizer.get_vocab_size())
     assert not any("\ufffd" in token_text(tokenizer, i) for i in every)
+    for outside in (-1, tokenizer.get_vocab_size()):  # a fuzz pass: "" and an OverflowError
+        with pytest.raises(ValueError, match=f"token id {outside} is outside the vocabulary"):
+            token_text(tokenizer, outside)

@@ -693,6 +693,13 @@ def test_counts_of_the_flow_and_text_api_are_checked(graph, replacement, run):
             top_paths(view, t, **bad)
     with pytest.raises(ValueError, match="target -1 is outside"):
         top_paths(view, -1)
+    f, h = node_flows(graph, t)
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1).numpy()
+    for bad in (np.array([-1]), np.array([t]), heads + 0.5, graph.is_kind("lorsa").numpy()):
+        with pytest.raises(ValueError, match="heads must be"):
+            key_flows(graph, h, bad)
+    with pytest.raises(ValueError, match="pass this graph's node_flows"):
+        key_flows(graph, h[:-1], heads)
     summary = summarize(replacement, graph, run, check=False)
     with pytest.raises(ValueError, match="max_pairs must be a non-negative integer, got -1"):
         format_summary(summary, max_pairs=-1)

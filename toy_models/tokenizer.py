@@ -79,7 +79,11 @@ def token_text(tokenizer: Tokenizer, token: int) -> str:
     """How one token reads to a person: its text (special tokens such as BOS kept, since
     skipping them leaves an empty label), or, for a token holding part of a multi-byte
     character (which decodes alone to U+FFFD), its bytes with each byte of an incomplete
-    character written ``<0xF0>``, as byte-fallback vocabularies name them."""
+    character written ``<0xF0>``, as byte-fallback vocabularies name them. An id outside the
+    vocabulary is refused (it decoded to "")."""
+    if not 0 <= token < tokenizer.get_vocab_size():
+        raise ValueError(f"token id {token} is outside the vocabulary "
+                         f"(0..{tokenizer.get_vocab_size() - 1})")  # fmt: skip
     text = tokenizer.decode([token], skip_special_tokens=False)
     if "\ufffd" not in text:
         return text

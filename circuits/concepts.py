@@ -42,8 +42,6 @@ from dataclasses import dataclass
 
 from toy_models.data import FAMILIES, ORDERED_LISTS, Example, examples
 
-from .graph import is_integer
-
 _SEPARATORS = {
     "addition": {"+": "addition: '+'", "=": "addition: '='", "\n": "addition: line break"},
 }
@@ -106,6 +104,8 @@ def check_row_settings(n_ctx, seed, max_ctx: int) -> None:
     """Refuse, in one line, corpus-row settings a statistics or dashboards file could not hold
     (and ``corpus_rows`` would slice from the end): ``n_ctx`` in ``2..max_ctx`` (the model's
     context), ``seed`` a whole number in ``0..2**63 - 1``."""
+    from .graph import is_integer  # not at import: this module stays light (no torch)
+
     if not (is_integer(n_ctx) and 2 <= n_ctx <= max_ctx):
         raise ValueError(f"n_ctx must be a whole number in 2..{max_ctx}, got {n_ctx!r}")
     if not (is_integer(seed) and 0 <= seed < 2**63):
@@ -114,6 +114,8 @@ def check_row_settings(n_ctx, seed, max_ctx: int) -> None:
 
 def corpus_rows(tokenizer, n_ctx: int, seed: int, start: int, stop: int) -> list[Row]:
     """Rows ``start .. stop - 1`` with their tokens and concepts (at most ``n_ctx`` tokens)."""
+    from .graph import is_integer
+
     if not (is_integer(start) and is_integer(stop) and 0 <= start <= stop):
         raise ValueError(f"rows {start!r}..{stop!r}: whole numbers, 0 <= start <= stop")
     if not (is_integer(n_ctx) and n_ctx >= 1):

@@ -34,6 +34,7 @@ from .layout import (
     MAX_NODES,
     Layout,
     Selection,
+    check_selection,
     layout,
     placeholder,
     select,
@@ -183,6 +184,8 @@ def to_dot(
     pinned with ``!``), so Graphviz only routes the edges around them: the file asks for the
     ``neato`` engine, which ``dot -T...`` obeys.
     """
+    if selection is not None:
+        check_selection(graph, selection)
     s = selection or select(graph, max_nodes=max_nodes, max_edges=max_edges)
     lay: Layout = layout(graph, s)
     kinds = graph.kinds

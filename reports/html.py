@@ -31,7 +31,7 @@ from toy_models.files import write_text_atomic
 
 from .graphviz import show_bidi
 from .labels import node_labels
-from .layout import Selection, select
+from .layout import Selection, check_selection, select
 from .mechanisms import CSS as MECHANISMS_CSS
 from .mechanisms import mechanisms_html
 from .viewer import assets, script_json, viewer_data
@@ -120,6 +120,7 @@ def html_page(
         raise ValueError(f"top_edges must be >= 0, got {top_edges}")
     if selection is None:
         selection = select(graph)
+    check_selection(graph, selection)
     drawing = _drawing_html(svg_text)  # refuses text that is not an SVG before any work
     drawn = set(selection.nodes)
     labels = node_labels(graph)

@@ -79,6 +79,16 @@ class Selection:
     trimmed: bool  # whether the budget left out any head, feature, error or edge
 
 
+def check_selection(graph: Graph, selection: Selection) -> None:
+    """Refuse, in one line, a ``selection`` made on another graph: its node indices would be
+    drawn onto this graph's nodes (the counts it records tell most graphs apart)."""
+    n_edges = int(np.count_nonzero(graph.edges.data))  # as ``select`` counts them
+    if (selection.n_nodes, selection.n_edges) != (graph.n_nodes, n_edges):
+        raise ValueError(f"the selection is of another graph ({selection.n_nodes} nodes, "
+                         f"{selection.n_edges} edges; this one has {graph.n_nodes} and "
+                         f"{n_edges}): make it with select(graph)")  # fmt: skip
+
+
 def strongest_edges(graph: Graph, max_edges: int | None = None) -> list[Edge]:
     """The nonzero edges of ``graph``, strongest ``|weight|`` first, at most ``max_edges``."""
     if max_edges is not None and max_edges < 0:

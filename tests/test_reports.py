@@ -552,6 +552,21 @@ def test_html_has_no_raw_control_characters(tmp_path):
     assert "bell\\x07 escape\\x1b[31m nul\\x00" in text
 
 
+def test_a_selection_of_another_graph_is_refused(tmp_path):
+    """Found by a fuzz pass: ``write_html`` and ``to_dot`` drew another graph's selection (its
+    node indices and edges) onto this graph's nodes."""
+    from reports.graphviz import to_dot
+    from reports.layout import select
+
+    graph, other = make_graph(), make_big_graph()
+    for draw in (lambda: to_dot(graph, select(other)),
+                 lambda: write_html(graph, tmp_path / "x.html", None, select(other))):  # fmt: skip
+        with pytest.raises(ValueError, match="the selection is of another graph"):
+            draw()
+    assert not (tmp_path / "x.html").exists()
+    assert to_dot(graph, select(graph))
+
+
 def test_labels_never_read_a_node_from_the_end(tmp_path):
     """Found by a fuzz pass: node_label(graph, -127) was node 0's label. Paths may be text."""
     from circuits.graph_file import load_graph, save_graph

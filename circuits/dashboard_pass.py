@@ -237,7 +237,8 @@ def build(
 
     path = Path(path)
     n_ctx = replacement.cfg.n_ctx if n_ctx is None else n_ctx
-    checked_count(rows, "rows"), checked_count(batch_rows, "batch_rows")
+    checked_count(rows, "rows")
+    checked_count(batch_rows, "batch_rows")
     if stop_after is not None:
         checked_count(stop_after, "stop_after")
     check_row_settings(n_ctx, seed, replacement.cfg.n_ctx)

@@ -44,10 +44,11 @@ from .graph import (
     QKAttribution,
     QKPair,
     checked_count,
+    checked_index,
 )
 from .nodes import Kind, block_of, lorsa_stage
 from .statistics import Statistics
-from .units import Units, checked_index
+from .units import Units
 from .units import decoders as unit_decoders
 from .units import readers as unit_readers
 

@@ -141,8 +141,9 @@ def influence_scores(graph: Graph) -> Scored:
 
     The scores are circuit-tracer's whether or not the decoder biases are nodes (``bias``,
     ``attribute(constants=True)``): circuit-tracer's graphs have none, so the scores leave
-    them out of every row's sum (one more sweep), and a graph scores the same either way.
-    The influence returned, which pruning reads, counts them as the inputs they are.
+    them out of every row's sum (``Normalized.without``; both influences in one sweep,
+    ``influences``), and a graph scores the same either way. The influence returned, which
+    pruning reads, counts them as the inputs they are.
     """
     a_hat = Normalized(graph.edges)
     weights, stage = graph.target_weight.numpy(), graph.stage.numpy()

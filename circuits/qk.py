@@ -22,10 +22,18 @@ from torch import Tensor
 from replacement.model import ReplacementModel, center
 
 from .attribution import PromptRun, pad_by_position, run_for_graph
-from .graph import Graph, QKAttribution, QKPair, QKReason, checked_count, checked_fraction
+from .graph import (
+    Graph,
+    QKAttribution,
+    QKPair,
+    QKReason,
+    checked_count,
+    checked_fraction,
+    checked_index,
+)
 from .nodes import Kind, lorsa_stage, node_id, unit_id
 from .threads import single_thread
-from .units import Units, checked_index
+from .units import Units
 
 
 def reference_queries(n_pos: int) -> Tensor:

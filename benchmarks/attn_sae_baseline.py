@@ -17,14 +17,13 @@ is spliced in. Writes benchmarks/results/attn_sae_baseline.json, or
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import UserError, path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -103,9 +102,7 @@ def compare(replacement, saes, tokenizer, n_batches: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python benchmarks/attn_sae_baseline.py", description=__doc__
-    )
+    parser = ArgumentParser(prog="python benchmarks/attn_sae_baseline.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
     parser.add_argument(
         "--replacement", default="replacement/zoo/default", help="replacement set directory"

@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 EXACT_LENGTH = 64
@@ -202,7 +202,7 @@ def autograd_baseline(replacement, graph) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/attribution.py")
+    parser = ArgumentParser(prog="python benchmarks/attribution.py")
     parser.add_argument("--model", default="default")
     parser.add_argument("--lengths", default="16,32,48,64,96,127")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one length

@@ -18,7 +18,6 @@ F1 that the unit's firing rate alone would give) and the mean best-F1 of the oth
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -79,7 +78,7 @@ def sae_f1(replacement, tokenizer, dash, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--rows", type=positive_int, default=192)
     parser.add_argument(

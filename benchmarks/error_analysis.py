@@ -20,7 +20,6 @@ Writes ``--json`` (default benchmarks/results/error_analysis_{model}.json) and t
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -29,14 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import UserError, count_arg, path_arg, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, count_arg, path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 QUICK = {"rows": 16, "sae_steps": 4}
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python benchmarks/error_analysis.py",
         description="Where the replacement layers err (by family, token role, position, token) "
         "and whether Lorsa and attention-SAE errors share a direction; JSON, markdown, PNG.",

@@ -33,7 +33,6 @@ Writes benchmarks/results/global_circuits_{model}.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -46,7 +45,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LOGIT_STARTS = ("logit: Thursday", "logit:6")
@@ -306,7 +305,7 @@ def validation(replacement, tokenizer, stats, prompts: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/global_circuits.py")
+    parser = ArgumentParser(prog="python benchmarks/global_circuits.py")
     parser.add_argument("--model", default="default")
     parser.add_argument("--heads", type=path_arg, default=Path("runs/heads/heads.json"),
                         help="the taxonomy's heads.json (python -m reports.heads)")  # fmt: skip

@@ -29,7 +29,6 @@ Writes benchmarks/results/heads_{model}.json.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import path_arg, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CHECK_TASK = "repeat_second_copy"
@@ -62,7 +61,7 @@ def cli_startup() -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/heads.py", description=__doc__)
+    parser = ArgumentParser(prog="python benchmarks/heads.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
     parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
     parser.add_argument(

@@ -32,7 +32,6 @@ two points an axis, the first layer): it checks the machinery, its figures mean 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import UserError, path_arg, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 HELDOUT_SEED = 4242  # replacement.evaluate.EVAL_SEED: the held-out rows evaluate reads first
@@ -59,7 +58,7 @@ def int_list(flag: str, text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python benchmarks/lorsa_ablations.py",
         description="Lorsa ablations as curves (K with an attention-output SAE beside it, QK "
         "heads, QK rank) from cached activations; JSON, markdown and PNG curves.",

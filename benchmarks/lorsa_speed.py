@@ -11,7 +11,6 @@ benchmarks/results/lorsa_speed.json with the timings and the speedup (target >= 
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -24,7 +23,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from replacement.lorsa import LorsaConfig, LorsaLayer  # noqa: E402
-from toy_models.cli import positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 from toy_models.files import write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -60,7 +59,7 @@ def timed(fn, layer: LorsaLayer, x: torch.Tensor, repeats: int) -> tuple[list[fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/lorsa_speed.py", description=__doc__)
+    parser = ArgumentParser(prog="python benchmarks/lorsa_speed.py", description=__doc__)
     parser.add_argument("--heads", type=positive_int, default=2048, help="OV heads (2048)")
     parser.add_argument("--qk-heads", type=positive_int, default=16, help="QK heads (16)")
     parser.add_argument("--d-model", type=positive_int, default=128)

@@ -136,7 +136,6 @@ its key, its top pair, the criteria, the positions holding a token the model nev
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -149,7 +148,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FAMILIES = {  # probe family -> corpus family
@@ -745,7 +744,7 @@ def run_family(
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="zoo name or directory")
     parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
     parser.add_argument("--dashboards-file", type=path_arg,

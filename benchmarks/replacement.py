@@ -10,7 +10,6 @@ throughput come from the set's own record (``replacement.json`` meta).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -65,7 +64,7 @@ def targets(r: dict, meta: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/replacement.py", description=__doc__)
+    parser = ArgumentParser(prog="python benchmarks/replacement.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
     parser.add_argument("--replacement", required=True, help="replacement set directory")
     parser.add_argument(

@@ -20,7 +20,6 @@ after each of the corpus's separators and after ordinary words (``separator_prob
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -227,7 +226,7 @@ def _ambiguous(ids: list[int]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/toy_model.py", description=__doc__)
+    parser = ArgumentParser(prog="python benchmarks/toy_model.py", description=__doc__)
     parser.add_argument("--config", default="default", help="zoo config to train (default)")
     parser.add_argument("--out", type=path_arg, help="run directory (runs/bench-CONFIG)")
     parser.add_argument("--skip-train", action="store_true", help="only evaluate --model")

@@ -28,7 +28,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import UserError, path_arg, run_cli  # noqa: E402  (light: no torch, no TL)
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli  # noqa: E402  (light: no torch, no TL)
 from toy_models.zoo import CONFIGS  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "train_throughput.json"
@@ -44,7 +44,7 @@ BRIDGE_NORMS = ("LNPre", "LN")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python benchmarks/train_throughput.py",
         description=(
             "Measure training throughput (tokens/s for forward + backward + AdamW step) of "

@@ -15,7 +15,6 @@ benchmarks/results/viewer.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import path_arg, positive_int  # noqa: E402
+from toy_models.cli import ArgumentParser, path_arg, positive_int  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -106,7 +105,7 @@ def measure(page: Path, runs: int) -> list[dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--runs", type=positive_int, default=5)
     parser.add_argument("--html", type=path_arg, help="measure this page instead of tracing one")

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from toy_models.cli import UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 
 MODES = ("local", "sparse")  # = replacement.model.MODES (not imported: start-up)
 # Rows of a dashboards pass: rows x n_ctx must stay below 2**31 (``dashboard_pass``), which
@@ -26,7 +26,7 @@ DEFAULT_DIR = Path("runs/dashboards")  # = circuits.dashboards.DEFAULT_DIR
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m circuits.dashboard_cli",
         description="One streaming, resumable, seeded pass over held-out corpus rows: for every "
         "Lorsa head and transcoder feature its frequency, activation histogram, top and "

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from toy_models.cli import UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 from toy_models.files import check_writable_dir, check_writable_file
 from toy_models.tokenizer import single_token
 
@@ -41,7 +41,7 @@ MAX_ROWS = 1 << 20  # = circuits.statistics_file.MAX_ROWS (rows are held in memo
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m circuits.global_graph",
         description="A global circuit around one unit of the fully sparsified model: expected "
         "attribution (exact local edges summed over a corpus sample, per unit of the source's "

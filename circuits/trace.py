@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from toy_models.cli import UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
 MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
@@ -42,7 +42,7 @@ OUTPUT_DIRS = ("features", ".writing")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m circuits.trace",
         description="Exact attribution graph of one prompt through a fully sparsified model: "
         "Lorsa heads and transcoder features, edges through frozen attention patterns, "

@@ -11,16 +11,15 @@ rows are stored: ``replacement.activation_cache``.
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from toy_models.cli import UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 
 DTYPES = ("float32", "float16", "bfloat16")  # replacement.activation_cache.DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m replacement.cache",
         description="Store every chosen layer's Lorsa and transcoder (input, target) activations "
         "of generated rows, in chunks with a manifest bound to the model's identity; "

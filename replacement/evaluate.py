@@ -15,14 +15,13 @@ On held-out generated rows:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toy_models.cli import UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 from toy_models.data import stream_rows
 
 if TYPE_CHECKING:
@@ -260,7 +259,7 @@ def summary_lines(r: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m replacement.evaluate",
         description="Reconstruction, sparsity and loss recovered of a replacement set.",
     )

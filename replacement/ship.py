@@ -10,10 +10,9 @@ test reloads them and must reproduce both. Shipping is ``toy_models.ship.ship_di
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from toy_models.cli import UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 from toy_models.zoo import CONFIGS
 
 from .train import SET_FILE
@@ -54,9 +53,7 @@ def ship(run_dir: Path, model_name: str, dest_root: Path = SHIPPED_DIR) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m replacement.ship", description=__doc__.split("\n")[0]
-    )
+    parser = ArgumentParser(prog="python -m replacement.ship", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=path_arg, help="a trained set (replacement.train --out)")
     parser.add_argument("--model", default="default", help="the zoo model it was trained for")
     args = parser.parse_args(argv)

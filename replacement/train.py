@@ -30,11 +30,10 @@ generator), so it ends with the same weights, bit for bit.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from toy_models.cli import UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 
 STREAM_SEED_STRIDE = 7919  # the activation stream of seed s resumed at step t: s * stride + t
 STATS_WINDOW = 20  # steps averaged in the progress bar
@@ -292,7 +291,7 @@ def parse_layers(text: str) -> list[int] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m replacement.train",
         description="Train a Lorsa layer and a transcoder for every layer of a toy model.",
     )

@@ -7,11 +7,10 @@ written until the whole report has been made.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from toy_models.cli import UserError, path_arg
+from toy_models.cli import ArgumentParser, UserError, path_arg
 from toy_models.records import parse_json
 
 
@@ -27,7 +26,7 @@ def render_results(
 ) -> int:
     """Parse ``--json`` and ``--out``, then ``write(results, out)``; ``benchmark`` is the
     script that makes the file, ``what`` the kind of result (for the messages)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--json", type=path_arg, default=default_json, help="results file")
     parser.add_argument("--out", type=path_arg, help="report directory (default: the JSON's stem)")
     args = parser.parse_args(argv)

@@ -36,7 +36,7 @@ import json
 import time
 from pathlib import Path
 
-from toy_models.cli import UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 from toy_models.files import check_writable_dir
 from toy_models.tokenizer import token_text
 from toy_models.zoo import resolve_model_dir
@@ -51,7 +51,7 @@ PAPER_FRACTION = 0.25  # He et al. 2025 (Lorsa): about a quarter of Lorsa heads
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m reports.superposition",
         description="Attention superposition: split every Lorsa head over the original MHSA "
         "heads of its layer (the share of its activation that each head's OV path carries, "

@@ -265,3 +265,33 @@ def test_a_closed_stdout_ends_the_run_quietly(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, [])
     assert exit_info.value.code == 141 and capsys.readouterr().err == ""
+
+
+def test_an_option_given_twice_is_refused_and_a_dash_value_is_explained(capsys):
+    """argparse keeps the last of a repeated option silently (``--prompt A --prompt B`` traced
+    B; ``--qk --no-qk`` ran without QK): every CLI's parser refuses it, naming both spellings,
+    while options that collect (``--target``) repeat. A value that begins with '-' is read as
+    an option by argparse; the error says how to write it."""
+    from circuits.trace import parse_args
+
+    for argv, text in (
+        (["--prompt", "a", "--prompt", "b"], "--prompt is given twice (--prompt, then --prompt)"),
+        (["--prompt=a", "--prom", "b"], "--prompt is given twice (--prompt, then --prom)"),
+        (["--prompt", "a", "--qk", "--no-qk"], "--qk/--no-qk is given twice (--qk, then --no-qk)"),
+        (["--prompt", "-5+3="], "(a value that begins with '-' is written --prompt=-5+3=)"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            parse_args(argv)
+        assert stop.value.code == 2 and text in capsys.readouterr().err, argv
+    args = parse_args(["--prompt=-5+3=", "--target", " 8", "--target", " 9"])
+    assert args.prompt == "-5+3=" and args.target == [" 8", " 9"]
+    # every CLI of the project uses the parser (benchmarks/startup.py times start-up and imports
+    # nothing of the project; benchmarks/trace_limits.py runs the trace CLI)
+    root = Path(__file__).parent.parent
+    plain = [
+        str(path.relative_to(root))
+        for folder in ("toy_models", "replacement", "circuits", "reports")
+        for path in sorted((root / folder).rglob("*.py"))
+        if "argparse.ArgumentParser(" in path.read_text()
+    ]
+    assert plain == []

@@ -22,6 +22,69 @@ class UserError(Exception):
 EXPECTED_ERRORS = (UserError, ValueError, OSError)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, every CLI's, with two refusals argparse lacks.
+
+    - A single-valued option given twice is refused: argparse keeps the last silently, so
+      ``--prompt A ... --prompt B`` traced B and ``--qk ... --no-qk`` ran without QK. Options
+      that collect (``action="append"``, counts) may repeat.
+    - A value that begins with ``-`` is read by argparse as an option (``--prompt -5+3=``
+      said only "expected one argument"): the error says to write ``--prompt=-5+3=``.
+    """
+
+    _REPEATABLE = (
+        argparse._AppendAction,
+        argparse._AppendConstAction,
+        argparse._CountAction,
+        argparse._HelpAction,
+        argparse._VersionAction,
+    )
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)
+        self._refuse_repeats(self._given)
+        return super().parse_known_args(args, namespace)
+
+    def _action_of(self, word: str) -> argparse.Action | None:
+        """The option ``word`` (``--name`` or ``--name=value``) names, as argparse resolves
+        it (a unique prefix of a long option is that option); None for anything else."""
+        name = word.split("=", 1)[0]
+        if name in self._option_string_actions:
+            return self._option_string_actions[name]
+        if not self.allow_abbrev:
+            return None
+        found = {a for s, a in self._option_string_actions.items() if s.startswith(name)}
+        return found.pop() if len(found) == 1 else None  # ambiguous: argparse says so
+
+    def _refuse_repeats(self, words: list[str]) -> None:
+        seen: dict[argparse.Action, str] = {}
+        for word in words:
+            if word == "--":
+                break  # what follows is positional
+            if not word.startswith("--"):
+                continue
+            action = self._action_of(word)
+            if action is None or isinstance(action, self._REPEATABLE):
+                continue
+            name = word.split("=", 1)[0]
+            if action in seen:
+                both = "/".join(action.option_strings)
+                self.error(f"{both} is given twice ({seen[action]}, then {name}); give it once")
+            seen[action] = name
+
+    def error(self, message: str):
+        given = getattr(self, "_given", [])
+        if "expected" in message and "argument" in message:
+            for option, value in zip(given, given[1:], strict=False):
+                action = self._action_of(option) if option.startswith("--") else None
+                if action is None or not value.startswith("-"):
+                    continue
+                if f"argument {'/'.join(action.option_strings)}:" in message:
+                    message += f" (a value that begins with '-' is written {option}={value})"
+                    break
+        super().error(message)
+
+
 def path_arg(text: str) -> Path:
     """An argparse ``type`` for paths: an empty string is refused (``Path("")`` would be the
     current directory, where nobody asked a run to write)."""

@@ -36,14 +36,13 @@ documents go through the model once (``run_split``); the probes read those runs
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from .cli import path_arg, run_cli
+from .cli import ArgumentParser, path_arg, run_cli
 from .data import FAMILIES, Example, Span, count_carries, examples, pad_rows
 
 if TYPE_CHECKING:
@@ -717,7 +716,7 @@ def summary(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m toy_models.evaluate",
         description="Held-out loss per task family, mechanism probes and the issue's targets "
         "for a toy model, on held-out instances (heldout) and held-out forms (heldout_forms).",

@@ -10,13 +10,12 @@ entry is loaded, and the held-out loss per family that the shipped (fp16) weight
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
-from .cli import UserError, path_arg, run_cli
+from .cli import ArgumentParser, UserError, path_arg, run_cli
 from .records import Bounds
 from .zoo import CONFIGS, SHIPPED_DIR, TrainConfig
 
@@ -149,9 +148,7 @@ def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m toy_models.ship", description=__doc__.split("\n")[0]
-    )
+    parser = ArgumentParser(prog="python -m toy_models.ship", description=__doc__.split("\n")[0])
     parser.add_argument(
         "run_dir", type=path_arg, help="a finished training run (toy_models.train --out)"
     )

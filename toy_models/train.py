@@ -13,12 +13,11 @@ step, recent losses; see ``toy_models.resumable``), and at the end the final mod
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .cli import UserError, path_arg, run_cli
+from .cli import ArgumentParser, UserError, path_arg, run_cli
 from .zoo import CONFIGS, TrainConfig, get_config
 
 LOSS_WINDOW = 50  # the reported train loss is the mean over this many last steps
@@ -253,7 +252,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m toy_models.train",
         description="Train a zoo model from scratch on the generated corpus (seeded, resumable).",
     )

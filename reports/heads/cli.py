@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from toy_models.cli import UserError, path_arg
+from toy_models.cli import ArgumentParser, UserError, path_arg
 from toy_models.files import check_writable_dir
 from toy_models.zoo import resolve_model_dir
 
@@ -19,7 +19,7 @@ MAX_DRAWS = 1000  # each draw ablates a random head set on every task: 100x the 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m reports.heads",
         description="Label Lorsa heads as previous-token, local-context, duplicate-token, "
         "induction, subtoken induction, successor, attention-sink and arithmetic heads "

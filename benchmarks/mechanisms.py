@@ -5,7 +5,7 @@ the key it reads and why, and does the linear graph agree in sign with ablations
         [--replacement DIR --dashboards-file FILE]   # another replacement set, its own labels
 
 Targets (issue 14, item 3), per probe family, over the prompts the model gets right (its top
-token is the expected one): in >= 90% of them the summary's predicting head group attends to
+token is the expected one): in >= 90% of them the summary's predicting head group reads
 the expected key and its QK reason meets the family's criterion (below); and the ablation
 check agrees in sign with the measured effect for >= 90% of the summary's checked groups.
 
@@ -117,7 +117,15 @@ document's first tokens (which the query side holds as well), not ``k - 1``; the
 tests whether ``reason_roots`` holds on prompts nobody has looked at. A third draw, ``--seed 9876``
 (2026-12-03, the same targets), tests the first two again. A fourth, ``--seed 2468`` (written
 on 2026-12-04 before it was run, after the operand keys took in every mention of an operand):
-the same targets, on prompts nobody has looked at. ``targets_met`` gives
+the same targets, on prompts nobody has looked at. A fifth, ``--seed 1357`` (written on
+2026-12-05 before it was run, the seventeenth session, with the change it tests): a head's key
+is now the key its activation comes from most (the largest term of its z-pattern
+``A[q, k] (x_k . w_v + b_V)``, ``circuits.attribution._read_keys``), no longer its attention's
+argmax, which named a sink (BOS) for heads parking most of their attention there while bringing
+another token (found on a trace of a sentence of no template, not on these draws; the first
+draw rerun with it before this was written: induction and subtoken induction unchanged,
+successor 63.3 -> 70.0%, operand fetching 93.3 -> 100%). The same targets, on prompts nobody
+has looked at; the four earlier draws are rerun beside it. ``targets_met`` gives
 ``key_90``, ``reason_90``, ``reason_roots_90`` and ``sign_90_frozen`` for every draw. Each
 record also holds how sure the model was: ``probability``, ``runner_up`` and ``margin`` (the
 target's logit minus the runner-up's).

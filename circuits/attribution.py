@@ -639,7 +639,7 @@ def assemble_graph(
     index = torch.cat([run.index, torch.tensor([lg.record.token for lg in logits])]).long()
     target_weight = torch.zeros(N)
     target_weight[n_src:] = torch.tensor([lg.weight for lg in logits])
-    attends, attention = _strongest_keys(run, replacement.lorsas[0].cfg.group_size, N)
+    attends, attention = _read_keys(run, replacement, N)
     promotes = _promoted_tokens(replacement, run, N)
     tok = _token_string(tokenizer)
     referenced = set(run.tokens.tolist()) | set(promotes[promotes >= 0].tolist())
@@ -686,14 +686,27 @@ def _model_info(replacement: ReplacementModel, tokens: list[int]) -> dict:
     return info
 
 
-def _strongest_keys(run: PromptRun, group_size: int, n_nodes: int) -> tuple[Tensor, Tensor]:
-    """Per node: the key position a Lorsa head reads most and its pattern weight there."""
+def _read_keys(
+    run: PromptRun, replacement: ReplacementModel, n_nodes: int
+) -> tuple[Tensor, Tensor]:
+    """Per node: the key position a Lorsa head reads, and its attention weight there.
+
+    A rank-1 head's activation at query q is exactly one term per key, its z-pattern
+    ``A[q, k] (x_k . w_v + b_V)``; the key it reads is the one whose term is largest in the
+    activation's sign: where what the head writes comes from. The attention's own argmax
+    is not that key for a head that parks most of its attention on a sink: an induction head
+    with 0.6 of its attention on BOS and 0.2 on the earlier copy of a token brings that token,
+    and was named and grouped as reading BOS, with the QK reason of the sink."""
     attends = torch.full((n_nodes,), -1, dtype=torch.long)
     attention = torch.full((n_nodes,), float("nan"))
-    for l in range(run.n_layers):
+    for l, lorsa in enumerate(replacement.lorsas):
         heads = run.select(Kind.LORSA, lorsa_stage(l))
-        rows = run.patterns[l][run.index[heads] // group_size, run.pos[heads]]  # head key
-        attention[heads], attends[heads] = rows.max(-1)
+        index = run.index[heads]
+        pattern = run.patterns[l][index // lorsa.cfg.group_size, run.pos[heads]]  # head key
+        value = run.lorsa_in[l] @ lorsa.W_V[index].T + lorsa.b_V[index]  # key head
+        z = pattern * value.T
+        key = (z * z.sum(-1, keepdim=True).sign()).argmax(-1)
+        attends[heads], attention[heads] = key, pattern.gather(1, key[:, None])[:, 0]
     return attends, attention
 
 

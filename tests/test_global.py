@@ -891,7 +891,8 @@ def test_global_graph_cli_bad_input(tmp_path, capsys, args, message):
     out = tmp_path / "never"
     stats = tmp_path / "stats.safetensors"
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, ["--out", str(out), "--stats", str(stats), *args])  # a later --stats wins
+        given = [] if "--stats" in args else ["--stats", str(stats)]  # each option once
+        run_cli(main, ["--out", str(out), *given, *args])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error:") and message in err, err
     assert not out.exists() and not stats.exists()

@@ -450,7 +450,7 @@ def test_flows_swept_together_equal_flows_swept_alone(graph, replacement, run):
 def test_a_path_flow_is_the_sum_over_its_member_level_paths(graph):
     t = int(graph.is_kind("logit").nonzero()[0])
     view = auto_groups(graph)
-    paths = top_paths(view, t, beam=8, keep=4)
+    paths = top_paths(view, t, keep=4)
     assert paths
     dense = graph.edges.toarray().astype(np.float64)
     per_unit = dense / np.where(graph.activation.numpy() != 0, graph.activation.numpy(), 1)

@@ -86,6 +86,8 @@ from torch import Tensor
 from replacement.lorsa import LorsaConfig, LorsaLayer
 from toy_models.data import pad_rows
 
+from .graph import checked_count, checked_index
+
 SPREAD_THRESHOLDS = (0.5, 0.7, 0.9)
 HEADLINE_THRESHOLD = 0.7  # "spread over two or more heads": the top head carries < 70%
 HOST_SHARE = 0.3
@@ -309,6 +311,8 @@ def measure(
 
     model, lorsas = replacement.model, replacement.lorsas
     cfg = model.cfg
+    batch_rows = checked_count(batch_rows, "batch_rows")  # -1 would step over every row
+    min_fires = checked_count(min_fires, "min_fires", least=0)
     rows = [list(r) for r in rows]
     if not rows or any(not 1 <= len(r) <= cfg.n_ctx for r in rows):
         raise ValueError(f"rows must be 1..{cfg.n_ctx} tokens long, and there must be some")
@@ -342,8 +346,16 @@ def measure(
 def firing_detail(replacement, ids: Sequence[int], layer: int, head: int, pos: int) -> dict:
     """At one firing of Lorsa head ``head``: its activation ``z``, the refit ``c`` and its
     parts ``c_h`` over the MHSA heads and ``bias`` (module docstring), and the key that
-    contributes most to ``z~`` with the attention its QK head and each MHSA head pay it."""
-    model, lorsa = replacement.model, replacement.lorsas[layer]
+    contributes most to ``z~`` with the attention its QK head and each MHSA head pay it.
+    Layer, head and position are indices, never read from the end; the head must fire there
+    (the split is of a firing)."""
+    model = replacement.model
+    layer = checked_index(layer, "layer", model.cfg.n_layers)
+    lorsa = replacement.lorsas[layer]
+    head = checked_index(head, "head", lorsa.cfg.n_ov_heads)
+    if not len(ids):
+        raise ValueError("ids must hold at least one token")
+    pos = checked_index(pos, "pos", len(ids))
     attn = model.blocks[layer].attn
     tokens = torch.tensor([list(ids[: pos + 1])])
     name = f"blocks.{layer}.ln1.hook_normalized"
@@ -353,6 +365,8 @@ def firing_detail(replacement, ids: Sequence[int], layer: int, head: int, pos: i
         pattern, o = mhsa_heads(attn, x)
         lorsa_pattern = lorsa.patterns(x)
         z = lorsa.activate(lorsa.pre_activations(x, lorsa_pattern))[0, pos]
+        if not z[head] > 0:
+            raise ValueError(f"Lorsa head {head} of layer {layer} does not fire at pos {pos}")
         firing = (z > 0).nonzero().flatten()
         W = lorsa.W_O[firing].float()
         gram = W @ W.T
@@ -401,11 +415,10 @@ def hosting(
     """Per MHSA head of one layer: the Lorsa heads it hosts (share >= ``host_share``), those
     it is the primary host of, its share-weighted count, and the families (``families``:
     family -> this layer's labelled heads) that its hosted heads cover."""
-    families = families or {}
     label_of: dict[int, list[str]] = {}
-    for family, heads in families.items():
+    for family, heads in _family_heads(families or {}, shares.share.shape[0]).items():
         for i in heads:
-            label_of.setdefault(int(i), []).append(family)
+            label_of.setdefault(i, []).append(family)
     measured = shares.measured
     primary = shares.top_head
     out = []
@@ -432,9 +445,10 @@ def family_matrix(
     """``(head, family)``: the share mass each MHSA head carries of the measured Lorsa heads
     labelled with each family in ``names`` (a head with several labels counts in each), plus
     a last column for the unlabelled ones."""
-    n_heads = shares.share.shape[1]
+    n_ov, n_heads = shares.share.shape
+    families = _family_heads(families, n_ov)
     out = torch.zeros(n_heads, len(names) + 1)
-    labelled = torch.zeros(shares.share.shape[0], dtype=torch.bool)
+    labelled = torch.zeros(n_ov, dtype=torch.bool)
     for j, family in enumerate(names):
         heads = torch.tensor(sorted(families.get(family, [])), dtype=torch.long)
         if len(heads):
@@ -443,6 +457,15 @@ def family_matrix(
             labelled[heads] = True
     out[:, -1] = shares.share[shares.measured & ~labelled].sum(0)
     return out
+
+
+def _family_heads(families: dict[str, list[int]], n_ov: int) -> dict[str, list[int]]:
+    """``families`` with every head checked to be a Lorsa head index of the layer: a negative
+    one would be read from the end (-1 crediting the last head), a float truncated."""
+    return {
+        family: [checked_index(i, f"families[{family!r}] head", n_ov) for i in heads]
+        for family, heads in families.items()
+    }
 
 
 # ----------------------------------------------------------------- constructed cases
@@ -479,16 +502,30 @@ def constructed_lorsa(
     """A Lorsa layer whose answer is known (module docstring, **Validation**): QK head j is
     MHSA head ``qk_heads[j]``'s; OV head i, given as ``(heads, u)`` and in QK group
     ``i // (len(ov_heads) // len(qk_heads))``, reads ``sum_{h in heads} (x W_V^h + b_V^h)
-    W_O^h u / |u|^2`` and writes along ``u``; ``b_D = b_O``."""
-    n_qk, n_ov = len(qk_heads), len(ov_heads)
-    d_model, _, d_head = attn.W_Q.shape[1], attn.W_Q.shape[0], attn.W_Q.shape[2]
-    cfg = LorsaConfig(d_model, n_qk, n_ov, d_head, top_k or n_ov)
+    W_O^h u / |u|^2`` and writes along ``u``; ``b_D = b_O``. Heads are indices into the MHSA
+    heads, never read from the end, and ``u`` a finite non-zero vector (``u / |u|^2``)."""
+    n_heads, d_model, d_head = attn.W_Q.shape
+    if not len(qk_heads) or not len(ov_heads):
+        raise ValueError("qk_heads and ov_heads must each name at least one head")
+    qk_heads = [checked_index(g, f"qk_heads[{j}]", n_heads) for j, g in enumerate(qk_heads)]
+    checked = []
+    for i, (heads, u) in enumerate(ov_heads):
+        heads = [checked_index(h, f"ov_heads[{i}] head", n_heads) for h in heads]
+        if not (isinstance(u, Tensor) and u.shape == (d_model,) and u.isfinite().all()):
+            raise ValueError(f"ov_heads[{i}] direction must be a finite tensor of shape "
+                             f"({d_model},)")  # fmt: skip
+        if not u.float().pow(2).sum() > 0:
+            raise ValueError(f"ov_heads[{i}] direction is zero: a head writes along a non-zero u")
+        checked.append((heads, u))
+    n_qk, n_ov = len(qk_heads), len(checked)
+    top_k = n_ov if top_k is None else checked_count(top_k, "top_k")
+    cfg = LorsaConfig(d_model, n_qk, n_ov, d_head, top_k)
     lorsa = LorsaLayer(cfg)
     with torch.no_grad():
         for j, g in enumerate(qk_heads):
             lorsa.W_Q[j], lorsa.W_K[j] = attn.W_Q[g], attn.W_K[g]
             lorsa.b_Q[j], lorsa.b_K[j] = attn.b_Q[g], attn.b_K[g]
-        for i, (heads, u) in enumerate(ov_heads):
+        for i, (heads, u) in enumerate(checked):
             u = u.float()
             read = u / u.pow(2).sum()  # z~ = sum_h o_h . u / |u|^2: the write is o's projection
             lorsa.W_O[i] = u

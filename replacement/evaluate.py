@@ -47,8 +47,14 @@ def _no_grad(fn):
 
 
 def heldout_batches(model, tokenizer, n_batches: int, batch_size: int = 16) -> list[Tensor]:
+    """``n_batches`` batches of ``batch_size`` held-out rows (a count below 1 gave empty
+    tensors that every figure then divided by)."""
     import torch
 
+    from toy_models.checkpoint import check_value
+
+    check_value("int", n_batches, "n_batches")
+    check_value("int", batch_size, "batch_size")
     rows = stream_rows(tokenizer, model.cfg.n_ctx, "heldout", EVAL_SEED)
     return [torch.tensor([next(rows)[1] for _ in range(batch_size)]) for _ in range(n_batches)]
 
@@ -71,6 +77,13 @@ def next_token_stats(logits: Tensor, tokens: Tensor, reference: Tensor | None = 
     return out
 
 
+def _checked_batches(batches: list[Tensor]) -> list[Tensor]:
+    """``batches`` when there is one or more: every figure below is a mean over them."""
+    if not len(batches):
+        raise ValueError("batches must hold at least one batch of tokens")
+    return batches
+
+
 def _sublayer(kind: str, layer: int) -> tuple[str, str]:
     """(input, output) hook names of the sublayer that a kind of dictionary replaces."""
     from .activations import lorsa_hooks, transcoder_hooks
@@ -80,9 +93,11 @@ def _sublayer(kind: str, layer: int) -> tuple[str, str]:
 
 @_no_grad
 def reconstruction_stats(replacement, batches: list[Tensor]) -> dict:
-    """FVU, L0 and dead fraction per layer, on the original model's own activations."""
+    """FVU, L0 and dead fraction per layer, on the original model's own activations. The FVU
+    is NaN where the targets do not vary (a single token): a fraction of no variance."""
     import torch
 
+    batches = _checked_batches(batches)
     model = replacement.model
     sites = [
         (name, l, module)
@@ -112,9 +127,10 @@ def reconstruction_stats(replacement, batches: list[Tensor]) -> dict:
     out: dict[str, list[dict]] = {"lorsa": [], "transcoder": []}
     for name, l, _ in sites:
         y = torch.cat(targets[name, l])
+        variance = (y - y.mean(0)).pow(2).sum().item()
         out[name].append(
             {
-                "fvu": residual[name, l] / (y - y.mean(0)).pow(2).sum().item(),
+                "fvu": residual[name, l] / variance if variance > 0 else float("nan"),
                 "l0": active[name, l] / n_tokens,
                 "dead_fraction": 1 - fired[name, l].float().mean().item(),
             }
@@ -127,6 +143,7 @@ def mean_outputs(model, batches: list[Tensor]) -> dict[str, Tensor]:
     """Mean attention and MLP output per layer over held-out tokens (for mean ablation)."""
     from toy_models.model import hook_name
 
+    batches = _checked_batches(batches)
     sites = ("hook_attn_out", "hook_mlp_out")
     names = [hook_name(l, site) for l in range(model.cfg.n_layers) for site in sites]
     totals = {name: 0.0 for name in names}
@@ -163,6 +180,7 @@ def _splice_hooks(replacement, spliced: list[tuple[str, int]], means: dict | Non
 @_no_grad
 def loss_recovered(replacement, batches: list[Tensor]) -> dict:
     """CE and KL with each layer spliced in alone and with all replaced, against mean ablation."""
+    batches = _checked_batches(batches)
     model = replacement.model
     n = model.cfg.n_layers
     means = mean_outputs(model, batches)

@@ -59,6 +59,7 @@ Files (``save`` / ``load``), one directory::
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -315,21 +316,33 @@ class ReplacementModel(HookedRootModule):
     ) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits. ``start_at_layer`` (TransformerLens's argument): run blocks from that one
         on, starting from ``resid``, the residual stream entering it (``hook_resid_pre`` of
-        that block); ``tokens`` is then unused."""
+        that block); ``tokens`` may then be None, and if given must be the rows ``resid``
+        came from (their shape is checked: nothing else reads them)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-        m = self.model
-        if start_at_layer == 0 and resid is None:
-            n = check_tokens(tokens, self.cfg.n_ctx, self.cfg.d_vocab)
-            resid = self.hook_embed(m.W_E[tokens]) + self.hook_pos_embed(m.W_pos[:n])
-        elif resid is None or not 0 <= start_at_layer <= self.cfg.n_layers:
+        m, cfg = self.model, self.cfg
+        try:  # an integer, not True (block 1) or 2.0 (a slice TypeError)
+            start = None if isinstance(start_at_layer, bool) else operator.index(start_at_layer)
+        except TypeError:
+            start = None
+        if start is None or not 0 <= start <= cfg.n_layers:
             raise ValueError(
-                f"start_at_layer={start_at_layer} needs resid, the residual stream entering a "
-                f"block 0..{self.cfg.n_layers}"
+                f"start_at_layer must be an integer in 0..{cfg.n_layers}, got {start_at_layer!r}"
             )
-        for block, original in zip(
-            self.blocks[start_at_layer:], m.blocks[start_at_layer:], strict=True
-        ):
+        if resid is None:
+            if start:
+                raise ValueError(f"start_at_layer={start} needs resid, the residual stream "
+                                 f"entering a block 0..{cfg.n_layers}")  # fmt: skip
+            n = check_tokens(tokens, cfg.n_ctx, cfg.d_vocab)
+            resid = self.hook_embed(m.W_E[tokens]) + self.hook_pos_embed(m.W_pos[:n])
+        else:
+            _check_resid(resid, cfg, m.W_E.dtype)
+            if tokens is not None:
+                check_tokens(tokens, cfg.n_ctx, cfg.d_vocab)
+                if tokens.shape != resid.shape[:2]:
+                    raise ValueError(f"tokens {tuple(tokens.shape)} are not the rows of resid "
+                                     f"{tuple(resid.shape)}")  # fmt: skip
+        for block, original in zip(self.blocks[start:], m.blocks[start:], strict=True):
             resid = block(resid, original if mode == "local" else None)
         return self.ln_final(resid) @ m.W_U + m.b_U
 
@@ -502,6 +515,24 @@ class ReplacementModel(HookedRootModule):
         return replacement
 
 
+def _check_resid(resid, cfg, dtype: torch.dtype) -> None:
+    """A residual stream to start from: ``(batch, pos, d_model)`` in the model's dtype, a row
+    or more and ``1..n_ctx`` positions (a wrong width failed deep in an einsum)."""
+    ok = (
+        isinstance(resid, Tensor)
+        and resid.ndim == 3
+        and resid.shape[0] >= 1
+        and 1 <= resid.shape[1] <= cfg.n_ctx
+        and resid.shape[2] == cfg.d_model
+        and resid.dtype == dtype
+    )
+    if not ok:
+        got = (f"{tuple(resid.shape)} {resid.dtype}" if isinstance(resid, Tensor)
+               else type(resid).__name__)  # fmt: skip
+        raise ValueError(f"resid must be (batch, pos, d_model={cfg.d_model}) of {dtype}, with a "
+                         f"row or more and 1..n_ctx={cfg.n_ctx} positions, got {got}")  # fmt: skip
+
+
 def _check_layers(
     model: ToyTransformer, lorsas: list[LorsaLayer], transcoders: list[Transcoder]
 ) -> None:
@@ -523,23 +554,31 @@ def _check_layers(
 
 def load_pretrained(model: str = "default", replacement: str | Path | None = None):
     """``(ReplacementModel, tokenizer)``: a toy model (zoo name or checkpoint directory) with
-    its replacement set (a directory; default: the one shipped for that zoo name)."""
-    from toy_models.zoo import UnknownModelError
+    its replacement set (a directory; default: the one shipped for that zoo entry, also when
+    the entry is given by its directory)."""
+    from toy_models.zoo import SHIPPED_DIR as MODEL_ZOO
+    from toy_models.zoo import UnknownModelError, resolve_model_dir
     from toy_models.zoo import load_pretrained as load_toy_model
 
     toy_model, tokenizer = load_toy_model(model)
     if replacement is None:
         from toy_models.files import cut_short
 
-        replacement = SHIPPED_DIR / model
+        directory = resolve_model_dir(model)
+        if directory.resolve().parent != MODEL_ZOO.resolve():
+            raise UnknownModelError(f"{model}: a checkpoint outside the zoo has no shipped "
+                                    "replacement set; pass replacement=DIR (--replacement on "
+                                    "the command line)")  # fmt: skip
+        entry = directory.name
+        replacement = SHIPPED_DIR / entry
         why = cut_short(replacement)
         if why:
             raise UnknownModelError(f"{why}; ship the set again (python -m replacement.ship "
-                                    f"SET --model {model}) or rename that back")  # fmt: skip
+                                    f"SET --model {entry}) or rename that back")  # fmt: skip
         if not (replacement / CONFIG_FILE).is_file():
-            raise UnknownModelError(
-                f"no replacement set is shipped for {model!r}; pass one with --replacement"
-            )
+            raise UnknownModelError(f"no replacement set is shipped for {entry!r}; pass "
+                                    "replacement=DIR (--replacement on the command "
+                                    "line)")  # fmt: skip
     loaded = ReplacementModel.load(replacement, toy_model)
     loaded.eval()
     return loaded, tokenizer

@@ -89,6 +89,42 @@ def test_generators_refuse_what_would_loop_or_mislabel():
         addition_problem(random.Random(0), "train", first=-5)
 
 
+def test_counts_that_make_nothing_are_refused(tmp_path):
+    """Found by a fuzz pass: n_problems=0 and n_lists=0 raised random's "empty range for
+    randrange()", pad_rows([[]]) an IndexError, train_tokenizer(texts, 0) returned 257 tokens,
+    and build_corpus with a family of 0 (or -3) documents cached a corpus it could not read
+    back."""
+    from toy_models.data import successor_example
+
+    for n in (0, 1, 1.5, True):
+        with pytest.raises(ValueError, match=f"n_problems must be an integer of at least 2, "
+                                             f"got {n!r}"):  # fmt: skip
+            addition_example(random.Random(0), n_problems=n)
+    assert addition_example(random.Random(0), n_problems=2).text
+    with pytest.raises(ValueError, match="n_lists must be an integer of at least 1, got 0"):
+        successor_example(random.Random(0), n_lists=0)
+    assert successor_example(random.Random(0), n_lists=1).text
+    for rows in ([[]], [], [[0, 1], []]):
+        with pytest.raises(ValueError, match="rows must be one or more rows of at least one"):
+            pad_rows(rows)
+    for size in (0, 256, 300.0):
+        with pytest.raises(ValueError, match=f"vocab_size must be an integer of at least 257.*"
+                                             f"got {size!r}"):  # fmt: skip
+            train_tokenizer(["plain words"], size)
+    assert train_tokenizer(["plain words"], 257).get_vocab_size() == 257
+    counts = [(0, r"n_docs\['names'\] must be in 1\.\."), (-3, "must be in 1.."),
+              (1.5, "must be an integer, got 1.5"), (True, "must be an integer")]  # fmt: skip
+    for n, match in counts:
+        with pytest.raises(ValueError, match=match):
+            build_corpus({"names": n}, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="n_docs names no family"):
+        build_corpus({}, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    sizes = {"names": 1}
+    assert build_corpus(sizes, cache_dir=tmp_path)["train"]["text"] == \
+        build_corpus(sizes, cache_dir=tmp_path)["train"]["text"]  # fmt: skip
+
+
 def test_splits_draw_forms_and_items_from_the_right_pools():
     assert [form_split(s) for s in SPLITS] == ["train", "train", "heldout"]
     assert [item_split(s) for s in SPLITS] == ["train", "heldout", "heldout"]

@@ -463,3 +463,13 @@ def test_separator_probe_reads_every_joiner_on_the_same_draws(tiny_pretrained):
 
     perfect = bench.separator_probe(Oracle(), tokenizer, n=20)
     assert all(r["right"] == 1.0 for r in perfect["joiners"].values())
+
+
+def test_probes_need_documents():
+    """Found by a fuzz pass: 0 documents divided by zero inside every probe."""
+    for n in (0, -1):
+        with pytest.raises(ValueError, match=f"n_docs must be in 1..[0-9]+, got {n}"):
+            ev.heldout_examples("repeat", n)
+    with pytest.raises(ValueError, match="n_docs must be an integer, got 1.5"):
+        ev.heldout_examples("repeat", 1.5)
+    assert len(ev.heldout_examples("repeat", 1)) == 1

@@ -68,6 +68,9 @@ def test_bad_shapes_and_lengths(random_model):
         random_model(torch.zeros(1, 17, dtype=torch.long))
     with pytest.raises(ValueError, match="must be"):
         random_model(torch.zeros(17, dtype=torch.long))
+    # a fuzz pass: a batch of no rows failed in torch's min() ("Expected reduction dim")
+    with pytest.raises(ValueError, match=r"with a row or more, got shape \(0, 4\)"):
+        random_model(torch.zeros(0, 4, dtype=torch.long))
 
 
 def test_token_ids_outside_the_vocabulary_or_of_another_type_are_refused(

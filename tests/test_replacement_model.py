@@ -77,6 +77,53 @@ def test_next_token_stats_needs_logits_and_tokens_that_line_up():
     assert next_token_stats(torch.zeros(1, 3, 7), tokens)["ce"] == pytest.approx(math.log(7))
 
 
+def test_evaluation_needs_batches_and_documents(replacement, random_model):
+    """Found by a fuzz pass: no batches failed in torch.cat() or divided by zero, a batch
+    size of 0 gave empty 1-D tensors, and one token (no variance) divided by zero."""
+    from replacement import evaluate as ev
+
+    for call in (lambda: ev.reconstruction_stats(replacement, []),
+                 lambda: ev.mean_outputs(random_model, []),
+                 lambda: ev.loss_recovered(replacement, [])):  # fmt: skip
+        with pytest.raises(ValueError, match="batches must hold at least one batch"):
+            call()
+    for size in (0, -2):
+        with pytest.raises(ValueError, match=f"batch_size must be in 1..[0-9]+, got {size}"):
+            ev.heldout_batches(random_model, None, 2, batch_size=size)
+    with pytest.raises(ValueError, match="n_batches must be in 1..[0-9]+, got 0"):
+        ev.heldout_batches(random_model, None, 0)
+    with pytest.raises(ValueError, match="n_docs must be in 1..[0-9]+, got 0"):
+        ev.family_probes(replacement, None, 0)
+    stats = ev.reconstruction_stats(replacement, [torch.zeros(1, 1, dtype=torch.long)])
+    assert all(math.isnan(s["fvu"]) for s in stats["lorsa"] + stats["transcoder"])
+    stats = ev.reconstruction_stats(replacement, [torch.tensor([[0, 5, 7]])])
+    assert all(math.isfinite(s["fvu"]) for s in stats["lorsa"] + stats["transcoder"])
+
+
+def test_starting_at_a_layer_checks_its_arguments(replacement, tokens):
+    """Found by a fuzz pass: start_at_layer=True ran from block 1 and 2.0 raised a slice
+    TypeError, a resid of the wrong width failed in an einsum, and tokens given beside resid
+    were not looked at."""
+    _, cache = replacement.run_with_cache(tokens, mode="local")
+    resid = cache["blocks.1.hook_resid_pre"]
+    full = replacement(tokens, mode="local")
+    torch.testing.assert_close(replacement(None, "local", start_at_layer=1, resid=resid), full)
+    torch.testing.assert_close(replacement(tokens, "local", start_at_layer=1, resid=resid), full)
+    for start in (True, 2.0, -1, 3):
+        with pytest.raises(ValueError, match=f"start_at_layer must be an integer in 0..2, got "
+                                             f"{start!r}"):  # fmt: skip
+            replacement(None, start_at_layer=start, resid=resid)
+    for bad in (resid[..., :7], resid[0], resid.double(), resid[:0], torch.zeros(1, 17, 24)):
+        with pytest.raises(ValueError, match=r"resid must be \(batch, pos, d_model=24\) of "):
+            replacement(None, start_at_layer=1, resid=bad)
+    with pytest.raises(ValueError, match=r"tokens \(3, 11\) are not the rows of resid"):
+        replacement(tokens[:, :-1], start_at_layer=1, resid=resid)
+    with pytest.raises(ValueError, match="start_at_layer=1 needs resid"):
+        replacement(tokens, start_at_layer=1)
+    with pytest.raises(ValueError, match=r"with a row or more, got shape \(0, 4\)"):
+        replacement.run_with_cache(torch.zeros(0, 4, dtype=torch.long))
+
+
 def test_sparse_mode_is_local_mode_without_errors(replacement, tokens):
     zero = [(lambda name: name.endswith("hook_error"), lambda act, hook: torch.zeros_like(act))]
     local = replacement.run_with_hooks(tokens, mode="local", fwd_hooks=zero)

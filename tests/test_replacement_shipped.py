@@ -186,3 +186,25 @@ def test_loading_builds_no_meta_tensor_ops():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout
+
+
+def test_the_shipped_entry_given_by_its_directory_finds_its_set(tmp_path):
+    """Found by a fuzz pass: the shipped default given by path found no set, and told a
+    Python caller to "pass one with --replacement"."""
+    import shutil
+
+    from replacement.model import load_pretrained as load_with_set
+    from toy_models.zoo import SHIPPED_DIR as MODEL_ZOO
+    from toy_models.zoo import UnknownModelError
+
+    for given in (str(MODEL_ZOO / "default"), MODEL_ZOO / "default"):
+        replacement, _ = load_with_set(given)
+        assert (
+            replacement.content_sha256
+            == json.loads((DEFAULT / "replacement.json").read_text())["content_sha256"]
+        )
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(MODEL_ZOO / "default", copy)
+    with pytest.raises(UnknownModelError, match="outside the zoo.*pass replacement=DIR"):
+        load_with_set(str(copy))
+    assert load_with_set(copy, DEFAULT)[0].content_sha256 == replacement.content_sha256

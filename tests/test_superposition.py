@@ -363,3 +363,50 @@ def test_cli_end_to_end_on_a_tiny_model(tiny_run, tiny_pretrained, make_layers, 
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp"))
     assert "wrote" in capsys.readouterr().out
+
+
+def test_heads_positions_and_counts_are_checked(random_model, make_replacement):
+    """Found by a fuzz pass: head -1 was read from the end (family_matrix credited the last
+    Lorsa head, constructed_lorsa copied the last MHSA head's QK), a zero direction built a
+    NaN W_V, top_k=0 became n_ov, batch_rows=-1 measured nothing, and firing_detail failed
+    with an IndexError on a head that does not fire (or a KeyError on layer -1)."""
+    replacement = make_replacement(random_model, n_qk=2, n_ov=8, lorsa_k=3)
+    with pytest.raises(ValueError, match="batch_rows must be a positive integer, got -1"):
+        S.measure(replacement, ROWS, batch_rows=-1)
+    shares = S.measure(replacement, ROWS[:3], min_fires=1).layers[0]
+    for bad, match in ((-1, "head -1 is outside 0..7"), (1.0, "must be an integer, got 1.0")):
+        with pytest.raises(ValueError, match=match):
+            S.family_matrix(shares, {"x": [bad]}, ["x"])
+        with pytest.raises(ValueError, match=match):
+            S.hosting(shares, {"x": [bad]})
+
+    attn = random_model.blocks[1].attn
+    u = torch.ones(24)
+    with pytest.raises(ValueError, match=r"qk_heads\[0\] -1 is outside 0..2"):
+        S.constructed_lorsa(attn, [-1], [([0], u)])
+    with pytest.raises(ValueError, match=r"ov_heads\[0\] head -1 is outside 0..2"):
+        S.constructed_lorsa(attn, [0], [([-1], u)])
+    with pytest.raises(ValueError, match=r"ov_heads\[0\] direction is zero"):
+        S.constructed_lorsa(attn, [0], [([0], torch.zeros(24))])
+    with pytest.raises(ValueError, match=r"ov_heads\[0\] direction must be a finite tensor"):
+        S.constructed_lorsa(attn, [0], [([0], torch.ones(23))])
+    with pytest.raises(ValueError, match="top_k must be a positive integer, got 0"):
+        S.constructed_lorsa(attn, [0], [([0], u), ([1], u)], top_k=0)
+    assert S.constructed_lorsa(attn, [0], [([0], u), ([1], u)]).cfg.top_k == 2
+
+    ids = ROWS[0]
+    x = _x(random_model, 1, torch.tensor([ids]))
+    with torch.no_grad():
+        z = replacement.lorsas[1].encode(x)[0, 4]
+    fires, silent = int(z.argmax()), int((z == 0).nonzero()[0])
+    assert S.firing_detail(replacement, ids, 1, fires, 4)["z"] == pytest.approx(float(z[fires]))
+    for args, match in [
+        ((1, silent, 4), f"head {silent} of layer 1 does not fire at pos 4"),
+        ((1, -1, 4), "head -1 is outside 0..7"),
+        ((1, float(fires), 4), "head must be an integer"),
+        ((1, fires, -1), "pos -1 is outside 0..10"),
+        ((1, fires, 11), "pos 11 is outside 0..10"),
+        ((-1, fires, 4), "layer -1 is outside 0..1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            S.firing_detail(replacement, ids, *args)

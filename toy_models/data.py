@@ -440,6 +440,13 @@ _PROBLEM_SEPARATORS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _check_count(value, name: str, least: int) -> None:
+    """A generator's count argument: an integer of at least ``least`` (below it, ``random``'s
+    "empty range for randrange()" said nothing of the argument)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an integer of at least {least}, got {value!r}")
+
+
 def count_carries(a: int, b: int) -> int:
     """How many places of ``a + b`` carry (operands are non-negative whole numbers)."""
     if min(a, b) < 0:
@@ -481,7 +488,9 @@ def addition_example(rng: random.Random, split: str = "train", n_problems: int =
     """Problems ``a+b=c`` in one spacing per document, some inside sentence frames, sometimes a
     chain whose next first operand is the previous answer; an ``answer`` span covers each ``c``
     (the part a probe generates) and holds the ``operand`` spans of ``a`` and ``b``. ``form`` is
-    the spacing (``"a + b = c"``), ``frame`` the sentence frame (``""`` for a bare problem)."""
+    the spacing (``"a + b = c"``), ``frame`` the sentence frame (``""`` for a bare problem).
+    A document holds ``max(2, n_problems - 4)..n_problems`` problems: ``n_problems`` >= 2."""
+    _check_count(n_problems, "n_problems", 2)
     forms = form_split(split)
     plus, equals = rng.choice(ADDITION_SPACINGS[forms])
     form = f"a{plus}b{equals}c"
@@ -640,7 +649,9 @@ def _successor_sentence(builder: _Builder, rng: random.Random, forms: str) -> No
 def successor_example(rng: random.Random, split: str = "train", n_lists: int = 4) -> Example:
     """Ordered lists and successor sentences; an ``item`` span covers each element that its
     ``previous`` and ``step`` determine (see ``Span``). ``form`` is the list format (``"X, Y"``,
-    ``"1. X\\n2. Y"``) or ``"sentence"``; ``frame`` is ``"list"`` or the sentence template."""
+    ``"1. X\\n2. Y"``) or ``"sentence"``; ``frame`` is ``"list"`` or the sentence template.
+    A document holds ``max(2, n_lists - 1)..n_lists + 1`` of them: ``n_lists`` >= 1."""
+    _check_count(n_lists, "n_lists", 1)
     forms = form_split(split)
     builder = _Builder()
     for i in range(rng.randint(max(2, n_lists - 1), n_lists + 1)):
@@ -817,13 +828,21 @@ def build_corpus(n_docs: dict[str, int], seed: int = 0, cache_dir: Path | None =
 
     ``n_docs`` maps each family to its number of training documents; the held-out split gets
     a tenth as many. Built once per (version, seed, sizes) and cached as Arrow files.
+    Every count is at least 1 (a family is left out by leaving it out of ``n_docs``): a
+    count of 0 or below gave an empty training split, which a cache cannot be read back from.
     """
     import datasets
+
+    from .checkpoint import check_value
 
     datasets.disable_progress_bars()
     unknown = set(n_docs) - set(FAMILIES)
     if unknown:
         raise ValueError(f"unknown task families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
+    if not n_docs:
+        raise ValueError(f"n_docs names no family; known: {', '.join(FAMILIES)}")
+    for family, n in n_docs.items():
+        check_value("int", n, f"n_docs[{family!r}]")
     key = "-".join(f"{f}{n_docs[f]}" for f in sorted(n_docs))
     path = None
     if cache_dir is not None:
@@ -874,9 +893,11 @@ def pack_rows(documents: Iterable[list[int]], n_ctx: int, bos: int) -> Iterator[
 def pad_rows(rows: list[list[int]]):
     """Rows of token ids of different lengths as one ``(batch, pos)`` tensor, right-padded with
     each row's first token (BOS): through a causal model padding never reaches earlier
-    positions, so each row's logits are what it alone would give."""
+    positions, so each row's logits are what it alone would give. Every row needs a token."""
     import torch
 
+    if not rows or not all(len(row) for row in rows):
+        raise ValueError("rows must be one or more rows of at least one token id each")
     width = max(len(row) for row in rows)
     return torch.tensor([row + [row[0]] * (width - len(row)) for row in rows])
 

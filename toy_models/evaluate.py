@@ -102,7 +102,11 @@ def encode(tokenizer, example: Example, n_ctx: int) -> Encoded:
 def heldout_examples(
     family: str, n_docs: int, seed: int = EVAL_SEED, split: str = "heldout"
 ) -> list[Example]:
-    """The first ``n_docs`` documents of a family's evaluation stream in ``split``."""
+    """The first ``n_docs`` documents of a family's evaluation stream in ``split``: one or
+    more, since every probe is a mean over them (0 divided by zero)."""
+    from .checkpoint import check_value
+
+    check_value("int", n_docs, "n_docs")
     stream = examples(family, split, seed)
     return [next(stream) for _ in range(n_docs)]
 

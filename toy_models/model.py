@@ -234,13 +234,15 @@ class ToyTransformer(HookedRootModule):
 
 def check_tokens(tokens: Tensor, n_ctx: int, d_vocab: int) -> int:
     """The sequence length of a ``(batch, pos)`` tensor of token ids, refusing anything else:
-    another shape or type, and ids outside ``0..d_vocab - 1`` (a negative id would otherwise
-    index the embedding from its end: a silently different token)."""
+    another shape or type, a batch of no rows (torch's min() of nothing), and ids outside
+    ``0..d_vocab - 1`` (a negative id would otherwise index the embedding from its end: a
+    silently different token)."""
     if not isinstance(tokens, Tensor) or tokens.dtype not in _TOKEN_DTYPES:
         what = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
         raise ValueError(f"tokens must be a tensor of integer ids, got {what}")
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be (batch, pos), got shape {tuple(tokens.shape)}")
+    if tokens.ndim != 2 or not tokens.shape[0]:
+        raise ValueError(f"tokens must be (batch, pos) with a row or more, got shape "
+                         f"{tuple(tokens.shape)}")  # fmt: skip
     n = tokens.shape[1]
     if not 0 < n <= n_ctx:
         raise ValueError(f"sequence length {n} is outside 1..n_ctx={n_ctx}")

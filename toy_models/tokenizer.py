@@ -18,7 +18,13 @@ BOS = "<|bos|>"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Train the project's byte-level BPE on ``texts``; BOS is prepended on encode."""
+    """Train the project's byte-level BPE on ``texts``; BOS is prepended on encode.
+    ``vocab_size`` bounds the vocabulary it returns, and holds at least the 256 bytes and
+    BOS (a smaller one came back as 257 tokens without a word)."""
+    least = len(pre_tokenizers.ByteLevel.alphabet()) + 1
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < least:
+        raise ValueError(f"vocab_size must be an integer of at least {least} (every byte and "
+                         f"{BOS}), got {vocab_size!r}")  # fmt: skip
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [

@@ -61,6 +61,7 @@ from toy_models.records import parse_json
 from toy_models.tokenizer import token_text
 
 from .concepts import CONCEPTS, at_chance, best_f1, chance_f1, f1_summary
+from .graph import checked_count, checked_index
 from .nodes import Kind, lorsa_stage, transcoder_stage, unit_id
 from .statistics import identity
 
@@ -138,15 +139,17 @@ class Layout:
     def n_lorsa(self) -> int:
         return sum(self.n_ov)
 
-    def unit(self, kind: Kind, layer: int, index: int) -> int:
+    def unit(self, kind: Kind | str, layer: int, index: int) -> int:
+        """The unit of Lorsa head or transcoder feature ``index`` of block ``layer`` (``kind``:
+        a ``Kind`` or its name); a float, a bool or a negative number is refused, never
+        truncated or read from the end."""
+        kind = Kind.parse(kind) if isinstance(kind, str) else Kind(kind)
+        layer = checked_index(layer, "layer", len(self.n_ov))
         for k, l, width, start in self.blocks():
             if k == kind and l == layer:
-                if not 0 <= index < width:
-                    raise ValueError(
-                        f"{kind.label} {layer}:{index} is out of range (0..{width - 1})"
-                    )
-                return start + index
-        raise ValueError(f"no {kind.label} layer {layer}")
+                return start + checked_index(index, f"{kind.label} {layer} index", width)
+        raise ValueError(f"no {kind.label} layer {layer}: units are Lorsa heads and transcoder "
+                         "features")  # fmt: skip
 
     def lorsa_slot(self) -> Tensor:
         """Per unit, its row among Lorsa units (-1 for transcoder features)."""
@@ -197,6 +200,7 @@ _TORCH = {
     "F32": torch.float32,
     "F64": torch.float64,
 }
+_DTYPE = {dtype: name for name, dtype in _TORCH.items()}
 
 
 def empty_state(layout: Layout) -> dict[str, Tensor]:
@@ -269,6 +273,7 @@ class Dashboards:
     def f1_report(self, min_fires: int = MIN_FIRES) -> dict:
         """Best-F1 distribution per kind over units that fired at least ``min_fires`` times,
         and how often each concept is the label."""
+        min_fires = checked_count(min_fires, "min_fires")  # a unit that never fired has no label
         index, f1 = self.concept_labels()
         chance = self.concept_chance(index)
         enough = self.state["fires"] >= min_fires
@@ -285,11 +290,13 @@ class Dashboards:
     # ------------------------------------------------------------- the viewer's schema
     def for_viewer(self, tokenizer, units: list[tuple[Kind, int, int]] | None = None) -> dict:
         """Dashboards in ``reports.viewer``'s schema keyed by unit id, for ``units``
-        ((kind, layer, index) triples; all units when None)."""
+        ((kind, layer, index) triples, ``kind`` a ``Kind`` or its name; all units when None).
+        The logit effects are computed when the pass finishes: a partial file's units have
+        none (no ``logits``), rather than its zero placeholders shown as tokens."""
         if units is None:
             chosen = range(self.layout.total)
         else:
-            chosen = sorted({self.layout.unit(Kind(k), l, i) for k, l, i in units})
+            chosen = sorted({self.layout.unit(k, l, i) for k, l, i in units})
         ids, slot = self.layout.ids(), self.layout.lorsa_slot()
         label_index, f1 = self.concept_labels()
         chance = self.concept_chance(label_index)
@@ -314,12 +321,13 @@ class Dashboards:
                 edges = HIST_EDGES[lo : hi + 1]
                 edges[-1] = max(edges[-1], float(s["top.value"][u, 0]))
                 d["histogram"] = {"edges": edges, "counts": hist[lo:hi].tolist()}
-            pairs = [zip(s["logit_token"][u, j].tolist(), s["logit_value"][u, j].tolist(),
-                         strict=True) for j in (0, 1)]  # fmt: skip
-            d["logits"] = {
-                side: [[text(t), v] for t, v in pairs[j]]
-                for j, side in enumerate(("promoted", "suppressed"))
-            }
+            if self.finished:
+                pairs = [zip(s["logit_token"][u, j].tolist(), s["logit_value"][u, j].tolist(),
+                             strict=True) for j in (0, 1)]  # fmt: skip
+                d["logits"] = {
+                    side: [[text(t), v] for t, v in pairs[j]]
+                    for j, side in enumerate(("promoted", "suppressed"))
+                }
             d["examples"] = self._examples(u, int(slot[u]), text)
             out[ids[u]] = d
         return out
@@ -382,7 +390,9 @@ class Dashboards:
 
 # ----------------------------------------------------------------- the file
 def write_file(path: str | Path, dash: Dashboards) -> None:
-    """``dash`` written atomically (a temp file beside ``path``, then a rename)."""
+    """``dash`` written atomically (a temp file beside ``path``, then a rename), after the
+    checks ``read_file`` makes (header, tensors, values): a state it would refuse (NaN, counts
+    that disagree, edited by hand) is not written, and a file already there stays as it was."""
     path = Path(path)
     tensors = {k: v.contiguous() for k, v in dash.state.items()}
     header = {
@@ -399,6 +409,13 @@ def write_file(path: str | Path, dash: Dashboards) -> None:
         },  # fmt: skip
         "meta": dash.meta,
     }
+    try:
+        layout, meta = _check_header(header)
+        _check_tensors({k: (_DTYPE.get(v.dtype, str(v.dtype)), tuple(v.shape))
+                        for k, v in tensors.items()}, tensor_layout(layout))  # fmt: skip
+        _check_values(Dashboards(layout, tensors, meta))
+    except ValueError as exc:
+        raise ValueError(f"dashboards not written to {path}: {exc}") from None
     header["sha256"] = content_sha256(tensors, header)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_state_atomic(tensors, path, metadata={HEADER_KEY: json.dumps(header)})
@@ -473,16 +490,9 @@ def _read(path, replacement, tokenizer) -> Dashboards:
             header = parse_json(metadata[HEADER_KEY])
             layout, meta = _check_header(header)
             expected = tensor_layout(layout)
-            names = set(f.keys())
-            if names != set(expected):
-                raise ValueError(f"its tensors are not the ones its header implies "
-                                 f"(missing {sorted(set(expected) - names)[:3]}, "
-                                 f"unexpected {sorted(names - set(expected))[:3]})")  # fmt: skip
-            for name, (dtype, shape) in expected.items():
-                sl = f.get_slice(name)
-                if tuple(sl.get_shape()) != shape or sl.get_dtype() != dtype:
-                    raise ValueError(f"{name} is {sl.get_dtype()} {tuple(sl.get_shape())}, "
-                                     f"its header implies {dtype} {shape}")  # fmt: skip
+            slices = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118
+            _check_tensors({name: (sl.get_dtype(), tuple(sl.get_shape()))
+                            for name, sl in slices.items()}, expected)  # fmt: skip
             state = {name: f.get_tensor(name) for name in expected}
     except ValueError:
         raise
@@ -500,6 +510,18 @@ def _read(path, replacement, tokenizer) -> Dashboards:
             if value is not None and meta["identity"][key] != value:
                 raise ValueError(f"built for another {key} (identity differs); build again")
     return dash
+
+
+def _check_tensors(found: dict[str, tuple[str, tuple]], expected: dict) -> None:
+    """The tensors (name: (dtype, shape)) are exactly those of ``tensor_layout``."""
+    if set(found) != set(expected):
+        raise ValueError(f"its tensors are not the ones its header implies "
+                         f"(missing {sorted(set(expected) - set(found))[:3]}, "
+                         f"unexpected {sorted(set(found) - set(expected))[:3]})")  # fmt: skip
+    for name, (dtype, shape) in expected.items():
+        if found[name] != (dtype, shape):
+            raise ValueError(f"{name} is {found[name][0]} {found[name][1]}, its header implies "
+                             f"{dtype} {shape}")  # fmt: skip
 
 
 def _check_values(dash: Dashboards) -> None:

@@ -33,10 +33,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .graph import Graph, checked_count
-from .groups import GroupedGraph
+from .graph import Graph, checked_count, checked_graph, is_integer
+from .groups import GroupedGraph, checked_view
+from .interventions import check_full_graph
 from .mechanism_file import RootPair, SourceShare
-from .nodes import Kind, lorsa_stage
+from .nodes import Kind, logit_stage, lorsa_stage
 from .prune import row_blocks
 
 BEAM = 24  # the paths' beam width (``top_paths``)
@@ -52,9 +53,12 @@ class EdgeSweep:
     peak. A sweep visits the stages from the top down; once a stage's ``h`` is final, its
     rows push ``edges[rows].T @ h[rows]`` into the stages below, one block of about
     ``ROW_BLOCK_ENTRIES`` edges at a time (``circuits.prune.row_blocks``; float32 products,
-    float64 sums), so the only copies are one block's."""
+    float64 sums), so the only copies are one block's. Only a full graph's flows are exact: a
+    graph whose rows do not close (a pruned one) is refused (``check_full_graph``: a pass over
+    the edges, or, given the prompt's ``run``, a comparison of the graph's nodes with it)."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, run=None):
+        check_full_graph(checked_graph(graph), run)
         self.edges = graph.edges
         self.stage = graph.stage.numpy()
         self.activation = graph.activation.double().numpy()
@@ -88,12 +92,33 @@ class EdgeSweep:
         return flow, h
 
 
+def _sweep_of(graph: Graph, edge_sweep: EdgeSweep | None) -> EdgeSweep:
+    """``edge_sweep`` when it is ``graph``'s, else a new one (which checks the graph)."""
+    if edge_sweep is None:
+        return EdgeSweep(graph)
+    if not isinstance(edge_sweep, EdgeSweep) or edge_sweep.edges is not graph.edges:
+        raise ValueError("edge_sweep is not this graph's: pass EdgeSweep(graph), or none")
+    return edge_sweep
+
+
+def _target(graph: Graph, target) -> int:
+    """``target`` as a node index, refused unless a node something flows into: a logit, a
+    head or a feature (an embedding, error or bias node has no value to split)."""
+    target = checked_graph(graph).node_index(target, "target")
+    kind = Kind(int(graph.kind[target]))
+    if kind not in (Kind.LOGIT, Kind.LORSA, Kind.TRANSCODER):
+        raise ValueError(f"target {target} ({graph.ids[target]}): nothing flows into "
+                         f"{kind.label} nodes; pass a logit, head or feature node")  # fmt: skip
+    return target
+
+
 def node_flows(
     graph: Graph, target: int, edge_sweep: EdgeSweep | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flow, h) of every node for the target node ``target`` (module docstring): ``flow[n]``
     its total signed contribution to the target's value, ``h[n] = d value / d value_n``.
     ``edge_sweep``: the graph's ``EdgeSweep``, when the caller has one."""
+    target = _target(graph, target)
     return many_node_flows(graph, [target], edge_sweep)[target]
 
 
@@ -102,7 +127,9 @@ def many_node_flows(
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``node_flows`` of several targets, those of one stage (the logits) in one sweep: a
     sparse product with many columns costs little more than one with a single column."""
-    edge_sweep = edge_sweep or EdgeSweep(graph)
+    targets = checked_graph(graph).node_indices(targets, "targets").tolist()
+    targets = [_target(graph, t) for t in targets]
+    edge_sweep = _sweep_of(graph, edge_sweep)
     n = graph.n_nodes
     out = {}
     for stage in sorted({int(graph.stage[t]) for t in targets}):
@@ -123,7 +150,18 @@ def linear_flows(
     (``direct[n]``: node n's own term, proportional to its activation): ``flow[n]`` is n's
     total contribution to R through every node it feeds, ``h[n] = dR / d value_n``. A
     ``direct`` of shape (node, d) sweeps d readouts at once (a vector readout)."""
-    edge_sweep = edge_sweep or EdgeSweep(graph)
+    top = logit_stage(checked_graph(graph).n_layers)
+    if not (is_integer(below_stage) and 1 <= below_stage <= top):
+        raise ValueError(f"below_stage must be a stage in 1..{top} (an integer), got "
+                         f"{below_stage!r}")  # fmt: skip
+    direct = np.asarray(direct)
+    if direct.ndim not in (1, 2) or len(direct) != graph.n_nodes or direct.dtype.kind not in "iuf":
+        raise ValueError(f"direct must be numbers of shape (node,) or (node, d) with "
+                         f"{graph.n_nodes} nodes, got {direct.dtype} {direct.shape}")  # fmt: skip
+    if not np.isfinite(direct).all():
+        raise ValueError("direct holds NaN or infinite values")
+    direct = direct.astype(np.float64, copy=False)
+    edge_sweep = _sweep_of(graph, edge_sweep)
     return edge_sweep.sweep(direct, np.zeros(direct.shape), np.zeros(direct.shape), below_stage)
 
 
@@ -145,7 +183,7 @@ def many_qk_side_flows(
     """``qk_side_flows`` of many (``QKSides``, QK head, query, key) requests, their readouts
     swept together (``SIDE_BATCH`` columns per sweep). A readout is zero above its own
     Lorsa layer, so sweeping it from a higher stage adds exact zeros."""
-    edge_sweep = edge_sweep or EdgeSweep(graph)
+    edge_sweep = _sweep_of(graph, edge_sweep)
     directs, parts = [], []
     for request in requests:
         q_direct, k_direct, part = _qk_side_directs(graph, *request)
@@ -208,8 +246,8 @@ def qk_root_tables(
     """``qk_root_pairs`` of many (``QKSides``, QK head, query, key) requests, their readouts
     swept together (``ROOT_BATCH`` requests per sweep: a sparse product with many columns
     costs much less per column than one with a few)."""
-    graph = view.graph
-    edge_sweep = edge_sweep or EdgeSweep(graph)
+    graph = checked_view(view).graph
+    edge_sweep = _sweep_of(graph, edge_sweep)
     roots = np.flatnonzero([g.is_root for g in view.groups])
     is_root = np.isin(view.of_node, roots)
     names = [view.groups[g] for g in roots]
@@ -290,6 +328,11 @@ def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> 
     |flow| first, none that is 0, such as a stage above a head or feature target) and the token
     part by position (``tokens_by_position``: (position, flow) for every position whose token
     embeddings carry flow, largest |flow| first)."""
+    _target(graph, target)
+    for name, x in (("flow", flow), ("h", h)):
+        if np.shape(x) != (graph.n_nodes,):
+            raise ValueError(f"{name} holds {np.shape(x)} values, the graph {graph.n_nodes} "
+                             "nodes: pass this graph's node_flows")  # fmt: skip
     kinds = graph.kind.numpy()
     own = h * graph.bias.double().numpy()
     is_bias = kinds == Kind.BIAS
@@ -355,6 +398,7 @@ def top_paths(
     root group of a kind in ``roots`` (default: token embeddings; errors and constants are
     the target's ``errors`` and ``constants`` parts), each (groups from the root up, flow,
     hops), by a beam search from the target down (module docstring)."""
+    view = checked_view(view)
     beam, keep = checked_count(beam, "beam"), checked_count(keep, "keep")
     target = view.graph.node_index(target, "target")
     graph = view.graph

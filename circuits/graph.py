@@ -454,6 +454,18 @@ def is_integer(x) -> bool:
     return True
 
 
+def checked_graph(graph, name: str = "graph") -> Graph:
+    """``graph`` itself, or a one-line TypeError unless it is a ``Graph``: a grouped view
+    (``circuits.groups.GroupedGraph``) has no node arrays, and would fail deep inside."""
+    if not isinstance(graph, Graph):
+        hint = " (a grouped view: pass its .graph)" if isinstance(
+            getattr(graph, "graph", None), Graph
+        ) else ""  # fmt: skip
+        raise TypeError(f"{name} must be a circuits.graph.Graph, got a "
+                        f"{type(graph).__name__}{hint}")  # fmt: skip
+    return graph
+
+
 def checked_index(value, name: str, size: int) -> int:
     """``value`` as an ``int`` in ``0..size-1``, or a one-line ValueError naming ``name``: a
     bool, a float or a negative index (never read from the end) is refused."""

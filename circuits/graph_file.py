@@ -322,6 +322,11 @@ def _check_nodes(
     weight = node["attention"][is_head & (attends >= 0)]
     _require(bool(((weight >= 0) & (weight <= 1)).all()), "attention",
              "a head's pattern weight at its key is not in 0..1")  # fmt: skip
+    # ``value`` is NaN where a node is no target, by design (``Graph.value``), and in a global
+    # graph, whose units have no one value; a prompt's targets (``Graph.is_target``) have one.
+    target = (kind == Kind.LOGIT) | (node["target_weight"] > 0)
+    _require(not positional or bool(torch.isfinite(node["value"][target]).all()), "value",
+             "NaN or infinite at a target (a logit, or a head or feature traced from)")  # fmt: skip
 
 
 def _edges(tensors: dict[str, Tensor], n: int, stage: Tensor) -> sp.csr_array:

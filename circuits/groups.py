@@ -185,6 +185,18 @@ class GroupedGraph:
         return g
 
 
+def checked_view(view, name: str = "view") -> GroupedGraph:
+    """``view`` itself, or a one-line TypeError unless it is a ``GroupedGraph``: a plain
+    ``Graph`` has no groups, and would fail deep inside."""
+    if not isinstance(view, GroupedGraph):
+        hint = " (group it first: auto_groups(graph) or grouped(graph, ...))" if isinstance(
+            view, Graph
+        ) else ""  # fmt: skip
+        raise TypeError(f"{name} must be a circuits.groups.GroupedGraph, got a "
+                        f"{type(view).__name__}{hint}")  # fmt: skip
+    return view
+
+
 def grouped(
     graph: Graph,
     groups: Sequence[Sequence[int] | Group],

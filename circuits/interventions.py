@@ -30,12 +30,16 @@ from replacement.model import ReplacementModel, hook_name
 from .attribution import PromptRun, decoder_bias, run_for_graph
 from .graph import Graph
 from .nodes import Kind, block_of, stage_of, sublayer_kind
+from .prune import row_blocks
 
 # The hook a Lorsa head's / transcoder feature's activation passes, per kind.
 ACTIVATION_SITE = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
 SITE = {Kind.LORSA: "lorsa", Kind.TRANSCODER: "transcoder"}
 
 ACTIONS = ("ablate", "clamp", "scale")
+# How far a full graph's row may be from closing, relative to its terms' magnitudes (float32
+# edges close to about 1e-6; a pruned graph misses whole edges).
+CLOSURE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -139,14 +143,39 @@ def _error_name(stage: int) -> str:
     return hook_name(block_of(stage), f"{SITE[sublayer_kind(stage)]}.hook_error")
 
 
-def check_full_graph(graph: Graph, run: PromptRun) -> int:
-    """The number of source nodes of ``run``, refusing a ``graph`` that is not its full
-    (unpruned) graph."""
-    n_src = len(run.kind)
-    if graph.n_nodes != n_src + int(graph.is_kind("logit").sum()) or not torch.equal(
-        graph.index[:n_src], run.index
-    ):
-        raise ValueError("this needs the full (unpruned) graph of the prompt")
+def check_full_graph(graph: Graph, run: PromptRun | None = None) -> int:
+    """The number of source nodes of ``graph``, refusing one that is not the full (unpruned)
+    graph of a prompt: with ``run``, not ``run``'s full graph; without, one whose rows do not
+    close (a head's, feature's or target's incoming edges plus its bias are its activation, or
+    its value: what every exact flow read from the graph assumes, and what a pruned graph,
+    having lost edges, no longer does)."""
+    n_src = graph.n_nodes - int(graph.is_kind("logit").sum())
+    if run is not None:
+        if n_src != len(run.kind) or not torch.equal(graph.index[:n_src], run.index):
+            raise ValueError("this needs the full (unpruned) graph of the prompt")
+        return n_src
+    edges, n = graph.edges, graph.n_nodes
+    total, size = np.zeros(n), np.zeros(n)
+    for lo, hi in row_blocks(edges.indptr):  # one block's float64 copy at a time
+        start, end = int(edges.indptr[lo]), int(edges.indptr[hi])
+        rows = np.repeat(np.arange(hi - lo), np.diff(edges.indptr[lo : hi + 1]))
+        data = edges.data[start:end].astype(np.float64)
+        total[lo:hi] = np.bincount(rows, data, minlength=hi - lo)
+        size[lo:hi] = np.bincount(rows, np.abs(data), minlength=hi - lo)
+    bias = graph.bias.double().numpy()
+    target = graph.is_target.numpy()
+    want = np.where(target, graph.value.double().numpy(), graph.activation.double().numpy())
+    rows = target | graph.is_kind(Kind.LORSA, Kind.TRANSCODER).numpy()
+    gap = np.abs(total + bias - want)
+    open_rows = np.flatnonzero(rows & ~(gap <= CLOSURE * np.maximum(size + np.abs(bias), 1e-6)))
+    if len(open_rows):
+        i = int(open_rows[0])
+        raise ValueError(
+            f"this needs the full (unpruned) graph of the prompt: node {graph.ids[i]}'s "
+            f"incoming edges and bias sum to {total[i] + bias[i]:.4g}, not its "
+            f"{'value' if target[i] else 'activation'} {want[i]:.4g} (a pruned graph has lost "
+            "edges)"
+        )
     return n_src
 
 

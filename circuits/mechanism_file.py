@@ -5,6 +5,8 @@ prompt's graph, ``circuits.mechanisms``) and the records it holds, as JSON.
 graph as ``mechanisms.json``, atomically; ``load_summary``). A file is untrusted: every field
 is typed (``toy_models.records.from_json``), then the references and sums that tie the records
 together are checked (``_summary_from_dict``); a problem is one ValueError naming the file.
+A summary in memory may be edited by hand: ``checked_summary`` puts it through the same
+checks, and ``save_summary`` and the printers (``reports.mechanisms``) read it through them.
 Ids are for files and people: every node a record mentions comes with its fields
 (``NodeRef``). What the records' docstrings name lives with the summary
 (``circuits.mechanisms``: ``RATIO``, ``HEAD_GROUPS``, ``SIDE_SOURCES``, ``ROOT_PAIRS``, the
@@ -14,9 +16,11 @@ sign agreement of a check) and with the flows (``circuits.flows``: ``node_flows`
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from toy_models.cli import one_line
 from toy_models.records import from_json, parse_json
 
 from .graph import MODES
@@ -291,10 +295,11 @@ class MechanismSummary:
 def _summary_from_dict(d: dict) -> MechanismSummary:
     """Every field typed (``toy_models.records.from_json``), then the references and sums
     that tie the records together: group keys unique and every key a target, a path or a
-    check names defined; each target's parts closing to its value (its tokens by position to
-    its tokens, each at a position holding that token) and each QK reason's to its score
-    (``CLOSURE`` of the larger magnitude); attentions and probabilities in [0, 1]; the mode
-    one of ``MODES``."""
+    check names defined, and a flow into the target in each head group a target names; each
+    target's parts closing to its value (its tokens by position to its tokens, each at a
+    position holding that token) and each QK reason's to its score (``CLOSURE`` of the larger
+    magnitude); attentions and probabilities in [0, 1], a runner-up's given; the mode one of
+    ``MODES``."""
     summary = from_json(MechanismSummary, {k: v for k, v in d.items() if k != "version"}, "summary")
     _expect(summary.mode in MODES, f"mode: {summary.mode!r}, not one of {list(MODES)}")
     keys = [g.key for g in summary.groups]
@@ -304,6 +309,8 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         where = f"targets[{i}]"
         named = [t.predicting_group] if t.predicting_group is not None else []
         _expect(set(named + t.head_groups) <= set(keys), f"{where}: names a group not defined")
+        _expect(t.runner_up is None or t.runner_up_probability is not None,
+                f"{where}: a runner-up without its probability")  # fmt: skip
         _closes(t.tokens + t.errors + t.constants, t.value, f"{where}: tokens + errors + constants")
         if t.tokens_by_position:
             shares = t.tokens_by_position
@@ -330,6 +337,11 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
             _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
             _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
+    flows = {g.key: g.flow for g in summary.groups}
+    for i, t in enumerate(summary.targets):  # the groups it names (defined: checked above)
+        named = [t.predicting_group] if t.predicting_group is not None else []
+        _expect(all(t.node in flows[k] for k in named + t.head_groups),
+                f"targets[{i}]: a head group it names has no flow into it")  # fmt: skip
     for i, p in enumerate(summary.paths):
         where = f"paths[{i}]"
         _expect(p.target in targets and set(p.groups) <= set(keys), f"{where}: unknown names")
@@ -360,11 +372,30 @@ def _closes(total: float, value: float, what: str) -> None:
     )
 
 
+def checked_summary(summary: MechanismSummary) -> MechanismSummary:
+    """``summary`` as its file would read back (``from_dict`` of its JSON), or one ValueError
+    saying what ``load_summary`` would refuse: a summary edited by hand (a group it names
+    undefined, NaN, a string for a number) is refused before anything prints or writes it."""
+    if not isinstance(summary, MechanismSummary):
+        raise TypeError(f"summary must be a circuits.mechanism_file.MechanismSummary, got a "
+                        f"{type(summary).__name__}")  # fmt: skip
+    try:
+        data = json.loads(json.dumps(summary.to_dict()))
+    except (TypeError, ValueError) as exc:  # a value JSON cannot carry (a tensor, an object)
+        raise ValueError(f"not a mechanism summary ({one_line(exc)})") from None
+    return MechanismSummary.from_dict(data)
+
+
 def save_summary(summary: MechanismSummary, path: str | Path) -> None:
-    """Write ``summary`` as JSON atomically."""
+    """Write ``summary`` as JSON atomically, after the checks ``load_summary`` makes
+    (``checked_summary``): a file it would refuse is never written."""
     from toy_models.files import write_json_atomic
 
-    write_json_atomic(Path(path), summary.to_dict())
+    try:
+        data = checked_summary(summary).to_dict()
+    except ValueError as exc:
+        raise ValueError(f"{path}: not saved, {exc}") from None
+    write_json_atomic(Path(path), data)
 
 
 def load_summary(path: str | Path) -> MechanismSummary:

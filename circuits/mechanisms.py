@@ -143,7 +143,7 @@ def _summarize(
     grads: dict[int, np.ndarray] = {}  # h = d value_t / d value_n, per target
     per_target, paths, chosen, ranked = [], [], [], set()
     probs = run.logits[-1].softmax(-1)
-    edge_sweep = EdgeSweep(full)
+    edge_sweep = EdgeSweep(full, run)  # full is run's full graph: checked against it
     target_flows = many_node_flows(full, targets, edge_sweep)
     for t in targets:
         flow, h = target_flows[t]

@@ -8,6 +8,13 @@ come from ``circuits.nodes``; readable labels (``clerp``) are given by the calle
 and whose ``token_prob`` is that same probability: the one of the token in ``feature``.
 Lorsa nodes carry their QK attributions in ``qk``; logit nodes their resolved target.
 
+What the graph explains: ``is_target_logit`` marks its logit nodes, as circuit-tracer's schema
+does. A graph traced from a head or feature (``NodeTarget``) explains that node, which is no
+logit: marking it ``is_target_logit`` would put a head among the outputs, whose ``clerp`` the
+page parses for a probability. So every node also has ``is_target`` (``Graph.is_target``: the
+logits and any head or feature traced from), a field circuit-tracer's models ignore, and
+``metadata.info.targets`` lists the targets' ids: the root a viewer starts from.
+
 A head's or feature's ``feature`` is circuit-tracer's feature number (schema version 1):
 the Cantor pairing of its sublayer and its index (``feature_number``), unique over the whole
 model; viewers unpair it for the label and load the unit's feature file ``{scan}/{feature}.json``
@@ -17,7 +24,7 @@ token, -1 for errors).
 
 from __future__ import annotations
 
-from .graph import Graph
+from .graph import Graph, checked_count, checked_graph
 from .nodes import Kind, is_attention, sublayer
 
 FEATURE_TYPE = {
@@ -32,8 +39,8 @@ SCHEMA_VERSION = 1
 def feature_number(sublayer: int, index: int) -> int:
     """circuit-tracer's number of unit ``index`` of ``sublayer``: the Cantor pairing
     ``(x + y)(x + y + 1) / 2 + y`` of x = sublayer, y = index (one-to-one on pairs >= 0)."""
-    if sublayer < 0 or index < 0:
-        raise ValueError(f"feature_number needs a sublayer and index >= 0, not {sublayer}, {index}")
+    sublayer = checked_count(sublayer, "sublayer", least=0)
+    index = checked_count(index, "index", least=0)
     return (sublayer + index) * (sublayer + index + 1) // 2 + index
 
 
@@ -51,7 +58,7 @@ def _feature_type(kind: Kind, stage: int) -> str:
     return FEATURE_TYPE[kind]
 
 
-def _node(graph: Graph, i: int, label: str) -> dict:
+def _node(graph: Graph, i: int, label: str, target: bool) -> dict:
     kind = Kind(int(graph.kind[i]))
     stage, pos = int(graph.stage[i]), int(graph.pos[i])
     influence = None if graph.influence is None else float(graph.influence[i])
@@ -73,6 +80,7 @@ def _node(graph: Graph, i: int, label: str) -> dict:
         else float(graph.activation[i]),
         "influence": influence,
         "is_target_logit": kind == Kind.LOGIT,
+        "is_target": target,
         "token_prob": 0.0,
     }
     if kind == Kind.LOGIT:
@@ -106,9 +114,12 @@ def to_json(graph: Graph, labels: list[str], slug: str = "graph", scan: str | No
     """The graph as circuit-tracer / Neuronpedia JSON; ``labels[i]`` is node i's ``clerp``
     (logits: module docstring).
     ``scan`` names where viewers find the units' feature files (default: the model's name)."""
-    if len(labels) != graph.n_nodes:
+    if len(labels) != checked_graph(graph).n_nodes:
         raise ValueError(f"{len(labels)} labels for {graph.n_nodes} nodes")
-    nodes = [_node(graph, i, labels[i]) for i in range(graph.n_nodes)]
+    if not all(isinstance(label, str) for label in labels):
+        raise ValueError("labels must be strings, one per node (reports.labels.node_labels)")
+    targets = graph.is_target.tolist()
+    nodes = [_node(graph, i, labels[i], targets[i]) for i in range(graph.n_nodes)]
     coo = graph.edges.tocoo()
     ids = graph.ids
     links = [
@@ -128,6 +139,7 @@ def to_json(graph: Graph, labels: list[str], slug: str = "graph", scan: str | No
             "mode": graph.mode,
             "positional": graph.positional,
             "settings": graph.settings,
+            "targets": [ids[i] for i, target in enumerate(targets) if target],
         },
     }
     q_params = {

@@ -41,6 +41,7 @@ from replacement.model import ReplacementModel
 from toy_models.checkpoint import json_sha256
 from toy_models.model import fingerprint
 
+from .graph import checked_index, is_integer
 from .nodes import Kind
 from .statistics_file import QK_SCALARS, SPLIT, STATS_VERSION, read_finished, units_header
 from .statistics_file import write_file as write_statistics_file
@@ -138,9 +139,9 @@ class Statistics:
 
     def half(self, view: int) -> Statistics:
         """The statistics of one half of the sample: 0 the even rows, 1 the odd rows."""
-        if view not in (0, 1):
+        if not is_integer(view) or view not in (0, 1):  # 0.0 and True are not halves
             raise ValueError(f"a half is 0 (even rows) or 1 (odd rows), not {view!r}")
-        return replace(self, view=view, _cache={})
+        return replace(self, view=int(view), _cache={})
 
     @property
     def view_name(self) -> str:
@@ -244,9 +245,10 @@ class Statistics:
 
     # ------------------------------------------------------------- QK queries
     def qk_index(self, layer: int, qk_head: int) -> int:
-        if not 0 <= layer < len(self.n_qk) or not 0 <= qk_head < self.n_qk[layer]:
-            raise ValueError(f"no QK head {qk_head} in block {layer}")
-        return sum(self.n_qk[:layer]) + qk_head
+        layer = checked_index(layer, "layer", len(self.n_qk))
+        if not is_integer(qk_head) or not 0 <= qk_head < self.n_qk[layer]:
+            raise ValueError(f"no QK head {qk_head!r} in block {layer} (0..{self.n_qk[layer] - 1})")
+        return sum(self.n_qk[:layer]) + int(qk_head)
 
     def qk_group(self, layer: int, qk_head: int) -> QKGroup:
         """QK head ``qk_head`` of block ``layer``: its terms per firing (``QKGroup``)."""
@@ -283,7 +285,11 @@ class Statistics:
         }
 
     def save(self, path: str | Path) -> None:
-        """Write the file atomically (a temp file beside it, then a rename)."""
+        """Write the file atomically (a temp file beside it, then a rename). A half's view
+        holds both halves' tensors: saving it would drop the view without a word."""
+        if self.view is not None:
+            raise ValueError(f"this is the view of one half ({self.view_name}); save the "
+                             "statistics it was taken from")  # fmt: skip
         header = {"units": units_header(self.units), "n_qk": self.n_qk, "meta": self.meta}
         write_statistics_file(Path(path), self.tensors(), header)
 

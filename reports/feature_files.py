@@ -307,7 +307,9 @@ def _check_histogram(unit: str, d: Mapping) -> None:
     if h is None:
         return
     edges, counts = h["edges"], h["counts"]
-    if edges[0] < 0 or any(b < a for a, b in zip(edges, edges[1:], strict=False)):
-        raise ValueError(f"dashboard of {unit}: histogram edges must rise from 0 or more")
+    # strictly: ``equal_bins`` spreads each bin over its width (a zero-width one divides by 0)
+    if edges[0] < 0 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        raise ValueError(f"dashboard of {unit}: histogram edges must rise (every bin wider "
+                         "than 0) from 0 or more")  # fmt: skip
     if any(c < 0 for c in counts):
         raise ValueError(f"dashboard of {unit}: histogram counts must be >= 0")

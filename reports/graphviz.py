@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from html import escape
 from pathlib import Path
 
-from circuits.graph import Graph
+from circuits.graph import Graph, checked_graph
 from toy_models.files import replace_atomic, write_text_atomic
 
 from .labels import node_label, shorten, stage_name
@@ -185,7 +185,7 @@ def to_dot(
     ``neato`` engine, which ``dot -T...`` obeys.
     """
     if selection is not None:
-        check_selection(graph, selection)
+        check_selection(checked_graph(graph), selection)
     s = selection or select(graph, max_nodes=max_nodes, max_edges=max_edges)
     lay: Layout = layout(graph, s)
     kinds = graph.kinds
@@ -313,9 +313,12 @@ def render(
     meaningful error line, with the signal if it crashed (``dot`` reads the text on stdin, so
     the line names ``<stdin>``, never a staged path).
     """
+    if isinstance(formats, str):  # list("svg") would be three formats, "s", "v" and "g"
+        raise ValueError(f"formats must be a list of format names, e.g. [{formats!r}], not "
+                         "a string")  # fmt: skip
     formats = list(formats)
     for fmt in formats:
-        if not _FORMAT.fullmatch(fmt):
+        if not isinstance(fmt, str) or not _FORMAT.fullmatch(fmt):
             raise ValueError(f"not a Graphviz output format: {fmt!r}")
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from circuits.graph import Graph, QKAttribution
+from circuits.graph import Graph, QKAttribution, checked_count, checked_graph
 from circuits.nodes import KINDS
 from toy_models.files import write_text_atomic
 
@@ -116,8 +116,8 @@ def html_page(
     mechanisms=None,
 ) -> str:
     """The text of the page ``write_html`` writes."""
-    if top_edges < 0:
-        raise ValueError(f"top_edges must be >= 0, got {top_edges}")
+    checked_graph(graph)
+    top_edges = checked_count(top_edges, "top_edges", least=0)
     if selection is None:
         selection = select(graph)
     check_selection(graph, selection)

@@ -9,7 +9,7 @@ units' firing counts (``occurrences``).
 
 from __future__ import annotations
 
-from circuits.graph import Graph
+from circuits.graph import Graph, checked_graph
 from circuits.nodes import Kind, block_of, is_attention, logit_stage
 
 MAX_LABEL_CHARS = 48  # longer text is cut in the drawing; the tooltip keeps all of it
@@ -100,7 +100,7 @@ def concept_text(concept) -> str:
 
 
 def node_labels(graph: Graph) -> list[str]:
-    return [node_label(graph, i) for i in range(graph.n_nodes)]
+    return [node_label(graph, i) for i in range(checked_graph(graph).n_nodes)]
 
 
 def short_label(graph: Graph, i: int) -> str:

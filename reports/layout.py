@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits.graph import Graph
+from circuits.graph import Graph, checked_count, checked_graph
 from circuits.nodes import Kind
 
 from .labels import at_position, prompt_token, short_label_lines
@@ -166,12 +166,13 @@ def select(
     strongest nonzero ones among those nodes, at most ``max_edges``; ``"auto"`` allows
     ``EDGES_PER_NODE`` per node that can be drawn, None every one. QK edges are not counted.
     """
-    if max_nodes is not None and max_nodes < 0:
-        raise ValueError(f"max_nodes must be >= 0, got {max_nodes}")
+    checked_graph(graph)
+    if max_nodes is not None:
+        max_nodes = checked_count(max_nodes, "max_nodes", least=0)
     if isinstance(max_edges, str) and max_edges != "auto":
         raise ValueError(f"max_edges must be an int, None or 'auto', got {max_edges!r}")
-    if isinstance(max_edges, int) and max_edges < 0:
-        raise ValueError(f"max_edges must be >= 0, got {max_edges}")
+    if max_edges is not None and max_edges != "auto":
+        max_edges = checked_count(max_edges, "max_edges", least=0)
     kinds = graph.kinds
     scores, ranked_by = _node_scores(graph)
     inner = [i for i, k in enumerate(kinds) if k in INNER_KINDS]

@@ -23,6 +23,7 @@ from circuits.mechanism_file import (
     QKReasonRecord,
     TargetRecord,
     TokenShare,
+    checked_summary,
 )
 from circuits.mechanisms import RATIO
 
@@ -139,7 +140,9 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
     """The summary as text (what ``python -m circuits.trace`` prints). A group's ablation
     checks are printed for the first target, and for the other targets counted in one line
     (how many agree in sign and how many are flagged; each is in the record, and
-    ``every_check`` prints them all)."""
+    ``every_check`` prints them all). A summary edited by hand is checked first, as its file
+    would be (``checked_summary``)."""
+    summary = checked_summary(summary)
     max_pairs = checked_count(max_pairs, "max_pairs", least=0)
     lines = ["mechanisms (exact flows: each group's total linear contribution to the target):"]
     names = {g.key: g for g in summary.groups}
@@ -315,7 +318,9 @@ def _checks_html(g: GroupRecord, target_names: dict[str, str]) -> str:
 
 
 def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None) -> str:
-    """The section's HTML; ``drawn_ids``: the node ids that have a row in the node table."""
+    """The section's HTML; ``drawn_ids``: the node ids that have a row in the node table.
+    ``summary`` is checked first, as its file would be (``checked_summary``)."""
+    summary = checked_summary(summary)
     drawn = drawn_ids or set()
     names = {g.key: g.name for g in summary.groups}
     target_names = {t.node: t.label for t in summary.targets}

@@ -47,6 +47,7 @@ import numpy as np
 
 from circuits.concepts import AT_CHANCE, at_chance
 from circuits.graph import Graph, QKAttribution
+from circuits.mechanism_file import checked_summary
 from circuits.nodes import Kind, logit_stage, unit_id
 
 from .labels import node_labels, short_label_lines, stage_name
@@ -102,7 +103,8 @@ def _reason(r) -> dict:
 
 def mechanisms_data(summary, graph: Graph) -> dict | None:
     """A ``circuits.mechanism_file.MechanismSummary`` for the panel: targets with their exact
-    parts, paths by group key, and each group with its members present in this graph."""
+    parts, paths by group key, and each group with its members present in this graph (checked
+    first, as its file would be: ``checked_summary``)."""
     if summary is None:
         return None
     from .mechanisms import (
@@ -114,6 +116,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         root_text,
     )
 
+    summary = checked_summary(summary)
     known = graph.id_to_index
     return {
         "targets": [

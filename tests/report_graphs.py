@@ -29,7 +29,7 @@ def build_graph(rows, *, n_layers, tokens, token_strings, token_text, **fields) 
         if r[0] == "transcoder":
             promotes[i, 0] = r[4]
     records = [LogitRecord(*r[4]) for r in rows if r[0] == "logit"]
-    return Graph(
+    graph = Graph(
         tokens=tokens,
         token_strings=token_strings,
         n_layers=n_layers,
@@ -46,6 +46,9 @@ def build_graph(rows, *, n_layers, tokens, token_strings, token_text, **fields) 
         token_text=token_text,
         **fields,
     )
+    # A target's value is its pre-activation, never NaN (a graph file refuses one that is).
+    graph.value[graph.is_target] = graph.activation[graph.is_target]
+    return graph
 
 
 def make_graph(*, influence: bool = True) -> Graph:

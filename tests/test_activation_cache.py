@@ -125,8 +125,9 @@ def test_cli_trains_only_the_given_layers_and_copies_the_rest_from_base(
 
     model, _ = load_pretrained(str(tiny_run))
     base = tmp_path / "base"
-    common = ["--model", tiny_run, "--config", "tiny", "--steps", "10"]
-    assert cli(train.main, *common, "--activations", tiny_cache, "--out", base)[0] == 0
+    common = ["--model", tiny_run, "--config", "tiny"]
+    assert cli(train.main, *common, "--steps", "10", "--activations", tiny_cache,
+               "--out", base)[0] == 0  # fmt: skip
     out = tmp_path / "layer0"
     code, stdout, err = cli(
         train.main, *common, "--activations", tiny_cache, "--layers", "0", "--base", base,

@@ -209,6 +209,26 @@ def test_node_target_starts_influence_at_that_node(replacement, tokens):
     assert full.ids[head] in pruned.ids
 
 
+def test_the_json_of_a_graph_traced_from_a_node_marks_that_node_as_its_target(replacement, tokens):
+    """Found by a fuzz pass: the circuit-tracer JSON of a graph traced from a head marked no
+    node as its target (``is_target_logit`` is for logits), so a viewer had no root. Every
+    node says whether it is a target (``is_target``), and the metadata lists them."""
+    full = attribute(replacement, tokens, max_logits=2)
+    head = int(full.is_kind("lorsa").nonzero()[-1])
+    target = NodeTarget("lorsa", int(full.layer[head]), int(full.pos[head]), int(full.index[head]))
+    traced = prune_graph(attribute(replacement, tokens, targets=[target]))
+    data = to_json(traced, node_labels(traced))
+    nodes = {n["node_id"]: n for n in data["nodes"]}
+    assert nodes[full.ids[head]]["is_target"] and not nodes[full.ids[head]]["is_target_logit"]
+    assert [i for i, n in nodes.items() if n["is_target"]] == data["metadata"]["info"]["targets"]
+    assert data["metadata"]["info"]["targets"] == [full.ids[head]]
+    pruned = prune_graph(full)  # a graph of logits: its targets are its logits
+    data = to_json(pruned, node_labels(pruned))
+    assert all(n["is_target"] == n["is_target_logit"] == (n["feature_type"] == "logit")
+               for n in data["nodes"])  # fmt: skip
+    assert len(data["metadata"]["info"]["targets"]) == 2
+
+
 @pytest.mark.parametrize("mode", ["local", "sparse"])
 def test_interventions_read_a_node_targets_pre_activation(replacement, tokens, mode):
     """With a head or feature as a target (beside a logit), an intervention measures its

@@ -317,6 +317,14 @@ def test_file_refused_when_damaged_or_foreign(setup, make_replacement, tiny_pret
         _build(replacement, tokenizer, path, seed=4)
 
 
+def _forge(path, dash, monkeypatch) -> None:
+    """``dash`` written with a valid checksum but without ``write_file``'s checks (a file
+    forged by another writer), for the reader's checks to refuse."""
+    with monkeypatch.context() as m:
+        m.setattr(D, "_check_values", lambda dash: None)
+        D.write_file(path, dash)
+
+
 @pytest.mark.parametrize(
     ("tensor", "value", "message"),
     [
@@ -328,7 +336,7 @@ def test_file_refused_when_damaged_or_foreign(setup, make_replacement, tiny_pret
     ],
 )
 def test_a_forged_file_with_token_ids_outside_the_vocabulary_is_refused(
-    setup, tensor, value, message
+    setup, tensor, value, message, monkeypatch
 ):
     """A file whose checksum was recomputed over a wrong token id: refused by value, not
     shown as an empty string or a traceback in the viewer and the feature files."""
@@ -338,12 +346,12 @@ def test_a_forged_file_with_token_ids_outside_the_vocabulary_is_refused(
         dash = _build(replacement, tokenizer, path)
     dash.state[tensor].view(-1)[0] = value
     forged = tmp / "forged.safetensors"
-    D.write_file(forged, dash)  # a valid checksum over the forged tensors
+    _forge(forged, dash, monkeypatch)  # a valid checksum over the forged tensors
     with pytest.raises(ValueError, match=message):
         D.read_file(forged, replacement, tokenizer)
 
 
-def test_a_partial_file_whose_header_claims_it_finished_is_refused(setup):
+def test_a_partial_file_whose_header_claims_it_finished_is_refused(setup, monkeypatch):
     """rows_done lies in the header, outside the tensors' checksum: a partial file edited to
     claim every row was shown as finished, with empty logit effects (every promoted token
     id 0, effect 0) and the concept labels of the few rows it held."""
@@ -353,7 +361,10 @@ def test_a_partial_file_whose_header_claims_it_finished_is_refused(setup):
         dash = _build(replacement, tokenizer, path, stop_after=BATCH)
     dash.meta["rows_done"] = ROWS
     forged = tmp / "forged.safetensors"
-    D.write_file(forged, dash)  # a valid checksum: the tensors are the partial file's own
+    with pytest.raises(ValueError, match="not written .* finished, but it holds no logit"):
+        D.write_file(forged, dash)
+    assert not forged.exists()
+    _forge(forged, dash, monkeypatch)  # a valid checksum: the tensors are the partial file's
     with pytest.raises(ValueError, match="finished, but it holds no logit effects"):
         D.read_file(forged, replacement, tokenizer)
     D.read_file(path, replacement, tokenizer)  # the partial file as written: accepted
@@ -361,9 +372,74 @@ def test_a_partial_file_whose_header_claims_it_finished_is_refused(setup):
         finished = _build(replacement, tokenizer, path)  # resumed and finished: accepted
     D.read_file(path, replacement, tokenizer)
     finished.meta["rows"] = 2 * ROWS  # a finished file may not claim to be partial either
-    D.write_file(forged, finished)
+    _forge(forged, finished, monkeypatch)
     with pytest.raises(ValueError, match="partial, but it holds logit effects"):
         D.read_file(forged, replacement, tokenizer)
+
+
+def test_write_file_refuses_what_read_file_would(setup):
+    """Found by a fuzz pass: a state with NaN in act_sum, or fires disagreeing with hist, was
+    written, and read_file then refused the file. write_file runs the reader's checks first,
+    and the file already at the path stays as it was."""
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, path)
+    before = path.read_bytes()
+    edits = [
+        (lambda s: s["act_sum"].__setitem__(0, float("nan")), "act_sum holds NaN"),
+        (lambda s: s["fires"].__setitem__(0, s["fires"][0] + 1), "hist does not count every"),
+        (lambda s: s.__setitem__("hist", s["hist"].long()), "hist is I64"),
+        (lambda s: s.pop("top.value"), "missing ['top.value']"),
+    ]
+    for edit, message in edits:
+        state = {k: v.clone() for k, v in dash.state.items()}
+        edit(state)
+        with pytest.raises(ValueError, match=re.escape(message)) as info:
+            D.write_file(path, D.Dashboards(dash.layout, state, dash.meta))
+        assert str(info.value).startswith(f"dashboards not written to {path}: ")
+        assert path.read_bytes() == before
+    with pytest.raises(ValueError, match="meta.seconds must be a finite number"):
+        D.write_file(path, D.Dashboards(dash.layout, dash.state, dash.meta | {"seconds": -1.0}))
+    assert D.read_file(path, replacement, tokenizer).meta == dash.meta
+
+
+def test_partial_dashboards_show_no_logit_effects_and_units_are_checked(setup):
+    """Found by a fuzz pass: a partial pass's viewer dashboards listed the zero placeholders of
+    its logit effects (computed when the pass finishes) as promoted tokens; a float unit
+    index was truncated (Layout.unit(TRANSCODER, 0, 3.5) gave unit 1027.5), a kind given by
+    name was refused, and f1_report(min_fires=0) failed in torch."""
+    from reports.viewer import check_dashboards
+
+    replacement, tokenizer, tmp = setup
+    with torch.no_grad():
+        part = _build(replacement, tokenizer, tmp / "d.safetensors", stop_after=BATCH)
+    assert not part.finished
+    views = part.for_viewer(tokenizer)
+    assert views and not any("logits" in d for d in views.values())
+    check_dashboards(views)
+    assert part.for_viewer(tokenizer, [("lorsa", 1, 2)]) == part.for_viewer(
+        tokenizer, [(Kind.LORSA, 1, 2)]
+    )
+    layout = part.layout
+    assert layout.unit("transcoder", 0, 3) == layout.unit(Kind.TRANSCODER, 0, 3) == 8 + 3
+    for args, message in (
+        ((Kind.TRANSCODER, 0, 3.5), "transcoder 0 index must be an integer, got 3.5"),
+        ((Kind.LORSA, 0, True), "lorsa 0 index must be an integer, got True"),
+        ((Kind.LORSA, 0, 8), "lorsa 0 index 8 is outside 0..7"),
+        ((Kind.LORSA, 1.0, 0), "layer must be an integer, got 1.0"),
+        ((Kind.LORSA, -1, 0), "layer -1 is outside 0..1"),
+        (("lorsa head", 0, 0), "unknown node kind 'lorsa head'"),
+        ((Kind.EMBEDDING, 0, 0), "no embedding layer 0"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            layout.unit(*args)
+    with pytest.raises(ValueError, match="lorsa 0 index must be an integer, got 5.7"):
+        part.for_viewer(tokenizer, [(Kind.LORSA, 0, 5.7)])
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match=f"min_fires must be a positive integer, got {bad}"):
+            part.f1_report(min_fires=bad)
+    assert part.f1_report(min_fires=1)["lorsa"]["units"] >= 0
 
 
 def test_viewer_schema(setup):

@@ -187,6 +187,10 @@ def test_bad_dashboards_are_refused(traced, tmp_path):
     bad[unit]["histogram"] = {"edges": [1.0, 0.5], "counts": [3]}
     with pytest.raises(ValueError, match=f"dashboard of {unit}: histogram"):
         write_graph_outputs(graph, tmp_path, [], dashboards=bad)
+    # found by a fuzz pass: a zero-width bin passed, then divided by zero in equal_bins
+    bad[unit] = {"frequency": 0.1, "histogram": {"edges": [0.0, 0.0], "counts": [3]}}
+    with pytest.raises(ValueError, match=f"dashboard of {unit}: histogram edges must rise"):
+        write_graph_outputs(graph, tmp_path, [], dashboards=bad)
     bad[unit]["frequency"] = float("nan")
     with pytest.raises(ValueError, match="frequency"):
         write_graph_outputs(graph, tmp_path, [], dashboards=bad)

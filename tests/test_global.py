@@ -9,6 +9,7 @@ import copy
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -461,6 +462,25 @@ def test_statistics_round_trip_and_refusals(replacement, stats, tmp_path):
         Statistics.load(path)
     with pytest.raises(FileNotFoundError):
         Statistics.load(tmp_path / "none.safetensors")
+
+
+def test_a_half_is_an_integer_and_its_view_is_never_saved(stats, tmp_path):
+    """Found by a fuzz pass: half(0.0) and half(True) were taken (then an IndexError, and
+    rows 2.0), qk_group(1.0, 3) failed in a list index, and half(0).save wrote both halves,
+    dropping the view without a word."""
+    for bad in (0.0, True, 2, None):
+        with pytest.raises(ValueError, match=re.escape(f"a half is 0 (even rows) or 1 (odd "
+                                                       f"rows), not {bad!r}")):  # fmt: skip
+            stats.half(bad)
+    assert stats.half(1).rows == 2 and isinstance(stats.half(1).rows, int)
+    with pytest.raises(ValueError, match="layer must be an integer, got 1.0"):
+        stats.qk_group(1.0, 0)
+    with pytest.raises(ValueError, match="no QK head 0.0 in block 1"):
+        stats.qk_group(1, 0.0)
+    path = tmp_path / "half.safetensors"
+    with pytest.raises(ValueError, match=r"the view of one half \(even rows\); save the stat"):
+        stats.half(0).save(path)
+    assert not path.exists()
 
 
 def test_statistics_of_another_model_are_refused(replacement, stats, tmp_path, make_replacement):

@@ -74,6 +74,9 @@ CRAFTED_TENSORS = {
     "negative token": ("tokens", lambda t: t - 100),
     "2-D kind": ("kind", lambda t: t[None]),
     "attends after its query": ("attends", lambda t: torch.where(t >= 0, 99, t)),
+    # found by a fuzz pass: value is NaN off the targets by design, and the exemption let a
+    # target's NaN or infinity through
+    "NaN value at the targets": ("value", lambda t: torch.full_like(t, float("nan"))),
 }
 
 
@@ -271,6 +274,13 @@ def test_a_group_made_on_one_graph_means_the_same_nodes_on_another():
         grouped(pruned, [wide.groups[wide.group_of(1)]])
 
 
+def _at_targets(graph: Graph, x: float) -> torch.Tensor:
+    """``graph.value`` with ``x`` at its last target (a logit)."""
+    value = graph.value.clone()
+    value[int(graph.is_target.nonzero()[-1])] = x
+    return value
+
+
 @pytest.mark.parametrize(
     "edit, field",
     [
@@ -281,6 +291,8 @@ def test_a_group_made_on_one_graph_means_the_same_nodes_on_another():
         (lambda g: dataclasses.replace(g, settings={"x": object()}), "not a valid graph"),
         # found by a fuzz pass: both were written, and loaded back
         (lambda g: dataclasses.replace(g, settings={"x": float("nan")}), "settings or model"),
+        (lambda g: dataclasses.replace(g, value=_at_targets(g, float("nan"))), "value: NaN"),
+        (lambda g: dataclasses.replace(g, value=_at_targets(g, float("inf"))), "value: NaN"),
     ],
 )
 def test_a_graph_that_would_not_load_back_is_never_saved(tmp_path, edit, field):

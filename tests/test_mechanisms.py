@@ -3,6 +3,7 @@
 and a direct per-unit computation), supernodes (exact summed edges), flows and paths (against
 dense linear algebra and interventions), and the summary's records and files."""
 
+import copy
 import json
 import math
 import re
@@ -31,9 +32,10 @@ from circuits.interventions import Intervention, direct_pre_activations, interve
 from circuits.mechanism_file import MechanismSummary, load_summary, save_summary
 from circuits.mechanisms import summarize
 from circuits.nodes import Kind
+from circuits.prune import prune_graph
 from circuits.qk import QKSides, qk_attribution
 from reports.html import html_page
-from reports.mechanisms import format_summary
+from reports.mechanisms import format_summary, mechanisms_html
 
 MODES = ("local", "sparse")
 
@@ -713,13 +715,96 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
     summary = summarize(replacement, graph, run, check=False)
     t = summary.targets[0]
     g = summary.group(t.predicting_group)
+
+    def set_flow(value: float) -> None:  # the summary stays one its file could hold
+        g.carried_own[t.node] += value - g.flow[t.node]
+        g.flow[t.node] = value
+
     for attends, heading in ((g.pos, NO_MOVER), (0, NO_MOVER), (None, NO_MOVER)):
         g.attends = attends
         assert f"  {heading}: {g.key} {g.name}, flow" in format_summary(summary)
-    g.attends, g.flow[t.node] = max(g.pos - 1, 1), 1.0
+    g.attends = max(g.pos - 1, 1)
+    set_flow(1.0)
     assert f"  {PREDICTING}: {g.key} {g.name}, flow" in format_summary(summary)
-    g.flow[t.node] = -1.0
+    set_flow(-1.0)
     assert f"  {NO_MOVER}: {g.key}" in format_summary(summary)
+
+
+def test_flows_refuse_a_pruned_graph_and_nodes_nothing_flows_into(graph):
+    """Found by a fuzz pass: the flows of a pruned graph were returned though they do not close
+    (tokens + errors + constants 18.07 for a value of 16.86), a negative target was read from
+    the end, an embedding target gave NaN flows, and a readout of the wrong shape or with NaN,
+    or a stage outside the graph, was swept (or failed in numpy)."""
+    t = int(graph.is_kind("logit").nonzero()[0])
+    pruned = prune_graph(graph, node_threshold=0.5)
+    assert pruned.n_nodes < graph.n_nodes
+    last = int(pruned.is_kind("logit").nonzero()[0])
+    for call in (lambda: node_flows(pruned, last), lambda: many_node_flows(pruned, [last]),
+                 lambda: linear_flows(pruned, np.ones(pruned.n_nodes), 2)):  # fmt: skip
+        with pytest.raises(ValueError, match=r"needs the full \(unpruned\) graph .* lost edges"):
+            call()
+    with pytest.raises(ValueError, match="target -1 is outside"):
+        node_flows(graph, -1)
+    embedding = int(graph.is_kind("embedding").nonzero()[0])
+    with pytest.raises(ValueError, match="nothing flows into embedding nodes"):
+        node_flows(graph, embedding)
+    flow, h = node_flows(graph, t)
+    assert np.isfinite(flow).all()
+    with pytest.raises(ValueError, match="nothing flows into embedding nodes"):
+        target_parts(graph, embedding, flow, h)
+    with pytest.raises(ValueError, match="flow holds .* pass this graph's node_flows"):
+        target_parts(graph, t, flow[:-1], h)
+    n = graph.n_nodes
+    for direct, below, message in (
+        (np.zeros(5), 3, "direct must be numbers of shape (node,) or (node, d)"),
+        (np.full(n, np.nan), 3, "direct holds NaN or infinite values"),
+        (np.zeros(n), -1, "below_stage must be a stage in 1..5 (an integer), got -1"),
+        (np.zeros(n), 99, "below_stage must be a stage in 1..5 (an integer), got 99"),
+        (np.zeros(n), 2.0, "below_stage must be a stage in 1..5 (an integer), got 2.0"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            linear_flows(graph, direct, below)
+    with pytest.raises(ValueError, match="edge_sweep is not this graph's"):
+        node_flows(pruned, last, EdgeSweep(graph))
+    with pytest.raises(TypeError, match="view must be a circuits.groups.GroupedGraph, got a "
+                       r"Graph \(group it first"):  # fmt: skip
+        top_paths(graph, t)
+
+
+def test_a_summary_edited_by_hand_is_refused_before_it_is_shown_or_saved(
+    graph, replacement, run, tmp_path
+):
+    """Found by a fuzz pass: format_summary and mechanisms_html crashed (KeyError,
+    StopIteration, TypeError, a format ValueError) on a summary edited by hand, and
+    save_summary wrote files that load_summary refuses. Each now gets the file's checks."""
+    summary = summarize(replacement, graph, run, check=False)
+    assert summary.targets[0].predicting_group and summary.targets[0].runner_up
+
+    def no_flow(s):  # the predicting group says nothing about the target
+        g = s.group(s.targets[0].predicting_group)
+        for record in (g.flow, g.carried, g.carried_own):
+            record.clear()
+
+    edits = [
+        (lambda s: setattr(s.targets[0], "predicting_group", "nope"), "names a group not defined"),
+        (lambda s: setattr(s, "groups", []), "names a group not defined"),
+        (lambda s: s.paths[0].groups.append("nope"), "paths[0]: unknown names"),
+        (no_flow, "targets[0]: a head group it names has no flow into it"),
+        (lambda s: setattr(s.targets[0], "runner_up_probability", None), "without its probab"),
+        (lambda s: setattr(s.targets[0], "value", "16"), "value: expected a finite number"),
+        (lambda s: setattr(s.targets[0], "value", math.nan), "value: expected a finite number"),
+    ]
+    path = tmp_path / "mechanisms.json"
+    for edit, message in edits:
+        edited = copy.deepcopy(summary)
+        edit(edited)
+        refused = f"not a mechanism summary .*{re.escape(message)}"
+        for show in (format_summary, mechanisms_html, lambda s: save_summary(s, path)):
+            with pytest.raises(ValueError, match=refused):
+                show(edited)
+        assert not path.exists()
+    save_summary(summary, path)
+    assert format_summary(load_summary(path)) == format_summary(summary)
 
 
 def test_summary_without_constants_or_checks(replacement, tokens):

@@ -600,3 +600,41 @@ def test_a_logit_differences_json_label_gives_its_positive_tokens_probability():
     for node in (single, diff):  # what circuit-tracer's page reads: d.clerp.split('(p=')...
         parsed = float(node["clerp"].split("(p=")[1].split(")")[0])
         assert parsed == pytest.approx(node["token_prob"], abs=5e-4)
+
+
+def test_a_grouped_view_and_odd_counts_are_refused_in_one_line(tmp_path, graph):
+    """Found by a fuzz pass: a GroupedGraph where a Graph is expected (and a Graph given to
+    top_paths) failed with an AttributeError deep inside; float budgets failed in a slice,
+    max_nodes=nan drew everything, a string of formats was read as one format per letter, and
+    to_json took non-string labels and feature_number(1.5, 3) gave 15.0."""
+    from circuits.flows import top_paths
+    from circuits.groups import auto_groups
+    from circuits.neuronpedia import feature_number
+
+    view = auto_groups(graph)
+    path = tmp_path / "x.html"
+    for call in (lambda: to_json(view, labels.node_labels(graph)),
+                 lambda: labels.node_labels(view), lambda: gv.to_dot(view),
+                 lambda: gv.to_dot(view, layout.select(graph)),
+                 lambda: write_html(view, path)):  # fmt: skip
+        with pytest.raises(TypeError, match=r"graph must be a circuits\.graph\.Graph, got a "
+                           r"GroupedGraph \(a grouped view: pass its \.graph\)"):  # fmt: skip
+            call()
+    with pytest.raises(TypeError, match="view must be a circuits.groups.GroupedGraph, got a Graph"):
+        top_paths(graph, graph.n_nodes - 1)
+    for call, message in (
+        (lambda: layout.select(graph, max_nodes=2.5), "max_nodes must be a non-negative integer"),
+        (lambda: layout.select(graph, max_edges=2.5), "max_edges must be a non-negative integer"),
+        (lambda: gv.to_dot(graph, max_nodes=float("nan")), "max_nodes must be a non-negative"),
+        (lambda: write_html(graph, path, top_edges=2.5), "top_edges must be a non-negative"),
+        (lambda: write_html(graph, path, top_edges=None), "top_edges must be a non-negative"),
+        (lambda: gv.render("digraph {}", tmp_path / "r", "svg"), "formats must be a list"),
+        (lambda: to_json(graph, list(range(graph.n_nodes))), "labels must be strings"),
+        (lambda: feature_number(1.5, 3), "sublayer must be a non-negative integer, got 1.5"),
+        (lambda: feature_number(0, -1), "index must be a non-negative integer, got -1"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+    assert not path.exists() and not list(tmp_path.glob("r*"))
+    assert layout.select(graph, max_nodes=2, max_edges=3).n_nodes == graph.n_nodes
+    assert feature_number(2, 1) == 7

@@ -363,8 +363,9 @@ def key_flows(graph: Graph, h: np.ndarray, heads: np.ndarray) -> tuple[np.ndarra
     constant term, and every edge into it comes from the residual stream at one key position
     (``circuits.attribution._lorsa_edges``), so its flow ``h[m] activation[m]`` splits exactly
     into ``carried[i].sum() + own[i]``: the flow of the z-pattern, position by position. A
-    head is grouped and drawn by the key it attends to most (``attends``); ``carried`` says
-    which keys its contribution comes from, and a head reading two places splits between them."""
+    head is grouped and drawn by the key its activation comes from most (``attends``);
+    ``carried`` says which keys its contribution to this target comes from, and a head
+    reading two places splits between them."""
     heads = np.asarray(heads)
     if len(heads) and (heads.ndim != 1 or heads.dtype.kind not in "iu"):
         raise ValueError("heads must be node indices (integers, 1-D), in the caller's order")

@@ -13,7 +13,8 @@ activation, and 1 for embedding and error nodes (whose write vector is the vecto
 the demeaned logit (or logit difference) for logit nodes.
 
 Structure lives in fields, never in text: ``attends``/``attention`` (the key a Lorsa head
-reads most and its pattern weight), ``promotes`` (the tokens a head's or feature's decoder
+reads: the largest term of its z-pattern, where its activation comes from most; and its
+attention there), ``promotes`` (the tokens a head's or feature's decoder
 promotes most through the unembedding), ``logit_targets`` (the resolved logit targets, one
 record per logit node, in node order), ``mode``, ``group_size`` (OV heads per Lorsa QK head)
 and ``positional`` (False for global graphs, whose nodes are units). ``token_text`` holds the
@@ -188,8 +189,8 @@ class Graph:
     bias: Float[Tensor, " node"]  # targets' constant terms (0 where not a target)
     target_weight: Float[Tensor, " node"]  # where influence starts: logit probabilities
     edges: sp.csr_array  # (node, node) float32, [target, source]
-    attends: Int[Tensor, " node"]  # a head's strongest key position; -1 elsewhere
-    attention: Float[Tensor, " node"]  # its pattern weight there; NaN elsewhere
+    attends: Int[Tensor, " node"]  # the key a head reads (its z-pattern's top); -1 elsewhere
+    attention: Float[Tensor, " node"]  # the head's attention there; NaN elsewhere
     promotes: Int[Tensor, "node top"]  # a head's / feature's top promoted tokens; -1 elsewhere
     logit_targets: list[LogitRecord]  # one per logit node, in node order
     token_text: dict[int, str]  # the text of every token id the graph refers to
@@ -368,7 +369,8 @@ class Graph:
         return [a for a in self.qk if (a.layer, a.qk_head, a.query) == (layer, head, q)]
 
     def strongest_key(self, node: int) -> int | None:
-        """The key position a Lorsa head node reads most (None for other nodes)."""
+        """The key position a Lorsa head node reads (``attends``: the one its activation comes
+        from most; None for other nodes)."""
         key = int(self.attends[self.node_index(node)])
         return key if key >= 0 else None
 

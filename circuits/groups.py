@@ -35,7 +35,7 @@ from .nodes import KINDS, Kind, is_attention, unit_id
 MIN_CONCEPT_F1 = 0.5  # a concept label groups features (and marks a head's role) from this F1
 
 AUTO_RULES = """\
-Lorsa heads: one group per (block, query position, key read most (``attends``), role); the
+Lorsa heads: one group per (block, query position, key read (``attends``), role); the
   role is the unit's concept label when its F1 >= MIN_CONCEPT_F1, else none (heads at one
   place reading one key then form one group).
 transcoder features: one group per (block, position, concept label) when the label's F1 >=
@@ -54,7 +54,7 @@ class Group:
     layer: int | None = None  # the members' block, when they share one
     stage: int | None = None  # the members' stage, when they share one
     pos: int | None = None  # the members' position, when they share one
-    attends: int | None = None  # Lorsa groups: the key every member reads most, when shared
+    attends: int | None = None  # Lorsa groups: the key every member reads, when shared
     qk_heads: list[int] = field(default_factory=list)  # Lorsa groups: their QK heads
     concept: str | None = None  # the concept label the members share (auto groups)
     ids: list[str] = field(default_factory=list)  # the members' node ids (``describe`` sets them)

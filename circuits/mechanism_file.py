@@ -181,8 +181,8 @@ class GroupRecord:
     id, the key positions its flow comes from (``circuits.flows.key_flows``: the flow of its
     z-pattern, position by position; largest |flow| first, every key that brings any) and
     ``carried_own`` the heads' constant terms: the two sum to the group's flow. A head group
-    is named by the key its heads attend to most (``attends``); ``carried`` says what it
-    brings from each."""
+    is named by the key its heads read (``attends``: where each head's activation comes from
+    most); ``carried`` says what it brings from each key into each target."""
 
     key: str
     name: str

@@ -2,7 +2,7 @@
 
 ``node_label`` is the full one-line description (tables, tooltips, the JSON ``clerp``);
 ``short_label`` the at-most-two-line text drawn inside a node. Both read the structured
-per-node facts: the key a head attends to (``attends``), the tokens a head or feature promotes
+per-node facts: the key a head reads (``attends``), the tokens a head or feature promotes
 (``promotes``), the resolved logit targets (``logit_targets``), and for global graphs the
 units' firing counts (``occurrences``).
 """
@@ -80,7 +80,7 @@ def node_label(graph: Graph, i: int) -> str:
         text = f"L{layer} head {index} (QK {index // graph.group_size}){where}"
         key = graph.strongest_key(i)
         if key is not None:
-            text += f" attends {prompt_token(graph, key)}@{key}"
+            text += f" reads {prompt_token(graph, key)}@{key}"
         return text + _usage(graph, i)
     tokens = promoted(graph, i)
     text = f"L{layer} feature {index}{where}"

@@ -242,7 +242,7 @@ def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page)
     text = panel_text(browser)
     assert node_label(graph, graph.ids.index("0_5_2")) in text
     assert "Lorsa head" in text and "L0 Lorsa" in text
-    assert "Attends to key 2 'a\\b' (attention 0.5)" in text
+    assert "Reads key 2 'a\\b': its activation comes from there most (attention 0.5)" in text
     assert "key 1 'Ġ\"q\"' · attention 0.8 · score +3 (rest +0.4)" in text
     assert "E_6_2 × E_4_1: +2" in text and "bias × E_4_1: +0.6" in text
     incoming = browser.evaluate(

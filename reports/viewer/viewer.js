@@ -895,7 +895,7 @@
     }
     if (n.attends != null) {
       const keyTok = meta.positional ? " " + quote(meta.promptTokens[n.attends] || "") : "";
-      parts.push(el("p", { class: "attends" }, `Attends to key ${n.attends}${keyTok} (attention ${fmt(n.attention, 3)})`));
+      parts.push(el("p", { class: "attends" }, `Reads key ${n.attends}${keyTok}: its activation comes from there most (attention ${fmt(n.attention, 3)})`));
     }
     if (n.promotes && n.promotes.length) {
       parts.push(el("p", { class: "promotes" }, "Promotes " + n.promotes.map(quote).join(", ")));

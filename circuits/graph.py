@@ -185,7 +185,7 @@ class Graph:
     pos: Int[Tensor, " node"]
     index: Int[Tensor, " node"]  # head, feature or token id; -1 for errors and bias nodes
     activation: Float[Tensor, " node"]
-    value: Float[Tensor, " node"]  # targets' pre-activations (NaN where not a target)
+    value: Float[Tensor, " node"]  # pre-activations of heads, features, logits; NaN elsewhere
     bias: Float[Tensor, " node"]  # targets' constant terms (0 where not a target)
     target_weight: Float[Tensor, " node"]  # where influence starts: logit probabilities
     edges: sp.csr_array  # (node, node) float32, [target, source]

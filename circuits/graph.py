@@ -360,15 +360,19 @@ class Graph:
         return set(zip(layers, heads, self.pos[lorsa].tolist(), strict=True))
 
     def qk_for(self, node: int) -> list[QKAttribution]:
-        """The QK attributions of the Lorsa head ``node`` (one per key it was traced to)."""
+        """The QK attributions of the Lorsa head ``node``'s pattern (its QK head at its query),
+        one per key traced: the key it reads first (``read_key``), then any other (another
+        head of its QK group reads it, or ``key_mass`` asked for it) by attention."""
         node = self.node_index(node)
         if Kind(int(self.kind[node])) != Kind.LORSA:
             return []
         layer, q = int(self.layer[node]), int(self.pos[node])
         head = int(self.index[node]) // self.group_size
-        return [a for a in self.qk if (a.layer, a.qk_head, a.query) == (layer, head, q)]
+        read = self.read_key(node)
+        found = [a for a in self.qk if (a.layer, a.qk_head, a.query) == (layer, head, q)]
+        return sorted(found, key=lambda a: (a.key != read, -a.attention))
 
-    def strongest_key(self, node: int) -> int | None:
+    def read_key(self, node: int) -> int | None:
         """The key position a Lorsa head node reads (``attends``: the one its activation comes
         from most; None for other nodes)."""
         key = int(self.attends[self.node_index(node)])

@@ -18,10 +18,11 @@ pre-activation):
 - **keys.** What the Lorsa heads at the target's position bring from each key position
   (``circuits.flows.key_flows``: each head's flow split exactly by its z-pattern,
   ``A[q, k] x_k w_v``), summed over all of them (``TargetRecord.moved_by_position``) and per
-  head group (``GroupRecord.carried``). A head group is named by the key its heads attend to
-  most; a head that reads two places brings from both, and this says how much from each
-  (on ``If today is Wednesday, then tomorrow is``, the heads named for ` tomorrow` bring
-  two fifths of their flow from ` Wednesday`).
+  head group (``GroupRecord.carried``). A head group is named by the key its heads read (the
+  largest term of each head's z-pattern, ``Graph.attends``); a head that reads two places
+  brings from both, and this says how much from each (on ``If today is Wednesday, then
+  tomorrow is``, the 12 heads reading ` tomorrow` bring +5.41 from it and +0.70 from
+  ` Wednesday`).
 - **groups.** The summary's groups (the predicting head groups, the groups on the top paths,
   then the largest flows) with the structure that reads them: where a head group attends and
   why (``QKReason`` of each of its QK heads at that key: both sides' always-on parts named,

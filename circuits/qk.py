@@ -281,8 +281,9 @@ def qk_attribution(
 ) -> list[QKAttribution]:
     """QK attributions for the Lorsa heads ``nodes`` of ``graph`` (default: all of them).
 
-    For each head: its strongest key, and with ``key_mass`` every key whose attention weight is
-    at least ``key_mass``. Heads of one QK group at one query share the result. ``graph`` may be
+    For each head: the key it reads (``Graph.attends``: where its activation comes from most),
+    and with ``key_mass`` every key whose attention weight is at least ``key_mass``. Heads of
+    one QK group at one query reading one key share the record. ``graph`` may be
     pruned; terms still run over every source of the prompt (a pruned node keeps its id).
     ``contrast`` adds each record's contrast split (``QKSides.contrasts``), whose key side is
     units (``E_{token}``, ``{layer}_{index}`` as in node ids without the position, ``bias``).
@@ -305,12 +306,12 @@ def qk_attribution(
     group_size = replacement.lorsas[0].cfg.group_size
     layers, queries = graph.layer[nodes].tolist(), graph.pos[nodes].tolist()
     qk_heads = (graph.index[nodes] // group_size).tolist()
-    for layer, q, h in set(zip(layers, queries, qk_heads, strict=True)):
-        pattern = run.patterns[layer][h, q, : q + 1]
-        keys = {int(pattern.argmax())}
+    read = graph.attends[nodes].tolist()
+    for layer, q, h, k in set(zip(layers, queries, qk_heads, read, strict=True)):
+        wanted.add((layer, h, q, k))
         if key_mass is not None:
-            keys |= set((pattern >= key_mass).nonzero().squeeze(1).tolist())
-        wanted |= {(layer, h, q, k) for k in keys}
+            pattern = run.patterns[layer][h, q, : q + 1]
+            wanted |= {(layer, h, q, int(j)) for j in (pattern >= key_mass).nonzero()[:, 0]}
     result = []
     units = Units.of(replacement)
     triples = torch.tensor(sorted(wanted), dtype=torch.long).reshape(-1, 4)

@@ -142,7 +142,7 @@ def caption(graph: Graph, selection: Selection) -> str:
         shown += f" (top nodes by {s.ranked_by}, strongest edges; all in the HTML table)"
     if graph.positional:
         legend = (
-            "H head →its strongest key, F feature + top promoted token, err error; "
+            "H head →the key it reads, F feature + top promoted token, err error; "
             "edges blue +, red −, dashed purple QK (q query, k key side)"
         )
     else:

@@ -57,7 +57,7 @@ def _usage(graph: Graph, i: int) -> str:
 
 
 def node_label(graph: Graph, i: int) -> str:
-    """One readable line: token, head with its QK group and strongest key, feature with the
+    """One readable line: token, head with its QK group and the key it reads, feature with the
     tokens its decoder promotes most, error, logit with its probability or value."""
     i = graph.node_index(i)
     kind = Kind(int(graph.kind[i]))
@@ -78,7 +78,7 @@ def node_label(graph: Graph, i: int) -> str:
         )
     if kind == Kind.LORSA:
         text = f"L{layer} head {index} (QK {index // graph.group_size}){where}"
-        key = graph.strongest_key(i)
+        key = graph.read_key(i)
         if key is not None:
             text += f" reads {prompt_token(graph, key)}@{key}"
         return text + _usage(graph, i)
@@ -112,9 +112,10 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
     """The lines drawn in node ``i``: at most two of about ``LINE_CHARS`` characters.
 
     Embedding ``'tok'@pos`` (global graphs: ``'tok'``); Lorsa head ``H{index}`` over
-    ``→'tok'@key``, its strongest key (most attention among its QK attributions, else its
-    pattern's), or over its QK group in a global graph; transcoder feature ``F{index}`` over
-    the token it promotes most; error ``err``; bias ``bias`` over its sublayer; logit its
+    ``→'tok'@key``, the key it reads (``Graph.read_key``: where its activation comes from
+    most, as its other label and its first QK record say), or over its QK group in a global
+    graph; transcoder feature ``F{index}`` over the token it promotes most; error ``err``;
+    bias ``bias`` over its sublayer; logit its
     token(s) and probability or value.
     """
     i = graph.node_index(i)
@@ -140,12 +141,7 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
     if kind == Kind.LORSA:
         if not graph.positional:
             return [f"H{index}", f"QK {index // graph.group_size}"]
-        attributions = graph.qk_for(i)
-        key = (
-            max(attributions, key=lambda a: a.attention).key
-            if attributions
-            else graph.strongest_key(i)
-        )
+        key = graph.read_key(i)
         if key is None:
             return [f"H{index}"]
         return [f"H{index}", _fit("→" + at_position(prompt_token(graph, key), key), LINE_CHARS + 1)]

@@ -121,7 +121,8 @@ def _top_qk_node(a, side: str, id_to_index: dict[str, int]) -> tuple[int, float]
 
 
 def qk_edges(graph: Graph, nodes: Iterable[int] | None = None) -> list[QKEdge]:
-    """For every Lorsa node with QK attributions, its top query-side and key-side nodes.
+    """For every Lorsa node with a QK attribution at the key it reads (``Graph.qk_for``'s
+    first), its top query-side and key-side nodes.
 
     With ``nodes`` only those nodes count as present: heads outside it get no QK edges, and
     a side whose top node is outside it falls back to its strongest node inside it.
@@ -132,7 +133,9 @@ def qk_edges(graph: Graph, nodes: Iterable[int] | None = None) -> list[QKEdge]:
     for target in (graph.kind == Kind.LORSA).nonzero().squeeze(1).tolist():
         if target not in present:
             continue
-        for a in graph.qk_for(target):
+        for a in graph.qk_for(target)[:1]:
+            if a.key != graph.read_key(target):
+                continue  # no record at the key it reads (a hand-made list)
             for side in ("query", "key"):
                 top = _top_qk_node(a, side, id_to_index)
                 if top is None or top[0] == target:

@@ -188,7 +188,7 @@ def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
         node["bias"] = _num(arrays["bias"][i])
     if graph.occurrences is not None:
         node["occurrences"] = _num(graph.occurrences[i])
-    key = graph.strongest_key(i)
+    key = graph.read_key(i)
     if key is not None:
         node["attends"] = key
         node["attention"] = _num(graph.attention[i])
@@ -203,7 +203,7 @@ def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
         }
     qk = graph.qk_for(i)
     if qk:
-        node["qk"] = [_qk_record(graph, a) for a in sorted(qk, key=lambda a: -a.attention)]
+        node["qk"] = [_qk_record(graph, a) for a in qk]  # the key it reads first
     return node
 
 

@@ -59,12 +59,12 @@ def make_graph(*, influence: bool = True) -> Graph:
     n_layers = 2
     rows = [("embedding", 0, p, TOKENS[p], None) for p in range(len(TOKENS))]
     rows += [
-        ("lorsa", 1, 2, 5, 2),
+        ("lorsa", 1, 2, 5, 1),  # reads key 1, where its QK record is
         ("error", 1, 2, -1, None),
         ("transcoder", 2, 1, 17, 100),
         ("transcoder", 2, 3, 3, 101),
         ("error", 2, 3, -1, None),
-        ("lorsa", 3, 3, 2, 3),
+        ("lorsa", 3, 3, 2, 1),  # reads key 1, where its QK record is
         ("transcoder", 4, 3, 9, 102),
         ("logit", 5, 3, 11, (11, None, 0.7)),
         ("logit", 5, 3, 7, (7, None, 0.3)),

@@ -66,7 +66,7 @@ def test_viewer_data_holds_every_node_and_edge_and_the_default_view():
     assert [n["label"] for n in data["nodes"]] == [node_label(graph, i) for i in range(13)]
     by_id = {n["id"]: n for n in data["nodes"]}
     assert by_id["0_5_2"]["unit"] == "0_5" and by_id["E_4_1"]["unit"] == "E_4"
-    assert by_id["0_5_2"]["attends"] == 2 and by_id["1_3_3"]["promotes"] == ["digits"]
+    assert by_id["0_5_2"]["attends"] == 1 and by_id["1_3_3"]["promotes"] == ["digits"]
     assert by_id["5_11_3"]["logit"] == {"token": "9", "negative": None, "probability": 0.7}
     assert by_id["0_5_2"]["qk"][0]["pairs"][0] == ["E_6_2", "E_4_1", 2.0]
     links = data["links"]
@@ -242,7 +242,7 @@ def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page)
     text = panel_text(browser)
     assert node_label(graph, graph.ids.index("0_5_2")) in text
     assert "Lorsa head" in text and "L0 Lorsa" in text
-    assert "Reads key 2 'a\\b': its activation comes from there most (attention 0.5)" in text
+    assert "Reads key 1 'Ġ\"q\"': its activation comes from there most (attention 0.5)" in text
     assert "key 1 'Ġ\"q\"' · attention 0.8 · score +3 (rest +0.4)" in text
     assert "E_6_2 × E_4_1: +2" in text and "bias × E_4_1: +0.6" in text
     incoming = browser.evaluate(
@@ -636,7 +636,7 @@ def test_a_real_trace_opens_and_explains_its_logit(browser, tmp_path):
     head = next(i for i in selection.nodes if graph.qk_for(i))
     click_node(browser, graph.ids[head])
     text = panel_text(browser)
-    assert "QK: why it attends there" in text and re.search(r"score [+-]\d", text)
+    assert "QK: why it attends the key it reads" in text and re.search(r"score [+-]\d", text)
 
 
 def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_path):

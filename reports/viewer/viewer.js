@@ -900,7 +900,7 @@
     if (n.promotes && n.promotes.length) {
       parts.push(el("p", { class: "promotes" }, "Promotes " + n.promotes.map(quote).join(", ")));
     }
-    const qkTitle = meta.positional ? "QK: why it attends there" : "QK: what its group attends with";
+    const qkTitle = meta.positional ? "QK: why it attends the key it reads" : "QK: what its group attends with";
     if (n.qk) parts.push(el("h4", {}, qkTitle), ...n.qk.map(qkBlock));
     parts.push(el("h4", {}, "Top incoming edges"), edgeTable(inE[i].map((e) => [src[e], wt[e]])));
     parts.push(el("h4", {}, "Top outgoing edges"), edgeTable(outE[i].map((e) => [tgt[e], wt[e]])));

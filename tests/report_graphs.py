@@ -106,6 +106,20 @@ def make_graph(*, influence: bool = True) -> Graph:
             key_marginals=[("E_4_1", 2.6)],
             rest=0.4,
         ),
+        # The same pattern at BOS, where another head of QK group 2 reads (L0 head 5 reads 1):
+        # its panel lists it second; nothing is drawn from it (E_0_0 stays undrawn).
+        QKAttribution(
+            layer=0,
+            qk_head=2,
+            query=2,
+            key=0,
+            attention=0.1,
+            score=0.5,
+            pairs=[QKPair("E_6_2", "E_0_0", 0.4)],
+            query_marginals=[("E_6_2", 0.4)],
+            key_marginals=[("E_0_0", 0.4)],
+            rest=0.1,
+        ),
         # L1 head 2 is QK head 1. The largest pair's query side was pruned away (not in the
         # graph) and the second's key side is the bias, so each side needs a later pair.
         QKAttribution(

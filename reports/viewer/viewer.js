@@ -233,11 +233,12 @@
     });
     edges.sort((x, y) => Math.abs(y.w) - Math.abs(x.w));
 
-    // QK edges: each drawn head's strongest query-side and key-side node among the candidates.
+    // QK edges: each drawn head's strongest query-side and key-side node among the candidates,
+    // from its record at the key it reads (the first; reports.layout.qk_edges draws the same).
     const qk = new Map();
     for (let i = 0; i < N; i++) {
       if (!show[i] || !nodes[i].qk) continue;
-      for (const rec of nodes[i].qk) {
+      for (const rec of nodes[i].qk.slice(0, 1)) {
         for (const side of ["q", "k"]) {
           const top = topQK(rec, side, candidate);
           if (!top) continue;

@@ -134,8 +134,9 @@ def qk_edges(graph: Graph, nodes: Iterable[int] | None = None) -> list[QKEdge]:
         if target not in present:
             continue
         for a in graph.qk_for(target)[:1]:
-            if a.key != graph.read_key(target):
-                continue  # no record at the key it reads (a hand-made list)
+            if graph.positional and a.key != graph.read_key(target):
+                continue  # no record at the key it reads (a hand-made list); a global
+                # graph's heads read no key: their record is their QK group's
             for side in ("query", "key"):
                 top = _top_qk_node(a, side, id_to_index)
                 if top is None or top[0] == target:

@@ -5,7 +5,7 @@ of the attribution issue, plus replacement/completeness scores over a prompt set
 
 For each prompt length (a held-out generated document, cut to that many tokens) a fresh
 subprocess builds the full graph (every edge), QK attributions for *every* active Lorsa head
-(its strongest key), and the pruned graph, and reports wall times (median of 3 after a warm-up)
+(the key it reads), and the pruned graph, and reports wall times (median of 3 after a warm-up)
 and its peak resident memory. At 64 tokens it also checks exactness (closure of every target,
 doubling interventions, QK sums) and times the same edges computed by autograd, batched the way
 circuit-tracer does it (one forward pass over a batch of prompt copies, then one backward pass

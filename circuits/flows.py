@@ -59,6 +59,7 @@ class EdgeSweep:
 
     def __init__(self, graph: Graph, run=None):
         check_full_graph(checked_graph(graph), run)
+        self.ids = graph.ids
         self.edges = graph.edges
         self.stage = graph.stage.numpy()
         self.activation = graph.activation.double().numpy()
@@ -96,7 +97,11 @@ def _sweep_of(graph: Graph, edge_sweep: EdgeSweep | None) -> EdgeSweep:
     """``edge_sweep`` when it is ``graph``'s, else a new one (which checks the graph)."""
     if edge_sweep is None:
         return EdgeSweep(graph)
-    if not isinstance(edge_sweep, EdgeSweep) or edge_sweep.edges is not graph.edges:
+    same = isinstance(edge_sweep, EdgeSweep) and (
+        edge_sweep.edges is graph.edges  # or an equal graph loaded or grouped apart
+        or (edge_sweep.ids == graph.ids and edge_sweep.edges.nnz == graph.edges.nnz)
+    )
+    if not same:
         raise ValueError("edge_sweep is not this graph's: pass EdgeSweep(graph), or none")
     return edge_sweep
 

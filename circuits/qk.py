@@ -307,6 +307,10 @@ def qk_attribution(
     layers, queries = graph.layer[nodes].tolist(), graph.pos[nodes].tolist()
     qk_heads = (graph.index[nodes] // group_size).tolist()
     read = graph.attends[nodes].tolist()
+    if -1 in read:  # a graph file may hold one; -1 would be read as the last key
+        bad = int(nodes[read.index(-1)])
+        raise ValueError(f"head {graph.ids[bad]} reads no key (attends -1): its graph holds "
+                         "no key for it to trace")  # fmt: skip
     for layer, q, h, k in set(zip(layers, queries, qk_heads, read, strict=True)):
         wanted.add((layer, h, q, k))
         if key_mass is not None:

@@ -519,6 +519,9 @@ def test_qk_attribution_records(graph, replacement):
     assert all(graph.qk_for(int(i))[0].key == graph.read_key(int(i)) for i in heads)
     with pytest.raises(ValueError, match="not a Lorsa head"):
         qk_attribution(replacement, graph, [0])
+    graph.attends[int(heads[0])] = -1  # as a graph file may hold: never read as the last key
+    with pytest.raises(ValueError, match=r"reads no key \(attends -1\)"):
+        qk_attribution(replacement, graph, heads[:1])
 
 
 # ----------------------------------------------------------------- pruning
@@ -690,3 +693,23 @@ def test_a_graph_marks_the_prompt_positions_of_untrained_tokens(replacement, tok
         save_state_atomic(tensors, forged, metadata=metadata)
         with pytest.raises(GraphFileError, match="untrained_positions"):
             Graph.load(forged)
+
+
+@torch.no_grad()
+def test_a_head_reads_the_key_its_activation_comes_from_most(graph, replacement):
+    """``attends`` is the largest term of each head's z-pattern ``A[q, k] (x_k . w_v + b_V)``
+    (computed here from the Lorsa's weights and the run's patterns and inputs: the terms sum to
+    its activation), ``attention`` its attention there; on this prompt that is not the
+    attention's argmax for some heads (a head parking its attention where its value is small)."""
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
+    group_size, differ = replacement.lorsas[0].cfg.group_size, 0
+    for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist():
+        layer, q, h = int(graph.layer[i]), int(graph.pos[i]), int(graph.index[i])
+        lorsa = replacement.lorsas[layer]
+        pattern = run.patterns[layer][h // group_size, q, : q + 1]
+        z = pattern * (run.lorsa_in[layer][: q + 1] @ lorsa.W_V[h] + lorsa.b_V[h])
+        assert float(z.sum()) == pytest.approx(float(graph.activation[i]), rel=1e-4, abs=1e-5)
+        assert int(graph.attends[i]) == int(z.argmax()) and graph.read_key(i) == int(z.argmax())
+        assert float(graph.attention[i]) == pytest.approx(float(pattern[int(z.argmax())]))
+        differ += int(z.argmax()) != int(pattern.argmax())
+    assert differ > 0

@@ -239,6 +239,7 @@
     for (let i = 0; i < N; i++) {
       if (!show[i] || !nodes[i].qk) continue;
       for (const rec of nodes[i].qk.slice(0, 1)) {
+        if (meta.positional && rec.key !== nodes[i].attends) continue;  // not the key it reads
         for (const side of ["q", "k"]) {
           const top = topQK(rec, side, candidate);
           if (!top) continue;

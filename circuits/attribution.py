@@ -33,6 +33,7 @@ from toy_models.tokenizer import token_text
 
 from .graph import N_PROMOTED, Graph, LogitRecord, checked_count, checked_fraction, is_integer
 from .nodes import Kind, logit_stage, lorsa_stage, stage_of, transcoder_stage
+from .prune import row_sums
 
 LORSA_BLOCK_ENTRIES = 1 << 23  # Lorsa targets x sources per dense block (bounds temporaries)
 
@@ -747,9 +748,8 @@ def find_node(graph: Graph, target: NodeTarget) -> int:
 def closure_error(graph: Graph) -> dict[str, float]:
     """How far each target's incoming edges + bias are from its pre-activation, read from
     the graph's edge matrix (``attribute`` records the same from the blocks it built)."""
-    row_sum = torch.from_numpy(graph.edges.sum(axis=1))
-    row_abs = torch.from_numpy(abs(graph.edges).sum(axis=1))
-    return _closure(row_sum, row_abs, graph.bias, graph.value)
+    row_sum, row_abs = map(torch.from_numpy, row_sums(graph.edges))  # no |A| copy
+    return _closure(row_sum, row_abs, graph.bias.double(), graph.value.double())
 
 
 def _closure(row_sum: Tensor, row_abs: Tensor, bias: Tensor, value: Tensor) -> dict[str, float]:

@@ -31,7 +31,7 @@ from replacement.model import ReplacementModel, hook_name
 from .attribution import PromptRun, decoder_bias, run_for_graph
 from .graph import Graph
 from .nodes import Kind, block_of, stage_of, sublayer_kind
-from .prune import row_blocks
+from .prune import row_sums
 
 # The hook a Lorsa head's / transcoder feature's activation passes, per kind.
 ACTIVATION_SITE = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
@@ -174,14 +174,7 @@ _CLOSED: dict[tuple[int, ...], tuple[weakref.ref, ...]] = {}
 
 def _check_rows_close(graph: Graph) -> None:
     """Refuse ``graph`` unless every head's, feature's and target's row closes."""
-    edges, n = graph.edges, graph.n_nodes
-    total, size = np.zeros(n), np.zeros(n)
-    for lo, hi in row_blocks(edges.indptr):  # one block's float64 copy at a time
-        start, end = int(edges.indptr[lo]), int(edges.indptr[hi])
-        rows = np.repeat(np.arange(hi - lo), np.diff(edges.indptr[lo : hi + 1]))
-        data = edges.data[start:end].astype(np.float64)
-        total[lo:hi] = np.bincount(rows, data, minlength=hi - lo)
-        size[lo:hi] = np.bincount(rows, np.abs(data), minlength=hi - lo)
+    total, size = row_sums(graph.edges)
     bias = graph.bias.double().numpy()
     target = graph.is_target.numpy()
     want = np.where(target, graph.value.double().numpy(), graph.activation.double().numpy())

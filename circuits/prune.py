@@ -32,6 +32,19 @@ def row_blocks(indptr: np.ndarray, lo: int = 0, hi: int | None = None):
     return zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
 
 
+def row_sums(edges: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's sum and the sum of its magnitudes (float64), a row block at a time: a long
+    prompt's ``abs(edges)`` whole would be a second copy of its 1e8 edges."""
+    total, size = np.zeros(edges.shape[0]), np.zeros(edges.shape[0])
+    for lo, hi in row_blocks(edges.indptr):
+        start, end = int(edges.indptr[lo]), int(edges.indptr[hi])
+        rows = np.repeat(np.arange(hi - lo), np.diff(edges.indptr[lo : hi + 1]))
+        data = edges.data[start:end].astype(np.float64)
+        total[lo:hi] = np.bincount(rows, data, minlength=hi - lo)
+        size[lo:hi] = np.bincount(rows, np.abs(data), minlength=hi - lo)
+    return total, size
+
+
 class Normalized:
     """``Â = D^-1 |A|`` without a copy of ``A``: ``|A|`` is taken one row block at a time
     (a block's ``|A|`` shares ``A``'s index arrays), with the row sums ``D`` computed once, so

@@ -704,7 +704,7 @@ def _read_keys(
         heads = run.select(Kind.LORSA, lorsa_stage(l))
         index = run.index[heads]
         pattern = run.patterns[l][index // lorsa.cfg.group_size, run.pos[heads]]  # head key
-        value = run.lorsa_in[l] @ lorsa.W_V[index].T + lorsa.b_V[index]  # key head
+        value = lorsa.values(run.lorsa_in[l])[:, index]  # key head
         z = pattern * value.T
         key = (z * z.sum(-1, keepdim=True).sign()).argmax(-1)
         attends[heads], attention[heads] = key, pattern.gather(1, key[:, None])[:, 0]

@@ -115,8 +115,7 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
     ``→'tok'@key``, the key it reads (``Graph.read_key``: where its activation comes from
     most, as its other label and its first QK record say), or over its QK group in a global
     graph; transcoder feature ``F{index}`` over the token it promotes most; error ``err``;
-    bias ``bias`` over its sublayer; logit its
-    token(s) and probability or value.
+    bias ``bias`` over its sublayer; logit its token(s) and probability or value.
     """
     i = graph.node_index(i)
     kind = Kind(int(graph.kind[i]))

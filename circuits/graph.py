@@ -43,7 +43,9 @@ from torch import Tensor
 
 from .nodes import KINDS, Kind, block_of, logit_stage, node_id
 
-FORMAT_VERSION = 4  # 3: the header holds a SHA-256 of the tensors; 4: and of the header
+# 3: the header holds a SHA-256 of the tensors; 4: and of the header; 5: ``attends`` is the key a
+# head reads (its z-pattern's largest term), no longer its attention's argmax
+FORMAT_VERSION = 5
 MODES = ("local", "sparse")
 N_PROMOTED = 3  # tokens kept per head/feature in ``promotes``
 

@@ -25,8 +25,10 @@ from toy_models.records import from_json, parse_json
 
 from .graph import MODES
 
-VERSION = 2  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
-# ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros
+VERSION = 3  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
+# ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
+# ``attends`` and QK reasons are at the key its heads read (their z-patterns' largest term), no
+# longer their attention's argmax
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
 
@@ -286,7 +288,8 @@ class MechanismSummary:
             if not isinstance(d, dict):
                 raise ValueError(f"expected a JSON object, got {type(d).__name__}")
             if d.get("version") != VERSION:
-                raise ValueError(f"version {d.get('version')!r}, expected {VERSION}")
+                raise ValueError(f"version {d.get('version')!r}, expected {VERSION}: re-run the "
+                                 "trace to rewrite it")  # fmt: skip
             return _summary_from_dict(d)
         except ValueError as exc:
             raise ValueError(f"not a mechanism summary ({exc})") from None

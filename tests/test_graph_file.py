@@ -166,6 +166,8 @@ CRAFTED_HEADERS = {
     "bad token text": ("token_text", [["0", "x"]]),
     "qk record of another layer": ("qk", [{"layer": 7}]),
     "newer format": ("format_version", 99),
+    # format 4 held each head's attention argmax in ``attends``; a read key now has that field
+    "format before the read key": ("format_version", 4),
     "settings not a dict": ("settings", [1]),
 }
 

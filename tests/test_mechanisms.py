@@ -629,8 +629,9 @@ def test_summary_records(graph, replacement, run, tmp_path):
     page = html_page(graph, mechanisms=back)
     assert "<h2>Mechanisms</h2>" in page and "always-on" in page
     assert "the heads there bring" in page and "brings " in page
-    with pytest.raises(ValueError, match="not a mechanism summary|version"):
-        MechanismSummary.from_dict({"version": 1})  # before carried held every key
+    for old in (1, 2):  # before carried held every key; before the read key
+        with pytest.raises(ValueError, match=f"version {old}, expected .*re-run the trace"):
+            MechanismSummary.from_dict(summary.to_dict() | {"version": old})
     with pytest.raises(ValueError, match="not a mechanism summary .expected a JSON object"):
         MechanismSummary.from_dict([])
     tampered_summaries_are_refused(summary.to_dict())

@@ -149,7 +149,13 @@ class EffectCheck:
     """Ablating a group: the change of one target predicted by the linear graph and measured
     with attention frozen and free; ``agree_*`` (sign, ``circuits.mechanisms``) and ``ratio_*``
     (|measured| / |predicted|, None when the prediction is 0); ``flagged``: a sign
-    disagreement or a ratio beyond ``RATIO`` in either mode."""
+    disagreement or a ratio beyond ``RATIO`` in either mode. For a logit target,
+    ``probability_frozen`` / ``probability_free``: its token's probability after the ablation
+    (the summary's ``TargetRecord.probability`` before it). A logit target is demeaned (or a
+    difference), so it can rise while its token's probability falls: a group whose ablation
+    lowers every logit at once (measured: the mean logit from -1.1 to -14.5 while the
+    probability of the target fell from 0.98 to 0.0002) reads as helping the target from its
+    change alone."""
 
     target: str
     predicted: float
@@ -160,6 +166,8 @@ class EffectCheck:
     ratio_frozen: float | None
     ratio_free: float | None
     flagged: bool
+    probability_frozen: float | None = None
+    probability_free: float | None = None
 
 
 @dataclass
@@ -329,6 +337,13 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
         _expect(set(g.flow) <= targets, f"{where}.flow: a flow into a node that is no target")
         _expect({c.target for c in g.checks} <= targets, f"{where}.checks: an unknown target")
+        logits = {t.node for t in summary.targets if t.kind == "logit"}
+        for j, c in enumerate(g.checks):
+            after = (c.probability_frozen, c.probability_free)
+            _expect(all(p is None or 0 <= p <= 1 for p in after),
+                    f"{where}.checks[{j}]: a probability outside [0, 1]")  # fmt: skip
+            _expect(c.target in logits or after == (None, None),
+                    f"{where}.checks[{j}]: a probability for a target not a logit")  # fmt: skip
         _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
         _expect(set(g.carried) == set(g.carried_own), f"{where}: carried and carried_own "
                 "name other targets")  # fmt: skip

@@ -468,9 +468,13 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
                      predicted=predicted)  # fmt: skip
     out = []
     inside = {full.ids[m] for m in members}
+    after = [torch.softmax(r.logits.double(), -1) for r in (frozen, free)]
     for j, target in enumerate(frozen.targets):
         if target in inside:  # a target in the ablated group is not its own effect
             continue
+        t = full.id_to_index[target]
+        token = full.logit_record(t).token if full.kind[t] == Kind.LOGIT else None
+        p_frozen, p_free = (None, None) if token is None else (float(a[token]) for a in after)
         p = float(frozen.predicted[j])
         fz, fr = float(frozen.actual[j]), float(free.actual[j])
         agree_frozen, agree_free = signs_agree(p, fz, tolerance), signs_agree(p, fr, tolerance)
@@ -481,7 +485,7 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
             EffectCheck(
                 target=target, predicted=p, frozen=fz, free=fr, agree_frozen=agree_frozen,
                 agree_free=agree_free, ratio_frozen=_ratio(p, fz), ratio_free=_ratio(p, fr),
-                flagged=flagged,
+                flagged=flagged, probability_frozen=p_frozen, probability_free=p_free,
             )
         )  # fmt: skip
     return out

@@ -73,6 +73,15 @@ def probability_text(t: TargetRecord) -> str:
     return f"(p={t.probability:.3f}{of})"
 
 
+def after_text(before: float | None, after: float | None) -> str:
+    """`` (p 0.98 -> 0.0002)``: a logit target's token probability before and after an
+    ablation (``EffectCheck.probability_*``), or nothing for a head or feature target. A
+    demeaned logit can rise while its token's probability falls; this shows which happened."""
+    if before is None or after is None:
+        return ""
+    return f" (p {before:.2g} -> {after:.2g})"
+
+
 def moved_text(t: TargetRecord) -> str:
     """What the heads at a target's position bring from each key position (its
     ``moved_by_position``), in one line; empty when no head there carries flow."""
@@ -185,10 +194,12 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
     if any(g.checks for g in summary.groups):
         lines.append(
             "  (ablate: the group zeroed; the change of the target predicted by the linear "
-            "graph and measured with attention frozen and free; FLAGGED where a measured "
-            f"change has the other sign or is over {RATIO:g}x off)"
+            "graph and measured with attention frozen and free, with the target token's "
+            "probability before and after; FLAGGED where a measured change has the other sign "
+            f"or is over {RATIO:g}x off)"
         )
     first = summary.targets[0].node if summary.targets else None
+    probabilities = {t.node: t.probability for t in summary.targets}
     for g in summary.groups:
         if g.kind in ("embedding", "error", "bias"):
             continue
@@ -223,10 +234,12 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         rest = [] if every_check else [c for c in g.checks if c.target != first]
         for c in shown:
             mark = "FLAGGED" if c.flagged else "ok"
+            before = probabilities.get(c.target)
             lines.append(
                 f"       ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
-                f"predicted {_signed(c.predicted)}, frozen attention "
-                f"{_signed(c.frozen)}, free attention {_signed(c.free)}  [{mark}]"
+                f"predicted {_signed(c.predicted)}, frozen attention {_signed(c.frozen)}"
+                f"{after_text(before, c.probability_frozen)}, free attention "
+                f"{_signed(c.free)}{after_text(before, c.probability_free)}  [{mark}]"
             )
         if rest:
             lines.append(
@@ -300,14 +313,17 @@ def _reason_html(r: QKReasonRecord, drawn: set[str]) -> str:
     )
 
 
-def _checks_html(g: GroupRecord, target_names: dict[str, str]) -> str:
+def _checks_html(g: GroupRecord, target_names: dict[str, str],
+                 probabilities: dict[str, float | None]) -> str:  # fmt: skip
     rows = []
     for c in g.checks:
         cls = ' class="flagged"' if c.flagged else ""
+        before = probabilities.get(c.target)
         rows.append(
             f"<tr{cls}><td>{_esc(target_names.get(c.target, c.target))}</td>"
-            f'<td class="num">{_num(c.predicted)}</td><td class="num">{_num(c.frozen)}</td>'
-            f'<td class="num">{_num(c.free)}</td>'
+            f'<td class="num">{_num(c.predicted)}</td><td class="num">{_num(c.frozen)}'
+            f"{_esc(after_text(before, c.probability_frozen))}</td>"
+            f'<td class="num">{_num(c.free)}{_esc(after_text(before, c.probability_free))}</td>'
             f"<td>{'flagged' if c.flagged else 'ok'}</td></tr>"
         )
     if not rows:
@@ -324,6 +340,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     drawn = drawn_ids or set()
     names = {g.key: g.name for g in summary.groups}
     target_names = {t.node: t.label for t in summary.targets}
+    probabilities = {t.node: t.probability for t in summary.targets}
     parts = [
         '<div class="mech">',
         "<p>Groups are heads (same block, query position and key) and features (same block, "
@@ -389,7 +406,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         rows.append(
             f"<tr><td><b>{_esc(g.key)}</b></td><td>{_esc(g.name)}<br><small>{members}</small>"
             f"</td><td>{flows}</td><td>{'<br>'.join(what)}</td>"
-            f"<td>{_checks_html(g, target_names)}</td></tr>"
+            f"<td>{_checks_html(g, target_names, probabilities)}</td></tr>"
         )
     if rows:
         parts.append(

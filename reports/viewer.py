@@ -109,6 +109,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         return None
     from .mechanisms import (
         TOKEN_SHARES,
+        after_text,
         carried_text,
         moved_text,
         predicting_heading,
@@ -118,6 +119,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
 
     summary = checked_summary(summary)
     known = graph.id_to_index
+    before = {t.node: t.probability for t in summary.targets}
     return {
         "targets": [
             {"node": t.node, "token": t.token, "negative": t.negative, "value": _num(t.value),
@@ -154,7 +156,9 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
                                                  ("key", r.key_sources))},
                      "roots": root_text(r, 3) if r.root_pairs else None}
                     for r in g.qk],
-             "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged]
+             "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged,
+                         after_text(before.get(c.target), c.probability_frozen),
+                         after_text(before.get(c.target), c.probability_free)]
                         for c in g.checks]}
             for g in summary.groups
         ],

@@ -576,6 +576,10 @@ def test_summary_records(graph, replacement, run, tmp_path):
             frozen = intervene(replacement, graph, edits)
             j = frozen.targets.index(c.target)
             assert c.frozen == pytest.approx(float(frozen.actual[j]), abs=1e-5)
+            k = graph.id_to_index[c.target]  # a logit's token probability after the ablation
+            after = float(frozen.logits.double().softmax(-1)[graph.logit_record(k).token])
+            assert graph.kind[k] == Kind.LOGIT and c.probability_frozen == pytest.approx(after)
+            assert 0 <= c.probability_free <= 1
             ok = c.predicted * c.frozen > 0 or max(abs(c.predicted), abs(c.frozen)) < 0.01
             assert c.agree_frozen == ok
             if not c.agree_frozen or not c.agree_free:
@@ -589,6 +593,9 @@ def test_summary_records(graph, replacement, run, tmp_path):
     )
     text = format_summary(back, every_check=True)
     assert "predicting heads" in text and "QK" in text and "FLAGGED where" in text
+    c = next(c for g in back.groups for c in g.checks if c.target == back.targets[0].node)
+    p = back.targets[0].probability
+    assert f"frozen attention {c.frozen:+.3g} (p {p:.2g} -> {c.probability_frozen:.2g})" in text
     moved = back.targets[0].moved_by_position[0]
     assert f"the heads there bring {back.targets[0].heads_flow:+.3g}, by key: " \
            f"{moved.token!r}@{moved.pos} {moved.flow:+.3g}" in text  # fmt: skip
@@ -643,6 +650,7 @@ def tampered_summaries_are_refused(good: dict) -> None:
     field; the untouched file reads back."""
     MechanismSummary.from_dict(json.loads(json.dumps(good)))
     g = next(i for i, g in enumerate(good["groups"]) if g["qk"] and g["qk"][0]["pairs"])
+    c = next(i for i, g in enumerate(good["groups"]) if g["checks"])
     node = good["targets"][0]["node"]
     missing = object()
     edits = [
@@ -672,6 +680,8 @@ def tampered_summaries_are_refused(good: dict) -> None:
         (f"groups[{g}].qk[0].pairs[0].query.present: expected true or false",
          ("groups", g, "qk", 0, "pairs", 0, "query", "present"), 1),
         ("mode: 'x'", ("mode",), "x"),
+        (f"groups[{c}].checks[0]: a probability outside", ("groups", c, "checks", 0,
+                                                           "probability_free"), 1.5),
     ]  # fmt: skip
     for message, path, value in edits:
         d = json.loads(json.dumps(good))

@@ -662,6 +662,15 @@ def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_p
     checks = [line for line in text.splitlines() if line.startswith("ablate")]
     assert len(checks) == sum(len(g.checks) for g in summary.groups) > 0
     assert all(any(line.startswith(f"ablate '{n}': predicted") for n in names) for line in checks)
+    # and the target token's probability before and after each ablation, frozen and free
+    c = summary.groups[0].checks[0]
+    t = next(t for t in summary.targets if t.node == c.target)
+    p = t.probability
+    assert (
+        f"ablate '{t.token}': predicted {c.predicted:+.3g}, frozen {c.frozen:+.3g} (p {p:.2g} "
+        f"-> {c.probability_frozen:.2g}), free {c.free:+.3g} (p {p:.2g} -> "
+        f"{c.probability_free:.2g})"
+    ) in text
     flows = [line for line in text.splitlines() if " · flow " in line]
     assert flows and all(f"'{names[0]}' " in line and f"'{names[1]}' " in line for line in flows)
     # each target names its predicting heads, then the other head groups there by flow

@@ -79,6 +79,10 @@ model), ``circuits.mechanisms.summarize`` with its ablation checks.
   QK reason split by roots on both sides at once (``QKReasonRecord.root_pairs``): among its
   listed token x token terms whose key side is a token moved to the key (not the key's own
   token), the largest positive one is the current token at ``q`` x the token at ``k - 1``;
+  (since 2026-12-05, the eighteenth session, a reason lists the ``ROOT_PAIRS`` largest terms
+  against the key's own roots and as many against roots moved to the key, where it listed the
+  five largest of all: a moved term can no longer be crowded out of the list by terms against
+  the key's own token, so the criterion reads closer to its definition);
   ``reason_roots_match``: that term pairs one and the same token (at or before ``q``, before
   the key): a match on a shared earlier token; ``root_own_first``: the largest positive token
   term overall is against the key's own token (the key is the kind of token the query reads,

@@ -297,34 +297,55 @@ def qk_root_tables(
 
 
 def root_split(
-    query_rows: list[SourceShare], key_rows: list[SourceShare], table: np.ndarray, top: int
-) -> tuple[list[RootPair], dict[str, float]]:
+    query_rows: list[SourceShare], key_rows: list[SourceShare], table: np.ndarray, top: int,
+    key: int | None = None,
+) -> tuple[list[RootPair], dict[str, float], dict[str, float]]:  # fmt: skip
     """A ``qk_root_pairs`` table read for people: its ``top`` largest terms by magnitude
     between tokens and errors (largest first), and the table's exact split into ``tokens``
     (token x token terms), ``constants`` (every term with a constant on either side: bias
     nodes, the QK bias side, the nodes' own terms; the always-on part, which cancels across
-    positions only where nothing varies) and ``errors`` (the rest: terms with an error)."""
+    positions only where nothing varies) and ``errors`` (the rest: terms with an error).
+
+    With the ``key`` position, the token part splits again by what the key side holds
+    (``QKReasonRecord.token_parts``): ``key_own`` (terms against the key's own token) and
+    ``moved`` (against tokens that heads at the key moved there), and the listed terms are
+    the ``top`` largest of each of the two (roots at the key and roots elsewhere), so that a
+    match on a moved token (induction: the current token x the token before the key) is
+    listed however large the terms against the key's own token are."""
     constant = np.array([r.kind in ("bias", "qk_bias", "own") for r in query_rows])
     token_q = np.array([r.kind == "embedding" for r in query_rows])
     token_k = np.array([r.kind == "embedding" for r in key_rows])
     varying = table[~constant][:, ~constant]
+    tokens = table[token_q][:, token_k]
     parts = {
-        "tokens": float(table[token_q][:, token_k].sum()),
-        "errors": float(varying.sum() - table[token_q][:, token_k].sum()),
+        "tokens": float(tokens.sum()),
+        "errors": float(varying.sum() - tokens.sum()),
         "constants": float(table.sum() - varying.sum()),
     }
     kept = np.flatnonzero(~constant)  # the same rows on both sides
-    magnitude = np.abs(varying).ravel()
-    flat = np.argpartition(-magnitude, top - 1)[:top] if magnitude.size > top else \
-        np.arange(magnitude.size)  # fmt: skip
-    flat = flat[np.argsort(-magnitude[flat], kind="stable")]
-    a, b = np.unravel_index(flat, varying.shape)
+    token_parts: dict[str, float] = {}
+    if key is None:
+        columns = [np.arange(len(kept))]
+    else:
+        at_key = np.array([key_rows[k].pos == key for k in kept])
+        columns = [np.flatnonzero(at_key), np.flatnonzero(~at_key)]
+        own = np.array([r.pos == key for r in key_rows])[token_k]
+        token_parts = {"key_own": float(tokens[:, own].sum()),
+                       "moved": float(tokens[:, ~own].sum())}  # fmt: skip
+    listed = []
+    for cols in columns:
+        magnitude = np.abs(varying[:, cols]).ravel()
+        flat = np.argpartition(-magnitude, top - 1)[:top] if magnitude.size > top else \
+            np.arange(magnitude.size)  # fmt: skip
+        a, b = np.unravel_index(flat, (len(kept), len(cols)))
+        listed += [(i, cols[j]) for i, j in zip(a.tolist(), b.tolist(), strict=True)]
+    listed.sort(key=lambda ij: -abs(varying[ij]))
     pairs = [
         RootPair(query_rows[kept[i]], key_rows[kept[j]], float(varying[i, j]))
-        for i, j in zip(a.tolist(), b.tolist(), strict=True)
+        for i, j in listed
         if varying[i, j] != 0
     ]
-    return pairs, parts
+    return pairs, parts, token_parts
 
 
 def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> dict:

@@ -272,11 +272,27 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
         # Key-side roots come only from positions up to the query.
         for r, x in zip(k_rows, table.sum(0), strict=True):
             assert r.pos is None or r.pos <= a.query or abs(x) < 1e-9
-        pairs, parts = root_split(q_rows, k_rows, table, 4)
+        pairs, parts, by_key = root_split(q_rows, k_rows, table, 4)
         assert sum(parts.values()) == pytest.approx(a.reason.specific, abs=1e-4)
         assert all(p.query.kind in ("embedding", "error") and p.key.kind in ("embedding", "error")
                    for p in pairs)  # fmt: skip
         assert [abs(p.value) for p in pairs] == sorted((abs(p.value) for p in pairs), reverse=True)
+        assert len(pairs) <= 4 and by_key == {}
+        # Split by the key side: the key's own token against tokens moved there, each listed.
+        pairs, parts, by_key = root_split(q_rows, k_rows, table, 2, key=a.key)
+        tokens_q = [r.kind == "embedding" for r in q_rows]
+        own = [r.kind == "embedding" and r.pos == a.key for r in k_rows]
+        moved = [r.kind == "embedding" and r.pos != a.key for r in k_rows]
+        assert by_key["key_own"] == pytest.approx(table[tokens_q][:, own].sum(), abs=1e-9)
+        assert by_key["moved"] == pytest.approx(table[tokens_q][:, moved].sum(), abs=1e-9)
+        assert sum(by_key.values()) == pytest.approx(parts["tokens"], abs=1e-9)
+        for at_key in (True, False):  # the two largest of each side's terms are listed
+            listed = sorted(abs(p.value) for p in pairs if (p.key.pos == a.key) == at_key)
+            rows = [i for i, r in enumerate(k_rows) if r.kind in ("embedding", "error")
+                    and (r.pos == a.key) == at_key]  # fmt: skip
+            q_rows_kept = [i for i, r in enumerate(q_rows) if r.kind in ("embedding", "error")]
+            every = sorted(np.abs(table[np.ix_(q_rows_kept, rows)]).ravel())
+            assert listed == pytest.approx([x for x in every[-2:] if x != 0])
 
 
 # ----------------------------------------------------------------- groups
@@ -291,6 +307,30 @@ def test_root_text_shows_float_rounding_as_zero():
     assert root_text(r, 3).startswith("specific by roots (tokens +1.08, errors 0, constants 0)")
     r.root_parts = {"tokens": 1.08, "errors": -1e-6, "constants": 0.0}
     assert "errors -1e-06, constants 0)" in root_text(r, 3)
+
+
+def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
+    """Terms against the key's own token can fill the list (a word key for a query that
+    reads words); the largest against a token moved to the key (the induction match) is shown
+    anyway, marked with where it was moved, and the token part is split the same way."""
+    from circuits.mechanism_file import QKReasonRecord, RootPair, SourceShare
+    from reports.mechanisms import root_text
+
+    def token(name, pos, value=0.0):
+        return SourceShare(name, "embedding", None, pos, None, None, value)
+
+    r = QKReasonRecord(2, 0, 23, 9, " v", 0.9, 1.0, 0, 0, 0, 1.0, 0, 0, [])
+    r.root_parts = {"tokens": 20.0, "errors": 0.0, "constants": 0.0}
+    r.token_parts = {"key_own": 9.0, "moved": 11.0}
+    q = token("token 'ays'@23", 23)
+    r.root_pairs = [RootPair(q, token("token ' v'@9", 9), 10.6),
+                    RootPair(token("token 'my'@17", 17), token("token ' v'@9", 9), -2.0),
+                    RootPair(token("token 'x'@20", 20), token("token ' v'@9", 9), 1.9),
+                    RootPair(q, token("token 'ays'@8", 8), 1.5)]  # fmt: skip
+    text = root_text(r, 3)
+    assert "tokens +20 = the key's own +9 + moved to the key +11," in text
+    assert text.endswith("token 'ays'@23 x token ' v'@9 +10.6; token 'my'@17 x token ' v'@9 -2; "
+                         "token 'ays'@23 x token 'ays'@8 -> @9 +1.5")  # fmt: skip
 
 
 def test_a_supernode_sums_its_members_edges_exactly(graph):

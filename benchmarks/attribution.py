@@ -80,14 +80,15 @@ def one_length(model: str, n: int, exact: bool) -> dict:
     def as_the_cli_runs():
         """What ``circuits.trace`` runs by default: one clean run (constants as nodes) shared by
         the graph and QK, influence once, then its QK step (``circuits.trace.qk_step``: every
-        head the pruned graph keeps, contrast split and QK reason)."""
+        head the pruned graph keeps, contrast split, QK reason and sources through the full
+        graph)."""
         t0 = time.perf_counter()
         run = run_prompt(replacement, torch.tensor(tokens), "local", constants=True)
         graph = attribute(replacement, tokens, tokenizer=tokenizer, run=run)
         t1 = time.perf_counter()
         pruned = prune_graph(graph, scored=influence_scores(graph))
         t2 = time.perf_counter()
-        qk_step(replacement, pruned, run)
+        qk_step(replacement, pruned, run, full=graph)
         return t1 - t0, t2 - t1, time.perf_counter() - t2
 
     times, cli_times = [], []

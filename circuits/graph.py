@@ -127,6 +127,30 @@ class QKReason:
 
 
 @dataclass
+class QKSource:
+    """What one side of a QK record's score comes from through the graph
+    (``circuits.qk.qk_sources``): a group of nodes and its exact total in ``query_at`` (the
+    query's own vector against the key's deviation from the mean key) or ``key_at`` (the
+    query's deviation against the key's own vector), the parts of ``QKReason`` that move
+    attention. Heads are grouped by (layer, position, the key they read), as
+    ``circuits.groups.auto_groups`` does, since a job is spread over many rank-1 heads (the
+    previous-token heads at an induction key each carry a small part of the token before it);
+    a feature or an error node is a group of one. ``members``: node ids, largest part first."""
+
+    side: str  # "query" or "key"
+    kind: str  # "lorsa", "transcoder" or "error"
+    layer: int
+    pos: int
+    attends: int | None  # heads: the key they read
+    members: list[str]
+    value: float
+
+
+QK_SOURCE_SIDES = ("query", "key")
+QK_SOURCE_KINDS = ("lorsa", "transcoder", "error")
+
+
+@dataclass
 class QKAttribution:
     """The pre-softmax score of one Lorsa QK head at (query, key), split into exact terms.
 
@@ -154,9 +178,12 @@ class QKAttribution:
     # Optional (``qk_attribution(reason=True)``): the split with both sides' always-on parts
     # named (``QKReason``).
     reason: QKReason | None = None
+    # Optional (``circuits.qk.qk_sources``): each side's largest sources through the graph.
+    sources: list[QKSource] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
+        d["sources"] = [dict(x.__dict__) for x in self.sources]
         d["pairs"] = [[p.query, p.key, p.value] for p in self.pairs]
         d["contrast_pairs"] = [[p.query, p.key, p.value] for p in self.contrast_pairs]
         d["query_marginals"] = [list(m) for m in self.query_marginals]
@@ -173,6 +200,7 @@ class QKAttribution:
         d["key_marginals"] = [tuple(m) for m in d["key_marginals"]]
         reason = d.get("reason")
         d["reason"] = None if reason is None else QKReason.from_dict(reason)
+        d["sources"] = [QKSource(**x) for x in d.get("sources", [])]
         return cls(**d)
 
 
@@ -514,6 +542,6 @@ def no_promotes(n: int) -> Tensor:
 
 __all__ = [
     "FORMAT_VERSION", "Graph", "KINDS", "Kind", "LogitRecord", "QKAttribution", "QKPair",
-    "QKReason",
+    "QKReason", "QKSource",
     "block_of", "logit_stage", "no_promotes", "node_id",
 ]  # fmt: skip

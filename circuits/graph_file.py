@@ -30,7 +30,18 @@ from toy_models.checkpoint import check_content_sha256, content_sha256, save_sta
 from toy_models.cli import one_line
 from toy_models.records import parse_json
 
-from .graph import FORMAT_VERSION, MODES, Graph, LogitRecord, QKAttribution, QKPair, QKReason
+from .graph import (
+    FORMAT_VERSION,
+    MODES,
+    QK_SOURCE_KINDS,
+    QK_SOURCE_SIDES,
+    Graph,
+    LogitRecord,
+    QKAttribution,
+    QKPair,
+    QKReason,
+    QKSource,
+)
 from .nodes import Kind, is_attention, logit_stage
 
 SUFFIX = ".safetensors"
@@ -401,6 +412,7 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         _require(contrast is None or _is_number(contrast), "qk.contrast", "expected a number")
         if d.get("reason") is not None:
             _check_reason(d["reason"])
+        _check_sources(d.get("sources", []), d["query"])
         known = set(QKAttribution.__dataclass_fields__)
         _require(set(d) <= known, "qk", f"unknown keys {sorted(set(d) - known)}")
         try:
@@ -432,6 +444,27 @@ def _check_reason(r) -> None:
             _require(
                 ok and (m[0] is None or isinstance(m[0], str)), f"qk.reason.{name}", "bad entry"
             )
+
+
+def _check_sources(sources, query: int) -> None:
+    """A QK record's ``QKSource`` entries: every field typed, a known side and kind, at a
+    position up to the query's, members named."""
+    _require(isinstance(sources, list), "qk.sources", "expected a list")
+    known = set(QKSource.__dataclass_fields__)
+    for x in sources:
+        _require(isinstance(x, dict) and set(x) == known, "qk.sources",
+                 f"entries must be objects with keys {sorted(known)}")  # fmt: skip
+        _require(x["side"] in QK_SOURCE_SIDES, "qk.sources.side", f"not one of {QK_SOURCE_SIDES}")
+        _require(x["kind"] in QK_SOURCE_KINDS, "qk.sources.kind", f"not one of {QK_SOURCE_KINDS}")
+        for name in ("layer", "pos"):
+            _require(_is_int(x[name]), f"qk.sources.{name}", "expected a non-negative integer")
+        _require(x["pos"] <= query, "qk.sources.pos", "after the query")
+        _require(x["attends"] is None or (_is_int(x["attends"]) and x["attends"] <= x["pos"]),
+                 "qk.sources.attends", "expected null or a key up to its position")  # fmt: skip
+        members = x["members"]
+        _require(isinstance(members, list) and members and all(isinstance(m, str)
+                 for m in members), "qk.sources.members", "expected node ids")  # fmt: skip
+        _require(_is_number(x["value"]), "qk.sources.value", "expected a finite number")
 
 
 def _is_number(x) -> bool:

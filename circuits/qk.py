@@ -16,6 +16,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,6 +28,7 @@ from .graph import (
     QKAttribution,
     QKPair,
     QKReason,
+    QKSource,
     checked_count,
     checked_fraction,
     checked_index,
@@ -338,6 +340,67 @@ def qk_attribution(
             result += records
     graph.qk = result
     return result
+
+
+QK_SOURCES = 3  # per side of a QK record: the largest positive source groups it keeps
+
+
+@torch.no_grad()
+def qk_sources(
+    replacement: ReplacementModel,
+    full: Graph,
+    records: list[QKAttribution],
+    run: PromptRun | None = None,
+    *,
+    top: int = QK_SOURCES,
+) -> None:
+    """Fill each record's ``sources``: its ``query_at`` and ``key_at`` (the query's own vector
+    against the key's deviation, the query's deviation against the key's own vector: the
+    mechanism summary's "query side from" / "key side from") split exactly by node through
+    ``full`` (``circuits.flows.many_qk_side_flows``), heads grouped by (layer, position, the
+    key they read), and per side the ``top`` groups of heads, features and error nodes with
+    the largest positive totals (``QKSource``). Token embeddings and bias nodes are left out:
+    a token reaches the key only through heads there, and those heads are what a drawing can
+    show. ``full`` is the unpruned graph of the records' prompt (only its flows are exact);
+    the records may be a pruned copy's."""
+    from .flows import EdgeSweep, many_qk_side_flows
+
+    checked_count(top, "top")
+    run = run_for_graph(replacement, full, run)
+    if not records:
+        return
+    sides: dict[int, QKSides] = {}
+    requests = []
+    for a in records:
+        if a.layer not in sides:
+            sides[a.layer] = QKSides(run, replacement, a.layer)
+        requests.append((sides[a.layer], a.qk_head, a.query, a.key))
+    flows = many_qk_side_flows(full, requests, EdgeSweep(full, run))
+    kind, layer, pos = full.kind.numpy(), full.layer.numpy(), full.pos.numpy()
+    attends = full.attends.numpy()
+    eligible = np.isin(kind, [Kind.LORSA, Kind.TRANSCODER, Kind.ERROR])
+    # One group code per eligible node: heads by (layer, position, key read), others alone.
+    grouped = (kind == Kind.LORSA) & (attends >= 0)
+    key = np.where(grouped, (layer * len(run.tokens) + pos) * len(run.tokens) + attends,
+                   -1 - np.arange(full.n_nodes))[eligible]  # fmt: skip
+    _, code = np.unique(key, return_inverse=True)
+    nodes = np.flatnonzero(eligible)
+    for a, (q_flow, k_flow, _) in zip(records, flows, strict=True):
+        a.sources = []
+        for side, flow in (("query", q_flow), ("key", k_flow)):
+            part = flow[nodes]
+            totals = np.bincount(code, weights=part)
+            best = [g for g in np.argsort(-totals, kind="stable")[:top] if totals[g] > 0]
+            for g in best:
+                members = nodes[code == g]
+                members = members[np.argsort(-flow[members], kind="stable")]
+                first = int(members[0])
+                a.sources.append(QKSource(
+                    side=side, kind=Kind(int(kind[first])).label, layer=int(layer[first]),
+                    pos=int(pos[first]),
+                    attends=int(attends[first]) if kind[first] == Kind.LORSA else None,
+                    members=[full.ids[m] for m in members.tolist()], value=float(totals[g]),
+                ))  # fmt: skip
 
 
 def _summaries(terms, scores, triples, attention, names: SlotNames, top) -> list[QKAttribution]:

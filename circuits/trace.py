@@ -259,15 +259,19 @@ def main(argv: list[str] | None = None) -> int:
         return _trace(args, formats)
 
 
-def qk_step(replacement, graph, run, key_mass: float | None = None) -> None:
+def qk_step(replacement, graph, run, key_mass: float | None = None, full=None) -> None:
     """The trace's QK step (``benchmarks/attribution.py`` times this very call): every head
-    the pruned graph keeps, with the contrast split and the QK reason."""
-    from .qk import qk_attribution
+    the pruned graph keeps, with the contrast split and the QK reason, and with ``full`` (the
+    unpruned graph) each record's sources through the graph (``qk_sources``), which the
+    drawing's QK edges come from."""
+    from .qk import qk_attribution, qk_sources
 
     heads = graph.is_kind("lorsa").nonzero().squeeze(1)
-    qk_attribution(
+    records = qk_attribution(
         replacement, graph, heads, key_mass=key_mass, contrast=True, reason=True, run=run
     )
+    if full is not None:
+        qk_sources(replacement, full, records, run)
 
 
 def _trace(args: argparse.Namespace, formats: list[str]) -> int:
@@ -310,7 +314,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
             "--max-nodes (the default keeps about 10,000)"
         )
     if args.qk:
-        qk_step(replacement, graph, run, args.key_mass)
+        qk_step(replacement, graph, run, args.key_mass, full)
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings["scores"] = scored.scores

@@ -248,7 +248,8 @@ def to_dot(
             label=e.side,
             fontsize="8",
             penwidth="0.8",
-            tooltip=f"QK {'query' if e.side == 'q' else 'key'} side {src} -> {tgt}: {e.value:+.4g}",
+            tooltip=f"QK {'query' if e.side == 'q' else 'key'} side {src} -> {tgt}: {e.value:+.4g}"
+            + (f" (a group of {e.members} nodes with it, in all)" if e.members > 1 else ""),
         )
         lines.append(f"  {_q(src)} -> {_q(tgt)} {attrs};")
     lines.append("}")

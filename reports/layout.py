@@ -56,13 +56,18 @@ class Edge:
 
 @dataclass(frozen=True)
 class QKEdge:
-    """The strongest query-side (``side == "q"``) or key-side (``"k"``) node behind a Lorsa
-    head's attention score; ``value`` is that node's QK pair term (or marginal)."""
+    """What a Lorsa head's attention score comes from on its query (``side == "q"``) or key
+    (``"k"``) side. From a record's ``sources`` (``circuits.qk.qk_sources``): the largest
+    source group through the graph, drawn from its strongest member, ``value`` the group's
+    total and ``members`` its size (the previous-token heads at an induction key: each
+    carries a little, the group most). Without sources: the strongest node of the record's
+    pairs (``value`` its pair term or marginal), ``members`` 1."""
 
     source: int
     target: int
     side: str
     value: float
+    members: int = 1
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class Selection:
     n_edges: int
     ranked_by: str  # what chose the heads, features and errors: "influence" or "|activation|"
     trimmed: bool  # whether the budget left out any head, feature, error or edge
+    behind: tuple[int, ...] = ()  # nodes drawn beyond the budget as drawn heads' QK sources
 
 
 def check_selection(graph: Graph, selection: Selection) -> None:
@@ -120,15 +126,36 @@ def _top_qk_node(a, side: str, id_to_index: dict[str, int]) -> tuple[int, float]
     return None
 
 
-def qk_edges(graph: Graph, nodes: Iterable[int] | None = None) -> list[QKEdge]:
+def _top_qk_source(a, side: str, id_to_index: dict[str, int]) -> tuple[int, float, int] | None:
+    """The largest of ``a.sources`` on ``side`` with a member in ``id_to_index``: its
+    strongest such member, the group's total and its size."""
+    for x in a.sources:
+        if x.side != side:
+            continue
+        for member in x.members:
+            if member in id_to_index:
+                return id_to_index[member], float(x.value), len(x.members)
+    return None
+
+
+def qk_edges(
+    graph: Graph, nodes: Iterable[int] | None = None, sources: Iterable[int] | None = None
+) -> list[QKEdge]:
     """For every Lorsa node with a QK attribution at the key it reads (``Graph.qk_for``'s
-    first), its top query-side and key-side nodes.
+    first), one QK edge per side: from the record's largest source group (``sources``, which
+    the trace computes) with a member present, else from its top query-side and key-side
+    nodes by pair term.
 
     With ``nodes`` only those nodes count as present: heads outside it get no QK edges, and
-    a side whose top node is outside it falls back to its strongest node inside it.
+    a side whose top node is outside it falls back to its strongest node inside it. A source
+    group may be drawn from any node of ``sources`` (default: ``nodes``): ``select`` passes
+    every node of the graph, so that the heads behind a drawn head's attention are drawn with
+    it, however small each one's own influence on the targets.
     """
     present = set(range(graph.n_nodes)) if nodes is None else set(nodes)
+    reach = present if sources is None else set(sources)
     id_to_index = {name: i for name, i in graph.id_to_index.items() if i in present}
+    source_index = {name: i for name, i in graph.id_to_index.items() if i in reach}
     edges: dict[tuple[int, int, str], QKEdge] = {}
     for target in (graph.kind == Kind.LORSA).nonzero().squeeze(1).tolist():
         if target not in present:
@@ -138,12 +165,16 @@ def qk_edges(graph: Graph, nodes: Iterable[int] | None = None) -> list[QKEdge]:
                 continue  # no record at the key it reads (a hand-made list); a global
                 # graph's heads read no key: their record is their QK group's
             for side in ("query", "key"):
-                top = _top_qk_node(a, side, id_to_index)
+                if a.sources:
+                    top = _top_qk_source(a, side, source_index)
+                else:
+                    top = _top_qk_node(a, side, id_to_index)
+                    top = top and (*top, 1)
                 if top is None or top[0] == target:
                     continue
                 key = (top[0], target, side[0])
                 if key not in edges or abs(top[1]) > abs(edges[key].value):
-                    edges[key] = QKEdge(top[0], target, side[0], top[1])
+                    edges[key] = QKEdge(top[0], target, side[0], top[1], top[2])
     return list(edges.values())
 
 
@@ -165,7 +196,8 @@ def select(
     """The nodes and edges one readable drawing of ``graph`` shows.
 
     Heads, features and error nodes: the ``max_nodes`` highest by influence (|activation|
-    when the graph has no influence), all of them when ``max_nodes`` is None or not binding.
+    when the graph has no influence), all of them when ``max_nodes`` is None or not binding,
+    and the QK source each drawn head's record names on each side (``qk_edges``).
     Logits: always all. Embeddings: only those a drawn edge (solid or QK) leaves. Edges: the
     strongest nonzero ones among those nodes, at most ``max_edges``; ``"auto"`` allows
     ``EDGES_PER_NODE`` per node that can be drawn, None every one. QK edges are not counted.
@@ -187,18 +219,24 @@ def select(
     logits = graph.is_target.nonzero().squeeze(1).tolist()
     embeddings = [i for i, k in enumerate(kinds) if k == "embedding"]
     candidates = set(inner) | set(logits) | set(embeddings)
+    # The QK sources of the drawn heads are drawn too, beyond the budget: the heads behind an
+    # attention pattern (previous-token heads at an induction key) have little influence of
+    # their own on the targets.
+    qk = qk_edges(graph, candidates, sources=range(graph.n_nodes))
+    behind = {e.source for e in qk if kinds[e.source] in INNER_KINDS} - candidates
+    candidates |= behind
 
     every = strongest_edges(graph)
     among = [e for e in every if e.source in candidates and e.target in candidates]
     if max_edges == "auto":
         sources = {e.source for e in among if kinds[e.source] == "embedding"}
-        max_edges = EDGES_PER_NODE * (len(inner) + len(logits) + len(sources))
+        max_edges = EDGES_PER_NODE * (len(inner) + len(behind) + len(logits) + len(sources))
     edges = among if max_edges is None else among[:max_edges]
     trimmed = trimmed or len(edges) < len(every)
-    qk = qk_edges(graph, candidates)
     connected = {e.source for e in edges} | {e.source for e in qk}
-    nodes = sorted({*inner, *logits, *(i for i in embeddings if i in connected)})
-    return Selection(nodes, edges, qk, graph.n_nodes, len(every), ranked_by, trimmed)
+    nodes = sorted({*inner, *behind, *logits, *(i for i in embeddings if i in connected)})
+    return Selection(nodes, edges, qk, graph.n_nodes, len(every), ranked_by, trimmed,
+                     tuple(sorted(behind)))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ layout

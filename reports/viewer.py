@@ -85,6 +85,19 @@ def _qk_record(graph: Graph, a: QKAttribution) -> dict:
         "contrast": _num(a.contrast),
         "contrastPairs": [[p.query, p.key, _num(p.value)] for p in a.contrast_pairs],
         "reason": None if a.reason is None else _reason(a.reason),
+        # its sources through the graph, per side largest first: the QK edges' (layout.qk_edges)
+        "sources": [
+            {
+                "side": x.side[0],
+                "members": x.members,
+                "value": _num(x.value),
+                "kind": x.kind,
+                "layer": x.layer,
+                "pos": x.pos,
+                "attends": x.attends,
+            }
+            for x in a.sources
+        ],
     }
 
 
@@ -216,7 +229,8 @@ def default_view(graph: Graph, selection: Selection) -> dict:
     many heads, features and errors as it keeps, edges down to its weakest one."""
     kinds = graph.kinds
     n_inner = sum(k in INNER_KINDS for k in kinds)
-    budget = sum(kinds[i] in INNER_KINDS for i in selection.nodes)
+    # the QK sources drawn beyond the budget come with the heads they explain
+    budget = sum(kinds[i] in INNER_KINDS for i in selection.nodes) - len(selection.behind)
     if not selection.trimmed:
         budget = n_inner
     # Edges among the nodes the selection could draw (every embedding is a candidate there).

@@ -322,3 +322,34 @@ def test_subgraph_edges_of_the_wrong_shape_are_refused():
         graph.subgraph(keep, edges=np.zeros((3, 3), np.float32))
     sub = graph.subgraph(keep, edges=sp.coo_array(np.zeros((3, 3), np.float32)))
     assert isinstance(sub.edges, sp.csr_array) and sub.n_edges == 0
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"kind": "embedding"}, "qk.sources.kind"),
+        ({"side": "value"}, "qk.sources.side"),
+        ({"pos": 99}, "qk.sources.pos"),
+        ({"attends": 7}, "qk.sources.attends"),
+        ({"members": []}, "qk.sources.members"),
+        ({"members": [3]}, "qk.sources.members"),
+        ({"value": True}, "qk.sources.value"),
+        ({"value": float("nan")}, "not a valid graph"),  # JSON cannot carry it
+        ({"layer": -1}, "qk.sources.layer"),
+    ],
+)
+def test_a_qk_records_sources_are_checked(tmp_path, change, field):
+    """A QK record's sources (``circuits.qk.qk_sources``) read back as written, and sources
+    that no trace makes are refused, naming the field (the writer runs the reader's checks)."""
+    from circuits.graph import QKSource
+
+    graph = make_graph()
+    a = graph.qk[0]
+    good = QKSource("key", "lorsa", 0, a.key, max(a.key - 1, 0), [graph.ids[0]], 1.5)
+    a.sources = [good, dataclasses.replace(good, side="query", pos=a.query, attends=a.query)]
+    graph.save(tmp_path / "good.safetensors")
+    assert Graph.load(tmp_path / "good.safetensors").qk[0].sources == a.sources
+    a.sources = [dataclasses.replace(good, **change)]
+    with pytest.raises(GraphFileError, match=field):  # the writer runs the reader's checks
+        graph.save(tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()

@@ -66,3 +66,58 @@ def test_bad_qk_record_arguments_are_refused(replacement, run, change, message):
     args = GOOD | {k: v for k, v in change.items() if k != "top"}
     with pytest.raises(ValueError, match=message):
         qk_record(replacement, run, *args.values(), top=change.get("top", 10))
+
+
+def test_qk_sources_group_each_sides_flow_exactly(replacement, run):
+    """A record's sources: per side, the largest positive groups of that side's split through
+    the graph (``qk_side_flows``, tested against the parts it must sum to elsewhere), heads
+    grouped by (layer, position, key read) and anything else alone, each total the sum of
+    its members' parts; token embeddings and bias nodes never a source."""
+    from collections import defaultdict
+
+    from circuits.attribution import attribute
+    from circuits.flows import qk_side_flows
+    from circuits.graph import Graph
+    from circuits.qk import qk_attribution, qk_sources
+
+    full = attribute(replacement, run.tokens, run=run)
+    # layer 1's heads: a layer-0 head's sides hold only token embeddings and constants
+    heads = (full.is_kind("lorsa") & (full.layer == 1)).nonzero().squeeze(1)[:12]
+    records = qk_attribution(replacement, full, heads, run=run)
+    qk_sources(replacement, full, records, run, top=2)
+    kinds, layers, positions = full.kinds, full.layer.tolist(), full.pos.tolist()
+    for a in records:
+        with torch.no_grad():
+            side = QKSides(run, replacement, a.layer)
+        q_flow, k_flow, _ = qk_side_flows(full, side, a.qk_head, a.query, a.key)
+        for name, flow in (("query", q_flow), ("key", k_flow)):
+            totals, members = defaultdict(float), defaultdict(list)
+            for n in np.flatnonzero(flow):
+                if kinds[n] not in ("lorsa", "transcoder", "error"):
+                    continue
+                key = (layers[n], positions[n], int(full.attends[n])) if kinds[n] == "lorsa" else n
+                totals[key] += flow[n]
+                members[key].append(full.ids[n])
+            best = sorted((v for v in totals.values() if v > 0), reverse=True)[:2]
+            listed = [x for x in a.sources if x.side == name]
+            assert [x.value for x in listed] == pytest.approx(best, rel=1e-9, abs=1e-12)
+            for x in listed:
+                key = (
+                    (x.layer, x.pos, x.attends)
+                    if x.kind == "lorsa"
+                    else full.id_to_index[x.members[0]]
+                )
+                assert sorted(x.members) == sorted(members[key]) and x.pos <= a.query
+                parts = [flow[full.id_to_index[m]] for m in x.members]
+                assert parts == sorted(parts, reverse=True)  # strongest member first
+    # They travel in the graph file, and a file's sources are checked.
+    import tempfile
+    from pathlib import Path
+
+    full.qk = records
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "g.safetensors"
+        full.save(path)
+        back = Graph.load(path)
+    assert [a.sources for a in back.qk] == [a.sources for a in records]
+    assert any(a.sources for a in records)

@@ -679,3 +679,50 @@ def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_p
         heading = predicting_heading(summary.group(t.predicting_group), t.node)
         assert f"{heading}: {t.predicting_group}" in line
         assert t.head_groups[1:] and f"(next by flow: {', '.join(t.head_groups[1:])})" in line
+
+
+def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser, tmp_path):
+    """On an induction prompt of no template, what the induction heads' key side comes from
+    most through the graph (``qk_sources``) is the group of layer-0 heads at the key reading
+    the token before it (ground truth: previous-token heads). Each carries a little, too
+    little influence on the logit to make the drawing's budget, so the drawing brings the
+    group's strongest member in beyond the budget with a QK edge into the induction heads:
+    in the SVG's selection (``reports.layout.select``) and on the page, whose panel lists the
+    group under the head's QK record."""
+    from circuits.attribution import attribute, run_prompt
+    from circuits.prune import prune_graph
+    from circuits.trace import qk_step
+    from replacement.model import load_pretrained
+    from toy_models.tokenizer import encode_prompt
+
+    replacement, tokenizer = load_pretrained("default")
+    prompt = "My sister plays violin on stage and my sister plays"
+    tokens = torch.tensor(encode_prompt(tokenizer, prompt, replacement.model.trained_positions))
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    full = attribute(replacement, tokens, tokenizer=tokenizer, run=run, prompt=prompt)
+    graph = prune_graph(full)
+    qk_step(replacement, graph, run, full=full)
+    key = graph.token_strings.index(" v")  # the first token of ' violin', which is predicted
+    q = len(tokens) - 1
+    induction = [i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+                 if int(graph.layer[i]) == 2 and int(graph.pos[i]) == q
+                 and graph.read_key(i) == key]  # fmt: skip
+    assert len(induction) >= 10
+    for i in induction:
+        top = next(x for x in graph.qk_for(i)[0].sources if x.side == "key")
+        assert (top.kind, top.layer, top.pos, top.attends) == ("lorsa", 0, key, key - 1)
+        assert len(top.members) >= 8 and top.value > 0
+    selection = layout.select(graph)
+    members = {graph.id_to_index[m] for m in top.members if m in graph.id_to_index}
+    behind = members & set(selection.behind)
+    assert behind, "a previous-token head is drawn beyond the budget"
+    assert {(e.source, e.side) for e in selection.qk if e.target in induction} >= {
+        (b, "k") for b in behind}  # fmt: skip
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in selection.nodes)
+    click_node(browser, graph.ids[induction[0]])
+    text = panel_text(browser)
+    assert "key side from, through the graph:" in text
+    assert f"L0 {len(top.members)} heads @{key} reading @{key - 1} 'ays'" in text

@@ -197,6 +197,21 @@
     for (const i of state.pinned) show[i] = 1;
     const groupOf = new Int32Array(N).fill(-1);
     state.groups.forEach((g, k) => g.members.forEach((i) => { groupOf[i] = k; show[i] = 1; }));
+    // The QK source each drawn head's record names on each side is drawn too, beyond the
+    // budget (reports.layout.select): the heads behind an attention pattern have little
+    // influence of their own.
+    const behind = [];
+    for (let i = 0; i < N; i++) {
+      if (!show[i] || nodes[i].kind !== "lorsa" || !nodes[i].qk) continue;
+      for (const rec of nodes[i].qk.slice(0, 1)) {
+        if (meta.positional && rec.key !== nodes[i].attends) continue;
+        for (const side of ["q", "k"]) {
+          const top = topSource(rec, side);
+          if (top && !show[top[0]] && INNER.has(nodes[top[0]].kind)) behind.push(top[0]);
+        }
+      }
+    }
+    for (const i of behind) show[i] = 1;
     const candidate = show.slice();
     nodes.forEach((n, i) => { if (n.kind === "embedding") candidate[i] = 1; });
 
@@ -246,7 +261,7 @@
           const a = itemOf[top[0]], b = itemOf[i];
           if (a === b) continue;
           const key = a + "," + b + "," + side, old = qk.get(key);
-          if (!old || Math.abs(top[1]) > Math.abs(old.v)) qk.set(key, { s: a, t: b, side, v: top[1] });
+          if (!old || Math.abs(top[1]) > Math.abs(old.v)) qk.set(key, { s: a, t: b, side, v: top[1], n: top[2] || 1 });
         }
       }
     }
@@ -261,7 +276,23 @@
     });
     return { items, itemOf, edges, qkEdges, among, groupOf };
   }
+  // A record's largest source group on `side` with a member on the page: its strongest such
+  // member, the group's total and its size (reports.layout._top_qk_source).
+  function topSource(rec, side) {
+    for (const x of rec.sources || []) {
+      if (x.side !== side) continue;
+      for (const id of x.members) {
+        const i = byId.get(id);
+        if (i !== undefined) return [i, x.value, x.members.length];
+      }
+    }
+    return null;
+  }
   function topQK(rec, side, present) {
+    if (rec.sources && rec.sources.length) {
+      const top = topSource(rec, side);
+      return top && present[top[0]] ? top : null;
+    }
     const col = side === "q" ? 0 : 1;
     for (const p of rec.pairs) {
       const i = p[col] == null ? undefined : byId.get(p[col]);
@@ -564,7 +595,7 @@
       const label = svgEl("text", { class: "qk-label", x: (x1 + x2) / 2 + 3, y: (y1 - h1 + y2 + h2) / 2 });
       label.textContent = e.side;
       const title = svgEl("title");
-      title.textContent = shown((e.side === "q" ? "query side of " : "key side of ") + itemLabel(view.items[e.t]) + ": " + itemLabel(view.items[e.s]) + " " + signed(e.v));
+      title.textContent = shown((e.side === "q" ? "query side of " : "key side of ") + itemLabel(view.items[e.t]) + ": " + itemLabel(view.items[e.s]) + " " + signed(e.v) + (e.n > 1 ? ` (a group of ${e.n} nodes with it, in all)` : ""));
       g.append(label, title);
       gQK.append(g);
       return g;
@@ -916,6 +947,20 @@
     const keyTok = " " + quote(rec.keyToken);
     const block = el("div", { class: "qk" },
       el("div", {}, `key ${rec.key}${keyTok} · attention ${fmt(rec.attention, 3)} · score ${signed(rec.score)} (rest ${signed(rec.rest)})`));
+    if (rec.sources && rec.sources.length) {
+      // Where each side comes from through the graph, heads grouped by the key they read (the
+      // drawn QK edges come from the first of each side).
+      const what = (x) => x.kind === "lorsa"
+        ? `L${x.layer} ${x.members.length === 1 ? "head" : x.members.length + " heads"} @${x.pos} reading @${x.attends}${meta.promptTokens[x.attends] != null ? " " + quote(meta.promptTokens[x.attends]) : ""}`
+        : `L${x.layer} ${x.kind === "error" ? "error" : "feature"} @${x.pos}`;
+      for (const side of ["q", "k"]) {
+        const list = rec.sources.filter((x) => x.side === side);
+        if (!list.length) continue;
+        block.append(el("div", { class: "muted" }, `${side === "q" ? "query" : "key"} side from, through the graph:`),
+          el("ul", {}, ...list.map((x) => el("li", {}, `${what(x)} `, el("span", { class: x.value > 0 ? "pos" : "neg" }, signed(x.value)), ": ",
+            ...x.members.slice(0, 3).flatMap((id, j) => [j ? " " : "", noderef(id)]), x.members.length > 3 ? ` and ${x.members.length - 3} more` : ""))));
+      }
+    }
     if (rec.pairs.length) {
       block.append(el("div", { class: "muted" }, "largest terms, query-side × key-side:"),
         el("ul", {}, ...rec.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ", noderef(p[1]), ": ",

@@ -367,15 +367,20 @@ def qk_sources(
 
     checked_count(top, "top")
     run = run_for_graph(replacement, full, run)
+    for a in records:
+        a.sources = []
+    # A layer's heads read only what the layers below wrote: layer 0's sides hold token
+    # embeddings and constants alone, and each layer's records are swept from its own stage.
+    records = [a for a in records if a.layer > 0]
     if not records:
         return
-    sides: dict[int, QKSides] = {}
-    requests = []
-    for a in records:
-        if a.layer not in sides:
-            sides[a.layer] = QKSides(run, replacement, a.layer)
-        requests.append((sides[a.layer], a.qk_head, a.query, a.key))
-    flows = many_qk_side_flows(full, requests, EdgeSweep(full, run))
+    sweep = EdgeSweep(full, run)
+    flows = {}
+    for layer in sorted({a.layer for a in records}):
+        side = QKSides(run, replacement, layer)
+        mine = [a for a in records if a.layer == layer]
+        requests = [(side, a.qk_head, a.query, a.key) for a in mine]
+        flows |= dict(zip(map(id, mine), many_qk_side_flows(full, requests, sweep), strict=True))
     kind, layer, pos = full.kind.numpy(), full.layer.numpy(), full.pos.numpy()
     attends = full.attends.numpy()
     eligible = np.isin(kind, [Kind.LORSA, Kind.TRANSCODER, Kind.ERROR])
@@ -385,8 +390,8 @@ def qk_sources(
                    -1 - np.arange(full.n_nodes))[eligible]  # fmt: skip
     _, code = np.unique(key, return_inverse=True)
     nodes = np.flatnonzero(eligible)
-    for a, (q_flow, k_flow, _) in zip(records, flows, strict=True):
-        a.sources = []
+    for a in records:
+        q_flow, k_flow, _ = flows[id(a)]
         for side, flow in (("query", q_flow), ("key", k_flow)):
             part = flow[nodes]
             totals = np.bincount(code, weights=part)

@@ -82,6 +82,20 @@ def after_text(before: float | None, after: float | None) -> str:
     return f" (p {before:.2g} -> {after:.2g})"
 
 
+def own_token_text(t: TargetRecord, pos: int | None) -> str:
+    """When the token at the target's own position ``pos`` carries the largest positive part
+    of the target's token flow (``tokens_by_position``), a line saying so: nothing moves it
+    there (a list's item is the query token itself: ``Tuesday Wednesday Thursday`` ->
+    `` Friday``), so the predicting heads, the largest movers from other positions, are not
+    where most of it comes from; else empty."""
+    top = next((x for x in t.tokens_by_position if x.flow > 0), None)
+    if pos is None or top is None or top.pos != pos:
+        return ""
+    return (f"the current token {top.token!r}@{pos} carries the most of it ({_signed(top.flow)} "
+            f"of tokens {_signed(t.tokens)}), at the target's own position, where no head needs "
+            "to move it")  # fmt: skip
+
+
 def moved_text(t: TargetRecord) -> str:
     """What the heads at a target's position bring from each key position (its
     ``moved_by_position``), in one line; empty when no head there carries flow."""
@@ -196,6 +210,8 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
                      f"{_signed(t.constants)}{consts}, errors {_signed(t.errors)}")  # fmt: skip
         if t.predicting_group:
             g = names[t.predicting_group]
+            if own_token_text(t, g.pos):
+                lines.append(f"  {own_token_text(t, g.pos)}")
             lines.append(f"  {predicting_heading(g, t.node)}: {short(g.key)}, flow "
                          f"{_signed(g.flow[t.node])}")  # fmt: skip
             if moved_text(t):
@@ -384,6 +400,9 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         )
         if t.predicting_group:
             heading = predicting_heading(summary.group(t.predicting_group), t.node)
+            own = own_token_text(t, summary.group(t.predicting_group).pos)
+            if own:
+                parts.append(f"<p>{_esc(own)}</p>")
             parts.append(f"<p>{heading}: <b>{_esc(t.predicting_group)}</b> "
                          f"{_esc(names[t.predicting_group])}</p>")  # fmt: skip
             if moved_text(t):

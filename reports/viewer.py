@@ -125,6 +125,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         after_text,
         carried_text,
         moved_text,
+        own_token_text,
         predicting_heading,
         ref_text,
         root_text,
@@ -145,7 +146,9 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "byPosition": [{"pos": x.pos, "token": x.token, "flow": _num(x.flow)}
                             for x in t.tokens_by_position[:TOKEN_SHARES]],
              "morePositions": max(0, len(t.tokens_by_position) - TOKEN_SHARES),
-             "moved": moved_text(t) or None}
+             "moved": moved_text(t) or None,
+             "own": (own_token_text(t, summary.group(t.predicting_group).pos) or None)
+             if t.predicting_group else None}
             for t in summary.targets
         ],
         "paths": [{"target": p.target, "groups": p.groups, "flow": _num(p.flow)}

@@ -333,6 +333,25 @@ def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
                          "token 'ays'@23 x token 'ays'@8 -> @9 +1.5")  # fmt: skip
 
 
+def test_the_summary_says_when_the_current_token_carries_the_most():
+    """A list's item is often the query token itself: the summary names the largest mover
+    from another position, so a line says first that the current token carries the most of
+    the target's token flow, from the fields (``tokens_by_position``), never otherwise."""
+    from circuits.mechanism_file import TargetRecord, TokenShare
+    from reports.mechanisms import own_token_text
+
+    shares = [TokenShare(4, " Thursday", 13.1), TokenShare(3, " Wednesday", 7.56)]
+    t = TargetRecord("logit_0", " Friday", None, 0.95, 14.4, 23.2, 0.0, -8.8, [], None, None,
+                     None, "g0", tokens_by_position=shares)  # fmt: skip
+    assert own_token_text(t, 4) == (
+        "the current token ' Thursday'@4 carries the most of it (+13.1 of tokens +23.2), at "
+        "the target's own position, where no head needs to move it"
+    )
+    assert own_token_text(t, 5) == own_token_text(t, None) == ""
+    t.tokens_by_position = [TokenShare(4, " Thursday", -20.0), *shares[1:]]
+    assert own_token_text(t, 4) == ""  # the largest positive part is elsewhere
+
+
 def test_a_supernode_sums_its_members_edges_exactly(graph):
     heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()[-3:]
     view = group(graph, heads, "my heads")

@@ -864,6 +864,7 @@
         (t.runnerUp != null ? ` · margin over ${quote(t.runnerUp)} ${signed(t.margin)}` : "") +
         (t.predicting ? ` · ${t.predictingLabel}: ${t.predicting}` : "") +
         (t.next && t.next.length ? ` (next by flow: ${t.next.join(", ")})` : "")));
+      if (t.own) out.push(el("p", {}, t.own));
       if (t.moved) out.push(el("p", { class: "muted" }, t.moved));
       const paths = m.paths.filter((p) => p.target === t.node);
       if (paths.length) out.push(el("ul", { class: "paths" }, ...paths.map((p) =>

@@ -33,7 +33,7 @@ from .graphviz import show_bidi
 from .labels import node_labels
 from .layout import Selection, check_selection, select
 from .mechanisms import CSS as MECHANISMS_CSS
-from .mechanisms import mechanisms_html
+from .mechanisms import mechanisms_html, summary_for
 from .viewer import assets, script_json, viewer_data
 
 TABLE_OPEN_NODES = 200  # the node table starts open up to this many nodes
@@ -121,6 +121,8 @@ def html_page(
     if selection is None:
         selection = select(graph)
     check_selection(graph, selection)
+    if mechanisms is not None:
+        mechanisms = summary_for(mechanisms, graph)
     drawing = _drawing_html(svg_text)  # refuses text that is not an SVG before any work
     drawn = set(selection.nodes)
     labels = node_labels(graph)

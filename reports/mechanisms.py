@@ -33,6 +33,30 @@ PREDICTING = "predicting heads (the largest mover from another position)"
 NO_MOVER = "no head group there moves a positive flow from another position; the largest"
 
 
+def summary_for(summary: MechanismSummary, graph) -> MechanismSummary:
+    """``summary`` checked as its file would be (``checked_summary``) and as a summary of
+    ``graph``'s prompt: the same tokens, mode and model, and its targets among the graph's
+    nodes. A summary of another prompt would show its groups, paths and checks beside this
+    graph, with any member whose id the graph also has marked as drawn."""
+    summary = checked_summary(summary)
+    model = str(graph.model.get("name", "")) if graph.positional else ""
+    problem = (
+        "a global graph has no prompt" if not graph.positional
+        else "other tokens" if summary.tokens != graph.token_strings
+        else f"mode {summary.mode!r}, the graph's is {graph.mode!r}"
+        if summary.mode != graph.mode
+        else f"model {summary.model!r}, the graph's is {model!r}"
+        if summary.model and model and summary.model != model
+        else "targets the graph does not hold"
+        if any(t.node not in graph.id_to_index for t in summary.targets)
+        else None
+    )  # fmt: skip
+    if problem:
+        raise ValueError(f"the mechanism summary is not this graph's ({problem}): pass the "
+                         "summary of the same trace")  # fmt: skip
+    return summary
+
+
 def predicting_heading(g: GroupRecord, node: str) -> str:
     """``PREDICTING`` when the predicting group moves something into target ``node`` from
     another position (its key is neither BOS nor its own position, its flow positive: what

@@ -47,7 +47,6 @@ import numpy as np
 
 from circuits.concepts import AT_CHANCE, at_chance
 from circuits.graph import Graph, QKAttribution
-from circuits.mechanism_file import checked_summary
 from circuits.nodes import Kind, logit_stage, unit_id
 
 from .labels import node_labels, short_label_lines, stage_name
@@ -117,7 +116,7 @@ def _reason(r) -> dict:
 def mechanisms_data(summary, graph: Graph) -> dict | None:
     """A ``circuits.mechanism_file.MechanismSummary`` for the panel: targets with their exact
     parts, paths by group key, and each group with its members present in this graph (checked
-    first, as its file would be: ``checked_summary``)."""
+    first, as its file would be and as this graph's: ``reports.mechanisms.summary_for``)."""
     if summary is None:
         return None
     from .mechanisms import (
@@ -129,9 +128,10 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         predicting_heading,
         ref_text,
         root_text,
+        summary_for,
     )
 
-    summary = checked_summary(summary)
+    summary = summary_for(summary, graph)
     known = graph.id_to_index
     before = {t.node: t.probability for t in summary.targets}
     return {

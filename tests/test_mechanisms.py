@@ -1053,3 +1053,24 @@ def _sweep_of_other(pruned):
     sweep = EdgeSweep.__new__(EdgeSweep)
     sweep.edges, sweep.ids = pruned.edges, pruned.ids
     return sweep
+
+
+def test_a_summary_is_shown_only_beside_its_own_graph(graph, replacement, run, tokens):
+    """A summary of another prompt (or mode) beside a graph would show its groups and checks
+    as this graph's, matching members by id: the report page and the viewer's data refuse it
+    in one line; the graph's own summary, and its pruned graph, are fine."""
+    from circuits.prune import prune_graph
+    from reports.viewer import mechanisms_data
+
+    summary = summarize(replacement, graph, run, check=False)
+    assert html_page(prune_graph(graph), mechanisms=summary)
+    other_tokens = tokens.clone()
+    other_tokens[3] = (int(tokens[3]) % 40) + 1 if int(tokens[3]) != 1 else 2
+    other = attribute(replacement, other_tokens, max_logits=3, mode=run.mode)
+    other_mode = "sparse" if run.mode == "local" else "local"
+    moded = attribute(replacement, tokens, max_logits=3, mode=other_mode)
+    for wrong, why in ((other, "other tokens"), (moded, f"mode {run.mode!r}")):
+        with pytest.raises(ValueError, match=f"not this graph's \\({why}"):
+            html_page(wrong, mechanisms=summary)
+        with pytest.raises(ValueError, match="not this graph's"):
+            mechanisms_data(summary, wrong)

@@ -13,14 +13,14 @@ after seeing what the model gets right.
 
 Each entry is a family, a prompt and the text that should follow; the expected token is the
 first token of that text after the prompt's tokens (a prompt whose tokens are not a prefix of
-the whole text's has none: counted, never scored). For the prompts whose top token is the expected one, the
-trace's pipeline (constants as nodes, the expected token's logit as the target, the unit
-dashboards' concept labels when the model has them) runs ``circuits.mechanisms.summarize``
-with its checks, and every check of every summary group is counted: sign agreement with
-attention frozen and free, flagged (``EffectCheck.flagged``), and ``demeaned``: checks whose
-measured change (attention frozen) and the token's probability moved in opposite directions
-(``EffectCheck.probability_frozen``), where the demeaned logit rose while the probability fell
-or the reverse.
+the whole text's has none: counted, never scored). For the prompts whose top token is the
+expected one, the trace's pipeline (constants as nodes, the expected token's logit as the
+target, the unit dashboards' concept labels when the model has them) runs
+``circuits.mechanisms.summarize`` with its checks, and every check of every summary group is
+counted: sign agreement with attention frozen and free, flagged (``EffectCheck.flagged``), and
+``demeaned``: checks whose measured change (attention frozen) and the token's probability moved
+in opposite directions (``EffectCheck.probability_frozen``), where the demeaned logit rose
+while the probability fell or the reverse.
 
 Writes benchmarks/results/hand_prompts_{model}.json: per family and overall the counts and
 rates, and every prompt's record (the predicting group, each check).

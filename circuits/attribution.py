@@ -20,6 +20,7 @@ products, never by backward passes (autograd is the tests' oracle, ``circuits.in
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +30,17 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from replacement.model import MODES, ReplacementModel, hook_name
-from toy_models.tokenizer import token_text
+from toy_models.tokenizer import BOS, bos_id, token_text
 
-from .graph import N_PROMOTED, Graph, LogitRecord, checked_count, checked_fraction, is_integer
+from .graph import (
+    N_PROMOTED,
+    Graph,
+    LogitRecord,
+    checked_count,
+    checked_flag,
+    checked_fraction,
+    is_integer,
+)
 from .nodes import Kind, logit_stage, lorsa_stage, stage_of, transcoder_stage
 from .prune import row_sums
 
@@ -224,7 +233,10 @@ def run_prompt(
 ) -> PromptRun:
     """Run ``replacement`` on one prompt, caching what the linear graph is made of.
     ``constants``: every sublayer's decoder bias (``b_D``, ``b_dec``) at every position is a
-    source of its own (kind ``bias``, activation 1) instead of part of the readers' bias terms."""
+    source of its own (kind ``bias``, activation 1) instead of part of the readers' bias terms.
+    ``tokens`` as ``prompt_tokens`` takes them: BOS first and nowhere else is the caller's to
+    ensure (the model does not know its BOS id; ``attribute`` checks it given a tokenizer)."""
+    constants = checked_flag(constants, "constants")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     for l, tc in enumerate(replacement.transcoders):
@@ -298,7 +310,10 @@ def prompt_tokens(replacement: ReplacementModel, tokens) -> Int[Tensor, " pos"]:
     row), refused in one line when it is anything else: text, several prompts (never run as
     one), nothing, or more tokens than the model trained positions for
     (``ToyTransformer.trained_positions``: a prediction read past them is not the model's).
-    Ids and their type are checked where the model reads them (``check_tokens``)."""
+    Ids and their type are checked where the model reads them (``check_tokens``). The model
+    was trained with BOS at position 0 and nowhere else, but neither it nor the replacement
+    set knows BOS's id: without the tokenizer that is the caller's to ensure (encode with
+    ``toy_models.tokenizer.encode_prompt``); ``check_prompt_tokenizer`` checks it with one."""
     if isinstance(tokens, str | bytes):
         raise ValueError("tokens are token ids: encode the text with the model's tokenizer")
     try:
@@ -319,6 +334,42 @@ def prompt_tokens(replacement: ReplacementModel, tokens) -> Int[Tensor, " pos"]:
                          "(its last one never trains), so a prompt holds at most "
                          "that many")  # fmt: skip
     return tokens
+
+
+def check_prompt_tokenizer(
+    replacement: ReplacementModel, tokens: Int[Tensor, " pos"], tokenizer
+) -> None:
+    """Refuse, in one line, a ``tokenizer`` that is not the one the model was trained with
+    (its serialized form's SHA-256, the hash of the ``tokenizer.json`` it is saved as, is not
+    the model's ``tokenizer_sha256``; a model built in memory has none, and any tokenizer
+    passes), and ``tokens`` that do not hold its BOS at position 0 and there only, as every
+    sequence the model was trained on does (without BOS a prompt runs, to other answers)."""
+    recorded = replacement.model.tokenizer_sha256
+    if recorded is not None and _tokenizer_sha256(tokenizer) != recorded:
+        raise ValueError("tokenizer: not the tokenizer this model was trained with (its hash "
+                         "differs): pass the one load_pretrained returned with it")  # fmt: skip
+    bos = bos_id(tokenizer)
+    if bos is None:
+        raise ValueError(f"tokenizer has no {BOS} token: not a tokenizer of this project")
+    if int(tokens[0]) != bos:
+        raise ValueError(f"tokens start with id {int(tokens[0])}, not {BOS} ({bos}), which "
+                         "begins every sequence the model was trained on: encode the prompt "
+                         "with toy_models.tokenizer.encode_prompt")  # fmt: skip
+    later = (tokens[1:] == bos).nonzero()
+    if len(later):
+        raise ValueError(f"tokens hold {BOS} ({bos}) again at position {int(later[0]) + 1}: the "
+                         "model was trained with it at position 0 only")  # fmt: skip
+
+
+def _tokenizer_sha256(tokenizer) -> str:
+    """The SHA-256 of ``tokenizer`` as ``toy_models.train`` saves it (``to_str(pretty=True)``,
+    UTF-8): the hash of its file. About 13 ms for the default model's."""
+    try:
+        text = tokenizer.to_str(pretty=True)
+    except (AttributeError, TypeError):
+        raise TypeError(f"tokenizer must be a tokenizers.Tokenizer (load_pretrained's), got "
+                        f"{type(tokenizer).__name__}") from None  # fmt: skip
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def decoder_bias(layer) -> Float[Tensor, " d_model"]:
@@ -474,12 +525,14 @@ def attribute(
     a cumulative probability of ``logit_probability``, each weighted by its probability;
     otherwise the given logit tokens, logit differences and nodes, weighted equally.
     ``mode``: "local" (the default) or "sparse"; ``tokenizer`` (optional) gives the graph its
-    token texts; ``run`` (optional) is this prompt's ``run_prompt``, when the caller has it
-    already (its mode is the default then, and its ``constants`` decides). ``constants``: the
-    decoder biases become ``bias`` nodes, one per sublayer and position, whose edges carry
-    what the readers' bias terms held (a Lorsa head reads them through its frozen pattern);
-    each target's ``bias`` keeps only its own constant (``b_V`` for a head, ``b_enc`` for a
-    feature, ``b_U`` for a logit). The graph closes either way.
+    token texts, and must be the model's, with ``tokens`` holding its BOS first and only there
+    (``check_prompt_tokenizer``; without one, that is the caller's to ensure); ``run``
+    (optional) is this prompt's ``run_prompt``, when the caller has it already (its mode is
+    the default then, and its ``constants`` decides). ``constants``: the decoder biases become
+    ``bias`` nodes, one per sublayer and position, whose edges carry what the readers' bias
+    terms held (a Lorsa head reads them through its frozen pattern); each target's ``bias``
+    keeps only its own constant (``b_V`` for a head, ``b_enc`` for a feature, ``b_U`` for a
+    logit). The graph closes either way.
     """
     if targets is not None and not isinstance(targets, list | tuple):
         raise ValueError(f"targets must be a list of targets (or None), got "
@@ -488,6 +541,9 @@ def attribute(
         raise ValueError("targets is empty: name at least one, or pass None for top logits")
     checked_count(max_logits, "max_logits")
     logit_probability = checked_fraction(logit_probability, "logit_probability")
+    constants = checked_flag(constants, "constants")
+    if tokenizer is not None:
+        check_prompt_tokenizer(replacement, prompt_tokens(replacement, tokens), tokenizer)
     replacement.eval()
     if run is None:
         run = run_prompt(replacement, tokens, mode or "local", constants=constants)  # 1) clean run

@@ -48,6 +48,9 @@ from .nodes import KINDS, Kind, block_of, logit_stage, node_id
 FORMAT_VERSION = 5
 MODES = ("local", "sparse")
 N_PROMOTED = 3  # tokens kept per head/feature in ``promotes``
+# The graph-level attributes ``Graph.to_networkx`` sets itself, beside ``settings``' keys (a
+# setting of one of these names is refused there and in a graph file, never let to shadow it).
+RESERVED_SETTINGS = ("prompt", "tokens", "mode", "positional")
 
 
 @dataclass
@@ -410,11 +413,19 @@ class Graph:
 
     def to_networkx(self, labels: list[str] | None = None) -> nx.DiGraph:
         """Nodes keyed by id with every attribute (``labels``, e.g. ``reports.labels
-        .node_labels(graph)``, adds a ``label``); edges source -> target with ``weight``."""
+        .node_labels(graph)``, adds a ``label``); edges source -> target with ``weight``.
+        Graph attributes: ``prompt``, ``tokens`` (token strings), ``mode``, ``positional``
+        and each entry of ``settings`` beside them, as ``g.graph["closure_error"]``; a
+        setting named like one of the four is refused rather than let to shadow it."""
+        reserved = [key for key in RESERVED_SETTINGS if key in self.settings]
+        if reserved:
+            raise ValueError(f"settings[{reserved[0]!r}] would shadow the graph's own "
+                             f"{reserved[0]!r} attribute: store it under another key")  # fmt: skip
         g = nx.DiGraph(
             prompt=self.prompt, tokens=self.token_strings, mode=self.mode,
-            positional=self.positional, **self.settings,
+            positional=self.positional,
         )  # fmt: skip
+        g.graph.update(self.settings)  # any key a dict holds (a keyword must be a string)
         if labels is not None and len(labels) != self.n_nodes:
             raise ValueError(f"{len(labels)} labels for {self.n_nodes} nodes (labels of another "
                              "graph?)")  # fmt: skip
@@ -528,6 +539,17 @@ def checked_count(value, name: str, least: int = 1) -> int:
         what = "a positive" if least == 1 else "a non-negative"
         raise ValueError(f"{name} must be {what} integer, got {value!r}")
     return int(value)
+
+
+def checked_flag(value, name: str, *, none: bool = False) -> bool | None:
+    """``value`` as a ``bool`` (a NumPy bool too), or a one-line TypeError naming ``name``: a
+    truthy string such as "no" or a number is never read as True (``none``: None passes)."""
+    if value is None and none:
+        return None
+    if not isinstance(value, bool | np.bool_):
+        also = " (or None)" if none else ""
+        raise TypeError(f"{name} must be True or False{also}, got {value!r}")
+    return bool(value)
 
 
 def is_fraction(x) -> bool:

@@ -10,8 +10,10 @@ refused.
 the rest of the header against the header's (a damaged file), dtypes, shapes, ranges,
 stage/kind consistency, the node order, unique node ids, the CSR invariants (a malformed index
 array would crash scipy),
-finite values, QK records inside the prompt with keys at or before their query, header types
-and lengths; a problem is one ``ValueError`` naming the file and the field.
+finite values, QK records inside the prompt (one per layer, QK head, query and key) with keys
+at or before their query and terms naming sides in the form a trace writes them (``_side_ok``),
+one text per token, header types and lengths; a problem is one ``ValueError`` naming the file
+and the field.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from .graph import (
     MODES,
     QK_SOURCE_KINDS,
     QK_SOURCE_SIDES,
+    RESERVED_SETTINGS,
     Graph,
     LogitRecord,
     QKAttribution,
@@ -48,8 +51,6 @@ SUFFIX = ".safetensors"
 MAX_LAYERS = 1024  # far beyond any model here; bounds what a crafted header can make us allocate
 MAX_NODES = 50_000_000
 
-# Settings keys that ``Graph.to_networkx`` sets itself on the networkx graph.
-RESERVED_SETTINGS = {"prompt", "tokens", "mode", "positional"}
 _INT = (torch.int64, torch.int32)
 _FLOAT = (torch.float32,)
 NODE_FLOATS = ("activation", "value", "bias", "target_weight", "attention")
@@ -257,7 +258,7 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
         _require(bool((node["index"][emb] == tokens[node["pos"][emb]]).all()), "index",
                  "an embedding node's index is not the prompt's token at its position")  # fmt: skip
     settings = _typed(header, "settings", dict)
-    reserved = sorted(set(settings) & RESERVED_SETTINGS)
+    reserved = sorted(set(settings) & set(RESERVED_SETTINGS))
     _require(not reserved, "settings", f"keys {reserved} are the graph's own attributes")
     graph = Graph(
         prompt=prompt,
@@ -363,6 +364,7 @@ def _token_text(items: list) -> dict[int, str]:
         ok = isinstance(item, list) and len(item) == 2 and isinstance(item[1], str)
         ok = ok and isinstance(item[0], int) and not isinstance(item[0], bool) and item[0] >= 0
         _require(ok, "token_text", "entries must be [token id, text]")
+        _require(item[0] not in out, "token_text", f"token {item[0]} has two entries")
         out[item[0]] = item[1]
     return out
 
@@ -388,7 +390,7 @@ _QK_FLOATS = ("attention", "score", "rest")
 
 
 def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
-    out = []
+    out, seen = [], set()
     for d in items:
         _require(isinstance(d, dict), "qk", "records must be objects")
         for name in _QK_INTS:
@@ -396,22 +398,32 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         _require(d["layer"] < n_layers, "qk.layer", f"outside 0..{n_layers - 1}")
         _require(d["query"] < max(n_pos, 1), "qk.query", "outside the prompt")
         _require(d["key"] <= d["query"], "qk.key", "after its query")
+        where = tuple(d[name] for name in _QK_INTS)
+        _require(where not in seen, "qk", f"two records for (layer, qk_head, query, key) {where}")
+        seen.add(where)
         for name in _QK_FLOATS:
             _require(_is_number(d.get(name)), f"qk.{name}", "expected a finite number")
         _require(0 <= d["attention"] <= 1, "qk.attention", "outside 0..1")
-        for name in ("pairs", "contrast_pairs"):
+        layer, query, key = d["layer"], d["query"], d["key"]
+        for name, key_form in (("pairs", "node"), ("contrast_pairs", "unit")):
+            _require(isinstance(d.get(name, []), list), f"qk.{name}", "expected a list")
             for p in d.get(name, []):
                 ok = isinstance(p, list) and len(p) == 3 and _is_number(p[2])
-                ok = ok and all(x is None or isinstance(x, str) for x in p[:2])
-                _require(ok, f"qk.{name}", "entries must be [query id, key id, value]")
-        for name in ("query_marginals", "key_marginals"):
+                ok = ok and _side_ok(p[0], layer, query, "node")
+                _require(ok and _side_ok(p[1], layer, key, key_form), f"qk.{name}",
+                         "entries must be [query id, key id, value], ids of what the layer "
+                         "reads at the query and key")  # fmt: skip
+        for name, at in (("query_marginals", query), ("key_marginals", key)):
+            _require(isinstance(d.get(name, []), list), f"qk.{name}", "expected a list")
             for m in d.get(name, []):
                 ok = isinstance(m, list) and len(m) == 2 and _is_number(m[1])
-                _require(ok and (m[0] is None or isinstance(m[0], str)), f"qk.{name}", "bad entry")
+                _require(ok and _side_ok(m[0], layer, at, "node"), f"qk.{name}",
+                         "entries must be [node id at its side's position or null, "
+                         "value]")  # fmt: skip
         contrast = d.get("contrast")
         _require(contrast is None or _is_number(contrast), "qk.contrast", "expected a number")
         if d.get("reason") is not None:
-            _check_reason(d["reason"])
+            _check_reason(d["reason"], layer, query, key)
         _check_sources(d.get("sources", []), d["query"])
         known = set(QKAttribution.__dataclass_fields__)
         _require(set(d) <= known, "qk", f"unknown keys {sorted(set(d) - known)}")
@@ -428,7 +440,7 @@ _REASON_FLOATS = (
 )  # fmt: skip
 
 
-def _check_reason(r) -> None:
+def _check_reason(r, layer: int, query: int, key: int) -> None:
     _require(isinstance(r, dict), "qk.reason", "expected an object or null")
     known = set(QKReason.__dataclass_fields__)
     _require(set(r) == known, "qk.reason", f"keys must be {sorted(known)}")
@@ -436,14 +448,41 @@ def _check_reason(r) -> None:
         _require(_is_number(r[name]), f"qk.reason.{name}", "expected a number")
     for p in r["pairs"] if isinstance(r["pairs"], list) else [None]:
         ok = isinstance(p, list) and len(p) == 3 and _is_number(p[2])
-        ok = ok and all(x is None or isinstance(x, str) for x in p[:2])
+        ok = ok and _side_ok(p[0], layer, query, "either") and _side_ok(p[1], layer, key, "either")
         _require(ok, "qk.reason.pairs", "entries must be [query id, key id, value]")
-    for name in ("query_units", "key_units"):
+    for name, at in (("query_units", query), ("key_units", key)):
         for m in r[name] if isinstance(r[name], list) else [None]:
             ok = isinstance(m, list) and len(m) == 2 and _is_number(m[1])
-            _require(
-                ok and (m[0] is None or isinstance(m[0], str)), f"qk.reason.{name}", "bad entry"
-            )
+            _require(ok and _side_ok(m[0], layer, at, "either"), f"qk.reason.{name}", "bad entry")
+
+
+def _side_ok(x, layer: int, at: int, form: str) -> bool:
+    """Whether ``x`` names one side of a QK term of Lorsa layer ``layer``: what that layer
+    reads (a token, or a unit of a sublayer below it) by its node id at position ``at``
+    (``form`` "node"; null: the bias side), by its unit id (a node id without the position;
+    "unit": the bias side is "bias"), or either ("either", for a ``QKReason``). Only the form
+    is checked: a pruned graph's records name nodes it dropped, which keep their ids."""
+    if x is None:
+        return form != "unit"
+    if form == "unit" and x == "bias":
+        return True
+    parts = x.split("_") if isinstance(x, str) else []
+    if len(parts) == 3 and form != "unit":  # a node id: a unit id and a position
+        if not (_decimal(parts[2]) and int(parts[2]) == at):
+            return False
+        parts = parts[:2]
+    elif len(parts) != 2 or form == "node":
+        return False
+    head, index = parts
+    if head == "E":
+        return _decimal(index)
+    below = _decimal(head) and int(head) < 2 * layer  # circuits.nodes.sublayer
+    return below and (index in ("-1", "bias") or _decimal(index))
+
+
+def _decimal(text: str) -> bool:
+    """A non-negative integer as ids write one (no sign, no leading zero)."""
+    return text.isascii() and text.isdigit() and (text == "0" or text[0] != "0")
 
 
 def _check_sources(sources, query: int) -> None:

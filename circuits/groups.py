@@ -21,6 +21,7 @@ concept they share); ``name`` is for people.
 
 from __future__ import annotations
 
+import numbers
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -290,11 +291,11 @@ def auto_groups(
 ) -> GroupedGraph:
     """Group heads and features that do the same thing in the same place (``AUTO_RULES``).
     ``concepts``: unit id (``circuits.nodes.unit_id``) -> (concept label, F1), e.g. from the
-    unit dashboards (``Dashboards.concept_labels``)."""
-    if concepts is not None and not isinstance(concepts, Mapping):
-        raise ValueError(f"concepts must map unit ids to (label, F1), got a "
-                         f"{type(concepts).__name__}")  # fmt: skip
-    concepts = concepts or {}
+    unit dashboards (``Dashboards.summary_concepts``), checked by ``checked_concepts``; a
+    label groups from ``min_f1`` (a number in [0, 1]) on."""
+    concepts = checked_concepts(concepts)
+    if not _is_unit_real(min_f1):
+        raise ValueError(f"min_f1 must be a number in [0, 1], got {min_f1!r}")
     kinds, layers = graph.kind.tolist(), graph.layer.tolist()
     stages, pos = graph.stage.tolist(), graph.pos.tolist()
     index, attends = graph.index.tolist(), graph.attends.tolist()
@@ -309,7 +310,7 @@ def auto_groups(
             continue
         if kind in (Kind.LORSA, Kind.TRANSCODER):
             found = concepts.get(unit_id(kind, stages[i], index[i]))
-            if found is not None and found[1] is not None and found[1] >= min_f1:
+            if found is not None and found[1] >= min_f1:
                 concept = found[0]
         if kind == Kind.LORSA:
             key = ("lorsa", layers[i], pos[i], attends[i], concept)
@@ -328,6 +329,28 @@ def auto_groups(
         name = _auto_name(graph, key, len(members))
         made.append(Group(name=name, members=members, kind="", concept=labels[key]))
     return grouped(graph, made)
+
+
+def checked_concepts(concepts) -> Mapping[str, tuple[str, float]]:
+    """``concepts`` (None: none) if it maps unit ids (strings) to (concept label, F1) pairs,
+    a label a string and an F1 a number in [0, 1]; otherwise a one-line ValueError naming the
+    first bad entry (a NaN F1 compared below every threshold, dropping its label silently)."""
+    if concepts is None:
+        return {}
+    if not isinstance(concepts, Mapping):
+        raise ValueError(f"concepts must map unit ids to (label, F1), got a "
+                         f"{type(concepts).__name__}")  # fmt: skip
+    for unit, entry in concepts.items():
+        ok = isinstance(unit, str) and isinstance(entry, tuple | list) and len(entry) == 2
+        if not (ok and isinstance(entry[0], str) and _is_unit_real(entry[1])):
+            raise ValueError(f"concepts must map unit ids to (label, F1), a string and a number "
+                             f"in [0, 1]: got {unit!r}: {entry!r}")  # fmt: skip
+    return concepts
+
+
+def _is_unit_real(x) -> bool:
+    """A real number in [0, 1] (not a bool, not NaN)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and 0 <= x <= 1
 
 
 def node_name(graph: Graph, i: int, fields: _Fields | None = None) -> str:
@@ -369,6 +392,6 @@ def _auto_name(graph: Graph, key: tuple, n: int) -> str:
 
 
 __all__ = [
-    "AUTO_RULES", "Group", "GroupedGraph", "KINDS", "MIN_CONCEPT_F1", "auto_groups", "describe",
-    "group", "grouped", "node_name",
+    "AUTO_RULES", "Group", "GroupedGraph", "KINDS", "MIN_CONCEPT_F1", "auto_groups",
+    "checked_concepts", "describe", "group", "grouped", "node_name",
 ]  # fmt: skip

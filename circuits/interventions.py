@@ -29,7 +29,7 @@ from torch import Tensor
 from replacement.model import ReplacementModel, hook_name
 
 from .attribution import PromptRun, decoder_bias, run_for_graph
-from .graph import Graph
+from .graph import Graph, checked_flag
 from .nodes import Kind, block_of, stage_of, sublayer_kind
 from .prune import row_sums
 
@@ -328,16 +328,19 @@ def intervene(
     """Apply ``interventions`` to the prompt of ``graph`` and rerun: other heads and features
     recompute, errors stay clean, attention patterns (and, by default with them, LayerNorm
     scales) are frozen or free. Returns predicted (graph) and actual changes of its logits.
-    ``run`` (optional): the prompt's clean ``run_prompt``; ``predicted`` (optional): the
-    graph's prediction for these interventions (``predict``), when the caller has it."""
+    ``graph`` is the prompt's full graph: a pruned one is refused (its prediction would cover
+    only the kept edges; ``predict`` takes one). ``run`` (optional): the prompt's clean
+    ``run_prompt``; ``predicted`` (optional): the graph's prediction for these interventions
+    (``predict``), when the caller has it."""
     if not interventions:
         raise ValueError("no interventions given")
     where = _edited_nodes(graph, interventions)  # cheap checks first, then the clean run
     if predicted is not None and tuple(predicted.shape) != (graph.n_nodes,):
         raise ValueError(f"predicted has shape {tuple(predicted.shape)}: expected predict(graph, "
                          f"interventions), one value per node ({graph.n_nodes})")  # fmt: skip
+    freeze_attention, freeze_layernorm = _freezes(freeze_attention, freeze_layernorm)
     run = run_for_graph(replacement, graph, run, constants=False)
-    freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
+    _check_unpruned(graph, run)
     cache = _clean_nodes(replacement, run)
     n, L = len(run.tokens), run.n_layers
     patches: dict[str, list[tuple[int, int, float]]] = {}
@@ -414,7 +417,7 @@ def first_order(
     of their entries. Frozen, this is the graph's own linear prediction (``predict``); free,
     it adds what the nodes' writes do to later attention patterns and LayerNorm scales, the
     paths the graph holds fixed."""
-    freeze_layernorm = freeze_attention if freeze_layernorm is None else freeze_layernorm
+    freeze_attention, freeze_layernorm = _freezes(freeze_attention, freeze_layernorm)
     run = run_for_graph(replacement, graph, run)
     n, L = len(run.tokens), run.n_layers
     cache = _clean_nodes(replacement, run)
@@ -451,6 +454,35 @@ def first_order(
     return out
 
 
+def _freezes(freeze_attention, freeze_layernorm) -> tuple[bool, bool]:
+    """The two freeze flags as bools (a truthy string such as "no" is refused, never read as
+    True); LayerNorm follows attention unless given."""
+    attention = checked_flag(freeze_attention, "freeze_attention")
+    layernorm = checked_flag(freeze_layernorm, "freeze_layernorm", none=True)
+    return attention, attention if layernorm is None else layernorm
+
+
+def _check_unpruned(graph: Graph, run: PromptRun) -> None:
+    """Refuse a graph other than the prompt's full one: ``intervene`` reads its prediction
+    from the graph, and a pruned graph's covers only the kept edges. The graph must hold every
+    head, feature, token and error node of ``run`` (``check_full_graph``'s test, with bias
+    nodes left out: the run may have been made with or without them) and every row must close
+    (no edge dropped, bias nodes' included)."""
+    n_src = graph.n_nodes - int(graph.is_kind(Kind.LOGIT).sum())
+    mine, its = graph.kind[:n_src] != Kind.BIAS, run.kind != Kind.BIAS
+    same = all(torch.equal(getattr(graph, name)[:n_src][mine], getattr(run, name)[its])
+               for name in ("kind", "stage", "pos", "index"))  # fmt: skip
+    if same:
+        try:
+            check_full_graph(graph)  # every row closes
+        except ValueError:
+            same = False
+    if not same:
+        raise ValueError("intervene needs the full (unpruned) graph of the prompt: pass the "
+                         "graph attribute returned (a pruned graph's node ids name the same "
+                         "nodes in it)")  # fmt: skip
+
+
 def _edited_nodes(graph: Graph, interventions: list[Intervention]) -> dict[str, int]:
     """Node id -> index of every edited node, after checking the edits: nodes of this graph,
     each edited once (two edits of one node would leave the last one standing, silently),
@@ -473,7 +505,9 @@ def _edited_nodes(graph: Graph, interventions: list[Intervention]) -> dict[str, 
 def predict(graph: Graph, interventions: list[Intervention]) -> Float[Tensor, " node"]:
     """Every node's change under ``interventions`` according to the graph alone: changes flow
     along edges (per unit of the source's activation), stage by stage, through heads and
-    features that stay linear (active) and into the targets."""
+    features that stay linear (active) and into the targets. Any graph is taken: a pruned
+    graph's prediction covers only its kept nodes and edges (the full graph's is the one that
+    ``intervene`` compares with the model)."""
     where = _edited_nodes(graph, interventions)
     activation = graph.activation.double().numpy()
     delta = np.zeros(graph.n_nodes)

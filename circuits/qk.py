@@ -30,6 +30,7 @@ from .graph import (
     QKReason,
     QKSource,
     checked_count,
+    checked_flag,
     checked_fraction,
     checked_index,
 )
@@ -294,6 +295,7 @@ def qk_attribution(
     records at once. The list is also stored in ``graph.qk``.
     """
     checked_count(top, "top")
+    contrast, reason = checked_flag(contrast, "contrast"), checked_flag(reason, "reason")
     if key_mass is not None:
         key_mass = checked_fraction(key_mass, "key_mass")
     run = run_for_graph(replacement, graph, run)

@@ -185,6 +185,33 @@ def test_networkx_view_and_subgraph(graph):
     np.testing.assert_array_equal(sub.edges.toarray(), dense)
 
 
+def test_a_tokenizer_is_the_models_and_its_bos_begins_the_prompt(tiny_pretrained, make_replacement):
+    """Given a tokenizer, ``attribute`` refuses another one (here the model's with two ids
+    swapped, which would mislabel every token text) and tokens without BOS at position 0 or
+    with it again later (the model was trained with BOS at 0 only: other answers, silently)."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from toy_models.tokenizer import bos_id
+
+    model, tokenizer = tiny_pretrained
+    replacement = make_replacement(model)
+    ids, bos = tokenizer.encode("Monday, Tuesday, Wednesday,").ids, bos_id(tokenizer)
+    assert attribute(replacement, ids, tokenizer=tokenizer).token_strings[0] == "<|bos|>"
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    swapped = Tokenizer.from_str(json.dumps(data))
+    with pytest.raises(ValueError, match="^tokenizer: not the tokenizer this model was trained"):
+        attribute(replacement, ids, tokenizer=swapped)
+    with pytest.raises(ValueError, match=f"tokens start with id {ids[1]}, not <\\|bos\\|> "):
+        attribute(replacement, ids[1:], tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"again at position 3: .* at position 0 only$"):
+        attribute(replacement, [*ids[:3], bos, *ids[3:]], tokenizer=tokenizer)
+
+
 # ----------------------------------------------------------------- targets
 def test_named_targets(replacement, tokens):
     graph = attribute(
@@ -638,6 +665,50 @@ def test_intervention_changes_agree_with_the_graph(graph, replacement):
     # found by a fuzz pass: a clamp to 3e38 returned actual = -inf without a word
     with pytest.raises(ValueError, match="the model overflows under these edits"):
         intervene(replacement, graph, [Intervention(node, "clamp", 3e38)])
+
+
+def test_intervene_refuses_a_pruned_graph_and_predict_takes_one(graph, replacement, tokens):
+    """Found by a fuzz pass: on a pruned graph ``intervene`` returned a prediction that covered
+    only the kept edges, unlike the full graph's, without a word. Refused, as is a graph with
+    every node but an edge dropped; ``predict`` (the graph alone) takes either."""
+    pruned = prune_graph(graph, node_threshold=0.8, edge_threshold=0.98)
+    node = pruned.ids[int(pruned.is_kind("lorsa", "transcoder").nonzero()[0])]
+    edit = [Intervention(node)]
+    full = intervene(replacement, graph, edit)
+    refused = (
+        r"^intervene needs the full \(unpruned\) graph of the prompt: pass the graph "
+        r"attribute returned \(a pruned graph's node ids name the same nodes in it\)$"
+    )
+    assert pruned.n_nodes < graph.n_nodes
+    with pytest.raises(ValueError, match=refused):
+        intervene(replacement, pruned, edit)
+    edges = graph.edges.copy()
+    edges.data[np.abs(edges.data).argmax()] = 0
+    with pytest.raises(ValueError, match=refused):
+        intervene(replacement, graph.subgraph(torch.arange(graph.n_nodes), edges=edges), edit)
+    assert predict(pruned, edit).shape == (pruned.n_nodes,)
+    # a full graph with bias nodes passes, whether the run has them or not
+    with_biases = attribute(replacement, tokens, mode=graph.mode, max_logits=3, constants=True)
+    plain = run_prompt(replacement, tokens, graph.mode)
+    for run in (plain, None):
+        same = intervene(replacement, with_biases, edit, run=run)
+        torch.testing.assert_close(same.predicted, full.predicted, atol=1e-5, rtol=1e-4)
+
+
+def test_flags_are_true_or_false(graph, replacement, tokens):
+    """Found by a fuzz pass: "no" (truthy) froze attention; a flag is True or False."""
+    edit = [Intervention(graph.ids[int(graph.is_kind("lorsa").nonzero()[0])])]
+    with pytest.raises(TypeError, match="^freeze_attention must be True or False, got 'no'$"):
+        intervene(replacement, graph, edit, freeze_attention="no")
+    with pytest.raises(TypeError, match=r"^freeze_layernorm must be True or False \(or None\)"):
+        intervene(replacement, graph, edit, freeze_layernorm=1)
+    with pytest.raises(TypeError, match="^freeze_attention must be True or False, got 'no'$"):
+        first_order(replacement, graph, freeze_attention="no")
+    with pytest.raises(TypeError, match="^constants must be True or False, got 'yes'$"):
+        attribute(replacement, tokens, constants="yes")
+    with pytest.raises(TypeError, match="^constants must be True or False, got 1$"):
+        run_prompt(replacement, tokens, constants=1)
+    assert intervene(replacement, graph, edit, freeze_attention=np.bool_(False)).actual.numel()
 
 
 def test_first_order_effects_are_the_graph_frozen_and_a_derivative_free(graph, replacement):

@@ -142,6 +142,27 @@ FORGED = {
     "a head's weight above 1": (
         _set("attention", lambda t: torch.where(t.isnan(), t, t * 0 + 5)), None, "attention",
     ),
+    "qk pairs not a list": (None, _qk_record(pairs=5), "qk.pairs: expected a list"),
+    "qk contrast pairs null": (None, _qk_record(contrast_pairs=None), "qk.contrast_pairs"),
+    "qk query marginals a number": (None, _qk_record(query_marginals=5), "qk.query_marginals"),
+    "qk key marginals null": (None, _qk_record(key_marginals=None), "qk.key_marginals"),
+    "a qk record twice": (None, lambda h: h["qk"].append(h["qk"][0]), "qk: two records"),
+    "a token's text twice": (
+        None, lambda h: h["token_text"].append([h["token_text"][0][0], "x"]), "token_text",
+    ),
+    # record 0: layer 0 (reads tokens only), query 2, key 1
+    "a pair id that names nothing": (None, _qk_record(pairs=[["x", None, 1.0]]), "qk.pairs"),
+    "a pair's node at another position": (
+        None, _qk_record(pairs=[["E_6_1", "E_4_1", 1.0]]), "qk.pairs",
+    ),
+    "a pair's unit above its layer": (None, _qk_record(pairs=[["0_5_2", None, 1.0]]), "qk.pairs"),
+    "a pair side by unit id": (None, _qk_record(pairs=[["E_6", None, 1.0]]), "qk.pairs"),
+    "a contrast key by node id": (
+        None, _qk_record(contrast_pairs=[["E_6_2", "E_4_1", 1.0]]), "qk.contrast_pairs",
+    ),
+    "a marginal id that names nothing": (
+        None, _qk_record(key_marginals=[["E_4_01", 1.0]]), "qk.key_marginals",
+    ),
 }  # fmt: skip
 
 
@@ -152,6 +173,21 @@ def test_forged_files_with_a_valid_checksum_are_refused(tmp_path, case):
     bad = craft(tmp_path, edit_tensors, edit_header)
     with pytest.raises(GraphFileError, match=field):
         Graph.load(bad)
+
+
+def test_qk_ids_of_every_form_a_trace_writes_load_back(tmp_path):
+    """Pair sides by node id (also of a node a pruned graph dropped), contrast keys by unit id
+    or "bias", a reason's sides by either (``circuits.qk``): all read back as written."""
+    from circuits.graph import QKPair, QKReason
+
+    graph = make_graph()
+    a = graph.qk[2]  # layer 1, query 3, key 1
+    a.contrast, a.contrast_pairs = 1.0, [QKPair("1_99_3", "1_17", 0.5), QKPair(None, "bias", 0.5)]
+    a.reason = QKReason(0.0, 0.0, 0.0, 1.0, [QKPair("E_9", "0_bias_1", 1.0)], 0.0, 0.0,
+                        [("0_-1_3", 1.0), (None, 0.5)], [("E_4", 1.0)])  # fmt: skip
+    graph.save(tmp_path / "g.safetensors")
+    back = Graph.load(tmp_path / "g.safetensors").qk[2]
+    assert back.contrast_pairs == a.contrast_pairs and back.reason == a.reason
 
 
 CRAFTED_HEADERS = {
@@ -252,6 +288,18 @@ def test_the_graph_api_refuses_nonsense_in_one_clear_error(tmp_path):
     view = group(graph, [1, 2], "g")
     merged = view.groups[view.group_of(2)]
     assert merged.name == "g" and merged.members == [1, 2]
+
+
+def test_a_setting_never_shadows_the_graphs_own_networkx_attributes():
+    """Settings sit flat beside the graph's attributes in ``to_networkx`` (as a graph file
+    keeps them); one named like an attribute, set by hand, is refused in one line."""
+    graph = make_graph()
+    graph.settings["scores"] = {"replacement": 0.5}
+    g = graph.to_networkx()
+    assert g.graph["scores"] == {"replacement": 0.5} and g.graph["prompt"] == graph.prompt
+    graph.settings["prompt"] = "x"
+    with pytest.raises(ValueError, match=r"settings\['prompt'\] would shadow the graph's own"):
+        graph.to_networkx()
 
 
 def test_a_group_made_on_one_graph_means_the_same_nodes_on_another():

@@ -449,6 +449,27 @@ def test_auto_groups_follow_their_rules(graph):
     assert view.groups[view.group_of(same[0])].concept == "x"
 
 
+@pytest.mark.parametrize(
+    "concepts, min_f1, message",
+    [
+        ({}, float("nan"), "min_f1 must be a number in"),  # NaN dropped every label
+        ({}, "x", "min_f1 must be a number in"),
+        ({}, 1.5, "min_f1 must be a number in"),
+        ({"1_3": (["x"], 0.9)}, 0.5, "concepts must map .*: got '1_3': \\(\\['x'\\], 0.9\\)$"),
+        ({"1_3": ("x", "0.9")}, 0.5, "concepts must map unit ids to"),
+        ({"1_3": ("x", float("nan"))}, 0.5, "concepts must map unit ids to"),
+        ({"1_3": ("x", None)}, 0.5, "concepts must map unit ids to"),
+        ({"1_3": ("x", 0.9, 1)}, 0.5, "concepts must map unit ids to"),
+        ({3: ("x", 0.9)}, 0.5, "concepts must map unit ids to"),
+    ],
+)
+def test_auto_groups_refuse_bad_concepts_and_thresholds(graph, concepts, min_f1, message):
+    """Found by a fuzz pass: a NaN or string ``min_f1`` was taken (NaN dropping every label),
+    a list label or string F1 crashed deep inside. One line, naming what is wrong."""
+    with pytest.raises(ValueError, match=message):
+        auto_groups(graph, concepts, min_f1=min_f1)
+
+
 # ----------------------------------------------------------------- flows and paths
 def test_flows_are_total_linear_effects_and_parts_close(graph):
     t = int(graph.is_kind("logit").nonzero()[0])

@@ -121,3 +121,14 @@ def test_qk_sources_group_each_sides_flow_exactly(replacement, run):
         back = Graph.load(path)
     assert [a.sources for a in back.qk] == [a.sources for a in records]
     assert any(a.sources for a in records)
+
+
+def test_qk_attribution_flags_are_true_or_false(replacement, run):
+    """Found by a fuzz pass: ``contrast="no"`` (truthy) computed the contrasts."""
+    from circuits.attribution import attribute
+    from circuits.qk import qk_attribution
+
+    graph = attribute(replacement, run.tokens, run=run, max_logits=3)
+    for name in ("contrast", "reason"):
+        with pytest.raises(TypeError, match=f"^{name} must be True or False, got 'no'$"):
+            qk_attribution(replacement, graph, run=run, **{name: "no"})

@@ -534,6 +534,12 @@ def _check_values(dash: Dashboards) -> None:
         raise ValueError("tokens is not a count of the rows done")
     if (s["fires"] < 0).any() or (s["fires"] > tokens).any():
         raise ValueError("fires holds values that are not counts of tokens")
+    # Every unit's activation is a ReLU output (Lorsa heads' z too: TopK of ReLU(z~)), so a
+    # sum of firings is positive, and exactly zero for a unit that never fired
+    if (s["act_sum"] < 0).any():
+        raise ValueError("act_sum holds negative sums of activations that are never negative")
+    if ((s["act_sum"] > 0) != (s["fires"] > 0)).any():
+        raise ValueError("act_sum is not positive exactly where its unit fired")
     if (s["hist"] < 0).any() or (s["hist"].long().sum(1) != s["fires"]).any():
         raise ValueError("hist does not count every firing once")
     if (s["concept_count"] < 0).any() or (s["concept_count"] > tokens).any():
@@ -542,6 +548,7 @@ def _check_values(dash: Dashboards) -> None:
     if (both < 0).any() or (both > s["fires"][:, None]).any() or (both > s["concept_count"]).any():
         raise ValueError("concept_both holds values above their unit's or concept's count")
     limit = meta["rows_done"] * meta["n_ctx"]
+    is_lorsa = dash.layout.lorsa_slot() >= 0  # the key tensors' rows, in unit order
     for name in ("top", "sample"):
         index = s[f"{name}.index"]
         real = index >= 0
@@ -559,6 +566,12 @@ def _check_values(dash: Dashboards) -> None:
         key_pos = s[f"{name}.key_pos"]
         if (key_pos < -1).any() or (key_pos >= meta["n_ctx"]).any():
             raise ValueError(f"{name}.key_pos holds positions outside a row")
+        example = index[is_lorsa]  # (head, k): row * n_ctx + query position, -1 for none
+        if ((key_pos != -1) & (example < 0)[..., None]).any():
+            raise ValueError(f"{name}.key_pos holds keys of examples that are not kept")
+        query = (example % meta["n_ctx"])[..., None]
+        if ((key_pos > query) & (example >= 0)[..., None]).any():
+            raise ValueError(f"{name}.key_pos holds a key after its example's query position")
     top = s["top.value"]
     if (top[:, 1:] > top[:, :-1]).any():
         raise ValueError("top.value is not sorted")

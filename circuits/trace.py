@@ -33,6 +33,7 @@ MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokeniz
 # memory. ``--save-full`` keeps every edge in the compact safetensors file.
 MAX_KEPT_EDGES = 1_000_000
 DASHBOARD_ROWS = 192  # = circuits.dashboards.DEFAULT_ROWS (not imported: start-up)
+MAX_LOGITS, LOGIT_PROBABILITY = 10, 0.95  # = circuits.attribution.attribute's defaults
 MECHANISMS_FILE = "mechanisms.json"
 # What a run writes, replaces or removes in --out besides its graph.* files (not imported:
 # start-up): reports.outputs.FULL_GRAPH_FILE, the summary, reports.feature_files.FEATURES_DIR
@@ -69,8 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     targets.add_argument("--vs-runner-up", action="store_true",
                          help="explain each logit target minus the most likely other token "
                          "(the margin over the runner-up) instead of the logit itself")  # fmt: skip
-    targets.add_argument("--max-logits", type=int, default=10)
-    targets.add_argument("--logit-probability", type=float, default=0.95)
+    targets.add_argument("--max-logits", type=int,
+                         help=f"with no target named: at most this many top logits (default "
+                         f"{MAX_LOGITS})")  # fmt: skip
+    targets.add_argument("--logit-probability", type=float,
+                         help="with no target named: top logits until their probabilities sum "
+                         f"to this (default {LOGIT_PROBABILITY})")  # fmt: skip
     prune = parser.add_argument_group("pruning (circuit-tracer's definitions)")
     prune.add_argument("--node-threshold", type=float, default=0.8)
     prune.add_argument("--edge-threshold", type=float, default=0.98)
@@ -114,7 +119,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "(graph-metadata.json) beside graph.json, so circuit_tracer.frontend."
                       "local_server.serve(OUT) opens the graph with them "
                       "(reports.feature_files)")  # fmt: skip
-    return parser.parse_args(argv)
+    dash.set_defaults(feature_files=None)
+    args = parser.parse_args(argv)
+    # Refused here, where it is still known whether it was given; on by default after
+    if args.feature_files and not args.dashboards:
+        raise UserError("--feature-files writes the dashboards' feature files that "
+                        "--no-dashboards turns off: drop one")  # fmt: skip
+    args.feature_files = True if args.feature_files is None else args.feature_files
+    return args
 
 
 def parse_formats(text: str) -> list[str]:
@@ -130,9 +142,18 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     formats = parse_formats(args.format)
     for name in ("node_threshold", "edge_threshold", "logit_probability"):
         value = getattr(args, name)
-        if not 0 < value <= 1:
+        if value is not None and not 0 < value <= 1:
             raise UserError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
     # a flag another flag makes moot is a request that would be silently dropped
+    target_flag = next((flag for flag, given in (
+        ("--target", args.target), ("--target-diff", args.target_diff),
+        ("--target-node", args.target_node), ("--vs-runner-up", args.vs_runner_up),
+    ) if given), None)  # fmt: skip
+    for flag, value in (("--max-logits", args.max_logits),
+                        ("--logit-probability", args.logit_probability)):  # fmt: skip
+        if value is not None and target_flag is not None:
+            raise UserError(f"{flag} chooses the top logits traced when no target is given; "
+                            f"with {target_flag} it is unused: drop one")  # fmt: skip
     if args.key_mass is not None and not args.qk:
         raise UserError("--key-mass sets the QK attribution that --no-qk turns off: drop one")
     if args.dashboards_file is not None and not args.dashboards:
@@ -147,6 +168,9 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     # the defaults of the flags above, once it is known whether they were given
     args.checks = args.mechanisms if args.checks is None else args.checks
     args.dashboard_rows = DASHBOARD_ROWS if args.dashboard_rows is None else args.dashboard_rows
+    args.max_logits = MAX_LOGITS if args.max_logits is None else args.max_logits
+    if args.logit_probability is None:
+        args.logit_probability = LOGIT_PROBABILITY
     if args.key_mass is not None and not 0 < args.key_mass <= 1:
         raise UserError(f"--key-mass must be in (0, 1], got {args.key_mass}")
     if args.max_logits <= 0 or (args.max_nodes is not None and args.max_nodes <= 0):
@@ -164,6 +188,13 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise UserError(f"{twice[0]} {twice[1]} is given twice: name each target once")
     if any(a == b for a, b in args.target_diff):
         raise UserError("--target-diff of a token with itself is zero: name two different tokens")
+    from toy_models.tokenizer import BOS  # light: tokenizers only
+
+    tokens = [("--target", (t,)) for t in args.target]
+    for flag, texts in [*tokens, *(("--target-diff", tuple(d)) for d in args.target_diff)]:
+        if BOS in texts:
+            raise UserError(f"{flag} {' '.join(map(repr, texts))}: {BOS} only begins a "
+                            "sequence and is never predicted; name another token")  # fmt: skip
     if len(args.prompt) > MAX_PROMPT_CHARS:
         raise UserError(
             f"--prompt has {len(args.prompt)} characters; the model reads at most its context "

@@ -16,6 +16,7 @@ per-OV-head patterns are never materialised.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,12 @@ class LorsaConfig:
     top_k: int
 
     def __post_init__(self):
+        # Checked before any arithmetic: n_qk_heads=0 divided by zero, a negative one passed
+        # the divisibility check (1024 % -16 == 0) and built a layer of negative size.
+        for name in ("d_model", "n_qk_heads", "n_ov_heads", "d_qk", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.n_ov_heads % self.n_qk_heads:
             raise ValueError(
                 f"n_ov_heads={self.n_ov_heads} must be a multiple of n_qk_heads={self.n_qk_heads}"

@@ -447,20 +447,27 @@ class ReplacementModel(HookedRootModule):
                 "saved before model identities covered config and tokenizer must be retrained)"
             )
         try:
-            identity = config["model"]
-            name, sha256 = str(identity["name"]), str(identity["sha256"])
-            n_layers, d_model = identity["n_layers"], identity["d_model"]
+            identity = _entry(config, "model", dict)
+            name, sha256, n_layers, d_model = (
+                _entry(identity, key, object, "model")
+                for key in ("name", "sha256", "n_layers", "d_model")
+            )
+            name, sha256 = str(name), str(sha256)
             check_value("int", n_layers, "model.n_layers", MAX_MODULES)
             check_value("int", d_model, "model.d_model")
-            lorsa_cfgs = [config_from_dict(LorsaConfig, c, "lorsa") for c in config["lorsa"]]
-            transcoder_cfgs = [
-                config_from_dict(TranscoderConfig, c, "transcoder") for c in config["transcoders"]
+            lorsa_cfgs = [
+                config_from_dict(LorsaConfig, c, "lorsa") for c in _entry(config, "lorsa", list)
             ]
-            files = {str(k): str(v) for k, v in config["files"].items()}
-            recorded_content = config["content_sha256"]
+            transcoder_cfgs = [
+                config_from_dict(TranscoderConfig, c, "transcoder")
+                for c in _entry(config, "transcoders", list)
+            ]
+            files = {str(k): str(v) for k, v in _entry(config, "files", dict).items()}
+            recorded_content = _entry(config, "content_sha256", str)
             meta = dict(config.get("meta") or {})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"{config_path}: not a valid replacement config ({exc})") from None
+            detail = f"missing key {exc.args[0]!r}" if isinstance(exc, KeyError) else exc
+            raise ValueError(f"{config_path}: not a valid replacement config ({detail})") from None
         if not len(lorsa_cfgs) == len(transcoder_cfgs) == n_layers:
             raise ValueError(
                 f"{config_path}: {len(lorsa_cfgs)} Lorsa and {len(transcoder_cfgs)} transcoder "
@@ -513,6 +520,21 @@ class ReplacementModel(HookedRootModule):
         replacement.meta, replacement.model_name = meta, name
         replacement.content_sha256 = recorded_content
         return replacement
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string"}
+
+
+def _entry(data: dict, key: str, kind: type, where: str = ""):
+    """``data[key]``, a JSON value of ``kind`` (``object``: any), or a ValueError naming the
+    key by its path (a KeyError's message was only the bare key, quoted)."""
+    path = f"{where}.{key}" if where else key
+    if key not in data:
+        raise ValueError(f"missing key {path!r}")
+    value = data[key]
+    if kind is not object and not isinstance(value, kind):
+        raise ValueError(f"{path!r} must be {_JSON_TYPES[kind]}, got {type(value).__name__}")
+    return value
 
 
 def _check_resid(resid, cfg, dtype: torch.dtype) -> None:

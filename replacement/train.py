@@ -150,6 +150,17 @@ def check_config(config: str) -> None:
         raise UserError(f"unknown replacement config {config!r}; known: {', '.join(CONFIGS)}")
 
 
+def check_apart(out: Path, activations: Path) -> None:
+    """Refuse an output directory that is the activation cache, inside it or holds it: the
+    run's checkpoint and set would be written among (or over) the cache's chunks."""
+    o, a = out.resolve(), activations.resolve()
+    if o == a or a in o.parents or o in a.parents:
+        where = "is" if o == a else "is inside" if a in o.parents else "holds"
+        raise UserError(f"--out {out} {where} --activations {activations}: the run would "
+                        "write its checkpoint and set among the cache's files; keep them "
+                        "apart")  # fmt: skip
+
+
 def train_replacement(
     model_name: str,
     out: Path,
@@ -178,6 +189,8 @@ def train_replacement(
     if stop_after is not None and stop_after % cfg.checkpoint_every:
         raise ValueError(f"stop_after={stop_after} is not a checkpoint step")
     out = Path(out)
+    if activations is not None:
+        check_apart(out, Path(activations))
     run = ResumableRun(out, resume=resume, outputs=(SET_FILE,), window=STATS_WINDOW)
 
     # 2) the frozen model, and the dictionaries with their optimizer (restored on --resume)
@@ -283,11 +296,14 @@ def parse_layers(text: str) -> list[int] | None:
     if text == "all":
         return None
     try:
-        return sorted({int(part) for part in text.split(",")})
+        layers = [int(part) for part in text.split(",")]
     except ValueError:
         raise UserError(
             f"--layers must be 'all' or comma-separated integers, got {text!r}"
         ) from None
+    if twice := sorted({l for l in layers if layers.count(l) > 1}):
+        raise UserError(f"--layers {text}: layer {twice[0]} is named twice; name each once")
+    return sorted(layers)
 
 
 def main(argv: list[str] | None = None) -> int:

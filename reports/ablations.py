@@ -99,16 +99,18 @@ class AblationResults:
 def check_results(results) -> AblationResults:
     """The results file as typed records, or a ValueError naming the first field that is of
     the wrong type or out of range, a variant that is not one (``replacement.ablations.Variant``
-    checks its fields), a run or axis naming no variant, or a loss recovered that does not
-    follow from its run's and its layer's losses."""
+    checks its fields) or not the one its name says, a run or axis naming no variant, or a
+    loss recovered that does not follow from its run's and its layer's losses."""
     from replacement.ablations import Variant
 
     record = from_json(AblationResults, results, "results")
     for name, fields in record.variants.items():
         try:
-            from_json(Variant, fields, f"results.variants.{name}")
+            variant = from_json(Variant, fields, f"results.variants.{name}")
         except ValueError as exc:  # Variant's own checks do not know where it was read
             raise ValueError(f"results.variants.{name}: {exc}") from None
+        if variant.name != name:  # the sweep keys each variant by its name
+            raise ValueError(f"results.variants.{name}: its fields are variant {variant.name}")
     names = set(record.variants)
     for axis, members in record.axes.items():
         if unknown := sorted(set(members) - names):

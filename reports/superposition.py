@@ -149,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     seconds = {"load": time.perf_counter() - t0}
-    results = analyse(replacement, tokenizer, args, seconds)
+    t1 = time.perf_counter()
+    # Read before the measurement (a minute or more): a bad --dashboards file is refused now
+    labels = concept_labels(replacement, tokenizer, args)
+    seconds["dashboards"] = time.perf_counter() - t1
+    results = analyse(replacement, tokenizer, args, seconds, labels)
     results["model"] = args.model
     results["replacement"] = args.replacement or "shipped"
     results["torch_threads"] = torch.get_num_threads()
@@ -163,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ----------------------------------------------------------------- the analysis
-def analyse(replacement, tokenizer, args: argparse.Namespace, seconds: dict) -> dict:
+def analyse(
+    replacement, tokenizer, args: argparse.Namespace, seconds: dict, labels: tuple[dict, str]
+) -> dict:
     """The measurement, the family labels, the hosting tables and the worked examples: what
-    ``superposition.json`` holds (``seconds`` gets the phases' timings)."""
+    ``superposition.json`` holds (``seconds`` gets the phases' timings; ``labels`` are
+    ``concept_labels``'s, read before)."""
     import torch
 
     from circuits import superposition as S
@@ -180,9 +187,7 @@ def analyse(replacement, tokenizer, args: argparse.Namespace, seconds: dict) -> 
     t0 = time.perf_counter()
     families = family_labels(replacement, tokenizer, args.heads_docs, progress=not args.quiet)
     seconds["families"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    concepts, dash_note = concept_labels(replacement, tokenizer, args)
-    seconds["dashboards"] = time.perf_counter() - t0
+    concepts, dash_note = labels
 
     names = list(families)
     n_layers = len(result.layers)

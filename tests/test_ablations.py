@@ -368,6 +368,16 @@ def _set_nested(path: str, value):
          _set_nested("variants.lorsa-w1024-k16-qk16-d16.kind", "mlp"), "unknown dictionary kind"),
         ("reports.ablations", "lorsa_ablations_default.json",
          _set_nested("axes.k", ["no-such-variant"]), "no variant named"),
+        # n_qk_heads 0 was a ZeroDivisionError, -16 divided 1024 and was rendered
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("variants.lorsa-w1024-k32-qk16-d64.n_qk_heads", 0),
+         "n_qk_heads=0 must be a positive integer"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("variants.lorsa-w1024-k32-qk16-d64.n_qk_heads", -16),
+         "n_qk_heads=-16 must be a positive integer"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("variants.lorsa-w1024-k32-qk16-d64.n_qk_heads", 8),
+         "its fields are variant lorsa-w1024-k32-qk8-d64"),
     ],
 )  # fmt: skip
 def test_a_results_file_with_values_out_of_range_is_one_line(

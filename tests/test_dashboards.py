@@ -351,6 +351,60 @@ def test_a_forged_file_with_token_ids_outside_the_vocabulary_is_refused(
         D.read_file(forged, replacement, tokenizer)
 
 
+def _key_after_query(name: str):
+    def edit(state, layout, n_ctx):
+        slot = layout.lorsa_slot()
+        h, j = (state[f"{name}.key_pos"][..., 0] >= 0).nonzero()[0].tolist()  # a kept example
+        query = int(state[f"{name}.index"][int((slot == h).nonzero()[0]), j]) % n_ctx
+        assert query < n_ctx - 1  # (so that a key after it is still inside the row)
+        state[f"{name}.key_pos"][h, j, 0] = n_ctx - 1
+
+    return edit
+
+
+def _key_of_no_example(state, layout, n_ctx):
+    slot = layout.lorsa_slot()
+    unit, j = ((state["sample.index"] < 0) & (slot >= 0)[:, None]).nonzero()[0].tolist()
+    state["sample.key_pos"][int(slot[unit]), j, 0] = 0
+
+
+def _act_sum(kind: str, value: float):
+    def edit(state, layout, n_ctx):
+        units = (layout.lorsa_slot() >= 0) == (kind == "lorsa")
+        state["act_sum"][int((units & (state["fires"] > 0)).nonzero()[0])] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_key_after_query("top"), "top.key_pos holds a key after its example's query position"),
+        (_key_after_query("sample"), "sample.key_pos holds a key after its example's query"),
+        (_key_of_no_example, "sample.key_pos holds keys of examples that are not kept"),
+        (_act_sum("lorsa", -1.0), "act_sum holds negative sums of activations"),
+        (_act_sum("transcoder", -1.0), "act_sum holds negative sums of activations"),
+        (_act_sum("transcoder", 0.0), "act_sum is not positive exactly where its unit fired"),
+    ],
+)
+def test_a_forged_file_with_keys_or_sums_the_pass_never_writes_is_refused(
+    setup, edit, message, monkeypatch
+):
+    """Found by a fuzz pass: a file with a valid checksum was accepted with a z-pattern key
+    after its example's query position (attention is causal) and a negative act_sum (every
+    unit's activation is a ReLU output, Lorsa heads' z too). Both are refused."""
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, path)
+    D.read_file(path, replacement, tokenizer)  # the file as written: accepted
+    edit(dash.state, dash.layout, dash.meta["n_ctx"])
+    forged = tmp / "forged.safetensors"
+    _forge(forged, dash, monkeypatch)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        D.read_file(forged, replacement, tokenizer)
+
+
 def test_a_partial_file_whose_header_claims_it_finished_is_refused(setup, monkeypatch):
     """rows_done lies in the header, outside the tensors' checksum: a partial file edited to
     claim every row was shown as finished, with empty logit effects (every promoted token

@@ -72,3 +72,16 @@ def test_config_validation():
         LorsaConfig(d_model=8, n_qk_heads=3, n_ov_heads=10, d_qk=4, top_k=2)
     with pytest.raises(ValueError, match="top_k=0"):
         LorsaConfig(d_model=8, n_qk_heads=2, n_ov_heads=10, d_qk=4, top_k=0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("n_qk_heads", 0), ("n_qk_heads", -2), ("n_ov_heads", -10), ("d_qk", 0), ("d_model", -8),
+     ("d_qk", 4.0), ("n_qk_heads", True)],
+)  # fmt: skip
+def test_config_refuses_sizes_that_are_not_positive_integers(field, value):
+    """Found by a fuzz pass: n_qk_heads=0 was a ZeroDivisionError, and -2 passed the
+    divisibility check (10 % -2 == 0). Each is one ValueError naming the field."""
+    shapes = dict(d_model=8, n_qk_heads=2, n_ov_heads=10, d_qk=4, top_k=2) | {field: value}
+    with pytest.raises(ValueError, match=f"^{field}={value!r} must be a positive integer$"):
+        LorsaConfig(**shapes)

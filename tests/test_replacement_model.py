@@ -310,6 +310,58 @@ def test_load_refuses_wrong_shapes_and_bad_configs(replacement, random_model, tm
         ReplacementModel.load(tmp_path, random_model)
 
 
+def _drop(path: str):
+    def edit(config):
+        *parents, last = path.split(".")
+        for key in parents:
+            config = config[key]
+        del config[last]
+
+    return edit
+
+
+def _set(path: str, value):
+    def edit(config):
+        *parents, last = path.split(".")
+        for key in parents:
+            config = config[key]
+        config[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_drop("content_sha256"), "missing key 'content_sha256'"),
+        (_drop("model"), "missing key 'model'"),
+        (_drop("model.name"), "missing key 'model.name'"),
+        (_drop("model.sha256"), "missing key 'model.sha256'"),
+        (_drop("model.n_layers"), "missing key 'model.n_layers'"),
+        (_drop("model.d_model"), "missing key 'model.d_model'"),
+        (_drop("lorsa"), "missing key 'lorsa'"),
+        (_drop("transcoders"), "missing key 'transcoders'"),
+        (_drop("files"), "missing key 'files'"),
+        (_set("model", "random"), "'model' must be an object, got str"),
+        (_set("lorsa", 3), "'lorsa' must be an array, got int"),
+        (_set("files", []), "'files' must be an object, got list"),
+        (_set("content_sha256", None), "'content_sha256' must be a string, got NoneType"),
+    ],
+)
+def test_a_config_missing_a_key_names_it(replacement, random_model, tmp_path, edit, message):
+    """Found by a fuzz pass: without ``content_sha256`` the refusal read ``not a valid
+    replacement config ('content_sha256')``, a KeyError's bare repr. Each key the reader needs
+    is named by its path when it is missing or of the wrong JSON type."""
+    replacement.save(tmp_path, "random")
+    config_path = tmp_path / "replacement.json"
+    config = json.loads(config_path.read_text())
+    edit(config)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError) as error:
+        ReplacementModel.load(tmp_path, random_model)
+    assert str(error.value) == f"{config_path}: not a valid replacement config ({message})"
+
+
 def test_dtype_and_device_moves_reach_the_toy_model(replacement, random_model, tokens):
     replacement.double()  # the toy model sits outside the module tree; .to() must still move it
     assert random_model.W_E.dtype == torch.float64

@@ -296,3 +296,37 @@ def test_figures_that_cannot_be_saved_leave_no_half_set(random_model, make_repla
     with pytest.raises(ValueError, match="cannot be saved .*nothing written"):
         replacement.save(tmp_path / "set", "m", meta={"loss_recovered": float("nan")})
     assert not (tmp_path / "set").exists() or not any((tmp_path / "set").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("out", "acts", "where"),
+    [("acts", "acts", "is"), ("acts/set", "acts", "is inside"), ("run", "run/acts", "holds")],
+)
+def test_an_out_that_overlaps_the_activation_cache_is_refused(tmp_path, capsys, out, acts, where):
+    """Found by a fuzz pass: --out the --activations directory (or inside it, or around it)
+    trained and wrote a checkpoint and a replacement set among the cache's chunks. Refused in
+    one line before anything is written (paths compared resolved: ``x/../acts`` is ``acts``)."""
+    from replacement import train
+
+    (tmp_path / acts).mkdir(parents=True)
+    (tmp_path / acts / "manifest.json").write_text("{}")
+    before = sorted(tmp_path.rglob("*"))
+    out_arg = tmp_path / "x" / ".." / out  # the same directory, spelled otherwise
+    argv = ["--model", "default", "--config", "tiny", "--steps", "3",
+            "--activations", str(tmp_path / acts), "--out", str(out_arg)]  # fmt: skip
+    line = one_line_error(capsys, train.main, argv)
+    assert line == (f"error: --out {out_arg} {where} --activations {tmp_path / acts}: the run "
+                    "would write its checkpoint and set among the cache's files; keep them "
+                    "apart")  # fmt: skip
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(("text", "layer"), [("1,1", 1), ("0,2,0", 0)])
+def test_a_layer_named_twice_is_refused(text, layer):
+    """Found by a fuzz pass: ``--layers 1,1`` was read as ``1`` without a word."""
+    from replacement.train import parse_layers
+    from toy_models.cli import UserError
+
+    with pytest.raises(UserError, match=f"^--layers {text}: layer {layer} is named twice"):
+        parse_layers(text)
+    assert parse_layers("2,0") == [0, 2]

@@ -365,6 +365,30 @@ def test_cli_end_to_end_on_a_tiny_model(tiny_run, tiny_pretrained, make_layers, 
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file"])
+def test_a_bad_dashboards_file_is_refused_before_the_measurement(
+    content, tiny_run, tiny_pretrained, make_layers, tmp_path, cli, monkeypatch
+):
+    """Found by a fuzz pass: an unreadable --dashboards file was refused only after the whole
+    measurement (a minute or more). It is read, with the same checks, before any of it."""
+    from reports.superposition import main
+
+    def measure(*args, **kwargs):
+        raise AssertionError("measured before the dashboards file was read")
+
+    monkeypatch.setattr(S, "measure", measure)
+    model, _ = tiny_pretrained
+    lorsas, transcoders = make_layers(model.cfg.n_layers, model.cfg.d_model, n_qk=2, n_ov=16)
+    ReplacementModel(model, lorsas, transcoders).save(tmp_path / "rep", str(tiny_run))
+    (tmp_path / "dash.safetensors").write_bytes(content)
+    out = tmp_path / "sp"
+    code, _, err = cli(main, "--model", tiny_run, "--replacement", tmp_path / "rep", "--out", out,
+                       "--dashboards", tmp_path / "dash.safetensors", "--quiet")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: dashboards file {tmp_path / 'dash.safetensors'}:"), err
+    assert not out.exists()
+
+
 def test_heads_positions_and_counts_are_checked(random_model, make_replacement):
     """Found by a fuzz pass: head -1 was read from the end (family_matrix credited the last
     Lorsa head, constructed_lorsa copied the last MHSA head's QK), a zero direction built a

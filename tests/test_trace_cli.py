@@ -295,6 +295,34 @@ def test_the_last_position_never_trains(tiny_run):
             ["--prompt", PROMPT, "--dashboard-rows", "64", "--no-dashboards"],
             "--dashboard-rows sets the dashboards --no-dashboards turns off",
         ),
+        # found by a fuzz pass: options a target makes moot, and BOS as a target, were
+        # accepted without a word (the default values of these options are not refused)
+        (
+            ["--prompt", PROMPT, "--target", " Thursday", "--max-logits", "3"],
+            "--max-logits chooses the top logits traced when no target is given; with --target it "
+            "is unused: drop one",
+        ),
+        (
+            ["--prompt", PROMPT, "--target-node", "lorsa:0:1:1", "--logit-probability", "0.5"],
+            "--logit-probability chooses the top logits traced when no target is given; with "
+            "--target-node it is unused: drop one",
+        ),
+        (
+            ["--prompt", PROMPT, "--vs-runner-up", "--max-logits", "2"],
+            "with --vs-runner-up it is unused",
+        ),
+        (
+            ["--prompt", PROMPT, "--feature-files"],  # (trace() adds --no-dashboards)
+            "--feature-files writes the dashboards' feature files that --no-dashboards turns off",
+        ),
+        (
+            ["--prompt", PROMPT, "--target", "<|bos|>"],
+            "--target '<|bos|>': <|bos|> only begins a sequence and is never predicted",
+        ),
+        (
+            ["--prompt", PROMPT, "--target-diff", " a", "<|bos|>"],
+            "--target-diff ' a' '<|bos|>': <|bos|> only begins a sequence and is never predicted",
+        ),
         (["--prompt", PROMPT, "--node-threshold", "0"], "--node-threshold must be in (0, 1]"),
         (["--prompt", PROMPT, "--format", "gif"], "--format: unknown ['gif']"),
         (["--prompt", PROMPT, "--replacement", "/nonexistent"], "replacement file missing"),
@@ -685,3 +713,17 @@ def test_most_influential_never_lists_a_target(tmp_path, capsys):
     assert not graph.is_kind("lorsa", "transcoder").logical_and(~graph.is_target).any()
     assert "most influential: none" in stdout
     assert graph.ids[target] not in stdout.split("most influential")[1]
+
+
+def test_only_explicit_options_that_a_target_or_no_dashboards_makes_moot_are_refused():
+    """The defaults of --max-logits, --logit-probability and --feature-files (on) never
+    trigger the refusals above; --no-feature-files with --no-dashboards asks for nothing moot."""
+    from circuits.trace import _check_args, parse_args
+
+    args = parse_args(["--prompt", "x", "--target", " a", "--no-dashboards"])
+    _check_args(args)
+    assert (args.max_logits, args.logit_probability, args.feature_files) == (10, 0.95, True)
+    assert not parse_args(["--prompt", "x", "--no-feature-files", "--no-dashboards"]).feature_files
+    args = parse_args(["--prompt", "x", "--max-logits", "3", "--logit-probability", "0.5"])
+    _check_args(args)
+    assert (args.max_logits, args.logit_probability) == (3, 0.5)

@@ -66,7 +66,7 @@ from .flows import (
     top_paths,
 )
 from .graph import Graph, QKAttribution, checked_count
-from .groups import AUTO_RULES, GroupedGraph, auto_groups, node_name
+from .groups import AUTO_RULES, GroupedGraph, auto_groups, checked_concepts, node_name
 from .interventions import Intervention, check_full_graph, intervene, predict, target_nodes
 from .mechanism_file import (
     EffectCheck,
@@ -124,6 +124,7 @@ def summarize(
     if pruned is not None and (pruned.tokens != full.tokens or pruned.mode != full.mode
                                or not set(pruned.ids) <= set(full.ids)):  # fmt: skip
         raise ValueError("pruned is not a pruning of full: another prompt, mode or nodes")
+    concepts = checked_concepts(concepts)  # with a view given too, where auto_groups is not run
     with single_thread():
         return _summarize(
             replacement, full, run, pruned=pruned, concepts=concepts, view=view, beam=beam,

@@ -421,6 +421,9 @@ def test_summarize_refuses_inputs_that_do_not_belong_together(graph, replacement
     assert len({int(graph.layer[i]) for i in across}) == 2
     view = grouped(graph, [across], ["across"])
     assert summarize(replacement, graph, None, view=view, check=False).targets
+    # concepts are checked with a view given too (auto_groups, which checks them, is not run)
+    with pytest.raises(ValueError, match="concepts must map unit ids"):
+        summarize(replacement, graph, None, view=view, check=False, concepts={"0_1": ("x", "1")})
 
 
 def test_auto_groups_follow_their_rules(graph):

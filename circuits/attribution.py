@@ -42,7 +42,7 @@ from .graph import (
     is_integer,
 )
 from .nodes import Kind, logit_stage, lorsa_stage, stage_of, transcoder_stage
-from .prune import row_sums
+from .prune import open_rows, remember_closed, row_sums
 
 LORSA_BLOCK_ENTRIES = 1 << 23  # Lorsa targets x sources per dense block (bounds temporaries)
 
@@ -564,6 +564,8 @@ def attribute(
     if targets is not None:
         graph.target_weight /= graph.target_weight.sum()
     graph.settings["closure_error"] = _closure(edges.row_sum, edges.row_abs, bias, value)
+    if not len(open_rows(graph, edges.row_sum.numpy(), edges.row_abs.numpy())):
+        remember_closed(graph)  # its rows were summed as they were built: no second pass
     return graph  # no timings in it: the same prompt gives the same bytes
 
 

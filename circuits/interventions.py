@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,16 +30,13 @@ from replacement.model import ReplacementModel, hook_name
 from .attribution import PromptRun, decoder_bias, run_for_graph
 from .graph import Graph, checked_flag
 from .nodes import Kind, block_of, stage_of, sublayer_kind
-from .prune import row_sums
+from .prune import known_closed, open_rows, remember_closed, row_sums
 
 # The hook a Lorsa head's / transcoder feature's activation passes, per kind.
 ACTIVATION_SITE = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
 SITE = {Kind.LORSA: "lorsa", Kind.TRANSCODER: "transcoder"}
 
 ACTIONS = ("ablate", "clamp", "scale")
-# How far a full graph's row may be from closing, relative to its terms' magnitudes (float32
-# edges close to about 1e-6; a pruned graph misses whole edges).
-CLOSURE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -155,38 +151,25 @@ def check_full_graph(graph: Graph, run: PromptRun | None = None) -> int:
         if n_src != len(run.kind) or not torch.equal(graph.index[:n_src], run.index):
             raise ValueError("this needs the full (unpruned) graph of the prompt")
         return n_src
-    parts = (graph.edges, graph.bias, graph.value, graph.activation)
-    known = _CLOSED.get(tuple(map(id, parts)))
-    if known is not None and all(r() is x for r, x in zip(known, parts, strict=True)):
+    if known_closed(graph):
         return n_src  # these very arrays were found to close
     _check_rows_close(graph)
-    for key in [k for k, refs in _CLOSED.items() if any(r() is None for r in refs)]:
-        del _CLOSED[key]  # arrays gone since
-    _CLOSED[tuple(map(id, parts))] = tuple(weakref.ref(x) for x in parts)
+    remember_closed(graph)
     return n_src
-
-
-# The arrays of graphs whose rows were found to close (``check_full_graph`` without a run): a
-# pass over a long prompt's 1e8 edges takes 1.5 s, which every flow called without an
-# ``EdgeSweep`` would pay again. Keyed by the arrays' ids, each checked by a weak reference.
-_CLOSED: dict[tuple[int, ...], tuple[weakref.ref, ...]] = {}
 
 
 def _check_rows_close(graph: Graph) -> None:
     """Refuse ``graph`` unless every head's, feature's and target's row closes."""
     total, size = row_sums(graph.edges)
-    bias = graph.bias.double().numpy()
-    target = graph.is_target.numpy()
-    want = np.where(target, graph.value.double().numpy(), graph.activation.double().numpy())
-    rows = target | graph.is_kind(Kind.LORSA, Kind.TRANSCODER).numpy()
-    gap = np.abs(total + bias - want)
-    open_rows = np.flatnonzero(rows & ~(gap <= CLOSURE * np.maximum(size + np.abs(bias), 1e-6)))
-    if len(open_rows):
-        i = int(open_rows[0])
+    open_ = open_rows(graph, total, size)
+    if len(open_):
+        i = int(open_[0])
+        target = bool(graph.is_target[i])
+        want = float(graph.value[i] if target else graph.activation[i])
         raise ValueError(
             f"this needs the full (unpruned) graph of the prompt: node {graph.ids[i]}'s "
-            f"incoming edges and bias sum to {total[i] + bias[i]:.4g}, not its "
-            f"{'value' if target[i] else 'activation'} {want[i]:.4g} (a pruned graph has lost "
+            f"incoming edges and bias sum to {total[i] + float(graph.bias[i]):.4g}, not its "
+            f"{'value' if target else 'activation'} {want:.4g} (a pruned graph has lost "
             "edges)"
         )
 

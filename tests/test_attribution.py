@@ -784,3 +784,24 @@ def test_a_head_reads_the_key_its_activation_comes_from_most(graph, replacement)
         assert float(graph.attention[i]) == pytest.approx(float(pattern[int(z.argmax())]))
         differ += int(z.argmax()) != int(pattern.argmax())
     assert differ > 0
+
+
+def test_a_graph_attribute_builds_is_known_to_close_without_a_second_pass(graph, replacement):
+    """``attribute`` sums every row as it builds it, so it records the graph as closing
+    (``circuits.prune.remember_closed``): ``intervene``'s and the flows' full-graph checks then
+    cost no pass over the edges (1.7 s at 127 tokens). Only those very arrays: a graph whose
+    edges are edited afterwards is checked again, and refused when a row no longer closes."""
+    from circuits.interventions import check_full_graph
+    from circuits.prune import known_closed
+
+    assert known_closed(graph)
+    edited = graph.subgraph(torch.arange(graph.n_nodes), edges=graph.edges.copy())
+    assert not known_closed(edited)
+    check_full_graph(edited)  # summed, found to close, remembered
+    assert known_closed(edited)
+    broken = graph.edges.copy()
+    broken.data[np.abs(broken.data).argmax()] = 0
+    broken = graph.subgraph(torch.arange(graph.n_nodes), edges=broken)
+    with pytest.raises(ValueError, match="incoming edges and bias sum to"):
+        check_full_graph(broken)
+    assert not known_closed(broken)

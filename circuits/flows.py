@@ -242,15 +242,19 @@ def qk_root_pairs(
     side's and the key side's rows (``SourceShare``, each with its total against the other
     side's whole deviation) and the table ``table[a, b] = DU_a . DV_b / sqrt(d_qk)``, which
     sums to ``specific`` exactly. ``qk_root_tables`` does many at once."""
-    return qk_root_tables(view, [(side, qk_head, query, key)], edge_sweep)[0]
+    return qk_root_tables(view, [(side, qk_head, query, key)], edge_sweep)[0][:3]
 
 
 def qk_root_tables(
     view: GroupedGraph, requests: list[tuple], edge_sweep: EdgeSweep | None = None
-) -> list[tuple[list[SourceShare], list[SourceShare], np.ndarray]]:
+) -> list[tuple[list[SourceShare], list[SourceShare], np.ndarray, np.ndarray]]:
     """``qk_root_pairs`` of many (``QKSides``, QK head, query, key) requests, their readouts
     swept together (``ROOT_BATCH`` requests per sweep: a sparse product with many columns
-    costs much less per column than one with a few)."""
+    costs much less per column than one with a few), each with a fourth item: the table
+    against the key's own vector instead of its deviation (``own[a, b] = DU_a . V_b``, ``V_b``
+    what root ``b`` gives the key's own vector: its own token at the key, tokens the heads at
+    the key moved there, nothing after the key). ``table = own - DU . (mean key)``, so the
+    difference is what the mean key takes away (``root_split``'s ``token_parts``)."""
     graph = checked_view(view).graph
     edge_sweep = _sweep_of(graph, edge_sweep)
     roots = np.flatnonzero([g.is_root for g in view.groups])
@@ -271,7 +275,9 @@ def qk_root_tables(
         for side, qk_head, query, key in batch:
             wq, wk = (w.numpy() for w in side.reference_weights(query, key, torch.float64))
             valid, at = side.valid.numpy(), side.at.numpy()
-            for vectors, weight in ((side.query, wq), (side.key, wk)):
+            at_key = np.zeros_like(wk)
+            at_key[key] = 1.0  # the key's own vector
+            for vectors, weight in ((side.query, wq), (side.key, wk), (side.key, at_key)):
                 vec = vectors[:, :, qk_head].double().numpy()  # pos 1+slot e
                 direct = np.zeros((graph.n_nodes, vec.shape[-1]))
                 direct[at[valid]] = (weight[:, None, None] * vec[:, 1:])[valid]
@@ -286,32 +292,35 @@ def qk_root_tables(
         own = direct.sum(0) - by_root.sum(0)
         width = len(biases[0])
         for i, (side, *_) in enumerate(batch):
-            du, dv = (
+            du, dv, v = (
                 np.concatenate([by_root[:, sl], biases[j][None], own[None, sl]])
-                for j in (2 * i, 2 * i + 1)
+                for j in (3 * i, 3 * i + 1, 3 * i + 2)
                 for sl in [slice(j * width, (j + 1) * width)]
             )
-            table = du @ dv.T / math.sqrt(side.lorsa.cfg.d_qk)
-            out.append((shares(table.sum(1)), shares(table.sum(0)), table))
+            scale = math.sqrt(side.lorsa.cfg.d_qk)
+            table, at_key = du @ dv.T / scale, du @ v.T / scale
+            out.append((shares(table.sum(1)), shares(table.sum(0)), table, at_key))
     return out
 
 
 def root_split(
     query_rows: list[SourceShare], key_rows: list[SourceShare], table: np.ndarray, top: int,
-    key: int | None = None,
-) -> tuple[list[RootPair], dict[str, float], dict[str, float]]:  # fmt: skip
+    key: int | None = None, at_key: np.ndarray | None = None,
+) -> tuple[list[RootPair], dict[str, float], dict[str, float], list[RootPair]]:  # fmt: skip
     """A ``qk_root_pairs`` table read for people: its ``top`` largest terms by magnitude
     between tokens and errors (largest first), and the table's exact split into ``tokens``
     (token x token terms), ``constants`` (every term with a constant on either side: bias
     nodes, the QK bias side, the nodes' own terms; the always-on part, which cancels across
     positions only where nothing varies) and ``errors`` (the rest: terms with an error).
 
-    With the ``key`` position, the token part splits again by what the key side holds
-    (``QKReasonRecord.token_parts``): ``key_own`` (terms against the key's own token) and
-    ``moved`` (against tokens that heads at the key moved there), and the listed terms are
-    the ``top`` largest of each of the two (roots at the key and roots elsewhere), so that a
-    match on a moved token (induction: the current token x the token before the key) is
-    listed however large the terms against the key's own token are."""
+    With the ``key`` position and the table against the key's own vector (``at_key``, the
+    fourth item of ``qk_root_tables``), the token part splits by what the key side holds
+    (``QKReasonRecord.token_parts``, summing to ``tokens``): ``key_own`` (the query's tokens
+    against the key's own token), ``moved`` (against tokens the heads at the key moved there)
+    and ``mean_key`` (what the mean key, every position's vector, takes away); and the ``top``
+    largest terms against moved tokens are listed apart (``moved_pairs``): for induction the
+    current token against the token before the key. A layer-0 head's ``moved`` is 0: no head
+    below it moves anything."""
     constant = np.array([r.kind in ("bias", "qk_bias", "own") for r in query_rows])
     token_q = np.array([r.kind == "embedding" for r in query_rows])
     token_k = np.array([r.kind == "embedding" for r in key_rows])
@@ -323,29 +332,32 @@ def root_split(
         "constants": float(table.sum() - varying.sum()),
     }
     kept = np.flatnonzero(~constant)  # the same rows on both sides
+    pairs = [RootPair(query_rows[kept[i]], key_rows[kept[j]], float(varying[i, j]))
+             for i, j in _largest(varying, top)]  # fmt: skip
     token_parts: dict[str, float] = {}
-    if key is None:
-        columns = [np.arange(len(kept))]
-    else:
-        at_key = np.array([key_rows[k].pos == key for k in kept])
-        columns = [np.flatnonzero(at_key), np.flatnonzero(~at_key)]
-        own = np.array([r.pos == key for r in key_rows])[token_k]
-        token_parts = {"key_own": float(tokens[:, own].sum()),
-                       "moved": float(tokens[:, ~own].sum())}  # fmt: skip
-    listed = []
-    for cols in columns:
-        magnitude = np.abs(varying[:, cols]).ravel()
-        flat = np.argpartition(-magnitude, top - 1)[:top] if magnitude.size > top else \
-            np.arange(magnitude.size)  # fmt: skip
-        a, b = np.unravel_index(flat, (len(kept), len(cols)))
-        listed += [(i, cols[j]) for i, j in zip(a.tolist(), b.tolist(), strict=True)]
-    listed.sort(key=lambda ij: -abs(varying[ij]))
-    pairs = [
-        RootPair(query_rows[kept[i]], key_rows[kept[j]], float(varying[i, j]))
-        for i, j in listed
-        if varying[i, j] != 0
-    ]
-    return pairs, parts, token_parts
+    moved_pairs: list[RootPair] = []
+    if key is not None and at_key is not None:
+        own = np.array([r.pos == key for r in key_rows])
+        mine = at_key[token_q][:, token_k]
+        token_parts = {"key_own": float(mine[:, own[token_k]].sum()),
+                       "moved": float(mine[:, ~own[token_k]].sum())}  # fmt: skip
+        token_parts["mean_key"] = parts["tokens"] - token_parts["key_own"] - token_parts["moved"]
+        elsewhere = np.flatnonzero(~own[kept])  # roots moved to the key (tokens or errors)
+        moved = at_key[~constant][:, ~constant][:, elsewhere]
+        moved_pairs = [RootPair(query_rows[kept[i]], key_rows[kept[elsewhere[j]]],
+                                float(moved[i, j])) for i, j in _largest(moved, top)]  # fmt: skip
+    return pairs, parts, token_parts, moved_pairs
+
+
+def _largest(table: np.ndarray, top: int) -> list[tuple[int, int]]:
+    """The (row, column) of a table's ``top`` largest nonzero entries by magnitude, largest
+    first."""
+    magnitude = np.abs(table).ravel()
+    flat = np.argpartition(-magnitude, top - 1)[:top] if magnitude.size > top else \
+        np.arange(magnitude.size)  # fmt: skip
+    flat = flat[np.argsort(-magnitude[flat], kind="stable")]
+    a, b = np.unravel_index(flat, table.shape)
+    return [(i, j) for i, j in zip(a.tolist(), b.tolist(), strict=True) if table[i, j] != 0]
 
 
 def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> dict:

@@ -115,18 +115,19 @@ class QKReasonRecord:
     ``SIDE_SOURCES`` largest of each category, largest first: ``roots`` (token embeddings,
     errors, constants: their totals, the nodes' own terms and the QK bias term sum to
     ``query_at`` / ``key_at``), ``heads`` and ``features`` (totals through them).
-    ``root_pairs`` (for the group's first QK head, the one with the largest flow):
-    ``specific`` split by roots on both sides at once (``RootPair``,
-    ``qk_root_pairs``), its ``ROOT_PAIRS`` largest terms between tokens and errors: which token
-    at the query meets which token the key holds (its own, or one moved there by the heads at
-    the key; the ``ROOT_PAIRS`` largest of each); ``root_parts``: the exact split of
-    ``specific`` into ``tokens``, ``errors`` and ``constants`` (``root_split``);
-    ``token_parts``: its ``tokens`` split by the key side, ``key_own`` (against the key's own
-    token) and ``moved`` (against tokens moved to the key). The own token often leads (the
-    key is the kind of token the query reads: a word, not BOS or a comma), while what makes
-    this key win over others of its kind is often a moved token: on ``My sister plays violin
-    on stage and my sister plays`` the induction heads' terms are ' v'@9 (own) +10.6 and
-    'ays'@8 (moved) +4.52, and changing ``violin`` keeps their attention at 0.80-0.90 where
+    ``root_pairs`` (for the group's first QK head, the one with the largest flow): ``specific``
+    split by roots on both sides at once (``RootPair``, ``qk_root_pairs``), its ``ROOT_PAIRS``
+    largest terms between tokens and errors: which token at the query meets which token the key
+    side holds (its own, one moved there by the heads at the key, or, through the mean key, any
+    position's); ``root_parts``: the exact split of ``specific`` into ``tokens``, ``errors`` and
+    ``constants`` (``root_split``); ``token_parts``: its ``tokens`` split by the key side,
+    ``key_own`` (against the key's own token), ``moved`` (against tokens the heads at the key
+    moved there) and ``mean_key`` (what the mean key takes away: ``specific`` is against the
+    key's deviation from the mean key), and ``moved_pairs`` the largest terms against moved
+    tokens (or errors). The own token often gives the largest single term (the key is the kind
+    of token the query reads: a word, not BOS or a comma), while what makes this key win over
+    others of its kind is often a moved token: on ``My sister plays violin on stage and my
+    sister plays`` changing ``violin`` keeps the induction heads' attention at 0.80-0.90 where
     changing the ``plays`` before it takes it to 0.00."""
 
     layer: int
@@ -150,6 +151,7 @@ class QKReasonRecord:
     root_pairs: list[RootPair] = field(default_factory=list)
     root_parts: dict[str, float] = field(default_factory=dict)
     token_parts: dict[str, float] = field(default_factory=dict)
+    moved_pairs: list[RootPair] = field(default_factory=list)
 
 
 @dataclass
@@ -364,9 +366,10 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
             _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
             if r.token_parts:
-                _expect(set(r.token_parts) == {"key_own", "moved"} and "tokens" in r.root_parts,
-                        f"{where}.qk[{j}].token_parts: key_own and moved, beside root_parts' "
-                        "tokens")  # fmt: skip
+                _expect(set(r.token_parts) == {"key_own", "moved", "mean_key"}
+                        and "tokens" in r.root_parts,
+                        f"{where}.qk[{j}].token_parts: key_own, moved and mean_key, beside "
+                        "root_parts' tokens")  # fmt: skip
                 _closes(sum(r.token_parts.values()), r.root_parts["tokens"],
                         f"{where}.qk[{j}].token_parts")  # fmt: skip
     flows = {g.key: g.flow for g in summary.groups}

@@ -90,7 +90,7 @@ MAX_GROUPS = 10
 HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
-ROOT_PAIRS = 4  # root x root terms listed for each QK reason: at the key, and moved there
+ROOT_PAIRS = 5  # root x root terms listed for each QK reason (and as many against moved tokens)
 
 
 def summarize(
@@ -228,8 +228,9 @@ def _summarize(
         reason.key_sources = _side_sources(view, k_flow)
     tables = qk_root_tables(view, [request for _, request in pending], edge_sweep)
     for (reason, _), table in zip(pending, tables, strict=True):
-        reason.root_pairs, reason.root_parts, reason.token_parts = root_split(
-            *table, ROOT_PAIRS, key=reason.key
+        q_rows, k_rows, specific, at_key = table
+        reason.root_pairs, reason.root_parts, reason.token_parts, reason.moved_pairs = root_split(
+            q_rows, k_rows, specific, ROOT_PAIRS, key=reason.key, at_key=at_key
         )
     target_records = []
     for t, parts, ranking in per_target:

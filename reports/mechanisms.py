@@ -174,31 +174,26 @@ def ref_text(ref: NodeRef | None) -> str:
 
 def root_text(r: QKReasonRecord, top: int) -> str:
     """A QK reason's root pairs in one line: the exact split of ``specific`` (its token part
-    split again into terms against the key's own token and against tokens moved to the key,
-    ``token_parts``) and its largest token (or error) pairs, query side first, with the
-    largest against the key's own roots and against moved ones both shown; a moved root is
-    written ``token 'ays'@8 -> @9`` (it reaches the key at 9 through the heads there)."""
+    split again into the key's own token, tokens moved to the key and the mean key,
+    ``token_parts``), its largest token (or error) pairs, query side first, then the largest
+    against tokens moved to the key (``moved_pairs``), written ``token 'ays'@8 -> @9``: it
+    reaches the key at 9 through the heads there."""
     whole = sum(abs(x) for x in r.root_parts.values())
     split = []
     for part in ("tokens", "errors", "constants"):
         text = f"{part} {_signed(r.root_parts.get(part), whole)}"
         if part == "tokens" and r.token_parts:
-            text += (f" = the key's own {_signed(r.token_parts['key_own'], whole)} + moved to "
-                     f"the key {_signed(r.token_parts['moved'], whole)}")  # fmt: skip
+            parts = r.token_parts
+            text += (f" = the key's own {_signed(parts['key_own'], whole)} + moved to the key "
+                     f"{_signed(parts['moved'], whole)} + against the mean key "
+                     f"{_signed(parts['mean_key'], whole)}")  # fmt: skip
         split.append(text)
-    shown = list(r.root_pairs[:top])
-    for at_key in (True, False):  # the largest of each kind, whatever the other's size
-        first = next((p for p in r.root_pairs if (p.key.pos == r.key) == at_key), None)
-        if first is not None and first not in shown:
-            shown = [*shown[: top - 1], first] if len(shown) >= top else [*shown, first]
-    shown.sort(key=lambda p: -abs(p.value))
-
-    def key_side(p) -> str:
-        moved = p.key.pos is not None and p.key.pos != r.key
-        return p.key.name + (f" -> @{r.key}" if moved else "")
-
-    pairs = "; ".join(f"{p.query.name} x {key_side(p)} {_signed(p.value)}" for p in shown)
-    return f"specific by roots ({', '.join(split)}): {pairs}"
+    pairs = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
+                      for p in r.root_pairs[:top])  # fmt: skip
+    moved = "; ".join(f"{p.query.name} x {p.key.name} -> @{r.key} {_signed(p.value)}"
+                      for p in r.moved_pairs[: max(1, top - 1)])  # fmt: skip
+    moved = f"; moved to the key: {moved}" if moved else ""
+    return f"specific by roots ({', '.join(split)}): {pairs}{moved}"
 
 
 def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: bool = False) -> str:

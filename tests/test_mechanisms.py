@@ -21,6 +21,7 @@ from circuits.flows import (
     many_qk_side_flows,
     node_flows,
     qk_root_pairs,
+    qk_root_tables,
     qk_side_flows,
     root_split,
     target_parts,
@@ -272,27 +273,31 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
         # Key-side roots come only from positions up to the query.
         for r, x in zip(k_rows, table.sum(0), strict=True):
             assert r.pos is None or r.pos <= a.query or abs(x) < 1e-9
-        pairs, parts, by_key = root_split(q_rows, k_rows, table, 4)
+        pairs, parts, by_key, moved = root_split(q_rows, k_rows, table, 4)
         assert sum(parts.values()) == pytest.approx(a.reason.specific, abs=1e-4)
         assert all(p.query.kind in ("embedding", "error") and p.key.kind in ("embedding", "error")
                    for p in pairs)  # fmt: skip
         assert [abs(p.value) for p in pairs] == sorted((abs(p.value) for p in pairs), reverse=True)
-        assert len(pairs) <= 4 and by_key == {}
-        # Split by the key side: the key's own token against tokens moved there, each listed.
-        pairs, parts, by_key = root_split(q_rows, k_rows, table, 2, key=a.key)
+        assert len(pairs) <= 4 and by_key == {} and moved == []
+        # Against the key's own vector (not its deviation from the mean key): all of it is
+        # key_at, the query's deviation against what the key holds; nothing after the key
+        # reaches it, and the token part splits into the key's own, moved and the mean key's.
+        *_, at_key = qk_root_tables(view, [(side, a.qk_head, a.query, a.key)])[0]
+        _, _, parts_at = qk_side_flows(graph, side, a.qk_head, a.query, a.key)
+        assert at_key.sum() == pytest.approx(parts_at["key_at"], abs=1e-4)
+        after = [j for j, r in enumerate(k_rows) if r.pos is not None and r.pos > a.key]
+        assert np.abs(at_key[:, after]).max(initial=0) < 1e-9
+        pairs, parts, by_key, moved = root_split(q_rows, k_rows, table, 2, key=a.key,
+                                                 at_key=at_key)  # fmt: skip
         tokens_q = [r.kind == "embedding" for r in q_rows]
         own = [r.kind == "embedding" and r.pos == a.key for r in k_rows]
-        moved = [r.kind == "embedding" and r.pos != a.key for r in k_rows]
-        assert by_key["key_own"] == pytest.approx(table[tokens_q][:, own].sum(), abs=1e-9)
-        assert by_key["moved"] == pytest.approx(table[tokens_q][:, moved].sum(), abs=1e-9)
+        elsewhere = [r.kind == "embedding" and r.pos != a.key for r in k_rows]
+        assert by_key["key_own"] == pytest.approx(at_key[tokens_q][:, own].sum(), abs=1e-9)
+        assert by_key["moved"] == pytest.approx(at_key[tokens_q][:, elsewhere].sum(), abs=1e-9)
         assert sum(by_key.values()) == pytest.approx(parts["tokens"], abs=1e-9)
-        for at_key in (True, False):  # the two largest of each side's terms are listed
-            listed = sorted(abs(p.value) for p in pairs if (p.key.pos == a.key) == at_key)
-            rows = [i for i, r in enumerate(k_rows) if r.kind in ("embedding", "error")
-                    and (r.pos == a.key) == at_key]  # fmt: skip
-            q_rows_kept = [i for i, r in enumerate(q_rows) if r.kind in ("embedding", "error")]
-            every = sorted(np.abs(table[np.ix_(q_rows_kept, rows)]).ravel())
-            assert listed == pytest.approx([x for x in every[-2:] if x != 0])
+        if a.layer == 0:  # no head below the first layer moves anything to the key
+            assert by_key["moved"] == 0 and moved == []
+        assert len(moved) <= 2 and all(p.key.pos < a.key for p in moved)
 
 
 # ----------------------------------------------------------------- groups
@@ -311,8 +316,9 @@ def test_root_text_shows_float_rounding_as_zero():
 
 def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
     """Terms against the key's own token can fill the list (a word key for a query that
-    reads words); the largest against a token moved to the key (the induction match) is shown
-    anyway, marked with where it was moved, and the token part is split the same way."""
+    reads words); the largest against tokens moved to the key (the induction match) are
+    listed after them, marked with where they were moved, and the token part is split into
+    the key's own, the moved and the mean key's."""
     from circuits.mechanism_file import QKReasonRecord, RootPair, SourceShare
     from reports.mechanisms import root_text
 
@@ -321,35 +327,23 @@ def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
 
     r = QKReasonRecord(2, 0, 23, 9, " v", 0.9, 1.0, 0, 0, 0, 1.0, 0, 0, [])
     r.root_parts = {"tokens": 20.0, "errors": 0.0, "constants": 0.0}
-    r.token_parts = {"key_own": 9.0, "moved": 11.0}
+    r.token_parts = {"key_own": 9.0, "moved": 17.0, "mean_key": -6.0}
     q = token("token 'ays'@23", 23)
     r.root_pairs = [RootPair(q, token("token ' v'@9", 9), 10.6),
                     RootPair(token("token 'my'@17", 17), token("token ' v'@9", 9), -2.0),
                     RootPair(token("token 'x'@20", 20), token("token ' v'@9", 9), 1.9),
                     RootPair(q, token("token 'ays'@8", 8), 1.5)]  # fmt: skip
+    r.moved_pairs = [RootPair(q, token("token 'ays'@8", 8), 5.1),
+                     RootPair(q, token("token ' s'@3", 3), 2.5),
+                     RootPair(q, token("token 'M'@1", 1), 0.5)]  # fmt: skip
     text = root_text(r, 3)
-    assert "tokens +20 = the key's own +9 + moved to the key +11," in text
-    assert text.endswith("token 'ays'@23 x token ' v'@9 +10.6; token 'my'@17 x token ' v'@9 -2; "
-                         "token 'ays'@23 x token 'ays'@8 -> @9 +1.5")  # fmt: skip
-
-
-def test_the_summary_says_when_the_current_token_carries_the_most():
-    """A list's item is often the query token itself: the summary names the largest mover
-    from another position, so a line says first that the current token carries the most of
-    the target's token flow, from the fields (``tokens_by_position``), never otherwise."""
-    from circuits.mechanism_file import TargetRecord, TokenShare
-    from reports.mechanisms import own_token_text
-
-    shares = [TokenShare(4, " Thursday", 13.1), TokenShare(3, " Wednesday", 7.56)]
-    t = TargetRecord("logit_0", " Friday", None, 0.95, 14.4, 23.2, 0.0, -8.8, [], None, None,
-                     None, "g0", tokens_by_position=shares)  # fmt: skip
-    assert own_token_text(t, 4) == (
-        "the current token ' Thursday'@4 carries the most of it (+13.1 of tokens +23.2), at "
-        "the target's own position, where no head needs to move it"
+    assert ("tokens +20 = the key's own +9 + moved to the key +17 + against the mean key -6,"
+            in text)  # fmt: skip
+    assert text.endswith(
+        "token 'ays'@23 x token ' v'@9 +10.6; token 'my'@17 x token ' v'@9 -2; token 'x'@20 x "
+        "token ' v'@9 +1.9; moved to the key: token 'ays'@23 x token 'ays'@8 -> @9 +5.1; token "
+        "'ays'@23 x token ' s'@3 -> @9 +2.5"
     )
-    assert own_token_text(t, 5) == own_token_text(t, None) == ""
-    t.tokens_by_position = [TokenShare(4, " Thursday", -20.0), *shares[1:]]
-    assert own_token_text(t, 4) == ""  # the largest positive part is elsewhere
 
 
 def test_a_supernode_sums_its_members_edges_exactly(graph):

@@ -225,6 +225,8 @@ def select(
     qk = qk_edges(graph, candidates, sources=range(graph.n_nodes))
     behind = {e.source for e in qk if kinds[e.source] in INNER_KINDS} - candidates
     candidates |= behind
+    # the heads drawn as sources get their own QK edges, from what is drawn already
+    qk += [e for e in qk_edges(graph, candidates) if e.target in behind]
 
     every = strongest_edges(graph)
     among = [e for e in every if e.source in candidates and e.target in candidates]

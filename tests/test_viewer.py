@@ -722,6 +722,14 @@ def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser,
     write_html(graph, path, None)
     open_page(browser, path)
     assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in selection.nodes)
+    # the page draws the selection's QK edges, those of the heads drawn as sources included
+    # (a review found the page drawing theirs and the SVG not)
+    page_qk = browser.evaluate("[...document.querySelectorAll('#viewer svg g.qk-edge')]"
+                               ".map(g => [g.dataset.s, g.dataset.t, g.dataset.side])")  # fmt: skip
+    assert sorted(map(tuple, page_qk)) == sorted(
+        (graph.ids[e.source], graph.ids[e.target], e.side) for e in selection.qk
+    )
+    assert any(e.target in behind for e in selection.qk)  # the previous-token head's own
     click_node(browser, graph.ids[induction[0]])
     text = panel_text(browser)
     assert "key side from, through the graph:" in text

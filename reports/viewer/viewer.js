@@ -278,21 +278,19 @@
   }
   // A record's largest source group on `side` with a member on the page: its strongest such
   // member, the group's total and its size (reports.layout._top_qk_source).
-  function topSource(rec, side) {
+  // `present` (optional): only members drawn count.
+  function topSource(rec, side, present) {
     for (const x of rec.sources || []) {
       if (x.side !== side) continue;
       for (const id of x.members) {
         const i = byId.get(id);
-        if (i !== undefined) return [i, x.value, x.members.length];
+        if (i !== undefined && (!present || present[i])) return [i, x.value, x.members.length];
       }
     }
     return null;
   }
   function topQK(rec, side, present) {
-    if (rec.sources && rec.sources.length) {
-      const top = topSource(rec, side);
-      return top && present[top[0]] ? top : null;
-    }
+    if (rec.sources && rec.sources.length) return topSource(rec, side, present);
     const col = side === "q" ? 0 : 1;
     for (const p of rec.pairs) {
       const i = p[col] == null ? undefined : byId.get(p[col]);

@@ -86,9 +86,10 @@ def one_length(model: str, n: int, exact: bool) -> dict:
         run = run_prompt(replacement, torch.tensor(tokens), "local", constants=True)
         graph = attribute(replacement, tokens, tokenizer=tokenizer, run=run)
         t1 = time.perf_counter()
-        pruned = prune_graph(graph, scored=influence_scores(graph))
+        scored = influence_scores(graph)
+        pruned = prune_graph(graph, scored=scored)
         t2 = time.perf_counter()
-        qk_step(replacement, pruned, run, full=graph)
+        qk_step(replacement, pruned, run, full=graph, scored=scored)
         return t1 - t0, t2 - t1, time.perf_counter() - t2
 
     times, cli_times = [], []

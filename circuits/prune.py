@@ -10,6 +10,7 @@ top stage down: each row block is visited once, and nothing dense of size nodes 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -246,11 +247,14 @@ def prune_graph(
     max_nodes: int | None = None,
     *,
     scored: Scored | None = None,
+    keep: Iterable[int] | None = None,
 ) -> Graph:
     """The subgraph that carries ``node_threshold`` of the influence on the targets, with the
     edges that carry ``edge_threshold`` of the remaining edge influence; heads, features and
     errors left without an outgoing edge (heads and features also without an incoming edge)
-    are removed until none is left. Embeddings, logits and node targets always stay.
+    are removed until none is left. Embeddings, logits and node targets always stay, and so do
+    the nodes ``keep`` names (indices of ``graph``: the trace keeps the heads behind a kept
+    head's attention, whose own influence on the targets is small; ``circuits.trace.qk_step``).
     ``max_nodes`` caps the heads, features and errors kept (most influential first).
     ``scored`` (optional): this graph's ``influence_scores``, when the caller has them.
     """
@@ -264,6 +268,8 @@ def prune_graph(
     stage, weights = graph.stage.numpy(), graph.target_weight.numpy()
     infl = scored.influence if scored is not None else influence(graph.edges, stage, weights)
     always = (graph.is_kind("embedding") | graph.is_target).numpy()
+    if keep is not None:
+        always[graph.node_indices(list(keep), "keep").numpy()] = True
     inner = graph.is_kind("lorsa", "transcoder", "error").numpy()
     keep = infl >= find_threshold(infl, node_threshold)
     if max_nodes is not None:

@@ -290,19 +290,54 @@ def main(argv: list[str] | None = None) -> int:
         return _trace(args, formats)
 
 
-def qk_step(replacement, graph, run, key_mass: float | None = None, full=None) -> None:
+def qk_step(replacement, graph, run, key_mass: float | None = None, full=None, scored=None):
     """The trace's QK step (``benchmarks/attribution.py`` times this very call): every head
-    the pruned graph keeps, with the contrast split and the QK reason, and with ``full`` (the
-    unpruned graph) each record's sources through the graph (``qk_sources``), which the
-    drawing's QK edges come from."""
+    the pruned ``graph`` keeps, with the contrast split and the QK reason; returns the graph.
+
+    With ``full`` (the unpruned graph ``graph`` was pruned from) each record also gets its
+    sources through the graph (``qk_sources``), which the drawing's QK edges come from. When
+    pruning dropped the strongest member of a record's largest source group on either side
+    (the heads behind an attention pattern have little influence of their own on the
+    targets: an induction key's previous-token heads), the graph is pruned again from
+    ``full`` with the same settings, keeping them (``prune_graph(keep=)``; ``scored``: the
+    full graph's ``influence_scores``), and the heads that pruning adds get their records;
+    the graph returned is that one."""
+    from .prune import prune_graph
     from .qk import qk_attribution, qk_sources
 
-    heads = graph.is_kind("lorsa").nonzero().squeeze(1)
-    records = qk_attribution(
-        replacement, graph, heads, key_mass=key_mass, contrast=True, reason=True, run=run
-    )
-    if full is not None:
-        qk_sources(replacement, full, records, run)
+    def attribute_qk(g, heads):
+        records = qk_attribution(
+            replacement, g, heads, key_mass=key_mass, contrast=True, reason=True, run=run
+        )
+        if full is not None:
+            qk_sources(replacement, full, records, run)
+        return records
+
+    records = attribute_qk(graph, graph.is_kind("lorsa").nonzero().squeeze(1))
+    if full is None:
+        return graph
+    dropped = {
+        full.id_to_index[x.members[0]]
+        for a in records
+        for side in ("query", "key")
+        for x in [next((x for x in a.sources if x.side == side), None)]
+        if x is not None and x.members[0] not in graph.id_to_index
+    }
+    if not dropped:
+        return graph
+    s = graph.settings
+    kept = prune_graph(full, s["node_threshold"], s["edge_threshold"], s["max_nodes"],
+                       scored=scored, keep=sorted(dropped))  # fmt: skip
+    heads = kept.is_kind("lorsa").nonzero().squeeze(1).tolist()
+    group_size = replacement.lorsas[0].cfg.group_size
+    where = {i: (int(kept.layer[i]), int(kept.index[i]) // group_size, int(kept.pos[i]))
+             for i in heads}  # fmt: skip
+    had = {(a.layer, a.qk_head, a.query, a.key) for a in records}
+    new = [i for i in heads if (*where[i], kept.read_key(i)) not in had]  # no record at its key
+    present = set(where.values())
+    added = attribute_qk(kept, new) if new else []
+    kept.qk = [a for a in records if (a.layer, a.qk_head, a.query) in present] + added
+    return kept
 
 
 def _trace(args: argparse.Namespace, formats: list[str]) -> int:
@@ -345,7 +380,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
             "--max-nodes (the default keeps about 10,000)"
         )
     if args.qk:
-        qk_step(replacement, graph, run, args.key_mass, full)
+        graph = qk_step(replacement, graph, run, args.key_mass, full, scored)
     t_qk = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
     graph.settings["scores"] = scored.scores

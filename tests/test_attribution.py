@@ -597,6 +597,13 @@ def test_pruning_keeps_what_carries_influence(graph):
         if k in ("lorsa", "transcoder"):
             assert in_deg[j] > 0
     assert pruned.settings["unpruned"] == {"nodes": graph.n_nodes, "edges": graph.n_edges}
+    # Nodes named in keep stay, however little influence they carry, edges or none.
+    weakest = [i for i in np.argsort(infl).tolist() if graph.kinds[i] in ("lorsa", "transcoder")]
+    extra = [i for i in weakest if graph.ids[i] not in pruned.id_to_index][:3]
+    kept = prune_graph(graph, node_threshold=0.8, edge_threshold=0.98, keep=extra)
+    assert {graph.ids[i] for i in extra} <= set(kept.ids)
+    with pytest.raises(ValueError, match="keep"):
+        prune_graph(graph, keep=[graph.n_nodes])
 
 
 def test_max_nodes_and_threshold_checks(graph):

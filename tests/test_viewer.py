@@ -700,8 +700,7 @@ def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser,
     tokens = torch.tensor(encode_prompt(tokenizer, prompt, replacement.model.trained_positions))
     run = run_prompt(replacement, tokens, "local", constants=True)
     full = attribute(replacement, tokens, tokenizer=tokenizer, run=run, prompt=prompt)
-    graph = prune_graph(full)
-    qk_step(replacement, graph, run, full=full)
+    graph = qk_step(replacement, prune_graph(full), run, full=full)
     key = graph.token_strings.index(" v")  # the first token of ' violin', which is predicted
     q = len(tokens) - 1
     induction = [i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
@@ -712,12 +711,25 @@ def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser,
         top = next(x for x in graph.qk_for(i)[0].sources if x.side == "key")
         assert (top.kind, top.layer, top.pos, top.attends) == ("lorsa", 0, key, key - 1)
         assert len(top.members) >= 8 and top.value > 0
+    # pruning drops them (their influence on the logit is small); the trace keeps the
+    # strongest of each kept head's largest source group, so every induction head draws its
+    # key side from its own largest group (a review found 3 of them with no key edge at all)
+    at_query = [i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+                if int(graph.layer[i]) == 2 and int(graph.pos[i]) == q]  # fmt: skip
+    assert all(
+        next(x for x in graph.qk_for(i)[0].sources if x.side == side).members[0]
+        in graph.id_to_index
+        for i in at_query
+        for side in ("query", "key")
+    )
     selection = layout.select(graph)
     members = {graph.id_to_index[m] for m in top.members if m in graph.id_to_index}
     behind = members & set(selection.behind)
     assert behind, "a previous-token head is drawn beyond the budget"
     assert {(e.source, e.side) for e in selection.qk if e.target in induction} >= {
         (b, "k") for b in behind}  # fmt: skip
+    keyed = {e.target for e in selection.qk if e.side == "k"}
+    assert all(i in keyed for i in induction if i in selection.nodes)
     path = tmp_path / "graph.html"
     write_html(graph, path, None)
     open_page(browser, path)

@@ -424,7 +424,7 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         _require(contrast is None or _is_number(contrast), "qk.contrast", "expected a number")
         if d.get("reason") is not None:
             _check_reason(d["reason"], layer, query, key)
-        _check_sources(d.get("sources", []), d["query"])
+        _check_sources(d.get("sources", []), d["query"], d["key"])
         known = set(QKAttribution.__dataclass_fields__)
         _require(set(d) <= known, "qk", f"unknown keys {sorted(set(d) - known)}")
         try:
@@ -485,9 +485,9 @@ def _decimal(text: str) -> bool:
     return text.isascii() and text.isdigit() and (text == "0" or text[0] != "0")
 
 
-def _check_sources(sources, query: int) -> None:
+def _check_sources(sources, query: int, key: int) -> None:
     """A QK record's ``QKSource`` entries: every field typed, a known side and kind, at a
-    position up to the query's, members named."""
+    position up to its side's (the query's or the key's), members named."""
     _require(isinstance(sources, list), "qk.sources", "expected a list")
     known = set(QKSource.__dataclass_fields__)
     for x in sources:
@@ -497,7 +497,8 @@ def _check_sources(sources, query: int) -> None:
         _require(x["kind"] in QK_SOURCE_KINDS, "qk.sources.kind", f"not one of {QK_SOURCE_KINDS}")
         for name in ("layer", "pos"):
             _require(_is_int(x[name]), f"qk.sources.{name}", "expected a non-negative integer")
-        _require(x["pos"] <= query, "qk.sources.pos", "after the query")
+        _require(x["pos"] <= (query if x["side"] == "query" else key), "qk.sources.pos",
+                 "after its side's position")  # fmt: skip
         _require(x["attends"] is None or (_is_int(x["attends"]) and x["attends"] <= x["pos"]),
                  "qk.sources.attends", "expected null or a key up to its position")  # fmt: skip
         members = x["members"]

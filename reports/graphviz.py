@@ -249,7 +249,11 @@ def to_dot(
             fontsize="8",
             penwidth="0.8",
             tooltip=f"QK {'query' if e.side == 'q' else 'key'} side {src} -> {tgt}: {e.value:+.4g}"
-            + (f" (a group of {e.members} nodes with it, in all)" if e.members > 1 else ""),
+            + (
+                f" in all, from the {e.members} nodes of its group (this one the strongest)"
+                if e.members > 1
+                else ""
+            ),
         )
         lines.append(f"  {_q(src)} -> {_q(tgt)} {attrs};")
     lines.append("}")

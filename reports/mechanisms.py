@@ -103,7 +103,14 @@ def after_text(before: float | None, after: float | None) -> str:
     demeaned logit can rise while its token's probability falls; this shows which happened."""
     if before is None or after is None:
         return ""
-    return f" (p {before:.2g} -> {after:.2g})"
+    return f" (p {_p(before)} -> {_p(after)})"
+
+
+def _p(p: float) -> str:
+    """A probability to 3 significant digits, never rounded up to 1 or down to 0 (0.996, not
+    1; 4.9e-06, not 0)."""
+    text = f"{p:.3g}"
+    return text if 0 < float(text) < 1 or p in (0.0, 1.0) else f"{p:.6g}"
 
 
 def own_token_text(t: TargetRecord, pos: int | None) -> str:
@@ -115,9 +122,9 @@ def own_token_text(t: TargetRecord, pos: int | None) -> str:
     top = next((x for x in t.tokens_by_position if x.flow > 0), None)
     if pos is None or top is None or top.pos != pos:
         return ""
-    return (f"the current token {top.token!r}@{pos} carries the most of it ({_signed(top.flow)} "
-            f"of tokens {_signed(t.tokens)}), at the target's own position, where no head needs "
-            "to move it")  # fmt: skip
+    return (f"the current token {top.token!r}@{pos} carries its largest part by position "
+            f"({_signed(top.flow)}; all tokens {_signed(t.tokens)}), at the target's own "
+            "position, where no head needs to move it")  # fmt: skip
 
 
 def moved_text(t: TargetRecord) -> str:
@@ -247,9 +254,14 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
     if any(g.checks for g in summary.groups):
         lines.append(
             "  (ablate: the group zeroed; the change of the target predicted by the linear "
-            "graph and measured with attention frozen and free, with the target token's "
-            "probability before and after; FLAGGED where a measured change has the other sign "
-            f"or is over {RATIO:g}x off)"
+            "graph and measured with attention frozen and free"
+            + (
+                ", with the target token's probability before and after (for a difference, its "
+                "first token's)"
+                if any(t.probability is not None for t in summary.targets)
+                else ""
+            )
+            + f"; FLAGGED where a measured change has the other sign or is over {RATIO:g}x off)"
         )
     first = summary.targets[0].node if summary.targets else None
     probabilities = {t.node: t.probability for t in summary.targets}

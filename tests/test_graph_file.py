@@ -401,3 +401,16 @@ def test_a_qk_records_sources_are_checked(tmp_path, change, field):
     with pytest.raises(GraphFileError, match=field):  # the writer runs the reader's checks
         graph.save(tmp_path / "bad.safetensors")
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_a_key_side_source_after_the_key_is_refused(tmp_path):
+    """Nothing after the key reaches its vector: a key-side source there is no trace's."""
+    from circuits.graph import QKSource
+
+    graph = make_graph()
+    a = next(a for a in graph.qk if a.key < a.query)
+    a.sources = [QKSource("key", "lorsa", 0, a.key + 1, a.key, [graph.ids[0]], 1.0)]
+    with pytest.raises(GraphFileError, match="qk.sources.pos"):
+        graph.save(tmp_path / "bad.safetensors")
+    a.sources = [QKSource("query", "lorsa", 0, a.key + 1, a.key, [graph.ids[0]], 1.0)]
+    graph.save(tmp_path / "good.safetensors")  # the query side reaches up to the query

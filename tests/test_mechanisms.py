@@ -346,6 +346,25 @@ def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
     )
 
 
+def test_the_summary_says_when_the_current_token_carries_the_most():
+    """A list's item is often the query token itself: the summary names the largest mover
+    from another position, so a line says first that the current token carries the most of
+    the target's token flow, from the fields (``tokens_by_position``), never otherwise."""
+    from circuits.mechanism_file import TargetRecord, TokenShare
+    from reports.mechanisms import own_token_text
+
+    shares = [TokenShare(4, " Thursday", 13.1), TokenShare(3, " Wednesday", 7.56)]
+    t = TargetRecord("logit_0", " Friday", None, 0.95, 14.4, 23.2, 0.0, -8.8, [], None, None,
+                     None, "g0", tokens_by_position=shares)  # fmt: skip
+    assert own_token_text(t, 4) == (
+        "the current token ' Thursday'@4 carries its largest part by position (+13.1; all "
+        "tokens +23.2), at the target's own position, where no head needs to move it"
+    )
+    assert own_token_text(t, 5) == own_token_text(t, None) == ""
+    t.tokens_by_position = [TokenShare(4, " Thursday", -20.0), *shares[1:]]
+    assert own_token_text(t, 4) == ""  # the largest positive part is elsewhere
+
+
 def test_a_supernode_sums_its_members_edges_exactly(graph):
     heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()[-3:]
     view = group(graph, heads, "my heads")
@@ -672,7 +691,13 @@ def test_summary_records(graph, replacement, run, tmp_path):
     assert "predicting heads" in text and "QK" in text and "FLAGGED where" in text
     c = next(c for g in back.groups for c in g.checks if c.target == back.targets[0].node)
     p = back.targets[0].probability
-    assert f"frozen attention {c.frozen:+.3g} (p {p:.2g} -> {c.probability_frozen:.2g})" in text
+    from reports.mechanisms import after_text
+
+    assert f"frozen attention {c.frozen:+.3g}{after_text(p, c.probability_frozen)}" in text
+    assert after_text(p, c.probability_frozen).startswith(" (p ")
+    assert after_text(0.9964, 4.9e-6) == " (p 0.996 -> 4.9e-06)"  # never "p 1 -> 0"
+    assert after_text(0.99996, 0.00001) == " (p 0.99996 -> 1e-05)"
+    assert after_text(None, 0.5) == after_text(0.5, None) == ""
     moved = back.targets[0].moved_by_position[0]
     assert f"the heads there bring {back.targets[0].heads_flow:+.3g}, by key: " \
            f"{moved.token!r}@{moved.pos} {moved.flow:+.3g}" in text  # fmt: skip

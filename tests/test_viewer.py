@@ -666,10 +666,12 @@ def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_p
     c = summary.groups[0].checks[0]
     t = next(t for t in summary.targets if t.node == c.target)
     p = t.probability
+    from reports.mechanisms import after_text
+
     assert (
-        f"ablate '{t.token}': predicted {c.predicted:+.3g}, frozen {c.frozen:+.3g} (p {p:.2g} "
-        f"-> {c.probability_frozen:.2g}), free {c.free:+.3g} (p {p:.2g} -> "
-        f"{c.probability_free:.2g})"
+        f"ablate '{t.token}': predicted {c.predicted:+.3g}, frozen {c.frozen:+.3g}"
+        f"{after_text(p, c.probability_frozen)}, free {c.free:+.3g}"
+        f"{after_text(p, c.probability_free)}"
     ) in text
     flows = [line for line in text.splitlines() if " · flow " in line]
     assert flows and all(f"'{names[0]}' " in line and f"'{names[1]}' " in line for line in flows)

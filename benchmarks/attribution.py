@@ -58,7 +58,7 @@ def one_length(model: str, n: int, exact: bool) -> dict:
     from circuits.attribution import attribute, closure_error, run_prompt
     from circuits.prune import influence_scores, prune_graph
     from circuits.qk import qk_attribution
-    from circuits.trace import qk_step
+    from circuits.trace import qk_step, sources_step
     from replacement.model import load_pretrained
 
     torch.set_grad_enabled(False)
@@ -80,8 +80,9 @@ def one_length(model: str, n: int, exact: bool) -> dict:
     def as_the_cli_runs():
         """What ``circuits.trace`` runs by default: one clean run (constants as nodes) shared by
         the graph and QK, influence once, then its QK step (``circuits.trace.qk_step``: every
-        head the pruned graph keeps, contrast split, QK reason and sources through the full
-        graph)."""
+        head the pruned graph keeps, contrast split and QK reason) and, timed apart, its
+        sources step (``circuits.trace.sources_step``: each record's sources through the full
+        graph, and the second pruning that keeps their strongest members)."""
         t0 = time.perf_counter()
         run = run_prompt(replacement, torch.tensor(tokens), "local", constants=True)
         graph = attribute(replacement, tokens, tokenizer=tokenizer, run=run)
@@ -89,8 +90,11 @@ def one_length(model: str, n: int, exact: bool) -> dict:
         scored = influence_scores(graph)
         pruned = prune_graph(graph, scored=scored)
         t2 = time.perf_counter()
-        qk_step(replacement, pruned, run, full=graph, scored=scored)
-        return t1 - t0, t2 - t1, time.perf_counter() - t2
+        sides: dict = {}
+        qk_step(replacement, pruned, run, sides=sides)
+        t3 = time.perf_counter()
+        sources_step(replacement, pruned, run, graph, scored, sides=sides)
+        return t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3
 
     times, cli_times = [], []
     for _ in range(4):  # a warm-up, then 3 timed; one graph alive at a time
@@ -101,7 +105,7 @@ def one_length(model: str, n: int, exact: bool) -> dict:
     times, cli_times = times[1:], cli_times[1:]
     cli = {
         name: statistics.median(t[k] for t in cli_times)
-        for k, name in enumerate(("graph", "prune", "qk_as_the_cli"))
+        for k, name in enumerate(("graph", "prune", "qk_as_the_cli", "sources_as_the_cli"))
     }
     result = {
         "tokens": n,

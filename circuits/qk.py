@@ -281,6 +281,7 @@ def qk_attribution(
     run: PromptRun | None = None,
     contrast: bool = False,
     reason: bool = False,
+    sides: dict[int, QKSides] | None = None,
 ) -> list[QKAttribution]:
     """QK attributions for the Lorsa heads ``nodes`` of ``graph`` (default: all of them).
 
@@ -292,7 +293,8 @@ def qk_attribution(
     units (``E_{token}``, ``{layer}_{index}`` as in node ids without the position, ``bias``).
     ``reason`` adds each record's ``QKReason`` (both sides' always-on parts named, the rest
     split into query-unit x key-unit pairs). Both are computed for a batch of a layer's
-    records at once. The list is also stored in ``graph.qk``.
+    records at once. The list is also stored in ``graph.qk``. ``sides`` (optional): a dict of
+    each layer's ``QKSides`` of this run, read and filled (``qk_sources`` shares it).
     """
     checked_count(top, "top")
     contrast, reason = checked_flag(contrast, "contrast"), checked_flag(reason, "reason")
@@ -327,7 +329,7 @@ def qk_attribution(
     # (``single_thread``); the plain records are a few large ones per layer.
     with single_thread() if contrast or reason else nullcontext():
         for layer in triples[:, 0].unique().tolist():
-            side = QKSides(run, replacement, layer)
+            side = _sides_of(sides, run, replacement, layer)
             unit = slot_units(run, side, units) if contrast or reason else None
             names = SlotNames(run, side, unit)
             layer_triples, records = triples[triples[:, 0] == layer], []
@@ -347,6 +349,19 @@ def qk_attribution(
 QK_SOURCES = 3  # per side of a QK record: the largest positive source groups it keeps
 
 
+def _sides_of(sides: dict | None, run: PromptRun, replacement, layer: int) -> QKSides:
+    """Layer ``layer``'s ``QKSides`` of ``run``: from ``sides`` when it holds them (the caller's
+    cache, for this very run), else built (and kept there when ``sides`` is a dict)."""
+    if sides is not None and layer in sides:
+        if sides[layer].run is not run:
+            raise ValueError("sides holds another run's QKSides: pass a dict for this run")
+        return sides[layer]
+    side = QKSides(run, replacement, layer)
+    if sides is not None:
+        sides[layer] = side
+    return side
+
+
 @torch.no_grad()
 def qk_sources(
     replacement: ReplacementModel,
@@ -355,6 +370,7 @@ def qk_sources(
     run: PromptRun | None = None,
     *,
     top: int = QK_SOURCES,
+    sides: dict[int, QKSides] | None = None,
 ) -> None:
     """Fill each record's ``sources``: its ``query_at`` and ``key_at`` (the query's own vector
     against the key's deviation, the query's deviation against the key's own vector: the
@@ -364,7 +380,7 @@ def qk_sources(
     the largest positive totals (``QKSource``). Token embeddings and bias nodes are left out:
     a token reaches the key only through heads there, and those heads are what a drawing can
     show. ``full`` is the unpruned graph of the records' prompt (only its flows are exact);
-    the records may be a pruned copy's."""
+    the records may be a pruned copy's. ``sides``: as ``qk_attribution``'s."""
     from .flows import EdgeSweep, many_qk_side_flows
 
     checked_count(top, "top")
@@ -379,7 +395,7 @@ def qk_sources(
     sweep = EdgeSweep(full, run)
     flows = {}
     for layer in sorted({a.layer for a in records}):
-        side = QKSides(run, replacement, layer)
+        side = _sides_of(sides, run, replacement, layer)
         mine = [a for a in records if a.layer == layer]
         requests = [(side, a.qk_head, a.query, a.key) for a in mine]
         flows |= dict(zip(map(id, mine), many_qk_side_flows(full, requests, sweep), strict=True))

@@ -290,32 +290,31 @@ def main(argv: list[str] | None = None) -> int:
         return _trace(args, formats)
 
 
-def qk_step(replacement, graph, run, key_mass: float | None = None, full=None, scored=None):
+def qk_step(replacement, graph, run, key_mass: float | None = None, sides=None) -> list:
     """The trace's QK step (``benchmarks/attribution.py`` times this very call): every head
-    the pruned ``graph`` keeps, with the contrast split and the QK reason; returns the graph.
+    the pruned ``graph`` keeps, with the contrast split and the QK reason (``graph.qk``).
+    ``sides`` (optional): a dict of each layer's ``QKSides``, shared with ``sources_step``."""
+    from .qk import qk_attribution
 
-    With ``full`` (the unpruned graph ``graph`` was pruned from) each record also gets its
-    sources through the graph (``qk_sources``), which the drawing's QK edges come from. When
-    pruning dropped the strongest member of a record's largest source group on either side
-    (the heads behind an attention pattern have little influence of their own on the
-    targets: an induction key's previous-token heads), the graph is pruned again from
-    ``full`` with the same settings, keeping them (``prune_graph(keep=)``; ``scored``: the
-    full graph's ``influence_scores``), and the heads that pruning adds get their records;
-    the graph returned is that one."""
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1)
+    return qk_attribution(replacement, graph, heads, key_mass=key_mass, contrast=True,
+                          reason=True, run=run, sides=sides)  # fmt: skip
+
+
+def sources_step(replacement, graph, run, full, scored=None, key_mass=None, sides=None):
+    """The trace's step after ``qk_step`` (``benchmarks/attribution.py`` times it apart): each
+    QK record's sources through the full graph ``full`` (``qk_sources``), which the drawing's
+    QK edges come from; returns the graph. When pruning dropped the strongest member of a
+    record's largest source group on either side (the heads behind an attention pattern have
+    little influence of their own on the targets: an induction key's previous-token heads),
+    the graph is pruned again from ``full`` with the same settings, keeping them
+    (``prune_graph(keep=)``; ``scored``: the full graph's ``influence_scores``), and the heads
+    that pruning adds get their records (``qk_step``'s) and sources; that graph is returned."""
     from .prune import prune_graph
     from .qk import qk_attribution, qk_sources
 
-    def attribute_qk(g, heads):
-        records = qk_attribution(
-            replacement, g, heads, key_mass=key_mass, contrast=True, reason=True, run=run
-        )
-        if full is not None:
-            qk_sources(replacement, full, records, run)
-        return records
-
-    records = attribute_qk(graph, graph.is_kind("lorsa").nonzero().squeeze(1))
-    if full is None:
-        return graph
+    records = graph.qk
+    qk_sources(replacement, full, records, run, sides=sides)
     dropped = {
         full.id_to_index[x.members[0]]
         for a in records
@@ -334,8 +333,12 @@ def qk_step(replacement, graph, run, key_mass: float | None = None, full=None, s
              for i in heads}  # fmt: skip
     had = {(a.layer, a.qk_head, a.query, a.key) for a in records}
     new = [i for i in heads if (*where[i], kept.read_key(i)) not in had]  # no record at its key
+    added = []
+    if new:
+        added = qk_attribution(replacement, kept, new, key_mass=key_mass, contrast=True,
+                               reason=True, run=run, sides=sides)  # fmt: skip
+        qk_sources(replacement, full, added, run, sides=sides)
     present = set(where.values())
-    added = attribute_qk(kept, new) if new else []
     kept.qk = [a for a in records if (a.layer, a.qk_head, a.query) in present] + added
     return kept
 
@@ -380,9 +383,15 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
             "--max-nodes (the default keeps about 10,000)"
         )
     if args.qk:
-        graph = qk_step(replacement, graph, run, args.key_mass, full, scored)
+        sides: dict = {}  # each layer's QKSides, built once for both steps
+        qk_step(replacement, graph, run, args.key_mass, sides)
     t_qk = time.perf_counter()
-    timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune}
+    if args.qk:
+        graph = sources_step(replacement, graph, run, full, scored, args.key_mass, sides)
+        del sides
+    t_sources = time.perf_counter()
+    timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune,
+               "qk_sources": t_sources - t_qk}  # fmt: skip
     graph.settings["scores"] = scored.scores
     dashboards, labels, concepts = _dashboards(args, replacement, tokenizer, graph, full)
     mechanisms = None

@@ -693,7 +693,7 @@ def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser,
     group under the head's QK record."""
     from circuits.attribution import attribute, run_prompt
     from circuits.prune import prune_graph
-    from circuits.trace import qk_step
+    from circuits.trace import qk_step, sources_step
     from replacement.model import load_pretrained
     from toy_models.tokenizer import encode_prompt
 
@@ -702,7 +702,9 @@ def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser,
     tokens = torch.tensor(encode_prompt(tokenizer, prompt, replacement.model.trained_positions))
     run = run_prompt(replacement, tokens, "local", constants=True)
     full = attribute(replacement, tokens, tokenizer=tokenizer, run=run, prompt=prompt)
-    graph = qk_step(replacement, prune_graph(full), run, full=full)
+    graph = prune_graph(full)
+    qk_step(replacement, graph, run)
+    graph = sources_step(replacement, graph, run, full)
     key = graph.token_strings.index(" v")  # the first token of ' violin', which is predicted
     q = len(tokens) - 1
     induction = [i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()

@@ -250,7 +250,7 @@ def to_dot(
             penwidth="0.8",
             tooltip=f"QK {'query' if e.side == 'q' else 'key'} side {src} -> {tgt}: {e.value:+.4g}"
             + (
-                f" in all, from the {e.members} nodes of its group (this one the strongest)"
+                f" in all, from the {e.members} nodes of its group (this one its strongest drawn)"
                 if e.members > 1
                 else ""
             ),

@@ -593,7 +593,7 @@
       const label = svgEl("text", { class: "qk-label", x: (x1 + x2) / 2 + 3, y: (y1 - h1 + y2 + h2) / 2 });
       label.textContent = e.side;
       const title = svgEl("title");
-      title.textContent = shown((e.side === "q" ? "query side of " : "key side of ") + itemLabel(view.items[e.t]) + ": " + itemLabel(view.items[e.s]) + " " + signed(e.v) + (e.n > 1 ? ` in all, from the ${e.n} nodes of its group (this one the strongest)` : ""));
+      title.textContent = shown((e.side === "q" ? "query side of " : "key side of ") + itemLabel(view.items[e.t]) + ": " + itemLabel(view.items[e.s]) + " " + signed(e.v) + (e.n > 1 ? ` in all, from the ${e.n} nodes of its group (this one its strongest drawn)` : ""));
       g.append(label, title);
       gQK.append(g);
       return g;

@@ -343,6 +343,16 @@ def sources_step(replacement, graph, run, full, scored=None, key_mass=None, side
     return kept
 
 
+def _check_kept_edges(graph) -> None:
+    """Refuse a pruned graph too large for ``graph.json`` (one record per edge, for people)."""
+    if graph.n_edges > MAX_KEPT_EDGES:
+        raise UserError(
+            f"the pruned graph keeps {graph.n_edges:,} edges, more than graph.json takes "
+            f"({MAX_KEPT_EDGES:,}): lower --node-threshold or --edge-threshold, or cap "
+            "--max-nodes (the default keeps about 10,000)"
+        )
+
+
 def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     from replacement.model import load_pretrained
     from reports.mechanisms import format_summary
@@ -376,12 +386,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
         full, args.node_threshold, args.edge_threshold, args.max_nodes, scored=scored
     )
     t_prune = time.perf_counter()
-    if graph.n_edges > MAX_KEPT_EDGES:  # graph.json is one record per edge, for people
-        raise UserError(
-            f"the pruned graph keeps {graph.n_edges:,} edges, more than graph.json takes "
-            f"({MAX_KEPT_EDGES:,}): lower --node-threshold or --edge-threshold, or cap "
-            "--max-nodes (the default keeps about 10,000)"
-        )
+    _check_kept_edges(graph)
     if args.qk:
         sides: dict = {}  # each layer's QKSides, built once for both steps
         qk_step(replacement, graph, run, args.key_mass, sides)
@@ -389,6 +394,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     if args.qk:
         graph = sources_step(replacement, graph, run, full, scored, args.key_mass, sides)
         del sides
+        _check_kept_edges(graph)  # the second pruning keeps a few more nodes
     t_sources = time.perf_counter()
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune,
                "qk_sources": t_sources - t_qk}  # fmt: skip

@@ -306,7 +306,7 @@ def qk_root_tables(
 def root_split(
     query_rows: list[SourceShare], key_rows: list[SourceShare], table: np.ndarray, top: int,
     key: int | None = None, at_key: np.ndarray | None = None,
-) -> tuple[list[RootPair], dict[str, float], dict[str, float], list[RootPair]]:  # fmt: skip
+) -> tuple[list[RootPair], dict[str, float], dict[str, float], dict]:  # fmt: skip
     """A ``qk_root_pairs`` table read for people: its ``top`` largest terms by magnitude
     between tokens and errors (largest first), and the table's exact split into ``tokens``
     (token x token terms), ``constants`` (every term with a constant on either side: bias
@@ -318,9 +318,10 @@ def root_split(
     (``QKReasonRecord.token_parts``, summing to ``tokens``): ``key_own`` (the query's tokens
     against the key's own token), ``moved`` (against tokens the heads at the key moved there)
     and ``mean_key`` (what the mean key, every position's vector, takes away); and the ``top``
-    largest terms against moved tokens are listed apart (``moved_pairs``): for induction the
-    current token against the token before the key. A layer-0 head's ``moved`` is 0: no head
-    below it moves anything."""
+    largest terms of the first two are listed (``by_key["key_own"]``, ``by_key["moved"]``:
+    ``QKReasonRecord.own_pairs`` and ``moved_pairs``, each a term against the key's own vector,
+    none against the mean key): for induction the current token against the token before the
+    key. A layer-0 head's ``moved`` is 0: no head below it moves anything."""
     constant = np.array([r.kind in ("bias", "qk_bias", "own") for r in query_rows])
     token_q = np.array([r.kind == "embedding" for r in query_rows])
     token_k = np.array([r.kind == "embedding" for r in key_rows])
@@ -335,18 +336,21 @@ def root_split(
     pairs = [RootPair(query_rows[kept[i]], key_rows[kept[j]], float(varying[i, j]))
              for i, j in _largest(varying, top)]  # fmt: skip
     token_parts: dict[str, float] = {}
-    moved_pairs: list[RootPair] = []
+    by_key: dict[str, list[RootPair]] = {}
     if key is not None and at_key is not None:
         own = np.array([r.pos == key for r in key_rows])
         mine = at_key[token_q][:, token_k]
         token_parts = {"key_own": float(mine[:, own[token_k]].sum()),
                        "moved": float(mine[:, ~own[token_k]].sum())}  # fmt: skip
         token_parts["mean_key"] = parts["tokens"] - token_parts["key_own"] - token_parts["moved"]
-        elsewhere = np.flatnonzero(~own[kept])  # roots moved to the key (tokens or errors)
-        moved = at_key[~constant][:, ~constant][:, elsewhere]
-        moved_pairs = [RootPair(query_rows[kept[i]], key_rows[kept[elsewhere[j]]],
-                                float(moved[i, j])) for i, j in _largest(moved, top)]  # fmt: skip
-    return pairs, parts, token_parts, moved_pairs
+        varying_at_key = at_key[~constant][:, ~constant]
+        for name, columns in (("key_own", np.flatnonzero(own[kept])),
+                              ("moved", np.flatnonzero(~own[kept]))):  # fmt: skip
+            table_part = varying_at_key[:, columns]
+            by_key[name] = [RootPair(query_rows[kept[i]], key_rows[kept[columns[j]]],
+                                     float(table_part[i, j]))
+                            for i, j in _largest(table_part, top)]  # fmt: skip
+    return pairs, parts, token_parts, by_key
 
 
 def _largest(table: np.ndarray, top: int) -> list[tuple[int, int]]:

@@ -123,12 +123,14 @@ class QKReasonRecord:
     ``constants`` (``root_split``); ``token_parts``: its ``tokens`` split by the key side,
     ``key_own`` (against the key's own token), ``moved`` (against tokens the heads at the key
     moved there) and ``mean_key`` (what the mean key takes away: ``specific`` is against the
-    key's deviation from the mean key), and ``moved_pairs`` the largest terms against moved
-    tokens (or errors). The own token often gives the largest single term (the key is the kind
-    of token the query reads: a word, not BOS or a comma), while what makes this key win over
-    others of its kind is often a moved token: on ``My sister plays violin on stage and my
-    sister plays`` changing ``violin`` keeps the induction heads' attention at 0.80-0.90 where
-    changing the ``plays`` before it takes it to 0.00."""
+    key's deviation from the mean key), and ``own_pairs`` / ``moved_pairs`` the largest terms of
+    the first two (each against the key's own vector, none holding a share of the mean key: a
+    pair there differs from the same pair in ``root_pairs``, which the printout leaves to the
+    file). The own token often gives the largest single term (the key is the kind of token the
+    query reads: a word, not BOS or a comma), while what makes this key win over others of its
+    kind is often a moved token: on ``My sister plays violin on stage and my sister plays``
+    changing ``violin`` keeps the induction heads' attention at 0.80-0.90 where changing the
+    ``plays`` before it takes it to 0.00."""
 
     layer: int
     qk_head: int
@@ -151,6 +153,7 @@ class QKReasonRecord:
     root_pairs: list[RootPair] = field(default_factory=list)
     root_parts: dict[str, float] = field(default_factory=dict)
     token_parts: dict[str, float] = field(default_factory=dict)
+    own_pairs: list[RootPair] = field(default_factory=list)
     moved_pairs: list[RootPair] = field(default_factory=list)
 
 

@@ -229,9 +229,10 @@ def _summarize(
     tables = qk_root_tables(view, [request for _, request in pending], edge_sweep)
     for (reason, _), table in zip(pending, tables, strict=True):
         q_rows, k_rows, specific, at_key = table
-        reason.root_pairs, reason.root_parts, reason.token_parts, reason.moved_pairs = root_split(
+        reason.root_pairs, reason.root_parts, reason.token_parts, by_key = root_split(
             q_rows, k_rows, specific, ROOT_PAIRS, key=reason.key, at_key=at_key
         )
+        reason.own_pairs, reason.moved_pairs = by_key["key_own"], by_key["moved"]
     target_records = []
     for t, parts, ranking in per_target:
         target_records.append(_target_record(full, t, parts, probs, run,

@@ -33,6 +33,12 @@ PREDICTING = "predicting heads (the largest mover from another position)"
 NO_MOVER = "no head group there moves a positive flow from another position; the largest"
 
 
+# Above this share of the specific part's magnitude left out, a QK reason's unit pairs are not
+# listed in the printout (a layer-2 head's specific part spreads over thousands of unit pairs:
+# its largest few leave out 98-100% and read as noise; the split by roots above them holds it).
+SPREAD_OUT = 0.9
+
+
 def summary_for(summary: MechanismSummary, graph) -> MechanismSummary:
     """``summary`` checked as its file would be (``checked_summary``) and as a summary of
     ``graph``'s prompt: the same tokens, mode and model, and its targets among the graph's
@@ -119,12 +125,13 @@ def own_token_text(t: TargetRecord, pos: int | None) -> str:
     there (a list's item is the query token itself: ``Tuesday Wednesday Thursday`` ->
     `` Friday``), so the predicting heads, the largest movers from other positions, are not
     where most of it comes from; else empty."""
-    top = next((x for x in t.tokens_by_position if x.flow > 0), None)
-    if pos is None or top is None or top.pos != pos:
+    top = t.tokens_by_position[0] if t.tokens_by_position else None  # largest |flow| first
+    if pos is None or top is None or top.pos != pos or top.flow <= 0 or t.tokens <= 0:
         return ""
     return (f"the current token {top.token!r}@{pos} carries its largest part by position "
             f"({_signed(top.flow)}; all tokens {_signed(t.tokens)}), at the target's own "
-            "position, where no head needs to move it")  # fmt: skip
+            "position: no head moves it there (heads reading it there, and the features, "
+            "pass it on)")  # fmt: skip
 
 
 def moved_text(t: TargetRecord) -> str:
@@ -182,9 +189,10 @@ def ref_text(ref: NodeRef | None) -> str:
 def root_text(r: QKReasonRecord, top: int) -> str:
     """A QK reason's root pairs in one line: the exact split of ``specific`` (its token part
     split again into the key's own token, tokens moved to the key and the mean key,
-    ``token_parts``), its largest token (or error) pairs, query side first, then the largest
-    against tokens moved to the key (``moved_pairs``), written ``token 'ays'@8 -> @9``: it
-    reaches the key at 9 through the heads there."""
+    ``token_parts``), then the largest terms against the key's own token (``own_pairs``) and
+    against tokens moved to the key (``moved_pairs``), query side first, a moved one written
+    ``token 'ays'@8 -> @9``: it reaches the key at 9 through the heads there. Without that
+    split (a hand-made record): the largest terms of ``root_pairs``."""
     whole = sum(abs(x) for x in r.root_parts.values())
     split = []
     for part in ("tokens", "errors", "constants"):
@@ -195,12 +203,17 @@ def root_text(r: QKReasonRecord, top: int) -> str:
                      f"{_signed(parts['moved'], whole)} + against the mean key "
                      f"{_signed(parts['mean_key'], whole)}")  # fmt: skip
         split.append(text)
+    if r.own_pairs or r.moved_pairs:  # each term against the key's own vector
+        own = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
+                        for p in r.own_pairs[: max(1, top - 1)])  # fmt: skip
+        moved = "; ".join(f"{p.query.name} x {p.key.name} -> @{r.key} {_signed(p.value)}"
+                          for p in r.moved_pairs[:top])  # fmt: skip
+        lists = [f"the key's own token: {own}" if own else "",
+                 f"moved to the key: {moved}" if moved else ""]  # fmt: skip
+        return f"specific by roots ({', '.join(split)}): " + "; ".join(x for x in lists if x)
     pairs = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
                       for p in r.root_pairs[:top])  # fmt: skip
-    moved = "; ".join(f"{p.query.name} x {p.key.name} -> @{r.key} {_signed(p.value)}"
-                      for p in r.moved_pairs[: max(1, top - 1)])  # fmt: skip
-    moved = f"; moved to the key: {moved}" if moved else ""
-    return f"specific by roots ({', '.join(split)}): {pairs}{moved}"
+    return f"specific by roots ({', '.join(split)}): {pairs}"
 
 
 def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: bool = False) -> str:
@@ -285,10 +298,14 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
             )
             if r.root_pairs:
                 lines.append(f"         {root_text(r, max_pairs)}")
-            if r.pairs:
+            if r.pairs and r.rest_share > SPREAD_OUT:  # a few pairs would say nothing
+                lines.append(f"         specific by units at the two positions: spread over "
+                             f"many pairs (the {len(r.pairs)} largest leave out "
+                             f"{r.rest_share:.0%}; in mechanisms.json)")  # fmt: skip
+            elif r.pairs:
                 lines.append(f"         specific by units at the two positions (the pairs "
                              f"below leave out {r.rest_share:.0%}):")  # fmt: skip
-            for p in r.pairs[:max_pairs]:
+            for p in r.pairs[:max_pairs] if r.rest_share <= SPREAD_OUT else []:
                 lines.append(f"         {p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
             for name, sources in (("query", r.query_sources), ("key", r.key_sources)):
                 top = [x for c in ("roots", "heads") for x in sources.get(c, [])[:1]]

@@ -278,7 +278,7 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
         assert all(p.query.kind in ("embedding", "error") and p.key.kind in ("embedding", "error")
                    for p in pairs)  # fmt: skip
         assert [abs(p.value) for p in pairs] == sorted((abs(p.value) for p in pairs), reverse=True)
-        assert len(pairs) <= 4 and by_key == {} and moved == []
+        assert len(pairs) <= 4 and by_key == {} and moved == {}
         # Against the key's own vector (not its deviation from the mean key): all of it is
         # key_at, the query's deviation against what the key holds; nothing after the key
         # reaches it, and the token part splits into the key's own, moved and the mean key's.
@@ -296,8 +296,14 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
         assert by_key["moved"] == pytest.approx(at_key[tokens_q][:, elsewhere].sum(), abs=1e-9)
         assert sum(by_key.values()) == pytest.approx(parts["tokens"], abs=1e-9)
         if a.layer == 0:  # no head below the first layer moves anything to the key
-            assert by_key["moved"] == 0 and moved == []
-        assert len(moved) <= 2 and all(p.key.pos < a.key for p in moved)
+            assert by_key["moved"] == 0 and moved["moved"] == []
+        assert len(moved["moved"]) <= 2 and all(p.key.pos < a.key for p in moved["moved"])
+        assert len(moved["key_own"]) <= 2 and all(p.key.pos == a.key for p in moved["key_own"])
+        # each listed term is its entry of the table against the key's own vector
+        row = {id(r): i for i, r in enumerate(q_rows)}
+        col = {id(r): j for j, r in enumerate(k_rows)}
+        for p in moved["key_own"] + moved["moved"]:
+            assert p.value == pytest.approx(at_key[row[id(p.query)], col[id(p.key)]], abs=1e-9)
 
 
 # ----------------------------------------------------------------- groups
@@ -333,6 +339,11 @@ def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
                     RootPair(token("token 'my'@17", 17), token("token ' v'@9", 9), -2.0),
                     RootPair(token("token 'x'@20", 20), token("token ' v'@9", 9), 1.9),
                     RootPair(q, token("token 'ays'@8", 8), 1.5)]  # fmt: skip
+    plain = ": token 'ays'@23 x token ' v'@9 +10.6; token 'my'@17 x token ' v'@9 -2; token 'x'@20"
+    assert root_text(r, 3).endswith(plain + " x token ' v'@9 +1.9")  # no split: root_pairs
+    r.own_pairs = [RootPair(q, token("token ' v'@9", 9), 11.0),
+                   RootPair(token("token 'my'@17", 17), token("token ' v'@9", 9), -2.1),
+                   RootPair(token("token 'x'@20", 20), token("token ' v'@9", 9), 1.8)]  # fmt: skip
     r.moved_pairs = [RootPair(q, token("token 'ays'@8", 8), 5.1),
                      RootPair(q, token("token ' s'@3", 3), 2.5),
                      RootPair(q, token("token 'M'@1", 1), 0.5)]  # fmt: skip
@@ -340,9 +351,9 @@ def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
     assert ("tokens +20 = the key's own +9 + moved to the key +17 + against the mean key -6,"
             in text)  # fmt: skip
     assert text.endswith(
-        "token 'ays'@23 x token ' v'@9 +10.6; token 'my'@17 x token ' v'@9 -2; token 'x'@20 x "
-        "token ' v'@9 +1.9; moved to the key: token 'ays'@23 x token 'ays'@8 -> @9 +5.1; token "
-        "'ays'@23 x token ' s'@3 -> @9 +2.5"
+        "): the key's own token: token 'ays'@23 x token ' v'@9 +11; token 'my'@17 x token ' v'@9 "
+        "-2.1; moved to the key: token 'ays'@23 x token 'ays'@8 -> @9 +5.1; token 'ays'@23 x "
+        "token ' s'@3 -> @9 +2.5; token 'ays'@23 x token 'M'@1 -> @9 +0.5"
     )
 
 
@@ -358,11 +369,14 @@ def test_the_summary_says_when_the_current_token_carries_the_most():
                      None, "g0", tokens_by_position=shares)  # fmt: skip
     assert own_token_text(t, 4) == (
         "the current token ' Thursday'@4 carries its largest part by position (+13.1; all "
-        "tokens +23.2), at the target's own position, where no head needs to move it"
+        "tokens +23.2), at the target's own position: no head moves it there (heads reading it "
+        "there, and the features, pass it on)"
     )
     assert own_token_text(t, 5) == own_token_text(t, None) == ""
     t.tokens_by_position = [TokenShare(4, " Thursday", -20.0), *shares[1:]]
-    assert own_token_text(t, 4) == ""  # the largest positive part is elsewhere
+    assert own_token_text(t, 4) == ""  # the largest part is against the target
+    t.tokens_by_position, t.tokens = shares, -0.8
+    assert own_token_text(t, 4) == ""  # nothing to carry: the tokens work against it
 
 
 def test_a_supernode_sums_its_members_edges_exactly(graph):
@@ -688,6 +702,19 @@ def test_summary_records(graph, replacement, run, tmp_path):
         json.loads(path.read_text()), sort_keys=True
     )
     text = format_summary(back, every_check=True)
+    # a reason whose unit pairs leave out most of the specific part lists none of them
+    from reports.mechanisms import SPREAD_OUT, ref_text
+
+    lines = {f"         {p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}"
+             for g in back.groups for r in g.qk for p in r.pairs[:3]}  # fmt: skip
+    assert lines & set(text.splitlines())  # listed while they cover the part
+    spread = json.loads(json.dumps(back.to_dict()))
+    reasons = [r for g in spread["groups"] for r in g["qk"] if r["pairs"]]
+    for r in reasons:
+        r["rest_share"] = SPREAD_OUT + 0.05
+    spread_text = format_summary(MechanismSummary.from_dict(spread), every_check=True)
+    assert reasons and "spread over many pairs" in spread_text
+    assert not lines & set(spread_text.splitlines())
     assert "predicting heads" in text and "QK" in text and "FLAGGED where" in text
     c = next(c for g in back.groups for c in g.checks if c.target == back.targets[0].node)
     p = back.targets[0].probability

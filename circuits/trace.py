@@ -290,13 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         return _trace(args, formats)
 
 
-def qk_step(replacement, graph, run, key_mass: float | None = None, sides=None) -> list:
+def qk_step(replacement, graph, run, key_mass=None, sides=None, heads=None) -> list:
     """The trace's QK step (``benchmarks/attribution.py`` times this very call): every head
-    the pruned ``graph`` keeps, with the contrast split and the QK reason (``graph.qk``).
-    ``sides`` (optional): a dict of each layer's ``QKSides``, shared with ``sources_step``."""
+    the pruned ``graph`` keeps (or ``heads``), with the contrast split and the QK reason
+    (``graph.qk``). ``sides`` (optional): a dict of each layer's ``QKSides``, shared with
+    ``sources_step``."""
     from .qk import qk_attribution
 
-    heads = graph.is_kind("lorsa").nonzero().squeeze(1)
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1) if heads is None else heads
     return qk_attribution(replacement, graph, heads, key_mass=key_mass, contrast=True,
                           reason=True, run=run, sides=sides)  # fmt: skip
 
@@ -311,7 +312,7 @@ def sources_step(replacement, graph, run, full, scored=None, key_mass=None, side
     (``prune_graph(keep=)``; ``scored``: the full graph's ``influence_scores``), and the heads
     that pruning adds get their records (``qk_step``'s) and sources; that graph is returned."""
     from .prune import prune_graph
-    from .qk import qk_attribution, qk_sources
+    from .qk import qk_sources
 
     records = graph.qk
     qk_sources(replacement, full, records, run, sides=sides)
@@ -333,11 +334,8 @@ def sources_step(replacement, graph, run, full, scored=None, key_mass=None, side
              for i in heads}  # fmt: skip
     had = {(a.layer, a.qk_head, a.query, a.key) for a in records}
     new = [i for i in heads if (*where[i], kept.read_key(i)) not in had]  # no record at its key
-    added = []
-    if new:
-        added = qk_attribution(replacement, kept, new, key_mass=key_mass, contrast=True,
-                               reason=True, run=run, sides=sides)  # fmt: skip
-        qk_sources(replacement, full, added, run, sides=sides)
+    added = qk_step(replacement, kept, run, key_mass, sides, heads=new) if new else []
+    qk_sources(replacement, full, added, run, sides=sides)
     present = set(where.values())
     kept.qk = [a for a in records if (a.layer, a.qk_head, a.query) in present] + added
     return kept

@@ -20,7 +20,6 @@ products, never by backward passes (autograd is the tests' oracle, ``circuits.in
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from replacement.model import MODES, ReplacementModel, hook_name
-from toy_models.tokenizer import BOS, bos_id, token_text
+from toy_models.tokenizer import BOS, bos_id, token_text, tokenizer_sha256
 
 from .graph import (
     N_PROMOTED,
@@ -362,14 +361,12 @@ def check_prompt_tokenizer(
 
 
 def _tokenizer_sha256(tokenizer) -> str:
-    """The SHA-256 of ``tokenizer`` as ``toy_models.train`` saves it (``to_str(pretty=True)``,
-    UTF-8): the hash of its file. About 13 ms for the default model's."""
+    """``toy_models.tokenizer.tokenizer_sha256``, or a TypeError for what is no tokenizer."""
     try:
-        text = tokenizer.to_str(pretty=True)
+        return tokenizer_sha256(tokenizer)
     except (AttributeError, TypeError):
         raise TypeError(f"tokenizer must be a tokenizers.Tokenizer (load_pretrained's), got "
                         f"{type(tokenizer).__name__}") from None  # fmt: skip
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def decoder_bias(layer) -> Float[Tensor, " d_model"]:

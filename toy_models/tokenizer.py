@@ -7,6 +7,7 @@ learns to use as an attention sink. Saved as ``tokenizer.json`` beside a model's
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from .cli import one_line
 
 BOS = "<|bos|>"
+
+
+def tokenizer_text(tokenizer: Tokenizer) -> str:
+    """The text a model's ``tokenizer.json`` holds (what ``toy_models.train`` writes)."""
+    return tokenizer.to_str(pretty=True)
+
+
+def tokenizer_sha256(tokenizer: Tokenizer) -> str:
+    """The SHA-256 of ``tokenizer`` saved as a model's ``tokenizer.json`` (``tokenizer_text``,
+    UTF-8): the hash a model records as its ``tokenizer_sha256``."""
+    return hashlib.sha256(tokenizer_text(tokenizer).encode("utf-8")).hexdigest()
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:

@@ -107,7 +107,7 @@ def prepare_data(out: Path, entry, cfg: TrainConfig):
     from .checkpoint import TOKENIZER_FILE, read_json, save_state_atomic
     from .data import build_corpus, pack_sequences
     from .files import file_sha256, write_json_atomic, write_text_atomic
-    from .tokenizer import load_tokenizer, train_tokenizer
+    from .tokenizer import load_tokenizer, tokenizer_text, train_tokenizer
 
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def prepare_data(out: Path, entry, cfg: TrainConfig):
     else:
         tokenizer = train_tokenizer(iter(corpus["train"]["text"]), cfg.vocab_size)
         write_json_atomic(source_path, source)  # before what it describes
-        write_text_atomic(tokenizer_path, tokenizer.to_str(pretty=True))
+        write_text_atomic(tokenizer_path, tokenizer_text(tokenizer))
     if not packed_path.exists():
         tokens, family = pack_sequences(corpus["train"], tokenizer, n_ctx)
         save_state_atomic({"tokens": tokens, "family": family}, packed_path)

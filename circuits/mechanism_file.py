@@ -283,6 +283,16 @@ class TargetRecord:
             return self.token
         return repr(self.token) + (f" - {self.negative!r}" if self.negative else "")
 
+    def current_token_share(self, pos: int) -> TokenShare | None:
+        """The share of the token at the target's own position ``pos`` when it carries the
+        largest part of the token flow by magnitude, positive, and the tokens' sum is positive
+        (a joiner-less list's item is the query token itself, which no head moves there);
+        else None."""
+        top = self.tokens_by_position[0] if self.tokens_by_position else None
+        if top is None or top.pos != pos or top.flow <= 0 or self.tokens <= 0:
+            return None
+        return top
+
 
 @dataclass
 class MechanismSummary:

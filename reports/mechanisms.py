@@ -125,8 +125,8 @@ def own_token_text(t: TargetRecord, pos: int | None) -> str:
     there (a list's item is the query token itself: ``Tuesday Wednesday Thursday`` ->
     `` Friday``), so the predicting heads, the largest movers from other positions, are not
     where most of it comes from; else empty."""
-    top = t.tokens_by_position[0] if t.tokens_by_position else None  # largest |flow| first
-    if pos is None or top is None or top.pos != pos or top.flow <= 0 or t.tokens <= 0:
+    top = None if pos is None else t.current_token_share(pos)
+    if top is None:
         return ""
     return (f"the current token {top.token!r}@{pos} carries its largest part by position "
             f"({_signed(top.flow)}; all tokens {_signed(t.tokens)}), at the target's own "

@@ -334,6 +334,34 @@ def test_key_moved_reads_the_key_the_heads_at_the_query_bring_most_from():
     assert not none["key_moved"] and "moved_top" not in none
 
 
+def test_key_named_admits_the_query_token_when_the_summary_says_it_carries_the_most():
+    """A joiner-less list's item is the query token: ``key_named`` holds where the summary's
+    current-token line would be printed (``TargetRecord.current_token_share``) and the query
+    is an expected key, or where ``key`` holds; never otherwise."""
+    from circuits.mechanism_file import TargetRecord, TokenShare
+
+    m = benchmark("mechanisms")
+
+    def scored(keys, shares, attends=K, pos=Q):
+        target = TargetRecord("logit_0", " D", None, 0.9, 10.0, sum(x.flow for x in shares),
+                              0.0, 0.0, [], None, None, None, "g0",
+                              tokens_by_position=shares)  # fmt: skip
+        group = SimpleNamespace(name="g0", attends=attends, pos=pos, qk=[])
+        prompt = SimpleNamespace(ids=IDS, keys=keys, family="successor")
+        summary = SimpleNamespace(targets=[target], group=lambda key: group, groups=[])
+        return m.score_prompt(prompt, summary)
+
+    own = [TokenShare(Q, "B", 8.0), TokenShare(K, "C", 3.0)]
+    assert scored([Q], own)["key_named"] and not scored([Q], own)["key"]
+    assert not scored([K - 1], own)["key_named"]  # the query is no expected key
+    assert scored([K], own)["key_named"] and scored([K], own)["key"]  # key holds: named
+    # the current token is not the largest part, or works against the target: not named
+    assert not scored([Q], [TokenShare(K, "C", 8.0), TokenShare(Q, "B", 3.0)])["key_named"]
+    assert not scored([Q], [TokenShare(Q, "B", -8.0), TokenShare(K, "C", 9.0)])["key_named"]
+    # the predicting group sits elsewhere than the query: its line is not the query's
+    assert not scored([Q], own, pos=Q - 1)["key_named"]
+
+
 def test_operand_keys_are_the_place_digits_of_every_mention_of_the_operands():
     """A frame written here that says the operands before the equation: a group reading the
     first mention's digit fetches the same operand digit, so it is a key as well; a bare

@@ -145,9 +145,10 @@ successor 63.3 -> 70.0%, operand fetching 93.3 -> 100%). The same targets, on pr
 has looked at; the four earlier draws are rerun beside it. A sixth, ``--seed 8642`` (written
 on 2026-12-05 before it was run, the nineteenth session): the same targets, and
 ``key_named`` >= 90% for successor, on prompts nobody has looked at; the five earlier draws
-are rerun beside it. ``targets_met`` gives ``key_90``, ``key_named_90``, ``reason_90``, ``reason_roots_90`` and ``sign_90_frozen`` for every draw. Each
-record also holds how sure the model was: ``probability``, ``runner_up`` and ``margin`` (the
-target's logit minus the runner-up's).
+are rerun beside it. ``targets_met`` gives ``key_90``, ``key_named_90``, ``reason_90``,
+``reason_roots_90`` and ``sign_90_frozen`` for every draw. Each record also holds how sure
+the model was: ``probability``, ``runner_up`` and ``margin`` (the target's logit minus the
+runner-up's).
 
 For the induction families each record also holds both sides' largest positive roots as fields
 (``query_root``, ``key_moved_root``: kind, position, token), and ``reason_misses`` counts the
@@ -485,8 +486,8 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     if moved is not None:
         out["moved_top"] = [moved.pos, moved.token, round(moved.flow, 4)]
     if not out["named"]:
-        none = {"key": False, "key_named": False, "key_top3": False, "reason": False, "reason_head": False,
-                "reason_match": False, "reason_roots": False,
+        none = {"key": False, "key_named": False, "key_top3": False, "reason": False,
+                "reason_head": False, "reason_match": False, "reason_roots": False,
                 "reason_roots_match": False}  # fmt: skip
         return out | none | {"reason_pair": False}
     group = summary.group(target.predicting_group)

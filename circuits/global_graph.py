@@ -199,7 +199,10 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
 
 
 def _qk_lines(graph, labels: list[str]) -> list[str]:
-    """Per QK group of the graph: its score lift and strongest pair, per firing."""
+    """Per QK group of the graph: its score lift and strongest pair, per firing, with the share
+    of the lift the pair holds and what the listed pairs leave out (``rest``): a relation such
+    as induction's (this token after that one) is spread over many token-specific pairs, none
+    of which holds much of it."""
     at = graph.id_to_index
     lines = []
     for a in graph.qk:
@@ -210,8 +213,10 @@ def _qk_lines(graph, labels: list[str]) -> list[str]:
         p = max(a.pairs, key=lambda p: abs(p.value))
         query = labels[at[p.query]] if p.query in at else p.query
         key = labels[at[p.key]] if p.key in at else p.key
+        share = f"{abs(p.value) / abs(a.score):.1%} of the lift; " if a.score else ""
         lines.append(f"  {name} (score lift {a.score:+.3f} per firing): q {query}  x  k {key}"
-                     f"  {p.value:+.3f}")  # fmt: skip
+                     f"  {p.value:+.3f} ({share}the {len(a.pairs)} largest pairs "
+                     f"{a.score - a.rest:+.3f}, rest {a.rest:+.3f})")  # fmt: skip
     return lines
 
 

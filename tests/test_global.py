@@ -1036,6 +1036,15 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     assert "L1 QK 0 (score lift" in out
     graph = Graph.load(tmp_path / "qk" / "graph.safetensors")
     assert [(a.layer, a.qk_head) for a in graph.qk if a.layer == 1] == [(1, 0)]
+    # the strongest pair's share of the lift, and what the listed pairs leave out, read as
+    # the record holds them (the lift is often spread over many pairs)
+    a = next(a for a in graph.qk if a.layer == 1)
+    top = max(a.pairs, key=lambda p: abs(p.value))
+    line = next(x for x in out.splitlines() if "L1 QK 0 (score lift" in x)
+    assert line.endswith(f"{top.value:+.3f} ({abs(top.value) / abs(a.score):.1%} of the lift; "
+                         f"the {len(a.pairs)} largest pairs {a.score - a.rest:+.3f}, rest "
+                         f"{a.rest:+.3f})")  # fmt: skip
+    assert abs(a.score - a.rest - sum(p.value for p in a.pairs)) < 1e-4
     page = (tmp_path / "qk" / "graph.html").read_text(encoding="utf-8")
     assert "expected QK attribution per firing" in page and "key pos" not in page
     code, out, err = cli(main, *args, "--out", tmp_path / "no-qk", "--no-qk")

@@ -25,10 +25,11 @@ from toy_models.records import from_json, parse_json
 
 from .graph import MODES
 
-VERSION = 3  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
+VERSION = 4  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
 # ``attends`` and QK reasons are at the key its heads read (their z-patterns' largest term), no
-# longer their attention's argmax
+# longer their attention's argmax; 4: a head target's head groups and moved flows are those at
+# the key it reads (``reads``), no longer at its query, and it has QK reasons of its own (``qk``)
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
 
@@ -253,7 +254,10 @@ class TargetRecord:
     out); ``moved_by_position`` splits it by the key position each part comes from (largest
     |flow| first, every position that brings any), ``heads_own`` the heads' constant terms,
     so that the two sum to ``heads_flow`` (``circuits.flows.key_flows``): which places the
-    attention at this position brings the prediction from, whichever group holds the heads."""
+    attention at this position brings the prediction from, whichever group holds the heads.
+    A head target reads its inputs at its key, not its query: ``reads`` is that key, the
+    position whose head groups (and moved flows) these are, and ``qk`` its own QK reasons there
+    (why it attends that key); None and empty for logits and features."""
 
     node: str
     token: str
@@ -274,6 +278,8 @@ class TargetRecord:
     heads_flow: float = 0.0
     heads_own: float = 0.0
     moved_by_position: list[TokenShare] = field(default_factory=list)
+    reads: int | None = None
+    qk: list[QKReasonRecord] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -355,6 +361,14 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _at_tokens(moved, summary.tokens, f"{where}.moved_by_position")
         for p in (t.probability, t.runner_up_probability):
             _expect(p is None or 0 <= p <= 1, f"{where}: a probability outside [0, 1]")
+        _expect(t.kind == "lorsa" or t.reads is None, f"{where}.reads: a key for a target "
+                "not a head")  # fmt: skip
+        _expect(t.reads is None or 0 <= t.reads < len(summary.tokens),
+                f"{where}.reads: position {t.reads} outside the prompt")  # fmt: skip
+        _expect(not t.qk or t.reads is not None, f"{where}.qk: QK reasons without a key read")
+        for j, r in enumerate(t.qk):
+            _expect(r.key == t.reads, f"{where}.qk[{j}]: at key {r.key}, not the key read")
+        _check_reasons(t.qk, where)
     for i, g in enumerate(summary.groups):
         where = f"groups[{i}]"
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
@@ -374,17 +388,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             _at_tokens(shares, summary.tokens, f"{where}.carried")
             _closes(sum(x.flow for x in shares) + g.carried_own[node],
                     g.flow.get(node, float("nan")), f"{where}: flow carried")  # fmt: skip
-        for j, r in enumerate(g.qk):
-            parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
-            _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
-            _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
-            if r.token_parts:
-                _expect(set(r.token_parts) == {"key_own", "moved", "mean_key"}
-                        and "tokens" in r.root_parts,
-                        f"{where}.qk[{j}].token_parts: key_own, moved and mean_key, beside "
-                        "root_parts' tokens")  # fmt: skip
-                _closes(sum(r.token_parts.values()), r.root_parts["tokens"],
-                        f"{where}.qk[{j}].token_parts")  # fmt: skip
+        _check_reasons(g.qk, where)
     flows = {g.key: g.flow for g in summary.groups}
     for i, t in enumerate(summary.targets):  # the groups it names (defined: checked above)
         named = [t.predicting_group] if t.predicting_group is not None else []
@@ -395,6 +399,22 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(p.target in targets and set(p.groups) <= set(keys), f"{where}: unknown names")
         _expect(len(p.hops) == len(p.groups), f"{where}: one hop per group")
     return summary
+
+
+def _check_reasons(reasons: list[QKReasonRecord], where: str) -> None:
+    """Each QK reason's parts close to its score, its attention in [0, 1], its token parts
+    to its roots' tokens."""
+    for j, r in enumerate(reasons):
+        parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
+        _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
+        _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
+        if r.token_parts:
+            _expect(set(r.token_parts) == {"key_own", "moved", "mean_key"}
+                    and "tokens" in r.root_parts,
+                    f"{where}.qk[{j}].token_parts: key_own, moved and mean_key, beside "
+                    "root_parts' tokens")  # fmt: skip
+            _closes(sum(r.token_parts.values()), r.root_parts["tokens"],
+                    f"{where}.qk[{j}].token_parts")  # fmt: skip
 
 
 def _at_tokens(shares: list[TokenShare], tokens: list[str], where: str) -> None:

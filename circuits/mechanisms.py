@@ -10,11 +10,15 @@ pre-activation):
   ``errors`` and ``constants`` (``circuits.flows``, which states the math).
 - **paths.** Group-level paths from the target down to a root group, found by a beam search,
   each with its exact flow and ``hops`` (``circuits.flows.top_paths``).
-- **predicting head group.** Among the Lorsa groups at the target's position that move
-  something from elsewhere (their key is neither that position nor BOS), the one with the
+- **predicting head group.** Among the Lorsa groups at the position the target reads that
+  move something from elsewhere (their key is neither that position nor BOS), the one with the
   largest positive flow (else any positive flow, else the largest |flow|): the heads that
   move what is predicted. The other head groups there follow by flow (``head_groups``), so a
-  group that reads the current token itself shows with its weight.
+  group that reads the current token itself shows with its weight. A logit or feature reads
+  its own position; a head target reads the key it reads (``Graph.read_key``): through its
+  frozen pattern its value comes from the keys, so the heads that moved something there are
+  what feeds it (``TargetRecord.reads``), and its own QK reasons there say why it attends
+  that key (``TargetRecord.qk``; the heads at its query act through them).
 - **keys.** What the Lorsa heads at the target's position bring from each key position
   (``circuits.flows.key_flows``: each head's flow split exactly by its z-pattern,
   ``A[q, k] x_k w_v``), summed over all of them (``TargetRecord.moved_by_position``) and per
@@ -151,7 +155,7 @@ def _summarize(
         flow, h = target_flows[t]
         flows[t], grads[t] = flow, h
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
-        ranking = _head_ranking(view, group_flow, int(full.pos[t]), own[t])[:HEAD_GROUPS]
+        ranking = _head_ranking(view, group_flow, reads_at(full, t), own[t])[:HEAD_GROUPS]
         chosen += ranking
         ranked.update(ranking)
         for groups, path_flow, hops in top_paths(view, t, beam=beam, keep=max_paths):
@@ -181,6 +185,22 @@ def _summarize(
     records = []
     pending = []  # (QK reason, its root-pair request): computed together below
     side_requests = []  # (QK reason, its side-flow request): computed together below
+
+    def reasons(layer: int, heads: list[int], query: int, key: int) -> list[QKReasonRecord]:
+        """The QK reasons of ``heads`` (QK heads of ``layer``) at (``query``, ``key``); the
+        first one's split by roots (the sweeps cost most), every one's sides' sources, both
+        computed together below."""
+        out = []
+        for head in heads:
+            a = qk_record(replacement, run, layer, head, query, key, top=QK_PAIRS, sides=sides)
+            reason = _reason_record(full, a, concepts, units)
+            request = (sides[layer][0], head, query, key)
+            side_requests.append((reason, request))
+            if head == heads[0]:
+                pending.append((reason, request))
+            out.append(reason)
+        return out
+
     for g in listed:
         grp = view.groups[g]
         member_flow = {ids[t]: flows[t][grp.members] for t in targets}
@@ -209,18 +229,15 @@ def _summarize(
                 head = int(full.index[m]) // full.group_size
                 by_head[head] = by_head.get(head, 0.0) + abs(float(f))
             heads = sorted(grp.qk_heads, key=lambda x: -by_head.get(x, 0.0))[:2]
-            for head in heads:
-                a = qk_record(replacement, run, grp.layer, head, grp.pos, grp.attends,
-                              top=QK_PAIRS, sides=sides)  # fmt: skip
-                reason = _reason_record(full, a, concepts, units)
-                request = (sides[grp.layer][0], head, grp.pos, grp.attends)
-                side_requests.append((reason, request))
-                if head == heads[0]:  # the group's main QK head (the sweeps cost most)
-                    pending.append((reason, request))
-                record.qk.append(reason)
+            record.qk += reasons(grp.layer, heads, grp.pos, grp.attends)
         if check and g in keep_inner and targets:
             record.checks = _checks(replacement, full, run, grp.members, targets, tolerance, flows)
         records.append(record)
+    own_reasons = {  # a head target's own QK reason at the key it reads
+        t: reasons(int(full.layer[t]), [int(full.index[t]) // full.group_size],
+                   int(full.pos[t]), reads_at(full, t))
+        for t in targets if full.kind[t] == Kind.LORSA and full.read_key(t) is not None
+    }  # fmt: skip
     side_flows = many_qk_side_flows(full, [request for _, request in side_requests], edge_sweep)
     for (reason, _), (q_flow, k_flow, parts) in zip(side_requests, side_flows, strict=True):
         reason.query_at, reason.key_at = parts["query_at"], parts["key_at"]
@@ -235,8 +252,10 @@ def _summarize(
         reason.own_pairs, reason.moved_pairs = by_key["key_own"], by_key["moved"]
     target_records = []
     for t, parts, ranking in per_target:
-        target_records.append(_target_record(full, t, parts, probs, run,
-                                             [keys[g] for g in ranking]))  # fmt: skip
+        record = _target_record(full, t, parts, probs, run, [keys[g] for g in ranking])
+        if full.kind[t] == Kind.LORSA:
+            record.reads, record.qk = full.read_key(t), own_reasons.get(t, [])
+        target_records.append(record)
     path_records = [
         PathRecord(ids[t], [keys[g] for g in groups], flow, hops) for t, groups, flow, hops in paths
     ]
@@ -276,12 +295,20 @@ def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int
     return [first, *sorted((g for g in heads if g != first), key=by_flow)]
 
 
+def reads_at(graph: Graph, t: int) -> int:
+    """The position target ``t`` reads its inputs at: a Lorsa head's key (``Graph.read_key``:
+    the one its activation comes from most, through its frozen pattern), else its own."""
+    key = graph.read_key(t) if graph.kind[t] == Kind.LORSA else None
+    return int(graph.pos[t]) if key is None else key
+
+
 def _moved(graph: Graph, t: int, h: np.ndarray) -> dict:
-    """What the Lorsa heads at target ``t``'s position (``t`` itself left out) bring to it:
-    their summed flow, split by key position (``circuits.flows.key_flows``) and their own
-    constant terms; ``TargetRecord``'s ``heads_flow``, ``moved_by_position``, ``heads_own``."""
+    """What the Lorsa heads at the position target ``t`` reads (``reads_at``; ``t`` itself
+    left out) bring to it: their summed flow, split by key position
+    (``circuits.flows.key_flows``) and their own constant terms; ``TargetRecord``'s
+    ``heads_flow``, ``moved_by_position``, ``heads_own``."""
     heads = np.flatnonzero(
-        (graph.kind.numpy() == Kind.LORSA) & (graph.pos.numpy() == int(graph.pos[t]))
+        (graph.kind.numpy() == Kind.LORSA) & (graph.pos.numpy() == reads_at(graph, t))
     )
     heads = heads[heads != t]
     carried, own = key_flows(graph, h, heads)

@@ -128,10 +128,21 @@ def own_token_text(t: TargetRecord, pos: int | None) -> str:
     top = None if pos is None else t.current_token_share(pos)
     if top is None:
         return ""
-    return (f"the current token {top.token!r}@{pos} carries its largest part by position "
-            f"({_signed(top.flow)}; all tokens {_signed(t.tokens)}), at the target's own "
-            "position: no head moves it there (heads reading it there, and the features, "
-            "pass it on)")  # fmt: skip
+    who, where = ("the current token", "the target's own position") if t.reads is None else \
+        ("the token at its key", "the key the head reads")  # fmt: skip
+    return (f"{who} {top.token!r}@{pos} carries its largest part by position "
+            f"({_signed(top.flow)}; all tokens {_signed(t.tokens)}), at {where}: no head moves "
+            "it there (heads reading it there, and the features, pass it on)")  # fmt: skip
+
+
+def reads_text(t: TargetRecord, tokens: list[str]) -> str:
+    """For a head target, where its inputs come from: the key it reads, whose head groups the
+    summary ranks; empty for logits and features."""
+    if t.reads is None:
+        return ""
+    return (f"it reads its inputs at its key {tokens[t.reads]!r}@{t.reads} (through its "
+            "frozen pattern): the head groups named below are those there; why it attends that "
+            "key (the heads at its query act through this):")  # fmt: skip
 
 
 def moved_text(t: TargetRecord) -> str:
@@ -216,6 +227,37 @@ def root_text(r: QKReasonRecord, top: int) -> str:
     return f"specific by roots ({', '.join(split)}): {pairs}"
 
 
+def reason_lines(r: QKReasonRecord, max_pairs: int, indent: str) -> list[str]:
+    """A QK reason as printed lines: the score's always-on and specific parts, the specific
+    part by roots and by units at the two positions, and where each side comes from."""
+    lines = [
+        f"{indent}QK {r.qk_head} reads {r.key_token!r}@{r.key} (attention "
+        f"{r.attention:.2f}): score {r.score:+.3g} = always-on "
+        f"{r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key:+.3g} "
+        f"(mean q x mean k {r.mean_query_mean_key:+.3g}, q x mean k "
+        f"{r.query_vs_mean_key:+.3g}, mean q x k {r.mean_query_vs_key:+.3g}) + specific "
+        f"{r.specific:+.3g}"
+    ]
+    more = indent + "  "
+    if r.root_pairs:
+        lines.append(f"{more}{root_text(r, max_pairs)}")
+    if r.pairs and r.rest_share > SPREAD_OUT:  # a few pairs would say nothing
+        lines.append(f"{more}specific by units at the two positions: spread over many pairs "
+                     f"(the {len(r.pairs)} largest leave out {r.rest_share:.0%}; in "
+                     "mechanisms.json)")  # fmt: skip
+    elif r.pairs:
+        lines.append(f"{more}specific by units at the two positions (the pairs below leave "
+                     f"out {r.rest_share:.0%}):")  # fmt: skip
+    for p in r.pairs[:max_pairs] if r.rest_share <= SPREAD_OUT else []:
+        lines.append(f"{more}{p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
+    for name, sources in (("query", r.query_sources), ("key", r.key_sources)):
+        top = [x for c in ("roots", "heads") for x in sources.get(c, [])[:1]]
+        if top:
+            lines.append(f"{more}{name} side from: " + "; ".join(
+                f"{x.name} {x.value:+.3g}" for x in top))  # fmt: skip
+    return lines
+
+
 def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: bool = False) -> str:
     """The summary as text (what ``python -m circuits.trace`` prints). A group's ablation
     checks are printed for the first target, and for the other targets counted in one line
@@ -247,6 +289,10 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         consts = f" ({consts})" if consts else ""
         lines.append(f"  parts: tokens {_signed(t.tokens)}{token_shares_text(t)}, constants "
                      f"{_signed(t.constants)}{consts}, errors {_signed(t.errors)}")  # fmt: skip
+        if reads_text(t, summary.tokens):
+            lines.append(f"  {reads_text(t, summary.tokens)}")
+            for r in t.qk:
+                lines += reason_lines(r, max_pairs, "    ")
         if t.predicting_group:
             g = names[t.predicting_group]
             if own_token_text(t, g.pos):
@@ -288,30 +334,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         brings = f"; {per_target(first)}{brings}" if brings else ""
         lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}{brings}")
         for r in g.qk:
-            lines.append(
-                f"       QK {r.qk_head} reads {r.key_token!r}@{r.key} (attention "
-                f"{r.attention:.2f}): score {r.score:+.3g} = always-on "
-                f"{r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key:+.3g} "
-                f"(mean q x mean k {r.mean_query_mean_key:+.3g}, q x mean k "
-                f"{r.query_vs_mean_key:+.3g}, mean q x k {r.mean_query_vs_key:+.3g}) + specific "
-                f"{r.specific:+.3g}"
-            )
-            if r.root_pairs:
-                lines.append(f"         {root_text(r, max_pairs)}")
-            if r.pairs and r.rest_share > SPREAD_OUT:  # a few pairs would say nothing
-                lines.append(f"         specific by units at the two positions: spread over "
-                             f"many pairs (the {len(r.pairs)} largest leave out "
-                             f"{r.rest_share:.0%}; in mechanisms.json)")  # fmt: skip
-            elif r.pairs:
-                lines.append(f"         specific by units at the two positions (the pairs "
-                             f"below leave out {r.rest_share:.0%}):")  # fmt: skip
-            for p in r.pairs[:max_pairs] if r.rest_share <= SPREAD_OUT else []:
-                lines.append(f"         {p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
-            for name, sources in (("query", r.query_sources), ("key", r.key_sources)):
-                top = [x for c in ("roots", "heads") for x in sources.get(c, [])[:1]]
-                if top:
-                    lines.append(f"         {name} side from: " + "; ".join(
-                        f"{x.name} {x.value:+.3g}" for x in top))  # fmt: skip
+            lines += reason_lines(r, max_pairs, "       ")
         shown = [c for c in g.checks if every_check or c.target == first]
         rest = [] if every_check else [c for c in g.checks if c.target != first]
         for c in shown:
@@ -446,6 +469,9 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             f"<p>parts: tokens {_span(t.tokens)}{_esc(token_shares_text(t))}, constants "
             f"{_span(t.constants)}{consts}, errors {_span(t.errors)}</p>"
         )
+        if reads_text(t, summary.tokens):
+            parts.append(f"<p>{_esc(reads_text(t, summary.tokens))}</p>")
+            parts += [_reason_html(r, drawn) for r in t.qk]
         if t.predicting_group:
             heading = predicting_heading(summary.group(t.predicting_group), t.node)
             own = own_token_text(t, summary.group(t.predicting_group).pos)

@@ -379,6 +379,53 @@ def test_the_summary_says_when_the_current_token_carries_the_most():
     assert own_token_text(t, 4) == ""  # nothing to carry: the tokens work against it
 
 
+def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run):
+    """A head's value comes from its keys through its frozen pattern, not from its query: its
+    head groups and moved flows are those at the key it reads (``reads``), and its own QK
+    reason there says why it attends it (found on ``--target-node`` of an induction head: the
+    summary named groups at its query with flows of 1e-4 against a value of 2.5)."""
+    from circuits.attribution import LogitTarget, NodeTarget
+    from circuits.interventions import target_nodes
+    from circuits.qk import qk_record
+
+    full = attribute(replacement, tokens, max_logits=1, run=run)
+    heads = full.is_kind("lorsa").nonzero().squeeze(1).tolist()
+    heads = [i for i in heads if full.layer[i] == 1 and full.read_key(i) not in (None, full.pos[i])]
+    node = max(heads, key=lambda i: float(full.activation[i]))
+    layer, q, index = int(full.layer[node]), int(full.pos[node]), int(full.index[node])
+    graph = attribute(replacement, tokens, run=run,
+                      targets=[LogitTarget(7), NodeTarget("lorsa", layer, q, index)])  # fmt: skip
+    t = target_nodes(graph)[-1]
+    k = graph.read_key(t)
+    summary = summarize(replacement, graph, run, check=False)
+    record = summary.targets[-1]
+    assert record.kind == "lorsa" and record.reads == k and summary.targets[0].reads is None
+    assert record.head_groups and all(summary.group(g).pos == k for g in record.head_groups)
+    # the heads at the key, with their flows into the target, exactly
+    flow, h = node_flows(graph, t)
+    at_key = np.flatnonzero((graph.kind.numpy() == Kind.LORSA) & (graph.pos.numpy() == k))
+    assert record.heads_flow == pytest.approx(float(flow[at_key].sum()), abs=1e-5)
+    assert any(abs(float(flow[i])) > 0 for i in at_key)
+    # its own QK reason: its QK head at (its query, the key it reads), closing to its score
+    (reason,) = record.qk
+    where = (reason.layer, reason.qk_head, reason.query, reason.key)
+    assert where == (layer, index // graph.group_size, q, k)
+    score = qk_record(replacement, run, layer, reason.qk_head, q, k).score
+    assert reason.score == pytest.approx(score, abs=1e-4)
+    text = format_summary(summary)
+    assert f"it reads its inputs at its key {graph.token_strings[k]!r}@{k}" in text
+    assert f"QK {reason.qk_head} reads {graph.token_strings[k]!r}@{k}" in text
+    # a file naming a key for a logit target, or a reason at another key, is refused
+    data = json.loads(json.dumps(summary.to_dict()))
+    data["targets"][0]["reads"] = 0
+    with pytest.raises(ValueError, match=r"targets\[0\]\.reads: a key for a target not a head"):
+        MechanismSummary.from_dict(data)
+    data = json.loads(json.dumps(summary.to_dict()))
+    data["targets"][-1]["qk"][0]["key"] = k + 1
+    with pytest.raises(ValueError, match="not the key read"):
+        MechanismSummary.from_dict(data)
+
+
 def test_a_supernode_sums_its_members_edges_exactly(graph):
     heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()[-3:]
     view = group(graph, heads, "my heads")
@@ -765,7 +812,7 @@ def test_summary_records(graph, replacement, run, tmp_path):
     page = html_page(graph, mechanisms=back)
     assert "<h2>Mechanisms</h2>" in page and "always-on" in page
     assert "the heads there bring" in page and "brings " in page
-    for old in (1, 2):  # before carried held every key; before the read key
+    for old in (1, 2, 3):  # before carried held every key; the read key; a head target's key
         with pytest.raises(ValueError, match=f"version {old}, expected .*re-run the trace"):
             MechanismSummary.from_dict(summary.to_dict() | {"version": old})
     with pytest.raises(ValueError, match="not a mechanism summary .expected a JSON object"):

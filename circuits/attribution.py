@@ -102,10 +102,14 @@ class PromptRun:
 
     Sources are sorted by stage (``circuits.nodes``); within a stage come the heads or
     features (by position, then index), then the error nodes, then the bias nodes (by
-    position). ``write[s]`` is what source s adds to the residual stream at ``pos[s]``.
-    ``resid_bias[S]`` is the constant part of the residual stream that stage S reads and no
-    source carries: ``ReadWrite.resid_bias`` (the decoder biases below S), or zero when
-    ``constants`` made those biases into bias sources (one per sublayer and position).
+    position). ``write[s]`` is what source s adds to the residual stream at ``pos[s]``: an
+    embedding node its token's embedding ``W_E[token]``, never the position vector.
+    ``resid_bias[S, p]`` is the constant part of the residual stream that stage S reads at
+    position p and no source carries: the position vector ``W_pos[p]`` plus
+    ``ReadWrite.resid_bias`` (the decoder biases below S), or zero when ``constants`` made
+    them bias sources (one per sublayer and position, and the position vectors one per
+    position at stage 0). A position vector depends on where a token is, never on which: a
+    constant, like a bias, so that a token's flow is its embedding's alone.
     """
 
     tokens: Int[Tensor, " pos"]
@@ -124,7 +128,7 @@ class PromptRun:
     index: Int[Tensor, " src"]
     activation: Float[Tensor, " src"]
     write: Float[Tensor, "src d_model"]
-    resid_bias: Float[Tensor, "stage d_model"]
+    resid_bias: Float[Tensor, "stage pos d_model"]
     constants: bool = False
 
     @property
@@ -262,8 +266,10 @@ def run_prompt(
         poss.append(pos), indices.append(index), acts.append(act), writes.append(write)
 
     arange = torch.arange(n)
-    add(Kind.EMBEDDING, 0, arange, tokens.clone(), torch.ones(n), m.W_E[tokens] + m.W_pos[:n])
+    add(Kind.EMBEDDING, 0, arange, tokens.clone(), torch.ones(n), m.W_E[tokens])
     minus_one = torch.full_like(arange, -1)
+    if constants:  # the position vectors: stage 0's bias nodes
+        add(Kind.BIAS, 0, arange, minus_one, torch.ones(n), m.W_pos[:n])
     for l in range(L):
         for kind, site, layer in (
             (Kind.LORSA, "lorsa", replacement.lorsas[l]),
@@ -280,7 +286,7 @@ def run_prompt(
             if constants:
                 bias = decoder_bias(layer).detach()
                 add(Kind.BIAS, stage, arange, minus_one, torch.ones(n), bias.expand(n, -1))
-    resid_bias = replacement.read_write().resid_bias
+    resid_bias = replacement.read_write().resid_bias[:, None] + m.W_pos[:n].detach()[None]
 
     return PromptRun(
         tokens=tokens,
@@ -480,7 +486,9 @@ def _lorsa_edges(
     inv_sigma = 1 / run.sigma1[layer]
     values = ((run.write[:n_src] @ w_v.T) * inv_sigma[s_pos, None]).T.contiguous()  # u src
     A = run.patterns[layer]
-    constant = (run.resid_bias[stage] @ w_v.T)[which] * (A[qk_head, q] @ inv_sigma)
+    # the constant residual at each key (position vectors, biases), through the pattern
+    at_key = (run.resid_bias[stage] @ w_v.T) * inv_sigma[:, None]  # pos u
+    constant = (A[qk_head, q] * at_key[:, which].T).sum(1)
     bias = constant + rw.lorsa_bias[layer][heads]
     # Sources are sorted by stage, then position: the keys a query q sees are not one range,
     # so each query position's columns are listed once.
@@ -662,7 +670,8 @@ def build_edges(
         feats = run.select(Kind.TRANSCODER, stage)
         reading = rw.tc_read[l][run.index[feats]] / run.sigma2[l, run.pos[feats], None]
         _same_position_edges(edges, feats, reading, run, run.stage_start(stage))
-        bias[feats] = reading @ run.resid_bias[stage] + rw.tc_bias[l][run.index[feats]]
+        constant = (reading * run.resid_bias[stage, run.pos[feats]]).sum(-1)
+        bias[feats] = constant + rw.tc_bias[l][run.index[feats]]
         value[feats] = run.tc_pre[l][run.pos[feats], run.index[feats]]
     # Logits at the last position read every source there.
     top = logit_stage(L)
@@ -670,7 +679,7 @@ def build_edges(
     for j, logit in enumerate(logits):
         g = logit.direction / run.sigma_final[-1]
         edges.add(torch.tensor([n_src + j]), last, run.write[last] @ g)
-        bias[n_src + j] = run.resid_bias[top] @ g + logit.bias
+        bias[n_src + j] = run.resid_bias[top, n - 1] @ g + logit.bias
         value[n_src + j] = logit.value
     return edges, bias, value
 

@@ -37,7 +37,7 @@ from .graph import Graph, checked_count, checked_graph, is_integer
 from .groups import GroupedGraph, checked_view
 from .interventions import check_full_graph
 from .mechanism_file import RootPair, SourceShare
-from .nodes import Kind, logit_stage, lorsa_stage
+from .nodes import Kind, constant_name, logit_stage, lorsa_stage
 from .prune import row_blocks
 
 BEAM = 24  # the paths' beam width (``top_paths``)
@@ -381,8 +381,7 @@ def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> 
     by_stage = {}
     for s in np.unique(graph.stage.numpy()[is_bias]).tolist():
         sel = is_bias & (graph.stage.numpy() == s)
-        layer, attn = (s - 1) // 2, s % 2 == 1
-        by_stage[f"L{layer} {'attn' if attn else 'mlp'} bias"] = float(flow[sel].sum())
+        by_stage[constant_name(s)] = float(flow[sel].sum())
     by_stage["own"] = float(own.sum())
     by_source = sorted(((k, v) for k, v in by_stage.items() if v != 0), key=lambda kv: -abs(kv[1]))
     is_token = kinds == Kind.EMBEDDING

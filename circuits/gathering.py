@@ -8,7 +8,9 @@ says whether the sample is large enough):
 - **Edges.** Every exact local edge ``s -> t`` (frozen patterns and LayerNorm scales,
   DESIGN.md section 5) summed per unit pair, for every target stage. A head, feature or token
   writes ``a_s d_s`` (activation times a fixed direction; a token's position vector apart), so
-  its edges into a target factor into a weights-only term and a co-activation term:
+  its edges into a target factor into a weights-only term and a co-activation term (a token
+  unit is its embedding ``W_E[token]`` alone: the position vector, the same for every token
+  at a position, is a constant, as in local graphs, and no unit's):
 
       head j (QK head h) of block l:  (d_s . P w_v^j) * sum_k a_s(k) / sigma1[k] mass_j[k]
                                       with mass_j[k] = sum over queries q where j fired of A[h,q,k]
@@ -16,7 +18,7 @@ says whether the sample is large enough):
       logit v (conditioned, below):   (d_s . u_v) * sum_{p: v is next} a_s(p) / sigma_final[p]
 
   The co-activation sums are gathered (a sparse product per batch) and multiplied by the
-  virtual weights once at the end; tokens (whose position vectors vary) and errors (whose
+  virtual weights once at the end; tokens (whose LayerNorm scales vary) and errors (whose
   vectors vary) have their edges summed directly.
 - **Conditioned logits.** A logit unit's edges are summed over the positions where its token
   is the next token of the row (the last position of a row, with no next token, counts for
@@ -24,7 +26,8 @@ says whether the sample is large enough):
   the token where it comes. Its activity is its summed probability there.
 - **QK terms.** For a Lorsa QK head h of layer l, the score at query q and key k splits exactly
   into query-node x key-node terms ``u_s(q) . v_t(k) / sqrt(d_qk)`` (``circuits.qk.QKSides``;
-  the bias side included). The *expected QK attribution* of a unit pair is
+  the bias side included: the biases below the layer, the position vector and
+  ``b_Q``/``b_K``). The *expected QK attribution* of a unit pair is
 
       sum over rows, queries q, keys k <= q:  w_h(q) (A[h,q,k] - 1/(q+1)) u_s(q).v_t(k) / sqrt(d_qk)
 
@@ -255,7 +258,7 @@ class Sums:
         summed = torch.sparse.mm(nodes.alpha_matrix(query.shape[1]), both).view(-1, H, 2, e)
         query += (summed[:, :, 0] * tables.qk_query[l]).sum(-1).T
         key += (summed[:, :, 1] * tables.qk_key[l]).sum(-1).T
-        # Tokens (with their position vectors), errors and the bias side, node by node.
+        # Tokens, errors and the bias side (biases and position vectors), node by node.
         kbar = side.key_bar.permute(0, 2, 1, 3).flatten(0, 1)  # (row pos) qk e
         qbar = side.query_bar.permute(0, 2, 1, 3).flatten(0, 1)
         emb = center(run_embeddings(run, tables).flatten(0, 1)) * nodes.inv[:, None]
@@ -267,7 +270,8 @@ class Sums:
                 err = center(nodes.errors[:, e_]) * nodes.inv[:, None]
                 query[:, unit] += _dot(err, lorsa.W_Q, kbar).sum(0)
                 key[:, unit] += _dot(err, lorsa.W_K, qbar).sum(0)
-        bias = center(tables.rw.resid_bias[lorsa_stage(l)])[None] * nodes.inv[:, None]
+        positions = tables.W_pos[: run.n_pos].repeat(len(run.tokens), 1)  # (row pos) d
+        bias = center(tables.rw.resid_bias[lorsa_stage(l)] + positions) * nodes.inv[:, None]
         scalars[:, 1] += (_dot(bias, lorsa.W_Q, kbar) + (kbar * lorsa.b_Q).sum(-1)).sum(0)
         scalars[:, 2] += (_dot(bias, lorsa.W_K, qbar) + (qbar * lorsa.b_K).sum(-1)).sum(0)
 
@@ -350,8 +354,9 @@ def _dot(x: Tensor, W: Tensor, bar: Tensor) -> Tensor:
 
 
 def run_embeddings(run: BatchRun, tables: Tables) -> Float[Tensor, "row pos d_model"]:
-    """What each token writes at its position: its embedding plus the position vector."""
-    return tables.W_E[run.tokens] + tables.W_pos[: run.n_pos]
+    """What each token writes at its position: its embedding (the position vector is a
+    constant, on the bias side)."""
+    return tables.W_E[run.tokens]
 
 
 def _stage_readers(rw: ReadWrite, units: Units, stage: int) -> Tensor:

@@ -44,8 +44,9 @@ from torch import Tensor
 from .nodes import KINDS, Kind, block_of, logit_stage, node_id
 
 # 3: the header holds a SHA-256 of the tensors; 4: and of the header; 5: ``attends`` is the key a
-# head reads (its z-pattern's largest term), no longer its attention's argmax
-FORMAT_VERSION = 5
+# head reads (its z-pattern's largest term), no longer its attention's argmax; 6: an embedding
+# node is its token's embedding alone, the position vector a constant (stage 0's bias nodes)
+FORMAT_VERSION = 6
 MODES = ("local", "sparse")
 N_PROMOTED = 3  # tokens kept per head/feature in ``promotes``
 # The graph-level attributes ``Graph.to_networkx`` sets itself, beside ``settings``' keys (a

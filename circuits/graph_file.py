@@ -313,7 +313,7 @@ def _check_nodes(
         Kind.LORSA: is_attention(stage) & (stage < top),
         Kind.TRANSCODER: ~is_attention(stage) & (stage > 0),
         Kind.ERROR: (stage > 0) & (stage < top),
-        Kind.BIAS: (stage > 0) & (stage < top),
+        Kind.BIAS: stage < top,  # stage 0: the position vectors
     }
     for k, ok in expected.items():
         _require(bool(ok[kind == k].all()), "stage", f"a {k.label} node at the wrong stage")
@@ -474,8 +474,8 @@ def _side_ok(x, layer: int, at: int, form: str) -> bool:
     elif len(parts) != 2 or form == "node":
         return False
     head, index = parts
-    if head == "E":
-        return _decimal(index)
+    if head == "E":  # a token's embedding, or the position vector (circuits.nodes.unit_id)
+        return _decimal(index) or index == "pos"
     below = _decimal(head) and int(head) < 2 * layer  # circuits.nodes.sublayer
     return below and (index in ("-1", "bias") or _decimal(index))
 

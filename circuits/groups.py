@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .graph import Graph, is_integer
-from .nodes import KINDS, Kind, is_attention, unit_id
+from .nodes import KINDS, Kind, constant_name, is_attention, unit_id
 
 MIN_CONCEPT_F1 = 0.5  # a concept label groups features (and marks a head's role) from this F1
 
@@ -366,7 +366,9 @@ def node_name(graph: Graph, i: int, fields: _Fields | None = None) -> str:
         record = graph.logit_record(i)
         text = f"logit {graph.token(record.token)!r}"
         return text if record.negative is None else f"{text} - {graph.token(record.negative)!r}"
-    if kind in (Kind.ERROR, Kind.BIAS):
+    if kind == Kind.BIAS:
+        return f"{constant_name(stage)} {where}".strip()
+    if kind == Kind.ERROR:
         return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} {kind.label} {where}".strip()
     if kind == Kind.LORSA:
         text = f"L{layer} head {index} {where}".strip()
@@ -378,9 +380,7 @@ def node_name(graph: Graph, i: int, fields: _Fields | None = None) -> str:
 def _auto_name(graph: Graph, key: tuple, n: int) -> str:
     """A readable name of an automatic group (for people; structure is in the ``Group``)."""
     if key[0] == "bias":
-        stage = key[1]
-        layer = (stage - 1) // 2
-        return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} bias (all positions)"
+        return f"{constant_name(key[1])} (all positions)"
     if key[0] == "lorsa":
         _, layer, pos, attends, concept = key
         what = f"L{layer} {'head' if n == 1 else f'{n} heads'} @{pos}"

@@ -96,7 +96,9 @@ def _hooks(
 ) -> list[tuple[str, Callable]]:
     """Forward hooks that freeze what is asked and replace node values with the given ones
     (``z[l]``, ``acts[l]``: (batch, pos, n) or None to leave that layer's nodes free;
-    ``bias_scale[stage]``: (batch, pos) multipliers of that sublayer's decoder bias)."""
+    ``embed_scale``: (batch, pos) multipliers of the token embeddings; ``bias_scale[stage]``:
+    (batch, pos) multipliers of that sublayer's decoder bias, stage 0's of the position
+    vectors)."""
     hooks = []
 
     def const(value):
@@ -120,8 +122,10 @@ def _hooks(
     if embed_scale is not None:
         scale = embed_scale[:, :, None]
         hooks.append(("hook_embed", lambda act, hook: act * scale))
-        hooks.append(("hook_pos_embed", lambda act, hook: act * scale))
     for stage, multiplier in (bias_scale or {}).items():
+        if stage == 0:  # the position vectors (batch pos d)
+            hooks.append(("hook_pos_embed", _scaler(multiplier[:, :, None])))
+            continue
         layer = block_of(stage)
         kind = sublayer_kind(stage)
         bias = decoder_bias(
@@ -130,6 +134,10 @@ def _hooks(
         extra = (multiplier - 1)[:, :, None] * bias  # batch pos d: bias times (multiplier - 1)
         hooks.append((hook_name(layer, f"{SITE[kind]}.hook_out"), _adder(extra)))
     return hooks
+
+
+def _scaler(scale: Tensor) -> Callable:
+    return lambda act, hook: act * scale
 
 
 def _adder(extra: Tensor) -> Callable:

@@ -45,7 +45,7 @@ def feature_number(sublayer: int, index: int) -> int:
 
 
 def _layer(kind: Kind, stage: int) -> str:
-    if kind == Kind.EMBEDDING:
+    if kind == Kind.EMBEDDING or stage == 0:  # a token's embedding, a position vector
         return "E"
     return str(stage if kind == Kind.LOGIT else sublayer(stage))
 
@@ -54,7 +54,8 @@ def _feature_type(kind: Kind, stage: int) -> str:
     if kind == Kind.ERROR:
         return f"{'attention' if is_attention(stage) else 'mlp'} reconstruction error"
     if kind == Kind.BIAS:
-        return f"{'attention' if is_attention(stage) else 'mlp'} bias"
+        return "position embedding" if stage == 0 else \
+            f"{'attention' if is_attention(stage) else 'mlp'} bias"  # fmt: skip
     return FEATURE_TYPE[kind]
 
 

@@ -2,14 +2,17 @@
 
 A graph's nodes are sorted by *stage*, the replacement model's topological order::
 
-    stage 0             embedding   one per position (token + position vector)
+    stage 0             embedding   one per position (the token's embedding W_E[token])
     stage 2l + 1        lorsa       block l's active Lorsa heads, and its attention error nodes
     stage 2l + 2        transcoder  block l's active transcoder features, and its MLP error nodes
     stage 2L + 1        logit       targets: logit tokens (demeaned), logit differences
 
 Graphs made with constants as nodes (``attribute(constants=True)``) also hold, in every
 sublayer stage, one ``bias`` node per position: the constant that sublayer writes there (the
-Lorsa output bias ``b_D``, the transcoder decoder bias ``b_dec``).
+Lorsa output bias ``b_D``, the transcoder decoder bias ``b_dec``); and at stage 0 one per
+position for the position vector ``W_pos[pos]``, which depends on where a token is and never on
+which: a constant, so that a token's flow is its embedding's alone (without constants as
+nodes it is part of the readers' constant terms, as the biases are).
 
 Ids follow circuit-tracer/Neuronpedia's ``{layer}_{feature}_{pos}``, where ``layer`` counts
 *sublayers* (stage - 1: ``2l`` is block l's Lorsa, ``2l + 1`` its transcoder) and the logits
@@ -20,6 +23,7 @@ sit at ``2L + 1``::
     {2l+1}_-1_{pos}        MLP error            {2L+1}_{token}_{pos}   logit
     {2L+1}_{a}-{b}_{pos}   logit difference a - b
     {2l}_bias_{pos}        Lorsa output bias    {2l+1}_bias_{pos}      transcoder decoder bias
+    E_pos_{pos}            position vector
 
 A *unit* is a position-free node (global circuits): its id is the node id without the
 position (``E_{token}``, ``{2l}_{head}``, ...). Ids are for files and people: code reads the
@@ -41,7 +45,7 @@ class Kind(IntEnum):
     TRANSCODER = 2
     ERROR = 3
     LOGIT = 4
-    BIAS = 5  # a sublayer's constant output at one position (b_D, b_dec)
+    BIAS = 5  # a constant at one position: a sublayer's output bias (b_D, b_dec), W_pos at 0
 
     @property
     def label(self) -> str:
@@ -102,6 +106,14 @@ def block_of(stage: int) -> int:
     return (stage - 1) // 2
 
 
+def constant_name(stage: int) -> str:
+    """How the constant (bias) nodes of ``stage`` are named to a reader: stage 0's are the
+    position vectors, a sublayer's its output bias (``L0 attn bias``, ``L1 mlp bias``)."""
+    if stage == EMBEDDING_STAGE:
+        return "position vector"
+    return f"L{block_of(stage)} {'attn' if is_attention(stage) else 'mlp'} bias"
+
+
 def is_attention(stage):
     """Whether ``stage`` (an int, or elementwise a tensor of stages) is a Lorsa (attention)
     stage rather than a transcoder one. Only meaningful between the embedding and logit stage."""
@@ -144,5 +156,5 @@ def unit_id(
     if kind == Kind.LOGIT:
         return f"{stage}_{index}" if negative is None else f"{stage}_{index}-{negative}"
     if kind == Kind.BIAS:
-        return f"{sublayer(stage)}_bias"
+        return "E_pos" if stage == EMBEDDING_STAGE else f"{sublayer(stage)}_bias"
     return f"{sublayer(stage)}_{-1 if kind == Kind.ERROR else index}"

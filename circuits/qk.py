@@ -90,7 +90,7 @@ class QKSides:
         self._entry_cache: tuple | None = None  # ``_entries`` and the unit table it is for
         parts = center(run.write[:n_src]) * inv_sigma[run.pos[:n_src], None]
         parts = parts[self.at] * self.valid[..., None]  # pos slot d
-        bias = center(run.resid_bias[stage])[None, None] * inv_sigma[:, None, None]  # pos 1 d
+        bias = center(run.resid_bias[stage])[:, None] * inv_sigma[:, None, None]  # pos 1 d
         parts = torch.cat([bias, parts], dim=1)
         self.query = torch.einsum("psd,hde->pshe", parts, lorsa.W_Q)
         self.key = torch.einsum("psd,hde->pshe", parts, lorsa.W_K)

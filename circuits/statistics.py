@@ -79,7 +79,9 @@ def default_stats_path(model: str, replacement: ReplacementModel, tokenizer) -> 
     ``runs/global-stats/<model>-<key>.safetensors``, ``key`` 12 hex digits of a SHA-256 over
     what they are bound to (``identity``). Another model in a folder of the same name, another
     replacement set or tokenizer gets a file of its own: never one gathered for another."""
-    key = json_sha256(identity(replacement, tokenizer))[:12]  # as dashboards' default_path
+    # as dashboards' default_path; the format version too, so that a file of an older one is
+    # gathered again beside it rather than refused
+    key = json_sha256({**identity(replacement, tokenizer), "version": STATS_VERSION})[:12]
     return DEFAULT_STATS_DIR / f"{Path(model).name}-{key}.safetensors"
 
 

@@ -28,8 +28,9 @@ from toy_models.records import parse_json
 from .nodes import lorsa_stage
 from .units import Units
 
-STATS_VERSION = 4  # 3: halves, compact top-k edges, conditioned logits, QK terms; 4: the
-# checksum covers the header too
+STATS_VERSION = 5  # 3: halves, compact top-k edges, conditioned logits, QK terms; 4: the
+# checksum covers the header too; 5: a token unit is its embedding alone, the position vectors
+# are constants (on the QK bias side), as in local graphs
 SPLIT = "heldout"  # statistics describe text the model was not trained on
 QK_SCALARS = ("total", "bias_query", "bias_key", "firings", "query_abs", "key_abs")
 MAX_ROWS = 1 << 20  # rows of a sample: they are drawn and held in memory before gathering

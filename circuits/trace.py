@@ -425,6 +425,9 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     untrained = graph.untrained_note()
     if untrained:
         print(f"note: {untrained}", file=sys.stderr)
+    unlike = sparse_note(replacement, run, tokenizer)
+    if unlike:
+        print(f"note: {unlike}", file=sys.stderr)
     print(summary(full, graph, scored.scores, timings, labels))
     if mechanisms is not None:
         print(format_summary(mechanisms))
@@ -433,6 +436,30 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     for path in written.paths:
         print(f"wrote {path}")
     return 0
+
+
+def sparse_note(replacement, run, tokenizer) -> str:
+    """In sparse mode (no error nodes) the replacement's prediction can differ from the
+    model's: a line saying so when their most likely next tokens differ, else empty. The graph
+    explains the replacement's prediction; local mode's error nodes make it the model's."""
+    import torch
+
+    from toy_models.tokenizer import token_text
+
+    if run.mode != "sparse":
+        return ""
+    with torch.no_grad():
+        model = replacement.model(run.tokens[None])[0, -1].softmax(-1)
+    ours = run.logits[-1].softmax(-1)
+    a, b = int(ours.argmax()), int(model.argmax())
+    if a == b:
+        return ""
+    return (
+        f"in sparse mode the replacement predicts {token_text(tokenizer, a)!r} (p "
+        f"{float(ours[a]):.3g}) where the model predicts {token_text(tokenizer, b)!r} (p "
+        f"{float(model[b]):.3g}): the graph explains the replacement's prediction "
+        "(--mode local, with error nodes, explains the model's)"
+    )
 
 
 def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None, dict, dict]:

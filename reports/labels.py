@@ -10,7 +10,7 @@ units' firing counts (``occurrences``).
 from __future__ import annotations
 
 from circuits.graph import Graph, checked_graph
-from circuits.nodes import Kind, block_of, is_attention, logit_stage
+from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, constant_name, is_attention, logit_stage
 
 MAX_LABEL_CHARS = 48  # longer text is cut in the drawing; the tooltip keeps all of it
 LINE_CHARS = 14  # a node label is at most two lines of about this many characters
@@ -71,11 +71,10 @@ def node_label(graph: Graph, i: int) -> str:
     if kind == Kind.LOGIT:
         tokens, value = logit_text(graph, i)
         return f"logit {tokens} {value}" if graph.positional else f"logit {tokens}"
-    if kind in (Kind.ERROR, Kind.BIAS):
-        what = "error" if kind == Kind.ERROR else "bias (constant)"
-        return (
-            f"L{layer} {'attn' if is_attention(stage) else 'mlp'} {what}{where}{_usage(graph, i)}"
-        )
+    if kind == Kind.BIAS:
+        return f"{constant_name(stage)} (constant){where}{_usage(graph, i)}"
+    if kind == Kind.ERROR:
+        return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} error{where}{_usage(graph, i)}"
     if kind == Kind.LORSA:
         text = f"L{layer} head {index} (QK {index // graph.group_size}){where}"
         key = graph.read_key(i)
@@ -128,6 +127,8 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
         return ["err"]
     if kind == Kind.BIAS:
         stage = int(graph.stage[i])
+        if stage == EMBEDDING_STAGE:
+            return ["position", at_position("vector", pos)]
         return ["bias", f"L{block_of(stage)} {'attn' if is_attention(stage) else 'mlp'}"]
     if kind == Kind.LOGIT:
         tokens, value = logit_text(graph, i)

@@ -145,6 +145,20 @@ def reads_text(t: TargetRecord, tokens: list[str]) -> str:
             "key (the heads at its query act through this):")  # fmt: skip
 
 
+def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
+    """When the ablation check of group ``g`` on target ``t`` is flagged, what it measured, to
+    stand beside the line that names ``g`` (the predicting group): the graph's word on it is
+    not to be trusted there; else empty."""
+    c = next((c for c in g.checks if c.target == t.node and c.flagged), None)
+    if c is None:
+        return ""
+    return (
+        f"its ablation check is FLAGGED: predicted {_signed(c.predicted)}, frozen attention "
+        f"{_signed(c.frozen)}{after_text(t.probability, c.probability_frozen)}, free "
+        f"attention {_signed(c.free)}{after_text(t.probability, c.probability_free)}"
+    )
+
+
 def moved_text(t: TargetRecord) -> str:
     """What the heads at a target's position bring from each key position (its
     ``moved_by_position``), in one line; empty when no head there carries flow."""
@@ -299,6 +313,8 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
                 lines.append(f"  {own_token_text(t, g.pos)}")
             lines.append(f"  {predicting_heading(g, t.node)}: {short(g.key)}, flow "
                          f"{_signed(g.flow[t.node])}")  # fmt: skip
+            if flagged_text(g, t):
+                lines.append(f"    {flagged_text(g, t)}")
             if moved_text(t):
                 lines.append(f"  {moved_text(t)}")
             others = [names[k] for k in t.head_groups[1:]]
@@ -479,6 +495,9 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
                 parts.append(f"<p>{_esc(own)}</p>")
             parts.append(f"<p>{heading}: <b>{_esc(t.predicting_group)}</b> "
                          f"{_esc(names[t.predicting_group])}</p>")  # fmt: skip
+            flagged = flagged_text(summary.group(t.predicting_group), t)
+            if flagged:
+                parts.append(f'<p class="neg">{_esc(flagged)}</p>')
             if moved_text(t):
                 parts.append(f"<p>{_esc(moved_text(t))}</p>")
             others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])}" for k in t.head_groups[1:])

@@ -2,10 +2,16 @@
 
 ``viewer_data`` gathers what the page's script (``reports/viewer/viewer.js``) draws and shows:
 every node with its readable labels (``reports.labels``) and structured fields, every edge as
-parallel arrays, the QK records of Lorsa heads, the default view (``reports.layout.select``'s
-budget, so the first picture is the one the Graphviz drawing shows), unit dashboards when
-there are any, and circuit-tracer's ``qParams`` (``pinnedIds``, ``supernodes``, ``clickedId``)
-from which the page starts and which it keeps in step with the URL.
+parallel arrays, the QK records of Lorsa heads with ``refs`` (below), the default view
+(``reports.layout.select``'s budget, so the first picture is the one the Graphviz drawing
+shows), unit dashboards when there are any, and circuit-tracer's ``qParams`` (``pinnedIds``,
+``supernodes``, ``clickedId``) from which the page starts and which it keeps in step with the
+URL.
+
+``refs`` gives every node a QK record names that the graph does not hold (pruning dropped it;
+a QK reason's or contrast's side named as a unit, without a position) its structured fields
+and a label in ``reports.labels``'s words, so that the panel names it as readably as the nodes
+it has: ``{"kind", "stage", "layer", "index", "pos" (None for a unit), "label", "short"}``.
 
 ``script_json`` writes the object so that it can sit inside ``<script type="application/json">``:
 no string from the graph can close the element or open a comment (``<``, ``>`` and ``&`` are
@@ -47,7 +53,15 @@ import numpy as np
 
 from circuits.concepts import AT_CHANCE, at_chance
 from circuits.graph import Graph, QKAttribution
-from circuits.nodes import Kind, logit_stage, unit_id
+from circuits.nodes import (
+    Kind,
+    block_of,
+    is_attention,
+    logit_stage,
+    node_id,
+    sublayer_kind,
+    unit_id,
+)
 
 from .labels import node_labels, short_label_lines, stage_name
 from .layout import EDGES_PER_NODE, MAX_NODES, Selection, placeholder, select
@@ -113,6 +127,107 @@ def _reason(r) -> dict:
     }
 
 
+def _named_in_qk(a: QKAttribution) -> list[str]:
+    """Every node or unit id QK record ``a`` names (not the bias side)."""
+    names = [x for p in a.pairs + a.contrast_pairs for x in (p.query, p.key)]
+    names += [n for n, _ in a.query_marginals + a.key_marginals]
+    if a.reason is not None:
+        names += [x for p in a.reason.pairs for x in (p.query, p.key)]
+    names += [m for x in a.sources for m in x.members]
+    return [n for n in names if n is not None and n != "bias"]
+
+
+def _fields_of_id(graph: Graph, name: str) -> dict | None:
+    """The fields of the node (or, without a position, the unit) ``name`` that ``graph`` does
+    not hold. A QK record keeps only the ids of the sides it names (``circuits.graph.QKPair``)
+    and pruning drops most of those nodes, so their id is all there is: it is read back here,
+    the inverse of ``circuits.nodes.node_id`` / ``unit_id`` for what a Lorsa layer reads (a
+    token or a sublayer below it, never a logit), and accepted only when those functions make
+    the same id from the fields. None for anything else."""
+    parts = name.split("_")
+    if len(parts) not in (2, 3) or not all(x.isascii() for x in parts):
+        return None
+    pos = int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
+    if len(parts) == 3 and pos is None:
+        return None
+    head, index = parts[:2]
+    if head == "E" and index == "pos":  # a position vector: a constant at stage 0, where held
+        kind, stage, idx = Kind.BIAS, 0, -1
+    elif head == "E" and index.isdigit():
+        kind, stage, idx = Kind.EMBEDDING, 0, int(index)
+    elif head.isdigit() and int(head) + 1 < logit_stage(graph.n_layers):
+        stage = int(head) + 1  # circuits.nodes.sublayer: stage - 1
+        kind, idx = (
+            (Kind.BIAS, -1) if index == "bias"
+            else (Kind.ERROR, -1) if index == "-1"
+            else (sublayer_kind(stage), int(index)) if index.isdigit()
+            else (None, 0)
+        )  # fmt: skip
+        if kind is None:
+            return None
+    else:
+        return None
+    made = unit_id(kind, stage, idx) if pos is None else node_id(kind, stage, pos, idx)
+    if made != name:
+        return None
+    label, short = _ref_label(graph, kind, stage, idx, pos)
+    return {"kind": kind.label, "stage": stage, "layer": block_of(stage), "index": idx,
+            "pos": pos, "label": label, "short": short}  # fmt: skip
+
+
+def _ref_label(graph: Graph, kind: Kind, stage: int, index: int, pos: int | None):
+    """(label, short label) of a node the graph does not hold, in ``reports.labels``'s words
+    (``node_label`` less what only a held node has: the key a head reads, the tokens a
+    feature promotes); a unit (``pos`` None) without a position."""
+    where = f" @{pos}" if graph.positional and pos is not None else ""
+    layer = block_of(stage)
+    if kind == Kind.EMBEDDING:
+        if graph.positional and pos is not None:
+            prompt = pos < len(graph.tokens) and graph.tokens[pos] == index
+            text = graph.token_strings[pos] if prompt else graph.token(index)
+            return f"{text!r}@{pos}", f"{text!r}@{pos}"
+        if index not in graph.token_text:  # the graph file has no text for it: say so
+            return f"token id {index}", f"token id {index}"
+        return f"token {graph.token(index)!r}", repr(graph.token(index))
+    if kind == Kind.BIAS and stage == 0:
+        return f"position vector (constant){where}", "position vector"
+    if kind in (Kind.ERROR, Kind.BIAS):
+        what = "error" if kind == Kind.ERROR else "bias (constant)"
+        sub = "attn" if is_attention(stage) else "mlp"
+        return f"L{layer} {sub} {what}{where}", "err" if kind == Kind.ERROR else "bias"
+    if kind == Kind.LORSA:
+        return f"L{layer} head {index} (QK {index // graph.group_size}){where}", f"H{index}"
+    return f"L{layer} feature {index}{where}", f"F{index}"
+
+
+def qk_refs(graph: Graph) -> dict[str, dict]:
+    """``refs`` (module docstring): the fields and label of every node or unit id the graph's
+    QK records name that is not one of its nodes."""
+    known = graph.id_to_index
+    refs: dict[str, dict] = {}
+    for a in graph.qk:
+        for name in _named_in_qk(a):
+            if name not in known and name not in refs:
+                fields = _fields_of_id(graph, name)
+                if fields is not None:
+                    refs[name] = fields
+    return refs
+
+
+def _reason_panel(r) -> dict:
+    """A summary's ``QKReasonRecord`` as the panel lists it under a group or a head target."""
+    from .mechanisms import ref_text, root_text
+
+    return {"qkHead": r.qk_head, "key": r.key, "keyToken": r.key_token, "score": _num(r.score),
+            "alwaysOn": _num(r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key),
+            "specific": _num(r.specific), "restShare": _num(r.rest_share),
+            "pairs": [[ref_text(p.query), ref_text(p.key), _num(p.value)] for p in r.pairs[:3]],
+            "sources": {side: [[x.name, _num(x.value)] for c in ("roots", "heads")
+                               for x in d.get(c, [])[:1]]
+                        for side, d in (("query", r.query_sources), ("key", r.key_sources))},
+            "roots": root_text(r, 3) if r.root_pairs else None}  # fmt: skip
+
+
 def mechanisms_data(summary, graph: Graph) -> dict | None:
     """A ``circuits.mechanism_file.MechanismSummary`` for the panel: targets with their exact
     parts, paths by group key, and each group with its members present in this graph (checked
@@ -123,11 +238,11 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         TOKEN_SHARES,
         after_text,
         carried_text,
+        flagged_text,
         moved_text,
         own_token_text,
         predicting_heading,
-        ref_text,
-        root_text,
+        reads_text,
         summary_for,
     )
 
@@ -148,7 +263,11 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "morePositions": max(0, len(t.tokens_by_position) - TOKEN_SHARES),
              "moved": moved_text(t) or None,
              "own": (own_token_text(t, summary.group(t.predicting_group).pos) or None)
-             if t.predicting_group else None}
+             if t.predicting_group else None,
+             "reads": reads_text(t, summary.tokens) or None,
+             "flagged": (flagged_text(summary.group(t.predicting_group), t) or None)
+             if t.predicting_group else None,
+             "qk": [_reason_panel(r) for r in t.qk]}
             for t in summary.targets
         ],
         "paths": [{"target": p.target, "groups": p.groups, "flow": _num(p.flow)}
@@ -159,19 +278,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "flow": {k: _num(v) for k, v in g.flow.items()}, "concept": g.concept,
              "brings": {t.node: carried_text(g, t.node) for t in summary.targets
                         if g.carried.get(t.node)},
-             "qk": [{"qkHead": r.qk_head, "key": r.key, "keyToken": r.key_token,
-                     "score": _num(r.score),
-                     "alwaysOn": _num(r.mean_query_mean_key + r.query_vs_mean_key
-                                      + r.mean_query_vs_key),
-                     "specific": _num(r.specific), "restShare": _num(r.rest_share),
-                     "pairs": [[ref_text(p.query), ref_text(p.key), _num(p.value)]
-                               for p in r.pairs[:3]],
-                     "sources": {side: [[x.name, _num(x.value)] for c in ("roots", "heads")
-                                        for x in d.get(c, [])[:1]]
-                                 for side, d in (("query", r.query_sources),
-                                                 ("key", r.key_sources))},
-                     "roots": root_text(r, 3) if r.root_pairs else None}
-                    for r in g.qk],
+             "qk": [_reason_panel(r) for r in g.qk],
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged,
                          after_text(before.get(c.target), c.probability_frozen),
                          after_text(before.get(c.target), c.probability_free)]
@@ -474,6 +581,7 @@ def viewer_data(
         "links": links,
         "dashboards": check_dashboards(dashboards),
         "mechanisms": mechanisms_data(mechanisms, graph),
+        "refs": qk_refs(graph),
     }
 
 

@@ -39,7 +39,7 @@ from circuits.nodes import Kind, block_of, is_attention, lorsa_stage
 from circuits.prune import prune_graph
 from circuits.qk import QKSides
 from circuits.statistics import Statistics, compact, identity
-from circuits.statistics_file import load_partial
+from circuits.statistics_file import STATS_VERSION, load_partial
 from circuits.units import Units
 from replacement.model import center
 
@@ -571,8 +571,8 @@ def test_an_old_statistics_file_is_refused_with_what_to_do(stats, tmp_path):
     with pytest.raises(ValueError) as info:
         Statistics.load(old)
     assert str(info.value) == (
-        f"{old}: not a readable statistics file (format version 2, expected 4: made by an "
-        "older version; remove it to gather again)"
+        f"{old}: not a readable statistics file (format version 2, expected {STATS_VERSION}: "
+        "made by an older version; remove it to gather again)"
     )
 
 

@@ -28,7 +28,7 @@ from circuits.flows import (
     top_paths,
 )
 from circuits.graph import Graph
-from circuits.groups import auto_groups, group, grouped
+from circuits.groups import auto_groups, group, grouped, node_name
 from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
 from circuits.mechanism_file import MechanismSummary, load_summary, save_summary
 from circuits.mechanisms import summarize
@@ -69,7 +69,8 @@ def targets(graph: Graph) -> torch.Tensor:
 # ----------------------------------------------------------------- constants as nodes
 def test_constant_nodes_close_the_graph_and_carry_the_decoder_biases(graph, replacement, tokens):
     n, L = len(tokens), replacement.cfg.n_layers
-    assert graph.has_constants and int(graph.is_kind("bias").sum()) == 2 * L * n
+    # every sublayer's bias at every position, and the position vectors at stage 0
+    assert graph.has_constants and int(graph.is_kind("bias").sum()) == (2 * L + 1) * n
     assert closure_error(graph)["max_abs"] < 1e-5
     assert graph.settings["closure_error"]["max_abs"] < 1e-5
     # Without bias nodes the same targets close with the decoder biases in their bias terms:
@@ -84,6 +85,33 @@ def test_constant_nodes_close_the_graph_and_carry_the_decoder_biases(graph, repl
     np.testing.assert_allclose(
         plain.bias[t].numpy(), (graph.bias[keep][t].numpy() + from_bias[t.numpy()]), atol=1e-5
     )
+
+
+def test_a_tokens_embedding_node_carries_its_embedding_and_the_position_vector_is_a_constant(
+    graph, replacement, run, tokens
+):
+    """A position vector depends on where a token is, never on which: the embedding node
+    writes ``W_E[token]`` alone and the position vector is a stage-0 constant node (found on
+    ``A B C D E``: a layer-0 feature read +6.4 from the position and -0.1 from the token, and
+    the path named the token). Without constants as nodes it is part of the readers' bias
+    terms: every target closes either way, and the position nodes' edges are what moved."""
+    m = replacement.model
+    emb, pos = run.select(Kind.EMBEDDING, 0), run.select(Kind.BIAS, 0)
+    torch.testing.assert_close(run.write[emb], m.W_E[tokens], rtol=0, atol=0)
+    torch.testing.assert_close(run.write[pos], m.W_pos[: len(tokens)], rtol=0, atol=0)
+    assert [graph.ids[int(i)] for i in pos] == [f"E_pos_{p}" for p in range(len(tokens))]
+    names = [node_name(graph, int(i)) for i in pos[:2]]
+    assert names == ["position vector @0", "position vector @1"]
+    plain = run_prompt(replacement, tokens, run.mode)  # no constant nodes
+    assert not (plain.kind == Kind.BIAS).any()
+    torch.testing.assert_close(plain.write[plain.select(Kind.EMBEDDING, 0)], m.W_E[tokens])
+    bare = attribute(replacement, tokens, max_logits=3, run=plain)
+    assert closure_error(bare)["max_abs"] < 1e-5
+    # (the bias terms of ``bare`` are the constant nodes' edges: the test above)
+    t = int(targets(graph)[0])
+    assert np.abs(graph.edges[[t]][:, pos.numpy()].toarray()).max() > 0
+    parts = target_parts(graph, t, *node_flows(graph, t))
+    assert "position vector" in dict(parts["constants_by_source"])
 
 
 def test_constant_node_edges_equal_autograd_and_doubling(graph, replacement, run):
@@ -660,6 +688,30 @@ def test_key_flows_split_a_heads_flow_by_its_z_pattern(graph, replacement, token
 
 
 # ----------------------------------------------------------------- the summary
+def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replacement, run):
+    """A review found the predicting group's check reversed in sign with attention free, said
+    15 lines below the line naming it: a flagged check of the predicting group is printed
+    right under that line (and in the report and the panel), an unflagged one is not."""
+    from reports.mechanisms import after_text, flagged_text
+
+    summary = summarize(replacement, graph, run, max_groups=4)
+    t = summary.targets[0]
+    g = summary.group(t.predicting_group)
+    check = next(c for c in g.checks if c.target == t.node)
+    for flagged in (False, True):
+        check.flagged = flagged
+        lines = format_summary(summary).splitlines()
+        at = next(i for i, x in enumerate(lines) if x.startswith("  predicting heads"))
+        assert lines[at + 1].startswith("    its ablation check is FLAGGED") == flagged
+        assert bool(flagged_text(g, t)) == flagged
+        assert ("its ablation check is FLAGGED" in mechanisms_html(summary)) == flagged
+    assert flagged_text(g, t) == (
+        f"its ablation check is FLAGGED: predicted {check.predicted:+.3g}, frozen attention "
+        f"{check.frozen:+.3g}{after_text(t.probability, check.probability_frozen)}, free "
+        f"attention {check.free:+.3g}{after_text(t.probability, check.probability_free)}"
+    )
+
+
 def test_summary_records(graph, replacement, run, tmp_path):
     summary = summarize(replacement, graph, run, max_groups=4)
     logits = graph.is_kind("logit").nonzero().squeeze(1).tolist()

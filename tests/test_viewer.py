@@ -16,11 +16,11 @@ import pytest
 import torch
 from report_graphs import NASTY, make_big_graph, make_graph
 
-from circuits.graph import Graph
+from circuits.graph import Graph, QKPair, QKReason
 from reports import layout
 from reports.browser import Browser, find_chromium
 from reports.html import write_html
-from reports.labels import node_label
+from reports.labels import node_label, short_label_lines
 from reports.mechanisms import predicting_heading
 from reports.viewer import check_dashboards, check_q_params, script_json, viewer_data
 
@@ -244,12 +244,13 @@ def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page)
     assert "Lorsa head" in text and "L0 Lorsa" in text
     assert "Reads key 1 'Ġ\"q\"': its activation comes from there most (attention 0.5)" in text
     assert "key 1 'Ġ\"q\"' · attention 0.8 · score +3 (rest +0.4)" in text
-    assert "E_6_2 × E_4_1: +2" in text and "bias × E_4_1: +0.6" in text
+    e62, e41 = (node_label(graph, graph.ids.index(n)) for n in ("E_6_2", "E_4_1"))
+    assert f"{e62} × {e41}: +2" in text and f"bias × {e41}: +0.6" in text
     incoming = browser.evaluate(
         "[...document.querySelectorAll('#viewer .panel table.edges')[0].rows]"
         ".map(r => r.cells[0].querySelector('.noderef').textContent + ' ' + r.cells[1].textContent)"
     )
-    assert incoming == ["E_4_1 +1.5", "E_6_2 +0.5"]
+    assert incoming == [f"{e41} +1.5", f"{e62} +0.5"]
     assert "No unit dashboards in this page's data" in text
     assert browser.evaluate("document.querySelector(" + js(node_sel("0_5_2")) + ").classList"
                             ".contains('selected')")  # fmt: skip
@@ -261,9 +262,9 @@ def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page)
     assert text.startswith(node_label(graph, graph.ids.index("1_3_3")))
     assert url_state(browser)["clickedId"] == "1_3_3"
     assert browser.evaluate("viewer.data.qParams.clickedId") == "1_3_3"
-    # A QK pair names a pruned node (1_99_3): shown, not a link.
+    # A QK pair names a pruned node (1_99_3): shown by its label, not a link.
     click_node(browser, "2_2_3")
-    assert "1_99_3 × 1_17_1: -4" in panel_text(browser)
+    assert "L0 feature 99 @3 × L0 feature 17 @1 -> " in panel_text(browser)
     assert browser.evaluate("document.querySelectorAll('#viewer .panel .noderef.absent').length")
 
 
@@ -675,12 +676,17 @@ def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_p
     ) in text
     flows = [line for line in text.splitlines() if " · flow " in line]
     assert flows and all(f"'{names[0]}' " in line and f"'{names[1]}' " in line for line in flows)
-    # each target names its predicting heads, then the other head groups there by flow
-    for t in summary.targets:
-        line = next(x for x in text.splitlines() if x.startswith(f"'{t.token}' = "))
-        heading = predicting_heading(summary.group(t.predicting_group), t.node)
-        assert f"{heading}: {t.predicting_group}" in line
-        assert t.head_groups[1:] and f"(next by flow: {', '.join(t.head_groups[1:])})" in line
+    # each target names its predicting heads, then the other head groups there by flow, each
+    # group by its key and name
+    lines = text.splitlines()
+    starts = [next(j for j, x in enumerate(lines) if x.startswith(f"'{t.token}' = "))
+              for t in summary.targets] + [len(lines)]  # fmt: skip
+    for k, t in enumerate(summary.targets):
+        section = "\n".join(lines[starts[k] : starts[k + 1]])
+        g = summary.group(t.predicting_group)
+        assert f"{predicting_heading(g, t.node)}: {g.key} {g.name}, flow " in section
+        assert t.head_groups[1:] and "next head groups there, by flow: " in section
+        assert all(f"{o} {summary.group(o).name} " in section for o in t.head_groups[1:])
 
 
 def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser, tmp_path):
@@ -750,3 +756,247 @@ def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser,
     text = panel_text(browser)
     assert "key side from, through the graph:" in text
     assert f"L0 {len(top.members)} heads @{key} reading @{key - 1} 'ays'" in text
+
+
+# ------------------------------------------------------------------------- readability review
+ID_TEXT = re.compile(r"^(E|\d+)_(-?\d+|bias|pos)(-\d+)?(_\d+)?$")  # a node or unit id, not a label
+
+
+def noderefs(browser: Browser) -> list[dict]:
+    """Every node reference in the panel: its text, whether it is a link, its tooltip."""
+    return browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel .noderef')].map(e => ({text:"
+        " e.textContent, link: e.tagName === 'BUTTON', title: e.title}))"
+    )
+
+
+def show_in_panel(browser: Browser, node: int) -> str:
+    """Node ``node``'s panel, drawn or not (as a search result opens it)."""
+    browser.evaluate(f"viewer.state.clicked = {{node: {node}}}; viewer.update()")
+    return panel_text(browser)
+
+
+@pytest.fixture(scope="module")
+def weekday_trace(tmp_path_factory):
+    """A real trace of the shipped model as ``python -m circuits.trace`` makes it (pruned, QK
+    records with their reasons and sources, the mechanism summary; no ablation checks), its
+    full graph and its page."""
+    from circuits.attribution import attribute, run_prompt
+    from circuits.mechanisms import summarize
+    from circuits.prune import influence_scores, prune_graph
+    from circuits.trace import qk_step, sources_step
+    from replacement.model import load_pretrained
+    from toy_models.tokenizer import encode_prompt
+
+    replacement, tokenizer = load_pretrained("default")
+    prompt = "Monday, Tuesday, Wednesday,"
+    tokens = torch.tensor(encode_prompt(tokenizer, prompt, replacement.model.trained_positions))
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    full = attribute(replacement, tokens, tokenizer=tokenizer, run=run, prompt=prompt)
+    scored = influence_scores(full)
+    graph = prune_graph(full, scored=scored)
+    sides: dict = {}
+    qk_step(replacement, graph, run, None, sides)
+    graph = sources_step(replacement, graph, run, full, scored, None, sides)
+    summary = summarize(replacement, full, run, pruned=graph, check=False)
+    path = tmp_path_factory.mktemp("weekday") / "graph.html"
+    write_html(graph, path, None, mechanisms=summary)
+    return full, graph, summary, path
+
+
+def test_mechanisms_panel_names_every_group_key(browser, weekday_trace):
+    """A review found the summary reading "predicting heads ...: g0 (next by flow: g1, g2)":
+    keys without what they are. Every key the panel shows comes with its group's name, as the
+    printed summary writes it ("g0 L0 19 heads @7 -> ' Wednesday'@6"), the predicting group
+    and the next ones by flow on lines of their own, and each path step is one element."""
+    _, _, summary, path = weekday_trace
+    open_page(browser, path)
+    text = panel_text(browser)
+    names = {g.key: g.name for g in summary.groups}
+    (t,) = summary.targets
+    g = summary.group(t.predicting_group)
+    heading = predicting_heading(g, t.node)
+    assert f"{heading}: {g.key} {g.name}, flow +" in text, text
+    assert len(t.head_groups) > 1
+    line = next(x for x in text.splitlines() if x.startswith("next head groups there, by flow: "))
+    assert line.count(";") == len(t.head_groups) - 2
+    for k in t.head_groups[1:]:
+        assert f"{k} {names[k]} " in line
+    assert "next by flow: g" not in text and "undefined" not in text
+    # each key is a chip that says what it is: its name beside it and in its tooltip
+    chips = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel .group-ref')].map(e => e.textContent)"
+    )
+    assert chips and all(c.split(" ", 1)[1] == names[c.split(" ", 1)[0]] for c in chips)
+    browser.evaluate("document.querySelector('#viewer .panel p.predicting .group-ref').click()")
+    assert browser.evaluate(
+        "document.querySelector('#viewer .panel .mech-groups > li.flash').textContent"
+    ).startswith(f"{g.key} {g.name} · flow")
+    # paths: every step is a chip "key name", steps joined by arrows outside the chips
+    paths = [p for p in summary.paths if p.target == t.node]
+    shown = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel ul.paths > li')].map(li =>"
+        " [...li.querySelectorAll('.group-ref')].map(e => e.textContent))"
+    )
+    assert shown == [[f"{k} {names[k]}" for k in p.groups] for p in paths]
+    assert "top paths, token to target:" in text
+
+
+def test_a_head_targets_panel_says_where_it_reads_and_why(browser, tmp_path):
+    """A head target reads its inputs at its key: the panel says so and gives its own QK
+    reason there, as the printed summary does (``TargetRecord.reads``, ``.qk``)."""
+    from circuits.attribution import NodeTarget, attribute, run_prompt
+    from circuits.mechanisms import summarize
+    from replacement.model import load_pretrained
+    from reports.mechanisms import reads_text
+    from toy_models.tokenizer import encode_prompt
+
+    replacement, tokenizer = load_pretrained("default")
+    prompt = "The cat sat on the mat. The dog sat on the"
+    tokens = torch.tensor(encode_prompt(tokenizer, prompt, replacement.model.trained_positions))
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    target = NodeTarget("lorsa", 2, len(tokens) - 1, 573)  # an induction head reading ' m'
+    full = attribute(replacement, tokens, tokenizer=tokenizer, run=run, prompt=prompt,
+                     targets=[target])  # fmt: skip
+    summary = summarize(replacement, full, run, check=False)
+    (t,) = summary.targets
+    assert t.reads is not None and t.qk and full.token_strings[t.reads] == " m"
+    path = tmp_path / "graph.html"
+    write_html(full, path, None, mechanisms=summary)
+    open_page(browser, path)
+    text = panel_text(browser)
+    assert reads_text(t, summary.tokens) in text
+    r = t.qk[0]
+    assert f"QK {r.qk_head} → ' m'@{t.reads}: score " in text
+    assert "moved to the key: token ' the'@" in text  # its induction reason, tokens first
+    assert summary.group(t.predicting_group).pos == t.reads
+
+
+def test_qk_terms_name_nodes_by_label_in_the_graph_or_not(browser, tmp_path):
+    """A review found a head's QK terms as raw ids ("1_1859_15 × 1_1859_7 +5.04"). Every node
+    a QK record names reads as its label: a link when the graph holds it, else a label made
+    from the fields the page data holds for it (``refs``: kind, layer, index, position),
+    units without a position (a QK reason's side absent at its position, the contrast's key
+    units) named as units."""
+    graph = make_graph()
+    a = graph.qk[0]
+    graph.qk[0] = dataclasses.replace(
+        a,
+        contrast=0.7,
+        contrast_pairs=[QKPair("E_6_2", "1_17", 0.5), QKPair("0_-1_2", "bias", 0.1)],
+        reason=QKReason(
+            mean_query_mean_key=0.5, query_vs_mean_key=-0.2, mean_query_vs_key=0.4,
+            specific=2.3, pairs=[QKPair("E_6_2", "E_4_1", 1.5), QKPair("E_6_2", "E_9", -0.3),
+                                 QKPair("0_-1_2", "2_bias_1", 0.2)],
+            rest=0.9, rest_share=0.2, query_units=[], key_units=[],
+        ),
+    )  # fmt: skip
+    label = {name: node_label(graph, i) for i, name in enumerate(graph.ids)}
+    data = viewer_data(graph)
+    refs = data["refs"]
+    assert refs["1_99_3"] == {"kind": "transcoder", "stage": 2, "layer": 0, "index": 99,
+                              "pos": 3, "label": "L0 feature 99 @3", "short": "F99"}  # fmt: skip
+    assert refs["E_9"]["label"] == "token '&x'" and refs["E_9"]["pos"] is None
+    assert refs["1_17"]["label"] == "L0 feature 17" and refs["2_bias_1"]["kind"] == "bias"
+    assert "E_6_2" not in refs  # in the graph: the page has its node
+    assert viewer_data(dataclasses.replace(graph, token_text={}))["refs"]["E_9"]["label"] == (
+        "token id 9"  # no text for it in the graph: not a made-up token '<9>'
+    )
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    click_node(browser, "0_5_2")
+    text = panel_text(browser)
+    e62, e41 = label["E_6_2"], label["E_4_1"]
+    assert f"{e62} × {e41}: +2" in text and f"bias × {e41}: +0.6" in text
+    assert f"{e62} × no token '&x' here: -0.3" in text  # absent at the key: its mean acts
+    assert "L0 attn error @2 × L1 attn bias (constant) @1: +0.2" in text
+    assert f"{e62} × L0 feature 17: +0.5" in text and "L0 attn error @2 × bias: +0.1" in text
+    refs_shown = noderefs(browser)
+    assert not [r for r in refs_shown if ID_TEXT.match(r["text"])], refs_shown
+    link = next(r for r in refs_shown if r["text"] == e62)
+    assert link["link"] and "E_6_2" in link["title"]  # the id stays in reach, in the tooltip
+    # the edge tables name the node at the other end by its label, as links
+    incoming = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel table.edges')[0].rows]"
+        ".map(r => r.cells[0].textContent + ' ' + r.cells[1].textContent)"
+    )
+    assert incoming == [f"{e41} +1.5", f"{e62} +0.5"]
+    # a pair whose query side pruning dropped: a label, not a link, the id in its tooltip
+    click_node(browser, "2_2_3")
+    assert 'L0 feature 99 @3 × L0 feature 17 @1 -> \'say "hi"' in panel_text(browser)
+    absent = [r for r in noderefs(browser) if not r["link"]]
+    assert [r["text"] for r in absent] == ["L0 feature 99 @3"]
+    assert all("1_99_3" in r["title"] and "not in this pruned graph" in r["title"] for r in absent)
+
+
+def test_a_real_heads_qk_terms_read_as_labels(browser, weekday_trace):
+    """On a real trace most nodes a QK record names were pruned away: each reads as the
+    beginning of the label it has in the full graph (what the page cannot know, such as the
+    key a pruned head reads, is left out), never as its id."""
+    full, graph, _, path = weekday_trace
+    open_page(browser, path)
+    from reports.viewer import _named_in_qk
+
+    def pruned(i: int) -> int:
+        named = {n for a in graph.qk_for(i) for n in _named_in_qk(a)}
+        return sum(n in full.id_to_index and n not in graph.id_to_index for n in named)
+
+    heads = sorted((i for i in range(graph.n_nodes) if graph.qk_for(i)), key=pruned)[-4:]
+    assert pruned(heads[0]) > 0
+    checked = 0
+    for i in heads:
+        show_in_panel(browser, i)
+        refs_shown = noderefs(browser)
+        assert refs_shown and not [r for r in refs_shown if ID_TEXT.match(r["text"])]
+        for r in refs_shown:
+            if r["link"]:
+                continue
+            # the tooltip: "label: not in this pruned graph (id ...)"; the text the label or,
+            # among a source group's members, the short text the drawing would show ("H103")
+            name = re.search(r"\(id (\S+)\)", r["title"]).group(1)
+            if name not in full.id_to_index:
+                continue  # a unit (no position): named as one
+            text = r["title"].split(": not in this pruned graph")[0]
+            assert node_label(full, full.id_to_index[name]).startswith(text), r
+            assert r["text"] == text or r["text"] in short_label_lines(full, full.id_to_index[name])
+            checked += 1
+    assert checked >= 10
+
+
+def test_global_graph_counts_agree_and_say_what_they_count(browser, tmp_path):
+    """A review found a global graph's toolbar saying "Nodes 14 of 14" beside "Drawing 40 of
+    40 nodes": the first counts the heads and features the budget ranks, the second every
+    drawn node, tokens included. The toolbar names what its number counts, and the status
+    line splits the drawn nodes into the budget's kinds, tokens and targets, which add up."""
+    local = make_graph()
+    graph = dataclasses.replace(local, positional=False, pos=torch.zeros_like(local.pos))
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None, title="Global circuit")
+    open_page(browser, path)
+    toolbar = browser.evaluate("document.querySelector('#viewer .toolbar').innerText")
+    assert "of 7 heads, features and errors" in toolbar and "Nodes" not in toolbar
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    n = len(drawn(browser))
+    assert (
+        f"Drawing {n} of 13 nodes: 7 of 7 heads, features and errors, {n - 9} of 4 tokens, "
+        "2 of 2 logits · "
+    ) in status, status
+    # a budget below what is drawn: the pinned node beyond it is counted and said
+    set_control(browser, "#viewer input[type=number]", 2, "change")
+    low = min(
+        (i for i, k in enumerate(graph.kinds) if k in ("lorsa", "transcoder")),
+        key=lambda i: float(graph.influence[i]),
+    )
+    browser.evaluate(f"viewer.state.pinned.add({low}); viewer.update()")
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    inner = [d for d in drawn(browser) if graph.kinds[graph.ids.index(d)] not in
+             ("embedding", "logit")]  # fmt: skip
+    assert f": {len(inner)} of 7 heads, features and errors (the top 2 and " in status, status
+    assert "Drawing 14 of 13" not in status
+    # a local graph: the same words
+    path = tmp_path / "local.html"
+    write_html(local, path, None)
+    open_page(browser, path)
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert "Drawing 12 of 13 nodes: 7 of 7 heads, features and errors, 3 of 4 tokens, " in status

@@ -17,6 +17,8 @@
     error: "error (what the dictionary misses)", logit: "logit", supernode: "supernode",
     bias: "constant (a sublayer's decoder bias at this position)",
   };
+  // Stage 0's constants are the position vectors (circuits.nodes.constant_name).
+  const kindName = (n) => n.kind === "bias" && n.stage === 0 ? "constant (the position vector at this position)" : KIND_NAMES[n.kind] || n.kind;
   // Layout, in px: stage-name column, gaps between nodes of a cell, between position columns,
   // between the rows of one stage and between stages; the text's line height.
   const LABEL_COL = 112, NODE_GAP = 10, COLUMN_GAP = 20, ROW_GAP = 16, STAGE_GAP = 26;
@@ -39,6 +41,12 @@
   });
   const byScore = (a, b) => (score[b] > score[a]) - (score[b] < score[a]) || a - b;
   const innerRanked = nodes.map((_, i) => i).filter((i) => INNER.has(nodes[i].kind)).sort(byScore);
+  // What the budget ranks, in words, from the kinds this graph holds: "heads and features".
+  const INNER_WORDS = (() => {
+    const words = [["lorsa", "heads"], ["transcoder", "features"], ["error", "errors"], ["bias", "constants"]]
+      .filter(([k]) => nodes.some((n) => n.kind === k)).map((x) => x[1]);
+    return words.length > 1 ? words.slice(0, -1).join(", ") + " and " + words[words.length - 1] : words[0] || "heads and features";
+  })();
   // A node is found by its id, label, drawn text, token, promoted tokens and its unit's concept
   // label (from the dashboards: "answer digit" finds every unit labelled with one).
   const searchText = nodes.map((n) => {
@@ -444,10 +452,11 @@
     ui.clearPins = el("button", { type: "button", class: "clear-pins" }, "Clear pins");
     const zoom = (f) => () => { state.zoom = (state.zoom || fitZoom()) * f; applyZoom(); };
     const toolbar = el("div", { class: "toolbar" },
-      // the budget ranks heads, features and errors; tokens and targets are always drawn
-      el("label", { title: "heads, features and errors drawn, by influence (tokens and targets always)" },
-        "Nodes", ui.budgetRange, ui.budget,
-        el("span", { class: "muted" }, "of " + budgetMax + (budgetMax ? "" : " (no heads or features)"))),
+      // The budget counts what it ranks (heads, features, errors, constants), not every node:
+      // tokens and targets are drawn beside it (the status line counts them all).
+      el("label", { title: `the top ${INNER_WORDS} by ${data.view.rankedBy} are drawn; tokens and targets are drawn beside them` },
+        "Top", ui.budgetRange, ui.budget,
+        el("span", { class: "muted budget-of" }, "of " + budgetMax + (budgetMax ? " " + INNER_WORDS : " (no heads or features)"))),
       el("label", {}, "Edges |w| ≥", ui.edgeRange, ui.edgeValue),
       el("label", {}, ui.search, ui.searchCount),
       el("span", {}, ui.groupName, " ", ui.groupButton, " ", ui.clearPins),
@@ -722,15 +731,44 @@
     ui.groupButton.textContent = picks ? `Group ${picks} picked` : "Group";
     ui.groupButton.disabled = picks < 2;
     ui.clearPins.disabled = state.pinned.size === 0;
-    const v = view, drawnNodes = v.items.filter((it) => it.drawn && it.node !== undefined).length;
+    const v = view;
     const parts = [
-      `Drawing ${drawnNodes} of ${N} nodes` + (state.groups.length ? ` and ${state.groups.length} supernode(s)` : ""),
+      drawnCounts(v),
       `${v.edges.length} of ${v.among} edges among them (|w| ≥ ${fmt(state.edgeMin, 3)}), ${v.qkEdges.length} QK edges`,
       `ranked by ${data.view.rankedBy}`,
     ];
     if (state.pinned.size) parts.push(`${state.pinned.size} pinned`);
     if (!meta.positional) parts.push("global graph: units, laid out by stage");
     ui.status.textContent = parts.join(" · ");
+  }
+
+  // "Drawing 40 of 40 nodes: 14 of 14 heads and features, 26 of 26 tokens": every node the
+  // drawing shows (a supernode's members included), split into what the budget ranks (the
+  // toolbar's count; beyond the top ones, pinned nodes, targets and QK sources), tokens and
+  // targets, so that the parts add up to the whole and the toolbar's number is one of them.
+  function drawnCounts(v) {
+    const shownNodes = new Set();
+    let supernodes = 0, inSupernodes = 0;
+    for (const it of v.items) {
+      if (!it.drawn) continue;
+      if (it.node !== undefined) shownNodes.add(it.node);
+      else { supernodes++; inSupernodes += it.members.length; it.members.forEach((i) => shownNodes.add(i)); }
+    }
+    const count = (f) => [[...shownNodes].filter((i) => f(nodes[i])).length, nodes.filter(f).length];
+    const plural = (n, one, many) => (n === 1 ? one : many);
+    const [inner, innerAll] = count((n) => INNER.has(n.kind));
+    const [tokens, tokensAll] = count((n) => n.kind === "embedding");
+    const [logits, logitsAll] = count((n) => n.kind === "logit");
+    const top = Math.min(state.budget, innerRanked.length);
+    const parts = [];
+    if (innerAll) {
+      parts.push(`${inner} of ${innerAll} ${INNER_WORDS}` +
+        (inner > top ? ` (the top ${top} and ${inner - top} more: pinned, traced from, or QK sources)` : ""));
+    }
+    if (tokensAll) parts.push(`${tokens} of ${tokensAll} ${plural(tokensAll, "token", "tokens")}`);
+    if (logitsAll) parts.push(`${logits} of ${logitsAll} ${plural(logitsAll, "logit", "logits")}`);
+    const grouped = supernodes ? ` (${inSupernodes} of them in ${supernodes} ${plural(supernodes, "supernode", "supernodes")})` : "";
+    return `Drawing ${shownNodes.size} of ${N} nodes${grouped}: ` + parts.join(", ");
   }
 
   // The node table below the viewer: grey out the rows of nodes the drawing leaves out. The
@@ -808,17 +846,32 @@
   }
 
   // ------------------------------------------------------------------------------- the panel
-  function noderef(id) {
-    if (id == null) return el("span", { class: "muted" }, "bias");
+  // A node named in the panel, by its label (the id is in the tooltip): a link when the graph
+  // holds it, else the label data.refs makes from its fields (reports/viewer.py: pruning
+  // dropped it, or it is a unit without a position). `how`: "short" for the drawn text (the
+  // members of a group the line already describes); "absent" for a QK reason's side, where a
+  // unit (no position) is one absent at the position, acting through its mean alone.
+  const REF_CHARS = 64;
+  function noderef(id, how) {
+    if (id == null || id === "bias") return el("span", { class: "muted" }, "bias");
     const i = byId.get(id);
-    if (i === undefined) return el("span", { class: "noderef absent", title: "not in this pruned graph" }, id);
-    return el("button", { type: "button", class: "noderef", title: nodes[i].label, onclick: () => select({ node: i }) }, id);
+    if (i !== undefined) {
+      const n = nodes[i], text = how === "short" ? n.lines[0] : n.label;
+      return el("button", { type: "button", class: "noderef", title: shown(n.label) + " (id " + n.id + ")",
+        onclick: () => select({ node: i }) }, fitText(text, REF_CHARS));
+    }
+    const r = (data.refs || {})[id];
+    let text = id;
+    if (r) text = how === "short" ? r.short : how === "absent" && r.pos == null && meta.positional ? "no " + r.label + " here" : r.label;
+    const what = !(r && r.pos == null && meta.positional) ? "not in this pruned graph"
+      : how === "absent" ? "a unit absent at this position: it acts through its mean alone" : "a unit (no position)";
+    return el("span", { class: "noderef absent", title: (r ? shown(r.label) + ": " : "") + what + " (id " + id + ")" }, fitText(text, REF_CHARS));
   }
-  function edgeTable(list, other) {
+  function edgeTable(list) {
     if (!list.length) return el("p", { class: "muted" }, "none");
     return el("table", { class: "edges" }, ...list.slice(0, TOP_EDGES).map(([j, w]) =>
       el("tr", {},
-        el("td", {}, noderef(nodes[j].id), " ", el("span", { class: "muted" }, fitText(nodes[j].label, 42))),
+        el("td", {}, noderef(nodes[j].id)),
         el("td", { class: "num " + (w > 0 ? "pos" : "neg") }, signed(w)))));
   }
   function facts(rows) {
@@ -846,12 +899,28 @@
   function mechanismsBlock() {
     const m = data.mechanisms;
     if (!m) return [];
-    const names = new Map(m.groups.map((g) => [g.key, g.name]));
+    const groups = new Map(m.groups.map((g) => [g.key, g]));
     const targetText = new Map(m.targets.map((t) =>
       [t.node, t.kind !== "logit" ? t.token : quote(t.token) + (t.negative != null ? " − " + quote(t.negative) : "")]));
     // With several targets, each flow and check says which target it is for.
     const several = m.targets.length > 1;
     const named = (node) => targetText.get(node) ?? node;
+    // A group key never stands alone: it comes with the group's name, as the printed summary
+    // writes it ("g0 L0 19 heads @7 -> ' Wednesday'@6"), in one chip (a path's steps are told
+    // apart by the chips, not by the arrows some names hold); a click shows its entry below.
+    const entries = new Map();
+    const groupRef = (k) => {
+      const g = groups.get(k);
+      return el("button", { type: "button", class: "group-ref", title: g ? `group ${k}: ${shown(g.name)} (its entry below)` : `group ${k}`,
+        onclick: () => {
+          const li = entries.get(k);
+          if (!li) return;
+          li.scrollIntoView({ block: "nearest" });
+          li.classList.add("flash");
+          setTimeout(() => li.classList.remove("flash"), 1200);
+        } }, el("b", {}, k), g ? " " + g.name : "");
+    };
+    const flowOf = (k, node) => signed(((groups.get(k) || {}).flow || {})[node]);
     const out = [el("h4", {}, "Mechanisms")];
     for (const t of m.targets) {
       const what = named(t.node);
@@ -859,14 +928,24 @@
       if (t.morePositions) at.push(`${t.morePositions} more`);
       const byPos = at.length ? ` (${at.join(", ")})` : "";
       out.push(el("p", {}, `${what} = ${fmt(t.value)}: tokens ${signed(t.tokens)}${byPos}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
-        (t.runnerUp != null ? ` · margin over ${quote(t.runnerUp)} ${signed(t.margin)}` : "") +
-        (t.predicting ? ` · ${t.predictingLabel}: ${t.predicting}` : "") +
-        (t.next && t.next.length ? ` (next by flow: ${t.next.join(", ")})` : "")));
+        (t.runnerUp != null ? ` · margin over ${quote(t.runnerUp)} ${signed(t.margin)}` : "")));
+      if (t.reads) out.push(el("p", { class: "reads" }, t.reads), ...(t.qk || []).flatMap(reasonLines));
       if (t.own) out.push(el("p", {}, t.own));
+      if (t.predicting) {
+        out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}`));
+        if (t.flagged) out.push(el("p", { class: "neg flagged" }, t.flagged));
+      }
       if (t.moved) out.push(el("p", { class: "muted" }, t.moved));
+      if (t.next && t.next.length) {
+        out.push(el("p", { class: "next-groups" }, "next head groups there, by flow: ",
+          ...t.next.flatMap((k, j) => [j ? "; " : "", groupRef(k), " " + flowOf(k, t.node)])));
+      }
       const paths = m.paths.filter((p) => p.target === t.node);
-      if (paths.length) out.push(el("ul", { class: "paths" }, ...paths.map((p) =>
-        el("li", {}, signed(p.flow) + "  " + p.groups.map((k) => k + " " + names.get(k)).join(" → ")))));
+      if (paths.length) {
+        out.push(el("div", { class: "muted" }, "top paths, token to target:"), el("ul", { class: "paths" }, ...paths.map((p) =>
+          el("li", {}, el("span", { class: "flow" }, signed(p.flow)), " ",
+            ...p.groups.map((k, j) => (j ? el("span", { class: "step" }, el("span", { class: "arrow" }, "→ "), groupRef(k)) : groupRef(k)))))));
+      }
     }
     const inner = m.groups.filter((g) => g.kind === "lorsa" || g.kind === "transcoder");
     out.push(el("ul", { class: "mech-groups" }, ...inner.map((g) => {
@@ -874,16 +953,7 @@
       for (const [node, text] of Object.entries(g.brings || {})) {
         li.append(el("div", { class: "muted" }, (several ? named(node) + ": " : "") + text));
       }
-      for (const r of g.qk) {
-        li.append(el("div", { class: "muted" }, `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`));
-        // Tokens first (which token at the query meets which at the key), then the units.
-        if (r.roots) li.append(el("div", { class: "muted" }, r.roots));
-        li.append(el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
-        for (const side of ["query", "key"]) {
-          const src = (r.sources || {})[side] || [];
-          if (src.length) li.append(el("div", { class: "muted" }, `${side} side from: ` + src.map((x) => `${x[0]} ${signed(x[1])}`).join("; ")));
-        }
-      }
+      for (const r of g.qk) li.append(...reasonLines(r));
       for (const c of g.checks) {
         li.append(el("div", { class: c[4] ? "neg" : "muted" },
           `ablate${several ? " " + named(c[0]) : ""}: predicted ${signed(c[1])}, frozen ${signed(c[2])}${c[5]}, free ${signed(c[3])}${c[6]}` + (c[4] ? " (flagged)" : "")));
@@ -893,8 +963,21 @@
         li.append(el("button", { type: "button", class: "mech-group",
           onclick: () => addGroup(members, g.key + " " + g.name) }, "Draw as a supernode"));
       }
+      entries.set(g.key, li);
       return li;
     })));
+    return out;
+  }
+  // A summary's QK reason (a group's or a head target's own): the score's parts, tokens first
+  // (which token at the query meets which at the key), then the units and each side's sources.
+  function reasonLines(r) {
+    const out = [el("div", { class: "muted" }, `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`)];
+    if (r.roots) out.push(el("div", { class: "muted" }, r.roots));
+    out.push(el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
+    for (const side of ["query", "key"]) {
+      const src = (r.sources || {})[side] || [];
+      if (src.length) out.push(el("div", { class: "muted" }, `${side} side from: ` + src.map((x) => `${x[0]} ${signed(x[1])}`).join("; ")));
+    }
     return out;
   }
   function showNode(i) {
@@ -910,7 +993,7 @@
     else if (item.group !== undefined) parts.push(el("p", { class: "note" }, "Drawn inside supernode " + quote(item.name) + "."));
     const token = meta.positional && n.pos >= 0 && n.pos < meta.promptTokens.length ? " " + quote(meta.promptTokens[n.pos]) : "";
     parts.push(facts([
-      ["kind", KIND_NAMES[n.kind] || n.kind],
+      ["kind", kindName(n)],
       ["stage", meta.stageNames[n.stage]],
       ["layer", n.kind === "embedding" || n.kind === "logit" ? "" : n.layer],
       ["index", n.index >= 0 && n.kind !== "embedding" ? n.index : ""],
@@ -957,7 +1040,7 @@
         if (!list.length) continue;
         block.append(el("div", { class: "muted" }, `${side === "q" ? "query" : "key"} side from, through the graph:`),
           el("ul", {}, ...list.map((x) => el("li", {}, `${what(x)} `, el("span", { class: x.value > 0 ? "pos" : "neg" }, signed(x.value)), ": ",
-            ...x.members.slice(0, 3).flatMap((id, j) => [j ? " " : "", noderef(id)]), x.members.length > 3 ? ` and ${x.members.length - 3} more` : ""))));
+            ...x.members.slice(0, 3).flatMap((id, j) => [j ? " " : "", noderef(id, "short")]), x.members.length > 3 ? ` and ${x.members.length - 3} more` : ""))));
       }
     }
     if (rec.pairs.length) {
@@ -968,13 +1051,12 @@
     if (rec.reason) {
       const r = rec.reason;
       block.append(el("div", {}, `always-on: mean q × mean k ${signed(r.meanQueryMeanKey)}, this q × mean k ${signed(r.queryVsMeanKey)}, mean q × this k ${signed(r.meanQueryVsKey)}; specific ${signed(r.specific)} (unlisted ${fmt(100 * r.restShare, 2)}%)`),
-        el("ul", {}, ...r.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ", noderef(p[1]), ": ",
+        el("ul", {}, ...r.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0], "absent"), " × ", noderef(p[1], "absent"), ": ",
           el("span", { class: p[2] > 0 ? "pos" : "neg" }, signed(p[2]))))));
     }
     if (rec.contrast != null) {
       block.append(el("div", {}, `vs the mean key: ${signed(rec.contrast)} (key side as units)`),
-        el("ul", {}, ...rec.contrastPairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ",
-          el("span", { class: "id" }, p[1] == null ? "bias" : p[1]), ": ",
+        el("ul", {}, ...rec.contrastPairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ", noderef(p[1]), ": ",
           el("span", { class: p[2] > 0 ? "pos" : "neg" }, signed(p[2]))))));
     }
     return block;
@@ -1071,7 +1153,7 @@
       el("h3", {}, g.name), el("div", { class: "id" }, `supernode of ${g.members.length} nodes`),
       el("div", { class: "buttons" }, el("button", { type: "button", class: "ungroup", onclick: () => ungroup(k) }, "Ungroup")),
       el("h4", {}, "Members"),
-      el("ul", {}, ...g.members.map((i) => el("li", {}, noderef(nodes[i].id), " ", el("span", { class: "muted" }, fitText(nodes[i].label, 44))))),
+      el("ul", {}, ...g.members.map((i) => el("li", {}, noderef(nodes[i].id)))),
       el("h4", {}, "Top incoming edges (summed over members)"), edgeTable(sum(inE, src)),
       el("h4", {}, "Top outgoing edges (summed over members)"), edgeTable(sum(outE, tgt)),
       qParamsBlock());

@@ -53,15 +53,7 @@ import numpy as np
 
 from circuits.concepts import AT_CHANCE, at_chance
 from circuits.graph import Graph, QKAttribution
-from circuits.nodes import (
-    Kind,
-    block_of,
-    is_attention,
-    logit_stage,
-    node_id,
-    sublayer_kind,
-    unit_id,
-)
+from circuits.nodes import Kind, block_of, is_attention, logit_stage, parse_id, unit_id
 
 from .labels import node_labels, short_label_lines, stage_name
 from .layout import EDGES_PER_NODE, MAX_NODES, Selection, placeholder, select
@@ -138,38 +130,15 @@ def _named_in_qk(a: QKAttribution) -> list[str]:
 
 
 def _fields_of_id(graph: Graph, name: str) -> dict | None:
-    """The fields of the node (or, without a position, the unit) ``name`` that ``graph`` does
-    not hold. A QK record keeps only the ids of the sides it names (``circuits.graph.QKPair``)
-    and pruning drops most of those nodes, so their id is all there is: it is read back here,
-    the inverse of ``circuits.nodes.node_id`` / ``unit_id`` for what a Lorsa layer reads (a
-    token or a sublayer below it, never a logit), and accepted only when those functions make
-    the same id from the fields. None for anything else."""
-    parts = name.split("_")
-    if len(parts) not in (2, 3) or not all(x.isascii() for x in parts):
+    """The fields and labels of the node (or, without a position, the unit) ``name`` that
+    ``graph`` does not hold: a QK record keeps only the ids of the sides it names
+    (``circuits.graph.QKPair``) and pruning drops most of those nodes, so their id is all
+    there is (``circuits.nodes.parse_id``, for what a Lorsa layer reads: a token or a sublayer
+    below it, never a logit). None for anything else."""
+    parsed = parse_id(name, graph.n_layers)
+    if parsed is None:
         return None
-    pos = int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
-    if len(parts) == 3 and pos is None:
-        return None
-    head, index = parts[:2]
-    if head == "E" and index == "pos":  # a position vector: a constant at stage 0, where held
-        kind, stage, idx = Kind.BIAS, 0, -1
-    elif head == "E" and index.isdigit():
-        kind, stage, idx = Kind.EMBEDDING, 0, int(index)
-    elif head.isdigit() and int(head) + 1 < logit_stage(graph.n_layers):
-        stage = int(head) + 1  # circuits.nodes.sublayer: stage - 1
-        kind, idx = (
-            (Kind.BIAS, -1) if index == "bias"
-            else (Kind.ERROR, -1) if index == "-1"
-            else (sublayer_kind(stage), int(index)) if index.isdigit()
-            else (None, 0)
-        )  # fmt: skip
-        if kind is None:
-            return None
-    else:
-        return None
-    made = unit_id(kind, stage, idx) if pos is None else node_id(kind, stage, pos, idx)
-    if made != name:
-        return None
+    kind, stage, idx, pos = parsed
     label, short = _ref_label(graph, kind, stage, idx, pos)
     return {"kind": kind.label, "stage": stage, "layer": block_of(stage), "index": idx,
             "pos": pos, "label": label, "short": short}  # fmt: skip

@@ -130,6 +130,27 @@ def test_error_nodes_exist_only_in_local_mode(graph):
     assert n_err == (2 * 2 * len(graph.tokens) if graph.mode == "local" else 0)
 
 
+def test_parse_id_reads_back_every_id_but_a_logits(replacement, tokens):
+    """``circuits.nodes.parse_id`` is the inverse of ``node_id`` / ``unit_id`` for what a Lorsa
+    layer reads (a QK record's sides, which pruning drops): every node of a graph with
+    constants (position vectors included) and its unit, never a logit, never a near miss."""
+    from circuits.nodes import Kind, parse_id, unit_id
+
+    graph = attribute(replacement, tokens, max_logits=2, constants=True)
+    L = replacement.cfg.n_layers
+    for i, name in enumerate(graph.ids):
+        kind, stage, index = Kind(int(graph.kind[i])), int(graph.stage[i]), int(graph.index[i])
+        if kind == Kind.LOGIT:
+            assert parse_id(name, L) is None
+            continue
+        assert parse_id(name, L) == (kind, stage, index, int(graph.pos[i]))
+        unit = unit_id(kind, stage, index)
+        assert parse_id(unit, L) == (kind, stage, index, None)
+    assert parse_id("E_pos_3", L)[:2] == (Kind.BIAS, 0)
+    for near in ("E_05_1", "E_pos_03", "E_-1_2", "x_1", "1_bias_", "_1", "", "1_2_3_4", None):
+        assert parse_id(near, L) is None, near
+
+
 def test_node_ids_are_unique_and_round_trip(graph, tmp_path):
     assert len(set(graph.ids)) == graph.n_nodes
     for suffix in (".safetensors",):

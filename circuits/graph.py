@@ -303,8 +303,19 @@ class Graph:
     @property
     def untrained_positions(self) -> list[int]:
         """Prompt positions holding a token the model never saw as an input in training
-        (``model["untrained_positions"]``; empty when the model does not record them)."""
-        return list(self.model.get("untrained_positions", []))
+        (``model["untrained_positions"]``; empty when the model does not record them). A
+        value that is no list of prompt positions (set by hand: a file's is checked as it is
+        read) is refused in one line."""
+        positions = self.model.get("untrained_positions", [])
+        n_pos = len(self.tokens)
+        ok = isinstance(positions, list) and all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p < n_pos for p in positions
+        )
+        if not (ok and positions == sorted(set(positions))):
+            raise ValueError(f"model['untrained_positions']: expected a list of distinct prompt "
+                             f"positions (0..{n_pos - 1}) in increasing order, got "
+                             f"{positions!r:.60}")  # fmt: skip
+        return list(positions)
 
     def untrained_note(self) -> str | None:
         """One line for the reader when the prompt holds tokens the model never trained on."""

@@ -284,18 +284,19 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
 
 
 def _model(model: dict, n_pos: int) -> dict:
-    """The ``model`` entry; its ``untrained_positions`` (when present) are distinct prompt
-    positions in increasing order."""
+    """The ``model`` entry; its ``untrained_positions`` (when present: absent when the model
+    does not record them, never null) are distinct prompt positions in increasing order."""
     for key in ("replacement_sha256", "weights_sha256"):
         sha = model.get(key)
         _require(sha is None or isinstance(sha, str), f"model.{key}", "not a string")
-    positions = model.get("untrained_positions")
-    if positions is not None:
+    if "untrained_positions" in model:
+        positions = model["untrained_positions"]
         ok = isinstance(positions, list) and all(
             isinstance(p, int) and not isinstance(p, bool) and 0 <= p < n_pos for p in positions
         )
         _require(ok and positions == sorted(set(positions)), "model.untrained_positions",
-                 "must be distinct prompt positions in increasing order")  # fmt: skip
+                 "must be a list of distinct prompt positions in increasing order (or "
+                 "absent)")  # fmt: skip
     return model
 
 

@@ -30,7 +30,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-from .graph import Graph, is_integer
+from .graph import Graph, checked_graph, checked_index, is_integer
 from .nodes import KINDS, Kind, constant_name, is_attention, unit_id
 
 MIN_CONCEPT_F1 = 0.5  # a concept label groups features (and marks a head's role) from this F1
@@ -88,8 +88,14 @@ def describe(
     f = fields or _Fields(graph)
     if not isinstance(name, str) or not name:
         raise ValueError(f"a group's name must be a non-empty string, got {name!r}")
-    if isinstance(members, Mapping | str) or not all(is_integer(m) for m in members):
-        raise ValueError(f"group {name!r}: members must be node indices (integers)")
+    try:
+        listed = None if isinstance(members, Mapping | str | bytes) else list(members)
+    except TypeError:  # not iterable: None, a number, a 0-d tensor
+        listed = None
+    if listed is None or not all(is_integer(m) for m in listed):
+        raise ValueError(f"group {name!r}: members must be node indices (integers), got "
+                         f"{members!r:.60}")  # fmt: skip
+    members = listed
     idx = sorted({operator.index(m) for m in members})
     if len(idx) != len(members):
         raise ValueError(f"group {name!r} names a node twice")
@@ -163,7 +169,8 @@ class GroupedGraph:
         return len(self.groups)
 
     def members(self, g: int) -> list[int]:
-        return self.groups[g].members
+        """The node indices of group ``g`` (an integer in ``0..n_groups - 1``)."""
+        return self.groups[checked_index(g, "group", self.n_groups)].members
 
     def group_of(self, node: int) -> int:
         return int(self.of_node[self.graph.node_index(node)])
@@ -203,14 +210,30 @@ def grouped(
     groups: Sequence[Sequence[int] | Group],
     names: Sequence[str] | None = None,
 ) -> GroupedGraph:
-    """The view of ``graph`` in which each of ``groups`` (node index lists, or ``Group``s) is
-    one node and every other node is a group of its own. A node may be in one group only.
+    """The view of ``graph`` in which each of ``groups`` (a list of node index lists, or of
+    ``Group``s) is one node and every other node is a group of its own. A node may be in one
+    group only. ``names`` (a list of strings, one per group) names index lists; a ``Group``
+    carries its own name, so ``names`` beside a ``Group`` is refused rather than one of the
+    two ignored (rename a group with ``dataclasses.replace(group, name=...)``).
 
     A ``Group`` stands for its members' node ids: made on another graph (a pruned graph's
     group applied to its full graph, or a graph of another prompt) it means the nodes with
     those ids here, and one missing here is an error, never another node at its index."""
-    if names is not None and len(names) != len(groups):
-        raise ValueError(f"{len(names)} names for {len(groups)} groups")
+    checked_graph(graph)
+    if not isinstance(groups, list | tuple):
+        raise TypeError(f"groups must be a list of node index lists or Groups, got a "
+                        f"{type(groups).__name__}")  # fmt: skip
+    if names is not None:
+        if not isinstance(names, list | tuple):  # each is checked as its group is made
+            raise TypeError(f"names must be a list of strings (one per group) or None, got "
+                            f"{names!r:.60}")  # fmt: skip
+        if len(names) != len(groups):
+            raise ValueError(f"{len(names)} names for {len(groups)} groups")
+        named = [k for k, members in enumerate(groups) if isinstance(members, Group)]
+        if named:
+            raise ValueError(f"names given for groups[{named[0]}], a Group with its own name "
+                             f"({groups[named[0]].name!r}): names are for node index lists "
+                             "(rename a Group: dataclasses.replace(group, name=...))")  # fmt: skip
     fields = _Fields(graph)
     made: list[Group] = []
     for k, members in enumerate(groups):
@@ -244,9 +267,17 @@ def _members_here(graph: Graph, grp: Group) -> list[int]:
     """``grp``'s members in ``graph``, found by their node ids (a ``Group`` made by hand
     without ids names indices of ``graph`` itself)."""
     if not grp.ids:
-        return grp.members
-    if len(grp.ids) != len(grp.members):
-        raise ValueError(f"group {grp.name!r}: {len(grp.ids)} ids for {len(grp.members)} members")
+        return grp.members  # checked by ``describe``
+    if not isinstance(grp.ids, list | tuple) or not all(isinstance(i, str) for i in grp.ids):
+        raise ValueError(f"group {grp.name!r}: ids must be a list of node ids, got "
+                         f"{grp.ids!r:.60}")  # fmt: skip
+    try:
+        n_members = len(grp.members)
+    except TypeError:
+        raise ValueError(f"group {grp.name!r}: members must be node indices (integers), got "
+                         f"{grp.members!r:.60}") from None  # fmt: skip
+    if len(grp.ids) != n_members:
+        raise ValueError(f"group {grp.name!r}: {len(grp.ids)} ids for {n_members} members")
     index = graph.id_to_index
     missing = [i for i in grp.ids if i not in index]
     if missing:

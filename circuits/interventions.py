@@ -28,7 +28,7 @@ from torch import Tensor
 from replacement.model import ReplacementModel, hook_name
 
 from .attribution import PromptRun, decoder_bias, run_for_graph
-from .graph import Graph, checked_flag
+from .graph import Graph, checked_flag, checked_graph
 from .nodes import Kind, block_of, stage_of, sublayer_kind
 from .prune import known_closed, open_rows, remember_closed, row_sums
 
@@ -225,6 +225,7 @@ def direct_pre_activations(
     ``graph`` must be the full graph; columns of the result that are not targets are NaN.
     Differentiable in ``multipliers``: d(target)/d(multiplier of s) at 1 is the edge s -> target.
     """
+    _check_inputs(replacement, graph, run)
     n_src = graph.n_nodes - int(graph.is_kind(Kind.LOGIT).sum())  # checked before any run
     if not isinstance(multipliers, Tensor) or multipliers.ndim != 2 or \
             multipliers.shape[1] != n_src:  # fmt: skip
@@ -323,12 +324,12 @@ def intervene(
     only the kept edges; ``predict`` takes one). ``run`` (optional): the prompt's clean
     ``run_prompt``; ``predicted`` (optional): the graph's prediction for these interventions
     (``predict``), when the caller has it."""
+    _check_inputs(replacement, graph, run)
+    where = _edited_nodes(graph, interventions)  # cheap checks first, then the clean run
     if not interventions:
         raise ValueError("no interventions given")
-    where = _edited_nodes(graph, interventions)  # cheap checks first, then the clean run
-    if predicted is not None and tuple(predicted.shape) != (graph.n_nodes,):
-        raise ValueError(f"predicted has shape {tuple(predicted.shape)}: expected predict(graph, "
-                         f"interventions), one value per node ({graph.n_nodes})")  # fmt: skip
+    if predicted is not None:
+        _check_predicted(graph, predicted)
     freeze_attention, freeze_layernorm = _freezes(freeze_attention, freeze_layernorm)
     run = run_for_graph(replacement, graph, run, constants=False)
     _check_unpruned(graph, run)
@@ -408,6 +409,7 @@ def first_order(
     of their entries. Frozen, this is the graph's own linear prediction (``predict``); free,
     it adds what the nodes' writes do to later attention patterns and LayerNorm scales, the
     paths the graph holds fixed."""
+    _check_inputs(replacement, graph, run)
     freeze_attention, freeze_layernorm = _freezes(freeze_attention, freeze_layernorm)
     run = run_for_graph(replacement, graph, run)
     n, L = len(run.tokens), run.n_layers
@@ -445,6 +447,36 @@ def first_order(
     return out
 
 
+def _check_inputs(replacement, graph, run) -> None:
+    """The types of the arguments every rerun takes, each refused in one line naming it (not
+    an AttributeError from deep inside)."""
+    if not isinstance(replacement, ReplacementModel):
+        raise TypeError(f"replacement must be a replacement.model.ReplacementModel, got a "
+                        f"{type(replacement).__name__}")  # fmt: skip
+    checked_graph(graph)
+    if run is not None and not isinstance(run, PromptRun):
+        raise TypeError(f"run must be a circuits.attribution.PromptRun (run_prompt's) or None, "
+                        f"got a {type(run).__name__}")  # fmt: skip
+
+
+def _check_predicted(graph: Graph, predicted) -> None:
+    """``intervene``'s ``predicted``: a tensor of one finite change per node (``predict``'s);
+    only the targets' are read, and those must be finite (a NaN would stand in the result as a
+    prediction)."""
+    if not isinstance(predicted, Tensor) or not predicted.is_floating_point():
+        what = f"a {predicted.dtype} tensor" if isinstance(predicted, Tensor) else \
+            f"a {type(predicted).__name__}"  # fmt: skip
+        raise TypeError(f"predicted must be a float tensor, predict(graph, interventions)'s, "
+                        f"got {what}")  # fmt: skip
+    if tuple(predicted.shape) != (graph.n_nodes,):
+        raise ValueError(f"predicted has shape {tuple(predicted.shape)}: expected predict(graph, "
+                         f"interventions), one value per node ({graph.n_nodes})")  # fmt: skip
+    rows = torch.as_tensor(target_nodes(graph), dtype=torch.long)
+    if not bool(torch.isfinite(predicted[rows]).all()):
+        raise ValueError("predicted has NaN or infinite values at the graph's targets: expected "
+                         "predict(graph, interventions)'s finite changes")  # fmt: skip
+
+
 def _freezes(freeze_attention, freeze_layernorm) -> tuple[bool, bool]:
     """The two freeze flags as bools (a truthy string such as "no" is refused, never read as
     True); LayerNorm follows attention unless given."""
@@ -477,7 +509,18 @@ def _check_unpruned(graph: Graph, run: PromptRun) -> None:
 def _edited_nodes(graph: Graph, interventions: list[Intervention]) -> dict[str, int]:
     """Node id -> index of every edited node, after checking the edits: nodes of this graph,
     each edited once (two edits of one node would leave the last one standing, silently),
-    known actions with finite values."""
+    known actions with finite values. ``interventions`` is a list (or tuple) of
+    ``Intervention``: one given alone, or anything else, is refused naming it."""
+    checked_graph(graph)
+    if isinstance(interventions, Intervention):
+        raise TypeError("interventions must be a list of Intervention: pass [the intervention]")
+    if not isinstance(interventions, list | tuple):
+        raise TypeError(f"interventions must be a list of Intervention, got a "
+                        f"{type(interventions).__name__}")  # fmt: skip
+    for edit in interventions:
+        if not isinstance(edit, Intervention):
+            raise TypeError(f"interventions must be a list of Intervention, got a "
+                            f"{type(edit).__name__} in it")  # fmt: skip
     where, seen = graph.id_to_index, set()
     for edit in interventions:
         if edit.node not in where:

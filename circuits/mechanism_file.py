@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from toy_models.cli import one_line
-from toy_models.records import from_json, parse_json
+from toy_models.records import Bounds, from_json, parse_json
 
 from .graph import MODES
+from .nodes import KINDS
 
 VERSION = 4  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
@@ -56,7 +58,24 @@ class NodeRef:
     concept: str | None = None
     concept_f1: float | None = None
     promotes: list[str] = field(default_factory=list)
-    main_input: dict | None = None
+    main_input: dict | None = None  # the fields of a ``MainInput`` (``_check_main_inputs``)
+
+
+@dataclass
+class MainInput:
+    """What ``NodeRef.main_input`` holds (a JSON object with exactly these keys; the readers,
+    ``reports.mechanisms.ref_text`` and the benchmarks, index it by name): the source of the
+    node's largest incoming |edge|, its node ``id``, ``kind`` (``circuits.nodes.KINDS``),
+    ``layer`` (-1 for embeddings), ``pos`` (in the prompt, at or before the node's), the key
+    a head source reads (``attends``; None for other kinds, or a head that reads none) and its
+    ``share`` of the node's incoming |edges|."""
+
+    id: str
+    kind: str
+    layer: int
+    pos: int
+    attends: int | None
+    share: Annotated[float, Bounds(0.0, 1.0)]
 
 
 @dataclass
@@ -342,6 +361,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     ``MODES``."""
     summary = from_json(MechanismSummary, {k: v for k, v in d.items() if k != "version"}, "summary")
     _expect(summary.mode in MODES, f"mode: {summary.mode!r}, not one of {list(MODES)}")
+    _check_main_inputs(summary)
     keys = [g.key for g in summary.groups]
     _expect(len(set(keys)) == len(keys), "groups: two groups share a key")
     targets = {t.node for t in summary.targets}
@@ -415,6 +435,35 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str) -> None:
                     "root_parts' tokens")  # fmt: skip
             _closes(sum(r.token_parts.values()), r.root_parts["tokens"],
                     f"{where}.qk[{j}].token_parts")  # fmt: skip
+
+
+def _check_main_inputs(summary: MechanismSummary) -> None:
+    """Every QK pair side's ``main_input`` (``NodeRef``) null or a ``MainInput``: typed with
+    exactly its keys, a known kind, inside the prompt at or before its node, a key read only
+    by a head and at or before the head. Each is replaced by the checked record's fields (a
+    float share for an integer one), so what the readers index is there and typed."""
+    records = [(f"targets[{i}]", t.qk) for i, t in enumerate(summary.targets)]
+    records += [(f"groups[{i}]", g.qk) for i, g in enumerate(summary.groups)]
+    for where, reasons in records:
+        for j, r in enumerate(reasons):
+            for k, pair in enumerate(r.pairs):
+                for side, ref in (("query", pair.query), ("key", pair.key)):
+                    if ref.main_input is not None:
+                        at = f"{where}.qk[{j}].pairs[{k}].{side}.main_input"
+                        ref.main_input = _main_input(ref, len(summary.tokens), at)
+
+
+def _main_input(ref: NodeRef, n_pos: int, at: str) -> dict:
+    mi = from_json(MainInput, ref.main_input, at)
+    _expect(mi.kind in KINDS, f"{at}.kind: {mi.kind!r}, not one of {list(KINDS)}")
+    _expect(mi.layer >= -1, f"{at}.layer: {mi.layer} is below -1")
+    last = n_pos - 1 if ref.pos is None else min(ref.pos, n_pos - 1)
+    _expect(0 <= mi.pos <= last,
+            f"{at}.pos: {mi.pos} outside 0..{last} (the prompt, up to its node's)")  # fmt: skip
+    head_key = mi.kind == "lorsa" and mi.attends is not None and 0 <= mi.attends <= mi.pos
+    _expect(mi.attends is None or head_key,
+            f"{at}.attends: {mi.attends} is not a key up to a head's position")  # fmt: skip
+    return asdict(mi)
 
 
 def _at_tokens(shares: list[TokenShare], tokens: list[str], where: str) -> None:

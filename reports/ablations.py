@@ -34,6 +34,8 @@ AXES = (  # (axis, x label, variant field on that axis)
 # read back as untrusted data (``check_results``) before anything is rendered from it.
 NonNegative = Annotated[float, Bounds(0.0)]
 Count = Annotated[int, Bounds(0)]
+Positive = Annotated[int, Bounds(1)]
+PositiveReal = Annotated[float, Bounds(1e-30)]  # a scale, a learning rate: above 0
 Share = Annotated[float, Bounds(0.0, 1.0)]
 
 
@@ -55,7 +57,7 @@ class Run:
     ce: NonNegative
     kl: Annotated[float, Bounds(-1e-6)]  # a KL divergence, to rounding
     loss_recovered: Annotated[float, Bounds(nan=True)]  # NaN: ablating costs nothing
-    scales: list[NonNegative]
+    scales: tuple[PositiveReal, PositiveReal]  # (input, target): the estimated norm scales
     train_s: NonNegative
     train_cpu_s: NonNegative
     train_dead_last: Annotated[float, Bounds(0.0, 1.0, nan=True)]  # NaN: never measured
@@ -69,15 +71,48 @@ class Layer:
 
 
 @dataclass
+class BaseShapes:
+    """``replacement.train.DictionaryShapes`` as the sweep writes it (every field present: a
+    missing one is not its default here, it is a damaged file)."""
+
+    n_qk_heads: Positive
+    n_ov_heads: Positive
+    d_qk: Positive
+    lorsa_top_k: Positive
+    d_sae: Positive
+    transcoder_top_k: Positive
+    transcoder_skip: bool
+
+
+@dataclass
+class TrainSettings:
+    """``replacement.train.ReplacementTrainConfig`` as the sweep writes it (every field)."""
+
+    steps: Positive
+    batch_size: Positive
+    lr: PositiveReal
+    warmup_fraction: Share
+    decay_fraction: Share
+    k_start_factor: Positive
+    k_anneal_fraction: Share
+    aux_k: Count
+    aux_coef: NonNegative
+    dead_tokens: Positive
+    norm_batches: Positive
+    checkpoint_every: Positive
+    seed: Count
+
+
+@dataclass
 class SweepSettings:
     config: str
-    layers: list[int]
-    rows: Count
-    heldout_rows: Count
-    steps: Count
-    batch_size: Count
-    base_shapes: dict
-    train: dict
+    layers: list[Count]
+    rows: Positive
+    heldout_rows: Positive
+    steps: Positive
+    batch_size: Positive
+    base_shapes: BaseShapes
+    train: TrainSettings
     train_cache_id: str
     heldout_cache_id: str
 
@@ -87,8 +122,8 @@ class AblationResults:
     model: str
     model_sha256: str
     quick: bool
-    d_head: Count
-    n_heads: Count
+    d_head: Positive
+    n_heads: Positive
     axes: dict[str, list[str]]
     variants: dict
     settings: SweepSettings
@@ -98,12 +133,17 @@ class AblationResults:
 
 def check_results(results) -> AblationResults:
     """The results file as typed records, or a ValueError naming the first field that is of
-    the wrong type or out of range, a variant that is not one (``replacement.ablations.Variant``
-    checks its fields) or not the one its name says, a run or axis naming no variant, or a
-    loss recovered that does not follow from its run's and its layer's losses."""
+    the wrong type or out of range (the settings' ``base_shapes`` and ``train`` included:
+    every field of the shapes and the training configuration the sweep writes, its OV heads
+    in whole blocks per QK head, the training's steps and batch the sweep's), a variant that
+    is not one (``replacement.ablations.Variant`` checks its fields) or not the one its name
+    says, a run or axis naming no variant, a layer without the run of a variant an axis names
+    (its point would be left out of the tables and curves, silently), or a loss recovered that
+    does not follow from its run's and its layer's losses."""
     from replacement.ablations import Variant
 
     record = from_json(AblationResults, results, "results")
+    _check_settings(record.settings)
     for name, fields in record.variants.items():
         try:
             variant = from_json(Variant, fields, f"results.variants.{name}")
@@ -118,6 +158,10 @@ def check_results(results) -> AblationResults:
     for layer, data in record.layers.items():
         if unknown := sorted(set(data.runs) - names):
             raise ValueError(f"results.layers.{layer}.runs: no variant named {unknown[:3]}")
+        for axis, members in record.axes.items():
+            if missing := [n for n in members if n not in data.runs]:
+                raise ValueError(f"results.layers.{layer}.runs: no run of {missing[:3]}, which "
+                                 f"results.axes.{axis} names")  # fmt: skip
         base = data.baseline
         gap = base.ce_mean_ablated - base.ce_original
         for name, run in data.runs.items():
@@ -129,6 +173,25 @@ def check_results(results) -> AblationResults:
                 where = f"results.layers.{layer}.runs.{name}.loss_recovered"
                 raise ValueError(f"{where}: {run.loss_recovered!r}, its losses give {expected!r}")
     return record
+
+
+def _check_settings(s: SweepSettings) -> None:
+    """What ties the settings' fields together (their types and ranges are checked)."""
+    shapes = s.base_shapes
+    if shapes.n_ov_heads % shapes.n_qk_heads:
+        raise ValueError(f"results.settings.base_shapes: {shapes.n_ov_heads} OV heads are not "
+                         f"whole blocks of {shapes.n_qk_heads} QK heads")  # fmt: skip
+    picks = {"lorsa_top_k": shapes.n_ov_heads, "transcoder_top_k": shapes.d_sae}
+    for name, width in picks.items():
+        if (k := getattr(shapes, name)) > width:
+            raise ValueError(f"results.settings.base_shapes.{name}: {k}, more than the {width} "
+                             "units it picks from")  # fmt: skip
+    for name in ("steps", "batch_size"):  # the sweep trains with its own steps and batch
+        if getattr(s.train, name) != getattr(s, name):
+            raise ValueError(f"results.settings.train.{name}: {getattr(s.train, name)}, the "
+                             f"settings say {getattr(s, name)}")  # fmt: skip
+    if len(set(s.layers)) != len(s.layers):
+        raise ValueError(f"results.settings.layers: {s.layers} names a layer twice")
 
 
 def _points(results: dict, layer: str, axis: str) -> list[tuple[int, dict]]:

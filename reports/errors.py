@@ -130,10 +130,17 @@ class ErrorResults:
 
 def check_results(results) -> ErrorResults:
     """The results file as typed records, or a ValueError naming the first field that is of
-    the wrong type, out of range, or of another length than the groups it counts."""
+    the wrong type, out of range, or of another length than the groups it counts; group names
+    repeated; a Lorsa-vs-SAE record of a layer without its Lorsa's errors, whose Lorsa FVU is
+    not that layer's, or whose ``by_family_mean_cosine`` does not hold exactly the families
+    with tokens there (a family deleted would drop out of the report silently)."""
     record = from_json(ErrorResults, results, "results")
     groups = {"by_family": record.families, "by_role": record.roles,
               "by_position": record.position_bins}  # fmt: skip
+    for split, names in groups.items():
+        field = {"by_family": "families", "by_role": "roles"}.get(split, "position_bins")
+        if len(set(names)) != len(names):
+            raise ValueError(f"results.{field}: {names!r:.80} names a group twice")
     for kind, per_layer in record.by_kind.items():
         for layer, r in per_layer.items():
             for split, names in groups.items():
@@ -148,7 +155,29 @@ def check_results(results) -> ErrorResults:
                     if math.isnan(g) and n > 0:  # undefined only for a group without tokens
                         raise ValueError(f"results.by_kind.{kind}.{layer}.{split}.group_fvu"
                                          f"[{i}]: NaN for a group of {n:g} tokens")  # fmt: skip
+    for layer, r in record.lorsa_vs_sae.items():
+        _check_shared(record, layer, r)
     return record
+
+
+def _check_shared(record: ErrorResults, layer: str, r: SharedDirection) -> None:
+    """A layer's Lorsa-vs-SAE record against that layer's Lorsa errors (``analyse_errors``
+    copies its FVU and measures a cosine for every family with tokens)."""
+    where = f"results.lorsa_vs_sae.{layer}"
+    lorsa = record.by_kind.get("lorsa", {}).get(layer)
+    if lorsa is None:
+        raise ValueError(f"{where}: no Lorsa errors of layer {layer} (results.by_kind.lorsa)")
+    if not math.isclose(r.lorsa_fvu, lorsa.by_family.fvu, rel_tol=1e-9, abs_tol=1e-12):
+        raise ValueError(f"{where}.lorsa_fvu: {r.lorsa_fvu!r}, the layer's Lorsa FVU is "
+                         f"{lorsa.by_family.fvu!r}")  # fmt: skip
+    present = [f for f, n in zip(record.families, lorsa.by_family.tokens, strict=True) if n > 0]
+    have = set(r.by_family_mean_cosine)
+    if missing := [f for f in present if f not in have]:
+        raise ValueError(f"{where}.by_family_mean_cosine: no cosine for {missing[:3]}, a "
+                         "family with tokens")  # fmt: skip
+    if extra := sorted(have - set(present)):
+        raise ValueError(f"{where}.by_family_mean_cosine: {extra[:3]!r:.80} is no family "
+                         "with tokens")  # fmt: skip
 
 
 def role_of(concepts: tuple[int, ...]) -> int:

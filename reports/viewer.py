@@ -330,22 +330,43 @@ def default_view(graph: Graph, selection: Selection) -> dict:
     }
 
 
+Q_PARAMS = ("pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos")  # circuit-tracer's
+LINK_TYPES = ("input", "output", "either", "both")  # its front end's link filters
+
+
 def check_q_params(graph: Graph, q_params: Mapping | None) -> dict:
     """circuit-tracer's ``qParams`` with this graph's ids only: ``pinnedIds`` (ids),
-    ``supernodes`` (``[name, id, id, ...]`` lists of at least two members), ``clickedId``."""
+    ``supernodes`` (``[name, id, id, ...]`` lists of at least two members), ``clickedId`` (an
+    id or ""), ``linkType`` (one of ``LINK_TYPES``, kept for circuit-tracer's front end: this
+    viewer draws every link) and ``sg_pos`` (a string, kept likewise). ``q_params`` is a
+    mapping or None; a key not among ``Q_PARAMS`` (a misspelt ``pinnedId`` would otherwise
+    pin nothing, silently) or a value of the wrong type is refused in one line naming it.
+    (The page reads the URL's state leniently instead: what it cannot use it ignores with a
+    note, since a reader cannot fix a link.)"""
     q = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
-    if not q_params:
+    if q_params is None:
         return q
+    if not isinstance(q_params, Mapping):
+        raise TypeError(f"q_params must be a mapping (circuit-tracer's qParams) or None, got "
+                        f"{type(q_params).__name__}")  # fmt: skip
+    unknown = [k for k in q_params if k not in Q_PARAMS]
+    if unknown:
+        raise ValueError(f"qParams: unknown key {unknown[0]!r:.60} (the keys are "
+                         f"{', '.join(Q_PARAMS)})")  # fmt: skip
     known = graph.id_to_index
     pinned = q_params.get("pinnedIds", [])
     if not isinstance(pinned, list) or not all(isinstance(p, str) for p in pinned):
         raise ValueError("qParams.pinnedIds must be a list of node ids")
     unknown = [p for p in pinned if p not in known]
     if unknown:
-        raise ValueError(f"qParams.pinnedIds: no node {unknown[0]!r} in the graph")
+        raise ValueError(f"qParams.pinnedIds: no node {unknown[0][:60]!r} in the graph")
     q["pinnedIds"] = list(dict.fromkeys(pinned))
+    supernodes = q_params.get("supernodes", [])
+    if not isinstance(supernodes, list):
+        raise ValueError(f"qParams.supernodes must be a list of [name, id, id, ...] lists, got "
+                         f"{type(supernodes).__name__}")  # fmt: skip
     groups, taken = [], set()
-    for group in q_params.get("supernodes", []):
+    for group in supernodes:
         if (
             not isinstance(group, list)
             or len(group) < 3
@@ -354,20 +375,34 @@ def check_q_params(graph: Graph, q_params: Mapping | None) -> dict:
             raise ValueError("qParams.supernodes: each is [name, id, id, ...], two ids or more")
         members = list(dict.fromkeys(group[1:]))
         if len(members) < 2:
-            raise ValueError(f"qParams.supernodes {group[0]!r}: two different ids or more")
+            raise ValueError(f"qParams.supernodes {group[0][:60]!r}: two different ids or more")
         if not group[0].strip() or group[0] in [g[0] for g in groups]:
-            raise ValueError(f"qParams.supernodes {group[0]!r}: names must be non-empty and "
+            raise ValueError(f"qParams.supernodes {group[0][:60]!r}: names must be non-empty and "
                              "unique (supernodes are keyed by name)")  # fmt: skip
         bad = [m for m in members if m not in known or m in taken]
         if bad:
-            raise ValueError(f"qParams.supernodes {group[0]!r}: {bad[0]!r} unknown or in two")
+            raise ValueError(f"qParams.supernodes {group[0][:60]!r}: {bad[0][:60]!r} unknown or "
+                             "in two")  # fmt: skip
         taken.update(members)
         groups.append([group[0], *members])
     q["supernodes"] = groups
     clicked = q_params.get("clickedId", "")
+    if not isinstance(clicked, str):
+        raise ValueError(f"qParams.clickedId must be a node id or \"\", got "
+                         f"{type(clicked).__name__}")  # fmt: skip
     if clicked and clicked not in known:
-        raise ValueError(f"qParams.clickedId: no node {clicked!r} in the graph")
-    q["clickedId"] = clicked or ""
+        raise ValueError(f"qParams.clickedId: no node {clicked[:60]!r} in the graph")
+    q["clickedId"] = clicked
+    link_type = q_params.get("linkType", "both")
+    if not isinstance(link_type, str) or link_type not in LINK_TYPES:
+        raise ValueError(f"qParams.linkType: {link_type!r:.60}, not one of "
+                         f"{', '.join(LINK_TYPES)}")  # fmt: skip
+    q["linkType"] = link_type
+    sg_pos = q_params.get("sg_pos", "")
+    if not isinstance(sg_pos, str):
+        raise ValueError(f"qParams.sg_pos must be a string (supernode positions), got "
+                         f"{type(sg_pos).__name__}")  # fmt: skip
+    q["sg_pos"] = sg_pos
     return q
 
 

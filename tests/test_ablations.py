@@ -345,6 +345,18 @@ def _set_nested(path: str, value):
     return edit
 
 
+def _del_nested(path: str):
+    """An edit deleting the key at a dotted ``path``."""
+
+    def edit(data):
+        *parents, last = path.split(".")
+        for key in parents:
+            data = data[key]
+        del data[last]
+
+    return edit
+
+
 @pytest.mark.parametrize(
     ("module", "results", "edit", "message"),
     [
@@ -378,6 +390,53 @@ def _set_nested(path: str, value):
         ("reports.ablations", "lorsa_ablations_default.json",
          _set_nested("variants.lorsa-w1024-k32-qk16-d64.n_qk_heads", 8),
          "its fields are variant lorsa-w1024-k32-qk8-d64"),
+        # Found by a fuzz pass: the settings' shapes and training configuration were unchecked
+        # (NaN, strings, negative counts printed into the report), a run an axis names but the
+        # layer lacks was left out of the tables, and a family's cosine could be deleted.
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("settings.base_shapes.n_qk_heads", -16),
+         "results.settings.base_shapes.n_qk_heads: expected a number in [1, inf]"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("settings.base_shapes.d_qk", float("nan")),
+         "results.settings.base_shapes.d_qk: expected an integer"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("settings.base_shapes.n_ov_heads", "1024"),
+         "results.settings.base_shapes.n_ov_heads: expected an integer"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("settings.base_shapes.n_qk_heads", 48),
+         "results.settings.base_shapes: 1024 OV heads are not whole blocks of 48 QK heads"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _del_nested("settings.base_shapes.lorsa_top_k"),
+         "results.settings.base_shapes: missing key 'lorsa_top_k'"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("settings.base_shapes.colour", 1),
+         "results.settings.base_shapes: unknown keys ['colour']"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("settings.train.norm_batches", -1),
+         "results.settings.train.norm_batches: expected a number in [1, inf]"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("settings.train.lr", float("nan")),
+         "results.settings.train.lr: expected a finite number"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("settings.train.warmup_fraction", "x"),
+         "results.settings.train.warmup_fraction: expected a finite number"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("settings.train.steps", 7),
+         "results.settings.train.steps: 7, the settings say 500"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _del_nested("layers.1.runs.sae-w1024-k8"),
+         "results.layers.1.runs: no run of ['sae-w1024-k8'], which results.axes.sae names"),
+        ("reports.errors", "error_analysis_default.json",
+         _del_nested("lorsa_vs_sae.0.by_family_mean_cosine.names"),
+         "results.lorsa_vs_sae.0.by_family_mean_cosine: no cosine for ['names']"),
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("lorsa_vs_sae.0.by_family_mean_cosine.stories", 0.5),
+         "results.lorsa_vs_sae.0.by_family_mean_cosine: ['stories'] is no family with tokens"),
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("lorsa_vs_sae.1.lorsa_fvu", 0.5), "results.lorsa_vs_sae.1.lorsa_fvu: 0.5"),
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("families", ["names", "names", "successor", "repeat"]),
+         "results.families: ['names', 'names', 'successor', 'repeat'] names a group twice"),
     ],
 )  # fmt: skip
 def test_a_results_file_with_values_out_of_range_is_one_line(

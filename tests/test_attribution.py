@@ -2,6 +2,8 @@
 closure (edges + bias = pre-activation), autograd Jacobians, the doubling intervention, QK
 terms against the Lorsa's own scores, and pruning against dense linear algebra."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -723,6 +725,44 @@ def test_intervene_refuses_a_pruned_graph_and_predict_takes_one(graph, replaceme
         torch.testing.assert_close(same.predicted, full.predicted, atol=1e-5, rtol=1e-4)
 
 
+def test_arguments_of_the_wrong_type_are_refused_naming_them(graph, replacement, tokens):
+    """Found by a fuzz pass: a list for ``predicted``, a string for ``run``, None for the graph
+    or the replacement set raised an AttributeError from inside, one Intervention not in a
+    list a TypeError about iteration, and a NaN prediction stood in the result."""
+    edit = [Intervention(graph.ids[int(graph.is_kind("lorsa").nonzero()[0])])]
+    cases = [
+        (dict(predicted=[0.0] * graph.n_nodes), TypeError,
+         "predicted must be a float tensor, predict(graph, interventions)'s, got a list"),
+        (dict(predicted=torch.zeros(graph.n_nodes, dtype=torch.long)), TypeError,
+         "predicted must be a float tensor"),
+        (dict(predicted=torch.full((graph.n_nodes,), float("nan"))), ValueError,
+         "predicted has NaN or infinite values at the graph's targets"),
+        (dict(run="x"), TypeError, "run must be a circuits.attribution.PromptRun"),
+        (dict(graph=None), TypeError, "graph must be a circuits.graph.Graph, got a NoneType"),
+        (dict(replacement=None), TypeError,
+         "replacement must be a replacement.model.ReplacementModel, got a NoneType"),
+        (dict(interventions=edit[0]), TypeError,
+         "interventions must be a list of Intervention: pass [the intervention]"),
+        (dict(interventions="x"), TypeError, "interventions must be a list of Intervention"),
+        (dict(interventions=[edit[0].node]), TypeError, "got a str in it"),
+    ]  # fmt: skip
+    for change, error, message in cases:
+        args = dict(replacement=replacement, graph=graph, interventions=edit) | change
+        with pytest.raises(error, match=re.escape(message)):
+            intervene(**args)
+    for call in (lambda: first_order(None, graph), lambda: first_order(replacement, graph, run=1)):
+        with pytest.raises(TypeError, match="must be a"):
+            call()
+    with pytest.raises(TypeError, match="graph must be a circuits.graph.Graph"):
+        predict(None, edit)
+    with pytest.raises(TypeError, match="graph must be a circuits.graph.Graph"):
+        direct_pre_activations(replacement, "g", torch.ones(1, 3))
+    predicted = predict(graph, edit)
+    predicted[~graph.is_target & ~graph.is_kind("logit")] = float("nan")  # not read: taken
+    kept = intervene(replacement, graph, edit, predicted=predicted)
+    assert torch.isfinite(kept.predicted).all()
+
+
 def test_flags_are_true_or_false(graph, replacement, tokens):
     """Found by a fuzz pass: "no" (truthy) froze attention; a flag is True or False."""
     edit = [Intervention(graph.ids[int(graph.is_kind("lorsa").nonzero()[0])])]
@@ -782,7 +822,7 @@ def test_a_graph_marks_the_prompt_positions_of_untrained_tokens(replacement, tok
     graph.save(path)
     assert Graph.load(path).untrained_positions == want
     assert "Note: the model never saw" in html_page(graph)
-    for bad in ([len(tokens)], [3, 3], [7, 3], ["3"]):
+    for bad in ([len(tokens)], [3, 3], [7, 3], ["3"], None, "3"):
         graph.model["untrained_positions"] = bad
         with pytest.raises(GraphFileError, match="not saved.*untrained_positions"):
             graph.save(path)  # save refuses what load would

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import pickle
+import re
 import warnings
 
 import pytest
@@ -217,6 +218,22 @@ def test_crafted_headers_are_refused_naming_the_field(tmp_path, case):
     assert str(bad) in str(info.value) and name.split(".")[0] in str(info.value)
 
 
+@pytest.mark.parametrize("value", [None, "0", 0, [0, 0], [99], [True], {"0": 1}])
+def test_untrained_positions_are_a_list_of_prompt_positions_or_absent(tmp_path, value):
+    """Found by a fuzz pass: ``model.untrained_positions: null`` loaded, then the report and
+    the trace raised a TypeError in ``untrained_note``."""
+    bad = craft(tmp_path, edit_header=lambda h: h["model"].__setitem__("untrained_positions",
+                                                                        value))  # fmt: skip
+    with pytest.raises(GraphFileError, match=re.escape(f"{bad}: field model.untrained_positions")):
+        Graph.load(bad)
+    graph = make_graph()
+    graph.model["untrained_positions"] = value  # set by hand: refused in one line where read
+    with pytest.raises(ValueError, match=r"model\['untrained_positions'\]: expected a list"):
+        graph.untrained_note()
+    graph.model.pop("untrained_positions")
+    assert graph.untrained_positions == [] and graph.untrained_note() is None
+
+
 def test_crafted_edges_never_reach_scipy(tmp_path):
     """Out-of-range edge indices once crashed the HTML writer (SIGSEGV in scipy's tocsc)."""
     bad = craft(tmp_path, edit_tensors=_set("edges.indices", lambda t: t * 0 + 2**40))
@@ -288,6 +305,42 @@ def test_the_graph_api_refuses_nonsense_in_one_clear_error(tmp_path):
     view = group(graph, [1, 2], "g")
     merged = view.groups[view.group_of(2)]
     assert merged.name == "g" and merged.members == [1, 2]
+
+
+def test_groups_of_the_wrong_type_are_refused_naming_the_argument():
+    """Found by a fuzz pass: ``grouped(g, 5)`` / ``grouped(g, None)`` and a ``Group`` with
+    members None raised a TypeError from inside, ``members(99999)`` an IndexError, and
+    ``names`` beside a ``Group`` was ignored silently (it is refused: a Group has its name)."""
+    from circuits.groups import Group, group, grouped
+
+    graph = make_graph()
+    cases = [
+        (lambda: grouped(graph, 5), TypeError, "groups must be a list of node index lists"),
+        (lambda: grouped(graph, None), TypeError, "groups must be a list of node index lists"),
+        (lambda: grouped(graph, [[1, 2]], "a"), TypeError, "names must be a list of strings"),
+        (lambda: grouped(None, [[1, 2]]), TypeError, "graph must be a circuits.graph.Graph"),
+        (lambda: grouped(graph, [Group("x", None, "")]), ValueError,
+         "group 'x': members must be node indices (integers), got None"),
+        (lambda: grouped(graph, [Group("x", 3, "")]), ValueError,
+         "group 'x': members must be node indices (integers), got 3"),
+        (lambda: grouped(graph, [Group("x", None, "", ids=["E_0_0"])]), ValueError,
+         "group 'x': members must be node indices (integers), got None"),
+        (lambda: grouped(graph, [Group("x", [1], "", ids="E_0_0")]), ValueError,
+         "group 'x': ids must be a list of node ids"),
+        (lambda: grouped(graph, [Group("x", [1, 2], "")], ["y"]), ValueError,
+         "names given for groups[0], a Group with its own name ('x')"),
+        (lambda: group(graph, [1, 2], "g").members(99999), ValueError,
+         "group 99999 is outside 0.."),
+        (lambda: group(graph, [1, 2], "g").members(-1), ValueError, "group -1 is outside 0.."),
+        (lambda: group(graph, [1, 2], "g").members(1.0), ValueError,
+         "group must be an integer, got 1.0"),
+    ]  # fmt: skip
+    for call, error, message in cases:
+        with pytest.raises(error, match=re.escape(message)):
+            call()
+    view = grouped(graph, [Group("x", [1, 2], "")])  # a Group alone keeps its own name
+    assert view.groups[view.group_of(1)].name == "x" and view.members(view.group_of(1)) == [1, 2]
+    assert grouped(graph, ([1, 2],), ("y",)).groups[0].name  # tuples are lists too
 
 
 def test_a_setting_never_shadows_the_graphs_own_networkx_attributes():

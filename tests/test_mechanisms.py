@@ -1046,6 +1046,47 @@ def test_a_summary_edited_by_hand_is_refused_before_it_is_shown_or_saved(
     assert format_summary(load_summary(path)) == format_summary(summary)
 
 
+def test_a_key_sides_main_input_is_checked_field_by_field(graph, replacement, run, tmp_path):
+    """Found by a fuzz pass: a QK pair's ``key.main_input`` without ``pos`` (or ``kind``,
+    ``layer``, ``attends``) loaded, then the report (``ref_text``) raised a KeyError. Each is
+    a ``MainInput``, checked as the file is read, and refused naming the field."""
+    good = summarize(replacement, graph, run, check=False).to_dict()
+    sides = [(i, j, k) for i, g in enumerate(good["groups"]) for j, r in enumerate(g["qk"])
+             for k, p in enumerate(r["pairs"]) if p["key"]["main_input"]]  # fmt: skip
+    assert sides, "the summary has a key side with its main input"
+    i, j, k = sides[0]
+    at = f"groups[{i}].qk[{j}].pairs[{k}].key.main_input"
+    n_pos = len(good["tokens"])
+    edits = [(key, None, f"{at}: missing key {key!r}")
+             for key in ("id", "kind", "layer", "pos", "attends", "share")]  # fmt: skip
+    edits += [
+        ("pos", "3", f"{at}.pos: expected an integer"),
+        ("pos", n_pos, f"{at}.pos: {n_pos} outside"),
+        ("pos", -1, f"{at}.pos: -1 outside"),
+        ("kind", "neuron", f"{at}.kind: 'neuron', not one of"),
+        ("layer", -2, f"{at}.layer: -2 is below -1"),
+        ("share", 1.5, f"{at}.share: expected a number in [0, 1]"),
+        ("share", float("nan"), f"{at}.share: expected a finite number"),
+        ("surprise", 1, f"{at}: unknown keys ['surprise']"),
+    ]
+    mi = good["groups"][i]["qk"][j]["pairs"][k]["key"]["main_input"]
+    if mi["kind"] != "lorsa":
+        edits.append(("attends", 0, f"{at}.attends: 0 is not a key up to a head's position"))
+    path = tmp_path / "mechanisms.json"
+    for key, value, message in edits:
+        d = json.loads(json.dumps(good))
+        record = d["groups"][i]["qk"][j]["pairs"][k]["key"]["main_input"]
+        if value is None:
+            del record[key]
+        else:
+            record[key] = value
+        path.write_text(json.dumps(d))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_summary(path)
+    path.write_text(json.dumps(good))
+    assert "<h2>Mechanisms</h2>" in html_page(graph, mechanisms=load_summary(path))
+
+
 def test_summary_without_constants_or_checks(replacement, tokens):
     run = run_prompt(replacement, tokens, "local")
     graph = attribute(replacement, tokens, max_logits=1, run=run)

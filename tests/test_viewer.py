@@ -509,6 +509,35 @@ def test_a_hash_pasted_by_hand_is_the_whole_state(browser, small_page):
     assert panel_text(browser).startswith(node_label(graph, graph.ids.index("0_5_2")))
 
 
+@pytest.mark.parametrize(
+    "q_params, error, match",
+    [
+        ({"supernodes": 5}, ValueError, "qParams.supernodes must be a list"),
+        ({"supernodes": {"a": 1}}, ValueError, "qParams.supernodes must be a list"),
+        ({"clickedId": [1]}, ValueError, "qParams.clickedId must be a node id"),
+        ({"clickedId": 5}, ValueError, "qParams.clickedId must be a node id"),
+        (["x"], TypeError, "q_params must be a mapping"),
+        ("x", TypeError, "q_params must be a mapping"),
+        ("", TypeError, "q_params must be a mapping"),
+        ({"pinnedId": ["E_0_0"]}, ValueError, "qParams: unknown key 'pinnedId'"),
+        ({"linkType": 5}, ValueError, "qParams.linkType: 5, not one of"),
+        ({"linkType": "all"}, ValueError, "qParams.linkType: 'all', not one of"),
+        ({"sg_pos": [1, 2]}, ValueError, "qParams.sg_pos must be a string"),
+    ],
+)
+def test_q_params_of_the_wrong_type_are_refused_in_one_line(tmp_path, q_params, error, match):
+    """Found by a fuzz pass: a number for supernodes or a list for clickedId raised a
+    TypeError from inside, a list or a string for q_params an AttributeError; a misspelt key
+    pinned nothing, silently."""
+    graph = make_graph()
+    with pytest.raises(error, match=re.escape(match)):
+        write_html(graph, tmp_path / "graph.html", None, q_params=q_params)
+    assert not (tmp_path / "graph.html").exists()
+    kept = {"linkType": "input", "sg_pos": "1 2", "clickedId": "E_0_0"}  # circuit-tracer's
+    assert check_q_params(graph, kept) == {"pinnedIds": [], "supernodes": [], **kept}
+    assert check_q_params(graph, {}) == check_q_params(graph, None)
+
+
 def test_page_starts_from_the_q_params_it_was_written_with(browser, tmp_path):
     graph = make_graph()
     path = tmp_path / "graph.html"

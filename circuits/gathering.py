@@ -50,6 +50,7 @@ compact (``circuits.statistics``) and the partial file is removed.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ from .statistics import (
 )
 from .statistics_file import (
     MAX_ROWS,
+    STATS_VERSION,
     check_rows,
     check_settings,
     load_partial,
@@ -584,36 +586,124 @@ def statistics_for(
     file per model, replacement set and tokenizer), gathered first when missing, resumed when
     partial and gathered again to ``rows`` when that asks for more than they hold (``rows``
     None: what the file holds, or what an interrupted gathering into it asked for, or
-    ``DEFAULT_ROWS``). ``option``: the caller's flag for another file, named in a refusal."""
+    ``DEFAULT_ROWS``). ``option``: the caller's flag for another file, named in a refusal.
+    Every refusal comes before a gathering is announced."""
     path = Path(path) if path else default_stats_path(model, replacement, tokenizer)
     settings = {}
+    partial = partial_path(path)
     if path.is_file():
-        try:
-            stats = Statistics.load(path, replacement, tokenizer)
-        except ValueError as exc:  # gathered work is the user's: never removed for them
-            other = f", or pass another {option}" if option else ""
-            raise ValueError(f"{exc}; remove it to gather the statistics again{other}") from None
+        stats = read_statistics(path, replacement, tokenizer, option)
         done = stats.meta["rows_done"]
         if rows is None or rows == done:
             return stats
         check_rows(stats.meta, rows, path)
         settings = {k: stats.meta[k] for k in ("n_ctx", "seed", "mode")}  # the same stream
-        print(f"gathering statistics over {rows} rows into {path} (it holds {done})")
-    elif (plan := partial_plan(partial_path(path))) is not None and rows in (None, plan["rows"]):
+        resumed = _resumed_rows(partial, replacement, tokenizer, rows, settings)
+        how = f"resuming at {resumed}" if resumed else f"it holds {done}"
+        print(f"gathering statistics over {rows} rows into {path} ({how})")
+    elif (plan := partial_plan(partial)) is not None and rows in (None, plan["rows"]):
         # An interrupted gathering: resumed as it was asked for (its rows, its row stream).
         rows = plan["rows"]
         settings = {k: plan[k] for k in ("n_ctx", "seed", "mode")}
         print(f"gathering statistics over {rows} rows into {path} (resuming at "
               f"{plan['rows_done']})")  # fmt: skip
     else:
-        if partial_path(path).is_file():  # not resumable as asked: its own line says why,
-            load_partial(partial_path(path))  # before one announces a gathering
         rows = rows or DEFAULT_ROWS
-        print(f"gathering statistics over {rows} rows into {path} (once)")
+        if partial.is_file():  # resumed to other rows on its stream, or refused
+            settings = {k: plan[k] for k in ("n_ctx", "seed", "mode")} if plan else {}
+        resumed = _resumed_rows(partial, replacement, tokenizer, rows, settings)
+        print(f"gathering statistics over {rows} rows into {path} "
+              f"({f'resuming at {resumed}' if resumed else 'once'})")  # fmt: skip
     return gather_statistics(replacement, tokenizer, rows=rows, checkpoint=path, **settings)
 
 
+def _resumed_rows(partial: Path, replacement, tokenizer, rows: int, settings: dict) -> int:
+    """The rows of an interrupted gathering's ``partial`` file that gathering ``rows`` with
+    ``settings`` resumes from (0: none, or it starts again), or the refusal
+    ``gather_statistics`` would give (another model's, other settings, more rows), said
+    before a gathering is announced."""
+    if not partial.is_file():
+        return 0
+    sums = load_partial(partial)
+    Statistics.check_identity_of(partial, sums.meta, sums.units, identity(replacement, tokenizer),
+                                 Units.of(replacement))  # fmt: skip
+    check_settings(sums.meta, {"n_ctx": DEFAULT_N_CTX, "seed": 0, "mode": "local",
+                               **settings, "split": SPLIT}, partial)  # fmt: skip
+    check_rows(sums.meta, rows, partial)
+    done = sums.meta["rows_done"]
+    return 0 if done % BATCH_ROWS and done < rows else done  # a batch cut short: again
+
+
+def statistics_kind(path: Path) -> str | None:
+    """What the file at ``path`` is, from its safetensors header alone (a damaged body still
+    shows it): None when it is not a statistics file (not safetensors, or without a
+    statistics header: a model's weights, say); ``partial`` (an interrupted gathering's
+    file), ``old`` or ``newer`` (another format version), ``damaged`` (a header that does not
+    read) or ``current`` (whose body may still be damaged: ``Statistics.load`` says)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= 100_000_000:  # safetensors' own bound on its header
+                return None
+            text = json.loads(f.read(size))["__metadata__"]["statistics"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        header = json.loads(text)
+    except (TypeError, ValueError):
+        return "damaged"
+    if not isinstance(header, dict):
+        return "damaged"
+    if header.get("partial") is True:
+        return "partial"
+    version = header.get("version")
+    if type(version) is int and version != STATS_VERSION:
+        return "old" if version < STATS_VERSION else "newer"
+    return "current" if version == STATS_VERSION else "damaged"
+
+
+def read_statistics(
+    path: Path, replacement: ReplacementModel, tokenizer, option: str | None = "--stats"
+) -> Statistics:
+    """The finished statistics file at ``path``, checked for ``replacement``. A refusal says
+    what the file is and the way out: removing it, to gather again, only for a damaged or
+    old-format statistics file; another file (``option``) for anything else, which is someone's
+    work (another model's statistics, a model's weights)."""
+    elsewhere = (
+        f"pass another {option}"
+        if option
+        else "move it away to gather this model's statistics there"
+    )
+    again = "remove it to gather the statistics again" + (f", or pass another {option}"
+                                                          if option else "")  # fmt: skip
+    kind = statistics_kind(path)
+    if kind is None:
+        raise ValueError(f"{path}: not a statistics file (no statistics header); {elsewhere}")
+    if kind == "partial":
+        suffix = f".partial{path.suffix}"
+        finished = path.with_name(path.name.removesuffix(suffix) + path.suffix)
+        resume = (f" (to resume it: {option} {finished})" if option
+                  and path.name.endswith(suffix) else "")  # fmt: skip
+        raise ValueError(f"{path}: the partial file of an interrupted gathering, not finished "
+                         f"statistics; {elsewhere}{resume}")  # fmt: skip
+    if kind == "newer":
+        raise ValueError(f"{path}: statistics of a newer format than this version reads "
+                         f"({STATS_VERSION}); {elsewhere}")  # fmt: skip
+    if kind == "old":
+        raise ValueError(f"{path}: statistics of an older format than this version reads "
+                         f"({STATS_VERSION}); {again}")  # fmt: skip
+    try:
+        stats = Statistics.load(path)
+    except ValueError as exc:  # gathered work is the user's: never removed for them
+        raise ValueError(f"{exc}; {again}") from None
+    try:
+        stats.check_identity(path, identity(replacement, tokenizer), Units.of(replacement))
+    except ValueError as exc:  # another model's statistics: kept, another file asked for
+        raise ValueError(f"{exc}; {elsewhere}") from None
+    return stats
+
+
 __all__ = [
-    "Sums", "Tables", "gather_statistics", "new_sums", "partial_path", "statistics_for",
-    "sum_rows",
+    "Sums", "Tables", "gather_statistics", "new_sums", "partial_path", "read_statistics",
+    "statistics_for", "statistics_kind", "sum_rows",
 ]  # fmt: skip

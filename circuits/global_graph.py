@@ -28,11 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
-from toy_models.files import check_writable_dir, check_writable_file
+from toy_models.files import check_writable_dir, check_writable_file, earlier_set
 from toy_models.tokenizer import single_token
 
 from .nodes import Kind
-from .trace import check_not_an_output, check_writable, parse_formats
+from .trace import (
+    GRAPH_MARK,
+    OUTPUT_NAMES,
+    check_not_an_output,
+    check_writable,
+    parse_formats,
+)
 
 START_FORMS = "lorsa:L:HEAD, transcoder:L:FEATURE, logit:TOKEN or token:TOKEN"
 N_STRONGEST = 8  # edges printed after a graph is grown
@@ -118,6 +124,8 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
     if args.rows is not None and args.rows > MAX_ROWS:
         raise UserError(f"--rows must be at most {MAX_ROWS}, got {args.rows}")
     start = parse_start(args.start)
+    if start.kind in ("logit", "token"):  # a text that is no token: said before the direction
+        check_start_token(start, args.model)
     if start.kind == "token" and not args.downstream:
         raise UserError("a token's embedding has no inputs: grow it with --downstream")
     if start.kind == "logit" and args.downstream:
@@ -129,7 +137,27 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
             check_writable_file(args.stats, "--stats")
         check_not_an_output(args.stats, args.out, "--stats")
     check_writable(args.out)
+    earlier_set(args.out, GRAPH_MARK, OUTPUT_NAMES)  # a model, another tool's graph.json: now
     return start, formats
+
+
+def check_start_token(spec: StartSpec, model: str) -> None:
+    """Refuse now a ``--start`` text that is not one token of ``model``'s tokenizer (read
+    alone: light). A tokenizer that does not load is left to the model's full load, which
+    says what is wrong with it."""
+    from toy_models.checkpoint import TOKENIZER_FILE
+    from toy_models.tokenizer import load_tokenizer
+    from toy_models.zoo import resolve_model_dir
+
+    path = resolve_model_dir(model) / TOKENIZER_FILE  # an unknown model: refused here
+    try:
+        tokenizer = load_tokenizer(path)
+    except (OSError, ValueError):
+        return
+    try:
+        single_token(tokenizer, spec.text)
+    except ValueError as exc:
+        raise UserError(f"--start {spec.written!r}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

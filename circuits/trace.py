@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
+from toy_models.files import earlier_set
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
 MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
@@ -40,6 +41,14 @@ MECHANISMS_FILE = "mechanisms.json"
 # and reports.outputs.STAGING_DIR (where the set is written before it is moved into place).
 OUTPUT_FILES = ("full_graph.safetensors", MECHANISMS_FILE)
 OUTPUT_DIRS = ("features", ".writing")
+# = reports.outputs.GRAPH_SET (not imported: start-up): what --out is checked against before
+# any work (``toy_models.files.earlier_set``), here and in circuits.global_graph
+GRAPH_MARK = "graph.json"
+OUTPUT_NAMES = frozenset(
+    (GRAPH_MARK, "graph.safetensors", "graph.dot", "graph.html", "graph-metadata.json",
+     *OUTPUT_FILES, *(d for d in OUTPUT_DIRS if not d.startswith(".")),
+     *(f"graph.{fmt}" for fmt in FORMATS))
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -214,6 +223,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         if args.dashboards:
             check_not_an_output(args.dashboards_file, args.out, "--dashboards-file")
     check_writable(args.out)
+    earlier_set(args.out, GRAPH_MARK, OUTPUT_NAMES)  # a model, another tool's graph.json: now
     return formats
 
 

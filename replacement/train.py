@@ -171,10 +171,13 @@ def train_replacement(
     quiet: bool = False,
     stop_after: int | None = None,
     activations: Path | None = None,
+    base: Path | None = None,
 ):
     """Train the dictionaries of ``layers`` (all by default) with scales folded in, from the
     streamed model or, with ``activations``, from that cached activation set (it must hold
-    ``layers`` and have been built from this model).
+    ``layers`` and have been built from this model). ``base``: the set whose layers will fill
+    those not trained (the caller builds the complete set); it must load for this model, and
+    it is part of the run's identity (a resume with another base is refused).
 
     Returns ``(toy model, LayerDictionaries, meta)``; ``meta`` holds the training figures.
     ``stop_after`` ends the run after the checkpoint at that step, as an interruption would;
@@ -192,6 +195,15 @@ def train_replacement(
     if activations is not None:
         check_apart(out, Path(activations))
     run = ResumableRun(out, resume=resume, outputs=(SET_FILE,), window=STATS_WINDOW)
+    # what the identity holds before the model is loaded; the set the other layers come from
+    # by its content, not its path (None: no base, a key the identity then leaves out)
+    known = {"shapes": asdict(shapes), "train": asdict(cfg), "base_sha256": None}
+    if base is not None:
+        from toy_models.files import file_sha256
+
+        known["base_sha256"] = file_sha256(Path(base) / SET_FILE)
+    if resume:  # another run's checkpoint: refused before any heavy work
+        run.check_resumable(known)
 
     # 2) the frozen model, and the dictionaries with their optimizer (restored on --resume)
     import torch
@@ -214,6 +226,10 @@ def train_replacement(
 
         cache = ActivationCache(activations, model)
         cache.check_layers(layers)
+    if base is not None:  # a set it cannot use: refused now, not after the training
+        from .model import ReplacementModel
+
+        ReplacementModel.load(base, model)
     torch.manual_seed(cfg.seed)
     dicts = LayerDictionaries(layers, model.cfg.d_model, shapes)
     opt = torch.optim.Adam(dicts.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
@@ -225,6 +241,8 @@ def train_replacement(
     }
     if cache is not None:  # a streaming run's identity stays what it was
         identity["activations"] = cache.plan.cache_id()
+    if base is not None:  # so does that of a run without a base
+        identity["base_sha256"] = known["base_sha256"]
     run.start(identity, dicts, opt, stats=STAT_NAMES)
     if run.step:
         dicts.check_buffers(str(run.checkpoint / WEIGHTS_FILE))
@@ -360,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         steps=args.steps,
         activations=args.activations,
+        base=args.base,
     )
     from .model import ReplacementModel
 

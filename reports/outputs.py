@@ -13,14 +13,20 @@ fails while writing (a full disk) leaves an earlier run's set as it was, never a
 prompts' files (only a kill inside the few renames could). Two runs writing into one
 directory at once would share the staging directory, so a run holds ``out/.writing.lock``
 (its process id) while it writes; another finds it and is refused in one line (a killed
-run's lock is taken over). Outputs of an earlier run that
-this run does not write again (a render in another format, ``full_graph.safetensors``,
-feature files, ``mechanisms.json``) are removed then, so a reused directory never shows a
-stale file beside a new graph; nothing else in ``out`` is touched (``OUTPUT_NAMES``), and an
-entry of those names in an ``out`` that holds no earlier set's ``graph.json`` is the user's:
-the run refuses rather than replace it. ``write_set`` is that machinery for any set of files
-(``OutputSet``: its names and the file that marks it); ``reports.heads`` writes its report
-with it too.
+run's lock is taken over).
+
+A run records what it wrote in ``out`` (``.graph-set.json``, ``toy_models.files
+.write_set_record``, written atomically), and only what an earlier run recorded there is
+replaced or removed: its outputs that this run does not write again (a render in another
+format, ``full_graph.safetensors``, feature files, ``mechanisms.json``) go, so a reused
+directory never shows a stale file beside a new graph; nothing else in ``out`` is touched
+(``OUTPUT_NAMES``). The run refuses in one line, before its files are written and with
+nothing touched, an ``out`` where it could destroy work that is not its own
+(``toy_models.files.earlier_set``): a model or a replacement set; a ``graph.json`` with no
+record beside it (circuit-tracer's output, say, or a set of a version that kept no record:
+move it away or choose another ``--out``); an entry of the set's names that no record lists.
+``write_set`` is that machinery for any set of files (``OutputSet``: its names and the file
+that marks it); ``reports.heads`` writes its report with it too.
 """
 
 from __future__ import annotations
@@ -38,12 +44,15 @@ from circuits.graph import Graph
 from circuits.neuronpedia import to_json
 from toy_models.files import (
     WriteError,
+    earlier_set,
     fresh_directory,
     make_dir,
     process_alive,
+    set_record_name,
     swap_directory,
     temp_path,
     write_json_atomic,
+    write_set_record,
 )
 
 from .feature_files import FEATURES_DIR, INDEX_FILE, write_feature_files
@@ -81,10 +90,15 @@ T = TypeVar("T")
 class OutputSet:
     """The entries a command writes into its output directory as one set (``write_set``):
     ``names``, every name the set can hold there (nothing else in the directory is touched),
-    and ``mark``, a file in every set, which tells an earlier run's set from a user's files."""
+    and ``mark``, a file in every set, which names the set's record (``record``)."""
 
     names: frozenset[str]
     mark: str
+
+    @property
+    def record(self) -> str:
+        """The file in ``out`` that lists what the set's run wrote there."""
+        return set_record_name(self.mark)
 
 
 GRAPH_SET = OutputSet(OUTPUT_NAMES, "graph.json")  # a traced or global graph's files
@@ -143,6 +157,7 @@ def write_set(out: Path, kind: OutputSet, fill: Callable[[Path], T]) -> tuple[T,
     this one does not write again are removed (``kind``). Returns ``(result, notes)``; an OSError
     names the file in ``out``, not its staged copy."""
     out = Path(out)
+    earlier_set(out, kind.mark, kind.names)  # refused before any work, nothing touched
     make_dir(out)  # listed: a run stopped before its set is in place leaves no empty --out
     stage = out / STAGING_DIR
     try:
@@ -190,39 +205,37 @@ def _writing_lock(out: Path) -> Iterator[None]:
 
 def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
     """Replace ``out``'s output set by the one written in ``stage``: each new entry moved in
-    (a directory by ``swap_directory``, so one version exists at every moment), then the files
-    of an earlier run that the set does not replace removed, one note each. A name in ``out``
-    held by the other kind of entry (a directory named ``graph.html``) is refused before
-    anything moves."""
-    # the mark first: it is in every set, so an entry of the set's names beside no mark was
-    # not written by a run (a run killed among these renames had moved the mark already)
-    new = sorted(stage.iterdir(), key=lambda entry: (entry.name != kind.mark, entry.name))
-    earlier_set = (out / kind.mark).is_file()
+    (a directory by ``swap_directory``, so one version exists at every moment), then the
+    entries the earlier set recorded that this one does not replace removed, one note each.
+    Anything in ``out`` that is not the earlier set's (``earlier_set``), and a name held by
+    the other kind of entry (a directory named ``graph.html``), are refused before anything
+    moves. The record lists every entry of both sets while they move (a run killed among the
+    renames leaves nothing of its own unlisted), then this set's alone."""
+    new = sorted(stage.iterdir(), key=lambda entry: entry.name)
     for entry in new:
         target = out / entry.name
-        if target.exists() and (entry.is_dir() != target.is_dir() or target.is_symlink()):
+        if os.path.lexists(target) and (entry.is_dir() != target.is_dir() or target.is_symlink()):
             raise WriteError(errno.EEXIST, "in the way: not the kind of entry the run writes",
                              str(target))  # fmt: skip
-    if not earlier_set:  # then nothing of the set's names there is a run's to replace
-        for entry in sorted(out.iterdir()):
-            if entry.name in kind.names:
-                raise WriteError(errno.EEXIST, f"in the way: not written by a run (there is no "
-                                 f"{kind.mark} beside it); move it or choose another --out",
-                                 str(entry))  # fmt: skip
+    earlier = earlier_set(out, kind.mark, kind.names)  # again: under the lock, just before
+    written = {entry.name: "directory" if entry.is_dir() else "file" for entry in new}
+    write_set_record(out, kind.mark, {**earlier, **written})
     for entry in new:
         if entry.is_dir():
             swap_directory(entry, out / entry.name)
         else:
             os.replace(entry, out / entry.name)
     notes = []
-    written = {entry.name for entry in new}
-    for entry in sorted(out.iterdir()):
-        if entry.name in kind.names and entry.name not in written:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            notes.append(f"removed {entry} of an earlier run")
+    for name in sorted(set(earlier) - set(written)):
+        entry = out / name
+        if not os.path.lexists(entry):
+            continue
+        if earlier[name] == "directory":
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        notes.append(f"removed {entry} of an earlier run")
+    write_set_record(out, kind.mark, written)
     stage.rmdir()
     return notes
 

@@ -295,3 +295,91 @@ def test_an_option_given_twice_is_refused_and_a_dash_value_is_explained(capsys):
         if "argparse.ArgumentParser(" in path.read_text()
     ]
     assert plain == []
+
+
+def someone_elses_folder(path: Path) -> dict:
+    """circuit-tracer's output (graph.json, features/) beside the user's own files; returns
+    every file's bytes, to compare after a refused run."""
+    (path / "features").mkdir(parents=True)
+    (path / "features" / "0.json").write_text('{"index": 0}')
+    (path / "graph.json").write_text('{"metadata": {"slug": "theirs"}, "nodes": [], "links": []}')
+    (path / "graph.pdf").write_text("my drawing")
+    (path / "notes.txt").write_text("mine")
+    return files_in(path)
+
+
+def files_in(path: Path) -> dict:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_a_graph_json_no_run_wrote_is_refused_not_replaced(tmp_path, fresh_cli):
+    """Found by a fuzz pass (lost work): ``circuits.trace --out D``, ``circuits.global_graph
+    --out D`` and ``reports.heads`` took any graph.json (heads.json) in D for an earlier run's
+    and replaced it, deleting circuit-tracer's features/ and the user's graph.pdf. A run now
+    writes only where its own record (``.graph-set.json``) says an earlier run wrote; a mark
+    with no record beside it is refused in one line, every file kept (global_graph before any
+    work: torch is never imported)."""
+    from reports.heads.report import REPORT_SET
+    from reports.outputs import write_set
+    from toy_models.files import WriteError
+
+    out = tmp_path / "D"
+    before = someone_elses_folder(out)
+    code, heavy, err = fresh_cli(
+        "circuits.global_graph", ["--start", "lorsa:1:2", "--out", str(out)]
+    )
+    assert code == 2 and heavy == [] and err.count("\n") == 0, err
+    assert f"cannot write {out / 'graph.json'}: not written by a run of this version" in err
+    assert "choose another --out" in err
+    result = run("circuits.trace", "--prompt", "hi there", "--no-dashboards", "--no-checks",
+                 "--no-qk", "--format", "", "--out", str(out))  # fmt: skip
+    assert_one_line_error(result, f"{out / 'graph.json'}: not written by a run of this version")
+    assert files_in(out) == before and sorted(p.name for p in out.iterdir()) == [
+        "features", "graph.json", "graph.pdf", "notes.txt"]  # fmt: skip
+    # reports.heads' set, marked by heads.json, the same way
+    (tmp_path / "H").mkdir()
+    (tmp_path / "H" / "heads.json").write_text('{"mine": true}')
+    with pytest.raises(WriteError, match="heads.json: not written by a run of this version"):
+        write_set(tmp_path / "H", REPORT_SET, lambda stage: (stage / "heads.json").write_text("{}"))
+    assert files_in(tmp_path / "H") == {"heads.json": b'{"mine": true}'}
+
+
+def test_an_output_folder_holding_a_model_or_a_replacement_set_is_refused(tmp_path, fresh_cli):
+    """Found by a fuzz pass: ``circuits.trace``, ``reports.superposition`` and
+    ``toy_models.train --out`` accepted a model's folder or a replacement set's and wrote
+    beside model.safetensors. Every command's output directory refuses one now (as
+    ``reports.heads`` did), except the trainers' own runs, in one line, nothing written."""
+    model, replacement = tmp_path / "model", tmp_path / "set"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_text("weights")
+    replacement.mkdir()
+    (replacement / "replacement.json").write_text("{}")
+    before = files_in(tmp_path)
+    for module, args, where in [
+        ("circuits.global_graph", ["--start", "lorsa:1:2"], model),
+        ("reports.superposition", [], model),
+        ("reports.superposition", [], replacement),
+        ("toy_models.train", ["--config", "tiny"], replacement),
+        ("toy_models.train", ["--config", "tiny", "--resume"], replacement),
+        ("replacement.train", ["--config", "tiny"], model),
+    ]:
+        code, heavy, err = fresh_cli(module, [*args, "--out", str(where)])
+        what = "a model (config.json)" if where == model else "a replacement set (replacement.json)"
+        assert code == 2 and err.count("\n") == 0 and f"holds {what}" in err, (module, err)
+        assert heavy == [] or module == "replacement.train", module  # before any work
+    result = run("circuits.trace", "--prompt", "hi there", "--no-dashboards", "--no-checks",
+                 "--no-qk", "--format", "", "--out", str(replacement))  # fmt: skip
+    assert_one_line_error(result, "holds a replacement set (replacement.json)")
+    assert files_in(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "set"]
+
+
+def test_the_global_graphs_copy_of_the_output_names_is_the_reports():
+    """``circuits.global_graph`` checks --out against the set's names before torch is imported,
+    from a copy of ``reports.outputs``' names."""
+    from circuits import global_graph
+    from reports.outputs import GRAPH_SET
+
+    assert global_graph.OUTPUT_NAMES == GRAPH_SET.names
+    assert global_graph.GRAPH_MARK == GRAPH_SET.mark

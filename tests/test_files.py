@@ -1,6 +1,7 @@
 """Atomic writes (``toy_models.files``) when several writers save one file at once, and the
 temp files that killed writers leave behind."""
 
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,187 @@ def test_a_link_device_or_fifo_in_the_way_is_never_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link", "target"]
     write_json_atomic(target, {"a": 1})  # a regular file is replaced as before
     assert target.read_text().startswith("{")
+
+
+# ----------------------------------------------------------------- output sets (a fuzz pass)
+SET_NAMES = frozenset({"graph.json", "graph.pdf", "graph.svg", "features"})
+
+
+def write_a_set(out: Path, names=("graph.json", "graph.svg"), features: bool = False):
+    """A set of ``names`` (and ``features/``) written by ``reports.outputs.write_set``."""
+    from reports.outputs import OutputSet, write_set
+
+    def fill(stage: Path) -> list[str]:
+        for name in names:
+            (stage / name).write_text(f"new {name}")
+        if features:
+            (stage / "features").mkdir()
+            (stage / "features" / "1.json").write_text("new")
+        return sorted(p.name for p in stage.iterdir())
+
+    return write_set(out, OutputSet(SET_NAMES, "graph.json"), fill)
+
+
+def snapshot(directory: Path) -> dict:
+    return {
+        p.relative_to(directory).as_posix(): None if p.is_dir() else p.read_bytes()
+        for p in directory.rglob("*")
+    }
+
+
+def test_a_set_records_what_it_wrote_and_replaces_only_that(tmp_path):
+    """Found by a fuzz pass (lost work): a set's clean-up removed whatever of its names stood in
+    --out beside any graph.json. A run now records what it wrote (``.graph-set.json``); the next
+    run replaces and removes exactly those entries, and nothing else in the directory."""
+    out = tmp_path / "out"
+    written, notes = write_a_set(out, ("graph.json", "graph.svg", "graph.pdf"), features=True)
+    assert notes == [] and written == ["features", "graph.json", "graph.pdf", "graph.svg"]
+    record = json.loads((out / ".graph-set.json").read_text())
+    assert record == {
+        "set": "graph.json",
+        "entries": {
+            "features": "directory",
+            "graph.json": "file",
+            "graph.pdf": "file",
+            "graph.svg": "file",
+        },
+    }
+    (out / "notes.txt").write_text("mine")
+    written, notes = write_a_set(out)  # no pdf, no features this time: removed, one note each
+    assert notes == [f"removed {out / 'features'} of an earlier run",
+                     f"removed {out / 'graph.pdf'} of an earlier run"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".graph-set.json", "graph.json", "graph.svg", "notes.txt"]  # fmt: skip
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / ".graph-set.json").read_text())["entries"] == {
+        "graph.json": "file", "graph.svg": "file"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("another tool's graph.json", "graph.json: not written by a run of this version"),
+        ("an unlisted entry", r"graph.pdf: in the way: not written by a run \(.graph-set.json"),
+        ("a listed file now a folder", "graph.svg: in the way: not the file a run wrote"),
+        ("a listed file now a link", "graph.svg: in the way: not the file a run wrote"),
+        ("a forged record", ".graph-set.json: not a record of this project's outputs"),
+        ("a record that is a link", ".graph-set.json: not a record of this project's outputs"),
+        ("a model", r"out: holds a model \(config.json\); write the outputs elsewhere"),
+        ("a replacement set", r"holds a replacement set \(replacement.json\)"),
+    ],
+)
+def test_what_a_set_did_not_write_is_refused_and_nothing_is_touched(tmp_path, case, message):
+    """Found by a fuzz pass (lost work): ``circuits.trace --out D`` where D held
+    circuit-tracer's graph.json and features/ (and the user's graph.pdf) took them for an
+    earlier run's set, replaced graph.json and deleted features/ and graph.pdf. A directory
+    holding a graph.json with no record beside it (another tool's, or a set of a version that
+    kept no record), anything of the set's names that the record does not list (or not as it
+    stands), a record this code did not write, or a model or replacement set, is refused in one
+    line: every file stays as it was, and no staging directory, lock or record is left."""
+    from toy_models.files import WriteError
+
+    out = tmp_path / "out"
+    if case == "another tool's graph.json":  # circuit-tracer's output, and the user's files
+        (out / "features").mkdir(parents=True)
+        (out / "features" / "0.json").write_text("theirs")
+        (out / "graph.json").write_text('{"metadata": {}, "nodes": [], "links": []}')
+        (out / "graph.pdf").write_text("my drawing")
+    else:
+        write_a_set(out)
+    if case == "an unlisted entry":
+        (out / "graph.pdf").write_text("my drawing")
+    elif case == "a listed file now a folder":
+        (out / "graph.svg").unlink()
+        (out / "graph.svg").mkdir()
+        (out / "graph.svg" / "mine.txt").write_text("mine")
+    elif case == "a listed file now a link":
+        (out / "graph.svg").unlink()
+        (tmp_path / "elsewhere.svg").write_text("mine")
+        (out / "graph.svg").symlink_to(tmp_path / "elsewhere.svg")
+    elif case == "a forged record":  # a record naming a path outside the set's names
+        (out / ".graph-set.json").write_text(
+            json.dumps({"set": "graph.json", "entries": {"../precious": "directory"}})
+        )
+    elif case == "a record that is a link":
+        record = out / ".graph-set.json"
+        (tmp_path / "record.json").write_bytes(record.read_bytes())
+        record.unlink()
+        record.symlink_to(tmp_path / "record.json")
+    elif case == "a model":
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_text("weights")
+    elif case == "a replacement set":
+        (out / "replacement.json").write_text("{}")
+    before = snapshot(out)
+    with pytest.raises(WriteError, match=message) as info:
+        write_a_set(out, ("graph.json", "graph.svg", "graph.pdf"), features=True)
+    assert "\n" not in str(info.value)
+    assert snapshot(out) == before
+
+
+def test_a_run_cut_short_among_its_renames_leaves_everything_it_moved_recorded(
+    tmp_path, monkeypatch
+):
+    """The record lists both sets' entries while the new set moves in, so a run killed among
+    the renames leaves nothing of its own unlisted: the next run replaces the mix whole."""
+    import os
+
+    out = tmp_path / "out"
+    write_a_set(out, ("graph.json", "graph.svg"))
+    replace = os.replace
+
+    def killed_at_graph_pdf(source, dest):  # features/ and graph.json are in place by then
+        if Path(dest) == out / "graph.pdf":
+            raise KeyboardInterrupt
+        replace(source, dest)
+
+    monkeypatch.setattr(os, "replace", killed_at_graph_pdf)
+    with pytest.raises(KeyboardInterrupt):
+        write_a_set(out, ("graph.json", "graph.pdf"), features=True)
+    monkeypatch.undo()
+    assert (out / "graph.json").read_text() == "new graph.json" and (out / "features").is_dir()
+    listed = json.loads((out / ".graph-set.json").read_text())["entries"]
+    assert set(listed) == {"graph.json", "graph.pdf", "graph.svg", "features"}
+    assert not (out / ".writing").exists() and not (out / ".writing.lock").exists()
+    _, notes = write_a_set(out, ("graph.json",))
+    assert sorted(p.name for p in out.iterdir()) == [".graph-set.json", "graph.json"]
+    assert len(notes) == 2  # features/ and graph.svg; graph.pdf never arrived
+
+
+def test_an_output_directory_holding_a_model_or_a_replacement_set_is_refused(tmp_path):
+    """Found by a fuzz pass: ``reports.superposition --out`` (and ``toy_models.train --out``)
+    naming a model's or a replacement set's folder wrote beside its files. The shared check
+    refuses such a folder, except the kind the caller writes itself (a trainer's own run)."""
+    from toy_models.cli import UserError
+    from toy_models.files import check_writable_dir
+
+    model, replacement = tmp_path / "model", tmp_path / "set"
+    model.mkdir()
+    (model / "model.safetensors").write_text("weights")
+    replacement.mkdir()
+    (replacement / "replacement.json").write_text("{}")
+    with pytest.raises(UserError, match=r"--out .*model: holds a model \(model.safetensors\)"):
+        check_writable_dir(model)
+    with pytest.raises(UserError, match=r"--work .*set: holds a replacement set"):
+        check_writable_dir(replacement, "--work")
+    check_writable_dir(model, own=("model.safetensors",))  # toy_models.train, resuming
+    check_writable_dir(replacement, own=("replacement.json",))  # replacement.train's own set
+    with pytest.raises(UserError, match="holds a replacement set"):
+        check_writable_dir(replacement, own=("model.safetensors",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "set"]
+    assert [p.name for p in model.iterdir()] == ["model.safetensors"]
+
+
+def test_the_light_copies_of_the_saved_work_names_are_the_librarys():
+    """``toy_models.files`` names a model's and a replacement set's files without importing
+    the layers that define them; each copy must equal its original."""
+    from replacement import model as replacement_model
+    from replacement.train import SET_FILE
+    from toy_models import checkpoint
+    from toy_models.files import SAVED_WORK, set_record_name
+
+    (model_files, _), (set_files, _) = SAVED_WORK
+    assert model_files == (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE)
+    assert set_files == (replacement_model.CONFIG_FILE,) == (SET_FILE,)
+    assert set_record_name("graph.json") == ".graph-set.json"
+    assert set_record_name("heads.json") == ".heads-set.json"

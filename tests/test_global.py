@@ -1150,3 +1150,113 @@ def test_the_benchmarks_heads_file_is_read_as_untrusted(
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(UserError, match="nested too deeply"):
         taxonomy(replacement, tokenizer, path)
+
+
+# ----------------------------------------------------------------- found by a fuzz pass
+def test_a_file_that_is_not_this_models_statistics_is_never_advised_away(
+    replacement, stats, tmp_path, random_rows, monkeypatch
+):
+    """Found by a fuzz pass: ``--stats`` naming a model's weights, or another model's valid
+    statistics, was answered "remove it to gather the statistics again": advice that deletes
+    someone's work. Removal is suggested (once) only for a damaged or old-format statistics
+    file; for anything else the line says what the file is and asks for another --stats."""
+    weights = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights))
+    text = tmp_path / "notes.safetensors"
+    text.write_text("not safetensors at all")
+    theirs = tmp_path / "theirs.safetensors"
+    stats.save(theirs)
+    other = copy.deepcopy(replacement)  # the same sizes, other weights: another set
+    with torch.no_grad():
+        next(other.transcoders[0].parameters()).add_(1e-3)
+    good = tmp_path / "stats.safetensors"
+    stats.save(good)
+    old = rewrite(good, tmp_path / "old.safetensors", header=lambda h: h | {"version": 2})
+    newer = rewrite(good, tmp_path / "newer.safetensors", header=lambda h: h | {"version": 99})
+    broken = bytearray(good.read_bytes())
+    broken[len(broken) // 2] ^= 0xFF
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(bytes(broken))
+    interrupted = tmp_path / "run" / "stats.safetensors"
+    gather_killed_at_row_6(replacement, interrupted, monkeypatch)
+    partial = partial_path(interrupted)
+    not_stats = "not a statistics file (no statistics header); pass another --stats"
+    for path, model, message in [
+        (weights, replacement, not_stats),
+        (text, replacement, not_stats),
+        (theirs, other, "made for another replacement set"),
+        (newer, replacement, "statistics of a newer format than this version reads"),
+        (partial, replacement, "the partial file of an interrupted gathering, not finished "
+                               f"statistics; pass another --stats (to resume it: --stats "
+                               f"{interrupted})"),
+        (old, replacement, "statistics of an older format than this version reads (5); remove it "
+                           "to gather the statistics again, or pass another --stats"),
+        (damaged, replacement, "(damaged)); remove it to gather the statistics again, or "
+                               "pass another --stats"),
+    ]:  # fmt: skip
+        before = path.read_bytes()
+        with pytest.raises(ValueError) as info:
+            statistics_for(model, None, "random", path)
+        line = str(info.value)
+        assert line.startswith(f"{path}: ") and message in line and "\n" not in line, line
+        assert line.count("remove") == (path in (old, damaged)), line
+        assert line.count("pass another --stats") == 1, line
+        assert path.read_bytes() == before  # kept
+    # reports.heads' default file (no flag to name another): moved away, never removed
+    with pytest.raises(ValueError, match="made for another replacement set.*; move it away "
+                       "to gather this model's statistics there$"):  # fmt: skip
+        statistics_for(other, None, "random", theirs, option=None)
+
+
+def test_fewer_rows_than_an_interrupted_gathering_holds_are_refused_before_announcing(
+    replacement, tmp_path, random_rows, monkeypatch, capsys
+):
+    """Found by a fuzz pass: ``--rows 100`` with a partial file of more rows printed
+    "gathering statistics over 100 rows ... (once)", then refused it. Refused before a
+    gathering is announced now; more rows than it was asked for resume it on its row stream
+    (it was refused for its settings, after "(once)"), and the line says so."""
+    path = tmp_path / "stats.safetensors"
+    gather_killed_at_row_6(replacement, path, monkeypatch)  # 4 of 7 rows, n_ctx 8
+    before = partial_path(path).read_bytes()
+    capsys.readouterr()
+    with pytest.raises(ValueError) as info:
+        statistics_for(replacement, None, "random", path, rows=3)
+    assert str(info.value).startswith(
+        f"{partial_path(path)}: holds statistics over 4 rows, more than the 3 asked for"
+    )
+    assert "gathering" not in capsys.readouterr().out
+    assert partial_path(path).read_bytes() == before
+    resumed = statistics_for(replacement, None, "random", path, rows=8)
+    assert (
+        f"gathering statistics over 8 rows into {path} (resuming at 4)" in capsys.readouterr().out
+    )
+    assert_same(resumed, gather_statistics(replacement, None, rows=8, n_ctx=8, progress=False))
+    # the same beside a finished file of fewer rows (an extension to 7 rows interrupted)
+    other = tmp_path / "other.safetensors"
+    gather_statistics(replacement, None, rows=2, n_ctx=8, progress=False, checkpoint=other)
+    gather_killed_at_row_6(replacement, other, monkeypatch)
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="holds statistics over 4 rows, more than the 3 asked"):
+        statistics_for(replacement, None, "random", other, rows=3)
+    assert "gathering" not in capsys.readouterr().out and partial_path(other).is_file()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--start", "token:-1"],
+        ["--start", "token:-1", "--downstream"],
+        ["--start", "logit:-1", "--downstream"],
+    ],
+)
+def test_a_start_text_that_is_no_token_is_said_first(fresh_cli, tmp_path, args):
+    """Found by a fuzz pass: ``--start token:-1`` said "grow it with --downstream", and with
+    --downstream, that -1 is not a token. The token is checked first (the tokenizer alone,
+    before torch), whatever the direction."""
+    code, heavy, err = fresh_cli("circuits.global_graph", [*args, "--out", str(tmp_path / "x")])
+    assert code == 2 and heavy == [] and err.count("\n") == 0, err
+    assert f"error: --start '{args[1]}': target '-1' is not one token of this tokenizer" in err
+    code, _, err = fresh_cli("circuits.global_graph", ["--start", "token: Monday", "--out",
+                                                      str(tmp_path / "x")])  # fmt: skip
+    assert code == 2 and "a token's embedding has no inputs: grow it with --downstream" in err
+    assert not (tmp_path / "x").exists()

@@ -16,6 +16,7 @@ from replacement.lorsa import LorsaConfig, LorsaLayer
 from replacement.model import hook_name
 from reports import heads as H
 from reports.heads.report import _successor_truth_lines, _sweep_section
+from toy_models.files import write_set_record
 
 
 def hand_probe(ids: list[int], corpus: str = "repeat") -> H.ProbeDoc:
@@ -865,6 +866,8 @@ def test_statistics_it_cannot_use_are_refused_before_the_report_is_written(
     (out / "induction_circuit.svg").unlink()
     assert H.main([*args, "--no-induction-circuit"]) == 0
     (out / "induction_circuit.svg").write_text("an earlier run's")
+    record = json.loads((out / ".heads-set.json").read_text())
+    write_set_record(out, "heads.json", {**record["entries"], "induction_circuit.svg": "file"})
     capsys.readouterr()
     assert H.main([*args, "--no-induction-circuit"]) == 0
     assert not (out / "induction_circuit.svg").exists() and (out / "heads.json").is_file()

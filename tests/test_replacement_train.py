@@ -330,3 +330,56 @@ def test_a_layer_named_twice_is_refused(text, layer):
     with pytest.raises(UserError, match=f"^--layers {text}: layer {layer} is named twice"):
         parse_layers(text)
     assert parse_layers("2,0") == [0, 2]
+
+
+def test_a_resume_with_another_base_is_refused(tiny_run, tiny_pretrained, tmp_path, cli):
+    """Found by a fuzz pass: ``--base`` was not part of the checkpoint's identity, so a run
+    resumed with another base set was accepted (its trained layers then shipped among another
+    set's). The base is part of it now, by content: another base (or none) is refused in one
+    line before the model is loaded, nothing written; a copy of the same set elsewhere resumes.
+    A base that does not load for the model is refused before the training, not after."""
+    import json
+    import shutil
+
+    from replacement import train
+    from replacement.activation_cache import build_cache
+    from replacement.model import ReplacementModel
+    from replacement.train import train_replacement
+    from toy_models.cli import UserError
+
+    model, tokenizer = tiny_pretrained
+    tiny = CONFIGS["tiny"]
+    acts = tmp_path / "acts"
+    build_cache(model, tokenizer, acts, tiny.batch_size * (tiny.norm_batches + 8 + tiny.steps),
+                chunk_rows=32, forward_batch=tiny.batch_size, quiet=True)  # fmt: skip
+    base_a, base_b, moved = tmp_path / "a", tmp_path / "b", tmp_path / "moved"
+    _, dicts, meta = train_replacement(str(tiny_run), tmp_path / "full", config="tiny",
+                                       quiet=True, activations=acts)  # fmt: skip
+    full = ReplacementModel(model, list(dicts.lorsas), list(dicts.transcoders))
+    full.save(base_a, str(tiny_run), {"copy": "a"})
+    full.save(base_b, str(tiny_run), {"copy": "b"})
+    shutil.copytree(base_a, moved)
+    out = tmp_path / "run"
+    common = ["--model", tiny_run, "--config", "tiny", "--activations", acts, "--layers", "0",
+              "--out", out, "--resume"]  # fmt: skip
+    assert train_replacement(str(tiny_run), out, layers=[0], config="tiny", quiet=True,
+                             activations=acts, base=base_a, stop_after=10) is None  # fmt: skip
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = cli(train.main, *common, "--base", base_b)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: {out / 'checkpoint'} belongs to another run (base_sha256: '" in err
+    with pytest.raises(UserError, match=r"belongs to another run \(base_sha256: '[0-9a-f]+' th"):
+        train_replacement(str(tiny_run), out, layers=[0], config="tiny", quiet=True,
+                          activations=acts, resume=True)  # fmt: skip
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    code, _, err = cli(train.main, *common, "--base", moved)  # the same set, moved
+    assert code == 0, err
+    assert json.loads((out / "replacement.json").read_text())["meta"]["base"] == str(moved)
+    # a base of another model's sizes: refused before the first step, not after the last
+    other = tmp_path / "other"
+    shutil.copytree(base_a, other)
+    (other / "lorsa.1.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="lorsa.1.safetensors"):
+        train_replacement(str(tiny_run), tmp_path / "bad", layers=[0], config="tiny",
+                          quiet=True, activations=acts, base=other)  # fmt: skip
+    assert not (tmp_path / "bad" / "checkpoint").exists()

@@ -15,6 +15,7 @@ from circuits.mechanism_file import load_summary
 from circuits.trace import main
 from reports.labels import node_label
 from toy_models.cli import run_cli
+from toy_models.files import write_set_record
 
 PROMPT = "Monday, Tuesday, Wednesday,"
 
@@ -173,6 +174,7 @@ def test_trace_vs_runner_up_without_constants_or_mechanisms(tmp_path, capsys):
     (out).mkdir()
     (out / "graph.json").write_text("{}")  # an earlier run's set: replaced,
     (out / "mechanisms.json").write_text("{}")  # and what this run does not write removed
+    write_set_record(out, "graph.json", {"graph.json": "file", "mechanisms.json": "file"})
     code, stdout, err = trace(
         capsys, "--prompt", PROMPT, "--out", str(out), "--vs-runner-up", "--no-constants",
         "--no-mechanisms", "--no-qk", "--max-nodes", "10", "--format", "",
@@ -459,6 +461,7 @@ def test_a_failed_drawing_keeps_every_other_file_and_stale_renders_go(tmp_path, 
     out.mkdir()
     (out / "graph.json").write_text("{}")
     (out / "graph.png").write_text("a drawing of an earlier run")
+    write_set_record(out, "graph.json", {"graph.json": "file", "graph.png": "file"})
     fake = tmp_path / "bin" / "dot"
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\necho 'cdt.c:887: assertion failed' >&2\nexit 134\n")

@@ -756,3 +756,27 @@ def test_a_run_is_shipped_only_under_the_config_it_was_trained_as(tiny_run, tmp_
     with pytest.raises(UserError, match="trained as zoo config 'tiny', not 'default'"):
         ship.ship(tiny_run, "default", dest_root=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ({}, r"state.json: not a training state \(no 'identity'\)"),
+        ({"identity": {"config": "default", "train": {}}, "step": 10, "elapsed_s": 1.0,
+          "recent": []}, r"belongs to another run \(config: 'default' there, 'tiny' here\)"),
+    ],
+)  # fmt: skip
+def test_a_resume_it_cannot_continue_writes_nothing(tmp_path, cli, state, message):
+    """Found by a fuzz pass: ``toy_models.train --resume`` with checkpoint/state.json ``{}``
+    (or another run's) was refused only after the corpus, tokenizer and packed rows had been
+    built and written into the run directory. The state, and the part of the identity known
+    without data, are checked first: one line, nothing written."""
+    from toy_models.train import main
+
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "state.json").write_text(json.dumps(state))
+    code, _, err = cli(main, "--config", "tiny", "--out", out, "--resume")
+    assert code == 2 and err.count("\n") == 1 and re.search(message, err), err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "checkpoint", "checkpoint/state.json"]  # fmt: skip

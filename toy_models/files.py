@@ -211,16 +211,127 @@ def remove_empty_created() -> None:
     forget_created()
 
 
-def check_writable_dir(path: Path, flag: str = "--out") -> None:
+# Folders that hold saved work of their own: a command's outputs written there would land among
+# its files (and a set's clean-up could remove them), so an output directory holding one is
+# refused unless the command writes that very kind (``check_writable_dir``'s ``own``: the
+# trainers, into their run). Names only, not imported (the layers above, and start-up):
+# ``toy_models.checkpoint``'s CONFIG_FILE and WEIGHTS_FILE, ``replacement.model.CONFIG_FILE``.
+SAVED_WORK = (
+    (("config.json", "model.safetensors"), "a model"),
+    (("replacement.json",), "a replacement set"),
+)
+
+
+def saved_work_in(directory: Path, own: tuple[str, ...] = ()) -> str | None:
+    """``a model (config.json)`` when ``directory`` holds saved work (``SAVED_WORK``) of a kind
+    none of whose files is among ``own``, else None."""
+    for names, what in SAVED_WORK:
+        if any(name in own for name in names):
+            continue
+        found = [name for name in names if os.path.lexists(directory / name)]
+        if found:
+            return f"{what} ({found[0]})"
+    return None
+
+
+def check_writable_dir(path: Path, flag: str = "--out", own: tuple[str, ...] = ()) -> None:
     """Create the output directory ``path`` (and its parents) now and prove that files can be
-    written in it, so that a run fails in one line before its work instead of after it."""
+    written in it, so that a run fails in one line before its work instead of after it. A
+    folder holding a model or a replacement set is refused (``SAVED_WORK``), except the kind
+    whose files the caller writes itself (``own``: a trainer's final files)."""
     if path.is_symlink() and not path.exists():
         raise UserError(f"{flag} {path}: is a dangling symbolic link")
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path}: exists and is not a directory")
+    work = saved_work_in(path, own) if path.is_dir() else None
+    if work:
+        raise UserError(f"{flag} {path}: holds {work}; write the outputs elsewhere")
     reason = _cannot_write_in(path)
     if reason:
         raise UserError(f"{flag} {path}: cannot write there ({reason})")
+
+
+# ----------------------------------------------------------------- output sets
+# A command that writes a set of files into one directory (``reports.outputs.write_set``)
+# records there what it wrote, so that a later run replaces and removes only those entries:
+# a file of one of the set's names that no run recorded is someone's own (circuit-tracer writes
+# a graph.json and features/ too) and is never replaced or removed.
+MAX_RECORD_BYTES = 1 << 16  # a record lists a few dozen names
+
+
+def set_record_name(mark: str) -> str:
+    """The file in an output directory listing what a set marked by ``mark`` put there:
+    hidden, named after the set (``graph.json``: ``.graph-set.json``)."""
+    return f".{mark.partition('.')[0]}-set.json"
+
+
+def write_set_record(out: Path, mark: str, entries: dict[str, str]) -> None:
+    """Record (atomically) that ``entries`` (name: ``file`` or ``directory``) in ``out`` are
+    a set's, one marked by ``mark``."""
+    record = {"set": mark, "entries": dict(sorted(entries.items()))}
+    write_json_atomic(out / set_record_name(mark), record)
+
+
+def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> dict[str, str] | None:
+    """The entries a set record at ``path`` lists, or None when it is not one this code wrote
+    (a link, too large, not JSON, another set's, names outside ``names``)."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
+            return None
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or set(record) != {"set", "entries"}:
+        return None
+    entries = record["entries"]
+    if (
+        record["set"] != mark
+        or not isinstance(entries, dict)
+        or not all(
+            name in names and kind in ("file", "directory") for name, kind in entries.items()
+        )
+    ):
+        return None
+    return entries
+
+
+def earlier_set(out: Path, mark: str, names: frozenset[str]) -> dict[str, str]:
+    """The entries (name: ``file`` or ``directory``) that an earlier set marked by ``mark``
+    recorded writing into ``out`` (``write_set_record``): those a new set may replace or
+    remove; {} when there is none. Creates nothing. Refused in one line (``WriteError`` naming
+    the entry), so that nothing is touched, when ``out`` holds saved work (``SAVED_WORK``), a
+    record this code did not write, the ``mark`` with no record beside it (another tool's file,
+    or a set written before sets were recorded), or an entry of the set's ``names`` that no
+    record lists, or not as what stands there (someone's own)."""
+    if not out.is_dir():
+        return {}
+    work = saved_work_in(out)
+    if work:
+        raise WriteError(errno.EEXIST, f"holds {work}; write the outputs elsewhere", str(out))
+    record = out / set_record_name(mark)
+    entries, recorded = {}, os.path.lexists(record)
+    if recorded:
+        entries = _read_set_record(record, mark, names)
+        if entries is None:
+            raise WriteError(errno.EEXIST, "not a record of this project's outputs; move it "
+                             "away or choose another --out", str(record))  # fmt: skip
+    elif os.path.lexists(out / mark):
+        raise WriteError(errno.EEXIST, f"not written by a run of this version (there is no "
+                         f"{record.name} beside it: another tool's file, or a set of an older "
+                         "version, which kept no record); choose another --out (or move that "
+                         "set away)", str(out / mark))  # fmt: skip
+    for entry in sorted(out.iterdir()):
+        if entry.name not in names:
+            continue
+        kind = entries.get(entry.name)
+        if kind is None:
+            why = f"{record.name} does not list it" if recorded else f"there is no {mark} beside it"
+            raise WriteError(errno.EEXIST, f"in the way: not written by a run ({why}); move it "
+                             "or choose another --out", str(entry))  # fmt: skip
+        if entry.is_symlink() or entry.is_dir() != (kind == "directory"):
+            raise WriteError(errno.EEXIST, f"in the way: not the {kind} a run wrote there; "
+                             "move it or choose another --out", str(entry))  # fmt: skip
+    return entries
 
 
 def check_writable_file(path: Path, flag: str) -> None:

@@ -10,6 +10,7 @@ and at the end, is one directory swapped in whole (``toy_models.files.swap_direc
 Nothing is pickled. A trainer (dictionary_learning's ``trainSAE`` is the model):
 
     run = ResumableRun(out, resume=resume, outputs=("model.safetensors",))  # 1) the directory
+    if resume: run.check_resumable(identity known now)  # refused before anything is written
     ...build the data, the module and its optimizer...                        # 2)
     run.start(identity, module, optimizer)  # 3) restored from the checkpoint on --resume
     run.train(step, total_steps, checkpoint_every=..., desc=...)             # 4) the loop
@@ -48,7 +49,7 @@ class ResumableRun:
         self.checkpoint = self.out / CHECKPOINT_DIR
         self._tmp = self.checkpoint.with_name(CHECKPOINT_DIR + ".tmp")
         self.step, self.elapsed_s, self.recent = 0, 0.0, []
-        check_writable_dir(self.out)
+        check_writable_dir(self.out, own=outputs)  # a model or set of another kind: refused
         if resume:
             self._recover()
             if not (self.checkpoint / STATE_FILE).is_file():
@@ -85,12 +86,29 @@ class ResumableRun:
         belongs to a run with this ``identity`` (JSON: config, steps, model hash...).
         ``stats``: the names of the statistics ``step`` returns; the checkpoint's recent
         statistics must be exactly those, finite numbers."""
-        from .checkpoint import load_checked, load_optimizer, read_json
+        from .checkpoint import load_checked, load_optimizer
 
         identity = json.loads(json.dumps(identity))  # as it reads back (tuples are lists)
         self.identity, self.module, self.optimizer = identity, module, optimizer
         if not self.resume:
             return
+        step, elapsed, recent = self.check_resumable(identity, stats, whole=True)
+        load_checked(module, self.checkpoint / WEIGHTS_FILE, STATE_FILE)
+        load_optimizer(optimizer, self.checkpoint / OPTIMIZER_FILE, step)
+        self.step, self.elapsed_s, self.recent = step, float(elapsed), recent[-self.window :]
+
+    def check_resumable(
+        self, identity: dict, stats: tuple[str, ...] = (), whole: bool = False
+    ) -> tuple[int, float, list]:
+        """On ``--resume``, refuse a checkpoint that cannot be resumed by this run: a state
+        that is not one, or another run's. A trainer calls it before preparing anything (its
+        data) with the part of its ``identity`` known by then (``whole``: False, only those
+        keys are compared), so that a refused resume writes nothing; ``start`` calls it with
+        the whole. Returns the saved step, elapsed time and recent statistics."""
+        from .checkpoint import read_json
+
+        if not self.resume:
+            raise ValueError("check_resumable is for a resumed run")
         if (self.checkpoint / "optimizer.pt").exists() and not (
             self.checkpoint / OPTIMIZER_FILE
         ).exists():
@@ -104,7 +122,8 @@ class ResumableRun:
             saved, step, elapsed = state["identity"], state["step"], state["elapsed_s"]
             recent = state["recent"]
             valid = (
-                isinstance(step, int)
+                isinstance(saved, dict)
+                and isinstance(step, int)
                 and not isinstance(step, bool)
                 and 0 <= step
                 and isinstance(elapsed, int | float)
@@ -117,18 +136,19 @@ class ResumableRun:
         except KeyError as exc:
             raise ValueError(f"{path}: not a training state (no {exc})") from None
         if not valid:
-            raise ValueError(f"{path}: not a training state (step, elapsed_s or recent invalid)")
+            raise ValueError(f"{path}: not a training state (identity, step, elapsed_s or "
+                             "recent invalid)")  # fmt: skip
         if diverged:
             raise ValueError(
                 f"{path}: the run diverged (a NaN or infinite statistic among its last steps): "
                 "resuming would train on from it; start a new run"
             )
-        if saved != identity:
-            diff = _first_difference(saved, identity)
+        identity = json.loads(json.dumps(identity))  # as it reads back (tuples are lists)
+        compared = saved if whole else {k: saved.get(k) for k in identity}
+        if compared != identity:
+            diff = _first_difference(compared, identity)
             raise UserError(f"{self.checkpoint} belongs to another run ({diff})")
-        load_checked(module, self.checkpoint / WEIGHTS_FILE, STATE_FILE)
-        load_optimizer(optimizer, self.checkpoint / OPTIMIZER_FILE, step)
-        self.step, self.elapsed_s, self.recent = step, float(elapsed), recent[-self.window :]
+        return step, elapsed, recent
 
     def save(self) -> None:
         """Write the checkpoint at ``self.step``: a complete directory beside the old one,

@@ -97,6 +97,21 @@ def data_identity(cfg: TrainConfig) -> dict:
     }
 
 
+def check_cached_data(out: Path, entry, cfg: TrainConfig) -> None:
+    """Refuse a run directory whose cached tokenizer and packed rows were built from another
+    corpus than ``cfg``'s (``data/source.json`` records it: ``data_identity``), before
+    anything is written there."""
+    from .checkpoint import TOKENIZER_FILE, read_json
+
+    packed_path = out / "data" / f"packed-{entry.model['n_ctx']}.safetensors"
+    source_path = out / "data" / "source.json"
+    if (out / TOKENIZER_FILE).exists() or packed_path.exists():
+        recorded = read_json(source_path) if source_path.exists() else None
+        if recorded != data_identity(cfg):
+            what = "an older run's" if recorded is None else "another corpus's (seed, sizes)"
+            raise UserError(f"{out} holds {what} tokenizer and packed rows; choose another --out")
+
+
 def prepare_data(out: Path, entry, cfg: TrainConfig):
     """Corpus -> tokenizer -> packed token rows, each cached in the run directory; returns
     them with the SHA-256 of both files (a checkpoint records them: a resume on other data is
@@ -104,22 +119,18 @@ def prepare_data(out: Path, entry, cfg: TrainConfig):
 
     ``data/source.json`` records what they were built from (``data_identity``); a run whose
     corpus differs (another ``--seed``, say) is refused rather than trained on them."""
-    from .checkpoint import TOKENIZER_FILE, read_json, save_state_atomic
+    from .checkpoint import TOKENIZER_FILE, save_state_atomic
     from .data import build_corpus, pack_sequences
     from .files import file_sha256, write_json_atomic, write_text_atomic
     from .tokenizer import load_tokenizer, tokenizer_text, train_tokenizer
 
+    check_cached_data(out, entry, cfg)
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_path = out / TOKENIZER_FILE
     n_ctx = entry.model["n_ctx"]
     packed_path = data_dir / f"packed-{n_ctx}.safetensors"
     source_path, source = data_dir / "source.json", data_identity(cfg)
-    if tokenizer_path.exists() or packed_path.exists():
-        recorded = read_json(source_path) if source_path.exists() else None
-        if recorded != source:
-            what = "an older run's" if recorded is None else "another corpus's (seed, sizes)"
-            raise UserError(f"{out} holds {what} tokenizer and packed rows; choose another --out")
     corpus = build_corpus(cfg.n_docs, seed=cfg.seed, cache_dir=data_dir)
     if tokenizer_path.exists():
         tokenizer = load_tokenizer(tokenizer_path)
@@ -184,6 +195,9 @@ def train(
         raise ValueError(f"stop_after={stop_after} is not a checkpoint step")
     out = Path(out)
     run = ResumableRun(out, resume=resume, outputs=(WEIGHTS_FILE,), window=LOSS_WINDOW)
+    check_cached_data(out, entry, cfg)  # data or a checkpoint it cannot use: refused before
+    if resume:  # the data is built (nothing written)
+        run.check_resumable({"config": config_name, "train": asdict(cfg)}, stats=("loss",))
 
     # 2) data: corpus, tokenizer, packed rows (cached in the run directory)
     import torch

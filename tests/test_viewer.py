@@ -134,6 +134,18 @@ def browser():
         yield b
 
 
+def shipped_run(prompt: str):
+    """The shipped default (its replacement set and tokenizer), ``prompt``'s tokens as the
+    trace encodes them, and its clean run with constants as nodes."""
+    from circuits.attribution import run_prompt
+    from replacement.model import load_pretrained
+    from toy_models.tokenizer import encode_prompt
+
+    replacement, tokenizer = load_pretrained("default")
+    tokens = torch.tensor(encode_prompt(tokenizer, prompt, replacement.model.trained_positions))
+    return replacement, tokenizer, tokens, run_prompt(replacement, tokens, "local", constants=True)
+
+
 def open_page(browser: Browser, path: Path, hash_: str = "") -> None:
     url = path.resolve().as_uri() + hash_
     browser.load("about:blank")  # a new document even when only the hash differs
@@ -726,16 +738,12 @@ def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser,
     group's strongest member in beyond the budget with a QK edge into the induction heads:
     in the SVG's selection (``reports.layout.select``) and on the page, whose panel lists the
     group under the head's QK record."""
-    from circuits.attribution import attribute, run_prompt
+    from circuits.attribution import attribute
     from circuits.prune import prune_graph
     from circuits.trace import qk_step, sources_step
-    from replacement.model import load_pretrained
-    from toy_models.tokenizer import encode_prompt
 
-    replacement, tokenizer = load_pretrained("default")
     prompt = "My sister plays violin on stage and my sister plays"
-    tokens = torch.tensor(encode_prompt(tokenizer, prompt, replacement.model.trained_positions))
-    run = run_prompt(replacement, tokens, "local", constants=True)
+    replacement, tokenizer, tokens, run = shipped_run(prompt)
     full = attribute(replacement, tokens, tokenizer=tokenizer, run=run, prompt=prompt)
     graph = prune_graph(full)
     qk_step(replacement, graph, run)
@@ -810,17 +818,13 @@ def weekday_trace(tmp_path_factory):
     """A real trace of the shipped model as ``python -m circuits.trace`` makes it (pruned, QK
     records with their reasons and sources, the mechanism summary; no ablation checks), its
     full graph and its page."""
-    from circuits.attribution import attribute, run_prompt
+    from circuits.attribution import attribute
     from circuits.mechanisms import summarize
     from circuits.prune import influence_scores, prune_graph
     from circuits.trace import qk_step, sources_step
-    from replacement.model import load_pretrained
-    from toy_models.tokenizer import encode_prompt
 
-    replacement, tokenizer = load_pretrained("default")
     prompt = "Monday, Tuesday, Wednesday,"
-    tokens = torch.tensor(encode_prompt(tokenizer, prompt, replacement.model.trained_positions))
-    run = run_prompt(replacement, tokens, "local", constants=True)
+    replacement, tokenizer, tokens, run = shipped_run(prompt)
     full = attribute(replacement, tokens, tokenizer=tokenizer, run=run, prompt=prompt)
     scored = influence_scores(full)
     graph = prune_graph(full, scored=scored)
@@ -874,16 +878,12 @@ def test_mechanisms_panel_names_every_group_key(browser, weekday_trace):
 def test_a_head_targets_panel_says_where_it_reads_and_why(browser, tmp_path):
     """A head target reads its inputs at its key: the panel says so and gives its own QK
     reason there, as the printed summary does (``TargetRecord.reads``, ``.qk``)."""
-    from circuits.attribution import NodeTarget, attribute, run_prompt
+    from circuits.attribution import NodeTarget, attribute
     from circuits.mechanisms import summarize
-    from replacement.model import load_pretrained
     from reports.mechanisms import reads_text
-    from toy_models.tokenizer import encode_prompt
 
-    replacement, tokenizer = load_pretrained("default")
     prompt = "The cat sat on the mat. The dog sat on the"
-    tokens = torch.tensor(encode_prompt(tokenizer, prompt, replacement.model.trained_positions))
-    run = run_prompt(replacement, tokens, "local", constants=True)
+    replacement, tokenizer, tokens, run = shipped_run(prompt)
     target = NodeTarget("lorsa", 2, len(tokens) - 1, 573)  # an induction head reading ' m'
     full = attribute(replacement, tokens, tokenizer=tokenizer, run=run, prompt=prompt,
                      targets=[target])  # fmt: skip

@@ -875,6 +875,25 @@ def test_statistics_it_cannot_use_are_refused_before_the_report_is_written(
     assert not (out / ".writing").exists() and not (out / ".writing.lock").exists()
 
 
+def test_another_tools_heads_json_is_refused_before_any_work(tiny_run, tmp_path, monkeypatch):
+    """A ``heads.json`` no run of ours wrote (no ``.heads-set.json`` beside it) is refused in
+    the argument checks, before the model is loaded, with the user's files untouched."""
+    import replacement.model
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr(replacement.model, "load_pretrained", no_work)
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "heads.json").write_text("{}")
+    (out / "heads.md").write_text("my notes")
+    with pytest.raises(OSError, match="not written by a run of this version"):
+        H.main(["--model", str(tiny_run), "--out", str(out), "--quiet"])
+    assert sorted(p.name for p in out.iterdir()) == ["heads.json", "heads.md"]
+    assert (out / "heads.md").read_text() == "my notes"
+
+
 def test_a_set_whose_weights_overflow_is_one_line_and_writes_nothing(
     tiny_run, overflowing_set, tmp_path, fresh_cli
 ):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg
-from toy_models.files import check_writable_dir
+from toy_models.files import check_writable_dir, earlier_set
 from toy_models.zoo import resolve_model_dir
 
 from .config import Settings
@@ -92,6 +92,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--out {args.out}: holds {what} ({marker}); write the report "
                             "elsewhere")  # fmt: skip
     check_writable_dir(args.out)
+    from .report import REPORT_SET  # torch, after the cheap checks: main imports it next anyway
+
+    earlier_set(args.out, REPORT_SET.mark, REPORT_SET.names)  # another tool's heads.json: now
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -793,6 +793,29 @@ def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser,
     text = panel_text(browser)
     assert "key side from, through the graph:" in text
     assert f"L0 {len(top.members)} heads @{key} reading @{key - 1} 'ays'" in text
+    # the induction heads as a supernode: its panel sums their QK sources by group (side,
+    # kind, layer, position, key read) over the members, as each head's record lists them
+    group = ["induction", *(graph.ids[i] for i in induction)]
+    open_page(browser, path, "#supernodes=" + json.dumps([group]))
+    browser.click(*centre(browser, '#viewer svg g.node[data-group="0"]'))
+    text = panel_text(browser)
+    summed: dict = {}
+    for i in induction:
+        for x in graph.qk_for(i)[0].sources:
+            at = (x.side, x.kind, x.layer, x.pos, x.attends)
+            value, members = summed.get(at, (0.0, set()))
+            summed[at] = (value + x.value, members | set(x.members))
+    side, kind, layer, pos, attends = max((at for at in summed if at[0] == "key"),
+                                          key=lambda at: abs(summed[at][0]))  # fmt: skip
+    value, members = summed[(side, kind, layer, pos, attends)]
+    assert (kind, layer, pos, attends) == ("lorsa", 0, key, key - 1)
+    lines = text.splitlines()
+    at = lines.index("key side from:")
+    assert f"summed over the {len(induction)} member heads with QK sources" in text
+    assert lines[at + 1].startswith(
+        f"L0 {len(members)} heads @{key} reading @{key - 1} 'ays' {value:+.3g} "
+        f"({len(induction)} of them): "
+    ), lines[at + 1]
 
 
 # ------------------------------------------------------------------------- readability review

@@ -1024,6 +1024,36 @@
     ui.panel.replaceChildren(...parts);
     ui.panel.scrollTop = 0;
   }
+  // A QK source group (circuits.qk.qk_sources) in words: its heads and the key they read, or
+  // its features or error node, and where.
+  function sourceWhat(x) {
+    return x.kind === "lorsa"
+      ? `L${x.layer} ${x.members.length === 1 ? "head" : x.members.length + " heads"} @${x.pos} reading @${x.attends}${meta.promptTokens[x.attends] != null ? " " + quote(meta.promptTokens[x.attends]) : ""}`
+      : `L${x.layer} ${x.kind === "error" ? "error" : "feature"} @${x.pos}`;
+  }
+  // A supernode's heads' QK sources: each member head's groups (from its record at the key it
+  // reads, the first) summed over the members by group (side, kind, layer, position, key
+  // read), members united; largest |sum| first. Each value is what the group adds to that
+  // head's score, so the sum is what it adds to the members' scores together.
+  function summedSources(members) {
+    const by = new Map();
+    let heads = 0;
+    for (const i of members) {
+      const rec = (nodes[i].qk || [])[0];
+      if (!rec || rec.key !== nodes[i].attends || !rec.sources || !rec.sources.length) continue;
+      heads += 1;
+      for (const x of rec.sources) {
+        const key = [x.side, x.kind, x.layer, x.pos, x.attends].join(",");
+        const e = by.get(key) || { side: x.side, kind: x.kind, layer: x.layer, pos: x.pos, attends: x.attends, value: 0, members: [], heads: 0 };
+        e.value += x.value;
+        e.heads += 1;
+        for (const m of x.members) if (!e.members.includes(m)) e.members.push(m);
+        by.set(key, e);
+      }
+    }
+    const list = [...by.values()].sort((a, b) => Math.abs(b.value) - Math.abs(a.value));
+    return { heads, list };
+  }
   function qkBlock(rec) {
     if (!meta.positional) return globalQkBlock(rec);
     const keyTok = " " + quote(rec.keyToken);
@@ -1032,9 +1062,7 @@
     if (rec.sources && rec.sources.length) {
       // Where each side comes from through the graph, heads grouped by the key they read (the
       // drawn QK edges come from the first of each side).
-      const what = (x) => x.kind === "lorsa"
-        ? `L${x.layer} ${x.members.length === 1 ? "head" : x.members.length + " heads"} @${x.pos} reading @${x.attends}${meta.promptTokens[x.attends] != null ? " " + quote(meta.promptTokens[x.attends]) : ""}`
-        : `L${x.layer} ${x.kind === "error" ? "error" : "feature"} @${x.pos}`;
+      const what = sourceWhat;
       for (const side of ["q", "k"]) {
         const list = rec.sources.filter((x) => x.side === side);
         if (!list.length) continue;
@@ -1154,9 +1182,26 @@
       el("div", { class: "buttons" }, el("button", { type: "button", class: "ungroup", onclick: () => ungroup(k) }, "Ungroup")),
       el("h4", {}, "Members"),
       el("ul", {}, ...g.members.map((i) => el("li", {}, noderef(nodes[i].id)))),
+      ...groupSourcesBlock(g.members),
       el("h4", {}, "Top incoming edges (summed over members)"), edgeTable(sum(inE, src)),
       el("h4", {}, "Top outgoing edges (summed over members)"), edgeTable(sum(outE, tgt)),
       qParamsBlock());
+  }
+  function groupSourcesBlock(members) {
+    if (!meta.positional) return [];
+    const { heads, list } = summedSources(members);
+    if (!heads) return [];
+    const out = [el("h4", {}, "QK: where its heads' attention comes from"),
+      el("div", { class: "muted" }, `summed over the ${heads} member ${heads === 1 ? "head" : "heads"} with QK sources (each at the key it reads), through the graph:`)];
+    for (const side of ["q", "k"]) {
+      const shown = list.filter((x) => x.side === side).slice(0, QK_SHOWN);
+      if (!shown.length) continue;
+      out.push(el("div", { class: "muted group-sources-" + side }, `${side === "q" ? "query" : "key"} side from:`),
+        el("ul", { class: "group-sources" }, ...shown.map((x) => el("li", {}, `${sourceWhat(x)} `,
+          el("span", { class: x.value > 0 ? "pos" : "neg" }, signed(x.value)), ` (${x.heads} of them): `,
+          ...x.members.slice(0, 3).flatMap((id, j) => [j ? " " : "", noderef(id, "short")]), x.members.length > 3 ? ` and ${x.members.length - 3} more` : ""))));
+    }
+    return out;
   }
   function showIgnored(notes) {
     if (notes.length) ui.status.textContent += " · ignored from the URL: " + notes.slice(0, 3).join("; ");

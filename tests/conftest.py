@@ -163,6 +163,19 @@ def fresh_cli():
     return run_fresh
 
 
+def deleting(path: str):
+    """An edit of a JSON object (for damaged-file tests) deleting the key at a dotted ``path``
+    of nested objects."""
+
+    def edit(data):
+        *parents, last = path.split(".")
+        for key in parents:
+            data = data[key]
+        del data[last]
+
+    return edit
+
+
 def benchmark(name: str):
     """``benchmarks/NAME.py`` as a module (the benchmarks are scripts, not a package),
     registered in ``sys.modules`` so that its dataclasses can look their module up."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import benchmark
+from conftest import benchmark, deleting
 
 from replacement import ablations
 from replacement.ablations import (
@@ -345,18 +345,6 @@ def _set_nested(path: str, value):
     return edit
 
 
-def _del_nested(path: str):
-    """An edit deleting the key at a dotted ``path``."""
-
-    def edit(data):
-        *parents, last = path.split(".")
-        for key in parents:
-            data = data[key]
-        del data[last]
-
-    return edit
-
-
 @pytest.mark.parametrize(
     ("module", "results", "edit", "message"),
     [
@@ -406,7 +394,7 @@ def _del_nested(path: str):
          _set_nested("settings.base_shapes.n_qk_heads", 48),
          "results.settings.base_shapes: 1024 OV heads are not whole blocks of 48 QK heads"),
         ("reports.ablations", "lorsa_ablations_default.json",
-         _del_nested("settings.base_shapes.lorsa_top_k"),
+         deleting("settings.base_shapes.lorsa_top_k"),
          "results.settings.base_shapes: missing key 'lorsa_top_k'"),
         ("reports.ablations", "lorsa_ablations_default.json",
          _set_nested("settings.base_shapes.colour", 1),
@@ -424,10 +412,10 @@ def _del_nested(path: str):
          _set_nested("settings.train.steps", 7),
          "results.settings.train.steps: 7, the settings say 500"),
         ("reports.ablations", "lorsa_ablations_default.json",
-         _del_nested("layers.1.runs.sae-w1024-k8"),
+         deleting("layers.1.runs.sae-w1024-k8"),
          "results.layers.1.runs: no run of ['sae-w1024-k8'], which results.axes.sae names"),
         ("reports.errors", "error_analysis_default.json",
-         _del_nested("lorsa_vs_sae.0.by_family_mean_cosine.names"),
+         deleting("lorsa_vs_sae.0.by_family_mean_cosine.names"),
          "results.lorsa_vs_sae.0.by_family_mean_cosine: no cosine for ['names']"),
         ("reports.errors", "error_analysis_default.json",
          _set_nested("lorsa_vs_sae.0.by_family_mean_cosine.stories", 0.5),

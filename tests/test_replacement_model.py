@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import deleting
 from safetensors.torch import load_file, save_file
 
 from replacement.model import ReplacementModel
@@ -310,16 +311,6 @@ def test_load_refuses_wrong_shapes_and_bad_configs(replacement, random_model, tm
         ReplacementModel.load(tmp_path, random_model)
 
 
-def _drop(path: str):
-    def edit(config):
-        *parents, last = path.split(".")
-        for key in parents:
-            config = config[key]
-        del config[last]
-
-    return edit
-
-
 def _set(path: str, value):
     def edit(config):
         *parents, last = path.split(".")
@@ -333,15 +324,15 @@ def _set(path: str, value):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (_drop("content_sha256"), "missing key 'content_sha256'"),
-        (_drop("model"), "missing key 'model'"),
-        (_drop("model.name"), "missing key 'model.name'"),
-        (_drop("model.sha256"), "missing key 'model.sha256'"),
-        (_drop("model.n_layers"), "missing key 'model.n_layers'"),
-        (_drop("model.d_model"), "missing key 'model.d_model'"),
-        (_drop("lorsa"), "missing key 'lorsa'"),
-        (_drop("transcoders"), "missing key 'transcoders'"),
-        (_drop("files"), "missing key 'files'"),
+        (deleting("content_sha256"), "missing key 'content_sha256'"),
+        (deleting("model"), "missing key 'model'"),
+        (deleting("model.name"), "missing key 'model.name'"),
+        (deleting("model.sha256"), "missing key 'model.sha256'"),
+        (deleting("model.n_layers"), "missing key 'model.n_layers'"),
+        (deleting("model.d_model"), "missing key 'model.d_model'"),
+        (deleting("lorsa"), "missing key 'lorsa'"),
+        (deleting("transcoders"), "missing key 'transcoders'"),
+        (deleting("files"), "missing key 'files'"),
         (_set("model", "random"), "'model' must be an object, got str"),
         (_set("lorsa", 3), "'lorsa' must be an array, got int"),
         (_set("files", []), "'files' must be an object, got list"),

@@ -303,18 +303,18 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         consts = f" ({consts})" if consts else ""
         lines.append(f"  parts: tokens {_signed(t.tokens)}{token_shares_text(t)}, constants "
                      f"{_signed(t.constants)}{consts}, errors {_signed(t.errors)}")  # fmt: skip
-        if reads_text(t, summary.tokens):
-            lines.append(f"  {reads_text(t, summary.tokens)}")
+        if reads := reads_text(t, summary.tokens):
+            lines.append(f"  {reads}")
             for r in t.qk:
                 lines += reason_lines(r, max_pairs, "    ")
         if t.predicting_group:
             g = names[t.predicting_group]
-            if own_token_text(t, g.pos):
-                lines.append(f"  {own_token_text(t, g.pos)}")
+            if own := own_token_text(t, g.pos):
+                lines.append(f"  {own}")
             lines.append(f"  {predicting_heading(g, t.node)}: {short(g.key)}, flow "
                          f"{_signed(g.flow[t.node])}")  # fmt: skip
-            if flagged_text(g, t):
-                lines.append(f"    {flagged_text(g, t)}")
+            if flagged := flagged_text(g, t):
+                lines.append(f"    {flagged}")
             if moved_text(t):
                 lines.append(f"  {moved_text(t)}")
             others = [names[k] for k in t.head_groups[1:]]
@@ -485,8 +485,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             f"<p>parts: tokens {_span(t.tokens)}{_esc(token_shares_text(t))}, constants "
             f"{_span(t.constants)}{consts}, errors {_span(t.errors)}</p>"
         )
-        if reads_text(t, summary.tokens):
-            parts.append(f"<p>{_esc(reads_text(t, summary.tokens))}</p>")
+        if reads := reads_text(t, summary.tokens):
+            parts.append(f"<p>{_esc(reads)}</p>")
             parts += [_reason_html(r, drawn) for r in t.qk]
         if t.predicting_group:
             heading = predicting_heading(summary.group(t.predicting_group), t.node)

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .graph import Graph, checked_graph, checked_index, is_integer
-from .nodes import KINDS, Kind, constant_name, is_attention, unit_id
+from .nodes import KINDS, Kind, constant_name, node_words, unit_id
 
 MIN_CONCEPT_F1 = 0.5  # a concept label groups features (and marks a head's role) from this F1
 
@@ -385,27 +385,24 @@ def _is_unit_real(x) -> bool:
 
 
 def node_name(graph: Graph, i: int, fields: _Fields | None = None) -> str:
-    """A short readable name of one node (for people; ``reports.labels`` has the long ones)."""
+    """A short readable name of one node (for people; ``reports.labels`` has the long ones),
+    in ``circuits.nodes.node_words``'s wording; a head says the key it reads."""
     f = fields or _Fields(graph)
     kind = Kind.parse(f.kinds[i])
-    layer, stage, pos, index = f.layer[i], f.stage[i], f.pos[i], f.index[i]
-    where = f"@{pos}" if graph.positional else ""
-    if kind == Kind.EMBEDDING:
-        return f"token {graph.token_strings[pos]!r}{where}" if graph.positional else \
-            f"token {graph.token(index)!r}"  # fmt: skip
+    stage, index = f.stage[i], f.index[i]
+    pos = f.pos[i] if graph.positional else None
     if kind == Kind.LOGIT:
         record = graph.logit_record(i)
         text = f"logit {graph.token(record.token)!r}"
         return text if record.negative is None else f"{text} - {graph.token(record.negative)!r}"
-    if kind == Kind.BIAS:
-        return f"{constant_name(stage)} {where}".strip()
-    if kind == Kind.ERROR:
-        return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} {kind.label} {where}".strip()
-    if kind == Kind.LORSA:
-        text = f"L{layer} head {index} {where}".strip()
+    token = None
+    if kind == Kind.EMBEDDING:
+        token = graph.token_strings[pos] if pos is not None else graph.token(index)
+    text = node_words(kind, stage, index, pos, token=token)
+    if kind == Kind.LORSA and f.attends[i] >= 0:
         key = f.attends[i]
-        return text + (f" -> {graph.token_strings[key]!r}@{key}" if key >= 0 else "")
-    return f"L{layer} feature {index} {where}".strip()
+        text += f" -> {graph.token_strings[key]!r}@{key}"
+    return text
 
 
 def _auto_name(graph: Graph, key: tuple, n: int) -> str:

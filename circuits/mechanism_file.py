@@ -25,7 +25,7 @@ from toy_models.cli import one_line
 from toy_models.records import Bounds, from_json, parse_json
 
 from .graph import MODES
-from .nodes import KINDS
+from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, is_attention
 
 VERSION = 4  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
@@ -438,19 +438,48 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str) -> None:
 
 
 def _check_main_inputs(summary: MechanismSummary) -> None:
-    """Every QK pair side's ``main_input`` (``NodeRef``) null or a ``MainInput``: typed with
-    exactly its keys, a known kind, inside the prompt at or before its node, a key read only
-    by a head and at or before the head. Each is replaced by the checked record's fields (a
-    float share for an integer one), so what the readers index is there and typed."""
+    """Every QK pair side (``NodeRef``) checked (``_check_ref``) and its ``main_input`` null or
+    a ``MainInput``: typed with exactly its keys, a known kind, inside the prompt at or before
+    its node, a key read only by a head and at or before the head. Each is replaced by the
+    checked record's fields (a float share for an integer one), so what the readers index is
+    there and typed."""
     records = [(f"targets[{i}]", t.qk) for i, t in enumerate(summary.targets)]
     records += [(f"groups[{i}]", g.qk) for i, g in enumerate(summary.groups)]
     for where, reasons in records:
         for j, r in enumerate(reasons):
             for k, pair in enumerate(r.pairs):
                 for side, ref in (("query", pair.query), ("key", pair.key)):
+                    at = f"{where}.qk[{j}].pairs[{k}].{side}"
+                    _check_ref(ref, len(summary.tokens), at)
                     if ref.main_input is not None:
-                        at = f"{where}.qk[{j}].pairs[{k}].{side}.main_input"
-                        ref.main_input = _main_input(ref, len(summary.tokens), at)
+                        ref.main_input = _main_input(ref, len(summary.tokens), f"{at}.main_input")
+
+
+def _check_ref(ref: NodeRef, n_pos: int, at: str) -> None:
+    """A QK pair side's fields agree, as the printers read them: the bias side (``qk bias``,
+    no id); a unit absent at the position (``present`` false: no position, no key read); or a
+    node of a known kind but a logit, at a stage of its kind, its block, inside the prompt."""
+    if ref.kind == "qk bias":
+        _expect(ref.id is None and ref.present, f"{at}: the bias side has no id")
+        return
+    _expect(ref.kind in KINDS or (ref.kind == "unit" and not ref.present),
+            f"{at}.kind: {ref.kind!r}, not one of {list(KINDS)}")  # fmt: skip
+    if not ref.present:
+        _expect(ref.pos is None and ref.attends is None,
+                f"{at}: a unit absent here has no position and reads no key")  # fmt: skip
+        return
+    kind, stage = Kind.parse(ref.kind), ref.stage
+    at_stage = stage is not None and stage >= 0 and {
+        Kind.EMBEDDING: stage == EMBEDDING_STAGE, Kind.BIAS: True, Kind.LOGIT: False,
+        Kind.LORSA: stage > 0 and is_attention(stage),
+        Kind.ERROR: stage > 0, Kind.TRANSCODER: stage > 0 and not is_attention(stage),
+    }[kind]  # fmt: skip
+    _expect(at_stage and ref.layer == block_of(stage),
+            f"{at}: stage {stage}, layer {ref.layer} for a {ref.kind} node")  # fmt: skip
+    _expect(ref.pos is not None and 0 <= ref.pos < n_pos and ref.index is not None,
+            f"{at}: a node needs an index and a position inside the prompt")  # fmt: skip
+    _expect(ref.attends is None or (kind == Kind.LORSA and 0 <= ref.attends <= ref.pos),
+            f"{at}.attends: {ref.attends} is not a key up to a head's position")  # fmt: skip
 
 
 def _main_input(ref: NodeRef, n_pos: int, at: str) -> dict:

@@ -114,6 +114,27 @@ def constant_name(stage: int) -> str:
     return f"L{block_of(stage)} {'attn' if is_attention(stage) else 'mlp'} bias"
 
 
+def node_words(
+    kind: Kind, stage: int, index: int, pos: int | None = None, *, token: str | None = None
+) -> str:
+    """A node (or, ``pos`` None, a unit) of any kind but a logit in words, the one wording
+    every label builds on: ``token ' is'@7`` (a token is written against its position, as
+    everywhere), ``position vector @7``, ``L1 mlp bias @7``, ``L0 attn error @7``,
+    ``L2 head 573 @15``, ``L0 feature 1859 @7``. ``token``: an embedding's token text (its id
+    is said when the text is unknown)."""
+    kind, where = Kind(kind), "" if pos is None else f" @{pos}"
+    if kind == Kind.EMBEDDING:
+        return (f"token id {index}" if token is None else f"token {token!r}") + where.strip()
+    if kind == Kind.BIAS:
+        return constant_name(stage) + where
+    if kind == Kind.LOGIT:
+        raise ValueError("a logit is named by its token(s): see reports.labels.logit_text")
+    layer = block_of(stage)
+    if kind == Kind.ERROR:
+        return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} error{where}"
+    return f"L{layer} {'head' if kind == Kind.LORSA else 'feature'} {index}{where}"
+
+
 def is_attention(stage):
     """Whether ``stage`` (an int, or elementwise a tensor of stages) is a Lorsa (attention)
     stage rather than a transcoder one. Only meaningful between the embedding and logit stage."""

@@ -10,7 +10,7 @@ units' firing counts (``occurrences``).
 from __future__ import annotations
 
 from circuits.graph import Graph, checked_graph
-from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, constant_name, is_attention, logit_stage
+from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, is_attention, logit_stage, node_words
 
 MAX_LABEL_CHARS = 48  # longer text is cut in the drawing; the tooltip keeps all of it
 LINE_CHARS = 14  # a node label is at most two lines of about this many characters
@@ -56,34 +56,48 @@ def _usage(graph: Graph, i: int) -> str:
     return f" ({float(graph.occurrences[i]):.0f}x, mean {float(graph.activation[i]):.2f})"
 
 
+def fields_label(graph: Graph, kind: Kind, stage: int, index: int, pos: int | None) -> str:
+    """The label of a node from its fields alone (``pos`` None: a unit), in
+    ``circuits.nodes.node_words``'s wording: a token by its text (at ``pos`` the prompt's, when
+    the prompt holds it there), a constant said to be one, a head with its QK group. What only
+    a held node has (the key it reads, the tokens it promotes) ``node_label`` adds; the viewer
+    labels the nodes a QK record names and pruning dropped with this alone."""
+    kind = Kind(kind)
+    where = pos if graph.positional else None
+    if kind == Kind.EMBEDDING:
+        if where is not None:
+            prompt = 0 <= where < len(graph.tokens) and graph.tokens[where] == index
+            text = graph.token_strings[where] if prompt else graph.token(index)
+            return f"{text!r}@{where}"
+        return node_words(kind, stage, index, token=graph.token_text.get(index))
+    text = node_words(kind, stage, index, where)
+    if kind == Kind.BIAS:
+        return f"{text} (constant)"
+    if kind == Kind.LORSA:
+        return f"{text} (QK {index // graph.group_size})"
+    return text
+
+
 def node_label(graph: Graph, i: int) -> str:
     """One readable line: token, head with its QK group and the key it reads, feature with the
-    tokens its decoder promotes most, error, logit with its probability or value."""
+    tokens its decoder promotes most, error, constant, logit with its probability or value."""
     i = graph.node_index(i)
     kind = Kind(int(graph.kind[i]))
     stage, pos, index = int(graph.stage[i]), int(graph.pos[i]), int(graph.index[i])
-    layer = block_of(stage)
-    where = f" @{pos}" if graph.positional else ""
-    if kind == Kind.EMBEDDING:
-        if not graph.positional:
-            return f"token {graph.token(index)!r}{_usage(graph, i)}"
-        return f"{prompt_token(graph, pos)}@{pos}"
     if kind == Kind.LOGIT:
         tokens, value = logit_text(graph, i)
         return f"logit {tokens} {value}" if graph.positional else f"logit {tokens}"
-    if kind == Kind.BIAS:
-        return f"{constant_name(stage)} (constant){where}{_usage(graph, i)}"
-    if kind == Kind.ERROR:
-        return f"L{layer} {'attn' if is_attention(stage) else 'mlp'} error{where}{_usage(graph, i)}"
+    if kind == Kind.EMBEDDING and graph.positional:
+        return f"{prompt_token(graph, pos)}@{pos}"
+    text = fields_label(graph, kind, stage, index, pos)
     if kind == Kind.LORSA:
-        text = f"L{layer} head {index} (QK {index // graph.group_size}){where}"
         key = graph.read_key(i)
         if key is not None:
             text += f" reads {prompt_token(graph, key)}@{key}"
-        return text + _usage(graph, i)
-    tokens = promoted(graph, i)
-    text = f"L{layer} feature {index}{where}"
-    return text + (f" -> {' '.join(tokens)}" if tokens else "") + _usage(graph, i)
+    if kind == Kind.TRANSCODER:
+        tokens = promoted(graph, i)
+        text += f" -> {' '.join(tokens)}" if tokens else ""
+    return text + _usage(graph, i)
 
 
 def concept_text(concept) -> str:

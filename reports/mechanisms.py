@@ -26,6 +26,7 @@ from circuits.mechanism_file import (
     checked_summary,
 )
 from circuits.mechanisms import RATIO
+from circuits.nodes import Kind, node_words
 
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
@@ -181,7 +182,9 @@ def carried_text(g: GroupRecord, node: str) -> str:
 
 
 def ref_text(ref: NodeRef | None) -> str:
-    """A node reference in words (for people)."""
+    """A node reference in words (for people), in ``circuits.nodes.node_words``'s wording
+    with what the summary knows of it: the key a head reads, a unit's concept or the token it
+    promotes, a feature's main input."""
     if ref is None or ref.kind == "qk bias":
         return "bias"
     if not ref.present:
@@ -191,13 +194,10 @@ def ref_text(ref: NodeRef | None) -> str:
         index = f" {ref.index}" if ref.kind in ("lorsa", "transcoder") else ""
         layer = f"L{ref.layer} " if ref.layer is not None and ref.layer >= 0 else ""
         return f"no {layer}{what}{index} here"
-    where = f"@{ref.pos}"
-    if ref.kind == "embedding":
-        return f"token {ref.token!r}{where}"
-    if ref.kind in ("error", "bias"):
-        sub = "attn" if ref.stage is not None and ref.stage % 2 == 1 else "mlp"
-        return f"L{ref.layer} {sub} {ref.kind}{where}"
-    text = f"L{ref.layer} {'head' if ref.kind == 'lorsa' else 'feature'} {ref.index}{where}"
+    kind = Kind.parse(ref.kind)
+    text = node_words(kind, ref.stage, ref.index, ref.pos, token=ref.token)
+    if kind not in (Kind.LORSA, Kind.TRANSCODER):
+        return text
     if ref.kind == "lorsa" and ref.attends is not None and ref.attends >= 0:
         text += f" reads @{ref.attends}"
     if ref.concept:

@@ -53,9 +53,9 @@ import numpy as np
 
 from circuits.concepts import AT_CHANCE, at_chance
 from circuits.graph import Graph, QKAttribution
-from circuits.nodes import Kind, block_of, is_attention, logit_stage, parse_id, unit_id
+from circuits.nodes import Kind, block_of, logit_stage, parse_id, unit_id
 
-from .labels import node_labels, short_label_lines, stage_name
+from .labels import fields_label, node_labels, short_label_lines, stage_name
 from .layout import EDGES_PER_NODE, MAX_NODES, Selection, placeholder, select
 
 ASSETS = Path(__file__).with_name("viewer")
@@ -145,28 +145,17 @@ def _fields_of_id(graph: Graph, name: str) -> dict | None:
 
 
 def _ref_label(graph: Graph, kind: Kind, stage: int, index: int, pos: int | None):
-    """(label, short label) of a node the graph does not hold, in ``reports.labels``'s words
-    (``node_label`` less what only a held node has: the key a head reads, the tokens a
-    feature promotes); a unit (``pos`` None) without a position."""
-    where = f" @{pos}" if graph.positional and pos is not None else ""
-    layer = block_of(stage)
+    """(label, short label) of a node the graph does not hold: ``reports.labels.fields_label``
+    (a unit, ``pos`` None, without a position) and the short text a drawn node of its kind
+    has."""
+    label = fields_label(graph, kind, stage, index, pos)
     if kind == Kind.EMBEDDING:
-        if graph.positional and pos is not None:
-            prompt = pos < len(graph.tokens) and graph.tokens[pos] == index
-            text = graph.token_strings[pos] if prompt else graph.token(index)
-            return f"{text!r}@{pos}", f"{text!r}@{pos}"
-        if index not in graph.token_text:  # the graph file has no text for it: say so
-            return f"token id {index}", f"token id {index}"
-        return f"token {graph.token(index)!r}", repr(graph.token(index))
-    if kind == Kind.BIAS and stage == 0:
-        return f"position vector (constant){where}", "position vector"
-    if kind in (Kind.ERROR, Kind.BIAS):
-        what = "error" if kind == Kind.ERROR else "bias (constant)"
-        sub = "attn" if is_attention(stage) else "mlp"
-        return f"L{layer} {sub} {what}{where}", "err" if kind == Kind.ERROR else "bias"
-    if kind == Kind.LORSA:
-        return f"L{layer} head {index} (QK {index // graph.group_size}){where}", f"H{index}"
-    return f"L{layer} feature {index}{where}", f"F{index}"
+        short = label.removeprefix("token ") if index in graph.token_text else label
+    elif kind == Kind.BIAS:
+        short = "position vector" if stage == 0 else "bias"
+    else:
+        short = {Kind.ERROR: "err", Kind.LORSA: f"H{index}"}.get(kind, f"F{index}")
+    return label, short
 
 
 def qk_refs(graph: Graph) -> dict[str, dict]:

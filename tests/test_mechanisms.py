@@ -114,6 +114,39 @@ def test_a_tokens_embedding_node_carries_its_embedding_and_the_position_vector_i
     assert "position vector" in dict(parts["constants_by_source"])
 
 
+def test_every_labeller_names_a_node_in_the_same_words(graph):
+    """The graph's labels, the summary's references, the group members' names and the
+    viewer's labels of pruned nodes all build on ``circuits.nodes.node_words`` (the summary
+    once printed a position vector as ``L-1 mlp bias@7``, its own wording for a constant)."""
+    from circuits.mechanisms import node_ref
+    from circuits.nodes import block_of, node_words
+    from reports.labels import fields_label, node_label
+    from reports.mechanisms import ref_text
+
+    seen = set()
+    for i in range(graph.n_nodes):
+        kind = Kind(int(graph.kind[i]))
+        stage, pos, index = int(graph.stage[i]), int(graph.pos[i]), int(graph.index[i])
+        if kind == Kind.LOGIT:
+            continue
+        seen.add((kind, stage == 0))
+        token = graph.token_strings[pos] if kind == Kind.EMBEDDING else None
+        words = node_words(kind, stage, index, pos, token=token)
+        assert ref_text(node_ref(graph, i, {})).startswith(words)
+        assert node_name(graph, i).startswith(words)
+        if kind != Kind.EMBEDDING:  # a token node's label is the token: ``' x'@3``
+            assert node_label(graph, i).startswith(words)
+            assert fields_label(graph, kind, stage, index, pos).startswith(words)
+        if kind == Kind.BIAS:
+            sub = "attn" if stage % 2 else "mlp"
+            assert words == (f"position vector @{pos}" if stage == 0
+                             else f"L{block_of(stage)} {sub} bias @{pos}")  # fmt: skip
+    assert {(Kind.BIAS, True), (Kind.BIAS, False), (Kind.EMBEDDING, True)} <= seen
+    assert node_words(Kind.EMBEDDING, 0, 7, None) == "token id 7"
+    with pytest.raises(ValueError, match="logit"):
+        node_words(Kind.LOGIT, 5, 3, 1)
+
+
 def test_constant_node_edges_equal_autograd_and_doubling(graph, replacement, run):
     n_src = len(run.kind)
     rows = targets(graph)
@@ -1085,6 +1118,45 @@ def test_a_key_sides_main_input_is_checked_field_by_field(graph, replacement, ru
             load_summary(path)
     path.write_text(json.dumps(good))
     assert "<h2>Mechanisms</h2>" in html_page(graph, mechanisms=load_summary(path))
+
+
+def test_a_qk_pair_side_is_checked_as_the_printers_read_it(graph, replacement, run, tmp_path):
+    """A QK pair side (``NodeRef``) of a file names a kind the printers know, at a stage of
+    that kind and its block, inside the prompt; an absent unit has no position. A side of kind
+    ``neuron``, a Lorsa head at a transcoder stage or a position past the prompt is refused
+    naming the side, before ``ref_text`` would print a wrong name or raise."""
+    good = summarize(replacement, graph, run, check=False).to_dict()
+    sides = [(i, j, k, side) for i, g in enumerate(good["groups"]) for j, r in enumerate(g["qk"])
+             for k, p in enumerate(r["pairs"]) for side in ("query", "key")
+             if p[side]["present"] and p[side]["kind"] != "qk bias"]  # fmt: skip
+    assert sides
+    i, j, k, side = sides[0]
+    at = f"groups[{i}].qk[{j}].pairs[{k}].{side}"
+    n_pos = len(good["tokens"])
+    edits = [
+        ({"kind": "neuron"}, f"{at}.kind: 'neuron', not one of"),
+        ({"kind": "unit"}, f"{at}.kind: 'unit', not one of"),
+        ({"kind": "logit"}, f"{at}: stage"),
+        ({"kind": "lorsa", "stage": 2, "layer": 0}, f"{at}: stage 2, layer 0 for a lorsa node"),
+        ({"kind": "transcoder", "stage": 2, "layer": 1}, f"{at}: stage 2, layer 1"),
+        ({"kind": "embedding", "stage": 1, "layer": 0}, f"{at}: stage 1, layer 0"),
+        ({"kind": "bias", "stage": None}, f"{at}: stage None"),
+        ({"pos": n_pos}, f"{at}: a node needs an index and a position inside the prompt"),
+        ({"index": None}, f"{at}: a node needs an index"),
+        ({"present": False}, f"{at}: a unit absent here has no position"),
+        ({"id": None, "kind": "qk bias"}, None),  # the bias side is well formed
+        ({"id": "x", "kind": "qk bias"}, f"{at}: the bias side has no id"),
+    ]
+    path = tmp_path / "mechanisms.json"
+    for edit, message in edits:
+        d = json.loads(json.dumps(good))
+        d["groups"][i]["qk"][j]["pairs"][k][side].update(edit)
+        path.write_text(json.dumps(d))
+        if message is None:
+            load_summary(path)
+            continue
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_summary(path)
 
 
 def test_summary_without_constants_or_checks(replacement, tokens):

@@ -579,7 +579,7 @@ def token_pairs(reason) -> list:
 
 
 def first_order_agreement(summary, full, slopes, tolerance: float) -> dict:
-    """Per check of ``summary``: its group's first-order change with attention free
+    """Per check of ``summary``: its group's first-order change with attention and errors free
     (``slopes``: ``circuits.interventions.first_order`` of ``full``) against the free
     measurement; counts of sign agreement overall and among the checks where the graph's
     prediction and the free measurement disagree."""
@@ -704,7 +704,7 @@ def run_family(
         record["cpu_seconds"] = round(time.process_time() - t0, 3)  # the pipeline's own
         cpu += record["cpu_seconds"]
         if correct:  # a measurement of the benchmark's, not timed
-            slopes = first_order(replacement, full, run=run)
+            slopes = first_order(replacement, full, freeze_errors=False, run=run)
             record |= first_order_agreement(summary, full, slopes, TOLERANCE)
         records.append(record)
     right = [r for r in records if r["correct"]]

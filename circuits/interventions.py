@@ -8,9 +8,14 @@ Two ways to rerun, both through the replacement model's hooks (never through the
   sources (circuit-tracer's test); with multipliers that require grad it is also the autograd
   oracle for the edges.
 - ``intervene``: ablate, clamp or scale some nodes and let every other head and feature
-  recompute (ReLU and TopK live), with attention and LayerNorm frozen or free; error nodes stay
-  at their clean values. ``predict`` propagates the same change linearly through the graph, so
-  the two can be compared on the logits.
+  recompute (ReLU and TopK live), with attention and LayerNorm frozen or free, and in local
+  mode the error nodes held at their clean values (the graph's setting: they are its sources)
+  or recomputed from the new inputs (``freeze_errors=False``: each sublayer is then the
+  original one on its new input, plus what the edits change of its reconstruction; with
+  attention and LayerNorm free too, that is the original model less the edited units' writes,
+  what circuit-tracer's interventions measure outside their constrained layers).
+  ``predict`` propagates the same change linearly through the graph, so the two can be
+  compared on the logits.
 """
 
 from __future__ import annotations
@@ -314,16 +319,18 @@ def intervene(
     *,
     freeze_attention: bool = True,
     freeze_layernorm: bool | None = None,
+    freeze_errors: bool = True,
     run: PromptRun | None = None,
     predicted: Tensor | None = None,
 ) -> InterventionResult:
     """Apply ``interventions`` to the prompt of ``graph`` and rerun: other heads and features
-    recompute, errors stay clean, attention patterns (and, by default with them, LayerNorm
-    scales) are frozen or free. Returns predicted (graph) and actual changes of its logits.
-    ``graph`` is the prompt's full graph: a pruned one is refused (its prediction would cover
-    only the kept edges; ``predict`` takes one). ``run`` (optional): the prompt's clean
-    ``run_prompt``; ``predicted`` (optional): the graph's prediction for these interventions
-    (``predict``), when the caller has it."""
+    recompute, attention patterns (and, by default with them, LayerNorm scales) are frozen or free,
+    and in local mode errors stay clean or (``freeze_errors`` False) recompute from the new inputs
+    (module docstring; an edited error node then scales its recomputed value). Returns predicted
+    (graph) and actual changes of its logits. ``graph`` is the prompt's full graph: a pruned one is
+    refused (its prediction would cover only the kept edges; ``predict`` takes one). ``run``
+    (optional): the prompt's clean ``run_prompt``; ``predicted`` (optional): the graph's prediction
+    for these interventions (``predict``), when the caller has it."""
     _check_inputs(replacement, graph, run)
     where = _edited_nodes(graph, interventions)  # cheap checks first, then the clean run
     if not interventions:
@@ -331,12 +338,14 @@ def intervene(
     if predicted is not None:
         _check_predicted(graph, predicted)
     freeze_attention, freeze_layernorm = _freezes(freeze_attention, freeze_layernorm)
+    freeze_errors = checked_flag(freeze_errors, "freeze_errors")
     run = run_for_graph(replacement, graph, run, constants=False)
     _check_unpruned(graph, run)
     cache = _clean_nodes(replacement, run)
     n, L = len(run.tokens), run.n_layers
     patches: dict[str, list[tuple[int, int, float]]] = {}
     errors = {name: v.clone() for name, v in cache.items() if name.endswith("hook_error")}
+    error_scale = {name: torch.ones(1, n, 1) for name in errors}  # live errors' multipliers
     embed_scale = torch.ones(1, n)
     bias_scale: dict[int, Tensor] = {}
     for edit in interventions:
@@ -349,6 +358,7 @@ def intervene(
             patches.setdefault(name, []).append((pos, index, new))
         elif kind == Kind.ERROR:
             errors[_error_name(stage)][0, pos] *= new
+            error_scale[_error_name(stage)][0, pos] = new
         elif kind == Kind.EMBEDDING:
             embed_scale[0, pos] = new
         elif kind == Kind.BIAS:
@@ -367,9 +377,11 @@ def intervene(
 
     hooks = _hooks(
         replacement, run, freeze_attention=freeze_attention, freeze_layernorm=freeze_layernorm,
-        z=[None] * L, acts=[None] * L, errors=errors if run.mode == "local" else {},
+        z=[None] * L, acts=[None] * L, errors=errors if freeze_errors else {},
         embed_scale=embed_scale, bias_scale=bias_scale,
     )  # fmt: skip
+    if not freeze_errors:  # an edited error node scales what its sublayer now leaves over
+        hooks += [(name, _scaler(m)) for name, m in error_scale.items() if (m != 1).any()]
     hooks += [(name, patch(entries)) for name, entries in patches.items()]
     # Head and feature targets: their pre-activations, read where the model computes them.
     nodes = [i for i in target_nodes(graph) if graph.kind[i] != Kind.LOGIT]
@@ -400,17 +412,19 @@ def first_order(
     *,
     freeze_attention: bool = False,
     freeze_layernorm: bool | None = None,
+    freeze_errors: bool = True,
     run: PromptRun | None = None,
 ) -> Float[Tensor, "target node"]:
-    """Every head's and feature's first-order effect on each logit target (rows in node
-    order): ``a_n dT/da_n`` at the clean point, with attention (and by default with it
-    LayerNorm) frozen or free, errors held at their clean values (local mode); other nodes'
-    entries are 0. To first order, ablating a set of nodes changes a target by minus the sum
-    of their entries. Frozen, this is the graph's own linear prediction (``predict``); free,
-    it adds what the nodes' writes do to later attention patterns and LayerNorm scales, the
-    paths the graph holds fixed."""
+    """Every head's and feature's first-order effect on each logit target (rows in node order):
+    ``a_n dT/da_n`` at the clean point, with attention (and by default with it LayerNorm) frozen or
+    free, errors (local mode) held at their clean values or recomputed (``freeze_errors`` False, as
+    ``intervene``); other nodes' entries are 0. To first order, ablating a set of nodes changes a
+    target by minus the sum of their entries. Frozen, this is the graph's own linear prediction
+    (``predict``); free, it adds what the nodes' writes do to later attention patterns and LayerNorm
+    scales, the paths the graph holds fixed."""
     _check_inputs(replacement, graph, run)
     freeze_attention, freeze_layernorm = _freezes(freeze_attention, freeze_layernorm)
+    freeze_errors = checked_flag(freeze_errors, "freeze_errors")
     run = run_for_graph(replacement, graph, run)
     n, L = len(run.tokens), run.n_layers
     cache = _clean_nodes(replacement, run)
@@ -423,7 +437,7 @@ def first_order(
     }  # fmt: skip
     hooks = _hooks(
         replacement, run, freeze_attention=freeze_attention, freeze_layernorm=freeze_layernorm,
-        z=[None] * L, acts=[None] * L, errors=errors if run.mode == "local" else {},
+        z=[None] * L, acts=[None] * L, errors=errors if freeze_errors else {},
         embed_scale=None,
     )  # fmt: skip
     hooks += [(name, lambda act, hook, m=m: act * m) for name, m in scales.items()]

@@ -27,11 +27,13 @@ from toy_models.records import Bounds, from_json, parse_json
 from .graph import MODES
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, is_attention
 
-VERSION = 4  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
+VERSION = 5  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
 # ``attends`` and QK reasons are at the key its heads read (their z-patterns' largest term), no
 # longer their attention's argmax; 4: a head target's head groups and moved flows are those at
-# the key it reads (``reads``), no longer at its query, and it has QK reasons of its own (``qk``)
+# the key it reads (``reads``), no longer at its query, and it has QK reasons of its own (``qk``);
+# 5: a check's ``free`` recomputes the errors too (local mode: the original model less the group;
+# it held them at their clean values, which a reviewer found reversed 12 of 260 probabilities)
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
 
@@ -179,16 +181,17 @@ class QKReasonRecord:
 
 @dataclass
 class EffectCheck:
-    """Ablating a group: the change of one target predicted by the linear graph and measured
-    with attention frozen and free; ``agree_*`` (sign, ``circuits.mechanisms``) and ``ratio_*``
-    (|measured| / |predicted|, None when the prediction is 0); ``flagged``: a sign
+    """Ablating a group: the change of one target predicted by the linear graph and measured with
+    attention frozen (LayerNorm too, errors held: the graph's own setting) and free (attention,
+    LayerNorm and, in local mode, the errors recomputed: the original model less the group's writes,
+    ``circuits.interventions.intervene``); ``agree_*`` (sign, ``circuits.mechanisms``) and
+    ``ratio_*`` (|measured| / |predicted|, None when the prediction is 0); ``flagged``: a sign
     disagreement or a ratio beyond ``RATIO`` in either mode. For a logit target,
-    ``probability_frozen`` / ``probability_free``: its token's probability after the ablation
-    (the summary's ``TargetRecord.probability`` before it). A logit target is demeaned (or a
-    difference), so it can rise while its token's probability falls: a group whose ablation
-    lowers every logit at once (measured: the mean logit from -1.1 to -14.5 while the
-    probability of the target fell from 0.98 to 0.0002) reads as helping the target from its
-    change alone."""
+    ``probability_frozen`` / ``probability_free``: its token's probability after the ablation (the
+    summary's ``TargetRecord.probability`` before it). A logit target is demeaned (or a difference),
+    so it can rise while its token's probability falls: a group whose ablation lowers every logit at
+    once (measured: the mean logit from -1.1 to -14.5 while the probability of the target fell from
+    0.98 to 0.0002) reads as helping the target from its change alone."""
 
     target: str
     predicted: float

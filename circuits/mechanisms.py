@@ -496,8 +496,8 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
     else:
         predicted = predict(full, edits)
     frozen = intervene(replacement, full, edits, run=run, predicted=predicted)
-    free = intervene(replacement, full, edits, freeze_attention=False, run=run,
-                     predicted=predicted)  # fmt: skip
+    free = intervene(replacement, full, edits, freeze_attention=False, freeze_errors=False,
+                     run=run, predicted=predicted)  # fmt: skip
     out = []
     inside = {full.ids[m] for m in members}
     after = [torch.softmax(r.logits.double(), -1) for r in (frozen, free)]

@@ -102,8 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="print a mechanism summary (head and feature groups, top paths, "
                       "QK reasons) and write mechanisms.json")  # fmt: skip
     mech.add_argument("--checks", action=argparse.BooleanOptionalAction,
-                      help="check each summary group by ablation, attention frozen and free, "
-                      "against the graph's linear prediction (on with the summary)")  # fmt: skip
+                      help="check each summary group by ablation, attention frozen and free "
+                      "(the model rerun, errors recomputed too), against the graph's linear "
+                      "prediction (on with the summary)")  # fmt: skip
     files = parser.add_argument_group("files")
     files.add_argument("--format", default="svg",
                        help=f"renders among {','.join(FORMATS)} (need `dot`)")  # fmt: skip

@@ -7,7 +7,8 @@ viewer's panel (``reports.viewer``). The HTML section: per target its exact part
 constants, errors), the predicting head group and the top group-level paths; per group its
 flow, where its heads attend and why (the QK reason with both sides' always-on parts named),
 its concept label, and the ablation checks (the graph's prediction beside the effect measured
-with attention frozen and free, flagged rows marked). Rendered from the record's fields only;
+with attention frozen and free, flagged rows marked; ``free_words`` says what free
+recomputes). Rendered from the record's fields only;
 every string of the HTML goes through ``escape``.
 """
 
@@ -156,8 +157,17 @@ def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
     return (
         f"its ablation check is FLAGGED: predicted {_signed(c.predicted)}, frozen attention "
         f"{_signed(c.frozen)}{after_text(t.probability, c.probability_frozen)}, free "
-        f"attention {_signed(c.free)}{after_text(t.probability, c.probability_free)}"
+        f"{_signed(c.free)}{after_text(t.probability, c.probability_free)}"
     )
+
+
+def free_words(mode: str) -> str:
+    """What a check's *free* rerun recomputes, for the legends: in local mode the errors too,
+    so that it is the original model less the group (``EffectCheck``)."""
+    if mode == "local":
+        return ("free (attention, LayerNorm and the errors recomputed: the original model "
+                "less the group)")  # fmt: skip
+    return "free (attention and LayerNorm recomputed)"
 
 
 def moved_text(t: TargetRecord) -> str:
@@ -329,7 +339,8 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
     if any(g.checks for g in summary.groups):
         lines.append(
             "  (ablate: the group zeroed; the change of the target predicted by the linear "
-            "graph and measured with attention frozen and free"
+            f"graph and measured with attention frozen (errors held, as the graph holds them) "
+            f"and {free_words(summary.mode)}"
             + (
                 ", with the target token's probability before and after (for a difference, its "
                 "first token's)"
@@ -359,7 +370,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
             lines.append(
                 f"       ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
                 f"predicted {_signed(c.predicted)}, frozen attention {_signed(c.frozen)}"
-                f"{after_text(before, c.probability_frozen)}, free attention "
+                f"{after_text(before, c.probability_frozen)}, free "
                 f"{_signed(c.free)}{after_text(before, c.probability_free)}  [{mark}]"
             )
         if rest:
@@ -450,7 +461,7 @@ def _checks_html(g: GroupRecord, target_names: dict[str, str],
     if not rows:
         return ""
     head = ("<tr><th>target</th><th>predicted</th><th>frozen attention</th>"
-            "<th>free attention</th><th></th></tr>")  # fmt: skip
+            "<th>free</th><th></th></tr>")  # fmt: skip
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -467,9 +478,9 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         "<p>Groups are heads (same block, query position and key) and features (same block, "
         "position and concept) read as one; a <em>flow</em> is a group's exact total linear "
         "contribution to the target through every path. Checks ablate a group and compare the "
-        "graph's prediction with the model rerun, attention frozen and free: flagged rows "
-        f"(sign differs, or more than {RATIO:g}x off) are where the linear graph is not to be "
-        "trusted.</p>",
+        "graph's prediction with the model rerun, attention frozen (errors held, as the graph "
+        f"holds them) and {_esc(free_words(summary.mode))}: flagged rows (sign differs, or more "
+        f"than {RATIO:g}x off) are where the linear graph is not to be trusted.</p>",
     ]
     for t in summary.targets:
         consts = ", ".join(f"{_esc(name)} {_span(v)}" for name, v in t.constants_by_source)

@@ -741,7 +741,7 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
     assert flagged_text(g, t) == (
         f"its ablation check is FLAGGED: predicted {check.predicted:+.3g}, frozen attention "
         f"{check.frozen:+.3g}{after_text(t.probability, check.probability_frozen)}, free "
-        f"attention {check.free:+.3g}{after_text(t.probability, check.probability_free)}"
+        f"{check.free:+.3g}{after_text(t.probability, check.probability_free)}"
     )
 
 
@@ -821,7 +821,12 @@ def test_summary_records(graph, replacement, run, tmp_path):
             k = graph.id_to_index[c.target]  # a logit's token probability after the ablation
             after = float(frozen.logits.double().softmax(-1)[graph.logit_record(k).token])
             assert graph.kind[k] == Kind.LOGIT and c.probability_frozen == pytest.approx(after)
-            assert 0 <= c.probability_free <= 1
+            # free: the model itself less the group (errors recomputed too, in local mode)
+            free = intervene(replacement, graph, edits, freeze_attention=False,
+                             freeze_errors=False)  # fmt: skip
+            assert c.free == pytest.approx(float(free.actual[j]), abs=1e-5)
+            after = float(free.logits.double().softmax(-1)[graph.logit_record(k).token])
+            assert c.probability_free == pytest.approx(after)
             ok = c.predicted * c.frozen > 0 or max(abs(c.predicted), abs(c.frozen)) < 0.01
             assert c.agree_frozen == ok
             if not c.agree_frozen or not c.agree_free:

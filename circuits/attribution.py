@@ -44,6 +44,7 @@ from .nodes import Kind, logit_stage, lorsa_stage, stage_of, transcoder_stage
 from .prune import open_rows, remember_closed, row_sums
 
 LORSA_BLOCK_ENTRIES = 1 << 23  # Lorsa targets x sources per dense block (bounds temporaries)
+TOP_TOKENS = 5  # the texts a graph keeps of the last position's most likely next tokens
 
 
 # ----------------------------------------------------------------- targets
@@ -710,6 +711,8 @@ def assemble_graph(
     referenced = set(run.tokens.tolist()) | set(promotes[promotes >= 0].tolist())
     referenced |= {lg.record.token for lg in logits}
     referenced |= {lg.record.negative for lg in logits if lg.record.negative is not None}
+    # the model's top next tokens: a summary's runner-up is one (it read '<453>' for ' wind')
+    referenced |= set(run.logits[-1].topk(min(TOP_TOKENS, run.logits.shape[-1])).indices.tolist())
     return Graph(
         prompt=prompt,
         tokens=run.tokens.tolist(),

@@ -42,6 +42,7 @@ ACTIVATION_SITE = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook
 SITE = {Kind.LORSA: "lorsa", Kind.TRANSCODER: "transcoder"}
 
 ACTIONS = ("ablate", "clamp", "scale")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True)
@@ -547,6 +548,9 @@ def _edited_nodes(graph: Graph, interventions: list[Intervention]) -> dict[str, 
                              f"{', '.join(ACTIONS)}")  # fmt: skip
         if not math.isfinite(edit.value):
             raise ValueError(f"{edit.action} of {edit.node!r} to {edit.value}: not a finite value")
+        if abs(edit.value) > FLOAT32_MAX:  # the model computes in float32: it would overflow
+            raise ValueError(f"{edit.action} of {edit.node!r} by {edit.value:g}: beyond float32's "
+                             f"range ({FLOAT32_MAX:.3g}), in which the model computes")  # fmt: skip
     return where
 
 

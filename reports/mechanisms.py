@@ -18,6 +18,7 @@ import math
 
 from circuits.graph import checked_count
 from circuits.mechanism_file import (
+    EffectCheck,
     GroupRecord,
     MechanismSummary,
     NodeRef,
@@ -114,6 +115,32 @@ def after_text(before: float | None, after: float | None) -> str:
     return f" (p {_p(before)} -> {_p(after)})"
 
 
+def mark_text(c: EffectCheck, before: float | None) -> str:
+    """A check's verdict and why: ``ok``, or ``FLAGGED`` with each measurement that has the
+    other sign or is more than ``RATIO`` times off (``frozen other sign``, ``free 0.21x``);
+    for a logit, where the token's probability moved the other way than its demeaned logit
+    (the logit is demeaned: it can rise while every other logit rises more), said beside the
+    sign it contradicts, so a reader does not take a flag on the logit for the group not
+    mattering, nor an ok for the probability agreeing."""
+    parts = []
+    for name, agree, ratio, after in (
+        ("frozen", c.agree_frozen, c.ratio_frozen, c.probability_frozen),
+        ("free", c.agree_free, c.ratio_free, c.probability_free),
+    ):
+        moved = None if before is None or after is None or after == before else after - before
+        apart = moved is not None and c.predicted != 0 and (moved > 0) != (c.predicted > 0)
+        off = ratio is not None and not 1 / RATIO <= ratio <= RATIO
+        if not agree:
+            with_p = "" if apart or moved is None else ", its probability as predicted"
+            parts.append(f"{name} other sign{with_p}")
+        elif off or apart:
+            what = [f"{ratio:.2g}x"] if off else []
+            parts.append(f"{name} " + ", ".join(what + ["its probability the other way"] * apart))
+    if not c.flagged:
+        return "; ".join(["ok"] + [x for x in parts if x.endswith("the other way")])
+    return "FLAGGED" + (": " + "; ".join(parts) if parts else "")
+
+
 def _p(p: float) -> str:
     """A probability to 3 significant digits, never rounded up to 1 or down to 0 (0.996, not
     1; 4.9e-06, not 0)."""
@@ -154,8 +181,10 @@ def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
     c = next((c for c in g.checks if c.target == t.node and c.flagged), None)
     if c is None:
         return ""
+    why = mark_text(c, t.probability).removeprefix("FLAGGED").removeprefix(": ")
     return (
-        f"its ablation check is FLAGGED: predicted {_signed(c.predicted)}, frozen attention "
+        f"its ablation check is FLAGGED{f' ({why})' if why else ''}: predicted "
+        f"{_signed(c.predicted)}, frozen attention "
         f"{_signed(c.frozen)}{after_text(t.probability, c.probability_frozen)}, free "
         f"{_signed(c.free)}{after_text(t.probability, c.probability_free)}"
     )
@@ -365,13 +394,13 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         shown = [c for c in g.checks if every_check or c.target == first]
         rest = [] if every_check else [c for c in g.checks if c.target != first]
         for c in shown:
-            mark = "FLAGGED" if c.flagged else "ok"
             before = probabilities.get(c.target)
             lines.append(
                 f"       ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
                 f"predicted {_signed(c.predicted)}, frozen attention {_signed(c.frozen)}"
                 f"{after_text(before, c.probability_frozen)}, free "
-                f"{_signed(c.free)}{after_text(before, c.probability_free)}  [{mark}]"
+                f"{_signed(c.free)}{after_text(before, c.probability_free)}  "
+                f"[{mark_text(c, before)}]"
             )
         if rest:
             lines.append(
@@ -456,7 +485,7 @@ def _checks_html(g: GroupRecord, target_names: dict[str, str],
             f'<td class="num">{_num(c.predicted)}</td><td class="num">{_num(c.frozen)}'
             f"{_esc(after_text(before, c.probability_frozen))}</td>"
             f'<td class="num">{_num(c.free)}{_esc(after_text(before, c.probability_free))}</td>'
-            f"<td>{'flagged' if c.flagged else 'ok'}</td></tr>"
+            f"<td>{_esc(mark_text(c, before))}</td></tr>"
         )
     if not rows:
         return ""

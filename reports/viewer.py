@@ -197,6 +197,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         after_text,
         carried_text,
         flagged_text,
+        mark_text,
         moved_text,
         own_token_text,
         predicting_heading,
@@ -239,7 +240,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "qk": [_reason_panel(r) for r in g.qk],
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged,
                          after_text(before.get(c.target), c.probability_frozen),
-                         after_text(before.get(c.target), c.probability_free)]
+                         after_text(before.get(c.target), c.probability_free),
+                         mark_text(c, before.get(c.target))]
                         for c in g.checks]}
             for g in summary.groups
         ],

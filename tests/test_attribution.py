@@ -695,6 +695,12 @@ def test_intervention_changes_agree_with_the_graph(graph, replacement):
     # found by a fuzz pass: a clamp to 3e38 returned actual = -inf without a word
     with pytest.raises(ValueError, match="the model overflows under these edits"):
         intervene(replacement, graph, [Intervention(node, "clamp", 3e38)])
+    # found by fuzz pass 10: 1e308 is finite, but no float32 (a RuntimeError from torch)
+    for value in (1e308, -4e38):
+        with pytest.raises(ValueError, match="beyond float32's range"):
+            intervene(replacement, graph, [Intervention(node, "clamp", value)])
+        with pytest.raises(ValueError, match="beyond float32's range"):
+            predict(graph, [Intervention(node, "scale", value)])
 
 
 def test_intervene_refuses_a_pruned_graph_and_predict_takes_one(graph, replacement, tokens):

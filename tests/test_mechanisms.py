@@ -725,7 +725,7 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
     """A review found the predicting group's check reversed in sign with attention free, said
     15 lines below the line naming it: a flagged check of the predicting group is printed
     right under that line (and in the report and the panel), an unflagged one is not."""
-    from reports.mechanisms import after_text, flagged_text
+    from reports.mechanisms import after_text, flagged_text, mark_text
 
     summary = summarize(replacement, graph, run, max_groups=4)
     t = summary.targets[0]
@@ -738,10 +738,46 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
         assert lines[at + 1].startswith("    its ablation check is FLAGGED") == flagged
         assert bool(flagged_text(g, t)) == flagged
         assert ("its ablation check is FLAGGED" in mechanisms_html(summary)) == flagged
+    why = mark_text(check, t.probability).removeprefix("FLAGGED")
     assert flagged_text(g, t) == (
-        f"its ablation check is FLAGGED: predicted {check.predicted:+.3g}, frozen attention "
+        f"its ablation check is FLAGGED{why.replace(': ', ' (', 1) + ')' if why else ''}: "
+        f"predicted {check.predicted:+.3g}, frozen attention "
         f"{check.frozen:+.3g}{after_text(t.probability, check.probability_frozen)}, free "
         f"{check.free:+.3g}{after_text(t.probability, check.probability_free)}"
+    )
+
+
+def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagrees():
+    """``[FLAGGED]`` alone read as "the group does not matter" where the demeaned logit rose
+    while the token's probability collapsed (a reviewer's ``Friday Saturday Sunday``:
+    predicted -8.96, frozen +0.55 with p 0.675 -> 0.038); an ``ok`` hid a probability that
+    moved the other way. The mark names each measurement at fault and the probability's
+    direction against the sign it contradicts."""
+    from circuits.mechanism_file import EffectCheck
+    from reports.mechanisms import mark_text
+
+    def check(predicted, frozen, free, p_frozen, p_free, flagged):
+        return EffectCheck(
+            target="t", predicted=predicted, frozen=frozen, free=free,
+            agree_frozen=predicted * frozen > 0, agree_free=predicted * free > 0,
+            ratio_frozen=abs(frozen / predicted), ratio_free=abs(free / predicted),
+            flagged=flagged, probability_frozen=p_frozen, probability_free=p_free,
+        )  # fmt: skip
+
+    friday = check(-8.96, 0.552, -7.01, 0.0384, 0.01, True)
+    assert mark_text(friday, 0.675) == "FLAGGED: frozen other sign, its probability as predicted"
+    apart = check(-8.96, 0.552, -7.01, 0.9, 0.01, True)  # the probability rose too
+    assert mark_text(apart, 0.675) == "FLAGGED: frozen other sign"
+    assert mark_text(check(-2.0, -1.5, -0.2, 0.3, 0.35, True), 0.4) == "FLAGGED: free 0.1x"
+    assert mark_text(check(-2.0, -1.5, -0.2, 0.3, 0.5, True), 0.4) == (
+        "FLAGGED: free 0.1x, its probability the other way"
+    )
+    assert mark_text(check(-2.0, -1.5, -1.0, 0.3, 0.5, False), 0.4) == (
+        "ok; free its probability the other way"
+    )
+    assert mark_text(check(-2.0, -1.5, -1.0, None, None, False), None) == "ok"
+    assert mark_text(check(-2.0, 1.5, 1.0, None, None, True), None) == (
+        "FLAGGED: frozen other sign; free other sign"
     )
 
 

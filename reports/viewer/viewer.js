@@ -956,7 +956,7 @@
       for (const r of g.qk) li.append(...reasonLines(r));
       for (const c of g.checks) {
         li.append(el("div", { class: c[4] ? "neg" : "muted" },
-          `ablate${several ? " " + named(c[0]) : ""}: predicted ${signed(c[1])}, frozen ${signed(c[2])}${c[5]}, free ${signed(c[3])}${c[6]}` + (c[4] ? " (flagged)" : "")));
+          `ablate${several ? " " + named(c[0]) : ""}: predicted ${signed(c[1])}, frozen ${signed(c[2])}${c[5]}, free ${signed(c[3])}${c[6]} [${c[7]}]`));
       }
       const members = g.members.map((id) => byId.get(id)).filter((i) => i !== undefined);
       if (members.length >= 2) {

@@ -90,9 +90,46 @@ def grower(replacement, tokenizer, start: int):
     return grow
 
 
+FAMILIES_READ = ("induction", "previous_token", "local_context")
+HEAD_FIELDS = ("layer", "head", "score", "active")
+
+
+def check_head(family: str, h, n_ov: list[int]) -> None:
+    """One entry of a family's ``heads``, checked for all that the benchmark reads of it
+    (``induction_head`` ranks by score and ``active`` after the long gathering, where a
+    missing or odd field was a traceback)."""
+    if not isinstance(h, dict):
+        raise ValueError(f"{family}: a head entry is {type(h).__name__}, not an object")
+    missing = [k for k in HEAD_FIELDS if k not in h]
+    if missing:
+        raise ValueError(f"{family}: a head entry lacks {', '.join(missing)}")
+    layer, head, score, active = (h[k] for k in HEAD_FIELDS)
+    if not (type(layer) is int and 0 <= layer < len(n_ov)
+            and type(head) is int and 0 <= head < n_ov[layer]):  # fmt: skip
+        raise ValueError(f"{family}: no head {layer!r}:{head!r} in this replacement set")
+    if not (type(score) in (int, float) and 0 <= score <= 1):
+        raise ValueError(f"{family}: score {score!r} outside [0, 1]")
+    if not (type(active) is int and active >= 0):
+        raise ValueError(f"{family}: active {active!r} is not a non-negative integer")
+
+
+def check_families(record, n_ov: list[int]) -> dict:
+    """The ``families`` of a heads.json record, each family the benchmark reads an object
+    whose ``heads`` is a list of entries that ``check_head`` accepts."""
+    if not isinstance(record, dict) or not isinstance(record.get("families"), dict):
+        raise ValueError("no families object")
+    families = record["families"]
+    for f in FAMILIES_READ:
+        if not isinstance(families.get(f), dict) or not isinstance(families[f].get("heads"), list):
+            raise ValueError(f"{f}: no list of heads")
+        for h in families[f]["heads"]:
+            check_head(f, h, n_ov)
+    return families
+
+
 def taxonomy(replacement, tokenizer, heads_json: Path) -> dict:
-    """The families of ``heads.json``, refused unless it was made on this model, replacement
-    set and tokenizer."""
+    """The families of ``heads.json``, checked whole before the long gathering, and refused
+    unless it was made on this model, replacement set and tokenizer."""
     from circuits.statistics import identity
     from toy_models.cli import UserError
     from toy_models.records import parse_json
@@ -103,16 +140,8 @@ def taxonomy(replacement, tokenizer, heads_json: Path) -> dict:
     n_ov = [lorsa.cfg.n_ov_heads for lorsa in replacement.lorsas]
     try:
         record = parse_json(heads_json.read_text())
-        families = record["families"]
-        for f in ("induction", "previous_token", "local_context"):
-            for h in families[f]["heads"]:
-                layer, head, score = h["layer"], h["head"], h["score"]
-                if not (type(layer) is int and 0 <= layer < len(n_ov)
-                        and type(head) is int and 0 <= head < n_ov[layer]):  # fmt: skip
-                    raise ValueError(f"{f}: no head {layer!r}:{head!r} in this replacement set")
-                if not (type(score) in (int, float) and 0 <= score <= 1):
-                    raise ValueError(f"{f}: score {score!r} outside [0, 1]")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        families = check_families(record, n_ov)
+    except (OSError, ValueError) as e:  # (a UnicodeDecodeError is a ValueError)
         raise UserError(f"--heads {heads_json}: not a reports.heads file ({e})") from None
     if record.get("identity") != identity(replacement, tokenizer):
         raise UserError(f"--heads {heads_json}: made on another model or replacement set; {rerun}")

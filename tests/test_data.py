@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from toy_models import data as D
 from toy_models.data import (
@@ -463,6 +464,72 @@ def test_tokenizer_splits_digits_and_prepends_bos():
     assert [t for t in enc.tokens if t.isdigit()] == list("347285632")
     assert tokenizer.decode(enc.ids) == "347+285=632\n"
     assert all(n not in COMMON_NAMES for n in (rare_name(rng, "train") for _ in range(20)))
+
+
+def _swap_bos(data: dict, with_post_processor: bool = True) -> None:
+    """Swap the ids of BOS (0) and of ``!`` (1) in a tokenizer.json's data: in its vocabulary
+    and added tokens, and, if ``with_post_processor``, in the BOS its template prepends."""
+    vocab = data["model"]["vocab"]
+    vocab[BOS], vocab["!"] = vocab["!"], vocab[BOS]
+    for added in data["added_tokens"]:
+        added["id"] = vocab[added["content"]]
+    if with_post_processor:
+        data["post_processor"]["processors"][1]["special_tokens"][BOS]["ids"] = [vocab[BOS]]
+
+
+def _bos_twice(data: dict) -> None:
+    template = data["post_processor"]["processors"][1]["single"]
+    template.insert(0, dict(template[0]))
+
+
+TOKENIZER_DAMAGES = {
+    "no post-processor": (
+        lambda d: d.update(post_processor=None),
+        f"does not begin an encoded text with exactly one {re.escape(BOS)}",
+    ),
+    "BOS swapped with another token": (_swap_bos, f"{re.escape(BOS)} is token 1, not 0"),
+    "BOS swapped, its template not": (
+        lambda d: _swap_bos(d, with_post_processor=False),
+        f"{re.escape(BOS)} is token 1, not 0",
+    ),
+    "BOS prepended twice": (
+        _bos_twice,
+        f"does not begin an encoded text with exactly one {re.escape(BOS)}",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", TOKENIZER_DAMAGES)
+def test_a_tokenizer_that_does_not_begin_with_one_bos_0_is_refused(damage, tmp_path, cli):
+    """A tokenizer.json that loads but whose BOS is not id 0, or whose encoding does not begin
+    with exactly one BOS, is refused in one line naming the file: with it, evaluation read
+    position 0 as BOS and reported wrong numbers with exit code 0. The shipped one loads."""
+    import json
+    import shutil
+
+    from toy_models.evaluate import main as evaluate
+    from toy_models.tokenizer import encode_prompt, load_tokenizer
+    from toy_models.zoo import SHIPPED_DIR
+
+    edit, message = TOKENIZER_DAMAGES[damage]
+    shipped = load_tokenizer(SHIPPED_DIR / "default" / "tokenizer.json")
+    assert shipped.encode("a").ids[0] == shipped.token_to_id(BOS) == 0
+    model = tmp_path / "model"
+    shutil.copytree(SHIPPED_DIR / "default", model, ignore=shutil.ignore_patterns("record.json"))
+    config = json.loads((model / "config.json").read_text())
+    config.pop("tokenizer_sha256", None)  # optional: older runs lack it
+    (model / "config.json").write_text(json.dumps(config))
+    data = json.loads((model / "tokenizer.json").read_text())
+    edit(data)
+    (model / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(model / 'tokenizer.json'))}: {message}"):
+        load_tokenizer(model / "tokenizer.json")
+    code, out, err = cli(evaluate, "--model", model, "--docs", "1")
+    assert code == 2 and not out and err.count("\n") == 1 and re.search(message, err), err
+    if "does not begin" in message:  # a tokenizer given to encode_prompt is checked too
+        loose = Tokenizer.from_str(json.dumps(data))  # not through load_tokenizer
+        with pytest.raises(ValueError, match="^the tokenizer does not begin the prompt with"):
+            encode_prompt(loose, "Monday, Tuesday", n_ctx=64)
 
 
 def test_token_text_names_the_bytes_of_a_split_character():

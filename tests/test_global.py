@@ -1152,6 +1152,89 @@ def test_the_benchmarks_heads_file_is_read_as_untrusted(
         taxonomy(replacement, tokenizer, path)
 
 
+@pytest.mark.parametrize(
+    "active, message",
+    [
+        (None, "induction: a head entry lacks active"),
+        (-1, "induction: active -1 is not a non-negative integer"),
+        ("12", "induction: active '12' is not a non-negative integer"),
+        (True, "induction: active True is not a non-negative integer"),
+    ],
+)
+def test_the_benchmarks_heads_file_is_refused_before_gathering_without_a_good_active(
+    tiny_pretrained, make_replacement, tmp_path, monkeypatch, cli, active, message
+):
+    """``benchmarks/global_circuits.py``: a heads.json whose induction head has no ``active``,
+    or one that is not a non-negative integer, is one line and exit code 2 before the long
+    gathering (``induction_head`` reads it after it: ``KeyError: 'active'``)."""
+    from conftest import benchmark
+
+    module = benchmark("global_circuits")
+    model, tokenizer = tiny_pretrained
+    replacement = make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4)
+    head = {"layer": 1, "head": 3, "score": 0.9} | ({} if active is None else {"active": active})
+    record = {
+        "identity": identity(replacement, tokenizer),
+        "families": {
+            "induction": {"heads": [head]},
+            "previous_token": {"heads": []},
+            "local_context": {"heads": []},
+        },
+    }
+    path = tmp_path / "heads.json"
+    path.write_text(json.dumps(record))
+
+    def never(*args, **kwargs):
+        raise AssertionError("gathered before the heads file was checked")
+
+    monkeypatch.setattr("replacement.model.load_pretrained", lambda name: (replacement, tokenizer))
+    monkeypatch.setattr(module, "gathering", never)
+    grad = torch.is_grad_enabled()
+    try:
+        code, out, err = cli(module.main, "--heads", path, "--rows", 1)
+    finally:
+        torch.set_grad_enabled(grad)  # main turns it off for the process
+    assert code == 2 and not out, err
+    assert err == f"error: --heads {path}: not a reports.heads file ({message})\n"
+
+
+def test_the_benchmarks_heads_file_is_checked_whole_for_what_it_reads(
+    tiny_pretrained, make_replacement, tmp_path
+):
+    """Every family the benchmark reads is an object with a list of head objects, each with all
+    four fields: anything else is one line naming what is wrong, not a KeyError or TypeError
+    caught as a bare key name."""
+    from conftest import benchmark
+
+    from toy_models.cli import UserError
+
+    model, tokenizer = tiny_pretrained
+    replacement = make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4)
+    taxonomy = benchmark("global_circuits").taxonomy
+    head = {"layer": 1, "head": 3, "score": 0.9, "active": 12}
+    families = {f: {"heads": [head]} for f in ("induction", "previous_token", "local_context")}
+    cases = {
+        "no families object": [],
+        "no families object ": {"families": [1]},
+        "previous_token: no list of heads": {"families": families | {"previous_token": {}}},
+        "local_context: no list of heads": {
+            "families": families | {"local_context": {"heads": {"0": head}}}
+        },
+        "induction: a head entry is str, not an object": {
+            "families": families | {"induction": {"heads": ["lorsa:1:3"]}}
+        },
+        "local_context: a head entry lacks layer, score": {
+            "families": families | {"local_context": {"heads": [{"head": 3, "active": 1}]}}
+        },
+    }
+    path = tmp_path / "heads.json"
+    for message, record in cases.items():
+        path.write_text(json.dumps(record))
+        with pytest.raises(UserError) as info:
+            taxonomy(replacement, tokenizer, path)
+        assert str(info.value) == f"--heads {path}: not a reports.heads file ({message.strip()})"
+
+
 # ----------------------------------------------------------------- found by a fuzz pass
 def test_a_file_that_is_not_this_models_statistics_is_never_advised_away(
     replacement, stats, tmp_path, random_rows, monkeypatch

@@ -63,20 +63,41 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
+    """``path``'s tokenizer, refused in one line naming the file unless it is one this project
+    could have made: ids 0..n-1, BOS id 0 and prepended once. A file that loads but differs
+    (no post-processor, BOS swapped with another token) would otherwise give wrong numbers
+    without a word: evaluation and attribution read position 0 as BOS."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file not found: {path}")
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
-        raise ValueError(f"{path}: not a valid tokenizer file ({exc})") from None
+        raise ValueError(f"{path}: not a valid tokenizer file ({one_line(exc)})") from None
     if tokenizer.token_to_id(BOS) is None:
         raise ValueError(f"{path}: tokenizer has no {BOS} token; it was not made by this project")
     ids = sorted(tokenizer.get_vocab(with_added_tokens=True).values())
     if ids != list(range(len(ids))) or len(ids) != tokenizer.get_vocab_size():
         raise ValueError(f"{path}: its token ids are not 0..{len(ids) - 1}, one per token "
                          "(a model's embedding rows are indexed by them)")  # fmt: skip
+    _check_bos(tokenizer, path)
     return tokenizer
+
+
+def _check_bos(tokenizer: Tokenizer, path: str | Path) -> None:
+    """Refuse a tokenizer whose BOS is not id 0 or that does not begin a plain text with
+    exactly one BOS: the model was trained with BOS 0 as position 0's sink, and every reader
+    of a sequence takes position 0 for it."""
+    bos = tokenizer.token_to_id(BOS)
+    if bos != 0:
+        raise ValueError(f"{path}: {BOS} is token {bos}, not 0; it was not made by this project")
+    try:
+        ids = tokenizer.encode("a").ids
+    except Exception as exc:  # anything else the tokenizer cannot take
+        raise ValueError(f"{path}: cannot encode a plain text ({one_line(exc)})") from None
+    if not begins_with_one_bos(tokenizer, ids):
+        raise ValueError(f"{path}: does not begin an encoded text with exactly one {BOS} "
+                         "(its post-processor is missing or changed)")  # fmt: skip
 
 
 def _byte_of_char() -> dict[str, int]:
@@ -118,13 +139,21 @@ def bos_id(tokenizer: Tokenizer) -> int:
     return tokenizer.token_to_id(BOS)
 
 
+def begins_with_one_bos(tokenizer: Tokenizer, ids: list[int]) -> bool:
+    """Whether ``ids`` begin with BOS and hold no other: what every reader of a sequence
+    assumes (position 0 is the sink the model was trained with, and only there)."""
+    bos = bos_id(tokenizer)
+    return bool(ids) and ids[0] == bos and ids.count(bos) == 1
+
+
 def encode_prompt(
     tokenizer: Tokenizer, text: str, n_ctx: int, what: str = "the prompt"
 ) -> list[int]:
     """A user's prompt as token ids (BOS first), refusing what the model cannot take: empty
     text, text that is not valid Unicode or does not survive encoding unchanged, a BOS inside
     it, or more than ``n_ctx`` tokens (for a prompt, the positions the model was trained on:
-    ``ToyTransformer.trained_positions``). ``what`` names the text in messages."""
+    ``ToyTransformer.trained_positions``); and a tokenizer that does not begin it with exactly
+    one BOS (one not read by ``load_tokenizer``). ``what`` names the text in messages."""
     if not text:
         raise ValueError(f"{what} is empty")
     if BOS in text:
@@ -140,6 +169,8 @@ def encode_prompt(
         ids = tokenizer.encode(text).ids
     except Exception as exc:  # anything else the tokenizer cannot take
         raise ValueError(f"{what} cannot be tokenized ({one_line(exc)})") from None
+    if not begins_with_one_bos(tokenizer, ids):
+        raise ValueError(f"the tokenizer does not begin {what} with exactly one {BOS}")
     if tokenizer.decode(ids, skip_special_tokens=True) != text:
         raise ValueError(f"{what} does not survive tokenization unchanged")
     if len(ids) > n_ctx:

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     analysis_wall, analysis_cpu = time.perf_counter() - t0, time.process_time() - c0
     results |= {"model": args.model, "replacement": args.replacement or "shipped"}
     results["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    R.write_report(results, args.out)
+    R.write_report_set(results, args.out)
 
     n_ctx = replacement.cfg.n_ctx
     t0 = time.perf_counter()

@@ -5,7 +5,10 @@
 
 Writes ``ablations.md`` and ``ablations.png`` (FVU and 1 - loss recovered against K, the number
 of QK heads and the QK rank; the attention-output SAE beside Lorsa on the K axis) into
-``--out`` (default: the JSON's path without its suffix). Reads only the results dictionary.
+``--out`` (default: the JSON's path without its suffix), as one set
+(``reports.outputs.write_set``, recorded in ``.ablations-set.json``): an ``ablations.md`` or
+``ablations.png`` there that no run of the command wrote is refused before the report is made,
+and kept. Reads only the results dictionary.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ AXES = (  # (axis, x label, variant field on that axis)
     ("qk_heads", "QK heads (same OV heads)", "n_qk_heads"),
     ("d_qk", "QK rank d_qk", "d_qk"),
 )
+# The command's output set (``reports.outputs.OutputSet``, built where it is written: that
+# module imports torch, which ``--help`` and a bad ``--json`` never pay for); the first names it.
+REPORT_FILES = ("ablations.md", "ablations.png")
 
 
 # ----------------------------------------------------------------- the results file
@@ -440,13 +446,19 @@ def figure(results: dict):
 
 
 def write_ablation_report(results: dict, out: Path) -> list[Path]:
-    """``ablations.md`` and ``ablations.png`` in ``out`` (created); returns their paths."""
-    from toy_models.files import write_text_atomic
+    """``ablations.md`` and ``ablations.png`` in ``out`` (created), as one set (module
+    docstring: the command's and ``benchmarks/lorsa_ablations.py``'s); returns their paths."""
+    from .outputs import write_report_files
 
     check_results(results)
+    return write_report_files(out, REPORT_FILES, lambda stage: _write_files(stage, results))
+
+
+def _write_files(out: Path, results: dict) -> list[Path]:
+    """The report's files, made in memory, into the directory ``out``."""
+    from toy_models.files import write_text_atomic
+
     text, fig = markdown(results), figure(results)  # every figure read before any write
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     write_png_atomic(fig, out / "ablations.png", dpi=100)
     write_text_atomic(out / "ablations.md", text)
     return [out / "ablations.md", out / "ablations.png"]

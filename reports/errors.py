@@ -5,7 +5,10 @@ error on the same tokens share a direction (``replacement.errors`` has the bookk
     python -m reports.errors [--json benchmarks/results/error_analysis_default.json] [--out DIR]
 
 re-renders the report (``errors.md``, ``errors.png``) from the results that
-``benchmarks/error_analysis.py`` computes with ``analyse_errors``.
+``benchmarks/error_analysis.py`` computes with ``analyse_errors``. The command writes them as one
+set (``reports.outputs.write_set``, recorded in ``.errors-set.json``): an ``errors.md`` or
+``errors.png`` in ``--out`` that no run of it wrote is refused before the report is made, and
+kept.
 
 Rows are held-out documents, one per row, the families taking turns
 (``circuits.concepts.corpus_rows``: ``toy_models.data.examples(family, "heldout", seed)``), so
@@ -35,6 +38,9 @@ from .results_cli import render_results
 DEFAULT_JSON = Path("benchmarks/results/error_analysis_default.json")
 ROLES = TOKEN_ROLES
 ROLE_OF_CONCEPT = {i: CONCEPT_ROLE[c] for i, c in enumerate(CONCEPTS)}
+# The command's output set (``reports.outputs.OutputSet``, built where it is written: that
+# module imports torch, which ``--help`` and a bad ``--json`` never pay for); the first names it.
+REPORT_FILES = ("errors.md", "errors.png")
 
 
 # ----------------------------------------------------------------- the results file
@@ -490,13 +496,19 @@ def figure(results: dict):
 
 
 def write_error_report(results: dict, out: Path) -> list[Path]:
-    """``errors.md`` and ``errors.png`` in ``out`` (created); returns their paths."""
-    from toy_models.files import write_text_atomic
+    """``errors.md`` and ``errors.png`` in ``out`` (created), as one set (module docstring:
+    the command's and ``benchmarks/error_analysis.py``'s); returns their paths."""
+    from .outputs import write_report_files
 
     check_results(results)
+    return write_report_files(out, REPORT_FILES, lambda stage: _write_files(stage, results))
+
+
+def _write_files(out: Path, results: dict) -> list[Path]:
+    """The report's files, made in memory, into the directory ``out``."""
+    from toy_models.files import write_text_atomic
+
     text, fig = markdown(results), figure(results)  # every figure read before any write
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     write_png_atomic(fig, out / "errors.png", dpi=100)
     write_text_atomic(out / "errors.md", text)
     return [out / "errors.md", out / "errors.png"]

@@ -319,7 +319,9 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
     would be (``checked_summary``)."""
     summary = checked_summary(summary)
     max_pairs = checked_count(max_pairs, "max_pairs", least=0)
-    lines = ["mechanisms (exact flows: each group's total linear contribution to the target):"]
+    lines = ["mechanisms (exact flows: each group's total linear contribution to the target, "
+             "through the graph's frozen attention and errors; what zeroing it does is its "
+             "ablation check):"]  # fmt: skip
     names = {g.key: g for g in summary.groups}
     labels = {t.node: t.label for t in summary.targets}
     several = len(labels) > 1  # then each flow and check names its target

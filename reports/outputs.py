@@ -16,15 +16,17 @@ directory at once would share the staging directory, so a run holds ``out/.writi
 run's lock is taken over).
 
 A run records what it wrote in ``out`` (``.graph-set.json``, ``toy_models.files
-.write_set_record``, written atomically), and only what an earlier run recorded there is
-replaced or removed: its outputs that this run does not write again (a render in another
-format, ``full_graph.safetensors``, feature files, ``mechanisms.json``) go, so a reused
-directory never shows a stale file beside a new graph; nothing else in ``out`` is touched
-(``OUTPUT_NAMES``). The run refuses in one line, before its files are written and with
-nothing touched, an ``out`` where it could destroy work that is not its own
-(``toy_models.files.earlier_set``): a model or a replacement set; a ``graph.json`` with no
-record beside it (circuit-tracer's output, say, or a set of a version that kept no record:
-move it away or choose another ``--out``); an entry of the set's names that no record lists.
+.write_set_record``, written atomically), and of a directory (``features/``) every file it
+wrote there; only what an earlier run recorded is replaced or removed: its outputs that this
+run does not write again (a render in another format, ``full_graph.safetensors``, feature
+files, ``mechanisms.json``) go, so a reused directory never shows a stale file beside a new
+graph; nothing else in ``out`` is touched (``OUTPUT_NAMES``). The run refuses in one line,
+before its files are written and with nothing touched, an ``out`` where it could destroy work
+that is not its own (``toy_models.files.earlier_set``): a model or a replacement set; a
+``graph.json`` with no record beside it (circuit-tracer's output, say, or a set of a version
+that kept no record: move it away or choose another ``--out``); an entry of the set's names
+that no record lists; a file the user put in a recorded directory (a directory is replaced or
+removed whole), or anything in one whose record predates the listings.
 ``write_set`` is that machinery for any set of files (``OutputSet``: its names and the file
 that marks it); ``reports.heads`` writes its report with it too.
 """
@@ -35,6 +37,7 @@ import contextlib
 import errno
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +47,9 @@ from circuits.graph import Graph
 from circuits.neuronpedia import to_json
 from toy_models.files import (
     WriteError,
+    earlier_record,
     earlier_set,
+    files_under,
     fresh_directory,
     make_dir,
     process_alive,
@@ -146,8 +151,14 @@ def write_graph_outputs(
 
     result, notes = write_set(out, GRAPH_SET, fill)
     result.notes += notes
-    result.paths = [out / path.relative_to(out / STAGING_DIR) for path in result.paths]
+    result.paths = placed(out, result.paths)
     return result
+
+
+def placed(out: Path, staged: list[Path]) -> list[Path]:
+    """Where the files that a ``write_set`` fill wrote in its staging directory (``staged``)
+    are once the set is in ``out``: the paths a command reports as written."""
+    return [out / path.relative_to(out / STAGING_DIR) for path in staged]
 
 
 def write_set(out: Path, kind: OutputSet, fill: Callable[[Path], T]) -> tuple[T, list[str]]:
@@ -170,6 +181,19 @@ def write_set(out: Path, kind: OutputSet, fill: Callable[[Path], T]) -> tuple[T,
             raise WriteError(exc.errno, exc.strerror, str(out / name.relative_to(stage))) from None
         raise
     return result, notes
+
+
+def write_report_files(
+    out: Path, names: tuple[str, ...], fill: Callable[[Path], list[Path]]
+) -> list[Path]:
+    """A report of a few files (``names``, the first naming its set) written into ``out`` as
+    one set (``write_set``; ``fill(stage)`` makes them there and returns their paths), its
+    notes said on stderr: a user's own file of one of those names is refused, before ``fill``
+    runs, and kept; a failure leaves the earlier report whole. Returns the paths in ``out``."""
+    staged, notes = write_set(Path(out), OutputSet(frozenset(names), names[0]), fill)
+    for note in notes:
+        print(note, file=sys.stderr)
+    return placed(Path(out), staged)
 
 
 @contextlib.contextmanager
@@ -209,33 +233,39 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
     entries the earlier set recorded that this one does not replace removed, one note each.
     Anything in ``out`` that is not the earlier set's (``earlier_set``), and a name held by
     the other kind of entry (a directory named ``graph.html``), are refused before anything
-    moves. The record lists every entry of both sets while they move (a run killed among the
-    renames leaves nothing of its own unlisted), then this set's alone."""
+    moves; so is a recorded directory holding a file its run did not write (a directory is
+    replaced or removed whole). The record lists every entry of both sets, and every file of
+    their directories, while they move (a run killed among the renames leaves nothing of its
+    own unlisted), then this set's alone."""
     new = sorted(stage.iterdir(), key=lambda entry: entry.name)
     for entry in new:
         target = out / entry.name
         if os.path.lexists(target) and (entry.is_dir() != target.is_dir() or target.is_symlink()):
             raise WriteError(errno.EEXIST, "in the way: not the kind of entry the run writes",
                              str(target))  # fmt: skip
-    earlier = earlier_set(out, kind.mark, kind.names)  # again: under the lock, just before
+    earlier = earlier_record(out, kind.mark, kind.names)  # again: under the lock, just before
     written = {entry.name: "directory" if entry.is_dir() else "file" for entry in new}
-    write_set_record(out, kind.mark, {**earlier, **written})
+    files = {entry.name: files_under(entry) for entry in new if entry.is_dir()}
+    entries = {**earlier.entries, **written}
+    both = {name: sorted({*paths, *files.get(name, [])})
+            for name, paths in earlier.files.items() if entries[name] == "directory"}  # fmt: skip
+    write_set_record(out, kind.mark, entries, {**files, **both})
     for entry in new:
         if entry.is_dir():
             swap_directory(entry, out / entry.name)
         else:
             os.replace(entry, out / entry.name)
     notes = []
-    for name in sorted(set(earlier) - set(written)):
+    for name in sorted(set(earlier.entries) - set(written)):
         entry = out / name
         if not os.path.lexists(entry):
             continue
-        if earlier[name] == "directory":
-            shutil.rmtree(entry)
+        if earlier.entries[name] == "directory":
+            shutil.rmtree(entry)  # holds only what its run wrote: ``earlier_record`` checked
         else:
             entry.unlink()
         notes.append(f"removed {entry} of an earlier run")
-    write_set_record(out, kind.mark, written)
+    write_set_record(out, kind.mark, written, files)
     stage.rmdir()
     return notes
 

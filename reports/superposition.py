@@ -21,7 +21,9 @@ measured Lorsa head's shares, slopes and pattern agreements, the worked examples
 ``superposition.md`` (the tables and the worked examples: MHSA heads split into their Lorsa
 units, with each unit's top example), ``superposition.png`` (per layer, MHSA heads x Lorsa
 head families: where each family's share mass lives) and ``top_share.png`` (the largest share
-and the effective number of heads of every measured Lorsa head).
+and the effective number of heads of every measured Lorsa head), as one set
+(``reports.outputs.write_set``, recorded in ``.superposition-set.json``): a file of those names
+in ``--out`` that no run of the command wrote is refused before the measurement, and kept.
 
 Head families are ``reports.heads``'s labels, computed on its probe documents (its scoring
 phase only: seconds). Concept labels come from the unit dashboards file
@@ -37,7 +39,7 @@ import time
 from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
-from toy_models.files import check_writable_dir
+from toy_models.files import check_writable_dir, earlier_set
 from toy_models.tokenizer import token_text
 from toy_models.zoo import resolve_model_dir
 
@@ -48,6 +50,10 @@ HOST_SHARE = 0.3  # = circuits.superposition.HOST_SHARE
 MIN_FIRES = 10  # = circuits.superposition.MIN_FIRES
 HEADS_DOCS = 24  # = reports.heads.Settings.docs
 PAPER_FRACTION = 0.25  # He et al. 2025 (Lorsa): about a quarter of Lorsa heads
+# What the command writes into --out, as one set (``reports.outputs.OutputSet``, built where it
+# is written: that module imports torch, which the argument checks never pay for); the first
+# file names it. ``write_report`` writes exactly these.
+REPORT_FILES = ("superposition.json", "superposition.md", "superposition.png", "top_share.png")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -137,6 +143,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--dashboards {args.dashboards}: no such file")
     resolve_model_dir(args.model)
     check_writable_dir(args.out)
+    earlier_set(args.out, REPORT_FILES[0], frozenset(REPORT_FILES))  # a user's own files: now
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,11 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     results["torch_threads"] = torch.get_num_threads()
     seconds["total"] = time.perf_counter() - t0  # the report files not included
     results["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    written = write_report(results, args.out)
+    written = write_report_set(results, args.out)
     print(console_summary(results))
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def write_report_set(results: dict, out: Path) -> list[Path]:
+    """``write_report`` into ``out`` as one set (module docstring): a failure leaves the
+    earlier report whole, never a mix of two runs; returns the paths written."""
+    from reports.outputs import write_report_files
+
+    return write_report_files(out, REPORT_FILES, lambda stage: write_report(results, stage))
 
 
 # ----------------------------------------------------------------- the analysis

@@ -383,3 +383,107 @@ def test_the_global_graphs_copy_of_the_output_names_is_the_reports():
 
     assert global_graph.OUTPUT_NAMES == GRAPH_SET.names
     assert global_graph.GRAPH_MARK == GRAPH_SET.mark
+
+
+def test_a_file_put_in_a_traced_sets_features_folder_is_refused_and_kept(tmp_path, fresh_cli):
+    """Found in review (lost work, exit 0): a trace over an earlier trace's set deleted a file
+    the user had put in its features/ folder, when it replaced features/ and when, without
+    feature files, it removed it ("removed features of an earlier run"). The record now lists
+    the files a run wrote in the folder: anything else there is refused in one line, before
+    any work (global_graph imports no torch), naming it; every file is kept."""
+    from reports.outputs import GRAPH_SET, write_set
+
+    out = tmp_path / "x1"
+
+    def earlier_trace(stage: Path) -> None:
+        (stage / "graph.json").write_text('{"nodes": []}')
+        (stage / "features" / "default-local").mkdir(parents=True)
+        (stage / "features" / "default-local" / "1.json").write_text("{}")
+
+    write_set(out, GRAPH_SET, earlier_trace)
+    (out / "features" / "MY_NOTES.txt").write_text("my notes\n")
+    before = files_in(out)
+    message = f"cannot write {out / 'features' / 'MY_NOTES.txt'}: in the way: not written by a run"
+    for flags in (["--no-feature-files", "--no-dashboards"], []):
+        result = run("circuits.trace", "--prompt", "A B C", *flags, "--out", str(out))
+        assert_one_line_error(result, message)
+        assert "move it out of features/" in result.stderr
+    args = ["--start", "lorsa:1:2", "--out", str(out)]
+    code, heavy, err = fresh_cli("circuits.global_graph", args)
+    assert code == 2 and heavy == [] and err.count("\n") == 0 and message in err, err
+    assert files_in(out) == before
+
+
+RESULTS = Path(__file__).parent.parent / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize(
+    "module, results, names",
+    [
+        ("reports.errors", "error_analysis_default.json", ("errors.md", "errors.png")),
+        ("reports.ablations", "lorsa_ablations_default.json", ("ablations.png", "ablations.md")),
+    ],
+)
+def test_a_reports_same_named_file_is_refused_and_its_own_set_rewritten(
+    module, results, names, tmp_path, cli
+):
+    """Found in review (lost work, exit 0): ``reports.errors`` and ``reports.ablations``
+    overwrote the user's own errors.md (ablations.png...) in --out, file by file. They write
+    their report as one set with a record (``.errors-set.json``), as reports.heads does: a file
+    of its names that no run wrote is refused in one line and kept byte for byte; the command
+    rewrites its own set run after run, and leaves the user's other files alone."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    record = f".{names[0].partition('.')[0]}-set.json"
+    for name in names:
+        out = tmp_path / name
+        out.mkdir()
+        (out / name).write_bytes(b"my own \x00 report\n")
+        code, _, err = cli(main, "--json", RESULTS / results, "--out", out)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"error: cannot write {out / name}: " in err and "not written by a run" in err
+        assert files_in(out) == {name: b"my own \x00 report\n"} and not (out / record).exists()
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    for _ in range(2):
+        code, stdout, err = cli(main, "--json", RESULTS / results, "--out", own)
+        assert code == 0 and err == "", err
+        assert sorted(stdout.splitlines()) == sorted(f"wrote {own / name}" for name in names)
+    assert sorted(p.name for p in own.iterdir()) == sorted([record, "notes.txt", *names])
+    assert (own / "notes.txt").read_text() == "mine"
+
+
+def test_superposition_refuses_a_users_file_before_its_work_and_rewrites_its_own(
+    tiny_run, tiny_pretrained, make_layers, tmp_path, cli, fresh_cli
+):
+    """Found in review (lost work, exit 0): ``reports.superposition --out D`` overwrote the
+    user's superposition.md and top_share.png in D, file by file, after a minute's work. It is
+    refused now in one line before torch is imported, the files kept; its own report (the set
+    of ``.superposition-set.json``) is written again run after run."""
+    from replacement.model import ReplacementModel
+    from reports.superposition import main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "superposition.md").write_text("# my notes\n")
+    (out / "top_share.png").write_bytes(b"\x89PNG mine")
+    before = files_in(out)
+    code, heavy, err = fresh_cli("reports.superposition",
+                                 ["--out", str(out), "--rows", "1", "--quiet"])  # fmt: skip
+    assert code == 2 and heavy == [] and err.count("\n") == 0, err
+    assert f"cannot write {out / 'superposition.md'}: in the way: not written by a run" in err
+    assert files_in(out) == before
+    model, _ = tiny_pretrained
+    lorsas, transcoders = make_layers(model.cfg.n_layers, model.cfg.d_model, n_qk=2, n_ov=16)
+    ReplacementModel(model, lorsas, transcoders).save(tmp_path / "rep", str(tiny_run))
+    own = tmp_path / "own"
+    args = ["--model", tiny_run, "--replacement", tmp_path / "rep", "--out", own, "--rows", "4",
+            "--heads-docs", "1", "--min-fires", "1", "--examples", "1", "--quiet"]  # fmt: skip
+    for _ in range(2):
+        code, stdout, err = cli(main, *args)
+        assert code == 0, err
+        assert stdout.count(f"wrote {own}") == 4
+    assert sorted(p.name for p in own.iterdir()) == [".superposition-set.json",
+        "superposition.json", "superposition.md", "superposition.png", "top_share.png"]  # fmt: skip

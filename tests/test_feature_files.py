@@ -167,7 +167,14 @@ def test_byte_reproducible_and_stale_files_removed(traced, tmp_path):
         a, b = outs[0] / name, outs[1] / name
         assert a.is_dir() or a.read_bytes() == b.read_bytes(), name
     stale = outs[0] / "features/tiny-local/999999.json"
-    stale.write_text("{}")
+    stale.write_text("{}")  # a file no run wrote there: someone's, in the way and kept
+    with pytest.raises(OSError, match="999999.json: in the way"):
+        write_graph_outputs(graph, outs[0], [], dashboards=views)
+    assert stale.read_text() == "{}"
+    record_path = outs[0] / ".graph-set.json"  # as an earlier run that wrote it records it
+    record = json.loads(record_path.read_text())
+    record["files"]["features"].append("tiny-local/999999.json")
+    record_path.write_text(json.dumps(record))
     write_graph_outputs(graph, outs[0], [], dashboards=views)  # rebuilt whole: no stale file
     assert not stale.exists()
     written = write_graph_outputs(graph, outs[0], [], dashboards=views, feature_files=False)

@@ -3,8 +3,10 @@ temp files that killed writers leave behind."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -167,6 +169,7 @@ def test_a_set_records_what_it_wrote_and_replaces_only_that(tmp_path):
             "graph.pdf": "file",
             "graph.svg": "file",
         },
+        "files": {"features": ["1.json"]},
     }
     (out / "notes.txt").write_text("mine")
     written, notes = write_a_set(out)  # no pdf, no features this time: removed, one note each
@@ -188,6 +191,8 @@ def test_a_set_records_what_it_wrote_and_replaces_only_that(tmp_path):
         ("a listed file now a link", "graph.svg: in the way: not the file a run wrote"),
         ("a forged record", ".graph-set.json: not a record of this project's outputs"),
         ("a record that is a link", ".graph-set.json: not a record of this project's outputs"),
+        ("a listing that leaves its folder", ".graph-set.json: not a record of this project's"),
+        ("a listing of a file entry", ".graph-set.json: not a record of this project's outputs"),
         ("a model", r"out: holds a model \(config.json\); write the outputs elsewhere"),
         ("a replacement set", r"holds a replacement set \(replacement.json\)"),
     ],
@@ -224,6 +229,12 @@ def test_what_a_set_did_not_write_is_refused_and_nothing_is_touched(tmp_path, ca
         (out / ".graph-set.json").write_text(
             json.dumps({"set": "graph.json", "entries": {"../precious": "directory"}})
         )
+    elif case in ("a listing that leaves its folder", "a listing of a file entry"):
+        name, path = ("features", "../notes.txt") if "leaves" in case else ("graph.svg", "x")
+        (out / "features").mkdir()
+        (out / ".graph-set.json").write_text(json.dumps({"set": "graph.json", "entries": {
+            "graph.json": "file", "graph.svg": "file", "features": "directory"},
+            "files": {name: [path]}}))  # fmt: skip
     elif case == "a record that is a link":
         record = out / ".graph-set.json"
         (tmp_path / "record.json").write_bytes(record.read_bytes())
@@ -307,3 +318,87 @@ def test_the_light_copies_of_the_saved_work_names_are_the_librarys():
     assert set_files == (replacement_model.CONFIG_FILE,) == (SET_FILE,)
     assert set_record_name("graph.json") == ".graph-set.json"
     assert set_record_name("heads.json") == ".heads-set.json"
+
+
+# ----------------------------------------------------------------- files in a set's directory
+@pytest.mark.parametrize("rewrite", [False, True], ids=["removing", "replacing"])
+@pytest.mark.parametrize(
+    "case, where, message",
+    [
+        ("notes", "features/MY_NOTES.txt", r"in the way: not written by a run \(.graph-set.json "
+         "does not list it among features/'s files"),
+        ("a folder", "features/mine", "in the way: not written by a run"),
+        ("a listed file now a link", "features/1.json", "in the way: not the file a run wrote"),
+        ("a listed file now a folder", "features/1.json", "in the way: not the file a run wrote"),
+    ],
+)  # fmt: skip
+def test_a_file_put_in_a_sets_directory_is_refused_and_kept(tmp_path, rewrite, case, where,
+                                                             message):  # fmt: skip
+    """Found in review (lost work, exit 0): the record said only that ``features`` was a
+    directory of the set, so a user's file put in it went with it when the next run replaced
+    features/ or, without feature files, removed it ("removed features of an earlier run").
+    The record lists the files a run wrote in each directory; anything else there (or a listed
+    file that is now a link or a folder) is refused in one line naming it, nothing touched."""
+    from toy_models.files import WriteError
+
+    out = tmp_path / "out"
+    write_a_set(out, features=True)
+    mine = out / where
+    if case == "notes":
+        mine.write_text("my notes")
+    elif case == "a folder":
+        mine.mkdir()
+    else:
+        mine.unlink()
+        (tmp_path / "elsewhere.json").write_text("mine")
+        mine.mkdir() if case.endswith("folder") else mine.symlink_to(tmp_path / "elsewhere.json")
+    before = snapshot(out)
+    with pytest.raises(WriteError, match=message) as info:
+        write_a_set(out, features=rewrite)
+    assert str(info.value).startswith(f"cannot write {mine}: ") and "move it" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert snapshot(out) == before and mine.is_symlink() == (case == "a listed file now a link")
+
+
+def test_a_set_with_a_directory_replaces_its_own_files_run_after_run(tmp_path):
+    """A second and third run over a set's own directory succeed (what it wrote is listed),
+    with a folder inside it, and the record lists the files that stand there now."""
+    from reports.outputs import OutputSet, write_set
+
+    out = tmp_path / "out"
+
+    def fill(stage: Path, n: int) -> None:
+        (stage / "graph.json").write_text(str(n))
+        (stage / "features" / "model-local").mkdir(parents=True)
+        (stage / "features" / "model-local" / f"{n}.json").write_text("{}")
+
+    for number in range(3):
+        _, notes = write_set(out, OutputSet(SET_NAMES, "graph.json"), partial(fill, n=number))
+        assert notes == []
+    assert sorted(snapshot(out)) == [".graph-set.json", "features", "features/model-local",
+                                     "features/model-local/2.json", "graph.json"]  # fmt: skip
+    record = json.loads((out / ".graph-set.json").read_text())
+    assert record["files"] == {"features": ["model-local/2.json"]}
+
+
+def test_a_directory_recorded_by_an_older_version_is_removed_only_when_empty(tmp_path):
+    """A record written before the listings names a directory but not its files: none of them
+    can be told from the user's, so a run that would replace or remove it is refused while it
+    holds anything; an empty one goes as before."""
+    from toy_models.files import WriteError, write_set_record
+
+    out = tmp_path / "out"
+    (out / "features" / "model-local").mkdir(parents=True)
+    (out / "features" / "model-local" / "7.json").write_text("{}")
+    (out / "graph.json").write_text("old")
+    write_set_record(out, "graph.json", {"graph.json": "file", "features": "directory"})
+    before = snapshot(out)
+    for features in (False, True):
+        with pytest.raises(WriteError, match="features: written by an older version, whose "
+                           ".graph-set.json does not list the files it put there"):  # fmt: skip
+            write_a_set(out, features=features)
+        assert snapshot(out) == before
+    shutil.rmtree(out / "features" / "model-local")
+    _, notes = write_a_set(out)
+    assert notes == [f"removed {out / 'features'} of an earlier run"]
+    assert sorted(snapshot(out)) == [".graph-set.json", "graph.json", "graph.svg"]

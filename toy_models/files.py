@@ -21,7 +21,8 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from .cli import UserError
 
@@ -255,8 +256,19 @@ def check_writable_dir(path: Path, flag: str = "--out", own: tuple[str, ...] = (
 # A command that writes a set of files into one directory (``reports.outputs.write_set``)
 # records there what it wrote, so that a later run replaces and removes only those entries:
 # a file of one of the set's names that no run recorded is someone's own (circuit-tracer writes
-# a graph.json and features/ too) and is never replaced or removed.
-MAX_RECORD_BYTES = 1 << 16  # a record lists a few dozen names
+# a graph.json and features/ too) and is never replaced or removed. A directory entry is
+# replaced or removed whole, so its record lists the files the run wrote in it too: a file the
+# user put there (notes beside the feature files) is in the way, not swept away with it.
+MAX_RECORD_BYTES = 1 << 24  # a few dozen names, and a directory's files: one per graph unit
+
+
+class SetRecord(NamedTuple):
+    """What an earlier set's record says it wrote: ``entries`` (name: ``file`` or
+    ``directory``) and, per directory entry, the relative paths of the files it wrote there
+    (``files``; a record of a version that kept no listing has none)."""
+
+    entries: dict[str, str]
+    files: dict[str, list[str]]
 
 
 def set_record_name(mark: str) -> str:
@@ -265,54 +277,132 @@ def set_record_name(mark: str) -> str:
     return f".{mark.partition('.')[0]}-set.json"
 
 
-def write_set_record(out: Path, mark: str, entries: dict[str, str]) -> None:
+def files_under(directory: Path) -> list[str]:
+    """The relative paths (``a/b.json``) of every file under ``directory``, sorted: what a set
+    records of a directory it wrote (``write_set_record``)."""
+    return sorted(
+        (Path(root) / name).relative_to(directory).as_posix()
+        for root, _, names in os.walk(directory)
+        for name in names
+    )
+
+
+def write_set_record(
+    out: Path, mark: str, entries: dict[str, str], files: dict[str, list[str]] | None = None
+) -> None:
     """Record (atomically) that ``entries`` (name: ``file`` or ``directory``) in ``out`` are
-    a set's, one marked by ``mark``."""
+    a set's, one marked by ``mark``, and that each directory entry held ``files[name]``."""
     record = {"set": mark, "entries": dict(sorted(entries.items()))}
+    if files:
+        record["files"] = {name: sorted(paths) for name, paths in sorted(files.items())}
     write_json_atomic(out / set_record_name(mark), record)
 
 
-def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> dict[str, str] | None:
-    """The entries a set record at ``path`` lists, or None when it is not one this code wrote
-    (a link, too large, not JSON, another set's, names outside ``names``)."""
+def _is_relative_path(path) -> bool:
+    """Whether ``path`` is a plain relative path inside a directory (``a/b.json``): a record's
+    listing could otherwise vouch for a file outside the entry it lists."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        return False
+    plain = PurePosixPath(path)
+    inside = bool(plain.parts) and not plain.is_absolute() and ".." not in plain.parts
+    return inside and plain.as_posix() == path
+
+
+def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> SetRecord | None:
+    """What a set record at ``path`` lists, or None when it is not one this code wrote (a
+    link, too large, not JSON, another set's, names outside ``names``, a listing of a file
+    entry or of a path that leaves its directory)."""
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
             return None
         record = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or set(record) != {"set", "entries"}:
+    if not isinstance(record, dict) or set(record) - {"files"} != {"set", "entries"}:
         return None
-    entries = record["entries"]
+    entries, files = record["entries"], record.get("files", {})
     if (
         record["set"] != mark
         or not isinstance(entries, dict)
         or not all(
             name in names and kind in ("file", "directory") for name, kind in entries.items()
         )
+        or not isinstance(files, dict)
+        or not all(
+            entries.get(name) == "directory"
+            and isinstance(paths, list)
+            and all(_is_relative_path(p) for p in paths)
+            for name, paths in files.items()
+        )
     ):
         return None
-    return entries
+    return SetRecord(entries, files)
 
 
-def earlier_set(out: Path, mark: str, names: frozenset[str]) -> dict[str, str]:
-    """The entries (name: ``file`` or ``directory``) that an earlier set marked by ``mark``
-    recorded writing into ``out`` (``write_set_record``): those a new set may replace or
-    remove; {} when there is none. Creates nothing. Refused in one line (``WriteError`` naming
-    the entry), so that nothing is touched, when ``out`` holds saved work (``SAVED_WORK``), a
-    record this code did not write, the ``mark`` with no record beside it (another tool's file,
-    or a set written before sets were recorded), or an entry of the set's ``names`` that no
-    record lists, or not as what stands there (someone's own)."""
+def _strangers(directory: Path, files: set[str]) -> Iterator[tuple[Path, bool]]:
+    """The entries under ``directory`` that a run which wrote ``files`` (relative paths) there
+    did not write, each with whether it stands where a listed file did (a link or a folder
+    now); a folder on the way to a listed file is walked, not reported."""
+    folders = {parent.as_posix() for f in files for parent in PurePosixPath(f).parents}
+
+    def walk(folder: Path) -> Iterator[tuple[Path, bool]]:
+        for entry in sorted(folder.iterdir()):
+            relative = entry.relative_to(directory).as_posix()
+            if relative in files:
+                if entry.is_symlink() or not entry.is_file():
+                    yield entry, True
+            elif relative in folders and entry.is_dir() and not entry.is_symlink():
+                yield from walk(entry)
+            else:
+                yield entry, False
+
+    return walk(directory)
+
+
+def _check_directory_entry(entry: Path, record: Path, files: list[str] | None) -> None:
+    """Refuse (``WriteError``) a recorded directory that holds anything its run did not write:
+    the next run replaces or removes it whole. With no listing (a record of a version that kept
+    none) nothing in it can be told from the user's, so only an empty one passes."""
+    if files is None:
+        if any(entry.iterdir()):
+            raise WriteError(errno.EEXIST, f"written by an older version, whose {record.name} "
+                             "does not list the files it put there, so they cannot be told "
+                             "from yours and the run would delete them all; move it away or "
+                             "choose another --out", str(entry))  # fmt: skip
+        return
+    first = next(_strangers(entry, set(files)), None)
+    if first is None:
+        return
+    stranger, listed = first
+    why = (
+        f"not the file a run wrote there ({record.name} lists a file)"
+        if listed
+        else f"not written by a run ({record.name} does not list it among {entry.name}/'s "
+        f"files, and a run replaces or removes {entry.name}/ whole)"
+    )
+    raise WriteError(errno.EEXIST, f"in the way: {why}; move it out of {entry.name}/ or choose "
+                     "another --out", str(stranger))  # fmt: skip
+
+
+def earlier_record(out: Path, mark: str, names: frozenset[str]) -> SetRecord:
+    """What an earlier set marked by ``mark`` recorded writing into ``out``
+    (``write_set_record``): the entries a new set may replace or remove, and the files of its
+    directories; empty when there is none. Creates nothing. Refused in one line (``WriteError``
+    naming the entry), so that nothing is touched, when ``out`` holds saved work
+    (``SAVED_WORK``), a record this code did not write, the ``mark`` with no record beside it
+    (another tool's file, or a set written before sets were recorded), an entry of the set's
+    ``names`` that no record lists, or not as what stands there, or a recorded directory that
+    holds anything its run did not write (someone's own)."""
     if not out.is_dir():
-        return {}
+        return SetRecord({}, {})
     work = saved_work_in(out)
     if work:
         raise WriteError(errno.EEXIST, f"holds {work}; write the outputs elsewhere", str(out))
     record = out / set_record_name(mark)
-    entries, recorded = {}, os.path.lexists(record)
+    found, recorded = SetRecord({}, {}), os.path.lexists(record)
     if recorded:
-        entries = _read_set_record(record, mark, names)
-        if entries is None:
+        found = _read_set_record(record, mark, names)
+        if found is None:
             raise WriteError(errno.EEXIST, "not a record of this project's outputs; move it "
                              "away or choose another --out", str(record))  # fmt: skip
     elif os.path.lexists(out / mark):
@@ -323,7 +413,7 @@ def earlier_set(out: Path, mark: str, names: frozenset[str]) -> dict[str, str]:
     for entry in sorted(out.iterdir()):
         if entry.name not in names:
             continue
-        kind = entries.get(entry.name)
+        kind = found.entries.get(entry.name)
         if kind is None:
             why = f"{record.name} does not list it" if recorded else f"there is no {mark} beside it"
             raise WriteError(errno.EEXIST, f"in the way: not written by a run ({why}); move it "
@@ -331,7 +421,16 @@ def earlier_set(out: Path, mark: str, names: frozenset[str]) -> dict[str, str]:
         if entry.is_symlink() or entry.is_dir() != (kind == "directory"):
             raise WriteError(errno.EEXIST, f"in the way: not the {kind} a run wrote there; "
                              "move it or choose another --out", str(entry))  # fmt: skip
-    return entries
+        if kind == "directory":
+            _check_directory_entry(entry, record, found.files.get(entry.name))
+    return found
+
+
+def earlier_set(out: Path, mark: str, names: frozenset[str]) -> dict[str, str]:
+    """The entries (name: ``file`` or ``directory``) that an earlier set marked by ``mark``
+    recorded writing into ``out``, refused as ``earlier_record`` says: the check the CLIs run
+    on ``--out`` before any work."""
+    return earlier_record(out, mark, names).entries
 
 
 def check_writable_file(path: Path, flag: str) -> None:

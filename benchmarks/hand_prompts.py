@@ -4,7 +4,8 @@ the corpus: how often the linear graph's prediction agrees in sign with the meas
     python benchmarks/hand_prompts.py [--model default] [--out FILE]
 
 ``benchmarks/mechanisms.py`` measures the checks on prompts cut from held-out documents and
-from frames written there (97-99% agreement with attention frozen, 88-91% free). A reviewer of
+from frames written there (97-99% agreement with attention frozen, 85-89% free: the model less
+the group, errors recomputed). A reviewer of
 the tool (2026-12-05, a helper of the eighteenth session, told to avoid every template of
 ``toy_models/data.py``) wrote the sentences of ``PROMPTS`` and found fewer checks agreeing on
 them; this benchmark measures that on a fixed list so that it can be measured again. It is a

@@ -251,8 +251,9 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
             for name, paths in earlier.files.items() if entries[name] == "directory"}  # fmt: skip
     write_set_record(out, kind.mark, entries, {**files, **both})
     for entry in new:
-        if entry.is_dir():
-            swap_directory(entry, out / entry.name)
+        if entry.is_dir():  # the previous version aside in the stage, ours: a ``features.old``
+            # beside it in ``out`` may be the user's
+            swap_directory(entry, out / entry.name, aside=stage / f".{entry.name}.previous")
         else:
             os.replace(entry, out / entry.name)
     notes = []

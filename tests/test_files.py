@@ -360,6 +360,21 @@ def test_a_file_put_in_a_sets_directory_is_refused_and_kept(tmp_path, rewrite, c
     assert snapshot(out) == before and mine.is_symlink() == (case == "a listed file now a link")
 
 
+def test_a_users_folder_named_like_a_swaps_leftover_is_kept(tmp_path):
+    """Found by fuzz pass 10 (lost work, exit 0): replacing a set's ``features/`` moved the
+    previous version aside to ``features.old`` in ``out``, removing whatever stood there
+    first, a user's folder of that name included. The previous version goes aside inside the
+    run's own staging directory instead."""
+    out = tmp_path / "out"
+    write_a_set(out, features=True)
+    mine = out / "features.old"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    write_a_set(out, features=True)
+    assert (mine / "keep.txt").read_text() == "mine"
+    assert (out / "features" / "1.json").read_text() == "new"
+
+
 def test_a_set_with_a_directory_replaces_its_own_files_run_after_run(tmp_path):
     """A second and third run over a set's own directory succeed (what it wrote is listed),
     with a folder inside it, and the record lists the files that stand there now."""

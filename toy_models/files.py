@@ -103,14 +103,16 @@ def old_directory(dest: Path) -> Path:
     return dest.with_name(dest.name + ".old")
 
 
-def swap_directory(new: Path, dest: Path) -> None:
+def swap_directory(new: Path, dest: Path, aside: Path | None = None) -> None:
     """Put the complete directory ``new`` in the place of ``dest`` (which may not exist).
 
     ``dest`` is first moved aside to ``old_directory(dest)``, so a complete version exists at
     every moment; a crash between the two renames leaves it there (see
     ``toy_models.resumable``, which looks for it). A failed rename puts the old version back.
+    ``aside``: another place for it, one of the caller's own (a ``NAME.old`` beside ``dest``,
+    which this removes first, may be a user's folder where ``dest`` is among a user's files).
     """
-    old = old_directory(dest)
+    old = old_directory(dest) if aside is None else aside
     try:
         shutil.rmtree(old, ignore_errors=True)
         if dest.exists():

@@ -333,16 +333,17 @@ def auto_groups(
     target = graph.is_target.tolist()
     buckets: dict[tuple, list[int]] = {}
     labels: dict[tuple, str | None] = {}
+    f1s: dict[tuple, list[float]] = {}  # the members' label F1s, for the name
     for i in range(graph.n_nodes):
         kind = Kind(kinds[i])
-        concept = None
+        concept, f1 = None, None
         if target[i]:  # what the graph explains stays itself
             buckets[("node", i)], labels[("node", i)] = [i], None
             continue
         if kind in (Kind.LORSA, Kind.TRANSCODER):
             found = concepts.get(unit_id(kind, stages[i], index[i]))
             if found is not None and found[1] >= min_f1:
-                concept = found[0]
+                concept, f1 = found
         if kind == Kind.LORSA:
             key = ("lorsa", layers[i], pos[i], attends[i], concept)
         elif kind == Kind.TRANSCODER and concept is not None:
@@ -353,11 +354,13 @@ def auto_groups(
             key = ("node", i)
         buckets.setdefault(key, []).append(i)
         labels[key] = concept
+        if f1 is not None:
+            f1s.setdefault(key, []).append(float(f1))
     made = []
     for key, members in buckets.items():
         if key[0] == "node":
             continue
-        name = _auto_name(graph, key, len(members))
+        name = _auto_name(graph, key, len(members), f1s.get(key, []))
         made.append(Group(name=name, members=members, kind="", concept=labels[key]))
     return grouped(graph, made)
 
@@ -405,18 +408,23 @@ def node_name(graph: Graph, i: int, fields: _Fields | None = None) -> str:
     return text
 
 
-def _auto_name(graph: Graph, key: tuple, n: int) -> str:
-    """A readable name of an automatic group (for people; structure is in the ``Group``)."""
+def _auto_name(graph: Graph, key: tuple, n: int, f1s: list[float]) -> str:
+    """A readable name of an automatic group (for people; structure is in the ``Group``), a
+    concept label with its members' F1 (how well it predicts their firing on the corpus: a
+    label of F1 0.3 says little about a prompt of another task, where a reviewer read
+    ``[successor: weekdays item]`` on a list of letters)."""
     if key[0] == "bias":
         return f"{constant_name(key[1])} (all positions)"
+    low, high = (min(f1s), max(f1s)) if f1s else (None, None)
+    f1 = "" if low is None else f", F1 {low:.2f}" + (f"-{high:.2f}" if high - low >= 0.005 else "")
     if key[0] == "lorsa":
         _, layer, pos, attends, concept = key
         what = f"L{layer} {'head' if n == 1 else f'{n} heads'} @{pos}"
         if attends >= 0:
             what += f" -> {graph.token_strings[attends]!r}@{attends}"
-        return what + (f" [{concept}]" if concept else "")
+        return what + (f" [{concept}{f1}]" if concept else "")
     _, layer, pos, concept = key
-    return f"L{layer} {'feature' if n == 1 else f'{n} features'} @{pos} [{concept}]"
+    return f"L{layer} {'feature' if n == 1 else f'{n} features'} @{pos} [{concept}{f1}]"
 
 
 __all__ = [

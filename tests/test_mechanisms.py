@@ -580,11 +580,17 @@ def test_auto_groups_follow_their_rules(graph):
 
     last = max(int(graph.pos[i]) for i in feats)
     same = [i for i in feats if int(graph.pos[i]) == last and int(graph.layer[i]) == 0]
-    concepts = {unit_id(Kind.TRANSCODER, int(graph.stage[i]), int(graph.index[i])): ("x", 0.9)
-                for i in same}  # fmt: skip
+    f1s = [0.9 - 0.1 * (j % 2) for j in range(len(same))]
+    concepts = {unit_id(Kind.TRANSCODER, int(graph.stage[i]), int(graph.index[i])): ("x", f1)
+                for i, f1 in zip(same, f1s, strict=True)}  # fmt: skip
     view = auto_groups(graph, concepts)
-    assert view.groups[view.group_of(same[0])].members == sorted(same)
-    assert view.groups[view.group_of(same[0])].concept == "x"
+    made = view.groups[view.group_of(same[0])]
+    assert made.members == sorted(same) and made.concept == "x"
+    # the name says how well the label fits its members on the corpus: their F1s
+    f1 = f"F1 {min(f1s):.2f}" + (f"-{max(f1s):.2f}" if len(same) > 1 else "")
+    assert made.name == f"L0 {len(same)} features @{last} [x, {f1}]".replace(
+        "L0 1 features", "L0 feature"
+    )
 
 
 @pytest.mark.parametrize(

@@ -407,6 +407,63 @@ def intervene(
     return InterventionResult([graph.ids[i] for i in rows.tolist()], predicted, actual, logits)
 
 
+def mean_token_embedding(replacement: ReplacementModel) -> Float[Tensor, " d_model"]:
+    """The mean of the token embeddings the model trained (``W_E`` rows, less its
+    ``untrained_tokens``): a token "of no kind", what ``tokens_to_mean`` puts in a token's
+    place."""
+    w_e = replacement.model.W_E.detach()
+    untrained = sorted(getattr(replacement.model, "untrained_tokens", None) or ())
+    keep = torch.ones(len(w_e), dtype=torch.bool)
+    keep[torch.tensor(untrained, dtype=torch.long)] = False
+    return w_e[keep].mean(0)
+
+
+@torch.no_grad()
+def tokens_to_mean(
+    replacement: ReplacementModel,
+    run: PromptRun,
+    positions: list[int],
+    reads: list[tuple[int, int, int, int]],
+    chunk: int = 16,
+) -> Float[Tensor, "position read"]:
+    """The attention of QK heads after one token's embedding is replaced by the mean token
+    embedding (``mean_token_embedding``), the model rerun with nothing else held (attention,
+    LayerNorm and, in local mode, the errors recompute: the original model on that input):
+    one row per position of ``positions`` (one token replaced at a time), one column per read
+    ``(layer, qk_head, query, key)``, the QK head's attention from ``query`` to ``key`` (the
+    Lorsa pattern, as ``circuits.graph.QKAttribution.attention``). What a QK reason's token
+    terms claim, tested: a term that names a token but holds only what any token would bring
+    leaves the attention where it was. ``chunk``: prompts per batch (bounds the patterns held)."""
+    n = len(run.tokens)
+    if any(not 0 <= p < n for p in positions) or any(
+        not (0 <= layer < run.n_layers and 0 <= key <= query < n) for layer, _, query, key in reads
+    ):
+        raise ValueError("tokens_to_mean: a position, layer or (query, key) outside the prompt")
+    mean = mean_token_embedding(replacement)
+    layers = sorted({layer for layer, *_ in reads})
+    out = torch.zeros(len(positions), len(reads))
+    for start in range(0, len(positions), chunk):
+        batch = positions[start : start + chunk]
+        rows = torch.arange(len(batch))
+        seen: dict[int, Tensor] = {}
+
+        def embed(act, hook, batch=batch, rows=rows):
+            act = act.clone()
+            act[rows, torch.tensor(batch)] = mean.to(act.dtype)
+            return act
+
+        def keep(layer: int, seen=seen):
+            return lambda act, hook: seen.__setitem__(layer, act.detach())
+
+        hooks = [("hook_embed", embed)]
+        hooks += [(hook_name(layer, "lorsa.hook_pattern"), keep(layer)) for layer in layers]
+        tokens = run.tokens[None].expand(len(batch), n)
+        replacement.run_with_hooks(tokens, mode=run.mode, fwd_hooks=hooks)
+        for j, (layer, head, query, key) in enumerate(reads):
+            out[start : start + len(batch), j] = seen[layer][:, head, query, key]
+    return out
+
+
 def first_order(
     replacement: ReplacementModel,
     graph: Graph,

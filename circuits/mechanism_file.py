@@ -27,13 +27,14 @@ from toy_models.records import Bounds, from_json, parse_json
 from .graph import MODES
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, is_attention
 
-VERSION = 5  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
+VERSION = 6  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
 # ``attends`` and QK reasons are at the key its heads read (their z-patterns' largest term), no
 # longer their attention's argmax; 4: a head target's head groups and moved flows are those at
 # the key it reads (``reads``), no longer at its query, and it has QK reasons of its own (``qk``);
 # 5: a check's ``free`` recomputes the errors too (local mode: the original model less the group;
-# it held them at their clean values, which a reviewer found reversed 12 of 260 probabilities)
+# it held them at their clean values, which a reviewer found reversed 12 of 260 probabilities);
+# 6: a QK reason's ``token_checks``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
 
@@ -121,6 +122,20 @@ class RootPair:
 
 
 @dataclass
+class TokenCheck:
+    """A QK reason's token term tested (``circuits.interventions.tokens_to_mean``): the token
+    at ``pos`` (``token``) replaced by the mean token embedding, the model rerun, and the QK
+    head's ``attention`` from the reason's query to its key after it (the reason's own
+    ``attention`` before). A term that names a token but holds what any token would bring
+    leaves it where it was (a reviewer found the +10.9 of ``'='@13 x '+'@2 -> @9`` on
+    ``7+8=15; 15+9=`` moved nothing when ``+`` was swapped)."""
+
+    pos: int
+    token: str
+    attention: Annotated[float, Bounds(0.0, 1.0)]
+
+
+@dataclass
 class QKReasonRecord:
     """A head group's attention at its key, split as ``circuits.graph.QKReason`` (the four
     parts sum to ``score``).
@@ -152,7 +167,8 @@ class QKReasonRecord:
     query reads: a word, not BOS or a comma), while what makes this key win over others of its
     kind is often a moved token: on ``My sister plays violin on stage and my sister plays``
     changing ``violin`` keeps the induction heads' attention at 0.80-0.90 where changing the
-    ``plays`` before it takes it to 0.00."""
+    ``plays`` before it takes it to 0.00. ``token_checks``: the tokens its printed root terms
+    name (``TERMS_SHOWN`` of each list), each replaced by the mean token (``TokenCheck``)."""
 
     layer: int
     qk_head: int
@@ -177,6 +193,7 @@ class QKReasonRecord:
     token_parts: dict[str, float] = field(default_factory=dict)
     own_pairs: list[RootPair] = field(default_factory=list)
     moved_pairs: list[RootPair] = field(default_factory=list)
+    token_checks: list[TokenCheck] = field(default_factory=list)
 
 
 @dataclass
@@ -391,7 +408,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(not t.qk or t.reads is not None, f"{where}.qk: QK reasons without a key read")
         for j, r in enumerate(t.qk):
             _expect(r.key == t.reads, f"{where}.qk[{j}]: at key {r.key}, not the key read")
-        _check_reasons(t.qk, where)
+        _check_reasons(t.qk, where, summary.tokens)
     for i, g in enumerate(summary.groups):
         where = f"groups[{i}]"
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
@@ -411,7 +428,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             _at_tokens(shares, summary.tokens, f"{where}.carried")
             _closes(sum(x.flow for x in shares) + g.carried_own[node],
                     g.flow.get(node, float("nan")), f"{where}: flow carried")  # fmt: skip
-        _check_reasons(g.qk, where)
+        _check_reasons(g.qk, where, summary.tokens)
     flows = {g.key: g.flow for g in summary.groups}
     for i, t in enumerate(summary.targets):  # the groups it names (defined: checked above)
         named = [t.predicting_group] if t.predicting_group is not None else []
@@ -424,10 +441,16 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     return summary
 
 
-def _check_reasons(reasons: list[QKReasonRecord], where: str) -> None:
+def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str]) -> None:
     """Each QK reason's parts close to its score, its attention in [0, 1], its token parts
-    to its roots' tokens."""
+    to its roots' tokens, its token checks each at a prompt position once, holding its token."""
     for j, r in enumerate(reasons):
+        at = [c.pos for c in r.token_checks]
+        held = all(0 <= c.pos < len(tokens) and tokens[c.pos] == c.token for c in r.token_checks)
+        _expect(
+            len(set(at)) == len(at) and held,
+            f"{where}.qk[{j}].token_checks: each a prompt position once, with its token",
+        )
         parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
         _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
         _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")

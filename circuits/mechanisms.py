@@ -71,7 +71,14 @@ from .flows import (
 )
 from .graph import Graph, QKAttribution, checked_count
 from .groups import AUTO_RULES, GroupedGraph, auto_groups, checked_concepts, node_name
-from .interventions import Intervention, check_full_graph, intervene, predict, target_nodes
+from .interventions import (
+    Intervention,
+    check_full_graph,
+    intervene,
+    predict,
+    target_nodes,
+    tokens_to_mean,
+)
 from .mechanism_file import (
     EffectCheck,
     GroupRecord,
@@ -82,6 +89,7 @@ from .mechanism_file import (
     QKTermRecord,
     SourceShare,
     TargetRecord,
+    TokenCheck,
     TokenShare,
 )
 from .nodes import Kind, unit_id
@@ -95,6 +103,7 @@ HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
 ROOT_PAIRS = 5  # root x root terms listed for each QK reason (and as many against moved tokens)
+TERMS_SHOWN = 3  # a reason's root terms of each list whose tokens are tested (``TokenCheck``)
 
 
 def summarize(
@@ -250,6 +259,8 @@ def _summarize(
             q_rows, k_rows, specific, ROOT_PAIRS, key=reason.key, at_key=at_key
         )
         reason.own_pairs, reason.moved_pairs = by_key["key_own"], by_key["moved"]
+    if check:
+        _token_checks(replacement, run, full.token_strings, [reason for reason, _ in pending])
     target_records = []
     for t, parts, ranking in per_target:
         record = _target_record(full, t, parts, probs, run, [keys[g] for g in ranking])
@@ -267,6 +278,28 @@ def _summarize(
                   "tolerance": tolerance, "ratio": RATIO, "constants": full.has_constants,
                   "grouping": grouping},
     )  # fmt: skip
+
+
+def _token_checks(replacement, run, tokens: list[str], reasons: list[QKReasonRecord]) -> None:
+    """Each reason's ``token_checks``: the tokens its first ``TERMS_SHOWN`` root terms of each
+    list name (query and key sides), each replaced by the mean token and the model rerun
+    (``tokens_to_mean``, one batch for all the reasons)."""
+    named = []
+    for r in reasons:
+        terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN]
+        if not (r.own_pairs or r.moved_pairs):
+            terms = r.root_pairs[:TERMS_SHOWN]
+        sides = [x for p in terms for x in (p.query, p.key)]
+        named.append(list(dict.fromkeys(
+            x.pos for x in sides if x.kind == "embedding" and x.pos is not None)))  # fmt: skip
+    positions = sorted({p for at in named for p in at})
+    if not positions:
+        return
+    reads = [(r.layer, r.qk_head, r.query, r.key) for r in reasons]
+    after = tokens_to_mean(replacement, run, positions, reads)
+    row = {p: i for i, p in enumerate(positions)}
+    for j, (r, at) in enumerate(zip(reasons, named, strict=True)):
+        r.token_checks = [TokenCheck(p, tokens[p], float(after[row[p], j])) for p in at]
 
 
 def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int) -> list[int]:

@@ -280,6 +280,23 @@ def root_text(r: QKReasonRecord, top: int) -> str:
     return f"specific by roots ({', '.join(split)}): {pairs}"
 
 
+def token_checks_text(r: QKReasonRecord) -> str:
+    """The tokens a reason's root terms name, each replaced by the mean token and the model
+    rerun (``TokenCheck``), with the attention after, the ones that move it most first:
+    ``each named token made the mean token (the model rerun): attention 0.98 -> '1'@9 0.0003,
+    '='@4 0.60, '+'@2 0.97`` (a term of a token that changes nothing named a kind of token,
+    or a position, not that token)."""
+    checks = sorted(r.token_checks, key=lambda c: c.attention)
+    return (f"each named token made the mean token (the model rerun): attention "
+            f"{r.attention:.2f} -> " + ", ".join(f"{c.token!r}@{c.pos} {_attention(c.attention)}"
+                                                 for c in checks))  # fmt: skip
+
+
+def _attention(a: float) -> str:
+    """An attention weight: two decimals, or one significant digit below 0.01 (never 0.00)."""
+    return f"{a:.2f}" if a >= 0.01 or a == 0 else f"{a:.1g}"
+
+
 def reason_lines(r: QKReasonRecord, max_pairs: int, indent: str) -> list[str]:
     """A QK reason as printed lines: the score's always-on and specific parts, the specific
     part by roots and by units at the two positions, and where each side comes from."""
@@ -294,6 +311,8 @@ def reason_lines(r: QKReasonRecord, max_pairs: int, indent: str) -> list[str]:
     more = indent + "  "
     if r.root_pairs:
         lines.append(f"{more}{root_text(r, max_pairs)}")
+    if r.token_checks:
+        lines.append(f"{more}{token_checks_text(r)}")
     if r.pairs and r.rest_share > SPREAD_OUT:  # a few pairs would say nothing
         lines.append(f"{more}specific by units at the two positions: spread over many pairs "
                      f"(the {len(r.pairs)} largest leave out {r.rest_share:.0%}; in "

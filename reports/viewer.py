@@ -174,7 +174,7 @@ def qk_refs(graph: Graph) -> dict[str, dict]:
 
 def _reason_panel(r) -> dict:
     """A summary's ``QKReasonRecord`` as the panel lists it under a group or a head target."""
-    from .mechanisms import ref_text, root_text
+    from .mechanisms import ref_text, root_text, token_checks_text
 
     return {"qkHead": r.qk_head, "key": r.key, "keyToken": r.key_token, "score": _num(r.score),
             "alwaysOn": _num(r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key),
@@ -183,7 +183,8 @@ def _reason_panel(r) -> dict:
             "sources": {side: [[x.name, _num(x.value)] for c in ("roots", "heads")
                                for x in d.get(c, [])[:1]]
                         for side, d in (("query", r.query_sources), ("key", r.key_sources))},
-            "roots": root_text(r, 3) if r.root_pairs else None}  # fmt: skip
+            "roots": root_text(r, 3) if r.root_pairs else None,
+            "tokenChecks": token_checks_text(r) if r.token_checks else None}  # fmt: skip
 
 
 def mechanisms_data(summary, graph: Graph) -> dict | None:

@@ -753,6 +753,72 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
     )
 
 
+def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
+    graph, replacement, run, tmp_path
+):
+    """A QK reason's root terms name tokens, but a linear term credits what any token of the
+    kind would bring too: on ``7+8=15; 15+9=`` the +10.9 of ``'='@13 x '+'@2 -> @9`` moved
+    nothing when a reviewer swapped ``+``. Each named token is replaced by the mean token
+    embedding and the model rerun; the attention after is recorded beside the reason.
+    Against a rerun written here: the toy model's own embedding hook and the Lorsa pattern."""
+    from circuits.mechanisms import TERMS_SHOWN
+    from reports.mechanisms import token_checks_text
+
+    summary = summarize(replacement, graph, run)
+    reasons = [r for g in summary.groups for r in g.qk if r.root_pairs]
+    assert reasons and all(r.token_checks for r in reasons)
+    w_e = replacement.model.W_E.detach()
+    untrained = sorted(replacement.model.untrained_tokens or ())
+    mean = w_e[[t for t in range(len(w_e)) if t not in untrained]].mean(0)
+    tokens = torch.tensor(graph.tokens)[None]
+    for r in reasons:
+        terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN] or \
+            r.root_pairs[:TERMS_SHOWN]  # fmt: skip
+        named = {x.pos for p in terms for x in (p.query, p.key) if x.kind == "embedding"}
+        assert [c.pos for c in r.token_checks] == sorted(
+            named, key=[c.pos for c in r.token_checks].index
+        )
+        assert {c.pos for c in r.token_checks} == named
+        for c in r.token_checks:
+            assert c.token == graph.token_strings[c.pos]
+            seen = {}
+
+            def embed(act, hook, pos=c.pos):
+                act = act.clone()
+                act[0, pos] = mean
+                return act
+
+            def keep(act, hook, seen=seen):
+                seen["pattern"] = act
+
+            with torch.no_grad():
+                replacement.run_with_hooks(
+                    tokens,
+                    mode=run.mode,
+                    fwd_hooks=[
+                        ("hook_embed", embed),
+                        (f"blocks.{r.layer}.lorsa.hook_pattern", keep),
+                    ],
+                )
+            after = float(seen["pattern"][0, r.qk_head, r.query, r.key])
+            assert c.attention == pytest.approx(after, abs=1e-5)
+        line = token_checks_text(r)
+        assert line in format_summary(summary) and f"attention {r.attention:.2f} -> " in line
+    path = tmp_path / "mechanisms.json"
+    save_summary(summary, path)
+    i, j = next((i, j) for i, g in enumerate(summary.groups) for j, r in enumerate(g.qk)
+                if r.token_checks)  # fmt: skip
+    for edit in ({"token": "zz"}, {"pos": len(summary.tokens)}, {"attention": 1.5}):
+        d = json.loads(path.read_text())
+        d["groups"][i]["qk"][j]["token_checks"][0].update(edit)
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(d))
+        with pytest.raises(ValueError, match="token_checks"):
+            load_summary(bad)
+    without = summarize(replacement, graph, run, check=False)  # the checks' switch: none
+    assert not any(r.token_checks for g in without.groups for r in g.qk)
+
+
 def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagrees():
     """``[FLAGGED]`` alone read as "the group does not matter" where the demeaned logit rose
     while the token's probability collapsed (a reviewer's ``Friday Saturday Sunday``:

@@ -973,6 +973,7 @@
   function reasonLines(r) {
     const out = [el("div", { class: "muted" }, `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`)];
     if (r.roots) out.push(el("div", { class: "muted" }, r.roots));
+    if (r.tokenChecks) out.push(el("div", { class: "muted" }, r.tokenChecks));
     out.push(el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
     for (const side of ["query", "key"]) {
       const src = (r.sources || {})[side] || [];

@@ -87,6 +87,12 @@ model), ``circuits.mechanisms.summarize`` with its ablation checks.
   the key): a match on a shared earlier token; ``root_own_first``: the largest positive token
   term overall is against the key's own token (the key is the kind of token the query reads,
   e.g. a name's later sub-token), reported beside them;
+- ``top_term_causal`` (added 2026-12-05, a measurement, not a target): of the prompts whose
+  reason the criterion accepts, the share whose largest printed root term names a key-side
+  token that, made the mean token embedding with the model rerun (the reason's
+  ``token_checks``), halves the head's attention; ``any_named_causal``: any named token does.
+  A linear term credits what any token of the kind brings too, so this says how often the
+  term the reader sees first is the token the attention needs;
 - ``key_by_tokens`` (reported beside, added on 2026-12-03 in the eighth session after the
   successor key misses, so a second look, not a pre-registered target): the position whose
   token carries the largest positive part of the target's ``tokens``
@@ -533,6 +539,7 @@ def score_prompt(prompt: Prompt, summary) -> dict:
         if top is not None:
             out["top_pair"] = [ref_text(top.query), ref_text(top.key), top.value]
         out["specific_share"] = reason.specific / reason.score if reason.score else None
+        out |= token_check_fields(reason)
         out["sources"] = {
             side: {c: [[x.name, round(x.value, 4)] for x in xs] for c, xs in d.items()}
             for side, d in (("query", reason.query_sources), ("key", reason.key_sources))
@@ -542,6 +549,26 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     out["agree_frozen"] = sum(c.agree_frozen for c in checks)
     out["agree_free"] = sum(c.agree_free for c in checks)
     out["flagged"] = sum(c.flagged for c in checks)
+    return out
+
+
+def token_check_fields(reason) -> dict:
+    """What the reason's token checks (``TokenCheck``) say of its largest printed term: the
+    key-side token of the larger of its first own and first moved term (``top_term_token``:
+    position, token, attention after it is made the mean token) and whether that halves the
+    head's attention (``top_term_causal``); ``any_named_causal``: whether any named token
+    does; ``token_checks``: every check as [position, attention after]."""
+    checks = {c.pos: c for c in reason.token_checks}
+    terms = [p for p in reason.own_pairs[:1] + reason.moved_pairs[:1] if p.key.kind == "embedding"]
+    top = max(terms, key=lambda p: p.value, default=None)
+    out = {
+        "token_checks": [[c.pos, round(c.attention, 4)] for c in reason.token_checks],
+        "any_named_causal": any(c.attention < reason.attention / 2 for c in checks.values()),
+    }
+    if top is not None and top.key.pos in checks:
+        c = checks[top.key.pos]
+        out["top_term_token"] = [c.pos, c.token, round(c.attention, 4)]
+        out["top_term_causal"] = c.attention < reason.attention / 2
     return out
 
 
@@ -742,6 +769,10 @@ def run_family(
         "reason_roots": rate("reason_roots") if induction else None,
         "reason_roots_match": rate("reason_roots_match") if induction else None,
         "root_own_first": rate("root_own_first"),
+        # of the prompts whose reason the criterion accepts: its largest printed term's key-side
+        # token, made the mean token, halves the head's attention (``token_check_fields``)
+        "top_term_causal": rate("top_term_causal", [r for r in right if r.get("reason")]),
+        "any_named_causal": rate("any_named_causal", [r for r in right if r.get("reason")]),
         "key_own_token": rate("key_own_token"),
         "checks": checks,
         "sign_agree_frozen": round(sum(r.get("agree_frozen", 0) for r in right) / checks, 4)

@@ -251,10 +251,13 @@ def qk_root_tables(
     """``qk_root_pairs`` of many (``QKSides``, QK head, query, key) requests, their readouts
     swept together (``ROOT_BATCH`` requests per sweep: a sparse product with many columns
     costs much less per column than one with a few), each with a fourth item: the table
-    against the key's own vector instead of its deviation (``own[a, b] = DU_a . V_b``, ``V_b``
-    what root ``b`` gives the key's own vector: its own token at the key, tokens the heads at
-    the key moved there, nothing after the key). ``table = own - DU . (mean key)``, so the
-    difference is what the mean key takes away (``root_split``'s ``token_parts``)."""
+    between the query's own vector and the key's own vector instead of their deviations
+    (``own[a, b] = U_a . V_b``, ``U_a`` what root ``a`` gives the query's own vector: its own
+    token at the query, tokens the heads there moved to it; ``V_b`` the same at the key; it sums
+    to the score). ``table = own`` less the terms against the mean query and the mean key (every
+    position's vector), so the difference is what the means take away (``root_split``'s
+    ``token_parts``): no token at another position stands on the query side of ``own`` (on a
+    layer-0 head's deviation table, every position's token did, through the mean query)."""
     graph = checked_view(view).graph
     edge_sweep = _sweep_of(graph, edge_sweep)
     roots = np.flatnonzero([g.is_root for g in view.groups])
@@ -275,9 +278,10 @@ def qk_root_tables(
         for side, qk_head, query, key in batch:
             wq, wk = (w.numpy() for w in side.reference_weights(query, key, torch.float64))
             valid, at = side.valid.numpy(), side.at.numpy()
-            at_key = np.zeros_like(wk)
-            at_key[key] = 1.0  # the key's own vector
-            for vectors, weight in ((side.query, wq), (side.key, wk), (side.key, at_key)):
+            at_query, at_key = np.zeros_like(wq), np.zeros_like(wk)
+            at_query[query], at_key[key] = 1.0, 1.0  # the query's and the key's own vectors
+            for vectors, weight in ((side.query, wq), (side.key, wk), (side.query, at_query),
+                                    (side.key, at_key)):  # fmt: skip
                 vec = vectors[:, :, qk_head].double().numpy()  # pos 1+slot e
                 direct = np.zeros((graph.n_nodes, vec.shape[-1]))
                 direct[at[valid]] = (weight[:, None, None] * vec[:, 1:])[valid]
@@ -292,14 +296,14 @@ def qk_root_tables(
         own = direct.sum(0) - by_root.sum(0)
         width = len(biases[0])
         for i, (side, *_) in enumerate(batch):
-            du, dv, v = (
+            du, dv, u, v = (
                 np.concatenate([by_root[:, sl], biases[j][None], own[None, sl]])
-                for j in (3 * i, 3 * i + 1, 3 * i + 2)
+                for j in range(4 * i, 4 * i + 4)
                 for sl in [slice(j * width, (j + 1) * width)]
             )
             scale = math.sqrt(side.lorsa.cfg.d_qk)
-            table, at_key = du @ dv.T / scale, du @ v.T / scale
-            out.append((shares(table.sum(1)), shares(table.sum(0)), table, at_key))
+            table, at_both = du @ dv.T / scale, u @ v.T / scale
+            out.append((shares(table.sum(1)), shares(table.sum(0)), table, at_both))
     return out
 
 
@@ -313,15 +317,16 @@ def root_split(
     nodes, the QK bias side, the nodes' own terms; the always-on part, which cancels across
     positions only where nothing varies) and ``errors`` (the rest: terms with an error).
 
-    With the ``key`` position and the table against the key's own vector (``at_key``, the
-    fourth item of ``qk_root_tables``), the token part splits by what the key side holds
-    (``QKReasonRecord.token_parts``, summing to ``tokens``): ``key_own`` (the query's tokens
-    against the key's own token), ``moved`` (against tokens the heads at the key moved there)
-    and ``mean_key`` (what the mean key, every position's vector, takes away); and the ``top``
-    largest terms of the first two are listed (``by_key["key_own"]``, ``by_key["moved"]``:
-    ``QKReasonRecord.own_pairs`` and ``moved_pairs``, each a term against the key's own vector,
-    none against the mean key): for induction the current token against the token before the
-    key. A layer-0 head's ``moved`` is 0: no head below it moves anything."""
+    With the ``key`` position and the table between the query's and the key's own vectors
+    (``at_key``, the fourth item of ``qk_root_tables``), the token part splits by what the key
+    side holds (``QKReasonRecord.token_parts``, summing to ``tokens``): ``key_own`` (the
+    query's tokens against the key's own token), ``moved`` (against tokens the heads at the key
+    moved there) and ``means`` (what the mean query and the mean key, every position's vectors,
+    take away); and the ``top`` largest terms of the first two are listed
+    (``by_key["key_own"]``, ``by_key["moved"]``: ``QKReasonRecord.own_pairs`` and
+    ``moved_pairs``, each between what the query holds and what the key holds, none through a
+    mean): for induction the current token against the token before the key. A layer-0 head's
+    ``moved`` is 0 (no head below it moves anything) and its query side is its own token."""
     constant = np.array([r.kind in ("bias", "qk_bias", "own") for r in query_rows])
     token_q = np.array([r.kind == "embedding" for r in query_rows])
     token_k = np.array([r.kind == "embedding" for r in key_rows])
@@ -342,7 +347,7 @@ def root_split(
         mine = at_key[token_q][:, token_k]
         token_parts = {"key_own": float(mine[:, own[token_k]].sum()),
                        "moved": float(mine[:, ~own[token_k]].sum())}  # fmt: skip
-        token_parts["mean_key"] = parts["tokens"] - token_parts["key_own"] - token_parts["moved"]
+        token_parts["means"] = parts["tokens"] - token_parts["key_own"] - token_parts["moved"]
         varying_at_key = at_key[~constant][:, ~constant]
         for name, columns in (("key_own", np.flatnonzero(own[kept])),
                               ("moved", np.flatnonzero(~own[kept]))):  # fmt: skip

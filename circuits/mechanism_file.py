@@ -27,14 +27,16 @@ from toy_models.records import Bounds, from_json, parse_json
 from .graph import MODES
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, is_attention
 
-VERSION = 6  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
+VERSION = 7  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
 # ``attends`` and QK reasons are at the key its heads read (their z-patterns' largest term), no
 # longer their attention's argmax; 4: a head target's head groups and moved flows are those at
 # the key it reads (``reads``), no longer at its query, and it has QK reasons of its own (``qk``);
 # 5: a check's ``free`` recomputes the errors too (local mode: the original model less the group;
 # it held them at their clean values, which a reviewer found reversed 12 of 260 probabilities);
-# 6: a QK reason's ``token_checks``
+# 6: a QK reason's ``token_checks``; 7: ``own_pairs`` / ``moved_pairs`` between the query's and
+# the key's own vectors (they held the query's deviation: every position's token stood on the
+# query side of a layer-0 head's terms, through the mean query), ``token_parts``' ``means``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
 
@@ -137,38 +139,39 @@ class TokenCheck:
 
 @dataclass
 class QKReasonRecord:
-    """A head group's attention at its key, split as ``circuits.graph.QKReason`` (the four
-    parts sum to ``score``).
+    """A head group's attention at its key, split as ``circuits.graph.QKReason`` (the four parts
+    sum to ``score``).
 
-    Each side of the ``specific`` part splits into what that position holds and the mean it
-    is measured against: ``specific = query_at - mean query . dv = key_at - du . mean key``,
-    with ``query_at = u(q) . dv`` (this query's own vector against the key's deviation) and
-    ``key_at = du . v(k)`` (the query's deviation against this key's own vector).
-    ``query_sources`` / ``key_sources``: where ``query_at`` / ``key_at`` come from through the
-    graph. Each is linear in every node below the head: a node at the query (key) adds its
-    own query (key) vector's term, and every node adds what it passes on through the nodes it
-    feeds (the backward flow of ``node_flows``; a token at another position reaches the key
-    only through heads at the key that read it). Grouped by the summary's groups, the
-    ``SIDE_SOURCES`` largest of each category, largest first: ``roots`` (token embeddings,
-    errors, constants: their totals, the nodes' own terms and the QK bias term sum to
-    ``query_at`` / ``key_at``), ``heads`` and ``features`` (totals through them).
-    ``root_pairs`` (for the group's first QK head, the one with the largest flow): ``specific``
-    split by roots on both sides at once (``RootPair``, ``qk_root_pairs``), its ``ROOT_PAIRS``
-    largest terms between tokens and errors: which token at the query meets which token the key
-    side holds (its own, one moved there by the heads at the key, or, through the mean key, any
-    position's); ``root_parts``: the exact split of ``specific`` into ``tokens``, ``errors`` and
-    ``constants`` (``root_split``); ``token_parts``: its ``tokens`` split by the key side,
-    ``key_own`` (against the key's own token), ``moved`` (against tokens the heads at the key
-    moved there) and ``mean_key`` (what the mean key takes away: ``specific`` is against the
-    key's deviation from the mean key), and ``own_pairs`` / ``moved_pairs`` the largest terms of
-    the first two (each against the key's own vector, none holding a share of the mean key: a
-    pair there differs from the same pair in ``root_pairs``, which the printout leaves to the
-    file). The own token often gives the largest single term (the key is the kind of token the
-    query reads: a word, not BOS or a comma), while what makes this key win over others of its
-    kind is often a moved token: on ``My sister plays violin on stage and my sister plays``
-    changing ``violin`` keeps the induction heads' attention at 0.80-0.90 where changing the
-    ``plays`` before it takes it to 0.00. ``token_checks``: the tokens its printed root terms
-    name (``TERMS_SHOWN`` of each list), each replaced by the mean token (``TokenCheck``)."""
+    Each side of the ``specific`` part splits into what that position holds and the mean it is
+    measured against: ``specific = query_at - mean query . dv = key_at - du . mean key``, with
+    ``query_at = u(q) . dv`` (this query's own vector against the key's deviation) and ``key_at
+    = du . v(k)`` (the query's deviation against this key's own vector). ``query_sources`` /
+    ``key_sources``: where ``query_at`` / ``key_at`` come from through the graph. Each is linear
+    in every node below the head: a node at the query (key) adds its own query (key) vector's
+    term, and every node adds what it passes on through the nodes it feeds (the backward flow of
+    ``node_flows``; a token at another position reaches the key only through heads at the key
+    that read it). Grouped by the summary's groups, the ``SIDE_SOURCES`` largest of each
+    category, largest first: ``roots`` (token embeddings, errors, constants: their totals, the
+    nodes' own terms and the QK bias term sum to ``query_at`` / ``key_at``), ``heads`` and
+    ``features`` (totals through them). ``root_pairs`` (for the group's first QK head, the one
+    with the largest flow): ``specific`` split by roots on both sides at once (``RootPair``,
+    ``qk_root_pairs``), its ``ROOT_PAIRS`` largest terms between tokens and errors: which token
+    at the query meets which token the key side holds (its own, one moved there by the heads at
+    the key, or, through the mean key, any position's); ``root_parts``: the exact split of
+    ``specific`` into ``tokens``, ``errors`` and ``constants`` (``root_split``);
+    ``token_parts``: its ``tokens`` split by the key side, ``key_own`` (against the key's own
+    token), ``moved`` (against tokens the heads at the key moved there), each between the
+    query's own vector and the key's own vector, and ``means`` (what the mean query and the mean
+    key take away: ``specific`` is between the deviations from them), and ``own_pairs`` /
+    ``moved_pairs`` the largest terms of the first two (none holding a share of a mean, so a
+    token at another position never stands on the query side of a layer-0 head's terms; a pair
+    there differs from the same pair in ``root_pairs``, which the printout leaves to the file).
+    The own token often gives the largest single term (the key is the kind of token the query
+    reads: a word, not BOS or a comma), while what makes this key win over others of its kind is
+    often a moved token: on ``My sister plays violin on stage and my sister plays`` changing
+    ``violin`` keeps the induction heads' attention at 0.80-0.90 where changing the ``plays``
+    before it takes it to 0.00. ``token_checks``: the tokens its printed root terms name
+    (``TERMS_SHOWN`` of each list), each replaced by the mean token (``TokenCheck``)."""
 
     layer: int
     qk_head: int
@@ -455,9 +458,9 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
         _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
         _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
         if r.token_parts:
-            _expect(set(r.token_parts) == {"key_own", "moved", "mean_key"}
+            _expect(set(r.token_parts) == {"key_own", "moved", "means"}
                     and "tokens" in r.root_parts,
-                    f"{where}.qk[{j}].token_parts: key_own, moved and mean_key, beside "
+                    f"{where}.qk[{j}].token_parts: key_own, moved and means, beside "
                     "root_parts' tokens")  # fmt: skip
             _closes(sum(r.token_parts.values()), r.root_parts["tokens"],
                     f"{where}.qk[{j}].token_parts")  # fmt: skip

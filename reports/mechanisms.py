@@ -27,8 +27,11 @@ from circuits.mechanism_file import (
     TokenShare,
     checked_summary,
 )
-from circuits.mechanisms import RATIO
+from circuits.mechanisms import RATIO, TERMS_SHOWN
 from circuits.nodes import Kind, node_words
+
+P_MOVED, P_SHARE = 0.005, 0.05  # a probability change below both (P_SHARE of p) is none
+LITTLE = 0.05  # an attention change below this in a token check is "little change"
 
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
@@ -115,30 +118,36 @@ def after_text(before: float | None, after: float | None) -> str:
     return f" (p {_p(before)} -> {_p(after)})"
 
 
-def mark_text(c: EffectCheck, before: float | None) -> str:
+def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
     """A check's verdict and why: ``ok``, or ``FLAGGED`` with each measurement that has the
-    other sign or is more than ``RATIO`` times off (``frozen other sign``, ``free 0.21x``);
-    for a logit, where the token's probability moved the other way than its demeaned logit
-    (the logit is demeaned: it can rise while every other logit rises more), said beside the
-    sign it contradicts, so a reader does not take a flag on the logit for the group not
-    mattering, nor an ok for the probability agreeing."""
-    parts = []
+    other sign or is more than ``RATIO`` times off (``frozen other sign``, ``free 0.21x``).
+    For a logit target (not a difference, whose token's probability follows a third token
+    too), where its token's probability moved the other way than its demeaned logit (the
+    logit is demeaned: it can rise while every other logit rises more) by a visible amount
+    (``P_MOVED``, ``P_SHARE``): said beside the sign it contradicts, and as a note after the
+    verdict where the measurement passed, so a reader does not take a flag on the logit for the
+    group not mattering, nor an ok for the probability agreeing."""
+    before = None if target is None or target.negative is not None else target.probability
+    flags, notes = [], []
     for name, agree, ratio, after in (
         ("frozen", c.agree_frozen, c.ratio_frozen, c.probability_frozen),
         ("free", c.agree_free, c.ratio_free, c.probability_free),
     ):
-        moved = None if before is None or after is None or after == before else after - before
+        moved = None if before is None or after is None else after - before
+        if moved is not None and abs(moved) < max(P_MOVED, P_SHARE * before):
+            moved = None  # too small to read either way
         apart = moved is not None and c.predicted != 0 and (moved > 0) != (c.predicted > 0)
         off = ratio is not None and not 1 / RATIO <= ratio <= RATIO
         if not agree:
             with_p = "" if apart or moved is None else ", its probability as predicted"
-            parts.append(f"{name} other sign{with_p}")
-        elif off or apart:
-            what = [f"{ratio:.2g}x"] if off else []
-            parts.append(f"{name} " + ", ".join(what + ["its probability the other way"] * apart))
+            flags.append(f"{name} other sign{with_p}")
+        elif off:
+            flags.append(f"{name} {ratio:.2g}x" + (", its probability the other way" * apart))
+        elif apart:
+            notes.append(f"{name}: its probability the other way")
     if not c.flagged:
-        return "; ".join(["ok"] + [x for x in parts if x.endswith("the other way")])
-    return "FLAGGED" + (": " + "; ".join(parts) if parts else "")
+        return "; ".join(["ok"] + notes)
+    return "; ".join(["FLAGGED" + (": " + "; ".join(flags) if flags else "")] + notes)
 
 
 def _p(p: float) -> str:
@@ -181,7 +190,7 @@ def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
     c = next((c for c in g.checks if c.target == t.node and c.flagged), None)
     if c is None:
         return ""
-    why = mark_text(c, t.probability).removeprefix("FLAGGED").removeprefix(": ")
+    why = mark_text(c, t).removeprefix("FLAGGED").removeprefix(": ")
     return (
         f"its ablation check is FLAGGED{f' ({why})' if why else ''}: predicted "
         f"{_signed(c.predicted)}, frozen attention "
@@ -264,8 +273,8 @@ def root_text(r: QKReasonRecord, top: int) -> str:
         if part == "tokens" and r.token_parts:
             parts = r.token_parts
             text += (f" = the key's own {_signed(parts['key_own'], whole)} + moved to the key "
-                     f"{_signed(parts['moved'], whole)} + against the mean key "
-                     f"{_signed(parts['mean_key'], whole)}")  # fmt: skip
+                     f"{_signed(parts['moved'], whole)} + against the means "
+                     f"{_signed(parts['means'], whole)}")  # fmt: skip
         split.append(text)
     if r.own_pairs or r.moved_pairs:  # each term against the key's own vector
         own = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
@@ -280,16 +289,41 @@ def root_text(r: QKReasonRecord, top: int) -> str:
     return f"specific by roots ({', '.join(split)}): {pairs}"
 
 
-def token_checks_text(r: QKReasonRecord) -> str:
+def token_checks_text(r: QKReasonRecord, mode: str = "local") -> str:
     """The tokens a reason's root terms name, each replaced by the mean token and the model
-    rerun (``TokenCheck``), with the attention after, the ones that move it most first:
-    ``each named token made the mean token (the model rerun): attention 0.98 -> '1'@9 0.0003,
-    '='@4 0.60, '+'@2 0.97`` (a term of a token that changes nothing named a kind of token,
-    or a position, not that token)."""
-    checks = sorted(r.token_checks, key=lambda c: c.attention)
-    return (f"each named token made the mean token (the model rerun): attention "
-            f"{r.attention:.2f} -> " + ", ".join(f"{c.token!r}@{c.pos} {_attention(c.attention)}"
-                                                 for c in checks))  # fmt: skip
+    (in sparse mode the replacement) rerun (``TokenCheck``), the ones that move the head's
+    attention to its key most first, each with the sum of the printed terms that name it and
+    whether the attention moved as they say (terms > 0: it falls without the token), the other
+    way, or by less than ``LITTLE``: ``each named token made the mean token, the model rerun:
+    attention to '1'@9 0.98 -> '='@13 4.8e-06 (terms +15.5: as they say), '+'@2 0.97 (terms
+    +10.9: little change)`` (a term whose token changes nothing named a kind of token, or a
+    position, not that token)."""
+    terms = _named_terms(r)
+    rerun = "the model rerun" if mode == "local" else "the replacement rerun"
+
+    def one(c) -> str:
+        total = terms.get(c.pos, 0.0)
+        change = c.attention - r.attention
+        verdict = "as they say" if (change < 0) == (total > 0) else "the other way"
+        verdict = "little change" if abs(change) < LITTLE else verdict
+        return f"{c.token!r}@{c.pos} {_attention(c.attention)} (terms {total:+.3g}: {verdict})"
+
+    checks = sorted(r.token_checks, key=lambda c: -abs(c.attention - r.attention))
+    return (f"each named token made the mean token, {rerun}: attention to {r.key_token!r}@{r.key} "
+            f"{r.attention:.2f} -> " + ", ".join(one(c) for c in checks))  # fmt: skip
+
+
+def _named_terms(r: QKReasonRecord) -> dict[int, float]:
+    """The sum of the printed root terms (``TERMS_SHOWN`` of each list) that name each token
+    position, on either side: what the reason says the token does for the score."""
+    terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN]
+    if not (r.own_pairs or r.moved_pairs):
+        terms = r.root_pairs[:TERMS_SHOWN]
+    out: dict[int, float] = {}
+    for p in terms:
+        for pos in {x.pos for x in (p.query, p.key) if x.kind == "embedding"}:
+            out[pos] = out.get(pos, 0.0) + p.value
+    return out
 
 
 def _attention(a: float) -> str:
@@ -297,7 +331,7 @@ def _attention(a: float) -> str:
     return f"{a:.2f}" if a >= 0.01 or a == 0 else f"{a:.1g}"
 
 
-def reason_lines(r: QKReasonRecord, max_pairs: int, indent: str) -> list[str]:
+def reason_lines(r: QKReasonRecord, max_pairs: int, indent: str, mode: str = "local") -> list[str]:
     """A QK reason as printed lines: the score's always-on and specific parts, the specific
     part by roots and by units at the two positions, and where each side comes from."""
     lines = [
@@ -312,7 +346,7 @@ def reason_lines(r: QKReasonRecord, max_pairs: int, indent: str) -> list[str]:
     if r.root_pairs:
         lines.append(f"{more}{root_text(r, max_pairs)}")
     if r.token_checks:
-        lines.append(f"{more}{token_checks_text(r)}")
+        lines.append(f"{more}{token_checks_text(r, mode)}")
     if r.pairs and r.rest_share > SPREAD_OUT:  # a few pairs would say nothing
         lines.append(f"{more}specific by units at the two positions: spread over many pairs "
                      f"(the {len(r.pairs)} largest leave out {r.rest_share:.0%}; in "
@@ -366,7 +400,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         if reads := reads_text(t, summary.tokens):
             lines.append(f"  {reads}")
             for r in t.qk:
-                lines += reason_lines(r, max_pairs, "    ")
+                lines += reason_lines(r, max_pairs, "    ", summary.mode)
         if t.predicting_group:
             g = names[t.predicting_group]
             if own := own_token_text(t, g.pos):
@@ -401,6 +435,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         )
     first = summary.targets[0].node if summary.targets else None
     probabilities = {t.node: t.probability for t in summary.targets}
+    by_node = {t.node: t for t in summary.targets}
     for g in summary.groups:
         if g.kind in ("embedding", "error", "bias"):
             continue
@@ -411,7 +446,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         brings = f"; {per_target(first)}{brings}" if brings else ""
         lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}{brings}")
         for r in g.qk:
-            lines += reason_lines(r, max_pairs, "       ")
+            lines += reason_lines(r, max_pairs, "       ", summary.mode)
         shown = [c for c in g.checks if every_check or c.target == first]
         rest = [] if every_check else [c for c in g.checks if c.target != first]
         for c in shown:
@@ -421,7 +456,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
                 f"predicted {_signed(c.predicted)}, frozen attention {_signed(c.frozen)}"
                 f"{after_text(before, c.probability_frozen)}, free "
                 f"{_signed(c.free)}{after_text(before, c.probability_free)}  "
-                f"[{mark_text(c, before)}]"
+                f"[{mark_text(c, by_node.get(c.target))}]"
             )
         if rest:
             lines.append(
@@ -496,17 +531,18 @@ def _reason_html(r: QKReasonRecord, drawn: set[str]) -> str:
 
 
 def _checks_html(g: GroupRecord, target_names: dict[str, str],
-                 probabilities: dict[str, float | None]) -> str:  # fmt: skip
+                 targets: dict[str, TargetRecord]) -> str:  # fmt: skip
     rows = []
     for c in g.checks:
         cls = ' class="flagged"' if c.flagged else ""
-        before = probabilities.get(c.target)
+        t = targets.get(c.target)
+        before = None if t is None else t.probability
         rows.append(
             f"<tr{cls}><td>{_esc(target_names.get(c.target, c.target))}</td>"
             f'<td class="num">{_num(c.predicted)}</td><td class="num">{_num(c.frozen)}'
             f"{_esc(after_text(before, c.probability_frozen))}</td>"
             f'<td class="num">{_num(c.free)}{_esc(after_text(before, c.probability_free))}</td>'
-            f"<td>{_esc(mark_text(c, before))}</td></tr>"
+            f"<td>{_esc(mark_text(c, t))}</td></tr>"
         )
     if not rows:
         return ""
@@ -522,7 +558,6 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     drawn = drawn_ids or set()
     names = {g.key: g.name for g in summary.groups}
     target_names = {t.node: t.label for t in summary.targets}
-    probabilities = {t.node: t.probability for t in summary.targets}
     parts = [
         '<div class="mech">',
         "<p>Groups are heads (same block, query position and key) and features (same block, "
@@ -597,7 +632,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         rows.append(
             f"<tr><td><b>{_esc(g.key)}</b></td><td>{_esc(g.name)}<br><small>{members}</small>"
             f"</td><td>{flows}</td><td>{'<br>'.join(what)}</td>"
-            f"<td>{_checks_html(g, target_names, probabilities)}</td></tr>"
+            f"<td>{_checks_html(g, target_names, {t.node: t for t in summary.targets})}</td></tr>"
         )
     if rows:
         parts.append(

@@ -172,7 +172,7 @@ def qk_refs(graph: Graph) -> dict[str, dict]:
     return refs
 
 
-def _reason_panel(r) -> dict:
+def _reason_panel(r, mode: str) -> dict:
     """A summary's ``QKReasonRecord`` as the panel lists it under a group or a head target."""
     from .mechanisms import ref_text, root_text, token_checks_text
 
@@ -184,7 +184,7 @@ def _reason_panel(r) -> dict:
                                for x in d.get(c, [])[:1]]
                         for side, d in (("query", r.query_sources), ("key", r.key_sources))},
             "roots": root_text(r, 3) if r.root_pairs else None,
-            "tokenChecks": token_checks_text(r) if r.token_checks else None}  # fmt: skip
+            "tokenChecks": token_checks_text(r, mode) if r.token_checks else None}  # fmt: skip
 
 
 def mechanisms_data(summary, graph: Graph) -> dict | None:
@@ -209,6 +209,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
     summary = summary_for(summary, graph)
     known = graph.id_to_index
     before = {t.node: t.probability for t in summary.targets}
+    by_node = {t.node: t for t in summary.targets}
     return {
         "targets": [
             {"node": t.node, "token": t.token, "negative": t.negative, "value": _num(t.value),
@@ -227,7 +228,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "reads": reads_text(t, summary.tokens) or None,
              "flagged": (flagged_text(summary.group(t.predicting_group), t) or None)
              if t.predicting_group else None,
-             "qk": [_reason_panel(r) for r in t.qk]}
+             "qk": [_reason_panel(r, summary.mode) for r in t.qk]}
             for t in summary.targets
         ],
         "paths": [{"target": p.target, "groups": p.groups, "flow": _num(p.flow)}
@@ -238,11 +239,11 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "flow": {k: _num(v) for k, v in g.flow.items()}, "concept": g.concept,
              "brings": {t.node: carried_text(g, t.node) for t in summary.targets
                         if g.carried.get(t.node)},
-             "qk": [_reason_panel(r) for r in g.qk],
+             "qk": [_reason_panel(r, summary.mode) for r in g.qk],
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged,
                          after_text(before.get(c.target), c.probability_frozen),
                          after_text(before.get(c.target), c.probability_free),
-                         mark_text(c, before.get(c.target))]
+                         mark_text(c, by_node.get(c.target))]
                         for c in g.checks]}
             for g in summary.groups
         ],

@@ -340,14 +340,21 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
                    for p in pairs)  # fmt: skip
         assert [abs(p.value) for p in pairs] == sorted((abs(p.value) for p in pairs), reverse=True)
         assert len(pairs) <= 4 and by_key == {} and moved == {}
-        # Against the key's own vector (not its deviation from the mean key): all of it is
-        # key_at, the query's deviation against what the key holds; nothing after the key
-        # reaches it, and the token part splits into the key's own, moved and the mean key's.
+        # Between the query's and the key's own vectors (not their deviations from the means):
+        # all of it is the score; nothing after the key reaches the key side, nothing after
+        # the query the query side, a layer-0 head's query side holds its own token alone
+        # (through the mean query every position's token stood there), and the token part
+        # splits into the key's own, moved and what the means take away.
         *_, at_key = qk_root_tables(view, [(side, a.qk_head, a.query, a.key)])[0]
-        _, _, parts_at = qk_side_flows(graph, side, a.qk_head, a.query, a.key)
-        assert at_key.sum() == pytest.approx(parts_at["key_at"], abs=1e-4)
+        assert at_key.sum() == pytest.approx(a.score, abs=1e-4)
         after = [j for j, r in enumerate(k_rows) if r.pos is not None and r.pos > a.key]
         assert np.abs(at_key[:, after]).max(initial=0) < 1e-9
+        later = [i for i, r in enumerate(q_rows) if r.pos is not None and r.pos > a.query]
+        assert np.abs(at_key[later]).max(initial=0) < 1e-9
+        if a.layer == 0:
+            elsewhere_q = [i for i, r in enumerate(q_rows)
+                           if r.kind == "embedding" and r.pos != a.query]  # fmt: skip
+            assert np.abs(at_key[elsewhere_q]).max(initial=0) < 1e-9
         pairs, parts, by_key, moved = root_split(q_rows, k_rows, table, 2, key=a.key,
                                                  at_key=at_key)  # fmt: skip
         tokens_q = [r.kind == "embedding" for r in q_rows]
@@ -394,7 +401,7 @@ def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
 
     r = QKReasonRecord(2, 0, 23, 9, " v", 0.9, 1.0, 0, 0, 0, 1.0, 0, 0, [])
     r.root_parts = {"tokens": 20.0, "errors": 0.0, "constants": 0.0}
-    r.token_parts = {"key_own": 9.0, "moved": 17.0, "mean_key": -6.0}
+    r.token_parts = {"key_own": 9.0, "moved": 17.0, "means": -6.0}
     q = token("token 'ays'@23", 23)
     r.root_pairs = [RootPair(q, token("token ' v'@9", 9), 10.6),
                     RootPair(token("token 'my'@17", 17), token("token ' v'@9", 9), -2.0),
@@ -409,7 +416,7 @@ def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
                      RootPair(q, token("token ' s'@3", 3), 2.5),
                      RootPair(q, token("token 'M'@1", 1), 0.5)]  # fmt: skip
     text = root_text(r, 3)
-    assert ("tokens +20 = the key's own +9 + moved to the key +17 + against the mean key -6,"
+    assert ("tokens +20 = the key's own +9 + moved to the key +17 + against the means -6,"
             in text)  # fmt: skip
     assert text.endswith(
         "): the key's own token: token 'ays'@23 x token ' v'@9 +11; token 'my'@17 x token ' v'@9 "
@@ -744,7 +751,7 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
         assert lines[at + 1].startswith("    its ablation check is FLAGGED") == flagged
         assert bool(flagged_text(g, t)) == flagged
         assert ("its ablation check is FLAGGED" in mechanisms_html(summary)) == flagged
-    why = mark_text(check, t.probability).removeprefix("FLAGGED")
+    why = mark_text(check, t).removeprefix("FLAGGED")
     assert flagged_text(g, t) == (
         f"its ablation check is FLAGGED{why.replace(': ', ' (', 1) + ')' if why else ''}: "
         f"predicted {check.predicted:+.3g}, frozen attention "
@@ -802,8 +809,18 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
                 )
             after = float(seen["pattern"][0, r.qk_head, r.query, r.key])
             assert c.attention == pytest.approx(after, abs=1e-5)
-        line = token_checks_text(r)
-        assert line in format_summary(summary) and f"attention {r.attention:.2f} -> " in line
+        line = token_checks_text(r, summary.mode)
+        assert line in format_summary(summary)
+        assert f"attention to {r.key_token!r}@{r.key} {r.attention:.2f} -> " in line
+        rerun = "the model rerun" if summary.mode == "local" else "the replacement rerun"
+        assert rerun in line
+        for c in r.token_checks:  # each with its printed terms' sum and what the rerun says
+            total = sum(p.value for p in terms if any(
+                x.kind == "embedding" and x.pos == c.pos for x in (p.query, p.key)))  # fmt: skip
+            change = c.attention - r.attention
+            verdict = "little change" if abs(change) < 0.05 else \
+                "as they say" if (change < 0) == (total > 0) else "the other way"  # fmt: skip
+            assert f"(terms {total:+.3g}: {verdict})" in line
     path = tmp_path / "mechanisms.json"
     save_summary(summary, path)
     i, j = next((i, j) for i, g in enumerate(summary.groups) for j, r in enumerate(g.qk)
@@ -836,16 +853,33 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
             flagged=flagged, probability_frozen=p_frozen, probability_free=p_free,
         )  # fmt: skip
 
+    from types import SimpleNamespace
+
+    def logit(p, negative=None):  # what the mark reads of a target
+        return SimpleNamespace(probability=p, negative=negative)
+
     friday = check(-8.96, 0.552, -7.01, 0.0384, 0.01, True)
-    assert mark_text(friday, 0.675) == "FLAGGED: frozen other sign, its probability as predicted"
+    assert mark_text(friday, logit(0.675)) == (
+        "FLAGGED: frozen other sign, its probability as predicted"
+    )
+    assert mark_text(friday, logit(0.675, negative="' Sunday'")) == "FLAGGED: frozen other sign"
     apart = check(-8.96, 0.552, -7.01, 0.9, 0.01, True)  # the probability rose too
-    assert mark_text(apart, 0.675) == "FLAGGED: frozen other sign"
-    assert mark_text(check(-2.0, -1.5, -0.2, 0.3, 0.35, True), 0.4) == "FLAGGED: free 0.1x"
-    assert mark_text(check(-2.0, -1.5, -0.2, 0.3, 0.5, True), 0.4) == (
+    assert mark_text(apart, logit(0.675)) == "FLAGGED: frozen other sign"
+    assert mark_text(check(-2.0, -1.5, -0.2, 0.3, 0.35, True), logit(0.4)) == "FLAGGED: free 0.1x"
+    assert mark_text(check(-2.0, -1.5, -0.2, 0.3, 0.5, True), logit(0.4)) == (
         "FLAGGED: free 0.1x, its probability the other way"
     )
-    assert mark_text(check(-2.0, -1.5, -1.0, 0.3, 0.5, False), 0.4) == (
-        "ok; free its probability the other way"
+    assert mark_text(check(-2.0, -1.5, -1.0, 0.3, 0.5, False), logit(0.4)) == (
+        "ok; free: its probability the other way"
+    )
+    # a flag's note on a measurement that passed stands after it, apart from the reasons
+    assert mark_text(check(-2.0, -1.5, -0.2, 0.5, 0.3, True), logit(0.4)) == (
+        "FLAGGED: free 0.1x; frozen: its probability the other way"
+    )
+    # a change too small to read (0.98620 -> 0.98593) is none (a reviewer's ``The month after
+    # June is``: "its probability the other way" on it)
+    assert mark_text(check(1.62, 1.62, 0.395, 0.98593, 0.978, True), logit(0.98620)) == (
+        "FLAGGED: free 0.24x"
     )
     assert mark_text(check(-2.0, -1.5, -1.0, None, None, False), None) == "ok"
     assert mark_text(check(-2.0, 1.5, 1.0, None, None, True), None) == (

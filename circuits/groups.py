@@ -360,7 +360,7 @@ def auto_groups(
     for key, members in buckets.items():
         if key[0] == "node":
             continue
-        name = _auto_name(graph, key, len(members), f1s.get(key, []))
+        name = _auto_name(graph, key, members, f1s.get(key, []))
         made.append(Group(name=name, members=members, kind="", concept=labels[key]))
     return grouped(graph, made)
 
@@ -408,23 +408,26 @@ def node_name(graph: Graph, i: int, fields: _Fields | None = None) -> str:
     return text
 
 
-def _auto_name(graph: Graph, key: tuple, n: int, f1s: list[float]) -> str:
+def _auto_name(graph: Graph, key: tuple, members: list[int], f1s: list[float]) -> str:
     """A readable name of an automatic group (for people; structure is in the ``Group``), a
     concept label with its members' F1 (how well it predicts their firing on the corpus: a
     label of F1 0.3 says little about a prompt of another task, where a reviewer read
-    ``[successor: weekdays item]`` on a list of letters)."""
+    ``[successor: weekdays item]`` on a list of letters); a group of one names its unit's
+    index, as the graph's labels do."""
+    n = len(members)
+    one = "" if n != 1 else f" {int(graph.index[members[0]])}"
     if key[0] == "bias":
         return f"{constant_name(key[1])} (all positions)"
     low, high = (min(f1s), max(f1s)) if f1s else (None, None)
     f1 = "" if low is None else f", F1 {low:.2f}" + (f"-{high:.2f}" if high - low >= 0.005 else "")
     if key[0] == "lorsa":
         _, layer, pos, attends, concept = key
-        what = f"L{layer} {'head' if n == 1 else f'{n} heads'} @{pos}"
+        what = f"L{layer} {'head' + one if n == 1 else f'{n} heads'} @{pos}"
         if attends >= 0:
             what += f" -> {graph.token_strings[attends]!r}@{attends}"
         return what + (f" [{concept}{f1}]" if concept else "")
     _, layer, pos, concept = key
-    return f"L{layer} {'feature' if n == 1 else f'{n} features'} @{pos} [{concept}{f1}]"
+    return f"L{layer} {'feature' + one if n == 1 else f'{n} features'} @{pos} [{concept}{f1}]"
 
 
 __all__ = [

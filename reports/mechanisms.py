@@ -36,6 +36,7 @@ LITTLE = 0.05  # an attention change below this in a token check is "little chan
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
 PREDICTING = "predicting heads (the largest mover from another position)"
+HEAD_TARGET = "heads at the key it reads (the largest mover from another position)"
 NO_MOVER = "no head group there moves a positive flow from another position; the largest"
 
 
@@ -69,11 +70,15 @@ def summary_for(summary: MechanismSummary, graph) -> MechanismSummary:
     return summary
 
 
-def predicting_heading(g: GroupRecord, node: str) -> str:
-    """``PREDICTING`` when the predicting group moves something into target ``node`` from
+def predicting_heading(g: GroupRecord, t: TargetRecord) -> str:
+    """``PREDICTING`` when the predicting group moves something into target ``t`` from
     another position (its key is neither BOS nor its own position, its flow positive: what
-    ``circuits.mechanisms`` looks for first), else ``NO_MOVER`` (the fallback it took)."""
-    moves = g.attends not in (None, 0, g.pos) and g.flow.get(node, 0.0) > 0
+    ``circuits.mechanisms`` looks for first), else ``NO_MOVER`` (the fallback it took). A head
+    target predicts nothing: its group is the largest mover at the key it reads
+    (``HEAD_TARGET``)."""
+    moves = g.attends not in (None, 0, g.pos) and g.flow.get(t.node, 0.0) > 0
+    if t.kind == "lorsa":
+        return HEAD_TARGET if moves else NO_MOVER
     return PREDICTING if moves else NO_MOVER
 
 
@@ -405,7 +410,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
             g = names[t.predicting_group]
             if own := own_token_text(t, g.pos):
                 lines.append(f"  {own}")
-            lines.append(f"  {predicting_heading(g, t.node)}: {short(g.key)}, flow "
+            lines.append(f"  {predicting_heading(g, t)}: {short(g.key)}, flow "
                          f"{_signed(g.flow[t.node])}")  # fmt: skip
             if flagged := flagged_text(g, t):
                 lines.append(f"    {flagged}")
@@ -585,7 +590,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             parts.append(f"<p>{_esc(reads)}</p>")
             parts += [_reason_html(r, drawn) for r in t.qk]
         if t.predicting_group:
-            heading = predicting_heading(summary.group(t.predicting_group), t.node)
+            heading = predicting_heading(summary.group(t.predicting_group), t)
             own = own_token_text(t, summary.group(t.predicting_group).pos)
             if own:
                 parts.append(f"<p>{_esc(own)}</p>")

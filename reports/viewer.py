@@ -218,7 +218,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "runnerUp": t.runner_up, "margin": _num(t.margin),
              "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
              "predictingLabel": None if t.predicting_group is None else
-                 predicting_heading(summary.group(t.predicting_group), t.node),
+                 predicting_heading(summary.group(t.predicting_group), t),
              "byPosition": [{"pos": x.pos, "token": x.token, "flow": _num(x.flow)}
                             for x in t.tokens_by_position[:TOKEN_SHARES]],
              "morePositions": max(0, len(t.tokens_by_position) - TOKEN_SHARES),

@@ -482,6 +482,12 @@ def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run
     assert reason.score == pytest.approx(score, abs=1e-4)
     text = format_summary(summary)
     assert f"it reads its inputs at its key {graph.token_strings[k]!r}@{k}" in text
+    from reports.mechanisms import HEAD_TARGET, PREDICTING, predicting_heading
+
+    if record.predicting_group is not None:  # a head predicts nothing: "heads at the key"
+        heading = predicting_heading(summary.group(record.predicting_group), record)
+        assert heading != PREDICTING and heading in text
+        assert HEAD_TARGET.startswith("heads at the key it reads")
     assert f"QK {reason.qk_head} reads {graph.token_strings[k]!r}@{k}" in text
     # a file naming a key for a logit target, or a reason at another key, is refused
     data = json.loads(json.dumps(summary.to_dict()))
@@ -595,9 +601,13 @@ def test_auto_groups_follow_their_rules(graph):
     assert made.members == sorted(same) and made.concept == "x"
     # the name says how well the label fits its members on the corpus: their F1s
     f1 = f"F1 {min(f1s):.2f}" + (f"-{max(f1s):.2f}" if len(same) > 1 else "")
-    assert made.name == f"L0 {len(same)} features @{last} [x, {f1}]".replace(
-        "L0 1 features", "L0 feature"
-    )
+    what = f"{len(same)} features" if len(same) > 1 else f"feature {int(graph.index[same[0]])}"
+    assert made.name == f"L0 {what} @{last} [x, {f1}]"  # a group of one names its unit
+    one = same[:1]
+    alone = auto_groups(graph, {unit_id(Kind.TRANSCODER, int(graph.stage[one[0]]),
+                                        int(graph.index[one[0]])): ("x", 0.9)})  # fmt: skip
+    index = int(graph.index[one[0]])
+    assert alone.groups[alone.group_of(one[0])].name == f"L0 feature {index} @{last} [x, F1 0.90]"
 
 
 @pytest.mark.parametrize(

@@ -725,7 +725,7 @@ def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_p
     for k, t in enumerate(summary.targets):
         section = "\n".join(lines[starts[k] : starts[k + 1]])
         g = summary.group(t.predicting_group)
-        assert f"{predicting_heading(g, t.node)}: {g.key} {g.name}, flow " in section
+        assert f"{predicting_heading(g, t)}: {g.key} {g.name}, flow " in section
         assert t.head_groups[1:] and "next head groups there, by flow: " in section
         assert all(f"{o} {summary.group(o).name} " in section for o in t.head_groups[1:])
 
@@ -871,7 +871,7 @@ def test_mechanisms_panel_names_every_group_key(browser, weekday_trace):
     names = {g.key: g.name for g in summary.groups}
     (t,) = summary.targets
     g = summary.group(t.predicting_group)
-    heading = predicting_heading(g, t.node)
+    heading = predicting_heading(g, t)
     assert f"{heading}: {g.key} {g.name}, flow +" in text, text
     assert len(t.head_groups) > 1
     line = next(x for x in text.splitlines() if x.startswith("next head groups there, by flow: "))

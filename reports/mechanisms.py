@@ -283,7 +283,7 @@ def root_text(r: QKReasonRecord, top: int) -> str:
         split.append(text)
     if r.own_pairs or r.moved_pairs:  # each term against the key's own vector
         own = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
-                        for p in r.own_pairs[: max(1, top - 1)])  # fmt: skip
+                        for p in r.own_pairs[:top])  # fmt: skip
         moved = "; ".join(f"{p.query.name} x {p.key.name} -> @{r.key} {_signed(p.value)}"
                           for p in r.moved_pairs[:top])  # fmt: skip
         lists = [f"the key's own token: {own}" if own else "",

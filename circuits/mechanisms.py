@@ -280,18 +280,27 @@ def _summarize(
     )  # fmt: skip
 
 
+def named_token_terms(r: QKReasonRecord) -> dict[int, float]:
+    """The token positions a reason's first ``TERMS_SHOWN`` root terms of each list name (own
+    and moved; without that split, of ``root_pairs``), on either side, in the order they are
+    named, each with the sum of those terms naming it: what the reason says the token does for
+    the score, and what its ``token_checks`` test."""
+    terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN]
+    if not (r.own_pairs or r.moved_pairs):
+        terms = r.root_pairs[:TERMS_SHOWN]
+    out: dict[int, float] = {}
+    for p in terms:
+        for pos in dict.fromkeys(x.pos for x in (p.query, p.key)
+                                 if x.kind == "embedding" and x.pos is not None):  # fmt: skip
+            out[pos] = out.get(pos, 0.0) + p.value
+    return out
+
+
 def _token_checks(replacement, run, tokens: list[str], reasons: list[QKReasonRecord]) -> None:
     """Each reason's ``token_checks``: the tokens its first ``TERMS_SHOWN`` root terms of each
     list name (query and key sides), each replaced by the mean token and the model rerun
     (``tokens_to_mean``, one batch for all the reasons)."""
-    named = []
-    for r in reasons:
-        terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN]
-        if not (r.own_pairs or r.moved_pairs):
-            terms = r.root_pairs[:TERMS_SHOWN]
-        sides = [x for p in terms for x in (p.query, p.key)]
-        named.append(list(dict.fromkeys(
-            x.pos for x in sides if x.kind == "embedding" and x.pos is not None)))  # fmt: skip
+    named = [list(named_token_terms(r)) for r in reasons]
     positions = sorted({p for at in named for p in at})
     if not positions:
         return

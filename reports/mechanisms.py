@@ -27,7 +27,7 @@ from circuits.mechanism_file import (
     TokenShare,
     checked_summary,
 )
-from circuits.mechanisms import RATIO, TERMS_SHOWN
+from circuits.mechanisms import RATIO, named_token_terms
 from circuits.nodes import Kind, node_words
 
 P_MOVED, P_SHARE = 0.005, 0.05  # a probability change below both (P_SHARE of p) is none
@@ -303,7 +303,7 @@ def token_checks_text(r: QKReasonRecord, mode: str = "local") -> str:
     attention to '1'@9 0.98 -> '='@13 4.8e-06 (terms +15.5: as they say), '+'@2 0.97 (terms
     +10.9: little change)`` (a term whose token changes nothing named a kind of token, or a
     position, not that token)."""
-    terms = _named_terms(r)
+    terms = named_token_terms(r)
     rerun = "the model rerun" if mode == "local" else "the replacement rerun"
 
     def one(c) -> str:
@@ -316,19 +316,6 @@ def token_checks_text(r: QKReasonRecord, mode: str = "local") -> str:
     checks = sorted(r.token_checks, key=lambda c: -abs(c.attention - r.attention))
     return (f"each named token made the mean token, {rerun}: attention to {r.key_token!r}@{r.key} "
             f"{r.attention:.2f} -> " + ", ".join(one(c) for c in checks))  # fmt: skip
-
-
-def _named_terms(r: QKReasonRecord) -> dict[int, float]:
-    """The sum of the printed root terms (``TERMS_SHOWN`` of each list) that name each token
-    position, on either side: what the reason says the token does for the score."""
-    terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN]
-    if not (r.own_pairs or r.moved_pairs):
-        terms = r.root_pairs[:TERMS_SHOWN]
-    out: dict[int, float] = {}
-    for p in terms:
-        for pos in {x.pos for x in (p.query, p.key) if x.kind == "embedding"}:
-            out[pos] = out.get(pos, 0.0) + p.value
-    return out
 
 
 def _attention(a: float) -> str:

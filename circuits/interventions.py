@@ -345,8 +345,9 @@ def intervene(
     cache = _clean_nodes(replacement, run)
     n, L = len(run.tokens), run.n_layers
     patches: dict[str, list[tuple[int, int, float]]] = {}
-    errors = {name: v.clone() for name, v in cache.items() if name.endswith("hook_error")}
-    error_scale = {name: torch.ones(1, n, 1) for name in errors}  # live errors' multipliers
+    # each error site's multipliers by position: of its clean value when held, else of what
+    # its sublayer now leaves over
+    error_scale = {name: torch.ones(1, n, 1) for name in cache if name.endswith("hook_error")}
     embed_scale = torch.ones(1, n)
     bias_scale: dict[int, Tensor] = {}
     for edit in interventions:
@@ -358,7 +359,6 @@ def intervene(
             name = hook_name(block_of(stage), ACTIVATION_SITE[kind])
             patches.setdefault(name, []).append((pos, index, new))
         elif kind == Kind.ERROR:
-            errors[_error_name(stage)][0, pos] *= new
             error_scale[_error_name(stage)][0, pos] = new
         elif kind == Kind.EMBEDDING:
             embed_scale[0, pos] = new
@@ -376,12 +376,13 @@ def intervene(
 
         return hook
 
+    held = {name: cache[name] * m for name, m in error_scale.items()} if freeze_errors else {}
     hooks = _hooks(
         replacement, run, freeze_attention=freeze_attention, freeze_layernorm=freeze_layernorm,
-        z=[None] * L, acts=[None] * L, errors=errors if freeze_errors else {},
-        embed_scale=embed_scale, bias_scale=bias_scale,
+        z=[None] * L, acts=[None] * L, errors=held, embed_scale=embed_scale,
+        bias_scale=bias_scale,
     )  # fmt: skip
-    if not freeze_errors:  # an edited error node scales what its sublayer now leaves over
+    if not freeze_errors:
         hooks += [(name, _scaler(m)) for name, m in error_scale.items() if (m != 1).any()]
     hooks += [(name, patch(entries)) for name, entries in patches.items()]
     # Head and feature targets: their pre-activations, read where the model computes them.

@@ -188,6 +188,15 @@ def reads_text(t: TargetRecord, tokens: list[str]) -> str:
             "key (the heads at its query act through this):")  # fmt: skip
 
 
+def check_texts(c: EffectCheck, t: TargetRecord | None) -> tuple[str, str, str]:
+    """What every view of a check prints beside its numbers: the target token's probability
+    before and after it with attention frozen and free (``after_text``; nothing for a head or
+    feature target, or a target the summary does not hold), and its mark (``mark_text``)."""
+    before = None if t is None else t.probability
+    return (after_text(before, c.probability_frozen), after_text(before, c.probability_free),
+            mark_text(c, t))  # fmt: skip
+
+
 def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
     """When the ablation check of group ``g`` on target ``t`` is flagged, what it measured, to
     stand beside the line that names ``g`` (the predicting group): the graph's word on it is
@@ -195,12 +204,12 @@ def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
     c = next((c for c in g.checks if c.target == t.node and c.flagged), None)
     if c is None:
         return ""
-    why = mark_text(c, t).removeprefix("FLAGGED").removeprefix(": ")
+    frozen, free, mark = check_texts(c, t)
+    why = mark.removeprefix("FLAGGED").removeprefix(": ")
     return (
         f"its ablation check is FLAGGED{f' ({why})' if why else ''}: predicted "
-        f"{_signed(c.predicted)}, frozen attention "
-        f"{_signed(c.frozen)}{after_text(t.probability, c.probability_frozen)}, free "
-        f"{_signed(c.free)}{after_text(t.probability, c.probability_free)}"
+        f"{_signed(c.predicted)}, frozen attention {_signed(c.frozen)}{frozen}, free "
+        f"{_signed(c.free)}{free}"
     )
 
 
@@ -426,7 +435,6 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
             + f"; FLAGGED where a measured change has the other sign or is over {RATIO:g}x off)"
         )
     first = summary.targets[0].node if summary.targets else None
-    probabilities = {t.node: t.probability for t in summary.targets}
     by_node = {t.node: t for t in summary.targets}
     for g in summary.groups:
         if g.kind in ("embedding", "error", "bias"):
@@ -442,13 +450,11 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         shown = [c for c in g.checks if every_check or c.target == first]
         rest = [] if every_check else [c for c in g.checks if c.target != first]
         for c in shown:
-            before = probabilities.get(c.target)
+            frozen, free, mark = check_texts(c, by_node.get(c.target))
             lines.append(
                 f"       ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
                 f"predicted {_signed(c.predicted)}, frozen attention {_signed(c.frozen)}"
-                f"{after_text(before, c.probability_frozen)}, free "
-                f"{_signed(c.free)}{after_text(before, c.probability_free)}  "
-                f"[{mark_text(c, by_node.get(c.target))}]"
+                f"{frozen}, free {_signed(c.free)}{free}  [{mark}]"
             )
         if rest:
             lines.append(
@@ -527,14 +533,12 @@ def _checks_html(g: GroupRecord, target_names: dict[str, str],
     rows = []
     for c in g.checks:
         cls = ' class="flagged"' if c.flagged else ""
-        t = targets.get(c.target)
-        before = None if t is None else t.probability
+        frozen, free, mark = check_texts(c, targets.get(c.target))
         rows.append(
             f"<tr{cls}><td>{_esc(target_names.get(c.target, c.target))}</td>"
             f'<td class="num">{_num(c.predicted)}</td><td class="num">{_num(c.frozen)}'
-            f"{_esc(after_text(before, c.probability_frozen))}</td>"
-            f'<td class="num">{_num(c.free)}{_esc(after_text(before, c.probability_free))}</td>'
-            f"<td>{_esc(mark_text(c, t))}</td></tr>"
+            f'{_esc(frozen)}</td><td class="num">{_num(c.free)}{_esc(free)}</td>'
+            f"<td>{_esc(mark)}</td></tr>"
         )
     if not rows:
         return ""

@@ -195,10 +195,9 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         return None
     from .mechanisms import (
         TOKEN_SHARES,
-        after_text,
         carried_text,
+        check_texts,
         flagged_text,
-        mark_text,
         moved_text,
         own_token_text,
         predicting_heading,
@@ -208,7 +207,6 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
 
     summary = summary_for(summary, graph)
     known = graph.id_to_index
-    before = {t.node: t.probability for t in summary.targets}
     by_node = {t.node: t for t in summary.targets}
     return {
         "targets": [
@@ -241,9 +239,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
                         if g.carried.get(t.node)},
              "qk": [_reason_panel(r, summary.mode) for r in g.qk],
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged,
-                         after_text(before.get(c.target), c.probability_frozen),
-                         after_text(before.get(c.target), c.probability_free),
-                         mark_text(c, by_node.get(c.target))]
+                         *check_texts(c, by_node.get(c.target))]
                         for c in g.checks]}
             for g in summary.groups
         ],

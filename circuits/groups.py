@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .graph import Graph, checked_graph, checked_index, is_integer
-from .nodes import KINDS, Kind, constant_name, node_words, unit_id
+from .nodes import EMBEDDING_STAGE, KINDS, Kind, constant_name, node_words, unit_id
 
 MIN_CONCEPT_F1 = 0.5  # a concept label groups features (and marks a head's role) from this F1
 
@@ -42,7 +42,9 @@ Lorsa heads: one group per (block, query position, key read (``attends``), role)
 transcoder features: one group per (block, position, concept label) when the label's F1 >=
   MIN_CONCEPT_F1; other features stay alone.
 bias nodes: one group per sublayer (every position): the constant that sublayer writes.
-embeddings, error nodes, logits and any other target (a head or feature traced from): alone."""
+embeddings, position vectors, error nodes, logits and any other target (a head or feature
+  traced from): alone (a position vector is constant across prompts, but a head choosing
+  between keys by where they are reads each apart)."""
 
 
 @dataclass
@@ -348,7 +350,7 @@ def auto_groups(
             key = ("lorsa", layers[i], pos[i], attends[i], concept)
         elif kind == Kind.TRANSCODER and concept is not None:
             key = ("transcoder", layers[i], pos[i], concept)
-        elif kind == Kind.BIAS:
+        elif kind == Kind.BIAS and stages[i] != EMBEDDING_STAGE:
             key = ("bias", stages[i])
         else:
             key = ("node", i)

@@ -27,7 +27,7 @@ from toy_models.records import Bounds, from_json, parse_json
 from .graph import MODES
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, is_attention
 
-VERSION = 7  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
+VERSION = 8  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
 # ``attends`` and QK reasons are at the key its heads read (their z-patterns' largest term), no
 # longer their attention's argmax; 4: a head target's head groups and moved flows are those at
@@ -36,7 +36,11 @@ VERSION = 7  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # it held them at their clean values, which a reviewer found reversed 12 of 260 probabilities);
 # 6: a QK reason's ``token_checks``; 7: ``own_pairs`` / ``moved_pairs`` between the query's and
 # the key's own vectors (they held the query's deviation: every position's token stood on the
-# query side of a layer-0 head's terms, through the mean query), ``token_parts``' ``means``
+# query side of a layer-0 head's terms, through the mean query), ``token_parts``' ``means``;
+# 8: position vectors are roots of their own (one per position, where all were one constant
+# group) and ``root_parts`` holds ``positions``: terms between tokens and position vectors with
+# a position vector on either side, which were ``constants``
+ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
 
@@ -105,6 +109,14 @@ class SourceShare:
     concept: str | None
     value: float
 
+    @property
+    def is_position(self) -> bool:
+        """Whether this is a position vector (``W_pos`` at ``pos``; with constants as nodes each
+        is a root alone, ``circuits.groups.AUTO_RULES``): constant across prompts, but not
+        across the keys a head chooses between, so a QK reason counts it apart from the
+        constants that are (``root_split``'s ``positions``)."""
+        return self.kind == "bias" and self.layer == block_of(EMBEDDING_STAGE)
+
 
 @dataclass
 class RootPair:
@@ -158,7 +170,10 @@ class QKReasonRecord:
     ``qk_root_pairs``), its ``ROOT_PAIRS`` largest terms between tokens and errors: which token
     at the query meets which token the key side holds (its own, one moved there by the heads at
     the key, or, through the mean key, any position's); ``root_parts``: the exact split of
-    ``specific`` into ``tokens``, ``errors`` and ``constants`` (``root_split``);
+    ``specific`` into ``tokens``, ``positions`` (terms with a position vector on either side,
+    the other a token or a position vector), ``errors`` and ``constants`` (``root_split``), and
+    ``position_pairs`` the largest terms of ``positions`` (what a head that picks its key by
+    where it is reads: for a previous-token head, the query's position vector against the key's);
     ``token_parts``: its ``tokens`` split by the key side, ``key_own`` (against the key's own
     token), ``moved`` (against tokens the heads at the key moved there), each between the
     query's own vector and the key's own vector, and ``means`` (what the mean query and the mean
@@ -196,6 +211,7 @@ class QKReasonRecord:
     token_parts: dict[str, float] = field(default_factory=dict)
     own_pairs: list[RootPair] = field(default_factory=list)
     moved_pairs: list[RootPair] = field(default_factory=list)
+    position_pairs: list[RootPair] = field(default_factory=list)
     token_checks: list[TokenCheck] = field(default_factory=list)
 
 
@@ -457,6 +473,14 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
         parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
         _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
         _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
+        if r.root_parts:
+            _expect(
+                set(r.root_parts) <= set(ROOT_PARTS),
+                f"{where}.qk[{j}].root_parts: parts other than {list(ROOT_PARTS)}",
+            )
+            _closes(sum(r.root_parts.values()), r.specific, f"{where}.qk[{j}].root_parts")
+        _expect(all(p.query.is_position or p.key.is_position for p in r.position_pairs),
+                f"{where}.qk[{j}].position_pairs: a term without a position vector")  # fmt: skip
         if r.token_parts:
             _expect(set(r.token_parts) == {"key_own", "moved", "means"}
                     and "tokens" in r.root_parts,

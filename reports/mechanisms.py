@@ -18,6 +18,7 @@ import math
 
 from circuits.graph import checked_count
 from circuits.mechanism_file import (
+    ROOT_PARTS,
     EffectCheck,
     GroupRecord,
     MechanismSummary,
@@ -276,14 +277,17 @@ def ref_text(ref: NodeRef | None) -> str:
 def root_text(r: QKReasonRecord, top: int) -> str:
     """A QK reason's root pairs in one line: the exact split of ``specific`` (its token part
     split again into the key's own token, tokens moved to the key and the mean key,
-    ``token_parts``), then the largest terms against the key's own token (``own_pairs``) and
-    against tokens moved to the key (``moved_pairs``), query side first, a moved one written
+    ``token_parts``), then the largest terms against the key's own token (``own_pairs``), against
+    tokens moved to the key (``moved_pairs``) and with a position vector (``position_pairs``),
+    query side first, a moved one written
     ``token 'ays'@8 -> @9``: it reaches the key at 9 through the heads there. Without that
     split (a hand-made record): the largest terms of ``root_pairs``."""
     whole = sum(abs(x) for x in r.root_parts.values())
     split = []
-    for part in ("tokens", "errors", "constants"):
-        text = f"{part} {_signed(r.root_parts.get(part), whole)}"
+    for part in ROOT_PARTS:
+        if part not in r.root_parts:  # a hand-made record may leave a part out
+            continue
+        text = f"{part} {_signed(r.root_parts[part], whole)}"
         if part == "tokens" and r.token_parts:
             parts = r.token_parts
             text += (f" = the key's own {_signed(parts['key_own'], whole)} + moved to the key "
@@ -295,8 +299,11 @@ def root_text(r: QKReasonRecord, top: int) -> str:
                         for p in r.own_pairs[:top])  # fmt: skip
         moved = "; ".join(f"{p.query.name} x {p.key.name} -> @{r.key} {_signed(p.value)}"
                           for p in r.moved_pairs[:top])  # fmt: skip
+        placed = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
+                           for p in r.position_pairs[:top])  # fmt: skip
         lists = [f"the key's own token: {own}" if own else "",
-                 f"moved to the key: {moved}" if moved else ""]  # fmt: skip
+                 f"moved to the key: {moved}" if moved else "",
+                 f"by position: {placed}" if placed else ""]  # fmt: skip
         return f"specific by roots ({', '.join(split)}): " + "; ".join(x for x in lists if x)
     pairs = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
                       for p in r.root_pairs[:top])  # fmt: skip

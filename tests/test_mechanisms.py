@@ -336,6 +336,13 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
             assert r.pos is None or r.pos <= a.query or abs(x) < 1e-9
         pairs, parts, by_key, moved = root_split(q_rows, k_rows, table, 4)
         assert sum(parts.values()) == pytest.approx(a.reason.specific, abs=1e-4)
+        # positions: every term with a position vector on one side, a token or one on the other
+        place = [r.is_position for r in q_rows]
+        assert sum(place) == len(graph.tokens)  # each position vector a root of its own
+        token = [r.kind == "embedding" for r in q_rows]
+        placed = np.array(place) | np.array(token)
+        expected = table[placed][:, placed].sum() - table[token][:, token].sum()
+        assert parts["positions"] == pytest.approx(expected, abs=1e-9)
         assert all(p.query.kind in ("embedding", "error") and p.key.kind in ("embedding", "error")
                    for p in pairs)  # fmt: skip
         assert [abs(p.value) for p in pairs] == sorted((abs(p.value) for p in pairs), reverse=True)
@@ -345,7 +352,7 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
         # the query the query side, a layer-0 head's query side holds its own token alone
         # (through the mean query every position's token stood there), and the token part
         # splits into the key's own, moved and what the means take away.
-        *_, at_key = qk_root_tables(view, [(side, a.qk_head, a.query, a.key)])[0]
+        *_, at_key, against_key = qk_root_tables(view, [(side, a.qk_head, a.query, a.key)])[0]
         assert at_key.sum() == pytest.approx(a.score, abs=1e-4)
         after = [j for j, r in enumerate(k_rows) if r.pos is not None and r.pos > a.key]
         assert np.abs(at_key[:, after]).max(initial=0) < 1e-9
@@ -355,8 +362,14 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
             elsewhere_q = [i for i, r in enumerate(q_rows)
                            if r.kind == "embedding" and r.pos != a.query]  # fmt: skip
             assert np.abs(at_key[elsewhere_q]).max(initial=0) < 1e-9
-        pairs, parts, by_key, moved = root_split(q_rows, k_rows, table, 2, key=a.key,
-                                                 at_key=at_key)  # fmt: skip
+        # The query's own vector against the key's deviation: the score less the query
+        # against the mean key.
+        r = a.reason
+        expected = a.score - r.query_vs_mean_key - r.mean_query_mean_key
+        assert against_key.sum() == pytest.approx(expected, abs=1e-4)
+        pairs, parts, by_key, moved = root_split(
+            q_rows, k_rows, table, 2, key=a.key, at_key=at_key, against_key=against_key
+        )
         tokens_q = [r.kind == "embedding" for r in q_rows]
         own = [r.kind == "embedding" and r.pos == a.key for r in k_rows]
         elsewhere = [r.kind == "embedding" and r.pos != a.key for r in k_rows]
@@ -372,6 +385,16 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
         col = {id(r): j for j, r in enumerate(k_rows)}
         for p in moved["key_own"] + moved["moved"]:
             assert p.value == pytest.approx(at_key[row[id(p.query)], col[id(p.key)]], abs=1e-9)
+        # the position terms: entries of the table against the key's deviation, each with a
+        # position vector on a side and a token or position vector on the other, largest first
+        assert 0 < len(moved["positions"]) <= 2
+        for p in moved["positions"]:
+            assert p.query.is_position or p.key.is_position
+            assert {p.query.kind, p.key.kind} <= {"bias", "embedding"}
+            assert p.value == pytest.approx(against_key[row[id(p.query)], col[id(p.key)]],
+                                            abs=1e-9)  # fmt: skip
+            if a.layer == 0:  # the query side holds its own position and token alone
+                assert p.query.pos == a.query
 
 
 # ----------------------------------------------------------------- groups
@@ -583,9 +606,11 @@ def test_auto_groups_follow_their_rules(graph):
         if grp.kind == "lorsa":
             assert len({(int(graph.layer[i]), int(graph.pos[i]), int(graph.attends[i]))
                         for i in grp.members}) == 1  # fmt: skip
-        elif grp.kind == "bias":
+        elif grp.kind == "bias" and grp.stage != 0:  # a sublayer's constant, every position
             assert len({int(graph.stage[i]) for i in grp.members}) == 1
             assert len(grp.members) == len(graph.tokens)
+        elif grp.kind == "bias":  # a position vector: where a key is, which a head may read
+            assert len(grp.members) == 1 and grp.name == f"position vector @{grp.pos}"
         elif grp.kind != "lorsa":
             assert len(grp.members) == 1  # no concept labels: features stay alone
     # With concepts, features of one place and one label group.
@@ -1098,6 +1123,12 @@ def tampered_summaries_are_refused(good: dict) -> None:
         (f"groups[{g}].qk[0]: always-on + specific", ("groups", g, "qk", 0, "score"), 99.0),
         (f"groups[{g}].qk[0].pairs[0].query.present: expected true or false",
          ("groups", g, "qk", 0, "pairs", 0, "query", "present"), 1),
+        (f"groups[{g}].qk[0].root_parts: parts other than",
+         ("groups", g, "qk", 0, "root_parts", "surprise"), 0.0),
+        (f"groups[{g}].qk[0].root_parts = ", ("groups", g, "qk", 0, "root_parts", "positions"),
+         1e6),
+        (f"groups[{g}].qk[0].position_pairs: a term without a position vector",
+         ("groups", g, "qk", 0, "position_pairs"), good["groups"][g]["qk"][0]["root_pairs"][:1]),
         ("mode: 'x'", ("mode",), "x"),
         (f"groups[{c}].checks[0]: a probability outside", ("groups", c, "checks", 0,
                                                            "probability_free"), 1.5),

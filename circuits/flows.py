@@ -247,7 +247,7 @@ def qk_root_pairs(
 
 def qk_root_tables(
     view: GroupedGraph, requests: list[tuple], edge_sweep: EdgeSweep | None = None
-) -> list[tuple[list[SourceShare], list[SourceShare], np.ndarray, np.ndarray, np.ndarray]]:
+) -> list[tuple[list[SourceShare], list[SourceShare], np.ndarray, np.ndarray]]:
     """``qk_root_pairs`` of many (``QKSides``, QK head, query, key) requests, their readouts
     swept together (``ROOT_BATCH`` requests per sweep: a sparse product with many columns
     costs much less per column than one with a few), each with a fourth item: the table
@@ -257,10 +257,7 @@ def qk_root_tables(
     to the score). ``table = own`` less the terms against the mean query and the mean key (every
     position's vector), so the difference is what the means take away (``root_split``'s
     ``token_parts``): no token at another position stands on the query side of ``own`` (on a
-    layer-0 head's deviation table, every position's token did, through the mean query). The
-    fifth: the query's own vector against the key's deviation from the mean key (``U_a .
-    dV_b``): what makes this key stand out among the keys for this query, each term with the
-    query side as ``own``'s (``root_split``'s ``positions`` list reads it)."""
+    layer-0 head's deviation table, every position's token did, through the mean query)."""
     graph = checked_view(view).graph
     edge_sweep = _sweep_of(graph, edge_sweep)
     roots = np.flatnonzero([g.is_root for g in view.groups])
@@ -305,16 +302,15 @@ def qk_root_tables(
                 for sl in [slice(j * width, (j + 1) * width)]
             )
             scale = math.sqrt(side.lorsa.cfg.d_qk)
-            table, at_both, against_key = du @ dv.T / scale, u @ v.T / scale, u @ dv.T / scale
-            out.append((shares(table.sum(1)), shares(table.sum(0)), table, at_both, against_key))
+            table, at_both = du @ dv.T / scale, u @ v.T / scale
+            out.append((shares(table.sum(1)), shares(table.sum(0)), table, at_both))
     return out
 
 
 def root_split(
     query_rows: list[SourceShare], key_rows: list[SourceShare], table: np.ndarray, top: int,
     key: int | None = None, at_key: np.ndarray | None = None,
-    against_key: np.ndarray | None = None,
-) -> tuple[list[RootPair], dict[str, float], dict[str, float], dict]:  # fmt: skip
+) -> tuple[list[RootPair], dict[str, float], dict[str, dict[str, float]], dict]:  # fmt: skip
     """A ``qk_root_pairs`` table read for people: its ``top`` largest terms by magnitude
     between tokens and errors (largest first), and the table's exact split into ``tokens``
     (token x token terms), ``positions`` (terms between tokens and position vectors with a
@@ -326,21 +322,18 @@ def root_split(
 
     With the ``key`` position and the table between the query's and the key's own vectors
     (``at_key``, the fourth item of ``qk_root_tables``), the token part splits by what the key
-    side holds (``QKReasonRecord.token_parts``, summing to ``tokens``): ``key_own`` (the
-    query's tokens against the key's own token), ``moved`` (against tokens the heads at the key
-    moved there) and ``means`` (what the mean query and the mean key, every position's vectors,
-    take away); and the ``top`` largest terms of the first two are listed
+    side holds (``split["tokens"]``, ``QKReasonRecord.token_parts``, summing to ``tokens``):
+    ``key_own`` (the query's tokens against the key's own token), ``moved`` (against tokens the
+    heads at the key moved there) and ``means`` (what the mean query and the mean key, every
+    position's vectors, take away); and the ``top`` largest terms of the first two are listed
     (``by_key["key_own"]``, ``by_key["moved"]``: ``QKReasonRecord.own_pairs`` and
     ``moved_pairs``, each between what the query holds and what the key holds, none through a
     mean): for induction the current token against the token before the key. A layer-0 head's
-    ``moved`` is 0 (no head below it moves anything) and its query side is its own token.
-
-    With the table of the query's own vector against the key's deviation (``against_key``, the
-    fifth item of ``qk_root_tables``), the ``top`` largest of its terms between tokens and
-    position vectors with a position vector on either side are listed (``by_key["positions"]``,
-    ``QKReasonRecord.position_pairs``): for a previous-token head the query's position vector
-    against the key's, less the mean key's (every key has a position vector, so what sets this
-    key apart is how its own differs from the others')."""
+    ``moved`` is 0 (no head below it moves anything) and its query side is its own token. The
+    position part splits the same way (``split["positions"]``, ``position_parts``), its
+    ``top`` largest own and moved terms listed together (``by_key["positions"]``,
+    ``position_pairs``): for a previous-token head, the query's position vector against the
+    key's."""
     position = np.array([r.is_position for r in query_rows])  # the same rows on both sides
     constant = np.array([r.kind in ("bias", "qk_bias", "own") for r in query_rows]) & ~position
     token_q = np.array([r.kind == "embedding" for r in query_rows])
@@ -359,21 +352,21 @@ def root_split(
     pairs = [RootPair(query_rows[kept[i]], key_rows[kept[j]], float(listed[i, j]))
              for i, j in _largest(listed, top)]  # fmt: skip
     by_key: dict[str, list[RootPair]] = {}
-    if against_key is not None:
-        placed_rows = np.flatnonzero(token_q | position)
-        either = position[placed_rows][:, None] | position[placed_rows][None, :]
-        by_position = np.where(either, against_key[np.ix_(placed_rows, placed_rows)], 0.0)
-        by_key["positions"] = [
-            RootPair(query_rows[placed_rows[i]], key_rows[placed_rows[j]], float(by_position[i, j]))
-            for i, j in _largest(by_position, top)
-        ]  # fmt: skip
-    token_parts: dict[str, float] = {}
+    split: dict[str, dict[str, float]] = {}
     if key is not None and at_key is not None:
         own = np.array([r.pos == key for r in key_rows])
-        mine = at_key[token_q][:, token_k]
-        token_parts = {"key_own": float(mine[:, own[token_k]].sum()),
-                       "moved": float(mine[:, ~own[token_k]].sum())}  # fmt: skip
-        token_parts["means"] = parts["tokens"] - token_parts["key_own"] - token_parts["moved"]
+        rows = np.flatnonzero(token_q | position)  # tokens and positions, the same both sides
+        either = position[rows][:, None] | position[rows][None, :]
+        for part, mask in (("tokens", ~either), ("positions", either)):
+            mine = np.where(mask, at_key[np.ix_(rows, rows)], 0.0)
+            split[part] = {"key_own": float(mine[:, own[rows]].sum()),
+                           "moved": float(mine[:, ~own[rows]].sum())}  # fmt: skip
+            split[part]["means"] = parts[part] - split[part]["key_own"] - split[part]["moved"]
+        by_position = np.where(either, at_key[np.ix_(rows, rows)], 0.0)
+        by_key["positions"] = [
+            RootPair(query_rows[rows[i]], key_rows[rows[j]], float(by_position[i, j]))
+            for i, j in _largest(by_position, top)
+        ]
         listed_at_key = at_key[np.ix_(kept, kept)]
         for name, columns in (("key_own", np.flatnonzero(own[kept])),
                               ("moved", np.flatnonzero(~own[kept]))):  # fmt: skip
@@ -381,7 +374,7 @@ def root_split(
             by_key[name] = [RootPair(query_rows[kept[i]], key_rows[kept[columns[j]]],
                                      float(table_part[i, j]))
                             for i, j in _largest(table_part, top)]  # fmt: skip
-    return pairs, parts, token_parts, by_key
+    return pairs, parts, split, by_key
 
 
 def _largest(table: np.ndarray, top: int) -> list[tuple[int, int]]:

@@ -275,39 +275,41 @@ def ref_text(ref: NodeRef | None) -> str:
 
 
 def root_text(r: QKReasonRecord, top: int) -> str:
-    """A QK reason's root pairs in one line: the exact split of ``specific`` (its token part
-    split again into the key's own token, tokens moved to the key and the mean key,
-    ``token_parts``), then the largest terms against the key's own token (``own_pairs``), against
-    tokens moved to the key (``moved_pairs``) and with a position vector (``position_pairs``),
-    query side first, a moved one written
-    ``token 'ays'@8 -> @9``: it reaches the key at 9 through the heads there. Without that
-    split (a hand-made record): the largest terms of ``root_pairs``."""
+    """A QK reason's root pairs in one line: the exact split of ``specific``, its token and
+    position parts each split again into what the key holds itself, what heads at the key
+    moved there and what the means take away (``token_parts``, ``position_parts``), then the
+    largest terms against what the key holds itself (``own_pairs``: its token, its errors),
+    against tokens moved to the key (``moved_pairs``) and with a position vector
+    (``position_pairs``), query side first, a moved one written ``token 'ays'@8 -> @9``: it
+    reaches the key at 9 through the heads there. Without that split (a hand-made record): the
+    largest terms of ``root_pairs``."""
     whole = sum(abs(x) for x in r.root_parts.values())
     split = []
     for part in ROOT_PARTS:
         if part not in r.root_parts:  # a hand-made record may leave a part out
             continue
         text = f"{part} {_signed(r.root_parts[part], whole)}"
-        if part == "tokens" and r.token_parts:
-            parts = r.token_parts
+        parts = {"tokens": r.token_parts, "positions": r.position_parts}.get(part)
+        if parts:
             text += (f" = the key's own {_signed(parts['key_own'], whole)} + moved to the key "
                      f"{_signed(parts['moved'], whole)} + against the means "
                      f"{_signed(parts['means'], whole)}")  # fmt: skip
         split.append(text)
+
+    def terms(pairs) -> str:
+        return "; ".join(
+            f"{p.query.name} x {p.key.name}"
+            + (f" -> @{r.key}" if p.key.pos is not None and p.key.pos != r.key else "")
+            + f" {_signed(p.value)}"
+            for p in pairs[:top]
+        )
+
     if r.own_pairs or r.moved_pairs:  # each term against the key's own vector
-        own = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
-                        for p in r.own_pairs[:top])  # fmt: skip
-        moved = "; ".join(f"{p.query.name} x {p.key.name} -> @{r.key} {_signed(p.value)}"
-                          for p in r.moved_pairs[:top])  # fmt: skip
-        placed = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
-                           for p in r.position_pairs[:top])  # fmt: skip
-        lists = [f"the key's own token: {own}" if own else "",
-                 f"moved to the key: {moved}" if moved else "",
-                 f"by position: {placed}" if placed else ""]  # fmt: skip
-        return f"specific by roots ({', '.join(split)}): " + "; ".join(x for x in lists if x)
-    pairs = "; ".join(f"{p.query.name} x {p.key.name} {_signed(p.value)}"
-                      for p in r.root_pairs[:top])  # fmt: skip
-    return f"specific by roots ({', '.join(split)}): {pairs}"
+        lists = [("the key's own", r.own_pairs), ("moved to the key", r.moved_pairs),
+                 ("by position", r.position_pairs)]  # fmt: skip
+        shown = "; ".join(f"{name}: {terms(pairs)}" for name, pairs in lists if pairs)
+        return f"specific by roots ({', '.join(split)}): {shown}"
+    return f"specific by roots ({', '.join(split)}): {terms(r.root_pairs)}"
 
 
 def token_checks_text(r: QKReasonRecord, mode: str = "local") -> str:

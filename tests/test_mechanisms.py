@@ -352,7 +352,7 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
         # the query the query side, a layer-0 head's query side holds its own token alone
         # (through the mean query every position's token stood there), and the token part
         # splits into the key's own, moved and what the means take away.
-        *_, at_key, against_key = qk_root_tables(view, [(side, a.qk_head, a.query, a.key)])[0]
+        *_, at_key = qk_root_tables(view, [(side, a.qk_head, a.query, a.key)])[0]
         assert at_key.sum() == pytest.approx(a.score, abs=1e-4)
         after = [j for j, r in enumerate(k_rows) if r.pos is not None and r.pos > a.key]
         assert np.abs(at_key[:, after]).max(initial=0) < 1e-9
@@ -362,37 +362,41 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
             elsewhere_q = [i for i, r in enumerate(q_rows)
                            if r.kind == "embedding" and r.pos != a.query]  # fmt: skip
             assert np.abs(at_key[elsewhere_q]).max(initial=0) < 1e-9
-        # The query's own vector against the key's deviation: the score less the query
-        # against the mean key.
-        r = a.reason
-        expected = a.score - r.query_vs_mean_key - r.mean_query_mean_key
-        assert against_key.sum() == pytest.approx(expected, abs=1e-4)
-        pairs, parts, by_key, moved = root_split(
-            q_rows, k_rows, table, 2, key=a.key, at_key=at_key, against_key=against_key
-        )
-        tokens_q = [r.kind == "embedding" for r in q_rows]
-        own = [r.kind == "embedding" and r.pos == a.key for r in k_rows]
-        elsewhere = [r.kind == "embedding" and r.pos != a.key for r in k_rows]
-        assert by_key["key_own"] == pytest.approx(at_key[tokens_q][:, own].sum(), abs=1e-9)
-        assert by_key["moved"] == pytest.approx(at_key[tokens_q][:, elsewhere].sum(), abs=1e-9)
-        assert sum(by_key.values()) == pytest.approx(parts["tokens"], abs=1e-9)
-        if a.layer == 0:  # no head below the first layer moves anything to the key
-            assert by_key["moved"] == 0 and moved["moved"] == []
+        pairs, parts, split, moved = root_split(q_rows, k_rows, table, 2, key=a.key,
+                                                at_key=at_key)  # fmt: skip
+        tokens_q = np.array([r.kind == "embedding" for r in q_rows])
+        place = np.array([r.is_position for r in q_rows])
+        at_own = np.array([r.pos == a.key for r in k_rows])
+        for name, rows, cols in (("tokens", tokens_q, tokens_q), ("positions", None, None)):
+            if rows is None:  # every term with a position vector on a side, a token or one on
+                placed = tokens_q | place  # the other
+                mine = at_key[placed][:, placed] - np.where(
+                    np.outer(tokens_q[placed], tokens_q[placed]), at_key[placed][:, placed], 0
+                )
+                own_sum = mine[:, at_own[placed]].sum()
+                moved_sum = mine[:, ~at_own[placed]].sum()
+            else:
+                own_sum = at_key[rows][:, cols & at_own].sum()
+                moved_sum = at_key[rows][:, cols & ~at_own].sum()
+            assert split[name]["key_own"] == pytest.approx(own_sum, abs=1e-9)
+            assert split[name]["moved"] == pytest.approx(moved_sum, abs=1e-9)
+            assert sum(split[name].values()) == pytest.approx(parts[name], abs=1e-9)
+            if a.layer == 0:  # no head below the first layer moves anything to the key
+                assert split[name]["moved"] == 0
+        if a.layer == 0:
+            assert moved["moved"] == []
         assert len(moved["moved"]) <= 2 and all(p.key.pos < a.key for p in moved["moved"])
         assert len(moved["key_own"]) <= 2 and all(p.key.pos == a.key for p in moved["key_own"])
-        # each listed term is its entry of the table against the key's own vector
+        # each listed term is its entry of the table against the key's own vector; a position
+        # term has a position vector on a side and a token or position vector on the other
         row = {id(r): i for i, r in enumerate(q_rows)}
         col = {id(r): j for j, r in enumerate(k_rows)}
-        for p in moved["key_own"] + moved["moved"]:
-            assert p.value == pytest.approx(at_key[row[id(p.query)], col[id(p.key)]], abs=1e-9)
-        # the position terms: entries of the table against the key's deviation, each with a
-        # position vector on a side and a token or position vector on the other, largest first
         assert 0 < len(moved["positions"]) <= 2
+        for p in moved["key_own"] + moved["moved"] + moved["positions"]:
+            assert p.value == pytest.approx(at_key[row[id(p.query)], col[id(p.key)]], abs=1e-9)
         for p in moved["positions"]:
             assert p.query.is_position or p.key.is_position
             assert {p.query.kind, p.key.kind} <= {"bias", "embedding"}
-            assert p.value == pytest.approx(against_key[row[id(p.query)], col[id(p.key)]],
-                                            abs=1e-9)  # fmt: skip
             if a.layer == 0:  # the query side holds its own position and token alone
                 assert p.query.pos == a.query
 
@@ -442,7 +446,7 @@ def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
     assert ("tokens +20 = the key's own +9 + moved to the key +17 + against the means -6,"
             in text)  # fmt: skip
     assert text.endswith(
-        "): the key's own token: token 'ays'@23 x token ' v'@9 +11; token 'my'@17 x token ' v'@9 "
+        "): the key's own: token 'ays'@23 x token ' v'@9 +11; token 'my'@17 x token ' v'@9 "
         "-2.1; token 'x'@20 x token ' v'@9 +1.8; moved to the key: token 'ays'@23 x token "
         "'ays'@8 -> @9 +5.1; token 'ays'@23 x "
         "token ' s'@3 -> @9 +2.5; token 'ays'@23 x token 'M'@1 -> @9 +0.5"

@@ -42,9 +42,23 @@ NO_MOVER = "no head group there moves a positive flow from another position; the
 
 
 # Above this share of the specific part's magnitude left out, a QK reason's unit pairs are not
-# listed in the printout (a layer-2 head's specific part spreads over thousands of unit pairs:
-# its largest few leave out 98-100% and read as noise; the split by roots above them holds it).
+# listed (a layer-2 head's specific part spreads over thousands of unit pairs: its largest few
+# leave out 98-100% and read as noise; the split by roots above them holds it).
 SPREAD_OUT = 0.9
+
+
+def unit_pairs(r: QKReasonRecord, top: int) -> tuple[str, list]:
+    """A QK reason's unit pairs as every page lists them (the printout, the report, the
+    viewer): a heading saying what share of the specific terms' total magnitude they leave
+    out, and the ``top`` largest, or none where they leave out more than ``SPREAD_OUT``."""
+    if not r.pairs:
+        return "", []
+    share = f"{r.rest_share:.0%} of the terms' total magnitude"
+    if r.rest_share > SPREAD_OUT:  # a few pairs would say nothing
+        return (f"specific by units at the two positions: spread over many pairs (the "
+                f"{len(r.pairs)} largest leave out {share}; in mechanisms.json)", [])  # fmt: skip
+    return f"specific by units at the two positions (the pairs below leave out {share}):", \
+        r.pairs[:top]  # fmt: skip
 
 
 def summary_for(summary: MechanismSummary, graph) -> MechanismSummary:
@@ -357,14 +371,10 @@ def reason_lines(r: QKReasonRecord, max_pairs: int, indent: str, mode: str = "lo
         lines.append(f"{more}{root_text(r, max_pairs)}")
     if r.token_checks:
         lines.append(f"{more}{token_checks_text(r, mode)}")
-    if r.pairs and r.rest_share > SPREAD_OUT:  # a few pairs would say nothing
-        lines.append(f"{more}specific by units at the two positions: spread over many pairs "
-                     f"(the {len(r.pairs)} largest leave out {r.rest_share:.0%}; in "
-                     "mechanisms.json)")  # fmt: skip
-    elif r.pairs:
-        lines.append(f"{more}specific by units at the two positions (the pairs below leave "
-                     f"out {r.rest_share:.0%}):")  # fmt: skip
-    for p in r.pairs[:max_pairs] if r.rest_share <= SPREAD_OUT else []:
+    heading, pairs = unit_pairs(r, max_pairs)
+    if heading:
+        lines.append(f"{more}{heading}")
+    for p in pairs:
         lines.append(f"{more}{p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
     for name, sources in (("query", r.query_sources), ("key", r.key_sources)):
         top = [x for c in ("roots", "heads") for x in sources.get(c, [])[:1]]
@@ -510,9 +520,13 @@ def _ref(ref: NodeRef | None, drawn: set[str]) -> str:
 
 def _reason_html(r: QKReasonRecord, drawn: set[str]) -> str:
     always = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key
+    heading, listed = unit_pairs(r, len(r.pairs))
     pairs = "".join(
         f"<li>{_ref(p.query, drawn)} &times; {_ref(p.key, drawn)}: {_span(p.value)}</li>"
-        for p in r.pairs
+        for p in listed
+    )
+    units = (
+        f"<div>{_esc(heading)}</div>" + (f"<ul>{pairs}</ul>" if pairs else "") if heading else ""
     )
     sources = ""
     for name, side in (("query", r.query_sources), ("key", r.key_sources)):
@@ -532,8 +546,7 @@ def _reason_html(r: QKReasonRecord, drawn: set[str]) -> str:
         f"&times; mean key {_span(r.mean_query_mean_key)}, this query &times; mean key "
         f"{_span(r.query_vs_mean_key)}, mean query &times; this key "
         f"{_span(r.mean_query_vs_key)}) + specific {_span(r.specific)}</div>{roots}"
-        f"<div>specific by units at the two positions (the pairs below leave out "
-        f"{r.rest_share:.0%} of the magnitude):</div><ul>{pairs}</ul>{sources}"
+        f"{units}{sources}"
     )
 
 

@@ -107,15 +107,20 @@ def _qk_record(graph: Graph, a: QKAttribution) -> dict:
 
 
 def _reason(r) -> dict:
-    """A ``QKReason`` for the panel: the named parts, the specific pairs (ids) and the share
-    of the specific terms' magnitude the pairs leave out."""
+    """A ``QKReason`` for the panel: the named parts, the specific pairs (ids) under the
+    heading every page gives them (``reports.mechanisms.unit_pairs``: none where they leave out
+    most of the specific terms' magnitude) and the share they leave out."""
+    from .mechanisms import unit_pairs
+
+    heading, pairs = unit_pairs(r, len(r.pairs))
     return {
         "meanQueryMeanKey": _num(r.mean_query_mean_key),
         "queryVsMeanKey": _num(r.query_vs_mean_key),
         "meanQueryVsKey": _num(r.mean_query_vs_key),
         "specific": _num(r.specific),
         "restShare": _num(r.rest_share),
-        "pairs": [[p.query, p.key, _num(p.value)] for p in r.pairs],
+        "units": heading or None,
+        "pairs": [[p.query, p.key, _num(p.value)] for p in pairs],
     }
 
 
@@ -174,12 +179,14 @@ def qk_refs(graph: Graph) -> dict[str, dict]:
 
 def _reason_panel(r, mode: str) -> dict:
     """A summary's ``QKReasonRecord`` as the panel lists it under a group or a head target."""
-    from .mechanisms import ref_text, root_text, token_checks_text
+    from .mechanisms import ref_text, root_text, token_checks_text, unit_pairs
 
+    heading, pairs = unit_pairs(r, 3)
     return {"qkHead": r.qk_head, "key": r.key, "keyToken": r.key_token, "score": _num(r.score),
             "alwaysOn": _num(r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key),
             "specific": _num(r.specific), "restShare": _num(r.rest_share),
-            "pairs": [[ref_text(p.query), ref_text(p.key), _num(p.value)] for p in r.pairs[:3]],
+            "units": heading or None,
+            "pairs": [[ref_text(p.query), ref_text(p.key), _num(p.value)] for p in pairs],
             "sources": {side: [[x.name, _num(x.value)] for c in ("roots", "heads")
                                for x in d.get(c, [])[:1]]
                         for side, d in (("query", r.query_sources), ("key", r.key_sources))},

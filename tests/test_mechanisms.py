@@ -1034,6 +1034,20 @@ def test_summary_records(graph, replacement, run, tmp_path):
     spread_text = format_summary(MechanismSummary.from_dict(spread), every_check=True)
     assert reasons and "spread over many pairs" in spread_text
     assert not lines & set(spread_text.splitlines())
+    # the report and the viewer's panel follow the same rule (the viewer listed the pairs the
+    # printout leaves out, with no share beside them)
+    from reports.viewer import mechanisms_data
+
+    for summary_, listed in ((back, True), (MechanismSummary.from_dict(spread), False)):
+        page = mechanisms_html(summary_)
+        panel = mechanisms_data(summary_, graph)
+        shown = [r for g in panel["groups"] for r in g["qk"] if r["units"]]
+        assert shown and all("of the terms' total magnitude" in r["units"] for r in shown)
+        assert all(bool(r["pairs"]) == ("spread over many" not in r["units"]) for r in shown)
+        assert any(r["pairs"] for r in shown) == listed
+        assert listed or "spread over many pairs" in page
+        assert (re.search(r"<li>[^<]*(<a [^>]*>[^<]*</a>)?[^<]* &times; ", page) is not None) \
+            == listed  # fmt: skip
     assert "predicting heads" in text and "QK" in text and "FLAGGED where" in text
     c = next(c for g in back.groups for c in g.checks if c.target == back.targets[0].node)
     p = back.targets[0].probability

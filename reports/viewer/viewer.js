@@ -974,7 +974,8 @@
     const out = [el("div", { class: "muted" }, `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`)];
     if (r.roots) out.push(el("div", { class: "muted" }, r.roots));
     if (r.tokenChecks) out.push(el("div", { class: "muted" }, r.tokenChecks));
-    out.push(el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
+    if (r.units) out.push(el("div", { class: "muted" }, r.units));
+    if (r.pairs.length) out.push(el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
     for (const side of ["query", "key"]) {
       const src = (r.sources || {})[side] || [];
       if (src.length) out.push(el("div", { class: "muted" }, `${side} side from: ` + src.map((x) => `${x[0]} ${signed(x[1])}`).join("; ")));
@@ -1079,8 +1080,9 @@
     }
     if (rec.reason) {
       const r = rec.reason;
-      block.append(el("div", {}, `always-on: mean q × mean k ${signed(r.meanQueryMeanKey)}, this q × mean k ${signed(r.queryVsMeanKey)}, mean q × this k ${signed(r.meanQueryVsKey)}; specific ${signed(r.specific)} (unlisted ${fmt(100 * r.restShare, 2)}%)`),
-        el("ul", {}, ...r.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0], "absent"), " × ", noderef(p[1], "absent"), ": ",
+      block.append(el("div", {}, `always-on: mean q × mean k ${signed(r.meanQueryMeanKey)}, this q × mean k ${signed(r.queryVsMeanKey)}, mean q × this k ${signed(r.meanQueryVsKey)}; specific ${signed(r.specific)}`));
+      if (r.units) block.append(el("div", { class: "muted" }, r.units));
+      if (r.pairs.length) block.append(el("ul", {}, ...r.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0], "absent"), " × ", noderef(p[1], "absent"), ": ",
           el("span", { class: p[2] > 0 ? "pos" : "neg" }, signed(p[2]))))));
     }
     if (rec.contrast != null) {

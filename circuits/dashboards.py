@@ -60,7 +60,7 @@ from toy_models.cli import one_line
 from toy_models.records import parse_json
 from toy_models.tokenizer import token_text
 
-from .concepts import CONCEPTS, at_chance, best_f1, chance_f1, f1_summary
+from .concepts import CONCEPTS, DOCUMENT_CONCEPTS, at_chance, best_f1, chance_f1, f1_summary
 from .graph import checked_count, checked_index
 from .nodes import Kind, lorsa_stage, transcoder_stage, unit_id
 from .statistics import identity
@@ -242,12 +242,16 @@ class Dashboards:
         return chance_f1(self.state["fires"], self.state["concept_count"], self.n_tokens, index)
 
     def summary_concepts(self) -> dict[str, tuple[str, float]]:
-        """(concept label, F1) by unit id of every unit that fired and whose label is not at
-        chance (``concepts.at_chance``): the labels that the mechanism summary names and groups
-        by (``circuits.mechanisms.summarize``'s ``concepts``); a label that the unit's firing
-        rate alone explains names nothing there."""
+        """(concept label, F1) by unit id of every unit that fired and whose label is neither
+        at chance (``concepts.at_chance``) nor the kind of document it fires in
+        (``concepts.DOCUMENT_CONCEPTS``): the labels that the mechanism summary names and
+        groups by (``circuits.mechanisms.summarize``'s ``concepts``); a label that the unit's
+        firing rate alone explains, or that says only where it fires more, names nothing
+        there."""
         index, f1 = self.concept_labels()
+        document = torch.tensor([name in DOCUMENT_CONCEPTS for name in CONCEPTS])
         keep = (index >= 0) & ~at_chance(f1, self.concept_chance(index))
+        keep &= ~document[index.clamp_min(0)]
         ids = self.layout.ids()
         return {ids[u]: (CONCEPTS[int(index[u])], float(f1[u])) for u in keep.nonzero()[:, 0]}
 

@@ -183,10 +183,14 @@ def test_units_best_f1_of_any_dictionary_equals_the_pass(setup):
     view = next(iter(dash.for_viewer(tokenizer, [(kind, layer, u - start)]).values()))
     assert view["concept"]["chance"] == pytest.approx(float(chance[u]))
     assert view["concept"]["at_chance"] == bool(our_f1[u] < 1.5 * chance[u])
-    # the summary names and groups by the labels that are not at chance, and only those
+    # the summary names and groups by the labels that are neither at chance nor the kind of
+    # document a unit fires in (``family: ...``), and only those
     named = dash.summary_concepts()
     ids = layout.ids()
-    informative = (ours >= 0) & ~(our_f1 < 1.5 * chance[:n])
+    document = torch.tensor([c.startswith("family: ") for c in CONCEPTS])[ours.clamp_min(0)]
+    above = (ours >= 0) & ~(our_f1 < 1.5 * chance[:n])
+    informative = above & ~document
+    assert int(informative.sum()) < int(above.sum())  # the tiny set has family-labelled units
     assert 0 < int(informative.sum()) < int((ours >= 0).sum())  # the tiny set has dense units
     assert sorted(named) == sorted(ids[v] for v in informative.nonzero()[:, 0].tolist())
     for v in informative.nonzero()[:, 0].tolist()[:20]:

@@ -129,13 +129,16 @@ def probability_text(t: TargetRecord) -> str:
     return f"(p={t.probability:.3f}{of})"
 
 
-def after_text(before: float | None, after: float | None) -> str:
+def after_text(before: float | None, after: float | None, token: str | None = None) -> str:
     """`` (p 0.98 -> 0.0002)``: a logit target's token probability before and after an
-    ablation (``EffectCheck.probability_*``), or nothing for a head or feature target. A
-    demeaned logit can rise while its token's probability falls; this shows which happened."""
+    ablation (``EffectCheck.probability_*``), or nothing for a head or feature target; a
+    difference's positive ``token`` named (`` (p(' 9') 0.38 -> 0.022)``), as it is not the
+    target's own. A demeaned logit can rise while its token's probability falls; this shows
+    which happened."""
     if before is None or after is None:
         return ""
-    return f" (p {_p(before)} -> {_p(after)})"
+    of = "" if token is None else f"({token!r})"
+    return f" (p{of} {_p(before)} -> {_p(after)})"
 
 
 def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
@@ -208,8 +211,9 @@ def check_texts(c: EffectCheck, t: TargetRecord | None) -> tuple[str, str, str]:
     before and after it with attention frozen and free (``after_text``; nothing for a head or
     feature target, or a target the summary does not hold), and its mark (``mark_text``)."""
     before = None if t is None else t.probability
-    return (after_text(before, c.probability_frozen), after_text(before, c.probability_free),
-            mark_text(c, t))  # fmt: skip
+    token = None if t is None or t.negative is None else t.token  # a difference's first token
+    return (after_text(before, c.probability_frozen, token),
+            after_text(before, c.probability_free, token), mark_text(c, t))  # fmt: skip
 
 
 def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
@@ -258,6 +262,13 @@ def carried_text(g: GroupRecord, node: str) -> str:
             f"{_signed(g.carried_own.get(node, 0.0), flow)}")  # fmt: skip
 
 
+def rival_word(t: TargetRecord) -> str:
+    """What a target's ``runner_up`` (the most likely other token) is to it: the runner-up
+    where the target leads, the top token where it does not (a reviewer read "runner-up
+    ' Sunday' p=0.477" on a target of p 0.2)."""
+    return "runner-up" if t.margin is None or t.margin >= 0 else "top token"
+
+
 def ref_text(ref: NodeRef | None) -> str:
     """A node reference in words (for people), in ``circuits.nodes.node_words``'s wording
     with what the summary knows of it: the key a head reads, a unit's concept or the token it
@@ -266,11 +277,11 @@ def ref_text(ref: NodeRef | None) -> str:
         return "bias"
     if not ref.present:
         if ref.kind == "embedding":
-            return f"no token {ref.token!r} here"
+            return f"no token {ref.token!r} here (its mean taken away)"
         what = {"lorsa": "head", "transcoder": "feature"}.get(ref.kind, ref.kind)
         index = f" {ref.index}" if ref.kind in ("lorsa", "transcoder") else ""
         layer = f"L{ref.layer} " if ref.layer is not None and ref.layer >= 0 else ""
-        return f"no {layer}{what}{index} here"
+        return f"no {layer}{what}{index} here (its mean taken away)"
     kind = Kind.parse(ref.kind)
     text = node_words(kind, ref.stage, ref.index, ref.pos, token=ref.token)
     if kind not in (Kind.LORSA, Kind.TRANSCODER):
@@ -408,8 +419,8 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
     for t in summary.targets:
         head = f"target {t.label} = {t.value:.3g} {probability_text(t)}"
         if t.runner_up is not None:
-            head += f"; runner-up {t.runner_up!r} p={t.runner_up_probability:.3f}, margin " \
-                    f"{_signed(t.margin)}"  # fmt: skip
+            head += f"; {rival_word(t)} {t.runner_up!r} p={t.runner_up_probability:.3f}, " \
+                    f"margin {_signed(t.margin)}"  # fmt: skip
         lines.append(head)
         consts = ", ".join(f"{name} {_signed(v)}" for name, v in t.constants_by_source[:4])
         more = len(t.constants_by_source) - 4
@@ -590,8 +601,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         consts = f" ({consts})" if consts else ""
         runner = ""
         if t.runner_up is not None:
-            runner = (f"; runner-up {_esc(repr(t.runner_up))} (p={t.runner_up_probability:.3f})"
-                      f", margin {_span(t.margin)}")  # fmt: skip
+            runner = (f"; {rival_word(t)} {_esc(repr(t.runner_up))} "
+                      f"(p={t.runner_up_probability:.3f}), margin {_span(t.margin)}")  # fmt: skip
         parts.append(
             f"<h3>Target {_esc(target_names[t.node])} = {t.value:.4g} "
             + _esc(probability_text(t))

@@ -207,6 +207,22 @@ def test_a_refused_run_leaves_no_empty_output_directory(tmp_path, capsys, monkey
     with pytest.raises(SystemExit) as stop:
         run_cli(refused, [])
     assert stop.value.code == 2 and "error: no" in capsys.readouterr().err
+    # one line, unless the traceback is asked for (a ValueError from a bug reads like a
+    # refusal: a reviewer's run mid-edit said only "too many values to unpack")
+    from toy_models.cli import TRACEBACK_VARIABLE
+
+    def bug(argv):
+        return int("three")  # a ValueError no check meant
+
+    for value, shown in (("1", True), ("0", False), ("", False)):
+        monkeypatch.setenv(TRACEBACK_VARIABLE, value)
+        with pytest.raises(SystemExit) as stop:
+            run_cli(bug, [])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.splitlines()[-1].startswith("error: invalid literal")
+        assert ("Traceback (most recent call last)" in err) == shown
+        assert shown or len(err.splitlines()) == 1
+    monkeypatch.delenv(TRACEBACK_VARIABLE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existed", "kept", "missing", "new"]
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["deeper"]
     assert not any((tmp_path / "new" / "deeper").iterdir()) and not any(existed.iterdir())

@@ -1058,6 +1058,22 @@ def test_summary_records(graph, replacement, run, tmp_path):
     assert after_text(0.9964, 4.9e-6) == " (p 0.996 -> 4.9e-06)"  # never "p 1 -> 0"
     assert after_text(0.99996, 0.00001) == " (p 0.99996 -> 1e-05)"
     assert after_text(None, 0.5) == after_text(0.5, None) == ""
+    # a difference's probability is its first token's, which the check names (a reviewer read
+    # "(p 0.383 -> 0.0224)" under a margin target without knowing whose)
+    assert after_text(0.383, 0.0224, " 9") == " (p(' 9') 0.383 -> 0.0224)"
+    from reports.mechanisms import check_texts, rival_word
+
+    diff = copy.deepcopy(back.targets[0])
+    diff.negative = "x"
+    named = check_texts(c, diff)
+    assert named[0] == after_text(p, c.probability_frozen, diff.token) and "(p(" in named[0]
+    assert check_texts(c, back.targets[0])[0] == after_text(p, c.probability_frozen)
+    # the most likely other token is the runner-up only where the target leads
+    assert rival_word(back.targets[0]) == ("runner-up" if back.targets[0].margin >= 0 else
+                                           "top token")  # fmt: skip
+    behind = copy.deepcopy(back)
+    behind.targets[0].margin = -abs(behind.targets[0].margin or 1.0)
+    assert "; top token " in format_summary(behind) and "runner-up" not in format_summary(behind)
     moved = back.targets[0].moved_by_position[0]
     assert f"the heads there bring {back.targets[0].heads_flow:+.3g}, by key: " \
            f"{moved.token!r}@{moved.pos} {moved.flow:+.3g}" in text  # fmt: skip

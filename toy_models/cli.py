@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,9 @@ class UserError(Exception):
 # OSError covers failed writes too (disk full, read-only file system, a directory in the way):
 # ``toy_models.files`` raises them as one line naming the file, with no temporary file left.
 EXPECTED_ERRORS = (UserError, ValueError, OSError)
+# Set (to anything but empty or 0) to print the traceback above such a one-line error: a
+# ValueError from a bug reads like a refusal, and a bug report needs where it came from.
+TRACEBACK_VARIABLE = "SPARSE_CIRCUITS_TRACEBACK"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -151,6 +155,8 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         sys.exit(141)  # as a process killed by SIGPIPE
     except EXPECTED_ERRORS as exc:
         files.remove_empty_created()
+        if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+            traceback.print_exc()
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except Terminated:

@@ -9,6 +9,7 @@ units' firing counts (``occurrences``).
 
 from __future__ import annotations
 
+from circuits.concepts import DOCUMENT_CONCEPTS
 from circuits.graph import Graph, checked_graph
 from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, is_attention, logit_stage, node_words
 
@@ -103,12 +104,15 @@ def node_label(graph: Graph, i: int) -> str:
 def concept_text(concept) -> str:
     """A unit's concept label for people (a dashboard's ``concept``: label, F1, chance F1):
     ``family: addition, F1 0.45, at chance (0.43)`` where the F1 is what the unit's firing rate
-    alone would give (``circuits.concepts.at_chance``)."""
+    alone would give (``circuits.concepts.at_chance``); a label that is the kind of document
+    the unit fires in says so (``DOCUMENT_CONCEPTS``: the mechanism summary does not name it)."""
     text = concept["label"]
     if concept.get("f1") is not None:
         text += f", F1 {concept['f1']:.2f}"
     if concept.get("at_chance"):
         text += f", at chance ({concept['chance']:.2f})"
+    if concept["label"] in DOCUMENT_CONCEPTS:
+        text += ": the kind of document it fires in, not what it reads"
     return text
 
 

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from circuits.concepts import AT_CHANCE, at_chance
+from circuits.concepts import AT_CHANCE, DOCUMENT_CONCEPTS, at_chance
 from circuits.graph import Graph, QKAttribution
 from circuits.nodes import Kind, block_of, logit_stage, parse_id, unit_id
 
@@ -567,6 +567,7 @@ def viewer_data(
         "model": graph.model.get("name", ""),
         "nLayers": graph.n_layers,
         "stageNames": [stage_name(s, graph.n_layers) for s in range(n_stages)],
+        "documentConcepts": sorted(DOCUMENT_CONCEPTS),
         "axis": [placeholder(graph, p) for p in range(n_positions)] if graph.positional else [],
         "scores": settings.get("scores") if isinstance(settings.get("scores"), dict) else None,
         "nodeThreshold": _num(settings["node_threshold"])

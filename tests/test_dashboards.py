@@ -230,8 +230,11 @@ def test_a_dense_units_label_is_at_chance_and_a_selective_ones_is_not():
     from reports.labels import concept_text
 
     dense = {"label": "family: addition", "f1": 0.5, "chance": 0.45, "at_chance": True}
-    assert concept_text(dense) == "family: addition, F1 0.50, at chance (0.45)"
-    assert concept_text(dense | {"at_chance": False}) == "family: addition, F1 0.50"
+    document = ": the kind of document it fires in, not what it reads"
+    assert concept_text(dense) == "family: addition, F1 0.50, at chance (0.45)" + document
+    assert concept_text(dense | {"at_chance": False}) == "family: addition, F1 0.50" + document
+    role = {"label": "addition: '='", "f1": 0.7, "chance": 0.1, "at_chance": False}
+    assert concept_text(role) == "addition: '=', F1 0.70"
 
 
 def test_resume_equals_uninterrupted(setup):

@@ -596,6 +596,13 @@ def test_dashboards_show_concept_examples_keys_and_logits(browser, tmp_path):
     open_page(browser, path)
     click_node(browser, "0_5_2")
     assert "At chance: a unit firing as often at random would get F1 0.8" in panel_text(browser)
+    assert "The kind of document" not in panel_text(browser)
+    family = json.loads(json.dumps(DASHBOARDS))  # the kind of document it fires in
+    family["0_5"]["concept"] |= {"label": "family: names"}
+    write_html(graph, path, None, dashboards=family)
+    open_page(browser, path)
+    click_node(browser, "0_5_2")
+    assert "The kind of document the unit fires in, not what it reads" in panel_text(browser)
     never = {"1_3": {"frequency": 0.0, "examples": []}}  # fired on the prompt only
     write_html(graph, path, None, dashboards={**DASHBOARDS, **never})
     open_page(browser, path)

@@ -1119,6 +1119,7 @@
     }
     const box = el("div", { class: "dashboard" });
     if (d.concept) box.append(el("p", { class: "concept" }, "Concept: " + d.concept.label + (d.concept.f1 != null ? ` (F1 ${fmt(d.concept.f1, 3)})` : "")));
+    if (d.concept && (meta.documentConcepts || []).includes(d.concept.label)) box.append(el("p", { class: "at-chance" }, "The kind of document the unit fires in, not what it reads: the mechanism summary neither names nor groups by it"));
     if (d.concept && d.concept.at_chance) box.append(el("p", { class: "at-chance" }, `At chance: a unit firing as often at random would get F1 ${fmt(d.concept.chance, 3)} with this concept, so the label says how often the unit fires, not what it reads`));
     if (d.frequency === 0) box.append(el("p", { class: "never-fired" }, "Never fired on the dashboards' tokens (it does on this prompt), so there are no examples to show"));
     else if (d.frequency != null) box.append(el("p", {}, `Fires on ${fmt(100 * d.frequency, 3)}% of tokens`));

@@ -33,6 +33,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from toy_models.tokenizer import BOS
+
 from .graph import Graph, checked_count, checked_graph, is_integer
 from .groups import GroupedGraph, checked_view
 from .interventions import check_full_graph
@@ -390,10 +392,13 @@ def _largest(table: np.ndarray, top: int) -> list[tuple[int, int]]:
 
 def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> dict:
     """``tokens``, ``errors``, ``constants`` (summing to the target's value), the constant
-    part by source (each sublayer's bias nodes and ``own``, the nodes' own terms; largest
-    |flow| first, none that is 0, such as a stage above a head or feature target) and the token
-    part by position (``tokens_by_position``: (position, flow) for every position whose token
-    embeddings carry flow, largest |flow| first)."""
+    part by source (each sublayer's bias nodes, the position vectors, ``BOS`` and ``own``, the
+    nodes' own terms; largest |flow| first, none that is 0, such as a stage above a head or
+    feature target) and the token part by position (``tokens_by_position``: (position, flow)
+    for every position whose token embeddings carry flow, largest |flow| first). BOS at the
+    first position (``toy_models.tokenizer.BOS``, which the trace puts there) is a constant
+    (``BOS``): what it holds is the same in every prompt, as a position vector is; how much the
+    heads read it is what varies, and their flows say so."""
     _target(graph, target)
     for name, x in (("flow", flow), ("h", h)):
         if np.shape(x) != (graph.n_nodes,):
@@ -406,16 +411,20 @@ def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> 
     for s in np.unique(graph.stage.numpy()[is_bias]).tolist():
         sel = is_bias & (graph.stage.numpy() == s)
         by_stage[constant_name(s)] = float(flow[sel].sum())
+    embedding = kinds == Kind.EMBEDDING
+    first = graph.positional and graph.token_strings[:1] == [BOS]
+    bos = embedding & (graph.pos.numpy() == 0) if first else np.zeros_like(embedding)
+    by_stage["BOS"] = float(flow[bos].sum())
     by_stage["own"] = float(own.sum())
     by_source = sorted(((k, v) for k, v in by_stage.items() if v != 0), key=lambda kv: -abs(kv[1]))
-    is_token = kinds == Kind.EMBEDDING
+    is_token = embedding & ~bos
     at = np.bincount(graph.pos.numpy()[is_token], flow[is_token], minlength=len(graph.tokens))
     by_position = [(p, float(at[p])) for p in np.argsort(-np.abs(at), kind="stable").tolist()
                    if at[p] != 0]  # fmt: skip
     return {
         "tokens": float(flow[is_token].sum()),
         "errors": float(flow[kinds == Kind.ERROR].sum()),
-        "constants": float(flow[is_bias].sum() + own.sum()),
+        "constants": float(flow[is_bias].sum() + flow[bos].sum() + own.sum()),
         "constants_by_source": by_source,
         "tokens_by_position": by_position,
     }

@@ -40,7 +40,7 @@ VERSION = 8  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # 8: position vectors are roots of their own (one per position, where all were one constant
 # group) and ``root_parts`` holds ``positions``: terms between tokens and position vectors with
 # a position vector on either side, which were ``constants``; ``position_parts``,
-# ``position_pairs``
+# ``position_pairs``; a target's BOS is a constant (``BOS``), no longer a token
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
@@ -307,7 +307,8 @@ class TargetRecord:
     name, ``value`` its pre-activation, no probability or runner-up); its value split exactly
     into ``tokens + errors + constants``;
     ``constants_by_source`` the constant part by where it comes from (each sublayer's bias
-    nodes, ``own`` the nodes' own terms); ``tokens_by_position`` the token part by the
+    nodes, the position vectors, ``BOS`` at the first position, ``own`` the nodes' own terms);
+    ``tokens_by_position`` the token part by the
     position of the token that carries it (largest |flow| first, summing to ``tokens``: which
     tokens of the prompt the target comes from); the runner-up token and the margin over it; the
     predicting head group (a group key) and the ``HEAD_GROUPS`` head groups at the target's

@@ -680,7 +680,19 @@ def test_flows_are_total_linear_effects_and_parts_close(graph):
     at = {}
     for i in tokens:
         at[int(graph.pos[i])] = at.get(int(graph.pos[i]), 0.0) + flow[i]
+    assert "BOS" not in dict(by_source)  # this prompt does not begin with BOS
     assert {p: v for p, v in shares} == pytest.approx({p: v for p, v in at.items() if v != 0})
+    # BOS at the first position holds the same in every prompt: a constant, as the position
+    # vectors are, not a token of the prompt
+    from toy_models.tokenizer import BOS
+
+    opened = copy.copy(graph)
+    opened.token_strings = [BOS] + list(graph.token_strings[1:])
+    with_bos = target_parts(opened, t, flow, h)
+    assert dict(with_bos["constants_by_source"])["BOS"] == pytest.approx(at[0])
+    assert with_bos["constants"] == pytest.approx(parts["constants"] + at[0])
+    assert with_bos["tokens"] == pytest.approx(parts["tokens"] - at[0])
+    assert [p for p, _ in with_bos["tokens_by_position"]] == [p for p, _ in shares if p != 0]
     assert [abs(v) for _, v in shares] == sorted((abs(v) for _, v in shares), reverse=True)
     assert sum(v for _, v in shares) == pytest.approx(parts["tokens"], abs=1e-6)
     # A node's flow is minus the graph's predicted change of the target when it is ablated.

@@ -238,6 +238,15 @@ def test_page_draws_the_default_selection_by_stage_and_position(browser, small_p
                 assert xy[a][1] > xy[b][1], (a, b)
             if stage[a] == stage[b] and pos[a] < pos[b]:
                 assert xy[a][0] < xy[b][0], (a, b)
+    # The first view holds the whole height of the drawing where the window has room: the
+    # canvas is as tall as the drawing (at a fixed 76% of the window, a reviewer found the
+    # prompt's tokens cut off at first).
+    canvas, svg, room = browser.evaluate(
+        "[document.querySelector('#viewer .canvas').clientHeight,"
+        " document.querySelector('#viewer .canvas svg').getBoundingClientRect().height,"
+        " window.innerHeight * 0.9]"
+    )
+    assert svg <= canvas <= max(room, 420) and canvas - svg <= 30
     status = browser.evaluate("document.querySelector('#viewer .status').textContent")
     assert "Drawing 12 of 13 nodes" in status and "ranked by influence" in status
     # The table's grey rows follow the drawing.

@@ -462,7 +462,7 @@
       el("span", {}, ui.groupName, " ", ui.groupButton, " ", ui.clearPins),
       el("span", {},
         el("button", { type: "button", onclick: zoom(1 / 1.25), title: "zoom out" }, "−"), " ",
-        el("button", { type: "button", onclick: () => { state.zoom = null; applyZoom(); }, title: "fit to width" }, "fit"), " ",
+        el("button", { type: "button", onclick: () => { state.zoom = null; applyZoom(); }, title: "fit to the canvas" }, "fit"), " ",
         el("button", { type: "button", onclick: zoom(1.25), title: "zoom in" }, "+")),
       el("span", { class: "muted" }, "click: details · ctrl/shift-click: pick for a supernode · hover: paths"));
     ui.results = el("div", { class: "results" });
@@ -471,7 +471,8 @@
     ui.canvas = el("div", { class: "canvas" });
     ui.canvas.append(ui.svg);
     ui.panel = el("aside", { class: "panel" });
-    root.replaceChildren(toolbar, ui.results, ui.status, el("div", { class: "main" }, ui.canvas, ui.panel));
+    ui.main = el("div", { class: "main" }, ui.canvas, ui.panel);
+    root.replaceChildren(toolbar, ui.results, ui.status, ui.main);
 
     const setBudget = (b) => {
       b = Math.max(0, Math.min(budgetMax, Math.round(Number(b) || 0)));
@@ -523,19 +524,25 @@
     return Math.max(1, Math.min(1000, Math.round(1 + (999 * Math.log(m / wLo)) / Math.log(wHi / wLo))));
   }
 
-  // "fit": the canvas's width, but text no smaller than MIN_ZOOM (then the canvas scrolls,
-  // starting at the right, where the last position's nodes and the logits are).
-  const MIN_ZOOM = 0.8, MAX_ZOOM = 1.5;
+  // "fit": the canvas's width and the height the window gives it (the logits at the top and
+  // the prompt's tokens at the bottom in one view), but text no smaller than MIN_ZOOM (then
+  // the canvas scrolls, starting at the top right, where the last position's nodes and the
+  // logits are). The canvas is as tall as the drawing, within MIN_HEIGHT and ROOM of the
+  // window's height (at 76% of it, a reviewer found the prompt's tokens cut off at first).
+  const MIN_ZOOM = 0.8, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, ROOM = 0.9, SCROLLBAR = 24;
+  function room() { return Math.max(MIN_HEIGHT, Math.round(window.innerHeight * ROOM)); }
   function fitZoom() {
     const w = ui.canvas.clientWidth || 1000;
     if (!view || !view.layout) return 1;
-    return Math.max(MIN_ZOOM, Math.min(MAX_ZOOM, (w - 4) / view.layout.width));
+    const fit = Math.min((w - 4) / view.layout.width, (room() - SCROLLBAR) / view.layout.height);
+    return Math.max(MIN_ZOOM, Math.min(MAX_ZOOM, fit));
   }
   function applyZoom() {
     if (!view || !view.layout) return;
     const z = state.zoom || fitZoom(), L = view.layout;
     ui.svg.setAttribute("width", String(Math.round(L.width * z)));
     ui.svg.setAttribute("height", String(Math.round(L.height * z)));
+    ui.main.style.height = Math.max(MIN_HEIGHT, Math.min(room(), Math.round(L.height * z) + SCROLLBAR)) + "px";
     if (!state.zoom) ui.canvas.scrollLeft = ui.canvas.scrollWidth;
   }
 

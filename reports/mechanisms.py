@@ -341,7 +341,9 @@ def token_checks_text(r: QKReasonRecord, mode: str = "local") -> str:
     """The tokens a reason's root terms name, each replaced by the mean token and the model
     (in sparse mode the replacement) rerun (``TokenCheck``), the ones that move the head's
     attention to its key most first, each with the sum of the printed terms that name it and
-    whether the attention moved as they say (terms > 0: it falls without the token), the other
+    whether the attention moved as they say (terms > 0: it falls without the token; by half at
+    least: of the attention, or for terms < 0 of what it lacks of 1), as they say but by less
+    (``in part``: a reviewer read "as they say" on terms of +27.3 and 0.77 -> 0.64), the other
     way, or by less than ``LITTLE``: ``each named token made the mean token, the model rerun:
     attention to '1'@9 0.98 -> '='@13 4.8e-06 (terms +15.5: as they say), '+'@2 0.97 (terms
     +10.9: little change)`` (a term whose token changes nothing named a kind of token, or a
@@ -353,6 +355,9 @@ def token_checks_text(r: QKReasonRecord, mode: str = "local") -> str:
         total = terms.get(c.pos, 0.0)
         change = c.attention - r.attention
         verdict = "as they say" if (change < 0) == (total > 0) else "the other way"
+        room = r.attention if total > 0 else 1 - r.attention  # how far it could move that way
+        if verdict == "as they say" and abs(change) < room / 2:
+            verdict = "in part"
         verdict = "little change" if abs(change) < LITTLE else verdict
         return f"{c.token!r}@{c.pos} {_attention(c.attention)} (terms {total:+.3g}: {verdict})"
 

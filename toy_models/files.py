@@ -344,7 +344,10 @@ def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> SetRecord 
 def _strangers(directory: Path, files: set[str]) -> Iterator[tuple[Path, bool]]:
     """The entries under ``directory`` that a run which wrote ``files`` (relative paths) there
     did not write, each with whether it stands where a listed file did (a link or a folder
-    now); a folder on the way to a listed file is walked, not reported."""
+    now); a folder on the way to a listed file is walked, not reported, and so is a folder
+    that holds no file at all (a run records files, so one it made and left empty, such as
+    the features folder of a graph with no head or feature, is in no listing; removing it
+    loses nothing)."""
     folders = {parent.as_posix() for f in files for parent in PurePosixPath(f).parents}
 
     def walk(folder: Path) -> Iterator[tuple[Path, bool]]:
@@ -355,10 +358,18 @@ def _strangers(directory: Path, files: set[str]) -> Iterator[tuple[Path, bool]]:
                     yield entry, True
             elif relative in folders and entry.is_dir() and not entry.is_symlink():
                 yield from walk(entry)
-            else:
+            elif not _holds_nothing(entry):
                 yield entry, False
 
     return walk(directory)
+
+
+def _holds_nothing(entry: Path) -> bool:
+    """Whether ``entry`` is a folder (not a link to one) with no file, link or other entry
+    but empty folders anywhere under it."""
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    return all(_holds_nothing(inner) for inner in entry.iterdir())
 
 
 def _check_directory_entry(entry: Path, record: Path, files: list[str] | None) -> None:

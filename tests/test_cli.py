@@ -37,6 +37,19 @@ def test_train_refuses_to_overwrite_a_run(tiny_run):
     assert (tiny_run / "model.safetensors").read_bytes() == before
 
 
+def test_train_refuses_a_users_config_json(tmp_path):
+    """Found by a fuzz pass: a fresh training run replaced a config.json of the user's in
+    --out (exit 0); either final file there is refused, and kept."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "config.json").write_text('{"my_experiment": "notes"}')
+    assert_one_line_error(
+        run("toy_models.train", "--config", "tiny", "--out", str(out)),
+        "already holds config.json",
+    )
+    assert (out / "config.json").read_text() == '{"my_experiment": "notes"}'
+
+
 def test_train_resume_without_checkpoint(tmp_path):
     assert_one_line_error(
         run("toy_models.train", "--config", "tiny", "--out", str(tmp_path), "--resume"),

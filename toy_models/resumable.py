@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,10 +55,14 @@ class ResumableRun:
             self._recover()
             if not (self.checkpoint / STATE_FILE).is_file():
                 raise UserError(f"nothing to resume: {self.checkpoint / STATE_FILE} does not exist")
-        elif self._holds_a_checkpoint() or any((self.out / name).exists() for name in outputs):
+        elif self._holds_a_checkpoint():
             raise UserError(
                 f"{self.out} already holds a training run; pass --resume or choose another --out"
             )
+        elif found := [name for name in outputs if os.path.lexists(self.out / name)]:
+            raise UserError(f"{self.out} already holds {found[0]}, which this run would write "
+                            "(a finished run's, or yours); pass --resume to finish a run, or "
+                            "choose another --out")  # fmt: skip
 
     def _holds_a_checkpoint(self) -> bool:
         return (

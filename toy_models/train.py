@@ -184,7 +184,7 @@ def train(
     ``stop_after`` ends the run early, as an interruption would, after the checkpoint at that
     step (it must be a multiple of ``checkpoint_every``); the function then returns None.
     """
-    from .checkpoint import WEIGHTS_FILE
+    from .checkpoint import CONFIG_FILE, WEIGHTS_FILE
     from .resumable import ResumableRun
 
     # 1) the configuration and the run directory, before any heavy work
@@ -194,7 +194,9 @@ def train(
     if stop_after is not None and stop_after % cfg.checkpoint_every:
         raise ValueError(f"stop_after={stop_after} is not a checkpoint step")
     out = Path(out)
-    run = ResumableRun(out, resume=resume, outputs=(WEIGHTS_FILE,), window=LOSS_WINDOW)
+    # its final files: a fresh run refuses a directory holding either (a user's own
+    # config.json was replaced, exit 0, found by a fuzz pass)
+    run = ResumableRun(out, resume=resume, outputs=(WEIGHTS_FILE, CONFIG_FILE), window=LOSS_WINDOW)
     check_cached_data(out, entry, cfg)  # data or a checkpoint it cannot use: refused before
     if resume:  # the data is built (nothing written)
         run.check_resumable({"config": config_name, "train": asdict(cfg)}, stats=("loss",))

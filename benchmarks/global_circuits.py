@@ -203,7 +203,7 @@ def induction_qk_side(replacement, tokenizer, stats, families: dict) -> dict:
     spec = induction_head(families)
     head = parse_unit(spec, units, tokenizer)
     _, stage, index = units.describe(head)
-    layer, qk_head = (stage - 1) // 2, index // replacement.lorsas[0].cfg.group_size
+    layer, qk_head = (stage - 1) // 2, index // replacement.group_size
 
     def labelled(family: str) -> set[int]:
         return {units.unit("lorsa", h["layer"], h["head"]) for h in families[family]["heads"]}

@@ -208,9 +208,9 @@ def check_replacement_fits(replacement: ReplacementModel, graph: Graph) -> None:
     if graph.n_layers != len(lorsas):
         raise ValueError(f"the graph has {graph.n_layers} layers and the replacement set "
                          f"{len(lorsas)}: not the set it was traced with")  # fmt: skip
-    if graph.group_size != lorsas[0].cfg.group_size:
+    if graph.group_size != replacement.group_size:
         raise ValueError(f"the graph's Lorsa heads share QK in groups of {graph.group_size}, the "
-                         f"replacement set's in groups of {lorsas[0].cfg.group_size}: not the "
+                         f"replacement set's in groups of {replacement.group_size}: not the "
                          "set it was traced with")  # fmt: skip
     referenced = [r.token for r in graph.logit_targets] + graph.tokens
     referenced += [r.negative for r in graph.logit_targets if r.negative is not None]
@@ -248,8 +248,7 @@ def run_prompt(
             raise ValueError(
                 f"transcoder {l} has a linear skip; attribution through skips is not supported"
             )
-    if len({lorsa.cfg.group_size for lorsa in replacement.lorsas}) > 1:
-        raise ValueError("attribution needs the same Lorsa group size in every layer")
+    replacement.group_size  # noqa: B018 (refuses a set whose layers differ)
     tokens = prompt_tokens(replacement, tokens)
     L, n = replacement.cfg.n_layers, len(tokens)
     logits, cache = replacement.run_with_cache(
@@ -733,7 +732,7 @@ def assemble_graph(
         logit_targets=[lg.record for lg in logits],
         token_text={t: tok(t) for t in sorted(referenced)} if tokenizer is not None else {},
         mode=run.mode,
-        group_size=replacement.lorsas[0].cfg.group_size,
+        group_size=replacement.group_size,
         model=_model_info(replacement, run.tokens.tolist()),
     )
 

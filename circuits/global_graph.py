@@ -180,6 +180,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     from .units import Units
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
+    replacement.group_size  # noqa: B018 (a set whose layers differ: refused before the work)
     start = resolve_start(spec, Units.of(replacement), tokenizer)
     stats = statistics_for(replacement, tokenizer, args.model, args.stats, args.rows)
     upstream = not args.downstream

@@ -464,7 +464,7 @@ def _unit_graph(
         if tokenizer is not None
         else {},
         mode=stats.meta["mode"],
-        group_size=replacement.lorsas[0].cfg.group_size,
+        group_size=replacement.group_size,
         positional=False,
         qk=qk or [],
         occurrences=count.clone(),

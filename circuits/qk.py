@@ -309,7 +309,7 @@ def qk_attribution(
     if any(k != Kind.LORSA for k in kinds):
         bad = int(nodes[[k != Kind.LORSA for k in kinds]][0])
         raise ValueError(f"node {graph.ids[bad]} is a {graph.kinds[bad]}, not a Lorsa head")
-    group_size = replacement.lorsas[0].cfg.group_size
+    group_size = replacement.group_size
     layers, queries = graph.layer[nodes].tolist(), graph.pos[nodes].tolist()
     qk_heads = (graph.index[nodes] // group_size).tolist()
     read = graph.attends[nodes].tolist()

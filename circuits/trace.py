@@ -340,7 +340,7 @@ def sources_step(replacement, graph, run, full, scored=None, key_mass=None, side
     kept = prune_graph(full, s["node_threshold"], s["edge_threshold"], s["max_nodes"],
                        scored=scored, keep=sorted(dropped))  # fmt: skip
     heads = kept.is_kind("lorsa").nonzero().squeeze(1).tolist()
-    group_size = replacement.lorsas[0].cfg.group_size
+    group_size = replacement.group_size
     where = {i: (int(kept.layer[i]), int(kept.index[i]) // group_size, int(kept.pos[i]))
              for i in heads}  # fmt: skip
     had = {(a.layer, a.qk_head, a.query, a.key) for a in records}

@@ -303,6 +303,18 @@ class ReplacementModel(HookedRootModule):
         return [block.lorsa.layer for block in self.blocks]
 
     @property
+    def group_size(self) -> int:
+        """The Lorsa group size (OV heads per QK head) every layer shares; a ValueError for a
+        set whose layers differ (one layer retrained from another config): graphs number a
+        head's QK head as ``index // group_size``, one size for every layer."""
+        sizes = {lorsa.cfg.group_size for lorsa in self.lorsas}
+        if len(sizes) != 1:
+            raise ValueError(f"the replacement set's Lorsa layers have group sizes "
+                             f"{[lorsa.cfg.group_size for lorsa in self.lorsas]}: graphs need "
+                             "one group size in every layer")  # fmt: skip
+        return sizes.pop()
+
+    @property
     def transcoders(self) -> list[Transcoder]:
         return [block.transcoder.layer for block in self.blocks]
 

@@ -1343,3 +1343,25 @@ def test_a_start_text_that_is_no_token_is_said_first(fresh_cli, tmp_path, args):
                                                       str(tmp_path / "x")])  # fmt: skip
     assert code == 2 and "a token's embedding has no inputs: grow it with --downstream" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_set_whose_layers_differ_in_group_size_is_refused(replacement, stats):
+    """Found by a fuzz pass: a set with one layer retrained from another config (16 OV heads
+    per QK head in layer 0, 64 in layer 1) was refused by the trace, but its global graph was
+    drawn with exit 0 under layer 0's group size, giving a layer-1 head the QK record of
+    another QK head."""
+    import dataclasses
+
+    mixed = copy.deepcopy(replacement)
+    cfg = mixed.lorsas[1].cfg
+    other = dataclasses.replace(cfg, n_qk_heads=cfg.n_qk_heads // 2 or cfg.n_qk_heads * 2)
+    assert other.group_size != cfg.group_size
+    mixed.lorsas[1].cfg = other
+    with pytest.raises(ValueError, match="group sizes .*: graphs need one group size"):
+        mixed.group_size  # noqa: B018
+    with pytest.raises(ValueError, match="graphs need one group size"):
+        global_graph(mixed, stats, 0, budget=4)
+    tokens = torch.arange(1, 6)
+    with pytest.raises(ValueError, match="graphs need one group size"):
+        attribute(mixed, tokens)
+    assert replacement.group_size == cfg.group_size  # one size: the set's

@@ -603,7 +603,7 @@ def load_pretrained(model: str = "default", replacement: str | Path | None = Non
             raise UnknownModelError(f"{model}: a checkpoint outside the zoo has no shipped "
                                     "replacement set; pass replacement=DIR (--replacement on "
                                     "the command line)")  # fmt: skip
-        entry = directory.name
+        entry = directory.resolve().name  # (a link to a zoo entry: the entry's name)
         replacement = SHIPPED_DIR / entry
         why = cut_short(replacement)
         if why:

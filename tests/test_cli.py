@@ -57,6 +57,28 @@ def test_train_resume_without_checkpoint(tmp_path):
     )
 
 
+def test_a_zoo_name_that_is_also_a_directory_here_is_refused(tmp_path, monkeypatch):
+    """Found by a fuzz pass: inside runs/ (after toy_models.train --out runs/default),
+    ``--model default`` evaluated that folder (mean loss 5.13, the shipped model's 1.57) with
+    exit 0, and replacement.ship would have bound a set to it as the zoo's. A path says which;
+    a link to the zoo entry names its set."""
+    from toy_models.zoo import SHIPPED_DIR, UnknownModelError, resolve_model_dir
+
+    (tmp_path / "default").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnknownModelError, match="'default' is both the shipped model and a "
+                                                "directory here: write ./default"):  # fmt: skip
+        resolve_model_dir("default")
+    assert resolve_model_dir("./default") == Path("./default")
+    assert resolve_model_dir(str(tmp_path / "default")) == tmp_path / "default"
+    (tmp_path / "link").symlink_to(SHIPPED_DIR / "default")
+    from replacement.model import load_pretrained
+
+    replacement, _ = load_pretrained(str(tmp_path / "link"))  # the zoo entry's own set
+    monkeypatch.chdir(SHIPPED_DIR)  # there the directory is the shipped model
+    assert resolve_model_dir("default").resolve() == (SHIPPED_DIR / "default").resolve()
+
+
 def test_evaluate_unknown_model():
     assert_one_line_error(run("toy_models.evaluate", "--model", "gpt5"), "unknown model 'gpt5'")
 

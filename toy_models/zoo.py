@@ -83,16 +83,26 @@ def get_config(name: str) -> ZooEntry:
 
 def resolve_model_dir(name_or_path: str) -> Path:
     """A zoo name with a shipped checkpoint, or a checkpoint directory (an empty name is
-    neither: ``Path("")`` would be the current directory)."""
+    neither: ``Path("")`` would be the current directory). A bare zoo name that is also a
+    directory here is refused (a fuzz pass evaluated ``runs/default`` for ``--model default``
+    run inside ``runs/``, and could have shipped a set bound to it as the zoo's): a path says
+    which (``./default``)."""
     name_or_path = str(name_or_path)  # a Path is taken too
     if not name_or_path.strip():
         raise UnknownModelError("the model is an empty name: give a zoo name or a directory")
     path = Path(name_or_path)
+    shipped = SHIPPED_DIR / name_or_path
     if path.is_dir():
+        bare = len(path.parts) == 1 and name_or_path not in (".", "..") \
+            and not name_or_path.startswith(".")  # fmt: skip
+        if bare and name_or_path in CONFIGS and shipped.is_dir() \
+                and path.resolve() != shipped.resolve():  # fmt: skip
+            raise UnknownModelError(f"{name_or_path!r} is both the shipped model and a directory "
+                                    f"here: write ./{name_or_path} for the directory, or run "
+                                    "from elsewhere for the shipped one")  # fmt: skip
         return path
     from .files import cut_short, is_swap_leftover
 
-    shipped = SHIPPED_DIR / name_or_path
     if name_or_path in CONFIGS:
         if shipped.is_dir():
             return shipped

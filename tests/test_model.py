@@ -195,6 +195,12 @@ def test_load_refuses_integer_or_non_finite_weights(random_model, tmp_path):
     save_file(tensors, str(path))
     with pytest.raises(ValueError, match="model.safetensors: W_E holds NaN or infinite values"):
         ToyTransformer.load(tmp_path)
+    # finite as float64, infinite as the float32 it is used as (found by a fuzz pass:
+    # evaluation then printed NaN losses with exit 0)
+    tensors["W_E"][3, 4] = 0.0
+    save_file({**tensors, "W_U": tensors["W_U"].double() * 1e300}, str(path))
+    with pytest.raises(ValueError, match="model.safetensors: W_U holds values beyond float32"):
+        ToyTransformer.load(tmp_path)
 
 
 def test_identity_covers_config_tokenizer_and_weights(random_model, tmp_path):

@@ -151,12 +151,17 @@ def load_checked(
     _check_names_and_shapes(
         expected, {k: tuple(v.shape) for k, v in tensors.items()}, path, config_name
     )
+    loaded = {}
     for name, tensor in tensors.items():
         if str(tensor.dtype) not in WEIGHT_DTYPES:
             raise ValueError(f"{path}: {name} is stored as {tensor.dtype}, not floating point")
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{path}: {name} holds NaN or infinite values")
-    module.load_state_dict({k: v.float() for k, v in tensors.items()})
+        loaded[name] = tensor.float()  # checked again as it is used: a float64 file's finite
+        if not torch.isfinite(loaded[name]).all():  # values beyond float32 became infinite
+            raise ValueError(f"{path}: {name} holds values beyond float32's range "
+                             f"(largest |x| {float(tensor.abs().max()):.3g})")  # fmt: skip
+    module.load_state_dict(loaded)
     return module
 
 

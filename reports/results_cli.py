@@ -44,7 +44,8 @@ def render_results(
     try:
         results = parse_json(args.json.read_text(encoding="utf-8"))
         written = write(results, out)
-    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # nothing written yet
+    except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        # nothing written yet (ArithmeticError: a number too large for a figure)
         raise UserError(f"--json {args.json}: not {what} ({exc!r})") from None
     for path in written:
         print(f"wrote {path}")

@@ -528,6 +528,25 @@ def test_a_reports_same_named_file_is_refused_and_its_own_set_rewritten(
     assert (own / "notes.txt").read_text() == "mine"
 
 
+def test_a_results_file_with_huge_numbers_is_drawn_from_its_checked_record(tmp_path, cli):
+    """Found by a fuzz pass: ``reports.errors`` drew the raw JSON, where an R^2 of 10**30 (a
+    JSON integer, which the checked record reads as a float) overflowed in matplotlib, a
+    traceback; as 1e30 it was drawn with exit 0, though an R^2 is at most 1."""
+    from reports.errors import main as errors
+
+    results = json.loads((RESULTS / "error_analysis_default.json").read_text())
+    layer = next(iter(results["lorsa_vs_sae"]))
+    for value in (10**30, 1e30, 1.5):
+        edited = json.loads(json.dumps(results))
+        edited["lorsa_vs_sae"][layer]["r2_a_from_b"] = value
+        path = tmp_path / "e.json"
+        path.write_text(json.dumps(edited))
+        code, _, err = cli(errors, "--json", path, "--out", tmp_path / "e")
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "r2_a_from_b" in err and "a number in [-inf, 1]" in err, err
+        assert not (tmp_path / "e" / "errors.png").exists()
+
+
 def test_superposition_refuses_a_users_file_before_its_work_and_rewrites_its_own(
     tiny_run, tiny_pretrained, make_layers, tmp_path, cli, fresh_cli
 ):

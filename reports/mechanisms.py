@@ -18,6 +18,7 @@ import math
 
 from circuits.graph import checked_count
 from circuits.mechanism_file import (
+    CLOSURE,
     ROOT_PARTS,
     EffectCheck,
     GroupRecord,
@@ -77,12 +78,35 @@ def summary_for(summary: MechanismSummary, graph) -> MechanismSummary:
         if summary.model and model and summary.model != model
         else "targets the graph does not hold"
         if any(t.node not in graph.id_to_index for t in summary.targets)
-        else None
+        else _target_mismatch(summary, graph)
     )  # fmt: skip
     if problem:
         raise ValueError(f"the mechanism summary is not this graph's ({problem}): pass the "
                          "summary of the same trace")  # fmt: skip
     return summary
+
+
+def _target_mismatch(summary: MechanismSummary, graph) -> str | None:
+    """How a summary's target differs from the graph's node of its id, or None: its kind, its
+    logit's token (and a difference's second token) and its value (a fuzz pass swapped two
+    targets' tokens in a mechanisms.json, and the page named each target's flows and checks
+    under the other's token)."""
+    for t in summary.targets:
+        i = graph.id_to_index[t.node]
+        kind = graph.kinds[i]
+        if t.kind != kind:
+            return f"target {t.node} is a {kind}, not a {t.kind}"
+        if kind == "logit":
+            record = graph.logit_record(i)
+            negative = None if record.negative is None else graph.token(record.negative)
+            if (t.token, t.negative) != (graph.token(record.token), negative):
+                return f"target {t.node} is the logit of {graph.token(record.token)!r}" + (
+                    f" minus {negative!r}" if negative is not None else ""
+                )
+        value = float(graph.value[i])
+        if not math.isclose(t.value, value, rel_tol=CLOSURE, abs_tol=CLOSURE):
+            return f"target {t.node} has the value {value:.6g}, not {t.value:.6g}"
+    return None
 
 
 def predicting_heading(g: GroupRecord, t: TargetRecord) -> str:

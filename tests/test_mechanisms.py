@@ -1597,3 +1597,19 @@ def test_a_summary_is_shown_only_beside_its_own_graph(graph, replacement, run, t
             html_page(wrong, mechanisms=summary)
         with pytest.raises(ValueError, match="not this graph's"):
             mechanisms_data(summary, wrong)
+    # targets that are not the graph's nodes of their ids (a fuzz pass swapped two targets'
+    # tokens in the file: each target's flows and checks were shown under the other's token)
+    assert len(summary.targets) >= 2
+    pruned = prune_graph(graph)
+    swapped = copy.deepcopy(summary)
+    a, b = swapped.targets[:2]
+    a.token, b.token = b.token, a.token
+    valued = copy.deepcopy(summary)
+    valued.targets[0].value += 1.0
+    valued.targets[0].constants += 1.0  # (its parts still close, as a file's must)
+    for edited, why in ((swapped, f"target {a.node} is the logit of {b.token!r}"),
+                        (valued, f"target {a.node} has the value")):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(f"not this graph's ({why}")):
+            html_page(pruned, mechanisms=edited)
+        with pytest.raises(ValueError, match="not this graph's"):
+            mechanisms_data(edited, pruned)

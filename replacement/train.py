@@ -226,6 +226,11 @@ def train_replacement(
 
         cache = ActivationCache(activations, model)
         cache.check_layers(layers)
+        if cache.plan.split != "train":  # (accepted silently, found by a fuzz pass)
+            raise UserError(f"--activations {activations}: caches the {cache.plan.split!r} "
+                            "split; dictionaries trained on it would be evaluated on the rows "
+                            "they saw: cache the 'train' split (replacement.cache --split "
+                            "train)")  # fmt: skip
     if base is not None:  # a set it cannot use: refused now, not after the training
         from .model import ReplacementModel
 

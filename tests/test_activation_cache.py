@@ -94,6 +94,22 @@ def test_training_from_the_cache_equals_training_from_the_stream(tiny_run, tiny_
         run("cache", activations=tiny_cache)
 
 
+def test_training_from_a_cache_of_the_held_out_split_is_refused(tiny_pretrained, tiny_run,
+                                                                 tmp_path):  # fmt: skip
+    """Found by a fuzz pass: a set trained from a cache of the held-out split was accepted
+    without a word, and evaluation would then read rows the dictionaries trained on."""
+    from replacement.train import train_replacement
+
+    model, tokenizer = tiny_pretrained
+    held = tmp_path / "held"
+    build_cache(model, tokenizer, held, CHUNK, split="heldout", chunk_rows=CHUNK,
+                forward_batch=BATCH, quiet=True)  # fmt: skip
+    with pytest.raises(UserError, match="caches the 'heldout' split"):
+        train_replacement(str(tiny_run), tmp_path / "set", config="tiny", quiet=True,
+                          activations=held)  # fmt: skip
+    assert not (tmp_path / "set" / "replacement.json").exists()
+
+
 def test_a_resumed_run_from_the_cache_ends_as_an_uninterrupted_one(tiny_run, tiny_cache, tmp_path):
     """Stopped at checkpoints and resumed, a run from the cache reads on with the rows, the
     shuffle buffer and the generator of an uninterrupted run: the same bits at the end. By

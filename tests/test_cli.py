@@ -468,8 +468,9 @@ def test_a_file_put_in_a_traced_sets_features_folder_is_refused_and_kept(tmp_pat
 def test_a_set_that_left_an_empty_folder_is_replaced_by_the_next_run(tmp_path):
     """Found by a fuzz pass: a trace whose graph kept no head or feature wrote an empty
     features/<model>-<mode>/ folder, which its record (listing files) did not name, and the
-    same trace run again was refused ("not written by a run"). A folder that holds no file
-    anywhere under it is nobody's work; one that does is still refused."""
+    same trace run again was refused ("not written by a run"). The record lists the empty
+    folders a run left too (``a/``); a file put in one is still refused, and so is a folder
+    the user made (``tests/test_files.py``)."""
     from reports.outputs import GRAPH_SET, write_set
 
     out = tmp_path / "x"
@@ -479,6 +480,8 @@ def test_a_set_that_left_an_empty_folder_is_replaced_by_the_next_run(tmp_path):
         (stage / "features" / "tiny-local" / "deeper").mkdir(parents=True)
 
     write_set(out, GRAPH_SET, no_units)
+    record = json.loads((out / ".graph-set.json").read_text())
+    assert record["files"]["features"] == ["tiny-local/deeper/"]
     write_set(out, GRAPH_SET, no_units)  # the same run again
     assert (out / "features" / "tiny-local").is_dir()
     (out / "features" / "tiny-local" / "deeper" / "mine.txt").write_text("my notes")

@@ -280,13 +280,18 @@ def set_record_name(mark: str) -> str:
 
 
 def files_under(directory: Path) -> list[str]:
-    """The relative paths (``a/b.json``) of every file under ``directory``, sorted: what a set
-    records of a directory it wrote (``write_set_record``)."""
-    return sorted(
-        (Path(root) / name).relative_to(directory).as_posix()
-        for root, _, names in os.walk(directory)
-        for name in names
-    )
+    """The relative paths (``a/b.json``) of every file under ``directory``, and of every empty
+    folder there with a ``/`` after it (``a/``), sorted: what a set records of a directory it
+    wrote (``write_set_record``). A run that leaves a folder empty (the features folder of a
+    graph with no head or feature) records it, so that it is the run's, not a stranger the same
+    run is refused for the next time (found by a fuzz pass)."""
+    out = []
+    for root, folders, names in os.walk(directory):
+        here = Path(root).relative_to(directory)
+        out += [(here / name).as_posix() for name in names]
+        if not folders and not names and here != Path("."):
+            out.append(here.as_posix() + "/")
+    return sorted(out)
 
 
 def write_set_record(
@@ -301,13 +306,15 @@ def write_set_record(
 
 
 def _is_relative_path(path) -> bool:
-    """Whether ``path`` is a plain relative path inside a directory (``a/b.json``): a record's
-    listing could otherwise vouch for a file outside the entry it lists."""
+    """Whether ``path`` is a plain relative path inside a directory (``a/b.json``, or an empty
+    folder's ``a/``): a record's listing could otherwise vouch for a file outside the entry it
+    lists."""
     if not isinstance(path, str) or not path or "\0" in path:
         return False
-    plain = PurePosixPath(path)
+    body = path.removesuffix("/")
+    plain = PurePosixPath(body)
     inside = bool(plain.parts) and not plain.is_absolute() and ".." not in plain.parts
-    return inside and plain.as_posix() == path
+    return inside and plain.as_posix() == body
 
 
 def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> SetRecord | None:
@@ -344,11 +351,10 @@ def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> SetRecord 
 def _strangers(directory: Path, files: set[str]) -> Iterator[tuple[Path, bool]]:
     """The entries under ``directory`` that a run which wrote ``files`` (relative paths) there
     did not write, each with whether it stands where a listed file did (a link or a folder
-    now); a folder on the way to a listed file is walked, not reported, and so is a folder
-    that holds no file at all (a run records files, so one it made and left empty, such as
-    the features folder of a graph with no head or feature, is in no listing; removing it
-    loses nothing)."""
+    now); a folder on the way to a listed file, or listed as one the run left empty (``a/``,
+    ``files_under``), is walked, not reported."""
     folders = {parent.as_posix() for f in files for parent in PurePosixPath(f).parents}
+    folders |= {f.rstrip("/") for f in files if f.endswith("/")}
 
     def walk(folder: Path) -> Iterator[tuple[Path, bool]]:
         for entry in sorted(folder.iterdir()):
@@ -358,18 +364,10 @@ def _strangers(directory: Path, files: set[str]) -> Iterator[tuple[Path, bool]]:
                     yield entry, True
             elif relative in folders and entry.is_dir() and not entry.is_symlink():
                 yield from walk(entry)
-            elif not _holds_nothing(entry):
+            else:
                 yield entry, False
 
     return walk(directory)
-
-
-def _holds_nothing(entry: Path) -> bool:
-    """Whether ``entry`` is a folder (not a link to one) with no file, link or other entry
-    but empty folders anywhere under it."""
-    if entry.is_symlink() or not entry.is_dir():
-        return False
-    return all(_holds_nothing(inner) for inner in entry.iterdir())
 
 
 def _check_directory_entry(entry: Path, record: Path, files: list[str] | None) -> None:

@@ -242,7 +242,7 @@ def build_cache(
         chunk_rows, forward_batch, dtype,
     )  # fmt: skip
     out = Path(out)
-    check_writable_dir(out)
+    check_writable_dir(out, own=(MANIFEST_FILE,))  # its own kind: a cache to resume
     chunks: list[dict] = []
     if (out / MANIFEST_FILE).exists():
         old_plan, chunks = read_manifest(out)

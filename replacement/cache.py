@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     layers = parse_layers(args.layers)
     resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
-    check_writable_dir(args.out)
+    check_writable_dir(args.out, own=("manifest.json",))  # its own cache (MANIFEST_FILE): resumed
     from toy_models.zoo import load_pretrained
 
     from .activation_cache import build_cache

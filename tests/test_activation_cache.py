@@ -110,6 +110,26 @@ def test_training_from_a_cache_of_the_held_out_split_is_refused(tiny_pretrained,
     assert not (tmp_path / "set" / "replacement.json").exists()
 
 
+def test_an_activation_cache_is_saved_work_no_other_run_writes_into(tiny_run, tiny_cache,
+                                                                     tmp_path):  # fmt: skip
+    """Found by a fuzz pass: a training run written into an activation cache (not the one it
+    trained from) succeeded, and the cache then refused to resume, holding a replacement set.
+    A folder holding a cache's manifest is refused by every command but the cache's own."""
+    from replacement.train import train_replacement
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_cache, other)
+    before = sorted(p.name for p in other.iterdir())
+    with pytest.raises(UserError, match="holds an activation cache .manifest.json."):
+        train_replacement(str(tiny_run), other, config="tiny", quiet=True)
+    assert sorted(p.name for p in other.iterdir()) == before
+    from toy_models.files import check_writable_dir
+
+    with pytest.raises(UserError, match="--out .*: holds an activation cache"):
+        check_writable_dir(other)  # what every command checks its --out with
+    check_writable_dir(other, own=(MANIFEST_FILE,))  # the cache's own, to resume it
+
+
 def test_a_resumed_run_from_the_cache_ends_as_an_uninterrupted_one(tiny_run, tiny_cache, tmp_path):
     """Stopped at checkpoints and resumed, a run from the cache reads on with the rows, the
     shuffle buffer and the generator of an uninterrupted run: the same bits at the end. By

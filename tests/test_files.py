@@ -309,13 +309,15 @@ def test_the_light_copies_of_the_saved_work_names_are_the_librarys():
     """``toy_models.files`` names a model's and a replacement set's files without importing
     the layers that define them; each copy must equal its original."""
     from replacement import model as replacement_model
+    from replacement.activation_cache import MANIFEST_FILE
     from replacement.train import SET_FILE
     from toy_models import checkpoint
     from toy_models.files import SAVED_WORK, set_record_name
 
-    (model_files, _), (set_files, _) = SAVED_WORK
+    (model_files, _), (set_files, _), (cache_files, _) = SAVED_WORK
     assert model_files == (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE)
     assert set_files == (replacement_model.CONFIG_FILE,) == (SET_FILE,)
+    assert cache_files == (MANIFEST_FILE,)
     assert set_record_name("graph.json") == ".graph-set.json"
     assert set_record_name("heads.json") == ".heads-set.json"
 

@@ -218,10 +218,13 @@ def remove_empty_created() -> None:
 # its files (and a set's clean-up could remove them), so an output directory holding one is
 # refused unless the command writes that very kind (``check_writable_dir``'s ``own``: the
 # trainers, into their run). Names only, not imported (the layers above, and start-up):
-# ``toy_models.checkpoint``'s CONFIG_FILE and WEIGHTS_FILE, ``replacement.model.CONFIG_FILE``.
+# ``toy_models.checkpoint``'s CONFIG_FILE and WEIGHTS_FILE, ``replacement.model.CONFIG_FILE``,
+# ``replacement.activation_cache.MANIFEST_FILE`` (a training run written into a cache left it
+# one that would not resume: found by a fuzz pass).
 SAVED_WORK = (
     (("config.json", "model.safetensors"), "a model"),
     (("replacement.json",), "a replacement set"),
+    (("manifest.json",), "an activation cache"),
 )
 
 

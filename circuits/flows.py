@@ -312,7 +312,7 @@ def qk_root_tables(
 def root_split(
     query_rows: list[SourceShare], key_rows: list[SourceShare], table: np.ndarray, top: int,
     key: int | None = None, at_key: np.ndarray | None = None,
-) -> tuple[list[RootPair], dict[str, float], dict[str, dict[str, float]], dict]:  # fmt: skip
+) -> tuple[list[RootPair], dict[str, float], dict[str, float], dict]:  # fmt: skip
     """A ``qk_root_pairs`` table read for people: its ``top`` largest terms by magnitude
     between tokens and errors (largest first), and the table's exact split into ``tokens``
     (token x token terms), ``positions`` (terms between tokens and position vectors with a
@@ -324,7 +324,7 @@ def root_split(
 
     With the ``key`` position and the table between the query's and the key's own vectors
     (``at_key``, the fourth item of ``qk_root_tables``), the token part splits by what the key
-    side holds (``split["tokens"]``, ``QKReasonRecord.token_parts``, summing to ``tokens``):
+    side holds (``QKReasonRecord.token_parts``, summing to ``tokens``):
     ``key_own`` (the query's tokens against the key's own token), ``moved`` (against tokens the
     heads at the key moved there) and ``means`` (what the mean query and the mean key, every
     position's vectors, take away); and the ``top`` largest terms of the first two are listed
@@ -332,10 +332,11 @@ def root_split(
     ``moved_pairs``, each between what the query holds and what the key holds, none through a
     mean): for induction the current token against the token before the key. A layer-0 head's
     ``moved`` is 0 (no head below it moves anything) and its query side is its own token. The
-    position part splits the same way (``split["positions"]``, ``position_parts``), its
-    ``top`` largest own and moved terms listed together (``by_key["positions"]``,
-    ``position_pairs``): for a previous-token head, the query's position vector against the
-    key's."""
+    ``top`` largest terms of ``positions`` are listed from this table, between the deviations
+    (``by_key["positions"]``, ``position_pairs``: what sets this key apart from the others by
+    where things are; a term between the own vectors is mostly the same at every key, a
+    reviewer found ``token ','@8 x position vector @7 -3.17`` at -3.0 to -3.3 at every key),
+    between roots the two own vectors hold."""
     position = np.array([r.is_position for r in query_rows])  # the same rows on both sides
     constant = np.array([r.kind in ("bias", "qk_bias", "own") for r in query_rows]) & ~position
     token_q = np.array([r.kind == "embedding" for r in query_rows])
@@ -354,19 +355,24 @@ def root_split(
     pairs = [RootPair(query_rows[kept[i]], key_rows[kept[j]], float(listed[i, j]))
              for i, j in _largest(listed, top)]  # fmt: skip
     by_key: dict[str, list[RootPair]] = {}
-    split: dict[str, dict[str, float]] = {}
+    token_parts: dict[str, float] = {}
     if key is not None and at_key is not None:
         own = np.array([r.pos == key for r in key_rows])
-        rows = np.flatnonzero(token_q | position)  # tokens and positions, the same both sides
-        either = position[rows][:, None] | position[rows][None, :]
-        for part, mask in (("tokens", ~either), ("positions", either)):
-            mine = np.where(mask, at_key[np.ix_(rows, rows)], 0.0)
-            split[part] = {"key_own": float(mine[:, own[rows]].sum()),
-                           "moved": float(mine[:, ~own[rows]].sum())}  # fmt: skip
-            split[part]["means"] = parts[part] - split[part]["key_own"] - split[part]["moved"]
-        by_position = np.where(either, at_key[np.ix_(rows, rows)], 0.0)
+        mine = at_key[token_q][:, token_k]
+        token_parts = {"key_own": float(mine[:, own[token_k]].sum()),
+                       "moved": float(mine[:, ~own[token_k]].sum())}  # fmt: skip
+        token_parts["means"] = parts["tokens"] - token_parts["key_own"] - token_parts["moved"]
+        # the position terms of this table (between the deviations: what sets this key apart
+        # from the others, summing to ``positions``), between roots the query's and the key's
+        # own vectors hold (a root held only through a mean, a position the query never
+        # saw, named no reason: those terms stay in the total)
+        held_q, held_k = np.abs(at_key).sum(1) > 0, np.abs(at_key).sum(0) > 0
+        rows = np.flatnonzero((token_q | position) & held_q)
+        cols = np.flatnonzero((token_k | position) & held_k)
+        either = position[rows][:, None] | position[cols][None, :]
+        by_position = np.where(either, table[np.ix_(rows, cols)], 0.0)
         by_key["positions"] = [
-            RootPair(query_rows[rows[i]], key_rows[rows[j]], float(by_position[i, j]))
+            RootPair(query_rows[rows[i]], key_rows[cols[j]], float(by_position[i, j]))
             for i, j in _largest(by_position, top)
         ]
         listed_at_key = at_key[np.ix_(kept, kept)]
@@ -376,7 +382,7 @@ def root_split(
             by_key[name] = [RootPair(query_rows[kept[i]], key_rows[kept[columns[j]]],
                                      float(table_part[i, j]))
                             for i, j in _largest(table_part, top)]  # fmt: skip
-    return pairs, parts, split, by_key
+    return pairs, parts, token_parts, by_key
 
 
 def _largest(table: np.ndarray, top: int) -> list[tuple[int, int]]:

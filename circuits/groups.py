@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .graph import Graph, checked_graph, checked_index, is_integer
-from .nodes import EMBEDDING_STAGE, KINDS, Kind, constant_name, node_words, unit_id
+from .nodes import KINDS, Kind, constant_name, node_words, unit_id
 
 MIN_CONCEPT_F1 = 0.5  # a concept label groups features (and marks a head's role) from this F1
 
@@ -41,10 +41,10 @@ Lorsa heads: one group per (block, query position, key read (``attends``), role)
   place reading one key then form one group).
 transcoder features: one group per (block, position, concept label) when the label's F1 >=
   MIN_CONCEPT_F1; other features stay alone.
-bias nodes: one group per sublayer (every position): the constant that sublayer writes.
-embeddings, position vectors, error nodes, logits and any other target (a head or feature
-  traced from): alone (a position vector is constant across prompts, but a head choosing
-  between keys by where they are reads each apart)."""
+bias nodes: one group per sublayer (every position): the constant that sublayer writes; the
+  position vectors one group too (a QK reason's position terms are then between what this
+  query's and this key's positions hold against the mean query's and the mean key's).
+embeddings, error nodes, logits and any other target (a head or feature traced from): alone."""
 
 
 @dataclass
@@ -350,7 +350,7 @@ def auto_groups(
             key = ("lorsa", layers[i], pos[i], attends[i], concept)
         elif kind == Kind.TRANSCODER and concept is not None:
             key = ("transcoder", layers[i], pos[i], concept)
-        elif kind == Kind.BIAS and stages[i] != EMBEDDING_STAGE:
+        elif kind == Kind.BIAS:
             key = ("bias", stages[i])
         else:
             key = ("node", i)

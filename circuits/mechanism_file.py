@@ -37,10 +37,9 @@ VERSION = 8  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # 6: a QK reason's ``token_checks``; 7: ``own_pairs`` / ``moved_pairs`` between the query's and
 # the key's own vectors (they held the query's deviation: every position's token stood on the
 # query side of a layer-0 head's terms, through the mean query), ``token_parts``' ``means``;
-# 8: position vectors are roots of their own (one per position, where all were one constant
-# group) and ``root_parts`` holds ``positions``: terms between tokens and position vectors with
-# a position vector on either side, which were ``constants``; ``position_parts``,
-# ``position_pairs``; a target's BOS is a constant (``BOS``), no longer a token
+# 8: ``root_parts`` holds ``positions``: terms between tokens and the position vectors with
+# the position vectors on either side, which were ``constants``; ``position_pairs``; a
+# target's BOS is a constant (``BOS``), no longer a token
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
@@ -112,9 +111,9 @@ class SourceShare:
 
     @property
     def is_position(self) -> bool:
-        """Whether this is a position vector (``W_pos`` at ``pos``; with constants as nodes each
-        is a root alone, ``circuits.groups.AUTO_RULES``): constant across prompts, but not
-        across the keys a head chooses between, so a QK reason counts it apart from the
+        """Whether this is the position vectors (``W_pos``; with constants as nodes, one group
+        of every position's, ``circuits.groups.AUTO_RULES``): constant across prompts, but not
+        across the keys a head chooses between, so a QK reason counts them apart from the
         constants that are (``root_split``'s ``positions``)."""
         return self.kind == "bias" and self.layer == block_of(EMBEDDING_STAGE)
 
@@ -173,10 +172,9 @@ class QKReasonRecord:
     the key, or, through the mean key, any position's); ``root_parts``: the exact split of
     ``specific`` into ``tokens``, ``positions`` (terms with a position vector on either side,
     the other a token or a position vector), ``errors`` and ``constants`` (``root_split``);
-    ``position_parts`` and ``position_pairs``: ``positions`` split and listed as ``tokens`` is
-    in ``token_parts``, ``own_pairs`` and ``moved_pairs`` below (what a head that picks its key
-    by where it is reads: for a previous-token head, the query's position vector against the
-    key's);
+    ``position_pairs``: the largest terms of ``positions``, between the deviations like
+    ``root_pairs`` (what sets this key apart from the others by where things are), between
+    roots the query's and the key's own vectors hold;
     ``token_parts``: its ``tokens`` split by the key side, ``key_own`` (against the key's own
     token), ``moved`` (against tokens the heads at the key moved there), each between the
     query's own vector and the key's own vector, and ``means`` (what the mean query and the mean
@@ -214,7 +212,6 @@ class QKReasonRecord:
     token_parts: dict[str, float] = field(default_factory=dict)
     own_pairs: list[RootPair] = field(default_factory=list)
     moved_pairs: list[RootPair] = field(default_factory=list)
-    position_parts: dict[str, float] = field(default_factory=dict)
     position_pairs: list[RootPair] = field(default_factory=list)
     token_checks: list[TokenCheck] = field(default_factory=list)
 
@@ -486,13 +483,12 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
             _closes(sum(r.root_parts.values()), r.specific, f"{where}.qk[{j}].root_parts")
         _expect(all(p.query.is_position or p.key.is_position for p in r.position_pairs),
                 f"{where}.qk[{j}].position_pairs: a term without a position vector")  # fmt: skip
-        for name, split in (("tokens", r.token_parts), ("positions", r.position_parts)):
-            if not split:
-                continue
-            what = f"{where}.qk[{j}].{name[:-1]}_parts"
-            _expect(set(split) == {"key_own", "moved", "means"} and name in r.root_parts,
-                    f"{what}: key_own, moved and means, beside root_parts' {name}")  # fmt: skip
-            _closes(sum(split.values()), r.root_parts[name], what)
+        if r.token_parts:
+            what = f"{where}.qk[{j}].token_parts"
+            _expect(set(r.token_parts) == {"key_own", "moved", "means"}
+                    and "tokens" in r.root_parts,
+                    f"{what}: key_own, moved and means, beside root_parts' tokens")  # fmt: skip
+            _closes(sum(r.token_parts.values()), r.root_parts["tokens"], what)
 
 
 def _check_main_inputs(summary: MechanismSummary) -> None:

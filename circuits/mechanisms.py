@@ -255,10 +255,9 @@ def _summarize(
     tables = qk_root_tables(view, [request for _, request in pending], edge_sweep)
     for (reason, _), table in zip(pending, tables, strict=True):
         q_rows, k_rows, specific, at_key = table
-        reason.root_pairs, reason.root_parts, split, by_key = root_split(
+        reason.root_pairs, reason.root_parts, reason.token_parts, by_key = root_split(
             q_rows, k_rows, specific, ROOT_PAIRS, key=reason.key, at_key=at_key
         )
-        reason.token_parts, reason.position_parts = split["tokens"], split["positions"]
         reason.own_pairs, reason.moved_pairs = by_key["key_own"], by_key["moved"]
         reason.position_pairs = by_key["positions"]
     if check:

@@ -50,16 +50,22 @@ SPREAD_OUT = 0.9
 
 def unit_pairs(r: QKReasonRecord, top: int) -> tuple[str, list]:
     """A QK reason's unit pairs as every page lists them (the printout, the report, the
-    viewer): a heading saying what share of the specific terms' total magnitude they leave
-    out, and the ``top`` largest, or none where they leave out more than ``SPREAD_OUT``."""
+    viewer): the ``top`` largest, or none where they leave out more than ``SPREAD_OUT``, and a
+    heading saying what share of the specific terms' total magnitude the pairs shown leave
+    out (a reviewer found the share of all the record's pairs printed over the first three:
+    32% where those leave out 51%)."""
     if not r.pairs:
         return "", []
-    share = f"{r.rest_share:.0%} of the terms' total magnitude"
-    if r.rest_share > SPREAD_OUT:  # a few pairs would say nothing
+    shown = r.pairs[:top]
+    left = r.rest_share  # of the pairs the record holds; of those shown, from the same total
+    if len(shown) < len(r.pairs) and r.rest_share < 1:
+        total = sum(abs(p.value) for p in r.pairs) / (1 - r.rest_share)
+        left = 1 - sum(abs(p.value) for p in shown) / total if total > 0 else 1.0
+    share = f"{left:.0%} of the terms' total magnitude"
+    if left > SPREAD_OUT:  # a few pairs would say nothing
         return (f"specific by units at the two positions: spread over many pairs (the "
-                f"{len(r.pairs)} largest leave out {share}; in mechanisms.json)", [])  # fmt: skip
-    return f"specific by units at the two positions (the pairs below leave out {share}):", \
-        r.pairs[:top]  # fmt: skip
+                f"{len(shown)} largest leave out {share}; in mechanisms.json)", [])  # fmt: skip
+    return f"specific by units at the two positions (the pairs below leave out {share}):", shown
 
 
 def summary_for(summary: MechanismSummary, graph) -> MechanismSummary:
@@ -324,30 +330,33 @@ def ref_text(ref: NodeRef | None) -> str:
 
 
 def root_text(r: QKReasonRecord, top: int) -> str:
-    """A QK reason's root pairs in one line: the exact split of ``specific``, its token and
-    position parts each split again into what the key holds itself, what heads at the key
-    moved there and what the means take away (``token_parts``, ``position_parts``), then the
-    largest terms against what the key holds itself (``own_pairs``: its token, its errors),
-    against tokens moved to the key (``moved_pairs``) and with a position vector
-    (``position_pairs``), query side first, a moved one written ``token 'ays'@8 -> @9``: it
-    reaches the key at 9 through the heads there. Without that split (a hand-made record): the
-    largest terms of ``root_pairs``."""
+    """A QK reason's root pairs in one line: the exact split of ``specific``, its token part
+    split again into what the key holds itself, what heads at the key moved there and what the
+    means take away (``token_parts``), then the largest terms against what the key holds
+    itself (``own_pairs``: its token, its errors), against tokens moved to the key
+    (``moved_pairs``), and with a position vector, of the specific part itself (what sets
+    this key apart from the others: ``position_pairs``), query side first, a moved one written
+    ``token 'ays'@8 -> @9``: it reaches the key at 9 through the heads there. Without that
+    split (a hand-made record): the largest terms of ``root_pairs``."""
     whole = sum(abs(x) for x in r.root_parts.values())
     split = []
     for part in ROOT_PARTS:
         if part not in r.root_parts:  # a hand-made record may leave a part out
             continue
         text = f"{part} {_signed(r.root_parts[part], whole)}"
-        parts = {"tokens": r.token_parts, "positions": r.position_parts}.get(part)
+        parts = r.token_parts if part == "tokens" else None
         if parts:
             text += (f" = the key's own {_signed(parts['key_own'], whole)} + moved to the key "
                      f"{_signed(parts['moved'], whole)} + against the means "
                      f"{_signed(parts['means'], whole)}")  # fmt: skip
         split.append(text)
 
+    def name(x) -> str:  # the position vectors, one group: what this side's positions hold
+        return "position vectors" if x.is_position and x.pos is None else x.name
+
     def terms(pairs) -> str:
         return "; ".join(
-            f"{p.query.name} x {p.key.name}"
+            f"{name(p.query)} x {name(p.key)}"
             + (f" -> @{r.key}" if p.key.pos is not None and p.key.pos != r.key else "")
             + f" {_signed(p.value)}"
             for p in pairs[:top]
@@ -355,7 +364,7 @@ def root_text(r: QKReasonRecord, top: int) -> str:
 
     if r.own_pairs or r.moved_pairs:  # each term against the key's own vector
         lists = [("the key's own", r.own_pairs), ("moved to the key", r.moved_pairs),
-                 ("by position", r.position_pairs)]  # fmt: skip
+                 ("by position, apart from the other keys", r.position_pairs)]  # fmt: skip
         shown = "; ".join(f"{name}: {terms(pairs)}" for name, pairs in lists if pairs)
         return f"specific by roots ({', '.join(split)}): {shown}"
     return f"specific by roots ({', '.join(split)}): {terms(r.root_pairs)}"

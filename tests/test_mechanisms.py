@@ -338,7 +338,7 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
         assert sum(parts.values()) == pytest.approx(a.reason.specific, abs=1e-4)
         # positions: every term with a position vector on one side, a token or one on the other
         place = [r.is_position for r in q_rows]
-        assert sum(place) == len(graph.tokens)  # each position vector a root of its own
+        assert sum(place) == 1  # the position vectors, one root: not a constant here
         token = [r.kind == "embedding" for r in q_rows]
         placed = np.array(place) | np.array(token)
         expected = table[placed][:, placed].sum() - table[token][:, token].sum()
@@ -362,42 +362,34 @@ def test_root_pairs_split_the_specific_part_exactly(graph, replacement, run):
             elsewhere_q = [i for i, r in enumerate(q_rows)
                            if r.kind == "embedding" and r.pos != a.query]  # fmt: skip
             assert np.abs(at_key[elsewhere_q]).max(initial=0) < 1e-9
-        pairs, parts, split, moved = root_split(q_rows, k_rows, table, 2, key=a.key,
-                                                at_key=at_key)  # fmt: skip
-        tokens_q = np.array([r.kind == "embedding" for r in q_rows])
-        place = np.array([r.is_position for r in q_rows])
-        at_own = np.array([r.pos == a.key for r in k_rows])
-        for name, rows, cols in (("tokens", tokens_q, tokens_q), ("positions", None, None)):
-            if rows is None:  # every term with a position vector on a side, a token or one on
-                placed = tokens_q | place  # the other
-                mine = at_key[placed][:, placed] - np.where(
-                    np.outer(tokens_q[placed], tokens_q[placed]), at_key[placed][:, placed], 0
-                )
-                own_sum = mine[:, at_own[placed]].sum()
-                moved_sum = mine[:, ~at_own[placed]].sum()
-            else:
-                own_sum = at_key[rows][:, cols & at_own].sum()
-                moved_sum = at_key[rows][:, cols & ~at_own].sum()
-            assert split[name]["key_own"] == pytest.approx(own_sum, abs=1e-9)
-            assert split[name]["moved"] == pytest.approx(moved_sum, abs=1e-9)
-            assert sum(split[name].values()) == pytest.approx(parts[name], abs=1e-9)
-            if a.layer == 0:  # no head below the first layer moves anything to the key
-                assert split[name]["moved"] == 0
-        if a.layer == 0:
-            assert moved["moved"] == []
+        pairs, parts, by_key, moved = root_split(q_rows, k_rows, table, 2, key=a.key,
+                                                 at_key=at_key)  # fmt: skip
+        tokens_q = [r.kind == "embedding" for r in q_rows]
+        own = [r.kind == "embedding" and r.pos == a.key for r in k_rows]
+        elsewhere = [r.kind == "embedding" and r.pos != a.key for r in k_rows]
+        assert by_key["key_own"] == pytest.approx(at_key[tokens_q][:, own].sum(), abs=1e-9)
+        assert by_key["moved"] == pytest.approx(at_key[tokens_q][:, elsewhere].sum(), abs=1e-9)
+        assert sum(by_key.values()) == pytest.approx(parts["tokens"], abs=1e-9)
+        if a.layer == 0:  # no head below the first layer moves anything to the key
+            assert by_key["moved"] == 0 and moved["moved"] == []
         assert len(moved["moved"]) <= 2 and all(p.key.pos < a.key for p in moved["moved"])
         assert len(moved["key_own"]) <= 2 and all(p.key.pos == a.key for p in moved["key_own"])
-        # each listed term is its entry of the table against the key's own vector; a position
-        # term has a position vector on a side and a token or position vector on the other
+        # each listed term is its entry of the table against the key's own vector
         row = {id(r): i for i, r in enumerate(q_rows)}
         col = {id(r): j for j, r in enumerate(k_rows)}
-        assert 0 < len(moved["positions"]) <= 2
-        for p in moved["key_own"] + moved["moved"] + moved["positions"]:
+        for p in moved["key_own"] + moved["moved"]:
             assert p.value == pytest.approx(at_key[row[id(p.query)], col[id(p.key)]], abs=1e-9)
+        # the position terms: entries of the specific table itself (what sets this key apart),
+        # a position vector on a side and a token or the position vectors on the other, both
+        # held by the two own vectors (none through a mean alone)
+        assert 0 < len(moved["positions"]) <= 2
         for p in moved["positions"]:
+            i, j = row[id(p.query)], col[id(p.key)]
+            assert p.value == pytest.approx(table[i, j], abs=1e-9)
             assert p.query.is_position or p.key.is_position
             assert {p.query.kind, p.key.kind} <= {"bias", "embedding"}
-            if a.layer == 0:  # the query side holds its own position and token alone
+            assert np.abs(at_key[i]).sum() > 0 and np.abs(at_key[:, j]).sum() > 0
+            if a.layer == 0 and not p.query.is_position:  # its own token alone
                 assert p.query.pos == a.query
 
 
@@ -610,11 +602,9 @@ def test_auto_groups_follow_their_rules(graph):
         if grp.kind == "lorsa":
             assert len({(int(graph.layer[i]), int(graph.pos[i]), int(graph.attends[i]))
                         for i in grp.members}) == 1  # fmt: skip
-        elif grp.kind == "bias" and grp.stage != 0:  # a sublayer's constant, every position
+        elif grp.kind == "bias":  # a sublayer's constant, or the position vectors
             assert len({int(graph.stage[i]) for i in grp.members}) == 1
             assert len(grp.members) == len(graph.tokens)
-        elif grp.kind == "bias":  # a position vector: where a key is, which a head may read
-            assert len(grp.members) == 1 and grp.name == f"position vector @{grp.pos}"
         elif grp.kind != "lorsa":
             assert len(grp.members) == 1  # no concept labels: features stay alone
     # With concepts, features of one place and one label group.
@@ -1052,6 +1042,19 @@ def test_summary_records(graph, replacement, run, tmp_path):
     spread_text = format_summary(MechanismSummary.from_dict(spread), every_check=True)
     assert reasons and "spread over many pairs" in spread_text
     assert not lines & set(spread_text.splitlines())
+    # the share the heading gives is of the pairs shown (it gave all the record's pairs'
+    # share over the first three: 32% where those leave out 51%)
+    from reports.mechanisms import unit_pairs
+
+    many = [r for g in back.groups for r in g.qk if len(r.pairs) > 3 and r.rest_share < 1]
+    assert many
+    for r in many:
+        total = sum(abs(p.value) for p in r.pairs) / (1 - r.rest_share)
+        left = 1 - sum(abs(p.value) for p in r.pairs[:3]) / total
+        heading, shown = unit_pairs(r, 3)
+        assert f"leave out {left:.0%} of the terms' total magnitude" in heading
+        assert shown == (r.pairs[:3] if left <= SPREAD_OUT else [])
+        assert unit_pairs(r, len(r.pairs))[0].count(f"{r.rest_share:.0%}") == 1
     # the report and the viewer's panel follow the same rule (the viewer listed the pairs the
     # printout leaves out, with no share beside them)
     from reports.viewer import mechanisms_data

@@ -527,10 +527,14 @@
   // "fit": the canvas's width and the height the window gives it (the logits at the top and
   // the prompt's tokens at the bottom in one view), but text no smaller than MIN_ZOOM (then
   // the canvas scrolls, starting at the top right, where the last position's nodes and the
-  // logits are). The canvas is as tall as the drawing, within MIN_HEIGHT and ROOM of the
-  // window's height (at 76% of it, a reviewer found the prompt's tokens cut off at first).
-  const MIN_ZOOM = 0.8, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, ROOM = 0.9, SCROLLBAR = 24;
-  function room() { return Math.max(MIN_HEIGHT, Math.round(window.innerHeight * ROOM)); }
+  // logits are). The canvas is as tall as the drawing, within MIN_HEIGHT and what the window
+  // shows below the controls when the page is at its top (at 76% of the window, and then at
+  // 90% below 165 px of controls, reviewers found the prompt's tokens cut off at first).
+  const MIN_ZOOM = 0.8, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, MARGIN = 8, SCROLLBAR = 24;
+  function room() {
+    const top = ui.main.getBoundingClientRect().top + window.scrollY;
+    return Math.max(MIN_HEIGHT, Math.round(window.innerHeight - top - MARGIN));
+  }
   function fitZoom() {
     const w = ui.canvas.clientWidth || 1000;
     if (!view || !view.layout) return 1;

@@ -18,6 +18,9 @@ LINE_CHARS = 14  # a node label is at most two lines of about this many characte
 LOGIT_CHARS = 18  # logits are few and say which tokens: their lines may be a little longer
 
 
+PROMOTES = "↑"  # before the token a feature's box names: the one its decoder promotes most
+
+
 def shorten(text: str, limit: int = MAX_LABEL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -131,7 +134,9 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
     Embedding ``'tok'@pos`` (global graphs: ``'tok'``); Lorsa head ``H{index}`` over
     ``→'tok'@key``, the key it reads (``Graph.read_key``: where its activation comes from
     most, as its other label and its first QK record say), or over its QK group in a global
-    graph; transcoder feature ``F{index}`` over the token it promotes most; error ``err``;
+    graph; transcoder feature ``F{index}`` over the token it promotes most, marked ``↑``
+    (``PROMOTES``: a reader took ``F1223 'December'`` on a weekday prompt for what the
+    feature fires on); error ``err``;
     bias ``bias`` over its sublayer; logit its token(s) and probability or value.
     """
     i = graph.node_index(i)
@@ -163,8 +168,8 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
         if key is None:
             return [f"H{index}"]
         return [f"H{index}", _fit("→" + at_position(prompt_token(graph, key), key), LINE_CHARS + 1)]
-    tokens = promoted(graph, i)
-    return [f"F{index}", _fit(tokens[0], LINE_CHARS + 1)] if tokens else [f"F{index}"]
+    tokens = promoted(graph, i)  # marked as what it writes, not what it reads or fires on
+    return [f"F{index}", _fit(PROMOTES + tokens[0], LINE_CHARS + 1)] if tokens else [f"F{index}"]
 
 
 def stage_name(stage: int, n_layers: int) -> str:

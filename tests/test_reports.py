@@ -100,7 +100,7 @@ def test_dot_escapes_labels_and_tooltips(graph):
     escaped = gv.dot_escape(labels.node_label(graph, graph.ids.index("1_17_1")))
     assert "\n" not in escaped and NASTY not in dot and repr(NASTY) not in dot
     assert escaped in attr(nodes["1_17_1"], "tooltip")  # the full label
-    assert attr(nodes["1_17_1"], "label") == gv.dot_escape('F17\n\'say "hi" \\\\N …')
+    assert attr(nodes["1_17_1"], "label") == gv.dot_escape('F17\n↑\'say "hi" \\\\N…')
     assert attr(nodes["E_4_1"], "label") == "'Ġ\\\"q\\\"'@1"  # token string with a quote
     assert attr(nodes["E_9_3"], "label") == "'&amp;x'@3"
     assert re.search(r"label=<<TABLE[^\n]*>L0 transcoder</TD>", dot)  # the stage names
@@ -122,11 +122,11 @@ def test_short_labels_from_fields():
     assert g.qk_for(g.ids.index("0_5_2"))[0].key == 1
     g.attends[g.ids.index("0_5_2")] = 2  # another key: the label follows it, not the record
     assert labels.short_label(g, g.ids.index("0_5_2")) == "H5\n→'a\\\\b'@2"
-    assert short["1_3_3"] == "F3\n' F'" and short["3_9_3"] == 'F9\n"\'s"'
+    assert short["1_3_3"] == "F3\n↑' F'" and short["3_9_3"] == 'F9\n↑"\'s"'
     assert short["1_-1_3"] == "err" and short["E_0_0"] == "'<|bos|>'@0"
     assert short["5_11_3"] == "' Julia'\np=0.997"
     assert short["5_200-201_3"] == "' Veafruviand' - …\n= 2.554"
-    assert short["1_17_1"] == 'F17\n\'say "hi" \\\\N …'  # a long token, cut
+    assert short["1_17_1"] == 'F17\n↑\'say "hi" \\\\N…'  # a long token, cut
     for text in short.values():
         assert text.count("\n") <= 1
         assert all(len(line) <= labels.LOGIT_CHARS for line in text.split("\n")), text
@@ -229,7 +229,7 @@ def test_dot_parses_and_svg_shows_labels_literally(graph):
     # Graphviz writes the node name as each node's <title>.
     for name in set(graph.ids) - {"E_0_0"}:
         assert f"<title>{name.replace('-', '&#45;')}</title>" in svg, name
-    assert ">&#39;say &quot;hi&quot; \\\\N …</text>" in svg  # the short label, literally
+    assert ">↑&#39;say &quot;hi&quot; \\\\N…</text>" in svg  # the short label, literally
     assert "line2 Ġ ☃ &lt;|bos|&gt;&#39;&#10;" in svg  # the full label, in the tooltip
     assert svg.count('stroke-dasharray="5,2"') >= 4  # the QK edges
 

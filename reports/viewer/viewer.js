@@ -464,7 +464,7 @@
         el("button", { type: "button", onclick: zoom(1 / 1.25), title: "zoom out" }, "−"), " ",
         el("button", { type: "button", onclick: () => { state.zoom = null; applyZoom(); }, title: "fit to the canvas" }, "fit"), " ",
         el("button", { type: "button", onclick: zoom(1.25), title: "zoom in" }, "+")),
-      el("span", { class: "muted" }, "click: details · ctrl/shift-click: pick for a supernode · hover: paths"));
+      el("span", { class: "muted" }, "click: details · ctrl/shift-click: pick for a supernode · hover: paths · a head's box: →the key it reads; a feature's: ↑the token it promotes most"));
     ui.results = el("div", { class: "results" });
     ui.status = el("div", { class: "status" });
     ui.svg = svgEl("svg", { role: "img" });

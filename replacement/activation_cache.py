@@ -250,6 +250,12 @@ def build_cache(
             diff = _first_difference(asdict(old_plan), asdict(plan))
             raise UserError(f"{out} holds another activation cache ({diff})")
         chunks = _intact_chunks(out, plan, chunks, quiet)
+    else:  # a run writes its manifest before any chunk: chunks without one are someone's
+        strays = sorted(out.glob(CHUNK_FILE.replace("{:05d}", "*")))
+        if strays:  # (a fresh run overwrote them, exit 0: found by a fuzz pass)
+            raise UserError(f"{strays[0]}: a chunk file with no {MANIFEST_FILE} beside it, not "
+                            "written by a cache run here; move it away or choose another "
+                            "--out")  # fmt: skip
     _check_space(out, plan, len(chunks))
     _write_manifest(out, plan, chunks)
     cache_id, storage = plan.cache_id(), getattr(torch, dtype)

@@ -130,6 +130,21 @@ def test_an_activation_cache_is_saved_work_no_other_run_writes_into(tiny_run, ti
     check_writable_dir(other, own=(MANIFEST_FILE,))  # the cache's own, to resume it
 
 
+def test_a_fresh_cache_refuses_chunk_files_it_did_not_write(tiny_pretrained, tmp_path):
+    """Found by a fuzz pass: a fresh cache run overwrote a chunk file already in --out with
+    no manifest beside it (exit 0); a run writes its manifest first, so such a file is not a
+    cache run's: refused, kept."""
+    model, tokenizer = tiny_pretrained
+    out = tmp_path / "acts"
+    out.mkdir()
+    stray = out / CHUNK_FILE.format(0)
+    stray.write_bytes(b"mine")
+    with pytest.raises(UserError, match="a chunk file with no manifest.json beside it"):
+        build_cache(model, tokenizer, out, CHUNK, chunk_rows=CHUNK, forward_batch=BATCH,
+                    quiet=True)  # fmt: skip
+    assert stray.read_bytes() == b"mine" and not (out / MANIFEST_FILE).exists()
+
+
 def test_a_resumed_run_from_the_cache_ends_as_an_uninterrupted_one(tiny_run, tiny_cache, tmp_path):
     """Stopped at checkpoints and resumed, a run from the cache reads on with the rows, the
     shuffle buffer and the generator of an uninterrupted run: the same bits at the end. By

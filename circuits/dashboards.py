@@ -83,10 +83,16 @@ MIN_FIRES = 10  # "fired enough" for coverage: a full top-k and a usable F1
 DEFAULT_DIR = Path("runs/dashboards")
 
 
+NAME_CHARS = 80  # of a model name in a file name: a long path's end (a file name has 255)
+
+
 def default_name(model_name: str, mode: str) -> str:
-    """``<model>-<mode>`` with the model name made safe for a file name (``default-local``)."""
+    """``<model>-<mode>`` with the model name made safe for a file name (``default-local``),
+    its last ``NAME_CHARS`` characters (a model given by a path of 220 characters failed
+    "File name too long" after the graph was built, found by a fuzz pass; the file's key
+    tells models apart, not its name)."""
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(model_name))
-    return f"{slug.strip('.') or 'model'}-{mode}"
+    return f"{slug[-NAME_CHARS:].strip('.') or 'model'}-{mode}"
 
 
 def default_path(

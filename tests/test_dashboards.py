@@ -607,3 +607,14 @@ def test_next_token_concepts_sit_on_the_token_before_their_concept(tiny_pretrain
             )
             answers += 1
     assert answers > 5
+
+
+def test_a_long_model_path_makes_a_file_name_the_system_takes(tmp_path):
+    """Found by a fuzz pass: a model given by a path of about 220 characters made a dashboards
+    file name the file system refused ("File name too long"), after the graph was built. The
+    name keeps the path's end; the file's key tells models apart."""
+    long_path = "/".join(["a_directory_with_a_long_name"] * 12) + "/my-model"
+    name = D.default_name(long_path, "local")
+    assert len(name) <= D.NAME_CHARS + len("-local") and name.endswith("my-model-local")
+    (tmp_path / f"{name}-0123456789ab.safetensors").write_bytes(b"")  # the system takes it
+    assert D.default_name("default", "local") == "default-local"

@@ -354,10 +354,10 @@ def root_text(r: QKReasonRecord, top: int) -> str:
     def name(x) -> str:  # the position vectors, one group: what this side's positions hold
         return "position vectors" if x.is_position and x.pos is None else x.name
 
-    def terms(pairs) -> str:
-        return "; ".join(
+    def terms(pairs, held: bool = True) -> str:  # held: each side is what the own vectors
+        return "; ".join(  # hold, so a key side at another position was moved to the key
             f"{name(p.query)} x {name(p.key)}"
-            + (f" -> @{r.key}" if p.key.pos is not None and p.key.pos != r.key else "")
+            + (f" -> @{r.key}" if held and p.key.pos is not None and p.key.pos != r.key else "")
             + f" {_signed(p.value)}"
             for p in pairs[:top]
         )
@@ -367,7 +367,7 @@ def root_text(r: QKReasonRecord, top: int) -> str:
                  ("by position, apart from the other keys", r.position_pairs)]  # fmt: skip
         shown = "; ".join(f"{name}: {terms(pairs)}" for name, pairs in lists if pairs)
         return f"specific by roots ({', '.join(split)}): {shown}"
-    return f"specific by roots ({', '.join(split)}): {terms(r.root_pairs)}"
+    return f"specific by roots ({', '.join(split)}): {terms(r.root_pairs, held=False)}"
 
 
 def token_checks_text(r: QKReasonRecord, mode: str = "local") -> str:

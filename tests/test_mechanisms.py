@@ -405,6 +405,22 @@ def test_root_text_shows_float_rounding_as_zero():
     assert root_text(r, 3).startswith("specific by roots (tokens +1.08, errors 0, constants 0)")
     r.root_parts = {"tokens": 1.08, "errors": -1e-6, "constants": 0.0}
     assert "errors -1e-06, constants 0)" in root_text(r, 3)
+    # without the lists against the key's own vector, the root pairs of the specific part: a
+    # key side at another position may stand there through the mean key, so it is not
+    # written as moved to the key (``-> @k``); the position vectors read as such
+    from circuits.mechanism_file import RootPair, SourceShare
+
+    def side(name, kind, pos, layer=None):
+        return SourceShare(name, kind, layer, pos, None, None, 0.0)
+
+    elsewhere = side("token 'a'@1", "embedding", 1)
+    positions = side("position vector (all positions)", "bias", None, -1)
+    r.root_pairs = [RootPair(side("token 'b'@3", "embedding", 3), elsewhere, 0.5),
+                    RootPair(positions, positions, 0.4)]  # fmt: skip
+    text = root_text(r, 3)
+    assert text.endswith(
+        ": token 'b'@3 x token 'a'@1 +0.5; position vectors x position vectors +0.4"
+    )
 
 
 def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():

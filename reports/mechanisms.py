@@ -344,8 +344,8 @@ def root_text(r: QKReasonRecord, top: int) -> str:
         if part not in r.root_parts:  # a hand-made record may leave a part out
             continue
         text = f"{part} {_signed(r.root_parts[part], whole)}"
-        parts = r.token_parts if part == "tokens" else None
-        if parts:
+        if part == "tokens" and r.token_parts:
+            parts = r.token_parts
             text += (f" = the key's own {_signed(parts['key_own'], whole)} + moved to the key "
                      f"{_signed(parts['moved'], whole)} + against the means "
                      f"{_signed(parts['means'], whole)}")  # fmt: skip

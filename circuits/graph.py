@@ -142,8 +142,8 @@ class QKSource:
     a feature or an error node is a group of one. ``members``: node ids, largest part first."""
 
     side: str  # "query" or "key"
-    kind: str  # "lorsa", "transcoder" or "error"
-    layer: int
+    kind: str  # "lorsa", "transcoder", "error" or "embedding" (the side's own token)
+    layer: int  # -1 for the token
     pos: int
     attends: int | None  # heads: the key they read
     members: list[str]
@@ -151,7 +151,7 @@ class QKSource:
 
 
 QK_SOURCE_SIDES = ("query", "key")
-QK_SOURCE_KINDS = ("lorsa", "transcoder", "error")
+QK_SOURCE_KINDS = ("lorsa", "transcoder", "error", "embedding")
 
 
 @dataclass

@@ -496,10 +496,16 @@ def _check_sources(sources, query: int, key: int) -> None:
                  f"entries must be objects with keys {sorted(known)}")  # fmt: skip
         _require(x["side"] in QK_SOURCE_SIDES, "qk.sources.side", f"not one of {QK_SOURCE_SIDES}")
         _require(x["kind"] in QK_SOURCE_KINDS, "qk.sources.kind", f"not one of {QK_SOURCE_KINDS}")
-        for name in ("layer", "pos"):
-            _require(_is_int(x[name]), f"qk.sources.{name}", "expected a non-negative integer")
-        _require(x["pos"] <= (query if x["side"] == "query" else key), "qk.sources.pos",
-                 "after its side's position")  # fmt: skip
+        _require(_is_int(x["pos"]), "qk.sources.pos", "expected a non-negative integer")
+        token = x["kind"] == "embedding"
+        layer = x["layer"]
+        minus_one = isinstance(layer, int) and not isinstance(layer, bool) and layer == -1
+        _require(minus_one and x["attends"] is None if token else _is_int(layer),
+                 "qk.sources.layer", "expected -1 for a token (which reads no key), else a "
+                 "non-negative integer")  # fmt: skip
+        at = query if x["side"] == "query" else key
+        _require(x["pos"] == at if token else x["pos"] <= at, "qk.sources.pos",
+                 "a token not at its side's position, or a source after it")  # fmt: skip
         _require(x["attends"] is None or (_is_int(x["attends"]) and x["attends"] <= x["pos"]),
                  "qk.sources.attends", "expected null or a key up to its position")  # fmt: skip
         members = x["members"]

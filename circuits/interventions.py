@@ -419,6 +419,25 @@ def mean_token_embedding(replacement: ReplacementModel) -> Float[Tensor, " d_mod
     return w_e[keep].mean(0)
 
 
+ROSE = 1e-6  # an attention gain above float noise: a key that took some of it
+
+
+@dataclass
+class MeanTokenReruns:
+    """``tokens_to_mean``'s measurements: per replaced position (rows) and read (columns), the
+    QK head's ``attention`` from the read's query to its key, its ``specific`` part there (as
+    ``circuits.graph.QKReason`` splits the score: the query less the mean query against the key
+    less the mean key, the part a reason's terms split), and the other key whose attention rose
+    most (``rival``, -1 when none rose) with its attention after (``rival_attention``) and
+    before (``rival_before``, from the clean run)."""
+
+    attention: Float[Tensor, "position read"]
+    specific: Float[Tensor, "position read"]
+    rival: Tensor
+    rival_attention: Float[Tensor, "position read"]
+    rival_before: Float[Tensor, "position read"]
+
+
 @torch.no_grad()
 def tokens_to_mean(
     replacement: ReplacementModel,
@@ -426,15 +445,22 @@ def tokens_to_mean(
     positions: list[int],
     reads: list[tuple[int, int, int, int]],
     chunk: int = 16,
-) -> Float[Tensor, "position read"]:
-    """The attention of QK heads after one token's embedding is replaced by the mean token
-    embedding (``mean_token_embedding``), the model rerun with nothing else held (attention,
-    LayerNorm and, in local mode, the errors recompute: the original model on that input):
-    one row per position of ``positions`` (one token replaced at a time), one column per read
-    ``(layer, qk_head, query, key)``, the QK head's attention from ``query`` to ``key`` (the
-    Lorsa pattern, as ``circuits.graph.QKAttribution.attention``). What a QK reason's token
-    terms claim, tested: a term that names a token but holds only what any token would bring
-    leaves the attention where it was. ``chunk``: prompts per batch (bounds the patterns held)."""
+) -> MeanTokenReruns:
+    """QK heads after one token's embedding is replaced by the mean token embedding
+    (``mean_token_embedding``), the model rerun with nothing else held (attention, LayerNorm
+    and, in local mode, the errors recompute: the original model on that input): one row per
+    position of ``positions`` (one token replaced at a time), one column per read ``(layer,
+    qk_head, query, key)``: the QK head's attention from ``query`` to ``key`` (the Lorsa
+    pattern, as ``circuits.graph.QKAttribution.attention``), its ``specific`` part at that key
+    and the key that gained most (``MeanTokenReruns``). What a QK reason's token terms claim,
+    tested: a term that names a token but holds only what any token would bring leaves the
+    attention where it was, and one whose token the attention leaves for another key's sake
+    leaves the key's own specific part where it was or raises it (a reviewer's ``21+14=35;
+    40+26=``: ``'='@6`` made the mean token, the attention to ``'2'@14`` fell 0.87 -> 0.51 as
+    its terms said while its score rose; ``'1'@4`` took it). ``chunk``: prompts per batch
+    (bounds the patterns held)."""
+    from .qk import reference_queries
+
     n = len(run.tokens)
     if any(not 0 <= p < n for p in positions) or any(
         not (0 <= layer < run.n_layers and 0 <= key <= query < n) for layer, _, query, key in reads
@@ -442,26 +468,52 @@ def tokens_to_mean(
         raise ValueError("tokens_to_mean: a position, layer or (query, key) outside the prompt")
     mean = mean_token_embedding(replacement)
     layers = sorted({layer for layer, *_ in reads})
-    out = torch.zeros(len(positions), len(reads))
+    refs = reference_queries(n)
+    shape = (len(positions), len(reads))
+    out = MeanTokenReruns(torch.zeros(shape), torch.zeros(shape),
+                          torch.full(shape, -1, dtype=torch.long), torch.zeros(shape),
+                          torch.zeros(shape))  # fmt: skip
+
+    def keep(layer: int, name: str, seen: dict):
+        return lambda act, hook: seen.__setitem__((layer, name), act.detach())
+
+    def rerun(tokens: Tensor, hooks: list) -> dict:
+        seen: dict = {}
+        hooks = hooks + [(hook_name(layer, f"lorsa.{name}"), keep(layer, name, seen))
+                         for layer in layers for name in ("hook_pattern", "hook_in")]  # fmt: skip
+        replacement.run_with_hooks(tokens, mode=run.mode, fwd_hooks=hooks)
+        return seen
+
+    clean = rerun(run.tokens[None], [])
     for start in range(0, len(positions), chunk):
         batch = positions[start : start + chunk]
         rows = torch.arange(len(batch))
-        seen: dict[int, Tensor] = {}
 
         def embed(act, hook, batch=batch, rows=rows):
             act = act.clone()
             act[rows, torch.tensor(batch)] = mean.to(act.dtype)
             return act
 
-        def keep(layer: int, seen=seen):
-            return lambda act, hook: seen.__setitem__(layer, act.detach())
-
-        hooks = [("hook_embed", embed)]
-        hooks += [(hook_name(layer, "lorsa.hook_pattern"), keep(layer)) for layer in layers]
-        tokens = run.tokens[None].expand(len(batch), n)
-        replacement.run_with_hooks(tokens, mode=run.mode, fwd_hooks=hooks)
+        seen = rerun(run.tokens[None].expand(len(batch), n), [("hook_embed", embed)])
+        here = slice(start, start + len(batch))
         for j, (layer, head, query, key) in enumerate(reads):
-            out[start : start + len(batch), j] = seen[layer][:, head, query, key]
+            row = seen[layer, "hook_pattern"][:, head, query, : query + 1]  # (batch, keys)
+            out.attention[here, j] = row[:, key]
+            lorsa = replacement.lorsas[layer]
+            x = seen[layer, "hook_in"]
+            q = x[:, : query + 1] @ lorsa.W_Q[head] + lorsa.b_Q[head]
+            k = x[:, : query + 1] @ lorsa.W_K[head] + lorsa.b_K[head]
+            du = q[:, query] - (x[:, refs] @ lorsa.W_Q[head] + lorsa.b_Q[head]).mean(1)
+            dv = k[:, key] - k.mean(1)
+            out.specific[here, j] = (du * dv).sum(-1) / math.sqrt(lorsa.cfg.d_qk)
+            before = clean[layer, "hook_pattern"][0, head, query, : query + 1]
+            gain = row - before
+            gain[:, key] = 0.0
+            best = gain.argmax(-1)
+            rose = gain.gather(1, best[:, None])[:, 0] > ROSE
+            out.rival[here, j] = torch.where(rose, best, -1)
+            out.rival_attention[here, j] = row.gather(1, best[:, None])[:, 0]
+            out.rival_before[here, j] = before[best]
     return out
 
 

@@ -27,7 +27,7 @@ from toy_models.records import Bounds, from_json, parse_json
 from .graph import MODES
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, is_attention
 
-VERSION = 8  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
+VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
 # ``attends`` and QK reasons are at the key its heads read (their z-patterns' largest term), no
 # longer their attention's argmax; 4: a head target's head groups and moved flows are those at
@@ -39,7 +39,8 @@ VERSION = 8  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # query side of a layer-0 head's terms, through the mean query), ``token_parts``' ``means``;
 # 8: ``root_parts`` holds ``positions``: terms between tokens and the position vectors with
 # the position vectors on either side, which were ``constants``; ``position_pairs``; a
-# target's BOS is a constant (``BOS``), no longer a token
+# target's BOS is a constant (``BOS``), no longer a token; 9: a token check's ``specific`` and
+# ``rival`` (the key that gained most attention, its attention before and after)
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
@@ -142,11 +143,18 @@ class TokenCheck:
     head's ``attention`` from the reason's query to its key after it (the reason's own
     ``attention`` before). A term that names a token but holds what any token would bring
     leaves it where it was (a reviewer found the +10.9 of ``'='@13 x '+'@2 -> @9`` on
-    ``7+8=15; 15+9=`` moved nothing when ``+`` was swapped)."""
+    ``7+8=15; 15+9=`` moved nothing when ``+`` was swapped). ``specific``: the reason's
+    ``specific`` part after it, what the terms split (the attention can fall as they say while
+    the key's own part rises, another key gaining more); ``rival``: the other key whose
+    attention rose most (None when none rose), its attention before and after."""
 
     pos: int
     token: str
     attention: Annotated[float, Bounds(0.0, 1.0)]
+    specific: float
+    rival: int | None = None
+    rival_attention: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    rival_before: Annotated[float, Bounds(0.0, 1.0)] | None = None
 
 
 @dataclass
@@ -472,6 +480,14 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
             len(set(at)) == len(at) and held,
             f"{where}.qk[{j}].token_checks: each a prompt position once, with its token",
         )
+        _expect(
+            all((c.rival is None) == (c.rival_attention is None) == (c.rival_before is None)
+                and (c.rival is None or (0 <= c.rival <= r.query and c.rival != r.key
+                                         and c.rival_attention > c.rival_before))
+                for c in r.token_checks),
+            f"{where}.qk[{j}].token_checks: a rival is another key up to the query whose "
+            "attention rose, with its attention before and after, or none",
+        )  # fmt: skip
         parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
         _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
         _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")

@@ -308,8 +308,18 @@ def _token_checks(replacement, run, tokens: list[str], reasons: list[QKReasonRec
     reads = [(r.layer, r.qk_head, r.query, r.key) for r in reasons]
     after = tokens_to_mean(replacement, run, positions, reads)
     row = {p: i for i, p in enumerate(positions)}
+
+    def check(p: int, j: int) -> TokenCheck:
+        i = row[p]
+        rival = int(after.rival[i, j])
+        return TokenCheck(
+            p, tokens[p], float(after.attention[i, j]), float(after.specific[i, j]),
+            *((rival, float(after.rival_attention[i, j]), float(after.rival_before[i, j]))
+              if rival >= 0 else (None, None, None)),
+        )  # fmt: skip
+
     for j, (r, at) in enumerate(zip(reasons, named, strict=True)):
-        r.token_checks = [TokenCheck(p, tokens[p], float(after[row[p], j])) for p in at]
+        r.token_checks = [check(p, j) for p in at]
 
 
 def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int) -> list[int]:

@@ -377,10 +377,13 @@ def qk_sources(
     mechanism summary's "query side from" / "key side from") split exactly by node through
     ``full`` (``circuits.flows.many_qk_side_flows``), heads grouped by (layer, position, the
     key they read), and per side the ``top`` groups of heads, features and error nodes with
-    the largest positive totals (``QKSource``). Token embeddings and bias nodes are left out:
-    a token reaches the key only through heads there, and those heads are what a drawing can
-    show. ``full`` is the unpruned graph of the records' prompt (only its flows are exact);
-    the records may be a pruned copy's. ``sides``: as ``qk_attribution``'s."""
+    the largest positive totals (``QKSource``), and the side's own token (its embedding at the
+    query or the key: the current token an induction head's query holds, which no head moves
+    there; a reviewer found it the largest source of 124 of 212 sides). Other tokens and the
+    bias nodes are left out: a token reaches another position only through heads there, and
+    those heads are what a drawing can show. ``full`` is the unpruned graph of the records'
+    prompt (only its flows are exact); the records may be a pruned copy's. ``sides``: as
+    ``qk_attribution``'s."""
     from .flows import EdgeSweep, many_qk_side_flows
 
     checked_count(top, "top")
@@ -401,7 +404,7 @@ def qk_sources(
         flows |= dict(zip(map(id, mine), many_qk_side_flows(full, requests, sweep), strict=True))
     kind, layer, pos = full.kind.numpy(), full.layer.numpy(), full.pos.numpy()
     attends = full.attends.numpy()
-    eligible = np.isin(kind, [Kind.LORSA, Kind.TRANSCODER, Kind.ERROR])
+    eligible = np.isin(kind, [Kind.LORSA, Kind.TRANSCODER, Kind.ERROR, Kind.EMBEDDING])
     # One group code per eligible node: heads by (layer, position, key read), others alone.
     grouped = (kind == Kind.LORSA) & (attends >= 0)
     key = np.where(grouped, (layer * len(run.tokens) + pos) * len(run.tokens) + attends,
@@ -410,12 +413,13 @@ def qk_sources(
     nodes = np.flatnonzero(eligible)
     for a in records:
         q_flow, k_flow, _ = flows[id(a)]
-        for side, flow in (("query", q_flow), ("key", k_flow)):
-            part = flow[nodes]
+        for side, flow, at in (("query", q_flow, a.query), ("key", k_flow, a.key)):
+            # of the tokens, the side's own alone
+            part = np.where((kind[nodes] == Kind.EMBEDDING) & (pos[nodes] != at), 0.0, flow[nodes])
             totals = np.bincount(code, weights=part)
             best = [g for g in np.argsort(-totals, kind="stable")[:top] if totals[g] > 0]
             for g in best:
-                members = nodes[code == g]
+                members = nodes[(code == g) & (part != 0)]
                 members = members[np.argsort(-flow[members], kind="stable")]
                 first = int(members[0])
                 a.sources.append(QKSource(

@@ -58,9 +58,10 @@ class Edge:
 class QKEdge:
     """What a Lorsa head's attention score comes from on its query (``side == "q"``) or key
     (``"k"``) side. From a record's ``sources`` (``circuits.qk.qk_sources``): the largest
-    source group through the graph, drawn from its strongest member, ``value`` the group's
-    total and ``members`` its size (the previous-token heads at an induction key: each
-    carries a little, the group most). Without sources: the strongest node of the record's
+    source group through the graph other than a token, drawn from its strongest member,
+    ``value`` the group's total and ``members`` its size (the previous-token heads at an
+    induction key: each carries a little, the group most), and the side's own token too
+    where it leads the side. Without sources: the strongest node of the record's
     pairs (``value`` its pair term or marginal), ``members`` 1."""
 
     source: int
@@ -126,16 +127,21 @@ def _top_qk_node(a, side: str, id_to_index: dict[str, int]) -> tuple[int, float]
     return None
 
 
-def _top_qk_source(a, side: str, id_to_index: dict[str, int]) -> tuple[int, float, int] | None:
-    """The largest of ``a.sources`` on ``side`` with a member in ``id_to_index``: its
-    strongest such member, the group's total and its size."""
-    for x in a.sources:
-        if x.side != side:
-            continue
-        for member in x.members:
-            if member in id_to_index:
-                return id_to_index[member], float(x.value), len(x.members)
-    return None
+def _top_qk_sources(a, side: str, id_to_index: dict[str, int]) -> list[tuple[int, float, int]]:
+    """The largest of ``a.sources`` on ``side`` that is not a token, with a member in
+    ``id_to_index`` (its strongest such member, the group's total and its size), and before it
+    the side's own token where that leads the side (an induction head's current token at its
+    query): the heads and features behind a head's attention are drawn whatever the token
+    brings."""
+    mine = [x for x in a.sources if x.side == side]
+
+    def drawn(x) -> tuple[int, float, int] | None:
+        member = next((id_to_index[m] for m in x.members if m in id_to_index), None)
+        return None if member is None else (member, float(x.value), len(x.members))
+
+    token = drawn(mine[0]) if mine and mine[0].kind == "embedding" else None
+    other = next((d for x in mine if x.kind != "embedding" and (d := drawn(x))), None)
+    return [top for top in (token, other) if top is not None]
 
 
 def qk_edges(
@@ -166,15 +172,16 @@ def qk_edges(
                 # graph's heads read no key: their record is their QK group's
             for side in ("query", "key"):
                 if a.sources:
-                    top = _top_qk_source(a, side, source_index)
+                    tops = _top_qk_sources(a, side, source_index)
                 else:
                     top = _top_qk_node(a, side, id_to_index)
-                    top = top and (*top, 1)
-                if top is None or top[0] == target:
-                    continue
-                key = (top[0], target, side[0])
-                if key not in edges or abs(top[1]) > abs(edges[key].value):
-                    edges[key] = QKEdge(top[0], target, side[0], top[1], top[2])
+                    tops = [(*top, 1)] if top else []
+                for top in tops:
+                    if top[0] == target:
+                        continue
+                    key = (top[0], target, side[0])
+                    if key not in edges or abs(top[1]) > abs(edges[key].value):
+                        edges[key] = QKEdge(top[0], target, side[0], top[1], top[2])
     return list(edges.values())
 
 

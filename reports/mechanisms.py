@@ -26,6 +26,7 @@ from circuits.mechanism_file import (
     NodeRef,
     QKReasonRecord,
     TargetRecord,
+    TokenCheck,
     TokenShare,
     checked_summary,
 )
@@ -33,6 +34,7 @@ from circuits.mechanisms import RATIO, named_token_terms
 from circuits.nodes import Kind, node_words
 
 P_MOVED, P_SHARE = 0.005, 0.05  # a probability change below both (P_SHARE of p) is none
+PAIRS_SHOWN = 3  # a reason's unit pairs and root terms of each list on every summary page
 LITTLE = 0.05  # an attention change below this in a token check is "little change"
 
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
@@ -262,6 +264,14 @@ def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
     )
 
 
+def frozen_words(mode: str) -> str:
+    """What a check's *frozen* rerun holds, for the legends: the graph's own setting (in local
+    mode its error nodes too; a sparse graph has none)."""
+    if mode == "local":
+        return "attention frozen (LayerNorm too, and the errors held: as the graph holds them)"
+    return "attention frozen (LayerNorm too: as the graph holds them)"
+
+
 def free_words(mode: str) -> str:
     """What a check's *free* rerun recomputes, for the legends: in local mode the errors too,
     so that it is the original model less the group (``EffectCheck``)."""
@@ -370,28 +380,20 @@ def root_text(r: QKReasonRecord, top: int) -> str:
     return f"specific by roots ({', '.join(split)}): {terms(r.root_pairs, held=False)}"
 
 
-def token_checks_text(r: QKReasonRecord, mode: str = "local") -> str:
+def token_checks_text(r: QKReasonRecord, summary: MechanismSummary) -> str:
     """The tokens a reason's root terms name, each replaced by the mean token and the model
     (in sparse mode the replacement) rerun (``TokenCheck``), the ones that move the head's
     attention to its key most first, each with the sum of the printed terms that name it and
-    whether the attention moved as they say (terms > 0: it falls without the token; by half at
-    least: of the attention, or for terms < 0 of what it lacks of 1), as they say but by less
-    (``in part``: a reviewer read "as they say" on terms of +27.3 and 0.77 -> 0.64), the other
-    way, or by less than ``LITTLE``: ``each named token made the mean token, the model rerun:
+    the verdict (``token_verdict``): ``each named token made the mean token, the model rerun:
     attention to '1'@9 0.98 -> '='@13 4.8e-06 (terms +15.5: as they say), '+'@2 0.97 (terms
     +10.9: little change)`` (a term whose token changes nothing named a kind of token, or a
     position, not that token)."""
     terms = named_token_terms(r)
-    rerun = "the model rerun" if mode == "local" else "the replacement rerun"
+    rerun = "the model rerun" if summary.mode == "local" else "the replacement rerun"
 
     def one(c) -> str:
         total = terms.get(c.pos, 0.0)
-        change = c.attention - r.attention
-        verdict = "as they say" if (change < 0) == (total > 0) else "the other way"
-        room = r.attention if total > 0 else 1 - r.attention  # how far it could move that way
-        if verdict == "as they say" and abs(change) < room / 2:
-            verdict = "in part"
-        verdict = "little change" if abs(change) < LITTLE else verdict
+        verdict = token_verdict(r, c, total, summary.tokens)
         return f"{c.token!r}@{c.pos} {_attention(c.attention)} (terms {total:+.3g}: {verdict})"
 
     checks = sorted(r.token_checks, key=lambda c: -abs(c.attention - r.attention))
@@ -399,12 +401,38 @@ def token_checks_text(r: QKReasonRecord, mode: str = "local") -> str:
             f"{r.attention:.2f} -> " + ", ".join(one(c) for c in checks))  # fmt: skip
 
 
+def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[str]) -> str:
+    """Whether a token check bears out terms summing to ``total``: the attention moved as they
+    say (terms > 0: it falls without the token) by half at least (of the attention, or for
+    terms < 0 of what it lacks of 1: ``as they say``), by less (``in part``: a reviewer read
+    "as they say" on terms of +27.3 and 0.77 -> 0.64), ``the other way``, or by less than
+    ``LITTLE`` (``little change``); and where the attention moved as they say but the key's
+    own ``specific`` part did not (another key gained: a reviewer's ``'='@6`` on ``21+14=35;
+    40+26=``, whose terms of +3.22 read "in part" while the part they split rose), that, with
+    the key that gained most."""
+    change = c.attention - r.attention
+    if abs(change) < LITTLE:
+        return "little change"
+    if (change < 0) != (total > 0):
+        return "the other way"
+    if (c.specific - r.specific) * total >= 0:
+        rival = "" if c.rival is None else (
+            f": {tokens[c.rival]!r}@{c.rival} gained, {_attention(c.rival_before)} -> "
+            f"{_attention(c.rival_attention)}")  # fmt: skip
+        return (f"the attention as they say, this key's specific part not "
+                f"({r.specific:+.3g} -> {c.specific:+.3g}){rival}")  # fmt: skip
+    room = r.attention if total > 0 else 1 - r.attention  # how far it could move that way
+    return "as they say" if abs(change) >= room / 2 else "in part"
+
+
 def _attention(a: float) -> str:
     """An attention weight: two decimals, or one significant digit below 0.01 (never 0.00)."""
     return f"{a:.2f}" if a >= 0.01 or a == 0 else f"{a:.1g}"
 
 
-def reason_lines(r: QKReasonRecord, max_pairs: int, indent: str, mode: str = "local") -> list[str]:
+def reason_lines(
+    r: QKReasonRecord, max_pairs: int, indent: str, summary: MechanismSummary
+) -> list[str]:
     """A QK reason as printed lines: the score's always-on and specific parts, the specific
     part by roots and by units at the two positions, and where each side comes from."""
     lines = [
@@ -419,7 +447,7 @@ def reason_lines(r: QKReasonRecord, max_pairs: int, indent: str, mode: str = "lo
     if r.root_pairs:
         lines.append(f"{more}{root_text(r, max_pairs)}")
     if r.token_checks:
-        lines.append(f"{more}{token_checks_text(r, mode)}")
+        lines.append(f"{more}{token_checks_text(r, summary)}")
     heading, pairs = unit_pairs(r, max_pairs)
     if heading:
         lines.append(f"{more}{heading}")
@@ -433,7 +461,9 @@ def reason_lines(r: QKReasonRecord, max_pairs: int, indent: str, mode: str = "lo
     return lines
 
 
-def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: bool = False) -> str:
+def format_summary(
+    summary: MechanismSummary, max_pairs: int = PAIRS_SHOWN, every_check: bool = False
+) -> str:
     """The summary as text (what ``python -m circuits.trace`` prints). A group's ablation
     checks are printed for the first target, and for the other targets counted in one line
     (how many agree in sign and how many are flagged; each is in the record, and
@@ -469,7 +499,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         if reads := reads_text(t, summary.tokens):
             lines.append(f"  {reads}")
             for r in t.qk:
-                lines += reason_lines(r, max_pairs, "    ", summary.mode)
+                lines += reason_lines(r, max_pairs, "    ", summary)
         if t.predicting_group:
             g = names[t.predicting_group]
             if own := own_token_text(t, g.pos):
@@ -492,8 +522,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
     if any(g.checks for g in summary.groups):
         lines.append(
             "  (ablate: the group zeroed; the change of the target predicted by the linear "
-            f"graph and measured with attention frozen (errors held, as the graph holds them) "
-            f"and {free_words(summary.mode)}"
+            f"graph and measured with {frozen_words(summary.mode)} and {free_words(summary.mode)}"
             + (
                 ", with the target token's probability before and after (for a difference, its "
                 "first token's)"
@@ -514,7 +543,7 @@ def format_summary(summary: MechanismSummary, max_pairs: int = 3, every_check: b
         brings = f"; {per_target(first)}{brings}" if brings else ""
         lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}{brings}")
         for r in g.qk:
-            lines += reason_lines(r, max_pairs, "       ", summary.mode)
+            lines += reason_lines(r, max_pairs, "       ", summary)
         shown = [c for c in g.checks if every_check or c.target == first]
         rest = [] if every_check else [c for c in g.checks if c.target != first]
         for c in shown:
@@ -567,9 +596,9 @@ def _ref(ref: NodeRef | None, drawn: set[str]) -> str:
     return text
 
 
-def _reason_html(r: QKReasonRecord, drawn: set[str]) -> str:
+def _reason_html(r: QKReasonRecord, drawn: set[str], summary: MechanismSummary) -> str:
     always = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key
-    heading, listed = unit_pairs(r, len(r.pairs))
+    heading, listed = unit_pairs(r, PAIRS_SHOWN)
     pairs = "".join(
         f"<li>{_ref(p.query, drawn)} &times; {_ref(p.key, drawn)}: {_span(p.value)}</li>"
         for p in listed
@@ -588,14 +617,15 @@ def _reason_html(r: QKReasonRecord, drawn: set[str]) -> str:
             sources += f"<div>what the {name} holds (against the other side's deviation), "
             sources += "from, through the graph: "
             sources += "; ".join(items) + "</div>"
-    roots = f"<div>{_esc(root_text(r, 3))}</div>" if r.root_pairs else ""
+    roots = f"<div>{_esc(root_text(r, PAIRS_SHOWN))}</div>" if r.root_pairs else ""
+    checks = f"<div>{_esc(token_checks_text(r, summary))}</div>" if r.token_checks else ""
     return (
         f"<div>QK {r.qk_head} reads {_esc(repr(r.key_token))}@{r.key} (attention "
         f"{r.attention:.2f}): score {_span(r.score)} = always-on {_span(always)} (mean query "
         f"&times; mean key {_span(r.mean_query_mean_key)}, this query &times; mean key "
         f"{_span(r.query_vs_mean_key)}, mean query &times; this key "
         f"{_span(r.mean_query_vs_key)}) + specific {_span(r.specific)}</div>{roots}"
-        f"{units}{sources}"
+        f"{checks}{units}{sources}"
     )
 
 
@@ -630,8 +660,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         "<p>Groups are heads (same block, query position and key) and features (same block, "
         "position and concept) read as one; a <em>flow</em> is a group's exact total linear "
         "contribution to the target through every path. Checks ablate a group and compare the "
-        "graph's prediction with the model rerun, attention frozen (errors held, as the graph "
-        f"holds them) and {_esc(free_words(summary.mode))}: flagged rows (sign differs, or more "
+        f"graph's prediction with the model rerun, {_esc(frozen_words(summary.mode))} and "
+        f"{_esc(free_words(summary.mode))}: flagged rows (sign differs, or more "
         f"than {RATIO:g}x off) are where the linear graph is not to be trusted.</p>",
     ]
     for t in summary.targets:
@@ -650,7 +680,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         )
         if reads := reads_text(t, summary.tokens):
             parts.append(f"<p>{_esc(reads)}</p>")
-            parts += [_reason_html(r, drawn) for r in t.qk]
+            parts += [_reason_html(r, drawn, summary) for r in t.qk]
         if t.predicting_group:
             heading = predicting_heading(summary.group(t.predicting_group), t)
             own = own_token_text(t, summary.group(t.predicting_group).pos)
@@ -684,14 +714,15 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         what = []
         if g.concept:
             what.append(f"concept: {_esc(g.concept)}")
-        if g.promotes:
+        if g.promotes and g.kind == "transcoder":  # as printed: a head group's would be
+            # one member's decoder (its strongest), not what the group brings
             what.append("promotes " + ", ".join(_esc(repr(x)) for x in g.promotes))
         what += [
             f"{_esc(target_names[k])}: {_esc(carried_text(g, k))}"
             for k in target_names
             if g.carried.get(k)
         ]
-        what += [_reason_html(r, drawn) for r in g.qk]
+        what += [_reason_html(r, drawn, summary) for r in g.qk]
         members = ", ".join(
             f'<a href="#node-{_esc(m)}">{_esc(m)}</a>' if m in drawn else _esc(m)
             for m in g.members[:12]

@@ -61,6 +61,7 @@ from .layout import EDGES_PER_NODE, MAX_NODES, Selection, placeholder, select
 ASSETS = Path(__file__).with_name("viewer")
 SIGNIFICANT = 6  # digits kept of each float (float32 values need no more)
 INNER_KINDS = ("lorsa", "transcoder", "error", "bias")
+PANEL_PAIRS = 8  # a head's own QK record: the unit pairs its panel lists (the heading says so)
 
 
 def _num(value: float | None) -> float | None:
@@ -112,7 +113,7 @@ def _reason(r) -> dict:
     most of the specific terms' magnitude) and the share they leave out."""
     from .mechanisms import unit_pairs
 
-    heading, pairs = unit_pairs(r, len(r.pairs))
+    heading, pairs = unit_pairs(r, PANEL_PAIRS)
     return {
         "meanQueryMeanKey": _num(r.mean_query_mean_key),
         "queryVsMeanKey": _num(r.query_vs_mean_key),
@@ -177,11 +178,11 @@ def qk_refs(graph: Graph) -> dict[str, dict]:
     return refs
 
 
-def _reason_panel(r, mode: str) -> dict:
+def _reason_panel(r, summary) -> dict:
     """A summary's ``QKReasonRecord`` as the panel lists it under a group or a head target."""
-    from .mechanisms import ref_text, root_text, token_checks_text, unit_pairs
+    from .mechanisms import PAIRS_SHOWN, ref_text, root_text, token_checks_text, unit_pairs
 
-    heading, pairs = unit_pairs(r, 3)
+    heading, pairs = unit_pairs(r, PAIRS_SHOWN)
     return {"qkHead": r.qk_head, "key": r.key, "keyToken": r.key_token, "score": _num(r.score),
             "alwaysOn": _num(r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key),
             "specific": _num(r.specific), "restShare": _num(r.rest_share),
@@ -190,8 +191,8 @@ def _reason_panel(r, mode: str) -> dict:
             "sources": {side: [[x.name, _num(x.value)] for c in ("roots", "heads")
                                for x in d.get(c, [])[:1]]
                         for side, d in (("query", r.query_sources), ("key", r.key_sources))},
-            "roots": root_text(r, 3) if r.root_pairs else None,
-            "tokenChecks": token_checks_text(r, mode) if r.token_checks else None}  # fmt: skip
+            "roots": root_text(r, PAIRS_SHOWN) if r.root_pairs else None,
+            "tokenChecks": token_checks_text(r, summary) if r.token_checks else None}  # fmt: skip
 
 
 def mechanisms_data(summary, graph: Graph) -> dict | None:
@@ -233,7 +234,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "reads": reads_text(t, summary.tokens) or None,
              "flagged": (flagged_text(summary.group(t.predicting_group), t) or None)
              if t.predicting_group else None,
-             "qk": [_reason_panel(r, summary.mode) for r in t.qk]}
+             "qk": [_reason_panel(r, summary) for r in t.qk]}
             for t in summary.targets
         ],
         "paths": [{"target": p.target, "groups": p.groups, "flow": _num(p.flow)}
@@ -244,7 +245,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "flow": {k: _num(v) for k, v in g.flow.items()}, "concept": g.concept,
              "brings": {t.node: carried_text(g, t.node) for t in summary.targets
                         if g.carried.get(t.node)},
-             "qk": [_reason_panel(r, summary.mode) for r in g.qk],
+             "qk": [_reason_panel(r, summary) for r in g.qk],
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged,
                          *check_texts(c, by_node.get(c.target))]
                         for c in g.checks]}

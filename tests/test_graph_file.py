@@ -428,7 +428,10 @@ def test_subgraph_edges_of_the_wrong_shape_are_refused():
 @pytest.mark.parametrize(
     "change, field",
     [
-        ({"kind": "embedding"}, "qk.sources.kind"),
+        ({"kind": "bias"}, "qk.sources.kind"),
+        ({"kind": "embedding"}, "qk.sources.layer"),  # a token's layer is -1
+        ({"kind": "embedding", "layer": -1}, "qk.sources.layer"),  # and it reads no key
+        ({"kind": "embedding", "layer": -1, "attends": None, "pos": 0}, "qk.sources.pos"),
         ({"side": "value"}, "qk.sources.side"),
         ({"pos": 99}, "qk.sources.pos"),
         ({"attends": 7}, "qk.sources.attends"),
@@ -447,7 +450,8 @@ def test_a_qk_records_sources_are_checked(tmp_path, change, field):
     graph = make_graph()
     a = graph.qk[0]
     good = QKSource("key", "lorsa", 0, a.key, max(a.key - 1, 0), [graph.ids[0]], 1.5)
-    a.sources = [good, dataclasses.replace(good, side="query", pos=a.query, attends=a.query)]
+    a.sources = [good, dataclasses.replace(good, side="query", pos=a.query, attends=a.query),
+                 dataclasses.replace(good, kind="embedding", layer=-1, attends=None)]  # fmt: skip
     graph.save(tmp_path / "good.safetensors")
     assert Graph.load(tmp_path / "good.safetensors").qk[0].sources == a.sources
     a.sources = [dataclasses.replace(good, **change)]

@@ -827,6 +827,7 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
     embedding and the model rerun; the attention after is recorded beside the reason.
     Against a rerun written here: the toy model's own embedding hook and the Lorsa pattern."""
     from circuits.mechanisms import TERMS_SHOWN
+    from reports.html import escape
     from reports.mechanisms import token_checks_text
 
     summary = summarize(replacement, graph, run)
@@ -836,7 +837,23 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
     untrained = sorted(replacement.model.untrained_tokens or ())
     mean = w_e[[t for t in range(len(w_e)) if t not in untrained]].mean(0)
     tokens = torch.tensor(graph.tokens)[None]
+    with torch.no_grad():
+        _, cache = replacement.run_with_cache(tokens, mode=run.mode)
+    clean_rows = {
+        (r.layer, r.qk_head, r.query):
+            cache[f"blocks.{r.layer}.lorsa.hook_pattern"][0, r.qk_head, r.query, : r.query + 1]
+        for r in reasons
+    }  # fmt: skip
     seen_verdicts = set()
+    page = mechanisms_html(summary)
+    # a head group's "promotes" would be one member's decoder: as printed, only features
+    # have one (a reviewer found ' hello' beside the ' stone' it brings)
+    for g in [g for g in summary.groups if g.promotes]:
+        listed = "promotes " + ", ".join(escape(repr(x)) for x in g.promotes)
+        assert (listed in page) == (g.kind == "transcoder") or any(
+            h.kind == "transcoder" and h.promotes == g.promotes for h in summary.groups)
+    errors_held = "errors held" in format_summary(summary)
+    assert errors_held == (summary.mode == "local") == ("errors held" in page)
     for r in reasons:
         terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN] or \
             r.root_pairs[:TERMS_SHOWN]  # fmt: skip
@@ -855,7 +872,7 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
                 return act
 
             def keep(act, hook, seen=seen):
-                seen["pattern"] = act
+                seen[hook.name.rsplit(".", 1)[-1]] = act
 
             with torch.no_grad():
                 replacement.run_with_hooks(
@@ -864,12 +881,31 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
                     fwd_hooks=[
                         ("hook_embed", embed),
                         (f"blocks.{r.layer}.lorsa.hook_pattern", keep),
+                        (f"blocks.{r.layer}.lorsa.hook_in", keep),
                     ],
                 )
-            after = float(seen["pattern"][0, r.qk_head, r.query, r.key])
-            assert c.attention == pytest.approx(after, abs=1e-5)
-        line = token_checks_text(r, summary.mode)
+            row = seen["hook_pattern"][0, r.qk_head, r.query, : r.query + 1]
+            assert c.attention == pytest.approx(float(row[r.key]), abs=1e-5)
+            # the specific part: this query less the mean of the queries after BOS, against
+            # this key less the mean of the keys up to the query
+            lorsa = replacement.lorsas[r.layer]
+            with torch.no_grad():
+                q, k = (torch.einsum("pd,de->pe", seen["hook_in"][0], w[r.qk_head]) + b[r.qk_head]
+                        for w, b in ((lorsa.W_Q, lorsa.b_Q), (lorsa.W_K, lorsa.b_K)))  # fmt: skip
+            du = q[r.query] - q[1:].mean(0)
+            dv = k[r.key] - k[: r.query + 1].mean(0)
+            expected = float(du @ dv) / lorsa.cfg.d_qk**0.5
+            assert c.specific == pytest.approx(expected, abs=1e-4)
+            gain = row - clean_rows[r.layer, r.qk_head, r.query]
+            gain[r.key] = 0
+            if gain.max() > 1e-6:
+                assert c.rival == int(gain.argmax()) and c.rival_attention == pytest.approx(
+                    float(row[c.rival]), abs=1e-5)  # fmt: skip
+            else:
+                assert c.rival is None
+        line = token_checks_text(r, summary)
         assert line in format_summary(summary)
+        assert escape(line) in page  # the report too (a reviewer found it left them out)
         assert f"attention to {r.key_token!r}@{r.key} {r.attention:.2f} -> " in line
         rerun = "the model rerun" if summary.mode == "local" else "the replacement rerun"
         assert rerun in line
@@ -877,19 +913,25 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
             total = sum(p.value for p in terms if any(
                 x.kind == "embedding" and x.pos == c.pos for x in (p.query, p.key)))  # fmt: skip
             change = c.attention - r.attention
-            halved = c.attention < r.attention / 2 if total > 0 else \
-                1 - c.attention < (1 - r.attention) / 2  # fmt: skip
+            halved = c.attention <= r.attention / 2 if total > 0 else \
+                1 - c.attention <= (1 - r.attention) / 2  # fmt: skip
+            own_part = (c.specific - r.specific) * total < 0  # the part the terms split
             verdict = "little change" if abs(change) < 0.05 else \
                 "the other way" if (change < 0) != (total > 0) else \
-                "as they say" if halved else "in part"  # fmt: skip
-            assert f"(terms {total:+.3g}: {verdict})" in line
+                "the attention as they say, this key's specific part not" if not own_part \
+                else "as they say" if halved else "in part"  # fmt: skip
+            assert f"(terms {total:+.3g}: {verdict}" in line
             seen_verdicts.add(verdict)
     assert len(seen_verdicts) >= 2, seen_verdicts  # the tiny model's reasons differ
     path = tmp_path / "mechanisms.json"
     save_summary(summary, path)
     i, j = next((i, j) for i, g in enumerate(summary.groups) for j, r in enumerate(g.qk)
                 if r.token_checks)  # fmt: skip
-    for edit in ({"token": "zz"}, {"pos": len(summary.tokens)}, {"attention": 1.5}):
+    key = summary.groups[i].qk[j].key
+    for edit in ({"token": "zz"}, {"pos": len(summary.tokens)}, {"attention": 1.5},
+                 {"rival": key, "rival_attention": 0.5, "rival_before": 0.1},  # the key itself
+                 {"rival": 0, "rival_attention": 0.1, "rival_before": 0.5},  # it fell
+                 {"rival": 0, "rival_attention": None, "rival_before": None}):  # fmt: skip
         d = json.loads(path.read_text())
         d["groups"][i]["qk"][j]["token_checks"][0].update(edit)
         bad = tmp_path / "bad.json"
@@ -898,6 +940,29 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
             load_summary(bad)
     without = summarize(replacement, graph, run, check=False)  # the checks' switch: none
     assert not any(r.token_checks for g in without.groups for r in g.qk)
+
+
+def test_a_token_check_that_changes_nothing_measures_the_reasons_own_parts(
+    graph, replacement, run, monkeypatch
+):
+    """``tokens_to_mean`` with the "mean" token each position's own embedding reruns the clean
+    model: the attention and the specific part it measures are the reason's own, computed
+    through the QK attribution (another route), and no key gains."""
+    import circuits.interventions as interventions
+
+    summary = summarize(replacement, graph, run, check=False)
+    reasons = [r for g in summary.groups for r in g.qk][:6]
+    assert reasons
+    w_e = replacement.model.W_E.detach()
+    for pos in sorted({r.key for r in reasons})[:3]:
+        own = w_e[int(graph.tokens[pos])]
+        monkeypatch.setattr(interventions, "mean_token_embedding", lambda _, own=own: own)
+        reads = [(r.layer, r.qk_head, r.query, r.key) for r in reasons]
+        after = interventions.tokens_to_mean(replacement, run, [pos], reads)
+        for j, r in enumerate(reasons):
+            assert float(after.attention[0, j]) == pytest.approx(r.attention, abs=1e-5)
+            assert float(after.specific[0, j]) == pytest.approx(r.specific, abs=1e-4)
+            assert int(after.rival[0, j]) == -1
 
 
 def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagrees():

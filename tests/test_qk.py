@@ -72,7 +72,8 @@ def test_qk_sources_group_each_sides_flow_exactly(replacement, run):
     """A record's sources: per side, the largest positive groups of that side's split through
     the graph (``qk_side_flows``, tested against the parts it must sum to elsewhere), heads
     grouped by (layer, position, key read) and anything else alone, each total the sum of
-    its members' parts; token embeddings and bias nodes never a source."""
+    its members' parts; of the tokens the side's own alone (its embedding at the query or the
+    key), bias nodes never a source."""
     from collections import defaultdict
 
     from circuits.attribution import attribute
@@ -90,10 +91,11 @@ def test_qk_sources_group_each_sides_flow_exactly(replacement, run):
         with torch.no_grad():
             side = QKSides(run, replacement, a.layer)
         q_flow, k_flow, _ = qk_side_flows(full, side, a.qk_head, a.query, a.key)
-        for name, flow in (("query", q_flow), ("key", k_flow)):
+        for name, flow, at in (("query", q_flow, a.query), ("key", k_flow, a.key)):
             totals, members = defaultdict(float), defaultdict(list)
             for n in np.flatnonzero(flow):
-                if kinds[n] not in ("lorsa", "transcoder", "error"):
+                own_token = kinds[n] == "embedding" and positions[n] == at
+                if kinds[n] not in ("lorsa", "transcoder", "error") and not own_token:
                     continue
                 key = (layers[n], positions[n], int(full.attends[n])) if kinds[n] == "lorsa" else n
                 totals[key] += flow[n]
@@ -107,7 +109,9 @@ def test_qk_sources_group_each_sides_flow_exactly(replacement, run):
                     if x.kind == "lorsa"
                     else full.id_to_index[x.members[0]]
                 )
-                assert sorted(x.members) == sorted(members[key]) and x.pos <= a.query
+                assert sorted(x.members) == sorted(members[key]) and x.pos <= at
+                if x.kind == "embedding":
+                    assert x.layer == -1 and x.pos == at and x.attends is None
                 parts = [flow[full.id_to_index[m]] for m in x.members]
                 assert parts == sorted(parts, reverse=True)  # strongest member first
     # They travel in the graph file, and a file's sources are checked.
@@ -121,6 +125,7 @@ def test_qk_sources_group_each_sides_flow_exactly(replacement, run):
         back = Graph.load(path)
     assert [a.sources for a in back.qk] == [a.sources for a in records]
     assert any(a.sources for a in records)
+    assert any(x.kind == "embedding" for a in records for x in a.sources)
 
 
 def test_qk_attribution_flags_are_true_or_false(replacement, run):

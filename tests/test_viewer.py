@@ -21,7 +21,7 @@ from reports import layout
 from reports.browser import Browser, find_chromium
 from reports.html import write_html
 from reports.labels import node_label, short_label_lines
-from reports.mechanisms import predicting_heading
+from reports.mechanisms import PAIRS_SHOWN, predicting_heading, root_text
 from reports.viewer import check_dashboards, check_q_params, script_json, viewer_data
 
 DASHBOARDS = {
@@ -773,8 +773,10 @@ def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser,
                  if int(graph.layer[i]) == 2 and int(graph.pos[i]) == q
                  and graph.read_key(i) == key]  # fmt: skip
     assert len(induction) >= 10
-    for i in induction:
-        top = next(x for x in graph.qk_for(i)[0].sources if x.side == "key")
+    for i in induction:  # the largest source other than the key's own token (which no
+        # head moves there; listed too, and drawn when it leads the side)
+        top = next(x for x in graph.qk_for(i)[0].sources
+                   if x.side == "key" and x.kind != "embedding")  # fmt: skip
         assert (top.kind, top.layer, top.pos, top.attends) == ("lorsa", 0, key, key - 1)
         assert len(top.members) >= 8 and top.value > 0
     # pruning drops them (their influence on the logit is small); the trace keeps the
@@ -824,17 +826,24 @@ def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser,
             at = (x.side, x.kind, x.layer, x.pos, x.attends)
             value, members = summed.get(at, (0.0, set()))
             summed[at] = (value + x.value, members | set(x.members))
-    side, kind, layer, pos, attends = max((at for at in summed if at[0] == "key"),
+    side, kind, layer, pos, attends = max((at for at in summed if at[0] == "key"
+                                           and at[1] != "embedding"),
                                           key=lambda at: abs(summed[at][0]))  # fmt: skip
     value, members = summed[(side, kind, layer, pos, attends)]
     assert (kind, layer, pos, attends) == ("lorsa", 0, key, key - 1)
     lines = text.splitlines()
     at = lines.index("key side from:")
     assert f"summed over the {len(induction)} member heads with QK sources" in text
+    # the key's own token first where it leads (largest |sum|), then the previous-token heads
+    token = summed[("key", "embedding", -1, key, None)][0]
+    assert abs(token) > abs(value)
     assert lines[at + 1].startswith(
+        f"its own token ' v'@{key} {token:+.3g} ({len(induction)} of them): "
+    ), lines[at + 1]
+    assert lines[at + 2].startswith(
         f"L0 {len(members)} heads @{key} reading @{key - 1} 'ays' {value:+.3g} "
         f"({len(induction)} of them): "
-    ), lines[at + 1]
+    ), lines[at + 2]
 
 
 # ------------------------------------------------------------------------- readability review
@@ -915,6 +924,30 @@ def test_mechanisms_panel_names_every_group_key(browser, weekday_trace):
     )
     assert shown == [[f"{k} {names[k]}" for k in p.groups] for p in paths]
     assert "top paths, token to target:" in text
+
+
+def test_a_heads_panel_gives_its_groups_reason_from_the_summary(browser, weekday_trace):
+    """A reviewer found a head's panel leading its QK record with a dense feature and the
+    constants, where the printout gives the reason by tokens with its token checks: a head of
+    a summary group shows the group's QK reason for its QK head, as the summary panel does."""
+    _, graph, summary, path = weekday_trace
+    g = next(g for g in summary.groups if g.kind == "lorsa" and g.qk
+             and any(m in graph.id_to_index for m in g.members))  # fmt: skip
+    r = g.qk[0]
+    head = next(graph.id_to_index[m] for m in g.members if m in graph.id_to_index
+                and graph.qk_for(graph.id_to_index[m])
+                and graph.qk_for(graph.id_to_index[m])[0].qk_head == r.qk_head)  # fmt: skip
+    open_page(browser, path)
+    text = show_in_panel(browser, head)
+    heading = f"In the mechanism summary, group {g.key} {g.name}:"
+    assert heading in text, text
+    after = text.split(heading, 1)[1]
+    assert after.lstrip().startswith(f"QK {r.qk_head} → {r.key_token!r}@{r.key}: score ")
+    assert root_text(r, PAIRS_SHOWN) in after
+    other = next(i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+                 if graph.ids[i] not in {m for x in summary.groups for m in x.members}
+                 and graph.qk_for(i))  # fmt: skip
+    assert "In the mechanism summary" not in show_in_panel(browser, other)
 
 
 def test_a_head_targets_panel_says_where_it_reads_and_why(browser, tmp_path):

@@ -214,8 +214,9 @@
       for (const rec of nodes[i].qk.slice(0, 1)) {
         if (meta.positional && rec.key !== nodes[i].attends) continue;
         for (const side of ["q", "k"]) {
-          const top = topSource(rec, side);
-          if (top && !show[top[0]] && INNER.has(nodes[top[0]].kind)) behind.push(top[0]);
+          for (const top of topSources(rec, side)) {
+            if (!show[top[0]] && INNER.has(nodes[top[0]].kind)) behind.push(top[0]);
+          }
         }
       }
     }
@@ -264,12 +265,12 @@
       for (const rec of nodes[i].qk.slice(0, 1)) {
         if (meta.positional && rec.key !== nodes[i].attends) continue;  // not the key it reads
         for (const side of ["q", "k"]) {
-          const top = topQK(rec, side, candidate);
-          if (!top) continue;
-          const a = itemOf[top[0]], b = itemOf[i];
-          if (a === b) continue;
-          const key = a + "," + b + "," + side, old = qk.get(key);
-          if (!old || Math.abs(top[1]) > Math.abs(old.v)) qk.set(key, { s: a, t: b, side, v: top[1], n: top[2] || 1 });
+          for (const top of topQK(rec, side, candidate)) {
+            const a = itemOf[top[0]], b = itemOf[i];
+            if (a === b) continue;
+            const key = a + "," + b + "," + side, old = qk.get(key);
+            if (!old || Math.abs(top[1]) > Math.abs(old.v)) qk.set(key, { s: a, t: b, side, v: top[1], n: top[2] || 1 });
+          }
         }
       }
     }
@@ -284,32 +285,37 @@
     });
     return { items, itemOf, edges, qkEdges, among, groupOf };
   }
-  // A record's largest source group on `side` with a member on the page: its strongest such
-  // member, the group's total and its size (reports.layout._top_qk_source).
-  // `present` (optional): only members drawn count.
-  function topSource(rec, side, present) {
-    for (const x of rec.sources || []) {
-      if (x.side !== side) continue;
+  // A record's largest source group on `side` other than a token with a member on the page
+  // (its strongest such member, the group's total and its size), and before it the side's own
+  // token where that leads the side (reports.layout._top_qk_sources). `present` (optional):
+  // only members drawn count.
+  function topSources(rec, side, present) {
+    const mine = (rec.sources || []).filter((x) => x.side === side);
+    const drawnOf = (x) => {
       for (const id of x.members) {
         const i = byId.get(id);
         if (i !== undefined && (!present || present[i])) return [i, x.value, x.members.length];
       }
-    }
-    return null;
+      return null;
+    };
+    const token = mine.length && mine[0].kind === "embedding" ? drawnOf(mine[0]) : null;
+    let other = null;
+    for (const x of mine) if (x.kind !== "embedding" && (other = drawnOf(x))) break;
+    return [token, other].filter((t) => t);
   }
   function topQK(rec, side, present) {
-    if (rec.sources && rec.sources.length) return topSource(rec, side, present);
+    if (rec.sources && rec.sources.length) return topSources(rec, side, present);
     const col = side === "q" ? 0 : 1;
     for (const p of rec.pairs) {
       const i = p[col] == null ? undefined : byId.get(p[col]);
-      if (i !== undefined && present[i]) return [i, p[2]];
+      if (i !== undefined && present[i]) return [[i, p[2]]];
     }
     const marginals = side === "q" ? rec.queryMarginals : rec.keyMarginals;
     for (const m of marginals.slice().sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]))) {
       const i = m[0] == null ? undefined : byId.get(m[0]);
-      if (i !== undefined && present[i]) return [i, m[1]];
+      if (i !== undefined && present[i]) return [[i, m[1]]];
     }
-    return null;
+    return [];
   }
   function fitText(s, n) { s = shown(s); return s.length <= n ? s : s.slice(0, n - 1) + "…"; }
 
@@ -1029,7 +1035,7 @@
       parts.push(el("p", { class: "promotes" }, "Promotes " + n.promotes.map(quote).join(", ")));
     }
     const qkTitle = meta.positional ? "QK: why it attends the key it reads" : "QK: what its group attends with";
-    if (n.qk) parts.push(el("h4", {}, qkTitle), ...n.qk.map(qkBlock));
+    if (n.qk) parts.push(el("h4", {}, qkTitle), ...summaryReasons(n), ...n.qk.map(qkBlock));
     parts.push(el("h4", {}, "Top incoming edges"), edgeTable(inE[i].map((e) => [src[e], wt[e]])));
     parts.push(el("h4", {}, "Top outgoing edges"), edgeTable(outE[i].map((e) => [tgt[e], wt[e]])));
     parts.push(el("h4", {}, "Dashboard"), dashboard(n));
@@ -1037,9 +1043,28 @@
     ui.panel.replaceChildren(...parts);
     ui.panel.scrollTop = 0;
   }
-  // A QK source group (circuits.qk.qk_sources) in words: its heads and the key they read, or
-  // its features or error node, and where.
+  // The mechanism summary's QK reasons for head n's QK head at a key its record holds (of the
+  // summary group n is a member of, or of n as a target): by tokens and positions, with the
+  // token checks, which the head's own record below does not hold.
+  function summaryReasons(n) {
+    const m = data.mechanisms;
+    if (!m || !n.qk) return [];
+    const mine = (r) => n.qk.some((rec) => rec.qkHead === r.qkHead && rec.key === r.key);
+    const out = [];
+    for (const t of m.targets) {
+      const rs = t.node === n.id ? (t.qk || []).filter(mine) : [];
+      if (rs.length) out.push(el("div", { class: "summary-reason" }, el("div", {}, "In the mechanism summary, as a target:"), ...rs.flatMap(reasonLines)));
+    }
+    for (const g of m.groups) {
+      const rs = g.members.includes(n.id) ? g.qk.filter(mine) : [];
+      if (rs.length) out.push(el("div", { class: "summary-reason" }, el("div", {}, `In the mechanism summary, group ${g.key} ${g.name}:`), ...rs.flatMap(reasonLines)));
+    }
+    return out;
+  }
+  // A QK source group (circuits.qk.qk_sources) in words: its heads and the key they read, its
+  // features or error node, or the side's own token, and where.
   function sourceWhat(x) {
+    if (x.kind === "embedding") return `its own token ${quote(meta.promptTokens[x.pos] || "")}@${x.pos}`;
     return x.kind === "lorsa"
       ? `L${x.layer} ${x.members.length === 1 ? "head" : x.members.length + " heads"} @${x.pos} reading @${x.attends}${meta.promptTokens[x.attends] != null ? " " + quote(meta.promptTokens[x.attends]) : ""}`
       : `L${x.layer} ${x.kind === "error" ? "error" : "feature"} @${x.pos}`;
@@ -1085,7 +1110,7 @@
       }
     }
     if (rec.pairs.length) {
-      block.append(el("div", { class: "muted" }, "largest terms, query-side × key-side:"),
+      block.append(el("div", { class: "muted" }, "largest terms of the whole score (its always-on parts too), query-side × key-side:"),
         el("ul", {}, ...rec.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0]), " × ", noderef(p[1]), ": ",
           el("span", { class: p[2] > 0 ? "pos" : "neg" }, signed(p[2]))))));
     }
@@ -1093,7 +1118,7 @@
       const r = rec.reason;
       block.append(el("div", {}, `always-on: mean q × mean k ${signed(r.meanQueryMeanKey)}, this q × mean k ${signed(r.queryVsMeanKey)}, mean q × this k ${signed(r.meanQueryVsKey)}; specific ${signed(r.specific)}`));
       if (r.units) block.append(el("div", { class: "muted" }, r.units));
-      if (r.pairs.length) block.append(el("ul", {}, ...r.pairs.slice(0, QK_SHOWN).map((p) => el("li", {}, noderef(p[0], "absent"), " × ", noderef(p[1], "absent"), ": ",
+      if (r.pairs.length) block.append(el("ul", {}, ...r.pairs.map((p) => el("li", {}, noderef(p[0], "absent"), " × ", noderef(p[1], "absent"), ": ",
           el("span", { class: p[2] > 0 ? "pos" : "neg" }, signed(p[2]))))));
     }
     if (rec.contrast != null) {

@@ -851,7 +851,8 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
     for g in [g for g in summary.groups if g.promotes]:
         listed = "promotes " + ", ".join(escape(repr(x)) for x in g.promotes)
         assert (listed in page) == (g.kind == "transcoder") or any(
-            h.kind == "transcoder" and h.promotes == g.promotes for h in summary.groups)
+            h.kind == "transcoder" and h.promotes == g.promotes for h in summary.groups
+        )
     errors_held = "errors held" in format_summary(summary)
     assert errors_held == (summary.mode == "local") == ("errors held" in page)
     for r in reasons:

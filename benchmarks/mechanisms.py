@@ -127,7 +127,10 @@ model), ``circuits.mechanisms.summarize`` with its ablation checks.
   LayerNorm free (``circuits.interventions.first_order``: the graph's prediction plus what the
   group's writes do, to first order, to later attention patterns) against the free
   measurement, and ``free_disagreements_explained_by_first_order``, the same among the checks
-  where the graph and the free measurement disagree.
+  where the graph and the free measurement disagree. ``sign_agree_free_ln_held``: the free
+  rerun with the LayerNorm scales held (``EffectCheck.free_ln_held``), and
+  ``free_disagreements_from_layernorm`` the share of the free disagreements that it does
+  not have: what the summary marks "from the LayerNorm".
 
 **A fresh draw** (written on 2026-12-02 before it was run, the seventh session): ``--seed
 4321`` draws new prompts from the same sources and frames (the results go to
@@ -548,6 +551,10 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     out["checks"] = len(checks)
     out["agree_frozen"] = sum(c.agree_frozen for c in checks)
     out["agree_free"] = sum(c.agree_free for c in checks)
+    out["agree_free_ln_held"] = sum(bool(c.agree_free_ln_held) for c in checks)
+    out["disagree_free_from_layernorm"] = sum(
+        not c.agree_free and bool(c.agree_free_ln_held) for c in checks
+    )
     out["flagged"] = sum(c.flagged for c in checks)
     return out
 
@@ -781,6 +788,18 @@ def run_family(
         "sign_agree_free": round(sum(r.get("agree_free", 0) for r in right) / checks, 4)
         if checks
         else None,
+        "sign_agree_free_ln_held": round(
+            sum(r.get("agree_free_ln_held", 0) for r in right) / checks, 4
+        )
+        if checks
+        else None,
+        # of the checks whose free measurement disagrees with the graph: those that agree
+        # with the LayerNorm scales held (the model's rescaling undoes the prediction)
+        "free_disagreements_from_layernorm": round(
+            sum(r.get("disagree_free_from_layernorm", 0) for r in right)
+            / max(1, sum(r.get("checks", 0) - r.get("agree_free", 0) for r in right)),
+            4,
+        ),
         "sign_agree_first_order_free": round(
             sum(r.get("agree_first_order_free", 0) for r in right) / checks, 4
         )

@@ -38,7 +38,10 @@ pre-activation):
   graph) and measured by rerunning the replacement model with attention frozen and with it
   free (``intervene``). A check is *flagged* where a measured change disagrees in sign with the
   prediction, or differs from it by more than ``RATIO`` x in magnitude, unless both are below
-  ``TOLERANCE`` (logit units): the places where the linear graph is not to be trusted.
+  ``TOLERANCE`` (logit units): the places where the linear graph is not to be trusted. A
+  third rerun, free but with the LayerNorm scales held, says why where free disagrees: on the
+  probe prompts of the mechanism benchmark most free disagreements go when the LayerNorm is
+  held (the model's rescaling undoes the group's effect), few when attention is held.
 
 The summary is a record (``MechanismSummary``, ``circuits.mechanism_file``) that
 ``save_summary`` writes as JSON beside the graph (``mechanisms.json``) and ``load_summary``
@@ -551,6 +554,8 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
     frozen = intervene(replacement, full, edits, run=run, predicted=predicted)
     free = intervene(replacement, full, edits, freeze_attention=False, freeze_errors=False,
                      run=run, predicted=predicted)  # fmt: skip
+    held = intervene(replacement, full, edits, freeze_attention=False, freeze_layernorm=True,
+                     freeze_errors=False, run=run, predicted=predicted)  # fmt: skip
     out = []
     inside = {full.ids[m] for m in members}
     after = [torch.softmax(r.logits.double(), -1) for r in (frozen, free)]
@@ -561,7 +566,7 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
         token = full.logit_record(t).token if full.kind[t] == Kind.LOGIT else None
         p_frozen, p_free = (None, None) if token is None else (float(a[token]) for a in after)
         p = float(frozen.predicted[j])
-        fz, fr = float(frozen.actual[j]), float(free.actual[j])
+        fz, fr, ln = float(frozen.actual[j]), float(free.actual[j]), float(held.actual[j])
         agree_frozen, agree_free = signs_agree(p, fz, tolerance), signs_agree(p, fr, tolerance)
         flagged = (
             not (agree_frozen and agree_free) or _off(p, fz, tolerance) or _off(p, fr, tolerance)
@@ -571,6 +576,7 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
                 target=target, predicted=p, frozen=fz, free=fr, agree_frozen=agree_frozen,
                 agree_free=agree_free, ratio_frozen=_ratio(p, fz), ratio_free=_ratio(p, fr),
                 flagged=flagged, probability_frozen=p_frozen, probability_free=p_free,
+                free_ln_held=ln, agree_free_ln_held=signs_agree(p, ln, tolerance),
             )
         )  # fmt: skip
     return out

@@ -193,11 +193,19 @@ def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
             moved = None  # too small to read either way
         apart = moved is not None and c.predicted != 0 and (moved > 0) != (c.predicted > 0)
         off = ratio is not None and not 1 / RATIO <= ratio <= RATIO
+        why = ""
+        if name == "free" and c.free_ln_held is not None and (not agree or off):
+            # the free rerun with the LayerNorm scales held: is it their rescaling?
+            held = None if c.predicted == 0 else abs(c.free_ln_held) / abs(c.predicted)
+            ln_ok = c.agree_free_ln_held and (held is None or 1 / RATIO <= held <= RATIO)
+            why = (f", from the LayerNorm (held: {_signed(c.free_ln_held)})" if ln_ok
+                   else ", with the LayerNorm held too")  # fmt: skip
         if not agree:
             with_p = "" if apart or moved is None else ", its probability as predicted"
-            flags.append(f"{name} other sign{with_p}")
+            flags.append(f"{name} other sign{with_p}{why}")
         elif off:
-            flags.append(f"{name} {ratio:.2g}x" + (", its probability the other way" * apart))
+            flags.append(f"{name} {ratio:.2g}x" + (", its probability the other way" * apart)
+                         + why)  # fmt: skip
         elif apart:
             notes.append(f"{name}: its probability the other way")
     if not c.flagged:
@@ -262,6 +270,12 @@ def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
         f"{_signed(c.predicted)}, frozen attention {_signed(c.frozen)}{frozen}, free "
         f"{_signed(c.free)}{free}"
     )
+
+
+LN_WORDS = (
+    '"from the LayerNorm" where free disagrees and agrees with the LayerNorm scales held at '
+    "their clean values: the model's rescaling undoes the group's effect, not other heads"
+)
 
 
 def frozen_words(mode: str) -> str:
@@ -529,7 +543,9 @@ def format_summary(
                 if any(t.probability is not None for t in summary.targets)
                 else ""
             )
-            + f"; FLAGGED where a measured change has the other sign or is over {RATIO:g}x off)"
+            + f"; FLAGGED where a measured change has the other sign or is over {RATIO:g}x off; "
+            + LN_WORDS
+            + ")"
         )
     first = summary.targets[0].node if summary.targets else None
     by_node = {t.node: t for t in summary.targets}
@@ -662,7 +678,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         "contribution to the target through every path. Checks ablate a group and compare the "
         f"graph's prediction with the model rerun, {_esc(frozen_words(summary.mode))} and "
         f"{_esc(free_words(summary.mode))}: flagged rows (sign differs, or more "
-        f"than {RATIO:g}x off) are where the linear graph is not to be trusted.</p>",
+        f"than {RATIO:g}x off) are where the linear graph is not to be trusted; "
+        f"{_esc(LN_WORDS)}.</p>",
     ]
     for t in summary.targets:
         consts = ", ".join(f"{_esc(name)} {_span(v)}" for name, v in t.constants_by_source)

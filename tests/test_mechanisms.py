@@ -4,6 +4,7 @@ and a direct per-unit computation), supernodes (exact summed edges), flows and p
 dense linear algebra and interventions), and the summary's records and files."""
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -988,6 +989,21 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     def logit(p, negative=None):  # what the mark reads of a target
         return SimpleNamespace(probability=p, negative=negative)
 
+    # where free is flagged, the rerun with the LayerNorm scales held says whether they undo it
+    layernorm = dataclasses.replace(check(-2.0, -1.5, 0.4, 0.3, 0.5, True), free_ln_held=-1.2,
+                                    agree_free_ln_held=True)  # fmt: skip
+    assert mark_text(layernorm, logit(0.4)) == (
+        "FLAGGED: free other sign, from the LayerNorm (held: -1.2)"
+    )
+    too = dataclasses.replace(layernorm, free_ln_held=0.3, agree_free_ln_held=False)
+    assert mark_text(too, logit(0.4)) == "FLAGGED: free other sign, with the LayerNorm held too"
+    small = dataclasses.replace(layernorm, free_ln_held=-0.1)  # agrees in sign, 20x off
+    assert mark_text(small, logit(0.4)) == "FLAGGED: free other sign, with the LayerNorm held too"
+    weak = dataclasses.replace(layernorm, free=-0.5, ratio_free=0.25, agree_free=True,
+                               probability_free=0.35)  # fmt: skip
+    assert mark_text(weak, logit(0.4)) == (  # the free ratio is the free rerun's own
+        "FLAGGED: free 0.25x, from the LayerNorm (held: -1.2)"
+    )
     friday = check(-8.96, 0.552, -7.01, 0.0384, 0.01, True)
     assert mark_text(friday, logit(0.675)) == (
         "FLAGGED: frozen other sign, its probability as predicted"
@@ -1097,6 +1113,12 @@ def test_summary_records(graph, replacement, run, tmp_path):
             free = intervene(replacement, graph, edits, freeze_attention=False,
                              freeze_errors=False)  # fmt: skip
             assert c.free == pytest.approx(float(free.actual[j]), abs=1e-5)
+            held = intervene(replacement, graph, edits, freeze_attention=False,
+                             freeze_layernorm=True, freeze_errors=False)  # fmt: skip
+            assert c.free_ln_held == pytest.approx(float(held.actual[j]), abs=1e-5)
+            ok = c.predicted * c.free_ln_held > 0 or max(abs(c.predicted),
+                                                         abs(c.free_ln_held)) < 0.01  # fmt: skip
+            assert c.agree_free_ln_held == ok
             after = float(free.logits.double().softmax(-1)[graph.logit_record(k).token])
             assert c.probability_free == pytest.approx(after)
             ok = c.predicted * c.frozen > 0 or max(abs(c.predicted), abs(c.frozen)) < 0.01

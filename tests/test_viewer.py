@@ -948,6 +948,15 @@ def test_a_heads_panel_gives_its_groups_reason_from_the_summary(browser, weekday
                  if graph.ids[i] not in {m for x in summary.groups for m in x.members}
                  and graph.qk_for(i))  # fmt: skip
     assert "In the mechanism summary" not in show_in_panel(browser, other)
+    # a member whose QK head the group's reasons leave out gets them, saying so
+    qk_heads = {x.qk_head for x in g.qk}
+    elsewhere = [graph.id_to_index[m] for m in g.members if m in graph.id_to_index
+                 and graph.qk_for(graph.id_to_index[m])
+                 and graph.qk_for(graph.id_to_index[m])[0].qk_head not in qk_heads]  # fmt: skip
+    if elsewhere:
+        own = graph.qk_for(elsewhere[0])[0].qk_head
+        assert f"{g.key} {g.name} (for its QK {', '.join(str(x.qk_head) for x in g.qk)}; " \
+            f"this head's QK {own} is below):" in show_in_panel(browser, elsewhere[0])
 
 
 def test_a_head_targets_panel_says_where_it_reads_and_why(browser, tmp_path):

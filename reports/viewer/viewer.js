@@ -1043,21 +1043,22 @@
     ui.panel.replaceChildren(...parts);
     ui.panel.scrollTop = 0;
   }
-  // The mechanism summary's QK reasons for head n's QK head at a key its record holds (of the
-  // summary group n is a member of, or of n as a target): by tokens and positions, with the
-  // token checks, which the head's own record below does not hold.
+  // The mechanism summary's QK reasons where head n is a target or a member of a group: by
+  // tokens and positions, with the token checks, which the head's own record below does not
+  // hold. A group gives them for its strongest QK heads; the heading says when n's QK head is
+  // another (the group's heads attend the same key from the same query).
   function summaryReasons(n) {
     const m = data.mechanisms;
     if (!m || !n.qk) return [];
-    const mine = (r) => n.qk.some((rec) => rec.qkHead === r.qkHead && rec.key === r.key);
-    const out = [];
+    const qkHead = n.qk[0].qkHead, out = [];
+    const block = (heading, rs) => el("div", { class: "summary-reason" }, el("div", {}, heading), ...rs.flatMap(reasonLines));
     for (const t of m.targets) {
-      const rs = t.node === n.id ? (t.qk || []).filter(mine) : [];
-      if (rs.length) out.push(el("div", { class: "summary-reason" }, el("div", {}, "In the mechanism summary, as a target:"), ...rs.flatMap(reasonLines)));
+      if (t.node === n.id && t.qk && t.qk.length) out.push(block("In the mechanism summary, as a target:", t.qk));
     }
     for (const g of m.groups) {
-      const rs = g.members.includes(n.id) ? g.qk.filter(mine) : [];
-      if (rs.length) out.push(el("div", { class: "summary-reason" }, el("div", {}, `In the mechanism summary, group ${g.key} ${g.name}:`), ...rs.flatMap(reasonLines)));
+      if (!g.members.includes(n.id) || !g.qk.length) continue;
+      const other = g.qk.every((r) => r.qkHead !== qkHead) ? ` (for its QK ${g.qk.map((r) => r.qkHead).join(", ")}; this head's QK ${qkHead} is below)` : "";
+      out.push(block(`In the mechanism summary, group ${g.key} ${g.name}${other}:`, g.qk));
     }
     return out;
   }

@@ -955,8 +955,10 @@ def test_a_heads_panel_gives_its_groups_reason_from_the_summary(browser, weekday
                  and graph.qk_for(graph.id_to_index[m])[0].qk_head not in qk_heads]  # fmt: skip
     if elsewhere:
         own = graph.qk_for(elsewhere[0])[0].qk_head
-        assert f"{g.key} {g.name} (for its QK {', '.join(str(x.qk_head) for x in g.qk)}; " \
+        assert (
+            f"{g.key} {g.name} (for its QK {', '.join(str(x.qk_head) for x in g.qk)}; "
             f"this head's QK {own} is below):" in show_in_panel(browser, elsewhere[0])
+        )
 
 
 def test_a_head_targets_panel_says_where_it_reads_and_why(browser, tmp_path):

@@ -41,7 +41,6 @@ uninterrupted one bit for bit.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from toy_models.checkpoint import (
     save_state_atomic,
 )
 from toy_models.cli import one_line
-from toy_models.records import parse_json
+from toy_models.records import is_finite_number, parse_json
 from toy_models.tokenizer import token_text
 
 from .concepts import CONCEPTS, DOCUMENT_CONCEPTS, at_chance, best_f1, chance_f1, f1_summary
@@ -470,7 +469,7 @@ def _check_header(header) -> tuple[Layout, dict]:
     if meta.get("mode") not in MODES:
         raise ValueError(f"meta.mode must be one of {MODES}")
     seconds = meta.get("seconds")
-    if type(seconds) not in (int, float) or not math.isfinite(seconds) or seconds < 0:
+    if not is_finite_number(seconds) or seconds < 0:
         raise ValueError("meta.seconds must be a finite number >= 0")
     found = meta.get("identity")
     if not isinstance(found, dict) or set(found) != {"model", "replacement", "tokenizer"}:

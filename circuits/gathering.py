@@ -50,7 +50,6 @@ compact (``circuits.statistics``) and the partial file is removed.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ from tqdm import tqdm
 
 from replacement.model import MODES, ReadWrite, ReplacementModel, center
 from toy_models.data import stream_rows
+from toy_models.records import parse_json
 
 from .batch_run import BatchRun, run_rows
 from .concepts import check_row_settings
@@ -645,11 +645,11 @@ def statistics_kind(path: Path) -> str | None:
             size = int.from_bytes(f.read(8), "little")
             if not 2 <= size <= 100_000_000:  # safetensors' own bound on its header
                 return None
-            text = json.loads(f.read(size))["__metadata__"]["statistics"]
-    except (OSError, ValueError, KeyError, TypeError):
+            text = parse_json(f.read(size).decode())["__metadata__"]["statistics"]
+    except (OSError, ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
         return None
     try:
-        header = json.loads(text)
+        header = parse_json(text)
     except (TypeError, ValueError):
         return "damaged"
     if not isinstance(header, dict):

@@ -19,7 +19,6 @@ and the field.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from torch import Tensor
 
 from toy_models.checkpoint import check_content_sha256, content_sha256, save_state_atomic
 from toy_models.cli import one_line
-from toy_models.records import parse_json
+from toy_models.records import is_finite_number, parse_json
 
 from .graph import (
     FORMAT_VERSION,
@@ -516,7 +515,7 @@ def _check_sources(sources, query: int, key: int) -> None:
 
 def _is_number(x) -> bool:
     """A finite JSON number (NaN and infinities, which JSON cannot carry, are refused)."""
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    return is_finite_number(x)
 
 
 __all__ = ["GraphFileError", "QKPair", "load_graph", "save_graph"]

@@ -13,7 +13,6 @@ a ValueError saying what, which the callers turn into one line naming the file.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from torch import Tensor
 from replacement.model import MODES
 from toy_models.checkpoint import check_content_sha256, content_sha256, save_state_atomic
 from toy_models.cli import one_line
-from toy_models.records import parse_json
+from toy_models.records import is_finite_number, parse_json
 
 from .nodes import lorsa_stage
 from .units import Units
@@ -140,8 +139,8 @@ def check_header_meta(header: dict) -> tuple[Units, dict, list[int]]:
     if meta.get("mode") not in MODES or meta.get("split") != SPLIT:
         raise ValueError(f"meta.mode must be one of {MODES} and meta.split {SPLIT!r}")
     seconds = meta.get("seconds", 0.0)
-    if type(seconds) not in (int, float) or not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"meta.seconds must be a finite number >= 0, not {seconds!r}")
+    if not is_finite_number(seconds) or seconds < 0:
+        raise ValueError("meta.seconds must be a finite number >= 0")
     found = meta.get("identity")
     if not isinstance(found, dict) or set(found) != {"model", "replacement", "tokenizer"}:
         raise ValueError("meta.identity must be an object with model, replacement, tokenizer")

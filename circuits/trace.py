@@ -547,14 +547,21 @@ def _given_file(args, path: Path, replacement, tokenizer):
 
 
 def _check_replacement_runs(replacement, tokens) -> None:
-    """Refuse a replacement set whose weights load (finite) but overflow in use on this
-    prompt: its fully sparsified logits are not finite. In local mode the error nodes would
-    absorb the overflow and every edge of the graph would be enormous and meaningless."""
+    """Refuse a model or a replacement set whose weights load (finite) but overflow in use on
+    this prompt: the original model's logits, or the fully sparsified ones, are not finite. In
+    local mode the error nodes would absorb the overflow and every edge of the graph would be
+    enormous and meaningless; in sparse mode the note on what the model predicts read "p nan"
+    (a fuzz pass: the model's MLP weights scaled by 1e30, exit 0)."""
     import torch
 
     with torch.no_grad():
-        logits = replacement(torch.as_tensor(tokens)[None], mode="sparse")
-    if not torch.isfinite(logits).all():
+        tokens = torch.as_tensor(tokens)[None]
+        model = replacement.model(tokens)
+        sparse = replacement(tokens, mode="sparse")
+    if not torch.isfinite(model).all():
+        raise UserError("the model's weights overflow on this prompt (its logits are not "
+                        "finite); nothing written")  # fmt: skip
+    if not torch.isfinite(sparse).all():
         raise UserError("the replacement set's weights overflow on this prompt (its fully "
                         "sparsified logits are not finite); nothing written")  # fmt: skip
 

@@ -62,6 +62,7 @@ from toy_models.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from toy_models.records import is_finite_number
 
 from .labels import concept_text
 from .viewer import check_dashboards
@@ -206,9 +207,7 @@ def _is(kind: str, value) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "float":
-        return (
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        )
+        return is_finite_number(value)
     inner = kind[len("list[") : -1]
     return isinstance(value, list) and all(_is(inner, v) for v in value)
 

@@ -199,6 +199,10 @@ def analyse(
     t0 = time.perf_counter()
     result = S.measure(replacement, rows, min_fires=args.min_fires, progress=not args.quiet)
     seconds["measure"] = time.perf_counter() - t0
+    if not any(bool(shares.measured.any()) for shares in result.layers):
+        # every figure of the report would be a share of no heads (a fuzzer's "0.0% spread")
+        raise UserError(f"no Lorsa head fired {args.min_fires} times in {args.rows} rows: "
+                        "lower --min-fires or raise --rows")  # fmt: skip
     t0 = time.perf_counter()
     families = family_labels(replacement, tokenizer, args.heads_docs, progress=not args.quiet)
     seconds["families"] = time.perf_counter() - t0
@@ -314,6 +318,15 @@ def concept_labels(replacement, tokenizer, args) -> tuple[dict, str]:
         if args.dashboards is not None:
             raise
         return {}, f"not used: {exc}"
+    # labels measured on another run of the model, or on part of a pass, are not these heads'
+    problem = (f"built in {dash.meta['mode']} mode, not local" if dash.meta["mode"] != "local"
+               else f"an unfinished build ({dash.meta['rows_done']} of {dash.meta['rows']} "
+               "rows): finish it with python -m circuits.dashboard_cli"
+               if not dash.finished else None)  # fmt: skip
+    if problem and args.dashboards is not None:
+        raise UserError(f"--dashboards {path}: {problem}")
+    if problem:
+        return {}, f"not used: {path}: {problem}"
     index, f1 = dash.concept_labels()
     fires = dash.state["fires"]
     out = {}

@@ -54,6 +54,7 @@ import numpy as np
 from circuits.concepts import AT_CHANCE, DOCUMENT_CONCEPTS, at_chance
 from circuits.graph import Graph, QKAttribution
 from circuits.nodes import Kind, block_of, logit_stage, parse_id, unit_id
+from toy_models.records import is_finite_number
 
 from .labels import fields_label, node_labels, short_label_lines, stage_name
 from .layout import EDGES_PER_NODE, MAX_NODES, Selection, placeholder, select
@@ -405,7 +406,7 @@ def check_q_params(graph: Graph, q_params: Mapping | None) -> dict:
 
 # ---------------------------------------------------------------------------------- dashboards
 def _is_num(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    return is_finite_number(x)
 
 
 def _check_dashboard(unit: str, d: Mapping) -> dict:

@@ -1365,3 +1365,19 @@ def test_a_set_whose_layers_differ_in_group_size_is_refused(replacement, stats):
     with pytest.raises(ValueError, match="graphs need one group size"):
         attribute(mixed, tokens)
     assert replacement.group_size == cfg.group_size  # one size: the set's
+
+
+def test_statistics_kind_reads_a_deeply_nested_header_as_not_statistics(tmp_path):
+    """Found by a fuzz pass: ``global_graph --stats F`` with F's safetensors header (or its
+    ``statistics`` string) nested 100000 deep gave a RecursionError traceback."""
+    from circuits.gathering import statistics_kind
+
+    deep = "[" * 100_000 + "]" * 100_000
+    for name, header, kind in (
+        ("header", deep, None),  # not a safetensors header at all
+        ("inner", json.dumps({"__metadata__": {"statistics": deep}}), "damaged"),
+    ):
+        data = header.encode()
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(len(data).to_bytes(8, "little") + data)
+        assert statistics_kind(path) == kind

@@ -57,6 +57,9 @@ def test_a_good_record_is_built_with_its_types():
         ("items", [{"name": "y", "share": 1, "z": 0}], "record.items[0]: unknown keys ['z']"),
         ("items", {"name": "y"}, "record.items: expected a list"),
         ("table", {"k": None}, "record.table.k: expected a finite number"),
+        # JSON parses a 401-digit integer; math.isfinite overflowed on it (a fuzz pass's
+        # OverflowError traceback where a float was expected)
+        ("table", {"k": 10**400}, "record.table.k: expected a finite number"),
         ("extra", [], "record.extra: expected a JSON object"),
     ],
 )
@@ -105,3 +108,18 @@ def test_bounds_check_the_range_and_nan_only_where_allowed():
         from_json(Ranged, {"share": float("nan"), "count": 3, "maybe": 0.0})
     with pytest.raises(ValueError, match="record.count: expected an integer"):
         from_json(Ranged, {"share": 0.5, "count": True, "maybe": 0.0})
+
+
+def test_finite_numbers_from_json_never_overflow():
+    """``is_finite_number``: what every reader of a float field asks of a JSON number; a
+    401-digit integer is no float (a fuzz pass found OverflowError tracebacks from a model's
+    ``config.json``, a graph file and the dashboards and statistics headers), nor a bool."""
+    from toy_models.checkpoint import config_from_dict
+    from toy_models.model import ModelConfig
+    from toy_models.records import is_finite_number
+
+    assert [is_finite_number(x) for x in (1, -2.5, 10**300, 10**400, -(10**400), True,
+                                          float("nan"), float("inf"), "1", None)] == [
+        True, True, True, False, False, False, False, False, False, False]  # fmt: skip
+    with pytest.raises(ValueError, match="ln_eps must be finite and positive, got 1000"):
+        config_from_dict(ModelConfig, {"ln_eps": 10**400})

@@ -389,6 +389,61 @@ def test_a_bad_dashboards_file_is_refused_before_the_measurement(
     assert not out.exists()
 
 
+def test_a_measurement_of_no_heads_is_refused(
+    tiny_run, tiny_pretrained, make_layers, tmp_path, cli
+):
+    """Found by a fuzz pass: with no head measured (``--min-fires`` above every head's
+    firings) the report said "0.0% spread" against the paper's 25%, cells "0.0% (0/0)", exit
+    0. No figure of it is defined: refused in one line, nothing written."""
+    from reports.superposition import main
+
+    model, _ = tiny_pretrained
+    lorsas, transcoders = make_layers(model.cfg.n_layers, model.cfg.d_model, n_qk=2, n_ov=16)
+    ReplacementModel(model, lorsas, transcoders).save(tmp_path / "rep", str(tiny_run))
+    out = tmp_path / "sp"
+    code, _, err = cli(main, "--model", tiny_run, "--replacement", tmp_path / "rep", "--out", out,
+                       "--rows", "4", "--min-fires", "100000", "--quiet")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "no Lorsa head fired 100000 times in 4 rows" in err and not out.exists()
+
+
+@pytest.mark.parametrize(("meta", "why"), [
+    ({"mode": "sparse", "rows_done": 8, "rows": 8}, "built in sparse mode, not local"),
+    ({"mode": "local", "rows_done": 3, "rows": 8}, "an unfinished build (3 of 8 rows)"),
+])  # fmt: skip
+def test_a_dashboards_file_of_another_mode_or_unfinished_is_refused(
+    meta, why, tiny_run, tiny_pretrained, make_layers, tmp_path, cli, monkeypatch
+):
+    """Found by a fuzz pass: a sparse-mode or unfinished dashboards file gave the report its
+    concept labels without a word (labels from another run of the model, or from part of a
+    pass), where ``circuits.trace`` refuses the same file."""
+    from types import SimpleNamespace
+
+    import circuits.dashboards as dashboards
+    from reports.superposition import main
+
+    def measure(*args, **kwargs):
+        raise AssertionError("measured before the dashboards file was read")
+
+    def read_file(path, replacement, tokenizer):
+        return SimpleNamespace(meta=meta, finished=meta["rows_done"] == meta["rows"])
+
+    monkeypatch.setattr(S, "measure", measure)
+    monkeypatch.setattr(dashboards, "read_file", read_file)
+    model, _ = tiny_pretrained
+    lorsas, transcoders = make_layers(model.cfg.n_layers, model.cfg.d_model, n_qk=2, n_ov=16)
+    ReplacementModel(model, lorsas, transcoders).save(tmp_path / "rep", str(tiny_run))
+    (tmp_path / "dash.safetensors").write_bytes(b"read by the stand-in")
+    out = tmp_path / "sp"
+    code, _, err = cli(main, "--model", tiny_run, "--replacement", tmp_path / "rep", "--out", out,
+                       "--dashboards", tmp_path / "dash.safetensors", "--quiet")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.strip() == f"error: --dashboards {tmp_path / 'dash.safetensors'}: {why}" + (
+        ": finish it with python -m circuits.dashboard_cli" if "unfinished" in why else ""
+    )
+    assert not out.exists()
+
+
 def test_heads_positions_and_counts_are_checked(random_model, make_replacement):
     """Found by a fuzz pass: head -1 was read from the end (family_matrix credited the last
     Lorsa head, constructed_lorsa copied the last MHSA head's QK), a zero direction built a

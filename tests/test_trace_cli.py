@@ -379,6 +379,35 @@ def test_a_set_whose_weights_overflow_in_use_is_refused(
     assert not out.exists()
 
 
+def test_a_model_whose_weights_overflow_in_use_is_refused(tiny_run, tmp_path, capsys):
+    """Found by a fuzz pass: a model whose MLP weights (x1e30) load, being finite, but
+    overflow in use was traced in sparse mode with the note "the model predicts '<|bos|>' (p
+    nan)", exit 0."""
+    import torch
+    from conftest import random_replacement
+    from safetensors.torch import load_file, save_file
+
+    from toy_models.zoo import load_pretrained
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_run, model_dir)
+    weights = load_file(model_dir / "model.safetensors")
+    weights["blocks.0.mlp.W_out"] = weights["blocks.0.mlp.W_out"] * 1e30  # finite in float32
+    save_file(weights, model_dir / "model.safetensors")
+    model, _ = load_pretrained(str(model_dir))
+    with torch.no_grad():
+        random_replacement(model, n_qk=2, n_ov=16, lorsa_k=4).save(tmp_path / "rep",
+                                                                   str(model_dir))  # fmt: skip
+    for mode in ("sparse", "local"):
+        out = tmp_path / f"never-{mode}"
+        code, _, err = trace(capsys, "--prompt", "ab", "--model", str(model_dir),
+                             "--replacement", str(tmp_path / "rep"), "--mode", mode,
+                             "--out", str(out))  # fmt: skip
+        assert code == 2 and err.count("\n") == 1, err
+        assert "the model's weights overflow on this prompt" in err, err
+        assert not out.exists()
+
+
 def test_a_dashboards_file_among_the_outputs_is_refused_and_kept(tmp_path, capsys):
     out = tmp_path / "t"
     saved = out / "graph.safetensors"

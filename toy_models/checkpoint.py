@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from .cli import one_line
 from .files import file_sha256, write_bytes_atomic, write_json_atomic
-from .records import parse_json
+from .records import is_finite_number, parse_json
 
 if TYPE_CHECKING:
     import torch
@@ -277,8 +276,9 @@ def check_value(kind: str, value, where: str, limit: int = MAX_SIZE) -> None:
     elif kind == "float":
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"{where} must be a number, got {value!r}")
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{where} must be finite and positive, got {value}")
+        if not (is_finite_number(value) and value > 0):
+            shown = f"{value}" if len(str(value)) <= 40 else f"{str(value)[:40]}..."
+            raise ValueError(f"{where} must be finite and positive, got {shown}")
 
 
 def config_from_dict(cls, data, where: str = "config"):

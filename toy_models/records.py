@@ -39,6 +39,18 @@ def parse_json(text: str):
         raise ValueError("not valid JSON here: nested too deeply to read") from None
 
 
+def is_finite_number(x) -> bool:
+    """A JSON number finite as a float: not a bool, NaN or an infinity, nor an integer too
+    large for a float (``math.isfinite`` raises ``OverflowError`` on the 401-digit integers a
+    fuzzer wrote, which JSON parses)."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 @dataclasses.dataclass(frozen=True)
 class Bounds:
     """The range of a number read by ``from_json``: ``Annotated[float, Bounds(0, 1)]`` (either end
@@ -95,7 +107,7 @@ def from_json(tp, value, where: str = "record"):
             return value
         _fail(where, "an integer", value)
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if is_finite_number(value):
             return float(value)
         _fail(where, "a finite number", value)
     if tp is dict:

@@ -746,6 +746,9 @@ def run_family(
     def rate(key, rows=right):
         return round(sum(bool(r.get(key)) for r in rows) / len(rows), 4) if rows else None
 
+    def per_check(key):  # a count per right prompt, over all their checks
+        return round(sum(r.get(key, 0) for r in right) / checks, 4) if checks else None
+
     checks = sum(r.get("checks", 0) for r in right)
     induction = bool(prompts) and prompts[0].family in INDUCTION
     by_source = {s: {"prompts": sum(r["source"] == s for r in records),
@@ -782,17 +785,9 @@ def run_family(
         "any_named_causal": rate("any_named_causal", [r for r in right if r.get("reason")]),
         "key_own_token": rate("key_own_token"),
         "checks": checks,
-        "sign_agree_frozen": round(sum(r.get("agree_frozen", 0) for r in right) / checks, 4)
-        if checks
-        else None,
-        "sign_agree_free": round(sum(r.get("agree_free", 0) for r in right) / checks, 4)
-        if checks
-        else None,
-        "sign_agree_free_ln_held": round(
-            sum(r.get("agree_free_ln_held", 0) for r in right) / checks, 4
-        )
-        if checks
-        else None,
+        "sign_agree_frozen": per_check("agree_frozen"),
+        "sign_agree_free": per_check("agree_free"),
+        "sign_agree_free_ln_held": per_check("agree_free_ln_held"),
         # of the checks whose free measurement disagrees with the graph: those that agree
         # with the LayerNorm scales held (the model's rescaling undoes the prediction)
         "free_disagreements_from_layernorm": round(
@@ -800,17 +795,13 @@ def run_family(
             / max(1, sum(r.get("checks", 0) - r.get("agree_free", 0) for r in right)),
             4,
         ),
-        "sign_agree_first_order_free": round(
-            sum(r.get("agree_first_order_free", 0) for r in right) / checks, 4
-        )
-        if checks
-        else None,
+        "sign_agree_first_order_free": per_check("agree_first_order_free"),
         "free_disagreements_explained_by_first_order": round(
             sum(r.get("disagree_free_explained", 0) for r in right)
             / max(1, sum(r.get("disagree_free", 0) for r in right)),
             4,
         ),
-        "flagged": round(sum(r.get("flagged", 0) for r in right) / checks, 4) if checks else None,
+        "flagged": per_check("flagged"),
         "targets_met": {
             "key_90": rate("key") is not None and rate("key") >= 0.9,
             "key_named_90": rate("key_named") is not None and rate("key_named") >= 0.9,

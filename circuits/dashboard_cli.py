@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, file_arg, run_cli
 
 MODES = ("local", "sparse")  # = replacement.model.MODES (not imported: start-up)
 # Rows of a dashboards pass: rows x n_ctx must stay below 2**31 (``dashboard_pass``), which
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="corpus and sampling seed")
     parser.add_argument("--mode", choices=MODES, default="local",
                         help="activations of the local (default) or the sparse model")  # fmt: skip
-    parser.add_argument("--out", type=path_arg, help="the dashboards file to write")
+    parser.add_argument("--out", type=file_arg, help="the dashboards file to write")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 

@@ -535,6 +535,10 @@ def test_cli_refuses_bad_arguments_before_importing_torch(fresh_cli, tmp_path):
     assert code == 2 and "--dashboard-rows must be in 1..1048576" in err and heavy == []
     code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--out", str(tmp_path)])
     assert code == 2 and "not a file" in err and heavy == []
+    # a fuzz pass: "--out newdir/" wrote a file called newdir
+    code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--out", str(tmp_path / "new") + "/"])
+    assert code == 2 and "ends in a separator: give a file's path" in err and heavy == []
+    assert not (tmp_path / "new").exists()
 
 
 def test_v3_concepts_follow_the_spans_in_every_form(tiny_pretrained):

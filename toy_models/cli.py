@@ -97,6 +97,16 @@ def path_arg(text: str) -> Path:
     return Path(text)
 
 
+def file_arg(text: str) -> Path:
+    """``path_arg`` for a file to write: a path ending in a separator names a directory
+    (``Path("newdir/")`` drops the slash, and a fuzz pass found ``--out newdir/`` writing a
+    file called ``newdir``)."""
+    path = path_arg(text)
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text!r} ends in a separator: give a file's path")
+    return path
+
+
 def positive_int(text: str) -> int:
     """An argparse ``type`` for counts that must be at least 1 (steps, rows, repeats...)."""
     return _int_at_least(text, 1)

@@ -206,6 +206,9 @@ CRAFTED_HEADERS = {
     # format 4 held each head's attention argmax in ``attends``; a read key now has that field
     "format before the read key": ("format_version", 4),
     "settings not a dict": ("settings", [1]),
+    # the writer refuses NaN there; read back, such a graph could not be saved (a fuzz pass)
+    "NaN in settings": ("settings", {"x": float("nan")}),
+    "infinity in model": ("model", {"name": "m", "x": float("inf")}),
 }
 
 

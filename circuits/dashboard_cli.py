@@ -59,6 +59,11 @@ def check_args(args: argparse.Namespace) -> Path | None:
     if args.out.exists() and not args.out.is_file():
         raise UserError(f"--out {args.out}: exists and is not a file")
     check_writable(args.out.parent)
+    from toy_models.files import in_saved_work
+
+    reason = in_saved_work(args.out)  # a set's replacement.json, a cache's manifest...
+    if reason:
+        raise UserError(f"--out {args.out}: {reason}; write the dashboards elsewhere")
     return args.out
 
 

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
-from toy_models.files import earlier_set
+from toy_models.files import earlier_set, replaced_whole
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
 MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
@@ -260,6 +260,10 @@ def check_writable(out: Path, flag: str = "--out") -> None:
         raise UserError(f"{flag} {out}: {resolved} is a kernel file system, not for files")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {out}: {existing} is not writable")
+    inside = replaced_whole(out)  # a training checkpoint: its next save deletes what is there
+    if inside:
+        raise UserError(f"{flag} {out}: is inside {inside}, which its run replaces whole; "
+                        "write the outputs elsewhere")  # fmt: skip
 
 
 def _targets(args, tokenizer, last_logits=None):

@@ -59,6 +59,7 @@ from torch import Tensor
 from toy_models.cli import UserError, one_line
 
 from .activations import ActivationStore, layer_activations, shuffle_in
+from .cache import MAX_PLAN_VALUE
 
 MANIFEST_FILE = "manifest.json"
 CHUNK_FILE = "chunk-{:05d}.safetensors"
@@ -96,12 +97,16 @@ class CachePlan:
         layers = self.layers if layers is None else layers
         return ["tokens", *(f"{kind}.{l}" for l in layers for kind in KINDS)]
 
-    def chunk_bytes(self, index: int) -> int:
-        """The tensor bytes of one chunk (its file adds a header of a few KB)."""
-        per_row = self.n_ctx * (
+    @property
+    def row_bytes(self) -> int:
+        """The tensor bytes of one row: its tokens and every stored activation."""
+        return self.n_ctx * (
             4 + len(KINDS) * len(self.layers) * self.d_model * DTYPE_BYTES[self.dtype]
         )
-        return self.chunk_size(index) * per_row
+
+    def chunk_bytes(self, index: int) -> int:
+        """The tensor bytes of one chunk (its file adds a header of a few KB)."""
+        return self.chunk_size(index) * self.row_bytes
 
     def cache_id(self) -> str:
         from toy_models.checkpoint import json_sha256
@@ -122,8 +127,9 @@ class CachePlan:
 
         def positive(name, lo=1):
             v = data[name]
-            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= 1 << 40:
-                raise ValueError(f"{where}: plan.{name} must be an integer >= {lo}, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= MAX_PLAN_VALUE:
+                raise ValueError(f"{where}: plan.{name} must be an integer in {lo}..2**40, "
+                                 f"got {v!r}")  # fmt: skip
 
         for name in ("n_ctx", "d_model", "rows", "chunk_rows", "forward_batch"):
             positive(name)
@@ -241,6 +247,10 @@ def build_cache(
         fingerprint(model), model.cfg.n_ctx, model.cfg.d_model, layers, split, seed, rows,
         chunk_rows, forward_batch, dtype,
     )  # fmt: skip
+    try:  # a plan its own reader would refuse: every later use of the cache would fail
+        CachePlan.from_json(asdict(plan), "the cache's plan")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     out = Path(out)
     check_writable_dir(out, own=(MANIFEST_FILE,))  # its own kind: a cache to resume
     chunks: list[dict] = []
@@ -297,8 +307,11 @@ def build_cache(
 
 def _check_space(out: Path, plan: CachePlan, done: int) -> None:
     """Refuse before any work when the chunks still to write cannot fit on ``out``'s disk (a
-    build that fills it fails hours in); each chunk is written whole and then renamed."""
-    need = sum(plan.chunk_bytes(i) + 2**16 for i in range(done, plan.n_chunks))
+    build that fills it fails hours in); each chunk is written whole and then renamed. The
+    sum over the chunks left, in closed form: every chunk but the last is full (a loop over
+    them ran for hours at ``--rows`` of 1e14, found by a fuzz pass)."""
+    rows_left = max(0, plan.rows - done * plan.chunk_rows)
+    need = rows_left * plan.row_bytes + (plan.n_chunks - done) * 2**16
     free = shutil.disk_usage(out).free
     if need > free:
         smaller = " or --dtype float16" if plan.dtype == "float32" else ""

@@ -16,6 +16,12 @@ import time
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 
 DTYPES = ("float32", "float16", "bfloat16")  # replacement.activation_cache.DTYPES
+# The largest count or seed a cache's plan may hold: its reader's bound
+# (``replacement.activation_cache.CachePlan.from_json`` reads it from here), which this CLI
+# applies to its arguments before any work, without importing torch (a cache built with a seed
+# above it was refused by every later use, and ``--rows`` of 1e14 spent hours in the disk-space
+# check: found by a fuzz pass).
+MAX_PLAN_VALUE = 1 << 40
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    for flag, value in (("--rows", args.rows), ("--chunk-rows", args.chunk_rows),
+                        ("--batch", args.batch), ("--seed", args.seed)):  # fmt: skip
+        if value > MAX_PLAN_VALUE:
+            raise UserError(f"{flag} must be at most 2**40 (what a cache's manifest may hold), "
+                            f"got {value}")  # fmt: skip
     from toy_models.files import check_writable_dir
     from toy_models.zoo import resolve_model_dir
 

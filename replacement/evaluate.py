@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 EVAL_SEED = 4242
 MAX_BATCHES = 10_000  # held-out batches of 16 rows a command line may ask for
 MAX_DOCS = 10_000  # probe documents per family
+# The keys of the results ``main`` writes to ``--json``: a file holding them is an earlier
+# run's results, which a rerun may replace (``toy_models.files.check_writable_file``).
+RESULT_KEYS = frozenset(
+    {"model", "replacement", "heldout_tokens", "reconstruction", "loss", "families"}
+)
 
 
 def _no_grad(fn):
@@ -301,12 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     replacement_dir = Path(args.replacement)
     if not (replacement_dir / SET_FILE).is_file():
         raise UserError(f"--replacement {args.replacement}: no {SET_FILE} there")
-    if args.json:
-        check_writable_file(args.json, "--json")  # before the evaluation, not after it
+    if args.json:  # before the evaluation, not after it
         # the model's files, and the set's: its config, its record, its layers' weights
         inputs = [replacement_dir / SET_FILE, replacement_dir / RECORD_FILE]
         inputs += [*model_files(directory), *replacement_dir.glob("*.safetensors")]
         check_not_input(args.json, inputs, "--json")
+        check_writable_file(args.json, "--json", RESULT_KEYS)  # saved work: refused
     from toy_models.zoo import load_pretrained
 
     from .model import ReplacementModel

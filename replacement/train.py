@@ -34,10 +34,22 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
+from toy_models.records import Bounds
 
 STREAM_SEED_STRIDE = 7919  # the activation stream of seed s resumed at step t: s * stride + t
 STATS_WINDOW = 20  # steps averaged in the progress bar
 SET_FILE = "replacement.json"  # replacement.model.CONFIG_FILE, named without importing torch
+# The range of each of a step's statistics (``replacement.dictionaries.STAT_NAMES``, named
+# here without importing torch; ``dictionary_loss`` computes them): each layer's Lorsa and
+# transcoder FVU, never below 0, and the fraction of its units counted dead, in [0, 1]. A
+# resumed checkpoint's are checked against them (``toy_models.resumable``): a dead fraction of
+# -5 was resumed into the set's final figures (found by a fuzz pass).
+STAT_BOUNDS = {
+    "lorsa_fvu": Bounds(0, None),
+    "tc_fvu": Bounds(0, None),
+    "lorsa_dead": Bounds(0, 1),
+    "tc_dead": Bounds(0, 1),
+}
 
 
 @dataclass(frozen=True)
@@ -181,7 +193,10 @@ def train_replacement(
 
     Returns ``(toy model, LayerDictionaries, meta)``; ``meta`` holds the training figures.
     ``stop_after`` ends the run after the checkpoint at that step, as an interruption would;
-    the function then returns None.
+    the function then returns None. A ``resume`` of a finished run whose set in ``out`` loads
+    (``finished_set``) trains nothing and writes nothing, as ``toy_models.train`` does: it
+    returns ``(toy model, None, the set's meta)``, the set standing as written (it rewrote the
+    checkpoint, and the caller the set: found by a fuzz pass).
     """
     from toy_models.resumable import WEIGHTS_FILE, ResumableRun
 
@@ -203,7 +218,7 @@ def train_replacement(
 
         known["base_sha256"] = file_sha256(Path(base) / SET_FILE)
     if resume:  # another run's checkpoint: refused before any heavy work
-        run.check_resumable(known)
+        run.check_resumable(known, STAT_BOUNDS)
 
     # 2) the frozen model, and the dictionaries with their optimizer (restored on --resume)
     import torch
@@ -212,7 +227,7 @@ def train_replacement(
     from toy_models.zoo import load_pretrained
 
     from .activations import ActivationStore
-    from .dictionaries import STAT_NAMES, LayerDictionaries, layer_losses
+    from .dictionaries import LayerDictionaries, layer_losses
 
     model, tokenizer = load_pretrained(model_name)
     model.requires_grad_(False)
@@ -248,9 +263,13 @@ def train_replacement(
         identity["activations"] = cache.plan.cache_id()
     if base is not None:  # so does that of a run without a base
         identity["base_sha256"] = known["base_sha256"]
-    run.start(identity, dicts, opt, stats=STAT_NAMES)
+    run.start(identity, dicts, opt, stats=STAT_BOUNDS)
     if run.step:
         dicts.check_buffers(str(run.checkpoint / WEIGHTS_FILE))
+    if run.step == cfg.steps and (meta := finished_set(out, model, layers, shapes, cfg)):
+        return model, None, meta  # a finished run: its set and figures stand as written
+    # (a run stopped while writing its set, or whose set was damaged since, resumes here: no
+    # steps left, the set is written again from the last checkpoint)
 
     # 3) a fresh run starts from the original model; a resumed streaming run continues on
     #    fresh (still seeded) data rather than replaying the stream
@@ -312,6 +331,28 @@ def train_replacement(
             "epochs_read": round(store.epochs, 3),
         }
     return model, dicts, meta
+
+
+def finished_set(
+    out: Path, model, layers: list[int], shapes: DictionaryShapes, cfg: ReplacementTrainConfig
+) -> dict | None:
+    """The meta of the set a finished run wrote into ``out``, or None unless it loads for
+    ``model`` (every check of ``ReplacementModel.load``), was trained with these ``layers``,
+    ``shapes`` and ``cfg``, and records the figures ``main`` prints."""
+    from .model import ReplacementModel
+
+    try:
+        meta = ReplacementModel.load(out, model).meta
+    except (OSError, ValueError, UserError):
+        return None
+    stats = meta.get("final_train_stats")
+    figures = [meta.get("train_elapsed_s"), meta.get("train_tokens_per_s")]
+    if isinstance(stats, dict):
+        figures += [stats.get("lorsa_fvu"), stats.get("tc_fvu")]
+    trained = [layers, asdict(shapes), asdict(cfg)]
+    same = [meta.get(k) for k in ("layers", "shapes", "train")] == trained
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in figures)
+    return meta if same and isinstance(stats, dict) and numbers else None
 
 
 def parse_layers(text: str) -> list[int] | None:
@@ -385,20 +426,21 @@ def main(argv: list[str] | None = None) -> int:
         activations=args.activations,
         base=args.base,
     )
-    from .model import ReplacementModel
+    if dicts is not None:  # (None: a finished run, its set already written)
+        from .model import ReplacementModel
 
-    lorsas, transcoders = list(dicts.lorsas), list(dicts.transcoders)
-    if args.base is not None:
-        base = ReplacementModel.load(args.base, model)
-        lorsas, transcoders = list(base.lorsas), list(base.transcoders)
-        for i, l in enumerate(dicts.layers):
-            lorsas[l], transcoders[l] = dicts.lorsas[i], dicts.transcoders[i]
-        meta = {**meta, "trained_layers": dicts.layers, "base": str(args.base)}
-    replacement = ReplacementModel(model, lorsas, transcoders)
-    replacement.save(args.out, args.model, meta)
+        lorsas, transcoders = list(dicts.lorsas), list(dicts.transcoders)
+        if args.base is not None:
+            base = ReplacementModel.load(args.base, model)
+            lorsas, transcoders = list(base.lorsas), list(base.transcoders)
+            for i, l in enumerate(dicts.layers):
+                lorsas[l], transcoders[l] = dicts.lorsas[i], dicts.transcoders[i]
+            meta = {**meta, "trained_layers": dicts.layers, "base": str(args.base)}
+        replacement = ReplacementModel(model, lorsas, transcoders)
+        replacement.save(args.out, args.model, meta)
     stats = meta["final_train_stats"]
     print(
-        f"trained {len(dicts.lorsas)} Lorsa layers and transcoders in"
+        f"trained {len(meta['layers'])} Lorsa layers and transcoders in"
         f" {meta['train_elapsed_s']:.0f} s ({meta['train_tokens_per_s']} tokens/s);"
         f" last-batch FVU Lorsa {stats['lorsa_fvu']:.3f}, transcoders {stats['tc_fvu']:.3f}"
         f" -> {args.out}"

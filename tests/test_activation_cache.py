@@ -442,3 +442,57 @@ def test_a_cache_that_cannot_fit_on_the_disk_is_refused_before_any_work(
     build_cache(model, tokenizer, out, TINY_ROWS, chunk_rows=CHUNK, forward_batch=BATCH,
                 quiet=True)  # fmt: skip
     assert (out / MANIFEST_FILE).read_bytes() == (tiny_cache / MANIFEST_FILE).read_bytes()
+
+
+# ----------------------------------------------------------------- fuzz pass 22
+def test_cache_arguments_beyond_the_manifest_bound_are_refused_early(tmp_path, fresh_cli):
+    """Found by fuzz pass 22: ``--seed``, ``--chunk-rows`` and ``--batch`` above 2**40 built a
+    cache (exit 0) that its own manifest reader refuses, so every later use failed; ``--rows``
+    of 1e14 spent hours in the disk-space check. The CLI applies the reader's bound
+    (``MAX_PLAN_VALUE``) before any work, without importing torch."""
+    big = str(2**40 + 1)
+    out = str(tmp_path / "never")
+    for args, flag in (
+        (["--rows", "99999999999999"], "--rows"),
+        (["--rows", big, "--chunk-rows", str(2**40)], "--rows"),  # two chunks: no hang before
+        (["--rows", "8", "--seed", "2199023255552"], "--seed"),
+        (["--rows", "8", "--chunk-rows", str(2 * (2**40 + 1)), "--batch", big], "--chunk-rows"),
+    ):
+        code, heavy, err = fresh_cli("replacement.cache", [*args, "--out", out], cwd=ROOT)
+        assert code == 2 and not heavy and "Traceback" not in err, (args, err)
+        assert err.strip().splitlines()[-1].startswith(f"error: {flag} must be at most 2**40")
+    assert not any(tmp_path.iterdir())
+
+
+def test_one_plan_bound_and_a_closed_form_space_check(tiny_cache, monkeypatch):
+    """One bound for the CLI and the reader (``MAX_PLAN_VALUE``); the disk space still needed
+    is the sum over the chunks left, computed without a loop over them: a plan of 2**40 chunks
+    is refused at once."""
+    import time
+    from dataclasses import asdict, replace
+
+    import replacement.activation_cache as ac
+    from replacement.cache import MAX_PLAN_VALUE
+
+    plan, _ = ac.read_manifest(tiny_cache)
+    with pytest.raises(ValueError, match=r"plan.seed must be an integer in 0..2\*\*40"):
+        ac.CachePlan.from_json(asdict(replace(plan, seed=MAX_PLAN_VALUE + 1)), "manifest")
+    real = shutil.disk_usage
+    for rows, chunk_rows in ((20, 8), (24, 8), (7, 8)):
+        small = replace(plan, rows=rows, chunk_rows=chunk_rows, forward_batch=1)
+        for done in range(small.n_chunks + 1):
+            need = sum(small.chunk_bytes(i) + 2**16 for i in range(done, small.n_chunks))
+            monkeypatch.setattr(ac.shutil, "disk_usage", lambda p, n=need: real(p)._replace(free=n))
+            ac._check_space(tiny_cache, small, done)  # exactly enough room
+            if need:
+                free = need - 1
+                monkeypatch.setattr(ac.shutil, "disk_usage",
+                                    lambda p, n=free: real(p)._replace(free=n))  # fmt: skip
+                with pytest.raises(UserError, match="the cache needs"):
+                    ac._check_space(tiny_cache, small, done)
+    monkeypatch.undo()
+    huge = replace(plan, rows=MAX_PLAN_VALUE, chunk_rows=1, forward_batch=1)
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="the cache needs"):
+        ac._check_space(tiny_cache, huge, 0)
+    assert time.perf_counter() - start < 1

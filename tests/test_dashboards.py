@@ -535,6 +535,20 @@ def test_cli_refuses_bad_arguments_before_importing_torch(fresh_cli, tmp_path):
     assert code == 2 and "--dashboard-rows must be in 1..1048576" in err and heavy == []
     code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--out", str(tmp_path)])
     assert code == 2 and "not a file" in err and heavy == []
+    # a fuzz pass: into a training checkpoint (deleted by its next save), or over a set's own
+    # file
+    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    (ckpt / "weights.safetensors").write_bytes(b"")
+    code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--out", str(ckpt / "d.safetensors")])
+    assert code == 2 and "which its run replaces whole" in err and heavy == [], err
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "replacement.json").write_text("{}")
+    code, heavy, err = fresh_cli("circuits.dashboard_cli",
+                                 ["--out", str(tmp_path / "set" / "replacement.json")])  # fmt: skip
+    assert code == 2 and "is replacement.json of a replacement set" in err, err
+    assert (tmp_path / "set" / "replacement.json").read_text() == "{}"
     # a fuzz pass: "--out newdir/" wrote a file called newdir
     code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--out", str(tmp_path / "new") + "/"])
     assert code == 2 and "ends in a separator: give a file's path" in err and heavy == []

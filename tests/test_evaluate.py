@@ -330,7 +330,10 @@ def test_oracle_is_perfect_and_blind_model_scores_nothing(oracle):
         assert ev.subtoken_induction_probe(perfect, tokenizer, 30, split)["accuracy"] == 1.0
         induction = ev.induction_probe(perfect, tokenizer, 10, split=split)
         assert induction["loss_second_copy"] < 1e-6  # and the first's: their ratio is 0/0
-        assert induction["worst_separator"] in induction["by_separator"]
+        # every separator's ratio is 0/0: none is the worst (an argmax over the NaNs named the
+        # first, found by fuzz pass 22)
+        assert all(math.isnan(r) for r in induction["by_separator"].values())
+        assert induction["worst_separator"] is None
         loss = ev.heldout_loss(blind, tokenizer, 5, split)
         uniform = math.log(blind.cfg.d_vocab)
         assert all(math.isclose(v, uniform, rel_tol=1e-6) for v in loss.values())
@@ -473,3 +476,93 @@ def test_probes_need_documents():
     with pytest.raises(ValueError, match="n_docs must be an integer, got 1.5"):
         ev.heldout_examples("repeat", 1.5)
     assert len(ev.heldout_examples("repeat", 1)) == 1
+
+
+# ----------------------------------------------------------------- fuzz pass 22
+def test_no_head_or_separator_is_named_from_undefined_scores(tokenizer, tiny_pretrained):
+    """Found by fuzz pass 22: with ``--docs 1`` no second copy fits, every head score is NaN
+    and the summary named ``best induction head L0H0 nan`` (an argmax over NaNs) and ``worst
+    separator None nan%``; a separator whose ratio is undefined could be named the worst (a
+    NaN is neither above nor below). Only defined scores are ranked; with none, the summary
+    says there is not enough data."""
+    nan = float("nan")
+    assert ev._best(torch.full((2, 2), nan)) is None
+    assert ev._best(torch.tensor([[nan, 0.2], [0.5, nan]])) == {"layer": 1, "head": 0,
+                                                                "score": 0.5}  # fmt: skip
+    docs = encoded(tokenizer, "repeat", 60, "heldout")
+    separators = sorted({d.example.spans_of("second")[0].form for d in docs
+                         if ev.copy_positions(d)})  # fmt: skip
+    assert len(separators) >= 2
+    undefined, slow = separators[0], separators[-1]  # the undefined one ranked first
+    runs = repeat_runs(docs, slow)
+    for run in runs:
+        copies = ev.copy_positions(run.doc)
+        if copies and run.doc.example.spans_of("second")[0].form == undefined:
+            for p in copies[0]:
+                run.log_prob[p - 1] = 0.0  # a first copy of loss 0: no ratio
+    result = ev.induction_scores(runs, head_scores=False)
+    assert math.isnan(result["by_separator"][undefined])
+    assert result["worst_separator"] == slow and result["worst_separator_ratio"] == 0.5
+
+    model, tokenizer = tiny_pretrained
+    results = ev.evaluate(model, tokenizer, n_docs=1)
+    induction = results["heldout"]["induction"]
+    assert induction["n_copies"] == 0  # the premise: one document, no second copy fits
+    assert induction["best_induction_head"] is None and induction["worst_separator"] is None
+    text = ev.summary(json.loads(json.dumps(results)))
+    line = next(line for line in text.splitlines() if line.startswith("induction"))
+    assert "best induction head none (not enough data: more --docs)" in line
+    assert "nan" not in line and "None" not in line
+
+
+def test_evaluate_refuses_overflowing_weights_and_never_writes_over_saved_work(
+    tiny_run, tmp_path, cli
+):
+    """Found by fuzz pass 22: a model whose finite weights overflow in use was evaluated to
+    NaN losses, printed and written with exit 0 (``replacement.evaluate`` refuses such a
+    set); and ``--json`` replaced any file (another set's replacement.json, a checkpoint's
+    state, a user's notes) or wrote into a run's checkpoint, which the run's next checkpoint
+    deletes. Each refused in one line, nothing written; a rerun replaces its own results."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run, model, ignore=shutil.ignore_patterns("data", "checkpoint"))
+    other, checkpoint = tmp_path / "set", tmp_path / "run" / "checkpoint"
+    other.mkdir()
+    (other / "replacement.json").write_text('{"format_version": 2}')
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "weights.safetensors").write_text("weights")
+    (checkpoint / "state.json").write_text('{"step": 10}')
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for path, why in (
+        (other / "replacement.json", "exists and is not an earlier results file"),
+        (checkpoint / "state.json", "exists and is not an earlier results file"),
+        (tmp_path / "notes.txt", "exists and is not an earlier results file"),
+        (checkpoint / "eval.json", "is inside a training checkpoint"),
+    ):
+        code, stdout, err = cli(ev.main, "--model", model, "--docs", "1", "--json", path)
+        assert code == 2 and stdout == "" and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith(f"error: --json {path}: {why}")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+    results = tmp_path / "eval.json"
+    for _ in range(2):  # the second run replaces the first's results
+        code, _, err = cli(ev.main, "--model", model, "--docs", "1", "--json", results)
+        assert code == 0, err
+    assert ev.RESULT_KEYS <= json.loads(results.read_text()).keys()
+
+    weights = load_file(str(model / "model.safetensors"))
+    weights["blocks.0.mlp.W_out"] = weights["blocks.0.mlp.W_out"] * 1e30  # finite, overflows
+    save_file(weights, str(model / "model.safetensors"))
+    results.unlink()
+    code, stdout, err = cli(ev.main, "--model", model, "--docs", "1", "--json", results)
+    assert code == 2 and stdout == "" and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"error: {model}: the model gives non-finite figures (heldout.heldout_loss.names, "
+        "heldout.heldout_loss.addition, heldout.heldout_loss.successor, ...): its weights "
+        "overflow"
+    )
+    assert not results.exists()

@@ -311,13 +311,15 @@ def test_the_light_copies_of_the_saved_work_names_are_the_librarys():
     from replacement import model as replacement_model
     from replacement.activation_cache import MANIFEST_FILE
     from replacement.train import SET_FILE
-    from toy_models import checkpoint
+    from toy_models import checkpoint, resumable
     from toy_models.files import SAVED_WORK, set_record_name
 
-    (model_files, _), (set_files, _), (cache_files, _) = SAVED_WORK
+    model_files, set_files, cache_files, checkpoint_files = (k.names for k in SAVED_WORK)
     assert model_files == (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE)
     assert set_files == (replacement_model.CONFIG_FILE,) == (SET_FILE,)
     assert cache_files == (MANIFEST_FILE,)
+    assert checkpoint_files == (resumable.STATE_FILE, resumable.WEIGHTS_FILE)
+    assert [k.whole for k in SAVED_WORK] == [False, False, False, True]
     assert set_record_name("graph.json") == ".graph-set.json"
     assert set_record_name("heads.json") == ".heads-set.json"
 
@@ -419,3 +421,125 @@ def test_a_directory_recorded_by_an_older_version_is_removed_only_when_empty(tmp
     _, notes = write_a_set(out)
     assert notes == [f"removed {out / 'features'} of an earlier run"]
     assert sorted(snapshot(out)) == [".graph-set.json", "graph.json", "graph.svg"]
+
+
+# ----------------------------------------------------------------- saved work (fuzz pass 22)
+def a_checkpoint(run: Path) -> Path:
+    """A training run's checkpoint folder, as ``toy_models.resumable`` swaps it in."""
+    checkpoint = run / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "weights.safetensors").write_text("weights")
+    (checkpoint / "state.json").write_text("{}")
+    return checkpoint
+
+
+def test_a_training_checkpoint_is_saved_work_no_other_command_writes_into(tmp_path):
+    """Found by fuzz pass 22 (lost work, exit 0): a graph set traced into a run's
+    ``checkpoint/`` was deleted by the run's next checkpoint, which replaces the folder whole.
+    Such a folder is refused as an output directory, and an output file anywhere under it."""
+    from toy_models.cli import UserError
+    from toy_models.files import check_writable_dir, check_writable_file, earlier_set
+
+    checkpoint = a_checkpoint(tmp_path / "run")
+    before = snapshot(tmp_path)
+    with pytest.raises(UserError, match=r"--out .*checkpoint: holds a training checkpoint"):
+        check_writable_dir(checkpoint)
+    with pytest.raises(files.WriteError, match="holds a training checkpoint .state.json."):
+        earlier_set(checkpoint, "graph.json", SET_NAMES)  # what circuits.trace checks
+    for path in (checkpoint / "eval.json", checkpoint / "deeper" / "dash.safetensors"):
+        with pytest.raises(UserError, match=f"--json {path}: is inside a training checkpoint "
+                           rf"\({checkpoint}\), which its run replaces whole"):  # fmt: skip
+            check_writable_file(path, "--json")
+    deeper = checkpoint / "graphs" / "one"
+    with pytest.raises(UserError, match=f"--out {deeper}: is inside a training checkpoint"):
+        check_writable_dir(deeper)
+    with pytest.raises(files.WriteError, match="one: is inside a training checkpoint"):
+        earlier_set(deeper, "graph.json", SET_NAMES)
+    assert snapshot(tmp_path) == before
+    # beside the run's checkpoint is fine, and so is a folder with a lone state.json (a common
+    # name: a checkpoint is swapped in complete)
+    check_writable_file(tmp_path / "run" / "eval.json", "--json")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "state.json").write_text("{}")
+    check_writable_dir(tmp_path / "mine")
+    check_writable_file(tmp_path / "mine" / "eval.json", "--json")
+
+
+def test_results_replace_only_an_earlier_results_file(tmp_path):
+    """Found by fuzz pass 22 (lost work, exit 0): ``--json`` replaced any file: another set's
+    replacement.json, a cache's manifest, a checkpoint's state, a user's notes. Given the keys
+    its command writes, an existing file is replaced only when it is a JSON object holding
+    them (an earlier run's results); a file named as saved work beside that work is refused
+    even when missing; results beside a model stay fine (``--json RUN/eval.json``)."""
+    from toy_models.cli import UserError
+    from toy_models.files import check_writable_file
+
+    keys = frozenset({"model", "loss"})
+    model, cache = tmp_path / "model", tmp_path / "acts"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cache.mkdir()
+    (cache / "manifest.json").write_text('{"format": "activation-cache/1"}')
+    notes, deep = tmp_path / "notes.txt", tmp_path / "deep.json"
+    notes.write_text("mine")
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    before = snapshot(tmp_path)
+    for path in (cache / "manifest.json", notes, deep, model / "config.json"):
+        with pytest.raises(UserError, match=f"--json {path}: exists and is not an earlier "
+                           "results file of this command"):  # fmt: skip
+            check_writable_file(path, "--json", keys)
+    with pytest.raises(UserError, match="model.safetensors: is model.safetensors of a model"):
+        check_writable_file(model / "model.safetensors", "--json", keys)
+    with pytest.raises(UserError, match="is manifest.json of an activation cache"):
+        check_writable_file(cache / "manifest.json", "--stats")  # any file output, too
+    assert snapshot(tmp_path) == before
+    check_writable_file(model / "eval.json", "--json", keys)
+    earlier = tmp_path / "manifest.json"  # an earlier run's results, whatever its name
+    earlier.write_text(json.dumps({"model": "tiny", "loss": 1.0, "more": []}))
+    check_writable_file(earlier, "--json", keys)
+
+
+def test_a_zoo_entry_that_is_a_link_is_replaced_not_followed(tmp_path):
+    """Found by fuzz pass 22: swapping into a ``dest`` that was a symbolic link moved the link
+    aside to ``NAME.old``, which ``shutil.rmtree`` cannot remove (error ignored), and every
+    later swap of that name failed 'Not a directory'. The link itself is replaced; what it
+    points to is kept; swaps go on working."""
+    from toy_models.files import swap_directory
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    dest = tmp_path / "zoo" / "tiny"
+    dest.parent.mkdir()
+    dest.symlink_to(mine)
+    for n in range(2):
+        new = tmp_path / "zoo" / f".tiny.{n}.tmp"
+        new.mkdir()
+        (new / "model.safetensors").write_text(str(n))
+        swap_directory(new, dest)
+        assert not dest.is_symlink() and (dest / "model.safetensors").read_text() == str(n)
+        assert sorted(p.name for p in dest.parent.iterdir()) == ["tiny"]
+    assert (mine / "keep.txt").read_text() == "mine"
+    dangling = tmp_path / "zoo" / "small"
+    dangling.symlink_to(tmp_path / "nowhere")
+    new = tmp_path / "zoo" / ".small.tmp"
+    new.mkdir()
+    swap_directory(new, dangling)
+    assert dangling.is_dir() and not dangling.is_symlink()
+
+
+def test_a_deeply_nested_record_and_a_huge_lock_pid_are_no_tracebacks(tmp_path):
+    """Found by fuzz pass 22: a set record nested 100000 deep was a RecursionError traceback
+    (read now through ``toy_models.records.parse_json``: not a record of this code), and a
+    lock file holding a number beyond a process id's range an OverflowError from ``os.kill``
+    (no live writer)."""
+    from toy_models.files import WriteError, earlier_set, process_alive
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".graph-set.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(WriteError, match="not a record of this project's outputs"):
+        earlier_set(out, "graph.json", SET_NAMES)
+    for pid in (10**20, 2**63, 2**31, 0, -1):
+        assert process_alive(pid) is False
+    assert process_alive(os.getpid())

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -383,3 +385,82 @@ def test_a_resume_with_another_base_is_refused(tiny_run, tiny_pretrained, tmp_pa
         train_replacement(str(tiny_run), tmp_path / "bad", layers=[0], config="tiny",
                           quiet=True, activations=acts, base=other)  # fmt: skip
     assert not (tmp_path / "bad" / "checkpoint").exists()
+
+
+# ----------------------------------------------------------------- fuzz pass 22
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s["recent"][-1].update(lorsa_dead=-5),  # a fraction of the units
+        lambda s: s["recent"][-1].update(tc_dead=1.5),
+        lambda s: s["recent"][-1].update(tc_fvu=-0.1),
+        lambda s: s["recent"][-1].update(tc_fvu=1e308),  # beyond float32, which computes it
+        lambda s: s["recent"][-1].update(lorsa_fvu=10**400),  # was an OverflowError
+        lambda s: s.update(elapsed_s=0),  # ten steps in no time
+    ],
+    ids=["dead<0", "dead>1", "fvu<0", "fvu 1e308", "fvu 401 digits", "no time"],
+)
+def test_statistics_no_run_computes_are_refused_on_resume(tiny_run, tmp_path, edit):
+    """Found by fuzz pass 22: a checkpoint's recent statistics were checked only for being
+    finite, so a dead fraction of -5 and an FVU of 1e308 were resumed and written into the
+    set's final figures. Each statistic is bounded by what it is (``STAT_BOUNDS``)."""
+    from replacement.dictionaries import STAT_NAMES
+    from replacement.train import STAT_BOUNDS, train_replacement
+
+    assert sorted(STAT_BOUNDS) == sorted(STAT_NAMES)
+    out = tmp_path / "run"
+    assert train_replacement(str(tiny_run), out, config="tiny", stop_after=10, quiet=True) is None
+    path = out / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    edit(state)
+    path.write_text(json.dumps(state))
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="state.json: not a training state"):
+        train_replacement(str(tiny_run), out, config="tiny", resume=True, quiet=True)
+    assert path.read_bytes() == before and not (out / "replacement.json").exists()
+
+
+def test_a_finished_sets_resume_writes_nothing(tiny_run, tmp_path, cli):
+    """Found by fuzz pass 22: ``--resume`` of a finished set saved its checkpoint again (a
+    folder swapped whole: whatever stood in it went) and rewrote the set. As a finished
+    ``toy_models.train`` run, it now stands as written, and says so; a set damaged since is
+    written again from the checkpoint. Its evaluation's ``--json`` replaces only its own
+    earlier results, never the set's files nor another's."""
+    from replacement import evaluate, train
+
+    out = tmp_path / "set"
+    argv = ["--model", tiny_run, "--config", "tiny", "--out", out]
+    code, first, err = cli(train.main, *argv)
+    assert code == 0, err
+    (out / "checkpoint" / "notes.txt").write_text("mine")
+
+    def stamps() -> dict:
+        return {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+                for p in sorted(out.rglob("*")) if p.is_file()}  # fmt: skip
+
+    before = stamps()
+    code, again, err = cli(train.main, *argv, "--resume")
+    assert code == 0, err
+    assert stamps() == before and again == first
+    (out / "replacement.json").unlink()  # damaged since: written again
+    code, _, err = cli(train.main, *argv, "--resume")
+    assert code == 0, err
+    assert (out / "replacement.json").read_bytes() == before[out / "replacement.json"][2]
+
+    eva = ["--model", tiny_run, "--replacement", out, "--batches", "1", "--docs", "1"]
+    results = tmp_path / "eval.json"
+    for _ in range(2):  # the second run replaces the first's results
+        code, _, err = cli(evaluate.main, *eva, "--json", results)
+        assert code == 0, err
+    assert evaluate.RESULT_KEYS <= json.loads(results.read_text()).keys()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "replacement.json").write_text("{}")
+    for path, why in (
+        (other / "replacement.json", "exists and is not an earlier results file"),
+        (out / "checkpoint" / "eval.json", "is inside a training checkpoint"),
+    ):
+        code, _, err = cli(evaluate.main, *eva, "--json", path)
+        assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: --json {path}: {why}")
+    assert (other / "replacement.json").read_text() == "{}"
+    assert not (out / "checkpoint" / "eval.json").exists()

@@ -569,12 +569,20 @@ def test_a_run_stopped_while_writing_its_final_model_finishes_on_resume(tiny_run
         (lambda s: s.update(step=5), r"state.0.step is 10, not a step count of this checkpoint"),
         (lambda s: s.update(step=0), r"state.0.step is 10, not a step count of this checkpoint"),
         (lambda s: s.update(elapsed_s=-5), "not a training state"),
+        # fuzz pass 22: numbers no run writes were resumed into the final figures, and an
+        # integer too large for a float was an OverflowError traceback
+        (lambda s: s.update(elapsed_s=0), "not a training state"),  # at step 10
+        (lambda s: s.update(elapsed_s=10**400), "not a training state"),
+        (lambda s: [r.update(loss=-7.5) for r in s["recent"]], "not a training state"),
+        (lambda s: s["recent"][-1].update(loss=10**400), "not a training state"),
+        (lambda s: s["recent"][-1].update(loss=1e308), "not a training state"),  # not float32
     ],
 )
 def test_a_forged_training_state_is_refused(tiny_run, tmp_path, edit, message):
-    """state.json is read from disk: statistics that are not the trainer's, a step beyond the
-    run (which would write early weights as the final model) are one line, not a traceback or a
-    silently wrong model."""
+    """state.json is read from disk: statistics that are not the trainer's or that no run
+    computes (a negative loss, no time spent on ten steps, a number beyond float32's range), a
+    step beyond the run (which would write early weights as the final model) are one line, not
+    a traceback or a silently wrong model."""
     out = with_tiny_data(tiny_run, tmp_path / "run")
     assert train("tiny", out, stop_after=10, quiet=True) is None
     path = out / "checkpoint" / "state.json"

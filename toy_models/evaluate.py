@@ -36,13 +36,14 @@ documents go through the model once (``run_split``); the probes read those runs
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from .cli import ArgumentParser, path_arg, run_cli
+from .cli import ArgumentParser, UserError, path_arg, run_cli
 from .data import FAMILIES, Example, Span, count_carries, examples, pad_rows
 
 if TYPE_CHECKING:
@@ -52,6 +53,9 @@ EVAL_SEED = 12345
 EVAL_SPLITS = ("heldout", "heldout_forms")
 SPLIT_LABELS = {"heldout": "instances", "heldout_forms": "forms"}
 MAX_DOCS = 10_000  # documents per family and split a command line may ask for
+# The keys of the results ``main`` writes to ``--json``: a file holding them is an earlier
+# run's results, which a rerun may replace (``toy_models.files.check_writable_file``).
+RESULT_KEYS = frozenset({"model", "docs_per_family", *EVAL_SPLITS, "targets"})
 
 # The issue's targets: (result path in a split's probes, comparison, threshold per split).
 TARGETS: dict[str, tuple[tuple[str, str], str, dict[str, float]]] = {
@@ -271,7 +275,10 @@ def induction_scores(scored: list[Scored], head_scores: bool = True) -> dict:
     by = {b: {k: ratio(*losses[b][k]) for k in sorted(losses[b])} for b in losses}
     every_first = [x for first, _ in losses["frame"].values() for x in first]
     every_second = [x for _, second in losses["frame"].values() for x in second]
-    worst = max(by["form"], key=lambda k: by["form"][k], default=None)
+    # the worst among the separators with a ratio: a NaN compares as neither higher nor lower,
+    # so a max over them named whichever came first
+    measured = [k for k in by["form"] if not math.isnan(by["form"][k])]
+    worst = max(measured, key=lambda k: by["form"][k], default=None)
     result = {
         "loss_first_copy": _mean(every_first),
         "loss_second_copy": _mean(every_second),
@@ -302,8 +309,16 @@ def induction_scores(scored: list[Scored], head_scores: bool = True) -> dict:
     return result
 
 
-def _best(scores) -> dict:
-    flat = int(scores.argmax())
+def _best(scores) -> dict | None:
+    """The head (layer, head) with the highest score, among those with one; None when no head
+    has a score (NaN everywhere: no document gave one, as with ``--docs 1``), where an argmax
+    over the NaNs named head L0H0 with score nan (found by a fuzz pass)."""
+    import torch
+
+    measured = ~scores.isnan()
+    if not bool(measured.any()):
+        return None
+    flat = int(torch.where(measured, scores, -torch.inf).argmax())
     layer, head = divmod(flat, scores.shape[1])
     return {"layer": layer, "head": head, "score": float(scores[layer, head])}
 
@@ -499,9 +514,10 @@ def sink_scores(scored: dict[str, list[Scored]]) -> dict:
     overall = sum(mass.values()) / sum(count.values())
     n_layers = overall.shape[0]
 
-    def best_after_first_layer(scores) -> dict:
+    def best_after_first_layer(scores) -> dict | None:
         best = _best(scores[1:] if n_layers > 1 else scores)
-        best["layer"] += 1 if n_layers > 1 else 0
+        if best is not None:
+            best["layer"] += 1 if n_layers > 1 else 0
         return best
 
     return {
@@ -614,7 +630,13 @@ def evaluate(
 
 
 # ----------------------------------------------------------------- the printed summary
-def _head(best: dict) -> str:
+NOT_ENOUGH_DATA = "none (not enough data: more --docs)"
+
+
+def _head(best: dict | None) -> str:
+    """A best head as ``L1H3 0.82``; saying so when no head had a score (``_best``)."""
+    if best is None:
+        return NOT_ENOUGH_DATA
     return f"L{best['layer']}H{best['head']} {best['score']:.2f}"
 
 
@@ -646,10 +668,17 @@ def summary(r: dict) -> str:
     for split in EVAL_SPLITS:
         ind = r[split]["induction"]
         threshold = TARGETS["induction_loss_ratio_every_separator"][2][split]
+        worst = (
+            NOT_ENOUGH_DATA
+            if ind["worst_separator"] is None
+            else f"{ind['worst_separator']!r} {ind['worst_separator_ratio']:.1%}"
+        )
         text = (
             f"second/first copy loss {ind['loss_second_copy']:.3f}/{ind['loss_first_copy']:.3f}"
-            f" = {ind['loss_ratio']:.1%}; worst separator {ind['worst_separator']!r} "
-            f"{ind['worst_separator_ratio']:.1%}; layouts {_groups(ind['by_layout'], '{:.1%}')}"
+            f" = {ind['loss_ratio']:.1%}; worst separator {worst}; "
+            f"layouts {_groups(ind['by_layout'], '{:.1%}')}"
+            if ind["n_copies"]
+            else f"second/first copy loss {NOT_ENOUGH_DATA}"  # no second copy fits
         )
         if "best_induction_head" in ind:
             text += (
@@ -740,15 +769,28 @@ def main(argv: list[str] | None = None) -> int:
     from .zoo import load_pretrained, resolve_model_dir
 
     directory = resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
-    if args.json:
-        check_writable_file(args.json, "--json")  # before the evaluation, not after it
+    if args.json:  # before the evaluation, not after it
         check_not_input(args.json, model_files(directory), "--json")
+        check_writable_file(args.json, "--json", RESULT_KEYS)  # saved work: refused
     model, tokenizer = load_pretrained(args.model)
     results = {
         "model": args.model,
         "docs_per_family": args.docs,
         **evaluate(model, tokenizer, args.docs, progress=True),
     }
+    # Weights that load (finite) but overflow in use: every loss is NaN, and no figure of the
+    # model means anything (it printed NaN losses and wrote them, exit 0: found by a fuzz
+    # pass); as ``replacement.evaluate`` refuses a set's.
+    bad = [
+        f"{split}.heldout_loss.{family}"
+        for split in EVAL_SPLITS
+        for family, loss in results[split]["heldout_loss"].items()
+        if not math.isfinite(loss)
+    ]
+    if bad:
+        named = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise UserError(f"{args.model}: the model gives non-finite figures ({named}): its "
+                        "weights overflow")  # fmt: skip
     print(summary(results))
     if args.json:
         write_json_atomic(args.json, results)

@@ -47,10 +47,15 @@ def temp_path(path: Path) -> Path:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (a writer that was not killed)."""
+    """Whether process ``pid`` runs on this machine (a writer that was not killed). A number no
+    process can have (0 or below, which ``os.kill`` reads as a process group, or beyond a
+    process id's range, an ``OverflowError`` there: a lock file holding a huge number was a
+    traceback, found by a fuzz pass) is no live writer."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except OSError:  # no permission to signal it: it exists
         return True
@@ -103,6 +108,19 @@ def old_directory(dest: Path) -> Path:
     return dest.with_name(dest.name + ".old")
 
 
+def _remove(path: Path) -> None:
+    """Remove what stands at ``path``, if anything: a folder with its files, or a symbolic link
+    (never what it points to) or a file. ``shutil.rmtree`` refuses a link, so a zoo entry that
+    was a link, moved aside to ``NAME.old`` by a swap, stayed there and failed every later swap
+    of that name ('Not a directory': found by a fuzz pass). Errors are ignored, as the swap's
+    clean-up ignores them."""
+    if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def swap_directory(new: Path, dest: Path, aside: Path | None = None) -> None:
     """Put the complete directory ``new`` in the place of ``dest`` (which may not exist).
 
@@ -111,19 +129,21 @@ def swap_directory(new: Path, dest: Path, aside: Path | None = None) -> None:
     ``toy_models.resumable``, which looks for it). A failed rename puts the old version back.
     ``aside``: another place for it, one of the caller's own (a ``NAME.old`` beside ``dest``,
     which this removes first, may be a user's folder where ``dest`` is among a user's files).
+    A ``dest`` that is a symbolic link is replaced, link and all (``_remove``): what it points
+    to is never touched.
     """
     old = old_directory(dest) if aside is None else aside
     try:
-        shutil.rmtree(old, ignore_errors=True)
-        if dest.exists():
+        _remove(old)
+        if os.path.lexists(dest):
             os.replace(dest, old)
         os.replace(new, dest)
     except OSError as exc:
-        if old.exists() and not dest.exists():
+        if os.path.lexists(old) and not os.path.lexists(dest):
             with contextlib.suppress(OSError):
                 os.replace(old, dest)
         raise WriteError(exc.errno, exc.strerror, str(dest)) from None
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
 
 
 def cut_short(dest: Path) -> str | None:
@@ -146,7 +166,7 @@ def is_swap_leftover(path: Path) -> bool:
 @contextlib.contextmanager
 def fresh_directory(path: Path) -> Iterator[Path]:
     """An empty directory ``path`` to fill, removed again if filling it fails in any way."""
-    shutil.rmtree(path, ignore_errors=True)
+    _remove(path)
     try:
         path.mkdir(parents=True)
     except OSError as exc:
@@ -214,29 +234,51 @@ def remove_empty_created() -> None:
     forget_created()
 
 
+class SavedWork(NamedTuple):
+    """A kind of saved work: a folder holding any of ``names`` holds one (``what``). ``whole``:
+    its writer replaces the folder whole (``swap_directory``), so a file another command put
+    anywhere under it is lost at the next save; such a folder is put in place complete, so it
+    is one only with every one of ``names`` (a lone ``state.json`` is a common name)."""
+
+    names: tuple[str, ...]
+    what: str
+    whole: bool = False
+
+    def found_in(self, directory: Path) -> str | None:
+        """The first of ``names`` that shows ``directory`` holds this kind, or None."""
+        found = [name for name in self.names if os.path.lexists(directory / name)]
+        if not found or (self.whole and len(found) < len(self.names)):
+            return None
+        return found[0]
+
+
 # Folders that hold saved work of their own: a command's outputs written there would land among
 # its files (and a set's clean-up could remove them), so an output directory holding one is
 # refused unless the command writes that very kind (``check_writable_dir``'s ``own``: the
-# trainers, into their run). Names only, not imported (the layers above, and start-up):
-# ``toy_models.checkpoint``'s CONFIG_FILE and WEIGHTS_FILE, ``replacement.model.CONFIG_FILE``,
-# ``replacement.activation_cache.MANIFEST_FILE`` (a training run written into a cache left it
-# one that would not resume: found by a fuzz pass).
+# trainers, into their run), and so is an output file named as one of its files or, for a kind
+# replaced whole, anywhere under it (``check_writable_file``). Names only, not imported (the
+# layers above, and start-up): ``toy_models.checkpoint``'s CONFIG_FILE and WEIGHTS_FILE,
+# ``replacement.model.CONFIG_FILE``, ``replacement.activation_cache.MANIFEST_FILE`` (a training
+# run written into a cache left it one that would not resume), ``toy_models.resumable``'s
+# STATE_FILE and WEIGHTS_FILE (a graph set or results written into a run's checkpoint folder
+# were deleted by the run's next checkpoint): both found by fuzz passes.
 SAVED_WORK = (
-    (("config.json", "model.safetensors"), "a model"),
-    (("replacement.json",), "a replacement set"),
-    (("manifest.json",), "an activation cache"),
+    SavedWork(("config.json", "model.safetensors"), "a model"),
+    SavedWork(("replacement.json",), "a replacement set"),
+    SavedWork(("manifest.json",), "an activation cache"),
+    SavedWork(("state.json", "weights.safetensors"), "a training checkpoint", whole=True),
 )
 
 
 def saved_work_in(directory: Path, own: tuple[str, ...] = ()) -> str | None:
     """``a model (config.json)`` when ``directory`` holds saved work (``SAVED_WORK``) of a kind
     none of whose files is among ``own``, else None."""
-    for names, what in SAVED_WORK:
-        if any(name in own for name in names):
+    for kind in SAVED_WORK:
+        if any(name in own for name in kind.names):
             continue
-        found = [name for name in names if os.path.lexists(directory / name)]
+        found = kind.found_in(directory)
         if found:
-            return f"{what} ({found[0]})"
+            return f"{kind.what} ({found})"
     return None
 
 
@@ -244,7 +286,8 @@ def check_writable_dir(path: Path, flag: str = "--out", own: tuple[str, ...] = (
     """Create the output directory ``path`` (and its parents) now and prove that files can be
     written in it, so that a run fails in one line before its work instead of after it. A
     folder holding a model or a replacement set is refused (``SAVED_WORK``), except the kind
-    whose files the caller writes itself (``own``: a trainer's final files)."""
+    whose files the caller writes itself (``own``: a trainer's final files), and so is one
+    inside a training checkpoint (``replaced_whole``)."""
     if path.is_symlink() and not path.exists():
         raise UserError(f"{flag} {path}: is a dangling symbolic link")
     if path.exists() and not path.is_dir():
@@ -252,6 +295,10 @@ def check_writable_dir(path: Path, flag: str = "--out", own: tuple[str, ...] = (
     work = saved_work_in(path, own) if path.is_dir() else None
     if work:
         raise UserError(f"{flag} {path}: holds {work}; write the outputs elsewhere")
+    inside = replaced_whole(path.absolute().parent)
+    if inside:
+        raise UserError(f"{flag} {path}: is inside {inside}, which its run replaces whole; "
+                        "write the outputs elsewhere")  # fmt: skip
     reason = _cannot_write_in(path)
     if reason:
         raise UserError(f"{flag} {path}: cannot write there ({reason})")
@@ -322,12 +369,15 @@ def _is_relative_path(path) -> bool:
 
 def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> SetRecord | None:
     """What a set record at ``path`` lists, or None when it is not one this code wrote (a
-    link, too large, not JSON, another set's, names outside ``names``, a listing of a file
-    entry or of a path that leaves its directory)."""
+    link, too large, not JSON or nested too deeply to read, which ``parse_json`` refuses where
+    ``json.loads`` was a RecursionError traceback (found by a fuzz pass), another set's, names
+    outside ``names``, a listing of a file entry or of a path that leaves its directory)."""
+    from .records import parse_json
+
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
             return None
-        record = json.loads(path.read_bytes())
+        record = parse_json(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or set(record) - {"files"} != {"set", "entries"}:
@@ -403,10 +453,15 @@ def earlier_record(out: Path, mark: str, names: frozenset[str]) -> SetRecord:
     (``write_set_record``): the entries a new set may replace or remove, and the files of its
     directories; empty when there is none. Creates nothing. Refused in one line (``WriteError``
     naming the entry), so that nothing is touched, when ``out`` holds saved work
-    (``SAVED_WORK``), a record this code did not write, the ``mark`` with no record beside it
-    (another tool's file, or a set written before sets were recorded), an entry of the set's
-    ``names`` that no record lists, or not as what stands there, or a recorded directory that
-    holds anything its run did not write (someone's own)."""
+    (``SAVED_WORK``) or lies inside a kind replaced whole (``replaced_whole``), a record this
+    code did not write, the ``mark`` with no record beside it (another tool's file, or a set
+    written before sets were recorded), an entry of the set's ``names`` that no record lists,
+    or not as what stands there, or a recorded directory that holds anything its run did not
+    write (someone's own)."""
+    inside = replaced_whole(out.absolute().parent)
+    if inside:
+        raise WriteError(errno.EEXIST, f"is inside {inside}, which its run replaces whole; "
+                         "write the outputs elsewhere", str(out))  # fmt: skip
     if not out.is_dir():
         return SetRecord({}, {})
     work = saved_work_in(out)
@@ -447,18 +502,76 @@ def earlier_set(out: Path, mark: str, names: frozenset[str]) -> dict[str, str]:
     return earlier_record(out, mark, names).entries
 
 
-def check_writable_file(path: Path, flag: str) -> None:
+def check_writable_file(path: Path, flag: str, results: frozenset[str] = frozenset()) -> None:
     """Refuse now an output file that could not be written (a directory in its place, a
     symbolic link, a device or a FIFO, which the atomic write would replace, a parent that
-    cannot hold files), creating its missing parent directories."""
+    cannot hold files) or that would land in saved work (``in_saved_work``), creating its
+    missing parent directories.
+
+    ``results``: the keys of the JSON object the command writes there. Given, a file already
+    at ``path`` is replaced only when it is such an object (an earlier run's results): any
+    other file is someone's saved work (another set's replacement.json, a cache's manifest, a
+    user's notes were replaced, exit 0: found by a fuzz pass)."""
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a directory")
     reason = _unreplaceable(path)
     if reason:
         raise UserError(f"{flag} {path}: {reason}")
+    earlier = bool(results) and os.path.lexists(path) and _is_results(path, results)
+    if results and os.path.lexists(path) and not earlier:
+        raise UserError(f"{flag} {path}: exists and is not an earlier results file of this "
+                        "command (a JSON object with its keys); name a new file or move that "
+                        "one away")  # fmt: skip
+    reason = in_saved_work(path, own_results=earlier)
+    if reason:
+        raise UserError(f"{flag} {path}: {reason}; write the results elsewhere")
     reason = _cannot_write_in(path.parent)
     if reason:
         raise UserError(f"{flag} {path}: cannot write there ({reason})")
+
+
+def replaced_whole(directory: Path) -> str | None:
+    """``a training checkpoint (DIR)`` when ``directory`` or a folder above it is saved work
+    that its writer replaces whole (``SavedWork.whole``), else None: whatever another command
+    writes there is lost at the next save."""
+    directory = directory.absolute()
+    for folder in (directory, *directory.parents):
+        for kind in SAVED_WORK:
+            if kind.whole and kind.found_in(folder):
+                return f"{kind.what} ({folder})"
+    return None
+
+
+def in_saved_work(path: Path, own_results: bool = False) -> str | None:
+    """Why a file written at ``path`` would land in saved work (``SAVED_WORK``), or None:
+    anywhere under a folder of a kind replaced whole (a training checkpoint: the run's next
+    checkpoint deletes it), or under the name of one of the files of the saved work its folder
+    holds (``--json SET/replacement.json``; not when ``own_results``: the file there is the
+    command's own earlier results, ``check_writable_file``). Beside a kept kind's files is
+    fine (``--json RUN/eval.json``)."""
+    folder = path.absolute().parent
+    inside = replaced_whole(folder)
+    if inside:
+        return f"is inside {inside}, which its run replaces whole"
+    for kind in SAVED_WORK:
+        if not own_results and path.name in kind.names and kind.found_in(folder):
+            return f"is {path.name} of {kind.what}"
+    return None
+
+
+def _is_results(path: Path, keys: frozenset[str]) -> bool:
+    """Whether the file at ``path`` is a results file of a command that writes ``keys``: a
+    regular file of JSON (read as any file from disk: bounded, through
+    ``toy_models.records.parse_json``) holding a JSON object with every one of them."""
+    from .records import parse_json
+
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
+            return False
+        data = parse_json(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and keys <= data.keys()
 
 
 def check_not_input(path: Path, inputs: list[Path], flag: str) -> None:

@@ -27,16 +27,29 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .cli import UserError
 from .files import check_writable_dir, fresh_directory, old_directory, swap_directory
+from .records import Bounds, is_finite_number
 
 CHECKPOINT_DIR = "checkpoint"
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+# The range of a statistic that its trainer names without one (``toy_models.train``'s
+# ``loss``): every statistic a trainer here returns is a loss or a fraction of variance
+# unexplained, never below 0; a trainer whose statistics have other ranges gives them
+# (``replacement.train.STAT_BOUNDS``: its dead fractions lie in [0, 1]).
+STAT_BOUNDS = Bounds(0, None)
+# The statistics of a step (``ResumableRun.start``'s ``stats``): their names, or each name with
+# its range (``Bounds``; a name alone has ``STAT_BOUNDS``).
+Stats = tuple[str, ...] | Mapping[str, Bounds]
+# The largest statistic a step can return whatever its range: every trainer here computes its
+# statistics in float32 tensors (``.item()`` of one), so a larger number (a 1e308 FVU) is no
+# run's, and the means of a window of them (``ResumableRun.mean``) are always finite.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class ResumableRun:
@@ -85,12 +98,12 @@ class ResumableRun:
                 return
 
     # ----------------------------------------------------------------- state
-    def start(self, identity: dict, module, optimizer, stats: tuple[str, ...] = ()) -> None:
+    def start(self, identity: dict, module, optimizer, stats: Stats = ()) -> None:
         """Attach the module and optimizer to checkpoint; on ``--resume``, restore them (and
         the step, elapsed time and recent statistics) after checking that the checkpoint
         belongs to a run with this ``identity`` (JSON: config, steps, model hash...).
-        ``stats``: the names of the statistics ``step`` returns; the checkpoint's recent
-        statistics must be exactly those, finite numbers."""
+        ``stats``: the statistics ``step`` returns (``Stats``); the checkpoint's recent
+        statistics must be exactly those, finite numbers in their ranges."""
         from .checkpoint import load_checked, load_optimizer
 
         identity = json.loads(json.dumps(identity))  # as it reads back (tuples are lists)
@@ -103,13 +116,20 @@ class ResumableRun:
         self.step, self.elapsed_s, self.recent = step, float(elapsed), recent[-self.window :]
 
     def check_resumable(
-        self, identity: dict, stats: tuple[str, ...] = (), whole: bool = False
+        self, identity: dict, stats: Stats = (), whole: bool = False
     ) -> tuple[int, float, list]:
         """On ``--resume``, refuse a checkpoint that cannot be resumed by this run: a state
         that is not one, or another run's. A trainer calls it before preparing anything (its
         data) with the part of its ``identity`` known by then (``whole``: False, only those
         keys are compared), so that a refused resume writes nothing; ``start`` calls it with
-        the whole. Returns the saved step, elapsed time and recent statistics."""
+        the whole. Returns the saved step, elapsed time and recent statistics.
+
+        Every number is checked as the run writes it, since the final figures are computed
+        from them: a time that is a finite number, above 0 once a step was taken, and each
+        statistic a number in its range (``stats``, ``FLOAT32_MAX``; a loss of -7.5, a dead
+        fraction of -5, an FVU of 1e308 and no time spent were resumed into a model's and a
+        set's final figures, and a 401-digit integer was an ``OverflowError`` traceback: found
+        by a fuzz pass)."""
         from .checkpoint import read_json
 
         if not self.resume:
@@ -131,9 +151,8 @@ class ResumableRun:
                 and isinstance(step, int)
                 and not isinstance(step, bool)
                 and 0 <= step
-                and isinstance(elapsed, int | float)
-                and math.isfinite(elapsed)
-                and elapsed >= 0
+                and is_finite_number(elapsed)
+                and (elapsed > 0 if step > 0 else elapsed >= 0)
                 and isinstance(recent, list)
                 and all(_is_stats(r, stats) for r in recent)
             )
@@ -243,14 +262,27 @@ class ResumableRun:
         return True
 
 
-def _is_stats(record, names: tuple[str, ...]) -> bool:
-    """One step's statistics as a checkpoint keeps them: numbers, named ``names`` (when the
-    trainer gives them); whether they are finite is checked apart (a diverged run)."""
+def _is_stats(record, stats: Stats) -> bool:
+    """One step's statistics as a checkpoint keeps them: numbers named as ``stats`` (when the
+    trainer names them), each inside its range (``Stats``); a NaN or an infinity is checked
+    apart (a diverged run), an integer too large for a float is no statistic."""
+    bounds = stats if isinstance(stats, Mapping) else dict.fromkeys(stats, STAT_BOUNDS)
     return (
         isinstance(record, dict)
-        and (not names or sorted(record) == sorted(names))
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in record.values())
+        and (not bounds or sorted(record) == sorted(bounds))
+        and all(_in_range(v, bounds.get(k, STAT_BOUNDS)) for k, v in record.items())
     )
+
+
+def _in_range(value, bounds: Bounds) -> bool:
+    """A statistic inside ``bounds`` and within float32's range (``FLOAT32_MAX``), or a NaN or
+    infinite float (a diverged run's)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return True
+    if not is_finite_number(value) or abs(value) > FLOAT32_MAX:
+        return False
+    low, high = bounds.low, bounds.high
+    return (low is None or value >= low) and (high is None or value <= high)
 
 
 def _first_difference(saved, now, where: str = "") -> str:

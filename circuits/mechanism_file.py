@@ -448,6 +448,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     for i, g in enumerate(summary.groups):
         where = f"groups[{i}]"
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
+        _check_place(g, len(summary.tokens), where)
         _expect(set(g.flow) <= targets, f"{where}.flow: a flow into a node that is no target")
         _expect({c.target for c in g.checks} <= targets, f"{where}.checks: an unknown target")
         logits = {t.node for t in summary.targets if t.kind == "logit"}
@@ -484,6 +485,13 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
     """Each QK reason's parts close to its score, its attention in [0, 1], its token parts
     to its roots' tokens, its token checks each at a prompt position once, holding its token."""
     for j, r in enumerate(reasons):
+        shares = [(f"{side}_sources.{c}", x) for side, d in (("query", r.query_sources),
+                  ("key", r.key_sources)) for c, xs in d.items() for x in xs]  # fmt: skip
+        shares += [(f"{name}.{side}", getattr(p, side))
+                   for name in ("root_pairs", "own_pairs", "moved_pairs", "position_pairs")
+                   for p in getattr(r, name) for side in ("query", "key")]  # fmt: skip
+        for name, x in shares:
+            _check_place(x, len(tokens), f"{where}.qk[{j}].{name}")
         at = [c.pos for c in r.token_checks]
         held = all(0 <= c.pos < len(tokens) and tokens[c.pos] == c.token for c in r.token_checks)
         _expect(
@@ -533,6 +541,17 @@ def _check_main_inputs(summary: MechanismSummary) -> None:
                     _check_ref(ref, len(summary.tokens), at)
                     if ref.main_input is not None:
                         ref.main_input = _main_input(ref, len(summary.tokens), f"{at}.main_input")
+
+
+def _check_place(x, n_pos: int, at: str) -> None:
+    """A group's or a source's place (``GroupRecord``, ``SourceShare``): its position inside the
+    prompt or none, the key it reads up to that position or none, its block -1 (embeddings and
+    the position vectors) or above, or none (a fuzz pass loaded and rendered positions of
+    +-2**63)."""
+    _expect(x.pos is None or 0 <= x.pos < n_pos, f"{at}.pos: {x.pos} is outside the prompt")
+    _expect(x.attends is None or (x.pos is not None and 0 <= x.attends <= x.pos),
+            f"{at}.attends: {x.attends} is not a key up to its position")  # fmt: skip
+    _expect(x.layer is None or x.layer >= -1, f"{at}.layer: {x.layer} is below -1")
 
 
 def _check_ref(ref: NodeRef, n_pos: int, at: str) -> None:

@@ -940,6 +940,20 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
         bad.write_text(json.dumps(d))
         with pytest.raises(ValueError, match="token_checks"):
             load_summary(bad)
+    # a source's or a group's place outside the prompt (a fuzz pass: +-2**63 loaded and rendered)
+    g = next(i for i, x in enumerate(summary.groups) if x.qk and x.qk[0].query_sources)
+    side = next(c for c, xs in summary.groups[g].qk[0].query_sources.items() if xs)
+    for edit in (
+        lambda d: d["groups"][g]["qk"][0]["query_sources"][side][0].update(pos=2**63),
+        lambda d: d["groups"][g].update(pos=-(2**63)),
+        lambda d: d["groups"][g]["qk"][0]["root_pairs"][0]["key"].update(layer=-7),
+    ):
+        d = json.loads(path.read_text())
+        edit(d)
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(d))
+        with pytest.raises(ValueError, match=r"\.(pos|layer): "):
+            load_summary(bad)
     without = summarize(replacement, graph, run, check=False)  # the checks' switch: none
     assert not any(r.token_checks for g in without.groups for r in g.qk)
 

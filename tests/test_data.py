@@ -496,6 +496,22 @@ TOKENIZER_DAMAGES = {
         _bos_twice,
         f"does not begin an encoded text with exactly one {re.escape(BOS)}",
     ),
+    # a fuzz pass: every document the model was scored on cut to 8 tokens, exit 0
+    "truncation set": (
+        lambda d: d.update(
+            truncation={
+                "direction": "Right",
+                "max_length": 8,
+                "strategy": "LongestFirst",
+                "stride": 0,
+            }
+        ),  # fmt: skip
+        "sets a truncation, which no tokenizer of this project has",
+    ),
+    "normalizer set": (
+        lambda d: d.update(normalizer={"type": "Lowercase"}),
+        "sets a normalizer, which no tokenizer of this project has",
+    ),
 }
 
 

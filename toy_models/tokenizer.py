@@ -80,6 +80,14 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if ids != list(range(len(ids))) or len(ids) != tokenizer.get_vocab_size():
         raise ValueError(f"{path}: its token ids are not 0..{len(ids) - 1}, one per token "
                          "(a model's embedding rows are indexed by them)")  # fmt: skip
+    # What this project never sets, and what changes the ids of a text without a word: a
+    # truncation or padding setting cut or padded every document a model read (a fuzz pass:
+    # ``truncation.max_length: 8`` scored truncated documents, exit 0, for a model that
+    # records no tokenizer hash), a normalizer rewrites the text before it is split.
+    for name in ("truncation", "padding", "normalizer"):
+        if getattr(tokenizer, name) is not None:
+            raise ValueError(f"{path}: sets a {name}, which no tokenizer of this project has "
+                             "(it changes the ids of a text)")  # fmt: skip
     _check_bos(tokenizer, path)
     return tokenizer
 

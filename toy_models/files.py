@@ -369,17 +369,10 @@ def _is_relative_path(path) -> bool:
 
 def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> SetRecord | None:
     """What a set record at ``path`` lists, or None when it is not one this code wrote (a
-    link, too large, not JSON or nested too deeply to read, which ``parse_json`` refuses where
-    ``json.loads`` was a RecursionError traceback (found by a fuzz pass), another set's, names
-    outside ``names``, a listing of a file entry or of a path that leaves its directory)."""
-    from .records import parse_json
-
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
-            return None
-        record = parse_json(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError):
-        return None
+    link, too large, not JSON or nested too deeply to read (``_small_json``), another set's,
+    names outside ``names``, a listing of a file entry or of a path that leaves its
+    directory)."""
+    record = _small_json(path)
     if not isinstance(record, dict) or set(record) - {"files"} != {"set", "entries"}:
         return None
     entries, files = record["entries"], record.get("files", {})
@@ -563,15 +556,22 @@ def _is_results(path: Path, keys: frozenset[str]) -> bool:
     """Whether the file at ``path`` is a results file of a command that writes ``keys``: a
     regular file of JSON (read as any file from disk: bounded, through
     ``toy_models.records.parse_json``) holding a JSON object with every one of them."""
+    data = _small_json(path)
+    return isinstance(data, dict) and keys <= data.keys()
+
+
+def _small_json(path: Path):
+    """The JSON of a regular file of at most ``MAX_RECORD_BYTES`` at ``path`` (not a link),
+    parsed as any file from disk (``toy_models.records.parse_json``: nesting too deep to read
+    is refused, where ``json.loads`` was a RecursionError traceback: a fuzz pass), or None."""
     from .records import parse_json
 
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
-            return False
-        data = parse_json(path.read_bytes().decode("utf-8"))
+            return None
+        return parse_json(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and keys <= data.keys()
+        return None
 
 
 def check_not_input(path: Path, inputs: list[Path], flag: str) -> None:

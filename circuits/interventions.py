@@ -501,9 +501,9 @@ def tokens_to_mean(
             out.attention[here, j] = row[:, key]
             lorsa = replacement.lorsas[layer]
             x = seen[layer, "hook_in"]
-            q = x[:, : query + 1] @ lorsa.W_Q[head] + lorsa.b_Q[head]
-            k = x[:, : query + 1] @ lorsa.W_K[head] + lorsa.b_K[head]
-            du = q[:, query] - (x[:, refs] @ lorsa.W_Q[head] + lorsa.b_Q[head]).mean(1)
+            q = x[:, refs] @ lorsa.W_Q[head]  # the query biases cancel in du
+            k = x[:, : query + 1] @ lorsa.W_K[head]  # and the key biases in dv
+            du = x[:, query] @ lorsa.W_Q[head] - q.mean(1)
             dv = k[:, key] - k.mean(1)
             out.specific[here, j] = (du * dv).sum(-1) / math.sqrt(lorsa.cfg.d_qk)
             before = clean[layer, "hook_pattern"][0, head, query, : query + 1]

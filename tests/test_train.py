@@ -428,6 +428,22 @@ def test_a_foreign_tokenizer_is_named_where_it_is_before_shipping(tiny_run, tmp_
         ({"train_elapsed_s": -5.0}, "config.train_elapsed_s: expected a number in [0, inf]"),
         ({"train": {"steps": "many"}}, "config.train.steps: expected an integer"),
         ({"train_tokens_per_s": 1.5}, "config.train_tokens_per_s: expected an integer"),
+        # found by the twelfth pass's review: settings no run can have trained with
+        ({"train": {"lr": -3.0}}, "config.train.lr: expected a number in [1e-12, 1]"),
+        ({"train": {"steps": 0}}, "config.train.steps: expected a number in [1, "),
+        (
+            {"train": {"n_docs": {"names": -5}}},
+            "config.train.n_docs.names: expected a number in [0",
+        ),
+        (
+            {"train": {"warmup_fraction": 7.0}},
+            "config.train.warmup_fraction: expected a number in [0, 1]",
+        ),
+        ({"train": {"seed": -1}}, "config.train.seed: expected a number in [0, "),
+        (
+            {"train": {"grad_clip": 0.0}},
+            "config.train.grad_clip: expected a number in [1e-12, inf]",
+        ),
     ],
 )
 def test_a_runs_other_config_fields_are_checked_before_shipping(tiny_run, tmp_path, edit, message):

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from .files import file_sha256  # noqa: F401  (re-exported: the shipped-file tests use it)
+from .records import Bounds
 
 SHIPPED_DIR = Path(__file__).parent / "zoo"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    vocab_size: int = 1024
+    """A toy model's training settings. A finished run records them in its ``config.json``,
+    which ``toy_models.ship`` reads back as untrusted data: the bounds below are what a run
+    can have trained with (``toy_models.records.from_json`` refuses anything else, naming the
+    field)."""
+
+    vocab_size: Annotated[int, Bounds(2, 2**20)] = 1024
     # Training documents per task family (the held-out split gets a tenth as many).
-    n_docs: dict[str, int] = field(
+    n_docs: dict[str, Annotated[int, Bounds(0, 2**31)]] = field(
         default_factory=lambda: {
             "names": 60_000,
             "addition": 60_000,
@@ -27,16 +34,16 @@ class TrainConfig:
             "repeat": 100_000,
         }
     )
-    batch_size: int = 32
-    steps: int = 5400
-    lr: float = 3e-3
+    batch_size: Annotated[int, Bounds(1, 2**20)] = 32
+    steps: Annotated[int, Bounds(1, 2**40)] = 5400
+    lr: Annotated[float, Bounds(1e-12, 1)] = 3e-3  # (0, 1], as ``toy_models.train --lr``
     # The schedule is a fraction of the run, so that ``--steps N`` scales it (300 of 5400).
-    warmup_fraction: float = 1 / 18
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    checkpoint_every: int = 250
-    seed: int = 0
+    warmup_fraction: Annotated[float, Bounds(0, 1)] = 1 / 18
+    min_lr_ratio: Annotated[float, Bounds(0, 1)] = 0.05
+    weight_decay: Annotated[float, Bounds(0, None)] = 0.1
+    grad_clip: Annotated[float, Bounds(1e-12, None)] = 1.0
+    checkpoint_every: Annotated[int, Bounds(1, None)] = 250
+    seed: Annotated[int, Bounds(0, 2**32 - 1)] = 0  # as ``toy_models.train --seed``
 
     @property
     def warmup_steps(self) -> int:

@@ -164,7 +164,9 @@ def measure(replacement, tokenizer, concepts) -> dict:
                 {"group": g.name, "predicted": round(c.predicted, 4), "frozen": round(c.frozen, 4),
                  "free": round(c.free, 4), "agree_frozen": c.agree_frozen,
                  "agree_free": c.agree_free, "free_ln_held": round(c.free_ln_held, 4),
-                 "agree_free_ln_held": c.agree_free_ln_held, "flagged": c.flagged,
+                 "agree_free_ln_held": c.agree_free_ln_held,
+                 "free_final_ln_held": round(c.free_final_ln_held, 4),
+                 "agree_free_final_ln_held": c.agree_free_final_ln_held, "flagged": c.flagged,
                  "probability_frozen": c.probability_frozen,
                  "demeaned": c.probability_frozen is not None
                  and (c.frozen > 0) != (c.probability_frozen > t.probability)
@@ -192,6 +194,11 @@ def rates(records: list[dict]) -> dict:
             # of the free disagreements, those gone with the LayerNorm scales held
             "free_disagreements_from_layernorm": round(
                 sum(not c["agree_free"] and c["agree_free_ln_held"] for c in checks)
+                / max(1, sum(not c["agree_free"] for c in checks)), 4),
+            "agree_free_final_ln_held": share("agree_free_final_ln_held"),
+            # ... and those gone with only the final LayerNorm's scale held
+            "free_disagreements_from_final_layernorm": round(
+                sum(not c["agree_free"] and c["agree_free_final_ln_held"] for c in checks)
                 / max(1, sum(not c["agree_free"] for c in checks)), 4),
             "flagged": share("flagged"), "demeaned": share("demeaned")}  # fmt: skip
 

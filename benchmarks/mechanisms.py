@@ -130,7 +130,9 @@ model), ``circuits.mechanisms.summarize`` with its ablation checks.
   where the graph and the free measurement disagree. ``sign_agree_free_ln_held``: the free
   rerun with the LayerNorm scales held (``EffectCheck.free_ln_held``), and
   ``free_disagreements_from_layernorm`` the share of the free disagreements that it does
-  not have: what the summary marks "from the LayerNorm".
+  not have: what the summary marks "from the LayerNorm"; ``sign_agree_free_final_ln_held`` and
+  ``free_disagreements_from_final_layernorm`` the same with only the final LayerNorm's scale
+  held (``EffectCheck.free_final_ln_held``): what it marks "from the final LayerNorm".
 
 **A fresh draw** (written on 2026-12-02 before it was run, the seventh session): ``--seed
 4321`` draws new prompts from the same sources and frames (the results go to
@@ -555,6 +557,10 @@ def score_prompt(prompt: Prompt, summary) -> dict:
     out["disagree_free_from_layernorm"] = sum(
         not c.agree_free and bool(c.agree_free_ln_held) for c in checks
     )
+    out["agree_free_final_ln_held"] = sum(bool(c.agree_free_final_ln_held) for c in checks)
+    out["disagree_free_from_final_layernorm"] = sum(
+        not c.agree_free and bool(c.agree_free_final_ln_held) for c in checks
+    )
     out["flagged"] = sum(c.flagged for c in checks)
     return out
 
@@ -792,6 +798,13 @@ def run_family(
         # with the LayerNorm scales held (the model's rescaling undoes the prediction)
         "free_disagreements_from_layernorm": round(
             sum(r.get("disagree_free_from_layernorm", 0) for r in right)
+            / max(1, sum(r.get("checks", 0) - r.get("agree_free", 0) for r in right)),
+            4,
+        ),
+        # the same with only the final LayerNorm's scale held (the blocks' free)
+        "sign_agree_free_final_ln_held": per_check("agree_free_final_ln_held"),
+        "free_disagreements_from_final_layernorm": round(
+            sum(r.get("disagree_free_from_final_layernorm", 0) for r in right)
             / max(1, sum(r.get("checks", 0) - r.get("agree_free", 0) for r in right)),
             4,
         ),

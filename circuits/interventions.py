@@ -42,6 +42,8 @@ ACTIVATION_SITE = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook
 SITE = {Kind.LORSA: "lorsa", Kind.TRANSCODER: "transcoder"}
 
 ACTIONS = ("ablate", "clamp", "scale")
+# ``freeze_layernorm=FINAL_LAYERNORM``: hold the final LayerNorm's scale alone (the blocks' free)
+FINAL_LAYERNORM = "final"
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
@@ -93,7 +95,7 @@ def _hooks(
     run: PromptRun,
     *,
     freeze_attention: bool,
-    freeze_layernorm: bool,
+    freeze_layernorm: bool | str,
     z: list[Tensor | None],
     acts: list[Tensor | None],
     errors: dict[str, Tensor],
@@ -111,10 +113,11 @@ def _hooks(
         return lambda act, hook: value.expand_as(act) if value.dim() == act.dim() else value
 
     L = replacement.cfg.n_layers
-    if freeze_layernorm:
+    if freeze_layernorm is True:
         for l in range(L):
             for ln, sigma in (("ln1", run.sigma1[l]), ("ln2", run.sigma2[l])):
                 hooks.append((hook_name(l, f"{ln}.hook_scale"), const(sigma[None, :, None])))
+    if freeze_layernorm:  # True or FINAL_LAYERNORM
         hooks.append(("ln_final.hook_scale", const(run.sigma_final[None, :, None])))
     for l in range(L):
         if freeze_attention:
@@ -319,14 +322,15 @@ def intervene(
     interventions: list[Intervention],
     *,
     freeze_attention: bool = True,
-    freeze_layernorm: bool | None = None,
+    freeze_layernorm: bool | str | None = None,
     freeze_errors: bool = True,
     run: PromptRun | None = None,
     predicted: Tensor | None = None,
 ) -> InterventionResult:
     """Apply ``interventions`` to the prompt of ``graph`` and rerun: other heads and features
-    recompute, attention patterns (and, by default with them, LayerNorm scales) are frozen or free,
-    and in local mode errors stay clean or (``freeze_errors`` False) recompute from the new inputs
+    recompute, attention patterns (and, by default with them, LayerNorm scales) are frozen or free
+    (``freeze_layernorm=FINAL_LAYERNORM``: only the final LayerNorm's scale held), and in local
+    mode errors stay clean or (``freeze_errors`` False) recompute from the new inputs
     (module docstring; an edited error node then scales its recomputed value). Returns predicted
     (graph) and actual changes of its logits. ``graph`` is the prompt's full graph: a pruned one is
     refused (its prediction would cover only the kept edges; ``predict`` takes one). ``run``
@@ -522,7 +526,7 @@ def first_order(
     graph: Graph,
     *,
     freeze_attention: bool = False,
-    freeze_layernorm: bool | None = None,
+    freeze_layernorm: bool | str | None = None,
     freeze_errors: bool = True,
     run: PromptRun | None = None,
 ) -> Float[Tensor, "target node"]:
@@ -602,11 +606,19 @@ def _check_predicted(graph: Graph, predicted) -> None:
                          "predict(graph, interventions)'s finite changes")  # fmt: skip
 
 
-def _freezes(freeze_attention, freeze_layernorm) -> tuple[bool, bool]:
-    """The two freeze flags as bools (a truthy string such as "no" is refused, never read as
-    True); LayerNorm follows attention unless given."""
+def _freezes(freeze_attention, freeze_layernorm) -> tuple[bool, bool | str]:
+    """The two freeze flags: attention's a bool (a truthy string such as "no" is refused, never
+    read as True); LayerNorm's a bool or ``FINAL_LAYERNORM`` (only the final LayerNorm's scale
+    held), following attention unless given."""
     attention = checked_flag(freeze_attention, "freeze_attention")
-    layernorm = checked_flag(freeze_layernorm, "freeze_layernorm", none=True)
+    if isinstance(freeze_layernorm, str) and freeze_layernorm == FINAL_LAYERNORM:
+        return attention, FINAL_LAYERNORM
+    try:
+        layernorm = checked_flag(freeze_layernorm, "freeze_layernorm", none=True)
+    except TypeError:
+        raise TypeError(f"freeze_layernorm must be True or False (or None), or "
+                        f"{FINAL_LAYERNORM!r} (the final LayerNorm alone), got "
+                        f"{freeze_layernorm!r}") from None  # fmt: skip
     return attention, attention if layernorm is None else layernorm
 
 

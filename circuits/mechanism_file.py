@@ -41,7 +41,7 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # the position vectors on either side, which were ``constants``; ``position_pairs``; a
 # target's BOS is a constant (``BOS``), no longer a token; 9: a token check's ``specific`` and
 # ``rival`` (the key that gained most attention, its attention before and after); a check's
-# ``free_ln_held``
+# ``free_ln_held`` (and since, optional: ``free_final_ln_held``, absent from earlier files)
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
@@ -241,7 +241,10 @@ class EffectCheck:
     free rerun with the LayerNorm scales held at their clean values (attention and errors free),
     and whether it agrees in sign (``agree_free_ln_held``): where free disagrees and this
     agrees, the model's LayerNorm rescaling is what undoes the prediction, not other heads
-    attending elsewhere (801 of the 974 free disagreements on the six draws' probe prompts)."""
+    attending elsewhere (801 of the 974 free disagreements on the six draws' probe prompts).
+    ``free_final_ln_held``: the same with only the final LayerNorm's scale held (the blocks'
+    free), and ``agree_free_final_ln_held``: whether it is the final normalisation, which
+    rescales every logit at once, that undoes it (None in files written before it)."""
 
     target: str
     predicted: float
@@ -256,6 +259,8 @@ class EffectCheck:
     probability_free: float | None = None
     free_ln_held: float | None = None
     agree_free_ln_held: bool | None = None
+    free_final_ln_held: float | None = None
+    agree_free_final_ln_held: bool | None = None
 
 
 @dataclass
@@ -460,6 +465,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     f"{where}.checks[{j}]: a probability for a target not a logit")  # fmt: skip
             _expect((c.free_ln_held is None) == (c.agree_free_ln_held is None),
                     f"{where}.checks[{j}]: free_ln_held without its agreement, or the "
+                    "reverse")  # fmt: skip
+            _expect((c.free_final_ln_held is None) == (c.agree_free_final_ln_held is None),
+                    f"{where}.checks[{j}]: free_final_ln_held without its agreement, or the "
                     "reverse")  # fmt: skip
         _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
         _expect(set(g.carried) == set(g.carried_own), f"{where}: carried and carried_own "

@@ -41,7 +41,9 @@ pre-activation):
   ``TOLERANCE`` (logit units): the places where the linear graph is not to be trusted. A
   third rerun, free but with the LayerNorm scales held, says why where free disagrees: on the
   probe prompts of the mechanism benchmark most free disagreements go when the LayerNorm is
-  held (the model's rescaling undoes the group's effect), few when attention is held.
+  held (the model's rescaling undoes the group's effect), few when attention is held; a
+  fourth, free with only the final LayerNorm's scale held, says whether it is the final
+  normalisation (one scale for every logit) or the blocks'.
 
 The summary is a record (``MechanismSummary``, ``circuits.mechanism_file``) that
 ``save_summary`` writes as JSON beside the graph (``mechanisms.json``) and ``load_summary``
@@ -75,6 +77,7 @@ from .flows import (
 from .graph import Graph, QKAttribution, checked_count
 from .groups import AUTO_RULES, GroupedGraph, auto_groups, checked_concepts, node_name
 from .interventions import (
+    FINAL_LAYERNORM,
     Intervention,
     check_full_graph,
     intervene,
@@ -556,6 +559,9 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
                      run=run, predicted=predicted)  # fmt: skip
     held = intervene(replacement, full, edits, freeze_attention=False, freeze_layernorm=True,
                      freeze_errors=False, run=run, predicted=predicted)  # fmt: skip
+    final = intervene(replacement, full, edits, freeze_attention=False,
+                      freeze_layernorm=FINAL_LAYERNORM, freeze_errors=False, run=run,
+                      predicted=predicted)  # fmt: skip
     out = []
     inside = {full.ids[m] for m in members}
     after = [torch.softmax(r.logits.double(), -1) for r in (frozen, free)]
@@ -567,6 +573,7 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
         p_frozen, p_free = (None, None) if token is None else (float(a[token]) for a in after)
         p = float(frozen.predicted[j])
         fz, fr, ln = float(frozen.actual[j]), float(free.actual[j]), float(held.actual[j])
+        last = float(final.actual[j])
         agree_frozen, agree_free = signs_agree(p, fz, tolerance), signs_agree(p, fr, tolerance)
         flagged = (
             not (agree_frozen and agree_free) or _off(p, fz, tolerance) or _off(p, fr, tolerance)
@@ -577,6 +584,7 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
                 agree_free=agree_free, ratio_frozen=_ratio(p, fz), ratio_free=_ratio(p, fr),
                 flagged=flagged, probability_frozen=p_frozen, probability_free=p_free,
                 free_ln_held=ln, agree_free_ln_held=signs_agree(p, ln, tolerance),
+                free_final_ln_held=last, agree_free_final_ln_held=signs_agree(p, last, tolerance),
             )
         )  # fmt: skip
     return out

@@ -195,11 +195,7 @@ def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
         off = ratio is not None and not 1 / RATIO <= ratio <= RATIO
         why = ""
         if name == "free" and c.free_ln_held is not None and (not agree or off):
-            # the free rerun with the LayerNorm scales held: is it their rescaling?
-            held = None if c.predicted == 0 else abs(c.free_ln_held) / abs(c.predicted)
-            ln_ok = c.agree_free_ln_held and (held is None or 1 / RATIO <= held <= RATIO)
-            why = (f", from the LayerNorm (held: {_signed(c.free_ln_held)})" if ln_ok
-                   else ", with the LayerNorm held too")  # fmt: skip
+            why = _layernorm_words(c)
         if not agree:
             with_p = "" if apart or moved is None else ", its probability as predicted"
             flags.append(f"{name} other sign{with_p}{why}")
@@ -273,9 +269,31 @@ def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
 
 
 LN_WORDS = (
-    '"from the LayerNorm" where free disagrees and agrees with the LayerNorm scales held at '
-    "their clean values: the model's rescaling undoes the group's effect, not other heads"
+    '"from the final LayerNorm" where free disagrees and agrees with the final LayerNorm\'s '
+    'scale held at its clean value ("from the LayerNorms": only with every LayerNorm scale '
+    "held): the model's rescaling undoes the group's effect, not other heads"
 )
+
+
+def _held_agrees(c: EffectCheck, value: float | None, agree: bool | None) -> bool:
+    """Whether a free rerun with LayerNorm scales held agrees with the prediction, in sign and
+    within ``RATIO`` in size (what the free measurement itself failed)."""
+    if value is None or not agree:
+        return False
+    return c.predicted == 0 or 1 / RATIO <= abs(value) / abs(c.predicted) <= RATIO
+
+
+def _layernorm_words(c: EffectCheck) -> str:
+    """Why a free measurement is flagged, from the reruns with LayerNorm scales held: the final
+    LayerNorm's alone (a summary written before it has none), then every one."""
+    if _held_agrees(c, c.free_final_ln_held, c.agree_free_final_ln_held):
+        return f", from the final LayerNorm (held: {_signed(c.free_final_ln_held)})"
+    if not _held_agrees(c, c.free_ln_held, c.agree_free_ln_held):
+        return ", with the LayerNorm held too"
+    if c.free_final_ln_held is None:
+        return f", from the LayerNorm (held: {_signed(c.free_ln_held)})"
+    return (f", from the LayerNorms (all held: {_signed(c.free_ln_held)}; the final one alone: "
+            f"{_signed(c.free_final_ln_held)})")  # fmt: skip
 
 
 def frozen_words(mode: str) -> str:

@@ -776,6 +776,13 @@ def test_flags_are_true_or_false(graph, replacement, tokens):
         intervene(replacement, graph, edit, freeze_attention="no")
     with pytest.raises(TypeError, match=r"^freeze_layernorm must be True or False \(or None\)"):
         intervene(replacement, graph, edit, freeze_layernorm=1)
+    # "final" holds the final LayerNorm's scale alone; any other string is refused
+    with pytest.raises(TypeError, match=r"or 'final' \(the final LayerNorm alone\), got 'Final'$"):
+        intervene(replacement, graph, edit, freeze_layernorm="Final")
+    final = intervene(replacement, graph, edit, freeze_attention=False, freeze_layernorm="final")
+    free = intervene(replacement, graph, edit, freeze_attention=False)
+    held = intervene(replacement, graph, edit, freeze_attention=False, freeze_layernorm=True)
+    assert not torch.equal(final.actual, free.actual) and not torch.equal(final.actual, held.actual)
     with pytest.raises(TypeError, match="^freeze_attention must be True or False, got 'no'$"):
         first_order(replacement, graph, freeze_attention="no")
     with pytest.raises(TypeError, match="^constants must be True or False, got 'yes'$"):

@@ -1009,6 +1009,17 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     assert mark_text(layernorm, logit(0.4)) == (
         "FLAGGED: free other sign, from the LayerNorm (held: -1.2)"
     )
+    # the final LayerNorm's scale alone held (a summary written before it has no such rerun)
+    final = dataclasses.replace(layernorm, free_final_ln_held=-1.1, agree_free_final_ln_held=True)
+    assert mark_text(final, logit(0.4)) == (
+        "FLAGGED: free other sign, from the final LayerNorm (held: -1.1)"
+    )
+    blocks = dataclasses.replace(final, free_final_ln_held=0.2, agree_free_final_ln_held=False)
+    assert mark_text(blocks, logit(0.4)) == (
+        "FLAGGED: free other sign, from the LayerNorms (all held: -1.2; the final one alone: +0.2)"
+    )
+    tiny = dataclasses.replace(final, free_final_ln_held=-0.1)  # its sign, 20x off: not it
+    assert mark_text(tiny, logit(0.4)) == mark_text(blocks, logit(0.4)).replace("+0.2", "-0.1")
     too = dataclasses.replace(layernorm, free_ln_held=0.3, agree_free_ln_held=False)
     assert mark_text(too, logit(0.4)) == "FLAGGED: free other sign, with the LayerNorm held too"
     small = dataclasses.replace(layernorm, free_ln_held=-0.1)  # agrees in sign, 20x off
@@ -1045,6 +1056,50 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     assert mark_text(check(-2.0, 1.5, 1.0, None, None, True), None) == (
         "FLAGGED: frozen other sign; free other sign"
     )
+
+
+def _final_ln_held_by_hand(replacement, graph, members, target) -> float:
+    """A logit target's change when ``members`` (node ids) are zeroed where the model computes
+    them, everything recomputed but the final LayerNorm's scale, held at its clean value:
+    written with the model's hooks alone."""
+    from replacement.model import hook_name
+
+    clean: dict = {}
+
+    def keep(act, hook):
+        clean[hook.name] = act.detach()
+
+    tokens = torch.tensor(graph.tokens)[None]
+    before = replacement.run_with_hooks(tokens, mode=graph.mode,
+                                        fwd_hooks=[("ln_final.hook_scale", keep)])  # fmt: skip
+    site = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
+    zeros: dict[str, list] = {}
+    for node in members:
+        i = graph.id_to_index[node]
+        name = hook_name(int(graph.layer[i]), site[Kind(int(graph.kind[i]))])
+        zeros.setdefault(name, []).append((int(graph.pos[i]), int(graph.index[i])))
+
+    def zero(entries):
+        def hook(act, hook):
+            act = act.clone()
+            for p, index in entries:
+                act[:, p, index] = 0
+            return act
+
+        return hook
+
+    hooks = [(name, zero(entries)) for name, entries in zeros.items()]
+    hooks.append(("ln_final.hook_scale", lambda act, hook: clean["ln_final.hook_scale"]))
+    after = replacement.run_with_hooks(tokens, mode=graph.mode, fwd_hooks=hooks)
+    record = graph.logit_record(graph.id_to_index[target])
+
+    def read(logits):
+        logits = logits[0, -1].detach().double()
+        if record.negative is not None:
+            return float(logits[record.token] - logits[record.negative])
+        return float(logits[record.token] - logits.mean())
+
+    return read(after) - read(before)
 
 
 def test_summary_records(graph, replacement, run, tmp_path):
@@ -1114,6 +1169,9 @@ def test_summary_records(graph, replacement, run, tmp_path):
         assert [abs(x.flow) for x in t.moved_by_position] == sorted(
             (abs(x.flow) for x in t.moved_by_position), reverse=True
         )
+    # Every checked group's ablation checks (this loop ran inside the one above, on whichever
+    # group the loop before it ended with: often one without checks)
+    for g in checked:
         for c in g.checks:
             assert c.predicted == pytest.approx(-g.flow[c.target], abs=1e-4)
             edits = [Intervention(m, "ablate") for m in g.members]
@@ -1133,6 +1191,14 @@ def test_summary_records(graph, replacement, run, tmp_path):
             ok = c.predicted * c.free_ln_held > 0 or max(abs(c.predicted),
                                                          abs(c.free_ln_held)) < 0.01  # fmt: skip
             assert c.agree_free_ln_held == ok
+            # the final LayerNorm's scale alone held, by hand: the model less the group with
+            # its z zeroed where the members are, and ln_final's clean scale
+            assert c.free_final_ln_held == pytest.approx(
+                _final_ln_held_by_hand(replacement, graph, g.members, c.target), abs=1e-4
+            )
+            ok = c.predicted * c.free_final_ln_held > 0 or max(
+                abs(c.predicted), abs(c.free_final_ln_held)) < 0.01  # fmt: skip
+            assert c.agree_free_final_ln_held == ok
             after = float(free.logits.double().softmax(-1)[graph.logit_record(k).token])
             assert c.probability_free == pytest.approx(after)
             ok = c.predicted * c.frozen > 0 or max(abs(c.predicted), abs(c.frozen)) < 0.01

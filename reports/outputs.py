@@ -13,7 +13,8 @@ fails while writing (a full disk) leaves an earlier run's set as it was, never a
 prompts' files (only a kill inside the few renames could). Two runs writing into one
 directory at once would share the staging directory, so a run holds ``out/.writing.lock``
 (its process id) while it writes; another finds it and is refused in one line (a killed
-run's lock is taken over).
+run's lock is taken over). The staging directory holds a mark file (``STAGING_MARK``): a
+killed run's is removed by the next, a user's ``.writing/`` is refused in one line and kept.
 
 A run records what it wrote in ``out`` (``.graph-set.json``, ``toy_models.files
 .write_set_record``, written atomically), and of a directory (``features/``) every file it
@@ -78,6 +79,9 @@ FULL_GRAPH_FILE = "full_graph.safetensors"
 MECHANISMS_FILE = "mechanisms.json"  # the trace's summary (``circuits.trace`` writes it)
 STAGING_DIR = ".writing"  # inside ``out``: the set being written, moved into place when whole
 LOCK_FILE = ".writing.lock"  # inside ``out``: the process id of the run writing there
+# Inside ``STAGING_DIR``: marks it as a run's, so a leftover one (a killed run's) is removed and
+# a user's folder of that name refused (``toy_models.files.fresh_directory``).
+STAGING_MARK = ".staging-mark"
 
 
 # Every name a run's output set can hold in ``out``; nothing else there is ever touched (the
@@ -172,12 +176,12 @@ def write_set(out: Path, kind: OutputSet, fill: Callable[[Path], T]) -> tuple[T,
     make_dir(out)  # listed: a run stopped before its set is in place leaves no empty --out
     stage = out / STAGING_DIR
     try:
-        with _writing_lock(out), fresh_directory(stage):
+        with _writing_lock(out), fresh_directory(stage, STAGING_MARK):
             result = fill(stage)
             notes = _move_into_place(stage, out, kind)
     except OSError as exc:  # name the file the user will look for, not its staged copy
         name = Path(str(exc.filename or ""))
-        if name.is_relative_to(stage):
+        if name != stage and name.is_relative_to(stage):
             raise WriteError(exc.errno, exc.strerror, str(out / name.relative_to(stage))) from None
         raise
     return result, notes
@@ -237,7 +241,7 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
     replaced or removed whole). The record lists every entry of both sets, and every file of
     their directories, while they move (a run killed among the renames leaves nothing of its
     own unlisted), then this set's alone."""
-    new = sorted(stage.iterdir(), key=lambda entry: entry.name)
+    new = sorted((e for e in stage.iterdir() if e.name != STAGING_MARK), key=lambda e: e.name)
     for entry in new:
         target = out / entry.name
         if os.path.lexists(target) and (entry.is_dir() != target.is_dir() or target.is_symlink()):
@@ -267,6 +271,7 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
             entry.unlink()
         notes.append(f"removed {entry} of an earlier run")
     write_set_record(out, kind.mark, written, files)
+    (stage / STAGING_MARK).unlink()
     stage.rmdir()
     return notes
 

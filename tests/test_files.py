@@ -141,7 +141,7 @@ def write_a_set(out: Path, names=("graph.json", "graph.svg"), features: bool = F
         if features:
             (stage / "features").mkdir()
             (stage / "features" / "1.json").write_text("new")
-        return sorted(p.name for p in stage.iterdir())
+        return sorted(p.name for p in stage.iterdir() if not p.name.startswith("."))
 
     return write_set(out, OutputSet(SET_NAMES, "graph.json"), fill)
 
@@ -377,6 +377,45 @@ def test_a_users_folder_named_like_a_swaps_leftover_is_kept(tmp_path):
     write_a_set(out, features=True)
     assert (mine / "keep.txt").read_text() == "mine"
     assert (out / "features" / "1.json").read_text() == "new"
+
+
+def test_a_users_staging_named_folder_is_refused_and_a_killed_runs_is_removed(tmp_path):
+    """Found by fuzz pass 13 (lost work, exit 0): a set's run removed whatever stood at
+    ``--out/.writing`` (its staging directory's name), a user's folder of notes included. Only
+    a staging directory a run made (its mark file inside) is removed; anything else there is
+    refused in one line, before anything is written, and kept."""
+    from reports.outputs import STAGING_DIR, STAGING_MARK
+    from toy_models.files import WriteError, fresh_directory
+
+    out = tmp_path / "out"
+    mine = out / STAGING_DIR
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my precious notes")
+    (mine / STAGING_MARK).write_text("not what a run writes")
+    with pytest.raises(WriteError, match=r"\.writing: in the way") as info:
+        write_a_set(out)
+    assert "\n" not in str(info.value) and "move it away" in str(info.value)
+    assert (mine / "notes.txt").read_text() == "my precious notes"
+    assert sorted(p.name for p in out.iterdir()) == [STAGING_DIR]
+    for link in (True, False):  # a link to the user's folder, and a file, are in the way too
+        (out / "x").unlink(missing_ok=True)
+        (out / "x").symlink_to(mine) if link else (out / "x").write_text("mine")
+        other = tmp_path / f"other{link}"
+        other.mkdir()
+        (other / STAGING_DIR).symlink_to(out / "x")
+        with pytest.raises(WriteError, match="in the way"):
+            write_a_set(other)
+        assert (mine / "notes.txt").exists() and (out / "x").exists()
+
+    killed = tmp_path / "killed"  # a run killed while writing left its marked staging directory
+    killed.mkdir()
+    cut_short = fresh_directory(killed / STAGING_DIR, STAGING_MARK)
+    cut_short.__enter__()  # never left: the run was killed (kept referenced, never closed)
+    (killed / STAGING_DIR / "graph.json").write_text("half a set")
+    write_a_set(killed)
+    assert sorted(p.name for p in killed.iterdir()) == [".graph-set.json", "graph.json",
+                                                        "graph.svg"]  # fmt: skip
+    assert (killed / "graph.json").read_text() == "new graph.json"
 
 
 def test_a_set_with_a_directory_replaces_its_own_files_run_after_run(tmp_path):

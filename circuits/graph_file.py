@@ -12,7 +12,8 @@ stage/kind consistency, the node order, unique node ids, the CSR invariants (a m
 array would crash scipy),
 finite values, QK records inside the prompt (one per layer, QK head, query and key) with keys
 at or before their query and terms naming sides in the form a trace writes them (``_side_ok``),
-one text per token, header types and lengths; a problem is one ``ValueError`` naming the file
+one text per token, a prompt that is their text (or none), a logit difference of two
+tokens, header types and lengths; a problem is one ``ValueError`` naming the file
 and the field.
 """
 
@@ -30,6 +31,7 @@ from torch import Tensor
 from toy_models.checkpoint import check_content_sha256, content_sha256, save_state_atomic
 from toy_models.cli import one_line
 from toy_models.records import is_finite_number, parse_json
+from toy_models.tokenizer import text_of_token_texts
 
 from .graph import (
     FORMAT_VERSION,
@@ -235,6 +237,10 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     token_strings = _typed(header, "token_strings", list)
     _require(all(isinstance(t, str) for t in token_strings), "token_strings", "not all strings")
     _require(len(token_strings) == len(tokens), "token_strings", "length differs from tokens")
+    # a trace's prompt reads back from its token strings; a graph of no prompt (a global
+    # graph, ``attribute`` without one) records ""
+    _require(prompt in ("", text_of_token_texts(token_strings)), "prompt",
+             "is not the text of the graph's token strings")  # fmt: skip
     mode = _typed(header, "mode", str)
     _require(mode in MODES, "mode", f"{mode!r} is not one of {', '.join(MODES)}")
     group_size = _typed(header, "group_size", int)
@@ -382,6 +388,7 @@ def _logit_targets(items: list, n_logits: int) -> list[LogitRecord]:
         ok = ok and _is_int(item[0]) and (item[1] is None or _is_int(item[1]))
         ok = ok and _is_number(item[2]) and 0 <= item[2] <= 1
         _require(ok, "logit_targets", "entries must be [token, negative or null, probability]")
+        _require(item[1] != item[0], "logit_targets", "a difference of a token with itself")
         records.append(LogitRecord(item[0], item[1], float(item[2])))
     return records
 

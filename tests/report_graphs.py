@@ -145,7 +145,7 @@ def make_graph(*, influence: bool = True) -> Graph:
         tokens=TOKENS,
         token_strings=TOKEN_STRINGS,
         token_text={**dict(zip(TOKENS, TOKEN_STRINGS, strict=True)), **PROMOTED, 11: "9", 7: "7"},
-        prompt='0 "4" a\\b &x',
+        prompt="".join(TOKEN_STRINGS[1:]),  # what a trace's prompt is: its tokens' text
         activation=torch.linspace(0.5, 2.0, n),
         target_weight=torch.tensor([0.0] * (n - 2) + [0.7, 0.3]),
         edges=edges,
@@ -195,7 +195,7 @@ def make_big_graph(
         tokens=list(range(n_pos)),
         token_strings=[f"t{p}" for p in range(n_pos)],
         token_text=token_text | {7: " x", 9: " y"},
-        prompt=" ".join(f"t{p}" for p in range(n_pos)),
+        prompt="".join(f"t{p}" for p in range(n_pos)),
         activation=torch.tensor(rng.uniform(0.5, 5.0, n), dtype=torch.float32),
         target_weight=torch.tensor(
             [  # the two logits (tokens 7 and 9) only

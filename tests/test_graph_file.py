@@ -176,6 +176,44 @@ def test_forged_files_with_a_valid_checksum_are_refused(tmp_path, case):
         Graph.load(bad)
 
 
+def test_a_logit_difference_of_a_token_with_itself_is_refused(tmp_path):
+    """Found by fuzz pass 13: a header's logit target ``[422, 422, p]`` (a difference of a
+    token with itself, which is zero, as ``--target-diff A A`` says) loaded, and the report
+    labelled its logit "' Thursday' - ' Thursday' = 16.864"."""
+
+    def itself(header):
+        header["logit_targets"][0][1] = header["logit_targets"][0][0]
+
+    bad = craft(tmp_path, edit_header=itself)
+    message = f"{bad}: field logit_targets: a difference of a token with itself"
+    with pytest.raises(GraphFileError, match=re.escape(message)):
+        Graph.load(bad)
+    graph = make_graph()
+    graph.logit_targets[0] = dataclasses.replace(graph.logit_targets[0], negative=7)
+    graph.save(tmp_path / "diff.safetensors")  # a difference of two tokens loads back
+    assert Graph.load(tmp_path / "diff.safetensors").logit_targets[0].negative == 7
+
+
+def test_a_prompt_that_is_not_its_tokens_text_is_refused(tmp_path):
+    """Found by fuzz pass 13: a header's ``prompt`` edited to "something else" loaded, and the
+    report showed it as the prompt of a graph of "Monday, Tuesday, Wednesday,". A trace's
+    prompt is its token strings read back (BOS dropped, a split character's ``<0xC3>`` bytes
+    joined: ``toy_models.tokenizer.text_of_token_texts``); a graph of no prompt records ""."""
+    bad = craft(tmp_path, edit_header=lambda h: h.__setitem__("prompt", "something else"))
+    with pytest.raises(GraphFileError, match=re.escape(f"{bad}: field prompt: is not the text")):
+        Graph.load(bad)
+    graph = make_graph()  # what a trace writes: a leading space, a character split in bytes
+    graph.token_strings = ["<|bos|>", " h", "<0xC3>", "<0xA9>"]
+    for prompt in (" h\u00e9", ""):
+        graph.prompt = prompt
+        graph.save(tmp_path / "g.safetensors")
+        assert Graph.load(tmp_path / "g.safetensors").prompt == prompt
+    for prompt in ("h\u00e9", " h<0xC3><0xA9>", " he"):
+        graph.prompt = prompt
+        with pytest.raises(GraphFileError, match="not saved.*field prompt"):
+            graph.save(tmp_path / "g.safetensors")
+
+
 def test_qk_ids_of_every_form_a_trace_writes_load_back(tmp_path):
     """Pair sides by node id (also of a node a pruned graph dropped), contrast keys by unit id
     or "bias", a reason's sides by either (``circuits.qk``): all read back as written."""

@@ -8,6 +8,7 @@ learns to use as an attention sink. Saved as ``tokenizer.json`` beside a model's
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -141,6 +142,29 @@ def token_text(tokenizer: Tokenizer, token: int) -> str:
     return "".join(
         f"<0x{ord(c) - 0xDC00:02X}>" if "\udc80" <= c <= "\udcff" else c for c in escaped
     )
+
+
+_ESCAPED_BYTE = re.compile(r"<0x([0-9A-F]{2})>")
+
+
+def text_of_token_texts(texts: list[str]) -> str | None:
+    """The text a sequence's ``token_text`` strings read back to (a leading BOS dropped, each
+    ``<0xF0>`` an incomplete character's byte, joined with the bytes around it), as
+    ``tokenizer.decode(ids, skip_special_tokens=True)`` gives it; None when the bytes are not
+    UTF-8. A trace's prompt is this text of its token strings (``encode_prompt`` refuses a
+    prompt that does not survive tokenization)."""
+    data = bytearray()
+    for text in texts[1:] if texts[:1] == [BOS] else texts:
+        start = 0
+        for match in _ESCAPED_BYTE.finditer(text):
+            data += text[start : match.start()].encode("utf-8", "surrogatepass")
+            data.append(int(match.group(1), 16))
+            start = match.end()
+        data += text[start:].encode("utf-8", "surrogatepass")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def bos_id(tokenizer: Tokenizer) -> int:

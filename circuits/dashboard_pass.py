@@ -23,7 +23,6 @@ from .dashboards import (
     BATCH_ROWS,
     CHECKPOINT_SECONDS,
     DEFAULT_ROWS,
-    HIST_EDGES,
     N_BINS,
     N_KEYS,
     N_LOGITS,
@@ -35,6 +34,7 @@ from .dashboards import (
     Dashboards,
     Layout,
     empty_state,
+    hist_bin,
     read_file,
     write_file,
 )
@@ -90,7 +90,6 @@ class Pass:
     def __init__(self, replacement: ReplacementModel, layout: Layout, state: dict, meta: dict):
         self.replacement, self.layout, self.state, self.meta = replacement, layout, state, meta
         self.slot = layout.lorsa_slot()
-        self.edges = torch.tensor(HIST_EDGES, dtype=torch.float32)
 
     def add(self, rows) -> None:
         n_ctx = self.meta["n_ctx"]
@@ -121,7 +120,7 @@ class Pass:
             unit = i + start
             s["fires"] += torch.bincount(unit, minlength=self.layout.total)
             s["act_sum"].index_add_(0, unit, value.double())
-            bucket = (torch.searchsorted(self.edges, value, right=True) - 1).clamp(0, N_BINS - 1)
+            bucket = hist_bin(value)
             s["hist"].view(-1).index_add_(
                 0, unit * N_BINS + bucket, torch.ones_like(unit, dtype=torch.int32)
             )

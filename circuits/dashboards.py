@@ -75,6 +75,7 @@ N_KEYS = 3
 N_LOGITS = 8
 HIST_EDGES = [0.0] + [2.0 ** (k / 4) for k in range(-28, 33)]  # 0, 0.0078 .. 256
 N_BINS = len(HIST_EDGES) - 1
+_HIST_EDGES_F32 = torch.tensor(HIST_EDGES, dtype=torch.float32)
 DEFAULT_ROWS = 192  # about a minute on two CPU cores for the default model
 BATCH_ROWS = 32
 CHECKPOINT_SECONDS = 30.0
@@ -214,6 +215,15 @@ def empty_state(layout: Layout) -> dict[str, Tensor]:
         fill = -1 if name.endswith(("index", "window", "key_pos", "key_token")) else 0
         state[name] = torch.full(shape, fill, dtype=_TORCH[dtype])
     return state
+
+
+def hist_bin(value: Tensor) -> Tensor:
+    """The histogram bin of each activation (float32, as the pass records them): the last edge
+    at or below it, the last bin taking everything above. The pass fills ``hist`` with it and
+    the reader checks a file's histogram against its kept examples with it, so the two agree
+    at every edge to the bit."""
+    bins = torch.searchsorted(_HIST_EDGES_F32, value.float().contiguous(), right=True) - 1
+    return bins.clamp(0, N_BINS - 1)
 
 
 # ----------------------------------------------------------------- the data
@@ -551,6 +561,7 @@ def _check_values(dash: Dashboards) -> None:
         raise ValueError("act_sum is not positive exactly where its unit fired")
     if (s["hist"] < 0).any() or (s["hist"].long().sum(1) != s["fires"]).any():
         raise ValueError("hist does not count every firing once")
+    _check_hist(s)
     if (s["concept_count"] < 0).any() or (s["concept_count"] > tokens).any():
         raise ValueError("concept_count holds values that are not counts of tokens")
     both = s["concept_both"].long()
@@ -592,6 +603,32 @@ def _check_values(dash: Dashboards) -> None:
         raise ValueError("meta.rows_done says the pass is finished, but it holds no logit effects")
     if not dash.finished and (values or (s["logit_token"] != 0).any()):
         raise ValueError("meta.rows_done says the pass is partial, but it holds logit effects")
+
+
+def _check_hist(s: dict[str, Tensor]) -> None:
+    """The histogram agrees with the examples the file keeps of the same firings (each unit
+    keeps its ``TOP_K`` largest and ``SAMPLES`` drawn, all of them while it fired fewer
+    times): its highest bin with firings is the bin of the unit's top activation, and each
+    bin counts at least the kept examples that fall in it. Firings moved into bins above a
+    unit's largest activation were accepted and drawn (found by fuzz pass 13)."""
+    hist = s["hist"].long()
+    for name, k in (("top", TOP_K), ("sample", SAMPLES)):
+        real = s[f"{name}.index"] >= 0
+        if (real.sum(1) != s["fires"].clamp(max=k)).any():
+            raise ValueError(f"{name} does not keep min(fires, {k}) examples of every unit")
+        if (real[:, 1:] & ~real[:, :-1]).any():
+            raise ValueError(f"{name} keeps an example after an empty slot")
+    fired = s["fires"] > 0
+    highest = torch.where(hist > 0, torch.arange(N_BINS), -1).max(1).values
+    if (highest[fired] != hist_bin(s["top.value"][fired, 0])).any():
+        raise ValueError("hist has firings above the bin of its unit's top activation, or none "
+                         "in it")  # fmt: skip
+    for name in ("top", "sample"):
+        real = s[f"{name}.index"] >= 0
+        bins = torch.where(real, hist_bin(s[f"{name}.value"]), 0)
+        kept = torch.zeros_like(hist).scatter_add_(1, bins, real.long())
+        if (kept > hist).any():
+            raise ValueError(f"hist counts fewer firings in a bin than {name} keeps there")
 
 
 def _check_tokens(dash: Dashboards, d_vocab: int) -> None:

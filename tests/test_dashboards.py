@@ -412,6 +412,60 @@ def test_a_forged_file_with_keys_or_sums_the_pass_never_writes_is_refused(
         D.read_file(forged, replacement, tokenizer)
 
 
+def _fired_unit(state) -> int:
+    return int(((state["fires"] > 1) & (D.hist_bin(state["top.value"][:, 0]) < D.N_BINS - 2))
+               .nonzero()[0])  # fmt: skip
+
+
+def _all_in_the_last_bin(state, layout, n_ctx):
+    u = _fired_unit(state)
+    state["hist"][u] = 0
+    state["hist"][u, -1] = state["fires"][u]
+
+
+def _top_bin_moved_up(state, layout, n_ctx):
+    u = _fired_unit(state)
+    b = int(D.hist_bin(state["top.value"][u, 0]))
+    state["hist"][u, b + 1] += state["hist"][u, b]
+    state["hist"][u, b] = 0
+
+
+def _top_dropped(state, layout, n_ctx):
+    u = _fired_unit(state)
+    state["top.index"][u, 0] = -1
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_all_in_the_last_bin, "hist has firings above the bin of its unit's top activation"),
+        (_top_bin_moved_up, "hist has firings above the bin of its unit's top activation"),
+        (_top_dropped, "top does not keep min(fires, 8) examples of every unit"),
+    ],
+)
+def test_a_histogram_above_its_units_top_activation_is_refused(setup, edit, message, monkeypatch):
+    """Found by fuzz pass 13: a forged file moving every firing of a unit into the last bin
+    (its count unchanged) was accepted, and the viewer drew all of them in [215, 256] for a
+    unit whose largest activation is 4.7. The histogram's highest bin with firings is the bin
+    of the top activation (``hist_bin``, the pass's own binning: an activation on an edge is
+    in the bin it starts), each bin counts the kept examples in it, and every unit keeps its
+    examples (so that there is a top activation to compare with)."""
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, path)
+    D.read_file(path, replacement, tokenizer)  # the file as written: accepted
+    edges = torch.tensor(D.HIST_EDGES, dtype=torch.float32)
+    below = torch.nextafter(edges, torch.tensor(-1.0))
+    assert D.hist_bin(edges).tolist() == [*range(D.N_BINS), D.N_BINS - 1]
+    assert D.hist_bin(below[1:]).tolist() == list(range(D.N_BINS))
+    edit(dash.state, dash.layout, dash.meta["n_ctx"])
+    forged = tmp / "forged.safetensors"
+    _forge(forged, dash, monkeypatch)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        D.read_file(forged, replacement, tokenizer)
+
+
 def test_a_partial_file_whose_header_claims_it_finished_is_refused(setup, monkeypatch):
     """rows_done lies in the header, outside the tensors' checksum: a partial file edited to
     claim every row was shown as finished, with empty logit effects (every promoted token

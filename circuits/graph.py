@@ -345,8 +345,11 @@ class Graph:
             raise ValueError(f"{name} must be node indices (integers, 1-D) or a boolean mask, "
                              f"not a {type(nodes).__name__}")  # fmt: skip
         listed = isinstance(nodes, list | tuple)
-        if listed and not (all(map(is_integer, nodes)) or all(isinstance(x, bool) for x in nodes)):
+        mask = listed and all(isinstance(x, bool) for x in nodes)
+        if listed and not (all(map(is_integer, nodes)) or mask):
             raise ValueError(f"{name} must be node indices (integers, 1-D) or a boolean mask")
+        if listed and not mask:  # before torch, which overflows on an int beyond int64
+            self._check_range([x for x in nodes if not 0 <= x < self.n_nodes], name)
         nodes = torch.as_tensor(nodes)
         if nodes.numel() == 0 and nodes.dtype != torch.bool:
             nodes = nodes.long()  # an empty list: no nodes
@@ -357,11 +360,20 @@ class Graph:
         if nodes.dtype.is_floating_point or nodes.is_complex() or nodes.ndim != 1:
             raise ValueError(f"{name} must be node indices (integers, 1-D) or a boolean mask")
         nodes = nodes.long().sort().values
-        if len(nodes) and (nodes[0] < 0 or nodes[-1] >= self.n_nodes):
-            raise ValueError(f"{name} must hold node indices in 0..{self.n_nodes - 1}")
+        self._check_range(nodes[(nodes < 0) | (nodes >= self.n_nodes)].tolist(), name)
         if bool((nodes[1:] == nodes[:-1]).any()):
             raise ValueError(f"{name} names a node twice")
         return nodes
+
+    def _check_range(self, outside: list[int], name: str) -> None:
+        """Refuse ``outside``, the indices of ``name`` outside the graph, naming the first as
+        ``node_index`` does (an int of 31 digits was torch's "Overflow when unpacking long
+        long": fuzz pass 13)."""
+        if outside:
+            first = str(int(outside[0]))
+            shown = first if len(first) <= 30 else f"{first[:27]}..."
+            raise ValueError(f"{name} must hold node indices in 0..{self.n_nodes - 1}: {shown} "
+                             "is outside")  # fmt: skip
 
     def subgraph(self, keep: Tensor | list[int], edges: sp.csr_array | None = None) -> Graph:
         """The graph restricted to the nodes ``keep`` (indices or a boolean mask), in order;

@@ -291,7 +291,14 @@ def group(graph: Graph, nodes: Sequence[int], name: str) -> GroupedGraph:
     """``graph`` with the nodes ``nodes`` merged into one supernode called ``name`` (the view
     orders groups as the graph orders their first members: find it by its name or by
     ``group_of`` a member); edges into and out of it are the exact sums of its members' edges."""
-    return grouped(graph, [list(nodes)], [name])
+    try:
+        listed = None if isinstance(nodes, Mapping | str | bytes) else list(nodes)
+    except TypeError:  # not iterable: None, a number, a 0-d tensor (Python's own message was
+        listed = None  # "'NoneType' object is not iterable": fuzz pass 13)
+    if listed is None:
+        raise TypeError(f"group: nodes must be node indices (a list of integers), got "
+                        f"{nodes!r:.60}")  # fmt: skip
+    return grouped(graph, [listed], [name])
 
 
 def _view(graph: Graph, groups: list[Group], of_node: np.ndarray) -> GroupedGraph:

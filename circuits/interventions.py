@@ -60,22 +60,41 @@ class Intervention:
     value: float = 0.0
 
     def __post_init__(self) -> None:
-        """``value`` as a Python float: any real number, a NumPy scalar or a one-element
-        tensor (``graph.value[i] * 2``); anything else is refused in one line."""
+        """Checked here, whatever the graph: ``node`` a node id (a str), ``action`` one of
+        ``ACTIONS``, and ``value`` a finite number within float32's range (the model computes
+        in float32), kept as a Python float: any real number, a NumPy scalar or a one-element
+        tensor (``graph.value[i] * 2``). Anything else is refused in one line (an int of 401
+        digits was an OverflowError, a list as the node "unhashable type": fuzz pass 13)."""
+        if not isinstance(self.node, str):
+            raise TypeError(f"Intervention node must be a node id (a str), got a "
+                            f"{type(self.node).__name__}")  # fmt: skip
+        if not isinstance(self.action, str) or self.action not in ACTIONS:
+            raise ValueError(f"{self.node!r}: unknown action {self.action!r}; expected one of "
+                             f"{', '.join(ACTIONS)}")  # fmt: skip
         value = self.value
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
             raise ValueError(f"{self.action} of {self.node!r}: the value must be a number, got "
-                             f"{self.value!r}")  # fmt: skip
-        object.__setattr__(self, "value", float(value))
+                             f"{_short(self.value)}")  # fmt: skip
+        try:
+            number = float(value)
+        except OverflowError:  # an int or a Fraction beyond any float
+            number = math.inf
+        if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+            raise ValueError(f"{self.action} of {self.node!r}: the value must be a finite number "
+                             f"within float32's range ({FLOAT32_MAX:.3g}), in which the model "
+                             f"computes; got {_short(self.value)}")  # fmt: skip
+        object.__setattr__(self, "value", number)
 
     def apply(self, clean: float) -> float:
-        if self.action not in ACTIONS:
-            raise ValueError(
-                f"unknown action {self.action!r}; expected one of {', '.join(ACTIONS)}"
-            )
         return {"ablate": 0.0, "clamp": self.value, "scale": clean * self.value}[self.action]
+
+
+def _short(value) -> str:
+    """``value``'s repr cut to one short line (an int of 401 digits, a long list)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 @dataclass
@@ -659,20 +678,19 @@ def _edited_nodes(graph: Graph, interventions: list[Intervention]) -> dict[str, 
             raise TypeError(f"interventions must be a list of Intervention, got a "
                             f"{type(edit).__name__} in it")  # fmt: skip
     where, seen = graph.id_to_index, set()
-    for edit in interventions:
+    for edit in interventions:  # its action and value are checked (``Intervention``)
         if edit.node not in where:
             raise ValueError(f"no node {edit.node!r} in this graph")
         if edit.node in seen:
             raise ValueError(f"node {edit.node!r} is edited twice: one edit per node")
         seen.add(edit.node)
-        if edit.action not in ACTIONS:
-            raise ValueError(f"unknown action {edit.action!r}; expected one of "
-                             f"{', '.join(ACTIONS)}")  # fmt: skip
-        if not math.isfinite(edit.value):
-            raise ValueError(f"{edit.action} of {edit.node!r} to {edit.value}: not a finite value")
-        if abs(edit.value) > FLOAT32_MAX:  # the model computes in float32: it would overflow
-            raise ValueError(f"{edit.action} of {edit.node!r} by {edit.value:g}: beyond float32's "
-                             f"range ({FLOAT32_MAX:.3g}), in which the model computes")  # fmt: skip
+        # what the node becomes must be a float32 too: a scale of 16.9 by 3e38 is not (predict
+        # gave inf, found by fuzz pass 13)
+        new = edit.apply(float(graph.activation[where[edit.node]]))
+        if not abs(new) <= FLOAT32_MAX:
+            raise ValueError(f"{edit.action} of {edit.node!r} by {edit.value:g} makes it {new:g}, "
+                             f"beyond float32's range ({FLOAT32_MAX:.3g}), in which the model "
+                             "computes")  # fmt: skip
     return where
 
 

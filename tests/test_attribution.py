@@ -697,10 +697,35 @@ def test_intervention_changes_agree_with_the_graph(graph, replacement):
         intervene(replacement, graph, [Intervention(node, "clamp", 3e38)])
     # found by fuzz pass 10: 1e308 is finite, but no float32 (a RuntimeError from torch)
     for value in (1e308, -4e38):
-        with pytest.raises(ValueError, match="beyond float32's range"):
+        with pytest.raises(ValueError, match="a finite number within float32's range"):
             intervene(replacement, graph, [Intervention(node, "clamp", value)])
-        with pytest.raises(ValueError, match="beyond float32's range"):
+        with pytest.raises(ValueError, match="a finite number within float32's range"):
             predict(graph, [Intervention(node, "scale", value)])
+
+
+def test_an_edit_to_a_value_beyond_float32_is_refused(graph, replacement):
+    """Found by fuzz pass 13: an int of 401 digits or a huge Fraction as an Intervention's
+    value was an OverflowError from ``float``, and a scale by 3e38 (a float32) of a node of
+    activation 16.9 made predict return inf. The value must be a finite number within
+    float32's range when the Intervention is made, and what it makes of the node too, for
+    predict and intervene alike."""
+    import fractions
+
+    node = graph.ids[int(graph.is_kind("lorsa").nonzero()[0])]
+    for value in (10**400, -(10**400), fractions.Fraction(10**400, 3)):
+        with pytest.raises(ValueError, match="the value must be a finite number within float32's"
+                                             " range") as info:  # fmt: skip
+            Intervention(node, "clamp", value)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 200
+    assert Intervention(node, "clamp", fractions.Fraction(3, 2)).value == 1.5
+    big = int(graph.activation.abs().argmax())
+    assert abs(float(graph.activation[big])) > 1.2
+    edit = [Intervention(graph.ids[big], "scale", 3e38)]
+    message = f"scale of {graph.ids[big]!r} by 3e\\+38 makes it .*, beyond float32's range"
+    with pytest.raises(ValueError, match=message):
+        predict(graph, edit)
+    with pytest.raises(ValueError, match=message):
+        intervene(replacement, graph, edit)
 
 
 def test_intervene_refuses_a_pruned_graph_and_predict_takes_one(graph, replacement, tokens):

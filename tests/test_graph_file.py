@@ -313,7 +313,7 @@ def test_the_graph_api_refuses_nonsense_in_one_clear_error(tmp_path):
         (lambda: predict(graph, [Intervention("nope")]), "no node 'nope'"),
         (lambda: predict(graph, [Intervention(node), Intervention(node, "scale", 2.0)]),
          "edited twice"),
-        (lambda: predict(graph, [Intervention(node, "clamp", float("nan"))]), "not a finite"),
+        (lambda: predict(graph, [Intervention(node, "clamp", float("nan"))]), "a finite number"),
         (lambda: predict(graph, [Intervention(node, "double")]), "unknown action"),
         (lambda: graph.subgraph([-1]), "node indices in 0.."),
         (lambda: graph.subgraph([10**6]), "node indices in 0.."),
@@ -382,6 +382,34 @@ def test_groups_of_the_wrong_type_are_refused_naming_the_argument():
     view = grouped(graph, [Group("x", [1, 2], "")])  # a Group alone keeps its own name
     assert view.groups[view.group_of(1)].name == "x" and view.members(view.group_of(1)) == [1, 2]
     assert grouped(graph, ([1, 2],), ("y",)).groups[0].name  # tuples are lists too
+
+
+def test_misused_api_arguments_are_refused_naming_them():
+    """Found by fuzz pass 13: Python's or torch's wording instead of the API's. An
+    Intervention of a list or dict node was "unhashable type" only in predict, one of an
+    action ['x'] was made and refused later; group(graph, None, ...) was "'NoneType' object
+    is not iterable"; subgraph([10**30]) was torch's "Overflow when unpacking long long"."""
+    from circuits.groups import group
+    from circuits.interventions import Intervention
+
+    graph = make_graph()
+    node = graph.ids[1]
+    cases = [
+        (lambda: Intervention([1], "ablate"), TypeError, "must be a node id .a str., got a list"),
+        (lambda: Intervention({}, "ablate"), TypeError, "must be a node id .a str., got a dict"),
+        (lambda: Intervention(node, ["x"], 1.0), ValueError, r"unknown action \['x'\]; expected"),
+        (lambda: Intervention(node, "double"), ValueError, "unknown action 'double'"),
+        (lambda: group(graph, None, "x"), TypeError, "group: nodes must be node indices .* None"),
+        (lambda: group(graph, 5, "x"), TypeError, "group: nodes must be node indices .* 5"),
+        (lambda: graph.subgraph([10**30]), ValueError, "keep must hold node indices in 0..12: 1"),
+        (lambda: graph.subgraph([1, -(10**30)]), ValueError, "in 0..12: -1000"),
+        (lambda: graph.subgraph(torch.tensor([1, 99])), ValueError, "in 0..12: 99 is outside"),
+    ]  # fmt: skip
+    for call, kind, message in cases:
+        with pytest.raises(kind, match=message) as info:
+            call()
+        assert type(info.value) is kind and "\n" not in str(info.value)
+        assert len(str(info.value)) < 200
 
 
 def test_a_setting_never_shadows_the_graphs_own_networkx_attributes():

@@ -633,7 +633,10 @@ def _check_hist(s: dict[str, Tensor]) -> None:
 
 def _check_tokens(dash: Dashboards, d_vocab: int) -> None:
     """Every token id the file holds is one of the model's (-1 where a window or a key has
-    none): the viewer and the feature files print them as text."""
+    none): the viewer and the feature files print them as text. A key's token is -1 exactly
+    where no key is kept (``key_pos`` -1), the token before it exactly where none is (a key
+    kept at position 0, or none): a kept key of token -1 passed, and the trace failed after
+    its work with a bare "token id -1 is outside the vocabulary" (found by fuzz pass 13)."""
     s = dash.state
     if ((s["logit_token"] < 0) | (s["logit_token"] >= d_vocab)).any():
         raise ValueError(f"logit_token holds ids outside the vocabulary of {d_vocab}")
@@ -642,6 +645,13 @@ def _check_tokens(dash: Dashboards, d_vocab: int) -> None:
             t = s[f"{name}.{part}"]
             if ((t < -1) | (t >= d_vocab)).any():
                 raise ValueError(f"{name}.{part} holds ids outside the vocabulary of {d_vocab}")
+        pos, token = s[f"{name}.key_pos"], s[f"{name}.key_token"]
+        if ((token[..., 0] >= 0) != (pos >= 0)).any():
+            raise ValueError(f"{name}.key_token holds no token (-1) for a key it keeps, or one "
+                             "for a key it does not")  # fmt: skip
+        if ((token[..., 1] >= 0) != (pos > 0)).any():
+            raise ValueError(f"{name}.key_token holds no token (-1) before a key it keeps after "
+                             "a row's first position, or one where there is none")  # fmt: skip
 
 
 def summary(dash: Dashboards, path: str | Path | None = None) -> dict:

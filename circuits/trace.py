@@ -518,7 +518,10 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
                            strict=True)
         if k in (Kind.LORSA, Kind.TRANSCODER) and i >= 0
     ]  # fmt: skip
-    views = dash.for_viewer(tokenizer, units)
+    try:
+        views = dash.for_viewer(tokenizer, units)
+    except ValueError as exc:  # what the file's checks let through and cannot be shown
+        raise UserError(_refused(ValueError(f"dashboards file {path}: {exc}"))) from None
     labels = {u: d["concept"] for u, d in views.items() if "concept" in d}
     return views, labels, dash.summary_concepts()
 

@@ -466,6 +466,45 @@ def test_a_histogram_above_its_units_top_activation_is_refused(setup, edit, mess
         D.read_file(forged, replacement, tokenizer)
 
 
+def _key_token(part: int, where: str):
+    """A key's token (``part`` 0) or the token before it (1) edited where a kept key is at a
+    row's first position (``where`` "first") or after it ("later")."""
+
+    def edit(state, layout, n_ctx):
+        pos = state["top.key_pos"]
+        h, j, n = ((pos == 0) if where == "first" else (pos > 0)).nonzero()[0].tolist()
+        token = state["top.key_token"][h, j, n]
+        token[part] = 5 if token[part] < 0 else -1
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_key_token(0, "later"), "top.key_token holds no token (-1) for a key it keeps"),
+        (_key_token(1, "later"), "top.key_token holds no token (-1) before a key it keeps"),
+        (_key_token(1, "first"), "before a key it keeps after a row's first position, or one"),
+    ],
+)
+def test_a_kept_key_of_no_token_is_refused(setup, edit, message, monkeypatch):
+    """Found by fuzz pass 13: a forged file whose kept z-pattern keys held token -1 was
+    accepted, and the trace failed after its work with a bare "token id -1 is outside the
+    vocabulary (0..1023)" naming no file. A kept key's token, and the token before it after a
+    row's first position, are tokens; -1 stands only where there is none."""
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, path)
+    D.read_file(path, replacement, tokenizer)  # the file as written: accepted
+    edit(dash.state, dash.layout, dash.meta["n_ctx"])
+    forged = tmp / "forged.safetensors"
+    _forge(forged, dash, monkeypatch)
+    with pytest.raises(ValueError, match=re.escape(f"dashboards file {forged}: ")) as info:
+        D.read_file(forged, replacement, tokenizer)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
 def test_a_partial_file_whose_header_claims_it_finished_is_refused(setup, monkeypatch):
     """rows_done lies in the header, outside the tensors' checksum: a partial file edited to
     claim every row was shown as finished, with empty logit effects (every promoted token

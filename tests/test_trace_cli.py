@@ -419,6 +419,27 @@ def test_a_dashboards_file_among_the_outputs_is_refused_and_kept(tmp_path, capsy
     assert saved.read_bytes() == b"saved dashboards"
 
 
+def test_a_dashboards_file_that_cannot_be_shown_is_refused_naming_it(tmp_path, capsys,
+                                                                     monkeypatch):  # fmt: skip
+    """Found by fuzz pass 13: a dashboards file that ``read_file`` accepted and
+    ``for_viewer`` could not show failed the trace with a bare "token id -1 is outside the
+    vocabulary" naming neither the file nor --no-dashboards. Such an error is said as the
+    file's other refusals are."""
+    from circuits import trace as T
+
+    class Unshowable:
+        def for_viewer(self, tokenizer, units):
+            raise ValueError("token id -1 is outside the vocabulary (0..1023)")
+
+    monkeypatch.setattr(T, "_given_file", lambda *args: Unshowable())
+    given, out = tmp_path / "d.safetensors", tmp_path / "t"
+    code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--dashboards-file",
+                         str(given), "--max-nodes", "20", "--no-mechanisms")  # fmt: skip
+    said = f"dashboards file {given}: token id -1 is outside the vocabulary (0..1023)"
+    assert code == 2 and err == f"error: {said} (or pass --no-dashboards)\n", err
+    assert not out.exists()
+
+
 def test_unwritable_output(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("keep me")

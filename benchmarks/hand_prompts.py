@@ -138,6 +138,7 @@ def measure(replacement, tokenizer, concepts) -> dict:
 
     from circuits.attribution import LogitTarget, attribute, run_prompt
     from circuits.mechanisms import summarize
+    from reports.mechanisms import free_cause, mark_text, ok_through_attention
 
     families: dict[str, dict] = {}
     for family, prompt, follows in PROMPTS:
@@ -166,7 +167,12 @@ def measure(replacement, tokenizer, concepts) -> dict:
                  "agree_free": c.agree_free, "free_ln_held": round(c.free_ln_held, 4),
                  "agree_free_ln_held": c.agree_free_ln_held,
                  "free_final_ln_held": round(c.free_final_ln_held, 4),
-                 "agree_free_final_ln_held": c.agree_free_final_ln_held, "flagged": c.flagged,
+                 "agree_free_final_ln_held": c.agree_free_final_ln_held,
+                 "free_attention_held": round(c.free_attention_held, 4),
+                 "agree_free_attention_held": c.agree_free_attention_held,
+                 "free_cause": free_cause(c),
+                 "through_attention": free_cause(c) == "attention" or ok_through_attention(c),
+                 "mark": mark_text(c, t), "flagged": c.flagged,
                  "probability_frozen": c.probability_frozen,
                  "demeaned": c.probability_frozen is not None
                  and (c.frozen > 0) != (c.probability_frozen > t.probability)
@@ -200,6 +206,13 @@ def rates(records: list[dict]) -> dict:
             "free_disagreements_from_final_layernorm": round(
                 sum(not c["agree_free"] and c["agree_free_final_ln_held"] for c in checks)
                 / max(1, sum(not c["agree_free"] for c in checks)), 4),
+            "agree_free_attention_held": share("agree_free_attention_held"),
+            # ... and those gone with the attention patterns held (LayerNorm free)
+            "free_disagreements_from_attention": round(
+                sum(not c["agree_free"] and c["agree_free_attention_held"] for c in checks)
+                / max(1, sum(not c["agree_free"] for c in checks)), 4),
+            # checks whose mark says the free effect comes through attention
+            "through_attention": share("through_attention"),
             "flagged": share("flagged"), "demeaned": share("demeaned")}  # fmt: skip
 
 

@@ -132,7 +132,9 @@ model), ``circuits.mechanisms.summarize`` with its ablation checks.
   ``free_disagreements_from_layernorm`` the share of the free disagreements that it does
   not have: what the summary marks "from the LayerNorm"; ``sign_agree_free_final_ln_held`` and
   ``free_disagreements_from_final_layernorm`` the same with only the final LayerNorm's scale
-  held (``EffectCheck.free_final_ln_held``): what it marks "from the final LayerNorm".
+  held (``EffectCheck.free_final_ln_held``): what it marks "from the final LayerNorm";
+  ``sign_agree_free_attention_held`` and ``free_disagreements_from_attention`` the same with
+  the attention patterns held (``EffectCheck.free_attention_held``).
 
 **A fresh draw** (written on 2026-12-02 before it was run, the seventh session): ``--seed
 4321`` draws new prompts from the same sources and frames (the results go to
@@ -558,6 +560,10 @@ def score_prompt(prompt: Prompt, summary) -> dict:
         not c.agree_free and bool(c.agree_free_ln_held) for c in checks
     )
     out["agree_free_final_ln_held"] = sum(bool(c.agree_free_final_ln_held) for c in checks)
+    out["agree_free_attention_held"] = sum(bool(c.agree_free_attention_held) for c in checks)
+    out["disagree_free_from_attention"] = sum(
+        not c.agree_free and bool(c.agree_free_attention_held) for c in checks
+    )
     out["disagree_free_from_final_layernorm"] = sum(
         not c.agree_free and bool(c.agree_free_final_ln_held) for c in checks
     )
@@ -805,6 +811,13 @@ def run_family(
         "sign_agree_free_final_ln_held": per_check("agree_free_final_ln_held"),
         "free_disagreements_from_final_layernorm": round(
             sum(r.get("disagree_free_from_final_layernorm", 0) for r in right)
+            / max(1, sum(r.get("checks", 0) - r.get("agree_free", 0) for r in right)),
+            4,
+        ),
+        # the same with the attention patterns held (LayerNorm free)
+        "sign_agree_free_attention_held": per_check("agree_free_attention_held"),
+        "free_disagreements_from_attention": round(
+            sum(r.get("disagree_free_from_attention", 0) for r in right)
             / max(1, sum(r.get("checks", 0) - r.get("agree_free", 0) for r in right)),
             4,
         ),

@@ -41,7 +41,8 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # the position vectors on either side, which were ``constants``; ``position_pairs``; a
 # target's BOS is a constant (``BOS``), no longer a token; 9: a token check's ``specific`` and
 # ``rival`` (the key that gained most attention, its attention before and after); a check's
-# ``free_ln_held`` (and since, optional: ``free_final_ln_held``, absent from earlier files)
+# ``free_ln_held`` (and since, optional, absent from earlier files: ``free_final_ln_held``,
+# ``free_attention_held``)
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
@@ -244,7 +245,12 @@ class EffectCheck:
     attending elsewhere (801 of the 974 free disagreements on the six draws' probe prompts).
     ``free_final_ln_held``: the same with only the final LayerNorm's scale held (the blocks'
     free), and ``agree_free_final_ln_held``: whether it is the final normalisation, which
-    rescales every logit at once, that undoes it (None in files written before it)."""
+    rescales every logit at once, that undoes it (None in files written before it).
+    ``free_attention_held``: free with the attention patterns held at their clean values
+    (LayerNorm and errors free), and ``agree_free_attention_held``: where free differs from
+    it, the group acts through the attention it shapes (a reviewer's previous-token heads at
+    an induction key: predicted -3.91, free -8.3, attention held +0.37; None in files written
+    before it)."""
 
     target: str
     predicted: float
@@ -261,6 +267,8 @@ class EffectCheck:
     agree_free_ln_held: bool | None = None
     free_final_ln_held: float | None = None
     agree_free_final_ln_held: bool | None = None
+    free_attention_held: float | None = None
+    agree_free_attention_held: bool | None = None
 
 
 @dataclass
@@ -463,12 +471,10 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     f"{where}.checks[{j}]: a probability outside [0, 1]")  # fmt: skip
             _expect(c.target in logits or after == (None, None),
                     f"{where}.checks[{j}]: a probability for a target not a logit")  # fmt: skip
-            _expect((c.free_ln_held is None) == (c.agree_free_ln_held is None),
-                    f"{where}.checks[{j}]: free_ln_held without its agreement, or the "
-                    "reverse")  # fmt: skip
-            _expect((c.free_final_ln_held is None) == (c.agree_free_final_ln_held is None),
-                    f"{where}.checks[{j}]: free_final_ln_held without its agreement, or the "
-                    "reverse")  # fmt: skip
+            for name in ("free_ln_held", "free_final_ln_held", "free_attention_held"):
+                _expect((getattr(c, name) is None) == (getattr(c, f"agree_{name}") is None),
+                        f"{where}.checks[{j}]: {name} without its agreement, or the "
+                        "reverse")  # fmt: skip
         _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
         _expect(set(g.carried) == set(g.carried_own), f"{where}: carried and carried_own "
                 "name other targets")  # fmt: skip

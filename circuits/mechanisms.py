@@ -43,7 +43,10 @@ pre-activation):
   probe prompts of the mechanism benchmark most free disagreements go when the LayerNorm is
   held (the model's rescaling undoes the group's effect), few when attention is held; a
   fourth, free with only the final LayerNorm's scale held, says whether it is the final
-  normalisation (one scale for every logit) or the blocks'.
+  normalisation (one scale for every logit) or the blocks'; a fifth, free with the attention
+  patterns held, whether the group acts through other heads' attention (the heads that write
+  an induction head's query or key: their value paths may do nothing in the model, their
+  effect all through the pattern they shape).
 
 The summary is a record (``MechanismSummary``, ``circuits.mechanism_file``) that
 ``save_summary`` writes as JSON beside the graph (``mechanisms.json``) and ``load_summary``
@@ -562,6 +565,8 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
     final = intervene(replacement, full, edits, freeze_attention=False,
                       freeze_layernorm=FINAL_LAYERNORM, freeze_errors=False, run=run,
                       predicted=predicted)  # fmt: skip
+    patterns = intervene(replacement, full, edits, freeze_attention=True, freeze_layernorm=False,
+                         freeze_errors=False, run=run, predicted=predicted)  # fmt: skip
     out = []
     inside = {full.ids[m] for m in members}
     after = [torch.softmax(r.logits.double(), -1) for r in (frozen, free)]
@@ -573,7 +578,7 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
         p_frozen, p_free = (None, None) if token is None else (float(a[token]) for a in after)
         p = float(frozen.predicted[j])
         fz, fr, ln = float(frozen.actual[j]), float(free.actual[j]), float(held.actual[j])
-        last = float(final.actual[j])
+        last, attention = float(final.actual[j]), float(patterns.actual[j])
         agree_frozen, agree_free = signs_agree(p, fz, tolerance), signs_agree(p, fr, tolerance)
         flagged = (
             not (agree_frozen and agree_free) or _off(p, fz, tolerance) or _off(p, fr, tolerance)
@@ -585,6 +590,8 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
                 flagged=flagged, probability_frozen=p_frozen, probability_free=p_free,
                 free_ln_held=ln, agree_free_ln_held=signs_agree(p, ln, tolerance),
                 free_final_ln_held=last, agree_free_final_ln_held=signs_agree(p, last, tolerance),
+                free_attention_held=attention,
+                agree_free_attention_held=signs_agree(p, attention, tolerance),
             )
         )  # fmt: skip
     return out

@@ -30,7 +30,7 @@ from circuits.mechanism_file import (
     TokenShare,
     checked_summary,
 )
-from circuits.mechanisms import RATIO, named_token_terms
+from circuits.mechanisms import RATIO, TOLERANCE, named_token_terms
 from circuits.nodes import Kind, node_words
 
 P_MOVED, P_SHARE = 0.005, 0.05  # a probability change below both (P_SHARE of p) is none
@@ -195,7 +195,7 @@ def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
         off = ratio is not None and not 1 / RATIO <= ratio <= RATIO
         why = ""
         if name == "free" and c.free_ln_held is not None and (not agree or off):
-            why = _layernorm_words(c)
+            why = _free_words(c)
         if not agree:
             with_p = "" if apart or moved is None else ", its probability as predicted"
             flags.append(f"{name} other sign{with_p}{why}")
@@ -204,6 +204,9 @@ def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
                          + why)  # fmt: skip
         elif apart:
             notes.append(f"{name}: its probability the other way")
+        if name == "free" and agree and not off and ok_through_attention(c):
+            held = _signed(c.free_attention_held)
+            notes.append(f"free: through attention (with it held: {held})")
     if not c.flagged:
         return "; ".join(["ok"] + notes)
     return "; ".join(["FLAGGED" + (": " + "; ".join(flags) if flags else "")] + notes)
@@ -271,7 +274,9 @@ def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
 LN_WORDS = (
     '"from the final LayerNorm" where free disagrees and agrees with the final LayerNorm\'s '
     'scale held at its clean value ("from the LayerNorms": only with every LayerNorm scale '
-    "held): the model's rescaling undoes the group's effect, not other heads"
+    "held): the model's rescaling undoes the group's effect, not other heads; \"through "
+    'attention" where free disagrees and agrees with the attention patterns held, or agrees '
+    "and they held it does not: the group acts through the attention of heads it feeds"
 )
 
 
@@ -283,17 +288,48 @@ def _held_agrees(c: EffectCheck, value: float | None, agree: bool | None) -> boo
     return c.predicted == 0 or 1 / RATIO <= abs(value) / abs(c.predicted) <= RATIO
 
 
-def _layernorm_words(c: EffectCheck) -> str:
-    """Why a free measurement is flagged, from the reruns with LayerNorm scales held: the final
-    LayerNorm's alone (a summary written before it has none), then every one."""
+def ok_through_attention(c: EffectCheck) -> bool:
+    """Whether a free measurement that agrees with the prediction does so through attention:
+    with the patterns held, the group's effect has the other sign or is under 1 / ``RATIO``
+    of the prediction (its value paths alone do not give it)."""
+    if c.free_attention_held is None or max(abs(c.predicted), abs(c.free)) < TOLERANCE:
+        return False
+    if not _held_agrees(c, c.free, c.agree_free):  # flagged: ``free_cause`` says why
+        return False
+    return not _held_agrees(c, c.free_attention_held, c.agree_free_attention_held)
+
+
+def free_cause(c: EffectCheck) -> str | None:
+    """What undoes a flagged free measurement, from the reruns with parts of the model held
+    (the first that agrees with the prediction): ``"final LayerNorm"`` (its scale alone held),
+    ``"LayerNorms"`` (every scale held), ``"attention"`` (the patterns held), or None (none
+    does, or a summary written before them; or the free measurement is not flagged)."""
+    if c.agree_free and _held_agrees(c, c.free, c.agree_free):
+        return None
     if _held_agrees(c, c.free_final_ln_held, c.agree_free_final_ln_held):
+        return "final LayerNorm"
+    if _held_agrees(c, c.free_ln_held, c.agree_free_ln_held):
+        return "LayerNorms"
+    if _held_agrees(c, c.free_attention_held, c.agree_free_attention_held):
+        return "attention"
+    return None
+
+
+def _free_words(c: EffectCheck) -> str:
+    """Why a free measurement is flagged (``free_cause``), with the rerun that says it."""
+    cause = free_cause(c)
+    if cause == "final LayerNorm":
         return f", from the final LayerNorm (held: {_signed(c.free_final_ln_held)})"
-    if not _held_agrees(c, c.free_ln_held, c.agree_free_ln_held):
-        return ", with the LayerNorm held too"
-    if c.free_final_ln_held is None:
+    if cause == "LayerNorms" and c.free_final_ln_held is None:  # a summary before it
         return f", from the LayerNorm (held: {_signed(c.free_ln_held)})"
-    return (f", from the LayerNorms (all held: {_signed(c.free_ln_held)}; the final one alone: "
-            f"{_signed(c.free_final_ln_held)})")  # fmt: skip
+    if cause == "LayerNorms":
+        return (f", from the LayerNorms (all held: {_signed(c.free_ln_held)}; the final one "
+                f"alone: {_signed(c.free_final_ln_held)})")  # fmt: skip
+    if cause == "attention":
+        return f", through attention (with it held: {_signed(c.free_attention_held)})"
+    if c.free_attention_held is None:
+        return ", with the LayerNorm held too"
+    return ", with the LayerNorm or attention held too"
 
 
 def frozen_words(mode: str) -> str:

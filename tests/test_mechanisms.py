@@ -1020,6 +1020,34 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     )
     tiny = dataclasses.replace(final, free_final_ln_held=-0.1)  # its sign, 20x off: not it
     assert mark_text(tiny, logit(0.4)) == mark_text(blocks, logit(0.4)).replace("+0.2", "-0.1")
+    # the attention patterns held: where neither LayerNorm rerun agrees and this does, the
+    # group acts through attention (a reviewer's query-side heads of an induction group:
+    # predicted -1.23, free -11.2, patterns held -1.54)
+    query_side = dataclasses.replace(
+        check(-1.23, -1.35, -11.2, 0.8, 0.0001, True), free_ln_held=-10.0,
+        agree_free_ln_held=True, free_final_ln_held=-11.0, agree_free_final_ln_held=True,
+        free_attention_held=-1.54, agree_free_attention_held=True,
+    )  # fmt: skip
+    assert mark_text(query_side, logit(0.95)) == (
+        "FLAGGED: free 9.1x, through attention (with it held: -1.54)"
+    )
+    neither = dataclasses.replace(query_side, free_attention_held=-11.0)
+    assert mark_text(neither, logit(0.95)) == (
+        "FLAGGED: free 9.1x, with the LayerNorm or attention held too"
+    )
+    # ... and an "ok" whose free effect comes through attention alone says so (the
+    # previous-token heads at an induction key: predicted -3.91, free -8.3, patterns held
+    # +0.37: the value path the graph predicts does nothing in the model)
+    key_side = dataclasses.replace(
+        check(-3.91, -2.28, -8.3, 0.9, 0.0062, False), free_ln_held=-8.0,
+        agree_free_ln_held=True, free_final_ln_held=-8.1, agree_free_final_ln_held=True,
+        free_attention_held=0.37, agree_free_attention_held=False,
+    )  # fmt: skip
+    key_side = dataclasses.replace(key_side, ratio_free=8.3 / 3.91)
+    assert mark_text(key_side, logit(0.95)) == ("ok; free: through attention (with it held: +0.37)")
+    value_path = dataclasses.replace(key_side, free_attention_held=-3.0,
+                                     agree_free_attention_held=True)  # fmt: skip
+    assert mark_text(value_path, logit(0.95)) == "ok"
     too = dataclasses.replace(layernorm, free_ln_held=0.3, agree_free_ln_held=False)
     assert mark_text(too, logit(0.4)) == "FLAGGED: free other sign, with the LayerNorm held too"
     small = dataclasses.replace(layernorm, free_ln_held=-0.1)  # agrees in sign, 20x off
@@ -1058,10 +1086,11 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     )
 
 
-def _final_ln_held_by_hand(replacement, graph, members, target) -> float:
+def _free_by_hand(replacement, graph, members, target, held: str) -> float:
     """A logit target's change when ``members`` (node ids) are zeroed where the model computes
-    them, everything recomputed but the final LayerNorm's scale, held at its clean value:
-    written with the model's hooks alone."""
+    them, everything recomputed but the final LayerNorm's scale (``held`` "final") or every
+    attention pattern (``held`` "patterns"), held at its clean value: written with the model's
+    hooks alone."""
     from replacement.model import hook_name
 
     clean: dict = {}
@@ -1069,9 +1098,12 @@ def _final_ln_held_by_hand(replacement, graph, members, target) -> float:
     def keep(act, hook):
         clean[hook.name] = act.detach()
 
+    n_layers = replacement.cfg.n_layers
+    names = (["ln_final.hook_scale"] if held == "final"
+             else [hook_name(l, "lorsa.hook_pattern") for l in range(n_layers)])  # fmt: skip
     tokens = torch.tensor(graph.tokens)[None]
     before = replacement.run_with_hooks(tokens, mode=graph.mode,
-                                        fwd_hooks=[("ln_final.hook_scale", keep)])  # fmt: skip
+                                        fwd_hooks=[(name, keep) for name in names])  # fmt: skip
     site = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
     zeros: dict[str, list] = {}
     for node in members:
@@ -1089,7 +1121,7 @@ def _final_ln_held_by_hand(replacement, graph, members, target) -> float:
         return hook
 
     hooks = [(name, zero(entries)) for name, entries in zeros.items()]
-    hooks.append(("ln_final.hook_scale", lambda act, hook: clean["ln_final.hook_scale"]))
+    hooks += [(name, lambda act, hook: clean[hook.name]) for name in names]
     after = replacement.run_with_hooks(tokens, mode=graph.mode, fwd_hooks=hooks)
     record = graph.logit_record(graph.id_to_index[target])
 
@@ -1194,11 +1226,18 @@ def test_summary_records(graph, replacement, run, tmp_path):
             # the final LayerNorm's scale alone held, by hand: the model less the group with
             # its z zeroed where the members are, and ln_final's clean scale
             assert c.free_final_ln_held == pytest.approx(
-                _final_ln_held_by_hand(replacement, graph, g.members, c.target), abs=1e-4
+                _free_by_hand(replacement, graph, g.members, c.target, "final"), abs=1e-4
             )
             ok = c.predicted * c.free_final_ln_held > 0 or max(
                 abs(c.predicted), abs(c.free_final_ln_held)) < 0.01  # fmt: skip
             assert c.agree_free_final_ln_held == ok
+            # the attention patterns held at their clean values, by hand likewise
+            assert c.free_attention_held == pytest.approx(
+                _free_by_hand(replacement, graph, g.members, c.target, "patterns"), abs=1e-4
+            )
+            ok = c.predicted * c.free_attention_held > 0 or max(
+                abs(c.predicted), abs(c.free_attention_held)) < 0.01  # fmt: skip
+            assert c.agree_free_attention_held == ok
             after = float(free.logits.double().softmax(-1)[graph.logit_record(k).token])
             assert c.probability_free == pytest.approx(after)
             ok = c.predicted * c.frozen > 0 or max(abs(c.predicted), abs(c.frozen)) < 0.01

@@ -42,7 +42,7 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # target's BOS is a constant (``BOS``), no longer a token; 9: a token check's ``specific`` and
 # ``rival`` (the key that gained most attention, its attention before and after); a check's
 # ``free_ln_held`` (and since, optional, absent from earlier files: ``free_final_ln_held``,
-# ``free_attention_held``)
+# ``free_attention_held``, ``margin_frozen`` / ``margin_free``)
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
@@ -250,7 +250,10 @@ class EffectCheck:
     (LayerNorm and errors free), and ``agree_free_attention_held``: where free differs from
     it, the group acts through the attention it shapes (a reviewer's previous-token heads at
     an induction key: predicted -3.91, free -8.3, attention held +0.37; None in files written
-    before it)."""
+    before it). ``margin_frozen`` / ``margin_free``: for a logit target (not a difference), the
+    change of its margin over the runner-up (``TargetRecord.runner_up``) in each rerun: the
+    heads that read a list's item bring +17.4 of ` April`'s logit, yet ablating them moves its
+    margin over ` May` by -1.81 (a reviewer's months list): they say "a month", not which."""
 
     target: str
     predicted: float
@@ -269,6 +272,8 @@ class EffectCheck:
     agree_free_final_ln_held: bool | None = None
     free_attention_held: float | None = None
     agree_free_attention_held: bool | None = None
+    margin_frozen: float | None = None
+    margin_free: float | None = None
 
 
 @dataclass
@@ -471,6 +476,10 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     f"{where}.checks[{j}]: a probability outside [0, 1]")  # fmt: skip
             _expect(c.target in logits or after == (None, None),
                     f"{where}.checks[{j}]: a probability for a target not a logit")  # fmt: skip
+            _expect((c.margin_frozen is None) == (c.margin_free is None)
+                    and (c.target in logits or c.margin_free is None),
+                    f"{where}.checks[{j}]: a margin for one rerun only, or for a target not "
+                    "a logit")  # fmt: skip
             for name in ("free_ln_held", "free_final_ln_held", "free_attention_held"):
                 _expect((getattr(c, name) is None) == (getattr(c, f"agree_{name}") is None),
                         f"{where}.checks[{j}]: {name} without its agreement, or the "

@@ -570,12 +570,21 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
     out = []
     inside = {full.ids[m] for m in members}
     after = [torch.softmax(r.logits.double(), -1) for r in (frozen, free)]
+    clean = run.logits[-1].double()
     for j, target in enumerate(frozen.targets):
         if target in inside:  # a target in the ablated group is not its own effect
             continue
         t = full.id_to_index[target]
         token = full.logit_record(t).token if full.kind[t] == Kind.LOGIT else None
         p_frozen, p_free = (None, None) if token is None else (float(a[token]) for a in after)
+        # a logit's margin over the runner-up (``TargetRecord.runner_up``), before and after
+        other = None
+        if token is not None and full.logit_record(t).negative is None:
+            other = runner_up(clean, token)
+        m_frozen, m_free = (None, None) if other is None else (
+            float((r.logits.double()[token] - r.logits.double()[other])
+                  - (clean[token] - clean[other])) for r in (frozen, free)
+        )  # fmt: skip
         p = float(frozen.predicted[j])
         fz, fr, ln = float(frozen.actual[j]), float(free.actual[j]), float(held.actual[j])
         last, attention = float(final.actual[j]), float(patterns.actual[j])
@@ -592,6 +601,7 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
                 free_final_ln_held=last, agree_free_final_ln_held=signs_agree(p, last, tolerance),
                 free_attention_held=attention,
                 agree_free_attention_held=signs_agree(p, attention, tolerance),
+                margin_frozen=m_frozen, margin_free=m_free,
             )
         )  # fmt: skip
     return out

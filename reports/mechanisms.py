@@ -161,16 +161,23 @@ def probability_text(t: TargetRecord) -> str:
     return f"(p={t.probability:.3f}{of})"
 
 
-def after_text(before: float | None, after: float | None, token: str | None = None) -> str:
+def after_text(
+    before: float | None,
+    after: float | None,
+    token: str | None = None,
+    margin: tuple[str, float] | None = None,
+) -> str:
     """`` (p 0.98 -> 0.0002)``: a logit target's token probability before and after an
     ablation (``EffectCheck.probability_*``), or nothing for a head or feature target; a
     difference's positive ``token`` named (`` (p(' 9') 0.38 -> 0.022)``), as it is not the
     target's own. A demeaned logit can rise while its token's probability falls; this shows
-    which happened."""
+    which happened. ``margin``: the runner-up and the change of the margin over it, where the
+    runner-up is a contender (`` (p 0.92 -> 0.0003; margin over ' May' -1.81)``)."""
     if before is None or after is None:
         return ""
     of = "" if token is None else f"({token!r})"
-    return f" (p{of} {_p(before)} -> {_p(after)})"
+    over = "" if margin is None else f"; margin over {margin[0]!r} {_signed(margin[1])}"
+    return f" (p{of} {_p(before)} -> {_p(after)}{over})"
 
 
 def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
@@ -251,8 +258,14 @@ def check_texts(c: EffectCheck, t: TargetRecord | None) -> tuple[str, str, str]:
     feature target, or a target the summary does not hold), and its mark (``mark_text``)."""
     before = None if t is None else t.probability
     token = None if t is None or t.negative is None else t.token  # a difference's first token
-    return (after_text(before, c.probability_frozen, token),
-            after_text(before, c.probability_free, token), mark_text(c, t))  # fmt: skip
+    contender = (t is not None and token is None and t.runner_up is not None
+                 and c.margin_free is not None
+                 and (t.runner_up_probability or 0) >= MARGIN_SHOWN)  # fmt: skip
+    frozen, free = (None, None)
+    if contender:
+        frozen, free = (t.runner_up, c.margin_frozen), (t.runner_up, c.margin_free)
+    return (after_text(before, c.probability_frozen, token, frozen),
+            after_text(before, c.probability_free, token, free), mark_text(c, t))  # fmt: skip
 
 
 def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
@@ -271,12 +284,18 @@ def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
     )
 
 
+# A check prints the change of its target's margin over the runner-up where the runner-up has
+# at least this probability (``check_texts``): a contender, whose margin is the question.
+MARGIN_SHOWN = 0.02
+
 LN_WORDS = (
     '"from the final LayerNorm" where free disagrees and agrees with the final LayerNorm\'s '
     'scale held at its clean value ("from the LayerNorms": only with every LayerNorm scale '
     "held): the model's rescaling undoes the group's effect, not other heads; \"through "
     'attention" where free disagrees and agrees with the attention patterns held, or agrees '
-    "and they held it does not: the group acts through the attention of heads it feeds"
+    "and they held it does not: the group acts through the attention of heads it feeds; "
+    '"margin over" the change of the margin over the most likely other token, where that '
+    f"has p >= {MARGIN_SHOWN}"
 )
 
 

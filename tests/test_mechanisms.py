@@ -797,7 +797,7 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
     """A review found the predicting group's check reversed in sign with attention free, said
     15 lines below the line naming it: a flagged check of the predicting group is printed
     right under that line (and in the report and the panel), an unflagged one is not."""
-    from reports.mechanisms import after_text, flagged_text, mark_text
+    from reports.mechanisms import MARGIN_SHOWN, after_text, flagged_text, mark_text
 
     summary = summarize(replacement, graph, run, max_groups=4)
     t = summary.targets[0]
@@ -811,11 +811,14 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
         assert bool(flagged_text(g, t)) == flagged
         assert ("its ablation check is FLAGGED" in mechanisms_html(summary)) == flagged
     why = mark_text(check, t).removeprefix("FLAGGED")
+    m = (None, None)  # the margin over the runner-up, printed where it is a contender
+    if t.runner_up_probability >= MARGIN_SHOWN:
+        m = ((t.runner_up, check.margin_frozen), (t.runner_up, check.margin_free))
     assert flagged_text(g, t) == (
         f"its ablation check is FLAGGED{why.replace(': ', ' (', 1) + ')' if why else ''}: "
         f"predicted {check.predicted:+.3g}, frozen attention "
-        f"{check.frozen:+.3g}{after_text(t.probability, check.probability_frozen)}, free "
-        f"{check.free:+.3g}{after_text(t.probability, check.probability_free)}"
+        f"{check.frozen:+.3g}{after_text(t.probability, check.probability_frozen, None, m[0])}"
+        f", free {check.free:+.3g}{after_text(t.probability, check.probability_free, None, m[1])}"
     )
 
 
@@ -1048,6 +1051,19 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     value_path = dataclasses.replace(key_side, free_attention_held=-3.0,
                                      agree_free_attention_held=True)  # fmt: skip
     assert mark_text(value_path, logit(0.95)) == "ok"
+    # the margin over the runner-up, where the runner-up is a contender (p >= MARGIN_SHOWN)
+    from reports.mechanisms import MARGIN_SHOWN, check_texts
+
+    item = dataclasses.replace(check(-17.4, -16.0, -15.0, 0.001, 0.0003, False),
+                               margin_frozen=-2.5, margin_free=-1.81)  # fmt: skip
+    months = SimpleNamespace(probability=0.92, negative=None, token=" April",
+                             runner_up=" May", runner_up_probability=0.05)  # fmt: skip
+    assert check_texts(item, months)[:2] == (
+        " (p 0.92 -> 0.001; margin over ' May' -2.5)",
+        " (p 0.92 -> 0.0003; margin over ' May' -1.81)",
+    )
+    sure = SimpleNamespace(**{**vars(months), "runner_up_probability": MARGIN_SHOWN / 2})
+    assert check_texts(item, sure)[:2] == (" (p 0.92 -> 0.001)", " (p 0.92 -> 0.0003)")
     too = dataclasses.replace(layernorm, free_ln_held=0.3, agree_free_ln_held=False)
     assert mark_text(too, logit(0.4)) == "FLAGGED: free other sign, with the LayerNorm held too"
     small = dataclasses.replace(layernorm, free_ln_held=-0.1)  # agrees in sign, 20x off
@@ -1240,6 +1256,14 @@ def test_summary_records(graph, replacement, run, tmp_path):
             assert c.agree_free_attention_held == ok
             after = float(free.logits.double().softmax(-1)[graph.logit_record(k).token])
             assert c.probability_free == pytest.approx(after)
+            # the margin over the runner-up (the most likely other token), before and after
+            token, clean = graph.logit_record(k).token, run.logits[-1].double()
+            other = next(v for v in clean.argsort(descending=True).tolist() if v != token)
+            for moved, rerun in ((c.margin_frozen, frozen), (c.margin_free, free)):
+                logits = rerun.logits.double()
+                assert moved == pytest.approx(
+                    float(logits[token] - logits[other] - clean[token] + clean[other]), abs=1e-4
+                )
             ok = c.predicted * c.frozen > 0 or max(abs(c.predicted), abs(c.frozen)) < 0.01
             assert c.agree_frozen == ok
             if not c.agree_frozen or not c.agree_free:
@@ -1295,23 +1319,27 @@ def test_summary_records(graph, replacement, run, tmp_path):
     assert "predicting heads" in text and "QK" in text and "FLAGGED where" in text
     c = next(c for g in back.groups for c in g.checks if c.target == back.targets[0].node)
     p = back.targets[0].probability
-    from reports.mechanisms import after_text
+    from reports.mechanisms import MARGIN_SHOWN, after_text, check_texts
 
-    assert f"frozen attention {c.frozen:+.3g}{after_text(p, c.probability_frozen)}" in text
-    assert after_text(p, c.probability_frozen).startswith(" (p ")
+    t0 = back.targets[0]
+    frozen_after = check_texts(c, t0)[0]
+    assert f"frozen attention {c.frozen:+.3g}{frozen_after}" in text
+    assert frozen_after.startswith(f" (p {after_text(p, c.probability_frozen)[4:-1]}")
+    margin = f"; margin over {t0.runner_up!r} {c.margin_frozen:+.3g})"
+    assert frozen_after.endswith(margin) == (t0.runner_up_probability >= MARGIN_SHOWN)
     assert after_text(0.9964, 4.9e-6) == " (p 0.996 -> 4.9e-06)"  # never "p 1 -> 0"
     assert after_text(0.99996, 0.00001) == " (p 0.99996 -> 1e-05)"
     assert after_text(None, 0.5) == after_text(0.5, None) == ""
     # a difference's probability is its first token's, which the check names (a reviewer read
     # "(p 0.383 -> 0.0224)" under a margin target without knowing whose)
     assert after_text(0.383, 0.0224, " 9") == " (p(' 9') 0.383 -> 0.0224)"
-    from reports.mechanisms import check_texts, rival_word
+    from reports.mechanisms import rival_word
 
     diff = copy.deepcopy(back.targets[0])
     diff.negative = "x"
     named = check_texts(c, diff)
     assert named[0] == after_text(p, c.probability_frozen, diff.token) and "(p(" in named[0]
-    assert check_texts(c, back.targets[0])[0] == after_text(p, c.probability_frozen)
+    assert check_texts(c, back.targets[0])[0] == frozen_after  # the margin beside it, if any
     # the most likely other token is the runner-up only where the target leads
     assert rival_word(back.targets[0]) == ("runner-up" if back.targets[0].margin >= 0 else
                                            "top token")  # fmt: skip

@@ -601,7 +601,10 @@ def summary(full, graph, scores, timings, labels=None) -> str:
     if not top:
         return "\n".join(lines + ["most influential: none (the pruned graph keeps no head or "
                                    "feature besides the targets)"])  # fmt: skip
-    lines += ["most influential:"] + [
+    lines += [
+        "most influential heads and features (influence on the targets, either sign: the "
+        "mechanism summary's groups give signed flows):"
+    ] + [
         f"  {graph.ids[i]:>14}  {float(graph.influence[i]):.3f}  {node_label(graph, i)}"
         + _concept(graph, i, labels or {})
         for i in top

@@ -383,6 +383,22 @@ def _act_sum(kind: str, value: float):
     return edit
 
 
+def _refusal_of_forged(setup, edit, monkeypatch) -> tuple:
+    """A dashboards file built on the fixture (accepted as written), ``edit``-ed in its state
+    and saved with a valid checksum (``_forge``): its path and ``read_file``'s refusal."""
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    with torch.no_grad():
+        dash = _build(replacement, tokenizer, path)
+    D.read_file(path, replacement, tokenizer)  # the file as written: accepted
+    edit(dash.state, dash.layout, dash.meta["n_ctx"])
+    forged = tmp / "forged.safetensors"
+    _forge(forged, dash, monkeypatch)
+    with pytest.raises(ValueError) as info:
+        D.read_file(forged, replacement, tokenizer)
+    return forged, str(info.value)
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -400,16 +416,8 @@ def test_a_forged_file_with_keys_or_sums_the_pass_never_writes_is_refused(
     """Found by a fuzz pass: a file with a valid checksum was accepted with a z-pattern key
     after its example's query position (attention is causal) and a negative act_sum (every
     unit's activation is a ReLU output, Lorsa heads' z too). Both are refused."""
-    replacement, tokenizer, tmp = setup
-    path = tmp / "d.safetensors"
-    with torch.no_grad():
-        dash = _build(replacement, tokenizer, path)
-    D.read_file(path, replacement, tokenizer)  # the file as written: accepted
-    edit(dash.state, dash.layout, dash.meta["n_ctx"])
-    forged = tmp / "forged.safetensors"
-    _forge(forged, dash, monkeypatch)
-    with pytest.raises(ValueError, match=re.escape(message)):
-        D.read_file(forged, replacement, tokenizer)
+    _, refusal = _refusal_of_forged(setup, edit, monkeypatch)
+    assert message in refusal
 
 
 def _fired_unit(state) -> int:
@@ -492,17 +500,9 @@ def test_a_kept_key_of_no_token_is_refused(setup, edit, message, monkeypatch):
     accepted, and the trace failed after its work with a bare "token id -1 is outside the
     vocabulary (0..1023)" naming no file. A kept key's token, and the token before it after a
     row's first position, are tokens; -1 stands only where there is none."""
-    replacement, tokenizer, tmp = setup
-    path = tmp / "d.safetensors"
-    with torch.no_grad():
-        dash = _build(replacement, tokenizer, path)
-    D.read_file(path, replacement, tokenizer)  # the file as written: accepted
-    edit(dash.state, dash.layout, dash.meta["n_ctx"])
-    forged = tmp / "forged.safetensors"
-    _forge(forged, dash, monkeypatch)
-    with pytest.raises(ValueError, match=re.escape(f"dashboards file {forged}: ")) as info:
-        D.read_file(forged, replacement, tokenizer)
-    assert message in str(info.value) and "\n" not in str(info.value)
+    forged, refusal = _refusal_of_forged(setup, edit, monkeypatch)
+    assert f"dashboards file {forged}: " in refusal
+    assert message in refusal and "\n" not in refusal
 
 
 def test_a_partial_file_whose_header_claims_it_finished_is_refused(setup, monkeypatch):

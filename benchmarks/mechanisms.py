@@ -761,6 +761,10 @@ def run_family(
     def per_check(key):  # a count per right prompt, over all their checks
         return round(sum(r.get(key, 0) for r in right) / checks, 4) if checks else None
 
+    def of_free_disagreements(key):  # a count per right prompt, over their free disagreements
+        disagreements = sum(r.get("checks", 0) - r.get("agree_free", 0) for r in right)
+        return round(sum(r.get(key, 0) for r in right) / max(1, disagreements), 4)
+
     checks = sum(r.get("checks", 0) for r in right)
     induction = bool(prompts) and prompts[0].family in INDUCTION
     by_source = {s: {"prompts": sum(r["source"] == s for r in records),
@@ -802,25 +806,15 @@ def run_family(
         "sign_agree_free_ln_held": per_check("agree_free_ln_held"),
         # of the checks whose free measurement disagrees with the graph: those that agree
         # with the LayerNorm scales held (the model's rescaling undoes the prediction)
-        "free_disagreements_from_layernorm": round(
-            sum(r.get("disagree_free_from_layernorm", 0) for r in right)
-            / max(1, sum(r.get("checks", 0) - r.get("agree_free", 0) for r in right)),
-            4,
-        ),
+        "free_disagreements_from_layernorm": of_free_disagreements("disagree_free_from_layernorm"),
         # the same with only the final LayerNorm's scale held (the blocks' free)
         "sign_agree_free_final_ln_held": per_check("agree_free_final_ln_held"),
-        "free_disagreements_from_final_layernorm": round(
-            sum(r.get("disagree_free_from_final_layernorm", 0) for r in right)
-            / max(1, sum(r.get("checks", 0) - r.get("agree_free", 0) for r in right)),
-            4,
+        "free_disagreements_from_final_layernorm": of_free_disagreements(
+            "disagree_free_from_final_layernorm"
         ),
         # the same with the attention patterns held (LayerNorm free)
         "sign_agree_free_attention_held": per_check("agree_free_attention_held"),
-        "free_disagreements_from_attention": round(
-            sum(r.get("disagree_free_from_attention", 0) for r in right)
-            / max(1, sum(r.get("checks", 0) - r.get("agree_free", 0) for r in right)),
-            4,
-        ),
+        "free_disagreements_from_attention": of_free_disagreements("disagree_free_from_attention"),
         "sign_agree_first_order_free": per_check("agree_first_order_free"),
         "free_disagreements_explained_by_first_order": round(
             sum(r.get("disagree_free_explained", 0) for r in right)

@@ -575,12 +575,11 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
         if target in inside:  # a target in the ablated group is not its own effect
             continue
         t = full.id_to_index[target]
-        token = full.logit_record(t).token if full.kind[t] == Kind.LOGIT else None
+        record = full.logit_record(t) if full.kind[t] == Kind.LOGIT else None
+        token = None if record is None else record.token
         p_frozen, p_free = (None, None) if token is None else (float(a[token]) for a in after)
         # a logit's margin over the runner-up (``TargetRecord.runner_up``), before and after
-        other = None
-        if token is not None and full.logit_record(t).negative is None:
-            other = runner_up(clean, token)
+        other = None if record is None or record.negative is not None else runner_up(clean, token)
         m_frozen, m_free = (None, None) if other is None else (
             float((r.logits.double()[token] - r.logits.double()[other])
                   - (clean[token] - clean[other])) for r in (frozen, free)

@@ -300,8 +300,9 @@ LN_WORDS = (
 
 
 def _held_agrees(c: EffectCheck, value: float | None, agree: bool | None) -> bool:
-    """Whether a free rerun with LayerNorm scales held agrees with the prediction, in sign and
-    within ``RATIO`` in size (what the free measurement itself failed)."""
+    """Whether a free measurement (``value``, its sign agreement ``agree``: the model's own, or
+    a rerun with part of it held) agrees with the prediction, in sign and within ``RATIO`` in
+    size; False where the summary has no such rerun."""
     if value is None or not agree:
         return False
     return c.predicted == 0 or 1 / RATIO <= abs(value) / abs(c.predicted) <= RATIO
@@ -323,7 +324,7 @@ def free_cause(c: EffectCheck) -> str | None:
     (the first that agrees with the prediction): ``"final LayerNorm"`` (its scale alone held),
     ``"LayerNorms"`` (every scale held), ``"attention"`` (the patterns held), or None (none
     does, or a summary written before them; or the free measurement is not flagged)."""
-    if c.agree_free and _held_agrees(c, c.free, c.agree_free):
+    if _held_agrees(c, c.free, c.agree_free):
         return None
     if _held_agrees(c, c.free_final_ln_held, c.agree_free_final_ln_held):
         return "final LayerNorm"

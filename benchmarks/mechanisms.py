@@ -134,7 +134,16 @@ model), ``circuits.mechanisms.summarize`` with its ablation checks.
   ``free_disagreements_from_final_layernorm`` the same with only the final LayerNorm's scale
   held (``EffectCheck.free_final_ln_held``): what it marks "from the final LayerNorm";
   ``sign_agree_free_attention_held`` and ``free_disagreements_from_attention`` the same with
-  the attention patterns held (``EffectCheck.free_attention_held``).
+  the attention patterns held (``EffectCheck.free_attention_held``);
+- ``qk sources`` (``qk_source_fields``): the head groups that write the most to each side of
+  the predicting group's first QK reason are in the summary with checks
+  (``GroupRecord.writes_qk``); ``key_source_halves`` / ``query_source_halves``: ablating that
+  side's one (attention free) at least halves the predicting group's attention
+  (``AttentionCheck``), the reason's side tested by intervention; ``key_source_previous_token``:
+  the key side's is the heads at the key reading the token before it. ``qk_writer_checks`` and
+  ``qk_writer_sign_agree_free``: those groups' checks, part of ``checks``, and their free
+  agreement (their value path is what the graph predicts; much of their effect is through
+  attention).
 
 **A fresh draw** (written on 2026-12-02 before it was run, the seventh session): ``--seed
 4321`` draws new prompts from the same sources and frames (the results go to
@@ -551,7 +560,11 @@ def score_prompt(prompt: Prompt, summary) -> dict:
             side: {c: [[x.name, round(x.value, 4)] for x in xs] for c, xs in d.items()}
             for side, d in (("query", reason.query_sources), ("key", reason.key_sources))
         }
+    out |= qk_source_fields(summary, group, k)
     checks = [c for g in summary.groups for c in g.checks]
+    writers = [c for g in summary.groups if g.writes_qk for c in g.checks]
+    out["qk_writer_checks"] = len(writers)
+    out["qk_writer_agree_free"] = sum(c.agree_free for c in writers)
     out["checks"] = len(checks)
     out["agree_frozen"] = sum(c.agree_frozen for c in checks)
     out["agree_free"] = sum(c.agree_free for c in checks)
@@ -568,6 +581,39 @@ def score_prompt(prompt: Prompt, summary) -> dict:
         not c.agree_free and bool(c.agree_free_final_ln_held) for c in checks
     )
     out["flagged"] = sum(c.flagged for c in checks)
+    return out
+
+
+def qk_source_fields(summary, group, k: int) -> dict:
+    """The head groups the summary gives the predicting ``group`` as its QK sources
+    (``GroupRecord.writes_qk``), per side: the source's place and key, its score, and its
+    ablation's effect on the group's attention (``AttentionCheck``, free): ``<side>_source``
+    (None when the side has none) and ``<side>_source_halves`` (the ablation at least halves
+    the attention: the QK reason's side tested by intervention). ``key_source_previous_token``:
+    the key side's source sits at the key and reads the position before it (the
+    previous-token heads of induction)."""
+    out = {}
+    for side in ("query", "key"):
+        found = [(g, w) for g in summary.groups for w in g.writes_qk
+                 if w.group == group.key and w.side == side]  # fmt: skip
+        after = None
+        if found:
+            g, w = found[0]
+            a = next((a for a in g.attention_checks if a.group == group.key), None)
+            after = None if a is None else a.free
+            out[f"{side}_source"] = {
+                "name": g.name, "pos": g.pos, "attends": g.attends, "layer": g.layer,
+                "score": round(w.value, 4), "attention_before": None if a is None
+                else round(a.before, 4), "attention_after": None if a is None
+                else round(a.free, 4),
+            }  # fmt: skip
+        else:
+            out[f"{side}_source"] = None
+        before = group.qk[0].attention if group.qk else None
+        out[f"{side}_source_halves"] = after is not None and after < before / 2
+    key = out["key_source"]
+    out["key_source_previous_token"] = key is not None and key["pos"] == k \
+        and key["attends"] == k - 1  # fmt: skip
     return out
 
 
@@ -822,6 +868,21 @@ def run_family(
             4,
         ),
         "flagged": per_check("flagged"),
+        # the predicting group's QK sources (``qk_source_fields``): the share of right prompts
+        # whose largest key- / query-side head group, ablated, halves its attention; for the
+        # key side, the share whose source is the heads at the key reading the token before it
+        "key_source_halves": rate("key_source_halves"),
+        "query_source_halves": rate("query_source_halves"),
+        "key_source_previous_token": rate("key_source_previous_token"),
+        # the checks of the groups in the summary as QK sources, and their free agreement
+        # (part of ``checks`` and ``sign_agree_free``: their value path is what the graph
+        # predicts, their effect much through attention)
+        "qk_writer_checks": sum(r.get("qk_writer_checks", 0) for r in right),
+        "qk_writer_sign_agree_free": round(
+            sum(r.get("qk_writer_agree_free", 0) for r in right)
+            / max(1, sum(r.get("qk_writer_checks", 0) for r in right)),
+            4,
+        ),
         "targets_met": {
             "key_90": rate("key") is not None and rate("key") >= 0.9,
             "key_named_90": rate("key_named") is not None and rate("key_named") >= 0.9,

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -106,6 +106,9 @@ class InterventionResult:
     predicted: Float[Tensor, " target"]  # change predicted by the linear graph
     actual: Float[Tensor, " target"]  # change measured by rerunning the model
     logits: Float[Tensor, " d_vocab"]  # the last position's logits after the intervention
+    # per ``attention_reads`` entry (layer, qk_head, query, key): the QK head's attention from
+    # query to key after the intervention (the Lorsa pattern; empty when none was asked)
+    attention: Float[Tensor, " read"] = field(default_factory=lambda: torch.zeros(0))
 
 
 # ----------------------------------------------------------------- hooks
@@ -345,6 +348,7 @@ def intervene(
     freeze_errors: bool = True,
     run: PromptRun | None = None,
     predicted: Tensor | None = None,
+    attention_reads: Sequence[tuple[int, int, int, int]] = (),
 ) -> InterventionResult:
     """Apply ``interventions`` to the prompt of ``graph`` and rerun: other heads and features
     recompute, attention patterns (and, by default with them, LayerNorm scales) are frozen or free
@@ -354,7 +358,10 @@ def intervene(
     (graph) and actual changes of its logits. ``graph`` is the prompt's full graph: a pruned one is
     refused (its prediction would cover only the kept edges; ``predict`` takes one). ``run``
     (optional): the prompt's clean ``run_prompt``; ``predicted`` (optional): the graph's prediction
-    for these interventions (``predict``), when the caller has it."""
+    for these interventions (``predict``), when the caller has it. ``attention_reads``
+    (optional): (layer, qk_head, query, key) reads whose attention after the intervention the
+    result gives (``InterventionResult.attention``): what an edit does to a head's pattern,
+    the QK half of its effect."""
     _check_inputs(replacement, graph, run)
     where = _edited_nodes(graph, interventions)  # cheap checks first, then the clean run
     if not interventions:
@@ -365,6 +372,7 @@ def intervene(
     freeze_errors = checked_flag(freeze_errors, "freeze_errors")
     run = run_for_graph(replacement, graph, run, constants=False)
     _check_unpruned(graph, run)
+    reads = _checked_reads(replacement, run, attention_reads)
     cache = _clean_nodes(replacement, run)
     n, L = len(run.tokens), run.n_layers
     patches: dict[str, list[tuple[int, int, float]]] = {}
@@ -416,6 +424,8 @@ def intervene(
         seen[hook.name] = act.detach()
 
     hooks += [(name, keep) for name in dict.fromkeys(_pre_activation_site(graph, i) for i in nodes)]
+    hooks += [(hook_name(layer, "lorsa.hook_pattern"), keep)
+              for layer in dict.fromkeys(layer for layer, *_ in reads)]  # fmt: skip
     logits = replacement.run_with_hooks(run.tokens[None], mode=run.mode, fwd_hooks=hooks)[0, -1]
     rows, read = _logit_readout(graph)
     actual = read(logits) - read(run.logits[-1])
@@ -428,7 +438,33 @@ def intervene(
         raise ValueError("the model overflows under these edits (a target's value is not "
                          "finite): edit by values nearer the nodes' own")  # fmt: skip
     predicted = (predict(graph, interventions) if predicted is None else predicted)[rows]
-    return InterventionResult([graph.ids[i] for i in rows.tolist()], predicted, actual, logits)
+    patterns = {layer: seen[hook_name(layer, "lorsa.hook_pattern")][0] for layer, *_ in reads}
+    attention = torch.tensor([float(patterns[layer][head, query, key])
+                              for layer, head, query, key in reads])  # fmt: skip
+    return InterventionResult(
+        [graph.ids[i] for i in rows.tolist()], predicted, actual, logits, attention
+    )
+
+
+def _checked_reads(replacement: ReplacementModel, run: PromptRun, reads) -> list[tuple]:
+    """``intervene``'s attention reads, each (layer, qk_head, query, key) of ints inside the
+    model and the prompt (a key at or before its query), as a list; one line otherwise."""
+    out = []
+    n = len(run.tokens)
+    for read in reads:
+        if not (isinstance(read, (tuple, list)) and len(read) == 4
+                and all(isinstance(x, numbers.Integral) and not isinstance(x, bool)
+                        for x in read)):  # fmt: skip
+            raise ValueError(f"attention_reads: {_short(read)} is not (layer, qk_head, query, "
+                             "key), four ints")  # fmt: skip
+        layer, head, query, key = (int(x) for x in read)
+        if not (0 <= layer < run.n_layers
+                and 0 <= head < replacement.lorsas[layer].cfg.n_qk_heads
+                and 0 <= key <= query < n):  # fmt: skip
+            raise ValueError(f"attention_reads: {_short(read)} is outside the model or the "
+                             "prompt (a layer, QK head, or key after its query)")  # fmt: skip
+        out.append((layer, head, query, key))
+    return out
 
 
 def mean_token_embedding(replacement: ReplacementModel) -> Float[Tensor, " d_model"]:

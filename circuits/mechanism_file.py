@@ -42,7 +42,9 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # target's BOS is a constant (``BOS``), no longer a token; 9: a token check's ``specific`` and
 # ``rival`` (the key that gained most attention, its attention before and after); a check's
 # ``free_ln_held`` (and since, optional, absent from earlier files: ``free_final_ln_held``,
-# ``free_attention_held``, ``margin_frozen`` / ``margin_free``)
+# ``free_attention_held``, ``margin_frozen`` / ``margin_free``; a group's ``writes_qk`` and
+# ``attention_checks``)
+SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
 
@@ -277,6 +279,37 @@ class EffectCheck:
 
 
 @dataclass
+class QKSourceRole:
+    """Why a group is in the summary whatever its flow: it writes one side (``side``, "query"
+    or "key") of the QK reason of head group ``group`` (a key of this summary; its QK head
+    ``qk_head``), its ``SourceShare`` there (``value``, in score units). A target's predicting
+    head group attends where it does because of what other heads wrote at its query and key
+    (the previous-token heads at an induction key): their value flow into the target may be
+    small, their effect all through that attention (``AttentionCheck`` measures it)."""
+
+    group: str
+    qk_head: int
+    side: str
+    value: float
+
+
+@dataclass
+class AttentionCheck:
+    """A head group's attention after the checked group is ablated, in the free rerun of its
+    checks (``EffectCheck.free``): ``group`` (the head group read, a key of this summary: a
+    target's predicting group) at its first QK reason's QK head ``qk_head`` (``layer``), query
+    and key, ``before`` (the clean attention, the reason's) and ``free`` after."""
+
+    group: str
+    layer: int
+    qk_head: int
+    query: int
+    key: int
+    before: Annotated[float, Bounds(0.0, 1.0)]
+    free: Annotated[float, Bounds(0.0, 1.0)]
+
+
+@dataclass
 class TokenShare:
     """A position's part of a flow into a target (``token``: the prompt's token there). In a
     target's ``tokens_by_position``: what the token embedding at ``pos`` carries, its exact
@@ -317,6 +350,8 @@ class GroupRecord:
     checks: list[EffectCheck] = field(default_factory=list)
     carried: dict[str, list[TokenShare]] = field(default_factory=dict)
     carried_own: dict[str, float] = field(default_factory=dict)
+    writes_qk: list[QKSourceRole] = field(default_factory=list)
+    attention_checks: list[AttentionCheck] = field(default_factory=list)
 
 
 @dataclass
@@ -484,6 +519,16 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                 _expect((getattr(c, name) is None) == (getattr(c, f"agree_{name}") is None),
                         f"{where}.checks[{j}]: {name} without its agreement, or the "
                         "reverse")  # fmt: skip
+        kinds = {x.key: x.kind for x in summary.groups}
+        for j, w in enumerate(g.writes_qk):
+            _expect(kinds.get(w.group) == "lorsa" and w.group != g.key and w.side in SIDES,
+                    f"{where}.writes_qk[{j}]: not a side ({'/'.join(SIDES)}) of another head "
+                    "group of the summary")  # fmt: skip
+        for j, a in enumerate(g.attention_checks):
+            _expect(kinds.get(a.group) == "lorsa" and a.group != g.key
+                    and 0 <= a.key <= a.query < len(summary.tokens),
+                    f"{where}.attention_checks[{j}]: not another head group's attention from a "
+                    "query to a key at or before it in the prompt")  # fmt: skip
         _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
         _expect(set(g.carried) == set(g.carried_own), f"{where}: carried and carried_own "
                 "name other targets")  # fmt: skip

@@ -89,12 +89,15 @@ from .interventions import (
     tokens_to_mean,
 )
 from .mechanism_file import (
+    SIDES,
+    AttentionCheck,
     EffectCheck,
     GroupRecord,
     MechanismSummary,
     NodeRef,
     PathRecord,
     QKReasonRecord,
+    QKSourceRole,
     QKTermRecord,
     SourceShare,
     TargetRecord,
@@ -165,7 +168,7 @@ def _summarize(
     own = {t: int(view.of_node[t]) for t in targets}  # a target's group never explains itself
     flows: dict[int, np.ndarray] = {}
     grads: dict[int, np.ndarray] = {}  # h = d value_t / d value_n, per target
-    per_target, paths, chosen, ranked = [], [], [], set()
+    per_target, paths, ranked, segments = [], [], set(), []
     probs = run.logits[-1].softmax(-1)
     edge_sweep = EdgeSweep(full, run)  # full is run's full graph: checked against it
     target_flows = many_node_flows(full, targets, edge_sweep)
@@ -174,40 +177,42 @@ def _summarize(
         flows[t], grads[t] = flow, h
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
         ranking = _head_ranking(view, group_flow, reads_at(full, t), own[t])[:HEAD_GROUPS]
-        chosen += ranking
         ranked.update(ranking)
+        on_path = []
         for groups, path_flow, hops in top_paths(view, t, beam=beam, keep=max_paths):
             paths.append((t, groups, path_flow, hops))
-            chosen += [g for g in groups if not view.groups[g].is_root]
+            on_path += [g for g in groups if not view.groups[g].is_root]
+        segments.append((ranking, on_path))
         parts = target_parts(full, t, flow, h) | _moved(full, t, h)
         per_target.append((t, parts, ranking))
-    # Fill up with the largest flows into the first target.
-    if targets:
-        group_flow = np.bincount(view.of_node, flows[targets[0]], minlength=view.n_groups)
-        inner = [g for g in np.argsort(-np.abs(group_flow)).tolist()
-                 if view.groups[g].kind in ("lorsa", "transcoder")
-                 and g != own[targets[0]]]  # fmt: skip
-        chosen += inner[:max_groups]
-    inner_chosen = list(
-        dict.fromkeys(g for g in chosen if view.groups[g].kind in ("lorsa", "transcoder"))
-    )
-    keep_inner = set(inner_chosen[:max_groups])
-    on_paths = {g for _, groups, _, _ in paths for g in groups}
-    listed = [g for g in dict.fromkeys(chosen + sorted(on_paths))
-              if g in keep_inner or g in ranked or g in on_paths]  # fmt: skip
-    keys = {g: f"g{k}" for k, g in enumerate(listed)}
     ids = full.ids
-    pruned_ids = set(pruned.ids) if pruned is not None else set()
     sides: dict = {}
     units = unit_nodes(full)
-    records = []
     pending = []  # (QK reason, its root-pair request): computed together below
-    side_requests = []  # (QK reason, its side-flow request): computed together below
+    side_requests = []  # (QK reason, its side-flow request): computed together when resolved
+    qk_of: dict[int, list[QKReasonRecord]] = {}
+
+    def group_reasons(g: int) -> list[QKReasonRecord]:
+        """The QK reasons of head group ``g`` at its query and key, of its two QK heads with
+        the most |flow| into the first target (computed once): the first one's split by roots
+        (the sweeps cost most) and every one's sides' sources, both computed later together
+        (``resolve_sides``, ``qk_root_tables``)."""
+        grp = view.groups[g]
+        if g in qk_of:
+            return qk_of[g]
+        if grp.kind != "lorsa" or None in (grp.attends, grp.pos, grp.layer):
+            qk_of[g] = []
+            return []
+        by_head: dict[int, float] = {}
+        for m in grp.members:
+            head = int(full.index[m]) // full.group_size
+            weight = abs(float(flows[targets[0]][m])) if targets else 0.0
+            by_head[head] = by_head.get(head, 0.0) + weight
+        heads = sorted(grp.qk_heads, key=lambda x: -by_head.get(x, 0.0))[:2]
+        qk_of[g] = reasons(grp.layer, heads, grp.pos, grp.attends)
+        return qk_of[g]
 
     def reasons(layer: int, heads: list[int], query: int, key: int) -> list[QKReasonRecord]:
-        """The QK reasons of ``heads`` (QK heads of ``layer``) at (``query``, ``key``); the
-        first one's split by roots (the sweeps cost most), every one's sides' sources, both
-        computed together below."""
         out = []
         for head in heads:
             a = qk_record(replacement, run, layer, head, query, key, top=QK_PAIRS, sides=sides)
@@ -219,6 +224,61 @@ def _summarize(
             out.append(reason)
         return out
 
+    def resolve_sides() -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The side sources of every reason made since the last call (one sweep for all),
+        and their flows by reason (``id``)."""
+        side_flows = many_qk_side_flows(full, [request for _, request in side_requests],
+                                        edge_sweep)  # fmt: skip
+        out = {}
+        for (reason, _), (q_flow, k_flow, parts) in zip(side_requests, side_flows, strict=True):
+            reason.query_at, reason.key_at = parts["query_at"], parts["key_at"]
+            reason.query_sources = _side_sources(view, q_flow)
+            reason.key_sources = _side_sources(view, k_flow)
+            out[id(reason)] = (q_flow, k_flow)
+        side_requests.clear()
+        return out
+
+    # Each predicting head group's QK reason first: the head groups that write its query and
+    # its key most (its QK sources) join the summary with checks, whatever their flow.
+    predictors = list(dict.fromkeys(ranking[0] for ranking, _ in segments if ranking))
+    for g in predictors:
+        group_reasons(g)
+    side_flows = resolve_sides()
+    writes_qk: dict[int, list[tuple[int, int, str, float]]] = {}  # source -> (group, ...)
+    sources_of: dict[int, list[int]] = {}
+    attention_reads = []  # (group, (layer, qk_head, query, key), attention before)
+    for g in predictors:
+        if not qk_of[g]:
+            continue
+        first = qk_of[g][0]
+        attention_reads.append((g, (first.layer, first.qk_head, first.query, first.key),
+                                first.attention))  # fmt: skip
+        for side, side_flow in zip(SIDES, side_flows[id(first)], strict=True):
+            found = _qk_source(view, side_flow, exclude={g, *own.values()})
+            if found is not None:
+                source, value = found
+                writes_qk.setdefault(source, []).append((g, first.qk_head, side, value))
+                sources_of.setdefault(g, []).append(source)
+    chosen = []
+    for ranking, on_path in segments:
+        chosen += ranking + (sources_of.get(ranking[0], []) if ranking else []) + on_path
+    # Fill up with the largest flows into the first target.
+    if targets:
+        group_flow = np.bincount(view.of_node, flows[targets[0]], minlength=view.n_groups)
+        inner = [g for g in np.argsort(-np.abs(group_flow)).tolist()
+                 if view.groups[g].kind in ("lorsa", "transcoder")
+                 and g != own[targets[0]]]  # fmt: skip
+        chosen += inner[:max_groups]
+    inner_chosen = list(
+        dict.fromkeys(g for g in chosen if view.groups[g].kind in ("lorsa", "transcoder"))
+    )
+    checked = set(inner_chosen[:max_groups]) | set(writes_qk)
+    on_paths = {g for _, groups, _, _ in paths for g in groups}
+    listed = [g for g in dict.fromkeys(chosen + sorted(on_paths))
+              if g in checked or g in ranked or g in on_paths]  # fmt: skip
+    keys = {g: f"g{k}" for k, g in enumerate(listed)}
+    pruned_ids = set(pruned.ids) if pruned is not None else set()
+    records = []
     for g in listed:
         grp = view.groups[g]
         member_flow = {ids[t]: flows[t][grp.members] for t in targets}
@@ -234,33 +294,32 @@ def _summarize(
             in_pruned=[ids[m] for m in grp.members if ids[m] in pruned_ids],
             flow=total,
             promotes=[full.token(x) for x in full.promotes[strongest].tolist() if x >= 0],
+            writes_qk=[QKSourceRole(keys[h], head, side, value)
+                       for h, head, side, value in writes_qk.get(g, [])],
         )  # fmt: skip
         if grp.kind == "lorsa":
             for t in targets:
-                carried, own = key_flows(full, grads[t], np.asarray(grp.members))
+                carried, own_flow = key_flows(full, grads[t], np.asarray(grp.members))
                 record.carried[ids[t]] = _shares(full, carried.sum(0))
-                record.carried_own[ids[t]] = float(own.sum())
-        if grp.kind == "lorsa" and None not in (grp.attends, grp.pos, grp.layer):
-            by_head: dict[int, float] = {}
-            first = ids[targets[0]] if targets else None
-            for m, f in zip(grp.members, member_flow[first] if first else [], strict=False):
-                head = int(full.index[m]) // full.group_size
-                by_head[head] = by_head.get(head, 0.0) + abs(float(f))
-            heads = sorted(grp.qk_heads, key=lambda x: -by_head.get(x, 0.0))[:2]
-            record.qk += reasons(grp.layer, heads, grp.pos, grp.attends)
-        if check and g in keep_inner and targets:
-            record.checks = _checks(replacement, full, run, grp.members, targets, tolerance, flows)
+                record.carried_own[ids[t]] = float(own_flow.sum())
+        record.qk += group_reasons(g)
+        if check and g in checked and targets:
+            reads = [(h, read, before) for h, read, before in attention_reads
+                     if h != g and grp.layer is not None and grp.layer < read[0]
+                     and (grp.pos is None or grp.pos <= read[2])]  # fmt: skip
+            record.checks, after = _checks(replacement, full, run, grp.members, targets,
+                                           tolerance, flows, [r for _, r, _ in reads])  # fmt: skip
+            record.attention_checks = [
+                AttentionCheck(keys[h], *read[:2], read[2], read[3], before, free)
+                for (h, read, before), free in zip(reads, after, strict=True)
+            ]
         records.append(record)
     own_reasons = {  # a head target's own QK reason at the key it reads
         t: reasons(int(full.layer[t]), [int(full.index[t]) // full.group_size],
                    int(full.pos[t]), reads_at(full, t))
         for t in targets if full.kind[t] == Kind.LORSA and full.read_key(t) is not None
     }  # fmt: skip
-    side_flows = many_qk_side_flows(full, [request for _, request in side_requests], edge_sweep)
-    for (reason, _), (q_flow, k_flow, parts) in zip(side_requests, side_flows, strict=True):
-        reason.query_at, reason.key_at = parts["query_at"], parts["key_at"]
-        reason.query_sources = _side_sources(view, q_flow)
-        reason.key_sources = _side_sources(view, k_flow)
+    resolve_sides()
     tables = qk_root_tables(view, [request for _, request in pending], edge_sweep)
     for (reason, _), table in zip(pending, tables, strict=True):
         q_rows, k_rows, specific, at_key = table
@@ -548,7 +607,24 @@ def _off(predicted: float, actual: float, tolerance: float) -> bool:
     return ratio > RATIO or ratio < 1 / RATIO
 
 
-def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[EffectCheck]:
+def _qk_source(view: GroupedGraph, flow: np.ndarray, exclude: set[int]) -> tuple[int, float] | None:
+    """The head group (not in ``exclude``) that writes most to one side of a QK reason (that
+    side's flow, ``circuits.flows.qk_side_flows``, summed per group) and its sum, when it is
+    positive: what raises the score there most; None when no head group raises it."""
+    sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
+    heads = [g for g, grp in enumerate(view.groups)
+             if grp.kind == "lorsa" and g not in exclude and sums[g] > 0]  # fmt: skip
+    if not heads:
+        return None
+    best = max(heads, key=lambda g: sums[g])
+    return best, float(sums[best])
+
+
+def _checks(
+    replacement, full, run, members, targets, tolerance, flows, reads=()
+) -> tuple[list[EffectCheck], list[float]]:
+    """The group's ``EffectCheck`` per target (module docstring), and the attention of each
+    of ``reads`` ((layer, qk_head, query, key)) in the free rerun."""
     edits = [Intervention(full.ids[m], "ablate") for m in members]
     if len({int(full.stage[m]) for m in members}) == 1:
         # Members of one stage do not feed each other: the graph's prediction for ablating
@@ -559,7 +635,7 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
         predicted = predict(full, edits)
     frozen = intervene(replacement, full, edits, run=run, predicted=predicted)
     free = intervene(replacement, full, edits, freeze_attention=False, freeze_errors=False,
-                     run=run, predicted=predicted)  # fmt: skip
+                     run=run, predicted=predicted, attention_reads=reads)  # fmt: skip
     held = intervene(replacement, full, edits, freeze_attention=False, freeze_layernorm=True,
                      freeze_errors=False, run=run, predicted=predicted)  # fmt: skip
     final = intervene(replacement, full, edits, freeze_attention=False,
@@ -603,4 +679,4 @@ def _checks(replacement, full, run, members, targets, tolerance, flows) -> list[
                 margin_frozen=m_frozen, margin_free=m_free,
             )
         )  # fmt: skip
-    return out
+    return out, free.attention.tolist()

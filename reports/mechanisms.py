@@ -20,6 +20,7 @@ from circuits.graph import checked_count
 from circuits.mechanism_file import (
     CLOSURE,
     ROOT_PARTS,
+    AttentionCheck,
     EffectCheck,
     GroupRecord,
     MechanismSummary,
@@ -42,6 +43,7 @@ TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewe
 PREDICTING = "predicting heads (the largest mover from another position)"
 HEAD_TARGET = "heads at the key it reads (the largest mover from another position)"
 NO_MOVER = "no head group there moves a positive flow from another position; the largest"
+ATTENTION_AFTER = "with it ablated (attention free)"  # before a group's ``attention_checks``
 
 
 # Above this share of the specific part's magnitude left out, a QK reason's unit pairs are not
@@ -513,6 +515,36 @@ def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[s
     return "as they say" if abs(change) >= room / 2 else "in part"
 
 
+def writes_qk_text(g: GroupRecord) -> str:
+    """What a group's ``writes_qk`` says: the QK sides it writes most, e.g. ``writes the key
+    side of g0's QK 9 score (+12.5)``; empty when none."""
+    return "; ".join(f"writes the {w.side} side of {w.group}'s QK {w.qk_head} score "
+                     f"({w.value:+.3g})" for w in g.writes_qk)  # fmt: skip
+
+
+def attention_check_text(a: AttentionCheck, tokens: list[str]) -> str:
+    """An ``AttentionCheck`` in words: ``g0's attention @21 -> 'in'@10 (QK 9) 0.89 -> 0.009``."""
+    return (f"{a.group}'s attention @{a.query} -> {tokens[a.key]!r}@{a.key} (QK {a.qk_head}) "
+            f"{_attention(a.before)} -> {_attention(a.free)}")  # fmt: skip
+
+
+def qk_sources_text(summary: MechanismSummary, key: str) -> str:
+    """The groups that write head group ``key``'s QK score most (their ``writes_qk``), each
+    with the side, the score it brings and, where measured, the group's attention after it is
+    ablated: what makes the group attend where it does, tested."""
+    out = []
+    for g in summary.groups:
+        for w in g.writes_qk:
+            if w.group != key:
+                continue
+            after = next((a for a in g.attention_checks if a.group == key), None)
+            tested = "" if after is None else (
+                f", ablated: attention {_attention(after.before)} -> {_attention(after.free)}"
+            )  # fmt: skip
+            out.append(f"{w.side} side {g.key} {g.name} {w.value:+.3g}{tested}")
+    return "; ".join(out)
+
+
 def _attention(a: float) -> str:
     """An attention weight: two decimals, or one significant digit below 0.01 (never 0.00)."""
     return f"{a:.2f}" if a >= 0.01 or a == 0 else f"{a:.1g}"
@@ -596,6 +628,8 @@ def format_summary(
                          f"{_signed(g.flow[t.node])}")  # fmt: skip
             if flagged := flagged_text(g, t):
                 lines.append(f"    {flagged}")
+            if sources := qk_sources_text(summary, g.key):
+                lines.append(f"    its QK score written most by: {sources}")
             if moved_text(t):
                 lines.append(f"  {moved_text(t)}")
             others = [names[k] for k in t.head_groups[1:]]
@@ -632,6 +666,8 @@ def format_summary(
         brings = carried_text(g, first) if first is not None else ""
         brings = f"; {per_target(first)}{brings}" if brings else ""
         lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}{brings}")
+        if writes := writes_qk_text(g):
+            lines.append(f"       {writes}")
         for r in g.qk:
             lines += reason_lines(r, max_pairs, "       ", summary)
         shown = [c for c in g.checks if every_check or c.target == first]
@@ -643,6 +679,9 @@ def format_summary(
                 f"predicted {_signed(c.predicted)}, frozen attention {_signed(c.frozen)}"
                 f"{frozen}, free {_signed(c.free)}{free}  [{mark}]"
             )
+        if g.attention_checks:
+            lines.append(f"       {ATTENTION_AFTER}: " + "; ".join(
+                attention_check_text(a, summary.tokens) for a in g.attention_checks))  # fmt: skip
         if rest:
             lines.append(
                 f"       ablate, the other {len(rest)} targets: sign agrees with attention "
@@ -782,6 +821,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             flagged = flagged_text(summary.group(t.predicting_group), t)
             if flagged:
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
+            if sources := qk_sources_text(summary, t.predicting_group):
+                parts.append(f"<p>its QK score written most by: {_esc(sources)}</p>")
             if moved_text(t):
                 parts.append(f"<p>{_esc(moved_text(t))}</p>")
             others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])}" for k in t.head_groups[1:])
@@ -813,15 +854,22 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             for k in target_names
             if g.carried.get(k)
         ]
+        if writes := writes_qk_text(g):
+            what.append(_esc(writes))
         what += [_reason_html(r, drawn, summary) for r in g.qk]
         members = ", ".join(
             f'<a href="#node-{_esc(m)}">{_esc(m)}</a>' if m in drawn else _esc(m)
             for m in g.members[:12]
         ) + (" …" if len(g.members) > 12 else "")
+        attention = "".join(
+            f"<div>{ATTENTION_AFTER}: {_esc(attention_check_text(a, summary.tokens))}</div>"
+            for a in g.attention_checks
+        )
         rows.append(
             f"<tr><td><b>{_esc(g.key)}</b></td><td>{_esc(g.name)}<br><small>{members}</small>"
             f"</td><td>{flows}</td><td>{'<br>'.join(what)}</td>"
-            f"<td>{_checks_html(g, target_names, {t.node: t for t in summary.targets})}</td></tr>"
+            f"<td>{_checks_html(g, target_names, {t.node: t for t in summary.targets})}"
+            f"{attention}</td></tr>"
         )
     if rows:
         parts.append(

@@ -203,15 +203,19 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
     if summary is None:
         return None
     from .mechanisms import (
+        ATTENTION_AFTER,
         TOKEN_SHARES,
+        attention_check_text,
         carried_text,
         check_texts,
         flagged_text,
         moved_text,
         own_token_text,
         predicting_heading,
+        qk_sources_text,
         reads_text,
         summary_for,
+        writes_qk_text,
     )
 
     summary = summary_for(summary, graph)
@@ -235,6 +239,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "reads": reads_text(t, summary.tokens) or None,
              "flagged": (flagged_text(summary.group(t.predicting_group), t) or None)
              if t.predicting_group else None,
+             "qkSources": (qk_sources_text(summary, t.predicting_group) or None)
+             if t.predicting_group else None,
              "qk": [_reason_panel(r, summary) for r in t.qk]}
             for t in summary.targets
         ],
@@ -249,7 +255,11 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "qk": [_reason_panel(r, summary) for r in g.qk],
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged,
                          *check_texts(c, by_node.get(c.target))]
-                        for c in g.checks]}
+                        for c in g.checks],
+             "writesQk": writes_qk_text(g) or None,
+             "attention": f"{ATTENTION_AFTER}: " + "; ".join(
+                 attention_check_text(a, summary.tokens) for a in g.attention_checks)
+             if g.attention_checks else None}
             for g in summary.groups
         ],
     }  # fmt: skip

@@ -728,6 +728,54 @@ def test_an_edit_to_a_value_beyond_float32_is_refused(graph, replacement):
         intervene(replacement, graph, edit)
 
 
+def test_intervene_reads_attention_after_the_edit_and_refuses_reads_outside(graph, replacement):
+    """``attention_reads`` gives a QK head's attention from a query to a key after the edits:
+    the clean pattern with attention frozen, the recomputed one with it free (the model's own
+    pattern with the node's value zeroed by hand, errors recomputed). A read outside the model
+    or the prompt, or not four ints, is one line."""
+    from replacement.model import hook_name
+
+    i = int(graph.is_kind("lorsa").nonzero()[0])  # a layer-0 head: layer 1 reads what it writes
+    assert int(graph.layer[i]) == 0
+    n = len(graph.tokens)
+    reads = [(1, h, n - 1, k) for h in range(2) for k in (0, n - 2)] + [(0, 1, 3, 3)]
+    edit = [Intervention(graph.ids[i], "ablate")]
+    seen = []
+
+    def keep(act, hook):
+        seen.append(act.detach()[0])
+
+    def zero(act, hook):
+        act = act.clone()
+        act[:, int(graph.pos[i]), int(graph.index[i])] = 0
+        return act
+
+    tokens = torch.tensor(graph.tokens)[None]
+    names = [hook_name(layer, "lorsa.hook_pattern") for layer in (0, 1)]
+    replacement.run_with_hooks(tokens, mode=graph.mode, fwd_hooks=[(x, keep) for x in names])
+    replacement.run_with_hooks(tokens, mode=graph.mode,
+                               fwd_hooks=[(hook_name(0, "lorsa.hook_z"), zero)]
+                               + [(x, keep) for x in names])  # fmt: skip
+    clean, after = seen[:2], seen[2:]
+    frozen = intervene(replacement, graph, edit, attention_reads=reads)
+    free = intervene(replacement, graph, edit, freeze_attention=False, freeze_errors=False,
+                     attention_reads=reads)  # fmt: skip
+    for j, (layer, head, query, key) in enumerate(reads):
+        assert float(frozen.attention[j]) == pytest.approx(float(clean[layer][head, query, key]),
+                                                           abs=1e-5)  # fmt: skip
+        assert float(free.attention[j]) == pytest.approx(
+            float(after[layer][head, query, key]), abs=1e-5
+        )
+    assert not torch.allclose(free.attention[:4], frozen.attention[:4])  # the edit moved them
+    assert intervene(replacement, graph, edit).attention.shape == (0,)
+    for bad in ((2, 0, 1, 0), (0, 99, 1, 0), (0, 0, 1, 2), (0, 0, n, 0), (0, 0, 1), (0, 0, 1.0, 0),
+                (0, True, 1, 0), "read"):  # fmt: skip
+        with pytest.raises(ValueError, match=r"^attention_reads: .{1,80} is (outside the model|"
+                                             r"not \(layer)") as info:  # fmt: skip
+            intervene(replacement, graph, edit, attention_reads=[bad])
+        assert "\n" not in str(info.value)
+
+
 def test_intervene_refuses_a_pruned_graph_and_predict_takes_one(graph, replacement, tokens):
     """Found by a fuzz pass: on a pruned graph ``intervene`` returned a prediction that covered
     only the kept edges, unlike the full graph's, without a word. Refused, as is a graph with

@@ -1150,6 +1150,104 @@ def _free_by_hand(replacement, graph, members, target, held: str) -> float:
     return read(after) - read(before)
 
 
+def _attention_by_hand(replacement, graph, members, read) -> tuple[float, float]:
+    """A QK head's attention ``read`` (layer, qk_head, query, key) in the model, clean and with
+    ``members`` (node ids) zeroed where the model computes them, everything else recomputed:
+    written with the model's hooks alone."""
+    from replacement.model import hook_name
+
+    layer, head, query, key = read
+    seen: list = []
+    name = hook_name(layer, "lorsa.hook_pattern")
+    site = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
+    zeros: dict[str, list] = {}
+    for node in members:
+        i = graph.id_to_index[node]
+        at = hook_name(int(graph.layer[i]), site[Kind(int(graph.kind[i]))])
+        zeros.setdefault(at, []).append((int(graph.pos[i]), int(graph.index[i])))
+
+    def zero(entries):
+        def hook(act, hook):
+            act = act.clone()
+            act[:, [p for p, _ in entries], [x for _, x in entries]] = 0
+            return act
+
+        return hook
+
+    def keep(act, hook):
+        seen.append(float(act[0, head, query, key].detach()))
+
+    tokens = torch.tensor(graph.tokens)[None]
+    replacement.run_with_hooks(tokens, mode=graph.mode, fwd_hooks=[(name, keep)])
+    hooks = [(at, zero(entries)) for at, entries in zeros.items()]
+    replacement.run_with_hooks(tokens, mode=graph.mode, fwd_hooks=hooks + [(name, keep)])
+    return seen[0], seen[1]
+
+
+def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
+    graph, replacement, run, tmp_path
+):
+    """The head groups that write the most to each side of the predicting group's first QK
+    reason are in the summary (``writes_qk``: the largest positive head group of that side's
+    sources, with its value) and checked, even with room for one group only; every checked
+    group below that head says what its ablation does to its attention (by hand: the model's
+    hooks alone), and the printers say it."""
+    summary = summarize(replacement, graph, run, max_groups=1)
+    by_name = {g.name: g for g in summary.groups}
+    roles = 0
+    for t in summary.targets:
+        p = summary.group(t.predicting_group)
+        r = p.qk[0]
+        for side, sources in (("query", r.query_sources), ("key", r.key_sources)):
+            heads = [x for x in sources["heads"] if x.value > 0]
+            writers = [(g, w) for g in summary.groups for w in g.writes_qk
+                       if w.group == p.key and w.side == side]  # fmt: skip
+            if not heads:
+                assert not writers
+                continue
+            assert len(writers) == 1
+            g, w = writers[0]
+            assert g is by_name[heads[0].name] and w.value == pytest.approx(heads[0].value)
+            assert w.qk_head == r.qk_head and g.checks
+            roles += 1
+        read = (r.layer, r.qk_head, r.query, r.key)
+        for g in summary.groups:
+            mine = [a for a in g.attention_checks if a.group == p.key]
+            below = g.checks and g.layer < r.layer and (g.pos is None or g.pos <= r.query)
+            assert len(mine) == (1 if below and g is not p else 0)
+            for a in mine:
+                assert (a.layer, a.qk_head, a.query, a.key) == read
+                before, after = _attention_by_hand(replacement, graph, g.members, read)
+                assert a.before == pytest.approx(r.attention) == pytest.approx(before, abs=1e-5)
+                assert a.free == pytest.approx(after, abs=1e-5)
+    assert roles  # the fixture has QK sources to check
+    text = format_summary(summary)
+    assert "its QK score written most by: " in text
+    for g in summary.groups:
+        for w in g.writes_qk:
+            assert f"writes the {w.side} side of {w.group}'s QK {w.qk_head} score" in text
+        for a in g.attention_checks:
+            assert f"(QK {a.qk_head}) {a.before:.2f} -> " in text
+    path = tmp_path / "mechanisms.json"
+    save_summary(summary, path)
+    assert load_summary(path).to_dict() == summary.to_dict()
+    d = summary.to_dict()
+    g = next(g for g in d["groups"] if g["writes_qk"])
+    for field_name, edit, message in (
+        ("writes_qk", {"group": "g99"}, "writes_qk"),
+        ("writes_qk", {"side": "value"}, "writes_qk"),
+        ("writes_qk", {"group": g["key"]}, "writes_qk"),
+        ("attention_checks", {"free": 1.5}, "free"),
+        ("attention_checks", {"key": 99}, "attention_checks"),
+    ):
+        bad = copy.deepcopy(d)
+        target = next(x for x in bad["groups"] if x["key"] == g["key"])
+        target[field_name][0].update(edit)  # a QK writer sits below: its attention is checked
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            load_summary(path)
+
+
 def test_summary_records(graph, replacement, run, tmp_path):
     summary = summarize(replacement, graph, run, max_groups=4)
     logits = graph.is_kind("logit").nonzero().squeeze(1).tolist()
@@ -1684,7 +1782,7 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
     run = run_prompt(replacement, tokens, "local", constants=True)
     graph = attribute(replacement, tokens, max_logits=1, run=run)
     qk_attribution(replacement, graph, reason=True, run=run)
-    summary = summarize(replacement, graph, run, check=False)
+    summary = summarize(replacement, graph, run)
     path = tmp_path / "graph.html"
     write_html(graph, path, None, mechanisms=summary)
     browser.load("about:blank")
@@ -1697,6 +1795,9 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
     assert f"'{top.token}'@{top.pos} " in text  # which tokens the target comes from
     assert "the heads there bring" in text and "; their constant terms" in text
     assert "brings " in text  # each head group: the keys its flow comes from
+    # the predicting group's QK sources, each with what its ablation does to the attention
+    assert "its QK score written most by: " in text and ", ablated: attention " in text
+    assert "writes the key side of " in text and "with it ablated (attention free): " in text
     buttons = browser.evaluate("document.querySelectorAll('#viewer .panel .mech-group').length")
     assert buttons > 0
     browser.evaluate("document.querySelector('#viewer .panel .mech-group').click()")
@@ -1792,6 +1893,24 @@ def test_head_ranking_names_a_mover_first_then_every_group_by_flow():
     # found by a fuzz pass: a head target's ranking held the groups of its own block and
     # above, whose flow into it is exactly 0; a group without flow never ranks
     assert _head_ranking(view, np.r_[0.0, np.ones(6)], q, own=5) == [1, 2, 3, 4]
+
+
+def test_a_qk_source_is_the_head_group_that_raises_a_side_most():
+    """``_qk_source`` sums a side's flow per group and names the head group with the largest
+    positive sum (not a feature group's, not an excluded one's); none where no head group
+    raises the side."""
+    from types import SimpleNamespace
+
+    from circuits.mechanisms import _qk_source
+
+    kinds = ["lorsa", "lorsa", "transcoder", "lorsa", "lorsa"]
+    view = SimpleNamespace(groups=[SimpleNamespace(kind=k) for k in kinds], n_groups=5,
+                           of_node=np.array([0, 0, 1, 2, 3, 4, 4]))  # fmt: skip
+    flow = np.array([0.5, 0.7, 2.0, 9.0, -5.0, 1.0, 0.25])  # sums 1.2, 2, 9, -5, 1.25
+    assert _qk_source(view, flow, exclude=set()) == (1, 2.0)
+    assert _qk_source(view, flow, exclude={1}) == (4, 1.25)
+    assert _qk_source(view, -flow, exclude=set()) == (3, 5.0)
+    assert _qk_source(view, np.where(view.of_node == 2, 1.0, -1.0), exclude=set()) is None
 
 
 def test_a_sweep_serves_an_equal_graph_and_a_checked_graph_is_not_checked_again(graph):

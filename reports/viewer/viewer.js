@@ -951,6 +951,7 @@
       if (t.predicting) {
         out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}`));
         if (t.flagged) out.push(el("p", { class: "neg flagged" }, t.flagged));
+        if (t.qkSources) out.push(el("p", { class: "qk-sources" }, "its QK score written most by: " + t.qkSources));
       }
       if (t.moved) out.push(el("p", { class: "muted" }, t.moved));
       if (t.next && t.next.length) {
@@ -970,11 +971,13 @@
       for (const [node, text] of Object.entries(g.brings || {})) {
         li.append(el("div", { class: "muted" }, (several ? named(node) + ": " : "") + text));
       }
+      if (g.writesQk) li.append(el("div", { class: "writes-qk" }, g.writesQk));
       for (const r of g.qk) li.append(...reasonLines(r));
       for (const c of g.checks) {
         li.append(el("div", { class: c[4] ? "neg" : "muted" },
           `ablate${several ? " " + named(c[0]) : ""}: predicted ${signed(c[1])}, frozen ${signed(c[2])}${c[5]}, free ${signed(c[3])}${c[6]} [${c[7]}]`));
       }
+      if (g.attention) li.append(el("div", { class: "muted attention-checks" }, g.attention));
       const members = g.members.map((id) => byId.get(id)).filter((i) => i !== undefined);
       if (members.length >= 2) {
         li.append(el("button", { type: "button", class: "mech-group",

@@ -21,7 +21,10 @@ target, the unit dashboards' concept labels when the model has them) runs
 counted: sign agreement with attention frozen and free, flagged (``EffectCheck.flagged``), and
 ``demeaned``: checks whose measured change (attention frozen) and the token's probability moved
 in opposite directions (``EffectCheck.probability_frozen``), where the demeaned logit rose
-while the probability fell or the reverse.
+while the probability fell or the reverse. ``qk_writer_*``: the checks of the predicting
+group's QK sources (``GroupRecord.writes_qk``) and their free agreement;
+``key_source_halves``: the right prompts whose key-side source, ablated, at least halves the
+predicting group's attention (``AttentionCheck``).
 
 Writes benchmarks/results/hand_prompts_{model}.json: per family and overall the counts and
 rates, and every prompt's record (the predicting group, each check).
@@ -173,11 +176,19 @@ def measure(replacement, tokenizer, concepts) -> dict:
                  "free_cause": free_cause(c),
                  "through_attention": free_cause(c) == "attention" or ok_through_attention(c),
                  "mark": mark_text(c, t), "flagged": c.flagged,
+                 "qk_writer": bool(g.writes_qk),
                  "probability_frozen": c.probability_frozen,
                  "demeaned": c.probability_frozen is not None
                  and (c.frozen > 0) != (c.probability_frozen > t.probability)
                  and abs(c.frozen) > 0.01}
                 for g in summary.groups for c in g.checks if c.target == t.node
+            ]  # fmt: skip
+            # the predicting group's QK sources, and its attention with each ablated
+            record["qk_sources"] = [
+                {"side": w.side, "group": g.name, "score": round(w.value, 4),
+                 "attention": [[round(a.before, 4), round(a.free, 4)]
+                               for a in g.attention_checks if a.group == w.group]}
+                for g in summary.groups for w in g.writes_qk if w.group == t.predicting_group
             ]  # fmt: skip
         families.setdefault(family, {"records": []})["records"].append(record)
     everything = [r for f in families.values() for r in f["records"]]
@@ -194,6 +205,9 @@ def rates(records: list[dict]) -> dict:
     def share(key: str) -> float | None:
         return round(sum(c[key] for c in checks) / n, 4) if n else None
 
+    halves = sum(any(x["side"] == "key" and x["attention"]
+                     and x["attention"][0][1] < x["attention"][0][0] / 2
+                     for x in r["qk_sources"]) for r in right)  # fmt: skip
     return {"prompts": len(records), "correct": len(right), "checks": n,
             "agree_frozen": share("agree_frozen"), "agree_free": share("agree_free"),
             "agree_free_ln_held": share("agree_free_ln_held"),
@@ -213,7 +227,14 @@ def rates(records: list[dict]) -> dict:
                 / max(1, sum(not c["agree_free"] for c in checks)), 4),
             # checks whose mark says the free effect comes through attention
             "through_attention": share("through_attention"),
-            "flagged": share("flagged"), "demeaned": share("demeaned")}  # fmt: skip
+            "flagged": share("flagged"), "demeaned": share("demeaned"),
+            # the checks of the predicting group's QK sources, and their free agreement
+            "qk_writer_checks": sum(c["qk_writer"] for c in checks),
+            "qk_writer_agree_free": round(
+                sum(c["qk_writer"] and c["agree_free"] for c in checks)
+                / max(1, sum(c["qk_writer"] for c in checks)), 4),
+            # right prompts whose key-side source, ablated, halves the predicting attention
+            "key_source_halves": round(halves / max(1, len(right)), 4)}  # fmt: skip
 
 
 def parse_args(argv):

@@ -6,7 +6,8 @@ parallel arrays, the QK records of Lorsa heads with ``refs`` (below), the defaul
 (``reports.layout.select``'s budget, so the first picture is the one the Graphviz drawing
 shows), unit dashboards when there are any, and circuit-tracer's ``qParams`` (``pinnedIds``,
 ``supernodes``, ``clickedId``) from which the page starts and which it keeps in step with the
-URL.
+URL; with a mechanism summary and no ``qParams`` given, its groups are the first supernodes
+(``summary_supernodes``), those whose ablation check is flagged drawn with a mark.
 
 ``refs`` gives every node a QK record names that the graph does not hold (pruning dropped it;
 a QK reason's or contrast's side named as a unit, without a position) its structured fields
@@ -586,6 +587,9 @@ def viewer_data(
         if _is_num(settings.get("node_threshold"))
         else None,
     }
+    summary = mechanisms_data(mechanisms, graph)
+    if q_params is None and summary is not None:
+        q_params = {"supernodes": summary_supernodes(summary)}
     return {
         "metadata": metadata,
         "qParams": check_q_params(graph, q_params),
@@ -593,9 +597,18 @@ def viewer_data(
         "nodes": nodes,
         "links": links,
         "dashboards": check_dashboards(dashboards),
-        "mechanisms": mechanisms_data(mechanisms, graph),
+        "mechanisms": summary,
         "refs": qk_refs(graph),
     }
+
+
+def summary_supernodes(summary: dict) -> list[list[str]]:
+    """The page's first supernodes where none are given: the mechanism summary's head and
+    feature groups (``mechanisms_data``'s, their members in this graph), each of two members
+    or more, named by key and name (``g3 L0 14 heads @10 -> 'ak'@9``): the page draws the
+    groups the summary reads and checks, as its text names them. Groups share no node."""
+    return [[f"{g['key']} {g['name']}", *g["members"]] for g in summary["groups"]
+            if g["kind"] in ("lorsa", "transcoder") and len(g["members"]) >= 2]  # fmt: skip
 
 
 _UNSAFE = re.compile("[<>&\u2028\u2029\x00-\x1f\x7f-\x9f]")

@@ -1798,6 +1798,22 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
     # the predicting group's QK sources, each with what its ablation does to the attention
     assert "its QK score written most by: " in text and ", ablated: attention " in text
     assert "writes the key side of " in text and "with it ablated (attention free): " in text
+    # the summary's groups are the first supernodes, a flagged one marked on its box
+    present = set(graph.ids)
+    first = summary.targets[0].node
+    groups = [g for g in summary.groups if g.kind in ("lorsa", "transcoder")
+              and sum(m in present for m in g.members) >= 2]  # fmt: skip
+    assert groups and sorted(browser.evaluate("viewer.supernodes()")) == sorted(
+        f"{g.key} {g.name}" for g in groups
+    )
+    flagged = [g for g in groups if any(c.flagged for c in g.checks if c.target == first)]
+    marked = browser.evaluate("[...document.querySelectorAll('#viewer svg .node.flagged')]"
+                              ".map((g) => g.textContent)")  # fmt: skip
+    assert flagged and len(marked) == len(flagged) and all("check flagged" in x for x in marked)
+    # without them (the URL says none), a group's button draws it as one
+    browser.load("about:blank")
+    browser.load(path.resolve().as_uri() + "#supernodes=[]")
+    assert browser.evaluate("viewer.supernodes()") == []
     buttons = browser.evaluate("document.querySelectorAll('#viewer .panel .mech-group').length")
     assert buttons > 0
     browser.evaluate("document.querySelector('#viewer .panel .mech-group').click()")

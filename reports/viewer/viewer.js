@@ -27,6 +27,18 @@
   const root = document.getElementById("viewer");
   const data = JSON.parse(document.getElementById("graph-data").textContent);
   const meta = data.metadata, nodes = data.nodes, N = nodes.length;
+  // The mechanism summary's groups whose ablation check of the first target is flagged (the
+  // linear graph not to be trusted there), as sets of member ids: a supernode of exactly those
+  // members says so on its box.
+  const flaggedSets = (() => {
+    const m = data.mechanisms;
+    if (!m || !m.targets.length) return [];
+    const first = m.targets[0].node;
+    return m.groups.filter((g) => g.checks.some((c) => c[0] === first && c[4])).map((g) => new Set(g.members));
+  })();
+  function isFlagged(members) {
+    return flaggedSets.some((s) => s.size === members.length && members.every((i) => s.has(nodes[i].id)));
+  }
   const src = data.links.source, tgt = data.links.target, wt = data.links.weight, E = src.length;
   const byId = new Map(nodes.map((n, i) => [n.id, i]));
   const inE = nodes.map(() => []), outE = nodes.map(() => []);
@@ -227,12 +239,13 @@
     const items = [], itemOf = new Int32Array(N).fill(-1);
     state.groups.forEach((g, k) => {
       const best = g.members.slice().sort(byScore)[0];
+      const flagged = isFlagged(g.members);
       items.push({
-        group: k, kind: "supernode", members: g.members, name: g.name,
+        group: k, kind: "supernode", members: g.members, name: g.name, flagged,
         stage: maxOf(g.members, (i) => nodes[i].stage, -Infinity),
         pos: meta.positional ? nodes[best].pos : 0,
         score: maxOf(g.members, (i) => score[i], -Infinity),
-        lines: [fitText(g.name, 16), g.members.length + " nodes"],
+        lines: [fitText(g.name, 16), g.members.length + " nodes", ...(flagged ? ["⚑ check flagged"] : [])],
       });
       for (const i of g.members) itemOf[i] = items.length - 1;
     });
@@ -628,7 +641,7 @@
     view.items.forEach((it, k) => {
       if (!it.drawn) return;
       const [x, y] = L.xy.get(k), [w, h] = it.size;
-      const g = svgEl("g", { class: "node kind-" + it.kind, transform: `translate(${x.toFixed(1)},${y.toFixed(1)})` });
+      const g = svgEl("g", { class: "node kind-" + it.kind + (it.flagged ? " flagged" : ""), transform: `translate(${x.toFixed(1)},${y.toFixed(1)})` });
       g.dataset.item = String(k);
       if (it.node !== undefined) g.dataset.id = nodes[it.node].id;
       else g.dataset.group = String(it.group);
@@ -640,7 +653,7 @@
         g.append(t);
       });
       const title = svgEl("title");
-      title.textContent = shown(itemLabel(it));
+      title.textContent = shown(itemLabel(it) + (it.flagged ? ": its ablation check is flagged (the panel says how)" : ""));
       g.append(title);
       g.addEventListener("click", (ev) => {
         ev.stopPropagation();

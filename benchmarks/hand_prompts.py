@@ -173,9 +173,10 @@ def measure(replacement, tokenizer, concepts) -> dict:
                  "agree_free_final_ln_held": c.agree_free_final_ln_held,
                  "free_attention_held": round(c.free_attention_held, 4),
                  "agree_free_attention_held": c.agree_free_attention_held,
-                 "free_cause": free_cause(c),
-                 "through_attention": free_cause(c) == "attention" or ok_through_attention(c),
-                 "mark": mark_text(c, t), "flagged": c.flagged,
+                 "free_cause": free_cause(c, summary.tolerance),
+                 "through_attention": free_cause(c, summary.tolerance) == "attention"
+                 or ok_through_attention(c, summary.tolerance),
+                 "mark": mark_text(c, t, summary.tolerance), "flagged": c.flagged,
                  "qk_writer": bool(g.writes_qk),
                  "probability_frozen": c.probability_frozen,
                  "demeaned": c.probability_frozen is not None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated
 
 from toy_models.cli import one_line
-from toy_models.records import Bounds, from_json, parse_json
+from toy_models.records import Bounds, from_json, is_finite_number, parse_json
 
 from .graph import MODES
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, is_attention
@@ -44,6 +44,7 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # ``free_ln_held`` (and since, optional, absent from earlier files: ``free_final_ln_held``,
 # ``free_attention_held``, ``margin_frozen`` / ``margin_free``; a group's ``writes_qk`` and
 # ``attention_checks``)
+TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
@@ -444,6 +445,13 @@ class MechanismSummary:
     def group(self, key: str) -> GroupRecord:
         return next(g for g in self.groups if g.key == key)
 
+    @property
+    def tolerance(self) -> float:
+        """The tolerance its checks were made with (``settings["tolerance"]``, checked when a
+        file is read): a prediction and a measurement both below it agree whatever their
+        signs. ``TOLERANCE`` for a summary without it."""
+        return float(self.settings.get("tolerance", TOLERANCE))
+
     def to_dict(self) -> dict:
         return {"version": VERSION, **asdict(self)}
 
@@ -470,6 +478,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     ``MODES``."""
     summary = from_json(MechanismSummary, {k: v for k, v in d.items() if k != "version"}, "summary")
     _expect(summary.mode in MODES, f"mode: {summary.mode!r}, not one of {list(MODES)}")
+    tolerance = summary.settings.get("tolerance", TOLERANCE)
+    _expect(is_finite_number(tolerance) and tolerance >= 0,
+            f"settings.tolerance: {tolerance!r:.40}, not a finite number >= 0")  # fmt: skip
     _check_main_inputs(summary)
     keys = [g.key for g in summary.groups]
     _expect(len(set(keys)) == len(keys), "groups: two groups share a key")
@@ -498,6 +509,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         for j, r in enumerate(t.qk):
             _expect(r.key == t.reads, f"{where}.qk[{j}]: at key {r.key}, not the key read")
         _check_reasons(t.qk, where, summary.tokens)
+    by_key = {g.key: g for g in summary.groups}
     for i, g in enumerate(summary.groups):
         where = f"groups[{i}]"
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
@@ -519,16 +531,20 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                 _expect((getattr(c, name) is None) == (getattr(c, f"agree_{name}") is None),
                         f"{where}.checks[{j}]: {name} without its agreement, or the "
                         "reverse")  # fmt: skip
-        kinds = {x.key: x.kind for x in summary.groups}
         for j, w in enumerate(g.writes_qk):
-            _expect(kinds.get(w.group) == "lorsa" and w.group != g.key and w.side in SIDES,
-                    f"{where}.writes_qk[{j}]: not a side ({'/'.join(SIDES)}) of another head "
-                    "group of the summary")  # fmt: skip
+            head = by_key.get(w.group)
+            _expect(head is not None and head.kind == "lorsa" and w.side in SIDES
+                    and w.qk_head in head.qk_heads and _below(g, head),
+                    f"{where}.writes_qk[{j}]: not a side ({'/'.join(SIDES)}) of a QK head of a "
+                    "head group of the summary in a later block")  # fmt: skip
         for j, a in enumerate(g.attention_checks):
-            _expect(kinds.get(a.group) == "lorsa" and a.group != g.key
-                    and 0 <= a.key <= a.query < len(summary.tokens),
-                    f"{where}.attention_checks[{j}]: not another head group's attention from a "
-                    "query to a key at or before it in the prompt")  # fmt: skip
+            head = by_key.get(a.group)
+            _expect(bool(g.checks) and head is not None and head.kind == "lorsa"
+                    and _below(g, head) and a.qk_head in head.qk_heads
+                    and (a.layer, a.query, a.key) == (head.layer, head.pos, head.attends),
+                    f"{where}.attention_checks[{j}]: not the attention of a QK head of a head "
+                    "group in a later block, at its query and key, after a checked "
+                    "ablation")  # fmt: skip
         _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
         _expect(set(g.carried) == set(g.carried_own), f"{where}: carried and carried_own "
                 "name other targets")  # fmt: skip
@@ -547,6 +563,13 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(p.target in targets and set(p.groups) <= set(keys), f"{where}: unknown names")
         _expect(len(p.hops) == len(p.groups), f"{where}: one hop per group")
     return summary
+
+
+def _below(g: GroupRecord, head: GroupRecord) -> bool:
+    """Whether group ``g`` sits in a block before head group ``head``'s (whose QK score it can
+    write) and not after its query."""
+    return (g.layer is not None and head.layer is not None and g.layer < head.layer
+            and (g.pos is None or head.pos is None or g.pos <= head.pos))  # fmt: skip
 
 
 def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str]) -> None:

@@ -90,6 +90,7 @@ from .interventions import (
 )
 from .mechanism_file import (
     SIDES,
+    TOLERANCE,
     AttentionCheck,
     EffectCheck,
     GroupRecord,
@@ -108,7 +109,6 @@ from .nodes import Kind, unit_id
 from .qk import qk_record
 from .threads import single_thread
 
-TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 RATIO = 3.0  # a measured effect this many times larger or smaller than predicted is flagged
 MAX_GROUPS = 10
 HEAD_GROUPS = 3  # head groups at each target's position the summary ranks

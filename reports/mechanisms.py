@@ -182,7 +182,7 @@ def after_text(
     return f" (p{of} {_p(before)} -> {_p(after)}{over})"
 
 
-def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
+def mark_text(c: EffectCheck, target: TargetRecord | None, tolerance: float = TOLERANCE) -> str:
     """A check's verdict and why: ``ok``, or ``FLAGGED`` with each measurement that has the
     other sign or is more than ``RATIO`` times off (``frozen other sign``, ``free 0.21x``).
     For a logit target (not a difference, whose token's probability follows a third token
@@ -190,7 +190,8 @@ def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
     logit is demeaned: it can rise while every other logit rises more) by a visible amount
     (``P_MOVED``, ``P_SHARE``): said beside the sign it contradicts, and as a note after the
     verdict where the measurement passed, so a reader does not take a flag on the logit for the
-    group not mattering, nor an ok for the probability agreeing."""
+    group not mattering, nor an ok for the probability agreeing. ``tolerance``: the summary's
+    (``MechanismSummary.tolerance``): a measurement and a prediction both below it agree."""
     before = None if target is None or target.negative is not None else target.probability
     flags, notes = [], []
     for name, agree, ratio, after in (
@@ -201,10 +202,11 @@ def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
         if moved is not None and abs(moved) < max(P_MOVED, P_SHARE * before):
             moved = None  # too small to read either way
         apart = moved is not None and c.predicted != 0 and (moved > 0) != (c.predicted > 0)
-        off = ratio is not None and not 1 / RATIO <= ratio <= RATIO
+        small = max(abs(c.predicted), abs(c.frozen if name == "frozen" else c.free)) < tolerance
+        off = ratio is not None and not small and not 1 / RATIO <= ratio <= RATIO
         why = ""
         if name == "free" and c.free_ln_held is not None and (not agree or off):
-            why = _free_words(c)
+            why = _free_words(c, tolerance)
         if not agree:
             with_p = "" if apart or moved is None else ", its probability as predicted"
             flags.append(f"{name} other sign{with_p}{why}")
@@ -213,7 +215,7 @@ def mark_text(c: EffectCheck, target: TargetRecord | None) -> str:
                          + why)  # fmt: skip
         elif apart:
             notes.append(f"{name}: its probability the other way")
-        if name == "free" and agree and not off and ok_through_attention(c):
+        if name == "free" and agree and not off and ok_through_attention(c, tolerance):
             held = _signed(c.free_attention_held)
             notes.append(f"free: through attention (with it held: {held})")
     if not c.flagged:
@@ -254,10 +256,13 @@ def reads_text(t: TargetRecord, tokens: list[str]) -> str:
             "key (the heads at its query act through this):")  # fmt: skip
 
 
-def check_texts(c: EffectCheck, t: TargetRecord | None) -> tuple[str, str, str]:
+def check_texts(
+    c: EffectCheck, t: TargetRecord | None, tolerance: float = TOLERANCE
+) -> tuple[str, str, str]:
     """What every view of a check prints beside its numbers: the target token's probability
     before and after it with attention frozen and free (``after_text``; nothing for a head or
-    feature target, or a target the summary does not hold), and its mark (``mark_text``)."""
+    feature target, or a target the summary does not hold), and its mark (``mark_text``, at
+    the summary's ``tolerance``)."""
     before = None if t is None else t.probability
     token = None if t is None or t.negative is None else t.token  # a difference's first token
     contender = (t is not None and token is None and t.runner_up is not None
@@ -267,17 +272,18 @@ def check_texts(c: EffectCheck, t: TargetRecord | None) -> tuple[str, str, str]:
     if contender:
         frozen, free = (t.runner_up, c.margin_frozen), (t.runner_up, c.margin_free)
     return (after_text(before, c.probability_frozen, token, frozen),
-            after_text(before, c.probability_free, token, free), mark_text(c, t))  # fmt: skip
+            after_text(before, c.probability_free, token, free),
+            mark_text(c, t, tolerance))  # fmt: skip
 
 
-def flagged_text(g: GroupRecord, t: TargetRecord) -> str:
+def flagged_text(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) -> str:
     """When the ablation check of group ``g`` on target ``t`` is flagged, what it measured, to
     stand beside the line that names ``g`` (the predicting group): the graph's word on it is
     not to be trusted there; else empty."""
     c = next((c for c in g.checks if c.target == t.node and c.flagged), None)
     if c is None:
         return ""
-    frozen, free, mark = check_texts(c, t)
+    frozen, free, mark = check_texts(c, t, tolerance)
     why = mark.removeprefix("FLAGGED").removeprefix(": ")
     return (
         f"its ablation check is FLAGGED{f' ({why})' if why else ''}: predicted "
@@ -301,45 +307,51 @@ LN_WORDS = (
 )
 
 
-def _held_agrees(c: EffectCheck, value: float | None, agree: bool | None) -> bool:
+def _held_agrees(
+    c: EffectCheck, value: float | None, agree: bool | None, tolerance: float = TOLERANCE
+) -> bool:
     """Whether a free measurement (``value``, its sign agreement ``agree``: the model's own, or
     a rerun with part of it held) agrees with the prediction, in sign and within ``RATIO`` in
-    size; False where the summary has no such rerun."""
+    size, or both are below the summary's ``tolerance`` (as a check's own flag reads them);
+    False where the summary has no such rerun."""
     if value is None or not agree:
         return False
-    return c.predicted == 0 or 1 / RATIO <= abs(value) / abs(c.predicted) <= RATIO
+    if max(abs(value), abs(c.predicted)) < tolerance:
+        return True
+    return c.predicted != 0 and 1 / RATIO <= abs(value) / abs(c.predicted) <= RATIO
 
 
-def ok_through_attention(c: EffectCheck) -> bool:
+def ok_through_attention(c: EffectCheck, tolerance: float = TOLERANCE) -> bool:
     """Whether a free measurement that agrees with the prediction does so through attention:
     with the patterns held, the group's effect has the other sign or is under 1 / ``RATIO``
     of the prediction (its value paths alone do not give it)."""
-    if c.free_attention_held is None or max(abs(c.predicted), abs(c.free)) < TOLERANCE:
+    if c.free_attention_held is None or max(abs(c.predicted), abs(c.free)) < tolerance:
         return False
-    if not _held_agrees(c, c.free, c.agree_free):  # flagged: ``free_cause`` says why
+    if not _held_agrees(c, c.free, c.agree_free, tolerance):  # flagged: ``free_cause`` says why
         return False
-    return not _held_agrees(c, c.free_attention_held, c.agree_free_attention_held)
+    return not _held_agrees(c, c.free_attention_held, c.agree_free_attention_held, tolerance)
 
 
-def free_cause(c: EffectCheck) -> str | None:
+def free_cause(c: EffectCheck, tolerance: float = TOLERANCE) -> str | None:
     """What undoes a flagged free measurement, from the reruns with parts of the model held
     (the first that agrees with the prediction): ``"final LayerNorm"`` (its scale alone held),
     ``"LayerNorms"`` (every scale held), ``"attention"`` (the patterns held), or None (none
-    does, or a summary written before them; or the free measurement is not flagged)."""
-    if _held_agrees(c, c.free, c.agree_free):
+    does, or a summary written before them; or the free measurement is not flagged).
+    ``tolerance``: the summary's (``MechanismSummary.tolerance``)."""
+    if _held_agrees(c, c.free, c.agree_free, tolerance):
         return None
-    if _held_agrees(c, c.free_final_ln_held, c.agree_free_final_ln_held):
+    if _held_agrees(c, c.free_final_ln_held, c.agree_free_final_ln_held, tolerance):
         return "final LayerNorm"
-    if _held_agrees(c, c.free_ln_held, c.agree_free_ln_held):
+    if _held_agrees(c, c.free_ln_held, c.agree_free_ln_held, tolerance):
         return "LayerNorms"
-    if _held_agrees(c, c.free_attention_held, c.agree_free_attention_held):
+    if _held_agrees(c, c.free_attention_held, c.agree_free_attention_held, tolerance):
         return "attention"
     return None
 
 
-def _free_words(c: EffectCheck) -> str:
+def _free_words(c: EffectCheck, tolerance: float) -> str:
     """Why a free measurement is flagged (``free_cause``), with the rerun that says it."""
-    cause = free_cause(c)
+    cause = free_cause(c, tolerance)
     if cause == "final LayerNorm":
         return f", from the final LayerNorm (held: {_signed(c.free_final_ln_held)})"
     if cause == "LayerNorms" and c.free_final_ln_held is None:  # a summary before it
@@ -626,7 +638,7 @@ def format_summary(
                 lines.append(f"  {own}")
             lines.append(f"  {predicting_heading(g, t)}: {short(g.key)}, flow "
                          f"{_signed(g.flow[t.node])}")  # fmt: skip
-            if flagged := flagged_text(g, t):
+            if flagged := flagged_text(g, t, summary.tolerance):
                 lines.append(f"    {flagged}")
             if sources := qk_sources_text(summary, g.key):
                 lines.append(f"    its QK score written most by: {sources}")
@@ -673,7 +685,7 @@ def format_summary(
         shown = [c for c in g.checks if every_check or c.target == first]
         rest = [] if every_check else [c for c in g.checks if c.target != first]
         for c in shown:
-            frozen, free, mark = check_texts(c, by_node.get(c.target))
+            frozen, free, mark = check_texts(c, by_node.get(c.target), summary.tolerance)
             lines.append(
                 f"       ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
                 f"predicted {_signed(c.predicted)}, frozen attention {_signed(c.frozen)}"
@@ -759,11 +771,11 @@ def _reason_html(r: QKReasonRecord, drawn: set[str], summary: MechanismSummary) 
 
 
 def _checks_html(g: GroupRecord, target_names: dict[str, str],
-                 targets: dict[str, TargetRecord]) -> str:  # fmt: skip
+                 targets: dict[str, TargetRecord], tolerance: float) -> str:  # fmt: skip
     rows = []
     for c in g.checks:
         cls = ' class="flagged"' if c.flagged else ""
-        frozen, free, mark = check_texts(c, targets.get(c.target))
+        frozen, free, mark = check_texts(c, targets.get(c.target), tolerance)
         rows.append(
             f"<tr{cls}><td>{_esc(target_names.get(c.target, c.target))}</td>"
             f'<td class="num">{_num(c.predicted)}</td><td class="num">{_num(c.frozen)}'
@@ -784,6 +796,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     drawn = drawn_ids or set()
     names = {g.key: g.name for g in summary.groups}
     target_names = {t.node: t.label for t in summary.targets}
+    by_node = {t.node: t for t in summary.targets}
     parts = [
         '<div class="mech">',
         "<p>Groups are heads (same block, query position and key) and features (same block, "
@@ -818,7 +831,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
                 parts.append(f"<p>{_esc(own)}</p>")
             parts.append(f"<p>{heading}: <b>{_esc(t.predicting_group)}</b> "
                          f"{_esc(names[t.predicting_group])}</p>")  # fmt: skip
-            flagged = flagged_text(summary.group(t.predicting_group), t)
+            flagged = flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
             if flagged:
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
             if sources := qk_sources_text(summary, t.predicting_group):
@@ -868,7 +881,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         rows.append(
             f"<tr><td><b>{_esc(g.key)}</b></td><td>{_esc(g.name)}<br><small>{members}</small>"
             f"</td><td>{flows}</td><td>{'<br>'.join(what)}</td>"
-            f"<td>{_checks_html(g, target_names, {t.node: t for t in summary.targets})}"
+            f"<td>{_checks_html(g, target_names, by_node, summary.tolerance)}"
             f"{attention}</td></tr>"
         )
     if rows:

@@ -238,7 +238,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "own": (own_token_text(t, summary.group(t.predicting_group).pos) or None)
              if t.predicting_group else None,
              "reads": reads_text(t, summary.tokens) or None,
-             "flagged": (flagged_text(summary.group(t.predicting_group), t) or None)
+             "flagged": (flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
+                         or None)
              if t.predicting_group else None,
              "qkSources": (qk_sources_text(summary, t.predicting_group) or None)
              if t.predicting_group else None,
@@ -255,7 +256,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
                         if g.carried.get(t.node)},
              "qk": [_reason_panel(r, summary) for r in g.qk],
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged,
-                         *check_texts(c, by_node.get(c.target))]
+                         *check_texts(c, by_node.get(c.target), summary.tolerance)]
                         for c in g.checks],
              "writesQk": writes_qk_text(g) or None,
              "attention": f"{ATTENTION_AFTER}: " + "; ".join(

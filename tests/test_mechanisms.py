@@ -984,6 +984,53 @@ def test_a_token_check_that_changes_nothing_measures_the_reasons_own_parts(
             assert int(after.rival[0, j]) == -1
 
 
+def test_a_mark_reads_small_effects_at_the_summarys_tolerance(graph, replacement, run, tmp_path):
+    """A prediction and a rerun both below the summary's tolerance agree (as a check's own flag
+    reads them): the mark's cause and its "x off" read them so too (they took the ratio
+    alone: a held rerun of -0.0001 against a prediction of +0.004 named no cause), at the
+    tolerance the summary was made with, which a file must give as a finite number >= 0."""
+    from circuits.mechanism_file import EffectCheck
+    from reports.mechanisms import free_cause, mark_text
+
+    small = EffectCheck(
+        target="t", predicted=0.004, frozen=0.0039, free=-0.8, agree_frozen=True,
+        agree_free=False, ratio_frozen=0.975, ratio_free=200.0, flagged=True,
+        free_ln_held=0.3, agree_free_ln_held=True, free_final_ln_held=0.0001,
+        agree_free_final_ln_held=True, free_attention_held=0.5, agree_free_attention_held=True,
+    )  # fmt: skip
+    assert free_cause(small) == "final LayerNorm"  # -0.0001 and +0.004: both below 0.01
+    assert free_cause(small, tolerance=0.001) is None  # at a smaller tolerance they are apart
+    assert mark_text(small, None) == "FLAGGED: free other sign, from the final LayerNorm " \
+        "(held: +0.0001)"  # fmt: skip
+    tiny = dataclasses.replace(small, frozen=0.0004, ratio_frozen=0.1)  # both below 0.01
+    assert "frozen" not in mark_text(tiny, None)
+    assert "frozen 0.1x" in mark_text(tiny, None, tolerance=0.0001)
+    # the summary's own tolerance reaches the printers, and a file's is checked
+    summary = summarize(replacement, graph, run, max_groups=1, tolerance=0.5)
+    assert summary.tolerance == 0.5
+    path = tmp_path / "mechanisms.json"
+    save_summary(summary, path)
+    assert load_summary(path).tolerance == 0.5
+    for bad in ("0.5", -1, float("inf"), True):
+        d = summary.to_dict()
+        d["settings"]["tolerance"] = bad
+        path.write_text(json.dumps(d))
+        with pytest.raises(ValueError, match="settings.tolerance: .*not a finite number >= 0"):
+            load_summary(path)
+    from reports.mechanisms import check_texts
+
+    text = format_summary(summary, every_check=True)
+    targets = {t.node: t for t in summary.targets}
+    checks = [c for g in summary.groups for c in g.checks]
+    lines = [x for x in text.splitlines() if x.strip().startswith("ablate")]
+    assert len(lines) == len(checks)  # printed in order, each ending in its mark
+    for line, c in zip(lines, checks, strict=True):
+        assert line.endswith(f"[{check_texts(c, targets[c.target], 0.5)[2]}]")
+    moved = [c for c in checks if check_texts(c, targets[c.target], 0.5)[2]
+             != check_texts(c, targets[c.target])[2]]  # fmt: skip
+    assert moved or graph.mode == "sparse"  # local: an "ok ... through attention" at 0.01
+
+
 def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagrees():
     """``[FLAGGED]`` alone read as "the group does not matter" where the demeaned logit rose
     while the token's probability collapsed (a reviewer's ``Friday Saturday Sunday``:
@@ -1237,8 +1284,12 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
         ("writes_qk", {"group": "g99"}, "writes_qk"),
         ("writes_qk", {"side": "value"}, "writes_qk"),
         ("writes_qk", {"group": g["key"]}, "writes_qk"),
+        ("writes_qk", {"qk_head": 999}, "writes_qk"),
         ("attention_checks", {"free": 1.5}, "free"),
         ("attention_checks", {"key": 99}, "attention_checks"),
+        ("attention_checks", {"key": 0}, "attention_checks"),
+        ("attention_checks", {"layer": 0}, "attention_checks"),
+        ("attention_checks", {"qk_head": 999}, "attention_checks"),
     ):
         bad = copy.deepcopy(d)
         target = next(x for x in bad["groups"] if x["key"] == g["key"])

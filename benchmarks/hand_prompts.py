@@ -186,8 +186,9 @@ def measure(replacement, tokenizer, concepts) -> dict:
             ]  # fmt: skip
             # the predicting group's QK sources, and its attention with each ablated
             record["qk_sources"] = [
-                {"side": w.side, "group": g.name, "score": round(w.value, 4),
-                 "attention": [[round(a.before, 4), round(a.free, 4)]
+                {"side": w.side, "group": g.name, "score": round(w.value, 4), "rank": w.rank,
+                 "tested": w.tested,
+                 "attention": [[round(a.mean_before, 4), round(a.mean_free, 4)]
                                for a in g.attention_checks if a.group == w.group]}
                 for g in summary.groups for w in g.writes_qk if w.group == t.predicting_group
             ]  # fmt: skip

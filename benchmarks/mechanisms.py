@@ -586,8 +586,9 @@ def score_prompt(prompt: Prompt, summary) -> dict:
 
 def qk_source_fields(summary, group, k: int) -> dict:
     """The head groups the summary gives the predicting ``group`` as its QK sources
-    (``GroupRecord.writes_qk``), per side: the source's place and key, its score, and its
-    ablation's effect on the group's attention (``AttentionCheck``, free): ``<side>_source``
+    (``GroupRecord.writes_qk``), per side: the source's place and key, its score, its rank by
+    score among the groups ablated to choose it, and its ablation's effect on the group's
+    attention (``AttentionCheck``, free; its QK heads weighted by flow): ``<side>_source``
     (None when the side has none) and ``<side>_source_halves`` (the ablation at least halves
     the attention: the QK reason's side tested by intervention). ``key_source_previous_token``:
     the key side's source sits at the key and reads the position before it (the
@@ -596,21 +597,19 @@ def qk_source_fields(summary, group, k: int) -> dict:
     for side in ("query", "key"):
         found = [(g, w) for g in summary.groups for w in g.writes_qk
                  if w.group == group.key and w.side == side]  # fmt: skip
-        after = None
+        a = None
         if found:
             g, w = found[0]
             a = next((a for a in g.attention_checks if a.group == group.key), None)
-            after = None if a is None else a.free
             out[f"{side}_source"] = {
                 "name": g.name, "pos": g.pos, "attends": g.attends, "layer": g.layer,
-                "score": round(w.value, 4), "attention_before": None if a is None
-                else round(a.before, 4), "attention_after": None if a is None
-                else round(a.free, 4),
+                "score": round(w.value, 4), "rank": w.rank, "tested": w.tested,
+                "attention_before": None if a is None else round(a.mean_before, 4),
+                "attention_after": None if a is None else round(a.mean_free, 4),
             }  # fmt: skip
         else:
             out[f"{side}_source"] = None
-        before = group.qk[0].attention if group.qk else None
-        out[f"{side}_source_halves"] = after is not None and after < before / 2
+        out[f"{side}_source_halves"] = a is not None and a.mean_free < a.mean_before / 2
     key = out["key_source"]
     out["key_source_previous_token"] = key is not None and key["pos"] == k \
         and key["attends"] == k - 1  # fmt: skip

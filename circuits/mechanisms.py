@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -114,6 +115,7 @@ MAX_GROUPS = 10
 HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
+CANDIDATES = 4  # head groups per side of a predicting group's QK reason ablated to find its source
 ROOT_PAIRS = 5  # root x root terms listed for each QK reason (and as many against moved tokens)
 TERMS_SHOWN = 3  # a reason's root terms of each list whose tokens are tested (``TokenCheck``)
 
@@ -191,6 +193,7 @@ def _summarize(
     pending = []  # (QK reason, its root-pair request): computed together below
     side_requests = []  # (QK reason, its side-flow request): computed together when resolved
     qk_of: dict[int, list[QKReasonRecord]] = {}
+    weights_of: dict[int, tuple[list[int], list[float]]] = {}  # QK heads, |flow| shares
 
     def group_reasons(g: int) -> list[QKReasonRecord]:
         """The QK reasons of head group ``g`` at its query and key, of its two QK heads with
@@ -208,8 +211,11 @@ def _summarize(
             head = int(full.index[m]) // full.group_size
             weight = abs(float(flows[targets[0]][m])) if targets else 0.0
             by_head[head] = by_head.get(head, 0.0) + weight
-        heads = sorted(grp.qk_heads, key=lambda x: -by_head.get(x, 0.0))[:2]
-        qk_of[g] = reasons(grp.layer, heads, grp.pos, grp.attends)
+        ordered = sorted(grp.qk_heads, key=lambda x: -by_head.get(x, 0.0))
+        total = sum(by_head.get(x, 0.0) for x in ordered)
+        weights_of[g] = (ordered, [by_head.get(x, 0.0) / total if total > 0 else 1 / len(ordered)
+                                   for x in ordered])  # fmt: skip
+        qk_of[g] = reasons(grp.layer, ordered[:2], grp.pos, grp.attends)
         return qk_of[g]
 
     def reasons(layer: int, heads: list[int], query: int, key: int) -> list[QKReasonRecord]:
@@ -239,26 +245,34 @@ def _summarize(
         return out
 
     # Each predicting head group's QK reason first: the head groups that write its query and
-    # its key most (its QK sources) join the summary with checks, whatever their flow.
+    # its key (its QK sources) join the summary with checks, whatever their flow: of the
+    # CANDIDATES that raise a side most, the one whose ablation lowers its attention most.
     predictors = list(dict.fromkeys(ranking[0] for ranking, _ in segments if ranking))
     for g in predictors:
         group_reasons(g)
     side_flows = resolve_sides()
-    writes_qk: dict[int, list[tuple[int, int, str, float]]] = {}  # source -> (group, ...)
+    looks = [_Look(g, view.groups[g].layer, view.groups[g].pos, view.groups[g].attends,
+                   *weights_of[g]) for g in predictors if qk_of[g]]  # fmt: skip
+    clean = {look.group: look.attention(run.patterns[look.layer]) for look in looks}
+    candidates: dict[tuple[int, str], list[tuple[int, float]]] = {}
+    for look in looks:
+        for side, side_flow in zip(SIDES, side_flows[id(qk_of[look.group][0])], strict=True):
+            exclude = {look.group, *own.values()}
+            candidates[look.group, side] = _qk_candidates(view, side_flow, exclude, CANDIDATES)
+    tested = sorted({c for found in candidates.values() for c, _ in found}) if check else []
+    after = {c: _free_attention(replacement, full, run, view.groups[c], looks) for c in tested}
+    writes_qk: dict[int, list[tuple[int, int, str, float, int, int]]] = {}  # source -> roles
     sources_of: dict[int, list[int]] = {}
-    attention_reads = []  # (group, (layer, qk_head, query, key), attention before)
-    for g in predictors:
-        if not qk_of[g]:
+    for (g, side), found in candidates.items():
+        if not found:
             continue
-        first = qk_of[g][0]
-        attention_reads.append((g, (first.layer, first.qk_head, first.query, first.key),
-                                first.attention))  # fmt: skip
-        for side, side_flow in zip(SIDES, side_flows[id(first)], strict=True):
-            found = _qk_source(view, side_flow, exclude={g, *own.values()})
-            if found is not None:
-                source, value = found
-                writes_qk.setdefault(source, []).append((g, first.qk_head, side, value))
-                sources_of.setdefault(g, []).append(source)
+        rank = 0  # without checks, the largest by its share; else the one ablation shows
+        if check:
+            rank = min(range(len(found)), key=lambda r: (after[found[r][0]].get(g, np.inf), r))
+        source, value = found[rank]
+        role = (g, qk_of[g][0].qk_head, side, value, rank + 1, len(found) if check else 1)
+        writes_qk.setdefault(source, []).append(role)
+        sources_of.setdefault(g, []).append(source)
     chosen = []
     for ranking, on_path in segments:
         chosen += ranking + (sources_of.get(ranking[0], []) if ranking else []) + on_path
@@ -294,8 +308,8 @@ def _summarize(
             in_pruned=[ids[m] for m in grp.members if ids[m] in pruned_ids],
             flow=total,
             promotes=[full.token(x) for x in full.promotes[strongest].tolist() if x >= 0],
-            writes_qk=[QKSourceRole(keys[h], head, side, value)
-                       for h, head, side, value in writes_qk.get(g, [])],
+            writes_qk=[QKSourceRole(keys[h], head, side, value, rank, n)
+                       for h, head, side, value, rank, n in writes_qk.get(g, [])],
         )  # fmt: skip
         if grp.kind == "lorsa":
             for t in targets:
@@ -304,15 +318,14 @@ def _summarize(
                 record.carried_own[ids[t]] = float(own_flow.sum())
         record.qk += group_reasons(g)
         if check and g in checked and targets:
-            reads = [(h, read, before) for h, read, before in attention_reads
-                     if h != g and grp.layer is not None and grp.layer < read[0]
-                     and (grp.pos is None or grp.pos <= read[2])]  # fmt: skip
-            record.checks, after = _checks(replacement, full, run, grp.members, targets,
-                                           tolerance, flows, [r for _, r, _ in reads])  # fmt: skip
+            below = [look for look in looks if look.reads_after(grp)]
+            record.checks, free = _checks(replacement, full, run, grp.members, targets,
+                                          tolerance, flows, below)  # fmt: skip
             record.attention_checks = [
-                AttentionCheck(keys[h], *read[:2], read[2], read[3], before, free)
-                for (h, read, before), free in zip(reads, after, strict=True)
-            ]
+                AttentionCheck(keys[look.group], look.layer, look.query, look.key, look.heads,
+                               look.weights, clean[look.group], free[look.group])
+                for look in below
+            ]  # fmt: skip
         records.append(record)
     own_reasons = {  # a head target's own QK reason at the key it reads
         t: reasons(int(full.layer[t]), [int(full.index[t]) // full.group_size],
@@ -607,24 +620,80 @@ def _off(predicted: float, actual: float, tolerance: float) -> bool:
     return ratio > RATIO or ratio < 1 / RATIO
 
 
-def _qk_source(view: GroupedGraph, flow: np.ndarray, exclude: set[int]) -> tuple[int, float] | None:
-    """The head group (not in ``exclude``) that writes most to one side of a QK reason (that
-    side's flow, ``circuits.flows.qk_side_flows``, summed per group) and its sum, when it is
-    positive: what raises the score there most; None when no head group raises it."""
+@dataclass(frozen=True)
+class _Look:
+    """A predicting head group's attention, as its checks read it: from its ``query`` to its
+    ``key`` in block ``layer`` at each of its QK heads (``heads``), with ``weights`` (each one's
+    share of the group's |flow| into the first target)."""
+
+    group: int
+    layer: int
+    query: int
+    key: int
+    heads: list[int]
+    weights: list[float]
+
+    def reads(self) -> list[tuple[int, int, int, int]]:
+        return [(self.layer, h, self.query, self.key) for h in self.heads]
+
+    def attention(self, patterns: torch.Tensor) -> list[float]:
+        """Its attention at each QK head in ``patterns`` (the block's: QK head, query, key)."""
+        return [float(patterns[h, self.query, self.key]) for h in self.heads]
+
+    def mean(self, attention: list[float]) -> float:
+        return sum(w * a for w, a in zip(self.weights, attention, strict=True))
+
+    def reads_after(self, grp) -> bool:
+        """Whether group ``grp`` (``circuits.groups.Group``) can change this attention: in an
+        earlier block, not after the query."""
+        return (grp.layer is not None and grp.layer < self.layer
+                and (grp.pos is None or grp.pos <= self.query))  # fmt: skip
+
+
+def _split(looks: list[_Look], attention: list[float]) -> dict[int, list[float]]:
+    """The attention read for ``looks`` (their ``reads`` one after the other), by group."""
+    out, start = {}, 0
+    for look in looks:
+        out[look.group] = attention[start : start + len(look.heads)]
+        start += len(look.heads)
+    return out
+
+
+def _qk_candidates(
+    view: GroupedGraph, flow: np.ndarray, exclude: set[int], top: int
+) -> list[tuple[int, float]]:
+    """The head groups (not in ``exclude``) that raise one side of a QK reason most (that
+    side's flow, ``circuits.flows.qk_side_flows``, summed per group), at most ``top``, with
+    their sums, largest first; none with a sum <= 0."""
     sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
     heads = [g for g, grp in enumerate(view.groups)
              if grp.kind == "lorsa" and g not in exclude and sums[g] > 0]  # fmt: skip
-    if not heads:
-        return None
-    best = max(heads, key=lambda g: sums[g])
-    return best, float(sums[best])
+    heads.sort(key=lambda g: (-sums[g], g))
+    return [(g, float(sums[g])) for g in heads[:top]]
+
+
+def _free_attention(replacement, full, run, grp, looks: list[_Look]) -> dict[int, float]:
+    """The mean attention (``_Look.mean``) of each look that group ``grp`` can change, with
+    it ablated and the model otherwise free (attention, LayerNorm and errors recomputed, as a
+    check's ``free``): one rerun."""
+    below = [look for look in looks if look.reads_after(grp)]
+    if not below:
+        return {}
+    edits = [Intervention(full.ids[m], "ablate") for m in grp.members]
+    reads = [read for look in below for read in look.reads()]
+    result = intervene(replacement, full, edits, freeze_attention=False, freeze_errors=False,
+                       run=run, predicted=torch.zeros(full.n_nodes),
+                       attention_reads=reads)  # fmt: skip
+    by_group = _split(below, result.attention.tolist())
+    return {look.group: look.mean(by_group[look.group]) for look in below}
 
 
 def _checks(
-    replacement, full, run, members, targets, tolerance, flows, reads=()
-) -> tuple[list[EffectCheck], list[float]]:
+    replacement, full, run, members, targets, tolerance, flows, looks=()
+) -> tuple[list[EffectCheck], dict[int, list[float]]]:
     """The group's ``EffectCheck`` per target (module docstring), and the attention of each
-    of ``reads`` ((layer, qk_head, query, key)) in the free rerun."""
+    of ``looks`` (``_Look``) in the free rerun, by group."""
+    reads = [read for look in looks for read in look.reads()]
     edits = [Intervention(full.ids[m], "ablate") for m in members]
     if len({int(full.stage[m]) for m in members}) == 1:
         # Members of one stage do not feed each other: the graph's prediction for ablating
@@ -679,4 +748,4 @@ def _checks(
                 margin_frozen=m_frozen, margin_free=m_free,
             )
         )  # fmt: skip
-    return out, free.attention.tolist()
+    return out, _split(list(looks), free.attention.tolist())

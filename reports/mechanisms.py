@@ -26,6 +26,7 @@ from circuits.mechanism_file import (
     MechanismSummary,
     NodeRef,
     QKReasonRecord,
+    QKSourceRole,
     TargetRecord,
     TokenCheck,
     TokenShare,
@@ -527,23 +528,55 @@ def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[s
     return "as they say" if abs(change) >= room / 2 else "in part"
 
 
-def writes_qk_text(g: GroupRecord) -> str:
-    """What a group's ``writes_qk`` says: the QK sides it writes most, e.g. ``writes the key
-    side of g0's QK 9 score (+12.5)``; empty when none."""
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> str:
+    """A ``QKSourceRole``'s score, its rank among the head groups ablated to choose it, and
+    where the group sits when not at the side's own position (it reaches it through later
+    heads)."""
+    head = summary.group(w.group)
+    parts = [f"{w.value:+.3g}"]
+    if w.tested > 1 and w.rank == 1:
+        parts.append(f"the largest of {w.tested} tested")
+    elif w.tested > 1:
+        parts.append(f"{_ordinal(w.rank)} by score of {w.tested} tested, whose ablation lowers "
+                     "the attention most")  # fmt: skip
+    at = head.pos if w.side == "query" else head.attends
+    if g.pos is not None and at is not None and g.pos != at:
+        parts.append(f"at @{g.pos}, not the {w.side} @{at}: through later heads there")
+    return ", ".join(parts)
+
+
+def writes_qk_text(g: GroupRecord, summary: MechanismSummary) -> str:
+    """What a group's ``writes_qk`` says: the QK sides it writes, e.g. ``writes the key side
+    of g0's QK 9 score (+12.5)``; empty when none."""
     return "; ".join(f"writes the {w.side} side of {w.group}'s QK {w.qk_head} score "
-                     f"({w.value:+.3g})" for w in g.writes_qk)  # fmt: skip
+                     f"({_role_text(w, g, summary)})" for w in g.writes_qk)  # fmt: skip
+
+
+HEADS_NAMED = 3  # QK heads named in an attention check's text
 
 
 def attention_check_text(a: AttentionCheck, tokens: list[str]) -> str:
-    """An ``AttentionCheck`` in words: ``g0's attention @21 -> 'in'@10 (QK 9) 0.89 -> 0.009``."""
-    return (f"{a.group}'s attention @{a.query} -> {tokens[a.key]!r}@{a.key} (QK {a.qk_head}) "
-            f"{_attention(a.before)} -> {_attention(a.free)}")  # fmt: skip
+    """An ``AttentionCheck`` in words: the group's attention (its QK heads weighted by flow)
+    before and after, then its largest QK heads': ``g0's attention @21 -> 'in'@10 0.8 -> 0.01
+    (6 QK heads by flow; QK 9 0.89 -> 0.009, QK 6 0.77 -> 0.003, ...)``."""
+    heads = ", ".join(f"QK {h} {_attention(b)} -> {_attention(f)}"
+                      for h, b, f in list(zip(a.qk_heads, a.before, a.free,
+                                              strict=True))[:HEADS_NAMED])  # fmt: skip
+    more = ", ..." if len(a.qk_heads) > HEADS_NAMED else ""
+    weighed = f"{len(a.qk_heads)} QK heads by flow; " if len(a.qk_heads) > 1 else ""
+    return (f"{a.group}'s attention @{a.query} -> {tokens[a.key]!r}@{a.key} "
+            f"{_attention(a.mean_before)} -> {_attention(a.mean_free)} "
+            f"({weighed}{heads}{more})")  # fmt: skip
 
 
 def qk_sources_text(summary: MechanismSummary, key: str) -> str:
-    """The groups that write head group ``key``'s QK score most (their ``writes_qk``), each
-    with the side, the score it brings and, where measured, the group's attention after it is
-    ablated: what makes the group attend where it does, tested."""
+    """The groups that write head group ``key``'s QK score (their ``writes_qk``), each with
+    the side, the score it brings, how it was chosen and, where measured, the group's
+    attention after it is ablated: what makes the group attend where it does, tested."""
     out = []
     for g in summary.groups:
         for w in g.writes_qk:
@@ -551,9 +584,10 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
                 continue
             after = next((a for a in g.attention_checks if a.group == key), None)
             tested = "" if after is None else (
-                f", ablated: attention {_attention(after.before)} -> {_attention(after.free)}"
+                f", ablated: attention {_attention(after.mean_before)} -> "
+                f"{_attention(after.mean_free)}"
             )  # fmt: skip
-            out.append(f"{w.side} side {g.key} {g.name} {w.value:+.3g}{tested}")
+            out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
     return "; ".join(out)
 
 
@@ -678,7 +712,7 @@ def format_summary(
         brings = carried_text(g, first) if first is not None else ""
         brings = f"; {per_target(first)}{brings}" if brings else ""
         lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}{brings}")
-        if writes := writes_qk_text(g):
+        if writes := writes_qk_text(g, summary):
             lines.append(f"       {writes}")
         for r in g.qk:
             lines += reason_lines(r, max_pairs, "       ", summary)
@@ -867,7 +901,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             for k in target_names
             if g.carried.get(k)
         ]
-        if writes := writes_qk_text(g):
+        if writes := writes_qk_text(g, summary):
             what.append(_esc(writes))
         what += [_reason_html(r, drawn, summary) for r in g.qk]
         members = ", ".join(

@@ -258,7 +258,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged,
                          *check_texts(c, by_node.get(c.target), summary.tolerance)]
                         for c in g.checks],
-             "writesQk": writes_qk_text(g) or None,
+             "writesQk": writes_qk_text(g, summary) or None,
              "attention": f"{ATTENTION_AFTER}: " + "; ".join(
                  attention_check_text(a, summary.tokens) for a in g.attention_checks)
              if g.attention_checks else None}

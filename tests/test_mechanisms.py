@@ -1197,15 +1197,14 @@ def _free_by_hand(replacement, graph, members, target, held: str) -> float:
     return read(after) - read(before)
 
 
-def _attention_by_hand(replacement, graph, members, read) -> tuple[float, float]:
-    """A QK head's attention ``read`` (layer, qk_head, query, key) in the model, clean and with
-    ``members`` (node ids) zeroed where the model computes them, everything else recomputed:
-    written with the model's hooks alone."""
+def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, list]:
+    """QK heads' attention ``reads`` ((layer, qk_head, query, key) each) in the model, clean and
+    with ``members`` (node ids) zeroed where the model computes them, everything else
+    recomputed: written with the model's hooks alone."""
     from replacement.model import hook_name
 
-    layer, head, query, key = read
-    seen: list = []
-    name = hook_name(layer, "lorsa.hook_pattern")
+    seen: dict = {}
+    layers = sorted({layer for layer, *_ in reads})
     site = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
     zeros: dict[str, list] = {}
     for node in members:
@@ -1222,74 +1221,123 @@ def _attention_by_hand(replacement, graph, members, read) -> tuple[float, float]
         return hook
 
     def keep(act, hook):
-        seen.append(float(act[0, head, query, key].detach()))
+        seen[hook.name] = act.detach()[0]
 
     tokens = torch.tensor(graph.tokens)[None]
-    replacement.run_with_hooks(tokens, mode=graph.mode, fwd_hooks=[(name, keep)])
-    hooks = [(at, zero(entries)) for at, entries in zeros.items()]
-    replacement.run_with_hooks(tokens, mode=graph.mode, fwd_hooks=hooks + [(name, keep)])
-    return seen[0], seen[1]
+    names = [hook_name(layer, "lorsa.hook_pattern") for layer in layers]
+    out = []
+    for hooks in ([], [(at, zero(entries)) for at, entries in zeros.items()]):
+        replacement.run_with_hooks(tokens, mode=graph.mode,
+                                   fwd_hooks=hooks + [(x, keep) for x in names])  # fmt: skip
+        out.append([float(seen[hook_name(layer, "lorsa.hook_pattern")][h, q, k])
+                    for layer, h, q, k in reads])  # fmt: skip
+    return out[0], out[1]
 
 
-def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
-    graph, replacement, run, tmp_path
-):
-    """The head groups that write the most to each side of the predicting group's first QK
-    reason are in the summary (``writes_qk``: the largest positive head group of that side's
-    sources, with its value) and checked, even with room for one group only; every checked
-    group below that head says what its ablation does to its attention (by hand: the model's
-    hooks alone), and the printers say it."""
-    summary = summarize(replacement, graph, run, max_groups=1)
-    by_name = {g.name: g for g in summary.groups}
+def _check_qk_sources(summary, graph, replacement) -> int:
+    """``test_the_predicting_groups_qk_sources_are_checked_through_its_attention`` on one
+    summary: its roles, by hand; how many."""
+    from circuits.mechanisms import CANDIDATES
+
+    names = {g.name: g for g in auto_groups(graph).groups}
+    flow = node_flows(graph, graph.id_to_index[summary.targets[0].node])[0]
     roles = 0
     for t in summary.targets:
         p = summary.group(t.predicting_group)
         r = p.qk[0]
+        share = {h: 0.0 for h in p.qk_heads}  # each QK head's share of the group's |flow|
+        for m in p.members:
+            i = graph.id_to_index[m]
+            share[int(graph.index[i]) // graph.group_size] += abs(float(flow[i]))
+        heads = sorted(p.qk_heads, key=lambda h: -share[h])
+        weights = [share[h] / sum(share.values()) for h in heads]
+        reads = [(r.layer, h, r.query, r.key) for h in heads]
+
+        def mean(members, weights=weights, reads=reads):
+            before, after = _attention_by_hand(replacement, graph, members, reads)
+            return sum(w * a for w, a in zip(weights, after, strict=True)), before, after
+
         for side, sources in (("query", r.query_sources), ("key", r.key_sources)):
-            heads = [x for x in sources["heads"] if x.value > 0]
+            found = [x for x in sources["heads"] if x.value > 0][:CANDIDATES]
             writers = [(g, w) for g in summary.groups for w in g.writes_qk
                        if w.group == p.key and w.side == side]  # fmt: skip
-            if not heads:
+            if not found:
                 assert not writers
                 continue
             assert len(writers) == 1
             g, w = writers[0]
-            assert g is by_name[heads[0].name] and w.value == pytest.approx(heads[0].value)
+            after = [mean([graph.ids[m] for m in names[x.name].members])[0] for x in found]
+            best = min(range(len(found)), key=lambda j: (after[j], j))
+            assert g.name == found[best].name and w.value == pytest.approx(found[best].value)
+            assert (w.rank, w.tested) == (best + 1, len(found))
             assert w.qk_head == r.qk_head and g.checks
             roles += 1
-        read = (r.layer, r.qk_head, r.query, r.key)
         for g in summary.groups:
             mine = [a for a in g.attention_checks if a.group == p.key]
             below = g.checks and g.layer < r.layer and (g.pos is None or g.pos <= r.query)
             assert len(mine) == (1 if below and g is not p else 0)
             for a in mine:
-                assert (a.layer, a.qk_head, a.query, a.key) == read
-                before, after = _attention_by_hand(replacement, graph, g.members, read)
-                assert a.before == pytest.approx(r.attention) == pytest.approx(before, abs=1e-5)
+                assert (a.layer, a.query, a.key, a.qk_heads) == (r.layer, r.query, r.key, heads)
+                assert a.weights == pytest.approx(weights)
+                _, before, after = mean(g.members)
+                assert a.before == pytest.approx(before, abs=1e-5)
+                assert a.before[0] == pytest.approx(r.attention, abs=1e-5)
                 assert a.free == pytest.approx(after, abs=1e-5)
-    assert roles  # the fixture has QK sources to check
     text = format_summary(summary)
-    assert "its QK score written most by: " in text
+    assert not roles or "its QK score written most by: " in text
     for g in summary.groups:
         for w in g.writes_qk:
-            assert f"writes the {w.side} side of {w.group}'s QK {w.qk_head} score" in text
+            assert f"writes the {w.side} side of {w.group}'s QK {w.qk_head} score " \
+                f"({w.value:+.3g}" in text  # fmt: skip
         for a in g.attention_checks:
-            assert f"(QK {a.qk_head}) {a.before:.2f} -> " in text
+            assert f"{a.mean_before:.2f} -> {a.mean_free:.2f} (" in text \
+                or f"-> {a.mean_free:.1g} (" in text  # fmt: skip
+    return roles
+
+
+def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
+    graph, replacement, run, tmp_path
+):
+    """Of the head groups that raise each side of the predicting group's first QK reason most
+    (that side's sources, positive, at most ``CANDIDATES``), the one whose ablation lowers its
+    attention most (its QK heads weighted by their |flow| into the target; by hand: the
+    model's hooks alone) is in the summary (``writes_qk``, with its value and rank) and
+    checked, even with room for one group only; every checked group below that head says what
+    its ablation does to the attention at each QK head, and the printers say it."""
+    from circuits.mechanisms import CANDIDATES, SIDE_SOURCES
+
+    assert SIDE_SOURCES >= CANDIDATES  # a side's listed sources hold the candidates
+    summary = summarize(replacement, graph, run, max_groups=1)
+    assert _check_qk_sources(summary, graph, replacement)  # the fixture has QK sources
+    # a prompt whose query-side source is the third largest by score in local mode (the
+    # fixture's have one candidate a side): the ablations chose it
+    torch.manual_seed(12)
+    tokens = torch.randint(1, 50, (12,))
+    other_run = run_prompt(replacement, tokens, "local", constants=True)
+    other = attribute(replacement, tokens, max_logits=1, run=other_run)
+    other_summary = summarize(replacement, other, other_run, max_groups=1)
+    _check_qk_sources(other_summary, other, replacement)
+    assert max(w.rank for g in other_summary.groups for w in g.writes_qk) > 1
     path = tmp_path / "mechanisms.json"
     save_summary(summary, path)
     assert load_summary(path).to_dict() == summary.to_dict()
     d = summary.to_dict()
     g = next(g for g in d["groups"] if g["writes_qk"])
+    n = len(g["attention_checks"][0]["qk_heads"])
     for field_name, edit, message in (
         ("writes_qk", {"group": "g99"}, "writes_qk"),
         ("writes_qk", {"side": "value"}, "writes_qk"),
         ("writes_qk", {"group": g["key"]}, "writes_qk"),
         ("writes_qk", {"qk_head": 999}, "writes_qk"),
-        ("attention_checks", {"free": 1.5}, "free"),
+        ("writes_qk", {"rank": 5, "tested": 4}, "writes_qk"),
+        ("writes_qk", {"rank": 0}, "rank"),
+        ("attention_checks", {"free": [1.5] * n}, "free"),
+        ("attention_checks", {"free": []}, "attention_checks"),
+        ("attention_checks", {"weights": [0.0] * n}, "attention_checks"),
         ("attention_checks", {"key": 99}, "attention_checks"),
         ("attention_checks", {"key": 0}, "attention_checks"),
         ("attention_checks", {"layer": 0}, "attention_checks"),
-        ("attention_checks", {"qk_head": 999}, "attention_checks"),
+        ("attention_checks", {"qk_heads": [999] * n}, "attention_checks"),
     ):
         bad = copy.deepcopy(d)
         target = next(x for x in bad["groups"] if x["key"] == g["key"])
@@ -1962,22 +2010,22 @@ def test_head_ranking_names_a_mover_first_then_every_group_by_flow():
     assert _head_ranking(view, np.r_[0.0, np.ones(6)], q, own=5) == [1, 2, 3, 4]
 
 
-def test_a_qk_source_is_the_head_group_that_raises_a_side_most():
-    """``_qk_source`` sums a side's flow per group and names the head group with the largest
-    positive sum (not a feature group's, not an excluded one's); none where no head group
-    raises the side."""
+def test_qk_candidates_are_the_head_groups_that_raise_a_side_most():
+    """``_qk_candidates`` sums a side's flow per group and lists the head groups with a
+    positive sum (not a feature group's, not an excluded one's), largest first, at most
+    ``top``; none where no head group raises the side."""
     from types import SimpleNamespace
 
-    from circuits.mechanisms import _qk_source
+    from circuits.mechanisms import _qk_candidates
 
     kinds = ["lorsa", "lorsa", "transcoder", "lorsa", "lorsa"]
     view = SimpleNamespace(groups=[SimpleNamespace(kind=k) for k in kinds], n_groups=5,
                            of_node=np.array([0, 0, 1, 2, 3, 4, 4]))  # fmt: skip
     flow = np.array([0.5, 0.7, 2.0, 9.0, -5.0, 1.0, 0.25])  # sums 1.2, 2, 9, -5, 1.25
-    assert _qk_source(view, flow, exclude=set()) == (1, 2.0)
-    assert _qk_source(view, flow, exclude={1}) == (4, 1.25)
-    assert _qk_source(view, -flow, exclude=set()) == (3, 5.0)
-    assert _qk_source(view, np.where(view.of_node == 2, 1.0, -1.0), exclude=set()) is None
+    assert _qk_candidates(view, flow, set(), 4) == [(1, 2.0), (4, 1.25), (0, 1.2)]
+    assert _qk_candidates(view, flow, {1}, 1) == [(4, 1.25)]
+    assert _qk_candidates(view, -flow, set(), 4) == [(3, 5.0)]
+    assert _qk_candidates(view, np.where(view.of_node == 2, 1.0, -1.0), set(), 4) == []
 
 
 def test_a_sweep_serves_an_equal_graph_and_a_checked_graph_is_not_checked_again(graph):

@@ -497,7 +497,7 @@ def token_checks_text(r: QKReasonRecord, summary: MechanismSummary) -> str:
     def one(c) -> str:
         total = terms.get(c.pos, 0.0)
         verdict = token_verdict(r, c, total, summary.tokens)
-        return f"{c.token!r}@{c.pos} {_attention(c.attention)} (terms {total:+.3g}: {verdict})"
+        return f"{c.token!r}@{c.pos} {attention_text(c.attention)} (terms {total:+.3g}: {verdict})"
 
     checks = sorted(r.token_checks, key=lambda c: -abs(c.attention - r.attention))
     return (f"each named token made the mean token, {rerun}: attention to {r.key_token!r}@{r.key} "
@@ -520,8 +520,8 @@ def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[s
         return "the other way"
     if (c.specific - r.specific) * total >= 0:
         rival = "" if c.rival is None else (
-            f": {tokens[c.rival]!r}@{c.rival} gained, {_attention(c.rival_before)} -> "
-            f"{_attention(c.rival_attention)}")  # fmt: skip
+            f": {tokens[c.rival]!r}@{c.rival} gained, {attention_text(c.rival_before)} -> "
+            f"{attention_text(c.rival_attention)}")  # fmt: skip
         return (f"the attention as they say, this key's specific part not "
                 f"({r.specific:+.3g} -> {c.specific:+.3g}){rival}")  # fmt: skip
     room = r.attention if total > 0 else 1 - r.attention  # how far it could move that way
@@ -563,13 +563,13 @@ def attention_check_text(a: AttentionCheck, tokens: list[str]) -> str:
     """An ``AttentionCheck`` in words: the group's attention (its QK heads weighted by flow)
     before and after, then its largest QK heads': ``g0's attention @21 -> 'in'@10 0.8 -> 0.01
     (6 QK heads by flow; QK 9 0.89 -> 0.009, QK 6 0.77 -> 0.003, ...)``."""
-    heads = ", ".join(f"QK {h} {_attention(b)} -> {_attention(f)}"
+    heads = ", ".join(f"QK {h} {attention_text(b)} -> {attention_text(f)}"
                       for h, b, f in list(zip(a.qk_heads, a.before, a.free,
                                               strict=True))[:HEADS_NAMED])  # fmt: skip
     more = ", ..." if len(a.qk_heads) > HEADS_NAMED else ""
     weighed = f"{len(a.qk_heads)} QK heads by flow; " if len(a.qk_heads) > 1 else ""
     return (f"{a.group}'s attention @{a.query} -> {tokens[a.key]!r}@{a.key} "
-            f"{_attention(a.mean_before)} -> {_attention(a.mean_free)} "
+            f"{attention_text(a.mean_before)} -> {attention_text(a.mean_free)} "
             f"({weighed}{heads}{more})")  # fmt: skip
 
 
@@ -584,14 +584,14 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
                 continue
             after = next((a for a in g.attention_checks if a.group == key), None)
             tested = "" if after is None else (
-                f", ablated: attention {_attention(after.mean_before)} -> "
-                f"{_attention(after.mean_free)}"
+                f", ablated: attention {attention_text(after.mean_before)} -> "
+                f"{attention_text(after.mean_free)}"
             )  # fmt: skip
             out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
     return "; ".join(out)
 
 
-def _attention(a: float) -> str:
+def attention_text(a: float) -> str:
     """An attention weight: two decimals, or one significant digit below 0.01 (never 0.00)."""
     return f"{a:.2f}" if a >= 0.01 or a == 0 else f"{a:.1g}"
 

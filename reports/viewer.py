@@ -259,12 +259,39 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
                          *check_texts(c, by_node.get(c.target), summary.tolerance)]
                         for c in g.checks],
              "writesQk": writes_qk_text(g, summary) or None,
+             "box": _box_lines(g, summary), "size": len(g.members),
              "attention": f"{ATTENTION_AFTER}: " + "; ".join(
                  attention_check_text(a, summary.tokens) for a in g.attention_checks)
              if g.attention_checks else None}
             for g in summary.groups
         ],
     }  # fmt: skip
+
+
+def _box_lines(g, summary) -> list[str]:
+    """A summary group's box as a supernode, from its fields: its key, block, size and place,
+    then what it reads (a head group's key token) or its concept, then for a QK source the
+    attention its ablation leaves the head whose score it writes (``AttentionCheck``): its
+    flagged check is what a QK source is for, not a warning."""
+    from .mechanisms import attention_text
+
+    size = len(g.members)
+    what = {"lorsa": "head", "transcoder": "feature"}.get(g.kind, "node")
+    lines = [
+        f"{g.key} L{g.layer} {size} {what}{'s' if size != 1 else ''}"
+        + ("" if g.pos is None else f" @{g.pos}")
+    ]
+    if g.attends is not None:
+        lines.append(f"→{g.attends_token!r}@{g.attends}")
+    elif g.concept:
+        lines.append(g.concept)
+    for w in g.writes_qk:
+        a = next((a for a in g.attention_checks if a.group == w.group), None)
+        after = (
+            "" if a is None else f" {attention_text(a.mean_before)}→{attention_text(a.mean_free)}"
+        )
+        lines.append(f"writes {w.group}'s {w.side}{after}")
+    return lines
 
 
 def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:

@@ -1874,10 +1874,12 @@ def browser():
 
 
 def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
-    browser, replacement, tokens, tmp_path
+    browser, replacement, tmp_path
 ):
     from reports.html import write_html
 
+    torch.manual_seed(9)  # a prompt with a QK source of two heads and a flagged group
+    tokens = torch.randint(1, 50, (12,))
     run = run_prompt(replacement, tokens, "local", constants=True)
     graph = attribute(replacement, tokens, max_logits=1, run=run)
     qk_attribution(replacement, graph, reason=True, run=run)
@@ -1905,10 +1907,21 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
     assert groups and sorted(browser.evaluate("viewer.supernodes()")) == sorted(
         f"{g.key} {g.name}" for g in groups
     )
-    flagged = [g for g in groups if any(c.flagged for c in g.checks if c.target == first)]
+    # (a QK source's box shows the attention it shapes instead: acting through attention is
+    # what it is there for)
+    flagged = [g for g in groups if not g.writes_qk
+               and any(c.flagged for c in g.checks if c.target == first)]  # fmt: skip
     marked = browser.evaluate("[...document.querySelectorAll('#viewer svg .node.flagged')]"
                               ".map((g) => g.textContent)")  # fmt: skip
     assert flagged and len(marked) == len(flagged) and all("check flagged" in x for x in marked)
+    sources = browser.evaluate("[...document.querySelectorAll('#viewer svg .node.qk-source')]"
+                               ".map((g) => g.textContent)")  # fmt: skip
+    writers = [g for g in groups if g.writes_qk]
+    assert writers and len(sources) == len(writers)
+    for g in writers:
+        a = g.attention_checks[0]
+        box = next(x for x in sources if x.startswith(f"{g.key} L{g.layer} "))
+        assert f"writes {a.group}'s " in box and "check flagged" not in box
     # without them (the URL says none), a group's button draws it as one
     browser.load("about:blank")
     browser.load(path.resolve().as_uri() + "#supernodes=[]")

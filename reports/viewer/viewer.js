@@ -30,14 +30,17 @@
   // The mechanism summary's groups whose ablation check of the first target is flagged (the
   // linear graph not to be trusted there), as sets of member ids: a supernode of exactly those
   // members says so on its box.
-  const flaggedSets = (() => {
-    const m = data.mechanisms;
-    if (!m || !m.targets.length) return [];
-    const first = m.targets[0].node;
-    return m.groups.filter((g) => g.checks.some((c) => c[0] === first && c[4])).map((g) => new Set(g.members));
-  })();
-  function isFlagged(members) {
-    return flaggedSets.some((s) => s.size === members.length && members.every((i) => s.has(nodes[i].id)));
+  const summaryGroups = (data.mechanisms ? data.mechanisms.groups : []).map((g) => ({ g, ids: new Set(g.members) }));
+  const firstTarget = data.mechanisms && data.mechanisms.targets.length ? data.mechanisms.targets[0].node : null;
+  // The summary group whose members (in this graph) are exactly a supernode's, or null.
+  function summaryGroupOf(members) {
+    const hit = summaryGroups.find((x) => x.ids.size === members.length && members.every((i) => x.ids.has(nodes[i].id)));
+    return hit ? hit.g : null;
+  }
+  // A summary group's check of the first target is flagged; a QK source's box shows the
+  // attention it shapes instead (acting through attention is why it is there).
+  function isFlagged(g) {
+    return !!g && !g.writesQk && g.checks.some((c) => c[0] === firstTarget && c[4]);
   }
   const src = data.links.source, tgt = data.links.target, wt = data.links.weight, E = src.length;
   const byId = new Map(nodes.map((n, i) => [n.id, i]));
@@ -239,13 +242,15 @@
     const items = [], itemOf = new Int32Array(N).fill(-1);
     state.groups.forEach((g, k) => {
       const best = g.members.slice().sort(byScore)[0];
-      const flagged = isFlagged(g.members);
+      const known = summaryGroupOf(g.members), flagged = isFlagged(known);
+      const size = known && known.size !== g.members.length ? [`${g.members.length} of them drawn`] : [];
+      const lines = known ? [...known.box.map((x) => fitText(x, 24)), ...size] : [fitText(g.name, 16), g.members.length + " nodes"];
       items.push({
-        group: k, kind: "supernode", members: g.members, name: g.name, flagged,
+        group: k, kind: "supernode", members: g.members, name: g.name, flagged, qkSource: !!(known && known.writesQk),
         stage: maxOf(g.members, (i) => nodes[i].stage, -Infinity),
         pos: meta.positional ? nodes[best].pos : 0,
         score: maxOf(g.members, (i) => score[i], -Infinity),
-        lines: [fitText(g.name, 16), g.members.length + " nodes", ...(flagged ? ["⚑ check flagged"] : [])],
+        lines: [...lines, ...(flagged ? ["⚑ check flagged"] : [])],
       });
       for (const i of g.members) itemOf[i] = items.length - 1;
     });
@@ -641,7 +646,7 @@
     view.items.forEach((it, k) => {
       if (!it.drawn) return;
       const [x, y] = L.xy.get(k), [w, h] = it.size;
-      const g = svgEl("g", { class: "node kind-" + it.kind + (it.flagged ? " flagged" : ""), transform: `translate(${x.toFixed(1)},${y.toFixed(1)})` });
+      const g = svgEl("g", { class: "node kind-" + it.kind + (it.flagged ? " flagged" : "") + (it.qkSource ? " qk-source" : ""), transform: `translate(${x.toFixed(1)},${y.toFixed(1)})` });
       g.dataset.item = String(k);
       if (it.node !== undefined) g.dataset.id = nodes[it.node].id;
       else g.dataset.group = String(it.group);

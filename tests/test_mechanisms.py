@@ -1873,9 +1873,7 @@ def browser():
         yield b
 
 
-def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(
-    browser, replacement, tmp_path
-):
+def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replacement, tmp_path):
     from reports.html import write_html
 
     torch.manual_seed(9)  # a prompt with a QK source of two heads and a flagged group

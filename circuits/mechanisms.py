@@ -358,7 +358,7 @@ def _summarize(
         paths=path_records,
         settings={"beam": beam, "max_paths": max_paths, "max_groups": max_groups,
                   "tolerance": tolerance, "ratio": RATIO, "constants": full.has_constants,
-                  "grouping": grouping},
+                  "grouping": grouping, "qk_sources": CANDIDATES if check else 1},
     )  # fmt: skip
 
 

@@ -538,6 +538,14 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
     heads)."""
     head = summary.group(w.group)
     parts = [f"{w.value:+.3g}"]
+    r = next((r for r in head.qk if r.qk_head == w.qk_head), None)
+    if r is not None:  # beside the side's whole and its largest root (what no head moves)
+        total = r.query_at if w.side == "query" else r.key_at
+        roots = (r.query_sources if w.side == "query" else r.key_sources).get("roots", [])
+        top = next((x for x in roots if x.value > 0), None)
+        parts[0] += f" of the side's {total:+.3g}" + ("" if top is None else
+                                                      f", its largest root {top.name} "
+                                                      f"{top.value:+.3g}")  # fmt: skip
     if w.tested > 1 and w.rank == 1:
         parts.append(f"the largest of {w.tested} tested")
     elif w.tested > 1:
@@ -589,6 +597,19 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
             )  # fmt: skip
             out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
     return "; ".join(out)
+
+
+def no_sources_text(g: GroupRecord, summary: MechanismSummary) -> str:
+    """For a predicting head group with QK reasons and no QK source, why: in block 0 nothing
+    but the tokens and the position vectors writes its query and key; above it, no head group
+    raises either side. Empty where it has sources or no reason, or the summary was written
+    before QK sources were looked for (its ``settings`` have no ``qk_sources``)."""
+    if not g.qk or "qk_sources" not in summary.settings:
+        return ""
+    if g.layer == 0:
+        return ("its QK score: block 0 reads the tokens and position vectors alone (no head "
+                "writes its query or key)")  # fmt: skip
+    return "its QK score: no head group raises its query or key side"
 
 
 def attention_text(a: float) -> str:
@@ -676,6 +697,8 @@ def format_summary(
                 lines.append(f"    {flagged}")
             if sources := qk_sources_text(summary, g.key):
                 lines.append(f"    its QK score written most by: {sources}")
+            elif none := no_sources_text(g, summary):
+                lines.append(f"    {none}")
             if moved_text(t):
                 lines.append(f"  {moved_text(t)}")
             others = [names[k] for k in t.head_groups[1:]]
@@ -870,6 +893,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
             if sources := qk_sources_text(summary, t.predicting_group):
                 parts.append(f"<p>its QK score written most by: {_esc(sources)}</p>")
+            elif none := no_sources_text(summary.group(t.predicting_group), summary):
+                parts.append(f"<p>{_esc(none)}</p>")
             if moved_text(t):
                 parts.append(f"<p>{_esc(moved_text(t))}</p>")
             others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])}" for k in t.head_groups[1:])

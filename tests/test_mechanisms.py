@@ -1283,12 +1283,25 @@ def _check_qk_sources(summary, graph, replacement) -> int:
                 assert a.before == pytest.approx(before, abs=1e-5)
                 assert a.before[0] == pytest.approx(r.attention, abs=1e-5)
                 assert a.free == pytest.approx(after, abs=1e-5)
+    from reports.mechanisms import no_sources_text
+
     text = format_summary(summary)
     assert not roles or "its QK score written most by: " in text
     for g in summary.groups:
         for w in g.writes_qk:
+            r = summary.group(w.group).qk[0]
+            total = r.query_at if w.side == "query" else r.key_at
             assert f"writes the {w.side} side of {w.group}'s QK {w.qk_head} score " \
-                f"({w.value:+.3g}" in text  # fmt: skip
+                f"({w.value:+.3g} of the side's {total:+.3g}" in text  # fmt: skip
+    for t in summary.targets:  # a predicting group without sources says why
+        p = summary.group(t.predicting_group)
+        if p.qk and not any(w.group == p.key for g in summary.groups for w in g.writes_qk):
+            words = ("block 0 reads the tokens and position vectors alone" if p.layer == 0
+                     else "no head group raises its query or key side")  # fmt: skip
+            assert words in no_sources_text(p, summary) and words in text
+            older = copy.deepcopy(summary)  # a file written before sources were looked for
+            del older.settings["qk_sources"]
+            assert words not in format_summary(older)
         for a in g.attention_checks:
             assert f"{a.mean_before:.2f} -> {a.mean_free:.2f} (" in text \
                 or f"-> {a.mean_free:.1g} (" in text  # fmt: skip

@@ -356,6 +356,51 @@ def sources_step(replacement, graph, run, full, scored=None, key_mass=None, side
     return kept
 
 
+def summary_groups_step(replacement, graph, run, full, summary, scored, key_mass, qk):
+    """The trace's step after the summary: where pruning dropped members of a target's
+    predicting head group or of its QK sources (``GroupRecord.writes_qk``: heads whose value
+    flow into the target can be small, all their effect through the attention they shape),
+    the graph is pruned again from ``full`` with the same settings keeping them and every node
+    it had (``prune_graph(keep=)``), so that the page draws these groups whole (as the
+    summary's supernodes, ``reports.viewer.summary_supernodes``); heads it adds get QK records
+    and sources when ``qk`` (``qk_step``, ``qk_sources``), and the summary's ``in_pruned``
+    follow. Returns the graph (the same one when nothing was dropped)."""
+    from .prune import prune_graph
+    from .qk import qk_sources
+
+    named = set()
+    for t in summary.targets:
+        if t.predicting_group is not None:
+            named.add(t.predicting_group)
+            named |= {g.key for g in summary.groups for w in g.writes_qk
+                      if w.group == t.predicting_group}  # fmt: skip
+    dropped = [full.id_to_index[m] for g in summary.groups if g.key in named
+               for m in g.members if m not in graph.id_to_index]  # fmt: skip
+    if not dropped:
+        return graph
+    s = graph.settings
+    had = [full.id_to_index[x] for x in graph.ids]
+    kept = prune_graph(full, s["node_threshold"], s["edge_threshold"], s["max_nodes"],
+                       scored=scored, keep=sorted(set(had) | set(dropped)))  # fmt: skip
+    for key in ("scores",):  # what the trace set on the graph after pruning
+        if key in s:
+            kept.settings[key] = s[key]
+    if qk:
+        group_size = replacement.group_size
+        heads = kept.is_kind("lorsa").nonzero().squeeze(1).tolist()
+        where = {i: (int(kept.layer[i]), int(kept.index[i]) // group_size, int(kept.pos[i]))
+                 for i in heads}  # fmt: skip
+        had = {(a.layer, a.qk_head, a.query, a.key) for a in graph.qk}
+        new = [i for i in heads if (*where[i], kept.read_key(i)) not in had]  # no record yet
+        added = qk_step(replacement, kept, run, key_mass, heads=new) if new else []
+        qk_sources(replacement, full, added, run)
+        present = set(where.values())
+        kept.qk = [a for a in graph.qk if (a.layer, a.qk_head, a.query) in present] + added
+    for g in summary.groups:
+        g.in_pruned = [m for m in g.members if m in kept.id_to_index]
+    return kept
+
+
 def _check_kept_edges(graph) -> None:
     """Refuse a pruned graph too large for ``graph.json`` (one record per edge, for people)."""
     if graph.n_edges > MAX_KEPT_EDGES:
@@ -412,7 +457,8 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     timings = {"attribution": t_attr - t0, "pruning": t_prune - t_attr, "qk": t_qk - t_prune,
                "qk_sources": t_sources - t_qk}  # fmt: skip
     graph.settings["scores"] = scored.scores
-    dashboards, labels, concepts = _dashboards(args, replacement, tokenizer, graph, full)
+    dash, dash_path = _dashboards_file(args, replacement, tokenizer)
+    concepts = dash.summary_concepts() if dash is not None else {}
     mechanisms = None
     if args.mechanisms:
         t_mech = time.perf_counter()
@@ -420,6 +466,10 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
             replacement, full, run, pruned=graph, concepts=concepts, check=args.checks
         )
         timings["mechanisms"] = time.perf_counter() - t_mech
+        graph = summary_groups_step(replacement, graph, run, full, mechanisms, scored,
+                                    args.key_mass, args.qk)  # fmt: skip
+        _check_kept_edges(graph)
+    dashboards, labels = _dashboard_views(dash, dash_path, tokenizer, graph)
 
     def write_summary(directory: Path) -> list[Path]:
         if mechanisms is None:  # an earlier run's summary is removed with the set
@@ -477,17 +527,14 @@ def sparse_note(replacement, run, tokenizer) -> str:
     )
 
 
-def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None, dict, dict]:
-    """The dashboards of the graph's heads and features (viewer schema), their concept
-    labels by unit id, and (label, F1) of every unit of ``full`` by unit id, from the
-    dashboards file, built on first use; (None, {}, {}) with ``--no-dashboards``. A refused
-    file at the default path (another model, other rows, an older format) is built again; a
-    refused ``--dashboards-file`` is an error."""
+def _dashboards_file(args, replacement, tokenizer) -> tuple:
+    """The dashboards file (``circuits.dashboards``) and its path, built on first use; (None,
+    None) with ``--no-dashboards``. A refused file at the default path (another model, other
+    rows, an older format) is built again; a refused ``--dashboards-file`` is an error."""
     if not args.dashboards:
-        return None, {}, {}
+        return None, None
     from .dashboard_pass import build
     from .dashboards import default_path
-    from .nodes import Kind
 
     path = args.dashboards_file or default_path(
         args.model, args.mode, replacement, tokenizer, args.dashboard_rows
@@ -512,6 +559,16 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
         print(f"{exc}; building it again", file=sys.stderr)
         path.unlink(missing_ok=True)  # another trace may have removed it first
         dash = build(replacement, tokenizer, path, **settings)
+    return dash, path
+
+
+def _dashboard_views(dash, path, tokenizer, graph) -> tuple[dict | None, dict]:
+    """The dashboards of the graph's heads and features (viewer schema) from the dashboards
+    file ``dash`` (at ``path``) and their concept labels by unit id; (None, {}) without one."""
+    if dash is None:
+        return None, {}
+    from .nodes import Kind
+
     units = [
         (Kind(k), l, i)
         for k, l, i in zip(graph.kind.tolist(), graph.layer.tolist(), graph.index.tolist(),
@@ -523,7 +580,7 @@ def _dashboards(args, replacement, tokenizer, graph, full) -> tuple[dict | None,
     except ValueError as exc:  # what the file's checks let through and cannot be shown
         raise UserError(_refused(ValueError(f"dashboards file {path}: {exc}"))) from None
     labels = {u: d["concept"] for u, d in views.items() if "concept" in d}
-    return views, labels, dash.summary_concepts()
+    return views, labels
 
 
 def _refused(exc: ValueError) -> str:

@@ -1360,6 +1360,41 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
             load_summary(path)
 
 
+def test_the_drawn_graph_keeps_the_predicting_groups_and_their_qk_sources(
+    graph, replacement, run, tmp_path
+):
+    """Where pruning dropped members of a predicting head group or of its QK sources (the
+    previous-token heads at an induction key have little influence of their own), the trace
+    prunes again keeping them and every node it had: the page draws those groups whole. Heads
+    it adds get QK records (none twice), and the summary's ``in_pruned`` follows."""
+    from circuits.graph_file import load_graph, save_graph
+    from circuits.prune import influence_scores
+    from circuits.trace import qk_step, summary_groups_step
+
+    scored = influence_scores(graph)
+    pruned = prune_graph(graph, node_threshold=0.3, edge_threshold=0.5, scored=scored)
+    qk_step(replacement, pruned, run)
+    summary = summarize(replacement, graph, run, pruned=pruned, max_groups=1)
+    named = {t.predicting_group for t in summary.targets} | {
+        g.key for g in summary.groups for w in g.writes_qk}  # fmt: skip
+    wanted = {m for g in summary.groups if g.key in named for m in g.members}
+    assert wanted - set(pruned.ids)  # pruning dropped some: the step has work
+    kept = summary_groups_step(replacement, pruned, run, graph, summary, scored, None, True)
+    assert wanted | set(pruned.ids) <= set(kept.ids)
+    for g in summary.groups:
+        assert g.in_pruned == [m for m in g.members if m in kept.id_to_index]
+    reads = [(a.layer, a.qk_head, a.query, a.key) for a in kept.qk]
+    assert len(reads) == len(set(reads))
+    heads = kept.is_kind("lorsa").nonzero().squeeze(1).tolist()
+    recorded = {(a.layer, a.qk_head, a.query) for a in kept.qk}
+    assert all((int(kept.layer[i]), int(kept.index[i]) // kept.group_size, int(kept.pos[i]))
+               in recorded for i in heads)  # fmt: skip
+    save_graph(kept, tmp_path / "g.safetensors")  # a file the page and the loader take
+    assert load_graph(tmp_path / "g.safetensors").ids == kept.ids
+    # nothing dropped: the same graph back
+    assert summary_groups_step(replacement, kept, run, graph, summary, scored, None, True) is kept
+
+
 def test_summary_records(graph, replacement, run, tmp_path):
     summary = summarize(replacement, graph, run, max_groups=4)
     logits = graph.is_kind("logit").nonzero().squeeze(1).tolist()

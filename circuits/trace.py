@@ -364,21 +364,31 @@ def summary_groups_step(replacement, graph, run, full, summary, scored, key_mass
     it had (``prune_graph(keep=)``), so that the page draws these groups whole (as the
     summary's supernodes, ``reports.viewer.summary_supernodes``); heads it adds get QK records
     and sources when ``qk`` (``qk_step``, ``qk_sources``), and the summary's ``in_pruned``
-    follow. Returns the graph (the same one when nothing was dropped)."""
+    follow. A ``--max-nodes`` cap holds: a group that would pass it stays out. Returns the
+    graph (the same one when nothing was added)."""
     from .prune import prune_graph
     from .qk import qk_sources
 
-    named = set()
+    named = []
     for t in summary.targets:
         if t.predicting_group is not None:
-            named.add(t.predicting_group)
-            named |= {g.key for g in summary.groups for w in g.writes_qk
-                      if w.group == t.predicting_group}  # fmt: skip
-    dropped = [full.id_to_index[m] for g in summary.groups if g.key in named
-               for m in g.members if m not in graph.id_to_index]  # fmt: skip
+            named.append(t.predicting_group)
+            named += [g.key for g in summary.groups for w in g.writes_qk
+                      if w.group == t.predicting_group]  # fmt: skip
+    s = graph.settings
+    room = None  # a --max-nodes cap holds: a group that would pass it stays out
+    if s.get("max_nodes") is not None:
+        room = s["max_nodes"] - int(graph.is_kind("lorsa", "transcoder", "error").sum())
+    dropped = []
+    for key in dict.fromkeys(named):
+        missing = [full.id_to_index[m] for m in summary.group(key).members
+                   if m not in graph.id_to_index]  # fmt: skip
+        if room is not None and len(missing) > room:
+            continue
+        dropped += missing
+        room = None if room is None else room - len(missing)
     if not dropped:
         return graph
-    s = graph.settings
     had = [full.id_to_index[x] for x in graph.ids]
     kept = prune_graph(full, s["node_threshold"], s["edge_threshold"], s["max_nodes"],
                        scored=scored, keep=sorted(set(had) | set(dropped)))  # fmt: skip
@@ -458,7 +468,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
                "qk_sources": t_sources - t_qk}  # fmt: skip
     graph.settings["scores"] = scored.scores
     dash, dash_path = _dashboards_file(args, replacement, tokenizer)
-    concepts = dash.summary_concepts() if dash is not None else {}
+    concepts = dash.summary_concepts() if dash is not None and args.mechanisms else {}
     mechanisms = None
     if args.mechanisms:
         t_mech = time.perf_counter()

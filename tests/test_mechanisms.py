@@ -1393,6 +1393,14 @@ def test_the_drawn_graph_keeps_the_predicting_groups_and_their_qk_sources(
     assert load_graph(tmp_path / "g.safetensors").ids == kept.ids
     # nothing dropped: the same graph back
     assert summary_groups_step(replacement, kept, run, graph, summary, scored, None, True) is kept
+    # a --max-nodes cap holds: with no room left, nothing is added
+    capped = copy.deepcopy(pruned)
+    capped.settings["max_nodes"] = int(capped.is_kind("lorsa", "transcoder", "error").sum())
+    assert summary_groups_step(replacement, capped, run, graph, summary, scored, None,
+                               False) is capped  # fmt: skip
+    capped.settings["max_nodes"] += len(wanted - set(pruned.ids))  # room for them all
+    assert set(summary_groups_step(replacement, capped, run, graph, summary, scored, None,
+                                   False).ids) >= wanted  # fmt: skip
 
 
 def test_summary_records(graph, replacement, run, tmp_path):

@@ -1149,6 +1149,30 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     )
 
 
+def _zeroing_hooks(graph, members) -> list:
+    """Forward hooks that zero ``members`` (node ids of heads and features) where the model
+    computes them: written with the model's hook names alone."""
+    from replacement.model import hook_name
+
+    site = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
+    zeros: dict[str, list] = {}
+    for node in members:
+        i = graph.id_to_index[node]
+        name = hook_name(int(graph.layer[i]), site[Kind(int(graph.kind[i]))])
+        zeros.setdefault(name, []).append((int(graph.pos[i]), int(graph.index[i])))
+
+    def zero(entries):
+        def hook(act, hook):
+            act = act.clone()
+            for p, index in entries:
+                act[:, p, index] = 0
+            return act
+
+        return hook
+
+    return [(name, zero(entries)) for name, entries in zeros.items()]
+
+
 def _free_by_hand(replacement, graph, members, target, held: str) -> float:
     """A logit target's change when ``members`` (node ids) are zeroed where the model computes
     them, everything recomputed but the final LayerNorm's scale (``held`` "final") or every
@@ -1167,23 +1191,7 @@ def _free_by_hand(replacement, graph, members, target, held: str) -> float:
     tokens = torch.tensor(graph.tokens)[None]
     before = replacement.run_with_hooks(tokens, mode=graph.mode,
                                         fwd_hooks=[(name, keep) for name in names])  # fmt: skip
-    site = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
-    zeros: dict[str, list] = {}
-    for node in members:
-        i = graph.id_to_index[node]
-        name = hook_name(int(graph.layer[i]), site[Kind(int(graph.kind[i]))])
-        zeros.setdefault(name, []).append((int(graph.pos[i]), int(graph.index[i])))
-
-    def zero(entries):
-        def hook(act, hook):
-            act = act.clone()
-            for p, index in entries:
-                act[:, p, index] = 0
-            return act
-
-        return hook
-
-    hooks = [(name, zero(entries)) for name, entries in zeros.items()]
+    hooks = _zeroing_hooks(graph, members)
     hooks += [(name, lambda act, hook: clean[hook.name]) for name in names]
     after = replacement.run_with_hooks(tokens, mode=graph.mode, fwd_hooks=hooks)
     record = graph.logit_record(graph.id_to_index[target])
@@ -1205,20 +1213,6 @@ def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, list]:
 
     seen: dict = {}
     layers = sorted({layer for layer, *_ in reads})
-    site = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
-    zeros: dict[str, list] = {}
-    for node in members:
-        i = graph.id_to_index[node]
-        at = hook_name(int(graph.layer[i]), site[Kind(int(graph.kind[i]))])
-        zeros.setdefault(at, []).append((int(graph.pos[i]), int(graph.index[i])))
-
-    def zero(entries):
-        def hook(act, hook):
-            act = act.clone()
-            act[:, [p for p, _ in entries], [x for _, x in entries]] = 0
-            return act
-
-        return hook
 
     def keep(act, hook):
         seen[hook.name] = act.detach()[0]
@@ -1226,7 +1220,7 @@ def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, list]:
     tokens = torch.tensor(graph.tokens)[None]
     names = [hook_name(layer, "lorsa.hook_pattern") for layer in layers]
     out = []
-    for hooks in ([], [(at, zero(entries)) for at, entries in zeros.items()]):
+    for hooks in ([], _zeroing_hooks(graph, members)):
         replacement.run_with_hooks(tokens, mode=graph.mode,
                                    fwd_hooks=hooks + [(x, keep) for x in names])  # fmt: skip
         out.append([float(seen[hook_name(layer, "lorsa.hook_pattern")][h, q, k])

@@ -189,8 +189,8 @@ def measure(replacement, tokenizer, concepts) -> dict:
                 {"side": w.side, "group": g.name, "score": round(w.value, 4), "rank": w.rank,
                  "tested": w.tested,
                  "attention": [[round(a.mean_before, 4), round(a.mean_free, 4)]
-                               for a in g.attention_checks if a.group == w.group]}
-                for g in summary.groups for w in g.writes_qk if w.group == t.predicting_group
+                               for a in [g.attention_of(w.group)] if a is not None]}
+                for g, w in summary.qk_sources(t.predicting_group)
             ]  # fmt: skip
         families.setdefault(family, {"records": []})["records"].append(record)
     everything = [r for f in families.values() for r in f["records"]]

@@ -595,12 +595,11 @@ def qk_source_fields(summary, group, k: int) -> dict:
     previous-token heads of induction)."""
     out = {}
     for side in ("query", "key"):
-        found = [(g, w) for g in summary.groups for w in g.writes_qk
-                 if w.group == group.key and w.side == side]  # fmt: skip
+        found = [(g, w) for g, w in summary.qk_sources(group.key) if w.side == side]
         a = None
         if found:
             g, w = found[0]
-            a = next((a for a in g.attention_checks if a.group == group.key), None)
+            a = g.attention_of(group.key)
             out[f"{side}_source"] = {
                 "name": g.name, "pos": g.pos, "attends": g.attends, "layer": g.layer,
                 "score": round(w.value, 4), "rank": w.rank, "tested": w.tested,

@@ -322,11 +322,17 @@ class AttentionCheck:
 
     @property
     def mean_before(self) -> float:
-        return sum(w * a for w, a in zip(self.weights, self.before, strict=True))
+        return weighted_mean(self.weights, self.before)
 
     @property
     def mean_free(self) -> float:
-        return sum(w * a for w, a in zip(self.weights, self.free, strict=True))
+        return weighted_mean(self.weights, self.free)
+
+
+def weighted_mean(weights: list[float], attention: list[float]) -> float:
+    """A head group's attention as one number: its QK heads' ``attention`` weighted by
+    ``weights`` (their shares of the group's |flow|, summing to 1)."""
+    return sum(w * a for w, a in zip(weights, attention, strict=True))
 
 
 @dataclass
@@ -372,6 +378,10 @@ class GroupRecord:
     carried_own: dict[str, float] = field(default_factory=dict)
     writes_qk: list[QKSourceRole] = field(default_factory=list)
     attention_checks: list[AttentionCheck] = field(default_factory=list)
+
+    def attention_of(self, key: str) -> AttentionCheck | None:
+        """Its ablation's check of head group ``key``'s attention, if it has one."""
+        return next((a for a in self.attention_checks if a.group == key), None)
 
 
 @dataclass
@@ -463,6 +473,11 @@ class MechanismSummary:
 
     def group(self, key: str) -> GroupRecord:
         return next(g for g in self.groups if g.key == key)
+
+    def qk_sources(self, key: str) -> list[tuple[GroupRecord, QKSourceRole]]:
+        """The groups that write head group ``key``'s QK score (``GroupRecord.writes_qk``),
+        each with its role there, in the summary's order."""
+        return [(g, w) for g in self.groups for w in g.writes_qk if w.group == key]
 
     @property
     def tolerance(self) -> float:
@@ -556,7 +571,6 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     and w.qk_head in head.qk_heads and _below(g, head),
                     f"{where}.writes_qk[{j}]: not a side ({'/'.join(SIDES)}) of a QK head of a "
                     "head group of the summary in a later block")  # fmt: skip
-        for j, w in enumerate(g.writes_qk):
             _expect(w.rank <= w.tested, f"{where}.writes_qk[{j}]: ranked beyond those tested")
         for j, a in enumerate(g.attention_checks):
             head = by_key.get(a.group)

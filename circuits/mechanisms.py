@@ -105,6 +105,7 @@ from .mechanism_file import (
     TargetRecord,
     TokenCheck,
     TokenShare,
+    weighted_mean,
 )
 from .nodes import Kind, unit_id
 from .qk import qk_record
@@ -641,7 +642,7 @@ class _Look:
         return [float(patterns[h, self.query, self.key]) for h in self.heads]
 
     def mean(self, attention: list[float]) -> float:
-        return sum(w * a for w, a in zip(self.weights, attention, strict=True))
+        return weighted_mean(self.weights, attention)
 
     def reads_after(self, grp) -> bool:
         """Whether group ``grp`` (``circuits.groups.Group``) can change this attention: in an

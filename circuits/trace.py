@@ -326,7 +326,6 @@ def sources_step(replacement, graph, run, full, scored=None, key_mass=None, side
     the graph is pruned again from ``full`` with the same settings, keeping them
     (``prune_graph(keep=)``; ``scored``: the full graph's ``influence_scores``), and the heads
     that pruning adds get their records (``qk_step``'s) and sources; that graph is returned."""
-    from .prune import prune_graph
     from .qk import qk_sources
 
     records = graph.qk
@@ -340,19 +339,33 @@ def sources_step(replacement, graph, run, full, scored=None, key_mass=None, side
     }
     if not dropped:
         return graph
+    return _pruned_keeping(replacement, graph, run, full, scored, key_mass, sorted(dropped),
+                           qk=True, sides=sides)  # fmt: skip
+
+
+def _pruned_keeping(replacement, graph, run, full, scored, key_mass, keep, qk, sides=None):
+    """``full`` pruned again with ``graph``'s settings, keeping ``keep`` (indices of ``full``;
+    ``prune_graph(keep=)``), with ``graph``'s QK records of the heads still there and, when
+    ``qk``, records (``qk_step``) and sources (``qk_sources``) for the heads that have none at
+    the key they read; without ``qk`` it has none."""
+    from .prune import prune_graph
+    from .qk import qk_sources
+
     s = graph.settings
     kept = prune_graph(full, s["node_threshold"], s["edge_threshold"], s["max_nodes"],
-                       scored=scored, keep=sorted(dropped))  # fmt: skip
+                       scored=scored, keep=keep)  # fmt: skip
+    if not qk:
+        return kept
     heads = kept.is_kind("lorsa").nonzero().squeeze(1).tolist()
     group_size = replacement.group_size
     where = {i: (int(kept.layer[i]), int(kept.index[i]) // group_size, int(kept.pos[i]))
              for i in heads}  # fmt: skip
-    had = {(a.layer, a.qk_head, a.query, a.key) for a in records}
+    had = {(a.layer, a.qk_head, a.query, a.key) for a in graph.qk}
     new = [i for i in heads if (*where[i], kept.read_key(i)) not in had]  # no record at its key
     added = qk_step(replacement, kept, run, key_mass, sides, heads=new) if new else []
     qk_sources(replacement, full, added, run, sides=sides)
     present = set(where.values())
-    kept.qk = [a for a in records if (a.layer, a.qk_head, a.query) in present] + added
+    kept.qk = [a for a in graph.qk if (a.layer, a.qk_head, a.query) in present] + added
     return kept
 
 
@@ -366,15 +379,11 @@ def summary_groups_step(replacement, graph, run, full, summary, scored, key_mass
     and sources when ``qk`` (``qk_step``, ``qk_sources``), and the summary's ``in_pruned``
     follow. A ``--max-nodes`` cap holds: a group that would pass it stays out. Returns the
     graph (the same one when nothing was added)."""
-    from .prune import prune_graph
-    from .qk import qk_sources
-
     named = []
     for t in summary.targets:
         if t.predicting_group is not None:
             named.append(t.predicting_group)
-            named += [g.key for g in summary.groups for w in g.writes_qk
-                      if w.group == t.predicting_group]  # fmt: skip
+            named += [g.key for g, _ in summary.qk_sources(t.predicting_group)]
     s = graph.settings
     room = None  # a --max-nodes cap holds: a group that would pass it stays out
     if s.get("max_nodes") is not None:
@@ -389,23 +398,11 @@ def summary_groups_step(replacement, graph, run, full, summary, scored, key_mass
         room = None if room is None else room - len(missing)
     if not dropped:
         return graph
-    had = [full.id_to_index[x] for x in graph.ids]
-    kept = prune_graph(full, s["node_threshold"], s["edge_threshold"], s["max_nodes"],
-                       scored=scored, keep=sorted(set(had) | set(dropped)))  # fmt: skip
-    for key in ("scores",):  # what the trace set on the graph after pruning
-        if key in s:
-            kept.settings[key] = s[key]
-    if qk:
-        group_size = replacement.group_size
-        heads = kept.is_kind("lorsa").nonzero().squeeze(1).tolist()
-        where = {i: (int(kept.layer[i]), int(kept.index[i]) // group_size, int(kept.pos[i]))
-                 for i in heads}  # fmt: skip
-        had = {(a.layer, a.qk_head, a.query, a.key) for a in graph.qk}
-        new = [i for i in heads if (*where[i], kept.read_key(i)) not in had]  # no record yet
-        added = qk_step(replacement, kept, run, key_mass, heads=new) if new else []
-        qk_sources(replacement, full, added, run)
-        present = set(where.values())
-        kept.qk = [a for a in graph.qk if (a.layer, a.qk_head, a.query) in present] + added
+    had = {full.id_to_index[x] for x in graph.ids}
+    kept = _pruned_keeping(replacement, graph, run, full, scored, key_mass,
+                           sorted(had | set(dropped)), qk)  # fmt: skip
+    if "scores" in s:  # set by the trace on the graph after pruning
+        kept.settings["scores"] = s["scores"]
     for g in summary.groups:
         g.in_pruned = [m for m in g.members if m in kept.id_to_index]
     return kept

@@ -586,16 +586,13 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
     the side, the score it brings, how it was chosen and, where measured, the group's
     attention after it is ablated: what makes the group attend where it does, tested."""
     out = []
-    for g in summary.groups:
-        for w in g.writes_qk:
-            if w.group != key:
-                continue
-            after = next((a for a in g.attention_checks if a.group == key), None)
-            tested = "" if after is None else (
-                f", ablated: attention {attention_text(after.mean_before)} -> "
-                f"{attention_text(after.mean_free)}"
-            )  # fmt: skip
-            out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
+    for g, w in summary.qk_sources(key):
+        after = g.attention_of(key)
+        tested = "" if after is None else (
+            f", ablated: attention {attention_text(after.mean_before)} -> "
+            f"{attention_text(after.mean_free)}"
+        )  # fmt: skip
+        out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
     return "; ".join(out)
 
 

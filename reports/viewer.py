@@ -286,7 +286,7 @@ def _box_lines(g, summary) -> list[str]:
     elif g.concept:
         lines.append(g.concept)
     for w in g.writes_qk:
-        a = next((a for a in g.attention_checks if a.group == w.group), None)
+        a = g.attention_of(w.group)
         after = (
             "" if a is None else f" {attention_text(a.mean_before)}→{attention_text(a.mean_free)}"
         )

@@ -346,9 +346,11 @@ def test_key_named_admits_the_query_token_when_the_summary_says_it_carries_the_m
         target = TargetRecord("logit_0", " D", None, 0.9, 10.0, sum(x.flow for x in shares),
                               0.0, 0.0, [], None, None, None, "g0",
                               tokens_by_position=shares)  # fmt: skip
-        group = SimpleNamespace(name="g0", attends=attends, pos=pos, qk=[])
+        group = SimpleNamespace(key="g0", name="g0", attends=attends, pos=pos, qk=[])
         prompt = SimpleNamespace(ids=IDS, keys=keys, family="successor")
-        summary = SimpleNamespace(targets=[target], group=lambda key: group, groups=[])
+        summary = SimpleNamespace(
+            targets=[target], group=lambda key: group, groups=[], qk_sources=lambda key: []
+        )  # no QK sources
         return m.score_prompt(prompt, summary)
 
     own = [TokenShare(Q, "B", 8.0), TokenShare(K, "C", 3.0)]

@@ -40,7 +40,10 @@ Lorsa heads: one group per (block, query position, key read (``attends``), role)
   role is the unit's concept label when its F1 >= MIN_CONCEPT_F1, else none (heads at one
   place reading one key then form one group).
 transcoder features: one group per (block, position, concept label) when the label's F1 >=
-  MIN_CONCEPT_F1; other features stay alone.
+  MIN_CONCEPT_F1, and the place's other features (no label that fits) one group per (block,
+  position): what that MLP computes there besides its labelled features (its members alone
+  were paths of a few percent each, splitting one route, e.g. a token through layer 0's MLP
+  at an induction key, over dozens of features).
 bias nodes: one group per sublayer (every position): the constant that sublayer writes; the
   position vectors one group too (a QK reason's position terms are then between what this
   query's and this key's positions hold against the mean query's and the mean key's).
@@ -355,7 +358,7 @@ def auto_groups(
                 concept, f1 = found
         if kind == Kind.LORSA:
             key = ("lorsa", layers[i], pos[i], attends[i], concept)
-        elif kind == Kind.TRANSCODER and concept is not None:
+        elif kind == Kind.TRANSCODER:
             key = ("transcoder", layers[i], pos[i], concept)
         elif kind == Kind.BIAS:
             key = ("bias", stages[i])
@@ -436,7 +439,8 @@ def _auto_name(graph: Graph, key: tuple, members: list[int], f1s: list[float]) -
             what += f" -> {graph.token_strings[attends]!r}@{attends}"
         return what + (f" [{concept}{f1}]" if concept else "")
     _, layer, pos, concept = key
-    return f"L{layer} {'feature' + one if n == 1 else f'{n} features'} @{pos} [{concept}{f1}]"
+    label = f" [{concept}{f1}]" if concept else ""
+    return f"L{layer} {'feature' + one if n == 1 else f'{n} features'} @{pos}{label}"
 
 
 __all__ = [

@@ -622,8 +622,16 @@ def test_auto_groups_follow_their_rules(graph):
         elif grp.kind == "bias":  # a sublayer's constant, or the position vectors
             assert len({int(graph.stage[i]) for i in grp.members}) == 1
             assert len(grp.members) == len(graph.tokens)
-        elif grp.kind != "lorsa":
-            assert len(grp.members) == 1  # no concept labels: features stay alone
+        elif grp.kind == "transcoder":  # no concept labels: one group per block and place
+            assert len({(int(graph.layer[i]), int(graph.pos[i])) for i in grp.members}) == 1
+            assert grp.concept is None and "[" not in grp.name
+        else:  # embeddings, errors, logits: alone
+            assert len(grp.members) == 1
+    feature_places = {
+        (int(graph.layer[i]), int(graph.pos[i]))
+        for i in graph.is_kind("transcoder").nonzero().squeeze(1).tolist()
+    }
+    assert sum(grp.kind == "transcoder" for grp in view.groups) == len(feature_places)
     # With concepts, features of one place and one label group.
     feats = graph.is_kind("transcoder").nonzero().squeeze(1).tolist()
     from circuits.nodes import unit_id
@@ -636,6 +644,14 @@ def test_auto_groups_follow_their_rules(graph):
     view = auto_groups(graph, concepts)
     made = view.groups[view.group_of(same[0])]
     assert made.members == sorted(same) and made.concept == "x"
+    # labelled half: the place's other features, without a label, form a group of their own
+    assert len(same) > 1
+    half = {unit_id(Kind.TRANSCODER, int(graph.stage[i]), int(graph.index[i])): ("x", 0.9)
+            for i in same[::2]}  # fmt: skip
+    split = auto_groups(graph, half)
+    labelled, rest = (split.groups[split.group_of(x[0])] for x in (same[::2], same[1::2]))
+    assert labelled.members == same[::2] and labelled.concept == "x"
+    assert rest.members == same[1::2] and rest.concept is None
     # the name says how well the label fits its members on the corpus: their F1s
     f1 = f"F1 {min(f1s):.2f}" + (f"-{max(f1s):.2f}" if len(same) > 1 else "")
     what = f"{len(same)} features" if len(same) > 1 else f"feature {int(graph.index[same[0]])}"

@@ -36,6 +36,7 @@ from .trace import (
     GRAPH_MARK,
     OUTPUT_NAMES,
     check_not_an_output,
+    check_staging,
     check_writable,
     parse_formats,
 )
@@ -138,6 +139,7 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
         check_not_an_output(args.stats, args.out, "--stats")
     check_writable(args.out)
     earlier_set(args.out, GRAPH_MARK, OUTPUT_NAMES)  # a model, another tool's graph.json: now
+    check_staging(args.out)
     return start, formats
 
 

@@ -15,11 +15,21 @@ at or before their query and terms naming sides in the form a trace writes them 
 one text per token, a prompt that is their text (or none), a logit difference of two
 tokens, header types and lengths; a problem is one ``ValueError`` naming the file
 and the field.
+
+And the sums that tie fields together, what the graph's "exact" claims rest on: a prompt's
+heads, features and logits have their value as their activation; influence is never
+negative; each QK record's listed pairs plus its ``rest`` make its score, and its reason's
+four parts the score and its pairs plus ``rest`` the specific part; a prompt's full graph (no
+``unpruned`` setting: ``prune_graph`` writes one) closes row by row (each head, feature and
+target's incoming edges plus its bias are its activation). A pruned graph has lost edges by
+design, so its edges can be checked against nothing in the file: they are what the trace
+wrote, as far as the checksum goes (a reviewer doubled every edge and recomputed it).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +57,7 @@ from .graph import (
     QKSource,
 )
 from .nodes import Kind, is_attention, logit_stage
+from .prune import open_rows, row_sums
 
 SUFFIX = ".safetensors"
 MAX_LAYERS = 1024  # far beyond any model here; bounds what a crafted header can make us allocate
@@ -290,6 +301,13 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     )
     _require(len(set(graph.ids)) == n, "kind", "two nodes have one id (kind, stage, position "
              "and index repeated)")  # fmt: skip
+    influence = optional["influence"]
+    _require(influence is None or bool((influence >= 0).all()), "influence",
+             "negative (it sums magnitudes)")  # fmt: skip
+    if positional and "unpruned" not in settings:  # a full graph: every row closes
+        _require(not len(open_rows(graph, *row_sums(graph.edges))), "edges",
+                 "a full graph's incoming edges plus bias are not a node's activation (no "
+                 "'unpruned' setting says edges were dropped)")  # fmt: skip
     return graph
 
 
@@ -350,6 +368,13 @@ def _check_nodes(
     target = (kind == Kind.LOGIT) | (node["target_weight"] > 0)
     _require(not positional or bool(torch.isfinite(node["value"][target]).all()), "value",
              "NaN or infinite at a target (a logit, or a head or feature traced from)")  # fmt: skip
+    if positional:  # a head's, feature's or logit's value is its activation (its pre-activation)
+        unit = (kind == Kind.LOGIT) | (kind == Kind.LORSA) | (kind == Kind.TRANSCODER)
+        value, act = node["value"][unit].double(), node["activation"][unit].double()
+        both = torch.isfinite(value)
+        gap = (value[both] - act[both]).abs() > SAME * act[both].abs().clamp(min=1.0)
+        _require(not bool(gap.any()), "value", "a head's, feature's or logit's value is not its "
+                 "activation")  # fmt: skip
 
 
 def _edges(tensors: dict[str, Tensor], n: int, stage: Tensor) -> sp.csr_array:
@@ -434,8 +459,15 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
                          "value]")  # fmt: skip
         contrast = d.get("contrast")
         _require(contrast is None or _is_number(contrast), "qk.contrast", "expected a number")
+        _closes([p[2] for p in d.get("pairs", [])] + [d["rest"]], d["score"], "qk.pairs",
+                "its pairs plus rest are not its score")  # fmt: skip
         if d.get("reason") is not None:
             _check_reason(d["reason"], layer, query, key)
+            r = d["reason"]
+            parts = [r[x] for x in _REASON_FLOATS[:4]]
+            _closes(parts, d["score"], "qk.reason", "its four parts are not the score")
+            _closes([p[2] for p in r["pairs"]] + [r["rest"]], r["specific"], "qk.reason.pairs",
+                    "its pairs plus rest are not the specific part")  # fmt: skip
         _check_sources(d.get("sources", []), d["query"], d["key"])
         known = set(QKAttribution.__dataclass_fields__)
         _require(set(d) <= known, "qk", f"unknown keys {sorted(set(d) - known)}")
@@ -444,6 +476,16 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         except (KeyError, TypeError) as exc:
             raise _Bad("qk", _one_line(exc)) from None
     return out
+
+
+SAME = 1e-5  # relative: a sum or a copy that is the same number, written as float32 or JSON
+
+
+def _closes(terms: list[float], total: float, field: str, problem: str) -> None:
+    """That ``terms`` sum to ``total`` within ``SAME`` of the largest magnitude involved."""
+    scale = max([1.0, abs(total), *(abs(x) for x in terms)])
+    _require(abs(math.fsum(terms) - total) <= SAME * scale * max(1, len(terms)) ** 0.5, field,
+             problem)  # fmt: skip
 
 
 _REASON_FLOATS = (

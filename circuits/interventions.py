@@ -361,48 +361,104 @@ def intervene(
     for these interventions (``predict``), when the caller has it. ``attention_reads``
     (optional): (layer, qk_head, query, key) reads whose attention after the intervention the
     result gives (``InterventionResult.attention``): what an edit does to a head's pattern,
-    the QK half of its effect."""
+    the QK half of its effect. ``intervene_many`` reruns several sets of edits at once."""
+    return intervene_many(
+        replacement, graph, [interventions], freeze_attention=freeze_attention,
+        freeze_layernorm=freeze_layernorm, freeze_errors=freeze_errors, run=run,
+        predicted=None if predicted is None else [predicted], attention_reads=attention_reads,
+    )[0]  # fmt: skip
+
+
+INTERVENTION_BATCH = 8  # edit sets per forward pass of ``intervene_many`` (bounds the patterns)
+
+
+@torch.no_grad()
+def intervene_many(
+    replacement: ReplacementModel,
+    graph: Graph,
+    edit_sets: Sequence[list[Intervention]],
+    *,
+    freeze_attention: bool = True,
+    freeze_layernorm: bool | str | None = None,
+    freeze_errors: bool = True,
+    run: PromptRun | None = None,
+    predicted: Sequence[Tensor | None] | None = None,
+    attention_reads: Sequence[tuple[int, int, int, int]] = (),
+) -> list[InterventionResult]:
+    """``intervene`` for each list of ``edit_sets``, one apart from the others (each result is
+    what ``intervene`` gives for that list alone), the model rerun for ``INTERVENTION_BATCH``
+    of them at once: one forward pass of a batch costs much less than one per set (the
+    summary's checks ablate a dozen groups four ways each). ``predicted``: None, or one
+    prediction (or None) per set."""
     _check_inputs(replacement, graph, run)
-    where = _edited_nodes(graph, interventions)  # cheap checks first, then the clean run
-    if not interventions:
+    if not isinstance(edit_sets, list | tuple):
+        raise TypeError(f"edit_sets must be a list of lists of Intervention, got a "
+                        f"{type(edit_sets).__name__}")  # fmt: skip
+    if predicted is not None and (
+        not isinstance(predicted, list | tuple) or len(predicted) != len(edit_sets)
+    ):
+        raise ValueError("predicted must be None or one prediction (or None) per edit set")
+    predictions = list(predicted) if predicted is not None else [None] * len(edit_sets)
+    wheres = [_edited_nodes(graph, edits) for edits in edit_sets]  # cheap checks first
+    if not edit_sets or any(not edits for edits in edit_sets):
         raise ValueError("no interventions given")
-    if predicted is not None:
-        _check_predicted(graph, predicted)
+    for p in predictions:
+        if p is not None:
+            _check_predicted(graph, p)
     freeze_attention, freeze_layernorm = _freezes(freeze_attention, freeze_layernorm)
     freeze_errors = checked_flag(freeze_errors, "freeze_errors")
     run = run_for_graph(replacement, graph, run, constants=False)
     _check_unpruned(graph, run)
     reads = _checked_reads(replacement, run, attention_reads)
     cache = _clean_nodes(replacement, run)
-    n, L = len(run.tokens), run.n_layers
-    patches: dict[str, list[tuple[int, int, float]]] = {}
-    # each error site's multipliers by position: of its clean value when held, else of what
-    # its sublayer now leaves over
-    error_scale = {name: torch.ones(1, n, 1) for name in cache if name.endswith("hook_error")}
-    embed_scale = torch.ones(1, n)
+    out = []
+    for start in range(0, len(edit_sets), INTERVENTION_BATCH):
+        here = slice(start, start + INTERVENTION_BATCH)
+        out += _rerun_batch(
+            replacement, graph, run, cache, list(zip(edit_sets[here], wheres[here], strict=True)),
+            predictions[here], reads, freeze_attention=freeze_attention,
+            freeze_layernorm=freeze_layernorm, freeze_errors=freeze_errors,
+        )  # fmt: skip
+    return out
+
+
+def _rerun_batch(
+    replacement, graph, run, cache, sets, predictions, reads, *, freeze_attention,
+    freeze_layernorm, freeze_errors,
+) -> list[InterventionResult]:  # fmt: skip
+    """One forward pass for ``sets`` ((edits, their node indices), checked), row b the
+    prompt under set b's edits alone."""
+    batch, n, L = len(sets), len(run.tokens), run.n_layers
+    patches: dict[str, list[tuple[int, int, int, float]]] = {}
+    # each error site's multipliers by row and position: of its clean value when held, else
+    # of what its sublayer now leaves over
+    error_scale = {name: torch.ones(batch, n, 1) for name in cache if name.endswith("hook_error")}
+    embed_scale = torch.ones(batch, n)
     bias_scale: dict[int, Tensor] = {}
-    for edit in interventions:
-        i = where[edit.node]
-        kind, stage = Kind(int(graph.kind[i])), int(graph.stage[i])
-        pos, index = int(graph.pos[i]), int(graph.index[i])
-        new = edit.apply(float(graph.activation[i]))
-        if kind in ACTIVATION_SITE:
-            name = hook_name(block_of(stage), ACTIVATION_SITE[kind])
-            patches.setdefault(name, []).append((pos, index, new))
-        elif kind == Kind.ERROR:
-            error_scale[_error_name(stage)][0, pos] = new
-        elif kind == Kind.EMBEDDING:
-            embed_scale[0, pos] = new
-        elif kind == Kind.BIAS:
-            bias_scale.setdefault(stage, torch.ones(1, n))[0, pos] = new
-        else:
-            raise ValueError(f"{edit.node} is a {kind.label} node: only sources can be changed")
+    for b, (edits, where) in enumerate(sets):
+        for edit in edits:
+            i = where[edit.node]
+            kind, stage = Kind(int(graph.kind[i])), int(graph.stage[i])
+            pos, index = int(graph.pos[i]), int(graph.index[i])
+            new = edit.apply(float(graph.activation[i]))
+            if kind in ACTIVATION_SITE:
+                name = hook_name(block_of(stage), ACTIVATION_SITE[kind])
+                patches.setdefault(name, []).append((b, pos, index, new))
+            elif kind == Kind.ERROR:
+                error_scale[_error_name(stage)][b, pos] = new
+            elif kind == Kind.EMBEDDING:
+                embed_scale[b, pos] = new
+            elif kind == Kind.BIAS:
+                bias_scale.setdefault(stage, torch.ones(batch, n))[b, pos] = new
+            else:
+                raise ValueError(f"{edit.node} is a {kind.label} node: only sources can be changed")
 
     def patch(entries):
+        rows, pos, index, value = (torch.tensor(x) for x in zip(*entries, strict=True))
+
         def hook(act, hook):
             act = act.clone()
-            for pos, index, value in entries:
-                act[:, pos, index] = value
+            act[rows, pos, index] = value.to(act.dtype)
             return act
 
         return hook
@@ -426,24 +482,27 @@ def intervene(
     hooks += [(name, keep) for name in dict.fromkeys(_pre_activation_site(graph, i) for i in nodes)]
     hooks += [(hook_name(layer, "lorsa.hook_pattern"), keep)
               for layer in dict.fromkeys(layer for layer, *_ in reads)]  # fmt: skip
-    logits = replacement.run_with_hooks(run.tokens[None], mode=run.mode, fwd_hooks=hooks)[0, -1]
+    tokens = run.tokens[None].expand(batch, n)
+    logits = replacement.run_with_hooks(tokens, mode=run.mode, fwd_hooks=hooks)[:, -1]
     rows, read = _logit_readout(graph)
-    actual = read(logits) - read(run.logits[-1])
+    actual = read(logits) - read(run.logits[-1])  # batch target
     if nodes:
-        moved = [float(seen[_pre_activation_site(graph, i)][0, graph.pos[i], graph.index[i]]
-                       - graph.value[i]) for i in nodes]  # fmt: skip
+        moved = torch.stack([seen[_pre_activation_site(graph, i)][:, graph.pos[i], graph.index[i]]
+                             - graph.value[i] for i in nodes], dim=1)  # fmt: skip
         rows = torch.cat([rows, torch.tensor(nodes, dtype=torch.long)])
-        actual = torch.cat([actual, torch.tensor(moved)])
+        actual = torch.cat([actual, moved.to(actual.dtype)], dim=1)
     if not torch.isfinite(actual).all():  # an edit far outside the model's range
         raise ValueError("the model overflows under these edits (a target's value is not "
                          "finite): edit by values nearer the nodes' own")  # fmt: skip
-    predicted = (predict(graph, interventions) if predicted is None else predicted)[rows]
-    patterns = {layer: seen[hook_name(layer, "lorsa.hook_pattern")][0] for layer, *_ in reads}
-    attention = torch.tensor([float(patterns[layer][head, query, key])
-                              for layer, head, query, key in reads])  # fmt: skip
-    return InterventionResult(
-        [graph.ids[i] for i in rows.tolist()], predicted, actual, logits, attention
-    )
+    out = []
+    for b, ((edits, _), predicted) in enumerate(zip(sets, predictions, strict=True)):
+        predicted = (predict(graph, edits) if predicted is None else predicted)[rows]
+        attention = torch.tensor([float(seen[hook_name(layer, "lorsa.hook_pattern")][b, head,
+                                                                                     query, key])
+                                  for layer, head, query, key in reads])  # fmt: skip
+        out.append(InterventionResult([graph.ids[i] for i in rows.tolist()], predicted,
+                                      actual[b].clone(), logits[b].clone(), attention))  # fmt: skip
+    return out
 
 
 def _checked_reads(replacement: ReplacementModel, run: PromptRun, reads) -> list[tuple]:

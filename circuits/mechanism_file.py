@@ -17,12 +17,12 @@ sign agreement of a check) and with the flows (``circuits.flows``: ``node_flows`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 from toy_models.cli import one_line
-from toy_models.records import Bounds, from_json, is_finite_number, parse_json
+from toy_models.records import Bounds, from_json, is_finite_number, parse_json, to_plain
 
 from .graph import MODES
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, is_attention
@@ -487,7 +487,7 @@ class MechanismSummary:
         return float(self.settings.get("tolerance", TOLERANCE))
 
     def to_dict(self) -> dict:
-        return {"version": VERSION, **asdict(self)}
+        return {"version": VERSION, **to_plain(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> MechanismSummary:
@@ -722,7 +722,7 @@ def _main_input(ref: NodeRef, n_pos: int, at: str) -> dict:
     head_key = mi.kind == "lorsa" and mi.attends is not None and 0 <= mi.attends <= mi.pos
     _expect(mi.attends is None or head_key,
             f"{at}.attends: {mi.attends} is not a key up to a head's position")  # fmt: skip
-    return asdict(mi)
+    return to_plain(mi)
 
 
 def _at_tokens(shares: list[TokenShare], tokens: list[str], where: str) -> None:

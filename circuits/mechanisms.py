@@ -84,7 +84,7 @@ from .interventions import (
     FINAL_LAYERNORM,
     Intervention,
     check_full_graph,
-    intervene,
+    intervene_many,
     predict,
     target_nodes,
     tokens_to_mean,
@@ -261,7 +261,7 @@ def _summarize(
             exclude = {look.group, *own.values()}
             candidates[look.group, side] = _qk_candidates(view, side_flow, exclude, CANDIDATES)
     tested = sorted({c for found in candidates.values() for c, _ in found}) if check else []
-    after = {c: _free_attention(replacement, full, run, view.groups[c], looks) for c in tested}
+    after = _free_attention(replacement, full, run, {c: view.groups[c] for c in tested}, looks)
     writes_qk: dict[int, list[tuple[int, int, str, float, int, int]]] = {}  # source -> roles
     sources_of: dict[int, list[int]] = {}
     for (g, side), found in candidates.items():
@@ -293,6 +293,11 @@ def _summarize(
               if g in checked or g in ranked or g in on_paths]  # fmt: skip
     keys = {g: f"g{k}" for k, g in enumerate(listed)}
     pruned_ids = set(pruned.ids) if pruned is not None else set()
+    below = {g: [look for look in looks if look.reads_after(view.groups[g])] for g in listed}
+    checks = {} if not (check and targets) else _checks(
+        replacement, full, run, {g: view.groups[g].members for g in listed if g in checked},
+        targets, tolerance, flows, looks,
+    )  # fmt: skip
     records = []
     for g in listed:
         grp = view.groups[g]
@@ -318,14 +323,12 @@ def _summarize(
                 record.carried[ids[t]] = _shares(full, carried.sum(0))
                 record.carried_own[ids[t]] = float(own_flow.sum())
         record.qk += group_reasons(g)
-        if check and g in checked and targets:
-            below = [look for look in looks if look.reads_after(grp)]
-            record.checks, free = _checks(replacement, full, run, grp.members, targets,
-                                          tolerance, flows, below)  # fmt: skip
+        if g in checks:
+            record.checks, free = checks[g]
             record.attention_checks = [
                 AttentionCheck(keys[look.group], look.layer, look.query, look.key, look.heads,
                                look.weights, clean[look.group], free[look.group])
-                for look in below
+                for look in below[g]
             ]  # fmt: skip
         records.append(record)
     own_reasons = {  # a head target's own QK reason at the key it reads
@@ -673,46 +676,73 @@ def _qk_candidates(
     return [(g, float(sums[g])) for g in heads[:top]]
 
 
-def _free_attention(replacement, full, run, grp, looks: list[_Look]) -> dict[int, float]:
-    """The mean attention (``_Look.mean``) of each look that group ``grp`` can change, with
-    it ablated and the model otherwise free (attention, LayerNorm and errors recomputed, as a
-    check's ``free``): one rerun."""
-    below = [look for look in looks if look.reads_after(grp)]
-    if not below:
-        return {}
-    edits = [Intervention(full.ids[m], "ablate") for m in grp.members]
-    reads = [read for look in below for read in look.reads()]
-    result = intervene(replacement, full, edits, freeze_attention=False, freeze_errors=False,
-                       run=run, predicted=torch.zeros(full.n_nodes),
-                       attention_reads=reads)  # fmt: skip
-    by_group = _split(below, result.attention.tolist())
-    return {look.group: look.mean(by_group[look.group]) for look in below}
+def _free_attention(replacement, full, run, groups: dict, looks: list[_Look]) -> dict:
+    """For each group of ``groups`` (index -> ``circuits.groups.Group``), the mean attention
+    (``_Look.mean``) of each look it can change, with it ablated and the model otherwise free
+    (attention, LayerNorm and errors recomputed, as a check's ``free``): one rerun each, run
+    together (``intervene_many``); a group that can change none has none."""
+    below = {g: [look for look in looks if look.reads_after(grp)] for g, grp in groups.items()}
+    runs = [g for g in groups if below[g]]
+    if not runs:
+        return {g: {} for g in groups}
+    edits = [[Intervention(full.ids[m], "ablate") for m in groups[g].members] for g in runs]
+    reads = [read for look in looks for read in look.reads()]
+    zeros = torch.zeros(full.n_nodes)
+    results = intervene_many(replacement, full, edits, freeze_attention=False,
+                             freeze_errors=False, run=run, predicted=[zeros] * len(runs),
+                             attention_reads=reads)  # fmt: skip
+    out = {g: {} for g in groups}
+    for g, result in zip(runs, results, strict=True):
+        by_group = _split(looks, result.attention.tolist())
+        out[g] = {look.group: look.mean(by_group[look.group]) for look in below[g]}
+    return out
 
 
 def _checks(
-    replacement, full, run, members, targets, tolerance, flows, looks=()
-) -> tuple[list[EffectCheck], dict[int, list[float]]]:
-    """The group's ``EffectCheck`` per target (module docstring), and the attention of each
-    of ``looks`` (``_Look``) in the free rerun, by group."""
+    replacement, full, run, groups: dict, targets, tolerance, flows, looks=()
+) -> dict[int, tuple[list[EffectCheck], dict[int, list[float]]]]:
+    """For each group of ``groups`` (index -> its members), its ``EffectCheck`` per target
+    (module docstring), and the attention of each of ``looks`` (``_Look``) in its free rerun,
+    by group; each rerun way once for all the groups (``intervene_many``)."""
+    if not groups:
+        return {}
     reads = [read for look in looks for read in look.reads()]
-    edits = [Intervention(full.ids[m], "ablate") for m in members]
-    if len({int(full.stage[m]) for m in members}) == 1:
-        # Members of one stage do not feed each other: the graph's prediction for ablating
-        # them is minus their flows (what ``predict`` would propagate, without a sweep).
-        predicted = torch.zeros(full.n_nodes)
-        predicted[targets] = torch.tensor([-float(flows[t][members].sum()) for t in targets])
-    else:
-        predicted = predict(full, edits)
-    frozen = intervene(replacement, full, edits, run=run, predicted=predicted)
-    free = intervene(replacement, full, edits, freeze_attention=False, freeze_errors=False,
-                     run=run, predicted=predicted, attention_reads=reads)  # fmt: skip
-    held = intervene(replacement, full, edits, freeze_attention=False, freeze_layernorm=True,
-                     freeze_errors=False, run=run, predicted=predicted)  # fmt: skip
-    final = intervene(replacement, full, edits, freeze_attention=False,
-                      freeze_layernorm=FINAL_LAYERNORM, freeze_errors=False, run=run,
-                      predicted=predicted)  # fmt: skip
-    patterns = intervene(replacement, full, edits, freeze_attention=True, freeze_layernorm=False,
-                         freeze_errors=False, run=run, predicted=predicted)  # fmt: skip
+    keys = list(groups)
+    edits = [[Intervention(full.ids[m], "ablate") for m in groups[g]] for g in keys]
+    predictions = []
+    for g, group_edits in zip(keys, edits, strict=True):
+        members = groups[g]
+        if len({int(full.stage[m]) for m in members}) == 1:
+            # Members of one stage do not feed each other: the graph's prediction for
+            # ablating them is minus their flows (what ``predict`` would propagate, without a
+            # sweep).
+            predicted = torch.zeros(full.n_nodes)
+            predicted[targets] = torch.tensor([-float(flows[t][members].sum()) for t in targets])
+        else:
+            predicted = predict(full, group_edits)
+        predictions.append(predicted)
+
+    def rerun(**freezes):
+        return intervene_many(replacement, full, edits, run=run, predicted=predictions,
+                              **freezes)  # fmt: skip
+
+    ways = zip(
+        rerun(),  # frozen
+        rerun(freeze_attention=False, freeze_errors=False, attention_reads=reads),  # free
+        rerun(freeze_attention=False, freeze_layernorm=True, freeze_errors=False),  # LN held
+        rerun(freeze_attention=False, freeze_layernorm=FINAL_LAYERNORM, freeze_errors=False),
+        rerun(freeze_attention=True, freeze_layernorm=False, freeze_errors=False),  # patterns
+        strict=True,
+    )
+    return {
+        g: (_effect_checks(full, run, groups[g], tolerance, *results),
+            _split(list(looks), results[1].attention.tolist()))
+        for g, results in zip(keys, ways, strict=True)
+    }  # fmt: skip
+
+
+def _effect_checks(full, run, members, tolerance, frozen, free, held, final, patterns):
+    """A group's ``EffectCheck`` per target from its five reruns (``_checks``)."""
     out = []
     inside = {full.ids[m] for m in members}
     after = [torch.softmax(r.logits.double(), -1) for r in (frozen, free)]
@@ -749,4 +779,4 @@ def _checks(
                 margin_frozen=m_frozen, margin_free=m_free,
             )
         )  # fmt: skip
-    return out, _split(list(looks), free.attention.tolist())
+    return out

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
-from toy_models.files import earlier_set, replaced_whole
+from toy_models.files import earlier_set, replaced_whole, staging_in_the_way
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
 MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
@@ -41,6 +41,7 @@ MECHANISMS_FILE = "mechanisms.json"
 # and reports.outputs.STAGING_DIR (where the set is written before it is moved into place).
 OUTPUT_FILES = ("full_graph.safetensors", MECHANISMS_FILE)
 OUTPUT_DIRS = ("features", ".writing")
+STAGING_MARK = ".staging-mark"  # = reports.outputs.STAGING_MARK (not imported: start-up)
 # = reports.outputs.GRAPH_SET (not imported: start-up): what --out is checked against before
 # any work (``toy_models.files.earlier_set``), here and in circuits.global_graph
 GRAPH_MARK = "graph.json"
@@ -107,7 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "prediction (on with the summary)")  # fmt: skip
     files = parser.add_argument_group("files")
     files.add_argument("--format", default="svg",
-                       help=f"renders among {','.join(FORMATS)} (need `dot`)")  # fmt: skip
+                       help=f"renders among {','.join(FORMATS)} (need `dot`); \"\" for none "
+                       "(graph.html draws the graph itself)")  # fmt: skip
     files.add_argument("--graph-file", choices=("safetensors",), default="safetensors",
                        help="graph file format: tensors + a JSON header, no pickle")  # fmt: skip
     files.add_argument("--save-full", action="store_true",
@@ -169,8 +171,9 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if args.dashboards_file is not None and not args.dashboards:
         raise UserError("--dashboards-file names the dashboards --no-dashboards turns off: "
                         "drop one")  # fmt: skip
-    if args.checks is not None and not args.mechanisms:
-        raise UserError("--checks sets the summary's ablation checks that --no-mechanisms "
+    if args.checks is not None and not args.mechanisms:  # named as given (a reviewer's)
+        flag = "--checks" if args.checks else "--no-checks"
+        raise UserError(f"{flag} sets the summary's ablation checks that --no-mechanisms "
                         "turns off: drop one")  # fmt: skip
     if args.dashboard_rows is not None and not args.dashboards:
         raise UserError("--dashboard-rows sets the dashboards --no-dashboards turns off: "
@@ -193,6 +196,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     named = [("--target", repr(t)) for t in args.target] + [
         ("--target-diff", f"{a!r} {b!r}") for a, b in args.target_diff
     ] + [("--target-node", spec) for spec in args.target_node]  # fmt: skip
+    for spec in args.target_node:  # the syntax now, before the model loads (seconds)
+        node_spec(spec)
     twice = next((n for i, n in enumerate(named) if n in named[:i]), None)
     if twice is not None:  # the same node twice, weighted twice
         raise UserError(f"{twice[0]} {twice[1]} is given twice: name each target once")
@@ -225,7 +230,16 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             check_not_an_output(args.dashboards_file, args.out, "--dashboards-file")
     check_writable(args.out)
     earlier_set(args.out, GRAPH_MARK, OUTPUT_NAMES)  # a model, another tool's graph.json: now
+    check_staging(args.out)
     return formats
+
+
+def check_staging(out: Path) -> None:
+    """Refuse now what stands where the run stages its set (``--out/.writing``) unless a run
+    left it (``toy_models.files.staging_in_the_way``), here and in circuits.global_graph."""
+    reason = staging_in_the_way(out / OUTPUT_DIRS[1], STAGING_MARK)
+    if reason:
+        raise UserError(f"--out {out}: {out / OUTPUT_DIRS[1]} is {reason}")
 
 
 def check_not_an_output(path: Path, out: Path, flag: str) -> None:
@@ -284,16 +298,23 @@ def _targets(args, tokenizer, last_logits=None):
         LogitDiffTarget(single_token(tokenizer, a), single_token(tokenizer, b))
         for a, b in args.target_diff
     ]
-    for spec in args.target_node:
-        parts = spec.split(":")
-        try:  # whole numbers as written: int() would also read "1_0" as 10
-            if not all(p.isascii() and p.isdigit() for p in parts[1:]):
-                raise ValueError
-            kind, layer, pos, index = parts[0], *(int(p) for p in parts[1:])
-        except (ValueError, TypeError):
-            raise UserError(f"--target-node {spec!r}: expected KIND:LAYER:POS:INDEX") from None
-        targets.append(NodeTarget(kind, layer, pos, index))
+    targets += [NodeTarget(*node_spec(spec)) for spec in args.target_node]
     return targets or None
+
+
+NODE_KINDS = ("lorsa", "transcoder")  # what --target-node names
+
+
+def node_spec(spec: str) -> tuple[str, int, int, int]:
+    """``--target-node``'s KIND:LAYER:POS:INDEX read (the syntax alone: whether the model has
+    that node is checked once it is loaded)."""
+    parts = spec.split(":")
+    # whole numbers as written: int() would also read "1_0" as 10
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts[1:]):
+        raise UserError(f"--target-node {spec!r}: expected KIND:LAYER:POS:INDEX")
+    if parts[0] not in NODE_KINDS:
+        raise UserError(f"--target-node {spec!r}: the kind must be one of {', '.join(NODE_KINDS)}")
+    return parts[0], int(parts[1]), int(parts[2]), int(parts[3])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,12 +44,18 @@ def promoted(graph: Graph, i: int) -> list[str]:
     return [repr(graph.token(t)) for t in graph.promotes[i].tolist() if t >= 0]
 
 
+def probability(p: float) -> str:
+    """A probability for people: three decimals, or two significant figures below 0.001
+    (``p=0.000`` hid the one number a contrastive target's reader needs: ``2.1e-07``)."""
+    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.2g}"
+
+
 def logit_text(graph: Graph, i: int) -> tuple[str, str]:
     """A logit node's (tokens, value) texts: ``("' Julia'", "p=0.997")`` or
     ``("' Mary' - ' Tom'", "= 2.554")``."""
     record = graph.logit_record(i)
     if record.negative is None:
-        return repr(graph.token(record.token)), f"p={record.probability:.3f}"
+        return repr(graph.token(record.token)), f"p={probability(record.probability)}"
     pair = f"{graph.token(record.token)!r} - {graph.token(record.negative)!r}"
     return pair, f"= {float(graph.value[i]):.3f}"
 

@@ -35,6 +35,8 @@ from circuits.mechanism_file import (
 from circuits.mechanisms import RATIO, TOLERANCE, named_token_terms
 from circuits.nodes import Kind, node_words
 
+from .labels import probability
+
 P_MOVED, P_SHARE = 0.005, 0.05  # a probability change below both (P_SHARE of p) is none
 PAIRS_SHOWN = 3  # a reason's unit pairs and root terms of each list on every summary page
 LITTLE = 0.05  # an attention change below this in a token check is "little change"
@@ -43,7 +45,13 @@ ROUNDING = 1e-9  # a part this small against the whole it is part of is float ro
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
 PREDICTING = "predicting heads (the largest mover from another position)"
 HEAD_TARGET = "heads at the key it reads (the largest mover from another position)"
-NO_MOVER = "no head group there moves a positive flow from another position; the largest"
+NO_MOVER = (
+    "no head group there moves a positive flow from another token (BOS and the "
+    "position itself aside); the largest"
+)
+# Before ``qk_sources_text``: its candidates are head groups (a feature group at the query or
+# the key, the MLP there, can take the attention lower still: it rewrites that position whole)
+QK_SOURCES = "its QK score written most by (of the head groups)"
 ATTENTION_AFTER = "with it ablated (attention free)"  # before a group's ``attention_checks``
 
 
@@ -161,7 +169,7 @@ def probability_text(t: TargetRecord) -> str:
     if t.probability is None:
         return "(pre-activation)"
     of = f" for {t.token!r}" if t.negative is not None else ""
-    return f"(p={t.probability:.3f}{of})"
+    return f"(p={probability(t.probability)}{of})"
 
 
 def after_text(
@@ -588,9 +596,11 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
     out = []
     for g, w in summary.qk_sources(key):
         after = g.attention_of(key)
+        weighed = "" if after is None or len(after.qk_heads) < 2 else \
+            f" (its {len(after.qk_heads)} QK heads by flow)"  # fmt: skip
         tested = "" if after is None else (
             f", ablated: attention {attention_text(after.mean_before)} -> "
-            f"{attention_text(after.mean_free)}"
+            f"{attention_text(after.mean_free)}{weighed}"
         )  # fmt: skip
         out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
     return "; ".join(out)
@@ -671,8 +681,8 @@ def format_summary(
     for t in summary.targets:
         head = f"target {t.label} = {t.value:.3g} {probability_text(t)}"
         if t.runner_up is not None:
-            head += f"; {rival_word(t)} {t.runner_up!r} p={t.runner_up_probability:.3f}, " \
-                    f"margin {_signed(t.margin)}"  # fmt: skip
+            rival = probability(t.runner_up_probability)
+            head += f"; {rival_word(t)} {t.runner_up!r} p={rival}, margin {_signed(t.margin)}"
         lines.append(head)
         consts = ", ".join(f"{name} {_signed(v)}" for name, v in t.constants_by_source[:4])
         more = len(t.constants_by_source) - 4
@@ -693,7 +703,7 @@ def format_summary(
             if flagged := flagged_text(g, t, summary.tolerance):
                 lines.append(f"    {flagged}")
             if sources := qk_sources_text(summary, g.key):
-                lines.append(f"    its QK score written most by: {sources}")
+                lines.append(f"    {QK_SOURCES}: {sources}")
             elif none := no_sources_text(g, summary):
                 lines.append(f"    {none}")
             if moved_text(t):
@@ -866,8 +876,9 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         consts = f" ({consts})" if consts else ""
         runner = ""
         if t.runner_up is not None:
-            runner = (f"; {rival_word(t)} {_esc(repr(t.runner_up))} "
-                      f"(p={t.runner_up_probability:.3f}), margin {_span(t.margin)}")  # fmt: skip
+            rival = probability(t.runner_up_probability)
+            runner = (f"; {rival_word(t)} {_esc(repr(t.runner_up))} (p={rival}), "
+                      f"margin {_span(t.margin)}")  # fmt: skip
         parts.append(
             f"<h3>Target {_esc(target_names[t.node])} = {t.value:.4g} "
             + _esc(probability_text(t))
@@ -889,7 +900,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             if flagged:
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
             if sources := qk_sources_text(summary, t.predicting_group):
-                parts.append(f"<p>its QK score written most by: {_esc(sources)}</p>")
+                parts.append(f"<p>{QK_SOURCES}: {_esc(sources)}</p>")
             elif none := no_sources_text(summary.group(t.predicting_group), summary):
                 parts.append(f"<p>{_esc(none)}</p>")
             if moved_text(t):

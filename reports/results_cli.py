@@ -46,7 +46,9 @@ def render_results(
         written = write(results, out)
     except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
         # nothing written yet (ArithmeticError: a number too large for a figure)
-        raise UserError(f"--json {args.json}: not {what} ({exc!r})") from None
+        # the message, not its repr (``ValueError('...')`` with escaped quotes read as a crash)
+        problem = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise UserError(f"--json {args.json}: not {what} ({problem})") from None
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -180,6 +180,14 @@ def qk_refs(graph: Graph) -> dict[str, dict]:
     return refs
 
 
+def _qk_sources_line(summary, key: str | None) -> str | None:
+    """The predicting group's QK sources line, as the text prints it (``QK_SOURCES``)."""
+    from .mechanisms import QK_SOURCES, qk_sources_text
+
+    sources = qk_sources_text(summary, key) if key else ""
+    return f"{QK_SOURCES}: {sources}" if sources else None
+
+
 def _reason_panel(r, summary) -> dict:
     """A summary's ``QKReasonRecord`` as the panel lists it under a group or a head target."""
     from .mechanisms import PAIRS_SHOWN, ref_text, root_text, token_checks_text, unit_pairs
@@ -213,7 +221,6 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         moved_text,
         own_token_text,
         predicting_heading,
-        qk_sources_text,
         reads_text,
         summary_for,
         writes_qk_text,
@@ -241,8 +248,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "flagged": (flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
                          or None)
              if t.predicting_group else None,
-             "qkSources": (qk_sources_text(summary, t.predicting_group) or None)
-             if t.predicting_group else None,
+             "qkSources": _qk_sources_line(summary, t.predicting_group),
              "qk": [_reason_panel(r, summary) for r in t.qk]}
             for t in summary.targets
         ],

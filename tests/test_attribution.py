@@ -776,6 +776,58 @@ def test_intervene_reads_attention_after_the_edit_and_refuses_reads_outside(grap
         assert "\n" not in str(info.value)
 
 
+def test_intervene_many_gives_each_sets_own_rerun(graph, replacement, tokens, monkeypatch):
+    """``intervene_many`` reruns several edit sets in batches, each row apart from the others:
+    every result is ``intervene``'s for its set alone (logits, prediction, attention reads),
+    for every kind of source edited (a head, a feature, an error, a token, a bias node, two at
+    once), frozen or free, across batch boundaries. Bad batches are one line."""
+    from circuits import interventions as iv
+
+    with_biases = attribute(replacement, tokens, mode=graph.mode, max_logits=3, constants=True)
+    ids = with_biases.ids
+    first = {k: ids[int(with_biases.is_kind(k).nonzero()[-1])]
+             for k in ("lorsa", "transcoder", "embedding", "bias")}  # fmt: skip
+    sets = [
+        [Intervention(first["lorsa"])],
+        [Intervention(first["transcoder"], "clamp", 2.0)],
+        [Intervention(first["embedding"], "scale", 0.5)],
+        [Intervention(first["bias"])],
+        [Intervention(first["lorsa"]), Intervention(first["transcoder"], "scale", 3.0)],
+    ]
+    if with_biases.is_kind("error").any():
+        sets.append([Intervention(ids[int(with_biases.is_kind("error").nonzero()[0])], "scale",
+                                  0.0)])  # fmt: skip
+    n = len(with_biases.tokens)
+    reads = [(1, 0, n - 1, 0), (1, 1, n - 1, n - 2), (0, 0, 2, 1)]
+    monkeypatch.setattr(iv, "INTERVENTION_BATCH", 2)  # batches of two: their edges crossed
+    for freezes in (
+        {},
+        {"freeze_attention": False, "freeze_errors": False},
+        {"freeze_attention": False, "freeze_layernorm": iv.FINAL_LAYERNORM},
+    ):
+        many = iv.intervene_many(replacement, with_biases, sets, attention_reads=reads, **freezes)
+        assert len(many) == len(sets)
+        for edits, got in zip(sets, many, strict=True):
+            alone = intervene(replacement, with_biases, edits, attention_reads=reads, **freezes)
+            assert got.targets == alone.targets
+            torch.testing.assert_close(got.predicted, alone.predicted)
+            torch.testing.assert_close(got.actual, alone.actual, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(got.logits, alone.logits, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(got.attention, alone.attention, atol=1e-6, rtol=1e-5)
+    # the rows differ: one set's edit does not leak into the next row
+    assert not torch.allclose(many[0].actual, many[1].actual)
+    for bad, message in (
+        (sets[0], "interventions must be a list of Intervention: pass [the intervention]"),
+        ("x", "edit_sets must be a list of lists of Intervention, got a str"),
+        ([], "no interventions given"),
+        ([sets[0], []], "no interventions given"),
+    ):
+        with pytest.raises((TypeError, ValueError), match=f"^{re.escape(message)}"):
+            iv.intervene_many(replacement, with_biases, bad)
+    with pytest.raises(ValueError, match="^predicted must be None or one prediction"):
+        iv.intervene_many(replacement, with_biases, sets, predicted=[None])
+
+
 def test_intervene_refuses_a_pruned_graph_and_predict_takes_one(graph, replacement, tokens):
     """Found by a fuzz pass: on a pruned graph ``intervene`` returned a prediction that covered
     only the kept edges, unlike the full graph's, without a word. Refused, as is a graph with

@@ -985,11 +985,19 @@ def test_the_default_statistics_file_is_named_by_what_it_is_bound_to(replacement
 def test_the_trace_knows_every_output_name_of_the_reports():
     from circuits import trace
     from reports.feature_files import FEATURES_DIR
-    from reports.outputs import FULL_GRAPH_FILE, GRAPH_FILE, MECHANISMS_FILE, STAGING_DIR, is_output
+    from reports.outputs import (
+        FULL_GRAPH_FILE,
+        GRAPH_FILE,
+        MECHANISMS_FILE,
+        STAGING_DIR,
+        STAGING_MARK,
+        is_output,
+    )  # fmt: skip
 
     assert set(trace.OUTPUT_FILES) == {FULL_GRAPH_FILE, MECHANISMS_FILE}
     assert trace.MECHANISMS_FILE == MECHANISMS_FILE
     assert set(trace.OUTPUT_DIRS) == {FEATURES_DIR, STAGING_DIR}
+    assert trace.OUTPUT_DIRS[1] == STAGING_DIR and trace.STAGING_MARK == STAGING_MARK
     assert GRAPH_FILE.startswith("graph")
     assert all(is_output(name) for name in (*trace.OUTPUT_FILES, FEATURES_DIR, GRAPH_FILE))
 

@@ -164,6 +164,21 @@ FORGED = {
     "a marginal id that names nothing": (
         None, _qk_record(key_marginals=[["E_4_01", 1.0]]), "qk.key_marginals",
     ),
+    # the sums behind the "exact" claims (a reviewer's forged files, checksum recomputed)
+    "qk pairs and rest that are not the score": (
+        None, _qk_record(score=30.0), "qk.pairs: its pairs plus rest are not its score",
+    ),
+    "every qk pair ten times": (
+        None, lambda h: [r.update(pairs=[[a, b, 10 * v] for a, b, v in r["pairs"]])
+                         for r in h["qk"]], "qk.pairs: its pairs plus rest",
+    ),
+    "a value that is not the activation": (
+        _set("value", lambda t: t * 3), None, "value: a head's, feature's or logit's value is not",
+    ),
+    "negative influence": (_set("influence", lambda t: -t - 1), None, "influence: negative"),
+    "a graph without the setting that says it was pruned": (
+        None, lambda h: h["settings"].pop("unpruned"), "edges: a full graph's incoming edges",
+    ),
 }  # fmt: skip
 
 
@@ -174,6 +189,43 @@ def test_forged_files_with_a_valid_checksum_are_refused(tmp_path, case):
     bad = craft(tmp_path, edit_tensors, edit_header)
     with pytest.raises(GraphFileError, match=field):
         Graph.load(bad)
+
+
+def test_a_qk_reason_must_close(tmp_path):
+    """A QK reason's four parts make the score and its pairs plus rest the specific part; a
+    prompt's full graph (a trace's, unpruned) loads back, and with one edge doubled it is
+    refused: its rows no longer close."""
+    from circuits.graph import QKPair, QKReason
+
+    graph = make_graph()
+    a = graph.qk[2]  # score -1.0
+    for parts, pairs_rest, field in (
+        ((0.0, 0.0, 0.0, 1.0), 0.0, "its four parts"),
+        ((-2.0, 0.0, 0.0, 1.0), 0.5, "plus rest are not the spec"),
+    ):
+        a.reason = QKReason(*parts, [QKPair("E_9", "0_bias_1", 1.0)], pairs_rest, 0.0, [], [])
+        with pytest.raises(GraphFileError, match=field):
+            graph.save(tmp_path / "g.safetensors")
+
+
+def test_a_full_graph_closes_or_is_refused(tmp_path, random_model, make_replacement):
+    """A prompt's full graph (``attribute``'s, no ``unpruned`` setting) loads back; with one
+    edge doubled and its checksum recomputed it is refused: its rows no longer close."""
+    from circuits.attribution import attribute
+
+    replacement = make_replacement(random_model)
+    full = attribute(replacement, torch.tensor([1, 5, 9, 3, 7]), mode="local", max_logits=2)
+    assert "unpruned" not in full.settings
+    path = tmp_path / "full.safetensors"
+    full.save(path)
+    assert Graph.load(path).n_edges == full.n_edges
+    header, tensors = read(path)
+    tensors["edges.data"] = tensors["edges.data"].clone()
+    tensors["edges.data"][int(tensors["edges.data"].abs().argmax())] *= 2
+    header["sha256"] = content_sha256(tensors, header)
+    save_file(tensors, str(path), metadata={"graph": json.dumps(header)})
+    with pytest.raises(GraphFileError, match="a full graph's incoming edges plus bias"):
+        Graph.load(path)
 
 
 def test_a_logit_difference_of_a_token_with_itself_is_refused(tmp_path):
@@ -222,7 +274,7 @@ def test_qk_ids_of_every_form_a_trace_writes_load_back(tmp_path):
     graph = make_graph()
     a = graph.qk[2]  # layer 1, query 3, key 1
     a.contrast, a.contrast_pairs = 1.0, [QKPair("1_99_3", "1_17", 0.5), QKPair(None, "bias", 0.5)]
-    a.reason = QKReason(0.0, 0.0, 0.0, 1.0, [QKPair("E_9", "0_bias_1", 1.0)], 0.0, 0.0,
+    a.reason = QKReason(-2.0, 0.0, 0.0, 1.0, [QKPair("E_9", "0_bias_1", 1.0)], 0.0, 0.0,
                         [("0_-1_3", 1.0), (None, 0.5)], [("E_4", 1.0)])  # fmt: skip
     graph.save(tmp_path / "g.safetensors")
     back = Graph.load(tmp_path / "g.safetensors").qk[2]

@@ -37,7 +37,7 @@ from circuits.nodes import Kind
 from circuits.prune import prune_graph
 from circuits.qk import QKSides, qk_attribution
 from reports.html import html_page
-from reports.mechanisms import format_summary, mechanisms_html
+from reports.mechanisms import QK_SOURCES, format_summary, mechanisms_html
 
 MODES = ("local", "sparse")
 
@@ -1296,7 +1296,7 @@ def _check_qk_sources(summary, graph, replacement) -> int:
     from reports.mechanisms import no_sources_text
 
     text = format_summary(summary)
-    assert not roles or "its QK score written most by: " in text
+    assert not roles or f"{QK_SOURCES}: " in text
     for g in summary.groups:
         for w in g.writes_qk:
             r = summary.group(w.group).qk[0]
@@ -1961,7 +1961,7 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replac
     assert "the heads there bring" in text and "; their constant terms" in text
     assert "brings " in text  # each head group: the keys its flow comes from
     # the predicting group's QK sources, each with what its ablation does to the attention
-    assert "its QK score written most by: " in text and ", ablated: attention " in text
+    assert f"{QK_SOURCES}: " in text and ", ablated: attention " in text
     assert "writes the key side of " in text and "with it ablated (attention free): " in text
     # the summary's groups are the first supernodes, a flagged one marked on its box
     present = set(graph.ids)

@@ -123,3 +123,18 @@ def test_finite_numbers_from_json_never_overflow():
         True, True, True, False, False, False, False, False, False, False]  # fmt: skip
     with pytest.raises(ValueError, match="ln_eps must be finite and positive, got 1000"):
         config_from_dict(ModelConfig, {"ln_eps": 10**400})
+
+
+def test_to_plain_is_asdict_without_the_copies():
+    """``to_plain`` (what ``MechanismSummary.to_dict`` uses) gives what ``dataclasses.asdict``
+    gives, tuples kept, and reads back to the same record."""
+    from dataclasses import asdict
+
+    from toy_models.records import to_plain
+
+    record = from_json(Outer, GOOD)
+    plain = to_plain(record)
+    assert plain == asdict(record) and isinstance(plain["pair"], tuple)
+    assert from_json(Outer, parse_json(__import__("json").dumps(plain))) == record
+    assert to_plain([record, (1, "a"), {"k": record}]) == [asdict(record), (1, "a"),
+                                                           {"k": asdict(record)}]  # fmt: skip

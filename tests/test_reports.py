@@ -641,3 +641,13 @@ def test_a_grouped_view_and_odd_counts_are_refused_in_one_line(tmp_path, graph):
     assert not path.exists() and not list(tmp_path.glob("r*"))
     assert layout.select(graph, max_nodes=2, max_edges=3).n_nodes == graph.n_nodes
     assert feature_number(2, 1) == 7
+
+
+def test_a_small_probability_keeps_its_figures():
+    """A reviewer's: ``--target ' Julia'`` printed ``p=0.000``, hiding the number a
+    contrastive target's reader needs."""
+    from reports.labels import probability
+
+    assert [probability(p) for p in (0.9914, 0.0012, 2.13e-07, 0.0)] == [
+        "0.991", "0.001", "2.1e-07", "0.000"
+    ]  # fmt: skip

@@ -320,7 +320,10 @@ def test_the_last_position_never_trains(tiny_run):
             "--no-dashboards turns off: drop one",
         ),
         (["--prompt", PROMPT, "--checks", "--no-mechanisms"], "--no-mechanisms turns off"),
-        (["--prompt", PROMPT, "--no-checks", "--no-mechanisms"], "--no-mechanisms turns off"),
+        (
+            ["--prompt", PROMPT, "--no-checks", "--no-mechanisms"],  # the flag as given
+            "--no-checks sets the summary's ablation checks that --no-mechanisms turns off",
+        ),
         (
             ["--prompt", PROMPT, "--dashboard-rows", "64", "--no-dashboards"],
             "--dashboard-rows sets the dashboards --no-dashboards turns off",
@@ -460,6 +463,33 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, ca
     assert code == 2 and "dangling symbolic link" in err and err.count("\n") == 1
     code, _, err = trace(capsys, "--prompt", PROMPT, "--out", "/proc/sparse-circuits-test")
     assert code == 2 and "kernel file system" in err
+
+
+def test_a_users_staging_folder_and_a_bad_target_node_are_refused_before_the_work(
+    tmp_path, capsys, monkeypatch
+):
+    """A reviewer's: a user's ``--out/.writing`` folder was refused only after the whole run
+    (its summary printed, then nothing written), and ``--target-node`` syntax only after the
+    model loaded. Both now before anything loads (loading is made to fail here), the folder
+    kept."""
+    import replacement.model
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(replacement.model, "load_pretrained", no_loading)
+    out = tmp_path / "out"
+    (out / ".writing").mkdir(parents=True)
+    (out / ".writing" / "notes.txt").write_text("mine")
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out))
+    assert code == 2 and err.count("\n") == 1 and ".writing is in the way" in err and not stdout
+    assert (out / ".writing" / "notes.txt").read_text() == "mine"
+    for spec, message in (("lorsa:1:x:0", "expected KIND:LAYER:POS:INDEX"),
+                          ("lorsa:1:2", "expected KIND:LAYER:POS:INDEX"),
+                          ("head:1:2:3", "the kind must be one of lorsa, transcoder")):  # fmt: skip
+        code, _, err = trace(capsys, "--prompt", PROMPT, "--target-node", spec,
+                             "--out", str(tmp_path / "never"))  # fmt: skip
+        assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path, capsys, monkeypatch):

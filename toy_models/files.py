@@ -176,9 +176,9 @@ def fresh_directory(path: Path, mark: str | None = None) -> Iterator[Path]:
     is removed only when it is a directory holding that file, as written here (a run cut short
     left it); anything else there is refused as in the way, untouched. Removing whatever
     stood there lost a user's ``--out/.writing/`` folder, exit 0 (found by fuzz pass 13)."""
-    if mark is not None and os.path.lexists(path) and not _is_marked(path, mark):
-        reason = "in the way: a run's staging directory goes there, and this is not one a run left"
-        raise WriteError(errno.EEXIST, f"{reason}; move it away", str(path))
+    reason = None if mark is None else staging_in_the_way(path, mark)
+    if reason:
+        raise WriteError(errno.EEXIST, reason, str(path))
     _remove(path)
     try:
         path.mkdir(parents=True)
@@ -191,6 +191,17 @@ def fresh_directory(path: Path, mark: str | None = None) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def staging_in_the_way(path: Path, mark: str) -> str | None:
+    """Why ``fresh_directory(path, mark)`` would refuse what stands at ``path`` (anything but
+    a staging directory a run left), or None: for the CLIs' checks before any work, so that a
+    user's ``--out/.writing/`` is refused at once, not after the whole run (a reviewer's trace
+    printed its summary for 18 s, then was refused)."""
+    if os.path.lexists(path) and not _is_marked(path, mark):
+        return ("in the way: a run's staging directory goes there, and this is not one a run "
+                "left; move it away")  # fmt: skip
+    return None
 
 
 def _is_marked(path: Path, mark: str) -> bool:

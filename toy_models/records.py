@@ -81,65 +81,154 @@ def _fail(where: str, expected: str, value) -> typing.NoReturn:
     raise ValueError(f"{where}: expected {expected}, got {shown[:60]}")
 
 
+# A field's place in the record, built only when a message names it: (parent, ".name" or
+# "[i]"), or the record's own name at the root. Reading a summary of 1e5 values made a string
+# per value before (most of ``checked_summary``'s time).
+_Path = str | tuple
+
+
+def _where(path: _Path) -> str:
+    parts = []
+    while isinstance(path, tuple):
+        path, part = path
+        parts.append(part if isinstance(part, str) else f"[{part}]")
+    return path + "".join(reversed(parts))
+
+
+def to_plain(record):
+    """``record`` (a dataclass, or lists, tuples and dicts of them) as plain lists, tuples and
+    dicts, as ``dataclasses.asdict`` gives it, without its deep copy of every leaf (numbers
+    and strings need none; anything else is left as it is, for ``json.dumps`` to refuse)."""
+    if type(record) in _PLAIN:
+        return record
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: to_plain(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, list):
+        return [to_plain(x) for x in record]
+    if isinstance(record, tuple) and not hasattr(record, "_fields"):  # not a named tuple
+        return tuple(to_plain(x) for x in record)
+    if isinstance(record, dict):
+        return {k: to_plain(v) for k, v in record.items()}
+    return record
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def from_json(tp, value, where: str = "record"):
     """``value`` (parsed JSON) as an instance of the type ``tp`` (module docstring)."""
+    return _reader(tp)(value, where)
+
+
+@cache
+def _reader(tp) -> typing.Callable[[typing.Any, _Path], typing.Any]:
+    """The function that reads JSON values as ``tp``, made once per type (``from_json``)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Annotated:
         bounds = next((m for m in args[1:] if isinstance(m, Bounds)), Bounds())
-        if bounds.nan and isinstance(value, float) and math.isnan(value):
+        inner = _reader(args[0])
+
+        def bounded(value, path):
+            if bounds.nan and isinstance(value, float) and math.isnan(value):
+                return value
+            value = inner(value, path)
+            low, high = bounds.low, bounds.high
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds.check(value, _where(path))
             return value
-        return bounds.check(from_json(args[0], value, where), where)
+
+        return bounded
     if dataclasses.is_dataclass(tp):
-        return _dataclass(tp, value, where)
+        return _dataclass_reader(tp)
     if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
         rest = [a for a in args if a is not type(None)]
         if len(rest) != 1:
-            raise TypeError(f"{where}: unions other than X | None are not supported: {tp}")
-        return from_json(rest[0], value, where)
+            return _unreadable(f"unions other than X | None are not supported: {tp}")
+        inner = _reader(rest[0])
+        return lambda value, path: None if value is None else inner(value, path)
     if tp is str:
-        return value if isinstance(value, str) else _fail(where, "a string", value)
+        return lambda v, path: v if isinstance(v, str) else _fail(_where(path), "a string", v)
     if tp is bool:
-        return value if isinstance(value, bool) else _fail(where, "true or false", value)
+        return lambda v, path: v if isinstance(v, bool) else _fail(_where(path), "true or false", v)
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        _fail(where, "an integer", value)
+
+        def integer(value, path):
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            _fail(_where(path), "an integer", value)
+
+        return integer
     if tp is float:
-        if is_finite_number(value):
-            return float(value)
-        _fail(where, "a finite number", value)
+
+        def number(value, path):
+            if type(value) is float and math.isfinite(value):  # the common case, first
+                return value
+            if is_finite_number(value):
+                return float(value)
+            _fail(_where(path), "a finite number", value)
+
+        return number
     if tp is dict:
-        return value if isinstance(value, dict) else _fail(where, "a JSON object", value)
+        return lambda v, path: v if isinstance(v, dict) else _fail(_where(path), "a JSON object", v)
     if origin is list:
-        if not isinstance(value, list):
-            _fail(where, "a list", value)
-        return [from_json(args[0], x, f"{where}[{i}]") for i, x in enumerate(value)]
+        item = _reader(args[0])
+
+        def items(value, path):
+            if not isinstance(value, list):
+                _fail(_where(path), "a list", value)
+            return [item(x, (path, i)) for i, x in enumerate(value)]
+
+        return items
     if origin is tuple:
-        if not isinstance(value, list) or len(value) != len(args):
-            _fail(where, f"a list of {len(args)}", value)
-        pairs = enumerate(zip(args, value, strict=True))
-        return tuple(from_json(a, x, f"{where}[{i}]") for i, (a, x) in pairs)
+        readers = [_reader(a) for a in args]
+
+        def fixed(value, path):
+            if not isinstance(value, list) or len(value) != len(readers):
+                _fail(_where(path), f"a list of {len(readers)}", value)
+            pairs = enumerate(zip(readers, value, strict=True))
+            return tuple(r(x, (path, i)) for i, (r, x) in pairs)
+
+        return fixed
     if origin is dict:
-        if not isinstance(value, dict):
-            _fail(where, "a JSON object", value)
-        return {k: from_json(args[1], x, f"{where}.{k}") for k, x in value.items()}
-    raise TypeError(f"{where}: no JSON reading for type {tp}")
+        item = _reader(args[1])
+
+        def mapping(value, path):
+            if not isinstance(value, dict):
+                _fail(_where(path), "a JSON object", value)
+            return {k: item(x, (path, f".{k}")) for k, x in value.items()}
+
+        return mapping
+    return _unreadable(f"no JSON reading for type {tp}")
 
 
-def _dataclass(cls, value, where: str):
-    if not isinstance(value, dict):
-        _fail(where, f"a JSON object ({cls.__name__})", value)
+def _unreadable(problem: str):
+    """A reader for a type ``from_json`` cannot read: a TypeError (the record's definition is
+    wrong, not the data) naming where it was met."""
+
+    def refuse(value, path):
+        raise TypeError(f"{_where(path)}: {problem}")
+
+    return refuse
+
+
+def _dataclass_reader(cls):
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown[:5]}")
-    out = {}
-    for name, f in fields.items():
-        if name in value:
-            out[name] = from_json(hints[name], value[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ValueError(f"{where}: missing key {name!r}")
-    return cls(**out)
+    fields = [(f.name, f".{f.name}", _reader(hints[f.name]),
+               f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+              for f in dataclasses.fields(cls) if f.init]  # fmt: skip
+    known = {name for name, *_ in fields}
+
+    def read(value, path):
+        if not isinstance(value, dict):
+            _fail(_where(path), f"a JSON object ({cls.__name__})", value)
+        if not known.issuperset(value):
+            raise ValueError(f"{_where(path)}: unknown keys {sorted(set(value) - known)[:5]}")
+        out = {}
+        for name, part, reader, required in fields:
+            if name in value:
+                out[name] = reader(value[name], (path, part))
+            elif required:
+                raise ValueError(f"{_where(path)}: missing key {name!r}")
+        return cls(**out)
+
+    return read

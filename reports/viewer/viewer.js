@@ -969,7 +969,7 @@
       if (t.predicting) {
         out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}`));
         if (t.flagged) out.push(el("p", { class: "neg flagged" }, t.flagged));
-        if (t.qkSources) out.push(el("p", { class: "qk-sources" }, "its QK score written most by: " + t.qkSources));
+        if (t.qkSources) out.push(el("p", { class: "qk-sources" }, t.qkSources));
       }
       if (t.moved) out.push(el("p", { class: "muted" }, t.moved));
       if (t.next && t.next.length) {

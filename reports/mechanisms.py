@@ -140,6 +140,22 @@ def predicting_heading(g: GroupRecord, t: TargetRecord) -> str:
     return PREDICTING if moves else NO_MOVER
 
 
+SPREAD = 0.5  # below this share of its flow from the key it is named for, a group reads more
+
+
+def spread_text(g: GroupRecord, node: str) -> str:
+    """For a head group named for one key (``attends``) whose flow into target ``node`` comes
+    mostly from other keys (its ``carried`` shares), how little that key brings: its name
+    says less than it seems (a reviewer's "largest mover" read ' blue' at attention 0.16, and
+    an "all commas" group was named for one comma). Empty otherwise."""
+    flow = g.flow.get(node, 0.0)
+    named = next((x for x in g.carried.get(node, []) if x.pos == g.attends), None)
+    if g.attends is None or flow <= 0 or named is None or named.flow >= SPREAD * flow:
+        return ""
+    return (f"{named.token!r}@{named.pos} brings {_signed(named.flow)} of it: the rest comes from "
+            "other keys")  # fmt: skip
+
+
 def _signed(x: float | None, whole: float = 0.0) -> str:
     """``x`` signed to 3 digits; ``0`` where it is float rounding against ``whole`` (a sum of
     parts that are exactly zero in exact arithmetic comes out as 1e-16, not 0)."""
@@ -698,8 +714,11 @@ def format_summary(
             g = names[t.predicting_group]
             if own := own_token_text(t, g.pos):
                 lines.append(f"  {own}")
-            lines.append(f"  {predicting_heading(g, t)}: {short(g.key)}, flow "
-                         f"{_signed(g.flow[t.node])}")  # fmt: skip
+            spread = spread_text(g, t.node)
+            lines.append(
+                f"  {predicting_heading(g, t)}: {short(g.key)}, flow "
+                f"{_signed(g.flow[t.node])}" + (f" ({spread})" if spread else "")
+            )
             if flagged := flagged_text(g, t, summary.tolerance):
                 lines.append(f"    {flagged}")
             if sources := qk_sources_text(summary, g.key):
@@ -894,8 +913,10 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             own = own_token_text(t, summary.group(t.predicting_group).pos)
             if own:
                 parts.append(f"<p>{_esc(own)}</p>")
+            spread = spread_text(summary.group(t.predicting_group), t.node)
+            spread = f" ({_esc(spread)})" if spread else ""
             parts.append(f"<p>{heading}: <b>{_esc(t.predicting_group)}</b> "
-                         f"{_esc(names[t.predicting_group])}</p>")  # fmt: skip
+                         f"{_esc(names[t.predicting_group])}{spread}</p>")  # fmt: skip
             flagged = flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
             if flagged:
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')

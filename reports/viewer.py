@@ -222,6 +222,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         own_token_text,
         predicting_heading,
         reads_text,
+        spread_text,
         summary_for,
         writes_qk_text,
     )
@@ -238,6 +239,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
              "predictingLabel": None if t.predicting_group is None else
                  predicting_heading(summary.group(t.predicting_group), t),
+             "spread": (spread_text(summary.group(t.predicting_group), t.node) or None)
+             if t.predicting_group else None,
              "byPosition": [{"pos": x.pos, "token": x.token, "flow": _num(x.flow)}
                             for x in t.tokens_by_position[:TOKEN_SHARES]],
              "morePositions": max(0, len(t.tokens_by_position) - TOKEN_SHARES),

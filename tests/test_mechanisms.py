@@ -484,6 +484,27 @@ def test_the_summary_says_when_the_current_token_carries_the_most():
     assert own_token_text(t, 4) == ""  # nothing to carry: the tokens work against it
 
 
+def test_a_group_named_for_a_key_that_brings_little_says_so():
+    """A reviewer's: a head group is named for the key its heads read most, and a diffuse one
+    (attention 0.16 at ' blue') was printed as "the largest mover" by that name alone. Where
+    the named key brings under half the group's flow into the target (its ``carried``
+    shares), the line says how much; never otherwise."""
+    from circuits.mechanism_file import GroupRecord, TokenShare
+    from reports.mechanisms import spread_text
+
+    g = GroupRecord("g0", "L0 2 heads @10 -> ' blue'@2", "lorsa", 0, 10, 2, " blue", [3], None,
+                    ["0_5_10"], [], {"logit_0": 1.47})  # fmt: skip
+    g.carried["logit_0"] = [TokenShare(2, " blue", 0.468), TokenShare(3, " lamp", 0.37)]
+    assert spread_text(g, "logit_0") == (
+        "' blue'@2 brings +0.468 of it: the rest comes from other keys"
+    )
+    g.carried["logit_0"][0] = TokenShare(2, " blue", 0.9)
+    assert spread_text(g, "logit_0") == ""  # the named key brings most of it
+    g.flow["logit_0"] = -1.47
+    assert spread_text(g, "logit_0") == ""  # a flow against the target: no share to speak of
+    assert spread_text(g, "logit_1") == ""  # no flow into that target
+
+
 def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run):
     """A head's value comes from its keys through its frozen pattern, not from its query: its
     head groups and moved flows are those at the key it reads (``reads``), and its own QK

@@ -967,7 +967,7 @@
       if (t.reads) out.push(el("p", { class: "reads" }, t.reads), ...(t.qk || []).flatMap(reasonLines));
       if (t.own) out.push(el("p", {}, t.own));
       if (t.predicting) {
-        out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}`));
+        out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}` + (t.spread ? ` (${t.spread})` : "")));
         if (t.flagged) out.push(el("p", { class: "neg flagged" }, t.flagged));
         if (t.qkSources) out.push(el("p", { class: "qk-sources" }, t.qkSources));
       }

@@ -66,12 +66,13 @@ MEASURE = """(async () => {
 
 
 def trace_page(model: str, out: Path) -> tuple[Path, dict]:
-    """Trace the first full-n_ctx held-out prompt; the page and what the trace reported."""
+    """Trace the first held-out prompt as long as the model was trained on (its
+    ``trained_positions``); the page and what the trace reported."""
     from benchmarks.trace_limits import full_context_prompt
     from toy_models.zoo import load_pretrained
 
     toy, tokenizer = load_pretrained(model)
-    prompt = full_context_prompt(tokenizer, toy.cfg.n_ctx, offset=0)
+    prompt = full_context_prompt(tokenizer, toy.trained_positions, offset=0)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "circuits.trace", "--prompt", prompt, "--model", model,

@@ -882,8 +882,9 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     by_node = {t.node: t for t in summary.targets}
     parts = [
         '<div class="mech">',
-        "<p>Groups are heads (same block, query position and key) and features (same block, "
-        "position and concept) read as one; a <em>flow</em> is a group's exact total linear "
+        "<p>Groups are heads (same block, query position and key) and features (same block "
+        "and position, and the same concept label where one fits) read as one; a <em>flow</em> "
+        "is a group's exact total linear "
         "contribution to the target through every path. Checks ablate a group and compare the "
         f"graph's prediction with the model rerun, {_esc(frozen_words(summary.mode))} and "
         f"{_esc(free_words(summary.mode))}: flagged rows (sign differs, or more "

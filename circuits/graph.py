@@ -388,8 +388,15 @@ class Graph:
         qk_keys = self._qk_keys(keep)
         logit_nodes = (self.kind == Kind.LOGIT).nonzero().squeeze(1).tolist()
         kept_logits = set(idx[self.kind[keep].numpy() == Kind.LOGIT].tolist())
+        settings = self.settings
+        if edges is not None or len(idx) < self.n_nodes:  # no longer every node and edge:
+            # say so (``unpruned``, the whole graph's size), as ``prune_graph`` does, or its
+            # file would be read as a full graph, whose rows must close
+            whole = {"nodes": self.n_nodes, "edges": self.n_edges}
+            settings = {**settings, "unpruned": settings.get("unpruned", whole)}
         return replace(
             self,
+            settings=settings,
             kind=self.kind[keep],
             stage=self.stage[keep],
             pos=self.pos[keep],

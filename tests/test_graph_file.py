@@ -219,6 +219,12 @@ def test_a_full_graph_closes_or_is_refused(tmp_path, random_model, make_replacem
     path = tmp_path / "full.safetensors"
     full.save(path)
     assert Graph.load(path).n_edges == full.n_edges
+    # a subgraph holds fewer nodes: marked as such (as prune_graph marks), it saves and loads
+    part = full.subgraph(list(range(0, full.n_nodes, 2)))
+    assert part.settings["unpruned"] == {"nodes": full.n_nodes, "edges": full.n_edges}
+    part.save(tmp_path / "part.safetensors")
+    assert Graph.load(tmp_path / "part.safetensors").n_nodes == part.n_nodes
+    assert "unpruned" not in full.subgraph(list(range(full.n_nodes))).settings  # all of it
     header, tensors = read(path)
     tensors["edges.data"] = tensors["edges.data"].clone()
     tensors["edges.data"][int(tensors["edges.data"].abs().argmax())] *= 2

@@ -36,17 +36,18 @@ pre-activation):
 - **checks.** For each head and feature group: the change of every target when the group is
   ablated, predicted by the linear graph (``circuits.interventions.predict`` on the full
   graph) and measured by rerunning the replacement model with attention frozen and with it
-  free (``intervene``). A check is *flagged* where a measured change disagrees in sign with the
-  prediction, or differs from it by more than ``RATIO`` x in magnitude, unless both are below
-  ``TOLERANCE`` (logit units): the places where the linear graph is not to be trusted. A
-  third rerun, free but with the LayerNorm scales held, says why where free disagrees: on the
-  probe prompts of the mechanism benchmark most free disagreements go when the LayerNorm is
-  held (the model's rescaling undoes the group's effect), few when attention is held; a
-  fourth, free with only the final LayerNorm's scale held, says whether it is the final
-  normalisation (one scale for every logit) or the blocks'; a fifth, free with the attention
-  patterns held, whether the group acts through other heads' attention (the heads that write
-  an induction head's query or key: their value paths may do nothing in the model, their
-  effect all through the pattern they shape).
+  free (``intervene_many``: each way's reruns of every checked group batched together, each
+  group's row its own ablation). A check is *flagged* where a measured change disagrees in
+  sign with the prediction, or differs from it by more than ``RATIO`` x in magnitude, unless
+  both are below ``TOLERANCE`` (logit units): the places where the linear graph is not to be
+  trusted. A third rerun, free but with the LayerNorm scales held, says why where free
+  disagrees: on the probe prompts of the mechanism benchmark most free disagreements go when
+  the LayerNorm is held (the model's rescaling undoes the group's effect), few when attention
+  is held; a fourth, free with only the final LayerNorm's scale held, says whether it is the
+  final normalisation (one scale for every logit) or the blocks'; a fifth, free with the
+  attention patterns held, whether the group acts through other heads' attention (the heads
+  that write an induction head's query or key: their value paths may do nothing in the model,
+  their effect all through the pattern they shape).
 
 The summary is a record (``MechanismSummary``, ``circuits.mechanism_file``) that
 ``save_summary`` writes as JSON beside the graph (``mechanisms.json``) and ``load_summary``

@@ -253,17 +253,11 @@ def main(argv=None) -> int:
     from toy_models.files import check_writable_file, write_json_atomic
 
     check_writable_file(out, "--out")
-    import torch
-
-    from replacement.model import load_pretrained
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from mechanisms import concepts_for
+    from mechanisms import load_with_concepts
 
-    torch.manual_seed(0)
     t0 = time.perf_counter()
-    replacement, tokenizer = load_pretrained(args.model)
-    concepts, concept_source = concepts_for(replacement, tokenizer, args.model, "local")
+    replacement, tokenizer, concepts, concept_source = load_with_concepts(args.model)
     result = {"model": args.model, "concepts": concept_source}
     result |= measure(replacement, tokenizer, concepts)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)

@@ -734,6 +734,20 @@ def concepts_for(
     return dash.summary_concepts(), str(path)
 
 
+def load_with_concepts(model: str, mode: str = "local") -> tuple:
+    """The benchmarks' start: torch seeded, the model's shipped replacement set and tokenizer
+    loaded, and its units' concepts (``concepts_for``): (replacement, tokenizer, concepts,
+    where they came from)."""
+    import torch
+
+    from replacement.model import load_pretrained
+
+    torch.manual_seed(0)
+    replacement, tokenizer = load_pretrained(model)
+    concepts, source = concepts_for(replacement, tokenizer, model, mode)
+    return replacement, tokenizer, concepts, source
+
+
 def run_family(
     replacement, tokenizer, prompts: list[Prompt], concepts, mode: str, at_least: int | None = None,
     min_correct: int = 0, contrast: str | None = None,

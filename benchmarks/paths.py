@@ -115,16 +115,12 @@ def main(argv=None) -> int:
     check_writable_file(out, "--out")
     import torch
 
-    from replacement.model import load_pretrained
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from mechanisms import concepts_for
+    from mechanisms import load_with_concepts
 
-    torch.manual_seed(0)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    replacement, tokenizer = load_pretrained(args.model)
-    concepts, concept_source = concepts_for(replacement, tokenizer, args.model, "local")
+    replacement, tokenizer, concepts, concept_source = load_with_concepts(args.model)
     result = {"model": args.model, "concepts": concept_source, "seed": args.seed,
               "per_family": args.per_family}  # fmt: skip
     with torch.no_grad():

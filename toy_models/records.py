@@ -60,11 +60,14 @@ class Bounds:
     high: float | None = None
     nan: bool = False
 
+    def holds(self, value) -> bool:
+        """Whether ``value`` lies inside the range (NaN aside: ``nan`` is the reader's)."""
+        return not ((self.low is not None and value < self.low)
+                    or (self.high is not None and value > self.high))  # fmt: skip
+
     def check(self, value, where: str):
         """``value`` if inside the range, else one ``ValueError`` naming ``where``."""
-        if (self.low is not None and value < self.low) or (
-            self.high is not None and value > self.high
-        ):
+        if not self.holds(value):
             low = "-inf" if self.low is None else f"{self.low:g}"
             high = "inf" if self.high is None else f"{self.high:g}"
             _fail(where, f"a number in [{low}, {high}]", value)
@@ -132,10 +135,7 @@ def _reader(tp) -> typing.Callable[[typing.Any, _Path], typing.Any]:
             if bounds.nan and isinstance(value, float) and math.isnan(value):
                 return value
             value = inner(value, path)
-            low, high = bounds.low, bounds.high
-            if (low is not None and value < low) or (high is not None and value > high):
-                bounds.check(value, _where(path))
-            return value
+            return value if bounds.holds(value) else bounds.check(value, _where(path))
 
         return bounded
     if dataclasses.is_dataclass(tp):

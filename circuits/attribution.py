@@ -40,7 +40,7 @@ from .graph import (
     checked_fraction,
     is_integer,
 )
-from .nodes import Kind, logit_stage, lorsa_stage, stage_of, transcoder_stage
+from .nodes import Kind, logit_stage, lorsa_stage, stage_of, target_kind, transcoder_stage
 from .prune import open_rows, remember_closed, row_sums
 
 LORSA_BLOCK_ENTRIES = 1 << 23  # Lorsa targets x sources per dense block (bounds temporaries)
@@ -628,9 +628,7 @@ def resolve_targets(
 def _check_node(run: PromptRun, target: NodeTarget) -> None:
     """A ValueError naming what is wrong with a node target (kind, layer, position, or a unit
     that is not active there), before any edge is built."""
-    kind = Kind.parse(target.kind)
-    if kind not in (Kind.LORSA, Kind.TRANSCODER):
-        raise ValueError(f"node targets are lorsa or transcoder nodes, not {target.kind!r}")
+    kind = target_kind(target.kind)
     odd = next((f for f in ("layer", "pos", "index") if not is_integer(getattr(target, f))), None)
     if odd is not None:
         raise ValueError(f"a node target's {odd} must be an integer, got "

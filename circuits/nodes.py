@@ -66,6 +66,16 @@ class Kind(IntEnum):
 
 
 KINDS = tuple(k.label for k in Kind)  # names by code, as in graph files
+TARGET_KINDS = (Kind.LORSA, Kind.TRANSCODER)  # what a node target (a unit traced from) is
+
+
+def target_kind(name) -> Kind:
+    """The kind of a node target named ``name`` (``Kind.parse``), or a ValueError unless it
+    is one of ``TARGET_KINDS``."""
+    kind = Kind.parse(name)
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"node targets are lorsa or transcoder nodes, not {name!r}")
+    return kind
 
 
 # ----------------------------------------------------------------- stages

@@ -302,18 +302,21 @@ def _targets(args, tokenizer, last_logits=None):
     return targets or None
 
 
-NODE_KINDS = ("lorsa", "transcoder")  # what --target-node names
-
-
 def node_spec(spec: str) -> tuple[str, int, int, int]:
-    """``--target-node``'s KIND:LAYER:POS:INDEX read (the syntax alone: whether the model has
-    that node is checked once it is loaded)."""
+    """``--target-node``'s KIND:LAYER:POS:INDEX read (the syntax and the kind, as
+    ``circuits.nodes.target_kind`` takes it: whether the model has that node is checked once it
+    is loaded)."""
+    from .nodes import TARGET_KINDS, target_kind  # light: an enum
+
     parts = spec.split(":")
     # whole numbers as written: int() would also read "1_0" as 10
     if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts[1:]):
         raise UserError(f"--target-node {spec!r}: expected KIND:LAYER:POS:INDEX")
-    if parts[0] not in NODE_KINDS:
-        raise UserError(f"--target-node {spec!r}: the kind must be one of {', '.join(NODE_KINDS)}")
+    try:
+        target_kind(parts[0])
+    except ValueError:
+        kinds = ", ".join(k.label for k in TARGET_KINDS)
+        raise UserError(f"--target-node {spec!r}: the kind must be one of {kinds}") from None
     return parts[0], int(parts[1]), int(parts[2]), int(parts[3])
 
 

@@ -535,9 +535,11 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
 
 
 def sparse_note(replacement, run, tokenizer) -> str:
-    """In sparse mode (no error nodes) the replacement's prediction can differ from the
-    model's: a line saying so when their most likely next tokens differ, else empty. The graph
-    explains the replacement's prediction; local mode's error nodes make it the model's."""
+    """In sparse mode (no error nodes) the graph explains the replacement's prediction, and
+    every probability the trace prints is the replacement's, which can be far from the
+    model's even where both rank the same token first (a reviewer's ``Zorg, Blip, Zorg,``:
+    ' Z' p 0.753 sparse, 0.200 in the model): a line giving both, and the model's own top
+    token where it differs; empty in local mode, whose error nodes make it the model's."""
     import torch
 
     from toy_models.tokenizer import token_text
@@ -548,13 +550,17 @@ def sparse_note(replacement, run, tokenizer) -> str:
         model = replacement.model(run.tokens[None])[0, -1].softmax(-1)
     ours = run.logits[-1].softmax(-1)
     a, b = int(ours.argmax()), int(model.argmax())
+    top = (f"{token_text(tokenizer, a)!r} (p {float(ours[a]):.3g}; the model gives it "
+           f"{float(model[a]):.3g})")  # fmt: skip
     if a == b:
-        return ""
+        said = f"the replacement and the model both predict {top}"
+    else:
+        said = (f"the replacement predicts {top} where the model predicts "
+                f"{token_text(tokenizer, b)!r} (p {float(model[b]):.3g})")  # fmt: skip
     return (
-        f"in sparse mode the replacement predicts {token_text(tokenizer, a)!r} (p "
-        f"{float(ours[a]):.3g}) where the model predicts {token_text(tokenizer, b)!r} (p "
-        f"{float(model[b]):.3g}): the graph explains the replacement's prediction "
-        "(--mode local, with error nodes, explains the model's)"
+        f"in sparse mode {said}: the graph explains the replacement's prediction and every "
+        "probability printed is the replacement's (--mode local, with error nodes, explains "
+        "the model's)"
     )
 
 

@@ -156,7 +156,6 @@ def html_page(
         # is drawn before the table and the static drawing are parsed.
         f'<script type="application/json" id="graph-data">{script_json(data)}</script>',
         f"<script>{viewer_js}</script>",
-        _drawn_note_html(graph, drawn),
         "<h2>Prompt</h2>" if graph.positional else "<h2>Global graph</h2>",
         _prompt_html(graph),
         *(
@@ -167,6 +166,7 @@ def html_page(
         "<h2>Summary</h2>",
         _summary_html(graph),
         "<h2>Static drawing</h2>",
+        _drawn_note_html(graph, drawn),
         drawing,
         "<h2>Nodes</h2>",
         f'<details class="node-table"{table_open}><summary>every node, most influential '
@@ -245,12 +245,16 @@ def _drawing_html(svg_text: str | None) -> str:
 
 
 def _drawn_note_html(graph: Graph, drawn: set[int]) -> str:
+    """What the static drawing (``selection``) leaves out. The interactive viewer above draws
+    its own budget with the summary's supernodes expanded, so its count is another (a reviewer
+    read this line as the viewer's: 79 of 276 under a viewer drawing 201)."""
     shown = len(drawn)
     if shown == graph.n_nodes:
         return ""
     return (
-        f"<p>The drawing shows {shown} of {graph.n_nodes} nodes at first; the grey rows of the "
-        "node table are the nodes it leaves out.</p>"
+        f"<p>The static drawing shows {shown} of {graph.n_nodes} nodes (the interactive one "
+        "above draws its own budget, its supernodes' members too); the grey rows of the node "
+        "table are the nodes the static drawing leaves out.</p>"
     )
 
 

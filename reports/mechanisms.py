@@ -671,6 +671,13 @@ def reason_lines(
     return lines
 
 
+# A sparse graph (no error nodes) explains the replacement, whose probabilities can be far from
+# the model's even where both rank the same token first (a reviewer's ' Z': 0.753 and 0.200).
+SPARSE_WORDS = ("sparse mode: the graph, its targets' probabilities and the checks are the "
+                "replacement's, which can differ from the model's; --mode local explains the "
+                "model's own prediction")  # fmt: skip
+
+
 def format_summary(
     summary: MechanismSummary, max_pairs: int = PAIRS_SHOWN, every_check: bool = False
 ) -> str:
@@ -684,6 +691,8 @@ def format_summary(
     lines = ["mechanisms (exact flows: each group's total linear contribution to the target, "
              "through the graph's frozen attention and errors; what zeroing it does is its "
              "ablation check):"]  # fmt: skip
+    if summary.mode == "sparse":
+        lines.append(f"  ({SPARSE_WORDS})")
     names = {g.key: g for g in summary.groups}
     labels = {t.node: t.label for t in summary.targets}
     several = len(labels) > 1  # then each flow and check names its target
@@ -891,6 +900,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         f"than {RATIO:g}x off) are where the linear graph is not to be trusted; "
         f"{_esc(LN_WORDS)}.</p>",
     ]
+    if summary.mode == "sparse":
+        parts.append(f"<p>{_esc(SPARSE_WORDS[0].upper() + SPARSE_WORDS[1:])}.</p>")
     for t in summary.targets:
         consts = ", ".join(f"{_esc(name)} {_span(v)}" for name, v in t.constants_by_source)
         consts = f" ({consts})" if consts else ""

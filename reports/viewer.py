@@ -294,12 +294,12 @@ def _box_lines(g, summary) -> list[str]:
         lines.append(f"→{g.attends_token!r}@{g.attends}")
     elif g.concept:
         lines.append(g.concept)
-    for w in g.writes_qk:
+    for w in g.writes_qk:  # two short lines: the viewer fits each to a box's width
+        lines.append(f"writes {w.group}'s {w.side}")
         a = g.attention_of(w.group)
-        after = (
-            "" if a is None else f" {attention_text(a.mean_before)}→{attention_text(a.mean_free)}"
-        )
-        lines.append(f"writes {w.group}'s {w.side}{after}")
+        if a is not None:
+            before, after = attention_text(a.mean_before), attention_text(a.mean_free)
+            lines.append(f"{w.group} attends {before}→{after}")
     return lines
 
 

@@ -37,7 +37,7 @@ from circuits.nodes import Kind
 from circuits.prune import prune_graph
 from circuits.qk import QKSides, qk_attribution
 from reports.html import html_page
-from reports.mechanisms import QK_SOURCES, format_summary, mechanisms_html
+from reports.mechanisms import QK_SOURCES, attention_text, format_summary, mechanisms_html
 
 MODES = ("local", "sparse")
 
@@ -896,6 +896,10 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
         )
     errors_held = "errors held" in format_summary(summary)
     assert errors_held == (summary.mode == "local") == ("errors held" in page)
+    # a sparse summary's probabilities are the replacement's: said in both renderings
+    says_sparse = "the replacement's, which can differ from the model's"
+    assert (says_sparse in format_summary(summary)) == (summary.mode == "sparse")
+    assert (escape(says_sparse) in page) == (summary.mode == "sparse")
     for r in reasons:
         terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN] or \
             r.root_pairs[:TERMS_SHOWN]  # fmt: skip
@@ -2007,6 +2011,9 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replac
         a = g.attention_checks[0]
         box = next(x for x in sources if x.startswith(f"{g.key} L{g.layer} "))
         assert f"writes {a.group}'s " in box and "check flagged" not in box
+        # the numbers it is there for, whole (a reviewer read `writes g0's key 0.70→0.…`)
+        after = f"{attention_text(a.mean_before)}→{attention_text(a.mean_free)}"
+        assert f"{a.group} attends {after}" in box and "…" not in box
     # without them (the URL says none), a group's button draws it as one
     browser.load("about:blank")
     browser.load(path.resolve().as_uri() + "#supernodes=[]")

@@ -529,7 +529,7 @@ def test_html_greys_out_the_nodes_the_drawing_leaves_out(tmp_path, graph):
     parse_html(text)
     undrawn = set(re.findall(r'<tr class="undrawn"><td id="node-([^"]+)"', text))
     assert undrawn == set(graph.ids) - {"3_9_3", "1_-1_3"}
-    assert "The drawing shows 2 of 13 nodes" in text
+    assert "The static drawing shows 2 of 13 nodes" in text
     # Without a selection the page starts from the default budget (``layout.select``): that
     # leaves out only E_0_0, whose one edge is a zero.
     write_html(graph, path, svg_of(graph))
@@ -539,7 +539,7 @@ def test_html_greys_out_the_nodes_the_drawing_leaves_out(tmp_path, graph):
         write_html(graph, path, svg_of(graph), layout.select(graph))
         text = path.read_text(encoding="utf-8")
         assert re.findall(r'<tr class="undrawn"><td id="node-([^"]+)"', text) == ["E_0_0"]
-        assert "The drawing shows 12 of 13 nodes" in text
+        assert "The static drawing shows 12 of 13 nodes" in text
 
 
 def test_html_has_no_raw_control_characters(tmp_path):

@@ -141,11 +141,12 @@ def test_trace_notes_the_tokens_the_model_never_trained_on(tmp_path, capsys):
     assert "#" in graph.token_strings[pos] and f"@{pos}" in note and code == 0
 
 
-def test_sparse_mode_says_when_the_replacement_predicts_otherwise_than_the_model():
+def test_sparse_mode_says_the_probabilities_are_the_replacements():
     """Without error nodes the replacement's prediction can differ from the model's (a review
     traced `A B C D E` in sparse mode: ' D' p 0.224 where the model says ' F' p 0.784, with
-    nothing said): a note says so, read from the two runs; none in local mode or where they
-    agree."""
+    nothing said), and so can its probabilities where both rank the same token first (a later
+    review: ' Z' p 0.753 sparse, 0.200 in the model, with nothing said): a note gives both,
+    read from the two runs; none in local mode."""
     import torch
 
     from circuits.attribution import run_prompt
@@ -154,19 +155,24 @@ def test_sparse_mode_says_when_the_replacement_predicts_otherwise_than_the_model
     from toy_models.tokenizer import encode_prompt, token_text
 
     replacement, tokenizer = load_pretrained("default")
-    tokens = torch.tensor(encode_prompt(tokenizer, "A B C D E", 128))
-    sparse = run_prompt(replacement, tokens, "sparse")
-    with torch.no_grad():
-        model = replacement.model(tokens[None])[0, -1]
-    ours, theirs = int(sparse.logits[-1].argmax()), int(model.argmax())
-    assert ours != theirs  # the case the note is for, on the shipped model
-    note = sparse_note(replacement, sparse, tokenizer)
-    assert note.startswith(f"in sparse mode the replacement predicts "
-                           f"{token_text(tokenizer, ours)!r} (p ")  # fmt: skip
-    assert f"where the model predicts {token_text(tokenizer, theirs)!r}" in note
-    assert sparse_note(replacement, run_prompt(replacement, tokens, "local"), tokenizer) == ""
-    agree = torch.tensor(encode_prompt(tokenizer, "Monday, Tuesday,", 128))
-    assert sparse_note(replacement, run_prompt(replacement, agree, "sparse"), tokenizer) == ""
+    for prompt, differ in (("A B C D E", True), ("Zorg, Blip, Zorg,", False)):
+        tokens = torch.tensor(encode_prompt(tokenizer, prompt, 128))
+        sparse = run_prompt(replacement, tokens, "sparse")
+        with torch.no_grad():
+            model = replacement.model(tokens[None])[0, -1].softmax(-1)
+        ours, theirs = int(sparse.logits[-1].argmax()), int(model.argmax())
+        assert (ours != theirs) == differ  # the cases the note is for, on the shipped model
+        note = sparse_note(replacement, sparse, tokenizer)
+        p_ours = float(sparse.logits[-1].softmax(-1)[ours])
+        assert f"{token_text(tokenizer, ours)!r} (p {p_ours:.3g}; the model gives it " \
+               f"{float(model[ours]):.3g})" in note  # fmt: skip
+        assert "every probability printed is the replacement's" in note
+        if differ:
+            assert f"where the model predicts {token_text(tokenizer, theirs)!r}" in note
+        else:
+            assert note.startswith("in sparse mode the replacement and the model both predict")
+            assert abs(p_ours - float(model[ours])) > 0.3  # the gap the note makes visible
+        assert sparse_note(replacement, run_prompt(replacement, tokens, "local"), tokenizer) == ""
 
 
 def test_trace_vs_runner_up_without_constants_or_mechanisms(tmp_path, capsys):

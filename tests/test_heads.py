@@ -15,7 +15,13 @@ import torch
 from replacement.lorsa import LorsaConfig, LorsaLayer
 from replacement.model import hook_name
 from reports import heads as H
-from reports.heads.report import _successor_truth_lines, _sweep_section
+from reports.heads.report import (
+    RANDOM_FLOOR,
+    _ratio_text,
+    _successor_truth_lines,
+    _sweep_row_text,
+    _sweep_section,
+)
 from toy_models.files import write_set_record
 
 
@@ -482,6 +488,22 @@ def test_threshold_sweep_tests_each_new_set_of_heads(replacement, probes):
         "threshold_sweeps": {"previous_token": sweep, "successor": succ},
     }))  # fmt: skip
     assert "| 0.8 | 1 | [1, 0] |" in text and "L0H0" in text
+
+
+def test_a_ratio_to_a_random_control_of_about_nothing_is_not_printed():
+    """A reviewer read `4853543.8` and `18523.8x random` against a control printed 0.0000, and
+    `n/ax random` where there was no ratio: below ``RANDOM_FLOOR`` nats the control is said to
+    be about zero, and a missing ratio carries no unit."""
+    assert _ratio_text(12.34, 0.01) == "12.3"
+    assert _ratio_text(12.34, 0.01, unit="x random") == "12.3x random"
+    assert _ratio_text(4853543.8, RANDOM_FLOOR / 2) == "random ≈ 0"
+    assert _ratio_text(-3.0, -RANDOM_FLOOR / 2) == "random ≈ 0"
+    assert _ratio_text(None, 0.0, unit="x active") == "n/a"
+    row = {"score": 0.2, "heads": 1, "increase": 0.0004, "random_mean": 2e-8,
+           "ratio": 18523.8, "matched_random_mean": -0.01, "matched_ratio": None,
+           "met": False}  # fmt: skip
+    text = _sweep_row_text(row)
+    assert "random ≈ 0 (n/a)" in text and "18523" not in text and "n/ax" not in text
 
 
 def test_precision_recall():

@@ -86,9 +86,10 @@ def summary(results: dict) -> str:
         lines.append(
             f"{f:19s} {fam['test']:8s} {fam['total']:5d} {str(fam['counts_per_layer']):14s} "
             f"{a['task']:20s} {_fmt(a.get('increase'), '8.4f'):>8s} "
-            f"{_fmt(a.get('random_mean'), '8.4f'):>8s} {_fmt(a.get('ratio'), '6.1f'):>6s} "
+            f"{_fmt(a.get('random_mean'), '8.4f'):>8s} "
+            f"{_ratio_text(a.get('ratio'), a.get('random_mean')):>6s} "
             f"{_fmt(a.get('matched_random_mean'), '8.4f'):>8s} "
-            f"{_fmt(a.get('matched_ratio'), '6.1f'):>6s} "
+            f"{_ratio_text(a.get('matched_ratio'), a.get('matched_random_mean')):>6s} "
             f"{'met' if results['met'][f] else 'NOT':4s} {_fmt(d.get('precision'), '4.2f'):>4s} "
             f"{_fmt(d.get('recall'), '4.2f'):>4s}"
         )
@@ -140,6 +141,23 @@ def head_id(l: int, h: int) -> str:
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "n/a" if x is None else format(x, spec)
+
+
+# A random control's mean increase below this (nats) prints no ratio: the quotient of noise (a
+# reviewer read `4853543.8` against a control printed 0.0000). The JSON keeps the exact ratio.
+RANDOM_FLOOR = 1e-3
+
+
+def _ratio_text(ratio: float | None, random_mean: float | None, spec: str = ".1f",
+                unit: str = "") -> str:  # fmt: skip
+    """A ratio to a random control as printed: ``n/a`` where there is none (a control that
+    raised nothing), ``random ≈ 0`` where the control's mean is below ``RANDOM_FLOOR``, else
+    the ratio and ``unit`` (``x random``)."""
+    if ratio is None:
+        return "n/a"
+    if random_mean is not None and abs(random_mean) < RANDOM_FLOOR:
+        return "random ≈ 0"
+    return format(ratio, spec) + unit
 
 
 def _md(text: str) -> str:
@@ -194,8 +212,10 @@ def _summary_table(results: dict) -> list[str]:
         lines.append(
             f"| {f} | {_test_name(fam['test'])} | {t['score']} (>= {t['min_active']} q) | "
             f"{counts} | {fam['total']} | `{fam['task']}` | {_fmt(a.get('increase'), '.4f')} | "
-            f"{_fmt(a.get('random_mean'), '.4f')} | {_fmt(a.get('ratio'), '.1f')} | "
-            f"{_fmt(a.get('matched_random_mean'), '.4f')} | {_fmt(a.get('matched_ratio'), '.1f')} "
+            f"{_fmt(a.get('random_mean'), '.4f')} | "
+            f"{_ratio_text(a.get('ratio'), a.get('random_mean'))} | "
+            f"{_fmt(a.get('matched_random_mean'), '.4f')} | "
+            f"{_ratio_text(a.get('matched_ratio'), a.get('matched_random_mean'))} "
             f"| {met} | {_fmt(d.get('precision'), '.2f')} | {_fmt(d.get('recall'), '.2f')} |"
         )
     return lines + [
@@ -304,7 +324,8 @@ def _every_task_section(results: dict) -> list[str]:
         for task, row in a["every_task"].items():
             lines.append(
                 f"| `{task}` | {row['increase']:.4f} | {row['random_mean']:.4f} | "
-                f"{_fmt(row['ratio'], '.1f')} | {'yes' if row['meets_target'] else 'no'} |"
+                f"{_ratio_text(row['ratio'], row['random_mean'])} | "
+                f"{'yes' if row['meets_target'] else 'no'} |"
             )
         met = ", ".join(f"`{t}`" for t in a.get("tasks_met", [])) or "none"
         lines += [
@@ -487,7 +508,8 @@ def _sweep_row_text(row: dict) -> str:
     text = (
         f">= {row['score']:g}: {row['heads']} head{'s' * (row['heads'] != 1)}, "
         f"{_fmt(row['increase'], '+.3f')} nats, "
-        f"{_fmt(row['ratio'], '.1f')}x random ({_fmt(row['matched_ratio'], '.1f')}x active)"
+        f"{_ratio_text(row['ratio'], row['random_mean'], unit='x random')} "
+        f"({_ratio_text(row['matched_ratio'], row.get('matched_random_mean'), unit='x active')})"
     )
     if "ov_test" in row:
         text += f", OV {_fmt(row['ov_test']['in_top'], '.0%')}"
@@ -541,7 +563,8 @@ def _sweep_section(results: dict) -> list[str]:
             cells = [
                 f"{row['score']:g}", str(row["heads"]), str(row["per_layer"]),
                 _fmt(row["increase"], ".4f"), _fmt(row["random_mean"], ".4f"),
-                _fmt(row["ratio"], ".1f"), _fmt(row["matched_ratio"], ".1f"),
+                _ratio_text(row["ratio"], row["random_mean"]),
+                _ratio_text(row["matched_ratio"], row.get("matched_random_mean")),
             ]  # fmt: skip
             if ov:
                 o = row["ov_test"]
@@ -597,7 +620,7 @@ def _evidence(results: dict, f: str) -> str:
         evidence = (
             f"{fam['total']} heads found; under their test ({_test_name(a['test'])}) "
             f"`{a['task']}` loss rises by {a['increase']:.4f} nats vs {a['random_mean']:.4f} "
-            f"for random heads (ratio {_fmt(a['ratio'], '.2f')}; target "
+            f"for random heads (ratio {_ratio_text(a['ratio'], a['random_mean'], '.2f')}; target "
             f"{s['ratio_target']:g}x and >= {s['truth_delta']} nats)."
         )
         ov = results["successor_ov"]

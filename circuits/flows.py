@@ -33,8 +33,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from toy_models.tokenizer import BOS
-
 from .graph import Graph, checked_count, checked_graph, is_integer
 from .groups import GroupedGraph, checked_view
 from .interventions import check_full_graph
@@ -418,8 +416,7 @@ def target_parts(graph: Graph, target: int, flow: np.ndarray, h: np.ndarray) -> 
         sel = is_bias & (graph.stage.numpy() == s)
         by_stage[constant_name(s)] = float(flow[sel].sum())
     embedding = kinds == Kind.EMBEDDING
-    first = graph.positional and graph.token_strings[:1] == [BOS]
-    bos = embedding & (graph.pos.numpy() == 0) if first else np.zeros_like(embedding)
+    bos = embedding & (graph.pos.numpy() == 0) & graph.starts_with_bos
     by_stage["BOS"] = float(flow[bos].sum())
     by_stage["own"] = float(own.sum())
     by_source = sorted(((k, v) for k, v in by_stage.items() if v != 0), key=lambda kv: -abs(kv[1]))

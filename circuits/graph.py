@@ -41,6 +41,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from toy_models.tokenizer import BOS
+
 from .nodes import KINDS, Kind, block_of, logit_stage, node_id
 
 # 3: the header holds a SHA-256 of the tensors; 4: and of the header; 5: ``attends`` is the key a
@@ -316,6 +318,14 @@ class Graph:
                              f"positions (0..{n_pos - 1}) in increasing order, got "
                              f"{positions!r:.60}")  # fmt: skip
         return list(positions)
+
+    @property
+    def starts_with_bos(self) -> bool:
+        """A prompt's graph whose position 0 holds the tokenizer's BOS (where the trace puts
+        it): its embedding there holds the same in every prompt, as a position vector does, so
+        the reader is given it as a constant named ``BOS`` (``circuits.flows.target_parts``,
+        ``circuits.groups.node_name``)."""
+        return self.positional and self.token_strings[:1] == [BOS]
 
     def untrained_note(self) -> str | None:
         """One line for the reader when the prompt holds tokens the model never trained on."""

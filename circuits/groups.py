@@ -412,6 +412,8 @@ def node_name(graph: Graph, i: int, fields: _Fields | None = None) -> str:
         return text if record.negative is None else f"{text} - {graph.token(record.negative)!r}"
     token = None
     if kind == Kind.EMBEDDING:
+        if pos == 0 and graph.starts_with_bos:  # a constant, as the target's parts name it
+            return "BOS"
         token = graph.token_strings[pos] if pos is not None else graph.token(index)
     text = node_words(kind, stage, index, pos, token=token)
     if kind == Kind.LORSA and f.attends[i] >= 0:

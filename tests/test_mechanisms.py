@@ -737,6 +737,12 @@ def test_flows_are_total_linear_effects_and_parts_close(graph):
     assert with_bos["constants"] == pytest.approx(parts["constants"] + at[0])
     assert with_bos["tokens"] == pytest.approx(parts["tokens"] - at[0])
     assert [p for p, _ in with_bos["tokens_by_position"]] == [p for p, _ in shares if p != 0]
+    # and named so where paths and QK reasons start from it (a reviewer read the parts' `BOS`
+    # beside paths starting `token '<|bos|>'@0`)
+    first = [i for i in tokens if int(graph.pos[i]) == 0]
+    assert first and all(node_name(opened, i) == "BOS" for i in first)
+    assert all(node_name(graph, i).startswith("token ") for i in first)
+    assert "BOS" in {g.name for g in auto_groups(opened).groups if g.is_root}
     assert [abs(v) for _, v in shares] == sorted((abs(v) for _, v in shares), reverse=True)
     assert sum(v for _, v in shares) == pytest.approx(parts["tokens"], abs=1e-6)
     # A node's flow is minus the graph's predicted change of the target when it is ablated.

@@ -293,6 +293,9 @@ def test_the_last_position_never_trains(tiny_run):
         (["--prompt", PROMPT, "--target", "\udcff"], "target '\\udcff' is not valid UTF-8"),
         (["--prompt", PROMPT, "--model", "gpt5"], "unknown model 'gpt5'"),
         (["--prompt", PROMPT, "--target", " Thursdayy"], "not one token"),
+        # its pieces as labels read them, not the vocabulary's byte symbols (`ĠZ`, `æ`)
+        (["--prompt", PROMPT, "--target", " Zorgblat"], "[' Z', 'or', 'g', 'bl', 'at']"),
+        (["--prompt", PROMPT, "--target", "日"], "['<0xE6>', '<0x97>', '<0xA5>']"),
         (["--prompt", PROMPT, "--target-node", "lorsa:0:1:99999"], "lorsa 99999 does not exist"),
         (["--prompt", PROMPT, "--target-node", "lorsa:0:99:1"], "position 99 is outside"),
         (["--prompt", PROMPT, "--target-node", "transcoder:9:1:1"], "layer 9 does not exist"),

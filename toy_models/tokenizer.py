@@ -219,7 +219,9 @@ def single_token(tokenizer: Tokenizer, text: str) -> int:
         return bos_id(tokenizer)
     ids = encode_prompt(tokenizer, text, n_ctx=10**9, what=f"target {text!r}")[1:] if text else []
     if len(ids) != 1:
-        pieces = tokenizer.encode(text).tokens[1:] if text else []
+        # as every label reads them (`' Z'`, `'<0xE6>'`), not the vocabulary's byte symbols
+        # (`ĠZ`, `æ`), which no one can type back
+        pieces = [token_text(tokenizer, t) for t in tokenizer.encode(text).ids[1:]] if text else []
         raise ValueError(
             f"target {text!r} is not one token of this tokenizer (it is {len(ids)}: {pieces})"
         )

@@ -33,6 +33,7 @@ from toy_models.tokenizer import single_token
 
 from .nodes import Kind
 from .trace import (
+    GLOBAL_GRAPH,
     GRAPH_MARK,
     OUTPUT_NAMES,
     check_not_an_output,
@@ -138,7 +139,8 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
             check_writable_file(args.stats, "--stats")
         check_not_an_output(args.stats, args.out, "--stats")
     check_writable(args.out)
-    earlier_set(args.out, GRAPH_MARK, OUTPUT_NAMES)  # a model, another tool's graph.json: now
+    # a model, another tool's graph.json, a trace's set: now
+    earlier_set(args.out, GRAPH_MARK, OUTPUT_NAMES, GLOBAL_GRAPH)
     check_staging(args.out)
     return start, formats
 
@@ -208,7 +210,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     graph.model["name"] = args.model
     seconds = time.perf_counter() - t0
     reliability = split_half(grow, stats)
-    written = write_graph_outputs(graph, args.out, formats)
+    written = write_graph_outputs(graph, args.out, formats, by=GLOBAL_GRAPH)
     labels = node_labels(graph)
     print(
         f"{labels[int(graph.target_weight.argmax())]}: {graph.n_nodes} units, "

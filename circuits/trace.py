@@ -45,6 +45,8 @@ STAGING_MARK = ".staging-mark"  # = reports.outputs.STAGING_MARK (not imported: 
 # = reports.outputs.GRAPH_SET (not imported: start-up): what --out is checked against before
 # any work (``toy_models.files.earlier_set``), here and in circuits.global_graph
 GRAPH_MARK = "graph.json"
+# = reports.outputs.GRAPH_WRITERS: the commands that write that set, each refusing the other's
+TRACE, GLOBAL_GRAPH = "circuits.trace", "circuits.global_graph"
 OUTPUT_NAMES = frozenset(
     (GRAPH_MARK, "graph.safetensors", "graph.dot", "graph.html", "graph-metadata.json",
      *OUTPUT_FILES, *(d for d in OUTPUT_DIRS if not d.startswith(".")),
@@ -229,7 +231,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         if args.dashboards:
             check_not_an_output(args.dashboards_file, args.out, "--dashboards-file")
     check_writable(args.out)
-    earlier_set(args.out, GRAPH_MARK, OUTPUT_NAMES)  # a model, another tool's graph.json: now
+    # a model, another tool's graph.json, a global graph's set: now
+    earlier_set(args.out, GRAPH_MARK, OUTPUT_NAMES, TRACE)
     check_staging(args.out)
     return formats
 
@@ -512,6 +515,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
         written = write_graph_outputs(
             graph, args.out, formats, full if args.save_full else None, dashboards=dashboards,
             feature_files=args.feature_files, mechanisms=mechanisms, also=write_summary,
+            by=TRACE,
         )  # fmt: skip
     except OSError as exc:  # a WriteError names the file; any other names at least --out
         if exc.filename is None:

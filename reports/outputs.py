@@ -40,7 +40,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -103,6 +103,7 @@ class OutputSet:
 
     names: frozenset[str]
     mark: str
+    by: str | None = None  # the command writing it, where two write sets of one mark
 
     @property
     def record(self) -> str:
@@ -111,6 +112,8 @@ class OutputSet:
 
 
 GRAPH_SET = OutputSet(OUTPUT_NAMES, "graph.json")  # a traced or global graph's files
+# the commands that write it, each refusing the other's set (``earlier_record``'s ``by``)
+GRAPH_WRITERS = ("circuits.trace", "circuits.global_graph")
 
 
 def is_output(name: str) -> bool:
@@ -135,6 +138,7 @@ def write_graph_outputs(
     feature_files: bool = True,
     mechanisms=None,
     also: Callable[[Path], list[Path]] | None = None,
+    by: str | None = None,
 ) -> Written:
     """Write ``graph`` (and the unpruned ``full``, if given) into ``out``: ``graph.json``
     (Neuronpedia schema), ``graph.safetensors``, ``graph.dot``, the ``formats`` renders
@@ -143,7 +147,9 @@ def write_graph_outputs(
     feature files and ``graph-metadata.json`` too; with ``mechanisms``, a
     ``circuits.mechanism_file.MechanismSummary``, its section in the page). ``also(directory)``
     writes the caller's own outputs (named so that ``is_output`` claims them) into the set
-    and returns their paths. All of it lands in ``out`` at once (module docstring)."""
+    and returns their paths. ``by``: the command writing it (``GRAPH_WRITERS``), recorded, so
+    that the other one refuses this ``out``. All of it lands in ``out`` at once (module
+    docstring)."""
     out = Path(out)
 
     def fill(stage: Path) -> Written:
@@ -153,7 +159,9 @@ def write_graph_outputs(
             result.paths += also(stage)
         return result
 
-    result, notes = write_set(out, GRAPH_SET, fill)
+    if by is not None and by not in GRAPH_WRITERS:
+        raise ValueError(f"by must be one of {GRAPH_WRITERS}, got {by!r}")
+    result, notes = write_set(out, replace(GRAPH_SET, by=by), fill)
     result.notes += notes
     result.paths = placed(out, result.paths)
     return result
@@ -172,7 +180,7 @@ def write_set(out: Path, kind: OutputSet, fill: Callable[[Path], T]) -> tuple[T,
     this one does not write again are removed (``kind``). Returns ``(result, notes)``; an OSError
     names the file in ``out``, not its staged copy."""
     out = Path(out)
-    earlier_set(out, kind.mark, kind.names)  # refused before any work, nothing touched
+    earlier_set(out, kind.mark, kind.names, kind.by)  # refused before any work, nothing touched
     make_dir(out)  # listed: a run stopped before its set is in place leaves no empty --out
     stage = out / STAGING_DIR
     try:
@@ -247,13 +255,13 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
         if os.path.lexists(target) and (entry.is_dir() != target.is_dir() or target.is_symlink()):
             raise WriteError(errno.EEXIST, "in the way: not the kind of entry the run writes",
                              str(target))  # fmt: skip
-    earlier = earlier_record(out, kind.mark, kind.names)  # again: under the lock, just before
+    earlier = earlier_record(out, kind.mark, kind.names, kind.by)  # again: under the lock
     written = {entry.name: "directory" if entry.is_dir() else "file" for entry in new}
     files = {entry.name: files_under(entry) for entry in new if entry.is_dir()}
     entries = {**earlier.entries, **written}
     both = {name: sorted({*paths, *files.get(name, [])})
             for name, paths in earlier.files.items() if entries[name] == "directory"}  # fmt: skip
-    write_set_record(out, kind.mark, entries, {**files, **both})
+    write_set_record(out, kind.mark, entries, {**files, **both}, kind.by)
     for entry in new:
         if entry.is_dir():  # the previous version aside in the stage, ours: a ``features.old``
             # beside it in ``out`` may be the user's
@@ -270,7 +278,7 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
         else:
             entry.unlink()
         notes.append(f"removed {entry} of an earlier run")
-    write_set_record(out, kind.mark, written, files)
+    write_set_record(out, kind.mark, written, files, kind.by)
     (stage / STAGING_MARK).unlink()
     stage.rmdir()
     return notes

@@ -429,11 +429,12 @@ def test_an_output_folder_holding_a_model_or_a_replacement_set_is_refused(tmp_pa
 def test_the_global_graphs_copy_of_the_output_names_is_the_reports():
     """``circuits.global_graph`` checks --out against the set's names before torch is imported,
     from a copy of ``reports.outputs``' names."""
-    from circuits import global_graph
-    from reports.outputs import GRAPH_SET
+    from circuits import global_graph, trace
+    from reports.outputs import GRAPH_SET, GRAPH_WRITERS
 
     assert global_graph.OUTPUT_NAMES == GRAPH_SET.names
     assert global_graph.GRAPH_MARK == GRAPH_SET.mark
+    assert (trace.TRACE, trace.GLOBAL_GRAPH) == GRAPH_WRITERS
 
 
 def test_a_file_put_in_a_traced_sets_features_folder_is_refused_and_kept(tmp_path, fresh_cli):

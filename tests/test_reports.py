@@ -651,3 +651,43 @@ def test_a_small_probability_keeps_its_figures():
     assert [probability(p) for p in (0.9914, 0.0012, 2.13e-07, 0.0)] == [
         "0.991", "0.001", "2.1e-07", "0.000"
     ]  # fmt: skip
+
+
+def test_a_graph_set_written_by_one_command_is_refused_by_the_other(tmp_path, graph):
+    """A reviewer ran `circuits.global_graph --out` into a trace's folder: the trace's
+    `mechanisms.json` and feature files were removed, each with a note, exit 0. The set record
+    says which command wrote it, and the other one refuses that folder before any work, in one
+    line, leaving it as it was; a rerun of the same command replaces its set as before."""
+    from reports.outputs import GRAPH_SET, GRAPH_WRITERS, write_graph_outputs
+    from toy_models.files import WriteError, earlier_set, set_record_name
+
+    trace, global_graph = GRAPH_WRITERS
+    out = tmp_path / "traced"
+
+    def summary(directory):  # as the trace's `also` adds its summary to the set
+        (directory / "mechanisms.json").write_text("{}")
+        return [directory / "mechanisms.json"]
+
+    write_graph_outputs(graph, out, [], by=trace, also=summary)
+    record = out / set_record_name(GRAPH_SET.mark)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert '"by": "circuits.trace"' in record.read_text()
+    calls = (
+        lambda: earlier_set(out, GRAPH_SET.mark, GRAPH_SET.names, global_graph),
+        lambda: write_graph_outputs(graph, out, [], by=global_graph),
+    )
+    refused = ("holds a set that circuits.trace wrote, which circuits.global_graph would "
+               "replace; choose another --out")  # fmt: skip
+    for call in calls:
+        with pytest.raises(WriteError, match=refused):
+            call()
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert "graph.json" in earlier_set(out, GRAPH_SET.mark, GRAPH_SET.names, trace)
+    write_graph_outputs(graph, out, [], by=trace)  # its own command's rerun: replaced
+    # a record written before commands were recorded is either command's to replace
+    other = tmp_path / "older"
+    write_graph_outputs(graph, other, [])
+    assert '"by"' not in (other / set_record_name(GRAPH_SET.mark)).read_text()
+    write_graph_outputs(graph, other, [], by=global_graph)
+    with pytest.raises(ValueError, match="by must be one of"):
+        write_graph_outputs(graph, tmp_path / "x", [], by="someone")

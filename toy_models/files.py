@@ -360,6 +360,7 @@ class SetRecord(NamedTuple):
 
     entries: dict[str, str]
     files: dict[str, list[str]]
+    by: str | None = None  # the command that wrote it (None in records written before)
 
 
 def set_record_name(mark: str) -> str:
@@ -384,13 +385,17 @@ def files_under(directory: Path) -> list[str]:
 
 
 def write_set_record(
-    out: Path, mark: str, entries: dict[str, str], files: dict[str, list[str]] | None = None
-) -> None:
+    out: Path, mark: str, entries: dict[str, str], files: dict[str, list[str]] | None = None,
+    by: str | None = None,
+) -> None:  # fmt: skip
     """Record (atomically) that ``entries`` (name: ``file`` or ``directory``) in ``out`` are
-    a set's, one marked by ``mark``, and that each directory entry held ``files[name]``."""
+    a set's, one marked by ``mark``, that each directory entry held ``files[name]``, and
+    (``by``) which command wrote them, where two commands write sets of one mark."""
     record = {"set": mark, "entries": dict(sorted(entries.items()))}
     if files:
         record["files"] = {name: sorted(paths) for name, paths in sorted(files.items())}
+    if by is not None:
+        record["by"] = by
     write_json_atomic(out / set_record_name(mark), record)
 
 
@@ -412,11 +417,12 @@ def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> SetRecord 
     names outside ``names``, a listing of a file entry or of a path that leaves its
     directory)."""
     record = _small_json(path)
-    if not isinstance(record, dict) or set(record) - {"files"} != {"set", "entries"}:
+    if not isinstance(record, dict) or set(record) - {"files", "by"} != {"set", "entries"}:
         return None
-    entries, files = record["entries"], record.get("files", {})
+    entries, files, by = record["entries"], record.get("files", {}), record.get("by")
     if (
         record["set"] != mark
+        or not (by is None or isinstance(by, str) and by.isprintable() and 0 < len(by) <= 80)
         or not isinstance(entries, dict)
         or not all(
             name in names and kind in ("file", "directory") for name, kind in entries.items()
@@ -430,7 +436,7 @@ def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> SetRecord 
         )
     ):
         return None
-    return SetRecord(entries, files)
+    return SetRecord(entries, files, by)
 
 
 def _strangers(directory: Path, files: set[str]) -> Iterator[tuple[Path, bool]]:
@@ -480,14 +486,16 @@ def _check_directory_entry(entry: Path, record: Path, files: list[str] | None) -
                      "another --out", str(stranger))  # fmt: skip
 
 
-def earlier_record(out: Path, mark: str, names: frozenset[str]) -> SetRecord:
+def earlier_record(out: Path, mark: str, names: frozenset[str], by: str | None = None) -> SetRecord:
     """What an earlier set marked by ``mark`` recorded writing into ``out``
     (``write_set_record``): the entries a new set may replace or remove, and the files of its
     directories; empty when there is none. Creates nothing. Refused in one line (``WriteError``
     naming the entry), so that nothing is touched, when ``out`` holds saved work
     (``SAVED_WORK``) or lies inside a kind replaced whole (``replaced_whole``), a record this
     code did not write, the ``mark`` with no record beside it (another tool's file, or a set
-    written before sets were recorded), an entry of the set's ``names`` that no record lists,
+    written before sets were recorded), a set another command wrote (``by``: two commands
+    write graph sets, a trace's and a global graph's, and one would remove the other's summary
+    and feature files: found by a reviewer), an entry of the set's ``names`` that no record lists,
     or not as what stands there, or a recorded directory that holds anything its run did not
     write (someone's own)."""
     inside = replaced_whole(out.absolute().parent)
@@ -506,6 +514,10 @@ def earlier_record(out: Path, mark: str, names: frozenset[str]) -> SetRecord:
         if found is None:
             raise WriteError(errno.EEXIST, "not a record of this project's outputs; move it "
                              "away or choose another --out", str(record))  # fmt: skip
+        if by is not None and found.by is not None and found.by != by:
+            raise WriteError(errno.EEXIST, f"holds a set that {found.by} wrote, which {by} would "
+                             "replace; choose another --out (or move that set away)",
+                             str(out))  # fmt: skip
     elif os.path.lexists(out / mark):
         raise WriteError(errno.EEXIST, f"not written by a run of this version (there is no "
                          f"{record.name} beside it: another tool's file, or a set of an older "
@@ -527,11 +539,13 @@ def earlier_record(out: Path, mark: str, names: frozenset[str]) -> SetRecord:
     return found
 
 
-def earlier_set(out: Path, mark: str, names: frozenset[str]) -> dict[str, str]:
+def earlier_set(
+    out: Path, mark: str, names: frozenset[str], by: str | None = None
+) -> dict[str, str]:
     """The entries (name: ``file`` or ``directory``) that an earlier set marked by ``mark``
     recorded writing into ``out``, refused as ``earlier_record`` says: the check the CLIs run
     on ``--out`` before any work."""
-    return earlier_record(out, mark, names).entries
+    return earlier_record(out, mark, names, by).entries
 
 
 def check_writable_file(path: Path, flag: str, results: frozenset[str] = frozenset()) -> None:

@@ -185,6 +185,12 @@ def _check_shared(record: ErrorResults, layer: str, r: SharedDirection) -> None:
     if extra := sorted(have - set(present)):
         raise ValueError(f"{where}.by_family_mean_cosine: {extra[:3]!r:.80} is no family "
                          "with tokens")  # fmt: skip
+    # a mean over tokens is NaN only where there are none (``shared_direction`` keeps the
+    # tokens where both errors are nonzero): a reviewer's NaN over 17153 tokens printed "nan"
+    if r.tokens > 0:
+        for name in ("mean_cosine", "mean_cosine_shuffled", "b_along_a", "a_along_b"):
+            if math.isnan(getattr(r, name)):
+                raise ValueError(f"{where}.{name}: NaN, a mean over {r.tokens} tokens")
 
 
 def role_of(concepts: tuple[int, ...]) -> int:

@@ -927,8 +927,10 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
                 parts.append(f"<p>{_esc(own)}</p>")
             spread = spread_text(summary.group(t.predicting_group), t.node)
             spread = f" ({_esc(spread)})" if spread else ""
+            flow = summary.group(t.predicting_group).flow[t.node]
             parts.append(f"<p>{heading}: <b>{_esc(t.predicting_group)}</b> "
-                         f"{_esc(names[t.predicting_group])}{spread}</p>")  # fmt: skip
+                         f"{_esc(names[t.predicting_group])}, flow {_span(flow)}"
+                         f"{spread}</p>")  # fmt: skip
             flagged = flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
             if flagged:
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
@@ -938,7 +940,9 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
                 parts.append(f"<p>{_esc(none)}</p>")
             if moved_text(t):
                 parts.append(f"<p>{_esc(moved_text(t))}</p>")
-            others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])}" for k in t.head_groups[1:])
+            others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])} "
+                               f"{_span(summary.group(k).flow[t.node])}"
+                               for k in t.head_groups[1:])  # fmt: skip
             if others:
                 parts.append(f"<p>next head groups there, by flow: {others}</p>")
         paths = [p for p in summary.paths if p.target == t.node]

@@ -422,6 +422,10 @@ def _set_nested(path: str, value):
          "results.lorsa_vs_sae.0.by_family_mean_cosine: ['stories'] is no family with tokens"),
         ("reports.errors", "error_analysis_default.json",
          _set_nested("lorsa_vs_sae.1.lorsa_fvu", 0.5), "results.lorsa_vs_sae.1.lorsa_fvu: 0.5"),
+        # a reviewer's NaN over 17153 tokens was printed "mean cosine nan"
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("lorsa_vs_sae.0.mean_cosine", float("nan")),
+         "results.lorsa_vs_sae.0.mean_cosine: NaN, a mean over"),
         ("reports.errors", "error_analysis_default.json",
          _set_nested("families", ["names", "names", "successor", "repeat"]),
          "results.families: ['names', 'names', 'successor', 'repeat'] names a group twice"),

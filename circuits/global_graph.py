@@ -246,7 +246,9 @@ def _qk_lines(graph, labels: list[str]) -> list[str]:
         p = max(a.pairs, key=lambda p: abs(p.value))
         query = labels[at[p.query]] if p.query in at else p.query
         key = labels[at[p.key]] if p.key in at else p.key
-        share = f"{abs(p.value) / abs(a.score):.1%} of the lift; " if a.score else ""
+        # signed: a pair that lowers the score holds a negative share (a reviewer read
+        # `-0.181 (2.2% of the lift ...)`)
+        share = f"{p.value / a.score:+.1%} of the lift; " if a.score else ""
         lines.append(f"  {name} (score lift {a.score:+.3f} per firing): q {query}  x  k {key}"
                      f"  {p.value:+.3f} ({share}the {len(a.pairs)} largest pairs "
                      f"{a.score - a.rest:+.3f}, rest {a.rest:+.3f})")  # fmt: skip

@@ -261,8 +261,11 @@ def with_qk_side(
 ) -> Graph:
     """``graph`` (a global graph) with the QK side of each of its Lorsa heads: the head's QK
     group's record (``qk_record``) and, as nodes, the query and key units of the group's
-    ``pairs`` strongest pairs (drawn as q/k edges into the head). Added units have no value
-    edges here, so their influence is 0; every other field of the graph is kept."""
+    ``pairs`` strongest pairs (drawn as q/k edges into the head). An added unit that is a Lorsa
+    head gets its QK group's record too (so every head of the graph has one: a reviewer found
+    a layer-1 head, added as a layer-2 head's query unit, with none), but no units of its own
+    pairs: the QK side goes one step back. Added units have no value edges here, so their
+    influence is 0; every other field of the graph is kept."""
     pairs = checked_count(pairs, "pairs", least=0)
     units = stats.units
     have = units_of(graph, units)
@@ -277,6 +280,13 @@ def with_qk_side(
             if flat[j] > 0:
                 q, k = divmod(j, group.pairs.shape[1])
                 extra |= {int(group.query_units[q]), int(group.key_units[k])}
+    for unit in sorted(extra - set(have)):
+        kind, _, index = units.describe(unit)
+        added = (units.layer(unit), index // graph.group_size)
+        if kind == Kind.LORSA and added not in groups:
+            groups.append(added)
+            records.append(qk_record(stats, *added))
+    records.sort(key=lambda r: (r.layer, r.qk_head))
     order = sorted(set(have) | extra)
     coo = graph.edges.tocoo()
     edges = {(have[s], have[t]): float(w)

@@ -6,6 +6,7 @@ side and split-half reliability; the statistics file refused whole when damaged,
 old; gathering resumed bit for bit and extended; the CLI's bad input and start-up."""
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -828,15 +829,41 @@ def test_units_left_without_inputs_get_their_best_path_end(replacement, units, s
                 assert any(v in members for v in top)
 
 
-def test_every_lorsa_head_of_a_graph_gets_its_qk_side(replacement, units, stats, tmp_path):
+def test_every_lorsa_head_of_a_graph_gets_its_qk_side(
+    replacement, units, stats, tmp_path, monkeypatch
+):
     start = units.unit("lorsa", 1, int(stats.unit_count[units.unit("lorsa", 1, 0) :][:8].argmax()))
     value = prune_graph(global_graph(replacement, stats, start, budget=10, per_node=4))
     graph = with_qk_side(replacement, stats, value)
     unit = units_of(graph, units)
-    heads = (graph.kind == Kind.LORSA).nonzero().squeeze(1).tolist()
-    groups = {(int(graph.layer[i]), int(graph.index[i]) // graph.group_size) for i in heads}
-    assert {(a.layer, a.qk_head) for a in graph.qk} == groups
+
+    def qk_groups(g: Graph) -> set[tuple[int, int]]:
+        heads = (g.kind == Kind.LORSA).nonzero().squeeze(1).tolist()
+        return {(int(g.layer[i]), int(g.index[i]) // g.group_size) for i in heads}
+
+    # every head, those added as another head's query or key unit too (a reviewer found one
+    # with no record); only the graph's own heads bring their pairs' units in
+    assert {(a.layer, a.qk_head) for a in graph.qk} == qk_groups(graph)
+    # a layer-0 head as the strongest pair's query unit (the fixture's groups gather none)
+    gathered, head = stats.qk_group, units.unit("lorsa", 0, 3)
+
+    def with_a_head(layer, qk_head):
+        g = gathered(layer, qk_head)
+        if layer == 0:
+            return g
+        best = int(g.pairs.abs().argmax()) // g.pairs.shape[1]
+        query = g.query_units.clone()
+        query[best] = head
+        return dataclasses.replace(g, query_units=query)
+
+    monkeypatch.setattr(stats, "qk_group", with_a_head)
+    wide = with_qk_side(replacement, stats, value)
+    assert units.node_id(head) in wide.ids and qk_groups(wide) > qk_groups(value)
+    assert {(a.layer, a.qk_head) for a in wide.qk} == qk_groups(wide)
+    monkeypatch.undo()
     for a in graph.qk:
+        if (a.layer, a.qk_head) not in qk_groups(value):
+            continue
         group = stats.qk_group(a.layer, a.qk_head)
         assert a.score == pytest.approx(group.total)
         assert a.rest == pytest.approx(group.total - sum(p.value for p in a.pairs), abs=1e-6)
@@ -1049,7 +1076,7 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     a = next(a for a in graph.qk if a.layer == 1)
     top = max(a.pairs, key=lambda p: abs(p.value))
     line = next(x for x in out.splitlines() if "L1 QK 0 (score lift" in x)
-    assert line.endswith(f"{top.value:+.3f} ({abs(top.value) / abs(a.score):.1%} of the lift; "
+    assert line.endswith(f"{top.value:+.3f} ({top.value / a.score:+.1%} of the lift; "
                          f"the {len(a.pairs)} largest pairs {a.score - a.rest:+.3f}, rest "
                          f"{a.rest:+.3f})")  # fmt: skip
     assert abs(a.score - a.rest - sum(p.value for p in a.pairs)) < 1e-4

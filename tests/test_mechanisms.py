@@ -906,8 +906,8 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
     # found the names alone)
     for t in summary.targets:
         for k in t.head_groups:
-            g = summary.group(k)
-            assert re.search(rf"<b>{k}</b> {re.escape(escape(g.name))},? (flow )?<span class=", page)
+            name = re.escape(escape(summary.group(k).name))
+            assert re.search(rf"<b>{k}</b> {name},? (flow )?<span class=", page)
     # a sparse summary's probabilities are the replacement's: said in both renderings
     says_sparse = "the replacement's, which can differ from the model's"
     assert (says_sparse in format_summary(summary)) == (summary.mode == "sparse")

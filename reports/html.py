@@ -127,8 +127,7 @@ def html_page(
     drawn = set(selection.nodes)
     labels = node_labels(graph)
     if title is None:
-        prompt = graph.prompt if len(graph.prompt) <= 80 else graph.prompt[:79] + "…"
-        title = f"Attribution graph: {prompt}" if prompt else "Attribution graph"
+        title = _default_title(graph, labels)
     data = viewer_data(
         graph, selection, dashboards=dashboards, q_params=q_params, title=title,
         mechanisms=mechanisms,
@@ -177,6 +176,21 @@ def html_page(
         "</html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _default_title(graph: Graph, labels: list[str]) -> str:
+    """A prompt's graph is titled by its prompt; a global graph by where it grew from (its
+    target weight's node) and which way (a reviewer's global page read "Attribution graph")."""
+
+    def clipped(text: str) -> str:
+        return text if len(text) <= 80 else text[:79] + "…"
+
+    if graph.positional or not graph.n_nodes:
+        return "Attribution graph" + (f": {clipped(graph.prompt)}" if graph.prompt else "")
+    direction = graph.settings.get("direction")
+    if direction not in ("upstream", "downstream") or not bool(graph.target_weight.any()):
+        return "Global graph"
+    return f"Global graph, {direction} of {clipped(labels[int(graph.target_weight.argmax())])}"
 
 
 # ---------------------------------------------------------------------------------- sections

@@ -1081,6 +1081,14 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
                          f"{a.rest:+.3f})")  # fmt: skip
     assert abs(a.score - a.rest - sum(p.value for p in a.pairs)) < 1e-4
     page = (tmp_path / "qk" / "graph.html").read_text(encoding="utf-8")
+    # titled by where it grew from and which way (a reviewer read "Attribution graph")
+    from html import escape
+
+    from reports.labels import node_labels
+
+    start = int(graph.target_weight.argmax())
+    assert graph.kinds[start] == "lorsa" and int(graph.index[start]) == firing
+    assert f"<title>Global graph, upstream of {escape(node_labels(graph)[start])}" in page
     assert "expected QK attribution per firing" in page and "key pos" not in page
     code, out, err = cli(main, *args, "--out", tmp_path / "no-qk", "--no-qk")
     assert code == 0, err

@@ -2026,6 +2026,35 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replac
         # the numbers it is there for, whole (a reviewer read `writes g0's key 0.70→0.…`)
         after = f"{attention_text(a.mean_before)}→{attention_text(a.mean_free)}"
         assert f"{a.group} attends {after}" in box and "…" not in box
+    # A supernode is found by its name (a reviewer's "g3" found nothing), listed first, and
+    # its result opens its panel
+    g = groups[0]
+    browser.evaluate("(() => { const s = document.querySelector('#viewer input[type=search]');"
+                     f" s.value = {json.dumps(g.key + ' ')}; s.dispatchEvent(new Event('input'));"
+                     " })()")  # fmt: skip
+    results = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .results button')].map(b => b.textContent)"
+    )
+    assert results and results[0].startswith(f"supernode {g.key} ")
+    browser.evaluate("document.querySelector('#viewer .results button').click()")
+    assert browser.evaluate("viewer.state.clicked.group") is not None
+    # One URL draws one picture however it arrives (a reviewer's page, every group undone,
+    # came back grouped when reloaded, and a pasted `#nodes=5` dropped the page's groups).
+    # Undone, the groups leave `supernodes=[]` in the URL, which reloads with none:
+    default = sorted(browser.evaluate("viewer.supernodes()"))
+    browser.evaluate("viewer.state.groups = []; viewer.update()")
+    url = browser.evaluate("location.href")
+    assert "supernodes=%5B%5D" in url or "supernodes=[]" in url
+    browser.load("about:blank")
+    browser.load(url)
+    assert browser.evaluate("viewer.supernodes()") == []
+    # a hash pasted in place leaves out what the page holds of its own, as one opened with it
+    browser.evaluate("location.hash = 'nodes=5'")
+    browser.evaluate("new Promise(r => setTimeout(r, 50))")  # hashchange is dispatched async
+    assert sorted(browser.evaluate("viewer.supernodes()")) == default
+    browser.load("about:blank")
+    browser.load(path.resolve().as_uri() + "#nodes=5")
+    assert sorted(browser.evaluate("viewer.supernodes()")) == default
     # without them (the URL says none), a group's button draws it as one
     browser.load("about:blank")
     browser.load(path.resolve().as_uri() + "#supernodes=[]")

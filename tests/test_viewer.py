@@ -381,6 +381,16 @@ def test_budget_and_edge_threshold_redraw(browser, small_page):
     assert url_state(browser)["nodes"] == "2"
     grey = browser.evaluate("document.querySelectorAll('tr.undrawn').length")
     assert grey == graph.n_nodes - len(expected.nodes)
+    # The box shows the budget in use: past the end it is clamped and written back, and an
+    # empty box or a non-number changes nothing (a reviewer's "1000" stayed in the box, and
+    # "abc" set the budget to 0).
+    most = browser.evaluate("+document.querySelector('#viewer input[type=number]').max")
+    for typed, budget in ((1000, most), (1000, most), ("abc", most), ("", most), (-4, 0)):
+        set_control(browser, "#viewer input[type=number]", typed, "change")
+        assert browser.evaluate("viewer.state.budget") == budget, typed
+        shown = browser.evaluate("document.querySelector('#viewer input[type=number]').value")
+        assert shown == str(budget), (typed, shown)
+    set_control(browser, "#viewer input[type=number]", 2, "change")
     # A high edge threshold keeps only the strong edges.
     set_control(browser, "#viewer input[type=number]", 7, "change")
     before = browser.evaluate("document.querySelectorAll('#viewer svg path.edge').length")
@@ -1115,3 +1125,18 @@ def test_global_graph_counts_agree_and_say_what_they_count(browser, tmp_path):
     open_page(browser, path)
     status = browser.evaluate("document.querySelector('#viewer .status').textContent")
     assert "Drawing 12 of 13 nodes: 7 of 7 heads, features and errors, 3 of 4 tokens, " in status
+
+
+def test_a_sparse_graphs_page_says_its_probabilities_are_the_replacements(browser, tmp_path):
+    """A reviewer read ' Thursday' p=0.811 in a sparse page's box and panels, with the model at
+    0.982 and the caveat only in the static section below the fold: the status line says it,
+    and a local graph's does not."""
+    for mode in ("sparse", "local"):
+        graph = make_graph()
+        graph.mode = mode
+        path = tmp_path / f"{mode}.html"
+        write_html(graph, path, None)
+        open_page(browser, path)
+        status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+        says = "every probability shown are the replacement's, not the model's" in status
+        assert says == (mode == "sparse"), status

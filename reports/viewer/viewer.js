@@ -27,6 +27,9 @@
   const root = document.getElementById("viewer");
   const data = JSON.parse(document.getElementById("graph-data").textContent);
   const meta = data.metadata, nodes = data.nodes, N = nodes.length;
+  // A sparse graph explains the replacement, whose probabilities can be far from the model's
+  // (a reviewer's ' Thursday' p=0.811 in its box and panels, 0.982 in the model).
+  const SPARSE_NOTE = "sparse mode: the graph and every probability shown are the replacement's, not the model's";
   // The mechanism summary's groups whose ablation check of the first target is flagged (the
   // linear graph not to be trusted there), as sets of member ids: a supernode of exactly those
   // members says so on its box.
@@ -119,7 +122,11 @@
     edgeMin: data.view.edgeMin || 0,
     pinned: new Set(), groups: [], clicked: null, picks: new Set(), query: "", zoom: null,
   };
-  const defaults = { budget: state.budget, edgeMin: state.edgeMin };
+  // The page's own state (graph.json's qParams: a summary's groups as supernodes, pins), set at
+  // the start: a hash that leaves pins or supernodes out means these, whether the page is
+  // opened with it or it is pasted in place, and the URL says "none" where the page has its
+  // own, so that one URL draws one picture (a reviewer's ungrouped page came back grouped).
+  const defaults = { budget: state.budget, edgeMin: state.edgeMin, pinned: new Set(), groups: [] };
   let view = null, hovered = null, drawnOnce = false;
 
   // What the URL held that the page ignores, cut short: an id can be any length.
@@ -197,8 +204,14 @@
     data.qParams.supernodes = supernodes;
     data.qParams.clickedId = clickedId;
     const p = new URLSearchParams();
-    if (pinnedIds.length) p.set("pinnedIds", pinnedIds.join(","));
-    if (supernodes.length) p.set("supernodes", JSON.stringify(supernodes));
+    // written when any, or when none where the page has its own (an empty list then says so)
+    const pinsAsDefault = [...defaults.pinned].map((i) => nodes[i].id).sort().join(",");
+    if (pinnedIds.length || [...pinnedIds].sort().join(",") !== pinsAsDefault) {
+      p.set("pinnedIds", pinnedIds.join(","));
+    }
+    if (supernodes.length || JSON.stringify(supernodes) !== JSON.stringify(defaults.groups.map(groupIds))) {
+      p.set("supernodes", JSON.stringify(supernodes));
+    }
     if (clickedId) p.set("clickedId", clickedId);
     if (state.budget !== defaults.budget) p.set("nodes", String(state.budget));
     if (state.edgeMin !== defaults.edgeMin) p.set("edgeMin", String(state.edgeMin));
@@ -488,7 +501,8 @@
         el("button", { type: "button", onclick: zoom(1 / 1.25), title: "zoom out" }, "−"), " ",
         el("button", { type: "button", onclick: () => { state.zoom = null; applyZoom(); }, title: "fit to the canvas" }, "fit"), " ",
         el("button", { type: "button", onclick: zoom(1.25), title: "zoom in" }, "+")),
-      el("span", { class: "muted" }, "click: details · ctrl/shift-click: pick for a supernode · hover: paths · a head's box: →the key it reads; a feature's: ↑the token it promotes most"));
+      el("span", { class: "muted" }, "click: details · ctrl/shift-click: pick for a supernode · hover: paths · a head's box: " +
+        (meta.positional ? "→the key it reads" : "its QK group") + "; a feature's: ↑the token it promotes most"));
     ui.results = el("div", { class: "results" });
     ui.status = el("div", { class: "status" });
     ui.svg = svgEl("svg", { role: "img" });
@@ -498,11 +512,16 @@
     ui.main = el("div", { class: "main" }, ui.canvas, ui.panel);
     root.replaceChildren(toolbar, ui.results, ui.status, ui.main);
 
-    const setBudget = (b) => {
-      b = Math.max(0, Math.min(budgetMax, Math.round(Number(b) || 0)));
-      if (b === state.budget) return;
-      state.budget = b;
-      update();
+    // The box always shows the budget in use: a value past the ends is clamped and written
+    // back, and an empty box or a non-number is ignored (a reviewer's "1000" stayed in the
+    // box at 187, and "abc" set the budget to 0).
+    const setBudget = (text) => {
+      const n = String(text).trim() === "" ? NaN : Number(text);
+      if (Number.isFinite(n)) {
+        const b = Math.max(0, Math.min(budgetMax, Math.round(n)));
+        if (b !== state.budget) { state.budget = b; update(); return; }
+      }
+      updateControls();
     };
     ui.budget.addEventListener("change", () => setBudget(ui.budget.value));
     ui.budgetRange.addEventListener("input", () => setBudget(ui.budgetRange.value));
@@ -525,10 +544,14 @@
       if (row) row.scrollIntoView({ block: "center" });
       select({ node: i });
     });
-    // A hash typed or pasted by hand is the whole state: what it leaves out is the default.
+    // A hash typed or pasted by hand is the whole state: what it leaves out is the page's own
+    // (``defaults``), as when the page is opened with it.
     window.addEventListener("hashchange", () => {
       if (!location.hash.slice(1).includes("=")) return;
-      Object.assign(state, { budget: defaults.budget, edgeMin: defaults.edgeMin, pinned: new Set(), groups: [], clicked: null });
+      Object.assign(state, {
+        budget: defaults.budget, edgeMin: defaults.edgeMin, pinned: new Set(defaults.pinned),
+        groups: defaults.groups.map((g) => ({ name: g.name, members: [...g.members] })), clicked: null,
+      });
       const notes = [];
       readHash(notes);
       update();
@@ -740,17 +763,32 @@
     for (let i = 0; i < N; i++) if (searchText[i].includes(q)) found.push(i);
     return found.sort(byScore);
   }
+  // Supernodes are found by their names ("g3", "L0 15 features @11": a summary group's key and
+  // name, as its box and the mechanisms panel give them), listed before the nodes.
+  function groupMatches() {
+    const q = state.query.trim().toLowerCase();
+    if (!q) return [];
+    return state.groups.map((g, k) => k).filter((k) => state.groups[k].name.toLowerCase().includes(q));
+  }
   function markSearch() {
-    const found = searchMatches();
-    const hit = new Set(found.map((i) => view.itemOf[i]));
+    const found = searchMatches(), groups = groupMatches();
+    const itemOfGroup = (k) => view.items.findIndex((it) => it.group === k);
+    const hit = new Set([...found.map((i) => view.itemOf[i]), ...groups.map(itemOfGroup)]);
     let drawnHits = 0;
     for (const [k, g] of view.nodeEls) {
       const on = hit.has(k);
       g.classList.toggle("match", on);
       if (on) drawnHits++;
     }
-    ui.searchCount.textContent = state.query.trim() ? `${found.length} found, ${drawnHits} drawn` : "";
-    ui.results.replaceChildren(...found.slice(0, 40).map((i) => {
+    const total = found.length + groups.length;
+    ui.searchCount.textContent = state.query.trim() ? `${total} found, ${drawnHits} drawn` : "";
+    const groupButtons = groups.map((k) => {
+      const it = view.items[itemOfGroup(k)], g = state.groups[k];
+      return el("button", { type: "button", class: "result", title: `supernode of ${g.members.length} nodes`,
+        onclick: () => select({ group: k }) },
+      fitText(`supernode ${g.name}`, 48) + (it && it.drawn ? "" : " (not drawn)"));
+    });
+    ui.results.replaceChildren(...groupButtons, ...found.slice(0, 40).map((i) => {
       const drawn = view.itemOf[i] >= 0 && view.items[view.itemOf[i]].drawn;
       return el("button", { type: "button", class: "result", title: nodes[i].id, onclick: () => select({ node: i }) },
         fitText(nodes[i].label, 48) + (drawn ? "" : " (not drawn)"));
@@ -774,12 +812,15 @@
     ];
     if (state.pinned.size) parts.push(`${state.pinned.size} pinned`);
     if (!meta.positional) parts.push("global graph: units, laid out by stage");
+    // where the numbers are read (the static section says it further down)
+    if (meta.positional && meta.mode === "sparse") parts.push(SPARSE_NOTE);
     ui.status.textContent = parts.join(" · ");
   }
 
   // "Drawing 40 of 40 nodes: 14 of 14 heads and features, 26 of 26 tokens": every node the
   // drawing shows (a supernode's members included), split into what the budget ranks (the
-  // toolbar's count; beyond the top ones, pinned nodes, targets and QK sources), tokens and
+  // toolbar's count; beyond the top ones, supernodes' members (always drawn whole), pinned
+  // nodes, targets and QK sources), tokens and
   // targets, so that the parts add up to the whole and the toolbar's number is one of them.
   function drawnCounts(v) {
     const shownNodes = new Set();
@@ -798,7 +839,7 @@
     const parts = [];
     if (innerAll) {
       parts.push(`${inner} of ${innerAll} ${INNER_WORDS}` +
-        (inner > top ? ` (the top ${top} and ${inner - top} more: pinned, traced from, or QK sources)` : ""));
+        (inner > top ? ` (the top ${top} and ${inner - top} more: supernodes' members, pinned, traced from, or QK sources)` : ""));
     }
     if (tokensAll) parts.push(`${tokens} of ${tokensAll} ${plural(tokensAll, "token", "tokens")}`);
     if (logitsAll) parts.push(`${logits} of ${logitsAll} ${plural(logitsAll, "logit", "logits")}`);
@@ -1278,6 +1319,8 @@
     buildChrome();
     const notes = [];
     applyParams(data.qParams, notes);
+    defaults.pinned = new Set(state.pinned);
+    defaults.groups = state.groups.map((g) => ({ name: g.name, members: [...g.members] }));
     readHash(notes);
     render();
     writeState();

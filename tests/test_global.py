@@ -1424,3 +1424,18 @@ def test_statistics_kind_reads_a_deeply_nested_header_as_not_statistics(tmp_path
         path = tmp_path / f"{name}.safetensors"
         path.write_bytes(len(data).to_bytes(8, "little") + data)
         assert statistics_kind(path) == kind
+
+
+def test_a_qk_pairs_side_that_is_no_node_is_named_in_words(units):
+    """A head added as a QK partner brings its group's pairs, whose units may be absent from
+    the graph: the printout named them by bare id (`q 1_1424_0`); they read as units do."""
+    from circuits.global_graph import _unit_words
+    from circuits.nodes import node_words
+
+    words = _unit_words(units, None)
+    for kind, layer, index in (("transcoder", 0, 3), ("lorsa", 1, 5)):
+        unit = units.unit(kind, layer, index)
+        kind_, stage, index_ = units.describe(unit)
+        assert words(units.node_id(unit)) == node_words(kind_, stage, index_)
+        assert words(units.node_id(unit)).startswith(f"L{layer} ")
+    assert words("no such id") == "no such id"

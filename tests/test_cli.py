@@ -182,6 +182,8 @@ def test_bad_arguments_of_the_benchmarks_are_one_line_before_any_work():
         ("startup", ["--repeat", "0"], "--repeat must be at least 1"),
         ("dashboards", ["--work", "README.md"], "--work README.md: exists and is not a dir"),
         ("heads", ["--report", "README.md"], "--report README.md: exists and is not a dir"),
+        ("check_sizes", ["--per-family", "0"], "--per-family: must be at least 1"),
+        ("paths", ["--per-family", "-2"], "--per-family: must be at least 1"),
     ):
         proc = subprocess.run([sys.executable, str(root / "benchmarks" / f"{script}.py"), *args],
                               capture_output=True, text=True, cwd=root, timeout=120)  # fmt: skip

@@ -210,7 +210,9 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     graph.model["name"] = args.model
     seconds = time.perf_counter() - t0
     reliability = split_half(grow, stats)
-    written = write_graph_outputs(graph, args.out, formats, by=GLOBAL_GRAPH)
+    views = _unit_dashboards(args.model, replacement, tokenizer, graph)
+    written = write_graph_outputs(graph, args.out, formats, dashboards=views, feature_files=False,
+                                  by=GLOBAL_GRAPH)  # fmt: skip
     labels = node_labels(graph)
     print(
         f"{labels[int(graph.target_weight.argmax())]}: {graph.n_nodes} units, "
@@ -229,6 +231,32 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     for path in written.paths:
         print(f"wrote {path}")
     return 0
+
+
+def _unit_dashboards(model: str, replacement, tokenizer, graph) -> dict | None:
+    """The units' dashboards for the page (viewer schema), from the finished local-mode file a
+    trace of this model built at the default path (the statistics are local mode's too); None,
+    said in a note, where there is none or it cannot be used: the page is whole without them,
+    and building them is the trace's first run's work, not this command's (a reviewer found the
+    global page bare beside a dashboards file)."""
+    from .dashboards import default_path, read_file
+    from .trace import DASHBOARD_ROWS, dashboard_views
+
+    path = default_path(model, "local", replacement, tokenizer, DASHBOARD_ROWS)
+    why = f"there is none at {path} (a first `python -m circuits.trace --model {model}` builds it)"
+    if path.is_file():
+        try:
+            dash = read_file(path, replacement, tokenizer)
+            why = "" if dash.finished else f"{path} is an unfinished build"
+        except ValueError as exc:
+            why = str(exc)
+        if not why:
+            try:
+                return dashboard_views(dash, path, tokenizer, graph)[0]
+            except UserError as exc:
+                why = str(exc)
+    print(f"note: the page has no unit dashboards: {why}", file=sys.stderr)
+    return None
 
 
 def _unit_words(units, tokenizer):

@@ -503,7 +503,7 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
         graph = summary_groups_step(replacement, graph, run, full, mechanisms, scored,
                                     args.key_mass, args.qk)  # fmt: skip
         _check_kept_edges(graph)
-    dashboards, labels = _dashboard_views(dash, dash_path, tokenizer, graph)
+    dashboards, labels = dashboard_views(dash, dash_path, tokenizer, graph)
 
     def write_summary(directory: Path) -> list[Path]:
         if mechanisms is None:  # an earlier run's summary is removed with the set
@@ -603,9 +603,10 @@ def _dashboards_file(args, replacement, tokenizer) -> tuple:
     return dash, path
 
 
-def _dashboard_views(dash, path, tokenizer, graph) -> tuple[dict | None, dict]:
+def dashboard_views(dash, path, tokenizer, graph) -> tuple[dict | None, dict]:
     """The dashboards of the graph's heads and features (viewer schema) from the dashboards
-    file ``dash`` (at ``path``) and their concept labels by unit id; (None, {}) without one."""
+    file ``dash`` (at ``path``) and their concept labels by unit id; (None, {}) without one.
+    A global graph's page uses them too (``circuits.global_graph``)."""
     if dash is None:
         return None, {}
     from .nodes import Kind

@@ -42,7 +42,7 @@ from circuits.qk import QKSides
 from circuits.statistics import Statistics, compact, identity
 from circuits.statistics_file import STATS_VERSION, load_partial
 from circuits.units import Units
-from replacement.model import center
+from replacement.model import ReplacementModel, center
 
 N_ROWS, N_CTX, QK_UNITS = 5, 10, 6
 
@@ -1041,13 +1041,13 @@ def test_global_graph_cli_parses_arguments_before_importing_torch(fresh_cli, tmp
 
 
 def test_global_graph_cli_end_to_end_on_a_tiny_model(
-    tiny_run, tiny_pretrained, make_replacement, tmp_path, cli
+    tiny_run, tiny_pretrained, make_replacement, tmp_path, cli, monkeypatch
 ):
     """Gathers statistics once (QK side, halves), draws the graph with q/k edges and prints
     the QK groups and the split-half reliability; --no-qk leaves the QK side out."""
     from circuits.global_graph import main
 
-    model, _ = tiny_pretrained
+    model, tokenizer = tiny_pretrained
     make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4).save(tmp_path / "rep", str(tiny_run))
     stats = tmp_path / "stats.safetensors"
     args = ["--model", tiny_run, "--replacement", tmp_path / "rep", "--stats", stats,
@@ -1095,6 +1095,31 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     assert "gathering" not in out and "score lift" not in out  # the same file, no QK side
     assert not Graph.load(tmp_path / "no-qk" / "graph.safetensors").qk
     assert "split-half reliability (2 + 2 rows): " in out
+    # without a dashboards file the page has none, said in a note; with the one a trace of the
+    # model built at the default path, its units' dashboards are on the page (a reviewer found
+    # the global page bare beside one)
+    assert "note: the page has no unit dashboards: there is none at " in err
+    from circuits import dashboard_pass, dashboards
+    from circuits.trace import DASHBOARD_ROWS
+
+    built = tmp_path / "dash.safetensors"
+    rep = ReplacementModel.load(tmp_path / "rep", model)
+    dashboard_pass.build(rep, tokenizer, built, rows=4, batch_rows=2, seed=0, progress=False)
+    wanted = []
+
+    def at_built(model_name, mode, replacement, tokenizer, rows):
+        wanted.append((mode, rows))
+        return built
+
+    monkeypatch.setattr(dashboards, "default_path", at_built)
+    code, out, err = cli(main, *args, "--out", tmp_path / "dash", "--no-qk")
+    assert code == 0 and "unit dashboards" not in err, err
+    assert wanted == [("local", DASHBOARD_ROWS)]
+    graph = Graph.load(tmp_path / "dash" / "graph.safetensors")
+    page = (tmp_path / "dash" / "graph.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r'id="graph-data">(.*?)</script>', page, re.S).group(1))
+    units = {n["unit"] for n in data["nodes"] if n["kind"] in ("lorsa", "transcoder")}
+    assert units and set(data["dashboards"]) <= units and data["dashboards"]
 
 
 def test_qk_circuit(replacement, units, stats):

@@ -127,7 +127,7 @@ def html_page(
     drawn = set(selection.nodes)
     labels = node_labels(graph)
     if title is None:
-        title = _default_title(graph, labels)
+        title = _default_title(graph)
     data = viewer_data(
         graph, selection, dashboards=dashboards, q_params=q_params, title=title,
         mechanisms=mechanisms,
@@ -178,7 +178,7 @@ def html_page(
     return "\n".join(parts) + "\n"
 
 
-def _default_title(graph: Graph, labels: list[str]) -> str:
+def _default_title(graph: Graph) -> str:
     """A prompt's graph is titled by its prompt; a global graph by where it grew from (its
     target weight's node) and which way (a reviewer's global page read "Attribution graph")."""
 
@@ -190,7 +190,10 @@ def _default_title(graph: Graph, labels: list[str]) -> str:
     direction = graph.settings.get("direction")
     if direction not in ("upstream", "downstream") or not bool(graph.target_weight.any()):
         return "Global graph"
-    return f"Global graph, {direction} of {clipped(labels[int(graph.target_weight.argmax())])}"
+    from circuits.groups import node_name  # its words without the label's firing counts
+
+    start = int(graph.target_weight.argmax())
+    return f"Global graph, {direction} of {clipped(node_name(graph, start))}"
 
 
 # ---------------------------------------------------------------------------------- sections

@@ -1084,11 +1084,11 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     # titled by where it grew from and which way (a reviewer read "Attribution graph")
     from html import escape
 
-    from reports.labels import node_labels
+    from circuits.groups import node_name
 
     start = int(graph.target_weight.argmax())
     assert graph.kinds[start] == "lorsa" and int(graph.index[start]) == firing
-    assert f"<title>Global graph, upstream of {escape(node_labels(graph)[start])}" in page
+    assert f"<title>Global graph, upstream of {escape(node_name(graph, start))}</title>" in page
     assert "expected QK attribution per firing" in page and "key pos" not in page
     code, out, err = cli(main, *args, "--out", tmp_path / "no-qk", "--no-qk")
     assert code == 0, err

@@ -236,8 +236,8 @@ def mark_text(c: EffectCheck, target: TargetRecord | None, tolerance: float = TO
             with_p = "" if apart or moved is None else ", its probability as predicted"
             flags.append(f"{name} other sign{with_p}{why}")
         elif off:
-            flags.append(f"{name} {ratio:.2g}x" + (", its probability the other way" * apart)
-                         + why)  # fmt: skip
+            flags.append(f"{name} {_ratio_text(ratio)}x"
+                         + (", its probability the other way" * apart) + why)  # fmt: skip
         elif apart:
             notes.append(f"{name}: its probability the other way")
         if name == "free" and agree and not off and ok_through_attention(c, tolerance):
@@ -357,6 +357,16 @@ def ok_through_attention(c: EffectCheck, tolerance: float = TOLERANCE) -> bool:
     return not _held_agrees(c, c.free_attention_held, c.agree_free_attention_held, tolerance)
 
 
+def _ratio_text(ratio: float) -> str:
+    """A flagged ratio (beyond ``RATIO`` either way) in two significant figures, or as many
+    more as keep it off the limit it passed (a reviewer read "3x" for 3.02)."""
+    for digits in range(2, 7):
+        text = f"{ratio:.{digits}g}"
+        if float(text) != RATIO and float(f"{1 / float(text):.{digits}g}") != RATIO:
+            return text
+    return text
+
+
 def free_cause(c: EffectCheck, tolerance: float = TOLERANCE) -> str | None:
     """What undoes a flagged free measurement, from the reruns with parts of the model held
     (the first that agrees with the prediction): ``"final LayerNorm"`` (its scale alone held),
@@ -379,7 +389,8 @@ def _free_words(c: EffectCheck, tolerance: float) -> str:
     cause = free_cause(c, tolerance)
     if cause == "final LayerNorm":
         return f", from the final LayerNorm (held: {_signed(c.free_final_ln_held)})"
-    if cause == "LayerNorms" and c.free_final_ln_held is None:  # a summary before it
+    if cause == "LayerNorms" and c.free_final_ln_held is None:  # a head or feature target
+        # (the final LayerNorm comes after it), or a summary before that rerun
         return f", from the LayerNorm (held: {_signed(c.free_ln_held)})"
     if cause == "LayerNorms":
         return (f", from the LayerNorms (all held: {_signed(c.free_ln_held)}; the final one "

@@ -505,6 +505,30 @@ def test_a_group_named_for_a_key_that_brings_little_says_so():
     assert spread_text(g, "logit_1") == ""  # no flow into that target
 
 
+def test_no_group_without_flow_into_the_target_fills_the_summary(replacement, tokens, run):
+    """A reviewer traced a feature at BOS: after its two groups the summary listed eight at
+    later positions, which cannot reach it, each with flow 0 and a check of rounding noise
+    marked ok. The fill-up by flow takes no group without flow into the target."""
+    from circuits.attribution import NodeTarget
+
+    full = attribute(replacement, tokens, max_logits=1, run=run)
+    feats = [i for i in full.is_kind("transcoder").nonzero().squeeze(1).tolist()
+             if int(full.pos[i]) == 1 and int(full.layer[i]) == 0]  # fmt: skip
+    node = max(feats, key=lambda i: float(full.activation[i]))
+    graph = attribute(replacement, tokens, run=run, targets=[NodeTarget(
+        "transcoder", 0, 1, int(full.index[node]))])  # fmt: skip
+    summary = summarize(replacement, graph, run, max_groups=20)
+    (t,) = summary.targets
+    assert summary.groups and all(g.flow.get(t.node, 0) != 0 for g in summary.groups)
+    assert all(g.pos is None or g.pos <= 1 for g in summary.groups)
+    # the final LayerNorm comes after a feature: no rerun holding it is recorded or cited
+    checks = [c for g in summary.groups for c in g.checks]
+    assert checks and all(c.free_final_ln_held is None for c in checks)
+    assert all(c.agree_free_final_ln_held is None for c in checks)
+    text = format_summary(summary, every_check=True)
+    assert "the final one alone" not in text and "from the final LayerNorm (held" not in text
+
+
 def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run):
     """A head's value comes from its keys through its frozen pattern, not from its query: its
     head groups and moved flows are those at the key it reads (``reads``), and its own QK
@@ -2247,3 +2271,15 @@ def test_a_summary_is_shown_only_beside_its_own_graph(graph, replacement, run, t
             html_page(pruned, mechanisms=edited)
         with pytest.raises(ValueError, match="not this graph's"):
             mechanisms_data(edited, pruned)
+
+
+def test_a_flagged_ratio_never_reads_as_the_limit_it_passed():
+    """A reviewer read `free 3x` for a ratio of 3.02, past the 3x limit: as many figures as
+    keep it off the limit, either way."""
+    from circuits.mechanisms import RATIO
+    from reports.mechanisms import _ratio_text
+
+    assert RATIO == 3.0
+    for ratio, text in ((5.5, "5.5"), (0.22, "0.22"), (3.02, "3.02"), (3.004, "3.004"),
+                        (0.331, "0.331"), (0.3329, "0.3329")):  # fmt: skip
+        assert _ratio_text(ratio) == text

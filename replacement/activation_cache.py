@@ -252,7 +252,8 @@ def build_cache(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     out = Path(out)
-    check_writable_dir(out, own=(MANIFEST_FILE,))  # its own kind: a cache to resume
+    # its own kind (a cache to resume) kept; a graph's or report's outputs refused
+    check_writable_dir(out, own=(MANIFEST_FILE,), sets_refused=True)
     chunks: list[dict] = []
     if (out / MANIFEST_FILE).exists():
         old_plan, chunks = read_manifest(out)

@@ -64,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
     layers = parse_layers(args.layers)
     resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
-    check_writable_dir(args.out, own=("manifest.json",))  # its own cache (MANIFEST_FILE): resumed
+    # its own cache (MANIFEST_FILE) resumed; a graph's or report's outputs refused
+    check_writable_dir(args.out, own=("manifest.json",), sets_refused=True)
     from toy_models.zoo import load_pretrained
 
-    from .activation_cache import build_cache
+    from .activation_cache import CHUNK_FILE, build_cache
 
     model, tokenizer = load_pretrained(args.model)
     t0 = time.perf_counter()
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         forward_batch=args.batch,
         dtype=args.dtype,
     )
-    size = sum(p.stat().st_size for p in args.out.iterdir() if p.is_file())
+    # the cache's own files: a folder may hold others (a reviewer's 5.4 MiB for 0.3)
+    names = ["manifest.json", *(CHUNK_FILE.format(i) for i in range(plan.n_chunks))]
+    size = sum((args.out / name).stat().st_size for name in names)
     print(
         f"cached {plan.rows} rows of layers {plan.layers} ({plan.n_chunks} chunks, "
         f"{size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s -> {args.out}"

@@ -586,3 +586,29 @@ def test_superposition_refuses_a_users_file_before_its_work_and_rewrites_its_own
         assert stdout.count(f"wrote {own}") == 4
     assert sorted(p.name for p in own.iterdir()) == [".superposition-set.json",
         "superposition.json", "superposition.md", "superposition.png", "top_share.png"]  # fmt: skip
+
+
+def test_models_sets_and_caches_refuse_a_folder_holding_a_graphs_outputs(tmp_path, fresh_cli):
+    """A reviewer cached activations and trained a model into a trace's --out: exit 0, and the
+    trace then refused its own folder ("holds an activation cache"). The commands that write
+    saved work refuse a folder holding a graph's or report's output set, in one line, before
+    any work; a report's own command still writes beside a trace's set."""
+    from toy_models.cli import UserError
+    from toy_models.files import check_writable_dir, write_set_record
+
+    traced = tmp_path / "traced"
+    traced.mkdir()
+    write_set_record(traced, "graph.json", {"graph.json": "file"}, by="circuits.trace")
+    (traced / "graph.json").write_text("{}")
+    before = sorted(p.name for p in traced.iterdir())
+    for module, args in (
+        ("replacement.cache", ["--model", "default", "--layers", "1", "--rows", "4"]),
+        ("toy_models.train", ["--config", "tiny", "--steps", "2"]),
+    ):
+        code, _, err = fresh_cli(module, [*args, "--out", str(traced)])
+        assert code == 2 and len(err.strip().splitlines()) == 1, (module, err)
+        assert "holds a graph's or report's outputs (.graph-set.json)" in err, (module, err)
+    assert sorted(p.name for p in traced.iterdir()) == before
+    check_writable_dir(traced, "--out")  # a report's folder check: beside it is fine
+    with pytest.raises(UserError, match="holds a graph's or report's outputs"):
+        check_writable_dir(traced, "--out", sets_refused=True)

@@ -321,12 +321,25 @@ def saved_work_in(directory: Path, own: tuple[str, ...] = ()) -> str | None:
     return None
 
 
-def check_writable_dir(path: Path, flag: str = "--out", own: tuple[str, ...] = ()) -> None:
+def output_set_in(directory: Path) -> str | None:
+    """The record of an output set (``write_set_record``: a graph's or a report's files) in
+    ``directory``, or None."""
+    if not directory.is_dir():
+        return None
+    found = sorted(p.name for p in directory.glob(".*-set.json"))
+    return found[0] if found else None
+
+
+def check_writable_dir(
+    path: Path, flag: str = "--out", own: tuple[str, ...] = (), sets_refused: bool = False
+) -> None:
     """Create the output directory ``path`` (and its parents) now and prove that files can be
     written in it, so that a run fails in one line before its work instead of after it. A
     folder holding a model or a replacement set is refused (``SAVED_WORK``), except the kind
     whose files the caller writes itself (``own``: a trainer's final files), and so is one
-    inside a training checkpoint (``replaced_whole``)."""
+    inside a training checkpoint (``replaced_whole``). With ``sets_refused`` (a model, a set or
+    a cache, saved work itself), so is one holding a graph's or report's output set: written
+    among a trace's files, a model made the trace refuse its own folder (a reviewer)."""
     if path.is_symlink() and not path.exists():
         raise UserError(f"{flag} {path}: is a dangling symbolic link")
     if path.exists() and not path.is_dir():
@@ -334,6 +347,10 @@ def check_writable_dir(path: Path, flag: str = "--out", own: tuple[str, ...] = (
     work = saved_work_in(path, own) if path.is_dir() else None
     if work:
         raise UserError(f"{flag} {path}: holds {work}; write the outputs elsewhere")
+    record = output_set_in(path) if sets_refused else None
+    if record:
+        raise UserError(f"{flag} {path}: holds a graph's or report's outputs ({record}); "
+                        "write the outputs elsewhere")  # fmt: skip
     inside = replaced_whole(path.absolute().parent)
     if inside:
         raise UserError(f"{flag} {path}: is inside {inside}, which its run replaces whole; "

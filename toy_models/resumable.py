@@ -63,7 +63,8 @@ class ResumableRun:
         self.checkpoint = self.out / CHECKPOINT_DIR
         self._tmp = self.checkpoint.with_name(CHECKPOINT_DIR + ".tmp")
         self.step, self.elapsed_s, self.recent = 0, 0.0, []
-        check_writable_dir(self.out, own=outputs)  # a model or set of another kind: refused
+        # a model or set of another kind, a graph's or report's outputs: refused
+        check_writable_dir(self.out, own=outputs, sets_refused=True)
         if resume:
             self._recover()
             if not (self.checkpoint / STATE_FILE).is_file():
@@ -171,7 +172,10 @@ class ResumableRun:
         compared = saved if whole else {k: saved.get(k) for k in identity}
         if compared != identity:
             diff = _first_difference(compared, identity)
-            raise UserError(f"{self.checkpoint} belongs to another run ({diff})")
+            # (a resume without the options the run started with reads as another run:
+            # say how to resume it, a reviewer's `--resume` without its `--steps 60`)
+            raise UserError(f"{self.checkpoint} belongs to another run ({diff}); to resume "
+                            "it, give the settings it was started with again")  # fmt: skip
         return step, elapsed, recent
 
     def save(self) -> None:

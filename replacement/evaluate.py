@@ -182,6 +182,11 @@ def _splice_hooks(replacement, spliced: list[tuple[str, int]], means: dict | Non
     return hooks
 
 
+# Loss recovered is not measured (NaN, null in the JSON) where mean-ablating costs less than this
+# (nats): a ratio over a gap of noise (a reviewer's 30-step model: 210.7% over 0.008 nats).
+MIN_GAP = 0.02
+
+
 @_no_grad
 def loss_recovered(replacement, batches: list[Tensor]) -> dict:
     """CE and KL with each layer spliced in alone and with all replaced, against mean ablation."""
@@ -210,11 +215,12 @@ def loss_recovered(replacement, batches: list[Tensor]) -> dict:
 
     def summary(replaced: dict, ablated: dict) -> dict:
         gap = ablated["ce"] - ce_original
+        recovered = (ablated["ce"] - replaced["ce"]) / gap if gap > MIN_GAP else float("nan")
         return {
             "ce": replaced["ce"],
             "kl": replaced["kl"],
             "ce_mean_ablated": ablated["ce"],
-            "loss_recovered": (ablated["ce"] - replaced["ce"]) / gap if gap > 0 else float("nan"),
+            "loss_recovered": recovered,
         }
 
     per_layer = {
@@ -259,6 +265,10 @@ def evaluate_replacement(replacement, tokenizer, n_batches: int = 8, n_docs: int
     }
 
 
+def _recovered(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.1%}"
+
+
 def summary_lines(r: dict) -> list[str]:
     lines = ["layer  kind        FVU     L0   dead   CE spliced  recovered"]
     for name in ("lorsa", "transcoder"):
@@ -267,14 +277,18 @@ def summary_lines(r: dict) -> list[str]:
         ):
             lines.append(
                 f"{l:5d}  {name:10s} {rec['fvu']:6.3f} {rec['l0']:6.1f} {rec['dead_fraction']:6.1%}"
-                f"   {loss['ce']:8.3f}  {loss['loss_recovered']:9.1%}"
+                f"   {loss['ce']:8.3f}  {_recovered(loss['loss_recovered']):>9s}"
             )
     a = r["loss"]["all_layers"]
     lines.append(
         f"all layers replaced: CE {a['ce']:.3f} (original {r['loss']['ce_original']:.3f}, "
         f"mean-ablated {a['ce_mean_ablated']:.3f}), KL {a['kl']:.3f}, "
-        f"loss recovered {a['loss_recovered']:.1%}"
+        f"loss recovered {_recovered(a['loss_recovered'])}"
     )
+    alone = [x for k in ("lorsa", "transcoder") for x in r["loss"]["spliced_alone"][k]]
+    if any(math.isnan(x["loss_recovered"]) for x in [a, *alone]):
+        lines.append(f"n/a: mean-ablating costs under {MIN_GAP} nats there, so no part of it can "
+                     "be said to be recovered")  # fmt: skip
     for key in ("addition", "induction_loss_ratio", "successor", "subtoken_induction"):
         o, s = r["families"]["original"][key], r["families"]["sparse"][key]
         lines.append(f"{key:22s} original {o:.3f}  fully sparsified {s:.3f}")
@@ -298,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"and {MAX_DOCS}, got {args.batches} and {args.docs}")  # fmt: skip
     from toy_models.checkpoint import RECORD_FILE, model_files
     from toy_models.files import check_not_input, check_writable_file, write_json_atomic
+    from toy_models.records import finite_or_null
     from toy_models.zoo import resolve_model_dir
 
     from .train import SET_FILE
@@ -323,16 +338,24 @@ def main(argv: list[str] | None = None) -> int:
     # number, and no figure of it means anything. (A ratio of a degenerate model, such as the
     # induction ratio of a model without induction, may be NaN on its own: that stays.)
     spliced = results["loss"]["all_layers"]
-    bad = [f"loss.all_layers.{k}" for k, v in spliced.items() if not math.isfinite(v)]
+    bad = [
+        f"loss.all_layers.{k}"
+        for k, v in spliced.items()
+        if k != "loss_recovered" and not math.isfinite(v)
+    ]  # (that one: not measured)
     if bad:
         named = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
         raise UserError(f"{args.replacement}: the set gives non-finite figures ({named}): its "
                         "weights overflow")  # fmt: skip
     print("\n".join(summary_lines(results)))
     if args.json:
-        write_json_atomic(
-            args.json, {"model": args.model, "replacement": args.replacement, **results}
+        results, unmeasured = finite_or_null(
+            {"model": args.model, "replacement": args.replacement, **results}
         )
+        if unmeasured:
+            print(f"note: {unmeasured} figures could not be measured on this data (null in "
+                  "the JSON)", file=sys.stderr)  # fmt: skip
+        write_json_atomic(args.json, results)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

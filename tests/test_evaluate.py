@@ -566,3 +566,31 @@ def test_evaluate_refuses_overflowing_weights_and_never_writes_over_saved_work(
         "overflow"
     )
     assert not results.exists()
+
+
+def test_figures_not_measured_are_null_in_the_results_not_nan():
+    """A reviewer's 30-step model wrote 18 bare NaNs into its evaluation JSON (not JSON to a
+    strict reader), and printed `NOT met (nan)` and `recovered nan%`: a figure the data cannot
+    give is null in the file and said as such in the printout; loss recovered over a gap of
+    noise (under ``MIN_GAP`` nats) is not measured."""
+    import json
+    import math
+
+    from replacement.evaluate import MIN_GAP, summary_lines
+    from toy_models.records import finite_or_null
+
+    data = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": "x", "e": 2}
+    clean, n = finite_or_null(data)
+    assert n == 3 and clean == {"a": None, "b": [1.0, None, {"c": None}], "d": "x", "e": 2}
+    json.loads(json.dumps(clean, allow_nan=False))
+    layer = {"ce": 2.0, "kl": 0.1, "ce_mean_ablated": 2.0 + MIN_GAP / 2, "loss_recovered": math.nan}
+    rec = {"fvu": 0.1, "l0": 4.0, "dead_fraction": 0.0}
+    r = {"reconstruction": {"lorsa": [rec], "transcoder": [rec]},
+         "loss": {"ce_original": 2.0, "spliced_alone": {"lorsa": [layer], "transcoder": [layer]},
+                  "all_layers": {**layer, "loss_recovered": 0.5}},
+         "families": {"original": dict.fromkeys(("addition", "induction_loss_ratio", "successor",
+                                                 "subtoken_induction"), 0.5)}}  # fmt: skip
+    r["families"]["sparse"] = r["families"]["original"]
+    text = "\n".join(summary_lines(r))
+    assert "nan" not in text and "n/a" in text and "loss recovered 50.0%" in text
+    assert f"mean-ablating costs under {MIN_GAP} nats there" in text

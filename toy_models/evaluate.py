@@ -741,7 +741,9 @@ def summary(r: dict) -> str:
             "targets",
             split,
             "  ".join(
-                f"{name} {'met' if t['met'] else 'NOT met'} ({t['value']:.3f})"
+                f"{name} not measured (more --docs)"
+                if not math.isfinite(t["value"])
+                else f"{name} {'met' if t['met'] else 'NOT met'} ({t['value']:.3f})"
                 for name, t in checks.items()
             ),
         )
@@ -793,6 +795,12 @@ def main(argv: list[str] | None = None) -> int:
                         "weights overflow")  # fmt: skip
     print(summary(results))
     if args.json:
+        from .records import finite_or_null
+
+        results, unmeasured = finite_or_null(results)
+        if unmeasured:
+            print(f"note: {unmeasured} figures could not be measured on this data (null in "
+                  "the JSON)", file=sys.stderr)  # fmt: skip
         write_json_atomic(args.json, results)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -39,6 +39,26 @@ def parse_json(text: str):
         raise ValueError("not valid JSON here: nested too deeply to read") from None
 
 
+def finite_or_null(data) -> tuple[object, int]:
+    """``data`` (JSON-like: dicts, lists, numbers, strings) with every NaN or infinite float
+    made None (``null``: not measured), and how many were: results written with bare ``NaN``
+    are not JSON to a strict reader (a browser's ``JSON.parse``, jq; found by a reviewer)."""
+    count = 0
+
+    def clean(x):
+        nonlocal count
+        if isinstance(x, float) and not math.isfinite(x):
+            count += 1
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return clean(data), count
+
+
 def is_finite_number(x) -> bool:
     """A JSON number finite as a float: not a bool, NaN or an infinity, nor an integer too
     large for a float (``math.isfinite`` raises ``OverflowError`` on the 401-digit integers a

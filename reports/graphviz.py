@@ -173,6 +173,7 @@ def to_dot(
     *,
     max_nodes: int | None = MAX_NODES,
     max_edges: int | str | None = "auto",
+    route: bool = True,
 ) -> str:
     """The DOT text of a readable drawing of ``graph``: typed nodes with short labels, signed
     edges and dashed QK edges, limited to ``selection`` (default: what ``select`` keeps with
@@ -182,14 +183,16 @@ def to_dot(
     edges (``"auto"``: ``EDGES_PER_NODE`` per node; None: all; QK edges are not counted).
     Pen widths are relative to the strongest edge drawn. ``layout`` places every node (``pos``
     pinned with ``!``), so Graphviz only routes the edges around them: the file asks for the
-    ``neato`` engine, which ``dot -T...`` obeys.
+    ``neato`` engine, which ``dot -T...`` obeys. ``route``: let Graphviz route the edges
+    around the nodes where the drawing is small enough (``ROUTE_BUDGET``); off, they are drawn
+    as curves, as a large drawing's are (Graphviz 2.43 crashes routing some small ones).
     """
     if selection is not None:
         check_selection(checked_graph(graph), selection)
     s = selection or select(graph, max_nodes=max_nodes, max_edges=max_edges)
     lay: Layout = layout(graph, s)
     kinds = graph.kinds
-    routed = len(lay.xy) ** 2 * (len(s.edges) + len(s.qk)) <= ROUTE_BUDGET
+    routed = route and len(lay.xy) ** 2 * (len(s.edges) + len(s.qk)) <= ROUTE_BUDGET
     lines = [
         "digraph attribution {",
         "  graph "
@@ -291,9 +294,9 @@ def _beside(stem: Path, suffix: str) -> Path:
 class RenderError(RuntimeError):
     """``dot`` failed to draw a format: which one, and what it said (``_failure``)."""
 
-    def __init__(self, fmt: str, detail: str):
+    def __init__(self, fmt: str, detail: str, crashed: bool = False):
         super().__init__(f"dot -T{fmt} failed: {detail}")
-        self.fmt, self.detail = fmt, detail
+        self.fmt, self.detail, self.crashed = fmt, detail, crashed
 
 
 def _failure(returncode: int, stderr: str) -> str:
@@ -344,7 +347,8 @@ def render(
                 errors="replace",
             )
             if proc.returncode != 0:
-                raise RenderError(fmt, _failure(proc.returncode, proc.stderr))
+                raise RenderError(fmt, _failure(proc.returncode, proc.stderr),
+                                  crashed=proc.returncode < 0)  # fmt: skip
 
         path = _beside(out_stem, fmt.split(":")[0])
         replace_atomic(path, run_dot)

@@ -313,7 +313,17 @@ def _write_set(
     dot_text = to_dot(graph, selection)
     svg_text = None
     try:
-        rendered = render(dot_text, out / "graph", formats if dot_available() else ())
+        try:
+            rendered = render(dot_text, out / "graph", formats if dot_available() else ())
+        except RenderError as exc:
+            if not exc.crashed:
+                raise
+            # Graphviz 2.43 (Debian's) aborts routing some small drawings around their nodes
+            # (a reviewer: the README's own prompt): drawn again with curved edges, said so
+            dot_text = to_dot(graph, selection, route=False)
+            rendered = render(dot_text, out / "graph", formats)
+            result.notes.append(f"Graphviz crashed routing the edges around the nodes "
+                                f"({exc.detail}); drawn with curved edges instead")  # fmt: skip
     except RenderError as exc:  # dot crashed or refused the file: keep everything else
         rendered = []
         result.notes.append(f"drawing failed, written without it ({final / 'graph.dot'}): {exc}")

@@ -6,6 +6,7 @@ import dataclasses
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 
 import pytest
@@ -404,6 +405,36 @@ def test_render_reports_the_first_line_of_a_dot_failure(tmp_path, monkeypatch):
         gv.render("digraph {}", tmp_path / "crash", formats=("svg",))
     assert str(info.value) == "dot -Tsvg failed: crashed (signal 6): Gts:ERROR:cdt.c:887: " \
         "assertion failed"  # fmt: skip
+    assert info.value.crashed
+
+
+def test_a_drawing_graphviz_crashes_routing_is_drawn_with_curved_edges(tmp_path, monkeypatch):
+    """Debian's Graphviz 2.43 aborts routing the README's own example around its nodes (a
+    reviewer: no SVG after the main command): the set is drawn again with curved edges, and a
+    note says so. A `dot` that crashes on routed edges alone stands in for it."""
+    from reports.outputs import write_graph_outputs
+
+    fake = tmp_path / "fake-dot"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        "text = sys.stdin.read()\n"
+        "if 'splines=true' in text or 'splines=\"true\"' in text:\n"
+        "    print('Gts:ERROR:cdt.c:887: assertion failed', file=sys.stderr, flush=True)\n"
+        "    os.abort()\n"
+        "out = sys.argv[sys.argv.index('-o') + 1]\n"
+        "open(out, 'w').write('<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>')\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(gv, "dot_binary", lambda: str(fake))
+    graph = make_graph()
+    assert 'splines="true"' in gv.to_dot(graph) or "splines=true" in gv.to_dot(graph)
+    written = write_graph_outputs(graph, tmp_path / "out", ["svg"])
+    assert tmp_path / "out" / "graph.svg" in written.paths
+    assert any(n.startswith("Graphviz crashed routing the edges around the nodes (crashed "
+                            "(signal 6)") and n.endswith("drawn with curved edges instead")
+               for n in written.notes), written.notes  # fmt: skip
+    assert "curved" in (tmp_path / "out" / "graph.dot").read_text()
 
 
 # ---------------------------------------------------------------------------------------- HTML

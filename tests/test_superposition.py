@@ -359,6 +359,11 @@ def test_cli_end_to_end_on_a_tiny_model(tiny_run, tiny_pretrained, make_layers, 
     assert len(results["layers"][0]["mhsa"]) == n_heads
     page = (out / "superposition.md").read_text()
     assert "## Summary" in page and "## Worked examples" in page
+    # the headline with every other threshold beside it, and the paper's figure as its own
+    # measure's (a reviewer read the report's 0.7 figure and the README's 0.5 one against it)
+    for t, row in results["spread"].items():
+        assert f"{row['fraction']:.1%}" in page, t
+    assert "by its own measure, which this one need not match" in page
     for name in ("superposition.png", "top_share.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp"))

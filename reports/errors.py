@@ -193,6 +193,18 @@ def _check_shared(record: ErrorResults, layer: str, r: SharedDirection) -> None:
                 raise ValueError(f"{where}.{name}: NaN, a mean over {r.tokens} tokens")
 
 
+def _token(raw: str) -> str:
+    """A token the results keep as its vocabulary entry (``Ġby``), as the report shows it
+    (`` by``; a newline ``⏎``, spaces alone ``␣``; a table's ``|`` and a code span's
+    backtick replaced)."""
+    from toy_models.tokenizer import vocab_text
+
+    text = vocab_text(raw)
+    if text and not text.strip(" "):  # spaces alone: an empty-looking code span otherwise
+        text = text.replace(" ", "␣")
+    return text.replace("\n", "⏎").replace("|", "¦").replace("`", "'")
+
+
 def role_of(concepts: tuple[int, ...]) -> int:
     """A token's role (index into ``ROLES``) from its concept indices: the first role in
     ``ROLES`` order that one of its concepts names, else ``other``."""
@@ -400,7 +412,7 @@ def markdown(results: dict) -> str:
             c = r["concentration"]
             top, dense = (
                 ", ".join(
-                    f"`{t['text']}` {t['error_share']:.1%} ({t['enrichment']:.1f}x)"
+                    f"`{_token(t['text'])}` {t['error_share']:.1%} ({t['enrichment']:.1f}x)"
                     for t in r.get(key, [])[:5]
                 )
                 for key in ("top_tokens", "dense_tokens")

@@ -582,3 +582,18 @@ def test_attention_sae_baseline_writes_where_told(tiny_run, make_replacement, tm
     )
     assert code == 0, err
     assert json.loads(out.read_text())["sae"]["steps"] == 2
+
+
+def test_the_error_reports_tokens_read_as_text():
+    """The results keep each token as its vocabulary entry (`Ġby`, `Ċ`), which a reviewer read
+    in the report as it was: it shows them as text (` by`, a newline as ⏎, a lone space as ␣)."""
+    import json
+
+    from reports.errors import _token, markdown
+    from toy_models.tokenizer import vocab_text
+
+    assert (_token("Ġby"), _token("Ċ"), _token("Ġ"), _token("a|`b")) == (" by", "⏎", "␣", "a¦'b")
+    assert vocab_text("æ") == "<0xE6>" and vocab_text("<|bos|>") == "<|bos|>"
+    results = json.loads((ROOT / "benchmarks/results/error_analysis_default.json").read_text())
+    text = markdown(results)
+    assert "Ġ" not in text and "Ċ" not in text and "` by`" in text

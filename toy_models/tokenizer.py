@@ -136,8 +136,17 @@ def token_text(tokenizer: Tokenizer, token: int) -> str:
     if "\ufffd" not in text:
         return text
     raw = tokenizer.id_to_token(token)
-    if raw is None or any(c not in _BYTE_OF_CHAR for c in raw):
-        return text
+    return text if raw is None else vocab_text(raw, text)
+
+
+def vocab_text(raw: str, otherwise: str | None = None) -> str:
+    """A vocabulary entry (``Tokenizer.id_to_token``: byte-level symbols, ``Ġby``, ``Ċ``) as it
+    reads to a person (`` by``, a newline), each byte of an incomplete character written
+    ``<0xF0>``; ``otherwise`` (default ``raw`` itself) where it holds a character outside the
+    byte alphabet (a special token). Results files that kept the entries (the error analysis)
+    are rendered through it (a reviewer read `Ċ` and `Ġ` in its report)."""
+    if any(c not in _BYTE_OF_CHAR for c in raw):
+        return raw if otherwise is None else otherwise
     escaped = bytes(_BYTE_OF_CHAR[c] for c in raw).decode("utf-8", errors="surrogateescape")
     return "".join(
         f"<0x{ord(c) - 0xDC00:02X}>" if "\udc80" <= c <= "\udcff" else c for c in escaped

@@ -449,6 +449,8 @@ class ReplacementModel(HookedRootModule):
 
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
+        if directory.exists() and not directory.is_dir():  # not "missing: FILE/replacement.json"
+            raise FileNotFoundError(f"replacement set {directory}: is a file, not a set's folder")
         if not config_path.is_file():
             raise FileNotFoundError(f"replacement file missing: {config_path}")
         config = read_json(config_path)

@@ -52,3 +52,11 @@ def render_results(
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+if __name__ == "__main__":  # a library: its commands are reports.errors and reports.ablations
+    import sys
+
+    print("error: reports.results_cli is not a command: use python -m reports.errors or "
+          "python -m reports.ablations", file=sys.stderr)  # fmt: skip
+    sys.exit(2)

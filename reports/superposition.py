@@ -335,7 +335,7 @@ def concept_labels(replacement, tokenizer, args) -> tuple[dict, str]:
             u = dash.layout.unit(Kind.LORSA, l, i)
             if index[u] >= 0 and fires[u] >= DASH_MIN_FIRES:
                 out[(l, i)] = {"label": CONCEPTS[int(index[u])], "f1": round(float(f1[u]), 3)}
-    return out, f"concept labels from {path} ({dash.meta['rows_done']} rows)"
+    return out, f"from {path} ({dash.meta['rows_done']} rows)"
 
 
 def worked_examples(replacement, tokenizer, result, layers: list[dict], args) -> list[dict]:

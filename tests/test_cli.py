@@ -612,3 +612,18 @@ def test_models_sets_and_caches_refuse_a_folder_holding_a_graphs_outputs(tmp_pat
     check_writable_dir(traced, "--out")  # a report's folder check: beside it is fine
     with pytest.raises(UserError, match="holds a graph's or report's outputs"):
         check_writable_dir(traced, "--out", sets_refused=True)
+
+
+def test_a_library_module_and_a_file_for_a_set_say_so(tmp_path, fresh_cli):
+    """A reviewer ran `python -m reports.results_cli` (a library): exit 0, nothing said; and a
+    --replacement naming a file read "replacement file missing: FILE/replacement.json"."""
+    code, _, err = fresh_cli("reports.results_cli", [])
+    assert code == 2 and "use python -m reports.errors or python -m reports.ablations" in err
+    from replacement.model import ReplacementModel
+    from toy_models.zoo import load_pretrained
+
+    model, _ = load_pretrained("default")
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    with pytest.raises(FileNotFoundError, match="is a file, not a set's folder"):
+        ReplacementModel.load(afile, model)

@@ -616,6 +616,7 @@ def test_trace_builds_small_dashboards_on_first_use_then_reuses_them(tmp_path, c
     code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "a"), *small)
     assert code == 0, err
     assert dashboards.is_file() and "[concept: " in stdout
+    assert f"unit dashboards: {dashboards} (4 rows)" in err  # where the built file went
     built = dashboards.read_bytes()
     code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "b"), *small)
     assert code == 0 and dashboards.read_bytes() == built  # reused, not rebuilt

@@ -495,7 +495,11 @@ def figure(results: dict):
                    width, label=label)  # fmt: skip
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))],
                       [f"L{l}" for l in layers])  # fmt: skip
-        ax.legend(fontsize=7)
+        # room above the bars for the legend (it hid L3's mean cosine: a reviewer)
+        top = max([vs[l][k] for l in layers for k, _ in keys if math.isfinite(vs[l][k])],
+                  default=1.0)  # fmt: skip
+        ax.set_ylim(top=max(top, 0.0) * 1.6 + 1e-3)
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
     ax.set_title("Lorsa error vs attention-SAE error, same tokens")
     ax = axes[1, 2]
     for kind in kinds:
@@ -503,9 +507,11 @@ def figure(results: dict):
             ax.plot(results["families"], r["by_family"]["group_fvu"], "-o",
                     label=f"{kind} L{layer}")  # fmt: skip
     ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * 30)  # room above the lines for the legend (it hid a point)
     ax.set_ylabel("FVU within the family's tokens")
     ax.set_title("By task family")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=4, loc="upper center")
     title = "Replacement-layer errors"
     if results.get("quick"):
         title += " (SMOKE RUN: meaningless figures)"

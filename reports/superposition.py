@@ -513,11 +513,15 @@ def markdown(results: dict) -> str:
             + f"). The Lorsa paper reports about {s['paper_fraction']:.0%} of its heads spread, "
             "by its own measure, which this one need not match."
         )
+
+    def three(x) -> str:  # one precision on the page (the JSON keeps 4 decimals)
+        return "n/a" if x is None else f"{x:.3f}"
+
     parts += [
         f"- Effective number of MHSA heads per Lorsa head (`1 / sum_h share^2`): mean "
-        f"{s['effective_heads_mean']}, median {s['effective_heads_median']}. Median slope of "
-        f"the MHSA heads' parts together {s['from_heads_median']}, of the refit "
-        f"{s['refit_median']}.",
+        f"{three(s['effective_heads_mean'])}, median {three(s['effective_heads_median'])}. "
+        f"Median slope of the MHSA heads' parts together {three(s['from_heads_median'])}, of "
+        f"the refit {three(s['refit_median'])}.",
         "- How well the refit reproduces activations, per layer (relative error, slope; the "
         "projection on `w_o^i` alone in brackets): "
         + "; ".join(

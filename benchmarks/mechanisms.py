@@ -748,6 +748,69 @@ def load_with_concepts(model: str, mode: str = "local") -> tuple:
     return replacement, tokenizer, concepts, source
 
 
+def right_summaries(replacement, tokenizer, concepts, per_family: int, seed: int, check: bool):
+    """The first ``per_family`` prompts of each probe family (``build_prompts``, draw
+    ``seed``) that the model gets right, each as (family, prompt, summary): the trace's
+    pipeline (constants as nodes, the expected token's logit as the target), then
+    ``circuits.mechanisms.summarize`` with or without its ``check``s. The second looks
+    (``benchmarks/paths.py``, ``benchmarks/check_sizes.py``) read these summaries."""
+    import torch
+
+    from circuits.attribution import LogitTarget, attribute, run_prompt
+    from circuits.mechanisms import summarize
+
+    for family in FAMILIES:
+        done = 0
+        for prompt in build_prompts(tokenizer, family, 200, replacement.cfg.n_ctx - 1, seed):
+            if done >= per_family:
+                break
+            tokens = torch.tensor(prompt.ids)
+            run = run_prompt(replacement, tokens, "local", constants=True)
+            if int(run.logits[-1].argmax()) != prompt.target:
+                continue
+            full = attribute(replacement, tokens, mode="local", run=run, tokenizer=tokenizer,
+                             targets=[LogitTarget(prompt.target)])  # fmt: skip
+            yield family, prompt, summarize(replacement, full, run, concepts=concepts, check=check)
+            done += 1
+
+
+def draw_main(argv, doc: str, name: str, measure, show) -> int:
+    """The command of a second look over a draw's right prompts (``right_summaries``):
+    ``--model``, ``--per-family``, ``--seed`` and ``--out`` (default
+    ``benchmarks/results/{name}_{model}.json``), checked before any work; then the model with
+    its concepts, ``measure(replacement, tokenizer, concepts, per_family, seed)`` (a dict of
+    results), ``show(results)`` printing them, and the file written with the draw's settings
+    and wall time."""
+    parser = ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--model", default="default", help="zoo name or directory")
+    parser.add_argument("--per-family", type=positive_int, default=8,
+                        help="right prompts per probe family (default 8)")  # fmt: skip
+    parser.add_argument("--seed", type=count_arg, default=SEED,
+                        help="the probe draw (benchmarks/mechanisms.py's --seed; default "
+                        "%(default)s)")  # fmt: skip
+    parser.add_argument("--out", type=path_arg, help=f"result file (default: "
+                        f"benchmarks/results/{name}_{{model}}.json)")  # fmt: skip
+    args = parser.parse_args(argv)
+    out = args.out or RESULTS / f"{name}_{Path(args.model).name}.json"
+    from toy_models.files import check_writable_file, write_json_atomic
+
+    check_writable_file(out, "--out")
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    replacement, tokenizer, concepts, concept_source = load_with_concepts(args.model)
+    result = {"model": args.model, "concepts": concept_source, "seed": args.seed,
+              "per_family": args.per_family}  # fmt: skip
+    with torch.no_grad():
+        result |= measure(replacement, tokenizer, concepts, args.per_family, args.seed)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    show(result)
+    write_json_atomic(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
 def run_family(
     replacement, tokenizer, prompts: list[Prompt], concepts, mode: str, at_least: int | None = None,
     min_correct: int = 0, contrast: str | None = None,

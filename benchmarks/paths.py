@@ -25,52 +25,33 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import ArgumentParser, count_arg, path_arg, positive_int, run_cli  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
+from toy_models.cli import run_cli  # noqa: E402
 
 
 def measure(replacement, tokenizer, concepts, per_family: int, seed: int) -> dict:
-    import torch
-    from mechanisms import FAMILIES, build_prompts
-
-    from circuits.attribution import LogitTarget, attribute, run_prompt
-    from circuits.mechanisms import summarize
+    from mechanisms import FAMILIES, right_summaries
 
     records = []
-    for family in FAMILIES:
-        prompts = build_prompts(tokenizer, family, 200, replacement.cfg.n_ctx - 1, seed)
-        done = 0
-        for prompt in prompts:
-            if done >= per_family:
-                break
-            tokens = torch.tensor(prompt.ids)
-            run = run_prompt(replacement, tokens, "local", constants=True)
-            if int(run.logits[-1].argmax()) != prompt.target:
-                continue
-            full = attribute(replacement, tokens, mode="local", run=run, tokenizer=tokenizer,
-                             targets=[LogitTarget(prompt.target)])  # fmt: skip
-            summary = summarize(replacement, full, run, concepts=concepts, check=False)
-            t = summary.targets[0]
-            paths = [p for p in summary.paths if p.target == t.node]
-            key = t.predicting_group
-            flow = summary.group(key).flow[t.node] if key else 0.0
-            records.append({
-                "family": family, "text": prompt.text[-120:], "value": t.value,
-                "top_flow": paths[0].flow if paths else 0.0,
-                "top_groups": [summary.group(g).name for g in paths[0].groups] if paths else [],
-                "top_through_predicting": bool(paths and key in paths[0].groups),
-                "predicting_flow": flow,
-                "on_paths_through_predicting": sum(p.flow for p in paths if key in p.groups),
-            })  # fmt: skip
-            done += 1
+    for family, prompt, summary in right_summaries(replacement, tokenizer, concepts, per_family,
+                                                   seed, check=False):  # fmt: skip
+        t = summary.targets[0]
+        paths = [p for p in summary.paths if p.target == t.node]
+        key = t.predicting_group
+        flow = summary.group(key).flow[t.node] if key else 0.0
+        records.append({
+            "family": family, "text": prompt.text[-120:], "value": t.value,
+            "top_flow": paths[0].flow if paths else 0.0,
+            "top_groups": [summary.group(g).name for g in paths[0].groups] if paths else [],
+            "top_through_predicting": bool(paths and key in paths[0].groups),
+            "predicting_flow": flow,
+            "on_paths_through_predicting": sum(p.flow for p in paths if key in p.groups),
+        })  # fmt: skip
     out = {"families": {}}
     for family in [*FAMILIES, "all"]:
         rows = [r for r in records if family in ("all", r["family"])]
@@ -91,46 +72,16 @@ def measure(replacement, tokenizer, concepts, per_family: int, seed: int) -> dic
     return out
 
 
-def parse_args(argv):
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="default", help="zoo name or directory")
-    parser.add_argument("--per-family", type=positive_int, default=8,
-                        help="right prompts per probe family (default 8)")  # fmt: skip
-    parser.add_argument(
-        "--seed",
-        type=count_arg,
-        default=1234,
-        help="the probe draw (benchmarks/mechanisms.py's; default 1234)",
-    )
-    parser.add_argument("--out", type=path_arg, help="result file (default: benchmarks/results/"
-                        "paths_{model}.json)")  # fmt: skip
-    return parser.parse_args(argv)
+def show(result: dict) -> None:
+    for family, part in result["families"].items():
+        print(family, json.dumps(part))
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    out = args.out or RESULTS / f"paths_{Path(args.model).name}.json"
-    from toy_models.files import check_writable_file, write_json_atomic
-
-    check_writable_file(out, "--out")
-    import torch
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from mechanisms import load_with_concepts
+    from mechanisms import draw_main
 
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    replacement, tokenizer, concepts, concept_source = load_with_concepts(args.model)
-    result = {"model": args.model, "concepts": concept_source, "seed": args.seed,
-              "per_family": args.per_family}  # fmt: skip
-    with torch.no_grad():
-        result |= measure(replacement, tokenizer, concepts, args.per_family, args.seed)
-    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    for family, part in result["families"].items():
-        print(family, json.dumps(part))
-    write_json_atomic(out, result)
-    print(f"wrote {out}")
-    return 0
+    return draw_main(argv, __doc__, "paths", measure, show)
 
 
 if __name__ == "__main__":

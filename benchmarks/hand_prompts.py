@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     out = args.out or RESULTS / f"hand_prompts_{Path(args.model).name}.json"
     from toy_models.files import check_writable_file, write_json_atomic
 
-    check_writable_file(out, "--out")
+    check_writable_file(out, "--out", frozenset({"model", "concepts", "families", "overall"}))
     sys.path.insert(0, str(Path(__file__).parent))
     from mechanisms import load_with_concepts
 

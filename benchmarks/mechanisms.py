@@ -794,7 +794,8 @@ def draw_main(argv, doc: str, name: str, measure, show) -> int:
     out = args.out or RESULTS / f"{name}_{Path(args.model).name}.json"
     from toy_models.files import check_writable_file, write_json_atomic
 
-    check_writable_file(out, "--out")
+    # an earlier results file of this command is replaced, no other file (README.md was)
+    check_writable_file(out, "--out", frozenset({"model", "seed", "per_family", "wall_seconds"}))
     import torch
 
     torch.set_num_threads(1)
@@ -1039,7 +1040,8 @@ def main(argv=None) -> int:
     out = args.out or RESULTS / f"mechanisms_{Path(args.model).name}{seed}{suffix}.json"
     from toy_models.files import check_writable_file, write_json_atomic
 
-    check_writable_file(out, "--out")  # before, not after, the run
+    # before, not after, the run; an earlier results file of it alone is replaced
+    check_writable_file(out, "--out", frozenset({"model", "mode", "families"}))
     import torch
 
     from replacement.model import load_pretrained

@@ -184,6 +184,11 @@ def test_bad_arguments_of_the_benchmarks_are_one_line_before_any_work():
         ("heads", ["--report", "README.md"], "--report README.md: exists and is not a dir"),
         ("check_sizes", ["--per-family", "0"], "--per-family: must be at least 1"),
         ("paths", ["--per-family", "-2"], "--per-family: must be at least 1"),
+        # a file that is no earlier results of the command is not replaced (README.md was)
+        ("paths", ["--out", "README.md"], "is not an earlier results file of this command"),
+        ("check_sizes", ["--out", "README.md"], "is not an earlier results file"),
+        ("mechanisms", ["--out", "README.md"], "is not an earlier results file"),
+        ("hand_prompts", ["--out", "README.md"], "is not an earlier results file"),
     ):
         proc = subprocess.run([sys.executable, str(root / "benchmarks" / f"{script}.py"), *args],
                               capture_output=True, text=True, cwd=root, timeout=120)  # fmt: skip

@@ -26,6 +26,9 @@ if __package__ in (None, ""):
 from toy_models.cli import ArgumentParser, UserError, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+# The keys of the JSON object written to the results file: a file there without them is
+# not an earlier run's results, and is refused rather than replaced.
+RESULT_KEYS = frozenset({"model", "replacement", "sae", "layers", "target"})
 
 
 def kept_saes(model, tokenizer, n_latents: int, top_k: int, steps: int, work: Path):
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from toy_models.files import check_writable_dir, check_writable_file, write_json_atomic
 
-    check_writable_file(args.out, "--out")  # before, not after, the SAEs' training
+    check_writable_file(args.out, "--out", RESULT_KEYS)  # before, not after, the SAEs' training
     check_writable_dir(args.work, "--work")
     from replacement.model import ReplacementModel
     from toy_models.zoo import load_pretrained

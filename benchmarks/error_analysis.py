@@ -31,6 +31,9 @@ if __package__ in (None, ""):
 from toy_models.cli import ArgumentParser, UserError, count_arg, path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+# The keys of the JSON object written to the results file: a file there without them is
+# not an earlier run's results, and is refused rather than replaced.
+RESULT_KEYS = frozenset({"model", "replacement", "sae", "layers", "seconds"})
 QUICK = {"rows": 16, "sae_steps": 4}
 
 
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "_quick" if args.quick else ""
     out_json = args.json or RESULTS / f"error_analysis_{name}{suffix}.json"
     report_dir = args.report or out_json.with_suffix("")
-    check_writable_file(out_json, "--json")
+    check_writable_file(out_json, "--json", RESULT_KEYS)
     check_writable_dir(report_dir, "--report")
     t0 = time.perf_counter()
     from replacement.model import load_pretrained

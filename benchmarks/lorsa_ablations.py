@@ -43,6 +43,9 @@ if __package__ in (None, ""):
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+# The keys of the JSON object written to the results file: a file there without them is
+# not an earlier run's results, and is refused rather than replaced.
+RESULT_KEYS = frozenset({"model", "model_sha256", "settings", "seconds"})
 HELDOUT_SEED = 4242  # replacement.evaluate.EVAL_SEED: the held-out rows evaluate reads first
 QUICK = {"steps": 6, "rows": 48, "heldout_rows": 16}
 
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "_quick" if args.quick else ""
     out_json = args.json or RESULTS / f"lorsa_ablations_{name}{suffix}.json"
     report_dir = args.report or out_json.with_suffix("")
-    check_writable_file(out_json, "--json")
+    check_writable_file(out_json, "--json", RESULT_KEYS)
     check_writable_dir(report_dir, "--report")
     t0 = time.perf_counter()
     from dataclasses import asdict, replace

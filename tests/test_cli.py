@@ -189,6 +189,9 @@ def test_bad_arguments_of_the_benchmarks_are_one_line_before_any_work():
         ("check_sizes", ["--out", "README.md"], "is not an earlier results file"),
         ("mechanisms", ["--out", "README.md"], "is not an earlier results file"),
         ("hand_prompts", ["--out", "README.md"], "is not an earlier results file"),
+        ("attn_sae_baseline", ["--out", "README.md"], "is not an earlier results file"),
+        ("error_analysis", ["--json", "README.md"], "is not an earlier results file"),
+        ("lorsa_ablations", ["--json", "README.md"], "is not an earlier results file"),
     ):
         proc = subprocess.run([sys.executable, str(root / "benchmarks" / f"{script}.py"), *args],
                               capture_output=True, text=True, cwd=root, timeout=120)  # fmt: skip

@@ -27,9 +27,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+RESULT_KEYS = frozenset({"model", "curve", "scores"})  # an earlier results file has them
 EXACT_LENGTH = 64
 MAX_LENGTH = 127  # the default's trained positions (n_ctx - 1): the library refuses more
 AUTOGRAD_BATCH = 64
@@ -227,12 +228,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--lengths must be comma-separated whole numbers, got {args.lengths!r}")
     if not all(1 <= n <= MAX_LENGTH for n in lengths):
         parser.error(f"--lengths must lie in 1..{MAX_LENGTH} (the positions the model trained)")
+    from toy_models.files import check_writable_file, write_json_atomic
+    from toy_models.zoo import resolve_model_dir
+
+    resolve_model_dir(args.model)  # an unknown model: one line, before any child starts
+    path = RESULTS / f"attribution_{Path(args.model).name}.json"  # a folder: by its name
+    check_writable_file(path, "results file", RESULT_KEYS)
     curve = []
     for n in lengths:
         cmd = [sys.executable, __file__, "--model", args.model, "--one", str(n)]
         cmd += ["--exact"] if n == EXACT_LENGTH else []
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        curve.append(json.loads(out.strip().splitlines()[-1]))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:  # the child's own line (a bad model's), not a traceback here
+            said = (proc.stderr.strip().splitlines() or ["(nothing)"])[-1].removeprefix("error: ")
+            raise UserError(f"the {n}-token run failed (exit {proc.returncode}): {said}")
+        curve.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(curve[-1]), file=sys.stderr)
     at = next((c for c in curve if c["tokens"] == EXACT_LENGTH), None)
     result = {"model": args.model, "curve": curve, "scores": prompt_set_scores(args)}
@@ -249,10 +259,6 @@ def main(argv: list[str] | None = None) -> int:
             "cli_qk<=cli_graph_at_every_length": all(c["cli_qk_over_graph"] <= 1 for c in curve),
         }
         result["speedup_vs_autograd"] = speedup
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"attribution_{args.model}.json"
-    from toy_models.files import write_json_atomic
-
     write_json_atomic(path, result)
     print(json.dumps(result.get("targets", {}), indent=2))
     print(f"wrote {path}")

@@ -30,6 +30,7 @@ if __package__ in (None, ""):
 from toy_models.cli import ArgumentParser, UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+RESULT_KEYS = frozenset({"model", "build_seconds", "best_f1"})  # an earlier results file's
 
 
 def sae_f1(replacement, tokenizer, dash, args) -> dict:
@@ -88,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work", type=path_arg, default=Path("runs/error-analysis"))
     args = parser.parse_args(argv)
-    from toy_models.files import check_writable_dir
+    from toy_models.files import check_writable_dir, check_writable_file, write_json_atomic
 
     check_writable_dir(args.work, "--work")  # before, not after, the SAE training
+    out = RESULTS / f"dashboards_{Path(args.model).name}.json"  # a model folder: by its name
+    check_writable_file(out, "results file", RESULT_KEYS)
     t0 = time.perf_counter()
     import torch
 
@@ -124,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         ours = result["best_f1"]["lorsa"].get("mean")
         theirs = result["attn_sae_baseline_f1"]["best_f1"].get("mean")
         print(f"mean best-F1: Lorsa heads {ours}, attention-SAE latents {theirs}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"dashboards_{args.model}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out, result)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -48,6 +48,7 @@ if __package__ in (None, ""):
 from toy_models.cli import ArgumentParser, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+RESULT_KEYS = frozenset({"model", "gathering", "graphs", "targets"})  # an earlier file's
 LOGIT_STARTS = ("logit: Thursday", "logit:6")
 TOP_EDGES = 20
 TOP_PAIRS = 10  # QK pairs compared between the halves
@@ -342,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=positive_int, default=8,
                         help="held-out prompts per family for the validation")  # fmt: skip
     args = parser.parse_args(argv)
+    from toy_models.files import check_writable_file, write_json_atomic
+
+    out = RESULTS / f"global_circuits_{Path(args.model).name}.json"  # a folder: by its name
+    check_writable_file(out, "results file", RESULT_KEYS)
     import torch
 
     from circuits.statistics import Statistics
@@ -374,10 +379,6 @@ def main(argv: list[str] | None = None) -> int:
         "global_graph_seconds<=10": worst + result["statistics_load_seconds"] <= 10,
         "peak_rss_mb<=4096": result["peak_rss_mb"] <= 4096,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"global_circuits_{args.model}.json"
-    from toy_models.files import write_json_atomic
-
     write_json_atomic(out, result)
     print(json.dumps(result, indent=1, default=str)[:6000])
     print(f"wrote {out}")

@@ -11,7 +11,6 @@ imports. Medians of ``--repeat`` runs; results go to benchmarks/results/startup.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -67,9 +66,11 @@ def main() -> int:
         "exit": runs[0][1],
     }
     print("main command", result["main_command"])
-    RESULTS.mkdir(exist_ok=True)
+    sys.path.insert(0, str(ROOT))  # only now: this script times the packages' imports
+    from toy_models.files import write_json_atomic
+
     path = RESULTS / "startup.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(path, result)
     print(f"wrote {path}")
     return 0
 

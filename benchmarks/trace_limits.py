@@ -15,7 +15,6 @@ benchmarks/results/trace_limits_{model}.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import shutil
@@ -29,7 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
+from toy_models.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
+RESULT_KEYS = frozenset({"model", "target_peak_rss_gb", "peak_rss_gb", "all_exit_0", "runs"})
 TARGET_PEAK_GB = 2.0
 
 
@@ -51,20 +53,19 @@ def child_peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--prompts", type=int, default=2)
-    args = parser.parse_args()
-    if args.prompts < 1:
-        parser.error(f"--prompts must be at least 1, got {args.prompts}")
+    parser.add_argument("--prompts", type=positive_int, default=2)
+    args = parser.parse_args(argv)
+    from toy_models.files import check_writable_file, write_json_atomic
+    from toy_models.zoo import load_pretrained
 
-    from toy_models.zoo import UnknownModelError, load_pretrained
-
-    try:
-        model, tokenizer = load_pretrained(args.model)
-    except UnknownModelError as exc:
-        parser.error(str(exc))
+    # a model folder's results are named by the folder (its path made a file name that could
+    # not be written, after every trace: a fuzz pass)
+    path = RESULTS / f"trace_limits_{Path(args.model).name}.json"
+    check_writable_file(path, "results file", RESULT_KEYS)
+    model, tokenizer = load_pretrained(args.model)  # a bad model: one line, before any trace
     runs = []
     for k in range(args.prompts):
         prompt = full_context_prompt(tokenizer, model.trained_positions, offset=3 * k)
@@ -101,12 +102,10 @@ def main() -> int:
         "runs": runs,
     }
     result["meets_target"] = result["all_exit_0"] and result["peak_rss_gb"] <= TARGET_PEAK_GB
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"trace_limits_{args.model}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(path, result)
     print(f"wrote {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -10,7 +10,8 @@ computed and the SVG built), in ms since navigation start, for a fresh Chromium 
 them: when the viewer's script started, the load event, the page's size, what was drawn, and
 the time one redraw takes at the default budget and with every node drawn. ``--html``
 measures an existing page instead of tracing. Results go to
-benchmarks/results/viewer.json.
+benchmarks/results/viewer.json (another model's to ``viewer_{model}.json``, a page's to
+``viewer_page_{name}.json``, or ``--out``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import ArgumentParser, path_arg, positive_int  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+RESULT_KEYS = frozenset({"model", "page_bytes", "first_draw_ms_median", "runs"})
 
 MEASURE = """(async () => {
   for (let k = 0; k < 100 && !performance.getEntriesByName("viewer:painted").length; k++)
@@ -80,7 +82,8 @@ def trace_page(model: str, out: Path) -> tuple[Path, dict]:
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     if proc.returncode != 0:
-        raise SystemExit(f"the trace failed: {proc.stderr.strip()[-300:]}")
+        said = (proc.stderr.strip().splitlines() or ["(nothing)"])[-1].removeprefix("error: ")
+        raise UserError(f"the trace failed (exit {proc.returncode}): {said}")
     summary = [line for line in proc.stdout.splitlines() if line.startswith("graph:")]
     info = {
         "tokens": len(tokenizer.encode(prompt).ids),
@@ -91,33 +94,50 @@ def trace_page(model: str, out: Path) -> tuple[Path, dict]:
 
 
 def measure(page: Path, runs: int) -> list[dict]:
-    from reports.browser import Browser
+    from reports.browser import Browser, BrowserError
 
     results = []
     for _ in range(runs):
         with Browser(width=1600, height=1000) as browser:  # fresh: nothing cached
             browser.load(page)
-            error = browser.evaluate("document.getElementById('viewer').dataset.error || ''")
+            try:
+                error = browser.evaluate("document.getElementById('viewer').dataset.error || ''")
+            except BrowserError:  # no #viewer element: some other page (a fuzz pass's)
+                raise UserError(f"{page}: not a graph viewer page (no viewer in it)") from None
             if error:
-                raise SystemExit(f"the viewer failed: {error}")
+                raise UserError(f"{page}: the viewer failed: {error}")
             results.append(browser.evaluate(MEASURE))
         print(json.dumps(results[-1]), flush=True)
     return results
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--runs", type=positive_int, default=5)
     parser.add_argument("--html", type=path_arg, help="measure this page instead of tracing one")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--out",
+        type=path_arg,
+        help="results file (default: viewer.json for "
+        "the default model's trace, else named by the model or the page)",
+    )
+    args = parser.parse_args(argv)
     if args.html is not None and not args.html.is_file():
         parser.error(f"--html {args.html}: no such page")
-
     from reports.browser import find_chromium
+    from toy_models.files import check_writable_file, write_json_atomic
 
+    path = args.out or RESULTS / (
+        f"viewer_page_{args.html.stem}.json"
+        if args.html is not None
+        else "viewer.json"
+        if args.model == "default"
+        else f"viewer_{Path(args.model).name}.json"
+    )  # another page or model no longer replaces the default's figures
+    check_writable_file(path, "--out", RESULT_KEYS)
     if find_chromium() is None:
-        raise SystemExit("chromium is not installed: apt-get install chromium")
+        raise UserError("chromium is not installed: apt-get install chromium")
     with tempfile.TemporaryDirectory() as tmp:
         if args.html is not None:
             page, info = args.html, {"page": str(args.html)}
@@ -144,13 +164,11 @@ def main() -> int:
         "command": "python benchmarks/viewer.py"
         + (f" --model {args.model}" if args.model != "default" else ""),
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "viewer.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(path, result)
     print(f"time to first drawn graph: {result['first_draw_ms_median']} ms (median of "
           f"{len(runs)}), page {size / 1e6:.2f} MB; wrote {path}")  # fmt: skip
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from replacement.model import MODES, ReplacementModel, hook_name
+from replacement.model import MODES, ReadWrite, ReplacementModel, hook_name
 from toy_models.tokenizer import BOS, bos_id, token_text, tokenizer_sha256
 
 from .graph import (
@@ -40,8 +40,16 @@ from .graph import (
     checked_fraction,
     is_integer,
 )
-from .nodes import Kind, logit_stage, lorsa_stage, stage_of, target_kind, transcoder_stage
-from .prune import open_rows, remember_closed, row_sums
+from .nodes import (
+    Kind,
+    block_of,
+    logit_stage,
+    lorsa_stage,
+    stage_of,
+    target_kind,
+    transcoder_stage,
+)
+from .prune import closure_gaps, open_rows, remember_closed, row_sums
 
 LORSA_BLOCK_ENTRIES = 1 << 23  # Lorsa targets x sources per dense block (bounds temporaries)
 TOP_TOKENS = 5  # the texts a graph keeps of the last position's most likely next tokens
@@ -588,10 +596,17 @@ def resolve_targets(
     last_logits = run.logits[-1]
     probs = last_logits.softmax(-1)
     demeaned = last_logits - last_logits.mean()
+    model_probs = None  # in sparse mode the model's own, beside the replacement's
+    if run.mode == "sparse":
+        with torch.no_grad():
+            model_probs = replacement.model(run.tokens[None])[0, -1].softmax(-1)
+
+    def record(a: int, b: int | None) -> LogitRecord:
+        theirs = None if model_probs is None else float(model_probs[a])
+        return LogitRecord(a, b, float(probs[a]), theirs)
 
     def logit(v: int, weight: float) -> _Logit:
-        record = LogitRecord(v, None, float(probs[v]))
-        return _Logit(record, rw.unembed[v], rw.unembed_bias[v], demeaned[v], weight)
+        return _Logit(record(v, None), rw.unembed[v], rw.unembed_bias[v], demeaned[v], weight)
 
     if targets is None:
         order = probs.argsort(descending=True)
@@ -611,7 +626,7 @@ def resolve_targets(
                                  "two different tokens")  # fmt: skip
             logits.append(
                 _Logit(
-                    LogitRecord(a, b, float(probs[a])),
+                    record(a, b),
                     rw.unembed[a] - rw.unembed[b],
                     rw.unembed_bias[a] - rw.unembed_bias[b],
                     last_logits[a] - last_logits[b],
@@ -703,7 +718,7 @@ def assemble_graph(
     target_weight = torch.zeros(N)
     target_weight[n_src:] = torch.tensor([lg.weight for lg in logits])
     attends, attention = _read_keys(run, replacement, N)
-    promotes = _promoted_tokens(replacement, run, N)
+    promotes = promoted_tokens(replacement.read_write(), kind, stage, index)
     tok = _token_string(tokenizer)
     referenced = set(run.tokens.tolist()) | set(promotes[promotes >= 0].tolist())
     referenced |= {lg.record.token for lg in logits}
@@ -731,16 +746,20 @@ def assemble_graph(
         token_text={t: tok(t) for t in sorted(referenced)} if tokenizer is not None else {},
         mode=run.mode,
         group_size=replacement.group_size,
-        model=_model_info(replacement, run.tokens.tolist()),
+        model=_model_info(replacement, run.tokens.tolist(), [lg.record for lg in logits]),
     )
 
 
-def _model_info(replacement: ReplacementModel, tokens: list[int]) -> dict:
+def _model_info(
+    replacement: ReplacementModel, tokens: list[int], targets: list[LogitRecord]
+) -> dict:
     """The graph's ``model`` entry: the model's name, the hash of the weights it was traced
     with (``weights_sha256``, any set), the saved replacement set's identity
     (``replacement_sha256``) and, when the model records the tokens it never saw in training,
     the prompt positions holding one (``untrained_positions``: their embeddings are untrained,
-    so the graph shows no learned mechanism there)."""
+    so the graph shows no learned mechanism there) and the logit targets' tokens that are one
+    (``untrained_targets``: never an input, so never a next token either; a reviewer traced
+    ``'#'`` at p 3e-8 with nothing said)."""
     info: dict = {"name": replacement.model_name or "unnamed",
                   "weights_sha256": replacement.weights_sha256()}  # fmt: skip
     if replacement.content_sha256 is not None:  # a saved set: which one (``intervene`` checks)
@@ -748,6 +767,8 @@ def _model_info(replacement: ReplacementModel, tokens: list[int]) -> dict:
     untrained = replacement.model.untrained_tokens
     if untrained is not None:
         info["untrained_positions"] = [p for p, t in enumerate(tokens) if t in untrained]
+        named = {x for r in targets for x in (r.token, r.negative) if x is not None}
+        info["untrained_targets"] = sorted(named & set(untrained))
     return info
 
 
@@ -775,21 +796,17 @@ def _read_keys(
     return attends, attention
 
 
-def _promoted_tokens(replacement: ReplacementModel, run: PromptRun, n_nodes: int) -> Tensor:
-    """Per node: the ``N_PROMOTED`` tokens a head's or feature's decoder raises most through
-    the demeaned unembedding (-1 for other nodes)."""
-    rw = replacement.read_write()
-    promotes = torch.full((n_nodes, N_PROMOTED), -1, dtype=torch.long)
-    for l in range(run.n_layers):
-        for kind, stage, write in (
-            (Kind.LORSA, lorsa_stage(l), rw.lorsa_write[l]),
-            (Kind.TRANSCODER, transcoder_stage(l), rw.tc_write[l]),
-        ):
-            nodes = run.select(kind, stage)
-            units, which = torch.unique(run.index[nodes], return_inverse=True)
-            if len(units):
-                top = (write[units] @ rw.unembed.T).topk(N_PROMOTED, dim=-1).indices
-                promotes[nodes] = top[which]
+def promoted_tokens(rw: ReadWrite, kind: Tensor, stage: Tensor, index: Tensor) -> Tensor:
+    """Per node or unit (``kind``, ``stage``, ``index``): the ``N_PROMOTED`` tokens a head's or
+    feature's decoder raises most through the demeaned unembedding
+    (``ReadWrite.direct_logits``); -1 for other kinds."""
+    promotes = torch.full((len(kind), N_PROMOTED), -1, dtype=torch.long)
+    for dictionary in (Kind.LORSA, Kind.TRANSCODER):
+        for s in torch.unique(stage[kind == dictionary]).tolist():
+            rows = (kind == dictionary) & (stage == s)
+            units, which = torch.unique(index[rows], return_inverse=True)
+            effect = rw.direct_logits(dictionary == Kind.LORSA, block_of(s), units)
+            promotes[rows] = effect.topk(N_PROMOTED, dim=-1).indices[which]
     return promotes
 
 
@@ -817,15 +834,15 @@ def closure_error(graph: Graph) -> dict[str, float]:
 
 
 def _closure(row_sum: Tensor, row_abs: Tensor, bias: Tensor, value: Tensor) -> dict[str, float]:
-    """The largest gap, absolute and relative to the sum of the terms' magnitudes (the scale
-    float rounding works at) and to ``|value|``, over targets (value not NaN)."""
+    """The largest gap over targets (value not NaN), absolute, relative to the sum of the
+    terms' magnitudes (``circuits.prune.closure_gaps``, the measure pruning gates on) and
+    relative to ``|value|``."""
     t = ~torch.isnan(value)
-    gap = (row_sum[t] + bias[t] - value[t]).abs()
-    scale = row_abs[t] + bias[t].abs()
     if not t.any():
         return {"max_abs": 0.0, "max_rel_terms": 0.0, "max_rel_value": 0.0}
+    gap, relative = closure_gaps(row_sum[t], row_abs[t], bias[t], value[t])
     return {
         "max_abs": float(gap.max()),
-        "max_rel_terms": float((gap / scale.clamp(min=1e-12)).max()),
-        "max_rel_value": float((gap / value[t].abs().clamp(min=1e-12)).max()),
+        "max_rel_terms": float(relative.max()),
+        "max_rel_value": float((gap / np.maximum(np.abs(value[t].double().numpy()), 1e-12)).max()),
     }

@@ -207,11 +207,10 @@ def logit_effects(replacement: ReplacementModel, layout: Layout, state: dict) ->
     rw = replacement.read_write()
     n = min(N_LOGITS, rw.unembed.shape[0])
     for kind, l, _, start in layout.blocks():
-        write = rw.lorsa_write[l] if kind == Kind.LORSA else rw.tc_write[l]
-        effect = write.float() @ rw.unembed.float().T  # unit vocab
+        effect = rw.direct_logits(kind == Kind.LORSA, l)  # unit vocab
         for j, largest in enumerate((True, False)):
             top = effect.topk(n, dim=1, largest=largest)
-            rows = slice(start, start + len(write))
+            rows = slice(start, start + len(effect))
             state["logit_token"][rows, j, :n] = top.indices.int()
             state["logit_value"][rows, j, :n] = top.values
 

@@ -66,7 +66,7 @@ from toy_models.records import parse_json
 
 from .batch_run import BatchRun, run_rows
 from .concepts import check_row_settings
-from .nodes import Kind, logit_stage, lorsa_stage, transcoder_stage
+from .nodes import Kind, block_of, is_attention, logit_stage, lorsa_stage, transcoder_stage
 from .statistics import (
     DEFAULT_N_CTX,
     DEFAULT_ROWS,
@@ -365,8 +365,7 @@ def _stage_readers(rw: ReadWrite, units: Units, stage: int) -> Tensor:
     """The reading directions of the units of ``stage`` (its error unit reads nothing)."""
     if stage == units.logit_stage:
         return rw.unembed
-    block, attention = (stage - 1) // 2, stage % 2 == 1
-    reads = rw.lorsa_read[block] if attention else rw.tc_read[block]
+    reads = (rw.lorsa_read if is_attention(stage) else rw.tc_read)[block_of(stage)]
     return torch.cat([reads, torch.zeros(1, reads.shape[1])])
 
 
@@ -403,7 +402,10 @@ class _SourceNodes:
         if run.errors is not None and stage > 1:
             errors = torch.stack([e.flatten(0, 1) for e in run.errors[: stage - 1]], 1)
             error_units = torch.tensor(
-                [units.unit(Kind.ERROR, (s - 1) // 2, (s - 1) % 2) for s in range(1, stage)]
+                [
+                    units.unit(Kind.ERROR, block_of(s), 0 if is_attention(s) else 1)
+                    for s in range(1, stage)
+                ]  # fmt: skip
             )
         return cls(unit, flat, value * inv[flat], inv, errors, error_units, run.tokens.numel())
 

@@ -21,13 +21,12 @@ Arguments are parsed and checked before anything heavy (torch, a model) is impor
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli, whole_numbers
 from toy_models.files import check_writable_dir, check_writable_file, earlier_set
 from toy_models.tokenizer import single_token
 
@@ -95,9 +94,9 @@ def parse_start(spec: str) -> StartSpec:
     """``--start``'s form, checked without the model (or a UserError saying what is wrong)."""
     kind, _, rest = spec.partition(":")
     if kind in ("lorsa", "transcoder"):
-        numbers = rest.split(":")
-        if len(numbers) == 2 and all(re.fullmatch(r"-?[0-9]+", n.strip()) for n in numbers):
-            return StartSpec(spec, kind, int(numbers[0]), int(numbers[1]))
+        numbers = whole_numbers(rest.split(":"))
+        if numbers is not None and len(numbers) == 2:
+            return StartSpec(spec, kind, *numbers)
     elif kind in ("logit", "token"):
         return StartSpec(spec, kind, text=rest)
     raise UserError(f"--start {spec!r}: expected {START_FORMS}")

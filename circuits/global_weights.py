@@ -37,10 +37,11 @@ from torch import Tensor
 from replacement.model import ReadWrite, ReplacementModel
 from toy_models.tokenizer import token_text
 
+from .attribution import promoted_tokens
 from .graph import (
-    N_PROMOTED,
     Graph,
     LogitRecord,
+    NamedSide,
     QKAttribution,
     QKPair,
     checked_count,
@@ -312,7 +313,13 @@ def qk_record(stats: Statistics, layer: int, qk_head: int, top: int = QK_RECORD_
     attention of its own (0)."""
     top = checked_count(top, "top")
     group = stats.qk_group(layer, qk_head)
-    unit_id = stats.units.node_id
+    named: dict[str, NamedSide] = {}
+
+    def unit_id(unit: int) -> str:  # its node's, at position 0
+        fields = NamedSide(*stats.units.describe(unit), 0)
+        named[fields.id] = fields
+        return fields.id
+
     flat = group.pairs.flatten()
     best = flat.abs().topk(min(top, len(flat))).indices.tolist() if len(flat) else []
     n_key = group.pairs.shape[1]
@@ -325,13 +332,15 @@ def qk_record(stats: Statistics, layer: int, qk_head: int, top: int = QK_RECORD_
         listed = [(unit_id(int(chosen[i])), float(values[i])) for i in order if values[i] != 0]
         return sorted([*listed, (None, bias)], key=lambda m: -abs(m[1]))[:top]
 
-    return QKAttribution(
+    record = QKAttribution(
         layer=layer, qk_head=qk_head, query=0, key=0, attention=0.0, score=group.total,
         pairs=pairs,
         query_marginals=marginals(group.query_units, group.query_marginal, group.bias_query),
         key_marginals=marginals(group.key_units, group.key_marginal, group.bias_key),
         rest=group.total - sum(p.value for p in pairs),
     )  # fmt: skip
+    record.name_fields(named.__getitem__)
+    return record
 
 
 def split_half(
@@ -406,12 +415,13 @@ def qk_circuit(
         for s in w.abs().topk(min(writers, len(w))).indices.tolist():
             chosen.add(int(ids[s]))
             edges[(int(ids[s]), u)] = float(w[s])
-    node_ids = {u: units.node_id(u) for u in chosen}
+    fields = {u: NamedSide(*units.describe(u), 0) for u in chosen}  # their nodes, at position 0
     record = QKAttribution(
         layer=layer, qk_head=qk_head, query=0, key=0, attention=0.0, score=0.0,
-        pairs=[QKPair(node_ids[q], node_ids[key], v) for q, key, v in pairs],
+        pairs=[QKPair(fields[q].id, fields[key].id, v) for q, key, v in pairs],
         query_marginals=[], key_marginals=[], rest=0.0,
     )  # fmt: skip
+    record.name_fields({f.id: f for f in fields.values()}.__getitem__)
     weight = {units.unit(Kind.LORSA, layer, h): 1 / len(heads) for h in heads}
     settings = {"qk_circuit": {"layer": layer, "qk_head": qk_head, "heads": heads, "pairs": k}}
     return _unit_graph(
@@ -438,6 +448,7 @@ def _unit_graph(
     described = [units.describe(u) for u in order]
     n = len(order)
     kind = torch.tensor([int(d[0]) for d in described], dtype=torch.long)
+    stage = torch.tensor([d[1] for d in described], dtype=torch.long)
     index = torch.tensor([d[2] for d in described], dtype=torch.long)
     rows, cols = [at[t] for _, t in edges], [at[s] for s, _ in edges]
     values = np.array(list(edges.values()), dtype=np.float32)
@@ -447,7 +458,7 @@ def _unit_graph(
     order_t = torch.tensor(order, dtype=torch.long)
     count = stats.unit_count[order_t]
     mean = stats.unit_activity[order_t] / count.clamp(min=1)
-    promotes = _promoted_tokens(replacement.read_write(), described)
+    promotes = promoted_tokens(replacement.read_write(), kind, stage, index)
     pairs = zip(described, mean.tolist(), strict=True)
     logits = [LogitRecord(d[2], None, float(m)) for d, m in pairs if d[0] == Kind.LOGIT]
     referenced = {d[2] for d in described if d[0] in (Kind.EMBEDDING, Kind.LOGIT)}
@@ -458,7 +469,7 @@ def _unit_graph(
         token_strings=[],
         n_layers=units.n_layers,
         kind=kind,
-        stage=torch.tensor([d[1] for d in described], dtype=torch.long),
+        stage=stage,
         pos=torch.zeros(n, dtype=torch.long),
         index=index,
         activation=mean,
@@ -481,17 +492,6 @@ def _unit_graph(
         model={"name": replacement.model_name or "unnamed"},
         settings={**settings, "statistics": _provenance(stats)},
     )
-
-
-def _promoted_tokens(rw: ReadWrite, described: list[tuple[Kind, int, int]]) -> Tensor:
-    """Per unit: the ``N_PROMOTED`` tokens a head's or feature's decoder raises most through
-    the demeaned unembedding (-1 for other units)."""
-    promotes = torch.full((len(described), N_PROMOTED), -1, dtype=torch.long)
-    for i, (kind, stage, index) in enumerate(described):
-        if kind in (Kind.LORSA, Kind.TRANSCODER):
-            write = (rw.lorsa_write if kind == Kind.LORSA else rw.tc_write)[block_of(stage)]
-            promotes[i] = (rw.unembed @ write[index]).topk(N_PROMOTED).indices
-    return promotes
 
 
 def _provenance(stats: Statistics) -> dict:

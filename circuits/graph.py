@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import numbers
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import networkx as nx
 import numpy as np
@@ -43,14 +45,17 @@ from torch import Tensor
 
 from toy_models.tokenizer import BOS
 
-from .nodes import KINDS, Kind, block_of, logit_stage, node_id
+from .nodes import KINDS, Kind, block_of, logit_stage, node_id, unit_id
 
 # 3: the header holds a SHA-256 of the tensors; 4: and of the header; 5: ``attends`` is the key a
 # head reads (its z-pattern's largest term), no longer its attention's argmax; 6: an embedding
-# node is its token's embedding alone, the position vector a constant (stage 0's bias nodes)
-FORMAT_VERSION = 6
+# node is its token's embedding alone, the position vector a constant (stage 0's bias nodes);
+# 7: each QK record gives the fields of the nodes and units it names (``QKAttribution.named``),
+# and a sparse graph's logit targets the model's probability (``LogitRecord.model_probability``)
+FORMAT_VERSION = 7
 MODES = ("local", "sparse")
 N_PROMOTED = 3  # tokens kept per head/feature in ``promotes``
+QK_BIAS = "bias"  # the query/key bias side where a record names units (None where nodes)
 # The graph-level attributes ``Graph.to_networkx`` sets itself, beside ``settings``' keys (a
 # setting of one of these names is refused there and in a graph file, never let to shadow it).
 RESERVED_SETTINGS = ("prompt", "tokens", "mode", "positional")
@@ -65,15 +70,41 @@ class QKPair:
     value: float
 
 
+class NamedSide(NamedTuple):
+    """The fields of a node or unit that a QK record names by id (``QKAttribution.named``):
+    its kind, stage, index (a token's id for an embedding, -1 for an error or bias) and
+    position, None for a unit named by its unit id (a node id without the position). A record
+    keeps them because pruning drops most of the nodes it names, and an id is for files and
+    people, never parsed back: the id is made from these fields (``id``)."""
+
+    kind: Kind
+    stage: int
+    index: int
+    pos: int | None
+
+    @property
+    def id(self) -> str:
+        if self.pos is None:
+            return unit_id(self.kind, self.stage, self.index)
+        return node_id(self.kind, self.stage, self.pos, self.index)
+
+    def to_list(self) -> list:
+        return [self.kind.label, self.stage, self.index, self.pos]
+
+
 @dataclass
 class LogitRecord:
     """A resolved logit target (circuit-tracer's ``Graph.logit_targets``): the demeaned logit
     of ``token``, or ``logit(token) - logit(negative)`` when ``negative`` is set;
-    ``probability`` is the token's softmax probability at the last position."""
+    ``probability`` is the token's softmax probability at the last position, in the model the
+    graph explains: in sparse mode the replacement's, which can be far from the model's even
+    where both rank it first, so ``model_probability`` gives the model's beside it (None in
+    local mode, whose error nodes make the two one)."""
 
     token: int
     negative: int | None
     probability: float
+    model_probability: float | None = None
 
 
 @dataclass
@@ -186,9 +217,28 @@ class QKAttribution:
     reason: QKReason | None = None
     # Optional (``circuits.qk.qk_sources``): each side's largest sources through the graph.
     sources: list[QKSource] = field(default_factory=list)
+    # The fields of every node or unit the record names (``names``), by id (``NamedSide``).
+    named: dict[str, NamedSide] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        """Every node or unit id the record names (not the bias side), each once, in the order
+        first named: its pairs, marginals, contrast pairs, reason and sources' members."""
+        names = [x for p in self.pairs + self.contrast_pairs for x in (p.query, p.key)]
+        names += [n for n, _ in self.query_marginals + self.key_marginals]
+        if self.reason is not None:
+            names += [x for p in self.reason.pairs for x in (p.query, p.key)]
+            names += [n for n, _ in self.reason.query_units + self.reason.key_units]
+        names += [m for x in self.sources for m in x.members]
+        return list(dict.fromkeys(n for n in names if n is not None and n != QK_BIAS))
+
+    def name_fields(self, known: Callable[[str], NamedSide]) -> None:
+        """Fill ``named`` for every id the record names, with ``known(id)``'s fields (the
+        producer's, which made the ids from them)."""
+        self.named = {n: known(n) for n in self.names()}
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
+        d["named"] = {n: side.to_list() for n, side in self.named.items()}
         d["sources"] = [dict(x.__dict__) for x in self.sources]
         d["pairs"] = [[p.query, p.key, p.value] for p in self.pairs]
         d["contrast_pairs"] = [[p.query, p.key, p.value] for p in self.contrast_pairs]
@@ -207,6 +257,10 @@ class QKAttribution:
         reason = d.get("reason")
         d["reason"] = None if reason is None else QKReason.from_dict(reason)
         d["sources"] = [QKSource(**x) for x in d.get("sources", [])]
+        d["named"] = {
+            n: NamedSide(Kind.parse(k), stage, index, pos)
+            for n, (k, stage, index, pos) in d.get("named", {}).items()
+        }
         return cls(**d)
 
 
@@ -270,7 +324,7 @@ class Graph:
     @property
     def layer(self) -> Int[Tensor, " node"]:
         """Block index: -1 for embeddings, n_layers for logits."""
-        return torch.div(self.stage - 1, 2, rounding_mode="floor").clamp(max=self.n_layers)
+        return block_of(self.stage)
 
     @cached_property
     def ids(self) -> list[str]:
@@ -327,17 +381,39 @@ class Graph:
         ``circuits.groups.node_name``)."""
         return self.positional and self.token_strings[:1] == [BOS]
 
-    def untrained_note(self) -> str | None:
-        """One line for the reader when the prompt holds tokens the model never trained on."""
-        positions = self.untrained_positions
-        if not positions:
-            return None
-        shown = ", ".join(f"{self.token_strings[p]!r}@{p}" for p in positions[:8])
-        more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
-        return (
-            f"the model never saw {shown}{more} in training: those embeddings are untrained, "
-            "so the graph shows no learned mechanism at those positions"
+    @property
+    def untrained_targets(self) -> list[int]:
+        """The logit targets' tokens (positive or negative) the model never saw in training
+        (``model["untrained_targets"]``; empty when the model does not record them): their
+        unembeddings are untrained. A value that is no increasing list of the targets' tokens
+        is refused in one line."""
+        tokens = self.model.get("untrained_targets", [])
+        named = {x for r in self.logit_targets for x in (r.token, r.negative) if x is not None}
+        ok = isinstance(tokens, list) and all(
+            isinstance(t, int) and not isinstance(t, bool) and t in named for t in tokens
         )
+        if not (ok and tokens == sorted(set(tokens))):
+            raise ValueError(f"model['untrained_targets']: expected a list of distinct logit "
+                             f"target tokens in increasing order, got {tokens!r:.60}")  # fmt: skip
+        return list(tokens)
+
+    def untrained_note(self) -> str | None:
+        """One line for the reader when the prompt holds tokens the model never trained on,
+        or a logit target is one."""
+        positions, targets = self.untrained_positions, self.untrained_targets
+        notes = []
+        if positions:
+            shown = ", ".join(f"{self.token_strings[p]!r}@{p}" for p in positions[:8])
+            more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
+            notes.append(f"the model never saw {shown}{more} in training: those embeddings are "
+                         "untrained, so the graph shows no learned mechanism at those "
+                         "positions")  # fmt: skip
+        if targets:
+            shown = ", ".join(repr(self.token(t)) for t in targets)
+            notes.append(f"the target token{'s' if len(targets) > 1 else ''} {shown} never came "
+                         "up in training: its unembedding is untrained, so no learned "
+                         "prediction of it is there to explain")  # fmt: skip
+        return "; ".join(notes) or None
 
     # ----------------------------------------------------------------- views
     def node_index(self, node, name: str = "node") -> int:

@@ -11,7 +11,8 @@ the rest of the header against the header's (a damaged file), dtypes, shapes, ra
 stage/kind consistency, the node order, unique node ids, the CSR invariants (a malformed index
 array would crash scipy),
 finite values, QK records inside the prompt (one per layer, QK head, query and key) with keys
-at or before their query and terms naming sides in the form a trace writes them (``_side_ok``),
+at or before their query and terms naming sides in the form a trace writes them
+(``_names_side``: by the fields each record gives the ids it names, which make those ids),
 one text per token, a prompt that is their text (or none), a logit difference of two
 tokens, header types and lengths; a problem is one ``ValueError`` naming the file
 and the field.
@@ -40,23 +41,26 @@ from torch import Tensor
 
 from toy_models.checkpoint import check_content_sha256, content_sha256, save_state_atomic
 from toy_models.cli import one_line
+from toy_models.files import check_readable_file
 from toy_models.records import is_finite_number, parse_json
 from toy_models.tokenizer import text_of_token_texts
 
 from .graph import (
     FORMAT_VERSION,
     MODES,
+    QK_BIAS,
     QK_SOURCE_KINDS,
     QK_SOURCE_SIDES,
     RESERVED_SETTINGS,
     Graph,
     LogitRecord,
+    NamedSide,
     QKAttribution,
     QKPair,
     QKReason,
     QKSource,
 )
-from .nodes import Kind, is_attention, logit_stage
+from .nodes import EMBEDDING_STAGE, Kind, is_attention, logit_stage, lorsa_stage, sublayer_kind
 from .prune import open_rows, row_sums
 
 SUFFIX = ".safetensors"
@@ -122,7 +126,9 @@ def _to_file(graph: Graph) -> tuple[dict[str, Tensor], dict[str, str]]:
         "token_strings": graph.token_strings,
         "n_layers": graph.n_layers,
         "token_text": sorted([int(k), v] for k, v in graph.token_text.items()),
-        "logit_targets": [[r.token, r.negative, r.probability] for r in graph.logit_targets],
+        "logit_targets": [
+            [r.token, r.negative, r.probability, r.model_probability] for r in graph.logit_targets
+        ],  # fmt: skip
         "mode": graph.mode,
         "group_size": graph.group_size,
         "positional": graph.positional,
@@ -143,8 +149,7 @@ def load_graph(path: str | Path) -> Graph:
     path = Path(path)
     if path.is_dir():
         raise GraphFileError(f"{path}: a directory, not a graph file ({SUFFIX})")
-    if not path.is_file():
-        raise FileNotFoundError(f"graph file missing: {path}")
+    check_readable_file(path, "graph file")
     if path.suffix != SUFFIX:
         raise GraphFileError(
             f"{path}: graph files are {SUFFIX} (a .pt graph is a pickle, which is never read)"
@@ -264,7 +269,7 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     _require(bool((tokens >= 0).all()), "tokens", "has negative token ids")
     edges = _edges(tensors, n, node["stage"])
     n_logits = int((node["kind"] == Kind.LOGIT).sum())
-    logit_targets = _logit_targets(_typed(header, "logit_targets", list), n_logits)
+    logit_targets = _logit_targets(_typed(header, "logit_targets", list), n_logits, mode)
     logit_index = node["index"][node["kind"] == Kind.LOGIT].tolist()
     _require(
         [r.token for r in logit_targets] == logit_index,
@@ -301,6 +306,9 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     )
     _require(len(set(graph.ids)) == n, "kind", "two nodes have one id (kind, stage, position "
              "and index repeated)")  # fmt: skip
+    named = {x for r in logit_targets for x in (r.token, r.negative) if x is not None}
+    _require(set(graph.model.get("untrained_targets", [])) <= named, "model.untrained_targets",
+             "names a token that is no logit target's")  # fmt: skip
     influence = optional["influence"]
     _require(influence is None or bool((influence >= 0).all()), "influence",
              "negative (it sums magnitudes)")  # fmt: skip
@@ -325,6 +333,14 @@ def _model(model: dict, n_pos: int) -> dict:
         _require(ok and positions == sorted(set(positions)), "model.untrained_positions",
                  "must be a list of distinct prompt positions in increasing order (or "
                  "absent)")  # fmt: skip
+    if "untrained_targets" in model:  # that they are the targets' tokens: ``_build``
+        tokens = model["untrained_targets"]
+        ok = isinstance(tokens, list) and all(_is_int(t) for t in tokens)
+        _require(
+            ok and tokens == sorted(set(tokens)),
+            "model.untrained_targets",
+            "must be a list of distinct token ids in increasing order (or absent)",
+        )
     return model
 
 
@@ -405,16 +421,21 @@ def _token_text(items: list) -> dict[int, str]:
     return out
 
 
-def _logit_targets(items: list, n_logits: int) -> list[LogitRecord]:
+def _logit_targets(items: list, n_logits: int, mode: str) -> list[LogitRecord]:
     _require(len(items) == n_logits, "logit_targets", f"{len(items)} records, {n_logits} logits")
     records = []
     for item in items:
-        ok = isinstance(item, list) and len(item) == 3
+        ok = isinstance(item, list) and len(item) == 4
         ok = ok and _is_int(item[0]) and (item[1] is None or _is_int(item[1]))
-        ok = ok and _is_number(item[2]) and 0 <= item[2] <= 1
-        _require(ok, "logit_targets", "entries must be [token, negative or null, probability]")
+        ok = ok and all(_is_number(p) and 0 <= p <= 1 for p in item[2:] if p is not None)
+        ok = ok and item[2] is not None
+        _require(ok, "logit_targets", "entries must be [token, negative or null, probability, "
+                 "the model's probability or null]")  # fmt: skip
         _require(item[1] != item[0], "logit_targets", "a difference of a token with itself")
-        records.append(LogitRecord(item[0], item[1], float(item[2])))
+        _require(item[3] is None or mode == "sparse", "logit_targets",
+                 "the model's probability beside a graph's own outside sparse mode")  # fmt: skip
+        records.append(LogitRecord(item[0], item[1], float(item[2]),
+                                   None if item[3] is None else float(item[3])))  # fmt: skip
     return records
 
 
@@ -442,19 +463,21 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
             _require(_is_number(d.get(name)), f"qk.{name}", "expected a finite number")
         _require(0 <= d["attention"] <= 1, "qk.attention", "outside 0..1")
         layer, query, key = d["layer"], d["query"], d["key"]
+        named = _named(d.get("named", {}), layer, n_pos)
+
         for name, key_form in (("pairs", "node"), ("contrast_pairs", "unit")):
             _require(isinstance(d.get(name, []), list), f"qk.{name}", "expected a list")
             for p in d.get(name, []):
                 ok = isinstance(p, list) and len(p) == 3 and _is_number(p[2])
-                ok = ok and _side_ok(p[0], layer, query, "node")
-                _require(ok and _side_ok(p[1], layer, key, key_form), f"qk.{name}",
+                ok = ok and _names_side(p[0], named, query, "node")
+                _require(ok and _names_side(p[1], named, key, key_form), f"qk.{name}",
                          "entries must be [query id, key id, value], ids of what the layer "
                          "reads at the query and key")  # fmt: skip
         for name, at in (("query_marginals", query), ("key_marginals", key)):
             _require(isinstance(d.get(name, []), list), f"qk.{name}", "expected a list")
             for m in d.get(name, []):
                 ok = isinstance(m, list) and len(m) == 2 and _is_number(m[1])
-                _require(ok and _side_ok(m[0], layer, at, "node"), f"qk.{name}",
+                _require(ok and _names_side(m[0], named, at, "node"), f"qk.{name}",
                          "entries must be [node id at its side's position or null, "
                          "value]")  # fmt: skip
         contrast = d.get("contrast")
@@ -462,19 +485,52 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         _closes([p[2] for p in d.get("pairs", [])] + [d["rest"]], d["score"], "qk.pairs",
                 "its pairs plus rest are not its score")  # fmt: skip
         if d.get("reason") is not None:
-            _check_reason(d["reason"], layer, query, key)
+            _check_reason(d["reason"], named, query, key)
             r = d["reason"]
             parts = [r[x] for x in _REASON_FLOATS[:4]]
             _closes(parts, d["score"], "qk.reason", "its four parts are not the score")
             _closes([p[2] for p in r["pairs"]] + [r["rest"]], r["specific"], "qk.reason.pairs",
                     "its pairs plus rest are not the specific part")  # fmt: skip
-        _check_sources(d.get("sources", []), d["query"], d["key"])
+        _check_sources(d.get("sources", []), named, d["query"], d["key"])
         known = set(QKAttribution.__dataclass_fields__)
         _require(set(d) <= known, "qk", f"unknown keys {sorted(set(d) - known)}")
         try:
-            out.append(QKAttribution.from_dict(d))
+            record = QKAttribution.from_dict(d)
         except (KeyError, TypeError) as exc:
             raise _Bad("qk", _one_line(exc)) from None
+        _require(set(record.names()) == set(record.named), "qk.named",
+                 "must give the fields of exactly the ids the record names")  # fmt: skip
+        out.append(record)
+    return out
+
+
+_NAMED_KINDS = {k.label: k for k in (Kind.EMBEDDING, Kind.LORSA, Kind.TRANSCODER, Kind.ERROR,
+                                     Kind.BIAS)}  # fmt: skip
+
+
+def _named(named, layer: int, n_pos: int) -> dict[str, NamedSide]:
+    """A QK record's ``named``: for each id, the fields of what Lorsa layer ``layer`` reads (a
+    token or the position vector at stage 0, a head, feature, error or bias of a sublayer
+    below it), at a position in the prompt or none (a unit), whose id they make."""
+    _require(isinstance(named, dict), "qk.named", "expected an object")
+    out = {}
+    for name, fields in named.items():
+        ok = isinstance(fields, list) and len(fields) == 4 and fields[0] in _NAMED_KINDS
+        ok = ok and _is_int(fields[1]) and (_is_int(fields[2]) or type(fields[2]) is int)
+        ok = ok and (fields[3] is None or (_is_int(fields[3]) and fields[3] < max(n_pos, 1)))
+        _require(ok, "qk.named", f"{name!r}: expected [kind, stage, index, position or null]")
+        kind, stage, index, pos = fields
+        kind = _NAMED_KINDS[kind]
+        if kind in (Kind.EMBEDDING, Kind.BIAS) and stage == EMBEDDING_STAGE:
+            ok = index >= 0 if kind == Kind.EMBEDDING else index == -1
+        else:  # a sublayer below the layer's own: its heads or features, error or bias
+            ok = EMBEDDING_STAGE < stage < lorsa_stage(layer) and kind != Kind.EMBEDDING
+            ok = ok and (index == -1 if kind in (Kind.ERROR, Kind.BIAS) else index >= 0)
+            ok = ok and kind in (Kind.ERROR, Kind.BIAS, sublayer_kind(stage))
+        _require(ok, "qk.named", f"{name!r}: not something Lorsa layer {layer} reads")
+        side = NamedSide(kind, stage, index, pos)
+        _require(side.id == name, "qk.named", f"{name!r}: its fields make the id {side.id!r}")
+        out[name] = side
     return out
 
 
@@ -494,7 +550,7 @@ _REASON_FLOATS = (
 )  # fmt: skip
 
 
-def _check_reason(r, layer: int, query: int, key: int) -> None:
+def _check_reason(r, named: dict[str, NamedSide], query: int, key: int) -> None:
     _require(isinstance(r, dict), "qk.reason", "expected an object or null")
     known = set(QKReason.__dataclass_fields__)
     _require(set(r) == known, "qk.reason", f"keys must be {sorted(known)}")
@@ -502,44 +558,34 @@ def _check_reason(r, layer: int, query: int, key: int) -> None:
         _require(_is_number(r[name]), f"qk.reason.{name}", "expected a number")
     for p in r["pairs"] if isinstance(r["pairs"], list) else [None]:
         ok = isinstance(p, list) and len(p) == 3 and _is_number(p[2])
-        ok = ok and _side_ok(p[0], layer, query, "either") and _side_ok(p[1], layer, key, "either")
+        ok = ok and _names_side(p[0], named, query, "either")
+        ok = ok and _names_side(p[1], named, key, "either")
         _require(ok, "qk.reason.pairs", "entries must be [query id, key id, value]")
     for name, at in (("query_units", query), ("key_units", key)):
         for m in r[name] if isinstance(r[name], list) else [None]:
             ok = isinstance(m, list) and len(m) == 2 and _is_number(m[1])
-            _require(ok and _side_ok(m[0], layer, at, "either"), f"qk.reason.{name}", "bad entry")
+            _require(ok and _names_side(m[0], named, at, "either"), f"qk.reason.{name}",
+                     "bad entry")  # fmt: skip
 
 
-def _side_ok(x, layer: int, at: int, form: str) -> bool:
-    """Whether ``x`` names one side of a QK term of Lorsa layer ``layer``: what that layer
-    reads (a token, or a unit of a sublayer below it) by its node id at position ``at``
-    (``form`` "node"; null: the bias side), by its unit id (a node id without the position;
-    "unit": the bias side is "bias"), or either ("either", for a ``QKReason``). Only the form
-    is checked: a pruned graph's records name nodes it dropped, which keep their ids."""
+def _names_side(x, named: dict[str, NamedSide], at: int, form: str) -> bool:
+    """Whether ``x`` names one side of a QK term by the record's ``named`` fields: a node at
+    position ``at`` (``form`` "node"; null: the bias side), a unit (a node id without the
+    position; "unit": the bias side is ``QK_BIAS``), or either ("either", for a ``QKReason``).
+    A pruned graph's records name nodes it dropped, which their fields describe."""
     if x is None:
         return form != "unit"
-    if form == "unit" and x == "bias":
+    if form == "unit" and x == QK_BIAS:
         return True
-    parts = x.split("_") if isinstance(x, str) else []
-    if len(parts) == 3 and form != "unit":  # a node id: a unit id and a position
-        if not (_decimal(parts[2]) and int(parts[2]) == at):
-            return False
-        parts = parts[:2]
-    elif len(parts) != 2 or form == "node":
+    side = named.get(x) if isinstance(x, str) else None
+    if side is None:
         return False
-    head, index = parts
-    if head == "E":  # a token's embedding, or the position vector (circuits.nodes.unit_id)
-        return _decimal(index) or index == "pos"
-    below = _decimal(head) and int(head) < 2 * layer  # circuits.nodes.sublayer
-    return below and (index in ("-1", "bias") or _decimal(index))
+    if form == "node":
+        return side.pos == at
+    return side.pos is None or (form == "either" and side.pos == at)
 
 
-def _decimal(text: str) -> bool:
-    """A non-negative integer as ids write one (no sign, no leading zero)."""
-    return text.isascii() and text.isdigit() and (text == "0" or text[0] != "0")
-
-
-def _check_sources(sources, query: int, key: int) -> None:
+def _check_sources(sources, named: dict[str, NamedSide], query: int, key: int) -> None:
     """A QK record's ``QKSource`` entries: every field typed, a known side and kind, at a
     position up to its side's (the query's or the key's), members named."""
     _require(isinstance(sources, list), "qk.sources", "expected a list")
@@ -563,7 +609,9 @@ def _check_sources(sources, query: int, key: int) -> None:
                  "qk.sources.attends", "expected null or a key up to its position")  # fmt: skip
         members = x["members"]
         _require(isinstance(members, list) and members and all(isinstance(m, str)
-                 for m in members), "qk.sources.members", "expected node ids")  # fmt: skip
+                 and m in named and named[m].pos is not None and named[m].pos <= at
+                 for m in members), "qk.sources.members",
+                 "expected ids of nodes the record names, up to its side's position")  # fmt: skip
         _require(_is_number(x["value"]), "qk.sources.value", "expected a finite number")
 
 

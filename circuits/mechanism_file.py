@@ -43,7 +43,7 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # ``rival`` (the key that gained most attention, its attention before and after); a check's
 # ``free_ln_held`` (and since, optional, absent from earlier files: ``free_final_ln_held``,
 # ``free_attention_held``, ``margin_frozen`` / ``margin_free``; a group's ``writes_qk`` and
-# ``attention_checks``)
+# ``attention_checks``; a target's ``model_probability``)
 TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
@@ -438,6 +438,9 @@ class TargetRecord:
     moved_by_position: list[TokenShare] = field(default_factory=list)
     reads: int | None = None
     qk: list[QKReasonRecord] = field(default_factory=list)
+    # In sparse mode ``probability`` is the replacement's: the model's own beside it
+    # (``LogitRecord.model_probability``; None in local mode, and in files before it).
+    model_probability: float | None = None
 
     @property
     def label(self) -> str:
@@ -533,8 +536,11 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         moved = t.moved_by_position
         _closes(sum(x.flow for x in moved) + t.heads_own, t.heads_flow, f"{where}: heads' flow")
         _at_tokens(moved, summary.tokens, f"{where}.moved_by_position")
-        for p in (t.probability, t.runner_up_probability):
+        for p in (t.probability, t.runner_up_probability, t.model_probability):
             _expect(p is None or 0 <= p <= 1, f"{where}: a probability outside [0, 1]")
+        _expect(t.model_probability is None or (summary.mode == "sparse" and t.kind == "logit"),
+                f"{where}.model_probability: the model's beside the graph's own outside a "
+                "sparse graph's logit")  # fmt: skip
         _expect(t.kind == "lorsa" or t.reads is None, f"{where}.reads: a key for a target "
                 "not a head")  # fmt: skip
         _expect(t.reads is None or 0 <= t.reads < len(summary.tokens),

@@ -112,7 +112,8 @@ def stage_of(kind: Kind, layer: int) -> int:
 
 
 def block_of(stage: int) -> int:
-    """The block a stage belongs to: -1 for embeddings, n_layers for the logits."""
+    """The block a stage (an int, or elementwise a tensor of stages) belongs to: -1 for
+    embeddings, n_layers for the logits."""
     return (stage - 1) // 2
 
 
@@ -175,42 +176,6 @@ def node_id(
     """The node's id (module docstring). ``token``: an embedding's token; ``negative``: the
     subtracted token of a logit difference (``index`` is the positive one)."""
     return f"{unit_id(kind, stage, index, token=token, negative=negative)}_{pos}"
-
-
-def parse_id(name: str, n_layers: int) -> tuple[Kind, int, int, int | None] | None:
-    """(kind, stage, index, position or None for a unit) of a node or unit id of a token, a
-    position vector or a sublayer's head, feature, error or bias in an ``n_layers``-block
-    model; None for anything else (logits included). The inverse of ``node_id`` / ``unit_id``,
-    accepted only when they make the same id back: for ids a file names whose node a graph
-    does not hold (a QK record's sides after pruning). Code that has the node reads its
-    fields."""
-    parts = name.split("_") if isinstance(name, str) else []
-    if len(parts) not in (2, 3) or not all(x.isascii() and x for x in parts):
-        return None
-    pos = int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
-    if len(parts) == 3 and pos is None:
-        return None
-    head, index = parts[:2]
-    if head == "E":
-        kind, stage, idx = (Kind.BIAS, 0, -1) if index == "pos" else (Kind.EMBEDDING, 0, -1)
-        if kind == Kind.EMBEDDING:
-            if not index.isdigit():
-                return None
-            idx = int(index)
-    elif head.isdigit() and int(head) + 1 < logit_stage(n_layers):
-        stage = int(head) + 1  # ``sublayer``: stage - 1
-        if index == "bias":
-            kind, idx = Kind.BIAS, -1
-        elif index == "-1":
-            kind, idx = Kind.ERROR, -1
-        elif index.isdigit():
-            kind, idx = sublayer_kind(stage), int(index)
-        else:
-            return None
-    else:
-        return None
-    made = unit_id(kind, stage, idx) if pos is None else node_id(kind, stage, pos, idx)
-    return (kind, stage, idx, pos) if made == name else None
 
 
 def unit_id(

@@ -52,6 +52,21 @@ def row_sums(edges: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
 CLOSURE = 1e-3
 
 
+# The smallest scale a row's gap is measured against (a row of no terms and no bias).
+SCALE_FLOOR = 1e-6
+
+
+def closure_gaps(total, size, bias, want) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: how far its incoming edges (``total``, ``size``: the sum and magnitude of each
+    row, ``row_sums``) plus ``bias`` miss ``want`` (its activation or value), absolute and
+    relative to the scale float rounding works at (the terms' magnitudes plus |bias|, at least
+    ``SCALE_FLOOR``). The one measure of closure: ``open_rows`` gates on it and
+    ``circuits.attribution.closure_error`` reports it."""
+    total, size, bias, want = (np.asarray(x, dtype=np.float64) for x in (total, size, bias, want))
+    gap = np.abs(total + bias - want)
+    return gap, gap / np.maximum(size + np.abs(bias), SCALE_FLOOR)
+
+
 def open_rows(graph: Graph, total: np.ndarray, size: np.ndarray) -> np.ndarray:
     """The heads, features and targets whose incoming edges (``total``, ``size``: each row's
     sum and magnitude, ``row_sums``) plus bias miss their activation (a target: its value) by
@@ -61,9 +76,8 @@ def open_rows(graph: Graph, total: np.ndarray, size: np.ndarray) -> np.ndarray:
     target = graph.is_target.numpy()
     want = np.where(target, graph.value.double().numpy(), graph.activation.double().numpy())
     rows = target | graph.is_kind("lorsa", "transcoder").numpy()
-    gap = np.abs(np.asarray(total, dtype=np.float64) + bias - want)
-    scale = np.maximum(np.asarray(size, dtype=np.float64) + np.abs(bias), 1e-6)
-    return np.flatnonzero(rows & ~(gap <= CLOSURE * scale))
+    _, relative = closure_gaps(total, size, bias, want)
+    return np.flatnonzero(rows & ~(relative <= CLOSURE))
 
 
 # The arrays of graphs whose rows were found to close: a pass over a long prompt's 1e8 edges

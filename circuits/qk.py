@@ -24,7 +24,9 @@ from replacement.model import ReplacementModel, center
 
 from .attribution import PromptRun, pad_by_position, run_for_graph
 from .graph import (
+    QK_BIAS,
     Graph,
+    NamedSide,
     QKAttribution,
     QKPair,
     QKReason,
@@ -34,7 +36,7 @@ from .graph import (
     checked_fraction,
     checked_index,
 )
-from .nodes import Kind, lorsa_stage, node_id, unit_id
+from .nodes import Kind, lorsa_stage
 from .threads import single_thread
 from .units import Units
 
@@ -245,8 +247,12 @@ class SlotNames:
     ``p`` (slot 0, the bias side, and padding: None); ``names.slot_of(p)`` maps the unit code
     of each source at ``p`` to its slot (``unit``: ``slot_units``)."""
 
-    def __init__(self, run: PromptRun, side: QKSides, unit: Tensor | None = None):
+    def __init__(
+        self, run: PromptRun, side: QKSides, unit: Tensor | None = None, units: Units | None = None
+    ):
         self.at, self.valid = side.at.tolist(), side.valid.tolist()
+        self.units = units
+        self.fields: dict[str, NamedSide] = {}  # of every id made, for ``QKAttribution.named``
         self.source = list(
             zip(run.kind.tolist(), run.stage.tolist(), run.pos.tolist(), run.index.tolist(),
                 strict=True)
@@ -260,8 +266,28 @@ class SlotNames:
             return None
         if (pos, slot) not in self._ids:
             kind, stage, p, index = self.source[self.at[pos][slot - 1]]
-            self._ids[pos, slot] = node_id(Kind(kind), stage, p, index)
+            fields = NamedSide(Kind(kind), stage, index, p)
+            self._ids[pos, slot] = fields.id
+            self.fields[fields.id] = fields
         return self._ids[pos, slot]
+
+    def unit_name(self, code: int) -> str:
+        """A unit's id (``slot_units``' code): a node id without its position (``E_{token}``,
+        ``{layer}_{index}``, ``{layer}_bias``; ``QK_BIAS`` for the query/key bias side)."""
+        units = self.units
+        if code == units.total:
+            return QK_BIAS
+        if code >= units.total + 2:  # a decoder-bias source (slot_units)
+            fields = NamedSide(Kind.BIAS, code - units.total - 2, -1, None)
+        else:
+            fields = NamedSide(*units.describe(code), None)
+        self.fields[fields.id] = fields
+        return fields.id
+
+    def name_fields(self, records: list[QKAttribution]) -> None:
+        """Each record's ``named``: the fields of the ids it names, as they were made."""
+        for record in records:
+            record.name_fields(self.fields.__getitem__)
 
     def slot_of(self, pos: int) -> dict[int, int]:
         if pos not in self._slot_of:
@@ -331,7 +357,7 @@ def qk_attribution(
         for layer in triples[:, 0].unique().tolist():
             side = _sides_of(sides, run, replacement, layer)
             unit = slot_units(run, side, units) if contrast or reason else None
-            names = SlotNames(run, side, unit)
+            names = SlotNames(run, side, unit, units)
             layer_triples, records = triples[triples[:, 0] == layer], []
             for chunk in layer_triples.split(QK_CHUNK):
                 h, q, k = chunk[:, 1], chunk[:, 2], chunk[:, 3]
@@ -341,6 +367,7 @@ def qk_attribution(
                 )
             if contrast or reason:
                 _explain(side, records, units, unit, names, top, contrast=contrast, reason=reason)
+            names.name_fields(records)
             result += records
     graph.qk = result
     return result
@@ -390,6 +417,7 @@ def qk_sources(
     run = run_for_graph(replacement, full, run)
     for a in records:
         a.sources = []
+        a.name_fields(a.named.__getitem__)  # the former sources' members no longer named
     # A layer's heads read only what the layers below wrote: layer 0's sides hold token
     # embeddings and constants alone, and each layer's records are swept from its own stage.
     records = [a for a in records if a.layer > 0]
@@ -428,6 +456,15 @@ def qk_sources(
                     attends=int(attends[first]) if kind[first] == Kind.LORSA else None,
                     members=[full.ids[m] for m in members.tolist()], value=float(totals[g]),
                 ))  # fmt: skip
+        known = a.named | {m: _fields_of_node(full, m) for x in a.sources for m in x.members}
+        a.name_fields(known.__getitem__)
+
+
+def _fields_of_node(graph: Graph, name: str) -> NamedSide:
+    """The fields of ``graph``'s node ``name``."""
+    i = graph.id_to_index[name]
+    kind, stage, index, pos = (int(x[i]) for x in (graph.kind, graph.stage, graph.index, graph.pos))
+    return NamedSide(Kind(kind), stage, index, pos)
 
 
 def _summaries(terms, scores, triples, attention, names: SlotNames, top) -> list[QKAttribution]:
@@ -540,7 +577,7 @@ def _add_contrasts(batch, contrasts, dev: Deviations, units, names, top: int) ->
     for record, contrast, best, best_values in zip(batch, total, flat, values, strict=True):
         record.contrast = contrast
         record.contrast_pairs = [
-            QKPair(names(record.query, j // n), _unit_id(units, k_codes[j % n]), v)
+            QKPair(names(record.query, j // n), names.unit_name(k_codes[j % n]), v)
             for j, v in zip(best, best_values, strict=True)
             if v != 0
         ]
@@ -569,7 +606,7 @@ def _add_reasons(batch, parts, terms: SpecificTerms, dev: Deviations, units, nam
             code = codes[j]
             if code == units.total:
                 return None
-            return names(pos, slot_of[code]) if code in slot_of else _unit_id(units, code)
+            return names(pos, slot_of[code]) if code in slot_of else names.unit_name(code)
 
         return name
 
@@ -593,16 +630,6 @@ def _add_reasons(batch, parts, terms: SpecificTerms, dev: Deviations, units, nam
                 (k_name(j), v) for j, v in zip(k_best[r], k_values[r], strict=True) if v != 0
             ],
         )
-
-
-def _unit_id(units, code: int) -> str:
-    """A unit's id: a node id without its position (``E_{token}``, ``{layer}_{index}``,
-    ``{layer}_bias``; ``bias`` for the query/key bias side)."""
-    if code == units.total:
-        return "bias"
-    if code >= units.total + 2:  # a decoder-bias source (slot_units)
-        return unit_id(Kind.BIAS, code - units.total - 2, -1)
-    return units.unit_id(code)
 
 
 def slot_units(run: PromptRun, side: QKSides, units: Units) -> Tensor:
@@ -646,7 +673,7 @@ def qk_record(
     if layer not in sides:
         side = QKSides(run, replacement, layer)
         unit = slot_units(run, side, units)
-        sides[layer] = (side, unit, SlotNames(run, side, unit))
+        sides[layer] = (side, unit, SlotNames(run, side, unit, units))
     side, unit, names = sides[layer]
     triple = torch.tensor([[layer, qk_head, query, key]])
     h, q, k = triple[:, 1], triple[:, 2], triple[:, 3]
@@ -655,4 +682,5 @@ def qk_record(
         terms, side.scores(h, q, k), triple, run.patterns[layer][h, q, k], names, top
     )
     _explain(side, records, units, unit, names, top, contrast=False, reason=True)
+    names.name_fields(records)
     return records[0]

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from replacement.model import ReplacementModel
 from toy_models.checkpoint import json_sha256
+from toy_models.files import check_readable_file
 from toy_models.model import fingerprint
 
 from .graph import checked_index, is_integer
@@ -302,8 +303,7 @@ class Statistics:
         """Read and check a statistics file; with ``replacement`` (and ``tokenizer``, when the
         caller has it), refuse statistics of any other model, replacement set or tokenizer."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"statistics file missing: {path}")
+        check_readable_file(path, "statistics file")
         try:
             stats = read_finished(path)
         except ValueError as exc:

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli, whole_numbers
 from toy_models.files import earlier_set, replaced_whole, staging_in_the_way
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
@@ -302,7 +302,27 @@ def _targets(args, tokenizer, last_logits=None):
         for a, b in args.target_diff
     ]
     targets += [NodeTarget(*node_spec(spec)) for spec in args.target_node]
+    repeated = next((x for i, x in enumerate(targets) if x in targets[:i]), None)
+    if repeated is not None:  # said here in the user's terms, not as the library's record
+        made = " (--vs-runner-up makes each --target its margin over the runner-up)" \
+            if args.vs_runner_up else ""  # fmt: skip
+        raise UserError(f"{_target_words(repeated, tokenizer)} is named twice{made}: name each "
+                        "target once")  # fmt: skip
     return targets or None
+
+
+def _target_words(target, tokenizer) -> str:
+    """A target as the arguments name it: a logit's token, a difference's two, a node's spec."""
+    from toy_models.tokenizer import token_text
+
+    from .attribution import LogitDiffTarget, LogitTarget
+
+    if isinstance(target, LogitTarget):
+        return f"the target {token_text(tokenizer, target.token)!r}"
+    if isinstance(target, LogitDiffTarget):
+        positive, negative = (token_text(tokenizer, x) for x in (target.positive, target.negative))
+        return f"the difference {positive!r} - {negative!r}"
+    return f"the node {target.kind}:{target.layer}:{target.pos}:{target.index}"
 
 
 def node_spec(spec: str) -> tuple[str, int, int, int]:
@@ -312,15 +332,15 @@ def node_spec(spec: str) -> tuple[str, int, int, int]:
     from .nodes import TARGET_KINDS, target_kind  # light: an enum
 
     parts = spec.split(":")
-    # whole numbers as written: int() would also read "1_0" as 10
-    if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts[1:]):
+    numbers = whole_numbers(parts[1:]) if len(parts) == 4 else None
+    if numbers is None:
         raise UserError(f"--target-node {spec!r}: expected KIND:LAYER:POS:INDEX")
     try:
         target_kind(parts[0])
     except ValueError:
         kinds = ", ".join(k.label for k in TARGET_KINDS)
         raise UserError(f"--target-node {spec!r}: the kind must be one of {kinds}") from None
-    return parts[0], int(parts[1]), int(parts[2]), int(parts[3])
+    return parts[0], *numbers
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from toy_models.files import write_json_atomic
+from toy_models.files import check_readable_file, write_json_atomic
 from toy_models.model import (
     Block,
     ToyTransformer,
@@ -153,6 +153,16 @@ class ReadWrite:
             unembed_bias=(m.b_U - m.b_U.mean()).detach(),
             resid_bias=resid_bias.detach(),
         )
+
+    def direct_logits(self, attention: bool, layer: int, units: Tensor | None = None) -> Tensor:
+        """(unit, vocab): what one unit of activation of block ``layer``'s Lorsa heads
+        (``attention``) or transcoder features (``units``; all when None) adds to each
+        demeaned logit through the direct path: its write through ``unembed``. The one place
+        a unit's logit effect is computed (the tokens a node promotes, dashboards' logit
+        effects, the successor heads' promoted tokens)."""
+        write = (self.lorsa_write if attention else self.tc_write)[layer]
+        write = write if units is None else write[units]
+        return write.float() @ self.unembed.float().T
 
 
 def _plus_error(out: Tensor, recon: Tensor, target: Tensor, hook_error: HookPoint) -> Tensor:
@@ -451,8 +461,7 @@ class ReplacementModel(HookedRootModule):
         config_path = directory / CONFIG_FILE
         if directory.exists() and not directory.is_dir():  # not "missing: FILE/replacement.json"
             raise FileNotFoundError(f"replacement set {directory}: is a file, not a set's folder")
-        if not config_path.is_file():
-            raise FileNotFoundError(f"replacement file missing: {config_path}")
+        check_readable_file(config_path, "replacement file")
         config = read_json(config_path)
         version = config.get("format_version")
         if version != FORMAT_VERSION:
@@ -478,7 +487,10 @@ class ReplacementModel(HookedRootModule):
             ]
             files = {str(k): str(v) for k, v in _entry(config, "files", dict).items()}
             recorded_content = _entry(config, "content_sha256", str)
-            meta = dict(config.get("meta") or {})
+            meta = config.get("meta") or {}
+            if not isinstance(meta, dict):
+                raise ValueError(f"'meta' must be an object, got {type(meta).__name__}")
+            meta = dict(meta)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             detail = f"missing key {exc.args[0]!r}" if isinstance(exc, KeyError) else exc
             raise ValueError(f"{config_path}: not a valid replacement config ({detail})") from None
@@ -521,10 +533,12 @@ class ReplacementModel(HookedRootModule):
                     f"{directory / file_name}: not the file recorded in {CONFIG_FILE} (sha256 "
                     "differs: damaged, edited or swapped with another)"
                 )
-        if (
-            json_sha256({k: v for k, v in config.items() if k != "content_sha256"})
-            != recorded_content
-        ):
+        try:
+            content = json_sha256({k: v for k, v in config.items() if k != "content_sha256"})
+        except ValueError:  # a NaN or infinity, which JSON cannot carry and no save writes
+            raise ValueError(f"{config_path}: holds a NaN or infinite number (not JSON; no "
+                             "saved set has one)") from None  # fmt: skip
+        if content != recorded_content:
             raise ValueError(f"{config_path}: edited after it was saved (content_sha256 differs)")
         check_recorded_hashes(directory)
         try:

@@ -144,12 +144,14 @@ def check_results(results) -> AblationResults:
     in whole blocks per QK head, the training's steps and batch the sweep's), a variant that
     is not one (``replacement.ablations.Variant`` checks its fields) or not the one its name
     says, a run or axis naming no variant, a layer without the run of a variant an axis names
-    (its point would be left out of the tables and curves, silently), or a loss recovered that
-    does not follow from its run's and its layer's losses."""
+    (its point would be left out of the tables and curves, silently), a run's L0 above its
+    variant's K, or a loss recovered that does not follow from its run's and its layer's
+    losses."""
     from replacement.ablations import Variant
 
     record = from_json(AblationResults, results, "results")
     _check_settings(record.settings)
+    variants = {}
     for name, fields in record.variants.items():
         try:
             variant = from_json(Variant, fields, f"results.variants.{name}")
@@ -157,6 +159,7 @@ def check_results(results) -> AblationResults:
             raise ValueError(f"results.variants.{name}: {exc}") from None
         if variant.name != name:  # the sweep keys each variant by its name
             raise ValueError(f"results.variants.{name}: its fields are variant {variant.name}")
+        variants[name] = variant
     names = set(record.variants)
     for axis, members in record.axes.items():
         if unknown := sorted(set(members) - names):
@@ -171,6 +174,11 @@ def check_results(results) -> AblationResults:
         base = data.baseline
         gap = base.ce_mean_ablated - base.ce_original
         for name, run in data.runs.items():
+            if run.l0 > variants[name].top_k * (1 + 1e-6):  # TopK: at most K active a token
+                raise ValueError(
+                    f"results.layers.{layer}.runs.{name}.l0: {run.l0:.6g} units "
+                    f"active a token, more than its K of {variants[name].top_k}"
+                )
             expected = (base.ce_mean_ablated - run.ce) / gap if gap > 0 else math.nan
             same = math.isnan(expected) == math.isnan(run.loss_recovered) and (
                 math.isnan(expected) or math.isclose(run.loss_recovered, expected, abs_tol=1e-6)

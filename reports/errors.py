@@ -162,9 +162,58 @@ def check_results(results) -> ErrorResults:
                     if math.isnan(g) and n > 0:  # undefined only for a group without tokens
                         raise ValueError(f"results.by_kind.{kind}.{layer}.{split}.group_fvu"
                                          f"[{i}]: NaN for a group of {n:g} tokens")  # fmt: skip
+                _check_shares(shares, f"results.by_kind.{kind}.{layer}.{split}")
+            for name in ("top_tokens", "dense_tokens"):
+                for i, x in enumerate(getattr(r, name)):
+                    _check_token_errors(x, record.tokens, f"results.by_kind.{kind}.{layer}."
+                                        f"{name}[{i}]")  # fmt: skip
     for layer, r in record.lorsa_vs_sae.items():
         _check_shared(record, layer, r)
     return record
+
+
+def _same(a: float, b: float) -> bool:
+    """Two figures a results file ties together, equal to float rounding."""
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def _check_shares(s: Shares, where: str) -> None:
+    """``error_shares``' figures agree with each other (each in range alone is not enough: a
+    fuzz pass printed a group FVU of 1e40): token shares are the groups' tokens over their
+    total, error shares sum to one, each group's part of the FVU is its error share of it, and
+    the groups' variances (``fvu_contribution / group_fvu``, per group with error) make up the
+    whole where every group with tokens has error."""
+    total = sum(s.tokens)
+    for i, (n, share) in enumerate(zip(s.tokens, s.token_share, strict=True)):
+        if total > 0 and not _same(share, n / total):
+            raise ValueError(f"{where}.token_share[{i}]: {share:.6g}, its tokens give "
+                             f"{n / total:.6g}")  # fmt: skip
+    if s.fvu > 0 and not _same(sum(s.error_share), 1.0):
+        raise ValueError(f"{where}.error_share: sums to {sum(s.error_share):.6g}, not 1")
+    for i, (e, part) in enumerate(zip(s.error_share, s.fvu_contribution, strict=True)):
+        if not _same(part, e * s.fvu):
+            raise ValueError(f"{where}.fvu_contribution[{i}]: {part:.6g}, its error share "
+                             f"gives {e * s.fvu:.6g}")  # fmt: skip
+    with_error = [(c, g) for n, c, g in zip(s.tokens, s.fvu_contribution, s.group_fvu,
+                                            strict=True) if n > 0]  # fmt: skip
+    if s.fvu > 0 and with_error and all(c > 0 and g > 0 for c, g in with_error):
+        variance = sum(c / g for c, g in with_error)  # each group's over the whole's
+        if not math.isclose(variance, 1.0, rel_tol=1e-4):
+            raise ValueError(f"{where}.group_fvu: the groups' variances make {variance:.6g} of "
+                             "the whole, not all of it")  # fmt: skip
+
+
+def _check_token_errors(x: TokenErrors, tokens: int, where: str) -> None:
+    """A token's count within the file's tokens, and its shares and enrichment as
+    ``replacement.errors.top_tokens`` makes them from it."""
+    if x.count > tokens:
+        raise ValueError(f"{where}.count: {x.count}, more than the file's {tokens} tokens")
+    if tokens > 0 and not _same(x.token_share, x.count / tokens):
+        raise ValueError(f"{where}.token_share: {x.token_share:.6g}, its count gives "
+                         f"{x.count / tokens:.6g}")  # fmt: skip
+    if x.token_share > 0 and not _same(x.enrichment, x.error_share / x.token_share):
+        raise ValueError(f"{where}.enrichment: {x.enrichment:.6g}, its shares give "
+                         f"{x.error_share / x.token_share:.6g}")  # fmt: skip
 
 
 def _check_shared(record: ErrorResults, layer: str, r: SharedDirection) -> None:

@@ -52,10 +52,13 @@ def probability(p: float) -> str:
 
 def logit_text(graph: Graph, i: int) -> tuple[str, str]:
     """A logit node's (tokens, value) texts: ``("' Julia'", "p=0.997")`` or
-    ``("' Mary' - ' Tom'", "= 2.554")``."""
+    ``("' Mary' - ' Tom'", "= 2.554")``; in sparse mode the probability is the replacement's,
+    with the model's beside it (``"p=0.753 (model 0.200)"``)."""
     record = graph.logit_record(i)
     if record.negative is None:
-        return repr(graph.token(record.token)), f"p={probability(record.probability)}"
+        theirs = record.model_probability
+        model = "" if theirs is None else f" (model {probability(theirs)})"
+        return repr(graph.token(record.token)), f"p={probability(record.probability)}{model}"
     pair = f"{graph.token(record.token)!r} - {graph.token(record.negative)!r}"
     return pair, f"= {float(graph.value[i]):.3f}"
 

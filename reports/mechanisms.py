@@ -181,11 +181,15 @@ def positions_text(shares: list[TokenShare], top: int = TOKEN_SHARES) -> str:
 
 def probability_text(t: TargetRecord) -> str:
     """``(p=0.997)`` for a logit; a difference has none of its own, so the probability of its
-    positive token, named; ``(pre-activation)`` for a head or feature."""
+    positive token, named; ``(pre-activation)`` for a head or feature. In sparse mode the
+    probability is the replacement's, and the model's follows: ``(p=0.753; the model's
+    0.200)``."""
     if t.probability is None:
         return "(pre-activation)"
     of = f" for {t.token!r}" if t.negative is not None else ""
-    return f"(p={probability(t.probability)}{of})"
+    theirs = t.model_probability
+    model = "" if theirs is None else f"; the model's {probability(theirs)}"
+    return f"(p={probability(t.probability)}{of}{model})"
 
 
 def after_text(
@@ -367,19 +371,43 @@ def _ratio_text(ratio: float) -> str:
     return text
 
 
+# A rerun with part of the model held names the cause of a flagged free measurement only
+# where it removes at least this share of the free measurement's distance from the prediction
+# (a ratio's distance, in log scale, where the free measurement has the prediction's sign): a
+# rerun that agrees by a hair (-6.99 against a prediction of -20.9, free -6.57: 0.334x against
+# 0.314x across the 3x line) closes 5% of it and explains nothing (a reviewer's).
+GAP_CLOSED = 0.5
+
+
+def _undoes(c: EffectCheck, value: float | None, agree: bool | None, tolerance: float) -> bool:
+    """Whether a rerun with part of the model held (``value``, ``agree``) undoes the flagged
+    free measurement: it agrees with the prediction (``_held_agrees``) and leaves at most
+    1 - ``GAP_CLOSED`` of the free measurement's distance from it: in ratio (log scale) where
+    the free measurement has the prediction's sign and is only off in size, else in value."""
+    if not _held_agrees(c, value, agree, tolerance):
+        return False
+    if max(abs(value), abs(c.predicted)) < tolerance:
+        return True
+    if c.agree_free and c.free != 0 and value != 0:
+        off_free = abs(math.log(abs(c.free / c.predicted)))
+        return abs(math.log(abs(value / c.predicted))) <= (1 - GAP_CLOSED) * off_free
+    return abs(value - c.predicted) <= (1 - GAP_CLOSED) * abs(c.free - c.predicted)
+
+
 def free_cause(c: EffectCheck, tolerance: float = TOLERANCE) -> str | None:
     """What undoes a flagged free measurement, from the reruns with parts of the model held
-    (the first that agrees with the prediction): ``"final LayerNorm"`` (its scale alone held),
-    ``"LayerNorms"`` (every scale held), ``"attention"`` (the patterns held), or None (none
-    does, or a summary written before them; or the free measurement is not flagged).
-    ``tolerance``: the summary's (``MechanismSummary.tolerance``)."""
+    (the first that agrees with the prediction and closes at least ``GAP_CLOSED`` of the gap,
+    ``_undoes``): ``"final LayerNorm"`` (its scale alone held), ``"LayerNorms"`` (every scale
+    held), ``"attention"`` (the patterns held), or None (none does, or a summary written
+    before them; or the free measurement is not flagged). ``tolerance``: the summary's
+    (``MechanismSummary.tolerance``)."""
     if _held_agrees(c, c.free, c.agree_free, tolerance):
         return None
-    if _held_agrees(c, c.free_final_ln_held, c.agree_free_final_ln_held, tolerance):
+    if _undoes(c, c.free_final_ln_held, c.agree_free_final_ln_held, tolerance):
         return "final LayerNorm"
-    if _held_agrees(c, c.free_ln_held, c.agree_free_ln_held, tolerance):
+    if _undoes(c, c.free_ln_held, c.agree_free_ln_held, tolerance):
         return "LayerNorms"
-    if _held_agrees(c, c.free_attention_held, c.agree_free_attention_held, tolerance):
+    if _undoes(c, c.free_attention_held, c.agree_free_attention_held, tolerance):
         return "attention"
     return None
 
@@ -438,6 +466,13 @@ def carried_text(g: GroupRecord, node: str) -> str:
     flow = g.flow.get(node, 0.0)
     return (f"brings {positions_text(shares)}; constant terms "
             f"{_signed(g.carried_own.get(node, 0.0), flow)}")  # fmt: skip
+
+
+def shows_runner_up(t: TargetRecord) -> bool:
+    """Whether a target's line gives its runner-up: not where it has none, nor where it is the
+    difference's own negative token (its margin is then the target itself: a reviewer read
+    "runner-up ' October' ..., margin +5.79" under ``' September' - ' October' = 5.79``)."""
+    return t.runner_up is not None and not (t.negative is not None and t.runner_up == t.negative)
 
 
 def rival_word(t: TargetRecord) -> str:
@@ -578,9 +613,11 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
         total = r.query_at if w.side == "query" else r.key_at
         roots = (r.query_sources if w.side == "query" else r.key_sources).get("roots", [])
         top = next((x for x in roots if x.value > 0), None)
-        parts[0] += f" of the side's {total:+.3g}" + ("" if top is None else
-                                                      f", its largest root {top.name} "
-                                                      f"{top.value:+.3g}")  # fmt: skip
+        parts[0] += f" of the side's {total:+.3g}"
+        if abs(w.value) > abs(total):  # a reviewer read "+16.4 of the side's +12.6" as wrong
+            parts[0] += " (more than the whole: other parts pull against it)"
+        if top is not None:
+            parts[0] += f", its largest root {top.name} {top.value:+.3g}"
     if w.tested > 1 and w.rank == 1:
         parts.append(f"the largest of {w.tested} tested")
     elif w.tested > 1:
@@ -636,14 +673,18 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
 def no_sources_text(g: GroupRecord, summary: MechanismSummary) -> str:
     """For a predicting head group with QK reasons and no QK source, why: in block 0 nothing
     but the tokens and the position vectors writes its query and key; above it, no head group
-    raises either side. Empty where it has sources or no reason, or the summary was written
-    before QK sources were looked for (its ``settings`` have no ``qk_sources``)."""
+    raises either side and, where the summary has checks, lowers its attention when ablated.
+    Empty where it has sources or no reason, or the summary was written before QK sources
+    were looked for (its ``settings`` have no ``qk_sources``)."""
     if not g.qk or "qk_sources" not in summary.settings:
         return ""
     if g.layer == 0:
         return ("its QK score: block 0 reads the tokens and position vectors alone (no head "
                 "writes its query or key)")  # fmt: skip
-    return "its QK score: no head group raises its query or key side"
+    if not any(x.checks for x in summary.groups):  # a summary made without its checks
+        return "its QK score: no head group raises its query or key side"
+    return ("its QK score: no head group raises its query or key side and lowers its "
+            "attention when ablated")  # fmt: skip
 
 
 def attention_text(a: float) -> str:
@@ -716,7 +757,7 @@ def format_summary(
 
     for t in summary.targets:
         head = f"target {t.label} = {t.value:.3g} {probability_text(t)}"
-        if t.runner_up is not None:
+        if shows_runner_up(t):
             rival = probability(t.runner_up_probability)
             head += f"; {rival_word(t)} {t.runner_up!r} p={rival}, margin {_signed(t.margin)}"
         lines.append(head)
@@ -917,7 +958,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         consts = ", ".join(f"{_esc(name)} {_span(v)}" for name, v in t.constants_by_source)
         consts = f" ({consts})" if consts else ""
         runner = ""
-        if t.runner_up is not None:
+        if shows_runner_up(t):
             rival = probability(t.runner_up_probability)
             runner = (f"; {rival_word(t)} {_esc(repr(t.runner_up))} (p={rival}), "
                       f"margin {_span(t.margin)}")  # fmt: skip

@@ -53,8 +53,8 @@ from pathlib import Path
 import numpy as np
 
 from circuits.concepts import AT_CHANCE, DOCUMENT_CONCEPTS, at_chance
-from circuits.graph import Graph, QKAttribution
-from circuits.nodes import Kind, block_of, logit_stage, parse_id, unit_id
+from circuits.graph import Graph, NamedSide, QKAttribution
+from circuits.nodes import Kind, block_of, logit_stage, unit_id
 from toy_models.records import is_finite_number
 
 from .labels import fields_label, node_labels, short_label_lines, stage_name
@@ -127,29 +127,15 @@ def _reason(r) -> dict:
     }
 
 
-def _named_in_qk(a: QKAttribution) -> list[str]:
-    """Every node or unit id QK record ``a`` names (not the bias side)."""
-    names = [x for p in a.pairs + a.contrast_pairs for x in (p.query, p.key)]
-    names += [n for n, _ in a.query_marginals + a.key_marginals]
-    if a.reason is not None:
-        names += [x for p in a.reason.pairs for x in (p.query, p.key)]
-    names += [m for x in a.sources for m in x.members]
-    return [n for n in names if n is not None and n != "bias"]
-
-
-def _fields_of_id(graph: Graph, name: str) -> dict | None:
-    """The fields and labels of the node (or, without a position, the unit) ``name`` that
-    ``graph`` does not hold: a QK record keeps only the ids of the sides it names
-    (``circuits.graph.QKPair``) and pruning drops most of those nodes, so their id is all
-    there is (``circuits.nodes.parse_id``, for what a Lorsa layer reads: a token or a sublayer
-    below it, never a logit). None for anything else."""
-    parsed = parse_id(name, graph.n_layers)
-    if parsed is None:
+def _fields_of(graph: Graph, side: NamedSide) -> dict | None:
+    """The fields and labels of a node (or, without a position, a unit) that a QK record
+    names and ``graph`` does not hold (``QKAttribution.named``: pruning drops most of them);
+    None for a kind a Lorsa layer does not read."""
+    if side.kind not in (Kind.EMBEDDING, Kind.LORSA, Kind.TRANSCODER, Kind.ERROR, Kind.BIAS):
         return None
-    kind, stage, idx, pos = parsed
-    label, short = _ref_label(graph, kind, stage, idx, pos)
-    return {"kind": kind.label, "stage": stage, "layer": block_of(stage), "index": idx,
-            "pos": pos, "label": label, "short": short}  # fmt: skip
+    label, short = _ref_label(graph, side.kind, side.stage, side.index, side.pos)
+    return {"kind": side.kind.label, "stage": side.stage, "layer": block_of(side.stage),
+            "index": side.index, "pos": side.pos, "label": label, "short": short}  # fmt: skip
 
 
 def _ref_label(graph: Graph, kind: Kind, stage: int, index: int, pos: int | None):
@@ -157,8 +143,10 @@ def _ref_label(graph: Graph, kind: Kind, stage: int, index: int, pos: int | None
     (a unit, ``pos`` None, without a position) and the short text a drawn node of its kind
     has."""
     label = fields_label(graph, kind, stage, index, pos)
-    if kind == Kind.EMBEDDING:
-        short = label.removeprefix("token ") if index in graph.token_text else label
+    if kind == Kind.EMBEDDING:  # a unit's short text is its token's, as a global graph draws it
+        text = graph.token_text.get(index)
+        unit = pos is None or not graph.positional
+        short = repr(text) if unit and text is not None else label
     elif kind == Kind.BIAS:
         short = "position vector" if stage == 0 else "bias"
     else:
@@ -172,9 +160,9 @@ def qk_refs(graph: Graph) -> dict[str, dict]:
     known = graph.id_to_index
     refs: dict[str, dict] = {}
     for a in graph.qk:
-        for name in _named_in_qk(a):
+        for name, side in a.named.items():
             if name not in known and name not in refs:
-                fields = _fields_of_id(graph, name)
+                fields = _fields_of(graph, side)
                 if fields is not None:
                     refs[name] = fields
     return refs
@@ -222,6 +210,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         own_token_text,
         predicting_heading,
         reads_text,
+        shows_runner_up,
         spread_text,
         summary_for,
         writes_qk_text,
@@ -235,7 +224,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
             {"node": t.node, "token": t.token, "negative": t.negative, "value": _num(t.value),
              "probability": _num(t.probability), "tokens": _num(t.tokens),
              "constants": _num(t.constants), "errors": _num(t.errors),
-             "runnerUp": t.runner_up, "margin": _num(t.margin),
+             "runnerUp": t.runner_up if shows_runner_up(t) else None, "margin": _num(t.margin),
              "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
              "predictingLabel": None if t.predicting_group is None else
                  predicting_heading(summary.group(t.predicting_group), t),

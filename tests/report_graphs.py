@@ -7,7 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from circuits.graph import Graph, LogitRecord, QKAttribution, QKPair, no_promotes
+from circuits.graph import Graph, LogitRecord, NamedSide, QKAttribution, QKPair, no_promotes
 from circuits.nodes import Kind, node_id
 
 NASTY = 'say "hi" \\N <b> & &lt; co\nline2 Ġ ☃ <|bos|>'
@@ -17,6 +17,40 @@ TOKEN_STRINGS = ["<|bos|>", 'Ġ"q"', "a\\b", "&x"]
 
 # Tokens the hand-built graphs' features promote, with their texts (NASTY among them).
 PROMOTED = {100: NASTY, 101: "digits", 102: "say 9"}
+
+
+# The fields of the ids hand-built QK records name that are no node of their graph: what a
+# trace's producer knows of the nodes a pruned graph dropped, and of units (no position).
+OTHER_SIDES = {
+    s.id: s
+    for s in (
+        NamedSide(Kind.TRANSCODER, 2, 99, 3),  # 1_99_3: pruned away
+        NamedSide(Kind.TRANSCODER, 2, 17, None),  # 1_17: a unit
+        NamedSide(Kind.EMBEDDING, 0, 9, None),  # E_9
+        NamedSide(Kind.EMBEDDING, 0, 4, None),  # E_4
+        NamedSide(Kind.BIAS, 1, -1, 1),  # 0_bias_1
+        NamedSide(Kind.BIAS, 3, -1, 1),  # 2_bias_1
+        NamedSide(Kind.ERROR, 1, -1, 3),  # 0_-1_3
+    )
+}
+
+
+def name_sides(graph: Graph) -> Graph:
+    """Give each of ``graph``'s QK records the fields of the ids it names
+    (``QKAttribution.named``), as a trace's producers do: its own node's where the graph has
+    the node, else ``OTHER_SIDES``'."""
+
+    def fields(name: str) -> NamedSide:
+        if name not in graph.id_to_index:
+            return OTHER_SIDES[name]
+        i = graph.id_to_index[name]
+        kind, stage, index, pos = (int(x[i]) for x in (graph.kind, graph.stage, graph.index,
+                                                       graph.pos))  # fmt: skip
+        return NamedSide(Kind(kind), stage, index, pos)
+
+    for a in graph.qk:
+        a.name_fields(fields)
+    return graph
 
 
 def build_graph(rows, *, n_layers, tokens, token_strings, token_text, **fields) -> Graph:
@@ -162,7 +196,7 @@ def make_graph(*, influence: bool = True) -> Graph:
         },
     )
     assert graph.ids == ids
-    return graph
+    return name_sides(graph)
 
 
 def make_big_graph(

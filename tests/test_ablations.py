@@ -120,7 +120,7 @@ def test_a_rank_that_holds_the_heads_recovers_them_better_than_a_smaller_one(ran
     for d_qk in (2, 8):
         variant = Variant("lorsa", top_k=48, width=48, n_qk_heads=3, d_qk=d_qk)
         module, info = train_variant(variant, model, rows, layer, cfg)
-        assert info["train_s"] >= 0 and len(info["scales"]) == 2
+        assert len(info["scales"]) == 2
         fvu[d_qk] = fvu_of(module, "lorsa", x[32:], y[32:])
     assert fvu[8] < 0.5 * fvu[2], fvu
 
@@ -517,7 +517,7 @@ def test_streamed_attention_saes_train_the_given_layers(tiny_pretrained):
 
     model, tokenizer = tiny_pretrained
     saes, seconds = train_attn_saes(model, tokenizer, 16, 2, 3, layers=[1], quiet=True)
-    assert len(saes) == 1 and seconds >= 0
+    assert len(saes) == 1
     assert saes[0].cfg.d_sae == 16 and all(torch.isfinite(p).all() for p in saes[0].parameters())
 
 

@@ -132,25 +132,64 @@ def test_error_nodes_exist_only_in_local_mode(graph):
     assert n_err == (2 * 2 * len(graph.tokens) if graph.mode == "local" else 0)
 
 
-def test_parse_id_reads_back_every_id_but_a_logits(replacement, tokens):
-    """``circuits.nodes.parse_id`` is the inverse of ``node_id`` / ``unit_id`` for what a Lorsa
-    layer reads (a QK record's sides, which pruning drops): every node of a graph with
-    constants (position vectors included) and its unit, never a logit, never a near miss."""
-    from circuits.nodes import Kind, parse_id, unit_id
+def test_qk_records_give_the_fields_of_every_id_they_name(replacement, tokens, tmp_path):
+    """A QK record names sides by id and gives their fields (``QKAttribution.named``), which
+    make those ids: the fields of the graph's own node where it has one (position vectors
+    included), a unit's fields (no position) for a unit id. They survive pruning, which drops
+    most of the nodes named, and a save and load; no code reads an id back."""
+    from circuits.nodes import Kind, unit_id
+    from circuits.qk import qk_sources
 
     graph = attribute(replacement, tokens, max_logits=2, constants=True)
-    L = replacement.cfg.n_layers
-    for i, name in enumerate(graph.ids):
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1)
+    records = qk_attribution(replacement, graph, heads, contrast=True, reason=True)
+    qk_sources(replacement, graph, records)
+    units = {}
+    for i in range(graph.n_nodes):
         kind, stage, index = Kind(int(graph.kind[i])), int(graph.stage[i]), int(graph.index[i])
-        if kind == Kind.LOGIT:
-            assert parse_id(name, L) is None
-            continue
-        assert parse_id(name, L) == (kind, stage, index, int(graph.pos[i]))
-        unit = unit_id(kind, stage, index)
-        assert parse_id(unit, L) == (kind, stage, index, None)
-    assert parse_id("E_pos_3", L)[:2] == (Kind.BIAS, 0)
-    for near in ("E_05_1", "E_pos_03", "E_-1_2", "x_1", "1_bias_", "_1", "", "1_2_3_4", None):
-        assert parse_id(near, L) is None, near
+        units[unit_id(kind, stage, index)] = (kind, stage, index)
+    sides = 0
+    for a in records:
+        assert set(a.names()) == set(a.named) and a.named
+        for name, side in a.named.items():
+            assert side.id == name
+            if side.pos is None:
+                assert units[name] == side[:3] or side.kind == Kind.BIAS
+            else:
+                i = graph.id_to_index[name]
+                fields = (
+                    int(graph.kind[i]),
+                    int(graph.stage[i]),
+                    int(graph.index[i]),
+                    int(graph.pos[i]),
+                )
+                assert (int(side.kind), side.stage, side.index, side.pos) == fields
+            sides += 1
+    assert sides > 50 and any(s.pos is None for a in records for s in a.named.values())
+    assert any(m for a in records for x in a.sources for m in x.members)
+    # a graph of the heads and the logits alone: QK on its heads, sources through the full one
+    pruned = graph.subgraph(
+        (graph.is_kind("lorsa") | graph.is_kind("logit")).nonzero()[:, 0].tolist()
+    )
+    qk_sources(replacement, graph, qk_attribution(replacement, pruned, contrast=True, reason=True))
+    assert pruned.qk and any(n not in pruned.id_to_index for a in pruned.qk for n in a.named)
+    pruned.save(tmp_path / "g.safetensors")
+    loaded = Graph.load(tmp_path / "g.safetensors")
+    assert [a.named for a in loaded.qk] == [a.named for a in pruned.qk]
+
+
+def test_a_sparse_graphs_logits_give_the_models_probability_too(graph, replacement, tmp_path):
+    """A sparse graph's probabilities are the replacement's; each logit target gives the
+    model's beside it (a reviewer found it on stderr alone), and keeps it through a file."""
+    probs = replacement.model(torch.tensor(graph.tokens)[None])[0, -1].softmax(-1)
+    for r in graph.logit_targets:
+        if graph.mode == "local":
+            assert r.model_probability is None
+        else:
+            assert r.model_probability == pytest.approx(float(probs[r.token]), abs=1e-6)
+            assert r.probability != pytest.approx(r.model_probability, abs=1e-6)
+    graph.save(tmp_path / "g.safetensors")
+    assert Graph.load(tmp_path / "g.safetensors").logit_targets == graph.logit_targets
 
 
 def test_node_ids_are_unique_and_round_trip(graph, tmp_path):
@@ -523,6 +562,43 @@ def test_qk_terms_sum_to_the_heads_scores(replacement, tokens):
             table = side.terms(h, qq, kk)
             torch.testing.assert_close(table.sum((1, 2)), scores[h, qq, kk], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(side.scores(h, qq, kk), scores[h, qq, kk])
+
+
+def test_each_qk_pair_is_its_two_nodes_through_w_q_and_w_k(graph, replacement):
+    """Each listed pair, recomputed from its two nodes alone: the query node's write at the
+    query and the key node's at the key, each centred and divided by that position's
+    LayerNorm scale, through the QK head's ``W_Q`` and ``W_K``. A pair credited to the wrong
+    node, position or side fails here, where a table that only sums to the score would not."""
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1)
+    records = qk_attribution(replacement, graph, heads, top=50)
+    run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
+    source_of = {
+        (int(k), int(s), int(p), int(i)): j
+        for j, (k, s, p, i) in enumerate(zip(run.kind, run.stage, run.pos, run.index, strict=True))
+    }
+    checked = 0
+    for a in records:
+        lorsa = replacement.lorsas[a.layer]
+        for at in (a.query, a.key):
+            # the writes below the layer and the constants make the LayerNorm's input there
+            below = [source_of[f] for f in source_of if f[2] == at and f[1] < 2 * a.layer + 1]
+            resid = run.write[below].sum(0) + run.resid_bias[2 * a.layer + 1, at]
+            normed = (resid - resid.mean()) / run.sigma1[a.layer, at]
+            torch.testing.assert_close(normed, run.lorsa_in[a.layer][at], atol=1e-4, rtol=1e-4)
+        for pair in a.pairs:
+            if pair.query is None or pair.key is None:
+                continue
+            vectors = []
+            for name, at, w in ((pair.query, a.query, lorsa.W_Q), (pair.key, a.key, lorsa.W_K)):
+                node = graph.id_to_index[name]
+                assert int(graph.pos[node]) == at
+                fields = (int(graph.kind[node]), int(graph.stage[node]), at, int(graph.index[node]))
+                write = run.write[source_of[fields]] / run.sigma1[a.layer, at]
+                vectors.append((write - write.mean()) @ w[a.qk_head].detach())
+            mine = float(vectors[0] @ vectors[1]) / lorsa.cfg.d_qk**0.5
+            assert pair.value == pytest.approx(mine, rel=1e-4, abs=1e-5), (a, pair)
+            checked += 1
+    assert checked > 20
 
 
 def test_qk_contrast_explains_the_key_against_the_mean_key(graph, replacement, tmp_path):
@@ -1018,6 +1094,24 @@ def test_a_graph_marks_the_prompt_positions_of_untrained_tokens(replacement, tok
         save_state_atomic(tensors, forged, metadata=metadata)
         with pytest.raises(GraphFileError, match="untrained_positions"):
             Graph.load(forged)
+
+
+def test_a_graph_marks_logit_targets_of_untrained_tokens(replacement, tokens, tmp_path):
+    """A target token the model never saw (its unembedding untrained) is said, as a prompt
+    position holding one is (a reviewer traced '#' at p 3e-8 with nothing said)."""
+    from circuits.graph_file import GraphFileError
+
+    replacement.model.untrained_tokens = frozenset({49, 50})
+    graph = attribute(replacement, tokens, targets=[LogitTarget(3), LogitDiffTarget(5, 49)])
+    assert graph.untrained_targets == [49] and graph.untrained_positions == []
+    assert "target token '<49>' never came up in training" in graph.untrained_note()
+    path = tmp_path / "g.safetensors"
+    graph.save(path)
+    assert Graph.load(path).untrained_targets == [49]
+    assert attribute(replacement, tokens, targets=[LogitTarget(3)]).untrained_note() is None
+    graph.model["untrained_targets"] = [50]  # no target's token
+    with pytest.raises(GraphFileError, match="untrained_targets: names a token"):
+        graph.save(path)
 
 
 @torch.no_grad()

@@ -562,6 +562,41 @@ def test_a_results_file_with_huge_numbers_is_drawn_from_its_checked_record(tmp_p
         assert not (tmp_path / "e" / "errors.png").exists()
 
 
+def test_results_figures_that_contradict_each_other_are_refused(tmp_path, cli):
+    """Found by a fuzz pass (exit 0, a 300-digit enrichment printed): each figure in range is
+    not enough; those a results file ties together must agree (an enrichment is its error
+    share over its token share, a count at most the file's tokens, the groups' variances the
+    whole, a run's L0 at most its K)."""
+    from reports.ablations import main as ablations
+    from reports.errors import main as errors
+
+    results = json.loads((RESULTS / "error_analysis_default.json").read_text())
+    layer = next(iter(results["by_kind"]["lorsa"]))
+    ablation = json.loads((RESULTS / "lorsa_ablations_default.json").read_text())
+    a_layer = next(iter(ablation["layers"]))
+    a_run = next(iter(ablation["layers"][a_layer]["runs"]))
+
+    def top(r):
+        return r["by_kind"]["lorsa"][layer]["top_tokens"][0]
+
+    for main, data, edit, words in (
+        (errors, results, lambda r: top(r).update(enrichment=1e300), "enrichment: 1e+300"),
+        (errors, results, lambda r: top(r).update(count=10**40), "more than the file's"),
+        (errors, results,
+         lambda r: r["by_kind"]["lorsa"][layer]["by_role"]["group_fvu"].__setitem__(0, 1e40),
+         "the groups' variances make"),
+        (ablations, ablation,
+         lambda r: r["layers"][a_layer]["runs"][a_run].update(l0=1e300), "more than its K"),
+    ):  # fmt: skip
+        edited = json.loads(json.dumps(data))
+        edit(edited)
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps(edited))
+        code, _, err = cli(main, "--json", path, "--out", tmp_path / "out")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+        assert not (tmp_path / "out").exists()
+
+
 def test_superposition_refuses_a_users_file_before_its_work_and_rewrites_its_own(
     tiny_run, tiny_pretrained, make_layers, tmp_path, cli, fresh_cli
 ):

@@ -593,7 +593,8 @@ def test_partial_dashboards_show_no_logit_effects_and_units_are_checked(setup):
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match=f"min_fires must be a positive integer, got {bad}"):
             part.f1_report(min_fires=bad)
-    assert part.f1_report(min_fires=1)["lorsa"]["units"] >= 0
+    fired = int((part.kind_mask(Kind.LORSA) & (part.state["fires"] >= 1)).sum())
+    assert 0 < fired and part.f1_report(min_fires=1)["lorsa"]["units"] == fired
 
 
 def test_viewer_schema(setup):

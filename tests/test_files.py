@@ -3,6 +3,7 @@ temp files that killed writers leave behind."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -582,3 +583,24 @@ def test_a_deeply_nested_record_and_a_huge_lock_pid_are_no_tracebacks(tmp_path):
     for pid in (10**20, 2**63, 2**31, 0, -1):
         assert process_alive(pid) is False
     assert process_alive(os.getpid())
+
+
+def test_a_file_to_read_that_is_no_regular_file_says_what_it_is(tmp_path):
+    """A fuzz pass read "checkpoint file missing" for a FIFO, a link in a loop and a folder."""
+    from toy_models.files import check_readable_file
+
+    (tmp_path / "ok").write_text("x")
+    check_readable_file(tmp_path / "ok", "checkpoint file")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    for name, words in (
+        ("missing", "checkpoint file missing: "),
+        ("fifo", "not a regular file (a FIFO, a device or a socket)"),
+        ("dir", "a directory, not a file"),
+        ("loop", "a symbolic link that leads to no file (dangling, or in a loop)"),
+        ("dangling", "a symbolic link that leads to no file"),
+    ):
+        with pytest.raises(FileNotFoundError, match=re.escape(words)):
+            check_readable_file(tmp_path / name, "checkpoint file")

@@ -928,6 +928,11 @@ def test_split_half_reliability_compares_the_halves_graphs(replacement, units, s
         (["--start", "lorsa:1:2", "--rows", "99999999999999999999"], "--rows must be at most"),
         (["--start", "lorsa:1:x"], "expected lorsa:L:HEAD"),
         (["--start", "lorsa:1:\u0663"], "expected lorsa:L:HEAD"),  # an Arabic-Indic 3
+        # the numbers as --target-node reads them (toy_models.cli.whole_numbers): no sign,
+        # space or underscore, which int() takes
+        (["--start", "lorsa:-1:2"], "expected lorsa:L:HEAD"),
+        (["--start", "lorsa: 1:2"], "expected lorsa:L:HEAD"),
+        (["--start", "lorsa:1_0:2"], "expected lorsa:L:HEAD"),
         (["--start", "lorsa:1:2", "--stats", "/proc/stats.safetensors"], "--stats /proc/"),
     ],
 )

@@ -1061,6 +1061,47 @@ def test_a_token_check_that_changes_nothing_measures_the_reasons_own_parts(
             assert int(after.rival[0, j]) == -1
 
 
+def test_a_differences_own_negative_is_not_given_as_its_runner_up():
+    """``' September' - ' October' = 5.79; runner-up ' October', margin +5.79`` restated the
+    target (a reviewer's): a difference whose negative is the runner-up gives none."""
+    from circuits.mechanism_file import TargetRecord
+    from reports.mechanisms import probability_text, shows_runner_up
+
+    t = TargetRecord(
+        node="9_1-2_3", token=" September", negative=" October", probability=0.99, value=5.79,
+        tokens=5.79, errors=0.0, constants=0.0, constants_by_source=[], runner_up=" October",
+        runner_up_probability=0.003, margin=5.79, predicting_group=None,
+    )  # fmt: skip
+    assert not shows_runner_up(t)
+    assert shows_runner_up(dataclasses.replace(t, runner_up=" August"))
+    assert shows_runner_up(dataclasses.replace(t, negative=None))
+    assert not shows_runner_up(dataclasses.replace(t, negative=None, runner_up=None))
+    assert probability_text(t) == "(p=0.990 for ' September')"
+    sparse = dataclasses.replace(t, negative=None, model_probability=0.2)
+    assert probability_text(sparse) == "(p=0.990; the model's 0.200)"
+
+
+def test_a_cause_is_named_only_where_its_rerun_closes_the_gap():
+    """A review: "through attention (with it held: -6.99)" against a prediction of -20.9 and a
+    free -6.57: the held rerun passed the 3x line by a hair (0.334x) and closed 3% of the gap.
+    A rerun names the cause only where it also closes at least half of it."""
+    from circuits.mechanism_file import EffectCheck
+    from reports.mechanisms import free_cause, mark_text
+
+    c = EffectCheck(
+        target="t", predicted=-20.9, frozen=-9.04, free=-6.57, agree_frozen=True,
+        agree_free=True, ratio_frozen=0.43, ratio_free=0.314, flagged=True,
+        free_ln_held=-6.2, agree_free_ln_held=True, free_final_ln_held=-6.6,
+        agree_free_final_ln_held=True, free_attention_held=-6.99, agree_free_attention_held=True,
+    )  # fmt: skip
+    assert free_cause(c) is None
+    assert "through attention" not in mark_text(c, None)
+    assert "with the LayerNorm or attention held too" in mark_text(c, None)
+    closer = dataclasses.replace(c, free_attention_held=-14.0)  # 6.9 of the gap's 14.3 left
+    assert free_cause(closer) == "attention"
+    assert "through attention (with it held: -14)" in mark_text(closer, None)
+
+
 def test_a_mark_reads_small_effects_at_the_summarys_tolerance(graph, replacement, run, tmp_path):
     """A prediction and a rerun both below the summary's tolerance agree (as a check's own flag
     reads them): the mark's cause and its "x off" read them so too (they took the ratio
@@ -1335,10 +1376,15 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             if not found:
                 assert not writers
                 continue
+            after = [mean([graph.ids[m] for m in names[x.name].members])[0] for x in found]
+            clean = sum(w * a for w, a in zip(weights, mean([])[1], strict=True))
+            lowers = [j for j in range(len(found)) if after[j] < clean]
+            if not lowers:  # none whose ablation lowers the attention: no source of it
+                assert not writers
+                continue
             assert len(writers) == 1
             g, w = writers[0]
-            after = [mean([graph.ids[m] for m in names[x.name].members])[0] for x in found]
-            best = min(range(len(found)), key=lambda j: (after[j], j))
+            best = min(lowers, key=lambda j: (after[j], j))
             assert g.name == found[best].name and w.value == pytest.approx(found[best].value)
             assert (w.rank, w.tested) == (best + 1, len(found))
             assert w.qk_head == r.qk_head and g.checks

@@ -79,6 +79,8 @@ def test_parse_json_is_never_a_traceback():
     """JSON from disk: text that is not JSON, and nesting too deep to parse, are one
     ValueError line each, not a JSONDecodeError or a RecursionError traceback."""
     assert parse_json('{"a": [1, 2.5, null, "x"]}') == {"a": [1, 2.5, None, "x"]}
+    with pytest.raises(ValueError, match="an object gives the key 'model' twice"):
+        parse_json('{"x": {"model": 1, "d": 2, "model": 3}}')  # json.loads keeps the last
     with pytest.raises(ValueError, match="not valid JSON"):
         parse_json("{not json")
     with pytest.raises(ValueError, match="nested too deeply") as info:
@@ -123,6 +125,16 @@ def test_finite_numbers_from_json_never_overflow():
         True, True, True, False, False, False, False, False, False, False]  # fmt: skip
     with pytest.raises(ValueError, match="ln_eps must be finite and positive, got 1000"):
         config_from_dict(ModelConfig, {"ln_eps": 10**400})
+    # a fuzz pass: ln_eps 1e30 made every figure 0 (exit 0); a missing d_head was read as 32
+    full = {"d_vocab": 10, "n_ctx": 8, "d_model": 8, "n_layers": 1, "n_heads": 2, "d_head": 4,
+            "d_mlp": 16, "ln_eps": 1e-5, "init_std": 0.02}  # fmt: skip
+    assert config_from_dict(ModelConfig, full) == ModelConfig(**full)
+    with pytest.raises(ValueError, match=r"ln_eps must be at most 0.01, got 1e\+30"):
+        config_from_dict(ModelConfig, full | {"ln_eps": 1e30})
+    with pytest.raises(ValueError, match=r"init_std must be at most 1"):
+        config_from_dict(ModelConfig, full | {"init_std": 5.0})
+    with pytest.raises(ValueError, match=r"missing \['d_head'\]"):
+        config_from_dict(ModelConfig, {k: v for k, v in full.items() if k != "d_head"})
 
 
 def test_to_plain_is_asdict_without_the_copies():

@@ -67,7 +67,7 @@ def test_a_changed_shipped_file_is_refused(tmp_path):
     """Issue 11 item 3: record.json's hashes are checked whenever a shipped entry loads."""
     d = shipped_copy(tmp_path)
     config = json.loads((d / "config.json").read_text())
-    config["model"]["ln_eps"] = 0.5
+    config["model"]["ln_eps"] = 1e-3
     (d / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"D/config.json: changed since shipped"):
         load_pretrained(str(d))
@@ -100,7 +100,7 @@ def test_the_shipped_replacement_set_refuses_a_model_with_another_config(tmp_pat
     (d / "record.json").unlink()
     load_replacement(str(d), REPLACEMENT_DIR / "default")  # an intact copy is the same model
     config = json.loads((d / "config.json").read_text())
-    config["model"]["ln_eps"] = 0.5
+    config["model"]["ln_eps"] = 1e-3
     (d / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="replacement.json: made for toy model 'default'"):
         load_replacement(str(d), REPLACEMENT_DIR / "default")

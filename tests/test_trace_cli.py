@@ -311,6 +311,23 @@ def test_the_last_position_never_trains(tiny_run):
             ["--prompt", PROMPT, "--target-node", "lorsa:0:1:1", "--target-node", "lorsa:0:1:1"],
             "--target-node lorsa:0:1:1 is given twice",
         ),
+        (  # the same node written two ways: named in the user's terms, not as a record
+            ["--prompt", PROMPT, "--target-node", "lorsa:0:1:1", "--target-node", "lorsa:00:1:1"],
+            "the node lorsa:0:1:1 is named twice: name each target once",
+        ),
+        (  # --vs-runner-up makes --target ' Thursday' the margin over ' Friday', given too
+            [
+                "--prompt",
+                PROMPT,
+                "--target",
+                " Thursday",
+                "--target-diff",
+                " Thursday",
+                " Friday",
+                "--vs-runner-up",
+            ],
+            "the difference ' Thursday' - ' Friday' is named twice (--vs-runner-up makes each",
+        ),
         (
             ["--prompt", PROMPT, "--vs-runner-up", "--target-diff", " Friday", " May"],
             "--target-diff and --target-node are not logits",

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import pytest
 import torch
-from report_graphs import NASTY, make_big_graph, make_graph
+from report_graphs import NASTY, make_big_graph, make_graph, name_sides
 
 from circuits.graph import Graph, QKPair, QKReason
 from reports import layout
@@ -1016,6 +1016,7 @@ def test_qk_terms_name_nodes_by_label_in_the_graph_or_not(browser, tmp_path):
             rest=0.9, rest_share=0.2, query_units=[], key_units=[],
         ),
     )  # fmt: skip
+    name_sides(graph)
     label = {name: node_label(graph, i) for i, name in enumerate(graph.ids)}
     data = viewer_data(graph)
     refs = data["refs"]
@@ -1061,10 +1062,9 @@ def test_a_real_heads_qk_terms_read_as_labels(browser, weekday_trace):
     key a pruned head reads, is left out), never as its id."""
     full, graph, _, path = weekday_trace
     open_page(browser, path)
-    from reports.viewer import _named_in_qk
 
     def pruned(i: int) -> int:
-        named = {n for a in graph.qk_for(i) for n in _named_in_qk(a)}
+        named = {n for a in graph.qk_for(i) for n in a.names()}
         return sum(n in full.id_to_index and n not in graph.id_to_index for n in named)
 
     heads = sorted((i for i in range(graph.n_nodes) if graph.qk_for(i)), key=pruned)[-4:]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cli import one_line
-from .files import file_sha256, write_bytes_atomic, write_json_atomic
+from .files import check_readable_file, file_sha256, write_bytes_atomic, write_json_atomic
 from .records import is_finite_number, parse_json
 
 if TYPE_CHECKING:
@@ -85,8 +85,7 @@ def read_tensors(path: Path, what: str = "weights") -> dict[str, Tensor]:
     """Every tensor of a safetensors file, or one line saying why not."""
     from safetensors.torch import load
 
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file missing: {path}")
+    check_readable_file(path, "checkpoint file")
     try:
         return load(path.read_bytes())
     except OSError:
@@ -136,8 +135,7 @@ def load_checked(
     import torch
     from torch import nn
 
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file missing: {path}")
+    check_readable_file(path, "checkpoint file")
     if not isinstance(module, nn.Module):
         build = module
         with torch.device("meta"):
@@ -249,8 +247,7 @@ def _check_optimizer_values(state: dict[int, dict], path: Path, step: int | None
 # ----------------------------------------------------------------- JSON files
 def read_json(path: Path) -> dict:
     """A JSON object from ``path``, or one line saying why not."""
-    if not path.is_file():
-        raise FileNotFoundError(f"file missing: {path}")
+    check_readable_file(path, "file")
     try:
         data = parse_json(path.read_text())
     except UnicodeDecodeError as exc:
@@ -262,9 +259,15 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def check_value(kind: str, value, where: str, limit: int = MAX_SIZE) -> None:
-    """Refuse a JSON value that is not of ``kind`` (``"int"``: 1..limit, ``"float"``: finite
-    and positive, ``"bool"``), naming ``where`` it was found."""
+# Upper limits of config floats whose larger values make no model of this kind: an epsilon
+# of 1e30 swamps every variance it is added to (a fuzz pass found such a model evaluated and
+# shipped, every figure 0, exit 0), an init std of 1 is far beyond any trained here (0.02).
+FLOAT_LIMITS = {"ln_eps": 1e-2, "init_std": 1.0}
+
+
+def check_value(kind: str, value, where: str, limit: float = MAX_SIZE) -> None:
+    """Refuse a JSON value that is not of ``kind`` (``"int"``: 1..limit, ``"float"``: finite,
+    positive and at most ``limit``, ``"bool"``), naming ``where`` it was found."""
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be true or false, got {value!r}")
@@ -279,12 +282,17 @@ def check_value(kind: str, value, where: str, limit: int = MAX_SIZE) -> None:
         if not (is_finite_number(value) and value > 0):
             shown = f"{value}" if len(str(value)) <= 40 else f"{str(value)[:40]}..."
             raise ValueError(f"{where} must be finite and positive, got {shown}")
+        if value > limit:
+            raise ValueError(f"{where} must be at most {limit:g}, got {value:g}")
 
 
 def config_from_dict(cls, data, where: str = "config"):
     """Build the frozen config dataclass ``cls`` from JSON data, checking every field's type
     and range: integers are positive and at most ``MAX_SIZE`` (``MAX_MODULES`` for layer and
-    head counts), floats finite and positive, booleans booleans. Errors name the field."""
+    head counts), floats finite, positive and within ``FLOAT_LIMITS``, booleans booleans.
+    Every field must be there: its writer writes them all, and a default filled in would
+    describe another model (a missing ``d_head`` read as 32 was reported as a weight of the
+    wrong shape). Errors name the field."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
@@ -294,8 +302,11 @@ def config_from_dict(cls, data, where: str = "config"):
     for name, value in data.items():
         kind = known[name].type  # a string under ``from __future__ import annotations``
         kind = kind if isinstance(kind, str) else kind.__name__
-        limit = MAX_MODULES if name in MANY_MODULES else MAX_SIZE
+        limit = MAX_MODULES if name in MANY_MODULES else FLOAT_LIMITS.get(name, MAX_SIZE)
         check_value(kind, value, f"{where}.{name}", limit)
+    missing = set(known) - set(data)
+    if missing:
+        raise ValueError(f"{where}: missing {sorted(missing)} (every field is written with it)")
     try:
         return cls(**data)
     except TypeError as exc:  # a required field is missing
@@ -346,8 +357,10 @@ def check_recorded_hashes(directory: Path) -> None:
         path = directory / name
         if Path(name).name != name:
             raise ValueError(f"{record_path}: {name!r} is not a file name")
-        if not path.is_file():
-            raise FileNotFoundError(f"file missing: {path} (listed in {record_path})")
+        try:
+            check_readable_file(path, "file")
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc} (listed in {record_path})") from None
         if file_sha256(path) != recorded:
             raise ValueError(f"{path}: changed since shipped (sha256 differs from {RECORD_FILE})")
 
@@ -377,8 +390,7 @@ def load_model(directory: Path) -> ToyTransformer:
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for path in (config_path, weights_path):
-        if not path.is_file():  # absolute: "config.json" alone does not say where
-            raise FileNotFoundError(f"checkpoint file missing: {path.absolute()}")
+        check_readable_file(path.absolute(), "checkpoint file")  # "config.json" alone: where?
     data = read_json(config_path)
     if "model" not in data:
         raise ValueError(f"{config_path}: not a valid model config (no 'model' entry)")

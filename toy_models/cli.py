@@ -117,6 +117,15 @@ def count_arg(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def whole_numbers(parts: list[str]) -> list[int] | None:
+    """The numbers of a colon-separated spec (``--target-node KIND:LAYER:POS:INDEX``,
+    ``--start lorsa:LAYER:INDEX``) as written: ASCII digits only, or None. ``int()`` would
+    also take a sign, spaces and ``1_0``; a layer, position or index is none of those."""
+    if all(p.isascii() and p.isdigit() for p in parts):
+        return [int(p) for p in parts]
+    return None
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)

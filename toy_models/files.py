@@ -654,6 +654,23 @@ def check_not_input(path: Path, inputs: list[Path], flag: str) -> None:
                             "this run reads; write the results elsewhere")  # fmt: skip
 
 
+def check_readable_file(path: Path, what: str) -> None:
+    """Refuse (``FileNotFoundError``, one line) a ``what`` (``"checkpoint file"``) at ``path``
+    that is no regular file to read, saying which: missing, a directory, a link that leads
+    nowhere or in a loop, or a FIFO, device or socket (a fuzz pass read "missing" for each)."""
+    if path.is_file():
+        return
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{what} missing: {path}")
+    if path.is_symlink():
+        why = "a symbolic link that leads to no file (dangling, or in a loop)"
+    elif path.is_dir():
+        why = "a directory, not a file"
+    else:
+        why = "not a regular file (a FIFO, a device or a socket)"
+    raise FileNotFoundError(f"{what} {path}: {why}")
+
+
 def _unreplaceable(path: Path) -> str | None:
     """Why a rename must not replace what stands at ``path`` (None: nothing, or a regular
     file): it would replace a link rather than write through it, or a device or FIFO."""

@@ -29,14 +29,25 @@ from functools import cache
 
 
 def parse_json(text: str):
-    """Parse untrusted JSON text: a ``ValueError`` of one line for text that is not JSON, or
-    whose nesting is too deep to parse."""
+    """Parse untrusted JSON text: a ``ValueError`` of one line for text that is not JSON, whose
+    nesting is too deep to parse, or with an object that gives a key twice (``json.loads``
+    keeps the last silently: a config with two ``"model"`` entries was read as the second, and
+    its error named a missing dataclass argument; a fuzz pass)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc})") from None
     except RecursionError:
         raise ValueError("not valid JSON here: nested too deeply to read") from None
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"not valid JSON here: an object gives the key {key!r:.60} twice")
+        out[key] = value
+    return out
 
 
 def finite_or_null(data) -> tuple[object, int]:

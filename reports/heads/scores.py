@@ -92,13 +92,10 @@ def sink_attention(
     return pattern[..., 0].transpose(1, 2).repeat_interleave(group_size, dim=-1)
 
 
-def promoted_tokens(
-    write: Float[Tensor, "ov d_model"], unembed: Float[Tensor, "vocab d_model"], top: int
-) -> Bool[Tensor, "ov vocab"]:
+def promoted_tokens(effect: Float[Tensor, "ov vocab"], top: int) -> Bool[Tensor, "ov vocab"]:
     """Whether each token is among the ``top`` that a head's output raises most through the
-    direct path: ``write`` the heads' centred ``w_o``, ``unembed`` the demeaned, centred
-    unembedding (``ReplacementModel.read_write()``'s ``lorsa_write[l]`` and ``unembed``)."""
-    effect = write @ unembed.T
+    direct path: ``effect`` the heads' direct logit effects
+    (``ReplacementModel.read_write().direct_logits``)."""
     promoted = torch.zeros_like(effect, dtype=torch.bool)
     return promoted.scatter_(1, effect.topk(top, dim=1).indices, True)
 
@@ -133,8 +130,7 @@ def score_heads(
     names = HEAD_FAMILIES + DIAGNOSTICS
     families = {f: [FamilyScores.zeros(m.cfg.n_ov_heads) for m in lorsas] for f in names}
     rw = replacement.read_write()
-    promoted = [promoted_tokens(rw.lorsa_write[l], rw.unembed, SUCCESSOR_TOP)
-                for l in range(n_layers)]  # fmt: skip
+    promoted = [promoted_tokens(rw.direct_logits(True, l), SUCCESSOR_TOP) for l in range(n_layers)]
     hooks = {hook_name(l, f"lorsa.{h}") for l in range(n_layers) for h in ("hook_in", "hook_z")}
     inputs: dict[str, list[list[Tensor]]] = {c: [[] for _ in lorsas] for c in probes}
     chunks = [(c, i) for c, docs in probes.items() for i in range(0, len(docs), batch_size)]

@@ -664,6 +664,29 @@ def test_global_graph_is_laid_out_by_stage_only(browser, tmp_path):
     assert "key 1" not in block and "attention 0" not in block  # no positions here
 
 
+def test_a_wide_global_graph_starts_at_its_middle_a_prompts_at_its_right(tmp_path):
+    """In a narrow window the canvas scrolls: a prompt's graph starts at its right (the last
+    position, the logits), a global graph, which has no positions, at its middle (it started
+    at its right too, its stages' names and left half out of view; a review)."""
+    big = make_big_graph()
+    graphs = {"global": dataclasses.replace(big, positional=False, pos=torch.zeros_like(big.pos)),
+              "prompt": big}  # fmt: skip
+    with Browser(width=700, height=800) as narrow:
+        for name, graph in graphs.items():
+            path = tmp_path / f"{name}.html"
+            write_html(graph, path, None)
+            open_page(narrow, path)
+            left, width, shown = narrow.evaluate(
+                "(() => { const c = document.querySelector('#viewer .canvas');"
+                " return [c.scrollLeft, c.scrollWidth, c.clientWidth]; })()"
+            )
+            assert width > shown + 50, name  # it scrolls
+            want = (width - shown) / 2 if name == "global" else width - shown
+            # (a vertical scrollbar that comes after the scroll is set moves the middle by
+            # half its width)
+            assert abs(left - want) <= 10 if name == "global" else left == want, (left, want)
+
+
 def test_text_from_the_graph_is_never_markup(browser, tmp_path):
     graph = make_graph()
     graph.prompt = "</script><script>window.pwned = 1</script><!-- <img src=x onerror=pwned=2>"

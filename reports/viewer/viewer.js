@@ -574,9 +574,10 @@
   // "fit": the canvas's width and the height the window gives it (the logits at the top and
   // the prompt's tokens at the bottom in one view), but text no smaller than MIN_ZOOM (then
   // the canvas scrolls, starting at the top right, where the last position's nodes and the
-  // logits are). The canvas is as tall as the drawing, within MIN_HEIGHT and what the window
-  // shows below the controls when the page is at its top (at 76% of the window, and then at
-  // 90% below 165 px of controls, reviewers found the prompt's tokens cut off at first).
+  // logits are; a global graph's at its top middle). The canvas is as tall as the drawing,
+  // within MIN_HEIGHT and what the window shows below the controls when the page is at its
+  // top (at 76% of the window, and then at 90% below 165 px of controls, reviewers found the
+  // prompt's tokens cut off at first).
   const MIN_ZOOM = 0.8, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, MARGIN = 8, SCROLLBAR = 24;
   function room() {
     const top = ui.main.getBoundingClientRect().top + window.scrollY;
@@ -594,7 +595,10 @@
     ui.svg.setAttribute("width", String(Math.round(L.width * z)));
     ui.svg.setAttribute("height", String(Math.round(L.height * z)));
     ui.main.style.height = Math.max(MIN_HEIGHT, Math.min(room(), Math.round(L.height * z) + SCROLLBAR)) + "px";
-    if (!state.zoom) ui.canvas.scrollLeft = ui.canvas.scrollWidth;
+    // a prompt's graph starts at its right (the last position, the logits); a global graph,
+    // whose units sit side by side with no position, at its middle (its start unit is there)
+    const c = ui.canvas;
+    if (!state.zoom) c.scrollLeft = meta.positional ? c.scrollWidth : (c.scrollWidth - c.clientWidth) / 2;
   }
 
   function nodeShape(kind, w, h) {

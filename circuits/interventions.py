@@ -34,7 +34,7 @@ from replacement.model import ReplacementModel, hook_name
 
 from .attribution import PromptRun, decoder_bias, run_for_graph
 from .graph import Graph, checked_flag, checked_graph
-from .nodes import Kind, block_of, stage_of, sublayer_kind
+from .nodes import Kind, block_of, logit_stage, stage_of, sublayer_kind
 from .prune import known_closed, open_rows, remember_closed, row_sums
 
 # The hook a Lorsa head's / transcoder feature's activation passes, per kind.
@@ -177,6 +177,12 @@ def _adder(extra: Tensor) -> Callable:
 
 def _error_name(stage: int) -> str:
     return hook_name(block_of(stage), f"{SITE[sublayer_kind(stage)]}.hook_error")
+
+
+def _error_sites(cache: dict, n_layers: int) -> list[str]:
+    """The error hooks of every sublayer (``_error_name``) that ``cache`` holds: all in local
+    mode, none in sparse mode."""
+    return [name for s in range(1, logit_stage(n_layers)) if (name := _error_name(s)) in cache]
 
 
 def check_full_graph(graph: Graph, run: PromptRun | None = None) -> int:
@@ -432,7 +438,7 @@ def _rerun_batch(
     patches: dict[str, list[tuple[int, int, int, float]]] = {}
     # each error site's multipliers by row and position: of its clean value when held, else
     # of what its sublayer now leaves over
-    error_scale = {name: torch.ones(batch, n, 1) for name in cache if name.endswith("hook_error")}
+    error_scale = {name: torch.ones(batch, n, 1) for name in _error_sites(cache, L)}
     embed_scale = torch.ones(batch, n)
     bias_scale: dict[int, Tensor] = {}
     for b, (edits, where) in enumerate(sets):
@@ -657,7 +663,7 @@ def first_order(
     run = run_for_graph(replacement, graph, run)
     n, L = len(run.tokens), run.n_layers
     cache = _clean_nodes(replacement, run)
-    errors = {name: v for name, v in cache.items() if name.endswith("hook_error")}
+    errors = {name: cache[name] for name in _error_sites(cache, L)}
     scales = {
         hook_name(l, ACTIVATION_SITE[kind]): torch.ones(1, n, width, requires_grad=True)
         for l in range(L)

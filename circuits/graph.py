@@ -480,9 +480,17 @@ class Graph:
             # file would be read as a full graph, whose rows must close
             whole = {"nodes": self.n_nodes, "edges": self.n_edges}
             settings = {**settings, "unpruned": settings.get("unpruned", whole)}
+        targets = [r for n, r in zip(logit_nodes, self.logit_targets, strict=True)
+                   if n in kept_logits]  # fmt: skip
+        model = self.model
+        if "untrained_targets" in model:  # of the targets kept
+            named = {x for r in targets for x in (r.token, r.negative) if x is not None}
+            model = {**model, "untrained_targets": [
+                x for x in self.untrained_targets if x in named]}  # fmt: skip
         return replace(
             self,
             settings=settings,
+            model=model,
             kind=self.kind[keep],
             stage=self.stage[keep],
             pos=self.pos[keep],
@@ -494,9 +502,7 @@ class Graph:
             attends=self.attends[keep],
             attention=self.attention[keep],
             promotes=self.promotes[keep],
-            logit_targets=[
-                r for n, r in zip(logit_nodes, self.logit_targets, strict=True) if n in kept_logits
-            ],
+            logit_targets=targets,
             edges=sp.csr_array(self.edges[idx][:, idx] if edges is None else edges),
             qk=[a for a in self.qk if (a.layer, a.qk_head, a.query) in qk_keys],
             influence=None if self.influence is None else self.influence[keep],

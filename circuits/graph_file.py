@@ -306,9 +306,10 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     )
     _require(len(set(graph.ids)) == n, "kind", "two nodes have one id (kind, stage, position "
              "and index repeated)")  # fmt: skip
-    named = {x for r in logit_targets for x in (r.token, r.negative) if x is not None}
-    _require(set(graph.model.get("untrained_targets", [])) <= named, "model.untrained_targets",
-             "names a token that is no logit target's")  # fmt: skip
+    try:  # checked where the graph owns it
+        graph.untrained_targets  # noqa: B018
+    except ValueError as exc:
+        raise _Bad("model.untrained_targets", one_line(exc)) from None
     influence = optional["influence"]
     _require(influence is None or bool((influence >= 0).all()), "influence",
              "negative (it sums magnitudes)")  # fmt: skip
@@ -333,14 +334,6 @@ def _model(model: dict, n_pos: int) -> dict:
         _require(ok and positions == sorted(set(positions)), "model.untrained_positions",
                  "must be a list of distinct prompt positions in increasing order (or "
                  "absent)")  # fmt: skip
-    if "untrained_targets" in model:  # that they are the targets' tokens: ``_build``
-        tokens = model["untrained_targets"]
-        ok = isinstance(tokens, list) and all(_is_int(t) for t in tokens)
-        _require(
-            ok and tokens == sorted(set(tokens)),
-            "model.untrained_targets",
-            "must be a list of distinct token ids in increasing order (or absent)",
-        )
     return model
 
 
@@ -509,14 +502,16 @@ _NAMED_KINDS = {k.label: k for k in (Kind.EMBEDDING, Kind.LORSA, Kind.TRANSCODER
 
 
 def _named(named, layer: int, n_pos: int) -> dict[str, NamedSide]:
-    """A QK record's ``named``: for each id, the fields of what Lorsa layer ``layer`` reads (a
-    token or the position vector at stage 0, a head, feature, error or bias of a sublayer
-    below it), at a position in the prompt or none (a unit), whose id they make."""
+    """A QK record's ``named``: for each id, the fields of something of a kind and stage that
+    Lorsa layer ``layer`` reads (a token or the position vector at stage 0, a head, feature,
+    error or bias of a sublayer below it), at a position in the prompt or none (a unit), whose
+    id they make. (Indices are not checked against the model's sizes, which the file does not
+    hold: a record names, it is never indexed with.)"""
     _require(isinstance(named, dict), "qk.named", "expected an object")
     out = {}
     for name, fields in named.items():
         ok = isinstance(fields, list) and len(fields) == 4 and fields[0] in _NAMED_KINDS
-        ok = ok and _is_int(fields[1]) and (_is_int(fields[2]) or type(fields[2]) is int)
+        ok = ok and _is_int(fields[1]) and type(fields[2]) is int
         ok = ok and (fields[3] is None or (_is_int(fields[3]) and fields[3] < max(n_pos, 1)))
         _require(ok, "qk.named", f"{name!r}: expected [kind, stage, index, position or null]")
         kind, stage, index, pos = fields

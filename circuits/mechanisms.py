@@ -79,7 +79,7 @@ from .flows import (
     target_parts,
     top_paths,
 )
-from .graph import Graph, QKAttribution, checked_count
+from .graph import Graph, NamedSide, QKAttribution, checked_count
 from .groups import AUTO_RULES, GroupedGraph, auto_groups, checked_concepts, node_name
 from .interventions import (
     FINAL_LAYERNORM,
@@ -108,7 +108,7 @@ from .mechanism_file import (
     TokenShare,
     weighted_mean,
 )
-from .nodes import Kind, unit_id
+from .nodes import Kind, block_of, unit_id
 from .qk import qk_record
 from .threads import single_thread
 
@@ -118,6 +118,10 @@ HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
 CANDIDATES = 4  # head groups per side of a predicting group's QK reason ablated to find its source
+# How much a candidate's ablation must lower the predicting group's attention to be its QK
+# source: one printed unit (a free rerun recomputes everything, so a group that changes
+# nothing can still read a hair below the clean pattern; a reviewer's point).
+ATTENTION_LOWERED = 0.01
 ROOT_PAIRS = 5  # root x root terms listed for each QK reason (and as many against moved tokens)
 TERMS_SHOWN = 3  # a reason's root terms of each list whose tokens are tested (``TokenCheck``)
 
@@ -274,8 +278,8 @@ def _summarize(
             # of those whose ablation lowers the attention (one that leaves it or raises it is
             # no source of it, however much it writes: a reviewer found "written most by" a
             # group of +0.004 of a side's +0.22 whose ablation took it from 0.51 to 0.52)
-            base = look_of[g].mean(clean[g])
-            lowers = [r for r, (c, _) in enumerate(found) if after[c].get(g, np.inf) < base]
+            lowered = look_of[g].mean(clean[g]) - ATTENTION_LOWERED
+            lowers = [r for r, (c, _) in enumerate(found) if after[c].get(g, np.inf) <= lowered]
             if not lowers:
                 continue
             rank = min(lowers, key=lambda r: (after[found[r][0]][g], r))
@@ -373,7 +377,8 @@ def _summarize(
         paths=path_records,
         settings={"beam": beam, "max_paths": max_paths, "max_groups": max_groups,
                   "tolerance": tolerance, "ratio": RATIO, "constants": full.has_constants,
-                  "grouping": grouping, "qk_sources": CANDIDATES if check else 1},
+                  "grouping": grouping, "qk_sources": CANDIDATES if check else 1,
+                  "checks": bool(check)},
     )  # fmt: skip
 
 
@@ -475,10 +480,13 @@ def _shares(graph: Graph, by_position: np.ndarray) -> list[TokenShare]:
             for p in order if by_position[p] != 0]  # fmt: skip
 
 
-def runner_up(scores: torch.Tensor, token: int) -> int | None:
-    """The most likely token other than ``token`` by ``scores`` (logits or probabilities
-    over the vocabulary); None when there is no other."""
-    return next((v for v in scores.argsort(descending=True).tolist() if v != token), None)
+def runner_up(scores: torch.Tensor, token: int, negative: int | None = None) -> int | None:
+    """The most likely token other than ``token`` (and a difference's ``negative``, whose
+    margin is the target itself: a reviewer read "runner-up ' October', margin +5.79" under
+    ``' September' - ' October' = 5.79``) by ``scores`` (logits or probabilities over the
+    vocabulary); None when there is no other."""
+    ranked = scores.argsort(descending=True).tolist()
+    return next((v for v in ranked if v != token and v != negative), None)
 
 
 def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
@@ -494,7 +502,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
             tokens_by_position=by_position, kind=kind.label, **_moved_fields(parts),
         )  # fmt: skip
     record = graph.logit_record(t)
-    runner = runner_up(probs, record.token)
+    runner = runner_up(probs, record.token, record.negative)
     margin = None
     if runner is not None:
         margin = float(run.logits[-1, record.token] - run.logits[-1, runner])
@@ -561,15 +569,18 @@ def unit_nodes(graph: Graph) -> dict[str, int]:
 
 
 def _side_ref(graph: Graph, name: str | None, concepts: Mapping, with_input: bool,
-              units: Mapping[str, int]) -> NodeRef:  # fmt: skip
+              units: Mapping[str, int], named: Mapping[str, NamedSide]) -> NodeRef:  # fmt: skip
     if name is None:
         return NodeRef(id=None, kind="qk bias")
     i = graph.id_to_index.get(name)
     if i is not None:
         return node_ref(graph, i, concepts, with_input)
     j = units.get(name)
-    if j is None:
-        return NodeRef(id=name, kind="unit", present=False)
+    if j is None:  # a unit no node of the graph has (a decoder bias): its record's fields
+        side = named[name]
+        token = graph.token(side.index) if side.kind == Kind.EMBEDDING else None
+        return NodeRef(id=name, kind=side.kind.label, present=False, layer=block_of(side.stage),
+                       stage=side.stage, index=side.index, token=token)  # fmt: skip
     ref = node_ref(graph, j, concepts)
     ref.id, ref.present, ref.pos, ref.attends = name, False, None, None
     ref.token = graph.token(int(graph.index[j])) if ref.kind == "embedding" else None
@@ -582,8 +593,8 @@ def _reason_record(
     r = a.reason
     pairs = [
         QKTermRecord(
-            _side_ref(graph, p.query, concepts, False, units),
-            _side_ref(graph, p.key, concepts, True, units),
+            _side_ref(graph, p.query, concepts, False, units, a.named),
+            _side_ref(graph, p.key, concepts, True, units, a.named),
             float(p.value),
         )
         for p in r.pairs

@@ -102,13 +102,17 @@ def _logit_clerp(graph: Graph, i: int) -> str:
     probability back from the "(p=...)" (and fails to draw a graph whose logits lack it), as
     the number up to the next ")". A difference names the token its probability is of, before
     the "(p=...)" so the page still reads it: ``Output ' Mary' - ' Tom' = 2.554; ' Mary'
-    (p=0.997)``; a difference has no probability of its own."""
+    (p=0.997)``; a difference has no probability of its own. In sparse mode the probability
+    is the replacement's, and the model's follows it after the ")": ``Output ' Z' (p=0.753)
+    model p=0.200``."""
     record = graph.logit_record(i)
     token = repr(graph.token(record.token))
     text = token
     if record.negative is not None:
         text += f" - {graph.token(record.negative)!r} = {float(graph.value[i]):.3f}; {token}"
-    return f"Output {text} (p={record.probability:.3f})"
+    theirs = record.model_probability
+    model = "" if theirs is None else f" model p={theirs:.3f}"
+    return f"Output {text} (p={record.probability:.3f}){model}"
 
 
 def to_json(graph: Graph, labels: list[str], slug: str = "graph", scan: str | None = None) -> dict:

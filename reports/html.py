@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from circuits.graph import Graph, QKAttribution, checked_count, checked_graph
+from circuits.graph import QK_BIAS, Graph, QKAttribution, checked_count, checked_graph
 from circuits.nodes import KINDS
 from toy_models.files import write_text_atomic
 
 from .graphviz import show_bidi
-from .labels import node_labels
+from .labels import fields_label, node_labels
 from .layout import Selection, check_selection, select
 from .mechanisms import CSS as MECHANISMS_CSS
 from .mechanisms import mechanisms_html, summary_for
@@ -302,21 +302,27 @@ def _edge_list(graph: Graph, labels: list[str], edges: list[tuple[int, float]]) 
     )
 
 
-def _qk_node_name(graph: Graph, labels: list[str], node: str | None) -> str:
-    if node is None:
+def _qk_node_name(graph: Graph, labels: list[str], node: str | None, a: QKAttribution) -> str:
+    """A QK term's side: a link to the graph's node, else the label its record's fields give
+    (``QKAttribution.named``: a node pruning dropped, a unit), never its bare id."""
+    if node is None or node == QK_BIAS:
         return "bias"
     index = graph.id_to_index.get(node)
-    return _node_link(graph, labels, index) if index is not None else escape(node)
+    if index is not None:
+        return _node_link(graph, labels, index)
+    side = a.named[node]
+    return escape(fields_label(graph, side.kind, side.stage, side.index, side.pos))
 
 
 def _qk_html(graph: Graph, labels: list[str], attributions: list[QKAttribution], top: int) -> str:
     """Per key the head was traced to: where, how much attention, and the largest terms of
-    the score as query-side node x key-side node (a pruned node shows as its bare id)."""
+    the score as query-side node x key-side node (a node the graph does not hold by the label
+    its fields give)."""
     blocks = []
     for a in sorted(attributions, key=lambda a: -a.attention):
         key_token = graph.token_strings[a.key] if 0 <= a.key < len(graph.token_strings) else ""
         pairs = sorted(a.pairs, key=lambda p: -abs(p.value))[:top]
-        name = lambda node: _qk_node_name(graph, labels, node)  # noqa: E731
+        name = lambda node, a=a: _qk_node_name(graph, labels, node, a)  # noqa: E731
         pair_lines = "".join(
             f"<li>{name(p.query)} &times; {name(p.key)}: "
             f'<span class="{"pos" if p.value > 0 else "neg"}">{p.value:+.3g}</span></li>'
@@ -325,7 +331,7 @@ def _qk_html(graph: Graph, labels: list[str], attributions: list[QKAttribution],
         contrast = ""
         if a.contrast is not None:  # what makes this key stand out: key side as units
             lines = "".join(
-                f"<li>{name(p.query)} &times; {escape(p.key or 'bias')}: "
+                f"<li>{name(p.query)} &times; {name(p.key)}: "
                 f'<span class="{"pos" if p.value > 0 else "neg"}">{p.value:+.3g}</span></li>'
                 for p in a.contrast_pairs[:top]
             )

@@ -468,13 +468,6 @@ def carried_text(g: GroupRecord, node: str) -> str:
             f"{_signed(g.carried_own.get(node, 0.0), flow)}")  # fmt: skip
 
 
-def shows_runner_up(t: TargetRecord) -> bool:
-    """Whether a target's line gives its runner-up: not where it has none, nor where it is the
-    difference's own negative token (its margin is then the target itself: a reviewer read
-    "runner-up ' October' ..., margin +5.79" under ``' September' - ' October' = 5.79``)."""
-    return t.runner_up is not None and not (t.negative is not None and t.runner_up == t.negative)
-
-
 def rival_word(t: TargetRecord) -> str:
     """What a target's ``runner_up`` (the most likely other token) is to it: the runner-up
     where the target leads, the top token where it does not (a reviewer read "runner-up
@@ -681,7 +674,8 @@ def no_sources_text(g: GroupRecord, summary: MechanismSummary) -> str:
     if g.layer == 0:
         return ("its QK score: block 0 reads the tokens and position vectors alone (no head "
                 "writes its query or key)")  # fmt: skip
-    if not any(x.checks for x in summary.groups):  # a summary made without its checks
+    checked = summary.settings.get("checks")  # (absent from files before it)
+    if checked is False or (checked is None and not any(x.checks for x in summary.groups)):
         return "its QK score: no head group raises its query or key side"
     return ("its QK score: no head group raises its query or key side and lowers its "
             "attention when ablated")  # fmt: skip
@@ -757,7 +751,7 @@ def format_summary(
 
     for t in summary.targets:
         head = f"target {t.label} = {t.value:.3g} {probability_text(t)}"
-        if shows_runner_up(t):
+        if t.runner_up is not None:
             rival = probability(t.runner_up_probability)
             head += f"; {rival_word(t)} {t.runner_up!r} p={rival}, margin {_signed(t.margin)}"
         lines.append(head)
@@ -958,7 +952,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         consts = ", ".join(f"{_esc(name)} {_span(v)}" for name, v in t.constants_by_source)
         consts = f" ({consts})" if consts else ""
         runner = ""
-        if shows_runner_up(t):
+        if t.runner_up is not None:
             rival = probability(t.runner_up_probability)
             runner = (f"; {rival_word(t)} {_esc(repr(t.runner_up))} (p={rival}), "
                       f"margin {_span(t.margin)}")  # fmt: skip

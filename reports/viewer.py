@@ -210,7 +210,6 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         own_token_text,
         predicting_heading,
         reads_text,
-        shows_runner_up,
         spread_text,
         summary_for,
         writes_qk_text,
@@ -224,7 +223,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
             {"node": t.node, "token": t.token, "negative": t.negative, "value": _num(t.value),
              "probability": _num(t.probability), "tokens": _num(t.tokens),
              "constants": _num(t.constants), "errors": _num(t.errors),
-             "runnerUp": t.runner_up if shows_runner_up(t) else None, "margin": _num(t.margin),
+             "runnerUp": t.runner_up, "margin": _num(t.margin),
              "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
              "predictingLabel": None if t.predicting_group is None else
                  predicting_heading(summary.group(t.predicting_group), t),

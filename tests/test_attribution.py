@@ -1109,8 +1109,12 @@ def test_a_graph_marks_logit_targets_of_untrained_tokens(replacement, tokens, tm
     graph.save(path)
     assert Graph.load(path).untrained_targets == [49]
     assert attribute(replacement, tokens, targets=[LogitTarget(3)]).untrained_note() is None
+    logits = graph.is_kind("logit").nonzero()[:, 0].tolist()
+    others = [i for i in range(graph.n_nodes) if i != logits[1]]
+    assert graph.subgraph(others).untrained_targets == []  # the difference's logit dropped
+    assert graph.subgraph(others).untrained_note() is None
     graph.model["untrained_targets"] = [50]  # no target's token
-    with pytest.raises(GraphFileError, match="untrained_targets: names a token"):
+    with pytest.raises(GraphFileError, match="untrained_targets"):
         graph.save(path)
 
 

@@ -595,7 +595,9 @@ def test_a_file_to_read_that_is_no_regular_file_says_what_it_is(tmp_path):
     (tmp_path / "dir").mkdir()
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    (tmp_path / "to_dir").symlink_to(tmp_path / "dir")
     for name, words in (
+        ("to_dir", "a directory, not a file"),
         ("missing", "checkpoint file missing: "),
         ("fifo", "not a regular file (a FIFO, a device or a socket)"),
         ("dir", "a directory, not a file"),

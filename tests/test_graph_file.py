@@ -186,9 +186,10 @@ FORGED = {
         None, lambda h: h["qk"][2]["named"].__setitem__("5_11_3", ["logit", 5, 11, 3]),
         "qk.named: '5_11_3': expected",
     ),
-    "named fields at a position outside the prompt": (
-        None, lambda h: h["qk"][0]["named"].__setitem__("E_6_9", ["embedding", 0, 6, 9]),
-        "qk.named",
+    "named fields at a position outside the prompt": (  # a side the record names there
+        None, lambda h: (h["qk"][0]["named"].__setitem__("E_6_9", ["embedding", 0, 6, 9]),
+                         h["qk"][0]["pairs"][0].__setitem__(0, "E_6_9")),
+        "qk.named: 'E_6_9': expected",
     ),
     "an id named without its fields": (
         None, lambda h: h["qk"][0]["named"].pop("E_6_2"), "qk.pairs",

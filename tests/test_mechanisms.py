@@ -1061,24 +1061,25 @@ def test_a_token_check_that_changes_nothing_measures_the_reasons_own_parts(
             assert int(after.rival[0, j]) == -1
 
 
-def test_a_differences_own_negative_is_not_given_as_its_runner_up():
+def test_a_differences_runner_up_is_neither_of_its_tokens():
     """``' September' - ' October' = 5.79; runner-up ' October', margin +5.79`` restated the
-    target (a reviewer's): a difference whose negative is the runner-up gives none."""
+    target (a reviewer's): a difference's runner-up is the most likely token that is neither
+    of its two (chosen by id); in sparse mode a probability is given beside the model's."""
     from circuits.mechanism_file import TargetRecord
-    from reports.mechanisms import probability_text, shows_runner_up
+    from circuits.mechanisms import runner_up
+    from reports.mechanisms import probability_text
 
+    probs = torch.tensor([0.05, 0.6, 0.3, 0.05])
+    assert runner_up(probs, 1) == 2 and runner_up(probs, 1, 2) in (0, 3)
+    assert runner_up(torch.tensor([0.4, 0.6]), 1, 0) is None
     t = TargetRecord(
-        node="9_1-2_3", token=" September", negative=" October", probability=0.99, value=5.79,
-        tokens=5.79, errors=0.0, constants=0.0, constants_by_source=[], runner_up=" October",
-        runner_up_probability=0.003, margin=5.79, predicting_group=None,
+        node="9_1-2_3", token=" September", negative=None, probability=0.99, value=5.79,
+        tokens=5.79, errors=0.0, constants=0.0, constants_by_source=[], runner_up=None,
+        runner_up_probability=None, margin=None, predicting_group=None, model_probability=0.2,
     )  # fmt: skip
-    assert not shows_runner_up(t)
-    assert shows_runner_up(dataclasses.replace(t, runner_up=" August"))
-    assert shows_runner_up(dataclasses.replace(t, negative=None))
-    assert not shows_runner_up(dataclasses.replace(t, negative=None, runner_up=None))
-    assert probability_text(t) == "(p=0.990 for ' September')"
-    sparse = dataclasses.replace(t, negative=None, model_probability=0.2)
-    assert probability_text(sparse) == "(p=0.990; the model's 0.200)"
+    assert probability_text(t) == "(p=0.990; the model's 0.200)"
+    assert probability_text(dataclasses.replace(t, negative=" October", model_probability=None)) \
+        == "(p=0.990 for ' September')"  # fmt: skip
 
 
 def test_a_cause_is_named_only_where_its_rerun_closes_the_gap():
@@ -1097,7 +1098,7 @@ def test_a_cause_is_named_only_where_its_rerun_closes_the_gap():
     assert free_cause(c) is None
     assert "through attention" not in mark_text(c, None)
     assert "with the LayerNorm or attention held too" in mark_text(c, None)
-    closer = dataclasses.replace(c, free_attention_held=-14.0)  # 6.9 of the gap's 14.3 left
+    closer = dataclasses.replace(c, free_attention_held=-14.0)  # 0.67x: log-ratio gap 35% left
     assert free_cause(closer) == "attention"
     assert "through attention (with it held: -14)" in mark_text(closer, None)
 
@@ -1349,7 +1350,7 @@ def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, list]:
 def _check_qk_sources(summary, graph, replacement) -> int:
     """``test_the_predicting_groups_qk_sources_are_checked_through_its_attention`` on one
     summary: its roles, by hand; how many."""
-    from circuits.mechanisms import CANDIDATES
+    from circuits.mechanisms import ATTENTION_LOWERED, CANDIDATES
 
     names = {g.name: g for g in auto_groups(graph).groups}
     flow = node_flows(graph, graph.id_to_index[summary.targets[0].node])[0]
@@ -1378,7 +1379,7 @@ def _check_qk_sources(summary, graph, replacement) -> int:
                 continue
             after = [mean([graph.ids[m] for m in names[x.name].members])[0] for x in found]
             clean = sum(w * a for w, a in zip(weights, mean([])[1], strict=True))
-            lowers = [j for j in range(len(found)) if after[j] < clean]
+            lowers = [j for j in range(len(found)) if after[j] <= clean - ATTENTION_LOWERED]
             if not lowers:  # none whose ablation lowers the attention: no source of it
                 assert not writers
                 continue

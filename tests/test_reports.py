@@ -527,7 +527,8 @@ def test_html_page_is_well_formed_and_lists_every_node(tmp_path, graph):
     assert by_id["E_0_0"]["top outgoing"] == ""  # the explicit zero is not listed
     qk = by_id["2_2_3"]["QK"]
     assert "key pos 1" in qk and "attention 0.6" in qk
-    assert "1_99_3 × 1_17_1: -4" in qk and "1_3_3 × bias: +1.5" in qk
+    # a pruned side by the label its record's fields give, not its bare id (1_99_3)
+    assert "L0 feature 99 @3 × 1_17_1: -4" in qk and "1_3_3 × bias: +1.5" in qk
     assert "bias × bias" not in qk  # top_edges=2 pairs
     assert by_id["0_5_2"]["QK"].startswith('key pos 1 Ġ"q", attention 0.8')
     assert by_id["1_3_3"]["QK"] == ""
@@ -634,6 +635,11 @@ def test_a_logit_differences_json_label_gives_its_positive_tokens_probability():
     for node in (single, diff):  # what circuit-tracer's page reads: d.clerp.split('(p=')...
         parsed = float(node["clerp"].split("(p=")[1].split(")")[0])
         assert parsed == pytest.approx(node["token_prob"], abs=5e-4)
+    # a sparse graph's probability is the replacement's: the model's follows, after the ")"
+    g.logit_targets[0].model_probability = 0.2
+    sparse = {n["node_id"]: n for n in to_json(g, labels.node_labels(g))["nodes"]}["5_11_3"]
+    assert sparse["clerp"] == "Output ' Julia' (p=0.997) model p=0.200"
+    assert float(sparse["clerp"].split("(p=")[1].split(")")[0]) == 0.997
 
 
 def test_a_grouped_view_and_odd_counts_are_refused_in_one_line(tmp_path, graph):

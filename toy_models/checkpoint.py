@@ -309,7 +309,7 @@ def config_from_dict(cls, data, where: str = "config"):
         raise ValueError(f"{where}: missing {sorted(missing)} (every field is written with it)")
     try:
         return cls(**data)
-    except TypeError as exc:  # a required field is missing
+    except TypeError as exc:  # (every field is there and typed: a dataclass's own check)
         raise ValueError(f"{where}: {exc}") from None
 
 

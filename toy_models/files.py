@@ -662,10 +662,10 @@ def check_readable_file(path: Path, what: str) -> None:
         return
     if not os.path.lexists(path):
         raise FileNotFoundError(f"{what} missing: {path}")
-    if path.is_symlink():
-        why = "a symbolic link that leads to no file (dangling, or in a loop)"
-    elif path.is_dir():
+    if path.is_dir():  # (through a link too)
         why = "a directory, not a file"
+    elif path.is_symlink():
+        why = "a symbolic link that leads to no file (dangling, or in a loop)"
     else:
         why = "not a regular file (a FIFO, a device or a socket)"
     raise FileNotFoundError(f"{what} {path}: {why}")

@@ -135,6 +135,8 @@ def test_finite_numbers_from_json_never_overflow():
         config_from_dict(ModelConfig, full | {"init_std": 5.0})
     with pytest.raises(ValueError, match=r"missing \['d_head'\]"):
         config_from_dict(ModelConfig, {k: v for k, v in full.items() if k != "d_head"})
+    with pytest.raises(ValueError, match="ln_eps must be at most 0.01"):  # made, not read
+        ModelConfig(**full | {"ln_eps": 0.5})
 
 
 def test_to_plain_is_asdict_without_the_copies():

@@ -33,6 +33,14 @@ class ModelConfig:
     ln_eps: float = 1e-5
     init_std: float = 0.02
 
+    def __post_init__(self):
+        """The bounds a config read from disk is held to (``checkpoint.FLOAT_LIMITS``), held
+        where one is made too: a run could otherwise train and save a model it cannot load."""
+        from .checkpoint import FLOAT_LIMITS, check_value
+
+        for name, limit in FLOAT_LIMITS.items():
+            check_value("float", getattr(self, name), f"model config.{name}", limit)
+
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         """From JSON, refusing unknown keys and values of the wrong type or range."""

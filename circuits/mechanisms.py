@@ -119,8 +119,9 @@ QK_PAIRS = 5
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
 CANDIDATES = 4  # head groups per side of a predicting group's QK reason ablated to find its source
 # How much a candidate's ablation must lower the predicting group's attention to be its QK
-# source: one printed unit (a free rerun recomputes everything, so a group that changes
-# nothing can still read a hair below the clean pattern; a reviewer's point).
+# source: one printed hundredth (a free rerun recomputes everything, so a group that changes
+# nothing can read a hair below the clean pattern; one whose ablation raised it, 0.51 -> 0.52,
+# was named: reviewers' points).
 ATTENTION_LOWERED = 0.01
 ROOT_PAIRS = 5  # root x root terms listed for each QK reason (and as many against moved tokens)
 TERMS_SHOWN = 3  # a reason's root terms of each list whose tokens are tested (``TokenCheck``)

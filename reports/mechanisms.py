@@ -636,13 +636,13 @@ def attention_check_text(a: AttentionCheck, tokens: list[str]) -> str:
     """An ``AttentionCheck`` in words: the group's attention (its QK heads weighted by flow)
     before and after, then its largest QK heads': ``g0's attention @21 -> 'in'@10 0.8 -> 0.01
     (6 QK heads by flow; QK 9 0.89 -> 0.009, QK 6 0.77 -> 0.003, ...)``."""
-    heads = ", ".join(f"QK {h} {attention_text(b)} -> {attention_text(f)}"
+    heads = ", ".join(f"QK {h} {attention_change(b, f)}"
                       for h, b, f in list(zip(a.qk_heads, a.before, a.free,
                                               strict=True))[:HEADS_NAMED])  # fmt: skip
     more = ", ..." if len(a.qk_heads) > HEADS_NAMED else ""
     weighed = f"{len(a.qk_heads)} QK heads by flow; " if len(a.qk_heads) > 1 else ""
     return (f"{a.group}'s attention @{a.query} -> {tokens[a.key]!r}@{a.key} "
-            f"{attention_text(a.mean_before)} -> {attention_text(a.mean_free)} "
+            f"{attention_change(a.mean_before, a.mean_free)} "
             f"({weighed}{heads}{more})")  # fmt: skip
 
 
@@ -656,8 +656,8 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
         weighed = "" if after is None or len(after.qk_heads) < 2 else \
             f" (its {len(after.qk_heads)} QK heads by flow)"  # fmt: skip
         tested = "" if after is None else (
-            f", ablated: attention {attention_text(after.mean_before)} -> "
-            f"{attention_text(after.mean_free)}{weighed}"
+            f", ablated: attention {attention_change(after.mean_before, after.mean_free)}"
+            f"{weighed}"
         )  # fmt: skip
         out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
     return "; ".join(out)
@@ -684,6 +684,16 @@ def no_sources_text(g: GroupRecord, summary: MechanismSummary) -> str:
 def attention_text(a: float) -> str:
     """An attention weight: two decimals, or one significant digit below 0.01 (never 0.00)."""
     return f"{a:.2f}" if a >= 0.01 or a == 0 else f"{a:.1g}"
+
+
+def attention_change(before: float, after: float, arrow: str = " -> ") -> str:
+    """``0.84 -> 0.26``: an attention before and after an ablation, with three significant
+    figures where two decimals would print a change as none (``0.0579 -> 0.0569``: a checked
+    group's ablation that barely moves the attention)."""
+    a, b = attention_text(before), attention_text(after)
+    if a == b and before != after:
+        a, b = f"{before:.3g}", f"{after:.3g}"
+    return f"{a}{arrow}{b}"
 
 
 def reason_lines(

@@ -270,7 +270,7 @@ def _box_lines(g, summary) -> list[str]:
     then what it reads (a head group's key token) or its concept, then for a QK source the
     attention its ablation leaves the head whose score it writes (``AttentionCheck``): its
     flagged check is what a QK source is for, not a warning."""
-    from .mechanisms import attention_text
+    from .mechanisms import attention_change
 
     size = len(g.members)
     what = {"lorsa": "head", "transcoder": "feature"}.get(g.kind, "node")
@@ -286,8 +286,8 @@ def _box_lines(g, summary) -> list[str]:
         lines.append(f"writes {w.group}'s {w.side}")
         a = g.attention_of(w.group)
         if a is not None:
-            before, after = attention_text(a.mean_before), attention_text(a.mean_free)
-            lines.append(f"{w.group} attends {before}→{after}")
+            change = attention_change(a.mean_before, a.mean_free, arrow="→")
+            lines.append(f"{w.group} attends {change}")
     return lines
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import shutil
 import sys
@@ -170,10 +171,15 @@ def tensor_sha256(tensor) -> str:
 def read_manifest(directory: Path) -> tuple[CachePlan, list[dict]]:
     """The plan and the recorded chunks of a cache directory, every field checked."""
     from toy_models.checkpoint import read_json
+    from toy_models.files import check_readable_file
 
     path = Path(directory) / MANIFEST_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise UserError(f"{directory}: not an activation cache (no {MANIFEST_FILE})")
+    try:
+        check_readable_file(path, "cache manifest")  # a FIFO or folder there: said so
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
     data = read_json(path)
     if data.get("format") != FORMAT:
         raise ValueError(

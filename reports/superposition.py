@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
-from toy_models.files import check_writable_dir, earlier_set
+from toy_models.files import check_readable_file, check_writable_dir, earlier_set
 from toy_models.tokenizer import token_text
 from toy_models.zoo import resolve_model_dir
 
@@ -139,8 +139,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--heads-docs must be between 1 and 10000, got {args.heads_docs}")
     if args.examples < 0 or args.units < 1:
         raise UserError("--examples must be >= 0 and --units >= 1")
-    if args.dashboards is not None and not args.dashboards.is_file():
-        raise UserError(f"--dashboards {args.dashboards}: no such file")
+    if args.dashboards is not None:
+        try:
+            check_readable_file(args.dashboards, "--dashboards")  # missing, a FIFO, a folder
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
     resolve_model_dir(args.model)
     check_writable_dir(args.out)
     earlier_set(args.out, REPORT_FILES[0], frozenset(REPORT_FILES))  # a user's own files: now

@@ -596,8 +596,10 @@ def test_a_file_to_read_that_is_no_regular_file_says_what_it_is(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
     (tmp_path / "to_dir").symlink_to(tmp_path / "dir")
+    (tmp_path / "to_fifo").symlink_to(tmp_path / "fifo")
     for name, words in (
         ("to_dir", "a directory, not a file"),
+        ("to_fifo", "not a regular file (a FIFO, a device or a socket)"),
         ("missing", "checkpoint file missing: "),
         ("fifo", "not a regular file (a FIFO, a device or a socket)"),
         ("dir", "a directory, not a file"),

@@ -286,6 +286,13 @@ def test_restored_buffers_no_run_could_write_are_refused(tiny_run, tmp_path, buf
     tensors = load_file(str(weights))
     tensors[buffer].view(-1)[0] = value
     save_file(tensors, str(weights))
+    # forged with its hash in state.json too, so that the buffers' own check is what refuses it
+    from toy_models.files import file_sha256
+
+    state_path = out / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["files"]["weights.safetensors"] = file_sha256(weights)
+    state_path.write_text(json.dumps(state))
     before = weights.read_bytes()
     with pytest.raises(ValueError, match=message):
         train_replacement(str(tiny_run), out, config="tiny", resume=True, quiet=True)

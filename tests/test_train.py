@@ -110,12 +110,12 @@ def test_learning_rate_and_seed_overrides_are_part_of_the_run(tiny_run, tmp_path
     assert train("tiny", stopped, stop_after=10, quiet=True) is None
     with pytest.raises(UserError, match=r"belongs to another run \(.*lr"):
         train("tiny", stopped, resume=True, lr=0.5, quiet=True)
-    with pytest.raises(UserError, match="another corpus.s"):  # its data is seed 0's
-        train("tiny", stopped, resume=True, seed=7, quiet=True)
+    with pytest.raises(UserError, match="another seed .*to resume that run, give the settings"):
+        train("tiny", stopped, resume=True, seed=7, quiet=True)  # its data is seed 0's
     train("tiny", stopped, resume=True, quiet=True)  # the same configuration resumes
 
     # seed 0's tokenizer and packed rows are never trained on as seed 7's
-    with pytest.raises(UserError, match="another corpus's"):
+    with pytest.raises(UserError, match="a run with another seed"):
         train("tiny", with_tiny_data(tiny_run, tmp_path / "seed7"), seed=7, quiet=True)
     older = with_tiny_data(tiny_run, tmp_path / "older")
     (older / "data" / "source.json").unlink()  # data of a run from before the record
@@ -161,6 +161,52 @@ def test_a_crash_between_the_checkpoint_renames_leaves_a_checkpoint_to_resume(ti
     assert not list(out.glob("checkpoint.*"))
 
 
+def test_ctrl_c_between_the_checkpoint_renames_keeps_the_new_one(tiny_run, tmp_path, monkeypatch):
+    """A fuzz pass: Ctrl-C between the swap's two renames removed the new, complete checkpoint
+    (the swap ran inside the block that cleans up a half-written one) and said "resume from
+    step 0". It stays in ``.tmp``, the message names the step ``--resume`` goes on from, and
+    the resumed run is the straight one."""
+    from toy_models import resumable
+    from toy_models.files import old_directory
+
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    real = resumable.swap_directory
+    saves = []
+
+    def swap(new, dest):
+        saves.append(new)
+        if len(saves) == 2:  # the second checkpoint: its first rename, then Ctrl-C
+            os.replace(dest, old_directory(dest))
+            raise KeyboardInterrupt
+        real(new, dest)
+
+    monkeypatch.setattr(resumable, "swap_directory", swap)
+    with pytest.raises(UserError, match=r"interrupted at step \d+; resume from step (\d+)") as e:
+        train("tiny", out, quiet=True)
+    monkeypatch.setattr(resumable, "swap_directory", real)
+    state = json.loads((out / "checkpoint.tmp" / "state.json").read_text())
+    assert f"resume from step {state['step']} " in str(e.value) and state["step"] > 0
+    assert not (out / "checkpoint").exists() and (out / "checkpoint.old").exists()
+    assert train("tiny", out, resume=True, quiet=True) == out
+    straight = load_file(str(tiny_run / "model.safetensors"))
+    resumed = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_checkpoint_with_another_runs_weights_is_not_resumed(tiny_run, tmp_path):
+    """A fuzz pass copied another run's weights (same config) into a checkpoint: resumed
+    silently. state.json records the SHA-256 of the weights and optimizer it goes with."""
+    out = with_tiny_data(tiny_run, tmp_path / "run")
+    assert train("tiny", out, stop_after=10, quiet=True) is None
+    other = with_tiny_data(tiny_run, tmp_path / "other")
+    assert train("tiny", other, stop_after=10, seed=0, lr=0.5, quiet=True) is None
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert sorted(state["files"]) == ["optimizer.safetensors", "weights.safetensors"]
+    shutil.copy(other / "checkpoint" / "weights.safetensors", out / "checkpoint")
+    with pytest.raises(UserError, match="weights.safetensors: not the file this checkpoint was"):
+        train("tiny", out, resume=True, quiet=True)
+
+
 MALICIOUS = """
 import os
 class Payload:
@@ -192,7 +238,13 @@ def test_no_checkpoint_file_is_unpickled_on_resume(tiny_run, tmp_path, monkeypat
     # a pickle in the place of the optimizer state is refused as unreadable, not run
     again = with_tiny_data(tiny_run, tmp_path / "again")
     assert train("tiny", again, stop_after=10, quiet=True) is None
-    plant_pickle(again / "checkpoint" / "optimizer.safetensors", marker)
+    plant = again / "checkpoint" / "optimizer.safetensors"
+    plant_pickle(plant, marker)
+    with pytest.raises(UserError, match="optimizer.safetensors: not the file this checkpoint"):
+        train("tiny", again, resume=True, quiet=True)  # refused by its recorded hash
+    state = json.loads((again / "checkpoint" / "state.json").read_text())
+    state["files"][plant.name] = files.file_sha256(plant)  # and with the hash forged too
+    (again / "checkpoint" / "state.json").write_text(json.dumps(state))
     with pytest.raises(ValueError, match="optimizer.safetensors: unreadable optimizer state"):
         train("tiny", again, resume=True, quiet=True)
     # a checkpoint of the old format (a pickled optimizer.pt) is refused, not loaded
@@ -615,6 +667,11 @@ def _edit_optimizer(edit):
         tensors = load_file(str(path))
         edit(tensors)
         save_file(tensors, str(path))
+        # forged with its hash in state.json too: the optimizer's own checks refuse it
+        state_path = path.parent / "state.json"
+        state = json.loads(state_path.read_text())
+        state["files"][path.name] = files.file_sha256(path)
+        state_path.write_text(json.dumps(state))
 
     return change
 

@@ -664,9 +664,9 @@ def check_readable_file(path: Path, what: str) -> None:
         raise FileNotFoundError(f"{what} missing: {path}")
     if path.is_dir():  # (through a link too)
         why = "a directory, not a file"
-    elif path.is_symlink():
+    elif not path.exists():  # a link to nothing (exists() follows links)
         why = "a symbolic link that leads to no file (dangling, or in a loop)"
-    else:
+    else:  # (through a link too: a link to /dev/zero was called dangling)
         why = "not a regular file (a FIFO, a device or a socket)"
     raise FileNotFoundError(f"{what} {path}: {why}")
 

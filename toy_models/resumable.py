@@ -31,7 +31,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .cli import UserError
-from .files import check_writable_dir, fresh_directory, old_directory, swap_directory
+from .files import (
+    check_readable_file,
+    check_writable_dir,
+    file_sha256,
+    fresh_directory,
+    old_directory,
+    swap_directory,
+)
 from .records import Bounds, is_finite_number
 
 CHECKPOINT_DIR = "checkpoint"
@@ -67,8 +74,12 @@ class ResumableRun:
         check_writable_dir(self.out, own=outputs, sets_refused=True)
         if resume:
             self._recover()
-            if not (self.checkpoint / STATE_FILE).is_file():
-                raise UserError(f"nothing to resume: {self.checkpoint / STATE_FILE} does not exist")
+            state = self.checkpoint / STATE_FILE
+            if not state.is_file():
+                try:
+                    check_readable_file(state, "checkpoint file")
+                except FileNotFoundError as exc:  # missing, or a FIFO or folder in its place
+                    raise UserError(f"nothing to resume: {exc}") from None
         elif self._holds_a_checkpoint():
             raise UserError(
                 f"{self.out} already holds a training run; pass --resume or choose another --out"
@@ -87,16 +98,22 @@ class ResumableRun:
             or self.checkpoint.exists()
         )
 
-    def _recover(self) -> None:
-        """A crash inside ``swap_directory`` can leave the checkpoint moved aside (``.old``)
-        with the new one complete in ``.tmp`` (its state.json is written last): put the newest
-        complete one in place."""
+    def _newest(self) -> Path | None:
+        """The newest complete checkpoint: in place, or, after a crash or Ctrl-C inside
+        ``swap_directory``, the new one complete in ``.tmp`` (its state.json is written last)
+        or the old one moved aside (``.old``); None when there is none."""
         if self.checkpoint.exists():
-            return
+            return self.checkpoint
         for candidate in (self._tmp, old_directory(self.checkpoint)):
             if (candidate / STATE_FILE).is_file():
-                candidate.replace(self.checkpoint)
-                return
+                return candidate
+        return None
+
+    def _recover(self) -> None:
+        """Put the newest complete checkpoint (``_newest``) in place."""
+        newest = self._newest()
+        if newest is not None and newest != self.checkpoint:
+            newest.replace(self.checkpoint)
 
     # ----------------------------------------------------------------- state
     def start(self, identity: dict, module, optimizer, stats: Stats = ()) -> None:
@@ -112,9 +129,30 @@ class ResumableRun:
         if not self.resume:
             return
         step, elapsed, recent = self.check_resumable(identity, stats, whole=True)
+        self._check_files()
         load_checked(module, self.checkpoint / WEIGHTS_FILE, STATE_FILE)
         load_optimizer(optimizer, self.checkpoint / OPTIMIZER_FILE, step)
         self.step, self.elapsed_s, self.recent = step, float(elapsed), recent[-self.window :]
+
+    def _check_files(self) -> None:
+        """The checkpoint's weights and optimizer are the files its state.json was written with
+        (their SHA-256, ``files``; a checkpoint saved before it records none)."""
+        from .checkpoint import read_json
+
+        recorded = read_json(self.checkpoint / STATE_FILE).get("files")
+        if recorded is None:
+            return
+        names = (WEIGHTS_FILE, OPTIMIZER_FILE)
+        if not (isinstance(recorded, dict) and sorted(recorded) == sorted(names)):
+            raise ValueError(f"{self.checkpoint / STATE_FILE}: 'files' must give the SHA-256 of "
+                             f"{' and '.join(names)}")  # fmt: skip
+        for name in names:
+            path = self.checkpoint / name
+            check_readable_file(path, "checkpoint file")
+            if file_sha256(path) != recorded[name]:
+                raise UserError(f"{path}: not the file this checkpoint was saved with (sha256 "
+                                "differs: another run's, edited or damaged); the run cannot "
+                                "be resumed from it")  # fmt: skip
 
     def check_resumable(
         self, identity: dict, stats: Stats = (), whole: bool = False
@@ -192,9 +230,15 @@ class ResumableRun:
                 "step": self.step,
                 "elapsed_s": self.elapsed_s,
                 "recent": self.recent,
+                # the weights and optimizer this state goes with: another run's weights of the
+                # same config, copied in, were resumed silently (a fuzz pass)
+                "files": {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)},
             }
             write_json_atomic(tmp / STATE_FILE, state)
-            swap_directory(tmp, self.checkpoint)
+        # outside the block, which removes its directory on any exception: a Ctrl-C between
+        # the swap's two renames must leave the new, complete checkpoint in ``.tmp`` (it lost
+        # it, and the message then said "resume from step 0": a fuzz pass)
+        swap_directory(self._tmp, self.checkpoint)
 
     def mean(self, key: str, last: int | None = None) -> float:
         """Mean of statistic ``key`` over the last ``last`` (default: all kept) steps."""
@@ -202,10 +246,13 @@ class ResumableRun:
         return sum(r[key] for r in recent) / max(1, len(recent))
 
     def saved_step(self) -> int:
+        """The step ``--resume`` goes on from: the newest complete checkpoint's (``_newest``),
+        0 when there is none."""
         from .checkpoint import read_json
 
-        path = self.checkpoint / STATE_FILE
-        return read_json(path)["step"] if path.is_file() else 0
+        newest = self._newest()
+        path = None if newest is None else newest / STATE_FILE
+        return read_json(path)["step"] if path is not None and path.is_file() else 0
 
     # ----------------------------------------------------------------- the loop
     def train(

@@ -108,8 +108,16 @@ def check_cached_data(out: Path, entry, cfg: TrainConfig) -> None:
     if (out / TOKENIZER_FILE).exists() or packed_path.exists():
         recorded = read_json(source_path) if source_path.exists() else None
         if recorded != data_identity(cfg):
-            what = "an older run's" if recorded is None else "another corpus's (seed, sizes)"
-            raise UserError(f"{out} holds {what} tokenizer and packed rows; choose another --out")
+            if recorded is None:
+                raise UserError(f"{out} holds an older run's tokenizer and packed rows; choose "
+                                "another --out")  # fmt: skip
+            differ = sorted(k for k, v in data_identity(cfg).items() if recorded.get(k) != v)
+            # a resume with another --seed or --config was told to choose another --out for
+            # its own run (a fuzz pass): say what differs, and how to go on with that run
+            raise UserError(f"{out} holds the tokenizer and packed rows of a run with another "
+                            f"{', '.join(differ) or 'corpus'} ({recorded!r:.120}); to resume that "
+                            "run, give the settings it was started with again, or choose "
+                            "another --out")  # fmt: skip
 
 
 def prepare_data(out: Path, entry, cfg: TrainConfig):

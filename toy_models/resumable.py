@@ -5,7 +5,8 @@ and at the end, is one directory swapped in whole (``toy_models.files.swap_direc
 
     out/checkpoint/weights.safetensors    the trained module's state_dict
     out/checkpoint/optimizer.safetensors  the optimizer's per-parameter state
-    out/checkpoint/state.json             the run's identity, step, elapsed time, recent stats
+    out/checkpoint/state.json             the run's identity, step, elapsed time, recent stats,
+                                          and the SHA-256 of the two files it goes with
 
 Nothing is pickled. A trainer (dictionary_learning's ``trainSAE`` is the model):
 

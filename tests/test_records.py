@@ -152,3 +152,14 @@ def test_to_plain_is_asdict_without_the_copies():
     assert from_json(Outer, parse_json(__import__("json").dumps(plain))) == record
     assert to_plain([record, (1, "a"), {"k": record}]) == [asdict(record), (1, "a"),
                                                            {"k": asdict(record)}]  # fmt: skip
+
+
+def test_a_weights_files_other_tensors_name_only_what_differs():
+    """A reviewer read "missing [], unexpected [...]": only the side that has names is said."""
+    from toy_models.checkpoint import _check_names_and_shapes
+
+    with pytest.raises(ValueError, match=r"in C \(unexpected \['b'\]\)$"):
+        _check_names_and_shapes({"a": (1,)}, {"a": (1,), "b": (2,)}, "P", "C")
+    with pytest.raises(ValueError, match=r"in C \(missing \['b'\]\)$"):
+        _check_names_and_shapes({"a": (1,), "b": (1,)}, {"a": (1,)}, "P", "C")
+

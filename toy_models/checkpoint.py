@@ -110,10 +110,13 @@ def _check_names_and_shapes(
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
-        raise ValueError(
-            f"{path}: tensors do not match the config in {config_name}"
-            f" (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+        parts = [
+            f"{what} {names[:3]}"
+            for what, names in (("missing", missing), ("unexpected", unexpected))
+            if names
+        ]
+        raise ValueError(f"{path}: tensors do not match the config in {config_name} "
+                         f"({', '.join(parts)})")  # fmt: skip
     for name, shape in found.items():
         if shape != expected[name]:
             raise ValueError(

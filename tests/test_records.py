@@ -162,4 +162,3 @@ def test_a_weights_files_other_tensors_name_only_what_differs():
         _check_names_and_shapes({"a": (1,)}, {"a": (1,), "b": (2,)}, "P", "C")
     with pytest.raises(ValueError, match=r"in C \(missing \['b'\]\)$"):
         _check_names_and_shapes({"a": (1,), "b": (1,)}, {"a": (1,)}, "P", "C")
-

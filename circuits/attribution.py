@@ -582,6 +582,11 @@ def attribute(
     return graph  # no timings in it: the same prompt gives the same bytes
 
 
+def repeated_target(targets: list[Target]) -> Target | None:
+    """The first target that ``targets`` names a second time, or None."""
+    return next((t for i, t in enumerate(targets) if t in targets[:i]), None)
+
+
 def resolve_targets(
     replacement: ReplacementModel,
     run: PromptRun,
@@ -612,7 +617,7 @@ def resolve_targets(
         order = probs.argsort(descending=True)
         k = min(int((probs[order].cumsum(0) < logit_probability).sum()) + 1, max_logits)
         return [logit(v, float(probs[v])) for v in order[:k].tolist()]
-    repeated = next((t for i, t in enumerate(targets) if t in targets[:i]), None)
+    repeated = repeated_target(targets)
     if repeated is not None:  # two nodes with one id, and the target weighted twice
         raise ValueError(f"{repeated} is named twice: name each target once")
     logits = []
@@ -767,7 +772,7 @@ def _model_info(
     untrained = replacement.model.untrained_tokens
     if untrained is not None:
         info["untrained_positions"] = [p for p, t in enumerate(tokens) if t in untrained]
-        named = {x for r in targets for x in (r.token, r.negative) if x is not None}
+        named = {x for r in targets for x in r.tokens}
         info["untrained_targets"] = sorted(named & set(untrained))
     return info
 

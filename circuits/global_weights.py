@@ -316,7 +316,7 @@ def qk_record(stats: Statistics, layer: int, qk_head: int, top: int = QK_RECORD_
     named: dict[str, NamedSide] = {}
 
     def unit_id(unit: int) -> str:  # its node's, at position 0
-        fields = NamedSide(*stats.units.describe(unit), 0)
+        fields = stats.units.side(unit, 0)
         named[fields.id] = fields
         return fields.id
 
@@ -415,7 +415,7 @@ def qk_circuit(
         for s in w.abs().topk(min(writers, len(w))).indices.tolist():
             chosen.add(int(ids[s]))
             edges[(int(ids[s]), u)] = float(w[s])
-    fields = {u: NamedSide(*units.describe(u), 0) for u in chosen}  # their nodes, at position 0
+    fields = {u: units.side(u, 0) for u in chosen}  # their nodes, at position 0
     record = QKAttribution(
         layer=layer, qk_head=qk_head, query=0, key=0, attention=0.0, score=0.0,
         pairs=[QKPair(fields[q].id, fields[key].id, v) for q, key, v in pairs],

@@ -106,6 +106,11 @@ class LogitRecord:
     probability: float
     model_probability: float | None = None
 
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        """The tokens the target names: its token, and a difference's negative."""
+        return (self.token,) if self.negative is None else (self.token, self.negative)
+
 
 @dataclass
 class QKReason:
@@ -388,7 +393,7 @@ class Graph:
         unembeddings are untrained. A value that is no increasing list of the targets' tokens
         is refused in one line."""
         tokens = self.model.get("untrained_targets", [])
-        named = {x for r in self.logit_targets for x in (r.token, r.negative) if x is not None}
+        named = {x for r in self.logit_targets for x in r.tokens}
         ok = isinstance(tokens, list) and all(
             isinstance(t, int) and not isinstance(t, bool) and t in named for t in tokens
         )
@@ -484,7 +489,7 @@ class Graph:
                    if n in kept_logits]  # fmt: skip
         model = self.model
         if "untrained_targets" in model:  # of the targets kept
-            named = {x for r in targets for x in (r.token, r.negative) if x is not None}
+            named = {x for r in targets for x in r.tokens}
             model = {**model, "untrained_targets": [
                 x for x in self.untrained_targets if x in named]}  # fmt: skip
         return replace(
@@ -527,6 +532,12 @@ class Graph:
         read = self.read_key(node)
         found = [a for a in self.qk if (a.layer, a.qk_head, a.query) == (layer, head, q)]
         return sorted(found, key=lambda a: (a.key != read, -a.attention))
+
+    def side(self, node: int) -> NamedSide:
+        """Node ``node``'s fields as a QK record names them (``QKAttribution.named``)."""
+        i = self.node_index(node)
+        kind, stage, index, pos = (int(x[i]) for x in (self.kind, self.stage, self.index, self.pos))
+        return NamedSide(Kind(kind), stage, index, pos)
 
     def read_key(self, node: int) -> int | None:
         """The key position a Lorsa head node reads (``attends``: the one its activation comes

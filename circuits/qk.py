@@ -280,7 +280,7 @@ class SlotNames:
         if code >= units.total + 2:  # a decoder-bias source (slot_units)
             fields = NamedSide(Kind.BIAS, code - units.total - 2, -1, None)
         else:
-            fields = NamedSide(*units.describe(code), None)
+            fields = units.side(code)
         self.fields[fields.id] = fields
         return fields.id
 
@@ -456,15 +456,8 @@ def qk_sources(
                     attends=int(attends[first]) if kind[first] == Kind.LORSA else None,
                     members=[full.ids[m] for m in members.tolist()], value=float(totals[g]),
                 ))  # fmt: skip
-        known = a.named | {m: _fields_of_node(full, m) for x in a.sources for m in x.members}
+        known = a.named | {m: full.side(full.id_to_index[m]) for x in a.sources for m in x.members}
         a.name_fields(known.__getitem__)
-
-
-def _fields_of_node(graph: Graph, name: str) -> NamedSide:
-    """The fields of ``graph``'s node ``name``."""
-    i = graph.id_to_index[name]
-    kind, stage, index, pos = (int(x[i]) for x in (graph.kind, graph.stage, graph.index, graph.pos))
-    return NamedSide(Kind(kind), stage, index, pos)
 
 
 def _summaries(terms, scores, triples, attention, names: SlotNames, top) -> list[QKAttribution]:

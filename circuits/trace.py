@@ -289,7 +289,7 @@ def _targets(args, tokenizer, last_logits=None):
     (``last_logits``: the prompt's logits at the last position)."""
     from toy_models.tokenizer import single_token
 
-    from .attribution import LogitDiffTarget, LogitTarget, NodeTarget
+    from .attribution import LogitDiffTarget, LogitTarget, NodeTarget, repeated_target
     from .mechanisms import runner_up
 
     targets = [LogitTarget(single_token(tokenizer, t)) for t in args.target]
@@ -302,7 +302,7 @@ def _targets(args, tokenizer, last_logits=None):
         for a, b in args.target_diff
     ]
     targets += [NodeTarget(*node_spec(spec)) for spec in args.target_node]
-    repeated = next((x for i, x in enumerate(targets) if x in targets[:i]), None)
+    repeated = repeated_target(targets)
     if repeated is not None:  # said here in the user's terms, not as the library's record
         made = " (--vs-runner-up makes each --target its margin over the runner-up)" \
             if args.vs_runner_up else ""  # fmt: skip

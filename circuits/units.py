@@ -24,17 +24,15 @@ from torch import Tensor
 
 from replacement.model import ReadWrite, ReplacementModel
 
-from .graph import checked_index, is_integer
+from .graph import NamedSide, checked_index, is_integer
 from .nodes import (
     EMBEDDING_STAGE,
     Kind,
     block_of,
     logit_stage,
     lorsa_stage,
-    node_id,
     stage_of,
     sublayer_kind,
-    unit_id,
 )
 
 
@@ -135,15 +133,18 @@ class Units:
         """The block of a Lorsa, transcoder or error unit (-1 for tokens, L for logits)."""
         return block_of(int(self.stage[self.check(unit)]))
 
+    def side(self, unit: int, pos: int | None = None) -> NamedSide:
+        """A unit's fields as a QK record names them (``NamedSide``): its node at ``pos``, or
+        the unit itself (None)."""
+        return NamedSide(*self.describe(unit), pos)
+
     def unit_id(self, unit: int) -> str:
         """A unit's id (``circuits.nodes.unit_id``): a node id without the position."""
-        kind, stage, index = self.describe(unit)
-        return unit_id(kind, stage, index)
+        return self.side(unit).id
 
     def node_id(self, unit: int) -> str:
         """The id of a unit's node in a global graph, where units sit at position 0."""
-        kind, stage, index = self.describe(unit)
-        return node_id(kind, stage, 0, index)
+        return self.side(unit, 0).id
 
     def dictionary(self) -> Tensor:
         """Per unit: whether it is a Lorsa head or a transcoder feature (a dictionary unit,

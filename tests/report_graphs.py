@@ -41,12 +41,8 @@ def name_sides(graph: Graph) -> Graph:
     the node, else ``OTHER_SIDES``'."""
 
     def fields(name: str) -> NamedSide:
-        if name not in graph.id_to_index:
-            return OTHER_SIDES[name]
-        i = graph.id_to_index[name]
-        kind, stage, index, pos = (int(x[i]) for x in (graph.kind, graph.stage, graph.index,
-                                                       graph.pos))  # fmt: skip
-        return NamedSide(Kind(kind), stage, index, pos)
+        i = graph.id_to_index.get(name)
+        return OTHER_SIDES[name] if i is None else graph.side(i)
 
     for a in graph.qk:
         a.name_fields(fields)

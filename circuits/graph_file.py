@@ -60,7 +60,7 @@ from .graph import (
     QKReason,
     QKSource,
 )
-from .nodes import EMBEDDING_STAGE, Kind, is_attention, logit_stage, lorsa_stage, sublayer_kind
+from .nodes import Kind, kind_at_stage, logit_stage, lorsa_stage
 from .prune import open_rows, row_sums
 
 SUFFIX = ".safetensors"
@@ -345,16 +345,9 @@ def _check_nodes(
     top = logit_stage(n_layers)
     _require(bool(((stage >= 0) & (stage <= top)).all()), "stage", f"outside 0..{top}")
     _require(bool((stage[1:] >= stage[:-1]).all()), "stage", "nodes are not in stage order")
-    expected = {
-        Kind.EMBEDDING: stage == 0,
-        Kind.LOGIT: stage == top,
-        Kind.LORSA: is_attention(stage) & (stage < top),
-        Kind.TRANSCODER: ~is_attention(stage) & (stage > 0),
-        Kind.ERROR: (stage > 0) & (stage < top),
-        Kind.BIAS: stage < top,  # stage 0: the position vectors
-    }
-    for k, ok in expected.items():
-        _require(bool(ok[kind == k].all()), "stage", f"a {k.label} node at the wrong stage")
+    for k in Kind:
+        ok = kind_at_stage(k, stage[kind == k], top)
+        _require(bool(ok.all()), "stage", f"a {k.label} node at the wrong stage")
     is_error = (kind == Kind.ERROR) | (kind == Kind.BIAS)
     _require(
         bool((index[is_error] == -1).all()), "index", "an error or bias node's index is not -1"
@@ -516,12 +509,9 @@ def _named(named, layer: int, n_pos: int) -> dict[str, NamedSide]:
         _require(ok, "qk.named", f"{name!r}: expected [kind, stage, index, position or null]")
         kind, stage, index, pos = fields
         kind = _NAMED_KINDS[kind]
-        if kind in (Kind.EMBEDDING, Kind.BIAS) and stage == EMBEDDING_STAGE:
-            ok = index >= 0 if kind == Kind.EMBEDDING else index == -1
-        else:  # a sublayer below the layer's own: its heads or features, error or bias
-            ok = EMBEDDING_STAGE < stage < lorsa_stage(layer) and kind != Kind.EMBEDDING
-            ok = ok and (index == -1 if kind in (Kind.ERROR, Kind.BIAS) else index >= 0)
-            ok = ok and kind in (Kind.ERROR, Kind.BIAS, sublayer_kind(stage))
+        # stage 0 or a sublayer below the layer's own; an error or bias has no index
+        ok = bool(kind_at_stage(kind, stage)) and stage < lorsa_stage(layer)
+        ok = ok and (index == -1 if kind in (Kind.ERROR, Kind.BIAS) else index >= 0)
         _require(ok, "qk.named", f"{name!r}: not something Lorsa layer {layer} reads")
         side = NamedSide(kind, stage, index, pos)
         _require(side.id == name, "qk.named", f"{name!r}: its fields make the id {side.id!r}")

@@ -25,7 +25,7 @@ from toy_models.cli import one_line
 from toy_models.records import Bounds, from_json, is_finite_number, parse_json, to_plain
 
 from .graph import MODES
-from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, is_attention
+from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, kind_at_stage
 
 VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
@@ -705,11 +705,8 @@ def _check_ref(ref: NodeRef, n_pos: int, at: str) -> None:
                 f"{at}: a unit absent here has no position and reads no key")  # fmt: skip
         return
     kind, stage = Kind.parse(ref.kind), ref.stage
-    at_stage = stage is not None and stage >= 0 and {
-        Kind.EMBEDDING: stage == EMBEDDING_STAGE, Kind.BIAS: True, Kind.LOGIT: False,
-        Kind.LORSA: stage > 0 and is_attention(stage),
-        Kind.ERROR: stage > 0, Kind.TRANSCODER: stage > 0 and not is_attention(stage),
-    }[kind]  # fmt: skip
+    # a logit is no pair's side: no stage fits it without a model's depth
+    at_stage = stage is not None and bool(kind_at_stage(kind, stage))
     _expect(at_stage and ref.layer == block_of(stage),
             f"{at}: stage {stage}, layer {ref.layer} for a {ref.kind} node")  # fmt: skip
     _expect(ref.pos is not None and 0 <= ref.pos < n_pos and ref.index is not None,

@@ -34,6 +34,7 @@ This module imports nothing heavy, so CLIs can use it before their arguments are
 
 from __future__ import annotations
 
+import math
 from enum import IntEnum
 
 
@@ -150,6 +151,27 @@ def is_attention(stage):
     """Whether ``stage`` (an int, or elementwise a tensor of stages) is a Lorsa (attention)
     stage rather than a transcoder one. Only meaningful between the embedding and logit stage."""
     return stage % 2 == 1
+
+
+def kind_at_stage(kind: Kind, stage, top: int | None = None):
+    """Whether a node of ``kind`` may sit at ``stage`` (an int, or elementwise a tensor of
+    stages), the one statement of the stage numbering's rule (module docstring): a token at 0;
+    a head at a Lorsa stage, a feature at a transcoder one; an error in a sublayer; a bias in a
+    sublayer or at 0 (the position vectors); a logit at ``top``, the logit stage, below which
+    every other kind sits. ``top`` None: a model of unknown depth (no logit fits it)."""
+    top = math.inf if top is None else top
+    kind = Kind(kind)
+    if kind == Kind.LOGIT:
+        return stage == top
+    below = (stage >= EMBEDDING_STAGE) & (stage < top)
+    if kind == Kind.EMBEDDING:
+        return below & (stage == EMBEDDING_STAGE)
+    if kind == Kind.BIAS:
+        return below
+    in_sublayer = below & (stage > EMBEDDING_STAGE)
+    if kind == Kind.ERROR:
+        return in_sublayer
+    return in_sublayer & (is_attention(stage) == (kind == Kind.LORSA))
 
 
 def sublayer_kind(stage: int) -> Kind:

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from circuits.graph import Graph
 from circuits.graph_file import GraphFileError
+from circuits.nodes import Kind, kind_at_stage, logit_stage
 from reports.html import write_html
 from toy_models.checkpoint import content_sha256
 
@@ -75,6 +76,8 @@ CRAFTED_TENSORS = {
     "negative token": ("tokens", lambda t: t - 100),
     "2-D kind": ("kind", lambda t: t[None]),
     "attends after its query": ("attends", lambda t: torch.where(t >= 0, 99, t)),
+    "logits below the logit stage": ("stage", lambda t: torch.where(t == t.max(), t - 1, t)),
+    "tokens at a Lorsa stage": ("stage", lambda t: torch.where(t == 0, 1, t)),
     # found by a fuzz pass: value is NaN off the targets by design, and the exemption let a
     # target's NaN or infinity through
     "NaN value at the targets": ("value", lambda t: torch.full_like(t, float("nan"))),
@@ -636,3 +639,25 @@ def test_a_key_side_source_after_the_key_is_refused(tmp_path):
         graph.save(tmp_path / "bad.safetensors")
     a.sources = [QKSource("query", "lorsa", 0, a.key + 1, a.key, [graph.ids[0]], 1.0)]
     name_sides(graph).save(tmp_path / "good.safetensors")  # the query side reaches up to the query
+
+
+def test_which_kind_sits_at_which_stage_is_one_rule_for_ints_and_tensors():
+    """``kind_at_stage``, the rule every file check reads (graph nodes, QK records' named
+    sides, a summary's refs), against the stage table of a 2-block model written out."""
+    top = logit_stage(2)  # stages 0..5
+    table = {  # stage: kinds allowed there
+        0: {Kind.EMBEDDING, Kind.BIAS},
+        1: {Kind.LORSA, Kind.ERROR, Kind.BIAS},
+        2: {Kind.TRANSCODER, Kind.ERROR, Kind.BIAS},
+        3: {Kind.LORSA, Kind.ERROR, Kind.BIAS},
+        4: {Kind.TRANSCODER, Kind.ERROR, Kind.BIAS},
+        5: {Kind.LOGIT},
+    }
+    stages = torch.arange(-1, top + 2)
+    for kind in Kind:
+        expected = [s in table and kind in table[s] for s in stages.tolist()]
+        assert kind_at_stage(kind, stages, top).tolist() == expected, kind
+        assert [bool(kind_at_stage(kind, s, top)) for s in stages.tolist()] == expected, kind
+    # a model of unknown depth: every sublayer stage, never a logit
+    assert bool(kind_at_stage(Kind.LORSA, 41)) and not kind_at_stage(Kind.TRANSCODER, 41)
+    assert not any(bool(kind_at_stage(Kind.LOGIT, s)) for s in range(50))

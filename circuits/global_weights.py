@@ -463,6 +463,8 @@ def _unit_graph(
     logits = [LogitRecord(d[2], None, float(m)) for d, m in pairs if d[0] == Kind.LOGIT]
     referenced = {d[2] for d in described if d[0] in (Kind.EMBEDDING, Kind.LOGIT)}
     referenced |= set(promotes[promotes >= 0].tolist())
+    # and the tokens its QK records name, most of them no node (a viewer read "token id 21")
+    referenced |= {s.index for a in qk or [] for s in a.named.values() if s.kind == Kind.EMBEDDING}
     return Graph(
         prompt="",
         tokens=[],

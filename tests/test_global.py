@@ -1076,6 +1076,9 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     assert "L1 QK 0 (score lift" in out
     graph = Graph.load(tmp_path / "qk" / "graph.safetensors")
     assert [(a.layer, a.qk_head) for a in graph.qk if a.layer == 1] == [(1, 0)]
+    # every token a QK record names has its text, node or not (a reviewer read "token id 21")
+    named = {s.index for a in graph.qk for s in a.named.values() if s.kind == Kind.EMBEDDING}
+    assert named and named <= set(graph.token_text)
     # the strongest pair's share of the lift, and what the listed pairs leave out, read as
     # the record holds them (the lift is often spread over many pairs)
     a = next(a for a in graph.qk if a.layer == 1)

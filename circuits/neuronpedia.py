@@ -115,10 +115,18 @@ def _logit_clerp(graph: Graph, i: int) -> str:
     return f"Output {text} (p={record.probability:.3f}){model}"
 
 
-def to_json(graph: Graph, labels: list[str], slug: str = "graph", scan: str | None = None) -> dict:
+def to_json(
+    graph: Graph,
+    labels: list[str],
+    slug: str = "graph",
+    scan: str | None = None,
+    supernodes: list[list[str]] = (),
+) -> dict:
     """The graph as circuit-tracer / Neuronpedia JSON; ``labels[i]`` is node i's ``clerp``
     (logits: module docstring).
-    ``scan`` names where viewers find the units' feature files (default: the model's name)."""
+    ``scan`` names where viewers find the units' feature files (default: the model's name);
+    ``supernodes`` the ``qParams`` groups a viewer starts from, ``[name, id, id, ...]`` each
+    (this project's page: a mechanism summary's groups)."""
     if len(labels) != checked_graph(graph).n_nodes:
         raise ValueError(f"{len(labels)} labels for {graph.n_nodes} nodes")
     if not all(isinstance(label, str) for label in labels):
@@ -147,9 +155,15 @@ def to_json(graph: Graph, labels: list[str], slug: str = "graph", scan: str | No
             "targets": [ids[i] for i, target in enumerate(targets) if target],
         },
     }
+    known = graph.id_to_index
+    for group in supernodes:
+        if not (len(group) >= 3 and all(isinstance(x, str) for x in group)
+                and all(x in known for x in group[1:])):  # fmt: skip
+            raise ValueError(f"supernodes must be [name, id, id, ...] lists of this graph's ids, "
+                             f"got {str(group)[:80]}")  # fmt: skip
     q_params = {
         "pinnedIds": [],
-        "supernodes": [],
+        "supernodes": [list(group) for group in supernodes],
         "linkType": "both",
         "clickedId": "",
         "sg_pos": "",

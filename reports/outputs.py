@@ -73,6 +73,7 @@ from .graphviz import (
 from .html import write_html
 from .labels import node_labels
 from .layout import select
+from .viewer import mechanisms_data, start_q_params
 
 GRAPH_FILE = "graph.safetensors"
 FULL_GRAPH_FILE = "full_graph.safetensors"
@@ -302,7 +303,12 @@ def _write_set(
     if dashboards is not None and feature_files:
         scan, feature_paths = write_feature_files(out, graph, dashboards)
     labels = node_labels(graph)
-    write_json_atomic(json_path, to_json(graph, labels, slug=final.name or "graph", scan=scan))
+    # the page and graph.json start from the same supernodes (a summary's groups): a reviewer
+    # found the page grouped and graph.json's qParams empty
+    q_params = start_q_params(mechanisms_data(mechanisms, graph))
+    supernodes = [] if q_params is None else q_params["supernodes"]
+    write_json_atomic(json_path, to_json(graph, labels, slug=final.name or "graph", scan=scan,
+                                         supernodes=supernodes))  # fmt: skip
     graph.save(out / GRAPH_FILE)
     result.paths += [json_path, *feature_paths, out / GRAPH_FILE]
     if full is not None:
@@ -336,7 +342,7 @@ def _write_set(
         svg_text = svg.read_text(encoding="utf-8")
     write_html(
         graph, out / "graph.html", svg_text, selection, dashboards=dashboards,
-        mechanisms=mechanisms,
+        q_params=q_params, mechanisms=mechanisms,
     )  # fmt: skip
     result.paths.append(out / "graph.html")
     return result

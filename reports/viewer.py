@@ -613,8 +613,8 @@ def viewer_data(
         else None,
     }
     summary = mechanisms_data(mechanisms, graph)
-    if q_params is None and summary is not None:
-        q_params = {"supernodes": summary_supernodes(summary)}
+    if q_params is None:
+        q_params = start_q_params(summary)
     return {
         "metadata": metadata,
         "qParams": check_q_params(graph, q_params),
@@ -625,6 +625,13 @@ def viewer_data(
         "mechanisms": summary,
         "refs": qk_refs(graph),
     }
+
+
+def start_q_params(summary: dict | None) -> dict | None:
+    """The ``qParams`` a page (and its ``graph.json``) starts from where none are given: a
+    mechanism summary's groups as supernodes (``summary_supernodes``; ``summary`` is
+    ``mechanisms_data``'s), or none without one."""
+    return None if summary is None else {"supernodes": summary_supernodes(summary)}
 
 
 def summary_supernodes(summary: dict) -> list[list[str]]:

@@ -235,6 +235,13 @@ def test_json_export_follows_the_attribution_graph_schema(graph):
         assert node["node_id"].endswith(f"_{node['ctx_idx']}")
         assert node["layer"] == node["node_id"].split("_")[0]
     assert data["metadata"]["prompt_tokens"] == graph.token_strings
+    assert data["qParams"]["supernodes"] == []
+    # the supernodes a viewer starts from, of this graph's ids only
+    pair = ["two", *ids[:2]]
+    assert to_json(graph, node_labels(graph), supernodes=[pair])["qParams"]["supernodes"] == [pair]
+    for bad in (["one", ids[0]], ["ghost", ids[0], "0_99999_0"], [1, *ids[:2]]):
+        with pytest.raises(ValueError, match="supernodes must be"):
+            to_json(graph, node_labels(graph), supernodes=[bad])
 
 
 def test_networkx_view_and_subgraph(graph):

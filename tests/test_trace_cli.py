@@ -55,6 +55,14 @@ def test_trace_writes_every_file(tmp_path, capsys):
     assert target.tokens + target.constants + target.errors == pytest.approx(target.value, abs=1e-3)
     assert summary.group(target.predicting_group).kind == "lorsa"
     assert "<h2>Mechanisms</h2>" in (out / "graph.html").read_text()
+    # graph.json's qParams start from the supernodes the page starts from: the summary's
+    # groups of two members or more in the pruned graph (its were empty; a review)
+    present = set(graph.ids)
+    groups = [g for g in summary.groups if g.kind in ("lorsa", "transcoder")
+              and sum(m in present for m in g.members) >= 2]  # fmt: skip
+    supernodes = data["qParams"]["supernodes"]
+    assert groups and [s[0] for s in supernodes] == [f"{g.key} {g.name}" for g in groups]
+    assert all(set(s[1:]) <= present for s in supernodes)
     if "graph.svg" in names:  # Graphviz installed (CI installs it)
         assert "<svg" in (out / "graph.svg").read_text()
         assert "<svg" in (out / "graph.html").read_text()

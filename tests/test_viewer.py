@@ -183,7 +183,7 @@ def panel_text(browser: Browser) -> str:
 
 def url_state(browser: Browser) -> dict[str, str]:
     fragment = browser.evaluate("location.hash").lstrip("#")
-    return {k: v[0] for k, v in parse_qs(fragment).items()}
+    return {k: v[0] for k, v in parse_qs(fragment, keep_blank_values=True).items()}
 
 
 def drawn(browser: Browser) -> list[str]:
@@ -507,6 +507,77 @@ def test_pins_and_supernodes_live_in_the_url_and_qparams(browser, small_page):
     assert [g[0] for g in browser.evaluate("viewer.data.qParams.supernodes")] == ["g", "three"]
 
 
+def test_a_supernode_shows_its_selected_member_is_picked_whole_and_stays_selected(
+    browser, small_page
+):
+    """Found by a review of the page: a node chosen in the panel but drawn inside a supernode
+    marked nothing; ctrl-click on a supernode did nothing; a selected supernode was lost on
+    reload; the summary's groups could only be dissolved one by one."""
+    graph, path = small_page
+    open_page(browser, path)
+    browser.evaluate("viewer.group(['1_3_3', '2_2_3'], 'pair')")
+    selected = ("[...document.querySelectorAll('#viewer svg g.node.selected')]"
+                ".map(g => g.dataset.group ?? g.dataset.id)")  # fmt: skip
+    # a member chosen by a link in another node's panel: the supernode holding it is marked
+    click_node(browser, "3_9_3")
+    browser.evaluate("[...document.querySelectorAll('#viewer .panel .noderef')]"
+                     ".find(b => b.title.includes('(id 1_3_3)')).click()")  # fmt: skip
+    assert panel_text(browser).startswith(node_label(graph, graph.id_to_index["1_3_3"]))
+    assert browser.evaluate(selected) == ["0"]
+    # ctrl-click on the supernode picks its two members; with a third they make a new group
+    browser.click(*centre(browser, '#viewer svg g.node[data-group="0"]'), modifiers=2)
+    assert browser.evaluate("document.querySelector('#viewer button.group').textContent") == (
+        "Group 2 picked"
+    )
+    click_node(browser, "0_5_2", modifiers=2)
+    browser.click(*centre(browser, "#viewer button.group"))
+    assert browser.evaluate("viewer.supernodes()") == ["group 1"]
+    assert browser.evaluate("viewer.data.qParams.supernodes") == [
+        ["group 1", "1_3_3", "2_2_3", "0_5_2"]
+    ]
+    # the new supernode is selected, and the URL keeps it selected
+    assert url_state(browser)["clickedGroup"] == "group 1"
+    open_page(browser, path, "#" + browser.evaluate("location.href").split("#", 1)[1])
+    assert panel_text(browser).startswith("group 1\nsupernode of 3 nodes")
+    assert browser.evaluate(selected) == ["0"]
+    # a supernode named in the URL that the page does not have is said to be ignored
+    open_page(browser, path, "#clickedGroup=nope")
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert 'no supernode "nope"' in status
+    # "Ungroup all" dissolves every supernode at once
+    browser.evaluate("viewer.group(['1_3_3', '2_2_3'], 'a'); viewer.group(['E_9_3', '3_9_3'], 'b')")
+    assert browser.evaluate("viewer.supernodes()") == ["a", "b"]
+    browser.click(*centre(browser, "#viewer button.ungroup-all"))
+    assert browser.evaluate("viewer.supernodes()") == [] and "1_3_3" in drawn(browser)
+    assert browser.evaluate("document.querySelector('#viewer button.ungroup-all').disabled")
+
+
+def test_a_narrow_window_puts_the_panel_under_the_drawing_and_examples_wrap(tmp_path):
+    """At 700 px the side panel left the drawing 224 px, and a dashboard example ran out of
+    the panel with its marked token out of view (a review)."""
+    graph = make_graph()
+    path = tmp_path / "graph.html"
+    tokens = ["<|bos|>", *[" word"] * 60, " Mary"]
+    long = {**DASHBOARDS["0_5"], "examples": [{"group": "top", "tokens": tokens, "at": 61,
+            "activation": 3.25, "acts": [0.0] * 61 + [3.25]}]}  # fmt: skip
+    write_html(graph, path, None, dashboards={**DASHBOARDS, "0_5": long})
+    with Browser(width=700, height=900) as narrow:
+        open_page(narrow, path)
+        click_node(narrow, "0_5_2")
+        canvas, panel = narrow.evaluate(
+            "['.canvas', '.panel'].map(s => { const r = document.querySelector('#viewer ' + s)"
+            ".getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })"
+        )
+        assert canvas[2] > 600 and panel[1] >= canvas[1] + canvas[3] - 1  # under it, full width
+        overflow, mark = narrow.evaluate(
+            "(() => { const p = document.querySelector('#viewer .panel');"
+            " const m = p.querySelector('.example mark').getBoundingClientRect();"
+            " const r = p.getBoundingClientRect();"
+            " return [p.scrollWidth - p.clientWidth, m.right <= r.right]; })()"
+        )
+        assert overflow == 0 and mark
+
+
 def test_a_hash_pasted_by_hand_is_the_whole_state(browser, small_page):
     graph, path = small_page
     open_page(browser, path, '#pinnedIds=E_0_0&supernodes=[["g","1_3_3","2_2_3"]]')
@@ -579,7 +650,17 @@ def test_page_starts_from_the_q_params_it_was_written_with(browser, tmp_path):
     write_html(graph, path, None, q_params=q)
     open_page(browser, path)
     assert "E_0_0" in drawn(browser) and browser.evaluate("viewer.supernodes()") == ["heads"]
-    assert url_state(browser)["pinnedIds"] == "E_0_0"
+    # the page's own state is no part of its URL (a reviewer's first click wrote all of a
+    # summary's 11 supernodes into it); what differs from it is, an empty list saying "none"
+    assert url_state(browser) == {}
+    browser.evaluate("document.querySelector('#viewer button.clear-pins').click()")
+    assert url_state(browser) == {"pinnedIds": ""}
+    browser.evaluate("document.querySelector('#viewer button.ungroup-all').click()")
+    assert url_state(browser) == {"pinnedIds": "", "supernodes": "[]"}
+    assert browser.evaluate("viewer.supernodes()") == []
+    saved = browser.evaluate("document.querySelector('#viewer pre.qparams').textContent")
+    saved = json.loads(saved)
+    assert saved["pinnedIds"] == [] and saved["supernodes"] == []
 
 
 def test_dashboards_show_concept_examples_keys_and_logits(browser, tmp_path):
@@ -671,7 +752,7 @@ def test_a_wide_global_graph_starts_at_its_middle_a_prompts_at_its_right(tmp_pat
     big = make_big_graph()
     graphs = {"global": dataclasses.replace(big, positional=False, pos=torch.zeros_like(big.pos)),
               "prompt": big}  # fmt: skip
-    with Browser(width=700, height=800) as narrow:
+    with Browser(width=480, height=800) as narrow:  # the panel then goes under the drawing
         for name, graph in graphs.items():
             path = tmp_path / f"{name}.html"
             write_html(graph, path, None)

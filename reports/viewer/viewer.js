@@ -182,6 +182,11 @@
     }
     if (p.has("clickedId")) q.clickedId = p.get("clickedId");
     applyParams(q, notes);
+    if (p.has("clickedGroup")) { // a supernode, by its name (names are unique)
+      const name = p.get("clickedGroup"), k = state.groups.findIndex((g) => g.name === name);
+      if (k >= 0) state.clicked = { group: k };
+      else notes.push("no supernode " + JSON.stringify(clip(name)));
+    }
     // Numbers are whole strings: "5abc", "-3", "NaN" and "1e999" are reported, never half-read.
     if (p.has("nodes")) {
       const t = p.get("nodes");
@@ -204,15 +209,17 @@
     data.qParams.supernodes = supernodes;
     data.qParams.clickedId = clickedId;
     const p = new URLSearchParams();
-    // written when any, or when none where the page has its own (an empty list then says so)
+    // written where they differ from the page's own (``defaults``: what a hash without them
+    // means), so a page opened as it starts keeps a short URL (a reviewer's first click wrote
+    // all 11 summary supernodes, 3 KB); an empty list says "none" where the page has some
     const pinsAsDefault = [...defaults.pinned].map((i) => nodes[i].id).sort().join(",");
-    if (pinnedIds.length || [...pinnedIds].sort().join(",") !== pinsAsDefault) {
-      p.set("pinnedIds", pinnedIds.join(","));
-    }
-    if (supernodes.length || JSON.stringify(supernodes) !== JSON.stringify(defaults.groups.map(groupIds))) {
+    if ([...pinnedIds].sort().join(",") !== pinsAsDefault) p.set("pinnedIds", pinnedIds.join(","));
+    if (JSON.stringify(supernodes) !== JSON.stringify(defaults.groups.map(groupIds))) {
       p.set("supernodes", JSON.stringify(supernodes));
     }
     if (clickedId) p.set("clickedId", clickedId);
+    const c = state.clicked;
+    if (c && c.group !== undefined && state.groups[c.group]) p.set("clickedGroup", state.groups[c.group].name);
     if (state.budget !== defaults.budget) p.set("nodes", String(state.budget));
     if (state.edgeMin !== defaults.edgeMin) p.set("edgeMin", String(state.edgeMin));
     const hash = p.toString();
@@ -487,6 +494,8 @@
     ui.groupName = el("input", { type: "text", placeholder: "supernode name", size: "14", "aria-label": "supernode name" });
     ui.groupButton = el("button", { type: "button", class: "group" }, "Group");
     ui.clearPins = el("button", { type: "button", class: "clear-pins" }, "Clear pins");
+    ui.ungroupAll = el("button", { type: "button", class: "ungroup-all",
+      title: "dissolve every supernode: their members are then drawn by the budget alone" }, "Ungroup all");
     const zoom = (f) => () => { state.zoom = (state.zoom || fitZoom()) * f; applyZoom(); };
     const toolbar = el("div", { class: "toolbar" },
       // The budget counts what it ranks (heads, features, errors, constants), not every node:
@@ -496,12 +505,12 @@
         el("span", { class: "muted budget-of" }, "of " + budgetMax + (budgetMax ? " " + INNER_WORDS : " (no heads or features)"))),
       el("label", {}, "Edges |w| ≥", ui.edgeRange, ui.edgeValue),
       el("label", {}, ui.search, ui.searchCount),
-      el("span", {}, ui.groupName, " ", ui.groupButton, " ", ui.clearPins),
+      el("span", {}, ui.groupName, " ", ui.groupButton, " ", ui.clearPins, " ", ui.ungroupAll),
       el("span", {},
         el("button", { type: "button", onclick: zoom(1 / 1.25), title: "zoom out" }, "−"), " ",
         el("button", { type: "button", onclick: () => { state.zoom = null; applyZoom(); }, title: "fit to the canvas" }, "fit"), " ",
         el("button", { type: "button", onclick: zoom(1.25), title: "zoom in" }, "+")),
-      el("span", { class: "muted" }, "click: details · ctrl/shift-click: pick for a supernode · hover: paths · a head's box: " +
+      el("span", { class: "muted" }, "click (Tab, Enter): details · ctrl/shift-click (space): pick for a supernode · p: pin · hover: paths · a head's box: " +
         (meta.positional ? "→the key it reads" : "its QK group") + "; a feature's: ↑the token it promotes most"));
     ui.results = el("div", { class: "results" });
     ui.status = el("div", { class: "status" });
@@ -529,6 +538,11 @@
     ui.search.addEventListener("input", () => { state.query = ui.search.value; markSearch(); });
     ui.groupButton.addEventListener("click", makeGroup);
     ui.clearPins.addEventListener("click", () => { state.pinned.clear(); update(); });
+    ui.ungroupAll.addEventListener("click", () => {
+      state.groups = [];
+      if (state.clicked && state.clicked.group !== undefined) state.clicked = null;
+      update();
+    });
     ui.svg.addEventListener("mouseleave", () => setHover(null));
     document.addEventListener("keydown", (ev) => {
       if (ev.key === "Escape") { state.picks.clear(); setHover(null); update(); }
@@ -580,13 +594,17 @@
   // prompt's tokens cut off at first).
   const MIN_ZOOM = 0.8, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, MARGIN = 8, SCROLLBAR = 24;
   function room() {
+    // a narrow window puts the panel under the drawing (viewer.css): the canvas's own height
+    if (getComputedStyle(ui.main).flexDirection === "column") return Math.max(MIN_HEIGHT / 2, ui.canvas.clientHeight);
     const top = ui.main.getBoundingClientRect().top + window.scrollY;
     return Math.max(MIN_HEIGHT, Math.round(window.innerHeight - top - MARGIN));
   }
   function fitZoom() {
     const w = ui.canvas.clientWidth || 1000;
     if (!view || !view.layout) return 1;
-    const fit = Math.min((w - 4) / view.layout.width, (room() - SCROLLBAR) / view.layout.height);
+    // the width less a vertical scrollbar's, which a tall drawing brings (a reviewer's fitted
+    // drawing was 11 px wider than the canvas, its stage names cut)
+    const fit = Math.min((w - 4 - SCROLLBAR) / view.layout.width, (room() - SCROLLBAR) / view.layout.height);
     return Math.max(MIN_ZOOM, Math.min(MAX_ZOOM, fit));
   }
   function applyZoom() {
@@ -670,8 +688,12 @@
       return g;
     });
     view.nodeEls = new Map();
-    view.items.forEach((it, k) => {
-      if (!it.drawn) return;
+    // in reading order (top row first, left to right), which Tab follows (a reviewer's Tab
+    // went through the supernodes first, then in no order of the picture)
+    const reading = view.items.map((it, k) => k).filter((k) => view.items[k].drawn);
+    reading.sort((a, b) => L.xy.get(a)[1] - L.xy.get(b)[1] || L.xy.get(a)[0] - L.xy.get(b)[0]);
+    reading.forEach((k) => {
+      const it = view.items[k];
       const [x, y] = L.xy.get(k), [w, h] = it.size;
       const g = svgEl("g", { class: "node kind-" + it.kind + (it.flagged ? " flagged" : "") + (it.qkSource ? " qk-source" : ""), transform: `translate(${x.toFixed(1)},${y.toFixed(1)})` });
       g.dataset.item = String(k);
@@ -694,8 +716,10 @@
       });
       g.addEventListener("mouseenter", () => setHover(k));
       g.setAttribute("tabindex", "0"); // keyboard: Tab to a node, Enter shows it
-      g.addEventListener("keydown", (ev) => {
+      g.addEventListener("keydown", (ev) => { // Enter: details; space: pick; p: pin
         if (ev.key === "Enter") select(it.node !== undefined ? { node: it.node } : { group: it.group });
+        else if (ev.key === " ") { ev.preventDefault(); togglePick(it); }
+        else if (ev.key === "p" && it.node !== undefined) togglePin(it.node);
       });
       g.addEventListener("focus", () => setHover(k));
       g.addEventListener("blur", () => setHover(null));
@@ -749,14 +773,23 @@
     }
   }
 
+  // The drawn item that shows the clicked node or supernode: a node drawn inside a supernode
+  // marks the supernode (a reviewer found nothing marked for a member followed from the panel).
+  function selectedItem() {
+    const c = state.clicked;
+    if (!view || !c) return -1;
+    const k = c.node !== undefined ? view.itemOf[c.node] : view.items.findIndex((it) => it.group === c.group);
+    return k >= 0 && view.items[k].drawn ? k : -1;
+  }
   function markClasses() {
     if (!view) return;
+    const chosen = selectedItem();
     for (const [k, g] of view.nodeEls) {
       const it = view.items[k];
       g.classList.toggle("pinned", it.node !== undefined && state.pinned.has(it.node));
-      g.classList.toggle("picked", it.node !== undefined && state.picks.has(it.node));
-      const c = state.clicked;
-      g.classList.toggle("selected", !!c && (c.node !== undefined ? it.node === c.node : it.group === c.group));
+      g.classList.toggle("picked", (it.node !== undefined ? [it.node] : state.groups[it.group].members)
+        .every((i) => state.picks.has(i)));
+      g.classList.toggle("selected", k === chosen);
     }
   }
 
@@ -808,6 +841,7 @@
     ui.groupButton.textContent = picks ? `Group ${picks} picked` : "Group";
     ui.groupButton.disabled = picks < 2;
     ui.clearPins.disabled = state.pinned.size === 0;
+    ui.ungroupAll.disabled = state.groups.length === 0;
     const v = view;
     const parts = [
       drawnCounts(v),
@@ -881,8 +915,11 @@
 
   // ---------------------------------------------------------------------- pins and groups
   function togglePick(it) {
-    if (it.node === undefined) return; // a supernode: ungroup it first
-    if (state.picks.has(it.node)) state.picks.delete(it.node); else state.picks.add(it.node);
+    // a supernode's members are picked (or, all picked, unpicked) together: grouped with
+    // others they leave it (a reviewer's ctrl-click on one did nothing and said nothing)
+    const members = it.node !== undefined ? [it.node] : state.groups[it.group].members;
+    const all = members.every((i) => state.picks.has(i));
+    for (const i of members) if (all) state.picks.delete(i); else state.picks.add(i);
     markClasses();
     updateControls();
   }
@@ -923,6 +960,9 @@
     markClasses();
     writeState();
     showPanel();
+    // a node chosen from the panel, a search or the table may be off the canvas: bring it in
+    const g = view && view.nodeEls.get(selectedItem());
+    if (g && g.scrollIntoView) g.scrollIntoView({ block: "nearest", inline: "nearest" });
   }
 
   // ------------------------------------------------------------------------------- the panel
@@ -1315,7 +1355,14 @@
   }
   function qParamsBlock() {
     ui.qparams = el("pre", { class: "qparams" }, JSON.stringify(data.qParams, null, 1));
-    return el("details", {}, el("summary", {}, "qParams (pins and supernodes, as in graph.json)"), ui.qparams);
+    // saved as a file to put in a graph.json's "qParams" (circuit-tracer's), or to keep
+    const save = el("button", { type: "button", class: "save-qparams", onclick: () => {
+      const a = el("a", { download: "qParams.json",
+        href: URL.createObjectURL(new Blob([JSON.stringify(data.qParams, null, 1) + "\n"], { type: "application/json" })) });
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+    } }, "Save as qParams.json");
+    return el("details", {}, el("summary", {}, "qParams (pins and supernodes, as in graph.json)"), save, ui.qparams);
   }
 
   // ----------------------------------------------------------------------------------- start

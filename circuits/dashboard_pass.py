@@ -57,12 +57,26 @@ def _hash(seed: int, unit: Tensor, index: Tensor) -> Tensor:
     return torch.from_numpy((x >> np.uint64(11)).astype(np.float64))
 
 
-def keep_per_unit(unit: Tensor, primary: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def keep_per_unit(
+    unit: Tensor, primary: Tensor, index: Tensor, k: int, row_length: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Of candidates (unit, primary, token index), the k of each unit with the smallest
-    primary (ties: smaller token index): (positions into the candidates, slot 0..k-1)."""
+    primary (ties: smaller token index): (positions into the candidates, slot 0..k-1).
+    ``row_length`` (the rows' ``n_ctx``): at most one candidate per unit and corpus row (token
+    index // row_length), its best: a unit firing all along one document gave k windows of
+    it a token apart (a reviewer's top examples were one document eight times)."""
     order = torch.argsort(index, stable=True)
     order = order[torch.argsort(primary[order], stable=True)]
     order = order[torch.argsort(unit[order], stable=True)]
+    if row_length is not None and len(order):
+        row = index[order] // row_length
+        key = unit[order].long() * (int(row.max()) + 1) + row
+        by_key = torch.argsort(key, stable=True)  # within a key, best first (``order``'s)
+        first = torch.ones(len(key), dtype=torch.bool)
+        first[1:] = key[by_key[1:]] != key[by_key[:-1]]
+        best = torch.zeros(len(key), dtype=torch.bool)
+        best[by_key[first]] = True
+        order = order[best]
     u = unit[order]
     counts = torch.bincount(u, minlength=int(u.max()) + 1 if len(u) else 0)
     starts = counts.cumsum(0) - counts
@@ -151,9 +165,11 @@ class Pass:
             old_primary = _hash(self.meta["seed"], ou + start, old_index[ou, oj])
         cand_unit = torch.cat([ou, i])
         n_old = len(ou)
+        # the top examples are of as many documents (rows); samples are drawn over tokens
         kept, slot = keep_per_unit(
-            cand_unit, torch.cat([old_primary, primary]), torch.cat([old_index[ou, oj], gidx]), k
-        )
+            cand_unit, torch.cat([old_primary, primary]), torch.cat([old_index[ou, oj], gidx]), k,
+            self.meta["n_ctx"] if name == "top" else None,
+        )  # fmt: skip
         fields = [f"{name}.value", f"{name}.index", f"{name}.window"]
         keys = lorsa is not None
         heads = self.slot[start : start + width] if keys else None

@@ -64,7 +64,7 @@ from .graph import checked_count, checked_index
 from .nodes import Kind, lorsa_stage, transcoder_stage, unit_id
 from .statistics import identity
 
-VERSION = 2  # 2: the checksum covers the header too
+VERSION = 3  # 2: the checksum covers the header too; 3: one top example per row
 HEADER_KEY = "dashboards"
 TOP_K = 8
 SAMPLES = 8
@@ -595,6 +595,12 @@ def _check_values(dash: Dashboards) -> None:
     top = s["top.value"]
     if (top[:, 1:] > top[:, :-1]).any():
         raise ValueError("top.value is not sorted")
+    rows = torch.where(
+        s["top.index"] >= 0, s["top.index"] // meta["n_ctx"], -1 - torch.arange(TOP_K)
+    )  # empty slots never equal
+    if (rows[:, :, None] == rows[:, None, :]).sum((1, 2)).gt(TOP_K).any():
+        raise ValueError("top keeps two examples of one row (a unit's top examples are of "
+                         "different rows)")  # fmt: skip
     # The logit effects are added when the last row is done: rows_done (in the header, outside
     # the checksum) must agree, or a partial file would be shown as finished without them and
     # a finished one resumed, its last rows added twice.
@@ -614,8 +620,13 @@ def _check_hist(s: dict[str, Tensor]) -> None:
     hist = s["hist"].long()
     for name, k in (("top", TOP_K), ("sample", SAMPLES)):
         real = s[f"{name}.index"] >= 0
-        if (real.sum(1) != s["fires"].clamp(max=k)).any():
-            raise ValueError(f"{name} does not keep min(fires, {k}) examples of every unit")
+        kept, most = real.sum(1), s["fires"].clamp(max=k)
+        # the top examples are one per row a unit fired in (``keep_per_unit``): at least one
+        # of a unit that fired, at most min(fires, k); the samples exactly min(fires, k)
+        top = name == "top"
+        if ((kept > most) | (kept < most.clamp(max=1)) if top else kept != most).any():
+            how = f"at most min(fires, {k}) and one at least" if top else f"min(fires, {k})"
+            raise ValueError(f"{name} does not keep {how} examples of every unit")
         if (real[:, 1:] & ~real[:, :-1]).any():
             raise ValueError(f"{name} keeps an example after an empty slot")
     fired = s["fires"] > 0

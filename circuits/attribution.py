@@ -815,6 +815,24 @@ def promoted_tokens(rw: ReadWrite, kind: Tensor, stage: Tensor, index: Tensor) -
     return promotes
 
 
+def group_promoted_tokens(rw: ReadWrite, graph: Graph, members: list[int]) -> list[int]:
+    """The ``N_PROMOTED`` tokens a group of heads and features (node indices of ``graph``)
+    raises most through the direct path together: each member's direct logit effect
+    (``ReadWrite.direct_logits``) times its activation, summed. A group's own writes, not its
+    strongest member's decoder (a reviewer's group of 32 features "promotes 'V'", its fifth
+    token). Empty for a group of neither kind."""
+    m = torch.as_tensor(members, dtype=torch.long)
+    kind, stage = graph.kind[m], graph.stage[m]
+    effect = None
+    for dictionary in (Kind.LORSA, Kind.TRANSCODER):
+        for s in torch.unique(stage[kind == dictionary]).tolist():
+            these = m[(kind == dictionary) & (stage == s)]
+            per_unit = rw.direct_logits(dictionary == Kind.LORSA, block_of(s), graph.index[these])
+            part = graph.activation[these].float() @ per_unit
+            effect = part if effect is None else effect + part
+    return [] if effect is None else effect.topk(min(N_PROMOTED, len(effect))).indices.tolist()
+
+
 def _matching(nodes: PromptRun | Graph, target: NodeTarget) -> Tensor:
     """Which of the run's sources (or the graph's nodes) is the node target: a bool mask."""
     kind = Kind.parse(target.kind)

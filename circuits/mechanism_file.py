@@ -351,8 +351,9 @@ class TokenShare:
 class GroupRecord:
     """A group of the summary: ``key`` (``g0``, ``g1``, ... within this summary), ``name`` (for
     people), the structure its members share, its members (ids; ``in_pruned`` those the pruned
-    graph keeps), ``flow`` per target node id, the tokens its strongest member promotes, the QK
-    reasons of its heads and its ablation checks. ``carried`` (head groups): per target node
+    graph keeps), ``flow`` per target node id, the tokens its members' writes raise most
+    together (``circuits.attribution.group_promoted_tokens``), the QK reasons of its heads and
+    its ablation checks. ``carried`` (head groups): per target node
     id, the key positions its flow comes from (``circuits.flows.key_flows``: the flow of its
     z-pattern, position by position; largest |flow| first, every key that brings any) and
     ``carried_own`` the heads' constant terms: the two sum to the group's flow. A head group

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .attribution import PromptRun, run_for_graph
+from .attribution import PromptRun, group_promoted_tokens, run_for_graph
 from .flows import (
     BEAM,
     MAX_PATHS,
@@ -314,13 +314,11 @@ def _summarize(
         replacement, full, run, {g: view.groups[g].members for g in listed if g in checked},
         targets, tolerance, flows, looks,
     )  # fmt: skip
-    records = []
+    records, rw = [], replacement.read_write()
     for g in listed:
         grp = view.groups[g]
         member_flow = {ids[t]: flows[t][grp.members] for t in targets}
         total = {t: float(v.sum()) for t, v in member_flow.items()}
-        strongest = grp.members[int(np.argmax(np.abs(member_flow[ids[targets[0]]])))] if targets \
-            else grp.members[0]  # fmt: skip
         record = GroupRecord(
             key=keys[g], name=grp.name, kind=grp.kind, layer=grp.layer, pos=grp.pos,
             attends=grp.attends,
@@ -329,7 +327,7 @@ def _summarize(
             members=[ids[m] for m in grp.members],
             in_pruned=[ids[m] for m in grp.members if ids[m] in pruned_ids],
             flow=total,
-            promotes=[full.token(x) for x in full.promotes[strongest].tolist() if x >= 0],
+            promotes=[full.token(x) for x in group_promoted_tokens(rw, full, grp.members)],
             writes_qk=[QKSourceRole(keys[h], head, side, value, rank, n)
                        for h, head, side, value, rank, n in writes_qk.get(g, [])],
         )  # fmt: skip
@@ -481,13 +479,13 @@ def _shares(graph: Graph, by_position: np.ndarray) -> list[TokenShare]:
             for p in order if by_position[p] != 0]  # fmt: skip
 
 
-def runner_up(scores: torch.Tensor, token: int, negative: int | None = None) -> int | None:
-    """The most likely token other than ``token`` (and a difference's ``negative``, whose
-    margin is the target itself: a reviewer read "runner-up ' October', margin +5.79" under
-    ``' September' - ' October' = 5.79``) by ``scores`` (logits or probabilities over the
-    vocabulary); None when there is no other."""
+def runner_up(scores: torch.Tensor, token: int) -> int | None:
+    """The most likely token other than ``token`` by ``scores`` (logits or probabilities over
+    the vocabulary); None when there is no other. For a difference it may be the difference's
+    own negative token (the reports say so rather than give its margin, the target itself):
+    leaving it out named a third token "runner-up" beside a negative of p 0.985 (a review)."""
     ranked = scores.argsort(descending=True).tolist()
-    return next((v for v in ranked if v != token and v != negative), None)
+    return next((v for v in ranked if v != token), None)
 
 
 def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
@@ -503,7 +501,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
             tokens_by_position=by_position, kind=kind.label, **_moved_fields(parts),
         )  # fmt: skip
     record = graph.logit_record(t)
-    runner = runner_up(probs, record.token, record.negative)
+    runner = runner_up(probs, record.token)
     margin = None
     if runner is not None:
         margin = float(run.logits[-1, record.token] - run.logits[-1, runner])

@@ -74,7 +74,9 @@ def unit_pairs(r: QKReasonRecord, top: int) -> tuple[str, list]:
     if len(shown) < len(r.pairs) and r.rest_share < 1:
         total = sum(abs(p.value) for p in r.pairs) / (1 - r.rest_share)
         left = 1 - sum(abs(p.value) for p in shown) / total if total > 0 else 1.0
-    share = f"{left:.0%} of the terms' total magnitude"
+    # (99.6%, not "100%", which read as "they hold nothing": a review)
+    share = f"{left:.0%}" if left < 0.995 else f"{left:.1%}" if left < 1 else "all"
+    share += " of the terms' total magnitude"
     if left > SPREAD_OUT:  # a few pairs would say nothing
         return (f"specific by units at the two positions: spread over many pairs (the "
                 f"{len(shown)} largest leave out {share}; in mechanisms.json)", [])  # fmt: skip
@@ -212,7 +214,18 @@ def after_text(
 
 
 def mark_text(c: EffectCheck, target: TargetRecord | None, tolerance: float = TOLERANCE) -> str:
-    """A check's verdict and why: ``ok``, or ``FLAGGED`` with each measurement that has the
+    """A check's verdict (``check_verdict``) as printed: ``ok; notes`` or ``FLAGGED: flags;
+    notes``."""
+    flags, notes = check_verdict(c, target, tolerance)
+    if not c.flagged:
+        return "; ".join(["ok"] + notes)
+    return "; ".join(["FLAGGED" + (": " + "; ".join(flags) if flags else "")] + notes)
+
+
+def check_verdict(
+    c: EffectCheck, target: TargetRecord | None, tolerance: float = TOLERANCE
+) -> tuple[list[str], list[str]]:
+    """A check's verdict and why, as (flags, notes): for ``FLAGGED``, each measurement that has the
     other sign or is more than ``RATIO`` times off (``frozen other sign``, ``free 0.21x``).
     For a logit target (not a difference, whose token's probability follows a third token
     too), where its token's probability moved the other way than its demeaned logit (the
@@ -247,9 +260,7 @@ def mark_text(c: EffectCheck, target: TargetRecord | None, tolerance: float = TO
         if name == "free" and agree and not off and ok_through_attention(c, tolerance):
             held = _signed(c.free_attention_held)
             notes.append(f"free: through attention (with it held: {held})")
-    if not c.flagged:
-        return "; ".join(["ok"] + notes)
-    return "; ".join(["FLAGGED" + (": " + "; ".join(flags) if flags else "")] + notes)
+    return flags, notes
 
 
 def _p(p: float) -> str:
@@ -312,12 +323,17 @@ def flagged_text(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) 
     c = next((c for c in g.checks if c.target == t.node and c.flagged), None)
     if c is None:
         return ""
-    frozen, free, mark = check_texts(c, t, tolerance)
-    why = mark.removeprefix("FLAGGED").removeprefix(": ")
+    frozen, free, _ = check_texts(c, t, tolerance)
+    why = "; ".join(sum(check_verdict(c, t, tolerance), []))
+    # both reruns the other way: the flow that made it the predicting group is linear credit
+    # the model does not bear out (a reviewer's "predicting heads" raised the target ablated)
+    against = "" if c.agree_frozen or c.agree_free else (
+        ". Ablated, it moves the target the other way with attention frozen and free: its "
+        "flow is not what the model does here")  # fmt: skip
     return (
         f"its ablation check is FLAGGED{f' ({why})' if why else ''}: predicted "
         f"{_signed(c.predicted)}, frozen attention {_signed(c.frozen)}{frozen}, free "
-        f"{_signed(c.free)}{free}"
+        f"{_signed(c.free)}{free}{against}"
     )
 
 
@@ -331,6 +347,7 @@ LN_WORDS = (
     "held): the model's rescaling undoes the group's effect, not other heads; \"through "
     'attention" where free disagrees and agrees with the attention patterns held, or agrees '
     "and they held it does not: the group acts through the attention of heads it feeds; "
+    '"also with ... held": no rerun holding them agrees with the prediction; '
     '"margin over" the change of the margin over the most likely other token, where that '
     f"has p >= {MARGIN_SHOWN}"
 )
@@ -419,15 +436,15 @@ def _free_words(c: EffectCheck, tolerance: float) -> str:
         return f", from the final LayerNorm (held: {_signed(c.free_final_ln_held)})"
     if cause == "LayerNorms" and c.free_final_ln_held is None:  # a head or feature target
         # (the final LayerNorm comes after it), or a summary before that rerun
-        return f", from the LayerNorm (held: {_signed(c.free_ln_held)})"
+        return f", from the LayerNorms (all held: {_signed(c.free_ln_held)})"
     if cause == "LayerNorms":
         return (f", from the LayerNorms (all held: {_signed(c.free_ln_held)}; the final one "
                 f"alone: {_signed(c.free_final_ln_held)})")  # fmt: skip
     if cause == "attention":
         return f", through attention (with it held: {_signed(c.free_attention_held)})"
     if c.free_attention_held is None:
-        return ", with the LayerNorm held too"
-    return ", with the LayerNorm or attention held too"
+        return ", also with the LayerNorms held"
+    return ", also with the LayerNorms or the attention held"
 
 
 def frozen_words(mode: str) -> str:
@@ -468,6 +485,19 @@ def carried_text(g: GroupRecord, node: str) -> str:
             f"{_signed(g.carried_own.get(node, 0.0), flow)}")  # fmt: skip
 
 
+def rival_text(t: TargetRecord) -> str:
+    """The target's most likely other token (``runner_up``) as the target line gives it:
+    ``runner-up ' May' p=0.03, margin +2.1`` (``top token`` where it leads the target), or for
+    a difference whose own negative it is, that, without the margin (the target itself):
+    ``top token: its negative '3' p=0.985``; empty where there is none."""
+    if t.runner_up is None:
+        return ""
+    rival = probability(t.runner_up_probability)
+    if t.negative is not None and t.runner_up == t.negative:
+        return f"{rival_word(t)}: its negative {t.runner_up!r} p={rival}"
+    return f"{rival_word(t)} {t.runner_up!r} p={rival}, margin {_signed(t.margin)}"
+
+
 def rival_word(t: TargetRecord) -> str:
     """What a target's ``runner_up`` (the most likely other token) is to it: the runner-up
     where the target leads, the top token where it does not (a reviewer read "runner-up
@@ -483,11 +513,11 @@ def ref_text(ref: NodeRef | None) -> str:
         return "bias"
     if not ref.present:
         if ref.kind == "embedding":
-            return f"no token {ref.token!r} here (its mean taken away)"
+            return f"no token {ref.token!r} here (absent: minus its mean)"
         what = {"lorsa": "head", "transcoder": "feature"}.get(ref.kind, ref.kind)
         index = f" {ref.index}" if ref.kind in ("lorsa", "transcoder") else ""
         layer = f"L{ref.layer} " if ref.layer is not None and ref.layer >= 0 else ""
-        return f"no {layer}{what}{index} here (its mean taken away)"
+        return f"no {layer}{what}{index} here (absent: minus its mean)"
     kind = Kind.parse(ref.kind)
     text = node_words(kind, ref.stage, ref.index, ref.pos, token=ref.token)
     if kind not in (Kind.LORSA, Kind.TRANSCODER):
@@ -575,7 +605,8 @@ def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[s
     ``LITTLE`` (``little change``); and where the attention moved as they say but the key's
     own ``specific`` part did not (another key gained: a reviewer's ``'='@6`` on ``21+14=35;
     40+26=``, whose terms of +3.22 read "in part" while the part they split rose), that, with
-    the key that gained most."""
+    the key that gained most; and where it moved more than ``RATIO`` times as far as the terms'
+    size alone moves it (``attention_without``), that (``further than their size``)."""
     change = c.attention - r.attention
     if abs(change) < LITTLE:
         return "little change"
@@ -587,8 +618,23 @@ def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[s
             f"{attention_text(c.rival_attention)}")  # fmt: skip
         return (f"the attention as they say, this key's specific part not "
                 f"({r.specific:+.3g} -> {c.specific:+.3g}){rival}")  # fmt: skip
+    # how far the terms alone move it (the key's score less them, the other keys' as they
+    # were): a move RATIO times further is not theirs (a reviewer's terms of -0.0348 read
+    # "as they say" beside 0.68 -> 0.89, where they alone give 0.688)
+    alone = attention_without(r.attention, total)
+    implied = alone - r.attention
+    if abs(change) > RATIO * abs(implied) and abs(change - implied) >= LITTLE:
+        return (f"the way they say, but further than their size alone moves it "
+                f"({attention_text(alone)})")  # fmt: skip
     room = r.attention if total > 0 else 1 - r.attention  # how far it could move that way
     return "as they say" if abs(change) >= room / 2 else "in part"
+
+
+def attention_without(attention: float, terms: float) -> float:
+    """A key's attention once ``terms`` are taken from its score and every other key's score
+    stays: the softmax shifted at that key alone."""
+    shift = math.exp(-max(-50.0, min(50.0, terms)))
+    return attention * shift / (1 - attention + attention * shift)
 
 
 def _ordinal(n: int) -> str:
@@ -607,10 +653,12 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
         roots = (r.query_sources if w.side == "query" else r.key_sources).get("roots", [])
         top = next((x for x in roots if x.value > 0), None)
         parts[0] += f" of the side's {total:+.3g}"
-        if abs(w.value) > abs(total):  # a reviewer read "+16.4 of the side's +12.6" as wrong
+        if w.value * total < 0:  # a reviewer read "+3.81 of the side's -4.09" as a share
+            parts[0] += " (the side as a whole lowers the score; this group raises it)"
+        elif abs(w.value) > abs(total):  # a reviewer read "+16.4 of the side's +12.6" as wrong
             parts[0] += " (more than the whole: other parts pull against it)"
-        if top is not None:
-            parts[0] += f", its largest root {top.name} {top.value:+.3g}"
+        if top is not None:  # what no head moves: a token's own embedding, a constant
+            parts[0] += f", the side's largest root {top.name} {top.value:+.3g}"
     if w.tested > 1 and w.rank == 1:
         parts.append(f"the largest of {w.tested} tested")
     elif w.tested > 1:
@@ -761,9 +809,8 @@ def format_summary(
 
     for t in summary.targets:
         head = f"target {t.label} = {t.value:.3g} {probability_text(t)}"
-        if t.runner_up is not None:
-            rival = probability(t.runner_up_probability)
-            head += f"; {rival_word(t)} {t.runner_up!r} p={rival}, margin {_signed(t.margin)}"
+        if rival := rival_text(t):
+            head += f"; {rival}"
         lines.append(head)
         consts = ", ".join(f"{name} {_signed(v)}" for name, v in t.constants_by_source[:4])
         more = len(t.constants_by_source) - 4
@@ -961,11 +1008,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     for t in summary.targets:
         consts = ", ".join(f"{_esc(name)} {_span(v)}" for name, v in t.constants_by_source)
         consts = f" ({consts})" if consts else ""
-        runner = ""
-        if t.runner_up is not None:
-            rival = probability(t.runner_up_probability)
-            runner = (f"; {rival_word(t)} {_esc(repr(t.runner_up))} (p={rival}), "
-                      f"margin {_span(t.margin)}")  # fmt: skip
+        runner = f"; {_esc(rival)}" if (rival := rival_text(t)) else ""
         parts.append(
             f"<h3>Target {_esc(target_names[t.node])} = {t.value:.4g} "
             + _esc(probability_text(t))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from circuits.attribution import attribute, closure_error, run_prompt
+from circuits.attribution import N_PROMOTED, attribute, closure_error, run_prompt
 from circuits.flows import (
     EdgeSweep,
     key_flows,
@@ -604,6 +604,30 @@ def test_a_supernode_sums_its_members_edges_exactly(graph):
         grouped(graph, [heads, heads[:1]], ["a", "b"])
 
 
+def test_a_groups_promoted_tokens_are_its_members_writes_together(graph, replacement, run):
+    """A group's ``promotes`` were its strongest member's decoder's (a reviewer's group of 32
+    features read "promotes 'V'", fifth of its own): each member's activation times its
+    decoder read through the demeaned unembedding, summed, from the weights themselves."""
+    summary = summarize(replacement, graph, run, check=False)
+    m = replacement.model
+    unembed = m.W_U.detach() - m.W_U.detach().mean(1, keepdim=True)
+    checked = 0
+    for g in summary.groups:
+        if g.kind not in ("lorsa", "transcoder"):
+            continue
+        total = torch.zeros(unembed.shape[1])
+        for node in g.members:
+            i = graph.id_to_index[node]
+            layer, index = int(graph.layer[i]), int(graph.index[i])
+            w = (replacement.lorsas[layer].W_O if g.kind == "lorsa"
+                 else replacement.transcoders[layer].W_dec)[index].detach()  # fmt: skip
+            total += float(graph.activation[i]) * ((w - w.mean()) @ unembed)
+        want = [graph.token(t) for t in total.topk(len(g.promotes)).indices.tolist()]
+        assert g.promotes == want and len(g.promotes) == N_PROMOTED
+        checked += len(g.members) > 1
+    assert checked
+
+
 def test_a_group_may_not_take_a_nodes_own_name_or_name_a_node_twice(graph):
     """Found by a fuzz pass: a hand-made group named as another node's own group was kept, and
     ``to_networkx`` (groups keyed by name) merged the two, dropping edges; a ``Group`` whose
@@ -886,7 +910,20 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
         f"predicted {check.predicted:+.3g}, frozen attention "
         f"{check.frozen:+.3g}{after_text(t.probability, check.probability_frozen, None, m[0])}"
         f", free {check.free:+.3g}{after_text(t.probability, check.probability_free, None, m[1])}"
+        + (
+            ""
+            if check.agree_frozen or check.agree_free
+            else ". Ablated, it moves the target "
+            "the other way with attention frozen and free: its flow is not what the model does "
+            "here"
+        )  # fmt: skip
     )
+    # both reruns the other way: said beside it (a reviewer's predicting group, flow +0.612,
+    # raised the target ablated: frozen +1.25, free +0.132); one of them alone is not
+    for frozen_agrees, free_agrees in ((False, False), (True, False), (False, True)):
+        check.agree_frozen, check.agree_free = frozen_agrees, free_agrees
+        said = "its flow is not what the model does here" in flagged_text(g, t)
+        assert said == (not frozen_agrees and not free_agrees)
 
 
 def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
@@ -998,9 +1035,14 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
             halved = c.attention <= r.attention / 2 if total > 0 else \
                 1 - c.attention <= (1 - r.attention) / 2  # fmt: skip
             own_part = (c.specific - r.specific) * total < 0  # the part the terms split
+            # what the terms alone do: the key's score less them, the other keys' kept
+            e = math.exp(-total)
+            alone = r.attention * e / (1 - r.attention + r.attention * e) - r.attention
+            too_far = abs(change) > 3 * abs(alone) and abs(change - alone) >= 0.05
             verdict = "little change" if abs(change) < 0.05 else \
                 "the other way" if (change < 0) != (total > 0) else \
                 "the attention as they say, this key's specific part not" if not own_part \
+                else "the way they say, but further than their size alone" if too_far \
                 else "as they say" if halved else "in part"  # fmt: skip
             assert f"(terms {total:+.3g}: {verdict}" in line
             seen_verdicts.add(verdict)
@@ -1071,17 +1113,19 @@ def test_an_attention_change_is_never_printed_as_none():
     assert attention_change(0.8, 0.003, arrow="→") == "0.80→0.003"
 
 
-def test_a_differences_runner_up_is_neither_of_its_tokens():
+def test_a_differences_most_likely_other_token_is_said_as_what_it_is():
     """``' September' - ' October' = 5.79; runner-up ' October', margin +5.79`` restated the
-    target (a reviewer's): a difference's runner-up is the most likely token that is neither
-    of its two (chosen by id); in sparse mode a probability is given beside the model's."""
+    target (a reviewer's), and leaving the negative out named a third token "runner-up" beside
+    a negative of p 0.985 (the next review): the most likely token other than the target's is
+    named, as the difference's own negative where it is, without a margin; in sparse mode a
+    probability is given beside the model's."""
     from circuits.mechanism_file import TargetRecord
     from circuits.mechanisms import runner_up
-    from reports.mechanisms import probability_text
+    from reports.mechanisms import probability_text, rival_text
 
     probs = torch.tensor([0.05, 0.6, 0.3, 0.05])
-    assert runner_up(probs, 1) == 2 and runner_up(probs, 1, 2) in (0, 3)
-    assert runner_up(torch.tensor([0.4, 0.6]), 1, 0) is None
+    assert runner_up(probs, 1) == 2 and runner_up(probs, 2) == 1
+    assert runner_up(torch.tensor([1.0]), 0) is None
     t = TargetRecord(
         node="9_1-2_3", token=" September", negative=None, probability=0.99, value=5.79,
         tokens=5.79, errors=0.0, constants=0.0, constants_by_source=[], runner_up=None,
@@ -1090,6 +1134,15 @@ def test_a_differences_runner_up_is_neither_of_its_tokens():
     assert probability_text(t) == "(p=0.990; the model's 0.200)"
     assert probability_text(dataclasses.replace(t, negative=" October", model_probability=None)) \
         == "(p=0.990 for ' September')"  # fmt: skip
+    assert rival_text(t) == ""
+    diff = dataclasses.replace(t, negative="3", token="4", probability=0.009, value=-4.71)
+    behind = dataclasses.replace(diff, runner_up="3", runner_up_probability=0.985, margin=-4.71)
+    assert rival_text(behind) == "top token: its negative '3' p=0.985"
+    ahead = dataclasses.replace(behind, probability=0.7, runner_up_probability=0.224,
+                                margin=1.14)  # fmt: skip
+    assert rival_text(ahead) == "runner-up: its negative '3' p=0.224"
+    third = dataclasses.replace(ahead, runner_up="2", runner_up_probability=0.05, margin=2.6)
+    assert rival_text(third) == "runner-up '2' p=0.050, margin +2.6"
 
 
 def test_a_cause_is_named_only_where_its_rerun_closes_the_gap():
@@ -1107,7 +1160,7 @@ def test_a_cause_is_named_only_where_its_rerun_closes_the_gap():
     )  # fmt: skip
     assert free_cause(c) is None
     assert "through attention" not in mark_text(c, None)
-    assert "with the LayerNorm or attention held too" in mark_text(c, None)
+    assert "also with the LayerNorms or the attention held" in mark_text(c, None)
     closer = dataclasses.replace(c, free_attention_held=-14.0)  # 0.67x: log-ratio gap 35% left
     assert free_cause(closer) == "attention"
     assert "through attention (with it held: -14)" in mark_text(closer, None)
@@ -1193,7 +1246,7 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     layernorm = dataclasses.replace(check(-2.0, -1.5, 0.4, 0.3, 0.5, True), free_ln_held=-1.2,
                                     agree_free_ln_held=True)  # fmt: skip
     assert mark_text(layernorm, logit(0.4)) == (
-        "FLAGGED: free other sign, from the LayerNorm (held: -1.2)"
+        "FLAGGED: free other sign, from the LayerNorms (all held: -1.2)"
     )
     # the final LayerNorm's scale alone held (a summary written before it has no such rerun)
     final = dataclasses.replace(layernorm, free_final_ln_held=-1.1, agree_free_final_ln_held=True)
@@ -1219,7 +1272,7 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     )
     neither = dataclasses.replace(query_side, free_attention_held=-11.0)
     assert mark_text(neither, logit(0.95)) == (
-        "FLAGGED: free 9.1x, with the LayerNorm or attention held too"
+        "FLAGGED: free 9.1x, also with the LayerNorms or the attention held"
     )
     # ... and an "ok" whose free effect comes through attention alone says so (the
     # previous-token heads at an induction key: predicted -3.91, free -8.3, patterns held
@@ -1248,13 +1301,13 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     sure = SimpleNamespace(**{**vars(months), "runner_up_probability": MARGIN_SHOWN / 2})
     assert check_texts(item, sure)[:2] == (" (p 0.92 -> 0.001)", " (p 0.92 -> 0.0003)")
     too = dataclasses.replace(layernorm, free_ln_held=0.3, agree_free_ln_held=False)
-    assert mark_text(too, logit(0.4)) == "FLAGGED: free other sign, with the LayerNorm held too"
+    assert mark_text(too, logit(0.4)) == "FLAGGED: free other sign, also with the LayerNorms held"
     small = dataclasses.replace(layernorm, free_ln_held=-0.1)  # agrees in sign, 20x off
-    assert mark_text(small, logit(0.4)) == "FLAGGED: free other sign, with the LayerNorm held too"
+    assert mark_text(small, logit(0.4)) == "FLAGGED: free other sign, also with the LayerNorms held"
     weak = dataclasses.replace(layernorm, free=-0.5, ratio_free=0.25, agree_free=True,
                                probability_free=0.35)  # fmt: skip
     assert mark_text(weak, logit(0.4)) == (  # the free ratio is the free rerun's own
-        "FLAGGED: free 0.25x, from the LayerNorm (held: -1.2)"
+        "FLAGGED: free 0.25x, from the LayerNorms (all held: -1.2)"
     )
     friday = check(-8.96, 0.552, -7.01, 0.0384, 0.01, True)
     assert mark_text(friday, logit(0.675)) == (
@@ -1428,6 +1481,10 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             total = r.query_at if w.side == "query" else r.key_at
             assert f"writes the {w.side} side of {w.group}'s QK {w.qk_head} score " \
                 f"({w.value:+.3g} of the side's {total:+.3g}" in text  # fmt: skip
+            # a side that lowers the score as a whole is said to (a reviewer read "+3.81 of
+            # the side's -4.09" as a share)
+            against = "(the side as a whole lowers the score; this group raises it)"
+            assert (f"of the side's {total:+.3g} {against}" in text) == (w.value * total < 0)
     for t in summary.targets:  # a predicting group without sources says why
         p = summary.group(t.predicting_group)
         if p.qk and not any(w.group == p.key for g in summary.groups for w in g.writes_qk):

@@ -222,7 +222,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     for j in abs(strongest.data).argsort()[::-1][:N_STRONGEST]:
         s, t = strongest.col[j], strongest.row[j]
         print(f"  {strongest.data[j]:+.3f}  {labels[s]}  ->  {labels[t]}")
-    for line in _qk_lines(graph, labels, _unit_words(stats.units, tokenizer)):
+    for line in _qk_lines(graph, labels):
         print(line)
     print(_reliability_line(reliability))
     for note in written.notes:
@@ -258,29 +258,20 @@ def _unit_dashboards(model: str, replacement, tokenizer, graph) -> dict | None:
     return None
 
 
-def _unit_words(units, tokenizer):
-    """A unit's words by its node id, for a QK pair's side that is no node of the graph (a
-    head added as a partner brings its group's pairs, whose units may be absent: printed as
-    a bare id before)."""
-    from toy_models.tokenizer import token_text
-
+def _side_words(graph, a, node: str) -> str:
+    """A QK pair's side in words from the fields its record gives (``QKAttribution.named``),
+    for a side that is no node of the graph (a head added as a partner brings its group's
+    pairs, whose units may be absent: printed as a bare id before)."""
     from .nodes import node_words
 
-    by_id: dict[str, int] = {}
-
-    def words(node: str) -> str:
-        if not by_id:  # built once, on the first side that needs it
-            by_id.update((units.node_id(u), u) for u in range(units.total))
-        if node not in by_id:
-            return node
-        kind, stage, index = units.describe(by_id[node])
-        token = token_text(tokenizer, index) if kind == Kind.EMBEDDING and tokenizer else None
-        return node_words(kind, stage, index, token=token)
-
-    return words
+    side = a.named.get(node)
+    if side is None:
+        return node
+    token = graph.token_text.get(side.index) if side.kind == Kind.EMBEDDING else None
+    return node_words(side.kind, side.stage, side.index, token=token)
 
 
-def _qk_lines(graph, labels: list[str], words=lambda node: node) -> list[str]:
+def _qk_lines(graph, labels: list[str]) -> list[str]:
     """Per QK group of the graph: its score lift and strongest pair, per firing, with the share
     of the lift the pair holds and what the listed pairs leave out (``rest``): a relation such
     as induction's (this token after that one) is spread over many token-specific pairs, none
@@ -293,8 +284,8 @@ def _qk_lines(graph, labels: list[str], words=lambda node: node) -> list[str]:
             lines.append(f"  {name}: no QK pairs gathered")
             continue
         p = max(a.pairs, key=lambda p: abs(p.value))
-        query = labels[at[p.query]] if p.query in at else words(p.query)
-        key = labels[at[p.key]] if p.key in at else words(p.key)
+        query = labels[at[p.query]] if p.query in at else _side_words(graph, a, p.query)
+        key = labels[at[p.key]] if p.key in at else _side_words(graph, a, p.key)
         # signed: a pair that lowers the score holds a negative share (a reviewer read
         # `-0.181 (2.2% of the lift ...)`)
         share = f"{p.value / a.score:+.1%} of the lift; " if a.score else ""

@@ -56,7 +56,6 @@ from .graph import (
     LogitRecord,
     NamedSide,
     QKAttribution,
-    QKPair,
     QKReason,
     QKSource,
 )
@@ -605,4 +604,4 @@ def _is_number(x) -> bool:
     return is_finite_number(x)
 
 
-__all__ = ["GraphFileError", "QKPair", "load_graph", "save_graph"]
+__all__ = ["GraphFileError", "load_graph", "save_graph"]

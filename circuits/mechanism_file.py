@@ -24,7 +24,7 @@ from typing import Annotated
 from toy_models.cli import one_line
 from toy_models.records import Bounds, from_json, is_finite_number, parse_json, to_plain
 
-from .graph import MODES
+from .graph import MODES, QKReason
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, kind_at_stage
 
 VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
@@ -227,6 +227,9 @@ class QKReasonRecord:
     moved_pairs: list[RootPair] = field(default_factory=list)
     position_pairs: list[RootPair] = field(default_factory=list)
     token_checks: list[TokenCheck] = field(default_factory=list)
+
+    # the same parts as ``circuits.graph.QKReason``'s: one sum, read by every view
+    always_on = QKReason.always_on
 
 
 @dataclass
@@ -644,8 +647,7 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
             f"{where}.qk[{j}].token_checks: a rival is another key up to the query whose "
             "attention rose, with its attention before and after, or none",
         )  # fmt: skip
-        parts = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key + r.specific
-        _closes(parts, r.score, f"{where}.qk[{j}]: always-on + specific")
+        _closes(r.always_on + r.specific, r.score, f"{where}.qk[{j}]: always-on + specific")
         _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
         if r.root_parts:
             _expect(

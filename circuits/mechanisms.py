@@ -637,7 +637,10 @@ def _ratio(predicted: float, actual: float) -> float | None:
     return None if predicted == 0 else abs(actual) / abs(predicted)
 
 
-def _off(predicted: float, actual: float, tolerance: float) -> bool:
+def off_by_ratio(predicted: float, actual: float, tolerance: float) -> bool:
+    """Whether a measured change is more than ``RATIO`` times off the predicted one in size (or
+    one of them 0), unless both are below ``tolerance``: half of what flags a check, the one
+    statement of it (the reports' marks read it too)."""
     if max(abs(predicted), abs(actual)) < tolerance:
         return False
     if predicted == 0 or actual == 0:
@@ -791,7 +794,9 @@ def _effect_checks(full, run, members, tolerance, frozen, free, held, final, pat
         attention = float(patterns.actual[j])
         agree_frozen, agree_free = signs_agree(p, fz, tolerance), signs_agree(p, fr, tolerance)
         flagged = (
-            not (agree_frozen and agree_free) or _off(p, fz, tolerance) or _off(p, fr, tolerance)
+            not (agree_frozen and agree_free)
+            or off_by_ratio(p, fz, tolerance)
+            or off_by_ratio(p, fr, tolerance)
         )
         out.append(
             EffectCheck(

@@ -446,15 +446,6 @@ def run_sweep(
     return out
 
 
-def load_variant(directory: Path, variant: Variant, d_model: int):
-    """A trained variant's weights as ``run_sweep`` saved them."""
-    from safetensors.torch import load_file
-
-    module = build_variant(variant, d_model)
-    module.load_state_dict(load_file(str(Path(directory) / f"{variant.name}.safetensors")))
-    return module.requires_grad_(False)
-
-
 def fvu_of(module, kind: str, x: Float[Tensor, "... d"], y: Float[Tensor, "... d"]) -> float:
     """FVU of one dictionary on given pairs (all tokens and dimensions)."""
     from .dictionaries import fvu

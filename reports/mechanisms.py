@@ -32,7 +32,7 @@ from circuits.mechanism_file import (
     TokenShare,
     checked_summary,
 )
-from circuits.mechanisms import RATIO, TOLERANCE, named_token_terms
+from circuits.mechanisms import RATIO, TOLERANCE, named_token_terms, off_by_ratio
 from circuits.nodes import Kind, node_words
 
 from .labels import probability
@@ -236,16 +236,15 @@ def check_verdict(
     (``MechanismSummary.tolerance``): a measurement and a prediction both below it agree."""
     before = None if target is None or target.negative is not None else target.probability
     flags, notes = [], []
-    for name, agree, ratio, after in (
-        ("frozen", c.agree_frozen, c.ratio_frozen, c.probability_frozen),
-        ("free", c.agree_free, c.ratio_free, c.probability_free),
+    for name, measured, agree, ratio, after in (
+        ("frozen", c.frozen, c.agree_frozen, c.ratio_frozen, c.probability_frozen),
+        ("free", c.free, c.agree_free, c.ratio_free, c.probability_free),
     ):
         moved = None if before is None or after is None else after - before
         if moved is not None and abs(moved) < max(P_MOVED, P_SHARE * before):
             moved = None  # too small to read either way
         apart = moved is not None and c.predicted != 0 and (moved > 0) != (c.predicted > 0)
-        small = max(abs(c.predicted), abs(c.frozen if name == "frozen" else c.free)) < tolerance
-        off = ratio is not None and not small and not 1 / RATIO <= ratio <= RATIO
+        off = off_by_ratio(c.predicted, measured, tolerance)
         why = ""
         if name == "free" and c.free_ln_held is not None and (not agree or off):
             why = _free_words(c, tolerance)
@@ -360,11 +359,7 @@ def _held_agrees(
     a rerun with part of it held) agrees with the prediction, in sign and within ``RATIO`` in
     size, or both are below the summary's ``tolerance`` (as a check's own flag reads them);
     False where the summary has no such rerun."""
-    if value is None or not agree:
-        return False
-    if max(abs(value), abs(c.predicted)) < tolerance:
-        return True
-    return c.predicted != 0 and 1 / RATIO <= abs(value) / abs(c.predicted) <= RATIO
+    return value is not None and agree and not off_by_ratio(c.predicted, value, tolerance)
 
 
 def ok_through_attention(c: EffectCheck, tolerance: float = TOLERANCE) -> bool:
@@ -752,7 +747,7 @@ def reason_lines(
     lines = [
         f"{indent}QK {r.qk_head} reads {r.key_token!r}@{r.key} (attention "
         f"{r.attention:.2f}): score {r.score:+.3g} = always-on "
-        f"{r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key:+.3g} "
+        f"{r.always_on:+.3g} "
         f"(mean q x mean k {r.mean_query_mean_key:+.3g}, q x mean k "
         f"{r.query_vs_mean_key:+.3g}, mean q x k {r.mean_query_vs_key:+.3g}) + specific "
         f"{r.specific:+.3g}"
@@ -933,7 +928,7 @@ def _ref(ref: NodeRef | None, drawn: set[str]) -> str:
 
 
 def _reason_html(r: QKReasonRecord, drawn: set[str], summary: MechanismSummary) -> str:
-    always = r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key
+    always = r.always_on
     heading, listed = unit_pairs(r, PAIRS_SHOWN)
     pairs = "".join(
         f"<li>{_ref(p.query, drawn)} &times; {_ref(p.key, drawn)}: {_span(p.value)}</li>"

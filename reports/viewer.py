@@ -58,11 +58,10 @@ from circuits.nodes import Kind, block_of, logit_stage, unit_id
 from toy_models.records import is_finite_number
 
 from .labels import fields_label, node_labels, short_label_lines, stage_name
-from .layout import EDGES_PER_NODE, MAX_NODES, Selection, placeholder, select
+from .layout import EDGES_PER_NODE, INNER_KINDS, MAX_NODES, Selection, placeholder, select
 
 ASSETS = Path(__file__).with_name("viewer")
 SIGNIFICANT = 6  # digits kept of each float (float32 values need no more)
-INNER_KINDS = ("lorsa", "transcoder", "error", "bias")
 PANEL_PAIRS = 8  # a head's own QK record: the unit pairs its panel lists (the heading says so)
 
 
@@ -182,7 +181,7 @@ def _reason_panel(r, summary) -> dict:
 
     heading, pairs = unit_pairs(r, PAIRS_SHOWN)
     return {"qkHead": r.qk_head, "key": r.key, "keyToken": r.key_token, "score": _num(r.score),
-            "alwaysOn": _num(r.mean_query_mean_key + r.query_vs_mean_key + r.mean_query_vs_key),
+            "alwaysOn": _num(r.always_on),
             "specific": _num(r.specific), "restShare": _num(r.rest_share),
             "units": heading or None,
             "pairs": [[ref_text(p.query), ref_text(p.key), _num(p.value)] for p in pairs],

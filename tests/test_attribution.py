@@ -16,7 +16,7 @@ from circuits.attribution import (
     closure_error,
     run_prompt,
 )
-from circuits.graph import Graph
+from circuits.graph import QK_BIAS, Graph
 from circuits.groups import group
 from circuits.interventions import (
     Intervention,
@@ -622,7 +622,7 @@ def test_qk_contrast_explains_the_key_against_the_mean_key(graph, replacement, t
         assert a.contrast == pytest.approx(float(scores[a.key] - scores.mean()), abs=1e-4)
         # With every term listed they sum to the contrast; keys are units (no position).
         assert sum(p.value for p in a.contrast_pairs) == pytest.approx(a.contrast, abs=1e-4)
-        assert all(p.key == "bias" or p.key.count("_") == 1 for p in a.contrast_pairs)
+        assert all(p.key == QK_BIAS or a.named[p.key].pos is None for p in a.contrast_pairs)
     path = tmp_path / "g.safetensors"
     graph.save(path)
     assert Graph.load(path).qk[0].contrast_pairs == records[0].contrast_pairs

@@ -1459,16 +1459,27 @@ def test_statistics_kind_reads_a_deeply_nested_header_as_not_statistics(tmp_path
         assert statistics_kind(path) == kind
 
 
-def test_a_qk_pairs_side_that_is_no_node_is_named_in_words(units):
+def test_a_qk_pairs_side_that_is_no_node_is_named_in_words(replacement, units, stats):
     """A head added as a QK partner brings its group's pairs, whose units may be absent from
-    the graph: the printout named them by bare id (`q 1_1424_0`); they read as units do."""
-    from circuits.global_graph import _unit_words
+    the graph: the printout named them by bare id (`q 1_1424_0`); they read as units do, from
+    the fields the record gives (never the id read back)."""
+    from circuits.global_graph import _qk_lines, _side_words
     from circuits.nodes import node_words
+    from reports.labels import node_labels
 
-    words = _unit_words(units, None)
-    for kind, layer, index in (("transcoder", 0, 3), ("lorsa", 1, 5)):
-        unit = units.unit(kind, layer, index)
-        kind_, stage, index_ = units.describe(unit)
-        assert words(units.node_id(unit)) == node_words(kind_, stage, index_)
-        assert words(units.node_id(unit)).startswith(f"L{layer} ")
-    assert words("no such id") == "no such id"
+    first = units.unit("lorsa", 1, 0)
+    start = units.unit("lorsa", 1, int(stats.unit_count[first:][:8].argmax()))
+    value = prune_graph(global_graph(replacement, stats, start, budget=10, per_node=4))
+    graph = with_qk_side(replacement, stats, value)
+    named = [(a, node, side) for a in graph.qk for node, side in a.named.items()]
+    assert named
+    for a, node, side in named:
+        token = graph.token_text.get(side.index) if side.kind == Kind.EMBEDDING else None
+        assert _side_words(graph, a, node) == node_words(side.kind, side.stage, side.index,
+                                                         token=token)  # fmt: skip
+    assert _side_words(graph, graph.qk[0], "no such id") == "no such id"
+    # a pair's side the graph does not hold is printed in those words, not as an id
+    a, node, side = next((a, n, s) for a, n, s in named if n not in graph.id_to_index)
+    graph.qk = [dataclasses.replace(a, pairs=[dataclasses.replace(a.pairs[0], query=node)])]
+    (line,) = _qk_lines(graph, node_labels(graph))
+    assert _side_words(graph, a, node) in line and node not in line

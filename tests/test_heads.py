@@ -647,11 +647,9 @@ def test_probes_of_real_documents(tokenizer):
     from toy_models.tokenizer import token_text
 
     rivals = H.sequence_tokens(tokenizer)
-    for p in probes["successor"]:
-        assert set(p.successor_rivals) == set(p.successor_token)
+    for p in probes["successor"]:  # one of its sequence's two spellings: the one holding it
         for q, token in p.successor_token.items():
-            spaced = token_text(tokenizer, token).startswith(" ")
-            assert p.successor_rivals[q] == rivals[p.successor_sequence[q]][spaced]
+            assert p.successor_rivals[q] in rivals[p.successor_sequence[q]].values()
             assert token in p.successor_rivals[q]
     for name, forms in rivals.items():
         for spaced, tokens in forms.items():

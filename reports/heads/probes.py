@@ -197,14 +197,13 @@ def build_probes(tokenizer, n_docs: int, n_ctx: int) -> dict[str, list[ProbeDoc]
         corpus: [probe_doc(encode(tokenizer, ex, n_ctx)) for ex in heldout_examples(corpus, n_docs)]
         for corpus in FAMILIES
     }
-    from toy_models.tokenizer import token_text
-
     rivals = sequence_tokens(tokenizer)
-    for probe in probes["successor"]:
+    for probe in probes["successor"]:  # its sequence's items in the spelling that holds it
         probe.successor_rivals = {
-            q: rivals[sequence][token_text(tokenizer, probe.successor_token[q]).startswith(" ")]
+            q: next((tokens for tokens in rivals[sequence].values()
+                     if probe.successor_token[q] in tokens), [probe.successor_token[q]])
             for q, sequence in probe.successor_sequence.items()
-        }
+        }  # fmt: skip
     return probes
 
 

@@ -143,19 +143,28 @@ def predicting_heading(g: GroupRecord, t: TargetRecord) -> str:
 
 
 SPREAD = 0.5  # below this share of its flow from the key it is named for, a group reads more
+ALSO = 0.25  # another key bringing this share of a group's flow or more is named beside it
 
 
 def spread_text(g: GroupRecord, node: str) -> str:
     """For a head group named for one key (``attends``) whose flow into target ``node`` comes
     mostly from other keys (its ``carried`` shares), how little that key brings: its name
     says less than it seems (a reviewer's "largest mover" read ' blue' at attention 0.16, and
-    an "all commas" group was named for one comma). Empty otherwise."""
+    an "all commas" group was named for one comma); else, where other keys bring ``ALSO`` of
+    the flow or more, those (a name's heads reading both its mentions: a reviewer found the
+    second, 39% of the flow, named nowhere near the group). Empty otherwise."""
     flow = g.flow.get(node, 0.0)
     named = next((x for x in g.carried.get(node, []) if x.pos == g.attends), None)
-    if g.attends is None or flow <= 0 or named is None or named.flow >= SPREAD * flow:
+    if g.attends is None or flow <= 0 or named is None:
         return ""
-    return (f"{named.token!r}@{named.pos} brings {_signed(named.flow)} of it: the rest comes from "
-            "other keys")  # fmt: skip
+    if named.flow < SPREAD * flow:
+        return (f"{named.token!r}@{named.pos} brings {_signed(named.flow)} of it: the rest comes "
+                "from other keys")  # fmt: skip
+    also = [x for x in g.carried[node] if x.pos != g.attends and x.flow >= ALSO * flow]
+    if not also:
+        return ""
+    return ("it reads " + ", ".join(f"{x.token!r}@{x.pos} too ({_signed(x.flow)})" for x in also)
+            + f" beside {named.token!r}@{named.pos} ({_signed(named.flow)})")  # fmt: skip
 
 
 def _signed(x: float | None, whole: float = 0.0) -> str:

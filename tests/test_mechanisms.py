@@ -499,7 +499,10 @@ def test_a_group_named_for_a_key_that_brings_little_says_so():
         "' blue'@2 brings +0.468 of it: the rest comes from other keys"
     )
     g.carried["logit_0"][0] = TokenShare(2, " blue", 0.9)
-    assert spread_text(g, "logit_0") == ""  # the named key brings most of it
+    # the named key brings most of it, another over a quarter (a name read at both mentions)
+    assert spread_text(g, "logit_0") == "it reads ' lamp'@3 too (+0.37) beside ' blue'@2 (+0.9)"
+    g.carried["logit_0"][1] = TokenShare(3, " lamp", 0.3)
+    assert spread_text(g, "logit_0") == ""  # the named key brings most of it, no other much
     g.flow["logit_0"] = -1.47
     assert spread_text(g, "logit_0") == ""  # a flow against the target: no share to speak of
     assert spread_text(g, "logit_1") == ""  # no flow into that target

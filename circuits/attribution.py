@@ -583,8 +583,16 @@ def attribute(
 
 
 def repeated_target(targets: list[Target]) -> Target | None:
-    """The first target that ``targets`` names a second time, or None."""
-    return next((t for i, t in enumerate(targets) if t in targets[:i]), None)
+    """The first target that ``targets`` names a second time, or None. A difference and its
+    reverse are one target (each is minus the other: traced twice with opposite signs)."""
+
+    def same(t: Target) -> Target:
+        if isinstance(t, LogitDiffTarget) and t.positive > t.negative:
+            return LogitDiffTarget(t.negative, t.positive)
+        return t
+
+    seen = [same(t) for t in targets]
+    return next((t for i, t in enumerate(targets) if seen[i] in seen[:i]), None)
 
 
 def resolve_targets(

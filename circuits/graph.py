@@ -563,6 +563,8 @@ class Graph:
         if labels is not None and len(labels) != self.n_nodes:
             raise ValueError(f"{len(labels)} labels for {self.n_nodes} nodes (labels of another "
                              "graph?)")  # fmt: skip
+        if labels is not None and not all(isinstance(x, str) for x in labels):
+            raise TypeError("labels must be strings, one per node (reports.labels.node_labels)")
         for i, name in enumerate(self.ids):
             attrs = self.node_attributes(i)
             if labels is not None:

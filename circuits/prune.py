@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .graph import Graph, checked_count, checked_fraction
+from .graph import Graph, checked_count, checked_fraction, checked_graph
 
 NODE_THRESHOLD = 0.8
 EDGE_THRESHOLD = 0.98
@@ -272,6 +272,7 @@ def prune_graph(
     ``max_nodes`` caps the heads, features and errors kept (most influential first).
     ``scored`` (optional): this graph's ``influence_scores``, when the caller has them.
     """
+    checked_graph(graph)  # a bare AttributeError on None before (a review)
     if max_nodes is not None:
         checked_count(max_nodes, "max_nodes")
     node_threshold = checked_fraction(node_threshold, "node_threshold")

@@ -306,6 +306,8 @@ def _targets(args, tokenizer, last_logits=None):
     if repeated is not None:  # said here in the user's terms, not as the library's record
         made = " (--vs-runner-up makes each --target its margin over the runner-up)" \
             if args.vs_runner_up else ""  # fmt: skip
+        if isinstance(repeated, LogitDiffTarget):
+            made += " (a difference and its reverse are one target)"
         raise UserError(f"{_target_words(repeated, tokenizer)} is named twice{made}: name each "
                         "target once")  # fmt: skip
     return targets or None

@@ -285,7 +285,6 @@ def write_feature_files(
         unit = unit_id(kind, stage, index)
         if unit not in checked:
             raise ValueError(f"no dashboard for {unit} ({kind.label}), a unit of the graph")
-        _check_histogram(unit, checked[unit])
         dictionary = f"{name}:L{block_of(stage)}.{kind.label}"
         data = feature_file(checked[unit], dictionary, index)
         check_feature_file(data)
@@ -299,16 +298,3 @@ def write_feature_files(
         swap_directory(new, root)
     write_json_atomic(out / INDEX_FILE, {"graphs": [index_entry(graph, name)]})
     return scan_of(name), [out / INDEX_FILE, root / name]
-
-
-def _check_histogram(unit: str, d: Mapping) -> None:
-    h = d.get("histogram")
-    if h is None:
-        return
-    edges, counts = h["edges"], h["counts"]
-    # strictly: ``equal_bins`` spreads each bin over its width (a zero-width one divides by 0)
-    if edges[0] < 0 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
-        raise ValueError(f"dashboard of {unit}: histogram edges must rise (every bin wider "
-                         "than 0) from 0 or more")  # fmt: skip
-    if any(c < 0 for c in counts):
-        raise ValueError(f"dashboard of {unit}: histogram counts must be >= 0")

@@ -291,6 +291,11 @@ def _beside(stem: Path, suffix: str) -> Path:
     return stem.with_name(f"{stem.name}.{suffix}")
 
 
+# A drawing is capped (``reports.layout.select``): ``dot`` draws one in seconds, so a ``dot``
+# silent this long is wedged, and the rest of the set is written without its drawing.
+DOT_SECONDS = 120
+
+
 class RenderError(RuntimeError):
     """``dot`` failed to draw a format: which one, and what it said (``_failure``)."""
 
@@ -339,13 +344,17 @@ def render(
     for fmt in formats:
 
         def run_dot(tmp: Path, fmt: str = fmt) -> None:
-            proc = subprocess.run(
-                [binary, f"-T{fmt}", "-o", str(tmp)],
-                input=dot_text,
-                capture_output=True,
-                encoding="utf-8",  # as the .dot file is written, whatever the locale
-                errors="replace",
-            )
+            try:
+                proc = subprocess.run(
+                    [binary, f"-T{fmt}", "-o", str(tmp)],
+                    input=dot_text,
+                    capture_output=True,
+                    encoding="utf-8",  # as the .dot file is written, whatever the locale
+                    errors="replace",
+                    timeout=DOT_SECONDS,
+                )
+            except subprocess.TimeoutExpired:  # a wedged dot held the whole trace (a review)
+                raise RenderError(fmt, f"no answer in {DOT_SECONDS} s (killed)") from None
             if proc.returncode != 0:
                 raise RenderError(fmt, _failure(proc.returncode, proc.stderr),
                                   crashed=proc.returncode < 0)  # fmt: skip

@@ -486,6 +486,12 @@ def _check_dashboard(unit: str, d: Mapping) -> dict:
             or not all(map(_is_num, edges + counts))
         ):
             fail("histogram", "must be {edges: n+1 numbers, counts: n numbers}")
+        # strictly: a page (and the feature files' ``equal_bins``) spreads each bin over its
+        # width, a zero-width one dividing by 0; counts of firings are never negative
+        if edges[0] < 0 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            fail("histogram", "edges must rise (every bin wider than 0) from 0 or more")
+        if any(c < 0 for c in counts):
+            fail("histogram", "counts must be >= 0")
         out["histogram"] = {"edges": [_num(x) for x in edges], "counts": [_num(x) for x in counts]}
     if d.get("logits") is not None:
         lg = d["logits"]

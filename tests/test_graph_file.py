@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from circuits.graph import Graph
 from circuits.graph_file import GraphFileError
 from circuits.nodes import Kind, kind_at_stage, logit_stage
+from circuits.prune import prune_graph
 from reports.html import write_html
 from toy_models.checkpoint import content_sha256
 
@@ -501,6 +502,11 @@ def test_misused_api_arguments_are_refused_naming_them():
         (lambda: graph.subgraph([10**30]), ValueError, "keep must hold node indices in 0..12: 1"),
         (lambda: graph.subgraph([1, -(10**30)]), ValueError, "in 0..12: -1000"),
         (lambda: graph.subgraph(torch.tensor([1, 99])), ValueError, "in 0..12: 99 is outside"),
+        # a later review: prune_graph(None) was "'NoneType' object has no attribute 'stage'",
+        # and labels that are no text went into networkx
+        (lambda: prune_graph(None), TypeError, "graph must be a circuits.graph.Graph, got a No"),
+        (lambda: graph.to_networkx(labels=list(range(graph.n_nodes))), TypeError,
+         "labels must be strings, one per node"),
     ]  # fmt: skip
     for call, kind, message in cases:
         with pytest.raises(kind, match=message) as info:

@@ -406,6 +406,13 @@ def test_render_reports_the_first_line_of_a_dot_failure(tmp_path, monkeypatch):
     assert str(info.value) == "dot -Tsvg failed: crashed (signal 6): Gts:ERROR:cdt.c:887: " \
         "assertion failed"  # fmt: skip
     assert info.value.crashed
+    # a dot that never answers is killed after DOT_SECONDS (a review: it held the trace, its
+    # work done, until the reviewer's own timeout), and says so; nothing half-written stays
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    monkeypatch.setattr(gv, "DOT_SECONDS", 1)
+    with pytest.raises(gv.RenderError, match=r"^dot -Tsvg failed: no answer in 1 s \(killed\)$"):
+        gv.render("digraph {}", tmp_path / "wedged", formats=("svg",))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("wedged")] == ["wedged.dot"]
 
 
 def test_a_drawing_graphviz_crashes_routing_is_drawn_with_curved_edges(tmp_path, monkeypatch):

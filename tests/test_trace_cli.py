@@ -250,7 +250,7 @@ def test_an_interrupted_trace_leaves_no_empty_out(tmp_path, capsys, monkeypatch)
     out = tmp_path / "new" / "out"
     code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-qk",
                          "--no-mechanisms", "--format", "")  # fmt: skip
-    assert code == 130 and err == "interrupted\n"
+    assert code == 130 and err.strip() == "interrupted"
     assert not out.exists()
 
 
@@ -335,6 +335,20 @@ def test_the_last_position_never_trains(tiny_run):
                 "--vs-runner-up",
             ],
             "the difference ' Thursday' - ' Friday' is named twice (--vs-runner-up makes each",
+        ),
+        (  # a difference and its reverse: one target, traced twice with opposite signs
+            [
+                "--prompt",
+                PROMPT,
+                "--target-diff",
+                " Thursday",
+                " Friday",
+                "--target-diff",
+                " Friday",
+                " Thursday",
+            ],
+            "the difference ' Friday' - ' Thursday' is named twice (a difference and its "
+            "reverse are one target): name each target once",
         ),
         (
             ["--prompt", PROMPT, "--vs-runner-up", "--target-diff", " Friday", " May"],

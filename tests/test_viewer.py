@@ -109,6 +109,9 @@ def test_q_params_and_dashboards_are_checked():
         (lambda d: d.update(colour=1), "0_5: colour is not a dashboard field"),
         (lambda d: d.update(frequency=2), "frequency"),
         (lambda d: d["histogram"].update(counts=[1]), "histogram"),
+        # the page's own check, not the feature files' alone (a review: edges that fell passed)
+        (lambda d: d["histogram"].update(edges=[0.0, 2.0, 1.0, 3.0]), "histogram edges must rise"),
+        (lambda d: d["histogram"].update(counts=[1, -1, 2]), "histogram counts must be >= 0"),
         (lambda d: d["examples"][0].update(at=6), r"examples\[0\].at"),
         (lambda d: d["examples"][0].update(keys=[[9, 1.0]]), r"examples\[0\].keys"),
         (lambda d: d["examples"][1].update(acts=[1.0]), r"examples\[1\].acts"),

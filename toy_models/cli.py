@@ -184,7 +184,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         sys.exit(143)  # as a process killed by SIGTERM
     except KeyboardInterrupt:
         files.remove_empty_created()
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)  # on its own line, after a progress bar's
         sys.exit(130)
     finally:
         files.forget_created()

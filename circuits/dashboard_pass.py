@@ -23,10 +23,13 @@ from .dashboards import (
     BATCH_ROWS,
     CHECKPOINT_SECONDS,
     DEFAULT_ROWS,
+    EMPTY,
+    KEY_FIELDS,
     N_BINS,
     N_KEYS,
     N_LOGITS,
     SAMPLES,
+    SLOT_FIELDS,
     TOP_K,
     WINDOW,
     WINDOW_AFTER,
@@ -170,19 +173,19 @@ class Pass:
             cand_unit, torch.cat([old_primary, primary]), torch.cat([old_index[ou, oj], gidx]), k,
             self.meta["n_ctx"] if name == "top" else None,
         )  # fmt: skip
-        fields = [f"{name}.value", f"{name}.index", f"{name}.window"]
+        fields = [f"{name}.{field}" for field in SLOT_FIELDS]
         keys = lorsa is not None
         heads = self.slot[start : start + width] if keys else None
-        key_fields = [f"{name}.key_pos", f"{name}.key_token", f"{name}.key_value"]
+        key_fields = [f"{name}.{field}" for field in KEY_FIELDS]
         old = {f: s[f][start : start + width][ou, oj] for f in fields}
         if keys:
             old |= {f: s[f][heads[ou], oj] for f in key_fields}
         # Reset the units' slots, then write the kept candidates into them.
         for f in fields:
-            s[f][start : start + width] = -1 if f.endswith(("index", "window")) else 0
+            s[f][start : start + width] = EMPTY[f]
         if keys:
             for f in key_fields:
-                s[f][heads] = 0 if f.endswith("value") else -1
+                s[f][heads] = EMPTY[f]
         from_old = kept < n_old
         ko, so = kept[from_old], slot[from_old]
         block = {f: s[f][start : start + width] for f in fields}

@@ -209,12 +209,18 @@ _TORCH = {
 _DTYPE = {dtype: name for name, dtype in _TORCH.items()}
 
 
+# What an empty example slot holds, per field of ``top.*`` / ``sample.*``: -1 where a token,
+# a position or an index goes (none), 0 in the values. The pass resets slots with it too.
+SLOT_FIELDS = {"value": 0, "index": -1, "window": -1}
+KEY_FIELDS = {"key_pos": -1, "key_token": -1, "key_value": 0}
+EMPTY = {f"{name}.{field}": fill for name in ("top", "sample")
+         for field, fill in (SLOT_FIELDS | KEY_FIELDS).items()}  # fmt: skip
+
+
 def empty_state(layout: Layout) -> dict[str, Tensor]:
-    state = {}
-    for name, (dtype, shape) in tensor_layout(layout).items():
-        fill = -1 if name.endswith(("index", "window", "key_pos", "key_token")) else 0
-        state[name] = torch.full(shape, fill, dtype=_TORCH[dtype])
-    return state
+    """A new pass's tensors: every example slot empty (``EMPTY``), every count 0."""
+    return {name: torch.full(shape, EMPTY.get(name, 0), dtype=_TORCH[dtype])
+            for name, (dtype, shape) in tensor_layout(layout).items()}  # fmt: skip
 
 
 def hist_bin(value: Tensor) -> Tensor:

@@ -350,6 +350,14 @@ class Graph:
     def id_to_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.ids)}
 
+    def units(self) -> list[tuple[Kind, int, int]]:
+        """(kind, stage, index) of every Lorsa head and transcoder feature of the graph, once
+        each (a unit active at several positions is one), sorted: what has a dashboard."""
+        heads_and_features = self.is_kind(Kind.LORSA, Kind.TRANSCODER)
+        found = zip(self.kind[heads_and_features].tolist(), self.stage[heads_and_features].tolist(),
+                    self.index[heads_and_features].tolist(), strict=True)  # fmt: skip
+        return sorted({(Kind(k), s, i) for k, s, i in found})
+
     def logit_record(self, node: int) -> LogitRecord:
         """The resolved target of logit node ``node``."""
         node = self.node_index(node)

@@ -638,14 +638,9 @@ def dashboard_views(dash, path, tokenizer, graph) -> tuple[dict | None, dict]:
     A global graph's page uses them too (``circuits.global_graph``)."""
     if dash is None:
         return None, {}
-    from .nodes import Kind
+    from .nodes import block_of
 
-    units = [
-        (Kind(k), l, i)
-        for k, l, i in zip(graph.kind.tolist(), graph.layer.tolist(), graph.index.tolist(),
-                           strict=True)
-        if k in (Kind.LORSA, Kind.TRANSCODER) and i >= 0
-    ]  # fmt: skip
+    units = [(kind, block_of(stage), index) for kind, stage, index in graph.units()]
     try:
         views = dash.for_viewer(tokenizer, units)
     except ValueError as exc:  # what the file's checks let through and cannot be shown

@@ -55,7 +55,7 @@ from pathlib import Path
 from circuits.dashboards import default_name
 from circuits.graph import Graph
 from circuits.neuronpedia import SCHEMA_VERSION, feature_number
-from circuits.nodes import Kind, block_of, sublayer, unit_id
+from circuits.nodes import block_of, sublayer, unit_id
 from toy_models.files import (
     fresh_directory,
     swap_directory,
@@ -259,17 +259,6 @@ def index_entry(graph: Graph, name: str) -> dict:
     }
 
 
-def graph_units(graph: Graph) -> list[tuple[Kind, int, int]]:
-    """(kind, stage, index) of every Lorsa head and transcoder feature of ``graph``, once."""
-    units = {
-        (Kind(k), s, i)
-        for k, s, i in zip(graph.kind.tolist(), graph.stage.tolist(), graph.index.tolist(),
-                           strict=True)
-        if k in (Kind.LORSA, Kind.TRANSCODER) and i >= 0
-    }  # fmt: skip
-    return sorted(units)
-
-
 def write_feature_files(
     out: str | Path, graph: Graph, dashboards: Mapping[str, Mapping]
 ) -> tuple[str, list[Path]]:
@@ -281,7 +270,7 @@ def write_feature_files(
     checked = check_dashboards(dashboards)
     name = feature_dir_name(graph)
     files = {}
-    for kind, stage, index in graph_units(graph):
+    for kind, stage, index in graph.units():
         unit = unit_id(kind, stage, index)
         if unit not in checked:
             raise ValueError(f"no dashboard for {unit} ({kind.label}), a unit of the graph")

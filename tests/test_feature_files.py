@@ -40,7 +40,7 @@ def traced(tiny_pretrained, tmp_path_factory):
         full = attribute(replacement, tokens, tokenizer=tokenizer, prompt=PROMPT, max_logits=3)
     full.model["name"] = "tiny"
     graph = prune_graph(full, 0.9, 0.98, max_nodes=24)
-    units = [(Kind(k), s, i) for k, s, i in F.graph_units(graph)]
+    units = [(Kind(k), s, i) for k, s, i in graph.units()]
     views = dash.for_viewer(tokenizer, [(k, (s - 1) // 2, i) for k, s, i in units])
     return graph, views
 
@@ -86,7 +86,7 @@ def test_files_follow_the_schema_and_hold_the_dashboards_values(traced, tmp_path
     write_graph_outputs(graph, tmp_path, [], dashboards=views)
     checked = check_dashboards(views)
     seen = {Kind.LORSA: 0, Kind.TRANSCODER: 0}
-    for kind, stage, index in F.graph_units(graph):
+    for kind, stage, index in graph.units():
         number = feature_number(sublayer(stage), index)
         data = json.loads((tmp_path / "features/tiny-local" / f"{number}.json").read_text())
         F.check_feature_file(data)

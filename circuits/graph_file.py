@@ -90,7 +90,8 @@ def save_graph(graph: Graph, path: str | Path) -> None:
     except _Bad as bad:
         raise GraphFileError(f"{path}: not saved, field {bad.field}: {bad.problem}") from None
     except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
-        raise GraphFileError(f"{path}: not saved, not a valid graph ({_one_line(exc)})") from None
+        why = one_line(exc)[:200]
+        raise GraphFileError(f"{path}: not saved, not a valid graph ({why})") from None
     save_state_atomic(tensors, path, metadata=metadata)
 
 
@@ -158,7 +159,7 @@ def load_graph(path: str | Path) -> Graph:
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise GraphFileError(f"{path}: not a readable graph file ({_one_line(exc)})") from None
+        raise GraphFileError(f"{path}: not a readable graph file ({one_line(exc)[:200]})") from None
     try:
         return _build(metadata, tensors)
     except _Bad as bad:
@@ -168,10 +169,6 @@ def load_graph(path: str | Path) -> Graph:
 class _Bad(Exception):
     def __init__(self, field: str, problem: str):
         self.field, self.problem = field, problem
-
-
-def _one_line(exc: BaseException) -> str:
-    return one_line(exc)[:200]
 
 
 def _require(ok: bool, field: str, problem: str) -> None:
@@ -184,7 +181,7 @@ def _header(metadata: dict) -> dict:
     try:
         header = parse_json(metadata["graph"])
     except ValueError as exc:
-        raise _Bad("graph", f"header is not JSON ({_one_line(exc)})") from None
+        raise _Bad("graph", f"header is not JSON ({one_line(exc)[:200]})") from None
     _require(isinstance(header, dict), "graph", "header is not a JSON object")
     for name in ("settings", "model"):  # free-form: the writer's own check, so that a graph
         try:  # read back can be saved again (a fuzz pass); the other fields are typed
@@ -412,7 +409,7 @@ def _logit_targets(items: list, n_logits: int, mode: str) -> list[LogitRecord]:
     for item in items:
         ok = isinstance(item, list) and len(item) == 4
         ok = ok and _is_int(item[0]) and (item[1] is None or _is_int(item[1]))
-        ok = ok and all(_is_number(p) and 0 <= p <= 1 for p in item[2:] if p is not None)
+        ok = ok and all(is_finite_number(p) and 0 <= p <= 1 for p in item[2:] if p is not None)
         ok = ok and item[2] is not None
         _require(ok, "logit_targets", "entries must be [token, negative or null, probability, "
                  "the model's probability or null]")  # fmt: skip
@@ -445,7 +442,7 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         _require(where not in seen, "qk", f"two records for (layer, qk_head, query, key) {where}")
         seen.add(where)
         for name in _QK_FLOATS:
-            _require(_is_number(d.get(name)), f"qk.{name}", "expected a finite number")
+            _require(is_finite_number(d.get(name)), f"qk.{name}", "expected a finite number")
         _require(0 <= d["attention"] <= 1, "qk.attention", "outside 0..1")
         layer, query, key = d["layer"], d["query"], d["key"]
         named = _named(d.get("named", {}), layer, n_pos)
@@ -453,7 +450,7 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         for name, key_form in (("pairs", "node"), ("contrast_pairs", "unit")):
             _require(isinstance(d.get(name, []), list), f"qk.{name}", "expected a list")
             for p in d.get(name, []):
-                ok = isinstance(p, list) and len(p) == 3 and _is_number(p[2])
+                ok = isinstance(p, list) and len(p) == 3 and is_finite_number(p[2])
                 ok = ok and _names_side(p[0], named, query, "node")
                 _require(ok and _names_side(p[1], named, key, key_form), f"qk.{name}",
                          "entries must be [query id, key id, value], ids of what the layer "
@@ -461,12 +458,12 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         for name, at in (("query_marginals", query), ("key_marginals", key)):
             _require(isinstance(d.get(name, []), list), f"qk.{name}", "expected a list")
             for m in d.get(name, []):
-                ok = isinstance(m, list) and len(m) == 2 and _is_number(m[1])
+                ok = isinstance(m, list) and len(m) == 2 and is_finite_number(m[1])
                 _require(ok and _names_side(m[0], named, at, "node"), f"qk.{name}",
                          "entries must be [node id at its side's position or null, "
                          "value]")  # fmt: skip
         contrast = d.get("contrast")
-        _require(contrast is None or _is_number(contrast), "qk.contrast", "expected a number")
+        _require(contrast is None or is_finite_number(contrast), "qk.contrast", "expected a number")
         _closes([p[2] for p in d.get("pairs", [])] + [d["rest"]], d["score"], "qk.pairs",
                 "its pairs plus rest are not its score")  # fmt: skip
         if d.get("reason") is not None:
@@ -482,7 +479,7 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
         try:
             record = QKAttribution.from_dict(d)
         except (KeyError, TypeError) as exc:
-            raise _Bad("qk", _one_line(exc)) from None
+            raise _Bad("qk", one_line(exc)[:200]) from None
         _require(set(record.names()) == set(record.named), "qk.named",
                  "must give the fields of exactly the ids the record names")  # fmt: skip
         out.append(record)
@@ -539,15 +536,15 @@ def _check_reason(r, named: dict[str, NamedSide], query: int, key: int) -> None:
     known = set(QKReason.__dataclass_fields__)
     _require(set(r) == known, "qk.reason", f"keys must be {sorted(known)}")
     for name in _REASON_FLOATS:
-        _require(_is_number(r[name]), f"qk.reason.{name}", "expected a number")
+        _require(is_finite_number(r[name]), f"qk.reason.{name}", "expected a number")
     for p in r["pairs"] if isinstance(r["pairs"], list) else [None]:
-        ok = isinstance(p, list) and len(p) == 3 and _is_number(p[2])
+        ok = isinstance(p, list) and len(p) == 3 and is_finite_number(p[2])
         ok = ok and _names_side(p[0], named, query, "either")
         ok = ok and _names_side(p[1], named, key, "either")
         _require(ok, "qk.reason.pairs", "entries must be [query id, key id, value]")
     for name, at in (("query_units", query), ("key_units", key)):
         for m in r[name] if isinstance(r[name], list) else [None]:
-            ok = isinstance(m, list) and len(m) == 2 and _is_number(m[1])
+            ok = isinstance(m, list) and len(m) == 2 and is_finite_number(m[1])
             _require(ok and _names_side(m[0], named, at, "either"), f"qk.reason.{name}",
                      "bad entry")  # fmt: skip
 
@@ -596,12 +593,7 @@ def _check_sources(sources, named: dict[str, NamedSide], query: int, key: int) -
                  and m in named and named[m].pos is not None and named[m].pos <= at
                  for m in members), "qk.sources.members",
                  "expected ids of nodes the record names, up to its side's position")  # fmt: skip
-        _require(_is_number(x["value"]), "qk.sources.value", "expected a finite number")
-
-
-def _is_number(x) -> bool:
-    """A finite JSON number (NaN and infinities, which JSON cannot carry, are refused)."""
-    return is_finite_number(x)
+        _require(is_finite_number(x["value"]), "qk.sources.value", "expected a finite number")
 
 
 __all__ = ["GraphFileError", "load_graph", "save_graph"]

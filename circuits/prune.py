@@ -20,6 +20,9 @@ import torch
 from .graph import Graph, checked_count, checked_fraction, checked_graph
 
 NODE_THRESHOLD = 0.8
+# the kinds ``max_nodes`` caps (embeddings and targets are kept beside them); the trace's room
+# for groups it adds under a cap counts the same
+CAPPED_KINDS = ("lorsa", "transcoder", "error")
 EDGE_THRESHOLD = 0.98
 ROW_BLOCK_ENTRIES = 1 << 23  # |A| is made this many entries at a time (bounds temporaries)
 
@@ -285,7 +288,7 @@ def prune_graph(
     always = (graph.is_kind("embedding") | graph.is_target).numpy()
     if keep is not None:
         always[graph.node_indices(list(keep), "keep").numpy()] = True
-    inner = graph.is_kind("lorsa", "transcoder", "error").numpy()
+    inner = graph.is_kind(*CAPPED_KINDS).numpy()
     keep = infl >= find_threshold(infl, node_threshold)
     if max_nodes is not None:
         ranked = np.flatnonzero(keep & inner)

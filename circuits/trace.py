@@ -428,6 +428,8 @@ def summary_groups_step(replacement, graph, run, full, summary, scored, key_mass
     and sources when ``qk`` (``qk_step``, ``qk_sources``), and the summary's ``in_pruned``
     follow. A ``--max-nodes`` cap holds: a group that would pass it stays out. Returns the
     graph (the same one when nothing was added)."""
+    from .prune import CAPPED_KINDS
+
     named = []
     for t in summary.targets:
         if t.predicting_group is not None:
@@ -436,7 +438,7 @@ def summary_groups_step(replacement, graph, run, full, summary, scored, key_mass
     s = graph.settings
     room = None  # a --max-nodes cap holds: a group that would pass it stays out
     if s.get("max_nodes") is not None:
-        room = s["max_nodes"] - int(graph.is_kind("lorsa", "transcoder", "error").sum())
+        room = s["max_nodes"] - int(graph.is_kind(*CAPPED_KINDS).sum())
     dropped = []
     for key in dict.fromkeys(named):
         missing = [full.id_to_index[m] for m in summary.group(key).members

@@ -440,10 +440,6 @@ def check_q_params(graph: Graph, q_params: Mapping | None) -> dict:
 
 
 # ---------------------------------------------------------------------------------- dashboards
-def _is_num(x) -> bool:
-    return is_finite_number(x)
-
-
 def _check_dashboard(unit: str, d: Mapping) -> dict:
     def fail(field: str, what: str) -> None:
         raise ValueError(f"dashboard of {unit}: {field} {what}")
@@ -459,7 +455,7 @@ def _check_dashboard(unit: str, d: Mapping) -> dict:
         if not isinstance(c, Mapping) or not isinstance(c.get("label"), str):
             fail("concept", "must be {label: str, f1: number}")
         for field in ("f1", "chance"):
-            if c.get(field) is not None and not _is_num(c[field]):
+            if c.get(field) is not None and not is_finite_number(c[field]):
                 fail(f"concept.{field}", "must be a number")
         if not isinstance(c.get("at_chance", False), bool):
             fail("concept.at_chance", "must be true or false")
@@ -473,7 +469,7 @@ def _check_dashboard(unit: str, d: Mapping) -> dict:
         if c.get("chance") is not None:
             out["concept"] |= {"chance": _num(c["chance"]), "at_chance": c.get("at_chance", False)}
     if d.get("frequency") is not None:
-        if not _is_num(d["frequency"]) or not 0 <= d["frequency"] <= 1:
+        if not is_finite_number(d["frequency"]) or not 0 <= d["frequency"] <= 1:
             fail("frequency", "must be a fraction in [0, 1]")
         out["frequency"] = _num(d["frequency"])
     if d.get("histogram") is not None:
@@ -483,7 +479,7 @@ def _check_dashboard(unit: str, d: Mapping) -> dict:
             not isinstance(edges, list)
             or not isinstance(counts, list)
             or len(edges) != len(counts) + 1
-            or not all(map(_is_num, edges + counts))
+            or not all(map(is_finite_number, edges + counts))
         ):
             fail("histogram", "must be {edges: n+1 numbers, counts: n numbers}")
         # strictly: a page (and the feature files' ``equal_bins``) spreads each bin over its
@@ -502,7 +498,7 @@ def _check_dashboard(unit: str, d: Mapping) -> dict:
             rows = lg.get(side, [])
             if not isinstance(rows, list) or not all(
                 isinstance(r, list | tuple) and len(r) == 2 and isinstance(r[0], str)
-                and _is_num(r[1])
+                and is_finite_number(r[1])
                 for r in rows
             ):  # fmt: skip
                 fail(f"logits.{side}", "must be a list of [token text, value]")
@@ -526,19 +522,20 @@ def _check_example(fail, k: int, e) -> dict:
         fail(f"{name}.at", f"must index tokens (0..{len(tokens) - 1})")
     out = {"group": str(e.get("group", "top")), "tokens": tokens, "at": at}
     if e.get("activation") is not None:
-        if not _is_num(e["activation"]):
+        if not is_finite_number(e["activation"]):
             fail(f"{name}.activation", "must be a number")
         out["activation"] = _num(e["activation"])
     if e.get("acts") is not None:
         acts = e["acts"]
-        if not isinstance(acts, list) or len(acts) != len(tokens) or not all(map(_is_num, acts)):
+        numbers = isinstance(acts, list) and all(map(is_finite_number, acts))
+        if not numbers or len(acts) != len(tokens):
             fail(f"{name}.acts", "must be one number per token")
         out["acts"] = [_num(a) for a in acts]
     if e.get("keys") is not None:
         keys = e["keys"]
         if not isinstance(keys, list) or not all(
             isinstance(r, list | tuple) and len(r) == 2 and isinstance(r[0], int)
-            and 0 <= r[0] < len(tokens) and _is_num(r[1])
+            and 0 <= r[0] < len(tokens) and is_finite_number(r[1])
             for r in keys
         ):  # fmt: skip
             fail(f"{name}.keys", "must be a list of [token index, value]")
@@ -614,7 +611,7 @@ def viewer_data(
         "axis": [placeholder(graph, p) for p in range(n_positions)] if graph.positional else [],
         "scores": settings.get("scores") if isinstance(settings.get("scores"), dict) else None,
         "nodeThreshold": _num(settings["node_threshold"])
-        if _is_num(settings.get("node_threshold"))
+        if is_finite_number(settings.get("node_threshold"))
         else None,
     }
     summary = mechanisms_data(mechanisms, graph)

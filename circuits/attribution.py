@@ -627,7 +627,9 @@ def resolve_targets(
         return [logit(v, float(probs[v])) for v in order[:k].tolist()]
     repeated = repeated_target(targets)
     if repeated is not None:  # two nodes with one id, and the target weighted twice
-        raise ValueError(f"{repeated} is named twice: name each target once")
+        reverse = " (a difference and its reverse are one target)" * isinstance(
+            repeated, LogitDiffTarget)  # fmt: skip
+        raise ValueError(f"{repeated} is named twice{reverse}: name each target once")
     logits = []
     for t in targets:
         if isinstance(t, LogitTarget):

@@ -14,8 +14,9 @@ in memory that does not grow with the number of rows:
 - ``fires`` (tokens it fires on, activation > 0), ``act_sum``, and a histogram of its
   activations over the fixed geometric bins ``HIST_EDGES`` (the last bin takes everything
   above);
-- its ``TOP_K`` largest activations (ties: the earlier token first) with a token window
-  (``WINDOW_BEFORE`` tokens before, ``WINDOW_AFTER`` after, -1 outside the row);
+- its ``TOP_K`` largest activations, one per corpus row (a row's best; ties: the earlier
+  token first), with a token window (``WINDOW_BEFORE`` tokens before, ``WINDOW_AFTER`` after,
+  -1 outside the row): a unit firing along one document is seen in as many documents;
 - ``SAMPLES`` firings drawn uniformly (the firings with the smallest seeded hash of
   (seed, unit, token): a bottom-k sample, the same whatever the batches), which the dashboard
   splits into activation quantiles;
@@ -619,8 +620,8 @@ def _check_values(dash: Dashboards) -> None:
 
 def _check_hist(s: dict[str, Tensor]) -> None:
     """The histogram agrees with the examples the file keeps of the same firings (each unit
-    keeps its ``TOP_K`` largest and ``SAMPLES`` drawn, all of them while it fired fewer
-    times): its highest bin with firings is the bin of the unit's top activation, and each
+    keeps its ``TOP_K`` largest, one per row, and ``SAMPLES`` drawn, all of them while it fired
+    fewer times): its highest bin with firings is the bin of the unit's top activation, and each
     bin counts at least the kept examples that fall in it. Firings moved into bins above a
     unit's largest activation were accepted and drawn (found by fuzz pass 13)."""
     hist = s["hist"].long()

@@ -17,6 +17,7 @@ sign agreement of a check) and with the flows (``circuits.flows``: ``node_flows`
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -445,6 +446,9 @@ class TargetRecord:
     # In sparse mode ``probability`` is the replacement's: the model's own beside it
     # (``LogitRecord.model_probability``; None in local mode, and in files before it).
     model_probability: float | None = None
+    # A difference's most likely other token (``runner_up``) is its own negative: its margin
+    # is the target itself (False in files before it, and for every other target).
+    runner_up_is_negative: bool = False
 
     @property
     def label(self) -> str:
@@ -532,6 +536,10 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(set(named + t.head_groups) <= set(keys), f"{where}: names a group not defined")
         _expect(t.runner_up is None or t.runner_up_probability is not None,
                 f"{where}: a runner-up without its probability")  # fmt: skip
+        _expect(not t.runner_up_is_negative or (
+            t.negative is not None and t.runner_up == t.negative and t.margin is not None
+            and math.isclose(t.margin, t.value, rel_tol=CLOSURE, abs_tol=CLOSURE)),
+            f"{where}: a runner-up said to be the difference's negative that is not")  # fmt: skip
         _closes(t.tokens + t.errors + t.constants, t.value, f"{where}: tokens + errors + constants")
         if t.tokens_by_position:
             shares = t.tokens_by_position

@@ -62,9 +62,12 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
+
+from toy_models.tokenizer import token_text
 
 from .attribution import PromptRun, group_promoted_tokens, run_for_graph
 from .flows import (
@@ -140,12 +143,15 @@ def summarize(
     max_groups: int = MAX_GROUPS,
     check: bool = True,
     tolerance: float = TOLERANCE,
+    tokenizer=None,
 ) -> MechanismSummary:
     """The mechanism summary of ``full`` (the unpruned graph of ``run``'s prompt; module
     docstring). ``pruned`` (optional) marks the members the drawn graph keeps; ``concepts``
     (unit id -> (label, F1)) labels units and groups them (``auto_groups``); ``view`` replaces
     the automatic groups with the caller's (``circuits.groups.grouped``); ``check`` runs the
-    ablation checks (two reruns of the model per head or feature group)."""
+    ablation checks (two reruns of the model per head or feature group); ``tokenizer`` names
+    the tokens a group promotes that the graph holds no text of (any of the vocabulary: the
+    graph's own are written ``<id>``)."""
     run = run_for_graph(replacement, full, run)  # wrong inputs refused here, each in a line
     check_full_graph(full, run)
     for name, count in (("beam", beam), ("max_paths", max_paths), ("max_groups", max_groups)):
@@ -163,12 +169,13 @@ def summarize(
         return _summarize(
             replacement, full, run, pruned=pruned, concepts=concepts, view=view, beam=beam,
             max_paths=max_paths, max_groups=max_groups, check=check, tolerance=tolerance,
+            tokenizer=tokenizer,
         )  # fmt: skip
 
 
 def _summarize(
     replacement, full, run, *, pruned, concepts, view, beam, max_paths, max_groups, check,
-    tolerance,
+    tolerance, tokenizer,
 ) -> MechanismSummary:  # fmt: skip
     concepts = concepts or {}
     grouping = "given" if view is not None else AUTO_RULES
@@ -315,6 +322,7 @@ def _summarize(
         targets, tolerance, flows, looks,
     )  # fmt: skip
     records, rw = [], replacement.read_write()
+    token = full.token if tokenizer is None else partial(token_text, tokenizer)
     for g in listed:
         grp = view.groups[g]
         member_flow = {ids[t]: flows[t][grp.members] for t in targets}
@@ -327,7 +335,7 @@ def _summarize(
             members=[ids[m] for m in grp.members],
             in_pruned=[ids[m] for m in grp.members if ids[m] in pruned_ids],
             flow=total,
-            promotes=[full.token(x) for x in group_promoted_tokens(rw, full, grp.members)],
+            promotes=[token(x) for x in group_promoted_tokens(rw, full, grp.members)],
             writes_qk=[QKSourceRole(keys[h], head, side, value, rank, n)
                        for h, head, side, value, rank, n in writes_qk.get(g, [])],
         )  # fmt: skip
@@ -516,6 +524,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
         margin=margin, predicting_group=head_groups[0] if head_groups else None,
         head_groups=head_groups, tokens_by_position=by_position, **_moved_fields(parts),
         model_probability=record.model_probability,
+        runner_up_is_negative=runner is not None and runner == record.negative,
     )  # fmt: skip
 
 

@@ -520,9 +520,8 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     mechanisms = None
     if args.mechanisms:
         t_mech = time.perf_counter()
-        mechanisms = summarize(
-            replacement, full, run, pruned=graph, concepts=concepts, check=args.checks
-        )
+        mechanisms = summarize(replacement, full, run, pruned=graph, concepts=concepts,
+                               check=args.checks, tokenizer=tokenizer)  # fmt: skip
         timings["mechanisms"] = time.perf_counter() - t_mech
         graph = summary_groups_step(replacement, graph, run, full, mechanisms, scored,
                                     args.key_mass, args.qk)  # fmt: skip

@@ -75,7 +75,7 @@ def unit_pairs(r: QKReasonRecord, top: int) -> tuple[str, list]:
         total = sum(abs(p.value) for p in r.pairs) / (1 - r.rest_share)
         left = 1 - sum(abs(p.value) for p in shown) / total if total > 0 else 1.0
     # (99.6%, not "100%", which read as "they hold nothing": a review)
-    share = f"{left:.0%}" if left < 0.995 else f"{left:.1%}" if left < 1 else "all"
+    share = f"{left:.0%}" if left < 0.995 else f"{min(left, 0.999):.1%}" if left < 1 else "all"
     share += " of the terms' total magnitude"
     if left > SPREAD_OUT:  # a few pairs would say nothing
         return (f"specific by units at the two positions: spread over many pairs (the "
@@ -335,7 +335,8 @@ def flagged_text(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) 
     why = "; ".join(sum(check_verdict(c, t, tolerance), []))
     # both reruns the other way: the flow that made it the predicting group is linear credit
     # the model does not bear out (a reviewer's "predicting heads" raised the target ablated)
-    against = "" if c.agree_frozen or c.agree_free else (
+    moved = min(abs(c.frozen), abs(c.free)) >= tolerance  # "the other way", not "not at all"
+    against = "" if c.agree_frozen or c.agree_free or not moved else (
         ". Ablated, it moves the target the other way with attention frozen and free: its "
         "flow is not what the model does here")  # fmt: skip
     return (
@@ -497,7 +498,7 @@ def rival_text(t: TargetRecord) -> str:
     if t.runner_up is None:
         return ""
     rival = probability(t.runner_up_probability)
-    if t.negative is not None and t.runner_up == t.negative:
+    if t.runner_up_is_negative:
         return f"{rival_word(t)}: its negative {t.runner_up!r} p={rival}"
     return f"{rival_word(t)} {t.runner_up!r} p={rival}, margin {_signed(t.margin)}"
 
@@ -636,7 +637,9 @@ def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[s
 
 def attention_without(attention: float, terms: float) -> float:
     """A key's attention once ``terms`` are taken from its score and every other key's score
-    stays: the softmax shifted at that key alone."""
+    stays: the softmax shifted at that key alone (NaN for terms that are no number)."""
+    if not math.isfinite(terms):
+        return math.nan
     shift = math.exp(-max(-50.0, min(50.0, terms)))
     return attention * shift / (1 - attention + attention * shift)
 
@@ -873,7 +876,7 @@ def format_summary(
             continue
         flow = ", ".join(f"{per_target(node)}{_signed(g.flow[node])}"
                          for node in labels if node in g.flow)  # the targets' order  # fmt: skip
-        extra = f" promotes {g.promotes[0]!r}" if g.promotes and g.kind == "transcoder" else ""
+        extra = f" promotes {g.promotes[0]!r}" if g.promotes else ""  # its writes together
         brings = carried_text(g, first) if first is not None else ""
         brings = f"; {per_target(first)}{brings}" if brings else ""
         lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}{brings}")
@@ -1066,8 +1069,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
         what = []
         if g.concept:
             what.append(f"concept: {_esc(g.concept)}")
-        if g.promotes and g.kind == "transcoder":  # as printed: a head group's would be
-            # one member's decoder (its strongest), not what the group brings
+        if g.promotes:  # what its members' writes raise most together, as printed
             what.append("promotes " + ", ".join(_esc(repr(x)) for x in g.promotes))
         what += [
             f"{_esc(target_names[k])}: {_esc(carried_text(g, k))}"

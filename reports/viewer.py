@@ -209,6 +209,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         own_token_text,
         predicting_heading,
         reads_text,
+        rival_text,
         spread_text,
         summary_for,
         writes_qk_text,
@@ -223,6 +224,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "probability": _num(t.probability), "tokens": _num(t.tokens),
              "constants": _num(t.constants), "errors": _num(t.errors),
              "runnerUp": t.runner_up, "margin": _num(t.margin),
+             "rival": rival_text(t) or None,  # as the text says it (its negative: no margin)
              "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
              "predictingLabel": None if t.predicting_group is None else
                  predicting_heading(summary.group(t.predicting_group), t),

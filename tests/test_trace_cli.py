@@ -51,6 +51,9 @@ def test_trace_writes_every_file(tmp_path, capsys):
     assert "mechanisms.json" in names and "predicting heads" in stdout
     assert "ablate: predicted" in stdout and "parts: tokens" in stdout
     summary = load_summary(out / "mechanisms.json")
+    # a group's promoted tokens are named, any of the vocabulary (a reviewer read '<749>')
+    promoted = [x for g in summary.groups for x in g.promotes]
+    assert promoted and not [x for x in promoted if x.startswith("<") and x[1:-1].isdigit()]
     (target,) = summary.targets
     assert target.tokens + target.constants + target.errors == pytest.approx(target.value, abs=1e-3)
     assert summary.group(target.predicting_group).kind == "lorsa"
@@ -199,6 +202,29 @@ def test_trace_vs_runner_up_without_constants_or_mechanisms(tmp_path, capsys):
     assert record.negative is not None and record.negative != record.token
     assert not graph.has_constants and "predicting heads" not in stdout
     assert not (out / "mechanisms.json").exists() and "mechanisms.json of an earlier run" in err
+
+
+def test_a_margin_over_the_runner_up_names_its_negative_as_such(tmp_path, capsys):
+    """With --vs-runner-up the target's most likely other token is its own negative: the text
+    and the page say so, without the margin (the target itself; a reviewer read "margin over
+    ' Friday' +4.29" under ' Thursday' - ' Friday' = 4.29), as the record's field says; a file
+    claiming it for a token that is not the negative is refused."""
+    out = tmp_path / "t"
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--vs-runner-up",
+                              "--no-checks", "--format", "")  # fmt: skip
+    assert code == 0, err
+    summary = load_summary(out / "mechanisms.json")
+    (t,) = summary.targets
+    assert t.runner_up_is_negative and t.runner_up == t.negative
+    said = f"runner-up: its negative {t.negative!r} p="
+    assert said in stdout and "margin over" not in stdout.split("\n")[1]
+    page = (out / "graph.html").read_text()
+    assert f'"rival":{json.dumps(said)[:-1]}' in page and "runnerUp != null" not in page
+    forged = json.loads((out / "mechanisms.json").read_text())
+    forged["targets"][0]["runner_up"] = "x"
+    (out / "forged.json").write_text(json.dumps(forged))
+    with pytest.raises(ValueError, match="said to be the difference's negative that is not"):
+        load_summary(out / "forged.json")
 
 
 def test_a_prompt_reaching_the_untrained_last_position_is_refused(tmp_path, capsys):

@@ -581,6 +581,48 @@ def test_a_narrow_window_puts_the_panel_under_the_drawing_and_examples_wrap(tmp_
         assert overflow == 0 and mark
 
 
+def test_keyboard_pins_keep_the_focus_and_ctrl_p_is_not_a_pin(browser, small_page):
+    """A review: `p` pinned a focused node but the redraw dropped the focus (a second `p` fell
+    on the page), and ctrl-p (print) pinned it too."""
+    graph, path = small_page
+    open_page(browser, path)
+    node = "3_9_3"
+
+    def press(key: str, ctrl: bool = False) -> None:
+        browser.evaluate(
+            f"document.querySelector({js(node_sel(node))}).focus();"
+            f" document.activeElement.dispatchEvent(new KeyboardEvent('keydown', {{key: {js(key)},"
+            f" ctrlKey: {js(ctrl)}, bubbles: true}}))"
+        )
+
+    pinned = "viewer.data.qParams.pinnedIds"
+    press("p")
+    assert browser.evaluate(pinned) == [node]
+    assert browser.evaluate("document.activeElement.dataset.id") == node
+    browser.evaluate(  # the second press on the same focus, without focusing it again
+        "document.activeElement.dispatchEvent(new KeyboardEvent('keydown', {key: 'p',"
+        " bubbles: true}))"
+    )
+    assert browser.evaluate(pinned) == []
+    press("p", ctrl=True)
+    assert browser.evaluate(pinned) == []
+
+
+def test_a_stacked_drawing_takes_no_more_height_than_it_needs(tmp_path):
+    """Below the breakpoint the canvas was 65% of the window whatever the drawing (a short
+    global graph left 130 px blank above the panel)."""
+    graph = make_graph()
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    with Browser(width=700, height=1200) as narrow:
+        open_page(narrow, path)
+        canvas, drawing = narrow.evaluate(
+            "[document.querySelector('#viewer .canvas').clientHeight,"
+            " document.querySelector('#viewer svg').getBoundingClientRect().height]"
+        )
+        assert drawing <= canvas <= drawing + 30 and canvas < 0.65 * 1200
+
+
 def test_a_hash_pasted_by_hand_is_the_whole_state(browser, small_page):
     graph, path = small_page
     open_page(browser, path, '#pinnedIds=E_0_0&supernodes=[["g","1_3_3","2_2_3"]]')

@@ -201,7 +201,7 @@ def build_probes(tokenizer, n_docs: int, n_ctx: int) -> dict[str, list[ProbeDoc]
     for probe in probes["successor"]:  # its sequence's items in the spelling that holds it
         probe.successor_rivals = {
             q: next((tokens for tokens in rivals[sequence].values()
-                     if probe.successor_token[q] in tokens), [probe.successor_token[q]])
+                     if probe.successor_token[q] in tokens), [])  # none: the probe is not ranked
             for q, sequence in probe.successor_sequence.items()
         }  # fmt: skip
     return probes

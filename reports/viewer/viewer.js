@@ -510,7 +510,7 @@
         el("button", { type: "button", onclick: zoom(1 / 1.25), title: "zoom out" }, "−"), " ",
         el("button", { type: "button", onclick: () => { state.zoom = null; applyZoom(); }, title: "fit to the canvas" }, "fit"), " ",
         el("button", { type: "button", onclick: zoom(1.25), title: "zoom in" }, "+")),
-      el("span", { class: "muted" }, "click (Tab, Enter): details · ctrl/shift-click (space): pick for a supernode · p: pin · hover: paths · a head's box: " +
+      el("span", { class: "muted" }, "click (Tab, Enter): details · ctrl/shift-click (space): pick for a supernode · p: pin a node · hover: paths · a head's box: " +
         (meta.positional ? "→the key it reads" : "its QK group") + "; a feature's: ↑the token it promotes most"));
     ui.results = el("div", { class: "results" });
     ui.status = el("div", { class: "status" });
@@ -545,7 +545,7 @@
     });
     ui.svg.addEventListener("mouseleave", () => setHover(null));
     document.addEventListener("keydown", (ev) => {
-      if (ev.key === "Escape") { state.picks.clear(); setHover(null); update(); }
+      if (ev.key === "Escape") keepingFocus(() => { state.picks.clear(); setHover(null); update(); });
     });
     // Links of the node table below select the node here instead of changing the URL's hash.
     document.addEventListener("click", (ev) => {
@@ -593,9 +593,11 @@
   // top (at 76% of the window, and then at 90% below 165 px of controls, reviewers found the
   // prompt's tokens cut off at first).
   const MIN_ZOOM = 0.8, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, MARGIN = 8, SCROLLBAR = 24;
+  const STACKED_HEIGHT = 0.65; // of the window: the most a stacked drawing takes
+  function stacked() { return getComputedStyle(ui.main).flexDirection === "column"; }
   function room() {
-    // a narrow window puts the panel under the drawing (viewer.css): the canvas's own height
-    if (getComputedStyle(ui.main).flexDirection === "column") return Math.max(MIN_HEIGHT / 2, ui.canvas.clientHeight);
+    // a narrow window puts the panel under the drawing (viewer.css): at most STACKED_HEIGHT
+    if (stacked()) return Math.max(MIN_HEIGHT / 2, Math.round(window.innerHeight * STACKED_HEIGHT));
     const top = ui.main.getBoundingClientRect().top + window.scrollY;
     return Math.max(MIN_HEIGHT, Math.round(window.innerHeight - top - MARGIN));
   }
@@ -613,6 +615,9 @@
     ui.svg.setAttribute("width", String(Math.round(L.width * z)));
     ui.svg.setAttribute("height", String(Math.round(L.height * z)));
     ui.main.style.height = Math.max(MIN_HEIGHT, Math.min(room(), Math.round(L.height * z) + SCROLLBAR)) + "px";
+    // stacked, the canvas is as tall as the drawing up to its room (a short global graph left
+    // 130 px blank above the panel); beside the panel the flex row sizes it
+    ui.canvas.style.height = stacked() ? Math.min(room(), Math.round(L.height * z) + SCROLLBAR) + "px" : "";
     // a prompt's graph starts at its right (the last position, the logits); a global graph,
     // whose units sit side by side with no position, at its middle (its start unit is there)
     const c = ui.canvas;
@@ -719,7 +724,9 @@
       g.addEventListener("keydown", (ev) => { // Enter: details; space: pick; p: pin
         if (ev.key === "Enter") select(it.node !== undefined ? { node: it.node } : { group: it.group });
         else if (ev.key === " ") { ev.preventDefault(); togglePick(it); }
-        else if (ev.key === "p" && it.node !== undefined) togglePin(it.node);
+        else if (ev.key === "p" && !ev.ctrlKey && !ev.metaKey && !ev.altKey && it.node !== undefined) {
+          keepingFocus(() => togglePin(it.node)); // (ctrl-p prints, and pinned a node before)
+        }
       });
       g.addEventListener("focus", () => setHover(k));
       g.addEventListener("blur", () => setHover(null));
@@ -960,9 +967,28 @@
     markClasses();
     writeState();
     showPanel();
-    // a node chosen from the panel, a search or the table may be off the canvas: bring it in
+    // a node chosen from the panel, a search or the table may be off the canvas: the canvas
+    // brings it in (never the window: a table link's row stays where it was scrolled)
     const g = view && view.nodeEls.get(selectedItem());
-    if (g && g.scrollIntoView) g.scrollIntoView({ block: "nearest", inline: "nearest" });
+    if (g) showInCanvas(g);
+  }
+  function showInCanvas(g) {
+    const c = ui.canvas, r = g.getBoundingClientRect(), box = c.getBoundingClientRect(), pad = 16;
+    if (r.left < box.left) c.scrollLeft -= box.left - r.left + pad;
+    else if (r.right > box.left + c.clientWidth) c.scrollLeft += r.right - box.left - c.clientWidth + pad;
+    if (r.top < box.top) c.scrollTop -= box.top - r.top + pad;
+    else if (r.bottom > box.top + c.clientHeight) c.scrollTop += r.bottom - box.top - c.clientHeight + pad;
+  }
+  // Keyboard edits redraw the picture: the focus goes back to the item it was on (a reviewer's
+  // second `p` fell on the page, the focus lost with the old drawing).
+  function keepingFocus(change) {
+    const a = document.activeElement, id = a && a.dataset ? (a.dataset.id ?? null) : null;
+    const group = a && a.dataset ? (a.dataset.group ?? null) : null;
+    change();
+    if (id === null && group === null) return;
+    for (const g of view.nodeEls.values()) {
+      if ((id !== null && g.dataset.id === id) || (id === null && g.dataset.group === group)) { g.focus(); return; }
+    }
   }
 
   // ------------------------------------------------------------------------------- the panel
@@ -1048,7 +1074,7 @@
       if (t.morePositions) at.push(`${t.morePositions} more`);
       const byPos = at.length ? ` (${at.join(", ")})` : "";
       out.push(el("p", {}, `${what} = ${fmt(t.value)}: tokens ${signed(t.tokens)}${byPos}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
-        (t.runnerUp != null ? ` · margin over ${quote(t.runnerUp)} ${signed(t.margin)}` : "")));
+        (t.rival ? " · " + t.rival : "")));
       if (t.reads) out.push(el("p", { class: "reads" }, t.reads), ...(t.qk || []).flatMap(reasonLines));
       if (t.own) out.push(el("p", {}, t.own));
       if (t.predicting) {

@@ -8,6 +8,7 @@ one; ``logit_effects`` adds each unit's promoted and suppressed tokens at the en
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -287,6 +288,10 @@ def build(
     limit = rows if stop_after is None else min(rows, dash.meta["rows_done"] + stop_after)
     disable = None if progress is None else not progress
     bar = tqdm(total=rows, initial=dash.meta["rows_done"], disable=disable, desc="unit dashboards")
+    if bar.disable and progress is None:  # no terminal, no bar: a line says what the wait is
+        # (a reviewer's first trace in a log was silent for 90 s)
+        print(f"building unit dashboards: {path} ({limit - dash.meta['rows_done']} rows to go)",
+              file=sys.stderr, flush=True)  # fmt: skip
     with torch.no_grad():
         try:
             while dash.meta["rows_done"] < limit:

@@ -744,3 +744,16 @@ def test_a_long_model_path_makes_a_file_name_the_system_takes(tmp_path):
     assert len(name) <= D.NAME_CHARS + len("-local") and name.endswith("my-model-local")
     (tmp_path / f"{name}-0123456789ab.safetensors").write_bytes(b"")  # the system takes it
     assert D.default_name("default", "local") == "default-local"
+
+
+def test_a_build_without_a_terminal_says_what_it_builds(setup, capsys):
+    """With no terminal the progress bar is off: a line names the file and the rows to go (a
+    reviewer's first trace under `| tee` was silent for 90 s); none where the file is done."""
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    with torch.no_grad():
+        _build(replacement, tokenizer, path, progress=None)
+    assert capsys.readouterr().err == f"building unit dashboards: {path} ({ROWS} rows to go)\n"
+    with torch.no_grad():
+        _build(replacement, tokenizer, path, progress=None)
+    assert capsys.readouterr().err == ""

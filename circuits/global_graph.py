@@ -128,9 +128,11 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
     if start.kind in ("logit", "token"):  # a text that is no token: said before the direction
         check_start_token(start, args.model)
     if start.kind == "token" and not args.downstream:
-        raise UserError("a token's embedding has no inputs: grow it with --downstream")
+        raise UserError(f"--start {args.start!r}: a token's embedding has no inputs: grow it "
+                        "with --downstream")  # fmt: skip
     if start.kind == "logit" and args.downstream:
-        raise UserError("a logit has no outputs: grow it upstream (without --downstream)")
+        raise UserError(f"--start {args.start!r}: a logit has no outputs: grow it upstream "
+                        "(without --downstream)")  # fmt: skip
     if args.stats is None:  # the default file is named by the model's identity, once loaded
         check_writable_dir(DEFAULT_STATS_DIR, "--stats (default)")
     else:
@@ -216,8 +218,9 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     print(
         f"{labels[int(graph.target_weight.argmax())]}: {graph.n_nodes} units, "
         f"{graph.n_edges} edges ({graph.settings['direction']}, {seconds:.2f} s; statistics "
-        f"over {stats.meta['rows_done']} rows of {stats.meta['n_ctx']} tokens)"
-    )
+        f"over {stats.meta['rows_done']} rows of {stats.meta['n_ctx']} tokens); edges: "
+        f"{graph.settings['edge_weights']}"
+    )  # (upstream and downstream weights are not the same measure: said with them)
     strongest = graph.edges.tocoo()
     for j in abs(strongest.data).argsort()[::-1][:N_STRONGEST]:
         s, t = strongest.col[j], strongest.row[j]
@@ -225,6 +228,10 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     for line in _qk_lines(graph, labels):
         print(line)
     print(_reliability_line(reliability))
+    fired = int(stats.unit_count[start])
+    if fired < FEW_FIRINGS:  # the halves compare the graph's strongest edges, mostly not its own
+        print(f"note: the start occurs {fired} times in the sample: its own edges rest on so "
+              "few whatever the overlap says; gather more with --rows")  # fmt: skip
     for note in written.notes:
         print(note, file=sys.stderr)
     for path in written.paths:
@@ -293,6 +300,9 @@ def _qk_lines(graph, labels: list[str]) -> list[str]:
                      f"  {p.value:+.3f} ({share}the {len(a.pairs)} largest pairs "
                      f"{a.score - a.rest:+.3f}, rest {a.rest:+.3f})")  # fmt: skip
     return lines
+
+
+FEW_FIRINGS = 50  # a start unit firing fewer times in the sample is said to rest on few
 
 
 def _reliability_line(r: dict) -> str:

@@ -288,7 +288,7 @@ def own_token_text(t: TargetRecord, pos: int | None) -> str:
     if top is None:
         return ""
     who, where = ("the current token", "the target's own position") if t.reads is None else \
-        ("the token at its key", "the key the head reads")  # fmt: skip
+        ("the token", "the key the head reads")  # fmt: skip
     return (f"{who} {top.token!r}@{pos} carries its largest part by position "
             f"({_signed(top.flow)}; all tokens {_signed(t.tokens)}), at {where}: no head moves "
             "it there (heads reading it there, and the features, pass it on)")  # fmt: skip
@@ -299,9 +299,17 @@ def reads_text(t: TargetRecord, tokens: list[str]) -> str:
     summary ranks; empty for logits and features."""
     if t.reads is None:
         return ""
+    there = (
+        "the head groups named below are those there"
+        if t.head_groups
+        else (
+            "no head group below it writes there (block 0 reads the tokens and position vectors "
+            "directly)"
+        )
+    )  # a reviewer's layer-0 head target promised groups, then printed none
     return (f"it reads its inputs at its key {tokens[t.reads]!r}@{t.reads} (through its "
-            "frozen pattern): the head groups named below are those there; why it attends that "
-            "key (the heads at its query act through this):")  # fmt: skip
+            f"frozen pattern): {there}; why it attends that key (the heads at its query act "
+            "through this):")  # fmt: skip
 
 
 def check_texts(
@@ -488,6 +496,12 @@ def carried_text(g: GroupRecord, node: str) -> str:
     flow = g.flow.get(node, 0.0)
     return (f"brings {positions_text(shares)}; constant terms "
             f"{_signed(g.carried_own.get(node, 0.0), flow)}")  # fmt: skip
+
+
+def constant_source(name: str) -> str:
+    """A ``constants_by_source`` name as printed: ``own`` (every node's own bias term, the
+    constant in its pre-activation) in words (a reviewer could not decode "own -0.805")."""
+    return "the nodes' own biases" if name == "own" else name
 
 
 def rival_text(t: TargetRecord) -> str:
@@ -819,7 +833,8 @@ def format_summary(
         if rival := rival_text(t):
             head += f"; {rival}"
         lines.append(head)
-        consts = ", ".join(f"{name} {_signed(v)}" for name, v in t.constants_by_source[:4])
+        consts = ", ".join(f"{constant_source(name)} {_signed(v)}"
+                           for name, v in t.constants_by_source[:4])  # fmt: skip
         more = len(t.constants_by_source) - 4
         consts += f", {more} more" if more > 0 else ""
         consts = f" ({consts})" if consts else ""
@@ -850,11 +865,14 @@ def format_summary(
             if others:
                 lines.append("  next head groups there, by flow: " + "; ".join(
                     f"{short(o.key)} {_signed(o.flow[t.node])}" for o in others))  # fmt: skip
-        lines.append("  top paths (root -> target):")
+        lines.append("  top paths (root => target):")
         for p in [p for p in summary.paths if p.target == t.node]:
-            chain = " -> ".join(names[k].name for k in p.groups)
+            # "=>" between steps: a head group's name holds "->" to the key it reads (a
+            # reviewer read `... -> L0 19 heads @7 -> ' Wednesday'@6` as ending at the key)
+            chain = " => ".join(names[k].name for k in p.groups)
             lines.append(f"    {_signed(p.flow):>8}  {chain}")
-    lines.append("groups:")
+    if any(g.kind not in ("embedding", "error", "bias") for g in summary.groups):
+        lines.append("groups:")  # (a layer-0 head target's are tokens alone: no bare heading)
     if any(g.checks for g in summary.groups):
         lines.append(
             "  (ablate: the group zeroed; the change of the target predicted by the linear "
@@ -1013,7 +1031,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     if summary.mode == "sparse":
         parts.append(f"<p>{_esc(SPARSE_WORDS[0].upper() + SPARSE_WORDS[1:])}.</p>")
     for t in summary.targets:
-        consts = ", ".join(f"{_esc(name)} {_span(v)}" for name, v in t.constants_by_source)
+        consts = ", ".join(f"{_esc(constant_source(name))} {_span(v)}"
+                           for name, v in t.constants_by_source)  # fmt: skip
         consts = f" ({consts})" if consts else ""
         runner = f"; {_esc(rival)}" if (rival := rival_text(t)) else ""
         parts.append(

@@ -1073,6 +1073,11 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     assert code == 0, err
     assert not partial_path(stats).exists()
     assert "split-half reliability (2 + 2 rows): " in out
+    # what the edges measure, and a start of few firings said to rest on few (a review: the
+    # halves compare the graph's strongest edges, mostly not the start's own)
+    assert "edges: mean input per target occurrence" in out
+    fired = int(Statistics.load(stats).unit_count[units.unit(Kind.LORSA, 1, firing)])
+    assert (f"note: the start occurs {fired} times in the sample" in out) == (fired < 50)
     assert "L1 QK 0 (score lift" in out
     graph = Graph.load(tmp_path / "qk" / "graph.safetensors")
     assert [(a.layer, a.qk_head) for a in graph.qk if a.layer == 1] == [(1, 0)]

@@ -1152,6 +1152,24 @@ def test_a_differences_most_likely_other_token_is_said_as_what_it_is():
     assert rival_text(third) == "runner-up '2' p=0.050, margin +2.6"
 
 
+def test_a_head_targets_words_say_what_is_there():
+    """A review of node targets: a layer-0 head target promised "the head groups named below"
+    and printed a bare "groups:"; "own -0.805" among the constants could not be decoded."""
+    from circuits.mechanism_file import TargetRecord
+    from reports.mechanisms import constant_source, reads_text
+
+    t = TargetRecord(
+        node="0_772_7", token="L0 head 772 @7", negative=None, probability=None, value=2.0,
+        tokens=2.0, errors=0.0, constants=0.0, constants_by_source=[], runner_up=None,
+        runner_up_probability=None, margin=None, predicting_group=None, kind="lorsa", reads=6,
+    )  # fmt: skip
+    tokens = ["<|bos|>", "Monday", ",", " Tuesday", ",", ",", " Wednesday", ","]
+    assert "no head group below it writes there" in reads_text(t, tokens)
+    assert "named below" in reads_text(dataclasses.replace(t, head_groups=["g0"]), tokens)
+    assert constant_source("own") == "the nodes' own biases"
+    assert constant_source("L0 attn bias") == "L0 attn bias"
+
+
 def test_a_cause_is_named_only_where_its_rerun_closes_the_gap():
     """A review: "through attention (with it held: -6.99)" against a prediction of -20.9 and a
     free -6.57: the held rerun passed the 3x line by a hair (0.334x) and closed 3% of the gap.

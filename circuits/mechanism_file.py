@@ -449,6 +449,12 @@ class TargetRecord:
     # A difference's most likely other token (``runner_up``) is its own negative: its margin
     # is the target itself (False in files before it, and for every other target).
     runner_up_is_negative: bool = False
+    # A head target's own attention from its query to the key it reads (``reads``), clean and
+    # in the free rerun of each checked group's ablation (by group key): the heads at its key
+    # can act through this attention rather than through their value flow (absent from files
+    # before it, and for other targets).
+    own_attention: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    own_attention_free: dict[str, Annotated[float, Bounds(0.0, 1.0)]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -536,6 +542,12 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(set(named + t.head_groups) <= set(keys), f"{where}: names a group not defined")
         _expect(t.runner_up is None or t.runner_up_probability is not None,
                 f"{where}: a runner-up without its probability")  # fmt: skip
+        checked = {g.key for g in summary.groups if g.checks}
+        _expect((t.own_attention is None or (t.kind == "lorsa" and t.reads is not None))
+                and set(t.own_attention_free) <= checked
+                and (not t.own_attention_free or t.own_attention is not None),
+                f"{where}: a head target's own attention, clean and after checked groups "
+                "only")  # fmt: skip
         _expect(not t.runner_up_is_negative or (
             t.negative is not None and t.runner_up == t.negative and t.margin is not None
             and math.isclose(t.margin, t.value, rel_tol=CLOSURE, abs_tol=CLOSURE)),

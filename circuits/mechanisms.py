@@ -317,9 +317,16 @@ def _summarize(
     keys = {g: f"g{k}" for k, g in enumerate(listed)}
     pruned_ids = set(pruned.ids) if pruned is not None else set()
     below = {g: [look for look in looks if look.reads_after(view.groups[g])] for g in listed}
+    # a head target's own attention at the key it reads, read in every check's free rerun:
+    # the heads at its key can act through it, not through their value flow (a reviewer's
+    # induction head target: free -2.3 against a flow of +0.761, its attention 0.73 -> 0.0008)
+    own_looks = {t: _Look(("target", t), int(full.layer[t]), int(full.pos[t]), full.read_key(t),
+                          [int(full.index[t]) // full.group_size], [1.0])
+                 for t in targets if full.kind[t] == Kind.LORSA
+                 and full.read_key(t) is not None}  # fmt: skip
     checks = {} if not (check and targets) else _checks(
         replacement, full, run, {g: view.groups[g].members for g in listed if g in checked},
-        targets, tolerance, flows, looks,
+        targets, tolerance, flows, [*looks, *own_looks.values()],
     )  # fmt: skip
     records, rw = [], replacement.read_write()
     token = full.token if tokenizer is None else partial(token_text, tokenizer)
@@ -374,6 +381,11 @@ def _summarize(
         record = _target_record(full, t, parts, probs, run, [keys[g] for g in ranking])
         if full.kind[t] == Kind.LORSA:
             record.reads, record.qk = full.read_key(t), own_reasons.get(t, [])
+        if t in own_looks and checks:
+            look = own_looks[t]
+            record.own_attention = look.mean(look.attention(run.patterns[look.layer]))
+            record.own_attention_free = {keys[g]: look.mean(free[look.group])
+                                         for g, (_, free) in checks.items()}  # fmt: skip
         target_records.append(record)
     path_records = [
         PathRecord(ids[t], [keys[g] for g in groups], flow, hops) for t, groups, flow, hops in paths

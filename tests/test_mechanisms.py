@@ -583,6 +583,39 @@ def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run
     data["targets"][-1]["qk"][0]["key"] = k + 1
     with pytest.raises(ValueError, match="not the key read"):
         MechanismSummary.from_dict(data)
+    # with checks, its own attention to the key, clean and with each checked group ablated
+    # (attention free): the heads at its key can act through it (a reviewer's induction head
+    # target: free -2.3 against a flow of +0.761, its attention 0.73 -> 0.0008), each equal
+    # to intervene's own reading of it
+    assert record.own_attention is None and not record.own_attention_free  # no checks
+    checked = summarize(replacement, graph, run)
+    mine = checked.targets[-1]
+    qk_head = index // graph.group_size
+    assert mine.own_attention == pytest.approx(float(run.patterns[layer][qk_head, q, k]))
+    assert mine.own_attention_free and set(mine.own_attention_free) == {
+        g.key for g in checked.groups if g.checks
+    }
+    for key, after in mine.own_attention_free.items():
+        edits = [Intervention(m, "ablate") for m in checked.group(key).members]
+        result = intervene(
+            replacement,
+            graph,
+            edits,
+            freeze_attention=False,
+            freeze_errors=False,
+            run=run,
+            attention_reads=[(layer, qk_head, q, k)],
+        )
+        assert after == pytest.approx(float(result.attention[0]), abs=1e-5)
+    from reports.mechanisms import own_attention_text
+
+    line = own_attention_text(mine, checked.tokens)
+    assert line.startswith(f"its own attention to {graph.token_strings[k]!r}@{k} ")
+    assert line in format_summary(checked) and checked.targets[0].own_attention is None
+    data = json.loads(json.dumps(checked.to_dict()))
+    data["targets"][-1]["own_attention_free"]["g999"] = 0.5
+    with pytest.raises(ValueError, match="own attention, clean and after checked groups only"):
+        MechanismSummary.from_dict(data)
 
 
 def test_a_supernode_sums_its_members_edges_exactly(graph):

@@ -1075,7 +1075,9 @@
       const byPos = at.length ? ` (${at.join(", ")})` : "";
       out.push(el("p", {}, `${what} = ${fmt(t.value)}: tokens ${signed(t.tokens)}${byPos}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
         (t.rival ? " · " + t.rival : "")));
-      if (t.reads) out.push(el("p", { class: "reads" }, t.reads), ...(t.qk || []).flatMap(reasonLines));
+      if (t.reads) out.push(el("p", { class: "reads" }, t.reads),
+        ...(t.ownAttention ? [el("p", { class: "own-attention" }, t.ownAttention)] : []),
+        ...(t.qk || []).flatMap(reasonLines));
       if (t.own) out.push(el("p", {}, t.own));
       if (t.predicting) {
         out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}` + (t.spread ? ` (${t.spread})` : "")));

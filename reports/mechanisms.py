@@ -605,7 +605,9 @@ def root_text(r: QKReasonRecord, top: int) -> str:
         )
 
     if r.own_pairs or r.moved_pairs:  # each term against the key's own vector
-        lists = [("the key's own", r.own_pairs), ("moved to the key", r.moved_pairs),
+        # "own vector": its pairs name every root there, errors too, which the header counts
+        # under errors rather than the tokens' "the key's own" (a reviewer read them as tokens)
+        lists = [("the key's own vector", r.own_pairs), ("moved to the key", r.moved_pairs),
                  ("by position, apart from the other keys", r.position_pairs)]  # fmt: skip
         shown = "; ".join(f"{name}: {terms(pairs)}" for name, pairs in lists if pairs)
         return f"specific by roots ({', '.join(split)}): {shown}"

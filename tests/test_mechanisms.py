@@ -455,7 +455,7 @@ def test_root_text_shows_the_largest_moved_term_beside_the_keys_own():
     assert ("tokens +20 = the key's own +9 + moved to the key +17 + against the means -6,"
             in text)  # fmt: skip
     assert text.endswith(
-        "): the key's own: token 'ays'@23 x token ' v'@9 +11; token 'my'@17 x token ' v'@9 "
+        "): the key's own vector: token 'ays'@23 x token ' v'@9 +11; token 'my'@17 x token ' v'@9 "
         "-2.1; token 'x'@20 x token ' v'@9 +1.8; moved to the key: token 'ays'@23 x token "
         "'ays'@8 -> @9 +5.1; token 'ays'@23 x "
         "token ' s'@3 -> @9 +2.5; token 'ays'@23 x token 'M'@1 -> @9 +0.5"

@@ -536,13 +536,13 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     keys = [g.key for g in summary.groups]
     _expect(len(set(keys)) == len(keys), "groups: two groups share a key")
     targets = {t.node for t in summary.targets}
+    checked = {g.key for g in summary.groups if g.checks}  # a head target's own attention's
     for i, t in enumerate(summary.targets):
         where = f"targets[{i}]"
         named = [t.predicting_group] if t.predicting_group is not None else []
         _expect(set(named + t.head_groups) <= set(keys), f"{where}: names a group not defined")
         _expect(t.runner_up is None or t.runner_up_probability is not None,
                 f"{where}: a runner-up without its probability")  # fmt: skip
-        checked = {g.key for g in summary.groups if g.checks}
         _expect((t.own_attention is None or (t.kind == "lorsa" and t.reads is not None))
                 and set(t.own_attention_free) <= checked
                 and (not t.own_attention_free or t.own_attention is not None),

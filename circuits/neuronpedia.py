@@ -120,7 +120,7 @@ def to_json(
     labels: list[str],
     slug: str = "graph",
     scan: str | None = None,
-    supernodes: list[list[str]] = (),
+    supernodes: list[list[str]] | None = None,
 ) -> dict:
     """The graph as circuit-tracer / Neuronpedia JSON; ``labels[i]`` is node i's ``clerp``
     (logits: module docstring).
@@ -155,17 +155,43 @@ def to_json(
             "targets": [ids[i] for i, target in enumerate(targets) if target],
         },
     }
-    known = graph.id_to_index
-    for group in supernodes:
-        if not (len(group) >= 3 and all(isinstance(x, str) for x in group)
-                and all(x in known for x in group[1:])):  # fmt: skip
-            raise ValueError(f"supernodes must be [name, id, id, ...] lists of this graph's ids, "
-                             f"got {str(group)[:80]}")  # fmt: skip
     q_params = {
         "pinnedIds": [],
-        "supernodes": [list(group) for group in supernodes],
+        "supernodes": checked_supernodes(graph, supernodes or []),
         "linkType": "both",
         "clickedId": "",
         "sg_pos": "",
     }
     return {"metadata": metadata, "qParams": q_params, "nodes": nodes, "links": links}
+
+
+def checked_supernodes(graph: Graph, supernodes) -> list[list[str]]:
+    """``qParams.supernodes`` of ``graph``, checked: a list of ``[name, id, id, ...]`` lists,
+    each of two different ids or more of the graph's nodes, under a non-empty name no other
+    takes, no node in two (a page keys supernodes by name); ids repeated within one are kept
+    once. The one check of them, for ``to_json`` and the viewer's ``check_q_params``."""
+    if not isinstance(supernodes, list):
+        raise ValueError(f"qParams.supernodes must be a list of [name, id, id, ...] lists, got "
+                         f"{type(supernodes).__name__}")  # fmt: skip
+    known = graph.id_to_index
+    groups, taken = [], set()
+    for group in supernodes:
+        if (
+            not isinstance(group, list)
+            or len(group) < 3
+            or not all(isinstance(x, str) for x in group)
+        ):
+            raise ValueError("qParams.supernodes: each is [name, id, id, ...], two ids or more")
+        members = list(dict.fromkeys(group[1:]))
+        if len(members) < 2:
+            raise ValueError(f"qParams.supernodes {group[0][:60]!r}: two different ids or more")
+        if not group[0].strip() or group[0] in [g[0] for g in groups]:
+            raise ValueError(f"qParams.supernodes {group[0][:60]!r}: names must be non-empty and "
+                             "unique (supernodes are keyed by name)")  # fmt: skip
+        bad = [m for m in members if m not in known or m in taken]
+        if bad:
+            raise ValueError(f"qParams.supernodes {group[0][:60]!r}: {bad[0][:60]!r} unknown or "
+                             "in two")  # fmt: skip
+        taken.update(members)
+        groups.append([group[0], *members])
+    return groups

@@ -317,8 +317,8 @@ OWN_ATTENTION_SHOWN = 5  # the groups whose ablation moves a head target's atten
 
 def own_attention_text(t: TargetRecord, tokens: list[str]) -> str:
     """A head target's own attention to the key it reads, and with each checked group ablated
-    (attention free), the largest moves first: ``its own attention to ' m'@7 0.73; ablated
-    (attention free): g0 0.0008, g3 0.70``. The heads at its key can act through this
+    (attention free), the largest moves first: ``its own attention to ' m'@7 0.73; with a
+    group ablated (attention free): g3 0.0002, g0 0.02``. The heads at its key can act through this
     attention, not through their value flow; empty for other targets and unchecked summaries."""
     if t.own_attention is None or not t.own_attention_free or t.reads is None:
         return ""
@@ -357,7 +357,8 @@ def flagged_text(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) 
     if c is None:
         return ""
     frozen, free, _ = check_texts(c, t, tolerance)
-    why = "; ".join(sum(check_verdict(c, t, tolerance), []))
+    flags, notes = check_verdict(c, t, tolerance)
+    why = "; ".join(flags + notes)
     # both reruns the other way: the flow that made it the predicting group is linear credit
     # the model does not bear out (a reviewer's "predicting heads" raised the target ablated)
     moved = min(abs(c.frozen), abs(c.free)) >= tolerance  # "the other way", not "not at all"

@@ -54,6 +54,7 @@ import numpy as np
 
 from circuits.concepts import AT_CHANCE, DOCUMENT_CONCEPTS, at_chance
 from circuits.graph import Graph, NamedSide, QKAttribution
+from circuits.neuronpedia import checked_supernodes
 from circuits.nodes import Kind, block_of, logit_stage, unit_id
 from toy_models.records import is_finite_number
 
@@ -224,7 +225,6 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
             {"node": t.node, "token": t.token, "negative": t.negative, "value": _num(t.value),
              "probability": _num(t.probability), "tokens": _num(t.tokens),
              "constants": _num(t.constants), "errors": _num(t.errors),
-             "runnerUp": t.runner_up, "margin": _num(t.margin),
              "rival": rival_text(t) or None,  # as the text says it (its negative: no margin)
              "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
              "predictingLabel": None if t.predicting_group is None else
@@ -398,31 +398,7 @@ def check_q_params(graph: Graph, q_params: Mapping | None) -> dict:
     if unknown:
         raise ValueError(f"qParams.pinnedIds: no node {unknown[0][:60]!r} in the graph")
     q["pinnedIds"] = list(dict.fromkeys(pinned))
-    supernodes = q_params.get("supernodes", [])
-    if not isinstance(supernodes, list):
-        raise ValueError(f"qParams.supernodes must be a list of [name, id, id, ...] lists, got "
-                         f"{type(supernodes).__name__}")  # fmt: skip
-    groups, taken = [], set()
-    for group in supernodes:
-        if (
-            not isinstance(group, list)
-            or len(group) < 3
-            or not all(isinstance(x, str) for x in group)
-        ):
-            raise ValueError("qParams.supernodes: each is [name, id, id, ...], two ids or more")
-        members = list(dict.fromkeys(group[1:]))
-        if len(members) < 2:
-            raise ValueError(f"qParams.supernodes {group[0][:60]!r}: two different ids or more")
-        if not group[0].strip() or group[0] in [g[0] for g in groups]:
-            raise ValueError(f"qParams.supernodes {group[0][:60]!r}: names must be non-empty and "
-                             "unique (supernodes are keyed by name)")  # fmt: skip
-        bad = [m for m in members if m not in known or m in taken]
-        if bad:
-            raise ValueError(f"qParams.supernodes {group[0][:60]!r}: {bad[0][:60]!r} unknown or "
-                             "in two")  # fmt: skip
-        taken.update(members)
-        groups.append([group[0], *members])
-    q["supernodes"] = groups
+    q["supernodes"] = checked_supernodes(graph, q_params.get("supernodes", []))
     clicked = q_params.get("clickedId", "")
     if not isinstance(clicked, str):
         raise ValueError(f"qParams.clickedId must be a node id or \"\", got "

@@ -239,8 +239,13 @@ def test_json_export_follows_the_attribution_graph_schema(graph):
     # the supernodes a viewer starts from, of this graph's ids only
     pair = ["two", *ids[:2]]
     assert to_json(graph, node_labels(graph), supernodes=[pair])["qParams"]["supernodes"] == [pair]
-    for bad in (["one", ids[0]], ["ghost", ids[0], "0_99999_0"], [1, *ids[:2]]):
-        with pytest.raises(ValueError, match="supernodes must be"):
+    # (checked as the viewer's qParams are: one check, circuits.neuronpedia.checked_supernodes)
+    for bad, message in (
+        (["one", ids[0]], re.escape("each is [name, id, id, ...], two ids or more")),
+        (["ghost", ids[0], "0_99999_0"], "'0_99999_0' unknown or in two"),
+        ([1, *ids[:2]], re.escape("each is [name, id, id, ...], two ids or more")),
+    ):
+        with pytest.raises(ValueError, match=f"qParams.supernodes.*{message}"):
             to_json(graph, node_labels(graph), supernodes=[bad])
 
 

@@ -32,6 +32,7 @@ from toy_models.tokenizer import single_token
 
 from .nodes import Kind
 from .trace import (
+    DEFAULT_FORMAT,
     GLOBAL_GRAPH,
     GRAPH_MARK,
     OUTPUT_NAMES,
@@ -39,6 +40,7 @@ from .trace import (
     check_staging,
     check_writable,
     parse_formats,
+    unrendered_status,
 )
 
 START_FORMS = "lorsa:L:HEAD, transcoder:L:FEATURE, logit:TOKEN or token:TOKEN"
@@ -75,7 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=path_arg, default=Path("runs/global"), help="output directory"
     )
-    parser.add_argument("--format", default="svg", help="renders among svg,pdf,png (need `dot`)")
+    parser.add_argument("--format", help=f"renders among svg,pdf,png (need `dot`; default "
+                        f"{DEFAULT_FORMAT}; named here, a render not drawn exits 1 once the "
+                        "rest is written)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -236,7 +240,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
         print(note, file=sys.stderr)
     for path in written.paths:
         print(f"wrote {path}")
-    return 0
+    return unrendered_status(args.format, written.unrendered)
 
 
 def _unit_dashboards(model: str, replacement, tokenizer, graph) -> dict | None:

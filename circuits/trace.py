@@ -28,6 +28,7 @@ from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli, whole_n
 from toy_models.files import earlier_set, replaced_whole, staging_in_the_way
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
+DEFAULT_FORMAT = "svg"
 MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokenizing
 # graph.json holds a record per edge (about 100 bytes): beyond this the file runs to 100 MB
 # and more, no viewer draws it, and writing a whole 128-token graph's 1e8 edges ran out of
@@ -109,9 +110,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "(the model rerun, errors recomputed too), against the graph's linear "
                       "prediction (on with the summary)")  # fmt: skip
     files = parser.add_argument_group("files")
-    files.add_argument("--format", default="svg",
-                       help=f"renders among {','.join(FORMATS)} (need `dot`); \"\" for none "
-                       "(graph.html draws the graph itself)")  # fmt: skip
+    files.add_argument("--format",
+                       help=f"renders among {','.join(FORMATS)} (need `dot`; default "
+                       f"{DEFAULT_FORMAT}, skipped with a note where `dot` is missing or fails; "
+                       "named here, a render not drawn exits 1 once the rest is written); "
+                       "\"\" for none (graph.html draws the graph itself)")  # fmt: skip
     files.add_argument("--graph-file", choices=("safetensors",), default="safetensors",
                        help="graph file format: tensors + a JSON header, no pickle")  # fmt: skip
     files.add_argument("--save-full", action="store_true",
@@ -143,8 +146,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def parse_formats(text: str) -> list[str]:
-    """``--format``'s comma-separated renders, refusing unknown ones."""
+def parse_formats(text: str | None) -> list[str]:
+    """``--format``'s comma-separated renders, refusing unknown ones (None, not given: the
+    default)."""
+    text = DEFAULT_FORMAT if text is None else text
     formats = [f.strip() for f in text.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -558,7 +563,18 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
         print(note, file=sys.stderr)
     for path in written.paths:
         print(f"wrote {path}")
-    return 0
+    return unrendered_status(args.format, written.unrendered)
+
+
+def unrendered_status(asked: str | None, unrendered: list[str]) -> int:
+    """A command's exit status once its set is written: 1 where the user named the renders
+    (``--format``) and some were not drawn (said once more, last), 0 otherwise (the default
+    render is skipped with a note: the page draws the graph itself)."""
+    if asked is None or not unrendered:
+        return 0
+    print(f"error: --format {asked}: {', '.join(unrendered)} not drawn (the note above says "
+          "why); every other file is written", file=sys.stderr)  # fmt: skip
+    return 1
 
 
 def sparse_note(replacement, run, tokenizer) -> str:

@@ -124,10 +124,13 @@ def is_output(name: str) -> bool:
 
 @dataclass
 class Written:
-    """The files written, and one line per thing that went wrong or needs the user's hand."""
+    """The files written, one line per thing that went wrong or needs the user's hand, and
+    the renders asked for that were not drawn (``dot`` missing or failing: the rest is
+    written; a command exits non-zero where the user named the formats)."""
 
     paths: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unrendered: list[str] = field(default_factory=list)
 
 
 def write_graph_outputs(
@@ -335,6 +338,7 @@ def _write_set(
         result.notes.append(f"drawing failed, written without it ({final / 'graph.dot'}): {exc}")
         render(dot_text, out / "graph", ())  # the DOT file, for a look by hand
     result.paths += rendered or [out / "graph.dot"]
+    result.unrendered = [f for f in formats if out / f"graph.{f}" not in rendered]
     if formats and not dot_available():
         result.notes.append(dot_missing_message(final / "graph.dot"))
     svg = out / "graph.svg"

@@ -634,6 +634,22 @@ def test_a_failed_drawing_keeps_every_other_file_and_stale_renders_go(tmp_path, 
     assert "graph.svg" not in names and "graph.png" not in names  # none stale, none half
     assert not any(name.endswith(".tmp") for name in names)
     assert "No drawing" in (out / "graph.html").read_text()
+    assert "error:" not in err  # the default render, skipped with its note
+    # named by the user, the render not drawn is a failure once the rest is written (a review:
+    # `--format png` that drew nothing exited 0)
+    os.environ["PATH"] = f"{fake.parent}:{path}"
+    try:
+        code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-qk",
+                                  "--format", "svg,png")  # fmt: skip
+    finally:
+        os.environ["PATH"] = path
+    assert code == 1, err
+    assert err.strip().splitlines()[-1] == (
+        "error: --format svg,png: svg, png not drawn (the "
+        "note above says why); every other file is written"
+    )
+    assert {"graph.json", "graph.safetensors", "graph.dot", "graph.html"} <= set(os.listdir(out))
+    assert f"wrote {out / 'graph.html'}" in stdout
 
 
 def test_no_traceback_from_the_command_line(tmp_path):

@@ -388,16 +388,22 @@ def findings(results: dict) -> list[str]:
                 (e / t, ROLES[i]) for i, (e, t) in enumerate(zip(s["error_share"], s["token_share"],
                                                                   strict=True)) if t > 0.005
             ]  # fmt: skip
-            hi = max(enrich)
+            # a group with no tokens has a NaN FVU (``check_results``), a role too rare to
+            # compare (<0.5% of tokens) no share: neither may be named worst (a review: a NaN
+            # first group won ``max`` and was printed as the worst family)
             f = r["by_family"]
-            worst = max(range(len(f["group_fvu"])), key=lambda i: f["group_fvu"][i])
+            measured = [i for i, g in enumerate(f["group_fvu"]) if not math.isnan(g)]
+            parts = [f"{kind} layer {layer}: FVU {s['fvu']:.4f}"]
+            if enrich:
+                ratio, role = max(enrich)
+                parts.append(f"most error-dense role '{role}' ({ratio:.1f}x its token share)")
+            if measured:
+                worst = max(measured, key=lambda i: f["group_fvu"][i])
+                parts.append(f"worst family '{results['families'][worst]}' (group FVU "
+                             f"{f['group_fvu'][worst]:.3f})")  # fmt: skip
             c = r["concentration"]
-            out.append(
-                f"{kind} layer {layer}: FVU {s['fvu']:.4f}; most error-dense role '{hi[1]}' "
-                f"({hi[0]:.1f}x its token share); worst family '{results['families'][worst]}' "
-                f"(group FVU {f['group_fvu'][worst]:.3f}); {c['tokens_for_half']:.1%} of tokens "
-                f"carry half the error."
-            )
+            parts.append(f"{c['tokens_for_half']:.1%} of tokens carry half the error.")
+            out.append("; ".join(parts))
     for layer, r in results["lorsa_vs_sae"].items():
         out.append(
             f"layer {layer}: Lorsa and attention-SAE errors, mean cosine {r['mean_cosine']:.3f} "

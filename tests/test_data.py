@@ -294,6 +294,18 @@ def test_every_span_holds_its_value(docs):
                         assert ex.text[s.start : s.end] == s.value
 
 
+def test_a_span_holds_a_number_where_its_kind_does():
+    """Answers and operands carry the number they write (analyses read it, never the text);
+    no other kind carries one, and a number that is not the text is refused."""
+    from toy_models.data import Span
+
+    assert Span(0, 2, "operand", "12", number=12).number == 12
+    for kind, value, number in (("operand", "12", None), ("answer", "12", 21),
+                                ("item", "12", 12), ("operand", "012", 12)):  # fmt: skip
+        with pytest.raises(ValueError, match="holds"):
+            Span(0, len(value), kind, value, number=number)
+
+
 def test_successor_items_are_step_places_after_their_previous_item(docs):
     steps, kinds, wrapped = set(), set(), False
     for split in SPLITS:
@@ -320,7 +332,10 @@ def test_addition_answers_are_sums_and_chains_occur(docs):
             answers = ex.spans_of("answer")
             for i, answer in enumerate(answers):
                 a, b = answer.operands
-                assert int(answer.value) == int(a.value) + int(b.value)
+                assert int(answer.value) == int(a.value) + int(b.value)  # the text, and
+                assert (answer.number, a.number, b.number) == tuple(  # the numbers it carries
+                    int(s.value) for s in (answer, a, b)
+                )
                 assert a.end <= b.start and b.end <= answer.start
                 if i and a.value == answers[i - 1].value:
                     chained += 1

@@ -97,10 +97,10 @@ def addition_doc(tokenizer, a: int, b: int) -> ev.Encoded:
     from toy_models.data import Example, Span
 
     text = f"{a}+{b}={a + b}."
-    first = Span(0, len(str(a)), "operand", str(a))
-    second = Span(first.end + 1, first.end + 1 + len(str(b)), "operand", str(b))
+    first = Span(0, len(str(a)), "operand", str(a), number=a)
+    second = Span(first.end + 1, first.end + 1 + len(str(b)), "operand", str(b), number=b)
     answer = Span(second.end + 1, second.end + 1 + len(str(a + b)), "answer", str(a + b),
-                  operands=(first, second))  # fmt: skip
+                  operands=(first, second), number=a + b)  # fmt: skip
     return ev.encode(tokenizer, Example("addition", text, (first, second, answer)), 128)
 
 

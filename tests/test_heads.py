@@ -672,13 +672,13 @@ def test_operand_and_carry_probes_follow_the_spans(tokenizer):
     carry from the tens 4 and 8: 47 + 85 >= 100); the tens digit 3 from 4 and 8 (carry from
     the units 7 and 5); the units 2 from 7 and 5 (no carry into the units). In
     ``999+1=1000`` the thousands digit is a carry from the hundreds (999's 9; 1 has none)."""
-    from toy_models.data import Span
+    from toy_models.data import Span, carries_into
 
     text = "347+285=632\n999+1=1000\n"
-    a, b = Span(0, 3, "operand", "347"), Span(4, 7, "operand", "285")
-    c, d = Span(12, 15, "operand", "999"), Span(16, 17, "operand", "1")
-    spans = [Span(8, 11, "answer", "632", operands=(a, b)),
-             Span(18, 22, "answer", "1000", operands=(c, d))]  # fmt: skip
+    a, b = Span(0, 3, "operand", "347", number=347), Span(4, 7, "operand", "285", number=285)
+    c, d = Span(12, 15, "operand", "999", number=999), Span(16, 17, "operand", "1", number=1)
+    spans = [Span(8, 11, "answer", "632", operands=(a, b), number=632),
+             Span(18, 22, "answer", "1000", operands=(c, d), number=1000)]  # fmt: skip
     probe = hand_doc(tokenizer, "addition", text, spans)
     assert tokenizer.decode(probe.ids[1:12]) == "347+285=632"
     assert probe.ids[8] == tokenizer.token_to_id("=")
@@ -697,8 +697,8 @@ def test_operand_and_carry_probes_follow_the_spans(tokenizer):
     assert probe.targets["answer_units"] == [11, 22]
     assert probe.targets["carry_digits"] == [9, 10, 19, 20, 21]
     assert probe.targets["addition_answers"] == [9, 10, 11, 19, 20, 21, 22]
-    assert H.carries_into(47, 85, 2) and not H.carries_into(347, 285, 0)
-    assert not H.carries_into(12, 35, 1)
+    assert carries_into(47, 85, 2) and not carries_into(347, 285, 0)
+    assert not carries_into(12, 35, 1)
 
 
 def test_successor_probes_follow_the_spans(tokenizer):

@@ -735,3 +735,29 @@ def test_a_graph_set_written_by_one_command_is_refused_by_the_other(tmp_path, gr
     write_graph_outputs(graph, other, [], by=global_graph)
     with pytest.raises(ValueError, match="by must be one of"):
         write_graph_outputs(graph, tmp_path / "x", [], by="someone")
+
+
+def test_error_findings_skip_groups_without_tokens_and_rare_roles():
+    """A review: a family with no tokens (group FVU NaN, as ``check_results`` allows) listed
+    first won ``max`` and was printed as the worst family; no role above 0.5% of the tokens
+    raised. Neither is named now; the rest of the finding stays."""
+    from reports.errors import ROLES, findings
+
+    nan = float("nan")
+    roles = len(ROLES)
+    layer = {
+        "by_role": {"fvu": 0.25, "error_share": [0.5] + [0.5 / (roles - 1)] * (roles - 1),
+                    "token_share": [0.1] + [0.9 / (roles - 1)] * (roles - 1)},
+        "by_family": {"group_fvu": [nan, 0.3, 0.9]},
+        "concentration": {"tokens_for_half": 0.125},
+    }  # fmt: skip
+    results = {"by_kind": {"lorsa": {"1": layer}}, "families": ["names", "addition", "repeat"],
+               "lorsa_vs_sae": {}}  # fmt: skip
+    (line,) = findings(results)
+    assert line == (f"lorsa layer 1: FVU 0.2500; most error-dense role '{ROLES[0]}' (5.0x its "
+                    "token share); worst family 'repeat' (group FVU 0.900); 12.5% of tokens "
+                    "carry half the error.")  # fmt: skip
+    layer["by_role"]["token_share"] = [0.001] * roles
+    layer["by_family"]["group_fvu"] = [nan, nan, nan]
+    (line,) = findings(results)
+    assert line == "lorsa layer 1: FVU 0.2500; 12.5% of tokens carry half the error."

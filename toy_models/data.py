@@ -142,8 +142,9 @@ class Span:
     ==========  ===========  =====================================================================
     names       ``name``     a character's name; ``rare``: generated from syllables (not one of
                              ``COMMON_NAMES``); ``earlier``: the same name's previous mention
-    addition    ``answer``   the digits of ``a + b``; ``operands``: the spans of ``a`` and ``b``
-                ``operand``  an addend's digits (inside an answer's ``operands``)
+    addition    ``answer``   the digits of ``a + b``; ``operands``: the spans of ``a`` and ``b``;
+                             ``number``: ``a + b``
+                ``operand``  an addend's digits (inside an answer's ``operands``); ``number``: it
     successor   ``item``     a list element (or a sentence's answer) that its ``previous`` and
                              ``step`` determine: ``value`` is ``step`` places after ``previous``
                              in ``ORDERED_LISTS[sequence]`` (negative: backwards; lists in
@@ -171,6 +172,13 @@ class Span:
     step: int = 0  # successor items: places from ``previous`` to this one
     form: str = ""  # the surface form (separator, list format, spacing, story style)
     frame: str = ""  # the sentence frame or layout around it
+    number: int | None = None  # answers and operands: the number written (never re-parsed)
+
+    def __post_init__(self) -> None:
+        numeric = self.kind in ("answer", "operand")
+        if numeric != (self.number is not None) or (numeric and str(self.number) != self.value):
+            raise ValueError(f"a span of kind {self.kind!r} holds {'its' if numeric else 'no'} "
+                             f"number: got number={self.number!r} for {self.value!r}")  # fmt: skip
 
     def occurrences_before(self) -> list[Span]:
         """Every earlier occurrence of the same text (``earlier``, its ``earlier``, ...), in
@@ -451,12 +459,13 @@ def count_carries(a: int, b: int) -> int:
     """How many places of ``a + b`` carry (operands are non-negative whole numbers)."""
     if min(a, b) < 0:
         raise ValueError(f"operands are non-negative, got {a} and {b}")
-    carries, carry = 0, 0
-    while a or b:
-        carry = int(a % 10 + b % 10 + carry >= 10)
-        carries += carry
-        a, b = a // 10, b // 10
-    return carries
+    return sum(carries_into(a, b, place) for place in range(1, len(str(max(a, b))) + 1))
+
+
+def carries_into(a: int, b: int, place: int) -> bool:
+    """Whether adding ``a + b`` carries a one into ``place`` (0: the units) from the places
+    below it."""
+    return place > 0 and a % 10**place + b % 10**place >= 10**place
 
 
 def _operand(rng: random.Random, max_digits: int) -> int:
@@ -507,14 +516,15 @@ def addition_example(rng: random.Random, split: str = "train", n_problems: int =
         frame = rng.choice(_ADDITION_FRAMES[forms]) if rng.random() < p_frame else "{eq}"
         before, after = frame.split("{eq}")
         builder.add(before.replace("{N}", rng.choice(COMMON_NAMES)))
-        first_span = builder.span(str(a), "operand")
+        first_span = builder.span(str(a), "operand", number=a)
         builder.add(plus)
-        second_span = builder.span(str(b), "operand")
+        second_span = builder.span(str(b), "operand", number=b)
         builder.add(equals)
         answer = builder.span(
             str(a + b),
             "answer",
             operands=(first_span, second_span),
+            number=a + b,
             form=form,
             frame="" if frame == "{eq}" else frame,
         )

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .cli import ArgumentParser, UserError, path_arg, run_cli
-from .data import FAMILIES, Example, Span, count_carries, examples, pad_rows
+from .data import FAMILIES, Example, Span, carries_into, count_carries, examples, pad_rows
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -329,8 +329,9 @@ def _digit_ids(tokenizer) -> dict[int, int]:
 
 
 def _stops(s: Scored, span: Span, positions: list[int], digits: Mapping[int, int]) -> bool:
-    """For a number, whether the prediction after its last digit ends it (not a digit)."""
-    return not span.value.isdigit() or s.argmax[positions[-1]] not in digits
+    """For a number (an item of the ``counting`` sequence), whether the prediction after its
+    last digit ends it (not a digit)."""
+    return span.sequence != "counting" or s.argmax[positions[-1]] not in digits
 
 
 def successor_scores(scored: list[Scored], digits: Mapping[int, int] | None = None) -> dict:
@@ -389,7 +390,7 @@ def first_error(
     (``carry_missed``), another digit (``other_digit``), or no digit (``not_a_digit``, such as
     a space the document does not have); or every digit is right and the number goes on
     (``continues``, place -1)."""
-    a, b = (int(o.value) for o in answer.operands)
+    a, b = (o.number for o in answer.operands)
     for j, p in enumerate(positions):
         predicted = s.argmax[p - 1]
         if predicted == s.doc.ids[p]:
@@ -397,7 +398,7 @@ def first_error(
         place = len(positions) - 1 - j
         if predicted not in digits:
             return "not_a_digit", place
-        carry_in = (a % 10**place + b % 10**place) >= 10**place
+        carry_in = carries_into(a, b, place)
         step = digits[predicted] - (a + b) // 10**place % 10
         if place and (step, carry_in) == (1, False):
             return "carry_added", place
@@ -432,7 +433,7 @@ def addition_scores(
                 errors[error[0]] += 1
                 places[error[1]] += 1
             groups["digits"][max(len(a.value), len(b.value))].append(ok)
-            groups["carries"][count_carries(int(a.value), int(b.value))].append(ok)
+            groups["carries"][count_carries(a.number, b.number)].append(ok)
             groups["form"][answer.form].append(ok)
             groups["frame"][answer.frame].append(ok)
             answers.append((s, positions, answer.form, ok))

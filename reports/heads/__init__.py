@@ -132,7 +132,7 @@ _EXPORTS = {
         "truth_key",
     ),
     "probes": (
-        "Keys", "ProbeDoc", "build_probes", "carries_into", "duplicate_token_keys",
+        "Keys", "ProbeDoc", "build_probes", "duplicate_token_keys",
         "induction_keys", "local_context_keys", "previous_token_keys", "probe_doc",
         "sequence_tokens", "sink_keys",
     ),

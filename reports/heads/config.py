@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from toy_models.data import FAMILIES
 
 PLACES = ("units", "tens", "hundreds")  # place p of a number: its digit of 10**p
-OPERAND_FAMILIES = tuple(f"operand_{x}_{place}" for x in "ab" for place in PLACES)
+
+
+def operand_family(operand: str, place: str) -> str:
+    """The family of heads fetching operand ``operand``'s (``"a"``/``"b"``) digit of ``place``
+    (``PLACES``): the one place such a name is spelled."""
+    return f"operand_{operand}_{place}"
+
+
+OPERAND_FAMILIES = tuple(operand_family(x, place) for x in "ab" for place in PLACES)
 ARITHMETIC_FAMILIES = (*OPERAND_FAMILIES, "carry")
 HEAD_FAMILIES = (
     "previous_token",
@@ -97,7 +105,7 @@ TASK_OF = {
     "subtoken_induction": "rare_name_subtokens",
     "successor": "successor_items",
     "attention_sink": "all_tokens",
-    **{f"operand_{x}_{place}": f"answer_{place}" for x in "ab" for place in PLACES},
+    **{operand_family(x, place): f"answer_{place}" for x in "ab" for place in PLACES},
     "carry": "carry_digits",
 }
 # How a family is tested: heads that write are zeroed (``hook_z``); a sink's job is to hold

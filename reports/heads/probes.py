@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from toy_models.data import FAMILIES, ORDERED_LISTS
+from toy_models.data import FAMILIES, ORDERED_LISTS, carries_into
 
-from .config import LOCAL_WINDOW, PLACES
+from .config import LOCAL_WINDOW, OPERAND_FAMILIES, PLACES, operand_family
 
 Keys = dict[int, list[int]]  # query position -> key positions
 
@@ -56,11 +56,6 @@ def induction_keys(
         if keys:
             out[q] = keys
     return out
-
-
-def carries_into(a: int, b: int, place: int) -> bool:
-    """Whether adding ``a + b`` carries a one into ``place`` (from the places below it)."""
-    return place > 0 and a % 10**place + b % 10**place >= 10**place
 
 
 # ----------------------------------------------------------------- probe documents
@@ -148,7 +143,7 @@ def _addition_probes(encoded, probe: ProbeDoc) -> None:
     """Operand fetching, by what is fetched: at the query predicting the answer digit of
     place p, ``operand_{a,b}_{place}`` reads operand a's (b's) digit of place p; ``carry``
     reads both operands' digits of place p - 1, at the places that receive a carry only."""
-    names = [*(f"operand_{x}_{place}" for x in "ab" for place in PLACES), "carry"]
+    names = [*OPERAND_FAMILIES, "carry"]
     keys: dict[str, Keys] = {name: {} for name in [*names, "operand_any_digit"]}
     targets: dict[str, list[int]] = {f"answer_{place}": [] for place in PLACES}
     targets |= {"carry_digits": [], "addition_answers": []}
@@ -156,7 +151,7 @@ def _addition_probes(encoded, probe: ProbeDoc) -> None:
         if not encoded.holds(span):
             continue
         digits = [encoded.tokens_in(operand) for operand in span.operands]
-        a, b = (int(operand.value) for operand in span.operands)
+        a, b = (operand.number for operand in span.operands)
         answer = encoded.tokens_in(span)
         for j, p in enumerate(answer):
             place, q = len(answer) - 1 - j, p - 1  # place 0: units
@@ -166,7 +161,7 @@ def _addition_probes(encoded, probe: ProbeDoc) -> None:
 
             if place < len(PLACES):
                 for x, d in zip("ab", digits, strict=True):
-                    keys[f"operand_{x}_{PLACES[place]}"][q] = fetch(d)
+                    keys[operand_family(x, PLACES[place])][q] = fetch(d)
                 targets[f"answer_{PLACES[place]}"].append(p)
             if carries_into(a, b, place):
                 keys["carry"][q] = fetch(digits[0], place - 1) + fetch(digits[1], place - 1)

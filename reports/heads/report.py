@@ -8,7 +8,7 @@ from pathlib import Path
 from reports.outputs import OutputSet
 
 from .analysis import by_label
-from .config import CIRCUIT_FILES, HEAD_FAMILIES, PLACES
+from .config import CIRCUIT_FILES, HEAD_FAMILIES, OPERAND_FAMILIES
 from .plots import PLOT_FILES
 
 # What ``reports.heads`` writes into --out, as one set (``reports.outputs.write_set``).
@@ -52,7 +52,7 @@ MISSING_NOTES = {
         "harmful; if removing BOS leaves them spreading attention over keys whose values "
         "cancel or are small, the model does not depend on the sink for that task."
     ),
-    **{f"operand_{x}_{place}": _OPERAND_NOTE for x in "ab" for place in PLACES},
+    **dict.fromkeys(OPERAND_FAMILIES, _OPERAND_NOTE),
     "carry": (
         "A carry can be computed from the lower digits by the heads that fetch them for their "
         "own place (their outputs reach the MLPs of the next position) rather than by heads "

@@ -45,13 +45,13 @@ def ov_logits(
     """Direct logit effects of ``heads``' summed OV outputs on the inputs ``inputs[layer]``
     (each head attending only there): ``sum_i relu(x w_v^i + b_V^i) (P w_o^i) . unembed``."""
     rw = replacement.read_write()
-    out = torch.zeros(inputs[0].shape[0], rw.unembed.shape[1])
+    out = torch.zeros(inputs[0].shape[0], rw.unembed.shape[0])  # (n, vocab)
     for l, hs in heads.items():
         if len(hs):
             index = torch.tensor(hs, dtype=torch.long)
             values = replacement.lorsas[l].values(inputs[l])[:, index].clamp(min=0)
-            out += values @ rw.lorsa_write[l][index]
-    return out @ rw.unembed.T
+            out += values @ rw.direct_logits(True, l, index)
+    return out
 
 
 def ranks(logits: Float[Tensor, "n vocab"], tokens: Int[Tensor, " n"]) -> Int[Tensor, " n"]:

@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from replacement.model import ReadWrite, ReplacementModel
+from replacement.model import ReplacementModel
 from toy_models.tokenizer import token_text
 
 from .attribution import promoted_tokens
@@ -47,10 +47,12 @@ from .graph import (
     checked_count,
     checked_index,
 )
-from .nodes import Kind, block_of, lorsa_stage
+from .nodes import Kind, lorsa_stage
 from .statistics import Statistics
 from .units import Units
+from .units import decoder as unit_decoder
 from .units import decoders as unit_decoders
+from .units import reader as unit_reader
 from .units import readers as unit_readers
 
 WEIGHT_FLOOR = 1e-12  # divisor floor for a unit's total |weight| (0 when nothing feeds it)
@@ -71,28 +73,6 @@ def readers(replacement: ReplacementModel, units: Units) -> Float[Tensor, "unit 
     return unit_readers(replacement.read_write(), units)
 
 
-def _decoder(rw: ReadWrite, units: Units, unit: int) -> Float[Tensor, " d_model"]:
-    """One row of ``decoders``, without forming the table."""
-    kind, stage, index = units.describe(unit)
-    tables = {
-        Kind.EMBEDDING: lambda: rw.embed_write,
-        Kind.LORSA: lambda: rw.lorsa_write[block_of(stage)],
-        Kind.TRANSCODER: lambda: rw.tc_write[block_of(stage)],
-    }
-    return tables[kind]()[index] if kind in tables else torch.zeros(rw.embed_write.shape[1])
-
-
-def _reader(rw: ReadWrite, units: Units, unit: int) -> Float[Tensor, " d_model"]:
-    """One row of ``readers``, without forming the table."""
-    kind, stage, index = units.describe(unit)
-    tables = {
-        Kind.LORSA: lambda: rw.lorsa_read[block_of(stage)],
-        Kind.TRANSCODER: lambda: rw.tc_read[block_of(stage)],
-        Kind.LOGIT: lambda: rw.unembed,
-    }
-    return tables[kind]()[index] if kind in tables else torch.zeros(rw.embed_write.shape[1])
-
-
 # ----------------------------------------------------------------- virtual weights
 @torch.no_grad()
 def virtual_weights(
@@ -105,11 +85,11 @@ def virtual_weights(
     stage = int(units.stage[target])
     if upstream:
         below = units.start(stage)
-        weights = decoders(replacement, units)[:below] @ _reader(rw, units, target)
+        weights = decoders(replacement, units)[:below] @ unit_reader(rw, units, target)
         candidates = torch.arange(below)
     else:
         above = units.start(stage + 1)
-        weights = readers(replacement, units)[above:] @ _decoder(rw, units, target)
+        weights = readers(replacement, units)[above:] @ unit_decoder(rw, units, target)
         candidates = torch.arange(above, units.total)
     top = weights.abs().topk(min(k, len(weights))).indices
     return candidates[top], weights[top]
@@ -121,13 +101,11 @@ def qk_virtual_weights(
     layer: int,
     qk_head: int,
     k: int = 20,
-    scale: Tensor | None = None,
     block: int = QK_BLOCK,
 ) -> list[tuple[int, int, float]]:
     """The ``k`` largest query-unit x key-unit terms ``(P d_s) W_Q W_K^T (P d_t) / sqrt(d_qk)``
     of one Lorsa QK head, over every pair of units below the layer (both sides), found in row
-    blocks without forming the whole table. ``scale`` (per unit, optional) multiplies each
-    decoder, e.g. by a unit's typical activation / sigma from corpus statistics."""
+    blocks without forming the whole table."""
     units = Units.of(replacement)
     layer = units.check_layer(layer)
     lorsa = replacement.lorsas[layer]
@@ -135,8 +113,6 @@ def qk_virtual_weights(
     k, block = checked_count(k, "k"), checked_count(block, "block")
     below = units.start(lorsa_stage(layer))
     d = decoders(replacement, units)[:below]
-    if scale is not None:
-        d = d * scale[:below, None]
     query = d @ lorsa.W_Q[qk_head]  # unit d_qk
     key = d @ lorsa.W_K[qk_head] / math.sqrt(lorsa.cfg.d_qk)
     best_values, best_index = torch.empty(0), torch.empty(0, dtype=torch.long)

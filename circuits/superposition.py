@@ -85,11 +85,11 @@ from torch import Tensor
 
 from replacement.lorsa import LorsaConfig, LorsaLayer
 from toy_models.data import pad_rows
+from toy_models.model import hook_name
 
 from .graph import checked_count, checked_index
 
 SPREAD_THRESHOLDS = (0.5, 0.7, 0.9)
-HEADLINE_THRESHOLD = 0.7  # "spread over two or more heads": the top head carries < 70%
 HOST_SHARE = 0.3
 MIN_FIRES = 10  # as circuits.dashboards: "fired enough"
 RIDGE = 1e-3  # of the mean squared norm of the co-firing heads' writes
@@ -127,6 +127,16 @@ def pattern_overlap(
 
 
 # ----------------------------------------------------------------- the sums over tokens
+def ridged_gram(W: Float[Tensor, "... k d_model"], on: Tensor) -> Float[Tensor, "... k k"]:
+    """The Gram matrix of the firing heads' writes ``W`` (rows of heads that are ``on``; the
+    others zero) with the refit's ridge on its diagonal: ``RIDGE`` times the mean squared norm
+    of the firing writes (1 for the rows that are off, whose parts are then 0). The one rule of
+    the read-out ``M = (W W^T + ridge)^-1 W``, for the sums and for one firing's detail."""
+    gram = W @ W.transpose(-1, -2)
+    lam = RIDGE * gram.diagonal(dim1=-2, dim2=-1).sum(-1) / on.sum(-1).clamp(min=1)
+    return gram + torch.diag_embed(torch.where(on, lam[..., None], 1.0))
+
+
 class LayerSums:
     """Running sums over tokens for one layer (float64 across batches), enough for every
     head's slopes (module docstring), pattern agreements and fit, and each head's
@@ -162,7 +172,7 @@ class LayerSums:
         n_qk, n_heads = overlap.shape[1:]
         self.tokens += n_tok
         self.fires += (z > 0).sum(0)
-        self.z += z.sum(0).double()
+        self.z += z.double().sum(0)
         self.zz += z.double().pow(2).sum(0)
         grouped = torch.einsum("tgj,tgh->gjh", z.view(n_tok, n_qk, n_ov // n_qk), overlap)
         self.zo += grouped.reshape(n_ov, n_heads).double()
@@ -172,8 +182,8 @@ class LayerSums:
         k = min(self.top_value.shape[1], n_tok)
         new_value, at = z.topk(k, dim=0)  # k ov
         new_index = torch.where(new_value > 0, index[at], -1)
-        value = torch.cat([self.top_value, new_value.T], 1)  # earlier batches first: ties
-        where = torch.cat([self.top_index, new_index.T], 1)  # keep the earlier token
+        value = torch.cat([self.top_value, new_value.T], 1)  # (topk keeps no order among
+        where = torch.cat([self.top_index, new_index.T], 1)  # equal activations)
         best = value.topk(self.top_value.shape[1], dim=1, sorted=True)
         self.top_value, self.top_index = best.values, where.gather(1, best.indices)
 
@@ -183,10 +193,8 @@ class LayerSums:
         value, idx = z.topk(k, dim=1)  # tok k: the firing heads (value 0: none)
         on = value > 0
         W = W_O[idx] * on[..., None]  # tok k d_model
-        gram = W @ W.transpose(1, 2)
-        norm2 = gram.diagonal(dim1=1, dim2=2)
-        lam = RIDGE * norm2.sum(1) / on.sum(1).clamp(min=1)
-        gram = gram + torch.diag_embed(torch.where(on, lam[:, None], 1.0))  # off: c = 0
+        gram = ridged_gram(W, on)
+        norm2 = (W * W).sum(-1)
         y = o.sum(1) + offset  # y - b_D
         rhs = torch.cat([W @ o.transpose(1, 2), W @ y[..., None], W], -1)
         sol = torch.cholesky_solve(rhs, torch.linalg.cholesky(gram))  # tok k (head + 1 + d)
@@ -318,7 +326,7 @@ def measure(
         raise ValueError(f"rows must be 1..{cfg.n_ctx} tokens long, and there must be some")
     width = max(len(r) for r in rows)
     sums = [LayerSums(m.cfg.n_ov_heads, cfg.n_heads, cfg.d_model) for m in lorsas]
-    names = {f"blocks.{l}.ln1.hook_normalized" for l in range(cfg.n_layers)}
+    names = {hook_name(l, "ln1.hook_normalized") for l in range(cfg.n_layers)}
     starts = range(0, len(rows), batch_rows)
     with torch.no_grad():
         for start in tqdm(starts, desc="superposition", disable=not progress, leave=False):
@@ -329,7 +337,7 @@ def measure(
             index = ((torch.arange(b)[:, None] + start) * width + torch.arange(p)[None])[valid]
             _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
             for l, (lorsa, block) in enumerate(zip(lorsas, model.blocks, strict=True)):
-                x = cache[f"blocks.{l}.ln1.hook_normalized"].float()
+                x = cache[hook_name(l, "ln1.hook_normalized")].float()
                 mhsa_pattern, o = mhsa_heads(block.attn, x)
                 lorsa_pattern = lorsa.patterns(x)
                 z = lorsa.activate(lorsa.pre_activations(x, lorsa_pattern))
@@ -358,7 +366,7 @@ def firing_detail(replacement, ids: Sequence[int], layer: int, head: int, pos: i
     pos = checked_index(pos, "pos", len(ids))
     attn = model.blocks[layer].attn
     tokens = torch.tensor([list(ids[: pos + 1])])
-    name = f"blocks.{layer}.ln1.hook_normalized"
+    name = hook_name(layer, "ln1.hook_normalized")
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name)
         x = cache[name].float()
@@ -369,8 +377,7 @@ def firing_detail(replacement, ids: Sequence[int], layer: int, head: int, pos: i
             raise ValueError(f"Lorsa head {head} of layer {layer} does not fire at pos {pos}")
         firing = (z > 0).nonzero().flatten()
         W = lorsa.W_O[firing].float()
-        gram = W @ W.T
-        gram += torch.eye(len(firing)) * RIDGE * gram.diagonal().mean()
+        gram = ridged_gram(W, torch.ones(len(firing), dtype=torch.bool))
         row = torch.linalg.solve(gram, W)[(firing == head).nonzero().flatten()[0]]  # d_model
         c_h = o[0, pos] @ row
         bias = (attn.b_O - lorsa.b_D) @ row

@@ -164,23 +164,54 @@ class Units:
         return unit
 
 
+def _tables(rw: ReadWrite, write: bool) -> list[Tensor | None]:
+    """Per stage, the table of its units' centred write (``write``) or read directions, error
+    units (each sublayer stage's last) left out; None where they are all zero (logits' writes,
+    tokens' reads). The one layout of ``decoders``, ``readers`` and their single rows."""
+    tables: list[Tensor | None] = [rw.embed_write if write else None]
+    for layer in range(len(rw.lorsa_write)):
+        if write:
+            tables += [rw.lorsa_write[layer], rw.tc_write[layer]]
+        else:
+            tables += [rw.lorsa_read[layer], rw.tc_read[layer]]
+    tables.append(None if write else rw.unembed)
+    return tables
+
+
+def _every_row(rw: ReadWrite, units: Units, write: bool) -> Float[Tensor, "unit d_model"]:
+    zero = torch.zeros(1, rw.embed_write.shape[1])
+    rows = []
+    for table, size in zip(_tables(rw, write), units.sizes, strict=True):
+        held = 0 if table is None else len(table)
+        rows += [*([] if table is None else [table]), zero.expand(size - held, -1)]
+    return torch.cat(rows)
+
+
+def _one_row(rw: ReadWrite, units: Units, unit: int, write: bool) -> Float[Tensor, " d_model"]:
+    kind, stage, index = units.describe(unit)
+    table = _tables(rw, write)[stage]
+    if table is None or kind == Kind.ERROR:
+        return torch.zeros(rw.embed_write.shape[1])
+    return table[index]
+
+
 def decoders(rw: ReadWrite, units: Units) -> Float[Tensor, "unit d_model"]:
     """Every unit's write direction, centred (``P d``: a token's ``P W_E[t]``, a head's
     ``P w_o``, a feature's decoder row), in unit order; zero for error and logit units."""
-    zero = torch.zeros(1, rw.embed_write.shape[1])
-    rows = [rw.embed_write]
-    for lorsa_write, tc_write in zip(rw.lorsa_write, rw.tc_write, strict=True):
-        rows += [lorsa_write, zero, tc_write, zero]
-    rows.append(zero.expand(units.d_vocab, -1))
-    return torch.cat(rows)
+    return _every_row(rw, units, write=True)
 
 
 def readers(rw: ReadWrite, units: Units) -> Float[Tensor, "unit d_model"]:
     """Every unit's reading direction, centred (``P w_v``, an encoder column, a demeaned
     unembedding column), in unit order; zero for tokens and errors."""
-    zero = torch.zeros(1, rw.embed_write.shape[1])
-    rows = [zero.expand(units.d_vocab, -1)]
-    for lorsa_read, tc_read in zip(rw.lorsa_read, rw.tc_read, strict=True):
-        rows += [lorsa_read, zero, tc_read, zero]
-    rows.append(rw.unembed)
-    return torch.cat(rows)
+    return _every_row(rw, units, write=False)
+
+
+def decoder(rw: ReadWrite, units: Units, unit: int) -> Float[Tensor, " d_model"]:
+    """One row of ``decoders``, without forming the table."""
+    return _one_row(rw, units, unit, write=True)
+
+
+def reader(rw: ReadWrite, units: Units, unit: int) -> Float[Tensor, " d_model"]:
+    """One row of ``readers``, without forming the table."""
+    return _one_row(rw, units, unit, write=False)

@@ -45,7 +45,8 @@ from toy_models.zoo import resolve_model_dir
 
 DEFAULT_ROWS = 256
 DEFAULT_THRESHOLDS = (0.5, 0.7, 0.9)  # = circuits.superposition.SPREAD_THRESHOLDS
-HEADLINE = 0.7  # = circuits.superposition.HEADLINE_THRESHOLD
+HEADLINE = 0.7  # the threshold headlined, one of DEFAULT_THRESHOLDS: "spread over two or
+# more heads" when the top head carries < 70%
 HOST_SHARE = 0.3  # = circuits.superposition.HOST_SHARE
 MIN_FIRES = 10  # = circuits.superposition.MIN_FIRES
 HEADS_DOCS = 24  # = reports.heads.Settings.docs

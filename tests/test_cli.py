@@ -307,7 +307,7 @@ def test_the_clis_copies_of_library_constants_are_the_librarys():
     assert global_graph.DEFAULT_STATS_DIR == statistics.DEFAULT_STATS_DIR
     assert global_graph.MAX_ROWS == statistics_file.MAX_ROWS
     assert superposition.DEFAULT_THRESHOLDS == library.SPREAD_THRESHOLDS
-    assert superposition.HEADLINE == library.HEADLINE_THRESHOLD
+    assert superposition.HEADLINE in superposition.DEFAULT_THRESHOLDS
     assert superposition.HOST_SHARE == library.HOST_SHARE
     assert superposition.MIN_FIRES == library.MIN_FIRES == dashboards.MIN_FIRES
     assert superposition.HEADS_DOCS == Settings().docs

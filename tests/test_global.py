@@ -190,6 +190,23 @@ def test_nodes_map_to_their_units(replacement, units):
         assert index == (-1 if kind == Kind.ERROR else int(graph.index[i]))
 
 
+def test_one_units_rows_are_the_tables_rows(replacement, units):
+    """``circuits.units.decoder``/``reader`` (one row, no table) against ``decoders``/
+    ``readers``, for every unit: one layout of which kinds write and read."""
+    from circuits import units as U
+
+    rw = replacement.read_write()
+    d, r = U.decoders(rw, units), U.readers(rw, units)
+    assert d.shape == r.shape == (units.total, rw.embed_write.shape[1])
+    for unit in range(units.total):
+        assert torch.equal(U.decoder(rw, units, unit), d[unit])
+        assert torch.equal(U.reader(rw, units, unit), r[unit])
+    kinds = [units.describe(u)[0] for u in range(units.total)]
+    zero_d = [k for k, row in zip(kinds, d, strict=True) if not row.any()]
+    zero_r = [k for k, row in zip(kinds, r, strict=True) if not row.any()]
+    assert set(zero_d) == {Kind.ERROR, Kind.LOGIT} and set(zero_r) == {Kind.ERROR, Kind.EMBEDDING}
+
+
 # ----------------------------------------------------------------- virtual weights
 def test_virtual_weights_are_the_top_of_the_dense_products(replacement, units):
     d, r = decoders(replacement, units), readers(replacement, units)
@@ -973,7 +990,6 @@ def test_the_default_statistics_folder_is_checked_before_any_work(tmp_path, caps
     that folder is refused before a model is loaded, as --stats is, not after the gathering."""
     in_the_way = "runs/global-stats"
     import replacement.model
-    from circuits import global_graph, statistics, statistics_file
     from circuits.global_graph import main
     from toy_models.cli import run_cli
 
@@ -992,8 +1008,6 @@ def test_the_default_statistics_folder_is_checked_before_any_work(tmp_path, caps
     assert (tmp_path / in_the_way).read_text() == "mine"
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs" / "global").exists()
-    assert global_graph.DEFAULT_STATS_DIR == statistics.DEFAULT_STATS_DIR  # copies, for start-up
-    assert global_graph.MAX_ROWS == statistics_file.MAX_ROWS
 
 
 def test_the_default_statistics_file_is_named_by_what_it_is_bound_to(replacement):

@@ -8,10 +8,11 @@ Axes (``sweep_variants``), every other setting at the base shapes (``replacement
   heads) and the same K beside every Lorsa point: the fidelity-sparsity curve of both;
 - QK sharing: the number of QK heads for the same number of OV heads;
 - QK rank ``d_qk``: below, at and above the original head dimension. QK starts from the
-  original heads at every rank (``copy_qk_heads``: the best rank-``d_qk`` approximation of each
-  copied head's bilinear score, biases included; above the head dimension the extra dimensions
-  start small and random), so a rank is compared with a rank, not a copied start with a random
-  one. One control at the original rank starts from random QK (``qk_init="random"``).
+  original heads at every rank (``replacement.dictionaries.copy_qk_heads``: the best
+  rank-``d_qk`` approximation of each copied head's bilinear score, biases included; above the
+  head dimension the extra dimensions start small and random), so a rank is compared with a
+  rank, not a copied start with a random one. One control at the original rank starts from
+  random QK (``qk_init="random"``).
 
 Every run uses the replacement recipe (``replacement.dictionaries``: scales, initialisation
 from the heads, K annealing, AuxK, learning-rate schedule, scale folding) and reads the same
@@ -19,11 +20,12 @@ cached rows in the same order (``CachedLayerRows``). Attention-output SAEs follo
 ``replacement.attn_sae``.
 
 Measures (``LayerEvaluation``), on rows of a held-out activation cache: FVU, L0, dead fraction
-(never active on those tokens), and the next-token loss with that one layer's attention output
-replaced by the dictionary's reconstruction (the rest of the model untouched): CE, KL to the
-original, and the loss recovered against mean ablation,
-``(CE_ablated - CE_spliced) / (CE_ablated - CE_original)``, as ``replacement.evaluate``
-computes it.
+(never active on those tokens: ``replacement.evaluate.ReconstructionTally``), and the
+next-token loss with that one layer's attention output replaced by the dictionary's
+reconstruction (the rest of the model untouched): CE, KL to the original, and the loss
+recovered against mean ablation, ``(CE_ablated - CE_spliced) / (CE_ablated - CE_original)``
+(``replacement.evaluate.fraction_recovered``: NaN where ablating costs under ``MIN_GAP``
+nats).
 
 ``run_sweep`` writes one record (JSON) and the trained weights per (layer, variant) under a
 work directory as it goes, so an interrupted sweep rerun with the same settings skips what is
@@ -54,7 +56,6 @@ from .train import DictionaryShapes, ReplacementTrainConfig, lr_at
 KINDS = ("lorsa", "sae")
 QK_INITS = ("copy", "random")
 AXES = ("k", "qk_heads", "d_qk")
-PAD_SCALE = 0.1  # extra QK dimensions above the copied rank start at this x a random init
 
 
 # ----------------------------------------------------------------- what is swept
@@ -122,37 +123,6 @@ def unique_variants(axes: dict[str, list[Variant]]) -> list[Variant]:
 
 
 # ----------------------------------------------------------------- initialisation
-@torch.no_grad()
-def copy_qk_heads(lorsa: LorsaLayer, attn, s_x: float, seed: int) -> None:
-    """QK of every Lorsa QK head from the original head it copies (``init_lorsa_from_heads``'s
-    choice), at any ``d_qk``: the best rank-``min(d_qk, d_head)`` approximation (SVD) of the
-    head's score as a bilinear form of ``[x, 1]`` (the biases ride on the constant), rescaled for
-    ``1 / sqrt(d_qk)``. Dimensions above the head's rank start at ``PAD_SCALE`` x a random
-    init, so that they can learn (both sides at zero would get no gradient).
-
-    At ``d_qk >= d_head`` the scores (on inputs scaled by ``s_x``) equal the head's up to those
-    small extra terms; below, they are the closest a lower rank can be."""
-    g = torch.Generator().manual_seed(seed)
-    n_heads, d_model, d_head = attn.W_Q.shape
-    cfg = lorsa.cfg
-    rank = min(cfg.d_qk, d_head)
-    # scores / sqrt(d_qk) must equal the head's / sqrt(d_head)
-    factor = (cfg.d_qk / d_head) ** 0.25
-    for j in range(cfg.n_qk_heads):
-        h = j * n_heads // cfg.n_qk_heads
-        q = torch.cat([attn.W_Q[h] / s_x, attn.b_Q[h][None]])  # (d_model + 1, d_head)
-        k = torch.cat([attn.W_K[h] / s_x, attn.b_K[h][None]])
-        U, S, Vh = torch.linalg.svd(q.double() @ k.double().T)
-        root = S[:rank].sqrt()
-        q_new = torch.randn(d_model + 1, cfg.d_qk, generator=g) * PAD_SCALE / math.sqrt(d_model)
-        k_new = torch.randn(d_model + 1, cfg.d_qk, generator=g) * PAD_SCALE / math.sqrt(d_model)
-        q_new[-1], k_new[-1] = 0.0, 0.0  # no bias on the extra dimensions
-        q_new[:, :rank] = (U[:, :rank] * root * factor).float()
-        k_new[:, :rank] = (Vh[:rank].T * root * factor).float()
-        lorsa.W_Q[j], lorsa.b_Q[j] = q_new[:-1], q_new[-1]
-        lorsa.W_K[j], lorsa.b_K[j] = k_new[:-1], k_new[-1]
-
-
 @torch.no_grad()
 def randomise_qk(lorsa: LorsaLayer, seed: int) -> None:
     """QK as a fresh ``LorsaLayer`` draws it (zero biases), from a seeded generator."""
@@ -245,11 +215,9 @@ def train_variant(
     attn = model.blocks[layer].attn
     if variant.kind == "lorsa":
         seed = cfg.seed + INIT_SEED_OFFSET["lorsa"] + layer
-        init_lorsa_from_heads(module, attn, s_x, s_y, y_mean, seed)
+        init_lorsa_from_heads(module, attn, s_x, s_y, y_mean, seed)  # QK copied at any rank
         if variant.qk_init == "random":
             randomise_qk(module, seed)
-        elif variant.d_qk != attn.W_Q.shape[-1]:
-            copy_qk_heads(module, attn, s_x, seed)
     else:
         from .attn_sae import SEED_OFFSET, init_attn_sae
 
@@ -306,6 +274,7 @@ class LayerEvaluation:
     figures are measured against."""
 
     def __init__(self, model, cache, layer: int, batch_size: int = 16):
+        from .activations import lorsa_hooks
         from .evaluate import mean_outputs, next_token_stats
 
         self.model, self.layer = model, layer
@@ -313,12 +282,8 @@ class LayerEvaluation:
         self.x, self.y = rows.x, rows.y
         tokens = cache.tokens(0, cache.plan.rows)
         self.batches = list(tokens.split(batch_size))
-        flat = self.y.flatten(0, 1)
-        self.variance = (flat - flat.mean(0)).pow(2).sum().item()
-        self.out_name = f"blocks.{layer}.hook_attn_out"
-        self.in_name = f"blocks.{layer}.ln1.hook_normalized"
         with torch.no_grad():
-            self.mean = mean_outputs(model, self.batches)[self.out_name]
+            self.mean = mean_outputs(model, self.batches)[lorsa_hooks(layer)[1]]
             self.clean = [model(t) for t in self.batches]
             ce = [
                 next_token_stats(c, t)["ce"] for c, t in zip(self.clean, self.batches, strict=True)
@@ -331,46 +296,32 @@ class LayerEvaluation:
         return self.y.shape[0] * self.y.shape[1]
 
     def _spliced(self, fn, reads_input: bool) -> dict:
-        """Mean CE and KL with the layer's attention output replaced by ``fn(y, x)`` (``x``:
-        the layer's ``ln1`` output, hooked only when ``reads_input``: a hook there moves the
-        LayerNorm off its fused path, which can change the last bits)."""
-        from .evaluate import next_token_stats
+        """Mean CE and KL with the layer's attention output replaced by ``fn(y, x)``
+        (``replacement.evaluate.splice_hooks``; ``x``, the layer's ``ln1`` output, is hooked
+        only when ``reads_input``)."""
+        from .evaluate import next_token_stats, splice_hooks
 
-        kept: dict[str, Tensor] = {}
-
-        def keep(x, hook):
-            kept["x"] = x
-
-        def splice(y, hook):
-            return fn(y, kept.get("x"))
-
+        hooks = splice_hooks([("lorsa", self.layer)], lambda kind, l, y, x: fn(y, x), reads_input)
         stats = []
         for tokens, clean in zip(self.batches, self.clean, strict=True):
-            hooks = [(self.in_name, keep)] if reads_input else []
-            hooks.append((self.out_name, splice))
             logits = self.model.run_with_hooks(tokens, fwd_hooks=hooks)
             stats.append(next_token_stats(logits, tokens, clean))
         return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
     @torch.no_grad()
     def measure(self, module, kind: str, batch_size: int = 16) -> dict:
-        residual, active = 0.0, 0
-        fired = torch.zeros(module.decoder.shape[0], dtype=torch.bool)
+        from .evaluate import ReconstructionTally, fraction_recovered
+
+        tally = ReconstructionTally(module.decoder.shape[0])
         for x, y in zip(self.x.split(batch_size), self.y.split(batch_size), strict=True):
             code = module.encode(x if kind == "lorsa" else y)
-            recon = module.decode(code)
-            residual += (recon - y).pow(2).sum().item()
-            active += int((code != 0).sum())
-            fired |= (code != 0).flatten(0, -2).any(0)
+            tally.add(code, module.decode(code), y)
         spliced = self._spliced(lambda y, x: reconstruct(module, kind, x, y), kind == "lorsa")
-        gap = self.ce_ablated - self.ce_original
         return {
-            "fvu": residual / self.variance,
-            "l0": active / self.tokens,
-            "dead_fraction": 1 - fired.float().mean().item(),
+            **tally.result(),
             "ce": spliced["ce"],
             "kl": spliced["kl"],
-            "loss_recovered": (self.ce_ablated - spliced["ce"]) / gap if gap > 0 else math.nan,
+            "loss_recovered": fraction_recovered(self.ce_original, self.ce_ablated, spliced["ce"]),
         }
 
     def baseline(self) -> dict:
@@ -444,14 +395,6 @@ def run_sweep(
         del rows, evaluation
     bar.close()
     return out
-
-
-def fvu_of(module, kind: str, x: Float[Tensor, "... d"], y: Float[Tensor, "... d"]) -> float:
-    """FVU of one dictionary on given pairs (all tokens and dimensions)."""
-    from .dictionaries import fvu
-
-    with torch.no_grad():
-        return float(fvu(reconstruct(module, kind, x, y), y))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ them once.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -96,6 +97,10 @@ def train_attn_saes(
     return saes, elapsed
 
 
+SAES_FILE = "saes.json"  # a kept directory's record, written last
+SAE_FILE = "sae.{}.safetensors"  # layer l's SAE in a kept directory
+
+
 def kept_attn_saes(
     model,
     tokenizer,
@@ -110,31 +115,64 @@ def kept_attn_saes(
     """Per layer of ``layers``, the attention-output SAE of ``train_attn_saes``: read from
     ``work/<identity>/`` when an earlier call with the same model and settings left them there,
     else trained and saved there (atomically, the record last). Returns the SAEs by layer and
-    their training wall seconds. A directory whose record or weights do not match is refused
-    by ``load_state_dict`` (shapes) or retrained over (identity)."""
-    from safetensors.torch import load_file
+    their training wall seconds.
 
-    from toy_models.checkpoint import fingerprint, json_sha256, read_json, save_state_atomic
-    from toy_models.files import write_json_atomic
+    The record (``SAES_FILE``) holds the identity, the training seconds and the SHA-256 of
+    every SAE file. A record of other settings, or one written before files were hashed, is
+    retrained over; a record of these settings that is damaged, or an SAE file of the wrong
+    names, shapes or values (``load_checked``) or not the one recorded (its hash), is refused
+    in one line (a ValueError naming the file)."""
+    from toy_models.checkpoint import (
+        fingerprint,
+        json_sha256,
+        load_checked,
+        read_json,
+        save_state_atomic,
+    )
+    from toy_models.files import file_sha256, write_json_atomic
 
     identity = json_sha256(
         {"model": fingerprint(model), "layers": layers, "width": n_latents, "k": top_k,
          "steps": steps}
     )  # fmt: skip
     directory = Path(work) / identity[:16]
-    record = directory / "saes.json"
-    if record.is_file() and read_json(record).get("identity") == identity:
+    record_path = directory / SAES_FILE
+    names = {l: SAE_FILE.format(l) for l in layers}
+    record = read_json(record_path) if record_path.is_file() else {}
+    if record.get("identity") == identity and "files" in record:
+        seconds, hashes = _kept_record(record, sorted(names.values()), record_path)
         saes = {}
-        for l in layers:
-            sae = new_attn_sae(model.cfg.d_model, n_latents, top_k)
-            sae.load_state_dict(load_file(str(directory / f"sae.{l}.safetensors")))
+        for l, name in names.items():
+            path = directory / name
+            sae = load_checked(
+                lambda: new_attn_sae(model.cfg.d_model, n_latents, top_k), path, SAES_FILE
+            )
             saes[l] = sae.requires_grad_(False)
-        return saes, float(read_json(record)["train_s"])
+            if file_sha256(path) != hashes[name]:
+                raise ValueError(f"{path}: not the file recorded in {SAES_FILE} (sha256 "
+                                 "differs: damaged, edited or swapped with another)")  # fmt: skip
+        return saes, seconds
     trained, seconds = train_attn_saes(
         model, tokenizer, n_latents, top_k, steps, layers=layers, quiet=quiet
     )
     directory.mkdir(parents=True, exist_ok=True)
-    for l, sae in zip(layers, trained, strict=True):
-        save_state_atomic(sae, directory / f"sae.{l}.safetensors")
-    write_json_atomic(record, {"identity": identity, "train_s": seconds})
+    hashes = {}
+    for name, sae in zip(names.values(), trained, strict=True):
+        save_state_atomic(sae, directory / name)
+        hashes[name] = file_sha256(directory / name)
+    write_json_atomic(record_path, {"identity": identity, "train_s": seconds, "files": hashes})
     return {l: sae.requires_grad_(False) for l, sae in zip(layers, trained, strict=True)}, seconds
+
+
+def _kept_record(record: dict, names: list[str], where: Path) -> tuple[float, dict[str, str]]:
+    """A kept record's training seconds (finite, above zero) and its file hashes, which must
+    name exactly the SAE files ``names``."""
+    from toy_models.checkpoint import check_value
+
+    seconds, hashes = record.get("train_s"), record["files"]
+    check_value("float", seconds, f"{where}: train_s", math.inf)
+    if not isinstance(hashes, dict) or sorted(hashes) != names:
+        raise ValueError(f"{where}: 'files' does not list the SAE files {names}")
+    if not all(isinstance(h, str) for h in hashes.values()):
+        raise ValueError(f"{where}: 'files' holds a hash that is not a string")
+    return float(seconds), hashes

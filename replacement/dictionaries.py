@@ -6,7 +6,8 @@ the configs, the schedule, the loop and the CLI).
 Inputs and targets are scaled to mean norm sqrt(d_model) during training and the scales are
 folded back into the weights at the end, so the saved layers read and write the model's own
 activations. Lorsa starts from the original heads: QK copied (repeated over the Lorsa QK
-heads), each ``w_v`` a random direction inside its head's value space and ``w_o`` that
+heads; at a QK rank other than the head dimension, each head's best approximation of that rank:
+``copy_qk_heads``), each ``w_v`` a random direction inside its head's value space and ``w_o`` that
 direction pushed through the head's OV circuit, ``b_D`` the mean target. Dead units (silent
 for ``dead_tokens`` tokens) get the AuxK loss of Gao et al. (2024).
 """
@@ -24,13 +25,28 @@ from .transcoder import Transcoder
 
 INIT_SEED_OFFSET = {"lorsa": 0, "transcoder": 100}  # layer l of a kind: seed + offset + l
 STAT_NAMES = ("lorsa_fvu", "tc_fvu", "lorsa_dead", "tc_dead")  # one step's statistics
+PAD_SCALE = 0.1  # QK dimensions above a copied head's rank start at this x a random init
 
 
-def fvu(pred: Tensor, target: Tensor) -> Tensor:
-    """Fraction of variance unexplained over all tokens and dimensions."""
+def target_variance(target: Tensor) -> Tensor:
+    """``sum_t ||y_t - mean(y)||^2`` over every token (all leading dimensions) of ``target``:
+    the denominator of the FVU."""
     target = target.flatten(0, -2)
-    residual = (pred.flatten(0, -2) - target).pow(2).sum()
-    return residual / (target - target.mean(0)).pow(2).sum()
+    return (target - target.mean(0)).pow(2).sum()
+
+
+def fvu_of_sums(residual: Tensor | float, variance: Tensor | float) -> float:
+    """The FVU (fraction of variance unexplained) from its two sums over the same tokens: the
+    error energy ``sum_t ||y^_t - y_t||^2`` over ``target_variance`` (floats or 0-d tensors,
+    for those who sum over batches or over groups of tokens). NaN where the targets do not
+    vary (one token, a constant output): a fraction of no variance."""
+    return float(residual / variance) if variance > 0 else math.nan
+
+
+def fvu(pred: Tensor, target: Tensor) -> float:
+    """Fraction of variance unexplained over all tokens and dimensions (``fvu_of_sums``)."""
+    residual = (pred.flatten(0, -2) - target.flatten(0, -2)).pow(2).sum()
+    return fvu_of_sums(residual, target_variance(target))
 
 
 def aux_k_loss(pre: Tensor, dead: Tensor, W_dec: Tensor, residual: Tensor, k: int) -> Tensor:
@@ -61,26 +77,63 @@ def value_directions(d_head: int, n: int, generator: torch.Generator) -> Tensor:
     return torch.stack([r, -r], dim=1).flatten(0, 1)[:n]
 
 
+@torch.no_grad()
+def copy_qk_heads(lorsa: LorsaLayer, attn, s_x: float, seed: int) -> None:
+    """QK of every Lorsa QK head from the original head it copies: head ``j`` copies head
+    ``j * n_heads // n_qk_heads``, on inputs scaled by ``s_x``.
+
+    At ``d_qk == d_head`` the head's own weights and biases. At any other rank, the best
+    rank-``min(d_qk, d_head)`` approximation (SVD) of the head's score as a bilinear form of
+    ``[x, 1]`` (the biases ride on the constant), rescaled for ``1 / sqrt(d_qk)``; dimensions
+    above the head's rank start at ``PAD_SCALE`` x a random init (from ``seed``), so that they
+    can learn (both sides at zero would get no gradient). Above the head dimension the scores
+    equal the head's up to those small extra terms; below, they are the closest a lower rank
+    can be."""
+    n_heads, d_model, d_head = attn.W_Q.shape
+    cfg = lorsa.cfg
+    origin = [j * n_heads // cfg.n_qk_heads for j in range(cfg.n_qk_heads)]
+    if cfg.d_qk == d_head:
+        lorsa.W_Q.copy_(attn.W_Q[origin] / s_x)
+        lorsa.W_K.copy_(attn.W_K[origin] / s_x)
+        lorsa.b_Q.copy_(attn.b_Q[origin])
+        lorsa.b_K.copy_(attn.b_K[origin])
+        return
+    g = torch.Generator().manual_seed(seed)
+    rank = min(cfg.d_qk, d_head)
+    # scores / sqrt(d_qk) must equal the head's / sqrt(d_head)
+    factor = (cfg.d_qk / d_head) ** 0.25
+    for j, h in enumerate(origin):
+        q = torch.cat([attn.W_Q[h] / s_x, attn.b_Q[h][None]])  # (d_model + 1, d_head)
+        k = torch.cat([attn.W_K[h] / s_x, attn.b_K[h][None]])
+        U, S, Vh = torch.linalg.svd(q.double() @ k.double().T)
+        root = S[:rank].sqrt()
+        q_new = torch.randn(d_model + 1, cfg.d_qk, generator=g) * PAD_SCALE / math.sqrt(d_model)
+        k_new = torch.randn(d_model + 1, cfg.d_qk, generator=g) * PAD_SCALE / math.sqrt(d_model)
+        q_new[-1], k_new[-1] = 0.0, 0.0  # no bias on the extra dimensions
+        q_new[:, :rank] = (U[:, :rank] * root * factor).float()
+        k_new[:, :rank] = (Vh[:rank].T * root * factor).float()
+        lorsa.W_Q[j], lorsa.b_Q[j] = q_new[:-1], q_new[-1]
+        lorsa.W_K[j], lorsa.b_K[j] = k_new[:-1], k_new[-1]
+
+
 def init_lorsa_from_heads(
     lorsa: LorsaLayer, attn, s_x: float, s_y: float, y_mean: Tensor, seed: int
 ) -> None:
     """Initialise from the original attention layer, in the normalised (scaled) spaces.
 
-    QK head j copies original head ``j * n_heads // n_qk_heads``; the OV heads of its group
-    read ``x W_V^h r`` and write ``r^T W_O^h / c`` for directions r of that head's value
-    space, where c counts how many times the groups of head h cover its value space: with
-    TopK keeping every head, the initial Lorsa computes the original layer exactly.
+    QK head j copies original head ``j * n_heads // n_qk_heads`` at any ``d_qk``
+    (``copy_qk_heads``: exactly at the head dimension, else its best approximation of that
+    rank); the OV heads of its group read ``x W_V^h r`` and write ``r^T W_O^h / c`` for
+    directions r of that head's value space, where c counts how many times the groups of
+    head h cover its value space: with TopK keeping every head and ``d_qk`` the head
+    dimension, the initial Lorsa computes the original layer exactly.
     """
     g = torch.Generator().manual_seed(seed)
     n_heads, _, d_head = attn.W_Q.shape
     cfg = lorsa.cfg
     origin = [j * n_heads // cfg.n_qk_heads for j in range(cfg.n_qk_heads)]
+    copy_qk_heads(lorsa, attn, s_x, seed)
     with torch.no_grad():
-        if cfg.d_qk == d_head:
-            lorsa.W_Q.copy_(attn.W_Q[origin] / s_x)
-            lorsa.W_K.copy_(attn.W_K[origin] / s_x)
-            lorsa.b_Q.copy_(attn.b_Q[origin])
-            lorsa.b_K.copy_(attn.b_K[origin])
         # groups copying each head (fewer QK heads than original heads: one, or none)
         groups_of = [origin.count(h) for h in range(n_heads)]
         per_group = max(1.0, cfg.group_size / (2 * d_head))
@@ -196,7 +249,7 @@ def dictionary_loss(
     idle.add_(values[..., 0].numel()).masked_fill_(fired, 0)
     dead = idle > cfg.dead_tokens
     aux = aux_k_loss(pre, dead, module.decoder, y - recon, cfg.aux_k)
-    return mse + cfg.aux_coef * aux, fvu(recon.detach(), y).item(), dead.float().mean().item()
+    return mse + cfg.aux_coef * aux, fvu(recon.detach(), y), dead.float().mean().item()
 
 
 def layer_losses(

@@ -25,6 +25,8 @@ from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 from toy_models.data import stream_rows
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from torch import Tensor
 
 EVAL_SEED = 4242
@@ -96,12 +98,43 @@ def _sublayer(kind: str, layer: int) -> tuple[str, str]:
     return lorsa_hooks(layer) if kind == "lorsa" else transcoder_hooks(layer)
 
 
+class ReconstructionTally:
+    """FVU, L0 (mean active units per token) and dead fraction (units never active) of one
+    dictionary, summed over batches: ``add`` each batch's code, reconstruction and target,
+    then ``result``. Every evaluation of a dictionary counts them here."""
+
+    def __init__(self, n_units: int):
+        import torch
+
+        self.residual, self.active, self.tokens = 0.0, 0, 0
+        self.targets: list[Tensor] = []
+        self.fired = torch.zeros(n_units, dtype=torch.bool)
+
+    def add(self, code: Tensor, recon: Tensor, target: Tensor) -> None:
+        self.residual += (recon - target).pow(2).sum().item()
+        self.targets.append(target.flatten(0, -2))
+        self.active += (code != 0).sum().item()
+        self.tokens += code[..., 0].numel()
+        self.fired |= (code != 0).flatten(0, -2).any(0)
+
+    def result(self) -> dict[str, float]:
+        """The FVU is NaN where the targets do not vary (``dictionaries.fvu_of_sums``)."""
+        import torch
+
+        from .dictionaries import fvu_of_sums, target_variance
+
+        variance = target_variance(torch.cat(self.targets)).item()
+        return {
+            "fvu": fvu_of_sums(self.residual, variance),
+            "l0": self.active / self.tokens,
+            "dead_fraction": 1 - self.fired.float().mean().item(),
+        }
+
+
 @_no_grad
 def reconstruction_stats(replacement, batches: list[Tensor]) -> dict:
-    """FVU, L0 and dead fraction per layer, on the original model's own activations. The FVU
-    is NaN where the targets do not vary (a single token): a fraction of no variance."""
-    import torch
-
+    """FVU, L0 and dead fraction per layer (``ReconstructionTally``), on the original model's
+    own activations."""
     batches = _checked_batches(batches)
     model = replacement.model
     sites = [
@@ -113,33 +146,17 @@ def reconstruction_stats(replacement, batches: list[Tensor]) -> dict:
         for l, module in enumerate(modules)
     ]
     hooks = {h for name, l, _ in sites for h in _sublayer(name, l)}
-    residual = {(name, l): 0.0 for name, l, _ in sites}
-    active = {(name, l): 0 for name, l, _ in sites}
-    targets: dict[tuple[str, int], list[Tensor]] = {(name, l): [] for name, l, _ in sites}
-    fired = {(name, l): torch.zeros(m.decoder.shape[0], dtype=torch.bool) for name, l, m in sites}
-    n_tokens = 0
+    tallies = {(name, l): ReconstructionTally(m.decoder.shape[0]) for name, l, m in sites}
     for tokens in batches:
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in hooks)
-        n_tokens += tokens.numel()
         for name, l, module in sites:
             x_name, y_name = _sublayer(name, l)
             x, y = cache[x_name], cache[y_name]
             z = module.encode(x)
-            residual[name, l] += (module.decode(z, x) - y).pow(2).sum().item()
-            targets[name, l].append(y.flatten(0, 1))
-            active[name, l] += (z != 0).sum().item()
-            fired[name, l] |= (z != 0).flatten(0, 1).any(0)
+            tallies[name, l].add(z, module.decode(z, x), y)
     out: dict[str, list[dict]] = {"lorsa": [], "transcoder": []}
     for name, l, _ in sites:
-        y = torch.cat(targets[name, l])
-        variance = (y - y.mean(0)).pow(2).sum().item()
-        out[name].append(
-            {
-                "fvu": residual[name, l] / variance if variance > 0 else float("nan"),
-                "l0": active[name, l] / n_tokens,
-                "dead_fraction": 1 - fired[name, l].float().mean().item(),
-            }
-        )
+        out[name].append(tallies[name, l].result())
     return out
 
 
@@ -161,30 +178,47 @@ def mean_outputs(model, batches: list[Tensor]) -> dict[str, Tensor]:
     return {name: total / count for name, total in totals.items()}
 
 
-def _splice_hooks(replacement, spliced: list[tuple[str, int]], means: dict | None):
-    """Hooks that replace the chosen sublayers' outputs (by reconstructions or by means)."""
+def splice_hooks(
+    sites: list[tuple[str, int]], output: Callable[..., Tensor], reads_input: bool
+) -> list[tuple[str, Callable]]:
+    """Hooks that replace the output of each sublayer ``(kind, layer)`` of ``sites`` (kind
+    ``"lorsa"``: the attention layer, ``"transcoder"``: the MLP) by ``output(kind, layer, y,
+    x)``: ``y`` its own output, ``x`` its input, hooked only when ``reads_input`` (else
+    ``None``: a hook there moves the LayerNorm off its fused path, which can change the last
+    bits)."""
     inputs: dict[str, Tensor] = {}
-    hooks = []
-    for kind, l in spliced:
+    hooks: list[tuple[str, Callable]] = []
+    for kind, l in sites:
         x_name, y_name = _sublayer(kind, l)
-        module = replacement.lorsas[l] if kind == "lorsa" else replacement.transcoders[l]
 
         def keep(x, hook, key=x_name):
             inputs[key] = x
 
-        def splice(y, hook, key=x_name, module=module, y_name=y_name):
-            if means is not None:
-                return means[y_name].expand_as(y)
-            x = inputs[key]
-            return module.decode(module.encode(x), x)
+        def splice(y, hook, key=x_name, kind=kind, l=l):
+            return output(kind, l, y, inputs.get(key))
 
-        hooks += [(x_name, keep), (y_name, splice)]
+        hooks += [(x_name, keep)] if reads_input else []
+        hooks.append((y_name, splice))
     return hooks
 
 
 # Loss recovered is not measured (NaN, null in the JSON) where mean-ablating costs less than this
 # (nats): a ratio over a gap of noise (a reviewer's 30-step model: 210.7% over 0.008 nats).
 MIN_GAP = 0.02
+
+
+def measurable_gap(ce_original: float, ce_ablated: float) -> bool:
+    """Whether ablating raises the loss by more than ``MIN_GAP``: where loss recovered is
+    measured at all."""
+    return ce_ablated - ce_original > MIN_GAP
+
+
+def fraction_recovered(ce_original: float, ce_ablated: float, ce_replaced: float) -> float:
+    """Loss recovered, ``(CE_ablated - CE_replaced) / (CE_ablated - CE_original)``; NaN where
+    the gap is not ``measurable_gap``. Every loss recovered of the project is this one."""
+    if not measurable_gap(ce_original, ce_ablated):
+        return math.nan
+    return (ce_ablated - ce_replaced) / (ce_ablated - ce_original)
 
 
 @_no_grad
@@ -198,13 +232,20 @@ def loss_recovered(replacement, batches: list[Tensor]) -> dict:
 
     clean_logits = [model(tokens) for tokens in batches]  # the reference of every run below
 
+    def reconstruction(kind, l, y, x):
+        module = replacement.lorsas[l] if kind == "lorsa" else replacement.transcoders[l]
+        return module.decode(module.encode(x), x)
+
+    def mean(kind, l, y, x):
+        return means[_sublayer(kind, l)[1]].expand_as(y)
+
     def run(spliced, ablate: bool) -> dict:
         stats = []
         for tokens, clean in zip(batches, clean_logits, strict=True):
             if spliced == "sparse":
                 logits = replacement(tokens, mode="sparse")
             else:
-                hooks = _splice_hooks(replacement, spliced, means if ablate else None)
+                hooks = splice_hooks(spliced, mean if ablate else reconstruction, not ablate)
                 logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
             stats.append(next_token_stats(logits, tokens, clean))
         return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
@@ -214,13 +255,11 @@ def loss_recovered(replacement, batches: list[Tensor]) -> dict:
     ) / len(batches)
 
     def summary(replaced: dict, ablated: dict) -> dict:
-        gap = ablated["ce"] - ce_original
-        recovered = (ablated["ce"] - replaced["ce"]) / gap if gap > MIN_GAP else float("nan")
         return {
             "ce": replaced["ce"],
             "kl": replaced["kl"],
             "ce_mean_ablated": ablated["ce"],
-            "loss_recovered": recovered,
+            "loss_recovered": fraction_recovered(ce_original, ablated["ce"], replaced["ce"]),
         }
 
     per_layer = {

@@ -126,22 +126,6 @@ CONFIGS: dict[str, ReplacementTrainConfig] = {
     ),
 }
 
-# The training math moved to ``replacement.dictionaries``; these names stay importable from
-# here without importing torch when this module runs as a CLI.
-_MOVED = {
-    "LayerDictionaries", "aux_k_loss", "dictionary_loss", "estimate_scales", "fold_scales_lorsa",
-    "fold_scales_transcoder", "fvu", "init_lorsa_from_heads", "init_transcoder", "layer_losses",
-    "value_directions",
-}  # fmt: skip
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        from . import dictionaries
-
-        return getattr(dictionaries, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def k_at(step: int, top_k: int, cfg: ReplacementTrainConfig) -> int:
     """K anneals linearly from ``k_start_factor * top_k`` to ``top_k`` over the first

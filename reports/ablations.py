@@ -62,7 +62,7 @@ class Run:
     dead_fraction: Share
     ce: NonNegative
     kl: Annotated[float, Bounds(-1e-6)]  # a KL divergence, to rounding
-    loss_recovered: Annotated[float, Bounds(nan=True)]  # NaN: ablating costs nothing
+    loss_recovered: Annotated[float, Bounds(nan=True)]  # NaN: ablating costs under MIN_GAP
     scales: tuple[PositiveReal, PositiveReal]  # (input, target): the estimated norm scales
     train_s: NonNegative
     train_cpu_s: NonNegative
@@ -146,8 +146,9 @@ def check_results(results) -> AblationResults:
     says, a run or axis naming no variant, a layer without the run of a variant an axis names
     (its point would be left out of the tables and curves, silently), a run's L0 above its
     variant's K, or a loss recovered that does not follow from its run's and its layer's
-    losses."""
+    losses (``replacement.evaluate.fraction_recovered``)."""
     from replacement.ablations import Variant
+    from replacement.evaluate import fraction_recovered
 
     record = from_json(AblationResults, results, "results")
     _check_settings(record.settings)
@@ -172,14 +173,13 @@ def check_results(results) -> AblationResults:
                 raise ValueError(f"results.layers.{layer}.runs: no run of {missing[:3]}, which "
                                  f"results.axes.{axis} names")  # fmt: skip
         base = data.baseline
-        gap = base.ce_mean_ablated - base.ce_original
         for name, run in data.runs.items():
             if run.l0 > variants[name].top_k * (1 + 1e-6):  # TopK: at most K active a token
                 raise ValueError(
                     f"results.layers.{layer}.runs.{name}.l0: {run.l0:.6g} units "
                     f"active a token, more than its K of {variants[name].top_k}"
                 )
-            expected = (base.ce_mean_ablated - run.ce) / gap if gap > 0 else math.nan
+            expected = fraction_recovered(base.ce_original, base.ce_mean_ablated, run.ce)
             same = math.isnan(expected) == math.isnan(run.loss_recovered) and (
                 math.isnan(expected) or math.isclose(run.loss_recovered, expected, abs_tol=1e-6)
             )
@@ -225,6 +225,8 @@ def _ratio(a: float, b: float) -> str:
 
 # ----------------------------------------------------------------- markdown
 def markdown(results: dict) -> str:
+    from replacement.evaluate import MIN_GAP, measurable_gap
+
     s = results["settings"]
     if not results["layers"] or sorted(results["layers"]) != sorted(map(str, s["layers"])):
         raise ValueError(f"results for layers {sorted(results['layers'])}, settings say "
@@ -267,9 +269,10 @@ def markdown(results: dict) -> str:
             f"Layer {layer} (CE original {base_line['ce_original']:.4f}, attention output "
             f"mean-ablated {base_line['ce_mean_ablated']:.4f}"
             + (
-                "; mean ablation does not raise the loss here, so loss recovered is undefined"
-                if base_line["ce_mean_ablated"] <= base_line["ce_original"]
-                else ""
+                ""
+                if measurable_gap(base_line["ce_original"], base_line["ce_mean_ablated"])
+                else f"; mean ablation raises the loss by under {MIN_GAP} nats here, so loss "
+                "recovered is not measured"
             )
             + "):",
             "",
@@ -352,11 +355,15 @@ def findings(results: dict) -> list[str]:
                 f"at {better} of {len(ratios)} K values."
             )
         d_pts = dict(_points(results, layer, "d_qk"))
-        ref = d_pts.get(d_head) or d_pts.get(s["d_qk"])
+        # against the head dimension where it was swept, else against the base shapes' rank
+        rank, what = (
+            (d_head, "the head dimension") if d_head in d_pts else (s["d_qk"], "the base rank")
+        )
+        ref = d_pts.get(rank)
         if ref and len(d_pts) >= 2:
             parts = [f"d_qk={d}: {_ratio(r['fvu'], ref['fvu'])}" for d, r in sorted(d_pts.items())]
             out.append(
-                f"Layer {layer}, QK rank: FVU relative to d_qk={d_head} (the head dimension): "
+                f"Layer {layer}, QK rank: FVU relative to d_qk={rank} ({what}): "
                 + ", ".join(parts)
                 + "."
             )
@@ -399,8 +406,8 @@ def _positive(v: float) -> float:
 
 
 def _gap(r: dict) -> float:
-    """1 - loss recovered, floored at 1e-6 for the log axis (NaN where undefined: an
-    ablation that does not raise the loss)."""
+    """1 - loss recovered, floored at 1e-6 for the log axis (NaN where not measured: an
+    ablation that raises the loss by under ``replacement.evaluate.MIN_GAP``)."""
     v = r["loss_recovered"]
     return max(1 - v, 1e-6) if v is not None and math.isfinite(v) else math.nan
 

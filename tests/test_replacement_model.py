@@ -101,6 +101,37 @@ def test_evaluation_needs_batches_and_documents(replacement, random_model):
     assert all(math.isfinite(s["fvu"]) for s in stats["lorsa"] + stats["transcoder"])
 
 
+def test_loss_recovered_is_one_rule_with_a_floor_on_the_gap():
+    """Every loss recovered (the replacement's evaluation, the ablation sweep and its report)
+    is ``fraction_recovered``: a ratio over the loss that ablating costs, NaN where that cost
+    is ``MIN_GAP`` nats or less (the sweep once took any positive gap)."""
+    from replacement.evaluate import MIN_GAP, fraction_recovered, measurable_gap
+
+    assert fraction_recovered(2.0, 3.0, 2.25) == 0.75
+    assert fraction_recovered(2.0, 3.0, 3.5) == -0.5 and fraction_recovered(2.0, 3.0, 1.5) == 1.5
+    assert measurable_gap(0.0, 2 * MIN_GAP) and not measurable_gap(0.0, MIN_GAP)
+    for ablated in (MIN_GAP / 2, MIN_GAP, 0.0, -1.0):
+        assert math.isnan(fraction_recovered(0.0, ablated, 0.0))
+
+
+def test_the_reconstruction_tally_counts_fvu_l0_and_dead_units():
+    """One dictionary's figures over batches: FVU over every token (NaN when the targets are
+    constant), L0 the mean count of non-zero units a token, dead the units never non-zero."""
+    from replacement.evaluate import ReconstructionTally
+
+    tally = ReconstructionTally(4)
+    code = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [2.0, 3.0, 0.0, 0.0]]])  # (batch, pos, units)
+    target = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])
+    tally.add(code, target + torch.tensor([1.0, 0.0]), target)  # error energy 2
+    target = torch.tensor([[[0.0, 2.0], [2.0, 2.0]]])
+    tally.add(torch.zeros(1, 2, 4), target, target)
+    # four targets about their mean (1, 1): a spread of 8; 3 active units over 4 tokens
+    assert tally.result() == {"fvu": 0.25, "l0": 0.75, "dead_fraction": 0.5}
+    constant = ReconstructionTally(4)
+    constant.add(code, target * 0, target * 0)
+    assert math.isnan(constant.result()["fvu"])
+
+
 def test_starting_at_a_layer_checks_its_arguments(replacement, tokens):
     """Found by a fuzz pass: start_at_layer=True ran from block 1 and 2.0 raised a slice
     TypeError, a resid of the wrong width failed in an einsum, and tokens given beside resid

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -115,9 +116,20 @@ def test_aux_loss_over_dead_columns_equals_the_masked_full_width_reference():
 
 
 def test_fvu():
+    """The one FVU of the project: error energy over the targets' spread about their mean, over
+    every token and dimension; NaN (not a division by zero) where the targets do not vary."""
+    from replacement.dictionaries import fvu_of_sums, target_variance
+
     y = torch.randn(100, 4)
-    assert fvu(y, y).item() == 0.0
-    assert fvu(y.mean(0).expand_as(y), y).item() == pytest.approx(1.0)
+    assert fvu(y, y) == 0.0
+    assert fvu(y.mean(0).expand_as(y), y) == pytest.approx(1.0)
+    y = torch.tensor([[[1.0, 0.0], [3.0, 0.0]], [[1.0, 2.0], [3.0, 2.0]]])  # (batch, pos, d)
+    assert target_variance(y).item() == 8.0  # each coordinate 1 away from its mean, 4 tokens
+    assert fvu(y + torch.tensor([1.0, 0.0]), y) == 0.5  # error energy 4 over 8
+    assert fvu_of_sums(torch.tensor(3.0), torch.tensor(4.0)) == fvu_of_sums(3.0, 4.0) == 0.75
+    constant = torch.ones(5, 3)
+    assert math.isnan(fvu(constant, constant)) and math.isnan(fvu(constant * 2, constant))
+    assert math.isnan(fvu_of_sums(1.0, 0.0))
 
 
 def test_tiny_replacement_trains_end_to_end_and_lowers_fvu(tiny_run, tmp_path):

@@ -458,7 +458,7 @@ def _check_header(header) -> tuple[Layout, dict]:
         raise ValueError("its header is not a JSON object")
     if header.get("version") != VERSION:
         raise ValueError(f"format version {header.get('version')!r}, expected {VERSION}: "
-                         "made by another version; remove it to build again")  # fmt: skip
+                         "made by another version")  # fmt: skip
     units = header.get("units")
     if not isinstance(units, dict) or set(units) != {"n_ov", "d_sae"}:
         raise ValueError("units must be an object with n_ov and d_sae")

@@ -109,6 +109,7 @@ from .mechanism_file import (
     TargetRecord,
     TokenCheck,
     TokenShare,
+    direction_of,
     weighted_mean,
 )
 from .nodes import Kind, block_of, unit_id
@@ -192,7 +193,8 @@ def _summarize(
         flow, h = target_flows[t]
         flows[t], grads[t] = flow, h
         group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
-        ranking = _head_ranking(view, group_flow, reads_at(full, t), own[t])[:HEAD_GROUPS]
+        way = direction_of(float(full.value[t]))  # a negative target's movers push down
+        ranking = _head_ranking(view, way * group_flow, reads_at(full, t), own[t])[:HEAD_GROUPS]
         ranked.update(ranking)
         on_path = []
         for groups, path_flow, hops in top_paths(view, t, beam=beam, keep=max_paths):
@@ -445,7 +447,8 @@ def _token_checks(replacement, run, tokens: list[str], reasons: list[QKReasonRec
 def _head_ranking(view: GroupedGraph, group_flow: np.ndarray, pos: int, own: int) -> list[int]:
     """The Lorsa groups at ``pos`` with a flow (a head or feature target's own block and those
     above have none: it reads only the blocks below), but the target's ``own``, the predicting
-    head group first:
+    head group first; ``group_flow`` is signed in the target's direction (``direction_of``:
+    positive pushes the way its value goes):
     of the groups that move something from another position (their key is neither ``pos``
     itself nor BOS), the one with the largest positive flow (else the largest positive flow of
     any group, else the largest |flow|). The others follow by flow alone, positive ones first,

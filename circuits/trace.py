@@ -678,7 +678,7 @@ def _refused(exc: ValueError) -> str:
         rows = exc.found["rows"]
         return (f"--dashboards-file {exc.path}: an unfinished build of {rows} rows; pass "
                 f"--dashboard-rows {rows} to finish it, or remove it")  # fmt: skip
-    return f"{exc} (or pass --no-dashboards)"
+    return f"{exc}: remove it to build it there again, or pass --no-dashboards"
 
 
 def _given_file(args, path: Path, replacement, tokenizer):

@@ -40,13 +40,14 @@ from .labels import probability
 P_MOVED, P_SHARE = 0.005, 0.05  # a probability change below both (P_SHARE of p) is none
 PAIRS_SHOWN = 3  # a reason's unit pairs and root terms of each list on every summary page
 LITTLE = 0.05  # an attention change below this in a token check is "little change"
+PROMOTED_SHOWN = 3  # a group's promoted tokens on its printed line (the page lists them all)
 
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
 PREDICTING = "predicting heads (the largest mover from another position)"
 HEAD_TARGET = "heads at the key it reads (the largest mover from another position)"
 NO_MOVER = (
-    "no head group there moves a positive flow from another token (BOS and the "
+    "no head group there moves a flow the target's way from another token (BOS and the "
     "position itself aside); the largest"
 )
 # Before ``qk_sources_text``: its candidates are head groups (a feature group at the query or
@@ -132,11 +133,12 @@ def _target_mismatch(summary: MechanismSummary, graph) -> str | None:
 
 def predicting_heading(g: GroupRecord, t: TargetRecord) -> str:
     """``PREDICTING`` when the predicting group moves something into target ``t`` from
-    another position (its key is neither BOS nor its own position, its flow positive: what
+    another position (its key is neither BOS nor its own position, its flow in the target's
+    direction, ``TargetRecord.direction``: what
     ``circuits.mechanisms`` looks for first), else ``NO_MOVER`` (the fallback it took). A head
     target predicts nothing: its group is the largest mover at the key it reads
     (``HEAD_TARGET``)."""
-    moves = g.attends not in (None, 0, g.pos) and g.flow.get(t.node, 0.0) > 0
+    moves = g.attends not in (None, 0, g.pos) and g.flow.get(t.node, 0.0) * t.direction > 0
     if t.kind == "lorsa":
         return HEAD_TARGET if moves else NO_MOVER
     return PREDICTING if moves else NO_MOVER
@@ -154,13 +156,15 @@ def spread_text(g: GroupRecord, node: str) -> str:
     the flow or more, those (a name's heads reading both its mentions: a reviewer found the
     second, 39% of the flow, named nowhere near the group). Empty otherwise."""
     flow = g.flow.get(node, 0.0)
+    way = 1.0 if flow > 0 else -1.0  # shares of the group's own flow, whichever its sign
     named = next((x for x in g.carried.get(node, []) if x.pos == g.attends), None)
-    if g.attends is None or flow <= 0 or named is None:
+    if g.attends is None or flow == 0 or named is None:
         return ""
-    if named.flow < SPREAD * flow:
+    if way * named.flow < SPREAD * way * flow:
         return (f"{named.token!r}@{named.pos} brings {_signed(named.flow)} of it: the rest comes "
                 "from other keys")  # fmt: skip
-    also = [x for x in g.carried[node] if x.pos != g.attends and x.flow >= ALSO * flow]
+    also = [x for x in g.carried[node]
+            if x.pos != g.attends and way * x.flow >= ALSO * way * flow]  # fmt: skip
     if not also:
         return ""
     return ("it reads " + ", ".join(f"{x.token!r}@{x.pos} too ({_signed(x.flow)})" for x in also)
@@ -526,12 +530,17 @@ def rival_text(t: TargetRecord) -> str:
     """The target's most likely other token (``runner_up``) as the target line gives it:
     ``runner-up ' May' p=0.03, margin +2.1`` (``top token`` where it leads the target), or for
     a difference whose own negative it is, that, without the margin (the target itself):
-    ``top token: its negative '3' p=0.985``; empty where there is none."""
+    ``top token: its negative '3' p=0.985``; for another difference the margin is said to be
+    its first token's (``runner-up 'Th' p=0.003, margin of ' Thursday' over it +6.23``); empty
+    where there is none."""
     if t.runner_up is None:
         return ""
     rival = probability(t.runner_up_probability)
     if t.runner_up_is_negative:
         return f"{rival_word(t)}: its negative {t.runner_up!r} p={rival}"
+    if t.negative is not None:  # the margin is the first token's, not the difference's
+        return (f"{rival_word(t)} {t.runner_up!r} p={rival}, margin of {t.token!r} over it "
+                f"{_signed(t.margin)}")  # fmt: skip
     return f"{rival_word(t)} {t.runner_up!r} p={rival}, margin {_signed(t.margin)}"
 
 
@@ -749,7 +758,21 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
             f"{weighed}"
         )  # fmt: skip
         out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
+    if out:  # a side with none is said to have none (a reviewer read the key side's silence)
+        named = {w.side for _, w in summary.qk_sources(key)}
+        out += [f"{side} side: {_no_source_words(summary, 'it')}"
+                for side in ("query", "key") if side not in named]  # fmt: skip
     return "; ".join(out)
+
+
+def _no_source_words(summary: MechanismSummary, what: str) -> str:
+    """Why a QK side (``what``: "it", "its query or key side") has no head group writing it:
+    none raises it, and where the summary has checks, none that does lowers the attention when
+    ablated."""
+    checked = summary.settings.get("checks")  # (absent from files before it)
+    if checked is False or (checked is None and not any(x.checks for x in summary.groups)):
+        return f"no head group raises {what}"
+    return f"no head group raises {what} and lowers its attention when ablated"
 
 
 def no_sources_text(g: GroupRecord, summary: MechanismSummary) -> str:
@@ -763,11 +786,7 @@ def no_sources_text(g: GroupRecord, summary: MechanismSummary) -> str:
     if g.layer == 0:
         return ("its QK score: block 0 reads the tokens and position vectors alone (no head "
                 "writes its query or key)")  # fmt: skip
-    checked = summary.settings.get("checks")  # (absent from files before it)
-    if checked is False or (checked is None and not any(x.checks for x in summary.groups)):
-        return "its QK score: no head group raises its query or key side"
-    return ("its QK score: no head group raises its query or key side and lowers its "
-            "attention when ablated")  # fmt: skip
+    return f"its QK score: {_no_source_words(summary, 'its query or key side')}"
 
 
 def attention_text(a: float) -> str:
@@ -809,7 +828,10 @@ def reason_lines(
     for p in pairs:
         lines.append(f"{more}{p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
     for name, sources in (("query", r.query_sources), ("key", r.key_sources)):
-        top = [x for c in ("roots", "heads") for x in sources.get(c, [])[:1]]
+        # the largest of each kind, features too (a reviewer: a side's largest source, 30
+        # features at the query, was never named), largest first
+        top = sorted((x for c in ("roots", "heads", "features") for x in sources.get(c, [])[:1]),
+                     key=lambda x: -x.value)  # fmt: skip
         if top:
             lines.append(f"{more}{name} side from: " + "; ".join(
                 f"{x.name} {x.value:+.3g}" for x in top))  # fmt: skip
@@ -916,7 +938,10 @@ def format_summary(
             continue
         flow = ", ".join(f"{per_target(node)}{_signed(g.flow[node])}"
                          for node in labels if node in g.flow)  # the targets' order  # fmt: skip
-        extra = f" promotes {g.promotes[0]!r}" if g.promotes else ""  # its writes together
+        # its writes together, the first few (a reviewer: an induction group copying ' dance'
+        # read "promotes ' Grace'" alone, ' dance' second)
+        extra = f" promotes {', '.join(map(repr, g.promotes[:PROMOTED_SHOWN]))}" \
+            if g.promotes else ""  # fmt: skip
         brings = carried_text(g, first) if first is not None else ""
         brings = f"; {per_target(first)}{brings}" if brings else ""
         lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}{brings}")

@@ -503,8 +503,18 @@ def test_a_group_named_for_a_key_that_brings_little_says_so():
     assert spread_text(g, "logit_0") == "it reads ' lamp'@3 too (+0.37) beside ' blue'@2 (+0.9)"
     g.carried["logit_0"][1] = TokenShare(3, " lamp", 0.3)
     assert spread_text(g, "logit_0") == ""  # the named key brings most of it, no other much
+    # a group pushing the other way (a negative target's movers) is read in its own sign
     g.flow["logit_0"] = -1.47
-    assert spread_text(g, "logit_0") == ""  # a flow against the target: no share to speak of
+    g.carried["logit_0"] = [TokenShare(2, " blue", -0.468), TokenShare(3, " lamp", -0.9)]
+    assert spread_text(g, "logit_0") == (
+        "' blue'@2 brings -0.468 of it: the rest comes from other keys"
+    )
+    g.carried["logit_0"] = [TokenShare(2, " blue", -0.9), TokenShare(3, " lamp", -0.37)]
+    assert spread_text(g, "logit_0") == "it reads ' lamp'@3 too (-0.37) beside ' blue'@2 (-0.9)"
+    g.carried["logit_0"] = [TokenShare(2, " blue", 0.9), TokenShare(3, " lamp", -2.37)]
+    assert spread_text(g, "logit_0") == (  # the key brings the other way: the rest is elsewhere
+        "' blue'@2 brings +0.9 of it: the rest comes from other keys"
+    )
     assert spread_text(g, "logit_1") == ""  # no flow into that target
 
 
@@ -1178,11 +1188,11 @@ def test_a_differences_most_likely_other_token_is_said_as_what_it_is():
     assert rival_text(ahead) == "runner-up: its negative '3' p=0.224"
     # by the record's field, never by comparing texts: a third token of the same text is not it
     assert rival_text(dataclasses.replace(behind, runner_up_is_negative=False)) == (
-        "top token '3' p=0.985, margin -4.71"
+        "top token '3' p=0.985, margin of '4' over it -4.71"  # the first token's, said so
     )
     third = dataclasses.replace(ahead, runner_up="2", runner_up_probability=0.05, margin=2.6,
                                 runner_up_is_negative=False)  # fmt: skip
-    assert rival_text(third) == "runner-up '2' p=0.050, margin +2.6"
+    assert rival_text(third) == "runner-up '2' p=0.050, margin of '4' over it +2.6"
 
 
 def test_a_head_targets_words_say_what_is_there():
@@ -1587,6 +1597,16 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)
     summary = summarize(replacement, graph, run, max_groups=1)
     assert _check_qk_sources(summary, graph, replacement)  # the fixture has QK sources
+    # each side is named: by its source, or as having none (a review: a side without one was
+    # left out without a word)
+    from reports.mechanisms import qk_sources_text
+
+    for key in {w.group for g in summary.groups for w in g.writes_qk}:
+        text = qk_sources_text(summary, key)
+        named = {w.side for _, w in summary.qk_sources(key)}
+        for side in ("query", "key"):
+            said = f"{side} side: no head group raises it and lowers its attention when ablated"
+            assert (said in text) == (side not in named), text
     # a prompt whose query-side source is the third largest by score in local mode (the
     # fixture's have one candidate a side): the ablations chose it
     other_summary = summarize(replacement, other, other_run, max_groups=1)
@@ -2473,3 +2493,30 @@ def test_a_flagged_ratio_never_reads_as_the_limit_it_passed():
     for ratio, text in ((5.5, "5.5"), (0.22, "0.22"), (3.02, "3.02"), (3.004, "3.004"),
                         (0.331, "0.331"), (0.3329, "0.3329")):  # fmt: skip
         assert _ratio_text(ratio) == text
+
+
+def test_a_reversed_difference_names_the_same_movers(replacement, tokens, run):
+    """A reviewer's: on ``' Saturday' - ' Thursday'`` (value -8.3) the predicting group was one
+    of +0.235 flow while the ' Friday' readers (-15.7) made the target what it is; the ranking
+    took the largest positive flow. It is read in the target's direction now: a difference and
+    its reverse have flows of opposite sign, node by node, and the same head groups, in the
+    same order, with the same heading."""
+    from circuits.attribution import LogitDiffTarget
+    from reports.mechanisms import predicting_heading
+
+    top = run.logits[-1].topk(2).indices.tolist()
+    records = []
+    for a, b in (top, top[::-1]):
+        full = attribute(replacement, tokens, targets=[LogitDiffTarget(a, b)], run=run)
+        summary = summarize(replacement, full, run, check=False)
+        (t,) = summary.targets
+        records.append((t, summary))
+    (ahead, s1), (behind, s2) = records
+    assert ahead.value > 0 > behind.value and behind.direction == -ahead.direction == -1
+    assert ahead.value == pytest.approx(-behind.value, abs=1e-4)
+    names = [[s.group(k).name for k in t.head_groups] for t, s in records]
+    assert names[0] == names[1] and names[0]
+    assert s1.group(ahead.predicting_group).name == s2.group(behind.predicting_group).name
+    assert predicting_heading(s1.group(ahead.predicting_group), ahead) == predicting_heading(
+        s2.group(behind.predicting_group), behind
+    )

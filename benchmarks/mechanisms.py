@@ -305,17 +305,17 @@ def new_addition(rng: random.Random) -> Doc:
     frame = rng.choice(frames)
     head, tail = frame.split("{eq}")
     b = _Builder()
-    values, mentions = {"{a}": str(a), "{b}": str(b_)}, {}
+    values, mentions = {"{a}": a, "{b}": b_}, {}
     for piece in re.split(r"(\{a\}|\{b\})", head):
         if piece in values:
-            mentions[piece] = b.span(values[piece], "operand")
+            mentions[piece] = b.span(str(values[piece]), "operand", number=values[piece])
         else:
             b.add(piece)
-    first = b.span(values["{a}"], "operand", earlier=mentions.get("{a}"))
+    first = b.span(str(a), "operand", earlier=mentions.get("{a}"), number=a)
     b.add("+")
-    second = b.span(values["{b}"], "operand", earlier=mentions.get("{b}"))
+    second = b.span(str(b_), "operand", earlier=mentions.get("{b}"), number=b_)
     b.add("=")
-    answer = b.span(str(a + b_), "answer", operands=(first, second))
+    answer = b.span(str(a + b_), "answer", operands=(first, second), number=a + b_)
     b.add(tail)
     return Doc(b.text, [answer])
 

@@ -404,12 +404,14 @@ def _summarize(
 
 
 def named_token_terms(r: QKReasonRecord) -> dict[int, float]:
-    """The token positions a reason's first ``TERMS_SHOWN`` root terms of each list name (own
-    and moved; without that split, of ``root_pairs``), on either side, in the order they are
-    named, each with the sum of those terms naming it: what the reason says the token does for
-    the score, and what its ``token_checks`` test."""
-    terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN]
-    if not (r.own_pairs or r.moved_pairs):
+    """The token positions a reason's first ``TERMS_SHOWN`` root terms of each list name (own,
+    moved and by position; without that split, of ``root_pairs``), on either side, in the
+    order they are named, each with the sum of those terms naming it: what the reason says the
+    token does for the score, and what its ``token_checks`` test (the mean token replaces the
+    token in every term, its position terms too: a reviewer found a printed ``token ' seven'@15
+    x position vectors +3.8`` left out of that token's "terms +0.16")."""
+    terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN] + r.position_pairs[:TERMS_SHOWN]
+    if not (r.own_pairs or r.moved_pairs or r.position_pairs):
         terms = r.root_pairs[:TERMS_SHOWN]
     out: dict[int, float] = {}
     for p in terms:

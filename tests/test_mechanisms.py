@@ -1018,8 +1018,10 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
     assert (says_sparse in format_summary(summary)) == (summary.mode == "sparse")
     assert (escape(says_sparse) in page) == (summary.mode == "sparse")
     for r in reasons:
-        terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN] or \
-            r.root_pairs[:TERMS_SHOWN]  # fmt: skip
+        # every printed list's terms (by position too: the mean token replaces the token in
+        # its position terms as well)
+        terms = r.own_pairs[:TERMS_SHOWN] + r.moved_pairs[:TERMS_SHOWN] + \
+            r.position_pairs[:TERMS_SHOWN] or r.root_pairs[:TERMS_SHOWN]  # fmt: skip
         named = {x.pos for p in terms for x in (p.query, p.key) if x.kind == "embedding"}
         assert [c.pos for c in r.token_checks] == sorted(
             named, key=[c.pos for c in r.token_checks].index
@@ -1340,7 +1342,8 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     )
     neither = dataclasses.replace(query_side, free_attention_held=-11.0)
     assert mark_text(neither, logit(0.95)) == (
-        "FLAGGED: free 9.1x, also with the LayerNorms or the attention held"
+        "FLAGGED: free 9.1x, also with the LayerNorms or the attention held (LayerNorms: -10; "
+        "final LayerNorm: -11; attention: -11)"  # how near each came: none half the gap
     )
     # ... and an "ok" whose free effect comes through attention alone says so (the
     # previous-token heads at an induction key: predicted -3.91, free -8.3, patterns held
@@ -1369,9 +1372,13 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     sure = SimpleNamespace(**{**vars(months), "runner_up_probability": MARGIN_SHOWN / 2})
     assert check_texts(item, sure)[:2] == (" (p 0.92 -> 0.001)", " (p 0.92 -> 0.0003)")
     too = dataclasses.replace(layernorm, free_ln_held=0.3, agree_free_ln_held=False)
-    assert mark_text(too, logit(0.4)) == "FLAGGED: free other sign, also with the LayerNorms held"
+    assert mark_text(too, logit(0.4)) == (
+        "FLAGGED: free other sign, also with the LayerNorms held (LayerNorms: +0.3)"
+    )
     small = dataclasses.replace(layernorm, free_ln_held=-0.1)  # agrees in sign, 20x off
-    assert mark_text(small, logit(0.4)) == "FLAGGED: free other sign, also with the LayerNorms held"
+    assert mark_text(small, logit(0.4)) == (
+        "FLAGGED: free other sign, also with the LayerNorms held (LayerNorms: -0.1)"
+    )
     weak = dataclasses.replace(layernorm, free=-0.5, ratio_free=0.25, agree_free=True,
                                probability_free=0.35)  # fmt: skip
     assert mark_text(weak, logit(0.4)) == (  # the free ratio is the free rerun's own

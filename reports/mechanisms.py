@@ -376,6 +376,33 @@ def flagged_text(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) 
     )
 
 
+STRONGER = 2.0  # another head group there whose free ablation moves the target this many
+# times the predicting group's is named beside it
+
+
+def stronger_text(g: GroupRecord, t: TargetRecord, summary: MechanismSummary) -> str:
+    """The other head groups at the predicting group ``g``'s place (``t.head_groups``) whose
+    ablation, attention free, moves target ``t`` over ``STRONGER`` times as much as ``g``'s
+    (and more than the tolerance): ranked by value flow, ``g`` can matter less than groups
+    acting through attention (a reviewer's head target: its named group -0.72 ablated, the
+    previous-token heads at its key -5.09); empty where none does or ``g`` is unchecked."""
+    own = next((c for c in g.checks if c.target == t.node), None)
+    if own is None:
+        return ""
+    stronger = []
+    for key in t.head_groups:
+        other = summary.group(key)
+        c = next((c for c in other.checks if c.target == t.node), None)
+        if other.key != g.key and c is not None and abs(c.free) > summary.tolerance \
+                and abs(c.free) > STRONGER * abs(own.free):  # fmt: skip
+            stronger.append((other, c.free))
+    if not stronger:
+        return ""
+    said = "; ".join(f"{o.key} {o.name} {_signed(free)}" for o, free in stronger)
+    return (f"ablated (attention free), head groups there move it more than it "
+            f"({_signed(own.free)}): {said}")  # fmt: skip
+
+
 # A check prints the change of its target's margin over the runner-up where the runner-up has
 # at least this probability (``check_texts``): a contender, whose margin is the question.
 MARGIN_SHOWN = 0.02
@@ -907,6 +934,8 @@ def format_summary(
             )
             if flagged := flagged_text(g, t, summary.tolerance):
                 lines.append(f"    {flagged}")
+            if stronger := stronger_text(g, t, summary):
+                lines.append(f"    {stronger}")
             if sources := qk_sources_text(summary, g.key):
                 lines.append(f"    {QK_SOURCES}: {sources}")
             elif none := no_sources_text(g, summary):
@@ -1116,6 +1145,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             flagged = flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
             if flagged:
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
+            if stronger := stronger_text(summary.group(t.predicting_group), t, summary):
+                parts.append(f"<p>{_esc(stronger)}</p>")
             if sources := qk_sources_text(summary, t.predicting_group):
                 parts.append(f"<p>{QK_SOURCES}: {_esc(sources)}</p>")
             elif none := no_sources_text(summary.group(t.predicting_group), summary):

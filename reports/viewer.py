@@ -213,6 +213,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         reads_text,
         rival_text,
         spread_text,
+        stronger_text,
         summary_for,
         writes_qk_text,
     )
@@ -242,6 +243,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "flagged": (flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
                          or None)
              if t.predicting_group else None,
+             "stronger": (stronger_text(summary.group(t.predicting_group), t, summary)
+                          or None) if t.predicting_group else None,
              "qkSources": _qk_sources_line(summary, t.predicting_group),
              "qk": [_reason_panel(r, summary) for r in t.qk]}
             for t in summary.targets

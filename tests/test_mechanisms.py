@@ -2527,3 +2527,41 @@ def test_a_reversed_difference_names_the_same_movers(replacement, tokens, run):
     assert predicting_heading(s1.group(ahead.predicting_group), ahead) == predicting_heading(
         s2.group(behind.predicting_group), behind
     )
+
+
+def test_head_groups_whose_ablation_moves_the_target_more_are_named_beside_the_predictor():
+    """A reviewer's head target: its named group (largest value flow) moved it -0.72 ablated,
+    the previous-token heads at its key -5.09 and another group -4.96 (through attention):
+    those are named on the predicting line, with their free changes; a group under
+    ``STRONGER`` times the predictor's, or under the tolerance, is not."""
+    from types import SimpleNamespace
+
+    from circuits.mechanism_file import EffectCheck, GroupRecord
+    from reports.mechanisms import STRONGER, stronger_text
+
+    def group(key, name, free):
+        g = GroupRecord(key, name, "lorsa", 0, 7, 1, " t", [1], None, [f"0_{key}_7"], [],
+                        {"t": 1.0})  # fmt: skip
+        if free is not None:
+            g.checks.append(EffectCheck(
+                target="t", predicted=-1.0, frozen=-1.0, free=free, agree_frozen=True,
+                agree_free=free < 0, ratio_frozen=1.0, ratio_free=abs(free), flagged=False,
+            ))  # fmt: skip
+        return g
+
+    groups = {g.key: g for g in (group("g0", "L0 5 heads @7 -> ' t'@1", -0.72),
+                                 group("g1", "L0 10 heads @7 -> ' seven'@6", -5.09),
+                                 group("g2", "L0 12 heads @7 -> ' dance'@7", +4.96),
+                                 group("g3", "L0 2 heads @7 -> ','@5", -1.2),
+                                 group("g4", "L0 3 heads @7 -> 'a'@2", None))}  # fmt: skip
+    summary = SimpleNamespace(group=groups.__getitem__, tolerance=0.1)
+    t = SimpleNamespace(node="t", head_groups=list(groups))
+    assert STRONGER * 0.72 < 4.96 and 1.2 < STRONGER * 0.72
+    assert stronger_text(groups["g0"], t, summary) == (
+        "ablated (attention free), head groups there move it more than it (-0.72): "
+        "g1 L0 10 heads @7 -> ' seven'@6 -5.09; g2 L0 12 heads @7 -> ' dance'@7 +4.96"
+    )
+    assert stronger_text(groups["g1"], t, summary) == ""  # the strongest itself
+    assert stronger_text(groups["g4"], t, summary) == ""  # unchecked: nothing to compare
+    summary.tolerance = 6.0  # both under the tolerance: no measured difference
+    assert stronger_text(groups["g0"], t, summary) == ""

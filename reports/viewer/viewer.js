@@ -1082,6 +1082,7 @@
       if (t.predicting) {
         out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}` + (t.spread ? ` (${t.spread})` : "")));
         if (t.flagged) out.push(el("p", { class: "neg flagged" }, t.flagged));
+        if (t.stronger) out.push(el("p", { class: "stronger" }, t.stronger));
         if (t.qkSources) out.push(el("p", { class: "qk-sources" }, t.qkSources));
       }
       if (t.moved) out.push(el("p", { class: "muted" }, t.moved));

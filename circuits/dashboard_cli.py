@@ -56,14 +56,12 @@ def check_args(args: argparse.Namespace) -> Path | None:
     if args.out is None:  # named once the replacement set is loaded (its identity)
         check_writable(DEFAULT_DIR)
         return None
-    if args.out.exists() and not args.out.is_file():
-        raise UserError(f"--out {args.out}: exists and is not a file")
-    check_writable(args.out.parent)
-    from toy_models.files import in_saved_work
+    from toy_models.files import check_writable_file
 
-    reason = in_saved_work(args.out)  # a set's replacement.json, a cache's manifest...
-    if reason:
-        raise UserError(f"--out {args.out}: {reason}; write the dashboards elsewhere")
+    # a directory, a link (one leading nowhere was refused only when the build was done: a
+    # fuzz pass), a device, saved work (a set's replacement.json, a cache's manifest...), a
+    # folder that cannot hold files: all refused before any work
+    check_writable_file(args.out, "--out")
     return args.out
 
 

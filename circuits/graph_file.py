@@ -59,7 +59,7 @@ from .graph import (
     QKReason,
     QKSource,
 )
-from .nodes import Kind, kind_at_stage, logit_stage, lorsa_stage
+from .nodes import Kind, block_of, kind_at_stage, logit_stage, lorsa_stage
 from .prune import open_rows, row_sums
 
 SUFFIX = ".safetensors"
@@ -273,6 +273,29 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
         "tokens do not match the logit nodes' indices",
     )
     qk = _qk(_typed(header, "qk", list), n_layers, len(tokens))
+    # what can be checked without the model: a prompt token's text is its position's string;
+    # each QK record is of a head the graph holds at its query (``qk_attribution`` makes
+    # them so, ``Graph.subgraph`` keeps them so), which ties ``group_size`` to the records
+    # (a forged file with its checksum recomputed changed both: a fuzz pass)
+    mismatched = [i for i, t in enumerate(tokens.tolist())
+                  if token_text.get(t, token_strings[i]) != token_strings[i]]  # fmt: skip
+    _require(
+        not mismatched,
+        "token_text",
+        f"the text of the token at position {mismatched[:1]} is not its token string",
+    )
+    is_head = node["kind"] == Kind.LORSA
+    heads = set(zip([block_of(int(x)) for x in node["stage"][is_head]],
+                    (node["index"][is_head] // group_size).tolist(),
+                    node["pos"][is_head].tolist(), strict=True))  # fmt: skip
+    stray = [a for a in qk if (a.layer, a.qk_head, a.query) not in heads]
+    _require(
+        not stray,
+        "qk",
+        "a record of (layer, qk_head, query) "
+        f"{(stray[0].layer, stray[0].qk_head, stray[0].query) if stray else ()} whose "
+        "head the graph does not hold (or group_size is not the heads')",
+    )
     _require(mode == "local" or not bool((node["kind"] == Kind.ERROR).any()), "mode",
              "a sparse graph has no error nodes")  # fmt: skip
     if positional:
@@ -282,6 +305,10 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     settings = _typed(header, "settings", dict)
     reserved = sorted(set(settings) & set(RESERVED_SETTINGS))
     _require(not reserved, "settings", f"keys {reserved} are the graph's own attributes")
+    closure = settings.get("closure_error", {})
+    _require(isinstance(closure, dict) and all(
+        is_finite_number(v) and v >= 0 for v in closure.values()), "settings.closure_error",
+        "must map names to finite numbers >= 0")  # fmt: skip
     graph = Graph(
         prompt=prompt,
         tokens=tokens.tolist(),

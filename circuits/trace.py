@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli, whole_numbers
-from toy_models.files import earlier_set, replaced_whole, staging_in_the_way
+from toy_models.files import earlier_set, replaced_whole, resolved, staging_in_the_way
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
 DEFAULT_FORMAT = "svg"
@@ -231,6 +231,11 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if args.dashboards_file is not None:
         if args.dashboards_file.exists() and not args.dashboards_file.is_file():
             raise UserError(f"--dashboards-file {args.dashboards_file}: not a file")
+        if args.dashboards_file.is_symlink() and not args.dashboards_file.exists():
+            # it would be built, and a build is written only when done: refused now, not
+            # after minutes of work (a fuzz pass)
+            raise UserError(f"--dashboards-file {args.dashboards_file}: a symbolic link that "
+                            "leads nowhere or in a loop; name a new or regular file")  # fmt: skip
         if args.dashboards and not args.dashboards_file.exists():
             check_writable(args.dashboards_file.parent, "--dashboards-file's folder")
         if args.dashboards:
@@ -254,7 +259,7 @@ def check_not_an_output(path: Path, out: Path, flag: str) -> None:
     """Refuse an input file (or one to build) that writing the run's outputs into ``out``
     would replace or remove: ``graph.*`` there, ``OUTPUT_FILES``, anything in
     ``OUTPUT_DIRS``."""
-    path, out = path.resolve(), out.resolve()
+    path, out = resolved(path, flag), resolved(out, "--out")
     inside = any(out / d in path.parents for d in OUTPUT_DIRS) or (
         path.parent == out and (path.name.startswith("graph") or path.name in OUTPUT_FILES)
     )
@@ -277,9 +282,9 @@ def check_writable(out: Path, flag: str = "--out") -> None:
         raise UserError(f"{flag} {out}: {existing} is a dangling symbolic link")
     if not existing.is_dir():
         raise UserError(f"{flag} {out}: {existing} is not a directory")
-    resolved = existing.resolve()
-    if resolved.parts[:2] in (("/", "proc"), ("/", "sys")):
-        raise UserError(f"{flag} {out}: {resolved} is a kernel file system, not for files")
+    real = existing.resolve()
+    if real.parts[:2] in (("/", "proc"), ("/", "sys")):
+        raise UserError(f"{flag} {out}: {real} is a kernel file system, not for files")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {out}: {existing} is not writable")
     inside = replaced_whole(out)  # a training checkpoint: its next save deletes what is there

@@ -302,6 +302,7 @@ def test_a_prompt_that_is_not_its_tokens_text_is_refused(tmp_path):
         Graph.load(bad)
     graph = make_graph()  # what a trace writes: a leading space, a character split in bytes
     graph.token_strings = ["<|bos|>", " h", "<0xC3>", "<0xA9>"]
+    graph.token_text |= dict(zip(graph.tokens, graph.token_strings, strict=True))  # as it says
     for prompt in (" h\u00e9", ""):
         graph.prompt = prompt
         graph.save(tmp_path / "g.safetensors")
@@ -667,3 +668,35 @@ def test_which_kind_sits_at_which_stage_is_one_rule_for_ints_and_tensors():
     # a model of unknown depth: every sublayer stage, never a logit
     assert bool(kind_at_stage(Kind.LORSA, 41)) and not kind_at_stage(Kind.TRANSCODER, 41)
     assert not any(bool(kind_at_stage(Kind.LOGIT, s)) for s in range(50))
+
+
+def test_a_forged_files_token_texts_qk_heads_and_closure_are_checked(tmp_path):
+    """A fuzz pass forged graph files with their checksum recomputed: a prompt token's text
+    (' Wednesday'@6 -> 'ZZ'), ``group_size`` (64 -> 32, which moves every head to another QK
+    head), a QK record's ``qk_head`` (99 of 16) and a negative closure error all loaded. Each
+    is refused now, naming its field; the file as written loads."""
+
+    def text(h):  # the prompt's first token's text, not its token string
+        first = h["token_strings"][1]
+        tid = next(t for t, s in h["token_text"] if s == first)
+        h["token_text"] = [[t, "ZZ" if t == tid else s] for t, s in h["token_text"]]
+
+    def group_size(h):
+        h["group_size"] = 4  # head 5 of QK head 2 (size 2) is QK head 1 at size 4
+
+    def qk_head(h):
+        h["qk"][0]["qk_head"] = 99
+
+    def closure(h):
+        h["settings"]["closure_error"] = {"max_abs": -1.0}
+
+    for edit, field in ((text, "token_text"), (group_size, "qk"), (qk_head, "qk"),
+                        (closure, "settings.closure_error")):  # fmt: skip
+        bad = craft(tmp_path, edit_header=edit)
+        with pytest.raises(GraphFileError, match=f"field {re.escape(field)}: "):
+            Graph.load(bad)
+    good = tmp_path / "g.safetensors"
+    graph = make_graph()
+    graph.settings["closure_error"] = {"max_abs": 1e-6}
+    graph.save(good)
+    assert Graph.load(good).settings["closure_error"] == {"max_abs": 1e-6}

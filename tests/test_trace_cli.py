@@ -930,3 +930,34 @@ def test_only_explicit_options_that_a_target_or_no_dashboards_makes_moot_are_ref
     args = parse_args(["--prompt", "x", "--max-logits", "3", "--logit-probability", "0.5"])
     _check_args(args)
     assert (args.max_logits, args.logit_probability) == (3, 0.5)
+
+
+def test_links_that_lead_nowhere_or_loop_are_refused_before_any_work(tmp_path, capsys):
+    """A fuzz pass: a dashboards file to build that was a link leading nowhere (or in a loop)
+    was refused only once the build was done (minutes lost), and a link loop beside the trace's
+    --out or the evaluation's --json raised a RuntimeError traceback from Path.resolve. Each
+    is one line and exit 2 now, before a model is loaded."""
+    from circuits import dashboard_cli
+    from toy_models import evaluate
+
+    (tmp_path / "dangle").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    for link in ("dangle", "loop1"):
+        path = tmp_path / link
+        code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "t"),
+                             "--dashboards-file", str(path))  # fmt: skip
+        assert code == 2 and err == (f"error: --dashboards-file {path}: a symbolic link that "
+                                     "leads nowhere or in a loop; name a new or regular file\n")
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(dashboard_cli.main, ["--rows", "2", "--quiet", "--out", str(path)])
+        _, err = capsys.readouterr()
+        assert exit_info.value.code == 2
+        assert err == f"error: --out {path}: is a symbolic link; name a new or regular file\n"
+    loop = tmp_path / "loop1"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(evaluate.main, ["--json", str(loop)])
+    _, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert err == f"error: --json {loop}: a symbolic link in a loop; name a real path\n"
+    assert not (tmp_path / "t").exists()

@@ -644,10 +644,19 @@ def _small_json(path: Path):
         return None
 
 
+def resolved(path: Path, flag: str) -> Path:
+    """``path.resolve()``, a link loop refused in one line (``UserError``) naming ``flag``
+    (``resolve`` raises a bare RuntimeError there: a fuzz pass's traceback)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        raise UserError(f"{flag} {path}: a symbolic link in a loop; name a real path") from None
+
+
 def check_not_input(path: Path, inputs: list[Path], flag: str) -> None:
     """Refuse an output file that is one of the files the run reads (``inputs``: a model's or a
     replacement set's own files), which writing the results there would destroy."""
-    target = path.resolve()
+    target = resolved(path, flag)
     for source in inputs:
         if source.resolve() == target:
             raise UserError(f"{flag} {path}: is {source.name} of the model or replacement set "

@@ -947,8 +947,10 @@ def test_links_that_lead_nowhere_or_loop_are_refused_before_any_work(tmp_path, c
         path = tmp_path / link
         code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "t"),
                              "--dashboards-file", str(path))  # fmt: skip
-        assert code == 2 and err == (f"error: --dashboards-file {path}: a symbolic link that "
-                                     "leads nowhere or in a loop; name a new or regular file\n")
+        assert code == 2 and err == (
+            f"error: --dashboards-file {path}: a symbolic link that "
+            "leads nowhere or in a loop; name a new or regular file\n"
+        )
         with pytest.raises(SystemExit) as exit_info:
             run_cli(dashboard_cli.main, ["--rows", "2", "--quiet", "--out", str(path)])
         _, err = capsys.readouterr()

@@ -215,7 +215,7 @@ class QKReasonRecord:
     mean_query_vs_key: float
     specific: float
     rest: float
-    rest_share: float
+    rest_share: Annotated[float, Bounds(0.0, 1.0)]
     pairs: list[QKTermRecord]
     query_at: float | None = None
     key_at: float | None = None
@@ -593,6 +593,15 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         where = f"groups[{i}]"
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
         _check_place(g, len(summary.tokens), where)
+        _expect(all(h >= 0 for h in g.qk_heads) and len(set(g.qk_heads)) == len(g.qk_heads)
+                and (g.kind == "lorsa" or not g.qk_heads),
+                f"{where}.qk_heads: a head group's QK heads, each once")  # fmt: skip
+        # a group's QK reasons are of its own QK heads, at its query and the key it reads
+        # (a fuzz pass loaded a reason of layer 10**9 and printed it)
+        _expect(all((r.layer, r.query, r.key) == (g.layer, g.pos, g.attends)
+                    and r.qk_head in g.qk_heads for r in g.qk),
+                f"{where}.qk: a reason not of the group's QK heads at its query and "
+                "key")  # fmt: skip
         _expect(set(g.flow) <= targets, f"{where}.flow: a flow into a node that is no target")
         _expect({c.target for c in g.checks} <= targets, f"{where}.checks: an unknown target")
         logits = {t.node for t in summary.targets if t.kind == "logit"}
@@ -661,6 +670,9 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
     """Each QK reason's parts close to its score, its attention in [0, 1], its token parts
     to its roots' tokens, its token checks each at a prompt position once, holding its token."""
     for j, r in enumerate(reasons):
+        _expect(r.layer >= 0 and r.qk_head >= 0 and 0 <= r.key <= r.query < len(tokens),
+                f"{where}.qk[{j}]: layer, QK head, query and key: a block, a head, a key up "
+                "to its query in the prompt")  # fmt: skip
         shares = [(f"{side}_sources.{c}", x) for side, d in (("query", r.query_sources),
                   ("key", r.key_sources)) for c, xs in d.items() for x in xs]  # fmt: skip
         shares += [(f"{name}.{side}", getattr(p, side))
@@ -727,6 +739,7 @@ def _check_place(x, n_pos: int, at: str) -> None:
     _expect(x.attends is None or (x.pos is not None and 0 <= x.attends <= x.pos),
             f"{at}.attends: {x.attends} is not a key up to its position")  # fmt: skip
     _expect(x.layer is None or x.layer >= -1, f"{at}.layer: {x.layer} is below -1")
+    _expect(x.kind in KINDS, f"{at}.kind: {x.kind!r}, not one of {list(KINDS)}")
 
 
 def _check_ref(ref: NodeRef, n_pos: int, at: str) -> None:
@@ -749,6 +762,10 @@ def _check_ref(ref: NodeRef, n_pos: int, at: str) -> None:
             f"{at}: stage {stage}, layer {ref.layer} for a {ref.kind} node")  # fmt: skip
     _expect(ref.pos is not None and 0 <= ref.pos < n_pos and ref.index is not None,
             f"{at}: a node needs an index and a position inside the prompt")  # fmt: skip
+    indexed = kind in (Kind.EMBEDDING, Kind.LORSA, Kind.TRANSCODER)
+    _expect(ref.index >= 0 if indexed else ref.index == -1,
+            f"{at}.index: {ref.index} for a {ref.kind} node (a unit's index, -1 for the "
+            "others)")  # fmt: skip
     _expect(ref.attends is None or (kind == Kind.LORSA and 0 <= ref.attends <= ref.pos),
             f"{at}.attends: {ref.attends} is not a key up to a head's position")  # fmt: skip
 

@@ -399,8 +399,8 @@ def stronger_text(g: GroupRecord, t: TargetRecord, summary: MechanismSummary) ->
     if not stronger:
         return ""
     said = "; ".join(f"{o.key} {o.name} {_signed(free)}" for o, free in stronger)
-    return (f"ablated (attention free), head groups there move it more than it "
-            f"({_signed(own.free)}): {said}")  # fmt: skip
+    return (f"head groups there whose ablation (attention free) moves it more than this "
+            f"one's {_signed(own.free)}: {said}")  # fmt: skip
 
 
 # A check prints the change of its target's margin over the runner-up where the runner-up has

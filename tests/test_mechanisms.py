@@ -2028,6 +2028,7 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
         g.carried_own[t.node] += value - g.flow[t.node]
         g.flow[t.node] = value
 
+    g.qk = []  # its reasons are at the key it reads, which this test moves
     for attends, heading in ((g.pos, NO_MOVER), (0, NO_MOVER), (None, NO_MOVER)):
         g.attends = attends
         assert f"  {heading}: {g.key} {g.name}, flow" in format_summary(summary)
@@ -2558,10 +2559,58 @@ def test_head_groups_whose_ablation_moves_the_target_more_are_named_beside_the_p
     t = SimpleNamespace(node="t", head_groups=list(groups))
     assert STRONGER * 0.72 < 4.96 and 1.2 < STRONGER * 0.72
     assert stronger_text(groups["g0"], t, summary) == (
-        "ablated (attention free), head groups there move it more than it (-0.72): "
-        "g1 L0 10 heads @7 -> ' seven'@6 -5.09; g2 L0 12 heads @7 -> ' dance'@7 +4.96"
+        "head groups there whose ablation (attention free) moves it more than this one's "
+        "-0.72: g1 L0 10 heads @7 -> ' seven'@6 -5.09; g2 L0 12 heads @7 -> ' dance'@7 +4.96"
     )
     assert stronger_text(groups["g1"], t, summary) == ""  # the strongest itself
     assert stronger_text(groups["g4"], t, summary) == ""  # unchecked: nothing to compare
     summary.tolerance = 6.0  # both under the tolerance: no measured difference
     assert stronger_text(groups["g0"], t, summary) == ""
+
+
+def test_a_summary_file_with_numbers_out_of_their_range_is_refused(graph, replacement, run,
+                                                                   tmp_path):  # fmt: skip
+    """A fuzz pass: typed but out-of-range edits of mechanisms.json loaded and printed as fact
+    (a rest share of 1e9 dropped a reason's unit pairs and said "all of the magnitude"; a QK
+    reason of layer 10**9; QK heads -1 or twice; a root term's kind "x"; a node index -7).
+    Each is refused in one line naming its field."""
+    summary = summarize(replacement, graph, run, check=False)
+    d = summary.to_dict()
+    i = max(
+        (i for i, g in enumerate(d["groups"]) if g["qk"]),
+        key=lambda i: len(d["groups"][i]["qk_heads"]),
+    )
+    reason = d["groups"][i]["qk"][0]
+    assert reason["root_pairs"] and reason["pairs"]
+    index_side = next((j, side) for j, p in enumerate(reason["pairs"])
+                      for side in ("query", "key")
+                      if p[side]["present"] and p[side]["kind"] != "qk bias")  # fmt: skip
+
+    def at(path):
+        def edit(x):
+            *head, last, value = path
+            for k in head:
+                x = x[k]
+            x[last] = value
+
+        return edit
+
+    g = ["groups", i]
+    cases = [
+        (at([*g, "qk", 0, "rest_share", 1e9]), r"rest_share"),
+        (at([*g, "qk", 0, "layer", 10**9]), r"a reason not of the group's QK heads"),
+        (at([*g, "qk", 0, "layer", -1]), r"a reason not of the group.s QK heads"),
+        (at([*g, "qk_heads", 0, -1]), r"qk_heads"),
+        (at([*g, "qk_heads", d["groups"][i]["qk_heads"] * 2]), r"qk_heads"),  # each twice
+        (at([*g, "qk", 0, "root_pairs", 0, "query", "kind", "x"]), r"\.kind: 'x'"),
+        (at([*g, "qk", 0, "pairs", index_side[0], index_side[1], "index", -7]), r"\.index: -7"),
+    ]
+    path = tmp_path / "mechanisms.json"
+    for edit, message in cases:
+        bad = copy.deepcopy(d)
+        edit(bad)
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            load_summary(path)
+    path.write_text(json.dumps(d))
+    assert load_summary(path).to_dict() == d

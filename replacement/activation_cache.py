@@ -186,6 +186,10 @@ def read_manifest(directory: Path) -> tuple[CachePlan, list[dict]]:
             f"{path}: not an activation cache manifest (format {data.get('format')!r})"
         )
     plan = CachePlan.from_json(data.get("plan"), str(path))
+    if data.get("cache_id") != plan.cache_id():  # written with its plan: the two agree
+        raise ValueError(f"{path}: its cache_id is not its plan's ({plan.cache_id()[:12]}...)")
+    if set(data) != {"format", "plan", "cache_id", "chunks"}:
+        raise ValueError(f"{path}: keys {sorted(data)}, expected format, plan, cache_id, chunks")
     chunks = data.get("chunks")
     if not isinstance(chunks, list) or len(chunks) > plan.n_chunks:
         raise ValueError(f"{path}: 'chunks' must be a list of at most {plan.n_chunks} chunks")

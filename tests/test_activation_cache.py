@@ -209,6 +209,8 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def test_damaged_caches_are_refused_naming_the_file(tiny_pretrained, tiny_cache, tmp_path):
+    import replacement.activation_cache as ac
+
     model, _ = tiny_pretrained
 
     def read_all(directory):
@@ -250,7 +252,17 @@ def test_damaged_caches_are_refused_naming_the_file(tiny_pretrained, tiny_cache,
         ("bad-dtype", lambda m: m["plan"].update(dtype="int8"), "plan.dtype must be one of"),
         ("bad-record", lambda m: m["chunks"][0].update(file="../x"), "chunk record 0 is invalid"),
         ("incomplete", lambda m: m["chunks"].pop(), "incomplete"),
-        ("another-model", lambda m: m["plan"].update(model_sha256="0" * 64), "another model"),
+        (
+            "another-model",
+            lambda m: (
+                m["plan"].update(model_sha256="0" * 64),
+                m.update(cache_id=ac.CachePlan.from_json(m["plan"], "m").cache_id()),
+            ),
+            "another model",
+        ),  # fmt: skip
+        # a fuzz pass: the manifest's cache_id was written and never read back
+        ("edited-id", lambda m: m.update(cache_id="0" * 64), "its cache_id is not its plan's"),
+        ("extra-key", lambda m: m.update(note="mine"), "expected format, plan, cache_id"),
     ):
         bad = _copy(tiny_cache, tmp_path / name)
         manifest = json.loads((bad / MANIFEST_FILE).read_text())

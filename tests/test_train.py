@@ -839,6 +839,19 @@ def test_a_run_is_shipped_only_under_the_config_it_was_trained_as(tiny_run, tmp_
     assert not any(tmp_path.iterdir())
 
 
+def test_an_unfinished_run_is_said_to_be_unfinished_when_shipped(tmp_path):
+    """A fuzz pass: shipping an interrupted run said "checkpoint file missing: config.json",
+    what is missing, not why. A run folder with a checkpoint and no final model is unfinished."""
+    from toy_models import ship
+    from toy_models.resumable import CHECKPOINT_DIR
+
+    run = tmp_path / "run"
+    (run / CHECKPOINT_DIR).mkdir(parents=True)
+    with pytest.raises(UserError, match=r"the run has not finished .*--resume first"):
+        ship.ship(run, "tiny", dest_root=tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists()
+
+
 @pytest.mark.parametrize(
     "state, message",
     [

@@ -247,7 +247,7 @@ def with_qk_side(
     units = stats.units
     have = units_of(graph, units)
     heads = (graph.kind == Kind.LORSA).nonzero().squeeze(1).tolist()
-    groups = sorted({(int(graph.layer[i]), int(graph.index[i]) // graph.group_size) for i in heads})
+    groups = sorted({(int(graph.layer[i]), graph.qk_head(i)) for i in heads})
     records, extra = [], set()
     for layer, qk_head in groups:
         group = stats.qk_group(layer, qk_head)

@@ -522,10 +522,17 @@ class Graph:
             occurrences=None if self.occurrences is None else self.occurrences[keep],
         )
 
+    def qk_head(self, nodes):
+        """The QK head of Lorsa node(s) ``nodes`` (``index // group_size``): an int for one
+        node, a tensor for a tensor of them. The one place a head's QK head is read."""
+        if isinstance(nodes, Tensor):
+            return self.index[nodes] // self.group_size
+        return int(self.index[nodes]) // self.group_size
+
     def _qk_keys(self, nodes: Tensor) -> set[tuple[int, int, int]]:
         """(layer, QK head, query) of the Lorsa nodes among ``nodes``."""
         lorsa = nodes[self.kind[nodes] == Kind.LORSA]
-        layers, heads = self.layer[lorsa].tolist(), (self.index[lorsa] // self.group_size).tolist()
+        layers, heads = self.layer[lorsa].tolist(), self.qk_head(lorsa).tolist()
         return set(zip(layers, heads, self.pos[lorsa].tolist(), strict=True))
 
     def qk_for(self, node: int) -> list[QKAttribution]:
@@ -536,7 +543,7 @@ class Graph:
         if Kind(int(self.kind[node])) != Kind.LORSA:
             return []
         layer, q = int(self.layer[node]), int(self.pos[node])
-        head = int(self.index[node]) // self.group_size
+        head = self.qk_head(node)
         read = self.read_key(node)
         found = [a for a in self.qk if (a.layer, a.qk_head, a.query) == (layer, head, q)]
         return sorted(found, key=lambda a: (a.key != read, -a.attention))

@@ -224,7 +224,7 @@ def _summarize(
             return []
         by_head: dict[int, float] = {}
         for m in grp.members:
-            head = int(full.index[m]) // full.group_size
+            head = full.qk_head(m)
             weight = abs(float(flows[targets[0]][m])) if targets else 0.0
             by_head[head] = by_head.get(head, 0.0) + weight
         ordered = sorted(grp.qk_heads, key=lambda x: -by_head.get(x, 0.0))
@@ -323,7 +323,7 @@ def _summarize(
     # the heads at its key can act through it, not through their value flow (a reviewer's
     # induction head target: free -2.3 against a flow of +0.761, its attention 0.73 -> 0.0008)
     own_looks = {t: _Look(("target", t), int(full.layer[t]), int(full.pos[t]), full.read_key(t),
-                          [int(full.index[t]) // full.group_size], [1.0])
+                          [full.qk_head(t)], [1.0])
                  for t in targets if full.kind[t] == Kind.LORSA
                  and full.read_key(t) is not None}  # fmt: skip
     checks = {} if not (check and targets) else _checks(
@@ -363,7 +363,7 @@ def _summarize(
             ]  # fmt: skip
         records.append(record)
     own_reasons = {  # a head target's own QK reason at the key it reads
-        t: reasons(int(full.layer[t]), [int(full.index[t]) // full.group_size],
+        t: reasons(int(full.layer[t]), [full.qk_head(t)],
                    int(full.pos[t]), reads_at(full, t))
         for t in targets if full.kind[t] == Kind.LORSA and full.read_key(t) is not None
     }  # fmt: skip
@@ -559,7 +559,7 @@ def node_ref(graph: Graph, i: int, concepts: Mapping, with_input: bool = False) 
     )  # fmt: skip
     if kind == Kind.LORSA:
         ref.attends = int(graph.attends[i])
-        ref.qk_head = index // graph.group_size
+        ref.qk_head = graph.qk_head(i)
     if kind in (Kind.LORSA, Kind.TRANSCODER):
         found = concepts.get(unit_id(kind, stage, index))
         if found is not None:

@@ -172,7 +172,7 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
         return [_fit(tokens, LOGIT_CHARS), _fit(value, LOGIT_CHARS)]
     if kind == Kind.LORSA:
         if not graph.positional:
-            return [f"H{index}", f"QK {index // graph.group_size}"]
+            return [f"H{index}", f"QK {graph.qk_head(i)}"]
         key = graph.read_key(i)
         if key is None:
             return [f"H{index}"]

@@ -811,17 +811,23 @@ def _read_keys(
     return attends, attention
 
 
+def _by_sublayer(kind: Tensor, stage: Tensor):
+    """For each dictionary sublayer that ``kind``/``stage`` (per node or unit) hold a head or
+    feature of: (whether it is a Lorsa layer, its block, the mask of its rows)."""
+    for dictionary in (Kind.LORSA, Kind.TRANSCODER):
+        for s in torch.unique(stage[kind == dictionary]).tolist():
+            yield dictionary == Kind.LORSA, block_of(s), (kind == dictionary) & (stage == s)
+
+
 def promoted_tokens(rw: ReadWrite, kind: Tensor, stage: Tensor, index: Tensor) -> Tensor:
     """Per node or unit (``kind``, ``stage``, ``index``): the ``N_PROMOTED`` tokens a head's or
     feature's decoder raises most through the demeaned unembedding
     (``ReadWrite.direct_logits``); -1 for other kinds."""
     promotes = torch.full((len(kind), N_PROMOTED), -1, dtype=torch.long)
-    for dictionary in (Kind.LORSA, Kind.TRANSCODER):
-        for s in torch.unique(stage[kind == dictionary]).tolist():
-            rows = (kind == dictionary) & (stage == s)
-            units, which = torch.unique(index[rows], return_inverse=True)
-            effect = rw.direct_logits(dictionary == Kind.LORSA, block_of(s), units)
-            promotes[rows] = effect.topk(N_PROMOTED, dim=-1).indices[which]
+    for attention, layer, rows in _by_sublayer(kind, stage):
+        units, which = torch.unique(index[rows], return_inverse=True)
+        effect = rw.direct_logits(attention, layer, units)
+        promotes[rows] = effect.topk(N_PROMOTED, dim=-1).indices[which]
     return promotes
 
 
@@ -832,14 +838,12 @@ def group_promoted_tokens(rw: ReadWrite, graph: Graph, members: list[int]) -> li
     strongest member's decoder (a reviewer's group of 32 features "promotes 'V'", its fifth
     token). Empty for a group of neither kind."""
     m = torch.as_tensor(members, dtype=torch.long)
-    kind, stage = graph.kind[m], graph.stage[m]
     effect = None
-    for dictionary in (Kind.LORSA, Kind.TRANSCODER):
-        for s in torch.unique(stage[kind == dictionary]).tolist():
-            these = m[(kind == dictionary) & (stage == s)]
-            per_unit = rw.direct_logits(dictionary == Kind.LORSA, block_of(s), graph.index[these])
-            part = graph.activation[these].float() @ per_unit
-            effect = part if effect is None else effect + part
+    for attention, layer, rows in _by_sublayer(graph.kind[m], graph.stage[m]):
+        these = m[rows]
+        per_unit = rw.direct_logits(attention, layer, graph.index[these])
+        part = graph.activation[these].float() @ per_unit
+        effect = part if effect is None else effect + part
     return [] if effect is None else effect.topk(min(N_PROMOTED, len(effect))).indices.tolist()
 
 

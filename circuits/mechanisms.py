@@ -636,21 +636,28 @@ def _reason_record(
 def _side_sources(view: GroupedGraph, flow: np.ndarray) -> dict[str, list[SourceShare]]:
     """A QK reason side's flow (``circuits.flows.qk_side_flows``) summed per group of ``view``:
     of each category (``roots``, ``heads``, ``features``) the ``SIDE_SOURCES`` largest
-    nonzero sums, largest first."""
+    positive sums, largest first, then the ``SIDE_SOURCES`` most negative, most negative first
+    (what raises the side, then what lowers it: a side below zero was listed by its raisers
+    alone, and a category without enough raisers filled up with sums of -0.002)."""
     sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
     out: dict[str, list[SourceShare]] = {"roots": [], "heads": [], "features": []}
-    for g in np.argsort(-sums, kind="stable").tolist():
-        grp = view.groups[g]
-        category = (
-            "roots" if grp.is_root else {"lorsa": "heads", "transcoder": "features"}.get(grp.kind)
-        )
-        if sums[g] == 0 or category is None or len(out[category]) >= SIDE_SOURCES:
-            continue
-        out[category].append(
-            SourceShare(
-                grp.name, grp.kind, grp.layer, grp.pos, grp.attends, grp.concept, float(sums[g])
-            )  # fmt: skip
-        )
+    for sign in (1.0, -1.0):
+        taken = dict.fromkeys(out, 0)
+        for g in np.argsort(-sign * sums, kind="stable").tolist():
+            grp = view.groups[g]
+            category = (
+                "roots"
+                if grp.is_root
+                else {"lorsa": "heads", "transcoder": "features"}.get(grp.kind)
+            )
+            if sign * sums[g] <= 0 or category is None or taken[category] >= SIDE_SOURCES:
+                continue
+            taken[category] += 1
+            out[category].append(
+                SourceShare(
+                    grp.name, grp.kind, grp.layer, grp.pos, grp.attends, grp.concept, float(sums[g])
+                )  # fmt: skip
+            )
     return out
 
 

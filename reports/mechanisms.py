@@ -381,26 +381,29 @@ STRONGER = 2.0  # another head group there whose free ablation moves the target 
 
 
 def stronger_text(g: GroupRecord, t: TargetRecord, summary: MechanismSummary) -> str:
-    """The other head groups at the predicting group ``g``'s place (``t.head_groups``) whose
-    ablation, attention free, moves target ``t`` over ``STRONGER`` times as much as ``g``'s
-    (and more than the tolerance): ranked by value flow, ``g`` can matter less than groups
-    acting through attention (a reviewer's head target: its named group -0.72 ablated, the
-    previous-token heads at its key -5.09); empty where none does or ``g`` is unchecked."""
+    """The other checked head groups at the predicting group ``g``'s place (its block's and
+    every other block's heads at that position, whatever their flow's sign) whose ablation,
+    attention free, moves target ``t`` over ``STRONGER`` times as much as ``g``'s, either way
+    (and more than the tolerance), largest first: ranked by value flow, ``g`` can matter less
+    than groups acting through attention (a reviewer's head target: its named group -0.72
+    ablated, the previous-token heads at its key -5.09); empty where none does or ``g`` is
+    unchecked."""
     own = next((c for c in g.checks if c.target == t.node), None)
     if own is None:
         return ""
     stronger = []
-    for key in t.head_groups:
-        other = summary.group(key)
+    for other in summary.groups:
         c = next((c for c in other.checks if c.target == t.node), None)
-        if other.key != g.key and c is not None and abs(c.free) > summary.tolerance \
+        if other.kind == "lorsa" and other.pos == g.pos and other.key != g.key \
+                and c is not None and abs(c.free) > summary.tolerance \
                 and abs(c.free) > STRONGER * abs(own.free):  # fmt: skip
             stronger.append((other, c.free))
     if not stronger:
         return ""
+    stronger.sort(key=lambda x: -abs(x[1]))
     said = "; ".join(f"{o.key} {o.name} {_signed(free)}" for o, free in stronger)
-    return (f"head groups there whose ablation (attention free) moves it more than this "
-            f"one's {_signed(own.free)}: {said}")  # fmt: skip
+    return (f"head groups there whose ablation (attention free) moves it over twice as much as "
+            f"this one's {_signed(own.free)}, either way: {said}")  # fmt: skip
 
 
 # A check prints the change of its target's margin over the runner-up where the runner-up has
@@ -412,7 +415,8 @@ LN_WORDS = (
     'scale held at its clean value ("from the LayerNorms": only with every LayerNorm scale '
     "held): the model's rescaling undoes the group's effect, not other heads; \"through "
     'attention" where free disagrees and agrees with the attention patterns held, or agrees '
-    "and they held it does not: the group acts through the attention of heads it feeds; "
+    "and they held it does not, or is too large and they held take most of it away: the group "
+    "acts through the attention of heads it feeds; "
     '"also with ... held": no rerun holding them agrees with the prediction and closes half '
     "its gap to the free measurement (their values beside it); "
     '"margin over" the change of the margin over the most likely other token, where that '
@@ -488,6 +492,14 @@ def free_cause(c: EffectCheck, tolerance: float = TOLERANCE) -> str | None:
     if _undoes(c, c.free_ln_held, c.agree_free_ln_held, tolerance):
         return "LayerNorms"
     if _undoes(c, c.free_attention_held, c.agree_free_attention_held, tolerance):
+        return "attention"
+    # free has the prediction's sign and is too large, and holding the patterns takes most of
+    # it away (the other sign, or under a third): the excess goes through attention even where
+    # the held rerun falls short of the prediction (a reviewer's predicted -0.622, free -3.41,
+    # held -0.009, the heads' attention 0.96 -> 0.02, read "also with ... held")
+    held = c.free_attention_held
+    if c.agree_free and abs(c.free) > abs(c.predicted) and held is not None \
+            and (held * c.free <= 0 or abs(held) < abs(c.free) / 3):  # fmt: skip
         return "attention"
     return None
 
@@ -682,8 +694,8 @@ def token_checks_text(r: QKReasonRecord, summary: MechanismSummary) -> str:
 
 def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[str]) -> str:
     """Whether a token check bears out terms summing to ``total``: the attention moved as they
-    say (terms > 0: it falls without the token) by half at least (of the attention, or for
-    terms < 0 of what it lacks of 1: ``as they say``), by less (``in part``: a reviewer read
+    say (terms > 0: it falls without the token) at least half as far as their size alone
+    moves it (``attention_without``: ``as they say``), by less (``in part``: a reviewer read
     "as they say" on terms of +27.3 and 0.77 -> 0.64), ``the other way``, or by less than
     ``LITTLE`` (``little change``); and where the attention moved as they say but the key's
     own ``specific`` part did not (another key gained: a reviewer's ``'='@6`` on ``21+14=35;
@@ -709,8 +721,10 @@ def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[s
     if abs(change) > RATIO * abs(implied) and abs(change - implied) >= LITTLE:
         return (f"the way they say, but further than their size alone moves it "
                 f"({attention_text(alone)})")  # fmt: skip
-    room = r.attention if total > 0 else 1 - r.attention  # how far it could move that way
-    return "as they say" if abs(change) >= room / 2 else "in part"
+    # at least half as far as their size alone moves it: borne out (a reviewer read "in
+    # part" on 0.52 -> 0.49 where the terms alone give 0.48: measured against half of the
+    # room to move, small terms could never be borne out)
+    return "as they say" if abs(change) >= abs(implied) / 2 else "in part"
 
 
 def attention_without(attention: float, terms: float) -> float:
@@ -862,15 +876,39 @@ def reason_lines(
         lines.append(f"{more}{heading}")
     for p in pairs:
         lines.append(f"{more}{p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
-    for name, sources in (("query", r.query_sources), ("key", r.key_sources)):
-        # the largest of each kind, features too (a reviewer: a side's largest source, 30
-        # features at the query, was never named), largest first
-        top = sorted((x for c in ("roots", "heads", "features") for x in sources.get(c, [])[:1]),
-                     key=lambda x: -x.value)  # fmt: skip
-        if top:
-            lines.append(f"{more}{name} side from: " + "; ".join(
-                f"{x.name} {x.value:+.3g}" for x in top))  # fmt: skip
+    for side in ("query", "key"):
+        if text := side_from_text(r, side):
+            lines.append(f"{more}{text}")
     return lines
+
+
+SOURCE_KINDS = ("roots", "heads", "features")  # a QK side's source lists (``SourceShare``)
+LOWERING = 0.25  # a side's largest lowering source is named at this share of its largest raiser
+
+
+def side_from_text(r: QKReasonRecord, side: str) -> str:
+    """Where one side of a QK reason comes from: its total, the largest raising source of each
+    kind (root, head group, feature group; a reviewer found the largest, 30 features at the
+    query, never named), largest first, and the largest lowering one where the side is below
+    zero or it is at least ``LOWERING`` of the largest raiser (a side of -4.02 was listed by
+    its raisers alone); empty where it has none."""
+    sources = r.query_sources if side == "query" else r.key_sources
+    total = r.query_at if side == "query" else r.key_at
+    lists = [sources.get(c, []) for c in SOURCE_KINDS]
+    raisers = sorted((x for xs in lists for x in xs[:1] if x.value > 0), key=lambda x: -x.value)
+    lowering = [next((x for x in xs if x.value < 0), None) for xs in lists]
+    lowest = min((x for x in lowering if x is not None), key=lambda x: x.value, default=None)
+    below = total is not None and total < 0
+    if lowest is not None and not (below or not raisers
+                                   or -lowest.value >= LOWERING * raisers[0].value):  # fmt: skip
+        lowest = None
+    if not raisers and lowest is None:
+        return ""
+    head = f"{side} side from" + ("" if total is None else f" ({total:+.3g} in all)") + ": "
+    parts = [f"{x.name} {x.value:+.3g}" for x in raisers]
+    if lowest is not None:
+        parts.append(f"lowered most by {lowest.name} {lowest.value:+.3g}")
+    return head + "; ".join(parts)
 
 
 # A sparse graph (no error nodes) explains the replacement, whose probabilities can be far from

@@ -178,7 +178,16 @@ def _qk_sources_line(summary, key: str | None) -> str | None:
 
 def _reason_panel(r, summary) -> dict:
     """A summary's ``QKReasonRecord`` as the panel lists it under a group or a head target."""
-    from .mechanisms import PAIRS_SHOWN, ref_text, root_text, token_checks_text, unit_pairs
+    from circuits.mechanism_file import SIDES
+
+    from .mechanisms import (
+        PAIRS_SHOWN,
+        ref_text,
+        root_text,
+        side_from_text,
+        token_checks_text,
+        unit_pairs,
+    )
 
     heading, pairs = unit_pairs(r, PAIRS_SHOWN)
     return {"qkHead": r.qk_head, "key": r.key, "keyToken": r.key_token, "score": _num(r.score),
@@ -186,9 +195,7 @@ def _reason_panel(r, summary) -> dict:
             "specific": _num(r.specific), "restShare": _num(r.rest_share),
             "units": heading or None,
             "pairs": [[ref_text(p.query), ref_text(p.key), _num(p.value)] for p in pairs],
-            "sources": {side: [[x.name, _num(x.value)] for c in ("roots", "heads")
-                               for x in d.get(c, [])[:1]]
-                        for side, d in (("query", r.query_sources), ("key", r.key_sources))},
+            "sources": [text for side in SIDES if (text := side_from_text(r, side))],
             "roots": root_text(r, PAIRS_SHOWN) if r.root_pairs else None,
             "tokenChecks": token_checks_text(r, summary) if r.token_checks else None}  # fmt: skip
 

@@ -1128,10 +1128,7 @@
     if (r.tokenChecks) out.push(el("div", { class: "muted" }, r.tokenChecks));
     if (r.units) out.push(el("div", { class: "muted" }, r.units));
     if (r.pairs.length) out.push(el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
-    for (const side of ["query", "key"]) {
-      const src = (r.sources || {})[side] || [];
-      if (src.length) out.push(el("div", { class: "muted" }, `${side} side from: ` + src.map((x) => `${x[0]} ${signed(x[1])}`).join("; ")));
-    }
+    for (const line of r.sources || []) out.push(el("div", { class: "muted" }, line));
     return out;
   }
   function showNode(i) {

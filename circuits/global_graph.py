@@ -61,7 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start", required=True, metavar="UNIT", help=START_FORMS)
     parser.add_argument("--downstream", action="store_true",
                         help="grow towards what the unit drives (default: its inputs)")  # fmt: skip
-    parser.add_argument("--budget", type=int, default=40, help="units to grow to")
+    parser.add_argument("--budget", type=int, default=40,
+                        help="units to grow to, the start included; a grown unit none of whose "
+                        "candidates joined gets its best end unit (a token or error upstream, a "
+                        "logit downstream) beyond it: the graph can hold a few more")  # fmt: skip
     parser.add_argument("--per-node", type=int, default=8, help="candidates per unit")
     parser.add_argument("--no-prune", action="store_true", help="keep every grown unit")
     parser.add_argument("--qk", action=argparse.BooleanOptionalAction, default=True,

@@ -1038,7 +1038,8 @@ def format_summary(
                 attention_check_text(a, summary.tokens) for a in g.attention_checks))  # fmt: skip
         if rest:
             lines.append(
-                f"       ablate, the other {len(rest)} targets: sign agrees with attention "
+                f"       ablate, the other {len(rest)} target{'s' if len(rest) > 1 else ''}: "
+                f"sign agrees with attention "
                 f"frozen {sum(c.agree_frozen for c in rest)}, free "
                 f"{sum(c.agree_free for c in rest)}; flagged {sum(c.flagged for c in rest)} "
                 "(each in mechanisms.json)"

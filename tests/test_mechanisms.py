@@ -1932,7 +1932,8 @@ def test_summary_records(graph, replacement, run, tmp_path):
         rest = [c for c in g.checks if c.target != first]
         if rest:
             counted.append(
-                f"ablate, the other {len(rest)} targets: sign agrees with attention frozen "
+                f"ablate, the other {len(rest)} target{'s' * (len(rest) > 1)}: sign agrees "
+                "with attention frozen "
                 f"{sum(c.agree_frozen for c in rest)}, free {sum(c.agree_free for c in rest)}; "
                 f"flagged {sum(c.flagged for c in rest)} (each in mechanisms.json)"
             )

@@ -53,10 +53,10 @@ from toy_models.files import (
     files_under,
     fresh_directory,
     make_dir,
-    process_alive,
+    release_lock,
     set_record_name,
     swap_directory,
-    temp_path,
+    take_lock,
     write_json_atomic,
     write_set_record,
 )
@@ -215,32 +215,12 @@ def write_report_files(
 @contextlib.contextmanager
 def _writing_lock(out: Path) -> Iterator[None]:
     """Hold ``out/LOCK_FILE`` while this run writes its set there (module docstring)."""
-    lock, mine = out / LOCK_FILE, temp_path(out / LOCK_FILE)
-    mine.write_text(str(os.getpid()))  # linked into place whole: never read half-written
-    try:
-        for _ in range(2):
-            try:
-                os.link(mine, lock)
-                break
-            except FileExistsError:
-                try:
-                    owner = int(lock.read_text())
-                except (OSError, ValueError):
-                    owner = 0  # unreadable: not a lock this code wrote
-                if owner > 0 and owner != os.getpid() and process_alive(owner):
-                    raise WriteError(errno.EBUSY, f"another run (process {owner}) is writing "
-                                     "its graph there; wait for it or choose another --out",
-                                     str(out)) from None  # fmt: skip
-                lock.unlink(missing_ok=True)  # a killed run's: taken over
-        else:
-            raise WriteError(errno.EBUSY, "another run took the lock at the same moment",
-                             str(out))  # fmt: skip
-    finally:
-        mine.unlink(missing_ok=True)
+    lock = out / LOCK_FILE
+    take_lock(lock, "writing its graph there; wait for it or choose another --out")
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        release_lock(lock)
 
 
 def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:

@@ -608,3 +608,47 @@ def test_a_file_to_read_that_is_no_regular_file_says_what_it_is(tmp_path):
     ):
         with pytest.raises(FileNotFoundError, match=re.escape(words)):
             check_readable_file(tmp_path / name, "checkpoint file")
+
+
+def test_a_training_folder_is_locked_while_its_loop_runs(tmp_path):
+    """A fuzz pass: two ``--resume`` runs into one folder trained side by side, each saving
+    its checkpoints over the other's (one stopped at step 1768 reported the other's 1770). The
+    loop holds ``out/.training.lock`` (its process id): a live other process's lock refuses
+    the run in one line before a step; a killed run's is taken over; the lock goes when the
+    loop ends, however it ends. The graph sets' ``.writing.lock`` is the same lock."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from toy_models.cli import UserError
+    from toy_models.resumable import LOCK_FILE, ResumableRun
+
+    def run_in(out, steps_seen):
+        run = ResumableRun(out, resume=False)
+        module = torch.nn.Linear(2, 1)
+        run.start({"config": "t"}, module, torch.optim.SGD(module.parameters(), lr=0.1),
+                  stats=("loss",))  # fmt: skip
+
+        def step(i):
+            steps_seen.append((out / LOCK_FILE).read_text())
+            return {"loss": 1.0}
+
+        return run.train(step, 3, checkpoint_every=2, desc="t", quiet=True)
+
+    seen = []
+    assert run_in(tmp_path / "a", seen) and seen == [str(os.getpid())] * 3  # held, by this one
+    assert not (tmp_path / "a" / LOCK_FILE).exists()  # released at the end
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / LOCK_FILE).write_text(str(other.pid))
+        with pytest.raises(UserError, match=rf"another run \(process {other.pid}\) is training"):
+            run_in(tmp_path / "b", [])
+        assert (tmp_path / "b" / LOCK_FILE).read_text() == str(other.pid)  # left as it was
+        assert not (tmp_path / "b" / "checkpoint").exists()
+    finally:
+        other.kill()
+        other.wait()
+    seen = []  # the other process is gone: its lock is a killed run's, taken over
+    assert run_in(tmp_path / "b", seen) is True and not (tmp_path / "b" / LOCK_FILE).exists()

@@ -62,6 +62,43 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def take_lock(lock: Path, busy: str) -> None:
+    """Take ``lock`` (a file holding this process id, linked into place whole: never read
+    half-written) for a process's work in its folder, or refuse (``WriteError`` EBUSY naming
+    the folder: ``busy``, with the other process's id) where a live process holds it. A killed
+    process's lock, or a file no process could have written, is taken over. Released with
+    ``release_lock``."""
+    mine = temp_path(lock)
+    mine.write_text(str(os.getpid()))
+    try:
+        for _ in range(2):
+            try:
+                os.link(mine, lock)
+                return
+            except FileExistsError:
+                try:
+                    owner = int(lock.read_text())
+                except (OSError, ValueError):
+                    owner = 0  # unreadable: not a lock this code wrote
+                if owner > 0 and owner != os.getpid() and process_alive(owner):
+                    raise WriteError(errno.EBUSY, f"another run (process {owner}) is {busy}",
+                                     str(lock.parent)) from None  # fmt: skip
+                if owner == os.getpid():
+                    return  # this process's own, taken before
+                lock.unlink(missing_ok=True)  # a killed run's: taken over
+        raise WriteError(errno.EBUSY, "another run took the lock at the same moment",
+                         str(lock.parent))  # fmt: skip
+    finally:
+        mine.unlink(missing_ok=True)
+
+
+def release_lock(lock: Path) -> None:
+    """Remove ``lock`` where this process holds it (``take_lock``); another's is left."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(lock.read_text()) == os.getpid():
+            lock.unlink()
+
+
 def remove_dead_temps(path: Path) -> None:
     """Remove the temp files (or directories: ``ship_directory``'s) of ``path`` that writers
     on this machine left when they were killed (no handler ran; their process is gone). A

@@ -24,6 +24,7 @@ those of an uninterrupted run.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -33,16 +34,20 @@ from pathlib import Path
 
 from .cli import UserError
 from .files import (
+    WriteError,
     check_readable_file,
     check_writable_dir,
     file_sha256,
     fresh_directory,
     old_directory,
+    release_lock,
     swap_directory,
+    take_lock,
 )
 from .records import Bounds, is_finite_number
 
 CHECKPOINT_DIR = "checkpoint"
+LOCK_FILE = ".training.lock"  # the process id of the run training in ``out``
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
@@ -134,6 +139,19 @@ class ResumableRun:
         load_checked(module, self.checkpoint / WEIGHTS_FILE, STATE_FILE)
         load_optimizer(optimizer, self.checkpoint / OPTIMIZER_FILE, step)
         self.step, self.elapsed_s, self.recent = step, float(elapsed), recent[-self.window :]
+
+    def _lock(self) -> None:
+        """Hold ``out/LOCK_FILE`` while the loop runs (``train`` releases it): two runs training
+        into one folder (two ``--resume``s) each saved checkpoints over the other's (a fuzz
+        pass: one stopped at step 1768 reported the other's 1770). A killed run's lock is
+        taken over."""
+        lock = self.out / LOCK_FILE
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            take_lock(lock, "training there; wait for it or choose another --out")
+        except WriteError as exc:
+            raise UserError(f"{self.out}: {exc.strerror}") from None
+        atexit.register(release_lock, lock)
 
     def _check_files(self) -> None:
         """The checkpoint's weights and optimizer are the files its state.json was written with
@@ -271,11 +289,18 @@ class ResumableRun:
         and at the end. ``stop_after`` ends the run early, as an interruption would, after the
         checkpoint at that step; the function then returns False. Ctrl-C ends the run with a
         one-line message saying where ``--resume`` will continue."""
-        from tqdm import tqdm
-
         if self.step > total:  # a restored step beyond the run: its weights are not the end's
             raise ValueError(f"{self.checkpoint / STATE_FILE}: not a training state (step "
                              f"{self.step} of a {total}-step run)")  # fmt: skip
+        self._lock()  # from the first step to the last save
+        try:
+            return self._train(step_fn, total, checkpoint_every, desc, quiet, stop_after, postfix)
+        finally:  # the folder is free again however the loop ends
+            release_lock(self.out / LOCK_FILE)
+
+    def _train(self, step_fn, total, checkpoint_every, desc, quiet, stop_after, postfix) -> bool:
+        from tqdm import tqdm
+
         step = self.step
         with tqdm(
             range(self.step, total), initial=self.step, total=total, desc=desc, disable=quiet

@@ -49,6 +49,9 @@ TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whateve
 SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
 CLOSURE = 1e-3  # relative tolerance of the sums a summary file must close (float32 sums)
+# a group's kind: its members' (a node kind), or "mixed" for a hand-made group of several
+# (``circuits.groups.group``), whose Lorsa members' QK heads it lists too
+GROUP_KINDS = (*KINDS, "mixed")
 
 
 @dataclass
@@ -484,7 +487,7 @@ class TargetRecord:
 
 def direction_of(value: float) -> float:
     """+1 for a target whose value is positive or zero, -1 for a negative one (a difference
-    whose first token is the less likely, a head or feature below zero): the way its movers
+    whose first token is the less likely, a logit below the mean): the way its movers
     push. Ranking by positive flow alone named, for a negative difference, a group pushing
     against it as its predictor (a review: +0.235 beside a -15.7 that made it)."""
     return 1.0 if value >= 0 else -1.0
@@ -594,7 +597,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
         _check_place(g, len(summary.tokens), where)
         _expect(all(h >= 0 for h in g.qk_heads) and len(set(g.qk_heads)) == len(g.qk_heads)
-                and (g.kind == "lorsa" or not g.qk_heads),
+                and (g.kind in ("lorsa", "mixed") or not g.qk_heads),
                 f"{where}.qk_heads: a head group's QK heads, each once")  # fmt: skip
         # a group's QK reasons are of its own QK heads, at its query and the key it reads
         # (a fuzz pass loaded a reason of layer 10**9 and printed it)
@@ -739,7 +742,7 @@ def _check_place(x, n_pos: int, at: str) -> None:
     _expect(x.attends is None or (x.pos is not None and 0 <= x.attends <= x.pos),
             f"{at}.attends: {x.attends} is not a key up to its position")  # fmt: skip
     _expect(x.layer is None or x.layer >= -1, f"{at}.layer: {x.layer} is below -1")
-    _expect(x.kind in KINDS, f"{at}.kind: {x.kind!r}, not one of {list(KINDS)}")
+    _expect(x.kind in GROUP_KINDS, f"{at}.kind: {x.kind!r}, not one of {list(GROUP_KINDS)}")
 
 
 def _check_ref(ref: NodeRef, n_pos: int, at: str) -> None:

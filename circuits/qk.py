@@ -335,9 +335,8 @@ def qk_attribution(
     if any(k != Kind.LORSA for k in kinds):
         bad = int(nodes[[k != Kind.LORSA for k in kinds]][0])
         raise ValueError(f"node {graph.ids[bad]} is a {graph.kinds[bad]}, not a Lorsa head")
-    group_size = replacement.group_size
     layers, queries = graph.layer[nodes].tolist(), graph.pos[nodes].tolist()
-    qk_heads = (graph.index[nodes] // group_size).tolist()
+    qk_heads = graph.qk_head(nodes).tolist()  # its group size is the set's (run_for_graph)
     read = graph.attends[nodes].tolist()
     if -1 in read:  # a graph file may hold one; -1 would be read as the last key
         bad = int(nodes[read.index(-1)])

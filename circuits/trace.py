@@ -416,9 +416,7 @@ def _pruned_keeping(replacement, graph, run, full, scored, key_mass, keep, qk, s
     if not qk:
         return kept
     heads = kept.is_kind("lorsa").nonzero().squeeze(1).tolist()
-    group_size = replacement.group_size
-    where = {i: (int(kept.layer[i]), int(kept.index[i]) // group_size, int(kept.pos[i]))
-             for i in heads}  # fmt: skip
+    where = {i: (int(kept.layer[i]), kept.qk_head(i), int(kept.pos[i])) for i in heads}
     had = {(a.layer, a.qk_head, a.query, a.key) for a in graph.qk}
     new = [i for i in heads if (*where[i], kept.read_key(i)) not in had]  # no record at its key
     added = qk_step(replacement, kept, run, key_mass, sides, heads=new) if new else []
@@ -683,7 +681,8 @@ def _refused(exc: ValueError) -> str:
         rows = exc.found["rows"]
         return (f"--dashboards-file {exc.path}: an unfinished build of {rows} rows; pass "
                 f"--dashboard-rows {rows} to finish it, or remove it")  # fmt: skip
-    return f"{exc}: remove it to build it there again, or pass --no-dashboards"
+    return (f"{exc}: remove it to build it there again, or pass another --dashboards-file or "
+            "--no-dashboards")  # fmt: skip
 
 
 def _given_file(args, path: Path, replacement, tokenizer):

@@ -377,7 +377,7 @@ def flagged_text(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) 
 
 
 STRONGER = 2.0  # another head group there whose free ablation moves the target this many
-# times the predicting group's is named beside it
+# times the predicting group's is named beside it (the words say "over twice")
 
 
 def stronger_text(g: GroupRecord, t: TargetRecord, summary: MechanismSummary) -> str:
@@ -1090,17 +1090,10 @@ def _reason_html(r: QKReasonRecord, drawn: set[str], summary: MechanismSummary) 
     units = (
         f"<div>{_esc(heading)}</div>" + (f"<ul>{pairs}</ul>" if pairs else "") if heading else ""
     )
-    sources = ""
-    for name, side in (("query", r.query_sources), ("key", r.key_sources)):
-        items = [
-            f"{_esc(x.name)} {_span(x.value)}"
-            for c in ("roots", "heads", "features")
-            for x in side.get(c, [])[:2]
-        ]
-        if items:
-            sources += f"<div>what the {name} holds (against the other side's deviation), "
-            sources += "from, through the graph: "
-            sources += "; ".join(items) + "</div>"
+    # each side's sources as the printout gives them (one text: a review found this section
+    # listing a side's lowerers as what it holds, once the lists held them)
+    sources = "".join(f"<div>{_esc(text)}</div>" for side in ("query", "key")
+                      if (text := side_from_text(r, side)))  # fmt: skip
     roots = f"<div>{_esc(root_text(r, PAIRS_SHOWN))}</div>" if r.root_pairs else ""
     checks = f"<div>{_esc(token_checks_text(r, summary))}</div>" if r.token_checks else ""
     return (

@@ -169,11 +169,15 @@ def qk_refs(graph: Graph) -> dict[str, dict]:
 
 
 def _qk_sources_line(summary, key: str | None) -> str | None:
-    """The predicting group's QK sources line, as the text prints it (``QK_SOURCES``)."""
-    from .mechanisms import QK_SOURCES, qk_sources_text
+    """The predicting group's QK sources line, as the text prints it (``QK_SOURCES``), or
+    why it has none (``no_sources_text``: the panel left it out, a review found)."""
+    from .mechanisms import QK_SOURCES, no_sources_text, qk_sources_text
 
-    sources = qk_sources_text(summary, key) if key else ""
-    return f"{QK_SOURCES}: {sources}" if sources else None
+    if key is None:
+        return None
+    if sources := qk_sources_text(summary, key):
+        return f"{QK_SOURCES}: {sources}"
+    return no_sources_text(summary.group(key), summary) or None
 
 
 def _reason_panel(r, summary) -> dict:
@@ -217,6 +221,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         own_attention_text,
         own_token_text,
         predicting_heading,
+        probability_text,
         reads_text,
         rival_text,
         spread_text,
@@ -234,6 +239,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "probability": _num(t.probability), "tokens": _num(t.tokens),
              "constants": _num(t.constants), "errors": _num(t.errors),
              "rival": rival_text(t) or None,  # as the text says it (its negative: no margin)
+             # "(p=0.718; the model's 0.981)", as the text prints it (sparse mode's two)
+             "probabilityText": probability_text(t),
              "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
              "predictingLabel": None if t.predicting_group is None else
                  predicting_heading(summary.group(t.predicting_group), t),

@@ -691,3 +691,29 @@ def test_the_qk_rank_finding_names_the_rank_it_compares_with():
     )
     results["settings"]["base_shapes"]["d_qk"] = 12  # neither swept: no sentence
     assert not [f for f in findings(results) if ", QK rank:" in f]
+
+
+def test_an_earlier_sweeps_ratio_over_a_gap_too_small_to_measure_still_loads():
+    """A review: the sweep now writes NaN where ablating raises the loss by MIN_GAP or less
+    (a ratio over noise), and its check refused files an earlier sweep wrote with the bare
+    ratio there. Both load; a value that is neither is refused."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from reports.ablations import check_results
+
+    shipped = json.loads(Path("benchmarks/results/lorsa_ablations_default.json").read_text())
+    check_results(shipped)
+    for written in ("bare", "nan", "wrong"):
+        r = copy.deepcopy(shipped)
+        b = r["layers"]["1"]["baseline"]
+        b["ce_mean_ablated"] = b["ce_original"] + 0.01  # a layer that barely matters
+        for run in r["layers"]["1"]["runs"].values():
+            run["loss_recovered"] = {"bare": (b["ce_mean_ablated"] - run["ce"]) / 0.01,
+                                     "nan": float("nan"), "wrong": 0.5}[written]  # fmt: skip
+        if written == "wrong":
+            with pytest.raises(ValueError, match="loss_recovered: 0.5, its losses give nan"):
+                check_results(r)
+        else:
+            check_results(r)

@@ -2251,6 +2251,14 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replac
     text = browser.evaluate("document.querySelector('#viewer .panel').innerText")
     assert "Mechanisms" in text and "predicting heads" in text and "key side from" in text
     assert "specific by roots (tokens" in text
+    from reports.mechanisms import no_sources_text, probability_text, qk_sources_text
+
+    t0 = summary.targets[0]
+    assert probability_text(t0) in text  # the target's probability, as the text prints it
+    # the QK sources line, or why there is none (a review: the panel left the reason out)
+    why = qk_sources_text(summary, t0.predicting_group) or no_sources_text(
+        summary.group(t0.predicting_group), summary)  # fmt: skip
+    assert why and why in text
     top = summary.targets[0].tokens_by_position[0]
     assert f"'{top.token}'@{top.pos} " in text  # which tokens the target comes from
     assert "the heads there bring" in text and "; their constant terms" in text
@@ -2670,3 +2678,29 @@ def test_a_qk_sides_sources_say_what_raises_it_and_what_lowers_it():
     )
     key["heads"][1] = share("L0 2 heads @3", -2.5)  # a quarter of the largest raiser or more
     assert side_from_text(r, "key").endswith("; lowered most by L0 2 heads @3 -2.5")
+
+
+def test_a_summary_with_a_hand_made_group_of_several_kinds_saves_and_loads(
+    graph, replacement, run, tmp_path
+):
+    """A review: a group a user makes of heads and features together (kind "mixed", its heads'
+    QK heads listed, ``circuits.groups.grouped``) was refused by the summary file's kind check
+    that came in with the range checks; ``summarize`` accepts such groups and so does its file."""
+    from circuits.groups import grouped
+
+    last = len(graph.tokens) - 1
+    heads = (graph.is_kind("lorsa") & (graph.pos == last)).nonzero().squeeze(1).tolist()
+    feats = (graph.is_kind("transcoder") & (graph.pos == last)).nonzero().squeeze(1).tolist()
+    assert heads and feats
+    view = grouped(graph, [heads + feats], ["both"])
+    summary = summarize(replacement, graph, run, view=view, check=False)
+    (mixed,) = [g for g in summary.groups if g.name.startswith("both")]
+    assert mixed.kind == "mixed" and mixed.qk_heads
+    path = tmp_path / "mechanisms.json"
+    save_summary(summary, path)
+    assert load_summary(path).to_dict() == summary.to_dict()
+    d = summary.to_dict()
+    d["groups"][summary.groups.index(mixed)]["kind"] = "blend"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="kind: 'blend', not one of"):
+        load_summary(path)

@@ -513,7 +513,9 @@ def test_a_dashboards_file_that_cannot_be_shown_is_refused_naming_it(tmp_path, c
     code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--dashboards-file",
                          str(given), "--max-nodes", "20", "--no-mechanisms")  # fmt: skip
     said = f"dashboards file {given}: token id -1 is outside the vocabulary (0..1023)"
-    way_out = "remove it to build it there again, or pass --no-dashboards"
+    way_out = (
+        "remove it to build it there again, or pass another --dashboards-file or --no-dashboards"
+    )
     assert code == 2 and err == f"error: {said}: {way_out}\n", err
     assert not out.exists()
 

@@ -1073,7 +1073,7 @@
       const at = (t.byPosition || []).map((x) => `${quote(x.token)}@${x.pos} ${signed(x.flow)}`);
       if (t.morePositions) at.push(`${t.morePositions} more`);
       const byPos = at.length ? ` (${at.join(", ")})` : "";
-      out.push(el("p", {}, `${what} = ${fmt(t.value)}: tokens ${signed(t.tokens)}${byPos}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
+      out.push(el("p", {}, `${what} = ${fmt(t.value)} ${t.probabilityText || ""}: tokens ${signed(t.tokens)}${byPos}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
         (t.rival ? " · " + t.rival : "")));
       if (t.reads) out.push(el("p", { class: "reads" }, t.reads),
         ...(t.ownAttention ? [el("p", { class: "own-attention" }, t.ownAttention)] : []),

@@ -48,7 +48,8 @@ REPORT_FILES = ("errors.md", "errors.png")
 # read back as untrusted data (``check_results``) before anything is rendered from it.
 Share = Annotated[float, Bounds(0.0, 1.0)]
 NonNegative = Annotated[float, Bounds(0.0)]
-Count = Annotated[int, Bounds(0)]
+Count = Annotated[int, Bounds(0, 2**53)]  # a count of tokens (exact in a float; a fuzz pass's
+# 10**400 was echoed whole, 401 digits, in the refusal of a count beyond the file's tokens)
 Cosine = Annotated[float, Bounds(-1.0, 1.0, nan=True)]
 # an R^2 held out: at most 1, negative or NaN with few rows
 Undefined = Annotated[float, Bounds(high=1.0, nan=True)]

@@ -761,3 +761,19 @@ def test_error_findings_skip_groups_without_tokens_and_rare_roles():
     layer["by_family"]["group_fvu"] = [nan, nan, nan]
     (line,) = findings(results)
     assert line == "lorsa layer 1: FVU 0.2500; 12.5% of tokens carry half the error."
+
+
+def test_an_error_results_count_too_large_is_refused_in_a_short_line():
+    """A fuzz pass: a count of 10**400 was refused with the 401-digit number echoed whole. A
+    count is at most 2**53 (exact in a float), and the refusal shows the value cut short."""
+    import json
+    from pathlib import Path
+
+    from reports.errors import check_results
+
+    d = json.loads(Path("benchmarks/results/error_analysis_default.json").read_text())
+    check_results(json.loads(json.dumps(d)))
+    d["by_kind"]["lorsa"]["0"]["dense_tokens"][0]["count"] = 10**400
+    with pytest.raises(ValueError, match=r"dense_tokens\[0\]\.count: expected a number in") as e:
+        check_results(d)
+    assert len(str(e.value)) < 200

@@ -621,7 +621,10 @@
     // a prompt's graph starts at its right (the last position, the logits); a global graph,
     // whose units sit side by side with no position, at its middle (its start unit is there)
     const c = ui.canvas;
-    if (!state.zoom) c.scrollLeft = meta.positional ? c.scrollWidth : (c.scrollWidth - c.clientWidth) / 2;
+    const start = () => { c.scrollLeft = meta.positional ? c.scrollWidth : (c.scrollWidth - c.clientWidth) / 2; };
+    // again once the layout has settled: a vertical scrollbar that comes with the new height
+    // widens the scroll range, and the right stage names sat 15 px under it (a review, 900 px)
+    if (!state.zoom) { start(); requestAnimationFrame(() => { if (!state.zoom) start(); }); }
   }
 
   function nodeShape(kind, w, h) {

@@ -1052,7 +1052,7 @@ def test_mechanisms_panel_names_every_group_key(browser, weekday_trace):
     keys without what they are. Every key the panel shows comes with its group's name, as the
     printed summary writes it ("g0 L0 19 heads @7 -> ' Wednesday'@6"), the predicting group
     and the next ones by flow on lines of their own, and each path step is one element."""
-    _, _, summary, path = weekday_trace
+    _, graph, summary, path = weekday_trace
     open_page(browser, path)
     text = panel_text(browser)
     names = {g.key: g.name for g in summary.groups}
@@ -1083,6 +1083,14 @@ def test_mechanisms_panel_names_every_group_key(browser, weekday_trace):
     )
     assert shown == [[f"{k} {names[k]}" for k in p.groups] for p in paths]
     assert "top paths, token to target:" in text
+    # a path's root (a token) has no entry of its own: its chip shows its node (a review
+    # found it did nothing)
+    root = summary.group(paths[0].groups[0])
+    node = next(m for m in root.members if m in graph.id_to_index)
+    browser.evaluate("document.querySelector('#viewer .panel ul.paths > li .group-ref').click()")
+    assert browser.evaluate("document.querySelector('#viewer .panel .id').textContent").startswith(
+        node + " "
+    )
 
 
 def test_a_heads_panel_gives_its_groups_reason_from_the_summary(browser, weekday_trace):

@@ -1060,10 +1060,16 @@
     const entries = new Map();
     const groupRef = (k) => {
       const g = groups.get(k);
-      return el("button", { type: "button", class: "group-ref", title: g ? `group ${k}: ${shown(g.name)} (its entry below)` : `group ${k}`,
+      return el("button", { type: "button", class: "group-ref", title: g ? `group ${k}: ${shown(g.name)} (its entry below, or its node)` : `group ${k}`,
         onclick: () => {
           const li = entries.get(k);
-          if (!li) return;
+          if (!li) {
+            // a group with no entry of its own (a path's root: a token, a position vector)
+            // shows its first member drawn in this graph (a review: its chip did nothing)
+            const i = ((g && g.members) || []).map((id) => byId.get(id)).find((x) => x !== undefined);
+            if (i !== undefined) select({ node: i });
+            return;
+          }
           li.scrollIntoView({ block: "nearest" });
           li.classList.add("flash");
           setTimeout(() => li.classList.remove("flash"), 1200);

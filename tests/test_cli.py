@@ -581,7 +581,8 @@ def test_results_figures_that_contradict_each_other_are_refused(tmp_path, cli):
 
     for main, data, edit, words in (
         (errors, results, lambda r: top(r).update(enrichment=1e300), "enrichment: 1e+300"),
-        (errors, results, lambda r: top(r).update(count=10**40), "more than the file's"),
+        (errors, results, lambda r: top(r).update(count=2**52), "more than the file's"),
+        (errors, results, lambda r: top(r).update(count=10**40), "count: expected a number in"),
         (errors, results,
          lambda r: r["by_kind"]["lorsa"][layer]["by_role"]["group_fvu"].__setitem__(0, 1e40),
          "the groups' variances make"),

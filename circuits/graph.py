@@ -484,7 +484,7 @@ class Graph:
             raise ValueError(f"edges must be a sparse ({len(idx)}, {len(idx)}) array, got {shape}")
         if edges is not None and not np.isfinite(edges.data).all():
             raise ValueError("edges has NaN or infinite values: a graph's edges are finite")
-        qk_keys = self._qk_keys(keep)
+        qk_keys = self.qk_keys(keep)
         logit_nodes = (self.kind == Kind.LOGIT).nonzero().squeeze(1).tolist()
         kept_logits = set(idx[self.kind[keep].numpy() == Kind.LOGIT].tolist())
         settings = self.settings
@@ -529,7 +529,7 @@ class Graph:
             return self.index[nodes] // self.group_size
         return int(self.index[nodes]) // self.group_size
 
-    def _qk_keys(self, nodes: Tensor) -> set[tuple[int, int, int]]:
+    def qk_keys(self, nodes: Tensor) -> set[tuple[int, int, int]]:
         """(layer, QK head, query) of the Lorsa nodes among ``nodes``."""
         lorsa = nodes[self.kind[nodes] == Kind.LORSA]
         layers, heads = self.layer[lorsa].tolist(), self.qk_head(lorsa).tolist()

@@ -59,7 +59,7 @@ from .graph import (
     QKReason,
     QKSource,
 )
-from .nodes import Kind, block_of, kind_at_stage, logit_stage, lorsa_stage
+from .nodes import Kind, kind_at_stage, logit_stage, lorsa_stage
 from .prune import open_rows, row_sums
 
 SUFFIX = ".safetensors"
@@ -273,28 +273,15 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
         "tokens do not match the logit nodes' indices",
     )
     qk = _qk(_typed(header, "qk", list), n_layers, len(tokens))
-    # what can be checked without the model: a prompt token's text is its position's string;
-    # each QK record is of a head the graph holds at its query (``qk_attribution`` makes
-    # them so, ``Graph.subgraph`` keeps them so), which ties ``group_size`` to the records
-    # (a forged file with its checksum recomputed changed both: a fuzz pass)
+    # what can be checked without the model (a forged file with its checksum recomputed
+    # changed these: a fuzz pass): a prompt token's text is its position's string, and each
+    # QK record is of a head the graph holds (below, where the graph owns that reading)
     mismatched = [i for i, t in enumerate(tokens.tolist())
                   if token_text.get(t, token_strings[i]) != token_strings[i]]  # fmt: skip
     _require(
         not mismatched,
         "token_text",
         f"the text of the token at position {mismatched[:1]} is not its token string",
-    )
-    is_head = node["kind"] == Kind.LORSA
-    heads = set(zip([block_of(int(x)) for x in node["stage"][is_head]],
-                    (node["index"][is_head] // group_size).tolist(),
-                    node["pos"][is_head].tolist(), strict=True))  # fmt: skip
-    stray = [a for a in qk if (a.layer, a.qk_head, a.query) not in heads]
-    _require(
-        not stray,
-        "qk",
-        "a record of (layer, qk_head, query) "
-        f"{(stray[0].layer, stray[0].qk_head, stray[0].query) if stray else ()} whose "
-        "head the graph does not hold (or group_size is not the heads')",
     )
     _require(mode == "local" or not bool((node["kind"] == Kind.ERROR).any()), "mode",
              "a sparse graph has no error nodes")  # fmt: skip
@@ -329,6 +316,14 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     )
     _require(len(set(graph.ids)) == n, "kind", "two nodes have one id (kind, stage, position "
              "and index repeated)")  # fmt: skip
+    # each QK record is of a head the graph holds at its query (``qk_attribution`` makes them
+    # so, ``Graph.subgraph`` keeps them so), which ties ``group_size`` to the records
+    heads = graph.qk_keys(torch.arange(n))
+    stray = [
+        (a.layer, a.qk_head, a.query) for a in qk if (a.layer, a.qk_head, a.query) not in heads
+    ]
+    _require(not stray, "qk", f"a record of (layer, qk_head, query) {stray[:1]} whose head the "
+             "graph does not hold (or group_size is not the heads')")  # fmt: skip
     try:  # checked where the graph owns it
         graph.untrained_targets  # noqa: B018
     except ValueError as exc:

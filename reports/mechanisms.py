@@ -20,6 +20,7 @@ from circuits.graph import checked_count
 from circuits.mechanism_file import (
     CLOSURE,
     ROOT_PARTS,
+    SIDES,
     AttentionCheck,
     EffectCheck,
     GroupRecord,
@@ -31,6 +32,7 @@ from circuits.mechanism_file import (
     TokenCheck,
     TokenShare,
     checked_summary,
+    direction_of,
 )
 from circuits.mechanisms import RATIO, TOLERANCE, named_token_terms, off_by_ratio
 from circuits.nodes import Kind, node_words
@@ -156,7 +158,7 @@ def spread_text(g: GroupRecord, node: str) -> str:
     the flow or more, those (a name's heads reading both its mentions: a reviewer found the
     second, 39% of the flow, named nowhere near the group). Empty otherwise."""
     flow = g.flow.get(node, 0.0)
-    way = 1.0 if flow > 0 else -1.0  # shares of the group's own flow, whichever its sign
+    way = direction_of(flow)  # shares of the group's own flow, whichever its sign
     named = next((x for x in g.carried.get(node, []) if x.pos == g.attends), None)
     if g.attends is None or flow == 0 or named is None:
         return ""
@@ -494,12 +496,12 @@ def free_cause(c: EffectCheck, tolerance: float = TOLERANCE) -> str | None:
     if _undoes(c, c.free_attention_held, c.agree_free_attention_held, tolerance):
         return "attention"
     # free has the prediction's sign and is too large, and holding the patterns takes most of
-    # it away (the other sign, or under a third): the excess goes through attention even where
+    # it away (the other sign, or under 1 / RATIO): the excess goes through attention even where
     # the held rerun falls short of the prediction (a reviewer's predicted -0.622, free -3.41,
     # held -0.009, the heads' attention 0.96 -> 0.02, read "also with ... held")
     held = c.free_attention_held
     if c.agree_free and abs(c.free) > abs(c.predicted) and held is not None \
-            and (held * c.free <= 0 or abs(held) < abs(c.free) / 3):  # fmt: skip
+            and (held * c.free <= 0 or abs(held) < abs(c.free) / RATIO):  # fmt: skip
         return "attention"
     return None
 
@@ -810,7 +812,7 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
     if out:  # a side with none is said to have none (a reviewer read the key side's silence)
         named = {w.side for _, w in summary.qk_sources(key)}
         out += [f"{side} side: {_no_source_words(summary, 'it')}"
-                for side in ("query", "key") if side not in named]  # fmt: skip
+                for side in SIDES if side not in named]  # fmt: skip
     return "; ".join(out)
 
 
@@ -876,7 +878,7 @@ def reason_lines(
         lines.append(f"{more}{heading}")
     for p in pairs:
         lines.append(f"{more}{p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
-    for side in ("query", "key"):
+    for side in SIDES:
         if text := side_from_text(r, side):
             lines.append(f"{more}{text}")
     return lines
@@ -1092,7 +1094,7 @@ def _reason_html(r: QKReasonRecord, drawn: set[str], summary: MechanismSummary) 
     )
     # each side's sources as the printout gives them (one text: a review found this section
     # listing a side's lowerers as what it holds, once the lists held them)
-    sources = "".join(f"<div>{_esc(text)}</div>" for side in ("query", "key")
+    sources = "".join(f"<div>{_esc(text)}</div>" for side in SIDES
                       if (text := side_from_text(r, side)))  # fmt: skip
     roots = f"<div>{_esc(root_text(r, PAIRS_SHOWN))}</div>" if r.root_pairs else ""
     checks = f"<div>{_esc(token_checks_text(r, summary))}</div>" if r.token_checks else ""

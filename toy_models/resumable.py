@@ -24,7 +24,6 @@ those of an uninterrupted run.
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
@@ -151,7 +150,6 @@ class ResumableRun:
             take_lock(lock, "training there; wait for it or choose another --out")
         except WriteError as exc:
             raise UserError(f"{self.out}: {exc.strerror}") from None
-        atexit.register(release_lock, lock)
 
     def _check_files(self) -> None:
         """The checkpoint's weights and optimizer are the files its state.json was written with

@@ -75,7 +75,6 @@ shipped default model's own heads).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,7 +84,7 @@ from torch import Tensor
 
 from replacement.lorsa import LorsaConfig, LorsaLayer
 from toy_models.data import pad_rows
-from toy_models.model import hook_name
+from toy_models.model import attention_pattern, hook_name
 
 from .graph import checked_count, checked_index
 
@@ -106,10 +105,7 @@ def mhsa_heads(
     q = torch.einsum("bpd,hde->bhpe", x, attn.W_Q) + attn.b_Q[:, None]
     k = torch.einsum("bpd,hde->bhpe", x, attn.W_K) + attn.b_K[:, None]
     v = torch.einsum("bpd,hde->bhpe", x, attn.W_V) + attn.b_V[:, None]
-    n = x.shape[1]
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-    pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+    pattern = attention_pattern(q, k)
     out = torch.einsum("bhqe,hed->bqhd", pattern @ v, attn.W_O)
     return pattern, out
 

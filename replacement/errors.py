@@ -23,9 +23,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from . import SUBLAYERS
 from .activations import layer_activations
+from .dictionaries import fvu_of_sums
 
-KINDS = ("lorsa", "transcoder")
+KINDS = SUBLAYERS
 POSITION_BINS = (0, 1, 2, 4, 8, 16, 32, 64)  # bin b: positions [edge_b, edge_{b+1})
 
 
@@ -59,12 +61,12 @@ def error_shares(
     v_g = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, groups, spread)
     e, v = energy.sum(), spread.sum()
     return {
-        "fvu": float(e / v),
+        "fvu": fvu_of_sums(e, v),
         "tokens": tokens.tolist(),
         "token_share": (tokens / tokens.sum()).tolist(),
         "error_share": (e_g / e).tolist(),
-        "fvu_contribution": (e_g / v).tolist(),
-        "group_fvu": torch.where(v_g > 0, e_g / v_g.clamp_min(1e-30), torch.nan).tolist(),
+        "fvu_contribution": [fvu_of_sums(x, v) for x in e_g],
+        "group_fvu": [fvu_of_sums(x, y) for x, y in zip(e_g, v_g, strict=True)],
     }
 
 

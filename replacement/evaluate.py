@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 from toy_models.data import stream_rows
 
+from . import SUBLAYERS
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -101,31 +103,42 @@ def _sublayer(kind: str, layer: int) -> tuple[str, str]:
 class ReconstructionTally:
     """FVU, L0 (mean active units per token) and dead fraction (units never active) of one
     dictionary, summed over batches: ``add`` each batch's code, reconstruction and target,
-    then ``result``. Every evaluation of a dictionary counts them here."""
+    then ``result``. Every evaluation of a dictionary counts them here.
+
+    Memory is constant in the number of batches: the targets' spread about their overall mean
+    is merged batch by batch (Chan et al.'s pairwise update, in float64), exact for constant
+    targets (a spread of 0, so a NaN FVU, as ``dictionaries.fvu_of_sums`` says)."""
 
     def __init__(self, n_units: int):
         import torch
 
         self.residual, self.active, self.tokens = 0.0, 0, 0
-        self.targets: list[Tensor] = []
+        self.count, self.mean, self.spread = 0, None, 0.0  # the targets' tokens, mean, spread
         self.fired = torch.zeros(n_units, dtype=torch.bool)
 
     def add(self, code: Tensor, recon: Tensor, target: Tensor) -> None:
         self.residual += (recon - target).pow(2).sum().item()
-        self.targets.append(target.flatten(0, -2))
         self.active += (code != 0).sum().item()
         self.tokens += code[..., 0].numel()
         self.fired |= (code != 0).flatten(0, -2).any(0)
+        y = target.flatten(0, -2).double()
+        n, mean = len(y), y.mean(0)
+        spread = (y - mean).pow(2).sum().item()
+        if self.mean is None:
+            self.count, self.mean, self.spread = n, mean, spread
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.spread += spread + delta.pow(2).sum().item() * self.count * n / total
+        self.mean = self.mean + delta * (n / total)
+        self.count = total
 
     def result(self) -> dict[str, float]:
         """The FVU is NaN where the targets do not vary (``dictionaries.fvu_of_sums``)."""
-        import torch
+        from .dictionaries import fvu_of_sums
 
-        from .dictionaries import fvu_of_sums, target_variance
-
-        variance = target_variance(torch.cat(self.targets)).item()
         return {
-            "fvu": fvu_of_sums(self.residual, variance),
+            "fvu": fvu_of_sums(self.residual, self.spread),
             "l0": self.active / self.tokens,
             "dead_fraction": 1 - self.fired.float().mean().item(),
         }
@@ -228,7 +241,7 @@ def loss_recovered(replacement, batches: list[Tensor]) -> dict:
     model = replacement.model
     n = model.cfg.n_layers
     means = mean_outputs(model, batches)
-    everything = [(kind, l) for l in range(n) for kind in ("lorsa", "transcoder")]
+    everything = [(kind, l) for l in range(n) for kind in SUBLAYERS]
 
     clean_logits = [model(tokens) for tokens in batches]  # the reference of every run below
 
@@ -264,7 +277,7 @@ def loss_recovered(replacement, batches: list[Tensor]) -> dict:
 
     per_layer = {
         kind: [summary(run([(kind, l)], False), run([(kind, l)], True)) for l in range(n)]
-        for kind in ("lorsa", "transcoder")
+        for kind in SUBLAYERS
     }
     return {
         "ce_original": ce_original,
@@ -310,7 +323,7 @@ def _recovered(x: float) -> str:
 
 def summary_lines(r: dict) -> list[str]:
     lines = ["layer  kind        FVU     L0   dead   CE spliced  recovered"]
-    for name in ("lorsa", "transcoder"):
+    for name in SUBLAYERS:
         for l, (rec, loss) in enumerate(
             zip(r["reconstruction"][name], r["loss"]["spliced_alone"][name], strict=True)
         ):
@@ -324,7 +337,7 @@ def summary_lines(r: dict) -> list[str]:
         f"mean-ablated {a['ce_mean_ablated']:.3f}), KL {a['kl']:.3f}, "
         f"loss recovered {_recovered(a['loss_recovered'])}"
     )
-    alone = [x for k in ("lorsa", "transcoder") for x in r["loss"]["spliced_alone"][k]]
+    alone = [x for k in SUBLAYERS for x in r["loss"]["spliced_alone"][k]]
     if any(math.isnan(x["loss_recovered"]) for x in [a, *alone]):
         lines.append(f"n/a: mean-ablating costs under {MIN_GAP} nats there, so no part of it can "
                      "be said to be recovered")  # fmt: skip

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from toy_models.model import attention_pattern
+
 
 @dataclass(frozen=True)
 class LorsaConfig:
@@ -107,11 +109,7 @@ class LorsaLayer(nn.Module):
 
     def patterns(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch qk q k"]:
         """The QK heads' attention patterns (one per QK head, shared by its OV group)."""
-        q, k = self.qk(x)
-        n = x.shape[1]
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.cfg.d_qk)
-        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-        return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        return attention_pattern(*self.qk(x))
 
     def values(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos ov"]:
         return x @ self.W_V.T + self.b_V

@@ -128,8 +128,28 @@ def test_the_reconstruction_tally_counts_fvu_l0_and_dead_units():
     # four targets about their mean (1, 1): a spread of 8; 3 active units over 4 tokens
     assert tally.result() == {"fvu": 0.25, "l0": 0.75, "dead_fraction": 0.5}
     constant = ReconstructionTally(4)
-    constant.add(code, target * 0, target * 0)
+    for _ in range(3):  # a constant not exact in binary, over batches: no spread at all
+        constant.add(code, target * 0, torch.full_like(target, 0.1))
     assert math.isnan(constant.result()["fvu"])
+
+
+def test_the_reconstruction_tally_merges_batches_to_the_whole_spread():
+    """The targets' spread is merged batch by batch (memory constant in the batches): it is
+    the spread of all of them at once about their one mean, batches of any size and offset."""
+    from replacement.dictionaries import target_variance
+    from replacement.evaluate import ReconstructionTally
+
+    gen = torch.Generator().manual_seed(0)
+    targets = [
+        torch.randn(rows, 5, 3, generator=gen) * 2 + torch.randn(3, generator=gen) * 10
+        for rows in (1, 4, 2, 7)
+    ]
+    tally = ReconstructionTally(2)
+    for y in targets:
+        tally.add(torch.zeros(*y.shape[:-1], 2), torch.zeros_like(y), y)
+    whole = torch.cat([y.flatten(0, -2) for y in targets]).double()
+    energy = whole.pow(2).sum().item()
+    assert tally.result()["fvu"] == pytest.approx(energy / target_variance(whole).item(), 1e-6)
 
 
 def test_starting_at_a_layer_checks_its_arguments(replacement, tokens):

@@ -15,10 +15,35 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+
+
+def causal_mask(n: int, device: torch.device | None = None) -> Bool[Tensor, "q k"]:
+    """``True`` where query ``q`` may read key ``k`` (``k <= q``)."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
+def causal_scores(
+    q: Float[Tensor, "... q d"], k: Float[Tensor, "... k d"], allowed: Tensor | None = None
+) -> Float[Tensor, "... q k"]:
+    """Attention scores ``q k^T / sqrt(d)``, ``-inf`` where a query may not read a key:
+    ``allowed`` (default ``causal_mask``) says where it may. Every attention pattern of the
+    project (the model's, Lorsa's, the MHSA heads' split, the BOS-masked sinks) is this
+    softmaxed (``attention_pattern``)."""
+    if allowed is None:
+        allowed = causal_mask(q.shape[-2], q.device)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    return scores.masked_fill(~allowed, float("-inf"))
+
+
+def attention_pattern(
+    q: Float[Tensor, "... q d"], k: Float[Tensor, "... k d"], allowed: Tensor | None = None
+) -> Float[Tensor, "... q k"]:
+    """The softmax over the keys each query may read of ``causal_scores``."""
+    return causal_scores(q, k, allowed).softmax(-1)
 
 
 @dataclass(frozen=True)
@@ -103,10 +128,7 @@ class Attention(nn.Module):
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # batch head pos d_head
         if has_hooks(self.hook_attn_scores) or has_hooks(self.hook_pattern):
-            n = x.shape[1]
-            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-            scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+            scores = self.hook_attn_scores(causal_scores(q, k))
             z = self.hook_pattern(scores.softmax(-1)) @ v
         else:  # nobody reads the pattern: use the fused kernel (same numbers, see tests)
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -22,11 +22,15 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from replacement import SUBLAYERS
 from replacement.model import hook_name
 from toy_models.data import pad_rows
+from toy_models.model import attention_pattern, causal_mask
 
 from .config import RATIO_TARGET, TASK_CORPUS, TESTS, TRUTH_DELTA
 from .probes import ProbeDoc
+
+READ_SITES = ("hook_resid_pre", "lorsa.hook_z")  # a batch's clean residual and head activations
 
 Heads = dict[int, list[int]]  # layer -> head indices
 
@@ -38,7 +42,7 @@ class TaskBatch:
 
     tokens: Int[Tensor, "batch pos"]
     targets: dict[str, Bool[Tensor, "batch pos"]]  # task -> p is a target (predicted at p - 1)
-    errors: dict[str, Float[Tensor, "batch pos d_model"]]  # hook name -> clean error
+    errors: dict[str, Float[Tensor, "batch pos d_model"]]  # hook_out name -> error to add
     resid_pre: list[Float[Tensor, "batch pos d_model"]]  # per layer
     active: dict[str, list[Bool[Tensor, " ov"]]]  # task -> per layer: heads active at or before
     # one of its targets
@@ -86,12 +90,15 @@ def task_batch(
             targets[task] = mask
     if not targets:
         return None
+    # Each sublayer's clean error, held by adding it where the sublayer writes (``hook_out``).
+    error_sites = {
+        hook_name(l, f"{kind}.hook_error"): hook_name(l, f"{kind}.hook_out")
+        for l in range(n_layers)
+        for kind in SUBLAYERS
+    }
+    read = {*error_sites, *(hook_name(l, s) for l in range(n_layers) for s in READ_SITES)}
     with torch.no_grad():
-        _, cache = replacement.run_with_cache(
-            tokens,
-            mode="local",
-            names_filter=lambda n: n.endswith(("hook_error", "hook_resid_pre", "lorsa.hook_z")),
-        )
+        _, cache = replacement.run_with_cache(tokens, mode="local", names_filter=read.__contains__)
     # A head silent at every position up to a task's last target cannot move its loss when
     # zeroed: that ablation is exactly a no-op, and group testing skips it.
     active = {}
@@ -104,7 +111,7 @@ def task_batch(
     return TaskBatch(
         tokens,
         targets,
-        {n: v for n, v in cache.items() if n.endswith("hook_error")},
+        {out: cache[error] for error, out in error_sites.items()},
         [cache[hook_name(l, "hook_resid_pre")] for l in range(n_layers)],
         active,
     )
@@ -180,10 +187,9 @@ def bos_masked_pre(
     change, not the group's other heads'."""
     q, k = lorsa.qk(x)
     b, n, _ = x.shape
-    scores = q @ k.transpose(-1, -2) / lorsa.cfg.d_qk**0.5
-    allowed = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+    allowed = causal_mask(n, x.device)
     allowed[1:, 0] = False
-    pattern = scores.masked_fill(~allowed, float("-inf")).softmax(-1)  # batch qk q k
+    pattern = attention_pattern(q, k, allowed)  # batch qk q k
     # The grouped product for every head (as cheap as one layer's attention), then the heads.
     v = lorsa.values(x).view(b, n, lorsa.cfg.n_qk_heads, lorsa.cfg.group_size).transpose(1, 2)
     pre = (pattern @ v).transpose(1, 2).reshape(b, n, lorsa.cfg.n_ov_heads)
@@ -216,7 +222,7 @@ def ablation_hooks(
     def plus(error: Tensor):
         return lambda out, hook: out + error
 
-    hooks = [(name.replace("hook_error", "hook_out"), plus(e)) for name, e in batch.errors.items()]
+    hooks = [(name, plus(e)) for name, e in batch.errors.items()]
     for l, h in heads.items():
         if not len(h):
             continue

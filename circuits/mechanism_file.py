@@ -554,6 +554,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     keys = [g.key for g in summary.groups]
     _expect(len(set(keys)) == len(keys), "groups: two groups share a key")
     targets = {t.node for t in summary.targets}
+    by_key = {g.key: g for g in summary.groups}
     checked = {g.key for g in summary.groups if g.checks}  # a head target's own attention's
     for i, t in enumerate(summary.targets):
         where = f"targets[{i}]"
@@ -588,10 +589,14 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(t.reads is None or 0 <= t.reads < len(summary.tokens),
                 f"{where}.reads: position {t.reads} outside the prompt")  # fmt: skip
         _expect(not t.qk or t.reads is not None, f"{where}.qk: QK reasons without a key read")
+        _expect(len(t.qk) <= 1, f"{where}.qk: {len(t.qk)} reasons; a head target has one, its "
+                "own QK head's")  # fmt: skip
         for j, r in enumerate(t.qk):
             _expect(r.key == t.reads, f"{where}.qk[{j}]: at key {r.key}, not the key read")
+        if t.reads is not None:  # its groups are those at the key it reads
+            _expect(all(by_key[g].pos == t.reads for g in named + t.head_groups if g in by_key),
+                    f"{where}: names a group not at the key it reads")  # fmt: skip
         _check_reasons(t.qk, where, summary.tokens)
-    by_key = {g.key: g for g in summary.groups}
     for i, g in enumerate(summary.groups):
         where = f"groups[{i}]"
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")

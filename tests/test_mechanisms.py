@@ -593,6 +593,16 @@ def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run
     data["targets"][-1]["qk"][0]["key"] = k + 1
     with pytest.raises(ValueError, match="not the key read"):
         MechanismSummary.from_dict(data)
+    # nor one giving a head target a second reason, or a group at its query, not its key
+    data = json.loads(json.dumps(summary.to_dict()))
+    data["targets"][-1]["qk"] *= 2
+    with pytest.raises(ValueError, match=r"targets\[1\]\.qk: 2 reasons; a head target has one"):
+        MechanismSummary.from_dict(data)
+    elsewhere = next(g.key for g in summary.groups if g.pos != k)
+    data = json.loads(json.dumps(summary.to_dict()))
+    data["targets"][-1]["head_groups"].append(elsewhere)
+    with pytest.raises(ValueError, match="names a group not at the key it reads"):
+        MechanismSummary.from_dict(data)
     # with checks, its own attention to the key, clean and with each checked group ablated
     # (attention free): the heads at its key can act through it (a reviewer's induction head
     # target: free -2.3 against a flow of +0.761, its attention 0.73 -> 0.0008), each equal

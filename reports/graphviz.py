@@ -255,6 +255,8 @@ def to_dot(
             + (
                 f" in all, from the {e.members} nodes of its group (this one its strongest drawn)"
                 if e.members > 1
+                else " (one pair's term: the record holds no total of this node)"
+                if e.pair_term
                 else ""
             ),
         )

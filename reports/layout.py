@@ -62,13 +62,15 @@ class QKEdge:
     ``value`` the group's total and ``members`` its size (the previous-token heads at an
     induction key: each carries a little, the group most), and the side's own token too
     where it leads the side. Without sources: the strongest node of the record's
-    pairs (``value`` its pair term or marginal), ``members`` 1."""
+    pairs, ``value`` its marginal (its terms with every node of the other side, summed), or
+    the pair's term where the record lists none (``pair_term``), ``members`` 1."""
 
     source: int
     target: int
     side: str
     value: float
     members: int = 1
+    pair_term: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,21 +111,27 @@ def strongest_edges(graph: Graph, max_edges: int | None = None) -> list[Edge]:
     return [Edge(int(cols[k]), int(rows[k]), float(data[k])) for k in order]
 
 
-def _top_qk_node(a, side: str, id_to_index: dict[str, int]) -> tuple[int, float] | None:
-    """The present node with the largest |pair term| on ``side`` of attribution ``a``.
+def _top_qk_node(a, side: str, id_to_index: dict[str, int]) -> tuple[int, float, bool] | None:
+    """The present node with the largest |pair term| on ``side`` of attribution ``a``, valued
+    by its own total over every node of the other side (its marginal; a review found a pair's
+    query and key edges both showing the pair's one term), or by that pair's term where the
+    record lists no marginal of the node (the third field then True).
 
     Pairs come first because they are what the score is made of; the marginals are a fallback
     for when every listed pair has that side on a pruned node or the bias.
     """
+    marginals = a.query_marginals if side == "query" else a.key_marginals
+    totals = {node: float(value) for node, value in marginals if node is not None}
     pairs = sorted(a.pairs, key=lambda p: -abs(p.value))
     for p in pairs:
         node = p.query if side == "query" else p.key
         if node is not None and node in id_to_index:
-            return id_to_index[node], float(p.value)
-    marginals = a.query_marginals if side == "query" else a.key_marginals
+            if node in totals:
+                return id_to_index[node], totals[node], False
+            return id_to_index[node], float(p.value), True
     for node, value in sorted(marginals, key=lambda m: -abs(m[1])):
         if node is not None and node in id_to_index:
-            return id_to_index[node], float(value)
+            return id_to_index[node], float(value), False
     return None
 
 
@@ -175,13 +183,13 @@ def qk_edges(
                     tops = _top_qk_sources(a, side, source_index)
                 else:
                     top = _top_qk_node(a, side, id_to_index)
-                    tops = [(*top, 1)] if top else []
+                    tops = [(top[0], top[1], 1, top[2])] if top else []
                 for top in tops:
                     if top[0] == target:
                         continue
                     key = (top[0], target, side[0])
                     if key not in edges or abs(top[1]) > abs(edges[key].value):
-                        edges[key] = QKEdge(top[0], target, side[0], top[1], top[2])
+                        edges[key] = QKEdge(top[0], target, side[0], *top[1:])
     return list(edges.values())
 
 

@@ -359,7 +359,9 @@ def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
 
 def default_view(graph: Graph, selection: Selection) -> dict:
     """The budget and edge threshold that make the page's first picture ``selection``: as
-    many heads, features and errors as it keeps, edges down to its weakest one."""
+    many heads, features and errors as it keeps, edges down to its weakest one. (The page
+    counts a supernode as one box of its budget, the rest going to the nodes outside every
+    supernode: with supernodes it starts from the budget that draws what this one draws.)"""
     kinds = graph.kinds
     n_inner = sum(k in INNER_KINDS for k in kinds)
     # the QK sources drawn beyond the budget come with the heads they explain

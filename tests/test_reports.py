@@ -199,6 +199,19 @@ def test_qk_edges_are_dashed_and_skip_bias_and_pruned_nodes(graph):
     for line in dot.splitlines():
         if 'style="dashed"' in line:
             assert f'color="{gv.QK_COLOR}"' in line and 'constraint="false"' in line
+    # Each side's edge carries its node's own total (its marginal), not the one pair's term
+    # on both (a review: +2 and +2 for the pair E_6_2 x E_4_1); a node the record holds no
+    # total of keeps the pair's term, said to be one.
+    values = {(graph.ids[e.source], e.side): (e.value, e.pair_term) for e in layout.qk_edges(graph)}
+    assert values["E_6_2", "q"] == (pytest.approx(2.2), False)
+    assert values["E_4_1", "k"] == (pytest.approx(2.6), False)
+    assert values["1_3_3", "q"] == (pytest.approx(1.0), False)
+    record = graph.qk[0]
+    record.key_marginals = []
+    (edge,) = [e for e in layout.qk_edges(graph) if graph.ids[e.source] == "E_4_1"]
+    assert (edge.value, edge.pair_term) == (pytest.approx(2.0), True)
+    assert "one pair's term" in gv.to_dot(graph)
+    record.key_marginals = [("E_4_1", 2.6)]
     # A node left out of the drawing counts as pruned: the side falls back to a drawn node.
     qk = layout.qk_edges(graph, [i for i, n in enumerate(graph.ids) if n != "1_3_3"])
     assert {(graph.ids[e.source], graph.ids[e.target], e.side) for e in qk} == {

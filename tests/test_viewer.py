@@ -1297,3 +1297,137 @@ def test_a_sparse_graphs_page_says_its_probabilities_are_the_replacements(browse
         status = browser.evaluate("document.querySelector('#viewer .status').textContent")
         says = "every probability shown are the replacement's, not the model's" in status
         assert says == (mode == "sparse"), status
+
+
+# ------------------------------------------------------------- a review of the page: five findings
+def test_a_heads_qk_sources_say_features_are_not_summed_and_where_they_are(browser, weekday_trace):
+    """A review found a head's "query side from, through the graph" listing a token and two
+    head groups where the summary's line named "L0 32 features @15 +12.5": a record's sources
+    count each feature alone and keep each side's largest few, so many small features go
+    unlisted. The page holds no per-head sum of them: the panel says so, and where the sums
+    are (the summary's lines above where it shows them for this QK head, else the section
+    below), as does a supernode's summed list."""
+    _, graph, summary, path = weekday_trace
+    open_page(browser, path)
+    note = "Features are not summed here as heads are (each counts alone)"
+    heads = [i for i in range(graph.n_nodes) if graph.qk_for(i) and graph.qk_for(i)[0].sources]
+    assert heads
+    reasons = {(m, r.qk_head) for g in summary.groups for r in g.qk if r.query_sources
+               or r.key_sources for m in g.members}  # fmt: skip
+    checked = set()
+    for i in heads:
+        above = (graph.ids[i], graph.qk_for(i)[0].qk_head) in reasons
+        if above in checked:
+            continue
+        text = show_in_panel(browser, i)
+        after = text.split("key side from, through the graph:", 1)[1]
+        assert note in after.split("largest terms of the whole score", 1)[0], text
+        where = "lines above sum them" if above else "the Mechanisms section below"
+        assert where in after, (graph.ids[i], above)
+        checked.add(above)
+    assert checked == {True, False}
+    # a supernode of heads sums its members' sources: the same note under its lists
+    members = [graph.ids[i] for i in heads[:3]]
+    browser.evaluate(f"viewer.group({js(members)}, 'heads')")
+    assert note in panel_text(browser).split("key side from:", 1)[-1]
+
+
+def test_a_block_0_qk_edge_gives_each_side_its_own_value(browser, tmp_path):
+    """A review found a block-0 head's two QK edges (no sources: its sides hold tokens and
+    constants) each showing the largest pair's term, the same number for the query and the
+    key side. Each side shows its node's own total over the other side (the record's
+    marginal), and where the record lists none, the pair's term, said to be one."""
+    graph = make_graph()
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    edges = (
+        "[...document.querySelectorAll('#viewer svg g.qk-edge[data-t=\"0_5_2\"]')].map(g =>"
+        " ({s: g.dataset.s, side: g.dataset.side, title: g.querySelector('title').textContent}))"
+    )
+    qk = browser.evaluate(edges)
+    by_side = {e["side"]: e for e in qk}
+    assert by_side["q"]["s"] == "E_6_2" and by_side["k"]["s"] == "E_4_1"  # the pair's two sides
+    assert by_side["q"]["title"].endswith("+2.2 (its terms with every key-side node, summed)")
+    assert by_side["k"]["title"].endswith("+2.6 (its terms with every query-side node, summed)")
+    # the record holds no total of the key side's node: the pair's term, named as one
+    graph.qk[0] = dataclasses.replace(graph.qk[0], key_marginals=[])
+    write_html(graph, path, None)
+    open_page(browser, path)
+    qk = browser.evaluate(edges)
+    key = next(e for e in qk if e["side"] == "k")
+    e62 = node_label(graph, graph.ids.index("E_6_2"))
+    assert key["title"].endswith(
+        f"+2 (one pair's term, with {e62} on the query side; the record holds no total of this "
+        "node)"
+    ), key
+
+
+def test_p_on_a_supernode_says_why_it_is_not_pinned(browser, small_page):
+    """A review: `p` on a focused supernode did nothing and said nothing. A supernode is drawn
+    whole at any budget, so there is nothing to pin: one line says so, and goes at the next
+    redraw."""
+    graph, path = small_page
+    open_page(browser, path)
+    browser.evaluate("viewer.group(['1_3_3', '2_2_3'], 'pair')")
+    message = "document.querySelector('#viewer .message').textContent"
+    assert browser.evaluate(message) == ""
+    browser.evaluate(
+        "document.querySelector('#viewer svg g.node[data-group=\"0\"]').focus();"
+        " document.activeElement.dispatchEvent(new KeyboardEvent('keydown', {key: 'p',"
+        " bubbles: true}))"
+    )
+    text = browser.evaluate(message)
+    assert text.startswith("Supernode 'pair' is not pinned: a supernode is always drawn"), text
+    assert browser.evaluate("viewer.data.qParams.pinnedIds") == []
+    assert browser.evaluate("document.querySelector('#viewer .message').offsetHeight") > 0
+    set_control(browser, "#viewer input[type=number]", 2, "change")
+    assert browser.evaluate(message) == ""
+
+
+def test_notes_about_the_url_say_how_many_were_left_out(browser, small_page):
+    """A review: the notes on what the URL held that the page ignores were cut to three,
+    silently; the line says how many more there were."""
+    graph, path = small_page
+    open_page(browser, path, "#pinnedIds=a1,a2,a3,a4,a5,3_9_3&clickedId=zz")
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert "ignored from the URL: no node a1; no node a2; no node a3; ... and 3 more" in status
+    assert "a4" not in status  # each left-out note is counted, not shown
+    open_page(browser, path, "#pinnedIds=a1,a2,a3")
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert status.endswith("ignored from the URL: no node a1; no node a2; no node a3"), status
+
+
+def test_the_budget_counts_a_supernode_as_one_box(browser, small_page):
+    """A review: with a summary's supernodes drawn the budget did little (budget 20 to 30
+    added 2 boxes; the status read "the top 0 and 127 more"): the top-ranked nodes were the
+    supernodes' members, drawn inside them whatever the budget. A supernode now counts as one
+    box, the rest of the budget goes to the nodes outside every supernode, and each step of
+    the budget adds one box; the page starts with the picture it was written with."""
+    graph, path = small_page
+    # the two highest-ranked heads and features as a supernode (influence falls with the index)
+    q = {"supernodes": [["top", "0_5_2", "0_-1_2"]]}
+    write_html(graph, path, None, q_params=q)
+    open_page(browser, path)
+    inner = ("lorsa", "transcoder", "error")
+    assert browser.evaluate("viewer.state.budget") == 6  # the page's 7 of 7: 1 box + 5 outside
+    assert url_state(browser) == {}
+    toolbar = browser.evaluate("document.querySelector('#viewer .toolbar').innerText")
+    assert "of 6: 1 supernode (one each) + 5 heads, features and errors outside them" in toolbar
+    assert browser.evaluate("document.querySelector('#viewer input[type=number]').max") == "6"
+    ranked = ["1_17_1", "1_3_3", "1_-1_3", "2_2_3", "3_9_3"]  # outside it, by influence
+    for budget in range(0, 7):
+        set_control(browser, "#viewer input[type=number]", budget, "change")
+        singles = [d for d in drawn(browser) if graph.kinds[graph.ids.index(d)] in inner]
+        assert browser.evaluate("viewer.supernodes()") == ["top"]
+        assert sorted(singles) == sorted(ranked[: max(0, budget - 1)]), budget
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert "(the budget's 6: 1 supernode holding 2, one box each, and the top 5 outside them)" in (
+        status
+    )
+    set_control(browser, "#viewer input[type=number]", 0, "change")
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert "past the budget's 0, as supernodes are always drawn" in status
+    # a budget past the end is the end: every supernode and node outside them
+    set_control(browser, "#viewer input[type=number]", 1000, "change")
+    assert browser.evaluate("viewer.state.budget") == 6

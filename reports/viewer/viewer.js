@@ -190,7 +190,7 @@
     // Numbers are whole strings: "5abc", "-3", "NaN" and "1e999" are reported, never half-read.
     if (p.has("nodes")) {
       const t = p.get("nodes");
-      if (/^[0-9]+$/.test(t)) state.budget = Math.min(Number(t), innerRanked.length);
+      if (/^[0-9]+$/.test(t)) state.budget = Math.min(Number(t), budgetMax()); // boxes (computeView)
       else notes.push("nodes=" + clip(t) + ": not a whole number");
     }
     if (p.has("edgeMin")) {
@@ -230,16 +230,29 @@
 
   // ------------------------------------------------------------------------- what is drawn
   // Items are what the drawing shows: single nodes and supernodes. Like reports.layout.select:
-  // the `budget` highest heads, features and errors (influence, else |activation|), every
-  // target (logits, a head or feature traced from), pinned nodes and supernode members, and the embeddings a drawn edge leaves; edges
-  // between items are summed and drawn when |weight| >= edgeMin.
+  // the `budget` highest heads, features and errors (influence, else |activation|; below, how
+  // a supernode counts), every target (logits, a head or feature traced from), pinned nodes
+  // and supernode members, and the embeddings a drawn edge leaves; edges between items are
+  // summed and drawn when |weight| >= edgeMin.
+  //
+  // The budget counts what the drawing shows as boxes: a supernode is one (drawn whole, at any
+  // budget, with all its members), and the rest of the budget goes to the top heads, features
+  // and errors outside every supernode. A researcher moving the budget by one then sees one
+  // box come or go; counted by nodes, a summary's supernodes took the budget's first places
+  // with members already drawn inside them, and moving it changed little (a review: 0 to 30
+  // added 14 boxes to a page of 9 supernodes, the status read "the top 0 and 127 more").
   function computeView() {
     const show = new Uint8Array(N);
-    for (const i of innerRanked.slice(0, state.budget)) show[i] = 1;
-    nodes.forEach((n, i) => { if (n.kind === "logit" || n.target) show[i] = 1; });
-    for (const i of state.pinned) show[i] = 1;
     const groupOf = new Int32Array(N).fill(-1);
     state.groups.forEach((g, k) => g.members.forEach((i) => { groupOf[i] = k; show[i] = 1; }));
+    state.budget = Math.min(state.budget, budgetMax());
+    let fromBudget = 0;
+    for (const i of innerRanked) {
+      if (fromBudget >= state.budget - state.groups.length) break;
+      if (groupOf[i] < 0) { show[i] = 1; fromBudget++; }
+    }
+    nodes.forEach((n, i) => { if (n.kind === "logit" || n.target) show[i] = 1; });
+    for (const i of state.pinned) show[i] = 1;
     // The QK source each drawn head's record names on each side is drawn too, beyond the
     // budget (reports.layout.select): the heads behind an attention pattern have little
     // influence of their own.
@@ -307,7 +320,7 @@
             const a = itemOf[top[0]], b = itemOf[i];
             if (a === b) continue;
             const key = a + "," + b + "," + side, old = qk.get(key);
-            if (!old || Math.abs(top[1]) > Math.abs(old.v)) qk.set(key, { s: a, t: b, side, v: top[1], n: top[2] || 1 });
+            if (!old || Math.abs(top[1]) > Math.abs(old.v)) qk.set(key, { s: a, t: b, side, v: top[1], n: top[2] || 1, pair: top[3] || null, total: !!top[4] });
           }
         }
       }
@@ -321,7 +334,20 @@
       // token a downstream global graph starts from).
       it.drawn = !(it.kind === "embedding" && !leaves[k] && !state.pinned.has(it.node) && !nodes[it.node].target);
     });
-    return { items, itemOf, edges, qkEdges, among, groupOf };
+    return { items, itemOf, edges, qkEdges, among, groupOf, fromBudget };
+  }
+  // The most the budget can count: every supernode and every head, feature and error outside
+  // them (computeView).
+  function budgetMax() {
+    const grouped = new Set(state.groups.flatMap((g) => g.members));
+    return state.groups.length + innerRanked.filter((i) => !grouped.has(i)).length;
+  }
+  // The budget that draws what `n` nodes by rank drew (reports.layout.select's, which knows no
+  // supernodes) beside `groups`: each supernode, and those of the top `n` outside them. The
+  // page's first picture stays the one written for it.
+  function boxBudget(n, groups) {
+    const grouped = new Set(groups.flatMap((g) => g.members));
+    return groups.length + innerRanked.slice(0, n).filter((i) => !grouped.has(i)).length;
   }
   // A record's largest source group on `side` other than a token with a member on the page
   // (its strongest such member, the group's total and its size), and before it the side's own
@@ -341,17 +367,24 @@
     for (const x of mine) if (x.kind !== "embedding" && (other = drawnOf(x))) break;
     return [token, other].filter((t) => t);
   }
+  // Without sources (a block-0 head: its sides hold tokens and constants alone), the side's
+  // node of the largest pair term drawn (reports.layout._top_qk_node), valued by its own total
+  // over every partner (the record's marginal on that side; a review found both edges showing
+  // the one pair's term). Where the record lists no total for the node, the pair's term
+  // stands, said to be one (qkEdgeWhat): [node, value, 1, the pair or null, a total].
   function topQK(rec, side, present) {
     if (rec.sources && rec.sources.length) return topSources(rec, side, present);
     const col = side === "q" ? 0 : 1;
+    const marginals = side === "q" ? rec.queryMarginals : rec.keyMarginals;
     for (const p of rec.pairs) {
       const i = p[col] == null ? undefined : byId.get(p[col]);
-      if (i !== undefined && present[i]) return [[i, p[2]]];
+      if (i === undefined || !present[i]) continue;
+      const own = marginals.find((m) => m[0] === p[col]);
+      return [own ? [i, own[1], 1, null, true] : [i, p[2], 1, p]];
     }
-    const marginals = side === "q" ? rec.queryMarginals : rec.keyMarginals;
     for (const m of marginals.slice().sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]))) {
       const i = m[0] == null ? undefined : byId.get(m[0]);
-      if (i !== undefined && present[i]) return [[i, m[1]]];
+      if (i !== undefined && present[i]) return [[i, m[1], 1, null, true]];
     }
     return [];
   }
@@ -484,9 +517,9 @@
   // --------------------------------------------------------------------------------- drawing
   const ui = {};
   function buildChrome() {
-    const budgetMax = innerRanked.length;
-    ui.budget = el("input", { type: "number", min: "0", max: String(budgetMax), step: "1", "aria-label": "node budget" });
-    ui.budgetRange = el("input", { type: "range", min: "0", max: String(budgetMax), step: "1", "aria-label": "node budget slider" });
+    ui.budget = el("input", { type: "number", min: "0", step: "1", "aria-label": "node budget" });
+    ui.budgetRange = el("input", { type: "range", min: "0", step: "1", "aria-label": "node budget slider" });
+    ui.budgetOf = el("span", { class: "muted budget-of" });
     ui.edgeRange = el("input", { type: "range", min: "0", max: "1000", step: "1", "aria-label": "edge threshold" });
     ui.edgeValue = el("span", { class: "value" });
     ui.search = el("input", { type: "search", placeholder: "search token, label or concept", "aria-label": "search" });
@@ -499,10 +532,10 @@
     const zoom = (f) => () => { state.zoom = (state.zoom || fitZoom()) * f; applyZoom(); };
     const toolbar = el("div", { class: "toolbar" },
       // The budget counts what it ranks (heads, features, errors, constants), not every node:
-      // tokens and targets are drawn beside it (the status line counts them all).
-      el("label", { title: `the top ${INNER_WORDS} by ${data.view.rankedBy} are drawn; tokens and targets are drawn beside them` },
-        "Top", ui.budgetRange, ui.budget,
-        el("span", { class: "muted budget-of" }, "of " + budgetMax + (budgetMax ? " " + INNER_WORDS : " (no heads or features)"))),
+      // tokens and targets are drawn beside it (the status line counts them all); a supernode
+      // counts as one (computeView).
+      el("label", { title: `the top ${INNER_WORDS} by ${data.view.rankedBy} are drawn, a supernode counting as one (it is always drawn whole); tokens and targets are drawn beside them` },
+        "Top", ui.budgetRange, ui.budget, ui.budgetOf),
       el("label", {}, "Edges |w| ≥", ui.edgeRange, ui.edgeValue),
       el("label", {}, ui.search, ui.searchCount),
       el("span", {}, ui.groupName, " ", ui.groupButton, " ", ui.clearPins, " ", ui.ungroupAll),
@@ -514,12 +547,13 @@
         (meta.positional ? "→the key it reads" : "its QK group") + "; a feature's: ↑the token it promotes most"));
     ui.results = el("div", { class: "results" });
     ui.status = el("div", { class: "status" });
+    ui.message = el("div", { class: "message", role: "status", "aria-live": "polite" });
     ui.svg = svgEl("svg", { role: "img" });
     ui.canvas = el("div", { class: "canvas" });
     ui.canvas.append(ui.svg);
     ui.panel = el("aside", { class: "panel" });
     ui.main = el("div", { class: "main" }, ui.canvas, ui.panel);
-    root.replaceChildren(toolbar, ui.results, ui.status, ui.main);
+    root.replaceChildren(toolbar, ui.results, ui.status, ui.message, ui.main);
 
     // The box always shows the budget in use: a value past the ends is clamped and written
     // back, and an empty box or a non-number is ignored (a reviewer's "1000" stayed in the
@@ -527,7 +561,7 @@
     const setBudget = (text) => {
       const n = String(text).trim() === "" ? NaN : Number(text);
       if (Number.isFinite(n)) {
-        const b = Math.max(0, Math.min(budgetMax, Math.round(n)));
+        const b = Math.max(0, Math.min(budgetMax(), Math.round(n)));
         if (b !== state.budget) { state.budget = b; update(); return; }
       }
       updateControls();
@@ -690,7 +724,7 @@
       const label = svgEl("text", { class: "qk-label", x: (x1 + x2) / 2 + 3, y: (y1 - h1 + y2 + h2) / 2 });
       label.textContent = e.side;
       const title = svgEl("title");
-      title.textContent = shown((e.side === "q" ? "query side of " : "key side of ") + itemLabel(view.items[e.t]) + ": " + itemLabel(view.items[e.s]) + " " + signed(e.v) + (e.n > 1 ? ` in all, from the ${e.n} nodes of its group (this one its strongest drawn)` : ""));
+      title.textContent = shown((e.side === "q" ? "query side of " : "key side of ") + itemLabel(view.items[e.t]) + ": " + itemLabel(view.items[e.s]) + " " + signed(e.v) + qkEdgeWhat(e));
       g.append(label, title);
       gQK.append(g);
       return g;
@@ -727,8 +761,9 @@
       g.addEventListener("keydown", (ev) => { // Enter: details; space: pick; p: pin
         if (ev.key === "Enter") select(it.node !== undefined ? { node: it.node } : { group: it.group });
         else if (ev.key === " ") { ev.preventDefault(); togglePick(it); }
-        else if (ev.key === "p" && !ev.ctrlKey && !ev.metaKey && !ev.altKey && it.node !== undefined) {
-          keepingFocus(() => togglePin(it.node)); // (ctrl-p prints, and pinned a node before)
+        else if (ev.key === "p" && !ev.ctrlKey && !ev.metaKey && !ev.altKey) { // (ctrl-p prints, and pinned a node before)
+          if (it.node !== undefined) keepingFocus(() => togglePin(it.node));
+          else say(`Supernode ${quote(it.name)} is not pinned: a supernode is always drawn whole, whatever the budget (pin its members from their panels to keep them after ungrouping).`);
         }
       });
       g.addEventListener("focus", () => setHover(k));
@@ -747,6 +782,17 @@
       requestAnimationFrame(() => setTimeout(() => performance.mark("viewer:painted"), 0));
       root.dataset.ready = "1";
     }
+  }
+  // What a QK edge's value is: a source group's total, the node's own total over the other
+  // side (a record without sources), or one pair's term where the record has no such total.
+  function qkEdgeWhat(e) {
+    if (e.n > 1) return ` in all, from the ${e.n} nodes of its group (this one its strongest drawn)`;
+    if (e.pair) {
+      const other = e.pair[e.side === "q" ? 1 : 0], i = other == null ? undefined : byId.get(other);
+      const name = other == null ? "bias" : i !== undefined ? nodes[i].label : ((data.refs || {})[other] || {}).label || other;
+      return ` (one pair's term, with ${name} on the ${e.side === "q" ? "key" : "query"} side; the record holds no total of this node)`;
+    }
+    return e.total ? ` (its terms with every ${e.side === "q" ? "key" : "query"}-side node, summed)` : "";
   }
   function curve(x1, y1, x2, y2) {
     const dy = Math.max(20, Math.abs(y1 - y2) / 2);
@@ -843,6 +889,10 @@
   }
 
   function updateControls() {
+    const most = String(budgetMax()), S = state.groups.length;
+    ui.budget.max = ui.budgetRange.max = most;
+    ui.budgetOf.textContent = "of " + most + (!S ? (innerRanked.length ? " " + INNER_WORDS : " (no heads or features)")
+      : `: ${S} ${S === 1 ? "supernode" : "supernodes"} (one each) + ${Number(most) - S} ${INNER_WORDS} outside them`);
     ui.budget.value = String(state.budget);
     ui.budgetRange.value = String(state.budget);
     ui.edgeRange.value = String(edgeToSlider(state.edgeMin));
@@ -867,27 +917,33 @@
 
   // "Drawing 40 of 40 nodes: 14 of 14 heads and features, 26 of 26 tokens": every node the
   // drawing shows (a supernode's members included), split into what the budget ranks (the
-  // toolbar's count; beyond the top ones, supernodes' members (always drawn whole), pinned
-  // nodes, targets and QK sources), tokens and
-  // targets, so that the parts add up to the whole and the toolbar's number is one of them.
+  // toolbar's count: supernodes, one each, and the top ones outside them; beyond it pinned
+  // nodes, targets and QK sources), tokens and targets, so that the parts add up to the whole.
   function drawnCounts(v) {
     const shownNodes = new Set();
-    let supernodes = 0, inSupernodes = 0;
+    let supernodes = 0, inSupernodes = 0, innerGrouped = 0;
     for (const it of v.items) {
       if (!it.drawn) continue;
       if (it.node !== undefined) shownNodes.add(it.node);
-      else { supernodes++; inSupernodes += it.members.length; it.members.forEach((i) => shownNodes.add(i)); }
+      else {
+        supernodes++; inSupernodes += it.members.length; it.members.forEach((i) => shownNodes.add(i));
+        innerGrouped += it.members.filter((i) => INNER.has(nodes[i].kind)).length;
+      }
     }
     const count = (f) => [[...shownNodes].filter((i) => f(nodes[i])).length, nodes.filter(f).length];
     const plural = (n, one, many) => (n === 1 ? one : many);
     const [inner, innerAll] = count((n) => INNER.has(n.kind));
     const [tokens, tokensAll] = count((n) => n.kind === "embedding");
     const [logits, logitsAll] = count((n) => n.kind === "logit");
-    const top = Math.min(state.budget, innerRanked.length);
+    const top = v.fromBudget, more = inner - innerGrouped - top;
     const parts = [];
     if (innerAll) {
-      parts.push(`${inner} of ${innerAll} ${INNER_WORDS}` +
-        (inner > top ? ` (the top ${top} and ${inner - top} more: supernodes' members, pinned, traced from, or QK sources)` : ""));
+      const why = `${more} more: pinned, traced from, or QK sources`;
+      parts.push(`${inner} of ${innerAll} ${INNER_WORDS}` + (supernodes
+        ? ` (${state.budget < supernodes ? `past the budget's ${state.budget}, as supernodes are always drawn` : `the budget's ${state.budget}`}: ` +
+          `${supernodes} ${plural(supernodes, "supernode", "supernodes")} holding ${innerGrouped}, one box each, and the top ${top} outside them` +
+          (more > 0 ? `; ${why})` : ")")
+        : more > 0 ? ` (the top ${top} and ${why})` : ""));
     }
     if (tokensAll) parts.push(`${tokens} of ${tokensAll} ${plural(tokensAll, "token", "tokens")}`);
     if (logitsAll) parts.push(`${logits} of ${logitsAll} ${plural(logitsAll, "logit", "logits")}`);
@@ -915,7 +971,11 @@
     nodes.forEach((n, i) => { const r = tableRows.get(n.id); if (r) r.classList.toggle("undrawn", !drawn.has(i)); });
   }
 
+  // A one-line message under the status line (what a key press could not do); the next redraw
+  // or click clears it.
+  function say(text) { ui.message.textContent = shown(text); }
   function update() {
+    say("");
     setHover(null);
     hovered = null;
     render();
@@ -966,6 +1026,7 @@
     update();
   }
   function select(target) {
+    say("");
     state.clicked = target;
     markClasses();
     writeState();
@@ -1176,7 +1237,7 @@
       parts.push(el("p", { class: "promotes" }, "Promotes " + n.promotes.map(quote).join(", ")));
     }
     const qkTitle = meta.positional ? "QK: why it attends the key it reads" : "QK: what its group attends with";
-    if (n.qk) parts.push(el("h4", {}, qkTitle), ...summaryReasons(n), ...n.qk.map(qkBlock));
+    if (n.qk) parts.push(el("h4", {}, qkTitle), ...summaryReasons(n), ...n.qk.map((rec) => qkBlock(rec, n)));
     parts.push(el("h4", {}, "Top incoming edges"), edgeTable(inE[i].map((e) => [src[e], wt[e]])));
     parts.push(el("h4", {}, "Top outgoing edges"), edgeTable(outE[i].map((e) => [tgt[e], wt[e]])));
     parts.push(el("h4", {}, "Dashboard"), dashboard(n));
@@ -1202,6 +1263,26 @@
       out.push(block(`In the mechanism summary, group ${g.key} ${g.name}${other}:`, g.qk));
     }
     return out;
+  }
+  // A record's sources count each feature alone (heads are grouped by the key they read) and
+  // keep each side's largest few: many small features can bring more together than a listed
+  // line and go unlisted, where the mechanism summary's side lines sum them by layer and
+  // position (a review: "L0 32 features @15 +12.5" in the summary beside a head's list of a
+  // token and two head groups). The panel says so, and where the sum is.
+  function featuresNote(above) {
+    const where = !data.mechanisms ? "the mechanism summary (python -m circuits.trace --mechanisms) sums them by layer and position"
+      : above ? "the mechanism summary's “query side from” and “key side from” lines above sum them by layer and position"
+        : "the mechanism summary sums them by layer and position for its groups' heads (their “query side from” and “key side from” lines: the Mechanisms section below, and mechanisms.json)";
+    return el("div", { class: "muted sources-note" }, "Features are not summed here as heads are (each counts alone), and each side keeps only its largest sources: " +
+      "many small features can together bring more than a listed line and go unlisted; " + where + ".");
+  }
+  // Whether the panel shows the mechanism summary's side lines for this record's QK head
+  // (summaryReasons, above the record).
+  function summaryHasSides(rec, n) {
+    const m = data.mechanisms;
+    if (!m) return false;
+    const has = (rs) => (rs || []).some((r) => r.qkHead === rec.qkHead && r.sources && r.sources.length);
+    return m.targets.some((t) => t.node === n.id && has(t.qk)) || m.groups.some((g) => g.members.includes(n.id) && has(g.qk));
   }
   // A QK source group (circuits.qk.qk_sources) in words: its heads and the key they read, its
   // features or error node, or the side's own token, and where.
@@ -1234,7 +1315,7 @@
     const list = [...by.values()].sort((a, b) => Math.abs(b.value) - Math.abs(a.value));
     return { heads, list };
   }
-  function qkBlock(rec) {
+  function qkBlock(rec, n) {
     if (!meta.positional) return globalQkBlock(rec);
     const keyTok = " " + quote(rec.keyToken);
     const block = el("div", { class: "qk" },
@@ -1250,6 +1331,7 @@
           el("ul", {}, ...list.map((x) => el("li", {}, `${what(x)} `, el("span", { class: x.value > 0 ? "pos" : "neg" }, signed(x.value)), ": ",
             ...x.members.slice(0, 3).flatMap((id, j) => [j ? " " : "", noderef(id, "short")]), x.members.length > 3 ? ` and ${x.members.length - 3} more` : ""))));
       }
+      block.append(featuresNote(summaryHasSides(rec, n)));
     }
     if (rec.pairs.length) {
       block.append(el("div", { class: "muted" }, "largest terms of the whole score (its always-on parts too), query-side × key-side:"),
@@ -1383,10 +1465,13 @@
           el("span", { class: x.value > 0 ? "pos" : "neg" }, signed(x.value)), ` (${x.heads} of them): `,
           ...x.members.slice(0, 3).flatMap((id, j) => [j ? " " : "", noderef(id, "short")]), x.members.length > 3 ? ` and ${x.members.length - 3} more` : ""))));
     }
+    out.push(featuresNote(false));
     return out;
   }
   function showIgnored(notes) {
-    if (notes.length) ui.status.textContent += " · ignored from the URL: " + notes.slice(0, 3).join("; ");
+    if (!notes.length) return;
+    const more = notes.length > 3 ? `; ... and ${notes.length - 3} more` : ""; // said, not cut silently
+    ui.status.textContent += " · ignored from the URL: " + notes.slice(0, 3).join("; ") + more;
   }
   function qParamsBlock() {
     ui.qparams = el("pre", { class: "qparams" }, JSON.stringify(data.qParams, null, 1));
@@ -1407,6 +1492,7 @@
     applyParams(data.qParams, notes);
     defaults.pinned = new Set(state.pinned);
     defaults.groups = state.groups.map((g) => ({ name: g.name, members: [...g.members] }));
+    defaults.budget = state.budget = boxBudget(data.view.budget, state.groups);
     readHash(notes);
     render();
     writeState();

@@ -590,7 +590,8 @@ def qk_source_fields(summary, group, k: int) -> dict:
     score among the groups ablated to choose it, and its ablation's effect on the group's
     attention (``AttentionCheck``, free; its QK heads weighted by flow): ``<side>_source``
     (None when the side has none) and ``<side>_source_halves`` (the ablation at least halves
-    the attention: the QK reason's side tested by intervention). ``key_source_previous_token``:
+    the attention through that side alone, the other side's vectors clean, where the summary
+    measured it: the QK reason's side tested by intervention). ``key_source_previous_token``:
     the key side's source sits at the key and reads the position before it (the
     previous-token heads of induction)."""
     out = {}
@@ -608,7 +609,11 @@ def qk_source_fields(summary, group, k: int) -> dict:
             }  # fmt: skip
         else:
             out[f"{side}_source"] = None
-        out[f"{side}_source_halves"] = a is not None and a.mean_free < a.mean_before / 2
+        after = None if a is None else a.mean_side(side)
+        after = a.mean_free if after is None and a is not None else after
+        if a is not None:
+            out[f"{side}_source"]["attention_side_alone"] = round(after, 4)
+        out[f"{side}_source_halves"] = a is not None and after < a.mean_before / 2
     key = out["key_source"]
     out["key_source_previous_token"] = key is not None and key["pos"] == k \
         and key["attends"] == k - 1  # fmt: skip

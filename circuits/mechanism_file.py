@@ -44,7 +44,7 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # ``rival`` (the key that gained most attention, its attention before and after); a check's
 # ``free_ln_held`` (and since, optional, absent from earlier files: ``free_final_ln_held``,
 # ``free_attention_held``, ``margin_frozen`` / ``margin_free``; a group's ``writes_qk`` and
-# ``attention_checks``; a target's ``model_probability``)
+# ``attention_checks`` (with ``query_side`` / ``key_side``); a target's ``model_probability``)
 TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
@@ -326,6 +326,11 @@ class AttentionCheck:
     weights: list[Annotated[float, Bounds(0.0, 1.0)]]
     before: list[Annotated[float, Bounds(0.0, 1.0)]]
     free: list[Annotated[float, Bounds(0.0, 1.0)]]
+    # the attention with one side's vectors as after the ablation and the other's as clean
+    # (``circuits.interventions.side_attention``), one per QK head: which side the ablation
+    # acts through (empty in files written before it was measured)
+    query_side: list[Annotated[float, Bounds(0.0, 1.0)]] = field(default_factory=list)
+    key_side: list[Annotated[float, Bounds(0.0, 1.0)]] = field(default_factory=list)
 
     @property
     def mean_before(self) -> float:
@@ -334,6 +339,12 @@ class AttentionCheck:
     @property
     def mean_free(self) -> float:
         return weighted_mean(self.weights, self.free)
+
+    def mean_side(self, side: str) -> float | None:
+        """The weighted mean attention with ``side``'s vectors alone as after the ablation
+        (``query_side`` / ``key_side``); None where not measured."""
+        alone = self.query_side if side == "query" else self.key_side
+        return weighted_mean(self.weights, alone) if alone else None
 
 
 def weighted_mean(weights: list[float], attention: list[float]) -> float:
@@ -641,11 +652,13 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     and _below(g, head) and n > 0 and len(set(a.qk_heads)) == n
                     and set(a.qk_heads) <= set(head.qk_heads)
                     and len(a.weights) == len(a.before) == len(a.free) == n
+                    and len(a.query_side) in (0, n) and len(a.key_side) == len(a.query_side)
                     and abs(sum(a.weights) - 1) <= CLOSURE
                     and (a.layer, a.query, a.key) == (head.layer, head.pos, head.attends),
                     f"{where}.attention_checks[{j}]: not the attention of a head group in a "
                     "later block at its query and key (its QK heads once each, one weight, "
-                    "before and after each, the weights summing to 1), after a checked "
+                    "before and after each, each side's alone for all or none, the weights "
+                    "summing to 1), after a checked "
                     "ablation")  # fmt: skip
         _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
         _expect(set(g.carried) == set(g.carried_own), f"{where}: carried and carried_own "

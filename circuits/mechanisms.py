@@ -285,14 +285,21 @@ def _summarize(
             continue
         rank = 0  # without checks, the largest by its share; else the one ablation shows
         if check:
-            # of those whose ablation lowers the attention (one that leaves it or raises it is
-            # no source of it, however much it writes: a reviewer found "written most by" a
-            # group of +0.004 of a side's +0.22 whose ablation took it from 0.51 to 0.52)
-            lowered = look_of[g].mean(clean[g]) - ATTENTION_LOWERED
-            lowers = [r for r, (c, _) in enumerate(found) if after[c].get(g, np.inf) <= lowered]
+            # of those whose ablation lowers the attention through this side alone (one that
+            # leaves it or raises it is no source of it, however much it writes: a reviewer
+            # found "written most by" a group of +0.004 of a side's +0.22 whose ablation took
+            # it from 0.51 to 0.52; another, a group at the key named the query side's source,
+            # its ablation 0.57 -> 0.005 all through the keys, the query alone 0.54)
+            look = look_of[g]
+            lowered = look.mean(clean[g]) - ATTENTION_LOWERED
+
+            def alone(c: int, g=g, side=side, look=look) -> float:
+                return look.mean(after[c][g].side(side)) if g in after[c] else np.inf
+
+            lowers = [r for r, (c, _) in enumerate(found) if alone(c) <= lowered]
             if not lowers:
                 continue
-            rank = min(lowers, key=lambda r: (after[found[r][0]][g], r))
+            rank = min(lowers, key=lambda r: (alone(found[r][0]), r))
         source, value = found[rank]
         role = (g, qk_of[g][0].qk_head, side, value, rank + 1, len(found) if check else 1)
         writes_qk.setdefault(source, []).append(role)
@@ -358,7 +365,8 @@ def _summarize(
             record.checks, free = checks[g]
             record.attention_checks = [
                 AttentionCheck(keys[look.group], look.layer, look.query, look.key, look.heads,
-                               look.weights, clean[look.group], free[look.group])
+                               look.weights, clean[look.group], free[look.group].free,
+                               free[look.group].query, free[look.group].key)
                 for look in below[g]
             ]  # fmt: skip
         records.append(record)
@@ -386,7 +394,7 @@ def _summarize(
         if t in own_looks and checks:
             look = own_looks[t]
             record.own_attention = look.mean(look.attention(run.patterns[look.layer]))
-            record.own_attention_free = {keys[g]: look.mean(free[look.group])
+            record.own_attention_free = {keys[g]: look.mean(free[look.group].free)
                                          for g, (_, free) in checks.items()}  # fmt: skip
         target_records.append(record)
     path_records = [
@@ -712,11 +720,29 @@ class _Look:
                 and (grp.pos is None or grp.pos <= self.query))  # fmt: skip
 
 
-def _split(looks: list[_Look], attention: list[float]) -> dict[int, list[float]]:
-    """The attention read for ``looks`` (their ``reads`` one after the other), by group."""
+@dataclass(frozen=True)
+class _After:
+    """A look's attention in a free rerun, per QK head: ``free`` (the rerun's own) and with
+    the query's vector alone, then the keys' alone, as after the edit (``query``, ``key``:
+    ``circuits.interventions.side_attention``)."""
+
+    free: list[float]
+    query: list[float]
+    key: list[float]
+
+    def side(self, side: str) -> list[float]:
+        return self.query if side == "query" else self.key
+
+
+def _split(looks: list[_Look], result) -> dict[int, _After]:
+    """The attention ``result`` (an ``InterventionResult``) read for ``looks`` (their
+    ``reads`` one after the other), by group."""
+    free, by_side = result.attention.tolist(), result.attention_by_side.tolist()
     out, start = {}, 0
     for look in looks:
-        out[look.group] = attention[start : start + len(look.heads)]
+        here = slice(start, start + len(look.heads))
+        alone = by_side[here]
+        out[look.group] = _After(free[here], [a[0] for a in alone], [a[1] for a in alone])
         start += len(look.heads)
     return out
 
@@ -735,10 +761,11 @@ def _qk_candidates(
 
 
 def _free_attention(replacement, full, run, groups: dict, looks: list[_Look]) -> dict:
-    """For each group of ``groups`` (index -> ``circuits.groups.Group``), the mean attention
-    (``_Look.mean``) of each look it can change, with it ablated and the model otherwise free
-    (attention, LayerNorm and errors recomputed, as a check's ``free``): one rerun each, run
-    together (``intervene_many``); a group that can change none has none."""
+    """For each group of ``groups`` (index -> ``circuits.groups.Group``), the attention of
+    each look it can change (``_After``: per QK head, and through each side alone), with it
+    ablated and the model otherwise free (attention, LayerNorm and errors recomputed, as a
+    check's ``free``): one rerun each, run together (``intervene_many``); a group that can
+    change none has none."""
     below = {g: [look for look in looks if look.reads_after(grp)] for g, grp in groups.items()}
     runs = [g for g in groups if below[g]]
     if not runs:
@@ -751,14 +778,14 @@ def _free_attention(replacement, full, run, groups: dict, looks: list[_Look]) ->
                              attention_reads=reads)  # fmt: skip
     out = {g: {} for g in groups}
     for g, result in zip(runs, results, strict=True):
-        by_group = _split(looks, result.attention.tolist())
-        out[g] = {look.group: look.mean(by_group[look.group]) for look in below[g]}
+        by_group = _split(looks, result)
+        out[g] = {look.group: by_group[look.group] for look in below[g]}
     return out
 
 
 def _checks(
     replacement, full, run, groups: dict, targets, tolerance, flows, looks=()
-) -> dict[int, tuple[list[EffectCheck], dict[int, list[float]]]]:
+) -> dict[int, tuple[list[EffectCheck], dict[int, _After]]]:
     """For each group of ``groups`` (index -> its members), its ``EffectCheck`` per target
     (module docstring), and the attention of each of ``looks`` (``_Look``) in its free rerun,
     by group; each rerun way once for all the groups (``intervene_many``)."""
@@ -794,7 +821,7 @@ def _checks(
     )
     return {
         g: (_effect_checks(full, run, groups[g], tolerance, *results),
-            _split(list(looks), results[1].attention.tolist()))
+            _split(list(looks), results[1]))
         for g, results in zip(keys, ways, strict=True)
     }  # fmt: skip
 

@@ -798,15 +798,19 @@ def attention_check_text(a: AttentionCheck, tokens: list[str]) -> str:
 def qk_sources_text(summary: MechanismSummary, key: str) -> str:
     """The groups that write head group ``key``'s QK score (their ``writes_qk``), each with
     the side, the score it brings, how it was chosen and, where measured, the group's
-    attention after it is ablated: what makes the group attend where it does, tested."""
+    attention after it is ablated, and with the side's vectors alone as after it (the others
+    clean; what the choice reads): what makes the group attend where it does, tested."""
     out = []
     for g, w in summary.qk_sources(key):
         after = g.attention_of(key)
         weighed = "" if after is None or len(after.qk_heads) < 2 else \
             f" (its {len(after.qk_heads)} QK heads by flow)"  # fmt: skip
+        alone = None if after is None else after.mean_side(w.side)
         tested = "" if after is None else (
             f", ablated: attention {attention_change(after.mean_before, after.mean_free)}"
             f"{weighed}"
+            + ("" if alone is None else f", through its {w.side} side alone "
+               f"{attention_change(after.mean_before, alone)}")
         )  # fmt: skip
         out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
     if out:  # a side with none is said to have none (a reviewer read the key side's silence)

@@ -305,9 +305,11 @@ def _box_lines(g, summary) -> list[str]:
     for w in g.writes_qk:  # two short lines: the viewer fits each to a box's width
         lines.append(f"writes {w.group}'s {w.side}")
         a = g.attention_of(w.group)
-        if a is not None:
-            change = attention_change(a.mean_before, a.mean_free, arrow="→")
-            lines.append(f"{w.group} attends {change}")
+        if a is not None:  # through the side it writes, where measured: what chose it (the
+            # panel's text gives both); a box holds no more (a reviewer read "…")
+            alone = a.mean_side(w.side)
+            after = a.mean_free if alone is None else alone
+            lines.append(f"{w.group} attends {attention_change(a.mean_before, after, arrow='→')}")
     return lines
 
 

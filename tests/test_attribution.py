@@ -828,10 +828,10 @@ def test_intervene_reads_attention_after_the_edit_and_refuses_reads_outside(grap
     n = len(graph.tokens)
     reads = [(1, h, n - 1, k) for h in range(2) for k in (0, n - 2)] + [(0, 1, 3, 3)]
     edit = [Intervention(graph.ids[i], "ablate")]
-    seen = []
+    runs = []
 
     def keep(act, hook):
-        seen.append(act.detach()[0])
+        runs[-1][hook.name] = act.detach()[0]
 
     def zero(act, hook):
         act = act.clone()
@@ -840,11 +840,13 @@ def test_intervene_reads_attention_after_the_edit_and_refuses_reads_outside(grap
 
     tokens = torch.tensor(graph.tokens)[None]
     names = [hook_name(layer, "lorsa.hook_pattern") for layer in (0, 1)]
-    replacement.run_with_hooks(tokens, mode=graph.mode, fwd_hooks=[(x, keep) for x in names])
-    replacement.run_with_hooks(tokens, mode=graph.mode,
-                               fwd_hooks=[(hook_name(0, "lorsa.hook_z"), zero)]
-                               + [(x, keep) for x in names])  # fmt: skip
-    clean, after = seen[:2], seen[2:]
+    names.append(hook_name(1, "lorsa.hook_in"))
+    for hooks in ([], [(hook_name(0, "lorsa.hook_z"), zero)]):
+        runs.append({})
+        replacement.run_with_hooks(tokens, mode=graph.mode,
+                                   fwd_hooks=hooks + [(x, keep) for x in names])  # fmt: skip
+    clean, after = ([run[x] for x in names[:2]] for run in runs)
+    x_clean, x_after = (run[names[2]] for run in runs)
     frozen = intervene(replacement, graph, edit, attention_reads=reads)
     free = intervene(replacement, graph, edit, freeze_attention=False, freeze_errors=False,
                      attention_reads=reads)  # fmt: skip
@@ -855,6 +857,22 @@ def test_intervene_reads_attention_after_the_edit_and_refuses_reads_outside(grap
             float(after[layer][head, query, key]), abs=1e-5
         )
     assert not torch.allclose(free.attention[:4], frozen.attention[:4])  # the edit moved them
+    # through each side alone: the layer-1 pattern with the query's vector as after the edit
+    # and every key's as clean, then the other way round (built here from whole patterns)
+    lorsa = replacement.lorsas[1]
+    mixed = []
+    for q_from, k_from in ((x_after, x_clean), (x_clean, x_after)):
+        with torch.no_grad():
+            q, k = lorsa.qk(q_from[None])[0][0], lorsa.qk(k_from[None])[1][0]  # qk pos d_qk
+        scores = q @ k.transpose(-1, -2) / lorsa.cfg.d_qk**0.5
+        mixed.append(scores.masked_fill(torch.ones(n, n).tril() == 0, -torch.inf).softmax(-1))
+    for j, (_, head, query, key) in enumerate(reads[:4]):
+        for side in (0, 1):
+            assert float(free.attention_by_side[j, side]) == pytest.approx(
+                float(mixed[side][head, query, key]), abs=1e-5)  # fmt: skip
+    assert not torch.allclose(free.attention_by_side[:4, 0], free.attention_by_side[:4, 1])
+    # with attention frozen the pattern is the clean one, through either side
+    assert torch.equal(frozen.attention_by_side, frozen.attention[:, None].expand(-1, 2))
     assert intervene(replacement, graph, edit).attention.shape == (0,)
     for bad in ((2, 0, 1, 0), (0, 99, 1, 0), (0, 0, 1, 2), (0, 0, n, 0), (0, 0, 1), (0, 0, 1.0, 0),
                 (0, True, 1, 0), "read"):  # fmt: skip

@@ -1490,10 +1490,11 @@ def _free_by_hand(replacement, graph, members, target, held: str) -> float:
     return read(after) - read(before)
 
 
-def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, list]:
+def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, ...]:
     """QK heads' attention ``reads`` ((layer, qk_head, query, key) each) in the model, clean and
     with ``members`` (node ids) zeroed where the model computes them, everything else
-    recomputed: written with the model's hooks alone."""
+    recomputed, then with the query's vector alone as zeroed (every key's clean) and the keys'
+    alone: written with the model's hooks and whole patterns."""
     from replacement.model import hook_name
 
     seen: dict = {}
@@ -1503,14 +1504,29 @@ def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, list]:
         seen[hook.name] = act.detach()[0]
 
     tokens = torch.tensor(graph.tokens)[None]
-    names = [hook_name(layer, "lorsa.hook_pattern") for layer in layers]
-    out = []
+    names = [hook_name(layer, f"lorsa.{site}") for layer in layers
+             for site in ("hook_pattern", "hook_in")]  # fmt: skip
+    out, inputs = [], []
     for hooks in ([], _zeroing_hooks(graph, members)):
         replacement.run_with_hooks(tokens, mode=graph.mode,
                                    fwd_hooks=hooks + [(x, keep) for x in names])  # fmt: skip
         out.append([float(seen[hook_name(layer, "lorsa.hook_pattern")][h, q, k])
                     for layer, h, q, k in reads])  # fmt: skip
-    return out[0], out[1]
+        inputs.append({layer: seen[hook_name(layer, "lorsa.hook_in")] for layer in layers})
+    clean, zeroed = inputs
+    for q_from, k_from in ((zeroed, clean), (clean, zeroed)):
+        alone = []
+        for layer, h, q, k in reads:
+            lorsa = replacement.lorsas[layer]
+            with torch.no_grad():
+                query = lorsa.qk(q_from[layer][None])[0][0, h]
+                keys = lorsa.qk(k_from[layer][None])[1][0, h]
+            n = len(query)
+            scores = (query @ keys.T / lorsa.cfg.d_qk**0.5).masked_fill(
+                torch.ones(n, n).tril() == 0, -torch.inf)  # fmt: skip
+            alone.append(float(scores.softmax(-1)[q, k]))
+        out.append(alone)
+    return tuple(out)
 
 
 def _check_qk_sources(summary, graph, replacement) -> int:
@@ -1533,8 +1549,11 @@ def _check_qk_sources(summary, graph, replacement) -> int:
         reads = [(r.layer, h, r.query, r.key) for h in heads]
 
         def mean(members, weights=weights, reads=reads):
-            before, after = _attention_by_hand(replacement, graph, members, reads)
-            return sum(w * a for w, a in zip(weights, after, strict=True)), before, after
+            before, after, *alone = _attention_by_hand(replacement, graph, members, reads)
+            return sum(w * a for w, a in zip(weights, after, strict=True)), before, after, alone
+
+        def weighed(attention, weights=weights):
+            return sum(w * a for w, a in zip(weights, attention, strict=True))
 
         for side, sources in (("query", r.query_sources), ("key", r.key_sources)):
             found = [x for x in sources["heads"] if x.value > 0][:CANDIDATES]
@@ -1543,8 +1562,12 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             if not found:
                 assert not writers
                 continue
-            after = [mean([graph.ids[m] for m in names[x.name].members])[0] for x in found]
-            clean = sum(w * a for w, a in zip(weights, mean([])[1], strict=True))
+            # the choice reads the side's vectors alone as after the ablation (a reviewer: a
+            # group at the key chosen for the query side by what it did through the keys)
+            column = 0 if side == "query" else 1
+            after = [weighed(mean([graph.ids[m] for m in names[x.name].members])[3][column])
+                     for x in found]  # fmt: skip
+            clean = weighed(mean([])[1])
             lowers = [j for j in range(len(found)) if after[j] <= clean - ATTENTION_LOWERED]
             if not lowers:  # none whose ablation lowers the attention: no source of it
                 assert not writers
@@ -1563,10 +1586,12 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             for a in mine:
                 assert (a.layer, a.query, a.key, a.qk_heads) == (r.layer, r.query, r.key, heads)
                 assert a.weights == pytest.approx(weights)
-                _, before, after = mean(g.members)
+                _, before, after, (query_alone, key_alone) = mean(g.members)
                 assert a.before == pytest.approx(before, abs=1e-5)
                 assert a.before[0] == pytest.approx(r.attention, abs=1e-5)
                 assert a.free == pytest.approx(after, abs=1e-5)
+                assert a.query_side == pytest.approx(query_alone, abs=1e-5)
+                assert a.key_side == pytest.approx(key_alone, abs=1e-5)
     from reports.mechanisms import attention_change, no_sources_text
 
     text = format_summary(summary)
@@ -1592,6 +1617,11 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             assert words not in format_summary(older)
         for a in g.attention_checks:
             assert f"{attention_change(a.mean_before, a.mean_free)} (" in text
+    for g in summary.groups:  # a side's source: what its ablation does through that side alone
+        for w in g.writes_qk:
+            a = g.attention_of(w.group)
+            alone = attention_change(a.mean_before, a.mean_side(w.side))
+            assert f"through its {w.side} side alone {alone}" in text
     return roles
 
 
@@ -1625,6 +1655,17 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)
     summary = summarize(replacement, graph, run, max_groups=1)
     assert _check_qk_sources(summary, graph, replacement)  # the fixture has QK sources
+    # the choice reads each side alone, not the rerun's attention with both sides changed:
+    # with the latter made to say no ablation lowers anything, the same sources are chosen
+    real = circuits.mechanisms._free_attention
+
+    def sides_only(*args):
+        return {c: {g: dataclasses.replace(a, free=[1.0] * len(a.free)) for g, a in looks.items()}
+                for c, looks in real(*args).items()}  # fmt: skip
+
+    monkeypatch.setattr(circuits.mechanisms, "_free_attention", sides_only)
+    assert summarize(replacement, graph, run, max_groups=1).to_dict() == summary.to_dict()
+    monkeypatch.setattr(circuits.mechanisms, "_free_attention", real)
     # each side is named: by its source, or as having none (a review: a side without one was
     # left out without a word)
     from reports.mechanisms import qk_sources_text
@@ -2300,7 +2341,9 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replac
         box = next(x for x in sources if x.startswith(f"{g.key} L{g.layer} "))
         assert f"writes {a.group}'s " in box and "check flagged" not in box
         # the numbers it is there for, whole (a reviewer read `writes g0's key 0.70→0.…`)
-        after = f"{attention_text(a.mean_before)}→{attention_text(a.mean_free)}"
+        # (through the side it writes: what chose it)
+        side = next(w.side for w in g.writes_qk if w.group == a.group)
+        after = f"{attention_text(a.mean_before)}→{attention_text(a.mean_side(side))}"
         assert f"{a.group} attends {after}" in box and "…" not in box
     # A supernode is found by its name (a reviewer's "g3" found nothing), listed first, and
     # its result opens its panel

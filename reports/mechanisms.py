@@ -54,7 +54,13 @@ NO_MOVER = (
 )
 # Before ``qk_sources_text``: its candidates are head groups (a feature group at the query or
 # the key, the MLP there, can take the attention lower still: it rewrites that position whole)
-QK_SOURCES = "its QK score written most by (of the head groups)"
+# What picks a side's source is an ablation, not its share of the score: of the head groups
+# raising the side most, the one whose ablation lowers the attention most through that side
+# (a reviewer read "written most by" over a group 4th of 4 by score and +0.018 of -0.77)
+QK_SOURCES = (
+    "what makes it attend there (of the head groups raising each side of its QK "
+    "score, the one whose ablation lowers its attention most through that side)"
+)
 ATTENTION_AFTER = "with it ablated (attention free)"  # before a group's ``attention_checks``
 
 

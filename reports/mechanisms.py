@@ -612,13 +612,15 @@ def ref_text(ref: NodeRef | None) -> str:
     promotes, a feature's main input."""
     if ref is None or ref.kind == "qk bias":
         return "bias"
-    if not ref.present:
+    if not ref.present:  # a unit of the mean vector, not of this position: the deviation
+        # from the mean holds minus its share (a reviewer read "no token 'arch' here" on a
+        # block-0 query side as a unit of the query)
         if ref.kind == "embedding":
-            return f"no token {ref.token!r} here (absent: minus its mean)"
+            return f"minus the mean's token {ref.token!r} (not at this position)"
         what = {"lorsa": "head", "transcoder": "feature"}.get(ref.kind, ref.kind)
         index = f" {ref.index}" if ref.kind in ("lorsa", "transcoder") else ""
         layer = f"L{ref.layer} " if ref.layer is not None and ref.layer >= 0 else ""
-        return f"no {layer}{what}{index} here (absent: minus its mean)"
+        return f"minus the mean's {layer}{what}{index} (not at this position)"
     kind = Kind.parse(ref.kind)
     text = node_words(kind, ref.stage, ref.index, ref.pos, token=ref.token)
     if kind not in (Kind.LORSA, Kind.TRANSCODER):

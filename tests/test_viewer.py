@@ -1192,7 +1192,8 @@ def test_qk_terms_name_nodes_by_label_in_the_graph_or_not(browser, tmp_path):
     text = panel_text(browser)
     e62, e41 = label["E_6_2"], label["E_4_1"]
     assert f"{e62} × {e41}: +2" in text and f"bias × {e41}: +0.6" in text
-    assert f"{e62} × no token '&x' here: -0.3" in text  # absent at the key: its mean acts
+    # absent at the key: its mean acts
+    assert f"{e62} × minus the mean's token '&x' (not at this position): -0.3" in text
     assert "L0 attn error @2 × L1 attn bias @1 (constant): +0.2" in text
     assert f"{e62} × L0 feature 17: +0.5" in text and "L0 attn error @2 × bias: +0.1" in text
     refs_shown = noderefs(browser)

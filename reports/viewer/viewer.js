@@ -1072,7 +1072,7 @@
     }
     const r = (data.refs || {})[id];
     let text = id;
-    if (r) text = how === "short" ? r.short : how === "absent" && r.pos == null && meta.positional ? "no " + r.label + " here" : r.label;
+    if (r) text = how === "short" ? r.short : how === "absent" && r.pos == null && meta.positional ? "minus the mean's " + r.label + " (not at this position)" : r.label; // as reports.mechanisms.ref_text
     const what = !(r && r.pos == null && meta.positional) ? "not in this pruned graph"
       : how === "absent" ? "a unit absent at this position: it acts through its mean alone" : "a unit (no position)";
     return el("span", { class: "noderef absent", title: (r ? shown(r.label) + ": " : "") + what + " (id " + id + ")" }, fitText(text, REF_CHARS));

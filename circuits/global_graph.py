@@ -282,7 +282,9 @@ def _side_words(graph, a, node: str) -> str:
     if side is None:
         return node
     token = graph.token_text.get(side.index) if side.kind == Kind.EMBEDDING else None
-    return node_words(side.kind, side.stage, side.index, token=token)
+    # said to be outside: a graph node's label beside it carries what it promotes and how
+    # often it fires, which this one's does not (a review: two units of one line read unlike)
+    return f"{node_words(side.kind, side.stage, side.index, token=token)} (not in the graph)"
 
 
 def _qk_lines(graph, labels: list[str]) -> list[str]:

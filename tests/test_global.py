@@ -1494,8 +1494,8 @@ def test_a_qk_pairs_side_that_is_no_node_is_named_in_words(replacement, units, s
     assert named
     for a, node, side in named:
         token = graph.token_text.get(side.index) if side.kind == Kind.EMBEDDING else None
-        assert _side_words(graph, a, node) == node_words(side.kind, side.stage, side.index,
-                                                         token=token)  # fmt: skip
+        words = node_words(side.kind, side.stage, side.index, token=token)
+        assert _side_words(graph, a, node) == f"{words} (not in the graph)"
     assert _side_words(graph, graph.qk[0], "no such id") == "no such id"
     # a pair's side the graph does not hold is printed in those words, not as an id
     a, node, side = next((a, n, s) for a, n, s in named if n not in graph.id_to_index)

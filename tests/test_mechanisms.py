@@ -1687,6 +1687,14 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     d = summary.to_dict()
     g = next(g for g in d["groups"] if g["writes_qk"])
     n = len(g["attention_checks"][0]["qk_heads"])
+    older = copy.deepcopy(d)  # a file written before the sides were measured alone loads
+    for x in older["groups"]:
+        for a in x["attention_checks"]:
+            del a["query_side"], a["key_side"]
+    path.write_text(json.dumps(older))
+    loaded = load_summary(path)
+    assert all(a.mean_side("key") is None for x in loaded.groups for a in x.attention_checks)
+    assert "side alone" not in format_summary(loaded) and "side alone" in format_summary(summary)
     for field_name, edit, message in (
         ("writes_qk", {"group": "g99"}, "writes_qk"),
         ("writes_qk", {"side": "value"}, "writes_qk"),
@@ -1701,6 +1709,9 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
         ("attention_checks", {"key": 0}, "attention_checks"),
         ("attention_checks", {"layer": 0}, "attention_checks"),
         ("attention_checks", {"qk_heads": [999] * n}, "attention_checks"),
+        ("attention_checks", {"query_side": [0.5] * (n + 1)}, "attention_checks"),
+        ("attention_checks", {"key_side": []}, "attention_checks"),  # one side without the other
+        ("attention_checks", {"key_side": [-0.1] * n}, "key_side"),
     ):
         bad = copy.deepcopy(d)
         target = next(x for x in bad["groups"] if x["key"] == g["key"])

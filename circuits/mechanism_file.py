@@ -305,6 +305,15 @@ class QKSourceRole:
     value: float
     rank: Annotated[int, Bounds(1, None)] = 1
     tested: Annotated[int, Bounds(1, None)] = 1
+    # the tested group whose ablation lowers the attention through that side next most, where
+    # it comes within ``TIE`` of this one's (its name and that attention): a choice no
+    # measurement makes (a reviewer: 0.035 against 0.042, and the other way round in sparse
+    # mode); None otherwise, and in files written before ties were said
+    tie_name: str | None = None
+    tie_attention: Annotated[float, Bounds(0.0, 1.0)] | None = None
+
+
+TIE = 0.01  # side-alone attentions this close after two groups' ablations: neither is chosen by it
 
 
 @dataclass
@@ -645,6 +654,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     f"{where}.writes_qk[{j}]: not a side ({'/'.join(SIDES)}) of a QK head of a "
                     "head group of the summary in a later block")  # fmt: skip
             _expect(w.rank <= w.tested, f"{where}.writes_qk[{j}]: ranked beyond those tested")
+            _expect((w.tie_name is None) == (w.tie_attention is None) and (
+                w.tie_name is None or w.tested > 1), f"{where}.writes_qk[{j}]: a tie without "
+                "its attention or the reverse, or with one group tested")  # fmt: skip
         for j, a in enumerate(g.attention_checks):
             head = by_key.get(a.group)
             n = len(a.qk_heads)

@@ -95,6 +95,7 @@ from .interventions import (
 )
 from .mechanism_file import (
     SIDES,
+    TIE,
     TOLERANCE,
     AttentionCheck,
     EffectCheck,
@@ -278,12 +279,13 @@ def _summarize(
             candidates[look.group, side] = _qk_candidates(view, side_flow, exclude, CANDIDATES)
     tested = sorted({c for found in candidates.values() for c, _ in found}) if check else []
     after = _free_attention(replacement, full, run, {c: view.groups[c] for c in tested}, looks)
-    writes_qk: dict[int, list[tuple[int, int, str, float, int, int]]] = {}  # source -> roles
+    writes_qk: dict[int, list[tuple]] = {}  # source -> QKSourceRole's fields but the group key
     sources_of: dict[int, list[int]] = {}
     for (g, side), found in candidates.items():
         if not found:
             continue
         rank = 0  # without checks, the largest by its share; else the one ablation shows
+        tie = (None, None)
         if check:
             # of those whose ablation lowers the attention through this side alone (one that
             # leaves it or raises it is no source of it, however much it writes: a reviewer
@@ -299,9 +301,12 @@ def _summarize(
             lowers = [r for r, (c, _) in enumerate(found) if alone(c) <= lowered]
             if not lowers:
                 continue
-            rank = min(lowers, key=lambda r: (alone(found[r][0]), r))
+            rank, *others = sorted(lowers, key=lambda r: (alone(found[r][0]), r))
+            if others and alone(found[others[0]][0]) - alone(found[rank][0]) <= TIE:
+                c = found[others[0]][0]
+                tie = (view.groups[c].name, alone(c))
         source, value = found[rank]
-        role = (g, qk_of[g][0].qk_head, side, value, rank + 1, len(found) if check else 1)
+        role = (g, qk_of[g][0].qk_head, side, value, rank + 1, len(found) if check else 1, *tie)
         writes_qk.setdefault(source, []).append(role)
         sources_of.setdefault(g, []).append(source)
     chosen = []
@@ -352,8 +357,7 @@ def _summarize(
             in_pruned=[ids[m] for m in grp.members if ids[m] in pruned_ids],
             flow=total,
             promotes=[token(x) for x in group_promoted_tokens(rw, full, grp.members)],
-            writes_qk=[QKSourceRole(keys[h], head, side, value, rank, n)
-                       for h, head, side, value, rank, n in writes_qk.get(g, [])],
+            writes_qk=[QKSourceRole(keys[h], *role) for h, *role in writes_qk.get(g, [])],
         )  # fmt: skip
         if grp.kind == "lorsa":
             for t in targets:

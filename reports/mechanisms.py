@@ -21,6 +21,7 @@ from circuits.mechanism_file import (
     CLOSURE,
     ROOT_PARTS,
     SIDES,
+    TIE,
     AttentionCheck,
     EffectCheck,
     GroupRecord,
@@ -59,7 +60,7 @@ NO_MOVER = (
 # (a reviewer read "written most by" over a group 4th of 4 by score and +0.018 of -0.77)
 QK_SOURCES = (
     "what makes it attend there (of the head groups raising each side of its QK "
-    "score, the one whose ablation lowers its attention most through that side)"
+    "score most, the one whose ablation lowers its attention most through that side)"
 )
 ATTENTION_AFTER = "with it ablated (attention free)"  # before a group's ``attention_checks``
 
@@ -761,7 +762,10 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
         total = r.query_at if w.side == "query" else r.key_at
         roots = (r.query_sources if w.side == "query" else r.key_sources).get("roots", [])
         top = next((x for x in roots if x.value > 0), None)
-        parts[0] += f" of the side's {total:+.3g}"
+        value, whole = f"{w.value:+.3g}", f"{total:+.3g}"
+        if value == whole and w.value != total:  # a reviewer read "+13.2 of the side's +13.2
+            value, whole = f"{w.value:+.4g}", f"{total:+.4g}"  # (more than the whole...)"
+        parts[0] = f"{value} of the side's {whole}"
         if w.value * total < 0:  # a reviewer read "+3.81 of the side's -4.09" as a share
             parts[0] += " (the side as a whole lowers the score; this group raises it)"
         elif abs(w.value) > abs(total):  # a reviewer read "+16.4 of the side's +12.6" as wrong
@@ -773,6 +777,11 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
     elif w.tested > 1:
         parts.append(f"{_ordinal(w.rank)} by score of {w.tested} tested, whose ablation lowers "
                      "the attention most")  # fmt: skip
+    if w.tested > 1 and w.rank == w.tested:  # a reviewer found untested groups lowering it more
+        parts[-1] += " (the last tested: a group lower by score may lower it more)"
+    if w.tie_name is not None:
+        parts.append(f"about as low (within {TIE}) with {w.tie_name} ablated instead: "
+                     f"{attention_text(w.tie_attention)}, so neither is singled out")  # fmt: skip
     at = head.pos if w.side == "query" else head.attends
     if g.pos is not None and at is not None and g.pos != at:
         parts.append(f"at @{g.pos}, not the {w.side} @{at}: through later heads there")
@@ -812,13 +821,16 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
     for g, w in summary.qk_sources(key):
         after = g.attention_of(key)
         weighed = "" if after is None or len(after.qk_heads) < 2 else \
-            f" (its {len(after.qk_heads)} QK heads by flow)"  # fmt: skip
+            f"its {len(after.qk_heads)} QK heads by flow"  # fmt: skip
         alone = None if after is None else after.mean_side(w.side)
-        tested = "" if after is None else (
-            f", ablated: attention {attention_change(after.mean_before, after.mean_free)}"
-            f"{weighed}"
-            + ("" if alone is None else f", through its {w.side} side alone "
-               f"{attention_change(after.mean_before, alone)}")
+        both = None if after is None else attention_change(after.mean_before, after.mean_free)
+        tested = "" if after is None else (  # the side's own first: what chose it (a
+            # reviewer read 0.18 -> 0.04 where the key side alone gave 0.18 -> 0.16)
+            f", ablated: attention {both}" + (f" ({weighed})" if weighed else "")
+            if alone is None
+            else f", ablated, through its {w.side} side alone: attention "
+            f"{attention_change(after.mean_before, alone)} (both sides {both}"
+            + (f"; {weighed})" if weighed else ")")
         )  # fmt: skip
         out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
     if out:  # a side with none is said to have none (a reviewer read the key side's silence)

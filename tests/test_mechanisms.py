@@ -31,7 +31,7 @@ from circuits.flows import (
 from circuits.graph import Graph
 from circuits.groups import auto_groups, group, grouped, node_name
 from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
-from circuits.mechanism_file import MechanismSummary, load_summary, save_summary
+from circuits.mechanism_file import TIE, MechanismSummary, load_summary, save_summary
 from circuits.mechanisms import SIDE_SOURCES, summarize
 from circuits.nodes import Kind
 from circuits.prune import prune_graph
@@ -1592,7 +1592,7 @@ def _check_qk_sources(summary, graph, replacement) -> int:
                 assert a.free == pytest.approx(after, abs=1e-5)
                 assert a.query_side == pytest.approx(query_alone, abs=1e-5)
                 assert a.key_side == pytest.approx(key_alone, abs=1e-5)
-    from reports.mechanisms import attention_change, no_sources_text
+    from reports.mechanisms import _role_text, attention_change, no_sources_text
 
     text = format_summary(summary)
     assert not roles or f"{QK_SOURCES}: " in text
@@ -1621,7 +1621,13 @@ def _check_qk_sources(summary, graph, replacement) -> int:
         for w in g.writes_qk:
             a = g.attention_of(w.group)
             alone = attention_change(a.mean_before, a.mean_side(w.side))
-            assert f"through its {w.side} side alone {alone}" in text
+            both = attention_change(a.mean_before, a.mean_free)
+            assert f"through its {w.side} side alone: attention {alone} (both sides {both}" in text
+            # a tie is said; the last of several tested is said to be
+            role = _role_text(w, g, summary)
+            assert role in text
+            assert (w.tie_name is not None) == (f"about as low (within {TIE}) with " in role)
+            assert (w.rank == w.tested > 1) == ("(the last tested: " in role)
     return roles
 
 
@@ -1681,6 +1687,22 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     other_summary = summarize(replacement, other, other_run, max_groups=1)
     _check_qk_sources(other_summary, other, replacement)
     assert max(w.rank for g in other_summary.groups for w in g.writes_qk) > 1
+    # candidates whose ablations leave the same attention through the side are a tie: the
+    # first by score is named, and the next said to be as low (neither singled out)
+
+    def all_equal(*args):
+        return {c: {g: dataclasses.replace(a, query=[0.0] * len(a.query), key=[0.0] * len(a.key))
+                    for g, a in looks.items()} for c, looks in real(*args).items()}  # fmt: skip
+
+    monkeypatch.setattr(circuits.mechanisms, "_free_attention", all_equal)
+    tied = summarize(replacement, other, other_run, max_groups=1)
+    monkeypatch.setattr(circuits.mechanisms, "_free_attention", real)
+    roles = [w for g in tied.groups for w in g.writes_qk]
+    assert roles and all(w.rank == 1 for w in roles)
+    assert all((w.tie_name is not None) == (w.tested > 1) for w in roles)
+    assert any(w.tie_name for w in roles) and all(w.tie_attention == 0.0 for w in roles
+                                                  if w.tie_name)  # fmt: skip
+    assert "so neither is singled out" in format_summary(tied)
     path = tmp_path / "mechanisms.json"
     save_summary(summary, path)
     assert load_summary(path).to_dict() == summary.to_dict()
@@ -2326,7 +2348,7 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replac
     assert "the heads there bring" in text and "; their constant terms" in text
     assert "brings " in text  # each head group: the keys its flow comes from
     # the predicting group's QK sources, each with what its ablation does to the attention
-    assert f"{QK_SOURCES}: " in text and ", ablated: attention " in text
+    assert f"{QK_SOURCES}: " in text and " side alone: attention " in text
     assert "writes the key side of " in text and "with it ablated (attention free): " in text
     # the summary's groups are the first supernodes, a flagged one marked on its box
     present = set(graph.ids)

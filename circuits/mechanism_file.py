@@ -657,6 +657,15 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             _expect((w.tie_name is None) == (w.tie_attention is None) and (
                 w.tie_name is None or w.tested > 1), f"{where}.writes_qk[{j}]: a tie without "
                 "its attention or the reverse, or with one group tested")  # fmt: skip
+            if w.tie_attention is not None:  # as low as this group's, within TIE: a review
+                # loaded a tie of 0.95 said to be "within 0.01" of 0.04
+                a = next((a for a in g.attention_checks if a.group == w.group), None)
+                alone = None if a is None else a.mean_side(w.side)
+                _expect(alone is not None and alone - CLOSURE <= w.tie_attention
+                        <= alone + TIE + CLOSURE and w.tie_attention < a.mean_before,
+                        f"{where}.writes_qk[{j}]: a tie not within {TIE} above this group's "
+                        "own attention through the side, or not below the attention "
+                        "before")  # fmt: skip
         for j, a in enumerate(g.attention_checks):
             head = by_key.get(a.group)
             n = len(a.qk_heads)

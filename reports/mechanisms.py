@@ -751,6 +751,17 @@ def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
+def apart(a: float, b: float, figures: int = 3) -> tuple[str, str]:
+    """``a`` and ``b`` signed with ``figures`` significant figures, or with more where those
+    print two different numbers alike (up to 9: ``13.2001`` and ``13.2`` print ``+13.2001``
+    and ``+13.2``)."""
+    for n in range(figures, 10):
+        x, y = f"{a:+.{n}g}", f"{b:+.{n}g}"
+        if x != y or a == b:
+            break
+    return x, y
+
+
 def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> str:
     """A ``QKSourceRole``'s score, its rank among the head groups ablated to choose it, and
     where the group sits when not at the side's own position (it reaches it through later
@@ -762,10 +773,8 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
         total = r.query_at if w.side == "query" else r.key_at
         roots = (r.query_sources if w.side == "query" else r.key_sources).get("roots", [])
         top = next((x for x in roots if x.value > 0), None)
-        value, whole = f"{w.value:+.3g}", f"{total:+.3g}"
-        if value == whole and w.value != total:  # a reviewer read "+13.2 of the side's +13.2
-            value, whole = f"{w.value:+.4g}", f"{total:+.4g}"  # (more than the whole...)"
-        parts[0] = f"{value} of the side's {whole}"
+        value, whole = apart(w.value, total)  # a reviewer read "+13.2 of the side's +13.2
+        parts[0] = f"{value} of the side's {whole}"  # (more than the whole: ...)"
         if w.value * total < 0:  # a reviewer read "+3.81 of the side's -4.09" as a share
             parts[0] += " (the side as a whole lowers the score; this group raises it)"
         elif abs(w.value) > abs(total):  # a reviewer read "+16.4 of the side's +12.6" as wrong

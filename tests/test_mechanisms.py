@@ -1702,7 +1702,21 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     assert all((w.tie_name is not None) == (w.tested > 1) for w in roles)
     assert any(w.tie_name for w in roles) and all(w.tie_attention == 0.0 for w in roles
                                                   if w.tie_name)  # fmt: skip
-    assert "so neither is singled out" in format_summary(tied)
+    # (their ablations' attentions forced equal here, the checks' own are not: the file's tie
+    # check, within TIE of the group's own, is tried on a real summary below)
+    w = next(w for g in other_summary.groups for w in g.writes_qk if w.tested > 1)
+    a = next(a for g in other_summary.groups for a in g.attention_checks
+             if w in g.writes_qk and a.group == w.group)  # fmt: skip
+    alone = a.mean_side(w.side)  # (the threshold is 0 here: the room above it may be small)
+    w.tie_name = "L0 2 heads @3 -> 'x'@2"
+    w.tie_attention = alone + min(TIE, a.mean_before - alone) / 2
+    text = format_summary(other_summary)
+    assert f"with L0 2 heads @3 -> 'x'@2 ablated instead: {attention_text(w.tie_attention)}, " \
+        "so neither is singled out" in text  # fmt: skip
+    w.tie_attention = alone + 2 * TIE
+    with pytest.raises(ValueError, match="a tie not within"):
+        format_summary(other_summary)
+    w.tie_name = w.tie_attention = None
     path = tmp_path / "mechanisms.json"
     save_summary(summary, path)
     assert load_summary(path).to_dict() == summary.to_dict()
@@ -1731,6 +1745,12 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
             "writes_qk",
             {"tie_name": "x", "tie_attention": 0.5, "rank": 1, "tested": 1},
             "with one group tested",
+        ),
+        # a review's: "within 0.01" of the group's own 0.04, and above the attention before
+        (
+            "writes_qk",
+            {"tie_name": "L0 9 heads x", "tie_attention": 0.95, "tested": 4},
+            "a tie not within",
         ),
         ("attention_checks", {"free": [1.5] * n}, "free"),
         ("attention_checks", {"free": []}, "attention_checks"),
@@ -2798,3 +2818,15 @@ def test_a_summary_with_a_hand_made_group_of_several_kinds_saves_and_loads(
     path.write_text(json.dumps(d))
     with pytest.raises(ValueError, match="kind: 'blend', not one of"):
         load_summary(path)
+
+
+def test_a_share_and_its_whole_print_apart_where_they_differ():
+    """A QK source's share beside its side's whole: three figures, more where those print two
+    different numbers alike (a reviewer read "+13.2 of the side's +13.2 (more than the
+    whole)"; then 13.2001 against 13.2 printed alike at four figures too)."""
+    from reports.mechanisms import apart
+
+    assert apart(3.14159, -2.5) == ("+3.14", "-2.5")
+    assert apart(13.237, 13.21) == ("+13.24", "+13.21")
+    assert apart(13.2001, 13.2) == ("+13.2001", "+13.2")
+    assert apart(-4.0, -4.0) == ("-4", "-4")  # equal numbers print equal

@@ -1397,6 +1397,12 @@ def test_notes_about_the_url_say_how_many_were_left_out(browser, small_page):
     open_page(browser, path, "#pinnedIds=a1,a2,a3")
     status = browser.evaluate("document.querySelector('#viewer .status').textContent")
     assert status.endswith("ignored from the URL: no node a1; no node a2; no node a3"), status
+    # a budget beyond the page is drawn at the most and said to be (it was clamped silently)
+    most = browser.evaluate("Number(document.querySelector('#viewer input[type=number]').max)")
+    open_page(browser, path, "#nodes=99999")
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert f"nodes=99999: more than the page has, {most} drawn" in status
+    assert browser.evaluate("viewer.state.budget") == most
 
 
 def test_the_budget_counts_a_supernode_as_one_box(browser, small_page):

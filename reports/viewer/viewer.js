@@ -190,8 +190,10 @@
     // Numbers are whole strings: "5abc", "-3", "NaN" and "1e999" are reported, never half-read.
     if (p.has("nodes")) {
       const t = p.get("nodes");
-      if (/^[0-9]+$/.test(t)) state.budget = Math.min(Number(t), budgetMax()); // boxes (computeView)
-      else notes.push("nodes=" + clip(t) + ": not a whole number");
+      if (/^[0-9]+$/.test(t)) {
+        state.budget = Math.min(Number(t), budgetMax()); // boxes (computeView)
+        if (Number(t) > budgetMax()) notes.push("nodes=" + clip(t) + ": more than the page has, " + budgetMax() + " drawn");
+      } else notes.push("nodes=" + clip(t) + ": not a whole number");
     }
     if (p.has("edgeMin")) {
       const t = p.get("edgeMin"), m = Number(t);

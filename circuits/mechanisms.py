@@ -301,7 +301,12 @@ def _summarize(
             lowers = [r for r, (c, _) in enumerate(found) if alone(c) <= lowered]
             if not lowers:
                 continue
-            rank, *others = sorted(lowers, key=lambda r: (alone(found[r][0]), r))
+            rank = min(lowers, key=lambda r: (alone(found[r][0]), r))
+            # the next lowest of those tested that lower it at all, whether or not it clears
+            # the threshold itself
+            others = sorted((r for r in range(len(found)) if r != rank
+                             and alone(found[r][0]) < look.mean(clean[g])),
+                            key=lambda r: (alone(found[r][0]), r))  # fmt: skip
             if others and alone(found[others[0]][0]) - alone(found[rank][0]) <= TIE:
                 c = found[others[0]][0]
                 tie = (view.groups[c].name, alone(c))

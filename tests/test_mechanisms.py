@@ -1577,6 +1577,14 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             best = min(lowers, key=lambda j: (after[j], j))
             assert g.name == found[best].name and w.value == pytest.approx(found[best].value)
             assert (w.rank, w.tested) == (best + 1, len(found))
+            # a tie: the next lowest of those that lower it at all, within TIE
+            rest = [j for j in range(len(found)) if j != best and after[j] < clean]
+            near = min(rest, key=lambda j: (after[j], j), default=None)
+            if near is not None and after[near] - after[best] <= TIE:
+                assert w.tie_name == found[near].name
+                assert w.tie_attention == pytest.approx(after[near], abs=1e-5)
+            else:
+                assert w.tie_name is None and w.tie_attention is None
             assert w.qk_head == r.qk_head and g.checks
             roles += 1
         for g in summary.groups:

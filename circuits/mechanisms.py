@@ -293,23 +293,16 @@ def _summarize(
             # it from 0.51 to 0.52; another, a group at the key named the query side's source,
             # its ablation 0.57 -> 0.005 all through the keys, the query alone 0.54)
             look = look_of[g]
-            lowered = look.mean(clean[g]) - ATTENTION_LOWERED
-
-            def alone(c: int, g=g, side=side, look=look) -> float:
-                return look.mean(after[c][g].side(side)) if g in after[c] else np.inf
-
-            lowers = [r for r, (c, _) in enumerate(found) if alone(c) <= lowered]
-            if not lowers:
+            before = look.mean(clean[g])
+            alone = [look.mean(after[c][g].side(side)) if g in after[c] else np.inf
+                     for c, _ in found]  # fmt: skip
+            rank, *rest = sorted(range(len(found)), key=lambda r: (alone[r], r))
+            if alone[rank] > before - ATTENTION_LOWERED:
                 continue
-            rank = min(lowers, key=lambda r: (alone(found[r][0]), r))
-            # the next lowest of those tested that lower it at all, whether or not it clears
-            # the threshold itself
-            others = sorted((r for r in range(len(found)) if r != rank
-                             and alone(found[r][0]) < look.mean(clean[g])),
-                            key=lambda r: (alone(found[r][0]), r))  # fmt: skip
-            if others and alone(found[others[0]][0]) - alone(found[rank][0]) <= TIE:
-                c = found[others[0]][0]
-                tie = (view.groups[c].name, alone(c))
+            # the next lowest, if it lowers the attention at all (whether or not it clears the
+            # threshold itself) and comes within TIE
+            if rest and alone[rest[0]] < before and alone[rest[0]] - alone[rank] <= TIE:
+                tie = (view.groups[found[rest[0]][0]].name, alone[rest[0]])
         source, value = found[rank]
         role = (g, qk_of[g][0].qk_head, side, value, rank + 1, len(found) if check else 1, *tie)
         writes_qk.setdefault(source, []).append(role)

@@ -829,18 +829,18 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
     out = []
     for g, w in summary.qk_sources(key):
         after = g.attention_of(key)
-        weighed = "" if after is None or len(after.qk_heads) < 2 else \
-            f"its {len(after.qk_heads)} QK heads by flow"  # fmt: skip
-        alone = None if after is None else after.mean_side(w.side)
-        both = None if after is None else attention_change(after.mean_before, after.mean_free)
-        tested = "" if after is None else (  # the side's own first: what chose it (a
-            # reviewer read 0.18 -> 0.04 where the key side alone gave 0.18 -> 0.16)
-            f", ablated: attention {both}" + (f" ({weighed})" if weighed else "")
-            if alone is None
-            else f", ablated, through its {w.side} side alone: attention "
-            f"{attention_change(after.mean_before, alone)} (both sides {both}"
-            + (f"; {weighed})" if weighed else ")")
-        )  # fmt: skip
+        tested = ""
+        if after is not None:
+            weighed = [f"its {len(after.qk_heads)} QK heads by flow"] * (len(after.qk_heads) > 1)
+            both = attention_change(after.mean_before, after.mean_free)
+            alone = after.mean_side(w.side)
+            if alone is None:  # a file written before the sides were measured alone
+                tested = f", ablated: attention {both}" + "".join(f" ({x})" for x in weighed)
+            else:  # the side's own first: what chose it (a reviewer read 0.18 -> 0.04 where
+                # the key side alone gave 0.18 -> 0.16)
+                tested = (f", ablated, through its {w.side} side alone: attention "
+                          f"{attention_change(after.mean_before, alone)} "
+                          f"({'; '.join([f'both sides {both}', *weighed])})")  # fmt: skip
         out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
     if out:  # a side with none is said to have none (a reviewer read the key side's silence)
         named = {w.side for _, w in summary.qk_sources(key)}

@@ -23,11 +23,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import SUBLAYERS
 from .activations import layer_activations
 from .dictionaries import fvu_of_sums
 
-KINDS = SUBLAYERS
 POSITION_BINS = (0, 1, 2, 4, 8, 16, 32, 64)  # bin b: positions [edge_b, edge_{b+1})
 
 

@@ -113,25 +113,22 @@ class ReconstructionTally:
         import torch
 
         self.residual, self.active, self.tokens = 0.0, 0, 0
-        self.count, self.mean, self.spread = 0, None, 0.0  # the targets' tokens, mean, spread
+        self.mean, self.spread = 0.0, 0.0  # the targets' mean and spread about it, so far
         self.fired = torch.zeros(n_units, dtype=torch.bool)
 
     def add(self, code: Tensor, recon: Tensor, target: Tensor) -> None:
         self.residual += (recon - target).pow(2).sum().item()
         self.active += (code != 0).sum().item()
-        self.tokens += code[..., 0].numel()
         self.fired |= (code != 0).flatten(0, -2).any(0)
         y = target.flatten(0, -2).double()
         n, mean = len(y), y.mean(0)
-        spread = (y - mean).pow(2).sum().item()
-        if self.mean is None:
-            self.count, self.mean, self.spread = n, mean, spread
-            return
-        total = self.count + n
+        total = self.tokens + n  # (the first batch: its own mean and spread, exactly)
         delta = mean - self.mean
-        self.spread += spread + delta.pow(2).sum().item() * self.count * n / total
+        self.spread += (y - mean).pow(2).sum().item() + delta.pow(2).sum().item() * (
+            self.tokens * n / total
+        )
         self.mean = self.mean + delta * (n / total)
-        self.count = total
+        self.tokens = total
 
     def result(self) -> dict[str, float]:
         """The FVU is NaN where the targets do not vary (``dictionaries.fvu_of_sums``)."""

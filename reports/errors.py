@@ -279,8 +279,8 @@ def analyse_errors(
     import torch
 
     from circuits.concepts import corpus_rows
+    from replacement import SUBLAYERS
     from replacement.errors import (
-        KINDS,
         POSITION_BINS,
         bin_labels,
         concentration,
@@ -328,7 +328,7 @@ def analyse_errors(
         "roles": list(ROLES),
         "position_bins": pos_labels,
         "layers": layers,
-        "by_kind": {kind: {} for kind in KINDS},
+        "by_kind": {kind: {} for kind in SUBLAYERS},
         "lorsa_vs_sae": {},
     }
     for (kind, l), (e, y) in flat.items():

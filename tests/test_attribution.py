@@ -821,6 +821,8 @@ def test_intervene_reads_attention_after_the_edit_and_refuses_reads_outside(grap
     the clean pattern with attention frozen, the recomputed one with it free (the model's own
     pattern with the node's value zeroed by hand, errors recomputed). A read outside the model
     or the prompt, or not four ints, is one line."""
+    from by_hand import side_patterns
+
     from replacement.model import hook_name
 
     i = int(graph.is_kind("lorsa").nonzero()[0])  # a layer-0 head: layer 1 reads what it writes
@@ -859,13 +861,7 @@ def test_intervene_reads_attention_after_the_edit_and_refuses_reads_outside(grap
     assert not torch.allclose(free.attention[:4], frozen.attention[:4])  # the edit moved them
     # through each side alone: the layer-1 pattern with the query's vector as after the edit
     # and every key's as clean, then the other way round (built here from whole patterns)
-    lorsa = replacement.lorsas[1]
-    mixed = []
-    for q_from, k_from in ((x_after, x_clean), (x_clean, x_after)):
-        with torch.no_grad():
-            q, k = lorsa.qk(q_from[None])[0][0], lorsa.qk(k_from[None])[1][0]  # qk pos d_qk
-        scores = q @ k.transpose(-1, -2) / lorsa.cfg.d_qk**0.5
-        mixed.append(scores.masked_fill(torch.ones(n, n).tril() == 0, -torch.inf).softmax(-1))
+    mixed = side_patterns(replacement.lorsas[1], x_clean, x_after)
     for j, (_, head, query, key) in enumerate(reads[:4]):
         for side in (0, 1):
             assert float(free.attention_by_side[j, side]) == pytest.approx(

@@ -1495,6 +1495,8 @@ def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, ...]:
     with ``members`` (node ids) zeroed where the model computes them, everything else
     recomputed, then with the query's vector alone as zeroed (every key's clean) and the keys'
     alone: written with the model's hooks and whole patterns."""
+    from by_hand import side_patterns
+
     from replacement.model import hook_name
 
     seen: dict = {}
@@ -1514,18 +1516,10 @@ def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, ...]:
                     for layer, h, q, k in reads])  # fmt: skip
         inputs.append({layer: seen[hook_name(layer, "lorsa.hook_in")] for layer in layers})
     clean, zeroed = inputs
-    for q_from, k_from in ((zeroed, clean), (clean, zeroed)):
-        alone = []
-        for layer, h, q, k in reads:
-            lorsa = replacement.lorsas[layer]
-            with torch.no_grad():
-                query = lorsa.qk(q_from[layer][None])[0][0, h]
-                keys = lorsa.qk(k_from[layer][None])[1][0, h]
-            n = len(query)
-            scores = (query @ keys.T / lorsa.cfg.d_qk**0.5).masked_fill(
-                torch.ones(n, n).tril() == 0, -torch.inf)  # fmt: skip
-            alone.append(float(scores.softmax(-1)[q, k]))
-        out.append(alone)
+    mixed = {layer: side_patterns(replacement.lorsas[layer], clean[layer], zeroed[layer])
+             for layer in layers}  # fmt: skip
+    for side in (0, 1):
+        out.append([float(mixed[layer][side][h, q, k]) for layer, h, q, k in reads])
     return tuple(out)
 
 

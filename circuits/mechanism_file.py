@@ -44,7 +44,8 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # ``rival`` (the key that gained most attention, its attention before and after); a check's
 # ``free_ln_held`` (and since, optional, absent from earlier files: ``free_final_ln_held``,
 # ``free_attention_held``, ``margin_frozen`` / ``margin_free``; a group's ``writes_qk`` and
-# ``attention_checks`` (with ``query_side`` / ``key_side``); a target's ``model_probability``)
+# ``attention_checks`` (with ``query_side`` / ``key_side``); a target's ``model_probability``;
+# a QK source's ``raisers``)
 TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
@@ -311,6 +312,10 @@ class QKSourceRole:
     # mode); None otherwise, and in files written before ties were said
     tie_name: str | None = None
     tie_attention: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    # how many head groups raise that side (the candidates, by ``value``; the ``tested`` are
+    # the first of them, more tested while the last tested lowers the attention most, up to
+    # ``circuits.mechanisms.MAX_CANDIDATES``); None in files written before it was kept
+    raisers: Annotated[int, Bounds(1, None)] | None = None
 
 
 TIE = 0.01  # side-alone attentions this close after two groups' ablations: neither is chosen by it
@@ -570,6 +575,10 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     tolerance = summary.settings.get("tolerance", TOLERANCE)
     _expect(is_finite_number(tolerance) and tolerance >= 0,
             f"settings.tolerance: {tolerance!r:.40}, not a finite number >= 0")  # fmt: skip
+    for name in ("qk_sources", "qk_sources_most"):  # head groups ablated per side (printed)
+        count = summary.settings.get(name, 1)
+        _expect(type(count) is int and count >= 1,
+                f"settings.{name}: {count!r:.40}, not a whole number >= 1")  # fmt: skip
     _check_main_inputs(summary)
     keys = [g.key for g in summary.groups]
     _expect(len(set(keys)) == len(keys), "groups: two groups share a key")
@@ -653,7 +662,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     and w.qk_head in head.qk_heads and _below(g, head),
                     f"{where}.writes_qk[{j}]: not a side ({'/'.join(SIDES)}) of a QK head of a "
                     "head group of the summary in a later block")  # fmt: skip
-            _expect(w.rank <= w.tested, f"{where}.writes_qk[{j}]: ranked beyond those tested")
+            _expect(w.rank <= w.tested <= (w.raisers or w.tested),
+                    f"{where}.writes_qk[{j}]: ranked beyond those tested, or more tested than "
+                    "raise the side")  # fmt: skip
             _expect((w.tie_name is None) == (w.tie_attention is None) and (
                 w.tie_name is None or w.tested > 1), f"{where}.writes_qk[{j}]: a tie without "
                 "its attention or the reverse, or with one group tested")  # fmt: skip

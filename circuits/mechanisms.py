@@ -123,6 +123,11 @@ HEAD_GROUPS = 3  # head groups at each target's position the summary ranks
 QK_PAIRS = 5
 SIDE_SOURCES = 4  # groups per category listed for each side of a QK reason
 CANDIDATES = 4  # head groups per side of a predicting group's QK reason ablated to find its source
+# ... per round: while the one whose ablation lowers the attention most is the last tested, or
+# none lowers it by ATTENTION_LOWERED, the next CANDIDATES by score are tested too, up to
+# MAX_CANDIDATES (a reviewer ablated every earlier head group and found untested ones lowering
+# it more than the 4th of 4 named: 0.35 against 0.51)
+MAX_CANDIDATES = 16
 # How much a candidate's ablation must lower the predicting group's attention to be its QK
 # source: one printed hundredth (a free rerun recomputes everything, so a group that changes
 # nothing can read a hair below the clean pattern; one whose ablation raised it, 0.51 -> 0.52,
@@ -272,13 +277,37 @@ def _summarize(
                    *weights_of[g]) for g in predictors if qk_of[g]]  # fmt: skip
     clean = {look.group: look.attention(run.patterns[look.layer]) for look in looks}
     look_of = {look.group: look for look in looks}
-    candidates: dict[tuple[int, str], list[tuple[int, float]]] = {}
+    raisers: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one, by score
     for look in looks:
         for side, side_flow in zip(SIDES, side_flows[id(qk_of[look.group][0])], strict=True):
             exclude = {look.group, *own.values()}
-            candidates[look.group, side] = _qk_candidates(view, side_flow, exclude, CANDIDATES)
-    tested = sorted({c for found in candidates.values() for c, _ in found}) if check else []
-    after = _free_attention(replacement, full, run, {c: view.groups[c] for c in tested}, looks)
+            raisers[look.group, side] = _qk_candidates(view, side_flow, exclude)
+    candidates = {side: found[:CANDIDATES] for side, found in raisers.items()}
+    after: dict[int, dict[int, _After]] = {}  # tested group -> its free rerun's attentions
+
+    def lowest(g: int, side: str) -> tuple[list[int], list[float]]:
+        """The candidates of ``g``'s ``side`` by the attention through that side alone with
+        each ablated, lowest first (ties by score), and those attentions."""
+        look = look_of[g]
+        alone = [look.mean(after[c][g].side(side)) if g in after[c] else np.inf
+                 for c, _ in candidates[g, side]]  # fmt: skip
+        return sorted(range(len(alone)), key=lambda r: (alone[r], r)), alone
+
+    while check:  # each round's new candidates rerun together
+        new = sorted({c for found in candidates.values() for c, _ in found} - set(after))
+        after |= _free_attention(replacement, full, run, {c: view.groups[c] for c in new}, looks)
+        grown = False
+        for (g, side), found in candidates.items():
+            more = raisers[g, side][len(found) : MAX_CANDIDATES]
+            if not more:
+                continue
+            (first, *_), alone = lowest(g, side)
+            enough = alone[first] <= look_of[g].mean(clean[g]) - ATTENTION_LOWERED
+            if first == len(found) - 1 or not enough:
+                candidates[g, side] = found + more[:CANDIDATES]
+                grown = True
+        if not grown:
+            break
     writes_qk: dict[int, list[tuple]] = {}  # source -> QKSourceRole's fields but the group key
     sources_of: dict[int, list[int]] = {}
     for (g, side), found in candidates.items():
@@ -292,11 +321,8 @@ def _summarize(
             # found "written most by" a group of +0.004 of a side's +0.22 whose ablation took
             # it from 0.51 to 0.52; another, a group at the key named the query side's source,
             # its ablation 0.57 -> 0.005 all through the keys, the query alone 0.54)
-            look = look_of[g]
-            before = look.mean(clean[g])
-            alone = [look.mean(after[c][g].side(side)) if g in after[c] else np.inf
-                     for c, _ in found]  # fmt: skip
-            rank, *rest = sorted(range(len(found)), key=lambda r: (alone[r], r))
+            before = look_of[g].mean(clean[g])
+            (rank, *rest), alone = lowest(g, side)
             if alone[rank] > before - ATTENTION_LOWERED:
                 continue
             # the next lowest, if it lowers the attention at all (whether or not it clears the
@@ -304,7 +330,9 @@ def _summarize(
             if rest and alone[rest[0]] < before and alone[rest[0]] - alone[rank] <= TIE:
                 tie = (view.groups[found[rest[0]][0]].name, alone[rest[0]])
         source, value = found[rank]
-        role = (g, qk_of[g][0].qk_head, side, value, rank + 1, len(found) if check else 1, *tie)
+        tested = len(found) if check else 1
+        role = (g, qk_of[g][0].qk_head, side, value, rank + 1, tested, *tie,
+                len(raisers[g, side]))  # fmt: skip
         writes_qk.setdefault(source, []).append(role)
         sources_of.setdefault(g, []).append(source)
     chosen = []
@@ -409,7 +437,7 @@ def _summarize(
         settings={"beam": beam, "max_paths": max_paths, "max_groups": max_groups,
                   "tolerance": tolerance, "ratio": RATIO, "constants": full.has_constants,
                   "grouping": grouping, "qk_sources": CANDIDATES if check else 1,
-                  "checks": bool(check)},
+                  "qk_sources_most": MAX_CANDIDATES if check else 1, "checks": bool(check)},
     )  # fmt: skip
 
 
@@ -750,16 +778,16 @@ def _split(looks: list[_Look], result) -> dict[int, _After]:
 
 
 def _qk_candidates(
-    view: GroupedGraph, flow: np.ndarray, exclude: set[int], top: int
+    view: GroupedGraph, flow: np.ndarray, exclude: set[int]
 ) -> list[tuple[int, float]]:
-    """The head groups (not in ``exclude``) that raise one side of a QK reason most (that
-    side's flow, ``circuits.flows.qk_side_flows``, summed per group), at most ``top``, with
-    their sums, largest first; none with a sum <= 0."""
+    """The head groups (not in ``exclude``) that raise one side of a QK reason (that side's
+    flow, ``circuits.flows.qk_side_flows``, summed per group), with their sums, largest
+    first; none with a sum <= 0."""
     sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
     heads = [g for g, grp in enumerate(view.groups)
              if grp.kind == "lorsa" and g not in exclude and sums[g] > 0]  # fmt: skip
     heads.sort(key=lambda g: (-sums[g], g))
-    return [(g, float(sums[g])) for g in heads[:top]]
+    return [(g, float(sums[g])) for g in heads]
 
 
 def _free_attention(replacement, full, run, groups: dict, looks: list[_Look]) -> dict:

@@ -786,8 +786,13 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
     elif w.tested > 1:
         parts.append(f"{_ordinal(w.rank)} by score of {w.tested} tested, whose ablation lowers "
                      "the attention most")  # fmt: skip
-    if w.tested > 1 and w.rank == w.tested:  # a reviewer found untested groups lowering it more
+    # a reviewer found untested groups lowering it more than the last tested: more are tested
+    # while the last one wins, up to a bound, which this says where it stopped the testing
+    if w.tested > 1 and w.rank == w.tested and w.raisers is None:  # an earlier file
         parts[-1] += " (the last tested: a group lower by score may lower it more)"
+    elif w.tested > 1 and w.rank == w.tested and w.tested < w.raisers:
+        parts[-1] += (f" (the last tested, where testing stops; {w.raisers - w.tested} more "
+                      "raise the side, one of which may lower it more)")  # fmt: skip
     if w.tie_name is not None:
         parts.append(f"about as low (within {TIE}) with {w.tie_name} ablated instead: "
                      f"{attention_text(w.tie_attention)}, so neither is singled out")  # fmt: skip
@@ -856,7 +861,9 @@ def _no_source_words(summary: MechanismSummary, what: str) -> str:
     checked = summary.settings.get("checks")  # (absent from files before it)
     if checked is False or (checked is None and not any(x.checks for x in summary.groups)):
         return f"no head group raises {what}"
-    return f"no head group raises {what} and lowers its attention when ablated"
+    words = f"no head group raises {what} and lowers its attention when ablated"
+    most = summary.settings.get("qk_sources_most")  # (absent from files before it)
+    return words if most is None else f"{words} (up to the {most} raising it most, each ablated)"
 
 
 def no_sources_text(g: GroupRecord, summary: MechanismSummary) -> str:

@@ -1284,6 +1284,13 @@ def test_a_mark_reads_small_effects_at_the_summarys_tolerance(
         path.write_text(json.dumps(d))
         with pytest.raises(ValueError, match="settings.tolerance: .*not a finite number >= 0"):
             load_summary(path)
+    for name in ("qk_sources", "qk_sources_most"):  # printed in the words of a side's sources
+        for bad in (0, 2.0, "16", True):
+            d = summary.to_dict()
+            d["settings"][name] = bad
+            path.write_text(json.dumps(d))
+            with pytest.raises(ValueError, match=f"settings.{name}: .*not a whole number >= 1"):
+                load_summary(path)
     from reports.mechanisms import check_texts
 
     text = format_summary(summary, every_check=True)
@@ -1525,8 +1532,11 @@ def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, ...]:
 
 def _check_qk_sources(summary, graph, replacement) -> int:
     """``test_the_predicting_groups_qk_sources_are_checked_through_its_attention`` on one
-    summary: its roles, by hand; how many."""
-    from circuits.mechanisms import ATTENTION_LOWERED, CANDIDATES
+    summary: its roles, by hand; how many. The summary's side sources must list every group
+    that raises a side (``SIDE_SOURCES`` patched up): the candidates are all of them."""
+    import circuits.mechanisms as mechanisms
+
+    candidates, most = mechanisms.CANDIDATES, mechanisms.MAX_CANDIDATES
 
     names = {g.name: g for g in auto_groups(graph).groups}
     flow = node_flows(graph, graph.id_to_index[summary.targets[0].node])[0]
@@ -1550,19 +1560,30 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             return sum(w * a for w, a in zip(weights, attention, strict=True))
 
         for side, sources in (("query", r.query_sources), ("key", r.key_sources)):
-            found = [x for x in sources["heads"] if x.value > 0][:CANDIDATES]
+            raisers = [x for x in sources["heads"] if x.value > 0]
+            assert len(raisers) < mechanisms.SIDE_SOURCES  # every one listed
             writers = [(g, w) for g in summary.groups for w in g.writes_qk
                        if w.group == p.key and w.side == side]  # fmt: skip
-            if not found:
+            if not raisers:
                 assert not writers
                 continue
             # the choice reads the side's vectors alone as after the ablation (a reviewer: a
             # group at the key chosen for the query side by what it did through the keys)
             column = 0 if side == "query" else 1
             after = [weighed(mean([graph.ids[m] for m in names[x.name].members])[3][column])
-                     for x in found]  # fmt: skip
+                     for x in raisers]  # fmt: skip
             clean = weighed(mean([])[1])
-            lowers = [j for j in range(len(found)) if after[j] <= clean - ATTENTION_LOWERED]
+            threshold = clean - mechanisms.ATTENTION_LOWERED
+            # tested CANDIDATES at a time while the lowest is the last tested or none lowers
+            # the attention enough, up to the bound
+            n = min(candidates, len(raisers))
+            while n < min(most, len(raisers)):
+                low = min(range(n), key=lambda j: (after[j], j))
+                if low != n - 1 and after[low] <= threshold:
+                    break
+                n = min(n + candidates, most, len(raisers))
+            found, after = raisers[:n], after[:n]
+            lowers = [j for j in range(len(found)) if after[j] <= threshold]
             if not lowers:  # none whose ablation lowers the attention: no source of it
                 assert not writers
                 continue
@@ -1570,7 +1591,7 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             g, w = writers[0]
             best = min(lowers, key=lambda j: (after[j], j))
             assert g.name == found[best].name and w.value == pytest.approx(found[best].value)
-            assert (w.rank, w.tested) == (best + 1, len(found))
+            assert (w.rank, w.tested, w.raisers) == (best + 1, len(found), len(raisers))
             # a tie: the next lowest of those that lower it at all, within TIE
             rest = [j for j in range(len(found)) if j != best and after[j] < clean]
             near = min(rest, key=lambda j: (after[j], j), default=None)
@@ -1629,7 +1650,9 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             role = _role_text(w, g, summary)
             assert role in text
             assert (w.tie_name is not None) == (f"about as low (within {TIE}) with " in role)
-            assert (w.rank == w.tested > 1) == ("(the last tested: " in role)
+            stopped = w.rank == w.tested > 1 and w.tested < w.raisers
+            assert stopped == ("(the last tested, where testing stops; " in role)
+            assert "(the last tested: " not in role  # the words of files without raisers
     return roles
 
 
@@ -1646,7 +1669,9 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     from circuits.mechanisms import CANDIDATES, SIDE_SOURCES
     from reports.mechanisms import no_sources_text
 
-    assert SIDE_SOURCES >= CANDIDATES  # a side's listed sources hold the candidates
+    assert SIDE_SOURCES >= CANDIDATES  # a side's listed sources hold the first candidates
+    # and here every one, so that the rounds that test more of them can be checked by hand
+    monkeypatch.setattr(circuits.mechanisms, "SIDE_SOURCES", 64)
     # The fixture's random heads move attention by less than ATTENTION_LOWERED (0.01): at the
     # real threshold the seed-12 prompt's one source (0.0579 -> 0.0569) is none, and the
     # summary says no head group lowers the attention; the choice among candidates is tested
@@ -1689,6 +1714,23 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     other_summary = summarize(replacement, other, other_run, max_groups=1)
     _check_qk_sources(other_summary, other, replacement)
     assert max(w.rank for g in other_summary.groups for w in g.writes_qk) > 1
+    # one candidate a round: while the last tested lowers the attention most, the next is
+    # tested too, so the third by score is found (and with at most two tested, it is not, and
+    # the text says testing stopped there)
+    monkeypatch.setattr(circuits.mechanisms, "CANDIDATES", 1)
+    rounds = summarize(replacement, other, other_run, max_groups=1)
+    _check_qk_sources(rounds, other, replacement)
+    assert max(w.rank for g in rounds.groups for w in g.writes_qk) > 1
+    monkeypatch.setattr(circuits.mechanisms, "MAX_CANDIDATES", 2)
+    stopped = summarize(replacement, other, other_run, max_groups=1)
+    _check_qk_sources(stopped, other, replacement)
+    p = stopped.group(stopped.targets[0].predicting_group)
+    assert not stopped.qk_sources(p.key)  # the first two lower nothing: said with the bound
+    assert "when ablated (up to the 2 raising it most, each ablated)" in no_sources_text(
+        p, stopped)  # fmt: skip
+    monkeypatch.setattr(circuits.mechanisms, "CANDIDATES", CANDIDATES)
+    monkeypatch.undo()  # SIDE_SOURCES, CANDIDATES and MAX_CANDIDATES; ATTENTION_LOWERED below
+    monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)
     # candidates whose ablations leave the same attention through the side are a tie: the
     # first by score is named, and the next said to be as low (neither singled out)
 
@@ -1740,6 +1782,8 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
         ("writes_qk", {"qk_head": 999}, "writes_qk"),
         ("writes_qk", {"rank": 5, "tested": 4}, "writes_qk"),
         ("writes_qk", {"rank": 0}, "rank"),
+        ("writes_qk", {"rank": 1, "tested": 4, "raisers": 3}, "more tested than raise"),
+        ("writes_qk", {"raisers": 0}, "raisers"),
         ("writes_qk", {"tie_name": "L0 2 heads @3"}, "a tie without its attention"),
         ("writes_qk", {"tie_attention": 0.5}, "a tie without its attention"),
         ("writes_qk", {"tie_name": "x", "tie_attention": 1.5}, "tie_attention"),
@@ -1751,7 +1795,7 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
         # a review's: "within 0.01" of the group's own 0.04, and above the attention before
         (
             "writes_qk",
-            {"tie_name": "L0 9 heads x", "tie_attention": 0.95, "tested": 4},
+            {"tie_name": "L0 9 heads x", "tie_attention": 0.95, "tested": 4, "raisers": 4},
             "a tie not within",
         ),
         ("attention_checks", {"free": [1.5] * n}, "free"),
@@ -2540,8 +2584,8 @@ def test_head_ranking_names_a_mover_first_then_every_group_by_flow():
 
 def test_qk_candidates_are_the_head_groups_that_raise_a_side_most():
     """``_qk_candidates`` sums a side's flow per group and lists the head groups with a
-    positive sum (not a feature group's, not an excluded one's), largest first, at most
-    ``top``; none where no head group raises the side."""
+    positive sum (not a feature group's, not an excluded one's), largest first; none where
+    no head group raises the side."""
     from types import SimpleNamespace
 
     from circuits.mechanisms import _qk_candidates
@@ -2550,10 +2594,10 @@ def test_qk_candidates_are_the_head_groups_that_raise_a_side_most():
     view = SimpleNamespace(groups=[SimpleNamespace(kind=k) for k in kinds], n_groups=5,
                            of_node=np.array([0, 0, 1, 2, 3, 4, 4]))  # fmt: skip
     flow = np.array([0.5, 0.7, 2.0, 9.0, -5.0, 1.0, 0.25])  # sums 1.2, 2, 9, -5, 1.25
-    assert _qk_candidates(view, flow, set(), 4) == [(1, 2.0), (4, 1.25), (0, 1.2)]
-    assert _qk_candidates(view, flow, {1}, 1) == [(4, 1.25)]
-    assert _qk_candidates(view, -flow, set(), 4) == [(3, 5.0)]
-    assert _qk_candidates(view, np.where(view.of_node == 2, 1.0, -1.0), set(), 4) == []
+    assert _qk_candidates(view, flow, set()) == [(1, 2.0), (4, 1.25), (0, 1.2)]
+    assert _qk_candidates(view, flow, {1}) == [(4, 1.25), (0, 1.2)]
+    assert _qk_candidates(view, -flow, set()) == [(3, 5.0)]
+    assert _qk_candidates(view, np.where(view.of_node == 2, 1.0, -1.0), set()) == []
 
 
 def test_a_sweep_serves_an_equal_graph_and_a_checked_graph_is_not_checked_again(graph):

@@ -45,7 +45,7 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # ``free_ln_held`` (and since, optional, absent from earlier files: ``free_final_ln_held``,
 # ``free_attention_held``, ``margin_frozen`` / ``margin_free``; a group's ``writes_qk`` and
 # ``attention_checks`` (with ``query_side`` / ``key_side``); a target's ``model_probability``;
-# a QK source's ``raisers``)
+# a QK source's ``raisers``; a head target's ``own_attention_sides``)
 TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
@@ -483,6 +483,12 @@ class TargetRecord:
     # before it, and for other targets).
     own_attention: Annotated[float, Bounds(0.0, 1.0)] | None = None
     own_attention_free: dict[str, Annotated[float, Bounds(0.0, 1.0)]] = field(default_factory=dict)
+    # ... and through each side alone (query, key: ``circuits.interventions.side_attention``),
+    # by the same group keys: whether a group acts on the head's query or on its key (absent
+    # from files before it was measured)
+    own_attention_sides: dict[str, list[Annotated[float, Bounds(0.0, 1.0)]]] = field(
+        default_factory=dict
+    )
 
     @property
     def direction(self) -> float:
@@ -593,9 +599,11 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                 f"{where}: a runner-up without its probability")  # fmt: skip
         _expect((t.own_attention is None or (t.kind == "lorsa" and t.reads is not None))
                 and set(t.own_attention_free) <= checked
-                and (not t.own_attention_free or t.own_attention is not None),
+                and (not t.own_attention_free or t.own_attention is not None)
+                and set(t.own_attention_sides) in (set(), set(t.own_attention_free))
+                and all(len(x) == 2 for x in t.own_attention_sides.values()),
                 f"{where}: a head target's own attention, clean and after checked groups "
-                "only")  # fmt: skip
+                "only (through each side alone, two values, after the same groups)")  # fmt: skip
         _expect(not t.runner_up_is_negative or (
             t.negative is not None and t.runner_up == t.negative and t.margin is not None
             and math.isclose(t.margin, t.value, rel_tol=CLOSURE, abs_tol=CLOSURE)),

@@ -426,6 +426,10 @@ def _summarize(
             record.own_attention = look.mean(look.attention(run.patterns[look.layer]))
             record.own_attention_free = {keys[g]: look.mean(free[look.group].free)
                                          for g, (_, free) in checks.items()}  # fmt: skip
+            record.own_attention_sides = {
+                keys[g]: [look.mean(free[look.group].side(side)) for side in SIDES]
+                for g, (_, free) in checks.items()
+            }
         target_records.append(record)
     path_records = [
         PathRecord(ids[t], [keys[g] for g in groups], flow, hops) for t, groups, flow, hops in paths

@@ -330,13 +330,23 @@ OWN_ATTENTION_SHOWN = 5  # the groups whose ablation moves a head target's atten
 
 def own_attention_text(t: TargetRecord, tokens: list[str]) -> str:
     """A head target's own attention to the key it reads, and with each checked group ablated
-    (attention free), the largest moves first: ``its own attention to ' m'@7 0.73; with a
-    group ablated (attention free): g3 0.0002, g0 0.02``. The heads at its key can act through this
-    attention, not through their value flow; empty for other targets and unchecked summaries."""
+    (attention free), the largest moves first, each with the attention through the query's and
+    through the keys' vectors alone as after the ablation: ``its own attention to ' m'@7 0.73;
+    with a group ablated (attention free): g3 0.0002 (query side alone 0.72, key side alone
+    0.0003), g0 0.02 (...)``. The heads at its key can act through this attention, not through
+    their value flow; empty for other targets and unchecked summaries."""
     if t.own_attention is None or not t.own_attention_free or t.reads is None:
         return ""
     moved = sorted(t.own_attention_free.items(), key=lambda kv: -abs(kv[1] - t.own_attention))
-    shown = ", ".join(f"{k} {attention_text(a)}" for k, a in moved[:OWN_ATTENTION_SHOWN])
+
+    def after(key: str, a: float) -> str:  # with each side alone where measured
+        sides = t.own_attention_sides.get(key)
+        if sides is None:
+            return f"{key} {attention_text(a)}"
+        q, k = (attention_text(x) for x in sides)
+        return f"{key} {attention_text(a)} (query side alone {q}, key side alone {k})"
+
+    shown = ", ".join(after(k, a) for k, a in moved[:OWN_ATTENTION_SHOWN])
     more = f", {len(moved) - OWN_ATTENTION_SHOWN} more" if len(moved) > OWN_ATTENTION_SHOWN else ""
     return (f"its own attention to {tokens[t.reads]!r}@{t.reads} {attention_text(t.own_attention)}"
             f"; with a group ablated (attention free): {shown}{more}")  # fmt: skip

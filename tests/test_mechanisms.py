@@ -627,6 +627,9 @@ def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run
             attention_reads=[(layer, qk_head, q, k)],
         )
         assert after == pytest.approx(float(result.attention[0]), abs=1e-5)
+        # and through each side alone: the query's vector, then the keys', as after it
+        sides = mine.own_attention_sides[key]
+        assert sides == pytest.approx(result.attention_by_side[0].tolist(), abs=1e-5)
     from reports.mechanisms import own_attention_text
 
     line = own_attention_text(mine, checked.tokens)
@@ -636,6 +639,22 @@ def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run
     data["targets"][-1]["own_attention_free"]["g999"] = 0.5
     with pytest.raises(ValueError, match="own attention, clean and after checked groups only"):
         MechanismSummary.from_dict(data)
+    moved = mine.own_attention_free.items()
+    shown = sorted(moved, key=lambda kv: -abs(kv[1] - mine.own_attention))[0][0]  # printed first
+    for bad in ({"g999": [0.5, 0.5]}, {shown: [0.5]}):  # another group's, or one side only
+        data = json.loads(json.dumps(checked.to_dict()))
+        data["targets"][-1]["own_attention_sides"].update(bad)
+        with pytest.raises(ValueError, match="through each side alone, two values"):
+            MechanismSummary.from_dict(data)
+    data = json.loads(json.dumps(checked.to_dict()))
+    data["targets"][-1]["own_attention_sides"][shown] = [0.5, 1.5]
+    with pytest.raises(ValueError, match="own_attention_sides"):
+        MechanismSummary.from_dict(data)
+    q_alone, k_alone = (attention_text(x) for x in mine.own_attention_sides[shown])
+    assert f"(query side alone {q_alone}, key side alone {k_alone})" in line
+    del data["targets"][-1]["own_attention_sides"]  # a file written before it: without them
+    older = MechanismSummary.from_dict(data)
+    assert "side alone" not in own_attention_text(older.targets[-1], older.tokens)
 
 
 def test_a_supernode_sums_its_members_edges_exactly(graph):

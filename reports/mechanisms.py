@@ -822,15 +822,30 @@ def writes_qk_text(g: GroupRecord, summary: MechanismSummary) -> str:
 HEADS_NAMED = 3  # QK heads named in an attention check's text
 
 
-def attention_check_text(a: AttentionCheck, tokens: list[str]) -> str:
-    """An ``AttentionCheck`` in words: the group's attention (its QK heads weighted by flow)
-    before and after, then its largest QK heads': ``g0's attention @21 -> 'in'@10 0.8 -> 0.01
-    (6 QK heads by flow; QK 9 0.89 -> 0.009, QK 6 0.77 -> 0.003, ...)``."""
+def weights_text(n: int, summary: MechanismSummary) -> str:
+    """How a head group's attention is one number: its ``n`` QK heads weighted by their share
+    of its |flow| into the first target, which is named where the summary has several (with
+    ``--target-diff`` a group's attention read 0.53 where the logit's summary read 0.54: a
+    reviewer); empty for one QK head."""
+    if n < 2:
+        return ""
+    first = (
+        f" into the first target, {summary.targets[0].label}" if len(summary.targets) > 1 else ""
+    )
+    return f"{n} QK heads by flow{first}"
+
+
+def attention_check_text(a: AttentionCheck, summary: MechanismSummary) -> str:
+    """An ``AttentionCheck`` in words: the group's attention (its QK heads weighted by flow,
+    ``weights_text``) before and after, then its largest QK heads': ``g0's attention @21 ->
+    'in'@10 0.8 -> 0.01 (6 QK heads by flow; QK 9 0.89 -> 0.009, QK 6 0.77 -> 0.003, ...)``."""
     heads = ", ".join(f"QK {h} {attention_change(b, f)}"
                       for h, b, f in list(zip(a.qk_heads, a.before, a.free,
                                               strict=True))[:HEADS_NAMED])  # fmt: skip
     more = ", ..." if len(a.qk_heads) > HEADS_NAMED else ""
-    weighed = f"{len(a.qk_heads)} QK heads by flow; " if len(a.qk_heads) > 1 else ""
+    weighed = weights_text(len(a.qk_heads), summary)
+    weighed += "; " if weighed else ""
+    tokens = summary.tokens
     return (f"{a.group}'s attention @{a.query} -> {tokens[a.key]!r}@{a.key} "
             f"{attention_change(a.mean_before, a.mean_free)} "
             f"({weighed}{heads}{more})")  # fmt: skip
@@ -846,7 +861,7 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
         after = g.attention_of(key)
         tested = ""
         if after is not None:
-            weighed = [f"its {len(after.qk_heads)} QK heads by flow"] * (len(after.qk_heads) > 1)
+            weighed = [f"its {x}" for x in [weights_text(len(after.qk_heads), summary)] if x]
             both = attention_change(after.mean_before, after.mean_free)
             alone = after.mean_side(w.side)
             if alone is None:  # a file written before the sides were measured alone
@@ -1087,7 +1102,7 @@ def format_summary(
             )
         if g.attention_checks:
             lines.append(f"       {ATTENTION_AFTER}: " + "; ".join(
-                attention_check_text(a, summary.tokens) for a in g.attention_checks))  # fmt: skip
+                attention_check_text(a, summary) for a in g.attention_checks))  # fmt: skip
         if rest:
             lines.append(
                 f"       ablate, the other {len(rest)} target{'s' if len(rest) > 1 else ''}: "
@@ -1275,7 +1290,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             for m in g.members[:12]
         ) + (" …" if len(g.members) > 12 else "")
         attention = "".join(
-            f"<div>{ATTENTION_AFTER}: {_esc(attention_check_text(a, summary.tokens))}</div>"
+            f"<div>{ATTENTION_AFTER}: {_esc(attention_check_text(a, summary))}</div>"
             for a in g.attention_checks
         )
         rows.append(

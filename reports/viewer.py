@@ -278,7 +278,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "writesQk": writes_qk_text(g, summary) or None,
              "box": _box_lines(g, summary), "size": len(g.members),
              "attention": f"{ATTENTION_AFTER}: " + "; ".join(
-                 attention_check_text(a, summary.tokens) for a in g.attention_checks)
+                 attention_check_text(a, summary) for a in g.attention_checks)
              if g.attention_checks else None}
             for g in summary.groups
         ],

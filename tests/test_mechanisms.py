@@ -31,7 +31,13 @@ from circuits.flows import (
 from circuits.graph import Graph
 from circuits.groups import auto_groups, group, grouped, node_name
 from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
-from circuits.mechanism_file import TIE, MechanismSummary, load_summary, save_summary
+from circuits.mechanism_file import (
+    TIE,
+    AttentionCheck,
+    MechanismSummary,
+    load_summary,
+    save_summary,
+)
 from circuits.mechanisms import SIDE_SOURCES, summarize
 from circuits.nodes import Kind
 from circuits.prune import prune_graph
@@ -2895,3 +2901,23 @@ def test_a_share_and_its_whole_print_apart_where_they_differ():
     assert apart(13.237, 13.21) == ("+13.24", "+13.21")
     assert apart(13.2001, 13.2) == ("+13.2001", "+13.2")
     assert apart(-4.0, -4.0) == ("-4", "-4")  # equal numbers print equal
+
+
+def test_a_groups_attention_says_which_targets_flow_weighs_its_qk_heads(replacement, graph, run):
+    """A head group's attention is its QK heads' weighted by their |flow| into the first
+    target: with several targets the words name it (with ``--target-diff`` a reviewer read a
+    group's attention 0.53 where the logit's summary read 0.54), with one they need not."""
+    from reports.mechanisms import attention_check_text, weights_text
+
+    summary = summarize(replacement, graph, run, check=False)
+    assert len(summary.targets) > 1
+    first = summary.targets[0].label
+    assert weights_text(1, summary) == ""
+    assert weights_text(3, summary) == f"3 QK heads by flow into the first target, {first}"
+    alone = dataclasses.replace(summary, targets=summary.targets[:1])
+    assert weights_text(3, alone) == "3 QK heads by flow"
+    a = AttentionCheck("g0", 1, 5, 2, [0, 1], [0.75, 0.25], [0.5, 0.25], [0.25, 0.125])
+    assert attention_check_text(a, summary).endswith(
+        f"0.44 -> 0.22 (2 QK heads by flow into the first target, {first}; QK 0 0.50 -> 0.25, "
+        "QK 1 0.25 -> 0.12)"
+    )

@@ -636,8 +636,11 @@ def test_a_training_folder_is_locked_while_its_loop_runs(tmp_path):
 
         return run.train(step, 3, checkpoint_every=2, desc="t", quiet=True)
 
+    from toy_models.files import process_start
+
+    me = f"{os.getpid()} {process_start(os.getpid())}"  # the id and when it started
     seen = []
-    assert run_in(tmp_path / "a", seen) and seen == [str(os.getpid())] * 3  # held, by this one
+    assert run_in(tmp_path / "a", seen) and seen == [me] * 3  # held, by this one
     assert not (tmp_path / "a" / LOCK_FILE).exists()  # released at the end
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -647,6 +650,23 @@ def test_a_training_folder_is_locked_while_its_loop_runs(tmp_path):
             run_in(tmp_path / "b", [])
         assert (tmp_path / "b" / LOCK_FILE).read_text() == str(other.pid)  # left as it was
         assert not (tmp_path / "b" / "checkpoint").exists()
+        # the same with when it started, and the refusal names the lock to remove if no run is
+        lock = tmp_path / "b" / LOCK_FILE
+        lock.write_text(f"{other.pid} {process_start(other.pid)}")
+        with pytest.raises(
+            UserError, match=f"if no run is, remove its lock {re.escape(str(lock))}"
+        ):
+            run_in(tmp_path / "b", [])
+        # a killed run's id reused by a live process that started at another time (in a
+        # container ids start at 1 again: a reviewer's lock held 1 and blocked the folder for
+        # good): taken over
+        for pid in (other.pid, 1):
+            (tmp_path / f"reused{pid}").mkdir()
+            lock = tmp_path / f"reused{pid}" / LOCK_FILE
+            lock.write_text(f"{pid} {int(process_start(pid)) + 1}")
+            seen = []
+            assert run_in(lock.parent, seen) is True and seen == [me] * 3
+            assert not lock.exists()
     finally:
         other.kill()
         other.wait()

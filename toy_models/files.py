@@ -62,29 +62,69 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, as the kernel counts it (Linux: the 22nd field of
+    ``/proc/PID/stat``, clock ticks since boot), or None where that is not known (another
+    system, no such process). With the id it names one process where an id alone is reused:
+    a container numbers its processes from 1 again on every start, and a reviewer's killed
+    run's lock held 1, a live process ever after, which locked the folder for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the name, which may hold anything
+    return fields[19] if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def _lock_text() -> str:
+    """What this process writes in a lock: its id, and when it started where known."""
+    start = process_start(os.getpid())
+    return str(os.getpid()) if start is None else f"{os.getpid()} {start}"
+
+
+def _lock_owner(lock: Path) -> tuple[int, str | None]:
+    """The process id and start (``process_start``; None in a lock without it) that ``lock``
+    holds; id 0 for a file no process of this code wrote."""
+    try:
+        pid, *start = lock.read_text().split()
+        if len(start) > 1 or not all(x.isdigit() for x in start):
+            return 0, None
+        return int(pid), start[0] if start else None
+    except (OSError, ValueError):
+        return 0, None
+
+
+def _holds(pid: int, start: str | None) -> bool:
+    """Whether the process of a lock (``_lock_owner``) still runs: its id is alive and, where
+    both are known, started when the lock says (else the id has been reused)."""
+    if not process_alive(pid):
+        return False
+    now = process_start(pid)
+    return start is None or now is None or now == start
+
+
 def take_lock(lock: Path, busy: str) -> None:
-    """Take ``lock`` (a file holding this process id, linked into place whole: never read
-    half-written) for a process's work in its folder, or refuse (``WriteError`` EBUSY naming
-    the folder: ``busy``, with the other process's id) where a live process holds it. A killed
-    process's lock, or a file no process could have written, is taken over. Released with
-    ``release_lock``."""
+    """Take ``lock`` (a file holding this process id and its start, linked into place whole:
+    never read half-written) for a process's work in its folder, or refuse (``WriteError``
+    EBUSY naming the folder: ``busy``, with the other process's id, and the lock to remove if
+    no such run is active) where a live process holds it. A killed process's lock (its id gone,
+    or reused by a process that started later), or a file no process could have written, is
+    taken over. Released with ``release_lock``."""
     mine = temp_path(lock)
-    mine.write_text(str(os.getpid()))
+    mine.write_text(_lock_text())
     try:
         for _ in range(2):
             try:
                 os.link(mine, lock)
                 return
             except FileExistsError:
-                try:
-                    owner = int(lock.read_text())
-                except (OSError, ValueError):
-                    owner = 0  # unreadable: not a lock this code wrote
-                if owner > 0 and owner != os.getpid() and process_alive(owner):
-                    raise WriteError(errno.EBUSY, f"another run (process {owner}) is {busy}",
-                                     str(lock.parent)) from None  # fmt: skip
-                if owner == os.getpid():
+                owner, start = _lock_owner(lock)
+                if owner == os.getpid() and _holds(owner, start):
                     return  # this process's own, taken before
+                if owner > 0 and owner != os.getpid() and _holds(owner, start):
+                    raise WriteError(errno.EBUSY, f"another run (process {owner}) is {busy}; if "
+                                     f"no run is, remove its lock {lock}",
+                                     str(lock.parent)) from None  # fmt: skip
                 lock.unlink(missing_ok=True)  # a killed run's: taken over
         raise WriteError(errno.EBUSY, "another run took the lock at the same moment",
                          str(lock.parent))  # fmt: skip
@@ -94,8 +134,9 @@ def take_lock(lock: Path, busy: str) -> None:
 
 def release_lock(lock: Path) -> None:
     """Remove ``lock`` where this process holds it (``take_lock``); another's is left."""
-    with contextlib.suppress(OSError, ValueError):
-        if int(lock.read_text()) == os.getpid():
+    owner, start = _lock_owner(lock)
+    if owner == os.getpid() and _holds(owner, start):
+        with contextlib.suppress(OSError):
             lock.unlink()
 
 

@@ -569,6 +569,7 @@ def _check_values(dash: Dashboards) -> None:
     if (s["hist"] < 0).any() or (s["hist"].long().sum(1) != s["fires"]).any():
         raise ValueError("hist does not count every firing once")
     _check_hist(s)
+    _check_act_sum(s)
     if (s["concept_count"] < 0).any() or (s["concept_count"] > tokens).any():
         raise ValueError("concept_count holds values that are not counts of tokens")
     both = s["concept_both"].long()
@@ -599,6 +600,7 @@ def _check_values(dash: Dashboards) -> None:
         query = (example % meta["n_ctx"])[..., None]
         if ((key_pos > query) & (example >= 0)[..., None]).any():
             raise ValueError(f"{name}.key_pos holds a key after its example's query position")
+    _check_key_values(dash)
     top = s["top.value"]
     if (top[:, 1:] > top[:, :-1]).any():
         raise ValueError("top.value is not sorted")
@@ -647,6 +649,47 @@ def _check_hist(s: dict[str, Tensor]) -> None:
         kept = torch.zeros_like(hist).scatter_add_(1, bins, real.long())
         if (kept > hist).any():
             raise ValueError(f"hist counts fewer firings in a bin than {name} keeps there")
+
+
+def _check_act_sum(s: dict[str, Tensor]) -> None:
+    """``act_sum`` is the float64 sum of the float32 activations ``hist`` bins (``Pass.add``):
+    each lies at or above its bin's lower edge, below its upper edge and at most the unit's
+    top activation (the last bin has no upper edge), so the sum lies between the counts times
+    those bounds (to float64 rounding). A forged 1e30 was read and shown as a unit's mean."""
+    hist, edges = s["hist"].double(), _HIST_EDGES_F32.double()
+    upper = torch.cat([edges[1:-1], torch.tensor([torch.inf], dtype=torch.float64)])
+    upper = torch.minimum(upper[None, :], s["top.value"][:, :1].double())
+    low, high = hist @ edges[:-1], (hist * upper).sum(1)
+    act_sum = s["act_sum"]
+    if ((act_sum < low * (1 - 1e-9)) | (act_sum > high * (1 + 1e-9))).any():
+        raise ValueError("act_sum is not a sum of the activations its histogram counts (outside "
+                         "its bins' edges and its top activation times their counts)")  # fmt: skip
+
+
+def _check_key_values(dash: Dashboards) -> None:
+    """The z-pattern keys' values as the pass writes them (``Pass._merge``): each kept key's
+    contribution ``A[q, k] (x_k w_v + b_V)`` (signed, unbounded alone), 0 where no key is kept,
+    largest |contribution| first (a top-k of them); and since all of a query's keys sum to its
+    activation, the kept ones differ from it by at most the keys left out, each no larger than
+    the smallest kept (to float32 rounding of a sum over up to ``n_ctx`` keys). A forged 1e30
+    or -1 was read and sent to the viewer as what a key carried of the activation."""
+    s, n_ctx = dash.state, dash.meta["n_ctx"]
+    is_lorsa = dash.layout.lorsa_slot() >= 0  # the key tensors' rows, in unit order
+    for name in ("top", "sample"):
+        pos, value = s[f"{name}.key_pos"], s[f"{name}.key_value"].double()
+        if ((pos < 0) & (value != 0)).any():
+            raise ValueError(f"{name}.key_value holds a value where no key is kept")
+        size = value.abs()
+        if (size[..., 1:] > size[..., :-1]).any():
+            raise ValueError(f"{name}.key_value is not in order of |contribution|, largest first")
+        index, activation = s[f"{name}.index"][is_lorsa], s[f"{name}.value"][is_lorsa].double()
+        left_out = (index % n_ctx + 1 - (pos >= 0).sum(-1)).clamp_min(0)  # keys up to the query
+        rest = left_out * size.min(-1).values
+        gap = (activation - value.sum(-1)).abs()
+        scale = activation.abs() + size.sum(-1) + rest
+        if ((gap > rest + (1e-3 + n_ctx * 2.0**-22) * scale + 1e-6) & (index >= 0)).any():
+            raise ValueError(f"{name}.key_value holds keys that do not sum to their example's "
+                             "activation with the keys left out")  # fmt: skip
 
 
 def _check_tokens(dash: Dashboards, d_vocab: int) -> None:

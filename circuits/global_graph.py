@@ -28,7 +28,7 @@ from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli, whole_numbers
 from toy_models.files import check_writable_dir, check_writable_file, earlier_set
-from toy_models.tokenizer import single_token
+from toy_models.tokenizer import BOS, single_token
 
 from .nodes import Kind
 from .trace import (
@@ -98,12 +98,18 @@ class StartSpec:
 
 
 def parse_start(spec: str) -> StartSpec:
-    """``--start``'s form, checked without the model (or a UserError saying what is wrong)."""
+    """``--start``'s form, checked without the model (or a UserError saying what is wrong).
+    A BOS logit is refused here too: BOS only begins a row, so it never occurs as the next
+    token and its graph is empty whatever the statistics, which said so only after gathering
+    them (over a minute on first use); every path to a start unit passes here."""
     kind, _, rest = spec.partition(":")
     if kind in ("lorsa", "transcoder"):
         numbers = whole_numbers(rest.split(":"))
         if numbers is not None and len(numbers) == 2:
             return StartSpec(spec, kind, *numbers)
+    elif kind == "logit" and rest == BOS:
+        raise UserError(f"--start {spec!r}: {BOS} only begins a sequence and is never "
+                        "predicted: its logit has no global graph; name another token")  # fmt: skip
     elif kind in ("logit", "token"):
         return StartSpec(spec, kind, text=rest)
     raise UserError(f"--start {spec!r}: expected {START_FORMS}")

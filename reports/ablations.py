@@ -30,6 +30,11 @@ AXES = (  # (axis, x label, variant field on that axis)
     ("qk_heads", "QK heads (same OV heads)", "n_qk_heads"),
     ("d_qk", "QK rank d_qk", "d_qk"),
 )
+# The axes the sweep writes (``replacement.ablations.sweep_variants``), each always, and the
+# kind of dictionary each holds; every one holds variants but the control (``--no-control``)
+SWEPT_AXES = {"k": "lorsa", "sae": "sae", "qk_heads": "lorsa", "d_qk": "lorsa",
+              "control": "lorsa"}  # fmt: skip
+OPTIONAL_AXES = ("control",)
 # The command's output set (``reports.outputs.OutputSet``, built where it is written: that
 # module imports torch, which ``--help`` and a bad ``--json`` never pay for); the first names it.
 REPORT_FILES = ("ablations.md", "ablations.png")
@@ -143,10 +148,11 @@ def check_results(results) -> AblationResults:
     every field of the shapes and the training configuration the sweep writes, its OV heads
     in whole blocks per QK head, the training's steps and batch the sweep's), a variant that
     is not one (``replacement.ablations.Variant`` checks its fields) or not the one its name
-    says, a run or axis naming no variant, a layer without the run of a variant an axis names
-    (its point would be left out of the tables and curves, silently), a run's L0 above its
-    variant's K, or a loss recovered that does not follow from its run's and its layer's
-    losses (``replacement.evaluate.fraction_recovered``)."""
+    says, a run or axis naming no variant, an axis the sweep writes missing, empty (the
+    control aside) or holding the other kind of dictionary, a layer without the run of a
+    variant an axis names (its point would be left out of the tables and curves, silently), a
+    run's L0 above its variant's K, or a loss recovered that does not follow from its run's
+    and its layer's losses (``replacement.evaluate.fraction_recovered``)."""
     from replacement.ablations import Variant
     from replacement.evaluate import fraction_recovered
 
@@ -162,9 +168,22 @@ def check_results(results) -> AblationResults:
             raise ValueError(f"results.variants.{name}: its fields are variant {variant.name}")
         variants[name] = variant
     names = set(record.variants)
+    # an axis missing or emptied left its runs out of the tables and curves, silently (a
+    # review); one the sweep never writes would be drawn nowhere
+    if set(record.axes) != set(SWEPT_AXES):
+        raise ValueError(f"results.axes: {sorted(record.axes)!r:.80}, the sweep writes "
+                         f"{sorted(SWEPT_AXES)}")  # fmt: skip
     for axis, members in record.axes.items():
         if unknown := sorted(set(members) - names):
             raise ValueError(f"results.axes.{axis}: no variant named {unknown[:3]}")
+        if not members and axis not in OPTIONAL_AXES:
+            raise ValueError(f"results.axes.{axis}: empty, the sweep runs every axis but the "
+                             "control on at least one variant")  # fmt: skip
+        if len(set(members)) != len(members):
+            raise ValueError(f"results.axes.{axis}: names a variant twice")
+        if wrong := [n for n in members if variants[n].kind != SWEPT_AXES[axis]]:
+            raise ValueError(f"results.axes.{axis}: {wrong[:3]} not of the {SWEPT_AXES[axis]} "
+                             "variants it holds")  # fmt: skip
     for layer, data in record.layers.items():
         if unknown := sorted(set(data.runs) - names):
             raise ValueError(f"results.layers.{layer}.runs: no variant named {unknown[:3]}")

@@ -141,7 +141,8 @@ def check_results(results) -> ErrorResults:
     the wrong type, out of range, or of another length than the groups it counts; group names
     repeated; a Lorsa-vs-SAE record of a layer without its Lorsa's errors, whose Lorsa FVU is
     not that layer's, or whose ``by_family_mean_cosine`` does not hold exactly the families
-    with tokens there (a family deleted would drop out of the report silently)."""
+    with tokens there (a family deleted would drop out of the report silently); NaN where the
+    benchmark writes none (a mean over tokens it kept)."""
     record = from_json(ErrorResults, results, "results")
     groups = {"by_family": record.families, "by_role": record.roles,
               "by_position": record.position_bins}  # fmt: skip
@@ -235,12 +236,22 @@ def _check_shared(record: ErrorResults, layer: str, r: SharedDirection) -> None:
     if extra := sorted(have - set(present)):
         raise ValueError(f"{where}.by_family_mean_cosine: {extra[:3]!r:.80} is no family "
                          "with tokens")  # fmt: skip
+    total = sum(lorsa.by_family.tokens)
+    if r.tokens > total:  # the tokens of the layer where both errors are nonzero
+        raise ValueError(f"{where}.tokens: {r.tokens}, more than the layer's {total:.0f} tokens")
     # a mean over tokens is NaN only where there are none (``shared_direction`` keeps the
     # tokens where both errors are nonzero): a reviewer's NaN over 17153 tokens printed "nan"
     if r.tokens > 0:
         for name in ("mean_cosine", "mean_cosine_shuffled", "b_along_a", "a_along_b"):
             if math.isnan(getattr(r, name)):
                 raise ValueError(f"{where}.{name}: NaN, a mean over {r.tokens} tokens")
+    # and a family's only where every one of its tokens is among those left out (a review: a
+    # family's NaN over thousands of tokens was printed "NaN")
+    for f, n in zip(record.families, lorsa.by_family.tokens, strict=True):
+        if math.isnan(r.by_family_mean_cosine.get(f, 0.0)) and n > total - r.tokens:
+            raise ValueError(f"{where}.by_family_mean_cosine.{f}: NaN, a mean over some of its "
+                             f"{n:.0f} tokens (the layer has {r.tokens} of {total:.0f} with both "
+                             "errors nonzero)")  # fmt: skip
 
 
 def _token(raw: str) -> str:

@@ -442,6 +442,36 @@ def _set_nested(path: str, value):
         ("reports.errors", "error_analysis_default.json",
          _set_nested("families", ["names", "names", "successor", "repeat"]),
          "results.families: ['names', 'names', 'successor', 'repeat'] names a group twice"),
+        # a review: a family's NaN cosine was printed, an axis deleted or emptied left its runs
+        # out of the report; FVU and KL have no upper bound but are never negative
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("lorsa_vs_sae.0.by_family_mean_cosine.names", float("nan")),
+         "results.lorsa_vs_sae.0.by_family_mean_cosine.names: NaN, a mean over some of its"),
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("lorsa_vs_sae.2.tokens", 17154),
+         "results.lorsa_vs_sae.2.tokens: 17154, more than the layer's 17153 tokens"),
+        ("reports.errors", "error_analysis_default.json",
+         _set_nested("by_kind.lorsa.1.by_family.fvu", -1e308), "fvu: expected a number in"),
+        ("reports.ablations", "lorsa_ablations_default.json", deleting("axes.qk_heads"),
+         "results.axes: ['control', 'd_qk', 'k', 'sae'], the sweep writes"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("axes.colour", []), "the sweep writes ['control', 'd_qk', 'k', 'qk_heads'"),
+        ("reports.ablations", "lorsa_ablations_default.json", _set_nested("axes.d_qk", []),
+         "results.axes.d_qk: empty, the sweep runs every axis but the control"),
+        ("reports.ablations", "lorsa_ablations_default.json", _set_nested("axes.k", []),
+         "results.axes.k: empty"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("axes.sae", ["sae-w1024-k8", "lorsa-w1024-k16-qk16-d16"]),
+         "results.axes.sae: ['lorsa-w1024-k16-qk16-d16'] not of the sae variants it holds"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("axes.k", ["lorsa-w1024-k8-qk16-d16", "lorsa-w1024-k8-qk16-d16"]),
+         "results.axes.k: names a variant twice"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("layers.1.runs.lorsa-w1024-k16-qk16-d16.fvu", -1e308),
+         "fvu: expected a number in [0, inf]"),
+        ("reports.ablations", "lorsa_ablations_default.json",
+         _set_nested("layers.1.runs.lorsa-w1024-k16-qk16-d16.kl", -0.5),
+         "kl: expected a number in [-1e-06, inf]"),
     ],
 )  # fmt: skip
 def test_a_results_file_with_values_out_of_range_is_one_line(
@@ -717,3 +747,21 @@ def test_an_earlier_sweeps_ratio_over_a_gap_too_small_to_measure_still_loads():
                 check_results(r)
         else:
             check_results(r)
+
+
+def test_a_results_file_may_hold_any_finite_fvu_or_kl(tmp_path, cli):
+    """FVU (error energy over variance, in float64) and KL have no upper bound that the
+    benchmarks guarantee: a huge one is a measured figure, rendered, not refused; a value
+    beyond a float is (``toy_models.records``: finite numbers only)."""
+    from reports import ablations, errors
+
+    data = json.loads((ROOT / "benchmarks/results/lorsa_ablations_default.json").read_text())
+    run = data["layers"]["1"]["runs"]["lorsa-w1024-k16-qk16-d16"]
+    run["fvu"], run["kl"] = 1e308, 1e308
+    assert ablations.check_results(data).layers["1"].runs["lorsa-w1024-k16-qk16-d16"].kl == 1e308
+    data = json.loads((ROOT / "benchmarks/results/error_analysis_default.json").read_text())
+    data["lorsa_vs_sae"]["1"]["sae_fvu"] = 1e308
+    assert errors.check_results(data).lorsa_vs_sae["1"].sae_fvu == 1e308
+    (tmp_path / "bad.json").write_text(json.dumps(data).replace("1e+308", "1e309"))
+    code, _, err = cli(errors.main, "--json", tmp_path / "bad.json", "--out", tmp_path / "r")
+    assert code == 2 and "sae_fvu: expected a finite number" in err, err

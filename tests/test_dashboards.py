@@ -388,6 +388,27 @@ def _act_sum(kind: str, value: float):
     return edit
 
 
+def _key_value(name: str, where: str, value: float):
+    """A z-pattern key's value set to ``value``: the first kept key's (``where`` "kept"), one
+    where no key is kept ("empty"), or a second kept key's, larger in size than the first
+    ("larger": ``value`` times one more than the first's size)."""
+
+    def edit(state, layout, n_ctx):
+        pos, values = state[f"{name}.key_pos"], state[f"{name}.key_value"]
+        slot = {"kept": 0, "empty": None, "larger": 1}[where]
+        h, j, n = ((pos == -1) if slot is None else (pos[..., slot : slot + 1] >= 0)).nonzero()[0]
+        n = n if slot is None else slot
+        values[h, j, n] = value * (1 + abs(float(values[h, j, 0])) if where == "larger" else 1)
+
+    return edit
+
+
+def _act_sum_below_its_bins(state, layout, n_ctx):
+    """A unit with no firing in the first bin (whose lower edge is 0), its sum made tiny."""
+    u = int(((state["fires"] > 0) & (state["hist"][:, 0] == 0)).nonzero()[0])
+    state["act_sum"][u] = 1e-30
+
+
 def _refusal_of_forged(setup, edit, monkeypatch) -> tuple:
     """A dashboards file built on the fixture (accepted as written), ``edit``-ed in its state
     and saved with a valid checksum (``_forge``): its path and ``read_file``'s refusal."""
@@ -413,6 +434,16 @@ def _refusal_of_forged(setup, edit, monkeypatch) -> tuple:
         (_act_sum("lorsa", -1.0), "act_sum holds negative sums of activations"),
         (_act_sum("transcoder", -1.0), "act_sum holds negative sums of activations"),
         (_act_sum("transcoder", 0.0), "act_sum is not positive exactly where its unit fired"),
+        # a review: these were read and sent to the viewer (a sum is at most the unit's fires
+        # times its top activation; a key's value is a signed share of the activation's sum)
+        (_act_sum("lorsa", 1e30), "act_sum is not a sum of the activations its histogram"),
+        (_act_sum("transcoder", 1e30), "act_sum is not a sum of the activations its histogram"),
+        (_act_sum_below_its_bins, "act_sum is not a sum of the activations its histogram"),
+        (_key_value("top", "kept", 1e30), "top.key_value holds keys that do not sum to their"),
+        (_key_value("sample", "kept", -1e30), "sample.key_value holds keys that do not sum to"),
+        (_key_value("top", "empty", -1.0), "top.key_value holds a value where no key is kept"),
+        (_key_value("sample", "empty", 1e30), "sample.key_value holds a value where no key is"),
+        (_key_value("top", "larger", -1.0), "top.key_value is not in order of |contribution|"),
     ],
 )
 def test_a_forged_file_with_keys_or_sums_the_pass_never_writes_is_refused(

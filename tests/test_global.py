@@ -940,6 +940,7 @@ def test_split_half_reliability_compares_the_halves_graphs(replacement, units, s
         (["--start", "logit: Thursdayy"], "not one token"),
         (["--start", "token: Monday"], "grow it with --downstream"),
         (["--start", "logit: Monday", "--downstream"], "a logit has no outputs"),
+        (["--start", "logit:<|bos|>"], "only begins a sequence and is never predicted"),
         (["--start", "lorsa:1:2", "--budget", "0"], "must be positive"),
         (["--start", "lorsa:1:2", "--rows", "-3"], "must be positive"),
         (["--start", "lorsa:1:2", "--rows", "99999999999999999999"], "--rows must be at most"),
@@ -1502,3 +1503,33 @@ def test_a_qk_pairs_side_that_is_no_node_is_named_in_words(replacement, units, s
     graph.qk = [dataclasses.replace(a, pairs=[dataclasses.replace(a.pairs[0], query=node)])]
     (line,) = _qk_lines(graph, node_labels(graph))
     assert _side_words(graph, a, node) in line and node not in line
+
+
+def test_a_bos_logit_start_is_refused_before_the_model_or_the_statistics(
+    tmp_path, capsys, monkeypatch, units
+):
+    """A review: ``--start 'logit:<|bos|>'`` gathered the statistics first (over a minute on
+    first use) and only then said BOS never occurs as the next token. What the tokenizer alone
+    tells (BOS only begins a row, as ``circuits.trace --target`` says) is refused before any
+    model is loaded or statistics gathered, here and where the benchmarks parse a start."""
+    import replacement.model
+    from circuits.global_graph import main, parse_start, parse_unit
+    from toy_models.cli import UserError, run_cli
+    from toy_models.tokenizer import BOS
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded or gathered before a start known bad was refused")
+
+    monkeypatch.setattr(replacement.model, "load_pretrained", never)
+    monkeypatch.setattr(gathering, "statistics_for", never)
+    out, stats = tmp_path / "gg", tmp_path / "stats.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["--start", f"logit:{BOS}", "--out", str(out), "--stats", str(stats),
+                       "--format="])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: --start 'logit:{BOS}': {BOS} only begins a sequence"), err
+    assert not out.exists() and not stats.exists()
+    with pytest.raises(UserError, match="is never predicted"):
+        parse_unit(f"logit:{BOS}", units, None)  # no tokenizer needed: refused by its text
+    assert parse_start(f"token:{BOS}").text == BOS  # its embedding is every row's first

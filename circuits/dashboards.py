@@ -503,8 +503,16 @@ def read_file(
     ``tokenizer``), refused unless it was built from them. A ValueError names the file."""
     try:
         return _read(Path(path), replacement, tokenizer)
+    except NotDashboards as exc:
+        raise NotDashboards(f"dashboards file {path}: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"dashboards file {path}: {exc}") from None
+
+
+class NotDashboards(ValueError):
+    """A file that is no dashboards file of this code (no safetensors with its header): to be
+    left alone, where one that is (of another build, damaged inside, an older format) may be
+    removed and built again (a reviewer was told to remove the shipped model)."""
 
 
 def _read(path, replacement, tokenizer) -> Dashboards:
@@ -512,7 +520,7 @@ def _read(path, replacement, tokenizer) -> Dashboards:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
             if HEADER_KEY not in metadata:
-                raise ValueError("no dashboards header (not a dashboards file)")
+                raise NotDashboards("no dashboards header (not a dashboards file)")
             header = parse_json(metadata[HEADER_KEY])
             layout, meta = _check_header(header)
             expected = tensor_layout(layout)
@@ -523,7 +531,9 @@ def _read(path, replacement, tokenizer) -> Dashboards:
     except ValueError:
         raise
     except Exception as exc:  # safetensors and json raise their own types on damaged files
-        raise ValueError(one_line(exc) or type(exc).__name__) from None
+        raise NotDashboards(
+            f"not readable as a dashboards file ({one_line(exc) or type(exc).__name__})"
+        ) from None
     check_content_sha256(state, header)
     dash = Dashboards(layout, state, meta)
     _check_values(dash)

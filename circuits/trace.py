@@ -672,7 +672,10 @@ def dashboard_views(dash, path, tokenizer, graph) -> tuple[dict | None, dict]:
 def _refused(exc: ValueError) -> str:
     """Why the ``--dashboards-file`` cannot be used, and the way out."""
     from .dashboard_pass import OtherSettings
+    from .dashboards import NotDashboards
 
+    if isinstance(exc, NotDashboards):  # no one's dashboards: never to be removed on our word
+        return f"{exc}; pass a dashboards file as --dashboards-file, or --no-dashboards"
     if isinstance(exc, OtherSettings) and "mode" in exc.differing:
         mode = exc.found["mode"]
         return (f"--dashboards-file {exc.path}: built in {mode} mode, not {exc.wanted['mode']}; "

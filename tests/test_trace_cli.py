@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from circuits.graph import Graph
 from circuits.mechanism_file import load_summary
@@ -494,6 +495,26 @@ def test_a_dashboards_file_among_the_outputs_is_refused_and_kept(tmp_path, capsy
                          "--dashboards-file", str(saved))  # fmt: skip
     assert code == 2 and "writes its outputs over it" in err and err.count("\n") == 1, err
     assert saved.read_bytes() == b"saved dashboards"
+
+
+def test_a_dashboards_file_that_is_none_is_never_to_be_removed(tmp_path, capsys):
+    """A reviewer passed the shipped model as ``--dashboards-file`` and was told to "remove it
+    to build it there again": a file that is no dashboards file (another safetensors file, a
+    text) is refused without that advice, and left as it was."""
+    from safetensors.torch import save_file
+
+    weights, text = tmp_path / "model.safetensors", tmp_path / "notes.txt"
+    save_file({"w": torch.zeros(2)}, weights)
+    text.write_text("my notes")
+    for given, why in ((weights, "no dashboards header (not a dashboards file)"),
+                       (text, "not readable as a dashboards file (")):  # fmt: skip
+        before = given.read_bytes()
+        code, _, err = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "t"),
+                             "--dashboards-file", str(given), "--no-mechanisms")  # fmt: skip
+        assert code == 2 and err.startswith(f"error: dashboards file {given}: {why}"), err
+        assert err.endswith("; pass a dashboards file as --dashboards-file, or --no-dashboards\n")
+        assert "remove" not in err and err.count("\n") == 1
+        assert given.read_bytes() == before and not (tmp_path / "t").exists()
 
 
 def test_a_dashboards_file_that_cannot_be_shown_is_refused_naming_it(tmp_path, capsys,

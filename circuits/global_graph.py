@@ -28,7 +28,7 @@ from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli, whole_numbers
 from toy_models.files import check_writable_dir, check_writable_file, earlier_set
-from toy_models.tokenizer import BOS, single_token
+from toy_models.tokenizer import BOS, NEVER_PREDICTED, single_token
 
 from .nodes import Kind
 from .trace import (
@@ -108,8 +108,8 @@ def parse_start(spec: str) -> StartSpec:
         if numbers is not None and len(numbers) == 2:
             return StartSpec(spec, kind, *numbers)
     elif kind == "logit" and rest == BOS:
-        raise UserError(f"--start {spec!r}: {BOS} only begins a sequence and is never "
-                        "predicted: its logit has no global graph; name another token")  # fmt: skip
+        raise UserError(f"--start {spec!r}: {NEVER_PREDICTED}: its logit has no global graph; "
+                        "name another token")  # fmt: skip
     elif kind in ("logit", "token"):
         return StartSpec(spec, kind, text=rest)
     raise UserError(f"--start {spec!r}: expected {START_FORMS}")

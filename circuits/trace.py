@@ -210,13 +210,13 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise UserError(f"{twice[0]} {twice[1]} is given twice: name each target once")
     if any(a == b for a, b in args.target_diff):
         raise UserError("--target-diff of a token with itself is zero: name two different tokens")
-    from toy_models.tokenizer import BOS  # light: tokenizers only
+    from toy_models.tokenizer import BOS, NEVER_PREDICTED  # light: tokenizers only
 
     tokens = [("--target", (t,)) for t in args.target]
     for flag, texts in [*tokens, *(("--target-diff", tuple(d)) for d in args.target_diff)]:
         if BOS in texts:
-            raise UserError(f"{flag} {' '.join(map(repr, texts))}: {BOS} only begins a "
-                            "sequence and is never predicted; name another token")  # fmt: skip
+            raise UserError(f"{flag} {' '.join(map(repr, texts))}: {NEVER_PREDICTED}; name "
+                            "another token")  # fmt: skip
     if len(args.prompt) > MAX_PROMPT_CHARS:
         raise UserError(
             f"--prompt has {len(args.prompt)} characters; the model reads at most its context "

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from .cli import one_line
 
 BOS = "<|bos|>"
+NEVER_PREDICTED = f"{BOS} only begins a sequence and is never predicted"  # a target refused
 
 
 def tokenizer_text(tokenizer: Tokenizer) -> str:

@@ -14,8 +14,12 @@ finite values, QK records inside the prompt (one per layer, QK head, query and k
 at or before their query and terms naming sides in the form a trace writes them
 (``_names_side``: by the fields each record gives the ids it names, which make those ids),
 one text per token, a prompt that is their text (or none), a logit difference of two
-tokens, header types and lengths; a problem is one ``ValueError`` naming the file
-and the field.
+tokens, header types and lengths, header integers within the int64 arrays'; per node the
+fields of its kind alone (a key read by a prompt's heads, ``promotes`` by heads and features,
+the writer's -1 or NaN elsewhere), target weights in 0..1 summing to at most 1, and every
+token id with a text where ``token_text`` has any (the file holds no vocabulary size nor a
+layer's width: a model checks indices against its own); a problem is one ``ValueError``
+naming the file and the field.
 
 And the sums that tie fields together, what the graph's "exact" claims rest on: a prompt's
 heads, features and logits have their value as their activation; influence is never
@@ -65,6 +69,9 @@ from .prune import open_rows, row_sums
 SUFFIX = ".safetensors"
 MAX_LAYERS = 1024  # far beyond any model here; bounds what a crafted header can make us allocate
 MAX_NODES = 50_000_000
+# the largest value of the file's int64 arrays: a header integer is compared with them or made
+# a tensor (a group size of 10**20 raised OverflowError), so each is bounded by it
+MAX_INT = 2**63 - 1
 
 _INT = (torch.int64, torch.int32)
 _FLOAT = (torch.float32,)
@@ -256,12 +263,15 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     mode = _typed(header, "mode", str)
     _require(mode in MODES, "mode", f"{mode!r} is not one of {', '.join(MODES)}")
     group_size = _typed(header, "group_size", int)
-    _require(group_size >= 1, "group_size", f"{group_size} is not positive")
+    _require(1 <= group_size <= MAX_INT, "group_size", f"{group_size} is outside 1..{MAX_INT}")
     positional = _typed(header, "positional", bool)
     token_text = _token_text(_typed(header, "token_text", list))
 
     _check_nodes(node, n_layers, len(tokens), positional, group_size)
     _require(bool((promotes >= -1).all()), "promotes", "has negative token ids")
+    unit = (node["kind"] == Kind.LORSA) | (node["kind"] == Kind.TRANSCODER)
+    _require(bool((promotes[~unit] == -1).all()), "promotes",
+             "set on a node that is no head or feature (-1 there)")  # fmt: skip
     _require(bool((tokens >= 0).all()), "tokens", "has negative token ids")
     edges = _edges(tensors, n, node["stage"])
     n_logits = int((node["kind"] == Kind.LOGIT).sum())
@@ -272,6 +282,7 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
         "logit_targets",
         "tokens do not match the logit nodes' indices",
     )
+    _known_tokens(token_text, tokens, promotes, node, logit_targets)
     qk = _qk(_typed(header, "qk", list), n_layers, len(tokens))
     # what can be checked without the model (a forged file with its checksum recomputed
     # changed these: a fuzz pass): a prompt token's text is its position's string, and each
@@ -378,16 +389,33 @@ def _check_nodes(
     attends = node["attends"]
     is_head = kind == Kind.LORSA
     _require(bool((attends[~is_head] == -1).all()), "attends", "set on a node that is no head")
-    ok = (attends[is_head] >= -1) & (attends[is_head] <= pos[is_head])
-    _require(bool(ok.all()), "attends", "a key after its query or outside the prompt")
-    weight = node["attention"][is_head & (attends >= 0)]
+    # a prompt's head reads a key up to its query (``attribution._read_keys`` gives each one);
+    # a global graph's heads are units, which read none (-1)
+    key = attends[is_head]
+    ok = (key >= 0) & (key <= pos[is_head]) if positional else key == -1
+    _require(bool(ok.all()), "attends", "a prompt's head reads no key up to its position, or a "
+             "global graph's head reads one")  # fmt: skip
+    reads = is_head & (attends >= 0)
+    _require(bool(node["attention"][~reads].isnan().all()), "attention",
+             "not NaN on a node that reads no key (what the writer gives it)")  # fmt: skip
+    weight = node["attention"][reads]
     _require(bool(((weight >= 0) & (weight <= 1)).all()), "attention",
              "a head's pattern weight at its key is not in 0..1")  # fmt: skip
+    # where influence starts (``prune.influence``): the logits' probabilities (their sum at
+    # most 1) or equal shares of 1 among the targets named (``attribute``), 1 or shares of 1
+    # in a global graph (``global_weights``)
+    weights = node["target_weight"].double()
+    _require(bool(((weights >= 0) & (weights <= 1)).all()), "target_weight", "outside 0..1")
+    top_sum = 1 + SAME * max(1, int((weights > 0).sum())) ** 0.5
+    _require(float(weights.sum()) <= top_sum, "target_weight",
+             f"sums to {float(weights.sum()):.6g}, more than 1")  # fmt: skip
     # ``value`` is NaN where a node is no target, by design (``Graph.value``), and in a global
     # graph, whose units have no one value; a prompt's targets (``Graph.is_target``) have one.
     target = (kind == Kind.LOGIT) | (node["target_weight"] > 0)
     _require(not positional or bool(torch.isfinite(node["value"][target]).all()), "value",
              "NaN or infinite at a target (a logit, or a head or feature traced from)")  # fmt: skip
+    # and NaN off them, where a node has no value; an infinity is no pre-activation anywhere
+    _require(not bool(node["value"].isinf().any()), "value", "infinite off the targets")
     if positional:  # a head's, feature's or logit's value is its activation (its pre-activation)
         unit = (kind == Kind.LOGIT) | (kind == Kind.LORSA) | (kind == Kind.TRANSCODER)
         value, act = node["value"][unit].double(), node["activation"][unit].double()
@@ -414,11 +442,35 @@ def _edges(tensors: dict[str, Tensor], n: int, stage: Tensor) -> sp.csr_array:
     return sp.csr_array((data, indices.astype(np.int64), indptr), shape=(n, n))
 
 
+def _known_tokens(
+    token_text: dict[int, str],
+    tokens: Tensor,
+    promotes: Tensor,
+    node: dict[str, Tensor],
+    logit_targets: list[LogitRecord],
+) -> None:
+    """Every token id the graph refers to has a text in ``token_text``, where it has any: the
+    writer gives one to each (``Graph.token_text``) when it has a tokenizer. The file holds no
+    vocabulary size (nor a layer's head or feature count), so this is what bounds its token
+    ids (a forged promoted token of 10**9 loaded); a model checks the rest
+    (``attribution.check_replacement_fits``)."""
+    if not token_text:
+        return
+    known = torch.tensor(sorted(token_text))
+    is_token = (node["kind"] == Kind.EMBEDDING) | (node["kind"] == Kind.LOGIT)
+    negatives = [r.negative for r in logit_targets if r.negative is not None]
+    for field, ids in (("tokens", tokens), ("promotes", promotes[promotes >= 0]),
+                       ("index", node["index"][is_token]),
+                       ("logit_targets", torch.tensor(negatives, dtype=torch.long))):  # fmt: skip
+        _require(bool(torch.isin(ids, known).all()), field,
+                 "a token id that token_text gives no text of")  # fmt: skip
+
+
 def _token_text(items: list) -> dict[int, str]:
     out = {}
     for item in items:
         ok = isinstance(item, list) and len(item) == 2 and isinstance(item[1], str)
-        ok = ok and isinstance(item[0], int) and not isinstance(item[0], bool) and item[0] >= 0
+        ok = ok and _is_int(item[0])
         _require(ok, "token_text", "entries must be [token id, text]")
         _require(item[0] not in out, "token_text", f"token {item[0]} has two entries")
         out[item[0]] = item[1]
@@ -444,7 +496,8 @@ def _logit_targets(items: list, n_logits: int, mode: str) -> list[LogitRecord]:
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    """A non-negative integer that fits the file's int64 arrays (``MAX_INT``)."""
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_INT
 
 
 _QK_INTS = ("layer", "qk_head", "query", "key")
@@ -522,7 +575,7 @@ def _named(named, layer: int, n_pos: int) -> dict[str, NamedSide]:
     out = {}
     for name, fields in named.items():
         ok = isinstance(fields, list) and len(fields) == 4 and fields[0] in _NAMED_KINDS
-        ok = ok and _is_int(fields[1]) and type(fields[2]) is int
+        ok = ok and _is_int(fields[1]) and type(fields[2]) is int and -1 <= fields[2] <= MAX_INT
         ok = ok and (fields[3] is None or (_is_int(fields[3]) and fields[3] < max(n_pos, 1)))
         _require(ok, "qk.named", f"{name!r}: expected [kind, stage, index, position or null]")
         kind, stage, index, pos = fields

@@ -574,18 +574,31 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     check names defined, and a flow into the target in each head group a target names; each
     target's parts closing to its value (its tokens by position to its tokens, each at a
     position holding that token) and each QK reason's to its score (``CLOSURE`` of the larger
-    magnitude); attentions and probabilities in [0, 1], a runner-up's given; the mode one of
-    ``MODES``."""
+    magnitude; a QK reason's pairs plus ``rest`` to its ``specific``); attentions and
+    probabilities in [0, 1], a runner-up's given; the mode one of ``MODES``; the settings typed
+    and in range."""
     summary = from_json(MechanismSummary, {k: v for k, v in d.items() if k != "version"}, "summary")
     _expect(summary.mode in MODES, f"mode: {summary.mode!r}, not one of {list(MODES)}")
     tolerance = summary.settings.get("tolerance", TOLERANCE)
     _expect(is_finite_number(tolerance) and tolerance >= 0,
             f"settings.tolerance: {tolerance!r:.40}, not a finite number >= 0")  # fmt: skip
-    for name in ("qk_sources", "qk_sources_most"):  # head groups ablated per side (printed)
+    # head groups ablated per side (printed), and the search's counts (``summarize`` refuses
+    # any but a whole number >= 1); each absent from files before it
+    for name in ("qk_sources", "qk_sources_most", "beam", "max_paths", "max_groups"):
         count = summary.settings.get(name, 1)
         _expect(type(count) is int and count >= 1,
                 f"settings.{name}: {count!r:.40}, not a whole number >= 1")  # fmt: skip
+    # ``RATIO``: a check is flagged beyond this factor either way (1/ratio..ratio), so >= 1
+    ratio = summary.settings.get("ratio", 1.0)
+    _expect(is_finite_number(ratio) and ratio >= 1,
+            f"settings.ratio: {ratio!r:.40}, not a finite number >= 1")  # fmt: skip
+    for name in ("checks", "constants"):  # ``checks`` is printed: a string is no "no"
+        flag = summary.settings.get(name, False)
+        _expect(type(flag) is bool, f"settings.{name}: {flag!r:.40}, not true or false")
+    grouping = summary.settings.get("grouping", "")  # the rules' text, or "given"
+    _expect(isinstance(grouping, str), f"settings.grouping: {grouping!r:.40}, not a string")
     _check_main_inputs(summary)
+    _check_key_tokens(summary)
     keys = [g.key for g in summary.groups]
     _expect(len(set(keys)) == len(keys), "groups: two groups share a key")
     targets = {t.node for t in summary.targets}
@@ -720,6 +733,15 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     return summary
 
 
+def _check_key_tokens(summary: MechanismSummary) -> None:
+    """A group's ``attends_token`` is the token at the key it reads, none where it reads none
+    (``summarize`` writes it so; the viewer prints it beside the key)."""
+    for i, g in enumerate(summary.groups):
+        key_token = None if g.attends is None else summary.tokens[g.attends]
+        _expect(g.attends_token == key_token, f"groups[{i}].attends_token: {g.attends_token!r:.40}"
+                f", not the token at the key read, {key_token!r:.40}")  # fmt: skip
+
+
 def _below(g: GroupRecord, head: GroupRecord) -> bool:
     """Whether group ``g`` sits in a block before head group ``head``'s (whose QK score it can
     write) and not after its query."""
@@ -756,6 +778,9 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
             "attention rose, with its attention before and after, or none",
         )  # fmt: skip
         _closes(r.always_on + r.specific, r.score, f"{where}.qk[{j}]: always-on + specific")
+        # ``QKReason.rest``: the specific part less its listed pairs (``qk.qk_attribution``)
+        _closes(math.fsum([p.value for p in r.pairs] + [r.rest]), r.specific,
+                f"{where}.qk[{j}]: pairs + rest")  # fmt: skip
         _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
         if r.root_parts:
             _expect(
@@ -781,12 +806,21 @@ def _check_main_inputs(summary: MechanismSummary) -> None:
     there and typed."""
     records = [(f"targets[{i}]", t.qk) for i, t in enumerate(summary.targets)]
     records += [(f"groups[{i}]", g.qk) for i, g in enumerate(summary.groups)]
+    # a head a group of the summary holds has one of the group's QK heads (both are its index
+    # // the group size: ``circuits.groups.group``, ``Graph.qk_head``)
+    held: dict[str, list[list[int]]] = {}
+    for g in summary.groups:
+        for m in g.members if g.kind in ("lorsa", "mixed") else []:
+            held.setdefault(m, []).append(g.qk_heads)
     for where, reasons in records:
         for j, r in enumerate(reasons):
             for k, pair in enumerate(r.pairs):
                 for side, ref in (("query", pair.query), ("key", pair.key)):
                     at = f"{where}.qk[{j}].pairs[{k}].{side}"
                     _check_ref(ref, len(summary.tokens), at)
+                    groups = held.get(ref.id, []) if ref.present and ref.kind == "lorsa" else []
+                    _expect(all(ref.qk_head in heads for heads in groups),
+                            f"{at}.qk_head: {ref.qk_head}, not a QK head of its group")  # fmt: skip
                     if ref.main_input is not None:
                         ref.main_input = _main_input(ref, len(summary.tokens), f"{at}.main_input")
 
@@ -812,6 +846,11 @@ def _check_ref(ref: NodeRef, n_pos: int, at: str) -> None:
         return
     _expect(ref.kind in KINDS or (ref.kind == "unit" and not ref.present),
             f"{at}.kind: {ref.kind!r}, not one of {list(KINDS)}")  # fmt: skip
+    # a head's QK head is its index // the group size (``Graph.qk_head``), which the file does
+    # not hold: 0 up to its index; other kinds have none
+    _expect(ref.qk_head is None or (ref.kind == "lorsa" and ref.index is not None
+                                    and 0 <= ref.qk_head <= ref.index),
+            f"{at}.qk_head: {ref.qk_head}, not a head's QK head (0 up to its index)")  # fmt: skip
     if not ref.present:
         _expect(ref.pos is None and ref.attends is None,
                 f"{at}: a unit absent here has no position and reads no key")  # fmt: skip

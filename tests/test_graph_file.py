@@ -700,3 +700,60 @@ def test_a_forged_files_token_texts_qk_heads_and_closure_are_checked(tmp_path):
     graph.settings["closure_error"] = {"max_abs": 1e-6}
     graph.save(good)
     assert Graph.load(good).settings["closure_error"] == {"max_abs": 1e-6}
+
+
+def _at_kind(name, kind, value):
+    """Tensor ``name`` with ``value`` at every node of ``kind`` (its rows, for ``promotes``)."""
+
+    def edit(tensors):
+        tensors[name][tensors["kind"] == kind] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit_tensors, edit_header, field",
+    [
+        # a reviewer's forged files (checksum recomputed) that loaded and rendered: each field
+        # now holds what the writer gives it and nothing else
+        (_at_kind("value", Kind.EMBEDDING, float("inf")), None, "value: infinite"),
+        (_at_kind("value", Kind.TRANSCODER, float("inf")), None, "value: infinite"),
+        (_at_kind("attends", Kind.LORSA, -1), None, "attends: a prompt's head reads no key"),
+        (_at_kind("attention", Kind.LORSA, float("nan")), None, "attention: a head's pattern"),
+        (_at_kind("attention", Kind.ERROR, 2.0), None, "attention: not NaN on a node that"),
+        (_at_kind("attention", Kind.LOGIT, -1.0), None, "attention: not NaN on a node that"),
+        (_at_kind("promotes", Kind.TRANSCODER, 5000), None, "promotes: a token id that "),
+        (_at_kind("promotes", Kind.LORSA, 10**9), None, "promotes: a token id that "),
+        (_at_kind("promotes", Kind.ERROR, 4), None, "promotes: set on a node that is no head"),
+        (_at_kind("index", Kind.LOGIT, 5000), lambda h: [r.__setitem__(0, 5000)
+         for r in h["logit_targets"]], "index: a token id that token_text"),
+        (_at_kind("target_weight", Kind.LOGIT, 1e6), None, "target_weight: outside 0..1"),
+        (_at_kind("target_weight", Kind.LOGIT, -1.0), None, "target_weight: outside 0..1"),
+        (_at_kind("target_weight", Kind.LOGIT, 0.9), None, "target_weight: sums to 1.8"),
+        # header integers, each bounded so that none raises anything but the file's error (a
+        # group size of 10**20 raised OverflowError)
+        (None, lambda h: h.update(group_size=10**20), "group_size: 100000000000000000000 is "
+         "outside"),
+        (None, lambda h: h["token_text"].append([10**20, "x"]), "token_text: entries must be"),
+        (None, lambda h: h["logit_targets"][0].__setitem__(1, 10**20), "logit_targets: entries"),
+        (None, lambda h: h["logit_targets"][0].__setitem__(1, 5000), "logit_targets: a token id"),
+        (None, _qk_record(qk_head=2**63), "qk.qk_head: expected a non-negative integer"),
+    ],
+)  # fmt: skip
+def test_each_field_holds_what_the_writer_gives_it(tmp_path, edit_tensors, edit_header, field):
+    """Per node, what its kind holds: a prompt's head reads a key up to its position, any other
+    node none (-1, attention NaN); heads and features promote tokens the graph gives a text
+    of, other nodes none (-1); a value is never infinite; target weights are probabilities
+    or shares of 1 (``attribute``, ``global_weights``). The file as written loads."""
+    bad = craft(tmp_path, edit_tensors, edit_header)
+    with pytest.raises(GraphFileError, match=re.escape(f"{bad}: field {field}")):
+        Graph.load(bad)
+
+
+def test_a_graph_without_token_texts_bounds_no_token_id(tmp_path):
+    """The file holds no vocabulary size: a graph traced without a tokenizer has no token
+    texts, and its token ids are checked against a model only (``check_replacement_fits``)."""
+    graph = make_graph()
+    graph.token_text = {}
+    graph.save(tmp_path / "g.safetensors")
+    assert Graph.load(tmp_path / "g.safetensors").token_text == {}

@@ -2228,10 +2228,15 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
         g.flow[t.node] = value
 
     g.qk = []  # its reasons are at the key it reads, which this test moves
+
+    def set_key(key: int | None) -> None:  # with the token there, as a file holds it
+        g.attends = key
+        g.attends_token = None if key is None else summary.tokens[key]
+
     for attends, heading in ((g.pos, NO_MOVER), (0, NO_MOVER), (None, NO_MOVER)):
-        g.attends = attends
+        set_key(attends)
         assert f"  {heading}: {g.key} {g.name}, flow" in format_summary(summary)
-    g.attends = max(g.pos - 1, 1)
+    set_key(max(g.pos - 1, 1))
     set_flow(1.0)
     assert f"  {PREDICTING}: {g.key} {g.name}, flow" in format_summary(summary)
     set_flow(-1.0)
@@ -2921,3 +2926,83 @@ def test_a_groups_attention_says_which_targets_flow_weighs_its_qk_heads(replacem
         f"0.44 -> 0.22 (2 QK heads by flow into the first target, {first}; QK 0 0.50 -> 0.25, "
         "QK 1 0.25 -> 0.12)"
     )
+
+
+def test_a_forged_summary_files_qk_heads_pairs_key_tokens_and_settings_are_checked(
+    graph, replacement, run, tmp_path
+):
+    """A reviewer forged mechanisms.json files that loaded: a QK pair side's ``qk_head`` of -1
+    or 10**9, a pair's value of -1 or 1e9 (the pairs plus ``rest`` make the reason's
+    ``specific``), a group's ``attends_token`` null or "x" (the token at the key it reads), and
+    settings of NaN, "x", [] or {} (counts whole numbers >= 1, ``ratio`` a finite factor >= 1,
+    flags true or false). Each is refused naming its field; the file as written loads."""
+    d = summarize(replacement, graph, run, check=False).to_dict()
+    i = next(i for i, g in enumerate(d["groups"]) if g["qk"] and g["qk"][0]["pairs"])
+    g = d["groups"][i]
+    pairs = g["qk"][0]["pairs"]
+    k, side = next(((k, s) for k, p in enumerate(pairs) for s in ("key", "query")
+                    if p[s]["present"] and p[s]["kind"] == "lorsa"),
+                   next((k, s) for k, p in enumerate(pairs) for s in ("key", "query")
+                        if p[s]["present"] and p[s]["kind"] != "qk bias"))  # fmt: skip
+    ref = f"groups[{i}].qk[0].pairs[{k}].{side}"
+    token = d["tokens"][g["attends"]]
+    other = next(j for j, x in enumerate(d["groups"]) if x["attends"] is None)
+    cases = [
+        (["qk", 0, "pairs", k, side, "qk_head", -1], f"{ref}.qk_head: -1"),
+        (["qk", 0, "pairs", k, side, "qk_head", 10**9], f"{ref}.qk_head: 1000000000"),
+        (["qk", 0, "pairs", 0, "value", 1e9], f"groups[{i}].qk[0]: pairs + rest"),
+        (["qk", 0, "pairs", 0, "value", pairs[0]["value"] - 1 - abs(g["qk"][0]["specific"])],
+         f"groups[{i}].qk[0]: pairs + rest"),
+        (["attends_token", None], f"groups[{i}].attends_token: None"),
+        (["attends_token", "x" if token != "x" else "y"], f"groups[{i}].attends_token: "),
+    ]  # fmt: skip
+    # a head of a group of the summary, as the writer names it (``node_ref``), has one of the
+    # group's QK heads as its side: another (up to its index) is refused
+    from circuits.mechanisms import node_ref
+    from toy_models.records import to_plain
+
+    heads = [graph.ids.index(m) for x in d["groups"] if x["kind"] == "lorsa" for m in x["members"]]
+    head = max(heads, key=lambda j: int(graph.index[j]))
+    assert graph.qk_head(head) >= 1  # so it has another QK head below
+    d["groups"][i]["qk"][0]["pairs"][k][side] = to_plain(node_ref(graph, head, {}))
+    MechanismSummary.from_dict(json.loads(json.dumps(d)))  # as the writer gives it: loads
+    holder = next(x for x in d["groups"] if graph.ids[head] in x["members"])
+    other_head = min(set(range(int(graph.index[head]) + 1)) - set(holder["qk_heads"]))
+    ref = f"groups[{i}].qk[0].pairs[{k}].{side}"
+    cases.append((["qk", 0, "pairs", k, side, "qk_head", other_head],
+                  f"{ref}.qk_head: {other_head}, not a QK head of its group"))  # fmt: skip
+    path = tmp_path / "mechanisms.json"
+    for (*keys, last, value), message in cases:
+        bad = copy.deepcopy(d)
+        at = bad["groups"][i]
+        for key in keys:
+            at = at[key]
+        at[last] = value
+        path.write_text(json.dumps(bad))
+        with pytest.raises(
+            ValueError, match=re.escape(f"{path}: not a mechanism summary ({message}")
+        ):
+            load_summary(path)
+    bad = copy.deepcopy(d)
+    bad["groups"][other]["attends_token"] = token  # a key token where no key is read
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=re.escape(f"groups[{other}].attends_token: ")):
+        load_summary(path)
+    settings = [(name, value, "not a whole number >= 1")
+                for name in ("beam", "max_paths", "max_groups")
+                for value in (float("nan"), "x", [], {}, 0, 2.0, True)]  # fmt: skip
+    settings += [
+        ("ratio", value, "not a finite number >= 1")
+        for value in (float("nan"), float("inf"), "x", [], {}, 0.5, 0, -3.0, True)
+    ]
+    settings += [(name, value, "not true or false")
+                 for name in ("checks", "constants") for value in (None, "no", 0, [])]  # fmt: skip
+    settings += [("grouping", value, "not a string") for value in (None, 1, [], {})]
+    for name, value, message in settings:
+        bad = copy.deepcopy(d)
+        bad["settings"][name] = value
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=f"settings.{name}: .*{message}"):
+            load_summary(path)
+    path.write_text(json.dumps(d))
+    assert load_summary(path).to_dict() == d

@@ -342,6 +342,10 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     influence = optional["influence"]
     _require(influence is None or bool((influence >= 0).all()), "influence",
              "negative (it sums magnitudes)")  # fmt: skip
+    # a share of the target weights' flow (``prune.influence``: each row's |edges| normalised
+    # to 1), so at most their sum, itself at most 1 (checked above)
+    top = 0.0 if influence is None or not len(influence) else float(influence.max())
+    _require(top <= 1 + SAME, "influence", "above 1 (a share of the targets' weight, 1 at most)")
     if positional and "unpruned" not in settings:  # a full graph: every row closes
         _require(not len(open_rows(graph, *row_sums(graph.edges))), "edges",
                  "a full graph's incoming edges plus bias are not a node's activation (no "

@@ -730,6 +730,7 @@ def _at_kind(name, kind, value):
         (_at_kind("target_weight", Kind.LOGIT, 1e6), None, "target_weight: outside 0..1"),
         (_at_kind("target_weight", Kind.LOGIT, -1.0), None, "target_weight: outside 0..1"),
         (_at_kind("target_weight", Kind.LOGIT, 0.9), None, "target_weight: sums to 1.8"),
+        (_at_kind("influence", Kind.LORSA, 5.0), None, "influence: above 1"),
         # header integers, each bounded so that none raises anything but the file's error (a
         # group size of 10**20 raised OverflowError)
         (None, lambda h: h.update(group_size=10**20), "group_size: 100000000000000000000 is "

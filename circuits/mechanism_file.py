@@ -45,7 +45,7 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # ``free_ln_held`` (and since, optional, absent from earlier files: ``free_final_ln_held``,
 # ``free_attention_held``, ``margin_frozen`` / ``margin_free``; a group's ``writes_qk`` and
 # ``attention_checks`` (with ``query_side`` / ``key_side``); a target's ``model_probability``;
-# a QK source's ``raisers``; a head target's ``own_attention_sides``)
+# a QK source's ``raisers`` and ``at_position``; a head target's ``own_attention_sides``)
 TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
@@ -315,7 +315,11 @@ class QKSourceRole:
     # how many head groups raise that side (the candidates, by ``value``; the ``tested`` are
     # the first of them, more tested while the last tested lowers the attention most, up to
     # ``circuits.mechanisms.MAX_CANDIDATES``); None in files written before it was kept
-    raisers: Annotated[int, Bounds(1, None)] | None = None
+    raisers: Annotated[int, Bounds(0, None)] | None = None
+    # how many of the ``tested`` are head groups at the side's own position that do not raise
+    # it (tested after the raisers, so ranked after them: ``value`` <= 0), None in files written
+    # before they were tested
+    at_position: Annotated[int, Bounds(0, None)] | None = None
 
 
 TIE = 0.01  # side-alone attentions this close after two groups' ablations: neither is chosen by it
@@ -592,7 +596,8 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     ratio = summary.settings.get("ratio", 1.0)
     _expect(is_finite_number(ratio) and ratio >= 1,
             f"settings.ratio: {ratio!r:.40}, not a finite number >= 1")  # fmt: skip
-    for name in ("checks", "constants"):  # ``checks`` is printed: a string is no "no"
+    # printed, each (a string is no "no")
+    for name in ("checks", "constants", "qk_sources_at_position"):
         flag = summary.settings.get(name, False)
         _expect(type(flag) is bool, f"settings.{name}: {flag!r:.40}, not true or false")
     grouping = summary.settings.get("grouping", "")  # the rules' text, or "given"
@@ -683,9 +688,15 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     and w.qk_head in head.qk_heads and _below(g, head),
                     f"{where}.writes_qk[{j}]: not a side ({'/'.join(SIDES)}) of a QK head of a "
                     "head group of the summary in a later block")  # fmt: skip
-            _expect(w.rank <= w.tested <= (w.raisers or w.tested),
-                    f"{where}.writes_qk[{j}]: ranked beyond those tested, or more tested than "
-                    "raise the side")  # fmt: skip
+            placed = w.at_position or 0
+            raising = w.tested - placed  # the raisers tested, ranked first (by value)
+            _expect(w.rank <= w.tested and 0 <= raising <= (
+                w.tested if w.raisers is None else w.raisers),
+                f"{where}.writes_qk[{j}]: ranked beyond those tested, or more tested than "
+                "raise the side or sit at its position")  # fmt: skip
+            _expect(w.at_position is None or (w.value > 0) == (w.rank <= raising),
+                    f"{where}.writes_qk[{j}]: a raiser ranked among the groups at the side's "
+                    "position, or the reverse")  # fmt: skip
             _expect((w.tie_name is None) == (w.tie_attention is None) and (
                 w.tie_name is None or w.tested > 1), f"{where}.writes_qk[{j}]: a tie without "
                 "its attention or the reverse, or with one group tested")  # fmt: skip

@@ -278,39 +278,51 @@ def _summarize(
     clean = {look.group: look.attention(run.patterns[look.layer]) for look in looks}
     look_of = {look.group: look for look in looks}
     raisers: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one, by score
+    # and the head groups at the side's own position that do not raise it, tested beside
+    # them (a reviewer found heads at the query whose linear share lowers the side take the
+    # attention 0.08 -> 0.009 where the named raiser took it to 0.06)
+    placed: dict[tuple[int, str], list[tuple[int, float]]] = {}
     for look in looks:
         for side, side_flow in zip(SIDES, side_flows[id(qk_of[look.group][0])], strict=True):
             exclude = {look.group, *own.values()}
             raisers[look.group, side] = _qk_candidates(view, side_flow, exclude)
-    candidates = {side: found[:CANDIDATES] for side, found in raisers.items()}
+            at = look.query if side == "query" else look.key
+            placed[look.group, side] = _placed_candidates(view, side_flow, exclude, look, at)
+    tried = {side: min(CANDIDATES, len(found)) for side, found in raisers.items()}
+
+    def tested(g: int, side: str) -> list[tuple[int, float]]:
+        """The candidates of ``g``'s ``side`` tested so far: raisers by score, then the
+        placed (with checks)."""
+        return raisers[g, side][: tried[g, side]] + (placed[g, side] if check else [])
+
     after: dict[int, dict[int, _After]] = {}  # tested group -> its free rerun's attentions
 
     def lowest(g: int, side: str) -> tuple[list[int], list[float]]:
-        """The candidates of ``g``'s ``side`` by the attention through that side alone with
-        each ablated, lowest first (ties by score), and those attentions."""
+        """The tested candidates of ``g``'s ``side`` by the attention through that side alone
+        with each ablated, lowest first (ties by score), and those attentions."""
         look = look_of[g]
         alone = [look.mean(after[c][g].side(side)) if g in after[c] else np.inf
-                 for c, _ in candidates[g, side]]  # fmt: skip
+                 for c, _ in tested(g, side)]  # fmt: skip
         return sorted(range(len(alone)), key=lambda r: (alone[r], r)), alone
 
     while check:  # each round's new candidates rerun together
-        new = sorted({c for found in candidates.values() for c, _ in found} - set(after))
+        new = sorted({c for key in tried for c, _ in tested(*key)} - set(after))
         after |= _free_attention(replacement, full, run, {c: view.groups[c] for c in new}, looks)
         grown = False
-        for (g, side), found in candidates.items():
-            more = raisers[g, side][len(found) : MAX_CANDIDATES]
-            if not more:
+        for (g, side), n in tried.items():
+            if n >= min(MAX_CANDIDATES, len(raisers[g, side])):
                 continue
             (first, *_), alone = lowest(g, side)
             enough = alone[first] <= look_of[g].mean(clean[g]) - ATTENTION_LOWERED
-            if first == len(found) - 1 or not enough:
-                candidates[g, side] = found + more[:CANDIDATES]
+            if first == n - 1 or not enough:  # the last raiser tested, or none enough
+                tried[g, side] = min(n + CANDIDATES, MAX_CANDIDATES, len(raisers[g, side]))
                 grown = True
         if not grown:
             break
     writes_qk: dict[int, list[tuple]] = {}  # source -> QKSourceRole's fields but the group key
     sources_of: dict[int, list[int]] = {}
-    for (g, side), found in candidates.items():
+    for g, side in tried:
+        found = tested(g, side)
         if not found:
             continue
         rank = 0  # without checks, the largest by its share; else the one ablation shows
@@ -330,9 +342,8 @@ def _summarize(
             if rest and alone[rest[0]] < before and alone[rest[0]] - alone[rank] <= TIE:
                 tie = (view.groups[found[rest[0]][0]].name, alone[rest[0]])
         source, value = found[rank]
-        tested = len(found) if check else 1
-        role = (g, qk_of[g][0].qk_head, side, value, rank + 1, tested, *tie,
-                len(raisers[g, side]))  # fmt: skip
+        role = (g, qk_of[g][0].qk_head, side, value, rank + 1, len(found) if check else 1, *tie,
+                len(raisers[g, side]), len(placed[g, side]) if check else 0)  # fmt: skip
         writes_qk.setdefault(source, []).append(role)
         sources_of.setdefault(g, []).append(source)
     chosen = []
@@ -441,7 +452,8 @@ def _summarize(
         settings={"beam": beam, "max_paths": max_paths, "max_groups": max_groups,
                   "tolerance": tolerance, "ratio": RATIO, "constants": full.has_constants,
                   "grouping": grouping, "qk_sources": CANDIDATES if check else 1,
-                  "qk_sources_most": MAX_CANDIDATES if check else 1, "checks": bool(check)},
+                  "qk_sources_most": MAX_CANDIDATES if check else 1,
+                  "qk_sources_at_position": bool(check), "checks": bool(check)},
     )  # fmt: skip
 
 
@@ -790,6 +802,20 @@ def _qk_candidates(
     sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
     heads = [g for g, grp in enumerate(view.groups)
              if grp.kind == "lorsa" and g not in exclude and sums[g] > 0]  # fmt: skip
+    heads.sort(key=lambda g: (-sums[g], g))
+    return [(g, float(sums[g])) for g in heads]
+
+
+def _placed_candidates(
+    view: GroupedGraph, flow: np.ndarray, exclude: set[int], look: _Look, pos: int
+) -> list[tuple[int, float]]:
+    """The head groups (not in ``exclude``) at position ``pos`` (a QK side's: the query or the
+    key) that can change ``look``'s attention and do not raise that side (its flow summed per
+    group <= 0; those that do are ``_qk_candidates``), with their sums, largest first."""
+    sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
+    heads = [g for g, grp in enumerate(view.groups)
+             if grp.kind == "lorsa" and g not in exclude and grp.pos == pos and sums[g] <= 0
+             and look.reads_after(grp)]  # fmt: skip
     heads.sort(key=lambda g: (-sums[g], g))
     return [(g, float(sums[g])) for g in heads]
 

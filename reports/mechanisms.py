@@ -60,8 +60,18 @@ NO_MOVER = (
 # (a reviewer read "written most by" over a group 4th of 4 by score and +0.018 of -0.77)
 QK_SOURCES = (
     "what makes it attend there (of the head groups raising each side of its QK "
-    "score most, the one whose ablation lowers its attention most through that side)"
+    "score most and those at that side's position, the one whose ablation lowers its "
+    "attention most through that side)"
 )
+# the same for files written before the groups at a side's position were tested
+QK_SOURCES_RAISERS = QK_SOURCES.replace(" and those at that side's position", "")
+
+
+def qk_sources_heading(summary: MechanismSummary) -> str:
+    """The QK sources line's heading: what chose them, as the summary's settings say."""
+    return QK_SOURCES if summary.settings.get("qk_sources_at_position") else QK_SOURCES_RAISERS
+
+
 ATTENTION_AFTER = "with it ablated (attention free)"  # before a group's ``attention_checks``
 
 
@@ -785,23 +795,33 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
         top = next((x for x in roots if x.value > 0), None)
         value, whole = apart(w.value, total)  # a reviewer read "+13.2 of the side's +13.2
         parts[0] = f"{value} of the side's {whole}"  # (more than the whole: ...)"
-        if w.value * total < 0:  # a reviewer read "+3.81 of the side's -4.09" as a share
+        if w.value > 0 > total:  # a reviewer read "+3.81 of the side's -4.09" as a share
             parts[0] += " (the side as a whole lowers the score; this group raises it)"
-        elif abs(w.value) > abs(total):  # a reviewer read "+16.4 of the side's +12.6" as wrong
+        elif 0 < total < w.value:  # a reviewer read "+16.4 of the side's +12.6" as wrong
             parts[0] += " (more than the whole: other parts pull against it)"
         if top is not None:  # what no head moves: a token's own embedding, a constant
             parts[0] += f", the side's largest root {top.name} {top.value:+.3g}"
-    if w.tested > 1 and w.rank == 1:
-        parts.append(f"the largest of {w.tested} tested")
-    elif w.tested > 1:
-        parts.append(f"{_ordinal(w.rank)} by score of {w.tested} tested, whose ablation lowers "
-                     "the attention most")  # fmt: skip
+    placed = w.at_position or 0  # groups at the side's position that do not raise it
+    raising = w.tested - placed
+    besides = f"; {placed} head groups at the side's position that do not raise it tested too"
+    if w.rank > raising:  # one of those: its linear share is no reason, its ablation is
+        such = f"{placed} such groups" if placed > 1 else "the 1 such group"
+        others = f"beside the {raising} raising it most" if raising else "(none raises it)"
+        parts.append(f"at the side's position, not raising it by its linear share: of {such} "
+                     f"tested {others}, its ablation lowers the attention most")  # fmt: skip
+    elif raising > 1 and w.rank == 1:
+        parts.append(f"the largest of {raising} raising the side tested" + besides * (placed > 0))
+    elif raising > 1:
+        parts.append(f"{_ordinal(w.rank)} by score of {raising} raising the side tested, whose "
+                     "ablation lowers the attention most" + besides * (placed > 0))  # fmt: skip
+    elif placed:
+        parts.append(f"the one raising the side{besides}")
     # a reviewer found untested groups lowering it more than the last tested: more are tested
     # while the last one wins, up to a bound, which this says where it stopped the testing
-    if w.tested > 1 and w.rank == w.tested and w.raisers is None:  # an earlier file
+    if raising > 1 and w.rank == raising and w.raisers is None:  # an earlier file
         parts[-1] += " (the last tested: a group lower by score may lower it more)"
-    elif w.tested > 1 and w.rank == w.tested and w.tested < w.raisers:
-        parts[-1] += (f" (the last tested, where testing stops; {w.raisers - w.tested} more "
+    elif raising > 1 and w.rank == raising and raising < w.raisers:
+        parts[-1] += (f" (the last tested, where testing stops; {w.raisers - raising} more "
                       "raise the side, one of which may lower it more)")  # fmt: skip
     if w.tie_name is not None:
         parts.append(f"about as low (within {TIE}) with {w.tie_name} ablated instead: "
@@ -871,7 +891,8 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
                 tested = (f", ablated, through its {w.side} side alone: attention "
                           f"{attention_change(after.mean_before, alone)} "
                           f"({'; '.join([f'both sides {both}', *weighed])})")  # fmt: skip
-        out.append(f"{w.side} side {g.key} {g.name} ({_role_text(w, g, summary)}){tested}")
+        out.append(f"{w.side} side of QK {w.qk_head} {g.key} {g.name} "
+                   f"({_role_text(w, g, summary)}){tested}")  # fmt: skip
     if out:  # a side with none is said to have none (a reviewer read the key side's silence)
         named = {w.side for _, w in summary.qk_sources(key)}
         out += [f"{side} side: {_no_source_words(summary, 'it')}"
@@ -888,6 +909,10 @@ def _no_source_words(summary: MechanismSummary, what: str) -> str:
         return f"no head group raises {what}"
     words = f"no head group raises {what} and lowers its attention when ablated"
     most = summary.settings.get("qk_sources_most")  # (absent from files before it)
+    if summary.settings.get("qk_sources_at_position"):
+        return (f"no head group raising {what} or at its position lowers its attention when "
+                f"ablated (up to the {most} raising it most and every one at its position, "
+                "each ablated)")  # fmt: skip
     return words if most is None else f"{words} (up to the {most} raising it most, each ablated)"
 
 
@@ -1042,7 +1067,7 @@ def format_summary(
             if stronger := stronger_text(g, t, summary):
                 lines.append(f"    {stronger}")
             if sources := qk_sources_text(summary, g.key):
-                lines.append(f"    {QK_SOURCES}: {sources}")
+                lines.append(f"    {qk_sources_heading(summary)}: {sources}")
             elif none := no_sources_text(g, summary):
                 lines.append(f"    {none}")
             if moved_text(t):
@@ -1247,7 +1272,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             if stronger := stronger_text(summary.group(t.predicting_group), t, summary):
                 parts.append(f"<p>{_esc(stronger)}</p>")
             if sources := qk_sources_text(summary, t.predicting_group):
-                parts.append(f"<p>{QK_SOURCES}: {_esc(sources)}</p>")
+                parts.append(f"<p>{qk_sources_heading(summary)}: {_esc(sources)}</p>")
             elif none := no_sources_text(summary.group(t.predicting_group), summary):
                 parts.append(f"<p>{_esc(none)}</p>")
             if moved_text(t):

@@ -169,14 +169,14 @@ def qk_refs(graph: Graph) -> dict[str, dict]:
 
 
 def _qk_sources_line(summary, key: str | None) -> str | None:
-    """The predicting group's QK sources line, as the text prints it (``QK_SOURCES``), or
+    """The predicting group's QK sources line, as the text prints it (``qk_sources_heading``), or
     why it has none (``no_sources_text``: the panel left it out, a review found)."""
-    from .mechanisms import QK_SOURCES, no_sources_text, qk_sources_text
+    from .mechanisms import no_sources_text, qk_sources_heading, qk_sources_text
 
     if key is None:
         return None
     if sources := qk_sources_text(summary, key):
-        return f"{QK_SOURCES}: {sources}"
+        return f"{qk_sources_heading(summary)}: {sources}"
     return no_sources_text(summary.group(key), summary) or None
 
 

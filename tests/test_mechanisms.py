@@ -1563,7 +1563,8 @@ def _check_qk_sources(summary, graph, replacement) -> int:
 
     candidates, most = mechanisms.CANDIDATES, mechanisms.MAX_CANDIDATES
 
-    names = {g.name: g for g in auto_groups(graph).groups}
+    groups = auto_groups(graph).groups
+    names = {g.name: g for g in groups}
     flow = node_flows(graph, graph.id_to_index[summary.targets[0].node])[0]
     roles = 0
     for t in summary.targets:
@@ -1586,28 +1587,40 @@ def _check_qk_sources(summary, graph, replacement) -> int:
 
         for side, sources in (("query", r.query_sources), ("key", r.key_sources)):
             raisers = [x for x in sources["heads"] if x.value > 0]
-            assert len(raisers) < mechanisms.SIDE_SOURCES  # every one listed
+            lowering = {x.name: x.value for x in sources["heads"] if x.value < 0}
+            assert len(raisers) < mechanisms.SIDE_SOURCES > len(lowering)  # every one listed
+            # and the head groups at the side's position that do not raise it (sum <= 0),
+            # after them, largest sum first
+            at = r.query if side == "query" else r.key
+            placed = [x for x in groups if x.kind == "lorsa" and x.pos == at
+                      and x.layer < r.layer and x.name != p.name
+                      and x.name not in {y.name for y in raisers}]  # fmt: skip
+            placed.sort(key=lambda x: (-lowering.get(x.name, 0.0), groups.index(x)))
             writers = [(g, w) for g in summary.groups for w in g.writes_qk
                        if w.group == p.key and w.side == side]  # fmt: skip
-            if not raisers:
+            if not raisers and not placed:
                 assert not writers
                 continue
             # the choice reads the side's vectors alone as after the ablation (a reviewer: a
             # group at the key chosen for the query side by what it did through the keys)
             column = 0 if side == "query" else 1
-            after = [weighed(mean([graph.ids[m] for m in names[x.name].members])[3][column])
-                     for x in raisers]  # fmt: skip
+
+            def alone(x, column=column):
+                return weighed(mean([graph.ids[m] for m in names[x.name].members])[3][column])
+
+            after, beside = [alone(x) for x in raisers], [alone(x) for x in placed]
             clean = weighed(mean([])[1])
             threshold = clean - mechanisms.ATTENTION_LOWERED
-            # tested CANDIDATES at a time while the lowest is the last tested or none lowers
-            # the attention enough, up to the bound
+            # raisers tested CANDIDATES at a time while the lowest of all tested is the last
+            # raiser tested or none lowers the attention enough, up to the bound
             n = min(candidates, len(raisers))
             while n < min(most, len(raisers)):
-                low = min(range(n), key=lambda j: (after[j], j))
-                if low != n - 1 and after[low] <= threshold:
+                tried = after[:n] + beside
+                low = min(range(len(tried)), key=lambda j: (tried[j], j))
+                if low != n - 1 and tried[low] <= threshold:
                     break
                 n = min(n + candidates, most, len(raisers))
-            found, after = raisers[:n], after[:n]
+            found, after = raisers[:n] + placed, after[:n] + beside
             lowers = [j for j in range(len(found)) if after[j] <= threshold]
             if not lowers:  # none whose ablation lowers the attention: no source of it
                 assert not writers
@@ -1615,8 +1628,10 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             assert len(writers) == 1
             g, w = writers[0]
             best = min(lowers, key=lambda j: (after[j], j))
-            assert g.name == found[best].name and w.value == pytest.approx(found[best].value)
-            assert (w.rank, w.tested, w.raisers) == (best + 1, len(found), len(raisers))
+            value = found[best].value if best < n else lowering.get(found[best].name, 0.0)
+            assert g.name == found[best].name and w.value == pytest.approx(value)
+            assert (w.rank, w.tested, w.raisers, w.at_position) == (
+                best + 1, len(found), len(raisers), len(placed))  # fmt: skip
             # a tie: the next lowest of those that lower it at all, within TIE
             rest = [j for j in range(len(found)) if j != best and after[j] < clean]
             near = min(rest, key=lambda j: (after[j], j), default=None)
@@ -1653,12 +1668,13 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             # a side that lowers the score as a whole is said to (a reviewer read "+3.81 of
             # the side's -4.09" as a share)
             against = "(the side as a whole lowers the score; this group raises it)"
-            assert (f"of the side's {total:+.3g} {against}" in text) == (w.value * total < 0)
+            assert (f"of the side's {total:+.3g} {against}" in text) == (w.value > 0 > total)
     for t in summary.targets:  # a predicting group without sources says why
         p = summary.group(t.predicting_group)
         if p.qk and not any(w.group == p.key for g in summary.groups for w in g.writes_qk):
             words = ("block 0 reads the tokens and position vectors alone" if p.layer == 0
-                     else "no head group raises its query or key side")  # fmt: skip
+                     else "no head group raising its query or key side or at its "
+                     "position lowers its attention")  # fmt: skip
             assert words in no_sources_text(p, summary) and words in text
             older = copy.deepcopy(summary)  # a file written before sources were looked for
             del older.settings["qk_sources"]
@@ -1675,7 +1691,8 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             role = _role_text(w, g, summary)
             assert role in text
             assert (w.tie_name is not None) == (f"about as low (within {TIE}) with " in role)
-            stopped = w.rank == w.tested > 1 and w.tested < w.raisers
+            raising = w.tested - w.at_position
+            stopped = w.rank == raising > 1 and raising < w.raisers
             assert stopped == ("(the last tested, where testing stops; " in role)
             assert "(the last tested: " not in role  # the words of files without raisers
     return roles
@@ -1732,7 +1749,7 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
         text = qk_sources_text(summary, key)
         named = {w.side for _, w in summary.qk_sources(key)}
         for side in ("query", "key"):
-            said = f"{side} side: no head group raises it and lowers its attention when ablated"
+            said = f"{side} side: no head group raising it or at its position lowers its"
             assert (said in text) == (side not in named), text
     # a prompt whose query-side source is the third largest by score in local mode (the
     # fixture's have one candidate a side): the ablations chose it
@@ -1750,9 +1767,19 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     stopped = summarize(replacement, other, other_run, max_groups=1)
     _check_qk_sources(stopped, other, replacement)
     p = stopped.group(stopped.targets[0].predicting_group)
-    assert not stopped.qk_sources(p.key)  # the first two lower nothing: said with the bound
-    assert "when ablated (up to the 2 raising it most, each ablated)" in no_sources_text(
-        p, stopped)  # fmt: skip
+    # the query side's first two and the heads at the query lower nothing: said with the
+    # bound; the key side's source is a head at the key whose linear share lowers the side
+    ((g, w),) = stopped.qk_sources(p.key)
+    assert w.side == "key" and w.value <= 0 and (w.rank, w.tested, w.at_position) == (2, 2, 1)
+    text = qk_sources_text(stopped, p.key)
+    assert (
+        "query side: no head group raising it or at its position lowers its attention when "
+        "ablated (up to the 2 raising it most and every one at its position, each ablated)" in text
+    )
+    assert (
+        "at the side's position, not raising it by its linear share: of the 1 such group "
+        "tested beside the 1 raising it most, its ablation lowers the attention most" in text
+    )
     monkeypatch.setattr(circuits.mechanisms, "CANDIDATES", CANDIDATES)
     monkeypatch.undo()  # SIDE_SOURCES, CANDIDATES and MAX_CANDIDATES; ATTENTION_LOWERED below
     monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)
@@ -1807,14 +1834,34 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
         ("writes_qk", {"qk_head": 999}, "writes_qk"),
         ("writes_qk", {"rank": 5, "tested": 4}, "writes_qk"),
         ("writes_qk", {"rank": 0}, "rank"),
-        ("writes_qk", {"rank": 1, "tested": 4, "raisers": 3}, "more tested than raise"),
-        ("writes_qk", {"raisers": 0}, "raisers"),
+        (
+            "writes_qk",
+            {"rank": 1, "tested": 4, "raisers": 3, "at_position": 0},
+            "more tested than raise",
+        ),
+        (
+            "writes_qk",
+            {"rank": 4, "tested": 4, "raisers": 3, "at_position": 5},
+            "more tested than raise",
+        ),
+        (
+            "writes_qk",
+            {"rank": 4, "tested": 4, "raisers": 3, "at_position": 1, "value": 0.5},
+            "a raiser ranked among the groups at the side's position",
+        ),
+        (
+            "writes_qk",
+            {"rank": 1, "tested": 4, "raisers": 3, "at_position": 1, "value": -0.5},
+            "a raiser ranked among the groups at the side's position",
+        ),
+        ("writes_qk", {"at_position": -1}, "at_position"),
+        ("writes_qk", {"raisers": -1}, "raisers"),
         ("writes_qk", {"tie_name": "L0 2 heads @3"}, "a tie without its attention"),
         ("writes_qk", {"tie_attention": 0.5}, "a tie without its attention"),
         ("writes_qk", {"tie_name": "x", "tie_attention": 1.5}, "tie_attention"),
         (
             "writes_qk",
-            {"tie_name": "x", "tie_attention": 0.5, "rank": 1, "tested": 1},
+            {"tie_name": "x", "tie_attention": 0.5, "rank": 1, "tested": 1, "at_position": 0},
             "with one group tested",
         ),
         # a review's: "within 0.01" of the group's own 0.04, and above the attention before

@@ -604,7 +604,7 @@ def qk_source_fields(summary, group, k: int) -> dict:
             out[f"{side}_source"] = {
                 "name": g.name, "pos": g.pos, "attends": g.attends, "layer": g.layer,
                 "score": round(w.value, 4), "rank": w.rank, "tested": w.tested,
-                "raisers": w.raisers,
+                "raisers": w.raisers, "at_position": w.at_position,
                 "attention_before": None if a is None else round(a.mean_before, 4),
                 "attention_after": None if a is None else round(a.mean_free, 4),
             }  # fmt: skip

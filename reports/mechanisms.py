@@ -359,7 +359,9 @@ def own_attention_text(t: TargetRecord, tokens: list[str]) -> str:
     shown = ", ".join(after(k, a) for k, a in moved[:OWN_ATTENTION_SHOWN])
     more = f", {len(moved) - OWN_ATTENTION_SHOWN} more" if len(moved) > OWN_ATTENTION_SHOWN else ""
     return (f"its own attention to {tokens[t.reads]!r}@{t.reads} {attention_text(t.own_attention)}"
-            f"; with a group ablated (attention free): {shown}{more}")  # fmt: skip
+            f"; with a checked group ablated (attention free): {shown}{more} (the groups its "
+            "value flows through are checked; those at its query act on it through this "
+            "attention alone, and are not)")  # fmt: skip
 
 
 def check_texts(

@@ -312,7 +312,11 @@ def _summarize(
         for (g, side), n in tried.items():
             if n >= min(MAX_CANDIDATES, len(raisers[g, side])):
                 continue
-            (first, *_), alone = lowest(g, side)
+            # read among the raisers alone (a group at the position that lowers it does not
+            # end the search: on a reviewer's prompt one at 0.50 stopped it before the 5th
+            # raiser, which takes it to 0.35)
+            order, alone = lowest(g, side)
+            first = next(r for r in order if r < n)
             enough = alone[first] <= look_of[g].mean(clean[g]) - ATTENTION_LOWERED
             if first == n - 1 or not enough:  # the last raiser tested, or none enough
                 tried[g, side] = min(n + CANDIDATES, MAX_CANDIDATES, len(raisers[g, side]))

@@ -1611,13 +1611,12 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             after, beside = [alone(x) for x in raisers], [alone(x) for x in placed]
             clean = weighed(mean([])[1])
             threshold = clean - mechanisms.ATTENTION_LOWERED
-            # raisers tested CANDIDATES at a time while the lowest of all tested is the last
-            # raiser tested or none lowers the attention enough, up to the bound
+            # raisers tested CANDIDATES at a time while the lowest of the raisers tested is
+            # the last of them or none lowers the attention enough, up to the bound
             n = min(candidates, len(raisers))
             while n < min(most, len(raisers)):
-                tried = after[:n] + beside
-                low = min(range(len(tried)), key=lambda j: (tried[j], j))
-                if low != n - 1 and tried[low] <= threshold:
+                low = min(range(n), key=lambda j: (after[j], j))
+                if low != n - 1 and after[low] <= threshold:
                     break
                 n = min(n + candidates, most, len(raisers))
             found, after = raisers[:n] + placed, after[:n] + beside

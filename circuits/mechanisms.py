@@ -267,8 +267,9 @@ def _summarize(
         return out
 
     # Each predicting head group's QK reason first: the head groups that write its query and
-    # its key (its QK sources) join the summary with checks, whatever their flow: of the
-    # CANDIDATES that raise a side most, the one whose ablation lowers its attention most.
+    # its key (its QK sources) join the summary with checks, whatever their flow: of those
+    # that raise a side most (CANDIDATES a round, up to MAX_CANDIDATES) and those at that
+    # side's position, the one whose ablation lowers its attention most through that side.
     predictors = list(dict.fromkeys(ranking[0] for ranking, _ in segments if ranking))
     for g in predictors:
         group_reasons(g)

@@ -33,6 +33,13 @@ pre-activation):
   the specific query-unit x key-unit pairs with their nodes' fields, and where what the query
   and the key hold comes from through the graph: tokens, heads, features), each feature's
   concept label and promoted tokens.
+- **QK sources.** For each predicting head group, per side of its first QK reason, the head
+  group whose ablation (the model free) lowers its attention most through that side alone
+  (``circuits.interventions.side_attention``), of those raising the side most by their linear
+  share (``CANDIDATES`` at first, more in rounds while the last of them is lowest, up to
+  ``MAX_CANDIDATES``) and every head group at the side's own position: it joins the summary
+  with its checks whatever its flow (``QKSourceRole``), none where no ablation lowers the
+  attention by ``ATTENTION_LOWERED``.
 - **checks.** For each head and feature group: the change of every target when the group is
   ablated, predicted by the linear graph (``circuits.interventions.predict`` on the full
   graph) and measured by rerunning the replacement model with attention frozen and with it

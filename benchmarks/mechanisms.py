@@ -135,10 +135,13 @@ model), ``circuits.mechanisms.summarize`` with its ablation checks.
   held (``EffectCheck.free_final_ln_held``): what it marks "from the final LayerNorm";
   ``sign_agree_free_attention_held`` and ``free_disagreements_from_attention`` the same with
   the attention patterns held (``EffectCheck.free_attention_held``);
-- ``qk sources`` (``qk_source_fields``): the head groups that write the most to each side of
-  the predicting group's first QK reason are in the summary with checks
-  (``GroupRecord.writes_qk``); ``key_source_halves`` / ``query_source_halves``: ablating that
-  side's one (attention free) at least halves the predicting group's attention
+- ``qk sources`` (``qk_source_fields``): each side's QK source of the predicting group's
+  first QK reason (``circuits.mechanisms``: of the head groups raising that side most and
+  those at its position, the one whose ablation lowers the attention most through that side)
+  is in the summary with checks (``GroupRecord.writes_qk``; its record keeps its rank, the
+  groups tested, how many raise the side and how many tested sit at its position);
+  ``key_source_halves`` / ``query_source_halves``: ablating that side's one (attention free)
+  at least halves the predicting group's attention through that side alone
   (``AttentionCheck``), the reason's side tested by intervention; ``key_source_previous_token``:
   the key side's is the heads at the key reading the token before it. ``qk_writer_checks`` and
   ``qk_writer_sign_agree_free``: those groups' checks, part of ``checks``, and their free

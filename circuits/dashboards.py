@@ -516,11 +516,13 @@ class NotDashboards(ValueError):
 
 
 def _read(path, replacement, tokenizer) -> Dashboards:
+    ours = False  # its header found: a dashboards file, damaged or not
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
             if HEADER_KEY not in metadata:
                 raise NotDashboards("no dashboards header (not a dashboards file)")
+            ours = True
             header = parse_json(metadata[HEADER_KEY])
             layout, meta = _check_header(header)
             expected = tensor_layout(layout)
@@ -531,9 +533,10 @@ def _read(path, replacement, tokenizer) -> Dashboards:
     except ValueError:
         raise
     except Exception as exc:  # safetensors and json raise their own types on damaged files
-        raise NotDashboards(
-            f"not readable as a dashboards file ({one_line(exc) or type(exc).__name__})"
-        ) from None
+        why = one_line(exc) or type(exc).__name__
+        if ours:  # damaged inside: may be removed and built again
+            raise ValueError(why) from None
+        raise NotDashboards(f"not readable as a dashboards file ({why})") from None
     check_content_sha256(state, header)
     dash = Dashboards(layout, state, meta)
     _check_values(dash)

@@ -600,10 +600,14 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     for name in ("checks", "constants", "qk_sources_at_position"):
         flag = summary.settings.get(name, False)
         _expect(type(flag) is bool, f"settings.{name}: {flag!r:.40}, not true or false")
+    # the groups at a side's position were tested only with the rounds' bound, which the
+    # words print (a file with one and not the other printed "up to the None raising it")
+    _expect(not summary.settings.get("qk_sources_at_position")
+            or "qk_sources_most" in summary.settings,
+            "settings.qk_sources_at_position without qk_sources_most")  # fmt: skip
     grouping = summary.settings.get("grouping", "")  # the rules' text, or "given"
     _expect(isinstance(grouping, str), f"settings.grouping: {grouping!r:.40}, not a string")
     _check_main_inputs(summary)
-    _check_key_tokens(summary)
     keys = [g.key for g in summary.groups]
     _expect(len(set(keys)) == len(keys), "groups: two groups share a key")
     targets = {t.node for t in summary.targets}
@@ -656,6 +660,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         where = f"groups[{i}]"
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
         _check_place(g, len(summary.tokens), where)
+        _check_key_token(g, summary.tokens, where)  # (its key in the prompt: checked above)
         _expect(all(h >= 0 for h in g.qk_heads) and len(set(g.qk_heads)) == len(g.qk_heads)
                 and (g.kind in ("lorsa", "mixed") or not g.qk_heads),
                 f"{where}.qk_heads: a head group's QK heads, each once")  # fmt: skip
@@ -697,6 +702,15 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             _expect(w.at_position is None or (w.value > 0) == (w.rank <= raising),
                     f"{where}.writes_qk[{j}]: a raiser ranked among the groups at the side's "
                     "position, or the reverse")  # fmt: skip
+            # without checks no ablation chose it: the largest raiser, alone
+            _expect(
+                summary.settings.get("checks", True) or (w.tested == 1 and not placed),
+                f"{where}.writes_qk[{j}]: groups tested in a summary without checks",
+            )
+            _expect(
+                raising <= summary.settings.get("qk_sources_most", raising),
+                f"{where}.writes_qk[{j}]: more raisers tested than the settings' bound",
+            )
             _expect((w.tie_name is None) == (w.tie_attention is None) and (
                 w.tie_name is None or w.tested > 1), f"{where}.writes_qk[{j}]: a tie without "
                 "its attention or the reverse, or with one group tested")  # fmt: skip
@@ -744,13 +758,12 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     return summary
 
 
-def _check_key_tokens(summary: MechanismSummary) -> None:
+def _check_key_token(g: GroupRecord, tokens: list[str], where: str) -> None:
     """A group's ``attends_token`` is the token at the key it reads, none where it reads none
     (``summarize`` writes it so; the viewer prints it beside the key)."""
-    for i, g in enumerate(summary.groups):
-        key_token = None if g.attends is None else summary.tokens[g.attends]
-        _expect(g.attends_token == key_token, f"groups[{i}].attends_token: {g.attends_token!r:.40}"
-                f", not the token at the key read, {key_token!r:.40}")  # fmt: skip
+    key_token = None if g.attends is None else tokens[g.attends]
+    _expect(g.attends_token == key_token, f"{where}.attends_token: {g.attends_token!r:.40}, not "
+            f"the token at the key read, {key_token!r:.40}")  # fmt: skip
 
 
 def _below(g: GroupRecord, head: GroupRecord) -> bool:

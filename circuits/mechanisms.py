@@ -296,9 +296,9 @@ def _summarize(
             raisers[look.group, side] = _qk_candidates(view, side_flow, exclude)
             at = look.query if side == "query" else look.key
             placed[look.group, side] = _placed_candidates(view, side_flow, exclude, look, at)
-    tried = {side: min(CANDIDATES, len(found)) for side, found in raisers.items()}
+    tried = {key: min(CANDIDATES, len(found)) for key, found in raisers.items()}
 
-    def tested(g: int, side: str) -> list[tuple[int, float]]:
+    def under_test(g: int, side: str) -> list[tuple[int, float]]:
         """The candidates of ``g``'s ``side`` tested so far: raisers by score, then the
         placed (with checks)."""
         return raisers[g, side][: tried[g, side]] + (placed[g, side] if check else [])
@@ -310,11 +310,11 @@ def _summarize(
         with each ablated, lowest first (ties by score), and those attentions."""
         look = look_of[g]
         alone = [look.mean(after[c][g].side(side)) if g in after[c] else np.inf
-                 for c, _ in tested(g, side)]  # fmt: skip
+                 for c, _ in under_test(g, side)]  # fmt: skip
         return sorted(range(len(alone)), key=lambda r: (alone[r], r)), alone
 
     while check:  # each round's new candidates rerun together
-        new = sorted({c for key in tried for c, _ in tested(*key)} - set(after))
+        new = sorted({c for key in tried for c, _ in under_test(*key)} - set(after))
         after |= _free_attention(replacement, full, run, {c: view.groups[c] for c in new}, looks)
         grown = False
         for (g, side), n in tried.items():
@@ -334,7 +334,7 @@ def _summarize(
     writes_qk: dict[int, list[tuple]] = {}  # source -> QKSourceRole's fields but the group key
     sources_of: dict[int, list[int]] = {}
     for g, side in tried:
-        found = tested(g, side)
+        found = under_test(g, side)
         if not found:
             continue
         rank = 0  # without checks, the largest by its share; else the one ablation shows

@@ -359,9 +359,10 @@ def own_attention_text(t: TargetRecord, tokens: list[str]) -> str:
     shown = ", ".join(after(k, a) for k, a in moved[:OWN_ATTENTION_SHOWN])
     more = f", {len(moved) - OWN_ATTENTION_SHOWN} more" if len(moved) > OWN_ATTENTION_SHOWN else ""
     return (f"its own attention to {tokens[t.reads]!r}@{t.reads} {attention_text(t.own_attention)}"
-            f"; with a checked group ablated (attention free): {shown}{more} (the groups its "
-            "value flows through are checked; those at its query act on it through this "
-            "attention alone, and are not)")  # fmt: skip
+            f"; with a checked group ablated (attention free): {shown}{more} (the summary's "
+            "checked groups: those its value flows through most, and any others it holds; a "
+            "group at its query acts on it through this attention alone, and is checked only "
+            "where it is in the summary for another reason)")  # fmt: skip
 
 
 def check_texts(
@@ -909,12 +910,12 @@ def _no_source_words(summary: MechanismSummary, what: str) -> str:
     checked = summary.settings.get("checks")  # (absent from files before it)
     if checked is False or (checked is None and not any(x.checks for x in summary.groups)):
         return f"no head group raises {what}"
-    words = f"no head group raises {what} and lowers its attention when ablated"
     most = summary.settings.get("qk_sources_most")  # (absent from files before it)
-    if summary.settings.get("qk_sources_at_position"):
+    if summary.settings.get("qk_sources_at_position"):  # (with ``most``: checked on load)
         return (f"no head group raising {what} or at its position lowers its attention when "
                 f"ablated (up to the {most} raising it most and every one at its position, "
                 "each ablated)")  # fmt: skip
+    words = f"no head group raises {what} and lowers its attention when ablated"
     return words if most is None else f"{words} (up to the {most} raising it most, each ablated)"
 
 

@@ -1854,6 +1854,11 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
             "a raiser ranked among the groups at the side's position",
         ),
         ("writes_qk", {"at_position": -1}, "at_position"),
+        (
+            "writes_qk",
+            {"rank": 1, "tested": 20, "raisers": 20, "at_position": 0, "value": 0.5},
+            "more raisers tested than the settings' bound",
+        ),
         ("writes_qk", {"raisers": -1}, "raisers"),
         ("writes_qk", {"tie_name": "L0 2 heads @3"}, "a tie without its attention"),
         ("writes_qk", {"tie_attention": 0.5}, "a tie without its attention"),
@@ -1886,6 +1891,13 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=message):
             load_summary(path)
+    # without checks no ablation chose a source: it is the largest raiser, one tested
+    bad = copy.deepcopy(d)
+    bad["settings"]["checks"] = False
+    next(x for x in bad["groups"] if x["key"] == g["key"])["writes_qk"][0]["tested"] = 2
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="groups tested in a summary without checks"):
+        load_summary(path)
 
 
 def test_the_drawn_graph_keeps_the_predicting_groups_and_their_qk_sources(
@@ -3044,6 +3056,21 @@ def test_a_forged_summary_files_qk_heads_pairs_key_tokens_and_settings_are_check
     settings += [(name, value, "not true or false")
                  for name in ("checks", "constants") for value in (None, "no", 0, [])]  # fmt: skip
     settings += [("grouping", value, "not a string") for value in (None, 1, [], {})]
+    # a group's key far outside the prompt is refused as such (it was an IndexError, the key
+    # token read before the key was checked: a review)
+    for key in (10**6, -1):
+        bad = copy.deepcopy(d)
+        bad["groups"][i]["attends"] = key
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=re.escape(f"groups[{i}]")):
+            load_summary(path)
+    # the groups at a side's position tested without the rounds' bound the words print
+    bad = copy.deepcopy(d)
+    bad["settings"]["qk_sources_at_position"] = True
+    del bad["settings"]["qk_sources_most"]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="qk_sources_at_position without qk_sources_most"):
+        load_summary(path)
     for name, value, message in settings:
         bad = copy.deepcopy(d)
         bad["settings"][name] = value

@@ -788,3 +788,31 @@ def test_a_build_without_a_terminal_says_what_it_builds(setup, capsys):
     with torch.no_grad():
         _build(replacement, tokenizer, path, progress=None)
     assert capsys.readouterr().err == ""
+
+
+def test_a_file_is_ours_once_its_header_is_found(setup, monkeypatch):
+    """A file without the dashboards header is no dashboards file (``NotDashboards``: never to
+    be removed on this code's word); one whose header is found and that fails after it is
+    ours, damaged (a plain ValueError: it may be removed and built again), as a review found
+    it was classed as no dashboards file."""
+    from safetensors.torch import save_file
+
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    with torch.no_grad():
+        _build(replacement, tokenizer, path)
+    other = tmp / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, other)
+    text = tmp / "notes.txt"
+    text.write_text("notes")
+    for given in (other, text):
+        with pytest.raises(D.NotDashboards):
+            D.read_file(given, replacement, tokenizer)
+
+    def broken(_):
+        raise RuntimeError("damaged header")
+
+    monkeypatch.setattr(D, "parse_json", broken)
+    with pytest.raises(ValueError, match="damaged header") as info:
+        D.read_file(path, replacement, tokenizer)
+    assert not isinstance(info.value, D.NotDashboards)

@@ -58,10 +58,11 @@ NO_MOVER = (
 # What picks a side's source is an ablation, not its share of the score: of the head groups
 # raising the side most, the one whose ablation lowers the attention most through that side
 # (a reviewer read "written most by" over a group 4th of 4 by score and +0.018 of -0.77)
+QK_SOURCES_WHAT = "what makes it attend there"
 QK_SOURCES = (
-    "what makes it attend there (of the head groups raising each side of its QK "
-    "score most and those at that side's position, the one whose ablation lowers its "
-    "attention most through that side)"
+    f"{QK_SOURCES_WHAT} (of the head groups raising each side of its QK score most and those "
+    "at that side's position, the one whose ablation lowers its attention most through that "
+    "side)"
 )
 # the same for files written before the groups at a side's position were tested
 QK_SOURCES_RAISERS = QK_SOURCES.replace(" and those at that side's position", "")
@@ -1038,6 +1039,7 @@ def format_summary(
     def short(key: str) -> str:
         return f"{key} {names[key].name}"
 
+    said_for: dict[str, str] = {}  # a predicting group whose QK sources are printed: where
     for t in summary.targets:
         head = f"target {t.label} = {t.value:.3g} {probability_text(t)}"
         if rival := rival_text(t):
@@ -1069,10 +1071,15 @@ def format_summary(
                 lines.append(f"    {flagged}")
             if stronger := stronger_text(g, t, summary):
                 lines.append(f"    {stronger}")
-            if sources := qk_sources_text(summary, g.key):
+            if g.key in said_for:  # the same group's sources, once (ten targets printed
+                # the same long line ten times)
+                lines.append(f"    {QK_SOURCES_WHAT}: as under {said_for[g.key]} above")
+            elif sources := qk_sources_text(summary, g.key):
                 lines.append(f"    {qk_sources_heading(summary)}: {sources}")
+                said_for[g.key] = t.label
             elif none := no_sources_text(g, summary):
                 lines.append(f"    {none}")
+                said_for[g.key] = t.label
             if moved_text(t):
                 lines.append(f"  {moved_text(t)}")
             others = [names[k] for k in t.head_groups[1:]]
@@ -1241,6 +1248,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     ]
     if summary.mode == "sparse":
         parts.append(f"<p>{_esc(SPARSE_WORDS[0].upper() + SPARSE_WORDS[1:])}.</p>")
+    said_for: dict[str, str] = {}  # a predicting group whose QK sources are shown: where
     for t in summary.targets:
         consts = ", ".join(f"{_esc(constant_source(name))} {_span(v)}"
                            for name, v in t.constants_by_source)  # fmt: skip
@@ -1274,10 +1282,15 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
             if stronger := stronger_text(summary.group(t.predicting_group), t, summary):
                 parts.append(f"<p>{_esc(stronger)}</p>")
-            if sources := qk_sources_text(summary, t.predicting_group):
+            if t.predicting_group in said_for:  # once, as the text does
+                parts.append(f"<p>{QK_SOURCES_WHAT}: as under "
+                             f"{_esc(said_for[t.predicting_group])} above</p>")  # fmt: skip
+            elif sources := qk_sources_text(summary, t.predicting_group):
                 parts.append(f"<p>{qk_sources_heading(summary)}: {_esc(sources)}</p>")
+                said_for[t.predicting_group] = t.label
             elif none := no_sources_text(summary.group(t.predicting_group), summary):
                 parts.append(f"<p>{_esc(none)}</p>")
+                said_for[t.predicting_group] = t.label
             if moved_text(t):
                 parts.append(f"<p>{_esc(moved_text(t))}</p>")
             others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])} "

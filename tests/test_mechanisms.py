@@ -3079,3 +3079,30 @@ def test_a_forged_summary_files_qk_heads_pairs_key_tokens_and_settings_are_check
             load_summary(path)
     path.write_text(json.dumps(d))
     assert load_summary(path).to_dict() == d
+
+
+def test_a_predicting_groups_qk_sources_are_printed_once(graph, replacement, run, monkeypatch):
+    """Targets that share a predicting group printed its long QK-source line once each (ten
+    logits, ten times the same line): later ones point to the first."""
+    import circuits.mechanisms
+    from reports.html import escape
+    from reports.mechanisms import QK_SOURCES_WHAT, qk_sources_heading, qk_sources_text
+
+    monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)  # (QK sources here)
+    summary = summarize(replacement, graph, run, max_groups=1)
+    text = format_summary(summary)
+    first: dict[str, str] = {}
+    for t in summary.targets:
+        first.setdefault(t.predicting_group, t.label)
+    shared = [t for t in summary.targets if first[t.predicting_group] != t.label]
+    assert shared  # the fixture's targets share a predicting group
+    for key in first:
+        if sources := qk_sources_text(summary, key):
+            assert text.count(f"{qk_sources_heading(summary)}: {sources}") == 1
+    for t in shared:
+        assert f"{QK_SOURCES_WHAT}: as under {first[t.predicting_group]} above" in text
+    page = mechanisms_html(summary)  # the report's section, the same way
+    for key in first:
+        if sources := qk_sources_text(summary, key):
+            assert page.count(f"{qk_sources_heading(summary)}: {escape(sources)}") == 1
+    assert page.count(f"{QK_SOURCES_WHAT}: as under ") == len(shared)

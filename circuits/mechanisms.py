@@ -294,14 +294,15 @@ def _summarize(
         for side, side_flow in zip(SIDES, side_flows[id(qk_of[look.group][0])], strict=True):
             exclude = {look.group, *own.values()}
             raisers[look.group, side] = _qk_candidates(view, side_flow, exclude)
-            at = look.query if side == "query" else look.key
-            placed[look.group, side] = _placed_candidates(view, side_flow, exclude, look, at)
+            at = look.query if side == "query" else look.key  # (ablated only with checks)
+            placed[look.group, side] = (_placed_candidates(view, side_flow, exclude, look, at)
+                                        if check else [])  # fmt: skip
     tried = {key: min(CANDIDATES, len(found)) for key, found in raisers.items()}
 
     def under_test(g: int, side: str) -> list[tuple[int, float]]:
         """The candidates of ``g``'s ``side`` tested so far: raisers by score, then the
-        placed (with checks)."""
-        return raisers[g, side][: tried[g, side]] + (placed[g, side] if check else [])
+        placed."""
+        return raisers[g, side][: tried[g, side]] + placed[g, side]
 
     after: dict[int, dict[int, _After]] = {}  # tested group -> its free rerun's attentions
 
@@ -355,7 +356,7 @@ def _summarize(
                 tie = (view.groups[found[rest[0]][0]].name, alone[rest[0]])
         source, value = found[rank]
         role = (g, qk_of[g][0].qk_head, side, value, rank + 1, len(found) if check else 1, *tie,
-                len(raisers[g, side]), len(placed[g, side]) if check else 0)  # fmt: skip
+                len(raisers[g, side]), len(placed[g, side]))  # fmt: skip
         writes_qk.setdefault(source, []).append(role)
         sources_of.setdefault(g, []).append(source)
     chosen = []
@@ -805,17 +806,24 @@ def _split(looks: list[_Look], result) -> dict[int, _After]:
     return out
 
 
+def _head_groups_by_sum(
+    view: GroupedGraph, flow: np.ndarray, exclude: set[int], keep
+) -> list[tuple[int, float]]:
+    """The head groups (not in ``exclude``) that ``keep(group, sum)`` keeps, with one side of
+    a QK reason's flow (``circuits.flows.qk_side_flows``) summed over each, largest first."""
+    sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
+    heads = [g for g, grp in enumerate(view.groups)
+             if grp.kind == "lorsa" and g not in exclude and keep(grp, sums[g])]  # fmt: skip
+    heads.sort(key=lambda g: (-sums[g], g))
+    return [(g, float(sums[g])) for g in heads]
+
+
 def _qk_candidates(
     view: GroupedGraph, flow: np.ndarray, exclude: set[int]
 ) -> list[tuple[int, float]]:
     """The head groups (not in ``exclude``) that raise one side of a QK reason (that side's
-    flow, ``circuits.flows.qk_side_flows``, summed per group), with their sums, largest
-    first; none with a sum <= 0."""
-    sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
-    heads = [g for g, grp in enumerate(view.groups)
-             if grp.kind == "lorsa" and g not in exclude and sums[g] > 0]  # fmt: skip
-    heads.sort(key=lambda g: (-sums[g], g))
-    return [(g, float(sums[g])) for g in heads]
+    flow summed per group), with their sums, largest first; none with a sum <= 0."""
+    return _head_groups_by_sum(view, flow, exclude, lambda grp, total: total > 0)
 
 
 def _placed_candidates(
@@ -824,12 +832,10 @@ def _placed_candidates(
     """The head groups (not in ``exclude``) at position ``pos`` (a QK side's: the query or the
     key) that can change ``look``'s attention and do not raise that side (its flow summed per
     group <= 0; those that do are ``_qk_candidates``), with their sums, largest first."""
-    sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
-    heads = [g for g, grp in enumerate(view.groups)
-             if grp.kind == "lorsa" and g not in exclude and grp.pos == pos and sums[g] <= 0
-             and look.reads_after(grp)]  # fmt: skip
-    heads.sort(key=lambda g: (-sums[g], g))
-    return [(g, float(sums[g])) for g in heads]
+    return _head_groups_by_sum(
+        view, flow, exclude,
+        lambda grp, total: total <= 0 and grp.pos == pos and look.reads_after(grp),
+    )  # fmt: skip
 
 
 def _free_attention(replacement, full, run, groups: dict, looks: list[_Look]) -> dict:

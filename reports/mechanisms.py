@@ -934,6 +934,31 @@ def no_sources_text(g: GroupRecord, summary: MechanismSummary) -> str:
     return f"its QK score: {_no_source_words(summary, 'its query or key side')}"
 
 
+def qk_sources_line(summary: MechanismSummary, key: str | None) -> str | None:
+    """Head group ``key``'s QK sources line as every view prints it (its heading and
+    ``qk_sources_text``), or why it has none (``no_sources_text``: a viewer panel left it out,
+    a review found); None where there is nothing to say."""
+    if key is None:
+        return None
+    if sources := qk_sources_text(summary, key):
+        return f"{qk_sources_heading(summary)}: {sources}"
+    return no_sources_text(summary.group(key), summary) or None
+
+
+def qk_sources_lines(summary: MechanismSummary) -> dict[str, str]:
+    """Each target's QK sources line (by target node), its predicting group's said once: a
+    later target sharing the group points to the first (ten targets printed the same long
+    line ten times)."""
+    out, said_for = {}, {}
+    for t in summary.targets:
+        if t.predicting_group in said_for:
+            out[t.node] = f"{QK_SOURCES_WHAT}: as under {said_for[t.predicting_group]} above"
+        elif line := qk_sources_line(summary, t.predicting_group):
+            out[t.node] = line
+            said_for[t.predicting_group] = t.label
+    return out
+
+
 def attention_text(a: float) -> str:
     """An attention weight: two decimals, or one significant digit below 0.01 (never 0.00)."""
     return f"{a:.2f}" if a >= 0.01 or a == 0 else f"{a:.1g}"
@@ -1039,7 +1064,7 @@ def format_summary(
     def short(key: str) -> str:
         return f"{key} {names[key].name}"
 
-    said_for: dict[str, str] = {}  # a predicting group whose QK sources are printed: where
+    qk_lines = qk_sources_lines(summary)
     for t in summary.targets:
         head = f"target {t.label} = {t.value:.3g} {probability_text(t)}"
         if rival := rival_text(t):
@@ -1071,15 +1096,8 @@ def format_summary(
                 lines.append(f"    {flagged}")
             if stronger := stronger_text(g, t, summary):
                 lines.append(f"    {stronger}")
-            if g.key in said_for:  # the same group's sources, once (ten targets printed
-                # the same long line ten times)
-                lines.append(f"    {QK_SOURCES_WHAT}: as under {said_for[g.key]} above")
-            elif sources := qk_sources_text(summary, g.key):
-                lines.append(f"    {qk_sources_heading(summary)}: {sources}")
-                said_for[g.key] = t.label
-            elif none := no_sources_text(g, summary):
-                lines.append(f"    {none}")
-                said_for[g.key] = t.label
+            if line := qk_lines.get(t.node):
+                lines.append(f"    {line}")
             if moved_text(t):
                 lines.append(f"  {moved_text(t)}")
             others = [names[k] for k in t.head_groups[1:]]
@@ -1248,7 +1266,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     ]
     if summary.mode == "sparse":
         parts.append(f"<p>{_esc(SPARSE_WORDS[0].upper() + SPARSE_WORDS[1:])}.</p>")
-    said_for: dict[str, str] = {}  # a predicting group whose QK sources are shown: where
+    qk_lines = qk_sources_lines(summary)
     for t in summary.targets:
         consts = ", ".join(f"{_esc(constant_source(name))} {_span(v)}"
                            for name, v in t.constants_by_source)  # fmt: skip
@@ -1282,15 +1300,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
             if stronger := stronger_text(summary.group(t.predicting_group), t, summary):
                 parts.append(f"<p>{_esc(stronger)}</p>")
-            if t.predicting_group in said_for:  # once, as the text does
-                parts.append(f"<p>{QK_SOURCES_WHAT}: as under "
-                             f"{_esc(said_for[t.predicting_group])} above</p>")  # fmt: skip
-            elif sources := qk_sources_text(summary, t.predicting_group):
-                parts.append(f"<p>{qk_sources_heading(summary)}: {_esc(sources)}</p>")
-                said_for[t.predicting_group] = t.label
-            elif none := no_sources_text(summary.group(t.predicting_group), summary):
-                parts.append(f"<p>{_esc(none)}</p>")
-                said_for[t.predicting_group] = t.label
+            if line := qk_lines.get(t.node):
+                parts.append(f"<p>{_esc(line)}</p>")
             if moved_text(t):
                 parts.append(f"<p>{_esc(moved_text(t))}</p>")
             others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])} "

@@ -168,18 +168,6 @@ def qk_refs(graph: Graph) -> dict[str, dict]:
     return refs
 
 
-def _qk_sources_line(summary, key: str | None) -> str | None:
-    """The predicting group's QK sources line, as the text prints it (``qk_sources_heading``), or
-    why it has none (``no_sources_text``: the panel left it out, a review found)."""
-    from .mechanisms import no_sources_text, qk_sources_heading, qk_sources_text
-
-    if key is None:
-        return None
-    if sources := qk_sources_text(summary, key):
-        return f"{qk_sources_heading(summary)}: {sources}"
-    return no_sources_text(summary.group(key), summary) or None
-
-
 def _reason_panel(r, summary) -> dict:
     """A summary's ``QKReasonRecord`` as the panel lists it under a group or a head target."""
     from circuits.mechanism_file import SIDES
@@ -222,6 +210,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         own_token_text,
         predicting_heading,
         probability_text,
+        qk_sources_line,
         reads_text,
         rival_text,
         spread_text,
@@ -259,7 +248,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              if t.predicting_group else None,
              "stronger": (stronger_text(summary.group(t.predicting_group), t, summary)
                           or None) if t.predicting_group else None,
-             "qkSources": _qk_sources_line(summary, t.predicting_group),
+             "qkSources": qk_sources_line(summary, t.predicting_group),
              "qk": [_reason_panel(r, summary) for r in t.qk]}
             for t in summary.targets
         ],

@@ -3104,5 +3104,5 @@ def test_a_predicting_groups_qk_sources_are_printed_once(graph, replacement, run
     page = mechanisms_html(summary)  # the report's section, the same way
     for key in first:
         if sources := qk_sources_text(summary, key):
-            assert page.count(f"{qk_sources_heading(summary)}: {escape(sources)}") == 1
+            assert page.count(escape(f"{qk_sources_heading(summary)}: {sources}")) == 1
     assert page.count(f"{QK_SOURCES_WHAT}: as under ") == len(shared)

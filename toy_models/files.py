@@ -119,9 +119,9 @@ def take_lock(lock: Path, busy: str) -> None:
                 return
             except FileExistsError:
                 owner, start = _lock_owner(lock)
-                if owner == os.getpid() and _holds(owner, start):
-                    return  # this process's own, taken before
-                if owner > 0 and owner != os.getpid() and _holds(owner, start):
+                if owner > 0 and _holds(owner, start):
+                    if owner == os.getpid():
+                        return  # this process's own, taken before
                     raise WriteError(errno.EBUSY, f"another run (process {owner}) is {busy}; if "
                                      f"no run is, remove its lock {lock}",
                                      str(lock.parent)) from None  # fmt: skip

@@ -56,6 +56,11 @@ from .train import DictionaryShapes, ReplacementTrainConfig, lr_at
 KINDS = ("lorsa", "sae")
 QK_INITS = ("copy", "random")
 AXES = ("k", "qk_heads", "d_qk")
+# every axis ``sweep_variants`` writes, with the kind of dictionary it holds (what a results
+# file must hold: ``reports.ablations.check_results``); each holds variants but the control,
+# empty without ``SweepAxes.random_qk_control``
+SWEPT = {**dict.fromkeys(AXES, "lorsa"), "sae": "sae", "control": "lorsa"}
+OPTIONAL_AXES = ("control",)
 
 
 # ----------------------------------------------------------------- what is swept
@@ -104,7 +109,7 @@ def sweep_variants(base: DictionaryShapes, axes: SweepAxes) -> dict[str, list[Va
     def lorsa(k=base.lorsa_top_k, qk=base.n_qk_heads, d=base.d_qk, init="copy"):
         return Variant("lorsa", k, base.n_ov_heads, qk, d, init)
 
-    out = {
+    out = {  # the axes of ``SWEPT``
         "k": [lorsa(k=k) for k in axes.ks],
         "sae": [Variant("sae", k, base.n_ov_heads) for k in axes.ks],
         "qk_heads": [lorsa(qk=h) for h in axes.qk_heads],

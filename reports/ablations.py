@@ -30,11 +30,6 @@ AXES = (  # (axis, x label, variant field on that axis)
     ("qk_heads", "QK heads (same OV heads)", "n_qk_heads"),
     ("d_qk", "QK rank d_qk", "d_qk"),
 )
-# The axes the sweep writes (``replacement.ablations.sweep_variants``), each always, and the
-# kind of dictionary each holds; every one holds variants but the control (``--no-control``)
-SWEPT_AXES = {"k": "lorsa", "sae": "sae", "qk_heads": "lorsa", "d_qk": "lorsa",
-              "control": "lorsa"}  # fmt: skip
-OPTIONAL_AXES = ("control",)
 # The command's output set (``reports.outputs.OutputSet``, built where it is written: that
 # module imports torch, which ``--help`` and a bad ``--json`` never pay for); the first names it.
 REPORT_FILES = ("ablations.md", "ablations.png")
@@ -153,7 +148,7 @@ def check_results(results) -> AblationResults:
     variant an axis names (its point would be left out of the tables and curves, silently), a
     run's L0 above its variant's K, or a loss recovered that does not follow from its run's
     and its layer's losses (``replacement.evaluate.fraction_recovered``)."""
-    from replacement.ablations import Variant
+    from replacement.ablations import OPTIONAL_AXES, SWEPT, Variant
     from replacement.evaluate import fraction_recovered
 
     record = from_json(AblationResults, results, "results")
@@ -170,9 +165,9 @@ def check_results(results) -> AblationResults:
     names = set(record.variants)
     # an axis missing or emptied left its runs out of the tables and curves, silently (a
     # review); one the sweep never writes would be drawn nowhere
-    if set(record.axes) != set(SWEPT_AXES):
+    if set(record.axes) != set(SWEPT):
         raise ValueError(f"results.axes: {sorted(record.axes)!r:.80}, the sweep writes "
-                         f"{sorted(SWEPT_AXES)}")  # fmt: skip
+                         f"{sorted(SWEPT)}")  # fmt: skip
     for axis, members in record.axes.items():
         if unknown := sorted(set(members) - names):
             raise ValueError(f"results.axes.{axis}: no variant named {unknown[:3]}")
@@ -181,8 +176,8 @@ def check_results(results) -> AblationResults:
                              "control on at least one variant")  # fmt: skip
         if len(set(members)) != len(members):
             raise ValueError(f"results.axes.{axis}: names a variant twice")
-        if wrong := [n for n in members if variants[n].kind != SWEPT_AXES[axis]]:
-            raise ValueError(f"results.axes.{axis}: {wrong[:3]} not of the {SWEPT_AXES[axis]} "
+        if wrong := [n for n in members if variants[n].kind != SWEPT[axis]]:
+            raise ValueError(f"results.axes.{axis}: {wrong[:3]} not of the {SWEPT[axis]} "
                              "variants it holds")  # fmt: skip
     for layer, data in record.layers.items():
         if unknown := sorted(set(data.runs) - names):

@@ -15,6 +15,7 @@ import torch
 from conftest import benchmark, deleting
 
 from replacement.ablations import (
+    SWEPT,
     CachedLayerRows,
     LayerEvaluation,
     SweepAxes,
@@ -53,6 +54,10 @@ def test_sweep_variants_share_the_base_run_and_have_unique_names():
     assert [v.top_k for v in axes["sae"]] == [8, 16, 32, 64]
     assert all(v.width == 1024 for v in runs)
     assert axes["control"][0].qk_init == "random"
+    # the axes a results file must hold (``SWEPT``, read by the report's checks), each its kind
+    assert {a: {v.kind for v in vs} for a, vs in axes.items()} == {
+        a: {kind} for a, kind in SWEPT.items()
+    }
     with pytest.raises(ValueError, match="multiple"):
         Variant("lorsa", 4, 32, 3, 8)
 

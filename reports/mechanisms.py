@@ -946,16 +946,17 @@ def qk_sources_line(summary: MechanismSummary, key: str | None) -> str | None:
 
 
 def qk_sources_lines(summary: MechanismSummary) -> dict[str, str]:
-    """Each target's QK sources line (by target node), its predicting group's said once: a
-    later target sharing the group points to the first (ten targets printed the same long
-    line ten times)."""
+    """Each target's QK sources line (by target node), a predicting group's sources said
+    once: a later target sharing the group points to the first (ten targets printed the same
+    long line ten times); the short line of a group without sources is said each time."""
     out, said_for = {}, {}
     for t in summary.targets:
         if t.predicting_group in said_for:
             out[t.node] = f"{QK_SOURCES_WHAT}: as under {said_for[t.predicting_group]} above"
         elif line := qk_sources_line(summary, t.predicting_group):
             out[t.node] = line
-            said_for[t.predicting_group] = t.label
+            if summary.qk_sources(t.predicting_group):
+                said_for[t.predicting_group] = t.label
     return out
 
 

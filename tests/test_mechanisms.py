@@ -3081,21 +3081,31 @@ def test_a_forged_summary_files_qk_heads_pairs_key_tokens_and_settings_are_check
     assert load_summary(path).to_dict() == d
 
 
-def test_a_predicting_groups_qk_sources_are_printed_once(graph, replacement, run, monkeypatch):
+def test_a_predicting_groups_qk_sources_are_printed_once(replacement, tokens, monkeypatch):
     """Targets that share a predicting group printed its long QK-source line once each (ten
-    logits, ten times the same line): later ones point to the first."""
+    logits, ten times the same line): later ones point to the first. (Local mode: there the
+    fixture's targets share a group with sources.)"""
     import circuits.mechanisms
     from reports.html import escape
-    from reports.mechanisms import QK_SOURCES_WHAT, qk_sources_heading, qk_sources_text
+    from reports.mechanisms import (
+        QK_SOURCES_WHAT,
+        no_sources_text,
+        qk_sources_heading,
+        qk_sources_lines,
+        qk_sources_text,
+    )
 
     monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)  # (QK sources here)
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    graph = attribute(replacement, tokens, max_logits=3, run=run)
     summary = summarize(replacement, graph, run, max_groups=1)
     text = format_summary(summary)
     first: dict[str, str] = {}
     for t in summary.targets:
         first.setdefault(t.predicting_group, t.label)
-    shared = [t for t in summary.targets if first[t.predicting_group] != t.label]
-    assert shared  # the fixture's targets share a predicting group
+    shared = [t for t in summary.targets if first[t.predicting_group] != t.label
+              and summary.qk_sources(t.predicting_group)]  # fmt: skip
+    assert shared  # the fixture's targets share a predicting group with sources
     for key in first:
         if sources := qk_sources_text(summary, key):
             assert text.count(f"{qk_sources_heading(summary)}: {sources}") == 1
@@ -3106,3 +3116,8 @@ def test_a_predicting_groups_qk_sources_are_printed_once(graph, replacement, run
         if sources := qk_sources_text(summary, key):
             assert page.count(escape(f"{qk_sources_heading(summary)}: {sources}")) == 1
     assert page.count(f"{QK_SOURCES_WHAT}: as under ") == len(shared)
+    # a group without sources: its short line each time, never a pointer to it
+    for t in summary.targets:
+        if t.predicting_group and not summary.qk_sources(t.predicting_group):
+            none = no_sources_text(summary.group(t.predicting_group), summary)
+            assert qk_sources_lines(summary).get(t.node) == (none or None)

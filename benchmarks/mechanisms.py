@@ -837,7 +837,6 @@ def run_family(
     from toy_models.tokenizer import token_text
 
     records = []
-    cpu = 0.0
     untrained = replacement.model.untrained_tokens or frozenset()
     at_least = len(prompts) if at_least is None else at_least
     for i, prompt in enumerate(prompts):
@@ -879,11 +878,43 @@ def run_family(
             record |= score_prompt(prompt, summary)
             record["closure"] = full.settings["closure_error"]["max_abs"]
         record["cpu_seconds"] = round(time.process_time() - t0, 3)  # the pipeline's own
-        cpu += record["cpu_seconds"]
         if correct:  # a measurement of the benchmark's, not timed
             slopes = first_order(replacement, full, freeze_errors=False, run=run)
             record |= first_order_agreement(summary, full, slopes, TOLERANCE)
         records.append(record)
+    return family_rates(prompts[0].family if prompts else None, records) | {"records": records}
+
+
+def qk_source_sides(records: list[dict]) -> dict:
+    """How the predicting groups' QK sources were chosen (``qk_source_fields``), over the sides
+    of ``records`` that name one: ``named``; ``at_position``, those naming a group at the
+    side's own position whose linear share does not raise the side; ``last_raiser``, those
+    naming the last of more than one raiser tested; ``bound``, those of them where more raise
+    the side than were tested (testing stopped at ``circuits.mechanisms.MAX_CANDIDATES``);
+    ``beyond_first_round``, those that tested more raisers than the first round's
+    ``circuits.mechanisms.CANDIDATES``."""
+    from circuits.mechanisms import CANDIDATES
+
+    sides = [r[f"{s}_source"] for r in records for s in ("query", "key") if r.get(f"{s}_source")]
+
+    def raisers_tested(x: dict) -> int:
+        return x["tested"] - (x.get("at_position") or 0)
+
+    last = [x for x in sides if 1 < raisers_tested(x) == x["rank"]]
+    return {
+        "named": len(sides),
+        "at_position": sum(x["score"] <= 0 for x in sides),
+        "last_raiser": len(last),
+        "bound": sum(x.get("raisers") is not None and raisers_tested(x) < x["raisers"]
+                     for x in last),
+        "beyond_first_round": sum(raisers_tested(x) > CANDIDATES for x in sides),
+    }  # fmt: skip
+
+
+def family_rates(family: str | None, records: list[dict]) -> dict:
+    """A probe family's rates, counts and sub-rates by source from its prompts' records (what
+    ``run_family`` writes beside them): one draw's, or several draws' pooled
+    (``benchmarks/mechanisms_pool.py``), computed alike."""
     right = [r for r in records if r["correct"]]
 
     def rate(key, rows=right):
@@ -897,7 +928,7 @@ def run_family(
         return round(sum(r.get(key, 0) for r in right) / max(1, disagreements), 4)
 
     checks = sum(r.get("checks", 0) for r in right)
-    induction = bool(prompts) and prompts[0].family in INDUCTION
+    induction = family in INDUCTION
     by_source = {s: {"prompts": sum(r["source"] == s for r in records),
                      "correct": sum(r["source"] == s for r in right),
                      "key": rate("key", [r for r in right if r["source"] == s]),
@@ -968,6 +999,13 @@ def run_family(
             / max(1, sum(r.get("qk_writer_checks", 0) for r in right)),
             4,
         ),
+        # the same free agreement over the other checks (the groups' value paths alone)
+        "sign_agree_free_without_qk_writers": round(
+            sum(r.get("agree_free", 0) - r.get("qk_writer_agree_free", 0) for r in right)
+            / max(1, checks - sum(r.get("qk_writer_checks", 0) for r in right)),
+            4,
+        ),
+        "qk_source_sides": qk_source_sides(right),
         "targets_met": {
             "key_90": rate("key") is not None and rate("key") >= 0.9,
             "key_named_90": rate("key_named") is not None and rate("key_named") >= 0.9,
@@ -978,8 +1016,9 @@ def run_family(
         },  # fmt: skip
         "by_source": by_source,
         "reason_misses": reason_misses(right) if induction else None,
-        "cpu_seconds_per_prompt": round(cpu / max(len(records), 1), 3),
-        "records": records,
+        "cpu_seconds_per_prompt": round(
+            sum(r["cpu_seconds"] for r in records) / max(len(records), 1), 3
+        ),
     }
 
 

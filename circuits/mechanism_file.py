@@ -500,6 +500,24 @@ class TargetRecord:
         what it is, so "predicting" and "largest part" are read in it."""
         return direction_of(self.value)
 
+    # A head target with its QK reason read as a head group is (its block, query, the key it
+    # reads, its QK head): the QK sources' records name either (``QKSourceRole.group``).
+    @property
+    def layer(self) -> int | None:
+        return self.qk[0].layer if self.qk else None
+
+    @property
+    def pos(self) -> int | None:
+        return self.qk[0].query if self.qk else None
+
+    @property
+    def attends(self) -> int | None:
+        return self.reads if self.qk else None
+
+    @property
+    def qk_heads(self) -> list[int]:
+        return [r.qk_head for r in self.qk]
+
     @property
     def label(self) -> str:
         """How the target is named to a reader: ``' Friday'``, ``' Friday' - ' May'``, or a
@@ -548,6 +566,32 @@ class MechanismSummary:
         """The groups that write head group ``key``'s QK score (``GroupRecord.writes_qk``),
         each with its role there, in the summary's order."""
         return [(g, w) for g in self.groups for w in g.writes_qk if w.group == key]
+
+    def qk_subject(self, key: str) -> GroupRecord | TargetRecord | None:
+        """Whose QK score a ``QKSourceRole`` splits: a head group of the summary (its key), or
+        a head target with its QK reason (its node); None for anything else."""
+        head = next((g for g in self.groups if g.key == key), None)
+        if head is None:
+            head = next((t for t in self.targets if t.node == key and t.kind == "lorsa"
+                         and t.qk), None)  # fmt: skip
+        return head
+
+    def attention_after(self, g: GroupRecord, key: str) -> AttentionCheck | None:
+        """Group ``g``'s ablation's check of the attention of ``key`` (``qk_subject``): a head
+        group's from ``g.attention_checks``; a head target's from its own attention, clean and
+        after ``g`` (``TargetRecord.own_attention_free`` / ``own_attention_sides``), read as
+        one; None where not measured."""
+        if (found := g.attention_of(key)) is not None:
+            return found
+        t = next((t for t in self.targets if t.node == key), None)
+        if t is None or not t.qk or t.own_attention is None or g.key not in t.own_attention_free:
+            return None
+        sides = t.own_attention_sides.get(g.key)
+        return AttentionCheck(
+            t.node, t.layer, t.pos, t.reads, t.qk_heads, [1.0], [t.own_attention],
+            [t.own_attention_free[g.key]], [] if sides is None else [sides[0]],
+            [] if sides is None else [sides[1]],
+        )  # fmt: skip
 
     @property
     def tolerance(self) -> float:
@@ -688,11 +732,12 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                         f"{where}.checks[{j}]: {name} without its agreement, or the "
                         "reverse")  # fmt: skip
         for j, w in enumerate(g.writes_qk):
-            head = by_key.get(w.group)
+            head = summary.qk_subject(w.group)
             _expect(head is not None and head.kind == "lorsa" and w.side in SIDES
                     and w.qk_head in head.qk_heads and _below(g, head),
                     f"{where}.writes_qk[{j}]: not a side ({'/'.join(SIDES)}) of a QK head of a "
-                    "head group of the summary in a later block")  # fmt: skip
+                    "head group of the summary, or of a head target, in a later "
+                    "block")  # fmt: skip
             placed = w.at_position or 0
             raising = w.tested - placed  # the raisers tested, ranked first (by value)
             _expect(w.rank <= w.tested and 0 <= raising <= (
@@ -716,7 +761,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                 "its attention or the reverse, or with one group tested")  # fmt: skip
             if w.tie_attention is not None:  # as low as this group's, within TIE: a review
                 # loaded a tie of 0.95 said to be "within 0.01" of 0.04
-                a = next((a for a in g.attention_checks if a.group == w.group), None)
+                a = summary.attention_after(g, w.group)
                 alone = None if a is None else a.mean_side(w.side)
                 _expect(alone is not None and alone - CLOSURE <= w.tie_attention
                         <= alone + TIE + CLOSURE and w.tie_attention < a.mean_before,
@@ -766,9 +811,9 @@ def _check_key_token(g: GroupRecord, tokens: list[str], where: str) -> None:
             f"the token at the key read, {key_token!r:.40}")  # fmt: skip
 
 
-def _below(g: GroupRecord, head: GroupRecord) -> bool:
-    """Whether group ``g`` sits in a block before head group ``head``'s (whose QK score it can
-    write) and not after its query."""
+def _below(g: GroupRecord, head: GroupRecord | TargetRecord) -> bool:
+    """Whether group ``g`` sits in a block before head group (or head target) ``head``'s, whose
+    QK score it can write, and not after its query."""
     return (g.layer is not None and head.layer is not None and g.layer < head.layer
             and (g.pos is None or head.pos is None or g.pos <= head.pos))  # fmt: skip
 

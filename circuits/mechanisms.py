@@ -273,25 +273,40 @@ def _summarize(
         side_requests.clear()
         return out
 
-    # Each predicting head group's QK reason first: the head groups that write its query and
-    # its key (its QK sources) join the summary with checks, whatever their flow: of those
-    # that raise a side most (CANDIDATES a round, up to MAX_CANDIDATES) and those at that
-    # side's position, the one whose ablation lowers its attention most through that side.
+    # Each predicting head group's QK reason first, and a head target's own: the head groups
+    # that write its query and its key (its QK sources) join the summary with checks, whatever
+    # their flow: of those that raise a side most (CANDIDATES a round, up to MAX_CANDIDATES)
+    # and those at that side's position, the one whose ablation lowers its attention most
+    # through that side.
     predictors = list(dict.fromkeys(ranking[0] for ranking, _ in segments if ranking))
     for g in predictors:
         group_reasons(g)
+    # a head target's own attention at the key it reads, read in every check's free rerun:
+    # the heads at its key can act through it, not through their value flow (a reviewer's
+    # induction head target: free -2.3 against a flow of +0.761, its attention 0.73 -> 0.0008)
+    own_looks = {t: _Look(("target", t), int(full.layer[t]), int(full.pos[t]), full.read_key(t),
+                          [full.qk_head(t)], [1.0])
+                 for t in targets if full.kind[t] == Kind.LORSA
+                 and full.read_key(t) is not None}  # fmt: skip
+    own_reasons = {t: reasons(look.layer, look.heads, look.query, look.key)  # its own QK head's
+                   for t, look in own_looks.items()}  # fmt: skip
     side_flows = resolve_sides()
     looks = [_Look(g, view.groups[g].layer, view.groups[g].pos, view.groups[g].attends,
                    *weights_of[g]) for g in predictors if qk_of[g]]  # fmt: skip
-    clean = {look.group: look.attention(run.patterns[look.layer]) for look in looks}
-    look_of = {look.group: look for look in looks}
+    # whose QK sources are looked for: the predicting groups' looks, then the head targets'
+    subjects = [*looks, *own_looks.values()]
+    first_reason = {look.group: qk_of[look.group][0] for look in looks} | {
+        own_looks[t].group: own_reasons[t][0] for t in own_looks
+    }
+    clean = {look.group: look.attention(run.patterns[look.layer]) for look in subjects}
+    look_of = {look.group: look for look in subjects}
     raisers: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one, by score
     # and the head groups at the side's own position that do not raise it, tested beside
     # them (a reviewer found heads at the query whose linear share lowers the side take the
     # attention 0.08 -> 0.009 where the named raiser took it to 0.06)
     placed: dict[tuple[int, str], list[tuple[int, float]]] = {}
-    for look in looks:
-        for side, side_flow in zip(SIDES, side_flows[id(qk_of[look.group][0])], strict=True):
+    for look in subjects:
+        for side, side_flow in zip(SIDES, side_flows[id(first_reason[look.group])], strict=True):
             exclude = {look.group, *own.values()}
             raisers[look.group, side] = _qk_candidates(view, side_flow, exclude)
             at = look.query if side == "query" else look.key  # (ablated only with checks)
@@ -316,7 +331,8 @@ def _summarize(
 
     while check:  # each round's new candidates rerun together
         new = sorted({c for key in tried for c, _ in under_test(*key)} - set(after))
-        after |= _free_attention(replacement, full, run, {c: view.groups[c] for c in new}, looks)
+        after |= _free_attention(replacement, full, run, {c: view.groups[c] for c in new},
+                                 subjects)  # fmt: skip
         grown = False
         for (g, side), n in tried.items():
             if n >= min(MAX_CANDIDATES, len(raisers[g, side])):
@@ -333,7 +349,7 @@ def _summarize(
         if not grown:
             break
     writes_qk: dict[int, list[tuple]] = {}  # source -> QKSourceRole's fields but the group key
-    sources_of: dict[int, list[int]] = {}
+    sources_of: dict = {}  # a subject (a group, or ("target", t)) -> its sources
     for g, side in tried:
         found = under_test(g, side)
         if not found:
@@ -355,13 +371,14 @@ def _summarize(
             if rest and alone[rest[0]] < before and alone[rest[0]] - alone[rank] <= TIE:
                 tie = (view.groups[found[rest[0]][0]].name, alone[rest[0]])
         source, value = found[rank]
-        role = (g, qk_of[g][0].qk_head, side, value, rank + 1, len(found) if check else 1, *tie,
+        role = (g, first_reason[g].qk_head, side, value, rank + 1, len(found) if check else 1, *tie,
                 len(raisers[g, side]), len(placed[g, side]))  # fmt: skip
         writes_qk.setdefault(source, []).append(role)
         sources_of.setdefault(g, []).append(source)
     chosen = []
-    for ranking, on_path in segments:
-        chosen += ranking + (sources_of.get(ranking[0], []) if ranking else []) + on_path
+    for t, (ranking, on_path) in zip(targets, segments, strict=True):
+        chosen += ranking + (sources_of.get(ranking[0], []) if ranking else [])
+        chosen += sources_of.get(("target", t), []) + on_path
     # Fill up with the largest flows into the first target, none that has no flow into it (a
     # head target at BOS: groups at later positions, which cannot reach it, came in with flow
     # 0 and a check of rounding noise; found by a reviewer).
@@ -379,15 +396,10 @@ def _summarize(
     listed = [g for g in dict.fromkeys(chosen + sorted(on_paths))
               if g in checked or g in ranked or g in on_paths]  # fmt: skip
     keys = {g: f"g{k}" for k, g in enumerate(listed)}
+    # a QK source role names the summary group, or the head target, whose score it writes
+    subject_keys = keys | {look.group: ids[t] for t, look in own_looks.items()}
     pruned_ids = set(pruned.ids) if pruned is not None else set()
     below = {g: [look for look in looks if look.reads_after(view.groups[g])] for g in listed}
-    # a head target's own attention at the key it reads, read in every check's free rerun:
-    # the heads at its key can act through it, not through their value flow (a reviewer's
-    # induction head target: free -2.3 against a flow of +0.761, its attention 0.73 -> 0.0008)
-    own_looks = {t: _Look(("target", t), int(full.layer[t]), int(full.pos[t]), full.read_key(t),
-                          [full.qk_head(t)], [1.0])
-                 for t in targets if full.kind[t] == Kind.LORSA
-                 and full.read_key(t) is not None}  # fmt: skip
     checks = {} if not (check and targets) else _checks(
         replacement, full, run, {g: view.groups[g].members for g in listed if g in checked},
         targets, tolerance, flows, [*looks, *own_looks.values()],
@@ -407,7 +419,7 @@ def _summarize(
             in_pruned=[ids[m] for m in grp.members if ids[m] in pruned_ids],
             flow=total,
             promotes=[token(x) for x in group_promoted_tokens(rw, full, grp.members)],
-            writes_qk=[QKSourceRole(keys[h], *role) for h, *role in writes_qk.get(g, [])],
+            writes_qk=[QKSourceRole(subject_keys[h], *role) for h, *role in writes_qk.get(g, [])],
         )  # fmt: skip
         if grp.kind == "lorsa":
             for t in targets:
@@ -424,11 +436,6 @@ def _summarize(
                 for look in below[g]
             ]  # fmt: skip
         records.append(record)
-    own_reasons = {  # a head target's own QK reason at the key it reads
-        t: reasons(int(full.layer[t]), [full.qk_head(t)],
-                   int(full.pos[t]), reads_at(full, t))
-        for t in targets if full.kind[t] == Kind.LORSA and full.read_key(t) is not None
-    }  # fmt: skip
     resolve_sides()
     tables = qk_root_tables(view, [request for _, request in pending], edge_sweep)
     for (reason, _), table in zip(pending, tables, strict=True):

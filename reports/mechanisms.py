@@ -790,7 +790,7 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
     """A ``QKSourceRole``'s score, its rank among the head groups ablated to choose it, and
     where the group sits when not at the side's own position (it reaches it through later
     heads)."""
-    head = summary.group(w.group)
+    head = summary.qk_subject(w.group)
     parts = [f"{w.value:+.3g}"]
     r = next((r for r in head.qk if r.qk_head == w.qk_head), None)
     if r is not None:  # beside the side's whole and its largest root (what no head moves)
@@ -836,10 +836,20 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
     return ", ".join(parts)
 
 
+def score_text(summary: MechanismSummary, key: str, qk_head: int) -> str:
+    """The QK score a ``QKSourceRole`` splits, as a reader meets it: ``g0's QK 9 score`` for a
+    head group (its key), ``the QK 8 score of the target L2 head 573 @15 -> ' m'@7`` for a
+    head target (its node)."""
+    head = summary.qk_subject(key)
+    if isinstance(head, TargetRecord):
+        return f"the QK {qk_head} score of the target {head.label}"
+    return f"{key}'s QK {qk_head} score"
+
+
 def writes_qk_text(g: GroupRecord, summary: MechanismSummary) -> str:
     """What a group's ``writes_qk`` says: the QK sides it writes, e.g. ``writes the key side
     of g0's QK 9 score (+12.5)``; empty when none."""
-    return "; ".join(f"writes the {w.side} side of {w.group}'s QK {w.qk_head} score "
+    return "; ".join(f"writes the {w.side} side of {score_text(summary, w.group, w.qk_head)} "
                      f"({_role_text(w, g, summary)})" for w in g.writes_qk)  # fmt: skip
 
 
@@ -876,13 +886,14 @@ def attention_check_text(a: AttentionCheck, summary: MechanismSummary) -> str:
 
 
 def qk_sources_text(summary: MechanismSummary, key: str) -> str:
-    """The groups that write head group ``key``'s QK score (their ``writes_qk``), each with
+    """The groups that write head group (or head target) ``key``'s QK score (their
+    ``writes_qk``), each with
     the side, the score it brings, how it was chosen and, where measured, the group's
     attention after it is ablated, and with the side's vectors alone as after it (the others
     clean; what the choice reads): what makes the group attend where it does, tested."""
     out = []
     for g, w in summary.qk_sources(key):
-        after = g.attention_of(key)
+        after = summary.attention_after(g, key)
         tested = ""
         if after is not None:
             weighed = [f"its {x}" for x in [weights_text(len(after.qk_heads), summary)] if x]
@@ -920,8 +931,9 @@ def _no_source_words(summary: MechanismSummary, what: str) -> str:
     return words if most is None else f"{words} (up to the {most} raising it most, each ablated)"
 
 
-def no_sources_text(g: GroupRecord, summary: MechanismSummary) -> str:
-    """For a predicting head group with QK reasons and no QK source, why: in block 0 nothing
+def no_sources_text(g: GroupRecord | TargetRecord, summary: MechanismSummary) -> str:
+    """For a predicting head group (or a head target) with QK reasons and no QK source, why:
+    in block 0 nothing
     but the tokens and the position vectors writes its query and key; above it, no head group
     raises either side and, where the summary has checks, lowers its attention when ablated.
     Empty where it has sources or no reason, or the summary was written before QK sources
@@ -935,14 +947,14 @@ def no_sources_text(g: GroupRecord, summary: MechanismSummary) -> str:
 
 
 def qk_sources_line(summary: MechanismSummary, key: str | None) -> str | None:
-    """Head group ``key``'s QK sources line as every view prints it (its heading and
-    ``qk_sources_text``), or why it has none (``no_sources_text``: a viewer panel left it out,
-    a review found); None where there is nothing to say."""
-    if key is None:
+    """Head group (or head target) ``key``'s QK sources line as every view prints it (its
+    heading and ``qk_sources_text``), or why it has none (``no_sources_text``: a viewer panel
+    left it out, a review found); None where there is nothing to say."""
+    if key is None or (head := summary.qk_subject(key)) is None:
         return None
     if sources := qk_sources_text(summary, key):
         return f"{qk_sources_heading(summary)}: {sources}"
-    return no_sources_text(summary.group(key), summary) or None
+    return no_sources_text(head, summary) or None
 
 
 def qk_sources_lines(summary: MechanismSummary) -> dict[str, str]:
@@ -1084,6 +1096,8 @@ def format_summary(
                 lines.append(f"  {own}")
             for r in t.qk:
                 lines += reason_lines(r, max_pairs, "    ", summary)
+            if line := qk_sources_line(summary, t.node):
+                lines.append(f"    {line}")
         if t.predicting_group:
             g = names[t.predicting_group]
             if own := own_token_text(t, g.pos):
@@ -1285,6 +1299,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             if own := own_attention_text(t, summary.tokens):
                 parts.append(f"<p>{_esc(own)}</p>")
             parts += [_reason_html(r, drawn, summary) for r in t.qk]
+            if line := qk_sources_line(summary, t.node):
+                parts.append(f"<p>{_esc(line)}</p>")
         if t.predicting_group:
             heading = predicting_heading(summary.group(t.predicting_group), t)
             own = own_token_text(t, summary.group(t.predicting_group).pos)

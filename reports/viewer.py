@@ -249,6 +249,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "stronger": (stronger_text(summary.group(t.predicting_group), t, summary)
                           or None) if t.predicting_group else None,
              "qkSources": qk_sources_line(summary, t.predicting_group),
+             # a head target's own: what makes it attend the key it reads
+             "ownQkSources": qk_sources_line(summary, t.node) if t.qk else None,
              "qk": [_reason_panel(r, summary) for r in t.qk]}
             for t in summary.targets
         ],
@@ -292,13 +294,14 @@ def _box_lines(g, summary) -> list[str]:
     elif g.concept:
         lines.append(g.concept)
     for w in g.writes_qk:  # two short lines: the viewer fits each to a box's width
-        lines.append(f"writes {w.group}'s {w.side}")
-        a = g.attention_of(w.group)
+        whose = "target" if summary.qk_subject(w.group) in summary.targets else w.group
+        lines.append(f"writes {whose}'s {w.side}")
+        a = summary.attention_after(g, w.group)
         if a is not None:  # through the side it writes, where measured: what chose it (the
             # panel's text gives both); a box holds no more (a reviewer read "…")
             alone = a.mean_side(w.side)
             after = a.mean_free if alone is None else alone
-            lines.append(f"{w.group} attends {attention_change(a.mean_before, after, arrow='→')}")
+            lines.append(f"{whose} attends {attention_change(a.mean_before, after, arrow='→')}")
     return lines
 
 

@@ -663,6 +663,65 @@ def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run
     assert "side alone" not in own_attention_text(older.targets[-1], older.tokens)
 
 
+def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
+    replacement, tokens, run, monkeypatch
+):
+    """``--target-node`` on a head: what makes it attend the key it reads is found as for a
+    predicting head group (the same rounds of candidates, by hand), named by its node in the
+    sources' roles, checked through its own attention, printed under the target in every
+    view, and kept through the file; a role naming a logit target or no node is refused."""
+    import circuits.mechanisms
+    from circuits.attribution import LogitTarget, NodeTarget
+    from circuits.interventions import target_nodes
+    from reports.mechanisms import qk_sources_line, score_text
+    from reports.viewer import mechanisms_data
+
+    monkeypatch.setattr(circuits.mechanisms, "SIDE_SOURCES", 64)  # every candidate listed
+    monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)  # random heads move little
+    full = attribute(replacement, tokens, max_logits=1, run=run)
+    heads = [i for i in full.is_kind("lorsa").nonzero().squeeze(1).tolist()
+             if full.layer[i] == 1 and full.read_key(i) not in (None, full.pos[i])]  # fmt: skip
+    found = 0
+    for node in sorted(heads, key=lambda i: -float(full.activation[i]))[:3]:
+        layer, q, index = int(full.layer[node]), int(full.pos[node]), int(full.index[node])
+        traced = [LogitTarget(7), NodeTarget("lorsa", layer, q, index)]
+        graph = attribute(replacement, tokens, run=run, targets=traced)
+        summary = summarize(replacement, graph, run, max_groups=1)
+        _check_qk_sources(summary, graph, replacement)  # the rule replayed by hand
+        head = summary.targets[-1]
+        assert graph.ids[target_nodes(graph)[-1]] == head.node and head.qk
+        sources = summary.qk_sources(head.node)
+        if not sources:
+            continue
+        found += 1
+        assert summary.qk_subject(head.node) is head
+        for g, w in sources:  # in the summary with checks, its QK head the target's own
+            assert g.checks and w.qk_head == head.qk[0].qk_head and g.layer < layer
+            assert summary.attention_after(g, head.node).mean_before == head.own_attention
+        line = qk_sources_line(summary, head.node)
+        text = format_summary(summary)
+        assert line.startswith(QK_SOURCES) and f"    {line}" in text
+        assert text.index(line) < text.index("\ngroups:\n")  # under the target
+        g, w = sources[0]
+        score = score_text(summary, head.node, w.qk_head)
+        assert score == f"the QK {w.qk_head} score of the target {head.label}"
+        assert f"writes the {w.side} side of {score}" in text
+        panel = mechanisms_data(summary, graph)
+        assert panel["targets"][-1]["ownQkSources"] == line
+        assert panel["targets"][0]["ownQkSources"] is None  # a logit has no QK score
+        box = next(x for x in panel["groups"] if x["key"] == g.key)["box"]
+        assert f"writes target's {w.side}" in box
+        data = json.loads(json.dumps(summary.to_dict()))
+        assert MechanismSummary.from_dict(data).to_dict() == summary.to_dict()
+        where = next(i for i, x in enumerate(data["groups"]) if x["key"] == g.key)
+        for bad in (summary.targets[0].node, "lorsa:9:9:9"):  # a logit, or no target
+            forged = copy.deepcopy(data)
+            forged["groups"][where]["writes_qk"][0]["group"] = bad
+            with pytest.raises(ValueError, match="or of a head target"):
+                MechanismSummary.from_dict(forged)
+    assert found  # the fixture's head targets have QK sources
+
+
 def test_a_supernode_sums_its_members_edges_exactly(graph):
     heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()[-3:]
     view = group(graph, heads, "my heads")
@@ -1555,6 +1614,27 @@ def _attention_by_hand(replacement, graph, members, reads) -> tuple[list, ...]:
     return tuple(out)
 
 
+def _qk_subjects(summary, graph) -> list[tuple]:
+    """Whose QK sources a summary looks for: each target's predicting head group (its QK
+    heads weighted by their share of its |flow| into the first target) and each head target
+    with its own QK reason (its one QK head), as (key, name, first reason, heads, weights)."""
+    flow = node_flows(graph, graph.id_to_index[summary.targets[0].node])[0]
+    out = []
+    for t in summary.targets:
+        if t.predicting_group is not None:
+            p = summary.group(t.predicting_group)
+            share = {h: 0.0 for h in p.qk_heads}  # each QK head's share of the group's |flow|
+            for m in p.members:
+                i = graph.id_to_index[m]
+                share[int(graph.index[i]) // graph.group_size] += abs(float(flow[i]))
+            heads = sorted(p.qk_heads, key=lambda h: -share[h])
+            weights = [share[h] / sum(share.values()) for h in heads]
+            out.append((p.key, p.name, p.qk[0], heads, weights))
+        if t.qk:  # a head target's own QK reason
+            out.append((t.node, None, t.qk[0], [t.qk[0].qk_head], [1.0]))
+    return out
+
+
 def _check_qk_sources(summary, graph, replacement) -> int:
     """``test_the_predicting_groups_qk_sources_are_checked_through_its_attention`` on one
     summary: its roles, by hand; how many. The summary's side sources must list every group
@@ -1565,17 +1645,8 @@ def _check_qk_sources(summary, graph, replacement) -> int:
 
     groups = auto_groups(graph).groups
     names = {g.name: g for g in groups}
-    flow = node_flows(graph, graph.id_to_index[summary.targets[0].node])[0]
     roles = 0
-    for t in summary.targets:
-        p = summary.group(t.predicting_group)
-        r = p.qk[0]
-        share = {h: 0.0 for h in p.qk_heads}  # each QK head's share of the group's |flow|
-        for m in p.members:
-            i = graph.id_to_index[m]
-            share[int(graph.index[i]) // graph.group_size] += abs(float(flow[i]))
-        heads = sorted(p.qk_heads, key=lambda h: -share[h])
-        weights = [share[h] / sum(share.values()) for h in heads]
+    for key, name, r, heads, weights in _qk_subjects(summary, graph):
         reads = [(r.layer, h, r.query, r.key) for h in heads]
 
         def mean(members, weights=weights, reads=reads):
@@ -1593,11 +1664,11 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             # after them, largest sum first
             at = r.query if side == "query" else r.key
             placed = [x for x in groups if x.kind == "lorsa" and x.pos == at
-                      and x.layer < r.layer and x.name != p.name
+                      and x.layer < r.layer and x.name != name
                       and x.name not in {y.name for y in raisers}]  # fmt: skip
             placed.sort(key=lambda x: (-lowering.get(x.name, 0.0), groups.index(x)))
             writers = [(g, w) for g in summary.groups for w in g.writes_qk
-                       if w.group == p.key and w.side == side]  # fmt: skip
+                       if w.group == key and w.side == side]  # fmt: skip
             if not raisers and not placed:
                 assert not writers
                 continue
@@ -1642,9 +1713,15 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             assert w.qk_head == r.qk_head and g.checks
             roles += 1
         for g in summary.groups:
-            mine = [a for a in g.attention_checks if a.group == p.key]
+            mine = [a for a in g.attention_checks if a.group == key]
             below = g.checks and g.layer < r.layer and (g.pos is None or g.pos <= r.query)
-            assert len(mine) == (1 if below and g is not p else 0)
+            if name is None:  # a head target's: read from its own attention, every checked
+                # group's (``MechanismSummary.attention_after``); its sources' by hand
+                assert not mine
+                if any(w.group == key for w in g.writes_qk):
+                    mine = [summary.attention_after(g, key)]
+            else:
+                assert len(mine) == (1 if below and g.name != name else 0)
             for a in mine:
                 assert (a.layer, a.query, a.key, a.qk_heads) == (r.layer, r.query, r.key, heads)
                 assert a.weights == pytest.approx(weights)
@@ -1654,21 +1731,23 @@ def _check_qk_sources(summary, graph, replacement) -> int:
                 assert a.free == pytest.approx(after, abs=1e-5)
                 assert a.query_side == pytest.approx(query_alone, abs=1e-5)
                 assert a.key_side == pytest.approx(key_alone, abs=1e-5)
-    from reports.mechanisms import _role_text, attention_change, no_sources_text
+    from reports.mechanisms import _role_text, attention_change, no_sources_text, score_text
 
     text = format_summary(summary)
     assert not roles or f"{QK_SOURCES}: " in text
     for g in summary.groups:
         for w in g.writes_qk:
-            r = summary.group(w.group).qk[0]
+            r = summary.qk_subject(w.group).qk[0]
             total = r.query_at if w.side == "query" else r.key_at
-            assert f"writes the {w.side} side of {w.group}'s QK {w.qk_head} score " \
+            assert f"writes the {w.side} side of {score_text(summary, w.group, w.qk_head)} " \
                 f"({w.value:+.3g} of the side's {total:+.3g}" in text  # fmt: skip
             # a side that lowers the score as a whole is said to (a reviewer read "+3.81 of
             # the side's -4.09" as a share)
             against = "(the side as a whole lowers the score; this group raises it)"
             assert (f"of the side's {total:+.3g} {against}" in text) == (w.value > 0 > total)
     for t in summary.targets:  # a predicting group without sources says why
+        if t.predicting_group is None:
+            continue
         p = summary.group(t.predicting_group)
         if p.qk and not any(w.group == p.key for g in summary.groups for w in g.writes_qk):
             words = ("block 0 reads the tokens and position vectors alone" if p.layer == 0
@@ -1682,7 +1761,7 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             assert f"{attention_change(a.mean_before, a.mean_free)} (" in text
     for g in summary.groups:  # a side's source: what its ablation does through that side alone
         for w in g.writes_qk:
-            a = g.attention_of(w.group)
+            a = summary.attention_after(g, w.group)
             alone = attention_change(a.mean_before, a.mean_side(w.side))
             both = attention_change(a.mean_before, a.mean_free)
             assert f"through its {w.side} side alone: attention {alone} (both sides {both}" in text

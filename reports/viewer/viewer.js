@@ -1149,7 +1149,8 @@
         (t.rival ? " · " + t.rival : "")));
       if (t.reads) out.push(el("p", { class: "reads" }, t.reads),
         ...(t.ownAttention ? [el("p", { class: "own-attention" }, t.ownAttention)] : []),
-        ...(t.qk || []).flatMap(reasonLines));
+        ...(t.qk || []).flatMap(reasonLines),
+        ...(t.ownQkSources ? [el("p", { class: "qk-sources" }, t.ownQkSources)] : []));
       if (t.own) out.push(el("p", {}, t.own));
       if (t.predicting) {
         out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}` + (t.spread ? ` (${t.spread})` : "")));

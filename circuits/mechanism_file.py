@@ -285,6 +285,14 @@ class EffectCheck:
     agree_free_attention_held: bool | None = None
     margin_frozen: float | None = None
     margin_free: float | None = None
+    # For a logit target, the most likely token after each rerun and its probability, where
+    # that is not the most likely token before (the ablation changes the model's answer);
+    # None otherwise, and in files written before it (a reviewer read "its probability as
+    # predicted" where the frozen rerun had made another token certain)
+    top_frozen: str | None = None
+    top_frozen_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    top_free: str | None = None
+    top_free_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
 
 
 @dataclass
@@ -727,6 +735,11 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     and (c.target in logits or c.margin_free is None),
                     f"{where}.checks[{j}]: a margin for one rerun only, or for a target not "
                     "a logit")  # fmt: skip
+            _expect(all((top is None) == (p is None) and (top is None or c.target in logits)
+                        for top, p in ((c.top_frozen, c.top_frozen_probability),
+                                       (c.top_free, c.top_free_probability))),
+                    f"{where}.checks[{j}]: a most likely token after a rerun without its "
+                    "probability or the reverse, or for a target not a logit")  # fmt: skip
             for name in ("free_ln_held", "free_final_ln_held", "free_attention_held"):
                 _expect((getattr(c, name) is None) == (getattr(c, f"agree_{name}") is None),
                         f"{where}.checks[{j}]: {name} without its agreement, or the "

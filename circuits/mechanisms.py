@@ -400,12 +400,12 @@ def _summarize(
     subject_keys = keys | {look.group: ids[t] for t, look in own_looks.items()}
     pruned_ids = set(pruned.ids) if pruned is not None else set()
     below = {g: [look for look in looks if look.reads_after(view.groups[g])] for g in listed}
+    token = full.token if tokenizer is None else partial(token_text, tokenizer)
     checks = {} if not (check and targets) else _checks(
         replacement, full, run, {g: view.groups[g].members for g in listed if g in checked},
-        targets, tolerance, flows, [*looks, *own_looks.values()],
+        targets, tolerance, flows, [*looks, *own_looks.values()], token,
     )  # fmt: skip
     records, rw = [], replacement.read_write()
-    token = full.token if tokenizer is None else partial(token_text, tokenizer)
     for g in listed:
         grp = view.groups[g]
         member_flow = {ids[t]: flows[t][grp.members] for t in targets}
@@ -869,11 +869,12 @@ def _free_attention(replacement, full, run, groups: dict, looks: list[_Look]) ->
 
 
 def _checks(
-    replacement, full, run, groups: dict, targets, tolerance, flows, looks=()
+    replacement, full, run, groups: dict, targets, tolerance, flows, looks=(), token=None
 ) -> dict[int, tuple[list[EffectCheck], dict[int, _After]]]:
     """For each group of ``groups`` (index -> its members), its ``EffectCheck`` per target
     (module docstring), and the attention of each of ``looks`` (``_Look``) in its free rerun,
-    by group; each rerun way once for all the groups (``intervene_many``)."""
+    by group; each rerun way once for all the groups (``intervene_many``). ``token``: a token
+    id's text (default ``full.token``)."""
     if not groups:
         return {}
     reads = [read for look in looks for read in look.reads()]
@@ -905,18 +906,25 @@ def _checks(
         strict=True,
     )
     return {
-        g: (_effect_checks(full, run, groups[g], tolerance, *results),
+        g: (_effect_checks(full, run, groups[g], tolerance, *results, token=token or full.token),
             _split(list(looks), results[1]))
         for g, results in zip(keys, ways, strict=True)
     }  # fmt: skip
 
 
-def _effect_checks(full, run, members, tolerance, frozen, free, held, final, patterns):
-    """A group's ``EffectCheck`` per target from its five reruns (``_checks``)."""
+def _effect_checks(full, run, members, tolerance, frozen, free, held, final, patterns, token):
+    """A group's ``EffectCheck`` per target from its five reruns (``_checks``); ``token``: a
+    token id's text."""
     out = []
     inside = {full.ids[m] for m in members}
     after = [torch.softmax(r.logits.double(), -1) for r in (frozen, free)]
     clean = run.logits[-1].double()
+    # the most likely token after each rerun, where the ablation changes it (a reviewer read
+    # "frozen other sign, its probability as predicted" where the frozen rerun had made ' '
+    # certain, its logit +93.6: the replacement with its scales held had left its range)
+    top = [int(a.argmax()) for a in after]
+    top = [(None, None) if x == int(clean.argmax()) else (token(x), float(a[x]))
+           for x, a in zip(top, after, strict=True)]  # fmt: skip
     for j, target in enumerate(frozen.targets):
         if target in inside:  # a target in the ablated group is not its own effect
             continue
@@ -954,6 +962,10 @@ def _effect_checks(full, run, members, tolerance, frozen, free, held, final, pat
                 free_attention_held=attention,
                 agree_free_attention_held=signs_agree(p, attention, tolerance),
                 margin_frozen=m_frozen, margin_free=m_free,
+                **({} if record is None else {"top_frozen": top[0][0],
+                                              "top_frozen_probability": top[0][1],
+                                              "top_free": top[1][0],
+                                              "top_free_probability": top[1][1]}),
             )
         )  # fmt: skip
     return out

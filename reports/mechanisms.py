@@ -101,7 +101,11 @@ def unit_pairs(r: QKReasonRecord, top: int) -> tuple[str, list]:
     if left > SPREAD_OUT:  # a few pairs would say nothing
         return (f"specific by units at the two positions: spread over many pairs (the "
                 f"{len(shown)} largest leave out {share}; in mechanisms.json)", [])  # fmt: skip
-    return f"specific by units at the two positions (the pairs below leave out {share}):", shown
+    # each unit's own vector: a token is its embedding alone here, where the split by roots
+    # gives it with all it reaches (a reviewer met one pair at +1.09 there and +0.818 here)
+    return (f"specific by units at the two positions, each unit's own vector (a token: its "
+            f"embedding alone, not what it reaches through other units; the pairs below leave "
+            f"out {share}):", shown)  # fmt: skip
 
 
 def summary_for(summary: MechanismSummary, graph) -> MechanismSummary:
@@ -232,18 +236,22 @@ def after_text(
     after: float | None,
     token: str | None = None,
     margin: tuple[str, float] | None = None,
+    top: tuple[str, float] | None = None,
 ) -> str:
     """`` (p 0.98 -> 0.0002)``: a logit target's token probability before and after an
     ablation (``EffectCheck.probability_*``), or nothing for a head or feature target; a
     difference's positive ``token`` named (`` (p(' 9') 0.38 -> 0.022)``), as it is not the
     target's own. A demeaned logit can rise while its token's probability falls; this shows
     which happened. ``margin``: the runner-up and the change of the margin over it, where the
-    runner-up is a contender (`` (p 0.92 -> 0.0003; margin over ' May' -1.81)``)."""
+    runner-up is a contender (`` (p 0.92 -> 0.0003; margin over ' May' -1.81)``). ``top``: the
+    most likely token after, where the ablation changed it (``EffectCheck.top_*``: `` (p 0.469
+    -> 2.95e-21; ' ' now most likely, p 1)``)."""
     if before is None or after is None:
         return ""
     of = "" if token is None else f"({token!r})"
     over = "" if margin is None else f"; margin over {margin[0]!r} {_signed(margin[1])}"
-    return f" (p{of} {_p(before)} -> {_p(after)}{over})"
+    now = "" if top is None else f"; {top[0]!r} now most likely, p {_p(top[1])}"
+    return f" (p{of} {_p(before)} -> {_p(after)}{over}{now})"
 
 
 def mark_text(c: EffectCheck, target: TargetRecord | None, tolerance: float = TOLERANCE) -> str:
@@ -381,8 +389,15 @@ def check_texts(
     frozen, free = (None, None)
     if contender:
         frozen, free = (t.runner_up, c.margin_frozen), (t.runner_up, c.margin_free)
-    return (after_text(before, c.probability_frozen, token, frozen),
-            after_text(before, c.probability_free, token, free),
+    tops = [
+        None if top is None else (top, p)
+        for top, p in (
+            (c.top_frozen, c.top_frozen_probability),
+            (c.top_free, c.top_free_probability),
+        )
+    ]
+    return (after_text(before, c.probability_frozen, token, frozen, tops[0]),
+            after_text(before, c.probability_free, token, free, tops[1]),
             mark_text(c, t, tolerance))  # fmt: skip
 
 
@@ -807,7 +822,8 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
             parts[0] += f", the side's largest root {top.name} {top.value:+.3g}"
     placed = w.at_position or 0  # groups at the side's position that do not raise it
     raising = w.tested - placed
-    besides = f"; {placed} head groups at the side's position that do not raise it tested too"
+    groups = "1 head group ... that does" if placed == 1 else f"{placed} head groups ... that do"
+    besides = "; " + groups.replace("...", "at the side's position") + " not raise it tested too"
     if w.rank > raising:  # one of those: its linear share is no reason, its ablation is
         such = f"{placed} such groups" if placed > 1 else "the 1 such group"
         others = f"beside the {raising} raising it most" if raising else "(none raises it)"
@@ -828,8 +844,11 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
         parts[-1] += (f" (the last tested, where testing stops; {w.raisers - raising} more "
                       "raise the side, one of which may lower it more)")  # fmt: skip
     if w.tie_name is not None:
-        parts.append(f"about as low (within {TIE}) with {w.tie_name} ablated instead: "
-                     f"{attention_text(w.tie_attention)}, so neither is singled out")  # fmt: skip
+        # (named as the lower by less than TIE: "neither is singled out" beside the name it
+        # gave read as a contradiction to a reviewer)
+        parts.append(f"a near tie: about as low (within {TIE}) with {w.tie_name} ablated "
+                     f"instead, {attention_text(w.tie_attention)}; named as the lower, but the "
+                     "ablations barely tell the two apart")  # fmt: skip
     at = head.pos if w.side == "query" else head.attends
     if g.pos is not None and at is not None and g.pos != at:
         parts.append(f"at @{g.pos}, not the {w.side} @{at}: through later heads there")
@@ -886,11 +905,16 @@ def attention_check_text(a: AttentionCheck, summary: MechanismSummary) -> str:
 
 
 def qk_sources_text(summary: MechanismSummary, key: str) -> str:
+    """``qk_sources_sides`` in one line."""
+    return "; ".join(qk_sources_sides(summary, key))
+
+
+def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
     """The groups that write head group (or head target) ``key``'s QK score (their
-    ``writes_qk``), each with
-    the side, the score it brings, how it was chosen and, where measured, the group's
-    attention after it is ablated, and with the side's vectors alone as after it (the others
-    clean; what the choice reads): what makes the group attend where it does, tested."""
+    ``writes_qk``), one text each, with the side, the score it brings, how it was chosen and,
+    where measured, the group's attention after it is ablated, and with the side's vectors
+    alone as after it (the others clean; what the choice reads): what makes the group attend
+    where it does, tested; then each side without one, said to have none."""
     out = []
     for g, w in summary.qk_sources(key):
         after = summary.attention_after(g, key)
@@ -912,7 +936,7 @@ def qk_sources_text(summary: MechanismSummary, key: str) -> str:
         named = {w.side for _, w in summary.qk_sources(key)}
         out += [f"{side} side: {_no_source_words(summary, 'it')}"
                 for side in SIDES if side not in named]  # fmt: skip
-    return "; ".join(out)
+    return out
 
 
 def _no_source_words(summary: MechanismSummary, what: str) -> str:
@@ -946,30 +970,46 @@ def no_sources_text(g: GroupRecord | TargetRecord, summary: MechanismSummary) ->
     return f"its QK score: {_no_source_words(summary, 'its query or key side')}"
 
 
-def qk_sources_line(summary: MechanismSummary, key: str | None) -> str | None:
-    """Head group (or head target) ``key``'s QK sources line as every view prints it (its
-    heading and ``qk_sources_text``), or why it has none (``no_sources_text``: a viewer panel
-    left it out, a review found); None where there is nothing to say."""
+def qk_sources_block(summary: MechanismSummary, key: str | None) -> list[str] | None:
+    """Head group (or head target) ``key``'s QK sources as every view prints them: its heading,
+    then one line per side (``qk_sources_sides``: one line of both was 900 characters to a
+    reviewer), or one line saying why it has none (``no_sources_text``: a viewer panel left
+    it out, a review found); None where there is nothing to say."""
     if key is None or (head := summary.qk_subject(key)) is None:
         return None
-    if sources := qk_sources_text(summary, key):
-        return f"{qk_sources_heading(summary)}: {sources}"
-    return no_sources_text(head, summary) or None
+    if sources := qk_sources_sides(summary, key):
+        return [f"{qk_sources_heading(summary)}:", *sources]
+    return [text] if (text := no_sources_text(head, summary)) else None
 
 
-def qk_sources_lines(summary: MechanismSummary) -> dict[str, str]:
-    """Each target's QK sources line (by target node), a predicting group's sources said
-    once: a later target sharing the group points to the first (ten targets printed the same
-    long line ten times); the short line of a group without sources is said each time."""
+def qk_sources_blocks(summary: MechanismSummary) -> dict[str, list[str]]:
+    """Each target's predicting group's QK sources (``qk_sources_block``, by target node),
+    said once: a later target sharing the group points to the first (ten targets printed the
+    same long line ten times); the short line of a group without sources is said each
+    time."""
     out, said_for = {}, {}
     for t in summary.targets:
         if t.predicting_group in said_for:
-            out[t.node] = f"{QK_SOURCES_WHAT}: as under {said_for[t.predicting_group]} above"
-        elif line := qk_sources_line(summary, t.predicting_group):
-            out[t.node] = line
+            out[t.node] = [f"{QK_SOURCES_WHAT}: as under {said_for[t.predicting_group]} above"]
+        elif block := qk_sources_block(summary, t.predicting_group):
+            out[t.node] = block
             if summary.qk_sources(t.predicting_group):
                 said_for[t.predicting_group] = t.label
     return out
+
+
+def block_lines(block: list[str] | None, indent: str) -> list[str]:
+    """A block (``qk_sources_block``) as printed lines: its first at ``indent``, the rest two
+    spaces further in."""
+    return [f"{indent}{'  ' * (i > 0)}{line}" for i, line in enumerate(block or [])]
+
+
+def block_html(block: list[str] | None) -> str:
+    """A block (``qk_sources_block``) as HTML: its first line, the rest a list under it."""
+    if not block:
+        return ""
+    rest = "".join(f"<li>{_esc(line)}</li>" for line in block[1:])
+    return f"<p>{_esc(block[0])}</p>" + (f"<ul>{rest}</ul>" if rest else "")
 
 
 def attention_text(a: float) -> str:
@@ -1077,7 +1117,7 @@ def format_summary(
     def short(key: str) -> str:
         return f"{key} {names[key].name}"
 
-    qk_lines = qk_sources_lines(summary)
+    qk_blocks = qk_sources_blocks(summary)
     for t in summary.targets:
         head = f"target {t.label} = {t.value:.3g} {probability_text(t)}"
         if rival := rival_text(t):
@@ -1096,8 +1136,7 @@ def format_summary(
                 lines.append(f"  {own}")
             for r in t.qk:
                 lines += reason_lines(r, max_pairs, "    ", summary)
-            if line := qk_sources_line(summary, t.node):
-                lines.append(f"    {line}")
+            lines += block_lines(qk_sources_block(summary, t.node), "    ")
         if t.predicting_group:
             g = names[t.predicting_group]
             if own := own_token_text(t, g.pos):
@@ -1111,8 +1150,7 @@ def format_summary(
                 lines.append(f"    {flagged}")
             if stronger := stronger_text(g, t, summary):
                 lines.append(f"    {stronger}")
-            if line := qk_lines.get(t.node):
-                lines.append(f"    {line}")
+            lines += block_lines(qk_blocks.get(t.node), "    ")
             if moved_text(t):
                 lines.append(f"  {moved_text(t)}")
             others = [names[k] for k in t.head_groups[1:]]
@@ -1281,7 +1319,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     ]
     if summary.mode == "sparse":
         parts.append(f"<p>{_esc(SPARSE_WORDS[0].upper() + SPARSE_WORDS[1:])}.</p>")
-    qk_lines = qk_sources_lines(summary)
+    qk_blocks = qk_sources_blocks(summary)
     for t in summary.targets:
         consts = ", ".join(f"{_esc(constant_source(name))} {_span(v)}"
                            for name, v in t.constants_by_source)  # fmt: skip
@@ -1299,8 +1337,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
             if own := own_attention_text(t, summary.tokens):
                 parts.append(f"<p>{_esc(own)}</p>")
             parts += [_reason_html(r, drawn, summary) for r in t.qk]
-            if line := qk_sources_line(summary, t.node):
-                parts.append(f"<p>{_esc(line)}</p>")
+            parts.append(block_html(qk_sources_block(summary, t.node)))
         if t.predicting_group:
             heading = predicting_heading(summary.group(t.predicting_group), t)
             own = own_token_text(t, summary.group(t.predicting_group).pos)
@@ -1317,8 +1354,7 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
             if stronger := stronger_text(summary.group(t.predicting_group), t, summary):
                 parts.append(f"<p>{_esc(stronger)}</p>")
-            if line := qk_lines.get(t.node):
-                parts.append(f"<p>{_esc(line)}</p>")
+            parts.append(block_html(qk_blocks.get(t.node)))
             if moved_text(t):
                 parts.append(f"<p>{_esc(moved_text(t))}</p>")
             others = "; ".join(f"<b>{_esc(k)}</b> {_esc(names[k])} "

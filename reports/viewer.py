@@ -210,7 +210,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         own_token_text,
         predicting_heading,
         probability_text,
-        qk_sources_line,
+        qk_sources_block,
         reads_text,
         rival_text,
         spread_text,
@@ -248,9 +248,9 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              if t.predicting_group else None,
              "stronger": (stronger_text(summary.group(t.predicting_group), t, summary)
                           or None) if t.predicting_group else None,
-             "qkSources": qk_sources_line(summary, t.predicting_group),
+             "qkSources": qk_sources_block(summary, t.predicting_group),
              # a head target's own: what makes it attend the key it reads
-             "ownQkSources": qk_sources_line(summary, t.node) if t.qk else None,
+             "ownQkSources": qk_sources_block(summary, t.node) if t.qk else None,
              "qk": [_reason_panel(r, summary) for r in t.qk]}
             for t in summary.targets
         ],

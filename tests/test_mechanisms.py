@@ -673,7 +673,7 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
     import circuits.mechanisms
     from circuits.attribution import LogitTarget, NodeTarget
     from circuits.interventions import target_nodes
-    from reports.mechanisms import qk_sources_line, score_text
+    from reports.mechanisms import block_lines, qk_sources_block, score_text
     from reports.viewer import mechanisms_data
 
     monkeypatch.setattr(circuits.mechanisms, "SIDE_SOURCES", 64)  # every candidate listed
@@ -698,16 +698,19 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
         for g, w in sources:  # in the summary with checks, its QK head the target's own
             assert g.checks and w.qk_head == head.qk[0].qk_head and g.layer < layer
             assert summary.attention_after(g, head.node).mean_before == head.own_attention
-        line = qk_sources_line(summary, head.node)
+        block = qk_sources_block(summary, head.node)  # the heading, then a line per side
+        assert block[0] == f"{QK_SOURCES}:" and len(block) == 3
+        assert {x.split(" side")[0] for x in block[1:]} == {"query", "key"}
         text = format_summary(summary)
-        assert line.startswith(QK_SOURCES) and f"    {line}" in text
-        assert text.index(line) < text.index("\ngroups:\n")  # under the target
+        printed = "\n".join(block_lines(block, "    "))
+        assert printed in text and printed.splitlines()[1].startswith("      ")
+        assert text.index(printed) < text.index("\ngroups:\n")  # under the target
         g, w = sources[0]
         score = score_text(summary, head.node, w.qk_head)
         assert score == f"the QK {w.qk_head} score of the target {head.label}"
         assert f"writes the {w.side} side of {score}" in text
         panel = mechanisms_data(summary, graph)
-        assert panel["targets"][-1]["ownQkSources"] == line
+        assert panel["targets"][-1]["ownQkSources"] == block
         assert panel["targets"][0]["ownQkSources"] is None  # a logit has no QK score
         box = next(x for x in panel["groups"] if x["key"] == g.key)["box"]
         assert f"writes target's {w.side}" in box
@@ -1042,14 +1045,19 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
         assert bool(flagged_text(g, t)) == flagged
         assert ("its ablation check is FLAGGED" in mechanisms_html(summary)) == flagged
     why = mark_text(check, t).removeprefix("FLAGGED")
-    m = (None, None)  # the margin over the runner-up, printed where it is a contender
+    margins = (None, None)  # the margin over the runner-up, printed where it is a contender
     if t.runner_up_probability >= MARGIN_SHOWN:
-        m = ((t.runner_up, check.margin_frozen), (t.runner_up, check.margin_free))
+        margins = ((t.runner_up, check.margin_frozen), (t.runner_up, check.margin_free))
+    # and the token now most likely, where the ablation changed it
+    tops = [None if x is None else (x, p) for x, p in (
+        (check.top_frozen, check.top_frozen_probability),
+        (check.top_free, check.top_free_probability))]  # fmt: skip
+    m = list(zip(margins, tops, strict=True))
     assert flagged_text(g, t) == (
         f"its ablation check is FLAGGED{why.replace(': ', ' (', 1) + ')' if why else ''}: "
         f"predicted {check.predicted:+.3g}, frozen attention "
-        f"{check.frozen:+.3g}{after_text(t.probability, check.probability_frozen, None, m[0])}"
-        f", free {check.free:+.3g}{after_text(t.probability, check.probability_free, None, m[1])}"
+        f"{check.frozen:+.3g}{after_text(t.probability, check.probability_frozen, None, *m[0])}"
+        f", free {check.free:+.3g}{after_text(t.probability, check.probability_free, None, *m[1])}"
         + (
             ""
             if check.agree_frozen or check.agree_free
@@ -1734,7 +1742,7 @@ def _check_qk_sources(summary, graph, replacement) -> int:
     from reports.mechanisms import _role_text, attention_change, no_sources_text, score_text
 
     text = format_summary(summary)
-    assert not roles or f"{QK_SOURCES}: " in text
+    assert not roles or f"{QK_SOURCES}:\n" in text
     for g in summary.groups:
         for w in g.writes_qk:
             r = summary.qk_subject(w.group).qk[0]
@@ -1862,7 +1870,7 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     monkeypatch.undo()  # SIDE_SOURCES, CANDIDATES and MAX_CANDIDATES; ATTENTION_LOWERED below
     monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)
     # candidates whose ablations leave the same attention through the side are a tie: the
-    # first by score is named, and the next said to be as low (neither singled out)
+    # first by score is named, and the next said to be as low (a near tie)
 
     def all_equal(*args):
         return {c: {g: dataclasses.replace(a, query=[0.0] * len(a.query), key=[0.0] * len(a.key))
@@ -1885,8 +1893,8 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     w.tie_name = "L0 2 heads @3 -> 'x'@2"
     w.tie_attention = alone + min(TIE, a.mean_before - alone) / 2
     text = format_summary(other_summary)
-    assert f"with L0 2 heads @3 -> 'x'@2 ablated instead: {attention_text(w.tie_attention)}, " \
-        "so neither is singled out" in text  # fmt: skip
+    assert f"with L0 2 heads @3 -> 'x'@2 ablated instead, {attention_text(w.tie_attention)}; " \
+        "named as the lower, but the ablations barely tell the two apart" in text  # fmt: skip
     w.tie_attention = alone + 2 * TIE
     with pytest.raises(ValueError, match="a tie not within"):
         format_summary(other_summary)
@@ -2095,6 +2103,7 @@ def test_summary_records(graph, replacement, run, tmp_path):
         )
     # Every checked group's ablation checks (this loop ran inside the one above, on whichever
     # group the loop before it ended with: often one without checks)
+    tops = 0
     for g in checked:
         for c in g.checks:
             assert c.predicted == pytest.approx(-g.flow[c.target], abs=1e-4)
@@ -2140,10 +2149,20 @@ def test_summary_records(graph, replacement, run, tmp_path):
                 assert moved == pytest.approx(
                     float(logits[token] - logits[other] - clean[token] + clean[other]), abs=1e-4
                 )
+            # the most likely token after each rerun, where the ablation changed it
+            for top, p_top, rerun in ((c.top_frozen, c.top_frozen_probability, frozen),
+                                      (c.top_free, c.top_free_probability, free)):  # fmt: skip
+                probs = rerun.logits.double().softmax(-1)
+                now = int(probs.argmax())
+                changed = now != int(clean.argmax())
+                assert (top, p_top) == ((graph.token(now), pytest.approx(float(probs[now])))
+                                        if changed else (None, None))  # fmt: skip
+                tops += changed
             ok = c.predicted * c.frozen > 0 or max(abs(c.predicted), abs(c.frozen)) < 0.01
             assert c.agree_frozen == ok
             if not c.agree_frozen or not c.agree_free:
                 assert c.flagged
+    assert tops  # some ablation changes the answer
     # The file round-trips, and the printer and the report render it.
     path = tmp_path / "mechanisms.json"
     save_summary(summary, path)
@@ -2201,9 +2220,26 @@ def test_summary_records(graph, replacement, run, tmp_path):
     frozen_after = check_texts(c, t0)[0]
     assert f"frozen attention {c.frozen:+.3g}{frozen_after}" in text
     assert frozen_after.startswith(f" (p {after_text(p, c.probability_frozen)[4:-1]}")
-    margin = f"; margin over {t0.runner_up!r} {c.margin_frozen:+.3g})"
-    assert frozen_after.endswith(margin) == (t0.runner_up_probability >= MARGIN_SHOWN)
+    margin = f"; margin over {t0.runner_up!r} {c.margin_frozen:+.3g}"
+    assert (margin in frozen_after) == (t0.runner_up_probability >= MARGIN_SHOWN)
+    now = f"; {c.top_frozen!r} now most likely, p "
+    assert (now in frozen_after) == (c.top_frozen is not None) and frozen_after.endswith(")")
     assert after_text(0.9964, 4.9e-6) == " (p 0.996 -> 4.9e-06)"  # never "p 1 -> 0"
+    # where the ablation changed the answer, the token now most likely (a reviewer read
+    # "its probability as predicted" where the frozen rerun had made ' ' certain)
+    assert after_text(0.469, 2.95e-21, top=(" ", 1.0)) == (
+        " (p 0.469 -> 2.95e-21; ' ' now most likely, p 1)")  # fmt: skip
+    changed = next((c, g) for g in back.groups for c in g.checks if c.top_free is not None)
+    assert (
+        f"{changed[0].top_free!r} now most likely, p "
+        in check_texts(changed[0], next(t for t in back.targets if t.node == changed[0].target))[1]
+    )
+    forged = json.loads(json.dumps(back.to_dict()))
+    where = next(i for i, g in enumerate(back.groups) if changed[0] in g.checks)
+    j = back.groups[where].checks.index(changed[0])
+    forged["groups"][where]["checks"][j]["top_free_probability"] = None
+    with pytest.raises(ValueError, match="most likely token after a rerun without its"):
+        MechanismSummary.from_dict(forged)
     assert after_text(0.99996, 0.00001) == " (p 0.99996 -> 1e-05)"
     assert after_text(None, 0.5) == after_text(0.5, None) == ""
     # a difference's probability is its first token's, which the check names (a reviewer read
@@ -2214,7 +2250,9 @@ def test_summary_records(graph, replacement, run, tmp_path):
     diff = copy.deepcopy(back.targets[0])
     diff.negative = "x"
     named = check_texts(c, diff)
-    assert named[0] == after_text(p, c.probability_frozen, diff.token) and "(p(" in named[0]
+    top = None if c.top_frozen is None else (c.top_frozen, c.top_frozen_probability)
+    assert named[0] == after_text(p, c.probability_frozen, diff.token, top=top)
+    assert "(p(" in named[0]
     assert check_texts(c, back.targets[0])[0] == frozen_after  # the margin beside it, if any
     # the most likely other token is the runner-up only where the target leads
     assert rival_word(back.targets[0]) == ("runner-up" if back.targets[0].margin >= 0 else
@@ -2576,20 +2614,20 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replac
     text = browser.evaluate("document.querySelector('#viewer .panel').innerText")
     assert "Mechanisms" in text and "predicting heads" in text and "key side from" in text
     assert "specific by roots (tokens" in text
-    from reports.mechanisms import no_sources_text, probability_text, qk_sources_text
+    from reports.mechanisms import no_sources_text, probability_text, qk_sources_sides
 
     t0 = summary.targets[0]
     assert probability_text(t0) in text  # the target's probability, as the text prints it
     # the QK sources line, or why there is none (a review: the panel left the reason out)
-    why = qk_sources_text(summary, t0.predicting_group) or no_sources_text(
-        summary.group(t0.predicting_group), summary)  # fmt: skip
-    assert why and why in text
+    why = qk_sources_sides(summary, t0.predicting_group) or [no_sources_text(
+        summary.group(t0.predicting_group), summary)]  # fmt: skip
+    assert why[0] and all(x in text.splitlines() for x in why)  # a line per side
     top = summary.targets[0].tokens_by_position[0]
     assert f"'{top.token}'@{top.pos} " in text  # which tokens the target comes from
     assert "the heads there bring" in text and "; their constant terms" in text
     assert "brings " in text  # each head group: the keys its flow comes from
     # the predicting group's QK sources, each with what its ablation does to the attention
-    assert f"{QK_SOURCES}: " in text and " side alone: attention " in text
+    assert f"{QK_SOURCES}:\n" in text and " side alone: attention " in text
     assert "writes the key side of " in text and "with it ablated (attention free): " in text
     # the summary's groups are the first supernodes, a flagged one marked on its box
     present = set(graph.ids)
@@ -3165,13 +3203,13 @@ def test_a_predicting_groups_qk_sources_are_printed_once(replacement, tokens, mo
     logits, ten times the same line): later ones point to the first. (Local mode: there the
     fixture's targets share a group with sources.)"""
     import circuits.mechanisms
-    from reports.html import escape
     from reports.mechanisms import (
         QK_SOURCES_WHAT,
+        block_html,
+        block_lines,
         no_sources_text,
-        qk_sources_heading,
-        qk_sources_lines,
-        qk_sources_text,
+        qk_sources_block,
+        qk_sources_blocks,
     )
 
     monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)  # (QK sources here)
@@ -3186,17 +3224,18 @@ def test_a_predicting_groups_qk_sources_are_printed_once(replacement, tokens, mo
               and summary.qk_sources(t.predicting_group)]  # fmt: skip
     assert shared  # the fixture's targets share a predicting group with sources
     for key in first:
-        if sources := qk_sources_text(summary, key):
-            assert text.count(f"{qk_sources_heading(summary)}: {sources}") == 1
+        if summary.qk_sources(key):
+            block = "\n".join(block_lines(qk_sources_block(summary, key), "    "))
+            assert text.count(block) == 1
     for t in shared:
         assert f"{QK_SOURCES_WHAT}: as under {first[t.predicting_group]} above" in text
     page = mechanisms_html(summary)  # the report's section, the same way
     for key in first:
-        if sources := qk_sources_text(summary, key):
-            assert page.count(escape(f"{qk_sources_heading(summary)}: {sources}")) == 1
+        if summary.qk_sources(key):
+            assert page.count(block_html(qk_sources_block(summary, key))) == 1
     assert page.count(f"{QK_SOURCES_WHAT}: as under ") == len(shared)
     # a group without sources: its short line each time, never a pointer to it
     for t in summary.targets:
         if t.predicting_group and not summary.qk_sources(t.predicting_group):
             none = no_sources_text(summary.group(t.predicting_group), summary)
-            assert qk_sources_lines(summary).get(t.node) == (none or None)
+            assert qk_sources_blocks(summary).get(t.node) == ([none] if none else None)

@@ -1139,6 +1139,9 @@
         } }, el("b", {}, k), g ? " " + g.name : "");
     };
     const flowOf = (k, node) => signed(((groups.get(k) || {}).flow || {})[node]);
+    // a QK sources block: its heading, then one line per side (qk_sources_block)
+    const block = (lines) => el("div", { class: "qk-sources" }, el("p", {}, lines[0]),
+      ...(lines.length > 1 ? [el("ul", {}, ...lines.slice(1).map((x) => el("li", {}, x)))] : []));
     const out = [el("h4", {}, "Mechanisms")];
     for (const t of m.targets) {
       const what = named(t.node);
@@ -1150,13 +1153,13 @@
       if (t.reads) out.push(el("p", { class: "reads" }, t.reads),
         ...(t.ownAttention ? [el("p", { class: "own-attention" }, t.ownAttention)] : []),
         ...(t.qk || []).flatMap(reasonLines),
-        ...(t.ownQkSources ? [el("p", { class: "qk-sources" }, t.ownQkSources)] : []));
+        ...(t.ownQkSources ? [block(t.ownQkSources)] : []));
       if (t.own) out.push(el("p", {}, t.own));
       if (t.predicting) {
         out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}` + (t.spread ? ` (${t.spread})` : "")));
         if (t.flagged) out.push(el("p", { class: "neg flagged" }, t.flagged));
         if (t.stronger) out.push(el("p", { class: "stronger" }, t.stronger));
-        if (t.qkSources) out.push(el("p", { class: "qk-sources" }, t.qkSources));
+        if (t.qkSources) out.push(block(t.qkSources));
       }
       if (t.moved) out.push(el("p", { class: "muted" }, t.moved));
       if (t.next && t.next.length) {

@@ -887,8 +887,8 @@ def run_family(
 
 def qk_source_sides(records: list[dict]) -> dict:
     """How the predicting groups' QK sources were chosen (``qk_source_fields``), over the sides
-    of ``records`` that name one: ``named``; ``at_position``, those naming a group at the
-    side's own position whose linear share does not raise the side; ``last_raiser``, those
+    of ``records`` that name one: ``named``; ``at_position``, those naming one of the other
+    groups at the side's own position (tested after the raisers); ``last_raiser``, those
     naming the last of more than one raiser tested; ``bound``, those of them where more raise
     the side than were tested (testing stopped at ``circuits.mechanisms.MAX_CANDIDATES``);
     ``beyond_first_round``, those that tested more raisers than the first round's
@@ -903,7 +903,7 @@ def qk_source_sides(records: list[dict]) -> dict:
     last = [x for x in sides if 1 < raisers_tested(x) == x["rank"]]
     return {
         "named": len(sides),
-        "at_position": sum(x["score"] <= 0 for x in sides),
+        "at_position": sum(x["rank"] > raisers_tested(x) for x in sides),
         "last_raiser": len(last),
         "bound": sum(x.get("raisers") is not None and raisers_tested(x) < x["raisers"]
                      for x in last),

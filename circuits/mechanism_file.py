@@ -324,9 +324,10 @@ class QKSourceRole:
     # the first of them, more tested while the last tested lowers the attention most, up to
     # ``circuits.mechanisms.MAX_CANDIDATES``); None in files written before it was kept
     raisers: Annotated[int, Bounds(0, None)] | None = None
-    # how many of the ``tested`` are head groups at the side's own position that do not raise
-    # it (tested after the raisers, so ranked after them: ``value`` <= 0), None in files written
-    # before they were tested
+    # how many of the ``tested`` are the other head groups at the side's own position (tested
+    # after the raisers, so ranked after them: those that do not raise it, ``value`` <= 0, and
+    # raisers there beyond the rounds' tested, since 2026-12-06), None in files written before
+    # they were tested
     at_position: Annotated[int, Bounds(0, None)] | None = None
 
 
@@ -757,9 +758,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                 w.tested if w.raisers is None else w.raisers),
                 f"{where}.writes_qk[{j}]: ranked beyond those tested, or more tested than "
                 "raise the side or sit at its position")  # fmt: skip
-            _expect(w.at_position is None or (w.value > 0) == (w.rank <= raising),
-                    f"{where}.writes_qk[{j}]: a raiser ranked among the groups at the side's "
-                    "position, or the reverse")  # fmt: skip
+            _expect(w.at_position is None or w.rank > raising or w.value > 0,
+                    f"{where}.writes_qk[{j}]: ranked among the raisers tested without raising "
+                    "the side")  # fmt: skip
             # without checks no ablation chose it: the largest raiser, alone
             _expect(
                 summary.settings.get("checks", True) or (w.tested == 1 and not placed),
@@ -772,15 +773,6 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             _expect((w.tie_name is None) == (w.tie_attention is None) and (
                 w.tie_name is None or w.tested > 1), f"{where}.writes_qk[{j}]: a tie without "
                 "its attention or the reverse, or with one group tested")  # fmt: skip
-            if w.tie_attention is not None:  # as low as this group's, within TIE: a review
-                # loaded a tie of 0.95 said to be "within 0.01" of 0.04
-                a = summary.attention_after(g, w.group)
-                alone = None if a is None else a.mean_side(w.side)
-                _expect(alone is not None and alone - CLOSURE <= w.tie_attention
-                        <= alone + TIE + CLOSURE and w.tie_attention < a.mean_before,
-                        f"{where}.writes_qk[{j}]: a tie not within {TIE} above this group's "
-                        "own attention through the side, or not below the attention "
-                        "before")  # fmt: skip
         for j, a in enumerate(g.attention_checks):
             head = by_key.get(a.group)
             n = len(a.qk_heads)
@@ -796,6 +788,21 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     "before and after each, each side's alone for all or none, the weights "
                     "summing to 1), after a checked "
                     "ablation")  # fmt: skip
+        for j, w in enumerate(g.writes_qk):  # (its attention checks' shapes checked above)
+            # a head group, whose ablation (where measured) lowers the attention through its
+            # side (a forged 0.99 after 0.5 loaded: a review)
+            a = summary.attention_after(g, w.group)
+            alone = None if a is None else a.mean_side(w.side)
+            _expect(g.kind == "lorsa" and (alone is None or alone <= a.mean_before + CLOSURE),
+                    f"{where}.writes_qk[{j}]: a QK source not a head group, or whose ablation "
+                    "raises the attention through its side")  # fmt: skip
+            if w.tie_attention is not None:  # as low as this group's, within TIE: a review
+                # loaded a tie of 0.95 said to be "within 0.01" of 0.04
+                _expect(alone is not None and alone - CLOSURE <= w.tie_attention
+                        <= alone + TIE + CLOSURE and w.tie_attention < a.mean_before,
+                        f"{where}.writes_qk[{j}]: a tie not within {TIE} above this group's "
+                        "own attention through the side, or not below the attention "
+                        "before")  # fmt: skip
         _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
         _expect(set(g.carried) == set(g.carried_own), f"{where}: carried and carried_own "
                 "name other targets")  # fmt: skip
@@ -804,6 +811,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             _closes(sum(x.flow for x in shares) + g.carried_own[node],
                     g.flow.get(node, float("nan")), f"{where}: flow carried")  # fmt: skip
         _check_reasons(g.qk, where, summary.tokens)
+    # one source a side of a QK score (a duplicate role loaded: a review)
+    roles = [(w.group, w.side) for g in summary.groups for w in g.writes_qk]
+    _expect(len(set(roles)) == len(roles), "writes_qk: two QK sources of one side of one score")
     flows = {g.key: g.flow for g in summary.groups}
     for i, t in enumerate(summary.targets):  # the groups it names (defined: checked above)
         named = [t.predicting_group] if t.predicting_group is not None else []

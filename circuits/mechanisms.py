@@ -301,10 +301,11 @@ def _summarize(
     clean = {look.group: look.attention(run.patterns[look.layer]) for look in subjects}
     look_of = {look.group: look for look in subjects}
     raisers: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one, by score
-    # and the head groups at the side's own position that do not raise it, tested beside
-    # them (a reviewer found heads at the query whose linear share lowers the side take the
-    # attention 0.08 -> 0.009 where the named raiser took it to 0.06)
-    placed: dict[tuple[int, str], list[tuple[int, float]]] = {}
+    # and every other head group at the side's own position, tested beside them (a reviewer
+    # found heads at the query whose linear share lowers the side take the attention 0.08 ->
+    # 0.009 where the named raiser took it to 0.06; another, a 6th raiser at the query left
+    # untested after the first round, 0.21 where the named one gave 0.40)
+    placed: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one there, by score
     for look in subjects:
         for side, side_flow in zip(SIDES, side_flows[id(first_reason[look.group])], strict=True):
             exclude = {look.group, *own.values()}
@@ -314,10 +315,15 @@ def _summarize(
                                         if check else [])  # fmt: skip
     tried = {key: min(CANDIDATES, len(found)) for key, found in raisers.items()}
 
+    def at_position(g: int, side: str) -> list[tuple[int, float]]:
+        """The head groups at ``g``'s ``side``'s position not among the raisers tested."""
+        tested = {c for c, _ in raisers[g, side][: tried[g, side]]}
+        return [x for x in placed[g, side] if x[0] not in tested]
+
     def under_test(g: int, side: str) -> list[tuple[int, float]]:
-        """The candidates of ``g``'s ``side`` tested so far: raisers by score, then the
-        placed."""
-        return raisers[g, side][: tried[g, side]] + placed[g, side]
+        """The candidates of ``g``'s ``side`` tested so far: raisers by score, then the other
+        head groups at the side's position."""
+        return raisers[g, side][: tried[g, side]] + at_position(g, side)
 
     after: dict[int, dict[int, _After]] = {}  # tested group -> its free rerun's attentions
 
@@ -372,7 +378,7 @@ def _summarize(
                 tie = (view.groups[found[rest[0]][0]].name, alone[rest[0]])
         source, value = found[rank]
         role = (g, first_reason[g].qk_head, side, value, rank + 1, len(found) if check else 1, *tie,
-                len(raisers[g, side]), len(placed[g, side]))  # fmt: skip
+                len(raisers[g, side]), len(at_position(g, side)))  # fmt: skip
         writes_qk.setdefault(source, []).append(role)
         sources_of.setdefault(g, []).append(source)
     chosen = []
@@ -837,12 +843,11 @@ def _placed_candidates(
     view: GroupedGraph, flow: np.ndarray, exclude: set[int], look: _Look, pos: int
 ) -> list[tuple[int, float]]:
     """The head groups (not in ``exclude``) at position ``pos`` (a QK side's: the query or the
-    key) that can change ``look``'s attention and do not raise that side (its flow summed per
-    group <= 0; those that do are ``_qk_candidates``), with their sums, largest first."""
+    key) that can change ``look``'s attention, whether or not they raise that side (its flow
+    summed per group), with their sums, largest first."""
     return _head_groups_by_sum(
-        view, flow, exclude,
-        lambda grp, total: total <= 0 and grp.pos == pos and look.reads_after(grp),
-    )  # fmt: skip
+        view, flow, exclude, lambda grp, total: grp.pos == pos and look.reads_after(grp)
+    )
 
 
 def _free_attention(replacement, full, run, groups: dict, looks: list[_Look]) -> dict:

@@ -66,10 +66,18 @@ QK_SOURCES = (
 )
 # the same for files written before the groups at a side's position were tested
 QK_SOURCES_RAISERS = QK_SOURCES.replace(" and those at that side's position", "")
+# without checks nothing was ablated: a side's source is its largest raiser (a reviewer read
+# "whose ablation lowers its attention most" on a --no-checks summary)
+QK_SOURCES_UNCHECKED = (
+    f"{QK_SOURCES_WHAT} (the head group raising each side of its QK score most by its linear "
+    "share; none ablated: a summary without checks)"
+)
 
 
 def qk_sources_heading(summary: MechanismSummary) -> str:
     """The QK sources line's heading: what chose them, as the summary's settings say."""
+    if summary.settings.get("checks") is False:
+        return QK_SOURCES_UNCHECKED
     return QK_SOURCES if summary.settings.get("qk_sources_at_position") else QK_SOURCES_RAISERS
 
 
@@ -820,15 +828,16 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
             parts[0] += " (more than the whole: other parts pull against it)"
         if top is not None:  # what no head moves: a token's own embedding, a constant
             parts[0] += f", the side's largest root {top.name} {top.value:+.3g}"
-    placed = w.at_position or 0  # groups at the side's position that do not raise it
+    placed = w.at_position or 0  # the other groups at the side's position, tested after
     raising = w.tested - placed
-    groups = "1 head group ... that does" if placed == 1 else f"{placed} head groups ... that do"
-    besides = "; " + groups.replace("...", "at the side's position") + " not raise it tested too"
+    besides = f"; {placed} other head group{'s' * (placed != 1)} at the side's position tested too"
     if w.rank > raising:  # one of those: its linear share is no reason, its ablation is
-        such = f"{placed} such groups" if placed > 1 else "the 1 such group"
+        such = f"{placed} other groups there" if placed > 1 else "the 1 other group there"
         others = f"beside the {raising} raising it most" if raising else "(none raises it)"
-        parts.append(f"at the side's position, not raising it by its linear share: of {such} "
-                     f"tested {others}, its ablation lowers the attention most")  # fmt: skip
+        share = "not raising it by its linear share" if w.value <= 0 else \
+            "raising it less by its linear share than the raisers tested"  # fmt: skip
+        parts.append(f"at the side's position, {share}: of {such} tested {others}, its "
+                     "ablation lowers the attention most")  # fmt: skip
     elif raising > 1 and w.rank == 1:
         parts.append(f"the largest of {raising} raising the side tested" + besides * (placed > 0))
     elif raising > 1:
@@ -964,6 +973,9 @@ def no_sources_text(g: GroupRecord | TargetRecord, summary: MechanismSummary) ->
     were looked for (its ``settings`` have no ``qk_sources``)."""
     if not g.qk or "qk_sources" not in summary.settings:
         return ""
+    if g.pos == 0:  # (a reviewer read "no head group lowers its attention" at attention 1)
+        return ("its QK score: at the first position it has one key to attend, with attention "
+                "1 whatever its score")  # fmt: skip
     if g.layer == 0:
         return ("its QK score: block 0 reads the tokens and position vectors alone (no head "
                 "writes its query or key)")  # fmt: skip

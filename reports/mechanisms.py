@@ -340,7 +340,7 @@ def reads_text(t: TargetRecord, tokens: list[str]) -> str:
     if t.reads is None:
         return ""
     there = (
-        "the head groups named below are those there"
+        "the head groups ranked below by flow are those there"
         if t.head_groups
         else (
             "no head group below it writes there (block 0 reads the tokens and position vectors "

@@ -1329,7 +1329,9 @@ def test_a_head_targets_words_say_what_is_there():
     )  # fmt: skip
     tokens = ["<|bos|>", "Monday", ",", " Tuesday", ",", ",", " Wednesday", ","]
     assert "no head group below it writes there" in reads_text(t, tokens)
-    assert "named below" in reads_text(dataclasses.replace(t, head_groups=["g0"]), tokens)
+    assert "ranked below by flow are those there" in reads_text(
+        dataclasses.replace(t, head_groups=["g0"]), tokens
+    )
     assert constant_source("own") == "the nodes' own biases"
     assert constant_source("L0 attn bias") == "L0 attn bias"
 

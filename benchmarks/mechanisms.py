@@ -757,18 +757,15 @@ def load_with_concepts(model: str, mode: str = "local") -> tuple:
     return replacement, tokenizer, concepts, source
 
 
-def right_summaries(replacement, tokenizer, concepts, per_family: int, seed: int, check: bool):
+def right_prompts(replacement, tokenizer, per_family: int, seed: int, families=None):
     """The first ``per_family`` prompts of each probe family (``build_prompts``, draw
-    ``seed``) that the model gets right, each as (family, prompt, summary): the trace's
-    pipeline (constants as nodes, the expected token's logit as the target), then
-    ``circuits.mechanisms.summarize`` with or without its ``check``s. The second looks
-    (``benchmarks/paths.py``, ``benchmarks/check_sizes.py``) read these summaries."""
+    ``seed``; ``families``: these of ``FAMILIES`` only) that the model gets right, each as
+    (family, prompt, tokens, run): the trace's run (local mode, constants as nodes)."""
     import torch
 
-    from circuits.attribution import LogitTarget, attribute, run_prompt
-    from circuits.mechanisms import summarize
+    from circuits.attribution import run_prompt
 
-    for family in FAMILIES:
+    for family in families or FAMILIES:
         done = 0
         for prompt in build_prompts(tokenizer, family, 200, replacement.cfg.n_ctx - 1, seed):
             if done >= per_family:
@@ -777,10 +774,22 @@ def right_summaries(replacement, tokenizer, concepts, per_family: int, seed: int
             run = run_prompt(replacement, tokens, "local", constants=True)
             if int(run.logits[-1].argmax()) != prompt.target:
                 continue
-            full = attribute(replacement, tokens, mode="local", run=run, tokenizer=tokenizer,
-                             targets=[LogitTarget(prompt.target)])  # fmt: skip
-            yield family, prompt, summarize(replacement, full, run, concepts=concepts, check=check)
+            yield family, prompt, tokens, run
             done += 1
+
+
+def right_summaries(replacement, tokenizer, concepts, per_family: int, seed: int, check: bool):
+    """``right_prompts``, each as (family, prompt, summary): the trace's pipeline (the expected
+    token's logit as the target), then ``circuits.mechanisms.summarize`` with or without its
+    ``check``s. The second looks (``benchmarks/paths.py``, ``benchmarks/check_sizes.py``) read
+    these summaries."""
+    from circuits.attribution import LogitTarget, attribute
+    from circuits.mechanisms import summarize
+
+    for family, prompt, tokens, run in right_prompts(replacement, tokenizer, per_family, seed):
+        full = attribute(replacement, tokens, mode="local", run=run, tokenizer=tokenizer,
+                         targets=[LogitTarget(prompt.target)])  # fmt: skip
+        yield family, prompt, summarize(replacement, full, run, concepts=concepts, check=check)
 
 
 def draw_main(argv, doc: str, name: str, measure, show) -> int:

@@ -24,7 +24,16 @@ from mechanisms import RESULTS, family_rates  # noqa: E402
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli  # noqa: E402
 
-SAME = ("model", "replacement", "mode", "target")  # what every pooled draw must share
+SAME = (
+    "model",
+    "replacement",
+    "mode",
+    "target",
+    "concepts",
+    "prompts_per_family",
+    "min_correct",
+    "max_prompts",
+)  # what every pooled draw must share
 PER_DRAW = ("key", "key_named")  # rates also given draw by draw
 
 
@@ -47,12 +56,15 @@ def _check_record(record, where: str) -> None:
         raise UserError(f"{where}: a record lacks its 'cpu_seconds'")
     if not isinstance(record.get("untrained_positions"), list):
         raise UserError(f"{where}: a record lacks its 'untrained_positions'")
+    counts = ("checks", "agree_free", "agree_frozen", "qk_writer_checks", "qk_writer_agree_free")
     for key, value in record.items():
-        if key in ("checks", "agree_free", "agree_frozen") and not (
-            _number(value) and value >= 0
-        ):  # fmt: skip
+        if key in counts and not (_number(value) and value >= 0):
             raise UserError(f"{where}: a record's {key!r} is not a count")
-    if record.get("agree_free", 0) > record.get("checks", 0):
+    if record.get("agree_free", 0) > record.get("checks", 0) or record.get(
+        "qk_writer_agree_free", 0
+    ) > record.get("qk_writer_checks", 0) or record.get("qk_writer_checks", 0) > record.get(
+        "checks", 0
+    ):  # fmt: skip
         raise UserError(f"{where}: a record agrees in more checks than it has")
     for side in ("query_source", "key_source"):
         source = record.get(side)

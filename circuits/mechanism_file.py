@@ -330,6 +330,11 @@ class QKSourceRole:
     # they were tested
     at_position: Annotated[int, Bounds(0, None)] | None = None
 
+    @property
+    def raisers_tested(self) -> int:
+        """How many of the ``tested`` raise the side (ranked first, by ``value``)."""
+        return self.tested - (self.at_position or 0)
+
 
 TIE = 0.01  # side-alone attentions this close after two groups' ablations: neither is chosen by it
 
@@ -509,8 +514,9 @@ class TargetRecord:
         what it is, so "predicting" and "largest part" are read in it."""
         return direction_of(self.value)
 
-    # A head target with its QK reason read as a head group is (its block, query, the key it
-    # reads, its QK head): the QK sources' records name either (``QKSourceRole.group``).
+    # A head target's QK score read as a head group's is (its block, query, the key it reads,
+    # its QK head): the QK sources' records name either (``QKSourceRole.group``). These are
+    # its QK reason's, so None (empty) for a target without one: a logit, a feature.
     @property
     def layer(self) -> int | None:
         return self.qk[0].layer if self.qk else None
@@ -650,7 +656,13 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     _expect(is_finite_number(ratio) and ratio >= 1,
             f"settings.ratio: {ratio!r:.40}, not a finite number >= 1")  # fmt: skip
     # printed, each (a string is no "no")
-    for name in ("checks", "constants", "qk_sources_at_position"):
+    for name in (
+        "checks",
+        "constants",
+        "qk_sources_at_position",
+        "qk_sources_every_placed",
+        "qk_sources_head_targets",
+    ):
         flag = summary.settings.get(name, False)
         _expect(type(flag) is bool, f"settings.{name}: {flag!r:.40}, not true or false")
     # the groups at a side's position were tested only with the rounds' bound, which the
@@ -741,6 +753,14 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                                        (c.top_free, c.top_free_probability))),
                     f"{where}.checks[{j}]: a most likely token after a rerun without its "
                     "probability or the reverse, or for a target not a logit")  # fmt: skip
+            # the most likely: at least as likely as the target's token after the same rerun
+            # (a review's forgery loaded)
+            _expect(all(top is None or after is None or p >= after - CLOSURE
+                        for top, p, after in (
+                            (c.top_frozen, c.top_frozen_probability, c.probability_frozen),
+                            (c.top_free, c.top_free_probability, c.probability_free))),
+                    f"{where}.checks[{j}]: a most likely token after a rerun less likely than "
+                    "the target's token")  # fmt: skip
             for name in ("free_ln_held", "free_final_ln_held", "free_attention_held"):
                 _expect((getattr(c, name) is None) == (getattr(c, f"agree_{name}") is None),
                         f"{where}.checks[{j}]: {name} without its agreement, or the "
@@ -752,8 +772,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                     f"{where}.writes_qk[{j}]: not a side ({'/'.join(SIDES)}) of a QK head of a "
                     "head group of the summary, or of a head target, in a later "
                     "block")  # fmt: skip
-            placed = w.at_position or 0
-            raising = w.tested - placed  # the raisers tested, ranked first (by value)
+            placed, raising = w.at_position or 0, w.raisers_tested
             _expect(w.rank <= w.tested and 0 <= raising <= (
                 w.tested if w.raisers is None else w.raisers),
                 f"{where}.writes_qk[{j}]: ranked beyond those tested, or more tested than "

@@ -308,7 +308,10 @@ def _summarize(
     placed: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one there, by score
     for look in subjects:
         for side, side_flow in zip(SIDES, side_flows[id(first_reason[look.group])], strict=True):
-            exclude = {look.group, *own.values()}
+            # never the subject itself, nor a head target's own group (which holds it); another
+            # target's group is a head group like any (a reviewer's second head target's group
+            # was left out of the first's candidates, 0.44 named where it gave 0.13)
+            exclude = {look.group, *[own[t] for t, x in own_looks.items() if x is look]}
             raisers[look.group, side] = _qk_candidates(view, side_flow, exclude)
             at = look.query if side == "query" else look.key  # (ablated only with checks)
             placed[look.group, side] = (_placed_candidates(view, side_flow, exclude, look, at)
@@ -409,7 +412,7 @@ def _summarize(
     token = full.token if tokenizer is None else partial(token_text, tokenizer)
     checks = {} if not (check and targets) else _checks(
         replacement, full, run, {g: view.groups[g].members for g in listed if g in checked},
-        targets, tolerance, flows, [*looks, *own_looks.values()], token,
+        targets, tolerance, flows, subjects, token,
     )  # fmt: skip
     records, rw = [], replacement.read_write()
     for g in listed:
@@ -479,7 +482,10 @@ def _summarize(
                   "tolerance": tolerance, "ratio": RATIO, "constants": full.has_constants,
                   "grouping": grouping, "qk_sources": CANDIDATES if check else 1,
                   "qk_sources_most": MAX_CANDIDATES if check else 1,
-                  "qk_sources_at_position": bool(check), "checks": bool(check)},
+                  "qk_sources_at_position": bool(check), "checks": bool(check),
+                  # every other head group at a side's position tested (raisers there too),
+                  # and head targets' own sources looked for (the words of older files differ)
+                  "qk_sources_every_placed": bool(check), "qk_sources_head_targets": True},
     )  # fmt: skip
 
 
@@ -911,14 +917,14 @@ def _checks(
         strict=True,
     )
     return {
-        g: (_effect_checks(full, run, groups[g], tolerance, *results, token=token or full.token),
+        g: (_effect_checks(full, run, groups[g], tolerance, *results, text=token or full.token),
             _split(list(looks), results[1]))
         for g, results in zip(keys, ways, strict=True)
     }  # fmt: skip
 
 
-def _effect_checks(full, run, members, tolerance, frozen, free, held, final, patterns, token):
-    """A group's ``EffectCheck`` per target from its five reruns (``_checks``); ``token``: a
+def _effect_checks(full, run, members, tolerance, frozen, free, held, final, patterns, text):
+    """A group's ``EffectCheck`` per target from its five reruns (``_checks``); ``text``: a
     token id's text."""
     out = []
     inside = {full.ids[m] for m in members}
@@ -928,7 +934,7 @@ def _effect_checks(full, run, members, tolerance, frozen, free, held, final, pat
     # "frozen other sign, its probability as predicted" where the frozen rerun had made ' '
     # certain, its logit +93.6: the replacement with its scales held had left its range)
     top = [int(a.argmax()) for a in after]
-    top = [(None, None) if x == int(clean.argmax()) else (token(x), float(a[x]))
+    top = [(None, None) if x == int(clean.argmax()) else (text(x), float(a[x]))
            for x, a in zip(top, after, strict=True)]  # fmt: skip
     for j, target in enumerate(frozen.targets):
         if target in inside:  # a target in the ablated group is not its own effect

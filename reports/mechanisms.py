@@ -53,7 +53,7 @@ NO_MOVER = (
     "no head group there moves a flow the target's way from another token (BOS and the "
     "position itself aside); the largest"
 )
-# Before ``qk_sources_text``: its candidates are head groups (a feature group at the query or
+# Before ``qk_sources_sides``: its candidates are head groups (a feature group at the query or
 # the key, the MLP there, can take the attention lower still: it rewrites that position whole)
 # What picks a side's source is an ablation, not its share of the score: of the head groups
 # raising the side most, the one whose ablation lowers the attention most through that side
@@ -829,8 +829,13 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
         if top is not None:  # what no head moves: a token's own embedding, a constant
             parts[0] += f", the side's largest root {top.name} {top.value:+.3g}"
     placed = w.at_position or 0  # the other groups at the side's position, tested after
-    raising = w.tested - placed
-    besides = f"; {placed} other head group{'s' * (placed != 1)} at the side's position tested too"
+    raising = w.raisers_tested
+    # files before the thirty-second session tested those there that do not raise it alone
+    every = summary.settings.get("qk_sources_every_placed", False)
+    there = (f"other head group{'s' * (placed != 1)} at the side's position" if every else
+             f"head group{'s' * (placed != 1)} at the side's position that "
+             f"do{'es' * (placed == 1)} not raise it")  # fmt: skip
+    besides = f"; {placed} {there} tested too"
     if w.rank > raising:  # one of those: its linear share is no reason, its ablation is
         such = f"{placed} other groups there" if placed > 1 else "the 1 other group there"
         others = f"beside the {raising} raising it most" if raising else "(none raises it)"
@@ -913,11 +918,6 @@ def attention_check_text(a: AttentionCheck, summary: MechanismSummary) -> str:
             f"({weighed}{heads}{more})")  # fmt: skip
 
 
-def qk_sources_text(summary: MechanismSummary, key: str) -> str:
-    """``qk_sources_sides`` in one line."""
-    return "; ".join(qk_sources_sides(summary, key))
-
-
 def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
     """The groups that write head group (or head target) ``key``'s QK score (their
     ``writes_qk``), one text each, with the side, the score it brings, how it was chosen and,
@@ -925,7 +925,7 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
     alone as after it (the others clean; what the choice reads): what makes the group attend
     where it does, tested; then each side without one, said to have none."""
     out = []
-    for g, w in summary.qk_sources(key):
+    for g, w in sorted(summary.qk_sources(key), key=lambda x: SIDES.index(x[1].side)):
         after = summary.attention_after(g, key)
         tested = ""
         if after is not None:
@@ -973,6 +973,8 @@ def no_sources_text(g: GroupRecord | TargetRecord, summary: MechanismSummary) ->
     were looked for (its ``settings`` have no ``qk_sources``)."""
     if not g.qk or "qk_sources" not in summary.settings:
         return ""
+    if isinstance(g, TargetRecord) and not summary.settings.get("qk_sources_head_targets"):
+        return ""  # a file written before a head target's own sources were looked for
     if g.pos == 0:  # (a reviewer read "no head group lowers its attention" at attention 1)
         return ("its QK score: at the first position it has one key to attend, with attention "
                 "1 whatever its score")  # fmt: skip

@@ -54,6 +54,7 @@ import numpy as np
 
 from circuits.concepts import AT_CHANCE, DOCUMENT_CONCEPTS, at_chance
 from circuits.graph import Graph, NamedSide, QKAttribution
+from circuits.mechanism_file import TargetRecord
 from circuits.neuronpedia import checked_supernodes
 from circuits.nodes import Kind, block_of, logit_stage, unit_id
 from toy_models.records import is_finite_number
@@ -293,15 +294,16 @@ def _box_lines(g, summary) -> list[str]:
         lines.append(f"→{g.attends_token!r}@{g.attends}")
     elif g.concept:
         lines.append(g.concept)
-    heads = {t.node: t for t in summary.targets if t.qk}  # head targets with a QK score
-    places = [(t.layer, t.pos) for t in heads.values()]
+    heads = [t for t in summary.targets if isinstance(summary.qk_subject(t.node), TargetRecord)]
+    places = [(t.layer, t.pos) for t in heads]
     for w in g.writes_qk:  # two short lines: the viewer fits each to a box's width
         whose = w.group  # a head group's key; a head target's block and place where several
-        if (t := heads.get(w.group)) is not None:  # (a reviewer's two head targets' boxes
-            # read "writes target's query" twice)
+        t = summary.qk_subject(w.group)
+        if isinstance(t, TargetRecord):  # (a reviewer's two head targets' boxes read "writes
+            # target's query" twice)
             whose = "target" if len(heads) == 1 else f"target L{t.layer} @{t.pos}"
             if places.count((t.layer, t.pos)) > 1:  # the same block and place: by its order
-                whose = f"target {list(heads).index(w.group) + 1} of the heads traced"
+                whose = f"head target {heads.index(t) + 1}"
         lines.append(f"writes {whose}'s {w.side}")
         a = summary.attention_after(g, w.group)
         if a is not None:  # through the side it writes, where measured: what chose it (the

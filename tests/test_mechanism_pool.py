@@ -20,7 +20,9 @@ def record(correct: bool, key: bool = False, checks: int = 0, agree: int = 0, **
 
 def draw(path, seed: int, records: list[dict], **settings) -> None:
     data = {"model": "default", "replacement": "shipped", "mode": "local", "target": "logit",
-            "seed": seed, "families": {"successor": {"records": records}}} | settings  # fmt: skip
+            "concepts": "dashboards.safetensors", "prompts_per_family": 40, "min_correct": 30,
+            "max_prompts": 200, "seed": seed,
+            "families": {"successor": {"records": records}}} | settings  # fmt: skip
     path.write_text(json.dumps(data))
 
 
@@ -56,6 +58,8 @@ def test_pooled_rates_are_one_draws_rates_over_every_record(tmp_path):
         (lambda p: draw(p, 1, [record(True)]), "given twice"),
         (lambda p: draw(p, 2, [record(True)], model="tiny"), "its model 'tiny'"),
         (lambda p: draw(p, 2, [record(True)], target="margin"), "its target"),
+        (lambda p: draw(p, 2, [record(True)], concepts=None), "its concepts"),
+        (lambda p: draw(p, 2, [record(True, qk_writer_checks=3)]), "more checks"),
         (lambda p: draw(p, 2, [record(True) | {"correct": "yes"}]), "correct"),
         (lambda p: draw(p, 2, [record(True, checks=2, agree=3)]), "more checks"),
         (lambda p: draw(p, 2, [record(True, key_source={"tested": 2})]), "tested, rank"),

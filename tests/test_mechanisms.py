@@ -32,6 +32,7 @@ from circuits.graph import Graph
 from circuits.groups import auto_groups, group, grouped, node_name
 from circuits.interventions import Intervention, direct_pre_activations, intervene, predict
 from circuits.mechanism_file import (
+    CLOSURE,
     TIE,
     AttentionCheck,
     MechanismSummary,
@@ -673,7 +674,7 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
     import circuits.mechanisms
     from circuits.attribution import LogitTarget, NodeTarget
     from circuits.interventions import target_nodes
-    from reports.mechanisms import block_lines, qk_sources_block, score_text
+    from reports.mechanisms import _role_text, block_lines, qk_sources_block, score_text
     from reports.viewer import mechanisms_data
 
     monkeypatch.setattr(circuits.mechanisms, "SIDE_SOURCES", 64)  # every candidate listed
@@ -733,6 +734,26 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
            for i in sorted(heads, key=lambda i: -float(full.activation[i]))[:2]]  # fmt: skip
     graph = attribute(replacement, tokens, run=run, targets=[LogitTarget(7), *two])
     both = summarize(replacement, graph, run, max_groups=1)
+    _check_qk_sources(both, graph, replacement)  # another target's group is a candidate too
+    for t in both.targets:  # each block's sides: the query's first
+        sides = [w.side for _, w in both.qk_sources(t.node)]
+        block = qk_sources_block(both, t.node) or []
+        assert [x.split(" side")[0] for x in block[1:1 + len(sides)]] == sorted(
+            sides, key=["query", "key"].index)  # fmt: skip
+    # a file written before head targets' sources were looked for says nothing of them (it
+    # said no head group lowers the attention), and words its groups at a side's position as
+    # it tested them: those that do not raise it
+    older = copy.deepcopy(summary)
+    for name in ("qk_sources_head_targets", "qk_sources_every_placed"):
+        del older.settings[name]
+    for g in older.groups:
+        g.writes_qk = [w for w in g.writes_qk if w.group != head.node]
+    assert qk_sources_block(older, head.node) is None
+    roles = [(g, w) for g in older.groups for w in g.writes_qk if w.at_position]
+    assert roles and all(
+        "at the side's position that do" in _role_text(w, g, older) for g, w in roles
+    )
+    assert all("other head group" not in _role_text(w, g, older) for g, w in roles)
     boxes = [line for x in mechanisms_data(both, graph)["groups"] for line in x["box"]]
     traced = {t.node for t in both.targets}
     named = [w for g in both.groups for w in g.writes_qk if w.group in traced]
@@ -740,7 +761,7 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
     for w in named:
         t = next(t for t in both.targets if t.node == w.group)
         assert any(line.startswith(f"writes target L{t.layer} @{t.pos}'s {w.side}")
-                   or line.startswith("writes target ") and "of the heads traced" in line
+                   or line.startswith(f"writes head target {both.targets.index(t)}'s")
                    for line in boxes)  # fmt: skip
 
 
@@ -1851,10 +1872,10 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     monkeypatch.setattr(circuits.mechanisms, "_free_attention", real)
     # each side is named: by its source, or as having none (a review: a side without one was
     # left out without a word)
-    from reports.mechanisms import qk_sources_text
+    from reports.mechanisms import qk_sources_sides
 
     for key in {w.group for g in summary.groups for w in g.writes_qk}:
-        text = qk_sources_text(summary, key)
+        text = "; ".join(qk_sources_sides(summary, key))
         named = {w.side for _, w in summary.qk_sources(key)}
         for side in ("query", "key"):
             said = f"{side} side: no head group raising it or at its position lowers its"
@@ -1884,7 +1905,7 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     assert w.value <= 0 and (w.rank, w.tested, w.at_position) == (2, 2, 1)
     w = roles["query"]
     assert w.value > 0 and w.rank > w.tested - w.at_position and w.raisers > 2
-    text = qk_sources_text(stopped, p.key)
+    text = "; ".join(qk_sources_sides(stopped, p.key))
     assert (
         "at the side's position, not raising it by its linear share: of the 1 other group there "
         "tested beside the 1 raising it most, its ablation lowers the attention most" in text
@@ -2275,6 +2296,10 @@ def test_summary_records(graph, replacement, run, tmp_path):
     forged["groups"][where]["checks"][j]["top_free_probability"] = None
     with pytest.raises(ValueError, match="most likely token after a rerun without its"):
         MechanismSummary.from_dict(forged)
+    forged["groups"][where]["checks"][j]["top_free_probability"] = 0.0  # below the target's
+    if changed[0].probability_free > CLOSURE:
+        with pytest.raises(ValueError, match="less likely than the target's token"):
+            MechanismSummary.from_dict(forged)
     assert after_text(0.99996, 0.00001) == " (p 0.99996 -> 1e-05)"
     assert after_text(None, 0.5) == after_text(0.5, None) == ""
     # a difference's probability is its first token's, which the check names (a reviewer read

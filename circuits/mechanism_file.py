@@ -670,6 +670,11 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     _expect(not summary.settings.get("qk_sources_at_position")
             or "qk_sources_most" in summary.settings,
             "settings.qk_sources_at_position without qk_sources_most")  # fmt: skip
+    # how much a QK source's ablation lowers the attention through its side at least (absent
+    # from files before it was kept: then only not raising it)
+    lowered = summary.settings.get("qk_sources_lowered", 0.0)
+    _expect(is_finite_number(lowered) and 0 <= lowered <= 1,
+            f"settings.qk_sources_lowered: {lowered!r:.40}, not a number in [0, 1]")  # fmt: skip
     grouping = summary.settings.get("grouping", "")  # the rules' text, or "given"
     _expect(isinstance(grouping, str), f"settings.grouping: {grouping!r:.40}, not a string")
     _check_main_inputs(summary)
@@ -812,9 +817,10 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             # side (a forged 0.99 after 0.5 loaded: a review)
             a = summary.attention_after(g, w.group)
             alone = None if a is None else a.mean_side(w.side)
-            _expect(g.kind == "lorsa" and (alone is None or alone <= a.mean_before + CLOSURE),
+            _expect(g.kind == "lorsa" and (alone is None or alone <= a.mean_before - lowered
+                                           + CLOSURE),
                     f"{where}.writes_qk[{j}]: a QK source not a head group, or whose ablation "
-                    "raises the attention through its side")  # fmt: skip
+                    f"does not lower the attention through its side by {lowered}")  # fmt: skip
             if w.tie_attention is not None:  # as low as this group's, within TIE: a review
                 # loaded a tie of 0.95 said to be "within 0.01" of 0.04
                 _expect(alone is not None and alone - CLOSURE <= w.tie_attention

@@ -485,7 +485,9 @@ def _summarize(
                   "qk_sources_at_position": bool(check), "checks": bool(check),
                   # every other head group at a side's position tested (raisers there too),
                   # and head targets' own sources looked for (the words of older files differ)
-                  "qk_sources_every_placed": bool(check), "qk_sources_head_targets": True},
+                  "qk_sources_every_placed": bool(check), "qk_sources_head_targets": True,
+                  # how much a source's ablation must lower the attention through its side
+                  **({"qk_sources_lowered": ATTENTION_LOWERED} if check else {})},
     )  # fmt: skip
 
 

@@ -1989,7 +1989,7 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
         (
             "attention_checks",
             {"key_side": [0.99] * n, "query_side": [0.99] * n, "before": [0.5] * n},
-            "raises the attention through its side",
+            "does not lower the attention through its side by",
         ),
         ("writes_qk", {"at_position": -1}, "at_position"),
         (
@@ -2031,6 +2031,15 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
         elif how == ["feature"]:
             target["kind"], target["qk_heads"], target["attends"] = "transcoder", [], None
             target["attends_token"], target["qk"], target["attention_checks"] = None, [], []
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            load_summary(path)
+    # a source's ablation lowers the attention through its side by the summary's threshold
+    # (the writer's ATTENTION_LOWERED, kept in its settings)
+    assert d["settings"]["qk_sources_lowered"] == circuits.mechanisms.ATTENTION_LOWERED
+    for lowered, message in ((0.99, "does not lower the attention"), ("x", "qk_sources_lowered")):
+        bad = copy.deepcopy(d)
+        bad["settings"]["qk_sources_lowered"] = lowered
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=message):
             load_summary(path)

@@ -27,7 +27,6 @@ record (the head, the key it reads, each side's source with its attentions).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -115,16 +114,11 @@ def measure(replacement, tokenizer, concepts, per_family: int, seed: int) -> dic
     return out
 
 
-def show(result: dict) -> None:
-    for family, part in result["families"].items():
-        print(family, json.dumps(part))
-
-
 def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from mechanisms import draw_main
 
-    return draw_main(argv, __doc__, "head_targets", measure, show)
+    return draw_main(argv, __doc__, "head_targets", measure)
 
 
 if __name__ == "__main__":

@@ -792,7 +792,13 @@ def right_summaries(replacement, tokenizer, concepts, per_family: int, seed: int
         yield family, prompt, summarize(replacement, full, run, concepts=concepts, check=check)
 
 
-def draw_main(argv, doc: str, name: str, measure, show) -> int:
+def show_families(result: dict) -> None:
+    """A second look's rates, one line per family (``result["families"]``)."""
+    for family, part in result["families"].items():
+        print(family, json.dumps(part))
+
+
+def draw_main(argv, doc: str, name: str, measure, show=show_families) -> int:
     """The command of a second look over a draw's right prompts (``right_summaries``):
     ``--model``, ``--per-family``, ``--seed`` and ``--out`` (default
     ``benchmarks/results/{name}_{model}.json``), checked before any work; then the model with

@@ -23,7 +23,6 @@ benchmarks/results/paths_{model}.json.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -72,16 +71,11 @@ def measure(replacement, tokenizer, concepts, per_family: int, seed: int) -> dic
     return out
 
 
-def show(result: dict) -> None:
-    for family, part in result["families"].items():
-        print(family, json.dumps(part))
-
-
 def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from mechanisms import draw_main
 
-    return draw_main(argv, __doc__, "paths", measure, show)
+    return draw_main(argv, __doc__, "paths", measure)
 
 
 if __name__ == "__main__":

@@ -306,12 +306,13 @@ def _summarize(
     # 0.009 where the named raiser took it to 0.06; another, a 6th raiser at the query left
     # untested after the first round, 0.21 where the named one gave 0.40)
     placed: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one there, by score
+    # never the subject itself, nor a head target's own group (which holds it); another
+    # target's group is a head group like any (a reviewer's second head target's group was
+    # left out of the first's candidates, 0.44 named where it gave 0.13)
+    own_group = {look.group: own[t] for t, look in own_looks.items()}
     for look in subjects:
         for side, side_flow in zip(SIDES, side_flows[id(first_reason[look.group])], strict=True):
-            # never the subject itself, nor a head target's own group (which holds it); another
-            # target's group is a head group like any (a reviewer's second head target's group
-            # was left out of the first's candidates, 0.44 named where it gave 0.13)
-            exclude = {look.group, *[own[t] for t, x in own_looks.items() if x is look]}
+            exclude = {look.group, own_group.get(look.group)}
             raisers[look.group, side] = _qk_candidates(view, side_flow, exclude)
             at = look.query if side == "query" else look.key  # (ablated only with checks)
             placed[look.group, side] = (_placed_candidates(view, side_flow, exclude, look, at)

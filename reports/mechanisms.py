@@ -925,7 +925,8 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
     alone as after it (the others clean; what the choice reads): what makes the group attend
     where it does, tested; then each side without one, said to have none."""
     out = []
-    for g, w in sorted(summary.qk_sources(key), key=lambda x: SIDES.index(x[1].side)):
+    sources = sorted(summary.qk_sources(key), key=lambda x: SIDES.index(x[1].side))
+    for g, w in sources:
         after = summary.attention_after(g, key)
         tested = ""
         if after is not None:
@@ -942,7 +943,7 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
         out.append(f"{w.side} side of QK {w.qk_head} {g.key} {g.name} "
                    f"({_role_text(w, g, summary)}){tested}")  # fmt: skip
     if out:  # a side with none is said to have none (a reviewer read the key side's silence)
-        named = {w.side for _, w in summary.qk_sources(key)}
+        named = {w.side for _, w in sources}
         out += [f"{side} side: {_no_source_words(summary, 'it')}"
                 for side in SIDES if side not in named]  # fmt: skip
     return out

@@ -251,7 +251,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
                           or None) if t.predicting_group else None,
              "qkSources": qk_sources_block(summary, t.predicting_group),
              # a head target's own: what makes it attend the key it reads
-             "ownQkSources": qk_sources_block(summary, t.node) if t.qk else None,
+             "ownQkSources": qk_sources_block(summary, t.node),
              "qk": [_reason_panel(r, summary) for r in t.qk]}
             for t in summary.targets
         ],

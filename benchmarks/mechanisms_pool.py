@@ -13,7 +13,6 @@ refused, and so is a file whose records are not the benchmark's.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mechanisms import RESULTS, family_rates  # noqa: E402
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli  # noqa: E402
+from toy_models.records import is_finite_number  # noqa: E402
 
 SAME = (
     "model",
@@ -42,36 +42,33 @@ def default_files() -> list[Path]:
     return [first, *sorted(RESULTS.glob("mechanisms_default_seed*.json"))]
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_record(record, where: str) -> None:
     """What ``family_rates`` reads of a record, checked before any of it is read."""
     if not isinstance(record, dict):
         raise UserError(f"{where}: a record is not a JSON object")
     if not isinstance(record.get("correct"), bool) or not isinstance(record.get("source"), str):
         raise UserError(f"{where}: a record lacks its 'correct' (true/false) or 'source'")
-    if not _number(record.get("cpu_seconds")):
+    if not is_finite_number(record.get("cpu_seconds")):
         raise UserError(f"{where}: a record lacks its 'cpu_seconds'")
     if not isinstance(record.get("untrained_positions"), list):
         raise UserError(f"{where}: a record lacks its 'untrained_positions'")
     counts = ("checks", "agree_free", "agree_frozen", "qk_writer_checks", "qk_writer_agree_free")
     for key, value in record.items():
-        if key in counts and not (_number(value) and value >= 0):
+        if key in counts and not (is_finite_number(value) and value >= 0):
             raise UserError(f"{where}: a record's {key!r} is not a count")
-    if record.get("agree_free", 0) > record.get("checks", 0) or record.get(
-        "qk_writer_agree_free", 0
-    ) > record.get("qk_writer_checks", 0) or record.get("qk_writer_checks", 0) > record.get(
-        "checks", 0
-    ):  # fmt: skip
+    within = (
+        ("agree_free", "checks"),
+        ("qk_writer_agree_free", "qk_writer_checks"),
+        ("qk_writer_checks", "checks"),
+    )  # (a part, its whole)
+    if any(record.get(part, 0) > record.get(whole, 0) for part, whole in within):
         raise UserError(f"{where}: a record agrees in more checks than it has")
     for side in ("query_source", "key_source"):
         source = record.get(side)
         if source is None:
             continue
         if not isinstance(source, dict) or not all(
-            _number(source.get(k)) for k in ("tested", "rank", "score")
+            is_finite_number(source.get(k)) for k in ("tested", "rank", "score")
         ):  # fmt: skip
             raise UserError(f"{where}: a record's {side!r} lacks its tested, rank or score")
 

@@ -757,15 +757,15 @@ def load_with_concepts(model: str, mode: str = "local") -> tuple:
     return replacement, tokenizer, concepts, source
 
 
-def right_prompts(replacement, tokenizer, per_family: int, seed: int, families=None):
+def right_prompts(replacement, tokenizer, per_family: int, seed: int):
     """The first ``per_family`` prompts of each probe family (``build_prompts``, draw
-    ``seed``; ``families``: these of ``FAMILIES`` only) that the model gets right, each as
-    (family, prompt, tokens, run): the trace's run (local mode, constants as nodes)."""
+    ``seed``) that the model gets right, each as (family, prompt, tokens, run): the trace's
+    run (local mode, constants as nodes)."""
     import torch
 
     from circuits.attribution import run_prompt
 
-    for family in families or FAMILIES:
+    for family in FAMILIES:
         done = 0
         for prompt in build_prompts(tokenizer, family, 200, replacement.cfg.n_ctx - 1, seed):
             if done >= per_family:

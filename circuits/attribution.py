@@ -732,7 +732,7 @@ def assemble_graph(
     index = torch.cat([run.index, torch.tensor([lg.record.token for lg in logits])]).long()
     target_weight = torch.zeros(N)
     target_weight[n_src:] = torch.tensor([lg.weight for lg in logits])
-    attends, attention = _read_keys(run, replacement, N)
+    attends, attention, key_share = _read_keys(run, replacement, N)
     promotes = promoted_tokens(replacement.read_write(), kind, stage, index)
     tok = _token_string(tokenizer)
     referenced = set(run.tokens.tolist()) | set(promotes[promotes >= 0].tolist())
@@ -756,6 +756,7 @@ def assemble_graph(
         edges=edges.csr(),
         attends=attends,
         attention=attention,
+        key_share=key_share,
         promotes=promotes,
         logit_targets=[lg.record for lg in logits],
         token_text={t: tok(t) for t in sorted(referenced)} if tokenizer is not None else {},
@@ -789,26 +790,33 @@ def _model_info(
 
 def _read_keys(
     run: PromptRun, replacement: ReplacementModel, n_nodes: int
-) -> tuple[Tensor, Tensor]:
-    """Per node: the key position a Lorsa head reads, and its attention weight there.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per node: the key position a Lorsa head reads, its attention weight there, and the share
+    of its activation that key's term is (``Graph.key_share``; NaN elsewhere).
 
     A rank-1 head's activation at query q is exactly one term per key, its z-pattern
     ``A[q, k] (x_k . w_v + b_V)``; the key it reads is the one whose term is largest in the
     activation's sign: where what the head writes comes from. The attention's own argmax
     is not that key for a head that parks most of its attention on a sink: an induction head
     with 0.6 of its attention on BOS and 0.2 on the earlier copy of a token brings that token,
-    and was named and grouped as reading BOS, with the QK reason of the sink."""
+    and was named and grouped as reading BOS, with the QK reason of the sink. A head whose
+    terms are spread over many keys reads its largest all the same, and its share says how
+    little of it that is (a reviewer's head with a flat pattern over 21 keys was named for the
+    key bringing 12% of its activation)."""
     attends = torch.full((n_nodes,), -1, dtype=torch.long)
     attention = torch.full((n_nodes,), float("nan"))
+    share = torch.full((n_nodes,), float("nan"))
     for l, lorsa in enumerate(replacement.lorsas):
         heads = run.select(Kind.LORSA, lorsa_stage(l))
         index = run.index[heads]
         pattern = run.patterns[l][index // lorsa.cfg.group_size, run.pos[heads]]  # head key
         value = lorsa.values(run.lorsa_in[l])[:, index]  # key head
         z = pattern * value.T
-        key = (z * z.sum(-1, keepdim=True).sign()).argmax(-1)
+        total = z.sum(-1)  # the activation: a ReLU's, positive at every node
+        key = (z * total[:, None].sign()).argmax(-1)
         attends[heads], attention[heads] = key, pattern.gather(1, key[:, None])[:, 0]
-    return attends, attention
+        share[heads] = z.gather(1, key[:, None])[:, 0] / total
+    return attends, attention, share
 
 
 def _by_sublayer(kind: Tensor, stage: Tensor):

@@ -28,6 +28,7 @@ anything uses it, and refuses with one line naming the file and the field.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 from collections.abc import Callable
@@ -269,6 +270,27 @@ class QKAttribution:
         return cls(**d)
 
 
+def untrained_words(
+    token_strings: list[str], positions: list[int], targets: list[str]
+) -> str | None:
+    """One line for the reader when the prompt's tokens at ``positions`` never came up in
+    training, or the logit targets' tokens ``targets`` (their texts) did not; None when
+    neither (``Graph.untrained_note``, the mechanism summary's heading)."""
+    notes = []
+    if positions:
+        shown = ", ".join(f"{token_strings[p]!r}@{p}" for p in positions[:8])
+        more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
+        notes.append(f"the model never saw {shown}{more} in training: those embeddings are "
+                     "untrained, so the graph shows no learned mechanism at those "
+                     "positions")  # fmt: skip
+    if targets:
+        shown = ", ".join(repr(t) for t in targets)
+        notes.append(f"the target token{'s' if len(targets) > 1 else ''} {shown} never came "
+                     "up in training: its unembedding is untrained, so no learned "
+                     "prediction of it is there to explain")  # fmt: skip
+    return "; ".join(notes) or None
+
+
 @dataclass(eq=False)
 class Graph:
     prompt: str
@@ -295,6 +317,9 @@ class Graph:
     qk: list[QKAttribution] = field(default_factory=list)
     influence: Float[Tensor, " node"] | None = None
     occurrences: Float[Tensor, " node"] | None = None  # global graphs: firings in the sample
+    # a prompt's head: its term at the key it reads over its activation (``read_share``); NaN
+    # elsewhere; None where not known (a global graph: its heads read no key)
+    key_share: Float[Tensor, " node"] | None = None
     model: dict = field(default_factory=dict)  # names and weight hashes
     settings: dict = field(default_factory=dict)  # provenance: thresholds, timings, scores
 
@@ -412,21 +437,11 @@ class Graph:
 
     def untrained_note(self) -> str | None:
         """One line for the reader when the prompt holds tokens the model never trained on,
-        or a logit target is one."""
-        positions, targets = self.untrained_positions, self.untrained_targets
-        notes = []
-        if positions:
-            shown = ", ".join(f"{self.token_strings[p]!r}@{p}" for p in positions[:8])
-            more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
-            notes.append(f"the model never saw {shown}{more} in training: those embeddings are "
-                         "untrained, so the graph shows no learned mechanism at those "
-                         "positions")  # fmt: skip
-        if targets:
-            shown = ", ".join(repr(self.token(t)) for t in targets)
-            notes.append(f"the target token{'s' if len(targets) > 1 else ''} {shown} never came "
-                         "up in training: its unembedding is untrained, so no learned "
-                         "prediction of it is there to explain")  # fmt: skip
-        return "; ".join(notes) or None
+        or a logit target is one (``untrained_words``)."""
+        return untrained_words(
+            self.token_strings, self.untrained_positions,
+            [self.token(t) for t in self.untrained_targets],
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- views
     def node_index(self, node, name: str = "node") -> int:
@@ -520,6 +535,7 @@ class Graph:
             qk=[a for a in self.qk if (a.layer, a.qk_head, a.query) in qk_keys],
             influence=None if self.influence is None else self.influence[keep],
             occurrences=None if self.occurrences is None else self.occurrences[keep],
+            key_share=None if self.key_share is None else self.key_share[keep],
         )
 
     def qk_head(self, nodes):
@@ -559,6 +575,17 @@ class Graph:
         from most; None for other nodes)."""
         key = int(self.attends[self.node_index(node)])
         return key if key >= 0 else None
+
+    def read_share(self, node: int) -> float | None:
+        """The share of a Lorsa head node's activation that the key it reads brings (its
+        z-pattern's term there over the sum of all, ``A[q, k] (x_k . w_v + b_V) / activation``:
+        above 1 where other keys take some away); None for other nodes, or where the graph
+        does not know it (``key_share`` None)."""
+        i = self.node_index(node)
+        if self.key_share is None or int(self.attends[i]) < 0:
+            return None
+        share = float(self.key_share[i])
+        return None if math.isnan(share) else share
 
     def to_networkx(self, labels: list[str] | None = None) -> nx.DiGraph:
         """Nodes keyed by id with every attribute (``labels``, e.g. ``reports.labels
@@ -609,6 +636,8 @@ class Graph:
         if int(self.attends[i]) >= 0:
             attrs["attends"] = int(self.attends[i])
             attrs["attention"] = float(self.attention[i])
+            if self.key_share is not None:
+                attrs["key_share"] = float(self.key_share[i])
         promoted = [t for t in self.promotes[i].tolist() if t >= 0]
         if promoted:
             attrs["promotes"] = promoted

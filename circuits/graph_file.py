@@ -126,6 +126,8 @@ def _to_file(graph: Graph) -> tuple[dict[str, Tensor], dict[str, str]]:
         tensors["influence"] = graph.influence
     if graph.occurrences is not None:
         tensors["occurrences"] = graph.occurrences
+    if graph.key_share is not None:
+        tensors["key_share"] = graph.key_share
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {
         "format_version": FORMAT_VERSION,
@@ -221,7 +223,7 @@ def _tensor(tensors: dict, name: str, dtypes, shape: tuple[int, ...]) -> Tensor:
     t = tensors[name]
     _require(t.dtype in dtypes, name, f"dtype {t.dtype}, expected {dtypes[0]}")
     _require(tuple(t.shape) == shape, name, f"shape {tuple(t.shape)}, expected {shape}")
-    if t.dtype.is_floating_point and name not in ("value", "attention"):
+    if t.dtype.is_floating_point and name not in ("value", "attention", "key_share"):
         _require(bool(torch.isfinite(t).all()), name, "has NaN or infinite values")
     return t.long() if t.dtype in _INT else t
 
@@ -249,7 +251,7 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     tokens = _tensor(tensors, "tokens", _INT, (len(tensors["tokens"]),))
     optional = {
         name: _tensor(tensors, name, _FLOAT, (n,)) if name in tensors else None
-        for name in ("influence", "occurrences")
+        for name in ("influence", "occurrences", "key_share")
     }
 
     prompt = _typed(header, "prompt", str)
@@ -268,6 +270,14 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     token_text = _token_text(_typed(header, "token_text", list))
 
     _check_nodes(node, n_layers, len(tokens), positional, group_size)
+    share = optional["key_share"]
+    if share is not None:  # the key's term over the activation: the largest term, so positive
+        reads = node["attends"] >= 0  # heads only (checked above)
+        _require(bool(share[~reads].isnan().all()), "key_share",
+                 "not NaN on a node that reads no key (what the writer gives it)")  # fmt: skip
+        ok = torch.isfinite(share[reads]) & (share[reads] > 0)
+        _require(bool(ok.all()), "key_share",
+                 "a head's share of its activation at its key is not a number > 0")  # fmt: skip
     _require(bool((promotes >= -1).all()), "promotes", "has negative token ids")
     unit = (node["kind"] == Kind.LORSA) | (node["kind"] == Kind.TRANSCODER)
     _require(bool((promotes[~unit] == -1).all()), "promotes",
@@ -578,7 +588,8 @@ def _named(named, layer: int, n_pos: int) -> dict[str, NamedSide]:
     _require(isinstance(named, dict), "qk.named", "expected an object")
     out = {}
     for name, fields in named.items():
-        ok = isinstance(fields, list) and len(fields) == 4 and fields[0] in _NAMED_KINDS
+        ok = isinstance(fields, list) and len(fields) == 4 and isinstance(fields[0], str)
+        ok = ok and fields[0] in _NAMED_KINDS  # (a dict there raised TypeError: a fuzz pass)
         ok = ok and _is_int(fields[1]) and type(fields[2]) is int and -1 <= fields[2] <= MAX_INT
         ok = ok and (fields[3] is None or (_is_int(fields[3]) and fields[3] < max(n_pos, 1)))
         _require(ok, "qk.named", f"{name!r}: expected [kind, stage, index, position or null]")
@@ -616,6 +627,8 @@ def _check_reason(r, named: dict[str, NamedSide], query: int, key: int) -> None:
     _require(set(r) == known, "qk.reason", f"keys must be {sorted(known)}")
     for name in _REASON_FLOATS:
         _require(is_finite_number(r[name]), f"qk.reason.{name}", "expected a number")
+    # a share of the specific terms' magnitude (as a summary file bounds it; -1e308 loaded)
+    _require(0 <= r["rest_share"] <= 1, "qk.reason.rest_share", "outside 0..1")
     for p in r["pairs"] if isinstance(r["pairs"], list) else [None]:
         ok = isinstance(p, list) and len(p) == 3 and is_finite_number(p[2])
         ok = ok and _names_side(p[0], named, query, "either")

@@ -34,6 +34,9 @@ from .graph import Graph, checked_graph, checked_index, is_integer
 from .nodes import KINDS, Kind, constant_name, node_words, unit_id
 
 MIN_CONCEPT_F1 = 0.5  # a concept label groups features (and marks a head's role) from this F1
+# a head (or group) whose key brings less than this share of its activation says so in its
+# name: it reads that key most, but its pattern spreads what it writes over many keys
+SPREAD_SHARE = 0.5
 
 AUTO_RULES = """\
 Lorsa heads: one group per (block, query position, key read (``attends``), role); the
@@ -64,6 +67,9 @@ class Group:
     qk_heads: list[int] = field(default_factory=list)  # Lorsa groups: their QK heads
     concept: str | None = None  # the concept label the members share (auto groups)
     ids: list[str] = field(default_factory=list)  # the members' node ids (``describe`` sets them)
+    # Lorsa groups reading one key: the share of the members' summed activation that their
+    # terms at that key bring (``Graph.read_share``, summed); None where unknown
+    key_share: float | None = None
 
     @property
     def is_root(self) -> bool:
@@ -80,6 +86,27 @@ class _Fields:
         self.layer, self.stage = graph.layer.tolist(), graph.stage.tolist()
         self.pos, self.attends = graph.pos.tolist(), graph.attends.tolist()
         self.index, self.group_size = graph.index.tolist(), graph.group_size
+        self.activation = graph.activation.tolist()
+        self.share = None if graph.key_share is None else graph.key_share.tolist()
+
+    def key_share(self, members: Sequence[int]) -> float | None:
+        """The share of ``members``' summed activation that their terms at the key they read
+        bring (each head's ``Graph.read_share`` times its activation, summed, over the summed
+        activation); None unless every member is a head reading one key and the graph knows
+        the shares."""
+        keys = {self.attends[i] for i in members}
+        if self.share is None or len(keys) != 1 or keys.pop() < 0:
+            return None
+        total = sum(self.activation[i] for i in members)
+        if not total > 0:
+            return None
+        return sum(self.share[i] * self.activation[i] for i in members) / total
+
+
+def spread_note(share: float | None) -> str:
+    """What a head's or head group's name adds after the key it reads when that key brings less
+    than ``SPREAD_SHARE`` of its activation: `` (brings 12%)``; else nothing."""
+    return "" if share is None or share >= SPREAD_SHARE else f" (brings {share:.0%})"
 
 
 def describe(
@@ -122,6 +149,7 @@ def describe(
         name=name, members=idx, kind=kind, layer=shared(f.layer), stage=shared(f.stage),
         pos=shared(f.pos), attends=attends if attends is not None and attends >= 0 else None,
         qk_heads=heads, concept=concept, ids=[graph.ids[i] for i in idx],
+        key_share=f.key_share(idx) if kind == "lorsa" else None,
     )  # fmt: skip
 
 
@@ -343,6 +371,7 @@ def auto_groups(
     stages, pos = graph.stage.tolist(), graph.pos.tolist()
     index, attends = graph.index.tolist(), graph.attends.tolist()
     target = graph.is_target.tolist()
+    fields = _Fields(graph)
     buckets: dict[tuple, list[int]] = {}
     labels: dict[tuple, str | None] = {}
     f1s: dict[tuple, list[float]] = {}  # the members' label F1s, for the name
@@ -372,7 +401,7 @@ def auto_groups(
     for key, members in buckets.items():
         if key[0] == "node":
             continue
-        name = _auto_name(graph, key, members, f1s.get(key, []))
+        name = _auto_name(graph, key, members, f1s.get(key, []), fields)
         made.append(Group(name=name, members=members, kind="", concept=labels[key]))
     return grouped(graph, made)
 
@@ -418,11 +447,13 @@ def node_name(graph: Graph, i: int, fields: _Fields | None = None) -> str:
     text = node_words(kind, stage, index, pos, token=token)
     if kind == Kind.LORSA and f.attends[i] >= 0:
         key = f.attends[i]
-        text += f" -> {graph.token_strings[key]!r}@{key}"
+        text += f" -> {graph.token_strings[key]!r}@{key}{spread_note(f.key_share([i]))}"
     return text
 
 
-def _auto_name(graph: Graph, key: tuple, members: list[int], f1s: list[float]) -> str:
+def _auto_name(
+    graph: Graph, key: tuple, members: list[int], f1s: list[float], fields: _Fields
+) -> str:
     """A readable name of an automatic group (for people; structure is in the ``Group``), a
     concept label with its members' F1 (how well it predicts their firing on the corpus: a
     label of F1 0.3 says little about a prompt of another task, where a reviewer read
@@ -439,6 +470,7 @@ def _auto_name(graph: Graph, key: tuple, members: list[int], f1s: list[float]) -
         what = f"L{layer} {'head' + one if n == 1 else f'{n} heads'} @{pos}"
         if attends >= 0:
             what += f" -> {graph.token_strings[attends]!r}@{attends}"
+            what += spread_note(fields.key_share(members))
         return what + (f" [{concept}{f1}]" if concept else "")
     _, layer, pos, concept = key
     label = f" [{concept}{f1}]" if concept else ""

@@ -25,7 +25,7 @@ from typing import Annotated
 from toy_models.cli import one_line
 from toy_models.records import Bounds, from_json, is_finite_number, parse_json, to_plain
 
-from .graph import MODES, QKReason
+from .graph import MODES, QKReason, untrained_words
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, kind_at_stage
 
 VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
@@ -45,7 +45,8 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # ``free_ln_held`` (and since, optional, absent from earlier files: ``free_final_ln_held``,
 # ``free_attention_held``, ``margin_frozen`` / ``margin_free``; a group's ``writes_qk`` and
 # ``attention_checks`` (with ``query_side`` / ``key_side``); a target's ``model_probability``;
-# a QK source's ``raisers`` and ``at_position``; a head target's ``own_attention_sides``)
+# a QK source's ``raisers`` and ``at_position``; a head target's ``own_attention_sides``; a
+# group's ``key_share``)
 TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
@@ -76,7 +77,7 @@ class NodeRef:
     attends: int | None = None
     qk_head: int | None = None
     concept: str | None = None
-    concept_f1: float | None = None
+    concept_f1: Annotated[float, Bounds(0.0, 1.0)] | None = None  # an F1 (7.5 loaded: a fuzz pass)
     promotes: list[str] = field(default_factory=list)
     main_input: dict | None = None  # the fields of a ``MainInput`` (``_check_main_inputs``)
 
@@ -293,6 +294,13 @@ class EffectCheck:
     top_frozen_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
     top_free: str | None = None
     top_free_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    # For a logit difference, its negative token's probability after each rerun (the summary's
+    # ``TargetRecord.negative_probability`` before): a group lowering both tokens moves the
+    # difference either way while the first token's probability collapses (a reviewer read
+    # "ok" beside p(' four') 0.00163 -> 6.33e-05, where p(' one') fell 0.0084 -> 5.8e-05);
+    # None otherwise, and in files written before it
+    negative_probability_frozen: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    negative_probability_free: Annotated[float, Bounds(0.0, 1.0)] | None = None
 
 
 @dataclass
@@ -429,6 +437,10 @@ class GroupRecord:
     carried_own: dict[str, float] = field(default_factory=dict)
     writes_qk: list[QKSourceRole] = field(default_factory=list)
     attention_checks: list[AttentionCheck] = field(default_factory=list)
+    # a head group reading one key: the share of its members' summed activation that their
+    # terms at that key bring (``circuits.groups.Group.key_share``); None where not known
+    # (hand-made groups of heads reading several keys, files written before it)
+    key_share: float | None = None
 
     def attention_of(self, key: str) -> AttentionCheck | None:
         """Its ablation's check of head group ``key``'s attention, if it has one."""
@@ -507,6 +519,9 @@ class TargetRecord:
     own_attention_sides: dict[str, list[Annotated[float, Bounds(0.0, 1.0)]]] = field(
         default_factory=dict
     )
+    # A logit difference's negative token's probability (``probability`` is its first
+    # token's); None for other targets and in files written before it.
+    negative_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
 
     @property
     def direction(self) -> float:
@@ -573,6 +588,16 @@ class MechanismSummary:
     groups: list[GroupRecord]
     paths: list[PathRecord]
     settings: dict
+    # the prompt's positions whose tokens never came up in training, and the logit targets'
+    # tokens that did not (``Graph.untrained_positions`` / ``untrained_targets``, as text):
+    # no learned mechanism is there to read (a reviewer's script reading mechanisms.json never
+    # learned of three such positions; empty in files written before them)
+    untrained_positions: list[int] = field(default_factory=list)
+    untrained_targets: list[str] = field(default_factory=list)
+
+    def untrained_note(self) -> str | None:
+        """The reader's line on untrained tokens (``circuits.graph.untrained_words``)."""
+        return untrained_words(self.tokens, self.untrained_positions, self.untrained_targets)
 
     def group(self, key: str) -> GroupRecord:
         return next(g for g in self.groups if g.key == key)
@@ -642,6 +667,14 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     and in range."""
     summary = from_json(MechanismSummary, {k: v for k, v in d.items() if k != "version"}, "summary")
     _expect(summary.mode in MODES, f"mode: {summary.mode!r}, not one of {list(MODES)}")
+    positions = summary.untrained_positions
+    _expect(all(0 <= p < len(summary.tokens) for p in positions)
+            and positions == sorted(set(positions)),
+            "untrained_positions: not distinct prompt positions in increasing order")  # fmt: skip
+    said = {x for t in summary.targets if t.kind == "logit" for x in (t.token, t.negative)}
+    _expect(set(summary.untrained_targets) <= said and len(set(summary.untrained_targets))
+            == len(summary.untrained_targets),
+            "untrained_targets: not distinct tokens of the logit targets")  # fmt: skip
     tolerance = summary.settings.get("tolerance", TOLERANCE)
     _expect(is_finite_number(tolerance) and tolerance >= 0,
             f"settings.tolerance: {tolerance!r:.40}, not a finite number >= 0")  # fmt: skip
@@ -700,6 +733,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             t.negative is not None and t.runner_up == t.negative and t.margin is not None
             and math.isclose(t.margin, t.value, rel_tol=CLOSURE, abs_tol=CLOSURE)),
             f"{where}: a runner-up said to be the difference's negative that is not")  # fmt: skip
+        _expect(t.negative_probability is None or (t.kind == "logit" and t.negative is not None),
+                f"{where}: a negative token's probability for a target not a logit "
+                "difference")  # fmt: skip
         _closes(t.tokens + t.errors + t.constants, t.value, f"{where}: tokens + errors + constants")
         if t.tokens_by_position:
             shares = t.tokens_by_position
@@ -743,12 +779,18 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(set(g.flow) <= targets, f"{where}.flow: a flow into a node that is no target")
         _expect({c.target for c in g.checks} <= targets, f"{where}.checks: an unknown target")
         logits = {t.node for t in summary.targets if t.kind == "logit"}
+        summary_target = {t.node: t for t in summary.targets}
         for j, c in enumerate(g.checks):
             after = (c.probability_frozen, c.probability_free)
             _expect(all(p is None or 0 <= p <= 1 for p in after),
                     f"{where}.checks[{j}]: a probability outside [0, 1]")  # fmt: skip
             _expect(c.target in logits or after == (None, None),
                     f"{where}.checks[{j}]: a probability for a target not a logit")  # fmt: skip
+            negative = (c.negative_probability_frozen, c.negative_probability_free)
+            _expect(negative == (None, None) or (
+                None not in negative and summary_target[c.target].negative_probability
+                is not None), f"{where}.checks[{j}]: a negative token's probability for one "
+                "rerun only, or for a target without one (not a logit difference)")  # fmt: skip
             _expect((c.margin_frozen is None) == (c.margin_free is None)
                     and (c.target in logits or c.margin_free is None),
                     f"{where}.checks[{j}]: a margin for one rerun only, or for a target not "
@@ -828,6 +870,10 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                         f"{where}.writes_qk[{j}]: a tie not within {TIE} above this group's "
                         "own attention through the side, or not below the attention "
                         "before")  # fmt: skip
+        _expect(g.key_share is None or (g.kind == "lorsa" and g.attends is not None
+                                        and is_finite_number(g.key_share) and g.key_share > 0),
+                f"{where}.key_share: not a finite number > 0 of a head group reading one "
+                "key")  # fmt: skip
         _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
         _expect(set(g.carried) == set(g.carried_own), f"{where}: carried and carried_own "
                 "name other targets")  # fmt: skip

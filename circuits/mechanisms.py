@@ -430,6 +430,7 @@ def _summarize(
             flow=total,
             promotes=[token(x) for x in group_promoted_tokens(rw, full, grp.members)],
             writes_qk=[QKSourceRole(subject_keys[h], *role) for h, *role in writes_qk.get(g, [])],
+            key_share=grp.key_share,
         )  # fmt: skip
         if grp.kind == "lorsa":
             for t in targets:
@@ -478,7 +479,8 @@ def _summarize(
     return MechanismSummary(
         prompt=full.prompt, tokens=list(full.token_strings), mode=full.mode,
         model=str(full.model.get("name", "")), targets=target_records, groups=records,
-        paths=path_records,
+        paths=path_records, untrained_positions=full.untrained_positions,
+        untrained_targets=[full.token(x) for x in full.untrained_targets],
         settings={"beam": beam, "max_paths": max_paths, "max_groups": max_groups,
                   "tolerance": tolerance, "ratio": RATIO, "constants": full.has_constants,
                   "grouping": grouping, "qk_sources": CANDIDATES if check else 1,
@@ -631,6 +633,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
         head_groups=head_groups, tokens_by_position=by_position, **_moved_fields(parts),
         model_probability=record.model_probability,
         runner_up_is_negative=runner is not None and runner == record.negative,
+        negative_probability=None if record.negative is None else float(probs[record.negative]),
     )  # fmt: skip
 
 
@@ -946,6 +949,9 @@ def _effect_checks(full, run, members, tolerance, frozen, free, held, final, pat
         record = full.logit_record(t) if full.kind[t] == Kind.LOGIT else None
         token = None if record is None else record.token
         p_frozen, p_free = (None, None) if token is None else (float(a[token]) for a in after)
+        negative = None if record is None else record.negative
+        n_frozen, n_free = (None, None) if negative is None else (float(a[negative])
+                                                                  for a in after)  # fmt: skip
         # a logit's margin over the runner-up (``TargetRecord.runner_up``), before and after
         other = None if record is None or record.negative is not None else runner_up(clean, token)
         m_frozen, m_free = (None, None) if other is None else (
@@ -976,6 +982,7 @@ def _effect_checks(full, run, members, tolerance, frozen, free, held, final, pat
                 free_attention_held=attention,
                 agree_free_attention_held=signs_agree(p, attention, tolerance),
                 margin_frozen=m_frozen, margin_free=m_free,
+                negative_probability_frozen=n_frozen, negative_probability_free=n_free,
                 **({} if record is None else {"top_frozen": top[0][0],
                                               "top_frozen_probability": top[0][1],
                                               "top_free": top[1][0],

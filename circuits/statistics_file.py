@@ -209,10 +209,10 @@ def check_counts(stats) -> None:
     gathering's ``Sums``): occurrences, non-negative activity, and in each half exactly one
     token count per position of its rows done, so a file cannot claim other rows than its
     sums hold."""
-    count, units = stats.count, stats.units
+    count, units, activity = stats.count, stats.units, stats.activity
     if (count < 0).any() or (count != count.round()).any():
         raise ValueError("count holds values that are not occurrence counts")
-    if (stats.activity < 0).any():
+    if (activity < 0).any():
         raise ValueError("activity holds negative values")
     for half in (0, 1):
         rows = (stats.meta["rows_done"] + 1 - half) // 2
@@ -222,6 +222,24 @@ def check_counts(stats) -> None:
                 f"its token counts sum to {tokens:.0f} in half {half}, not its {rows} rows x "
                 f"n_ctx = {rows * stats.meta['n_ctx']}"
             )
+        # a unit occurs at most once per position (a forged 2,000,000 firings in 8,192 tokens
+        # was printed as a head's count: a fuzz pass)
+        if (count[half] > rows * stats.meta["n_ctx"]).any():
+            raise ValueError(f"count holds more occurrences than half {half}'s tokens")
+    # a summed activation: nothing where its unit never occurred, one per occurrence for tokens
+    # and errors, a probability per occurrence for logits (activity x 1e30 was printed as a
+    # head's mean: a fuzz pass)
+    if ((activity != 0) & (count == 0)).any():
+        raise ValueError("activity is not zero where its unit never occurred")
+    stage = torch.from_numpy(units.stage.copy())
+    last = torch.from_numpy(units.offsets[1:] - 1)  # each stage's last unit: an inner one's error
+    inner = (stage > 0) & (stage < units.logit_stage)
+    ones = (stage == 0) | (inner & (torch.arange(len(stage)) == last[stage]))
+    if (activity[:, ones] != count[:, ones]).any():
+        raise ValueError("activity of tokens and errors is not one per occurrence")
+    logits = stage == units.logit_stage
+    if (activity[:, logits] > count[:, logits] * (1 + 1e-5)).any():
+        raise ValueError("activity of a logit is more than one probability per occurrence")
 
 
 def _check_edges(stats) -> None:
@@ -236,6 +254,16 @@ def _check_edges(stats) -> None:
     same_row = target[1:] == target[:-1]
     if (same_row & (source[1:] <= source[:-1])).any():
         raise ValueError("edges.source is not sorted and unique within each target")
+    # a kept pair's summed edge is one of the terms its target's and its source's absolute
+    # totals add up (every edge x 1e30 was drawn as a graph: a fuzz pass)
+    if len(source):
+        value = stats.edge_value.abs().double()
+        for name, totals, at in (("edges.into", stats.into_totals, target - units.start(1)),
+                                 ("edges.out", stats.out_totals, source)):  # fmt: skip
+            bound = totals[:2, 1, :].double()[:, at]
+            if (value > bound * (1 + 1e-4) + 1e-6).any():
+                raise ValueError(f"edges.value holds a pair's sum above its {name} absolute "
+                                 "total")  # fmt: skip
 
 
 def _check_qk(stats) -> None:

@@ -34,6 +34,7 @@ MAX_PROMPT_CHARS = 100_000  # far more than n_ctx tokens; refused before tokeniz
 # and more, no viewer draws it, and writing a whole 128-token graph's 1e8 edges ran out of
 # memory. ``--save-full`` keeps every edge in the compact safetensors file.
 MAX_KEPT_EDGES = 1_000_000
+UNSURE = 0.1  # the top logit's probability under which the summary says the model is unsure
 DASHBOARD_ROWS = 192  # = circuits.dashboards.DEFAULT_ROWS (not imported: start-up)
 MAX_LOGITS, LOGIT_PROBABILITY = 10, 0.95  # = circuits.attribution.attribute's defaults
 MECHANISMS_FILE = "mechanisms.json"
@@ -554,12 +555,13 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
         raise
 
     untrained = graph.untrained_note()
-    if untrained:
+    if untrained and mechanisms is None:  # else the summary's heading says it
         print(f"note: {untrained}", file=sys.stderr)
     unlike = sparse_note(replacement, run, tokenizer)
     if unlike:
         print(f"note: {unlike}", file=sys.stderr)
-    print(summary(full, graph, scored.scores, timings, labels))
+    named = bool(args.target or args.target_diff or args.target_node)
+    print(summary(full, graph, scored.scores, timings, labels, automatic=not named))
     if mechanisms is not None:
         print(format_summary(mechanisms))
     for note in written.notes:
@@ -617,7 +619,7 @@ def _dashboards_file(args, replacement, tokenizer) -> tuple:
     if not args.dashboards:
         return None, None
     from .dashboard_pass import build
-    from .dashboards import default_path
+    from .dashboards import NotDashboards, default_path
 
     path = args.dashboards_file or default_path(
         args.model, args.mode, replacement, tokenizer, args.dashboard_rows
@@ -637,8 +639,16 @@ def _dashboards_file(args, replacement, tokenizer) -> tuple:
     except ValueError as exc:
         if args.dashboards_file is not None:
             raise UserError(_refused(exc)) from None
+        # No dashboards file at all (``NotDashboards``: not a safetensors file with their
+        # header) is someone's own file, never removed (a fuzz pass's notes were deleted and
+        # an 18 MB build put in their place)
+        if isinstance(exc, NotDashboards):
+            raise UserError(f"{exc}: it is at the default dashboards path of this model and is "
+                            "left as it is; move it away, or pass --dashboards-file or "
+                            "--no-dashboards") from None  # fmt: skip
         # The default path is bound to this replacement set and these rows (``default_path``):
-        # a file refused there is damaged or of an older format, not another set's work.
+        # a dashboards file refused there is damaged or of an older format, not another set's
+        # work.
         print(f"{exc}; building it again", file=sys.stderr)
         path.unlink(missing_ok=True)  # another trace may have removed it first
         dash = _built(path, build(replacement, tokenizer, path, **settings))
@@ -720,8 +730,12 @@ def _check_replacement_runs(replacement, tokens) -> None:
                         "sparsified logits are not finite); nothing written")  # fmt: skip
 
 
-def summary(full, graph, scores, timings, labels=None) -> str:
-    """A few lines: what the model predicts, how big the graph is, how good, how fast."""
+def summary(full, graph, scores, timings, labels=None, automatic: bool = False) -> str:
+    """A few lines: what the model predicts, how big the graph is, how good, how fast.
+    ``automatic``: the targets are the top logits (none named), so the first is the model's
+    most likely token: under ``UNSURE`` the lines say the model is unsure (a reviewer read ten
+    targets of p 0.02-0.04, each explained at length, with nothing saying none was a
+    prediction)."""
     from reports.labels import node_label
 
     from .interventions import target_nodes
@@ -733,6 +747,13 @@ def summary(full, graph, scores, timings, labels=None) -> str:
                                 f" (pre-activation {float(graph.value[i]):.4g})")
         for i in targets
     )]  # fmt: skip
+    records = graph.logit_targets
+    top = max((r.probability for r in records), default=None)
+    if automatic and top is not None and top < UNSURE:
+        held = sum(r.probability for r in records)
+        lines.append(f"  (the model is unsure here: its most likely next token has p {top:.2g} "
+                     f"and these {len(records)} hold {held:.2g} in all; each is explained "
+                     "below, but none is a prediction the model makes)")  # fmt: skip
     closure = full.settings["closure_error"]
     lines += [
         f"graph: {full.n_nodes} nodes, {full.n_edges} edges -> pruned to {graph.n_nodes} nodes "

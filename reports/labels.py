@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from circuits.concepts import DOCUMENT_CONCEPTS
 from circuits.graph import Graph, checked_graph
+from circuits.groups import SPREAD_SHARE, spread_note
 from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, is_attention, logit_stage, node_words
 
 MAX_LABEL_CHARS = 48  # longer text is cut in the drawing; the tooltip keeps all of it
@@ -29,10 +30,10 @@ def _fit(text: str, limit: int = LINE_CHARS) -> str:
     return shorten(text, max(limit, 2))
 
 
-def at_position(token: str, pos: int) -> str:
-    """``'tok'@pos`` in at most ``LINE_CHARS`` characters, cutting the token, never the pos."""
+def at_position(token: str, pos: int, limit: int = LINE_CHARS) -> str:
+    """``'tok'@pos`` in at most ``limit`` characters, cutting the token, never the pos."""
     suffix = f"@{pos}"
-    return _fit(token, LINE_CHARS - len(suffix)) + suffix
+    return _fit(token, limit - len(suffix)) + suffix
 
 
 def prompt_token(graph: Graph, pos: int) -> str:
@@ -106,7 +107,7 @@ def node_label(graph: Graph, i: int) -> str:
     if kind == Kind.LORSA:
         key = graph.read_key(i)
         if key is not None:
-            text += f" reads {prompt_token(graph, key)}@{key}"
+            text += f" reads {prompt_token(graph, key)}@{key}{spread_note(graph.read_share(i))}"
     if kind == Kind.TRANSCODER:
         tokens = promoted(graph, i)
         text += f" -> {' '.join(tokens)}" if tokens else ""
@@ -142,8 +143,9 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
 
     Embedding ``'tok'@pos`` (global graphs: ``'tok'``); Lorsa head ``H{index}`` over
     ``→'tok'@key``, the key it reads (``Graph.read_key``: where its activation comes from
-    most, as its other label and its first QK record say), or over its QK group in a global
-    graph; transcoder feature ``F{index}`` over the token it promotes most, marked ``↑``
+    most, as its other label and its first QK record say; ``12%→'tok'@key`` where that key
+    brings under ``SPREAD_SHARE`` of it, ``Graph.read_share``), or over its QK group in a
+    global graph; transcoder feature ``F{index}`` over the token it promotes most, marked ``↑``
     (``PROMOTES``: a reader took ``F1223 'December'`` on a weekday prompt for what the
     feature fires on); error ``err``;
     bias ``bias`` over its sublayer; logit its token(s) and probability or value.
@@ -176,7 +178,13 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
         key = graph.read_key(i)
         if key is None:
             return [f"H{index}"]
-        return [f"H{index}", _fit("→" + at_position(prompt_token(graph, key), key), LINE_CHARS + 1)]
+        # a key bringing under SPREAD_SHARE of the activation: its share before the arrow
+        share = graph.read_share(i)
+        arrow = ("" if share is None or share >= SPREAD_SHARE else f"{share:.0%}") + "→"
+        return [
+            f"H{index}",
+            arrow + at_position(prompt_token(graph, key), key, LINE_CHARS + 1 - len(arrow)),
+        ]
     tokens = promoted(graph, i)  # marked as what it writes, not what it reads or fires on
     return [f"F{index}", _fit(PROMOTES + tokens[0], LINE_CHARS + 1)] if tokens else [f"F{index}"]
 

@@ -245,6 +245,7 @@ def after_text(
     token: str | None = None,
     margin: tuple[str, float] | None = None,
     top: tuple[str, float] | None = None,
+    negative: tuple[str, float, float] | None = None,
 ) -> str:
     """`` (p 0.98 -> 0.0002)``: a logit target's token probability before and after an
     ablation (``EffectCheck.probability_*``), or nothing for a head or feature target; a
@@ -253,13 +254,17 @@ def after_text(
     which happened. ``margin``: the runner-up and the change of the margin over it, where the
     runner-up is a contender (`` (p 0.92 -> 0.0003; margin over ' May' -1.81)``). ``top``: the
     most likely token after, where the ablation changed it (``EffectCheck.top_*``: `` (p 0.469
-    -> 2.95e-21; ' ' now most likely, p 1)``)."""
+    -> 2.95e-21; ' ' now most likely, p 1)``). ``negative``: a difference's second token, its
+    probability before and after (`` (p(' four') 0.0016 -> 6.3e-05, p(' one') 0.0084 ->
+    5.8e-05)``: the difference can hold while both fall)."""
     if before is None or after is None:
         return ""
     of = "" if token is None else f"({token!r})"
+    other = "" if negative is None else (
+        f", p({negative[0]!r}) {_p(negative[1])} -> {_p(negative[2])}")  # fmt: skip
     over = "" if margin is None else f"; margin over {margin[0]!r} {_signed(margin[1])}"
     now = "" if top is None else f"; {top[0]!r} now most likely, p {_p(top[1])}"
-    return f" (p{of} {_p(before)} -> {_p(after)}{over}{now})"
+    return f" (p{of} {_p(before)} -> {_p(after)}{other}{over}{now})"
 
 
 def mark_text(c: EffectCheck, target: TargetRecord | None, tolerance: float = TOLERANCE) -> str:
@@ -404,8 +409,12 @@ def check_texts(
             (c.top_free, c.top_free_probability),
         )
     ]
-    return (after_text(before, c.probability_frozen, token, frozen, tops[0]),
-            after_text(before, c.probability_free, token, free, tops[1]),
+    negatives = [None, None]  # a difference's second token, where the summary holds it
+    if t is not None and t.negative is not None and t.negative_probability is not None:
+        after = (c.negative_probability_frozen, c.negative_probability_free)
+        negatives = [None if p is None else (t.negative, t.negative_probability, p) for p in after]
+    return (after_text(before, c.probability_frozen, token, frozen, tops[0], negatives[0]),
+            after_text(before, c.probability_free, token, free, tops[1], negatives[1]),
             mark_text(c, t, tolerance))  # fmt: skip
 
 
@@ -918,6 +927,9 @@ def attention_check_text(a: AttentionCheck, summary: MechanismSummary) -> str:
             f"({weighed}{heads}{more})")  # fmt: skip
 
 
+HALVES = 0.5  # a QK source is weak where its ablation leaves more than this of the attention
+
+
 def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
     """The groups that write head group (or head target) ``key``'s QK score (their
     ``writes_qk``), one text each, with the side, the score it brings, how it was chosen and,
@@ -940,6 +952,12 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
                 tested = (f", ablated, through its {w.side} side alone: attention "
                           f"{attention_change(after.mean_before, alone)} "
                           f"({'; '.join([f'both sides {both}', *weighed])})")  # fmt: skip
+                if alone > after.mean_before * HALVES:  # (a reviewer read 0.97 -> 0.90 as
+                    # what makes it attend, where every layer-0 feature at the query, no
+                    # candidate, took it to 0.0003)
+                    tested += ("; weak: no head group tested halves it, so this side is no "
+                               "one head group's doing (its position's own token and features, "
+                               "which are not candidates, or many groups at once)")  # fmt: skip
         out.append(f"{w.side} side of QK {w.qk_head} {g.key} {g.name} "
                    f"({_role_text(w, g, summary)}){tested}")  # fmt: skip
     if out:  # a side with none is said to have none (a reviewer read the key side's silence)
@@ -1122,6 +1140,8 @@ def format_summary(
              "ablation check):"]  # fmt: skip
     if summary.mode == "sparse":
         lines.append(f"  ({SPARSE_WORDS})")
+    if untrained := summary.untrained_note():
+        lines.append(f"  (note: {untrained})")
     names = {g.key: g for g in summary.groups}
     labels = {t.node: t.label for t in summary.targets}
     several = len(labels) > 1  # then each flow and check names its target
@@ -1185,8 +1205,8 @@ def format_summary(
             "  (ablate: the group zeroed; the change of the target predicted by the linear "
             f"graph and measured with {frozen_words(summary.mode)} and {free_words(summary.mode)}"
             + (
-                ", with the target token's probability before and after (for a difference, its "
-                "first token's)"
+                ", with the target token's probability before and after (for a difference, "
+                "both tokens')"
                 if any(t.probability is not None for t in summary.targets)
                 else ""
             )
@@ -1334,6 +1354,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     ]
     if summary.mode == "sparse":
         parts.append(f"<p>{_esc(SPARSE_WORDS[0].upper() + SPARSE_WORDS[1:])}.</p>")
+    if untrained := summary.untrained_note():
+        parts.append(f"<p class='note'>Note: {_esc(untrained)}.</p>")
     qk_blocks = qk_sources_blocks(summary)
     for t in summary.targets:
         consts = ", ".join(f"{_esc(constant_source(name))} {_span(v)}"

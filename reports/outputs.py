@@ -52,6 +52,7 @@ from toy_models.files import (
     earlier_set,
     files_under,
     fresh_directory,
+    interrupts_deferred,
     make_dir,
     release_lock,
     set_record_name,
@@ -245,24 +246,25 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
     entries = {**earlier.entries, **written}
     both = {name: sorted({*paths, *files.get(name, [])})
             for name, paths in earlier.files.items() if entries[name] == "directory"}  # fmt: skip
-    write_set_record(out, kind.mark, entries, {**files, **both}, kind.by)
-    for entry in new:
-        if entry.is_dir():  # the previous version aside in the stage, ours: a ``features.old``
-            # beside it in ``out`` may be the user's
-            swap_directory(entry, out / entry.name, aside=stage / f".{entry.name}.previous")
-        else:
-            os.replace(entry, out / entry.name)
     notes = []
-    for name in sorted(set(earlier.entries) - set(written)):
-        entry = out / name
-        if not os.path.lexists(entry):
-            continue
-        if earlier.entries[name] == "directory":
-            shutil.rmtree(entry)  # holds only what its run wrote: ``earlier_record`` checked
-        else:
-            entry.unlink()
-        notes.append(f"removed {entry} of an earlier run")
-    write_set_record(out, kind.mark, written, files, kind.by)
+    with interrupts_deferred():  # a Ctrl-C among the renames would leave two runs' files
+        write_set_record(out, kind.mark, entries, {**files, **both}, kind.by)
+        for entry in new:
+            if entry.is_dir():  # the previous version aside in the stage, ours: a
+                # ``features.old`` beside it in ``out`` may be the user's
+                swap_directory(entry, out / entry.name, aside=stage / f".{entry.name}.previous")
+            else:
+                os.replace(entry, out / entry.name)
+        for name in sorted(set(earlier.entries) - set(written)):
+            entry = out / name
+            if not os.path.lexists(entry):
+                continue
+            if earlier.entries[name] == "directory":
+                shutil.rmtree(entry)  # holds only what its run wrote: ``earlier_record`` checked
+            else:
+                entry.unlink()
+            notes.append(f"removed {entry} of an earlier run")
+        write_set_record(out, kind.mark, written, files, kind.by)
     (stage / STAGING_MARK).unlink()
     stage.rmdir()
     return notes

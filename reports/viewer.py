@@ -54,6 +54,7 @@ import numpy as np
 
 from circuits.concepts import AT_CHANCE, DOCUMENT_CONCEPTS, at_chance
 from circuits.graph import Graph, NamedSide, QKAttribution
+from circuits.groups import SPREAD_SHARE
 from circuits.mechanism_file import TargetRecord
 from circuits.neuronpedia import checked_supernodes
 from circuits.nodes import Kind, block_of, logit_stage, unit_id
@@ -291,7 +292,11 @@ def _box_lines(g, summary) -> list[str]:
         + ("" if g.pos is None else f" @{g.pos}")
     ]
     if g.attends is not None:
-        lines.append(f"→{g.attends_token!r}@{g.attends}")
+        share = g.key_share  # where the key brings under SPREAD_SHARE: its share first
+        lines.append(
+            ("" if share is None or share >= SPREAD_SHARE else f"{share:.0%}")
+            + f"→{g.attends_token!r}@{g.attends}"
+        )
     elif g.concept:
         lines.append(g.concept)
     heads = [t for t in summary.targets if isinstance(summary.qk_subject(t.node), TargetRecord)]
@@ -345,6 +350,9 @@ def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
     if key is not None:
         node["attends"] = key
         node["attention"] = _num(graph.attention[i])
+        share = graph.read_share(i)
+        if share is not None:
+            node["key_share"] = _num(share)
     promoted = [graph.token(t) for t in arrays["promotes"][i] if t >= 0]
     if promoted:
         node["promotes"] = promoted

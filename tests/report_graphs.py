@@ -71,6 +71,7 @@ def build_graph(rows, *, n_layers, tokens, token_strings, token_text, **fields) 
         bias=torch.zeros(n),
         attends=attends,
         attention=torch.where(attends >= 0, 0.5, float("nan")),
+        key_share=torch.where(attends >= 0, 0.4, float("nan")),  # under SPREAD_SHARE: named so
         promotes=promotes,
         logit_targets=records,
         token_text=token_text,

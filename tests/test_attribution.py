@@ -2,6 +2,7 @@
 closure (edges + bias = pre-activation), autograd Jacobians, the doubling intervention, QK
 terms against the Lorsa's own scores, and pruning against dense linear algebra."""
 
+import json
 import re
 
 import numpy as np
@@ -17,7 +18,7 @@ from circuits.attribution import (
     run_prompt,
 )
 from circuits.graph import QK_BIAS, Graph
-from circuits.groups import group
+from circuits.groups import SPREAD_SHARE, group
 from circuits.interventions import (
     Intervention,
     direct_pre_activations,
@@ -1110,6 +1111,23 @@ def test_a_graph_marks_the_prompt_positions_of_untrained_tokens(replacement, tok
     graph.save(path)
     assert Graph.load(path).untrained_positions == want
     assert "Note: the model never saw" in html_page(graph)
+    # the mechanism summary holds them too, printed at its head (a reviewer's script reading
+    # mechanisms.json never learned of three such positions) and checked on load
+    from circuits.mechanism_file import load_summary, save_summary
+    from circuits.mechanisms import summarize
+    from reports.mechanisms import format_summary, mechanisms_html
+
+    summary = summarize(replacement, graph, run_prompt(replacement, tokens), check=False)
+    assert summary.untrained_positions == want and summary.untrained_note() == note
+    assert f"(note: {note})" in format_summary(summary)
+    assert "Note: the model never saw" in mechanisms_html(summary)
+    save_summary(summary, tmp_path / "m.json")
+    assert load_summary(tmp_path / "m.json").untrained_positions == want
+    d = json.loads((tmp_path / "m.json").read_text())
+    for bad in ([len(tokens)], [7, 3], [3, 3], [-1]):
+        (tmp_path / "m.json").write_text(json.dumps({**d, "untrained_positions": bad}))
+        with pytest.raises(ValueError, match="untrained_positions"):
+            load_summary(tmp_path / "m.json")
     for bad in ([len(tokens)], [3, 3], [7, 3], ["3"], None, "3"):
         graph.model["untrained_positions"] = bad
         with pytest.raises(GraphFileError, match="not saved.*untrained_positions"):
@@ -1131,6 +1149,17 @@ def test_a_graph_marks_logit_targets_of_untrained_tokens(replacement, tokens, tm
     graph = attribute(replacement, tokens, targets=[LogitTarget(3), LogitDiffTarget(5, 49)])
     assert graph.untrained_targets == [49] and graph.untrained_positions == []
     assert "target token '<49>' never came up in training" in graph.untrained_note()
+    from circuits.mechanism_file import load_summary, save_summary
+    from circuits.mechanisms import summarize
+
+    summary = summarize(replacement, graph, run_prompt(replacement, tokens), check=False)
+    assert summary.untrained_targets == ["<49>"] and summary.untrained_note() == (
+        graph.untrained_note())  # fmt: skip
+    save_summary(summary, tmp_path / "m.json")
+    d = json.loads((tmp_path / "m.json").read_text())
+    (tmp_path / "m.json").write_text(json.dumps({**d, "untrained_targets": ["<50>"]}))
+    with pytest.raises(ValueError, match="untrained_targets: not distinct tokens of the logit"):
+        load_summary(tmp_path / "m.json")
     path = tmp_path / "g.safetensors"
     graph.save(path)
     assert Graph.load(path).untrained_targets == [49]
@@ -1149,9 +1178,10 @@ def test_a_head_reads_the_key_its_activation_comes_from_most(graph, replacement)
     """``attends`` is the largest term of each head's z-pattern ``A[q, k] (x_k . w_v + b_V)``
     (computed here from the Lorsa's weights and the run's patterns and inputs: the terms sum to
     its activation), ``attention`` its attention there; on this prompt that is not the
-    attention's argmax for some heads (a head parking its attention where its value is small)."""
+    attention's argmax for some heads (a head parking its attention where its value is small).
+    ``key_share`` is that term over the activation (``Graph.read_share``)."""
     run = run_prompt(replacement, torch.tensor(graph.tokens), graph.mode)
-    group_size, differ = replacement.lorsas[0].cfg.group_size, 0
+    group_size, differ, spread = replacement.lorsas[0].cfg.group_size, 0, 0
     for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist():
         layer, q, h = int(graph.layer[i]), int(graph.pos[i]), int(graph.index[i])
         lorsa = replacement.lorsas[layer]
@@ -1160,8 +1190,51 @@ def test_a_head_reads_the_key_its_activation_comes_from_most(graph, replacement)
         assert float(z.sum()) == pytest.approx(float(graph.activation[i]), rel=1e-4, abs=1e-5)
         assert int(graph.attends[i]) == int(z.argmax()) and graph.read_key(i) == int(z.argmax())
         assert float(graph.attention[i]) == pytest.approx(float(pattern[int(z.argmax())]))
+        # the share of the activation that key's term is (names say it below SPREAD_SHARE)
+        share = float(z.max() / z.sum())
+        assert graph.read_share(i) == pytest.approx(share, rel=1e-4)
+        spread += share < SPREAD_SHARE
         differ += int(z.argmax()) != int(pattern.argmax())
     assert differ > 0
+    assert spread > 0  # heads that spread what they write over many keys: named with it
+    assert all(graph.read_share(i) is None for i in graph.is_kind("lorsa").logical_not()
+               .nonzero().squeeze(1).tolist())  # fmt: skip
+
+
+def test_a_head_whose_key_brings_little_of_its_activation_is_named_with_that_share(graph):
+    """A head (or head group) reads the key of its largest term; where that term is under
+    ``SPREAD_SHARE`` of its activation, every name says how much it is: the node's and the
+    automatic group's (the members' summed terms at the key over their summed activation), the
+    label and the box's second line (a reviewer read a head with a flat pattern over 21 keys as
+    reading one of them, which brought 12% of what it wrote)."""
+    from circuits.groups import auto_groups, node_name, spread_note
+    from reports.labels import node_label, short_label_lines
+
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+    for i in heads:
+        share = graph.read_share(i)
+        spread = share < SPREAD_SHARE
+        note = f" (brings {share:.0%})"
+        assert spread_note(share) == (note if spread else "")
+        assert node_name(graph, i).endswith(note) == spread
+        assert (note in node_label(graph, i)) == spread
+        assert short_label_lines(graph, i)[1].startswith(f"{share:.0%}→") == spread
+    view = auto_groups(graph)
+    seen = 0
+    for grp in view.groups:
+        if grp.kind != "lorsa":
+            continue
+        act = graph.activation[grp.members].double()
+        share = float((graph.key_share[grp.members].double() * act).sum() / act.sum())
+        assert grp.key_share == pytest.approx(share, rel=1e-6)
+        assert (f" (brings {share:.0%})" in grp.name) == (share < SPREAD_SHARE)
+        seen += share < SPREAD_SHARE
+    assert seen > 0
+    other = next(i for i in heads if graph.attends[i] != graph.attends[heads[0]])
+    view = group(graph, [heads[0], other], "two keys")
+    assert view.groups[view.group_of(other)].key_share is None  # no one key they read
+    view = group(graph, [heads[0]], "one")
+    assert view.groups[view.group_of(heads[0])].key_share == graph.read_share(heads[0])
 
 
 def test_a_graph_attribute_builds_is_known_to_close_without_a_second_pass(graph, replacement):

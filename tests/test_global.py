@@ -600,7 +600,7 @@ def damaged(stats, change):
     fields = {
         "activity": "activity", "count": "count", "edges.source": "edge_source",
         "edges.indptr": "edge_indptr", "qk.query_units": "qk_query_units",
-        "qk.scalars": "qk_scalars",
+        "qk.scalars": "qk_scalars", "edges.value": "edge_value",
     }  # fmt: skip
     name, edit = change
     copy = Statistics(**{f: getattr(stats, f) for f in stats.__dataclass_fields__ if f != "_cache"})
@@ -626,6 +626,19 @@ def damaged(stats, change):
         (("qk.query_units", lambda t: t.__setitem__((0, 0), 10**6)), "not below their block"),
         (("qk.query_units", lambda t: t.__setitem__((0, 1), t[0, 0])), "lists a unit twice"),
         (("qk.scalars", lambda t: t.__setitem__((0, 0, 3), 0.5)), "firing counts"),
+        # a fuzz pass's forgeries, printed as results: 2,000,000 firings of a unit in a few
+        # thousand tokens, activity and edges x 1e30
+        (("count", lambda t: t.__setitem__((0, -1), 1e6)), "more occurrences than half 0's"),
+        (
+            ("activity", lambda t: t.__setitem__((0, 0), t[0, 0] + 1)),
+            "never occurred|one per occurrence",
+        ),
+        (
+            ("activity", lambda t: t.__setitem__((1, -1), 1e30)),
+            "never occurred|more than one probability",
+        ),
+        (("activity", lambda t: t.mul_(1e30)), "one per occurrence"),
+        (("edges.value", lambda t: t.mul_(1e30)), "above its edges.into absolute total"),
     ],
 )
 def test_statistics_with_bad_values_are_refused(stats, tmp_path, change, message):

@@ -52,7 +52,12 @@ def test_a_saved_graph_loads_back(tmp_path):
     graph.save(path)
     back = Graph.load(path)
     assert back.ids == graph.ids and (back.edges != graph.edges).nnz == 0
+    assert torch.equal(back.key_share.isnan(), graph.attends < 0)  # a head's key share kept
+    assert torch.equal(back.key_share.nan_to_num(), graph.key_share.nan_to_num())
     assert not list(tmp_path.glob("*.tmp"))
+    graph.key_share = None  # a graph that does not know it (a global graph's) writes none
+    graph.save(path)
+    assert Graph.load(path).key_share is None
 
 
 def _set(name, value):
@@ -722,6 +727,10 @@ def _at_kind(name, kind, value):
         (_at_kind("attention", Kind.LORSA, float("nan")), None, "attention: a head's pattern"),
         (_at_kind("attention", Kind.ERROR, 2.0), None, "attention: not NaN on a node that"),
         (_at_kind("attention", Kind.LOGIT, -1.0), None, "attention: not NaN on a node that"),
+        (_at_kind("key_share", Kind.LORSA, float("nan")), None, "key_share: a head's share"),
+        (_at_kind("key_share", Kind.LORSA, -0.5), None, "key_share: a head's share"),
+        (_at_kind("key_share", Kind.LORSA, float("inf")), None, "key_share: a head's share"),
+        (_at_kind("key_share", Kind.ERROR, 0.3), None, "key_share: not NaN on a node that"),
         (_at_kind("promotes", Kind.TRANSCODER, 5000), None, "promotes: a token id that "),
         (_at_kind("promotes", Kind.LORSA, 10**9), None, "promotes: a token id that "),
         (_at_kind("promotes", Kind.ERROR, 4), None, "promotes: set on a node that is no head"),

@@ -1816,6 +1816,11 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             alone = attention_change(a.mean_before, a.mean_side(w.side))
             both = attention_change(a.mean_before, a.mean_free)
             assert f"through its {w.side} side alone: attention {alone} (both sides {both}" in text
+            # a source that does not halve the attention is said to be weak
+            line = next(x for x in text.splitlines()
+                        if f"side of QK {w.qk_head} {g.key} {g.name} (" in x)  # fmt: skip
+            weak = a.mean_side(w.side) > a.mean_before / 2
+            assert ("; weak: no head group tested halves it" in line) == weak
             # a tie is said; the last of several tested is said to be
             role = _role_text(w, g, summary)
             assert role in text
@@ -2473,8 +2478,10 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
 
     g.qk = []  # its reasons are at the key it reads, which this test moves
 
+    share = g.key_share
+
     def set_key(key: int | None) -> None:  # with the token there, as a file holds it
-        g.attends = key
+        g.attends, g.key_share = key, None if key is None else share
         g.attends_token = None if key is None else summary.tokens[key]
 
     for attends, heading in ((g.pos, NO_MOVER), (0, NO_MOVER), (None, NO_MOVER)):
@@ -2988,6 +2995,56 @@ def test_a_reversed_difference_names_the_same_movers(replacement, tokens, run):
     )
 
 
+def test_a_differences_checks_give_both_tokens_probabilities(replacement, tokens, run, tmp_path):
+    """A reviewer: ``' four' - ' one'`` held (+1.73) while p(' four') fell 0.00163 -> 6.33e-05,
+    marked ok with the first token's probability alone. A difference's target holds its second
+    token's probability and each check that token's after each rerun (compared with
+    ``intervene``'s logits here), printed beside the first's; a file giving one to a target
+    that is no difference, or to one rerun only, is refused."""
+    from circuits.attribution import LogitDiffTarget
+
+    a, b = run.logits[-1].topk(2).indices.tolist()
+    full = attribute(replacement, tokens, targets=[LogitDiffTarget(a, b)], run=run)
+    summary = summarize(replacement, full, run)
+    (t,) = summary.targets
+    clean = run.logits[-1].double().softmax(-1)
+    assert t.negative_probability == pytest.approx(float(clean[b]))
+    g = next(g for g in summary.groups if g.checks)
+    (c,) = g.checks
+    for freeze, after in ((True, c.negative_probability_frozen),
+                          (False, c.negative_probability_free)):  # fmt: skip
+        edits = [Intervention(m, "ablate") for m in g.members]
+        rerun = intervene(replacement, full, edits, freeze_attention=freeze,
+                          freeze_errors=freeze, run=run)  # fmt: skip
+        assert after == pytest.approx(float(rerun.logits.double().softmax(-1)[b]), rel=1e-4)
+    text = format_summary(summary, every_check=True)
+    line = next(x for x in text.splitlines() if x.strip().startswith("ablate") and
+                f"p({full.token(b)!r}) " in x)  # fmt: skip
+    assert line.count(f"p({full.token(a)!r}) ") == line.count(f"p({full.token(b)!r}) ") == 2
+    d = summary.to_dict()
+    path = tmp_path / "mechanisms.json"
+    path.write_text(json.dumps(d))
+    assert load_summary(path).targets[0].negative_probability == t.negative_probability
+    where = next(i for i, x in enumerate(d["groups"]) if x["checks"])
+    for edit, message in (
+        (lambda x: x["groups"][where]["checks"][0].update(negative_probability_free=None),
+         "for one rerun only"),
+        (lambda x: x["targets"][0].update(negative_probability=None), "for one rerun only"),
+        (lambda x: x["targets"][0].update(negative_probability=1.5), "negative_probability"),
+    ):  # fmt: skip
+        bad = copy.deepcopy(d)
+        edit(bad)
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            load_summary(path)
+    single = summarize(replacement, attribute(replacement, tokens, run=run), run, check=False)
+    forged = single.to_dict()
+    forged["targets"][0]["negative_probability"] = 0.5
+    path.write_text(json.dumps(forged))
+    with pytest.raises(ValueError, match="not a logit difference"):
+        load_summary(path)
+
+
 def test_head_groups_whose_ablation_moves_the_target_more_are_named_beside_the_predictor():
     """A reviewer's head target: its named group (largest value flow) moved it -0.72 ablated,
     the previous-token heads at its key -5.09 and another group -4.96 (through attention):
@@ -3063,6 +3120,7 @@ def test_a_summary_file_with_numbers_out_of_their_range_is_refused(graph, replac
         return edit
 
     g = ["groups", i]
+    features = next(j for j, x in enumerate(d["groups"]) if x["kind"] == "transcoder")
     cases = [
         (at([*g, "qk", 0, "rest_share", 1e9]), r"rest_share"),
         (at([*g, "qk", 0, "layer", 10**9]), r"a reason not of the group's QK heads"),
@@ -3071,6 +3129,10 @@ def test_a_summary_file_with_numbers_out_of_their_range_is_refused(graph, replac
         (at([*g, "qk_heads", d["groups"][i]["qk_heads"] * 2]), r"qk_heads"),  # each twice
         (at([*g, "qk", 0, "root_pairs", 0, "query", "kind", "x"]), r"\.kind: 'x'"),
         (at([*g, "qk", 0, "pairs", index_side[0], index_side[1], "index", -7]), r"\.index: -7"),
+        (at([*g, "key_share", -0.5]), r"key_share: not a finite number > 0"),
+        (at([*g, "key_share", 1e400]), r"key_share"),
+        # a share of a head group only
+        (at(["groups", features, "key_share", 0.3]), r"key_share: not a finite number > 0 of"),
     ]
     path = tmp_path / "mechanisms.json"
     for edit, message in cases:
@@ -3081,6 +3143,13 @@ def test_a_summary_file_with_numbers_out_of_their_range_is_refused(graph, replac
             load_summary(path)
     path.write_text(json.dumps(d))
     assert load_summary(path).to_dict() == d
+    # every head group reading one key holds its share of the activation that key brings
+    view = auto_groups(graph)
+    by_name = {grp.name: grp for grp in view.groups}
+    shares = [(g["key_share"], by_name[g["name"]].key_share) for g in d["groups"]
+              if g["kind"] == "lorsa" and g["attends"] is not None]  # fmt: skip
+    assert shares and all(a == b and a is not None for a, b in shares)
+    assert all(g["key_share"] is None for g in d["groups"] if g["kind"] != "lorsa")
 
 
 def test_a_qk_sides_sources_say_what_raises_it_and_what_lowers_it():

@@ -118,11 +118,12 @@ def test_short_labels_from_fields():
     g.logit_targets[0].probability = 0.997
     short = {node: labels.short_label(g, i) for i, node in enumerate(g.ids)}
     # the key it reads (Graph.attends), as the full label and its first QK record say
-    assert short["0_5_2"] == "H5\n→'Ġ\"q\"'@1" and short["2_2_3"] == "H2\n→'Ġ\"q\"'@1"
+    # (0_5_2's key brings 40% of its activation, under SPREAD_SHARE: said before the arrow)
+    assert short["0_5_2"] == "H5\n40%→'Ġ\"q\"'@1" and short["2_2_3"] == "H2\n40%→'Ġ\"q\"'@1"
     assert " reads 'Ġ\"q\"'@1" in labels.node_label(g, g.ids.index("0_5_2"))
     assert g.qk_for(g.ids.index("0_5_2"))[0].key == 1
     g.attends[g.ids.index("0_5_2")] = 2  # another key: the label follows it, not the record
-    assert labels.short_label(g, g.ids.index("0_5_2")) == "H5\n→'a\\\\b'@2"
+    assert labels.short_label(g, g.ids.index("0_5_2")) == "H5\n40%→'a\\\\b'@2"
     assert short["1_3_3"] == "F3\n↑' F'" and short["3_9_3"] == 'F9\n↑"\'s"'
     assert short["1_-1_3"] == "err" and short["E_0_0"] == "'<|bos|>'@0"
     assert short["5_11_3"] == "' Julia'\np=0.997"

@@ -145,12 +145,44 @@ def test_trace_notes_the_tokens_the_model_never_trained_on(tmp_path, capsys):
     assert Graph.load(tmp_path / "a" / "graph.safetensors").untrained_positions == []
     code, _, err = trace(
         capsys, "--prompt", "Monday # Tuesday", "--out", str(tmp_path / "b"), "--no-qk",
-        "--format", "",
+        "--format", "", "--no-mechanisms",
     )  # fmt: skip
     (note,) = [line for line in err.splitlines() if "never saw" in line]
     graph = Graph.load(tmp_path / "b" / "graph.safetensors")
     (pos,) = graph.untrained_positions
     assert "#" in graph.token_strings[pos] and f"@{pos}" in note and code == 0
+    # with the mechanism summary, its heading says it (and its file holds the positions)
+    code, out, err = trace(
+        capsys, "--prompt", "Monday # Tuesday", "--out", str(tmp_path / "c"), "--no-checks",
+        "--format", "",
+    )  # fmt: skip
+    assert code == 0 and "never saw" not in err
+    (note,) = [line for line in out.splitlines() if "never saw" in line]
+    assert note.startswith("  (note: the model never saw") and f"@{pos}" in note
+    assert load_summary(tmp_path / "c" / "mechanisms.json").untrained_positions == [pos]
+
+
+def test_trace_says_when_the_model_is_unsure(tmp_path, capsys):
+    """A reviewer's ``after Tuesday comes``: ten targets of p 0.02-0.04, each explained at
+    length, nothing saying none was a prediction. Under ``UNSURE`` the top logit's probability
+    is said, with what the targets hold; not for a confident prompt, nor for a target named."""
+    from circuits.trace import UNSURE
+
+    unsure = "  (the model is unsure here: its most likely next token has p "
+    for args, said in ((["--prompt", "after Tuesday comes"], True),
+                       (["--prompt", "after Tuesday comes", "--target", " ("], False),
+                       (["--prompt", PROMPT], False)):  # fmt: skip
+        code, out, _ = trace(capsys, *args, "--out", str(tmp_path / "u"), "--no-mechanisms",
+                             "--no-qk", "--format", "")  # fmt: skip
+        graph = Graph.load(tmp_path / "u" / "graph.safetensors")
+        top = max(r.probability for r in graph.logit_targets)
+        assert code == 0 and (unsure in out) == said
+        if said:
+            held = sum(r.probability for r in graph.logit_targets)
+            assert top < UNSURE and f"{unsure}{top:.2g} and these " in out
+            assert f" hold {held:.2g} in all" in out
+        elif len(args) == 2 and args[1] == PROMPT:
+            assert top >= UNSURE
 
 
 def test_sparse_mode_says_the_probabilities_are_the_replacements():
@@ -263,6 +295,40 @@ def test_a_pruned_graph_too_large_for_graph_json_is_refused(tmp_path, capsys, mo
     assert code == 2 and err.count("\n") == 1
     assert "edges, more than graph.json takes (50): lower --node-threshold" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("after", [1, 2, 4])
+def test_a_ctrl_c_among_the_renames_leaves_one_runs_whole_set(tmp_path, capsys, monkeypatch,
+                                                               after):  # fmt: skip
+    """A fuzz pass: a real SIGINT between two renames of the staged outputs into --out left
+    one prompt's graph beside another prompt's mechanisms.json. The signal is held back until
+    every entry has moved: the run ends interrupted (130) with the new set whole."""
+    import signal
+
+    from reports import outputs
+
+    out = tmp_path / "t"
+    assert trace(capsys, "--prompt", PROMPT, "--out", str(out), "--no-checks", "--format",
+                 "")[0] == 0  # fmt: skip
+    moved, replace = [0], os.replace
+
+    def then_interrupt(a, b, *args, **kwargs):
+        replace(a, b, *args, **kwargs)
+        if os.path.dirname(os.path.abspath(b)) == str(out) and "/.writing" in str(a):
+            moved[0] += 1
+            if moved[0] == after:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(outputs.os, "replace", then_interrupt)
+    other = "Friday, Saturday,"
+    code, _, err = trace(capsys, "--prompt", other, "--out", str(out), "--no-checks",
+                         "--format", "")  # fmt: skip
+    assert moved[0] > after and code == 130 and "interrupted" in err, err
+    assert Graph.load(out / "graph.safetensors").prompt == other
+    assert load_summary(out / "mechanisms.json").prompt == other
+    shown = (out / "graph.json").read_text(encoding="utf-8")
+    assert json.dumps(other) in shown and json.dumps(PROMPT) not in shown
+    assert not list(out.glob(".writing*"))
 
 
 def test_an_interrupted_trace_leaves_no_empty_out(tmp_path, capsys, monkeypatch):
@@ -793,6 +859,36 @@ def test_a_directory_at_the_default_dashboards_file_is_refused_in_one_line(
     assert code == 2 and err.startswith("error: dashboards file ") and "not a file" in err, err
     assert len(err.strip().splitlines()) == 1 and "building it again" not in err, err
     assert (place / "mine.txt").read_text() == "kept" and not (tmp_path / "a").exists()
+
+
+def test_a_file_of_another_kind_at_the_default_dashboards_path_is_kept(
+    tmp_path, capsys, monkeypatch
+):
+    """A fuzz pass: a user's file at the default dashboards path (no dashboards header) was
+    deleted and an 18 MB build put in its place. It is refused in one line and kept; a
+    dashboards file damaged inside is still built again (``NotDashboards`` tells the two
+    apart)."""
+    from circuits.dashboards import default_path
+    from replacement.model import load_pretrained
+
+    monkeypatch.chdir(tmp_path)
+    replacement, tokenizer = load_pretrained("default")
+    place = default_path("default", "local", replacement, tokenizer, 2)
+    place.parent.mkdir(parents=True)
+    place.write_text("my notes, not a dashboards file")
+    small = ["--prompt", PROMPT, "--max-nodes", "20", "--no-checks", "--dashboard-rows", "2"]
+    code, _, err = trace(capsys, *small, "--out", "a")
+    assert code == 2 and err.startswith("error: dashboards file ") and "left as it is" in err
+    assert len(err.strip().splitlines()) == 1 and "building it again" not in err, err
+    assert place.read_text() == "my notes, not a dashboards file"
+    assert not (tmp_path / "a").exists()
+    place.unlink()
+    assert trace(capsys, *small, "--out", "b")[0] == 0  # built
+    damaged = bytearray(place.read_bytes())
+    damaged[-100:] = bytes(100)  # inside its tensors: its header says what it is
+    place.write_bytes(bytes(damaged))
+    code, _, err = trace(capsys, *small, "--out", "c")
+    assert code == 0 and "building it again" in err, err
 
 
 def test_a_dashboards_folder_that_cannot_hold_the_file_is_refused_before_the_pass(

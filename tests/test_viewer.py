@@ -67,6 +67,10 @@ def test_viewer_data_holds_every_node_and_edge_and_the_default_view():
     by_id = {n["id"]: n for n in data["nodes"]}
     assert by_id["0_5_2"]["unit"] == "0_5" and by_id["E_4_1"]["unit"] == "E_4"
     assert by_id["0_5_2"]["attends"] == 1 and by_id["1_3_3"]["promotes"] == ["digits"]
+    # the head's share of its activation from that key, under SPREAD_SHARE: in its box too
+    assert by_id["0_5_2"]["key_share"] == pytest.approx(0.4)
+    assert by_id["0_5_2"]["lines"][1].startswith("40%→")
+    assert "key_share" not in by_id["1_3_3"]
     assert by_id["5_11_3"]["logit"] == {"token": "9", "negative": None, "probability": 0.7}
     assert by_id["0_5_2"]["qk"][0]["pairs"][0] == ["E_6_2", "E_4_1", 2.0]
     links = data["links"]
@@ -269,7 +273,9 @@ def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page)
     text = panel_text(browser)
     assert node_label(graph, graph.ids.index("0_5_2")) in text
     assert "Lorsa head" in text and "L0 Lorsa" in text
-    assert "Reads key 1 'Ġ\"q\"': its activation comes from there most (attention 0.5)" in text
+    assert (
+        "Reads key 1 'Ġ\"q\"': its activation comes from there most (attention 0.5, 40% of it)"
+    ) in text
     assert "key 1 'Ġ\"q\"' · attention 0.8 · score +3 (rest +0.4)" in text
     e62, e41 = (node_label(graph, graph.ids.index(n)) for n in ("E_6_2", "E_4_1"))
     assert f"{e62} × {e41}: +2" in text and f"bias × {e41}: +0.6" in text

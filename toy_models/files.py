@@ -18,8 +18,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
@@ -197,6 +199,32 @@ def _remove(path: Path) -> None:
             os.unlink(path)
     else:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while the body runs (the renames that put a set of outputs
+    in place: all of them or none), then raised again as the body ends, to the handlers there
+    were, so the run stops with a whole set (a fuzz pass's Ctrl-C between two renames left one
+    prompt's graph beside another prompt's summary). Handlers, not a signal mask: a signal to
+    the process reaches whichever of its threads (torch's) does not mask it. Off the main
+    thread, where handlers cannot be set, it holds nothing back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum, frame) -> None:
+        caught.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # as it would have come, now the set is whole
 
 
 def swap_directory(new: Path, dest: Path, aside: Path | None = None) -> None:

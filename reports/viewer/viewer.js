@@ -546,7 +546,7 @@
         el("button", { type: "button", onclick: () => { state.zoom = null; applyZoom(); }, title: "fit to the canvas" }, "fit"), " ",
         el("button", { type: "button", onclick: zoom(1.25), title: "zoom in" }, "+")),
       el("span", { class: "muted" }, "click (Tab, Enter): details · ctrl/shift-click (space): pick for a supernode · p: pin a node · hover: paths · a head's box: " +
-        (meta.positional ? "→the key it reads" : "its QK group") + "; a feature's: ↑the token it promotes most"));
+        (meta.positional ? "→the key it reads (13%→ where that key brings under half its activation)" : "its QK group") + "; a feature's: ↑the token it promotes most"));
     ui.results = el("div", { class: "results" });
     ui.status = el("div", { class: "status" });
     ui.message = el("div", { class: "message", role: "status", "aria-live": "polite" });
@@ -1237,7 +1237,10 @@
     }
     if (n.attends != null) {
       const keyTok = meta.positional ? " " + quote(meta.promptTokens[n.attends] || "") : "";
-      parts.push(el("p", { class: "attends" }, `Reads key ${n.attends}${keyTok}: its activation comes from there most (attention ${fmt(n.attention, 3)})`));
+      // the share of its activation that key brings: a head spreading what it writes over
+      // many keys reads its largest term all the same (a reviewer's flat pattern: 12%)
+      const share = n.key_share != null ? `, ${Math.round(100 * n.key_share)}% of it` : "";
+      parts.push(el("p", { class: "attends" }, `Reads key ${n.attends}${keyTok}: its activation comes from there most (attention ${fmt(n.attention, 3)}${share})`));
     }
     if (n.promotes && n.promotes.length) {
       parts.push(el("p", { class: "promotes" }, "Promotes " + n.promotes.map(quote).join(", ")));

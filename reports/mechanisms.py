@@ -958,6 +958,7 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
                     tested += ("; weak: no head group tested halves it, so this side is no "
                                "one head group's doing (its position's own token and features, "
                                "which are not candidates, or many groups at once)")  # fmt: skip
+                    tested += _lower_still(summary, key, w.side, alone)
         out.append(f"{w.side} side of QK {w.qk_head} {g.key} {g.name} "
                    f"({_role_text(w, g, summary)}){tested}")  # fmt: skip
     if out:  # a side with none is said to have none (a reviewer read the key side's silence)
@@ -965,6 +966,26 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
         out += [f"{side} side: {_no_source_words(summary, 'it')}"
                 for side in SIDES if side not in named]  # fmt: skip
     return out
+
+
+def _lower_still(summary: MechanismSummary, key: str, side: str, alone: float) -> str:
+    """Beside a weak QK source of head group (or head target) ``key``'s ``side``: the checked
+    group of any kind (features too, which are no candidates) whose ablation lowers that
+    attention through the side most, where that halves it and is below the source's
+    ``alone``; else nothing."""
+    found = []
+    for g in summary.groups:
+        a = summary.attention_after(g, key)
+        low = None if a is None else a.mean_side(side)
+        if low is not None and low <= a.mean_before * HALVES and low < alone:
+            found.append((low, g, a))
+    if not found:
+        return ""
+    low, g, a = min(found, key=lambda x: x[0])
+    return (
+        f"; of the summary's checked groups, {g.key} {g.name} takes it through this side "
+        f"{attention_change(a.mean_before, low)}"
+    )
 
 
 def _no_source_words(summary: MechanismSummary, what: str) -> str:

@@ -1821,6 +1821,16 @@ def _check_qk_sources(summary, graph, replacement) -> int:
                         if f"side of QK {w.qk_head} {g.key} {g.name} (" in x)  # fmt: skip
             weak = a.mean_side(w.side) > a.mean_before / 2
             assert ("; weak: no head group tested halves it" in line) == weak
+            # beside a weak one, the checked group (of any kind) lowering it most, if it halves
+            lower = sorted((x.mean_side(w.side), o.key) for o in summary.groups
+                           if (x := summary.attention_after(o, w.group)) is not None
+                           and x.mean_side(w.side) <= x.mean_before / 2
+                           and x.mean_side(w.side) < a.mean_side(w.side))  # fmt: skip
+            said = "; of the summary's checked groups, "
+            assert (said in line) == (weak and bool(lower))
+            if said in line:
+                other = summary.group(lower[0][1])
+                assert f"{said}{other.key} {other.name} takes it through this side " in line
             # a tie is said; the last of several tested is said to be
             role = _role_text(w, g, summary)
             assert role in text

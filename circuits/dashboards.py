@@ -515,6 +515,21 @@ class NotDashboards(ValueError):
     removed and built again (a reviewer was told to remove the shipped model)."""
 
 
+def _names_dashboards(path: Path) -> bool:
+    """Whether the file's first bytes are a safetensors header naming the dashboards metadata
+    (its 8-byte length, then JSON holding ``"__metadata__"`` and ``"dashboards"``), whatever
+    follows: a dashboards file cut short (its tensors, or its header's end, missing) is one,
+    to be built again, not someone's file to leave alone (a review found one 10 bytes short
+    refused)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            head = f.read(min(size, 1 << 20))
+    except OSError:
+        return False
+    return head.startswith(b"{") and b'"__metadata__"' in head and b'"dashboards"' in head
+
+
 def _read(path, replacement, tokenizer) -> Dashboards:
     ours = False  # its header found: a dashboards file, damaged or not
     try:
@@ -534,7 +549,7 @@ def _read(path, replacement, tokenizer) -> Dashboards:
         raise
     except Exception as exc:  # safetensors and json raise their own types on damaged files
         why = one_line(exc) or type(exc).__name__
-        if ours:  # damaged inside: may be removed and built again
+        if ours or _names_dashboards(path):  # damaged inside: may be removed and built again
             raise ValueError(why) from None
         raise NotDashboards(f"not readable as a dashboards file ({why})") from None
     check_content_sha256(state, header)

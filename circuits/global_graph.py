@@ -1,4 +1,5 @@
-"""Grow a global (prompt-independent) circuit from one unit, through expected attribution.
+"""Grow a global (prompt-independent) circuit from one unit: upstream through each target's
+mean input per occurrence, downstream through expected attribution per unit of activity.
 
     python -m circuits.global_graph --model default --start lorsa:1:318
     python -m circuits.global_graph --model default --start logit:" Thursday" --budget 30
@@ -11,7 +12,8 @@ Corpus statistics (the summed exact local edges and QK terms of ``--rows`` held-
 and reused; a larger ``--rows`` gathers them again over more rows. Every Lorsa head of the
 graph gets its QK group's expected QK attribution, drawn as q/k edges (``--no-qk``: value
 edges only). The same graph is grown from each half of the sample, and how many of its top
-edges the halves share is printed (the split-half reliability: low means gather more rows).
+edges the halves share is printed (the split-half reliability: low means gather more rows),
+after the start's own edges with the share of its total (every partner's) that they hold.
 Writes, like ``circuits.trace``, ``graph.json``, ``graph.safetensors``, ``graph.dot``/``.svg``
 and ``graph.html`` (``reports.outputs``).
 
@@ -52,9 +54,11 @@ MAX_ROWS = 1 << 20  # = circuits.statistics_file.MAX_ROWS (rows are held in memo
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="python -m circuits.global_graph",
-        description="A global circuit around one unit of the fully sparsified model: expected "
-        "attribution (exact local edges summed over a corpus sample, per unit of the source's "
-        "activity), grown best-first to a budget and pruned by influence like local graphs.",
+        description="A global circuit around one unit of the fully sparsified model: exact "
+        "local edges summed over a corpus sample, grown best-first to a budget and pruned by "
+        "influence like local graphs. Upstream (the default) an edge is the mean input per "
+        "occurrence of its target; --downstream, the expected attribution per unit of its "
+        "source's activity.",
     )
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
     parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
@@ -234,7 +238,11 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
         f"over {stats.meta['rows_done']} rows of {stats.meta['n_ctx']} tokens); edges: "
         f"{graph.settings['edge_weights']}"
     )  # (upstream and downstream weights are not the same measure: said with them)
+    for line in _start_lines(graph, stats, start, labels, upstream):
+        print(line)
     strongest = graph.edges.tocoo()
+    if len(strongest.data):
+        print("strongest edges of the graph:")
     for j in abs(strongest.data).argsort()[::-1][:N_STRONGEST]:
         s, t = strongest.col[j], strongest.row[j]
         print(f"  {strongest.data[j]:+.3f}  {labels[s]}  ->  {labels[t]}")
@@ -250,6 +258,29 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     for path in written.paths:
         print(f"wrote {path}")
     return unrendered_status(args.format, written.unrendered)
+
+
+def _start_lines(graph, stats, start: int, labels: list[str], upstream: bool) -> list[str]:
+    """The start's own edges in the graph (its inputs upstream, its outputs downstream),
+    largest first, headed by how much of its total the graph keeps: the |weights| of those
+    edges over the sum of |mean input| into it (``Statistics.input_total``) or of |expected
+    attribution| from it (``output_total``) over every partner (a reviewer read the strongest
+    edges of a graph grown from a layer-2 head, none of them the head's, and a graph showing a
+    sixth of its input with nothing saying so)."""
+    i = int(graph.target_weight.argmax())
+    edges = graph.edges.tocsr() if upstream else graph.edges.T.tocsr()  # [target, source]
+    lo, hi = int(edges.indptr[i]), int(edges.indptr[i + 1])
+    others, weights = edges.indices[lo:hi], edges.data[lo:hi]
+    total = stats.input_total(start) if upstream else stats.output_total(start)
+    kept = float(abs(weights).sum())
+    what = "inputs (mean input)" if upstream else "outputs (expected attribution)"
+    share = f" ({kept / total:.0%})" if total > 0 else ""
+    out = [f"its own {what} in the graph: {len(weights)}, |sum| {kept:.3g} of its total "
+           f"{total:.3g} over every partner{share}"]  # fmt: skip
+    arrow = "<-" if upstream else "->"
+    out += [f"  {weights[j]:+.3f}  {arrow} {labels[int(others[j])]}"
+            for j in abs(weights).argsort()[::-1][:N_STRONGEST]]  # fmt: skip
+    return out
 
 
 def _unit_dashboards(model: str, replacement, tokenizer, graph) -> dict | None:
@@ -294,7 +325,8 @@ def _side_words(graph, a, node: str) -> str:
 
 
 def _qk_lines(graph, labels: list[str]) -> list[str]:
-    """Per QK group of the graph: its score lift and strongest pair, per firing, with the share
+    """Per QK group of the graph: its score lift and the pair raising it most (the q/k edge
+    drawn: ``with_qk_side``), per firing, with the share
     of the lift the pair holds and what the listed pairs leave out (``rest``): a relation such
     as induction's (this token after that one) is spread over many token-specific pairs, none
     of which holds much of it."""
@@ -305,7 +337,7 @@ def _qk_lines(graph, labels: list[str]) -> list[str]:
         if not a.pairs:
             lines.append(f"  {name}: no QK pairs gathered")
             continue
-        p = max(a.pairs, key=lambda p: abs(p.value))
+        p = max(a.pairs, key=lambda p: p.value)  # the pair raising it most, the one drawn
         query = labels[at[p.query]] if p.query in at else _side_words(graph, a, p.query)
         key = labels[at[p.key]] if p.key in at else _side_words(graph, a, p.key)
         # signed: a pair that lowers the score holds a negative share (a reviewer read

@@ -238,9 +238,10 @@ def with_qk_side(
 ) -> Graph:
     """``graph`` (a global graph) with the QK side of each of its Lorsa heads: the head's QK
     group's record (``qk_record``) and, as nodes, the query and key units of the group's
-    ``pairs`` strongest pairs (drawn as q/k edges into the head). An added unit that is a Lorsa
-    head gets its QK group's record too (so every head of the graph has one: a reviewer found
-    a layer-1 head, added as a layer-2 head's query unit, with none), but no units of its own
+    ``pairs`` pairs raising its score most (drawn as q/k edges into the head). An added unit
+    that is a Lorsa head gets its QK group's record too (so every head of the graph has one:
+    a reviewer found a layer-1 head, added as a layer-2 head's query unit, with none), but no
+    units of its own
     pairs: the QK side goes one step back. Added units have no value edges here, so their
     influence is 0; every other field of the graph is kept."""
     pairs = checked_count(pairs, "pairs", least=0)
@@ -252,7 +253,9 @@ def with_qk_side(
     for layer, qk_head in groups:
         group = stats.qk_group(layer, qk_head)
         records.append(qk_record(stats, layer, qk_head))
-        flat = group.pairs.abs().flatten()
+        # the pairs raising the score most: a pair lowering it is no reason the heads attend
+        # (a reviewer found a dense feature pair of -2.2% of the lift drawn as the q/k link)
+        flat = group.pairs.flatten()
         for j in flat.topk(min(pairs, len(flat))).indices.tolist() if len(flat) else []:
             if flat[j] > 0:
                 q, k = divmod(j, group.pairs.shape[1])

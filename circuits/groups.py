@@ -21,6 +21,7 @@ concept they share); ``name`` is for people.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 from collections.abc import Mapping, Sequence
@@ -103,10 +104,20 @@ class _Fields:
         return sum(self.share[i] * self.activation[i] for i in members) / total
 
 
+def spread_percent(share: float | None) -> str | None:
+    """``12%`` where a head's (or head group's) key brings less than ``SPREAD_SHARE`` of its
+    activation (rounded down: 0.4996 never reads as half), else None: what every name, label
+    and box says of it."""
+    if share is None or share >= SPREAD_SHARE:
+        return None
+    return f"{math.floor(share * 100 + 1e-4)}%"  # (a float32 0.29 is 28.99999...: 29%)
+
+
 def spread_note(share: float | None) -> str:
-    """What a head's or head group's name adds after the key it reads when that key brings less
-    than ``SPREAD_SHARE`` of its activation: `` (brings 12%)``; else nothing."""
-    return "" if share is None or share >= SPREAD_SHARE else f" (brings {share:.0%})"
+    """What a head's or head group's name adds after the key it reads (``spread_percent``):
+    `` (brings 12%)``, or nothing."""
+    percent = spread_percent(share)
+    return "" if percent is None else f" (brings {percent})"
 
 
 def describe(
@@ -447,7 +458,7 @@ def node_name(graph: Graph, i: int, fields: _Fields | None = None) -> str:
     text = node_words(kind, stage, index, pos, token=token)
     if kind == Kind.LORSA and f.attends[i] >= 0:
         key = f.attends[i]
-        text += f" -> {graph.token_strings[key]!r}@{key}{spread_note(f.key_share([i]))}"
+        text += f" -> {graph.token_strings[key]!r}@{key}{spread_note(graph.read_share(i))}"
     return text
 
 

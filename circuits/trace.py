@@ -751,9 +751,10 @@ def summary(full, graph, scores, timings, labels=None, automatic: bool = False) 
     top = max((r.probability for r in records), default=None)
     if automatic and top is not None and top < UNSURE:
         held = sum(r.probability for r in records)
-        lines.append(f"  (the model is unsure here: its most likely next token has p {top:.2g} "
-                     f"and these {len(records)} hold {held:.2g} in all; each is explained "
-                     "below, but none is a prediction the model makes)")  # fmt: skip
+        both = f" and the {len(records)} targets hold {held:.2g}" if len(records) > 1 else ""
+        lines.append(f"  (the model is unsure here: its most likely next token has p {top:.2g}"
+                     f"{both}; the graph explains a weak preference, not a prediction the model "
+                     "makes)")  # fmt: skip
     closure = full.settings["closure_error"]
     lines += [
         f"graph: {full.n_nodes} nodes, {full.n_edges} edges -> pruned to {graph.n_nodes} nodes "

@@ -158,7 +158,10 @@ def html_page(
         "<h2>Prompt</h2>" if graph.positional else "<h2>Global graph</h2>",
         _prompt_html(graph),
         *(
-            ["<h2>Mechanisms</h2>", mechanisms_html(mechanisms, set(graph.ids))]
+            [
+                "<h2>Mechanisms</h2>",
+                mechanisms_html(mechanisms, set(graph.ids), untrained=untrained is None),
+            ]
             if mechanisms is not None
             else []
         ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from circuits.concepts import DOCUMENT_CONCEPTS
 from circuits.graph import Graph, checked_graph
-from circuits.groups import SPREAD_SHARE, spread_note
+from circuits.groups import spread_note, spread_percent
 from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, is_attention, logit_stage, node_words
 
 MAX_LABEL_CHARS = 48  # longer text is cut in the drawing; the tooltip keeps all of it
@@ -144,7 +144,7 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
     Embedding ``'tok'@pos`` (global graphs: ``'tok'``); Lorsa head ``H{index}`` over
     ``→'tok'@key``, the key it reads (``Graph.read_key``: where its activation comes from
     most, as its other label and its first QK record say; ``12%→'tok'@key`` where that key
-    brings under ``SPREAD_SHARE`` of it, ``Graph.read_share``), or over its QK group in a
+    brings under ``SPREAD_SHARE`` of it: ``spread_percent``), or over its QK group in a
     global graph; transcoder feature ``F{index}`` over the token it promotes most, marked ``↑``
     (``PROMOTES``: a reader took ``F1223 'December'`` on a weekday prompt for what the
     feature fires on); error ``err``;
@@ -180,7 +180,7 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
             return [f"H{index}"]
         # a key bringing under SPREAD_SHARE of the activation: its share before the arrow
         share = graph.read_share(i)
-        arrow = ("" if share is None or share >= SPREAD_SHARE else f"{share:.0%}") + "→"
+        arrow = (spread_percent(share) or "") + "→"
         return [
             f"H{index}",
             arrow + at_position(prompt_token(graph, key), key, LINE_CHARS + 1 - len(arrow)),

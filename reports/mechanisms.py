@@ -234,6 +234,8 @@ def probability_text(t: TargetRecord) -> str:
     if t.probability is None:
         return "(pre-activation)"
     of = f" for {t.token!r}" if t.negative is not None else ""
+    if t.negative is not None and t.negative_probability is not None:  # (older files: none)
+        of += f", {probability(t.negative_probability)} for {t.negative!r}"
     theirs = t.model_probability
     model = "" if theirs is None else f"; the model's {probability(theirs)}"
     return f"(p={probability(t.probability)}{of}{model})"
@@ -955,10 +957,7 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
                 if alone > after.mean_before * HALVES:  # (a reviewer read 0.97 -> 0.90 as
                     # what makes it attend, where every layer-0 feature at the query, no
                     # candidate, took it to 0.0003)
-                    tested += ("; weak: no head group tested halves it, so this side is no "
-                               "one head group's doing (its position's own token and features, "
-                               "which are not candidates, or many groups at once)")  # fmt: skip
-                    tested += _lower_still(summary, key, w.side, alone)
+                    tested += _weak_text(summary, key, w.side, alone)
         out.append(f"{w.side} side of QK {w.qk_head} {g.key} {g.name} "
                    f"({_role_text(w, g, summary)}){tested}")  # fmt: skip
     if out:  # a side with none is said to have none (a reviewer read the key side's silence)
@@ -968,24 +967,25 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
     return out
 
 
-def _lower_still(summary: MechanismSummary, key: str, side: str, alone: float) -> str:
-    """Beside a weak QK source of head group (or head target) ``key``'s ``side``: the checked
-    group of any kind (features too, which are no candidates) whose ablation lowers that
-    attention through the side most, where that halves it and is below the source's
-    ``alone``; else nothing."""
+def _weak_text(summary: MechanismSummary, key: str, side: str, alone: float) -> str:
+    """Beside a QK source of head group (or head target) ``key``'s ``side`` whose ablation
+    does not halve that attention through the side (``alone``): that no head group tested
+    does (the source is the lowest of them), and the checked group of any kind (features too,
+    which are no candidates, or a head group that was none) whose ablation halves it and lowers
+    it most, or, where none does, that the side is no one group's doing."""
     found = []
     for g in summary.groups:
         a = summary.attention_after(g, key)
         low = None if a is None else a.mean_side(side)
         if low is not None and low <= a.mean_before * HALVES and low < alone:
             found.append((low, g, a))
+    words = "; weak: no head group tested halves it"
     if not found:
-        return ""
+        return (f"{words}, nor any group the summary checks: this side is no one group's doing "
+                "(its position's own token and features, or many groups at once)")  # fmt: skip
     low, g, a = min(found, key=lambda x: x[0])
-    return (
-        f"; of the summary's checked groups, {g.key} {g.name} takes it through this side "
-        f"{attention_change(a.mean_before, low)}"
-    )
+    return (f"{words}; of the summary's checked groups, {g.key} {g.name} takes it through this "
+            f"side {attention_change(a.mean_before, low)}")  # fmt: skip
 
 
 def _no_source_words(summary: MechanismSummary, what: str) -> str:
@@ -1227,7 +1227,11 @@ def format_summary(
             f"graph and measured with {frozen_words(summary.mode)} and {free_words(summary.mode)}"
             + (
                 ", with the target token's probability before and after (for a difference, "
-                "both tokens')"
+                + (
+                    "both tokens')"
+                    if any(t.negative_probability is not None for t in summary.targets)
+                    else "its first token's)"
+                )
                 if any(t.probability is not None for t in summary.targets)
                 else ""
             )
@@ -1354,9 +1358,13 @@ def _checks_html(g: GroupRecord, target_names: dict[str, str],
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None) -> str:
-    """The section's HTML; ``drawn_ids``: the node ids that have a row in the node table.
-    ``summary`` is checked first, as its file would be (``checked_summary``)."""
+def mechanisms_html(
+    summary: MechanismSummary, drawn_ids: set[str] | None = None, untrained: bool = True
+) -> str:
+    """The section's HTML; ``drawn_ids``: the node ids that have a row in the node table;
+    ``untrained``: whether to say which tokens the model never trained on (not in a page that
+    says it at its top). ``summary`` is checked first, as its file would be
+    (``checked_summary``)."""
     summary = checked_summary(summary)
     drawn = drawn_ids or set()
     names = {g.key: g.name for g in summary.groups}
@@ -1375,8 +1383,8 @@ def mechanisms_html(summary: MechanismSummary, drawn_ids: set[str] | None = None
     ]
     if summary.mode == "sparse":
         parts.append(f"<p>{_esc(SPARSE_WORDS[0].upper() + SPARSE_WORDS[1:])}.</p>")
-    if untrained := summary.untrained_note():
-        parts.append(f"<p class='note'>Note: {_esc(untrained)}.</p>")
+    if untrained and (note := summary.untrained_note()):
+        parts.append(f"<p class='note'>Note: {_esc(note)}.</p>")
     qk_blocks = qk_sources_blocks(summary)
     for t in summary.targets:
         consts = ", ".join(f"{_esc(constant_source(name))} {_span(v)}"

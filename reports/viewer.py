@@ -54,7 +54,7 @@ import numpy as np
 
 from circuits.concepts import AT_CHANCE, DOCUMENT_CONCEPTS, at_chance
 from circuits.graph import Graph, NamedSide, QKAttribution
-from circuits.groups import SPREAD_SHARE
+from circuits.groups import spread_percent
 from circuits.mechanism_file import TargetRecord
 from circuits.neuronpedia import checked_supernodes
 from circuits.nodes import Kind, block_of, logit_stage, unit_id
@@ -292,11 +292,8 @@ def _box_lines(g, summary) -> list[str]:
         + ("" if g.pos is None else f" @{g.pos}")
     ]
     if g.attends is not None:
-        share = g.key_share  # where the key brings under SPREAD_SHARE: its share first
-        lines.append(
-            ("" if share is None or share >= SPREAD_SHARE else f"{share:.0%}")
-            + f"→{g.attends_token!r}@{g.attends}"
-        )
+        # where the key brings under SPREAD_SHARE of the activation: its share first
+        lines.append((spread_percent(g.key_share) or "") + f"→{g.attends_token!r}@{g.attends}")
     elif g.concept:
         lines.append(g.concept)
     heads = [t for t in summary.targets if isinstance(summary.qk_subject(t.node), TargetRecord)]

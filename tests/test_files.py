@@ -672,3 +672,51 @@ def test_a_training_folder_is_locked_while_its_loop_runs(tmp_path):
         other.wait()
     seen = []  # the other process is gone: its lock is a killed run's, taken over
     assert run_in(tmp_path / "b", seen) is True and not (tmp_path / "b" / LOCK_FILE).exists()
+
+
+def test_interrupts_are_held_back_until_a_set_of_renames_ends_well():
+    """``interrupts_deferred``: a Ctrl-C or SIGTERM inside the body is raised as it ends (the
+    renames all done), SIGTERM first where both came; a body that fails ends with its own
+    error (a full disk named, not "interrupted"); the handlers there were are put back; off
+    the main thread it holds nothing back."""
+    import signal
+    import threading
+
+    class Term(Exception):
+        pass
+
+    def on_term(signum, frame):
+        raise Term
+
+    before = signal.signal(signal.SIGTERM, on_term)
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with files.interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("after the signal")
+        assert done == ["after the signal"]
+        with pytest.raises(Term):  # both came: SIGTERM ends the run
+            with files.interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(OSError, match="disk full"):  # the body's own error, not an interrupt
+            with files.interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                raise OSError("disk full")
+        assert signal.getsignal(signal.SIGTERM) is on_term
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with files.interrupts_deferred():  # nothing came: nothing raised
+            pass
+        seen = []
+
+        def elsewhere():  # handlers cannot be set off the main thread: nothing held
+            with files.interrupts_deferred():
+                seen.append(signal.getsignal(signal.SIGINT))
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        assert seen == [signal.default_int_handler]
+    finally:
+        signal.signal(signal.SIGTERM, before)

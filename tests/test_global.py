@@ -898,12 +898,16 @@ def test_every_lorsa_head_of_a_graph_gets_its_qk_side(
         assert a.score == pytest.approx(group.total)
         assert a.rest == pytest.approx(group.total - sum(p.value for p in a.pairs), abs=1e-6)
         best = group.pairs.abs().argmax()
-        q, k = divmod(int(best), group.pairs.shape[1])
         top = max(a.pairs, key=lambda p: abs(p.value))
         assert top.value == pytest.approx(float(group.pairs.flatten()[best]))
-        # The strongest pair's units are nodes of the graph, drawn as its q and k sides.
-        assert units.node_id(int(group.query_units[q])) in graph.ids
-        assert units.node_id(int(group.key_units[k])) in graph.ids
+        # The pair raising the score most has its units as nodes of the graph, drawn as its q
+        # and k sides (a pair lowering it is no reason the heads attend: a reviewer found a
+        # dense pair of -2.2% of the lift drawn); none where no pair raises it.
+        raising = group.pairs.argmax()
+        q, k = divmod(int(raising), group.pairs.shape[1])
+        if float(group.pairs.flatten()[raising]) > 0:
+            assert units.node_id(int(group.query_units[q])) in graph.ids
+            assert units.node_id(int(group.key_units[k])) in graph.ids
         assert (None, pytest.approx(group.bias_query)) in [
             (m[0], pytest.approx(m[1])) for m in a.query_marginals
         ] or len(a.query_marginals) == 10
@@ -1546,3 +1550,29 @@ def test_a_bos_logit_start_is_refused_before_the_model_or_the_statistics(
     with pytest.raises(UserError, match="is never predicted"):
         parse_unit(f"logit:{BOS}", units, None)  # no tokenizer needed: refused by its text
     assert parse_start(f"token:{BOS}").text == BOS  # its embedding is every row's first
+
+
+def test_the_printout_leads_with_the_starts_own_edges_and_how_much_of_its_total_they_hold(
+    replacement, units, stats
+):
+    """A reviewer: none of the eight strongest edges printed for a layer-2 head's graph was
+    the head's, and nothing said the graph held a sixth of its input. The start's own edges
+    come first, with their |sum| against ``Statistics.input_total`` (upstream) or
+    ``output_total`` (downstream): every partner's, kept or not."""
+    from circuits.global_graph import N_STRONGEST, _start_lines
+    from reports.labels import node_labels
+
+    first = units.unit("lorsa", 1, 0)
+    start = units.unit("lorsa", 1, int(stats.unit_count[first:][:8].argmax()))
+    for upstream in (True, False):
+        graph = global_graph(replacement, stats, start, budget=10, per_node=4, upstream=upstream)
+        i = int(graph.target_weight.argmax())
+        dense = graph.edges.toarray()
+        own = dense[i] if upstream else dense[:, i]
+        total = stats.input_total(start) if upstream else stats.output_total(start)
+        lines = _start_lines(graph, stats, start, node_labels(graph), upstream)
+        kept = float(abs(own).sum())
+        assert f": {int((own != 0).sum())}, |sum| {kept:.3g} of its total {total:.3g}" in lines[0]
+        assert f"({kept / total:.0%})" in lines[0] and 0 < kept <= total * (1 + 1e-6)
+        assert len(lines) == 1 + min(int((own != 0).sum()), N_STRONGEST)
+        assert lines[1].startswith(f"  {own[abs(own).argmax()]:+.3f}  {'<-' if upstream else '->'}")

@@ -1828,6 +1828,8 @@ def _check_qk_sources(summary, graph, replacement) -> int:
                            and x.mean_side(w.side) < a.mean_side(w.side))  # fmt: skip
             said = "; of the summary's checked groups, "
             assert (said in line) == (weak and bool(lower))
+            nor = ", nor any group the summary checks: this side is no one group's doing"
+            assert (nor in line) == (weak and not lower)
             if said in line:
                 other = summary.group(lower[0][1])
                 assert f"{said}{other.key} {other.name} takes it through this side " in line

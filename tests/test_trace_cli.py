@@ -179,10 +179,15 @@ def test_trace_says_when_the_model_is_unsure(tmp_path, capsys):
         assert code == 0 and (unsure in out) == said
         if said:
             held = sum(r.probability for r in graph.logit_targets)
-            assert top < UNSURE and f"{unsure}{top:.2g} and these " in out
-            assert f" hold {held:.2g} in all" in out
+            n = len(graph.logit_targets)
+            assert top < UNSURE and f"{unsure}{top:.2g} and the {n} targets hold {held:.2g};" in out
+            first = top
         elif len(args) == 2 and args[1] == PROMPT:
             assert top >= UNSURE
+    code, out, _ = trace(capsys, "--prompt", "after Tuesday comes", "--max-logits", "1",
+                         "--out", str(tmp_path / "u"), "--no-mechanisms", "--no-qk",
+                         "--format", "")  # fmt: skip
+    assert code == 0 and f"{unsure}{first:.2g}; the graph explains a weak preference" in out
 
 
 def test_sparse_mode_says_the_probabilities_are_the_replacements():
@@ -889,6 +894,9 @@ def test_a_file_of_another_kind_at_the_default_dashboards_path_is_kept(
     place.write_bytes(bytes(damaged))
     code, _, err = trace(capsys, *small, "--out", "c")
     assert code == 0 and "building it again" in err, err
+    place.write_bytes(place.read_bytes()[:-10])  # cut short: its header still names it
+    code, _, err = trace(capsys, *small, "--out", "d")
+    assert code == 0 and "building it again" in err, err
 
 
 def test_a_dashboards_folder_that_cannot_hold_the_file_is_refused_before_the_pass(
@@ -1018,7 +1026,7 @@ def test_a_logit_differences_json_label_agrees_with_the_printout(tmp_path, capsy
     assert node["token_prob"] == pytest.approx(record.probability)
     (printed,) = [line for line in stdout.splitlines()  # the mechanisms' "target" line
                   if "' Thursday' - ' Friday' = " in line and "p=" in line]  # fmt: skip
-    assert f"({p} for ' Thursday')" in printed
+    assert f"({p} for ' Thursday', " in printed and " for ' Friday')" in printed  # both
 
 
 def test_most_influential_never_lists_a_target(tmp_path, capsys):

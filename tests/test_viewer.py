@@ -274,7 +274,8 @@ def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page)
     assert node_label(graph, graph.ids.index("0_5_2")) in text
     assert "Lorsa head" in text and "L0 Lorsa" in text
     assert (
-        "Reads key 1 'Ġ\"q\"': its activation comes from there most (attention 0.5, 40% of it)"
+        "Reads key 1 'Ġ\"q\"': its activation comes from there most (attention 0.5; it brings "
+        "40% of its activation)"
     ) in text
     assert "key 1 'Ġ\"q\"' · attention 0.8 · score +3 (rest +0.4)" in text
     e62, e41 = (node_label(graph, graph.ids.index(n)) for n in ("E_6_2", "E_4_1"))

@@ -204,12 +204,17 @@ def _remove(path: Path) -> None:
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Ctrl-C and SIGTERM held back while the body runs (the renames that put a set of outputs
-    in place: all of them or none), then raised again as the body ends, to the handlers there
-    were, so the run stops with a whole set (a fuzz pass's Ctrl-C between two renames left one
-    prompt's graph beside another prompt's summary). Handlers, not a signal mask: a signal to
-    the process reaches whichever of its threads (torch's) does not mask it. Off the main
-    thread, where handlers cannot be set, it holds nothing back."""
-    if threading.current_thread() is not threading.main_thread():
+    in place: all of them or none), then raised again once it has ended well, to the handlers
+    there were (SIGTERM first where both came), so the run stops with a whole set (a fuzz
+    pass's Ctrl-C between two renames left one prompt's graph beside another prompt's
+    summary). A body that fails ends the run with its own error (a full disk named, not
+    "interrupted"). Handlers, not a signal mask: a signal to the process reaches whichever of
+    its threads (torch's) does not mask it. Off the main thread, where handlers cannot be set,
+    or where one was set outside Python (it could not be put back), it holds nothing back."""
+    held = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or any(
+        signal.getsignal(s) is None for s in held
+    ):
         yield
         return
     caught: list[int] = []
@@ -217,14 +222,17 @@ def interrupts_deferred() -> Iterator[None]:
     def hold(signum, frame) -> None:
         caught.append(signum)
 
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, hold) for s in held}
     try:
         yield
-    finally:
+    except BaseException:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if caught:
-            signal.raise_signal(caught[0])  # as it would have come, now the set is whole
+        raise
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    if caught:  # as it would have come, now the set is whole
+        signal.raise_signal(signal.SIGTERM if signal.SIGTERM in caught else caught[0])
 
 
 def swap_directory(new: Path, dest: Path, aside: Path | None = None) -> None:

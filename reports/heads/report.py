@@ -465,9 +465,12 @@ def _ground_truth(results: dict) -> list[str]:
         "## Ground truth: single-head tests",
         "",
         "Exact loss increase of testing one head alone (zeroing it, or masking its BOS "
-        "attention for the sink test), for every head active on the task's documents (every "
-        "head for the sink test; adaptive group testing: chunks below the threshold on every "
-        "task of their run are not split further; tasks that share documents share the run).",
+        "attention for the sink test), for the heads active on the task's documents that "
+        "adaptive group testing reaches (every head for the sink test): chunks below the "
+        "threshold on every task of their run are not split further, so a head whose effect a "
+        "chunk's other heads cancel is missed (the benchmark's group_testing_vs_exhaustive "
+        "counts them on one task: 7 of 28 on the default); tasks that share documents share "
+        "the run.",
         "",
         "| task / test | forward passes | heads >= threshold | their labels | strongest |",
         "|---|---|---|---|---|",

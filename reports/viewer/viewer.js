@@ -1239,7 +1239,7 @@
       const keyTok = meta.positional ? " " + quote(meta.promptTokens[n.attends] || "") : "";
       // the share of its activation that key brings: a head spreading what it writes over
       // many keys reads its largest term all the same (a reviewer's flat pattern: 12%)
-      const share = n.key_share != null ? `, ${Math.round(100 * n.key_share)}% of it` : "";
+      const share = n.key_share != null ? `; it brings ${Math.floor(100 * n.key_share + 1e-4)}% of its activation` : "";
       parts.push(el("p", { class: "attends" }, `Reads key ${n.attends}${keyTok}: its activation comes from there most (attention ${fmt(n.attention, 3)}${share})`));
     }
     if (n.promotes && n.promotes.length) {

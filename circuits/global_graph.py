@@ -124,7 +124,7 @@ def resolve_start(spec: StartSpec, units, tokenizer) -> int:
     try:
         if spec.kind in ("lorsa", "transcoder"):
             return units.unit(Kind.parse(spec.kind), spec.layer, spec.index)
-        token = single_token(tokenizer, spec.text)
+        token = single_token(tokenizer, spec.text, "token")
         return units.unit(Kind.LOGIT if spec.kind == "logit" else Kind.EMBEDDING, 0, token)
     except ValueError as exc:
         raise UserError(f"--start {spec.written!r}: {exc}") from None
@@ -177,7 +177,7 @@ def check_start_token(spec: StartSpec, model: str) -> None:
     except (OSError, ValueError):
         return
     try:
-        single_token(tokenizer, spec.text)
+        single_token(tokenizer, spec.text, "token")
     except ValueError as exc:
         raise UserError(f"--start {spec.written!r}: {exc}") from None
 

@@ -1451,7 +1451,7 @@ def test_a_start_text_that_is_no_token_is_said_first(fresh_cli, tmp_path, args):
     before torch), whatever the direction."""
     code, heavy, err = fresh_cli("circuits.global_graph", [*args, "--out", str(tmp_path / "x")])
     assert code == 2 and heavy == [] and err.count("\n") == 0, err
-    assert f"error: --start '{args[1]}': target '-1' is not one token of this tokenizer" in err
+    assert f"error: --start '{args[1]}': token '-1' is not one token of this tokenizer" in err
     code, _, err = fresh_cli("circuits.global_graph", ["--start", "token: Monday", "--out",
                                                       str(tmp_path / "x")])  # fmt: skip
     assert code == 2 and "a token's embedding has no inputs: grow it with --downstream" in err

@@ -223,16 +223,17 @@ def encode_prompt(
     return ids
 
 
-def single_token(tokenizer: Tokenizer, text: str) -> int:
-    """The id of ``text`` if it is exactly one token (e.g. " Julia"), else a ValueError."""
+def single_token(tokenizer: Tokenizer, text: str, what: str = "target") -> int:
+    """The id of ``text`` if it is exactly one token (e.g. " Julia"), else a ValueError naming
+    it as ``what`` (a trace's target, a global graph's start token)."""
     if text == BOS:
         return bos_id(tokenizer)
-    ids = encode_prompt(tokenizer, text, n_ctx=10**9, what=f"target {text!r}")[1:] if text else []
+    ids = encode_prompt(tokenizer, text, n_ctx=10**9, what=f"{what} {text!r}")[1:] if text else []
     if len(ids) != 1:
         # as every label reads them (`' Z'`, `'<0xE6>'`), not the vocabulary's byte symbols
         # (`ĠZ`, `æ`), which no one can type back
         pieces = [token_text(tokenizer, t) for t in tokenizer.encode(text).ids[1:]] if text else []
         raise ValueError(
-            f"target {text!r} is not one token of this tokenizer (it is {len(ids)}: {pieces})"
+            f"{what} {text!r} is not one token of this tokenizer (it is {len(ids)}: {pieces})"
         )
     return ids[0]

@@ -228,6 +228,8 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     graph.model["name"] = args.model
     seconds = time.perf_counter() - t0
     reliability = split_half(grow, stats)
+    # what the graph keeps of the start's own total, in its settings (the page's summary)
+    graph.settings["start_edges"] = start_coverage(graph, stats, start, upstream)
     views = _unit_dashboards(args.model, replacement, tokenizer, graph)
     written = write_graph_outputs(graph, args.out, formats, dashboards=views, feature_files=False,
                                   by=GLOBAL_GRAPH)  # fmt: skip
@@ -238,7 +240,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
         f"over {stats.meta['rows_done']} rows of {stats.meta['n_ctx']} tokens); edges: "
         f"{graph.settings['edge_weights']}"
     )  # (upstream and downstream weights are not the same measure: said with them)
-    for line in _start_lines(graph, stats, start, labels, upstream):
+    for line in _start_lines(graph, labels, upstream):
         print(line)
     strongest = graph.edges.tocoo()
     if len(strongest.data):
@@ -260,23 +262,35 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     return unrendered_status(args.format, written.unrendered)
 
 
-def _start_lines(graph, stats, start: int, labels: list[str], upstream: bool) -> list[str]:
+def start_coverage(graph, stats, start: int, upstream: bool) -> dict:
+    """How much of the start's own total the graph keeps: its edges into the start (upstream)
+    or out of it (downstream), their |sum| (``kept``) and the sum of |mean input| into it
+    (``Statistics.input_total``) or of |expected attribution| from it (``output_total``) over
+    every partner, kept or not (``total``), and ``share`` (None for a total of 0). A reviewer
+    read the strongest edges of a graph grown from a layer-2 head, none of them the head's, and
+    a graph showing a sixth of its input with nothing saying so."""
+    i = int(graph.target_weight.argmax())
+    edges = graph.edges.tocsr() if upstream else graph.edges.T.tocsr()  # [target, source]
+    weights = edges.data[int(edges.indptr[i]) : int(edges.indptr[i + 1])]
+    total = stats.input_total(start) if upstream else stats.output_total(start)
+    kept = float(abs(weights).sum())
+    return {"edges": len(weights), "kept": kept, "total": total,
+            "share": kept / total if total > 0 else None}  # fmt: skip
+
+
+def _start_lines(graph, labels: list[str], upstream: bool) -> list[str]:
     """The start's own edges in the graph (its inputs upstream, its outputs downstream),
-    largest first, headed by how much of its total the graph keeps: the |weights| of those
-    edges over the sum of |mean input| into it (``Statistics.input_total``) or of |expected
-    attribution| from it (``output_total``) over every partner (a reviewer read the strongest
-    edges of a graph grown from a layer-2 head, none of them the head's, and a graph showing a
-    sixth of its input with nothing saying so)."""
+    largest first, headed by how much of its total they hold (``start_coverage``, in the
+    graph's settings)."""
+    c = graph.settings["start_edges"]
     i = int(graph.target_weight.argmax())
     edges = graph.edges.tocsr() if upstream else graph.edges.T.tocsr()  # [target, source]
     lo, hi = int(edges.indptr[i]), int(edges.indptr[i + 1])
     others, weights = edges.indices[lo:hi], edges.data[lo:hi]
-    total = stats.input_total(start) if upstream else stats.output_total(start)
-    kept = float(abs(weights).sum())
     what = "inputs (mean input)" if upstream else "outputs (expected attribution)"
-    share = f" ({kept / total:.0%})" if total > 0 else ""
-    out = [f"its own {what} in the graph: {len(weights)}, |sum| {kept:.3g} of its total "
-           f"{total:.3g} over every partner{share}"]  # fmt: skip
+    share = "" if c["share"] is None else f" ({c['share']:.0%})"
+    out = [f"its own {what} in the graph: {c['edges']}, |sum| {c['kept']:.3g} of its total "
+           f"{c['total']:.3g} over every partner{share}"]  # fmt: skip
     arrow = "<-" if upstream else "->"
     out += [f"  {weights[j]:+.3f}  {arrow} {labels[int(others[j])]}"
             for j in abs(weights).argsort()[::-1][:N_STRONGEST]]  # fmt: skip

@@ -1559,7 +1559,7 @@ def test_the_printout_leads_with_the_starts_own_edges_and_how_much_of_its_total_
     the head's, and nothing said the graph held a sixth of its input. The start's own edges
     come first, with their |sum| against ``Statistics.input_total`` (upstream) or
     ``output_total`` (downstream): every partner's, kept or not."""
-    from circuits.global_graph import N_STRONGEST, _start_lines
+    from circuits.global_graph import N_STRONGEST, _start_lines, start_coverage
     from reports.labels import node_labels
 
     first = units.unit("lorsa", 1, 0)
@@ -1570,7 +1570,8 @@ def test_the_printout_leads_with_the_starts_own_edges_and_how_much_of_its_total_
         dense = graph.edges.toarray()
         own = dense[i] if upstream else dense[:, i]
         total = stats.input_total(start) if upstream else stats.output_total(start)
-        lines = _start_lines(graph, stats, start, node_labels(graph), upstream)
+        graph.settings["start_edges"] = start_coverage(graph, stats, start, upstream)
+        lines = _start_lines(graph, node_labels(graph), upstream)
         kept = float(abs(own).sum())
         assert f": {int((own != 0).sum())}, |sum| {kept:.3g} of its total {total:.3g}" in lines[0]
         assert f"({kept / total:.0%})" in lines[0] and 0 < kept <= total * (1 + 1e-6)

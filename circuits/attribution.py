@@ -33,6 +33,7 @@ from toy_models.tokenizer import BOS, bos_id, token_text, tokenizer_sha256
 
 from .graph import (
     N_PROMOTED,
+    NODE_TARGETS,
     Graph,
     LogitRecord,
     checked_count,
@@ -571,9 +572,11 @@ def attribute(
     logits = resolve_targets(replacement, run, targets, max_logits, logit_probability)  # 2)
     edges, bias, value = build_edges(replacement, run, logits)  # 3) closed-form edges
     graph = assemble_graph(replacement, run, logits, edges, bias, value, tokenizer, prompt)  # 4)
-    for t in targets or []:
-        if isinstance(t, NodeTarget):
-            graph.target_weight[find_node(graph, t)] = 1.0
+    given = [find_node(graph, t) for t in targets or [] if isinstance(t, NodeTarget)]
+    for i in given:
+        graph.target_weight[i] = 1.0
+    if given:  # their order, which node order is not (a reviewer's two printed reversed)
+        graph.settings[NODE_TARGETS] = [graph.ids[i] for i in given]
     if targets is not None:
         graph.target_weight /= graph.target_weight.sum()
     graph.settings["closure_error"] = _closure(edges.row_sum, edges.row_abs, bias, value)

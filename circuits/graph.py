@@ -60,6 +60,9 @@ QK_BIAS = "bias"  # the query/key bias side where a record names units (None whe
 # The graph-level attributes ``Graph.to_networkx`` sets itself, beside ``settings``' keys (a
 # setting of one of these names is refused there and in a graph file, never let to shadow it).
 RESERVED_SETTINGS = ("prompt", "tokens", "mode", "positional")
+# the setting naming a graph's head and feature targets (``NodeTarget``) in the order they were
+# given (``circuits.attribution.attribute``): ``circuits.interventions.target_nodes`` follows it
+NODE_TARGETS = "node_targets"
 
 
 @dataclass
@@ -510,6 +513,9 @@ class Graph:
             settings = {**settings, "unpruned": settings.get("unpruned", whole)}
         targets = [r for n, r in zip(logit_nodes, self.logit_targets, strict=True)
                    if n in kept_logits]  # fmt: skip
+        if isinstance(settings.get(NODE_TARGETS), list):  # the order given, of those kept
+            kept = {self.ids[i] for i in idx.tolist()}
+            settings = {**settings, NODE_TARGETS: [x for x in settings[NODE_TARGETS] if x in kept]}
         model = self.model
         if "untrained_targets" in model:  # of the targets kept
             named = {x for r in targets for x in r.tokens}

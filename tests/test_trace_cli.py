@@ -1090,3 +1090,37 @@ def test_links_that_lead_nowhere_or_loop_are_refused_before_any_work(tmp_path, c
     assert exit_info.value.code == 2
     assert err == f"error: --json {loop}: a symbolic link in a loop; name a real path\n"
     assert not (tmp_path / "t").exists()
+
+
+def test_head_and_feature_targets_are_explained_in_the_order_given(tmp_path, capsys):
+    """Two ``--target-node``s printed in node order, not the order given (a note left for
+    several sessions): the graph records the order (``NODE_TARGETS``), which the targets line,
+    the mechanism summary and its file follow; a graph file naming other ids there is
+    refused."""
+    from circuits.graph import NODE_TARGETS
+    from circuits.graph_file import GraphFileError
+    from circuits.interventions import target_nodes
+
+    first = tmp_path / "a"
+    assert trace(capsys, "--prompt", PROMPT, "--out", str(first), "--format", "",
+                 "--no-mechanisms")[0] == 0  # fmt: skip
+    graph = Graph.load(first / "graph.safetensors")
+    heads = graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+    low, high = heads[0], heads[-1]  # node order: low first
+    specs = [f"lorsa:{int(graph.layer[i])}:{int(graph.pos[i])}:{int(graph.index[i])}"
+             for i in (high, low)]  # fmt: skip
+    out = tmp_path / "b"
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
+                              "--no-checks", "--target-node", specs[0], "--target-node",
+                              specs[1])  # fmt: skip
+    assert code == 0, err
+    traced = Graph.load(out / "graph.safetensors")
+    given = [graph.ids[high], graph.ids[low]]
+    assert traced.settings[NODE_TARGETS] == given
+    assert [traced.ids[i] for i in target_nodes(traced)] == given
+    assert [t.node for t in load_summary(out / "mechanisms.json").targets] == given
+    (line,) = [x for x in stdout.splitlines() if x.startswith("targets: ")]
+    assert line.index(node_label(graph, high)) < line.index(node_label(graph, low))
+    traced.settings[NODE_TARGETS] = given[:1]
+    with pytest.raises(GraphFileError, match=f"settings.{NODE_TARGETS}: not the ids"):
+        traced.save(tmp_path / "forged.safetensors")

@@ -47,6 +47,7 @@ from .trace import (
 
 START_FORMS = "lorsa:L:HEAD, transcoder:L:FEATURE, logit:TOKEN or token:TOKEN"
 N_STRONGEST = 8  # edges printed after a graph is grown
+START_EDGES = "start_edges"  # = circuits.graph.START_EDGES (not imported: start-up)
 DEFAULT_STATS_DIR = Path("runs/global-stats")  # = circuits.statistics (not imported: start-up)
 MAX_ROWS = 1 << 20  # = circuits.statistics_file.MAX_ROWS (rows are held in memory)
 
@@ -229,7 +230,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     seconds = time.perf_counter() - t0
     reliability = split_half(grow, stats)
     # what the graph keeps of the start's own total, in its settings (the page's summary)
-    graph.settings["start_edges"] = start_coverage(graph, stats, start, upstream)
+    graph.settings[START_EDGES] = start_coverage(graph, stats, start, upstream)
     views = _unit_dashboards(args.model, replacement, tokenizer, graph)
     written = write_graph_outputs(graph, args.out, formats, dashboards=views, feature_files=False,
                                   by=GLOBAL_GRAPH)  # fmt: skip
@@ -263,38 +264,51 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
 
 
 def start_coverage(graph, stats, start: int, upstream: bool) -> dict:
-    """How much of the start's own total the graph keeps: its edges into the start (upstream)
-    or out of it (downstream), their |sum| (``kept``) and the sum of |mean input| into it
-    (``Statistics.input_total``) or of |expected attribution| from it (``output_total``) over
-    every partner, kept or not (``total``), and ``share`` (None for a total of 0). A reviewer
-    read the strongest edges of a graph grown from a layer-2 head, none of them the head's, and
-    a graph showing a sixth of its input with nothing saying so."""
+    """How much of the start's own total the graph keeps: its value edges into the start
+    (upstream) or out of it (downstream), their sum of |weight| (``kept``), the same over
+    every partner the statistics keep (``reachable``: they keep each unit's strongest
+    partners only) and over every partner, kept or not (``total``: the sum of |mean input|
+    into it, ``Statistics.input_total``, or of |expected attribution| from it,
+    ``output_total``), with ``share`` = kept / total and ``reachable_share`` (None for a total
+    of 0; at most 1). A reviewer read the strongest edges of a graph grown from a layer-2
+    head, none of them the head's, and a graph showing a sixth of its input with nothing
+    saying so. Units joined only as QK partners bring no value edge and are not counted."""
     i = int(graph.target_weight.argmax())
     edges = graph.edges.tocsr() if upstream else graph.edges.T.tocsr()  # [target, source]
     weights = edges.data[int(edges.indptr[i]) : int(edges.indptr[i + 1])]
     total = stats.input_total(start) if upstream else stats.output_total(start)
     kept = float(abs(weights).sum())
-    return {"edges": len(weights), "kept": kept, "total": total,
-            "share": kept / total if total > 0 else None}  # fmt: skip
+    reachable = float((stats.mean_input(start) if upstream else stats.expected_from(start))[1]
+                      .abs().sum())  # fmt: skip
+
+    def share(x: float) -> float | None:
+        return None if total <= 0 else round(min(x / total, 1.0), 4)
+
+    return {"edges": len(weights), "kept": round(kept, 6), "reachable": round(reachable, 6),
+            "total": round(total, 6), "share": share(kept),
+            "reachable_share": share(reachable)}  # fmt: skip
 
 
 def _start_lines(graph, labels: list[str], upstream: bool) -> list[str]:
-    """The start's own edges in the graph (its inputs upstream, its outputs downstream),
+    """The start's own value edges in the graph (its inputs upstream, its outputs downstream),
     largest first, headed by how much of its total they hold (``start_coverage``, in the
     graph's settings)."""
-    c = graph.settings["start_edges"]
+    c = graph.settings[START_EDGES]
     i = int(graph.target_weight.argmax())
     edges = graph.edges.tocsr() if upstream else graph.edges.T.tocsr()  # [target, source]
     lo, hi = int(edges.indptr[i]), int(edges.indptr[i + 1])
     others, weights = edges.indices[lo:hi], edges.data[lo:hi]
     what = "inputs (mean input)" if upstream else "outputs (expected attribution)"
-    share = "" if c["share"] is None else f" ({c['share']:.0%})"
-    out = [f"its own {what} in the graph: {c['edges']}, |sum| {c['kept']:.3g} of its total "
-           f"{c['total']:.3g} over every partner{share}"]  # fmt: skip
+    if c["share"] is None:
+        head = f"its own {what}: none in the statistics (a total of 0)"
+    else:
+        head = (f"its own {what} drawn as value edges: {c['edges']}, sum of |weight| "
+                f"{c['kept']:.3g} of its {c['total']:.3g} over every partner ({c['share']:.0%}; "
+                f"the statistics keep {c['reachable_share']:.0%} of it, each unit's strongest "
+                "partners)")  # fmt: skip
     arrow = "<-" if upstream else "->"
-    out += [f"  {weights[j]:+.3f}  {arrow} {labels[int(others[j])]}"
-            for j in abs(weights).argsort()[::-1][:N_STRONGEST]]  # fmt: skip
-    return out
+    return [head] + [f"  {weights[j]:+.3f}  {arrow} {labels[int(others[j])]}"
+                     for j in abs(weights).argsort()[::-1][:N_STRONGEST]]  # fmt: skip
 
 
 def _unit_dashboards(model: str, replacement, tokenizer, graph) -> dict | None:
@@ -339,8 +353,8 @@ def _side_words(graph, a, node: str) -> str:
 
 
 def _qk_lines(graph, labels: list[str]) -> list[str]:
-    """Per QK group of the graph: its score lift and the pair raising it most (the q/k edge
-    drawn: ``with_qk_side``), per firing, with the share
+    """Per QK group of the graph: its score lift and the listed pair raising it most (the one
+    drawn, ``with_qk_side``, where it raises it at all), per firing, with the share
     of the lift the pair holds and what the listed pairs leave out (``rest``): a relation such
     as induction's (this token after that one) is spread over many token-specific pairs, none
     of which holds much of it."""

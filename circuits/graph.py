@@ -63,6 +63,9 @@ RESERVED_SETTINGS = ("prompt", "tokens", "mode", "positional")
 # the setting naming a graph's head and feature targets (``NodeTarget``) in the order they were
 # given (``circuits.attribution.attribute``): ``circuits.interventions.target_nodes`` follows it
 NODE_TARGETS = "node_targets"
+# the setting of a global graph holding what it keeps of its start's own total
+# (``circuits.global_graph.start_coverage``): of its edges as grown, so a subgraph drops it
+START_EDGES = "start_edges"
 
 
 @dataclass
@@ -511,6 +514,7 @@ class Graph:
             # file would be read as a full graph, whose rows must close
             whole = {"nodes": self.n_nodes, "edges": self.n_edges}
             settings = {**settings, "unpruned": settings.get("unpruned", whole)}
+            settings.pop(START_EDGES, None)  # of the edges as grown: no longer these
         targets = [r for n, r in zip(logit_nodes, self.logit_targets, strict=True)
                    if n in kept_logits]  # fmt: skip
         if isinstance(settings.get(NODE_TARGETS), list):  # the order given, of those kept
@@ -575,6 +579,20 @@ class Graph:
         i = self.node_index(node)
         kind, stage, index, pos = (int(x[i]) for x in (self.kind, self.stage, self.index, self.pos))
         return NamedSide(Kind(kind), stage, index, pos)
+
+    def target_order(self) -> list[int]:
+        """The nodes the graph explains: its logit nodes in node order, then the heads and
+        features it was traced from (positive ``target_weight``) in the order they were given
+        (its ``NODE_TARGETS`` setting, checked where a file is read; node order without one).
+        The first is the summary's first target, whose flows rank the groups it checks beyond
+        each target's own (so the order given decides which groups fill the checks)."""
+        logits = self.is_kind(Kind.LOGIT)
+        others = (self.is_target & ~logits).nonzero().squeeze(1).tolist()
+        given = self.settings.get(NODE_TARGETS)
+        index = self.id_to_index
+        if isinstance(given, list) and sorted(index.get(x, -1) for x in given) == others:
+            others = [index[x] for x in given]
+        return logits.nonzero().squeeze(1).tolist() + others
 
     def read_key(self, node: int) -> int | None:
         """The key position a Lorsa head node reads (``attends``: the one its activation comes

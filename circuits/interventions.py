@@ -34,7 +34,7 @@ from replacement.model import ReplacementModel, hook_name
 from toy_models.model import attention_pattern
 
 from .attribution import PromptRun, decoder_bias, run_for_graph
-from .graph import NODE_TARGETS, Graph, checked_flag, checked_graph
+from .graph import Graph, checked_flag, checked_graph
 from .nodes import Kind, block_of, logit_stage, stage_of, sublayer_kind
 from .prune import known_closed, open_rows, remember_closed, row_sums
 
@@ -226,17 +226,8 @@ def _check_rows_close(graph: Graph) -> None:
 
 
 def target_nodes(graph: Graph) -> list[int]:
-    """The nodes a graph explains: its logit nodes in node order, then the heads and features
-    it was traced from (``NodeTarget``: positive ``target_weight``) in the order they were
-    given (its ``NODE_TARGETS`` setting, checked where a file is read; node order without
-    one)."""
-    logits = graph.is_kind(Kind.LOGIT)
-    others = (graph.is_target & ~logits).nonzero().squeeze(1).tolist()
-    given = graph.settings.get(NODE_TARGETS)
-    index = graph.id_to_index
-    if isinstance(given, list) and sorted(index.get(x, -1) for x in given) == others:
-        others = [index[x] for x in given]
-    return logits.nonzero().squeeze(1).tolist() + others
+    """The nodes a graph explains, in order (``Graph.target_order``)."""
+    return graph.target_order()
 
 
 def _pre_activation_site(graph: Graph, i: int) -> str:

@@ -152,7 +152,9 @@ def to_json(
             "mode": graph.mode,
             "positional": graph.positional,
             "settings": graph.settings,
-            "targets": [ids[i] for i, target in enumerate(targets) if target],
+            # in the order the summary and the printout give (logits, then head and feature
+            # targets as given: a review found node order here against the given one there)
+            "targets": [ids[i] for i in graph.target_order()],
         },
     }
     q_params = {

@@ -1570,10 +1570,24 @@ def test_the_printout_leads_with_the_starts_own_edges_and_how_much_of_its_total_
         dense = graph.edges.toarray()
         own = dense[i] if upstream else dense[:, i]
         total = stats.input_total(start) if upstream else stats.output_total(start)
-        graph.settings["start_edges"] = start_coverage(graph, stats, start, upstream)
+        graph.settings["start_edges"] = c = start_coverage(graph, stats, start, upstream)
         lines = _start_lines(graph, node_labels(graph), upstream)
         kept = float(abs(own).sum())
-        assert f": {int((own != 0).sum())}, |sum| {kept:.3g} of its total {total:.3g}" in lines[0]
-        assert f"({kept / total:.0%})" in lines[0] and 0 < kept <= total * (1 + 1e-6)
+        partners = (stats.mean_input(start) if upstream else stats.expected_from(start))[1]
+        reachable = float(partners.abs().sum())
+        assert c == {
+            "edges": int((own != 0).sum()),
+            "kept": pytest.approx(kept, rel=1e-5),
+            "reachable": pytest.approx(reachable, rel=1e-5),
+            "total": pytest.approx(total, rel=1e-5),
+            "share": pytest.approx(min(kept / total, 1), abs=1e-4),
+            "reachable_share": pytest.approx(min(reachable / total, 1), abs=1e-4),
+        }
+        assert 0 < kept <= reachable * (1 + 1e-5) and reachable <= total * (1 + 1e-5)
+        assert (f": {c['edges']}, sum of |weight| {c['kept']:.3g} of its {c['total']:.3g} over "
+                f"every partner ({c['share']:.0%}; the statistics keep "
+                f"{c['reachable_share']:.0%} of it") in lines[0]  # fmt: skip
+        # a subgraph's edges are no longer those grown: it drops the figures
+        assert "start_edges" not in graph.subgraph(list(range(graph.n_nodes - 1))).settings
         assert len(lines) == 1 + min(int((own != 0).sum()), N_STRONGEST)
         assert lines[1].startswith(f"  {own[abs(own).argmax()]:+.3f}  {'<-' if upstream else '->'}")

@@ -1119,6 +1119,8 @@ def test_head_and_feature_targets_are_explained_in_the_order_given(tmp_path, cap
     assert traced.settings[NODE_TARGETS] == given
     assert [traced.ids[i] for i in target_nodes(traced)] == given
     assert [t.node for t in load_summary(out / "mechanisms.json").targets] == given
+    info = json.loads((out / "graph.json").read_text(encoding="utf-8"))["metadata"]["info"]
+    assert info["targets"] == given  # graph.json too (a review found node order there)
     (line,) = [x for x in stdout.splitlines() if x.startswith("targets: ")]
     assert line.index(node_label(graph, high)) < line.index(node_label(graph, low))
     traced.settings[NODE_TARGETS] = given[:1]

@@ -273,9 +273,7 @@ def start_coverage(graph, stats, start: int, upstream: bool) -> dict:
     of 0; at most 1). A reviewer read the strongest edges of a graph grown from a layer-2
     head, none of them the head's, and a graph showing a sixth of its input with nothing
     saying so. Units joined only as QK partners bring no value edge and are not counted."""
-    i = int(graph.target_weight.argmax())
-    edges = graph.edges.tocsr() if upstream else graph.edges.T.tocsr()  # [target, source]
-    weights = edges.data[int(edges.indptr[i]) : int(edges.indptr[i + 1])]
+    weights = _own_edges(graph, upstream)[1]
     total = stats.input_total(start) if upstream else stats.output_total(start)
     kept = float(abs(weights).sum())
     reachable = float((stats.mean_input(start) if upstream else stats.expected_from(start))[1]
@@ -289,15 +287,21 @@ def start_coverage(graph, stats, start: int, upstream: bool) -> dict:
             "reachable_share": share(reachable)}  # fmt: skip
 
 
+def _own_edges(graph, upstream: bool):
+    """The start's (the graph's target's) value edges: its sources upstream, its targets
+    downstream, as (node indices, weights)."""
+    i = int(graph.target_weight.argmax())
+    edges = graph.edges.tocsr() if upstream else graph.edges.T.tocsr()  # [target, source]
+    lo, hi = int(edges.indptr[i]), int(edges.indptr[i + 1])
+    return edges.indices[lo:hi], edges.data[lo:hi]
+
+
 def _start_lines(graph, labels: list[str], upstream: bool) -> list[str]:
     """The start's own value edges in the graph (its inputs upstream, its outputs downstream),
     largest first, headed by how much of its total they hold (``start_coverage``, in the
     graph's settings)."""
     c = graph.settings[START_EDGES]
-    i = int(graph.target_weight.argmax())
-    edges = graph.edges.tocsr() if upstream else graph.edges.T.tocsr()  # [target, source]
-    lo, hi = int(edges.indptr[i]), int(edges.indptr[i + 1])
-    others, weights = edges.indices[lo:hi], edges.data[lo:hi]
+    others, weights = _own_edges(graph, upstream)
     what = "inputs (mean input)" if upstream else "outputs (expected attribution)"
     if c["share"] is None:
         head = f"its own {what}: none in the statistics (a total of 0)"

@@ -587,12 +587,21 @@ class Graph:
         The first is the summary's first target, whose flows rank the groups it checks beyond
         each target's own (so the order given decides which groups fill the checks)."""
         logits = self.is_kind(Kind.LOGIT)
-        others = (self.is_target & ~logits).nonzero().squeeze(1).tolist()
-        given = self.settings.get(NODE_TARGETS)
-        index = self.id_to_index
-        if isinstance(given, list) and sorted(index.get(x, -1) for x in given) == others:
-            others = [index[x] for x in given]
+        others = self.given_targets()
+        if others is None:
+            others = (self.is_target & ~logits).nonzero().squeeze(1).tolist()
         return logits.nonzero().squeeze(1).tolist() + others
+
+    def given_targets(self) -> list[int] | None:
+        """The head and feature targets in the order its ``NODE_TARGETS`` setting gives them,
+        or None where that setting is absent or not the ids of exactly those targets, each
+        once (a graph file with one is refused: ``circuits.graph_file``)."""
+        given, index = self.settings.get(NODE_TARGETS), self.id_to_index
+        others = (self.is_target & (self.kind != Kind.LOGIT)).nonzero().squeeze(1).tolist()
+        if not (isinstance(given, list) and all(isinstance(x, str) for x in given)):
+            return None
+        order = [index.get(x, -1) for x in given]
+        return order if sorted(order) == others else None
 
     def read_key(self, node: int) -> int | None:
         """The key position a Lorsa head node reads (``attends``: the one its activation comes

@@ -338,13 +338,10 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     )
     _require(len(set(graph.ids)) == n, "kind", "two nodes have one id (kind, stage, position "
              "and index repeated)")  # fmt: skip
-    if NODE_TARGETS in settings:  # the order the head and feature targets were given in
-        given, index = settings[NODE_TARGETS], graph.id_to_index
-        others = (graph.is_target & (graph.kind != Kind.LOGIT)).nonzero().squeeze(1).tolist()
-        _require(isinstance(given, list) and all(isinstance(x, str) for x in given)
-                 and sorted(index.get(x, -1) for x in given) == others,
-                 f"settings.{NODE_TARGETS}", "not the ids of the graph's head and feature "
-                 "targets, each once")  # fmt: skip
+    # the order the head and feature targets were given in (``Graph.given_targets``)
+    _require(NODE_TARGETS not in settings or graph.given_targets() is not None,
+             f"settings.{NODE_TARGETS}", "not the ids of the graph's head and feature targets, "
+             "each once")  # fmt: skip
     # each QK record is of a head the graph holds at its query (``qk_attribution`` makes them
     # so, ``Graph.subgraph`` keeps them so), which ties ``group_size`` to the records
     heads = graph.qk_keys(torch.arange(n))

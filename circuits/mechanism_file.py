@@ -761,6 +761,8 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             _expect(all(by_key[g].pos == t.reads for g in named + t.head_groups if g in by_key),
                     f"{where}: names a group not at the key it reads")  # fmt: skip
         _check_reasons(t.qk, where, summary.tokens)
+    logits = {t.node for t in summary.targets if t.kind == "logit"}
+    summary_target = {t.node: t for t in summary.targets}
     for i, g in enumerate(summary.groups):
         where = f"groups[{i}]"
         _expect(bool(g.members) and set(g.in_pruned) <= set(g.members), f"{where}: members")
@@ -777,8 +779,6 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                 "key")  # fmt: skip
         _expect(set(g.flow) <= targets, f"{where}.flow: a flow into a node that is no target")
         _expect({c.target for c in g.checks} <= targets, f"{where}.checks: an unknown target")
-        logits = {t.node for t in summary.targets if t.kind == "logit"}
-        summary_target = {t.node: t for t in summary.targets}
         for j, c in enumerate(g.checks):
             after = (c.probability_frozen, c.probability_free)
             _expect(all(p is None or 0 <= p <= 1 for p in after),

@@ -225,12 +225,9 @@ def interrupts_deferred() -> Iterator[None]:
     previous = {s: signal.signal(s, hold) for s in held}
     try:
         yield
-    except BaseException:
+    finally:  # (a failing body raises on from here: what follows is for one that ended well)
         for s, handler in previous.items():
             signal.signal(s, handler)
-        raise
-    for s, handler in previous.items():
-        signal.signal(s, handler)
     if caught:  # as it would have come, now the set is whole
         signal.raise_signal(signal.SIGTERM if signal.SIGTERM in caught else caught[0])
 

@@ -33,6 +33,11 @@ FONT_SIZE = 10
 # always; embeddings where a drawn edge leaves them) and a few edges per node, strongest first.
 MAX_NODES = 60
 EDGES_PER_NODE = 2
+# A QK edge read from a record's unit pairs (no sources through the graph: a block-0 head, a
+# global graph's QK group) is drawn when it carries at least this share of the head's score:
+# a global graph's top token pair holds 0.2-2% of a head's lift, and drawing it brought in
+# tokens of influence 0 as if they made the attention (a review; qk_edges).
+QK_MIN_SHARE = 0.05
 INNER_KINDS = ("lorsa", "transcoder", "error", "bias")  # what the node budget ranks
 
 # Layout, in inches: the stage-name column and the caption, gaps between nodes of one cell,
@@ -158,7 +163,7 @@ def qk_edges(
     """For every Lorsa node with a QK attribution at the key it reads (``Graph.qk_for``'s
     first), one QK edge per side: from the record's largest source group (``sources``, which
     the trace computes) with a member present, else from its top query-side and key-side
-    nodes by pair term.
+    nodes by pair term, where that node's value is at least ``QK_MIN_SHARE`` of the score.
 
     With ``nodes`` only those nodes count as present: heads outside it get no QK edges, and
     a side whose top node is outside it falls back to its strongest node inside it. A source
@@ -183,7 +188,8 @@ def qk_edges(
                     tops = _top_qk_sources(a, side, source_index)
                 else:
                     top = _top_qk_node(a, side, id_to_index)
-                    tops = [(top[0], top[1], 1, top[2])] if top else []
+                    big = top is not None and abs(top[1]) >= QK_MIN_SHARE * abs(a.score)
+                    tops = [(top[0], top[1], 1, top[2])] if big else []
                 for top in tops:
                     if top[0] == target:
                         continue
@@ -215,7 +221,10 @@ def select(
     and the QK source each drawn head's record names on each side (``qk_edges``).
     Logits: always all. Embeddings: only those a drawn edge (solid or QK) leaves. Edges: the
     strongest nonzero ones among those nodes, at most ``max_edges``; ``"auto"`` allows
-    ``EDGES_PER_NODE`` per node that can be drawn, None every one. QK edges are not counted.
+    ``EDGES_PER_NODE`` per node that can be drawn, and in a global graph reaches further down
+    for the strongest edge of every token at least as influential as the median drawn head,
+    feature or error (``_influential_tokens``: a review found ' Tuesday', influence 0.15, left
+    out of ' Thursday''s graph), None every one. QK edges are not counted.
     """
     checked_graph(graph)
     if max_nodes is not None:
@@ -248,12 +257,36 @@ def select(
     if max_edges == "auto":
         sources = {e.source for e in among if kinds[e.source] == "embedding"}
         max_edges = EDGES_PER_NODE * (len(inner) + len(behind) + len(logits) + len(sources))
+        floor = min((abs(e.weight) for e in _influential_tokens(graph, among, inner, scores)),
+                    default=math.inf)  # fmt: skip
+        max_edges = max(max_edges, sum(abs(e.weight) >= floor for e in among))
     edges = among if max_edges is None else among[:max_edges]
     trimmed = trimmed or len(edges) < len(every)
     connected = {e.source for e in edges} | {e.source for e in qk}
     nodes = sorted({*inner, *behind, *logits, *(i for i in embeddings if i in connected)})
     return Selection(nodes, edges, qk, graph.n_nodes, len(every), ranked_by, trimmed,
                      tuple(sorted(behind)))  # fmt: skip
+
+
+def _influential_tokens(
+    graph: Graph, among: list[Edge], inner: list[int], scores: list[float]
+) -> list[Edge]:
+    """The strongest edge of ``among`` (strongest first) leaving each embedding whose
+    influence is at least the median of the ``inner`` nodes drawn, in a global graph (none
+    without influence). A global graph's edge is a mean over its target's occurrences, so the
+    edges of different targets are in different units, while influence is normalised per
+    target; a prompt's edges are one pass's attributions, where a drawing of 60 heads could
+    fall from 174 to 694 edges for one token's weak edge (a trial on a 29-token prompt)."""
+    if graph.positional or graph.influence is None or not inner:
+        return []
+    bar = float(np.median([scores[i] for i in inner]))
+    kinds = graph.kinds
+    first: dict[int, Edge] = {}
+    for e in among:
+        if kinds[e.source] == "embedding" and e.source not in first and scores[e.source] > 0:
+            if scores[e.source] >= bar:
+                first[e.source] = e
+    return list(first.values())
 
 
 # ------------------------------------------------------------------------------------ layout

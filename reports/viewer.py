@@ -61,7 +61,15 @@ from circuits.nodes import Kind, block_of, logit_stage, unit_id
 from toy_models.records import is_finite_number
 
 from .labels import fields_label, node_labels, short_label_lines, stage_name
-from .layout import EDGES_PER_NODE, INNER_KINDS, MAX_NODES, Selection, placeholder, select
+from .layout import (
+    EDGES_PER_NODE,
+    INNER_KINDS,
+    MAX_NODES,
+    QK_MIN_SHARE,
+    Selection,
+    placeholder,
+    select,
+)
 
 ASSETS = Path(__file__).with_name("viewer")
 SIGNIFICANT = 6  # digits kept of each float (float32 values need no more)
@@ -389,6 +397,7 @@ def default_view(graph: Graph, selection: Selection) -> dict:
         "edgeMin": _num(edge_min),
         "maxNodes": MAX_NODES,
         "edgesPerNode": EDGES_PER_NODE,
+        "qkMinShare": QK_MIN_SHARE,
         "rankedBy": selection.ranked_by,
         "selected": [graph.ids[i] for i in selection.nodes],
     }

@@ -804,7 +804,8 @@ def test_a_wide_global_graph_starts_at_its_middle_a_prompts_at_its_right(tmp_pat
     big = make_big_graph()
     graphs = {"global": dataclasses.replace(big, positional=False, pos=torch.zeros_like(big.pos)),
               "prompt": big}  # fmt: skip
-    with Browser(width=480, height=800) as narrow:  # the panel then goes under the drawing
+    # the panel goes under the drawing (500 px tall: at 800 cells wrap to fit the global graph)
+    with Browser(width=480, height=500) as narrow:
         for name, graph in graphs.items():
             path = tmp_path / f"{name}.html"
             write_html(graph, path, None)
@@ -1404,7 +1405,8 @@ def test_notes_about_the_url_say_how_many_were_left_out(browser, small_page):
     assert "ignored from the URL: no node a1; no node a2; no node a3; ... and 3 more" in status
     assert "a4" not in status  # each left-out note is counted, not shown
     open_page(browser, path, "#pinnedIds=a1,a2,a3")
-    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    # (the line's text, before its button listing the nodes left out)
+    status = browser.evaluate("document.querySelector('#viewer .status-text').textContent")
     assert status.endswith("ignored from the URL: no node a1; no node a2; no node a3"), status
     # a budget beyond the page is drawn at the most and said to be (it was clamped silently)
     most = browser.evaluate("Number(document.querySelector('#viewer input[type=number]').max)")
@@ -1447,3 +1449,112 @@ def test_the_budget_counts_a_supernode_as_one_box(browser, small_page):
     # a budget past the end is the end: every supernode and node outside them
     set_control(browser, "#viewer input[type=number]", 1000, "change")
     assert browser.evaluate("viewer.state.budget") == 6
+
+
+def test_a_global_graphs_first_view_draws_its_influential_tokens_not_tiny_qk_partners(
+    monkeypatch,
+):
+    """A review of a global graph (upstream of ' Thursday'): the default edge threshold hid
+    ' Tuesday' (influence 0.15: its edges, means into targets of their own units, were weak)
+    while tokens of influence 0 were drawn for QK edges holding 0.2-2% of their heads' lifts.
+    Now a token at least as influential as the median drawn head or feature keeps its
+    strongest edge in a global graph, and a QK edge read from a record's pairs needs
+    ``QK_MIN_SHARE`` of the head's score."""
+    monkeypatch.setattr(layout, "EDGES_PER_NODE", 0)  # the threshold is the tokens' alone
+    local = make_graph()
+    graph = dataclasses.replace(local, positional=False, pos=torch.zeros_like(local.pos))
+    edges = {(graph.ids[e.source], graph.ids[e.target]) for e in layout.select(graph).edges}
+    # E_9_0 (influence 0.775, above the median 0.475) has one edge, the graph's weakest
+    assert ("E_9_0", "1_3_0") in edges and ("E_4_0", "1_17_0") in edges
+    assert not layout.select(local).edges  # a prompt's graph: edges by |w| alone
+    view = viewer_data(graph)["view"]
+    assert view["edgeMin"] == 0.25 and view["qkMinShare"] == layout.QK_MIN_SHARE
+    # a block-0 head's record (pairs, no sources): its top query node E_6_2 brings 2.2 of a
+    # score of 3, then of 100
+    qk = {(local.ids[e.source], local.ids[e.target]) for e in layout.select(local).qk}
+    assert ("E_6_2", "0_5_2") in qk
+    local.qk = [dataclasses.replace(a, score=100.0) if a.layer == 0 else a for a in local.qk]
+    qk = {(local.ids[e.source], local.ids[e.target]) for e in layout.select(local).qk}
+    assert not any(t == "0_5_2" for _, t in qk)
+
+
+def test_the_page_draws_no_qk_edge_of_a_tiny_share_of_the_score(browser, tmp_path):
+    """The page's QK edges follow the same rule (viewer.js topQK)."""
+    graph = make_graph()
+    path = tmp_path / "graph.html"
+    sides = "[...document.querySelectorAll('#viewer svg g.qk-edge')].map(g => g.dataset.t)"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    assert "0_5_2" in browser.evaluate(sides)
+    graph.qk = [dataclasses.replace(a, score=100.0) if a.layer == 0 else a for a in graph.qk]
+    write_html(graph, path, None)
+    open_page(browser, path)
+    assert "0_5_2" not in browser.evaluate(sides)
+
+
+def test_the_status_line_lists_what_is_left_out_and_why(browser, small_page):
+    """A review: "Drawing N of M nodes" did not say which nodes were left out or why. A
+    button on the status line lists them by reason (past the budget, by rank; tokens whose
+    strongest edge to the drawing is under the threshold, or that have none), each a link
+    to its panel with a button that draws it."""
+    graph, path = small_page
+    open_page(browser, path, "#nodes=5")
+    toggle = "#viewer .status .left-out-toggle"
+    assert browser.evaluate(f"document.querySelector({js(toggle)}).textContent").endswith(
+        "which 3 are left out, and why"
+    )  # 2_2_3 and 3_9_3 past the budget of 5, and the token E_0_0 (its one edge is 0)
+    assert browser.evaluate("document.querySelector('#viewer .left-out').hidden")
+    browser.click(*centre(browser, toggle))
+    text = browser.evaluate("document.querySelector('#viewer .left-out').innerText")
+    assert "past the budget of 5" in text, text
+    assert "#6 by influence 0.325" in text and "#7 by influence 0.25" in text, text
+    assert "no drawn edge leaves" in text and "no edge to a drawn node" in text, text
+    # a left-out head or feature is drawn by its pin button
+    browser.evaluate(
+        "[...document.querySelectorAll('#viewer .left-out li')]"
+        ".find(li => li.textContent.includes('#7')).querySelector('button.draw').click()"
+    )
+    assert "3_9_3" in drawn(browser)
+    assert "which 2 are left out" in browser.evaluate(
+        f"document.querySelector({js(toggle)}).textContent"
+    )
+    # a token whose strongest edge is under the threshold: its button lowers the threshold
+    open_page(browser, path, "#edgeMin=1.6")
+    assert "E_4_1" in drawn(browser) and "E_9_3" not in drawn(browser)
+    browser.click(*centre(browser, toggle))
+    text = browser.evaluate("document.querySelector('#viewer .left-out').innerText")
+    assert "its strongest edge to what is drawn" in text and "edges ≥ 0.25" in text, text
+    browser.evaluate(
+        "[...document.querySelectorAll('#viewer .left-out button.draw')]"
+        ".find(b => b.textContent === 'edges ≥ 0.25').click()"
+    )
+    assert "E_9_3" in drawn(browser) and browser.evaluate("viewer.state.edgeMin") == 0.25
+
+
+@pytest.mark.parametrize("size", [(1400, 900), (1280, 720), (1920, 1080)])
+def test_a_graphs_first_view_shows_it_whole_from_logits_to_tokens(tmp_path, size):
+    """A review: at 1400x900 the first view of a 29-token trace scrolled both ways (its
+    canvas measured the room under the controls before the status line was written, 31 px
+    past the window; a 1682 px drawing at zoom 0.8 in a 924 px canvas). The drawing's stage
+    names take their own width, the panel narrows with the window, big cells wrap to fit the
+    room and the text may shrink to MIN_ZOOM 0.7 (7.7 px): the canvas ends inside the window
+    and the drawing's every row, tokens included, is in it."""
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed")
+    graph = make_big_graph(n_pos=10, units=6)
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    with Browser(width=size[0], height=size[1]) as b:
+        open_page(b, path)
+        got = b.evaluate(
+            "(() => { const c = document.querySelector('#viewer .canvas').getBoundingClientRect();"
+            " const s = document.querySelector('#viewer svg'); const n = [...s.querySelectorAll"
+            "('g.node')].map(g => g.getBoundingClientRect());"
+            " return {bottom: c.bottom, win: innerHeight, top: Math.min(...n.map(r => r.top)),"
+            " low: Math.max(...n.map(r => r.bottom)), ctop: c.top, cw: c.width,"
+            " w: s.width.baseVal.value,"
+            " zoom: s.width.baseVal.value / s.viewBox.baseVal.width}; })()"
+        )
+    assert got["bottom"] <= got["win"], got
+    assert got["ctop"] <= got["top"] and got["low"] <= got["bottom"], got
+    assert got["w"] <= got["cw"] and got["zoom"] >= 0.7 - 1e-6, got

@@ -19,9 +19,10 @@
   };
   // Stage 0's constants are the position vectors (circuits.nodes.constant_name).
   const kindName = (n) => n.kind === "bias" && n.stage === 0 ? "constant (the position vector at this position)" : KIND_NAMES[n.kind] || n.kind;
-  // Layout, in px: stage-name column, gaps between nodes of a cell, between position columns,
-  // between the rows of one stage and between stages; the text's line height.
-  const LABEL_COL = 112, NODE_GAP = 10, COLUMN_GAP = 20, ROW_GAP = 16, STAGE_GAP = 26;
+  // Layout, in px: gaps between nodes of a cell, between position columns, between the rows of
+  // one stage and between stages; the text's line height. (The stage-name columns, on both
+  // sides, are as wide as the longest name drawn: layout.)
+  const NODE_GAP = 10, COLUMN_GAP = 20, ROW_GAP = 16, STAGE_GAP = 26;
   const LINE_H = 13, FONT = "11px Helvetica, Arial, sans-serif", SWEEPS = 4, TOP_EDGES = 10, QK_SHOWN = 8;
 
   const root = document.getElementById("viewer");
@@ -374,19 +375,22 @@
   // over every partner (the record's marginal on that side; a review found both edges showing
   // the one pair's term). Where the record lists no total for the node, the pair's term
   // stands, said to be one (qkEdgeWhat): [node, value, 1, the pair or null, a total].
+  // Such an edge is drawn when it carries data.view.qkMinShare of the head's score at least
+  // (reports.layout.QK_MIN_SHARE: a global graph's top token pair holds 0.2-2% of the lift).
   function topQK(rec, side, present) {
     if (rec.sources && rec.sources.length) return topSources(rec, side, present);
+    const big = (top) => (Math.abs(top[1]) >= (data.view.qkMinShare || 0) * Math.abs(rec.score || 0) ? [top] : []);
     const col = side === "q" ? 0 : 1;
     const marginals = side === "q" ? rec.queryMarginals : rec.keyMarginals;
     for (const p of rec.pairs) {
       const i = p[col] == null ? undefined : byId.get(p[col]);
       if (i === undefined || !present[i]) continue;
       const own = marginals.find((m) => m[0] === p[col]);
-      return [own ? [i, own[1], 1, null, true] : [i, p[2], 1, p]];
+      return big(own ? [i, own[1], 1, null, true] : [i, p[2], 1, p]);
     }
     for (const m of marginals.slice().sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]))) {
       const i = m[0] == null ? undefined : byId.get(m[0]);
-      if (i !== undefined && present[i]) return [[i, m[1], 1, null, true]];
+      if (i !== undefined && present[i]) return big([i, m[1], 1, null, true]);
     }
     return [];
   }
@@ -443,22 +447,28 @@
       for (const m of cells.get(s).values()) for (const k of m) h = Math.max(h, v.items[k].size[1]);
       rowH.set(s, h);
     }
+    // the stage names' columns: the longest name drawn and a margin (a fixed 112 px each
+    // took 224 px of a 1400 px window's drawing)
+    const LABEL_COL = Math.ceil(maxOf(stages, (s) => textWidth(meta.stageNames[s] || "stage " + s), 0)) + 16;
     const nRows = (s, wrap) => Math.max(1, ...[...cells.get(s).values()].map((m) => Math.ceil(m.length / wrap)));
     const across = (p, wrap) => Math.max(1, ...stages.map((s) => Math.min((cells.get(s).get(p) || []).length, wrap)));
+    // the drawing's width and height (as set below) when big cells wrap at `wrap` nodes a row
     const extent = (wrap) => {
-      let w = LABEL_COL, h = 0;
+      let w = LABEL_COL, h = meta.positional && axis.size ? 4 : 0;
       for (const p of used) w += across(p, wrap) * slot.get(p) + COLUMN_GAP;
       for (const s of stages) h += nRows(s, wrap) * (rowH.get(s) + ROW_GAP) - ROW_GAP + STAGE_GAP;
-      return [w, h + 24];
+      return [Math.max(w, LABEL_COL + 100) + LABEL_COL, h + 8];
     };
-    const box = ui.canvas.getBoundingClientRect();
-    const aspect = Math.min(2.5, Math.max(1.0, (box.width || 1200) / (box.height || 700)));
+    // the wrap that lets the drawing fit the room the page gives it at the largest zoom
+    // (fitZoom's; ties go to the wider, fewer rows): matching the canvas's aspect instead
+    // left a 29-token graph 1.9x as wide as tall in a 1.3x canvas, scrolled at 1400x900
+    const [roomW, roomH] = fitBox();
     let biggest = 1;
     for (const s of stages) for (const m of cells.get(s).values()) biggest = Math.max(biggest, m.length);
-    let wrap = biggest, best = Infinity;
-    for (let w = biggest; w >= 1; w--) { // ties go to the wider: fewer rows
-      const [x, y] = extent(w), cost = Math.abs(Math.log(x / y / aspect));
-      if (cost < best - 1e-9) { best = cost; wrap = w; }
+    let wrap = biggest, best = -Infinity;
+    for (let w = biggest; w >= 1; w--) {
+      const [x, y] = extent(w), fit = Math.min(MAX_ZOOM, roomW / x, roomH / y);
+      if (fit > best + 1e-9) { best = fit; wrap = w; }
     }
     const columns = new Map();
     let x = LABEL_COL;
@@ -548,14 +558,18 @@
       el("span", { class: "muted" }, "click (Tab, Enter): details · ctrl/shift-click (space): pick for a supernode · p: pin a node · hover: paths · a head's box: " +
         (meta.positional ? "→the key it reads (13%→ where that key brings under half its activation)" : "its QK group") + "; a feature's: ↑the token it promotes most"));
     ui.results = el("div", { class: "results" });
-    ui.status = el("div", { class: "status" });
+    // the status line: its counts, then a button that lists what the drawing leaves out
+    ui.statusText = el("span", { class: "status-text" });
+    ui.leftOutButton = el("button", { type: "button", class: "left-out-toggle", "aria-expanded": "false" });
+    ui.status = el("div", { class: "status" }, ui.statusText, " ", ui.leftOutButton);
+    ui.leftOut = el("div", { class: "left-out", hidden: "" });
     ui.message = el("div", { class: "message", role: "status", "aria-live": "polite" });
     ui.svg = svgEl("svg", { role: "img" });
     ui.canvas = el("div", { class: "canvas" });
     ui.canvas.append(ui.svg);
     ui.panel = el("aside", { class: "panel" });
     ui.main = el("div", { class: "main" }, ui.canvas, ui.panel);
-    root.replaceChildren(toolbar, ui.results, ui.status, ui.message, ui.main);
+    root.replaceChildren(toolbar, ui.results, ui.status, ui.leftOut, ui.message, ui.main);
 
     // The box always shows the budget in use: a value past the ends is clamped and written
     // back, and an empty box or a non-number is ignored (a reviewer's "1000" stayed in the
@@ -574,6 +588,12 @@
     ui.search.addEventListener("input", () => { state.query = ui.search.value; markSearch(); });
     ui.groupButton.addEventListener("click", makeGroup);
     ui.clearPins.addEventListener("click", () => { state.pinned.clear(); update(); });
+    ui.leftOutButton.addEventListener("click", () => {
+      ui.leftOut.hidden = !ui.leftOut.hidden;
+      ui.leftOutButton.setAttribute("aria-expanded", String(!ui.leftOut.hidden));
+      updateControls();
+      if (!state.zoom) applyZoom(); // the list takes room above the canvas
+    });
     ui.ungroupAll.addEventListener("click", () => {
       state.groups = [];
       if (state.clicked && state.clicked.group !== undefined) state.clicked = null;
@@ -628,7 +648,7 @@
   // within MIN_HEIGHT and what the window shows below the controls when the page is at its
   // top (at 76% of the window, and then at 90% below 165 px of controls, reviewers found the
   // prompt's tokens cut off at first).
-  const MIN_ZOOM = 0.8, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, MARGIN = 8, SCROLLBAR = 24;
+  const MIN_ZOOM = 0.7, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, MARGIN = 8, SCROLLBAR = 24;
   const STACKED_HEIGHT = 0.65; // of the window: the most a stacked drawing takes
   function stacked() { return getComputedStyle(ui.main).flexDirection === "column"; }
   function room() {
@@ -637,13 +657,16 @@
     const top = ui.main.getBoundingClientRect().top + window.scrollY;
     return Math.max(MIN_HEIGHT, Math.round(window.innerHeight - top - MARGIN));
   }
+  // The box a drawing is fitted to: the canvas's width less a vertical scrollbar's, which a
+  // tall drawing brings (a reviewer's fitted drawing was 11 px wider than the canvas, its
+  // stage names cut), and the room's height less a horizontal one's.
+  function fitBox() {
+    return [(ui.canvas.clientWidth || 1000) - 4 - SCROLLBAR, room() - SCROLLBAR];
+  }
   function fitZoom() {
-    const w = ui.canvas.clientWidth || 1000;
     if (!view || !view.layout) return 1;
-    // the width less a vertical scrollbar's, which a tall drawing brings (a reviewer's fitted
-    // drawing was 11 px wider than the canvas, its stage names cut)
-    const fit = Math.min((w - 4 - SCROLLBAR) / view.layout.width, (room() - SCROLLBAR) / view.layout.height);
-    return Math.max(MIN_ZOOM, Math.min(MAX_ZOOM, fit));
+    const [w, h] = fitBox();
+    return Math.max(MIN_ZOOM, Math.min(MAX_ZOOM, w / view.layout.width, h / view.layout.height));
   }
   function applyZoom() {
     if (!view || !view.layout) return;
@@ -773,11 +796,11 @@
       gNodes.append(g);
       view.nodeEls.set(k, g);
     });
-    applyZoom();
     markClasses();
     markSearch();
     updateControls();
     updateTable();
+    applyZoom(); // after the status line and results are written: room() measures below them
     if (!drawnOnce) {
       drawnOnce = true;
       performance.mark("viewer:drawn");
@@ -914,7 +937,8 @@
     if (!meta.positional) parts.push("global graph: units, laid out by stage");
     // where the numbers are read (the static section says it further down)
     if (meta.positional && meta.mode === "sparse") parts.push(SPARSE_NOTE);
-    ui.status.textContent = parts.join(" · ");
+    ui.statusText.textContent = parts.join(" · ");
+    showLeftOut(v);
   }
 
   // "Drawing 40 of 40 nodes: 14 of 14 heads and features, 26 of 26 tokens": every node the
@@ -953,6 +977,57 @@
     return `Drawing ${shownNodes.size} of ${N} nodes${grouped}: ` + parts.join(", ");
   }
 
+  // What the drawing leaves out and why, behind the status line's button: heads, features and
+  // errors past the budget (by rank), and tokens no drawn edge leaves (their strongest edge to
+  // what is drawn, under the edge threshold, or none); each names its node (a click shows its
+  // panel) with a button that draws it: a pin, or for a token the threshold that draws its
+  // strongest edge. The status line's counts alone did not say which (a review).
+  const LEFT_OUT_SHOWN = 30; // per reason, most influential first; the node table has them all
+  function leftOutNodes(v) {
+    const drawnSet = drawnNodes(v), budget = [], tokens = [];
+    for (let i = 0; i < N; i++) {
+      if (drawnSet.has(i)) continue;
+      if (INNER.has(nodes[i].kind)) budget.push(i);
+      else if (nodes[i].kind === "embedding") {
+        const e = outE[i].find((e) => drawnSet.has(tgt[e])); // strongest first
+        tokens.push([i, e === undefined ? null : e]);
+      }
+    }
+    budget.sort(byScore);
+    tokens.sort((a, b) => byScore(a[0], b[0]));
+    return { budget, tokens };
+  }
+  function showLeftOut(v) {
+    const { budget, tokens } = leftOutNodes(v), n = budget.length + tokens.length;
+    ui.leftOutButton.hidden = n === 0;
+    ui.leftOutButton.textContent = (ui.leftOut.hidden ? "▸ " : "▾ ") + `which ${n} ${n === 1 ? "is" : "are"} left out, and why`;
+    if (ui.leftOut.hidden || !n) { ui.leftOut.replaceChildren(); return; }
+    const rank = new Map(innerRanked.map((i, r) => [i, r + 1]));
+    const what = (i) => (score[i] > -Infinity ? `${data.view.rankedBy} ${fmt(score[i], 3)}` : "");
+    const draw = (label, title, onclick) => el("button", { type: "button", class: "draw", title, onclick }, label);
+    const section = (heading, list, row) => list.length ? [el("div", { class: "muted" }, heading),
+      el("ul", {}, ...list.slice(0, LEFT_OUT_SHOWN).map(row)),
+      list.length > LEFT_OUT_SHOWN ? el("div", { class: "muted" }, `and ${list.length - LEFT_OUT_SHOWN} more (greyed in the node table below)`) : null] : [];
+    ui.leftOut.replaceChildren(...[
+      ...section(`${budget.length} ${INNER_WORDS} past the budget of ${state.budget} (raise it, or pin one):`, budget,
+        (i) => el("li", {}, noderef(nodes[i].id), ` #${rank.get(i)} by ${what(i)} `,
+          draw("pin", "draw it whatever the budget", () => togglePin(i)))),
+      ...section(`${tokens.length} ${tokens.length === 1 ? "token" : "tokens"} no drawn edge leaves (edges |w| ≥ ${fmt(state.edgeMin, 3)}):`, tokens,
+        ([i, e]) => el("li", {}, noderef(nodes[i].id), (score[i] > -Infinity ? ` ${what(i)}` : "") + (e === null
+          ? " · no edge to a drawn node"
+          : ` · its strongest edge to what is drawn, to ${nodes[tgt[e]].lines[0]}, ${signed(wt[e])} `),
+        e === null ? null : draw(`edges ≥ ${fmt(Math.abs(wt[e]), 3)}`, "lower the edge threshold to draw this edge (and every one as strong)",
+          () => { state.edgeMin = Math.abs(wt[e]); update(); })))].filter((x) => x));
+  }
+  function drawnNodes(v) {
+    const drawn = new Set();
+    v.items.forEach((it) => {
+      if (!it.drawn) return;
+      if (it.node !== undefined) drawn.add(it.node); else it.members.forEach((i) => drawn.add(i));
+    });
+    return drawn;
+  }
+
   // The node table below the viewer: grey out the rows of nodes the drawing leaves out. The
   // script runs before the table is parsed (so the picture comes first): rows are found once
   // the document is complete.
@@ -965,11 +1040,7 @@
   else findRows();
   function updateTable() {
     if (!tableRows.size) return;
-    const drawn = new Set();
-    view.items.forEach((it) => {
-      if (!it.drawn) return;
-      if (it.node !== undefined) drawn.add(it.node); else it.members.forEach((i) => drawn.add(i));
-    });
+    const drawn = drawnNodes(view);
     nodes.forEach((n, i) => { const r = tableRows.get(n.id); if (r) r.classList.toggle("undrawn", !drawn.has(i)); });
   }
 
@@ -1480,7 +1551,7 @@
   function showIgnored(notes) {
     if (!notes.length) return;
     const more = notes.length > 3 ? `; ... and ${notes.length - 3} more` : ""; // said, not cut silently
-    ui.status.textContent += " · ignored from the URL: " + notes.slice(0, 3).join("; ") + more;
+    ui.statusText.textContent += " · ignored from the URL: " + notes.slice(0, 3).join("; ") + more;
   }
   function qParamsBlock() {
     ui.qparams = el("pre", { class: "qparams" }, JSON.stringify(data.qParams, null, 1));

@@ -598,6 +598,16 @@ def repeated_target(targets: list[Target]) -> Target | None:
     return next((t for i, t in enumerate(targets) if seen[i] in seen[:i]), None)
 
 
+@torch.no_grad()
+def model_next(replacement: ReplacementModel, run: PromptRun) -> Tensor | None:
+    """In sparse mode the model's own next-token probabilities at the run's last position
+    (the run's logits are the replacement's, which can rank another token first); None in
+    local mode, whose error terms make the two one."""
+    if run.mode != "sparse":
+        return None
+    return replacement.model(run.tokens[None])[0, -1].softmax(-1)
+
+
 def resolve_targets(
     replacement: ReplacementModel,
     run: PromptRun,
@@ -612,14 +622,12 @@ def resolve_targets(
     last_logits = run.logits[-1]
     probs = last_logits.softmax(-1)
     demeaned = last_logits - last_logits.mean()
-    model_probs = None  # in sparse mode the model's own, beside the replacement's
-    if run.mode == "sparse":
-        with torch.no_grad():
-            model_probs = replacement.model(run.tokens[None])[0, -1].softmax(-1)
+    model_probs = model_next(replacement, run)  # sparse mode: the model's own, beside ours
 
     def record(a: int, b: int | None) -> LogitRecord:
-        theirs = None if model_probs is None else float(model_probs[a])
-        return LogitRecord(a, b, float(probs[a]), theirs)
+        theirs = lambda v: None if model_probs is None or v is None else float(model_probs[v])  # noqa: E731
+        return LogitRecord(a, b, float(probs[a]), theirs(a),
+                           None if b is None else float(probs[b]), theirs(b))  # fmt: skip
 
     def logit(v: int, weight: float) -> _Logit:
         return _Logit(record(v, None), rw.unembed[v], rw.unembed_bias[v], demeaned[v], weight)
@@ -743,6 +751,9 @@ def assemble_graph(
     referenced |= {lg.record.negative for lg in logits if lg.record.negative is not None}
     # the model's top next tokens: a summary's runner-up is one (it read '<453>' for ' wind')
     referenced |= set(run.logits[-1].topk(min(TOP_TOKENS, run.logits.shape[-1])).indices.tolist())
+    model_probs = model_next(replacement, run)
+    if model_probs is not None:  # the model's own top token (``Graph.model_top``)
+        referenced.add(int(model_probs.argmax()))
     return Graph(
         prompt=prompt,
         tokens=run.tokens.tolist(),
@@ -765,12 +776,15 @@ def assemble_graph(
         token_text={t: tok(t) for t in sorted(referenced)} if tokenizer is not None else {},
         mode=run.mode,
         group_size=replacement.group_size,
-        model=_model_info(replacement, run.tokens.tolist(), [lg.record for lg in logits]),
+        model=_model_info(replacement, run, [lg.record for lg in logits], model_probs),
     )
 
 
 def _model_info(
-    replacement: ReplacementModel, tokens: list[int], targets: list[LogitRecord]
+    replacement: ReplacementModel,
+    run: PromptRun,
+    targets: list[LogitRecord],
+    model_probs: Tensor | None,
 ) -> dict:
     """The graph's ``model`` entry: the model's name, the hash of the weights it was traced
     with (``weights_sha256``, any set), the saved replacement set's identity
@@ -778,7 +792,9 @@ def _model_info(
     the prompt positions holding one (``untrained_positions``: their embeddings are untrained,
     so the graph shows no learned mechanism there) and the logit targets' tokens that are one
     (``untrained_targets``: never an input, so never a next token either; a reviewer traced
-    ``'#'`` at p 3e-8 with nothing said)."""
+    ``'#'`` at p 3e-8 with nothing said); in sparse mode the model's own most likely next
+    token and its probability (``model_top``, from ``model_probs``: ``Graph.model_top``)."""
+    tokens = run.tokens.tolist()
     info: dict = {"name": replacement.model_name or "unnamed",
                   "weights_sha256": replacement.weights_sha256()}  # fmt: skip
     if replacement.content_sha256 is not None:  # a saved set: which one (``intervene`` checks)
@@ -788,6 +804,9 @@ def _model_info(
         info["untrained_positions"] = [p for p, t in enumerate(tokens) if t in untrained]
         named = {x for r in targets for x in r.tokens}
         info["untrained_targets"] = sorted(named & set(untrained))
+    if model_probs is not None:
+        top = int(model_probs.argmax())
+        info["model_top"] = [top, float(model_probs[top])]
     return info
 
 

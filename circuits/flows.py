@@ -42,7 +42,7 @@ from .prune import row_blocks
 
 BEAM = 24  # the paths' beam width (``top_paths``)
 MAX_PATHS = 5
-ROOT_BATCH = 8  # QK reasons per root-pair sweep (2 x d_qk columns each: bounds memory)
+ROOT_BATCH = 4  # QK reasons per root-pair sweep (4 x d_qk columns each: bounds memory)
 SIDE_BATCH = 64  # readouts per sweep of the QK reasons' side flows (two per reason)
 PSEUDO_ROOTS = (("QK bias side", "qk_bias"), ("own terms of the nodes", "own"))  # qk_root_pairs
 
@@ -274,27 +274,31 @@ def qk_root_tables(
     out = []
     for start in range(0, len(requests), ROOT_BATCH):
         batch = requests[start : start + ROOT_BATCH]
-        directs, biases = [], []
-        for side, qk_head, query, key in batch:
+        width = batch[0][0].query.shape[-1]  # d_qk: every layer's the same
+        # node (request, readout, e), filled in place: a list of per-readout arrays joined
+        # after held the batch's readouts twice at the trace's memory peak (a review's
+        # 124-token prompt of ten targets peaked here at 2.45 GB)
+        direct = np.zeros((graph.n_nodes, 4 * len(batch) * width))
+        biases = []
+        for i, (side, qk_head, query, key) in enumerate(batch):
             wq, wk = (w.numpy() for w in side.reference_weights(query, key, torch.float64))
             valid, at = side.valid.numpy(), side.at.numpy()
             at_query, at_key = np.zeros_like(wq), np.zeros_like(wk)
             at_query[query], at_key[key] = 1.0, 1.0  # the query's and the key's own vectors
-            for vectors, weight in ((side.query, wq), (side.key, wk), (side.query, at_query),
-                                    (side.key, at_key)):  # fmt: skip
+            readouts = ((side.query, wq), (side.key, wk), (side.query, at_query),
+                        (side.key, at_key))  # fmt: skip
+            for j, (vectors, weight) in enumerate(readouts):
                 vec = vectors[:, :, qk_head].double().numpy()  # pos 1+slot e
-                direct = np.zeros((graph.n_nodes, vec.shape[-1]))
-                direct[at[valid]] = (weight[:, None, None] * vec[:, 1:])[valid]
-                directs.append(direct)
+                columns = slice((4 * i + j) * width, (4 * i + j + 1) * width)
+                direct[at[valid], columns] = (weight[:, None, None] * vec[:, 1:])[valid]
                 biases.append(weight @ vec[:, 0])
-        direct = np.concatenate(directs, axis=1)  # node (request side e)
         below = max(int(lorsa_stage(side.layer)) for side, *_ in batch)
         flow = linear_flows(graph, direct, below, edge_sweep)[0]
         by_group = np.zeros((view.n_groups, direct.shape[1]))
         np.add.at(by_group, view.of_node[is_root], flow[is_root])
         by_root = by_group[roots]
         own = direct.sum(0) - by_root.sum(0)
-        width = len(biases[0])
+        del direct, flow
         for i, (side, *_) in enumerate(batch):
             du, dv, u, v = (
                 np.concatenate([by_root[:, sl], biases[j][None], own[None, sl]])

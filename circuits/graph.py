@@ -52,8 +52,11 @@ from .nodes import KINDS, Kind, block_of, logit_stage, node_id, unit_id
 # head reads (its z-pattern's largest term), no longer its attention's argmax; 6: an embedding
 # node is its token's embedding alone, the position vector a constant (stage 0's bias nodes);
 # 7: each QK record gives the fields of the nodes and units it names (``QKAttribution.named``),
-# and a sparse graph's logit targets the model's probability (``LogitRecord.model_probability``)
-FORMAT_VERSION = 7
+# and a sparse graph's logit targets the model's probability (``LogitRecord.model_probability``);
+# 8: a difference's record gives its negative token's probability too
+# (``LogitRecord.negative_probability``, and the model's in sparse mode), and a sparse graph's
+# ``model`` entry the model's own most likely next token (``Graph.model_top``)
+FORMAT_VERSION = 8
 MODES = ("local", "sparse")
 N_PROMOTED = 3  # tokens kept per head/feature in ``promotes``
 QK_BIAS = "bias"  # the query/key bias side where a record names units (None where nodes)
@@ -112,6 +115,11 @@ class LogitRecord:
     negative: int | None
     probability: float
     model_probability: float | None = None
+    # a difference's negative token's, as ``probability`` and ``model_probability`` are the
+    # positive's (None for a single token): a reviewer's difference read p 0.003 for its
+    # positive token alone, its negative's 0.72 nowhere
+    negative_probability: float | None = None
+    model_negative_probability: float | None = None
 
     @property
     def tokens(self) -> tuple[int, ...]:
@@ -276,6 +284,12 @@ class QKAttribution:
         return cls(**d)
 
 
+def probability_words(p: float) -> str:
+    """A probability for people: three decimals, or two significant figures below 0.001
+    (``p=0.000`` hid the one number a contrastive target's reader needs: ``2.1e-07``)."""
+    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.2g}"
+
+
 def untrained_words(
     token_strings: list[str], positions: list[int], targets: list[str]
 ) -> str | None:
@@ -416,6 +430,23 @@ class Graph:
                              f"positions (0..{n_pos - 1}) in increasing order, got "
                              f"{positions!r:.60}")  # fmt: skip
         return list(positions)
+
+    @property
+    def model_top(self) -> tuple[int, float] | None:
+        """In sparse mode the model's own most likely next token and its probability
+        (``model["model_top"]``): the graph explains the replacement's prediction, which can
+        be another token (a reviewer's sparse trace explained a near-tie of '9' and '8' where
+        the model put '0' first); None in local mode, whose error nodes make the two one. A
+        value that is no ``[token id, probability]`` is refused in one line."""
+        top = self.model.get("model_top")
+        if top is None:
+            return None
+        ok = isinstance(top, list) and len(top) == 2 and is_integer(top[0]) and top[0] >= 0 \
+            and is_fraction(top[1])  # fmt: skip
+        if not ok:
+            raise ValueError(f"model['model_top']: expected [token id, probability in (0, 1]], "
+                             f"got {top!r:.60}")  # fmt: skip
+        return int(top[0]), float(top[1])
 
     @property
     def starts_with_bos(self) -> bool:

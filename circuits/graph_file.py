@@ -136,9 +136,7 @@ def _to_file(graph: Graph) -> tuple[dict[str, Tensor], dict[str, str]]:
         "token_strings": graph.token_strings,
         "n_layers": graph.n_layers,
         "token_text": sorted([int(k), v] for k, v in graph.token_text.items()),
-        "logit_targets": [
-            [r.token, r.negative, r.probability, r.model_probability] for r in graph.logit_targets
-        ],  # fmt: skip
+        "logit_targets": [_logit_entry(r) for r in graph.logit_targets],
         "mode": graph.mode,
         "group_size": graph.group_size,
         "positional": graph.positional,
@@ -333,7 +331,7 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
         positional=positional,
         qk=qk,
         **optional,
-        model=_model(_typed(header, "model", dict), len(tokens)),
+        model=_model(_typed(header, "model", dict), len(tokens), mode),
         settings=settings,
     )
     _require(len(set(graph.ids)) == n, "kind", "two nodes have one id (kind, stage, position "
@@ -350,10 +348,11 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     ]
     _require(not stray, "qk", f"a record of (layer, qk_head, query) {stray[:1]} whose head the "
              "graph does not hold (or group_size is not the heads')")  # fmt: skip
-    try:  # checked where the graph owns it
-        graph.untrained_targets  # noqa: B018
-    except ValueError as exc:
-        raise _Bad("model.untrained_targets", one_line(exc)) from None
+    for name in ("untrained_targets", "model_top"):  # checked where the graph owns them
+        try:
+            getattr(graph, name)
+        except ValueError as exc:
+            raise _Bad(f"model.{name}", one_line(exc)) from None
     influence = optional["influence"]
     _require(influence is None or bool((influence >= 0).all()), "influence",
              "negative (it sums magnitudes)")  # fmt: skip
@@ -368,9 +367,13 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     return graph
 
 
-def _model(model: dict, n_pos: int) -> dict:
+def _model(model: dict, n_pos: int, mode: str) -> dict:
     """The ``model`` entry; its ``untrained_positions`` (when present: absent when the model
-    does not record them, never null) are distinct prompt positions in increasing order."""
+    does not record them, never null) are distinct prompt positions in increasing order; only
+    a sparse graph gives ``model_top`` (``Graph.model_top`` checks its value; a graph built
+    by hand may leave it out)."""
+    _require("model_top" not in model or mode == "sparse", "model.model_top",
+             "the model's own top token beside a graph's outside sparse mode")  # fmt: skip
     for key in ("replacement_sha256", "weights_sha256"):
         sha = model.get(key)
         _require(sha is None or isinstance(sha, str), f"model.{key}", "not a string")
@@ -496,21 +499,36 @@ def _token_text(items: list) -> dict[int, str]:
     return out
 
 
+def _logit_entry(r: LogitRecord) -> list:
+    """A logit record as the header's entry (``_logit_targets`` reads it back)."""
+    return [r.token, r.negative, r.probability, r.model_probability, r.negative_probability,
+            r.model_negative_probability]  # fmt: skip
+
+
 def _logit_targets(items: list, n_logits: int, mode: str) -> list[LogitRecord]:
     _require(len(items) == n_logits, "logit_targets", f"{len(items)} records, {n_logits} logits")
     records = []
     for item in items:
-        ok = isinstance(item, list) and len(item) == 4
+        ok = isinstance(item, list) and len(item) == 6
         ok = ok and _is_int(item[0]) and (item[1] is None or _is_int(item[1]))
         ok = ok and all(is_finite_number(p) and 0 <= p <= 1 for p in item[2:] if p is not None)
         ok = ok and item[2] is not None
         _require(ok, "logit_targets", "entries must be [token, negative or null, probability, "
-                 "the model's probability or null]")  # fmt: skip
-        _require(item[1] != item[0], "logit_targets", "a difference of a token with itself")
-        _require(item[3] is None or mode == "sparse", "logit_targets",
+                 "the model's probability or null, the negative's probability or null, the "
+                 "model's probability of the negative or null]")  # fmt: skip
+        token, negative, p, model_p, negative_p, model_negative_p = item
+        _require(negative != token, "logit_targets", "a difference of a token with itself")
+        sparse = mode == "sparse"
+        _require(model_p is None or sparse, "logit_targets",
                  "the model's probability beside a graph's own outside sparse mode")  # fmt: skip
-        records.append(LogitRecord(item[0], item[1], float(item[2]),
-                                   None if item[3] is None else float(item[3])))  # fmt: skip
+        _require(negative_p is None or negative is not None, "logit_targets",
+                 "a negative token's probability where the target is a single token")  # fmt: skip
+        _require(model_negative_p is None or (sparse and negative_p is not None),
+                 "logit_targets", "the model's probability of a negative token outside sparse "
+                 "mode, or without the graph's own")  # fmt: skip
+        number = lambda x: None if x is None else float(x)  # noqa: E731
+        records.append(LogitRecord(token, negative, float(p), number(model_p),
+                                   number(negative_p), number(model_negative_p)))  # fmt: skip
     return records
 
 

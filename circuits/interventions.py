@@ -608,7 +608,7 @@ def tokens_to_mean(
     run: PromptRun,
     positions: list[int],
     reads: list[tuple[int, int, int, int]],
-    chunk: int = 16,
+    chunk: int = 8,
 ) -> MeanTokenReruns:
     """QK heads after one token's embedding is replaced by the mean token embedding
     (``mean_token_embedding``), the model rerun with nothing else held (attention, LayerNorm

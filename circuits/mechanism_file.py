@@ -46,7 +46,7 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # ``free_attention_held``, ``margin_frozen`` / ``margin_free``; a group's ``writes_qk`` and
 # ``attention_checks`` (with ``query_side`` / ``key_side``); a target's ``model_probability``;
 # a QK source's ``raisers`` and ``at_position``; a head target's ``own_attention_sides``; a
-# group's ``key_share``)
+# group's ``key_share``; a target's ``model_negative_probability``; the summary's ``model_top``)
 TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
@@ -520,8 +520,10 @@ class TargetRecord:
         default_factory=dict
     )
     # A logit difference's negative token's probability (``probability`` is its first
-    # token's); None for other targets and in files written before it.
+    # token's); None for other targets and in files written before it. In sparse mode the
+    # replacement's, and the model's own beside it, as ``model_probability`` is.
     negative_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    model_negative_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
 
     @property
     def direction(self) -> float:
@@ -594,6 +596,12 @@ class MechanismSummary:
     # learned of three such positions; empty in files written before them)
     untrained_positions: list[int] = field(default_factory=list)
     untrained_targets: list[str] = field(default_factory=list)
+    # In sparse mode the model's own most likely next token and its probability
+    # (``Graph.model_top``): the summary explains the replacement's prediction, and a reader of
+    # this file alone learned nothing of the model putting another token first (a review);
+    # None in local mode and in files written before it.
+    model_top: str | None = None
+    model_top_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
 
     def untrained_note(self) -> str | None:
         """The reader's line on untrained tokens (``circuits.graph.untrained_words``)."""
@@ -674,6 +682,10 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     said = {x for t in summary.targets if t.kind == "logit" for x in (t.token, t.negative)}
     _expect(set(summary.untrained_targets) <= said,
             "untrained_targets: not tokens of the logit targets")  # fmt: skip
+    _expect((summary.model_top is None) == (summary.model_top_probability is None)
+            and (summary.model_top is None or summary.mode == "sparse"),
+            "model_top: the model's own top token and its probability, both or neither, in "
+            "sparse mode only")  # fmt: skip
     tolerance = summary.settings.get("tolerance", TOLERANCE)
     _expect(is_finite_number(tolerance) and tolerance >= 0,
             f"settings.tolerance: {tolerance!r:.40}, not a finite number >= 0")  # fmt: skip
@@ -735,6 +747,10 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(t.negative_probability is None or (t.kind == "logit" and t.negative is not None),
                 f"{where}: a negative token's probability for a target not a logit "
                 "difference")  # fmt: skip
+        _expect(t.model_negative_probability is None or (
+            summary.mode == "sparse" and t.negative_probability is not None),
+            f"{where}.model_negative_probability: the model's beside none of the graph's own, "
+            "or outside sparse mode")  # fmt: skip
         _closes(t.tokens + t.errors + t.constants, t.value, f"{where}: tokens + errors + constants")
         if t.tokens_by_position:
             shares = t.tokens_by_position

@@ -481,6 +481,8 @@ def _summarize(
         model=str(full.model.get("name", "")), targets=target_records, groups=records,
         paths=path_records, untrained_positions=full.untrained_positions,
         untrained_targets=[full.token(x) for x in full.untrained_targets],
+        model_top=None if full.model_top is None else full.token(full.model_top[0]),
+        model_top_probability=None if full.model_top is None else full.model_top[1],
         settings={"beam": beam, "max_paths": max_paths, "max_groups": max_groups,
                   "tolerance": tolerance, "ratio": RATIO, "constants": full.has_constants,
                   "grouping": grouping, "qk_sources": CANDIDATES if check else 1,
@@ -634,6 +636,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
         model_probability=record.model_probability,
         runner_up_is_negative=runner is not None and runner == record.negative,
         negative_probability=None if record.negative is None else float(probs[record.negative]),
+        model_negative_probability=record.model_negative_probability,
     )  # fmt: skip
 
 

@@ -24,7 +24,7 @@ token, -1 for errors).
 
 from __future__ import annotations
 
-from .graph import Graph, checked_count, checked_graph
+from .graph import Graph, checked_count, checked_graph, probability_words
 from .nodes import Kind, is_attention, sublayer
 
 FEATURE_TYPE = {
@@ -101,18 +101,27 @@ def _logit_clerp(graph: Graph, i: int) -> str:
     """circuit-tracer's logit ``clerp``, ``Output ' Julia' (p=0.997)``: its page reads the
     probability back from the "(p=...)" (and fails to draw a graph whose logits lack it), as
     the number up to the next ")". A difference names the token its probability is of, before
-    the "(p=...)" so the page still reads it: ``Output ' Mary' - ' Tom' = 2.554; ' Mary'
-    (p=0.997)``; a difference has no probability of its own. In sparse mode the probability
-    is the replacement's, and the model's follows it after the ")": ``Output ' Z' (p=0.753)
-    model p=0.200``."""
+    the "(p=...)" so the page still reads it, and its negative's after the ")": ``Output
+    ' Mary' - ' Tom' = 2.554; ' Mary' (p=0.997), ' Tom' p=0.001``; a difference has no
+    probability of its own. In sparse mode the probability is the replacement's, and the
+    model's follows after the ")" (a difference's two in its order): ``Output ' Z' (p=0.753)
+    model p=0.200``. A probability under 0.001 keeps two significant figures
+    (``probability_words``: ``model p=0.000`` read as zero for 0.00015)."""
     record = graph.logit_record(i)
     token = repr(graph.token(record.token))
     text = token
     if record.negative is not None:
         text += f" - {graph.token(record.negative)!r} = {float(graph.value[i]):.3f}; {token}"
+    after = ""  # after the ")", where the page reads nothing: the negative's, the model's
+    if record.negative_probability is not None:
+        after += (f", {graph.token(record.negative)!r} "
+                  f"p={probability_words(record.negative_probability)}")  # fmt: skip
     theirs = record.model_probability
-    model = "" if theirs is None else f" model p={theirs:.3f}"
-    return f"Output {text} (p={record.probability:.3f}){model}"
+    if theirs is not None:
+        after += f" model p={probability_words(theirs)}"
+        if record.model_negative_probability is not None:
+            after += f" and {probability_words(record.model_negative_probability)}"
+    return f"Output {text} (p={probability_words(record.probability)}){after}"
 
 
 def to_json(

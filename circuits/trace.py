@@ -109,7 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mech.add_argument("--checks", action=argparse.BooleanOptionalAction,
                       help="check each summary group by ablation, attention frozen and free "
                       "(the model rerun, errors recomputed too), against the graph's linear "
-                      "prediction (on with the summary)")  # fmt: skip
+                      "prediction, and choose each head's QK sources by ablation (on with the "
+                      "summary; --no-checks chooses them by linear share, so the pruned graph, "
+                      "which keeps the sources, can hold other nodes)")  # fmt: skip
     files = parser.add_argument_group("files")
     files.add_argument("--format",
                        help=f"renders among {','.join(FORMATS)} (need `dot`; default "
@@ -588,14 +590,13 @@ def sparse_note(replacement, run, tokenizer) -> str:
     model's even where both rank the same token first (a reviewer's ``Zorg, Blip, Zorg,``:
     ' Z' p 0.753 sparse, 0.200 in the model): a line giving both, and the model's own top
     token where it differs; empty in local mode, whose error nodes make it the model's."""
-    import torch
-
     from toy_models.tokenizer import token_text
 
-    if run.mode != "sparse":
+    from .attribution import model_next
+
+    model = model_next(replacement, run)
+    if model is None:
         return ""
-    with torch.no_grad():
-        model = replacement.model(run.tokens[None])[0, -1].softmax(-1)
     ours = run.logits[-1].softmax(-1)
     a, b = int(ours.argmax()), int(model.argmax())
     top = (f"{token_text(tokenizer, a)!r} (p {float(ours[a]):.3g}; the model gives it "

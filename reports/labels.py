@@ -10,7 +10,7 @@ units' firing counts (``occurrences``).
 from __future__ import annotations
 
 from circuits.concepts import DOCUMENT_CONCEPTS
-from circuits.graph import Graph, checked_graph
+from circuits.graph import Graph, checked_graph, probability_words
 from circuits.groups import spread_note, spread_percent
 from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, is_attention, logit_stage, node_words
 
@@ -45,12 +45,6 @@ def promoted(graph: Graph, i: int) -> list[str]:
     return [repr(graph.token(t)) for t in graph.promotes[i].tolist() if t >= 0]
 
 
-def probability(p: float) -> str:
-    """A probability for people: three decimals, or two significant figures below 0.001
-    (``p=0.000`` hid the one number a contrastive target's reader needs: ``2.1e-07``)."""
-    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.2g}"
-
-
 def logit_text(graph: Graph, i: int) -> tuple[str, str]:
     """A logit node's (tokens, value) texts: ``("' Julia'", "p=0.997")`` or
     ``("' Mary' - ' Tom'", "= 2.554")``; in sparse mode the probability is the replacement's,
@@ -58,8 +52,8 @@ def logit_text(graph: Graph, i: int) -> tuple[str, str]:
     record = graph.logit_record(i)
     if record.negative is None:
         theirs = record.model_probability
-        model = "" if theirs is None else f" (model {probability(theirs)})"
-        return repr(graph.token(record.token)), f"p={probability(record.probability)}{model}"
+        model = "" if theirs is None else f" (model {probability_words(theirs)})"
+        return repr(graph.token(record.token)), f"p={probability_words(record.probability)}{model}"
     pair = f"{graph.token(record.token)!r} - {graph.token(record.negative)!r}"
     return pair, f"= {float(graph.value[i]):.3f}"
 

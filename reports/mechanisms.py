@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from circuits.graph import checked_count
+from circuits.graph import checked_count, probability_words
 from circuits.mechanism_file import (
     CLOSURE,
     ROOT_PARTS,
@@ -37,8 +37,6 @@ from circuits.mechanism_file import (
 )
 from circuits.mechanisms import RATIO, TOLERANCE, named_token_terms, off_by_ratio
 from circuits.nodes import Kind, node_words
-
-from .labels import probability
 
 P_MOVED, P_SHARE = 0.005, 0.05  # a probability change below both (P_SHARE of p) is none
 PAIRS_SHOWN = 3  # a reason's unit pairs and root terms of each list on every summary page
@@ -230,15 +228,19 @@ def probability_text(t: TargetRecord) -> str:
     """``(p=0.997)`` for a logit; a difference has none of its own, so the probability of its
     positive token, named; ``(pre-activation)`` for a head or feature. In sparse mode the
     probability is the replacement's, and the model's follows: ``(p=0.753; the model's
-    0.200)``."""
+    0.200)``, for each of a difference's tokens where the record has both."""
     if t.probability is None:
         return "(pre-activation)"
     of = f" for {t.token!r}" if t.negative is not None else ""
     if t.negative is not None and t.negative_probability is not None:  # (older files: none)
-        of += f", {probability(t.negative_probability)} for {t.negative!r}"
+        of += f", {probability_words(t.negative_probability)} for {t.negative!r}"
     theirs = t.model_probability
-    model = "" if theirs is None else f"; the model's {probability(theirs)}"
-    return f"(p={probability(t.probability)}{of}{model})"
+    model = "" if theirs is None else f"; the model's {probability_words(theirs)}"
+    negative = t.model_negative_probability
+    if theirs is not None and negative is not None:  # both tokens', named
+        model = (f"; the model's {probability_words(theirs)} for {t.token!r}, "
+                 f"{probability_words(negative)} for {t.negative!r}")  # fmt: skip
+    return f"(p={probability_words(t.probability)}{of}{model})"
 
 
 def after_text(
@@ -649,7 +651,7 @@ def rival_text(t: TargetRecord) -> str:
     where there is none."""
     if t.runner_up is None:
         return ""
-    rival = probability(t.runner_up_probability)
+    rival = probability_words(t.runner_up_probability)
     if t.runner_up_is_negative:
         return f"{rival_word(t)}: its negative {t.runner_up!r} p={rival}"
     if t.negative is not None:  # the margin is the first token's, not the difference's
@@ -951,7 +953,8 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
                 tested = f", ablated: attention {both}" + "".join(f" ({x})" for x in weighed)
             else:  # the side's own first: what chose it (a reviewer read 0.18 -> 0.04 where
                 # the key side alone gave 0.18 -> 0.16)
-                tested = (f", ablated, through its {w.side} side alone: attention "
+                tested = (f", ablated, through its {w.side} side alone: "
+                          f"{_named_head_text(after, w.qk_head, w.side)}attention "
                           f"{attention_change(after.mean_before, alone)} "
                           f"({'; '.join([f'both sides {both}', *weighed])})")  # fmt: skip
                 if alone > after.mean_before * HALVES:  # (a reviewer read 0.97 -> 0.90 as
@@ -965,6 +968,18 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
         out += [f"{side} side: {_no_source_words(summary, 'it')}"
                 for side in SIDES if side not in named]  # fmt: skip
     return out
+
+
+def _named_head_text(after: AttentionCheck, qk_head: int, side: str) -> str:
+    """Where a head group has several QK heads, the named one's own attention through
+    ``side`` alone, before the group's weighted mean (``QK 6's attention 0.85 -> 0.057, the
+    group's ``): a reviewer read the group's 0.82 under "QK 6", whose own was 0.85; empty for
+    a group of one QK head, whose mean is its own."""
+    alone = after.query_side if side == "query" else after.key_side
+    if len(after.qk_heads) < 2 or qk_head not in after.qk_heads:
+        return ""
+    i = after.qk_heads.index(qk_head)
+    return f"QK {qk_head}'s attention {attention_change(after.before[i], alone[i])}, the group's "
 
 
 def _weak_text(summary: MechanismSummary, key: str, side: str, alone: float) -> str:
@@ -1146,6 +1161,16 @@ SPARSE_WORDS = ("sparse mode: the graph, its targets' probabilities and the chec
                 "model's own prediction")  # fmt: skip
 
 
+def sparse_words(summary: MechanismSummary) -> str:
+    """``SPARSE_WORDS`` with the model's own most likely next token where the summary has it
+    (``MechanismSummary.model_top``): a reviewer's sparse summary explained a near-tie of '9'
+    and '8' where the model put '0' first, which only the trace's stderr said."""
+    if summary.model_top is None:
+        return SPARSE_WORDS
+    return (f"{SPARSE_WORDS}; the model itself puts {summary.model_top!r} first "
+            f"(p={probability_words(summary.model_top_probability)})")  # fmt: skip
+
+
 def format_summary(
     summary: MechanismSummary, max_pairs: int = PAIRS_SHOWN, every_check: bool = False
 ) -> str:
@@ -1160,7 +1185,7 @@ def format_summary(
              "through the graph's frozen attention and errors; what zeroing it does is its "
              "ablation check):"]  # fmt: skip
     if summary.mode == "sparse":
-        lines.append(f"  ({SPARSE_WORDS})")
+        lines.append(f"  ({sparse_words(summary)})")
     if untrained := summary.untrained_note():
         lines.append(f"  (note: {untrained})")
     names = {g.key: g for g in summary.groups}
@@ -1382,7 +1407,8 @@ def mechanisms_html(
         f"{_esc(LN_WORDS)}.</p>",
     ]
     if summary.mode == "sparse":
-        parts.append(f"<p>{_esc(SPARSE_WORDS[0].upper() + SPARSE_WORDS[1:])}.</p>")
+        words = sparse_words(summary)
+        parts.append(f"<p>{_esc(words[0].upper() + words[1:])}.</p>")
     if untrained and (note := summary.untrained_note()):
         parts.append(f"<p class='note'>Note: {_esc(note)}.</p>")
     qk_blocks = qk_sources_blocks(summary)

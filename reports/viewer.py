@@ -621,6 +621,8 @@ def viewer_data(
         "positional": graph.positional,
         "mode": graph.mode,
         "model": graph.model.get("name", ""),
+        # sparse mode: the model's own most likely next token and its probability
+        "modelTop": _model_top(graph),
         "nLayers": graph.n_layers,
         "stageNames": [stage_name(s, graph.n_layers) for s in range(n_stages)],
         "documentConcepts": sorted(DOCUMENT_CONCEPTS),
@@ -643,6 +645,13 @@ def viewer_data(
         "mechanisms": summary,
         "refs": qk_refs(graph),
     }
+
+
+def _model_top(graph: Graph) -> list | None:
+    """A sparse graph's model's own top token (text) and its probability (``Graph.model_top``),
+    for the status line; None elsewhere."""
+    top = graph.model_top
+    return None if top is None else [graph.token(top[0]), _num(top[1])]
 
 
 def start_q_params(summary: dict | None) -> dict | None:

@@ -191,6 +191,34 @@ def test_a_sparse_graphs_logits_give_the_models_probability_too(graph, replaceme
             assert r.probability != pytest.approx(r.model_probability, abs=1e-6)
     graph.save(tmp_path / "g.safetensors")
     assert Graph.load(tmp_path / "g.safetensors").logit_targets == graph.logit_targets
+    # the model's own top token (a review: a sparse trace explained a near-tie of two tokens
+    # where the model put a third first, and only stderr said it)
+    if graph.mode == "local":
+        assert graph.model_top is None
+    else:
+        top = int(probs.argmax())
+        assert graph.model_top == (top, pytest.approx(float(probs[top]), abs=1e-6))
+        assert Graph.load(tmp_path / "g.safetensors").model_top == graph.model_top
+
+
+def test_a_differences_record_gives_both_tokens_probabilities(replacement, tmp_path):
+    """A difference's record gives its negative token's probability beside its positive's (a
+    reviewer's label read p 0.003 for the positive token alone, 0.72 for the negative nowhere);
+    in sparse mode the model's for both, each against the model's own softmax."""
+    tokens = torch.tensor([0, 5, 9, 5, 9, 5])
+    run = replacement.model(tokens[None])[0, -1].softmax(-1)
+    for mode in ("local", "sparse"):
+        g = attribute(replacement, tokens, mode=mode, targets=[LogitDiffTarget(3, 7)])
+        r = g.logit_targets[0]
+        probs = run_prompt(replacement, tokens, mode).logits[-1].softmax(-1)
+        assert r.negative_probability == pytest.approx(float(probs[7]), abs=1e-6)
+        if mode == "local":
+            assert r.model_negative_probability is None and r.model_probability is None
+        else:
+            assert r.model_negative_probability == pytest.approx(float(run[7]), abs=1e-6)
+            assert r.model_probability == pytest.approx(float(run[3]), abs=1e-6)
+        g.save(tmp_path / f"{mode}.safetensors")
+        assert Graph.load(tmp_path / f"{mode}.safetensors").logit_targets == [r]
 
 
 def test_node_ids_are_unique_and_round_trip(graph, tmp_path):

@@ -720,3 +720,29 @@ def test_interrupts_are_held_back_until_a_set_of_renames_ends_well():
         assert seen == [signal.default_int_handler]
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_full_disk_while_taking_a_lock_leaves_no_temp_file_and_names_the_lock(
+    tmp_path, monkeypatch
+):
+    """A fuzz pass on a 3 MB tmpfs: a 0-byte ``.writing.lock.<id>.tmp`` stayed in ``--out`` for
+    good (also after later runs), and the error read "No space left on device" naming no
+    file. The lock's temp file is removed however writing it fails, and the error names the
+    lock."""
+    import errno
+
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        real(self, "")  # the file is made, its text does not fit
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    lock = tmp_path / ".writing.lock"
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(files.WriteError, match=re.escape(f"cannot write {lock}: No space left")):
+        files.take_lock(lock, "writing here")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    files.take_lock(lock, "writing here")  # the next run takes it
+    files.release_lock(lock)
+    assert list(tmp_path.iterdir()) == []

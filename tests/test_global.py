@@ -1553,7 +1553,7 @@ def test_a_bos_logit_start_is_refused_before_the_model_or_the_statistics(
 
 
 def test_the_printout_leads_with_the_starts_own_edges_and_how_much_of_its_total_they_hold(
-    replacement, units, stats
+    replacement, units, stats, monkeypatch
 ):
     """A reviewer: none of the eight strongest edges printed for a layer-2 head's graph was
     the head's, and nothing said the graph held a sixth of its input. The start's own edges
@@ -1589,5 +1589,15 @@ def test_the_printout_leads_with_the_starts_own_edges_and_how_much_of_its_total_
                 f"{c['reachable_share']:.0%} of it") in lines[0]  # fmt: skip
         # a subgraph's edges are no longer those grown: it drops the figures
         assert "start_edges" not in graph.subgraph(list(range(graph.n_nodes - 1))).settings
-        assert len(lines) == 1 + min(int((own != 0).sum()), N_STRONGEST)
+        n = int((own != 0).sum())  # the strongest listed, and the count of the rest said
+        assert len(lines) == 1 + min(n, N_STRONGEST) + (n > N_STRONGEST)
+        if n > N_STRONGEST:  # (a reviewer counted 8 listed of 9 said, with nothing more)
+            assert lines[-1] == f"  ... and {n - N_STRONGEST} weaker (graph.json has every edge)"
+        listed = [line for line in lines[1:] if not line.startswith("  ...")]
+        assert len(listed) == min(n, N_STRONGEST)
+        assert n >= 2
+        with monkeypatch.context() as m:  # fewer listed than drawn: the rest counted
+            m.setattr("circuits.global_graph.N_STRONGEST", 1)
+            cut = _start_lines(graph, node_labels(graph), upstream)
+        assert cut[1:] == [lines[1], f"  ... and {n - 1} weaker (graph.json has every edge)"]
         assert lines[1].startswith(f"  {own[abs(own).argmax()]:+.3f}  {'<-' if upstream else '->'}")

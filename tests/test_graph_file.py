@@ -146,8 +146,16 @@ FORGED = {
         None, lambda h: h["logit_targets"][0].__setitem__(3, 0.5),
         "logit_targets: the model's probability beside a graph's own outside sparse mode",
     ),
-    "a logit target of three entries (format 6)": (
+    "a logit target of five entries (format 7)": (
         None, lambda h: h["logit_targets"][0].pop(), "logit_targets: entries must be",
+    ),
+    "a negative token's probability beside a single token": (
+        None, lambda h: h["logit_targets"][0].__setitem__(4, 0.5),
+        "logit_targets: a negative token's probability where the target is a single token",
+    ),
+    "the model's top token beside a local graph's": (
+        None, lambda h: h["model"].update(model_top=[1, 0.5]),
+        "model.model_top: the model's own top token beside a graph's outside sparse mode",
     ),
     "settings that shadow the graph's attributes": (
         None, lambda h: h["settings"].update(prompt="x"), "settings",

@@ -1159,6 +1159,14 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
     says_sparse = "the replacement's, which can differ from the model's"
     assert (says_sparse in format_summary(summary)) == (summary.mode == "sparse")
     assert (escape(says_sparse) in page) == (summary.mode == "sparse")
+    # ... with the model's own top token, which the replacement can rank below others (a
+    # reviewer's sparse summary explained a near-tie the model did not have)
+    assert (summary.model_top is not None) == (summary.mode == "sparse")
+    if summary.model_top is not None:
+        top = graph.model_top
+        assert (summary.model_top, summary.model_top_probability) == (graph.token(top[0]), top[1])
+        said = f"the model itself puts {summary.model_top!r} first"
+        assert said in format_summary(summary) and escape(said) in page
     for r in reasons:
         # every printed list's terms (by position too: the mean token replaces the token in
         # its position terms as well)
@@ -1320,6 +1328,14 @@ def test_a_differences_most_likely_other_token_is_said_as_what_it_is():
     assert probability_text(t) == "(p=0.990; the model's 0.200)"
     assert probability_text(dataclasses.replace(t, negative=" October", model_probability=None)) \
         == "(p=0.990 for ' September')"  # fmt: skip
+    # a sparse difference: the model's for each token, named (a reviewer read "the model's
+    # 0.137" as the difference's, which was its first token's alone)
+    sparse_diff = dataclasses.replace(t, negative=" October", negative_probability=0.141,
+                                      model_probability=0.137,
+                                      model_negative_probability=0.024)  # fmt: skip
+    assert probability_text(sparse_diff) == ("(p=0.990 for ' September', 0.141 for ' October'; "
+                                             "the model's 0.137 for ' September', 0.024 for "
+                                             "' October')")  # fmt: skip
     assert rival_text(t) == ""
     diff = dataclasses.replace(t, negative="3", token="4", probability=0.009, value=-4.71)
     behind = dataclasses.replace(diff, runner_up="3", runner_up_probability=0.985, margin=-4.71,
@@ -1815,7 +1831,16 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             a = summary.attention_after(g, w.group)
             alone = attention_change(a.mean_before, a.mean_side(w.side))
             both = attention_change(a.mean_before, a.mean_free)
-            assert f"through its {w.side} side alone: attention {alone} (both sides {both}" in text
+            # a group of several QK heads: the named QK head's own first, then the group's (a
+            # reviewer read the group's weighted mean under "QK 6", whose own differed)
+            own = ""
+            if len(a.qk_heads) > 1 and w.qk_head in a.qk_heads:
+                i = a.qk_heads.index(w.qk_head)
+                sides = a.query_side if w.side == "query" else a.key_side
+                own = (f"QK {w.qk_head}'s attention {attention_change(a.before[i], sides[i])}, "
+                       "the group's ")  # fmt: skip
+            assert (f"through its {w.side} side alone: {own}attention {alone} (both sides "
+                    f"{both}") in text  # fmt: skip
             # a source that does not halve the attention is said to be weak
             line = next(x for x in text.splitlines()
                         if f"side of QK {w.qk_head} {g.key} {g.name} (" in x)  # fmt: skip
@@ -3041,8 +3066,16 @@ def test_a_differences_checks_give_both_tokens_probabilities(replacement, tokens
     for edit, message in (
         (lambda x: x["groups"][where]["checks"][0].update(negative_probability_free=None),
          "for one rerun only"),
-        (lambda x: x["targets"][0].update(negative_probability=None), "for one rerun only"),
+        (lambda x: x["targets"][0].update(negative_probability=None,
+                                          model_negative_probability=None), "for one rerun only"),
         (lambda x: x["targets"][0].update(negative_probability=1.5), "negative_probability"),
+        # the model's beside the graph's own in sparse mode only, and only beside one
+        (lambda x: x["targets"][0].update(negative_probability=None),
+         "model_negative_probability" if summary.mode == "sparse" else "for one rerun only"),
+        (lambda x: x.update(mode="local", model_top=None, model_top_probability=None)
+         or x["targets"][0].update(model_probability=None, model_negative_probability=0.5),
+         "model_negative_probability"),
+        (lambda x: x.update(mode="local", model_top="x", model_top_probability=0.5), "model_top"),
     ):  # fmt: skip
         bad = copy.deepcopy(d)
         edit(bad)

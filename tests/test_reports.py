@@ -661,6 +661,13 @@ def test_a_logit_differences_json_label_gives_its_positive_tokens_probability():
     sparse = {n["node_id"]: n for n in to_json(g, labels.node_labels(g))["nodes"]}["5_11_3"]
     assert sparse["clerp"] == "Output ' Julia' (p=0.997) model p=0.200"
     assert float(sparse["clerp"].split("(p=")[1].split(")")[0]) == 0.997
+    # a difference's negative token's probability after the ")", and the model's for both;
+    # a probability under 0.001 is not rounded to zero (a review read "model p=0.000")
+    g.logit_targets[1] = LogitRecord(200, 201, 0.9967, 0.00015, 0.72, 0.5)
+    diff = {n["node_id"]: n for n in to_json(g, labels.node_labels(g))["nodes"]}["5_200-201_3"]
+    assert diff["clerp"] == ("Output ' Monday' - ' Saturday' = 7.374; ' Monday' (p=0.997), "
+                             "' Saturday' p=0.720 model p=0.00015 and 0.500")  # fmt: skip
+    assert float(diff["clerp"].split("(p=")[1].split(")")[0]) == 0.997
 
 
 def test_a_grouped_view_and_odd_counts_are_refused_in_one_line(tmp_path, graph):
@@ -704,7 +711,7 @@ def test_a_grouped_view_and_odd_counts_are_refused_in_one_line(tmp_path, graph):
 def test_a_small_probability_keeps_its_figures():
     """A reviewer's: ``--target ' Julia'`` printed ``p=0.000``, hiding the number a
     contrastive target's reader needs."""
-    from reports.labels import probability
+    from circuits.graph import probability_words as probability
 
     assert [probability(p) for p in (0.9914, 0.0012, 2.13e-07, 0.0)] == [
         "0.991", "0.001", "2.1e-07", "0.000"

@@ -1022,7 +1022,9 @@ def test_a_logit_differences_json_label_agrees_with_the_printout(tmp_path, capsy
                if n["feature_type"] == "logit"]  # fmt: skip
     p = f"p={record.probability:.3f}"
     assert node["clerp"].startswith("Output ' Thursday' - ' Friday' = ")
-    assert node["clerp"].endswith(f"; ' Thursday' ({p})")
+    # ... and its negative's after the ")" (a reviewer found the positive's alone)
+    q = f"p={record.negative_probability:.3f}"
+    assert node["clerp"].endswith(f"; ' Thursday' ({p}), ' Friday' {q}")
     assert node["token_prob"] == pytest.approx(record.probability)
     (printed,) = [line for line in stdout.splitlines()  # the mechanisms' "target" line
                   if "' Thursday' - ' Friday' = " in line and "p=" in line]  # fmt: skip

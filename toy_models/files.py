@@ -113,8 +113,13 @@ def take_lock(lock: Path, busy: str) -> None:
     or reused by a process that started later), or a file no process could have written, is
     taken over. Released with ``release_lock``."""
     mine = temp_path(lock)
-    mine.write_text(_lock_text())
-    try:
+    try:  # the temp file is removed whatever happens, a full disk while writing it too (a fuzz
+        # pass found a 0-byte lock temp file left in --out for good, and "No space left on
+        # device" naming no file)
+        try:
+            mine.write_text(_lock_text())
+        except OSError as exc:
+            raise WriteError(exc.errno, exc.strerror, str(lock)) from None
         for _ in range(2):
             try:
                 os.link(mine, lock)

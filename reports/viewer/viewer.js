@@ -936,7 +936,9 @@
     if (state.pinned.size) parts.push(`${state.pinned.size} pinned`);
     if (!meta.positional) parts.push("global graph: units, laid out by stage");
     // where the numbers are read (the static section says it further down)
-    if (meta.positional && meta.mode === "sparse") parts.push(SPARSE_NOTE);
+    if (meta.positional && meta.mode === "sparse") {
+      parts.push(SPARSE_NOTE + (meta.modelTop ? `; the model itself puts ${quote(meta.modelTop[0])} first (p=${fmt(meta.modelTop[1], 3)})` : ""));
+    }
     ui.statusText.textContent = parts.join(" · ");
     showLeftOut(v);
   }

@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # The keys of the JSON object written to the results file: a file there without them is
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batches", type=positive_int, default=8, help="held-out batches of 16 rows"
     )
     parser.add_argument(
-        "--out", type=path_arg, default=RESULTS / "attn_sae_baseline.json", help="JSON written"
+        "--out", type=file_arg, default=RESULTS / "attn_sae_baseline.json", help="JSON written"
     )
     parser.add_argument(
         "--work",

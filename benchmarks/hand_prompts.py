@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import ArgumentParser, path_arg, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, file_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # (family, prompt, what follows): written by hand, in no corpus template.
@@ -242,7 +242,7 @@ def rates(records: list[dict]) -> dict:
 def parse_args(argv):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="zoo name or directory")
-    parser.add_argument("--out", type=path_arg, help="result file (default: benchmarks/results/"
+    parser.add_argument("--out", type=file_arg, help="result file (default: benchmarks/results/"
                         "hand_prompts_{model}.json)")  # fmt: skip
     return parser.parse_args(argv)
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # The keys of the JSON object written to the results file: a file there without them is
@@ -86,7 +86,7 @@ def parse_args(argv):
         "--work", type=path_arg, default=Path("runs/ablations"), help="caches, records, weights"
     )
     parser.add_argument(
-        "--json", type=path_arg, help="results file (default in benchmarks/results)"
+        "--json", type=file_arg, help="results file (default in benchmarks/results)"
     )
     parser.add_argument("--report", type=path_arg, help="report directory (default beside --json)")
     parser.add_argument("--quick", action="store_true", help="smoke run: " + str(QUICK))

@@ -201,7 +201,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import ArgumentParser, UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import (  # noqa: E402
+    ArgumentParser,
+    UserError,
+    count_arg,
+    file_arg,
+    path_arg,
+    positive_int,
+    run_cli,
+)
 
 RESULTS = Path(__file__).parent / "results"
 FAMILIES = {  # probe family -> corpus family
@@ -812,7 +820,7 @@ def draw_main(argv, doc: str, name: str, measure, show=show_families) -> int:
     parser.add_argument("--seed", type=count_arg, default=SEED,
                         help="the probe draw (benchmarks/mechanisms.py's --seed; default "
                         "%(default)s)")  # fmt: skip
-    parser.add_argument("--out", type=path_arg, help=f"result file (default: "
+    parser.add_argument("--out", type=file_arg, help=f"result file (default: "
                         f"benchmarks/results/{name}_{{model}}.json)")  # fmt: skip
     args = parser.parse_args(argv)
     out = args.out or RESULTS / f"{name}_{Path(args.model).name}.json"
@@ -1072,7 +1080,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: the graphs are small, and a second "
                         "thread mostly spins on a shared machine)")  # fmt: skip
-    parser.add_argument("--out", type=path_arg, help="result file (default: benchmarks/results/"
+    parser.add_argument("--out", type=file_arg, help="result file (default: benchmarks/results/"
                         "mechanisms_{model}.json; _seed{seed} added for another seed, "
                         "_vs_runner_up with --vs-runner-up, _vs_other_item with "
                         "--vs-other-item)")  # fmt: skip

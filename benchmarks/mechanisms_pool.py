@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mechanisms import RESULTS, family_rates  # noqa: E402
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, run_cli  # noqa: E402
 from toy_models.records import is_finite_number  # noqa: E402
 
 SAME = (
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("files", nargs="*", type=path_arg,
                         help="results files of benchmarks/mechanisms.py (default: the default "
                         "model's draws in benchmarks/results/)")  # fmt: skip
-    parser.add_argument("--out", type=path_arg,
+    parser.add_argument("--out", type=file_arg,
                         help="result file (default benchmarks/results/"
                         "mechanisms_pooled_default.json)")  # fmt: skip
     args = parser.parse_args(argv)

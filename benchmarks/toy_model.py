@@ -237,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.skip_train and args.model is None:
         parser.error("--skip-train evaluates --model: name one (e.g. --model default)")
+    if args.model is not None and not args.skip_train:  # a fuzz pass's --model was ignored
+        # while --config trained a model (and wrote its results)
+        parser.error("--model is what --skip-train evaluates; without it --config trains a "
+                     "model: add --skip-train, or drop --model")  # fmt: skip
     from toy_models.zoo import CONFIGS
 
     if args.config not in CONFIGS:

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, file_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, file_arg, run_cli, seed_arg
 
 MODES = ("local", "sparse")  # = replacement.model.MODES (not imported: start-up)
 # Rows of a dashboards pass: rows x n_ctx must stay below 2**31 (``dashboard_pass``), which
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS,
                         help=f"held-out documents to read (default {DEFAULT_ROWS}, about a "
                         "minute on two cores; more rows let rare units fire)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="corpus and sampling seed")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="corpus and sampling seed")
     parser.add_argument("--mode", choices=MODES, default="local",
                         help="activations of the local (default) or the sparse model")  # fmt: skip
     parser.add_argument("--out", type=file_arg, help="the dashboards file to write")
@@ -49,8 +49,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> Path | None:
     if not 1 <= args.rows <= MAX_ROWS:
         raise UserError(f"--rows must be in 1..{MAX_ROWS}, got {args.rows}")
-    if not -(2**63) <= args.seed < 2**63:
-        raise UserError("--seed must fit in 64 bits")
     from .trace import check_writable
 
     if args.out is None:  # named once the replacement set is loaded (its identity)

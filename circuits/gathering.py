@@ -522,6 +522,15 @@ def _gather(replacement, tokenizer, sums: Sums, checkpoint, progress) -> Statist
     sum_rows(replacement, rows, sums, tables, partial, progress)
     meta["seconds"] = seconds + time.perf_counter() - t0
     stats = compact(sums, tables)
+    bad = [name for name, x in stats.tensors().items()
+           if x.is_floating_point() and not torch.isfinite(x).all()]  # fmt: skip
+    if bad:  # weights that load (finite) but overflow in use: in local mode the errors absorb
+        # it (a fuzz pass: a global graph drew an edge of -3.7e29 from an error node, exit 0,
+        # and wrote statistics holding NaN that its next run refused, then gathered the same)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        raise ValueError(f"the replacement set's or the model's weights overflow on the corpus "
+                         f"rows ({bad[0]} is not finite); nothing written")  # fmt: skip
     if checkpoint is not None:
         stats.save(checkpoint)
         if partial.exists():

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli, whole_numbers
+from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, run_cli, whole_numbers
 from toy_models.files import check_writable_dir, check_writable_file, earlier_set
 from toy_models.tokenizer import BOS, NEVER_PREDICTED, single_token
 
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--qk", action=argparse.BooleanOptionalAction, default=True,
                         help="give every Lorsa head its QK group's expected QK attribution, "
                         "drawn as q/k edges (default: on)")  # fmt: skip
-    parser.add_argument("--stats", type=path_arg,
+    parser.add_argument("--stats", type=file_arg,
                         help="statistics file (default: runs/global-stats/MODEL-KEY"
                         ".safetensors, KEY from the model, replacement set and tokenizer; "
                         "gathered when missing)")  # fmt: skip

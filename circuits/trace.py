@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli, whole_numbers
+from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, run_cli, whole_numbers
 from toy_models.files import earlier_set, replaced_whole, resolved, staging_in_the_way
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     dash.add_argument("--dashboard-rows", type=int,
                       help=f"rows a first build reads (default {DASHBOARD_ROWS}; a finished "
                       "--dashboards-file is used with the rows it has)")  # fmt: skip
-    dash.add_argument("--dashboards-file", type=path_arg,
+    dash.add_argument("--dashboards-file", type=file_arg,
                       help="the dashboards file (default runs/dashboards/<model>-<mode>-"
                       "<key>.safetensors, key: the replacement set's identity and the "
                       "rows)")  # fmt: skip
@@ -150,13 +150,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def parse_formats(text: str | None) -> list[str]:
-    """``--format``'s comma-separated renders, refusing unknown ones (None, not given: the
-    default)."""
+    """``--format``'s comma-separated renders, refusing unknown ones, one named twice and an
+    empty one between commas (None, not given: the default; ``""`` alone: none). A fuzz pass
+    found ``svg,svg`` drawn twice ("wrote graph.svg" twice) and ``,`` drawing nothing."""
     text = DEFAULT_FORMAT if text is None else text
-    formats = [f.strip() for f in text.split(",") if f.strip()]
+    if not text.strip():
+        return []
+    formats = [f.strip() for f in text.split(",")]
+    if "" in formats:
+        raise UserError(f"--format {text!r}: an empty name between commas; \"\" alone draws "
+                        "none")  # fmt: skip
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise UserError(f"--format: unknown {unknown}; choose among {', '.join(FORMATS)}")
+    twice = sorted({f for f in formats if formats.count(f) > 1})
+    if twice:
+        raise UserError(f"--format: {', '.join(twice)} named twice")
     return formats
 
 

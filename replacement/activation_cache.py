@@ -187,7 +187,9 @@ def read_manifest(directory: Path) -> tuple[CachePlan, list[dict]]:
         )
     plan = CachePlan.from_json(data.get("plan"), str(path))
     if data.get("cache_id") != plan.cache_id():  # written with its plan: the two agree
-        raise ValueError(f"{path}: its cache_id is not its plan's ({plan.cache_id()[:12]}...)")
+        raise ValueError(f"{path}: its cache_id is not its plan's ({plan.cache_id()[:12]}...): "
+                         "the manifest was edited; remove the cache to build it again, or "
+                         "build into another --out")  # fmt: skip
     if set(data) != {"format", "plan", "cache_id", "chunks"}:
         raise ValueError(f"{path}: keys {sorted(data)}, expected format, plan, cache_id, chunks")
     chunks = data.get("chunks")

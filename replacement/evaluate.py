@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, file_arg, run_cli
 from toy_models.data import stream_rows
 
 from . import SUBLAYERS
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replacement", required=True, help="replacement set directory")
     parser.add_argument("--batches", type=int, default=8, help="held-out batches of 16 rows")
     parser.add_argument("--docs", type=int, default=100, help="documents per family (probes)")
-    parser.add_argument("--json", type=path_arg, help="also write the results here as JSON")
+    parser.add_argument("--json", type=file_arg, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     if not (1 <= args.batches <= MAX_BATCHES and 1 <= args.docs <= MAX_DOCS):
         # a huge count would build its batches for hours (or run out of memory) without a word

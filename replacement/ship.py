@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.model not in CONFIGS:
         raise UserError(f"unknown zoo model {args.model!r}; known: {', '.join(sorted(CONFIGS))}")
     if not (args.run_dir / SET_FILE).is_file():
+        from toy_models.resumable import CHECKPOINT_DIR
+
+        if (args.run_dir / CHECKPOINT_DIR).is_dir():  # an interrupted run, as toy_models.ship
+            raise UserError(f"{args.run_dir}: the run has not finished (a checkpoint, no "
+                            f"{SET_FILE}); finish it with replacement.train --resume "
+                            "first")  # fmt: skip
         raise UserError(f"{args.run_dir}: no {SET_FILE} (not a replacement.train --out directory)")
     dest = ship(args.run_dir, args.model)
     total = sum(f.stat().st_size for f in dest.iterdir())

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
+from toy_models.cli import MAX_STEPS, ArgumentParser, UserError, path_arg, run_cli
 from toy_models.records import Bounds
 
 STREAM_SEED_STRIDE = 7919  # the activation stream of seed s resumed at step t: s * stride + t
@@ -381,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="override the config's number of steps")
     args = parser.parse_args(argv)
     check_config(args.config)
-    if args.steps is not None and args.steps <= 0:
-        raise UserError(f"--steps must be positive, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:  # a config's bound (a fuzz
+        # pass's 10**20 steps started; the finished run's config would then be refused)
+        raise UserError(f"--steps must be in 1..2**40, got {args.steps}")
     layers = parse_layers(args.layers)
     if layers is not None and (args.activations is None or args.base is None):
         raise UserError(

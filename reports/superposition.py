@@ -38,7 +38,7 @@ import json
 import time
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli, seed_arg
 from toy_models.files import check_readable_file, check_writable_dir, earlier_set
 from toy_models.tokenizer import token_text
 from toy_models.zoo import resolve_model_dir
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rows", type=int, default=DEFAULT_ROWS, help="held-out rows (default %(default)s)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="held-out corpus seed")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="held-out corpus seed")
     parser.add_argument(
         "--min-fires",
         type=int,

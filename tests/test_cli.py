@@ -179,6 +179,7 @@ def test_bad_arguments_of_the_benchmarks_are_one_line_before_any_work():
         ("replacement", ["--replacement", "x", "--docs", "2.5"], "not a whole number: '2.5'"),
         ("attribution", ["--lengths", "0"], "--lengths must lie in 1..127"),
         ("toy_model", ["--skip-train"], "--skip-train evaluates --model"),
+        ("toy_model", ["--config", "tiny", "--model", "default"], "--model is what --skip-train"),
         ("startup", ["--repeat", "0"], "--repeat must be at least 1"),
         ("dashboards", ["--work", "README.md"], "--work README.md: exists and is not a dir"),
         ("heads", ["--report", "README.md"], "--report README.md: exists and is not a dir"),

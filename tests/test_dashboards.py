@@ -692,6 +692,23 @@ def test_cli_refuses_bad_arguments_before_importing_torch(fresh_cli, tmp_path):
     code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--out", str(tmp_path / "new") + "/"])
     assert code == 2 and "ends in a separator: give a file's path" in err and heavy == []
     assert not (tmp_path / "new").exists()
+    # ... and the next fuzz pass: every other option naming a file to write did the same
+    new = str(tmp_path / "new") + "/"
+    calls = (("toy_models.evaluate", ["--model", "default", "--json", new]),
+             ("replacement.evaluate", ["--model", "default", "--json", new]),
+             ("circuits.global_graph", ["--start", "lorsa:1:0", "--stats", new]),
+             ("circuits.trace", ["--prompt", "a", "--dashboards-file", new]))  # fmt: skip
+    for module, args in calls:
+        code, heavy, err = fresh_cli(module, args)
+        assert code == 2 and "ends in a separator: give a file's path" in err, (module, err)
+        assert heavy == [] and not (tmp_path / "new").exists()
+    # a seed below 0 passed the check and failed after the model loaded, naming no option;
+    # the head taxonomy and the superposition report took one
+    for module in ("circuits.dashboard_cli", "reports.heads", "reports.superposition"):
+        for seed, words in (("-5", "must be at least 0, got -5"),
+                            (str(2**63), "must be at most 2**63 - 1")):  # fmt: skip
+            code, heavy, err = fresh_cli(module, [f"--seed={seed}"])
+            assert code == 2 and "--seed" in err and words in err and heavy == [], (module, err)
 
 
 def test_v3_concepts_follow_the_spans_in_every_form(tiny_pretrained):

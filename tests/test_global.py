@@ -1601,3 +1601,24 @@ def test_the_printout_leads_with_the_starts_own_edges_and_how_much_of_its_total_
             cut = _start_lines(graph, node_labels(graph), upstream)
         assert cut[1:] == [lines[1], f"  ... and {n - 1} weaker (graph.json has every edge)"]
         assert lines[1].startswith(f"  {own[abs(own).argmax()]:+.3f}  {'<-' if upstream else '->'}")
+
+
+def test_a_set_whose_weights_overflow_writes_no_statistics_and_no_graph(
+    tiny_run, overflowing_set, tmp_path, cli
+):
+    """A fuzz pass: an overflowing set (finite weights, x1e30 in use) gave a global graph with
+    an edge of -3.7e29 from an error node, exit 0, and statistics holding NaN that the next run
+    refused ("remove it to gather again", which made the same file). Refused in one line as
+    the trace refuses the set, before any file is written."""
+    from circuits.global_graph import main
+
+    stats, out = tmp_path / "stats.safetensors", tmp_path / "g"
+    code, _, err = cli(main, "--model", tiny_run, "--replacement", overflowing_set, "--stats",
+                       stats, "--rows", 4, "--start", "lorsa:1:0", "--format", "", "--out",
+                       out)  # fmt: skip
+    last = err.strip().splitlines()[-1]  # after the gathering's progress bar
+    assert code == 2 and last.startswith(
+        "error: the replacement set's or the model's weights overflow on the corpus rows ("
+    )
+    assert last.endswith("is not finite); nothing written")
+    assert not out.exists() and not stats.exists() and not partial_path(stats).exists()

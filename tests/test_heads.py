@@ -927,3 +927,27 @@ def test_a_set_whose_weights_overflow_is_one_line_and_writes_nothing(
     assert code == 2 and stderr.startswith("error: the replacement model's loss is not finite")
     assert "weights overflow" in stderr and len(stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_circuits_statistics_folder_is_checked_before_they_are_gathered(
+    tiny_pretrained, make_replacement, tmp_path, monkeypatch
+):
+    """A fuzz pass ran the report from a read-only working directory: the statistics were
+    gathered (the QK pairs bar at 100%), then "runs: Read-only file system". A folder the
+    statistics cannot be written in is refused before they are gathered."""
+    import circuits.gathering
+    import circuits.statistics
+    from reports.heads.circuit import circuit_statistics
+    from toy_models.cli import UserError
+
+    model, tokenizer = tiny_pretrained
+    replacement = make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(circuits.statistics, "DEFAULT_STATS_DIR", tmp_path / "file" / "stats")
+
+    def gathered(*args, **kwargs):
+        raise AssertionError("gathered before the folder was checked")
+
+    monkeypatch.setattr(circuits.gathering, "gather_statistics", gathered)
+    with pytest.raises(UserError, match="the induction circuit's statistics folder"):
+        circuit_statistics(replacement, tokenizer, "tiny")

@@ -504,6 +504,10 @@ def test_the_last_position_never_trains(tiny_run):
         ),
         (["--prompt", PROMPT, "--node-threshold", "0"], "--node-threshold must be in (0, 1]"),
         (["--prompt", PROMPT, "--format", "gif"], "--format: unknown ['gif']"),
+        # a fuzz pass: drawn twice, and nothing drawn without a word
+        (["--prompt", PROMPT, "--format", "svg,svg"], "--format: svg named twice"),
+        (["--prompt", PROMPT, "--format", ","], "--format ',': an empty name between commas"),
+        (["--prompt", PROMPT, "--format", "svg,"], "--format 'svg,': an empty name"),
         (["--prompt", PROMPT, "--replacement", "/nonexistent"], "replacement file missing"),
         (["--prompt", PROMPT, "--model", ""], "the model is an empty name"),
     ],

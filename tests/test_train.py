@@ -395,10 +395,13 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
     a_dir.mkdir()
     shipped = str(ROOT / "replacement" / "zoo" / "default")
     out = str(tmp_path / "never")
+    unfinished = tmp_path / "unfinished"  # an interrupted replacement run: its checkpoint only
+    (unfinished / "checkpoint").mkdir(parents=True)
     cases = [
         ("toy_models.train", ["--help"]),
         ("toy_models.train", ["--config", "huge", "--out", out]),
         ("toy_models.train", ["--config", "tiny", "--steps", "0", "--out", out]),
+        ("toy_models.train", ["--config", "tiny", "--steps", str(10**20), "--out", out]),
         ("toy_models.train", ["--config", "tiny", "--lr", "0", "--out", out]),
         ("toy_models.train", ["--config", "tiny", "--lr", "nan", "--out", out]),
         ("toy_models.train", ["--config", "tiny", "--seed", "-1", "--out", out]),
@@ -420,6 +423,7 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
         ("replacement.train", ["--layers", "1", "--out", out]),
         ("replacement.train", ["--model", "gpt5", "--out", out]),
         ("replacement.train", ["--out", str(a_file)]),
+        ("replacement.train", ["--steps", str(10**20), "--out", out]),
         ("replacement.evaluate", ["--help"]),
         ("replacement.evaluate", ["--replacement", shipped, "--batches", "0"]),
         ("replacement.evaluate", ["--replacement", shipped, "--batches", str(10**9)]),
@@ -428,6 +432,7 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
         ("replacement.evaluate", ["--replacement", shipped, "--json", str(a_dir)]),
         ("replacement.ship", ["--help"]),
         ("replacement.ship", [str(a_dir)]),
+        ("replacement.ship", [str(unfinished)]),
         ("replacement.ship", [shipped, "--model", "huge"]),
     ]
     result = subprocess.run(
@@ -443,7 +448,12 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
         assert code == (0 if args == ["--help"] else 2), (module, args, code)
         assert not heavy, (module, args, heavy)
     assert "Traceback" not in result.stderr, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir", "a-file"]  # no leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir", "a-file", "unfinished"]
+    # an unfinished run is said to be one (it read "not a replacement.train --out directory")
+    assert (
+        "the run has not finished (a checkpoint, no replacement.json); finish it with "
+        "replacement.train --resume first" in result.stderr
+    )
     assert list(a_dir.iterdir()) == []
 
 
@@ -468,6 +478,26 @@ def test_a_foreign_tokenizer_is_named_where_it_is_before_shipping(tiny_run, tmp_
     shutil.copyfile(ROOT / "toy_models" / "zoo" / "default" / "tokenizer.json",
                     run / "tokenizer.json")  # fmt: skip
     with pytest.raises(ValueError, match=f"^{run / 'tokenizer.json'}: vocabulary of"):
+        ship.ship(run, "tiny", dest_root=tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists() or not any((tmp_path / "zoo").iterdir())
+
+
+def test_weights_beyond_float16_are_refused_naming_the_run_not_a_temp_file(tiny_run, tmp_path):
+    """A fuzz pass: a run with one weight of 1e6 (finite in float32) shipped as inf, and the
+    check of the shipped copy named the ship's temp file. Refused before anything is written,
+    naming the run and the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    from toy_models import ship
+    from toy_models.checkpoint import WEIGHTS_FILE
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    weights = load_file(run / WEIGHTS_FILE)
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name].view(-1)[0] = 1e6
+    save_file(weights, run / WEIGHTS_FILE)
+    with pytest.raises(UserError, match=re.escape(f"{run}: {name} holds values beyond float16")):
         ship.ship(run, "tiny", dest_root=tmp_path / "zoo")
     assert not (tmp_path / "zoo").exists() or not any((tmp_path / "zoo").iterdir())
 

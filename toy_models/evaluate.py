@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from .cli import ArgumentParser, UserError, path_arg, run_cli
+from .cli import ArgumentParser, UserError, file_arg, run_cli
 from .data import FAMILIES, Example, Span, carries_into, count_carries, examples, pad_rows
 
 if TYPE_CHECKING:
@@ -763,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--docs", type=int, default=200, help="documents per family and split (default 200)"
     )
-    parser.add_argument("--json", type=path_arg, help="also write the results here as JSON")
+    parser.add_argument("--json", type=file_arg, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     if not 1 <= args.docs <= MAX_DOCS:  # a huge count would run for ever without a word
         raise ValueError(f"--docs must be between 1 and {MAX_DOCS}, got {args.docs}")

@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .cli import ArgumentParser, UserError, path_arg, run_cli
+from .cli import MAX_STEPS, ArgumentParser, UserError, path_arg, run_cli
 from .zoo import CONFIGS, TrainConfig, get_config
 
 LOSS_WINDOW = 50  # the reported train loss is the mean over this many last steps
@@ -294,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     get_config(args.config)  # fail on an unknown name before any heavy import
-    if args.steps is not None and args.steps <= 0:
-        raise UserError(f"--steps must be positive, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:  # a config's bound (a fuzz
+        # pass's 10**20 steps started; the finished run's config would then be refused)
+        raise UserError(f"--steps must be in 1..2**40, got {args.steps}")
     if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= 1):
         raise UserError(f"--lr must be a number in (0, 1], got {args.lr}")
     if args.seed is not None and not 0 <= args.seed < 2**32:

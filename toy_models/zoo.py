@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+from .cli import MAX_STEPS
 from .files import file_sha256  # noqa: F401  (re-exported: the shipped-file tests use it)
 from .records import Bounds
 
@@ -35,7 +36,7 @@ class TrainConfig:
         }
     )
     batch_size: Annotated[int, Bounds(1, 2**20)] = 32
-    steps: Annotated[int, Bounds(1, 2**40)] = 5400
+    steps: Annotated[int, Bounds(1, MAX_STEPS)] = 5400
     lr: Annotated[float, Bounds(1e-12, 1)] = 3e-3  # (0, 1], as ``toy_models.train --lr``
     # The schedule is a fraction of the run, so that ``--steps N`` scales it (300 of 5400).
     warmup_fraction: Annotated[float, Bounds(0, 1)] = 1 / 18

@@ -15,8 +15,14 @@ def circuit_statistics(replacement, tokenizer, model: str):
     under a minute, once). Read before the report's work, so that a file it cannot use is
     refused before anything is written."""
     from circuits.gathering import statistics_for
+    from circuits.statistics import default_stats_path
+    from toy_models.files import check_writable_dir
 
-    return statistics_for(replacement, tokenizer, model, option=None)
+    path = default_stats_path(model, replacement, tokenizer)
+    if not path.is_file():  # gathered into: a folder it cannot write is refused now (a fuzz
+        # pass, from a read-only working directory: "runs: Read-only file system" after it)
+        check_writable_dir(path.parent, "the induction circuit's statistics folder")
+    return statistics_for(replacement, tokenizer, model, path, option=None)
 
 
 def induction_circuit(replacement, tokenizer, results: dict, model: str, out: Path,

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, path_arg
+from toy_models.cli import ArgumentParser, UserError, path_arg, seed_arg
 from toy_models.files import check_writable_dir, earlier_set
 from toy_models.zoo import resolve_model_dir
 
@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Settings.draws,
         help="random head sets per control (default %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=Settings.seed, help="seeds the random draws")
+    parser.add_argument(
+        "--seed", type=seed_arg, default=Settings.seed, help="seeds the random draws"
+    )
     parser.add_argument(
         "--no-truth",
         action="store_true",

@@ -569,9 +569,12 @@ def attribute(
     elif constants and not run.constants:
         raise ValueError("constants asks for bias nodes the run given has none of: pass a "
                          "run_prompt(..., constants=True), or none")  # fmt: skip
-    logits = resolve_targets(replacement, run, targets, max_logits, logit_probability)  # 2)
+    model_probs = model_next(replacement, run)  # sparse mode: the model's own, once
+    logits = resolve_targets(replacement, run, targets, max_logits, logit_probability,
+                             model_probs)  # 2)  # fmt: skip
     edges, bias, value = build_edges(replacement, run, logits)  # 3) closed-form edges
-    graph = assemble_graph(replacement, run, logits, edges, bias, value, tokenizer, prompt)  # 4)
+    graph = assemble_graph(replacement, run, logits, edges, bias, value, tokenizer, prompt,
+                           model_probs)  # 4)  # fmt: skip
     given = [find_node(graph, t) for t in targets or [] if isinstance(t, NodeTarget)]
     for i in given:
         graph.target_weight[i] = 1.0
@@ -614,15 +617,17 @@ def resolve_targets(
     targets: list[Target] | None,
     max_logits: int = 10,
     logit_probability: float = 0.95,
+    model_probs: Tensor | None = None,
 ) -> list[_Logit]:
     """The logit targets: the top tokens by probability (``targets`` None), or the given
     logit tokens and differences; each reads a demeaned unembedding column (a difference
-    needs no demeaning)."""
+    needs no demeaning). ``model_probs``: ``model_next``'s, when the caller has them."""
     rw, d_vocab = replacement.read_write(), replacement.cfg.d_vocab
     last_logits = run.logits[-1]
     probs = last_logits.softmax(-1)
     demeaned = last_logits - last_logits.mean()
-    model_probs = model_next(replacement, run)  # sparse mode: the model's own, beside ours
+    if model_probs is None:  # sparse mode: the model's own, beside ours
+        model_probs = model_next(replacement, run)
 
     def record(a: int, b: int | None) -> LogitRecord:
         theirs = lambda v: None if model_probs is None or v is None else float(model_probs[v])  # noqa: E731
@@ -732,9 +737,11 @@ def assemble_graph(
     value: Tensor,
     tokenizer=None,
     prompt: str = "",
+    model_probs: Tensor | None = None,
 ) -> Graph:
     """The ``Graph``: the run's sources then the logits, with each node's structured facts
-    (the key a head reads, the tokens a head or feature promotes, the logit records)."""
+    (the key a head reads, the tokens a head or feature promotes, the logit records).
+    ``model_probs``: ``model_next``'s, when the caller has them."""
     n_src, n_logit, n = len(run.kind), len(logits), len(run.tokens)
     N = n_src + n_logit
     kind = torch.cat([run.kind, torch.full((n_logit,), Kind.LOGIT)])
@@ -751,7 +758,8 @@ def assemble_graph(
     referenced |= {lg.record.negative for lg in logits if lg.record.negative is not None}
     # the model's top next tokens: a summary's runner-up is one (it read '<453>' for ' wind')
     referenced |= set(run.logits[-1].topk(min(TOP_TOKENS, run.logits.shape[-1])).indices.tolist())
-    model_probs = model_next(replacement, run)
+    if model_probs is None:
+        model_probs = model_next(replacement, run)
     if model_probs is not None:  # the model's own top token (``Graph.model_top``)
         referenced.add(int(model_probs.argmax()))
     return Graph(

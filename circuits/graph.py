@@ -57,6 +57,7 @@ from .nodes import KINDS, Kind, block_of, logit_stage, node_id, unit_id
 # (``LogitRecord.negative_probability``, and the model's in sparse mode), and a sparse graph's
 # ``model`` entry the model's own most likely next token (``Graph.model_top``)
 FORMAT_VERSION = 8
+SAME_P = 1e-6  # two float32 probabilities of one token read apart (a file's checks)
 MODES = ("local", "sparse")
 N_PROMOTED = 3  # tokens kept per head/feature in ``promotes``
 QK_BIAS = "bias"  # the query/key bias side where a record names units (None where nodes)
@@ -442,11 +443,20 @@ class Graph:
         if top is None:
             return None
         ok = isinstance(top, list) and len(top) == 2 and is_integer(top[0]) and top[0] >= 0 \
+            and (not self.token_text or int(top[0]) in self.token_text) \
             and is_fraction(top[1])  # fmt: skip
         if not ok:
-            raise ValueError(f"model['model_top']: expected [token id, probability in (0, 1]], "
-                             f"got {top!r:.60}")  # fmt: skip
-        return int(top[0]), float(top[1])
+            raise ValueError(f"model['model_top']: expected [token id, probability in (0, 1]] "
+                             f"of a token the graph names, got {top!r:.60}")  # fmt: skip
+        token, p = int(top[0]), float(top[1])
+        # the most likely token: no target's token more likely in the model, its own the same
+        said = [(r.token, r.model_probability) for r in self.logit_targets]
+        said += [(r.negative, r.model_negative_probability) for r in self.logit_targets]
+        for t, q in said:
+            if q is not None and (q > p + SAME_P or (t == token and abs(q - p) > SAME_P)):
+                raise ValueError(f"model['model_top']: p={p:.6g} for token {token}, where a "
+                                 f"target gives the model's p={q:.6g} for token {t}")  # fmt: skip
+        return token, p
 
     @property
     def starts_with_bos(self) -> bool:

@@ -57,6 +57,7 @@ from .graph import (
     QK_SOURCE_KINDS,
     QK_SOURCE_SIDES,
     RESERVED_SETTINGS,
+    SAME_P,
     Graph,
     LogitRecord,
     NamedSide,
@@ -481,6 +482,7 @@ def _known_tokens(
     known = torch.tensor(sorted(token_text))
     is_token = (node["kind"] == Kind.EMBEDDING) | (node["kind"] == Kind.LOGIT)
     negatives = [r.negative for r in logit_targets if r.negative is not None]
+    # (a sparse graph's model_top: ``Graph.model_top`` checks it against token_text)
     for field, ids in (("tokens", tokens), ("promotes", promotes[promotes >= 0]),
                        ("index", node["index"][is_token]),
                        ("logit_targets", torch.tensor(negatives, dtype=torch.long))):  # fmt: skip
@@ -523,9 +525,13 @@ def _logit_targets(items: list, n_logits: int, mode: str) -> list[LogitRecord]:
                  "the model's probability beside a graph's own outside sparse mode")  # fmt: skip
         _require(negative_p is None or negative is not None, "logit_targets",
                  "a negative token's probability where the target is a single token")  # fmt: skip
-        _require(model_negative_p is None or (sparse and negative_p is not None),
+        _require(model_negative_p is None or (sparse and negative_p is not None
+                                              and model_p is not None),
                  "logit_targets", "the model's probability of a negative token outside sparse "
-                 "mode, or without the graph's own")  # fmt: skip
+                 "mode, or without the graph's own or the model's of the positive")  # fmt: skip
+        for a, b in ((p, negative_p), (model_p, model_negative_p)):  # two tokens of one softmax
+            _require(a is None or b is None or a + b <= 1 + SAME_P, "logit_targets",
+                     "a difference's two probabilities sum above 1")  # fmt: skip
         number = lambda x: None if x is None else float(x)  # noqa: E731
         records.append(LogitRecord(token, negative, float(p), number(model_p),
                                    number(negative_p), number(model_negative_p)))  # fmt: skip

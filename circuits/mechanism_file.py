@@ -25,7 +25,7 @@ from typing import Annotated
 from toy_models.cli import one_line
 from toy_models.records import Bounds, from_json, is_finite_number, parse_json, to_plain
 
-from .graph import MODES, QKReason, untrained_words
+from .graph import MODES, SAME_P, QKReason, untrained_words
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, kind_at_stage
 
 VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
@@ -601,7 +601,7 @@ class MechanismSummary:
     # this file alone learned nothing of the model putting another token first (a review);
     # None in local mode and in files written before it.
     model_top: str | None = None
-    model_top_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    model_top_probability: Annotated[float, Bounds(1e-12, 1.0)] | None = None
 
     def untrained_note(self) -> str | None:
         """The reader's line on untrained tokens (``circuits.graph.untrained_words``)."""
@@ -683,9 +683,17 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     _expect(set(summary.untrained_targets) <= said,
             "untrained_targets: not tokens of the logit targets")  # fmt: skip
     _expect((summary.model_top is None) == (summary.model_top_probability is None)
-            and (summary.model_top is None or summary.mode == "sparse"),
-            "model_top: the model's own top token and its probability, both or neither, in "
-            "sparse mode only")  # fmt: skip
+            and (summary.model_top is None or (summary.mode == "sparse" and summary.model_top)),
+            "model_top: the model's own top token (a text) and its probability, both or "
+            "neither, in sparse mode only")  # fmt: skip
+    if summary.model_top is not None:  # the most likely: no target's token more, its own the same
+        top, p = summary.model_top, summary.model_top_probability
+        said = [(t.token, t.model_probability) for t in summary.targets]
+        said += [(t.negative, t.model_negative_probability) for t in summary.targets]
+        _expect(all(q is None or (q <= p + SAME_P and (t != top or abs(q - p) <= SAME_P))
+                    for t, q in said),
+                "model_top: a target's token more likely in the model than its top token, or "
+                "its own given another probability")  # fmt: skip
     tolerance = summary.settings.get("tolerance", TOLERANCE)
     _expect(is_finite_number(tolerance) and tolerance >= 0,
             f"settings.tolerance: {tolerance!r:.40}, not a finite number >= 0")  # fmt: skip
@@ -748,9 +756,14 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                 f"{where}: a negative token's probability for a target not a logit "
                 "difference")  # fmt: skip
         _expect(t.model_negative_probability is None or (
-            summary.mode == "sparse" and t.negative_probability is not None),
-            f"{where}.model_negative_probability: the model's beside none of the graph's own, "
-            "or outside sparse mode")  # fmt: skip
+            summary.mode == "sparse" and t.negative_probability is not None
+            and t.model_probability is not None),
+            f"{where}.model_negative_probability: the model's beside none of the graph's own "
+            "or without the model's of the positive token, or outside sparse mode")  # fmt: skip
+        for a, b in ((t.probability, t.negative_probability),
+                     (t.model_probability, t.model_negative_probability)):  # fmt: skip
+            _expect(a is None or b is None or a + b <= 1 + SAME_P,
+                    f"{where}: a difference's two probabilities sum above 1")  # fmt: skip
         _closes(t.tokens + t.errors + t.constants, t.value, f"{where}: tokens + errors + constants")
         if t.tokens_by_position:
             shares = t.tokens_by_position

@@ -635,7 +635,7 @@ def _target_record(graph, t, parts, probs, run, head_groups) -> TargetRecord:
         head_groups=head_groups, tokens_by_position=by_position, **_moved_fields(parts),
         model_probability=record.model_probability,
         runner_up_is_negative=runner is not None and runner == record.negative,
-        negative_probability=None if record.negative is None else float(probs[record.negative]),
+        negative_probability=record.negative_probability,
         model_negative_probability=record.model_negative_probability,
     )  # fmt: skip
 

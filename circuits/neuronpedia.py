@@ -104,7 +104,7 @@ def _logit_clerp(graph: Graph, i: int) -> str:
     the "(p=...)" so the page still reads it, and its negative's after the ")": ``Output
     ' Mary' - ' Tom' = 2.554; ' Mary' (p=0.997), ' Tom' p=0.001``; a difference has no
     probability of its own. In sparse mode the probability is the replacement's, and the
-    model's follows after the ")" (a difference's two in its order): ``Output ' Z' (p=0.753)
+    model's follows after the ")" (a difference's two, each named): ``Output ' Z' (p=0.753)
     model p=0.200``. A probability under 0.001 keeps two significant figures
     (``probability_words``: ``model p=0.000`` read as zero for 0.00015)."""
     record = graph.logit_record(i)
@@ -119,8 +119,9 @@ def _logit_clerp(graph: Graph, i: int) -> str:
     theirs = record.model_probability
     if theirs is not None:
         after += f" model p={probability_words(theirs)}"
-        if record.model_negative_probability is not None:
-            after += f" and {probability_words(record.model_negative_probability)}"
+        if record.model_negative_probability is not None:  # each token named, as the summary
+            after += (f" for {token}, {probability_words(record.model_negative_probability)} "
+                      f"for {graph.token(record.negative)!r}")  # fmt: skip
     return f"Output {text} (p={probability_words(record.probability)}){after}"
 
 

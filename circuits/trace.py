@@ -616,9 +616,9 @@ def sparse_note(replacement, run, tokenizer) -> str:
         said = (f"the replacement predicts {top} where the model predicts "
                 f"{token_text(tokenizer, b)!r} (p {float(model[b]):.3g})")  # fmt: skip
     return (
-        f"in sparse mode {said}: the graph explains the replacement's prediction and every "
-        "probability printed is the replacement's (--mode local, with error nodes, explains "
-        "the model's)"
+        f"in sparse mode {said}: the graph explains the replacement's prediction and the "
+        "probabilities printed are the replacement's, except those said to be the model's "
+        "(--mode local, with error nodes, explains the model's)"
     )
 
 

@@ -36,7 +36,7 @@ def record_for(directory: Path, model_name: str) -> dict:
 def ship(run_dir: Path, model_name: str, dest_root: Path = SHIPPED_DIR) -> Path:
     import torch
 
-    from toy_models.ship import ship_directory
+    from toy_models.ship import check_half_range, ship_directory
     from toy_models.zoo import load_pretrained
 
     from .model import ReplacementModel
@@ -45,6 +45,7 @@ def ship(run_dir: Path, model_name: str, dest_root: Path = SHIPPED_DIR) -> Path:
         raise UserError(f"unknown zoo model {model_name!r}; known: {', '.join(sorted(CONFIGS))}")
     model, _ = load_pretrained(model_name)
     replacement = ReplacementModel.load(run_dir, model)
+    check_half_range(replacement, run_dir)
 
     def write(tmp: Path) -> None:
         replacement.save(tmp, model_name, replacement.meta, dtype=torch.float16)

@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     check_config(args.config)
     if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:  # a config's bound (a fuzz
         # pass's 10**20 steps started; the finished run's config would then be refused)
-        raise UserError(f"--steps must be in 1..2**40, got {args.steps}")
+        raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {args.steps}")
     layers = parse_layers(args.layers)
     if layers is not None and (args.activations is None or args.base is None):
         raise UserError(

@@ -45,17 +45,29 @@ def promoted(graph: Graph, i: int) -> list[str]:
     return [repr(graph.token(t)) for t in graph.promotes[i].tolist() if t >= 0]
 
 
-def logit_text(graph: Graph, i: int) -> tuple[str, str]:
+def logit_text(graph: Graph, i: int, both: bool = False) -> tuple[str, str]:
     """A logit node's (tokens, value) texts: ``("' Julia'", "p=0.997")`` or
     ``("' Mary' - ' Tom'", "= 2.554")``; in sparse mode the probability is the replacement's,
-    with the model's beside it (``"p=0.753 (model 0.200)"``)."""
+    with the model's beside it (``"p=0.753 (model 0.200)"``). With ``both``, a difference's
+    value is followed by its two tokens' probabilities where the record has them (``"= 2.554
+    (p 0.997, 0.001)"``, sparse: ``"(p 0.151, 0.141; model 0.137, 0.024)"``): a review found
+    the page's node giving none, where the summary and graph.json give both."""
     record = graph.logit_record(i)
     if record.negative is None:
         theirs = record.model_probability
         model = "" if theirs is None else f" (model {probability_words(theirs)})"
         return repr(graph.token(record.token)), f"p={probability_words(record.probability)}{model}"
     pair = f"{graph.token(record.token)!r} - {graph.token(record.negative)!r}"
-    return pair, f"= {float(graph.value[i]):.3f}"
+    value = f"= {float(graph.value[i]):.3f}"
+    if both and record.negative_probability is not None:
+        pairs = [
+            ("p", record.probability, record.negative_probability),
+            ("model", record.model_probability, record.model_negative_probability),
+        ]
+        said = "; ".join(f"{what} {probability_words(a)}, {probability_words(b)}"
+                         for what, a, b in pairs if a is not None and b is not None)  # fmt: skip
+        value += f" ({said})"
+    return pair, value
 
 
 def _usage(graph: Graph, i: int) -> str:
@@ -93,7 +105,7 @@ def node_label(graph: Graph, i: int) -> str:
     kind = Kind(int(graph.kind[i]))
     stage, pos, index = int(graph.stage[i]), int(graph.pos[i]), int(graph.index[i])
     if kind == Kind.LOGIT:
-        tokens, value = logit_text(graph, i)
+        tokens, value = logit_text(graph, i, both=True)
         return f"logit {tokens} {value}" if graph.positional else f"logit {tokens}"
     if kind == Kind.EMBEDDING and graph.positional:
         return f"{prompt_token(graph, pos)}@{pos}"

@@ -994,7 +994,9 @@ def _weak_text(summary: MechanismSummary, key: str, side: str, alone: float) -> 
         low = None if a is None else a.mean_side(side)
         if low is not None and low <= a.mean_before * HALVES and low < alone:
             found.append((low, g, a))
-    words = "; weak: no head group tested halves it"
+    # read on the group's attention (its QK heads' mean), which the line gives after a named
+    # QK head's own (a review found a head halved beside "weak")
+    words = "; weak (the group's attention): no head group tested halves it"
     if not found:
         return (f"{words}, nor any group the summary checks: this side is no one group's doing "
                 "(its position's own token and features, or many groups at once)")  # fmt: skip

@@ -690,17 +690,18 @@ def test_cli_refuses_bad_arguments_before_importing_torch(fresh_cli, tmp_path):
     assert (tmp_path / "set" / "replacement.json").read_text() == "{}"
     # a fuzz pass: "--out newdir/" wrote a file called newdir
     code, heavy, err = fresh_cli("circuits.dashboard_cli", ["--out", str(tmp_path / "new") + "/"])
-    assert code == 2 and "ends in a separator: give a file's path" in err and heavy == []
+    assert code == 2 and "ends in a separator or a dot directory" in err and heavy == []
     assert not (tmp_path / "new").exists()
     # ... and the next fuzz pass: every other option naming a file to write did the same
     new = str(tmp_path / "new") + "/"
     calls = (("toy_models.evaluate", ["--model", "default", "--json", new]),
              ("replacement.evaluate", ["--model", "default", "--json", new]),
              ("circuits.global_graph", ["--start", "lorsa:1:0", "--stats", new]),
-             ("circuits.trace", ["--prompt", "a", "--dashboards-file", new]))  # fmt: skip
+             ("circuits.trace", ["--prompt", "a", "--dashboards-file", new + "."]),
+             ("circuits.dashboard_cli", ["--out", new + ".."]))  # fmt: skip
     for module, args in calls:
         code, heavy, err = fresh_cli(module, args)
-        assert code == 2 and "ends in a separator: give a file's path" in err, (module, err)
+        assert code == 2 and "ends in a separator or a dot directory" in err, (module, err)
         assert heavy == [] and not (tmp_path / "new").exists()
     # a seed below 0 passed the check and failed after the model loaded, naming no option;
     # the head taxonomy and the superposition report took one

@@ -146,7 +146,7 @@ FORGED = {
         None, lambda h: h["logit_targets"][0].__setitem__(3, 0.5),
         "logit_targets: the model's probability beside a graph's own outside sparse mode",
     ),
-    "a logit target of five entries (format 7)": (
+    "a logit target of five entries (format 7 had four)": (
         None, lambda h: h["logit_targets"][0].pop(), "logit_targets: entries must be",
     ),
     "a negative token's probability beside a single token": (

@@ -1845,7 +1845,8 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             line = next(x for x in text.splitlines()
                         if f"side of QK {w.qk_head} {g.key} {g.name} (" in x)  # fmt: skip
             weak = a.mean_side(w.side) > a.mean_before / 2
-            assert ("; weak: no head group tested halves it" in line) == weak
+            said = "; weak (the group's attention): no head group tested halves it" in line
+            assert said == weak
             # beside a weak one, the checked group (of any kind) lowering it most, if it halves
             lower = sorted((x.mean_side(w.side), o.key) for o in summary.groups
                            if (x := summary.attention_after(o, w.group)) is not None
@@ -3076,6 +3077,14 @@ def test_a_differences_checks_give_both_tokens_probabilities(replacement, tokens
          or x["targets"][0].update(model_probability=None, model_negative_probability=0.5),
          "model_negative_probability"),
         (lambda x: x.update(mode="local", model_top="x", model_top_probability=0.5), "model_top"),
+        # a review: an empty top token, a top of p 0, and the target's own token given another
+        # probability than the target gives it, all loaded
+        (lambda x: x.update(model_top="", model_top_probability=0.5), "model_top"),
+        (lambda x: x.update(model_top="x", model_top_probability=0.0), "model_top"),
+        (lambda x: x.update(model_top=x["targets"][0]["token"], model_top_probability=1e-9),
+         "model_top"),
+        (lambda x: x["targets"][0].update(probability=0.9, negative_probability=0.2),
+         "sum above 1"),
     ):  # fmt: skip
         bad = copy.deepcopy(d)
         edit(bad)

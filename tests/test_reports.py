@@ -128,6 +128,15 @@ def test_short_labels_from_fields():
     assert short["1_-1_3"] == "err" and short["E_0_0"] == "'<|bos|>'@0"
     assert short["5_11_3"] == "' Julia'\np=0.997"
     assert short["5_200-201_3"] == "' Veafruviand' - …\n= 2.554"
+    # the full label gives a difference's two probabilities where the record has them (a review
+    # found the page's node giving none), and the model's in sparse mode
+    diff = g.ids.index("5_200-201_3")
+    assert labels.node_label(g, diff) == "logit ' Veafruviand' - ' Tom' = 2.554"
+    g.logit_targets[1] = LogitRecord(200, 201, 0.1, None, 0.0025)
+    assert labels.node_label(g, diff).endswith("= 2.554 (p 0.100, 0.003)")
+    g.logit_targets[1] = LogitRecord(200, 201, 0.1, 0.137, 0.0025, 0.024)
+    assert labels.node_label(g, diff).endswith("= 2.554 (p 0.100, 0.003; model 0.137, 0.024)")
+    assert labels.short_label(g, diff) == short["5_200-201_3"]  # the box keeps its value
     assert short["1_17_1"] == 'F17\n↑\'say "hi" \\\\N…'  # a long token, cut
     for text in short.values():
         assert text.count("\n") <= 1
@@ -663,10 +672,11 @@ def test_a_logit_differences_json_label_gives_its_positive_tokens_probability():
     assert float(sparse["clerp"].split("(p=")[1].split(")")[0]) == 0.997
     # a difference's negative token's probability after the ")", and the model's for both;
     # a probability under 0.001 is not rounded to zero (a review read "model p=0.000")
-    g.logit_targets[1] = LogitRecord(200, 201, 0.9967, 0.00015, 0.72, 0.5)
+    g.logit_targets[1] = LogitRecord(200, 201, 0.9967, 0.00015, 0.0025, 0.5)
     diff = {n["node_id"]: n for n in to_json(g, labels.node_labels(g))["nodes"]}["5_200-201_3"]
     assert diff["clerp"] == ("Output ' Monday' - ' Saturday' = 7.374; ' Monday' (p=0.997), "
-                             "' Saturday' p=0.720 model p=0.00015 and 0.500")  # fmt: skip
+                             "' Saturday' p=0.003 model p=0.00015 for ' Monday', 0.500 for "
+                             "' Saturday'")  # fmt: skip
     assert float(diff["clerp"].split("(p=")[1].split(")")[0]) == 0.997
 
 

@@ -904,3 +904,27 @@ def test_a_resume_it_cannot_continue_writes_nothing(tmp_path, cli, state, messag
     assert code == 2 and err.count("\n") == 1 and re.search(message, err), err
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
         "checkpoint", "checkpoint/state.json"]  # fmt: skip
+
+
+def test_a_replacement_set_beyond_float16_is_refused_before_shipping(
+    tiny_pretrained, make_replacement, monkeypatch, tmp_path
+):
+    """A review: a set with a decoder weight of 1e6 shipped as inf and was refused naming the
+    ship's temp directory. ``replacement.ship`` checks the set it loaded first, as
+    ``toy_models.ship`` checks a model (``check_half_range``)."""
+    import torch
+
+    import replacement.model
+    import toy_models.zoo
+    from replacement import ship
+
+    model, _ = tiny_pretrained
+    rep = make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4)
+    with torch.no_grad():
+        rep.transcoders[0].W_dec.view(-1)[0] = 1e6
+    monkeypatch.setattr(toy_models.zoo, "load_pretrained", lambda name: (model, None))
+    monkeypatch.setattr(replacement.model.ReplacementModel, "load", lambda d, m: rep)
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path}: ") + r"\S*W_dec holds values "
+                       "beyond float16's range"):  # fmt: skip
+        ship.ship(tmp_path, "tiny", dest_root=tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists()

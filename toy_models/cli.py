@@ -102,8 +102,10 @@ def file_arg(text: str) -> Path:
     (``Path("newdir/")`` drops the slash, and a fuzz pass found ``--out newdir/`` writing a
     file called ``newdir``)."""
     path = path_arg(text)
-    if text.endswith(("/", os.sep)):
-        raise argparse.ArgumentTypeError(f"{text!r} ends in a separator: give a file's path")
+    if text.endswith(("/", os.sep)) or os.path.basename(text) in (".", ".."):  # (newdir/.:
+        # pathlib drops the dot, and a review found it writing a file called newdir)
+        raise argparse.ArgumentTypeError(f"{text!r} ends in a separator or a dot directory: "
+                                         "give a file's path")  # fmt: skip
     return path
 
 

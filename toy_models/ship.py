@@ -146,20 +146,27 @@ def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
     if fields.untrained_tokens is None:  # a run trained before training recorded them
         meta["untrained_tokens"] = _untrained_tokens(run_dir, meta, model.cfg)
 
-    # weights beyond float16's range would ship as inf, and the check of the shipped copy
-    # named its temp file (a fuzz pass's one weight of 1e6)
-    big = [name for name, p in model.state_dict().items()
-           if p.is_floating_point() and not torch.isfinite(p.to(torch.float16)).all()]  # fmt: skip
-    if big:
-        raise UserError(f"{run_dir}: {big[0]} holds values beyond float16's range (the zoo's "
-                        f"weights are float16; largest {torch.finfo(torch.float16).max:g}); "
-                        "nothing shipped")  # fmt: skip
+    check_half_range(model, run_dir)
 
     def write(tmp: Path) -> None:
         model.save(tmp, dtype=torch.float16, extra=meta)
         shutil.copyfile(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
 
     return ship_directory(dest_root, name, write, record_for)
+
+
+def check_half_range(module, run_dir: Path) -> None:
+    """Refuse, naming the run and the tensor, weights beyond float16's range: the zoo's are
+    float16, so they would ship as inf, and the check of the shipped copy named its temp file
+    (a fuzz pass's one weight of 1e6, then a review's in a replacement set)."""
+    import torch
+
+    big = [name for name, p in module.state_dict().items()
+           if p.is_floating_point() and not torch.isfinite(p.to(torch.float16)).all()]  # fmt: skip
+    if big:
+        raise UserError(f"{run_dir}: {big[0]} holds values beyond float16's range (the zoo's "
+                        f"weights are float16; largest {torch.finfo(torch.float16).max:g}); "
+                        "nothing shipped")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     get_config(args.config)  # fail on an unknown name before any heavy import
     if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:  # a config's bound (a fuzz
         # pass's 10**20 steps started; the finished run's config would then be refused)
-        raise UserError(f"--steps must be in 1..2**40, got {args.steps}")
+        raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {args.steps}")
     if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= 1):
         raise UserError(f"--lr must be a number in (0, 1], got {args.lr}")
     if args.seed is not None and not 0 <= args.seed < 2**32:

@@ -30,7 +30,7 @@
   const meta = data.metadata, nodes = data.nodes, N = nodes.length;
   // A sparse graph explains the replacement, whose probabilities can be far from the model's
   // (a reviewer's ' Thursday' p=0.811 in its box and panels, 0.982 in the model).
-  const SPARSE_NOTE = "sparse mode: the graph and every probability shown are the replacement's, not the model's";
+  const SPARSE_NOTE = "sparse mode: the graph and its probabilities are the replacement's, except those said to be the model's";
   // The mechanism summary's groups whose ablation check of the first target is flagged (the
   // linear graph not to be trusted there), as sets of member ids: a supernode of exactly those
   // members says so on its box.
@@ -990,15 +990,27 @@
     for (let i = 0; i < N; i++) {
       if (drawnSet.has(i)) continue;
       if (INNER.has(nodes[i].kind)) budget.push(i);
-      else if (nodes[i].kind === "embedding") {
-        const e = outE[i].find((e) => drawnSet.has(tgt[e])); // strongest first
-        tokens.push([i, e === undefined ? null : e]);
-      }
+      else if (nodes[i].kind === "embedding") tokens.push([i, strongestToDrawn(v, i)]);
     }
     budget.sort(byScore);
     tokens.sort((a, b) => byScore(a[0], b[0]));
     return { budget, tokens };
   }
+  // A token's strongest edge to what is drawn, as the drawing sums it: its edges into each
+  // drawn item added up (a supernode's members' together), the largest |sum| as [item, weight],
+  // or null. Its strongest edge to one member was named, and the threshold it set drew nothing
+  // where the edges into the member's supernode summed smaller (a review).
+  function strongestToDrawn(v, i) {
+    const sums = new Map(), own = v.itemOf[i];
+    for (const e of outE[i]) {
+      const b = v.itemOf[tgt[e]];
+      if (b >= 0 && b !== own && v.items[b].drawn) sums.set(b, (sums.get(b) || 0) + wt[e]);
+    }
+    let best = null;
+    sums.forEach((w, b) => { if (w !== 0 && (!best || Math.abs(w) > Math.abs(best[1]))) best = [b, w]; });
+    return best;
+  }
+  const itemName = (it) => (it.node !== undefined ? nodes[it.node].lines[0] : it.name);
   function showLeftOut(v) {
     const { budget, tokens } = leftOutNodes(v), n = budget.length + tokens.length;
     ui.leftOutButton.hidden = n === 0;
@@ -1015,11 +1027,11 @@
         (i) => el("li", {}, noderef(nodes[i].id), ` #${rank.get(i)} by ${what(i)} `,
           draw("pin", "draw it whatever the budget", () => togglePin(i)))),
       ...section(`${tokens.length} ${tokens.length === 1 ? "token" : "tokens"} no drawn edge leaves (edges |w| ≥ ${fmt(state.edgeMin, 3)}):`, tokens,
-        ([i, e]) => el("li", {}, noderef(nodes[i].id), (score[i] > -Infinity ? ` ${what(i)}` : "") + (e === null
+        ([i, best]) => el("li", {}, noderef(nodes[i].id), (score[i] > -Infinity ? ` ${what(i)}` : "") + (best === null
           ? " · no edge to a drawn node"
-          : ` · its strongest edge to what is drawn, to ${nodes[tgt[e]].lines[0]}, ${signed(wt[e])} `),
-        e === null ? null : draw(`edges ≥ ${fmt(Math.abs(wt[e]), 3)}`, "lower the edge threshold to draw this edge (and every one as strong)",
-          () => { state.edgeMin = Math.abs(wt[e]); update(); })))].filter((x) => x));
+          : ` · its strongest edge to what is drawn, to ${itemName(v.items[best[0]])}, ${signed(best[1])} `),
+        best === null ? null : draw(`edges ≥ ${fmt(Math.abs(best[1]), 3)}`, "lower the edge threshold to draw this edge (and every one as strong)",
+          () => { state.edgeMin = Math.abs(best[1]); update(); })))].filter((x) => x));
   }
   function drawnNodes(v) {
     const drawn = new Set();

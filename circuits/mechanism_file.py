@@ -686,7 +686,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             and (summary.model_top is None or (summary.mode == "sparse" and summary.model_top)),
             "model_top: the model's own top token (a text) and its probability, both or "
             "neither, in sparse mode only")  # fmt: skip
-    if summary.model_top is not None:  # the most likely: no target's token more, its own the same
+    # the most likely: no target's token more, its own the same (tokens by text: a summary
+    # holds no ids; the default tokenizer's 1024 texts are distinct)
+    if summary.model_top is not None:
         top, p = summary.model_top, summary.model_top_probability
         said = [(t.token, t.model_probability) for t in summary.targets]
         said += [(t.negative, t.model_negative_probability) for t in summary.targets]

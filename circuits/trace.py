@@ -595,7 +595,8 @@ def unrendered_status(asked: str | None, unrendered: list[str]) -> int:
 
 def sparse_note(replacement, run, tokenizer) -> str:
     """In sparse mode (no error nodes) the graph explains the replacement's prediction, and
-    every probability the trace prints is the replacement's, which can be far from the
+    the probabilities the trace prints are the replacement's (but those said to be the
+    model's), which can be far from the
     model's even where both rank the same token first (a reviewer's ``Zorg, Blip, Zorg,``:
     ' Z' p 0.753 sparse, 0.200 in the model): a line giving both, and the model's own top
     token where it differs; empty in local mode, whose error nodes make it the model's."""

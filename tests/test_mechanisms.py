@@ -1156,7 +1156,7 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
             name = re.escape(escape(summary.group(k).name))
             assert re.search(rf"<b>{k}</b> {name},? (flow )?<span class=", page)
     # a sparse summary's probabilities are the replacement's: said in both renderings
-    says_sparse = "the replacement's, which can differ from the model's"
+    says_sparse = "the replacement's, except those said to be the model's, and can differ"
     assert (says_sparse in format_summary(summary)) == (summary.mode == "sparse")
     assert (escape(says_sparse) in page) == (summary.mode == "sparse")
     # ... with the model's own top token, which the replacement can rank below others (a
@@ -3082,6 +3082,9 @@ def test_a_differences_checks_give_both_tokens_probabilities(replacement, tokens
         (lambda x: x.update(model_top="", model_top_probability=0.5), "model_top"),
         (lambda x: x.update(model_top="x", model_top_probability=0.0), "model_top"),
         (lambda x: x.update(model_top=x["targets"][0]["token"], model_top_probability=1e-9),
+         "model_top"),
+        # ... its own token more likely than the target says, and the most likely of all
+        (lambda x: x.update(model_top=x["targets"][0]["token"], model_top_probability=1.0),
          "model_top"),
         (lambda x: x["targets"][0].update(probability=0.9, negative_probability=0.2),
          "sum above 1"),

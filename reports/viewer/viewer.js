@@ -337,7 +337,7 @@
       // token a downstream global graph starts from).
       it.drawn = !(it.kind === "embedding" && !leaves[k] && !state.pinned.has(it.node) && !nodes[it.node].target);
     });
-    return { items, itemOf, edges, qkEdges, among, groupOf, fromBudget };
+    return { items, itemOf, edges, qkEdges, among, groupOf, fromBudget, sums, M };
   }
   // The most the budget can count: every supernode and every head, feature and error outside
   // them (computeView).
@@ -1000,14 +1000,17 @@
   // drawn item added up (a supernode's members' together), the largest |sum| as [item, weight],
   // or null. Its strongest edge to one member was named, and the threshold it set drew nothing
   // where the edges into the member's supernode summed smaller (a review).
+  // The sums are the view's own (computeView's), not added again here: added in another
+  // order, a supernode's sum differed in its last bit and the threshold set missed it.
   function strongestToDrawn(v, i) {
-    const sums = new Map(), own = v.itemOf[i];
+    const own = v.itemOf[i];
+    let best = null;
     for (const e of outE[i]) {
       const b = v.itemOf[tgt[e]];
-      if (b >= 0 && b !== own && v.items[b].drawn) sums.set(b, (sums.get(b) || 0) + wt[e]);
+      if (b < 0 || b === own || !v.items[b].drawn) continue;
+      const w = v.sums.get(own * v.M + b) || 0;
+      if (w !== 0 && (!best || Math.abs(w) > Math.abs(best[1]))) best = [b, w];
     }
-    let best = null;
-    sums.forEach((w, b) => { if (w !== 0 && (!best || Math.abs(w) > Math.abs(best[1]))) best = [b, w]; });
     return best;
   }
   const itemName = (it) => (it.node !== undefined ? nodes[it.node].lines[0] : it.name);

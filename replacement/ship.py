@@ -14,6 +14,7 @@ from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli
 from toy_models.zoo import CONFIGS
+from toy_models.zoo import SHIPPED_DIR as MODELS_DIR
 
 from .train import SET_FILE
 
@@ -58,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=path_arg, help="a trained set (replacement.train --out)")
     parser.add_argument("--model", default="default", help="the zoo model it was trained for")
     args = parser.parse_args(argv)
-    if args.model not in CONFIGS:
-        raise UserError(f"unknown zoo model {args.model!r}; known: {', '.join(sorted(CONFIGS))}")
+    # a set ships beside the shipped zoo model it was trained for: those are the names (a fuzz
+    # pass read "known: default, tiny" here and "shipped: default" from the loader)
+    shipped = sorted(name for name in CONFIGS if (MODELS_DIR / name).is_dir())
+    if args.model not in shipped:
+        raise UserError(f"--model {args.model!r}: not a shipped zoo model (shipped: "
+                        f"{', '.join(shipped) or 'none'}); a set ships beside the model it was "
+                        "trained for")  # fmt: skip
     if not (args.run_dir / SET_FILE).is_file():
         from toy_models.resumable import CHECKPOINT_DIR
 

@@ -434,6 +434,7 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
         ("replacement.ship", [str(a_dir)]),
         ("replacement.ship", [str(unfinished)]),
         ("replacement.ship", [shipped, "--model", "huge"]),
+        ("replacement.ship", [shipped, "--model", "tiny"]),  # a config, not a shipped model
     ]
     result = subprocess.run(
         [sys.executable, "-c", START_UP, json.dumps(cases)],
@@ -449,6 +450,8 @@ def test_help_and_argument_errors_import_no_torch(tmp_path):
         assert not heavy, (module, args, heavy)
     assert "Traceback" not in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir", "a-file", "unfinished"]
+    # one list of known models (a fuzz pass read "known: default, tiny" and "shipped: default")
+    assert "--model 'tiny': not a shipped zoo model (shipped: default)" in result.stderr
     # an unfinished run is said to be one (it read "not a replacement.train --out directory")
     assert (
         "the run has not finished (a checkpoint, no replacement.json); finish it with "

@@ -1597,3 +1597,27 @@ def test_a_graphs_first_view_shows_it_whole_from_logits_to_tokens(tmp_path, size
     assert got["bottom"] <= got["win"], got
     assert got["ctop"] <= got["top"] and got["low"] <= got["bottom"], got
     assert got["w"] <= got["cw"] and got["zoom"] >= 0.7 - 1e-6, got
+
+
+def test_a_cells_boxes_are_spaced_by_their_own_widths_not_the_columns_widest(browser, small_page):
+    """A review: every box of a position's column was spaced at the column's widest box, so one
+    wide supernode spread its position's other boxes at its width (three boxes took 408 px at
+    one position of a real trace, which scrolled at 1400x900; here the two logits beside the
+    supernode's position went to two rows to fit). Each row of a cell now packs its boxes by
+    their own widths: the two logits sit side by side, a gap apart."""
+    graph, path = small_page
+    name = "a supernode with a long name to make its box wide"
+    write_html(graph, path, None, q_params={"supernodes": [[name, "1_3_3", "1_-1_3"]]})
+    open_page(browser, path)
+    got = browser.evaluate(
+        "(() => { const w = (g) => g.getBBox().width, x = (g) => g.transform.baseVal[0].matrix.e;"
+        " const s = document.querySelector('#viewer svg g.node[data-group=\"0\"]');"
+        " const l = ['5_11_3', '5_7_3'].map((id) => document.querySelector("
+        '`#viewer svg g.node[data-id="${id}"]`));'
+        " return {wide: w(s), a: w(l[0]), b: w(l[1]), gap: Math.abs(x(l[0]) - x(l[1])),"
+        " dy: l[0].transform.baseVal[0].matrix.f - l[1].transform.baseVal[0].matrix.f}; })()"
+    )
+    assert got["wide"] > max(got["a"], got["b"]) + 20, got  # the supernode is the wide one
+    assert (
+        got["dy"] == 0 and (got["a"] + got["b"]) / 2 < got["gap"] <= (got["a"] + got["b"]) / 2 + 12
+    ), got

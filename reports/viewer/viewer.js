@@ -436,12 +436,8 @@
         }
       }
     }
-    const slot = new Map(), rowH = new Map();
-    for (const p of used) {
-      let w = axis.has(p) ? axis.get(p).size[0] : 0;
-      for (const s of stages) for (const k of cells.get(s).get(p) || []) w = Math.max(w, v.items[k].size[0]);
-      slot.set(p, NODE_GAP + w);
-    }
+    const boxW = (k) => v.items[k].size[0] + NODE_GAP; // a box and its gap, in a row of a cell
+    const rowH = new Map();
     for (const s of stages) {
       let h = 22;
       for (const m of cells.get(s).values()) for (const k of m) h = Math.max(h, v.items[k].size[1]);
@@ -451,11 +447,24 @@
     // took 224 px of a 1400 px window's drawing)
     const LABEL_COL = Math.ceil(maxOf(stages, (s) => textWidth(meta.stageNames[s] || "stage " + s), 0)) + 16;
     const nRows = (s, wrap) => Math.max(1, ...[...cells.get(s).values()].map((m) => Math.ceil(m.length / wrap)));
-    const across = (p, wrap) => Math.max(1, ...stages.map((s) => Math.min((cells.get(s).get(p) || []).length, wrap)));
+    // A position's column is as wide as its widest row: each row of a cell packs its boxes by
+    // their own widths (each box at the cell's widest spread a supernode's width over its
+    // neighbours: three boxes took 408 px). Which boxes share a row changes as the sweeps below
+    // reorder a cell, so a row is measured by the widest boxes it can hold.
+    const widest = new Map(); // stage -> position -> the cell's box widths, widest first
+    for (const s of stages) widest.set(s, new Map([...cells.get(s)].map(([p, m]) => [p, m.map(boxW).sort((a, b) => b - a)])));
+    const columnW = (p, wrap) => {
+      let w = axis.has(p) ? axis.get(p).size[0] + NODE_GAP : 0;
+      for (const s of stages) {
+        const ws = widest.get(s).get(p) || [], n = Math.ceil(ws.length / nRows(s, wrap));
+        w = Math.max(w, ws.slice(0, n).reduce((a, b) => a + b, 0));
+      }
+      return w;
+    };
     // the drawing's width and height (as set below) when big cells wrap at `wrap` nodes a row
     const extent = (wrap) => {
       let w = LABEL_COL, h = meta.positional && axis.size ? 4 : 0;
-      for (const p of used) w += across(p, wrap) * slot.get(p) + COLUMN_GAP;
+      for (const p of used) w += columnW(p, wrap) + COLUMN_GAP;
       for (const s of stages) h += nRows(s, wrap) * (rowH.get(s) + ROW_GAP) - ROW_GAP + STAGE_GAP;
       return [Math.max(w, LABEL_COL + 100) + LABEL_COL, h + 8];
     };
@@ -473,9 +482,9 @@
     const columns = new Map();
     let x = LABEL_COL;
     for (const p of used) {
-      const a = across(p, wrap);
-      columns.set(p, x + (a * slot.get(p)) / 2);
-      x += a * slot.get(p) + COLUMN_GAP;
+      const w = columnW(p, wrap);
+      columns.set(p, x + w / 2);
+      x += w + COLUMN_GAP;
     }
     const width = Math.max(x, LABEL_COL + 100) + LABEL_COL; // stage names on both sides
     const rowY = new Map(), bands = new Map(), rows = new Map();
@@ -493,13 +502,17 @@
     }
     const height = top + 8;
     const xy = new Map();
+    // a cell's member j goes to row j % n; each row's boxes side by side, centred on the column
     const place = (s, p, members) => {
-      const n = rows.get(s), counts = [];
-      for (let r = 0; r < n; r++) counts.push(Math.ceil((members.length - r) / n));
-      members.forEach((k, j) => {
-        const r = j % n, slotK = Math.floor(j / n);
-        xy.set(k, [columns.get(p) + (slotK - (counts[r] - 1) / 2) * slot.get(p), rowY.get(s + "," + r)]);
-      });
+      const n = rows.get(s);
+      for (let r = 0; r < n; r++) {
+        const row = members.filter((_, j) => j % n === r);
+        let x = columns.get(p) - row.reduce((a, k) => a + boxW(k), 0) / 2;
+        for (const k of row) {
+          xy.set(k, [x + boxW(k) / 2, rowY.get(s + "," + r)]);
+          x += boxW(k);
+        }
+      }
     };
     for (const s of stages) for (const [p, m] of cells.get(s)) place(s, p, m);
     const below = new Map(drawn.map((k) => [k, []])), above = new Map(drawn.map((k) => [k, []]));

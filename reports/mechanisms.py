@@ -46,6 +46,12 @@ PROMOTED_SHOWN = 3  # a group's promoted tokens on its printed line (the page li
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
 PREDICTING = "predicting heads (the largest mover from another position)"
+# What a logit target's numbers are of (DESIGN.md; circuit-tracer's): a reviewer's own hooks read
+# the raw logit, 11.66 where the summary said 15.5, and one check's sign flipped.
+DEMEANED_WORDS = (
+    "a logit target's value, flows and changes are of its logit less the mean "
+    "logit over the vocabulary; a difference's of the two logits' difference"
+)
 HEAD_TARGET = "heads at the key it reads (the largest mover from another position)"
 NO_MOVER = (
     "no head group there moves a flow the target's way from another token (BOS and the "
@@ -171,6 +177,9 @@ def predicting_heading(g: GroupRecord, t: TargetRecord) -> str:
     moves = g.attends not in (None, 0, g.pos) and g.flow.get(t.node, 0.0) * t.direction > 0
     if t.kind == "lorsa":
         return HEAD_TARGET if moves else NO_MOVER
+    if moves and t.negative is not None:  # a difference's direction names its token (a
+        # reviewer read "predicting" for a group pushing toward the negative, the model's answer)
+        return f"{PREDICTING}, toward {t.token if t.direction > 0 else t.negative!r}"
     return PREDICTING if moves else NO_MOVER
 
 
@@ -1185,7 +1194,7 @@ def format_summary(
     max_pairs = checked_count(max_pairs, "max_pairs", least=0)
     lines = ["mechanisms (exact flows: each group's total linear contribution to the target, "
              "through the graph's frozen attention and errors; what zeroing it does is its "
-             "ablation check):"]  # fmt: skip
+             f"ablation check; {DEMEANED_WORDS}):"]  # fmt: skip
     if summary.mode == "sparse":
         lines.append(f"  ({sparse_words(summary)})")
     if untrained := summary.untrained_note():
@@ -1399,7 +1408,8 @@ def mechanisms_html(
     by_node = {t.node: t for t in summary.targets}
     parts = [
         '<div class="mech">',
-        "<p>Groups are heads (same block, query position and key) and features (same block "
+        f"<p>{_esc(DEMEANED_WORDS[0].upper() + DEMEANED_WORDS[1:])}. "
+        "Groups are heads (same block, query position and key) and features (same block "
         "and position, and the same concept label where one fits) read as one; a <em>flow</em> "
         "is a group's exact total linear "
         "contribution to the target through every path. Checks ablate a group and compare the "

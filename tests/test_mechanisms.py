@@ -2528,6 +2528,18 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
     set_key(max(g.pos - 1, 1))
     set_flow(1.0)
     assert f"  {PREDICTING}: {g.key} {g.name}, flow" in format_summary(summary)
+    # a difference's heading names the token its way favours (a reviewer read "predicting"
+    # for a group pushing toward the negative token, the model's answer)
+    from reports.mechanisms import DEMEANED_WORDS, predicting_heading
+
+    for value, toward in ((2.0, "'a'"), (-2.0, "'b'")):
+        diff = dataclasses.replace(t, token="a", negative="b", value=value)
+        set_flow(value)
+        assert predicting_heading(g, diff) == f"{PREDICTING}, toward {toward}"
+    set_flow(1.0)
+    # what a logit target's numbers are of, said at the head (a reviewer's hooks read the raw
+    # logit, and one check's sign flipped)
+    assert DEMEANED_WORDS in format_summary(summary).splitlines()[0]
     set_flow(-1.0)
     assert f"  {NO_MOVER}: {g.key}" in format_summary(summary)
 

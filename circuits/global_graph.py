@@ -250,7 +250,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
         s, t = strongest.col[j], strongest.row[j]
         print(f"  {strongest.data[j]:+.3f}  {labels[s]}  ->  {labels[t]}")
     if len(strongest.data) > N_STRONGEST:
-        print(f"  ... and {len(strongest.data) - N_STRONGEST} weaker (graph.json has every edge)")
+        print(_weaker_line(len(strongest.data) - N_STRONGEST))
     for line in _qk_lines(graph, labels):
         print(line)
     print(_reliability_line(reliability))
@@ -316,7 +316,12 @@ def _start_lines(graph, labels: list[str], upstream: bool) -> list[str]:
     more = len(weights) - N_STRONGEST  # said, not cut silently (a reviewer counted 8 of 9)
     return [head] + [f"  {weights[j]:+.3f}  {arrow} {labels[int(others[j])]}"
                      for j in abs(weights).argsort()[::-1][:N_STRONGEST]] + \
-        [f"  ... and {more} weaker (graph.json has every edge)"] * (more > 0)  # fmt: skip
+        [_weaker_line(more)] * (more > 0)  # fmt: skip
+
+
+def _weaker_line(more: int) -> str:
+    """The line counting the edges a printout leaves out past its ``N_STRONGEST``."""
+    return f"  ... and {more} weaker (graph.json has every edge)"
 
 
 def _unit_dashboards(model: str, replacement, tokenizer, graph) -> dict | None:

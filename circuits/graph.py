@@ -285,6 +285,23 @@ class QKAttribution:
         return cls(**d)
 
 
+def top_contradiction(top, p: float, said: list[tuple]) -> tuple | None:
+    """The first ``(token, probability)`` of ``said`` (a probability None: not given) that
+    ``top`` being the most likely token at ``p`` contradicts: a token more likely, or ``top``
+    itself given another probability (to ``SAME_P``); None where none does. Tokens are ids in
+    a graph, texts in a summary file."""
+    for token, q in said:
+        if q is not None and (q > p + SAME_P or (token == top and abs(q - p) > SAME_P)):
+            return token, q
+    return None
+
+
+def softmax_pair(a: float | None, b: float | None) -> bool:
+    """Whether two probabilities of one softmax (a difference's tokens; None: not given) can
+    be: they sum to at most 1 (to ``SAME_P``)."""
+    return a is None or b is None or a + b <= 1 + SAME_P
+
+
 def probability_words(p: float) -> str:
     """A probability for people: three decimals, or two significant figures below 0.001
     (``p=0.000`` hid the one number a contrastive target's reader needs: ``2.1e-07``)."""
@@ -449,13 +466,13 @@ class Graph:
             raise ValueError(f"model['model_top']: expected [token id, probability in (0, 1]] "
                              f"of a token the graph names, got {top!r:.60}")  # fmt: skip
         token, p = int(top[0]), float(top[1])
-        # the most likely token: no target's token more likely in the model, its own the same
         said = [(r.token, r.model_probability) for r in self.logit_targets]
         said += [(r.negative, r.model_negative_probability) for r in self.logit_targets]
-        for t, q in said:
-            if q is not None and (q > p + SAME_P or (t == token and abs(q - p) > SAME_P)):
-                raise ValueError(f"model['model_top']: p={p:.6g} for token {token}, where a "
-                                 f"target gives the model's p={q:.6g} for token {t}")  # fmt: skip
+        against = top_contradiction(token, p, said)
+        if against is not None:
+            other, q = against
+            raise ValueError(f"model['model_top']: p={p:.6g} for token {token}, where a target "
+                             f"gives the model's p={q:.6g} for token {other}")  # fmt: skip
         return token, p
 
     @property

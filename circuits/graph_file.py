@@ -57,13 +57,13 @@ from .graph import (
     QK_SOURCE_KINDS,
     QK_SOURCE_SIDES,
     RESERVED_SETTINGS,
-    SAME_P,
     Graph,
     LogitRecord,
     NamedSide,
     QKAttribution,
     QKReason,
     QKSource,
+    softmax_pair,
 )
 from .nodes import Kind, kind_at_stage, logit_stage, lorsa_stage
 from .prune import open_rows, row_sums
@@ -529,9 +529,8 @@ def _logit_targets(items: list, n_logits: int, mode: str) -> list[LogitRecord]:
                                               and model_p is not None),
                  "logit_targets", "the model's probability of a negative token outside sparse "
                  "mode, or without the graph's own or the model's of the positive")  # fmt: skip
-        for a, b in ((p, negative_p), (model_p, model_negative_p)):  # two tokens of one softmax
-            _require(a is None or b is None or a + b <= 1 + SAME_P, "logit_targets",
-                     "a difference's two probabilities sum above 1")  # fmt: skip
+        _require(softmax_pair(p, negative_p) and softmax_pair(model_p, model_negative_p),
+                 "logit_targets", "a difference's two probabilities sum above 1")  # fmt: skip
         number = lambda x: None if x is None else float(x)  # noqa: E731
         records.append(LogitRecord(token, negative, float(p), number(model_p),
                                    number(negative_p), number(model_negative_p)))  # fmt: skip

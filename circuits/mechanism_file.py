@@ -25,7 +25,7 @@ from typing import Annotated
 from toy_models.cli import one_line
 from toy_models.records import Bounds, from_json, is_finite_number, parse_json, to_plain
 
-from .graph import MODES, SAME_P, QKReason, untrained_words
+from .graph import MODES, QKReason, softmax_pair, top_contradiction, untrained_words
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, kind_at_stage
 
 VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
@@ -689,11 +689,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     # the most likely: no target's token more, its own the same (tokens by text: a summary
     # holds no ids; the default tokenizer's 1024 texts are distinct)
     if summary.model_top is not None:
-        top, p = summary.model_top, summary.model_top_probability
         said = [(t.token, t.model_probability) for t in summary.targets]
         said += [(t.negative, t.model_negative_probability) for t in summary.targets]
-        _expect(all(q is None or (q <= p + SAME_P and (t != top or abs(q - p) <= SAME_P))
-                    for t, q in said),
+        _expect(top_contradiction(summary.model_top, summary.model_top_probability, said) is None,
                 "model_top: a target's token more likely in the model than its top token, or "
                 "its own given another probability")  # fmt: skip
     tolerance = summary.settings.get("tolerance", TOLERANCE)
@@ -762,10 +760,9 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
             and t.model_probability is not None),
             f"{where}.model_negative_probability: the model's beside none of the graph's own "
             "or without the model's of the positive token, or outside sparse mode")  # fmt: skip
-        for a, b in ((t.probability, t.negative_probability),
-                     (t.model_probability, t.model_negative_probability)):  # fmt: skip
-            _expect(a is None or b is None or a + b <= 1 + SAME_P,
-                    f"{where}: a difference's two probabilities sum above 1")  # fmt: skip
+        _expect(softmax_pair(t.probability, t.negative_probability)
+                and softmax_pair(t.model_probability, t.model_negative_probability),
+                f"{where}: a difference's two probabilities sum above 1")  # fmt: skip
         _closes(t.tokens + t.errors + t.constants, t.value, f"{where}: tokens + errors + constants")
         if t.tokens_by_position:
             shares = t.tokens_by_position

@@ -283,9 +283,10 @@ def _influential_tokens(
     kinds = graph.kinds
     first: dict[int, Edge] = {}
     for e in among:
-        if kinds[e.source] == "embedding" and e.source not in first and scores[e.source] > 0:
-            if scores[e.source] >= bar:
-                first[e.source] = e
+        source = e.source
+        if kinds[source] == "embedding" and source not in first and scores[source] > 0 \
+                and scores[source] >= bar:  # fmt: skip
+            first[source] = e
     return list(first.values())
 
 

@@ -46,6 +46,12 @@ PROMOTED_SHOWN = 3  # a group's promoted tokens on its printed line (the page li
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
 PREDICTING = "predicting heads (the largest mover from another position)"
+# the same group where its ablation moves the target the other way, frozen and free (a
+# reviewer's case: the heading kept "predicting" over a check that said the opposite)
+NOT_BORNE_OUT = (
+    "largest linear mover from another position (its ablation moves the target the other way: "
+    "not what the model does here)"
+)
 # What a logit target's numbers are of (DESIGN.md; circuit-tracer's): a reviewer's own hooks read
 # the raw logit, 11.66 where the summary said 15.5, and one check's sign flipped.
 DEMEANED_WORDS = (
@@ -167,20 +173,34 @@ def _target_mismatch(summary: MechanismSummary, graph) -> str | None:
     return None
 
 
-def predicting_heading(g: GroupRecord, t: TargetRecord) -> str:
+def predicting_heading(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) -> str:
     """``PREDICTING`` when the predicting group moves something into target ``t`` from
     another position (its key is neither BOS nor its own position, its flow in the target's
     direction, ``TargetRecord.direction``: what
     ``circuits.mechanisms`` looks for first), else ``NO_MOVER`` (the fallback it took). A head
     target predicts nothing: its group is the largest mover at the key it reads
-    (``HEAD_TARGET``)."""
+    (``HEAD_TARGET``). Where the group's ablation moves the target the other way with
+    attention frozen and free (``against_both``), the heading says its flow is linear credit
+    the ablations do not bear out (``NOT_BORNE_OUT``) rather than "predicting"."""
     moves = g.attends not in (None, 0, g.pos) and g.flow.get(t.node, 0.0) * t.direction > 0
     if t.kind == "lorsa":
         return HEAD_TARGET if moves else NO_MOVER
-    if moves and t.negative is not None:  # a difference's direction names its token (a
-        # reviewer read "predicting" for a group pushing toward the negative, the model's answer)
-        return f"{PREDICTING}, toward {t.token if t.direction > 0 else t.negative!r}"
-    return PREDICTING if moves else NO_MOVER
+    if not moves:
+        return NO_MOVER
+    heading = NOT_BORNE_OUT if against_both(g, t, tolerance) else PREDICTING
+    if t.negative is not None:  # a difference's direction names its token (a reviewer read
+        # "predicting" for a group pushing toward the negative, the model's answer)
+        return f"{heading}, toward {t.token if t.direction > 0 else t.negative!r}"
+    return heading
+
+
+def against_both(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) -> bool:
+    """Whether group ``g``'s ablation check on target ``t`` moves it the other way from the
+    prediction with attention frozen and free, each by at least ``tolerance`` (the other way,
+    not "not at all"): its flow is linear credit the model does not bear out."""
+    c = next((c for c in g.checks if c.target == t.node), None)
+    return c is not None and not (c.agree_frozen or c.agree_free) and \
+        min(abs(c.frozen), abs(c.free)) >= tolerance  # fmt: skip
 
 
 SPREAD = 0.5  # below this share of its flow from the key it is named for, a group reads more
@@ -443,8 +463,7 @@ def flagged_text(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) 
     why = "; ".join(flags + notes)
     # both reruns the other way: the flow that made it the predicting group is linear credit
     # the model does not bear out (a reviewer's "predicting heads" raised the target ablated)
-    moved = min(abs(c.frozen), abs(c.free)) >= tolerance  # "the other way", not "not at all"
-    against = "" if c.agree_frozen or c.agree_free or not moved else (
+    against = "" if not against_both(g, t, tolerance) else (
         ". Ablated, it moves the target the other way with attention frozen and free: its "
         "flow is not what the model does here")  # fmt: skip
     return (
@@ -1235,7 +1254,7 @@ def format_summary(
                 lines.append(f"  {own}")
             spread = spread_text(g, t.node)
             lines.append(
-                f"  {predicting_heading(g, t)}: {short(g.key)}, flow "
+                f"  {predicting_heading(g, t, summary.tolerance)}: {short(g.key)}, flow "
                 f"{_signed(g.flow[t.node])}" + (f" ({spread})" if spread else "")
             )
             if flagged := flagged_text(g, t, summary.tolerance):
@@ -1443,7 +1462,9 @@ def mechanisms_html(
             parts += [_reason_html(r, drawn, summary) for r in t.qk]
             parts.append(block_html(qk_sources_block(summary, t.node)))
         if t.predicting_group:
-            heading = predicting_heading(summary.group(t.predicting_group), t)
+            heading = _esc(
+                predicting_heading(summary.group(t.predicting_group), t, summary.tolerance)
+            )
             own = own_token_text(t, summary.group(t.predicting_group).pos)
             if own:
                 parts.append(f"<p>{_esc(own)}</p>")

@@ -242,7 +242,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "probabilityText": probability_text(t),
              "predicting": t.predicting_group, "next": t.head_groups[1:], "kind": t.kind,
              "predictingLabel": None if t.predicting_group is None else
-                 predicting_heading(summary.group(t.predicting_group), t),
+                 predicting_heading(summary.group(t.predicting_group), t, summary.tolerance),
              "spread": (spread_text(summary.group(t.predicting_group), t.node) or None)
              if t.predicting_group else None,
              "byPosition": [{"pos": x.pos, "token": x.token, "flow": _num(x.flow)}

@@ -1071,7 +1071,15 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
     """A review found the predicting group's check reversed in sign with attention free, said
     15 lines below the line naming it: a flagged check of the predicting group is printed
     right under that line (and in the report and the panel), an unflagged one is not."""
-    from reports.mechanisms import MARGIN_SHOWN, after_text, flagged_text, mark_text
+    from reports.mechanisms import (
+        MARGIN_SHOWN,
+        NOT_BORNE_OUT,
+        PREDICTING,
+        after_text,
+        flagged_text,
+        mark_text,
+        predicting_heading,
+    )
 
     summary = summarize(replacement, graph, run, max_groups=4)
     t = summary.targets[0]
@@ -1112,6 +1120,15 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
         check.agree_frozen, check.agree_free = frozen_agrees, free_agrees
         said = "its flow is not what the model does here" in flagged_text(g, t)
         assert said == (not frozen_agrees and not free_agrees)
+        # and the heading stops calling it "predicting" (a reviewer's case kept the word)
+        heading = predicting_heading(g, t)
+        assert (heading == NOT_BORNE_OUT) == said and (heading == PREDICTING) != said
+        assert f"  {heading}: " in format_summary(summary)
+        assert f"<p>{heading}: " in mechanisms_html(summary)
+    # a difference's heading names a token: the report escapes it like every other string
+    t.negative, t.token = " Friday", "<i>"
+    page = mechanisms_html(summary)
+    assert "toward &#x27;&lt;i&gt;&#x27;" in page and "<i>" not in page
 
 
 def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(

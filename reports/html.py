@@ -39,8 +39,8 @@ from .viewer import assets, script_json, viewer_data
 TABLE_OPEN_NODES = 200  # the node table starts open up to this many nodes
 
 CSS = """
-body { font-family: Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.5em; }
+body { font-family: Helvetica, Arial, sans-serif; margin: 0.8em 1.5em 1.5em; color: #222; }
+h1 { font-size: 1.4em; margin: 0 0 0.4em; } h2 { font-size: 1.15em; margin-top: 1.5em; }
 .tokens { display: flex; flex-wrap: wrap; gap: 4px; }
 .tok { border: 1px solid #999; border-radius: 3px; padding: 2px 5px; background: #f7f7f7;
        font-family: Menlo, Consolas, monospace; white-space: pre; }

@@ -197,11 +197,18 @@ def make_graph(*, influence: bool = True) -> Graph:
 
 
 def make_big_graph(
-    *, influence: bool = True, n_pos: int = 21, seed: int = 0, units: int = 32, fan_in: int = 24
+    *,
+    influence: bool = True,
+    n_pos: int = 21,
+    seed: int = 0,
+    units: int = 32,
+    fan_in: int = 24,
+    logits: int = 2,
 ) -> Graph:
     """Shaped like a real pruned graph: one embedding per position, ``units`` heads and
-    features per sublayer, mostly at the last position, error nodes, two logits and up to
-    ``fan_in`` random edges into each node (a few thousand by default)."""
+    features per sublayer, mostly at the last position, error nodes, ``logits`` logits (two
+    by default, each further one of probability 0.01) and up to ``fan_in`` random edges into
+    each node (a few thousand by default)."""
     rng = np.random.default_rng(seed)
     n_layers, last = 2, n_pos - 1
     rows = [("embedding", 0, p, p, None) for p in range(n_pos)]
@@ -213,6 +220,8 @@ def make_big_graph(
             rows.append(("error", stage, last, -1, None))
     rows += [("logit", 2 * n_layers + 1, last, 7, (7, None, 0.6))]
     rows += [("logit", 2 * n_layers + 1, last, 9, (9, None, 0.3))]
+    more = [200 + j for j in range(logits - 2)]  # token ids of the logits past two
+    rows += [("logit", 2 * n_layers + 1, last, t, (t, None, 0.01)) for t in more]
     rows.sort(key=lambda r: (r[1], r[2], r[3]))
     n = len(rows)
     stage = np.array([r[1] for r in rows])
@@ -230,12 +239,13 @@ def make_big_graph(
         n_layers=n_layers,
         tokens=list(range(n_pos)),
         token_strings=[f"t{p}" for p in range(n_pos)],
-        token_text=token_text | {7: " x", 9: " y"},
+        token_text=token_text | {7: " x", 9: " y"} | {t: f" z{t - 200}" for t in more},
         prompt="".join(f"t{p}" for p in range(n_pos)),
         activation=torch.tensor(rng.uniform(0.5, 5.0, n), dtype=torch.float32),
         target_weight=torch.tensor(
             [  # the two logits (tokens 7 and 9) only
-                (r[0] == "logit") * (0.6 * (r[3] == 7) + 0.3 * (r[3] == 9)) for r in rows
+                (r[0] == "logit") * (0.6 * (r[3] == 7) + 0.3 * (r[3] == 9) + 0.01 * (r[3] in more))
+                for r in rows
             ]
         ),
         edges=sp.csr_array((weights, (t, s)), shape=(n, n)),

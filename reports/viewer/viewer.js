@@ -19,10 +19,10 @@
   };
   // Stage 0's constants are the position vectors (circuits.nodes.constant_name).
   const kindName = (n) => n.kind === "bias" && n.stage === 0 ? "constant (the position vector at this position)" : KIND_NAMES[n.kind] || n.kind;
-  // Layout, in px: gaps between nodes of a cell, between position columns, between the rows of
-  // one stage and between stages; the text's line height. (The stage-name columns, on both
-  // sides, are as wide as the longest name drawn: layout.)
-  const NODE_GAP = 10, COLUMN_GAP = 20, ROW_GAP = 16, STAGE_GAP = 26;
+  // Layout, in px: gaps between nodes of a cell, between the cells of one stage, the least step
+  // from one position to the next, between the rows of one stage and between stages; the
+  // text's line height. (Each stage's name, on both sides, takes its own width: layout.)
+  const NODE_GAP = 10, COLUMN_GAP = 14, MIN_STEP = 4, ROW_GAP = 10, STAGE_GAP = 18;
   const LINE_H = 13, FONT = "11px Helvetica, Arial, sans-serif", SWEEPS = 4, TOP_EDGES = 10, QK_SHOWN = 8;
 
   const root = document.getElementById("viewer");
@@ -443,73 +443,120 @@
       for (const m of cells.get(s).values()) for (const k of m) h = Math.max(h, v.items[k].size[1]);
       rowH.set(s, h);
     }
-    // the stage names' columns: the longest name drawn and a margin (a fixed 112 px each
-    // took 224 px of a 1400 px window's drawing)
-    const LABEL_COL = Math.ceil(maxOf(stages, (s) => textWidth(meta.stageNames[s] || "stage " + s), 0)) + 16;
     const nRows = (s, wrap) => Math.max(1, ...[...cells.get(s).values()].map((m) => Math.ceil(m.length / wrap)));
-    // A position's column is as wide as its widest row: each row of a cell packs its boxes by
-    // their own widths (each box at the cell's widest spread a supernode's width over its
-    // neighbours: three boxes took 408 px). Which boxes share a row changes as the sweeps below
-    // reorder a cell, so a row is measured by the widest boxes it can hold.
+    // A cell's width is its widest row's: each row of a cell packs its boxes by their own
+    // widths (each box at the cell's widest spread a supernode's width over its neighbours:
+    // three boxes took 408 px). Which boxes share a row changes as the sweeps below reorder a
+    // cell, so a row is measured by the widest boxes it can hold.
     const widest = new Map(); // stage -> position -> the cell's box widths, widest first
     for (const s of stages) widest.set(s, new Map([...cells.get(s)].map(([p, m]) => [p, m.map(boxW).sort((a, b) => b - a)])));
-    const columnW = (p, wrap) => {
-      let w = axis.has(p) ? axis.get(p).size[0] + NODE_GAP : 0;
-      for (const s of stages) {
-        const ws = widest.get(s).get(p) || [], n = Math.ceil(ws.length / nRows(s, wrap));
-        w = Math.max(w, ws.slice(0, n).reduce((a, b) => a + b, 0));
-      }
+    const sum = (ws) => ws.reduce((a, b) => a + b, 0);
+    // The logits (a prompt's top stage, all at the last position) are laid in rows over the
+    // whole drawing, ending above their position, not stacked in its column: ten logits took
+    // four rows of a 29-token trace's last column, 257 of its 961 px, above empty positions.
+    const top = stages[stages.length - 1];
+    const spread = meta.positional && stages.length > 1 && cells.get(top).size === 1 && cells.get(top).has(used[used.length - 1]) ? top : null;
+    const cellW = (s, p, wrap) => {
+      const ws = widest.get(s).get(p);
+      let w = ws ? sum(ws.slice(0, Math.ceil(ws.length / nRows(s, wrap)))) : 0;
+      if (s === 0 && axis.has(p)) w = Math.max(w, axis.get(p).size[0] + NODE_GAP);
       return w;
     };
-    // the drawing's width and height (as set below) when big cells wrap at `wrap` nodes a row
-    const extent = (wrap) => {
-      let w = LABEL_COL, h = meta.positional && axis.size ? 4 : 0;
-      for (const p of used) w += columnW(p, wrap) + COLUMN_GAP;
-      for (const s of stages) h += nRows(s, wrap) * (rowH.get(s) + ROW_GAP) - ROW_GAP + STAGE_GAP;
-      return [Math.max(w, LABEL_COL + 100) + LABEL_COL, h + 8];
+    // Positions are x's in prompt order, each cell centred on its own; a stage's cells keep
+    // COLUMN_GAP between them, but a wide cell may reach over positions its stage leaves
+    // empty (a column as wide as its widest cell in any stage left a 110-token trace 2305 px
+    // wide at 1280x720, most of it blank beside a few wide supernodes). Each stage's name
+    // (on both sides) is as wide as it is, not the longest's. With two lanes the tokens take
+    // turns on two rows (the last position's on the upper), so neighbouring tokens may
+    // overlap across: one row of 17 tokens was 1215 px of that trace's 1646.
+    const nameW = new Map(stages.map((s) => [s, textWidth(meta.stageNames[s] || "stage " + s) + 12]));
+    const laneOf = new Map(used.map((p, i) => [p, (used.length - 1 - i) % 2])); // 0: the upper
+    const placeX = (wrap, lanes) => {
+      const xs = new Map(), last = new Map(); // stage (and lane) -> [x, width] of its last cell so far
+      let right = 0, prev = null;
+      for (const p of used) {
+        let x = prev === null ? 0 : prev + MIN_STEP;
+        const here = [];
+        for (const s of stages) {
+          if (s === spread) continue;
+          const w = cellW(s, p, wrap);
+          if (!w) continue;
+          const key = s === 0 && lanes > 1 ? "0:" + laneOf.get(p) : s;
+          here.push([key, w, s]);
+          const l = last.get(key);
+          x = Math.max(x, l ? l[0] + (l[1] + w) / 2 + COLUMN_GAP - NODE_GAP : nameW.get(s) + w / 2);
+        }
+        for (const [key, w, s] of here) { last.set(key, [x, w]); right = Math.max(right, x + w / 2 + nameW.get(s)); }
+        xs.set(p, x);
+        prev = x;
+      }
+      if (spread !== null) right = Math.max(right, xs.get(used[used.length - 1]) + nameW.get(spread));
+      return { xs, right: Math.max(right, 100) };
     };
-    // the wrap that lets the drawing fit the room the page gives it at the largest zoom
-    // (fitZoom's; ties go to the wider, fewer rows): matching the canvas's aspect instead
-    // left a 29-token graph 1.9x as wide as tall in a 1.3x canvas, scrolled at 1400x900
-    const [roomW, roomH] = fitBox();
+    // the spread stage's rows: as many as its boxes need side by side over the drawing's
+    // width, never more than the wrap would stack in its column
+    const spreadRows = (wrap, right) => {
+      const ws = widest.get(spread).get(used[used.length - 1]);
+      const room = Math.max(right - 2 * nameW.get(spread), sum(ws.slice(0, Math.ceil(ws.length / nRows(spread, wrap)))));
+      let k = 0;
+      for (let acc = 0; k < ws.length && acc + ws[k] <= room + 1e-6; k++) acc += ws[k];
+      return Math.ceil(ws.length / Math.max(1, k));
+    };
+    const rowsOf = (s, wrap, right, lanes) => (s === spread ? spreadRows(wrap, right) : nRows(s, wrap) * (s === 0 ? lanes : 1));
+    // the drawing's width and height (as set below) when big cells wrap at `wrap` nodes a row
+    const extent = (wrap, lanes) => {
+      const { right } = placeX(wrap, lanes);
+      let h = meta.positional && axis.size ? 4 : 0;
+      for (const s of stages) h += rowsOf(s, wrap, right, lanes) * (rowH.get(s) + ROW_GAP) - ROW_GAP + STAGE_GAP;
+      return [right, h + 8];
+    };
+    // the wrap (and lanes) that let the drawing fit the room the page gives it at the largest
+    // zoom (fitZoom's; ties go to the wider, fewer rows, one lane): matching the canvas's
+    // aspect instead left a 29-token graph 1.9x as wide as tall in a 1.3x canvas
+    const [roomW, roomH] = fitBox(false);
     let biggest = 1;
     for (const s of stages) for (const m of cells.get(s).values()) biggest = Math.max(biggest, m.length);
-    let wrap = biggest, best = -Infinity;
-    for (let w = biggest; w >= 1; w--) {
-      const [x, y] = extent(w), fit = Math.min(MAX_ZOOM, roomW / x, roomH / y);
-      if (fit > best + 1e-9) { best = fit; wrap = w; }
-    }
-    const columns = new Map();
-    let x = LABEL_COL;
-    for (const p of used) {
-      const w = columnW(p, wrap);
-      columns.set(p, x + w / 2);
-      x += w + COLUMN_GAP;
-    }
-    const width = Math.max(x, LABEL_COL + 100) + LABEL_COL; // stage names on both sides
-    const rowY = new Map(), bands = new Map(), rows = new Map();
-    let top = meta.positional && axis.size ? 4 : 0; // y grows upwards here; flipped below
-    for (const s of stages) {
-      const bottom = top, n = nRows(s, wrap);
-      rows.set(s, n);
-      top += STAGE_GAP / 2;
-      for (let r = 0; r < n; r++) {
-        rowY.set(s + "," + r, top + rowH.get(s) / 2);
-        top += rowH.get(s) + (r + 1 < n ? ROW_GAP : 0);
+    let wrap = biggest, lanes = 1, best = -Infinity;
+    for (const l of meta.positional && used.length > 2 ? [1, 2] : [1]) {
+      for (let w = biggest; w >= 1; w--) {
+        const [x, y] = extent(w, l), fit = Math.min(MAX_ZOOM, roomW / x, roomH / y);
+        if (fit > best + 1e-9) { best = fit; wrap = w; lanes = l; }
       }
-      top += STAGE_GAP / 2;
-      bands.set(s, [bottom, top]);
     }
-    const height = top + 8;
-    const xy = new Map();
-    // a cell's member j goes to row j % n; each row's boxes side by side, centred on the column
+    const { xs: columns, right } = placeX(wrap, lanes);
+    const width = right;
+    const rowY = new Map(), bands = new Map(), rows = new Map();
+    for (const s of stages) rows.set(s, rowsOf(s, wrap, right, lanes));
+    // rows bottom to top, each `hOf(s, r)` tall; the drawing's height
+    const stack = (hOf) => {
+      let y = meta.positional && axis.size ? 4 : 0; // y grows upwards here; flipped below
+      for (const s of stages) {
+        const bottom = y, n = rows.get(s);
+        y += STAGE_GAP / 2;
+        for (let r = 0; r < n; r++) {
+          rowY.set(s + "," + r, y + hOf(s, r) / 2);
+          y += hOf(s, r) + (r + 1 < n ? ROW_GAP : 0);
+        }
+        y += STAGE_GAP / 2;
+        bands.set(s, [bottom, y]);
+      }
+      return y + 8;
+    };
+    stack((s) => rowH.get(s));
+    const xy = new Map(), rowKey = new Map();
+    // the first row of a position's tokens: the lower lane's from 0, the upper's above them
+    const firstRow = (s, p) => (s === 0 && lanes > 1 && laneOf.get(p) === 0 ? rows.get(0) / lanes : 0);
+    // a cell's member j goes to row j % n; each row's boxes side by side, centred on the
+    // position (the spread stage's rows kept inside the drawing, clear of its names)
     const place = (s, p, members) => {
-      const n = rows.get(s);
+      const n = s === 0 ? rows.get(0) / lanes : rows.get(s), r0 = firstRow(s, p);
       for (let r = 0; r < n; r++) {
-        const row = members.filter((_, j) => j % n === r);
-        let x = columns.get(p) - row.reduce((a, k) => a + boxW(k), 0) / 2;
+        const row = members.filter((_, j) => j % n === r), rw = sum(row.map(boxW));
+        let x = columns.get(p) - rw / 2;
+        if (s === spread) x = Math.max(nameW.get(s), Math.min(x, right - nameW.get(s) - rw));
         for (const k of row) {
-          xy.set(k, [x + boxW(k) / 2, rowY.get(s + "," + r)]);
+          xy.set(k, [x + boxW(k) / 2, rowY.get(s + "," + (r0 + r))]);
+          rowKey.set(k, s + "," + (r0 + r));
           x += boxW(k);
         }
       }
@@ -530,13 +577,27 @@
         }
       }
     }
+    // Each row as tall as its own tallest box, now that the sweeps have dealt them (a stage's
+    // every row took its tallest supernode's six lines: 214 px for two rows of a real trace)
+    const rowTall = new Map();
+    for (const s of stages) for (const [p, m] of cells.get(s)) place(s, p, m);
+    for (const k of drawn) {
+      const key = rowKey.get(k);
+      rowTall.set(key, Math.max(rowTall.get(key) || 22, v.items[k].size[1]));
+    }
+    for (const [p, a] of axis) {
+      const key = "0," + firstRow(0, p);
+      rowTall.set(key, Math.max(rowTall.get(key) || 22, a.size[1]));
+    }
+    const height = stack((s, r) => rowTall.get(s + "," + r) || 22);
+    for (const s of stages) for (const [p, m] of cells.get(s)) place(s, p, m);
     const flip = (y) => height - y;
     for (const [k, [px, py]] of xy) xy.set(k, [px, flip(py)]);
     const axisXY = new Map();
-    for (const [p, a] of axis) axisXY.set(p, [columns.get(p), flip(rowY.get("0,0"))]);
+    for (const [p, a] of axis) axisXY.set(p, [columns.get(p), flip(rowY.get("0," + firstRow(0, p)))]);
     const bandsY = new Map();
     for (const [s, [b, t]] of bands) bandsY.set(s, [flip(t), flip(b)]);
-    return { xy, width, height, bands: bandsY, axis, axisXY, columns, wrap };
+    return { xy, width, height, bands: bandsY, axis, axisXY, columns, wrap, lanes };
   }
 
   // --------------------------------------------------------------------------------- drawing
@@ -555,6 +616,12 @@
     ui.ungroupAll = el("button", { type: "button", class: "ungroup-all",
       title: "dissolve every supernode: their members are then drawn by the budget alone" }, "Ungroup all");
     const zoom = (f) => () => { state.zoom = (state.zoom || fitZoom()) * f; applyZoom(); };
+    // How to use the page and read a box: one line behind a toggle (its two lines took 36 of
+    // a 1280x720 window's 720 px in every first view), the whole text in the toggle's tooltip
+    const helpText = "click (Tab, Enter): details · ctrl/shift-click (space): pick for a supernode · p: pin a node · hover: paths · a head's box: " +
+      (meta.positional ? "→the key it reads (13%→ where that key brings under half its activation)" : "its QK group") + "; a feature's: ↑the token it promotes most";
+    ui.help = el("details", { class: "help" }, el("summary", { title: helpText }, "keys and boxes"), el("span", { class: "muted" }, helpText));
+    ui.help.addEventListener("toggle", refit);
     const toolbar = el("div", { class: "toolbar" },
       // The budget counts what it ranks (heads, features, errors, constants), not every node:
       // tokens and targets are drawn beside it (the status line counts them all); a supernode
@@ -568,8 +635,7 @@
         el("button", { type: "button", onclick: zoom(1 / 1.25), title: "zoom out" }, "−"), " ",
         el("button", { type: "button", onclick: () => { state.zoom = null; applyZoom(); }, title: "fit to the canvas" }, "fit"), " ",
         el("button", { type: "button", onclick: zoom(1.25), title: "zoom in" }, "+")),
-      el("span", { class: "muted" }, "click (Tab, Enter): details · ctrl/shift-click (space): pick for a supernode · p: pin a node · hover: paths · a head's box: " +
-        (meta.positional ? "→the key it reads (13%→ where that key brings under half its activation)" : "its QK group") + "; a feature's: ↑the token it promotes most"));
+      ui.help);
     ui.results = el("div", { class: "results" });
     // the status line: its counts, then a button that lists what the drawing leaves out
     ui.statusText = el("span", { class: "status-text" });
@@ -605,7 +671,7 @@
       ui.leftOut.hidden = !ui.leftOut.hidden;
       ui.leftOutButton.setAttribute("aria-expanded", String(!ui.leftOut.hidden));
       updateControls();
-      if (!state.zoom) applyZoom(); // the list takes room above the canvas
+      refit(); // the list takes room above the canvas
     });
     ui.ungroupAll.addEventListener("click", () => {
       state.groups = [];
@@ -661,7 +727,8 @@
   // within MIN_HEIGHT and what the window shows below the controls when the page is at its
   // top (at 76% of the window, and then at 90% below 165 px of controls, reviewers found the
   // prompt's tokens cut off at first).
-  const MIN_ZOOM = 0.7, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, MARGIN = 8, SCROLLBAR = 24;
+  const MIN_ZOOM = 0.7, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, MARGIN = 8, SCROLLBAR = 24, FIT_SLACK = 4;
+  const RELAYOUT_MS = 120; // after the last resize event
   const STACKED_HEIGHT = 0.65; // of the window: the most a stacked drawing takes
   function stacked() { return getComputedStyle(ui.main).flexDirection === "column"; }
   function room() {
@@ -670,26 +737,33 @@
     const top = ui.main.getBoundingClientRect().top + window.scrollY;
     return Math.max(MIN_HEIGHT, Math.round(window.innerHeight - top - MARGIN));
   }
-  // The box a drawing is fitted to: the canvas's width less a vertical scrollbar's, which a
-  // tall drawing brings (a reviewer's fitted drawing was 11 px wider than the canvas, its
-  // stage names cut), and the room's height less a horizontal one's.
-  function fitBox() {
-    return [(ui.canvas.clientWidth || 1000) - 4 - SCROLLBAR, room() - SCROLLBAR];
+  // The box a drawing is fitted to: the canvas's width (its scrollbar's room included) and
+  // the room's height, each less a scrollbar's where the drawing scrolls at MIN_ZOOM (a
+  // reviewer's fitted drawing was 11 px wider than the canvas, its stage names cut, when a
+  // tall drawing brought a vertical one); a drawing that fits has none, and keeping their
+  // 24 px each way left 2 px of a 29-token trace off a 1280x720 window.
+  function fitBox(bars) {
+    const b = bars ? SCROLLBAR : FIT_SLACK;
+    return [(ui.canvas.offsetWidth || 1000) - 4 - b, room() - b];
   }
   function fitZoom() {
     if (!view || !view.layout) return 1;
-    const [w, h] = fitBox();
-    return Math.max(MIN_ZOOM, Math.min(MAX_ZOOM, w / view.layout.width, h / view.layout.height));
+    const L = view.layout, zoom = ([w, h]) => Math.min(MAX_ZOOM, w / L.width, h / L.height);
+    const z = zoom(fitBox(false));
+    return z >= MIN_ZOOM ? z : Math.max(MIN_ZOOM, zoom(fitBox(true)));
   }
   function applyZoom() {
     if (!view || !view.layout) return;
     const z = state.zoom || fitZoom(), L = view.layout;
-    ui.svg.setAttribute("width", String(Math.round(L.width * z)));
-    ui.svg.setAttribute("height", String(Math.round(L.height * z)));
-    ui.main.style.height = Math.max(MIN_HEIGHT, Math.min(room(), Math.round(L.height * z) + SCROLLBAR)) + "px";
+    const w = Math.round(L.width * z), h = Math.round(L.height * z);
+    ui.svg.setAttribute("width", String(w));
+    ui.svg.setAttribute("height", String(h));
+    // a horizontal scrollbar only where the drawing is wider than the canvas
+    const tall = h + (w > (ui.canvas.offsetWidth || 1000) - 4 ? SCROLLBAR : FIT_SLACK);
+    ui.main.style.height = Math.max(MIN_HEIGHT, Math.min(room(), tall)) + "px";
     // stacked, the canvas is as tall as the drawing up to its room (a short global graph left
     // 130 px blank above the panel); beside the panel the flex row sizes it
-    ui.canvas.style.height = stacked() ? Math.min(room(), Math.round(L.height * z) + SCROLLBAR) + "px" : "";
+    ui.canvas.style.height = stacked() ? Math.min(room(), tall) + "px" : "";
     // a prompt's graph starts at its right (the last position, the logits); a global graph,
     // whose units sit side by side with no position, at its middle (its start unit is there)
     const c = ui.canvas;
@@ -697,6 +771,23 @@
     // again once the layout has settled: a vertical scrollbar that comes with the new height
     // widens the scroll range, and the right stage names sat 15 px under it (a review, 900 px)
     if (!state.zoom) { start(); requestAnimationFrame(() => { if (!state.zoom) start(); }); }
+  }
+
+  // The room changed (the window, a list or the help above the canvas): unless the reader
+  // zoomed, the first view is laid out again, its big cells wrapped to the new room (they
+  // kept the first window's rows: a page opened at 1920 px and narrowed to 1280 scrolled),
+  // and fitted.
+  function refit() {
+    if (!view || !view.layout) return;
+    if (!state.zoom) {
+      const L = layout(view);
+      if (L.wrap !== view.layout.wrap || L.lanes !== view.layout.lanes || L.width !== view.layout.width || L.height !== view.layout.height) {
+        setHover(null);
+        render();
+        return;
+      }
+    }
+    applyZoom();
   }
 
   function nodeShape(kind, w, h) {
@@ -1608,7 +1699,14 @@
     writeState();
     showPanel();
     showIgnored(notes);
-    window.addEventListener("resize", () => { if (!state.zoom) applyZoom(); });
+    // a new window size is fitted at once and laid out again when the resizing pauses; so is
+    // a new width of the viewer for any other reason
+    let resized = 0, width = root.clientWidth;
+    const later = () => { clearTimeout(resized); resized = setTimeout(refit, RELAYOUT_MS); };
+    window.addEventListener("resize", () => { if (!state.zoom) applyZoom(); later(); });
+    if (window.ResizeObserver) {
+      new ResizeObserver(() => { if (root.clientWidth !== width) { width = root.clientWidth; later(); } }).observe(root);
+    }
     window.viewer = {
       data, state, update,
       group: (ids, name) => addGroup(ids.map((id) => byId.get(id)), name), // as the panel's button

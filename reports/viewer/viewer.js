@@ -443,7 +443,8 @@
       for (const m of cells.get(s).values()) for (const k of m) h = Math.max(h, v.items[k].size[1]);
       rowH.set(s, h);
     }
-    const nRows = (s, wrap) => Math.max(1, ...[...cells.get(s).values()].map((m) => Math.ceil(m.length / wrap)));
+    const fullest = new Map(stages.map((s) => [s, Math.max(0, ...[...cells.get(s).values()].map((m) => m.length))]));
+    const nRows = (s, wrap) => Math.max(1, Math.ceil(fullest.get(s) / wrap));
     // A cell's width is its widest row's: each row of a cell packs its boxes by their own
     // widths (each box at the cell's widest spread a supernode's width over its neighbours:
     // three boxes took 408 px). Which boxes share a row changes as the sweeps below reorder a
@@ -456,9 +457,12 @@
     // four rows of a 29-token trace's last column, 257 of its 961 px, above empty positions.
     const top = stages[stages.length - 1];
     const spread = meta.positional && stages.length > 1 && cells.get(top).size === 1 && cells.get(top).has(used[used.length - 1]) ? top : null;
+    // the widest n boxes of each cell, summed: [0, w1, w1 + w2, ...]
+    const sums = new Map();
+    for (const s of stages) for (const [p, ws] of widest.get(s)) sums.set(s + "," + p, ws.reduce((a, w) => (a.push(a[a.length - 1] + w), a), [0]));
     const cellW = (s, p, wrap) => {
-      const ws = widest.get(s).get(p);
-      let w = ws ? sum(ws.slice(0, Math.ceil(ws.length / nRows(s, wrap)))) : 0;
+      const ws = sums.get(s + "," + p);
+      let w = ws ? ws[Math.ceil((ws.length - 1) / nRows(s, wrap))] : 0;
       if (s === 0 && axis.has(p)) w = Math.max(w, axis.get(p).size[0] + NODE_GAP);
       return w;
     };

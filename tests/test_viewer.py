@@ -1724,3 +1724,24 @@ def test_the_help_is_one_toggle_whose_opening_refits_the_drawing(long_page):
         opened = b.evaluate(FIRST_VIEW)
         assert opened["top"] > closed["top"] + 10  # the help's line is above the canvas
         assert_first_view_fits(opened)
+
+
+def test_search_results_above_the_canvas_keep_it_in_the_window(long_page):
+    """The search's results take lines above the canvas: the drawing is fitted again to the
+    room left (the canvas reached below the window; here the drawing then scrolls, at zoom
+    0.7), and again when they go."""
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed")
+    with Browser(width=1280, height=720) as b:
+        open_page(b, long_page)
+        before = b.evaluate(FIRST_VIEW)
+        search = "document.querySelector('#viewer input[type=search]')"
+        for query in ("t1", ""):
+            b.evaluate(f"(() => {{ const s = {search}; s.value = {js(query)};"
+                       " s.dispatchEvent(new Event('input')); })()")  # fmt: skip
+            got = b.evaluate(FIRST_VIEW)
+            assert got["bottom"] <= got["win"], got["bottom"]
+            if query:
+                assert got["top"] > before["top"] + 20, got["top"]  # the results' lines
+        assert got["top"] == before["top"] and got["viewBox"] == before["viewBox"]
+        assert_first_view_fits(got)

@@ -668,7 +668,12 @@
     ui.budget.addEventListener("change", () => setBudget(ui.budget.value));
     ui.budgetRange.addEventListener("input", () => setBudget(ui.budgetRange.value));
     ui.edgeRange.addEventListener("input", () => { state.edgeMin = sliderToEdge(Number(ui.edgeRange.value)); update(); });
-    ui.search.addEventListener("input", () => { state.query = ui.search.value; markSearch(); });
+    ui.search.addEventListener("input", () => {
+      const tall = ui.results.offsetHeight;
+      state.query = ui.search.value;
+      markSearch();
+      if (ui.results.offsetHeight !== tall) refit(); // the results take room above the canvas
+    });
     ui.groupButton.addEventListener("click", makeGroup);
     ui.clearPins.addEventListener("click", () => { state.pinned.clear(); update(); });
     ui.leftOutButton.addEventListener("click", () => {

@@ -38,7 +38,7 @@ from circuits.mechanism_file import (
 from circuits.mechanisms import RATIO, TOLERANCE, named_token_terms, off_by_ratio
 from circuits.nodes import Kind, node_words
 
-P_MOVED, P_SHARE = 0.005, 0.05  # a probability change below both (P_SHARE of p) is none
+P_MOVED, P_SHARE = 0.005, 0.05  # a probability change below either (P_SHARE of p) is none
 PAIRS_SHOWN = 3  # a reason's unit pairs and root terms of each list on every summary page
 LITTLE = 0.05  # an attention change below this in a token check is "little change"
 PROMOTED_SHOWN = 3  # a group's promoted tokens on its printed line (the page lists them all)

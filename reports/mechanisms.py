@@ -59,6 +59,9 @@ DEMEANED_WORDS = (
     "logit over the vocabulary; a difference's of the two logits' difference"
 )
 HEAD_TARGET = "heads at the key it reads (the largest mover from another position)"
+# A feature target predicts nothing either: its inputs are read at its own position, where these
+# heads write (a reviewer read "predicting heads" above a layer-2 feature's pre-activation).
+FEATURE_TARGET = "heads moving most into it (the largest mover from another position)"
 NO_MOVER = (
     "no head group there moves a flow the target's way from another token (BOS and the "
     "position itself aside); the largest"
@@ -178,13 +181,16 @@ def predicting_heading(g: GroupRecord, t: TargetRecord, tolerance: float = TOLER
     another position (its key is neither BOS nor its own position, its flow in the target's
     direction, ``TargetRecord.direction``: what
     ``circuits.mechanisms`` looks for first), else ``NO_MOVER`` (the fallback it took). A head
-    target predicts nothing: its group is the largest mover at the key it reads
-    (``HEAD_TARGET``). Where the group's ablation moves the target the other way with
-    attention frozen and free (``against_both``), the heading says its flow is linear credit
-    the ablations do not bear out (``NOT_BORNE_OUT``) rather than "predicting"."""
+    or feature target predicts nothing: its group is the largest mover at the key a head reads
+    (``HEAD_TARGET``), or into a feature at its own position (``FEATURE_TARGET``). Where the
+    group's ablation moves the target the other way with attention frozen and free
+    (``against_both``), the heading says its flow is linear credit the ablations do not bear
+    out (``NOT_BORNE_OUT``) rather than "predicting"."""
     moves = g.attends not in (None, 0, g.pos) and g.flow.get(t.node, 0.0) * t.direction > 0
     if t.kind == "lorsa":
         return HEAD_TARGET if moves else NO_MOVER
+    if t.kind == "transcoder":
+        return FEATURE_TARGET if moves else NO_MOVER
     if not moves:
         return NO_MOVER
     heading = NOT_BORNE_OUT if against_both(g, t, tolerance) else PREDICTING

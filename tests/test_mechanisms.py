@@ -1390,6 +1390,29 @@ def test_a_head_targets_words_say_what_is_there():
     assert constant_source("L0 attn bias") == "L0 attn bias"
 
 
+def test_a_feature_targets_movers_are_not_called_predicting():
+    """A review: ``Z Y X W V`` with ``--mode sparse --target-node transcoder:2:6:638`` printed
+    "predicting heads (the largest mover from another position)" above a feature's
+    pre-activation, which predicts no token; a head target's heading says where they are."""
+    from types import SimpleNamespace
+
+    from circuits.mechanism_file import TargetRecord
+    from reports.mechanisms import FEATURE_TARGET, HEAD_TARGET, PREDICTING, predicting_heading
+
+    t = TargetRecord(
+        node="5_638_6", token="L2 feature 638 @6", negative=None, probability=None, value=5.5,
+        tokens=3.7, errors=0.0, constants=1.8, constants_by_source=[], runner_up=None,
+        runner_up_probability=None, margin=None, predicting_group="g0", kind="transcoder",
+    )  # fmt: skip
+    g = SimpleNamespace(attends=2, pos=6, flow={"5_638_6": 0.164})
+    assert predicting_heading(g, t) == FEATURE_TARGET
+    assert "predicting" not in FEATURE_TARGET and FEATURE_TARGET != HEAD_TARGET
+    logit = dataclasses.replace(t, node="9_1_6", kind="logit", token="'x'")
+    assert predicting_heading(SimpleNamespace(attends=2, pos=6, flow={"9_1_6": 1.0}), logit) == (
+        PREDICTING
+    )
+
+
 def test_a_cause_is_named_only_where_its_rerun_closes_the_gap():
     """A review: "through attention (with it held: -6.99)" against a prediction of -20.9 and a
     free -6.57: the held rerun passed the 3x line by a hair (0.334x) and closed 3% of the gap.

@@ -745,6 +745,11 @@ def test_dashboards_show_concept_examples_keys_and_logits(browser, tmp_path):
     assert "At chance" not in text
     click_node(browser, "1_3_3")  # a unit without a dashboard
     assert "No dashboard for unit 1_3 in this page's data." in panel_text(browser)
+    # a token, an error or a logit is no unit: no dashboard section, and none said missing (a
+    # review read "No dashboard for unit 9_273-363" under a logit difference's panel)
+    for node in ("E_4_1", "0_-1_2", "5_11_3"):
+        click_node(browser, node)
+        assert "ashboard" not in panel_text(browser)
     dense = json.loads(json.dumps(DASHBOARDS))  # a label that the firing rate alone explains
     dense["0_5"]["concept"] |= {"chance": 0.8, "at_chance": True}
     write_html(graph, path, None, dashboards=dense)

@@ -1450,7 +1450,9 @@
     if (n.qk) parts.push(el("h4", {}, qkTitle), ...summaryReasons(n), ...n.qk.map((rec) => qkBlock(rec, n)));
     parts.push(el("h4", {}, "Top incoming edges"), edgeTable(inE[i].map((e) => [src[e], wt[e]])));
     parts.push(el("h4", {}, "Top outgoing edges"), edgeTable(outE[i].map((e) => [tgt[e], wt[e]])));
-    parts.push(el("h4", {}, "Dashboard"), dashboard(n));
+    // heads and features have dashboards; a token, an error, a constant or a logit is no unit
+    // (a review read "No dashboard for unit 9_273-363" under a logit difference)
+    if (n.kind === "lorsa" || n.kind === "transcoder") parts.push(el("h4", {}, "Dashboard"), dashboard(n));
     parts.push(qParamsBlock());
     ui.panel.replaceChildren(...parts);
     ui.panel.scrollTop = 0;

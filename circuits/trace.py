@@ -746,7 +746,9 @@ def summary(full, graph, scores, timings, labels=None, automatic: bool = False) 
     ``automatic``: the targets are the top logits (none named), so the first is the model's
     most likely token: under ``UNSURE`` the lines say the model is unsure (a reviewer read ten
     targets of p 0.02-0.04, each explained at length, with nothing saying none was a
-    prediction)."""
+    prediction); in sparse mode the replacement is, whose probabilities the targets hold (the
+    sparse note gives the model's own: a reviewer read "the model is unsure ... p 0.082" where
+    the model gave its top token 0.276)."""
     from reports.labels import node_label
 
     from .interventions import target_nodes
@@ -763,8 +765,9 @@ def summary(full, graph, scores, timings, labels=None, automatic: bool = False) 
     if automatic and top is not None and top < UNSURE:
         held = sum(r.probability for r in records)
         both = f" and the {len(records)} targets hold {held:.2g}" if len(records) > 1 else ""
-        lines.append(f"  (the model is unsure here: its most likely next token has p {top:.2g}"
-                     f"{both}; the graph explains a weak preference, not a prediction the model "
+        who = "the replacement" if graph.mode == "sparse" else "the model"
+        lines.append(f"  ({who} is unsure here: its most likely next token has p {top:.2g}"
+                     f"{both}; the graph explains a weak preference, not a prediction {who} "
                      "makes)")  # fmt: skip
     closure = full.settings["closure_error"]
     lines += [

@@ -188,6 +188,17 @@ def test_trace_says_when_the_model_is_unsure(tmp_path, capsys):
                          "--out", str(tmp_path / "u"), "--no-mechanisms", "--no-qk",
                          "--format", "")  # fmt: skip
     assert code == 0 and f"{unsure}{first:.2g}; the graph explains a weak preference" in out
+    # in sparse mode the probabilities are the replacement's, and so is the uncertainty (a
+    # review: "the model is unsure here: its most likely next token has p 0.082" where the
+    # model put ' Nick' first at 0.276 and the replacement ',' at 0.082)
+    code, out, err = trace(capsys, "--prompt", "The sun rose; Pemberwick smiled. The sun rose; "
+                           "Pemberw", "--mode", "sparse", "--out", str(tmp_path / "s"),
+                           "--no-mechanisms", "--no-qk", "--format", "")  # fmt: skip
+    graph = Graph.load(tmp_path / "s" / "graph.safetensors")
+    top = max(r.probability for r in graph.logit_targets)
+    assert code == 0 and top < UNSURE and "model is unsure" not in out
+    assert f"  (the replacement is unsure here: its most likely next token has p {top:.2g}" in out
+    assert "not a prediction the replacement makes" in out
 
 
 def test_sparse_mode_says_the_probabilities_are_the_replacements():

@@ -875,6 +875,11 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
             parts[0] += " (more than the whole: other parts pull against it)"
         if top is not None:  # what no head moves: a token's own embedding, a constant
             parts[0] += f", the side's largest root {top.name} {top.value:+.3g}"
+    at = head.pos if w.side == "query" else head.attends
+    if g.pos is not None and at is not None and g.pos != at:  # beside its score, before the
+        # others tested (after "17 other head groups at the side's position tested too" a
+        # reviewer read the 17 as sitting where this one does)
+        parts.append(f"at @{g.pos}, not the {w.side} @{at}: through later heads there")
     placed = w.at_position or 0  # the other groups at the side's position, tested after
     raising = w.raisers_tested
     # files before the thirty-second session tested those there that do not raise it alone
@@ -910,9 +915,6 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
         parts.append(f"a near tie: about as low (within {TIE}) with {w.tie_name} ablated "
                      f"instead, {attention_text(w.tie_attention)}; named as the lower, but the "
                      "ablations barely tell the two apart")  # fmt: skip
-    at = head.pos if w.side == "query" else head.attends
-    if g.pos is not None and at is not None and g.pos != at:
-        parts.append(f"at @{g.pos}, not the {w.side} @{at}: through later heads there")
     return ", ".join(parts)
 
 

@@ -3486,3 +3486,29 @@ def test_a_predicting_groups_qk_sources_are_printed_once(replacement, tokens, mo
         if t.predicting_group and not summary.qk_sources(t.predicting_group):
             none = no_sources_text(summary.group(t.predicting_group), summary)
             assert qk_sources_blocks(summary).get(t.node) == ([none] if none else None)
+
+
+def test_a_qk_source_away_from_its_side_says_where_it_sits_before_the_others_tested():
+    """A review of ``x: 9+4=13, 6+8=``: "...; 17 other head groups at the side's position
+    tested too, at @9, not the key @12: through later heads there" read as if the 17 sat at
+    @9; where the source itself sits comes beside its score, before what else was tested."""
+    from types import SimpleNamespace
+
+    from circuits.mechanism_file import QKSourceRole
+    from reports.mechanisms import _role_text
+
+    w = QKSourceRole(group="g0", qk_head=1, side="key", value=0.518, rank=2, tested=21,
+                     raisers=9, at_position=17)  # fmt: skip
+    root = SimpleNamespace(name="token '6'@12", value=1.76)
+    reason = SimpleNamespace(qk_head=1, query_at=6.21, key_at=-4.11, query_sources={},
+                             key_sources={"roots": [root]})  # fmt: skip
+    head = SimpleNamespace(qk=[reason], pos=15, attends=12)
+    summary = SimpleNamespace(qk_subject=lambda key: head,
+                              settings={"qk_sources_every_placed": True})  # fmt: skip
+    text = _role_text(w, SimpleNamespace(pos=9), summary)
+    where = "at @9, not the key @12: through later heads there"
+    tested = "17 other head groups at the side's position tested too"
+    assert where in text and tested in text
+    assert text.index(where) < text.index("2nd by score of 4") < text.index(tested)
+    # at the side's own position nothing is said
+    assert "not the key" not in _role_text(w, SimpleNamespace(pos=12), summary)

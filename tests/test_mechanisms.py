@@ -3512,3 +3512,18 @@ def test_a_qk_source_away_from_its_side_says_where_it_sits_before_the_others_tes
     assert text.index(where) < text.index("2nd by score of 4") < text.index(tested)
     # at the side's own position nothing is said
     assert "not the key" not in _role_text(w, SimpleNamespace(pos=12), summary)
+
+
+def test_a_named_qk_head_whose_attention_does_not_fall_says_so():
+    """A review: ``Z Y X W V`` with ``--mode sparse --vs-runner-up`` named a query side source
+    of "QK 9" whose ablation took QK 9's attention 0.51 -> 0.63 and QK 12's 0.27 -> 0.04 (the
+    group's 0.40 -> 0.37): the line says the named head's own does not fall."""
+    from circuits.mechanism_file import AttentionCheck
+    from reports.mechanisms import _named_head_text
+
+    a = AttentionCheck(group="g3", layer=3, query=6, key=5, qk_heads=[9, 12],
+                       weights=[0.5, 0.5], before=[0.51, 0.27], free=[0.66, 0.04],
+                       query_side=[0.63, 0.11], key_side=[0.51, 0.27])  # fmt: skip
+    text = _named_head_text(a, 9, "query")
+    assert text.startswith("QK 9's attention 0.51 -> 0.63 (it does not fall: the fall is at ")
+    assert "does not fall" not in _named_head_text(a, 12, "query")

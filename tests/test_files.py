@@ -306,6 +306,28 @@ def test_an_output_directory_holding_a_model_or_a_replacement_set_is_refused(tmp
     assert [p.name for p in model.iterdir()] == ["model.safetensors"]
 
 
+def test_a_training_runs_data_folder_is_refused_as_an_output_directory(tmp_path):
+    """Found by a review: ``python -m replacement.cache --out RUN/data`` (a training run's
+    own cache of its corpus, tokenizer source and packed rows) was accepted and wrote its
+    manifest and chunks among them. The folder is saved work (both its names needed: a lone
+    ``source.json`` is someone's own file), refused as an output directory and its files as
+    output files; a folder beside it is fine."""
+    from toy_models.cli import UserError
+    from toy_models.files import check_writable_dir, check_writable_file
+
+    data = tmp_path / "run" / "data"
+    data.mkdir(parents=True)
+    (data / "source.json").write_text("{}")
+    check_writable_dir(data)  # a lone source.json: not a run's data
+    (data / "packed-64.safetensors").write_text("rows")
+    with pytest.raises(UserError, match=r"--out .*data: holds a training run's data"):
+        check_writable_dir(data, sets_refused=True)
+    with pytest.raises(UserError, match="packed-64.safetensors of a training run's data"):
+        check_writable_file(data / "packed-64.safetensors", "--json")
+    check_writable_dir(tmp_path / "run" / "cache")
+    assert sorted(p.name for p in data.iterdir()) == ["packed-64.safetensors", "source.json"]
+
+
 def test_the_light_copies_of_the_saved_work_names_are_the_librarys():
     """``toy_models.files`` names a model's and a replacement set's files without importing
     the layers that define them; each copy must equal its original."""
@@ -315,12 +337,17 @@ def test_the_light_copies_of_the_saved_work_names_are_the_librarys():
     from toy_models import checkpoint, resumable
     from toy_models.files import SAVED_WORK, set_record_name
 
-    model_files, set_files, cache_files, checkpoint_files = (k.names for k in SAVED_WORK)
+    model_files, set_files, cache_files, checkpoint_files, data_files = (
+        k.names for k in SAVED_WORK
+    )
     assert model_files == (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE)
     assert set_files == (replacement_model.CONFIG_FILE,) == (SET_FILE,)
     assert cache_files == (MANIFEST_FILE,)
     assert checkpoint_files == (resumable.STATE_FILE, resumable.WEIGHTS_FILE)
-    assert [k.whole for k in SAVED_WORK] == [False, False, False, True]
+    assert [k.whole for k in SAVED_WORK] == [False, False, False, True, False]
+    # toy_models.train.prepare_data's names, for any n_ctx
+    assert SAVED_WORK[4].is_name("source.json") and SAVED_WORK[4].is_name("packed-64.safetensors")
+    assert data_files == ("source.json", "packed-*.safetensors")
     assert set_record_name("graph.json") == ".graph-set.json"
     assert set_record_name("heads.json") == ".heads-set.json"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import hashlib
 import json
 import os
@@ -393,18 +394,34 @@ class SavedWork(NamedTuple):
     """A kind of saved work: a folder holding any of ``names`` holds one (``what``). ``whole``:
     its writer replaces the folder whole (``swap_directory``), so a file another command put
     anywhere under it is lost at the next save; such a folder is put in place complete, so it
-    is one only with every one of ``names`` (a lone ``state.json`` is a common name)."""
+    is one only with every one of ``names`` (a lone ``state.json`` is a common name), and so is
+    a kind marked ``every``. A name may be a pattern (``packed-*.safetensors``)."""
 
     names: tuple[str, ...]
     what: str
     whole: bool = False
+    every: bool = False
 
     def found_in(self, directory: Path) -> str | None:
         """The first of ``names`` that shows ``directory`` holds this kind, or None."""
-        found = [name for name in self.names if os.path.lexists(directory / name)]
-        if not found or (self.whole and len(found) < len(self.names)):
+        found = [name for name in self.names if _entry_named(directory, name)]
+        if not found or ((self.whole or self.every) and len(found) < len(self.names)):
             return None
         return found[0]
+
+    def is_name(self, name: str) -> bool:
+        """Whether a file called ``name`` would be one of this kind's (``names``' patterns)."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.names)
+
+
+def _entry_named(directory: Path, pattern: str) -> bool:
+    """Whether ``directory`` holds an entry called ``pattern`` (or matching it: ``*``)."""
+    if "*" not in pattern:
+        return os.path.lexists(directory / pattern)
+    try:
+        return any(fnmatch.fnmatchcase(e.name, pattern) for e in os.scandir(directory))
+    except OSError:
+        return False
 
 
 # Folders that hold saved work of their own: a command's outputs written there would land among
@@ -416,12 +433,16 @@ class SavedWork(NamedTuple):
 # ``replacement.model.CONFIG_FILE``, ``replacement.activation_cache.MANIFEST_FILE`` (a training
 # run written into a cache left it one that would not resume), ``toy_models.resumable``'s
 # STATE_FILE and WEIGHTS_FILE (a graph set or results written into a run's checkpoint folder
-# were deleted by the run's next checkpoint): both found by fuzz passes.
+# were deleted by the run's next checkpoint): both found by fuzz passes. A training run's
+# ``data/`` folder (``toy_models.train.prepare_data``: ``source.json`` and the packed rows,
+# both names needed, ``source.json`` being a common one) is its own cache of the corpus: an
+# activation cache written there was accepted (a review).
 SAVED_WORK = (
     SavedWork(("config.json", "model.safetensors"), "a model"),
     SavedWork(("replacement.json",), "a replacement set"),
     SavedWork(("manifest.json",), "an activation cache"),
     SavedWork(("state.json", "weights.safetensors"), "a training checkpoint", whole=True),
+    SavedWork(("source.json", "packed-*.safetensors"), "a training run's data", every=True),
 )
 
 
@@ -733,7 +754,7 @@ def in_saved_work(path: Path, own_results: bool = False) -> str | None:
     if inside:
         return f"is inside {inside}, which its run replaces whole"
     for kind in SAVED_WORK:
-        if not own_results and path.name in kind.names and kind.found_in(folder):
+        if not own_results and kind.is_name(path.name) and kind.found_in(folder):
             return f"is {path.name} of {kind.what}"
     return None
 

@@ -128,10 +128,15 @@ def check_args(args: argparse.Namespace) -> None:
     if args.min_fires < 1:
         raise UserError(f"--min-fires must be positive, got {args.min_fires}")
     try:
-        args.thresholds = tuple(sorted({float(t) for t in args.thresholds.split(",")}))
+        given = [float(t) for t in args.thresholds.split(",")]
     except ValueError:
         raise UserError(f"--thresholds must be comma-separated numbers, got "
                         f"{args.thresholds!r}") from None  # fmt: skip
+    # one given twice was dropped without a word (0.5,0.5 measured one; a review)
+    if twice := sorted({t for t in given if given.count(t) > 1}):
+        raise UserError(f"--thresholds {args.thresholds}: {twice[0]:g} is given twice; give "
+                        "each once")  # fmt: skip
+    args.thresholds = tuple(sorted(given))
     if not args.thresholds or not all(0 < t <= 1 for t in args.thresholds):
         raise UserError(f"--thresholds must lie in (0, 1], got {args.thresholds}")
     if not 0 < args.host_share <= 1:

@@ -305,6 +305,8 @@ def test_rows_are_checked(random_model, make_replacement):
         (["--rows", "0"], "--rows must be"),
         (["--min-fires", "0"], "--min-fires must be"),
         (["--thresholds", "0.7,2"], "--thresholds"),
+        # a review: measured once without a word
+        (["--thresholds", "0.5,0.50"], "--thresholds 0.5,0.50: 0.5 is given twice"),
         (["--host-share", "0"], "--host-share"),
         (["--out", "{file}"], "exists and is not a directory"),
     ],

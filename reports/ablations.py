@@ -187,6 +187,16 @@ def check_results(results) -> AblationResults:
                 raise ValueError(f"results.layers.{layer}.runs: no run of {missing[:3]}, which "
                                  f"results.axes.{axis} names")  # fmt: skip
         base = data.baseline
+        # the held-out cache every layer is measured on: the settings' rows, of n_ctx >= 2
+        # tokens each (a review: 0 rows, or 1 token, of a measured layer were rendered)
+        if base.heldout_rows != record.settings.heldout_rows:
+            raise ValueError(f"results.layers.{layer}.baseline.heldout_rows: "
+                             f"{base.heldout_rows}, the settings say "
+                             f"{record.settings.heldout_rows}")  # fmt: skip
+        if base.heldout_tokens % base.heldout_rows or base.heldout_tokens < 2 * base.heldout_rows:
+            raise ValueError(f"results.layers.{layer}.baseline.heldout_tokens: "
+                             f"{base.heldout_tokens}, not whole rows of two or more tokens in "
+                             f"{base.heldout_rows} rows")  # fmt: skip
         for name, run in data.runs.items():
             if run.l0 > variants[name].top_k * (1 + 1e-6):  # TopK: at most K active a token
                 raise ValueError(

@@ -144,6 +144,13 @@ def check_results(results) -> ErrorResults:
     with tokens there (a family deleted would drop out of the report silently); NaN where the
     benchmark writes none (a mean over tokens it kept)."""
     record = from_json(ErrorResults, results, "results")
+    # counts a run cannot give (a review: 0 rows of 17153 tokens, an SAE keeping 0 of its
+    # latents or more than it has, were rendered)
+    if record.tokens > 0 and not 1 <= record.rows <= record.tokens:
+        raise ValueError(f"results.rows: {record.rows} rows of documents for {record.tokens} "
+                         "tokens")  # fmt: skip
+    if not 1 <= record.sae.top_k <= record.sae.width:
+        raise ValueError(f"results.sae.top_k: {record.sae.top_k} of {record.sae.width} latents")
     groups = {"by_family": record.families, "by_role": record.roles,
               "by_position": record.position_bins}  # fmt: skip
     for split, names in groups.items():
@@ -165,6 +172,12 @@ def check_results(results) -> ErrorResults:
                         raise ValueError(f"results.by_kind.{kind}.{layer}.{split}.group_fvu"
                                          f"[{i}]: NaN for a group of {n:g} tokens")  # fmt: skip
                 _check_shares(shares, f"results.by_kind.{kind}.{layer}.{split}")
+                if sum(shares.tokens) != record.tokens:  # every split groups every token
+                    raise ValueError(f"results.by_kind.{kind}.{layer}.{split}.tokens: sum to "
+                                     f"{sum(shares.tokens):.6g}, the file has {record.tokens} "
+                                     "tokens")  # fmt: skip
+            _check_concentration(r.concentration, record.tokens,
+                                 f"results.by_kind.{kind}.{layer}.concentration")  # fmt: skip
             for name in ("top_tokens", "dense_tokens"):
                 for i, x in enumerate(getattr(r, name)):
                     _check_token_errors(x, record.tokens, f"results.by_kind.{kind}.{layer}."
@@ -203,6 +216,27 @@ def _check_shares(s: Shares, where: str) -> None:
         if not math.isclose(variance, 1.0, rel_tol=1e-4):
             raise ValueError(f"{where}.group_fvu: the groups' variances make {variance:.6g} of "
                              "the whole, not all of it")  # fmt: skip
+
+
+def _check_concentration(c: Concentration, tokens: int, where: str) -> None:
+    """``replacement.errors.concentration`` over ``tokens`` tokens: the fractions of tokens
+    carrying half and 90% of the error are whole numbers of tokens, at least one, the first
+    no more than the second, and the top 1% of tokens (the most erring) carry at least their
+    number's share (a review: a tokens_for_90pct of 0, or below tokens_for_half, rendered)."""
+    if tokens == 0:
+        return
+    for name in ("tokens_for_half", "tokens_for_90pct"):
+        count = getattr(c, name) * tokens
+        if count < 1 - 1e-6 or abs(count - round(count)) > 1e-6 * max(1.0, count):
+            raise ValueError(f"{where}.{name}: {getattr(c, name):.6g}, not a whole number of "
+                             f"tokens (at least one) of {tokens}")  # fmt: skip
+    if c.tokens_for_half > c.tokens_for_90pct:
+        raise ValueError(f"{where}.tokens_for_half: {c.tokens_for_half:.6g}, more than "
+                         f"tokens_for_90pct ({c.tokens_for_90pct:.6g})")  # fmt: skip
+    top = max(1, tokens // 100) / tokens
+    if c.top_1pct_share < top * (1 - 1e-6):
+        raise ValueError(f"{where}.top_1pct_share: {c.top_1pct_share:.6g}, below the "
+                         f"{top:.6g} of the tokens it counts (the most erring)")  # fmt: skip
 
 
 def _check_token_errors(x: TokenErrors, tokens: int, where: str) -> None:

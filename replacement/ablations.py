@@ -38,10 +38,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from toy_models.records import Bounds, from_json
+from toy_models.resumable import FLOAT32_MAX
 
 from .dictionaries import (
     INIT_SEED_OFFSET,
@@ -317,7 +321,7 @@ class LayerEvaluation:
     def measure(self, module, kind: str, batch_size: int = 16) -> dict:
         from .evaluate import ReconstructionTally, fraction_recovered
 
-        tally = ReconstructionTally(module.decoder.shape[0])
+        tally = ReconstructionTally(module.decoder.shape[0], f"layer {self.layer}'s {kind}")
         for x, y in zip(self.x.split(batch_size), self.y.split(batch_size), strict=True):
             code = module.encode(x if kind == "lorsa" else y)
             tally.add(code, module.decode(code), y)
@@ -336,6 +340,43 @@ class LayerEvaluation:
             "heldout_rows": len(self.x),
             "heldout_tokens": self.tokens,
         }
+
+
+# ----------------------------------------------------------------- a run's record
+NonNegative = Annotated[float, Bounds(0.0)]
+PositiveReal = Annotated[float, Bounds(1e-30)]  # a scale: above 0
+Share = Annotated[float, Bounds(0.0, 1.0)]
+
+
+@dataclass
+class RunRecord:
+    """One variant's record: ``train_variant``'s figures and ``LayerEvaluation.measure``'s.
+
+    Read back as untrusted data where a rerun of the sweep reuses it (``run_sweep``) and in a
+    results file (``reports.ablations.check_results``)."""
+
+    fvu: NonNegative
+    l0: NonNegative
+    dead_fraction: Share
+    ce: Annotated[float, Bounds(0.0, FLOAT32_MAX)]  # float32 means (a KL of 1e308: none)
+    kl: Annotated[float, Bounds(-1e-6, FLOAT32_MAX)]  # a KL divergence, to rounding
+    loss_recovered: Annotated[float, Bounds(nan=True)]  # NaN: ablating costs under MIN_GAP
+    scales: tuple[PositiveReal, PositiveReal]  # (input, target): the estimated norm scales
+    train_s: NonNegative
+    train_cpu_s: NonNegative
+    train_dead_last: Annotated[float, Bounds(0.0, 1.0, nan=True)]  # NaN: never measured
+    train_fvu_last20: Annotated[float, Bounds(0.0, FLOAT32_MAX, nan=True)]  # float32 steps
+
+
+def _kept_run(record, path: Path) -> dict:
+    """The record of an earlier run of these settings (``run_sweep``'s work file ``path``),
+    checked as a results file's are (``RunRecord``), or one line naming the file."""
+    try:
+        from_json(RunRecord, record, "record")
+    except ValueError as exc:
+        raise ValueError(f"{path}: a damaged record of this variant ({exc}); delete it to "
+                         "train the variant again") from None  # fmt: skip
+    return record
 
 
 # ----------------------------------------------------------------- the sweep
@@ -385,8 +426,9 @@ def run_sweep(
             record_path = directory / f"{v.name}.json"
             if record_path.is_file():
                 old = read_json(record_path)
-                if old.get("identity") == key:
-                    runs[v.name] = old["record"]
+                if old.get("identity") == key:  # read as any file from disk: a damaged record
+                    # (an FVU of 1e308, a string) went into the results file as it stood
+                    runs[v.name] = _kept_run(old.get("record"), record_path)
                     bar.update(1)
                     continue
             module, info = train_variant(v, model, rows, layer, cfg, quiet=quiet)

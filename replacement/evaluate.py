@@ -109,15 +109,24 @@ class ReconstructionTally:
     is merged batch by batch (Chan et al.'s pairwise update, in float64), exact for constant
     targets (a spread of 0, so a NaN FVU, as ``dictionaries.fvu_of_sums`` says)."""
 
-    def __init__(self, n_units: int):
+    def __init__(self, n_units: int, name: str = "a dictionary"):
         import torch
 
         self.residual, self.active, self.tokens = 0.0, 0, 0
         self.mean, self.spread = 0.0, 0.0  # the targets' mean and spread about it, so far
         self.fired = torch.zeros(n_units, dtype=torch.bool)
+        self.name = name
 
     def add(self, code: Tensor, recon: Tensor, target: Tensor) -> None:
-        self.residual += (recon - target).pow(2).sum().item()
+        # A reconstruction beyond float32 (weights that load, finite, but overflow in use) has
+        # no FVU: its infinity was written as null, "could not be measured on this data", by
+        # replacement.evaluate and as Infinity by the ablation sweep (a review). The error
+        # energy is summed in float64: float32 squares of finite errors overflowed as well.
+        if not recon.isfinite().all():
+            raise ValueError(f"{self.name}: its reconstruction holds NaN or infinite "
+                             "values (its weights overflow float32): no figure of it is "
+                             "measured")  # fmt: skip
+        self.residual += (recon.double() - target.double()).pow(2).sum().item()
         self.active += (code != 0).sum().item()
         self.fired |= (code != 0).flatten(0, -2).any(0)
         y = target.flatten(0, -2).double()
@@ -156,7 +165,8 @@ def reconstruction_stats(replacement, batches: list[Tensor]) -> dict:
         for l, module in enumerate(modules)
     ]
     hooks = {h for name, l, _ in sites for h in _sublayer(name, l)}
-    tallies = {(name, l): ReconstructionTally(m.decoder.shape[0]) for name, l, m in sites}
+    tallies = {(name, l): ReconstructionTally(m.decoder.shape[0], f"the {name} of layer {l}")
+               for name, l, m in sites}  # fmt: skip
     for tokens in batches:
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in hooks)
         for name, l, module in sites:

@@ -54,26 +54,9 @@ class Baseline:
 
 
 @dataclass
-class Run:
-    """One variant's record (``replacement.ablations``: its training and ``measure``)."""
-
-    fvu: NonNegative
-    l0: NonNegative
-    dead_fraction: Share
-    ce: NonNegative
-    kl: Annotated[float, Bounds(-1e-6)]  # a KL divergence, to rounding
-    loss_recovered: Annotated[float, Bounds(nan=True)]  # NaN: ablating costs under MIN_GAP
-    scales: tuple[PositiveReal, PositiveReal]  # (input, target): the estimated norm scales
-    train_s: NonNegative
-    train_cpu_s: NonNegative
-    train_dead_last: Annotated[float, Bounds(0.0, 1.0, nan=True)]  # NaN: never measured
-    train_fvu_last20: Annotated[float, Bounds(0.0, nan=True)]
-
-
-@dataclass
 class Layer:
     baseline: Baseline
-    runs: dict[str, Run]
+    runs: dict[str, dict]  # each a ``replacement.ablations.RunRecord``, read in check_results
 
 
 @dataclass
@@ -148,10 +131,13 @@ def check_results(results) -> AblationResults:
     variant an axis names (its point would be left out of the tables and curves, silently), a
     run's L0 above its variant's K, or a loss recovered that does not follow from its run's
     and its layer's losses (``replacement.evaluate.fraction_recovered``)."""
-    from replacement.ablations import OPTIONAL_AXES, SWEPT, Variant
+    from replacement.ablations import OPTIONAL_AXES, SWEPT, RunRecord, Variant
     from replacement.evaluate import fraction_recovered
 
     record = from_json(AblationResults, results, "results")
+    for layer, data in record.layers.items():  # the records the sweep writes, as it reads them
+        data.runs = {name: from_json(RunRecord, run, f"results.layers.{layer}.runs.{name}")
+                     for name, run in data.runs.items()}  # fmt: skip
     _check_settings(record.settings)
     variants = {}
     for name, fields in record.variants.items():

@@ -476,7 +476,7 @@ def _set_nested(path: str, value):
          "fvu: expected a number in [0, inf]"),
         ("reports.ablations", "lorsa_ablations_default.json",
          _set_nested("layers.1.runs.lorsa-w1024-k16-qk16-d16.kl", -0.5),
-         "kl: expected a number in [-1e-06, inf]"),
+         "kl: expected a number in [-1e-06, 3.40282e+38]"),
         # a review: counts and fractions no run gives, each in its range alone, were rendered
         ("reports.errors", "error_analysis_default.json",
          _set_nested("by_kind.lorsa.1.concentration.tokens_for_90pct", 0),
@@ -559,6 +559,17 @@ def test_quick_sweep_writes_results_and_a_report_and_resumes(tiny_run, tmp_path,
 
     code, _, err = cli(render, "--json", tmp_path / "abl.json", "--out", tmp_path / "again")
     assert code == 0 and (tmp_path / "again" / "ablations.md").read_text() == md
+    # A review: a record read back was copied into the results as it stood (an FVU of 1e308,
+    # a KL beyond float32, a string); it is checked as the results file's are, one line
+    record_path = next((tmp_path / "work").glob("*/runs/L1/lorsa-*.json"))
+    saved = json.loads(record_path.read_text())
+    for field, value in (("kl", 1e308), ("fvu", "x")):
+        damaged = {**saved, "record": {**saved["record"], field: value}}
+        record_path.write_text(json.dumps(damaged))
+        code, _, err = cli(main, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"{record_path}: a damaged record of this variant (record.{field}: expected" in err
+    assert json.loads((tmp_path / "abl.json").read_text())["layers"] == results["layers"]
 
 
 def test_quick_error_analysis_end_to_end(tiny_run, make_replacement, tmp_path, cli):
@@ -778,16 +789,19 @@ def test_an_earlier_sweeps_ratio_over_a_gap_too_small_to_measure_still_loads():
             check_results(r)
 
 
-def test_a_results_file_may_hold_any_finite_fvu_or_kl(tmp_path, cli):
-    """FVU (error energy over variance, in float64) and KL have no upper bound that the
-    benchmarks guarantee: a huge one is a measured figure, rendered, not refused; a value
-    beyond a float is (``toy_models.records``: finite numbers only)."""
+def test_a_results_file_may_hold_any_finite_fvu(tmp_path, cli):
+    """FVU (error energy over variance, in float64) has no upper bound that the benchmarks
+    guarantee: a huge one is a measured figure, rendered, not refused; a value beyond a float
+    is (``toy_models.records``: finite numbers only). A KL is a mean of float32 figures."""
     from reports import ablations, errors
 
     data = json.loads((ROOT / "benchmarks/results/lorsa_ablations_default.json").read_text())
     run = data["layers"]["1"]["runs"]["lorsa-w1024-k16-qk16-d16"]
-    run["fvu"], run["kl"] = 1e308, 1e308
-    assert ablations.check_results(data).layers["1"].runs["lorsa-w1024-k16-qk16-d16"].kl == 1e308
+    run["fvu"] = 1e308
+    assert ablations.check_results(data).layers["1"].runs["lorsa-w1024-k16-qk16-d16"].fvu == 1e308
+    run["kl"] = 1e308  # but a KL and a CE are means of float32 figures: within its range
+    with pytest.raises(ValueError, match=r"kl: expected a number in \[-1e-06, 3.40282e\+38\]"):
+        ablations.check_results(data)
     data = json.loads((ROOT / "benchmarks/results/error_analysis_default.json").read_text())
     data["lorsa_vs_sae"]["1"]["sae_fvu"] = 1e308
     assert errors.check_results(data).lorsa_vs_sae["1"].sae_fvu == 1e308

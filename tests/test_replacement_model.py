@@ -133,6 +133,22 @@ def test_the_reconstruction_tally_counts_fvu_l0_and_dead_units():
     assert math.isnan(constant.result()["fvu"])
 
 
+def test_the_reconstruction_tally_measures_errors_beyond_float32_and_refuses_overflow():
+    """A review: an error whose float32 square overflows made the FVU infinite, written as
+    null ("could not be measured on this data") by replacement.evaluate and as Infinity by the
+    ablation sweep. Finite errors are summed in float64; a reconstruction that is not finite
+    (weights overflowing in use) is refused in one line naming the dictionary."""
+    from replacement.evaluate import ReconstructionTally
+
+    target = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])
+    tally = ReconstructionTally(2)
+    tally.add(torch.ones(1, 2, 2), target + 1e20, target)  # (1e20)^2: beyond float32
+    assert tally.result()["fvu"] == pytest.approx(4e40 / 2)
+    tally = ReconstructionTally(2, "the lorsa of layer 1")
+    with pytest.raises(ValueError, match="the lorsa of layer 1: its reconstruction holds NaN"):
+        tally.add(torch.ones(1, 2, 2), target + float("inf"), target)
+
+
 def test_the_reconstruction_tally_merges_batches_to_the_whole_spread():
     """The targets' spread is merged batch by batch (memory constant in the batches): it is
     the spread of all of them at once about their one mean, batches of any size and offset."""

@@ -582,3 +582,20 @@ def test_token_text_names_the_bytes_of_a_split_character():
     for outside in (-1, tokenizer.get_vocab_size()):  # a fuzz pass: "" and an OverflowError
         with pytest.raises(ValueError, match=f"token id {outside} is outside the vocabulary"):
             token_text(tokenizer, outside)
+
+
+@pytest.mark.parametrize("how", ["directory", "link loop", "missing"])
+def test_a_tokenizer_file_that_is_no_file_says_what_it_is(how, tmp_path):
+    """A review: a directory or a symbolic link in a loop at tokenizer.json was "tokenizer
+    file not found"; the shared check says which (``toy_models.files.check_readable_file``)."""
+    from toy_models.tokenizer import load_tokenizer
+
+    path = tmp_path / "tokenizer.json"
+    if how == "directory":
+        path.mkdir()
+    elif how == "link loop":
+        path.symlink_to(path)
+    message = {"directory": "a directory, not a file", "link loop": "in a loop",
+               "missing": "tokenizer file missing"}[how]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=message):
+        load_tokenizer(path)

@@ -69,9 +69,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     could have made: ids 0..n-1, BOS id 0 and prepended once. A file that loads but differs
     (no post-processor, BOS swapped with another token) would otherwise give wrong numbers
     without a word: evaluation and attribution read position 0 as BOS."""
+    from .files import check_readable_file
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer file not found: {path}")
+    # a directory or a link in a loop there was "not found" (a review): say which
+    check_readable_file(path, "tokenizer file")
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON

@@ -602,6 +602,12 @@ def statistics_for(
     path = Path(path) if path else default_stats_path(model, replacement, tokenizer)
     settings = {}
     partial = partial_path(path)
+    if not path.is_file():  # to be gathered into: a directory, a link or a FIFO in its place
+        # was found only when the finished file was written, minutes later (a review, at the
+        # default path, which the command cannot check before the model is loaded)
+        from toy_models.files import check_writable_file
+
+        check_writable_file(path, "the statistics file")
     if path.is_file():
         stats = read_statistics(path, replacement, tokenizer, option)
         done = stats.meta["rows_done"]

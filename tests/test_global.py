@@ -773,6 +773,26 @@ def test_a_damaged_partial_file_is_refused_before_a_gathering_is_announced(
     assert partial_path(path).is_file()  # gathered work is the user's: kept
 
 
+@pytest.mark.parametrize("how", ["directory", "link loop", "fifo"])
+def test_a_statistics_path_that_cannot_be_written_is_refused_before_gathering(
+    replacement, tmp_path, capsys, how
+):
+    """A review: a directory, a symbolic link in a loop or a FIFO at the default statistics
+    path (which the command learns only once the model is loaded) was gathered into for
+    minutes, then refused or replaced when the finished file was written. Refused first."""
+    import os
+
+    from toy_models.cli import UserError
+
+    path = tmp_path / "stats.safetensors"
+    {"directory": path.mkdir, "link loop": lambda: path.symlink_to(path),
+     "fifo": lambda: os.mkfifo(path)}[how]()  # fmt: skip
+    with pytest.raises(UserError, match=f"the statistics file {path}: is "):
+        statistics_for(replacement, None, "random", path)
+    assert "gathering" not in capsys.readouterr().out
+    assert os.path.lexists(path)  # left as it was
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -636,9 +636,12 @@ def _dashboards_file(args, replacement, tokenizer) -> tuple:
         args.model, args.mode, replacement, tokenizer, args.dashboard_rows
     )
     settings = {"rows": args.dashboard_rows, "mode": args.mode, "progress": None}
-    if path.exists() and not path.is_file():  # nothing to read, nor to remove and build again
-        raise UserError(f"dashboards file {path}: exists and is not a file; move it away "
-                        "(or pass --dashboards-file or --no-dashboards)")  # fmt: skip
+    # nothing to read, nor to remove and build again; a link that leads nowhere (dangling, in
+    # a loop) was built for a minute and then refused as a link (a review): lexists
+    if os.path.lexists(path) and not path.is_file():
+        raise UserError(f"dashboards file {path}: exists and is not a file (a directory, a "
+                        "FIFO or a link that leads nowhere); move it away (or pass "
+                        "--dashboards-file or --no-dashboards)")  # fmt: skip
     # The default file, to be built: its folder must hold files, known before the pass
     # (a --dashboards-file's folder is checked with the arguments).
     if args.dashboards_file is None and not path.exists():

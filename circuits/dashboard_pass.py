@@ -269,6 +269,12 @@ def build(
         raise ValueError(f"a vocabulary of {replacement.cfg.d_vocab} tokens is over 32767")
     if rows * n_ctx >= 2**31:
         raise ValueError("rows x n_ctx must stay below 2**31 (token indices, counts)")
+    if not path.exists():  # to be written: a link that leads nowhere (dangling, in a loop)
+        # was built into for a minute and refused at the first save (a review, at
+        # circuits.dashboard_cli's default path, which is known only once the set is loaded)
+        from toy_models.files import check_writable_file
+
+        check_writable_file(path, "dashboards file")
     if path.exists():
         dash = read_file(path, replacement, tokenizer)
         found = {k: dash.meta.get(k) for k in settings}

@@ -834,3 +834,18 @@ def test_a_file_is_ours_once_its_header_is_found(setup, monkeypatch):
     with pytest.raises(ValueError, match="damaged header") as info:
         D.read_file(path, replacement, tokenizer)
     assert not isinstance(info.value, D.NotDashboards)
+
+
+@pytest.mark.parametrize("how", ["dangling", "loop"])
+def test_a_link_that_leads_nowhere_is_refused_before_building(setup, how, monkeypatch):
+    """A review: a dangling link or one in a loop at the dashboards path (circuits.dashboard_cli's
+    default, known once the set is loaded) was built into until the first save refused it."""
+    from toy_models.cli import UserError
+
+    replacement, tokenizer, tmp = setup
+    path = tmp / "d.safetensors"
+    path.symlink_to(tmp / "nowhere" if how == "dangling" else path)
+    monkeypatch.setattr(P, "corpus_rows", lambda *a, **k: 1 / 0)  # no row is drawn
+    with pytest.raises(UserError, match=f"dashboards file {path}: is a symbolic link"):
+        _build(replacement, tokenizer, path)
+    assert path.is_symlink()

@@ -52,9 +52,13 @@ QUICK = {"steps": 6, "rows": 48, "heldout_rows": 16}
 
 def int_list(flag: str, text: str) -> tuple[int, ...]:
     try:
-        values = tuple(sorted({int(part) for part in text.split(",")}))
+        given = [int(part) for part in text.split(",")]
     except ValueError:
         raise UserError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    # one given twice was one point of the curve, without a word (a review)
+    if twice := sorted({v for v in given if given.count(v) > 1}):
+        raise UserError(f"{flag} {text}: {twice[0]} is given twice; give each once")
+    values = tuple(sorted(given))
     if not values or min(values) <= 0:
         raise UserError(f"{flag} must be positive integers, got {text!r}")
     return values

@@ -281,6 +281,7 @@ def _script(path: str, *args, cwd=ROOT):
     [
         ("benchmarks/lorsa_ablations.py", ["--steps", "0"], "--steps must be positive"),
         ("benchmarks/lorsa_ablations.py", ["--ks", "8,x"], "--ks must be comma-separated"),
+        ("benchmarks/lorsa_ablations.py", ["--ks", "8,16,8"], "--ks 8,16,8: 8 is given twice"),
         ("benchmarks/lorsa_ablations.py", ["--qk-heads", "3"], "do not divide"),
         ("benchmarks/lorsa_ablations.py", ["--layers", "all"], "must name layers"),
         ("benchmarks/lorsa_ablations.py", ["--model", "gpt5"], "unknown"),

@@ -55,8 +55,10 @@ MAX_ROWS = 1 << 20  # = circuits.statistics_file.MAX_ROWS (rows are held in memo
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="python -m circuits.global_graph",
-        description="A global circuit around one unit of the fully sparsified model: exact "
-        "local edges summed over a corpus sample, grown best-first to a budget and pruned by "
+        description="A global circuit around one unit of the replacement model (Lorsa heads and "
+        "transcoder features reading the original model's activations, what each dictionary "
+        "misses as error units: local mode, as a trace's default): exact local edges summed "
+        "over a corpus sample, grown best-first to a budget and pruned by "
         "influence like local graphs. Upstream (the default) an edge is the mean input per "
         "occurrence of its target; --downstream, the expected attribution per unit of its "
         "source's activity.",

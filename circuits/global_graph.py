@@ -168,16 +168,12 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
 
 def check_start_token(spec: StartSpec, model: str) -> None:
     """Refuse now a ``--start`` text that is not one token of ``model``'s tokenizer (read
-    alone: light). A tokenizer that does not load is left to the model's full load, which
-    says what is wrong with it."""
-    from toy_models.checkpoint import TOKENIZER_FILE
-    from toy_models.tokenizer import load_tokenizer
-    from toy_models.zoo import resolve_model_dir
+    alone: light, ``toy_models.zoo.tokenizer_alone``). A tokenizer that does not load is left
+    to the model's full load, which says what is wrong with it."""
+    from toy_models.zoo import tokenizer_alone
 
-    path = resolve_model_dir(model) / TOKENIZER_FILE  # an unknown model: refused here
-    try:
-        tokenizer = load_tokenizer(path)
-    except (OSError, ValueError):
+    tokenizer = tokenizer_alone(model)  # an unknown model: refused here
+    if tokenizer is None:
         return
     try:
         single_token(tokenizer, spec.text, "token")

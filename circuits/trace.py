@@ -225,10 +225,12 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     from toy_models.tokenizer import BOS, NEVER_PREDICTED  # light: tokenizers only
 
     tokens = [("--target", (t,)) for t in args.target]
-    for flag, texts in [*tokens, *(("--target-diff", tuple(d)) for d in args.target_diff)]:
+    tokens += [("--target-diff", tuple(d)) for d in args.target_diff]
+    for flag, texts in tokens:
         if BOS in texts:
             raise UserError(f"{flag} {' '.join(map(repr, texts))}: {NEVER_PREDICTED}; name "
                             "another token")  # fmt: skip
+    check_target_tokens(tokens, args.model)
     if len(args.prompt) > MAX_PROMPT_CHARS:
         raise UserError(
             f"--prompt has {len(args.prompt)} characters; the model reads at most its context "
@@ -303,6 +305,27 @@ def check_writable(out: Path, flag: str = "--out") -> None:
     if inside:
         raise UserError(f"{flag} {out}: is inside {inside}, which its run replaces whole; "
                         "write the outputs elsewhere")  # fmt: skip
+
+
+def check_target_tokens(tokens: list[tuple[str, tuple[str, ...]]], model: str) -> None:
+    """Refuse now a target text (``(flag, texts)`` pairs) that is not one token of ``model``'s
+    tokenizer, read alone (``toy_models.zoo.tokenizer_alone``): it was refused only once the
+    model had loaded, 11-20 s later (a reviewer's ``--target-diff " 30" " 31"``). A tokenizer
+    that does not load is left to the model's full load, which says what is wrong with it."""
+    if not tokens:
+        return
+    from toy_models.tokenizer import single_token
+    from toy_models.zoo import tokenizer_alone
+
+    tokenizer = tokenizer_alone(model)  # an unknown model: refused here
+    if tokenizer is None:
+        return
+    for flag, texts in tokens:
+        for text in texts:
+            try:
+                single_token(tokenizer, text)
+            except ValueError as exc:
+                raise UserError(f"{flag} {' '.join(map(repr, texts))}: {exc}") from None
 
 
 def _targets(args, tokenizer, last_logits=None):

@@ -674,6 +674,14 @@ def test_a_users_staging_folder_and_a_bad_target_node_are_refused_before_the_wor
         code, _, err = trace(capsys, "--prompt", PROMPT, "--target-node", spec,
                              "--out", str(tmp_path / "never"))  # fmt: skip
         assert code == 2 and err.count("\n") == 1 and message in err, err
+    # a target that is not one token, read off the tokenizer alone (a reviewer waited 11-20 s
+    # for the model to load before ``--target-diff " 30" " 31"`` was refused)
+    diff = "--target-diff '3' ' 31': target ' 31' is not one token of this tokenizer"
+    days = "--target ' Thursdayy': target"
+    for args, message in ((("--target-diff", "3", " 31"), diff),
+                          (("--target", " Thursdayy"), days)):  # fmt: skip
+        code, _, err = trace(capsys, "--prompt", PROMPT, *args, "--out", str(tmp_path / "never"))
+        assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path, capsys, monkeypatch):

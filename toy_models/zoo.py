@@ -89,6 +89,21 @@ def get_config(name: str) -> ZooEntry:
     return CONFIGS[name]
 
 
+def tokenizer_alone(name_or_path: str):
+    """The tokenizer of a model read alone (light: no torch, no weights), for a command to check
+    the tokens it is asked for before it loads the model (seconds); None where it does not load:
+    the model's full load says what is wrong with it. An unknown model is refused here
+    (``UnknownModelError``)."""
+    from .checkpoint import TOKENIZER_FILE
+    from .tokenizer import load_tokenizer
+
+    path = resolve_model_dir(name_or_path) / TOKENIZER_FILE
+    try:
+        return load_tokenizer(path)
+    except (OSError, ValueError):
+        return None
+
+
 def resolve_model_dir(name_or_path: str) -> Path:
     """A zoo name with a shipped checkpoint, or a checkpoint directory (an empty name is
     neither: ``Path("")`` would be the current directory). A bare zoo name that is also a

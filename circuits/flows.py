@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from .graph import Graph, checked_count, checked_graph, is_integer
@@ -38,12 +37,12 @@ from .groups import GroupedGraph, checked_view
 from .interventions import check_full_graph
 from .mechanism_file import RootPair, SourceShare
 from .nodes import Kind, constant_name, logit_stage, lorsa_stage
-from .prune import row_blocks
+from .prune import row_block, row_blocks
 
 BEAM = 24  # the paths' beam width (``top_paths``)
 MAX_PATHS = 5
 ROOT_BATCH = 4  # QK reasons per root-pair sweep (4 x d_qk columns each: bounds memory)
-SIDE_BATCH = 64  # readouts per sweep of the QK reasons' side flows (two per reason)
+SIDE_BATCH = 64  # readouts per sweep of the QK reasons' side flows (two per reason: even)
 PSEUDO_ROOTS = (("QK bias side", "qk_bias"), ("own terms of the nodes", "own"))  # qk_root_pairs
 
 
@@ -53,9 +52,10 @@ class EdgeSweep:
     peak. A sweep visits the stages from the top down; once a stage's ``h`` is final, its
     rows push ``edges[rows].T @ h[rows]`` into the stages below, one block of about
     ``ROW_BLOCK_ENTRIES`` edges at a time (``circuits.prune.row_blocks``; float32 products,
-    float64 sums), so the only copies are one block's. Only a full graph's flows are exact: a
-    graph whose rows do not close (a pruned one) is refused (``check_full_graph``: a pass over
-    the edges, or, given the prompt's ``run``, a comparison of the graph's nodes with it)."""
+    float64 sums), each block a view of the graph's arrays (``circuits.prune.row_block``).
+    Only a full graph's flows are exact: a graph whose rows do not close (a pruned one) is
+    refused (``check_full_graph``: a pass over the edges, or, given the prompt's ``run``, a
+    comparison of the graph's nodes with it)."""
 
     def __init__(self, graph: Graph, run=None):
         check_full_graph(checked_graph(graph), run)
@@ -65,31 +65,38 @@ class EdgeSweep:
         self.activation = graph.activation.double().numpy()
 
     def push(self, lo: int, hi: int, h: np.ndarray, into: np.ndarray) -> None:
-        """``into += edges[lo:hi].T @ h[lo:hi]``; ``h`` (node,) or (node, columns)."""
+        """``into[:lo] += edges[lo:hi].T @ h``, ``h`` the rows ``lo:hi``' (rows, ) or (rows,
+        columns): edges only run down the stages, so nothing reaches a row from ``lo`` up."""
         edges = self.edges
         for a, b in row_blocks(edges.indptr, lo, hi):
-            if not h[a:b].any():
+            if not h[a - lo : b - lo].any():
                 continue
-            start, end = int(edges.indptr[a]), int(edges.indptr[b])
-            block = sp.csr_array(
-                (edges.data[start:end], edges.indices[start:end], edges.indptr[a : b + 1] - start),
-                shape=(b - a, edges.shape[1]), copy=False,
-            )  # fmt: skip
-            into += block.T @ h[a:b].astype(np.float32)
+            block = row_block(edges, a, b, transposed=True)
+            into[:lo] += (block @ h[a - lo : b - lo].astype(np.float32))[:lo]
 
-    def sweep(self, direct: np.ndarray, h: np.ndarray, flow: np.ndarray, below_stage: int):
+    def sweep(
+        self, direct: np.ndarray, h: np.ndarray | None, flow: np.ndarray, below_stage: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Fill ``flow`` and ``h`` stage by stage, from the top stage below ``below_stage``
         down: ``flow = direct + edges.T @ h``, ``h = flow / activation``; rows from
-        ``below_stage`` up pass on the ``h`` they hold (a target's 1)."""
+        ``below_stage`` up pass on the ``h`` they hold (a target's 1). ``flow``'s rows below
+        ``below_stage`` gather the pushes (no third array of the readouts' size: with ``h``,
+        the memory peak of a trace's QK root pairs); ``h`` None (nothing from ``below_stage``
+        up) keeps one stage's ``h`` at a time, for a caller that reads the flows alone."""
         stage = self.stage
-        into = np.zeros(direct.shape)
-        self.push(int(np.searchsorted(stage, below_stage)), len(stage), h, into)
-        for s in np.unique(stage[stage < below_stage])[::-1]:
+        start = int(np.searchsorted(stage, below_stage))
+        flow[:start] = 0.0
+        if h is not None:
+            self.push(start, len(stage), h[start:], flow)
+        for s in np.unique(stage[:start])[::-1]:
             lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
-            flow[lo:hi] = direct[lo:hi] + into[lo:hi]
+            flow[lo:hi] += direct[lo:hi]  # the pushes' sum plus the own term, as one sum
             act = self.activation[lo:hi].reshape(-1, *[1] * (flow.ndim - 1))
-            h[lo:hi] = np.where(act != 0, flow[lo:hi] / np.where(act != 0, act, 1.0), 0.0)
-            self.push(lo, hi, h, into)
+            here = flow[lo:hi] / np.where(act != 0, act, 1.0)
+            here[np.broadcast_to(act == 0, here.shape)] = 0.0
+            if h is not None:
+                h[lo:hi] = here
+            self.push(lo, hi, here, flow)
         return flow, h
 
 
@@ -149,12 +156,14 @@ def many_node_flows(
 
 
 def linear_flows(
-    graph: Graph, direct: np.ndarray, below_stage: int, edge_sweep: EdgeSweep | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    graph: Graph, direct: np.ndarray, below_stage: int, edge_sweep: EdgeSweep | None = None,
+    keep_h: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
     """(flow, h) of a linear readout ``R = sum_n direct[n]`` of the nodes below ``below_stage``
     (``direct[n]``: node n's own term, proportional to its activation): ``flow[n]`` is n's
     total contribution to R through every node it feeds, ``h[n] = dR / d value_n``. A
-    ``direct`` of shape (node, d) sweeps d readouts at once (a vector readout)."""
+    ``direct`` of shape (node, d) sweeps d readouts at once (a vector readout). ``keep_h``
+    False: h is None, and the sweep holds one array of ``direct``'s size less."""
     top = logit_stage(checked_graph(graph).n_layers)
     if not (is_integer(below_stage) and 1 <= below_stage <= top):
         raise ValueError(f"below_stage must be a stage in 1..{top} (an integer), got "
@@ -167,7 +176,8 @@ def linear_flows(
         raise ValueError("direct holds NaN or infinite values")
     direct = direct.astype(np.float64, copy=False)
     edge_sweep = _sweep_of(graph, edge_sweep)
-    return edge_sweep.sweep(direct, np.zeros(direct.shape), np.zeros(direct.shape), below_stage)
+    h = np.zeros(direct.shape) if keep_h else None
+    return edge_sweep.sweep(direct, h, np.zeros(direct.shape), below_stage)
 
 
 def qk_side_flows(
@@ -186,21 +196,24 @@ def many_qk_side_flows(
     graph: Graph, requests: list[tuple], edge_sweep: EdgeSweep | None = None
 ) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:
     """``qk_side_flows`` of many (``QKSides``, QK head, query, key) requests, their readouts
-    swept together (``SIDE_BATCH`` columns per sweep). A readout is zero above its own
-    Lorsa layer, so sweeping it from a higher stage adds exact zeros."""
+    swept together (``SIDE_BATCH`` columns per sweep, those of a layer together: a sweep reads
+    the edges below its highest layer). A readout is zero above its own Lorsa layer, so
+    sweeping it from a higher stage adds exact zeros."""
     edge_sweep = _sweep_of(graph, edge_sweep)
-    directs, parts = [], []
-    for request in requests:
-        q_direct, k_direct, part = _qk_side_directs(graph, *request)
-        directs += [q_direct, k_direct]
-        parts.append(part)
-    flows = []
-    below = max((int(lorsa_stage(side.layer)) for side, *_ in requests), default=0)
-    for start in range(0, len(directs), SIDE_BATCH):
-        batch = np.stack(directs[start : start + SIDE_BATCH], axis=1)
-        flow = linear_flows(graph, batch, below, edge_sweep)[0]
-        flows += [flow[:, j].copy() for j in range(flow.shape[1])]
-    return [(flows[2 * i], flows[2 * i + 1], part) for i, part in enumerate(parts)]
+    out: list = [None] * len(requests)
+    order = sorted(range(len(requests)), key=lambda r: requests[r][0].layer)
+    for start in range(0, len(order), SIDE_BATCH // 2):
+        picked = order[start : start + SIDE_BATCH // 2]
+        direct = np.zeros((graph.n_nodes, 2 * len(picked)))
+        parts = []
+        for i, r in enumerate(picked):
+            direct[:, 2 * i], direct[:, 2 * i + 1], part = _qk_side_directs(graph, *requests[r])
+            parts.append(part)
+        below = max(int(lorsa_stage(requests[r][0].layer)) for r in picked)
+        flow = linear_flows(graph, direct, below, edge_sweep, keep_h=False)[0]
+        for i, r in enumerate(picked):
+            out[r] = (flow[:, 2 * i].copy(), flow[:, 2 * i + 1].copy(), parts[i])
+    return out
 
 
 def _qk_side_directs(
@@ -249,8 +262,9 @@ def qk_root_tables(
     view: GroupedGraph, requests: list[tuple], edge_sweep: EdgeSweep | None = None
 ) -> list[tuple[list[SourceShare], list[SourceShare], np.ndarray, np.ndarray]]:
     """``qk_root_pairs`` of many (``QKSides``, QK head, query, key) requests, their readouts
-    swept together (``ROOT_BATCH`` requests per sweep: a sparse product with many columns
-    costs much less per column than one with a few), each with a fourth item: the table
+    swept together (``ROOT_BATCH`` requests per sweep, those of a layer together: a sparse
+    product with many columns costs much less per column than one with a few, and a sweep
+    reads the edges below its highest layer), each with a fourth item: the table
     between the query's own vector and the key's own vector instead of their deviations
     (``own[a, b] = U_a . V_b``, ``U_a`` what root ``a`` gives the query's own vector: its own
     token at the query, tokens the heads there moved to it; ``V_b`` the same at the key; it sums
@@ -271,9 +285,11 @@ def qk_root_tables(
             out.append(SourceShare(name, kind, None, None, None, None, float(x)))
         return out
 
-    out = []
-    for start in range(0, len(requests), ROOT_BATCH):
-        batch = requests[start : start + ROOT_BATCH]
+    out: list = [None] * len(requests)
+    order = sorted(range(len(requests)), key=lambda r: requests[r][0].layer)
+    for start in range(0, len(order), ROOT_BATCH):
+        picked = order[start : start + ROOT_BATCH]
+        batch = [requests[r] for r in picked]
         width = batch[0][0].query.shape[-1]  # d_qk: every layer's the same
         # node (request, readout, e), filled in place: a list of per-readout arrays joined
         # after held the batch's readouts twice at the trace's memory peak (a review's
@@ -293,7 +309,7 @@ def qk_root_tables(
                 direct[at[valid], columns] = (weight[:, None, None] * vec[:, 1:])[valid]
                 biases.append(weight @ vec[:, 0])
         below = max(int(lorsa_stage(side.layer)) for side, *_ in batch)
-        flow = linear_flows(graph, direct, below, edge_sweep)[0]
+        flow = linear_flows(graph, direct, below, edge_sweep, keep_h=False)[0]
         by_group = np.zeros((view.n_groups, direct.shape[1]))
         np.add.at(by_group, view.of_node[is_root], flow[is_root])
         by_root = by_group[roots]
@@ -307,7 +323,7 @@ def qk_root_tables(
             )
             scale = math.sqrt(side.lorsa.cfg.d_qk)
             table, at_both = du @ dv.T / scale, u @ v.T / scale
-            out.append((shares(table.sum(1)), shares(table.sum(0)), table, at_both))
+            out[picked[i]] = (shares(table.sum(1)), shares(table.sum(0)), table, at_both)
     return out
 
 

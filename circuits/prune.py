@@ -37,6 +37,21 @@ def row_blocks(indptr: np.ndarray, lo: int = 0, hi: int | None = None):
     return zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
 
 
+def row_block(edges: sp.csr_array, lo: int, hi: int, transposed: bool = False):
+    """Rows ``lo:hi`` of the CSR ``edges`` sharing its arrays (``transposed``: their transpose,
+    a CSC of the same arrays). Not scipy's constructor, nor its ``.T``: each copies a slice of
+    a much larger array (its ``prune``), a block's 8e6 indices and values, 64 MB at a long
+    prompt's memory peak and most of a sweep's time outside the products."""
+    start, end = int(edges.indptr[lo]), int(edges.indptr[hi])
+    shape = (hi - lo, edges.shape[1])
+    block = sp.csc_array(shape[::-1], dtype=edges.dtype) if transposed else \
+        sp.csr_array(shape, dtype=edges.dtype)  # fmt: skip
+    block.indices = edges.indices[start:end]
+    block.indptr = (edges.indptr[lo : hi + 1] - start).astype(block.indices.dtype)
+    block.data = edges.data[start:end]
+    return block
+
+
 def row_sums(edges: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
     """Each row's sum and the sum of its magnitudes (float64), a row block at a time: a long
     prompt's ``abs(edges)`` whole would be a second copy of its 1e8 edges."""
@@ -136,16 +151,12 @@ class Normalized:
         """Ranges covering rows ``lo:hi`` of about ``ROW_BLOCK_ENTRIES`` entries each."""
         return row_blocks(self.edges.indptr, lo, hi)
 
-    def abs_rows(self, lo: int, hi: int) -> sp.csr_array:
-        """Rows ``lo:hi`` of ``|A|`` (their values copied, their index arrays shared)."""
-        a = self.edges
-        start, end = a.indptr[lo], a.indptr[hi]
-        indptr = a.indptr[lo : hi + 1] - start
-        return sp.csr_array(
-            (np.abs(a.data[start:end]), a.indices[start:end], indptr),
-            shape=(hi - lo, a.shape[1]),
-            copy=False,
-        )
+    def abs_rows(self, lo: int, hi: int, transposed: bool = False) -> sp.csr_array:
+        """Rows ``lo:hi`` of ``|A|`` (their values copied, their index arrays shared;
+        ``transposed``: their transpose, ``row_block``'s)."""
+        block = row_block(self.edges, lo, hi, transposed)
+        block.data = np.abs(block.data)
+        return block
 
     def rows(self, lo: int, hi: int) -> sp.csr_array:
         """Rows ``lo:hi`` of ``Â`` itself."""
@@ -185,7 +196,7 @@ def influences(a_hats: list[Normalized], stage: np.ndarray, weights: np.ndarray)
             continue
         # A stage's rows only reach lower stages, so its row blocks add up independently.
         for a, b in a_hats[0].blocks(lo, hi):
-            total += a_hats[0].abs_rows(a, b).T @ w[a - lo : b - lo]
+            total += a_hats[0].abs_rows(a, b, transposed=True) @ w[a - lo : b - lo]
     return total.T
 
 

@@ -28,11 +28,13 @@ from circuits.interventions import (
 )
 from circuits.neuronpedia import to_json
 from circuits.prune import (
+    Normalized,
     find_threshold,
     graph_scores,
     influence,
     influence_scores,
     prune_graph,
+    row_block,
 )
 from circuits.qk import QKSides, qk_attribution
 from reports.labels import node_labels
@@ -715,6 +717,29 @@ def dense_influence(graph: Graph) -> np.ndarray:
 def test_influence_equals_the_matrix_inverse(graph):
     infl = influence(graph.edges, graph.stage.numpy(), graph.target_weight.numpy())
     np.testing.assert_allclose(infl, dense_influence(graph), rtol=1e-9, atol=1e-12)
+
+
+def test_a_row_block_shares_the_edges_and_multiplies_as_their_slice(graph):
+    """``row_block`` views rows of the edges (scipy's constructor and ``.T`` copy a slice of a
+    much larger array); its products, plain and transposed, are the slice's to the bit, and
+    ``Normalized``'s blocks leave the edges as they were."""
+    edges = graph.edges
+    lo, hi = edges.shape[0] // 3, edges.shape[0] // 3 + edges.shape[0] // 4
+    assert edges.indptr[hi] > edges.indptr[lo]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((edges.shape[1], 3)).astype(np.float32)
+    y = rng.standard_normal((hi - lo, 3)).astype(np.float32)
+    rows, cols = row_block(edges, lo, hi), row_block(edges, lo, hi, transposed=True)
+    for block in (rows, cols):
+        assert np.shares_memory(block.indices, edges.indices)
+        assert np.shares_memory(block.data, edges.data)
+    np.testing.assert_array_equal(rows.toarray(), edges[lo:hi].toarray())
+    np.testing.assert_array_equal(rows @ x, edges[lo:hi] @ x)
+    np.testing.assert_array_equal(cols @ y, edges[lo:hi].T @ y)
+    before = edges.data.copy()
+    scaled = Normalized(edges).rows(lo, hi)
+    np.testing.assert_array_equal(edges.data, before)
+    np.testing.assert_array_equal(np.abs(scaled.toarray()) > 0, rows.toarray() != 0)
 
 
 def test_find_threshold():

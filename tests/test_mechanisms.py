@@ -1011,6 +1011,25 @@ def test_flows_swept_together_equal_flows_swept_alone(graph, replacement, run):
         np.testing.assert_allclose(q, q1, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(k, k1, rtol=1e-5, atol=1e-6)
         assert parts == parts1
+    # the root tables: swept a layer at a time, returned in the requests' order
+    view = auto_groups(graph)
+    for request, together in zip(requests, qk_root_tables(view, requests), strict=True):
+        alone = qk_root_tables(view, [request])[0]
+        for rows, rows1 in zip(together[:2], alone[:2], strict=True):
+            assert [r.name for r in rows] == [r.name for r in rows1]
+            np.testing.assert_allclose([r.value for r in rows], [r.value for r in rows1],
+                                       rtol=1e-5, atol=1e-6)  # fmt: skip
+        for table, table1 in zip(together[2:], alone[2:], strict=True):
+            np.testing.assert_allclose(table, table1, rtol=1e-5, atol=1e-6)
+    # a readout's flows without h kept are the same numbers, to the bit
+    below = int(graph.stage.max())
+    rng = np.random.default_rng(0)
+    lower = graph.stage.numpy()[:, None] < below
+    direct = np.where(lower, rng.standard_normal((graph.n_nodes, 3)), 0.0)
+    flow, h = linear_flows(graph, direct, below)
+    flow1, none = linear_flows(graph, direct, below, keep_h=False)
+    assert none is None and h.any()
+    np.testing.assert_array_equal(flow1, flow)
 
 
 def test_a_path_flow_is_the_sum_over_its_member_level_paths(graph):

@@ -1427,9 +1427,9 @@ def test_a_feature_targets_movers_are_not_called_predicting():
     assert predicting_heading(g, t) == FEATURE_TARGET
     assert "predicting" not in FEATURE_TARGET and FEATURE_TARGET != HEAD_TARGET
     logit = dataclasses.replace(t, node="9_1_6", kind="logit", token="'x'")
-    assert predicting_heading(SimpleNamespace(attends=2, pos=6, flow={"9_1_6": 1.0}), logit) == (
-        PREDICTING
-    )
+    assert predicting_heading(
+        SimpleNamespace(attends=2, pos=6, flow={"9_1_6": 1.0}, checks=[]), logit
+    ) == (PREDICTING)
 
 
 def test_a_cause_is_named_only_where_its_rerun_closes_the_gap():

@@ -1200,7 +1200,8 @@ def side_from_text(r: QKReasonRecord, side: str) -> str:
 
 # A sparse graph (no error nodes) explains the replacement, whose probabilities can be far from
 # the model's even where both rank the same token first (a reviewer's ' Z': 0.753 and 0.200).
-SPARSE_WORDS = ("sparse mode: the graph, its targets' probabilities and the checks are the "
+# (a head's or a feature's target has no probability: "the probabilities", not its targets')
+SPARSE_WORDS = ("sparse mode: the graph, the probabilities shown and the checks are the "
                 "replacement's, except those said to be the model's, and can differ from the "
                 "model's; --mode local explains the model's own prediction")  # fmt: skip
 

@@ -1018,8 +1018,12 @@ def _named_head_text(after: AttentionCheck, qk_head: int, side: str) -> str:
     # the named head's own attention may not fall where the group's does (a review: ``Z Y X W
     # V`` in sparse mode, "query side of QK 9" with QK 9's 0.51 -> 0.63 and QK 12's 0.27 ->
     # 0.04 under it): say so, lest the source read as this head's
-    up = alone[i] >= after.before[i]
-    rises = " (it does not fall: the fall is at the group's other QK heads)" * up
+    # (and the fall is at its other QK heads only where the group's own falls: a source may
+    # be the lowest of ablations that all raise it)
+    rises = ""
+    if alone[i] >= after.before[i]:
+        falls = after.mean_side(side) < after.mean_before
+        rises = " (it does not fall" + (": the fall is at the group's other QK heads" * falls) + ")"
     return (f"QK {qk_head}'s attention {attention_change(after.before[i], alone[i])}{rises}, "
             "the group's ")  # fmt: skip
 

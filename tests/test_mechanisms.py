@@ -3546,3 +3546,18 @@ def test_a_named_qk_head_whose_attention_does_not_fall_says_so():
     text = _named_head_text(a, 9, "query")
     assert text.startswith("QK 9's attention 0.51 -> 0.63 (it does not fall: the fall is at ")
     assert "does not fall" not in _named_head_text(a, 12, "query")
+
+
+def test_a_named_qk_head_that_does_not_fall_in_a_group_that_does_not_fall_either():
+    """The note that a named head's own attention does not fall placed the fall at the
+    group's other QK heads even where the group's attention did not fall either (a source
+    chosen as the lowest of ablations that all raise it): no fall was anywhere."""
+    from circuits.mechanism_file import AttentionCheck
+    from reports.mechanisms import _named_head_text
+
+    a = AttentionCheck(group="g3", layer=3, query=6, key=5, qk_heads=[9, 12],
+                       weights=[0.5, 0.5], before=[0.51, 0.27], free=[0.66, 0.30],
+                       query_side=[0.63, 0.30], key_side=[0.51, 0.27])  # fmt: skip
+    assert a.mean_side("query") > a.mean_before
+    text = _named_head_text(a, 9, "query")
+    assert "it does not fall" in text and "the fall is at" not in text

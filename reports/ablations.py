@@ -21,6 +21,7 @@ from typing import Annotated
 from toy_models.cli import run_cli
 from toy_models.files import write_png_atomic
 from toy_models.records import Bounds, from_json
+from toy_models.resumable import FLOAT32_MAX
 
 from .results_cli import render_results
 
@@ -47,8 +48,9 @@ Share = Annotated[float, Bounds(0.0, 1.0)]
 
 @dataclass
 class Baseline:
-    ce_original: NonNegative
-    ce_mean_ablated: NonNegative
+    # float32 means, as a run's CE (``replacement.ablations.RunRecord``; ``LayerEvaluation``)
+    ce_original: Annotated[float, Bounds(0.0, FLOAT32_MAX)]
+    ce_mean_ablated: Annotated[float, Bounds(0.0, FLOAT32_MAX)]
     heldout_rows: Count
     heldout_tokens: Count
 

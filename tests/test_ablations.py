@@ -809,3 +809,20 @@ def test_a_results_file_may_hold_any_finite_fvu(tmp_path, cli):
     (tmp_path / "bad.json").write_text(json.dumps(data).replace("1e+308", "1e309"))
     code, _, err = cli(errors.main, "--json", tmp_path / "bad.json", "--out", tmp_path / "r")
     assert code == 2 and "sae_fvu: expected a finite number" in err, err
+
+
+@pytest.mark.parametrize("field", ["ce_original", "ce_mean_ablated"])
+def test_a_layers_baseline_losses_are_float32_means_as_its_runs_are(field):
+    """A run's CE is refused beyond float32's range (a mean of float32 figures), but its
+    layer's baseline CEs, the same means (``LayerEvaluation``), were not: 1e308 for both with
+    the loss recovered NaN (what such losses give) rendered."""
+    import copy
+
+    from reports.ablations import check_results
+
+    shipped = json.loads((ROOT / "benchmarks/results/lorsa_ablations_default.json").read_text())
+    r = copy.deepcopy(shipped)
+    b = r["layers"]["1"]["baseline"]
+    b[field] = 1e308  # refused for itself, not only through the loss recovered it gives
+    with pytest.raises(ValueError, match=rf"baseline\.{field}: expected a number in \[0, 3\.40"):
+        check_results(r)

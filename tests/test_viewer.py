@@ -1750,3 +1750,24 @@ def test_search_results_above_the_canvas_keep_it_in_the_window(long_page):
                 assert got["top"] > before["top"] + 20, got["top"]  # the results' lines
         assert got["top"] == before["top"] and got["viewBox"] == before["viewBox"]
         assert_first_view_fits(got)
+
+
+@pytest.mark.parametrize("size", [(1920, 1080), (1280, 720)])
+def test_a_short_prompts_logits_lie_inside_the_drawing(tmp_path, size):
+    """The logits lie in rows over the whole drawing, but the drawing's width came from the
+    positions alone: at 1920x1080 three tokens' graph with ten logits put them in one row
+    past the drawing's right edge (the last one cut off, over the stage name). A row of them,
+    as the wrap lays it, widens the drawing, as their column did."""
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed")
+    path = tmp_path / "graph.html"
+    write_html(make_big_graph(n_pos=3, units=8, logits=10), path, None)
+    with Browser(width=size[0], height=size[1]) as b:
+        open_page(b, path)
+        got = b.evaluate(FIRST_VIEW)
+        svg = b.evaluate("(() => { const r = document.querySelector('#viewer .canvas svg')"
+                         ".getBoundingClientRect(); return [r.left, r.right]; })()")  # fmt: skip
+        assert len(got["boxes"]) == 49  # 36 heads, features and errors, 3 tokens, 10 logits
+        for box in got["boxes"]:
+            assert svg[0] - 0.5 <= box[0] and box[2] <= svg[1] + 0.5, (box, svg)
+        assert_first_view_fits(got)

@@ -494,7 +494,14 @@
         xs.set(p, x);
         prev = x;
       }
-      if (spread !== null) right = Math.max(right, xs.get(used[used.length - 1]) + nameW.get(spread));
+      // the spread stage ends above its position, and its rows (as many as the wrap would
+      // stack in its column, at the fewest) lie inside the drawing, clear of its names: its
+      // width came from the positions alone, and three tokens' ten logits ran past its edge
+      if (spread !== null) {
+        const ws = widest.get(spread).get(used[used.length - 1]);
+        const row = sum(ws.slice(0, Math.ceil(ws.length / nRows(spread, wrap))));
+        right = Math.max(right, xs.get(used[used.length - 1]) + nameW.get(spread), row + 2 * nameW.get(spread));
+      }
       return { xs, right: Math.max(right, 100) };
     };
     // the spread stage's rows: as many as its boxes need side by side over the drawing's

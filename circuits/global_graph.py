@@ -146,7 +146,9 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
         raise UserError(f"--rows must be at most {MAX_ROWS}, got {args.rows}")
     start = parse_start(args.start)
     if start.kind in ("logit", "token"):  # a text that is no token: said before the direction
-        check_start_token(start, args.model)
+        from toy_models.zoo import check_tokens
+
+        check_tokens(args.model, [(f"--start {start.written!r}", start.text)], "token")
     if start.kind == "token" and not args.downstream:
         raise UserError(f"--start {args.start!r}: a token's embedding has no inputs: grow it "
                         "with --downstream")  # fmt: skip
@@ -164,21 +166,6 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
     earlier_set(args.out, GRAPH_MARK, OUTPUT_NAMES, GLOBAL_GRAPH)
     check_staging(args.out)
     return start, formats
-
-
-def check_start_token(spec: StartSpec, model: str) -> None:
-    """Refuse now a ``--start`` text that is not one token of ``model``'s tokenizer (read
-    alone: light, ``toy_models.zoo.tokenizer_alone``). A tokenizer that does not load is left
-    to the model's full load, which says what is wrong with it."""
-    from toy_models.zoo import tokenizer_alone
-
-    tokenizer = tokenizer_alone(model)  # an unknown model: refused here
-    if tokenizer is None:
-        return
-    try:
-        single_token(tokenizer, spec.text, "token")
-    except ValueError as exc:
-        raise UserError(f"--start {spec.written!r}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -230,7 +230,10 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         if BOS in texts:
             raise UserError(f"{flag} {' '.join(map(repr, texts))}: {NEVER_PREDICTED}; name "
                             "another token")  # fmt: skip
-    check_target_tokens(tokens, args.model)
+    from toy_models.zoo import check_tokens  # the tokenizer alone, before the model loads
+
+    check_tokens(args.model, [(f"{flag} {' '.join(map(repr, texts))}", text)
+                              for flag, texts in tokens for text in texts])  # fmt: skip
     if len(args.prompt) > MAX_PROMPT_CHARS:
         raise UserError(
             f"--prompt has {len(args.prompt)} characters; the model reads at most its context "
@@ -305,27 +308,6 @@ def check_writable(out: Path, flag: str = "--out") -> None:
     if inside:
         raise UserError(f"{flag} {out}: is inside {inside}, which its run replaces whole; "
                         "write the outputs elsewhere")  # fmt: skip
-
-
-def check_target_tokens(tokens: list[tuple[str, tuple[str, ...]]], model: str) -> None:
-    """Refuse now a target text (``(flag, texts)`` pairs) that is not one token of ``model``'s
-    tokenizer, read alone (``toy_models.zoo.tokenizer_alone``): it was refused only once the
-    model had loaded, 11-20 s later (a reviewer's ``--target-diff " 30" " 31"``). A tokenizer
-    that does not load is left to the model's full load, which says what is wrong with it."""
-    if not tokens:
-        return
-    from toy_models.tokenizer import single_token
-    from toy_models.zoo import tokenizer_alone
-
-    tokenizer = tokenizer_alone(model)  # an unknown model: refused here
-    if tokenizer is None:
-        return
-    for flag, texts in tokens:
-        for text in texts:
-            try:
-                single_token(tokenizer, text)
-            except ValueError as exc:
-                raise UserError(f"{flag} {' '.join(map(repr, texts))}: {exc}") from None
 
 
 def _targets(args, tokenizer, last_logits=None):

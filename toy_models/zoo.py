@@ -89,19 +89,30 @@ def get_config(name: str) -> ZooEntry:
     return CONFIGS[name]
 
 
-def tokenizer_alone(name_or_path: str):
-    """The tokenizer of a model read alone (light: no torch, no weights), for a command to check
-    the tokens it is asked for before it loads the model (seconds); None where it does not load:
-    the model's full load says what is wrong with it. An unknown model is refused here
-    (``UnknownModelError``)."""
+def check_tokens(model: str, named: list[tuple[str, str]], what: str = "target") -> None:
+    """Refuse now each text of ``named`` (``(label, text)`` pairs: the label says where it was
+    given) that is not one token of ``model``'s tokenizer, read alone (light: no torch, no
+    weights), before a command loads the model: a reviewer waited 11-20 s for a trace's
+    ``--target-diff " 30" " 31"`` to be refused. An unknown model is refused here
+    (``UnknownModelError``); a tokenizer that does not load is left to the model's full load,
+    which says what is wrong with it."""
+    if not named:
+        return
     from .checkpoint import TOKENIZER_FILE
-    from .tokenizer import load_tokenizer
+    from .cli import UserError
+    from .tokenizer import load_tokenizer, single_token
 
-    path = resolve_model_dir(name_or_path) / TOKENIZER_FILE
     try:
-        return load_tokenizer(path)
+        tokenizer = load_tokenizer(resolve_model_dir(model) / TOKENIZER_FILE)
+    except UnknownModelError:
+        raise
     except (OSError, ValueError):
-        return None
+        return
+    for label, text in named:
+        try:
+            single_token(tokenizer, text, what)
+        except ValueError as exc:
+            raise UserError(f"{label}: {exc}") from None
 
 
 def resolve_model_dir(name_or_path: str) -> Path:

@@ -139,7 +139,10 @@ def caption(graph: Graph, selection: Selection) -> str:
     s = selection
     shown = f"{len(s.nodes)} of {s.n_nodes} nodes, {len(s.edges)} of {s.n_edges} edges"
     if s.trimmed:
-        shown += f" (top nodes by {s.ranked_by}, strongest edges; all in the HTML table)"
+        n = len(s.token_edges)  # drawn under the others (layout.token_edges)
+        whose = "token's" if n == 1 else "tokens'"
+        under = f" and {n} influential {whose} strongest" if n else ""
+        shown += f" (top nodes by {s.ranked_by}, strongest edges{under}; all in the HTML table)"
     if graph.positional:
         legend = (
             "H head →the key it reads, F feature + top promoted token, err error; "

@@ -91,6 +91,9 @@ class Selection:
     ranked_by: str  # what chose the heads, features and errors: "influence" or "|activation|"
     trimmed: bool  # whether the budget left out any head, feature, error or edge
     behind: tuple[int, ...] = ()  # nodes drawn beyond the budget as drawn heads' QK sources
+    # edges drawn below the threshold: each influential token's strongest edge (a prompt's;
+    # ``token_edges``), also in ``edges``
+    token_edges: tuple[Edge, ...] = ()
 
 
 def check_selection(graph: Graph, selection: Selection) -> None:
@@ -224,7 +227,9 @@ def select(
     ``EDGES_PER_NODE`` per node that can be drawn, and in a global graph reaches further down
     for the strongest edge of every token at least as influential as the median drawn head,
     feature or error (``_influential_tokens``: a review found ' Tuesday', influence 0.15, left
-    out of ' Thursday''s graph), None every one. QK edges are not counted.
+    out of ' Thursday''s graph) and in a prompt's adds, under the threshold, the strongest edge
+    of every token at least as influential as the least drawn one (``token_edges``), None every
+    one. QK edges are not counted.
     """
     checked_graph(graph)
     if max_nodes is not None:
@@ -254,18 +259,50 @@ def select(
 
     every = strongest_edges(graph)
     among = [e for e in every if e.source in candidates and e.target in candidates]
-    if max_edges == "auto":
+    auto = max_edges == "auto"
+    if auto:
         sources = {e.source for e in among if kinds[e.source] == "embedding"}
         max_edges = EDGES_PER_NODE * (len(inner) + len(behind) + len(logits) + len(sources))
         floor = min((abs(e.weight) for e in _influential_tokens(graph, among, inner, scores)),
                     default=math.inf)  # fmt: skip
         max_edges = max(max_edges, sum(abs(e.weight) >= floor for e in among))
+    extra: list[Edge] = []
+    if auto:
+        extra = token_edges(graph, among, max_edges, inner, scores)
     edges = among if max_edges is None else among[:max_edges]
+    if extra:  # strongest first, as ``among``
+        edges = [e for e in among if e in set(edges) | set(extra)]
     trimmed = trimmed or len(edges) < len(every)
     connected = {e.source for e in edges} | {e.source for e in qk}
     nodes = sorted({*inner, *behind, *logits, *(i for i in embeddings if i in connected)})
     return Selection(nodes, edges, qk, graph.n_nodes, len(every), ranked_by, trimmed,
-                     tuple(sorted(behind)))  # fmt: skip
+                     tuple(sorted(behind)), tuple(extra))  # fmt: skip
+
+
+def token_edges(
+    graph: Graph, among: list[Edge], n_drawn: int, inner: list[int], scores: list[float]
+) -> list[Edge]:
+    """In a prompt's graph, the strongest edge of ``among`` (strongest first) leaving each
+    token at least as influential as the least influential of the ``inner`` nodes drawn,
+    where none of the first ``n_drawn`` edges (those over the threshold) leaves it: drawn
+    below the threshold, one edge per token, so that no token is hidden behind a head or
+    feature it outranks (a review found a token of influence 0.022 left out beside a drawn
+    head of 0.0099). Lowering the threshold to reach them instead took a 29-token drawing
+    from 174 to 694 edges. None without influence, and none in a global graph, whose
+    threshold reaches down to its influential tokens (``_influential_tokens``). The page
+    draws the same (viewer.js, ``tokenEdges``)."""
+    if not graph.positional or graph.influence is None or not inner:
+        return []
+    bar = min(scores[i] for i in inner)
+    kinds = graph.kinds
+    drawn = {e.source for e in among[:n_drawn]}
+    first: dict[int, Edge] = {}
+    for e in among[n_drawn:]:
+        source = e.source
+        if kinds[source] == "embedding" and source not in drawn and source not in first \
+                and scores[source] > 0 and scores[source] >= bar:  # fmt: skip
+            first[source] = e
+    return list(first.values())
 
 
 def _influential_tokens(

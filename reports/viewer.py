@@ -390,8 +390,12 @@ def default_view(graph: Graph, selection: Selection) -> dict:
     candidates[graph.kind.numpy() == Kind.EMBEDDING] = True
     coo = graph.edges.tocoo()
     among = int(np.count_nonzero(candidates[coo.row] & candidates[coo.col] & (coo.data != 0)))
-    weakest = min((abs(e.weight) for e in selection.edges), default=0.0)
-    edge_min = weakest if len(selection.edges) < among else 0.0
+    # the edges over the threshold: a prompt's influential tokens' edges below it are drawn
+    # by the page's own rule (viewer.js, tokenEdges), as by the selection's
+    extra = set(selection.token_edges)
+    over = [e for e in selection.edges if e not in extra]
+    weakest = min((abs(e.weight) for e in over), default=0.0)
+    edge_min = weakest if len(over) < among else 0.0
     return {
         "budget": budget,
         "edgeMin": _num(edge_min),

@@ -407,10 +407,15 @@ def test_budget_and_edge_threshold_redraw(browser, small_page):
     set_control(browser, "#viewer input[aria-label='edge threshold']", 900, "input")
     threshold = browser.evaluate("viewer.state.edgeMin")
     weights = browser.evaluate(
-        "[...document.querySelectorAll('#viewer svg path.edge')].map(p => +p.dataset.w)"
+        "[...document.querySelectorAll('#viewer svg path.edge:not(.token)')].map(p => +p.dataset.w)"
     )
     assert 0 < len(weights) < before and all(abs(w) >= threshold for w in weights)
     assert float(url_state(browser)["edgeMin"]) == threshold
+    # under it only the tokens' strongest edges, one each (every token here outranks the heads)
+    under = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg path.edge.token')].map(p => p.dataset.s)"
+    )
+    assert under and len(set(under)) == len(under) and all(s.startswith("E_") for s in under)
 
 
 def test_a_graph_kept_whole_draws_every_edge(browser, tmp_path):
@@ -1477,7 +1482,14 @@ def test_a_global_graphs_first_view_draws_its_influential_tokens_not_tiny_qk_par
     edges = {(graph.ids[e.source], graph.ids[e.target]) for e in layout.select(graph).edges}
     # E_9_0 (influence 0.775, above the median 0.475) has one edge, the graph's weakest
     assert ("E_9_0", "1_3_0") in edges and ("E_4_0", "1_17_0") in edges
-    assert not layout.select(local).edges  # a prompt's graph: edges by |w| alone
+    # a prompt's graph: no threshold lowered, only each influential token's strongest edge
+    prompt = layout.select(local)
+    assert set(prompt.edges) == set(prompt.token_edges)
+    assert {(local.ids[e.source], local.ids[e.target]) for e in prompt.edges} == {
+        ("E_4_1", "1_17_1"),
+        ("E_6_2", "0_5_2"),
+        ("E_9_3", "1_3_3"),
+    }
     view = viewer_data(graph)["view"]
     assert view["edgeMin"] == 0.25 and view["qkMinShare"] == layout.QK_MIN_SHARE
     # a block-0 head's record (pairs, no sources): its top query node E_6_2 brings 2.2 of a
@@ -1487,6 +1499,71 @@ def test_a_global_graphs_first_view_draws_its_influential_tokens_not_tiny_qk_par
     local.qk = [dataclasses.replace(a, score=100.0) if a.layer == 0 else a for a in local.qk]
     qk = {(local.ids[e.source], local.ids[e.target]) for e in layout.select(local).qk}
     assert not any(t == "0_5_2" for _, t in qk)
+
+
+def weak_token_graph() -> tuple[Graph, int]:
+    """A big prompt graph whose token E_3_3 (influence 0.94, above every drawn head's) has only
+    edges a thousand times weaker than the drawing's threshold."""
+    graph = make_big_graph()
+    j = graph.ids.index("E_3_3")
+    edges = graph.edges.tocsc()
+    edges[:, [j]] = edges[:, [j]] * 1e-3
+    graph.edges = edges.tocsr()
+    return graph, j
+
+
+def test_a_prompts_influential_token_is_drawn_with_its_strongest_edge_alone():
+    """A review of prompt traces: a token of influence 0.022 was left out while the least
+    influential drawn head had 0.0099, its edges being under the threshold. Lowering the
+    threshold to reach it took a 29-token drawing from 174 edges to 694, so a prompt's
+    selection adds each such token's strongest edge alone, below the threshold."""
+    graph, j = weak_token_graph()
+    s = layout.select(graph)
+    inner = [i for i in s.nodes if graph.kinds[i] in layout.INNER_KINDS]
+    assert graph.influence[j] > min(graph.influence[i] for i in inner)
+    assert j in s.nodes
+    ((edge,),) = [[e for e in s.edges if e.source == j]]  # one edge, its strongest
+    to_drawn = [e for e in layout.strongest_edges(graph) if e.source == j and e.target in s.nodes]
+    assert edge == to_drawn[0]  # its strongest to what is drawn
+    over = [e for e in s.edges if e != edge]
+    assert s.token_edges == (edge,) and len(over) == 166  # the others as without it
+    assert abs(edge.weight) < 0.01 < min(abs(e.weight) for e in over)
+    # the page's threshold stays at the weakest edge over it, not the token's
+    view = viewer_data(graph, selection=s)["view"]
+    assert view["edgeMin"] == pytest.approx(min(abs(e.weight) for e in over), rel=1e-4)
+
+
+def test_the_page_draws_a_prompts_influential_tokens_strongest_edge_as_the_selection(
+    browser, tmp_path
+):
+    """The page's first view is the selection's, the token's weak edge included (viewer.js
+    tokenEdges), said on the status line and not listed as left out; the rule follows the
+    budget: with the budget at 5 the least drawn head outranks the token no longer."""
+    graph, j = weak_token_graph()
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    s = layout.select(graph)
+    assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in s.nodes)
+    edges = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg path.edge')]"
+        ".map(p => [p.dataset.s, p.dataset.t, p.classList.contains('token')])"
+    )
+    assert sorted(map(tuple, edges)) == sorted(
+        (graph.ids[e.source], graph.ids[e.target], e in s.token_edges) for e in s.edges
+    )
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert "and 1 influential token's strongest under it" in status, status
+    browser.click(*centre(browser, "#viewer .status .left-out-toggle"))
+    left_out = browser.evaluate("document.querySelector('#viewer .left-out').innerText")
+    assert "no drawn edge leaves" not in left_out, left_out  # the token is drawn
+    set_control(browser, "#viewer input[type=number]", 5, "change")
+    ranked = sorted(
+        (float(graph.influence[i]) for i, k in enumerate(graph.kinds) if k in layout.INNER_KINDS),
+        reverse=True,
+    )
+    assert ranked[4] > graph.influence[j] > ranked[60]  # the least drawn: 0.968 > 0.942
+    assert "E_3_3" not in drawn(browser)
 
 
 def test_the_page_draws_no_qk_edge_of_a_tiny_share_of_the_score(browser, tmp_path):
@@ -1530,6 +1607,10 @@ def test_the_status_line_lists_what_is_left_out_and_why(browser, small_page):
         f"document.querySelector({js(toggle)}).textContent"
     )
     # a token whose strongest edge is under the threshold: its button lowers the threshold
+    # (a token less influential than every drawn head and feature: one more influential is
+    # drawn with its strongest edge whatever the threshold)
+    graph.influence[graph.ids.index("E_9_3")] = 0.05
+    write_html(graph, path, None)
     open_page(browser, path, "#edgeMin=1.6")
     assert "E_4_1" in drawn(browser) and "E_9_3" not in drawn(browser)
     browser.click(*centre(browser, toggle))
@@ -1557,6 +1638,7 @@ def test_a_left_out_tokens_edge_is_the_one_the_drawing_sums_into_a_supernode(bro
     edges[a, e], edges[b, e], edges[c, e] = 0.1, 0.2, -0.4
     graph.edges = edges.tocsr()
     graph.qk = []  # (the token is a QK partner of 0_5_2, drawn through that edge otherwise)
+    graph.influence[e] = 0.05  # (outranking a drawn head, it is drawn with its strongest edge)
     path = tmp_path / "graph.html"
     write_html(graph, path, None)
     group = json.dumps([["both", "0_5_2", "1_17_1", "1_3_3"]])

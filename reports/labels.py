@@ -145,7 +145,8 @@ def short_label(graph: Graph, i: int) -> str:
 
 
 def short_label_lines(graph: Graph, i: int) -> list[str]:
-    """The lines drawn in node ``i``: at most two of about ``LINE_CHARS`` characters.
+    """The lines drawn in node ``i``: at most two of about ``LINE_CHARS`` characters (a sparse
+    logit's three where its token and p take a line: the model's probability has its own).
 
     Embedding ``'tok'@pos`` (global graphs: ``'tok'``); Lorsa head ``H{index}`` over
     ``→'tok'@key``, the key it reads (``Graph.read_key``: where its activation comes from
@@ -177,7 +178,16 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
         text = f"{tokens} {value}"
         if len(text) <= LINE_CHARS:
             return [text]
-        return [_fit(tokens, LOGIT_CHARS), _fit(value, LOGIT_CHARS)]
+        # sparse mode: "p=0.753 (model 0.200)" is past LOGIT_CHARS, and cut there it lost the
+        # model's number (a review): its own line, the token and p on one where they fit
+        p, model = value.split(" (model ", 1) if " (model " in value else (value, None)
+        if model is None:
+            return [_fit(tokens, LOGIT_CHARS), _fit(value, LOGIT_CHARS)]
+        first = f"{tokens} {p}"
+        model = f"(model {model}"
+        if len(first) <= LOGIT_CHARS:
+            return [first, model]
+        return [_fit(tokens, LOGIT_CHARS), p, model]
     if kind == Kind.LORSA:
         if not graph.positional:
             return [f"H{index}", f"QK {graph.qk_head(i)}"]

@@ -1326,6 +1326,42 @@ def test_a_sparse_graphs_page_says_its_probabilities_are_the_replacements(browse
         assert (first in status) == (mode == "sparse"), status
 
 
+def test_a_sparse_logits_box_shows_the_models_probability_whole(browser, tmp_path):
+    """A review: a sparse page's logit box read "p=0.753 (model 0.…", the model's number cut
+    off at the line's 18 characters. It has a line of its own, the token and p sharing one
+    where they fit; each line's text lies inside its box."""
+    graph = make_graph()
+    graph.mode = "sparse"
+    graph.logit_targets = [
+        dataclasses.replace(r, model_probability=p)
+        for r, p in zip(graph.logit_targets, (0.2, 2.1e-07), strict=True)
+    ]
+    assert short_label_lines(graph, graph.ids.index("5_11_3")) == ["'9' p=0.700", "(model 0.200)"]
+    # a long token: token, p and the model's, a line each
+    graph.token_text[7] = " Wednesdays"
+    assert short_label_lines(graph, graph.ids.index("5_7_3")) == [
+        "' Wednesdays'",
+        "p=0.300",
+        "(model 2.1e-07)",
+    ]
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    for node in ("5_11_3", "5_7_3"):
+        texts, box = browser.evaluate(
+            f"(() => {{ const g = document.querySelector({js(node_sel(node))});"
+            " const b = g.querySelector('.shape').getBBox();"
+            " return [[...g.querySelectorAll('text')].map(t => { const r = t.getBBox();"
+            " return [t.textContent, r.x, r.y, r.width, r.height]; }),"
+            " [b.x, b.y, b.width, b.height]];"
+            " })()"
+        )
+        assert any("(model " in t[0] and t[0].endswith(")") for t in texts), texts
+        for _, x, y, w, h in texts:
+            assert box[0] <= x and x + w <= box[0] + box[2], (node, texts, box)
+            assert box[1] <= y and y + h <= box[1] + box[3] + 0.5, (node, texts, box)
+
+
 # ------------------------------------------------------------- a review of the page: five findings
 def test_a_heads_qk_sources_say_features_are_not_summed_and_where_they_are(browser, weekday_trace):
     """A review found a head's "query side from, through the graph" listing a token and two

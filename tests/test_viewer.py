@@ -1602,6 +1602,29 @@ def test_the_page_draws_a_prompts_influential_tokens_strongest_edge_as_the_selec
     assert "E_3_3" not in drawn(browser)
 
 
+def test_a_supernodes_weak_member_does_not_lower_the_bar_for_tokens(browser, tmp_path):
+    """A summary's groups are drawn whole, members of next to no influence with them: counted
+    one by one, they lowered the bar of tokenEdges until 17 tokens of a 28-token trace were
+    drawn under the threshold (3 without supernodes). A supernode counts as the box it is,
+    by its most influential member, as the budget ranks it."""
+    graph, j = weak_token_graph()
+    ranked = sorted(
+        (i for i, k in enumerate(graph.kinds) if k in layout.INNER_KINDS),
+        key=lambda i: -float(graph.influence[i]),
+    )
+    graph.influence[j] = float(graph.influence[ranked[59]]) - 1e-3  # just under the bar
+    weak = ranked[-1]  # the least influential head or feature of all
+    assert graph.influence[weak] < graph.influence[j]
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    assert "E_3_3" not in drawn(browser)
+    group = json.dumps([["both", graph.ids[ranked[0]], graph.ids[weak]]])
+    open_page(browser, path, "#supernodes=" + group)
+    assert browser.evaluate("viewer.supernodes()") == ["both"]
+    assert "E_3_3" not in drawn(browser)
+
+
 def test_the_page_draws_no_qk_edge_of_a_tiny_share_of_the_score(browser, tmp_path):
     """The page's QK edges follow the same rule (viewer.js topQK)."""
     graph = make_graph()

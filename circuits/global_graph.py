@@ -23,6 +23,7 @@ Arguments are parsed and checked before anything heavy (torch, a model) is impor
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from .trace import (
 START_FORMS = "lorsa:L:HEAD, transcoder:L:FEATURE, logit:TOKEN or token:TOKEN"
 N_STRONGEST = 8  # edges printed after a graph is grown
 START_EDGES = "start_edges"  # = circuits.graph.START_EDGES (not imported: start-up)
+RELIABILITY = "reliability"  # = circuits.graph.RELIABILITY (not imported: start-up)
 DEFAULT_STATS_DIR = Path("runs/global-stats")  # = circuits.statistics (not imported: start-up)
 MAX_ROWS = 1 << 20  # = circuits.statistics_file.MAX_ROWS (rows are held in memory)
 
@@ -216,6 +218,14 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     reliability = split_half(grow, stats)
     # what the graph keeps of the start's own total, in its settings (the page's summary)
     graph.settings[START_EDGES] = start_coverage(graph, stats, start, upstream)
+    fired = int(stats.unit_count[start])
+    # and how far its sample bears it out: the split-half overlap and the start's firings, as
+    # printed (a page or graph.json read later said neither; NaN, no edges to compare: None)
+    overlap = reliability["overlap"]
+    graph.settings[RELIABILITY] = {
+        **reliability, "overlap": None if math.isnan(overlap) else overlap,
+        "start_firings": fired,
+    }  # fmt: skip
     views = _unit_dashboards(args.model, replacement, tokenizer, graph)
     written = write_graph_outputs(graph, args.out, formats, dashboards=views, feature_files=False,
                                   by=GLOBAL_GRAPH)  # fmt: skip
@@ -239,7 +249,6 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     for line in _qk_lines(graph, labels):
         print(line)
     print(_reliability_line(reliability))
-    fired = int(stats.unit_count[start])
     if fired < FEW_FIRINGS:  # the halves compare the graph's strongest edges, mostly not its own
         print(f"note: the start occurs {fired} times in the sample: its own edges rest on so "
               "few whatever the overlap says; gather more with --rows")  # fmt: skip

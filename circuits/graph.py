@@ -70,6 +70,9 @@ NODE_TARGETS = "node_targets"
 # the setting of a global graph holding what it keeps of its start's own total
 # (``circuits.global_graph.start_coverage``): of its edges as grown, so a subgraph drops it
 START_EDGES = "start_edges"
+# its split-half reliability and its start's firings (``circuits.global_graph``): of the graph
+# as grown from each half of the sample, so a subgraph drops it too
+RELIABILITY = "reliability"
 
 
 @dataclass
@@ -573,6 +576,7 @@ class Graph:
             whole = {"nodes": self.n_nodes, "edges": self.n_edges}
             settings = {**settings, "unpruned": settings.get("unpruned", whole)}
             settings.pop(START_EDGES, None)  # of the edges as grown: no longer these
+            settings.pop(RELIABILITY, None)
         targets = [r for n, r in zip(logit_nodes, self.logit_targets, strict=True)
                    if n in kept_logits]  # fmt: skip
         if isinstance(settings.get(NODE_TARGETS), list):  # the order given, of those kept

@@ -1125,6 +1125,19 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     assert code == 0, err
     assert not partial_path(stats).exists()
     assert "split-half reliability (2 + 2 rows): " in out
+    # the reliability and the start's firings travel with the graph (its settings: graph.json
+    # and the page's summary), not in the printout alone (a review: a page or a graph.json
+    # read later did not say how far its sample could be trusted)
+    saved = Graph.load(tmp_path / "qk" / "graph.safetensors").settings["reliability"]
+    line = next(x for x in out.splitlines() if x.startswith("split-half reliability"))
+    assert line.startswith(
+        f"split-half reliability ({saved['rows'][0]} + {saved['rows'][1]} "
+        f"rows): {saved['shared']} of the top {saved['compared']} edges"
+    )
+    assert saved["start_firings"] == int(Statistics.load(stats).unit_count[
+        units.unit(Kind.LORSA, 1, firing)])  # fmt: skip
+    summary = (tmp_path / "qk" / "graph.html").read_text(encoding="utf-8")
+    assert "<tr><th>reliability</th>" in summary
     # what the edges measure, and a start of few firings said to rest on few (a review: the
     # halves compare the graph's strongest edges, mostly not the start's own)
     assert "edges: mean input per target occurrence" in out

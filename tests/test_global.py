@@ -1621,7 +1621,10 @@ def test_the_printout_leads_with_the_starts_own_edges_and_how_much_of_its_total_
                 f"every partner ({c['share']:.0%}; the statistics keep "
                 f"{c['reachable_share']:.0%} of it") in lines[0]  # fmt: skip
         # a subgraph's edges are no longer those grown: it drops the figures
-        assert "start_edges" not in graph.subgraph(list(range(graph.n_nodes - 1))).settings
+        graph.settings["reliability"] = {"shared": 1}  # nor the halves' graphs' reliability
+        sub = graph.subgraph(list(range(graph.n_nodes - 1))).settings
+        assert "start_edges" not in sub and "reliability" not in sub
+        assert "reliability" in graph.subgraph(list(range(graph.n_nodes))).settings  # all of it
         n = int((own != 0).sum())  # the strongest listed, and the count of the rest said
         assert len(lines) == 1 + min(n, N_STRONGEST) + (n > N_STRONGEST)
         if n > N_STRONGEST:  # (a reviewer counted 8 listed of 9 said, with nothing more)

@@ -1912,3 +1912,26 @@ def test_a_short_prompts_logits_lie_inside_the_drawing(tmp_path, size):
         for box in got["boxes"]:
             assert svg[0] - 0.5 <= box[0] and box[2] <= svg[1] + 0.5, (box, svg)
         assert_first_view_fits(got)
+
+
+def test_a_token_held_for_a_qk_edge_under_the_drawn_share_is_said_so(browser, tmp_path):
+    """A review: a global graph's token kept for its QK pair, whose q/k term is under
+    ``QK_MIN_SHARE`` of the head's score, was listed as left out with "no edge to a drawn
+    node", and an edge threshold of 0 did not draw it. The list says which head's q/k edge it
+    is and that its share is under the one a q/k edge is drawn at."""
+    graph = make_graph()
+    graph.qk = [dataclasses.replace(a, score=100.0) if a.layer == 0 else a for a in graph.qk]
+    j = graph.ids.index("E_6_2")  # its value edges gone: its q/k edge alone holds it
+    edges = graph.edges.tolil()
+    edges[:, j] = 0
+    edges = edges.tocsr()
+    edges.eliminate_zeros()
+    graph = graph.subgraph(list(range(graph.n_nodes)), edges=edges)
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path, "#edgeMin=0")
+    assert "E_6_2" not in drawn(browser)
+    browser.evaluate("document.querySelector('#viewer .status .left-out-toggle').click()")
+    text = browser.evaluate("document.querySelector('#viewer .left-out').innerText")
+    assert "no value edge to a drawn node; its q edge to H5" in text, text
+    assert "of the head's +100, is under the 5% of it a q/k edge is drawn at" in text, text

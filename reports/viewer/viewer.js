@@ -402,9 +402,10 @@
   // stands, said to be one (qkEdgeWhat): [node, value, 1, the pair or null, a total].
   // Such an edge is drawn when it carries data.view.qkMinShare of the head's score at least
   // (reports.layout.QK_MIN_SHARE: a global graph's top token pair holds 0.2-2% of the lift).
-  function topQK(rec, side, present) {
+  // ``any``: the side's node whatever its share (why a token is left out: heldBackQK).
+  function topQK(rec, side, present, any) {
     if (rec.sources && rec.sources.length) return topSources(rec, side, present);
-    const big = (top) => (Math.abs(top[1]) >= (data.view.qkMinShare || 0) * Math.abs(rec.score || 0) ? [top] : []);
+    const big = (top) => (any || Math.abs(top[1]) >= (data.view.qkMinShare || 0) * Math.abs(rec.score || 0) ? [top] : []);
     const col = side === "q" ? 0 : 1;
     const marginals = side === "q" ? rec.queryMarginals : rec.keyMarginals;
     for (const p of rec.pairs) {
@@ -1160,6 +1161,34 @@
     }
     return best;
   }
+  // A token with no drawn edge may be a drawn head's q/k node whose term is under the share
+  // of the head's score a q/k edge is drawn at (topQK): [head, side, value, score] or null.
+  // A global graph's token held for its QK pair was said to have "no edge to a drawn node",
+  // and lowering the edge threshold to 0 did not draw it (a review).
+  function heldBackQK(v, i) {
+    const present = new Uint8Array(N);
+    for (let j = 0; j < N; j++) present[j] = v.itemOf[j] >= 0 ? 1 : 0;
+    for (let h = 0; h < N; h++) {
+      const it = v.itemOf[h] >= 0 ? v.items[v.itemOf[h]] : null;
+      if (!it || !it.drawn || !nodes[h].qk) continue;
+      for (const rec of nodes[h].qk.slice(0, 1)) {
+        if (meta.positional && rec.key !== nodes[h].attends) continue;
+        for (const side of ["q", "k"]) {
+          const top = topQK(rec, side, present, true)[0];
+          if (top && top[0] === i && !topQK(rec, side, present).length) return [h, side, top[1], rec.score || 0];
+        }
+      }
+    }
+    return null;
+  }
+  function leftOutReason(v, i, best) {
+    if (best !== null) return ` · its strongest edge to what is drawn, to ${itemName(v.items[best[0]])}, ${signed(best[1])} `;
+    const held = heldBackQK(v, i);
+    if (held === null) return " · no edge to a drawn node";
+    const [h, side, value, lift] = held;
+    return ` · no value edge to a drawn node; its ${side} edge to ${nodes[h].lines.join(" ")}, ${signed(value)} of ` +
+      `the head's ${signed(lift)}, is under the ${Math.round(100 * (data.view.qkMinShare || 0))}% of it a q/k edge is drawn at`;
+  }
   const itemName = (it) => (it.node !== undefined ? nodes[it.node].lines[0] : it.name);
   function showLeftOut(v) {
     const { budget, tokens } = leftOutNodes(v), n = budget.length + tokens.length;
@@ -1177,9 +1206,7 @@
         (i) => el("li", {}, noderef(nodes[i].id), ` #${rank.get(i)} by ${what(i)} `,
           draw("pin", "draw it whatever the budget", () => togglePin(i)))),
       ...section(`${tokens.length} ${tokens.length === 1 ? "token" : "tokens"} no drawn edge leaves (edges |w| ≥ ${fmt(state.edgeMin, 3)}):`, tokens,
-        ([i, best]) => el("li", {}, noderef(nodes[i].id), (score[i] > -Infinity ? ` ${what(i)}` : "") + (best === null
-          ? " · no edge to a drawn node"
-          : ` · its strongest edge to what is drawn, to ${itemName(v.items[best[0]])}, ${signed(best[1])} `),
+        ([i, best]) => el("li", {}, noderef(nodes[i].id), (score[i] > -Infinity ? ` ${what(i)}` : "") + leftOutReason(v, i, best),
         best === null ? null : draw(`edges ≥ ${fmt(Math.abs(best[1]), 3)}`, "lower the edge threshold to draw this edge (and every one as strong)",
           () => { state.edgeMin = Math.abs(best[1]); update(); })))].filter((x) => x));
   }

@@ -125,12 +125,15 @@ def _top_qk_node(a, side: str, id_to_index: dict[str, int]) -> tuple[int, float,
     query and key edges both showing the pair's one term), or by that pair's term where the
     record lists no marginal of the node (the third field then True).
 
-    Pairs come first because they are what the score is made of; the marginals are a fallback
-    for when every listed pair has that side on a pruned node or the bias.
+    Pairs come first because they are what the score is made of, and only pairs raising it:
+    a pair lowering the score is no reason the head attends (a reviewer found a global graph's
+    head whose strongest pair with a drawn node lowered its score, drawn as its q/k link); the
+    marginals are a fallback for when every listed pair has that side on a pruned node or the
+    bias.
     """
     marginals = a.query_marginals if side == "query" else a.key_marginals
     totals = {node: float(value) for node, value in marginals if node is not None}
-    pairs = sorted(a.pairs, key=lambda p: -abs(p.value))
+    pairs = sorted((p for p in a.pairs if p.value > 0), key=lambda p: -p.value)
     for p in pairs:
         node = p.query if side == "query" else p.key
         if node is not None and node in id_to_index:

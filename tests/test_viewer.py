@@ -1935,3 +1935,28 @@ def test_a_token_held_for_a_qk_edge_under_the_drawn_share_is_said_so(browser, tm
     text = browser.evaluate("document.querySelector('#viewer .left-out').innerText")
     assert "no value edge to a drawn node; its q edge to H5" in text, text
     assert "of the head's +100, is under the 5% of it a q/k edge is drawn at" in text, text
+
+
+def test_a_pair_lowering_the_score_is_never_the_drawn_qk_edge(browser, tmp_path):
+    """A review: a q/k edge was read from the record's largest pair by size, whatever its sign,
+    so a global graph holding a unit whose strongest pair lowers the head's score drew it as
+    the head's q/k link (the README: a pair lowering the score is never drawn). The static
+    selection and the page both take the pair raising the score most."""
+    from circuits.graph import QKPair
+
+    graph = make_graph()
+    head = graph.ids.index("0_5_2")
+    lowering = QKPair("E_0_0", "E_4_1", -2.5)  # larger than the raising pair, on a drawn token
+    graph.qk = [dataclasses.replace(a, pairs=[lowering, *a.pairs],
+                                    query_marginals=[*a.query_marginals, ("E_0_0", -2.5)])
+                if a.layer == 0 and a.key == 1 else a for a in graph.qk]  # fmt: skip
+    q = [e for e in layout.qk_edges(graph) if e.target == head and e.side == "q"]
+    assert [graph.ids[e.source] for e in q] == ["E_6_2"] and q[0].value == 2.2
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    sides = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg g.qk-edge')]"
+        ".filter(g => g.dataset.t === '0_5_2').map(g => g.dataset.side + ' ' + g.dataset.s)"
+    )
+    assert "q E_6_2" in sides and "q E_0_0" not in sides, sides

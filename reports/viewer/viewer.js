@@ -408,7 +408,8 @@
     const big = (top) => (any || Math.abs(top[1]) >= (data.view.qkMinShare || 0) * Math.abs(rec.score || 0) ? [top] : []);
     const col = side === "q" ? 0 : 1;
     const marginals = side === "q" ? rec.queryMarginals : rec.keyMarginals;
-    for (const p of rec.pairs) {
+    for (const p of rec.pairs) { // raising pairs only, as reports.layout._top_qk_node
+      if (!(p[2] > 0)) continue;
       const i = p[col] == null ? undefined : byId.get(p[col]);
       if (i === undefined || !present[i]) continue;
       const own = marginals.find((m) => m[0] === p[col]);

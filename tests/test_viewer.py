@@ -1960,3 +1960,16 @@ def test_a_pair_lowering_the_score_is_never_the_drawn_qk_edge(browser, tmp_path)
         ".filter(g => g.dataset.t === '0_5_2').map(g => g.dataset.side + ' ' + g.dataset.s)"
     )
     assert "q E_6_2" in sides and "q E_0_0" not in sides, sides
+
+
+def test_a_url_selects_a_summary_supernode_by_its_key(browser, weekday_trace):
+    """A review: ``#clickedGroup=g0`` was refused ("no supernode g0") where the search box takes
+    ``g0``: the URL names a summary group's supernode by its key too (the group whose members
+    it holds exactly, read from the summary's fields, not from the name)."""
+    _, graph, summary, path = weekday_trace
+    present = set(graph.ids)
+    g = next(g for g in summary.groups if sum(m in present for m in g.members) >= 2)
+    open_page(browser, path, f"#clickedGroup={g.key}")
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert "no supernode" not in status, status
+    assert panel_text(browser).startswith(f"{g.key} {g.name}\nsupernode of"), panel_text(browser)

@@ -183,8 +183,11 @@
     }
     if (p.has("clickedId")) q.clickedId = p.get("clickedId");
     applyParams(q, notes);
-    if (p.has("clickedGroup")) { // a supernode, by its name (names are unique)
-      const name = p.get("clickedGroup"), k = state.groups.findIndex((g) => g.name === name);
+    if (p.has("clickedGroup")) { // a supernode, by its name (names are unique), or by the key of
+      // the summary group whose members it holds exactly (g0: as the search box takes it)
+      const name = p.get("clickedGroup");
+      let k = state.groups.findIndex((g) => g.name === name);
+      if (k < 0) k = state.groups.findIndex((g) => (summaryGroupOf(g.members) || {}).key === name);
       if (k >= 0) state.clicked = { group: k };
       else notes.push("no supernode " + JSON.stringify(clip(name)));
     }

@@ -156,7 +156,7 @@ def html_page(
         f'<script type="application/json" id="graph-data">{script_json(data)}</script>',
         f"<script>{viewer_js}</script>",
         "<h2>Prompt</h2>" if graph.positional else "<h2>Global graph</h2>",
-        _prompt_html(graph),
+        _prompt_html(graph) if graph.positional else _global_html(graph),
         *(
             [
                 "<h2>Mechanisms</h2>",
@@ -210,6 +210,23 @@ def _prompt_html(graph: Graph) -> str:
         if boxes
         else f"<p>{escape(graph.prompt)}</p>"
     )
+
+
+def _global_html(graph: Graph) -> str:
+    """What a global graph's edges are, under its heading (a reviewer found the page saying it
+    only in its summary table's ``edge_weights`` row): the weight its settings record and, for
+    a graph grown downstream, that an edge into a logit is summed where its token comes next, so
+    it weighs how often the token follows too (L3 F528, which promotes ' twelfth', had a larger
+    edge into 'th')."""
+    what = graph.settings.get("edge_weights")
+    if not isinstance(what, str):
+        return _prompt_html(graph)
+    text = (f"No prompt: each edge is a {what}, from exact local edges summed over a corpus "
+            "sample.")  # fmt: skip
+    if graph.settings.get("direction") == "downstream":
+        text += (" An edge into a logit is summed where its token comes next, so it weighs how "
+                 "often that token follows as well as how much the unit raises it.")  # fmt: skip
+    return f"<p>{escape(text)}</p>"
 
 
 def _format_setting(value: object) -> str:

@@ -1168,6 +1168,15 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     assert graph.kinds[start] == "lorsa" and int(graph.index[start]) == firing
     assert f"<title>Global graph, upstream of {escape(node_name(graph, start))}</title>" in page
     assert "expected QK attribution per firing" in page and "key pos" not in page
+    # what an edge is, under the heading (a reviewer found it only in the summary table), and
+    # downstream, that an edge into a logit weighs how often its token follows
+    from reports.html import _global_html
+
+    said = "No prompt: each edge is a mean input per target occurrence, from exact local edges"
+    assert f"<h2>Global graph</h2>\n<p>{said}" in page
+    down = dataclasses.replace(graph, settings={**graph.settings, "direction": "downstream"})
+    assert "summed where its token comes next" in _global_html(down)
+    assert "summed where its token comes next" not in page
     code, out, err = cli(main, *args, "--out", tmp_path / "no-qk", "--no-qk")
     assert code == 0, err
     assert "gathering" not in out and "score lift" not in out  # the same file, no QK side

@@ -40,7 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, run_cli  # noqa: E402
+from toy_models.cli import (  # noqa: E402
+    ArgumentParser,
+    UserError,
+    file_arg,
+    path_arg,
+    refuse_repeats,
+    run_cli,
+)
 
 RESULTS = Path(__file__).parent / "results"
 # The keys of the JSON object written to the results file: a file there without them is
@@ -55,9 +62,7 @@ def int_list(flag: str, text: str) -> tuple[int, ...]:
         given = [int(part) for part in text.split(",")]
     except ValueError:
         raise UserError(f"{flag} must be comma-separated integers, got {text!r}") from None
-    # one given twice was one point of the curve, without a word (a review)
-    if twice := sorted({v for v in given if given.count(v) > 1}):
-        raise UserError(f"{flag} {text}: {twice[0]} is given twice; give each once")
+    refuse_repeats(flag, text, given)  # one given twice was one point of the curve
     values = tuple(sorted(given))
     if not values or min(values) <= 0:
         raise UserError(f"{flag} must be positive integers, got {text!r}")

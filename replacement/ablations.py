@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from toy_models.records import Bounds, from_json
+from toy_models.records import Bounds, NonNegative, PositiveReal, Share, from_json
 from toy_models.resumable import FLOAT32_MAX
 
 from .dictionaries import (
@@ -343,9 +343,6 @@ class LayerEvaluation:
 
 
 # ----------------------------------------------------------------- a run's record
-NonNegative = Annotated[float, Bounds(0.0)]
-PositiveReal = Annotated[float, Bounds(1e-30)]  # a scale: above 0
-Share = Annotated[float, Bounds(0.0, 1.0)]
 
 
 @dataclass

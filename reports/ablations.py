@@ -20,7 +20,7 @@ from typing import Annotated
 
 from toy_models.cli import run_cli
 from toy_models.files import write_png_atomic
-from toy_models.records import Bounds, from_json
+from toy_models.records import Bounds, NonNegative, PositiveReal, Share, from_json
 from toy_models.resumable import FLOAT32_MAX
 
 from .results_cli import render_results
@@ -39,11 +39,8 @@ REPORT_FILES = ("ablations.md", "ablations.png")
 # ----------------------------------------------------------------- the results file
 # What ``benchmarks/lorsa_ablations.py`` writes, every field typed and in range: the file is
 # read back as untrusted data (``check_results``) before anything is rendered from it.
-NonNegative = Annotated[float, Bounds(0.0)]
 Count = Annotated[int, Bounds(0)]
 Positive = Annotated[int, Bounds(1)]
-PositiveReal = Annotated[float, Bounds(1e-30)]  # a scale, a learning rate: above 0
-Share = Annotated[float, Bounds(0.0, 1.0)]
 
 
 @dataclass

@@ -31,7 +31,7 @@ from circuits.concepts import CONCEPT_ROLE, CONCEPTS, TOKEN_ROLES
 from toy_models.cli import run_cli
 from toy_models.data import FAMILIES
 from toy_models.files import write_png_atomic
-from toy_models.records import Bounds, from_json
+from toy_models.records import Bounds, NonNegative, Share, from_json
 
 from .results_cli import render_results
 
@@ -46,8 +46,6 @@ REPORT_FILES = ("errors.md", "errors.png")
 # ----------------------------------------------------------------- the results file
 # What ``benchmarks/error_analysis.py`` writes, every field typed and in range: the file is
 # read back as untrusted data (``check_results``) before anything is rendered from it.
-Share = Annotated[float, Bounds(0.0, 1.0)]
-NonNegative = Annotated[float, Bounds(0.0)]
 Count = Annotated[int, Bounds(0, 2**53)]  # a count of tokens (exact in a float; a fuzz pass's
 # 10**400 was echoed whole, 401 digits, in the refusal of a count beyond the file's tokens)
 Cosine = Annotated[float, Bounds(-1.0, 1.0, nan=True)]

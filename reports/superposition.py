@@ -38,7 +38,14 @@ import json
 import time
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli, seed_arg
+from toy_models.cli import (
+    ArgumentParser,
+    UserError,
+    path_arg,
+    refuse_repeats,
+    run_cli,
+    seed_arg,
+)
 from toy_models.files import check_readable_file, check_writable_dir, earlier_set
 from toy_models.tokenizer import token_text
 from toy_models.zoo import resolve_model_dir
@@ -132,10 +139,7 @@ def check_args(args: argparse.Namespace) -> None:
     except ValueError:
         raise UserError(f"--thresholds must be comma-separated numbers, got "
                         f"{args.thresholds!r}") from None  # fmt: skip
-    # one given twice was dropped without a word (0.5,0.5 measured one; a review)
-    if twice := sorted({t for t in given if given.count(t) > 1}):
-        raise UserError(f"--thresholds {args.thresholds}: {twice[0]:g} is given twice; give "
-                        "each once")  # fmt: skip
+    refuse_repeats("--thresholds", args.thresholds, given)
     args.thresholds = tuple(sorted(given))
     if not args.thresholds or not all(0 < t <= 1 for t in args.thresholds):
         raise UserError(f"--thresholds must lie in (0, 1], got {args.thresholds}")

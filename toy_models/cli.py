@@ -133,6 +133,14 @@ def seed_arg(text: str) -> int:
     return value
 
 
+def refuse_repeats(flag: str, text: str, values: list[float]) -> None:
+    """Refuse a comma-separated option (``flag`` given ``text``) whose ``values`` hold one twice:
+    the sorted set a command measures would drop it without a word (a review's
+    ``--thresholds 0.5,0.5`` measured one)."""
+    if twice := sorted({v for v in values if values.count(v) > 1}):
+        raise UserError(f"{flag} {text}: {twice[0]:g} is given twice; give each once")
+
+
 def whole_numbers(parts: list[str]) -> list[int] | None:
     """The numbers of a colon-separated spec (``--target-node KIND:LAYER:POS:INDEX``,
     ``--start lorsa:LAYER:INDEX``) as written: ASCII digits only, or None. ``int()`` would

@@ -105,6 +105,12 @@ class Bounds:
         return value
 
 
+# The ranges results files share (``from_json`` reads them): a fraction, a size, a scale.
+Share = typing.Annotated[float, Bounds(0.0, 1.0)]
+NonNegative = typing.Annotated[float, Bounds(0.0)]
+PositiveReal = typing.Annotated[float, Bounds(1e-30)]  # a scale, a learning rate: above 0
+
+
 @cache
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls, include_extras=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated
 
 from toy_models.cli import one_line
-from toy_models.records import Bounds, from_json, is_finite_number, parse_json, to_plain
+from toy_models.records import Bounds, Share, from_json, is_finite_number, parse_json, to_plain
 
 from .graph import MODES, QKReason, softmax_pair, top_contradiction, untrained_words
 from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, kind_at_stage
@@ -77,7 +77,7 @@ class NodeRef:
     attends: int | None = None
     qk_head: int | None = None
     concept: str | None = None
-    concept_f1: Annotated[float, Bounds(0.0, 1.0)] | None = None  # an F1 (7.5 loaded: a fuzz pass)
+    concept_f1: Share | None = None  # an F1 (7.5 loaded: a fuzz pass)
     promotes: list[str] = field(default_factory=list)
     main_input: dict | None = None  # the fields of a ``MainInput`` (``_check_main_inputs``)
 
@@ -96,7 +96,7 @@ class MainInput:
     layer: int
     pos: int
     attends: int | None
-    share: Annotated[float, Bounds(0.0, 1.0)]
+    share: Share
 
 
 @dataclass
@@ -161,11 +161,11 @@ class TokenCheck:
 
     pos: int
     token: str
-    attention: Annotated[float, Bounds(0.0, 1.0)]
+    attention: Share
     specific: float
     rival: int | None = None
-    rival_attention: Annotated[float, Bounds(0.0, 1.0)] | None = None
-    rival_before: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    rival_attention: Share | None = None
+    rival_before: Share | None = None
 
 
 @dataclass
@@ -220,7 +220,7 @@ class QKReasonRecord:
     mean_query_vs_key: float
     specific: float
     rest: float
-    rest_share: Annotated[float, Bounds(0.0, 1.0)]
+    rest_share: Share
     pairs: list[QKTermRecord]
     query_at: float | None = None
     key_at: float | None = None
@@ -291,16 +291,16 @@ class EffectCheck:
     # None otherwise, and in files written before it (a reviewer read "its probability as
     # predicted" where the frozen rerun had made another token certain)
     top_frozen: str | None = None
-    top_frozen_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    top_frozen_probability: Share | None = None
     top_free: str | None = None
-    top_free_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    top_free_probability: Share | None = None
     # For a logit difference, its negative token's probability after each rerun (the summary's
     # ``TargetRecord.negative_probability`` before): a group lowering both tokens moves the
     # difference either way while the first token's probability collapses (a reviewer read
     # "ok" beside p(' four') 0.00163 -> 6.33e-05, where p(' one') fell 0.0084 -> 5.8e-05);
     # None otherwise, and in files written before it
-    negative_probability_frozen: Annotated[float, Bounds(0.0, 1.0)] | None = None
-    negative_probability_free: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    negative_probability_frozen: Share | None = None
+    negative_probability_free: Share | None = None
 
 
 @dataclass
@@ -327,7 +327,7 @@ class QKSourceRole:
     # measurement makes (a reviewer: 0.035 against 0.042, and the other way round in sparse
     # mode); None otherwise, and in files written before ties were said
     tie_name: str | None = None
-    tie_attention: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    tie_attention: Share | None = None
     # how many head groups raise that side (the candidates, by ``value``; the ``tested`` are
     # the first of them, more tested while the last tested lowers the attention most, up to
     # ``circuits.mechanisms.MAX_CANDIDATES``); None in files written before it was kept
@@ -363,14 +363,14 @@ class AttentionCheck:
     query: int
     key: int
     qk_heads: list[int]
-    weights: list[Annotated[float, Bounds(0.0, 1.0)]]
-    before: list[Annotated[float, Bounds(0.0, 1.0)]]
-    free: list[Annotated[float, Bounds(0.0, 1.0)]]
+    weights: list[Share]
+    before: list[Share]
+    free: list[Share]
     # the attention with one side's vectors as after the ablation and the other's as clean
     # (``circuits.interventions.side_attention``), one per QK head: which side the ablation
     # acts through (empty in files written before it was measured)
-    query_side: list[Annotated[float, Bounds(0.0, 1.0)]] = field(default_factory=list)
-    key_side: list[Annotated[float, Bounds(0.0, 1.0)]] = field(default_factory=list)
+    query_side: list[Share] = field(default_factory=list)
+    key_side: list[Share] = field(default_factory=list)
 
     @property
     def mean_before(self) -> float:
@@ -511,19 +511,17 @@ class TargetRecord:
     # in the free rerun of each checked group's ablation (by group key): the heads at its key
     # can act through this attention rather than through their value flow (absent from files
     # before it, and for other targets).
-    own_attention: Annotated[float, Bounds(0.0, 1.0)] | None = None
-    own_attention_free: dict[str, Annotated[float, Bounds(0.0, 1.0)]] = field(default_factory=dict)
+    own_attention: Share | None = None
+    own_attention_free: dict[str, Share] = field(default_factory=dict)
     # ... and through each side alone (query, key: ``circuits.interventions.side_attention``),
     # by the same group keys: whether a group acts on the head's query or on its key (absent
     # from files before it was measured)
-    own_attention_sides: dict[str, list[Annotated[float, Bounds(0.0, 1.0)]]] = field(
-        default_factory=dict
-    )
+    own_attention_sides: dict[str, list[Share]] = field(default_factory=dict)
     # A logit difference's negative token's probability (``probability`` is its first
     # token's); None for other targets and in files written before it. In sparse mode the
     # replacement's, and the model's own beside it, as ``model_probability`` is.
-    negative_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
-    model_negative_probability: Annotated[float, Bounds(0.0, 1.0)] | None = None
+    negative_probability: Share | None = None
+    model_negative_probability: Share | None = None
 
     @property
     def direction(self) -> float:

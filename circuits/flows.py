@@ -201,9 +201,7 @@ def many_qk_side_flows(
     sweeping it from a higher stage adds exact zeros."""
     edge_sweep = _sweep_of(graph, edge_sweep)
     out: list = [None] * len(requests)
-    order = sorted(range(len(requests)), key=lambda r: requests[r][0].layer)
-    for start in range(0, len(order), SIDE_BATCH // 2):
-        picked = order[start : start + SIDE_BATCH // 2]
+    for picked in _layer_batches(requests, SIDE_BATCH // 2):
         direct = np.zeros((graph.n_nodes, 2 * len(picked)))
         parts = []
         for i, r in enumerate(picked):
@@ -214,6 +212,13 @@ def many_qk_side_flows(
         for i, r in enumerate(picked):
             out[r] = (flow[:, 2 * i].copy(), flow[:, 2 * i + 1].copy(), parts[i])
     return out
+
+
+def _layer_batches(requests: list[tuple], size: int) -> list[list[int]]:
+    """The indices of (``QKSides``, ...) ``requests`` in batches of at most ``size``, those of
+    a layer together (a sweep reads the edges below its batch's highest layer)."""
+    order = sorted(range(len(requests)), key=lambda r: requests[r][0].layer)
+    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 def _qk_side_directs(
@@ -286,9 +291,7 @@ def qk_root_tables(
         return out
 
     out: list = [None] * len(requests)
-    order = sorted(range(len(requests)), key=lambda r: requests[r][0].layer)
-    for start in range(0, len(order), ROOT_BATCH):
-        picked = order[start : start + ROOT_BATCH]
+    for picked in _layer_batches(requests, ROOT_BATCH):
         batch = [requests[r] for r in picked]
         width = batch[0][0].query.shape[-1]  # d_qk: every layer's the same
         # node (request, readout, e), filled in place: a list of per-readout arrays joined

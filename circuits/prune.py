@@ -151,7 +151,7 @@ class Normalized:
         """Ranges covering rows ``lo:hi`` of about ``ROW_BLOCK_ENTRIES`` entries each."""
         return row_blocks(self.edges.indptr, lo, hi)
 
-    def abs_rows(self, lo: int, hi: int, transposed: bool = False) -> sp.csr_array:
+    def abs_rows(self, lo: int, hi: int, transposed: bool = False) -> sp.csr_array | sp.csc_array:
         """Rows ``lo:hi`` of ``|A|`` (their values copied, their index arrays shared;
         ``transposed``: their transpose, ``row_block``'s)."""
         block = row_block(self.edges, lo, hi, transposed)

@@ -54,9 +54,8 @@ def logit_text(graph: Graph, i: int, both: bool = False) -> tuple[str, str]:
     the page's node giving none, where the summary and graph.json give both."""
     record = graph.logit_record(i)
     if record.negative is None:
-        theirs = record.model_probability
-        model = "" if theirs is None else f" (model {probability_words(theirs)})"
-        return repr(graph.token(record.token)), f"p={probability_words(record.probability)}{model}"
+        p, model = _probability_texts(record)
+        return repr(graph.token(record.token)), p if model is None else f"{p} {model}"
     pair = f"{graph.token(record.token)!r} - {graph.token(record.negative)!r}"
     value = f"= {float(graph.value[i]):.3f}"
     if both and record.negative_probability is not None:
@@ -68,6 +67,14 @@ def logit_text(graph: Graph, i: int, both: bool = False) -> tuple[str, str]:
                          for what, a, b in pairs if a is not None and b is not None)  # fmt: skip
         value += f" ({said})"
     return pair, value
+
+
+def _probability_texts(record) -> tuple[str, str | None]:
+    """A one-token logit record's probability text and, in sparse mode, the model's beside it
+    (``("p=0.753", "(model 0.200)")``; None in local mode)."""
+    theirs = record.model_probability
+    model = None if theirs is None else f"(model {probability_words(theirs)})"
+    return f"p={probability_words(record.probability)}", model
 
 
 def _usage(graph: Graph, i: int) -> str:
@@ -180,11 +187,11 @@ def short_label_lines(graph: Graph, i: int) -> list[str]:
             return [text]
         # sparse mode: "p=0.753 (model 0.200)" is past LOGIT_CHARS, and cut there it lost the
         # model's number (a review): its own line, the token and p on one where they fit
-        p, model = value.split(" (model ", 1) if " (model " in value else (value, None)
+        record = graph.logit_record(i)
+        p, model = _probability_texts(record) if record.negative is None else (value, None)
         if model is None:
             return [_fit(tokens, LOGIT_CHARS), _fit(value, LOGIT_CHARS)]
         first = f"{tokens} {p}"
-        model = f"(model {model}"
         if len(first) <= LOGIT_CHARS:
             return [first, model]
         return [_fit(tokens, LOGIT_CHARS), p, model]

@@ -262,19 +262,16 @@ def select(
 
     every = strongest_edges(graph)
     among = [e for e in every if e.source in candidates and e.target in candidates]
-    auto = max_edges == "auto"
-    if auto:
+    extra: list[Edge] = []
+    if max_edges == "auto":
         sources = {e.source for e in among if kinds[e.source] == "embedding"}
         max_edges = EDGES_PER_NODE * (len(inner) + len(behind) + len(logits) + len(sources))
         floor = min((abs(e.weight) for e in _influential_tokens(graph, among, inner, scores)),
                     default=math.inf)  # fmt: skip
         max_edges = max(max_edges, sum(abs(e.weight) >= floor for e in among))
-    extra: list[Edge] = []
-    if auto:
         extra = token_edges(graph, among, max_edges, inner, scores)
-    edges = among if max_edges is None else among[:max_edges]
-    if extra:  # strongest first, as ``among``
-        edges = [e for e in among if e in set(edges) | set(extra)]
+    # strongest first, as ``among``: the token edges all come after the first ``max_edges``
+    edges = among if max_edges is None else among[:max_edges] + extra
     trimmed = trimmed or len(edges) < len(every)
     connected = {e.source for e in edges} | {e.source for e in qk}
     nodes = sorted({*inner, *behind, *logits, *(i for i in embeddings if i in connected)})
@@ -296,16 +293,9 @@ def token_edges(
     draws the same (viewer.js, ``tokenEdges``)."""
     if not graph.positional or graph.influence is None or not inner:
         return []
-    bar = min(scores[i] for i in inner)
-    kinds = graph.kinds
     drawn = {e.source for e in among[:n_drawn]}
-    first: dict[int, Edge] = {}
-    for e in among[n_drawn:]:
-        source = e.source
-        if kinds[source] == "embedding" and source not in drawn and source not in first \
-                and scores[source] > 0 and scores[source] >= bar:  # fmt: skip
-            first[source] = e
-    return list(first.values())
+    return _strongest_token_edges(graph, among[n_drawn:], min(scores[i] for i in inner), scores,
+                                  skip=drawn)  # fmt: skip
 
 
 def _influential_tokens(
@@ -319,13 +309,25 @@ def _influential_tokens(
     fall from 174 to 694 edges for one token's weak edge (a trial on a 29-token prompt)."""
     if graph.positional or graph.influence is None or not inner:
         return []
-    bar = float(np.median([scores[i] for i in inner]))
+    return _strongest_token_edges(graph, among, float(np.median([scores[i] for i in inner])),
+                                  scores)  # fmt: skip
+
+
+def _strongest_token_edges(
+    graph: Graph,
+    edges: list[Edge],
+    bar: float,
+    scores: list[float],
+    skip: frozenset[int] | set[int] = frozenset(),
+) -> list[Edge]:
+    """The first edge of ``edges`` (strongest first) leaving each embedding not in ``skip``
+    whose influence is positive and at least ``bar``, in that order."""
     kinds = graph.kinds
     first: dict[int, Edge] = {}
-    for e in among:
+    for e in edges:
         source = e.source
-        if kinds[source] == "embedding" and source not in first and scores[source] > 0 \
-                and scores[source] >= bar:  # fmt: skip
+        if kinds[source] == "embedding" and source not in skip and source not in first \
+                and scores[source] > 0 and scores[source] >= bar:  # fmt: skip
             first[source] = e
     return list(first.values())
 

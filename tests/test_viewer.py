@@ -199,6 +199,13 @@ def drawn(browser: Browser) -> list[str]:
     )
 
 
+def drawn_edges(browser: Browser) -> list[tuple[str, str, bool]]:
+    """(source, target, drawn as a token's strongest under the threshold) of each value edge."""
+    return [tuple(x) for x in browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg path.edge')]"
+        ".map(p => [p.dataset.s, p.dataset.t, p.classList.contains('token')])")]  # fmt: skip
+
+
 def boxes(browser: Browser) -> dict[str, list[float]]:
     """Each drawn node's centre in the SVG's own units."""
     return browser.evaluate(
@@ -221,11 +228,7 @@ def test_page_draws_the_default_selection_by_stage_and_position(browser, small_p
     open_page(browser, path)
     selection = layout.select(graph)
     assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in selection.nodes)
-    drawn_edges = browser.evaluate(
-        "[...document.querySelectorAll('#viewer svg path.edge')]"
-        ".map(p => [p.dataset.s, p.dataset.t])"
-    )
-    assert sorted(map(tuple, drawn_edges)) == sorted(
+    assert sorted((s, t) for s, t, _ in drawn_edges(browser)) == sorted(
         (graph.ids[e.source], graph.ids[e.target]) for e in selection.edges
     )
     qk = browser.evaluate(
@@ -1581,11 +1584,7 @@ def test_the_page_draws_a_prompts_influential_tokens_strongest_edge_as_the_selec
     open_page(browser, path)
     s = layout.select(graph)
     assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in s.nodes)
-    edges = browser.evaluate(
-        "[...document.querySelectorAll('#viewer svg path.edge')]"
-        ".map(p => [p.dataset.s, p.dataset.t, p.classList.contains('token')])"
-    )
-    assert sorted(map(tuple, edges)) == sorted(
+    assert sorted(drawn_edges(browser)) == sorted(
         (graph.ids[e.source], graph.ids[e.target], e in s.token_edges) for e in s.edges
     )
     status = browser.evaluate("document.querySelector('#viewer .status').textContent")

@@ -52,6 +52,11 @@ KIND_STYLE: dict[str, dict[str, str]] = {
 POSITIVE_COLOR = "#2166ac"  # blue: the source pushes the target up
 NEGATIVE_COLOR = "#b2182b"  # red: the source pushes the target down
 QK_COLOR = "#7b3294"  # purple dashed: what made a Lorsa head attend, not what it read
+# an influential token's one strongest edge, drawn under the threshold (layout.token_edges)
+TOKEN_EDGE_NOTE = (
+    " (under the threshold: the token's strongest edge, drawn as it outranks a drawn head or "
+    "feature)"
+)
 AXIS_STYLE = {"shape": "plaintext", "fontcolor": "#777777"}  # stage names, bare tokens
 MIN_PENWIDTH, MAX_PENWIDTH = 0.4, 5.0
 # Routing edges around nodes (splines=true) costs Graphviz about nodes^2 x edges; above this
@@ -148,6 +153,8 @@ def caption(graph: Graph, selection: Selection) -> str:
             "H head →the key it reads, F feature + top promoted token, err error; "
             "edges blue +, red −, dashed purple QK (q query, k key side)"
         )
+        if s.token_edges:
+            legend += ", dotted under the threshold"
     else:
         legend = "units: H head over its QK group, F feature + top promoted token, err error; "
         legend += "edges blue +, red −" + (", dashed purple QK pairs" if selection.qk else "")
@@ -234,13 +241,15 @@ def to_dot(
         lines.append(f"  {_q(graph.ids[i])} {attrs};")
 
     strongest = max((abs(e.weight) for e in s.edges), default=0.0)
+    under = set(s.token_edges)  # under the threshold: dotted, as the page draws them
     for e in s.edges:
         pen = MIN_PENWIDTH + (MAX_PENWIDTH - MIN_PENWIDTH) * abs(e.weight) / strongest
         src, tgt = graph.ids[e.source], graph.ids[e.target]
         attrs = _attrs(
             color=POSITIVE_COLOR if e.weight > 0 else NEGATIVE_COLOR,
             penwidth=pen,
-            tooltip=f"{src} -> {tgt}: {e.weight:+.4g}",
+            tooltip=f"{src} -> {tgt}: {e.weight:+.4g}" + (TOKEN_EDGE_NOTE if e in under else ""),
+            **({"style": "dotted"} if e in under else {}),
         )
         lines.append(f"  {_q(src)} -> {_q(tgt)} {attrs};")
 

@@ -1572,6 +1572,22 @@ def test_a_prompts_influential_token_is_drawn_with_its_strongest_edge_alone():
     assert view["edgeMin"] == pytest.approx(min(abs(e.weight) for e in over), rel=1e-4)
 
 
+def test_the_svg_draws_a_prompts_influential_tokens_weak_edge_dotted():
+    """The static drawing drew the token's edge under the threshold like those over it (its
+    caption alone counted it): it is dotted, said in its tooltip and the legend, as the page
+    draws it; a drawing without one says nothing of dots."""
+    from reports.graphviz import TOKEN_EDGE_NOTE, to_dot
+
+    graph, j = weak_token_graph()
+    dot = to_dot(graph)
+    dotted = [line for line in dot.splitlines() if 'style="dotted"' in line]
+    assert len(dotted) == 1 and dotted[0].lstrip().startswith('"E_3_3" ->'), dotted
+    assert TOKEN_EDGE_NOTE in dotted[0]
+    assert "dotted under the threshold" in dot
+    plain = to_dot(make_big_graph())
+    assert "dotted" not in plain and TOKEN_EDGE_NOTE not in plain
+
+
 def test_the_page_draws_a_prompts_influential_tokens_strongest_edge_as_the_selection(
     browser, tmp_path
 ):
@@ -1588,7 +1604,13 @@ def test_the_page_draws_a_prompts_influential_tokens_strongest_edge_as_the_selec
         (graph.ids[e.source], graph.ids[e.target], e in s.token_edges) for e in s.edges
     )
     status = browser.evaluate("document.querySelector('#viewer .status').textContent")
-    assert "and 1 influential token's strongest under it" in status, status
+    assert "and 1 influential token's strongest under it, dotted" in status, status
+    # drawn apart from the edges over the threshold, as the SVG draws it (a note's Left)
+    dashes = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg path.edge')].map((p) => "
+        "[p.classList.contains('token'), getComputedStyle(p).strokeDasharray])"
+    )
+    assert {tuple(d) for d in dashes} == {(True, "2px, 2px"), (False, "none")}, dashes
     browser.click(*centre(browser, "#viewer .status .left-out-toggle"))
     left_out = browser.evaluate("document.querySelector('#viewer .left-out').innerText")
     assert "no drawn edge leaves" not in left_out, left_out  # the token is drawn

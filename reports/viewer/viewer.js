@@ -1082,7 +1082,7 @@
     const parts = [
       drawnCounts(v),
       `${v.edges.length} of ${v.among} edges among them (|w| ≥ ${fmt(state.edgeMin, 3)}` +
-        (nToken ? `, and ${nToken} influential ${nToken === 1 ? "token's" : "tokens'"} strongest under it` : "") + `), ${v.qkEdges.length} QK edges`,
+        (nToken ? `, and ${nToken} influential ${nToken === 1 ? "token's" : "tokens'"} strongest under it, dotted` : "") + `), ${v.qkEdges.length} QK edges`,
       `ranked by ${data.view.rankedBy}`,
     ];
     if (state.pinned.size) parts.push(`${state.pinned.size} pinned`);

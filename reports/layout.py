@@ -227,7 +227,8 @@ def select(
     and the QK source each drawn head's record names on each side (``qk_edges``).
     Logits: always all. Embeddings: only those a drawn edge (solid or QK) leaves. Edges: the
     strongest nonzero ones among those nodes, at most ``max_edges``; ``"auto"`` allows
-    ``EDGES_PER_NODE`` per node that can be drawn, and in a global graph reaches further down
+    ``EDGES_PER_NODE`` per node that can be drawn (and every edge tied with the weakest of
+    them, as the page's threshold draws them), and in a global graph reaches further down
     for the strongest edge of every token at least as influential as the median drawn head,
     feature or error (``_influential_tokens``: a review found ' Tuesday', influence 0.15, left
     out of ' Thursday''s graph) and in a prompt's adds, under the threshold, the strongest edge
@@ -269,6 +270,9 @@ def select(
         floor = min((abs(e.weight) for e in _influential_tokens(graph, among, inner, scores)),
                     default=math.inf)  # fmt: skip
         max_edges = max(max_edges, sum(abs(e.weight) >= floor for e in among))
+        if 0 < max_edges < len(among):  # every edge tied with the weakest kept: the page's
+            tied = abs(among[max_edges - 1].weight)  # threshold (|w| >= edgeMin) keeps them all
+            max_edges = sum(abs(e.weight) >= tied for e in among)
         extra = token_edges(graph, among, max_edges, inner, scores)
     # strongest first, as ``among``: the token edges all come after the first ``max_edges``
     edges = among if max_edges is None else among[:max_edges] + extra

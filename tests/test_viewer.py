@@ -1994,3 +1994,30 @@ def test_a_url_selects_a_summary_supernode_by_its_key(browser, weekday_trace):
     status = browser.evaluate("document.querySelector('#viewer .status').textContent")
     assert "no supernode" not in status, status
     assert panel_text(browser).startswith(f"{g.key} {g.name}\nsupernode of"), panel_text(browser)
+
+
+def test_an_edge_tied_with_the_weakest_drawn_is_drawn_by_the_selection_and_the_page(
+    browser, tmp_path
+):
+    """The static drawing kept the strongest N edges where the page keeps every edge at or
+    over the weakest of them: an edge tied with it was drawn on the page alone (a note's
+    Left). The selection keeps the ties too, and the page draws exactly its edges."""
+    graph = make_big_graph()
+    s = layout.select(graph)
+    every = layout.select(graph, max_edges=None).edges  # the candidates' edges, strongest first
+    n = len(s.edges) - len(s.token_edges)
+    assert every[:n] == [e for e in s.edges if e not in s.token_edges]
+    weakest, next_ = every[n - 1], every[n]
+    assert abs(next_.weight) < abs(weakest.weight)
+    edges = graph.edges.tolil()
+    edges[next_.target, next_.source] = abs(weakest.weight) * (1 if next_.weight > 0 else -1)
+    graph.edges = edges.tocsr()
+    tied = layout.select(graph)
+    kept = {(e.source, e.target) for e in tied.edges}
+    assert (next_.source, next_.target) in kept and len(kept) == len(s.edges) + 1
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    assert sorted(drawn_edges(browser)) == sorted(
+        (graph.ids[e.source], graph.ids[e.target], e in tied.token_edges) for e in tied.edges
+    )

@@ -36,7 +36,7 @@ from toy_models.model import attention_pattern
 from .attribution import PromptRun, decoder_bias, run_for_graph
 from .graph import Graph, checked_flag, checked_graph
 from .nodes import Kind, block_of, logit_stage, stage_of, sublayer_kind
-from .prune import known_closed, open_rows, remember_closed, row_sums
+from .prune import known_closed, open_rows, remember_closed, row_block, row_sums
 
 # The hook a Lorsa head's / transcoder feature's activation passes, per kind.
 ACTIVATION_SITE = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
@@ -853,7 +853,7 @@ def predict(graph: Graph, interventions: list[Intervention]) -> Float[Tensor, " 
     for s in np.unique(stage):
         lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
         if s > 0:
-            delta[lo:hi] = graph.edges[lo:hi] @ (delta * per_unit)
+            delta[lo:hi] = row_block(graph.edges, lo, hi) @ (delta * per_unit)  # no copy
         for i, d in fixed.items():
             if lo <= i < hi:
                 delta[i] = d

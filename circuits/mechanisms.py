@@ -299,92 +299,10 @@ def _summarize(
         own_looks[t].group: own_reasons[t][0] for t in own_looks
     }
     clean = {look.group: look.attention(run.patterns[look.layer]) for look in subjects}
-    look_of = {look.group: look for look in subjects}
-    raisers: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one, by score
-    # and every other head group at the side's own position, tested beside them (a reviewer
-    # found heads at the query whose linear share lowers the side take the attention 0.08 ->
-    # 0.009 where the named raiser took it to 0.06; another, a 6th raiser at the query left
-    # untested after the first round, 0.21 where the named one gave 0.40)
-    placed: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one there, by score
-    # never the subject itself, nor a head target's own group (which holds it); another
-    # target's group is a head group like any (a reviewer's second head target's group was
-    # left out of the first's candidates, 0.44 named where it gave 0.13)
+    # a head target's own group holds it: never one of its candidates
     own_group = {look.group: own[t] for t, look in own_looks.items()}
-    for look in subjects:
-        for side, side_flow in zip(SIDES, side_flows[id(first_reason[look.group])], strict=True):
-            exclude = {look.group, own_group.get(look.group)}
-            raisers[look.group, side] = _qk_candidates(view, side_flow, exclude)
-            at = look.query if side == "query" else look.key  # (ablated only with checks)
-            placed[look.group, side] = (_placed_candidates(view, side_flow, exclude, look, at)
-                                        if check else [])  # fmt: skip
-    tried = {key: min(CANDIDATES, len(found)) for key, found in raisers.items()}
-
-    def at_position(g: int, side: str) -> list[tuple[int, float]]:
-        """The head groups at ``g``'s ``side``'s position not among the raisers tested."""
-        tested = {c for c, _ in raisers[g, side][: tried[g, side]]}
-        return [x for x in placed[g, side] if x[0] not in tested]
-
-    def under_test(g: int, side: str) -> list[tuple[int, float]]:
-        """The candidates of ``g``'s ``side`` tested so far: raisers by score, then the other
-        head groups at the side's position."""
-        return raisers[g, side][: tried[g, side]] + at_position(g, side)
-
-    after: dict[int, dict[int, _After]] = {}  # tested group -> its free rerun's attentions
-
-    def lowest(g: int, side: str) -> tuple[list[int], list[float]]:
-        """The tested candidates of ``g``'s ``side`` by the attention through that side alone
-        with each ablated, lowest first (ties by score), and those attentions."""
-        look = look_of[g]
-        alone = [look.mean(after[c][g].side(side)) if g in after[c] else np.inf
-                 for c, _ in under_test(g, side)]  # fmt: skip
-        return sorted(range(len(alone)), key=lambda r: (alone[r], r)), alone
-
-    while check:  # each round's new candidates rerun together
-        new = sorted({c for key in tried for c, _ in under_test(*key)} - set(after))
-        after |= _free_attention(replacement, full, run, {c: view.groups[c] for c in new},
-                                 subjects)  # fmt: skip
-        grown = False
-        for (g, side), n in tried.items():
-            if n >= min(MAX_CANDIDATES, len(raisers[g, side])):
-                continue
-            # read among the raisers alone (a group at the position that lowers it does not
-            # end the search: on a reviewer's prompt one at 0.50 stopped it before the 5th
-            # raiser, which takes it to 0.35)
-            order, alone = lowest(g, side)
-            first = next(r for r in order if r < n)
-            enough = alone[first] <= look_of[g].mean(clean[g]) - ATTENTION_LOWERED
-            if first == n - 1 or not enough:  # the last raiser tested, or none enough
-                tried[g, side] = min(n + CANDIDATES, MAX_CANDIDATES, len(raisers[g, side]))
-                grown = True
-        if not grown:
-            break
-    writes_qk: dict[int, list[tuple]] = {}  # source -> QKSourceRole's fields but the group key
-    sources_of: dict = {}  # a subject (a group, or ("target", t)) -> its sources
-    for g, side in tried:
-        found = under_test(g, side)
-        if not found:
-            continue
-        rank = 0  # without checks, the largest by its share; else the one ablation shows
-        tie = (None, None)
-        if check:
-            # of those whose ablation lowers the attention through this side alone (one that
-            # leaves it or raises it is no source of it, however much it writes: a reviewer
-            # found "written most by" a group of +0.004 of a side's +0.22 whose ablation took
-            # it from 0.51 to 0.52; another, a group at the key named the query side's source,
-            # its ablation 0.57 -> 0.005 all through the keys, the query alone 0.54)
-            before = look_of[g].mean(clean[g])
-            (rank, *rest), alone = lowest(g, side)
-            if alone[rank] > before - ATTENTION_LOWERED:
-                continue
-            # the next lowest, if it lowers the attention at all (whether or not it clears the
-            # threshold itself) and comes within TIE
-            if rest and alone[rest[0]] < before and alone[rest[0]] - alone[rank] <= TIE:
-                tie = (view.groups[found[rest[0]][0]].name, alone[rest[0]])
-        source, value = found[rank]
-        role = (g, first_reason[g].qk_head, side, value, rank + 1, len(found) if check else 1, *tie,
-                len(raisers[g, side]), len(at_position(g, side)))  # fmt: skip
-        writes_qk.setdefault(source, []).append(role)
-        sources_of.setdefault(g, []).append(source)
+    writes_qk, sources_of = _qk_sources(replacement, full, run, view, subjects, first_reason,
+                                        side_flows, own_group, clean, check)  # fmt: skip
     chosen = []
     for t, (ranking, on_path) in zip(targets, segments, strict=True):
         chosen += ranking + (sources_of.get(ranking[0], []) if ranking else [])
@@ -494,6 +412,107 @@ def _summarize(
                   # how much a source's ablation must lower the attention through its side
                   **({"qk_sources_lowered": ATTENTION_LOWERED} if check else {})},
     )  # fmt: skip
+
+
+def _qk_sources(
+    replacement, full, run, view, subjects, first_reason, side_flows, own_group, clean, check
+) -> tuple[dict[int, list[tuple]], dict]:  # fmt: skip
+    """The QK sources of each subject (a predicting head group's look, or a head target's)
+    per side of its first QK reason (module docstring, **QK sources**): the head groups
+    raising that side most by their linear share (``side_flows``, by the reason's ``id``),
+    ``CANDIDATES`` a round up to ``MAX_CANDIDATES`` while the last one tested lowers the
+    attention most, and every other head group at the side's position, each ablated once with
+    the model free; the one lowering the attention (``clean``: each subject's before) through
+    that side alone most, by ``ATTENTION_LOWERED`` at least (without ``check``: the largest
+    by its share). Returns each source's roles (``QKSourceRole``'s fields but the subject's
+    key) and each subject's sources. ``own_group``: a head target's own group, never a
+    candidate of its target."""
+    look_of = {look.group: look for look in subjects}
+    raisers: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one, by score
+    # and every other head group at the side's own position, tested beside them (a reviewer
+    # found heads at the query whose linear share lowers the side take the attention 0.08 ->
+    # 0.009 where the named raiser took it to 0.06; another, a 6th raiser at the query left
+    # untested after the first round, 0.21 where the named one gave 0.40)
+    placed: dict[tuple[int, str], list[tuple[int, float]]] = {}  # every one there, by score
+    # never the subject itself, nor a head target's own group (which holds it); another
+    # target's group is a head group like any (a reviewer's second head target's group was
+    # left out of the first's candidates, 0.44 named where it gave 0.13)
+    for look in subjects:
+        for side, side_flow in zip(SIDES, side_flows[id(first_reason[look.group])], strict=True):
+            exclude = {look.group, own_group.get(look.group)}
+            raisers[look.group, side] = _qk_candidates(view, side_flow, exclude)
+            at = look.query if side == "query" else look.key  # (ablated only with checks)
+            placed[look.group, side] = (_placed_candidates(view, side_flow, exclude, look, at)
+                                        if check else [])  # fmt: skip
+    tried = {key: min(CANDIDATES, len(found)) for key, found in raisers.items()}
+
+    def at_position(g: int, side: str) -> list[tuple[int, float]]:
+        """The head groups at ``g``'s ``side``'s position not among the raisers tested."""
+        tested = {c for c, _ in raisers[g, side][: tried[g, side]]}
+        return [x for x in placed[g, side] if x[0] not in tested]
+
+    def under_test(g: int, side: str) -> list[tuple[int, float]]:
+        """The candidates of ``g``'s ``side`` tested so far: raisers by score, then the other
+        head groups at the side's position."""
+        return raisers[g, side][: tried[g, side]] + at_position(g, side)
+
+    after: dict[int, dict[int, _After]] = {}  # tested group -> its free rerun's attentions
+
+    def lowest(g: int, side: str) -> tuple[list[int], list[float]]:
+        """The tested candidates of ``g``'s ``side`` by the attention through that side alone
+        with each ablated, lowest first (ties by score), and those attentions."""
+        look = look_of[g]
+        alone = [look.mean(after[c][g].side(side)) if g in after[c] else np.inf
+                 for c, _ in under_test(g, side)]  # fmt: skip
+        return sorted(range(len(alone)), key=lambda r: (alone[r], r)), alone
+
+    while check:  # each round's new candidates rerun together
+        new = sorted({c for key in tried for c, _ in under_test(*key)} - set(after))
+        after |= _free_attention(replacement, full, run, {c: view.groups[c] for c in new},
+                                 subjects)  # fmt: skip
+        grown = False
+        for (g, side), n in tried.items():
+            if n >= min(MAX_CANDIDATES, len(raisers[g, side])):
+                continue
+            # read among the raisers alone (a group at the position that lowers it does not
+            # end the search: on a reviewer's prompt one at 0.50 stopped it before the 5th
+            # raiser, which takes it to 0.35)
+            order, alone = lowest(g, side)
+            first = next(r for r in order if r < n)
+            enough = alone[first] <= look_of[g].mean(clean[g]) - ATTENTION_LOWERED
+            if first == n - 1 or not enough:  # the last raiser tested, or none enough
+                tried[g, side] = min(n + CANDIDATES, MAX_CANDIDATES, len(raisers[g, side]))
+                grown = True
+        if not grown:
+            break
+    writes_qk: dict[int, list[tuple]] = {}  # source -> QKSourceRole's fields but the group key
+    sources_of: dict = {}  # a subject (a group, or ("target", t)) -> its sources
+    for g, side in tried:
+        found = under_test(g, side)
+        if not found:
+            continue
+        rank = 0  # without checks, the largest by its share; else the one ablation shows
+        tie = (None, None)
+        if check:
+            # of those whose ablation lowers the attention through this side alone (one that
+            # leaves it or raises it is no source of it, however much it writes: a reviewer
+            # found "written most by" a group of +0.004 of a side's +0.22 whose ablation took
+            # it from 0.51 to 0.52; another, a group at the key named the query side's source,
+            # its ablation 0.57 -> 0.005 all through the keys, the query alone 0.54)
+            before = look_of[g].mean(clean[g])
+            (rank, *rest), alone = lowest(g, side)
+            if alone[rank] > before - ATTENTION_LOWERED:
+                continue
+            # the next lowest, if it lowers the attention at all (whether or not it clears the
+            # threshold itself) and comes within TIE
+            if rest and alone[rest[0]] < before and alone[rest[0]] - alone[rank] <= TIE:
+                tie = (view.groups[found[rest[0]][0]].name, alone[rest[0]])
+        source, value = found[rank]
+        role = (g, first_reason[g].qk_head, side, value, rank + 1, len(found) if check else 1, *tie,
+                len(raisers[g, side]), len(at_position(g, side)))  # fmt: skip
+        writes_qk.setdefault(source, []).append(role)
+        sources_of.setdefault(g, []).append(source)
+    return writes_qk, sources_of
 
 
 def named_token_terms(r: QKReasonRecord) -> dict[int, float]:

@@ -217,62 +217,8 @@ def _summarize(
         parts = target_parts(full, t, flow, h) | _moved(full, t, h)
         per_target.append((t, parts, ranking))
     ids = full.ids
-    sides: dict = {}
-    units = unit_nodes(full)
-    pending = []  # (QK reason, its root-pair request): computed together below
-    side_requests = []  # (QK reason, its side-flow request): computed together when resolved
-    qk_of: dict[int, list[QKReasonRecord]] = {}
-    weights_of: dict[int, tuple[list[int], list[float]]] = {}  # QK heads, |flow| shares
-
-    def group_reasons(g: int) -> list[QKReasonRecord]:
-        """The QK reasons of head group ``g`` at its query and key, of its two QK heads with
-        the most |flow| into the first target (computed once): the first one's split by roots
-        (the sweeps cost most) and every one's sides' sources, both computed later together
-        (``resolve_sides``, ``qk_root_tables``)."""
-        grp = view.groups[g]
-        if g in qk_of:
-            return qk_of[g]
-        if grp.kind != "lorsa" or None in (grp.attends, grp.pos, grp.layer):
-            qk_of[g] = []
-            return []
-        by_head: dict[int, float] = {}
-        for m in grp.members:
-            head = full.qk_head(m)
-            weight = abs(float(flows[targets[0]][m])) if targets else 0.0
-            by_head[head] = by_head.get(head, 0.0) + weight
-        ordered = sorted(grp.qk_heads, key=lambda x: -by_head.get(x, 0.0))
-        total = sum(by_head.get(x, 0.0) for x in ordered)
-        weights_of[g] = (ordered, [by_head.get(x, 0.0) / total if total > 0 else 1 / len(ordered)
-                                   for x in ordered])  # fmt: skip
-        qk_of[g] = reasons(grp.layer, ordered[:2], grp.pos, grp.attends)
-        return qk_of[g]
-
-    def reasons(layer: int, heads: list[int], query: int, key: int) -> list[QKReasonRecord]:
-        out = []
-        for head in heads:
-            a = qk_record(replacement, run, layer, head, query, key, top=QK_PAIRS, sides=sides)
-            reason = _reason_record(full, a, concepts, units)
-            request = (sides[layer][0], head, query, key)
-            side_requests.append((reason, request))
-            if head == heads[0]:
-                pending.append((reason, request))
-            out.append(reason)
-        return out
-
-    def resolve_sides() -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """The side sources of every reason made since the last call (one sweep for all),
-        and their flows by reason (``id``)."""
-        side_flows = many_qk_side_flows(full, [request for _, request in side_requests],
-                                        edge_sweep)  # fmt: skip
-        out = {}
-        for (reason, _), (q_flow, k_flow, parts) in zip(side_requests, side_flows, strict=True):
-            reason.query_at, reason.key_at = parts["query_at"], parts["key_at"]
-            reason.query_sources = _side_sources(view, q_flow)
-            reason.key_sources = _side_sources(view, k_flow)
-            out[id(reason)] = (q_flow, k_flow)
-        side_requests.clear()
-        return out
-
+    reasons = _Reasons(replacement, full, run, view, concepts,
+                       flows[targets[0]] if targets else None)  # fmt: skip
     # Each predicting head group's QK reason first, and a head target's own: the head groups
     # that write its query and its key (its QK sources) join the summary with checks, whatever
     # their flow: of those that raise a side most (CANDIDATES a round, up to MAX_CANDIDATES)
@@ -280,7 +226,7 @@ def _summarize(
     # through that side.
     predictors = list(dict.fromkeys(ranking[0] for ranking, _ in segments if ranking))
     for g in predictors:
-        group_reasons(g)
+        reasons.of_group(g)
     # a head target's own attention at the key it reads, read in every check's free rerun:
     # the heads at its key can act through it, not through their value flow (a reviewer's
     # induction head target: free -2.3 against a flow of +0.761, its attention 0.73 -> 0.0008)
@@ -288,14 +234,14 @@ def _summarize(
                           [full.qk_head(t)], [1.0])
                  for t in targets if full.kind[t] == Kind.LORSA
                  and full.read_key(t) is not None}  # fmt: skip
-    own_reasons = {t: reasons(look.layer, look.heads, look.query, look.key)  # its own QK head's
+    own_reasons = {t: reasons.at(look.layer, look.heads, look.query, look.key)  # its own QK head's
                    for t, look in own_looks.items()}  # fmt: skip
-    side_flows = resolve_sides()
+    side_flows = reasons.resolve_sides(edge_sweep)
     looks = [_Look(g, view.groups[g].layer, view.groups[g].pos, view.groups[g].attends,
-                   *weights_of[g]) for g in predictors if qk_of[g]]  # fmt: skip
+                   *reasons.weights[g]) for g in predictors if reasons.of[g]]  # fmt: skip
     # whose QK sources are looked for: the predicting groups' looks, then the head targets'
     subjects = [*looks, *own_looks.values()]
-    first_reason = {look.group: qk_of[look.group][0] for look in looks} | {
+    first_reason = {look.group: reasons.of[look.group][0] for look in looks} | {
         own_looks[t].group: own_reasons[t][0] for t in own_looks
     }
     clean = {look.group: look.attention(run.patterns[look.layer]) for look in subjects}
@@ -355,7 +301,7 @@ def _summarize(
                 carried, own_flow = key_flows(full, grads[t], np.asarray(grp.members))
                 record.carried[ids[t]] = _shares(full, carried.sum(0))
                 record.carried_own[ids[t]] = float(own_flow.sum())
-        record.qk += group_reasons(g)
+        record.qk += reasons.of_group(g)
         if g in checks:
             record.checks, free = checks[g]
             record.attention_checks = [
@@ -365,17 +311,10 @@ def _summarize(
                 for look in below[g]
             ]  # fmt: skip
         records.append(record)
-    resolve_sides()
-    tables = qk_root_tables(view, [request for _, request in pending], edge_sweep)
-    for (reason, _), table in zip(pending, tables, strict=True):
-        q_rows, k_rows, specific, at_key = table
-        reason.root_pairs, reason.root_parts, reason.token_parts, by_key = root_split(
-            q_rows, k_rows, specific, ROOT_PAIRS, key=reason.key, at_key=at_key
-        )
-        reason.own_pairs, reason.moved_pairs = by_key["key_own"], by_key["moved"]
-        reason.position_pairs = by_key["positions"]
+    reasons.resolve_sides(edge_sweep)
+    reasons.split_by_roots(edge_sweep)
     if check:
-        _token_checks(replacement, run, full.token_strings, [reason for reason, _ in pending])
+        _token_checks(replacement, run, full.token_strings, reasons.first)
     target_records = []
     for t, parts, ranking in per_target:
         record = _target_record(full, t, parts, probs, run, [keys[g] for g in ranking])
@@ -412,6 +351,93 @@ def _summarize(
                   # how much a source's ablation must lower the attention through its side
                   **({"qk_sources_lowered": ATTENTION_LOWERED} if check else {})},
     )  # fmt: skip
+
+
+class _Reasons:
+    """The QK reasons a summary gives, made on demand, their costly parts batched: a head
+    group's at its query and key (``of_group``: of its two QK heads with the most |flow| into
+    the first target, made once) and a head target's own (``at``). The first reason of each
+    call is split by roots later (``split_by_roots``: the sweeps cost most), and every
+    reason's sides' sources are found for all made since the last ``resolve_sides`` in one
+    sweep."""
+
+    def __init__(self, replacement, full: Graph, run: PromptRun, view: GroupedGraph,
+                 concepts: Mapping, first_flow: np.ndarray | None):  # fmt: skip
+        self.replacement, self.full, self.run, self.view = replacement, full, run, view
+        self.concepts, self.first_flow = concepts, first_flow
+        self.units = unit_nodes(full)
+        self.sides: dict = {}  # qk_record's per-layer cache
+        self.pending: list = []  # (QK reason, its root-pair request): split by roots later
+        self.side_requests: list = []  # (QK reason, its side-flow request): resolved later
+        self.of: dict[int, list[QKReasonRecord]] = {}  # a head group's, once made
+        self.weights: dict[int, tuple[list[int], list[float]]] = {}  # QK heads, |flow| shares
+
+    @property
+    def first(self) -> list[QKReasonRecord]:
+        """The reasons split by roots: the first of each call, in the order made."""
+        return [reason for reason, _ in self.pending]
+
+    def of_group(self, g: int) -> list[QKReasonRecord]:
+        """Head group ``g``'s reasons at its query and key, of its two QK heads with the most
+        |flow| into the first target (none for a feature group, or one reading no key)."""
+        grp = self.view.groups[g]
+        if g in self.of:
+            return self.of[g]
+        if grp.kind != "lorsa" or None in (grp.attends, grp.pos, grp.layer):
+            self.of[g] = []
+            return []
+        by_head: dict[int, float] = {}
+        for m in grp.members:
+            head = self.full.qk_head(m)
+            weight = abs(float(self.first_flow[m])) if self.first_flow is not None else 0.0
+            by_head[head] = by_head.get(head, 0.0) + weight
+        ordered = sorted(grp.qk_heads, key=lambda x: -by_head.get(x, 0.0))
+        total = sum(by_head.get(x, 0.0) for x in ordered)
+        self.weights[g] = (ordered, [by_head.get(x, 0.0) / total if total > 0
+                                     else 1 / len(ordered) for x in ordered])  # fmt: skip
+        self.of[g] = self.at(grp.layer, ordered[:2], grp.pos, grp.attends)
+        return self.of[g]
+
+    def at(self, layer: int, heads: list[int], query: int, key: int) -> list[QKReasonRecord]:
+        """The reasons of QK ``heads`` of ``layer`` at (``query``, ``key``), the first one's
+        to be split by roots."""
+        out = []
+        for head in heads:
+            a = qk_record(self.replacement, self.run, layer, head, query, key, top=QK_PAIRS,
+                          sides=self.sides)  # fmt: skip
+            reason = _reason_record(self.full, a, self.concepts, self.units)
+            request = (self.sides[layer][0], head, query, key)
+            self.side_requests.append((reason, request))
+            if head == heads[0]:
+                self.pending.append((reason, request))
+            out.append(reason)
+        return out
+
+    def resolve_sides(self, edge_sweep) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The side sources of every reason made since the last call (one sweep for all),
+        and their flows by reason (``id``)."""
+        side_flows = many_qk_side_flows(self.full, [r for _, r in self.side_requests],
+                                        edge_sweep)  # fmt: skip
+        out = {}
+        for (reason, _), (q_flow, k_flow, parts) in zip(self.side_requests, side_flows,
+                                                        strict=True):  # fmt: skip
+            reason.query_at, reason.key_at = parts["query_at"], parts["key_at"]
+            reason.query_sources = _side_sources(self.view, q_flow)
+            reason.key_sources = _side_sources(self.view, k_flow)
+            out[id(reason)] = (q_flow, k_flow)
+        self.side_requests.clear()
+        return out
+
+    def split_by_roots(self, edge_sweep) -> None:
+        """Each first reason's score split into root x root terms (``root_split``)."""
+        tables = qk_root_tables(self.view, [r for _, r in self.pending], edge_sweep)
+        for (reason, _), table in zip(self.pending, tables, strict=True):
+            q_rows, k_rows, specific, at_key = table
+            reason.root_pairs, reason.root_parts, reason.token_parts, by_key = root_split(
+                q_rows, k_rows, specific, ROOT_PAIRS, key=reason.key, at_key=at_key
+            )
+            reason.own_pairs, reason.moved_pairs = by_key["key_own"], by_key["moved"]
+            reason.position_pairs = by_key["positions"]
 
 
 def _qk_sources(

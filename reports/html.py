@@ -34,7 +34,7 @@ from .labels import fields_label, node_labels
 from .layout import Selection, check_selection, select
 from .mechanisms import CSS as MECHANISMS_CSS
 from .mechanisms import mechanisms_html, summary_for
-from .viewer import assets, script_json, viewer_data
+from .viewer import NODE_ANCHOR, assets, script_json, viewer_data
 
 TABLE_OPEN_NODES = 200  # the node table starts open up to this many nodes
 
@@ -71,6 +71,12 @@ def escape(text: str) -> str:
             for ch in text
         )
     return html.escape(text)
+
+
+def node_anchor(node_id: str) -> str:
+    """The element id of node ``node_id``'s row in the node table, escaped (a link to the row
+    is ``#`` and this; ``reports.viewer.NODE_ANCHOR``)."""
+    return NODE_ANCHOR + escape(node_id)
 
 
 def write_html(
@@ -311,7 +317,7 @@ def _top(indices: np.ndarray, weights: np.ndarray, k: int) -> list[tuple[int, fl
 
 def _node_link(graph: Graph, labels: list[str], i: int) -> str:
     node = graph.ids[i]
-    return f'<a href="#node-{escape(node)}" title="{escape(labels[i])}">{escape(node)}</a>'
+    return f'<a href="#{node_anchor(node)}" title="{escape(labels[i])}">{escape(node)}</a>'
 
 
 def _edge_list(graph: Graph, labels: list[str], edges: list[tuple[int, float]]) -> str:
@@ -413,7 +419,7 @@ def _node_table_html(
         incoming = _top(csr.indices[span_in], csr.data[span_in], top_edges)
         outgoing = _top(csc.indices[span_out], csc.data[span_out], top_edges)
         cells = [
-            f'<td id="node-{escape(graph.ids[i])}"><code>{escape(graph.ids[i])}</code></td>',
+            f'<td id="{node_anchor(graph.ids[i])}"><code>{escape(graph.ids[i])}</code></td>',
             f'<td class="kind-{kinds[i]}">{kinds[i]}</td>',
             f'<td class="num">{layers[i]}</td>',
             f'<td class="num" title="{escape(token)}">{pos}</td>',

@@ -1368,6 +1368,12 @@ def _esc(text: str) -> str:
     return escape(text)
 
 
+def _anchor(node_id: str) -> str:
+    from .html import node_anchor
+
+    return node_anchor(node_id)
+
+
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.3g}"
 
@@ -1383,7 +1389,7 @@ def _span(x: float | None) -> str:
 def _ref(ref: NodeRef | None, drawn: set[str]) -> str:
     text = _esc(ref_text(ref))
     if ref is not None and ref.id is not None and ref.id in drawn:
-        return f'<a href="#node-{_esc(ref.id)}">{text}</a>'
+        return f'<a href="#{_anchor(ref.id)}">{text}</a>'
     return text
 
 
@@ -1535,7 +1541,7 @@ def mechanisms_html(
             what.append(_esc(writes))
         what += [_reason_html(r, drawn, summary) for r in g.qk]
         members = ", ".join(
-            f'<a href="#node-{_esc(m)}">{_esc(m)}</a>' if m in drawn else _esc(m)
+            f'<a href="#{_anchor(m)}">{_esc(m)}</a>' if m in drawn else _esc(m)
             for m in g.members[:12]
         ) + (" …" if len(g.members) > 12 else "")
         attention = "".join(

@@ -74,6 +74,10 @@ from .layout import (
 ASSETS = Path(__file__).with_name("viewer")
 SIGNIFICANT = 6  # digits kept of each float (float32 values need no more)
 PANEL_PAIRS = 8  # a head's own QK record: the unit pairs its panel lists (the heading says so)
+# A node's row in the page's node table has the element id this and the node's id
+# (``reports.html.node_anchor``); the node links of the table and the mechanism summary point
+# there, and the script finds rows and links by it.
+NODE_ANCHOR = "node-"
 
 
 def _num(value: float | None) -> float | None:

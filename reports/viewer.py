@@ -406,6 +406,8 @@ def default_view(graph: Graph, selection: Selection) -> dict:
         "maxNodes": MAX_NODES,
         "edgesPerNode": EDGES_PER_NODE,
         "qkMinShare": QK_MIN_SHARE,
+        "innerKinds": list(INNER_KINDS),
+        "nodeAnchor": NODE_ANCHOR,
         "rankedBy": selection.ranked_by,
         "selected": [graph.ids[i] for i in selection.nodes],
     }

@@ -305,6 +305,14 @@ def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page)
     assert browser.evaluate("document.querySelectorAll('#viewer .panel .noderef.absent').length")
 
 
+def test_a_link_of_the_node_table_selects_its_node_in_the_viewer(browser, small_page):
+    graph, path = small_page
+    open_page(browser, path)
+    browser.click(*centre(browser, 'table.nodes a[href="#node-0_5_2"]'))
+    assert url_state(browser)["clickedId"] == "0_5_2"  # the viewer's state, not #node-0_5_2
+    assert panel_text(browser).startswith(node_label(graph, graph.ids.index("0_5_2")))
+
+
 def test_hover_highlights_the_paths_through_a_node(browser, small_page):
     graph, path = small_page
     open_page(browser, path)

@@ -11,7 +11,6 @@
 (function () {
   performance.mark("viewer:start");
   const SVGNS = "http://www.w3.org/2000/svg";
-  const INNER = new Set(["lorsa", "transcoder", "error", "bias"]);
   const KIND_NAMES = {
     embedding: "token embedding", lorsa: "Lorsa head", transcoder: "transcoder feature",
     error: "error (what the dictionary misses)", logit: "logit", supernode: "supernode",
@@ -28,6 +27,10 @@
   const root = document.getElementById("viewer");
   const data = JSON.parse(document.getElementById("graph-data").textContent);
   const meta = data.metadata, nodes = data.nodes, N = nodes.length;
+  // What the node budget ranks (reports.layout.INNER_KINDS, as the page's first view counts it)
+  const INNER = new Set(data.view.innerKinds);
+  // A node's row in the table below has the element id NODE_ANCHOR + its id (reports.html)
+  const NODE_ANCHOR = data.view.nodeAnchor;
   // A sparse graph explains the replacement, whose probabilities can be far from the model's
   // (a reviewer's ' Thursday' p=0.811 in its box and panels, 0.982 in the model).
   const SPARSE_NOTE = "sparse mode: the graph and its probabilities are the replacement's, except those said to be the model's";
@@ -48,6 +51,7 @@
   }
   const src = data.links.source, tgt = data.links.target, wt = data.links.weight, E = src.length;
   const byId = new Map(nodes.map((n, i) => [n.id, i]));
+  const byAnchor = new Map(nodes.map((n, i) => ["#" + NODE_ANCHOR + n.id, i])); // the table's links
   const inE = nodes.map(() => []), outE = nodes.map(() => []);
   for (let e = 0; e < E; e++) { inE[tgt[e]].push(e); outE[src[e]].push(e); }
   for (let i = 0; i < N; i++) {
@@ -730,9 +734,9 @@
     });
     // Links of the node table below select the node here instead of changing the URL's hash.
     document.addEventListener("click", (ev) => {
-      const a = ev.target.closest && ev.target.closest('a[href^="#node-"]');
+      const a = ev.target.closest && ev.target.closest('a[href^="#' + NODE_ANCHOR + '"]');
       if (!a) return;
-      const i = byId.get(decodeURIComponent(a.getAttribute("href").slice(6)));
+      const i = byAnchor.get(a.getAttribute("href"));
       if (i === undefined) return;
       ev.preventDefault();
       const row = tableRows.get(nodes[i].id);
@@ -1228,7 +1232,10 @@
   // the document is complete.
   const tableRows = new Map();
   function findRows() {
-    for (const td of document.querySelectorAll("table.nodes td[id^='node-']")) tableRows.set(td.id.slice(5), td.parentElement);
+    for (const n of nodes) {
+      const td = document.getElementById(NODE_ANCHOR + n.id);
+      if (td) tableRows.set(n.id, td.parentElement);
+    }
     if (view) updateTable();
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", findRows);

@@ -14,16 +14,15 @@ and kept. Reads only the results dictionary.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 from toy_models.cli import run_cli
-from toy_models.files import write_png_atomic
 from toy_models.records import Bounds, NonNegative, PositiveReal, Share, from_json
 from toy_models.resumable import FLOAT32_MAX
 
-from .results_cli import render_results
+from .results_cli import render_results, write_results_report
 
 DEFAULT_JSON = Path("benchmarks/results/lorsa_ablations_default.json")
 AXES = (  # (axis, x label, variant field on that axis)
@@ -479,21 +478,8 @@ def figure(results: dict):
 def write_ablation_report(results: dict, out: Path) -> list[Path]:
     """``ablations.md`` and ``ablations.png`` in ``out`` (created), as one set (module
     docstring: the command's and ``benchmarks/lorsa_ablations.py``'s); returns their paths."""
-    from .outputs import write_report_files
-
-    checked = asdict(check_results(results))  # drawn from the checked record: its numbers
-    # typed as the record says (an integer 10**30 for a float overflowed in matplotlib)
-    return write_report_files(out, REPORT_FILES, lambda stage: _write_files(stage, checked))
-
-
-def _write_files(out: Path, results: dict) -> list[Path]:
-    """The report's files, made in memory, into the directory ``out``."""
-    from toy_models.files import write_text_atomic
-
-    text, fig = markdown(results), figure(results)  # every figure read before any write
-    write_png_atomic(fig, out / "ablations.png", dpi=100)
-    write_text_atomic(out / "ablations.md", text)
-    return [out / "ablations.md", out / "ablations.png"]
+    return write_results_report(results, out, REPORT_FILES, check=check_results,
+                                markdown=markdown, figure=figure)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,17 +23,16 @@ a repeated segment); ``separator`` (``+``, ``=``, commas, full stops, ``|``, lin
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 from circuits.concepts import CONCEPT_ROLE, CONCEPTS, TOKEN_ROLES
 from toy_models.cli import run_cli
 from toy_models.data import FAMILIES
-from toy_models.files import write_png_atomic
 from toy_models.records import Bounds, NonNegative, Share, from_json
 
-from .results_cli import render_results
+from .results_cli import render_results, write_results_report
 
 DEFAULT_JSON = Path("benchmarks/results/error_analysis_default.json")
 ROLES = TOKEN_ROLES
@@ -622,21 +621,8 @@ def figure(results: dict):
 def write_error_report(results: dict, out: Path) -> list[Path]:
     """``errors.md`` and ``errors.png`` in ``out`` (created), as one set (module docstring:
     the command's and ``benchmarks/error_analysis.py``'s); returns their paths."""
-    from .outputs import write_report_files
-
-    checked = asdict(check_results(results))  # drawn from the checked record: its numbers
-    # typed as the record says (an integer 10**30 for a float overflowed in matplotlib)
-    return write_report_files(out, REPORT_FILES, lambda stage: _write_files(stage, checked))
-
-
-def _write_files(out: Path, results: dict) -> list[Path]:
-    """The report's files, made in memory, into the directory ``out``."""
-    from toy_models.files import write_text_atomic
-
-    text, fig = markdown(results), figure(results)  # every figure read before any write
-    write_png_atomic(fig, out / "errors.png", dpi=100)
-    write_text_atomic(out / "errors.md", text)
-    return [out / "errors.md", out / "errors.png"]
+    return write_results_report(results, out, REPORT_FILES, check=check_results,
+                                markdown=markdown, figure=figure)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,9 @@ written until the whole report has been made.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from toy_models.cli import ArgumentParser, UserError, path_arg
 from toy_models.records import parse_json
@@ -52,6 +54,35 @@ def render_results(
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def write_results_report(
+    results: dict,
+    out: Path,
+    names: tuple[str, str],
+    *,
+    check: Callable[[dict], Any],
+    markdown: Callable[[dict], str],
+    figure: Callable[[dict], Any],
+) -> list[Path]:
+    """The report of ``results`` (``check`` makes its record), ``names`` its markdown file and
+    its PNG, written into ``out`` (created) as one set (``reports.outputs
+    .write_report_files``); returns their paths. Both are made in memory before any write."""
+    from toy_models.files import write_png_atomic, write_text_atomic
+
+    from .outputs import write_report_files
+
+    checked = asdict(check(results))  # drawn from the checked record: its numbers typed as
+    # the record says (an integer 10**30 for a float overflowed in matplotlib)
+    md, png = names
+
+    def fill(stage: Path) -> list[Path]:
+        text, fig = markdown(checked), figure(checked)  # every figure read before any write
+        write_png_atomic(fig, stage / png, dpi=100)
+        write_text_atomic(stage / md, text)
+        return [stage / md, stage / png]
+
+    return write_report_files(out, names, fill)
 
 
 if __name__ == "__main__":  # a library: its commands are reports.errors and reports.ablations

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -370,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--batches must be between 1 and {MAX_BATCHES} and --docs between 1 "
                         f"and {MAX_DOCS}, got {args.batches} and {args.docs}")  # fmt: skip
     from toy_models.checkpoint import RECORD_FILE, model_files
-    from toy_models.files import check_not_input, check_writable_file, write_json_atomic
-    from toy_models.records import finite_or_null
+    from toy_models.files import check_not_input, check_writable_file
+    from toy_models.records import write_measured_json
     from toy_models.zoo import resolve_model_dir
 
     from .train import SET_FILE
@@ -408,14 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                         "weights overflow")  # fmt: skip
     print("\n".join(summary_lines(results)))
     if args.json:
-        results, unmeasured = finite_or_null(
-            {"model": args.model, "replacement": args.replacement, **results}
-        )
-        if unmeasured:
-            print(f"note: {unmeasured} figures could not be measured on this data (null in "
-                  "the JSON)", file=sys.stderr)  # fmt: skip
-        write_json_atomic(args.json, results)
-        print(f"wrote {args.json}", file=sys.stderr)
+        results = {"model": args.model, "replacement": args.replacement, **results}
+        write_measured_json(args.json, results)
     return 0
 
 

@@ -594,3 +594,16 @@ def test_figures_not_measured_are_null_in_the_results_not_nan():
     text = "\n".join(summary_lines(r))
     assert "nan" not in text and "n/a" in text and "loss recovered 50.0%" in text
     assert f"mean-ablating costs under {MIN_GAP} nats there" in text
+
+
+def test_the_results_file_says_how_many_figures_were_not_measured(tmp_path, capsys):
+    """Both evaluation commands write their ``--json`` through ``write_measured_json``."""
+    import json
+
+    from toy_models.records import write_measured_json
+
+    path = tmp_path / "r.json"
+    write_measured_json(path, {"a": float("nan"), "b": [1.0, float("inf")]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None]}
+    note = "note: 2 figures could not be measured on this data (null in the JSON)"
+    assert capsys.readouterr().err == f"{note}\nwrote {path}\n"

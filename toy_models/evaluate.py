@@ -37,7 +37,6 @@ documents go through the model once (``run_split``); the probes read those runs
 from __future__ import annotations
 
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -768,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.docs <= MAX_DOCS:  # a huge count would run for ever without a word
         raise ValueError(f"--docs must be between 1 and {MAX_DOCS}, got {args.docs}")
     from .checkpoint import model_files
-    from .files import check_not_input, check_writable_file, write_json_atomic
+    from .files import check_not_input, check_writable_file
     from .zoo import load_pretrained, resolve_model_dir
 
     directory = resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
@@ -796,14 +795,9 @@ def main(argv: list[str] | None = None) -> int:
                         "weights overflow")  # fmt: skip
     print(summary(results))
     if args.json:
-        from .records import finite_or_null
+        from .records import write_measured_json
 
-        results, unmeasured = finite_or_null(results)
-        if unmeasured:
-            print(f"note: {unmeasured} figures could not be measured on this data (null in "
-                  "the JSON)", file=sys.stderr)  # fmt: skip
-        write_json_atomic(args.json, results)
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_measured_json(args.json, results)
     return 0
 
 

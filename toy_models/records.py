@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import types
 import typing
 from functools import cache
@@ -68,6 +69,20 @@ def finite_or_null(data) -> tuple[object, int]:
         return x
 
     return clean(data), count
+
+
+def write_measured_json(path, results) -> None:
+    """``results`` written to ``path`` as JSON (atomically) with each figure that could not be
+    measured as null (``finite_or_null``), a note on stderr saying how many, and a line that
+    it was written: the evaluation commands' ``--json``."""
+    from .files import write_json_atomic
+
+    results, unmeasured = finite_or_null(results)
+    if unmeasured:
+        print(f"note: {unmeasured} figures could not be measured on this data (null in "
+              "the JSON)", file=sys.stderr)  # fmt: skip
+    write_json_atomic(path, results)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def is_finite_number(x) -> bool:

@@ -64,6 +64,7 @@ from .concepts import CONCEPTS, DOCUMENT_CONCEPTS, at_chance, best_f1, chance_f1
 from .graph import checked_count, checked_index
 from .nodes import Kind, lorsa_stage, transcoder_stage, unit_id
 from .statistics import identity
+from .statistics_file import check_identity_record
 
 VERSION = 3  # 2: the checksum covers the header too; 3: one top example per row
 HEADER_KEY = "dashboards"
@@ -488,11 +489,7 @@ def _check_header(header) -> tuple[Layout, dict]:
     seconds = meta.get("seconds")
     if not is_finite_number(seconds) or seconds < 0:
         raise ValueError("meta.seconds must be a finite number >= 0")
-    found = meta.get("identity")
-    if not isinstance(found, dict) or set(found) != {"model", "replacement", "tokenizer"}:
-        raise ValueError("meta.identity must be an object with model, replacement, tokenizer")
-    if not all(v is None or isinstance(v, str) for v in found.values()):
-        raise ValueError("meta.identity values must be strings or null")
+    check_identity_record(meta.get("identity"))
     return Layout(tuple(units["n_ov"]), tuple(units["d_sae"])), meta
 
 

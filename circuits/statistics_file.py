@@ -105,6 +105,16 @@ def _check_int(value, name: str, low: int, high: int | None = None) -> int:
     return value
 
 
+def check_identity_record(found) -> None:
+    """A file's ``meta.identity`` as ``circuits.statistics.identity`` makes it (a statistics
+    file's and a dashboards file's): the digests of the model, the replacement set and the
+    tokenizer, each a string or null."""
+    if not isinstance(found, dict) or set(found) != {"model", "replacement", "tokenizer"}:
+        raise ValueError("meta.identity must be an object with model, replacement, tokenizer")
+    if not all(v is None or isinstance(v, str) for v in found.values()):
+        raise ValueError("meta.identity values must be strings or null")
+
+
 def check_header_meta(header: dict) -> tuple[Units, dict, list[int]]:
     """The version, unit sizes, QK heads per block and gathering settings of a header."""
     version = header.get("version")
@@ -141,11 +151,7 @@ def check_header_meta(header: dict) -> tuple[Units, dict, list[int]]:
     seconds = meta.get("seconds", 0.0)
     if not is_finite_number(seconds) or seconds < 0:
         raise ValueError("meta.seconds must be a finite number >= 0")
-    found = meta.get("identity")
-    if not isinstance(found, dict) or set(found) != {"model", "replacement", "tokenizer"}:
-        raise ValueError("meta.identity must be an object with model, replacement, tokenizer")
-    if not all(v is None or isinstance(v, str) for v in found.values()):
-        raise ValueError("meta.identity values must be strings or null")
+    check_identity_record(meta.get("identity"))
     return Units(**units), meta, n_qk
 
 

@@ -598,8 +598,14 @@ def test_write_file_refuses_what_read_file_would(setup):
             D.write_file(path, D.Dashboards(dash.layout, state, dash.meta))
         assert str(info.value).startswith(f"dashboards not written to {path}: ")
         assert path.read_bytes() == before
-    with pytest.raises(ValueError, match="meta.seconds must be a finite number"):
-        D.write_file(path, D.Dashboards(dash.layout, dash.state, dash.meta | {"seconds": -1.0}))
+    for meta, message in (
+        ({"seconds": -1.0}, "meta.seconds must be a finite number"),
+        ({"identity": {"model": None}}, "meta.identity must be an object with model, replacement"),
+        ({"identity": dict.fromkeys(("model", "replacement", "tokenizer"), 1)},
+         "meta.identity values must be strings or null"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            D.write_file(path, D.Dashboards(dash.layout, dash.state, dash.meta | meta))
     assert D.read_file(path, replacement, tokenizer).meta == dash.meta
 
 

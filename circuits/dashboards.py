@@ -64,7 +64,7 @@ from .concepts import CONCEPTS, DOCUMENT_CONCEPTS, at_chance, best_f1, chance_f1
 from .graph import checked_count, checked_index
 from .nodes import Kind, lorsa_stage, transcoder_stage, unit_id
 from .statistics import identity
-from .statistics_file import check_identity_record
+from .statistics_file import check_identity_record, check_int
 
 VERSION = 3  # 2: the checksum covers the header too; 3: one top example per row
 HEADER_KEY = "dashboards"
@@ -448,12 +448,6 @@ def write_file(path: str | Path, dash: Dashboards) -> None:
     save_state_atomic(tensors, path, metadata={HEADER_KEY: json.dumps(header)})
 
 
-def _int(value, name: str, low: int, high: int | None = None) -> int:
-    if type(value) is not int or value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer >= {low}, not {value!r}")
-    return value
-
-
 def _check_header(header) -> tuple[Layout, dict]:
     if not isinstance(header, dict):
         raise ValueError("its header is not a JSON object")
@@ -467,7 +461,7 @@ def _check_header(header) -> tuple[Layout, dict]:
         if not isinstance(units[name], list) or not 0 < len(units[name]) <= 1024:
             raise ValueError(f"units.{name} must be a non-empty list")
         for n in units[name]:
-            _int(n, f"units.{name}[]", 1, 1 << 20)
+            check_int(n, f"units.{name}[]", 1, 1 << 20)
     if len(units["n_ov"]) != len(units["d_sae"]):
         raise ValueError("units.n_ov and units.d_sae have different lengths")
     if header.get("concepts") != list(CONCEPTS):
@@ -479,11 +473,11 @@ def _check_header(header) -> tuple[Layout, dict]:
     meta = header.get("meta")
     if not isinstance(meta, dict):
         raise ValueError("meta must be an object")
-    rows = _int(meta.get("rows"), "meta.rows", 1, 1 << 24)
-    _int(meta.get("rows_done"), "meta.rows_done", 0, rows)
-    _int(meta.get("n_ctx"), "meta.n_ctx", 2, 1 << 16)
-    _int(meta.get("batch_rows"), "meta.batch_rows", 1)
-    _int(meta.get("seed"), "meta.seed", -(2**63), 2**63 - 1)
+    rows = check_int(meta.get("rows"), "meta.rows", 1, 1 << 24)
+    check_int(meta.get("rows_done"), "meta.rows_done", 0, rows)
+    check_int(meta.get("n_ctx"), "meta.n_ctx", 2, 1 << 16)
+    check_int(meta.get("batch_rows"), "meta.batch_rows", 1)
+    check_int(meta.get("seed"), "meta.seed", -(2**63), 2**63 - 1)
     if meta.get("mode") not in MODES:
         raise ValueError(f"meta.mode must be one of {MODES}")
     seconds = meta.get("seconds")

@@ -98,7 +98,8 @@ def _check_layout(expected: dict, found: dict) -> None:
             raise ValueError(f"{name} is stored as {found[name].get_dtype()}, not {dtype}")
 
 
-def _check_int(value, name: str, low: int, high: int | None = None) -> int:
+def check_int(value, name: str, low: int, high: int | None = None) -> int:
+    """``value``, an integer from ``low`` (to ``high``), or a ValueError naming it."""
     if type(value) is not int or value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in {low}..{high}"
         raise ValueError(f"{name} must be an integer {bound}, not {value!r}")
@@ -126,26 +127,26 @@ def check_header_meta(header: dict) -> tuple[Units, dict, list[int]]:
     units, meta, n_qk = header.get("units"), header.get("meta"), header.get("n_qk")
     if not isinstance(units, dict) or set(units) != {"d_vocab", "n_ov", "d_sae"}:
         raise ValueError("units must be an object with d_vocab, n_ov and d_sae")
-    _check_int(units["d_vocab"], "units.d_vocab", 1, 1 << 24)
+    check_int(units["d_vocab"], "units.d_vocab", 1, 1 << 24)
     for name in ("n_ov", "d_sae"):
         sizes = units[name]
         if not isinstance(sizes, list) or not 0 < len(sizes) <= 1024:
             raise ValueError(f"units.{name} must be a non-empty list")
         for size in sizes:
-            _check_int(size, f"units.{name}[]", 1, 1 << 24)
+            check_int(size, f"units.{name}[]", 1, 1 << 24)
     if len(units["n_ov"]) != len(units["d_sae"]):
         raise ValueError("units.n_ov and units.d_sae have different lengths")
     if not isinstance(n_qk, list) or len(n_qk) != len(units["n_ov"]):
         raise ValueError("n_qk must list the QK heads of every block")
     for n, n_ov in zip(n_qk, units["n_ov"], strict=True):
-        _check_int(n, "n_qk[]", 1, n_ov)
+        check_int(n, "n_qk[]", 1, n_ov)
     if not isinstance(meta, dict):
         raise ValueError("meta must be an object")
-    rows = _check_int(meta.get("rows"), "meta.rows", 1, MAX_ROWS)
-    _check_int(meta.get("rows_done"), "meta.rows_done", 0, rows)
-    _check_int(meta.get("n_ctx"), "meta.n_ctx", 2)
-    _check_int(meta.get("seed"), "meta.seed", -(2**63), 2**63 - 1)
-    _check_int(meta.get("qk_units"), "meta.qk_units", 1, 1 << 16)
+    rows = check_int(meta.get("rows"), "meta.rows", 1, MAX_ROWS)
+    check_int(meta.get("rows_done"), "meta.rows_done", 0, rows)
+    check_int(meta.get("n_ctx"), "meta.n_ctx", 2)
+    check_int(meta.get("seed"), "meta.seed", -(2**63), 2**63 - 1)
+    check_int(meta.get("qk_units"), "meta.qk_units", 1, 1 << 16)
     if meta.get("mode") not in MODES or meta.get("split") != SPLIT:
         raise ValueError(f"meta.mode must be one of {MODES} and meta.split {SPLIT!r}")
     seconds = meta.get("seconds", 0.0)
@@ -161,7 +162,7 @@ def finished_layout(header: dict) -> dict:
     units, meta, n_qk = check_header_meta(header)
     if meta["rows_done"] != meta["rows"]:
         raise ValueError("meta.rows_done must equal meta.rows in a finished file")
-    _check_int(meta.get("top_k"), "meta.top_k", 1)
+    check_int(meta.get("top_k"), "meta.top_k", 1)
     n_target, n_source = units.total - units.start(1), units.start(units.logit_stage)
     G, N = sum(n_qk), meta["qk_units"]
     f32, i32 = "F32", "I32"

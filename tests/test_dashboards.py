@@ -598,8 +598,11 @@ def test_write_file_refuses_what_read_file_would(setup):
             D.write_file(path, D.Dashboards(dash.layout, state, dash.meta))
         assert str(info.value).startswith(f"dashboards not written to {path}: ")
         assert path.read_bytes() == before
+    rows = dash.meta["rows"]
     for meta, message in (
         ({"seconds": -1.0}, "meta.seconds must be a finite number"),
+        # the bound above said (it said ">= 0, not 12" of 12 rows done of 11)
+        ({"rows_done": rows + 1}, f"meta.rows_done must be an integer in 0..{rows}, not "),
         ({"identity": {"model": None}}, "meta.identity must be an object with model, replacement"),
         ({"identity": dict.fromkeys(("model", "replacement", "tokenizer"), 1)},
          "meta.identity values must be strings or null"),

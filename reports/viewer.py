@@ -272,6 +272,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
                   for p in summary.paths],
         "groups": [
             {"key": g.key, "name": g.name, "kind": g.kind,
+             "supernode": f"{g.key} {g.name}",  # its name as a supernode
              "members": [m for m in g.members if m in known],
              "flow": {k: _num(v) for k, v in g.flow.items()}, "concept": g.concept,
              "brings": {t.node: carried_text(g, t.node) for t in summary.targets
@@ -676,7 +677,7 @@ def summary_supernodes(summary: dict) -> list[list[str]]:
     feature groups (``mechanisms_data``'s, their members in this graph), each of two members
     or more, named by key and name (``g3 L0 14 heads @10 -> 'ak'@9``): the page draws the
     groups the summary reads and checks, as its text names them. Groups share no node."""
-    return [[f"{g['key']} {g['name']}", *g["members"]] for g in summary["groups"]
+    return [[g["supernode"], *g["members"]] for g in summary["groups"]
             if g["kind"] in ("lorsa", "transcoder") and len(g["members"]) >= 2]  # fmt: skip
 
 

@@ -1462,7 +1462,7 @@
       const members = g.members.map((id) => byId.get(id)).filter((i) => i !== undefined);
       if (members.length >= 2) {
         li.append(el("button", { type: "button", class: "mech-group",
-          onclick: () => addGroup(members, g.key + " " + g.name) }, "Draw as a supernode"));
+          onclick: () => addGroup(members, g.supernode) }, "Draw as a supernode"));
       }
       entries.set(g.key, li);
       return li;

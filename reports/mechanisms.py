@@ -72,13 +72,13 @@ NO_MOVER = (
 # raising the side most, the one whose ablation lowers the attention most through that side
 # (a reviewer read "written most by" over a group 4th of 4 by score and +0.018 of -0.77)
 QK_SOURCES_WHAT = "what makes it attend there"
-QK_SOURCES = (
-    f"{QK_SOURCES_WHAT} (of the head groups raising each side of its QK score most and those "
-    "at that side's position, the one whose ablation lowers its attention most through that "
-    "side)"
+_QK_SOURCES = (
+    QK_SOURCES_WHAT + " (of the head groups raising each side of its QK score most{}, the one "
+    "whose ablation lowers its attention most through that side)"
 )
+QK_SOURCES = _QK_SOURCES.format(" and those at that side's position")
 # the same for files written before the groups at a side's position were tested
-QK_SOURCES_RAISERS = QK_SOURCES.replace(" and those at that side's position", "")
+QK_SOURCES_RAISERS = _QK_SOURCES.format("")
 # without checks nothing was ablated: a side's source is its largest raiser (a reviewer read
 # "whose ablation lowers its attention most" on a --no-checks summary)
 QK_SOURCES_UNCHECKED = (

@@ -12,6 +12,8 @@ each block its Lorsa row and its transcoder row, and the logits on top; columns 
 positions something is drawn at. A (stage, position) cell with many nodes stacks them into
 several rows, as many as keep the picture about as wide as tall, ordered by where their
 neighbours are. Positions are computed here and pinned, so Graphviz only routes edges.
+The page's viewer lays out its own drawing by these rules (viewer.js, ``layout``), in its own
+measures: pixels and the browser's font, where this layout has inches and Helvetica's widths.
 """
 
 from __future__ import annotations

@@ -440,9 +440,12 @@
     else { w = tw + 14; h = th + 8; }
     return [Math.max(w, 34), Math.max(h, 22)];
   }
-  // Rows are stages bottom to top, columns the positions something is drawn at (reports.layout:
-  // a full cell wraps into rows so the picture keeps about the canvas's aspect; within a cell,
-  // nodes are ordered by the mean x of their neighbours, sweeping up and down).
+  // Rows are stages bottom to top, columns the positions something is drawn at, as in
+  // reports.layout: a full cell wraps into rows, its nodes dealt round-robin over them and
+  // ordered by the mean x of their neighbours, sweeping up and down. The measures are the
+  // page's own (px, the canvas's font, each box as wide as its text), and so are two lanes of
+  // tokens, the logits spread over the drawing and a wrap that fits the room at the largest
+  // zoom, where the Graphviz drawing aims at an aspect (TARGET_ASPECT).
   function layout(v) {
     const drawn = v.items.map((_, k) => k).filter((k) => v.items[k].drawn);
     for (const k of drawn) v.items[k].size = nodeSize(v.items[k].kind, v.items[k].lines);

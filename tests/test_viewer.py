@@ -863,6 +863,21 @@ def test_text_from_the_graph_is_never_markup(browser, tmp_path):
     assert "ab<U+202E>cd" in panel and "\u202e" not in panel
 
 
+def test_the_panel_writes_a_token_as_the_labels_do(browser, tmp_path):
+    """A token in the panel reads as in the boxes, the table and the printed summary (Python's
+    repr): a newline as '\\n', where it was a line break that the page shows as a space (a
+    researcher's target '\\n', p 0.988, headed the Mechanisms panel as "' ' = 15.41"), a
+    backslash doubled, a token holding a quote in the other quotes."""
+    graph = make_graph()
+    graph.token_strings = ["<|bos|>", "\n", "a\\b", "it's"]
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    for node, pos in (("E_4_1", 1), ("E_6_2", 2), ("E_9_3", 3)):
+        click_node(browser, node)
+        assert f"\n{pos} {graph.token_strings[pos]!r}\n" in panel_text(browser), node
+
+
 def test_a_real_trace_opens_and_explains_its_logit(browser, tmp_path):
     from circuits.attribution import attribute
     from circuits.prune import prune_graph

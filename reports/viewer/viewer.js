@@ -119,7 +119,15 @@
   const measure = document.createElement("canvas").getContext("2d");
   measure.font = FONT;
   const textWidth = (s) => measure.measureText(s).width;
-  const quote = (t) => "'" + shown(t) + "'";
+  // A token as Python's repr writes it, as the boxes, the table and the printed summary do: a
+  // newline as \n (raw, the page showed it as a space: a researcher's target '\n' read as
+  // ' '), a backslash doubled, a token holding ' (and no ") in double quotes.
+  const quote = (t) => {
+    const s = String(t).replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/\r/g, "\\r")
+      .replace(/\t/g, "\\t");
+    return s.includes("'") && !s.includes('"') ? '"' + shown(s) + '"'
+      : "'" + shown(s.replace(/'/g, "\\'")) + "'";
+  };
 
   // ------------------------------------------------------------------------------------ state
   const state = {

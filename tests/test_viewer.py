@@ -863,6 +863,27 @@ def test_text_from_the_graph_is_never_markup(browser, tmp_path):
     assert "ab<U+202E>cd" in panel and "\u202e" not in panel
 
 
+def test_a_dashboard_example_shows_its_newlines(browser, tmp_path):
+    """A newline token in an example shows as ↵ before its line break: an activating newline
+    was an empty box between two words, read as a space (a layer-0 head's top example on a
+    trace of mine, "second▯fourth"), and a line break alone looks like the panel's wrapping."""
+    dashboards = json.loads(json.dumps(DASHBOARDS))
+    dashboards["0_5"]["examples"] = [
+        {"group": "top", "tokens": ["<|bos|>", "second", "\n", "fourth", ".\n\n"], "at": 2,
+         "activation": 2.5, "acts": [0, 0, 2.5, 0, 0], "keys": [[4, 1.0]]},
+    ]  # fmt: skip
+    path = tmp_path / "graph.html"
+    write_html(make_graph(), path, None, dashboards=dashboards)
+    open_page(browser, path)
+    click_node(browser, "0_5_2")
+    shown = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel .example > *')].map(e => e.textContent)"
+    )
+    assert shown == ["2.5", "<|bos|>", "second", "↵\n", "fourth", ".↵\n↵\n"]
+    mark = "document.querySelector('#viewer .panel .example mark')"
+    assert browser.evaluate(f"getComputedStyle({mark}).whiteSpace") == "pre-wrap"
+
+
 def test_the_panel_writes_a_token_as_the_labels_do(browser, tmp_path):
     """A token in the panel reads as in the boxes, the table and the printed summary (Python's
     repr): a newline as '\\n', where it was a line break that the page shows as a space (a

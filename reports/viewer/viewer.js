@@ -1701,7 +1701,10 @@
     const maxKey = keys.size ? Math.max(1e-12, ...[...keys.values()].map(Math.abs)) : 0;
     const line = el("div", { class: "example" });
     if (ex.activation != null) line.append(el("span", { class: "act" }, fmt(ex.activation, 3)));
-    ex.tokens.forEach((t, j) => {
+    ex.tokens.forEach((token, j) => {
+      // a newline as ↵ before its line break: alone, an activating newline was an empty box
+      // between two words (read as a space), and a break looks like the panel's wrapping
+      const t = token.replace(/\n/g, "\u21b5\n");
       const span = j === ex.at ? el("mark", { title: "activating token" }, t) : el("span", {}, t);
       if (j !== ex.at && ex.acts && ex.acts[j] > 0) span.style.background = `rgba(253,141,60,${(0.6 * ex.acts[j]) / maxAct})`;
       if (keys.has(j)) {

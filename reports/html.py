@@ -44,6 +44,7 @@ h1 { font-size: 1.4em; margin: 0 0 0.4em; } h2 { font-size: 1.15em; margin-top: 
 .tokens { display: flex; flex-wrap: wrap; gap: 4px; }
 .tok { border: 1px solid #999; border-radius: 3px; padding: 2px 5px; background: #f7f7f7;
        font-family: Menlo, Consolas, monospace; white-space: pre; }
+.prompt { white-space: pre-wrap; }
 .tok sub { color: #888; font-family: Helvetica, Arial, sans-serif; margin-right: 3px; }
 table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; text-align: left; }
@@ -206,16 +207,19 @@ def _default_title(graph: Graph) -> str:
 
 
 # ---------------------------------------------------------------------------------- sections
+# A token box draws a newline and a tab as these (a bare line break draws nothing, so a
+# newline's box was as blank as a space's); the box's tooltip gives the token's exact text.
+BOX_MARKS = str.maketrans({"\n": "\u21b5", "\t": "\u21e5"})
+
+
 def _prompt_html(graph: Graph) -> str:
     boxes = [
-        f'<span class="tok" title="token id {escape(str(tok))}"><sub>{p}</sub>{escape(text)}</span>'
+        f'<span class="tok" title="token id {escape(str(tok))}: {escape(repr(text))}"><sub>{p}'
+        f"</sub>{escape(text.translate(BOX_MARKS))}</span>"
         for p, (tok, text) in enumerate(zip(graph.tokens, graph.token_strings, strict=False))
     ]
-    return (
-        f'<p>{escape(graph.prompt)}</p>\n<div class="tokens">{"".join(boxes)}</div>'
-        if boxes
-        else f"<p>{escape(graph.prompt)}</p>"
-    )
+    prompt = f'<p class="prompt">{escape(graph.prompt)}</p>'
+    return f'{prompt}\n<div class="tokens">{"".join(boxes)}</div>' if boxes else prompt
 
 
 def _global_html(graph: Graph) -> str:

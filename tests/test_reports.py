@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 import shutil
 import subprocess
@@ -837,3 +838,20 @@ def test_an_error_results_count_too_large_is_refused_in_a_short_line():
     with pytest.raises(ValueError, match=r"dense_tokens\[0\]\.count: expected a number in") as e:
         check_results(d)
     assert len(str(e.value)) < 200
+
+
+def test_the_prompts_token_boxes_tell_a_newline_from_a_space(tmp_path):
+    """A newline token's box shows ↵ (a tab's ⇥), its exact text in the tooltip: the box held a
+    bare line break, which draws nothing, so on a prompt of mine ('...=83\\nLeo: ...') the
+    newline's box was as blank as a space's; the prompt above the boxes keeps its lines."""
+    graph = make_graph()
+    graph.prompt = "a\nb\tc d"
+    graph.token_strings = ["<|bos|>", "\n", "\t", " "]
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    text = path.read_text(encoding="utf-8")
+    boxes = re.findall(r'<span class="tok" title="([^"]*)"><sub>\d+</sub>([^<]*)</span>', text)
+    assert [box for _, box in boxes] == ["&lt;|bos|&gt;", "↵", "⇥", " "]
+    titles = [html.unescape(title) for title, _ in boxes]
+    assert titles[1:] == ["token id 4: '\\n'", "token id 6: '\\t'", "token id 9: ' '"]
+    assert '<p class="prompt">a\nb\tc d</p>' in text and ".prompt { white-space: pre-wrap" in text

@@ -212,10 +212,15 @@ def _default_title(graph: Graph) -> str:
 BOX_MARKS = str.maketrans({"\n": "\u21b5", "\t": "\u21e5"})
 
 
+def box_text(token: str) -> str:
+    """A token's text for a box (``.tok``), escaped, a newline and a tab drawn (``BOX_MARKS``)."""
+    return escape(token.translate(BOX_MARKS))
+
+
 def _prompt_html(graph: Graph) -> str:
     boxes = [
         f'<span class="tok" title="token id {escape(str(tok))}: {escape(repr(text))}"><sub>{p}'
-        f"</sub>{escape(text.translate(BOX_MARKS))}</span>"
+        f"</sub>{box_text(text)}</span>"
         for p, (tok, text) in enumerate(zip(graph.tokens, graph.token_strings, strict=False))
     ]
     prompt = f'<p class="prompt">{escape(graph.prompt)}</p>'
@@ -370,7 +375,7 @@ def _qk_html(graph: Graph, labels: list[str], attributions: list[QKAttribution],
             )
         if graph.positional:
             where = (
-                f'key pos {a.key} <span class="tok">{escape(key_token)}</span>, '
+                f'key pos {a.key} <span class="tok">{box_text(key_token)}</span>, '
                 f"attention {a.attention:.3g}, score {a.score:+.3g} (rest {a.rest:+.3g})"
             )
         else:  # a global graph's record: no positions, an expected score lift per firing

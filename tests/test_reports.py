@@ -855,3 +855,4 @@ def test_the_prompts_token_boxes_tell_a_newline_from_a_space(tmp_path):
     titles = [html.unescape(title) for title, _ in boxes]
     assert titles[1:] == ["token id 4: '\\n'", "token id 6: '\\t'", "token id 9: ' '"]
     assert '<p class="prompt">a\nb\tc d</p>' in text and ".prompt { white-space: pre-wrap" in text
+    assert 'key pos 1 <span class="tok">↵</span>' in text  # a QK record's key, in such a box

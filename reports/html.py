@@ -195,8 +195,9 @@ def _default_title(graph: Graph) -> str:
     def clipped(text: str) -> str:
         return text if len(text) <= 80 else text[:79] + "…"
 
-    if graph.positional or not graph.n_nodes:
-        return "Attribution graph" + (f": {clipped(graph.prompt)}" if graph.prompt else "")
+    if graph.positional or not graph.n_nodes:  # its newlines and tabs drawn, as in the boxes
+        prompt = graph.prompt.translate(BOX_MARKS)  # (a heading shows them as spaces)
+        return "Attribution graph" + (f": {clipped(prompt)}" if prompt else "")
     direction = graph.settings.get("direction")
     if direction not in ("upstream", "downstream") or not bool(graph.target_weight.any()):
         return "Global graph"

@@ -856,3 +856,6 @@ def test_the_prompts_token_boxes_tell_a_newline_from_a_space(tmp_path):
     assert titles[1:] == ["token id 4: '\\n'", "token id 6: '\\t'", "token id 9: ' '"]
     assert '<p class="prompt">a\nb\tc d</p>' in text and ".prompt { white-space: pre-wrap" in text
     assert 'key pos 1 <span class="tok">↵</span>' in text  # a QK record's key, in such a box
+    # the heading and the window's title draw them too (an h1 shows a line break as a space)
+    assert "<h1>Attribution graph: a↵b⇥c d</h1>" in text
+    assert "<title>Attribution graph: a↵b⇥c d</title>" in text

@@ -361,9 +361,12 @@ def node_spec(spec: str) -> tuple[str, int, int, int]:
     from .nodes import TARGET_KINDS, target_kind  # light: an enum
 
     parts = spec.split(":")
-    numbers = whole_numbers(parts[1:]) if len(parts) == 4 else None
-    if numbers is None:
+    if len(parts) != 4:
         raise UserError(f"--target-node {spec!r}: expected KIND:LAYER:POS:INDEX")
+    numbers = whole_numbers(parts[1:])
+    if numbers is None:  # a reviewer's position of -1 was told only the form
+        raise UserError(f"--target-node {spec!r}: LAYER, POS and INDEX are whole numbers "
+                        "from 0, in digits (KIND:LAYER:POS:INDEX)")  # fmt: skip
     try:
         target_kind(parts[0])
     except ValueError:

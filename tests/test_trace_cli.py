@@ -668,7 +668,8 @@ def test_a_users_staging_folder_and_a_bad_target_node_are_refused_before_the_wor
     code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out))
     assert code == 2 and err.count("\n") == 1 and ".writing is in the way" in err and not stdout
     assert (out / ".writing" / "notes.txt").read_text() == "mine"
-    for spec, message in (("lorsa:1:x:0", "expected KIND:LAYER:POS:INDEX"),
+    numbers = "LAYER, POS and INDEX are whole numbers from 0, in digits"
+    for spec, message in (("lorsa:1:x:0", numbers), ("lorsa:2:-1:429", numbers),
                           ("lorsa:1:2", "expected KIND:LAYER:POS:INDEX"),
                           ("head:1:2:3", "the kind must be one of lorsa, transcoder")):  # fmt: skip
         code, _, err = trace(capsys, "--prompt", PROMPT, "--target-node", spec,

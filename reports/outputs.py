@@ -47,6 +47,7 @@ from typing import TypeVar
 from circuits.graph import Graph
 from circuits.neuronpedia import to_json
 from toy_models.files import (
+    SetRecord,
     WriteError,
     earlier_record,
     earlier_set,
@@ -56,7 +57,6 @@ from toy_models.files import (
     make_dir,
     release_lock,
     set_record_name,
-    swap_directory,
     take_lock,
     write_json_atomic,
     write_set_record,
@@ -88,6 +88,9 @@ LOCK_FILE = ".writing.lock"  # inside ``out``: the process id of the run writing
 # Inside ``STAGING_DIR``: marks it as a run's, so a leftover one (a killed run's) is removed and
 # a user's folder of that name refused (``toy_models.files.fresh_directory``).
 STAGING_MARK = ".staging-mark"
+# Inside ``STAGING_DIR``: the earlier set's entries, moved aside while the new set moves in
+# (``_move_into_place``), put back if it fails, deleted once it is whole.
+PREVIOUS_DIR = ".previous"
 
 
 # Every name a run's output set can hold in ``out``; nothing else there is ever touched (the
@@ -229,9 +232,14 @@ def _writing_lock(out: Path) -> Iterator[None]:
 
 
 def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
-    """Replace ``out``'s output set by the one written in ``stage``: each new entry moved in
-    (a directory by ``swap_directory``, so one version exists at every moment), then the
-    entries the earlier set recorded that this one does not replace removed, one note each.
+    """Replace ``out``'s output set by the one written in ``stage``: each earlier entry of a
+    new entry's name moved aside into the stage (``PREVIOUS_DIR``) and the new one moved in, so
+    one version exists at every moment, then the entries the earlier set recorded that this
+    one does not replace moved aside too, one note each; the earlier versions are deleted only
+    once the whole set is in place. A rename that fails among them (a file of the set that
+    cannot be replaced: immutable, a mount point, another user's in a sticky folder) puts
+    every entry moved so far back and the earlier record with them, so the run fails with the
+    earlier set whole: it left one run's graph beside another's page (a robustness pass).
     Anything in ``out`` that is not the earlier set's (``earlier_set``), and a name held by
     the other kind of entry (a directory named ``graph.html``), are refused before anything
     moves; so is a recorded directory holding a file its run did not write (a directory is
@@ -250,28 +258,54 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
     entries = {**earlier.entries, **written}
     both = {name: sorted({*paths, *files.get(name, [])})
             for name, paths in earlier.files.items() if entries[name] == "directory"}  # fmt: skip
-    notes = []
+    gone = [name for name in sorted(set(earlier.entries) - set(written))
+            if os.path.lexists(out / name)]  # fmt: skip
+    previous = stage / PREVIOUS_DIR  # the earlier versions, ours: a ``graph.json.old`` or
+    previous.mkdir()  # a ``features.old`` beside them in ``out`` may be the user's
+    had_record = os.path.lexists(out / kind.record)
+    aside: list[str] = []  # the earlier entries moved into ``previous``
+    placed: list[Path] = []  # the new entries moved into ``out``
     with interrupts_deferred():  # a Ctrl-C among the renames would leave two runs' files
         write_set_record(out, kind.mark, entries, {**files, **both}, kind.by)
-        for entry in new:
-            if entry.is_dir():  # the previous version aside in the stage, ours: a
-                # ``features.old`` beside it in ``out`` may be the user's
-                swap_directory(entry, out / entry.name, aside=stage / f".{entry.name}.previous")
-            else:
+        try:
+            for entry in new:
+                if os.path.lexists(out / entry.name):
+                    os.replace(out / entry.name, previous / entry.name)
+                    aside.append(entry.name)
                 os.replace(entry, out / entry.name)
-        for name in sorted(set(earlier.entries) - set(written)):
-            entry = out / name
-            if not os.path.lexists(entry):
-                continue
-            if earlier.entries[name] == "directory":
-                shutil.rmtree(entry)  # holds only what its run wrote: ``earlier_record`` checked
-            else:
-                entry.unlink()
-            notes.append(f"removed {entry} of an earlier run")
-        write_set_record(out, kind.mark, written, files, kind.by)
+                placed.append(entry)
+            for name in gone:
+                os.replace(out / name, previous / name)
+                aside.append(name)
+            write_set_record(out, kind.mark, written, files, kind.by)
+        except OSError:
+            _put_back(out, previous, placed, aside, kind, earlier if had_record else None)
+            raise
+    shutil.rmtree(previous)
     (stage / STAGING_MARK).unlink()
     stage.rmdir()
-    return notes
+    return [f"removed {out / name} of an earlier run" for name in gone]
+
+
+def _put_back(
+    out: Path, previous: Path, placed: list[Path], aside: list[str], kind: OutputSet,
+    earlier: SetRecord | None,
+) -> None:  # fmt: skip
+    """Undo a ``_move_into_place`` that failed among its renames: the new entries ``placed``
+    back into the stage (whose clean-up removes them), the earlier ones ``aside`` back into
+    ``out``, and the earlier record (``earlier``; None: there was none, and the one written
+    goes). Each step is tried whatever the others do."""
+    for entry in reversed(placed):
+        with contextlib.suppress(OSError):
+            os.replace(out / entry.name, entry)
+    for name in reversed(aside):
+        with contextlib.suppress(OSError):
+            os.replace(previous / name, out / name)
+    with contextlib.suppress(OSError):
+        if earlier is None:
+            (out / kind.record).unlink()
+        else:
+            write_set_record(out, kind.mark, earlier.entries, earlier.files, earlier.by)
 
 
 def _write_set(

@@ -183,6 +183,53 @@ def test_a_set_records_what_it_wrote_and_replaces_only_that(tmp_path):
         "graph.json": "file", "graph.svg": "file"}  # fmt: skip
 
 
+@pytest.mark.parametrize("fails", ["graph.svg", "graph.json", "graph.pdf", ".graph-set.json"])
+def test_a_rename_that_fails_among_the_sets_leaves_the_earlier_set_whole(
+    tmp_path, monkeypatch, fails
+):
+    """Found by a robustness pass: a file of the set that cannot be replaced (immutable, a
+    mount point, another user's in a sticky folder) failed its rename after the entries before
+    it had moved, so the run ended in an error with the new run's features/ and graph.json
+    beside the earlier run's graph.svg. Any rename that fails while the set moves (the earlier
+    set's own entries moved aside, the new ones in, an entry no longer written moved out, the
+    final record) puts every entry and the earlier record back: the earlier set stays whole,
+    no staging directory is left, and the next run goes through."""
+    import errno
+
+    from reports.outputs import OutputSet, write_set
+    from toy_models.files import WriteError
+
+    def fill(stage: Path, run: str, names: tuple[str, ...]) -> None:
+        for name in names:
+            (stage / name).write_text(f"{run} {name}")
+        (stage / "features").mkdir()
+        (stage / "features" / f"{run}.json").write_text(run)
+
+    out, kind = tmp_path / "out", OutputSet(SET_NAMES, "graph.json")
+    write_set(out, kind, partial(fill, run="first", names=("graph.json", "graph.pdf", "graph.svg")))
+    before = snapshot(out)
+    real, seen = os.replace, []
+
+    def replace(src, dst):  # the fault: ``fails`` cannot be replaced, moved or (re)written
+        if Path(dst).name == fails or Path(src).parent == out and Path(src).name == fails:
+            seen.append(Path(dst).name)
+            if fails != ".graph-set.json" or len(seen) == 2:  # the record: its final write
+                raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    second = partial(fill, run="second", names=("graph.json", "graph.svg"))  # no pdf: removed
+    with pytest.raises(WriteError, match="Operation not permitted"):
+        write_set(out, kind, second)
+    monkeypatch.undo()
+    assert snapshot(out) == before
+    _, notes = write_set(out, kind, second)
+    assert notes == [f"removed {out / 'graph.pdf'} of an earlier run"]
+    assert sorted(snapshot(out)) == [".graph-set.json", "features", "features/second.json",
+                                     "graph.json", "graph.svg"]  # fmt: skip
+    assert (out / "graph.svg").read_text() == "second graph.svg"
+
+
 @pytest.mark.parametrize(
     "case, message",
     [

@@ -642,6 +642,38 @@ def test_a_zoo_entry_that_is_a_link_is_replaced_not_followed(tmp_path):
     assert dangling.is_dir() and not dangling.is_symlink()
 
 
+def test_ctrl_c_between_a_swaps_renames_is_raised_when_the_swap_is_done(tmp_path, monkeypatch):
+    """Found by a robustness pass: a Ctrl-C between ``swap_directory``'s two renames, in a ship
+    (``toy_models.ship``, ``replacement.ship``), left the zoo entry missing: its earlier
+    version at ``NAME.old`` and the new one removed with the ship's temporary directory, so
+    the model did not load until shipped again. The renames end first (``interrupts_deferred``),
+    then the Ctrl-C is raised: the entry is the new one, whole, and nothing is left beside it."""
+    import signal
+
+    from toy_models.files import cut_short
+    from toy_models.ship import ship_directory
+
+    zoo = tmp_path / "zoo"
+    (zoo / "tiny").mkdir(parents=True)
+    (zoo / "tiny" / "model.safetensors").write_text("old")
+    real = os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(src) == zoo / "tiny":  # the earlier entry moved aside: Ctrl-C now
+            signal.raise_signal(signal.SIGINT)
+
+    def write(tmp: Path) -> None:
+        (tmp / "model.safetensors").write_text("new")
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        ship_directory(zoo, "tiny", write, lambda tmp: {})
+    assert cut_short(zoo / "tiny") is None
+    assert (zoo / "tiny" / "model.safetensors").read_text() == "new"
+    assert sorted(p.name for p in zoo.iterdir()) == ["tiny"]
+
+
 def test_a_deeply_nested_record_and_a_huge_lock_pid_are_no_tracebacks(tmp_path):
     """Found by fuzz pass 22: a set record nested 100000 deep was a RecursionError traceback
     (read now through ``toy_models.records.parse_json``: not a record of this code), and a

@@ -247,20 +247,23 @@ def swap_directory(new: Path, dest: Path, aside: Path | None = None) -> None:
     ``aside``: another place for it, one of the caller's own (a ``NAME.old`` beside ``dest``,
     which this removes first, may be a user's folder where ``dest`` is among a user's files).
     A ``dest`` that is a symbolic link is replaced, link and all (``_remove``): what it points
-    to is never touched.
+    to is never touched. A Ctrl-C or SIGTERM during the renames is raised once they are done
+    (``interrupts_deferred``): between them it left a ship's zoo entry missing, the new version
+    removed with the ship's temporary directory (a robustness pass).
     """
     old = old_directory(dest) if aside is None else aside
-    try:
+    with interrupts_deferred():
+        try:
+            _remove(old)
+            if os.path.lexists(dest):
+                os.replace(dest, old)
+            os.replace(new, dest)
+        except OSError as exc:
+            if os.path.lexists(old) and not os.path.lexists(dest):
+                with contextlib.suppress(OSError):
+                    os.replace(old, dest)
+            raise WriteError(exc.errno, exc.strerror, str(dest)) from None
         _remove(old)
-        if os.path.lexists(dest):
-            os.replace(dest, old)
-        os.replace(new, dest)
-    except OSError as exc:
-        if os.path.lexists(old) and not os.path.lexists(dest):
-            with contextlib.suppress(OSError):
-                os.replace(old, dest)
-        raise WriteError(exc.errno, exc.strerror, str(dest)) from None
-    _remove(old)
 
 
 def cut_short(dest: Path) -> str | None:

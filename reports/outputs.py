@@ -267,20 +267,24 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
     placed: list[Path] = []  # the new entries moved into ``out``
     with interrupts_deferred():  # a Ctrl-C among the renames would leave two runs' files
         write_set_record(out, kind.mark, entries, {**files, **both}, kind.by)
+        moving = kind.record
         try:
             for entry in new:
+                moving = entry.name
                 if os.path.lexists(out / entry.name):
                     os.replace(out / entry.name, previous / entry.name)
                     aside.append(entry.name)
                 os.replace(entry, out / entry.name)
                 placed.append(entry)
-            for name in gone:
-                os.replace(out / name, previous / name)
-                aside.append(name)
+            for moving in gone:
+                os.replace(out / moving, previous / moving)
+                aside.append(moving)
             write_set_record(out, kind.mark, written, files, kind.by)
-        except OSError:
+        except OSError as exc:
             _put_back(out, previous, placed, aside, kind, earlier if had_record else None)
-            raise
+            if isinstance(exc, WriteError):  # the record's, named
+                raise
+            raise WriteError(exc.errno, exc.strerror, str(out / moving)) from None
     shutil.rmtree(previous)
     (stage / STAGING_MARK).unlink()
     stage.rmdir()

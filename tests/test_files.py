@@ -106,6 +106,22 @@ def test_a_killed_writers_temp_file_goes_and_a_live_ones_stays(tmp_path):
         live.wait()
 
 
+def test_a_lock_temp_file_a_killed_run_left_goes_with_the_next_lock(tmp_path):
+    """Found by a robustness pass: a run killed between writing its lock's temp file and
+    linking it into place (``take_lock``) left ``.writing.lock.HOST-PID-RANDOM.tmp`` in --out
+    (``.training.lock...`` in a run) for good, where a killed writer's other temp files go at
+    the next save. The next lock taken there removes it; the lock itself works as before."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    lock = tmp_path / ".writing.lock"
+    left = tmp_path / f".writing.lock.{files._HOST}-{int(done.stdout)}-0123abcd.tmp"
+    left.write_text(done.stdout)
+    files.take_lock(lock, "writing there")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".writing.lock"]
+    files.release_lock(lock)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_link_device_or_fifo_in_the_way_is_never_replaced(tmp_path):
     """Found by a fuzz pass: the atomic write renamed its temp file over whatever stood at the
     path, so ``--json /dev/null`` (as root) would have replaced the device, a FIFO became a

@@ -113,6 +113,7 @@ def take_lock(lock: Path, busy: str) -> None:
     no such run is active) where a live process holds it. A killed process's lock (its id gone,
     or reused by a process that started later), or a file no process could have written, is
     taken over. Released with ``release_lock``."""
+    remove_dead_temps(lock)  # a killed run's, cut between writing its temp file and the link
     mine = temp_path(lock)
     try:  # the temp file is removed whatever happens, a full disk while writing it too (a fuzz
         # pass found a 0-byte lock temp file left in --out for good, and "No space left on

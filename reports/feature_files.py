@@ -57,6 +57,7 @@ from circuits.graph import Graph
 from circuits.neuronpedia import SCHEMA_VERSION, feature_number
 from circuits.nodes import block_of, sublayer, unit_id
 from toy_models.files import (
+    WriteError,
     fresh_directory,
     swap_directory,
     write_bytes_atomic,
@@ -278,12 +279,19 @@ def write_feature_files(
         data = feature_file(checked[unit], dictionary, index)
         check_feature_file(data)
         files[feature_number(sublayer(stage), index)] = data
-    root = out / FEATURES_DIR
-    with fresh_directory(out / f"{FEATURES_DIR}.new") as new:
-        (new / name).mkdir()
-        for number, data in sorted(files.items()):  # compact: one file per unit adds up
-            text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            write_bytes_atomic(new / name / f"{number}.json", text.encode())
-        swap_directory(new, root)
+    root, new = out / FEATURES_DIR, out / f"{FEATURES_DIR}.new"
+    try:
+        with fresh_directory(new):
+            (new / name).mkdir()
+            for number, data in sorted(files.items()):  # compact: one file per unit adds up
+                text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                write_bytes_atomic(new / name / f"{number}.json", text.encode())
+            swap_directory(new, root)
+    except OSError as exc:  # the file named where it goes: a full disk named a features.new/
+        # folder that no run leaves (a robustness pass)
+        where = Path(str(exc.filename or ""))
+        if where != new and where.is_relative_to(new):
+            raise WriteError(exc.errno, exc.strerror, str(root / where.relative_to(new))) from None
+        raise
     write_json_atomic(out / INDEX_FILE, {"graphs": [index_entry(graph, name)]})
     return scan_of(name), [out / INDEX_FILE, root / name]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -303,6 +304,36 @@ def test_a_run_that_fails_half_way_leaves_the_earlier_set_whole(traced, tmp_path
         write_graph_outputs(graph, out, [], dashboards=None)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == {k: v for k, v in before.items() if k.name != "graph.html"}
+
+
+def test_a_full_disk_among_the_feature_files_names_the_file_where_it_goes(
+    traced, tmp_path, monkeypatch
+):
+    """Found by a robustness pass: a full disk while the feature files were written said
+    ``cannot write OUT/features.new/...``, a folder no run leaves (the feature files' own
+    temporary one). The line names the file in ``features/``; the earlier set stays whole."""
+    import errno
+
+    graph, views = traced
+    out = tmp_path / "t"
+    write_graph_outputs(graph, out, [], dashboards=views)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real, written = F.write_bytes_atomic, []
+
+    def full_disk(path, data):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        real(path, data)
+
+    monkeypatch.setattr(F, "write_bytes_atomic", full_disk)
+    with pytest.raises(OSError) as failed:
+        write_graph_outputs(graph, out, [], dashboards=views)
+    features = re.escape(str(out / F.FEATURES_DIR))
+    message = str(failed.value)
+    assert re.fullmatch(rf"cannot write {features}/[^/]+/\d+\.json: No space left on device",
+                        message), message  # fmt: skip
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_two_runs_never_write_into_one_directory_at_once(traced, tmp_path):

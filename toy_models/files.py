@@ -239,20 +239,18 @@ def interrupts_deferred() -> Iterator[None]:
         signal.raise_signal(signal.SIGTERM if signal.SIGTERM in caught else caught[0])
 
 
-def swap_directory(new: Path, dest: Path, aside: Path | None = None) -> None:
+def swap_directory(new: Path, dest: Path) -> None:
     """Put the complete directory ``new`` in the place of ``dest`` (which may not exist).
 
     ``dest`` is first moved aside to ``old_directory(dest)``, so a complete version exists at
     every moment; a crash between the two renames leaves it there (see
     ``toy_models.resumable``, which looks for it). A failed rename puts the old version back.
-    ``aside``: another place for it, one of the caller's own (a ``NAME.old`` beside ``dest``,
-    which this removes first, may be a user's folder where ``dest`` is among a user's files).
     A ``dest`` that is a symbolic link is replaced, link and all (``_remove``): what it points
     to is never touched. A Ctrl-C or SIGTERM during the renames is raised once they are done
     (``interrupts_deferred``): between them it left a ship's zoo entry missing, the new version
     removed with the ship's temporary directory (a robustness pass).
     """
-    old = old_directory(dest) if aside is None else aside
+    old = old_directory(dest)
     with interrupts_deferred():
         try:
             _remove(old)

@@ -237,7 +237,7 @@ def _global_html(graph: Graph) -> str:
     what = graph.settings.get("edge_weights")
     if not isinstance(what, str):
         return _prompt_html(graph)
-    text = (f"No prompt: each edge is a {what}, from exact local edges summed over a corpus "
+    text = (f"No prompt: each edge is the {what}, from exact local edges summed over a corpus "
             "sample.")  # fmt: skip
     if graph.settings.get("direction") == "downstream":
         text += (" An edge into a logit is summed where its token comes next, so it weighs how "

@@ -1172,10 +1172,14 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     # downstream, that an edge into a logit weighs how often its token follows
     from reports.html import _global_html
 
-    said = "No prompt: each edge is a mean input per target occurrence, from exact local edges"
+    said = "No prompt: each edge is the mean input per target occurrence, from exact local edges"
     assert f"<h2>Global graph</h2>\n<p>{said}" in page
-    down = dataclasses.replace(graph, settings={**graph.settings, "direction": "downstream"})
+    down = dataclasses.replace(graph, settings={**graph.settings, "direction": "downstream",
+                                                "edge_weights": "expected attribution per unit "
+                                                "of source activity"})  # fmt: skip
     assert "summed where its token comes next" in _global_html(down)
+    # read as a sentence: "each edge is a expected attribution" was printed downstream
+    assert "each edge is the expected attribution per unit of source activity" in _global_html(down)
     assert "summed where its token comes next" not in page
     code, out, err = cli(main, *args, "--out", tmp_path / "no-qk", "--no-qk")
     assert code == 0, err

@@ -248,7 +248,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
         print(_weaker_line(len(strongest.data) - N_STRONGEST))
     for line in _qk_lines(graph, labels):
         print(line)
-    print(_reliability_line(reliability))
+    print(_reliability_line(reliability, graph.n_edges))
     if fired < FEW_FIRINGS:  # the halves compare the graph's strongest edges, mostly not its own
         print(f"note: the start occurs {fired} times in the sample: its own edges rest on so "
               "few whatever the overlap says; gather more with --rows")  # fmt: skip
@@ -387,8 +387,14 @@ def _qk_lines(graph, labels: list[str]) -> list[str]:
 FEW_FIRINGS = 50  # a start unit firing fewer times in the sample is said to rest on few
 
 
-def _reliability_line(r: dict) -> str:
+def _reliability_line(r: dict, edges: int) -> str:
+    """The split-half line; ``edges``: the whole sample's graph's value edges. Where that
+    graph has none either (``--budget 1`` holds the start alone), the halves' having none says
+    nothing of the sample, and more rows would not give them any (a review: a head firing
+    1140 times was told to gather more)."""
     head = f"split-half reliability ({r['rows'][0]} + {r['rows'][1]} rows)"
+    if not r["compared"] and not edges:
+        return f"{head}: nothing to compare: the graph has no value edges (grow it: --budget)"
     if not r["compared"]:
         return f"{head}: a half's graph has no edges; gather more with --rows"
     return (

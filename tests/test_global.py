@@ -1213,6 +1213,23 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     assert units and set(data["dashboards"]) <= units and data["dashboards"]
 
 
+def test_reliability_line_says_when_no_graph_has_edges_whatever_the_rows():
+    """A graph without value edges (``--budget 1``: the start alone, none of its candidates an
+    end unit, as the default's L2 head 435, firing 1140 times) has halves without edges too,
+    which more rows would not change: it said "gather more with --rows" (a review)."""
+    from circuits.global_graph import _reliability_line
+
+    r = {"rows": [64, 64], "compared": 0, "shared": 0, "overlap": float("nan")}
+    assert _reliability_line(r, 0) == (
+        "split-half reliability (64 + 64 rows): nothing to compare: the graph has no value "
+        "edges (grow it: --budget)"
+    )
+    assert _reliability_line(r, 3) == (
+        "split-half reliability (64 + 64 rows): a half's graph has no edges; gather more with "
+        "--rows"
+    )
+
+
 def test_qk_circuit(replacement, units, stats):
     graph = qk_circuit(replacement, stats, 1, [4, 5], k=5, writers=2)
     (record,) = graph.qk

@@ -496,3 +496,15 @@ def test_heads_positions_and_counts_are_checked(random_model, make_replacement):
     ]:
         with pytest.raises(ValueError, match=match):
             S.firing_detail(replacement, ids, *args)
+
+
+def test_report_medians_of_an_even_count_are_the_mean_of_the_middle_two():
+    """The hosted heads' median of the default's 32 MHSA heads read 72, the upper of the two
+    middle values (71 and 72), and the slopes' medians the lower one (``Tensor.median``)."""
+    from reports.superposition import _median, _stats
+
+    assert _stats([46, 71, 72, 115]) == {"min": 46, "median": 71.5, "max": 115, "mean": 76.0}
+    assert _stats([1, 3, 3, 9])["median"] == 3 and _stats([5, 1, 2])["median"] == 2
+    assert _median(torch.tensor([1.0, 2.0, 4.0, 8.0])) == 3.0
+    assert _median(torch.tensor([1.0, 2.0, 4.0])) == 2.0
+    assert _median(torch.tensor([])) is None

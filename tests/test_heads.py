@@ -951,3 +951,20 @@ def test_the_circuits_statistics_folder_is_checked_before_they_are_gathered(
     monkeypatch.setattr(circuits.gathering, "gather_statistics", gathered)
     with pytest.raises(UserError, match="the induction circuit's statistics folder"):
         circuit_statistics(replacement, tokenizer, "tiny")
+
+
+def test_the_report_counts_heads_by_number_of_labels():
+    """heads.md says how many heads carry each number of labels and where the most-labelled
+    ones are (a reviewer read 'one layer-2 head carries seven labels' where sixteen did)."""
+    from reports.heads.config import HEAD_FAMILIES
+    from reports.heads.report import _labels_per_head
+
+    families = {f: {"heads": []} for f in HEAD_FAMILIES}
+    assert _labels_per_head({"families": families}) == "No head carries a label."
+    a, b, c = HEAD_FAMILIES[:3]
+    two = [{"layer": 2, "head": 5}, {"layer": 3, "head": 1}]
+    families[a]["heads"] = [*two, {"layer": 0, "head": 9}]
+    families[b]["heads"] = families[c]["heads"] = two
+    assert _labels_per_head({"families": families}) == (
+        "Labelled heads by number of labels: 1 label: 1, 3 labels: 2 (the 2 with 3: L2 1, L3 1)."
+    )

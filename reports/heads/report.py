@@ -3,6 +3,7 @@ the summary printed on the console. Reads only the ``results`` dictionary."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from reports.outputs import OutputSet
@@ -383,7 +384,23 @@ def _overlaps(results: dict) -> list[str]:
     for f in HEAD_FAMILIES:
         shared = ", ".join(f"{g} {n}" for g, n in results["overlaps"][f].items() if n)
         lines.append(f"| {f} | {shared or '-'} |")
-    return lines
+    return lines + ["", _labels_per_head(results)]
+
+
+def _labels_per_head(results: dict) -> str:
+    """How many labelled heads carry 1, 2, ... labels, and where the most-labelled ones are
+    (a reviewer read 'one layer-2 head carries seven labels' where sixteen did)."""
+    labels = Counter(
+        (h["layer"], h["head"]) for f in HEAD_FAMILIES for h in results["families"][f]["heads"]
+    )
+    if not labels:
+        return "No head carries a label."
+    per = Counter(labels.values())
+    most = max(per)
+    layers = Counter(layer for (layer, _), n in labels.items() if n == most)
+    where = ", ".join(f"L{layer} {n}" for layer, n in sorted(layers.items()))
+    counts = ", ".join(f"{k} label{'s' * (k > 1)}: {per[k]}" for k in sorted(per))
+    return f"Labelled heads by number of labels: {counts} (the {per[most]} with {most}: {where})."
 
 
 def _ablation_table(results: dict) -> list[str]:

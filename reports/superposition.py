@@ -141,9 +141,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--thresholds must be comma-separated numbers, got "
                         f"{args.thresholds!r}") from None  # fmt: skip
     refuse_repeats("--thresholds", args.thresholds, given)
+    outside = [t for t in args.thresholds.split(",") if not 0 < float(t) <= 1]
+    if outside:  # as written, not the parsed tuple ("got (1.5,)")
+        raise UserError(f"--thresholds must lie in (0, 1], got {', '.join(outside)}")
     args.thresholds = tuple(sorted(given))
-    if not args.thresholds or not all(0 < t <= 1 for t in args.thresholds):
-        raise UserError(f"--thresholds must lie in (0, 1], got {args.thresholds}")
     if not 0 < args.host_share <= 1:
         raise UserError(f"--host-share must lie in (0, 1], got {args.host_share}")
     if not 1 <= args.heads_docs <= 10_000:

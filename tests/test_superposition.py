@@ -304,7 +304,8 @@ def test_rows_are_checked(random_model, make_replacement):
         (["--model", "gpt5"], "unknown model 'gpt5'"),
         (["--rows", "0"], "--rows must be"),
         (["--min-fires", "0"], "--min-fires must be"),
-        (["--thresholds", "0.7,2"], "--thresholds"),
+        (["--thresholds", "0.7,2"], "--thresholds must lie in (0, 1], got 2"),
+        (["--thresholds", "1.5"], "--thresholds must lie in (0, 1], got 1.5"),  # not "(1.5,)"
         # a review: measured once without a word
         (["--thresholds", "0.5,0.50"], "--thresholds 0.5,0.50: 0.5 is given twice"),
         (["--host-share", "0"], "--host-share"),

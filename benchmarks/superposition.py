@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     R.check_args(cli_args)
     seconds: dict[str, float] = {}
     t0, c0 = time.perf_counter(), time.process_time()
-    results = R.analyse(replacement, tokenizer, cli_args, seconds)
+    labels = R.concept_labels(replacement, tokenizer, cli_args)  # as the report reads them
+    results = R.analyse(replacement, tokenizer, cli_args, seconds, labels)
     analysis_wall, analysis_cpu = time.perf_counter() - t0, time.process_time() - c0
     results |= {"model": args.model, "replacement": args.replacement or "shipped"}
     results["seconds"] = {k: round(v, 2) for k, v in seconds.items()}

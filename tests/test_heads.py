@@ -496,6 +496,9 @@ def test_a_ratio_to_a_random_control_of_about_nothing_is_not_printed():
     be about zero, and a missing ratio carries no unit."""
     assert _ratio_text(12.34, 0.01) == "12.3"
     assert _ratio_text(12.34, 0.01, unit="x random") == "12.3x random"
+    # a ratio that rounds to zero keeps its sign and first digit ("-0.0" read as nothing)
+    assert _ratio_text(-0.034, 0.01) == "-0.03" and _ratio_text(0.04, 0.01) == "0.04"
+    assert _ratio_text(0.0, 0.01) == "0.0"
     assert _ratio_text(4853543.8, RANDOM_FLOOR / 2) == "random ≈ 0"
     assert _ratio_text(-3.0, -RANDOM_FLOOR / 2) == "random ≈ 0"
     assert _ratio_text(None, 0.0, unit="x active") == "n/a"

@@ -158,7 +158,10 @@ def _ratio_text(ratio: float | None, random_mean: float | None, spec: str = ".1f
         return "n/a"
     if random_mean is not None and abs(random_mean) < RANDOM_FLOOR:
         return "random ≈ 0"
-    return format(ratio, spec) + unit
+    text = format(ratio, spec)
+    if ratio != 0 and float(text) == 0:  # "-0.0": a family whose zeroing lowered the loss
+        text = format(ratio, ".1g")  # (a reviewer's), or raised it a hair: its first digit
+    return text + unit
 
 
 def _md(text: str) -> str:

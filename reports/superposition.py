@@ -387,7 +387,8 @@ def worked_examples(replacement, tokenizer, result, layers: list[dict], args) ->
         shares = result.layers[l]
         units = []
         for i in picked:
-            unit = {k: info[i][k] for k in ("head", "fires", "families", "effective_heads")}
+            unit = {k: info[i][k] for k in ("head", "fires", "families", "effective_heads",
+                                            "from_heads", "bias", "against")}  # fmt: skip
             unit["share"] = info[i]["share"][h]
             unit["agreement"] = info[i]["agreement"][h]
             unit["other_hosts"] = [
@@ -599,14 +600,19 @@ def markdown(results: dict) -> str:
             f"### Layer {ex['layer']}, MHSA head {ex['mhsa_head']}: {ex['hosted']} Lorsa heads, "
             f"families {fams}",
             "",
-            "Each unit: its share carried by this head (other hosts), the attention mass its "
-            "pattern shares with this head's where it fires, its families and concept, and its "
-            "top firings: `[[firing token]]`, `<<the key it reads most>>`, its activation z, the "
-            "part this head carries there and the refit c (all heads' parts + the biases').",
+            "Each unit: its share carried by this head (other hosts); the slope its activation "
+            "has on all MHSA heads' parts together + on the biases' part (the two add up to the "
+            "refit slope), and in brackets the heads pulling against it (their negative slopes "
+            "as a fraction of the positive ones, which the shares are made of): a share of a "
+            "slope the heads carry little of, or that heads against it undo, is less than it "
+            "reads; the attention mass its pattern shares with this head's where it fires, its "
+            "families and concept, and its top firings: `[[firing token]]`, `<<the key it reads "
+            "most>>`, its activation z, the part this head carries there and the refit c (all "
+            "heads' parts + the biases').",
             "",
-            "| Lorsa head | share (others) | pattern agreement | families / concept | fires | "
-            "top firings |",
-            "|---|---|---|---|---|---|",
+            "| Lorsa head | share (others) | slope: heads + biases (against) | pattern agreement "
+            "| families / concept | fires | top firings |",
+            "|---|---|---|---|---|---|---|",
         ]
         for u in ex["units"]:
             others = ", ".join(f"h{g}: {v:.2f}" for g, v in u["other_hosts"]) or "-"
@@ -618,8 +624,9 @@ def markdown(results: dict) -> str:
                 f"{e['c_h'][ex['mhsa_head']]:.2f}, c={e['c']:.2f}"
                 for e in u["examples"]
             )  # fmt: skip
+            slope = f"{u['from_heads']:.2f} + {u['bias']:.2f} ({u['against']:.2f})"
             parts.append(
-                f"| L{ex['layer']}.{u['head']} | {u['share']:.2f} ({others}) | "
+                f"| L{ex['layer']}.{u['head']} | {u['share']:.2f} ({others}) | {slope} | "
                 f"{u['agreement']:.2f} | {label} | {u['fires']} | {firings} |"
             )
         parts.append("")

@@ -367,6 +367,20 @@ def test_cli_end_to_end_on_a_tiny_model(tiny_run, tiny_pretrained, make_layers, 
     for t, row in results["spread"].items():
         assert f"{row['fraction']:.1%}" in page, t
     assert "by its own measure, which this one need not match" in page
+    # each worked example's unit shows what its share is a share of: the heads' and the
+    # biases' slopes and the heads against it (a reviewer's L3.520 read "share 0.89" where the
+    # heads carried 0.47 of its slope, the biases 0.56, heads against it 0.51)
+    by_head = {h["head"]: h for h in measured}
+    rows = 0
+    for ex in (e for e in results["examples"] if e["layer"] == 0):
+        for u in ex["units"]:
+            h = by_head[u["head"]]
+            assert (u["from_heads"], u["bias"], u["against"]) == (
+                h["from_heads"], h["bias"], h["against"])  # fmt: skip
+            cell = f"| {h['from_heads']:.2f} + {h['bias']:.2f} ({h['against']:.2f}) |"
+            assert f"| L0.{u['head']} | " in page and cell in page
+            rows += 1
+    assert rows and "slope: heads + biases (against)" in page
     for name in ("superposition.png", "top_share.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp"))

@@ -10,7 +10,8 @@ With dashboards, circuit-tracer's feature files and viewer index are written bes
 The files are a set: they are written into a staging directory inside ``out`` first and moved
 into place (renames, which need no space) only when all of them are written, so a run that
 fails while writing (a full disk) leaves an earlier run's set as it was, never a mix of two
-prompts' files (only a kill inside the few renames could). Two runs writing into one
+prompts' files (a run killed inside the few renames leaves the earlier entries it moved aside
+in its staging directory, and the next run puts them back first). Two runs writing into one
 directory at once would share the staging directory, so a run holds ``out/.writing.lock``
 (its process id) while it writes; another finds it and is refused in one line (a killed
 run's lock is taken over). The staging directory holds a mark file (``STAGING_MARK``): a
@@ -57,6 +58,7 @@ from toy_models.files import (
     make_dir,
     release_lock,
     set_record_name,
+    staging_in_the_way,
     take_lock,
     write_json_atomic,
     write_set_record,
@@ -89,8 +91,10 @@ LOCK_FILE = ".writing.lock"  # inside ``out``: the process id of the run writing
 # a user's folder of that name refused (``toy_models.files.fresh_directory``).
 STAGING_MARK = ".staging-mark"
 # Inside ``STAGING_DIR``: the earlier set's entries, moved aside while the new set moves in
-# (``_move_into_place``), put back if it fails, deleted once it is whole.
+# (``_move_into_place``), put back if it fails (by the next run where this one was killed:
+# ``_put_back_killed``), renamed ``REPLACED_DIR`` once the new set is whole, then deleted.
 PREVIOUS_DIR = ".previous"
+REPLACED_DIR = ".replaced"
 
 
 # Every name a run's output set can hold in ``out``; nothing else there is ever touched (the
@@ -196,9 +200,11 @@ def write_set(out: Path, kind: OutputSet, fill: Callable[[Path], T]) -> tuple[T,
     make_dir(out)  # listed: a run stopped before its set is in place leaves no empty --out
     stage = out / STAGING_DIR
     try:
-        with _writing_lock(out), fresh_directory(stage, STAGING_MARK):
-            result = fill(stage)
-            notes = _move_into_place(stage, out, kind)
+        with _writing_lock(out):
+            notes = _put_back_killed(stage, out, kind)  # before its stage goes
+            with fresh_directory(stage, STAGING_MARK, keep=PREVIOUS_DIR):
+                result = fill(stage)
+                notes += _move_into_place(stage, out, kind)
     except OSError as exc:  # name the file the user will look for, not its staged copy
         name = Path(str(exc.filename or ""))
         if name != stage and name.is_relative_to(stage):
@@ -237,9 +243,11 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
     one version exists at every moment, then the entries the earlier set recorded that this
     one does not replace moved aside too, one note each; the earlier versions are deleted only
     once the whole set is in place. A rename that fails among them (a file of the set that
-    cannot be replaced: immutable, a mount point, another user's in a sticky folder) puts
-    every entry moved so far back and the earlier record with them, so the run fails with the
-    earlier set whole: it left one run's graph beside another's page (a robustness pass).
+    cannot be replaced: immutable, a mount point, another user's in a sticky folder), or any
+    other error there, puts every entry moved so far back and the earlier record with them, so
+    the run fails with the earlier set whole: it left one run's graph beside another's page (a
+    robustness pass). What a kill there leaves aside the next run puts back
+    (``_put_back_killed``); what cannot be put back keeps the stage for it.
     Anything in ``out`` that is not the earlier set's (``earlier_set``), and a name held by
     the other kind of entry (a directory named ``graph.html``), are refused before anything
     moves; so is a recorded directory holding a file its run did not write (a directory is
@@ -279,16 +287,49 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
             for moving in gone:
                 os.replace(out / moving, previous / moving)
                 aside.append(moving)
+            # the set whole: a run killed from here on leaves it (``_put_back_killed``)
+            os.replace(previous, stage / REPLACED_DIR)
+            moving = kind.record
             write_set_record(out, kind.mark, written, files, kind.by)
-        except OSError as exc:
+        except BaseException as exc:  # any: the stage's clean-up would delete ``previous``
+            with contextlib.suppress(OSError):  # the final record failed: not whole after all
+                if not os.path.lexists(previous):
+                    os.replace(stage / REPLACED_DIR, previous)
             _put_back(out, previous, placed, aside, kind, earlier if had_record else None)
-            if isinstance(exc, WriteError):  # the record's, named
+            if not isinstance(exc, OSError) or isinstance(exc, WriteError):  # the record's, named
                 raise
             raise WriteError(exc.errno, exc.strerror, str(out / moving)) from None
-    shutil.rmtree(previous)
+    shutil.rmtree(stage / REPLACED_DIR)
     (stage / STAGING_MARK).unlink()
     stage.rmdir()
     return [f"removed {out / name} of an earlier run" for name in gone]
+
+
+def _put_back_killed(stage: Path, out: Path, kind: OutputSet) -> list[str]:
+    """Put back the earlier set's entries that a run killed among its renames (no handler ran:
+    SIGKILL, the OOM killer, a power cut) left in its stage's ``PREVIOUS_DIR``, each in place of
+    the killed run's version there, if any (the set record lists both runs' entries then): the
+    stage is removed next, and with it they were lost, an entry moved aside and not yet
+    replaced missing from ``out`` for good. A run killed once its set was whole left none
+    there (``REPLACED_DIR``). A rename that fails is one line, the stage kept for the next."""
+    previous = stage / PREVIOUS_DIR
+    if staging_in_the_way(stage, STAGING_MARK) or previous.is_symlink() or not previous.is_dir():
+        return []
+    notes = []
+    for entry in sorted(previous.iterdir(), key=lambda e: e.name):
+        if entry.name not in kind.names:  # never anything but the set's own names
+            continue
+        target = out / entry.name
+        try:
+            if target.is_symlink() or (os.path.lexists(target) and not target.is_dir()):
+                target.unlink()
+            elif os.path.lexists(target):
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        except OSError as exc:
+            raise WriteError(exc.errno, exc.strerror, str(target)) from None
+        notes.append(f"put back {target} of an earlier run, which a killed run had moved aside")
+    return notes
 
 
 def _put_back(

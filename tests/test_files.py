@@ -316,33 +316,20 @@ def test_what_a_set_did_not_write_is_refused_and_nothing_is_touched(tmp_path, ca
     assert snapshot(out) == before
 
 
-def test_a_run_cut_short_among_its_renames_leaves_everything_it_moved_recorded(
-    tmp_path, monkeypatch
-):
+def test_a_run_cut_short_among_its_renames_leaves_everything_it_moved_recorded(tmp_path):
     """The record lists both sets' entries while the new set moves in, so a run killed among
-    the renames leaves nothing of its own unlisted: the next run replaces the mix whole."""
-    import os
-
+    the renames leaves nothing of its own unlisted: the next run replaces the mix whole (a
+    kill stands for it: any exception there puts the earlier set back, and a Ctrl-C waits)."""
     out = tmp_path / "out"
     write_a_set(out, ("graph.json", "graph.svg"))
-    replace = os.replace
-
-    def killed_at_graph_pdf(source, dest):  # features/ and graph.json are in place by then
-        if Path(dest) == out / "graph.pdf":
-            raise KeyboardInterrupt
-        replace(source, dest)
-
-    monkeypatch.setattr(os, "replace", killed_at_graph_pdf)
-    with pytest.raises(KeyboardInterrupt):
-        write_a_set(out, ("graph.json", "graph.pdf"), features=True)
-    monkeypatch.undo()
-    assert (out / "graph.json").read_text() == "new graph.json" and (out / "features").is_dir()
+    kill(out, "graph.pdf in", ("graph.json", "graph.pdf"))  # features/, graph.json in by then
+    assert (out / "graph.json").read_text() == "second graph.json" and (out / "features").is_dir()
     listed = json.loads((out / ".graph-set.json").read_text())["entries"]
     assert set(listed) == {"graph.json", "graph.pdf", "graph.svg", "features"}
-    assert not (out / ".writing").exists() and not (out / ".writing.lock").exists()
+    assert (out / ".writing").exists() and (out / ".writing.lock").exists()  # killed: no clean-up
     _, notes = write_a_set(out, ("graph.json",))
     assert sorted(p.name for p in out.iterdir()) == [".graph-set.json", "graph.json"]
-    assert len(notes) == 2  # features/ and graph.svg; graph.pdf never arrived
+    assert len(notes) == 3  # graph.json put back, then features/ and graph.svg removed; no pdf
 
 
 def test_an_output_directory_holding_a_model_or_a_replacement_set_is_refused(tmp_path):
@@ -868,3 +855,114 @@ def test_a_full_disk_while_taking_a_lock_leaves_no_temp_file_and_names_the_lock(
     files.take_lock(lock, "writing here")  # the next run takes it
     files.release_lock(lock)
     assert list(tmp_path.iterdir()) == []
+
+
+KILLED_AMONG_RENAMES = """
+import os, shutil, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from reports.outputs import OutputSet, write_set
+out, at = Path({out!r}), {at!r}
+real_replace, real_rmtree = os.replace, shutil.rmtree
+
+def replace(src, dst):  # killed (no handler runs) as ``at`` happens
+    if at == "graph.pdf in" and Path(dst) == out / "graph.pdf":
+        os._exit(9)
+    real_replace(src, dst)
+    if at == "graph.json aside" and Path(src) == out / "graph.json":
+        os._exit(9)
+
+def rmtree(path, *args, **kwargs):
+    if at == "earlier versions deleted" and Path(path).parent == out / ".writing":
+        os._exit(9)  # the set whole: its stage's folder of the earlier versions goes
+    real_rmtree(path, *args, **kwargs)
+
+os.replace, shutil.rmtree = replace, rmtree
+
+def fill(stage):
+    for name in {written!r}:
+        (stage / name).write_text("second " + name)
+    (stage / "features").mkdir()
+    (stage / "features" / "second.json").write_text("second")
+
+write_set(out, OutputSet(frozenset({names!r}), "graph.json"), fill)
+"""
+
+
+def kill(out: Path, at: str, written: tuple[str, ...]) -> None:
+    """A run writing ``written`` and ``features/`` into ``out``, killed at ``at``."""
+    script = KILLED_AMONG_RENAMES.format(
+        root=str(Path(__file__).parents[1]), out=str(out), at=at, names=sorted(SET_NAMES),
+        written=written,
+    )  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+
+
+@pytest.mark.parametrize("at", ["graph.json aside", "earlier versions deleted"])
+def test_a_run_killed_among_its_renames_leaves_the_earlier_versions_to_the_next(tmp_path, at):
+    """Found in review: a run killed (no handler: SIGKILL, the OOM killer, a power cut) after
+    moving an earlier entry aside into its staging directory (``.writing/.previous``) and
+    before moving the new one in left that entry out of ``--out``, and the next run removed
+    the killed run's staging directory with it before writing anything: a next run that then
+    failed (a full disk) left the earlier set without its graph.json, lost. The next run puts
+    the entries aside back first (the killed run's own new versions go); one killed once its
+    set was whole (deleting the earlier versions) leaves the new set as it is."""
+    import errno
+
+    from reports.outputs import OutputSet, write_set
+
+    out, kind = tmp_path / "out", OutputSet(SET_NAMES, "graph.json")
+
+    def fill(stage: Path, run: str) -> None:
+        for name in ("graph.json", "graph.svg"):
+            (stage / name).write_text(f"{run} {name}")
+        (stage / "features").mkdir()
+        (stage / "features" / f"{run}.json").write_text(run)
+
+    write_set(out, kind, partial(fill, run="first"))
+    first = snapshot(out)
+    kill(out, at, ("graph.json", "graph.svg"))
+    whole = {name: data for name, data in snapshot(out).items() if not name.startswith(".")}
+
+    def full_disk(stage: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(stage / "graph.json"))
+
+    with pytest.raises(OSError, match="No space left"):
+        write_set(out, kind, full_disk)
+    kept = {name: data for name, data in snapshot(out).items() if not name.startswith(".")}
+    if at == "graph.json aside":
+        assert (out / "graph.json").read_text() == "first graph.json"
+        assert kept == {name: data for name, data in first.items() if not name.startswith(".")}
+    else:
+        assert (out / "graph.json").read_text() == "second graph.json"
+        assert kept == whole
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".graph-set.json"]
+    write_set(out, kind, partial(fill, run="third"))
+    assert (out / "graph.json").read_text() == "third graph.json"
+    assert sorted(snapshot(out)) == [".graph-set.json", "features", "features/third.json",
+                                     "graph.json", "graph.svg"]  # fmt: skip
+
+
+def test_an_error_not_of_the_os_among_the_renames_puts_the_earlier_set_back(tmp_path, monkeypatch):
+    """Found in review: only an OSError among the renames put the earlier entries back; any
+    other (a MemoryError, a bug's) left the earlier graph.json in the staging directory, which
+    the run's clean-up removed: the run failed with no graph.json in --out at all."""
+    import os
+
+    out = tmp_path / "out"
+    write_a_set(out, ("graph.json", "graph.svg"))
+    before = snapshot(out)
+    real, failed = os.replace, []
+
+    def replace(src, dst):  # once: the earlier one aside, the new one moving in
+        if Path(dst) == out / "graph.json" and not failed:
+            failed.append(dst)
+            raise MemoryError
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(MemoryError):
+        write_a_set(out, ("graph.json", "graph.svg"), features=True)
+    monkeypatch.undo()
+    assert snapshot(out) == before

@@ -287,8 +287,10 @@ _STAGING_MARK_TEXT = "a staging directory of this project's code; a run cut shor
 
 
 @contextlib.contextmanager
-def fresh_directory(path: Path, mark: str | None = None) -> Iterator[Path]:
-    """An empty directory ``path`` to fill, removed again if filling it fails in any way.
+def fresh_directory(path: Path, mark: str | None = None, keep: str | None = None) -> Iterator[Path]:
+    """An empty directory ``path`` to fill, removed again if filling it fails in any way, but
+    where its subdirectory ``keep`` holds anything then (what the caller could not put back:
+    the next run's to recover).
 
     With ``mark``, ``path`` lies among a user's files: the directory starts with a file of
     that name (the caller leaves it out of what it moves), and what stands at ``path`` before
@@ -308,7 +310,9 @@ def fresh_directory(path: Path, mark: str | None = None) -> Iterator[Path]:
             (path / mark).write_text(_STAGING_MARK_TEXT, encoding="utf-8")
         yield path
     except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
+        held = path / keep if keep is not None else None
+        if held is None or held.is_symlink() or not held.is_dir() or not any(held.iterdir()):
+            shutil.rmtree(path, ignore_errors=True)
         raise
 
 

@@ -32,6 +32,7 @@ from .layout import (
     FONT_SIZE,
     LABEL_COLUMN_IN,
     MAX_NODES,
+    TOKEN_EDGE_NOTE,
     Layout,
     Selection,
     check_selection,
@@ -52,11 +53,6 @@ KIND_STYLE: dict[str, dict[str, str]] = {
 POSITIVE_COLOR = "#2166ac"  # blue: the source pushes the target up
 NEGATIVE_COLOR = "#b2182b"  # red: the source pushes the target down
 QK_COLOR = "#7b3294"  # purple dashed: what made a Lorsa head attend, not what it read
-# an influential token's one strongest edge, drawn under the threshold (layout.token_edges)
-TOKEN_EDGE_NOTE = (
-    " (under the threshold: the token's strongest edge, drawn as it outranks a drawn head or "
-    "feature)"
-)
 AXIS_STYLE = {"shape": "plaintext", "fontcolor": "#777777"}  # stage names, bare tokens
 MIN_PENWIDTH, MAX_PENWIDTH = 0.4, 5.0
 # Routing edges around nodes (splines=true) costs Graphviz about nodes^2 x edges; above this

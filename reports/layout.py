@@ -41,6 +41,12 @@ EDGES_PER_NODE = 2
 # tokens of influence 0 as if they made the attention (a review; qk_edges).
 QK_MIN_SHARE = 0.05
 INNER_KINDS = ("lorsa", "transcoder", "error", "bias")  # what the node budget ranks
+# An influential token's one strongest edge drawn under the threshold (``token_edges``): its
+# tooltip's words, in the SVG (reports.graphviz) and on the page (its data's view)
+TOKEN_EDGE_NOTE = (
+    " (under the threshold: the token's strongest edge, drawn as it outranks a drawn head or "
+    "feature)"
+)
 
 # Layout, in inches: the stage-name column and the caption, gaps between nodes of one cell,
 # between position columns, between the rows of one stage and between stages; the

@@ -66,6 +66,7 @@ from .layout import (
     INNER_KINDS,
     MAX_NODES,
     QK_MIN_SHARE,
+    TOKEN_EDGE_NOTE,
     Selection,
     placeholder,
     select,
@@ -409,6 +410,7 @@ def default_view(graph: Graph, selection: Selection) -> dict:
         "qkMinShare": QK_MIN_SHARE,
         "innerKinds": list(INNER_KINDS),
         "nodeAnchor": NODE_ANCHOR,
+        "tokenEdgeNote": TOKEN_EDGE_NOTE,
         "rankedBy": selection.ranked_by,
         "selected": [graph.ids[i] for i in selection.nodes],
     }

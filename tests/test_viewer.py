@@ -1632,6 +1632,20 @@ def test_the_svg_draws_a_prompts_influential_tokens_weak_edge_dotted():
     assert "dotted" not in plain and TOKEN_EDGE_NOTE not in plain
 
 
+def test_a_token_edges_note_under_the_threshold_is_written_once():
+    """Found in review: the SVG's tooltip sentence for a token's edge under the threshold was
+    a copy of the page script's, each free to change alone; the page reads it from its data
+    (view.tokenEdgeNote, reports.layout.TOKEN_EDGE_NOTE), the script holds no copy."""
+    from reports import viewer
+    from reports.viewer import default_view
+
+    graph, _ = weak_token_graph()
+    view = default_view(graph, layout.select(graph))
+    assert view["tokenEdgeNote"] == layout.TOKEN_EDGE_NOTE
+    script = (Path(viewer.__file__).with_name("viewer") / "viewer.js").read_text()
+    assert "drawn as it outranks" not in script
+
+
 def test_the_page_draws_a_prompts_influential_tokens_strongest_edge_as_the_selection(
     browser, tmp_path
 ):
@@ -1655,6 +1669,12 @@ def test_the_page_draws_a_prompts_influential_tokens_strongest_edge_as_the_selec
         "[p.classList.contains('token'), getComputedStyle(p).strokeDasharray])"
     )
     assert {tuple(d) for d in dashes} == {(True, "2px, 2px"), (False, "none")}, dashes
+    notes = browser.evaluate(  # its tooltip says why, in the SVG's words
+        "[...document.querySelectorAll('#viewer svg path.edge')].map((p) => "
+        "[p.classList.contains('token'), p.querySelector('title').textContent])"
+    )
+    assert {(token, text.endswith(layout.TOKEN_EDGE_NOTE)) for token, text in notes} == {
+        (True, True), (False, False)}, notes  # fmt: skip
     browser.click(*centre(browser, "#viewer .status .left-out-toggle"))
     left_out = browser.evaluate("document.querySelector('#viewer .left-out').innerText")
     assert "no drawn edge leaves" not in left_out, left_out  # the token is drawn

@@ -31,6 +31,8 @@
   const INNER = new Set(data.view.innerKinds);
   // A node's row in the table below has the element id NODE_ANCHOR + its id (reports.html)
   const NODE_ANCHOR = data.view.nodeAnchor;
+  // Why a token's edge under the threshold is drawn, as the SVG's tooltip says (reports.layout)
+  const TOKEN_EDGE_NOTE = data.view.tokenEdgeNote;
   // A sparse graph explains the replacement, whose probabilities can be far from the model's
   // (a reviewer's ' Thursday' p=0.811 in its box and panels, 0.982 in the model).
   const SPARSE_NOTE = "sparse mode: the graph and its probabilities are the replacement's, except those said to be the model's";
@@ -899,7 +901,7 @@
       p.dataset.w = String(e.w);
       const title = svgEl("title");
       title.textContent = shown(itemLabel(view.items[e.s]) + " → " + itemLabel(view.items[e.t]) + ": " + signed(e.w) +
-        (e.token ? " (under the threshold: the token's strongest edge, drawn as it outranks a drawn head or feature)" : ""));
+        (e.token ? TOKEN_EDGE_NOTE : ""));
       p.append(title);
       gEdges.append(p);
       return p;

@@ -387,6 +387,33 @@ def test_cli_end_to_end_on_a_tiny_model(tiny_run, tiny_pretrained, make_layers, 
     assert "wrote" in capsys.readouterr().out
 
 
+def test_the_benchmark_runs_to_its_results_on_a_tiny_model(
+    tiny_run, tiny_pretrained, make_layers, tmp_path, cli, monkeypatch
+):
+    """``benchmarks/superposition.py`` end to end in seconds (nothing else runs the benchmarks:
+    its call of ``reports.superposition.analyse`` was a TypeError for a while after the report's
+    labels moved out of it), its results file written in a temporary folder."""
+    from conftest import benchmark
+
+    from reports import superposition as R
+
+    model, _ = tiny_pretrained
+    lorsas, transcoders = make_layers(model.cfg.n_layers, model.cfg.d_model, n_qk=2, n_ov=16)
+    ReplacementModel(model, lorsas, transcoders).save(tmp_path / "rep", str(tiny_run))
+    bench = benchmark("superposition")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(R, "HEADS_DOCS", 2)  # the CLI's defaults, which the benchmark keeps
+    monkeypatch.setattr(R, "MIN_FIRES", 3)
+    args = ["--model", tiny_run, "--replacement", tmp_path / "rep", "--rows", 16,
+            "--validation-rows", 4, "--out", tmp_path / "sp"]  # fmt: skip
+    code, _, err = cli(bench.main, *args)
+    assert code == 0, err
+    record = json.loads((tmp_path / "results" / f"superposition_{tiny_run.name}.json").read_text())
+    assert len(record["per_layer"]) == model.cfg.n_layers and "validation" in record
+    assert {"rows_per_half", "spread"} <= set(record["split_half"])
+    assert (tmp_path / "sp" / "superposition.md").is_file()
+
+
 @pytest.mark.parametrize("content", [b"", b"not a safetensors file"])
 def test_a_bad_dashboards_file_is_refused_before_the_measurement(
     content, tiny_run, tiny_pretrained, make_layers, tmp_path, cli, monkeypatch

@@ -1688,3 +1688,39 @@ def test_a_set_whose_weights_overflow_writes_no_statistics_and_no_graph(
     )
     assert last.endswith("is not finite); nothing written")
     assert not out.exists() and not stats.exists() and not partial_path(stats).exists()
+
+
+def test_the_benchmarks_graphs_name_every_qk_pairs_side(replacement, units, stats, monkeypatch):
+    """``benchmarks/global_circuits.py``'s graphs: each QK group's strongest pair (by |value|)
+    may lower the score, and ``with_qk_side`` adds as nodes only the units of pairs raising it,
+    so a side can be no node of the graph: it is named in words (the benchmark indexed the
+    graph by it, a KeyError on the default model). Here each group's strongest pair lowers the
+    score and its query is a token that neither the graph nor any gathered pair holds."""
+    from conftest import benchmark
+
+    bench = benchmark("global_circuits")
+    first = units.unit("lorsa", 1, 0)
+    start = first + int(stats.unit_count[first:][:8].argmax())
+    gathered = stats.qk_group
+    taken = set(units_of(with_qk_side(replacement, stats, bench.grower(replacement, None, start)(
+        stats)), units))  # fmt: skip
+    for layer, qk_head in itertools.product(range(2), range(2)):
+        g = gathered(layer, qk_head)
+        taken |= set(g.query_units.tolist()) | set(g.key_units.tolist())
+    token = next(t for t in range(1, 50) if units.unit("embedding", 0, t) not in taken)
+
+    def lowered(layer, qk_head):  # the strongest pair's query row: that pair alone, negative
+        g = gathered(layer, qk_head)
+        row, col = divmod(int(g.pairs.abs().argmax()), g.pairs.shape[1])
+        pairs, query = g.pairs.clone(), g.query_units.clone()
+        pairs[row] = 0
+        pairs[row, col] = -2 * float(g.pairs.abs().max()) - 1
+        query[row] = units.unit("embedding", 0, token)
+        return dataclasses.replace(g, pairs=pairs, query_units=query)
+
+    monkeypatch.setattr(stats, "qk_group", lowered)
+    spec = f"lorsa:1:{start - first}"
+    groups = bench.graphs(replacement, None, stats, (spec,))[spec]["qk_groups"]
+    assert groups and all(g["pair"] < 0 for g in groups)
+    for g in groups:
+        assert g["query"] == f"token id {token} (not in the graph)", g

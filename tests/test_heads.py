@@ -841,6 +841,30 @@ def test_cli_end_to_end_on_a_tiny_model(
     assert "wrote" in capsys.readouterr().out
 
 
+def test_the_benchmark_runs_to_its_results_on_a_tiny_model(
+    tiny_run, tiny_pretrained, make_replacement, tmp_path, cli, monkeypatch
+):
+    """``benchmarks/heads.py`` end to end on the tiny model in a few documents (nothing else
+    runs the benchmarks, and its checks call many of the report's parts by name), its results
+    file in a temporary folder."""
+    import functools
+
+    from conftest import benchmark
+
+    model, _ = tiny_pretrained
+    make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4).save(tmp_path / "rep", str(tiny_run))
+    bench = benchmark("heads")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(bench, "cli_startup", lambda: {})  # fresh processes: seconds each
+    monkeypatch.setattr(bench, "CHECK_TASK", "all_tokens")  # the tiny corpus has no repeats
+    monkeypatch.setattr(H, "Settings", functools.partial(H.Settings, docs=4, truth_docs=2, draws=2))
+    code, _, err = cli(bench.main, "--model", tiny_run, "--replacement", tmp_path / "rep")
+    assert code == 0, err
+    record = json.loads((tmp_path / "results" / f"heads_{tiny_run.name}.json").read_text())
+    assert set(record["families"]) == set(H.HEAD_FAMILIES)
+    assert "group_testing_vs_exhaustive" in record and record["targets"]
+
+
 def test_a_few_docs_cap_the_default_truth_docs(tmp_path):
     """``--docs 1`` alone is valid: the single-head tests' default share follows it down
     (it once refused a ``--truth-docs 6`` the user never passed)."""

@@ -158,7 +158,7 @@ def induction_head(families: dict) -> str:
 
 
 def graphs(replacement, tokenizer, stats, starts) -> dict:
-    from circuits.global_graph import _side_words, parse_unit
+    from circuits.global_graph import parse_unit, side_words
     from circuits.global_weights import split_half, with_qk_side
     from circuits.units import Units
     from reports.labels import node_labels
@@ -181,7 +181,7 @@ def graphs(replacement, tokenizer, stats, starts) -> dict:
                 # with_qk_side adds as nodes only the units of pairs raising the score (since
                 # 13c7a47), so a side of the strongest pair may be no node: named in words from
                 # the record's fields, as the printout names it
-                query, key = (labels[at[u]] if u in at else _side_words(graph, a, u)
+                query, key = (labels[at[u]] if u in at else side_words(graph, a, u)
                               for u in (p.query, p.key))  # fmt: skip
                 qk.append({"group": f"L{a.layer} QK {a.qk_head}", "score_lift": a.score,
                            "query": query, "key": key, "pair": p.value})  # fmt: skip

@@ -344,7 +344,7 @@ def _unit_dashboards(model: str, replacement, tokenizer, graph) -> dict | None:
     return None
 
 
-def _side_words(graph, a, node: str) -> str:
+def side_words(graph, a, node: str) -> str:
     """A QK pair's side in words from the fields its record gives (``QKAttribution.named``),
     for a side that is no node of the graph (a head added as a partner brings its group's
     pairs, whose units may be absent: printed as a bare id before)."""
@@ -373,8 +373,8 @@ def _qk_lines(graph, labels: list[str]) -> list[str]:
             lines.append(f"  {name}: no QK pairs gathered")
             continue
         p = max(a.pairs, key=lambda p: p.value)  # the pair raising it most, the one drawn
-        query = labels[at[p.query]] if p.query in at else _side_words(graph, a, p.query)
-        key = labels[at[p.key]] if p.key in at else _side_words(graph, a, p.key)
+        query = labels[at[p.query]] if p.query in at else side_words(graph, a, p.query)
+        key = labels[at[p.key]] if p.key in at else side_words(graph, a, p.key)
         # signed: a pair that lowers the score holds a negative share (a reviewer read
         # `-0.181 (2.2% of the lift ...)`)
         share = f"{p.value / a.score:+.1%} of the lift; " if a.score else ""

@@ -1563,7 +1563,7 @@ def test_a_qk_pairs_side_that_is_no_node_is_named_in_words(replacement, units, s
     """A head added as a QK partner brings its group's pairs, whose units may be absent from
     the graph: the printout named them by bare id (`q 1_1424_0`); they read as units do, from
     the fields the record gives (never the id read back)."""
-    from circuits.global_graph import _qk_lines, _side_words
+    from circuits.global_graph import _qk_lines, side_words
     from circuits.nodes import node_words
     from reports.labels import node_labels
 
@@ -1576,13 +1576,13 @@ def test_a_qk_pairs_side_that_is_no_node_is_named_in_words(replacement, units, s
     for a, node, side in named:
         token = graph.token_text.get(side.index) if side.kind == Kind.EMBEDDING else None
         words = node_words(side.kind, side.stage, side.index, token=token)
-        assert _side_words(graph, a, node) == f"{words} (not in the graph)"
-    assert _side_words(graph, graph.qk[0], "no such id") == "no such id"
+        assert side_words(graph, a, node) == f"{words} (not in the graph)"
+    assert side_words(graph, graph.qk[0], "no such id") == "no such id"
     # a pair's side the graph does not hold is printed in those words, not as an id
     a, node, side = next((a, n, s) for a, n, s in named if n not in graph.id_to_index)
     graph.qk = [dataclasses.replace(a, pairs=[dataclasses.replace(a.pairs[0], query=node)])]
     (line,) = _qk_lines(graph, node_labels(graph))
-    assert _side_words(graph, a, node) in line and node not in line
+    assert side_words(graph, a, node) in line and node not in line
 
 
 def test_a_bos_logit_start_is_refused_before_the_model_or_the_statistics(

@@ -20,6 +20,18 @@ from toy_models.model import ModelConfig, ToyTransformer
 D_MODEL = 24  # random_model's width
 
 
+@pytest.fixture(autouse=True)
+def _autograd_left_on():
+    """A test that leaves autograd off for the process breaks every later test of its worker
+    that trains or differentiates (55 failed after one in-process benchmark run, far from it):
+    the test that left it off fails instead, and the mode is put back."""
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left autograd off for the process (torch.set_grad_enabled("
+                    "False) outside a context)")  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     from toy_models.train import train
@@ -113,11 +125,13 @@ def overflowing_set(tiny_run, tiny_pretrained, tmp_path):
 # ----------------------------------------------------------------- CLIs in this process
 @pytest.fixture
 def cli(capsys):
-    """Run a CLI's ``main`` through ``run_cli`` in this process: (exit code, stdout, stderr)."""
+    """Run a CLI's ``main`` through ``run_cli`` in this process: (exit code, stdout, stderr).
+    Autograd's global mode is the process's: a script's ``torch.set_grad_enabled(False)`` (the
+    benchmarks') is undone when its ``main`` returns, as its process's end would."""
     from toy_models.cli import run_cli
 
     def run(main, *args) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
+        with pytest.raises(SystemExit) as exit_info, torch.enable_grad():
             run_cli(main, [str(a) for a in args])
         out, err = capsys.readouterr()
         return exit_info.value.code, out, err

@@ -40,8 +40,7 @@ N_CTX_MARGIN = 8  # prompts end this far inside the context at least
 def default():
     from replacement.model import load_pretrained
 
-    with torch.no_grad():
-        yield load_pretrained("default")
+    return load_pretrained("default")  # (autograd stays on between tests: conftest checks)
 
 
 @dataclass

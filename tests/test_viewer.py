@@ -869,8 +869,8 @@ def test_a_dashboard_example_shows_its_newlines(browser, tmp_path):
     trace of mine, "second▯fourth"), and a line break alone looks like the panel's wrapping."""
     dashboards = json.loads(json.dumps(DASHBOARDS))
     dashboards["0_5"]["examples"] = [
-        {"group": "top", "tokens": ["<|bos|>", "second", "\n", "fourth", ".\n\n"], "at": 2,
-         "activation": 2.5, "acts": [0, 0, 2.5, 0, 0], "keys": [[4, 1.0]]},
+        {"group": "top", "tokens": ["<|bos|>", "second", "\n", "fourth", ".\n\n", "\t"],
+         "at": 2, "activation": 2.5, "acts": [0, 0, 2.5, 0, 0, 0], "keys": [[4, 1.0]]},
     ]  # fmt: skip
     path = tmp_path / "graph.html"
     write_html(make_graph(), path, None, dashboards=dashboards)
@@ -879,7 +879,7 @@ def test_a_dashboard_example_shows_its_newlines(browser, tmp_path):
     shown = browser.evaluate(
         "[...document.querySelectorAll('#viewer .panel .example > *')].map(e => e.textContent)"
     )
-    assert shown == ["2.5", "<|bos|>", "second", "↵\n", "fourth", ".↵\n↵\n"]
+    assert shown == ["2.5", "<|bos|>", "second", "↵\n", "fourth", ".↵\n↵\n", "⇥"]
     mark = "document.querySelector('#viewer .panel .example mark')"
     assert browser.evaluate(f"getComputedStyle({mark}).whiteSpace") == "pre-wrap"
 

@@ -1705,8 +1705,9 @@
     if (ex.activation != null) line.append(el("span", { class: "act" }, fmt(ex.activation, 3)));
     ex.tokens.forEach((token, j) => {
       // a newline as ↵ before its line break: alone, an activating newline was an empty box
-      // between two words (read as a space), and a break looks like the panel's wrapping
-      const t = token.replace(/\n/g, "\u21b5\n");
+      // between two words (read as a space), and a break looks like the panel's wrapping; a
+      // tab as ⇥, as the page's token boxes draw it (reports.html.BOX_MARKS)
+      const t = token.replace(/\n/g, "\u21b5\n").replace(/\t/g, "\u21e5");
       const span = j === ex.at ? el("mark", { title: "activating token" }, t) : el("span", {}, t);
       if (j !== ex.at && ex.acts && ex.acts[j] > 0) span.style.background = `rgba(253,141,60,${(0.6 * ex.acts[j]) / maxAct})`;
       if (keys.has(j)) {

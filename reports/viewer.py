@@ -89,6 +89,16 @@ def _num(value: float | None) -> float | None:
     return float(f"{value:.{SIGNIFICANT}g}") if math.isfinite(value) else None
 
 
+def _float32(value: float) -> float | None:
+    """An edge weight (the graph's float32) for JSON as the shortest decimal that reads back
+    as the same float32 (None for NaN and infinities): the page's threshold ``|w| >= edgeMin``
+    then compares the graph's own values, as the static drawing's cut does. Rounded to
+    ``SIGNIFICANT`` digits, an edge under the cut but equal to it to 6 digits was drawn on the
+    page alone (a note's Left)."""
+    value = np.float32(value)
+    return float(str(value)) if np.isfinite(value) else None
+
+
 def _qk_record(graph: Graph, a: QKAttribution) -> dict:
     # Every pair and marginal the record has (the QK pass keeps a few): the drawing's QK edges
     # go to the strongest drawn node among them, as reports.layout.qk_edges does.
@@ -404,7 +414,7 @@ def default_view(graph: Graph, selection: Selection) -> dict:
     edge_min = weakest if len(over) < among else 0.0
     return {
         "budget": budget,
-        "edgeMin": _num(edge_min),
+        "edgeMin": _float32(edge_min),
         "maxNodes": MAX_NODES,
         "edgesPerNode": EDGES_PER_NODE,
         "qkMinShare": QK_MIN_SHARE,
@@ -621,7 +631,7 @@ def viewer_data(
     links = {
         "source": coo.col[keep].tolist(),
         "target": coo.row[keep].tolist(),
-        "weight": [_num(w) for w in coo.data[keep].tolist()],
+        "weight": [_float32(w) for w in coo.data[keep].tolist()],
     }
     n_positions = len(graph.token_strings)
     n_stages = logit_stage(graph.n_layers) + 1

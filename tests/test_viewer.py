@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import numpy as np
 import pytest
 import torch
 from report_graphs import NASTY, make_big_graph, make_graph, name_sides
@@ -2085,3 +2086,29 @@ def test_an_edge_tied_with_the_weakest_drawn_is_drawn_by_the_selection_and_the_p
     assert sorted(drawn_edges(browser)) == sorted(
         (graph.ids[e.source], graph.ids[e.target], e in tied.token_edges) for e in tied.edges
     )
+
+
+def test_an_edge_just_under_the_weakest_drawn_stays_under_the_pages_threshold(tmp_path):
+    """The page's weights and threshold were rounded to 6 significant digits: an edge under
+    the static drawing's cut but equal to it to 6 digits passed the page's ``|w| >= edgeMin``
+    and was drawn on the page alone (a note's Left). Both are written as the shortest decimals
+    that read back as the same float32, so the page compares the graph's own values."""
+    graph = make_big_graph()
+    s = layout.select(graph)
+    every = layout.select(graph, max_edges=None).edges
+    n = len(s.edges) - len(s.token_edges)
+    weakest, next_ = every[n - 1], every[n]
+    under = np.nextafter(np.float32(abs(weakest.weight)), np.float32(0))  # one float32 below
+    edges = graph.edges.tolil()
+    edges[next_.target, next_.source] = under * (1 if next_.weight > 0 else -1)
+    graph.edges = edges.tocsr()
+    assert f"{under:.6g}" == f"{abs(weakest.weight):.6g}"  # a tie at 6 digits
+    near = layout.select(graph)
+    assert (next_.source, next_.target) not in {(e.source, e.target) for e in near.edges}
+    data = viewer_data(graph, selection=near)
+    links = data["links"]
+    at = [k for k in range(len(links["source"]))
+          if (links["source"][k], links["target"][k]) == (next_.source, next_.target)]  # fmt: skip
+    (k,) = at
+    assert abs(links["weight"][k]) < data["view"]["edgeMin"]
+    assert np.float32(links["weight"][k]) == np.float32(under)  # reads back exactly

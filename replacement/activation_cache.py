@@ -62,6 +62,7 @@ from toy_models.cli import UserError, one_line
 from .activations import ActivationStore, layer_activations, shuffle_in
 from .cache import MAX_PLAN_VALUE
 
+LOCK_FILE = ".caching.lock"  # the process id of the build writing the cache (``take_lock``)
 MANIFEST_FILE = "manifest.json"
 CHUNK_FILE = "chunk-{:05d}.safetensors"
 FORMAT = "activation-cache/1"
@@ -241,13 +242,11 @@ def build_cache(
     """Write (or finish) the cache of ``rows`` rows of ``model`` in ``out``; see the module
     docstring. A directory holding a cache with another plan is refused, naming the first
     difference. ``stop_after_chunks`` ends the build after that many chunks are recorded, as
-    an interruption would."""
-    from safetensors.torch import save
-    from tqdm import tqdm
-
+    an interruption would. Two builds into one folder each wrote the manifest over the
+    other's: the folder's ``LOCK_FILE`` refuses the second in one line (a killed build's lock
+    is taken over)."""
     from toy_models.checkpoint import fingerprint
-    from toy_models.data import stream_rows
-    from toy_models.files import check_writable_dir, replace_atomic
+    from toy_models.files import WriteError, check_writable_dir, release_lock, take_lock
 
     if chunk_rows % forward_batch:
         raise UserError(f"--chunk-rows {chunk_rows} must be a multiple of --batch {forward_batch}")
@@ -266,6 +265,27 @@ def build_cache(
     out = Path(out)
     # its own kind (a cache to resume) kept; a graph's or report's outputs refused
     check_writable_dir(out, own=(MANIFEST_FILE,), sets_refused=True)
+    lock = out / LOCK_FILE
+    try:
+        take_lock(lock, "caching activations there; wait for it or choose another --out")
+    except WriteError as exc:
+        raise UserError(f"{out}: {exc.strerror}") from None
+    try:
+        return _build(model, tokenizer, out, plan, layers, quiet, stop_after_chunks)
+    finally:
+        release_lock(lock)
+
+
+def _build(model, tokenizer, out: Path, plan: CachePlan, layers, quiet, stop_after_chunks):
+    """``build_cache``'s work in ``out``, its lock held: resume or start, then every chunk."""
+    from safetensors.torch import save
+    from tqdm import tqdm
+
+    from toy_models.data import stream_rows
+    from toy_models.files import replace_atomic
+
+    chunk_rows, forward_batch, dtype = plan.chunk_rows, plan.forward_batch, plan.dtype
+    split, seed = plan.split, plan.seed
     chunks: list[dict] = []
     if (out / MANIFEST_FILE).exists():
         old_plan, chunks = read_manifest(out)

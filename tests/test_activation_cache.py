@@ -15,6 +15,7 @@ import torch
 
 from replacement.activation_cache import (
     CHUNK_FILE,
+    LOCK_FILE,
     MANIFEST_FILE,
     ActivationCache,
     CachedActivationStore,
@@ -143,6 +144,28 @@ def test_a_fresh_cache_refuses_chunk_files_it_did_not_write(tiny_pretrained, tmp
         build_cache(model, tokenizer, out, CHUNK, chunk_rows=CHUNK, forward_batch=BATCH,
                     quiet=True)  # fmt: skip
     assert stray.read_bytes() == b"mine" and not (out / MANIFEST_FILE).exists()
+
+
+def test_a_second_build_into_a_folder_being_cached_is_refused(tiny_pretrained, tmp_path):
+    """Two cache builds into one folder each wrote the manifest over the other's (a note's
+    Left: ``replacement.cache`` took no lock): a live build's lock refuses the second in one
+    line before it writes anything; a finished build leaves no lock behind."""
+    model, tokenizer = tiny_pretrained
+    out = tmp_path / "acts"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_FILE).write_text(str(other.pid))
+        with pytest.raises(UserError, match=rf"another run \(process {other.pid}\) is caching"):
+            build_cache(model, tokenizer, out, CHUNK, chunk_rows=CHUNK, forward_batch=BATCH,
+                        quiet=True)  # fmt: skip
+        assert sorted(os.listdir(out)) == [LOCK_FILE]  # nothing written, the lock left as it was
+        assert (out / LOCK_FILE).read_text() == str(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    build_cache(model, tokenizer, out, CHUNK, chunk_rows=CHUNK, forward_batch=BATCH, quiet=True)
+    assert LOCK_FILE not in os.listdir(out) and (out / MANIFEST_FILE).exists()  # a dead one's taken
 
 
 def test_a_resumed_run_from_the_cache_ends_as_an_uninterrupted_one(tiny_run, tiny_cache, tmp_path):

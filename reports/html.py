@@ -214,7 +214,12 @@ BOX_MARKS = str.maketrans({"\n": "\u21b5", "\t": "\u21e5"})
 
 
 def box_text(token: str) -> str:
-    """A token's text for a box (``.tok``), escaped, a newline and a tab drawn (``BOX_MARKS``)."""
+    """A token's text for a box (``.tok``), escaped, a newline and a tab drawn (``BOX_MARKS``),
+    and a token of spaces alone as ``␣`` each: its box was blank, read as an empty token (a
+    trace of `` arrived``, which this tokenizer splits `` `` ``ar`` ...); a space inside a
+    token's text stays one."""
+    if token and not token.strip(" "):
+        return "\u2423" * len(token)
     return escape(token.translate(BOX_MARKS))
 
 

@@ -18,7 +18,7 @@ from circuits.graph import Graph, LogitRecord
 from circuits.neuronpedia import to_json
 from reports import graphviz as gv
 from reports import labels, layout
-from reports.html import write_html
+from reports.html import box_text, write_html
 
 HAS_DOT = shutil.which("dot") is not None
 needs_dot = pytest.mark.skipif(not HAS_DOT, reason="Graphviz `dot` is not installed")
@@ -851,7 +851,9 @@ def test_the_prompts_token_boxes_tell_a_newline_from_a_space(tmp_path):
     write_html(graph, path, None)
     text = path.read_text(encoding="utf-8")
     boxes = re.findall(r'<span class="tok" title="([^"]*)"><sub>\d+</sub>([^<]*)</span>', text)
-    assert [box for _, box in boxes] == ["&lt;|bos|&gt;", "↵", "⇥", " "]
+    # a token of spaces alone as ␣ (its box was blank); spaces inside a token's text stay
+    assert [box for _, box in boxes] == ["&lt;|bos|&gt;", "↵", "⇥", "␣"]
+    assert [box_text(t) for t in ("  ", " p", "a b", "")] == ["␣␣", " p", "a b", ""]
     titles = [html.unescape(title) for title, _ in boxes]
     assert titles[1:] == ["token id 4: '\\n'", "token id 6: '\\t'", "token id 9: ' '"]
     assert '<p class="prompt">a\nb\tc d</p>' in text and ".prompt { white-space: pre-wrap" in text

@@ -732,6 +732,34 @@ def test_page_starts_from_the_q_params_it_was_written_with(browser, tmp_path):
     assert saved["pinnedIds"] == [] and saved["supernodes"] == []
 
 
+def test_a_page_clicking_a_node_from_its_q_params_keeps_none_clicked_in_its_url(browser, tmp_path):
+    """A review: a page written with qParams.clickedId, its node unselected (a supernode
+    clicked, then ungrouped), wrote no clickedId into its URL, so the URL's reload selected
+    the qParams' node again; and a hash pasted in place meant none clicked where the same
+    hash opened meant the qParams' node."""
+    graph = make_graph()
+    path = tmp_path / "graph.html"
+    q = {"clickedId": "3_9_3", "supernodes": [["heads", "0_5_2", "2_2_3"]]}
+    write_html(graph, path, None, q_params=q)
+    open_page(browser, path)
+    assert browser.evaluate("viewer.data.qParams.clickedId") == "3_9_3"
+    browser.click(*centre(browser, '#viewer svg g.node[data-group="0"]'))
+    browser.evaluate("document.querySelector('#viewer .panel button.ungroup').click()")
+    assert panel_text(browser).startswith("Click a node")
+    url = browser.evaluate("location.href")
+    open_page(browser, Path(path), "#" + url.split("#", 1)[1])
+    assert panel_text(browser).startswith("Click a node")
+    assert browser.evaluate("viewer.data.qParams.clickedId") == ""
+    # the same hash pasted in place and opened: one state (the qParams' node clicked)
+    open_page(browser, path)
+    browser.evaluate("location.hash = 'nodes=2'")
+    browser.evaluate("new Promise(r => setTimeout(r, 50))")
+    pasted = panel_text(browser)
+    open_page(browser, path, "#nodes=2")
+    assert pasted == panel_text(browser)
+    assert pasted.startswith(node_label(graph, graph.ids.index("3_9_3")))
+
+
 def test_dashboards_show_concept_examples_keys_and_logits(browser, tmp_path):
     graph = make_graph()
     path = tmp_path / "graph.html"

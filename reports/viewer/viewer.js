@@ -141,7 +141,7 @@
   // the start: a hash that leaves pins or supernodes out means these, whether the page is
   // opened with it or it is pasted in place, and the URL says "none" where the page has its
   // own, so that one URL draws one picture (a reviewer's ungrouped page came back grouped).
-  const defaults = { budget: state.budget, edgeMin: state.edgeMin, pinned: new Set(), groups: [] };
+  const defaults = { budget: state.budget, edgeMin: state.edgeMin, pinned: new Set(), groups: [], clicked: null };
   let view = null, hovered = null, drawnOnce = false;
 
   // What the URL held that the page ignores, cut short: an id can be any length.
@@ -237,7 +237,10 @@
     if (JSON.stringify(supernodes) !== JSON.stringify(defaults.groups.map(groupIds))) {
       p.set("supernodes", JSON.stringify(supernodes));
     }
-    if (clickedId) p.set("clickedId", clickedId);
+    // a page whose qParams click a node says "none" when none is (a review: its reload,
+    // the hash silent, clicked the qParams' node again)
+    const groupClicked = !!state.clicked && state.clicked.group !== undefined;
+    if (clickedId || (defaults.clicked && !groupClicked)) p.set("clickedId", clickedId);
     const c = state.clicked;
     if (c && c.group !== undefined && state.groups[c.group]) p.set("clickedGroup", state.groups[c.group].name);
     if (state.budget !== defaults.budget) p.set("nodes", String(state.budget));
@@ -762,7 +765,7 @@
       if (!location.hash.slice(1).includes("=")) return;
       Object.assign(state, {
         budget: defaults.budget, edgeMin: defaults.edgeMin, pinned: new Set(defaults.pinned),
-        groups: defaults.groups.map((g) => ({ name: g.name, members: [...g.members] })), clicked: null,
+        groups: defaults.groups.map((g) => ({ name: g.name, members: [...g.members] })), clicked: defaults.clicked,
       });
       const notes = [];
       readHash(notes);
@@ -1792,6 +1795,7 @@
     const notes = [];
     applyParams(data.qParams, notes);
     defaults.pinned = new Set(state.pinned);
+    defaults.clicked = state.clicked;
     defaults.groups = state.groups.map((g) => ({ name: g.name, members: [...g.members] }));
     defaults.budget = state.budget = boxBudget(data.view.budget, state.groups);
     readHash(notes);

@@ -305,14 +305,18 @@ def _drawing_html(svg_text: str | None) -> str:
 def _drawn_note_html(graph: Graph, drawn: set[int]) -> str:
     """What the static drawing (``selection``) leaves out. The interactive viewer above draws
     its own budget with the summary's supernodes expanded, so its count is another (a reviewer
-    read this line as the viewer's: 79 of 276 under a viewer drawing 201)."""
+    read this line as the viewer's: 79 of 276 under a viewer drawing 201). The node table's
+    grey rows are the static drawing's only without scripts: the viewer greys those its own
+    drawing leaves out (a review: this line said the static drawing's, 227 rows, over the
+    viewer's 91 grey rows)."""
     shown = len(drawn)
     if shown == graph.n_nodes:
         return ""
     return (
         f"<p>The static drawing shows {shown} of {graph.n_nodes} nodes (the interactive one "
         "above draws its own budget, its supernodes' members too); the grey rows of the node "
-        "table are the nodes the static drawing leaves out.</p>"
+        "table are the nodes the interactive drawing leaves out (without scripts, those the "
+        "static drawing leaves out).</p>"
     )
 
 

@@ -306,6 +306,27 @@ def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page)
     assert browser.evaluate("document.querySelectorAll('#viewer .panel .noderef.absent').length")
 
 
+def test_the_static_drawings_note_names_the_grey_rows_the_viewer_greys(browser, tmp_path):
+    """A review: the note over the static drawing said the table's grey rows were the nodes
+    the static drawing leaves out (227 of a trace's rows), where the viewer greys those its own
+    drawing leaves out (91)."""
+    graph = make_graph()
+    path = tmp_path / "graph.html"
+    shown = [graph.ids.index("3_9_3"), graph.ids.index("1_-1_3")]
+    write_html(graph, path, None, dataclasses.replace(layout.select(graph), nodes=shown))
+    open_page(browser, path)
+    grey = browser.evaluate(
+        "[...document.querySelectorAll('tr.undrawn td[id]')].map(td => td.id.slice(5))"
+    )
+    assert grey == ["E_0_0"]  # the viewer's drawing, not the static one's 11
+    note = browser.evaluate(
+        "[...document.querySelectorAll('p')].map(p => p.textContent)"
+        ".find(t => t.startsWith('The static drawing shows'))"
+    )
+    assert note.startswith("The static drawing shows 2 of 13 nodes")
+    assert "grey rows of the node table are the nodes the interactive drawing leaves out" in note
+
+
 def test_a_link_of_the_node_table_selects_its_node_in_the_viewer(browser, small_page):
     graph, path = small_page
     open_page(browser, path)

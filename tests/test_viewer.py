@@ -1985,6 +1985,24 @@ def test_resizing_the_window_lays_the_first_view_out_again(long_page):
         assert kept["viewBox"] == small["viewBox"] and kept["w"] == zoomed["w"]
 
 
+def test_zooming_keeps_the_point_at_the_canvas_centre(browser, long_page):
+    """A review: + and − kept the canvas's scroll offsets, so the drawing grew from its top
+    left corner and a 110-token trace's first view, scrolled to its last position, slid to
+    an empty stretch at the first +. The point at the canvas's centre stays there."""
+    open_page(browser, long_page)
+    centre_at = (
+        "(() => { const c = document.querySelector('#viewer .canvas');"
+        " return [(c.scrollLeft + c.clientWidth / 2) / c.scrollWidth,"
+        " (c.scrollTop + c.clientHeight / 2) / c.scrollHeight]; })()"
+    )
+    before = browser.evaluate(centre_at)
+    for title in ("zoom in", "zoom in", "zoom out"):
+        browser.evaluate(f"document.querySelector('#viewer button[title=\"{title}\"]').click()")
+        x, y = browser.evaluate(centre_at)
+        assert abs(x - before[0]) < 0.01 and abs(y - before[1]) < 0.01, (title, before, x, y)
+    assert browser.evaluate("document.querySelector('#viewer .canvas').scrollLeft") > 0
+
+
 def test_the_help_is_one_toggle_whose_opening_refits_the_drawing(long_page):
     """How to use the page and read a box took two lines above every first view (36 of a
     1280x720 window's px): it is behind a toggle, the whole text in its tooltip, and

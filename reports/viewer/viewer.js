@@ -676,7 +676,16 @@
     ui.clearPins = el("button", { type: "button", class: "clear-pins" }, "Clear pins");
     ui.ungroupAll = el("button", { type: "button", class: "ungroup-all",
       title: "dissolve every supernode: their members are then drawn by the budget alone" }, "Ungroup all");
-    const zoom = (f) => () => { state.zoom = (state.zoom || fitZoom()) * f; applyZoom(); };
+    // a zoom keeps the point at the canvas's centre where it is (the scroll offsets stayed, so
+    // a long trace's first view, scrolled to its last position, slid to an empty stretch on +)
+    const zoom = (f) => () => {
+      const c = ui.canvas, at = (pos, size, whole) => (whole ? (pos + size / 2) / whole : 0.5);
+      const x = at(c.scrollLeft, c.clientWidth, c.scrollWidth), y = at(c.scrollTop, c.clientHeight, c.scrollHeight);
+      state.zoom = (state.zoom || fitZoom()) * f;
+      applyZoom();
+      c.scrollLeft = x * c.scrollWidth - c.clientWidth / 2;
+      c.scrollTop = y * c.scrollHeight - c.clientHeight / 2;
+    };
     // How to use the page and read a box: one line behind a toggle (its two lines took 36 of
     // a 1280x720 window's 720 px in every first view), the whole text in the toggle's tooltip
     const helpText = "click (Tab, Enter): details · ctrl/shift-click (space): pick for a supernode · p: pin a node · hover: paths · a head's box: " +

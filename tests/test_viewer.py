@@ -653,6 +653,53 @@ def test_keyboard_pins_keep_the_focus_and_ctrl_p_is_not_a_pin(browser, small_pag
     assert browser.evaluate(pinned) == []
 
 
+def test_a_button_pressed_from_the_keyboard_hands_its_focus_on(browser, small_page):
+    """A review: Pin, Pick and Ungroup in the panel, Group and Clear pins in the toolbar and
+    a pin of the left-out list each redrew or disabled the focused button and dropped the
+    focus on the page, so the next Tab started again from the top."""
+    graph, path = small_page
+    open_page(browser, path)
+
+    def key(name: str, code: str, vk: int, text: str) -> None:
+        down = {"text": text} if text else {}
+        browser.send("Input.dispatchKeyEvent", type="keyDown", key=name, code=code,
+                     windowsVirtualKeyCode=vk, **down)  # fmt: skip
+        browser.send("Input.dispatchKeyEvent", type="keyUp", key=name, code=code,
+                     windowsVirtualKeyCode=vk)  # fmt: skip
+
+    def press(selector: str) -> str:
+        """Tab from the drawing's first box to the first element ``selector`` names and press
+        Enter there: the focused element's class and text after."""
+        browser.evaluate("document.querySelector('#viewer svg g.node').focus()")
+        for _ in range(80):
+            if browser.evaluate(f"document.activeElement.matches({js(selector)})"):
+                break
+            key("Tab", "Tab", 9, "")
+        else:
+            raise AssertionError(f"Tab never reached {selector}")
+        key("Enter", "Enter", 13, "\r")
+        return browser.evaluate(
+            "(() => { const a = document.activeElement; return a === document.body ? 'body'"
+            " : (a.getAttribute('class') || '') + ' ' + a.textContent; })()"
+        )
+
+    click_node(browser, "3_9_3")
+    assert press("#viewer .panel button.pin").startswith("pin Unpin")
+    assert press("#viewer .panel button.pin").startswith("pin Pin")
+    assert press("#viewer .panel button.pick").startswith("pick Unpick")
+    browser.evaluate("viewer.state.picks.add(viewer.data.nodes.findIndex(n => n.id === '2_2_3'))")
+    browser.evaluate("viewer.update()")
+    assert press("#viewer button.group").startswith("node")  # the new supernode's box
+    assert browser.evaluate("document.activeElement.dataset.group") == "0"
+    assert press("#viewer .panel button.ungroup").startswith("node")
+    click_node(browser, "5_11_3")  # a logit, drawn at any budget
+    browser.evaluate("document.querySelector('#viewer .panel button.pin').click()")
+    assert press("#viewer button.clear-pins").startswith("node")
+    browser.evaluate("viewer.state.budget = 0; viewer.update()")
+    browser.evaluate("document.querySelector('#viewer .left-out-toggle').click()")
+    assert press("#viewer .left-out button.draw").startswith("draw pin")
+
+
 def test_a_stacked_drawing_takes_no_more_height_than_it_needs(tmp_path):
     """Below the breakpoint the canvas was 65% of the window whatever the drawing (a short
     global graph left 130 px blank above the panel)."""

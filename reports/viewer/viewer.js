@@ -1275,12 +1275,36 @@
   // or click clears it.
   function say(text) { ui.message.textContent = shown(text); }
   function update() {
+    const focus = focusOf();
     say("");
     setHover(null);
     hovered = null;
     render();
     writeState();
     showPanel();
+    refocus(focus);
+  }
+  // A button of the panel, the left-out list or the toolbar that an edit redraws away or
+  // disables hands the keyboard's focus on instead of dropping it on the page (a review: Pin,
+  // Pick, Ungroup, Group, Clear pins and a left-out pin each sent the next Tab to the top):
+  // the panel's button of the same kind (Pin is then Unpin), the left-out list's button at the
+  // same place, else the drawn item selected, else the drawing's first box. Only a focus the
+  // keyboard brought (:focus-visible): a mouse's would light a box's paths (focus is hover).
+  function focusOf() {
+    const a = document.activeElement;
+    if (!a || a === document.body || !root.contains(a) || !a.matches(":focus-visible")) return null;
+    const drawButtons = [...ui.leftOut.querySelectorAll("button.draw")];
+    return { el: a, inPanel: ui.panel.contains(a), cls: a.classList[0] || "", at: drawButtons.indexOf(a) };
+  }
+  function refocus(f) {
+    if (!f || (f.el.isConnected && !f.el.disabled && document.activeElement === f.el)) return;
+    let next = f.inPanel && f.cls ? ui.panel.querySelector("button." + f.cls) : null;
+    if (!next && f.at >= 0) {
+      const drawButtons = ui.leftOut.querySelectorAll("button.draw");
+      next = drawButtons[Math.min(f.at, drawButtons.length - 1)] || null;
+    }
+    if (!next && view) next = view.nodeEls.get(selectedItem()) || ui.svg.querySelector("g.node");
+    if (next) next.focus();
   }
 
   // ---------------------------------------------------------------------- pins and groups
@@ -1511,7 +1535,7 @@
     const item = drawnItemOf(i);
     const buttons = el("div", { class: "buttons" },
       el("button", { type: "button", class: "pin", onclick: () => togglePin(i) }, state.pinned.has(i) ? "Unpin" : "Pin"),
-      el("button", { type: "button", class: "pick", onclick: () => { togglePick({ node: i }); showPanel(); } },
+      el("button", { type: "button", class: "pick", onclick: () => { const f = focusOf(); togglePick({ node: i }); showPanel(); refocus(f); } },
         state.picks.has(i) ? "Unpick" : "Pick for a supernode"));
     parts.push(buttons);
     if (!item) parts.push(el("p", { class: "note" }, "Not drawn at this budget and edge threshold: pin it to draw it."));

@@ -793,7 +793,8 @@ def test_page_starts_from_the_q_params_it_was_written_with(browser, tmp_path):
     browser.evaluate("document.querySelector('#viewer button.clear-pins').click()")
     assert url_state(browser) == {"pinnedIds": ""}
     browser.evaluate("document.querySelector('#viewer button.ungroup-all').click()")
-    assert url_state(browser) == {"pinnedIds": "", "supernodes": "[]"}
+    # every box was drawn (6 of 6), and so is every node ungrouped (7 of 7, not the page's 6)
+    assert url_state(browser) == {"pinnedIds": "", "supernodes": "[]", "nodes": "7"}
     assert browser.evaluate("viewer.supernodes()") == []
     saved = browser.evaluate("document.querySelector('#viewer pre.qparams').textContent")
     saved = json.loads(saved)
@@ -1610,6 +1611,27 @@ def test_notes_about_the_url_say_how_many_were_left_out(browser, small_page):
     status = browser.evaluate("document.querySelector('#viewer .status').textContent")
     assert f"nodes=99999: more than the page has, {most} drawn" in status
     assert browser.evaluate("viewer.state.budget") == most
+
+
+def test_grouping_and_ungrouping_at_the_full_budget_draws_every_node_again(browser, small_page):
+    """A review: with every node drawn, grouping two nodes clamped the budget to the fewer
+    boxes (6 of 6) and ungrouping them left it there (6 of 7): a node drawn before was gone.
+    A budget at its most stays at its most; below it, it stays as it was."""
+    graph, path = small_page
+    open_page(browser, path)
+    every = sorted(drawn(browser))
+    assert browser.evaluate("viewer.state.budget") == 7 and len(every) == 12
+    for undo in ("#viewer .panel button.ungroup", "#viewer button.ungroup-all"):
+        browser.evaluate("viewer.group(['3_9_3', '2_2_3'], 'pair')")
+        assert browser.evaluate("viewer.state.budget") == 6  # every box: one fewer
+        browser.evaluate(f"document.querySelector({js(undo)}).click()")
+        assert browser.evaluate("viewer.state.budget") == 7
+        assert sorted(drawn(browser)) == every
+    set_control(browser, "#viewer input[type=number]", 3, "change")
+    three = sorted(drawn(browser))
+    browser.evaluate("viewer.group(['3_9_3', '2_2_3'], 'pair')")
+    browser.evaluate("document.querySelector('#viewer .panel button.ungroup').click()")
+    assert browser.evaluate("viewer.state.budget") == 3 and sorted(drawn(browser)) == three
 
 
 def test_the_budget_counts_a_supernode_as_one_box(browser, small_page):

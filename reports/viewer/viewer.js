@@ -749,7 +749,7 @@
       refit(); // the list takes room above the canvas
     });
     ui.ungroupAll.addEventListener("click", () => {
-      state.groups = [];
+      regroup(() => { state.groups = []; });
       if (state.clicked && state.clicked.group !== undefined) state.clicked = null;
       update();
     });
@@ -1317,10 +1317,22 @@
     markClasses();
     updateControls();
   }
+  // A budget at its most (every box drawn) stays there when grouping changes the most: it was
+  // clamped to the fewer boxes of a new supernode, and ungrouping it then left nodes out (a
+  // review: every node drawn, two grouped and ungrouped, one gone, "6 of 7").
+  function regroup(change) {
+    const all = state.budget >= budgetMax();
+    change();
+    if (all) state.budget = budgetMax();
+  }
   // A new supernode of ``members`` (two or more): they leave the groups they were in (a group
   // left with fewer than two dissolves), and its name is unique (supernodes are keyed by name:
   // a taken one, or none, gets the first free number).
   function addGroup(members, wanted) {
+    regroup(() => addGroupTo(members, wanted));
+    update();
+  }
+  function addGroupTo(members, wanted) {
     const picked = new Set(members);
     for (const g of state.groups) g.members = g.members.filter((i) => !picked.has(i));
     state.groups = state.groups.filter((g) => g.members.length >= 2);
@@ -1330,7 +1342,6 @@
     for (let k = 1; name === null; k++) if (!taken.has(base + " " + k)) name = base + " " + k;
     state.groups.push({ name, members });
     state.clicked = { group: state.groups.length - 1 };
-    update();
   }
   function makeGroup() {
     if (state.picks.size < 2) return;
@@ -1341,7 +1352,7 @@
     addGroup(members, wanted);
   }
   function ungroup(k) {
-    state.groups.splice(k, 1);
+    regroup(() => state.groups.splice(k, 1));
     state.clicked = null;
     update();
   }

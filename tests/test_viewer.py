@@ -1073,6 +1073,40 @@ def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_p
         assert all(f"{o} {summary.group(o).name} " in section for o in t.head_groups[1:])
 
 
+def test_a_summary_supernodes_panel_gives_its_checks(browser, tmp_path):
+    """A review: a box marked "⚑ check flagged", its tooltip saying "the panel says how",
+    opened a panel that said nothing of the check (the summary's own panel is gone once a box
+    is clicked); a QK source's box ("g0 attends 0.74→0.36") likewise."""
+    from circuits.attribution import LogitTarget, attribute, run_prompt
+    from circuits.mechanisms import summarize
+    from circuits.prune import prune_graph
+    from replacement.model import load_pretrained
+    from toy_models.tokenizer import single_token
+
+    replacement, tokenizer = load_pretrained("default")
+    tokens = torch.tensor(tokenizer.encode("Monday, Tuesday, Wednesday,").ids)
+    targets = [LogitTarget(single_token(tokenizer, " Thursday"))]
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    full = attribute(replacement, tokens, targets=targets, tokenizer=tokenizer, run=run)
+    summary = summarize(replacement, full, run)
+    path = tmp_path / "graph.html"
+    write_html(prune_graph(full), path, None, mechanisms=summary)
+    open_page(browser, path)
+    boxes = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg g.node[data-group]')]"
+        ".map(b => [b.dataset.group, b.querySelector('text').textContent,"
+        " b.classList.contains('flagged')])"
+    )
+    assert any(mark for *_, mark in boxes) and len(boxes) > 2  # L2 24 heads @7, flagged
+    for k, key, mark in boxes:
+        group = summary.group(key.split()[0])
+        browser.click(*centre(browser, f'#viewer svg g.node[data-group="{k}"]'))
+        text = panel_text(browser)
+        checks = [line for line in text.splitlines() if line.startswith("ablate: predicted")]
+        assert len(checks) == len(group.checks) > 0, (key, text[:400])
+        assert ("[FLAGGED" in text) == mark == any(c.flagged for c in group.checks)
+
+
 def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser, tmp_path):
     """On an induction prompt of no template, what the induction heads' key side comes from
     most through the graph (``qk_sources``) is the group of layer-0 heads at the key reading

@@ -1445,8 +1445,7 @@
     const m = data.mechanisms;
     if (!m) return [];
     const groups = new Map(m.groups.map((g) => [g.key, g]));
-    const targetText = new Map(m.targets.map((t) =>
-      [t.node, t.kind !== "logit" ? t.token : quote(t.token) + (t.negative != null ? " − " + quote(t.negative) : "")]));
+    const targetText = new Map(m.targets.map((t) => [t.node, targetWords(t)]));
     // With several targets, each flow and check says which target it is for.
     const several = m.targets.length > 1;
     const named = (node) => targetText.get(node) ?? node;
@@ -1514,11 +1513,7 @@
       }
       if (g.writesQk) li.append(el("div", { class: "writes-qk" }, g.writesQk));
       for (const r of g.qk) li.append(...reasonLines(r));
-      for (const c of g.checks) {
-        li.append(el("div", { class: c[4] ? "neg" : "muted" },
-          `ablate${several ? " " + named(c[0]) : ""}: predicted ${signed(c[1])}, frozen ${signed(c[2])}${c[5]}, free ${signed(c[3])}${c[6]} [${c[7]}]`));
-      }
-      if (g.attention) li.append(el("div", { class: "muted attention-checks" }, g.attention));
+      li.append(...checkLines(g, several ? named : null));
       const members = g.members.map((id) => byId.get(id)).filter((i) => i !== undefined);
       if (members.length >= 2) {
         li.append(el("button", { type: "button", class: "mech-group",
@@ -1527,6 +1522,18 @@
       entries.set(g.key, li);
       return li;
     })));
+    return out;
+  }
+  // A summary target in words: a logit's token (less its negative's), a head's or feature's name.
+  function targetWords(t) {
+    return t.kind !== "logit" ? t.token : quote(t.token) + (t.negative != null ? " − " + quote(t.negative) : "");
+  }
+  // A summary group's ablation checks, one line each (a flagged one red; `named`, where there
+  // are several targets, says which each is for), then its attention checks.
+  function checkLines(g, named) {
+    const out = g.checks.map((c) => el("div", { class: c[4] ? "neg" : "muted" },
+      `ablate${named ? " " + named(c[0]) : ""}: predicted ${signed(c[1])}, frozen ${signed(c[2])}${c[5]}, free ${signed(c[3])}${c[6]} [${c[7]}]`));
+    if (g.attention) out.push(el("div", { class: "muted attention-checks" }, g.attention));
     return out;
   }
   // A summary's QK reason (a group's or a head target's own): the score's parts, tokens first
@@ -1789,9 +1796,18 @@
       }
       return [...by].filter((x) => x[1] !== 0).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
     };
+    // a summary group's box says when its check is flagged and that the panel says how (a
+    // review: the panel said nothing of it, the summary out of reach once a node was clicked)
+    const known = summaryGroupOf(g.members), several = !!data.mechanisms && data.mechanisms.targets.length > 1;
+    const named = (node) => { const t = data.mechanisms.targets.find((x) => x.node === node); return t ? targetWords(t) : node; };
+    const checks = known && (known.checks.length || known.attention || known.writesQk)
+      ? [el("h4", {}, `Checks (the mechanism summary's ${known.key})`),
+        ...(known.writesQk ? [el("div", { class: "writes-qk" }, known.writesQk)] : []),
+        ...checkLines(known, several ? named : null)] : [];
     ui.panel.replaceChildren(
       el("h3", {}, g.name), el("div", { class: "id" }, `supernode of ${g.members.length} nodes`),
       el("div", { class: "buttons" }, el("button", { type: "button", class: "ungroup", onclick: () => ungroup(k) }, "Ungroup")),
+      ...checks,
       el("h4", {}, "Members"),
       el("ul", {}, ...g.members.map((i) => el("li", {}, noderef(nodes[i].id)))),
       ...groupSourcesBlock(g.members),

@@ -306,6 +306,22 @@ def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page)
     assert browser.evaluate("document.querySelectorAll('#viewer .panel .noderef.absent').length")
 
 
+def test_close_unselects_and_brings_the_overview_back(browser, weekday_trace):
+    """A review: nothing unselected a node or supernode, so the panel's overview (the mechanism
+    summary) was out of reach after the first click, but by editing the URL."""
+    *_, path = weekday_trace
+    open_page(browser, path)
+    overview = panel_text(browser)
+    assert overview.startswith("Click a node") and "Mechanisms" in overview
+    for box in ("#viewer svg g.node[data-id]", "#viewer svg g.node[data-group]"):
+        browser.click(*centre(browser, box))
+        assert not panel_text(browser).startswith("Click a node") and url_state(browser)
+        browser.evaluate("document.querySelector('#viewer .panel button.close').click()")
+        assert panel_text(browser) == overview
+        assert url_state(browser) == {}
+        assert browser.evaluate("document.querySelectorAll('#viewer svg .selected').length") == 0
+
+
 def test_the_static_drawings_note_names_the_grey_rows_the_viewer_greys(browser, tmp_path):
     """A review: the note over the static drawing said the table's grey rows were the nodes
     the static drawing leaves out (227 of a trace's rows), where the viewer greys those its own

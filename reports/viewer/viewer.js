@@ -1554,7 +1554,7 @@
     const buttons = el("div", { class: "buttons" },
       el("button", { type: "button", class: "pin", onclick: () => togglePin(i) }, state.pinned.has(i) ? "Unpin" : "Pin"),
       el("button", { type: "button", class: "pick", onclick: () => { const f = focusOf(); togglePick({ node: i }); showPanel(); refocus(f); } },
-        state.picks.has(i) ? "Unpick" : "Pick for a supernode"));
+        state.picks.has(i) ? "Unpick" : "Pick for a supernode"), closeButton());
     parts.push(buttons);
     if (!item) parts.push(el("p", { class: "note" }, "Not drawn at this budget and edge threshold: pin it to draw it."));
     else if (item.group !== undefined) parts.push(el("p", { class: "note" }, "Drawn inside supernode " + quote(item.name) + "."));
@@ -1595,6 +1595,17 @@
     parts.push(qParamsBlock());
     ui.panel.replaceChildren(...parts);
     ui.panel.scrollTop = 0;
+  }
+  // Back to the panel's overview (the mechanism summary, the qParams): nothing else unselects,
+  // so a review found the summary out of reach after the first click but by editing the URL.
+  // From the keyboard, the focus goes to the box that was selected.
+  function closeButton() {
+    return el("button", { type: "button", class: "close", title: "unselect: back to the overview (and the mechanism summary)",
+      onclick: () => {
+        const f = focusOf(), g = view && view.nodeEls.get(selectedItem());
+        select(null);
+        if (f && g) g.focus();
+      } }, "Close");
   }
   // The mechanism summary's QK reasons where head n is a target or a member of a group: by
   // tokens and positions, with the token checks, which the head's own record below does not
@@ -1806,7 +1817,7 @@
         ...checkLines(known, several ? named : null)] : [];
     ui.panel.replaceChildren(
       el("h3", {}, g.name), el("div", { class: "id" }, `supernode of ${g.members.length} nodes`),
-      el("div", { class: "buttons" }, el("button", { type: "button", class: "ungroup", onclick: () => ungroup(k) }, "Ungroup")),
+      el("div", { class: "buttons" }, el("button", { type: "button", class: "ungroup", onclick: () => ungroup(k) }, "Ungroup"), closeButton()),
       ...checks,
       el("h4", {}, "Members"),
       el("ul", {}, ...g.members.map((i) => el("li", {}, noderef(nodes[i].id)))),

@@ -731,6 +731,19 @@ def test_a_stacked_drawing_takes_no_more_height_than_it_needs(tmp_path):
         assert drawing <= canvas <= drawing + 30 and canvas < 0.65 * 1200
 
 
+def test_a_urls_node_in_two_supernodes_is_said_to_stay_in_the_first(browser, small_page):
+    """A review: a URL's node in two supernodes left the second silently, where the page notes
+    every other thing of a URL it ignores (graph.json's qParams refuse it)."""
+    graph, path = small_page
+    open_page(browser, path, '#supernodes=[["x","1_3_3","2_2_3"],["y","2_2_3","0_5_2","E_4_1"]]')
+    groups = browser.evaluate(
+        "viewer.state.groups.map(g => [g.name, ...g.members.map(i => viewer.data.nodes[i].id)])"
+    )
+    assert groups == [["x", "1_3_3", "2_2_3"], ["y", "0_5_2", "E_4_1"]]
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert "ignored from the URL: 2_2_3 in two supernodes: kept in the first" in status
+
+
 def test_a_hash_pasted_by_hand_is_the_whole_state(browser, small_page):
     graph, path = small_page
     open_page(browser, path, '#pinnedIds=E_0_0&supernodes=[["g","1_3_3","2_2_3"]]')

@@ -164,6 +164,8 @@
         const i = byId.get(id);
         if (i === undefined) notes.push("no node " + clip(id));
         else if (!taken.has(i)) { taken.add(i); members.push(i); }
+        // a node in an earlier supernode stays there, said (it left this one silently)
+        else if (!members.includes(i)) notes.push(clip(id) + " in two supernodes: kept in the first");
       }
       if (members.length >= 2) groups.push({ name, members });
       else notes.push("supernode " + JSON.stringify(clip(name)) + ": fewer than two nodes");

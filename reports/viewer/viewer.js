@@ -1657,16 +1657,21 @@
       : `L${x.layer} ${x.kind === "error" ? "error" : "feature"} @${x.pos}`;
   }
   // A supernode's heads' QK sources: each member head's groups (from its record at the key it
-  // reads, the first) summed over the members by group (side, kind, layer, position, key
-  // read), members united; largest |sum| first. Each value is what the group adds to that
-  // head's score, so the sum is what it adds to the members' scores together.
+  // reads, the first) summed over the members' QK heads by group (side, kind, layer, position,
+  // key read), members united; largest |sum| first. Heads sharing a QK head at one query and
+  // key share its record, counted once: summed per OV head, a 20-head group's shared score
+  // read +230 beside the summary's per-QK-head lines (a review). Each value is what the group
+  // adds to that QK head's score, so the sum is what it adds to the QK heads' scores together.
   function summedSources(members) {
-    const by = new Map();
+    const by = new Map(), seen = new Set();
     let heads = 0;
     for (const i of members) {
       const rec = (nodes[i].qk || [])[0];
       if (!rec || rec.key !== nodes[i].attends || !rec.sources || !rec.sources.length) continue;
       heads += 1;
+      const qk = [rec.layer, rec.qkHead, nodes[i].pos, rec.key].join(",");
+      if (seen.has(qk)) continue;
+      seen.add(qk);
       for (const x of rec.sources) {
         const key = [x.side, x.kind, x.layer, x.pos, x.attends].join(",");
         const e = by.get(key) || { side: x.side, kind: x.kind, layer: x.layer, pos: x.pos, attends: x.attends, value: 0, members: [], heads: 0 };
@@ -1677,7 +1682,7 @@
       }
     }
     const list = [...by.values()].sort((a, b) => Math.abs(b.value) - Math.abs(a.value));
-    return { heads, list };
+    return { heads, qkHeads: seen.size, list };
   }
   function qkBlock(rec, n) {
     if (!meta.positional) return globalQkBlock(rec);
@@ -1830,10 +1835,11 @@
   }
   function groupSourcesBlock(members) {
     if (!meta.positional) return [];
-    const { heads, list } = summedSources(members);
+    const { heads, qkHeads, list } = summedSources(members);
     if (!heads) return [];
+    const plural = (n, one) => `${n} ${one}${n === 1 ? "" : "s"}`;
     const out = [el("h4", {}, "QK: where its heads' attention comes from"),
-      el("div", { class: "muted" }, `summed over the ${heads} member ${heads === 1 ? "head" : "heads"} with QK sources (each at the key it reads), through the graph:`)];
+      el("div", { class: "muted" }, `summed over the ${plural(qkHeads, "QK head")} of its ${plural(heads, "member head")} with QK sources (each at the key it reads; heads sharing a QK head share its score, counted once), through the graph:`)];
     for (const side of ["q", "k"]) {
       const shown = list.filter((x) => x.side === side).slice(0, QK_SHOWN);
       if (!shown.length) continue;

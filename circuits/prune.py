@@ -232,7 +232,12 @@ def influence_scores(graph: Graph) -> Scored:
     them out of every row's sum (``Normalized.without``; both influences in one sweep,
     ``influences``), and a graph scores the same either way. The influence returned, which
     pruning reads, counts them as the inputs they are.
+
+    A prompt's graph must be the full one (every row closes, ``open_rows``): a pruned graph
+    has lost nodes and edges, and scores of what is left read as circuit-tracer's without
+    being them (its rows renormalised over the kept edges alone), so it is refused.
     """
+    _check_full(graph)
     a_hat = Normalized(graph.edges)
     weights, stage = graph.target_weight.numpy(), graph.stage.numpy()
     biases = np.flatnonzero(graph.is_kind("bias").numpy())
@@ -242,6 +247,19 @@ def influence_scores(graph: Graph) -> Scored:
     scoring = a_hat.without(biases)
     infl, scored = influences([a_hat, scoring], stage, weights)
     return Scored(infl, _scores(graph, scored, scoring))
+
+
+def _check_full(graph: Graph) -> None:
+    """Refuse a prompt's graph whose rows do not close (a pruned one): ``influence_scores``."""
+    if not graph.positional or known_closed(graph):
+        return  # a global graph's rows are corpus sums, not one prompt's closing rows
+    open_ = open_rows(graph, *row_sums(graph.edges))
+    if len(open_):
+        raise ValueError(f"the scores need the full (unpruned) graph of the prompt: node "
+                         f"{graph.ids[int(open_[0])]}'s incoming edges and bias do not sum to "
+                         "its value (a pruned graph has lost edges): score the graph "
+                         "attribute returned")  # fmt: skip
+    remember_closed(graph)
 
 
 def _scores(graph: Graph, infl: np.ndarray, a_hat: Normalized) -> dict[str, float]:

@@ -813,6 +813,22 @@ def test_scores_follow_circuit_tracers_formulas(graph):
         assert 0 < scores["replacement"] < 1 and 0 < scores["completeness"] < 1
 
 
+def test_scores_of_a_pruned_graph_are_refused(graph):
+    """A review: ``graph_scores`` of a pruned graph gave numbers (1.0 and 1.0 for a BOS-only
+    prompt whose full graph scores 0.99 and 0.998), renormalised over the kept edges alone:
+    neither circuit-tracer's scores of the full graph nor a pruned graph's completeness, in
+    which the pruned nodes count against it. It is refused; the full graph scores as before."""
+    scores = graph_scores(graph)
+    pruned = prune_graph(graph, node_threshold=0.5, edge_threshold=0.5)
+    assert pruned.n_edges < graph.n_edges
+    with pytest.raises(ValueError, match=r"need the full \(unpruned\) graph"):
+        graph_scores(pruned)
+    with pytest.raises(ValueError, match=r"need the full \(unpruned\) graph"):
+        influence_scores(pruned)
+    everything = graph.subgraph(torch.ones(graph.n_nodes, dtype=torch.bool))
+    assert graph_scores(everything) == scores
+
+
 def test_scores_do_not_depend_on_constants_as_nodes(graph, replacement, tokens):
     """Found by a fuzz pass: with the decoder biases as nodes (the trace's default) the bias
     nodes took a share of every row, so the printed scores were not circuit-tracer's (whose

@@ -766,8 +766,10 @@ class Graph:
 
 def is_integer(x) -> bool:
     """A Python or NumPy integer (what ``operator.index`` takes), not a bool: what the graph
-    API accepts as a node index or a count, so a float is never truncated into one."""
-    if isinstance(x, bool):
+    API accepts as a node index or a count, so a float is never truncated into one. A one-element
+    bool tensor is a bool too (``operator.index`` reads it as 0 or 1: a mask passed as a group's
+    members was refused as "names a node twice", ``node_index(torch.tensor(True))`` gave 1)."""
+    if isinstance(x, bool) or (isinstance(x, torch.Tensor) and x.dtype == torch.bool):
         return False
     try:
         operator.index(x)

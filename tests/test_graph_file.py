@@ -460,6 +460,29 @@ def test_the_graph_api_refuses_nonsense_in_one_clear_error(tmp_path):
     assert merged.name == "g" and merged.members == [1, 2]
 
 
+def test_a_bool_tensor_is_no_node_index():
+    """A review: a boolean mask over the nodes, which ``subgraph`` and ``qk_attribution`` take,
+    passed as a group's members was refused as "names a node twice" (each element, a 0-d bool
+    tensor, read as index 0 or 1), and ``node_index(torch.tensor(True))`` gave node 1. A bool
+    tensor is no index: refused as one; the mask's indices make the group."""
+    from circuits.groups import group
+    from circuits.prune import prune_graph
+
+    graph = make_graph()
+    mask = graph.is_kind("lorsa")
+    with pytest.raises(ValueError, match="members must be node indices"):
+        group(graph, mask, "heads")
+    with pytest.raises(ValueError, match="node must be an integer"):
+        graph.node_index(torch.tensor(True))
+    with pytest.raises(ValueError, match="max_nodes must be a positive integer"):
+        prune_graph(graph, max_nodes=torch.tensor(True))
+    view = group(graph, mask.nonzero().squeeze(1), "heads")
+    assert (
+        view.groups[view.group_of(int(mask.nonzero()[0]))].members == mask.nonzero()[:, 0].tolist()
+    )
+    assert graph.node_index(torch.tensor(1)) == 1  # an integer tensor is an index
+
+
 def test_groups_of_the_wrong_type_are_refused_naming_the_argument():
     """Found by a fuzz pass: ``grouped(g, 5)`` / ``grouped(g, None)`` and a ``Group`` with
     members None raised a TypeError from inside, ``members(99999)`` an IndexError, and

@@ -170,8 +170,18 @@ def _plus_error(out: Tensor, recon: Tensor, target: Tensor, hook_error: HookPoin
     interventions (``out`` is ``recon``, the error unpatched) it is ``target`` to the bit:
     local mode then reproduces the original model exactly, not just to rounding."""
     clean_error = target - recon
-    error = hook_error(clean_error)
+    # a copy for the hook: one editing in place (TransformerLens's idiom) would edit
+    # ``clean_error`` too, and the edit would cancel itself
+    error = hook_error(clean_error.clone() if has_hooks(hook_error) else clean_error)
     return target + (out - recon) + (error - clean_error)
+
+
+def _for_hook(acts: Tensor, hook: HookPoint, original: Sublayer | None) -> Tensor:
+    """``acts`` for ``hook``, copied in local mode when something hooks it: the error is
+    measured against the reconstruction from ``acts``, and a hook editing them in place
+    (TransformerLens's idiom) would edit that reconstruction too, so that the error took the
+    edit back (an ablation moved nothing)."""
+    return acts.clone() if original is not None and has_hooks(hook) else acts
 
 
 class HookedLorsa(nn.Module):
@@ -193,7 +203,7 @@ class HookedLorsa(nn.Module):
         if has_hooks(self.hook_pattern):  # explicit patterns only when someone reads them
             pattern = self.hook_pattern(self.layer.patterns(x))
         z = self.layer.activate(self.hook_pre(self.layer.pre_activations(x, pattern)))
-        out = self.hook_out(self.layer.decode(self.hook_z(z)))
+        out = self.hook_out(self.layer.decode(self.hook_z(_for_hook(z, self.hook_z, original))))
         if original is None:
             return out
         # Against the un-hooked reconstruction: the error is a function of x alone (module doc).
@@ -217,7 +227,9 @@ class HookedTranscoder(nn.Module):
         """The reconstruction, plus the error ``original(x) - reconstruction`` when given."""
         x = self.hook_in(x)
         f = self.layer.activate(self.hook_pre(self.layer.pre_activations(x)))
-        out = self.hook_out(self.layer.decode(self.hook_acts(f), x))
+        out = self.hook_out(
+            self.layer.decode(self.hook_acts(_for_hook(f, self.hook_acts, original)), x)
+        )
         if original is None:
             return out
         if has_hooks(self.hook_pre):

@@ -271,6 +271,36 @@ def test_ablating_a_lorsa_head_moves_the_output_by_its_contribution(replacement,
     torch.testing.assert_close(replacement(tokens, mode=mode), logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "site", ["lorsa.hook_z", "transcoder.hook_acts", "lorsa.hook_error", "transcoder.hook_error"]
+)
+def test_an_edit_in_place_acts_as_an_edit_of_a_copy(replacement, tokens, site):
+    """A review: in local mode a hook editing ``hook_z``, ``hook_acts`` or ``hook_error`` in
+    place (``act[...] = 0; return act``, TransformerLens's idiom) moved nothing, the error
+    being measured against the edited tensor itself (on the default model, zeroing the top
+    layer-0 feature moved the logits by 0.0 where the same edit of a copy moved them by
+    4.3). Either way of writing the hook gives the same logits now, in both modes."""
+    for mode in ("local", "sparse") if "error" not in site else ("local",):
+        clean = replacement(tokens, mode=mode)
+        name = f"blocks.0.{site}"
+
+        def in_place(act, hook):
+            act[:, -1] = 0
+            return act
+
+        def copied(act, hook):
+            act = act.clone()
+            act[:, -1] = 0
+            return act
+
+        edited = replacement.run_with_hooks(tokens, mode=mode, fwd_hooks=[(name, copied)])
+        assert not torch.allclose(edited, clean)
+        assert torch.equal(
+            replacement.run_with_hooks(tokens, mode=mode, fwd_hooks=[(name, in_place)]), edited
+        )
+    assert torch.equal(replacement(tokens, mode="local"), replacement.model(tokens))
+
+
 def test_toy_model_stays_frozen_and_replacement_layers_train(replacement, random_model, tokens):
     logits = replacement(tokens)
     F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()

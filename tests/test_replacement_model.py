@@ -301,6 +301,35 @@ def test_an_edit_in_place_acts_as_an_edit_of_a_copy(replacement, tokens, site):
     assert torch.equal(replacement(tokens, mode="local"), replacement.model(tokens))
 
 
+def test_an_edit_of_the_position_vectors_in_place_leaves_the_weights(
+    replacement, random_model, tokens
+):
+    """A review: ``hook_pos_embed`` was handed ``W_pos[:n]``, a view of the weight, so a hook
+    zeroing a position's vector in place (``act[3] = 0; return act``) zeroed ``W_pos[3]`` for
+    every later run, of the toy model and of the replacement model alike."""
+    weights = random_model.W_pos.detach().clone()
+
+    def in_place(act, hook):
+        act[3] = 0
+        return act
+
+    def copied(act, hook):
+        act = act.clone()
+        act[3] = 0
+        return act
+
+    hooks = [("hook_pos_embed", in_place)]
+    for model, modes in (
+        (random_model, [{}]),
+        (replacement, [{"mode": "local"}, {"mode": "sparse"}]),
+    ):
+        for kw in modes:
+            edited = model.run_with_hooks(tokens, fwd_hooks=[("hook_pos_embed", copied)], **kw)
+            assert torch.equal(model.run_with_hooks(tokens, fwd_hooks=hooks, **kw), edited)
+            assert torch.equal(random_model.W_pos.detach(), weights)
+            assert not torch.equal(model(tokens, **kw), edited)
+
+
 def test_toy_model_stays_frozen_and_replacement_layers_train(replacement, random_model, tokens):
     logits = replacement(tokens)
     F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()

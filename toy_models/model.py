@@ -216,7 +216,10 @@ class ToyTransformer(HookedRootModule):
         # gradients in a fixed order, where indexing's accumulates them in whatever order the
         # threads reach them, so that two training runs of one command would differ.
         embed = F.embedding(tokens, self.W_E)
-        resid = self.hook_embed(embed) + self.hook_pos_embed(self.W_pos[:n])
+        # A copy for a hook: W_pos[:n] is a view of the weight, which a hook editing it in place
+        # (TransformerLens's idiom) edited for good (a review).
+        pos = self.W_pos[:n].clone() if has_hooks(self.hook_pos_embed) else self.W_pos[:n]
+        resid = self.hook_embed(embed) + self.hook_pos_embed(pos)
         for block in self.blocks:
             resid = block(resid)
         return self.ln_final(resid) @ self.W_U + self.b_U

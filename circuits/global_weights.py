@@ -367,7 +367,10 @@ def qk_circuit(
     one group), the ``k`` strongest query-unit x key-unit pairs of ``qk_virtual_weights``
     (weights alone), and for each of those units its ``writers`` strongest inputs on the
     corpus sample (``Statistics.mean_input``). Returns a ``Graph``: writer -> unit edges carry
-    the mean inputs, and the pairs are the heads' QK record (drawn as dashed query/key edges)."""
+    the mean inputs, and the pairs are the heads' QK record (drawn as dashed query/key edges).
+    Weights alone give no score of a prompt or the corpus: the record's ``score`` is its pairs'
+    sum (``rest`` 0), so that its pairs and rest make its score, as every record's do (one of
+    score 0 beside pairs summing to 0.07 was refused by ``Graph.save``)."""
     units = stats.units
     layer = units.check_layer(layer)
     cfg = replacement.lorsas[layer].cfg
@@ -396,7 +399,8 @@ def qk_circuit(
             edges[(int(ids[s]), u)] = float(w[s])
     fields = {u: units.side(u, 0) for u in chosen}  # their nodes, at position 0
     record = QKAttribution(
-        layer=layer, qk_head=qk_head, query=0, key=0, attention=0.0, score=0.0,
+        layer=layer, qk_head=qk_head, query=0, key=0, attention=0.0,
+        score=sum(v for _, _, v in pairs),
         pairs=[QKPair(fields[q].id, fields[key].id, v) for q, key, v in pairs],
         query_marginals=[], key_marginals=[], rest=0.0,
     )  # fmt: skip

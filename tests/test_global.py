@@ -1247,6 +1247,20 @@ def test_qk_circuit(replacement, units, stats):
         qk_circuit(replacement, stats, 1, [0, 4])
 
 
+def test_a_qk_circuit_saves_and_loads(replacement, stats, tmp_path):
+    """A review: its record had score 0 and rest 0 beside pairs of nonzero sum, so
+    ``Graph.save`` refused the graph qk_circuit returned ("its pairs plus rest are not its
+    score"). Weights alone have no score: the record's is its pairs' sum."""
+    graph = qk_circuit(replacement, stats, 1, [4, 5], k=5, writers=2)
+    (record,) = graph.qk
+    assert record.score == pytest.approx(sum(p.value for p in record.pairs)) and record.rest == 0
+    graph.save(tmp_path / "qk.safetensors")
+    loaded = Graph.load(tmp_path / "qk.safetensors")
+    assert loaded.ids == graph.ids and [p.value for p in loaded.qk[0].pairs] == [
+        p.value for p in record.pairs
+    ]
+
+
 START = 78  # a unit of the fixture's numbering: block 1's Lorsa head 2
 
 

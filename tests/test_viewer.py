@@ -945,6 +945,26 @@ def test_global_graph_is_laid_out_by_stage_only(browser, tmp_path):
     assert "key 1" not in block and "attention 0" not in block  # no positions here
 
 
+def test_a_qk_circuits_pairs_read_as_from_the_weights(browser, tmp_path):
+    """A review: the page of ``qk_circuit``'s graph (the heads report's induction circuit)
+    called its record's pairs, from W_Q W_K^T alone, an "expected QK attribution per firing"
+    with a "score lift" of +0. They read as what they are, on the viewer and the page."""
+    local = make_graph()
+    graph = dataclasses.replace(local, positional=False, pos=torch.zeros_like(local.pos))
+    graph.qk = [dataclasses.replace(a, query=0) for a in local.qk]
+    graph.settings = {**graph.settings, "qk_circuit": {"layer": 0, "qk_head": 2}}
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None, title="QK circuit")
+    page = path.read_text(encoding="utf-8")
+    assert "L0 QK 2: from the weights alone" in page  # the page's own table of QK records
+    assert "expected QK attribution per firing, score lift" not in page
+    open_page(browser, path)
+    click_node(browser, "0_5_0")
+    block = browser.evaluate("document.querySelector('.qk').textContent")
+    assert "from the weights alone" in block and "L0 QK 2" in block
+    assert "per firing" not in block and "score lift" not in block
+
+
 def test_a_wide_global_graph_starts_at_its_middle_a_prompts_at_its_right(tmp_path):
     """In a narrow window the canvas scrolls: a prompt's graph starts at its right (the last
     position, the logits), a global graph, which has no positions, at its middle (it started

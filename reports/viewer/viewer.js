@@ -1724,8 +1724,11 @@
   // A global graph's QK record: no positions; an expected score lift per firing of the group,
   // its largest query-unit x key-unit pairs and each side's strongest units.
   function globalQkBlock(rec) {
-    const block = el("div", { class: "qk" },
-      el("div", {}, `L${rec.layer} QK ${rec.qkHead} · expected QK attribution per firing · score lift ${signed(rec.score)} (rest ${signed(rec.rest)})`));
+    // A QK circuit's pairs come from the weights alone (W_Q W_K^T), not from the corpus.
+    const what = meta.qkFromWeights
+      ? `from the weights alone (W_Q W_K^T between the units' write vectors, no prompt or corpus) · its ${rec.pairs.length} strongest pairs, sum ${signed(rec.score)}`
+      : `expected QK attribution per firing · score lift ${signed(rec.score)} (rest ${signed(rec.rest)})`;
+    const block = el("div", { class: "qk" }, el("div", {}, `L${rec.layer} QK ${rec.qkHead} · ${what}`));
     const term = (p) => el("span", { class: p > 0 ? "pos" : "neg" }, signed(p));
     if (rec.pairs.length) {
       block.append(el("div", { class: "muted" }, "largest pairs, query-side unit × key-side unit:"),

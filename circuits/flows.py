@@ -8,11 +8,13 @@ was traced from, whose value is its pre-activation):
 
 - **flows.** ``h_n = d value_t / d value_n`` through the frozen linear graph (``h_t = 1``;
   ``h_s = sum_r h_r edges[r, s] / activation_s``); a node's *flow* ``h_n activation_n`` is its
-  total signed contribution to the target along every path, and a group's flow the sum of its
-  members'. The target's value splits exactly into ``tokens`` (the embeddings' flows),
-  ``errors`` (the error nodes'), and ``constants``: the bias nodes' flows plus every node's
-  own constant term reaching the target (``h_n bias_n``: ``b_V``, ``b_enc``, ``b_U``, and in
-  graphs without bias nodes the decoder biases those terms hold).
+  total signed contribution to the target along every path, and a group's flow what zeroing
+  its members at once takes away (``group_flows``: within one stage its members' sum; in a
+  group spanning stages a path through two members counts once). The target's value splits
+  exactly into ``tokens`` (the embeddings' flows), ``errors`` (the error nodes'), and
+  ``constants``: the bias nodes' flows plus every node's own constant term reaching the target
+  (``h_n bias_n``: ``b_V``, ``b_enc``, ``b_U``, and in graphs without bias nodes the decoder
+  biases those terms hold).
 - **paths.** Group-level paths from the target down to a root group (embedding, error or
   constant), found by a beam search. A path's flow is exact: the part of the target that flows
   along that sequence of groups (at node level, the sum over every member-level path through
@@ -75,14 +77,21 @@ class EdgeSweep:
             into[:lo] += (block @ h[a - lo : b - lo].astype(np.float32))[:lo]
 
     def sweep(
-        self, direct: np.ndarray, h: np.ndarray | None, flow: np.ndarray, below_stage: int
+        self,
+        direct: np.ndarray,
+        h: np.ndarray | None,
+        flow: np.ndarray,
+        below_stage: int,
+        stop: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Fill ``flow`` and ``h`` stage by stage, from the top stage below ``below_stage``
         down: ``flow = direct + edges.T @ h``, ``h = flow / activation``; rows from
         ``below_stage`` up pass on the ``h`` they hold (a target's 1). ``flow``'s rows below
         ``below_stage`` gather the pushes (no third array of the readouts' size: with ``h``,
         the memory peak of a trace's QK root pairs); ``h`` None (nothing from ``below_stage``
-        up) keeps one stage's ``h`` at a time, for a caller that reads the flows alone."""
+        up) keeps one stage's ``h`` at a time, for a caller that reads the flows alone.
+        ``stop`` (a mask of the nodes): those nodes get their flow and ``h`` but pass nothing
+        down, so the nodes below them see only the paths that avoid them (``group_flows``)."""
         stage = self.stage
         start = int(np.searchsorted(stage, below_stage))
         flow[:start] = 0.0
@@ -96,6 +105,9 @@ class EdgeSweep:
             here[np.broadcast_to(act == 0, here.shape)] = 0.0
             if h is not None:
                 h[lo:hi] = here
+            if stop is not None and stop[lo:hi].any():
+                here = here.copy()
+                here[stop[lo:hi]] = 0.0
             self.push(lo, hi, here, flow)
         return flow, h
 
@@ -152,6 +164,51 @@ def many_node_flows(
         flow[same, cols] = graph.value[same].double().numpy()
         edge_sweep.sweep(np.zeros((n, len(same))), h, flow, stage)
         out |= {t: (flow[:, j].copy(), h[:, j].copy()) for j, t in enumerate(same)}
+    return out
+
+
+def group_flows(
+    graph: Graph,
+    view: GroupedGraph,
+    target_flows: dict[int, tuple[np.ndarray, np.ndarray]],
+    edge_sweep: EdgeSweep | None = None,
+) -> dict[int, np.ndarray]:
+    """Each group of ``view``'s flow into each target of ``target_flows`` (``many_node_flows``'s
+    result): the part of the target that flows through the group, every path through one or
+    more of its members counted once, so that it is what zeroing the members at once takes
+    away through the frozen linear graph (``circuits.interventions.predict``). A group within
+    one stage is its members' flows summed (no path runs from one member to another); in a
+    group spanning stages (a hand-made one) a path through two members is counted at the one
+    nearest the target: ``sum_m activation_m h_m``, ``h_m`` through the paths that avoid the
+    other members (a sweep in which they pass nothing down). Summed, the members' flows counted
+    such a path once per member: the heads at the last position of ``red blue red blue red``,
+    one group, read +10.86 where zeroing them predicts -16.30 (a review)."""
+    view = checked_view(view)
+    if view.graph.ids != graph.ids:
+        raise ValueError("view groups another graph's nodes")
+    targets = list(target_flows)
+    out = {t: np.bincount(view.of_node, target_flows[t][0], minlength=view.n_groups)
+           for t in targets}  # fmt: skip
+    stages = graph.stage.numpy()
+    spanning = [g for g, grp in enumerate(view.groups)
+                if grp.stage is None and len(set(stages[grp.members].tolist())) > 1]  # fmt: skip
+    if not spanning or not targets:
+        return out
+    edge_sweep = _sweep_of(graph, edge_sweep)
+    n = graph.n_nodes
+    for g in spanning:
+        members = np.asarray(view.groups[g].members)
+        stop = np.zeros(n, dtype=bool)
+        stop[members] = True
+        for stage in sorted({int(graph.stage[t]) for t in targets}):
+            same = [t for t in targets if int(graph.stage[t]) == stage]
+            cols = np.arange(len(same))
+            h, flow = np.zeros((n, len(same))), np.zeros((n, len(same)))
+            h[same, cols] = 1.0
+            flow[same, cols] = graph.value[same].double().numpy()
+            edge_sweep.sweep(np.zeros((n, len(same))), h, flow, stage, stop=stop)
+            for j, t in enumerate(same):
+                out[t][g] = flow[members, j].sum()
     return out
 
 

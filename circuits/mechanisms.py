@@ -81,6 +81,7 @@ from .flows import (
     BEAM,
     MAX_PATHS,
     EdgeSweep,
+    group_flows,
     key_flows,
     many_node_flows,
     many_qk_side_flows,
@@ -202,10 +203,11 @@ def _summarize(
     probs = run.logits[-1].softmax(-1)
     edge_sweep = EdgeSweep(full, run)  # full is run's full graph: checked against it
     target_flows = many_node_flows(full, targets, edge_sweep)
+    flow_of_group = group_flows(full, view, target_flows, edge_sweep)
     for t in targets:
         flow, h = target_flows[t]
         flows[t], grads[t] = flow, h
-        group_flow = np.bincount(view.of_node, flow, minlength=view.n_groups)
+        group_flow = flow_of_group[t]
         way = direction_of(float(full.value[t]))  # a negative target's movers push down
         ranking = _head_ranking(view, way * group_flow, reads_at(full, t), own[t])[:HEAD_GROUPS]
         ranked.update(ranking)
@@ -257,7 +259,7 @@ def _summarize(
     # head target at BOS: groups at later positions, which cannot reach it, came in with flow
     # 0 and a check of rounding noise; found by a reviewer).
     if targets:
-        group_flow = np.bincount(view.of_node, flows[targets[0]], minlength=view.n_groups)
+        group_flow = flow_of_group[targets[0]]
         inner = [g for g in np.argsort(-np.abs(group_flow)).tolist()
                  if view.groups[g].kind in ("lorsa", "transcoder")
                  and g != own[targets[0]] and group_flow[g] != 0]  # fmt: skip
@@ -282,8 +284,7 @@ def _summarize(
     records, rw = [], replacement.read_write()
     for g in listed:
         grp = view.groups[g]
-        member_flow = {ids[t]: flows[t][grp.members] for t in targets}
-        total = {t: float(v.sum()) for t, v in member_flow.items()}
+        total = {ids[t]: float(flow_of_group[t][g]) for t in targets}
         record = GroupRecord(
             key=keys[g], name=grp.name, kind=grp.kind, layer=grp.layer, pos=grp.pos,
             attends=grp.attends,

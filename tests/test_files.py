@@ -387,14 +387,16 @@ def test_the_light_copies_of_the_saved_work_names_are_the_librarys():
     from toy_models import checkpoint, resumable
     from toy_models.files import SAVED_WORK, set_record_name
 
-    model_files, set_files, cache_files, checkpoint_files, data_files = (
+    model_files, set_files, cache_files, checkpoint_files, data_files, shipped, shipped_set = (
         k.names for k in SAVED_WORK
     )
     assert model_files == (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE)
     assert set_files == (replacement_model.CONFIG_FILE,) == (SET_FILE,)
     assert cache_files == (MANIFEST_FILE,)
     assert checkpoint_files == (resumable.STATE_FILE, resumable.WEIGHTS_FILE)
-    assert [k.whole for k in SAVED_WORK] == [False, False, False, True, False]
+    assert shipped == (checkpoint.RECORD_FILE, *model_files)
+    assert shipped_set == (checkpoint.RECORD_FILE, *set_files)
+    assert [k.whole for k in SAVED_WORK] == [False, False, False, True, False, True, True]
     # toy_models.train.prepare_data's names, for any n_ctx
     assert SAVED_WORK[4].is_name("source.json") and SAVED_WORK[4].is_name("packed-64.safetensors")
     assert data_files == ("source.json", "packed-*.safetensors")
@@ -580,6 +582,50 @@ def test_a_training_checkpoint_is_saved_work_no_other_command_writes_into(tmp_pa
     (tmp_path / "mine" / "state.json").write_text("{}")
     check_writable_dir(tmp_path / "mine")
     check_writable_file(tmp_path / "mine" / "eval.json", "--json")
+
+
+def test_a_shipped_zoo_entry_is_saved_work_no_other_command_writes_into(tmp_path):
+    """Found by fuzz pass 73 (lost work, exit 0): ``circuits.trace --out
+    toy_models/zoo/default/sub`` wrote its graph set inside the shipped model's entry, which the
+    next ``toy_models.ship RUN --name default`` replaces whole (``ship_directory``), deleting
+    the set. A shipped entry (a model's or a set's files with its record.json) is refused as an
+    output folder's parent, and an output file anywhere under it; an unshipped run is not."""
+    from toy_models.cli import UserError
+    from toy_models.files import check_writable_dir, check_writable_file, earlier_set
+    from toy_models.ship import ship_directory
+
+    zoo = tmp_path / "zoo"
+    model = zoo / "default"
+    model.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "record.json"):
+        (model / name).write_text("{}")
+    sets = tmp_path / "sets" / "default"
+    sets.mkdir(parents=True)
+    for name in ("replacement.json", "record.json"):
+        (sets / name).write_text("{}")
+    before = snapshot(tmp_path)
+    for entry, what in ((model, "a shipped model"), (sets, "a shipped replacement set")):
+        for out in (entry / "sub", entry / "graphs" / "one"):
+            with pytest.raises(UserError, match=f"--out {out}: is inside {what}"):
+                check_writable_dir(out)
+            with pytest.raises(files.WriteError, match=f"is inside {what}"):
+                earlier_set(out, "graph.json", SET_NAMES)  # what circuits.trace checks
+        path = entry / "eval.json"
+        with pytest.raises(UserError, match=f"--json {path}: is inside {what}"):
+            check_writable_file(path, "--json")
+    assert snapshot(tmp_path) == before
+    # which is what the next ship does to anything written there
+    (model / "sub").mkdir()
+    (model / "sub" / "graph.json").write_text("{}")
+    ship_directory(zoo, "default", lambda tmp: (tmp / "config.json").write_text("{}"), lambda _: {})
+    assert not (model / "sub").exists()
+    # an unshipped run's folder (no record.json) keeps taking files beside its model
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (run / name).write_text("{}")
+    check_writable_dir(run / "sub")
+    check_writable_file(run / "eval.json", "--json")
 
 
 def test_results_replace_only_an_earlier_results_file(tmp_path):

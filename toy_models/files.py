@@ -442,13 +442,18 @@ def _entry_named(directory: Path, pattern: str) -> bool:
 # were deleted by the run's next checkpoint): both found by fuzz passes. A training run's
 # ``data/`` folder (``toy_models.train.prepare_data``: ``source.json`` and the packed rows,
 # both names needed, ``source.json`` being a common one) is its own cache of the corpus: an
-# activation cache written there was accepted (a review).
+# activation cache written there was accepted (a review). A shipped zoo entry (a model's or a
+# set's files with ``toy_models.checkpoint.RECORD_FILE`` beside them) is replaced whole by the
+# next ship (``toy_models.ship.ship_directory``): a trace written into ``zoo/default/sub`` was
+# accepted, exit 0, and deleted by shipping ``default`` again (a fuzz pass).
 SAVED_WORK = (
     SavedWork(("config.json", "model.safetensors"), "a model"),
     SavedWork(("replacement.json",), "a replacement set"),
     SavedWork(("manifest.json",), "an activation cache"),
     SavedWork(("state.json", "weights.safetensors"), "a training checkpoint", whole=True),
     SavedWork(("source.json", "packed-*.safetensors"), "a training run's data", every=True),
+    SavedWork(("record.json", "config.json", "model.safetensors"), "a shipped model", whole=True),
+    SavedWork(("record.json", "replacement.json"), "a shipped replacement set", whole=True),
 )
 
 

@@ -1,6 +1,7 @@
 import torch
 from safetensors.torch import load_file, save_file
 
+from toy_models.records import is_finite_number
 from toy_models.train import lr_at, train
 from toy_models.zoo import CONFIGS
 
@@ -652,6 +653,15 @@ def test_a_run_stopped_while_writing_its_final_model_finishes_on_resume(tiny_run
     (out / "config.json").write_text(json.dumps(meta))
     assert train("tiny", out, resume=True, quiet=True) == out
     assert "final_train_loss" in json.loads((out / "config.json").read_text())
+    # figures main could not print as the run's (fuzz pass 73: a 401-digit loss was an
+    # OverflowError traceback where main formats it, a NaN loss printed as the run's, exit 0)
+    for figure, value in (("final_train_loss", "1" + "0" * 400), ("final_train_loss", "NaN"),
+                          ("train_elapsed_s", "-1"), ("train_tokens_per_s", "1e999")):  # fmt: skip
+        meta = json.loads((out / "config.json").read_text())
+        text = json.dumps({**meta, figure: "VALUE"}).replace('"VALUE"', value)
+        (out / "config.json").write_text(text)
+        assert train("tiny", out, resume=True, quiet=True) == out
+        assert is_finite_number(json.loads((out / "config.json").read_text())[figure])
     straight = load_file(str(tiny_run / "model.safetensors"))
     resumed = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)

@@ -158,15 +158,18 @@ def prepare_data(out: Path, entry, cfg: TrainConfig):
 
 def _final_files_read(out: Path) -> bool:
     """Whether a finished run's final model loads (config, tokenizer, weights: every check of
-    ``ToyTransformer.load``) and its config records the training figures ``main`` prints."""
+    ``ToyTransformer.load``) and its config records the training figures ``main`` prints:
+    finite and not negative (a fuzz pass's 401-digit loss was an OverflowError traceback where
+    ``main`` formats it, a NaN loss was printed as the run's, exit 0)."""
     from .checkpoint import CONFIG_FILE, read_json
     from .model import ToyTransformer
+    from .records import is_finite_number
 
     try:
         ToyTransformer.load(out)
         meta = read_json(out / CONFIG_FILE)
         return all(
-            isinstance(meta.get(k), int | float) and not isinstance(meta.get(k), bool)
+            is_finite_number(meta.get(k)) and meta[k] >= 0
             for k in ("final_train_loss", "train_elapsed_s", "train_tokens_per_s")
         )
     except (OSError, ValueError):

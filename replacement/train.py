@@ -322,7 +322,10 @@ def finished_set(
 ) -> dict | None:
     """The meta of the set a finished run wrote into ``out``, or None unless it loads for
     ``model`` (every check of ``ReplacementModel.load``), was trained with these ``layers``,
-    ``shapes`` and ``cfg``, and records the figures ``main`` prints."""
+    ``shapes`` and ``cfg``, and records the figures ``main`` prints: finite and not negative
+    (a fuzz pass's 401-digit FVU was an OverflowError traceback where ``main`` formats it)."""
+    from toy_models.records import is_finite_number
+
     from .model import ReplacementModel
 
     try:
@@ -335,7 +338,7 @@ def finished_set(
         figures += [stats.get("lorsa_fvu"), stats.get("tc_fvu")]
     trained = [layers, asdict(shapes), asdict(cfg)]
     same = [meta.get(k) for k in ("layers", "shapes", "train")] == trained
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in figures)
+    numbers = all(is_finite_number(v) and v >= 0 for v in figures)
     return meta if same and isinstance(stats, dict) and numbers else None
 
 

@@ -465,6 +465,19 @@ def test_a_finished_sets_resume_writes_nothing(tiny_run, tmp_path, cli):
     code, _, err = cli(train.main, *argv, "--resume")
     assert code == 0, err
     assert (out / "replacement.json").read_bytes() == before[out / "replacement.json"][2]
+    # figures main cannot print, in a set edited with its checksum made again (fuzz pass 73: a
+    # 401-digit FVU was an OverflowError traceback where main formats it): written again
+    from toy_models.checkpoint import json_sha256
+
+    config = json.loads((out / "replacement.json").read_text())
+    config["meta"]["final_train_stats"]["lorsa_fvu"] = 10**400
+    config["content_sha256"] = json_sha256(
+        {k: v for k, v in config.items() if k != "content_sha256"}
+    )
+    (out / "replacement.json").write_text(json.dumps(config))
+    code, again, err = cli(train.main, *argv, "--resume")
+    assert code == 0 and "Traceback" not in err, err
+    assert (out / "replacement.json").read_bytes() == before[out / "replacement.json"][2]
 
     eva = ["--model", tiny_run, "--replacement", out, "--batches", "1", "--docs", "1"]
     results = tmp_path / "eval.json"

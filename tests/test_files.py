@@ -628,6 +628,40 @@ def test_a_shipped_zoo_entry_is_saved_work_no_other_command_writes_into(tmp_path
     check_writable_file(run / "eval.json", "--json")
 
 
+def test_a_link_into_a_folder_replaced_whole_is_followed(tmp_path):
+    """Found by fuzz pass 73 (lost work, exit 0): an ``--out`` (or a ``--json``'s folder) that
+    was a symbolic link to a folder inside a training checkpoint or a shipped zoo entry was
+    written into, the folders above the link checked instead of those above its target."""
+    from toy_models.cli import UserError
+    from toy_models.files import check_writable_dir, check_writable_file, earlier_set
+
+    checkpoint = a_checkpoint(tmp_path / "run")
+    (checkpoint / "sub").mkdir()
+    zoo_entry = tmp_path / "zoo" / "default"
+    zoo_entry.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "record.json"):
+        (zoo_entry / name).write_text("{}")
+    (zoo_entry / "sub").mkdir()
+    before = snapshot(tmp_path)
+    for target, what in ((checkpoint, "a training checkpoint"), (zoo_entry, "a shipped model")):
+        link = tmp_path / f"link-{target.name}"
+        link.symlink_to(target / "sub")
+        for out in (link, link / "deeper"):
+            with pytest.raises(UserError, match=f"--out {out}: is inside {what} \\({target}\\)"):
+                check_writable_dir(out)
+            with pytest.raises(files.WriteError, match=f"is inside {what}"):
+                earlier_set(out, "graph.json", SET_NAMES)  # what circuits.trace checks
+        with pytest.raises(UserError, match=f"is inside {what}"):
+            check_writable_file(link / "eval.json", "--json")
+        link.unlink()
+    assert snapshot(tmp_path) == before
+    # a link to a folder of one's own stays fine
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "link-mine").symlink_to(tmp_path / "mine")
+    check_writable_dir(tmp_path / "link-mine")
+    check_writable_file(tmp_path / "link-mine" / "eval.json", "--json")
+
+
 def test_results_replace_only_an_earlier_results_file(tmp_path):
     """Found by fuzz pass 22 (lost work, exit 0): ``--json`` replaced any file: another set's
     replacement.json, a cache's manifest, a checkpoint's state, a user's notes. Given the keys

@@ -499,7 +499,7 @@ def check_writable_dir(
     if record:
         raise UserError(f"{flag} {path}: holds a graph's or report's outputs ({record}); "
                         "write the outputs elsewhere")  # fmt: skip
-    inside = replaced_whole(path.absolute().parent)
+    inside = replaced_whole(real_path(path).parent)
     if inside:
         raise UserError(f"{flag} {path}: is inside {inside}, which its run replaces whole; "
                         "write the outputs elsewhere")  # fmt: skip
@@ -663,7 +663,7 @@ def earlier_record(out: Path, mark: str, names: frozenset[str], by: str | None =
     and feature files: found by a reviewer), an entry of the set's ``names`` that no record lists,
     or not as what stands there, or a recorded directory that holds anything its run did not
     write (someone's own)."""
-    inside = replaced_whole(out.absolute().parent)
+    inside = replaced_whole(real_path(out).parent)
     if inside:
         raise WriteError(errno.EEXIST, f"is inside {inside}, which its run replaces whole; "
                          "write the outputs elsewhere", str(out))  # fmt: skip
@@ -741,11 +741,19 @@ def check_writable_file(path: Path, flag: str, results: frozenset[str] = frozens
         raise UserError(f"{flag} {path}: cannot write there ({reason})")
 
 
+def real_path(path: Path) -> Path:
+    """``path`` absolute with every symbolic link on it followed (a missing tail kept, a link
+    loop left as it stands: ``os.path.realpath``, which never raises): where a write lands."""
+    return Path(os.path.realpath(path))
+
+
 def replaced_whole(directory: Path) -> str | None:
     """``a training checkpoint (DIR)`` when ``directory`` or a folder above it is saved work
     that its writer replaces whole (``SavedWork.whole``), else None: whatever another command
-    writes there is lost at the next save."""
-    directory = directory.absolute()
+    writes there is lost at the next save. Links are followed (``real_path``): an ``--out``
+    that was a link to a folder inside such work was written into, the folders above the
+    link checked instead of those above its target (a fuzz pass)."""
+    directory = real_path(directory)
     for folder in (directory, *directory.parents):
         for kind in SAVED_WORK:
             if kind.whole and kind.found_in(folder):
@@ -760,7 +768,7 @@ def in_saved_work(path: Path, own_results: bool = False) -> str | None:
     holds (``--json SET/replacement.json``; not when ``own_results``: the file there is the
     command's own earlier results, ``check_writable_file``). Beside a kept kind's files is
     fine (``--json RUN/eval.json``)."""
-    folder = path.absolute().parent
+    folder = real_path(path).parent
     inside = replaced_whole(folder)
     if inside:
         return f"is inside {inside}, which its run replaces whole"

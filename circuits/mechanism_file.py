@@ -969,6 +969,12 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
         # ``QKReason.rest``: the specific part less its listed pairs (``qk.qk_attribution``)
         _closes(math.fsum([p.value for p in r.pairs] + [r.rest]), r.specific,
                 f"{where}.qk[{j}]: pairs + rest")  # fmt: skip
+        # each side's own total: specific = query_at - mean query . dv = key_at - du . mean key
+        # (a forged query_at of 1e300 loaded and was printed as the side's total: a fuzz pass)
+        for side, at, mean in (("query_at", r.query_at, r.mean_query_vs_key),
+                               ("key_at", r.key_at, r.query_vs_mean_key)):  # fmt: skip
+            if at is not None:
+                _closes(r.specific + mean, at, f"{where}.qk[{j}].{side}: specific + its mean part")
         _expect(0 <= r.attention <= 1, f"{where}.qk[{j}].attention: outside [0, 1]")
         if r.root_parts:
             _expect(

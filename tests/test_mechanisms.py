@@ -3401,6 +3401,7 @@ def test_a_forged_summary_files_qk_heads_pairs_key_tokens_and_settings_are_check
     ref = f"groups[{i}].qk[0].pairs[{k}].{side}"
     token = d["tokens"][g["attends"]]
     other = next(j for j, x in enumerate(d["groups"]) if x["attends"] is None)
+    far = 2 + abs(g["qk"][0]["specific"]) + abs(g["qk"][0]["query_vs_mean_key"])  # from key_at
     cases = [
         (["qk", 0, "pairs", k, side, "qk_head", -1], f"{ref}.qk_head: -1"),
         (["qk", 0, "pairs", k, side, "qk_head", 10**9], f"{ref}.qk_head: 1000000000"),
@@ -3409,6 +3410,10 @@ def test_a_forged_summary_files_qk_heads_pairs_key_tokens_and_settings_are_check
          f"groups[{i}].qk[0]: pairs + rest"),
         (["attends_token", None], f"groups[{i}].attends_token: None"),
         (["attends_token", "x" if token != "x" else "y"], f"groups[{i}].attends_token: "),
+        # each side's total is the specific part plus that side's mean part (fuzz pass 73: a
+        # query_at of 1e300 loaded and printed as "query side from (+1e+300 in all)")
+        (["qk", 0, "query_at", 1e300], f"groups[{i}].qk[0].query_at: specific + its mean part"),
+        (["qk", 0, "key_at", far], f"groups[{i}].qk[0].key_at: specific + its mean part"),
     ]  # fmt: skip
     # a head of a group of the summary, as the writer names it (``node_ref``), has one of the
     # group's QK heads as its side: another (up to its index) is refused

@@ -837,6 +837,8 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                 _expect((getattr(c, name) is None) == (getattr(c, f"agree_{name}") is None),
                         f"{where}.checks[{j}]: {name} without its agreement, or the "
                         "reverse")  # fmt: skip
+            _check_effect(c, summary.tolerance, summary.settings.get("ratio"),
+                          f"{where}.checks[{j}]")  # fmt: skip
         for j, w in enumerate(g.writes_qk):
             head = summary.qk_subject(w.group)
             _expect(head is not None and head.kind == "lorsa" and w.side in SIDES
@@ -1086,6 +1088,40 @@ def _at_tokens(shares: list[TokenShare], tokens: list[str], where: str) -> None:
             inside and tokens[x.pos] == x.token,
             f"{where}: position {x.pos} is not token {x.token!r}",
         )
+
+
+def _check_effect(c: EffectCheck, tolerance: float, ratio: float | None, where: str) -> None:
+    """A check's agreements, ratios and flag are the ones its changes give, as
+    ``circuits.mechanisms`` makes them (``signs_agree``, ``off_by_ratio`` at the file's
+    ``ratio``; the flag unchecked in a file without one): a forged check whose frozen change
+    was -1e308 beside the writer's agreement and no flag loaded and printed as agreeing ([ok];
+    a fuzz pass)."""
+
+    def agrees(actual: float) -> bool:
+        return max(abs(c.predicted), abs(actual)) < tolerance or c.predicted * actual > 0
+
+    def off(actual: float) -> bool:
+        if max(abs(c.predicted), abs(actual)) < tolerance:
+            return False
+        if c.predicted == 0 or actual == 0:
+            return True
+        return not 1 / ratio <= abs(actual) / abs(c.predicted) <= ratio
+
+    changes = [("frozen", c.frozen), ("free", c.free)]
+    changes += [(name, getattr(c, name)) for name in
+                ("free_ln_held", "free_final_ln_held", "free_attention_held")]  # fmt: skip
+    for name, actual in changes:
+        _expect(actual is None or getattr(c, f"agree_{name}") == agrees(actual),
+                f"{where}.agree_{name}: not {name}'s sign agreement")  # fmt: skip
+    for name, actual in changes[:2]:
+        found = getattr(c, f"ratio_{name}")
+        _expect(found is None if c.predicted == 0 else found is not None
+                and math.isclose(found, abs(actual) / abs(c.predicted), rel_tol=CLOSURE),
+                f"{where}.ratio_{name}: not |{name}| / |predicted|")  # fmt: skip
+    if ratio is None:
+        return
+    flagged = not (c.agree_frozen and c.agree_free) or off(c.frozen) or off(c.free)
+    _expect(c.flagged == flagged, f"{where}.flagged: not what its agreements and ratios give")
 
 
 def _expect(ok: bool, problem: str) -> None:

@@ -1117,8 +1117,25 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
     t = summary.targets[0]
     g = summary.group(t.predicting_group)
     check = next(c for c in g.checks if c.target == t.node)
+
+    def measured(frozen_agrees: bool, free_agrees: bool, size: float = 1.0) -> None:
+        """The check's changes made to agree or not (``size`` times the prediction), with the
+        agreements, ratios and flag they give (a summary file's check: ``_check_effect``)."""
+        from circuits.mechanisms import off_by_ratio, signs_agree
+
+        p, tolerance = check.predicted, summary.tolerance
+        check.frozen, check.free = (size * p if agrees else -size * p
+                                    for agrees in (frozen_agrees, free_agrees))  # fmt: skip
+        check.agree_frozen = signs_agree(p, check.frozen, tolerance)
+        check.agree_free = signs_agree(p, check.free, tolerance)
+        check.ratio_frozen = check.ratio_free = size
+        check.flagged = not (check.agree_frozen and check.agree_free) or any(
+            off_by_ratio(p, x, tolerance) for x in (check.frozen, check.free)
+        )
+
     for flagged in (False, True):
-        check.flagged = flagged
+        measured(True, True, 10.0 if flagged else 1.0)  # flagged: ten times the prediction
+        assert check.flagged == flagged
         lines = format_summary(summary).splitlines()
         at = next(i for i, x in enumerate(lines) if x.startswith("  predicting heads"))
         assert lines[at + 1].startswith("    its ablation check is FLAGGED") == flagged
@@ -1149,7 +1166,7 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
     # both reruns the other way: said beside it (a reviewer's predicting group, flow +0.612,
     # raised the target ablated: frozen +1.25, free +0.132); one of them alone is not
     for frozen_agrees, free_agrees in ((False, False), (True, False), (False, True)):
-        check.agree_frozen, check.agree_free = frozen_agrees, free_agrees
+        measured(frozen_agrees, free_agrees)
         said = "its flow is not what the model does here" in flagged_text(g, t)
         assert said == (not frozen_agrees and not free_agrees)
         # and the heading stops calling it "predicting" (a reviewer's case kept the word)
@@ -3380,6 +3397,34 @@ def test_a_groups_attention_says_which_targets_flow_weighs_its_qk_heads(replacem
         f"0.44 -> 0.22 (2 QK heads by flow into the first target, {first}; QK 0 0.50 -> 0.25, "
         "QK 1 0.25 -> 0.12)"
     )
+
+
+def test_a_forged_checks_agreements_ratios_and_flag_are_those_its_changes_give(
+    graph, replacement, run, tmp_path
+):
+    """Found by fuzz pass 73: a check's ``agree_*``, ``ratio_*`` and ``flagged`` were read as
+    written, so a mechanisms.json whose frozen change had the other sign (or was -1e308)
+    beside the writer's agreement and no flag loaded and printed its check as ``[ok]``. Each
+    is what the check's changes give (``circuits.mechanisms``); the file as written loads."""
+    d = summarize(replacement, graph, run).to_dict()
+    i = next(i for i, g in enumerate(d["groups"]) if g["checks"])
+    c = d["groups"][i]["checks"][0]
+    MechanismSummary.from_dict(json.loads(json.dumps(d)))
+    where = f"groups[{i}].checks[0]"
+    cases = [
+        ("agree_frozen", not c["agree_frozen"], f"{where}.agree_frozen: "),
+        ("agree_free", not c["agree_free"], f"{where}.agree_free: "),
+        ("ratio_frozen", 1 + 2 * (c["ratio_frozen"] or 1), f"{where}.ratio_frozen: "),
+        ("frozen", -1e308 if c["predicted"] < 0 else 1e308, f"{where}.ratio_frozen: "),
+        ("flagged", not c["flagged"], f"{where}.flagged: "),
+    ]
+    path = tmp_path / "mechanisms.json"
+    for name, value, message in cases:
+        bad = copy.deepcopy(d)
+        bad["groups"][i]["checks"][0][name] = value
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_summary(path)
 
 
 def test_a_forged_summary_files_qk_heads_pairs_key_tokens_and_settings_are_checked(

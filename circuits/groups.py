@@ -220,14 +220,24 @@ class GroupedGraph:
         return int(self.of_node[self.graph.node_index(node)])
 
     def to_networkx(self):
-        """Groups keyed by name with their fields; edges source -> target with ``weight``."""
+        """Groups keyed by name with their fields (``Group``'s: ``members`` the node ids,
+        ``member_nodes`` their indices in the graph; and the view's sums: ``value``, None where
+        no member has one (embeddings, errors, constants), ``bias``, ``target_weight`` and the
+        ``internal`` edges); edges source -> target with ``weight``. A review found a group's
+        stage, QK heads, key share and sums missing, where the graph's ``to_networkx`` gives a
+        node all."""
         import networkx as nx
 
         g = nx.DiGraph(prompt=self.graph.prompt)
         for k, grp in enumerate(self.groups):
-            g.add_node(grp.name, kind=grp.kind, layer=grp.layer, pos=grp.pos,
-                       attends=grp.attends, concept=grp.concept,
+            value = float(self.value[k])
+            g.add_node(grp.name, kind=grp.kind, layer=grp.layer, stage=grp.stage, pos=grp.pos,
+                       attends=grp.attends, qk_heads=list(grp.qk_heads), concept=grp.concept,
+                       key_share=grp.key_share,
                        members=[self.graph.ids[i] for i in grp.members],
+                       member_nodes=list(grp.members),
+                       value=None if math.isnan(value) else value, bias=float(self.bias[k]),
+                       target_weight=float(self.target_weight[k]),
                        internal=float(self.internal[k]))  # fmt: skip
         coo = self.edges.tocoo()
         g.add_weighted_edges_from(

@@ -3661,3 +3661,27 @@ def test_a_hand_made_group_spanning_layers_counts_each_path_through_it_once(
     g = [grp.name for grp in view.groups].index("one stage")  # its members' sum
     for t in ts:
         assert by_group[t][g] == pytest.approx(float(flows[t][0][one_stage].sum()), abs=1e-9)
+
+
+def test_a_views_networkx_graph_carries_every_field_of_its_groups(graph):
+    """A review: ``GroupedGraph.to_networkx`` gave a group's kind, layer, position, key and
+    members as ids but not its stage, QK heads, key share, member indices or the view's summed
+    value, bias and target weight, where the graph's own ``to_networkx`` gives a node all."""
+    last = len(graph.tokens) - 1
+    heads = ((graph.pos == last) & graph.is_kind("lorsa")).nonzero().squeeze(1).tolist()
+    view = grouped(graph, [heads[:3]], ["mine"])
+    g = view.to_networkx()
+    k = [grp.name for grp in view.groups].index("mine")
+    grp, node = view.groups[k], g.nodes["mine"]
+    assert node["member_nodes"] == grp.members == heads[:3]
+    assert node["members"] == [graph.ids[i] for i in heads[:3]]
+    assert node["stage"] == grp.stage == int(graph.stage[heads[0]])
+    assert node["qk_heads"] == grp.qk_heads and node["key_share"] == grp.key_share
+    assert node["value"] == pytest.approx(float(graph.value[heads[:3]].double().sum()))
+    embedding = int(graph.is_kind("embedding").nonzero()[0])  # no value: None, not NaN
+    assert g.nodes[view.groups[view.group_of(embedding)].name]["value"] is None
+    assert node["bias"] == pytest.approx(float(graph.bias[heads[:3]].double().sum()))
+    logit = int(graph.is_kind("logit").nonzero()[0])
+    own = g.nodes[view.groups[view.group_of(logit)].name]
+    assert own["value"] == pytest.approx(float(graph.value[logit]))
+    assert own["target_weight"] == pytest.approx(float(graph.target_weight[logit]))

@@ -258,15 +258,20 @@ def _summarize(
     # Fill up with the largest flows into the first target, none that has no flow into it (a
     # head target at BOS: groups at later positions, which cannot reach it, came in with flow
     # 0 and a check of rounding noise; found by a reviewer).
+    # Heads and features are what a check ablates: a hand-made group mixing them (or with
+    # roots beside them) is one too (a review found such groups listed with no check and no
+    # word of why).
+    kinds = full.kind.numpy()
+    inner_kinds = (Kind.LORSA, Kind.TRANSCODER)
+    inner_group = [grp.kind in ("lorsa", "transcoder") or (
+        grp.kind == "mixed" and bool(np.isin(kinds[grp.members], inner_kinds).any()))
+        for grp in view.groups]  # fmt: skip
     if targets:
         group_flow = flow_of_group[targets[0]]
         inner = [g for g in np.argsort(-np.abs(group_flow)).tolist()
-                 if view.groups[g].kind in ("lorsa", "transcoder")
-                 and g != own[targets[0]] and group_flow[g] != 0]  # fmt: skip
+                 if inner_group[g] and g != own[targets[0]] and group_flow[g] != 0]  # fmt: skip
         chosen += inner[:max_groups]
-    inner_chosen = list(
-        dict.fromkeys(g for g in chosen if view.groups[g].kind in ("lorsa", "transcoder"))
-    )
+    inner_chosen = list(dict.fromkeys(g for g in chosen if inner_group[g]))
     checked = set(inner_chosen[:max_groups]) | set(writes_qk)
     on_paths = {g for _, groups, _, _ in paths for g in groups}
     listed = [g for g in dict.fromkeys(chosen + sorted(on_paths))

@@ -3685,3 +3685,21 @@ def test_a_views_networkx_graph_carries_every_field_of_its_groups(graph):
     own = g.nodes[view.groups[view.group_of(logit)].name]
     assert own["value"] == pytest.approx(float(graph.value[logit]))
     assert own["target_weight"] == pytest.approx(float(graph.target_weight[logit]))
+
+
+def test_a_hand_made_group_of_heads_and_features_is_checked_by_ablation(graph, replacement, run):
+    """A review: a hand-made group mixing heads and features (kind "mixed") was listed with no
+    ablation check and no word of why: it is checked like any head or feature group, its
+    prediction minus its (exact) flow."""
+    last = len(graph.tokens) - 1
+    heads = (graph.is_kind("lorsa") & (graph.pos == last)).nonzero().squeeze(1).tolist()
+    feats = (graph.is_kind("transcoder") & (graph.pos == last)).nonzero().squeeze(1).tolist()
+    view = grouped(graph, [heads + feats], ["both"])
+    summary = summarize(replacement, graph, run, view=view)
+    (mixed,) = [g for g in summary.groups if g.name.startswith("both")]
+    assert mixed.kind == "mixed" and mixed.checks
+    for c in mixed.checks:
+        assert c.predicted == pytest.approx(-mixed.flow[c.target], rel=1e-5, abs=1e-6)
+    text = format_summary(summary)  # and it reads, in the printout and the page
+    assert f"{mixed.key} {mixed.name}" in text and "ablate" in text
+    assert mixed.name in mechanisms_html(summary)

@@ -423,6 +423,55 @@ def test_search_finds_nodes_by_label_and_by_token(browser, small_page):
     assert "kind" in panel_text(browser)
 
 
+def press_enter(browser: Browser, selector: str) -> None:
+    """Focus ``selector`` and press Enter there, as a keyboard does."""
+    browser.evaluate(f"document.querySelector({js(selector)}).focus()")
+    for kind in ("keyDown", "keyUp"):
+        text = {"text": "\r"} if kind == "keyDown" else {}
+        browser.send("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
+                     windowsVirtualKeyCode=13, **text)  # fmt: skip
+
+
+def test_enter_opens_the_first_search_result_and_groups_from_the_name_box(browser, small_page):
+    """A review: Enter in the search box did nothing, nor in the supernode name box. In the
+    search box it opens the first result (a supernode's before a node's), as a click on it
+    would; in the name box it does what the Group button does, and says why where it cannot."""
+    graph, path = small_page
+    open_page(browser, path)
+    search = "#viewer input[type=search]"
+    browser.click(*centre(browser, search))
+    browser.type_text("digits")  # the token 1_3_3 promotes
+    press_enter(browser, search)
+    assert panel_text(browser).startswith(node_label(graph, graph.ids.index("1_3_3")))
+    assert url_state(browser)["clickedId"] == "1_3_3"
+    assert browser.evaluate("document.activeElement.type") == "search"  # to search on
+    browser.evaluate(f"document.querySelector({js(search)}).select()")
+    browser.type_text("no such thing")
+    press_enter(browser, search)
+    assert url_state(browser)["clickedId"] == "1_3_3"
+    message = browser.evaluate("document.querySelector('#viewer .message').textContent")
+    assert message == "Nothing found for 'no such thing'."
+    # the name box: nothing picked, nothing grouped, and said; two picked, a supernode
+    name = "#viewer input[aria-label='supernode name']"
+    browser.click(*centre(browser, name))
+    browser.type_text("mine")
+    press_enter(browser, name)
+    assert browser.evaluate("viewer.supernodes()") == []
+    message = browser.evaluate("document.querySelector('#viewer .message').textContent")
+    assert message.startswith("Nothing to group: pick two nodes or more")
+    click_node(browser, "1_3_3", modifiers=2)
+    click_node(browser, "2_2_3", modifiers=2)
+    press_enter(browser, name)
+    assert browser.evaluate("viewer.supernodes()") == ["mine"]
+    assert panel_text(browser).startswith("mine\nsupernode of 2 nodes")
+    assert browser.evaluate(f"document.querySelector({js(name)}).value") == ""
+    # a supernode found by its name comes first, and Enter opens it
+    browser.evaluate(f"document.querySelector({js(search)}).select()")
+    browser.type_text("mine")
+    press_enter(browser, search)
+    assert url_state(browser)["clickedGroup"] == "mine"
+
+
 def set_control(browser: Browser, selector: str, value, event: str) -> None:
     browser.evaluate(
         f"(() => {{ const e = document.querySelector({js(selector)}); e.value = {js(str(value))};"

@@ -671,9 +671,9 @@
     ui.budgetOf = el("span", { class: "muted budget-of" });
     ui.edgeRange = el("input", { type: "range", min: "0", max: "1000", step: "1", "aria-label": "edge threshold" });
     ui.edgeValue = el("span", { class: "value" });
-    ui.search = el("input", { type: "search", placeholder: "search token, label or concept", "aria-label": "search" });
+    ui.search = el("input", { type: "search", placeholder: "search token, label or concept", "aria-label": "search", title: "Enter opens the first result" });
     ui.searchCount = el("span", { class: "muted" });
-    ui.groupName = el("input", { type: "text", placeholder: "supernode name", size: "14", "aria-label": "supernode name" });
+    ui.groupName = el("input", { type: "text", placeholder: "supernode name", size: "14", "aria-label": "supernode name", title: "Enter groups the nodes picked, as the Group button does" });
     ui.groupButton = el("button", { type: "button", class: "group" }, "Group");
     ui.clearPins = el("button", { type: "button", class: "clear-pins" }, "Clear pins");
     ui.ungroupAll = el("button", { type: "button", class: "ungroup-all",
@@ -741,6 +741,21 @@
       state.query = ui.search.value;
       markSearch();
       if (ui.results.offsetHeight !== tall) refit(); // the results take room above the canvas
+    });
+    // Enter in the search box opens its first result, as a click on it would; in the name box
+    // it groups, as the Group button does (a review: Enter did nothing in either)
+    ui.search.addEventListener("keydown", (ev) => {
+      if (ev.key !== "Enter" || ev.isComposing) return;
+      ev.preventDefault();
+      const first = ui.results.querySelector("button.result");
+      if (first) first.click();
+      else if (state.query.trim()) say(`Nothing found for ${quote(state.query.trim())}.`);
+    });
+    ui.groupName.addEventListener("keydown", (ev) => {
+      if (ev.key !== "Enter" || ev.isComposing) return;
+      ev.preventDefault();
+      if (!ui.groupButton.disabled) makeGroup();
+      else say("Nothing to group: pick two nodes or more first (ctrl/shift-click, or space on a focused node).");
     });
     ui.groupButton.addEventListener("click", makeGroup);
     ui.clearPins.addEventListener("click", () => { state.pinned.clear(); update(); });

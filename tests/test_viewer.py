@@ -517,6 +517,59 @@ def test_budget_and_edge_threshold_redraw(browser, small_page):
     assert under and len(set(under)) == len(under) and all(s.startswith("E_") for s in under)
 
 
+def test_the_edge_threshold_can_be_typed_beside_its_slider(browser, small_page):
+    """A review: the edge threshold could be set with the slider or the URL alone. A box
+    beside the slider takes a number (Enter, or leaving the box), the two kept in step; a
+    non-number, a negative or nothing is refused with the page's note, the box showing the
+    threshold in use again."""
+    graph, path = small_page
+    open_page(browser, path)
+    box, slider = (
+        "#viewer input[aria-label='edge threshold value']",
+        "#viewer input[aria-label='edge threshold']",
+    )
+    value = f"document.querySelector({js(box)}).value"
+    message = "document.querySelector('#viewer .message').textContent"
+    assert float(browser.evaluate(value)) == browser.evaluate("viewer.state.edgeMin")
+    browser.click(*centre(browser, box))
+    browser.evaluate(f"document.querySelector({js(box)}).select()")
+    browser.type_text("1.2")
+    press_enter(browser, box)
+    assert browser.evaluate("viewer.state.edgeMin") == 1.2
+    assert url_state(browser)["edgeMin"] == "1.2" and browser.evaluate(value) == "1.2"
+    weights = [abs(w) for *_, w in browser.evaluate("viewer.edges()")]
+    tokens = browser.evaluate("document.querySelectorAll('#viewer svg path.edge.token').length")
+    assert weights and sum(w < 1.2 for w in weights) == tokens  # only tokens' strongest under it
+    notch = browser.evaluate(f"+document.querySelector({js(slider)}).value")
+    assert 0 < notch < 1000
+    # the slider moves the box with it
+    set_control(browser, slider, notch + 100, "input")
+    moved = browser.evaluate("viewer.state.edgeMin")
+    shown = "String(viewer.state.edgeMin)"  # 4 digits, as the slider's steps
+    assert moved > 1.2 and browser.evaluate(value) == browser.evaluate(shown)
+    for typed in ("abc", "-0.5", "", "1e999", "0x"):
+        browser.evaluate(f"document.querySelector({js(box)}).select()")
+        if typed:
+            browser.type_text(typed)
+        else:
+            browser.evaluate(
+                f"(() => {{ const b = document.querySelector({js(box)}); b.value = '';"
+                " b.dispatchEvent(new Event('input', {bubbles: true})); })()"
+            )
+        press_enter(browser, box)
+        assert browser.evaluate("viewer.state.edgeMin") == moved, typed
+        assert browser.evaluate(value) == browser.evaluate(shown), typed
+        assert browser.evaluate(message).startswith(f"Edge threshold '{typed}' refused"), typed
+    # leaving the box applies what it holds, as Enter does
+    browser.evaluate(f"document.querySelector({js(box)}).select()")
+    browser.type_text("0")
+    browser.click(*centre(browser, "#viewer input[type=search]"))
+    assert browser.evaluate("viewer.state.edgeMin") == 0
+    assert browser.evaluate(f"+document.querySelector({js(slider)}).value") == 0
+    first = browser.evaluate("viewer.data.view.edgeMin")
+    assert url_state(browser).get("edgeMin") == (None if first == 0 else "0")
+
+
 def test_a_graph_kept_whole_draws_every_edge(browser, tmp_path):
     """Hundreds of thousands of edges drawn at once (a graph pruned with thresholds 1 and the
     edge threshold at 0): the page draws them, with no stack overflow on the largest weight."""

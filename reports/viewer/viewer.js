@@ -143,6 +143,7 @@
   // own, so that one URL draws one picture (a reviewer's ungrouped page came back grouped).
   const defaults = { budget: state.budget, edgeMin: state.edgeMin, pinned: new Set(), groups: [], clicked: null };
   let view = null, hovered = null, drawnOnce = false;
+  let edgeTyped = false; // the edge threshold's box holds text not yet applied (Enter, or leaving it)
 
   // What the URL held that the page ignores, cut short: an id can be any length.
   const clip = (x) => { const t = String(x); return t.length > 60 ? t.slice(0, 57) + "..." : t; };
@@ -670,7 +671,9 @@
     ui.budgetRange = el("input", { type: "range", min: "0", step: "1", "aria-label": "node budget slider" });
     ui.budgetOf = el("span", { class: "muted budget-of" });
     ui.edgeRange = el("input", { type: "range", min: "0", max: "1000", step: "1", "aria-label": "edge threshold" });
-    ui.edgeValue = el("span", { class: "value" });
+    // the threshold typed: a text box, so that what was typed is what a refusal quotes
+    ui.edgeValue = el("input", { type: "text", inputmode: "decimal", class: "value", size: "7", "aria-label": "edge threshold value",
+      title: "the least |weight| of an edge drawn: type a number >= 0 and press Enter" });
     ui.search = el("input", { type: "search", placeholder: "search token, label or concept", "aria-label": "search", title: "Enter opens the first result" });
     ui.searchCount = el("span", { class: "muted" });
     ui.groupName = el("input", { type: "text", placeholder: "supernode name", size: "14", "aria-label": "supernode name", title: "Enter groups the nodes picked, as the Group button does" });
@@ -736,6 +739,26 @@
     ui.budget.addEventListener("change", () => setBudget(ui.budget.value));
     ui.budgetRange.addEventListener("input", () => setBudget(ui.budgetRange.value));
     ui.edgeRange.addEventListener("input", () => { state.edgeMin = sliderToEdge(Number(ui.edgeRange.value)); update(); });
+    // The box beside the slider takes any threshold, as the URL does (the slider's steps are
+    // logarithmic, 4 digits); a non-number, a negative or an empty box is refused with a note
+    // and the box shows the threshold in use again.
+    const setEdge = () => {
+      const text = ui.edgeValue.value.trim(), m = text === "" ? NaN : Number(text);
+      edgeTyped = false;
+      if (!(Number.isFinite(m) && m >= 0)) {
+        updateControls();
+        say(`Edge threshold ${quote(text)} refused: not a number >= 0 (it stays ${fmt(state.edgeMin, 4)}).`);
+        if (document.activeElement === ui.edgeValue) ui.edgeValue.select(); // to type again
+        return;
+      }
+      if (m !== state.edgeMin) { state.edgeMin = m; update(); } else updateControls();
+    };
+    ui.edgeValue.addEventListener("input", () => { edgeTyped = true; });
+    for (const kind of ["change", "blur"]) ui.edgeValue.addEventListener(kind, () => { if (edgeTyped) setEdge(); });
+    ui.edgeValue.addEventListener("keydown", (ev) => {
+      // (an Enter on the shown value keeps the threshold whole: it is rounded there)
+      if (ev.key === "Enter" && !ev.isComposing) { ev.preventDefault(); if (edgeTyped) setEdge(); }
+    });
     ui.search.addEventListener("input", () => {
       const tall = ui.results.offsetHeight;
       state.query = ui.search.value;
@@ -1174,7 +1197,9 @@
     ui.budget.value = String(state.budget);
     ui.budgetRange.value = String(state.budget);
     ui.edgeRange.value = String(edgeToSlider(state.edgeMin));
-    ui.edgeValue.textContent = fmt(state.edgeMin, 3);
+    // 4 digits, as the slider's steps (the page's own threshold is the weakest edge it draws,
+    // 0.3897511... in full); not over what is being typed
+    if (!edgeTyped) ui.edgeValue.value = fmt(state.edgeMin, 4);
     const picks = state.picks.size;
     ui.groupButton.textContent = picks ? `Group ${picks} picked` : "Group";
     ui.groupButton.disabled = picks < 2;

@@ -2394,6 +2394,48 @@ def test_every_qk_label_lies_on_its_edge_clear_of_every_box(browser, weekday_tra
     assert all(side == text for side, text in sides)
 
 
+def test_a_supernode_the_reader_names_shows_that_name_and_the_summary_in_its_panel(
+    browser, weekday_trace
+):
+    """A review: a supernode the reader named, holding exactly a summary group's members,
+    showed the summary's box text, the reader's name nowhere on the drawing. Its box shows the
+    name and which summary group it is; its panel gives the summary's box and checks; one named
+    as the summary names it keeps the summary's box; the search finds both by the key."""
+    _, graph, summary, path = weekday_trace
+    present = set(graph.ids)
+    g = next(g for g in summary.groups if sum(m in present for m in g.members) >= 2)
+    members = [m for m in g.members if m in present]
+    open_page(browser, path)
+    box_text = (
+        "(name => [...[...document.querySelectorAll('#viewer svg g.node[data-group]')]"
+        ".find(b => b.querySelector('title').textContent.startsWith(name + ' (supernode'))"
+        ".querySelectorAll('text')].map(t => t.textContent))"
+    )
+    own = browser.evaluate(f"{box_text}({js(f'{g.key} {g.name}')})")
+    assert own[0].startswith(g.key + " L"), own  # the summary's box
+    browser.evaluate(f"viewer.group({js(members)}, 'my inducers')")
+    mine = browser.evaluate(f"{box_text}('my inducers')")
+    assert mine == ["my inducers", f"{len(members)} nodes · {g.key}"], mine
+    text = panel_text(browser)
+    assert text.startswith(f"my inducers\nsupernode of {len(members)} nodes\n"), text
+    facts = [line for line in own if not line.endswith(" of them drawn")]  # (the box's own)
+    assert "\nthe mechanism summary's group: " + " · ".join(facts) + "\n" in text, text
+    title = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg g.node[data-group] title')]"
+        ".map(t => t.textContent).find(t => t.startsWith('my inducers'))"
+    )
+    assert f"the mechanism summary's {g.key} {g.name}" in title, title
+    browser.click(*centre(browser, "#viewer input[type=search]"))
+    browser.type_text(g.key + " ")
+    results = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .results button')].map(b => b.textContent)"
+    )
+    assert "supernode my inducers" in results, results
+    # named back as the summary names it, it is the summary's box again
+    browser.evaluate(f"viewer.group({js(members)}, {js(f'{g.key} {g.name}')})")
+    assert browser.evaluate(f"{box_text}({js(f'{g.key} {g.name}')})") == own
+
+
 def test_a_url_selects_a_summary_supernode_by_its_key(browser, weekday_trace):
     """A review: ``#clickedGroup=g0`` was refused ("no supernode g0") where the search box takes
     ``g0``: the URL names a summary group's supernode by its key too (the group whose members

@@ -46,6 +46,9 @@
     const hit = summaryGroups.find((x) => x.ids.size === members.length && members.every((i) => x.ids.has(nodes[i].id)));
     return hit ? hit.g : null;
   }
+  // A supernode of a summary group's members named as the summary names it (its key and name),
+  // whose box is the summary's; one the reader named otherwise shows that name.
+  const summaryNamed = (g, known) => !!known && g.name === known.supernode;
   // A summary group's check of the first target is flagged; a QK source's box shows the
   // attention it shapes instead (acting through attention is why it is there).
   function isFlagged(g) {
@@ -306,11 +309,14 @@
     const items = [], itemOf = new Int32Array(N).fill(-1);
     state.groups.forEach((g, k) => {
       const best = g.members.slice().sort(byScore)[0];
-      const known = summaryGroupOf(g.members), flagged = isFlagged(known);
+      const known = summaryGroupOf(g.members), flagged = isFlagged(known), own = summaryNamed(g, known);
       const size = known && known.size !== g.members.length ? [`${g.members.length} of them drawn`] : [];
-      const lines = known ? [...known.box.map((x) => fitText(x, 24)), ...size] : [fitText(g.name, 16), g.members.length + " nodes"];
+      // a supernode the reader named shows the name, and which summary group it is (the
+      // summary's facts are in its panel): the summary's box hid a reader's "my inducers"
+      const lines = own ? [...known.box.map((x) => fitText(x, 24)), ...size]
+        : [fitText(g.name, 16), g.members.length + " nodes" + (known ? " · " + known.key : "")];
       items.push({
-        group: k, kind: "supernode", members: g.members, name: g.name, flagged, qkSource: !!(known && known.writesQk),
+        group: k, kind: "supernode", members: g.members, name: g.name, flagged, qkSource: !!(known && known.writesQk), known,
         stage: maxOf(g.members, (i) => nodes[i].stage, -Infinity),
         pos: meta.positional ? nodes[best].pos : 0,
         score: maxOf(g.members, (i) => score[i], -Infinity),
@@ -915,7 +921,9 @@
     return svgEl("rect", { class: "shape", x: -w / 2, y: -h / 2, width: w, height: h, rx });
   }
   function itemLabel(it) {
-    return it.node !== undefined ? nodes[it.node].label : it.name + " (supernode of " + it.members.length + ")";
+    if (it.node !== undefined) return nodes[it.node].label;
+    const also = it.known && it.name !== it.known.supernode ? ": the mechanism summary's " + it.known.supernode : "";
+    return it.name + " (supernode of " + it.members.length + also + ")";
   }
 
   function render() {
@@ -1162,7 +1170,9 @@
   function groupMatches() {
     const q = state.query.trim().toLowerCase();
     if (!q) return [];
-    return state.groups.map((g, k) => k).filter((k) => state.groups[k].name.toLowerCase().includes(q));
+    // (one the reader named by its summary group's name too)
+    const names = (g) => { const known = summaryGroupOf(g.members); return [g.name, ...(known ? [known.supernode] : [])]; };
+    return state.groups.map((g, k) => k).filter((k) => names(state.groups[k]).some((x) => x.toLowerCase().includes(q)));
   }
   function markSearch() {
     const found = searchMatches(), groups = groupMatches();
@@ -1921,8 +1931,11 @@
       ? [el("h4", {}, `Checks (the mechanism summary's ${known.key})`),
         ...(known.writesQk ? [el("div", { class: "writes-qk" }, known.writesQk)] : []),
         ...checkLines(known, several ? named : null)] : [];
+    // a supernode the reader named gives the summary's box as its own would (its box does not)
+    const box = known && !summaryNamed(g, known)
+      ? [el("div", { class: "summary-box muted" }, "the mechanism summary's group: " + known.box.join(" · "))] : [];
     ui.panel.replaceChildren(
-      el("h3", {}, g.name), el("div", { class: "id" }, `supernode of ${g.members.length} nodes`),
+      el("h3", {}, g.name), el("div", { class: "id" }, `supernode of ${g.members.length} nodes`), ...box,
       el("div", { class: "buttons" }, el("button", { type: "button", class: "ungroup", onclick: () => ungroup(k) }, "Ungroup"), closeButton()),
       ...checks,
       el("h4", {}, "Members"),

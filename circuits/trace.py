@@ -25,7 +25,13 @@ from collections import Counter
 from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, run_cli, whole_numbers
-from toy_models.files import earlier_set, replaced_whole, resolved, staging_in_the_way
+from toy_models.files import (
+    check_not_a_zoo,
+    earlier_set,
+    replaced_whole,
+    resolved,
+    staging_in_the_way,
+)
 
 FORMATS = ("svg", "pdf", "png")  # = reports.graphviz.RENDER_FORMATS (not imported: start-up)
 DEFAULT_FORMAT = "svg"
@@ -308,6 +314,7 @@ def check_writable(out: Path, flag: str = "--out") -> None:
     if inside:
         raise UserError(f"{flag} {out}: is inside {inside}, which its run replaces whole; "
                         "write the outputs elsewhere")  # fmt: skip
+    check_not_a_zoo(out, flag)  # its folders list as entries: features/ read as a model
 
 
 def _targets(args, tokenizer, last_logits=None):

@@ -628,6 +628,40 @@ def test_a_shipped_zoo_entry_is_saved_work_no_other_command_writes_into(tmp_path
     check_writable_file(run / "eval.json", "--json")
 
 
+def test_a_zoo_itself_is_refused_as_an_output_folder(tmp_path):
+    """A fuzz pass's Left: ``circuits.trace --out toy_models/zoo`` wrote its set into the zoo
+    itself, whose folders all list as entries (``features/`` read as a model of that name).
+    A folder holding a shipped entry is refused in one line by every output check (the set
+    writers' ``check_writable_dir`` and the trace's own ``check_writable``); a folder of
+    unshipped runs is not."""
+    from circuits.trace import check_writable
+    from toy_models.cli import UserError
+    from toy_models.files import check_writable_dir
+
+    zoo = tmp_path / "zoo"
+    for name in ("a", "b", "c", "d"):
+        (zoo / name).mkdir(parents=True)
+        for file in ("config.json", "model.safetensors", "record.json"):
+            (zoo / name / file).write_text("{}")
+    sets = tmp_path / "sets"
+    (sets / "default").mkdir(parents=True)
+    for file in ("replacement.json", "record.json"):
+        (sets / "default" / file).write_text("{}")
+    before = snapshot(tmp_path)
+    for check in (check_writable_dir, check_writable):
+        with pytest.raises(UserError, match=r"is a zoo \(its shipped entries: a, b, c, \.\.\.\)"):
+            check(zoo)
+        with pytest.raises(UserError, match=r"is a zoo \(its shipped entries: default\)"):
+            check(sets)
+    assert snapshot(tmp_path) == before
+    runs = tmp_path / "runs"
+    (runs / "r").mkdir(parents=True)
+    for file in ("config.json", "model.safetensors"):  # a trained run, not shipped
+        (runs / "r" / file).write_text("{}")
+    check_writable_dir(runs)
+    check_writable(runs)
+
+
 def test_a_link_into_a_folder_replaced_whole_is_followed(tmp_path):
     """Found by fuzz pass 73 (lost work, exit 0): an ``--out`` (or a ``--json``'s folder) that
     was a symbolic link to a folder inside a training checkpoint or a shipped zoo entry was

@@ -407,6 +407,7 @@ class SavedWork(NamedTuple):
     what: str
     whole: bool = False
     every: bool = False
+    shipped: bool = False  # a zoo entry: its zoo lists every folder beside it as one (zoo_in)
 
     def found_in(self, directory: Path) -> str | None:
         """The first of ``names`` that shows ``directory`` holds this kind, or None."""
@@ -452,8 +453,15 @@ SAVED_WORK = (
     SavedWork(("manifest.json",), "an activation cache"),
     SavedWork(("state.json", "weights.safetensors"), "a training checkpoint", whole=True),
     SavedWork(("source.json", "packed-*.safetensors"), "a training run's data", every=True),
-    SavedWork(("record.json", "config.json", "model.safetensors"), "a shipped model", whole=True),
-    SavedWork(("record.json", "replacement.json"), "a shipped replacement set", whole=True),
+    SavedWork(
+        ("record.json", "config.json", "model.safetensors"),
+        "a shipped model",
+        whole=True,
+        shipped=True,
+    ),
+    SavedWork(
+        ("record.json", "replacement.json"), "a shipped replacement set", whole=True, shipped=True
+    ),
 )
 
 
@@ -467,6 +475,28 @@ def saved_work_in(directory: Path, own: tuple[str, ...] = ()) -> str | None:
         if found:
             return f"{kind.what} ({found})"
     return None
+
+
+def zoo_in(directory: Path) -> list[str]:
+    """The shipped entries (``SavedWork.shipped``) that ``directory`` holds as folders, by
+    name: a zoo, which lists every folder in it as an entry (``toy_models.zoo``), so that a
+    trace's ``features/`` written there read as a model of that name (a fuzz pass)."""
+    try:
+        folders = sorted(e.name for e in os.scandir(directory) if e.is_dir())
+    except OSError:
+        return []
+    shipped = [kind for kind in SAVED_WORK if kind.shipped]
+    return [name for name in folders if any(k.found_in(directory / name) for k in shipped)]
+
+
+def check_not_a_zoo(path: Path, flag: str = "--out") -> None:
+    """Refuse an output folder that is a zoo (``zoo_in``) in one line."""
+    entries = zoo_in(path) if path.is_dir() else []
+    if entries:
+        more = ", ..." if len(entries) > 3 else ""
+        named = ", ".join(entries[:3]) + more
+        raise UserError(f"{flag} {path}: is a zoo (its shipped entries: {named}); write the "
+                        "outputs elsewhere")  # fmt: skip
 
 
 def output_set_in(directory: Path) -> str | None:
@@ -495,6 +525,8 @@ def check_writable_dir(
     work = saved_work_in(path, own) if path.is_dir() else None
     if work:
         raise UserError(f"{flag} {path}: holds {work}; write the outputs elsewhere")
+    if not any(kind.shipped and set(kind.names) & set(own) for kind in SAVED_WORK):
+        check_not_a_zoo(path, flag)  # (a ship writes entries into its zoo: own=(RECORD_FILE,))
     record = output_set_in(path) if sets_refused else None
     if record:
         raise UserError(f"{flag} {path}: holds a graph's or report's outputs ({record}); "

@@ -43,7 +43,7 @@ def ship_directory(
         write_json_atomic,
     )
 
-    check_writable_dir(dest_root, "zoo directory")
+    check_writable_dir(dest_root, "zoo directory", own=(RECORD_FILE,))  # its entries: its own
     remove_dead_temps(dest_root / f".{name}")
     with fresh_directory(temp_path(dest_root / f".{name}")) as tmp:
         write(tmp)

@@ -95,8 +95,11 @@ class EdgeSweep:
         stage = self.stage
         start = int(np.searchsorted(stage, below_stage))
         flow[:start] = 0.0
-        if h is not None:
-            self.push(start, len(stage), h[start:], flow)
+        if h is not None:  # a stopped node from ``below_stage`` up (a target) passes nothing
+            top = h[start:]
+            if stop is not None and stop[start:].any():
+                top = np.where(stop[start:].reshape(-1, *[1] * (h.ndim - 1)), 0.0, top)
+            self.push(start, len(stage), top, flow)
         for s in np.unique(stage[:start])[::-1]:
             lo, hi = np.searchsorted(stage, s), np.searchsorted(stage, s, side="right")
             flow[lo:hi] += direct[lo:hi]  # the pushes' sum plus the own term, as one sum
@@ -180,7 +183,8 @@ def group_flows(
     one stage is its members' flows summed (no path runs from one member to another); in a
     group spanning stages (a hand-made one) a path through two members is counted at the one
     nearest the target: ``sum_m activation_m h_m``, ``h_m`` through the paths that avoid the
-    other members (a sweep in which they pass nothing down). Summed, the members' flows counted
+    other members (a sweep in which they pass nothing down, a target among them too: a group
+    holding a target takes away its value, once). Summed, the members' flows counted
     such a path once per member: the heads at the last position of ``red blue red blue red``,
     one group, read +10.86 where zeroing them predicts -16.30 (a review)."""
     view = checked_view(view)

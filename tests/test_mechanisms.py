@@ -3703,3 +3703,38 @@ def test_a_hand_made_group_of_heads_and_features_is_checked_by_ablation(graph, r
     text = format_summary(summary)  # and it reads, in the printout and the page
     assert f"{mixed.key} {mixed.name}" in text and "ablate" in text
     assert mixed.name in mechanisms_html(summary)
+
+
+def test_a_hand_made_group_holding_a_target_takes_away_the_targets_value_once(
+    replacement, tokens, run
+):
+    """A review: a group spanning stages that holds a target (a head traced with
+    ``--target-node``, or a logit) read the target's value plus its other members' flows,
+    every one of which runs through the target (1.41 for a logit of 0.35): the target passed
+    its ``h`` down to the members below it. Zeroing the group takes away the target's value
+    once, and the other targets' flows stay what ``predict`` says."""
+    from circuits.attribution import LogitTarget, NodeTarget
+    from circuits.flows import group_flows, many_node_flows
+    from circuits.interventions import target_nodes
+
+    full = attribute(replacement, tokens, max_logits=1, run=run)
+    heads = [i for i in full.is_kind("lorsa").nonzero().squeeze(1).tolist() if full.layer[i] == 1]
+    node = max(heads, key=lambda i: float(full.activation[i]))
+    layer, q, index = int(full.layer[node]), int(full.pos[node]), int(full.index[node])
+    graph = attribute(replacement, tokens, run=run,
+                      targets=[LogitTarget(7), NodeTarget("lorsa", layer, q, index)])  # fmt: skip
+    ts = target_nodes(graph)
+    flows = many_node_flows(graph, ts)
+    units = graph.is_kind("lorsa") | graph.is_kind("transcoder") | graph.is_kind("embedding")
+    for t in ts:
+        order = np.argsort(-np.abs(flows[t][0])).tolist()
+        below = [i for i in order if i != t and units[i] and flows[t][0][i] != 0][:6]
+        members = sorted([t, *below])
+        assert len({int(graph.stage[m]) for m in members}) > 2
+        view = grouped(graph, [members], ["with the target"])
+        g = [grp.name for grp in view.groups].index("with the target")
+        by_group = group_flows(graph, view, flows)
+        predicted = predict(graph, [Intervention(graph.ids[m]) for m in members])
+        assert by_group[t][g] == pytest.approx(float(graph.value[t]), rel=1e-6)
+        for u in ts:
+            assert by_group[u][g] == pytest.approx(-float(predicted[u]), rel=1e-5, abs=1e-6)

@@ -187,17 +187,34 @@ def group_flows(
     holding a target takes away its value, once). Summed, the members' flows counted
     such a path once per member: the heads at the last position of ``red blue red blue red``,
     one group, read +10.86 where zeroing them predicts -16.30 (a review)."""
+    return group_flows_and_grads(graph, view, target_flows, edge_sweep)[0]
+
+
+def group_flows_and_grads(
+    graph: Graph,
+    view: GroupedGraph,
+    target_flows: dict[int, tuple[np.ndarray, np.ndarray]],
+    edge_sweep: EdgeSweep | None = None,
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """``group_flows``, and per target each node's ``h`` through the paths that avoid the
+    other members of its group (the ``h_m`` those flows are made of: a one-stage group's
+    members have their own ``h``): what splits a group's flow exactly, member by member
+    (``key_flows`` of a head group's members: a group's ``carried`` plus ``carried_own``
+    summed the members' flows, and missed a spanning group's flow, so that its summary was
+    refused on reading, a review)."""
     view = checked_view(view)
     if view.graph.ids != graph.ids:
         raise ValueError("view groups another graph's nodes")
     targets = list(target_flows)
     out = {t: np.bincount(view.of_node, target_flows[t][0], minlength=view.n_groups)
            for t in targets}  # fmt: skip
+    grads = {t: target_flows[t][1] for t in targets}
     stages = graph.stage.numpy()
     spanning = [g for g, grp in enumerate(view.groups)
                 if grp.stage is None and len(set(stages[grp.members].tolist())) > 1]  # fmt: skip
     if not spanning or not targets:
-        return out
+        return out, grads
+    grads = {t: h.copy() for t, h in grads.items()}
     edge_sweep = _sweep_of(graph, edge_sweep)
     n = graph.n_nodes
     for g in spanning:
@@ -213,7 +230,8 @@ def group_flows(
             edge_sweep.sweep(np.zeros((n, len(same))), h, flow, stage, stop=stop)
             for j, t in enumerate(same):
                 out[t][g] = flow[members, j].sum()
-    return out
+                grads[t][members] = h[members, j]
+    return out, grads
 
 
 def linear_flows(

@@ -6,8 +6,9 @@ the logits, then any head or feature the graph was traced from, whose value is i
 pre-activation):
 
 - **flows.** Each node's exact flow into the target through the frozen linear graph, a
-  group's the sum of its members', and the target's value split exactly into ``tokens``,
-  ``errors`` and ``constants`` (``circuits.flows``, which states the math).
+  group's what zeroing its members at once takes away (``circuits.flows.group_flows``: the
+  sum of its members' within one stage), and the target's value split exactly into
+  ``tokens``, ``errors`` and ``constants`` (``circuits.flows``, which states the math).
 - **paths.** Group-level paths from the target down to a root group, found by a beam search,
   each with its exact flow and ``hops`` (``circuits.flows.top_paths``).
 - **predicting head group.** Among the Lorsa groups at the position the target reads that
@@ -81,7 +82,7 @@ from .flows import (
     BEAM,
     MAX_PATHS,
     EdgeSweep,
-    group_flows,
+    group_flows_and_grads,
     key_flows,
     many_node_flows,
     many_qk_side_flows,
@@ -203,7 +204,7 @@ def _summarize(
     probs = run.logits[-1].softmax(-1)
     edge_sweep = EdgeSweep(full, run)  # full is run's full graph: checked against it
     target_flows = many_node_flows(full, targets, edge_sweep)
-    flow_of_group = group_flows(full, view, target_flows, edge_sweep)
+    flow_of_group, grad_in_group = group_flows_and_grads(full, view, target_flows, edge_sweep)
     for t in targets:
         flow, h = target_flows[t]
         flows[t], grads[t] = flow, h
@@ -304,7 +305,8 @@ def _summarize(
         )  # fmt: skip
         if grp.kind == "lorsa":
             for t in targets:
-                carried, own_flow = key_flows(full, grads[t], np.asarray(grp.members))
+                # through the paths that avoid the group's other members: its flow, exactly
+                carried, own_flow = key_flows(full, grad_in_group[t], np.asarray(grp.members))
                 record.carried[ids[t]] = _shares(full, carried.sum(0))
                 record.carried_own[ids[t]] = float(own_flow.sum())
         record.qk += reasons.of_group(g)

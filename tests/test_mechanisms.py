@@ -3738,3 +3738,28 @@ def test_a_hand_made_group_holding_a_target_takes_away_the_targets_value_once(
         assert by_group[t][g] == pytest.approx(float(graph.value[t]), rel=1e-6)
         for u in ts:
             assert by_group[u][g] == pytest.approx(-float(predicted[u]), rel=1e-5, abs=1e-6)
+
+
+def test_a_hand_made_head_group_spanning_layers_carries_its_flow_and_reads_back(
+    graph, replacement, run
+):
+    """A review: a hand-made group of the heads at the last position, over every layer, had
+    its exact flow (``group_flows``) but its ``carried`` and ``carried_own`` summed its
+    members' flows, so the summary was refused by its own file check (``flow carried =
+    0.0543, not 0.0583``). What each key brings is split from the same ``h`` as the flow:
+    through the paths that avoid the group's other members."""
+    from circuits.mechanism_file import checked_summary
+
+    last = len(graph.tokens) - 1
+    members = ((graph.pos == last) & graph.is_kind("lorsa")).nonzero().squeeze(1).tolist()
+    assert len({int(graph.layer[m]) for m in members}) > 1
+    view = grouped(graph, [members], ["heads"])
+    summary = checked_summary(summarize(replacement, graph, run, view=view, check=False))
+    (record,) = [g for g in summary.groups if g.name.startswith("heads")]
+    predicted = predict(graph, [Intervention(graph.ids[m]) for m in members])
+    assert record.kind == "lorsa" and set(record.carried) == set(record.flow)
+    for node, flow in record.flow.items():
+        exact = -float(predicted[graph.id_to_index[node]])
+        assert flow == pytest.approx(exact, rel=1e-5, abs=1e-6)
+        carried = sum(x.flow for x in record.carried[node]) + record.carried_own[node]
+        assert carried == pytest.approx(flow, rel=1e-6, abs=1e-7)

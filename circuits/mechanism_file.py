@@ -1090,37 +1090,52 @@ def _at_tokens(shares: list[TokenShare], tokens: list[str], where: str) -> None:
         )
 
 
+def signs_agree(predicted: float, actual: float, tolerance: float) -> bool:
+    """A check's sign agreement: same sign, or both below ``tolerance`` in magnitude (what
+    ``circuits.mechanisms`` writes and a file read back is held to: ``_check_effect``)."""
+    return max(abs(predicted), abs(actual)) < tolerance or predicted * actual > 0
+
+
+def effect_ratio(predicted: float, actual: float) -> float | None:
+    """A check's ``|actual| / |predicted|`` (None for a prediction of 0)."""
+    return None if predicted == 0 else abs(actual) / abs(predicted)
+
+
+def off_by(predicted: float, actual: float, tolerance: float, ratio: float) -> bool:
+    """Whether a measured change is more than ``ratio`` times off the predicted one in size (or
+    one of them 0), unless both are below ``tolerance``: half of what flags a check
+    (``circuits.mechanisms.off_by_ratio`` at its ``RATIO``; a file's checks at its own)."""
+    if max(abs(predicted), abs(actual)) < tolerance:
+        return False
+    if predicted == 0 or actual == 0:
+        return True
+    found = abs(actual) / abs(predicted)
+    return found > ratio or found < 1 / ratio
+
+
 def _check_effect(c: EffectCheck, tolerance: float, ratio: float | None, where: str) -> None:
-    """A check's agreements, ratios and flag are the ones its changes give, as
-    ``circuits.mechanisms`` makes them (``signs_agree``, ``off_by_ratio`` at the file's
-    ``ratio``; the flag unchecked in a file without one): a forged check whose frozen change
-    was -1e308 beside the writer's agreement and no flag loaded and printed as agreeing ([ok];
-    a fuzz pass)."""
-
-    def agrees(actual: float) -> bool:
-        return max(abs(c.predicted), abs(actual)) < tolerance or c.predicted * actual > 0
-
-    def off(actual: float) -> bool:
-        if max(abs(c.predicted), abs(actual)) < tolerance:
-            return False
-        if c.predicted == 0 or actual == 0:
-            return True
-        return not 1 / ratio <= abs(actual) / abs(c.predicted) <= ratio
-
+    """A check's agreements, ratios and flag are the ones its changes give, by the rules
+    ``circuits.mechanisms`` makes them with (``signs_agree``, ``effect_ratio``, ``off_by`` at
+    the file's ``ratio``; the flag unchecked in a file without one): a forged check whose
+    frozen change was -1e308 beside the writer's agreement and no flag loaded and printed as
+    agreeing ([ok]; a fuzz pass)."""
     changes = [("frozen", c.frozen), ("free", c.free)]
     changes += [(name, getattr(c, name)) for name in
                 ("free_ln_held", "free_final_ln_held", "free_attention_held")]  # fmt: skip
     for name, actual in changes:
-        _expect(actual is None or getattr(c, f"agree_{name}") == agrees(actual),
+        _expect(actual is None
+                or getattr(c, f"agree_{name}") == signs_agree(c.predicted, actual, tolerance),
                 f"{where}.agree_{name}: not {name}'s sign agreement")  # fmt: skip
     for name, actual in changes[:2]:
-        found = getattr(c, f"ratio_{name}")
-        _expect(found is None if c.predicted == 0 else found is not None
-                and math.isclose(found, abs(actual) / abs(c.predicted), rel_tol=CLOSURE),
+        found, want = getattr(c, f"ratio_{name}"), effect_ratio(c.predicted, actual)
+        _expect(found is None if want is None else found is not None
+                and math.isclose(found, want, rel_tol=CLOSURE),
                 f"{where}.ratio_{name}: not |{name}| / |predicted|")  # fmt: skip
     if ratio is None:
         return
-    flagged = not (c.agree_frozen and c.agree_free) or off(c.frozen) or off(c.free)
+    flagged = (not (c.agree_frozen and c.agree_free)
+               or off_by(c.predicted, c.frozen, tolerance, ratio)
+               or off_by(c.predicted, c.free, tolerance, ratio))  # fmt: skip
     _expect(c.flagged == flagged, f"{where}.flagged: not what its agreements and ratios give")
 
 

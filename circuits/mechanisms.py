@@ -120,6 +120,9 @@ from .mechanism_file import (
     TokenCheck,
     TokenShare,
     direction_of,
+    effect_ratio,
+    off_by,
+    signs_agree,
     weighted_mean,
 )
 from .nodes import Kind, block_of, unit_id
@@ -809,25 +812,12 @@ def _side_sources(view: GroupedGraph, flow: np.ndarray) -> dict[str, list[Source
     return out
 
 
-def signs_agree(predicted: float, actual: float, tolerance: float) -> bool:
-    """A check's sign agreement: same sign, or both below ``tolerance`` in magnitude."""
-    return max(abs(predicted), abs(actual)) < tolerance or predicted * actual > 0
-
-
-def _ratio(predicted: float, actual: float) -> float | None:
-    return None if predicted == 0 else abs(actual) / abs(predicted)
-
-
 def off_by_ratio(predicted: float, actual: float, tolerance: float) -> bool:
     """Whether a measured change is more than ``RATIO`` times off the predicted one in size (or
     one of them 0), unless both are below ``tolerance``: half of what flags a check, the one
-    statement of it (the reports' marks read it too)."""
-    if max(abs(predicted), abs(actual)) < tolerance:
-        return False
-    if predicted == 0 or actual == 0:
-        return True
-    ratio = abs(actual) / abs(predicted)
-    return ratio > RATIO or ratio < 1 / RATIO
+    statement of it (``circuits.mechanism_file.off_by``, which a file read back is held to;
+    the reports' marks read it too)."""
+    return off_by(predicted, actual, tolerance, RATIO)
 
 
 @dataclass(frozen=True)
@@ -1030,8 +1020,9 @@ def _effect_checks(full, run, members, tolerance, frozen, free, held, final, pat
         out.append(
             EffectCheck(
                 target=target, predicted=p, frozen=fz, free=fr, agree_frozen=agree_frozen,
-                agree_free=agree_free, ratio_frozen=_ratio(p, fz), ratio_free=_ratio(p, fr),
-                flagged=flagged, probability_frozen=p_frozen, probability_free=p_free,
+                agree_free=agree_free, ratio_frozen=effect_ratio(p, fz),
+                ratio_free=effect_ratio(p, fr), flagged=flagged, probability_frozen=p_frozen,
+                probability_free=p_free,
                 free_ln_held=ln, agree_free_ln_held=signs_agree(p, ln, tolerance),
                 free_final_ln_held=last,
                 agree_free_final_ln_held=None if last is None else signs_agree(p, last, tolerance),

@@ -209,16 +209,14 @@ def group_flows_and_grads(
     out = {t: np.bincount(view.of_node, target_flows[t][0], minlength=view.n_groups)
            for t in targets}  # fmt: skip
     grads = {t: target_flows[t][1] for t in targets}
-    stages = graph.stage.numpy()
-    spanning = [g for g, grp in enumerate(view.groups)
-                if grp.stage is None and len(set(stages[grp.members].tolist())) > 1]  # fmt: skip
+    spanning = spanning_groups(graph, view)
     if not spanning or not targets:
         return out, grads
     grads = {t: h.copy() for t, h in grads.items()}
     edge_sweep = _sweep_of(graph, edge_sweep)
     n = graph.n_nodes
-    for g in spanning:
-        members = np.asarray(view.groups[g].members)
+    for members in spanning:
+        g = int(view.of_node[members[0]])
         stop = np.zeros(n, dtype=bool)
         stop[members] = True
         for stage in sorted({int(graph.stage[t]) for t in targets}):
@@ -234,15 +232,24 @@ def group_flows_and_grads(
     return out, grads
 
 
+def spanning_groups(graph: Graph, view: GroupedGraph) -> list[np.ndarray]:
+    """The members of each group of ``view`` that spans stages (a hand-made one: automatic
+    groups never do), whose flows need a sweep of their own to be exact (``group_flows``)."""
+    stages = graph.stage.numpy()
+    return [np.asarray(grp.members) for grp in checked_view(view).groups
+            if grp.stage is None and len(set(stages[grp.members].tolist())) > 1]  # fmt: skip
+
+
 def linear_flows(
     graph: Graph, direct: np.ndarray, below_stage: int, edge_sweep: EdgeSweep | None = None,
-    keep_h: bool = True,
+    keep_h: bool = True, stop: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
     """(flow, h) of a linear readout ``R = sum_n direct[n]`` of the nodes below ``below_stage``
     (``direct[n]``: node n's own term, proportional to its activation): ``flow[n]`` is n's
     total contribution to R through every node it feeds, ``h[n] = dR / d value_n``. A
     ``direct`` of shape (node, d) sweeps d readouts at once (a vector readout). ``keep_h``
-    False: h is None, and the sweep holds one array of ``direct``'s size less."""
+    False: h is None, and the sweep holds one array of ``direct``'s size less. ``stop``: the
+    nodes that pass nothing down (``EdgeSweep.sweep``)."""
     top = logit_stage(checked_graph(graph).n_layers)
     if not (is_integer(below_stage) and 1 <= below_stage <= top):
         raise ValueError(f"below_stage must be a stage in 1..{top} (an integer), got "
@@ -256,7 +263,7 @@ def linear_flows(
     direct = direct.astype(np.float64, copy=False)
     edge_sweep = _sweep_of(graph, edge_sweep)
     h = np.zeros(direct.shape) if keep_h else None
-    return edge_sweep.sweep(direct, h, np.zeros(direct.shape), below_stage)
+    return edge_sweep.sweep(direct, h, np.zeros(direct.shape), below_stage, stop=stop)
 
 
 def qk_side_flows(
@@ -272,12 +279,17 @@ def qk_side_flows(
 
 
 def many_qk_side_flows(
-    graph: Graph, requests: list[tuple], edge_sweep: EdgeSweep | None = None
-) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:
+    graph: Graph, requests: list[tuple], edge_sweep: EdgeSweep | None = None,
+    spanning: list[np.ndarray] = (),
+) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:  # fmt: skip
     """``qk_side_flows`` of many (``QKSides``, QK head, query, key) requests, their readouts
     swept together (``SIDE_BATCH`` columns per sweep, those of a layer together: a sweep reads
     the edges below its highest layer). A readout is zero above its own Lorsa layer, so
-    sweeping it from a higher stage adds exact zeros."""
+    sweeping it from a higher stage adds exact zeros. ``spanning``: the members of groups
+    spanning stages (``spanning_groups``), whose flows are each member's through the paths
+    that avoid the others (one more sweep per group), so that a group's summed flows are what
+    zeroing it at once takes from the side: summed apart, a path through two members counted
+    twice (as ``group_flows`` for targets; a review)."""
     edge_sweep = _sweep_of(graph, edge_sweep)
     out: list = [None] * len(requests)
     for picked in _layer_batches(requests, SIDE_BATCH // 2):
@@ -288,6 +300,11 @@ def many_qk_side_flows(
             parts.append(part)
         below = max(int(lorsa_stage(requests[r][0].layer)) for r in picked)
         flow = linear_flows(graph, direct, below, edge_sweep, keep_h=False)[0]
+        for members in spanning:
+            stop = np.zeros(graph.n_nodes, dtype=bool)
+            stop[members] = True
+            apart = linear_flows(graph, direct, below, edge_sweep, keep_h=False, stop=stop)[0]
+            flow[members] = apart[members]
         for i, r in enumerate(picked):
             out[r] = (flow[:, 2 * i].copy(), flow[:, 2 * i + 1].copy(), parts[i])
     return out

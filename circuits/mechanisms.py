@@ -88,6 +88,7 @@ from .flows import (
     many_qk_side_flows,
     qk_root_tables,
     root_split,
+    spanning_groups,
     target_parts,
     top_paths,
 )
@@ -427,8 +428,9 @@ class _Reasons:
     def resolve_sides(self, edge_sweep) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """The side sources of every reason made since the last call (one sweep for all),
         and their flows by reason (``id``)."""
-        side_flows = many_qk_side_flows(self.full, [r for _, r in self.side_requests],
-                                        edge_sweep)  # fmt: skip
+        requests = [r for _, r in self.side_requests]
+        spanning = spanning_groups(self.full, self.view)  # hand-made groups: exact sums
+        side_flows = many_qk_side_flows(self.full, requests, edge_sweep, spanning)
         out = {}
         for (reason, _), (q_flow, k_flow, parts) in zip(self.side_requests, side_flows,
                                                         strict=True):  # fmt: skip

@@ -3763,3 +3763,46 @@ def test_a_hand_made_head_group_spanning_layers_carries_its_flow_and_reads_back(
         assert flow == pytest.approx(exact, rel=1e-5, abs=1e-6)
         carried = sum(x.flow for x in record.carried[node]) + record.carried_own[node]
         assert carried == pytest.approx(flow, rel=1e-6, abs=1e-7)
+
+
+def test_a_spanning_groups_qk_side_flows_sum_to_what_zeroing_it_takes_from_the_side(
+    graph, replacement, run
+):
+    """The diff review's Left: a hand-made group spanning stages had its QK-side sums (what
+    raises a reason's query or key side, ``_side_sources`` and the QK-source candidates)
+    summed member by member, so a path through two members counted twice. With the group
+    among ``spanning``, its members' side flows are each's through the paths that avoid the
+    others: they sum to what zeroing the group at once takes from the side through the linear
+    graph (``interventions.predict``), and every node outside it keeps its flow."""
+    from circuits.flows import _qk_side_directs, spanning_groups
+
+    checked = 0
+    for a, side in reasons_with_sides(graph, replacement, run, n=40):
+        if a.layer == 0:
+            continue
+        below = (graph.stage < 2 * a.layer + 1) & (graph.stage > 0)
+        members = (below & (graph.pos == a.query)).nonzero().squeeze(1).tolist()
+        if len({int(graph.stage[m]) for m in members}) < 2:
+            continue
+        view = grouped(graph, [members], ["below"])
+        spanning = spanning_groups(graph, view)
+        assert [m.tolist() for m in spanning] == [members]
+        request = (side, a.qk_head, a.query, a.key)
+        ((q0, k0, _),) = many_qk_side_flows(graph, [request])
+        ((q, k, _),) = many_qk_side_flows(graph, [request], spanning=spanning)
+        delta = predict(graph, [Intervention(graph.ids[m]) for m in members]).double().numpy()
+        act = graph.activation.double().numpy()
+        per_unit = np.where(act != 0, delta / np.where(act != 0, act, 1), 0.0)
+        directs = _qk_side_directs(graph, *request)[:2]
+        apart = 0.0
+        for flow, plain, direct in ((q, q0, directs[0]), (k, k0, directs[1])):
+            taken = -float(direct @ per_unit)  # the side's linear change, negated
+            assert flow[members].sum() == pytest.approx(taken, rel=1e-5, abs=1e-6)
+            outside = np.ones(graph.n_nodes, dtype=bool)
+            outside[members] = False
+            assert np.array_equal(flow[outside], plain[outside])
+            apart = max(apart, abs(plain[members].sum() - taken))
+        checked += apart > 1e-4  # summed apart, they were not it
+        if checked == 3:
+            break
+    assert checked == 3

@@ -264,6 +264,9 @@ def test_page_draws_the_default_selection_by_stage_and_position(browser, small_p
     assert bottom <= room or canvas == 420  # within the first screen, controls above it
     status = browser.evaluate("document.querySelector('#viewer .status').textContent")
     assert "Drawing 12 of 13 nodes" in status and "ranked by influence" in status
+    # the edge count's whole counts every token's edges (a token is drawn only with an edge
+    # over the threshold): "among them" alone read as among the drawn nodes (a review)
+    assert re.search(r"\d+ of \d+ edges among them and every token \(", status), status
     # The table's grey rows follow the drawing.
     grey = browser.evaluate(
         "[...document.querySelectorAll('tr.undrawn td[id]')].map(td => td.id.slice(5))"

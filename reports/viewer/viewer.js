@@ -1218,7 +1218,8 @@
     const v = view, nToken = v.edges.filter((e) => e.token).length;
     const parts = [
       drawnCounts(v),
-      `${v.edges.length} of ${v.among} edges among them (|w| ≥ ${fmt(state.edgeMin, 3)}` +
+      // every token is a candidate (the selection's rule): its edges count, drawn or not
+      `${v.edges.length} of ${v.among} edges among them and every token (|w| ≥ ${fmt(state.edgeMin, 3)}` +
         (nToken ? `, and ${nToken} influential ${nToken === 1 ? "token's" : "tokens'"} strongest under it, dotted` : "") + `), ${v.qkEdges.length} QK edges`,
       `ranked by ${data.view.rankedBy}`,
     ];

@@ -281,6 +281,10 @@ def test_clicking_a_node_shows_its_panel_and_edges_navigate(browser, small_page)
     text = panel_text(browser)
     assert node_label(graph, graph.ids.index("0_5_2")) in text
     assert "Lorsa head" in text and "L0 Lorsa" in text
+    assert "\nactivation\n" in text  # a head's; a token's is 1 by convention, not shown:
+    click_node(browser, "E_4_1")  # graph.json writes none (a review)
+    assert "\nactivation\n" not in panel_text(browser)
+    click_node(browser, "0_5_2")
     assert (
         "Reads key 1 'Ġ\"q\"': its activation comes from there most (attention 0.5; it brings "
         "40% of its activation)"

@@ -1674,7 +1674,9 @@
       ["layer", n.kind === "embedding" || n.kind === "logit" ? "" : n.layer],
       ["index", n.index >= 0 && n.kind !== "embedding" ? n.index : ""],
       ["position", meta.positional ? n.pos + token : "(global: a unit)"],
-      ["activation", fmt(n.activation)],
+      // a token's, error's or constant's is 1 by the graph's convention (its write vector
+      // is the vector itself): not shown, as graph.json writes none (a review)
+      ["activation", ["embedding", "error", "bias"].includes(n.kind) ? "" : fmt(n.activation)],
       ["influence", n.influence == null ? "" : fmt(n.influence)],
       ["pre-activation", n.value == null ? "" : fmt(n.value)],
       ["constant term", n.bias == null ? "" : fmt(n.bias)],

@@ -30,6 +30,7 @@ from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from .graph import Graph, checked_graph, checked_index, is_integer
 from .nodes import KINDS, Kind, constant_name, node_words, unit_id
@@ -295,6 +296,7 @@ def grouped(
             here = _members_here(graph, members)
             made.append(describe(graph, here, members.name, members.concept, fields))
         else:
+            members = _unmasked(graph, members)
             made.append(describe(graph, members, names[k] if names else f"group {k}", None, fields))
     repeated = [grp.name for k, grp in enumerate(made) if grp.name in {g.name for g in made[:k]}]
     if repeated:  # groups are keyed by name (``to_networkx``, the viewer's supernodes)
@@ -339,10 +341,20 @@ def _members_here(graph: Graph, grp: Group) -> list[int]:
     return [index[i] for i in grp.ids]
 
 
+def _unmasked(graph: Graph, members):
+    """A boolean mask over the graph's nodes (a tensor or array, as ``Graph.subgraph`` and
+    ``qk_attribution`` take) as the indices it selects; anything else as it is. A review found
+    a mask refused as "names a node twice" (each element read as index 0 or 1)."""
+    is_mask = isinstance(members, torch.Tensor) and members.dtype == torch.bool
+    is_mask = is_mask or (isinstance(members, np.ndarray) and members.dtype == np.bool_)
+    return graph.node_indices(torch.as_tensor(members), "group").tolist() if is_mask else members
+
+
 def group(graph: Graph, nodes: Sequence[int], name: str) -> GroupedGraph:
     """``graph`` with the nodes ``nodes`` merged into one supernode called ``name`` (the view
     orders groups as the graph orders their first members: find it by its name or by
     ``group_of`` a member); edges into and out of it are the exact sums of its members' edges."""
+    nodes = _unmasked(graph, nodes)
     try:
         listed = None if isinstance(nodes, Mapping | str | bytes) else list(nodes)
     except TypeError:  # not iterable: None, a number, a 0-d tensor (Python's own message was

@@ -464,14 +464,23 @@ def test_a_bool_tensor_is_no_node_index():
     """A review: a boolean mask over the nodes, which ``subgraph`` and ``qk_attribution`` take,
     passed as a group's members was refused as "names a node twice" (each element, a 0-d bool
     tensor, read as index 0 or 1), and ``node_index(torch.tensor(True))`` gave node 1. A bool
-    tensor is no index: refused as one; the mask's indices make the group."""
-    from circuits.groups import group
+    tensor is no index: refused as one; a group takes a mask as ``subgraph`` does (tensor or
+    array, over every node), and the mask's indices make the group."""
+    import numpy as np
+
+    from circuits.groups import group, grouped
     from circuits.prune import prune_graph
 
     graph = make_graph()
     mask = graph.is_kind("lorsa")
-    with pytest.raises(ValueError, match="members must be node indices"):
-        group(graph, mask, "heads")
+    heads = mask.nonzero()[:, 0].tolist()
+    for given in (mask, mask.numpy()):
+        view = group(graph, given, "heads")
+        assert view.groups[view.group_of(heads[0])].members == heads
+        view = grouped(graph, [given], ["heads"])
+        assert view.groups[view.group_of(heads[0])].members == heads
+    with pytest.raises(ValueError, match="a mask of"):  # over another graph's nodes
+        group(graph, np.ones(graph.n_nodes + 1, dtype=bool), "heads")
     with pytest.raises(ValueError, match="node must be an integer"):
         graph.node_index(torch.tensor(True))
     with pytest.raises(ValueError, match="max_nodes must be a positive integer"):

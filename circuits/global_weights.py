@@ -79,7 +79,9 @@ def virtual_weights(
     replacement: ReplacementModel, target: int, k: int = 20, upstream: bool = True
 ) -> tuple[Tensor, Tensor]:
     """The ``k`` strongest virtual weights into ``target`` from every unit below it
-    (``upstream``), or out of it into every unit above: (units, weights), by |weight|."""
+    (``upstream``), or out of it into every unit above: (units, weights), by |weight|; none of
+    weight 0 (an error unit reads and writes no fixed vector: it listed ``k`` token units of
+    weight 0, a review)."""
     units, rw = Units.of(replacement), replacement.read_write()
     target, k = units.check(target, "target"), checked_count(k, "k")
     stage = int(units.stage[target])
@@ -92,6 +94,7 @@ def virtual_weights(
         weights = readers(replacement, units)[above:] @ unit_decoder(rw, units, target)
         candidates = torch.arange(above, units.total)
     top = weights.abs().topk(min(k, len(weights))).indices
+    top = top[weights[top] != 0]
     return candidates[top], weights[top]
 
 

@@ -230,6 +230,11 @@ def test_virtual_weights_are_the_top_of_the_dense_products(replacement, units):
     # A head writes its centred w_o; errors and logits write nothing.
     torch.testing.assert_close(d[source], center(replacement.lorsas[0].W_O[3].detach()))
     assert d[units.unit(Kind.ERROR, 0, 0)].abs().max() == 0
+    # so an error unit has no virtual weights, either way: none listed (it listed k units of
+    # weight 0, a review)
+    for upstream in (True, False):
+        ids, weights = virtual_weights(replacement, units.unit(Kind.ERROR, 0, 0), upstream=upstream)
+        assert len(ids) == len(weights) == 0
 
 
 def test_qk_virtual_weights_match_brute_force(replacement, units):

@@ -312,7 +312,7 @@ def check_writable(out: Path, flag: str = "--out") -> None:
         raise UserError(f"{flag} {out}: {existing} is not writable")
     inside = replaced_whole(out)  # a training checkpoint: its next save deletes what is there
     if inside:
-        raise UserError(f"{flag} {out}: is inside {inside}, which its run replaces whole; "
+        raise UserError(f"{flag} {out}: is inside {inside}; "
                         "write the outputs elsewhere")  # fmt: skip
     check_not_a_zoo(out, flag)  # its folders list as entries: features/ read as a model
 

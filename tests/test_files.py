@@ -606,6 +606,10 @@ def test_a_shipped_zoo_entry_is_saved_work_no_other_command_writes_into(tmp_path
     before = snapshot(tmp_path)
     for entry, what in ((model, "a shipped model"), (sets, "a shipped replacement set")):
         for out in (entry / "sub", entry / "graphs" / "one"):
+            # the next ship replaces it, not "its run" (the fuzz pass's Left)
+            said = f"--out {out}: is inside {what} \\({entry}\\), which the next ship replaces"
+            with pytest.raises(UserError, match=said):
+                check_writable_dir(out)
             with pytest.raises(UserError, match=f"--out {out}: is inside {what}"):
                 check_writable_dir(out)
             with pytest.raises(files.WriteError, match=f"is inside {what}"):

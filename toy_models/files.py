@@ -408,6 +408,7 @@ class SavedWork(NamedTuple):
     whole: bool = False
     every: bool = False
     shipped: bool = False  # a zoo entry: its zoo lists every folder beside it as one (zoo_in)
+    replacer: str = "its run"  # what replaces a ``whole`` kind's folder (the refusals say it)
 
     def found_in(self, directory: Path) -> str | None:
         """The first of ``names`` that shows ``directory`` holds this kind, or None."""
@@ -453,16 +454,11 @@ SAVED_WORK = (
     SavedWork(("manifest.json",), "an activation cache"),
     SavedWork(("state.json", "weights.safetensors"), "a training checkpoint", whole=True),
     SavedWork(("source.json", "packed-*.safetensors"), "a training run's data", every=True),
-    SavedWork(
-        ("record.json", "config.json", "model.safetensors"),
-        "a shipped model",
-        whole=True,
-        shipped=True,
-    ),
-    SavedWork(
-        ("record.json", "replacement.json"), "a shipped replacement set", whole=True, shipped=True
-    ),
-)
+    SavedWork(("record.json", "config.json", "model.safetensors"), "a shipped model",
+              whole=True, shipped=True, replacer="the next ship"),
+    SavedWork(("record.json", "replacement.json"), "a shipped replacement set",
+              whole=True, shipped=True, replacer="the next ship"),
+)  # fmt: skip
 
 
 def saved_work_in(directory: Path, own: tuple[str, ...] = ()) -> str | None:
@@ -533,7 +529,7 @@ def check_writable_dir(
                         "write the outputs elsewhere")  # fmt: skip
     inside = replaced_whole(real_path(path).parent)
     if inside:
-        raise UserError(f"{flag} {path}: is inside {inside}, which its run replaces whole; "
+        raise UserError(f"{flag} {path}: is inside {inside}; "
                         "write the outputs elsewhere")  # fmt: skip
     reason = _cannot_write_in(path)
     if reason:
@@ -697,7 +693,7 @@ def earlier_record(out: Path, mark: str, names: frozenset[str], by: str | None =
     write (someone's own)."""
     inside = replaced_whole(real_path(out).parent)
     if inside:
-        raise WriteError(errno.EEXIST, f"is inside {inside}, which its run replaces whole; "
+        raise WriteError(errno.EEXIST, f"is inside {inside}; "
                          "write the outputs elsewhere", str(out))  # fmt: skip
     if not out.is_dir():
         return SetRecord({}, {})
@@ -780,8 +776,9 @@ def real_path(path: Path) -> Path:
 
 
 def replaced_whole(directory: Path) -> str | None:
-    """``a training checkpoint (DIR)`` when ``directory`` or a folder above it is saved work
-    that its writer replaces whole (``SavedWork.whole``), else None: whatever another command
+    """``a training checkpoint (DIR), which its run replaces whole`` (a shipped entry's: the next
+    ship) when ``directory`` or a folder above it is saved work that its writer replaces whole
+    (``SavedWork.whole``, ``SavedWork.replacer``), else None: whatever another command
     writes there is lost at the next save. Links are followed (``real_path``): an ``--out``
     that was a link to a folder inside such work was written into, the folders above the
     link checked instead of those above its target (a fuzz pass)."""
@@ -789,7 +786,7 @@ def replaced_whole(directory: Path) -> str | None:
     for folder in (directory, *directory.parents):
         for kind in SAVED_WORK:
             if kind.whole and kind.found_in(folder):
-                return f"{kind.what} ({folder})"
+                return f"{kind.what} ({folder}), which {kind.replacer} replaces whole"
     return None
 
 
@@ -803,7 +800,7 @@ def in_saved_work(path: Path, own_results: bool = False) -> str | None:
     folder = real_path(path).parent
     inside = replaced_whole(folder)
     if inside:
-        return f"is inside {inside}, which its run replaces whole"
+        return f"is inside {inside}"
     for kind in SAVED_WORK:
         if not own_results and kind.is_name(path.name) and kind.found_in(folder):
             return f"is {path.name} of {kind.what}"

@@ -298,7 +298,12 @@ def grouped(
         else:
             members = _unmasked(graph, members)
             made.append(describe(graph, members, names[k] if names else f"group {k}", None, fields))
-    repeated = [grp.name for k, grp in enumerate(made) if grp.name in {g.name for g in made[:k]}]
+    seen: set[str] = set()  # each name against those before it, once (not a set per group)
+    repeated = []
+    for grp in made:
+        if grp.name in seen:
+            repeated.append(grp.name)
+        seen.add(grp.name)
     if repeated:  # groups are keyed by name (``to_networkx``, the viewer's supernodes)
         raise ValueError(f"two groups are named {repeated[0]!r}")
     of_node = np.full(graph.n_nodes, -1, dtype=np.int64)

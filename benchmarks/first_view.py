@@ -58,7 +58,10 @@ def size_arg(text: str) -> list[tuple[int, int]]:
     return sizes  # type: ignore[return-value]
 
 
-def measure(page: Path, width: int, height: int, shot: Path | None = None) -> dict:
+def measure(page: Path, width: int, height: int, shot: Path | None = None, script=MEASURE) -> dict:
+    """``script``'s result on ``page`` opened in a fresh headless Chromium at ``width`` x
+    ``height`` (a page whose viewer failed is refused, naming its error); ``shot`` also saves
+    what the window shows as a PNG."""
     from reports.browser import Browser
 
     with Browser(width=width, height=height) as browser:
@@ -69,22 +72,27 @@ def measure(page: Path, width: int, height: int, shot: Path | None = None) -> di
         )
         if error:
             raise UserError(f"{page}: {error}")
-        got = browser.evaluate(MEASURE)
+        got = browser.evaluate(script)
         if shot is not None:
             browser.screenshot(shot)
         return got
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+def measure_pages(argv, description: str, sizes: str, script: str, shots: bool = False) -> int:
+    """A page benchmark's command: ``script`` measured on each page given at each size of
+    ``--sizes`` (default ``sizes``), one JSON line each; ``shots``: a ``--shots DIR`` option
+    that saves each first view as ``DIR/PAGE-WxH.png``. This benchmark's and
+    ``benchmarks/qk_labels.py``'s."""
+    parser = ArgumentParser(description=description)
     parser.add_argument("pages", nargs="+", type=path_arg, help="graph.html files")
-    parser.add_argument("--sizes", default=SIZES, help=f"window sizes (default {SIZES})")
-    parser.add_argument(
-        "--shots", type=path_arg, help="also save each first view as DIR/PAGE-WxH.png"
-    )
+    parser.add_argument("--sizes", default=sizes, help=f"window sizes (default {sizes})")
+    if shots:
+        parser.add_argument(
+            "--shots", type=path_arg, help="also save each first view as DIR/PAGE-WxH.png"
+        )
     args = parser.parse_args(argv)
     try:
-        sizes = size_arg(args.sizes)
+        windows = size_arg(args.sizes)
     except ValueError as err:
         parser.error(str(err))
     for page in args.pages:
@@ -95,15 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     if find_chromium() is None:
         raise UserError("chromium is not installed: apt-get install chromium")
     for page in args.pages:
-        for width, height in sizes:
+        for width, height in windows:
             shot = None
-            if args.shots is not None:
+            if shots and args.shots is not None:
                 args.shots.mkdir(parents=True, exist_ok=True)
                 name = page.stem if page.stem != "graph" else page.parent.name
                 shot = args.shots / f"{name}-{width}x{height}.png"
-            got = measure(page, width, height, shot)
+            got = measure(page, width, height, shot, script)
             print(json.dumps({"page": str(page), "window": f"{width}x{height}", **got}), flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return measure_pages(argv, __doc__.split("\n\n")[0], SIZES, MEASURE, shots=True)
 
 
 if __name__ == "__main__":

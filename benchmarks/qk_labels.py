@@ -12,15 +12,15 @@ zoom), the most over all labels. One JSON line per page and size.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, run_cli  # noqa: E402
+from first_view import measure_pages  # noqa: E402
+
+from toy_models.cli import run_cli  # noqa: E402
 
 SIZES = "1280x800,1400x900"
 
@@ -64,51 +64,8 @@ MEASURE = """(async () => {
 })()"""
 
 
-def size_arg(text: str) -> list[tuple[int, int]]:
-    try:
-        sizes = [tuple(int(x) for x in part.split("x")) for part in text.split(",")]
-    except ValueError:
-        sizes = []
-    if not sizes or any(len(s) != 2 or min(s) < 100 for s in sizes):
-        raise ValueError(f"--sizes {text!r}: WIDTHxHEIGHT[,WIDTHxHEIGHT...], each 100 or more")
-    return sizes  # type: ignore[return-value]
-
-
-def measure(page: Path, width: int, height: int) -> dict:
-    from reports.browser import Browser
-
-    with Browser(width=width, height=height) as browser:
-        browser.load(page)
-        error = browser.evaluate(
-            "(document.getElementById('viewer') || {dataset: {error: 'no viewer'}}).dataset.error"
-            " || ''"
-        )
-        if error:
-            raise UserError(f"{page}: {error}")
-        return browser.evaluate(MEASURE)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("pages", nargs="+", type=path_arg, help="graph.html files")
-    parser.add_argument("--sizes", default=SIZES, help=f"window sizes (default {SIZES})")
-    args = parser.parse_args(argv)
-    try:
-        sizes = size_arg(args.sizes)
-    except ValueError as err:
-        parser.error(str(err))
-    for page in args.pages:
-        if not page.is_file():
-            parser.error(f"{page}: no such page")
-    from reports.browser import find_chromium
-
-    if find_chromium() is None:
-        raise UserError("chromium is not installed: apt-get install chromium")
-    for page in args.pages:
-        for width, height in sizes:
-            got = measure(page, width, height)
-            print(json.dumps({"page": str(page), "window": f"{width}x{height}", **got}), flush=True)
-    return 0
+    return measure_pages(argv, __doc__.split("\n\n")[0], SIZES, MEASURE)
 
 
 if __name__ == "__main__":

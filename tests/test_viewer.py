@@ -1181,9 +1181,9 @@ def test_a_real_trace_opens_and_explains_its_logit(browser, tmp_path):
     assert "QK: why it attends the key it reads" in text and re.search(r"score [+-]\d", text)
 
 
-def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_path):
-    """With several targets, each group's flows and ablation checks in the panel say which
-    target they are for (one bare number per target could not be read)."""
+def checked_weekday_page(tmp_path: Path, names: list[str]):
+    """The shipped model's ``Monday, Tuesday, Wednesday,`` with ``names`` as logit targets:
+    its mechanism summary with the ablation checks, and the page of its pruned graph."""
     from circuits.attribution import LogitTarget, attribute, run_prompt
     from circuits.mechanisms import summarize
     from circuits.prune import prune_graph
@@ -1192,13 +1192,20 @@ def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_p
 
     replacement, tokenizer = load_pretrained("default")
     tokens = torch.tensor(tokenizer.encode("Monday, Tuesday, Wednesday,").ids)
-    names = [" Thursday", " Friday"]
     targets = [LogitTarget(single_token(tokenizer, t)) for t in names]
     run = run_prompt(replacement, tokens, "local", constants=True)
     full = attribute(replacement, tokens, targets=targets, tokenizer=tokenizer, run=run)
     summary = summarize(replacement, full, run)
     path = tmp_path / "graph.html"
     write_html(prune_graph(full), path, None, mechanisms=summary)
+    return summary, path
+
+
+def test_mechanisms_panel_names_the_target_of_each_flow_and_check(browser, tmp_path):
+    """With several targets, each group's flows and ablation checks in the panel say which
+    target they are for (one bare number per target could not be read)."""
+    names = [" Thursday", " Friday"]
+    summary, path = checked_weekday_page(tmp_path, names)
     open_page(browser, path)
     text = panel_text(browser)
     checks = [line for line in text.splitlines() if line.startswith("ablate")]
@@ -1236,20 +1243,7 @@ def test_a_summary_supernodes_panel_gives_its_checks(browser, tmp_path):
     """A review: a box marked "⚑ check flagged", its tooltip saying "the panel says how",
     opened a panel that said nothing of the check (the summary's own panel is gone once a box
     is clicked); a QK source's box ("g0 attends 0.74→0.36") likewise."""
-    from circuits.attribution import LogitTarget, attribute, run_prompt
-    from circuits.mechanisms import summarize
-    from circuits.prune import prune_graph
-    from replacement.model import load_pretrained
-    from toy_models.tokenizer import single_token
-
-    replacement, tokenizer = load_pretrained("default")
-    tokens = torch.tensor(tokenizer.encode("Monday, Tuesday, Wednesday,").ids)
-    targets = [LogitTarget(single_token(tokenizer, " Thursday"))]
-    run = run_prompt(replacement, tokens, "local", constants=True)
-    full = attribute(replacement, tokens, targets=targets, tokenizer=tokenizer, run=run)
-    summary = summarize(replacement, full, run)
-    path = tmp_path / "graph.html"
-    write_html(prune_graph(full), path, None, mechanisms=summary)
+    summary, path = checked_weekday_page(tmp_path, [" Thursday"])
     open_page(browser, path)
     boxes = browser.evaluate(
         "[...document.querySelectorAll('#viewer svg g.node[data-group]')]"

@@ -36,7 +36,7 @@ from toy_models.model import attention_pattern
 from .attribution import PromptRun, decoder_bias, run_for_graph
 from .graph import Graph, checked_flag, checked_graph
 from .nodes import Kind, block_of, logit_stage, stage_of, sublayer_kind
-from .prune import known_closed, open_rows, remember_closed, row_block, row_sums
+from .prune import check_rows_close, row_block
 
 # The hook a Lorsa head's / transcoder feature's activation passes, per kind.
 ACTIVATION_SITE = {Kind.LORSA: "lorsa.hook_z", Kind.TRANSCODER: "transcoder.hook_acts"}
@@ -202,27 +202,8 @@ def check_full_graph(graph: Graph, run: PromptRun | None = None) -> int:
         if n_src != len(run.kind) or not torch.equal(graph.index[:n_src], run.index):
             raise ValueError("this needs the full (unpruned) graph of the prompt")
         return n_src
-    if known_closed(graph):
-        return n_src  # these very arrays were found to close
-    _check_rows_close(graph)
-    remember_closed(graph)
+    check_rows_close(graph)
     return n_src
-
-
-def _check_rows_close(graph: Graph) -> None:
-    """Refuse ``graph`` unless every head's, feature's and target's row closes."""
-    total, size = row_sums(graph.edges)
-    open_ = open_rows(graph, total, size)
-    if len(open_):
-        i = int(open_[0])
-        target = bool(graph.is_target[i])
-        want = float(graph.value[i] if target else graph.activation[i])
-        raise ValueError(
-            f"this needs the full (unpruned) graph of the prompt: node {graph.ids[i]}'s "
-            f"incoming edges and bias sum to {total[i] + float(graph.bias[i]):.4g}, not its "
-            f"{'value' if target else 'activation'} {want:.4g} (a pruned graph has lost "
-            "edges)"
-        )
 
 
 def target_nodes(graph: Graph) -> list[int]:

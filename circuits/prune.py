@@ -116,6 +116,34 @@ def known_closed(graph: Graph) -> bool:
     return known is not None and all(r() is x for r, x in zip(known, parts, strict=True))
 
 
+def check_rows_close(graph: Graph, needs: str = "this needs", hint: str = "") -> None:
+    """Refuse ``graph`` unless every head's, feature's and target's row closes (``open_rows``:
+    what every exact flow and score read from a prompt's graph assumes, and what a pruned
+    graph, having lost edges, no longer does), naming the first open node (``needs``: what
+    needs the full graph; ``hint``: what to do instead); remembered once found
+    (``remember_closed``)."""
+    if known_closed(graph):
+        return  # these very arrays were found to close
+    _refuse_open_rows(graph, needs, hint)
+    remember_closed(graph)
+
+
+def _refuse_open_rows(graph: Graph, needs: str, hint: str) -> None:
+    """``check_rows_close``'s pass over every edge."""
+    total, size = row_sums(graph.edges)
+    open_ = open_rows(graph, total, size)
+    if len(open_):
+        i = int(open_[0])
+        target = bool(graph.is_target[i])
+        want = float(graph.value[i] if target else graph.activation[i])
+        raise ValueError(
+            f"{needs} the full (unpruned) graph of the prompt: node {graph.ids[i]}'s "
+            f"incoming edges and bias sum to {total[i] + float(graph.bias[i]):.4g}, not its "
+            f"{'value' if target else 'activation'} {want:.4g} (a pruned graph has lost "
+            f"edges){hint}"
+        )
+
+
 def remember_closed(graph: Graph) -> None:
     """Record that ``graph``'s arrays close (the caller has checked ``open_rows``)."""
     for key in [k for k, refs in _CLOSED.items() if any(r() is None for r in refs)]:
@@ -251,15 +279,8 @@ def influence_scores(graph: Graph) -> Scored:
 
 def _check_full(graph: Graph) -> None:
     """Refuse a prompt's graph whose rows do not close (a pruned one): ``influence_scores``."""
-    if not graph.positional or known_closed(graph):
-        return  # a global graph's rows are corpus sums, not one prompt's closing rows
-    open_ = open_rows(graph, *row_sums(graph.edges))
-    if len(open_):
-        raise ValueError(f"the scores need the full (unpruned) graph of the prompt: node "
-                         f"{graph.ids[int(open_[0])]}'s incoming edges and bias do not sum to "
-                         "its value (a pruned graph has lost edges): score the graph "
-                         "attribute returned")  # fmt: skip
-    remember_closed(graph)
+    if graph.positional:  # a global graph's rows are corpus sums, not one prompt's closing rows
+        check_rows_close(graph, "the scores need", ": score the graph attribute returned")
 
 
 def _scores(graph: Graph, infl: np.ndarray, a_hat: Normalized) -> dict[str, float]:

@@ -3027,7 +3027,7 @@ def test_a_sweep_serves_an_equal_graph_and_a_checked_graph_is_not_checked_again(
     again (1.5 s at 127 tokens), while new arrays are checked."""
     import dataclasses
 
-    from circuits import interventions
+    from circuits import prune
     from circuits.flows import EdgeSweep
 
     t = int(graph.is_kind("logit").nonzero()[0])
@@ -3038,15 +3038,15 @@ def test_a_sweep_serves_an_equal_graph_and_a_checked_graph_is_not_checked_again(
     with pytest.raises(ValueError, match="edge_sweep is not this graph's"):
         many_node_flows(graph, [t], _sweep_of_other(pruned))
     calls = []
-    real = interventions._check_rows_close
-    interventions._check_rows_close = lambda g: calls.append(g) or real(g)
+    real = prune._refuse_open_rows  # the pass over every edge
+    prune._refuse_open_rows = lambda g, *why: calls.append(g) or real(g, *why)
     try:
         node_flows(graph, t), node_flows(graph, t)
         assert len(calls) <= 1  # at most once for these arrays (already checked above: 0)
         node_flows(copy, t)  # new edges: checked
         assert calls[-1] is copy
     finally:
-        interventions._check_rows_close = real
+        prune._refuse_open_rows = real
 
 
 def _sweep_of_other(pruned):

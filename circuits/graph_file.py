@@ -590,6 +590,9 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
             _closes(parts, d["score"], "qk.reason", "its four parts are not the score")
             _closes([p[2] for p in r["pairs"]] + [r["rest"]], r["specific"], "qk.reason.pairs",
                     "its pairs plus rest are not the specific part")  # fmt: skip
+            if contrast is not None:  # both read the key's deviation from the mean key
+                _closes([r["mean_query_vs_key"], r["specific"]], contrast, "qk.contrast",
+                        "not the reason's mean query x key plus its specific part")  # fmt: skip
         _check_sources(d.get("sources", []), named, d["query"], d["key"])
         known = set(QKAttribution.__dataclass_fields__)
         _require(set(d) <= known, "qk", f"unknown keys {sorted(set(d) - known)}")

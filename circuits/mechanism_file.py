@@ -16,6 +16,7 @@ sign agreement of a check) and with the flows (``circuits.flows``: ``node_flows`
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from toy_models.cli import one_line
 from toy_models.records import Bounds, Share, from_json, is_finite_number, parse_json, to_plain
 
 from .graph import MODES, QKReason, softmax_pair, top_contradiction, untrained_words
-from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, kind_at_stage
+from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, kind_at_stage, stage_of
 
 VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
@@ -917,11 +918,42 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         named = [t.predicting_group] if t.predicting_group is not None else []
         _expect(all(t.node in flows[k] for k in named + t.head_groups),
                 f"targets[{i}]: a head group it names has no flow into it")  # fmt: skip
+    groups = {g.key: g for g in summary.groups}
     for i, p in enumerate(summary.paths):
         where = f"paths[{i}]"
         _expect(p.target in targets and set(p.groups) <= set(keys), f"{where}: unknown names")
-        _expect(len(p.hops) == len(p.groups), f"{where}: one hop per group")
+        _check_path(p, [groups[k] for k in p.groups], where)
     return summary
+
+
+def _check_path(p: PathRecord, groups: list[GroupRecord], where: str) -> None:
+    """A path (``circuits.flows.top_paths``) as the graph makes one: one hop per group, from a
+    token embedding group up through distinct groups, each in a later stage than the one
+    before and not at an earlier position (a head's value comes from a key at or before its
+    query), and a path of the root alone bringing its hop into the target (its flow is that
+    summed edge). A hand-made group spanning stages or positions is not ordered."""
+    _expect(len(p.hops) == len(p.groups), f"{where}: one hop per group")
+    _expect(bool(groups) and groups[0].kind == Kind.EMBEDDING.label,
+            f"{where}: does not start at a token embedding group")  # fmt: skip
+    _expect(len(set(p.groups)) == len(p.groups), f"{where}: a group twice")
+    for a, b in itertools.pairwise(groups):
+        low, high = _stage(a), _stage(b)
+        _expect(low is None or high is None or low < high,
+                f"{where}: {b.key} is not above {a.key}")  # fmt: skip
+        _expect(a.pos is None or b.pos is None or a.pos <= b.pos,
+                f"{where}: {b.key} is at a position before {a.key}'s")  # fmt: skip
+    if len(p.groups) == 1:
+        _closes(p.hops[0], p.flow, f"{where}: the flow of a path of one group (its hop)")
+
+
+def _stage(g: GroupRecord) -> int | None:
+    """The stage of a group of one kind in one stage (tokens, heads, features), None for
+    others (errors and constants exist at both sublayers; a mixed group spans stages)."""
+    if g.kind == Kind.EMBEDDING.label:
+        return EMBEDDING_STAGE
+    if g.kind in (Kind.LORSA.label, Kind.TRANSCODER.label) and g.layer is not None:
+        return stage_of(Kind.parse(g.kind), g.layer)
+    return None
 
 
 def _check_key_token(g: GroupRecord, tokens: list[str], where: str) -> None:

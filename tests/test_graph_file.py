@@ -246,7 +246,8 @@ def test_forged_files_with_a_valid_checksum_are_refused(tmp_path, case):
 def test_a_qk_reason_must_close(tmp_path):
     """A QK reason's four parts make the score and its pairs plus rest the specific part; a
     prompt's full graph (a trace's, unpruned) loads back, and with one edge doubled it is
-    refused: its rows no longer close."""
+    refused: its rows no longer close; a contrast beside a reason is its two key-deviation
+    parts."""
     from circuits.graph import QKPair, QKReason
 
     graph = make_graph()
@@ -259,6 +260,15 @@ def test_a_qk_reason_must_close(tmp_path):
         name_sides(graph)
         with pytest.raises(GraphFileError, match=field):
             graph.save(tmp_path / "g.safetensors")
+    # the contrast (the score against the mean key's) is the reason's mean query x key plus
+    # its specific part: both read the key's deviation (a fuzz pass loaded any number there)
+    a.reason = QKReason(-2.25, 0.0, 0.25, 1.0, [QKPair("E_9", "0_bias_1", 1.0)], 0.0, 0.0, [], [])
+    a.contrast = 1.25
+    name_sides(graph).save(tmp_path / "g.safetensors")
+    assert Graph.load(tmp_path / "g.safetensors").qk[2].contrast == 1.25
+    a.contrast = 1e30
+    with pytest.raises(GraphFileError, match="qk.contrast: not the reason's mean query x key"):
+        graph.save(tmp_path / "g.safetensors")
 
 
 def test_a_full_graph_closes_or_is_refused(tmp_path, random_model, make_replacement):

@@ -2710,6 +2710,53 @@ def test_a_summary_edited_by_hand_is_refused_before_it_is_shown_or_saved(
     assert format_summary(load_summary(path)) == format_summary(summary)
 
 
+def test_a_path_is_checked_as_the_graph_makes_one(graph, replacement, run, tmp_path):
+    """Found by a fuzz pass: a path's groups, flow and hops loaded whatever they said (a path
+    from a head group down to the tokens, a group twice, a one-group path whose flow is not its
+    hop). A path starts at a token embedding group and climbs through distinct groups, each in
+    a later stage and not at an earlier position; the root alone brings its hop."""
+    summary = summarize(replacement, graph, run, check=False)
+    groups = {g.key: g for g in summary.groups}
+    long = next(p for p in summary.paths if len(p.groups) >= 3)
+    i = summary.paths.index(long)
+    root = long.groups[0]
+    assert groups[root].kind == "embedding"
+
+    def upside_down(s):
+        s.paths[i].groups.reverse()
+
+    def twice(s):
+        s.paths[i].groups[2] = s.paths[i].groups[1]
+
+    def swapped(s):
+        g = s.paths[i].groups
+        g[1], g[2] = g[2], g[1]
+
+    def root_alone(flow):
+        def edit(s):
+            s.paths[i].groups, s.paths[i].hops, s.paths[i].flow = [root], [0.5], flow
+
+        return edit
+
+    edits = [
+        (upside_down, "does not start at a token embedding group"),
+        (twice, "a group twice"),
+        (swapped, "is not above"),
+        (root_alone(2.0), "the flow of a path of one group (its hop) = 0.5, not 2"),
+    ]
+    path = tmp_path / "mechanisms.json"
+    for edit, message in edits:
+        edited = copy.deepcopy(summary)
+        edit(edited)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            save_summary(edited, path)
+        assert not path.exists()
+    edited = copy.deepcopy(summary)
+    root_alone(0.5)(edited)
+    save_summary(edited, path)
+    assert load_summary(path).paths[i].groups == [root]
+
+
 def test_a_key_sides_main_input_is_checked_field_by_field(graph, replacement, run, tmp_path):
     """Found by a fuzz pass: a QK pair's ``key.main_input`` without ``pos`` (or ``kind``,
     ``layer``, ``attends``) loaded, then the report (``ref_text``) raised a KeyError. Each is

@@ -26,9 +26,8 @@ from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, run_cli, whole_numbers
 from toy_models.files import (
-    check_not_a_zoo,
+    check_outside_saved_work,
     earlier_set,
-    replaced_whole,
     resolved,
     staging_in_the_way,
 )
@@ -310,11 +309,7 @@ def check_writable(out: Path, flag: str = "--out") -> None:
         raise UserError(f"{flag} {out}: {real} is a kernel file system, not for files")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {out}: {existing} is not writable")
-    inside = replaced_whole(out)  # a training checkpoint: its next save deletes what is there
-    if inside:
-        raise UserError(f"{flag} {out}: is inside {inside}; "
-                        "write the outputs elsewhere")  # fmt: skip
-    check_not_a_zoo(out, flag)  # its folders list as entries: features/ read as a model
+    check_outside_saved_work(out, flag)
 
 
 def _targets(args, tokenizer, last_logits=None):

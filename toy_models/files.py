@@ -485,9 +485,21 @@ def zoo_in(directory: Path) -> list[str]:
     return [name for name in folders if any(k.found_in(directory / name) for k in shipped)]
 
 
-def check_not_a_zoo(path: Path, flag: str = "--out") -> None:
-    """Refuse an output folder that is a zoo (``zoo_in``) in one line."""
-    entries = zoo_in(path) if path.is_dir() else []
+def check_outside_saved_work(path: Path, flag: str = "--out", own: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line, an output folder that lies inside saved work its writer replaces
+    whole (``replaced_whole``: a training checkpoint, a shipped entry) or that is a zoo
+    (``zoo_in``): the checks of every output folder, the set writers' ``check_writable_dir``
+    and the trace's own. The folder itself counts as well as those above it, except where the
+    caller writes saved work of its own there (``own``, whose folder ``saved_work_in`` has
+    weighed); a caller that writes a zoo's entries (``own=(RECORD_FILE,)``: a ship) may write
+    into a zoo."""
+    inside = replaced_whole(real_path(path).parent if own else path)
+    if inside:
+        raise UserError(f"{flag} {path}: is inside {inside}; "
+                        "write the outputs elsewhere")  # fmt: skip
+    if any(kind.shipped and set(kind.names) & set(own) for kind in SAVED_WORK):
+        return
+    entries = zoo_in(path) if path.is_dir() else []  # its folders list as entries
     if entries:
         more = ", ..." if len(entries) > 3 else ""
         named = ", ".join(entries[:3]) + more
@@ -521,15 +533,10 @@ def check_writable_dir(
     work = saved_work_in(path, own) if path.is_dir() else None
     if work:
         raise UserError(f"{flag} {path}: holds {work}; write the outputs elsewhere")
-    if not any(kind.shipped and set(kind.names) & set(own) for kind in SAVED_WORK):
-        check_not_a_zoo(path, flag)  # (a ship writes entries into its zoo: own=(RECORD_FILE,))
+    check_outside_saved_work(path, flag, own)
     record = output_set_in(path) if sets_refused else None
     if record:
         raise UserError(f"{flag} {path}: holds a graph's or report's outputs ({record}); "
-                        "write the outputs elsewhere")  # fmt: skip
-    inside = replaced_whole(real_path(path).parent)
-    if inside:
-        raise UserError(f"{flag} {path}: is inside {inside}; "
                         "write the outputs elsewhere")  # fmt: skip
     reason = _cannot_write_in(path)
     if reason:

@@ -387,6 +387,13 @@ class Graph:
         return torch.isin(self.kind, codes)
 
     @property
+    def qk_from_weights(self) -> bool:
+        """A QK circuit's graph (``circuits.global_weights.qk_circuit``, its record in
+        ``settings["qk_circuit"]``): its QK pairs come from the weights alone (no prompt or
+        corpus), not an expected QK attribution per firing."""
+        return isinstance(self.settings.get("qk_circuit"), dict)
+
+    @property
     def is_target(self) -> Tensor:
         """What the graph explains: its logit nodes and any head or feature it was traced
         from (positive ``target_weight``)."""

@@ -388,7 +388,7 @@ def _qk_html(graph: Graph, labels: list[str], attributions: list[QKAttribution],
                 f'key pos {a.key} <span class="tok">{box_text(key_token)}</span>, '
                 f"attention {a.attention:.3g}, score {a.score:+.3g} (rest {a.rest:+.3g})"
             )
-        elif isinstance(graph.settings.get("qk_circuit"), dict):  # weights alone: no corpus
+        elif graph.qk_from_weights:
             where = (
                 f"L{a.layer} QK {a.qk_head}: from the weights alone (W_Q W_K^T between the units' "
                 f"write vectors, no prompt or corpus), its {len(a.pairs)} strongest pairs, sum "

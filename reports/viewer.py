@@ -642,9 +642,7 @@ def viewer_data(
         "promptTokens": graph.token_strings,
         "tokenIds": list(graph.tokens),
         "positional": graph.positional,
-        # a QK circuit's record (circuits.global_weights.qk_circuit): pairs from the weights
-        # alone, not an expected QK attribution per firing
-        "qkFromWeights": isinstance(settings.get("qk_circuit"), dict),
+        "qkFromWeights": graph.qk_from_weights,
         "mode": graph.mode,
         "model": graph.model.get("name", ""),
         # sparse mode: the model's own most likely next token and its probability

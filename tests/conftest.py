@@ -110,6 +110,26 @@ def make_replacement():
 
 
 @pytest.fixture
+def replacement(random_model):
+    """``random_replacement`` of ``random_model`` with the default layers: the replacement
+    model the attribution, QK, mechanism, global-circuit and head tests trace."""
+    return random_replacement(random_model)
+
+
+@pytest.fixture
+def tokens():
+    """A seeded 12-token prompt of ids 1..49 in ``random_model``'s vocabulary."""
+    torch.manual_seed(2)
+    return torch.randint(1, 50, (12,))
+
+
+def targets(graph) -> torch.Tensor:
+    """The indices of the nodes ``graph`` gives a value (its targets: heads, features,
+    logits)."""
+    return (~torch.isnan(graph.value)).nonzero().squeeze(1)
+
+
+@pytest.fixture
 def overflowing_set(tiny_run, tiny_pretrained, tmp_path):
     """A replacement set of the tiny model whose weights are finite (they load) but overflow in
     use (a transcoder x1e30), saved in ``tmp_path / "huge"``: its path."""

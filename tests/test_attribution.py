@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import targets
 
 from circuits.attribution import (
     LogitDiffTarget,
@@ -42,24 +43,9 @@ from reports.labels import node_labels
 MODES = ("local", "sparse")
 
 
-@pytest.fixture
-def replacement(random_model, make_replacement):
-    return make_replacement(random_model)
-
-
-@pytest.fixture
-def tokens():
-    torch.manual_seed(2)
-    return torch.randint(1, 50, (12,))
-
-
 @pytest.fixture(params=MODES)
 def graph(request, replacement, tokens):
     return attribute(replacement, tokens, mode=request.param, max_logits=3)
-
-
-def targets(graph: Graph) -> torch.Tensor:
-    return (~torch.isnan(graph.value)).nonzero().squeeze(1)
 
 
 def test_edges_plus_bias_close_every_target(graph):

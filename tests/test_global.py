@@ -48,11 +48,6 @@ N_ROWS, N_CTX, QK_UNITS = 5, 10, 6
 
 
 @pytest.fixture
-def replacement(random_model, make_replacement):
-    return make_replacement(random_model)
-
-
-@pytest.fixture
 def units(replacement):
     from circuits.units import Units
 

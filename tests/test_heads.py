@@ -38,11 +38,6 @@ def hand_probe(ids: list[int], corpus: str = "repeat") -> H.ProbeDoc:
 
 
 @pytest.fixture
-def replacement(random_model, make_replacement):
-    return make_replacement(random_model)
-
-
-@pytest.fixture
 def probes():
     rng = random.Random(0)
     docs = []

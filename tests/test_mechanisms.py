@@ -12,6 +12,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import targets
 
 from circuits.attribution import N_PROMOTED, attribute, closure_error, run_prompt
 from circuits.flows import (
@@ -49,17 +50,6 @@ from reports.mechanisms import QK_SOURCES, attention_text, format_summary, mecha
 MODES = ("local", "sparse")
 
 
-@pytest.fixture
-def replacement(random_model, make_replacement):
-    return make_replacement(random_model)
-
-
-@pytest.fixture
-def tokens():
-    torch.manual_seed(2)
-    return torch.randint(1, 50, (12,))
-
-
 @pytest.fixture(params=MODES)
 def run(request, replacement, tokens):
     return run_prompt(replacement, tokens, request.param, constants=True)
@@ -68,10 +58,6 @@ def run(request, replacement, tokens):
 @pytest.fixture
 def graph(replacement, tokens, run):
     return attribute(replacement, tokens, max_logits=3, run=run)
-
-
-def targets(graph: Graph) -> torch.Tensor:
-    return (~torch.isnan(graph.value)).nonzero().squeeze(1)
 
 
 # ----------------------------------------------------------------- constants as nodes

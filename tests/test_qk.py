@@ -14,11 +14,6 @@ GOOD = {"layer": 1, "qk_head": 1, "query": 5, "key": 2}
 
 
 @pytest.fixture
-def replacement(random_model, make_replacement):
-    return make_replacement(random_model)
-
-
-@pytest.fixture
 def run(replacement):
     torch.manual_seed(2)
     return run_prompt(replacement, torch.randint(1, 50, (N_POS,)), "local")

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import ArgumentParser, UserError, count_arg, file_arg, path_arg, run_cli  # noqa: E402
+from reports.results_cli import add_results_args, results_paths  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, count_arg, path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # The keys of the JSON object written to the results file: a file there without them is
@@ -58,12 +59,7 @@ def parse_args(argv):
     parser.add_argument(
         "--work", type=path_arg, default=Path("runs/error-analysis"), help="where the SAEs are kept"
     )
-    parser.add_argument(
-        "--json", type=file_arg, help="results file (default in benchmarks/results)"
-    )
-    parser.add_argument("--report", type=path_arg, help="report directory (default beside --json)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: " + str(QUICK))
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_results_args(parser, QUICK)
     return parser.parse_args(argv)
 
 
@@ -74,19 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows <= 0 or args.sae_steps < 0:
         raise UserError("--rows must be positive and --sae-steps >= 0")
     from replacement.train import parse_layers
-    from toy_models.files import check_writable_dir, check_writable_file
+    from toy_models.files import check_writable_dir
     from toy_models.zoo import resolve_model_dir
 
     layers = parse_layers(args.layers)
     resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
     if args.replacement is not None and not (Path(args.replacement) / "replacement.json").is_file():
         raise UserError(f"--replacement {args.replacement}: no replacement.json there")
-    name = Path(args.model).name if Path(args.model).is_dir() else args.model
-    suffix = "_quick" if args.quick else ""
-    out_json = args.json or RESULTS / f"error_analysis_{name}{suffix}.json"
-    report_dir = args.report or out_json.with_suffix("")
-    check_writable_file(out_json, "--json", RESULT_KEYS)
-    check_writable_dir(report_dir, "--report")
+    out_json, report_dir = results_paths(args, "error_analysis", RESULTS, RESULT_KEYS)
     t0 = time.perf_counter()
     from replacement.model import load_pretrained
     from reports.errors import analyse_errors, findings, write_error_report

@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
+from reports.results_cli import add_results_args, results_paths  # noqa: E402
 from toy_models.cli import (  # noqa: E402
     ArgumentParser,
     UserError,
-    file_arg,
     path_arg,
     refuse_repeats,
     run_cli,
@@ -94,12 +94,7 @@ def parse_args(argv):
     parser.add_argument(
         "--work", type=path_arg, default=Path("runs/ablations"), help="caches, records, weights"
     )
-    parser.add_argument(
-        "--json", type=file_arg, help="results file (default in benchmarks/results)"
-    )
-    parser.add_argument("--report", type=path_arg, help="report directory (default beside --json)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: " + str(QUICK))
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_results_args(parser, QUICK)
     return parser.parse_args(argv)
 
 
@@ -167,16 +162,11 @@ def build_caches(model, tokenizer, work: Path, s: dict, quiet: bool):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = settings(args)
-    from toy_models.files import check_writable_dir, check_writable_file
+    from toy_models.files import check_writable_dir
     from toy_models.zoo import resolve_model_dir
 
     resolve_model_dir(args.model)  # an unknown name fails before the heavy imports
-    name = Path(args.model).name if Path(args.model).is_dir() else args.model
-    suffix = "_quick" if args.quick else ""
-    out_json = args.json or RESULTS / f"lorsa_ablations_{name}{suffix}.json"
-    report_dir = args.report or out_json.with_suffix("")
-    check_writable_file(out_json, "--json", RESULT_KEYS)
-    check_writable_dir(report_dir, "--report")
+    out_json, report_dir = results_paths(args, "lorsa_ablations", RESULTS, RESULT_KEYS)
     t0 = time.perf_counter()
     from dataclasses import asdict, replace
 

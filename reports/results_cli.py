@@ -12,8 +12,36 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from toy_models.cli import ArgumentParser, UserError, path_arg
+from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg
 from toy_models.records import parse_json
+
+
+def add_results_args(parser: ArgumentParser, quick: dict) -> None:
+    """The options of a benchmark whose results file these reports render
+    (``benchmarks/error_analysis.py``, ``benchmarks/lorsa_ablations.py``): ``--json``,
+    ``--report``, ``--quick`` (``quick``: the settings it sets) and ``--quiet``."""
+    parser.add_argument(
+        "--json", type=file_arg, help="results file (default in benchmarks/results)"
+    )
+    parser.add_argument("--report", type=path_arg, help="report directory (default beside --json)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: " + str(quick))
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def results_paths(args, stem: str, results: Path, keys: frozenset[str]) -> tuple[Path, Path]:
+    """The results file and report directory of a benchmark run (``add_results_args``), both
+    refused now if they cannot be written: ``--json`` (default ``results/{stem}_{model}.json``,
+    ``_quick`` before the suffix for a smoke run; ``keys``: those of its JSON object) and
+    ``--report`` (default the results file's stem)."""
+    from toy_models.files import check_writable_dir, check_writable_file
+
+    name = Path(args.model).name if Path(args.model).is_dir() else args.model
+    suffix = "_quick" if args.quick else ""
+    out_json = args.json or results / f"{stem}_{name}{suffix}.json"
+    report_dir = args.report or out_json.with_suffix("")
+    check_writable_file(out_json, "--json", keys)
+    check_writable_dir(report_dir, "--report")
+    return out_json, report_dir
 
 
 def render_results(

@@ -129,6 +129,18 @@ def targets(graph) -> torch.Tensor:
     return (~torch.isnan(graph.value)).nonzero().squeeze(1)
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium window (``reports.browser``, 1400x900) for a module's page tests;
+    they are skipped where chromium is not installed."""
+    from reports.browser import Browser, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    with Browser(width=1400, height=900) as b:
+        yield b
+
+
 @pytest.fixture
 def overflowing_set(tiny_run, tiny_pretrained, tmp_path):
     """A replacement set of the tiny model whose weights are finite (they load) but overflow in

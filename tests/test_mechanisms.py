@@ -2835,16 +2835,6 @@ def test_summary_without_constants_or_checks(replacement, tokens):
 
 
 # ----------------------------------------------------------------- the viewer
-@pytest.fixture(scope="module")
-def browser():
-    from reports.browser import Browser, find_chromium
-
-    if find_chromium() is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    with Browser(width=1400, height=900) as b:
-        yield b
-
-
 def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replacement, tmp_path):
     from reports.html import write_html
 

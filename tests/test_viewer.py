@@ -135,14 +135,6 @@ def test_q_params_and_dashboards_are_checked():
 
 
 # ------------------------------------------------------------------------------ the browser
-@pytest.fixture(scope="module")
-def browser():
-    if find_chromium() is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    with Browser(width=1400, height=900) as b:
-        yield b
-
-
 def shipped_run(prompt: str):
     """The shipped default (its replacement set and tokenizer), ``prompt``'s tokens as the
     trace encodes them, and its clean run with constants as nodes."""

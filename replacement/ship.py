@@ -66,13 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--model {args.model!r}: not a shipped zoo model (shipped: "
                         f"{', '.join(shipped) or 'none'}); a set ships beside the model it was "
                         "trained for")  # fmt: skip
-    if not (args.run_dir / SET_FILE).is_file():
-        from toy_models.resumable import CHECKPOINT_DIR
+    from toy_models.resumable import check_finished
 
-        if (args.run_dir / CHECKPOINT_DIR).is_dir():  # an interrupted run, as toy_models.ship
-            raise UserError(f"{args.run_dir}: the run has not finished (a checkpoint, no "
-                            f"{SET_FILE}); finish it with replacement.train --resume "
-                            "first")  # fmt: skip
+    finished = (args.run_dir / SET_FILE).is_file()
+    check_finished(args.run_dir, finished, SET_FILE, "replacement.train")
+    if not finished:
         raise UserError(f"{args.run_dir}: no {SET_FILE} (not a replacement.train --out directory)")
     dest = ship(args.run_dir, args.model)
     total = sum(f.stat().st_size for f in dest.iterdir())

@@ -64,6 +64,16 @@ Stats = tuple[str, ...] | Mapping[str, Bounds]
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+def check_finished(run_dir: Path, finished: bool, final: str, trainer: str) -> None:
+    """Refuse in one line a run directory that an interrupted run left (``finished`` false, a
+    checkpoint there), naming what it lacks (``final``) and the command that finishes it
+    (``trainer``): a ship's "checkpoint file missing: config.json" said what, not why. The
+    check of both ships (``toy_models.ship``, ``replacement.ship``)."""
+    if not finished and (run_dir / CHECKPOINT_DIR).is_dir():
+        raise UserError(f"{run_dir}: the run has not finished (a checkpoint, no {final}); "
+                        f"finish it with {trainer} --resume first")  # fmt: skip
+
+
 class ResumableRun:
     """A training run in ``out``; see the module docstring for the protocol."""
 

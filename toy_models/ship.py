@@ -124,12 +124,9 @@ def ship(run_dir: Path, name: str, dest_root: Path = SHIPPED_DIR) -> Path:
 
     if name not in CONFIGS:
         raise UserError(f"unknown zoo name {name!r}; known: {', '.join(sorted(CONFIGS))}")
-    from .resumable import CHECKPOINT_DIR
+    from .resumable import check_finished
 
-    if not (run_dir / CONFIG_FILE).exists() and (run_dir / CHECKPOINT_DIR).is_dir():
-        # an interrupted run: "checkpoint file missing: config.json" said what, not why
-        raise UserError(f"{run_dir}: the run has not finished (a checkpoint, no final model); "
-                        "finish it with toy_models.train --resume first")  # fmt: skip
+    check_finished(run_dir, (run_dir / CONFIG_FILE).exists(), "final model", "toy_models.train")
     # the model with its tokenizer, as a user will load the entry: a damaged or foreign
     # tokenizer is named where it is, not under the ship's temporary copy
     model, _ = load_pretrained(str(run_dir))

@@ -1033,22 +1033,37 @@ def _weak_text(summary: MechanismSummary, key: str, side: str, alone: float) -> 
     does not halve that attention through the side (``alone``): that no head group tested
     does (the source is the lowest of them), and the checked group of any kind (features too,
     which are no candidates, or a head group that was none) whose ablation halves it and lowers
-    it most, or, where none does, that the side is no one group's doing."""
-    found = []
+    it most, or, where none does, that the side is no one group's doing.
+
+    On the key side a group written after the key cannot change the key's own vector (its
+    position is later: causal); the keys' vectors as after its ablation take the attention
+    through a later key, which its ablation makes compete (a review: `Sum: 52+34= 8`, the
+    operand head's key side "taken 0.97 -> 0.07" by the layer-0 features at the query
+    itself, whose ablation left the key's score as it was and raised the query's own key's
+    from -3.8 to +6.8). Such a group is said to act so, and never named as the side's."""
+    found, later = [], []
     for g in summary.groups:
         a = summary.attention_after(g, key)
         low = None if a is None else a.mean_side(side)
         if low is not None and low <= a.mean_before * HALVES and low < alone:
-            found.append((low, g, a))
+            after_key = side == "key" and g.pos is not None and g.pos > a.key
+            (later if after_key else found).append((low, g, a))
     # read on the group's attention (its QK heads' mean), which the line gives after a named
     # QK head's own (a review found a head halved beside "weak")
     words = "; weak (the group's attention): no head group tested halves it"
-    if not found:
+    if found:
+        low, g, a = min(found, key=lambda x: x[0])
+        return (f"{words}; of the summary's checked groups, {g.key} {g.name} takes it through "
+                f"this side {attention_change(a.mean_before, low)}")  # fmt: skip
+    if not later:
         return (f"{words}, nor any group the summary checks: this side is no one group's doing "
                 "(its position's own token and features, or many groups at once)")  # fmt: skip
-    low, g, a = min(found, key=lambda x: x[0])
-    return (f"{words}; of the summary's checked groups, {g.key} {g.name} takes it through this "
-            f"side {attention_change(a.mean_before, low)}")  # fmt: skip
+    low, g, a = min(later, key=lambda x: x[0])
+    return (f"{words}, nor any group the summary checks at or before the key: this side is no "
+            "one group's doing (its position's own token and features, or many groups at "
+            f"once); of the summary's checked groups after the key, {g.key} {g.name} takes it "
+            f"{attention_change(a.mean_before, low)} through the keys from @{g.pos} on, not "
+            "the key's own vector: its ablation makes a later key compete")  # fmt: skip
 
 
 def _no_source_words(summary: MechanismSummary, what: str) -> str:

@@ -1923,14 +1923,21 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             said = "; weak (the group's attention): no head group tested halves it" in line
             assert said == weak
             # beside a weak one, the checked group (of any kind) lowering it most, if it halves
-            lower = sorted((x.mean_side(w.side), o.key) for o in summary.groups
-                           if (x := summary.attention_after(o, w.group)) is not None
-                           and x.mean_side(w.side) <= x.mean_before / 2
-                           and x.mean_side(w.side) < a.mean_side(w.side))  # fmt: skip
+            # (on the key side, of the groups at or before the key: a later one cannot
+            # write the key's own vector, and is said to act through a later key)
+            halving = [(x.mean_side(w.side), o.key, o.pos) for o in summary.groups
+                       if (x := summary.attention_after(o, w.group)) is not None
+                       and x.mean_side(w.side) <= x.mean_before / 2
+                       and x.mean_side(w.side) < a.mean_side(w.side)]  # fmt: skip
+            after_key = [h for h in halving if w.side == "key" and h[2] is not None
+                         and h[2] > a.key]  # fmt: skip
+            lower = sorted(h[:2] for h in halving if h not in after_key)
             said = "; of the summary's checked groups, "
             assert (said in line) == (weak and bool(lower))
             nor = ", nor any group the summary checks: this side is no one group's doing"
-            assert (nor in line) == (weak and not lower)
+            assert (nor in line) == (weak and not lower and not after_key)
+            later = "; of the summary's checked groups after the key, "
+            assert (later in line) == (weak and not lower and bool(after_key))
             if said in line:
                 other = summary.group(lower[0][1])
                 assert f"{said}{other.key} {other.name} takes it through this side " in line
@@ -3829,3 +3836,55 @@ def test_a_spanning_groups_qk_side_flows_sum_to_what_zeroing_it_takes_from_the_s
         if checked == 3:
             break
     assert checked == 3
+
+
+def test_a_key_sides_weak_source_never_names_a_group_after_the_key():
+    """A group written after the key cannot change the key's own vector (causal): with the
+    keys' vectors as after its ablation, a later key took the attention (a review: on `Sum:
+    52+34= 8` the operand head's key side was said taken 0.97 -> 0.07 by the layer-0 features
+    at the query itself, whose ablation left the key's score as it was). It is named as
+    acting through a later key, never as the key side's; one at or before the key still is."""
+    from circuits.mechanism_file import GroupRecord, QKSourceRole
+    from reports.mechanisms import qk_sources_sides
+
+    def head_group(key, pos, attends):
+        return GroupRecord(key, f"L2 heads @{pos} -> 'b'@{attends}", "lorsa", 2, pos, attends,
+                           "'b'", [0], None, [f"4_1_{pos}"], [], {})  # fmt: skip
+
+    def checked(key, pos, key_side):
+        g = GroupRecord(key, f"L0 features @{pos}", "transcoder", 0, pos, None, None, [], None,
+                        [f"1_1_{pos}"], [], {})  # fmt: skip
+        g.attention_checks = [AttentionCheck("g0", 2, 6, 3, [0], [1.0], [0.9], [0.5], [0.9],
+                                             [key_side])]  # fmt: skip
+        return g
+
+    predicting = head_group("g0", 6, 3)
+    source = head_group("g1", 3, 2)  # at the key: its ablation leaves 0.9 -> 0.8
+    source.writes_qk = [QKSourceRole("g0", 0, "key", 1.0)]
+    source.attention_checks = [AttentionCheck("g0", 2, 6, 3, [0], [1.0], [0.9], [0.8], [0.9],
+                                              [0.8])]  # fmt: skip
+    at_query = checked("g2", 6, 0.05)  # after the key: 0.9 -> 0.05 through a later key
+
+    def line(*groups):
+        summary = MechanismSummary("p", ["<|bos|>", "a", "b", "c", "d", "e", "f"], "local", "m",
+                                   [], [predicting, source, *groups], [], {})  # fmt: skip
+        return next(x for x in qk_sources_sides(summary, "g0") if x.startswith("key side"))
+
+    text = line(at_query)
+    assert "; of the summary's checked groups, g2" not in text
+    assert ("nor any group the summary checks at or before the key: this side is no one "
+            "group's doing") in text  # fmt: skip
+    assert (
+        "of the summary's checked groups after the key, g2 L0 features @6 takes it "
+        "0.90 -> 0.05 through the keys from @6 on, not the key's own vector"
+    ) in text
+    # one at the key that halves it is named as before, the later one left out
+    text = line(at_query, checked("g3", 3, 0.3))
+    assert (
+        "; of the summary's checked groups, g3 L0 features @3 takes it through this side "
+        "0.90 -> 0.30"
+    ) in text
+    assert "g2" not in text
+    # nothing halving it: the words as they were
+    assert text.count("weak") == 1
+    assert "nor any group the summary checks: this side is no one group's doing" in line()

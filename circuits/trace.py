@@ -87,8 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     targets.add_argument("--target-node", action="append", default=[], metavar="KIND:L:POS:I",
                          help="a head or feature: lorsa:2:15:417, transcoder:1:7:88")  # fmt: skip
     targets.add_argument("--vs-runner-up", action="store_true",
-                         help="explain each logit target minus the most likely other token "
-                         "(the margin over the runner-up) instead of the logit itself")  # fmt: skip
+                         help="explain each --target (with none named, the top token alone, "
+                         "not the default top logits) minus the most likely other token (the "
+                         "margin over the runner-up) instead of the logit itself")  # fmt: skip
     targets.add_argument("--max-logits", type=int,
                          help=f"with no target named: at most this many top logits (default "
                          f"{MAX_LOGITS})")  # fmt: skip

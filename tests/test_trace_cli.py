@@ -1161,3 +1161,16 @@ def test_head_and_feature_targets_are_explained_in_the_order_given(tmp_path, cap
     traced.settings[NODE_TARGETS] = given[:1]
     with pytest.raises(GraphFileError, match=f"settings.{NODE_TARGETS}: not the ids"):
         traced.save(tmp_path / "forged.safetensors")
+
+
+def test_the_help_says_vs_runner_up_without_a_target_takes_the_top_token_alone(capsys):
+    """With no --target, --vs-runner-up explains the top token's margin alone (``_targets``),
+    not each of the default top logits: on `Lucy wrote 214+563=` (targets '7', ' ', '8' by
+    default) it traced '7' - ' ' only, where the help promised "each logit target" (a
+    review)."""
+    from circuits.trace import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--vs-runner-up explain each --target (with none named, the top token alone," in text

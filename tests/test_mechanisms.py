@@ -1664,6 +1664,16 @@ def test_a_checks_mark_says_why_it_is_flagged_and_where_the_probability_disagree
     assert mark_text(check(-2.0, 1.5, 1.0, None, None, True), None) == (
         "FLAGGED: frozen other sign; free other sign"
     )
+    # an unlikely target's probability that moves the other way by far more than 5% of it is
+    # said, however small the change (a review's ``After Thursday comes`` with ``--target
+    # ' Saturday'``, p 0.0024: its predicting group's ablation -3.9 frozen, -3.14 free, with p
+    # 0.0024 -> 0.0043 and 0.0039, read "ok" under an absolute floor of 0.005); under 5% of
+    # it, nothing is
+    saturday = check(-3.1, -3.905, -3.14, 0.004283, 0.003945, False)
+    assert mark_text(saturday, logit(0.002385)) == (
+        "ok; frozen: its probability the other way; free: its probability the other way"
+    )
+    assert mark_text(check(-3.1, -3.9, -3.1, 0.0025, 0.00239, False), logit(0.002385)) == "ok"
 
 
 def _zeroing_hooks(graph, members) -> list:

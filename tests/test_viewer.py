@@ -2238,6 +2238,39 @@ def test_resizing_the_window_lays_the_first_view_out_again(long_page):
         assert kept["viewBox"] == small["viewBox"] and kept["w"] == zoomed["w"]
 
 
+def test_fit_shows_a_110_token_traces_whole_drawing(tmp_path):
+    """A review: a 110-token trace scrolled sideways at every zoom the page chose, "fit"
+    included, which fitted the first view (text at 0.7 or more): 1882 px of a real trace off a
+    1400x900 window. The first view keeps its zoom of 0.7 and scrolls; "fit" shows the whole
+    drawing (at 0.4 there), and keeps it whole when the window changes, no box over another.
+    The tokens take three or four lanes where two leave the drawing wider than the room at
+    0.7 (4070 px of that trace in two, 2447 in four)."""
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed")
+    path = tmp_path / "graph.html"
+    write_html(make_big_graph(n_pos=110, units=32, logits=10), path, None)
+    fit = "document.querySelector('#viewer button[title^=\"fit\"]').click()"
+    with Browser(width=1280, height=720) as b:
+        open_page(b, path)
+        first = b.evaluate(FIRST_VIEW)
+        assert first["zoom"] >= 0.7 - 1e-3 and first["w"] > first["cw"], first
+        b.evaluate(fit)
+        for size in ((1280, 720), (1400, 900)):
+            if size != (1280, 720):
+                b.send("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1],
+                       deviceScaleFactor=1, mobile=False)  # fmt: skip
+                b.evaluate("new Promise((r) => setTimeout(r, 400))")
+            got = b.evaluate(FIRST_VIEW)
+            assert got["w"] <= got["cw"] and got["h"] <= got["ch"], (size, got)
+            assert got["bottom"] <= got["win"] and got["zoom"] > 0.3, (size, got)
+            boxes = got["boxes"]
+            assert len(boxes) > 100
+            for j, a in enumerate(boxes):
+                assert not any(overlaps(a, c) for c in boxes[j + 1 :]), (size, a)
+        note = b.evaluate("document.querySelector('#viewer .zoom-note').textContent")
+        assert "scrolls" not in note and note.endswith("%"), note
+
+
 def test_zooming_keeps_the_point_at_the_canvas_centre(browser, long_page):
     """A review: + and − kept the canvas's scroll offsets, so the drawing grew from its top
     left corner and a 110-token trace's first view, scrolled to its last position, slid to

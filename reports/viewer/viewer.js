@@ -138,7 +138,7 @@
   const state = {
     budget: Math.min(data.view.budget, innerRanked.length),
     edgeMin: data.view.edgeMin || 0,
-    pinned: new Set(), groups: [], clicked: null, picks: new Set(), query: "", zoom: null,
+    pinned: new Set(), groups: [], clicked: null, picks: new Set(), query: "", zoom: null, whole: false,
   };
   // The page's own state (graph.json's qParams: a summary's groups as supernodes, pins), set at
   // the start: a hash that leaves pins or supernodes out means these, whether the page is
@@ -531,9 +531,12 @@
     // wide at 1280x720, most of it blank beside a few wide supernodes). Each stage's name
     // (on both sides) is as wide as it is, not the longest's. With two lanes the tokens take
     // turns on two rows (the last position's on the upper), so neighbouring tokens may
-    // overlap across: one row of 17 tokens was 1215 px of that trace's 1646.
+    // overlap across: one row of 17 tokens was 1215 px of that trace's 1646 (three or four
+    // lanes the same way, for a long prompt: below).
     const nameW = new Map(stages.map((s) => [s, textWidth(meta.stageNames[s] || "stage " + s) + 12]));
-    const laneOf = new Map(used.map((p, i) => [p, (used.length - 1 - i) % 2])); // 0: the upper
+    // a position's lane (0: the upper; the last position's), by lane count
+    const fromEnd = new Map(used.map((p, i) => [p, used.length - 1 - i]));
+    const laneOf = (p, lanes) => fromEnd.get(p) % lanes;
     const placeX = (wrap, lanes) => {
       const xs = new Map(), last = new Map(); // stage (and lane) -> [x, width] of its last cell so far
       let right = 0, prev = null;
@@ -544,7 +547,7 @@
           if (s === spread) continue;
           const w = cellW(s, p, wrap);
           if (!w) continue;
-          const key = s === 0 && lanes > 1 ? "0:" + laneOf.get(p) : s;
+          const key = s === 0 && lanes > 1 ? "0:" + laneOf(p, lanes) : s;
           here.push([key, w, s]);
           const l = last.get(key);
           x = Math.max(x, l ? l[0] + (l[1] + w) / 2 + COLUMN_GAP - NODE_GAP : nameW.get(s) + w / 2);
@@ -582,17 +585,24 @@
     };
     // the wrap (and lanes) that let the drawing fit the room the page gives it at the largest
     // zoom (fitZoom's; ties go to the wider, fewer rows, one lane): matching the canvas's
-    // aspect instead left a 29-token graph 1.9x as wide as tall in a 1.3x canvas
+    // aspect instead left a 29-token graph 1.9x as wide as tall in a 1.3x canvas. Three or four
+    // lanes only where two leave it wider than the room at MIN_ZOOM: a 110-token trace was
+    // 4070 px wide in two (its whole drawing fitted a 1400x900 window at zoom 0.24), 2447 in
+    // four (0.40); a shorter prompt's tokens keep their one or two rows.
     const [roomW, roomH] = fitBox(false);
     let biggest = 1;
     for (const s of stages) for (const m of cells.get(s).values()) biggest = Math.max(biggest, m.length);
     let wrap = biggest, lanes = 1, best = -Infinity;
-    for (const l of meta.positional && used.length > 2 ? [1, 2] : [1]) {
-      for (let w = biggest; w >= 1; w--) {
-        const [x, y] = extent(w, l), fit = Math.min(MAX_ZOOM, roomW / x, roomH / y);
-        if (fit > best + 1e-9) { best = fit; wrap = w; lanes = l; }
+    const tryLanes = (ls) => {
+      for (const l of ls) {
+        for (let w = biggest; w >= 1; w--) {
+          const [x, y] = extent(w, l), fit = Math.min(MAX_ZOOM, roomW / x, roomH / y);
+          if (fit > best + 1e-9) { best = fit; wrap = w; lanes = l; }
+        }
       }
-    }
+    };
+    tryLanes(meta.positional && used.length > 2 ? [1, 2] : [1]);
+    if (best < MIN_ZOOM && meta.positional) tryLanes([3, 4].filter((l) => used.length > 2 * l));
     const { xs: columns, right } = placeX(wrap, lanes);
     const width = right;
     const rowY = new Map(), bands = new Map(), rows = new Map();
@@ -614,8 +624,8 @@
     };
     stack((s) => rowH.get(s));
     const xy = new Map(), rowKey = new Map();
-    // the first row of a position's tokens: the lower lane's from 0, the upper's above them
-    const firstRow = (s, p) => (s === 0 && lanes > 1 && laneOf.get(p) === 0 ? rows.get(0) / lanes : 0);
+    // the first row of a position's tokens: the lowest lane's from 0, each other's above it
+    const firstRow = (s, p) => (s === 0 ? (lanes - 1 - laneOf(p, lanes)) * (rows.get(0) / lanes) : 0);
     // a cell's member j goes to row j % n; each row's boxes side by side, centred on the
     // position (the spread stage's rows kept inside the drawing, clear of its names)
     const place = (s, p, members) => {
@@ -693,6 +703,7 @@
       const c = ui.canvas, at = (pos, size, whole) => (whole ? (pos + size / 2) / whole : 0.5);
       const x = at(c.scrollLeft, c.clientWidth, c.scrollWidth), y = at(c.scrollTop, c.clientHeight, c.scrollHeight);
       state.zoom = (state.zoom || fitZoom()) * f;
+      state.whole = false;
       applyZoom();
       c.scrollLeft = x * c.scrollWidth - c.clientWidth / 2;
       c.scrollTop = y * c.scrollHeight - c.clientHeight / 2;
@@ -701,6 +712,7 @@
     // a 1280x720 window's 720 px in every first view), the whole text in the toggle's tooltip
     const helpText = "click (Tab, Enter): details · ctrl/shift-click (space): pick for a supernode · p: pin a node · hover: paths · a head's box: " +
       (meta.positional ? "→the key it reads (13%→ where that key brings under half its activation)" : "its QK group") + "; a feature's: ↑the token it promotes most";
+    ui.zoomNote = el("span", { class: "zoom-note muted" });
     ui.help = el("details", { class: "help" }, el("summary", { title: helpText }, "keys and boxes"), el("span", { class: "muted" }, helpText));
     ui.help.addEventListener("toggle", refit);
     const toolbar = el("div", { class: "toolbar" },
@@ -714,8 +726,9 @@
       el("span", {}, ui.groupName, " ", ui.groupButton, " ", ui.clearPins, " ", ui.ungroupAll),
       el("span", {},
         el("button", { type: "button", onclick: zoom(1 / 1.25), title: "zoom out" }, "−"), " ",
-        el("button", { type: "button", onclick: () => { state.zoom = null; applyZoom(); }, title: "fit to the canvas" }, "fit"), " ",
-        el("button", { type: "button", onclick: zoom(1.25), title: "zoom in" }, "+")),
+        el("button", { type: "button", class: "fit", onclick: () => { state.zoom = null; state.whole = true; applyZoom(); },
+          title: "fit the whole drawing to the canvas (the first view keeps its text at 70% or more, and scrolls where that is too wide)" }, "fit"), " ",
+        el("button", { type: "button", onclick: zoom(1.25), title: "zoom in" }, "+"), " ", ui.zoomNote),
       ui.help);
     ui.results = el("div", { class: "results" });
     // the status line: its counts, then a button that lists what the drawing leaves out
@@ -841,13 +854,15 @@
     return Math.max(1, Math.min(1000, Math.round(1 + (999 * Math.log(m / wLo)) / Math.log(wHi / wLo))));
   }
 
-  // "fit": the canvas's width and the height the window gives it (the logits at the top and
-  // the prompt's tokens at the bottom in one view), but text no smaller than MIN_ZOOM (then
-  // the canvas scrolls, starting at the top right, where the last position's nodes and the
-  // logits are; a global graph's at its top middle). The canvas is as tall as the drawing,
-  // within MIN_HEIGHT and what the window shows below the controls when the page is at its
-  // top (at 76% of the window, and then at 90% below 165 px of controls, reviewers found the
-  // prompt's tokens cut off at first).
+  // The first view: the canvas's width and the height the window gives it (the logits at the
+  // top and the prompt's tokens at the bottom in one view), but text no smaller than MIN_ZOOM
+  // (then the canvas scrolls, starting at the top right, where the last position's nodes and
+  // the logits are; a global graph's at its top middle). The "fit" button fits the whole
+  // drawing, at whatever zoom that takes (state.whole): it did the first view's, so a
+  // 110-token trace's scrolled there too, 1882 px of it off a 1400x900 window. The canvas is
+  // as tall as the drawing, within MIN_HEIGHT and what the window shows below the controls
+  // when the page is at its top (at 76% of the window, and then at 90% below 165 px of
+  // controls, reviewers found the prompt's tokens cut off at first).
   const MIN_ZOOM = 0.7, MAX_ZOOM = 1.5, MIN_HEIGHT = 420, MARGIN = 8, SCROLLBAR = 24, FIT_SLACK = 4;
   const RELAYOUT_MS = 120; // after the last resize event
   const STACKED_HEIGHT = 0.65; // of the window: the most a stacked drawing takes
@@ -871,7 +886,7 @@
     if (!view || !view.layout) return 1;
     const L = view.layout, zoom = ([w, h]) => Math.min(MAX_ZOOM, w / L.width, h / L.height);
     const z = zoom(fitBox(false));
-    return z >= MIN_ZOOM ? z : Math.max(MIN_ZOOM, zoom(fitBox(true)));
+    return z >= MIN_ZOOM || state.whole ? z : Math.max(MIN_ZOOM, zoom(fitBox(true)));
   }
   function applyZoom() {
     if (!view || !view.layout) return;
@@ -885,6 +900,10 @@
     // stacked, the canvas is as tall as the drawing up to its room (a short global graph left
     // 130 px blank above the panel); beside the panel the flex row sizes it
     ui.canvas.style.height = stacked() ? Math.min(room(), tall) + "px" : "";
+    // the zoom, and where the drawing scrolls, that "fit" shows it whole
+    const over = w > (ui.canvas.offsetWidth || 1000) - 4 || h > room();
+    ui.zoomNote.textContent = Math.round(z * 100) + "%" + (over ? " (scrolls: fit shows it all)" : "");
+    ui.zoomNote.title = over ? "the drawing is larger than the canvas at this zoom; fit shows the whole of it" : "";
     // a prompt's graph starts at its right (the last position, the logits); a global graph,
     // whose units sit side by side with no position, at its middle (its start unit is there)
     const c = ui.canvas;

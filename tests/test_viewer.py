@@ -673,6 +673,47 @@ def test_pins_and_supernodes_live_in_the_url_and_qparams(browser, small_page):
     assert [g[0] for g in browser.evaluate("viewer.data.qParams.supernodes")] == ["g", "three"]
 
 
+def test_a_supernodes_panel_sums_its_edges_by_drawn_item_with_the_members_split(
+    browser, small_page
+):
+    """A review: a supernode's panel listed its edges per neighbouring node, so an edge to
+    another supernode came as its members' parts, none of them the drawn edge's number. Each
+    row is now a drawn item, a node or another supernode (its link opens that supernode), with
+    the sum the drawing shows, and opens its split by this supernode's members."""
+    graph, path = small_page
+    open_page(browser, path)
+    browser.evaluate("viewer.group(['1_3_3', '2_2_3'], 'a'); viewer.group(['E_9_3', '3_9_3'], 'b')")
+    drawn_w = {(s, t): w for s, t, w in browser.evaluate("viewer.edges()")}
+    total = drawn_w[("supernode:a", "supernode:b")]
+    browser.click(*centre(browser, '#viewer svg g.node[data-group="0"]'))
+    assert panel_text(browser).startswith("a\nsupernode of 2 nodes")
+    rows = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel table.edges')[1].rows]"
+        ".filter((r) => !r.hidden).map((r) => [r.cells[0].textContent, r.cells[1].textContent])"
+    )
+    assert [r[0] for r in rows].count("supernode b") == 1, rows
+    labels = {node_label(graph, graph.id_to_index[i]) for i in ("3_9_3", "E_9_3")}
+    assert not any(r[0] in labels for r in rows), rows  # b's members are not listed apart
+    value = next(float(r[1].replace("−", "-")) for r in rows if r[0] == "supernode b")
+    assert value == pytest.approx(total, rel=1e-3, abs=1e-3)
+    # the split by members, behind the row's toggle, adds up to it
+    split = browser.evaluate(
+        "(() => { const t = document.querySelectorAll('#viewer .panel table.edges')[1];"
+        " const row = [...t.rows].find((r) => r.cells[0].textContent === 'supernode b');"
+        " row.querySelector('button.split-toggle').click();"
+        " const next = row.nextElementSibling; return {hidden: next.hidden, items:"
+        " [...next.querySelectorAll('li')].map((li) => [li.querySelector('.noderef').title,"
+        " li.querySelector('span.pos, span.neg').textContent])}; })()"
+    )
+    assert not split["hidden"] and len(split["items"]) == 2, split
+    parts = [float(w.replace("−", "-")) for _, w in split["items"]]
+    assert sum(parts) == pytest.approx(total, rel=1e-2, abs=1e-2)
+    assert {t.rsplit("(id ", 1)[1].rstrip(")") for t, _ in split["items"]} == {"1_3_3", "2_2_3"}
+    # the other supernode's link opens its panel
+    browser.evaluate("document.querySelector('#viewer .panel .supernode-ref').click()")
+    assert panel_text(browser).startswith("b\nsupernode of 2 nodes")
+
+
 def test_a_supernode_shows_its_selected_member_is_picked_whole_and_stays_selected(
     browser, small_page
 ):

@@ -1935,16 +1935,49 @@
     svg.append(lo, hi);
     return el("div", {}, el("div", { class: "muted" }, "activation histogram (when firing)"), svg);
   }
+  // A supernode's edges summed to each neighbour as the drawing sums them: a node, or another
+  // supernode's members together (the panel listed each member of another supernode apart,
+  // none of them the drawn edge's number); each row opens its split by this one's members.
+  function groupEdges(g, lists, end) {
+    const members = new Set(g.members), by = new Map();
+    for (const i of g.members) for (const e of lists[i]) {
+      const j = end[e];
+      if (members.has(j)) continue;
+      const other = view.groupOf[j], key = other >= 0 ? "g" + other : "n" + j;
+      if (!by.has(key)) by.set(key, other >= 0 ? { group: other, w: 0, split: new Map() } : { node: j, w: 0, split: new Map() });
+      const row = by.get(key);
+      row.w += wt[e];
+      row.split.set(i, (row.split.get(i) || 0) + wt[e]);
+    }
+    return [...by.values()].filter((r) => r.w !== 0).sort((a, b) => Math.abs(b.w) - Math.abs(a.w));
+  }
+  const SPLIT_SHOWN = 8;
+  function groupEdgeTable(rows) {
+    if (!rows.length) return el("p", { class: "muted" }, "none");
+    const table = el("table", { class: "edges group-edges" });
+    for (const r of rows.slice(0, TOP_EDGES)) {
+      const other = r.group !== undefined ? state.groups[r.group] : null;
+      const ref = other ? el("button", { type: "button", class: "noderef supernode-ref", title: `supernode of ${other.members.length} nodes`,
+        onclick: () => select({ group: r.group }) }, fitText("supernode " + other.name, REF_CHARS)) : noderef(nodes[r.node].id);
+      const split = [...r.split].filter((x) => x[1] !== 0).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
+      const detail = el("tr", { class: "split", hidden: "" }, el("td", { colspan: "3" },
+        el("ul", {}, ...split.slice(0, SPLIT_SHOWN).map(([i, w]) => el("li", {}, noderef(nodes[i].id, "short"), " ",
+          el("span", { class: w > 0 ? "pos" : "neg" }, signed(w)))),
+        ...(split.length > SPLIT_SHOWN ? [el("li", { class: "muted" }, `and ${split.length - SPLIT_SHOWN} more`)] : []))));
+      const toggle = el("button", { type: "button", class: "split-toggle", "aria-expanded": "false",
+        title: "this edge split by the supernode's members" }, `▸ ${split.length} ${split.length === 1 ? "member" : "members"}`);
+      toggle.addEventListener("click", () => {
+        const open = detail.hidden;
+        detail.hidden = !open;
+        toggle.setAttribute("aria-expanded", String(open));
+        toggle.textContent = (open ? "▾ " : "▸ ") + toggle.textContent.slice(2);
+      });
+      table.append(el("tr", {}, el("td", {}, ref), el("td", { class: "num " + (r.w > 0 ? "pos" : "neg") }, signed(r.w)), el("td", {}, toggle)), detail);
+    }
+    return table;
+  }
   function showGroup(k) {
-    const g = state.groups[k], members = new Set(g.members);
-    const sum = (lists, end) => {
-      const by = new Map();
-      for (const i of g.members) for (const e of lists[i]) {
-        const j = end[e];
-        if (!members.has(j)) by.set(j, (by.get(j) || 0) + wt[e]);
-      }
-      return [...by].filter((x) => x[1] !== 0).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
-    };
+    const g = state.groups[k];
     // a summary group's box says when its check is flagged and that the panel says how (a
     // review: the panel said nothing of it, the summary out of reach once a node was clicked)
     const known = summaryGroupOf(g.members), several = !!data.mechanisms && data.mechanisms.targets.length > 1;
@@ -1963,8 +1996,8 @@
       el("h4", {}, "Members"),
       el("ul", {}, ...g.members.map((i) => el("li", {}, noderef(nodes[i].id)))),
       ...groupSourcesBlock(g.members),
-      el("h4", {}, "Top incoming edges (summed over members)"), edgeTable(sum(inE, src)),
-      el("h4", {}, "Top outgoing edges (summed over members)"), edgeTable(sum(outE, tgt)),
+      el("h4", {}, "Top incoming edges (summed over members, by node or supernode)"), groupEdgeTable(groupEdges(g, inE, src)),
+      el("h4", {}, "Top outgoing edges (summed over members, by node or supernode)"), groupEdgeTable(groupEdges(g, outE, tgt)),
       qParamsBlock());
   }
   function groupSourcesBlock(members) {

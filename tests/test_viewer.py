@@ -422,6 +422,38 @@ def test_search_finds_nodes_by_label_and_by_token(browser, small_page):
     assert "kind" in panel_text(browser)
 
 
+def test_search_matches_across_sub_tokens_and_byte_tokens(browser, tmp_path):
+    """A review: the search matched each token's own text, so a word the tokenizer split
+    (' b' 'ak' 'er') or a character split into its bytes ('<0xC3>' '<0xA9>') found nothing.
+    The query is also matched in the prompt's text as its tokens read back: every node at a
+    position it covers is found, as a token's own text finds the nodes at its position, and
+    the results name the tokens that make it up."""
+    graph = dataclasses.replace(
+        make_graph(), token_strings=["<|bos|>", " caf", "<0xC3>", "<0xA9>"], prompt=" café"
+    )
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None)
+    open_page(browser, path)
+    matched = "[...document.querySelectorAll('#viewer svg g.node.match')].map(g => g.dataset.id)"
+    cases = (
+        ("É", {2, 3}, "'<0xC3>' '<0xA9>' @2–3"),
+        ("Café", {1, 2, 3}, "' caf' '<0xC3>' '<0xA9>' @1–3"),
+        ("afé", {1, 2, 3}, "' caf' '<0xC3>' '<0xA9>' @1–3"),
+    )
+    for query, positions, tokens in cases:
+        browser.evaluate(
+            "(() => { const s = document.querySelector('#viewer input[type=search]');"
+            f" s.value = {js(query)}; s.dispatchEvent(new Event('input')); }})()"
+        )
+        at = {i for i, p in zip(graph.ids, graph.pos.tolist(), strict=True) if p in positions}
+        assert set(browser.evaluate(matched)) == at & set(drawn(browser)), query
+        found = browser.evaluate("document.querySelector('#viewer input[type=search] + span')"
+                                 ".textContent")  # fmt: skip
+        assert found.startswith(f"{len(at)} found"), (query, found)
+        note = browser.evaluate("document.querySelector('#viewer .results .spans').textContent")
+        assert note.startswith("in the prompt across tokens: " + tokens), note
+
+
 def press_enter(browser: Browser, selector: str) -> None:
     """Focus ``selector`` and press Enter there, as a keyboard does."""
     browser.evaluate(f"document.querySelector({js(selector)}).focus()")

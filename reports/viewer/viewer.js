@@ -84,6 +84,45 @@
       .join(" \u0001 ").toLowerCase();
   });
 
+  // The prompt's text as its tokens read back, lowercased, with the first and last position
+  // of each of its characters, so that a search matches across tokens: a word the tokenizer
+  // split (' b' 'ak' 'er') and a character split into its bytes ('<0xC3>' '<0xA9>', each an
+  // incomplete character's byte joined with the bytes around it, as
+  // toy_models.tokenizer.text_of_token_texts reads them); a search for either found nothing.
+  const promptText = (() => {
+    const out = { text: "", from: [], to: [] };
+    if (!meta.positional || !meta.promptTokens) return out;
+    const bytes = [], byteAt = [], utf8 = new TextEncoder();
+    meta.promptTokens.forEach((tok, p) => {
+      String(tok).split(/(<0x[0-9A-F]{2}>)/).forEach((part, j) => {
+        const got = j % 2 ? [parseInt(part.slice(3, 5), 16)] : utf8.encode(part);
+        for (const b of got) { bytes.push(b); byteAt.push(p); }
+      });
+    });
+    const decode = new TextDecoder();
+    for (let i = 0; i < bytes.length;) {
+      const b = bytes[i];
+      let n = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+      for (let k = 1; k < n; k++) if (i + k >= bytes.length || (bytes[i + k] & 0xc0) !== 0x80) { n = 1; break; }
+      for (const u of decode.decode(new Uint8Array(bytes.slice(i, i + n))).toLowerCase()) {
+        out.text += u;
+        for (let c = 0; c < u.length; c++) { out.from.push(byteAt[i]); out.to.push(byteAt[i + n - 1]); }
+      }
+      i += n;
+    }
+    return out;
+  })();
+  // Where a (lowercased) query lies in the prompt's text: each occurrence's first and last
+  // position.
+  function promptSpans(q) {
+    const spans = [];
+    if (!q) return spans;
+    for (let at = promptText.text.indexOf(q); at >= 0; at = promptText.text.indexOf(q, at + 1)) {
+      spans.push([promptText.from[at], promptText.to[at + q.length - 1]]);
+    }
+    return spans;
+  }
+
   // ------------------------------------------------------------------------------ text helpers
   // Control characters are shown as \xNN, as on the rest of the page; bidirectional controls
   // (which would draw the text around them backwards) as <U+202E>, as reports.graphviz does.
@@ -1177,12 +1216,26 @@
     }
   }
 
+  // Nodes whose text holds the query, and every node at a position the query covers in the
+  // prompt's text (as a token's own text finds the nodes at its position).
   function searchMatches() {
     const q = state.query.trim().toLowerCase();
     if (!q) return [];
+    const at = new Set();
+    for (const [a, b] of promptSpans(q)) for (let p = a; p <= b; p++) at.add(p);
     const found = [];
-    for (let i = 0; i < N; i++) if (searchText[i].includes(q)) found.push(i);
+    for (let i = 0; i < N; i++) if (searchText[i].includes(q) || (at.size && at.has(nodes[i].pos))) found.push(i);
     return found.sort(byScore);
+  }
+  // The query's occurrences in the prompt that span tokens, by their tokens: the results say
+  // which tokens make up a word (or a character) the search found
+  const SPANS_SHOWN = 3;
+  function spanNote(q) {
+    const spans = promptSpans(q).filter(([a, b]) => b > a);
+    if (!spans.length) return null;
+    const tokens = ([a, b]) => meta.promptTokens.slice(a, b + 1).map(quote).join(" ") + ` @${a}–${b}`;
+    const more = spans.length > SPANS_SHOWN ? ` and ${spans.length - SPANS_SHOWN} more` : "";
+    return el("span", { class: "muted spans" }, `in the prompt across tokens: ${spans.slice(0, SPANS_SHOWN).map(tokens).join("; ")}${more} `);
   }
   // Supernodes are found by their names ("g3", "L0 15 features @11": a summary group's key and
   // name, as its box and the mechanisms panel give them), listed before the nodes.
@@ -1211,7 +1264,8 @@
         onclick: () => select({ group: k }) },
       fitText(`supernode ${g.name}`, 48) + (it && it.drawn ? "" : " (not drawn)"));
     });
-    ui.results.replaceChildren(...groupButtons, ...found.slice(0, 40).map((i) => {
+    const spans = state.query.trim() ? spanNote(state.query.trim().toLowerCase()) : null;
+    ui.results.replaceChildren(...(spans ? [spans] : []), ...groupButtons, ...found.slice(0, 40).map((i) => {
       const drawn = view.itemOf[i] >= 0 && view.items[view.itemOf[i]].drawn;
       return el("button", { type: "button", class: "result", title: nodes[i].id, onclick: () => select({ node: i }) },
         fitText(nodes[i].label, 48) + (drawn ? "" : " (not drawn)"));

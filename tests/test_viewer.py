@@ -2493,6 +2493,24 @@ def test_every_qk_label_lies_on_its_edge_clear_of_every_box(browser, weekday_tra
     assert all(side == text for side, text in sides)
 
 
+def test_qk_letters_are_as_large_as_a_boxs_text_and_bold(browser, weekday_trace):
+    """A review: the q and k on QK edges were 9 px, 6.3 px on screen at the first view's zoom
+    of 0.7, where a q could hardly be told from a k. They are as large as a box's text, bold,
+    and still lie clear of every box and every other letter (the test above)."""
+    *_, path = weekday_trace
+    open_page(browser, path)
+    got = browser.evaluate(
+        "(() => { const s = (e) => getComputedStyle(e);"
+        " const v = document.getElementById('viewer');"
+        " const q = v.querySelector('svg .qk-label'), t = v.querySelector('svg g.node text');"
+        " return {q: parseFloat(s(q).fontSize), t: parseFloat(s(t).fontSize),"
+        " weight: Number(s(q).fontWeight), h: q.getBoundingClientRect().height,"
+        " th: t.getBoundingClientRect().height}; })()"
+    )
+    assert got["q"] >= got["t"] and got["weight"] >= 700, got
+    assert got["h"] >= got["th"] - 0.5, got  # on screen, at the page's zoom
+
+
 def test_a_supernode_the_reader_names_shows_that_name_and_the_summary_in_its_panel(
     browser, weekday_trace
 ):

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from toy_models.checkpoint import check_content_sha256, content_sha256, save_state_atomic
 from toy_models.cli import one_line
-from toy_models.files import check_readable_file
+from toy_models.files import check_readable_file, set_cut_short
 from toy_models.records import is_finite_number, parse_json
 from toy_models.tokenizer import text_of_token_texts
 
@@ -159,6 +159,9 @@ def load_graph(path: str | Path) -> Graph:
     if path.is_dir():
         raise GraphFileError(f"{path}: a directory, not a graph file ({SUFFIX})")
     check_readable_file(path, "graph file")
+    mixed = set_cut_short(path)
+    if mixed:
+        raise GraphFileError(f"{path}: {mixed}")
     if path.suffix != SUFFIX:
         raise GraphFileError(
             f"{path}: graph files are {SUFFIX} (a .pt graph is a pickle, which is never read)"

@@ -1210,7 +1210,13 @@ def save_summary(summary: MechanismSummary, path: str | Path) -> None:
 
 
 def load_summary(path: str | Path) -> MechanismSummary:
-    """Read a summary written by ``save_summary``; a ValueError names the file."""
+    """Read a summary written by ``save_summary``; a ValueError names the file (one whose set
+    is being replaced, or was cut short among its renames, is refused: ``set_cut_short``)."""
+    from toy_models.files import set_cut_short
+
+    mixed = set_cut_short(Path(path))
+    if mixed:
+        raise ValueError(f"{path}: {mixed}")
     try:
         return MechanismSummary.from_dict(parse_json(Path(path).read_text(encoding="utf-8")))
     except (ValueError, OSError) as exc:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, run_cli, whole_numbers
 from toy_models.files import (
+    STAGING_DIR,
+    STAGING_MARK,
     check_outside_saved_work,
     earlier_set,
     resolved,
@@ -45,10 +47,9 @@ MAX_LOGITS, LOGIT_PROBABILITY = 10, 0.95  # = circuits.attribution.attribute's d
 MECHANISMS_FILE = "mechanisms.json"
 # What a run writes, replaces or removes in --out besides its graph.* files (not imported:
 # start-up): reports.outputs.FULL_GRAPH_FILE, the summary, reports.feature_files.FEATURES_DIR
-# and reports.outputs.STAGING_DIR (where the set is written before it is moved into place).
+# and STAGING_DIR (where the set is written before it is moved into place).
 OUTPUT_FILES = ("full_graph.safetensors", MECHANISMS_FILE)
-OUTPUT_DIRS = ("features", ".writing")
-STAGING_MARK = ".staging-mark"  # = reports.outputs.STAGING_MARK (not imported: start-up)
+OUTPUT_DIRS = ("features", STAGING_DIR)
 # = reports.outputs.GRAPH_SET (not imported: start-up): what --out is checked against before
 # any work (``toy_models.files.earlier_set``), here and in circuits.global_graph
 GRAPH_MARK = "graph.json"

@@ -11,11 +11,13 @@ The files are a set: they are written into a staging directory inside ``out`` fi
 into place (renames, which need no space) only when all of them are written, so a run that
 fails while writing (a full disk) leaves an earlier run's set as it was, never a mix of two
 prompts' files (a run killed inside the few renames leaves the earlier entries it moved aside
-in its staging directory, and the next run puts them back first). Two runs writing into one
-directory at once would share the staging directory, so a run holds ``out/.writing.lock``
-(its process id) while it writes; another finds it and is refused in one line (a killed
-run's lock is taken over). The staging directory holds a mark file (``STAGING_MARK``): a
-killed run's is removed by the next, a user's ``.writing/`` is refused in one line and kept.
+in its staging directory, with the earlier set's record, and the next run undoes its renames
+first; until then the set's loaders refuse its files: ``toy_models.files.set_cut_short``).
+Two runs writing into one directory at once would share the staging directory, so a run holds
+``out/.writing.lock`` (its process id) while it writes; another finds it and is refused in one
+line (a killed run's lock is taken over). The staging directory holds a mark file
+(``STAGING_MARK``): a killed run's is removed by the next, a user's ``.writing/`` is refused in
+one line and kept.
 
 A run records what it wrote in ``out`` (``.graph-set.json``, ``toy_models.files
 .write_set_record``, written atomically), and of a directory (``features/``) every file it
@@ -48,6 +50,9 @@ from typing import TypeVar
 from circuits.graph import Graph
 from circuits.neuronpedia import to_json
 from toy_models.files import (
+    PREVIOUS_DIR,
+    STAGING_DIR,
+    STAGING_MARK,
     SetRecord,
     WriteError,
     earlier_record,
@@ -56,6 +61,7 @@ from toy_models.files import (
     fresh_directory,
     interrupts_deferred,
     make_dir,
+    read_set_record,
     release_lock,
     set_record_name,
     staging_in_the_way,
@@ -85,15 +91,16 @@ ROUTE_TRIES = 3
 GRAPH_FILE = "graph.safetensors"
 FULL_GRAPH_FILE = "full_graph.safetensors"
 MECHANISMS_FILE = "mechanisms.json"  # the trace's summary (``circuits.trace`` writes it)
-STAGING_DIR = ".writing"  # inside ``out``: the set being written, moved into place when whole
+# ``STAGING_DIR`` (``toy_models.files``): inside ``out``, the set being written, moved into
+# place when whole; its ``STAGING_MARK`` marks it as a run's, so a leftover one (a killed
+# run's) is removed and a user's folder of that name refused (``fresh_directory``).
 LOCK_FILE = ".writing.lock"  # inside ``out``: the process id of the run writing there
-# Inside ``STAGING_DIR``: marks it as a run's, so a leftover one (a killed run's) is removed and
-# a user's folder of that name refused (``toy_models.files.fresh_directory``).
-STAGING_MARK = ".staging-mark"
-# Inside ``STAGING_DIR``: the earlier set's entries, moved aside while the new set moves in
-# (``_move_into_place``), put back if it fails (by the next run where this one was killed:
-# ``_put_back_killed``), renamed ``REPLACED_DIR`` once the new set is whole, then deleted.
-PREVIOUS_DIR = ".previous"
+# ``PREVIOUS_DIR``, inside ``STAGING_DIR``: the earlier set's entries, moved aside while the new
+# set moves in (``_move_into_place``), with the earlier set's record (the journal: what the
+# next run needs to undo a kill there exactly), put back if it fails (by the next run where
+# this one was killed: ``_put_back_killed``), renamed ``REPLACED_DIR`` once the new set is
+# whole, then deleted. While it stands the set's loaders refuse its files
+# (``toy_models.files.set_cut_short``): the set may be two runs' files.
 REPLACED_DIR = ".replaced"
 
 
@@ -274,9 +281,15 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
     aside: list[str] = []  # the earlier entries moved into ``previous``
     placed: list[Path] = []  # the new entries moved into ``out``
     with interrupts_deferred():  # a Ctrl-C among the renames would leave two runs' files
-        write_set_record(out, kind.mark, entries, {**files, **both}, kind.by)
         moving = kind.record
         try:
+            # the journal, before anything moves: which entries are the earlier set's (none:
+            # there was no record), so that undoing a kill removes new entries that replaced none
+            try:
+                write_set_record(previous, kind.mark, earlier.entries, earlier.files, earlier.by)
+            except OSError as exc:  # (a full disk) named as the record it is a copy of
+                raise WriteError(exc.errno, exc.strerror, str(out / kind.record)) from None
+            write_set_record(out, kind.mark, entries, {**files, **both}, kind.by)
             for entry in new:
                 moving = entry.name
                 if os.path.lexists(out / entry.name):
@@ -306,30 +319,65 @@ def _move_into_place(stage: Path, out: Path, kind: OutputSet) -> list[str]:
 
 
 def _put_back_killed(stage: Path, out: Path, kind: OutputSet) -> list[str]:
-    """Put back the earlier set's entries that a run killed among its renames (no handler ran:
-    SIGKILL, the OOM killer, a power cut) left in its stage's ``PREVIOUS_DIR``, each in place of
-    the killed run's version there, if any (the set record lists both runs' entries then): the
-    stage is removed next, and with it they were lost, an entry moved aside and not yet
-    replaced missing from ``out`` for good. A run killed once its set was whole left none
-    there (``REPLACED_DIR``). A rename that fails is one line, the stage kept for the next."""
+    """Undo the renames of a run killed among them (no handler ran: SIGKILL, the OOM killer, a
+    power cut), from its stage's ``PREVIOUS_DIR``: the earlier set's entries there go back, each
+    in place of the killed run's version, if any; the killed run's entries that replaced none
+    (a ``features/`` the earlier set had not) are removed, and the earlier set's record is put
+    back, both as the journal there says (the earlier record). The stage is removed next, and
+    with it the entries aside were lost, one moved aside and not yet replaced missing from
+    ``out`` for good; and a new entry left beside the earlier set made a mix of two runs
+    (a robustness pass). A run killed once its set was whole left none there
+    (``REPLACED_DIR``). A step that fails is one line, the stage kept for the next run; undoing
+    is done again whole from where it stopped."""
     previous = stage / PREVIOUS_DIR
     if staging_in_the_way(stage, STAGING_MARK) or previous.is_symlink() or not previous.is_dir():
         return []
+    journal = previous / kind.record
+    earlier = read_set_record(journal, kind.mark, kind.names)
+    if os.path.lexists(journal) and earlier is None:
+        raise WriteError(errno.EEXIST, "not the earlier set's record that a killed run left; "
+                         f"move {stage} away", str(journal))  # fmt: skip
     notes = []
     for entry in sorted(previous.iterdir(), key=lambda e: e.name):
         if entry.name not in kind.names:  # never anything but the set's own names
             continue
         target = out / entry.name
         try:
-            if target.is_symlink() or (os.path.lexists(target) and not target.is_dir()):
-                target.unlink()
-            elif os.path.lexists(target):
-                shutil.rmtree(target)
+            _remove_entry(target)
             os.replace(entry, target)
         except OSError as exc:
             raise WriteError(exc.errno, exc.strerror, str(target)) from None
         notes.append(f"put back {target} of an earlier run, which a killed run had moved aside")
+    if earlier is None:  # a run killed before its journal was written moved nothing
+        return notes
+    moved_in = read_set_record(out / kind.record, kind.mark, kind.names)  # both sets' entries
+    for name in sorted(set(moved_in.entries if moved_in else ()) - set(earlier.entries)):
+        target = out / name
+        if not os.path.lexists(target):
+            continue
+        try:
+            _remove_entry(target)
+        except OSError as exc:
+            raise WriteError(exc.errno, exc.strerror, str(target)) from None
+        notes.append(f"removed {target}, which a killed run had moved in beside an earlier set")
+    try:
+        if earlier.entries:
+            write_set_record(out, kind.mark, earlier.entries, earlier.files, earlier.by)
+        else:  # there was none
+            (out / kind.record).unlink(missing_ok=True)
+        journal.unlink()
+    except OSError as exc:
+        raise WriteError(exc.errno, exc.strerror, str(out / kind.record)) from None
     return notes
+
+
+def _remove_entry(target: Path) -> None:
+    """Remove what stands at ``target`` in ``out``, if anything: a file or link, or a folder
+    with its files (an entry of a set, which is replaced whole)."""
+    if target.is_symlink() or (os.path.lexists(target) and not target.is_dir()):
+        target.unlink()
+    elif os.path.lexists(target):
+        shutil.rmtree(target)
 
 
 def _put_back(
@@ -351,6 +399,8 @@ def _put_back(
             (out / kind.record).unlink()
         else:
             write_set_record(out, kind.mark, earlier.entries, earlier.files, earlier.by)
+        if all(entry.name == kind.record for entry in previous.iterdir()):
+            (previous / kind.record).unlink()  # undone whole: the journal's work is done
 
 
 def _write_set(

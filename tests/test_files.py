@@ -227,7 +227,7 @@ def test_a_rename_that_fails_among_the_sets_leaves_the_earlier_set_whole(
     real, seen = os.replace, []
 
     def replace(src, dst):  # the fault: ``fails`` cannot be replaced, moved or (re)written
-        if Path(dst).name == fails or Path(src).parent == out and Path(src).name == fails:
+        if Path(dst) == out / fails or Path(src).parent == out and Path(src).name == fails:
             seen.append(Path(dst).name)
             if fails != ".graph-set.json" or len(seen) == 2:  # the record: its final write
                 raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
@@ -1084,3 +1084,139 @@ def test_an_error_not_of_the_os_among_the_renames_puts_the_earlier_set_back(tmp_
         write_a_set(out, ("graph.json", "graph.svg"), features=True)
     monkeypatch.undo()
     assert snapshot(out) == before
+
+
+KILLED_AFTER_RENAMES = """
+import os, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from reports.outputs import OutputSet, write_set
+out, names, done = Path({out!r}), {names!r}, []
+real_replace = os.replace
+
+def replace(src, dst):  # killed (no handler runs) before the rename number k + 1 (the last:
+    if Path(src).name in names or Path(src).name == ".previous":  # the folder aside, whole)
+        if len(done) == {k!r}:
+            os._exit(9)
+        done.append(src)
+    real_replace(src, dst)
+
+os.replace = replace
+new = {new!r}
+
+def fill(stage):
+    for name, text in new.items():
+        if name.endswith("/"):
+            (stage / name).mkdir()
+            (stage / name / "1.json").write_text(text)
+        else:
+            (stage / name).write_text(text)
+
+write_set(out, OutputSet(frozenset(names), "graph.json"), fill)
+"""
+
+
+def kill_after(out: Path, k: int, names: frozenset[str], new: dict[str, str]) -> None:
+    """A run writing ``new`` (name: text; ``NAME/`` a folder of one file) as a set of
+    ``names`` into ``out``, killed (``os._exit``) before its rename of an entry number k+1."""
+    script = KILLED_AFTER_RENAMES.format(root=str(ROOT), out=str(out), names=sorted(names),
+                                         k=k, new=new)  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+
+
+# first set: graph.json, graph.svg; the second: features/ (new), graph.json (replacing),
+# graph.pdf (new), graph.svg gone: five renames (features in, graph.json aside and in,
+# graph.pdf in, graph.svg aside), then the folder aside renamed once the set is whole (k=5:
+# killed before it, the set whole but not yet known to be)
+@pytest.mark.parametrize("k", range(6))
+def test_a_run_killed_after_any_rename_leaves_a_set_refused_then_put_back_exactly(tmp_path, k):
+    """Found in review: a run killed among its renames left a mix of two runs' files that
+    nothing said was one until the next run, and that run's undoing put back only the earlier
+    entries moved aside: a new entry that replaced none (``features/`` where the earlier set had
+    none) stayed beside the earlier graph.json, and a next run that failed (a full disk) left
+    that mix for good, its record listing it as the set's. Now the set's files are refused
+    while the renames' folder stands (``set_cut_short``: a reader is told, in one line), and the
+    next run undoes the killed run's renames exactly from the journal kept there (the earlier
+    record): the earlier set, record and all, after any number of renames."""
+    import errno
+
+    from reports.outputs import OutputSet, write_set
+
+    out, kind = tmp_path / "out", OutputSet(SET_NAMES, "graph.json")
+    write_a_set(out, ("graph.json", "graph.svg"))
+    first = snapshot(out)
+    kill_after(out, k, SET_NAMES, {"features/": "second", "graph.json": "second graph.json",
+                                   "graph.pdf": "second graph.pdf"})  # fmt: skip
+    for name in ("graph.json", "graph.svg", "graph.pdf", "features"):  # listed: refused
+        reason = files.set_cut_short(out / name)
+        assert reason and "\n" not in reason and "being replaced, or a run was killed" in reason
+    assert files.set_cut_short(out / "notes.txt") is None  # a user's own file beside the set
+
+    def full_disk(stage: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(stage / "graph.json"))
+
+    with pytest.raises(OSError, match="No space left"):
+        write_set(out, kind, full_disk)
+    assert snapshot(out) == first  # the earlier set exactly, its record too
+    assert files.set_cut_short(out / "graph.json") is None
+    write_a_set(out, ("graph.json",), features=True)
+    assert sorted(snapshot(out)) == [".graph-set.json", "features", "features/1.json",
+                                     "graph.json"]  # fmt: skip
+
+
+def test_a_sets_loaders_refuse_its_files_while_a_killed_runs_renames_are_undone(tmp_path):
+    """The graph file's and the summary's loaders refuse a file of a set cut short among its
+    renames, in one line, before reading it (it may be another run's than the files beside
+    it), and read it again once the next run has put the earlier set back."""
+    from circuits.graph_file import GraphFileError, load_graph
+    from circuits.mechanism_file import load_summary
+    from reports.outputs import GRAPH_SET, write_set
+
+    out = tmp_path / "out"
+
+    def fill(stage: Path) -> None:
+        for name in ("graph.json", "graph.safetensors", "mechanisms.json"):
+            (stage / name).write_text("first")
+
+    write_set(out, GRAPH_SET, fill)
+    kill_after(out, 2, GRAPH_SET.names, {"graph.json": "2", "graph.safetensors": "2",
+                                         "mechanisms.json": "2"})  # fmt: skip
+    with pytest.raises(GraphFileError, match=r"being replaced, or a run was killed") as info:
+        load_graph(out / "graph.safetensors")
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(out))
+    with pytest.raises(ValueError, match=r"being replaced, or a run was killed"):
+        load_summary(out / "mechanisms.json")
+    write_set(out, GRAPH_SET, fill)  # puts the earlier set back, then writes its own
+    with pytest.raises(GraphFileError, match="not a readable graph file"):  # read, not refused
+        load_graph(out / "graph.safetensors")
+    with pytest.raises(ValueError, match="mechanisms.json: "):
+        load_summary(out / "mechanisms.json")
+
+
+def test_a_full_disk_on_the_journal_leaves_the_earlier_set_whole(tmp_path, monkeypatch):
+    """The journal (the earlier record, kept beside the entries moved aside) is written before
+    anything moves: a full disk there fails the run in one line naming the record, with the
+    earlier set whole, no staging folder left (a stage kept would have its files refused) and
+    the next run going through."""
+    import errno
+
+    out = tmp_path / "out"
+    write_a_set(out, ("graph.json", "graph.svg"))
+    before = snapshot(out)
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).parent.name == ".previous" and Path(dst).name == ".graph-set.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(files.WriteError, match=re.escape(f"cannot write {out / '.graph-set.json'}"
+                                                         ": No space left")):  # fmt: skip
+        write_a_set(out, ("graph.json",), features=True)
+    monkeypatch.undo()
+    assert snapshot(out) == before and files.set_cut_short(out / "graph.json") is None
+    write_a_set(out, ("graph.json",), features=True)
+    assert sorted(snapshot(out)) == [".graph-set.json", "features", "features/1.json",
+                                     "graph.json"]  # fmt: skip

@@ -284,6 +284,12 @@ def is_swap_leftover(path: Path) -> bool:
 
 # What a marked staging directory's mark file holds (``fresh_directory``).
 _STAGING_MARK_TEXT = "a staging directory of this project's code; a run cut short left it\n"
+# An output set's staging directory in its ``--out`` (``reports.outputs.write_set``), its mark
+# file (``fresh_directory``'s ``mark``), and the folder in it holding the earlier set's entries
+# while the new set moves in (with the earlier set's record: what undoing a kill there needs).
+STAGING_DIR = ".writing"
+STAGING_MARK = ".staging-mark"
+PREVIOUS_DIR = ".previous"
 
 
 @contextlib.contextmanager
@@ -325,6 +331,31 @@ def staging_in_the_way(path: Path, mark: str) -> str | None:
         return ("in the way: a run's staging directory goes there, and this is not one a run "
                 "left; move it away")  # fmt: skip
     return None
+
+
+def set_cut_short(path: Path) -> str | None:
+    """Why the file at ``path``, an entry of the output set in its folder, may not belong with
+    the set's other files, or None: that set is being replaced (``reports.outputs``' renames,
+    one entry at a time) or a run was killed among those renames (SIGKILL, the OOM killer, a
+    power cut), so the folder may hold some of one run's files beside another's until the next
+    run of the command puts the earlier set back. A set's loaders refuse its files then: a
+    graph file and a summary of two prompts read as one (a robustness pass). A file no set
+    record in its folder lists (a user's own beside the set) is never in question."""
+    stage = path.parent / STAGING_DIR
+    previous = stage / PREVIOUS_DIR
+    if previous.is_symlink() or not previous.is_dir() or not _is_marked(stage, STAGING_MARK):
+        return None
+    if not any(
+        isinstance(record, dict)
+        and isinstance(record.get("entries"), dict)
+        and path.name in record["entries"]
+        for record in map(_small_json, path.parent.glob(".*-set.json"))
+    ):
+        return None
+    return (f"the output set in {path.parent} is being replaced, or a run was killed "
+            "while replacing it, so its files may be two runs' (the earlier ones are in "
+            f"{previous}); wait for that run, or rerun the command that wrote the set (it puts "
+            "the earlier set back first)")  # fmt: skip
 
 
 def _is_marked(path: Path, mark: str) -> bool:
@@ -611,7 +642,7 @@ def _is_relative_path(path) -> bool:
     return inside and plain.as_posix() == body
 
 
-def _read_set_record(path: Path, mark: str, names: frozenset[str]) -> SetRecord | None:
+def read_set_record(path: Path, mark: str, names: frozenset[str]) -> SetRecord | None:
     """What a set record at ``path`` lists, or None when it is not one this code wrote (a
     link, too large, not JSON or nested too deeply to read (``_small_json``), another set's,
     names outside ``names``, a listing of a file entry or of a path that leaves its
@@ -710,7 +741,7 @@ def earlier_record(out: Path, mark: str, names: frozenset[str], by: str | None =
     record = out / set_record_name(mark)
     found, recorded = SetRecord({}, {}), os.path.lexists(record)
     if recorded:
-        found = _read_set_record(record, mark, names)
+        found = read_set_record(record, mark, names)
         if found is None:
             raise WriteError(errno.EEXIST, "not a record of this project's outputs; move it "
                              "away or choose another --out", str(record))  # fmt: skip

@@ -941,3 +941,42 @@ def test_a_replacement_set_beyond_float16_is_refused_before_shipping(
                        "beyond float16's range"):  # fmt: skip
         ship.ship(tmp_path, "tiny", dest_root=tmp_path / "zoo")
     assert not (tmp_path / "zoo").exists()
+
+
+@pytest.mark.parametrize("at", ["writing", "swapping"])
+def test_ctrl_c_in_the_last_checkpoint_says_where_resume_goes_on(tmp_path, monkeypatch, at):
+    """Found by a robustness pass: a Ctrl-C while the last checkpoint (the run's end) was
+    written or swapped in ended the run with a bare "interrupted", where one at any other
+    checkpoint says the step ``--resume`` goes on from; it says so there too (the last
+    checkpoint's step once the swap's first rename is done: the new one is complete)."""
+    import torch
+
+    from toy_models import resumable
+    from toy_models.cli import UserError
+    from toy_models.files import old_directory
+    from toy_models.resumable import ResumableRun
+
+    module = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW(module.parameters())
+    run = ResumableRun(tmp_path / "run", resume=False, outputs=(), window=5)
+    run.start({"x": 1}, module, opt, stats=("loss",))
+    real_save, real_swap, saves = resumable.ResumableRun.save, resumable.swap_directory, []
+
+    def save(self):
+        saves.append(self.step)
+        if self.step == 10 and at == "writing":
+            raise KeyboardInterrupt
+        real_save(self)
+
+    def swap(new, dest):
+        if saves[-1] == 10 and at == "swapping":  # its first rename done, then Ctrl-C
+            os.replace(dest, old_directory(dest))
+            raise KeyboardInterrupt
+        real_swap(new, dest)
+
+    monkeypatch.setattr(resumable.ResumableRun, "save", save)
+    monkeypatch.setattr(resumable, "swap_directory", swap)
+    go_on = 5 if at == "writing" else 10
+    with pytest.raises(UserError, match=rf"^interrupted at step 9; resume from step {go_on} with"):
+        run.train(lambda step: {"loss": 1.0}, 10, checkpoint_every=5, desc="x", quiet=True)
+    assert saves == [5, 10]

@@ -333,6 +333,7 @@ class ResumableRun:
                         self.save()
                         if self.step == stop_after:
                             return False
+                self.save()  # the last: a Ctrl-C in it says where --resume goes on, too
             except KeyboardInterrupt:
                 if not self._holds_a_checkpoint():
                     raise UserError(
@@ -343,7 +344,6 @@ class ResumableRun:
                     f"interrupted at step {step}; resume from step {self.saved_step()} with "
                     "--resume"
                 ) from None
-        self.save()
         return True
 
 

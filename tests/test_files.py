@@ -1220,3 +1220,38 @@ def test_a_full_disk_on_the_journal_leaves_the_earlier_set_whole(tmp_path, monke
     write_a_set(out, ("graph.json",), features=True)
     assert sorted(snapshot(out)) == [".graph-set.json", "features", "features/1.json",
                                      "graph.json"]  # fmt: skip
+
+
+def test_a_swap_after_one_cut_short_keeps_the_previous_version_until_the_new_is_in(
+    tmp_path, monkeypatch
+):
+    """Found by a fault pass: a swap cut short between its renames (a shipper killed) leaves
+    the entry's previous version alone at ``NAME.old`` (``cut_short``), and the next swap,
+    the mend the zoo's loader asks for ("ship it again"), deleted it before moving the new
+    version in: a rename that failed there (or a second kill) lost every version of the
+    entry. It is removed only once the new one is in place; a failure puts it back."""
+    import errno
+
+    from toy_models.files import WriteError, old_directory, swap_directory
+
+    dest = tmp_path / "tiny"
+    old = old_directory(dest)
+    old.mkdir()
+    (old / "model.safetensors").write_text("previous")  # the cut-short state: no ``tiny``
+    new = tmp_path / ".tiny.tmp"
+    new.mkdir()
+    (new / "model.safetensors").write_text("new")
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src) == new:
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(WriteError, match=re.escape(f"cannot write {dest}: Input/output error")):
+        swap_directory(new, dest)
+    monkeypatch.undo()
+    assert (dest / "model.safetensors").read_text() == "previous" and not old.exists()
+    swap_directory(new, dest)
+    assert (dest / "model.safetensors").read_text() == "new" and not old.exists()

@@ -248,13 +248,16 @@ def swap_directory(new: Path, dest: Path) -> None:
     A ``dest`` that is a symbolic link is replaced, link and all (``_remove``): what it points
     to is never touched. A Ctrl-C or SIGTERM during the renames is raised once they are done
     (``interrupts_deferred``): between them it left a ship's zoo entry missing, the new version
-    removed with the ship's temporary directory (a robustness pass).
+    removed with the ship's temporary directory (a robustness pass). Where an earlier swap was
+    cut short (``cut_short``: no ``dest``, its previous version at ``old``), that version stays
+    until the new one is in place, and a failure puts it back: deleting it first lost every
+    version of the entry to a rename that then failed (a fault pass).
     """
     old = old_directory(dest)
     with interrupts_deferred():
         try:
-            _remove(old)
             if os.path.lexists(dest):
+                _remove(old)
                 os.replace(dest, old)
             os.replace(new, dest)
         except OSError as exc:

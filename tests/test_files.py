@@ -1180,6 +1180,11 @@ def test_a_sets_loaders_refuse_its_files_while_a_killed_runs_renames_are_undone(
             (stage / name).write_text("first")
 
     write_set(out, GRAPH_SET, fill)
+    stage = out / ".writing"  # a run that failed before its journal (a disk gone read-only)
+    cut_short = files.fresh_directory(stage, ".staging-mark")
+    cut_short.__enter__()  # never left: cut short (kept referenced, never closed)
+    (stage / ".previous").mkdir()  # nothing moved: nothing in question
+    assert files.set_cut_short(out / "graph.safetensors") is None
     kill_after(out, 2, GRAPH_SET.names, {"graph.json": "2", "graph.safetensors": "2",
                                          "mechanisms.json": "2"})  # fmt: skip
     with pytest.raises(GraphFileError, match=r"being replaced, or a run was killed") as info:

@@ -348,6 +348,11 @@ def set_cut_short(path: Path) -> str | None:
     previous = stage / PREVIOUS_DIR
     if previous.is_symlink() or not previous.is_dir() or not _is_marked(stage, STAGING_MARK):
         return None
+    try:
+        if not any(previous.iterdir()):  # its journal is written before anything moves
+            return None  # (a run that failed before it, on a read-only disk, moved nothing)
+    except OSError:  # unreadable: in question
+        pass
     if not any(
         isinstance(record, dict)
         and isinstance(record.get("entries"), dict)

@@ -215,7 +215,11 @@ def write_set(out: Path, kind: OutputSet, fill: Callable[[Path], T]) -> tuple[T,
     except OSError as exc:  # name the file the user will look for, not its staged copy
         name = Path(str(exc.filename or ""))
         if name != stage and name.is_relative_to(stage):
-            raise WriteError(exc.errno, exc.strerror, str(out / name.relative_to(stage))) from None
+            inside = name.relative_to(stage)
+            # the stage's own folders (``PREVIOUS_DIR``...) have no place in ``out``: ``out``
+            # itself is what could not be written (a disk gone read-only named ``out/.previous``)
+            where = out if inside.parts[0].startswith(".") else out / inside
+            raise WriteError(exc.errno, exc.strerror, str(where)) from None
         raise
     return result, notes
 

@@ -1260,3 +1260,27 @@ def test_a_swap_after_one_cut_short_keeps_the_previous_version_until_the_new_is_
     assert (dest / "model.safetensors").read_text() == "previous" and not old.exists()
     swap_directory(new, dest)
     assert (dest / "model.safetensors").read_text() == "new" and not old.exists()
+
+
+def test_a_stage_folder_that_cannot_be_made_names_the_output_folder(tmp_path, monkeypatch):
+    """Found by a fault pass (--out remounted read-only before the renames): the failure to
+    make the stage's folder of earlier versions read ``cannot write OUT/.previous``, a path
+    that never exists there; it names ``out``, and the earlier set stays whole."""
+    import errno
+
+    out = tmp_path / "out"
+    write_a_set(out)
+    before = snapshot(out)
+    real = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.name == ".previous":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(files.WriteError) as info:
+        write_a_set(out)
+    assert str(info.value) == f"cannot write {out}: Read-only file system"
+    monkeypatch.undo()
+    assert snapshot(out) == before

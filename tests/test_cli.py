@@ -672,3 +672,34 @@ def test_a_library_module_and_a_file_for_a_set_say_so(tmp_path, fresh_cli):
     afile.write_text("x")
     with pytest.raises(FileNotFoundError, match="is a file, not a set's folder"):
         ReplacementModel.load(afile, model)
+
+
+BAR_LEFT_OPEN = """
+import errno, sys
+sys.path.insert(0, {root!r})
+from tqdm import tqdm
+from toy_models.cli import run_cli
+from toy_models.files import WriteError
+
+def rows(fault):  # a step whose bar is closed only after its loop
+    bar = tqdm(total=4, desc="rows")
+    bar.update(1)
+    if fault == "interrupt":
+        raise KeyboardInterrupt
+    raise WriteError(errno.ENOSPC, "No space left on device", "stats.safetensors")
+
+run_cli(lambda argv: rows({fault!r}), [])
+"""
+
+
+@pytest.mark.parametrize("fault", ["interrupt", "full disk"])
+def test_the_error_line_comes_after_a_progress_bar_left_open(fault):
+    """Found by a fault pass: a Ctrl-C (or a full disk) inside the global statistics' row loop,
+    whose bar is closed only after it, printed "interrupted", then the bar again when the
+    failed frames were freed at exit: the last line on the terminal was a progress bar, not
+    the error. The line is printed once the failed step's frames are gone."""
+    script = BAR_LEFT_OPEN.format(root=str(Path(__file__).resolve().parents[1]), fault=fault)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == (130 if fault == "interrupt" else 2), done.stderr
+    last = "interrupted" if fault == "interrupt" else "error: cannot write stats.safetensors"
+    assert done.stderr.rstrip("\n").split("\n")[-1].startswith(last), repr(done.stderr)

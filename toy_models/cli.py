@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -189,6 +190,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     files.forget_created()  # only this run's directories
     in_main = threading.current_thread() is threading.main_thread()  # where handlers can go
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    failed: tuple[str, int] | None = None  # the line and exit code, said once the step is gone
     try:
         code = main(argv)
     except BrokenPipeError:  # stdout's reader went away (``| head``): nothing more to say
@@ -200,18 +202,23 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         files.remove_empty_created()
         if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
             traceback.print_exc()
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
+        failed = f"error: {one_line(exc)}", 2
     except Terminated:
         files.remove_empty_created()
-        print("terminated", file=sys.stderr)
-        sys.exit(143)  # as a process killed by SIGTERM
+        failed = "terminated", 143  # as a process killed by SIGTERM
     except KeyboardInterrupt:
         files.remove_empty_created()
-        print("\ninterrupted", file=sys.stderr)  # on its own line, after a progress bar's
-        sys.exit(130)
+        failed = "\ninterrupted", 130  # on its own line, after a progress bar's
     finally:
         files.forget_created()
         if in_main:
             signal.signal(signal.SIGTERM, previous)
-    sys.exit(code or 0)
+    if failed is None:
+        sys.exit(code or 0)
+    # The failed step's frames, freed with the exception, close its progress bar (which prints
+    # it once more, an open tqdm bar): printed inside the handler, the line came before that
+    # bar, which was then the last line on the terminal (a fault pass: Ctrl-C in the global
+    # statistics' row loop). Freed first (a cycle among them: the collector), the line is last.
+    gc.collect()
+    print(failed[0], file=sys.stderr)
+    sys.exit(failed[1])

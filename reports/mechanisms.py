@@ -835,6 +835,62 @@ def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[s
     return "as they say" if abs(change) >= abs(implied) / 2 else "in part"
 
 
+WHY_THERE = "why it attends there"
+
+
+def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
+    """The predicting head group's QK reason in one line, beside its name: its first QK
+    reason's largest raising term of ``own_pairs``, ``moved_pairs`` and ``position_pairs``
+    (what the query holds against what the key holds), out of the specific part, with the
+    token checks of the tokens it names (``token_checks``, verdict as ``token_verdict``):
+    ``why it attends there (QK 9's largest score term, of the specific part +10.1): token
+    ' harbor'@12 at the query x token ' harbor'@5 moved to the key @6 +16.1; made the mean
+    token, the model rerun: ' harbor'@12 0.98 -> 5e-05 (as they say), ...``. A reviewer
+    found the induction match, the query's token against the token a previous-token head
+    moved to the key, only in the group's lines far below, inside a line of 900 characters,
+    under a "what makes it attend there" that named a weak group first. Empty where the
+    reason has no such split or no raising term."""
+    if g is None or not g.qk:
+        return ""
+    r = g.qk[0]
+    lists = [("own", r.own_pairs[:1]), ("moved", r.moved_pairs[:1]),
+             ("position", r.position_pairs[:1])]  # fmt: skip
+    found = [(p.value, kind, p) for kind, pairs in lists for p in pairs if p.value > 0]
+    if not found:
+        return ""
+    _, kind, p = max(found, key=lambda x: x[0])
+
+    def name(x) -> str:
+        return "position vectors" if x.is_position and x.pos is None else x.name
+
+    # a token at another position reaches the query through heads there (an operand head's
+    # query holds the '=' before it): "moved to the query", as a key's is "moved to the key"
+    moved = p.query.pos is not None and p.query.pos != r.query
+    query = f"{name(p.query)} " + (f"moved to the query @{r.query}" if moved else "at the query")
+    if kind == "moved":
+        key = f"{name(p.key)} moved to the key @{r.key}"
+    elif kind == "own":
+        key = f"the key's own {name(p.key)}"
+    else:
+        key = f"{name(p.key)} at the key"
+    place = "by position, apart from the other keys: " if kind == "position" else ""
+    text = (f"{WHY_THERE} (QK {r.qk_head}'s largest score term, of the specific part "
+            f"{_signed(r.specific)}): {place}{query} x {key} {_signed(p.value)}")  # fmt: skip
+    named = [x.pos for x in (p.query, p.key) if x.kind == "embedding" and x.pos is not None]
+    checks = {c.pos: c for c in r.token_checks}
+    terms = named_token_terms(r)
+    shown = [
+        f"{checks[pos].token!r}@{pos} {attention_change(r.attention, checks[pos].attention)} "
+        f"({token_verdict(r, checks[pos], terms.get(pos, 0.0), summary.tokens)})"
+        for pos in dict.fromkeys(named)
+        if pos in checks
+    ]
+    if shown:
+        rerun = "the model rerun" if summary.mode == "local" else "the replacement rerun"
+        text += f"; made the mean token, {rerun}: " + ", ".join(shown)
+    return text
+
+
 def attention_without(attention: float, terms: float) -> float:
     """A key's attention once ``terms`` are taken from its score and every other key's score
     stays: the softmax shifted at that key alone (NaN for terms that are no number)."""
@@ -1294,6 +1350,8 @@ def format_summary(
                 f"  {predicting_heading(g, t, summary.tolerance)}: {short(g.key)}, flow "
                 f"{_signed(g.flow[t.node])}" + (f" ({spread})" if spread else "")
             )
+            if why := why_text(g, summary):
+                lines.append(f"    {why}")
             if flagged := flagged_text(g, t, summary.tolerance):
                 lines.append(f"    {flagged}")
             if stronger := stronger_text(g, t, summary):
@@ -1517,6 +1575,8 @@ def mechanisms_html(
             parts.append(f"<p>{heading}: <b>{_esc(t.predicting_group)}</b> "
                          f"{_esc(names[t.predicting_group])}, flow {_span(flow)}"
                          f"{spread}</p>")  # fmt: skip
+            if why := why_text(summary.group(t.predicting_group), summary):
+                parts.append(f'<p class="why">{_esc(why)}</p>')
             flagged = flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
             if flagged:
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')

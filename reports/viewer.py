@@ -241,6 +241,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         spread_text,
         stronger_text,
         summary_for,
+        why_text,
         writes_qk_text,
     )
 
@@ -270,6 +271,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "ownAttention": own_attention_text(t, summary.tokens) or None,
              "flagged": (flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
                          or None)
+             if t.predicting_group else None,
+             "why": (why_text(summary.group(t.predicting_group), summary) or None)
              if t.predicting_group else None,
              "stronger": (stronger_text(summary.group(t.predicting_group), t, summary)
                           or None) if t.predicting_group else None,

@@ -3898,3 +3898,75 @@ def test_a_key_sides_weak_source_never_names_a_group_after_the_key():
     # nothing halving it: the words as they were
     assert text.count("weak") == 1
     assert "nor any group the summary checks: this side is no one group's doing" in line()
+
+
+def test_the_predicting_groups_qk_reason_is_said_in_one_line_beside_it():
+    """Under the predicting heads, one line says why they attend their key: the largest
+    raising term of their first QK reason's own, moved and position lists, where each token
+    stands (at the query, moved to the query, the key's own, moved to the key) and what
+    making each named token the mean token did to the attention. A reviewer found the
+    induction match (the query's token against the token moved to the key) only in the
+    group's lines far below, inside a line of 900 characters."""
+    from types import SimpleNamespace
+
+    from circuits.mechanism_file import QKReasonRecord, RootPair, SourceShare, TokenCheck
+    from reports.mechanisms import why_text
+
+    def token(name, pos):
+        return SourceShare(name, "embedding", None, pos, None, None, 0.0)
+
+    positions = SourceShare("position vector (all positions)", "bias", -1, None, None, None, 0)
+    r = QKReasonRecord(2, 6, 34, 16, " m", 0.99, 20.8, 8.0, -1.2, -1.5, 15.6, 0, 0, [])
+    q = token("token ' seven'@34", 34)
+    r.own_pairs = [RootPair(q, token("token ' m'@16", 16), 2.16)]
+    r.moved_pairs = [RootPair(q, token("token ' seven'@15", 15), 10.6)]
+    r.position_pairs = [RootPair(q, positions, 5.91)]
+    r.token_checks = [TokenCheck(34, " seven", 0.0006, 4.0), TokenCheck(16, " m", 0.97, 16.0),
+                      TokenCheck(15, " seven", 0.007, 3.3)]  # fmt: skip
+    summary = SimpleNamespace(mode="local", tokens=["x"] * 35)
+    assert why_text(SimpleNamespace(qk=[r]), summary) == (
+        "why it attends there (QK 6's largest score term, of the specific part +15.6): token "
+        "' seven'@34 at the query x token ' seven'@15 moved to the key @16 +10.6; made the "
+        "mean token, the model rerun: ' seven'@34 0.99 -> 0.0006 (as they say), ' seven'@15 "
+        "0.99 -> 0.007 (as they say)"
+    )
+    # an operand head: the '=' before the query reaches it through heads there
+    r.query, r.moved_pairs = 10, []
+    r.own_pairs = [RootPair(token("token '='@9", 9), token("token '2'@5", 5), 8.79)]
+    r.token_checks = []
+    assert why_text(SimpleNamespace(qk=[r]), summary).endswith(
+        ": token '='@9 moved to the query @10 x the key's own token '2'@5 +8.79"
+    )
+    # a layer-0 previous-token head: where the key is, not what it holds
+    r.own_pairs = [RootPair(token("token ' then'@5", 5), token("token ' Friday'@4", 4), 0.03)]
+    r.position_pairs = [RootPair(positions, positions, 0.652)]
+    assert why_text(SimpleNamespace(qk=[r]), summary).endswith(
+        ": by position, apart from the other keys: position vectors at the query x position "
+        "vectors at the key +0.652"
+    )
+    r.own_pairs, r.position_pairs = [], [RootPair(positions, positions, -0.3)]
+    assert why_text(SimpleNamespace(qk=[r]), summary) == ""  # no raising term
+    assert why_text(SimpleNamespace(qk=[]), summary) == ""
+
+
+def test_the_why_line_stands_under_the_predicting_heads_in_every_view(graph, replacement, run):
+    """The printout, the report and the viewer's data carry the predicting group's one-line
+    QK reason right under its name, before its checks and QK sources."""
+    from reports.mechanisms import PREDICTING, why_text
+    from reports.viewer import mechanisms_data
+
+    summary = summarize(replacement, graph, run, max_groups=4)
+    t = summary.targets[0]
+    why = why_text(summary.group(t.predicting_group), summary)
+    assert why.startswith("why it attends there (QK ")
+    lines = format_summary(summary).splitlines()
+    at = next(i for i, x in enumerate(lines) if x.startswith(f"  {PREDICTING}: "))
+    assert lines[at + 1] == f"    {why}"
+    assert html_escape(why) in mechanisms_html(summary)
+    assert mechanisms_data(summary, graph)["targets"][0]["why"] == why
+
+
+def html_escape(text: str) -> str:
+    from reports.html import escape
+
+    return escape(text)

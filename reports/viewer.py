@@ -310,7 +310,7 @@ def _box_lines(g, summary) -> list[str]:
     then what it reads (a head group's key token) or its concept, then for a QK source the
     attention its ablation leaves the head whose score it writes (``AttentionCheck``): its
     flagged check is what a QK source is for, not a warning."""
-    from .mechanisms import attention_change
+    from .mechanisms import HALVES, attention_change
 
     size = len(g.members)
     what = {"lorsa": "head", "transcoder": "feature"}.get(g.kind, "node")
@@ -333,11 +333,16 @@ def _box_lines(g, summary) -> list[str]:
             whose = "target" if len(heads) == 1 else f"target L{t.layer} @{t.pos}"
             if places.count((t.layer, t.pos)) > 1:  # the same block and place: by its order
                 whose = f"head target {heads.index(t) + 1}"
-        lines.append(f"writes {whose}'s {w.side}")
         a = summary.attention_after(g, w.group)
+        # a source whose ablation through its side leaves over half the attention is weak, as
+        # the text says (qk_sources_sides): the box says so too (a reviewer read "writes g0's
+        # query" over an induction head's query side whose source left 0.99 -> 0.62, the
+        # query's own token doing the work)
+        alone = None if a is None else a.mean_side(w.side)
+        weak = alone is not None and alone > a.mean_before * HALVES
+        lines.append(f"writes {whose}'s {w.side}" + (" (weak)" if weak else ""))
         if a is not None:  # through the side it writes, where measured: what chose it (the
             # panel's text gives both); a box holds no more (a reviewer read "…")
-            alone = a.mean_side(w.side)
             after = a.mean_free if alone is None else alone
             lines.append(f"{whose} attends {attention_change(a.mean_before, after, arrow='→')}")
     return lines

@@ -700,7 +700,10 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
         assert panel["targets"][-1]["ownQkSources"] == block
         assert panel["targets"][0]["ownQkSources"] is None  # a logit has no QK score
         box = next(x for x in panel["groups"] if x["key"] == g.key)["box"]
-        assert f"writes target's {w.side}" in box
+        # "(weak)" where its ablation leaves over half the attention through that side
+        a = summary.attention_after(g, head.node)
+        weak = " (weak)" * (a.mean_side(w.side) > a.mean_before / 2)
+        assert f"writes target's {w.side}{weak}" in box
         data = json.loads(json.dumps(summary.to_dict()))
         assert MechanismSummary.from_dict(data).to_dict() == summary.to_dict()
         where = next(i for i, x in enumerate(data["groups"]) if x["key"] == g.key)

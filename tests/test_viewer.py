@@ -2617,3 +2617,27 @@ def test_an_edge_just_under_the_weakest_drawn_stays_under_the_pages_threshold(tm
     (k,) = at
     assert abs(links["weight"][k]) < data["view"]["edgeMin"]
     assert np.float32(links["weight"][k]) == np.float32(under)  # reads back exactly
+
+
+def test_a_weak_qk_sources_box_says_it_is_weak():
+    """A QK source's box says "writes g0's query" over the attention its ablation leaves
+    through that side; where that is over half the attention (the text's "weak": no head
+    group tested halves it), the box says "(weak)" too: a reviewer read "writes g0's query"
+    over an induction head's query-side source that left 0.99 -> 0.62, the query's own
+    token doing the work, which only the panel's text said."""
+    from types import SimpleNamespace
+
+    from reports.viewer import _box_lines
+
+    def source(alone: float):
+        w = SimpleNamespace(group="g0", side="query")
+        g = SimpleNamespace(key="g3", kind="lorsa", layer=1, pos=34, members=[1, 2],
+                            attends=24, attends_token=":", key_share=0.9, concept=None,
+                            writes_qk=[w])  # fmt: skip
+        a = SimpleNamespace(mean_before=0.99, mean_free=0.6, mean_side=lambda side: alone)
+        summary = SimpleNamespace(targets=[], qk_subject=lambda key: None,
+                                  attention_after=lambda g, key: a)  # fmt: skip
+        return _box_lines(g, summary)
+
+    assert source(0.62)[2:] == ["writes g0's query (weak)", "g0 attends 0.99→0.62"]
+    assert source(0.25)[2:] == ["writes g0's query", "g0 attends 0.99→0.25"]

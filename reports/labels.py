@@ -129,15 +129,19 @@ def node_label(graph: Graph, i: int) -> str:
 
 def concept_text(concept) -> str:
     """A unit's concept label for people (a dashboard's ``concept``: label, F1, chance F1):
-    ``family: addition, F1 0.45, at chance (0.43)`` where the F1 is what the unit's firing rate
-    alone would give (``circuits.concepts.at_chance``); a label that is the kind of document
-    the unit fires in says so (``DOCUMENT_CONCEPTS``: the mechanism summary does not name it)."""
-    text = concept["label"]
-    if concept.get("f1") is not None:
-        text += f", F1 {concept['f1']:.2f}"
+    ``addition: '=', F1 0.70``; a label whose F1 is what the unit's firing rate alone would
+    give (``circuits.concepts.at_chance``) is no concept, and says so first: ``none (at
+    chance: family: addition, F1 0.45 vs 0.43)`` (a reviewer read "[concept: family:
+    addition, F1 0.36, at chance (0.28): the kind of document it fires in, not what it
+    reads]" beside the top induction heads of a repeated segment: the label first, 100
+    characters of which said nothing); a label above chance that is the kind of document the
+    unit fires in says so (``DOCUMENT_CONCEPTS``: the mechanism summary does not name it)."""
+    label, f1 = concept["label"], concept.get("f1")
     if concept.get("at_chance"):
-        text += f", at chance ({concept['chance']:.2f})"
-    if concept["label"] in DOCUMENT_CONCEPTS:
+        score = "" if f1 is None else f", F1 {f1:.2f} vs {concept['chance']:.2f}"
+        return f"none (at chance: {label}{score})"
+    text = label if f1 is None else f"{label}, F1 {f1:.2f}"
+    if label in DOCUMENT_CONCEPTS:
         text += ": the kind of document it fires in, not what it reads"
     return text
 

@@ -236,7 +236,11 @@ def test_a_dense_units_label_is_at_chance_and_a_selective_ones_is_not():
 
     dense = {"label": "family: addition", "f1": 0.5, "chance": 0.45, "at_chance": True}
     document = ": the kind of document it fires in, not what it reads"
-    assert concept_text(dense) == "family: addition, F1 0.50, at chance (0.45)" + document
+    # at chance, no concept: said first, the label after (a reviewer read "family: addition"
+    # beside induction heads, the disclaimer 60 characters later)
+    assert concept_text(dense) == "none (at chance: family: addition, F1 0.50 vs 0.45)"
+    digit = {"label": "addition: answer digit", "f1": 0.2, "chance": 0.19, "at_chance": True}
+    assert concept_text(digit) == "none (at chance: addition: answer digit, F1 0.20 vs 0.19)"
     assert concept_text(dense | {"at_chance": False}) == "family: addition, F1 0.50" + document
     role = {"label": "addition: '='", "f1": 0.7, "chance": 0.1, "at_chance": False}
     assert concept_text(role) == "addition: '=', F1 0.70"

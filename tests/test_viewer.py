@@ -1488,6 +1488,13 @@ def test_mechanisms_panel_names_every_group_key(browser, weekday_trace):
     for k in t.head_groups[1:]:
         assert f"{k} {names[k]} " in line
     assert "next by flow: g" not in text and "undefined" not in text
+    # the line after the predicting heads says why they attend there, as the printout does
+    from reports.mechanisms import why_text
+
+    why = why_text(g, summary)
+    shown = [x for x in text.splitlines() if x.strip()]
+    at = next(i for i, x in enumerate(shown) if x.startswith(f"{heading}: "))
+    assert why and shown[at + 1] == why
     # each key is a chip that says what it is: its name beside it and in its tooltip
     chips = browser.evaluate(
         "[...document.querySelectorAll('#viewer .panel .group-ref')].map(e => e.textContent)"

@@ -1350,12 +1350,12 @@ def format_summary(
                 f"  {predicting_heading(g, t, summary.tolerance)}: {short(g.key)}, flow "
                 f"{_signed(g.flow[t.node])}" + (f" ({spread})" if spread else "")
             )
-            if why := why_text(g, summary):
-                lines.append(f"    {why}")
             if flagged := flagged_text(g, t, summary.tolerance):
                 lines.append(f"    {flagged}")
             if stronger := stronger_text(g, t, summary):
                 lines.append(f"    {stronger}")
+            if why := why_text(g, summary):  # (its flagged check stays right under it)
+                lines.append(f"    {why}")
             lines += block_lines(qk_blocks.get(t.node), "    ")
             if moved_text(t):
                 lines.append(f"  {moved_text(t)}")
@@ -1575,13 +1575,13 @@ def mechanisms_html(
             parts.append(f"<p>{heading}: <b>{_esc(t.predicting_group)}</b> "
                          f"{_esc(names[t.predicting_group])}, flow {_span(flow)}"
                          f"{spread}</p>")  # fmt: skip
-            if why := why_text(summary.group(t.predicting_group), summary):
-                parts.append(f'<p class="why">{_esc(why)}</p>')
             flagged = flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
             if flagged:
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
             if stronger := stronger_text(summary.group(t.predicting_group), t, summary):
                 parts.append(f"<p>{_esc(stronger)}</p>")
+            if why := why_text(summary.group(t.predicting_group), summary):
+                parts.append(f'<p class="why">{_esc(why)}</p>')
             parts.append(block_html(qk_blocks.get(t.node)))
             if moved_text(t):
                 parts.append(f"<p>{_esc(moved_text(t))}</p>")

@@ -3954,7 +3954,8 @@ def test_the_predicting_groups_qk_reason_is_said_in_one_line_beside_it():
 
 def test_the_why_line_stands_under_the_predicting_heads_in_every_view(graph, replacement, run):
     """The printout, the report and the viewer's data carry the predicting group's one-line
-    QK reason right under its name, before its checks and QK sources."""
+    QK reason under its name (after its flagged check, which stays right under it), before
+    its QK sources."""
     from reports.mechanisms import PREDICTING, why_text
     from reports.viewer import mechanisms_data
 
@@ -3964,7 +3965,12 @@ def test_the_why_line_stands_under_the_predicting_heads_in_every_view(graph, rep
     assert why.startswith("why it attends there (QK ")
     lines = format_summary(summary).splitlines()
     at = next(i for i, x in enumerate(lines) if x.startswith(f"  {PREDICTING}: "))
-    assert lines[at + 1] == f"    {why}"
+    # after its own flagged check and the stronger groups, which stay right under it
+    at += 1 + sum(x.startswith(("    its ablation check is", "    head groups there whose"))
+                  for x in lines[at + 1 : at + 3])  # fmt: skip
+    assert lines[at] == f"    {why}"
+    after = lines[at + 1]
+    assert after.startswith("    what makes it attend there") or "its QK score" in after
     assert html_escape(why) in mechanisms_html(summary)
     assert mechanisms_data(summary, graph)["targets"][0]["why"] == why
 

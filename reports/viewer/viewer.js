@@ -1673,9 +1673,9 @@
       if (t.own) out.push(el("p", {}, t.own));
       if (t.predicting) {
         out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}` + (t.spread ? ` (${t.spread})` : "")));
-        if (t.why) out.push(el("p", { class: "why" }, t.why));
         if (t.flagged) out.push(el("p", { class: "neg flagged" }, t.flagged));
         if (t.stronger) out.push(el("p", { class: "stronger" }, t.stronger));
+        if (t.why) out.push(el("p", { class: "why" }, t.why));
         if (t.qkSources) out.push(block(t.qkSources));
       }
       if (t.moved) out.push(el("p", { class: "muted" }, t.moved));

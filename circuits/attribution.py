@@ -20,6 +20,7 @@ products, never by backward passes (autograd is the tests' oracle, ``circuits.in
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -407,21 +408,48 @@ class _EdgeRows:
         self.cols, self.vals = np.empty(nnz, dtype=dtype), np.empty(nnz, dtype=np.float32)
         self.row_sum, self.row_abs = torch.zeros(self.n), torch.zeros(self.n)
 
-    def add(self, rows: Tensor, cols: Tensor, vals: Tensor, dense: Tensor | None = None) -> None:
-        """``dense`` (optional): the block as a (rows, anything) matrix whose entries off the
-        listed columns are zero, which sums rows faster than the flat values."""
+    def add(self, rows: Tensor, cols: Tensor, vals: Tensor) -> None:
         if not len(rows):
             return
-        start, end = self.indptr[int(rows[0])], self.indptr[int(rows[-1]) + 1]
-        if end - start != len(vals):
-            raise AssertionError(f"rows {int(rows[0])}..: {len(vals)} edges, {end - start} counted")
+        start, end = self._span(rows, len(vals))
         self.cols[start:end], self.vals[start:end] = cols.numpy(), vals.float().numpy()
-        if dense is not None:
-            self.row_sum[rows], self.row_abs[rows] = dense.sum(1), dense.abs().sum(1)
-        else:
-            row_of = torch.repeat_interleave(rows, self.counts[rows])
-            self.row_sum.index_add_(0, row_of, vals)
-            self.row_abs.index_add_(0, row_of, vals.abs())
+        row_of = torch.repeat_interleave(rows, self.counts[rows])
+        self.row_sum.index_add_(0, row_of, vals)
+        self.row_abs.index_add_(0, row_of, vals.abs())
+
+    def add_ranges(self, rows: Tensor, block: Tensor, keys: Tensor, ranges: list) -> None:
+        """A dense block (rows, sources) whose row i holds its edges at the columns of
+        ``ranges[keys[i]]`` (increasing, disjoint (start, stop) pairs) and zeros elsewhere:
+        each run of rows with one key is copied a range at a time into the arrays (slices,
+        where picking the entries by a mask cost more than the block itself), and every row
+        is summed whole."""
+        if not len(rows):
+            return
+        keys = keys.tolist()
+        # numpy for the many small copies: torch's per-call cost (its thread pool) was larger
+        cols_of = {k: np.concatenate([np.arange(a, b, dtype=self.cols.dtype) for a, b in ranges[k]])
+                   for k in set(keys)}  # fmt: skip
+        start, end = self._span(rows, sum(len(cols_of[k]) for k in keys))
+        dense = block.numpy()
+        at, i = int(start), 0
+        for key, run in itertools.groupby(keys):
+            n_rows, width = len(list(run)), len(cols_of[key])
+            out = self.vals[at : at + n_rows * width].reshape(n_rows, width)
+            c = 0
+            for a, b in ranges[key]:
+                out[:, c : c + b - a] = dense[i : i + n_rows, a:b]
+                c += b - a
+            self.cols[at : at + n_rows * width].reshape(n_rows, width)[:] = cols_of[key]
+            at, i = at + n_rows * width, i + n_rows
+        self.row_sum[rows], self.row_abs[rows] = block.sum(1), block.abs().sum(1)
+
+    def _span(self, rows: Tensor, n_edges: int) -> tuple[int, int]:
+        """Where the edges of ``rows`` (increasing, the rows between them empty) go, checked
+        against the counts."""
+        start, end = self.indptr[int(rows[0])], self.indptr[int(rows[-1]) + 1]
+        if end - start != n_edges:
+            raise AssertionError(f"rows {int(rows[0])}..: {n_edges} edges, {end - start} counted")
+        return start, end
 
     def csr(self) -> sp.csr_array:
         return sp.csr_array((self.vals, self.cols, self.indptr), shape=(self.n, self.n), copy=False)
@@ -499,16 +527,19 @@ def _lorsa_edges(
     at_key = (run.resid_bias[stage] @ w_v.T) * inv_sigma[:, None]  # pos u
     constant = (A[qk_head, q] * at_key[:, which].T).sum(1)
     bias = constant + rw.lorsa_bias[layer][heads]
-    # Sources are sorted by stage, then position: the keys a query q sees are not one range,
-    # so each query position's columns are listed once.
-    causal_cols = [(s_pos <= k).nonzero().squeeze(1).int() for k in range(len(run.tokens))]
+    # Sources are sorted by stage, then position within each kind of a stage: the keys a query
+    # q sees (A = 0 above q) are not one range but the start of each run of rising positions.
+    runs = torch.cat([torch.tensor([0]), (s_pos[1:] < s_pos[:-1]).nonzero().squeeze(1) + 1,
+                      torch.tensor([n_src])]).tolist()  # fmt: skip
+    keys = torch.arange(len(run.tokens))
+    ends = [(a, (a + torch.searchsorted(s_pos[a:b], keys, right=True)).tolist())
+            for a, b in itertools.pairwise(runs)]  # fmt: skip
+    ranges = [[(a, stop[k]) for a, stop in ends] for k in range(len(keys))]
     chunk = max(1, LORSA_BLOCK_ENTRIES // max(n_src, 1))
     for start in range(0, len(rows), chunk):
         sl = slice(start, start + chunk)
-        block = A[qk_head[sl], q[sl]][:, s_pos] * values[which[sl]]  # rows src
-        mask = s_pos[None, :] <= q[sl, None]
-        cols = torch.cat([causal_cols[k] for k in q[sl].tolist()])
-        edges.add(rows[sl], cols, block[mask], dense=block)  # A = 0 above q
+        block = A[qk_head[sl], q[sl]][:, s_pos].mul_(values[which[sl]])  # rows src
+        edges.add_ranges(rows[sl], block, q[sl], ranges)
     return bias
 
 

@@ -227,10 +227,13 @@ def check_replacement_fits(replacement: ReplacementModel, graph: Graph) -> None:
     if max(referenced, default=0) >= replacement.cfg.d_vocab:
         raise ValueError(f"the graph names token {max(referenced)}, outside the replacement set's "
                          f"vocabulary of {replacement.cfg.d_vocab}")  # fmt: skip
+    # numpy: a full graph's dozen passes over its nodes cost 0.4 s in torch's thread pool on
+    # a busy machine, at every intervention's check
+    kinds, stages, index = (x.numpy() for x in (graph.kind, graph.stage, graph.index))
     for kind, widths in ((Kind.LORSA, [x.cfg.n_ov_heads for x in lorsas]),
                          (Kind.TRANSCODER, [x.cfg.d_sae for x in tcs])):  # fmt: skip
         for l, width in enumerate(widths):
-            at = graph.index[(graph.kind == kind) & (graph.stage == stage_of(kind, l))]
+            at = index[(kinds == kind) & (stages == stage_of(kind, l))]
             if len(at) and int(at.max()) >= width:
                 raise ValueError(f"the graph has {kind.label} {int(at.max())} in layer {l}, which "
                                  f"the replacement set's {width} units lack: not the set it was "

@@ -322,9 +322,7 @@ def _qk_side_directs(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """The nodes' own terms in ``query_at`` and ``key_at`` (``qk_side_flows``), and the parts."""
     wq, wk = (w.numpy() for w in side.reference_weights(query, key, torch.float64))
-    valid = side.slot_valid.numpy()
-    u = side.query[:, :, qk_head].double().numpy() * valid[..., None]  # pos 1+slot e
-    v = side.key[:, :, qk_head].double().numpy() * valid[..., None]
+    u, v = side.head_vectors(qk_head)  # pos 1+slot e
     scale = math.sqrt(side.lorsa.cfg.d_qk)
     du = np.einsum("p,pse->e", wq, u)
     dv = np.einsum("p,pse->e", wk, v)

@@ -746,6 +746,53 @@ def test_a_supernodes_panel_sums_its_edges_by_drawn_item_with_the_members_split(
     assert panel_text(browser).startswith("b\nsupernode of 2 nodes")
 
 
+def test_a_nodes_panel_sums_a_neighbouring_supernodes_edges_as_one_row(browser, small_page):
+    """A review: a supernode's panel summed its edges by drawn item, while a node's panel still
+    listed a neighbouring supernode's members one by one. Its edges to a supernode are now one
+    row, the drawn edge's sum, a link opening that supernode, with the split by its members
+    behind a toggle (the supernode panel's own code); edges to nodes read as before."""
+    graph, path = small_page
+    open_page(browser, path)
+    browser.evaluate("viewer.group(['1_3_3', '2_2_3'], 'b')")
+    drawn_w = {(s, t): w for s, t, w in browser.evaluate("viewer.edges()")}
+    click_node(browser, "3_9_3")
+    rows = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel table.edges')[0].rows]"
+        ".filter((r) => !r.hidden).map((r) => [r.cells[0].textContent, r.cells[1].textContent,"
+        " !!r.querySelector('button.split-toggle')])"
+    )
+    labels = {node_label(graph, graph.id_to_index[i]) for i in ("1_3_3", "2_2_3")}
+    assert not any(r[0] in labels for r in rows), rows  # b's members are not listed apart
+    assert [r[0] for r in rows] == ["supernode b", node_label(graph, graph.id_to_index["1_-1_3"])]
+    value = float(rows[0][1].replace("−", "-"))
+    assert value == pytest.approx(drawn_w[("supernode:b", "3_9_3")], abs=1e-3)
+    assert value == pytest.approx(4.25, abs=1e-3)
+    assert rows[0][2] and not rows[1][2]  # a node's edge to a node has nothing to split
+    split = browser.evaluate(
+        "(() => { const t = document.querySelectorAll('#viewer .panel table.edges')[0];"
+        " const row = [...t.rows].find((r) => r.cells[0].textContent === 'supernode b');"
+        " row.querySelector('button.split-toggle').click();"
+        " const next = row.nextElementSibling; return {hidden: next.hidden, items:"
+        " [...next.querySelectorAll('li')].map((li) => [li.querySelector('.noderef').title,"
+        " li.querySelector('span.pos, span.neg').textContent])}; })()"
+    )
+    assert not split["hidden"], split
+    got = {
+        t.rsplit("(id ", 1)[1].rstrip(")"): float(w.replace("−", "-")) for t, w in split["items"]
+    }
+    assert got == pytest.approx({"1_3_3": 3.0, "2_2_3": 1.25}, abs=1e-3)
+    # the same on the outgoing side, and the supernode's row opens its panel
+    click_node(browser, "E_9_3")
+    out = browser.evaluate(
+        "[...[...document.querySelectorAll('#viewer .panel table.edges')].at(-1).rows]"
+        ".filter((r) => !r.hidden)"
+        ".map((r) => r.cells[0].textContent + ' ' + r.cells[1].textContent)"
+    )
+    assert out == ["supernode b -0.25"], out
+    browser.evaluate("document.querySelector('#viewer .panel .supernode-ref').click()")
+    assert panel_text(browser).startswith("b\nsupernode of 2 nodes")
+
+
 def test_a_supernode_shows_its_selected_member_is_picked_whole_and_stays_selected(
     browser, small_page
 ):

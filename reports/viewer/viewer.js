@@ -1596,13 +1596,6 @@
       : how === "absent" ? "a unit absent at this position: it acts through its mean alone" : "a unit (no position)";
     return el("span", { class: "noderef absent", title: (r ? shown(r.label) + ": " : "") + what + " (id " + id + ")" }, fitText(text, REF_CHARS));
   }
-  function edgeTable(list) {
-    if (!list.length) return el("p", { class: "muted" }, "none");
-    return el("table", { class: "edges" }, ...list.slice(0, TOP_EDGES).map(([j, w]) =>
-      el("tr", {},
-        el("td", {}, noderef(nodes[j].id)),
-        el("td", { class: "num " + (w > 0 ? "pos" : "neg") }, signed(w)))));
-  }
   function facts(rows) {
     const dl = el("dl", { class: "facts" });
     for (const [k, v] of rows) if (v != null && v !== "") dl.append(el("dt", {}, k), el("dd", {}, String(v)));
@@ -1774,8 +1767,9 @@
     }
     const qkTitle = meta.positional ? "QK: why it attends the key it reads" : "QK: what its group attends with";
     if (n.qk) parts.push(el("h4", {}, qkTitle), ...summaryReasons(n), ...n.qk.map((rec) => qkBlock(rec, n)));
-    parts.push(el("h4", {}, "Top incoming edges"), edgeTable(inE[i].map((e) => [src[e], wt[e]])));
-    parts.push(el("h4", {}, "Top outgoing edges"), edgeTable(outE[i].map((e) => [tgt[e], wt[e]])));
+    // by drawn item, as a supernode's panel lists them: another supernode's members together
+    parts.push(el("h4", {}, "Top incoming edges (by node or supernode)"), edgeTable(edgesByItem([i], -1, inE, src), -1));
+    parts.push(el("h4", {}, "Top outgoing edges (by node or supernode)"), edgeTable(edgesByItem([i], -1, outE, tgt), -1));
     // heads and features have dashboards; a token, an error, a constant or a logit is no unit
     // (a review read "No dashboard for unit 9_273-363" under a logit difference)
     if (n.kind === "lorsa" || n.kind === "transcoder") parts.push(el("h4", {}, "Dashboard"), dashboard(n));
@@ -1992,44 +1986,52 @@
     svg.append(lo, hi);
     return el("div", {}, el("div", { class: "muted" }, "activation histogram (when firing)"), svg);
   }
-  // A supernode's edges summed to each neighbour as the drawing sums them: a node, or another
-  // supernode's members together (the panel listed each member of another supernode apart,
-  // none of them the drawn edge's number); each row opens its split by this one's members.
-  function groupEdges(g, lists, end) {
-    const members = new Set(g.members), by = new Map();
-    for (const i of g.members) for (const e of lists[i]) {
+  // A node's or a supernode's edges summed to each neighbour as the drawing sums them: a node,
+  // or another supernode's members together (the panels listed each member of another
+  // supernode apart, none of them the drawn edge's number). `members` are the panel's own
+  // nodes, `self` its supernode (-1 for a node's panel). Each row keeps its split: by this
+  // supernode's members, or, in a node's panel, by the other supernode's.
+  function edgesByItem(members, self, lists, end) {
+    const own = new Set(members), by = new Map();
+    // a node drawn inside a supernode lists the other members apart (no edge of its own box)
+    const home = self >= 0 ? self : view.groupOf[members[0]];
+    for (const i of members) for (const e of lists[i]) {
       const j = end[e];
-      if (members.has(j)) continue;
-      const other = view.groupOf[j], key = other >= 0 ? "g" + other : "n" + j;
-      if (!by.has(key)) by.set(key, other >= 0 ? { group: other, w: 0, split: new Map() } : { node: j, w: 0, split: new Map() });
-      const row = by.get(key);
+      if (own.has(j)) continue;
+      const other = view.groupOf[j], grouped = other >= 0 && other !== home, key = grouped ? "g" + other : "n" + j;
+      if (!by.has(key)) by.set(key, grouped ? { group: other, w: 0, split: new Map() } : { node: j, w: 0, split: new Map() });
+      const row = by.get(key), part = self >= 0 ? i : j;
       row.w += wt[e];
-      row.split.set(i, (row.split.get(i) || 0) + wt[e]);
+      row.split.set(part, (row.split.get(part) || 0) + wt[e]);
     }
     return [...by.values()].filter((r) => r.w !== 0).sort((a, b) => Math.abs(b.w) - Math.abs(a.w));
   }
   const SPLIT_SHOWN = 8;
-  function groupEdgeTable(rows) {
+  function edgeTable(rows, self) {
     if (!rows.length) return el("p", { class: "muted" }, "none");
-    const table = el("table", { class: "edges group-edges" });
+    const table = el("table", { class: "edges" + (self >= 0 ? " group-edges" : "") });
     for (const r of rows.slice(0, TOP_EDGES)) {
       const other = r.group !== undefined ? state.groups[r.group] : null;
       const ref = other ? el("button", { type: "button", class: "noderef supernode-ref", title: `supernode of ${other.members.length} nodes`,
         onclick: () => select({ group: r.group }) }, fitText("supernode " + other.name, REF_CHARS)) : noderef(nodes[r.node].id);
+      const cells = [el("td", {}, ref), el("td", { class: "num " + (r.w > 0 ? "pos" : "neg") }, signed(r.w))];
+      // one node's edge to another node is the drawn edge itself: nothing to split
+      if (self < 0 && !other) { table.append(el("tr", {}, ...cells)); continue; }
       const split = [...r.split].filter((x) => x[1] !== 0).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
       const detail = el("tr", { class: "split", hidden: "" }, el("td", { colspan: "3" },
         el("ul", {}, ...split.slice(0, SPLIT_SHOWN).map(([i, w]) => el("li", {}, noderef(nodes[i].id, "short"), " ",
           el("span", { class: w > 0 ? "pos" : "neg" }, signed(w)))),
         ...(split.length > SPLIT_SHOWN ? [el("li", { class: "muted" }, `and ${split.length - SPLIT_SHOWN} more`)] : []))));
+      const whose = self >= 0 ? "the supernode's members" : `supernode ${quote(other.name)}'s members`;
       const toggle = el("button", { type: "button", class: "split-toggle", "aria-expanded": "false",
-        title: "this edge split by the supernode's members" }, `▸ ${split.length} ${split.length === 1 ? "member" : "members"}`);
+        title: "this edge split by " + whose }, `▸ ${split.length} ${split.length === 1 ? "member" : "members"}`);
       toggle.addEventListener("click", () => {
         const open = detail.hidden;
         detail.hidden = !open;
         toggle.setAttribute("aria-expanded", String(open));
         toggle.textContent = (open ? "▾ " : "▸ ") + toggle.textContent.slice(2);
       });
-      table.append(el("tr", {}, el("td", {}, ref), el("td", { class: "num " + (r.w > 0 ? "pos" : "neg") }, signed(r.w)), el("td", {}, toggle)), detail);
+      table.append(el("tr", {}, ...cells, el("td", {}, toggle)), detail);
     }
     return table;
   }
@@ -2053,8 +2055,8 @@
       el("h4", {}, "Members"),
       el("ul", {}, ...g.members.map((i) => el("li", {}, noderef(nodes[i].id)))),
       ...groupSourcesBlock(g.members),
-      el("h4", {}, "Top incoming edges (summed over members, by node or supernode)"), groupEdgeTable(groupEdges(g, inE, src)),
-      el("h4", {}, "Top outgoing edges (summed over members, by node or supernode)"), groupEdgeTable(groupEdges(g, outE, tgt)),
+      el("h4", {}, "Top incoming edges (summed over members, by node or supernode)"), edgeTable(edgesByItem(g.members, k, inE, src), k),
+      el("h4", {}, "Top outgoing edges (summed over members, by node or supernode)"), edgeTable(edgesByItem(g.members, k, outE, tgt), k),
       qParamsBlock());
   }
   function groupSourcesBlock(members) {

@@ -1372,6 +1372,117 @@ def test_a_summary_supernodes_panel_gives_its_checks(browser, tmp_path):
         assert ("[FLAGGED" in text) == mark == any(c.flagged for c in group.checks)
 
 
+def test_the_first_view_leads_with_the_predicting_path(browser, tmp_path, weekday_trace):
+    """A review: on a first view the flagged supernodes (5 of 10 boxes in red dashes on
+    ``Thursday then Friday then``) and the tangle of dashed q/k edges drew the eye from the
+    predicting heads and the top paths. A flagged check is its box's red last line (a badge),
+    the box itself drawn as any supernode; the predicting group's box is outlined thicker and
+    the edges of the summary's top paths drawn at full strength over the rest; q/k edges are
+    faint until their head is hovered or clicked. Nothing is hidden: tooltips, panel and legend
+    still say each."""
+    summary, path = checked_weekday_page(tmp_path, [" Thursday"])
+    open_page(browser, path)
+    style = (
+        "((e) => { const s = getComputedStyle(e);"
+        " return {stroke: s.stroke, dash: s.strokeDasharray,"
+        " width: parseFloat(s.strokeWidth), opacity: parseFloat(s.strokeOpacity),"
+        " fill: s.fill, fillOpacity: parseFloat(s.fillOpacity)}; })"
+    )
+    boxes = browser.evaluate(
+        f"(() => {{ const st = {style};"
+        " return [...document.querySelectorAll('#viewer svg g.node[data-group]')].map((g) => ({"
+        " flagged: g.classList.contains('flagged'), predicting: g.classList.contains('predicting'),"
+        " shape: st(g.querySelector('.shape')),"
+        " last: [...g.querySelectorAll('text')].at(-1).textContent,"
+        " lastFill: st([...g.querySelectorAll('text')].at(-1)).fill,"
+        " title: g.querySelector('title').textContent})); })()"
+    )
+    flagged = [b for b in boxes if b["flagged"]]
+    plain = [b for b in boxes if not b["flagged"] and not b["predicting"]]
+    assert flagged and plain, boxes
+    for b in flagged:  # the box as any supernode's; the mark is its red last line
+        assert b["shape"]["stroke"] != "rgb(203, 24, 29)" and b["shape"]["dash"] == "none", b
+        assert b["last"] == "\u2691 check flagged" and b["lastFill"] == "rgb(203, 24, 29)", b
+        assert "its ablation check is flagged (the panel says how)" in b["title"]
+    # the predicting group's box, outlined thicker than every other supernode's
+    predicting = [b for b in boxes if b["predicting"]]
+    assert len(predicting) == 1, boxes
+    assert predicting[0]["shape"]["width"] > max(b["shape"]["width"] for b in plain)
+    assert "the predicting heads of the mechanism summary" in predicting[0]["title"]
+    # the top paths' edges: each step, group to group (the last to its target), between drawn
+    # items holding their members, at full strength over every other edge
+    expected = browser.evaluate(
+        "(() => { const v = viewer, nodes = v.data.nodes, key = new Map();"
+        " for (const g of document.querySelectorAll('#viewer svg g.node')) {"
+        "  if (g.dataset.id) key.set(g.dataset.id, g.dataset.id);"
+        "  else { const s = v.state.groups[+g.dataset.group];"
+        "   for (const i of s.members) key.set(nodes[i].id, 'supernode:' + s.name); } }"
+        " const m = v.data.mechanisms, members = new Map(m.groups.map((g) => [g.key, g.members]));"
+        " const keys = (ids) => [...new Set(ids.map((id) => key.get(id)).filter((k) => k))];"
+        " const out = new Set();"
+        " for (const p of m.paths) {"
+        "  const stops = [...p.groups.map((k) => members.get(k)), [p.target]];"
+        "  for (let j = 1; j < stops.length; j++) for (const a of keys(stops[j - 1]))"
+        "   for (const b of keys(stops[j])) out.add(a + '>' + b); }"
+        " return v.edges().map(([s, t]) => s + '>' + t).filter((x) => out.has(x)); })()"
+    )
+    edges = browser.evaluate(
+        f"(() => {{ const st = {style};"
+        " return [...document.querySelectorAll('#viewer svg path.edge')].map((p) => ({"
+        " key: p.dataset.s + '>' + p.dataset.t, on: p.classList.contains('on-path'),"
+        " opacity: st(p).opacity, title: p.querySelector('title').textContent})); })()"
+    )
+    on = [e for e in edges if e["on"]]
+    assert on and sorted(e["key"] for e in on) == sorted(expected), (on, expected)
+    assert min(e["opacity"] for e in on) > max(e["opacity"] for e in edges if not e["on"])
+    assert all("on a top path of the mechanism summary" in e["title"] for e in on)
+    # a page with no summary keeps its edges as they were
+    plain = tmp_path / "plain.html"
+    write_html(make_graph(), plain, None)
+    open_page(browser, plain)
+    opacities = browser.evaluate(
+        f"[...document.querySelectorAll('#viewer svg path.edge')].map((p) => ({style})(p).opacity)"
+    )
+    assert opacities and all(x == pytest.approx(0.65) for x in opacities), opacities
+    # q/k edges faint, their letters readable, until their head is selected (a trace's page:
+    # the checked one has no q/k edges)
+    open_page(browser, weekday_trace[-1])
+    edges = browser.evaluate(
+        f"[...document.querySelectorAll('#viewer svg path.edge')].map((p) => ({style})(p))"
+    )
+    qk = (
+        f"(() => {{ const st = {style};"
+        " return [...document.querySelectorAll('#viewer svg g.qk-edge')].map((g) => ({"
+        " t: g.dataset.t, s: g.dataset.s, path: st(g.querySelector('path')).opacity,"
+        " letter: st(g.querySelector('.qk-label')).fillOpacity})); })()"
+    )
+    first = browser.evaluate(qk)
+    assert first and all(e["path"] < min(x["opacity"] for x in edges) for e in first), first
+    assert all(0.5 <= e["letter"] < 1 for e in first), first
+    head = first[0]["t"]
+    target = browser.evaluate(
+        "(() => { const g = [...document.querySelectorAll('#viewer svg g.node')].find((g) =>"
+        " (g.dataset.id || 'supernode:' + viewer.state.groups[+g.dataset.group].name)"
+        f" === {js(head)});"
+        " return g.dataset.id ? {id: g.dataset.id} : {group: g.dataset.group}; })()"
+    )
+    sel = (
+        node_sel(target["id"])
+        if "id" in target
+        else (f'#viewer svg g.node[data-group="{target["group"]}"]')
+    )
+    browser.click(*centre(browser, sel))
+    browser.move(1, 1)  # no box hovered: the selection alone
+    after = browser.evaluate(qk)
+    for e in after:
+        mine = head in (e["t"], e["s"])
+        assert (e["path"] >= 0.9 and e["letter"] == 1) if mine else e["path"] < 0.5, e
+    # the legend says each
+    help_ = browser.evaluate("document.querySelector('#viewer details.help summary').title")
+    assert "predicting heads and top paths" in help_ and "\u2691 check flagged" in help_
+    assert "faint until its head is hovered or clicked" in help_
+
+
 def test_the_heads_behind_an_induction_key_are_drawn_with_their_qk_edge(browser, tmp_path):
     """On an induction prompt of no template, what the induction heads' key side comes from
     most through the graph (``qk_sources``) is the group of layer-0 heads at the key reading

@@ -54,6 +54,17 @@
   function isFlagged(g) {
     return !!g && !g.writesQk && g.checks.some((c) => c[0] === firstTarget && c[4]);
   }
+  // The summary's main path, drawn first to the eye (a review: on a first view the flagged
+  // boxes and the q/k edges drew it before the predicting heads did): each target's
+  // predicting group, and each step of the top paths (group to group, the last to its target),
+  // as member ids.
+  const summaryMembers = new Map((data.mechanisms ? data.mechanisms.groups : []).map((g) => [g.key, g.members]));
+  const predictingIds = new Set((data.mechanisms ? data.mechanisms.targets : [])
+    .flatMap((t) => (t.predicting ? summaryMembers.get(t.predicting) || [] : [])));
+  const pathSteps = (data.mechanisms ? data.mechanisms.paths : []).flatMap((p) => {
+    const stops = [...p.groups.map((k) => summaryMembers.get(k) || []), [p.target]];
+    return stops.slice(1).map((to, j) => [stops[j], to]);
+  });
   const src = data.links.source, tgt = data.links.target, wt = data.links.weight, E = src.length;
   const byId = new Map(nodes.map((n, i) => [n.id, i]));
   const byAnchor = new Map(nodes.map((n, i) => ["#" + NODE_ANCHOR + n.id, i])); // the table's links
@@ -750,7 +761,9 @@
     // How to use the page and read a box: one line behind a toggle (its two lines took 36 of
     // a 1280x720 window's 720 px in every first view), the whole text in the toggle's tooltip
     const helpText = "click (Tab, Enter): details · ctrl/shift-click (space): pick for a supernode · p: pin a node · hover: paths · a head's box: " +
-      (meta.positional ? "→the key it reads (13%→ where that key brings under half its activation)" : "its QK group") + "; a feature's: ↑the token it promotes most";
+      (meta.positional ? "→the key it reads (13%→ where that key brings under half its activation)" : "its QK group") + "; a feature's: ↑the token it promotes most" +
+      (data.mechanisms ? " · thick outline, dark edges: the summary's predicting heads and top paths · ⚑ check flagged: its ablation check (the panel says how)" : "") +
+      " · dashed q/k: where a head's query and key come from, faint until its head is hovered or clicked";
     ui.zoomNote = el("span", { class: "zoom-note muted" });
     ui.help = el("details", { class: "help" }, el("summary", { title: helpText }, "keys and boxes"), el("span", { class: "muted" }, helpText));
     ui.help.addEventListener("toggle", refit);
@@ -1009,17 +1022,28 @@
       gBands.append(t);
     }
     const maxW = maxOf(view.edges, (e) => Math.abs(e.w), 1e-12);
+    // the drawn items holding a member of each top path's stop; an edge from a stop's item to
+    // the next stop's is on a top path
+    const itemsOf = (ids) => new Set(ids.map((id) => view.itemOf[byId.get(id)]).filter((k) => k >= 0));
+    const onPath = new Set(pathSteps.flatMap(([a, b]) => {
+      const from = itemsOf(a), to = itemsOf(b);
+      return [...from].flatMap((s) => [...to].map((t) => s + ">" + t));
+    }));
+    const predicting = itemsOf([...predictingIds]);
+    // the other edges lighter only where a top path is drawn (a page with no summary keeps them)
+    svg.classList.toggle("has-path", view.edges.some((e) => onPath.has(e.s + ">" + e.t)));
     view.edgeEls = view.edges.map((e) => {
+      const path1 = onPath.has(e.s + ">" + e.t);
       const [x1, y1] = L.xy.get(e.s), [x2, y2] = L.xy.get(e.t);
       const h1 = view.items[e.s].size[1] / 2, h2 = view.items[e.t].size[1] / 2;
       const path = curve(x1, y1 - h1, x2, y2 + h2);
-      const p = svgEl("path", { class: "edge " + (e.w > 0 ? "pos" : "neg") + (e.token ? " token" : ""), d: path, "stroke-width": (0.6 + (4 * Math.abs(e.w)) / maxW).toFixed(2) });
+      const p = svgEl("path", { class: "edge " + (e.w > 0 ? "pos" : "neg") + (e.token ? " token" : "") + (path1 ? " on-path" : ""), d: path, "stroke-width": (0.6 + (4 * Math.abs(e.w)) / maxW).toFixed(2) });
       p.dataset.s = itemKey(view.items[e.s]);
       p.dataset.t = itemKey(view.items[e.t]);
       p.dataset.w = String(e.w);
       const title = svgEl("title");
       title.textContent = shown(itemLabel(view.items[e.s]) + " → " + itemLabel(view.items[e.t]) + ": " + signed(e.w) +
-        (e.token ? TOKEN_EDGE_NOTE : ""));
+        (e.token ? TOKEN_EDGE_NOTE : "") + (path1 ? " · on a top path of the mechanism summary" : ""));
       p.append(title);
       gEdges.append(p);
       return p;
@@ -1050,7 +1074,8 @@
     reading.forEach((k) => {
       const it = view.items[k];
       const [x, y] = L.xy.get(k), [w, h] = it.size;
-      const g = svgEl("g", { class: "node kind-" + it.kind + (it.flagged ? " flagged" : "") + (it.qkSource ? " qk-source" : ""), transform: `translate(${x.toFixed(1)},${y.toFixed(1)})` });
+      const g = svgEl("g", { class: "node kind-" + it.kind + (it.flagged ? " flagged" : "") + (it.qkSource ? " qk-source" : "") +
+        (predicting.has(k) ? " predicting" : ""), transform: `translate(${x.toFixed(1)},${y.toFixed(1)})` });
       g.dataset.item = String(k);
       if (it.node !== undefined) g.dataset.id = nodes[it.node].id;
       else g.dataset.group = String(it.group);
@@ -1062,7 +1087,8 @@
         g.append(t);
       });
       const title = svgEl("title");
-      title.textContent = shown(itemLabel(it) + (it.flagged ? ": its ablation check is flagged (the panel says how)" : ""));
+      title.textContent = shown(itemLabel(it) + (predicting.has(k) ? " · the predicting heads of the mechanism summary" : "") +
+        (it.flagged ? ": its ablation check is flagged (the panel says how)" : ""));
       g.append(title);
       g.addEventListener("click", (ev) => {
         ev.stopPropagation();
@@ -1216,6 +1242,8 @@
         .every((i) => state.picks.has(i)));
       g.classList.toggle("selected", k === chosen);
     }
+    // q/k edges are faint until their head (or source) is hovered or selected
+    view.qkEdges.forEach((e, j) => view.qkEls[j].classList.toggle("sel", chosen >= 0 && (e.t === chosen || e.s === chosen)));
   }
 
   // Nodes whose text holds the query, and every node at a position the query covers in the

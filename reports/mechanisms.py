@@ -1294,6 +1294,36 @@ def sparse_words(summary: MechanismSummary) -> str:
             f"(p={probability_words(summary.model_top_probability)})")  # fmt: skip
 
 
+# where the printout's and the report's definitions are, said where each used to stand
+LEGEND_AT_END = "the legend at the end"
+# at the head all the same (a reviewer's hooks read the raw logit, and one check's sign flipped)
+DEMEANED_SHORT = "a logit's numbers are less the mean logit"
+LEGEND_ID = "mechanisms-legend"  # the report's legend paragraph, which its pointer links to
+FLOWS_LEGEND = (
+    "exact flows: each group's total linear contribution to the target, through the graph's "
+    "frozen attention and errors; what zeroing it does is its ablation check; " + DEMEANED_WORDS
+)
+
+
+def checks_legend_text(summary: MechanismSummary) -> str:
+    """What an ablation check's line says and what its marks mean (the printout's legend);
+    empty where no group has checks."""
+    if not any(g.checks for g in summary.groups):
+        return ""
+    probability = ""
+    if any(t.probability is not None for t in summary.targets):
+        both = any(t.negative_probability is not None for t in summary.targets)
+        whose = "both tokens'" if both else "its first token's"
+        probability = (", with the target token's probability before and after (for a "
+                       f"difference, {whose})")  # fmt: skip
+    return (
+        "ablate: the group zeroed; the change of the target predicted by the linear "
+        f"graph and measured with {frozen_words(summary.mode)} and {free_words(summary.mode)}"
+        f"{probability}; FLAGGED where a measured change has the other sign or is over "
+        f"{RATIO:g}x off; {LN_WORDS}"
+    )
+
+
 def format_summary(
     summary: MechanismSummary, max_pairs: int = PAIRS_SHOWN, every_check: bool = False
 ) -> str:
@@ -1304,9 +1334,7 @@ def format_summary(
     would be (``checked_summary``)."""
     summary = checked_summary(summary)
     max_pairs = checked_count(max_pairs, "max_pairs", least=0)
-    lines = ["mechanisms (exact flows: each group's total linear contribution to the target, "
-             "through the graph's frozen attention and errors; what zeroing it does is its "
-             f"ablation check; {DEMEANED_WORDS}):"]  # fmt: skip
+    lines = [f"mechanisms ({DEMEANED_SHORT}; how to read them: {LEGEND_AT_END}):"]
     if summary.mode == "sparse":
         lines.append(f"  ({sparse_words(summary)})")
     if untrained := summary.untrained_note():
@@ -1371,24 +1399,9 @@ def format_summary(
             lines.append(f"    {_signed(p.flow):>8}  {chain}")
     if any(g.kind not in ("embedding", "error", "bias") for g in summary.groups):
         lines.append("groups:")  # (a layer-0 head target's are tokens alone: no bare heading)
-    if any(g.checks for g in summary.groups):
-        lines.append(
-            "  (ablate: the group zeroed; the change of the target predicted by the linear "
-            f"graph and measured with {frozen_words(summary.mode)} and {free_words(summary.mode)}"
-            + (
-                ", with the target token's probability before and after (for a difference, "
-                + (
-                    "both tokens')"
-                    if any(t.negative_probability is not None for t in summary.targets)
-                    else "its first token's)"
-                )
-                if any(t.probability is not None for t in summary.targets)
-                else ""
-            )
-            + f"; FLAGGED where a measured change has the other sign or is over {RATIO:g}x off; "
-            + LN_WORDS
-            + ")"
-        )
+    checks_legend = checks_legend_text(summary)
+    if checks_legend:
+        lines.append(f"  (how to read the ablate lines and their marks: {LEGEND_AT_END})")
     first = summary.targets[0].node if summary.targets else None
     by_node = {t.node: t for t in summary.targets}
     for g in summary.groups:
@@ -1427,6 +1440,9 @@ def format_summary(
                 f"{sum(c.agree_free for c in rest)}; flagged {sum(c.flagged for c in rest)} "
                 "(each in mechanisms.json)"
             )
+    # the definitions once, after the content they define (a reviewer found a 330- and a
+    # 1,300-character legend inside the first 40 lines, pushing the targets and groups down)
+    lines += ["legend:", f"  ({FLOWS_LEGEND})"] + [f"  ({checks_legend})"] * bool(checks_legend)
     return "\n".join(lines)
 
 
@@ -1526,9 +1542,10 @@ def mechanisms_html(
     names = {g.key: g.name for g in summary.groups}
     target_names = {t.node: t.label for t in summary.targets}
     by_node = {t.node: t for t in summary.targets}
-    parts = [
-        '<div class="mech">',
-        f"<p>{_esc(DEMEANED_WORDS[0].upper() + DEMEANED_WORDS[1:])}. "
+    # the definitions after the section's content, as in the printout, with a pointer here
+    legend = (
+        f'<p id="{LEGEND_ID}"><b>Legend.</b> '
+        f"{_esc(DEMEANED_WORDS[0].upper() + DEMEANED_WORDS[1:])}. "
         "Groups are heads (same block, query position and key) and features (same block "
         "and position, and the same concept label where one fits) read as one; a <em>flow</em> "
         "is a group's exact total linear "
@@ -1536,7 +1553,12 @@ def mechanisms_html(
         f"graph's prediction with the model rerun, {_esc(frozen_words(summary.mode))} and "
         f"{_esc(free_words(summary.mode))}: flagged rows (sign differs, or more "
         f"than {RATIO:g}x off) are where the linear graph is not to be trusted; "
-        f"{_esc(LN_WORDS)}.</p>",
+        f"{_esc(LN_WORDS)}.</p>"
+    )
+    parts = [
+        '<div class="mech">',
+        f"<p>{_esc(DEMEANED_SHORT[0].upper() + DEMEANED_SHORT[1:])}; how to read the flows, "
+        f'checks and marks: <a href="#{LEGEND_ID}">{LEGEND_AT_END} of this section</a>.</p>',
     ]
     if summary.mode == "sparse":
         words = sparse_words(summary)
@@ -1637,5 +1659,5 @@ def mechanisms_html(
             "<table><tr><th>group</th><th>members</th><th>flow</th><th>what it does</th>"
             "<th>ablation: predicted vs measured</th></tr>" + "".join(rows) + "</table>"
         )
-    parts.append("</div>")
+    parts += [legend, "</div>"]
     return "\n".join(parts)

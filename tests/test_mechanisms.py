@@ -2505,6 +2505,21 @@ def test_summary_records(graph, replacement, run, tmp_path):
     own = sum(c.target == first for g in back.groups for c in g.checks)
     assert [line for line in compact if line.startswith("ablate, the other")] == counted
     assert len(compact) == own + len(counted)
+    # the definitions once, in a legend after the content, a pointer where each stood
+    from reports.mechanisms import FLOWS_LEGEND, LEGEND_AT_END, checks_legend_text
+
+    lines = text.splitlines()
+    assert lines[-3:] == ["legend:", f"  ({FLOWS_LEGEND})", f"  ({checks_legend_text(back)})"]
+    assert text.count(FLOWS_LEGEND) == text.count(checks_legend_text(back)) == 1
+    assert lines[0].endswith(f"; how to read them: {LEGEND_AT_END}):")
+    assert f"  (how to read the ablate lines and their marks: {LEGEND_AT_END})" in lines
+    assert checks_legend_text(back).startswith("ablate: the group zeroed; ")
+    unchecked = copy.deepcopy(back)
+    for g in unchecked.groups:
+        g.checks, g.attention_checks = [], []
+    assert checks_legend_text(unchecked) == ""
+    assert format_summary(unchecked).splitlines()[-2:] == ["legend:", f"  ({FLOWS_LEGEND})"]
+    assert "how to read the ablate lines" not in format_summary(unchecked)
     page = html_page(graph, mechanisms=back)
     assert "<h2>Mechanisms</h2>" in page and "always-on" in page
     assert "the heads there bring" in page and "brings " in page
@@ -2625,7 +2640,7 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
     assert f"  {PREDICTING}: {g.key} {g.name}, flow" in format_summary(summary)
     # a difference's heading names the token its way favours (a reviewer read "predicting"
     # for a group pushing toward the negative token, the model's answer)
-    from reports.mechanisms import DEMEANED_WORDS, predicting_heading
+    from reports.mechanisms import DEMEANED_SHORT, DEMEANED_WORDS, predicting_heading
 
     for value, toward in ((2.0, "'a'"), (-2.0, "'b'")):
         diff = dataclasses.replace(t, token="a", negative="b", value=value)
@@ -2633,8 +2648,10 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
         assert predicting_heading(g, diff) == f"{PREDICTING}, toward {toward}"
     set_flow(1.0)
     # what a logit target's numbers are of, said at the head (a reviewer's hooks read the raw
-    # logit, and one check's sign flipped)
-    assert DEMEANED_WORDS in format_summary(summary).splitlines()[0]
+    # logit, and one check's sign flipped), in full in the legend at the end
+    lines = format_summary(summary).splitlines()
+    assert DEMEANED_SHORT in lines[0] and DEMEANED_WORDS not in lines[0]
+    assert DEMEANED_WORDS in lines[lines.index("legend:") + 1]
     set_flow(-1.0)
     assert f"  {NO_MOVER}: {g.key}" in format_summary(summary)
 

@@ -72,6 +72,45 @@ def test_trace_writes_every_file(tmp_path, capsys):
         assert "<svg" in (out / "graph.html").read_text()
 
 
+def test_the_summary_prints_its_content_before_its_legend(tmp_path, capsys):
+    """The mechanism summary leads with its content (the target, the predicting heads, why and
+    where they attend, the top paths, the groups) and says its definitions once, in a legend at
+    its end, with a one-line pointer where each stood: a reviewer found a 330-character header
+    and a 1,300-character ablation legend inside the first 40 lines of this prompt's printout.
+    The report's section does the same."""
+    from reports.mechanisms import FLOWS_LEGEND, LEGEND_AT_END, LEGEND_ID
+
+    out = tmp_path / "legend"
+    code, stdout, _ = trace(capsys, "--prompt", "ticket owl harbor glass | ticket owl harbor",
+                            "--out", str(out), "--format", "")  # fmt: skip
+    assert code == 0
+    lines = stdout.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("mechanisms ("))
+    end = next(i for i, x in enumerate(lines) if x.startswith("wrote "))
+    legend = lines.index("legend:")
+    assert start < legend < end and lines[legend + 1 : end] == [
+        f"  ({FLOWS_LEGEND})",
+        next(x for x in lines[legend:end] if x.startswith("  (ablate: the group zeroed; ")),
+    ]
+    # each definition said once, in the legend; a pointer where it stood
+    assert stdout.count("exact flows: ") == 1 and stdout.count("(ablate: the group zeroed") == 1
+    assert lines[start].endswith(f"how to read them: {LEGEND_AT_END}):")
+    groups = lines.index("groups:")
+    assert lines[groups + 1] == f"  (how to read the ablate lines and their marks: {LEGEND_AT_END})"
+    # the content first: each of these before the legend, and the first group within 40 lines
+    firsts = [next(i for i, x in enumerate(lines) if x.startswith(prefix)) for prefix in (
+        "target ", "  parts: tokens", "  predicting heads", "    why it attends there",
+        "    what makes it attend there", "  top paths", "groups:", "    g0 ")]  # fmt: skip
+    assert firsts == sorted(firsts) and firsts[-1] < 40 and firsts[-1] < legend
+    assert max(len(x) for x in lines[: firsts[-1]]) < 700
+    page = (out / "graph.html").read_text()
+    section = page[page.index("<h2>Mechanisms</h2>") :]
+    pointer = section.index(f'<a href="#{LEGEND_ID}">')
+    assert pointer < section.index("<h3>Target ") < section.index("<table><tr><th>group</th>")
+    assert section.index("<table><tr><th>group</th>") < section.index(f'<p id="{LEGEND_ID}">')
+    assert page.count("Groups are heads (same block") == 1
+
+
 def test_trace_targets_modes_and_formats(tmp_path, capsys):
     out = tmp_path / "t"
     code, stdout, _ = trace(

@@ -1034,12 +1034,14 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
     ``writes_qk``), one text each, with the side, the score it brings, how it was chosen and,
     where measured, the group's attention after it is ablated, and with the side's vectors
     alone as after it (the others clean; what the choice reads): what makes the group attend
-    where it does, tested; then each side without one, said to have none."""
+    where it does, tested; a source whose ablation does not halve it says so in brackets
+    beside its name, before the measurements (``_weak_text``); then each side without one,
+    said to have none."""
     out = []
     sources = sorted(summary.qk_sources(key), key=lambda x: SIDES.index(x[1].side))
     for g, w in sources:
         after = summary.attention_after(g, key)
-        tested = ""
+        tested = verdict = ""
         if after is not None:
             weighed = [f"its {x}" for x in [weights_text(len(after.qk_heads), summary)] if x]
             both = attention_change(after.mean_before, after.mean_free)
@@ -1055,8 +1057,10 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
                 if alone > after.mean_before * HALVES:  # (a reviewer read 0.97 -> 0.90 as
                     # what makes it attend, where every layer-0 feature at the query, no
                     # candidate, took it to 0.0003)
-                    tested += _weak_text(summary, key, w.side, alone)
-        out.append(f"{w.side} side of QK {w.qk_head} {g.key} {g.name} "
+                    verdict = f" [{_weak_text(summary, key, w.side, alone)}]"
+        # the verdict beside the name, before the measurements it rests on (a reviewer read
+        # "weak", or the group that really carries the side, last in 600-700 characters)
+        out.append(f"{w.side} side of QK {w.qk_head} {g.key} {g.name}{verdict} "
                    f"({_role_text(w, g, summary)}){tested}")  # fmt: skip
     if out:  # a side with none is said to have none (a reviewer read the key side's silence)
         named = {w.side for _, w in sources}
@@ -1107,9 +1111,9 @@ def _weak_text(summary: MechanismSummary, key: str, side: str, alone: float) -> 
         if low is not None and low <= a.mean_before * HALVES and low < alone:
             after_key = side == "key" and g.pos is not None and g.pos > a.key
             (later if after_key else found).append((low, g, a))
-    # read on the group's attention (its QK heads' mean), which the line gives after a named
-    # QK head's own (a review found a head halved beside "weak")
-    words = "; weak (the group's attention): no head group tested halves it"
+    # read on the group's attention (its QK heads' mean), which the line's measurements give
+    # after a named QK head's own (a review found a head halved beside "weak")
+    words = "weak (the group's attention): no head group tested halves it"
     if found:
         low, g, a = min(found, key=lambda x: x[0])
         return (f"{words}; of the summary's checked groups, {g.key} {g.name} takes it through "

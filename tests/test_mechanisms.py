@@ -1930,11 +1930,16 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             assert (f"through its {w.side} side alone: {own}attention {alone} (both sides "
                     f"{both}") in text  # fmt: skip
             # a source that does not halve the attention is said to be weak
+            named = f"side of QK {w.qk_head} {g.key} {g.name} "
             line = next(x for x in text.splitlines()
-                        if f"side of QK {w.qk_head} {g.key} {g.name} (" in x)  # fmt: skip
+                        if f"{named}(" in x or f"{named}[weak" in x)  # fmt: skip
             weak = a.mean_side(w.side) > a.mean_before / 2
-            said = "; weak (the group's attention): no head group tested halves it" in line
+            said = f"{named}[weak (the group's attention): no head group tested halves it" in line
             assert said == weak
+            # its verdict beside its name, before the measurements (a reviewer read it last in
+            # 600-700 characters)
+            if weak:
+                assert line.index("[weak") < line.index(f"ablated, through its {w.side} side")
             # beside a weak one, the checked group (of any kind) lowering it most, if it halves
             # (on the key side, of the groups at or before the key: a later one cannot
             # write the key's own vector, and is said to act through a later key)

@@ -103,6 +103,10 @@ def test_the_summary_prints_its_content_before_its_legend(tmp_path, capsys):
         "    what makes it attend there", "  top paths", "groups:", "    g0 ")]  # fmt: skip
     assert firsts == sorted(firsts) and firsts[-1] < 40 and firsts[-1] < legend
     assert max(len(x) for x in lines[: firsts[-1]]) < 700
+    # a QK source's verdict beside its name, before its measurements (this prompt's query side
+    # is weak: its "weak ..." came after 393 of the line's 586 characters)
+    weak = [x for x in lines[firsts[4] : firsts[5]] if "[weak (the group's attention): " in x]
+    assert weak and all(x.index("[weak") < min(80, x.index(", ablated, through")) for x in weak)
     page = (out / "graph.html").read_text()
     section = page[page.index("<h2>Mechanisms</h2>") :]
     pointer = section.index(f'<a href="#{LEGEND_ID}">')

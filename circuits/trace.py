@@ -789,8 +789,9 @@ def summary(full, graph, scores, timings, labels=None, automatic: bool = False) 
         f"graph: {full.n_nodes} nodes, {full.n_edges} edges -> pruned to {graph.n_nodes} nodes "
         f"({_count_kinds(graph)}), {graph.n_edges} edges; {len(graph.qk)} QK attributions",
         f"scores: replacement {scores['replacement']:.3f}, completeness "
-        f"{scores['completeness']:.3f}; closure error max {closure['max_abs']:.2e} "
-        f"(relative to |value| {closure['max_rel_value']:.2e})",
+        f"{scores['completeness']:.3f}; closure error (a target's incoming edges + bias "
+        f"against its value) max {closure['max_abs']:.2e}, relative to the target's |value| "
+        f"max {closure['max_rel_value']:.2e}",
         "seconds: " + json.dumps({k: round(v, 3) for k, v in timings.items()}),
     ]
     # A target has no influence on itself (its own influence is 0 by definition): leave it out.

@@ -205,6 +205,20 @@ def test_trace_notes_the_tokens_the_model_never_trained_on(tmp_path, capsys):
     assert load_summary(tmp_path / "c" / "mechanisms.json").untrained_positions == [pos]
 
 
+def test_the_closure_line_says_what_each_figure_is(tmp_path, capsys):
+    """A reviewer read "closure error max 9.78e-06 (relative to |value| 9.81e-06)" as a target's
+    |value| of 9.81e-06: the line says what the error compares and that both figures are maxima
+    over the targets, the relative one of each target's |value|, as the graph's settings hold
+    them."""
+    code, out, _ = trace(capsys, "--prompt", PROMPT, "--out", str(tmp_path / "c"),
+                         "--no-mechanisms", "--no-qk", "--format", "")  # fmt: skip
+    closure = Graph.load(tmp_path / "c" / "graph.safetensors").settings["closure_error"]
+    assert code == 0
+    assert (f"closure error (a target's incoming edges + bias against its value) max "
+            f"{closure['max_abs']:.2e}, relative to the target's |value| max "
+            f"{closure['max_rel_value']:.2e}\n") in out  # fmt: skip
+
+
 def test_trace_says_when_the_model_is_unsure(tmp_path, capsys):
     """A reviewer's ``after Tuesday comes``: ten targets of p 0.02-0.04, each explained at
     length, nothing saying none was a prediction. Under ``UNSURE`` the top logit's probability

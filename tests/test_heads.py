@@ -286,6 +286,27 @@ def test_silent_heads_are_skipped_and_change_nothing(replacement, batch):
             assert H.task_loss(replacement, [batch], {l: silent}) == clean
 
 
+def test_what_a_run_keeps_for_the_next_changes_no_bit(replacement, batch):
+    """A batch keeps what a run's first layer computed from its clean input (the Lorsa
+    pre-activations, the BOS-masked ones) for the next run: every run gives the logits that
+    a run on a fresh batch (nothing kept) gives, bit for bit, also after runs on other
+    layers and tests, and a run starting lower (another input there) is never served them."""
+    import dataclasses
+
+    runs = [({1: [0, 3]}, "zero"), ({1: [2]}, "zero"), ({1: [2, 5]}, "mask_bos"),
+            ({0: [1]}, "zero"), ({1: [0, 3]}, "zero"), ({1: [5]}, "mask_bos"),
+            ({0: [4], 1: [0, 3]}, "zero"), ({0: [1], 1: [2]}, "mask_bos"),
+            ({}, "zero")]  # fmt: skip
+    method = type(replacement.lorsas[1]).pre_activations
+    for heads, test in runs:
+        kept = H.ablated_logits(replacement, batch, heads, test)
+        fresh = H.ablated_logits(replacement, dataclasses.replace(batch, memo={}), heads, test)
+        assert torch.equal(kept, fresh), (heads, test)
+        assert all("pre_activations" not in vars(lorsa) for lorsa in replacement.lorsas)
+    assert set(batch.memo) == {"mask_bos"}
+    assert type(replacement.lorsas[1]).pre_activations is method
+
+
 def test_random_like_draws_from_the_same_layers():
     heads = {0: [1, 2, 3], 2: [7]}
     pools = [list(range(10)), list(range(10)), [7, 8]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,12 @@ class TaskBatch:
     resid_pre: list[Float[Tensor, "batch pos d_model"]]  # per layer
     active: dict[str, list[Bool[Tensor, " ov"]]]  # task -> per layer: heads active at or before
     # one of its targets
+    # What a run computed from a layer's input, kept for the next run on the same rows: each
+    # run starts from the clean residual stream of the first layer it touches, so what that
+    # layer computes from it is the same every time (``_kept``): what -> (layer, input, result).
+    memo: dict[str, tuple[int, Tensor, Tensor]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def tasks(self) -> list[str]:
@@ -185,6 +191,11 @@ def bos_masked_pre(
     and the rest renormalised: the softmax over keys ``1..q`` alone. Query 0 has no other key
     and keeps its own. Each OV head reads its QK group's pattern; only these heads' ``z~``
     change, not the group's other heads'."""
+    return _bos_masked_all(lorsa, x)[..., heads]
+
+
+def _bos_masked_all(lorsa, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos ov"]:
+    """``bos_masked_pre`` of every head of the layer."""
     q, k = lorsa.qk(x)
     b, n, _ = x.shape
     allowed = causal_mask(n, x.device)
@@ -192,8 +203,7 @@ def bos_masked_pre(
     pattern = attention_pattern(q, k, allowed)  # batch qk q k
     # The grouped product for every head (as cheap as one layer's attention), then the heads.
     v = lorsa.values(x).view(b, n, lorsa.cfg.n_qk_heads, lorsa.cfg.group_size).transpose(1, 2)
-    pre = (pattern @ v).transpose(1, 2).reshape(b, n, lorsa.cfg.n_ov_heads)
-    return pre[..., heads]
+    return (pattern @ v).transpose(1, 2).reshape(b, n, lorsa.cfg.n_ov_heads)
 
 
 def ablation_hooks(
@@ -229,27 +239,59 @@ def ablation_hooks(
         if test == "zero":
             hooks.append((hook_name(l, "lorsa.hook_z"), zero(h)))
             continue
-        hooks += _mask_bos_hooks(l, lorsas[l], list(h))
+        hooks += _mask_bos_hooks(l, lorsas[l], list(h), batch.memo)
     for l, f in (features or {}).items():
         if len(f):
             hooks.append((hook_name(l, "transcoder.hook_acts"), zero(f)))
     return hooks
 
 
-def _mask_bos_hooks(layer: int, lorsa, heads: list[int]) -> list[tuple[str, Callable]]:
+def _mask_bos_hooks(
+    layer: int, lorsa, heads: list[int], memo: dict | None = None
+) -> list[tuple[str, Callable]]:
     """The Lorsa input is kept as it passes (``hook_in``) for ``hook_pre`` to recompute the
-    heads' pre-activations from."""
+    heads' pre-activations from. Every head's masked pre-activations are computed (as one
+    grouped product) and kept in ``memo`` with the input: the next run whose input at this
+    layer is bit for bit the same (a single-head test starts each run from the layer's clean
+    residual stream) takes them from there instead of computing them again."""
     seen: dict[str, Tensor] = {}
 
     def keep(x, hook):
         seen["x"] = x
 
     def masked(pre, hook):
+        every = _kept(memo, "mask_bos", layer, seen["x"], lambda x: _bos_masked_all(lorsa, x))
         pre = pre.clone()
-        pre[..., heads] = bos_masked_pre(lorsa, seen["x"], heads)
+        pre[..., heads] = every[..., heads]
         return pre
 
     return [(hook_name(layer, "lorsa.hook_in"), keep), (hook_name(layer, "lorsa.hook_pre"), masked)]
+
+
+def _kept(
+    memo: dict | None, what: str, layer: int, x: Tensor, compute: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """``compute(x)``, taken from ``memo`` where it holds ``what`` of ``layer`` for an input
+    bit for bit the same as ``x`` (the same result: each run computes it the same way), and
+    kept there otherwise (one layer per ``what``: a batch's runs come layer by layer)."""
+    kept = memo.get(what) if memo is not None else None
+    if kept is not None and kept[0] == layer and _same_bits(kept[1], x):
+        return kept[2]
+    out = compute(x)
+    if memo is not None:
+        memo[what] = (layer, x.clone(), out)  # (a copy: a later hook may edit x in place)
+    return out
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors hold the same values bit for bit (-0.0 is not 0.0; a NaN is
+    itself): what a computation from either gives the same result for."""
+    if a is b:
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype or a.dtype.itemsize not in (2, 4, 8):
+        return False
+    as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.dtype.itemsize]
+    return torch.equal(a.contiguous().view(as_int), b.contiguous().view(as_int))
 
 
 def ablated_logits(

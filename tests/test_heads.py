@@ -1011,3 +1011,49 @@ def test_the_report_counts_heads_by_number_of_labels():
     assert _labels_per_head({"families": families}) == (
         "Labelled heads by number of labels: 1 label: 1, 3 labels: 2 (the 2 with 3: L2 1, L3 1)."
     )
+
+
+HEADS_INTERRUPTED = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+# as from a terminal: a test run started with ``&`` by a shell without job control passes
+# SIGINT on ignored, and Python then installs no handler of its own
+signal.signal(signal.SIGINT, signal.default_int_handler)
+import reports.heads.analysis
+from toy_models.cli import run_cli
+from reports.heads.cli import main
+
+def analyse(*args, **kwargs):  # a SIGINT to the process itself, as a Ctrl-C, mid-analysis
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(1000):  # the handler runs at the next bytecode: never 10 s
+        time.sleep(0.01)
+    raise AssertionError("the SIGINT did not stop the analysis")
+
+reports.heads.analysis.analyse = analyse
+run_cli(main, ["--model", {model!r}, "--replacement", {rep!r}, "--out", {out!r}, "--quiet",
+               "--no-induction-circuit"])
+"""
+
+
+def test_a_ctrl_c_mid_analysis_ends_in_one_line_and_130(
+    tiny_run, tiny_pretrained, make_replacement, tmp_path
+):
+    """A SIGINT during the analysis ends the run as every CLI's (``run_cli``): "interrupted"
+    last, exit code 130, no ``--out`` left behind. (A reviewer's ``kill -INT`` that seemed
+    ignored was sent to a run started with ``&`` from a non-interactive shell, which starts
+    it with SIGINT ignored: Python then never installs its handler, in any CLI.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model, _ = tiny_pretrained
+    make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4).save(tmp_path / "rep", str(tiny_run))
+    out = tmp_path / "heads"
+    script = HEADS_INTERRUPTED.format(root=str(Path(__file__).resolve().parents[1]),
+                                      model=str(tiny_run), rep=str(tmp_path / "rep"),
+                                      out=str(out))  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.rstrip("\n").split("\n")[-1] == "interrupted", repr(done.stderr)
+    assert not out.exists()

@@ -736,6 +736,17 @@ def ref_text(ref: NodeRef | None) -> str:
     return text
 
 
+def side_name(x) -> str:
+    """A QK pair side's name, the position vectors as one group (what a side's positions
+    hold) where the side names no position."""
+    return "position vectors" if x.is_position and x.pos is None else x.name
+
+
+def rerun_words(summary: MechanismSummary) -> str:
+    """What a token check reran: the model (local mode) or the replacement (sparse)."""
+    return "the model rerun" if summary.mode == "local" else "the replacement rerun"
+
+
 def root_text(r: QKReasonRecord, top: int) -> str:
     """A QK reason's root pairs in one line: the exact split of ``specific``, its token part
     split again into what the key holds itself, what heads at the key moved there and what the
@@ -758,12 +769,9 @@ def root_text(r: QKReasonRecord, top: int) -> str:
                      f"{_signed(parts['means'], whole)}")  # fmt: skip
         split.append(text)
 
-    def name(x) -> str:  # the position vectors, one group: what this side's positions hold
-        return "position vectors" if x.is_position and x.pos is None else x.name
-
     def terms(pairs, held: bool = True) -> str:  # held: each side is what the own vectors
         return "; ".join(  # hold, so a key side at another position was moved to the key
-            f"{name(p.query)} x {name(p.key)}"
+            f"{side_name(p.query)} x {side_name(p.key)}"
             + (f" -> @{r.key}" if held and p.key.pos is not None and p.key.pos != r.key else "")
             + f" {_signed(p.value)}"
             for p in pairs[:top]
@@ -788,7 +796,7 @@ def token_checks_text(r: QKReasonRecord, summary: MechanismSummary) -> str:
     +10.9: little change)`` (a term whose token changes nothing named a kind of token, or a
     position, not that token)."""
     terms = named_token_terms(r)
-    rerun = "the model rerun" if summary.mode == "local" else "the replacement rerun"
+    rerun = rerun_words(summary)
 
     def one(c) -> str:
         total = terms.get(c.pos, 0.0)
@@ -859,20 +867,18 @@ def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
     if not found:
         return ""
     _, kind, p = max(found, key=lambda x: x[0])
-
-    def name(x) -> str:
-        return "position vectors" if x.is_position and x.pos is None else x.name
-
     # a token at another position reaches the query through heads there (an operand head's
     # query holds the '=' before it): "moved to the query", as a key's is "moved to the key"
     moved = p.query.pos is not None and p.query.pos != r.query
-    query = f"{name(p.query)} " + (f"moved to the query @{r.query}" if moved else "at the query")
+    query = f"{side_name(p.query)} " + (
+        f"moved to the query @{r.query}" if moved else "at the query"
+    )
     if kind == "moved":
-        key = f"{name(p.key)} moved to the key @{r.key}"
+        key = f"{side_name(p.key)} moved to the key @{r.key}"
     elif kind == "own":
-        key = f"the key's own {name(p.key)}"
+        key = f"the key's own {side_name(p.key)}"
     else:
-        key = f"{name(p.key)} at the key"
+        key = f"{side_name(p.key)} at the key"
     place = "by position, apart from the other keys: " if kind == "position" else ""
     text = (f"{WHY_THERE} (QK {r.qk_head}'s largest score term, of the specific part "
             f"{_signed(r.specific)}): {place}{query} x {key} {_signed(p.value)}")  # fmt: skip
@@ -886,8 +892,7 @@ def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
         if pos in checks
     ]
     if shown:
-        rerun = "the model rerun" if summary.mode == "local" else "the replacement rerun"
-        text += f"; made the mean token, {rerun}: " + ", ".join(shown)
+        text += f"; made the mean token, {rerun_words(summary)}: " + ", ".join(shown)
     return text
 
 

@@ -120,7 +120,12 @@ def _attrs(**attrs: str | float) -> str:
     for name, value in attrs.items():
         if isinstance(value, float):
             value = f"{value:.3f}"
-        parts.append(f"{name}={_q(str(value))}")
+        value = str(value)
+        if name == "tooltip":
+            # Graphviz reads a tooltip's escapes twice: a label's ``\\N`` shows ``\N``, a
+            # tooltip's named the node (a name ``say \N`` read ``say group:g0``)
+            value = value.replace("\\", "\\\\")
+        parts.append(f"{name}={_q(value)}")
     return "[" + ", ".join(parts) + "]"
 
 

@@ -99,9 +99,11 @@ def test_dot_has_every_connected_node_and_every_nonzero_edge(graph):
 def test_dot_escapes_labels_and_tooltips(graph):
     dot = gv.to_dot(graph)
     nodes = drawn_nodes(dot)
-    escaped = gv.dot_escape(labels.node_label(graph, graph.ids.index("1_17_1")))
+    full = labels.node_label(graph, graph.ids.index("1_17_1"))
+    escaped = gv.dot_escape(full)
     assert "\n" not in escaped and NASTY not in dot and repr(NASTY) not in dot
-    assert escaped in attr(nodes["1_17_1"], "tooltip")  # the full label
+    # the full label, its backslashes doubled once more: Graphviz reads a tooltip twice
+    assert gv.dot_escape(full.replace("\\", "\\\\")) in attr(nodes["1_17_1"], "tooltip")
     assert attr(nodes["1_17_1"], "label") == gv.dot_escape('F17\n↑\'say "hi" \\\\N…')
     assert attr(nodes["E_4_1"], "label") == "'Ġ\\\"q\\\"'@1"  # token string with a quote
     assert attr(nodes["E_9_3"], "label") == "'&amp;x'@3"
@@ -256,6 +258,9 @@ def test_dot_parses_and_svg_shows_labels_literally(graph):
         assert f"<title>{name.replace('-', '&#45;')}</title>" in svg, name
     assert ">↑&#39;say &quot;hi&quot; \\\\N…</text>" in svg  # the short label, literally
     assert "line2 Ġ ☃ &lt;|bos|&gt;&#39;&#10;" in svg  # the full label, in the tooltip
+    # ... with its backslashes: Graphviz reads a tooltip's escapes twice (one was lost)
+    tooltip = "&#45;&gt; &#39;say &quot;hi&quot; \\\\N &lt;b&gt; &amp; &amp;lt; co\\nline2"
+    assert f'xlink:title="1_17_1 (transcoder, layer 0, pos 1)&#10;L0 feature 17 @1 {tooltip}' in svg
     assert svg.count('stroke-dasharray="5,2"') >= 4  # the QK edges
 
 

@@ -91,6 +91,7 @@ def write_html(
     dashboards: Mapping[str, Mapping] | None = None,
     q_params: Mapping | None = None,
     mechanisms=None,
+    figure_svg: str | None = None,
 ) -> None:
     """Write the report page of ``graph`` to ``path`` atomically.
 
@@ -102,11 +103,12 @@ def write_html(
     pairs) listed per node in the table. ``dashboards`` (by unit id) and ``q_params``
     (circuit-tracer's pinned ids and supernodes) go to the viewer (``reports.viewer``).
     ``mechanisms`` (a ``circuits.mechanism_file.MechanismSummary``) adds its section
-    (``reports.mechanisms``) and goes to the viewer's panel.
+    (``reports.mechanisms``) and goes to the viewer's panel; ``figure_svg``, its figure
+    (``reports.mechanism_figure``, drawn by ``dot``), opens that section.
     """
     page = html_page(
         graph, svg_text, selection, top_edges=top_edges, title=title, dashboards=dashboards,
-        q_params=q_params, mechanisms=mechanisms,
+        q_params=q_params, mechanisms=mechanisms, figure_svg=figure_svg,
     )  # fmt: skip
     write_text_atomic(Path(path), page)
 
@@ -121,6 +123,7 @@ def html_page(
     dashboards: Mapping[str, Mapping] | None = None,
     q_params: Mapping | None = None,
     mechanisms=None,
+    figure_svg: str | None = None,
 ) -> str:
     """The text of the page ``write_html`` writes."""
     checked_graph(graph)
@@ -131,6 +134,9 @@ def html_page(
     if mechanisms is not None:
         mechanisms = summary_for(mechanisms, graph)
     drawing = _drawing_html(svg_text)  # refuses text that is not an SVG before any work
+    if figure_svg is not None and mechanisms is None:
+        raise ValueError("figure_svg is the mechanism summary's figure: pass the summary too")
+    figure = "" if figure_svg is None else _figure_html(figure_svg)
     drawn = set(selection.nodes)
     labels = node_labels(graph)
     if title is None:
@@ -167,6 +173,7 @@ def html_page(
         *(
             [
                 "<h2>Mechanisms</h2>",
+                figure,
                 mechanisms_html(mechanisms, set(graph.ids), untrained=untrained is None),
             ]
             if mechanisms is not None
@@ -283,6 +290,23 @@ def _summary_html(graph: Graph) -> str:
     return f'<table class="summary">\n{body}\n</table>'
 
 
+def _svg_element(svg_text: str) -> str:
+    """The ``<svg>`` element of ``dot -Tsvg`` output: the XML declaration and DOCTYPE ``dot``
+    writes before it do not belong inside HTML."""
+    start = svg_text.find("<svg")
+    if start < 0:
+        raise ValueError("svg_text holds no <svg> element")
+    return svg_text[start:].strip()
+
+
+def _figure_html(svg_text: str) -> str:
+    return (
+        "<details open><summary>Mechanism figure (the summary's groups; also "
+        "<code>mechanism.svg</code>)</summary>"
+        f'\n<div class="graph">\n{_svg_element(svg_text)}\n</div>\n</details>'
+    )
+
+
 def _drawing_html(svg_text: str | None) -> str:
     if svg_text is None:
         return (
@@ -292,13 +316,9 @@ def _drawing_html(svg_text: str | None) -> str:
             "<code>.dot</code> file next to this page with "
             "<code>dot -Tsvg FILE.dot -o FILE.svg</code>.</p>"
         )
-    start = svg_text.find("<svg")
-    if start < 0:
-        raise ValueError("svg_text holds no <svg> element")
-    # The XML declaration and DOCTYPE dot writes before <svg> do not belong inside HTML.
     return (
         "<details><summary>Graphviz drawing of the default budget (no script needed)</summary>"
-        f'\n<div class="graph">\n{svg_text[start:].strip()}\n</div>\n</details>'
+        f'\n<div class="graph">\n{_svg_element(svg_text)}\n</div>\n</details>'
     )
 
 

@@ -82,6 +82,7 @@ from .graphviz import (
 from .html import write_html
 from .labels import node_labels
 from .layout import select
+from .mechanism_figure import mechanism_dot
 from .viewer import mechanisms_data, start_q_params
 
 # Graphviz 2.43 crashes routing some drawings in a third of its runs of the same file, and
@@ -91,6 +92,7 @@ ROUTE_TRIES = 3
 GRAPH_FILE = "graph.safetensors"
 FULL_GRAPH_FILE = "full_graph.safetensors"
 MECHANISMS_FILE = "mechanisms.json"  # the trace's summary (``circuits.trace`` writes it)
+FIGURE_STEM = "mechanism"  # its figure: mechanism.dot and its renders (reports.mechanism_figure)
 # ``STAGING_DIR`` (``toy_models.files``): inside ``out``, the set being written, moved into
 # place when whole; its ``STAGING_MARK`` marks it as a run's, so a leftover one (a killed
 # run's) is removed and a user's folder of that name refused (``fresh_directory``).
@@ -108,7 +110,8 @@ REPLACED_DIR = ".replaced"
 # trace refuses inputs among them, and more: ``circuits.trace.check_not_an_output``).
 OUTPUT_NAMES = frozenset(
     ("graph.json", GRAPH_FILE, "graph.dot", "graph.html", INDEX_FILE, FULL_GRAPH_FILE,
-     MECHANISMS_FILE, FEATURES_DIR, *(f"graph.{fmt}" for fmt in RENDER_FORMATS))
+     MECHANISMS_FILE, FEATURES_DIR, f"{FIGURE_STEM}.dot",
+     *(f"{stem}.{fmt}" for stem in ("graph", FIGURE_STEM) for fmt in RENDER_FORMATS))
 )  # fmt: skip
 
 
@@ -407,6 +410,24 @@ def _put_back(
             (previous / kind.record).unlink()  # undone whole: the journal's work is done
 
 
+def _write_figure(mechanisms, out: Path, final: Path, formats: list[str],
+                  result: Written) -> str | None:  # fmt: skip
+    """The summary's figure (``reports.mechanism_figure``): ``mechanism.dot`` and its renders
+    in ``formats`` where ``dot`` is installed (the figure's paths added to ``result``); its
+    SVG text for the page, None where there is none. A failing ``dot`` costs the figure alone,
+    never the set (one note)."""
+    dot_text = mechanism_dot(mechanisms)
+    try:
+        rendered = render(dot_text, out / FIGURE_STEM, formats if dot_available() else ())
+    except RenderError as exc:
+        result.notes.append(f"mechanism figure failed, written without it "
+                            f"({final / f'{FIGURE_STEM}.dot'}): {exc}")  # fmt: skip
+        rendered = render(dot_text, out / FIGURE_STEM, ())
+    result.paths += rendered
+    svg = out / f"{FIGURE_STEM}.svg"
+    return svg.read_text(encoding="utf-8") if svg in rendered else None
+
+
 def _write_set(
     graph: Graph,
     out: Path,
@@ -468,9 +489,12 @@ def _write_set(
     svg = out / "graph.svg"
     if svg in rendered:
         svg_text = svg.read_text(encoding="utf-8")
+    figure_svg = None
+    if mechanisms is not None:
+        figure_svg = _write_figure(mechanisms, out, final, formats, result)
     write_html(
         graph, out / "graph.html", svg_text, selection, dashboards=dashboards,
-        q_params=q_params, mechanisms=mechanisms,
+        q_params=q_params, mechanisms=mechanisms, figure_svg=figure_svg,
     )  # fmt: skip
     result.paths.append(out / "graph.html")
     return result

@@ -1,0 +1,232 @@
+"""The mechanism figure: a prompt's mechanism summary drawn as one small Graphviz picture.
+
+``graph.dot`` draws the pruned graph node by node (60 heads and features, hundreds of edges);
+a reader looking for the mechanism has to find it there. This draws what the summary found
+(``circuits.mechanism_file.MechanismSummary``), at group level, as a paper's circuit figure
+would: the groups on the summary's top paths from each target down to the tokens, each
+target's predicting head group and the head groups the summary names as writing its QK score,
+and nothing else (the caption says how many groups of the summary are left out; every one is
+in ``mechanisms.json``, the printout and the page).
+
+- A box is a group: its name (a head group's says the key it reads), its exact flow into each
+  target, and its ablation's measured change, attention frozen and free (``FLAGGED`` and a red
+  border where the check is flagged: the linear graph is not to be trusted there). The
+  predicting head group has a thick border. A target's box gives its value and probability.
+- A solid edge is a hop of a top path: the summed direct edges from one group into the next
+  (``PathRecord.hops``), blue raising, red lowering, its width by its size; a hop on several
+  paths is drawn once.
+- A dashed purple edge is a QK source (``GroupRecord.writes_qk``): the head group ablated
+  changes where the predicting heads attend, through their query (``q``) or key (``k``) side
+  alone, from the attention before to after (``AttentionCheck.mean_side``).
+
+Rows are the model's stages, bottom to top (tokens, then each block's heads and features),
+as in ``graph.dot``; everything is read from the summary's records, never from its text.
+"""
+
+from __future__ import annotations
+
+from itertools import count
+
+from circuits.mechanism_file import GroupRecord, MechanismSummary, TargetRecord
+from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, lorsa_stage, stage_of
+
+from .graphviz import AXIS_STYLE, KIND_STYLE, NEGATIVE_COLOR, POSITIVE_COLOR, QK_COLOR, _attrs, _q
+from .labels import shorten, stage_name
+from .mechanisms import attention_change
+
+LINE_CHARS = 30  # a box's name is wrapped at spaces to lines of about this many characters
+CAPTION_CHARS = 110  # and the caption's lines to this many
+# The SVG's element ids start with this (Graphviz's own are ``graph0``, ``node1``...): the page
+# holds this drawing and ``graph.svg``, whose ids must not meet
+ID_PREFIX = "mechanism_"
+MIN_PENWIDTH, MAX_PENWIDTH = 0.8, 6.0
+FLAGGED_COLOR = "#b2182b"
+TARGET_RANK = "targets"
+
+
+def _wrap(text: str, width: int = LINE_CHARS) -> list[str]:
+    """``text`` cut at spaces into lines of about ``width`` characters (a longer word stays
+    whole on its own line)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def _num(x: float) -> str:
+    return f"{x:+.3g}"
+
+
+def drawn_groups(summary: MechanismSummary) -> list[GroupRecord]:
+    """The groups the figure draws, in the summary's order: those on a top path, each target's
+    predicting head group, and the QK sources of the head groups among them."""
+    keys = {k for p in summary.paths for k in p.groups}
+    keys |= {t.predicting_group for t in summary.targets if t.predicting_group is not None}
+    heads = set(keys)
+    keys |= {g.key for g in summary.groups for w in g.writes_qk if w.group in heads}
+    return [g for g in summary.groups if g.key in keys]
+
+
+def _stage(g: GroupRecord) -> int:
+    """The stage a group's row is drawn in (its kind and block; a group of constants or errors,
+    which a path never holds, is drawn with its block's heads)."""
+    kind = Kind.parse(g.kind)
+    if kind == Kind.EMBEDDING or g.layer is None:
+        return EMBEDDING_STAGE
+    if kind in (Kind.LORSA, Kind.TRANSCODER):
+        return stage_of(kind, g.layer)
+    return lorsa_stage(g.layer)
+
+
+def _stage_name(stage: int) -> str:
+    """A row's name (``reports.labels.stage_name``; no group is at the logits' stage, so any
+    number of blocks past the group's names it)."""
+    return "tokens" if stage == EMBEDDING_STAGE else stage_name(stage, block_of(stage) + 1)
+
+
+def _target_names(summary: MechanismSummary) -> dict[str, str]:
+    return {t.node: t.label for t in summary.targets}
+
+
+def _group_label(g: GroupRecord, summary: MechanismSummary, several: bool) -> str:
+    lines = _wrap(shorten(g.name, 3 * LINE_CHARS))
+    if Kind.parse(g.kind) == Kind.EMBEDDING:
+        return "\n".join(lines)
+    names = _target_names(summary)
+    for node, flow in g.flow.items():
+        into = f" into {shorten(names.get(node, node), 16)}" if several else ""
+        lines.append(f"flow {_num(flow)}{into}")
+    for c in g.checks:
+        into = f" ({shorten(names.get(c.target, c.target), 16)})" if several else ""
+        mark = "  FLAGGED" if c.flagged else ""
+        lines.append(f"ablated{into}: frozen {_num(c.frozen)}, free {_num(c.free)}{mark}")
+    return "\n".join(lines)
+
+
+def _target_label(t: TargetRecord) -> str:
+    what = f"logit {shorten(t.label, 40)}" if t.kind == "logit" else shorten(t.label, 60)
+    lines = _wrap(what)
+    value = f"value {_num(t.value)}"
+    if t.probability is not None:
+        value += f" (p {t.probability:.3g})"
+    lines.append(value)
+    return "\n".join(lines)
+
+
+def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
+    shown = len(drawn)
+    inner = [g for g in summary.groups if Kind.parse(g.kind) != Kind.EMBEDDING]
+    inner_drawn = [g for g in drawn if Kind.parse(g.kind) != Kind.EMBEDDING]
+    left = len(inner) - len(inner_drawn)
+    said = [
+        shorten(summary.prompt.replace("\n", "\\n"), 120),
+        f"the mechanism summary's top paths, predicting heads and QK sources ({shown} groups; "
+        + (f"{left} more in mechanisms.json)" if left else "every group of the summary)"),
+        "box: a group, its exact flow into the target and its ablation's change (attention "
+        "frozen / free); thick border: the predicting heads; red: a flagged check",
+        "edges: the summed direct edges from group to group (in the units of the one entered), "
+        "blue +, red −, wide as the top paths through them; dashed purple: a QK source, the "
+        "predicting heads' attention through its query (q) or key (k) side, before -> after it "
+        "is ablated",
+    ]
+    return "\n".join(line for text in said for line in _wrap(text, CAPTION_CHARS))
+
+
+def mechanism_dot(summary: MechanismSummary) -> str:
+    """The DOT text of the mechanism figure of ``summary`` (module docstring), for Graphviz's
+    ``dot`` engine: one row per stage, bottom to top, the targets on top; every element's SVG
+    id starts with ``ID_PREFIX``."""
+    drawn = drawn_groups(summary)
+    keys = {g.key for g in drawn}
+    predicting = {t.predicting_group for t in summary.targets}
+    several = len(summary.targets) > 1
+    ids = count()
+    lines = [
+        "digraph mechanism {",
+        "  graph "
+        + _attrs(
+            id=f"{ID_PREFIX}graph",
+            rankdir="BT",
+            ranksep="0.45",
+            nodesep="0.25",
+            newrank="true",
+            label=_caption(summary, drawn),
+            labelloc="t",
+            fontname="Helvetica",
+            fontsize="11",
+            pad="0.2",
+        )
+        + ";",  # fmt: skip
+        "  node " + _attrs(fontname="Helvetica", fontsize="10", penwidth="0.8") + ";",
+        "  edge " + _attrs(arrowsize="0.6", fontname="Helvetica", fontsize="9") + ";",
+    ]
+
+    def node(name: str, **attrs) -> str:
+        return f"    {_q(name)} {_attrs(id=f'{ID_PREFIX}{next(ids)}', **attrs)};"
+
+    def edge(a: str, b: str, **attrs) -> str:
+        return f"  {_q(a)} -> {_q(b)} {_attrs(id=f'{ID_PREFIX}{next(ids)}', **attrs)};"
+
+    # one row per stage, its name first; the names are chained by invisible edges, so the rows
+    # stand in the model's order whatever edges the figure has (a QK source is on no path)
+    by_stage: dict[int, list[GroupRecord]] = {}
+    for g in drawn:
+        by_stage.setdefault(_stage(g), []).append(g)
+    rows = []
+    for stage in sorted(by_stage):
+        rows.append(f"stage:{stage}")
+        lines += ["  { rank=same;", node(rows[-1], label=_stage_name(stage), **AXIS_STYLE)]
+        for g in sorted(by_stage[stage], key=lambda g: (g.pos is None, g.pos or 0)):
+            flagged = any(c.flagged for c in g.checks)
+            lines.append(node(
+                f"group:{g.key}", label=_group_label(g, summary, several),
+                tooltip=f"{g.key}: {g.name} ({len(g.members)} members)",
+                **KIND_STYLE.get(g.kind, KIND_STYLE["lorsa"]),
+                **({"color": FLAGGED_COLOR} if flagged else {}),
+                penwidth="3" if g.key in predicting else "1.6" if flagged else "0.8",
+            ))  # fmt: skip
+        lines.append("  }")
+    rows.append("stage:targets")
+    lines += ["  { rank=same;", node(rows[-1], label="targets", **AXIS_STYLE)]
+    for t in summary.targets:
+        lines.append(node(f"target:{t.node}", label=_target_label(t), tooltip=t.node,
+                          **KIND_STYLE["logit"]))  # fmt: skip
+    lines.append("  }")
+    lines += [edge(a, b, style="invis") for a, b in zip(rows, rows[1:], strict=False)]
+
+    # A hop's summed edge is in the units of the group it enters (a feature's pre-activation,
+    # a head's, the logit), so hops are not comparable with each other: its width is the
+    # largest |flow| (target units) of the top paths through it
+    hops: dict[tuple[str, str], tuple[float, float]] = {}
+    for p in summary.paths:
+        chain = [f"group:{k}" for k in p.groups] + [f"target:{p.target}"]
+        for a, b, hop in zip(chain[:-1], chain[1:], p.hops, strict=True):
+            widest = max(abs(p.flow), hops.get((a, b), (hop, 0.0))[1])
+            hops[(a, b)] = (hop, widest)  # the same summed edge on every path through it
+    strongest = max((w for _, w in hops.values()), default=0.0) or 1.0
+    for (a, b), (hop, widest) in hops.items():
+        pen = MIN_PENWIDTH + (MAX_PENWIDTH - MIN_PENWIDTH) * widest / strongest
+        lines.append(edge(a, b, color=POSITIVE_COLOR if hop > 0 else NEGATIVE_COLOR,
+                          penwidth=pen, label=_num(hop),
+                          tooltip=f"summed direct edges {_num(hop)}; the largest top path "
+                                  f"through it carries {widest:.3g} of its target"))  # fmt: skip
+
+    for g in drawn:
+        for w in g.writes_qk:
+            if w.group not in keys:
+                continue
+            label = w.side[0]
+            after = summary.attention_after(g, w.group)
+            alone = after.mean_side(w.side) if after is not None else None
+            if alone is not None:
+                label += " " + attention_change(after.mean_before, alone)
+            lines.append(edge(f"group:{g.key}", f"group:{w.group}", color=QK_COLOR,
+                              fontcolor=QK_COLOR, style="dashed", label=label,
+                              constraint="false",
+                              tooltip=f"writes the {w.side} side of {w.group}'s QK {w.qk_head} "
+                                      f"score ({_num(w.value)})"))  # fmt: skip
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,149 @@
+"""The mechanism figure (``reports.mechanism_figure``): the summary's groups, paths and QK
+sources drawn by Graphviz, read back from ``dot -Tjson`` (what Graphviz itself made of it)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from circuits.attribution import attribute, run_prompt
+from circuits.mechanisms import summarize
+from circuits.prune import prune_graph
+from reports import outputs
+from reports.mechanism_figure import FLAGGED_COLOR, ID_PREFIX, drawn_groups, mechanism_dot
+from reports.outputs import write_graph_outputs
+
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is missing")
+
+
+@pytest.fixture
+def traced(replacement, tokens):
+    """A local trace of the seeded random replacement model and its summary."""
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    graph = attribute(replacement, tokens, max_logits=2, run=run)
+    return graph, summarize(replacement, graph, run, max_groups=6)
+
+
+def drawn(dot_text: str) -> dict:
+    """Graphviz's layout of ``dot_text`` (``dot -Tjson``): nodes by name (attributes and
+    position), edges as (tail name, head name, attributes)."""
+    proc = subprocess.run(["dot", "-Tjson"], input=dot_text, text=True, capture_output=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    laid = json.loads(proc.stdout)
+    objects = laid.get("objects", [])
+    names = [o["name"] for o in objects]
+    edges = [(names[e["tail"]], names[e["head"]], e) for e in laid.get("edges", [])]
+    return {"nodes": {o["name"]: o for o in objects}, "edges": edges}
+
+
+@needs_dot
+def test_the_figure_draws_the_paths_predicting_heads_and_qk_sources(traced):
+    _, summary = traced
+    keys = {k for p in summary.paths for k in p.groups}
+    keys |= {t.predicting_group for t in summary.targets} - {None}
+    keys |= {g.key for g in summary.groups for w in g.writes_qk if w.group in keys}
+    assert [g.key for g in drawn_groups(summary)] == [g.key for g in summary.groups
+                                                      if g.key in keys]  # fmt: skip
+    assert summary.paths and keys < {g.key for g in summary.groups} | {None}
+    fig = drawn(mechanism_dot(summary))
+    nodes = fig["nodes"]
+    boxes = {name for name in nodes if name.startswith(("group:", "target:"))}
+    assert boxes == {f"group:{k}" for k in keys} | {f"target:{t.node}" for t in summary.targets}
+    # each hop of each path is one edge, labelled with its summed edge, drawn once
+    hops = {}
+    for p in summary.paths:
+        chain = [f"group:{k}" for k in p.groups] + [f"target:{p.target}"]
+        hops.update(zip(zip(chain[:-1], chain[1:], strict=True), p.hops, strict=True))
+    solid = {(a, b): e for a, b, e in fig["edges"] if e.get("style") not in ("invis", "dashed")}
+    assert set(solid) == set(hops)
+    for pair, hop in hops.items():
+        assert solid[pair]["label"] == f"{hop:+.3g}"
+        assert solid[pair]["color"] == ("#2166ac" if hop > 0 else "#b2182b")
+    # every QK source of a drawn head group, dashed, from the source to the heads, its side
+    qk = [(a, b, e["label"]) for a, b, e in fig["edges"] if e.get("style") == "dashed"]
+    expected = [(f"group:{g.key}", f"group:{w.group}", w.side[0]) for g in summary.groups
+                for w in g.writes_qk if g.key in keys and w.group in keys]  # fmt: skip
+    assert sorted((a, b, label.split(" ")[0]) for a, b, label in qk) == sorted(expected)
+    # a flagged check's group has a red border; the predicting heads a thick one
+    for g in drawn_groups(summary):
+        box = nodes[f"group:{g.key}"]
+        assert (box.get("color") == FLAGGED_COLOR) == any(c.flagged for c in g.checks)
+        for c in g.checks:
+            assert f"frozen {c.frozen:+.3g}, free {c.free:+.3g}" in box["label"]
+        if g.key in {t.predicting_group for t in summary.targets}:
+            assert box["penwidth"] == "3"
+    # rows in the model's order, bottom to top, the targets above every group
+    height = {name: float(o["pos"].split(",")[1]) for name, o in nodes.items() if "pos" in o}
+    stage = {f"group:{g.key}": (0 if g.kind == "embedding" else
+                                2 * g.layer + (1 if g.kind == "lorsa" else 2))
+             for g in drawn_groups(summary)}  # fmt: skip
+    for a in stage:
+        for b in stage:
+            if stage[a] < stage[b]:
+                assert height[a] < height[b], (a, b)
+        for t in summary.targets:
+            assert height[a] < height[f"target:{t.node}"]
+
+
+@needs_dot
+def test_the_figures_svg_ids_are_its_own_and_hostile_names_stay_text(traced):
+    _, summary = traced
+    hostile = copy.deepcopy(summary)
+    g = drawn_groups(hostile)[0]
+    g.name = 'say "hi" \\N <b>&amp;</b>\u202e\nline2'
+    svg = subprocess.run(["dot", "-Tsvg"], input=mechanism_dot(hostile), text=True,
+                         capture_output=True, timeout=60, check=True).stdout  # fmt: skip
+    ids = re.findall(r' id="([^"]*)"', svg)
+    assert ids and len(ids) == len(set(ids))
+    # (Graphviz's own ids, ``graph0``, ``node1``, would meet graph.svg's on the page; it
+    # names a tooltip's link ``a_`` + its element's id)
+    assert all(re.fullmatch(f"(a_)?{ID_PREFIX}\\w+", i) for i in ids), ids
+    shown = "say &quot;hi&quot; \\N &lt;b&gt;&amp;amp;&lt;/b&gt;&lt;U+202E&gt;"
+    assert f'xlink:title="g0: {shown}&#10;line2 (' in svg  # the tooltip, as written
+    lines = re.findall(r"<text[^>]*>([^<]*)</text>", svg[svg.index('xlink:title="g0: ') :])
+    assert lines[:3] == ["say &quot;hi&quot; \\N", "&lt;b&gt;&amp;amp;&lt;/b&gt;&lt;U+202E&gt;",
+                         "line2"]  # the box's lines, cut at spaces and the newline  # fmt: skip
+    assert "<b>" not in svg
+
+
+@needs_dot
+def test_a_trace_writes_the_figure_beside_the_graph_and_the_page_shows_it(tmp_path, traced):
+    graph, summary = traced
+    pruned = prune_graph(graph)
+    written = write_graph_outputs(pruned, tmp_path, ["svg"], mechanisms=summary)
+    assert {tmp_path / "mechanism.dot", tmp_path / "mechanism.svg"} <= set(written.paths)
+    assert (tmp_path / "mechanism.dot").read_text() == mechanism_dot(summary)
+    page = (tmp_path / "graph.html").read_text()
+    assert page.count(f'id="{ID_PREFIX}graph"') == 1
+    ids = re.findall(r' id="([^"]*)"', page)
+    assert len(ids) == len(set(ids))  # graph.svg's Graphviz ids and the figure's never meet
+    # a run without a summary leaves no figure of the last one behind
+    write_graph_outputs(pruned, tmp_path, ["svg"])
+    assert not list(tmp_path.glob("mechanism.*"))
+    assert ID_PREFIX + "graph" not in (tmp_path / "graph.html").read_text()
+
+
+def test_a_failing_figure_costs_the_figure_alone(tmp_path, traced, monkeypatch):
+    graph, summary = traced
+    monkeypatch.setattr(outputs, "mechanism_dot", lambda s: "digraph { this is not dot")
+    monkeypatch.setattr(outputs, "dot_available", lambda: True)
+    real = outputs.render
+
+    def render(text, stem, formats=()):
+        if str(stem).endswith("mechanism") and formats:
+            raise outputs.RenderError("svg", "syntax error in line 1")
+        return real(text, stem, [f for f in formats if shutil.which("dot")])
+
+    monkeypatch.setattr(outputs, "render", render)
+    written = write_graph_outputs(prune_graph(graph), tmp_path, ["svg"], mechanisms=summary)
+    assert any(n.startswith("mechanism figure failed, written without it") for n in written.notes)
+    assert (tmp_path / "mechanism.dot").exists() and not (tmp_path / "mechanism.svg").exists()
+    for name in ("graph.json", "graph.safetensors", "graph.html", "graph.dot"):
+        assert (tmp_path / name).exists(), name
+    assert ID_PREFIX + "graph" not in (tmp_path / "graph.html").read_text()

@@ -46,9 +46,16 @@ TARGET_RANK = "targets"
 
 def _wrap(text: str, width: int = LINE_CHARS) -> list[str]:
     """``text`` cut at spaces into lines of about ``width`` characters (a longer word stays
-    whole on its own line)."""
-    lines: list[str] = []
+    whole on its own line), never at a space just after a lone quote: a token's leading space
+    (``-> ' Wednesday'@6`` read ``-> '`` over ``Wednesday'@6``)."""
+    words: list[str] = []
     for word in text.split(" "):
+        if words and words[-1] in ("'", '"'):
+            words[-1] += " " + word
+        else:
+            words.append(word)
+    lines: list[str] = []
+    for word in words:
         if lines and len(lines[-1]) + 1 + len(word) <= width:
             lines[-1] += " " + word
         else:

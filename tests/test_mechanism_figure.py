@@ -15,7 +15,7 @@ from circuits.attribution import attribute, run_prompt
 from circuits.mechanisms import summarize
 from circuits.prune import prune_graph
 from reports import outputs
-from reports.mechanism_figure import FLAGGED_COLOR, ID_PREFIX, drawn_groups, mechanism_dot
+from reports.mechanism_figure import FLAGGED_COLOR, ID_PREFIX, _wrap, drawn_groups, mechanism_dot
 from reports.outputs import write_graph_outputs
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is missing")
@@ -147,3 +147,11 @@ def test_a_failing_figure_costs_the_figure_alone(tmp_path, traced, monkeypatch):
     for name in ("graph.json", "graph.safetensors", "graph.html", "graph.dot"):
         assert (tmp_path / name).exists(), name
     assert ID_PREFIX + "graph" not in (tmp_path / "graph.html").read_text()
+
+
+def test_a_box_name_is_cut_at_spaces_never_inside_a_tokens_quotes():
+    assert _wrap("L0 19 heads @7 -> ' Wednesday'@6") == ["L0 19 heads @7 ->", "' Wednesday'@6"]
+    name = "L2 head 617 @34 -> ' m'@16 [next token: name: repeated mention, F1 0.56]"
+    assert _wrap(name) == ["L2 head 617 @34 -> ' m'@16", "[next token: name: repeated",
+                           "mention, F1 0.56]"]  # fmt: skip
+    assert _wrap("x" * 40 + " y") == ["x" * 40, "y"]  # a longer word whole, on its own line

@@ -6,7 +6,8 @@ Writes into ``--out``: ``graph.json`` (circuit-tracer/Neuronpedia schema, pruned
 ``graph.safetensors`` (the pruned ``Graph``; ``--save-full`` adds the unpruned one),
 ``graph.dot`` and, when Graphviz's ``dot`` is installed, ``graph.svg`` (``--format`` picks
 more), ``graph.html`` (``reports.outputs``), ``mechanisms.json``, the mechanism summary it
-also prints (``circuits.mechanisms``), and with dashboards circuit-tracer's feature files and
+also prints (``circuits.mechanisms``), drawn as ``mechanism.dot`` and its renders
+(``reports.mechanism_figure``), and with dashboards circuit-tracer's feature files and
 viewer index (``reports.feature_files``). Every file is written atomically.
 
 The command lines (this one and ``circuits.global_graph``) are the only places in
@@ -57,8 +58,8 @@ GRAPH_MARK = "graph.json"
 TRACE, GLOBAL_GRAPH = "circuits.trace", "circuits.global_graph"
 OUTPUT_NAMES = frozenset(
     (GRAPH_MARK, "graph.safetensors", "graph.dot", "graph.html", "graph-metadata.json",
-     *OUTPUT_FILES, *(d for d in OUTPUT_DIRS if not d.startswith(".")),
-     *(f"graph.{fmt}" for fmt in FORMATS))
+     *OUTPUT_FILES, *(d for d in OUTPUT_DIRS if not d.startswith(".")), "mechanism.dot",
+     *(f"{stem}.{fmt}" for stem in ("graph", "mechanism") for fmt in FORMATS))
 )  # fmt: skip
 
 

@@ -401,6 +401,16 @@ def qk_step(replacement, graph, run, key_mass=None, sides=None, heads=None) -> l
                           reason=True, run=run, sides=sides)  # fmt: skip
 
 
+def cap_room(graph) -> int | None:
+    """How many more heads, features and errors (``circuits.prune.CAPPED_KINDS``) the trace
+    may add to the pruned ``graph`` under its ``--max-nodes`` cap (None: no cap); the steps
+    that bring nodes back after pruning (``sources_step``, ``summary_groups_step``) hold it."""
+    from .prune import CAPPED_KINDS
+
+    cap = graph.settings.get("max_nodes")
+    return None if cap is None else max(0, cap - int(graph.is_kind(*CAPPED_KINDS).sum()))
+
+
 def sources_step(replacement, graph, run, full, scored=None, key_mass=None, sides=None):
     """The trace's step after ``qk_step`` (``benchmarks/attribution.py`` times it apart): each
     QK record's sources through the full graph ``full`` (``qk_sources``), which the drawing's
@@ -414,13 +424,18 @@ def sources_step(replacement, graph, run, full, scored=None, key_mass=None, side
 
     records = graph.qk
     qk_sources(replacement, full, records, run, sides=sides)
-    dropped = {
-        full.id_to_index[x.members[0]]
-        for a in records
-        for side in ("query", "key")
-        for x in [next((x for x in a.sources if x.side == side), None)]
-        if x is not None and x.members[0] not in graph.id_to_index
-    }
+    dropped = list(
+        dict.fromkeys(  # in the records' order: the first ones' first under a cap
+            full.id_to_index[x.members[0]]
+            for a in records
+            for side in ("query", "key")
+            for x in [next((x for x in a.sources if x.side == side), None)]
+            if x is not None and x.members[0] not in graph.id_to_index
+        )
+    )
+    room = cap_room(graph)
+    if room is not None:  # a --max-nodes cap holds here too (a review: 7 kept under a cap of 5)
+        dropped = dropped[:room]
     if not dropped:
         return graph
     return _pruned_keeping(replacement, graph, run, full, scored, key_mass, sorted(dropped),
@@ -461,17 +476,13 @@ def summary_groups_step(replacement, graph, run, full, summary, scored, key_mass
     and sources when ``qk`` (``qk_step``, ``qk_sources``), and the summary's ``in_pruned``
     follow. A ``--max-nodes`` cap holds: a group that would pass it stays out. Returns the
     graph (the same one when nothing was added)."""
-    from .prune import CAPPED_KINDS
-
     named = []
     for t in summary.targets:
         if t.predicting_group is not None:
             named.append(t.predicting_group)
             named += [g.key for g, _ in summary.qk_sources(t.predicting_group)]
     s = graph.settings
-    room = None  # a --max-nodes cap holds: a group that would pass it stays out
-    if s.get("max_nodes") is not None:
-        room = s["max_nodes"] - int(graph.is_kind(*CAPPED_KINDS).sum())
+    room = cap_room(graph)  # a --max-nodes cap holds: a group that would pass it stays out
     dropped = []
     for key in dict.fromkeys(named):
         missing = [full.id_to_index[m] for m in summary.group(key).members

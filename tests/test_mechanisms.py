@@ -2238,6 +2238,32 @@ def test_the_drawn_graph_keeps_the_predicting_groups_and_their_qk_sources(
                                    False).ids) >= wanted  # fmt: skip
 
 
+def test_the_qk_sources_step_holds_a_max_nodes_cap(graph, replacement, run):
+    """``sources_step`` brings back the strongest member of each QK record's largest source
+    group that pruning dropped; under ``--max-nodes`` it adds no more than the cap leaves room
+    for (a review: ``--max-nodes 5`` kept 4 heads and 3 features, the 2 previous-token heads
+    at an induction key added past the cap), as ``summary_groups_step`` does."""
+    from circuits.prune import CAPPED_KINDS, influence_scores
+    from circuits.trace import qk_step, sources_step
+
+    scored = influence_scores(graph)
+
+    def capped(graph):
+        return int(graph.is_kind(*CAPPED_KINDS).sum())
+
+    for cap in (2, 4, 8):
+        pruned = prune_graph(graph, max_nodes=cap, scored=scored)
+        qk_step(replacement, pruned, run)
+        uncapped = copy.deepcopy(pruned)
+        uncapped.settings["max_nodes"] = None
+        if capped(sources_step(replacement, uncapped, run, graph, scored)) > cap:
+            break
+    else:
+        raise AssertionError("no cap that the step would pass: the test has no work")
+    assert capped(pruned) == cap
+    assert capped(sources_step(replacement, pruned, run, graph, scored)) == cap
+
+
 def test_summary_records(graph, replacement, run, tmp_path):
     summary = summarize(replacement, graph, run, max_groups=4)
     logits = graph.is_kind("logit").nonzero().squeeze(1).tolist()

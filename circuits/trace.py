@@ -230,7 +230,12 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise UserError(f"{twice[0]} {twice[1]} is given twice: name each target once")
     if any(a == b for a, b in args.target_diff):
         raise UserError("--target-diff of a token with itself is zero: name two different tokens")
-    from toy_models.tokenizer import BOS, NEVER_PREDICTED  # light: tokenizers only
+    from toy_models.tokenizer import BOS, NEVER_PREDICTED, check_prompt_text  # light
+
+    try:  # the text's own faults now, before the model loads (seconds)
+        check_prompt_text(args.prompt)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
     tokens = [("--target", (t,)) for t in args.target]
     tokens += [("--target-diff", tuple(d)) for d in args.target_diff]

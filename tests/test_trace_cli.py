@@ -740,6 +740,11 @@ def test_a_users_staging_folder_and_a_bad_target_node_are_refused_before_the_wor
                           (("--target", " Thursdayy"), days)):  # fmt: skip
         code, _, err = trace(capsys, "--prompt", PROMPT, *args, "--out", str(tmp_path / "never"))
         assert code == 2 and err.count("\n") == 1 and message in err, err
+    # the prompt's own faults, read off its text (a reviewer's empty --prompt: 15 s of loading)
+    for prompt, message in (("", "error: the prompt is empty"), ("a<|bos|>b", "special token"),
+                            ("bad \ud800", "the prompt is not valid UTF-8")):  # fmt: skip
+        code, _, err = trace(capsys, "--prompt", prompt, "--out", str(tmp_path / "never"))
+        assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path, capsys, monkeypatch):

@@ -190,14 +190,10 @@ def begins_with_one_bos(tokenizer: Tokenizer, ids: list[int]) -> bool:
     return bool(ids) and ids[0] == bos and ids.count(bos) == 1
 
 
-def encode_prompt(
-    tokenizer: Tokenizer, text: str, n_ctx: int, what: str = "the prompt"
-) -> list[int]:
-    """A user's prompt as token ids (BOS first), refusing what the model cannot take: empty
-    text, text that is not valid Unicode or does not survive encoding unchanged, a BOS inside
-    it, or more than ``n_ctx`` tokens (for a prompt, the positions the model was trained on:
-    ``ToyTransformer.trained_positions``); and a tokenizer that does not begin it with exactly
-    one BOS (one not read by ``load_tokenizer``). ``what`` names the text in messages."""
+def check_prompt_text(text: str, what: str = "the prompt") -> None:
+    """What ``encode_prompt`` refuses in the text itself, no tokenizer needed: empty text, a
+    BOS inside it, text that is not valid UTF-8; a CLI calls it before the model loads (a
+    reviewer's empty ``--prompt`` was refused after 15 s of loading)."""
     if not text:
         raise ValueError(f"{what} is empty")
     if BOS in text:
@@ -209,6 +205,17 @@ def encode_prompt(
         text.encode("utf-8")
     except UnicodeEncodeError:  # e.g. bytes that were not UTF-8 on the command line
         raise ValueError(f"{what} is not valid UTF-8 text") from None
+
+
+def encode_prompt(
+    tokenizer: Tokenizer, text: str, n_ctx: int, what: str = "the prompt"
+) -> list[int]:
+    """A user's prompt as token ids (BOS first), refusing what the model cannot take: empty
+    text, text that is not valid Unicode or does not survive encoding unchanged, a BOS inside
+    it, or more than ``n_ctx`` tokens (for a prompt, the positions the model was trained on:
+    ``ToyTransformer.trained_positions``); and a tokenizer that does not begin it with exactly
+    one BOS (one not read by ``load_tokenizer``). ``what`` names the text in messages."""
+    check_prompt_text(text, what)
     try:
         ids = tokenizer.encode(text).ids
     except Exception as exc:  # anything else the tokenizer cannot take

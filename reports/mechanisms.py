@@ -856,8 +856,10 @@ def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
     token, the model rerun: ' harbor'@12 0.98 -> 5e-05 (as they say), ...``. A reviewer
     found the induction match, the query's token against the token a previous-token head
     moved to the key, only in the group's lines far below, inside a line of 900 characters,
-    under a "what makes it attend there" that named a weak group first. Empty where the
-    reason has no such split or no raising term."""
+    under a "what makes it attend there" that named a weak group first. Where the reason's
+    constant or error terms (``root_parts``) raise the score more, the term is called the
+    largest token or position term and that sum follows it. Empty where the reason has no
+    such split or no raising term."""
     if g is None or not g.qk:
         return ""
     r = g.qk[0]
@@ -880,8 +882,21 @@ def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
     else:
         key = f"{side_name(p.key)} at the key"
     place = "by position, apart from the other keys: " if kind == "position" else ""
-    text = (f"{WHY_THERE} (QK {r.qk_head}'s largest score term, of the specific part "
+    # the pairs above hold tokens and position vectors; the errors' and constants' terms are
+    # only summed (``root_parts``): where one of those sums raises the score more than the
+    # term named, that term is not the score's largest (a reviewer's --no-constants trace,
+    # whose position vectors are constants: "largest score term" +0.292 of +2.75, the
+    # constants +2.5)
+    larger = [(part, value) for part in ("constants", "errors")
+              for value in [r.root_parts.get(part, 0.0)] if value > p.value]  # fmt: skip
+    term = "largest token or position term" if larger else "largest score term"
+    text = (f"{WHY_THERE} (QK {r.qk_head}'s {term}, of the specific part "
             f"{_signed(r.specific)}): {place}{query} x {key} {_signed(p.value)}")  # fmt: skip
+    for part, value in larger:
+        folded = (" (the position vectors among them: --no-constants folds them in)"
+                  if part == "constants" and summary.settings.get("constants") is False
+                  else "")  # fmt: skip
+        text += f"; the {part[:-1]} terms bring more, {_signed(value)}{folded}"
     named = [x.pos for x in (p.query, p.key) if x.kind == "embedding" and x.pos is not None]
     checks = {c.pos: c for c in r.token_checks}
     terms = named_token_terms(r)

@@ -4023,6 +4023,35 @@ def test_the_why_line_stands_under_the_predicting_heads_in_every_view(graph, rep
     assert mechanisms_data(summary, graph)["targets"][0]["why"] == why
 
 
+def test_the_why_line_names_no_largest_score_term_where_constants_or_errors_raise_more(
+    graph, replacement, run
+):
+    """The why line's term is the largest of the token and position pairs; the constants' and
+    errors' terms are only summed (``root_parts``). Where such a sum raises the score more,
+    the line does not call its term the largest score term and gives that sum (a reviewer's
+    --no-constants trace of ``The lamp of Quorrindash glowed; travelers praised Quorrin``:
+    "QK 2's largest score term" +0.292 of a specific part +2.75, its constants +2.5, the
+    position vectors folded into them)."""
+    from reports.mechanisms import why_text
+
+    summary = summarize(replacement, graph, run, max_groups=4)
+    g = summary.group(summary.targets[0].predicting_group)
+    why = why_text(g, summary)
+    assert "largest score term" in why and "terms bring more" not in why
+    r = g.qk[0]
+    term = max(p.value for pairs in (r.own_pairs, r.moved_pairs, r.position_pairs)
+               for p in pairs[:1])  # fmt: skip
+    parts = dict(r.root_parts)
+    parts["constants"] = term + 2.0
+    g = dataclasses.replace(g, qk=[dataclasses.replace(r, root_parts=parts), *g.qk[1:]])
+    why = why_text(g, summary)
+    assert "largest score term" not in why and "largest token or position term" in why
+    assert f"; the constant terms bring more, {term + 2.0:+.3g}" in why
+    assert "--no-constants" not in why  # constants on: the biases alone
+    summary.settings["constants"] = False
+    assert "(the position vectors among them: --no-constants folds them in)" in why_text(g, summary)
+
+
 def html_escape(text: str) -> str:
     from reports.html import escape
 

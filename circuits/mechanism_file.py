@@ -407,6 +407,22 @@ class TokenShare:
 
 
 @dataclass
+class MemberConcept:
+    """One concept label that members of a group without a concept of its own carry
+    (``GroupRecord.member_concepts``): ``share`` of the group's |flow| into the first target
+    that the members carrying it bring (each member's own flow, ``circuits.flows``), how many
+    members carry it and their label F1s' range (``circuits.concepts``: how well the label
+    predicts each one's firing on the corpus). A label at chance or naming the kind of document
+    is none (``circuits.dashboards.Dashboards.summary_concepts``)."""
+
+    concept: str
+    share: float
+    members: int
+    f1_low: float
+    f1_high: float
+
+
+@dataclass
 class GroupRecord:
     """A group of the summary: ``key`` (``g0``, ``g1``, ... within this summary), ``name`` (for
     people), the structure its members share, its members (ids; ``in_pruned`` those the pruned
@@ -442,6 +458,15 @@ class GroupRecord:
     # terms at that key bring (``circuits.groups.Group.key_share``); None where not known
     # (hand-made groups of heads reading several keys, files written before it)
     key_share: float | None = None
+    # a group without a concept of its own (``concept`` None): the concepts its members carry,
+    # largest share of its |flow| into the first target first (``MEMBER_CONCEPTS`` of them),
+    # and the share its members with no concept bring (None: not known, files before it)
+    member_concepts: list[MemberConcept] = field(default_factory=list)
+    no_concept_share: float | None = None
+    # a feature group's flow into the first target split by the position of the token
+    # embeddings it comes from (BOS, a constant, left out; largest |flow| first, ``READS`` of
+    # them): what the group's flow reads, as ``carried`` says it of a head group
+    reads: list[TokenShare] = field(default_factory=list)
 
     def attention_of(self, key: str) -> AttentionCheck | None:
         """Its ablation's check of head group ``key``'s attention, if it has one."""
@@ -726,6 +751,11 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     lowered = summary.settings.get("qk_sources_lowered", 0.0)
     _expect(is_finite_number(lowered) and 0 <= lowered <= 1,
             f"settings.qk_sources_lowered: {lowered!r:.40}, not a number in [0, 1]")  # fmt: skip
+    # the F1 from which a member's label counts toward a group's members' concepts (absent
+    # from files before them: 0)
+    member_min_f1 = summary.settings.get("member_min_f1", 0.0)
+    _expect(is_finite_number(member_min_f1) and 0 <= member_min_f1 <= 1,
+            f"settings.member_min_f1: {member_min_f1!r:.40}, not a number in [0, 1]")  # fmt: skip
     grouping = summary.settings.get("grouping", "")  # the rules' text, or "given"
     _expect(isinstance(grouping, str), f"settings.grouping: {grouping!r:.40}, not a string")
     _check_main_inputs(summary)
@@ -902,6 +932,28 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
                                         and is_finite_number(g.key_share) and g.key_share > 0),
                 f"{where}.key_share: not a finite number > 0 of a head group reading one "
                 "key")  # fmt: skip
+        shares = [c.share for c in g.member_concepts]
+        _expect(not g.member_concepts or (
+            g.concept is None and g.no_concept_share is not None
+            and len({c.concept for c in g.member_concepts}) == len(shares)
+            and all(is_finite_number(x) and 0 <= x <= 1 for x in shares)
+            and shares == sorted(shares, reverse=True)
+            and all(c.concept and 1 <= c.members <= len(g.members) for c in g.member_concepts)
+            and all(is_finite_number(c.f1_low) and is_finite_number(c.f1_high)
+                    and member_min_f1 <= c.f1_low <= c.f1_high <= 1
+                    for c in g.member_concepts)),
+            f"{where}.member_concepts: not distinct concepts of a group without one, largest "
+            "share first, each share in [0, 1], 1..its members, F1s low <= high in "
+            "[settings.member_min_f1, 1], "
+            "with no_concept_share")  # fmt: skip
+        _expect(g.no_concept_share is None or (
+            is_finite_number(g.no_concept_share) and 0 <= g.no_concept_share <= 1
+            and sum(shares) + g.no_concept_share <= 1 + CLOSURE),
+            f"{where}.no_concept_share: not a share in [0, 1] that, with member_concepts', "
+            "sums to 1 at most")  # fmt: skip
+        _expect(not g.reads or g.kind == "transcoder",
+                f"{where}.reads: of a group not of features")  # fmt: skip
+        _at_tokens(g.reads, summary.tokens, f"{where}.reads")
         _expect(set(g.carried) <= targets, f"{where}.carried: from a node that is no target")
         _expect(set(g.carried) == set(g.carried_own), f"{where}: carried and carried_own "
                 "name other targets")  # fmt: skip

@@ -33,7 +33,11 @@ pre-activation):
   why (``QKReason`` of each of its QK heads at that key: both sides' always-on parts named,
   the specific query-unit x key-unit pairs with their nodes' fields, and where what the query
   and the key hold comes from through the graph: tokens, heads, features), each feature's
-  concept label and promoted tokens.
+  concept label and promoted tokens. A group without a concept of its own (a place's
+  features whose labels fit below the grouping F1: heterogeneous, ~30 TopK features) gets its
+  members' labels by share of its |flow| (``member_concepts``; ``MEMBER_MIN_F1``) and, for
+  features, what its flow reads by token position (``group_reads``), which the report titles
+  it by where no members' label brings half its flow (``reports.mechanisms.group_title``).
 - **QK sources.** For each predicting head group, per side of its first QK reason, the head
   group whose ablation (the model free) lowers its attention most through that side alone
   (``circuits.interventions.side_attention``), of those raising the side most by their linear
@@ -111,6 +115,7 @@ from .mechanism_file import (
     EffectCheck,
     GroupRecord,
     MechanismSummary,
+    MemberConcept,
     NodeRef,
     PathRecord,
     QKReasonRecord,
@@ -148,6 +153,11 @@ MAX_CANDIDATES = 16
 ATTENTION_LOWERED = 0.01
 ROOT_PAIRS = 5  # root x root terms listed for each QK reason (and as many against moved tokens)
 TERMS_SHOWN = 3  # a reason's root terms of each list whose tokens are tested (``TokenCheck``)
+MEMBER_CONCEPTS = 3  # concepts kept of the members of a group without one (``member_concepts``)
+# a member's label counts toward a group's members' concepts from this F1 on: a sparse unit's
+# label can be far above chance and still predict little of its firing (F1 0.05 named a head)
+MEMBER_MIN_F1 = 0.3
+READS = 3  # token positions kept of what a feature group's flow reads (``group_reads``)
 
 
 def summarize(
@@ -292,6 +302,12 @@ def _summarize(
         targets, tolerance, flows, subjects, token,
     )  # fmt: skip
     records, rw = [], replacement.read_write()
+    first_t = targets[0] if targets else None
+    unlabelled = [g for g in listed if view.groups[g].concept is None
+                  and view.groups[g].kind in ("lorsa", "transcoder")]  # fmt: skip
+    reads = {} if first_t is None else group_reads(
+        full, view, [g for g in unlabelled if view.groups[g].kind == "transcoder"],
+        grad_in_group[first_t], edge_sweep)  # fmt: skip
     for g in listed:
         grp = view.groups[g]
         total = {ids[t]: float(flow_of_group[t][g]) for t in targets}
@@ -307,6 +323,11 @@ def _summarize(
             writes_qk=[QKSourceRole(subject_keys[h], *role) for h, *role in writes_qk.get(g, [])],
             key_share=grp.key_share,
         )  # fmt: skip
+        if g in unlabelled and first_t is not None:
+            record.member_concepts, record.no_concept_share = member_concepts(
+                full, grp.members, grad_in_group[first_t], concepts
+            )
+            record.reads = reads.get(g, [])
         if grp.kind == "lorsa":
             for t in targets:
                 # through the paths that avoid the group's other members: its flow, exactly
@@ -354,6 +375,7 @@ def _summarize(
         model_top_probability=None if full.model_top is None else full.model_top[1],
         settings={"beam": beam, "max_paths": max_paths, "max_groups": max_groups,
                   "tolerance": tolerance, "ratio": RATIO, "constants": full.has_constants,
+                  "member_min_f1": MEMBER_MIN_F1,
                   "grouping": grouping, "qk_sources": CANDIDATES if check else 1,
                   "qk_sources_most": MAX_CANDIDATES if check else 1,
                   "qk_sources_at_position": bool(check), "checks": bool(check),
@@ -363,6 +385,70 @@ def _summarize(
                   # how much a source's ablation must lower the attention through its side
                   **({"qk_sources_lowered": ATTENTION_LOWERED} if check else {})},
     )  # fmt: skip
+
+
+def member_concepts(
+    graph: Graph, members: list[int], h: np.ndarray, concepts: Mapping
+) -> tuple[list[MemberConcept], float | None]:
+    """The concept labels ``members`` (node indices of a group with none of its own) carry,
+    each with the share of the group's |flow| that its members bring (a member's flow: its
+    activation times ``h``, its gradient through the paths that avoid the other members), how
+    many and their F1s, largest share first (``MEMBER_CONCEPTS``); and the share that members
+    with no label in ``concepts`` of F1 ``MEMBER_MIN_F1`` or more bring. Nothing (and None)
+    where the members bring no flow."""
+    m = np.asarray(members, dtype=np.int64)
+    own = np.abs(graph.activation.double().numpy()[m] * h[m])
+    total = float(own.sum())
+    if not total > 0:
+        return [], None
+    kinds, stages, index = graph.kind.tolist(), graph.stage.tolist(), graph.index.tolist()
+    by_label: dict[str, list[tuple[float, float]]] = {}
+    none = 0.0
+    for i, f in zip(members, own.tolist(), strict=True):
+        found = concepts.get(unit_id(Kind(kinds[i]), stages[i], index[i]))
+        if found is None or found[1] < MEMBER_MIN_F1:
+            none += f
+        else:
+            by_label.setdefault(found[0], []).append((f, float(found[1])))
+    made = [MemberConcept(label, sum(f for f, _ in xs) / total, len(xs),
+                          min(x for _, x in xs), max(x for _, x in xs))
+            for label, xs in by_label.items()]  # fmt: skip
+    made.sort(key=lambda c: -c.share)  # (stable: the members' order on ties)
+    return made[:MEMBER_CONCEPTS], none / total
+
+
+def group_reads(
+    graph: Graph, view: GroupedGraph, groups: list[int], h: np.ndarray, edge_sweep: EdgeSweep
+) -> dict[int, list[TokenShare]]:
+    """What each of ``groups`` (one-stage groups of ``view``) reads: its flow into the target
+    of ``h`` (each node's gradient through the paths avoiding its group's other members)
+    split by the position of the token embeddings it comes from, the largest |flow| first
+    (``READS``; BOS, the same in every prompt, is a constant, as in a target's parts). One
+    sweep down from each stage for all its groups."""
+    out: dict[int, list[TokenShare]] = {}
+    by_stage: dict[int, list[int]] = {}
+    for g in groups:
+        if view.groups[g].stage is not None:
+            by_stage.setdefault(view.groups[g].stage, []).append(g)
+    n = graph.n_nodes
+    activation = graph.activation.double().numpy()
+    embedding = np.flatnonzero(graph.kind.numpy() == Kind.EMBEDDING)
+    if graph.starts_with_bos:
+        embedding = embedding[graph.pos.numpy()[embedding] != 0]
+    pos = graph.pos.numpy()[embedding]
+    for stage, gs in by_stage.items():
+        seed, flow = np.zeros((n, len(gs))), np.zeros((n, len(gs)))
+        for j, g in enumerate(gs):
+            m = np.asarray(view.members(g), dtype=np.int64)
+            seed[m, j] = h[m]
+            flow[m, j] = h[m] * activation[m]
+        edge_sweep.sweep(np.zeros((n, len(gs))), seed, flow, stage)
+        for j, g in enumerate(gs):
+            by_pos = np.bincount(pos, flow[embedding, j], minlength=len(graph.token_strings))
+            order = [p for p in np.argsort(-np.abs(by_pos), kind="stable")[:READS].tolist()
+                     if by_pos[p] != 0]  # fmt: skip
+            out[g] = [TokenShare(p, graph.token_strings[p], float(by_pos[p])) for p in order]
+    return out
 
 
 class _Reasons:

@@ -45,6 +45,9 @@ P_SHARE = 0.05
 PAIRS_SHOWN = 3  # a reason's unit pairs and root terms of each list on every summary page
 LITTLE = 0.05  # an attention change below this in a token check is "little change"
 PROMOTED_SHOWN = 3  # a group's promoted tokens on its printed line (the page lists them all)
+# a group without a concept of its own is titled by its members' when the members carrying
+# that one concept bring at least this share of its |flow| (``GroupRecord.member_concepts``)
+MEMBERS_MAJORITY = 0.5
 
 ROUNDING = 1e-9  # a part this small against the whole it is part of is float rounding
 TOKEN_SHARES = 4  # positions named in a target's token part (text and the viewer's panel)
@@ -1348,6 +1351,60 @@ def checks_legend_text(summary: MechanismSummary) -> str:
     )
 
 
+def _percent(share: float) -> str:
+    """A share in whole percent, rounded down (49.6% never reads as half); below 1%, ``<1%``."""
+    if 0 < share < 0.01:
+        return "<1%"
+    return f"{math.floor(share * 100 + 1e-6)}%"
+
+
+def _f1_range(low: float, high: float) -> str:
+    return f"F1 {low:.2f}" + (f"-{high:.2f}" if high - low >= 0.005 else "")
+
+
+def group_title(g: GroupRecord, describe: bool = True) -> str:
+    """A group's name as the summary prints it: with a concept of its own, its name (which
+    gives it); without, its members' concept when the members carrying it bring at least
+    ``MEMBERS_MAJORITY`` of its |flow| (``[members: <concept>, 62% of flow, F1 0.42-0.50]``:
+    the share and the F1s its support rests on); else, for features, what its flow reads and
+    promotes, marked as no concept (``{no concept: reads ' is'@8, promotes ' Thursday'}``;
+    ``describe`` False: not, where the line says it beside the name). A head group's name says
+    the key it reads: its members' concepts are printed under it, not in its name."""
+    if g.concept is not None or g.kind != "transcoder" or g.no_concept_share is None:
+        return g.name  # (None: a group the summary gave no members' concepts, an older file)
+    top = g.member_concepts[0] if g.member_concepts else None
+    if top is not None and top.share >= MEMBERS_MAJORITY:
+        return (f"{g.name} [members: {top.concept}, {_percent(top.share)} of flow, "
+                f"{_f1_range(top.f1_low, top.f1_high)}]")  # fmt: skip
+    if not describe or not (g.reads or g.promotes):
+        return g.name
+    words = []
+    if g.reads:
+        words.append("reads " + ", ".join(f"{x.token!r}@{x.pos}" for x in g.reads[:2]))
+    if g.promotes:
+        words.append("promotes " + ", ".join(map(repr, g.promotes[:2])))
+    return f"{g.name} {{no concept: {', '.join(words)}}}"
+
+
+def member_concepts_text(g: GroupRecord, min_f1: float) -> str:
+    """The concepts a group without one has among its members, by share of its |flow|
+    (``... 45% (14 members, F1 0.42-0.50), ...; no concept 30%``), and what its flow reads
+    (feature groups); empty for a group with a concept or none of these."""
+    parts = []
+    if g.member_concepts:
+        said = ", ".join(f"{c.concept} {_percent(c.share)} ({c.members} member"
+                         f"{'s' if c.members > 1 else ''}, {_f1_range(c.f1_low, c.f1_high)})"
+                         for c in g.member_concepts)  # fmt: skip
+        parts.append(f"members' concepts by share of its |flow|: {said}; none (or F1 below "
+                     f"{min_f1:.2g}) {_percent(g.no_concept_share or 0.0)}")  # fmt: skip
+    elif g.no_concept_share is not None and g.kind == "transcoder":  # (what its title says)
+        parts.append(f"no member has a concept of F1 {min_f1:.2g} or more")
+    if g.reads:
+        parts.append("its flow reads " + ", ".join(f"{x.token!r}@{x.pos} {_signed(x.flow)}"
+                                                   for x in g.reads))  # fmt: skip
+    return "; ".join(parts)
+
+
 def format_summary(
     summary: MechanismSummary, max_pairs: int = PAIRS_SHOWN, every_check: bool = False
 ) -> str:
@@ -1371,7 +1428,7 @@ def format_summary(
         return f"{labels.get(node, node)} " if several else ""
 
     def short(key: str) -> str:
-        return f"{key} {names[key].name}"
+        return f"{key} {group_title(names[key])}"
 
     qk_blocks = qk_sources_blocks(summary)
     for t in summary.targets:
@@ -1419,7 +1476,7 @@ def format_summary(
         for p in [p for p in summary.paths if p.target == t.node]:
             # "=>" between steps: a head group's name holds "->" to the key it reads (a
             # reviewer read `... -> L0 19 heads @7 -> ' Wednesday'@6` as ending at the key)
-            chain = " => ".join(names[k].name for k in p.groups)
+            chain = " => ".join(group_title(names[k]) for k in p.groups)
             lines.append(f"    {_signed(p.flow):>8}  {chain}")
     if any(g.kind not in ("embedding", "error", "bias") for g in summary.groups):
         lines.append("groups:")  # (a layer-0 head target's are tokens alone: no bare heading)
@@ -1439,7 +1496,9 @@ def format_summary(
             if g.promotes else ""  # fmt: skip
         brings = carried_text(g, first) if first is not None else ""
         brings = f"; {per_target(first)}{brings}" if brings else ""
-        lines.append(f"  {g.key:>4} {g.name}: flow {flow}{extra}{brings}")
+        lines.append(f"  {g.key:>4} {group_title(g, False)}: flow {flow}{extra}{brings}")
+        if members := member_concepts_text(g, summary.settings.get("member_min_f1", 0.0)):
+            lines.append(f"       {members}")
         if writes := writes_qk_text(g, summary):
             lines.append(f"       {writes}")
         for r in g.qk:
@@ -1563,7 +1622,7 @@ def mechanisms_html(
     (``checked_summary``)."""
     summary = checked_summary(summary)
     drawn = drawn_ids or set()
-    names = {g.key: g.name for g in summary.groups}
+    names = {g.key: group_title(g) for g in summary.groups}
     target_names = {t.node: t.label for t in summary.targets}
     by_node = {t.node: t for t in summary.targets}
     # the definitions after the section's content, as in the printout, with a pointer here
@@ -1654,6 +1713,8 @@ def mechanisms_html(
         what = []
         if g.concept:
             what.append(f"concept: {_esc(g.concept)}")
+        if members := member_concepts_text(g, summary.settings.get("member_min_f1", 0.0)):
+            what.append(_esc(members))
         if g.promotes:  # what its members' writes raise most together, as printed
             what.append("promotes " + ", ".join(_esc(repr(x)) for x in g.promotes))
         what += [
@@ -1673,7 +1734,8 @@ def mechanisms_html(
             for a in g.attention_checks
         )
         rows.append(
-            f"<tr><td><b>{_esc(g.key)}</b></td><td>{_esc(g.name)}<br><small>{members}</small>"
+            f"<tr><td><b>{_esc(g.key)}</b></td><td>{_esc(group_title(g))}<br>"
+            f"<small>{members}</small>"
             f"</td><td>{flows}</td><td>{'<br>'.join(what)}</td>"
             f"<td>{_checks_html(g, target_names, by_node, summary.tolerance)}"
             f"{attention}</td></tr>"

@@ -8,13 +8,15 @@ target's predicting head group and the head groups the summary names as writing 
 and nothing else (the caption says how many groups of the summary are left out; every one is
 in ``mechanisms.json``, the printout and the page).
 
-- A box is a group: its name (a head group's says the key it reads), its exact flow into each
-  target, and its ablation's measured change, attention frozen and free (``FLAGGED`` and a red
-  border where the check is flagged: the linear graph is not to be trusted there). The
-  predicting head group has a thick border. A target's box gives its value and probability.
+- A box is a group: its title as the printout gives it (``reports.mechanisms.group_title``: a
+  head group's name says the key it reads, a feature group without a concept says what its
+  flow reads and promotes), its exact flow into each target, and its ablation's measured
+  change, attention frozen and free (``FLAGGED`` and a red border where the check is flagged:
+  the linear graph is not to be trusted there). The predicting head group has a thick border.
+  A target's box gives its value and probability.
 - A solid edge is a hop of a top path: the summed direct edges from one group into the next
-  (``PathRecord.hops``), blue raising, red lowering, its width by its size; a hop on several
-  paths is drawn once.
+  (``PathRecord.hops``, in the units of the one entered), blue raising, red lowering, as wide
+  as the largest |flow| of the top paths through it; a hop on several paths is drawn once.
 - A dashed purple edge is a QK source (``GroupRecord.writes_qk``): the head group ablated
   changes where the predicting heads attend, through their query (``q``) or key (``k``) side
   alone, from the attention before to after (``AttentionCheck.mean_side``).
@@ -32,7 +34,7 @@ from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, lorsa_stage, stage_o
 
 from .graphviz import AXIS_STYLE, KIND_STYLE, NEGATIVE_COLOR, POSITIVE_COLOR, QK_COLOR, _attrs, _q
 from .labels import shorten, stage_name
-from .mechanisms import attention_change
+from .mechanisms import attention_change, group_title
 
 LINE_CHARS = 30  # a box's name is wrapped at spaces to lines of about this many characters
 CAPTION_CHARS = 110  # and the caption's lines to this many
@@ -99,7 +101,7 @@ def _target_names(summary: MechanismSummary) -> dict[str, str]:
 
 
 def _group_label(g: GroupRecord, summary: MechanismSummary, several: bool) -> str:
-    lines = _wrap(shorten(g.name, 3 * LINE_CHARS))
+    lines = _wrap(shorten(group_title(g), 4 * LINE_CHARS))  # as the printout titles it
     if Kind.parse(g.kind) == Kind.EMBEDDING:
         return "\n".join(lines)
     names = _target_names(summary)

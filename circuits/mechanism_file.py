@@ -354,10 +354,11 @@ class AttentionCheck:
     checks (``EffectCheck.free``): ``group`` (the head group read, a key of this summary: a
     target's predicting group) from its ``query`` to its ``key`` in block ``layer``, at each
     of its QK heads (``qk_heads``, with ``weights``: each one's share of the group's |flow|
-    into the first target, summing to 1), ``before`` (clean) and ``free`` (after), one per QK
-    head. ``mean_before`` / ``mean_free``: the weighted means, the group's attention as one
-    number (one QK head alone understates it: a reviewer's induction group fell 0.93 -> 0.17
-    at its first QK head and 0.82 -> 0.02 at two others)."""
+    into the target it is weighed by, ``MechanismSummary.weighed_by``, summing to 1),
+    ``before`` (clean) and ``free`` (after), one per QK head. ``mean_before`` /
+    ``mean_free``: the weighted means, the group's attention as one number (one QK head alone
+    understates it: a reviewer's induction group fell 0.93 -> 0.17 at its first QK head and
+    0.82 -> 0.02 at two others)."""
 
     group: str
     layer: int
@@ -633,6 +634,14 @@ class MechanismSummary:
 
     def group(self, key: str) -> GroupRecord:
         return next(g for g in self.groups if g.key == key)
+
+    def weighed_by(self, key: str) -> TargetRecord | None:
+        """The target by whose |flow| head group ``key``'s QK heads are weighed (its
+        ``AttentionCheck.weights``) and its QK reasons chosen: the first target it predicts,
+        else the first target (None: no target). In files before 2026-12-07 always the
+        first."""
+        return next((t for t in self.targets if t.predicting_group == key),
+                    self.targets[0] if self.targets else None)  # fmt: skip
 
     def qk_sources(self, key: str) -> list[tuple[GroupRecord, QKSourceRole]]:
         """The groups that write head group ``key``'s QK score (``GroupRecord.writes_qk``),

@@ -234,8 +234,17 @@ def _summarize(
         parts = target_parts(full, t, flow, h) | _moved(full, t, h)
         per_target.append((t, parts, ranking))
     ids = full.ids
-    reasons = _Reasons(replacement, full, run, view, concepts,
-                       flows[targets[0]] if targets else None)  # fmt: skip
+    # A head group's QK heads are weighed by its |flow| into the target it predicts (the first
+    # it predicts; the first target for any other): a later target's predicting heads were
+    # weighed, and their QK reasons chosen, by their flow into the first target, which they
+    # can work against (a reviewer's group predicting 'v' +3.96 and lowering 'th' -1.54)
+    weighed_by = {}
+    for t, (ranking, _) in zip(targets, segments, strict=True):
+        if ranking:
+            weighed_by.setdefault(ranking[0], t)
+    reasons = _Reasons(replacement, full, run, view, concepts, flows,
+                       {g: weighed_by.get(g, targets[0]) for g in range(view.n_groups)}
+                       if targets else {})  # fmt: skip
     # Each predicting head group's QK reason first, and a head target's own: the head groups
     # that write its query and its key (its QK sources) join the summary with checks, whatever
     # their flow: of those that raise a side most (CANDIDATES a round, up to MAX_CANDIDATES)
@@ -454,15 +463,17 @@ def group_reads(
 class _Reasons:
     """The QK reasons a summary gives, made on demand, their costly parts batched: a head
     group's at its query and key (``of_group``: of its two QK heads with the most |flow| into
-    the first target, made once) and a head target's own (``at``). The first reason of each
+    the target it is weighed by, ``weighed_by``: the first it predicts, else the first target;
+    made once) and a head target's own (``at``). The first reason of each
     call is split by roots later (``split_by_roots``: the sweeps cost most), and every
     reason's sides' sources are found for all made since the last ``resolve_sides`` in one
     sweep."""
 
     def __init__(self, replacement, full: Graph, run: PromptRun, view: GroupedGraph,
-                 concepts: Mapping, first_flow: np.ndarray | None):  # fmt: skip
+                 concepts: Mapping, flows: Mapping[int, np.ndarray],
+                 weighed_by: Mapping[int, int]):  # fmt: skip
         self.replacement, self.full, self.run, self.view = replacement, full, run, view
-        self.concepts, self.first_flow = concepts, first_flow
+        self.concepts, self.flows, self.weighed_by = concepts, flows, weighed_by
         self.units = unit_nodes(full)
         self.sides: dict = {}  # qk_record's per-layer cache
         self.pending: list = []  # (QK reason, its root-pair request): split by roots later
@@ -477,7 +488,8 @@ class _Reasons:
 
     def of_group(self, g: int) -> list[QKReasonRecord]:
         """Head group ``g``'s reasons at its query and key, of its two QK heads with the most
-        |flow| into the first target (none for a feature group, or one reading no key)."""
+        |flow| into the target it is weighed by (none for a feature group, or one reading no
+        key)."""
         grp = self.view.groups[g]
         if g in self.of:
             return self.of[g]
@@ -485,9 +497,10 @@ class _Reasons:
             self.of[g] = []
             return []
         by_head: dict[int, float] = {}
+        flow = self.flows[self.weighed_by[g]] if g in self.weighed_by else None
         for m in grp.members:
             head = self.full.qk_head(m)
-            weight = abs(float(self.first_flow[m])) if self.first_flow is not None else 0.0
+            weight = abs(float(flow[m])) if flow is not None else 0.0
             by_head[head] = by_head.get(head, 0.0) + weight
         ordered = sorted(grp.qk_heads, key=lambda x: -by_head.get(x, 0.0))
         total = sum(by_head.get(x, 0.0) for x in ordered)

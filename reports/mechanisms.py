@@ -1020,17 +1020,19 @@ def writes_qk_text(g: GroupRecord, summary: MechanismSummary) -> str:
 HEADS_NAMED = 3  # QK heads named in an attention check's text
 
 
-def weights_text(n: int, summary: MechanismSummary) -> str:
-    """How a head group's attention is one number: its ``n`` QK heads weighted by their share
-    of its |flow| into the first target, which is named where the summary has several (with
-    ``--target-diff`` a group's attention read 0.53 where the logit's summary read 0.54: a
-    reviewer); empty for one QK head."""
+def weights_text(n: int, summary: MechanismSummary, key: str) -> str:
+    """How head group ``key``'s attention is one number: its ``n`` QK heads weighted by their
+    share of its |flow| into the target it is weighed by (``MechanismSummary.weighed_by``),
+    which is named where the summary has several (with ``--target-diff`` a group's attention
+    read 0.53 where the logit's summary read 0.54: a reviewer); empty for one QK head."""
     if n < 2:
         return ""
-    first = (
-        f" into the first target, {summary.targets[0].label}" if len(summary.targets) > 1 else ""
-    )
-    return f"{n} QK heads by flow{first}"
+    t = summary.weighed_by(key)
+    into = ""
+    if len(summary.targets) > 1 and t is not None:
+        which = "the first target" if t is summary.targets[0] else "the target it predicts"
+        into = f" into {which}, {t.label}"
+    return f"{n} QK heads by flow{into}"
 
 
 def attention_check_text(a: AttentionCheck, summary: MechanismSummary) -> str:
@@ -1041,7 +1043,7 @@ def attention_check_text(a: AttentionCheck, summary: MechanismSummary) -> str:
                       for h, b, f in list(zip(a.qk_heads, a.before, a.free,
                                               strict=True))[:HEADS_NAMED])  # fmt: skip
     more = ", ..." if len(a.qk_heads) > HEADS_NAMED else ""
-    weighed = weights_text(len(a.qk_heads), summary)
+    weighed = weights_text(len(a.qk_heads), summary, a.group)
     weighed += "; " if weighed else ""
     tokens = summary.tokens
     return (f"{a.group}'s attention @{a.query} -> {tokens[a.key]!r}@{a.key} "
@@ -1066,7 +1068,8 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
         after = summary.attention_after(g, key)
         tested = verdict = ""
         if after is not None:
-            weighed = [f"its {x}" for x in [weights_text(len(after.qk_heads), summary)] if x]
+            weighed = [f"its {x}" for x in [weights_text(len(after.qk_heads), summary, after.group)]
+                       if x]  # fmt: skip
             both = attention_change(after.mean_before, after.mean_free)
             alone = after.mean_side(w.side)
             if alone is None:  # a file written before the sides were measured alone

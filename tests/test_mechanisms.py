@@ -3471,23 +3471,79 @@ def test_a_share_and_its_whole_print_apart_where_they_differ():
 
 
 def test_a_groups_attention_says_which_targets_flow_weighs_its_qk_heads(replacement, graph, run):
-    """A head group's attention is its QK heads' weighted by their |flow| into the first
-    target: with several targets the words name it (with ``--target-diff`` a reviewer read a
-    group's attention 0.53 where the logit's summary read 0.54), with one they need not."""
+    """A head group's attention is its QK heads' weighted by their |flow| into the target it
+    predicts (the first target for a group predicting none): with several targets the words
+    name it (with ``--target-diff`` a reviewer read a group's attention 0.53 where the logit's
+    summary read 0.54), with one they need not."""
     from reports.mechanisms import attention_check_text, weights_text
 
     summary = summarize(replacement, graph, run, check=False)
     assert len(summary.targets) > 1
     first = summary.targets[0].label
-    assert weights_text(1, summary) == ""
-    assert weights_text(3, summary) == f"3 QK heads by flow into the first target, {first}"
+    g0 = summary.targets[0].predicting_group
+    assert g0 == "g0" and summary.weighed_by(g0) is summary.targets[0]
+    assert weights_text(1, summary, g0) == ""
+    assert weights_text(3, summary, g0) == f"3 QK heads by flow into the first target, {first}"
     alone = dataclasses.replace(summary, targets=summary.targets[:1])
-    assert weights_text(3, alone) == "3 QK heads by flow"
+    assert weights_text(3, alone, g0) == "3 QK heads by flow"
+    later = dataclasses.replace(
+        summary,
+        targets=[
+            dataclasses.replace(summary.targets[0], predicting_group=None),
+            *summary.targets[1:2],
+            dataclasses.replace(summary.targets[1], predicting_group=g0),
+        ],
+    )
+    assert weights_text(3, later, g0) == (  # the first target it predicts, named
+        f"3 QK heads by flow into the target it predicts, {summary.targets[1].label}"
+    )
     a = AttentionCheck("g0", 1, 5, 2, [0, 1], [0.75, 0.25], [0.5, 0.25], [0.25, 0.125])
     assert attention_check_text(a, summary).endswith(
         f"0.44 -> 0.22 (2 QK heads by flow into the first target, {first}; QK 0 0.50 -> 0.25, "
         "QK 1 0.25 -> 0.12)"
     )
+
+
+def test_a_later_targets_predicting_heads_are_weighed_by_their_flow_into_it(
+    make_replacement, random_model
+):
+    """A reviewer: every head group's QK heads were weighed by their |flow| into the first
+    target, so a later target's predicting group (one predicting 'v' +3.96 and lowering the
+    first target 'th' -1.54) had its attention, and the QK heads whose reasons are given,
+    read by its flow into a target it works against. Now by the first target it predicts."""
+    from circuits.flows import node_flows
+
+    replacement = make_replacement(random_model, n_qk=4, n_ov=16, lorsa_k=6)  # 2+ QK heads
+    torch.manual_seed(3)  # a prompt whose later predicting group's attention is checked
+    tokens = torch.randint(1, 50, (12,))
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    graph = attribute(replacement, tokens, max_logits=3, run=run)
+    summary = summarize(replacement, graph, run, max_groups=6)
+    first = summary.targets[0]
+    later = [(t, t.predicting_group) for t in summary.targets[1:]
+             if t.predicting_group not in (None, first.predicting_group)
+             and len(summary.group(t.predicting_group).qk_heads) > 1]  # fmt: skip
+    assert later
+    t, key = later[0]
+    assert summary.weighed_by(key) is t
+    group_record = summary.group(key)
+
+    def shares(node: str) -> dict[int, float]:
+        flow, _ = node_flows(graph, graph.id_to_index[node])
+        by_head: dict[int, float] = {}
+        for m in group_record.members:
+            i = graph.id_to_index[m]
+            by_head[graph.qk_head(i)] = by_head.get(graph.qk_head(i), 0.0) + abs(flow[i])
+        total = sum(by_head.values())
+        return {h: x / total for h, x in by_head.items()}
+
+    checks = [a for g in summary.groups for a in g.attention_checks if a.group == key]
+    assert checks
+    own, other = shares(t.node), shares(first.node)
+    for a in checks:
+        assert a.weights == pytest.approx([own.get(h, 0.0) for h in a.qk_heads], abs=1e-9)
+        assert a.weights != pytest.approx([other.get(h, 0.0) for h in a.qk_heads], abs=1e-3)
+    assert [r.qk_head for r in group_record.qk] == sorted(own, key=lambda h: -own[h])[:2]
 
 
 def test_a_forged_checks_agreements_ratios_and_flag_are_those_its_changes_give(

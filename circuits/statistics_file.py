@@ -162,8 +162,10 @@ def finished_layout(header: dict) -> dict:
     units, meta, n_qk = check_header_meta(header)
     if meta["rows_done"] != meta["rows"]:
         raise ValueError("meta.rows_done must equal meta.rows in a finished file")
-    check_int(meta.get("top_k"), "meta.top_k", 1)
     n_target, n_source = units.total - units.start(1), units.start(units.logit_stage)
+    # sources kept per target: at most the units below one (10**30 passed into a global
+    # graph's settings, beyond what its file can hold as int64: a fuzz pass)
+    check_int(meta.get("top_k"), "meta.top_k", 1, n_source)
     G, N = sum(n_qk), meta["qk_units"]
     f32, i32 = "F32", "I32"
     return {
@@ -286,9 +288,28 @@ def _check_qk(stats) -> None:
         ordered = torch.sort(chosen, dim=1).values
         if ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any():
             raise ValueError(f"qk.{name}_units lists a unit twice")
-    firings = stats.qk_scalars[:, :, 3]
+    scalars = stats.qk_scalars
+    firings = scalars[:, :, 3]
     if (firings < 0).any() or (firings != firings.round()).any():
         raise ValueError("qk.scalars holds firing counts that are not counts")
+    # a QK head fires where the OV heads it serves do: its firings are their occurrences, and
+    # the third view is the halves summed (a forged 2**100 firings divided its QK terms per
+    # firing to 1e-25 in a global graph drawn with exit 0: a fuzz pass)
+    served = torch.cat([
+        stats.count[:, units.start(lorsa_stage(l)) : units.start(lorsa_stage(l)) + n_ov]
+        .reshape(2, n, n_ov // n).sum(2, dtype=torch.float64)
+        for l, (n, n_ov) in enumerate(zip(stats.n_qk, units.n_ov, strict=True))
+    ], dim=1)  # fmt: skip
+    if ((firings[:2].double() - served).abs() > 1e-5 * served + 0.5).any():
+        raise ValueError("qk.scalars holds firings that are not its OV heads' occurrences")
+    if not torch.equal(scalars[2, :, :4], scalars[0, :, :4] + scalars[1, :, :4]):
+        raise ValueError("qk.scalars' total, bias and firings of both halves are not the "
+                         "halves' sums")  # fmt: skip
+    if (scalars[:, :, 4:] < 0).any() or (
+        scalars[2, :, 4:].double() > (scalars[0, :, 4:] + scalars[1, :, 4:]).double() * 1.0001
+    ).any():
+        raise ValueError("qk.scalars holds absolute sides that are negative or, for both "
+                         "halves, above the halves' sum")  # fmt: skip
 
 
 # ----------------------------------------------------------------- the partial file

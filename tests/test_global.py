@@ -639,11 +639,26 @@ def damaged(stats, change):
         ),
         (("activity", lambda t: t.mul_(1e30)), "one per occurrence"),
         (("edges.value", lambda t: t.mul_(1e30)), "above its edges.into absolute total"),
+        # another's: 2**100 firings of a QK head (its terms per firing drawn as 1e-25), the
+        # both-halves view unlike its halves, a negative absolute side
+        (("qk.scalars", lambda t: t[:, 0, 3].fill_(2.0**100)), "not its OV heads' occurrences"),
+        (("qk.scalars", lambda t: t.__setitem__((2, 0, 0), t[2, 0, 0] + 1)), "halves' sums"),
+        (("qk.scalars", lambda t: t.__setitem__((0, 0, 4), -1.0)), "absolute sides"),
     ],
 )
 def test_statistics_with_bad_values_are_refused(stats, tmp_path, change, message):
     damaged(stats, change).save(tmp_path / "stats.safetensors")
     with pytest.raises(ValueError, match=message):
+        Statistics.load(tmp_path / "stats.safetensors")
+
+
+def test_a_top_k_beyond_the_units_is_refused(stats, tmp_path):
+    """A fuzz pass: a re-signed file's top_k of 10**30 loaded and went into a global graph's
+    settings (beyond int64); a target keeps at most the units below it."""
+    copy = damaged(stats, ("count", lambda t: None))
+    copy.meta = stats.meta | {"top_k": 10**30}
+    copy.save(tmp_path / "stats.safetensors")
+    with pytest.raises(ValueError, match="meta.top_k must be an integer in 1.."):
         Statistics.load(tmp_path / "stats.safetensors")
 
 

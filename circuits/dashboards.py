@@ -554,6 +554,8 @@ def _read(path, replacement, tokenizer) -> Dashboards:
         for key, value in want.items():
             if value is not None and meta["identity"][key] != value:
                 raise ValueError(f"built for another {key} (identity differs); build again")
+        if dash.finished:
+            _check_logit_effects(dash, replacement)
     return dash
 
 
@@ -709,6 +711,30 @@ def _check_key_values(dash: Dashboards) -> None:
         if ((gap > rest + (1e-3 + n_ctx * 2.0**-22) * scale + 1e-6) & (index >= 0)).any():
             raise ValueError(f"{name}.key_value holds keys that do not sum to their example's "
                              "activation with the keys left out")  # fmt: skip
+
+
+def _check_logit_effects(dash: Dashboards, replacement: ReplacementModel) -> None:
+    """A finished file's logit effects are the replacement's own (``direct_logits``, which
+    the pass wrote them from): each kept token has the effect the file gives it, and those are
+    the unit's ``N_LOGITS`` most promoted and most suppressed, each token once (to float32
+    rounding). A re-signed file whose effects were x1e30, or another unit's tokens, was shown
+    in the viewer and graph.json as what a unit writes (a fuzz pass)."""
+    rw, s = replacement.read_write(), dash.state
+    for kind, l, width, start in dash.layout.blocks():
+        effect = rw.direct_logits(kind == Kind.LORSA, l)  # unit vocab
+        n, rows = min(N_LOGITS, effect.shape[1]), slice(start, start + width)
+        best = [effect.topk(n, dim=1, largest=largest).values for largest in (True, False)]
+        tolerance = 1e-4 * max(float(b.abs().max()) for b in best) + 1e-6
+        for j in (0, 1):
+            tokens, values = s["logit_token"][rows, j, :n].long(), s["logit_value"][rows, j, :n]
+            same = tokens.sort(1).values
+            if (
+                (same[:, 1:] == same[:, :-1]).any()
+                or ((effect.gather(1, tokens) - values).abs() > tolerance).any()
+                or ((best[j] - values).abs() > tolerance).any()
+            ):
+                raise ValueError(f"logit effects of the {kind.name.lower()} units of layer {l} "
+                                 "are not this replacement model's; build again")  # fmt: skip
 
 
 def _check_tokens(dash: Dashboards, d_vocab: int) -> None:

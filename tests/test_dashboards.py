@@ -460,6 +460,34 @@ def test_a_forged_file_with_keys_or_sums_the_pass_never_writes_is_refused(
     assert message in refusal
 
 
+def _logits_times(state, layout, n_ctx):
+    state["logit_value"].mul_(1e30)
+
+
+def _logits_of_another_unit(state, layout, n_ctx):
+    state["logit_token"][0], state["logit_value"][0] = (
+        state["logit_token"][1],
+        state["logit_value"][1],
+    )
+
+
+def _logit_token_twice(state, layout, n_ctx):
+    state["logit_token"][0, 0, 1] = state["logit_token"][0, 0, 0]
+
+
+@pytest.mark.parametrize("edit", [_logits_times, _logits_of_another_unit, _logit_token_twice])
+def test_a_forged_file_whose_logit_effects_are_not_the_replacements_is_refused(
+    setup, edit, monkeypatch
+):
+    """Found by a fuzz pass: the shipped default's dashboards re-signed with every logit effect
+    x1e30, or each unit given the next unit's tokens, were shown by the trace's viewer and
+    graph.json with exit 0. A finished file's effects are recomputed from the replacement
+    (``direct_logits``, as the pass writes them)."""
+    forged, refusal = _refusal_of_forged(setup, edit, monkeypatch)
+    assert refusal == (f"dashboards file {forged}: logit effects of the lorsa units of layer 0 "
+                       "are not this replacement model's; build again")  # fmt: skip
+
+
 def _fired_unit(state) -> int:
     return int(((state["fires"] > 1) & (D.hist_bin(state["top.value"][:, 0]) < D.N_BINS - 2))
                .nonzero()[0])  # fmt: skip

@@ -292,16 +292,8 @@ def _check_qk(stats) -> None:
     firings = scalars[:, :, 3]
     if (firings < 0).any() or (firings != firings.round()).any():
         raise ValueError("qk.scalars holds firing counts that are not counts")
-    # a QK head fires where the OV heads it serves do: its firings are their occurrences, and
-    # the third view is the halves summed (a forged 2**100 firings divided its QK terms per
-    # firing to 1e-25 in a global graph drawn with exit 0: a fuzz pass)
-    served = torch.cat([
-        stats.count[:, units.start(lorsa_stage(l)) : units.start(lorsa_stage(l)) + n_ov]
-        .reshape(2, n, n_ov // n).sum(2, dtype=torch.float64)
-        for l, (n, n_ov) in enumerate(zip(stats.n_qk, units.n_ov, strict=True))
-    ], dim=1)  # fmt: skip
-    if ((firings[:2].double() - served).abs() > 1e-5 * served + 0.5).any():
-        raise ValueError("qk.scalars holds firings that are not its OV heads' occurrences")
+    check_firings(stats)
+    # the third view is the halves summed
     if not torch.equal(scalars[2, :, :4], scalars[0, :, :4] + scalars[1, :, :4]):
         raise ValueError("qk.scalars' total, bias and firings of both halves are not the "
                          "halves' sums")  # fmt: skip
@@ -310,6 +302,23 @@ def _check_qk(stats) -> None:
     ).any():
         raise ValueError("qk.scalars holds absolute sides that are negative or, for both "
                          "halves, above the halves' sum")  # fmt: skip
+
+
+def check_firings(stats) -> None:
+    """A QK head fires where the OV heads it serves do: in each half, its firings
+    (``qk_scalars[half, g, 3]``) are their occurrences (``count``), in a finished file or a
+    partial one (``stats``: statistics or the gathering's ``Sums``). A forged 2**100 firings
+    divided a QK head's terms per firing to 1e-25 in a global graph drawn with exit 0 (a fuzz
+    pass)."""
+    units = stats.units
+    served = torch.cat([
+        stats.count[:, units.start(lorsa_stage(l)) : units.start(lorsa_stage(l)) + n_ov]
+        .reshape(2, n, n_ov // n).sum(2, dtype=torch.float64)
+        for l, (n, n_ov) in enumerate(zip(stats.n_qk, units.n_ov, strict=True))
+    ], dim=1)  # fmt: skip
+    firings = stats.qk_scalars[:2, :, 3].double()
+    if ((firings - served).abs() > 1e-5 * served + 0.5).any():
+        raise ValueError("qk.scalars holds firings that are not its OV heads' occurrences")
 
 
 # ----------------------------------------------------------------- the partial file
@@ -384,6 +393,7 @@ def load_partial(path: Path):
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name} holds NaN or infinite values")
         check_counts(sums)
+        check_firings(sums)
     except ValueError as exc:
         raise ValueError(f"{path}: not a readable partial statistics file ({exc})") from None
     return sums

@@ -813,6 +813,9 @@ def test_a_statistics_path_that_cannot_be_written_is_refused_before_gathering(
     [
         (lambda sums: sums.meta.update(rows_done=sums.meta["rows_done"] // 2), "token counts"),
         (lambda sums: sums.activity.view(-1)[0].fill_(-1.0), "activity holds negative"),
+        # a fuzz pass: firings no OV head made (2**100 were drawn as a QK head's in a finished
+        # file), which a resumed gathering would carry into the statistics it writes
+        (lambda sums: sums.qk_scalars[:, 0, 3].add_(2.0**40), "not its OV heads' occurrences"),
     ],
 )
 def test_a_partial_file_that_claims_other_rows_than_it_holds_is_refused(

@@ -187,6 +187,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     from .gathering import statistics_for
     from .global_weights import global_graph, split_half, with_qk_side
     from .prune import prune_graph
+    from .statistics import default_stats_path
     from .units import Units
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
@@ -226,6 +227,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
         **reliability, "overlap": None if math.isnan(overlap) else overlap,
         "start_firings": fired,
     }  # fmt: skip
+    _check_finite(graph, args.stats or default_stats_path(args.model, replacement, tokenizer))
     views = _unit_dashboards(args.model, replacement, tokenizer, graph)
     written = write_graph_outputs(graph, args.out, formats, dashboards=views, feature_files=False,
                                   by=GLOBAL_GRAPH)  # fmt: skip
@@ -257,6 +259,31 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     for path in written.paths:
         print(f"wrote {path}")
     return unrendered_status(args.format, written.unrendered)
+
+
+def _check_finite(graph, stats_path: Path) -> None:
+    """Refuse statistics whose values are finite but overflow in use: the graph drawn from
+    them holds NaN or an infinity (activations, edges, a target's value, the QK records or
+    the settings). A fuzz pass's re-signed statistics (QK pairs or a head's activity near
+    float32's largest) were refused only by the graph writer, naming its staging file
+    (".writing/graph.safetensors: not saved, field activation"), not the statistics."""
+    import json
+
+    import torch
+
+    values = graph.value[~torch.isnan(graph.value)]  # NaN: a node that is no target
+    tensors = [graph.activation, graph.bias, graph.target_weight, values,
+               torch.as_tensor(graph.edges.data)]  # fmt: skip
+    tensors += [t for t in (graph.influence, graph.occurrences) if t is not None]
+    finite = all(bool(torch.isfinite(t).all()) for t in tensors)
+    try:
+        json.dumps([graph.settings, [a.to_dict() for a in graph.qk]], allow_nan=False)
+    except ValueError:
+        finite = False
+    if not finite:
+        raise UserError(f"the statistics {stats_path} overflow in use (the global graph drawn "
+                        "from them holds NaN or an infinity); nothing written: remove them to "
+                        "gather again, or pass another --stats")  # fmt: skip
 
 
 def start_coverage(graph, stats, start: int, upstream: bool) -> dict:

@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -1720,6 +1721,41 @@ def test_a_set_whose_weights_overflow_writes_no_statistics_and_no_graph(
     )
     assert last.endswith("is not finite); nothing written")
     assert not out.exists() and not stats.exists() and not partial_path(stats).exists()
+
+
+def test_statistics_that_overflow_in_use_are_named_and_nothing_written(
+    tiny_run, tiny_pretrained, make_replacement, tmp_path, cli
+):
+    """A fuzz pass: re-signed statistics whose QK pairs are near float32's largest (finite:
+    they load) were refused only by the graph writer, naming its staging file
+    (".writing/graph.safetensors: not saved, not a valid graph"), not the statistics."""
+    from circuits.global_graph import main
+
+    model, _ = tiny_pretrained
+    make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4).save(tmp_path / "rep", str(tiny_run))
+    stats, out = tmp_path / "stats.safetensors", tmp_path / "g"
+    args = ["--model", tiny_run, "--replacement", tmp_path / "rep", "--stats", stats, "--rows", 4,
+            "--start", "lorsa:1:0", "--budget", 12, "--format", "", "--out", out]  # fmt: skip
+    cli(main, *args)  # gathers the statistics (head 0 of block 1 never fires on them)
+    counts = Statistics.load(stats).unit_count
+    units = Units.of(make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4))
+    firing = next(i for i in range(8) if counts[units.unit(Kind.LORSA, 1, i)] > 0)
+    args[args.index("--start") + 1] = f"lorsa:1:{firing}"
+    code, _, err = cli(main, *args)
+    assert code == 0, err
+    loaded = Statistics.load(stats)
+    forged = Statistics(**{f: getattr(loaded, f) for f in loaded.__dataclass_fields__
+                           if f != "_cache"})  # fmt: skip
+    forged.qk_pairs = (loaded.qk_pairs * 1e38).clamp(-3e38, 3e38)
+    forged.save(stats)  # a valid checksum over the forged values
+    shutil.rmtree(out)
+    code, _, err = cli(main, *args)
+    assert code == 2 and err == (
+        f"error: the statistics {stats} overflow in use (the global graph drawn from them holds "
+        "NaN or an infinity); nothing written: remove them to gather again, or pass another "
+        "--stats\n"
+    )
+    assert not out.exists()
 
 
 def test_the_benchmarks_graphs_name_every_qk_pairs_side(replacement, units, stats, monkeypatch):

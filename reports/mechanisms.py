@@ -26,6 +26,7 @@ from circuits.mechanism_file import (
     EffectCheck,
     GroupRecord,
     MechanismSummary,
+    MemberConcept,
     NodeRef,
     QKReasonRecord,
     QKSourceRole,
@@ -1365,6 +1366,19 @@ def _f1_range(low: float, high: float) -> str:
     return f"F1 {low:.2f}" + (f"-{high:.2f}" if high - low >= 0.005 else "")
 
 
+def described(g: GroupRecord) -> bool:
+    """Whether ``group_title`` describes the group beyond its name: a feature group without a
+    concept of its own whose members' concepts the summary gave."""
+    return g.concept is None and g.kind == "transcoder" and g.no_concept_share is not None
+
+
+def majority_concept(g: GroupRecord) -> MemberConcept | None:
+    """The members' concept a group without one is titled by (``group_title``): the largest,
+    where the members carrying it bring at least ``MEMBERS_MAJORITY`` of its |flow|."""
+    top = g.member_concepts[0] if described(g) and g.member_concepts else None
+    return top if top is not None and top.share >= MEMBERS_MAJORITY else None
+
+
 def group_title(g: GroupRecord, describe: bool = True) -> str:
     """A group's name as the summary prints it: with a concept of its own, its name (which
     gives it); without, its members' concept when the members carrying it bring at least
@@ -1373,10 +1387,9 @@ def group_title(g: GroupRecord, describe: bool = True) -> str:
     promotes, marked as no concept (``{no concept: reads ' is'@8, promotes ' Thursday'}``;
     ``describe`` False: not, where the line says it beside the name). A head group's name says
     the key it reads: its members' concepts are printed under it, not in its name."""
-    if g.concept is not None or g.kind != "transcoder" or g.no_concept_share is None:
+    if not described(g):
         return g.name  # (None: a group the summary gave no members' concepts, an older file)
-    top = g.member_concepts[0] if g.member_concepts else None
-    if top is not None and top.share >= MEMBERS_MAJORITY:
+    if (top := majority_concept(g)) is not None:
         return (f"{g.name} [members: {top.concept}, {_percent(top.share)} of flow, "
                 f"{_f1_range(top.f1_low, top.f1_high)}]")  # fmt: skip
     if not describe or not (g.reads or g.promotes):

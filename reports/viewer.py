@@ -230,6 +230,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         carried_text,
         check_texts,
         flagged_text,
+        group_title,
+        member_concepts_text,
         moved_text,
         own_attention_text,
         own_token_text,
@@ -247,6 +249,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
 
     summary = summary_for(summary, graph)
     known = graph.id_to_index
+    min_f1 = summary.settings.get("member_min_f1", 0.0)
     by_node = {t.node: t for t in summary.targets}
     return {
         "targets": [
@@ -287,6 +290,10 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         "groups": [
             {"key": g.key, "name": g.name, "kind": g.kind,
              "supernode": f"{g.key} {g.name}",  # its name as a supernode
+             # as the printout titles it (a feature group without a concept: its members'
+             # concept, or what its flow reads and promotes), and its members' concepts
+             "title": group_title(g),
+             "memberConcepts": member_concepts_text(g, min_f1) or None,
              "members": [m for m in g.members if m in known],
              "flow": {k: _num(v) for k, v in g.flow.items()}, "concept": g.concept,
              "brings": {t.node: carried_text(g, t.node) for t in summary.targets
@@ -307,10 +314,12 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
 
 def _box_lines(g, summary) -> list[str]:
     """A summary group's box as a supernode, from its fields: its key, block, size and place,
-    then what it reads (a head group's key token) or its concept, then for a QK source the
+    then what it reads (a head group's key token) or its concept (a feature group without
+    one: its members' concept with their share of its flow and F1, or the token its flow
+    reads most, ``reports.mechanisms.group_title`` in short), then for a QK source the
     attention its ablation leaves the head whose score it writes (``AttentionCheck``): its
     flagged check is what a QK source is for, not a warning."""
-    from .mechanisms import HALVES, attention_change
+    from .mechanisms import HALVES, _percent, attention_change, described, majority_concept
 
     size = len(g.members)
     what = {"lorsa": "head", "transcoder": "feature"}.get(g.kind, "node")
@@ -323,6 +332,15 @@ def _box_lines(g, summary) -> list[str]:
         lines.append((spread_percent(g.key_share) or "") + f"→{g.attends_token!r}@{g.attends}")
     elif g.concept:
         lines.append(g.concept)
+    elif described(g):  # a short form of its title (the panel and the tooltip give it whole)
+        if (top := majority_concept(g)) is not None:
+            low = f"F1 {top.f1_low:.2f}" if top.f1_high - top.f1_low < 0.005 else \
+                f"F1 ≥{top.f1_low:.2f}"  # fmt: skip
+            lines += [top.concept, f"members {_percent(top.share)}, {low}"]
+        elif g.reads:
+            lines.append(f"reads {g.reads[0].token!r}@{g.reads[0].pos}")
+        elif g.promotes:
+            lines.append(f"↑{g.promotes[0]!r}")
     heads = [t for t in summary.targets if isinstance(summary.qk_subject(t.node), TargetRecord)]
     places = [(t.layer, t.pos) for t in heads]
     for w in g.writes_qk:  # two short lines: the viewer fits each to a box's width

@@ -2806,3 +2806,93 @@ def test_a_weak_qk_sources_box_says_it_is_weak():
 
     assert source(0.62)[2:] == ["writes g0's query (weak)", "g0 attends 0.99→0.62"]
     assert source(0.25)[2:] == ["writes g0's query", "g0 attends 0.99→0.25"]
+
+
+def test_a_feature_group_without_a_concept_is_titled_as_the_printout_titles_it():
+    """The printout titles a feature group without a concept of its own by its members'
+    concept or by what its flow reads and promotes (``reports.mechanisms.group_title``); the
+    page's boxes read ``g3 L0 28 features @7`` alone. A box says it in short, from the
+    record's fields: the members' concept with their share of its flow and F1, else the token
+    its flow reads most, else the token it promotes most; a group with a concept, a head group
+    or a file without members' concepts keeps its box."""
+    from types import SimpleNamespace
+
+    from circuits.mechanism_file import MemberConcept, TokenShare
+    from reports.viewer import _box_lines
+
+    summary = SimpleNamespace(targets=[], qk_subject=lambda key: None)
+
+    def box(**fields):
+        g = SimpleNamespace(
+            key="g3",
+            kind="transcoder",
+            layer=0,
+            pos=7,
+            members=[1, 2],
+            attends=None,
+            attends_token=None,
+            concept=None,
+            writes_qk=[],
+            member_concepts=[],
+            no_concept_share=1.0,
+            promotes=["four"],
+            reads=[TokenShare(6, " Wednesday", 12.5), TokenShare(4, " Tue", 2.4)],
+        )
+        for name, value in fields.items():
+            setattr(g, name, value)
+        return _box_lines(g, summary)
+
+    head = "g3 L0 2 features @7"
+    assert box() == [head, "reads ' Wednesday'@6"]
+    assert box(reads=[]) == [head, "↑'four'"]
+    assert box(reads=[], promotes=[]) == [head]
+    weekdays = MemberConcept("next token: weekdays item", 0.53, 5, 0.31, 0.45)
+    assert box(member_concepts=[weekdays], no_concept_share=0.4) == [
+        head,
+        "next token: weekdays item",
+        "members 53%, F1 ≥0.31",
+    ]
+    one = MemberConcept("x", 0.5, 1, 0.4, 0.4)
+    assert box(member_concepts=[one], no_concept_share=0.5) == [head, "x", "members 50%, F1 0.40"]
+    below = MemberConcept("x", 0.49, 1, 0.4, 0.4)  # under half: what its flow reads
+    assert box(member_concepts=[below], no_concept_share=0.51)[1:] == ["reads ' Wednesday'@6"]
+    assert box(concept="successor: weekdays item") == [head, "successor: weekdays item"]
+    assert box(no_concept_share=None) == [head]  # a file written before members' concepts
+    assert box(kind="lorsa")[1:] == []  # a head group's name says the key it reads
+
+
+def test_the_pages_summary_groups_say_what_the_printout_titles_them(browser, weekday_trace):
+    """On the weekday list the printout reads ``L0 28 features @7 {no concept: reads '
+    Wednesday'@6, ...}`` where the page said ``L0 28 features @7`` alone: its box says what
+    its flow reads, its tooltip, its supernode's panel and the mechanisms panel its title
+    whole and its members' concepts; the supernode keeps its name (the URL's state)."""
+    from reports.mechanisms import described, group_title, member_concepts_text
+
+    _, graph, summary, path = weekday_trace
+    present = set(graph.ids)
+    g = next(g for g in summary.groups if described(g) and g.reads
+             and sum(m in present for m in g.members) >= 2)  # fmt: skip
+    title = group_title(g)
+    assert title.startswith(f"{g.name} {{no concept: reads {g.reads[0].token!r}@")
+    open_page(browser, path)
+    name = f"{g.key} {g.name}"
+    found = browser.evaluate(
+        "[...document.querySelectorAll('#viewer svg g.node[data-group]')].map(b =>"
+        " [b.querySelector('title').textContent, [...b.querySelectorAll('text')]"
+        ".map(t => t.textContent)]).find(([t]) => t.startsWith(" + js(name + " (supernode") + "))"
+    )
+    assert found, name
+    tooltip, lines = found
+    assert lines[:2] == [name, f"reads {g.reads[0].token!r}@{g.reads[0].pos}"], lines
+    assert title in tooltip, tooltip
+    members = member_concepts_text(g, summary.settings.get("member_min_f1", 0.0))
+    text = panel_text(browser)
+    assert f"{g.key} {title} · flow" in text, text
+    assert members and members in text
+    # its supernode's panel: its name (the URL's), then its title and members' concepts
+    k = browser.evaluate(f"viewer.state.groups.findIndex(x => x.name === {js(name)})")
+    assert k >= 0
+    browser.evaluate(f"viewer.state.clicked = {{group: {k}}}; viewer.update()")
+    text = panel_text(browser)
+    assert text.startswith(f"{name}\nsupernode of "), text
+    assert f"\n{g.key} {title}\n{members}\n" in text, text

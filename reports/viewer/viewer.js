@@ -1087,7 +1087,8 @@
         g.append(t);
       });
       const title = svgEl("title");
-      title.textContent = shown(itemLabel(it) + (predicting.has(k) ? " · the predicting heads of the mechanism summary" : "") +
+      const titled = it.known && it.known.title && it.known.title !== it.known.name ? " · " + it.known.title : "";
+      title.textContent = shown(itemLabel(it) + titled + (predicting.has(k) ? " · the predicting heads of the mechanism summary" : "") +
         (it.flagged ? ": its ablation check is flagged (the panel says how)" : ""));
       g.append(title);
       g.addEventListener("click", (ev) => {
@@ -1660,7 +1661,7 @@
     const entries = new Map();
     const groupRef = (k) => {
       const g = groups.get(k);
-      return el("button", { type: "button", class: "group-ref", title: g ? `group ${k}: ${shown(g.name)} (its entry below, or its node)` : `group ${k}`,
+      return el("button", { type: "button", class: "group-ref", title: g ? `group ${k}: ${shown(g.title || g.name)} (its entry below, or its node)` : `group ${k}`,
         onclick: () => {
           const li = entries.get(k);
           if (!li) {
@@ -1713,7 +1714,10 @@
     }
     const inner = m.groups.filter((g) => g.kind === "lorsa" || g.kind === "transcoder");
     out.push(el("ul", { class: "mech-groups" }, ...inner.map((g) => {
-      const li = el("li", {}, el("b", {}, g.key), " " + g.name + " · flow " + Object.entries(g.flow).map(([node, v]) => (several ? named(node) + " " : "") + signed(v)).join(", "));
+      // titled as the printout's paths title it (a feature group without a concept: its
+      // members' concept, or what its flow reads and promotes), its members' concepts under it
+      const li = el("li", {}, el("b", {}, g.key), " " + (g.title || g.name) + " · flow " + Object.entries(g.flow).map(([node, v]) => (several ? named(node) + " " : "") + signed(v)).join(", "));
+      if (g.memberConcepts) li.append(el("div", { class: "muted member-concepts" }, g.memberConcepts));
       for (const [node, text] of Object.entries(g.brings || {})) {
         li.append(el("div", { class: "muted" }, (several ? named(node) + ": " : "") + text));
       }
@@ -2076,6 +2080,10 @@
     // a supernode the reader named gives the summary's box as its own would (its box does not)
     const box = known && !summaryNamed(g, known)
       ? [el("div", { class: "summary-box muted" }, "the mechanism summary's group: " + known.box.join(" · "))] : [];
+    // its title as the printout gives it, where that says more than its name, and its members'
+    // concepts (a box holds a short form of them)
+    if (known && known.title && known.title !== known.name) box.push(el("div", { class: "summary-title" }, `${known.key} ${known.title}`));
+    if (known && known.memberConcepts) box.push(el("div", { class: "muted member-concepts" }, known.memberConcepts));
     ui.panel.replaceChildren(
       el("h3", {}, g.name), el("div", { class: "id" }, `supernode of ${g.members.length} nodes`), ...box,
       el("div", { class: "buttons" }, el("button", { type: "button", class: "ungroup", onclick: () => ungroup(k) }, "Ungroup"), closeButton()),

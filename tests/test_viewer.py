@@ -2896,3 +2896,46 @@ def test_the_pages_summary_groups_say_what_the_printout_titles_them(browser, wee
     text = panel_text(browser)
     assert text.startswith(f"{name}\nsupernode of "), text
     assert f"\n{g.key} {title}\n{members}\n" in text, text
+
+
+def test_a_search_for_a_token_finds_its_units_not_the_constants_at_its_position(
+    browser, weekday_trace
+):
+    """A review: searching the prompt's text found every node at a position the query covers,
+    the position vector and the blocks' bias nodes there among them (kind "bias"): a search
+    for ' Wednesday' lit its position vector and biases beside the heads and features that
+    read it. Constants are found by their own text ("position vector", "L0 attn bias"), not
+    by the token at their position."""
+    from reports.labels import node_label
+
+    _, graph, _, path = weekday_trace
+    open_page(browser, path)
+    kind = {name: graph.kinds[i] for i, name in enumerate(graph.ids)}
+
+    def search(query: str) -> tuple[set[str], int]:
+        browser.evaluate(
+            "(() => { const s = document.querySelector('#viewer input[type=search]');"
+            f" s.value = {js(query)}; s.dispatchEvent(new Event('input')); }})()"
+        )
+        matched = browser.evaluate(
+            "[...document.querySelectorAll('#viewer svg g.node.match')].map(g => g.dataset.id)"
+        )
+        count = browser.evaluate(
+            "document.querySelector('#viewer input[type=search] + span').textContent"
+        )
+        return {m for m in matched if m}, int(count.split(" found")[0])
+
+    shown = set(drawn(browser))
+    pos = graph.token_strings.index(" Wednesday")
+    at = {n for i, n in enumerate(graph.ids) if int(graph.pos[i]) == pos}
+    constants = {n for n in at if kind[n] == "bias"} & shown
+    assert constants, "the page draws a constant at the token's position"
+    matched, _ = search("Wednesday")
+    assert not matched & constants, matched & constants
+    assert {n for n in at & shown if kind[n] in ("embedding", "lorsa", "transcoder")} <= matched
+    # a constant by its own text: every one whose label says it, and nothing else
+    for query in ("position vector", "L0 attn bias"):
+        want = {n for i, n in enumerate(graph.ids) if query in node_label(graph, i)}
+        assert want and all(kind[n] == "bias" for n in want), query
+        matched, count = search(query)
+        assert count == len(want) and matched == want & shown, (query, matched)

@@ -88,8 +88,12 @@
   })();
   // A node is found by its id, label, drawn text, token, promoted tokens and its unit's concept
   // label (from the dashboards: "answer digit" finds every unit labelled with one).
+  // A constant (a position vector, a block's bias: kind "bias") is found by its own text
+  // ("position vector", "L0 attn bias"), never by the prompt's token at its position: a search
+  // for ' Wednesday' found every constant there beside the heads and features that read it.
+  const atToken = (n) => meta.positional && n.kind !== "bias";
   const searchText = nodes.map((n) => {
-    const token = meta.positional ? meta.promptTokens[n.pos] || "" : "";
+    const token = atToken(n) ? meta.promptTokens[n.pos] || "" : "";
     const concept = (data.dashboards[n.unit] || {}).concept;
     return [n.id, n.label, n.lines.join(" "), token, (n.promotes || []).join(" "), concept ? concept.label : ""]
       .join(" \u0001 ").toLowerCase();
@@ -1255,7 +1259,7 @@
     const at = new Set();
     for (const [a, b] of promptSpans(q)) for (let p = a; p <= b; p++) at.add(p);
     const found = [];
-    for (let i = 0; i < N; i++) if (searchText[i].includes(q) || (at.size && at.has(nodes[i].pos))) found.push(i);
+    for (let i = 0; i < N; i++) if (searchText[i].includes(q) || (at.size && atToken(nodes[i]) && at.has(nodes[i].pos))) found.push(i);
     return found.sort(byScore);
   }
   // The query's occurrences in the prompt that span tokens, by their tokens: the results say

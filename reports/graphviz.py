@@ -53,6 +53,11 @@ KIND_STYLE: dict[str, dict[str, str]] = {
 POSITIVE_COLOR = "#2166ac"  # blue: the source pushes the target up
 NEGATIVE_COLOR = "#b2182b"  # red: the source pushes the target down
 QK_COLOR = "#7b3294"  # purple dashed: what made a Lorsa head attend, not what it read
+# In the full drawing the q/k edges are faint, as the page's viewer keeps them (its lines at
+# opacity 0.3, letters at 0.55): drawn at full strength, dozens of dashed purple lines crossed
+# the signed edges that carry the flow (38 of them on 'Monday, Tuesday, Wednesday,').
+QK_FAINT = QK_COLOR + "4d"  # #RRGGBBAA: alpha 0.3
+QK_LETTER = QK_COLOR + "8c"  # alpha 0.55
 AXIS_STYLE = {"shape": "plaintext", "fontcolor": "#777777"}  # stage names, bare tokens
 MIN_PENWIDTH, MAX_PENWIDTH = 0.4, 5.0
 # Routing edges around nodes (splines=true) costs Graphviz about nodes^2 x edges; above this
@@ -140,9 +145,10 @@ def _node_tooltip(graph: Graph, i: int) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def caption(graph: Graph, selection: Selection) -> str:
+def caption(graph: Graph, selection: Selection, faint_qk: bool = True) -> str:
     """The drawing's title: prompt, what is drawn out of what, and how to read it."""
     s = selection
+    faint = "faint " if faint_qk else ""
     shown = f"{len(s.nodes)} of {s.n_nodes} nodes, {len(s.edges)} of {s.n_edges} edges"
     if s.trimmed:
         n = len(s.token_edges)  # drawn under the others (layout.token_edges)
@@ -152,13 +158,14 @@ def caption(graph: Graph, selection: Selection) -> str:
     if graph.positional:
         legend = (
             "H head →the key it reads, F feature + top promoted token, err error; "
-            "edges blue +, red −, dashed purple QK (q query, k key side)"
+            f"edges blue +, red −, {faint}dashed purple QK (q query, k key side)"
         )
         if s.token_edges:
             legend += ", dotted under the threshold"
     else:
         legend = "units: H head over its QK group, F feature + top promoted token, err error; "
-        legend += "edges blue +, red −" + (", dashed purple QK pairs" if selection.qk else "")
+        qk = f", {faint}dashed purple QK pairs" if selection.qk else ""
+        legend += "edges blue +, red −" + qk
     return "\n".join([shorten(graph.prompt, 120), shown, legend])
 
 
@@ -185,6 +192,7 @@ def to_dot(
     max_nodes: int | None = MAX_NODES,
     max_edges: int | str | None = "auto",
     route: bool = True,
+    faint_qk: bool = True,
 ) -> str:
     """The DOT text of a readable drawing of ``graph``: typed nodes with short labels, signed
     edges and dashed QK edges, limited to ``selection`` (default: what ``select`` keeps with
@@ -197,6 +205,9 @@ def to_dot(
     ``neato`` engine, which ``dot -T...`` obeys. ``route``: let Graphviz route the edges
     around the nodes where the drawing is small enough (``ROUTE_BUDGET``); off, they are drawn
     as curves, as a large drawing's are (Graphviz 2.43 crashes routing some small ones).
+    ``faint_qk``: the q/k edges faint (``QK_FAINT``), as the page's viewer draws them beside
+    the signed edges; off, at full strength, for a drawing whose QK pairs are its subject (the
+    head taxonomy's induction circuit).
     """
     if selection is not None:
         check_selection(checked_graph(graph), selection)
@@ -211,7 +222,7 @@ def to_dot(
             layout="neato",
             splines="true" if routed else "curved",
             outputorder="edgesfirst",
-            label=caption(graph, s),
+            label=caption(graph, s, faint_qk),
             labelloc="t",
             fontname="Helvetica",
             fontsize="12",
@@ -257,8 +268,8 @@ def to_dot(
     for e in s.qk:
         src, tgt = graph.ids[e.source], graph.ids[e.target]
         attrs = _attrs(
-            color=QK_COLOR,
-            fontcolor=QK_COLOR,
+            color=QK_FAINT if faint_qk else QK_COLOR,
+            fontcolor=QK_LETTER if faint_qk else QK_COLOR,
             style="dashed",
             constraint="false",  # for dot, should the file be laid out again: not a rank edge
             label=e.side,

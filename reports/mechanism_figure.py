@@ -11,9 +11,12 @@ in ``mechanisms.json``, the printout and the page).
 - A box is a group: its title as the printout gives it (``reports.mechanisms.group_title``: a
   head group's name says the key it reads, a feature group without a concept says what its
   flow reads and promotes), its exact flow into each target, and its ablation's measured
-  change, attention frozen and free (``FLAGGED`` and a red border where the check is flagged:
-  the linear graph is not to be trusted there). The predicting head group has a thick border.
-  A target's box gives its value and probability.
+  change, attention frozen and free (``FLAGGED``, the line in red, where the check is flagged:
+  the linear graph is not to be trusted there; the box is drawn as any other's, as the page's
+  viewer draws it, since red borders drew the eye from the predicting heads). The predicting
+  head group has a thick border, a QK source a purple one (its check is flagged where it acts
+  through attention, which is what it is there for: its line is not red, its dashed edge says
+  what it does). A target's box gives its value and probability.
 - A solid edge is a hop of a top path: the summed direct edges from one group into the next
   (``PathRecord.hops``, in the units of the one entered), blue raising, red lowering, as wide
   as the largest |flow| of the top paths through it; a hop on several paths is drawn once.
@@ -27,12 +30,23 @@ as in ``graph.dot``; everything is read from the summary's records, never from i
 
 from __future__ import annotations
 
+import unicodedata
+from html import escape
 from itertools import count
 
 from circuits.mechanism_file import GroupRecord, MechanismSummary, TargetRecord
 from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, lorsa_stage, stage_of
 
-from .graphviz import AXIS_STYLE, KIND_STYLE, NEGATIVE_COLOR, POSITIVE_COLOR, QK_COLOR, _attrs, _q
+from .graphviz import (
+    AXIS_STYLE,
+    KIND_STYLE,
+    NEGATIVE_COLOR,
+    POSITIVE_COLOR,
+    QK_COLOR,
+    _attrs,
+    _q,
+    show_bidi,
+)
 from .labels import shorten, stage_name
 from .mechanisms import attention_change, group_title
 
@@ -42,7 +56,8 @@ CAPTION_CHARS = 110  # and the caption's lines to this many
 # holds this drawing and ``graph.svg``, whose ids must not meet
 ID_PREFIX = "mechanism_"
 MIN_PENWIDTH, MAX_PENWIDTH = 0.8, 6.0
-FLAGGED_COLOR = "#b2182b"
+FLAGGED_COLOR = "#b2182b"  # a flagged check's line (the page's viewer: its box's red badge)
+QK_SOURCE_COLOR = "#3f007d"  # a QK source's border, as the viewer outlines its box
 TARGET_RANK = "targets"
 
 
@@ -100,19 +115,41 @@ def _target_names(summary: MechanismSummary) -> dict[str, str]:
     return {t.node: t.label for t in summary.targets}
 
 
-def _group_label(g: GroupRecord, summary: MechanismSummary, several: bool) -> str:
-    lines = _wrap(shorten(group_title(g), 4 * LINE_CHARS))  # as the printout titles it
+def _group_lines(
+    g: GroupRecord, summary: MechanismSummary, several: bool
+) -> list[tuple[str, bool]]:
+    """A group's box, line by line, each with whether it is drawn red: a flagged check's,
+    except a QK source's (acting through attention is what it is there for)."""
+    lines = [(x, False) for x in _wrap(shorten(group_title(g), 4 * LINE_CHARS))]
     if Kind.parse(g.kind) == Kind.EMBEDDING:
-        return "\n".join(lines)
+        return lines
     names = _target_names(summary)
     for node, flow in g.flow.items():
         into = f" into {shorten(names.get(node, node), 16)}" if several else ""
-        lines.append(f"flow {_num(flow)}{into}")
+        lines.append((f"flow {_num(flow)}{into}", False))
     for c in g.checks:
         into = f" ({shorten(names.get(c.target, c.target), 16)})" if several else ""
         mark = "  FLAGGED" if c.flagged else ""
-        lines.append(f"ablated{into}: frozen {_num(c.frozen)}, free {_num(c.free)}{mark}")
-    return "\n".join(lines)
+        lines.append((f"ablated{into}: frozen {_num(c.frozen)}, free {_num(c.free)}{mark}",
+                      c.flagged and not g.writes_qk))  # fmt: skip
+    return lines
+
+
+def _html_text(text: str) -> str:
+    """``text`` inside a Graphviz HTML-like label, shown literally: its newlines as line
+    breaks, a backslash as itself, other control characters dropped (as ``dot_escape`` drops
+    them), bidirectional controls as their code points."""
+    kept = "".join(ch for ch in show_bidi(text) if ch == "\n" or unicodedata.category(ch)
+                   not in ("Cc", "Cs"))  # fmt: skip
+    # (a backslash doubled: Graphviz reads ``\N`` in an HTML-like label as the node's name,
+    # even written as an entity)
+    return "<BR/>".join(escape(part).replace("\\", "\\\\") for part in kept.split("\n"))
+
+
+def _html_label(lines: list[tuple[str, bool]]) -> str:
+    """A box's lines as an HTML-like label (only a box with a red line needs one)."""
+    return "<BR/>".join(f'<FONT COLOR="{FLAGGED_COLOR}">{_html_text(x)}</FONT>' if red
+                        else _html_text(x) for x, red in lines)  # fmt: skip
 
 
 def _target_label(t: TargetRecord) -> str:
@@ -135,7 +172,9 @@ def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
         f"the mechanism summary's top paths, predicting heads and QK sources ({shown} groups; "
         + (f"{left} more in mechanisms.json)" if left else "every group of the summary)"),
         "box: a group, its exact flow into the target and its ablation's change (attention "
-        "frozen / free); thick border: the predicting heads; red: a flagged check",
+        "frozen / free), a flagged check's line red (FLAGGED: the linear graph not to be "
+        "trusted there); thick border: the predicting heads; purple border: a QK source (its "
+        "check flagged where it acts through attention, as it is there to)",
         "edges: the summed direct edges from group to group (in the units of the one entered), "
         "blue +, red −, wide as the top paths through them; dashed purple: a QK source, the "
         "predicting heads' attention through its query (q) or key (k) side, before -> after it "
@@ -173,8 +212,11 @@ def mechanism_dot(summary: MechanismSummary) -> str:
         "  edge " + _attrs(arrowsize="0.6", fontname="Helvetica", fontsize="9") + ";",
     ]
 
-    def node(name: str, **attrs) -> str:
-        return f"    {_q(name)} {_attrs(id=f'{ID_PREFIX}{next(ids)}', **attrs)};"
+    def node(name: str, html: str | None = None, **attrs) -> str:
+        text = _attrs(id=f"{ID_PREFIX}{next(ids)}", **attrs)
+        if html is not None:  # an HTML-like label goes unquoted, in <>
+            text = f"{text[:-1]}, label=<{html}>]"
+        return f"    {_q(name)} {text};"
 
     def edge(a: str, b: str, **attrs) -> str:
         return f"  {_q(a)} -> {_q(b)} {_attrs(id=f'{ID_PREFIX}{next(ids)}', **attrs)};"
@@ -189,13 +231,16 @@ def mechanism_dot(summary: MechanismSummary) -> str:
         rows.append(f"stage:{stage}")
         lines += ["  { rank=same;", node(rows[-1], label=_stage_name(stage), **AXIS_STYLE)]
         for g in sorted(by_stage[stage], key=lambda g: (g.pos is None, g.pos or 0)):
-            flagged = any(c.flagged for c in g.checks)
+            box = _group_lines(g, summary, several)
+            label = ({"html": _html_label(box)} if any(red for _, red in box)
+                     else {"label": "\n".join(x for x, _ in box)})  # fmt: skip
+            source = bool(g.writes_qk)
             lines.append(node(
-                f"group:{g.key}", label=_group_label(g, summary, several),
+                f"group:{g.key}", **label,
                 tooltip=f"{g.key}: {g.name} ({len(g.members)} members)",
                 **KIND_STYLE.get(g.kind, KIND_STYLE["lorsa"]),
-                **({"color": FLAGGED_COLOR} if flagged else {}),
-                penwidth="3" if g.key in predicting else "1.6" if flagged else "0.8",
+                **({"color": QK_SOURCE_COLOR} if source else {}),
+                penwidth="3" if g.key in predicting else "1.6" if source else "0.8",
             ))  # fmt: skip
         lines.append("  }")
     rows.append("stage:targets")

@@ -15,7 +15,15 @@ from circuits.attribution import attribute, run_prompt
 from circuits.mechanisms import summarize
 from circuits.prune import prune_graph
 from reports import outputs
-from reports.mechanism_figure import FLAGGED_COLOR, ID_PREFIX, _wrap, drawn_groups, mechanism_dot
+from reports.mechanism_figure import (
+    FLAGGED_COLOR,
+    ID_PREFIX,
+    QK_SOURCE_COLOR,
+    _caption,
+    _wrap,
+    drawn_groups,
+    mechanism_dot,
+)
 from reports.outputs import write_graph_outputs
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is missing")
@@ -70,14 +78,20 @@ def test_the_figure_draws_the_paths_predicting_heads_and_qk_sources(traced):
     expected = [(f"group:{g.key}", f"group:{w.group}", w.side[0]) for g in summary.groups
                 for w in g.writes_qk if g.key in keys and w.group in keys]  # fmt: skip
     assert sorted((a, b, label.split(" ")[0]) for a, b, label in qk) == sorted(expected)
-    # a flagged check's group has a red border; the predicting heads a thick one
+    # a flagged check's line is red (a QK source's is not), the predicting heads have a thick
+    # border, a QK source a purple one
     for g in drawn_groups(summary):
         box = nodes[f"group:{g.key}"]
-        assert (box.get("color") == FLAGGED_COLOR) == any(c.flagged for c in g.checks)
+        assert box.get("color") != FLAGGED_COLOR
+        lines = re.split(r"<BR/>|\\n", box["label"])
         for c in g.checks:
-            assert f"frozen {c.frozen:+.3g}, free {c.free:+.3g}" in box["label"]
+            (line,) = [x for x in lines if f"frozen {c.frozen:+.3g}, free {c.free:+.3g}" in x]
+            red = line.startswith(f'<FONT COLOR="{FLAGGED_COLOR}">ablated')
+            assert red == (c.flagged and not g.writes_qk), line
         if g.key in {t.predicting_group for t in summary.targets}:
             assert box["penwidth"] == "3"
+        elif g.writes_qk:
+            assert box.get("color") == QK_SOURCE_COLOR
     # rows in the model's order, bottom to top, the targets above every group
     height = {name: float(o["pos"].split(",")[1]) for name, o in nodes.items() if "pos" in o}
     stage = {f"group:{g.key}": (0 if g.kind == "embedding" else
@@ -155,3 +169,44 @@ def test_a_box_name_is_cut_at_spaces_never_inside_a_tokens_quotes():
     assert _wrap(name) == ["L2 head 617 @34 -> ' m'@16", "[next token: name: repeated",
                            "mention, F1 0.56]"]  # fmt: skip
     assert _wrap("x" * 40 + " y") == ["x" * 40, "y"]  # a longer word whole, on its own line
+
+
+@needs_dot
+def test_a_flagged_group_is_marked_by_a_red_line_as_the_viewer_marks_it(traced):
+    """The page's viewer marks a group whose check is flagged by a red line on a box drawn as
+    any other's (red-dashed boxes drew the eye from the predicting heads), and a QK source by
+    its border, its flagged check being how it acts; the figure drew both with a red border.
+    Now the flagged check's line is red, the border the kind's own; a QK source's border is
+    purple and its check's line not red; the caption says so. A hostile name in a box with a
+    red line (an HTML-like label) stays text."""
+    _, summary = traced
+    edited = copy.deepcopy(summary)
+    drawn_ = [g for g in drawn_groups(edited) if g.checks]
+    plain = next(g for g in drawn_ if not g.writes_qk)
+    for c in plain.checks:
+        c.flagged = True
+    plain.name = 'say "hi" \\N <b>&amp;</b>\u202e\nline2'
+    sources = [g for g in drawn_ if g.writes_qk]
+    for g in sources:
+        g.checks[0].flagged = True
+    fig = drawn(mechanism_dot(edited))
+    box = fig["nodes"][f"group:{plain.key}"]
+    assert box.get("color") is None and box["penwidth"] in ("0.8", "3"), box
+    assert (
+        f'<FONT COLOR="{FLAGGED_COLOR}">ablated' in box["label"]
+        and "FLAGGED</FONT>" in box["label"]
+    )
+    for g in sources:
+        box = fig["nodes"][f"group:{g.key}"]
+        assert "<FONT" not in box["label"] and "FLAGGED" in box["label"]
+        assert box.get("color") == QK_SOURCE_COLOR or box["penwidth"] == "3"
+    caption = _caption(edited, drawn_groups(edited)).replace("\n", " ")
+    assert "a flagged check's line red" in caption and "red: a flagged check" not in caption
+    svg = subprocess.run(["dot", "-Tsvg"], input=mechanism_dot(edited), text=True,
+                         capture_output=True, timeout=60, check=True).stdout  # fmt: skip
+    assert "<b>" not in svg
+    at = svg.index(f'xlink:title="{plain.key}: ')
+    lines = re.findall(r"<text[^>]*>([^<]*)</text>", svg[at:])
+    assert lines[:3] == ["say &quot;hi&quot; \\N", "&lt;b&gt;&amp;amp;&lt;/b&gt;&lt;U+202E&gt;",
+                         "line2"], lines  # fmt: skip
+    assert re.search(f'<text[^>]*fill="{FLAGGED_COLOR}"[^>]*>ablated', svg[at:])

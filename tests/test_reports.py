@@ -211,7 +211,7 @@ def test_qk_edges_are_dashed_and_skip_bias_and_pruned_nodes(graph):
     }
     for line in dot.splitlines():
         if 'style="dashed"' in line:
-            assert f'color="{gv.QK_COLOR}"' in line and 'constraint="false"' in line
+            assert f'color="{gv.QK_FAINT}"' in line and 'constraint="false"' in line
     # Each side's edge carries its node's own total (its marginal), not the one pair's term
     # on both (a review: +2 and +2 for the pair E_6_2 x E_4_1); a node the record holds no
     # total of keeps the pair's term, said to be one.
@@ -866,3 +866,26 @@ def test_the_prompts_token_boxes_tell_a_newline_from_a_space(tmp_path):
     # the heading and the window's title draw them too (an h1 shows a line break as a space)
     assert "<h1>Attribution graph: a↵b⇥c d</h1>" in text
     assert "<title>Attribution graph: a↵b⇥c d</title>" in text
+
+
+def test_qk_edges_are_faint_as_the_viewer_draws_them(graph, tmp_path):
+    """The page's viewer keeps q/k edges faint (lines at opacity 0.3, letters 0.55) beside the
+    signed edges; the static drawing drew them at full strength (38 dashed purple lines on
+    the weekday list), and its legend said "dashed purple QK". Now faint, said in the legend;
+    a drawing whose QK pairs are its subject (the induction circuit) keeps them strong."""
+    dot = gv.to_dot(graph)
+    dashed = [line for line in dot.splitlines() if 'style="dashed"' in line]
+    assert dashed and all(f'color="{gv.QK_FAINT}"' in line
+                          and f'fontcolor="{gv.QK_LETTER}"' in line for line in dashed)  # fmt: skip
+    assert gv.QK_FAINT == gv.QK_COLOR + "4d" and gv.QK_LETTER == gv.QK_COLOR + "8c"
+    assert "faint dashed purple QK (q query, k key side)" in dot
+    strong = gv.to_dot(graph, faint_qk=False)
+    assert all(f'color="{gv.QK_COLOR}"' in line
+               for line in strong.splitlines() if 'style="dashed"' in line)  # fmt: skip
+    assert "faint" not in strong
+    if not gv.dot_available():
+        return
+    svg = subprocess.run(["dot", "-Tsvg"], input=dot, text=True, capture_output=True,
+                         timeout=60, check=True).stdout  # fmt: skip
+    paths = re.findall(r'<path [^>]*stroke-dasharray="5,2"[^>]*>', svg)
+    assert paths and all('stroke-opacity="0.301961"' in p for p in paths), paths[:2]

@@ -49,7 +49,8 @@ def induction_circuit(replacement, tokenizer, results: dict, model: str, out: Pa
     graph.model["name"] = model
     path = out / CIRCUIT_STEM
     formats = ("svg", "png") if dot_available() else ()
-    written = render(to_dot(graph, max_nodes=None), path, formats)
+    # its QK pairs are what it shows: drawn at full strength (the trace's drawing keeps them faint)
+    written = render(to_dot(graph, max_nodes=None, faint_qk=False), path, formats)
     svg = path.with_suffix(".svg")
     title = f"Global induction circuit: QK group of {head_id(top['layer'], top['head'])}"
     write_html(graph, path.with_suffix(".html"), svg.read_text() if svg in written else None,

@@ -131,9 +131,9 @@ def unit_pairs(r: QKReasonRecord, top: int) -> tuple[str, list]:
                 f"{len(shown)} largest leave out {share}; in mechanisms.json)", [])  # fmt: skip
     # each unit's own vector: a token is its embedding alone here, where the split by roots
     # gives it with all it reaches (a reviewer met one pair at +1.09 there and +0.818 here)
-    return (f"specific by units at the two positions, each unit's own vector (a token: its "
-            f"embedding alone, not what it reaches through other units; the pairs below leave "
-            f"out {share}):", shown)  # fmt: skip
+    # (what "own vector" means is in the legends: QK_LEGEND; here it ran to 205 characters)
+    return (f"specific by units at the two positions, each unit's own vector (the pairs below "
+            f"leave out {share}):", shown)  # fmt: skip
 
 
 def summary_for(summary: MechanismSummary, graph) -> MechanismSummary:
@@ -520,18 +520,19 @@ def stronger_text(g: GroupRecord, t: TargetRecord, summary: MechanismSummary) ->
 # at least this probability (``check_texts``): a contender, whose margin is the question.
 MARGIN_SHOWN = 0.02
 
-LN_WORDS = (
+LN_CLAUSES = (
     '"from the final LayerNorm" where free disagrees and agrees with the final LayerNorm\'s '
     'scale held at its clean value ("from the LayerNorms": only with every LayerNorm scale '
-    "held): the model's rescaling undoes the group's effect, not other heads; \"through "
-    'attention" where free disagrees and agrees with the attention patterns held, or agrees '
-    "and they held it does not, or is too large and they held take most of it away: the group "
-    "acts through the attention of heads it feeds; "
+    "held): the model's rescaling undoes the group's effect, not other heads",
+    '"through attention" where free disagrees and agrees with the attention patterns held, or '
+    "agrees and they held it does not, or is too large and they held take most of it away: the "
+    "group acts through the attention of heads it feeds",
     '"also with ... held": no rerun holding them agrees with the prediction and closes half '
-    "its gap to the free measurement (their values beside it); "
+    "its gap to the free measurement (their values beside it)",
     '"margin over" the change of the margin over the most likely other token, where that '
-    f"has p >= {MARGIN_SHOWN}"
+    f"has p >= {MARGIN_SHOWN}",
 )
+LN_WORDS = "; ".join(LN_CLAUSES)
 
 
 def _held_agrees(
@@ -751,15 +752,16 @@ def rerun_words(summary: MechanismSummary) -> str:
     return "the model rerun" if summary.mode == "local" else "the replacement rerun"
 
 
-def root_text(r: QKReasonRecord, top: int) -> str:
-    """A QK reason's root pairs in one line: the exact split of ``specific``, its token part
-    split again into what the key holds itself, what heads at the key moved there and what the
-    means take away (``token_parts``), then the largest terms against what the key holds
-    itself (``own_pairs``: its token, its errors), against tokens moved to the key
-    (``moved_pairs``), and with a position vector, of the specific part itself (what sets
-    this key apart from the others: ``position_pairs``), query side first, a moved one written
-    ``token 'ays'@8 -> @9``: it reaches the key at 9 through the heads there. Without that
-    split (a hand-made record): the largest terms of ``root_pairs``."""
+def root_block(r: QKReasonRecord, top: int) -> list[str]:
+    """A QK reason's root pairs as a block (``block_lines``): its heading, the exact split of
+    ``specific``, its token part split again into what the key holds itself, what heads at the
+    key moved there and what the means take away (``token_parts``); then one line per list of
+    largest terms: against what the key holds itself (``own_pairs``: its token, its errors),
+    against tokens moved to the key (``moved_pairs``), and with a position vector, of the
+    specific part itself (what sets this key apart from the others: ``position_pairs``), query
+    side first, a moved one written ``token 'ays'@8 -> @9``: it reaches the key at 9 through
+    the heads there. Without that split (a hand-made record): the largest terms of
+    ``root_pairs``. (One line of all of it ran to 660 characters: a review.)"""
     whole = sum(abs(x) for x in r.root_parts.values())
     split = []
     for part in ROOT_PARTS:
@@ -781,22 +783,29 @@ def root_text(r: QKReasonRecord, top: int) -> str:
             for p in pairs[:top]
         )
 
+    heading = f"specific by roots ({', '.join(split)}):"
     if r.own_pairs or r.moved_pairs:  # each term against the key's own vector
         # "own vector": its pairs name every root there, errors too, which the header counts
         # under errors rather than the tokens' "the key's own" (a reviewer read them as tokens)
         lists = [("the key's own vector", r.own_pairs), ("moved to the key", r.moved_pairs),
                  ("by position, apart from the other keys", r.position_pairs)]  # fmt: skip
-        shown = "; ".join(f"{name}: {terms(pairs)}" for name, pairs in lists if pairs)
-        return f"specific by roots ({', '.join(split)}): {shown}"
-    return f"specific by roots ({', '.join(split)}): {terms(r.root_pairs, held=False)}"
+        return [heading, *(f"{name}: {terms(pairs)}" for name, pairs in lists if pairs)]
+    return [heading, terms(r.root_pairs, held=False)]
 
 
-def token_checks_text(r: QKReasonRecord, summary: MechanismSummary) -> str:
+def root_text(r: QKReasonRecord, top: int) -> str:
+    """``root_block`` in one line (its heading, then its lines joined by "; ")."""
+    heading, *rest = root_block(r, top)
+    return f"{heading} {'; '.join(rest)}"
+
+
+def token_checks_block(r: QKReasonRecord, summary: MechanismSummary) -> list[str]:
     """The tokens a reason's root terms name, each replaced by the mean token and the model
-    (in sparse mode the replacement) rerun (``TokenCheck``), the ones that move the head's
-    attention to its key most first, each with the sum of the printed terms that name it and
-    the verdict (``token_verdict``): ``each named token made the mean token, the model rerun:
-    attention to '1'@9 0.98 -> '='@13 4.8e-06 (terms +15.5: as they say), '+'@2 0.97 (terms
+    (in sparse mode the replacement) rerun (``TokenCheck``), as a block (``block_lines``): the
+    heading, then one line per token, the ones that move the head's attention to its key most
+    first, each with the sum of the printed terms that name it and the verdict
+    (``token_verdict``): ``each named token made the mean token, the model rerun: attention to
+    '1'@9 0.98 ->`` then ``'='@13 4.8e-06 (terms +15.5: as they say)``, ``'+'@2 0.97 (terms
     +10.9: little change)`` (a term whose token changes nothing named a kind of token, or a
     position, not that token)."""
     terms = named_token_terms(r)
@@ -808,8 +817,14 @@ def token_checks_text(r: QKReasonRecord, summary: MechanismSummary) -> str:
         return f"{c.token!r}@{c.pos} {attention_text(c.attention)} (terms {total:+.3g}: {verdict})"
 
     checks = sorted(r.token_checks, key=lambda c: -abs(c.attention - r.attention))
-    return (f"each named token made the mean token, {rerun}: attention to {r.key_token!r}@{r.key} "
-            f"{r.attention:.2f} -> " + ", ".join(one(c) for c in checks))  # fmt: skip
+    return [f"each named token made the mean token, {rerun}: attention to {r.key_token!r}@{r.key} "
+            f"{r.attention:.2f} ->", *(one(c) for c in checks)]  # fmt: skip
+
+
+def token_checks_text(r: QKReasonRecord, summary: MechanismSummary) -> str:
+    """``token_checks_block`` in one line (its heading, then its lines joined by ", ")."""
+    heading, *rest = token_checks_block(r, summary)
+    return f"{heading} {', '.join(rest)}"
 
 
 def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[str]) -> str:
@@ -851,7 +866,13 @@ WHY_THERE = "why it attends there"
 
 
 def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
-    """The predicting head group's QK reason in one line, beside its name: its first QK
+    """``why_block`` in one line (its lines joined by "; ")."""
+    return "; ".join(why_block(g, summary))
+
+
+def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
+    """The predicting head group's QK reason beside its name, as a block (``block_lines``):
+    the term, then what the token checks did (one line of both ran to 400 characters): its first QK
     reason's largest raising term of ``own_pairs``, ``moved_pairs`` and ``position_pairs``
     (what the query holds against what the key holds), out of the specific part, with the
     token checks of the tokens it names (``token_checks``, verdict as ``token_verdict``):
@@ -865,13 +886,13 @@ def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
     largest token or position term and that sum follows it. Empty where the reason has no
     such split or no raising term."""
     if g is None or not g.qk:
-        return ""
+        return []
     r = g.qk[0]
     lists = [("own", r.own_pairs[:1]), ("moved", r.moved_pairs[:1]),
              ("position", r.position_pairs[:1])]  # fmt: skip
     found = [(p.value, kind, p) for kind, pairs in lists for p in pairs if p.value > 0]
     if not found:
-        return ""
+        return []
     _, kind, p = max(found, key=lambda x: x[0])
     # a token at another position reaches the query through heads there (an operand head's
     # query holds the '=' before it): "moved to the query", as a key's is "moved to the key"
@@ -911,8 +932,24 @@ def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
         if pos in checks
     ]
     if shown:
-        text += f"; made the mean token, {rerun_words(summary)}: " + ", ".join(shown)
-    return text
+        return [text, f"made the mean token, {rerun_words(summary)}: " + ", ".join(shown)]
+    return [text]
+
+
+def why_blocks(summary: MechanismSummary) -> dict[str, list[str]]:
+    """Each target's ``why_block`` (by target node), said once: a later target sharing the
+    predicting group points to the first (``'5'``'s repeated ``'6'``'s, as the QK sources
+    once did: ``qk_sources_blocks``)."""
+    out, said_for = {}, {}
+    for t in summary.targets:
+        if t.predicting_group is None:
+            continue
+        if t.predicting_group in said_for:
+            out[t.node] = [f"{WHY_THERE}: as under {said_for[t.predicting_group]} above"]
+        elif block := why_block(summary.group(t.predicting_group), summary):
+            out[t.node] = block
+            said_for[t.predicting_group] = t.label
+    return out
 
 
 def attention_without(attention: float, terms: float) -> float:
@@ -940,9 +977,14 @@ def apart(a: float, b: float, figures: int = 3) -> tuple[str, str]:
 
 
 def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> str:
-    """A ``QKSourceRole``'s score, its rank among the head groups ablated to choose it, and
-    where the group sits when not at the side's own position (it reaches it through later
-    heads)."""
+    """``_role_parts`` in one text, joined by ", "."""
+    return ", ".join(_role_parts(w, g, summary))
+
+
+def _role_parts(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> list[str]:
+    """A ``QKSourceRole``'s score (the first part), then where the group sits when not at the
+    side's own position (it reaches it through later heads), its rank among the head groups
+    ablated to choose it and how far the testing went."""
     head = summary.qk_subject(w.group)
     parts = [f"{w.value:+.3g}"]
     r = next((r for r in head.qk if r.qk_head == w.qk_head), None)
@@ -998,7 +1040,7 @@ def _role_text(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> st
         parts.append(f"a near tie: about as low (within {TIE}) with {w.tie_name} ablated "
                      f"instead, {attention_text(w.tie_attention)}; named as the lower, but the "
                      "ablations barely tell the two apart")  # fmt: skip
-    return ", ".join(parts)
+    return parts
 
 
 def score_text(summary: MechanismSummary, key: str, qk_head: int) -> str:
@@ -1011,11 +1053,21 @@ def score_text(summary: MechanismSummary, key: str, qk_head: int) -> str:
     return f"{key}'s QK {qk_head} score"
 
 
-def writes_qk_text(g: GroupRecord, summary: MechanismSummary) -> str:
+def writes_qk_text(
+    g: GroupRecord, summary: MechanismSummary, said: dict[str, str] | None = None
+) -> str:
     """What a group's ``writes_qk`` says: the QK sides it writes, e.g. ``writes the key side
-    of g0's QK 9 score (+12.5)``; empty when none."""
-    return "; ".join(f"writes the {w.side} side of {score_text(summary, w.group, w.qk_head)} "
-                     f"({_role_text(w, g, summary)})" for w in g.writes_qk)  # fmt: skip
+    of g0's QK 9 score (+12.5)``; empty when none. ``said`` (``sources_said``): the head groups
+    whose sources were given under a target above, where this points instead of saying the
+    score and choice again."""
+    said = said or {}
+    return "; ".join(
+        f"writes the {w.side} side of {score_text(summary, w.group, w.qk_head)} "
+        + (f"(its share and how it was chosen: as under target {said[w.group]} above)"
+           if w.group in said
+           else f"({_role_text(w, g, summary)})")
+        for w in g.writes_qk
+    )  # fmt: skip
 
 
 HEADS_NAMED = 3  # QK heads named in an attention check's text
@@ -1034,6 +1086,13 @@ def weights_text(n: int, summary: MechanismSummary, key: str) -> str:
         which = "the first target" if t is summary.targets[0] else "the target it predicts"
         into = f" into {which}, {t.label}"
     return f"{n} QK heads by flow{into}"
+
+
+def attention_checks_block(g: GroupRecord, summary: MechanismSummary) -> list[str]:
+    """A group's ``attention_checks`` as a block (``block_lines``): ``ATTENTION_AFTER``, then
+    a line per check (one line of both ran to 190 characters); empty without any."""
+    texts = [attention_check_text(a, summary) for a in g.attention_checks]
+    return [f"{ATTENTION_AFTER}:", *texts] if texts else []
 
 
 def attention_check_text(a: AttentionCheck, summary: MechanismSummary) -> str:
@@ -1056,44 +1115,76 @@ HALVES = 0.5  # a QK source is weak where its ablation leaves more than this of 
 
 
 def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
+    """``qk_sources_side_blocks``, each side in one line: ``query side of QK 9 g1 L0 12 heads
+    @21 -> 'ak'@21 [weak ...] (+8.24 of the side's +13.6, ...), ablated, through its query
+    side alone: ...``."""
+    out = [f"{name}" + (f" [{verdict}]" if verdict else "") + f" ({', '.join([score, *chosen])})"
+           + (f", {tested}" if tested else "")
+           for name, verdict, score, chosen, tested in _source_sides(summary, key)]  # fmt: skip
+    return out + _sourceless_sides(summary, key)
+
+
+def qk_sources_side_blocks(summary: MechanismSummary, key: str) -> list[str | list[str]]:
+    """The groups that write head group (or head target) ``key``'s QK score, a block each
+    (``block_lines``; ``_source_sides``): the side and the group's name; a source whose
+    ablation does not halve the attention through that side says so next (``_weak_text``),
+    before the measurements it rests on; then the score it brings (``writes``), how it was
+    chosen, and what its ablation did to the attention (``with it ablated``: a line of its own
+    starting "ablate" would read as a check's). Then each side without one, said to
+    have none (a line). (One line of a side ran to 660 characters: a review.)"""
+    out: list[str | list[str]] = [
+        [name, *[verdict] * bool(verdict), f"writes {score}",
+         *[f"chosen: {', '.join(chosen)}"] * bool(chosen), *[f"with it {tested}"] * bool(tested)]
+        for name, verdict, score, chosen, tested in _source_sides(summary, key)
+    ]  # fmt: skip
+    return out + _sourceless_sides(summary, key)
+
+
+def _source_sides(summary: MechanismSummary, key: str) -> list[tuple]:
     """The groups that write head group (or head target) ``key``'s QK score (their
-    ``writes_qk``), one text each, with the side, the score it brings, how it was chosen and,
-    where measured, the group's attention after it is ablated, and with the side's vectors
-    alone as after it (the others clean; what the choice reads): what makes the group attend
-    where it does, tested; a source whose ablation does not halve it says so in brackets
-    beside its name, before the measurements (``_weak_text``); then each side without one,
-    said to have none."""
+    ``writes_qk``), each as (name: the side and the group, verdict: ``_weak_text`` or None,
+    score: what it brings to the side, chosen: how it was chosen (``_role_parts``), tested:
+    where measured, the group's attention after it is ablated, with the side's vectors alone
+    as after it (the others clean; what the choice reads), or None): what makes the group
+    attend where it does, tested. A source whose ablation does not halve it has a verdict."""
     out = []
     sources = sorted(summary.qk_sources(key), key=lambda x: SIDES.index(x[1].side))
     for g, w in sources:
         after = summary.attention_after(g, key)
-        tested = verdict = ""
+        tested = verdict = None
         if after is not None:
             weighed = [f"its {x}" for x in [weights_text(len(after.qk_heads), summary, after.group)]
                        if x]  # fmt: skip
             both = attention_change(after.mean_before, after.mean_free)
             alone = after.mean_side(w.side)
             if alone is None:  # a file written before the sides were measured alone
-                tested = f", ablated: attention {both}" + "".join(f" ({x})" for x in weighed)
+                tested = f"ablated: attention {both}" + "".join(f" ({x})" for x in weighed)
             else:  # the side's own first: what chose it (a reviewer read 0.18 -> 0.04 where
                 # the key side alone gave 0.18 -> 0.16)
-                tested = (f", ablated, through its {w.side} side alone: "
+                tested = (f"ablated, through its {w.side} side alone: "
                           f"{_named_head_text(after, w.qk_head, w.side)}attention "
                           f"{attention_change(after.mean_before, alone)} "
                           f"({'; '.join([f'both sides {both}', *weighed])})")  # fmt: skip
                 if alone > after.mean_before * HALVES:  # (a reviewer read 0.97 -> 0.90 as
                     # what makes it attend, where every layer-0 feature at the query, no
                     # candidate, took it to 0.0003)
-                    verdict = f" [{_weak_text(summary, key, w.side, alone)}]"
+                    verdict = _weak_text(summary, key, w.side, alone)
         # the verdict beside the name, before the measurements it rests on (a reviewer read
         # "weak", or the group that really carries the side, last in 600-700 characters)
-        out.append(f"{w.side} side of QK {w.qk_head} {g.key} {g.name}{verdict} "
-                   f"({_role_text(w, g, summary)}){tested}")  # fmt: skip
-    if out:  # a side with none is said to have none (a reviewer read the key side's silence)
-        named = {w.side for _, w in sources}
-        out += [f"{side} side: {_no_source_words(summary, 'it')}"
-                for side in SIDES if side not in named]  # fmt: skip
+        score, *chosen = _role_parts(w, g, summary)
+        out.append((f"{w.side} side of QK {w.qk_head} {g.key} {g.name}", verdict, score, chosen,
+                    tested))  # fmt: skip
     return out
+
+
+def _sourceless_sides(summary: MechanismSummary, key: str) -> list[str]:
+    """Where a side of ``key``'s QK score has a source, each side without one, said to have
+    none (a reviewer read the key side's silence)."""
+    named = {w.side for _, w in summary.qk_sources(key)}
+    if not named:
+        return []
+    return [f"{side} side: {_no_source_words(summary, 'it')}" for side in SIDES
+            if side not in named]  # fmt: skip
 
 
 def _named_head_text(after: AttentionCheck, qk_head: int, side: str) -> str:
@@ -1199,7 +1290,7 @@ def qk_sources_block(summary: MechanismSummary, key: str | None) -> list[str] | 
     it out, a review found); None where there is nothing to say."""
     if key is None or (head := summary.qk_subject(key)) is None:
         return None
-    if sources := qk_sources_sides(summary, key):
+    if sources := qk_sources_side_blocks(summary, key):
         return [f"{qk_sources_heading(summary)}:", *sources]
     return [text] if (text := no_sources_text(head, summary)) else None
 
@@ -1220,18 +1311,32 @@ def qk_sources_blocks(summary: MechanismSummary) -> dict[str, list[str]]:
     return out
 
 
-def block_lines(block: list[str] | None, indent: str) -> list[str]:
-    """A block (``qk_sources_block``) as printed lines: its first at ``indent``, the rest two
-    spaces further in."""
-    return [f"{indent}{'  ' * (i > 0)}{line}" for i, line in enumerate(block or [])]
+def block_lines(block: list | None, indent: str) -> list[str]:
+    """A block (``qk_sources_block``, ``root_block``, ``why_block``...: a heading, then its
+    lines, each a text or a block of its own) as printed lines: its first at ``indent``, the
+    rest two spaces further in, a nested block's lines further still."""
+    if not block:
+        return []
+    out = [f"{indent}{block[0]}"]
+    for item in block[1:]:
+        out += block_lines(item, indent + "  ") if isinstance(item, list) else [f"{indent}  {item}"]
+    return out
 
 
-def block_html(block: list[str] | None) -> str:
-    """A block (``qk_sources_block``) as HTML: its first line, the rest a list under it."""
+def block_html(block: list | None, tag: str = "p", cls: str = "") -> str:
+    """A block (``block_lines``) as HTML: its first line (a ``tag``, of class ``cls`` where
+    given), the rest a list under it, a nested block a list item with its own list."""
     if not block:
         return ""
-    rest = "".join(f"<li>{_esc(line)}</li>" for line in block[1:])
-    return f"<p>{_esc(block[0])}</p>" + (f"<ul>{rest}</ul>" if rest else "")
+    attr = f' class="{cls}"' if cls else ""
+    return f"<{tag}{attr}>{_esc(block[0])}</{tag}>" + _items_html(block[1:])
+
+
+def _items_html(items: list) -> str:
+    def one(x) -> str:
+        return _esc(x) if isinstance(x, str) else _esc(x[0]) + _items_html(x[1:])
+
+    return f"<ul>{''.join(f'<li>{one(x)}</li>' for x in items)}</ul>" if items else ""
 
 
 def attention_text(a: float) -> str:
@@ -1250,44 +1355,123 @@ def attention_change(before: float, after: float, arrow: str = " -> ") -> str:
 
 
 def reason_lines(
-    r: QKReasonRecord, max_pairs: int, indent: str, summary: MechanismSummary
-) -> list[str]:
-    """A QK reason as printed lines: the score's always-on and specific parts, the specific
-    part by roots and by units at the two positions, and where each side comes from."""
-    lines = [
-        f"{indent}QK {r.qk_head} reads {r.key_token!r}@{r.key} (attention "
-        f"{r.attention:.2f}): score {r.score:+.3g} = always-on "
-        f"{r.always_on:+.3g} "
-        f"(mean q x mean k {r.mean_query_mean_key:+.3g}, q x mean k "
-        f"{r.query_vs_mean_key:+.3g}, mean q x k {r.mean_query_vs_key:+.3g}) + specific "
-        f"{r.specific:+.3g}"
-    ]
-    more = indent + "  "
-    if r.root_pairs:
-        lines.append(f"{more}{root_text(r, max_pairs)}")
-    if r.token_checks:
-        lines.append(f"{more}{token_checks_text(r, summary)}")
+    r: QKReasonRecord, max_pairs: int, indent: str, summary: MechanismSummary,
+    said: dict[str, str] | None = None,
+) -> list[str]:  # fmt: skip
+    """``reason_block`` as printed lines, its heading at ``indent``."""
+    return block_lines(reason_block(r, max_pairs, summary, said), indent)
+
+
+def reason_block(
+    r: QKReasonRecord, max_pairs: int, summary: MechanismSummary,
+    said: dict[str, str] | None = None,
+) -> list:  # fmt: skip
+    """A QK reason as a block (``block_lines``): the score's always-on and specific parts,
+    the specific part by roots (``root_block``) and its token checks (``token_checks_block``),
+    by units at the two positions, and where each side comes from. ``said``
+    (``reason_repeats``): where the same reason was given above, by part ("reason": the
+    score, units and sides; "roots"; "checks"), each a group key: those parts point there
+    ("as under g0 above": two head groups sharing a QK head printed its reason twice)."""
+    said = said or {}
+    head = f"QK {r.qk_head} reads {r.key_token!r}@{r.key} (attention {r.attention:.2f})"
+    if "reason" in said:
+        block: list = [f"{head}: as under {said['reason']} above"]
+    else:
+        block = [
+            f"{head}: score {r.score:+.3g} = always-on {r.always_on:+.3g} "
+            f"(mean q x mean k {r.mean_query_mean_key:+.3g}, q x mean k "
+            f"{r.query_vs_mean_key:+.3g}, mean q x k {r.mean_query_vs_key:+.3g}) + specific "
+            f"{r.specific:+.3g}"
+        ]
+    for part, has, whole, words in (
+        ("roots", r.root_pairs, lambda: root_block(r, max_pairs), "specific by roots"),
+        ("checks", r.token_checks, lambda: token_checks_block(r, summary),
+         "each named token made the mean token"),
+    ):  # fmt: skip
+        if not has or said.get(part) == said.get("reason", ""):
+            continue
+        block.append([f"{words}: as under {said[part]} above"] if part in said else whole())
+    if "reason" in said:
+        return block
     heading, pairs = unit_pairs(r, max_pairs)
     if heading:
-        lines.append(f"{more}{heading}")
-    for p in pairs:
-        lines.append(f"{more}{p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}")
-    for side in SIDES:
-        if text := side_from_text(r, side):
-            lines.append(f"{more}{text}")
-    return lines
+        units = [f"{p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}" for p in pairs]
+        block.append([heading, *units] if units else heading)
+    block += [x if len(x) > 1 else x[0] for side in SIDES if (x := side_from_block(r, side))]
+    return block
+
+
+def _same_reason(a: QKReasonRecord, b: QKReasonRecord) -> bool:
+    """Whether two reasons give the same score, units and sides (one QK head's at one query
+    and key, under two head groups)."""
+    fields = ("layer", "qk_head", "query", "key", "attention", "score", "mean_query_mean_key",
+              "query_vs_mean_key", "mean_query_vs_key", "specific", "rest", "rest_share",
+              "pairs", "query_at", "key_at", "query_sources", "key_sources")  # fmt: skip
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+ROOT_FIELDS = ("root_pairs", "root_parts", "token_parts", "own_pairs", "moved_pairs",
+               "position_pairs")  # fmt: skip
+
+
+def reason_repeats(summary: MechanismSummary) -> dict[tuple[str, int], dict[str, str]]:
+    """The groups' QK reasons given before under another group, in the summary's order (the
+    printout's, the report's, the panel's), by (group key, index in its ``qk``): where each
+    part was given first (``reason_block``'s ``said``): "reason" (score, units, sides),
+    "roots" and "checks" where this one has them and they are the same there."""
+    first: dict[tuple, tuple[str, QKReasonRecord]] = {}  # (layer, qk head, query, key)
+    parts: dict[tuple, dict[str, tuple[str, QKReasonRecord]]] = {}
+    out = {}
+    for g in summary.groups:
+        for i, r in enumerate(g.qk):
+            place = (r.layer, r.qk_head, r.query, r.key)
+            if place not in first or not _same_reason(first[place][1], r):
+                first[place] = (g.key, r)
+                parts[place] = {}
+                said = None
+            else:
+                said = {"reason": first[place][0]}
+            known = parts[place]
+            for part, fields in (("roots", ROOT_FIELDS), ("checks", ("token_checks",))):
+                if not getattr(r, fields[0]):
+                    continue
+                earlier = known[part][1] if part in known else None
+                if earlier is not None and all(
+                    getattr(earlier, f) == getattr(r, f) for f in fields
+                ):
+                    if said is not None:
+                        said[part] = known[part][0]
+                else:
+                    known[part] = (g.key, r)
+            if said is not None:
+                out[(g.key, i)] = said
+    return out
+
+
+def sources_said(summary: MechanismSummary) -> dict[str, str]:
+    """The head groups (and head targets) whose QK sources every view gives under a target
+    (``qk_sources_block``), each with the first such target's label: a source group's own
+    line below points there rather than say its score and choice again."""
+    out: dict[str, str] = {}
+    for t in summary.targets:
+        if reads_text(t, summary.tokens) and summary.qk_sources(t.node):
+            out.setdefault(t.node, t.label)
+        if t.predicting_group and summary.qk_sources(t.predicting_group):
+            out.setdefault(t.predicting_group, t.label)
+    return out
 
 
 SOURCE_KINDS = ("roots", "heads", "features")  # a QK side's source lists (``SourceShare``)
 LOWERING = 0.25  # a side's largest lowering source is named at this share of its largest raiser
 
 
-def side_from_text(r: QKReasonRecord, side: str) -> str:
-    """Where one side of a QK reason comes from: its total, the largest raising source of each
-    kind (root, head group, feature group; a reviewer found the largest, 30 features at the
-    query, never named), largest first, and the largest lowering one where the side is below
-    zero or it is at least ``LOWERING`` of the largest raiser (a side of -4.02 was listed by
-    its raisers alone); empty where it has none."""
+def side_from_block(r: QKReasonRecord, side: str) -> list[str]:
+    """Where one side of a QK reason comes from, a block (``block_lines``): its total, the
+    largest raising source of each kind (root, head group, feature group; a reviewer found the
+    largest, 30 features at the query, never named), largest first, then on a line of its own
+    the largest lowering one where the side is below zero or it is at least ``LOWERING`` of the
+    largest raiser (a side of -4.02 was listed by its raisers alone); empty where it has
+    none."""
     sources = r.query_sources if side == "query" else r.key_sources
     total = r.query_at if side == "query" else r.key_at
     lists = [sources.get(c, []) for c in SOURCE_KINDS]
@@ -1299,12 +1483,18 @@ def side_from_text(r: QKReasonRecord, side: str) -> str:
                                    or -lowest.value >= LOWERING * raisers[0].value):  # fmt: skip
         lowest = None
     if not raisers and lowest is None:
-        return ""
+        return []
     head = f"{side} side from" + ("" if total is None else f" ({total:+.3g} in all)") + ": "
     parts = [f"{x.name} {x.value:+.3g}" for x in raisers]
-    if lowest is not None:
-        parts.append(f"lowered most by {lowest.name} {lowest.value:+.3g}")
-    return head + "; ".join(parts)
+    lowered = [] if lowest is None else [f"lowered most by {lowest.name} {lowest.value:+.3g}"]
+    if not parts:
+        return [head + lowered[0]]
+    return [head + "; ".join(parts), *lowered]
+
+
+def side_from_text(r: QKReasonRecord, side: str) -> str:
+    """``side_from_block`` in one line (joined by "; "); empty where it has none."""
+    return "; ".join(side_from_block(r, side))
 
 
 # A sparse graph (no error nodes) explains the replacement, whose probabilities can be far from
@@ -1330,29 +1520,91 @@ LEGEND_AT_END = "the legend at the end"
 # at the head all the same (a reviewer's hooks read the raw logit, and one check's sign flipped)
 DEMEANED_SHORT = "a logit's numbers are less the mean logit"
 LEGEND_ID = "mechanisms-legend"  # the report's legend paragraph, which its pointer links to
-FLOWS_LEGEND = (
+FLOWS_CLAUSES = (
     "exact flows: each group's total linear contribution to the target, through the graph's "
-    "frozen attention and errors; what zeroing it does is its ablation check; " + DEMEANED_WORDS
+    "frozen attention and errors; what zeroing it does is its ablation check",
+    DEMEANED_WORDS,
 )
+FLOWS_LEGEND = "; ".join(FLOWS_CLAUSES)
+# The words of a group's lines and its QK reasons, said once (a reviewer new to the tool could
+# not decode "always-on", "specific by roots", "against the means")
+GROUPS_LEGEND = (
+    "groups: heads at one block and query position reading one key (named '-> key'; "
+    "'(brings 12%)' where that key brings under half their activation), or features at one "
+    "block and position; 'promotes': the tokens its writes raise most; 'brings': its flow "
+    "split by the key position each part comes from",
+)
+QK_LEGEND = (
+    "QK reasons (each 'QK h reads ...' line and the lines under it): a QK head's "
+    "attention score at the key its group reads, split exactly",
+    "always-on: what any query or key of the prompt shares: the mean query x the mean key "
+    "(mean q x mean k), this query x the mean key (q x mean k), the mean query x this key "
+    "(mean q x k); the means are over the prompt's queries after BOS and over the query's "
+    "keys, and hold the biases and dense features",
+    "specific: the rest, what this query and this key hold beyond the means: what sets this "
+    "key apart from the others",
+    "specific by roots: the specific part split by what each side traces back to (tokens, "
+    "position vectors, errors, constants); the key's own: what the key position's token holds "
+    "itself; moved to the key ('a'@5 -> @6): a token that heads at the key copied there; "
+    "against the means: what the mean query and mean key take away from the token terms",
+    "specific by units at the two positions: the same part split by the heads and features at "
+    "the query and at the key, each unit's own vector (a token: its embedding alone, not what "
+    "it reaches through other units)",
+    "query side from, key side from: what writes each side's vector, by root, head group and "
+    "feature group",
+    "each named token made the mean token: that token's embedding replaced by the mean token's "
+    "and the model rerun; 'as they say': the attention moved the way the terms naming the "
+    "token say, at least half as far as their size alone moves it; 'in part': less far",
+    "what makes it attend there: the head groups whose ablation lowers the attention most "
+    "through one side (query or key) alone; 'weak': that ablation does not halve it",
+)
+LEGEND_WIDTH = 110  # the printout's legend is prose: wrapped at this width
 
 
 def checks_legend_text(summary: MechanismSummary) -> str:
-    """What an ablation check's line says and what its marks mean (the printout's legend);
-    empty where no group has checks."""
+    """What an ablation check's line says and what its marks mean (``checks_legend_block`` in
+    one text); empty where no group has checks."""
+    block = checks_legend_block(summary)
+    return " ".join(block[:3]) + "; " + "; ".join(block[3:]) if block else ""
+
+
+def checks_legend_block(summary: MechanismSummary) -> list[str]:
+    """What an ablation check's line says and what its marks mean (the printout's legend, as
+    a block: ``block_lines``); empty where no group has checks."""
     if not any(g.checks for g in summary.groups):
-        return ""
+        return []
     probability = ""
     if any(t.probability is not None for t in summary.targets):
         both = any(t.negative_probability is not None for t in summary.targets)
         whose = "both tokens'" if both else "its first token's"
         probability = (", with the target token's probability before and after (for a "
                        f"difference, {whose})")  # fmt: skip
-    return (
-        "ablate: the group zeroed; the change of the target predicted by the linear "
-        f"graph and measured with {frozen_words(summary.mode)} and {free_words(summary.mode)}"
-        f"{probability}; FLAGGED where a measured change has the other sign or is over "
-        f"{RATIO:g}x off; {LN_WORDS}"
-    )
+    return [
+        "the ablate lines: the group zeroed; the change of the target predicted by the linear "
+        "graph and "
+        "measured with",
+        f"{frozen_words(summary.mode)} and",
+        f"{free_words(summary.mode)}{probability}",
+        f"FLAGGED where a measured change has the other sign or is over {RATIO:g}x off",
+        *LN_CLAUSES,
+    ]
+
+
+def legend_lines(summary: MechanismSummary, width: int = LEGEND_WIDTH) -> list[str]:
+    """The printout's legend: its heading, then each definition (flows, groups, where the
+    summary has them QK reasons and ablation checks) as a block whose lines are wrapped at
+    ``width`` (the legends were a 318- and a 1,156-character line: a review)."""
+    import textwrap
+
+    qk = any(g.qk for g in summary.groups) or any(t.qk for t in summary.targets)
+    blocks = [list(FLOWS_CLAUSES), list(GROUPS_LEGEND), *[list(QK_LEGEND)] * qk]
+    blocks += [checks_legend_block(summary)] * any(g.checks for g in summary.groups)
+    out = ["legend:"]
+    for line in (x for b in blocks for x in block_lines(b, "  ")):
+        indent = line[: len(line) - len(line.lstrip())]
+        out += textwrap.wrap(line, width, initial_indent="", subsequent_indent=indent + "    ",
+                             break_on_hyphens=False, break_long_words=False)  # fmt: skip
+    return out
 
 
 def _percent(share: float) -> str:
@@ -1447,6 +1699,7 @@ def format_summary(
         return f"{key} {group_title(names[key])}"
 
     qk_blocks = qk_sources_blocks(summary)
+    whys = why_blocks(summary)
     for t in summary.targets:
         head = f"target {t.label} = {t.value:.3g} {probability_text(t)}"
         if rival := rival_text(t):
@@ -1457,8 +1710,9 @@ def format_summary(
         more = len(t.constants_by_source) - 4
         consts += f", {more} more" if more > 0 else ""
         consts = f" ({consts})" if consts else ""
-        lines.append(f"  parts: tokens {_signed(t.tokens)}{token_shares_text(t)}, constants "
-                     f"{_signed(t.constants)}{consts}, errors {_signed(t.errors)}")  # fmt: skip
+        lines += block_lines([f"parts: tokens {_signed(t.tokens)}{token_shares_text(t)},",
+                              f"constants {_signed(t.constants)}{consts}, errors "
+                              f"{_signed(t.errors)}"], "  ")  # fmt: skip
         if reads := reads_text(t, summary.tokens):
             lines.append(f"  {reads}")
             if own := own_attention_text(t, summary.tokens):
@@ -1479,8 +1733,8 @@ def format_summary(
                 lines.append(f"    {flagged}")
             if stronger := stronger_text(g, t, summary):
                 lines.append(f"    {stronger}")
-            if why := why_text(g, summary):  # (its flagged check stays right under it)
-                lines.append(f"    {why}")
+            # (its flagged check stays right under it)
+            lines += block_lines(whys.get(t.node), "    ")
             lines += block_lines(qk_blocks.get(t.node), "    ")
             if moved_text(t):
                 lines.append(f"  {moved_text(t)}")
@@ -1501,6 +1755,7 @@ def format_summary(
         lines.append(f"  (how to read the ablate lines and their marks: {LEGEND_AT_END})")
     first = summary.targets[0].node if summary.targets else None
     by_node = {t.node: t for t in summary.targets}
+    said, repeats = sources_said(summary), reason_repeats(summary)
     for g in summary.groups:
         if g.kind in ("embedding", "error", "bias"):
             continue
@@ -1511,26 +1766,26 @@ def format_summary(
         extra = f" promotes {', '.join(map(repr, g.promotes[:PROMOTED_SHOWN]))}" \
             if g.promotes else ""  # fmt: skip
         brings = carried_text(g, first) if first is not None else ""
-        brings = f"; {per_target(first)}{brings}" if brings else ""
-        lines.append(f"  {g.key:>4} {group_title(g, False)}: flow {flow}{extra}{brings}")
+        lines.append(f"  {g.key:>4} {group_title(g, False)}: flow {flow}{extra}")
+        if brings:  # (on the line above it ran to 190 characters)
+            lines.append(f"       {per_target(first)}{brings}")
         if members := member_concepts_text(g, summary.settings.get("member_min_f1", 0.0)):
             lines.append(f"       {members}")
-        if writes := writes_qk_text(g, summary):
+        if writes := writes_qk_text(g, summary, said):
             lines.append(f"       {writes}")
-        for r in g.qk:
-            lines += reason_lines(r, max_pairs, "       ", summary)
+        for i, r in enumerate(g.qk):
+            lines += reason_lines(r, max_pairs, "       ", summary, repeats.get((g.key, i)))
         shown = [c for c in g.checks if every_check or c.target == first]
         rest = [] if every_check else [c for c in g.checks if c.target != first]
-        for c in shown:
+        for c in shown:  # its verdict beside the prediction, each measurement under it (one
+            # line of the three ran to 250 characters)
             frozen, free, mark = check_texts(c, by_node.get(c.target), summary.tolerance)
-            lines.append(
-                f"       ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
-                f"predicted {_signed(c.predicted)}, frozen attention {_signed(c.frozen)}"
-                f"{frozen}, free {_signed(c.free)}{free}  [{mark}]"
-            )
-        if g.attention_checks:
-            lines.append(f"       {ATTENTION_AFTER}: " + "; ".join(
-                attention_check_text(a, summary) for a in g.attention_checks))  # fmt: skip
+            lines += block_lines([
+                f"ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
+                f"predicted {_signed(c.predicted)}  [{mark}]",
+                f"frozen attention {_signed(c.frozen)}{frozen}", f"free {_signed(c.free)}{free}",
+            ], "       ")  # fmt: skip
+        lines += block_lines(attention_checks_block(g, summary), "       ")
         if rest:
             lines.append(
                 f"       ablate, the other {len(rest)} target{'s' if len(rest) > 1 else ''}: "
@@ -1541,8 +1796,7 @@ def format_summary(
             )
     # the definitions once, after the content they define (a reviewer found a 330- and a
     # 1,300-character legend inside the first 40 lines, pushing the targets and groups down)
-    lines += ["legend:", f"  ({FLOWS_LEGEND})"] + [f"  ({checks_legend})"] * bool(checks_legend)
-    return "\n".join(lines)
+    return "\n".join(lines + legend_lines(summary))
 
 
 CSS = """
@@ -1584,8 +1838,26 @@ def _ref(ref: NodeRef | None, drawn: set[str]) -> str:
     return text
 
 
-def _reason_html(r: QKReasonRecord, drawn: set[str], summary: MechanismSummary) -> str:
-    always = r.always_on
+def _reason_html(
+    r: QKReasonRecord, drawn: set[str], summary: MechanismSummary,
+    said: dict[str, str] | None = None,
+) -> str:  # fmt: skip
+    """A QK reason as the report gives it: as ``reason_block`` (``said`` too), with its
+    numbers coloured and its unit pairs linked to their rows."""
+    said = said or {}
+    head = f"QK {r.qk_head} reads {_esc(repr(r.key_token))}@{r.key} (attention {r.attention:.2f})"
+    parts = []
+    for part, has, block, words in (
+        ("roots", r.root_pairs, lambda: root_block(r, PAIRS_SHOWN), "specific by roots"),
+        ("checks", r.token_checks, lambda: token_checks_block(r, summary),
+         "each named token made the mean token"),
+    ):  # fmt: skip
+        if not has or said.get(part) == said.get("reason", ""):
+            continue
+        text = [f"{words}: as under {said[part]} above"] if part in said else block()
+        parts.append(block_html(text, "div"))
+    if "reason" in said:
+        return f"<div>{head}: as under {_esc(said['reason'])} above</div>{''.join(parts)}"
     heading, listed = unit_pairs(r, PAIRS_SHOWN)
     pairs = "".join(
         f"<li>{_ref(p.query, drawn)} &times; {_ref(p.key, drawn)}: {_span(p.value)}</li>"
@@ -1598,15 +1870,12 @@ def _reason_html(r: QKReasonRecord, drawn: set[str], summary: MechanismSummary) 
     # listing a side's lowerers as what it holds, once the lists held them)
     sources = "".join(f"<div>{_esc(text)}</div>" for side in SIDES
                       if (text := side_from_text(r, side)))  # fmt: skip
-    roots = f"<div>{_esc(root_text(r, PAIRS_SHOWN))}</div>" if r.root_pairs else ""
-    checks = f"<div>{_esc(token_checks_text(r, summary))}</div>" if r.token_checks else ""
     return (
-        f"<div>QK {r.qk_head} reads {_esc(repr(r.key_token))}@{r.key} (attention "
-        f"{r.attention:.2f}): score {_span(r.score)} = always-on {_span(always)} (mean query "
+        f"<div>{head}: score {_span(r.score)} = always-on {_span(r.always_on)} (mean query "
         f"&times; mean key {_span(r.mean_query_mean_key)}, this query &times; mean key "
         f"{_span(r.query_vs_mean_key)}, mean query &times; this key "
-        f"{_span(r.mean_query_vs_key)}) + specific {_span(r.specific)}</div>{roots}"
-        f"{checks}{units}{sources}"
+        f"{_span(r.mean_query_vs_key)}) + specific {_span(r.specific)}</div>{''.join(parts)}"
+        f"{units}{sources}"
     )
 
 
@@ -1654,6 +1923,8 @@ def mechanisms_html(
         f"than {RATIO:g}x off) are where the linear graph is not to be trusted; "
         f"{_esc(LN_WORDS)}.</p>"
     )
+    if any(g.qk for g in summary.groups) or any(t.qk for t in summary.targets):
+        legend += f"<p>{_esc('; '.join([*GROUPS_LEGEND, *QK_LEGEND]))}.</p>"
     parts = [
         '<div class="mech">',
         f"<p>{_esc(DEMEANED_SHORT[0].upper() + DEMEANED_SHORT[1:])}; how to read the flows, "
@@ -1665,6 +1936,8 @@ def mechanisms_html(
     if untrained and (note := summary.untrained_note()):
         parts.append(f"<p class='note'>Note: {_esc(note)}.</p>")
     qk_blocks = qk_sources_blocks(summary)
+    whys = why_blocks(summary)
+    said, repeats = sources_said(summary), reason_repeats(summary)
     for t in summary.targets:
         consts = ", ".join(f"{_esc(constant_source(name))} {_span(v)}"
                            for name, v in t.constants_by_source)  # fmt: skip
@@ -1701,8 +1974,7 @@ def mechanisms_html(
                 parts.append(f'<p class="neg">{_esc(flagged)}</p>')
             if stronger := stronger_text(summary.group(t.predicting_group), t, summary):
                 parts.append(f"<p>{_esc(stronger)}</p>")
-            if why := why_text(summary.group(t.predicting_group), summary):
-                parts.append(f'<p class="why">{_esc(why)}</p>')
+            parts.append(block_html(whys.get(t.node), cls="why"))
             parts.append(block_html(qk_blocks.get(t.node)))
             if moved_text(t):
                 parts.append(f"<p>{_esc(moved_text(t))}</p>")
@@ -1738,17 +2010,15 @@ def mechanisms_html(
             for k in target_names
             if g.carried.get(k)
         ]
-        if writes := writes_qk_text(g, summary):
+        if writes := writes_qk_text(g, summary, said):
             what.append(_esc(writes))
-        what += [_reason_html(r, drawn, summary) for r in g.qk]
+        what += [_reason_html(r, drawn, summary, repeats.get((g.key, i)))
+                 for i, r in enumerate(g.qk)]  # fmt: skip
         members = ", ".join(
             f'<a href="#{_anchor(m)}">{_esc(m)}</a>' if m in drawn else _esc(m)
             for m in g.members[:12]
         ) + (" …" if len(g.members) > 12 else "")
-        attention = "".join(
-            f"<div>{ATTENTION_AFTER}: {_esc(attention_check_text(a, summary))}</div>"
-            for a in g.attention_checks
-        )
+        attention = block_html(attention_checks_block(g, summary), "div")
         rows.append(
             f"<tr><td><b>{_esc(g.key)}</b></td><td>{_esc(group_title(g))}<br>"
             f"<small>{members}</small>"

@@ -193,16 +193,18 @@ def qk_refs(graph: Graph) -> dict[str, dict]:
     return refs
 
 
-def _reason_panel(r, summary) -> dict:
-    """A summary's ``QKReasonRecord`` as the panel lists it under a group or a head target."""
+def _reason_panel(r, summary, said: dict | None = None) -> dict:
+    """A summary's ``QKReasonRecord`` as the panel lists it under a group or a head target:
+    whole (a head's panel shows it alone), with ``said`` (``reports.mechanisms.reason_repeats``:
+    where the summary's list gave it before), which that list reads to point there."""
     from circuits.mechanism_file import SIDES
 
     from .mechanisms import (
         PAIRS_SHOWN,
         ref_text,
-        root_text,
+        root_block,
         side_from_text,
-        token_checks_text,
+        token_checks_block,
         unit_pairs,
     )
 
@@ -213,8 +215,9 @@ def _reason_panel(r, summary) -> dict:
             "units": heading or None,
             "pairs": [[ref_text(p.query), ref_text(p.key), _num(p.value)] for p in pairs],
             "sources": [text for side in SIDES if (text := side_from_text(r, side))],
-            "roots": root_text(r, PAIRS_SHOWN) if r.root_pairs else None,
-            "tokenChecks": token_checks_text(r, summary) if r.token_checks else None}  # fmt: skip
+            "roots": root_block(r, PAIRS_SHOWN) if r.root_pairs else None,
+            "tokenChecks": token_checks_block(r, summary) if r.token_checks else None,
+            "said": said or None}  # fmt: skip
 
 
 def mechanisms_data(summary, graph: Graph) -> dict | None:
@@ -238,12 +241,15 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         predicting_heading,
         probability_text,
         qk_sources_block,
+        qk_sources_blocks,
         reads_text,
+        reason_repeats,
         rival_text,
+        sources_said,
         spread_text,
         stronger_text,
         summary_for,
-        why_text,
+        why_blocks,
         writes_qk_text,
     )
 
@@ -251,6 +257,10 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
     known = graph.id_to_index
     min_f1 = summary.settings.get("member_min_f1", 0.0)
     by_node = {t.node: t for t in summary.targets}
+    # said once, as the printout and the report say them: a later target sharing a group
+    # points to the first, a source's group line to the target it is given under
+    whys, qk_blocks = why_blocks(summary), qk_sources_blocks(summary)
+    said, repeats = sources_said(summary), reason_repeats(summary)
     return {
         "targets": [
             {"node": t.node, "token": t.token, "negative": t.negative, "value": _num(t.value),
@@ -275,11 +285,10 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "flagged": (flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
                          or None)
              if t.predicting_group else None,
-             "why": (why_text(summary.group(t.predicting_group), summary) or None)
-             if t.predicting_group else None,
+             "why": whys.get(t.node),
              "stronger": (stronger_text(summary.group(t.predicting_group), t, summary)
                           or None) if t.predicting_group else None,
-             "qkSources": qk_sources_block(summary, t.predicting_group),
+             "qkSources": qk_blocks.get(t.node),
              # a head target's own: what makes it attend the key it reads
              "ownQkSources": qk_sources_block(summary, t.node),
              "qk": [_reason_panel(r, summary) for r in t.qk]}
@@ -298,11 +307,12 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "flow": {k: _num(v) for k, v in g.flow.items()}, "concept": g.concept,
              "brings": {t.node: carried_text(g, t.node) for t in summary.targets
                         if g.carried.get(t.node)},
-             "qk": [_reason_panel(r, summary) for r in g.qk],
+             "qk": [_reason_panel(r, summary, repeats.get((g.key, i)))
+                    for i, r in enumerate(g.qk)],
              "checks": [[c.target, _num(c.predicted), _num(c.frozen), _num(c.free), c.flagged,
                          *check_texts(c, by_node.get(c.target), summary.tolerance)]
                         for c in g.checks],
-             "writesQk": writes_qk_text(g, summary) or None,
+             "writesQk": writes_qk_text(g, summary, said) or None,
              "box": _box_lines(g, summary), "size": len(g.members),
              "attention": f"{ATTENTION_AFTER}: " + "; ".join(
                  attention_check_text(a, summary) for a in g.attention_checks)

@@ -685,9 +685,10 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
         for g, w in sources:  # in the summary with checks, its QK head the target's own
             assert g.checks and w.qk_head == head.qk[0].qk_head and g.layer < layer
             assert summary.attention_after(g, head.node).mean_before == head.own_attention
-        block = qk_sources_block(summary, head.node)  # the heading, then a line per side
+        block = qk_sources_block(summary, head.node)  # the heading, then a block per side
         assert block[0] == f"{QK_SOURCES}:" and len(block) == 3
-        assert {x.split(" side")[0] for x in block[1:]} == {"query", "key"}
+        names = [x[0] if isinstance(x, list) else x for x in block[1:]]  # a side's block
+        assert {x.split(" side")[0] for x in names} == {"query", "key"}  # or its one line
         text = format_summary(summary)
         printed = "\n".join(block_lines(block, "    "))
         assert printed in text and printed.splitlines()[1].startswith("      ")
@@ -727,7 +728,7 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
     for t in both.targets:  # each block's sides: the query's first
         sides = [w.side for _, w in both.qk_sources(t.node)]
         block = qk_sources_block(both, t.node) or []
-        assert [x.split(" side")[0] for x in block[1:1 + len(sides)]] == sorted(
+        assert [x[0].split(" side")[0] for x in block[1:1 + len(sides)]] == sorted(
             sides, key=["query", "key"].index)  # fmt: skip
     # a file written before head targets' sources were looked for says nothing of them (it
     # said no head group lowers the attention), and words its groups at a side's position as
@@ -1179,7 +1180,7 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
     Against a rerun written here: the toy model's own embedding hook and the Lorsa pattern."""
     from circuits.mechanisms import TERMS_SHOWN
     from reports.html import escape
-    from reports.mechanisms import token_checks_text
+    from reports.mechanisms import block_html, token_checks_block, token_checks_text
 
     summary = summarize(replacement, graph, run)
     reasons = [r for g in summary.groups for r in g.qk if r.root_pairs]
@@ -1274,8 +1275,13 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
             else:
                 assert c.rival is None
         line = token_checks_text(r, summary)
-        assert line in format_summary(summary)
-        assert escape(line) in page  # the report too (a reviewer found it left them out)
+        block = token_checks_block(r, summary)  # a line per token under its heading
+        assert line == f"{block[0]} {', '.join(block[1:])}"
+        printed = format_summary(summary).splitlines()
+        at = next(i for i, x in enumerate(printed) if x.strip() == block[0])
+        assert [x.strip() for x in printed[at : at + len(block)]] == block
+        # the report too (a reviewer found it left them out)
+        assert block_html(block, "div") in page
         assert f"attention to {r.key_token!r}@{r.key} {r.attention:.2f} -> " in line
         rerun = "the model rerun" if summary.mode == "local" else "the replacement rerun"
         assert rerun in line
@@ -1885,20 +1891,33 @@ def _check_qk_sources(summary, graph, replacement) -> int:
                 assert a.free == pytest.approx(after, abs=1e-5)
                 assert a.query_side == pytest.approx(query_alone, abs=1e-5)
                 assert a.key_side == pytest.approx(key_alone, abs=1e-5)
-    from reports.mechanisms import _role_text, attention_change, no_sources_text, score_text
+    from reports.mechanisms import (
+        _role_text,
+        attention_change,
+        no_sources_text,
+        qk_sources_sides,
+        score_text,
+        writes_qk_text,
+    )
 
     text = format_summary(summary)
     assert not roles or f"{QK_SOURCES}:\n" in text
+    # each side's source in one line (the printout gives it as a block of labelled lines, and
+    # a source's own group line points to it: ``qk_sources_side_blocks``, ``sources_said``)
+    subjects = dict.fromkeys(w.group for g in summary.groups for w in g.writes_qk)
+    one_line = "\n".join(x for key in subjects for x in qk_sources_sides(summary, key))
+    writes = "\n".join(writes_qk_text(g, summary) for g in summary.groups)
     for g in summary.groups:
         for w in g.writes_qk:
             r = summary.qk_subject(w.group).qk[0]
             total = r.query_at if w.side == "query" else r.key_at
             assert f"writes the {w.side} side of {score_text(summary, w.group, w.qk_head)} " \
-                f"({w.value:+.3g} of the side's {total:+.3g}" in text  # fmt: skip
+                f"({w.value:+.3g} of the side's {total:+.3g}" in writes  # fmt: skip
+            assert f"writes {w.value:+.3g} of the side's {total:+.3g}" in text
             # a side that lowers the score as a whole is said to (a reviewer read "+3.81 of
             # the side's -4.09" as a share)
             against = "(the side as a whole lowers the score; this group raises it)"
-            assert (f"of the side's {total:+.3g} {against}" in text) == (w.value > 0 > total)
+            assert (f"of the side's {total:+.3g} {against}" in writes) == (w.value > 0 > total)
     for t in summary.targets:  # a predicting group without sources says why
         if t.predicting_group is None:
             continue
@@ -1931,8 +1950,14 @@ def _check_qk_sources(summary, graph, replacement) -> int:
                     f"{both}") in text  # fmt: skip
             # a source that does not halve the attention is said to be weak
             named = f"side of QK {w.qk_head} {g.key} {g.name} "
-            line = next(x for x in text.splitlines()
+            line = next(x for x in one_line.splitlines()
                         if f"{named}(" in x or f"{named}[weak" in x)  # fmt: skip
+            # in the printout: the name, then the verdict on the line under it
+            at = text.splitlines().index(next(x for x in text.splitlines()
+                                              if x.endswith(named.rstrip())))  # fmt: skip
+            assert text.splitlines()[at + 1].strip().startswith("weak (") == (
+                a.mean_side(w.side) > a.mean_before / 2
+            )
             weak = a.mean_side(w.side) > a.mean_before / 2
             said = f"{named}[weak (the group's attention): no head group tested halves it" in line
             assert said == weak
@@ -1961,7 +1986,7 @@ def _check_qk_sources(summary, graph, replacement) -> int:
                 assert f"{said}{other.key} {other.name} takes it through this side " in line
             # a tie is said; the last of several tested is said to be
             role = _role_text(w, g, summary)
-            assert role in text
+            assert role in one_line
             assert (w.tie_name is not None) == (f"about as low (within {TIE}) with " in role)
             raising = w.tested - w.at_position
             stopped = w.rank == raising > 1 and raising < w.raisers
@@ -2408,7 +2433,7 @@ def test_summary_records(graph, replacement, run, tmp_path):
     # a reason whose unit pairs leave out most of the specific part lists none of them
     from reports.mechanisms import SPREAD_OUT, ref_text
 
-    lines = {f"         {p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}"
+    lines = {f"           {p.value:+.3g}  {ref_text(p.query)}  x  {ref_text(p.key)}"
              for g in back.groups for r in g.qk for p in r.pairs[:3]}  # fmt: skip
     assert lines & set(text.splitlines())  # listed while they cover the part
     spread = json.loads(json.dumps(back.to_dict()))
@@ -2505,8 +2530,10 @@ def test_summary_records(graph, replacement, run, tmp_path):
     brings = head.carried[back.targets[0].node][0]
     # with several targets the line names the one it is for (a fuzz pass found it unnamed)
     whose = f"{back.targets[0].label} " if len(back.targets) > 1 else ""
-    line = next(x for x in text.splitlines() if f"{head.name}: flow " in x)
-    assert f"; {whose}brings {brings.token!r}@{brings.pos} " in line
+    lines = text.splitlines()  # what it brings on the line under its name (one line of both
+    at = next(i for i, x in enumerate(lines) if f"{head.name}: flow " in x)  # ran to 190)
+    line = lines[at + 1]
+    assert line.startswith(f"       {whose}brings {brings.token!r}@{brings.pos} ")
     assert line.endswith(f"; constant terms {head.carried_own[back.targets[0].node]:+.3g}") or \
         line.endswith("; constant terms 0")  # fmt: skip
     assert "specific by roots (tokens" in text
@@ -2537,19 +2564,32 @@ def test_summary_records(graph, replacement, run, tmp_path):
     assert [line for line in compact if line.startswith("ablate, the other")] == counted
     assert len(compact) == own + len(counted)
     # the definitions once, in a legend after the content, a pointer where each stood
-    from reports.mechanisms import FLOWS_LEGEND, LEGEND_AT_END, checks_legend_text
+    from reports.mechanisms import (
+        FLOWS_CLAUSES,
+        LEGEND_AT_END,
+        LEGEND_WIDTH,
+        QK_LEGEND,
+        checks_legend_block,
+        checks_legend_text,
+        legend_lines,
+    )
 
-    lines = text.splitlines()
-    assert lines[-3:] == ["legend:", f"  ({FLOWS_LEGEND})", f"  ({checks_legend_text(back)})"]
-    assert text.count(FLOWS_LEGEND) == text.count(checks_legend_text(back)) == 1
+    lines = text.splitlines()  # the legend: each definition a block, wrapped (legend_lines)
+    legend = lines[lines.index("legend:") :]
+    assert legend == legend_lines(back) and max(map(len, legend)) <= LEGEND_WIDTH
+    flat = " ".join(x.strip() for x in legend)
+    for clause in (*FLOWS_CLAUSES, *QK_LEGEND, *checks_legend_block(back)):
+        assert flat.count(clause) == 1 and text.count(clause.split()[0] + " ") >= 1
     assert lines[0].endswith(f"; how to read them: {LEGEND_AT_END}):")
     assert f"  (how to read the ablate lines and their marks: {LEGEND_AT_END})" in lines
-    assert checks_legend_text(back).startswith("ablate: the group zeroed; ")
+    assert checks_legend_text(back).startswith("the ablate lines: the group zeroed; ")
     unchecked = copy.deepcopy(back)
     for g in unchecked.groups:
         g.checks, g.attention_checks = [], []
     assert checks_legend_text(unchecked) == ""
-    assert format_summary(unchecked).splitlines()[-2:] == ["legend:", f"  ({FLOWS_LEGEND})"]
+    assert format_summary(unchecked).splitlines()[-len(legend_lines(unchecked)) :] == \
+        legend_lines(unchecked)  # fmt: skip
+    assert "the ablate lines" not in "\n".join(legend_lines(unchecked))
     assert "how to read the ablate lines" not in format_summary(unchecked)
     page = html_page(graph, mechanisms=back)
     assert "<h2>Mechanisms</h2>" in page and "always-on" in page
@@ -2682,7 +2722,7 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
     # logit, and one check's sign flipped), in full in the legend at the end
     lines = format_summary(summary).splitlines()
     assert DEMEANED_SHORT in lines[0] and DEMEANED_WORDS not in lines[0]
-    assert DEMEANED_WORDS in lines[lines.index("legend:") + 1]
+    assert DEMEANED_WORDS in " ".join(x.strip() for x in lines[lines.index("legend:") :])
     set_flow(-1.0)
     assert f"  {NO_MOVER}: {g.key}" in format_summary(summary)
 
@@ -2920,14 +2960,20 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replac
     text = browser.evaluate("document.querySelector('#viewer .panel').innerText")
     assert "Mechanisms" in text and "predicting heads" in text and "key side from" in text
     assert "specific by roots (tokens" in text
-    from reports.mechanisms import no_sources_text, probability_text, qk_sources_sides
+    from reports.mechanisms import (
+        block_lines,
+        no_sources_text,
+        probability_text,
+        qk_sources_side_blocks,
+    )
 
     t0 = summary.targets[0]
     assert probability_text(t0) in text  # the target's probability, as the text prints it
-    # the QK sources line, or why there is none (a review: the panel left the reason out)
-    why = qk_sources_sides(summary, t0.predicting_group) or [no_sources_text(
+    # the QK sources lines, or why there is none (a review: the panel left the reason out)
+    why = qk_sources_side_blocks(summary, t0.predicting_group) or [no_sources_text(
         summary.group(t0.predicting_group), summary)]  # fmt: skip
-    assert why[0] and all(x in text.splitlines() for x in why)  # a line per side
+    why = [x.strip() for x in block_lines(["", *why], "")[1:]]  # each side's block, its lines
+    assert why[0] and all(x in text.splitlines() for x in why)  # a line each
     top = summary.targets[0].tokens_by_position[0]
     assert f"'{top.token}'@{top.pos} " in text  # which tokens the target comes from
     assert "the heads there bring" in text and "; their constant terms" in text
@@ -3248,8 +3294,10 @@ def test_a_differences_checks_give_both_tokens_probabilities(replacement, tokens
                           freeze_errors=freeze, run=run)  # fmt: skip
         assert after == pytest.approx(float(rerun.logits.double().softmax(-1)[b]), rel=1e-4)
     text = format_summary(summary, every_check=True)
-    line = next(x for x in text.splitlines() if x.strip().startswith("ablate") and
-                f"p({full.token(b)!r}) " in x)  # fmt: skip
+    lines = text.splitlines()  # a check: its prediction, then frozen and free under it
+    line = next(" ".join(lines[i : i + 3]) for i, x in enumerate(lines)
+                if x.strip().startswith("ablate")
+                and f"p({full.token(b)!r}) " in lines[i + 1])  # fmt: skip
     assert line.count(f"p({full.token(a)!r}) ") == line.count(f"p({full.token(b)!r}) ") == 2
     d = summary.to_dict()
     path = tmp_path / "mechanisms.json"
@@ -3717,6 +3765,86 @@ def test_a_predicting_groups_qk_sources_are_printed_once(replacement, tokens, mo
             assert qk_sources_blocks(summary).get(t.node) == ([none] if none else None)
 
 
+def test_what_was_said_once_is_pointed_to_after(replacement, tokens, monkeypatch):
+    """Where a prompt has several targets the printout repeated whole blocks: the why line of a
+    predicting group every target shares, a QK source's score and choice on its own group's
+    line after the target's block gave them, a QK head's reason under each head group sharing
+    it. Each is given once; later ones point back ("as under ... above"), in the printout, the
+    report and the viewer's summary panel alike, and every figure stays in the record."""
+
+    import circuits.mechanisms
+    from reports.mechanisms import (
+        WHY_THERE,
+        _role_text,
+        block_lines,
+        reason_lines,
+        reason_repeats,
+        sources_said,
+        why_block,
+        why_blocks,
+    )
+    from reports.viewer import mechanisms_data
+
+    monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)  # (QK sources here)
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    graph = attribute(replacement, tokens, max_logits=3, run=run)
+    summary = summarize(replacement, graph, run, max_groups=1)
+    text = format_summary(summary)
+    page = mechanisms_html(summary)
+    first: dict[str, str] = {}
+    for t in summary.targets:
+        first.setdefault(t.predicting_group, t.label)
+    whys = [t for t in summary.targets if t.predicting_group
+            and why_block(summary.group(t.predicting_group), summary)]  # fmt: skip
+    later = [t for t in whys if first[t.predicting_group] != t.label]
+    assert later  # the fixture's targets share a predicting group with a why line
+    for t in whys:
+        block = why_block(summary.group(t.predicting_group), summary)
+        assert text.count("\n".join(block_lines(block, "    "))) == 1
+        if t in later:
+            pointer = [f"{WHY_THERE}: as under {first[t.predicting_group]} above"]
+            assert why_blocks(summary)[t.node] == pointer
+            assert pointer[0] in text and html_escape(pointer[0]) in page
+    panel = mechanisms_data(summary, graph)
+    assert [x["why"] for x in panel["targets"]] == [why_blocks(summary).get(t.node)
+                                                     for t in summary.targets]  # fmt: skip
+    # a source's own group line points to the target its score and choice stand under
+    said = sources_said(summary)
+    sources = [(g, w) for g in summary.groups for w in g.writes_qk if w.group in said]
+    assert sources
+    for g, w in sources:
+        role = _role_text(w, g, summary)
+        assert f"(its share and how it was chosen: as under target {said[w.group]} above)" in text
+        assert f"({role})" not in text
+    # a QK head's reason given under an earlier group: the later one points to it
+    g = next(g for g in summary.groups if g.qk)
+    twin = dataclasses.replace(g, key="g99", name=g.name + " (twin)", checks=[],
+                               attention_checks=[], writes_qk=[])  # fmt: skip
+    doubled = copy.deepcopy(summary)
+    doubled.groups.append(twin)
+    assert reason_repeats(doubled) == {
+        ("g99", i): {"reason": g.key}
+        | {
+            part: g.key
+            for part, has in (("roots", r.root_pairs), ("checks", r.token_checks))
+            if has
+        }
+        for i, r in enumerate(g.qk)
+    }
+    text = format_summary(doubled)
+    for r in g.qk:
+        whole = reason_lines(r, 3, "       ", doubled)
+        assert text.count("\n".join(whole)) == 1  # said once, under g
+        pointer = f"       QK {r.qk_head} reads {r.key_token!r}@{r.key} (attention " \
+            f"{r.attention:.2f}): as under {g.key} above"  # fmt: skip
+        assert pointer in text.splitlines()
+        assert html_escape(pointer.strip()) in mechanisms_html(doubled)
+    data = mechanisms_data(doubled, graph)["groups"][-1]["qk"]
+    assert [x["said"] for x in data] == [reason_repeats(doubled)[("g99", i)]
+                                         for i in range(len(g.qk))]  # fmt: skip
+    assert data[0]["score"] is not None  # whole in the data: a head's panel shows it alone
+
+
 def test_a_qk_source_away_from_its_side_says_where_it_sits_before_the_others_tested():
     """A review of ``x: 9+4=13, 6+8=``: "...; 17 other head groups at the side's position
     tested too, at @9, not the key @12: through later heads there" read as if the 17 sat at
@@ -4060,23 +4188,25 @@ def test_the_why_line_stands_under_the_predicting_heads_in_every_view(graph, rep
     """The printout, the report and the viewer's data carry the predicting group's one-line
     QK reason under its name (after its flagged check, which stays right under it), before
     its QK sources."""
-    from reports.mechanisms import PREDICTING, why_text
+    from reports.mechanisms import PREDICTING, block_html, block_lines, why_block, why_text
     from reports.viewer import mechanisms_data
 
     summary = summarize(replacement, graph, run, max_groups=4)
     t = summary.targets[0]
     why = why_text(summary.group(t.predicting_group), summary)
     assert why.startswith("why it attends there (QK ")
+    block = why_block(summary.group(t.predicting_group), summary)  # the term, then its checks
+    assert why == "; ".join(block)
     lines = format_summary(summary).splitlines()
     at = next(i for i, x in enumerate(lines) if x.startswith(f"  {PREDICTING}: "))
     # after its own flagged check and the stronger groups, which stay right under it
     at += 1 + sum(x.startswith(("    its ablation check is", "    head groups there whose"))
                   for x in lines[at + 1 : at + 3])  # fmt: skip
-    assert lines[at] == f"    {why}"
-    after = lines[at + 1]
+    assert lines[at : at + len(block)] == block_lines(block, "    ")
+    after = lines[at + len(block)]
     assert after.startswith("    what makes it attend there") or "its QK score" in after
-    assert html_escape(why) in mechanisms_html(summary)
-    assert mechanisms_data(summary, graph)["targets"][0]["why"] == why
+    assert block_html(block, cls="why") in mechanisms_html(summary)
+    assert mechanisms_data(summary, graph)["targets"][0]["why"] == block
 
 
 def test_the_why_line_names_no_largest_score_term_where_constants_or_errors_raise_more(

@@ -78,7 +78,7 @@ def test_the_summary_prints_its_content_before_its_legend(tmp_path, capsys):
     its end, with a one-line pointer where each stood: a reviewer found a 330-character header
     and a 1,300-character ablation legend inside the first 40 lines of this prompt's printout.
     The report's section does the same."""
-    from reports.mechanisms import FLOWS_LEGEND, LEGEND_AT_END, LEGEND_ID
+    from reports.mechanisms import FLOWS_CLAUSES, LEGEND_AT_END, LEGEND_ID, LEGEND_WIDTH
 
     out = tmp_path / "legend"
     code, stdout, _ = trace(capsys, "--prompt", "ticket owl harbor glass | ticket owl harbor",
@@ -88,12 +88,16 @@ def test_the_summary_prints_its_content_before_its_legend(tmp_path, capsys):
     start = next(i for i, x in enumerate(lines) if x.startswith("mechanisms ("))
     end = next(i for i, x in enumerate(lines) if x.startswith("wrote "))
     legend = lines.index("legend:")
-    assert start < legend < end and lines[legend + 1 : end] == [
-        f"  ({FLOWS_LEGEND})",
-        next(x for x in lines[legend:end] if x.startswith("  (ablate: the group zeroed; ")),
-    ]
+    assert start < legend < end
+    # each definition a block of lines no wider than LEGEND_WIDTH (they were a 318- and a
+    # 1,156-character line: a review), flows first, the ablate lines' last
+    assert lines[legend + 1].startswith(f"  {FLOWS_CLAUSES[0][:40]}")
+    assert max(len(x) for x in lines[legend:end]) <= LEGEND_WIDTH
+    heads = [x for x in lines[legend + 1 : end] if not x.startswith("   ")]
+    assert heads[0].startswith("  exact flows: ") and heads[-1].startswith("  the ablate lines: ")
+    assert any(x.startswith("  QK reasons ") for x in heads)
     # each definition said once, in the legend; a pointer where it stood
-    assert stdout.count("exact flows: ") == 1 and stdout.count("(ablate: the group zeroed") == 1
+    assert stdout.count("exact flows: ") == 1 and stdout.count("the ablate lines: the group") == 1
     assert lines[start].endswith(f"how to read them: {LEGEND_AT_END}):")
     groups = lines.index("groups:")
     assert lines[groups + 1] == f"  (how to read the ablate lines and their marks: {LEGEND_AT_END})"
@@ -105,8 +109,14 @@ def test_the_summary_prints_its_content_before_its_legend(tmp_path, capsys):
     assert max(len(x) for x in lines[: firsts[-1]]) < 700
     # a QK source's verdict beside its name, before its measurements (this prompt's query side
     # is weak: its "weak ..." came after 393 of the line's 586 characters)
-    weak = [x for x in lines[firsts[4] : firsts[5]] if "[weak (the group's attention): " in x]
-    assert weak and all(x.index("[weak") < min(80, x.index(", ablated, through")) for x in weak)
+    # is weak: its "weak ..." came after 393 of the line's 586 characters): the line under
+    # its name, before the lines of its measurements
+    block = lines[firsts[4] : firsts[5]]
+    said = "weak (the group's attention): "
+    weak = [i for i, x in enumerate(block) if x.strip().startswith(said)]
+    assert weak and all(" side of QK " in block[i - 1] for i in weak)
+    assert all(block[i + 1].strip().startswith("writes ") for i in weak)
+    assert max(len(x) for x in lines[start:legend]) < 250  # (1,156 before)
     page = (out / "graph.html").read_text()
     section = page[page.index("<h2>Mechanisms</h2>") :]
     pointer = section.index(f'<a href="#{LEGEND_ID}">')

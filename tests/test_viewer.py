@@ -23,7 +23,7 @@ from reports import layout
 from reports.browser import Browser, find_chromium
 from reports.html import write_html
 from reports.labels import node_label, short_label_lines
-from reports.mechanisms import PAIRS_SHOWN, predicting_heading, root_text
+from reports.mechanisms import PAIRS_SHOWN, predicting_heading, root_block
 from reports.viewer import check_dashboards, check_q_params, script_json, viewer_data
 
 DASHBOARDS = {
@@ -1647,12 +1647,14 @@ def test_mechanisms_panel_names_every_group_key(browser, weekday_trace):
         assert f"{k} {names[k]} " in line
     assert "next by flow: g" not in text and "undefined" not in text
     # the line after the predicting heads says why they attend there, as the printout does
-    from reports.mechanisms import why_text
+    from reports.mechanisms import why_block
 
-    why = why_text(g, summary)
+    why = why_block(g, summary)  # the term, then its token checks under it
     shown = [x for x in text.splitlines() if x.strip()]
     at = next(i for i, x in enumerate(shown) if x.startswith(f"{heading}: "))
-    assert why and why in shown[at + 1 : at + 4]  # after a flagged check, if any
+    at = shown.index(why[0], at + 1)
+    assert why and at <= next(i for i, x in enumerate(shown) if x.startswith(f"{heading}: ")) + 3
+    assert shown[at : at + len(why)] == why  # after a flagged check, if any
     # each key is a chip that says what it is: its name beside it and in its tooltip
     chips = browser.evaluate(
         "[...document.querySelectorAll('#viewer .panel .group-ref')].map(e => e.textContent)"
@@ -1697,7 +1699,8 @@ def test_a_heads_panel_gives_its_groups_reason_from_the_summary(browser, weekday
     assert heading in text, text
     after = text.split(heading, 1)[1]
     assert after.lstrip().startswith(f"QK {r.qk_head} → {r.key_token!r}@{r.key}: score ")
-    assert root_text(r, PAIRS_SHOWN) in after
+    roots = root_block(r, PAIRS_SHOWN)  # its heading, then a line per list of terms
+    assert [x for x in after.splitlines() if x.strip()][1 : 1 + len(roots)] == roots
     other = next(i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
                  if graph.ids[i] not in {m for x in summary.groups for m in x.members}
                  and graph.qk_for(i))  # fmt: skip

@@ -1681,9 +1681,8 @@
         } }, el("b", {}, k), g ? " " + g.name : "");
     };
     const flowOf = (k, node) => signed(((groups.get(k) || {}).flow || {})[node]);
-    // a QK sources block: its heading, then one line per side (qk_sources_block)
-    const block = (lines) => el("div", { class: "qk-sources" }, el("p", {}, lines[0]),
-      ...(lines.length > 1 ? [el("ul", {}, ...lines.slice(1).map((x) => el("li", {}, x)))] : []));
+    // a QK sources block: its heading, then a block per side (qk_sources_block)
+    const block = (lines) => blockEl(lines, "qk-sources");
     const out = [el("h4", {}, "Mechanisms")];
     for (const t of m.targets) {
       const what = named(t.node);
@@ -1701,7 +1700,7 @@
         out.push(el("p", { class: "predicting" }, `${t.predictingLabel}: `, groupRef(t.predicting), `, flow ${flowOf(t.predicting, t.node)}` + (t.spread ? ` (${t.spread})` : "")));
         if (t.flagged) out.push(el("p", { class: "neg flagged" }, t.flagged));
         if (t.stronger) out.push(el("p", { class: "stronger" }, t.stronger));
-        if (t.why) out.push(el("p", { class: "why" }, t.why));
+        if (t.why) out.push(blockEl(t.why, "why"));
         if (t.qkSources) out.push(block(t.qkSources));
       }
       if (t.moved) out.push(el("p", { class: "muted" }, t.moved));
@@ -1726,7 +1725,7 @@
         li.append(el("div", { class: "muted" }, (several ? named(node) + ": " : "") + text));
       }
       if (g.writesQk) li.append(el("div", { class: "writes-qk" }, g.writesQk));
-      for (const r of g.qk) li.append(...reasonLines(r));
+      for (const r of g.qk) li.append(...reasonLines(r, true));
       li.append(...checkLines(g, several ? named : null));
       const members = g.members.map((id) => byId.get(id)).filter((i) => i !== undefined);
       if (members.length >= 2) {
@@ -1750,12 +1749,31 @@
     if (g.attention) out.push(el("div", { class: "muted attention-checks" }, g.attention));
     return out;
   }
+  // A block (reports.mechanisms.block_lines): its heading, then its lines as a list, a nested
+  // block a list item with its own list.
+  function blockEl(lines, cls) {
+    return el("div", { class: cls }, el("p", {}, lines[0]), ...(lines.length > 1 ? [blockList(lines.slice(1))] : []));
+  }
+  function blockList(items) {
+    return el("ul", {}, ...items.map((x) => Array.isArray(x)
+      ? el("li", {}, x[0], ...(x.length > 1 ? [blockList(x.slice(1))] : [])) : el("li", {}, x)));
+  }
   // A summary's QK reason (a group's or a head target's own): the score's parts, tokens first
   // (which token at the query meets which at the key), then the units and each side's sources.
-  function reasonLines(r) {
-    const out = [el("div", { class: "muted" }, `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`)];
-    if (r.roots) out.push(el("div", { class: "muted" }, r.roots));
-    if (r.tokenChecks) out.push(el("div", { class: "muted" }, r.tokenChecks));
+  // `listed`: in the summary's list of groups, where a reason given under an earlier group
+  // points there (r.said: reports.mechanisms.reason_repeats), as the printout does.
+  function reasonLines(r, listed) {
+    const said = (listed && r.said) || {};
+    const head = `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}`;
+    const out = [el("div", { class: "muted" }, said.reason ? `${head}: as under ${said.reason} above`
+      : `${head}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`)];
+    const part = (name, lines, words) => {
+      if (!lines || said[name] === (said.reason || "")) return;
+      out.push(said[name] ? el("div", { class: "muted" }, `${words}: as under ${said[name]} above`) : blockEl(lines, "muted"));
+    };
+    part("roots", r.roots, "specific by roots");
+    part("checks", r.tokenChecks, "each named token made the mean token");
+    if (said.reason) return out;
     if (r.units) out.push(el("div", { class: "muted" }, r.units));
     if (r.pairs.length) out.push(el("ul", {}, ...r.pairs.map((p) => el("li", {}, `${p[0]} × ${p[1]}: ${signed(p[2])}`))));
     for (const line of r.sources || []) out.push(el("div", { class: "muted" }, line));

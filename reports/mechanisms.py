@@ -406,15 +406,17 @@ def reads_text(t: TargetRecord, tokens: list[str]) -> str:
 OWN_ATTENTION_SHOWN = 5  # the groups whose ablation moves a head target's attention most
 
 
-def own_attention_text(t: TargetRecord, tokens: list[str]) -> str:
+def own_attention_block(t: TargetRecord, tokens: list[str]) -> list[str]:
     """A head target's own attention to the key it reads, and with each checked group ablated
-    (attention free), the largest moves first, each with the attention through the query's and
+    (attention free), as a block (``block_lines``: one line of it ran to 586 characters), a
+    line per group, the largest moves first, each with the attention through the query's and
     through the keys' vectors alone as after the ablation: ``its own attention to ' m'@7 0.73;
     with a group ablated (attention free): g3 0.0002 (query side alone 0.72, key side alone
     0.0003), g0 0.02 (...)``. The heads at its key can act through this attention, not through
-    their value flow; empty for other targets and unchecked summaries."""
+    their value flow; the note on which groups are checked its last line. Empty for other
+    targets and unchecked summaries."""
     if t.own_attention is None or not t.own_attention_free or t.reads is None:
-        return ""
+        return []
     moved = sorted(t.own_attention_free.items(), key=lambda kv: -abs(kv[1] - t.own_attention))
 
     def after(key: str, a: float) -> str:  # with each side alone where measured
@@ -424,13 +426,20 @@ def own_attention_text(t: TargetRecord, tokens: list[str]) -> str:
         q, k = (attention_text(x) for x in sides)
         return f"{key} {attention_text(a)} (query side alone {q}, key side alone {k})"
 
-    shown = ", ".join(after(k, a) for k, a in moved[:OWN_ATTENTION_SHOWN])
-    more = f", {len(moved) - OWN_ATTENTION_SHOWN} more" if len(moved) > OWN_ATTENTION_SHOWN else ""
-    return (f"its own attention to {tokens[t.reads]!r}@{t.reads} {attention_text(t.own_attention)}"
-            f"; with a checked group ablated (attention free): {shown}{more} (the summary's "
-            "checked groups: those its value flows through most, and any others it holds; a "
-            "group at its query acts on it through this attention alone, and is checked only "
-            "where it is in the summary for another reason)")  # fmt: skip
+    shown = [after(k, a) for k, a in moved[:OWN_ATTENTION_SHOWN]]
+    more = [f"{len(moved) - OWN_ATTENTION_SHOWN} more"] * (len(moved) > OWN_ATTENTION_SHOWN)
+    return [f"its own attention to {tokens[t.reads]!r}@{t.reads} {attention_text(t.own_attention)}"
+            "; with a checked group ablated (attention free):", *shown, *more,
+            "(the summary's checked groups: those its value flows through most, and any others "
+            "it holds; a group at its query acts on it through this attention alone, and is "
+            "checked only where it is in the summary for another reason)"]  # fmt: skip
+
+
+def own_attention_text(t: TargetRecord, tokens: list[str]) -> str:
+    """``own_attention_block`` in one line; empty where it is."""
+    if not (block := own_attention_block(t, tokens)):
+        return ""
+    return f"{block[0]} {', '.join(block[1:-1])} {block[-1]}"
 
 
 def check_texts(
@@ -1715,8 +1724,7 @@ def format_summary(
                               f"{_signed(t.errors)}"], "  ")  # fmt: skip
         if reads := reads_text(t, summary.tokens):
             lines.append(f"  {reads}")
-            if own := own_attention_text(t, summary.tokens):
-                lines.append(f"  {own}")
+            lines += block_lines(own_attention_block(t, summary.tokens), "  ")
             for r in t.qk:
                 lines += reason_lines(r, max_pairs, "    ", summary)
             lines += block_lines(qk_sources_block(summary, t.node), "    ")
@@ -1952,8 +1960,7 @@ def mechanisms_html(
         )
         if reads := reads_text(t, summary.tokens):
             parts.append(f"<p>{_esc(reads)}</p>")
-            if own := own_attention_text(t, summary.tokens):
-                parts.append(f"<p>{_esc(own)}</p>")
+            parts.append(block_html(own_attention_block(t, summary.tokens)))
             parts += [_reason_html(r, drawn, summary) for r in t.qk]
             parts.append(block_html(qk_sources_block(summary, t.node)))
         if t.predicting_group:

@@ -236,7 +236,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         group_title,
         member_concepts_text,
         moved_text,
-        own_attention_text,
+        own_attention_block,
         own_token_text,
         predicting_heading,
         probability_text,
@@ -281,7 +281,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
              "own": (own_token_text(t, summary.group(t.predicting_group).pos) or None)
              if t.predicting_group else None,
              "reads": reads_text(t, summary.tokens) or None,
-             "ownAttention": own_attention_text(t, summary.tokens) or None,
+             "ownAttention": own_attention_block(t, summary.tokens) or None,
              "flagged": (flagged_text(summary.group(t.predicting_group), t, summary.tolerance)
                          or None)
              if t.predicting_group else None,

@@ -623,11 +623,15 @@ def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run
         # and through each side alone: the query's vector, then the keys', as after it
         sides = mine.own_attention_sides[key]
         assert sides == pytest.approx(result.attention_by_side[0].tolist(), abs=1e-5)
-    from reports.mechanisms import own_attention_text
+    from reports.mechanisms import block_lines, own_attention_block, own_attention_text
 
     line = own_attention_text(mine, checked.tokens)
     assert line.startswith(f"its own attention to {graph.token_strings[k]!r}@{k} ")
-    assert line in format_summary(checked) and checked.targets[0].own_attention is None
+    # printed a line per group under its heading (one line of it ran to 586 characters)
+    block = own_attention_block(mine, checked.tokens)
+    assert line == f"{block[0]} {', '.join(block[1:-1])} {block[-1]}"
+    assert "\n".join(block_lines(block, "  ")) in format_summary(checked)
+    assert checked.targets[0].own_attention is None
     data = json.loads(json.dumps(checked.to_dict()))
     data["targets"][-1]["own_attention_free"]["g999"] = 0.5
     with pytest.raises(ValueError, match="own attention, clean and after checked groups only"):

@@ -1692,7 +1692,7 @@
       out.push(el("p", {}, `${what} = ${fmt(t.value)} ${t.probabilityText || ""}: tokens ${signed(t.tokens)}${byPos}, constants ${signed(t.constants)}, errors ${signed(t.errors)}` +
         (t.rival ? " · " + t.rival : "")));
       if (t.reads) out.push(el("p", { class: "reads" }, t.reads),
-        ...(t.ownAttention ? [el("p", { class: "own-attention" }, t.ownAttention)] : []),
+        ...(t.ownAttention ? [blockEl(t.ownAttention, "own-attention")] : []),
         ...(t.qk || []).flatMap(reasonLines),
         ...(t.ownQkSources ? [block(t.ownQkSources)] : []));
       if (t.own) out.push(el("p", {}, t.own));

@@ -4,7 +4,8 @@
 a reader looking for the mechanism has to find it there. This draws what the summary found
 (``circuits.mechanism_file.MechanismSummary``), at group level, as a paper's circuit figure
 would: the groups on the summary's top paths from each target down to the tokens, each
-target's predicting head group and the head groups the summary names as writing its QK score,
+target's predicting head group and the head groups the summary names as writing its QK score
+(or a head target's),
 and nothing else (the caption says how many groups of the summary are left out; every one is
 in ``mechanisms.json``, the printout and the page).
 
@@ -18,8 +19,10 @@ in ``mechanisms.json``, the printout and the page).
   (``PathRecord.hops``, in the units of the one entered), blue raising, red lowering, as wide
   as the largest |flow| of the top paths through it; a hop on several paths is drawn once.
 - A dashed purple edge is a QK source (``GroupRecord.writes_qk``): the head group ablated
-  changes where the predicting heads attend, through their query (``q``) or key (``k``) side
-  alone, from the attention before to after (``AttentionCheck.mean_side``).
+  changes where the predicting heads (or a head target: ``--target-node lorsa:...``, whose
+  own QK score the summary splits) attend, through their query (``q``) or key (``k``) side
+  alone, from the attention before to after (``AttentionCheck.mean_side``,
+  ``MechanismSummary.attention_after``).
 
 Rows are the model's stages, bottom to top (tokens, then each block's heads and features),
 as in ``graph.dot``; everything is read from the summary's records, never from its text.
@@ -69,12 +72,19 @@ def _num(x: float) -> str:
     return f"{x:+.3g}"
 
 
+def head_targets(summary: MechanismSummary) -> set[str]:
+    """The head targets with a QK reason of their own (their node ids): a QK source can write
+    their score as it writes a head group's (``MechanismSummary.qk_subject``)."""
+    return {t.node for t in summary.targets if summary.qk_subject(t.node) is t}
+
+
 def drawn_groups(summary: MechanismSummary) -> list[GroupRecord]:
     """The groups the figure draws, in the summary's order: those on a top path, each target's
-    predicting head group, and the QK sources of the head groups among them."""
+    predicting head group, and the QK sources of the head groups among them and of the head
+    targets."""
     keys = {k for p in summary.paths for k in p.groups}
     keys |= {t.predicting_group for t in summary.targets if t.predicting_group is not None}
-    heads = set(keys)
+    heads = keys | head_targets(summary)
     keys |= {g.key for g in summary.groups for w in g.writes_qk if w.group in heads}
     return [g for g in summary.groups if g.key in keys]
 
@@ -138,8 +148,8 @@ def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
         "frozen / free); thick border: the predicting heads; red: a flagged check",
         "edges: the summed direct edges from group to group (in the units of the one entered), "
         "blue +, red −, wide as the top paths through them; dashed purple: a QK source, the "
-        "predicting heads' attention through its query (q) or key (k) side, before -> after it "
-        "is ablated",
+        "attention of the heads it points to (the predicting heads, a head target) through its "
+        "query (q) or key (k) side, before -> after it is ablated",
     ]
     return "\n".join(line for text in said for line in _wrap(text, CAPTION_CHARS))
 
@@ -223,16 +233,21 @@ def mechanism_dot(summary: MechanismSummary) -> str:
                           tooltip=f"summed direct edges {_num(hop)}; the largest top path "
                                   f"through it carries {widest:.3g} of its target"))  # fmt: skip
 
+    heads = head_targets(summary)
     for g in drawn:
         for w in g.writes_qk:
-            if w.group not in keys:
+            if w.group in keys:
+                into = f"group:{w.group}"
+            elif w.group in heads:  # a head target's own QK score
+                into = f"target:{w.group}"
+            else:
                 continue
             label = w.side[0]
             after = summary.attention_after(g, w.group)
             alone = after.mean_side(w.side) if after is not None else None
             if alone is not None:
                 label += " " + attention_change(after.mean_before, alone)
-            lines.append(edge(f"group:{g.key}", f"group:{w.group}", color=QK_COLOR,
+            lines.append(edge(f"group:{g.key}", into, color=QK_COLOR,
                               fontcolor=QK_COLOR, style="dashed", label=label,
                               constraint="false",
                               tooltip=f"writes the {w.side} side of {w.group}'s QK {w.qk_head} "

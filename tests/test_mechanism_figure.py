@@ -11,11 +11,12 @@ import subprocess
 
 import pytest
 
-from circuits.attribution import attribute, run_prompt
+from circuits.attribution import NodeTarget, attribute, run_prompt
 from circuits.mechanisms import summarize
 from circuits.prune import prune_graph
 from reports import outputs
 from reports.mechanism_figure import FLAGGED_COLOR, ID_PREFIX, _wrap, drawn_groups, mechanism_dot
+from reports.mechanisms import attention_change
 from reports.outputs import write_graph_outputs
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is missing")
@@ -27,6 +28,21 @@ def traced(replacement, tokens):
     run = run_prompt(replacement, tokens, "local", constants=True)
     graph = attribute(replacement, tokens, max_logits=2, run=run)
     return graph, summarize(replacement, graph, run, max_groups=6)
+
+
+@pytest.fixture
+def head_traced(replacement, tokens):
+    """A summary whose target is a layer-1 head reading another position (``--target-node
+    lorsa:...``): its own QK score has sources of its own."""
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    full = attribute(replacement, tokens, max_logits=1, run=run)
+    heads = [i for i in full.is_kind("lorsa").nonzero().squeeze(1).tolist()
+             if full.layer[i] == 1 and full.read_key(i) not in (None, full.pos[i])]  # fmt: skip
+    node = max(heads, key=lambda i: float(full.activation[i]))
+    target = NodeTarget("lorsa", int(full.layer[node]), int(full.pos[node]),
+                        int(full.index[node]))  # fmt: skip
+    graph = attribute(replacement, tokens, run=run, targets=[target])
+    return summarize(replacement, graph, run, max_groups=6)
 
 
 def drawn(dot_text: str) -> dict:
@@ -155,3 +171,23 @@ def test_a_box_name_is_cut_at_spaces_never_inside_a_tokens_quotes():
     assert _wrap(name) == ["L2 head 617 @34 -> ' m'@16", "[next token: name: repeated",
                            "mention, F1 0.56]"]  # fmt: skip
     assert _wrap("x" * 40 + " y") == ["x" * 40, "y"]  # a longer word whole, on its own line
+
+
+@needs_dot
+def test_a_head_targets_qk_sources_are_drawn_into_it(head_traced):
+    """A head target's figure drew none of the groups that write its own QK score, the why of a
+    head target (on an induction head's --target-node, the printout's key-side source 'L0 9
+    heads @6 -> ' lamp'@6 ... attention 0.87 -> 0.003' and its query-side source were missing:
+    their writes name the target's node, not a group)."""
+    summary = head_traced
+    (t,) = summary.targets
+    sources = [(g, w) for g in summary.groups for w in g.writes_qk if w.group == t.node]
+    assert t.kind == "lorsa" and t.qk and sources
+    fig = drawn(mechanism_dot(summary))
+    dashed = {(a, b): e for a, b, e in fig["edges"] if e.get("style") == "dashed"}
+    for g, w in sources:
+        assert g in drawn_groups(summary) and f"group:{g.key}" in fig["nodes"]
+        label = dashed[(f"group:{g.key}", f"target:{t.node}")]["label"]
+        after = summary.attention_after(g, t.node)
+        assert label == f"{w.side[0]} " + attention_change(after.mean_before,
+                                                           after.mean_side(w.side))  # fmt: skip

@@ -13,8 +13,11 @@ in ``mechanisms.json``, the printout and the page).
   head group's name says the key it reads, a feature group without a concept says what its
   flow reads and promotes), its exact flow into each target, and its ablation's measured
   change, attention frozen and free (``FLAGGED`` and a red border where the check is flagged:
-  the linear graph is not to be trusted there). The predicting head group has a thick border.
-  A target's box gives its value and probability.
+  the linear graph is not to be trusted there). The predicting head group has a thick border
+  and says what it is to which target (``reports.mechanisms.predicting_role``: predicting
+  heads, heads at the key a head target reads, ...) and why it attends there: the term of its
+  QK score the printout's ``why it attends there`` names (``reports.mechanisms.why_term``).
+  A target's box gives its value and probability, a head target's its own such term.
 - A solid edge is a hop of a top path: the summed direct edges from one group into the next
   (``PathRecord.hops``, in the units of the one entered), blue raising, red lowering, as wide
   as the largest |flow| of the top paths through it; a hop on several paths is drawn once.
@@ -37,9 +40,30 @@ from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, lorsa_stage, stage_o
 
 from .graphviz import AXIS_STYLE, KIND_STYLE, NEGATIVE_COLOR, POSITIVE_COLOR, QK_COLOR, _attrs, _q
 from .labels import shorten, stage_name
-from .mechanisms import attention_change, group_title
+from .mechanisms import (
+    FEATURE_TARGET,
+    HEAD_TARGET,
+    NO_MOVER,
+    NOT_BORNE_OUT,
+    PREDICTING,
+    attention_change,
+    group_title,
+    predicting_role,
+    why_term,
+)
 
 LINE_CHARS = 30  # a box's name is wrapped at spaces to lines of about this many characters
+WHY_CHARS = 40  # and its "why it attends there" to lines of this many
+TARGETS_NAMED = 3  # a group predicting more targets than this names the first ones
+# What a box says a target's predicting group is (``reports.mechanisms.predicting_role``), in a
+# few words: the printout's heading without its parenthesis
+ROLE_WORDS = {
+    PREDICTING: "predicting heads",
+    NOT_BORNE_OUT: "largest linear mover, its ablation the other way",
+    HEAD_TARGET: "heads at the key it reads",
+    FEATURE_TARGET: "heads moving most into it",
+    NO_MOVER: "largest head group there, moving nothing from another token",
+}
 CAPTION_CHARS = 110  # and the caption's lines to this many
 # The SVG's element ids start with this (Graphviz's own are ``graph0``, ``node1``...): the page
 # holds this drawing and ``graph.svg``, whose ids must not meet
@@ -110,10 +134,48 @@ def _target_names(summary: MechanismSummary) -> dict[str, str]:
     return {t.node: t.label for t in summary.targets}
 
 
+def _named(names: list[str]) -> str:
+    shown = ", ".join(shorten(n, 16) for n in names[:TARGETS_NAMED])
+    more = len(names) - TARGETS_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _role_lines(g: GroupRecord, summary: MechanismSummary, several: bool) -> list[str]:
+    """What ``g`` is to the targets that name it their predicting group (``ROLE_WORDS``), and
+    of which, where there are several targets; a difference's direction as the printout's."""
+    roles: dict[str, list[str]] = {}
+    for t in summary.targets:
+        if t.predicting_group == g.key:
+            role = ROLE_WORDS[predicting_role(g, t, summary.tolerance)]
+            if t.negative is not None and role != ROLE_WORDS[NO_MOVER]:
+                role += f", toward {t.token if t.direction > 0 else t.negative!r}"
+            roles.setdefault(role, []).append(t.label)
+    return [line for role, labels in roles.items()
+            for line in _wrap(role + (f" of {_named(labels)}" if several else ""),
+                              WHY_CHARS)]  # fmt: skip
+
+
+def _why_lines(record: GroupRecord | TargetRecord) -> list[str]:
+    """The record's ``why it attends there`` in a few lines: the term of its first QK reason
+    that the printout names (``reports.mechanisms.why_term``), the constants' or errors' sum
+    beside it where that raises the score more; the token checks are left to the printout."""
+    why = why_term(record)
+    if why is None:
+        return []
+    text = (f"why it attends there: {why.place}{why.query} x {why.key} {_num(why.value)} "
+            f"(QK {why.reason.qk_head}'s {why.term}")  # fmt: skip
+    text += "".join(f"; the {part[:-1]} terms bring more, {_num(v)}" for part, v in why.larger)
+    text += ")"
+    return _wrap(text, WHY_CHARS)
+
+
 def _group_label(g: GroupRecord, summary: MechanismSummary, several: bool) -> str:
     lines = _wrap(shorten(group_title(g), 4 * LINE_CHARS))  # as the printout titles it
     if Kind.parse(g.kind) == Kind.EMBEDDING:
         return "\n".join(lines)
+    lines += _role_lines(g, summary, several)
+    if any(t.predicting_group == g.key for t in summary.targets):
+        lines += _why_lines(g)
     names = _target_names(summary)
     for node, flow in g.flow.items():
         into = f" into {shorten(names.get(node, node), 16)}" if several else ""
@@ -125,13 +187,15 @@ def _group_label(g: GroupRecord, summary: MechanismSummary, several: bool) -> st
     return "\n".join(lines)
 
 
-def _target_label(t: TargetRecord) -> str:
+def _target_label(t: TargetRecord, summary: MechanismSummary) -> str:
     what = f"logit {shorten(t.label, 40)}" if t.kind == "logit" else shorten(t.label, 60)
     lines = _wrap(what)
     value = f"value {_num(t.value)}"
     if t.probability is not None:
         value += f" (p {t.probability:.3g})"
     lines.append(value)
+    if t.node in head_targets(summary):  # a head target: why it attends the key it reads
+        lines += _why_lines(t)
     return "\n".join(lines)
 
 
@@ -145,7 +209,9 @@ def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
         f"the mechanism summary's top paths, predicting heads and QK sources ({shown} groups; "
         + (f"{left} more in mechanisms.json)" if left else "every group of the summary)"),
         "box: a group, its exact flow into the target and its ablation's change (attention "
-        "frozen / free); thick border: the predicting heads; red: a flagged check",
+        "frozen / free); thick border: a target's predicting heads, what they are to which "
+        "target and why they attend there (their QK score's term the summary names; a head "
+        "target's own in its box); red: a flagged check",
         "edges: the summed direct edges from group to group (in the units of the one entered), "
         "blue +, red −, wide as the top paths through them; dashed purple: a QK source, the "
         "attention of the heads it points to (the predicting heads, a head target) through its "
@@ -211,7 +277,7 @@ def mechanism_dot(summary: MechanismSummary) -> str:
     rows.append("stage:targets")
     lines += ["  { rank=same;", node(rows[-1], label="targets", **AXIS_STYLE)]
     for t in summary.targets:
-        lines.append(node(f"target:{t.node}", label=_target_label(t), tooltip=t.node,
+        lines.append(node(f"target:{t.node}", label=_target_label(t, summary), tooltip=t.node,
                           **KIND_STYLE["logit"]))  # fmt: skip
     lines.append("  }")
     lines += [edge(a, b, style="invis") for a, b in zip(rows, rows[1:], strict=False)]

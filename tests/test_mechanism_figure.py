@@ -15,8 +15,15 @@ from circuits.attribution import NodeTarget, attribute, run_prompt
 from circuits.mechanisms import summarize
 from circuits.prune import prune_graph
 from reports import outputs
-from reports.mechanism_figure import FLAGGED_COLOR, ID_PREFIX, _wrap, drawn_groups, mechanism_dot
-from reports.mechanisms import attention_change
+from reports.mechanism_figure import (
+    FLAGGED_COLOR,
+    ID_PREFIX,
+    ROLE_WORDS,
+    _wrap,
+    drawn_groups,
+    mechanism_dot,
+)
+from reports.mechanisms import attention_change, predicting_role, why_term, why_text
 from reports.outputs import write_graph_outputs
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is missing")
@@ -191,3 +198,45 @@ def test_a_head_targets_qk_sources_are_drawn_into_it(head_traced):
         after = summary.attention_after(g, t.node)
         assert label == f"{w.side[0]} " + attention_change(after.mean_before,
                                                            after.mean_side(w.side))  # fmt: skip
+
+
+def _text(box: dict) -> str:
+    """A box's label as one line (its lines are cut at spaces)."""
+    return box["label"].replace("\\n", " ")
+
+
+@needs_dot
+def test_the_predicting_heads_say_what_they_are_and_why_they_attend_there(traced, head_traced):
+    """The figure marked each target's predicting heads by a thick border alone: with several
+    targets it did not say whose, and the printout's "why it attends there" line, the
+    mechanism's QK half (on an induction prompt: token ' stone'@14 at the query x token
+    ' stone'@5 moved to the key @6 +13.9), was in no box. Both read the same term
+    (``reports.mechanisms.why_term``)."""
+    _, summary = traced
+    fig = drawn(mechanism_dot(summary))
+    predicting = {t.predicting_group for t in summary.targets} - {None}
+    assert predicting and len(summary.targets) > 1
+    for g in drawn_groups(summary):
+        text = _text(fig["nodes"][f"group:{g.key}"])
+        if g.key not in predicting:
+            assert "why it attends there" not in text and "predicting" not in text
+            continue
+        roles = {ROLE_WORDS[predicting_role(g, t)] for t in summary.targets
+                 if t.predicting_group == g.key}  # fmt: skip
+        for role in roles:
+            labels = [t.label for t in summary.targets if t.predicting_group == g.key
+                      and ROLE_WORDS[predicting_role(g, t)] == role]  # fmt: skip
+            assert f"{role} of {', '.join(labels)}" in text
+        why = why_term(g)
+        assert why is not None
+        said = f"{why.place}{why.query} x {why.key} {why.value:+.3g}"
+        assert f"why it attends there: {said} (QK {why.reason.qk_head}'s {why.term}" in text
+        assert said in why_text(g, summary)  # the printout's line names the same term
+    # a head target's box: its own QK reason's term, and the errors' sum that raises it more
+    (t,) = head_traced.targets
+    why = why_term(t)
+    assert why is not None and why.larger
+    text = _text(drawn(mechanism_dot(head_traced))["nodes"][f"target:{t.node}"])
+    assert f"why it attends there: {why.place}{why.query} x {why.key} {why.value:+.3g}" in text
+    for part, value in why.larger:
+        assert f"the {part[:-1]} terms bring more, {value:+.3g}" in text

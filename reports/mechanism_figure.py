@@ -5,19 +5,19 @@ a reader looking for the mechanism has to find it there. This draws what the sum
 (``circuits.mechanism_file.MechanismSummary``), at group level, as a paper's circuit figure
 would: the groups on the summary's top paths from each target down to the tokens, each
 target's predicting head group and the head groups the summary names as writing its QK score
-(or a head target's),
-and nothing else (the caption says how many groups of the summary are left out; every one is
-in ``mechanisms.json``, the printout and the page).
+(or a head target's), and nothing else (the caption says how many groups of the summary are
+left out; every one is in ``mechanisms.json``, the printout and the page).
 
 - A box is a group: its title as the printout gives it (``reports.mechanisms.group_title``: a
   head group's name says the key it reads, a feature group without a concept says what its
   flow reads and promotes), its exact flow into each target, and its ablation's measured
-  change, attention frozen and free (``FLAGGED`` and a red border where the check is flagged:
-  the linear graph is not to be trusted there). The predicting head group has a thick border
-  and says what it is to which target (``reports.mechanisms.predicting_role``: predicting
-  heads, heads at the key a head target reads, ...) and why it attends there: the term of its
-  QK score the printout's ``why it attends there`` names (``reports.mechanisms.why_term``).
-  A target's box gives its value and probability, a head target's its own such term.
+  change, attention frozen and free, one line per target (``FLAGGED`` and a red border where
+  the check is flagged: the linear graph is not to be trusted there). The predicting head
+  group has a thick border and says what it is to which target
+  (``reports.mechanisms.predicting_role``: predicting heads, heads at the key a head target
+  reads, ...) and why it attends there: the term of its QK score the printout's ``why it
+  attends there`` names (``reports.mechanisms.why_term``). A target's box gives its value
+  and probability, a head target's its own such term.
 - A solid edge is a hop of a top path: the summed direct edges from one group into the next
   (``PathRecord.hops``, in the units of the one entered), blue raising, red lowering, as wide
   as the largest |flow| of the top paths through it; a hop on several paths is drawn once.
@@ -130,10 +130,6 @@ def _stage_name(stage: int) -> str:
     return "tokens" if stage == EMBEDDING_STAGE else stage_name(stage, block_of(stage) + 1)
 
 
-def _target_names(summary: MechanismSummary) -> dict[str, str]:
-    return {t.node: t.label for t in summary.targets}
-
-
 def _named(names: list[str]) -> str:
     shown = ", ".join(shorten(n, 16) for n in names[:TARGETS_NAMED])
     more = len(names) - TARGETS_NAMED
@@ -176,14 +172,17 @@ def _group_label(g: GroupRecord, summary: MechanismSummary, several: bool) -> st
     lines += _role_lines(g, summary, several)
     if any(t.predicting_group == g.key for t in summary.targets):
         lines += _why_lines(g)
-    names = _target_names(summary)
-    for node, flow in g.flow.items():
-        into = f" into {shorten(names.get(node, node), 16)}" if several else ""
-        lines.append(f"flow {_num(flow)}{into}")
-    for c in g.checks:
-        into = f" ({shorten(names.get(c.target, c.target), 16)})" if several else ""
-        mark = "  FLAGGED" if c.flagged else ""
-        lines.append(f"ablated{into}: frozen {_num(c.frozen)}, free {_num(c.free)}{mark}")
+    checks = {c.target: c for c in g.checks}
+    # one line per target, in the targets' order (a file's flows are keyed in another): its
+    # flow, then its ablation check
+    for t in summary.targets:
+        if t.node not in g.flow and t.node not in checks:
+            continue
+        parts = [f"flow {_num(g.flow[t.node])}"] if t.node in g.flow else []
+        if (c := checks.get(t.node)) is not None:
+            mark = "  FLAGGED" if c.flagged else ""
+            parts.append(f"ablated: frozen {_num(c.frozen)}, free {_num(c.free)}{mark}")
+        lines.append((f"{shorten(t.label, 16)}: " if several else "") + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -208,10 +207,10 @@ def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
         shorten(summary.prompt.replace("\n", "\\n"), 120),
         f"the mechanism summary's top paths, predicting heads and QK sources ({shown} groups; "
         + (f"{left} more in mechanisms.json)" if left else "every group of the summary)"),
-        "box: a group, its exact flow into the target and its ablation's change (attention "
-        "frozen / free); thick border: a target's predicting heads, what they are to which "
-        "target and why they attend there (their QK score's term the summary names; a head "
-        "target's own in its box); red: a flagged check",
+        "box: a group, its exact flow into each target and its ablation's change (attention "
+        "frozen / free), a line a target; thick border: a target's predicting heads, what "
+        "they are to which target and why they attend there (their QK score's term the "
+        "summary names; a head target's own in its box); red: a flagged check",
         "edges: the summed direct edges from group to group (in the units of the one entered), "
         "blue +, red −, wide as the top paths through them; dashed purple: a QK source, the "
         "attention of the heads it points to (the predicting heads, a head target) through its "

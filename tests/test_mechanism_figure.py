@@ -12,9 +12,11 @@ import subprocess
 import pytest
 
 from circuits.attribution import NodeTarget, attribute, run_prompt
+from circuits.mechanism_file import MechanismSummary
 from circuits.mechanisms import summarize
 from circuits.prune import prune_graph
 from reports import outputs
+from reports.labels import shorten
 from reports.mechanism_figure import (
     FLAGGED_COLOR,
     ID_PREFIX,
@@ -240,3 +242,30 @@ def test_the_predicting_heads_say_what_they_are_and_why_they_attend_there(traced
     assert f"why it attends there: {why.place}{why.query} x {why.key} {why.value:+.3g}" in text
     for part, value in why.larger:
         assert f"the {part[:-1]} terms bring more, {value:+.3g}" in text
+
+
+@needs_dot
+def test_a_box_gives_each_target_one_line_in_the_targets_order(traced):
+    """With several targets a box gave each two lines, a flow line and an ablation line: on a
+    default trace's ten top logits a group's box held 20 lines of numbers (the figure 1708
+    points high for a 27-token prompt). Each target now has one line, in the targets' order
+    also for a summary read from its file (whose flows are keyed in another order)."""
+    _, summary = traced
+    assert len(summary.targets) > 1
+    read = MechanismSummary.from_dict(json.loads(json.dumps(summary.to_dict(), sort_keys=True)))
+    for s in (summary, read):
+        nodes = drawn(mechanism_dot(s))["nodes"]
+        for g in drawn_groups(s):
+            if g.kind == "embedding":
+                continue
+            lines = nodes[f"group:{g.key}"]["label"].split("\\n")
+            checks = {c.target: c for c in g.checks}
+            want = []
+            for t in s.targets:
+                line = f"{shorten(t.label, 16)}: flow {g.flow[t.node]:+.3g}"
+                if (c := checks.get(t.node)) is not None:
+                    line += f"; ablated: frozen {c.frozen:+.3g}, free {c.free:+.3g}"
+                    line += "  FLAGGED" if c.flagged else ""
+                want.append(line)
+            assert lines[-len(want) :] == want, (g.key, lines)
+            assert not any("flow" in line for line in lines[: -len(want)])

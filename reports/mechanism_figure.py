@@ -49,6 +49,8 @@ from .mechanisms import (
     attention_change,
     group_title,
     predicting_role,
+    probability_text,
+    sparse_words,
     why_term,
 )
 
@@ -189,10 +191,11 @@ def _group_label(g: GroupRecord, summary: MechanismSummary, several: bool) -> st
 def _target_label(t: TargetRecord, summary: MechanismSummary) -> str:
     what = f"logit {shorten(t.label, 40)}" if t.kind == "logit" else shorten(t.label, 60)
     lines = _wrap(what)
-    value = f"value {_num(t.value)}"
-    if t.probability is not None:
-        value += f" (p {t.probability:.3g})"
-    lines.append(value)
+    # its probability as the printout gives it (``probability_text``): a difference's is its
+    # first token's, named (a bare "(p 0.982)" under ' Thursday' - ' Friday' read as the
+    # difference's), the model's beside the replacement's in sparse mode, a head's or
+    # feature's value a pre-activation
+    lines += _wrap(f"value {_num(t.value)} {probability_text(t)}", WHY_CHARS)
     if t.node in head_targets(summary):  # a head target: why it attends the key it reads
         lines += _why_lines(t)
     return "\n".join(lines)
@@ -203,8 +206,13 @@ def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
     inner = [g for g in summary.groups if Kind.parse(g.kind) != Kind.EMBEDDING]
     inner_drawn = [g for g in drawn if Kind.parse(g.kind) != Kind.EMBEDDING]
     left = len(inner) - len(inner_drawn)
+    # the printout's notes on what the numbers are of: the replacement's in sparse mode, no
+    # learned mechanism at untrained tokens' positions
+    notes = [sparse_words(summary)] if summary.mode == "sparse" else []
+    notes += [f"note: {untrained}"] if (untrained := summary.untrained_note()) else []
     said = [
         shorten(summary.prompt.replace("\n", "\\n"), 120),
+        *notes,
         f"the mechanism summary's top paths, predicting heads and QK sources ({shown} groups; "
         + (f"{left} more in mechanisms.json)" if left else "every group of the summary)"),
         "box: a group, its exact flow into each target and its ablation's change (attention "

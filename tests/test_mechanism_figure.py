@@ -25,7 +25,14 @@ from reports.mechanism_figure import (
     drawn_groups,
     mechanism_dot,
 )
-from reports.mechanisms import attention_change, predicting_role, why_term, why_text
+from reports.mechanisms import (
+    attention_change,
+    predicting_role,
+    probability_text,
+    sparse_words,
+    why_term,
+    why_text,
+)
 from reports.outputs import write_graph_outputs
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is missing")
@@ -64,7 +71,8 @@ def drawn(dot_text: str) -> dict:
     objects = laid.get("objects", [])
     names = [o["name"] for o in objects]
     edges = [(names[e["tail"]], names[e["head"]], e) for e in laid.get("edges", [])]
-    return {"nodes": {o["name"]: o for o in objects}, "edges": edges}
+    return {"nodes": {o["name"]: o for o in objects}, "edges": edges,
+            "caption": laid.get("label", "")}  # fmt: skip
 
 
 @needs_dot
@@ -269,3 +277,28 @@ def test_a_box_gives_each_target_one_line_in_the_targets_order(traced):
                 want.append(line)
             assert lines[-len(want) :] == want, (g.key, lines)
             assert not any("flow" in line for line in lines[: -len(want)])
+
+
+@needs_dot
+def test_the_figure_says_what_its_probabilities_are_of(traced, head_traced):
+    """A difference's box read 'logit ' Thursday' - ' Friday' / value +4.29 (p 0.982)', the
+    first token's probability as if the difference's; a sparse summary's probabilities are the
+    replacement's (the model's own beside them in the printout), and positions holding
+    untrained tokens show no learned mechanism: the printout says both, the figure said
+    neither. Its boxes and caption now say them as the printout does."""
+    _, summary = traced
+    odd = copy.deepcopy(summary)
+    t = odd.targets[0]
+    t.negative, t.negative_probability, t.model_probability = "<9>", 0.125, 0.5
+    odd.mode, odd.untrained_positions = "sparse", [1]
+    fig = drawn(mechanism_dot(odd))
+    assert probability_text(t) in _text(fig["nodes"][f"target:{t.node}"])
+    assert "for '<9>'" in probability_text(t) and "the model's 0.5" in probability_text(t)
+    caption = fig["caption"].replace("\\n", " ")
+    assert sparse_words(odd) in caption and odd.untrained_note() in caption
+    caption = drawn(mechanism_dot(summary))["caption"].replace("\\n", " ")
+    assert sparse_words(summary) not in caption and "never saw" not in caption
+    (h,) = head_traced.targets  # a head's value is its pre-activation
+    assert "(pre-activation)" in _text(
+        drawn(mechanism_dot(head_traced))["nodes"][f"target:{h.node}"]
+    )

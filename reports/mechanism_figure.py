@@ -195,7 +195,7 @@ def _target_label(t: TargetRecord, summary: MechanismSummary) -> str:
     # first token's, named (a bare "(p 0.982)" under ' Thursday' - ' Friday' read as the
     # difference's), the model's beside the replacement's in sparse mode, a head's or
     # feature's value a pre-activation
-    lines += _wrap(f"value {_num(t.value)} {probability_text(t)}", WHY_CHARS)
+    lines += _wrap(f"value {_num(t.value)} {probability_text(t)}")
     if t.node in head_targets(summary):  # a head target: why it attends the key it reads
         lines += _why_lines(t)
     return "\n".join(lines)

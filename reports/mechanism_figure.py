@@ -215,14 +215,15 @@ def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
         *notes,
         f"the mechanism summary's top paths, predicting heads and QK sources ({shown} groups; "
         + (f"{left} more in mechanisms.json)" if left else "every group of the summary)"),
-        "box: a group, its exact flow into each target and its ablation's change (attention "
-        "frozen / free), a line a target; thick border: a target's predicting heads, what "
-        "they are to which target and why they attend there (their QK score's term the "
-        "summary names; a head target's own in its box); red: a flagged check",
+        "box: a group, its exact flow into the target and its ablation's change (attention "
+        "frozen / free)"
+        + (", a line per target" if len(summary.targets) > 1 else "")
+        + "; thick border: a target's predicting heads (what they are to it, why they attend "
+        "there); red: a flagged check",
         "edges: the summed direct edges from group to group (in the units of the one entered), "
         "blue +, red −, wide as the top paths through them; dashed purple: a QK source, the "
-        "attention of the heads it points to (the predicting heads, a head target) through its "
-        "query (q) or key (k) side, before -> after it is ablated",
+        "attention of the heads it points to through its query (q) or key (k) side, before -> "
+        "after its ablation",
     ]
     return "\n".join(line for text in said for line in _wrap(text, CAPTION_CHARS))
 

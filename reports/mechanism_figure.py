@@ -16,8 +16,9 @@ left out; every one is in ``mechanisms.json``, the printout and the page).
   group has a thick border and says what it is to which target
   (``reports.mechanisms.predicting_role``: predicting heads, heads at the key a head target
   reads, ...) and why it attends there: the term of its QK score the printout's ``why it
-  attends there`` names (``reports.mechanisms.why_term``). A target's box gives its value
-  and probability, a head target's its own such term.
+  attends there`` names (``reports.mechanisms.why_term``). A target's box gives its value,
+  probability and exact split into tokens, constants and errors (the printout's ``parts:``),
+  a head target's its own such term.
 - A solid edge is a hop of a top path: the summed direct edges from one group into the next
   (``PathRecord.hops``, in the units of the one entered), blue raising, red lowering, as wide
   as the largest |flow| of the top paths through it; a hop on several paths is drawn once.
@@ -46,6 +47,7 @@ from .mechanisms import (
     NO_MOVER,
     NOT_BORNE_OUT,
     PREDICTING,
+    _signed,
     attention_change,
     group_title,
     predicting_role,
@@ -196,6 +198,11 @@ def _target_label(t: TargetRecord, summary: MechanismSummary) -> str:
     # difference's), the model's beside the replacement's in sparse mode, a head's or
     # feature's value a pre-activation
     lines += _wrap(f"value {_num(t.value)} {probability_text(t)}")
+    # its exact split, as the printout's "parts:" line: how much the figure's groups, all
+    # rooted in tokens, can explain, and how much is constant or the replacement's error
+    # (a no-break space in each pair: a line never parts a name from its number)
+    parts = [("tokens", t.tokens), ("constants", t.constants), ("errors", t.errors)]
+    lines += _wrap("= " + ", ".join(f"{name}\u00a0{_signed(v)}" for name, v in parts))
     if t.node in head_targets(summary):  # a head target: why it attends the key it reads
         lines += _why_lines(t)
     return "\n".join(lines)

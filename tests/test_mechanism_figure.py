@@ -302,3 +302,18 @@ def test_the_figure_says_what_its_probabilities_are_of(traced, head_traced):
     assert "(pre-activation)" in _text(
         drawn(mechanism_dot(head_traced))["nodes"][f"target:{h.node}"]
     )
+
+
+@needs_dot
+def test_a_targets_box_gives_its_exact_split(traced):
+    """The printout's first line under a target splits it exactly into tokens, constants and
+    errors (' lamp' = 14.2: tokens +22.1, constants -8.58, errors +0.746): how much of it the
+    figure's paths, which all start at tokens, can carry, and how much is the replacement's
+    error. The figure gave the value alone."""
+    _, summary = traced
+    nodes = drawn(mechanism_dot(summary))["nodes"]
+    for t in summary.targets:
+        text = _text(nodes[f"target:{t.node}"]).replace("\u00a0", " ")
+        assert (f"= tokens {t.tokens:+.3g}, constants {t.constants:+.3g}, errors "
+                f"{t.errors:+.3g}") in text  # fmt: skip
+        assert t.tokens + t.constants + t.errors == pytest.approx(t.value, abs=1e-3)

@@ -4,25 +4,32 @@
 a reader looking for the mechanism has to find it there. This draws what the summary found
 (``circuits.mechanism_file.MechanismSummary``), at group level, as a paper's circuit figure
 would: the groups on the summary's top paths from each target down to the tokens, each
-target's predicting head group and the head groups the summary names as writing its QK score,
-and nothing else (the caption says how many groups of the summary are left out; every one is
-in ``mechanisms.json``, the printout and the page).
+target's predicting head group and the head groups the summary names as writing its QK score
+(or a head target's), and nothing else (the caption says how many groups of the summary are
+left out; every one is in ``mechanisms.json``, the printout and the page).
 
 - A box is a group: its title as the printout gives it (``reports.mechanisms.group_title``: a
   head group's name says the key it reads, a feature group without a concept says what its
   flow reads and promotes), its exact flow into each target, and its ablation's measured
-  change, attention frozen and free (``FLAGGED``, the line in red, where the check is flagged:
-  the linear graph is not to be trusted there; the box is drawn as any other's, as the page's
-  viewer draws it, since red borders drew the eye from the predicting heads). The predicting
-  head group has a thick border, a QK source a purple one (its check is flagged where it acts
-  through attention, which is what it is there for: its line is not red, its dashed edge says
-  what it does). A target's box gives its value and probability.
+  change, attention frozen and free, one line per target (``FLAGGED``, the line in red, where
+  the check is flagged: the linear graph is not to be trusted there; the box is drawn as any
+  other's, as the page's viewer draws it, since red borders drew the eye from the predicting
+  heads). The predicting head group has a thick border and says what it is to which target
+  (``reports.mechanisms.predicting_role``: predicting heads, heads at the key a head target
+  reads, ...) and why it attends there: the term of its QK score the printout's ``why it
+  attends there`` names (``reports.mechanisms.why_term``). A QK source has a purple border
+  (its check is flagged where it acts through attention, which is what it is there for: its
+  line is not red, its dashed edge says what it does). A target's box gives its value,
+  probability and exact split into tokens, constants and errors (the printout's ``parts:``),
+  a head target's its own such term.
 - A solid edge is a hop of a top path: the summed direct edges from one group into the next
   (``PathRecord.hops``, in the units of the one entered), blue raising, red lowering, as wide
   as the largest |flow| of the top paths through it; a hop on several paths is drawn once.
 - A dashed purple edge is a QK source (``GroupRecord.writes_qk``): the head group ablated
-  changes where the predicting heads attend, through their query (``q``) or key (``k``) side
-  alone, from the attention before to after (``AttentionCheck.mean_side``).
+  changes where the predicting heads (or a head target: ``--target-node lorsa:...``, whose
+  own QK score the summary splits) attend, through their query (``q``) or key (``k``) side
+  alone, from the attention before to after (``AttentionCheck.mean_side``,
+  ``MechanismSummary.attention_after``).
 
 Rows are the model's stages, bottom to top (tokens, then each block's heads and features),
 as in ``graph.dot``; everything is read from the summary's records, never from its text.
@@ -48,9 +55,33 @@ from .graphviz import (
     show_bidi,
 )
 from .labels import shorten, stage_name
-from .mechanisms import attention_change, group_title
+from .mechanisms import (
+    FEATURE_TARGET,
+    HEAD_TARGET,
+    NO_MOVER,
+    NOT_BORNE_OUT,
+    PREDICTING,
+    _signed,
+    attention_change,
+    group_title,
+    predicting_role,
+    probability_text,
+    sparse_words,
+    why_term,
+)
 
 LINE_CHARS = 30  # a box's name is wrapped at spaces to lines of about this many characters
+WHY_CHARS = 40  # and its "why it attends there" to lines of this many
+TARGETS_NAMED = 3  # a group predicting more targets than this names the first ones
+# What a box says a target's predicting group is (``reports.mechanisms.predicting_role``), in a
+# few words: the printout's heading without its parenthesis
+ROLE_WORDS = {
+    PREDICTING: "predicting heads",
+    NOT_BORNE_OUT: "largest linear mover, its ablation the other way",
+    HEAD_TARGET: "heads at the key it reads",
+    FEATURE_TARGET: "heads moving most into it",
+    NO_MOVER: "largest head group there, moving nothing from another token",
+}
 CAPTION_CHARS = 110  # and the caption's lines to this many
 # The SVG's element ids start with this (Graphviz's own are ``graph0``, ``node1``...): the page
 # holds this drawing and ``graph.svg``, whose ids must not meet
@@ -84,12 +115,19 @@ def _num(x: float) -> str:
     return f"{x:+.3g}"
 
 
+def head_targets(summary: MechanismSummary) -> set[str]:
+    """The head targets with a QK reason of their own (their node ids): a QK source can write
+    their score as it writes a head group's (``MechanismSummary.qk_subject``)."""
+    return {t.node for t in summary.targets if summary.qk_subject(t.node) is t}
+
+
 def drawn_groups(summary: MechanismSummary) -> list[GroupRecord]:
     """The groups the figure draws, in the summary's order: those on a top path, each target's
-    predicting head group, and the QK sources of the head groups among them."""
+    predicting head group, and the QK sources of the head groups among them and of the head
+    targets."""
     keys = {k for p in summary.paths for k in p.groups}
     keys |= {t.predicting_group for t in summary.targets if t.predicting_group is not None}
-    heads = set(keys)
+    heads = keys | head_targets(summary)
     keys |= {g.key for g in summary.groups for w in g.writes_qk if w.group in heads}
     return [g for g in summary.groups if g.key in keys]
 
@@ -111,8 +149,39 @@ def _stage_name(stage: int) -> str:
     return "tokens" if stage == EMBEDDING_STAGE else stage_name(stage, block_of(stage) + 1)
 
 
-def _target_names(summary: MechanismSummary) -> dict[str, str]:
-    return {t.node: t.label for t in summary.targets}
+def _named(names: list[str]) -> str:
+    shown = ", ".join(shorten(n, 16) for n in names[:TARGETS_NAMED])
+    more = len(names) - TARGETS_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _role_lines(g: GroupRecord, summary: MechanismSummary, several: bool) -> list[str]:
+    """What ``g`` is to the targets that name it their predicting group (``ROLE_WORDS``), and
+    of which, where there are several targets; a difference's direction as the printout's."""
+    roles: dict[str, list[str]] = {}
+    for t in summary.targets:
+        if t.predicting_group == g.key:
+            role = ROLE_WORDS[predicting_role(g, t, summary.tolerance)]
+            if t.negative is not None and role != ROLE_WORDS[NO_MOVER]:
+                role += f", toward {t.token if t.direction > 0 else t.negative!r}"
+            roles.setdefault(role, []).append(t.label)
+    return [line for role, labels in roles.items()
+            for line in _wrap(role + (f" of {_named(labels)}" if several else ""),
+                              WHY_CHARS)]  # fmt: skip
+
+
+def _why_lines(record: GroupRecord | TargetRecord) -> list[str]:
+    """The record's ``why it attends there`` in a few lines: the term of its first QK reason
+    that the printout names (``reports.mechanisms.why_term``), the constants' or errors' sum
+    beside it where that raises the score more; the token checks are left to the printout."""
+    why = why_term(record)
+    if why is None:
+        return []
+    text = (f"why it attends there: {why.place}{why.query} x {why.key} {_num(why.value)} "
+            f"(QK {why.reason.qk_head}'s {why.term}")  # fmt: skip
+    text += "".join(f"; the {part[:-1]} terms bring more, {_num(v)}" for part, v in why.larger)
+    text += ")"
+    return _wrap(text, WHY_CHARS)
 
 
 def _group_lines(
@@ -123,15 +192,21 @@ def _group_lines(
     lines = [(x, False) for x in _wrap(shorten(group_title(g), 4 * LINE_CHARS))]
     if Kind.parse(g.kind) == Kind.EMBEDDING:
         return lines
-    names = _target_names(summary)
-    for node, flow in g.flow.items():
-        into = f" into {shorten(names.get(node, node), 16)}" if several else ""
-        lines.append((f"flow {_num(flow)}{into}", False))
-    for c in g.checks:
-        into = f" ({shorten(names.get(c.target, c.target), 16)})" if several else ""
-        mark = "  FLAGGED" if c.flagged else ""
-        lines.append((f"ablated{into}: frozen {_num(c.frozen)}, free {_num(c.free)}{mark}",
-                      c.flagged and not g.writes_qk))  # fmt: skip
+    lines += [(x, False) for x in _role_lines(g, summary, several)]
+    if any(t.predicting_group == g.key for t in summary.targets):
+        lines += [(x, False) for x in _why_lines(g)]
+    checks = {c.target: c for c in g.checks}
+    # one line per target, in the targets' order (a file's flows are keyed in another): its
+    # flow, then its ablation check, red where flagged (not a QK source's)
+    for t in summary.targets:
+        if t.node not in g.flow and t.node not in checks:
+            continue
+        parts, red = [f"flow {_num(g.flow[t.node])}"] if t.node in g.flow else [], False
+        if (c := checks.get(t.node)) is not None:
+            mark = "  FLAGGED" if c.flagged else ""
+            parts.append(f"ablated: frozen {_num(c.frozen)}, free {_num(c.free)}{mark}")
+            red = c.flagged and not g.writes_qk
+        lines.append(((f"{shorten(t.label, 16)}: " if several else "") + "; ".join(parts), red))
     return lines
 
 
@@ -152,13 +227,22 @@ def _html_label(lines: list[tuple[str, bool]]) -> str:
                         else _html_text(x) for x, red in lines)  # fmt: skip
 
 
-def _target_label(t: TargetRecord) -> str:
+def _target_label(t: TargetRecord, summary: MechanismSummary) -> str:
     what = f"logit {shorten(t.label, 40)}" if t.kind == "logit" else shorten(t.label, 60)
     lines = _wrap(what)
-    value = f"value {_num(t.value)}"
-    if t.probability is not None:
-        value += f" (p {t.probability:.3g})"
-    lines.append(value)
+    # its probability as the printout gives it (``probability_text``): a difference's is its
+    # first token's, named (a bare "(p 0.982)" under ' Thursday' - ' Friday' read as the
+    # difference's), the model's beside the replacement's in sparse mode, a head's or
+    # feature's value a pre-activation
+    lines += _wrap(f"value {_num(t.value)} {probability_text(t)}")
+    # its exact split, as the printout's "parts:" line: how much the figure's groups, all
+    # rooted in tokens, can explain, and how much is constant or the replacement's error
+    # (a no-break space in each pair: a line never parts a name from its number; a pair a
+    # line, as a line of two made ten targets' row 13% wider)
+    parts = [("tokens", t.tokens), ("constants", t.constants), ("errors", t.errors)]
+    lines += _wrap("= " + ", ".join(f"{name}\u00a0{_signed(v)}" for name, v in parts), 20)
+    if t.node in head_targets(summary):  # a head target: why it attends the key it reads
+        lines += _why_lines(t)
     return "\n".join(lines)
 
 
@@ -167,18 +251,26 @@ def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
     inner = [g for g in summary.groups if Kind.parse(g.kind) != Kind.EMBEDDING]
     inner_drawn = [g for g in drawn if Kind.parse(g.kind) != Kind.EMBEDDING]
     left = len(inner) - len(inner_drawn)
+    # the printout's notes on what the numbers are of: the replacement's in sparse mode, no
+    # learned mechanism at untrained tokens' positions
+    notes = [sparse_words(summary)] if summary.mode == "sparse" else []
+    notes += [f"note: {untrained}"] if (untrained := summary.untrained_note()) else []
     said = [
         shorten(summary.prompt.replace("\n", "\\n"), 120),
+        *notes,
         f"the mechanism summary's top paths, predicting heads and QK sources ({shown} groups; "
         + (f"{left} more in mechanisms.json)" if left else "every group of the summary)"),
         "box: a group, its exact flow into the target and its ablation's change (attention "
-        "frozen / free), a flagged check's line red (FLAGGED: the linear graph not to be "
-        "trusted there); thick border: the predicting heads; purple border: a QK source (its "
-        "check flagged where it acts through attention, as it is there to)",
+        "frozen / free)"
+        + (", a line per target" if len(summary.targets) > 1 else "")
+        + ", a flagged check's line red (FLAGGED: the linear graph not to be trusted there); "
+        "thick border: a target's predicting heads (what they are to it, why they attend "
+        "there); purple border: a QK source (its check flagged where it acts through "
+        "attention, as it is there to)",
         "edges: the summed direct edges from group to group (in the units of the one entered), "
         "blue +, red −, wide as the top paths through them; dashed purple: a QK source, the "
-        "predicting heads' attention through its query (q) or key (k) side, before -> after it "
-        "is ablated",
+        "attention of the heads it points to through its query (q) or key (k) side, before -> "
+        "after its ablation",
     ]
     return "\n".join(line for text in said for line in _wrap(text, CAPTION_CHARS))
 
@@ -246,7 +338,7 @@ def mechanism_dot(summary: MechanismSummary) -> str:
     rows.append("stage:targets")
     lines += ["  { rank=same;", node(rows[-1], label="targets", **AXIS_STYLE)]
     for t in summary.targets:
-        lines.append(node(f"target:{t.node}", label=_target_label(t), tooltip=t.node,
+        lines.append(node(f"target:{t.node}", label=_target_label(t, summary), tooltip=t.node,
                           **KIND_STYLE["logit"]))  # fmt: skip
     lines.append("  }")
     lines += [edge(a, b, style="invis") for a, b in zip(rows, rows[1:], strict=False)]
@@ -268,16 +360,21 @@ def mechanism_dot(summary: MechanismSummary) -> str:
                           tooltip=f"summed direct edges {_num(hop)}; the largest top path "
                                   f"through it carries {widest:.3g} of its target"))  # fmt: skip
 
+    heads = head_targets(summary)
     for g in drawn:
         for w in g.writes_qk:
-            if w.group not in keys:
+            if w.group in keys:
+                into = f"group:{w.group}"
+            elif w.group in heads:  # a head target's own QK score
+                into = f"target:{w.group}"
+            else:
                 continue
             label = w.side[0]
             after = summary.attention_after(g, w.group)
             alone = after.mean_side(w.side) if after is not None else None
             if alone is not None:
                 label += " " + attention_change(after.mean_before, alone)
-            lines.append(edge(f"group:{g.key}", f"group:{w.group}", color=QK_COLOR,
+            lines.append(edge(f"group:{g.key}", into, color=QK_COLOR,
                               fontcolor=QK_COLOR, style="dashed", label=label,
                               constraint="false",
                               tooltip=f"writes the {w.side} side of {w.group}'s QK {w.qk_head} "

@@ -15,6 +15,7 @@ every string of the HTML goes through ``escape``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from circuits.graph import checked_count, probability_words
 from circuits.mechanism_file import (
@@ -30,6 +31,7 @@ from circuits.mechanism_file import (
     NodeRef,
     QKReasonRecord,
     QKSourceRole,
+    RootPair,
     TargetRecord,
     TokenCheck,
     TokenShare,
@@ -193,18 +195,27 @@ def predicting_heading(g: GroupRecord, t: TargetRecord, tolerance: float = TOLER
     group's ablation moves the target the other way with attention frozen and free
     (``against_both``), the heading says its flow is linear credit the ablations do not bear
     out (``NOT_BORNE_OUT``) rather than "predicting"."""
-    moves = g.attends not in (None, 0, g.pos) and g.flow.get(t.node, 0.0) * t.direction > 0
-    if t.kind == "lorsa":
-        return HEAD_TARGET if moves else NO_MOVER
-    if t.kind == "transcoder":
-        return FEATURE_TARGET if moves else NO_MOVER
-    if not moves:
-        return NO_MOVER
-    heading = NOT_BORNE_OUT if against_both(g, t, tolerance) else PREDICTING
+    heading = predicting_role(g, t, tolerance)
+    if heading == NO_MOVER or t.kind != "logit":
+        return heading
     if t.negative is not None:  # a difference's direction names its token (a reviewer read
         # "predicting" for a group pushing toward the negative, the model's answer)
         return f"{heading}, toward {t.token if t.direction > 0 else t.negative!r}"
     return heading
+
+
+def predicting_role(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) -> str:
+    """Which of ``PREDICTING``, ``NOT_BORNE_OUT``, ``HEAD_TARGET``, ``FEATURE_TARGET`` and
+    ``NO_MOVER`` target ``t``'s predicting group ``g`` is (``predicting_heading`` without a
+    difference's direction): what the printout calls it and the mechanism figure says of it."""
+    moves = g.attends not in (None, 0, g.pos) and g.flow.get(t.node, 0.0) * t.direction > 0
+    if not moves:
+        return NO_MOVER
+    if t.kind == "lorsa":
+        return HEAD_TARGET
+    if t.kind == "transcoder":
+        return FEATURE_TARGET
+    return NOT_BORNE_OUT if against_both(g, t, tolerance) else PREDICTING
 
 
 def against_both(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) -> bool:
@@ -874,34 +885,49 @@ def token_verdict(r: QKReasonRecord, c: TokenCheck, total: float, tokens: list[s
 WHY_THERE = "why it attends there"
 
 
-def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
-    """``why_block`` in one line (its lines joined by "; ")."""
-    return "; ".join(why_block(g, summary))
+@dataclass
+class WhyTerm:
+    """The term a predicting head group's ``why it attends there`` names (``why_term``): its
+    first QK reason ``reason``, the pair ``pair`` of ``kind`` (``own``, ``moved`` or
+    ``position``) with the largest raising value, each side as a reader meets it (``query``,
+    ``key``: ``token ' harbor'@12 at the query``, ``token ' harbor'@5 moved to the key @6``),
+    and the errors' or constants' summed terms that raise the score more (``larger``: then the
+    pair is the largest token or position term, not the score's largest)."""
+
+    reason: QKReasonRecord
+    kind: str
+    pair: RootPair
+    query: str
+    key: str
+    larger: list[tuple[str, float]]
+
+    @property
+    def value(self) -> float:
+        return self.pair.value
+
+    @property
+    def term(self) -> str:
+        return "largest token or position term" if self.larger else "largest score term"
+
+    @property
+    def place(self) -> str:
+        """What a position pair is read as: where things are, apart from the other keys."""
+        return "by position, apart from the other keys: " if self.kind == "position" else ""
 
 
-def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
-    """The predicting head group's QK reason beside its name, as a block (``block_lines``):
-    the term, then what the token checks did (one line of both ran to 400 characters): its first QK
-    reason's largest raising term of ``own_pairs``, ``moved_pairs`` and ``position_pairs``
-    (what the query holds against what the key holds), out of the specific part, with the
-    token checks of the tokens it names (``token_checks``, verdict as ``token_verdict``):
-    ``why it attends there (QK 9's largest score term, of the specific part +10.1): token
-    ' harbor'@12 at the query x token ' harbor'@5 moved to the key @6 +16.1; made the mean
-    token, the model rerun: ' harbor'@12 0.98 -> 5e-05 (as they say), ...``. A reviewer
-    found the induction match, the query's token against the token a previous-token head
-    moved to the key, only in the group's lines far below, inside a line of 900 characters,
-    under a "what makes it attend there" that named a weak group first. Where the reason's
-    constant or error terms (``root_parts``) raise the score more, the term is called the
-    largest token or position term and that sum follows it. Empty where the reason has no
-    such split or no raising term."""
+def why_term(g: GroupRecord | TargetRecord | None) -> WhyTerm | None:
+    """The term ``why_text`` names, read from the record's first QK reason: its largest raising
+    term of ``own_pairs``, ``moved_pairs`` and ``position_pairs`` (what the query holds against
+    what the key holds); None where the reason has no such split or no raising term. The one
+    place that chooses it: the printout, the page and the mechanism figure read it here."""
     if g is None or not g.qk:
-        return []
+        return None
     r = g.qk[0]
     lists = [("own", r.own_pairs[:1]), ("moved", r.moved_pairs[:1]),
              ("position", r.position_pairs[:1])]  # fmt: skip
     found = [(p.value, kind, p) for kind, pairs in lists for p in pairs if p.value > 0]
     if not found:
-        return []
+        return None
     _, kind, p = max(found, key=lambda x: x[0])
     # a token at another position reaches the query through heads there (an operand head's
     # query holds the '=' before it): "moved to the query", as a key's is "moved to the key"
@@ -915,7 +941,6 @@ def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
         key = f"the key's own {side_name(p.key)}"
     else:
         key = f"{side_name(p.key)} at the key"
-    place = "by position, apart from the other keys: " if kind == "position" else ""
     # the pairs above hold tokens and position vectors; the errors' and constants' terms are
     # only summed (``root_parts``): where one of those sums raises the score more than the
     # term named, that term is not the score's largest (a reviewer's --no-constants trace,
@@ -923,10 +948,35 @@ def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
     # constants +2.5)
     larger = [(part, value) for part in ("constants", "errors")
               for value in [r.root_parts.get(part, 0.0)] if value > p.value]  # fmt: skip
-    term = "largest token or position term" if larger else "largest score term"
-    text = (f"{WHY_THERE} (QK {r.qk_head}'s {term}, of the specific part "
-            f"{_signed(r.specific)}): {place}{query} x {key} {_signed(p.value)}")  # fmt: skip
-    for part, value in larger:
+    return WhyTerm(r, kind, p, query, key, larger)
+
+
+def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
+    """``why_block`` in one line (its lines joined by "; ")."""
+    return "; ".join(why_block(g, summary))
+
+
+def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
+    """The predicting head group's QK reason beside its name, as a block (``block_lines``):
+    the term ``why_term`` chooses, out of the specific part, then what the token checks of
+    the tokens it names did (``token_checks``, verdict as ``token_verdict``; one line of both
+    ran to 400 characters): ``why it attends there (QK 9's largest score term, of the
+    specific part +10.1): token ' harbor'@12 at the query x token ' harbor'@5 moved to the
+    key @6 +16.1``, ``made the mean token, the model rerun: ' harbor'@12 0.98 -> 5e-05 (as
+    they say), ...``. A reviewer found the induction match, the query's token against the
+    token a previous-token head moved to the key, only in the group's lines far below,
+    inside a line of 900 characters, under a "what makes it attend there" that named a weak
+    group first. Where the reason's constant or error terms (``root_parts``) raise the score
+    more, the term is called the largest token or position term and that sum follows it.
+    Empty where the reason has no such split or no raising term."""
+    why = why_term(g)
+    if why is None:
+        return []
+    r, p = why.reason, why.pair
+    text = (f"{WHY_THERE} (QK {r.qk_head}'s {why.term}, of the specific part "
+            f"{_signed(r.specific)}): {why.place}{why.query} x {why.key} "
+            f"{_signed(p.value)}")  # fmt: skip
+    for part, value in why.larger:
         folded = (" (the position vectors among them: --no-constants folds them in)"
                   if part == "constants" and summary.settings.get("constants") is False
                   else "")  # fmt: skip

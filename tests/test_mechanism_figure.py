@@ -4,6 +4,7 @@ sources drawn by Graphviz, read back from ``dot -Tjson`` (what Graphviz itself m
 from __future__ import annotations
 
 import copy
+import html
 import json
 import re
 import shutil
@@ -11,18 +12,29 @@ import subprocess
 
 import pytest
 
-from circuits.attribution import attribute, run_prompt
+from circuits.attribution import NodeTarget, attribute, run_prompt
+from circuits.mechanism_file import MechanismSummary
 from circuits.mechanisms import summarize
 from circuits.prune import prune_graph
 from reports import outputs
+from reports.labels import shorten
 from reports.mechanism_figure import (
     FLAGGED_COLOR,
     ID_PREFIX,
     QK_SOURCE_COLOR,
+    ROLE_WORDS,
     _caption,
     _wrap,
     drawn_groups,
     mechanism_dot,
+)
+from reports.mechanisms import (
+    attention_change,
+    predicting_role,
+    probability_text,
+    sparse_words,
+    why_term,
+    why_text,
 )
 from reports.outputs import write_graph_outputs
 
@@ -37,6 +49,21 @@ def traced(replacement, tokens):
     return graph, summarize(replacement, graph, run, max_groups=6)
 
 
+@pytest.fixture
+def head_traced(replacement, tokens):
+    """A summary whose target is a layer-1 head reading another position (``--target-node
+    lorsa:...``): its own QK score has sources of its own."""
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    full = attribute(replacement, tokens, max_logits=1, run=run)
+    heads = [i for i in full.is_kind("lorsa").nonzero().squeeze(1).tolist()
+             if full.layer[i] == 1 and full.read_key(i) not in (None, full.pos[i])]  # fmt: skip
+    node = max(heads, key=lambda i: float(full.activation[i]))
+    target = NodeTarget("lorsa", int(full.layer[node]), int(full.pos[node]),
+                        int(full.index[node]))  # fmt: skip
+    graph = attribute(replacement, tokens, run=run, targets=[target])
+    return summarize(replacement, graph, run, max_groups=6)
+
+
 def drawn(dot_text: str) -> dict:
     """Graphviz's layout of ``dot_text`` (``dot -Tjson``): nodes by name (attributes and
     position), edges as (tail name, head name, attributes)."""
@@ -47,7 +74,8 @@ def drawn(dot_text: str) -> dict:
     objects = laid.get("objects", [])
     names = [o["name"] for o in objects]
     edges = [(names[e["tail"]], names[e["head"]], e) for e in laid.get("edges", [])]
-    return {"nodes": {o["name"]: o for o in objects}, "edges": edges}
+    return {"nodes": {o["name"]: o for o in objects}, "edges": edges,
+            "caption": laid.get("label", "")}  # fmt: skip
 
 
 @needs_dot
@@ -86,7 +114,7 @@ def test_the_figure_draws_the_paths_predicting_heads_and_qk_sources(traced):
         lines = re.split(r"<BR/>|\\n", box["label"])
         for c in g.checks:
             (line,) = [x for x in lines if f"frozen {c.frozen:+.3g}, free {c.free:+.3g}" in x]
-            red = line.startswith(f'<FONT COLOR="{FLAGGED_COLOR}">ablated')
+            red = line.startswith(f'<FONT COLOR="{FLAGGED_COLOR}">')
             assert red == (c.flagged and not g.writes_qk), line
         if g.key in {t.predicting_group for t in summary.targets}:
             assert box["penwidth"] == "3"
@@ -192,10 +220,7 @@ def test_a_flagged_group_is_marked_by_a_red_line_as_the_viewer_marks_it(traced):
     fig = drawn(mechanism_dot(edited))
     box = fig["nodes"][f"group:{plain.key}"]
     assert box.get("color") is None and box["penwidth"] in ("0.8", "3"), box
-    assert (
-        f'<FONT COLOR="{FLAGGED_COLOR}">ablated' in box["label"]
-        and "FLAGGED</FONT>" in box["label"]
-    )
+    assert f'<FONT COLOR="{FLAGGED_COLOR}">' in box["label"] and "FLAGGED</FONT>" in box["label"]
     for g in sources:
         box = fig["nodes"][f"group:{g.key}"]
         assert "<FONT" not in box["label"] and "FLAGGED" in box["label"]
@@ -209,4 +234,142 @@ def test_a_flagged_group_is_marked_by_a_red_line_as_the_viewer_marks_it(traced):
     lines = re.findall(r"<text[^>]*>([^<]*)</text>", svg[at:])
     assert lines[:3] == ["say &quot;hi&quot; \\N", "&lt;b&gt;&amp;amp;&lt;/b&gt;&lt;U+202E&gt;",
                          "line2"], lines  # fmt: skip
-    assert re.search(f'<text[^>]*fill="{FLAGGED_COLOR}"[^>]*>ablated', svg[at:])
+    assert re.search(f'<text[^>]*fill="{FLAGGED_COLOR}"[^>]*>[^<]*ablated', svg[at:])
+
+
+@needs_dot
+def test_a_head_targets_qk_sources_are_drawn_into_it(head_traced):
+    """A head target's figure drew none of the groups that write its own QK score, the why of a
+    head target (on an induction head's --target-node, the printout's key-side source 'L0 9
+    heads @6 -> ' lamp'@6 ... attention 0.87 -> 0.003' and its query-side source were missing:
+    their writes name the target's node, not a group)."""
+    summary = head_traced
+    (t,) = summary.targets
+    sources = [(g, w) for g in summary.groups for w in g.writes_qk if w.group == t.node]
+    assert t.kind == "lorsa" and t.qk and sources
+    fig = drawn(mechanism_dot(summary))
+    dashed = {(a, b): e for a, b, e in fig["edges"] if e.get("style") == "dashed"}
+    for g, w in sources:
+        assert g in drawn_groups(summary) and f"group:{g.key}" in fig["nodes"]
+        label = dashed[(f"group:{g.key}", f"target:{t.node}")]["label"]
+        after = summary.attention_after(g, t.node)
+        assert label == f"{w.side[0]} " + attention_change(after.mean_before,
+                                                           after.mean_side(w.side))  # fmt: skip
+
+
+def box_lines(box: dict) -> list[str]:
+    """A box's lines as text: a plain label's, or an HTML-like one's (a box with a red line),
+    its tags taken off and its entities read."""
+    label = box["label"]
+    if "<BR/>" not in label and not label.startswith("<"):
+        return label.split("\\n")
+    return [html.unescape(re.sub(r"</?FONT[^>]*>", "", x)) for x in label.split("<BR/>")]
+
+
+def _text(box: dict) -> str:
+    """A box's label as one line (its lines are cut at spaces)."""
+    return " ".join(box_lines(box))
+
+
+@needs_dot
+def test_the_predicting_heads_say_what_they_are_and_why_they_attend_there(traced, head_traced):
+    """The figure marked each target's predicting heads by a thick border alone: with several
+    targets it did not say whose, and the printout's "why it attends there" line, the
+    mechanism's QK half (on an induction prompt: token ' stone'@14 at the query x token
+    ' stone'@5 moved to the key @6 +13.9), was in no box. Both read the same term
+    (``reports.mechanisms.why_term``)."""
+    _, summary = traced
+    fig = drawn(mechanism_dot(summary))
+    predicting = {t.predicting_group for t in summary.targets} - {None}
+    assert predicting and len(summary.targets) > 1
+    for g in drawn_groups(summary):
+        text = _text(fig["nodes"][f"group:{g.key}"])
+        if g.key not in predicting:
+            assert "why it attends there" not in text and "predicting" not in text
+            continue
+        roles = {ROLE_WORDS[predicting_role(g, t)] for t in summary.targets
+                 if t.predicting_group == g.key}  # fmt: skip
+        for role in roles:
+            labels = [t.label for t in summary.targets if t.predicting_group == g.key
+                      and ROLE_WORDS[predicting_role(g, t)] == role]  # fmt: skip
+            assert f"{role} of {', '.join(labels)}" in text
+        why = why_term(g)
+        assert why is not None
+        said = f"{why.place}{why.query} x {why.key} {why.value:+.3g}"
+        assert f"why it attends there: {said} (QK {why.reason.qk_head}'s {why.term}" in text
+        assert said in why_text(g, summary)  # the printout's line names the same term
+    # a head target's box: its own QK reason's term, and the errors' sum that raises it more
+    (t,) = head_traced.targets
+    why = why_term(t)
+    assert why is not None and why.larger
+    text = _text(drawn(mechanism_dot(head_traced))["nodes"][f"target:{t.node}"])
+    assert f"why it attends there: {why.place}{why.query} x {why.key} {why.value:+.3g}" in text
+    for part, value in why.larger:
+        assert f"the {part[:-1]} terms bring more, {value:+.3g}" in text
+
+
+@needs_dot
+def test_a_box_gives_each_target_one_line_in_the_targets_order(traced):
+    """With several targets a box gave each two lines, a flow line and an ablation line: on a
+    default trace's ten top logits a group's box held 20 lines of numbers (the figure 1708
+    points high for a 27-token prompt). Each target now has one line, in the targets' order
+    also for a summary read from its file (whose flows are keyed in another order)."""
+    _, summary = traced
+    assert len(summary.targets) > 1
+    read = MechanismSummary.from_dict(json.loads(json.dumps(summary.to_dict(), sort_keys=True)))
+    for s in (summary, read):
+        nodes = drawn(mechanism_dot(s))["nodes"]
+        for g in drawn_groups(s):
+            if g.kind == "embedding":
+                continue
+            lines = box_lines(nodes[f"group:{g.key}"])
+            checks = {c.target: c for c in g.checks}
+            want = []
+            for t in s.targets:
+                line = f"{shorten(t.label, 16)}: flow {g.flow[t.node]:+.3g}"
+                if (c := checks.get(t.node)) is not None:
+                    line += f"; ablated: frozen {c.frozen:+.3g}, free {c.free:+.3g}"
+                    line += "  FLAGGED" if c.flagged else ""
+                want.append(line)
+            assert lines[-len(want) :] == want, (g.key, lines)
+            assert not any("flow" in line for line in lines[: -len(want)])
+
+
+@needs_dot
+def test_the_figure_says_what_its_probabilities_are_of(traced, head_traced):
+    """A difference's box read 'logit ' Thursday' - ' Friday' / value +4.29 (p 0.982)', the
+    first token's probability as if the difference's; a sparse summary's probabilities are the
+    replacement's (the model's own beside them in the printout), and positions holding
+    untrained tokens show no learned mechanism: the printout says both, the figure said
+    neither. Its boxes and caption now say them as the printout does."""
+    _, summary = traced
+    odd = copy.deepcopy(summary)
+    t = odd.targets[0]
+    t.negative, t.negative_probability, t.model_probability = "<9>", 0.125, 0.5
+    odd.mode, odd.untrained_positions = "sparse", [1]
+    fig = drawn(mechanism_dot(odd))
+    assert probability_text(t) in _text(fig["nodes"][f"target:{t.node}"])
+    assert "for '<9>'" in probability_text(t) and "the model's 0.5" in probability_text(t)
+    caption = fig["caption"].replace("\\n", " ")
+    assert sparse_words(odd) in caption and odd.untrained_note() in caption
+    caption = drawn(mechanism_dot(summary))["caption"].replace("\\n", " ")
+    assert sparse_words(summary) not in caption and "never saw" not in caption
+    (h,) = head_traced.targets  # a head's value is its pre-activation
+    assert "(pre-activation)" in _text(
+        drawn(mechanism_dot(head_traced))["nodes"][f"target:{h.node}"]
+    )
+
+
+@needs_dot
+def test_a_targets_box_gives_its_exact_split(traced):
+    """The printout's first line under a target splits it exactly into tokens, constants and
+    errors (' lamp' = 14.2: tokens +22.1, constants -8.58, errors +0.746): how much of it the
+    figure's paths, which all start at tokens, can carry, and how much is the replacement's
+    error. The figure gave the value alone."""
+    _, summary = traced
+    nodes = drawn(mechanism_dot(summary))["nodes"]
+    for t in summary.targets:
+        text = _text(nodes[f"target:{t.node}"]).replace("\u00a0", " ")
+        assert (f"= tokens {t.tokens:+.3g}, constants {t.constants:+.3g}, errors "
+                f"{t.errors:+.3g}") in text  # fmt: skip
+        assert t.tokens + t.constants + t.errors == pytest.approx(t.value, abs=1e-3)

@@ -38,6 +38,7 @@ as in ``graph.dot``; everything is read from the summary's records, never from i
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import replace
 from html import escape
 from itertools import count
 
@@ -73,6 +74,7 @@ from .mechanisms import (
 LINE_CHARS = 30  # a box's name is wrapped at spaces to lines of about this many characters
 WHY_CHARS = 40  # and its "why it attends there" to lines of this many
 TARGETS_NAMED = 3  # a group predicting more targets than this names the first ones
+TARGETS_DRAWN = 3  # the figure draws a summary's first targets, this many at most
 # What a box says a target's predicting group is (``reports.mechanisms.predicting_role``), in a
 # few words: the printout's heading without its parenthesis
 ROLE_WORDS = {
@@ -246,11 +248,21 @@ def _target_label(t: TargetRecord, summary: MechanismSummary) -> str:
     return "\n".join(lines)
 
 
-def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
-    shown = len(drawn)
+def _caption(summary: MechanismSummary, drawn: list[GroupRecord], n_targets: int | None = None
+             ) -> str:  # fmt: skip
+    """The figure's title: the prompt, the printout's notes, what is drawn of how much (its
+    groups and tokens; ``n_targets``: the summary's targets where the figure draws fewer) and
+    how to read it."""
     inner = [g for g in summary.groups if Kind.parse(g.kind) != Kind.EMBEDDING]
     inner_drawn = [g for g in drawn if Kind.parse(g.kind) != Kind.EMBEDDING]
+    tokens = len(drawn) - len(inner_drawn)
     left = len(inner) - len(inner_drawn)
+    shown = f"{len(inner_drawn)} group{'s' * (len(inner_drawn) != 1)}"
+    shown += f" and {tokens} token{'s' * (tokens != 1)}" if tokens else ""
+    shown += f"; {left} more groups in mechanisms.json" if left else "; every group of the summary"
+    if n_targets is not None and n_targets > len(summary.targets):
+        shown += (f"; its first {len(summary.targets)} of {n_targets} targets, the others in "
+                  "the printout and mechanisms.json")  # fmt: skip
     # the printout's notes on what the numbers are of: the replacement's in sparse mode, no
     # learned mechanism at untrained tokens' positions
     notes = [sparse_words(summary)] if summary.mode == "sparse" else []
@@ -258,8 +270,7 @@ def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
     said = [
         shorten(summary.prompt.replace("\n", "\\n"), 120),
         *notes,
-        f"the mechanism summary's top paths, predicting heads and QK sources ({shown} groups; "
-        + (f"{left} more in mechanisms.json)" if left else "every group of the summary)"),
+        f"the mechanism summary's top paths, predicting heads and QK sources ({shown})",
         "box: a group, its exact flow into the target and its ablation's change (attention "
         "frozen / free)"
         + (", a line per target" if len(summary.targets) > 1 else "")
@@ -278,7 +289,14 @@ def _caption(summary: MechanismSummary, drawn: list[GroupRecord]) -> str:
 def mechanism_dot(summary: MechanismSummary) -> str:
     """The DOT text of the mechanism figure of ``summary`` (module docstring), for Graphviz's
     ``dot`` engine: one row per stage, bottom to top, the targets on top; every element's SVG
-    id starts with ``ID_PREFIX``."""
+    id starts with ``ID_PREFIX``. Of a summary of more than ``TARGETS_DRAWN`` targets (a
+    default trace of an unsure prompt explains its ten most likely tokens), the first ones are
+    drawn, the caption says so: ten made a figure 2700-3900 points wide."""
+    n_targets = len(summary.targets)
+    if n_targets > TARGETS_DRAWN:
+        kept = {t.node for t in summary.targets[:TARGETS_DRAWN]}
+        summary = replace(summary, targets=summary.targets[:TARGETS_DRAWN],
+                          paths=[p for p in summary.paths if p.target in kept])  # fmt: skip
     drawn = drawn_groups(summary)
     keys = {g.key for g in drawn}
     predicting = {t.predicting_group for t in summary.targets}
@@ -293,7 +311,7 @@ def mechanism_dot(summary: MechanismSummary) -> str:
             ranksep="0.45",
             nodesep="0.25",
             newrank="true",
-            label=_caption(summary, drawn),
+            label=_caption(summary, drawn, n_targets),
             labelloc="t",
             fontname="Helvetica",
             fontsize="11",

@@ -4,6 +4,7 @@ sources drawn by Graphviz, read back from ``dot -Tjson`` (what Graphviz itself m
 from __future__ import annotations
 
 import copy
+import dataclasses
 import html
 import json
 import re
@@ -23,6 +24,7 @@ from reports.mechanism_figure import (
     ID_PREFIX,
     QK_SOURCE_COLOR,
     ROLE_WORDS,
+    TARGETS_DRAWN,
     _caption,
     _wrap,
     drawn_groups,
@@ -373,3 +375,34 @@ def test_a_targets_box_gives_its_exact_split(traced):
         assert (f"= tokens {t.tokens:+.3g}, constants {t.constants:+.3g}, errors "
                 f"{t.errors:+.3g}") in text  # fmt: skip
         assert t.tokens + t.constants + t.errors == pytest.approx(t.value, abs=1e-3)
+
+
+@needs_dot
+def test_a_summary_of_many_targets_draws_its_first_ones_and_says_so(replacement, tokens):
+    """A default trace of an unsure prompt explains its ten most likely tokens: a box gave each
+    its line and the figure ran 2700-3900 points wide. The first ``TARGETS_DRAWN`` are drawn,
+    with their paths and groups; the caption says how many of how many (and counts the groups
+    apart from the tokens: its "N groups" held the token boxes, its "M more" did not)."""
+    run = run_prompt(replacement, tokens, "local", constants=True)
+    graph = attribute(replacement, tokens, max_logits=TARGETS_DRAWN + 2, run=run)
+    summary = summarize(replacement, graph, run, max_groups=6, check=False)
+    assert len(summary.targets) > TARGETS_DRAWN
+    first = summary.targets[:TARGETS_DRAWN]
+    fig = drawn(mechanism_dot(summary))
+    nodes = fig["nodes"]
+    assert {n for n in nodes if n.startswith("target:")} == {f"target:{t.node}" for t in first}
+    shown = dataclasses.replace(summary, targets=first,
+                                paths=[p for p in summary.paths if p.target in
+                                       {t.node for t in first}])  # fmt: skip
+    assert {n for n in nodes if n.startswith("group:")} == {
+        f"group:{g.key}" for g in drawn_groups(shown)}  # fmt: skip
+    for g in drawn_groups(shown):  # a line per drawn target, none for the others
+        text = " ".join(box_lines(nodes[f"group:{g.key}"]))
+        assert not any(f"{shorten(t.label, 16)}: flow" in text
+                       for t in summary.targets[TARGETS_DRAWN:]
+                       if t.label not in {u.label for u in first})  # fmt: skip
+    caption = fig["caption"].replace("\\n", " ")
+    assert f"its first {TARGETS_DRAWN} of {len(summary.targets)} targets" in caption
+    tokens_drawn = sum(g.kind == "embedding" for g in drawn_groups(shown))
+    inner = len(drawn_groups(shown)) - tokens_drawn
+    assert f"({inner} groups and {tokens_drawn} token" in caption

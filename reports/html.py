@@ -185,8 +185,8 @@ def html_page(
         _drawn_note_html(graph, drawn),
         drawing,
         "<h2>Nodes</h2>",
-        f'<details class="node-table"{table_open}><summary>every node, most influential '
-        f"first ({graph.n_nodes})</summary>",
+        f'<details class="node-table"{table_open}><summary>every node, {_node_order_words(graph)}'
+        f" ({graph.n_nodes})</summary>",
         _node_table_html(graph, labels, top_edges, drawn),
         "</details>",
         "</body>",
@@ -338,6 +338,13 @@ def _drawn_note_html(graph: Graph, drawn: set[int]) -> str:
         "table are the nodes the interactive drawing leaves out (without scripts, those the "
         "static drawing leaves out).</p>"
     )
+
+
+def _node_order_words(graph: Graph) -> str:
+    """How ``_node_order`` sorts, as the node table's heading says it: a graph without
+    influence (a downstream global graph, any unpruned one) is listed in stage order, which
+    the heading called "most influential first" (a review)."""
+    return "in stage order" if graph.influence is None else "most influential first"
 
 
 def _node_order(graph: Graph) -> list[int]:

@@ -585,6 +585,7 @@ def test_html_page_is_well_formed_and_lists_every_node(tmp_path, graph):
     header, *nodes = [r for r in parsed.rows if len(r) >= 9]  # the node table
     assert header[:7] == ["id", "kind", "layer", "pos", "label", "activation", "influence"]
     assert [r[0] for r in nodes] == list(graph.ids)  # influence falls along the node order
+    assert "every node, most influential first" in text
     by_id = {r[0]: dict(zip(header, r, strict=True)) for r in nodes}
     # Incoming to 3_9_3: 3.0, 1.25, -0.5 -> the top two; outgoing from 3_9_3: -4.0 then 2.5.
     assert by_id["3_9_3"]["top incoming"] == "1_3_3 (+3)2_2_3 (+1.25)"
@@ -612,6 +613,8 @@ def test_html_without_svg_or_influence(tmp_path):
     rows = [r for r in parsed.rows if len(r) >= 9]
     assert "influence" not in rows[0]
     assert [r[0] for r in rows[1:]] == list(graph.ids)  # stage order
+    # and said so: "most influential first" headed a downstream global graph's stage order
+    assert "every node, in stage order (" in text and "most influential first (" not in text
     with pytest.raises(ValueError, match="svg"):
         write_html(graph, path, "not a drawing")
 

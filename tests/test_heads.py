@@ -17,6 +17,7 @@ from replacement.model import hook_name
 from reports import heads as H
 from reports.heads.report import (
     RANDOM_FLOOR,
+    _account_section,
     _ratio_text,
     _successor_truth_lines,
     _sweep_row_text,
@@ -1011,6 +1012,24 @@ def test_the_report_counts_heads_by_number_of_labels():
     assert _labels_per_head({"families": families}) == (
         "Labelled heads by number of labels: 1 label: 1, 3 labels: 2 (the 2 with 3: L2 1, L3 1)."
     )
+
+
+def test_the_direct_effect_table_has_a_cell_under_every_heading():
+    """heads.md's direct effects on the target logit: each row fills its heading's columns
+    (errors and biases too). Rows left both out, so that a renderer put ``rest`` (0.00)
+    under ``errors`` and left ``biases`` empty: on the default, `all_tokens` read errors 0.00
+    where they are 0.20, and its biases' 3.71 was nowhere."""
+    direct = {"total": 13.75, "embedding": 0.08, "heads": [0.15, 1.12],
+              "features": [2.34, 5.95], "errors": 0.2, "biases": 3.71, "rest": 0.0}  # fmt: skip
+    account = {"all_tokens": {"ablation": {"heads": [3.5, 1.1], "features": [5.8, 0.7]},
+                              "direct": direct}}  # fmt: skip
+    lines = _account_section({"account": account, "n_ov_heads": [16, 16]})
+    header = next(line for line in lines if line.startswith("| task | logit |"))
+    row = lines[lines.index(header) + 2]
+    names = [c.strip() for c in header.strip("|").split("|")]
+    cells = dict(zip(names, (c.strip() for c in row.strip("|").split("|")), strict=True))
+    assert cells["errors"] == "0.20" and cells["biases"] == "3.71" and cells["rest"] == "0.00"
+    assert cells["features L1"] == "5.95" and cells["logit"] == "13.75"
 
 
 HEADS_INTERRUPTED = """

@@ -472,7 +472,7 @@ def _account_section(results: dict) -> list[str]:
         lines.append(
             f"| `{task}` | {d['total']:.2f} | {d['embedding']:.2f} | "
             + " | ".join(cells)
-            + f" | {d['rest']:.2f} |"
+            + f" | {d['errors']:.2f} | {d['biases']:.2f} | {d['rest']:.2f} |"
         )
     return lines
 

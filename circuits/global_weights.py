@@ -59,6 +59,9 @@ WEIGHT_FLOOR = 1e-12  # divisor floor for a unit's total |weight| (0 when nothin
 QK_BLOCK = 2048  # query units per block of the QK table: bounds the (block x units) temporary
 QK_RECORD_TERMS = 10  # pairs and marginals per side kept in a global QK record
 SPLIT_HALF_EDGES = 20  # top edges compared between the two halves' graphs
+# What a global graph's value edges are (``settings["edge_weights"]``, said on its page)
+MEAN_INPUT = "mean input per target occurrence"
+EXPECTED_ATTRIBUTION = "expected attribution per unit of source activity"
 
 
 # ----------------------------------------------------------------- read/write vectors
@@ -201,9 +204,7 @@ def global_graph(
     settings = {
         "start": units.unit_id(start),
         "direction": "upstream" if upstream else "downstream",
-        "edge_weights": "mean input per target occurrence"
-        if upstream
-        else "expected attribution per unit of source activity",
+        "edge_weights": MEAN_INPUT if upstream else EXPECTED_ATTRIBUTION,
         "budget": budget,
         "per_node": per_node,
     }
@@ -409,7 +410,10 @@ def qk_circuit(
     )  # fmt: skip
     record.name_fields({f.id: f for f in fields.values()}.__getitem__)
     weight = {units.unit(Kind.LORSA, layer, h): 1 / len(heads) for h in heads}
-    settings = {"qk_circuit": {"layer": layer, "qk_head": qk_head, "heads": heads, "pairs": k}}
+    # its edges are mean inputs, said on its page as a grown graph's are (the induction
+    # circuit's page said nothing under its heading, a review), its pairs weights alone
+    settings = {"qk_circuit": {"layer": layer, "qk_head": qk_head, "heads": heads, "pairs": k},
+                "edge_weights": MEAN_INPUT}  # fmt: skip
     return _unit_graph(
         replacement, stats, sorted(chosen), edges, weight, tokenizer, settings, [record]
     )

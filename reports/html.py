@@ -254,6 +254,10 @@ def _global_html(graph: Graph) -> str:
     if graph.settings.get("direction") == "downstream":
         text += (" An edge into a logit is summed where its token comes next, so it weighs how "
                  "often that token follows as well as how much the unit raises it.")  # fmt: skip
+    if "qk_circuit" in graph.settings:  # circuits.global_weights.qk_circuit's pairs
+        text += (" Its q/k pairs come from the weights alone, (P d_q) W_Q W_K^T (P d_k) / "
+                 "sqrt(d_qk) for a query-side and a key-side unit: what the heads look for, "
+                 "not weighed by how often the two units occur together.")  # fmt: skip
     return f"<p>{escape(text)}</p>"
 
 

@@ -1262,6 +1262,12 @@ def test_qk_circuit(replacement, units, stats):
         assert w == pytest.approx(float(inputs[sources == unit[s]][0]), rel=1e-5)
         assert graph.stage[s] < graph.stage[t]
     assert graph.target_weight.sum() == pytest.approx(1.0)
+    # its page says what its edges and pairs are (the induction circuit's said nothing)
+    from reports.html import _global_html
+
+    said = _global_html(graph)
+    assert "each edge is the mean input per target occurrence" in said
+    assert "q/k pairs come from the weights alone" in said
     with pytest.raises(ValueError, match="one QK group"):
         qk_circuit(replacement, stats, 1, [0, 4])
 

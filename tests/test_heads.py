@@ -595,7 +595,8 @@ def test_successor_ov_on_a_constructed_head(replacement):
     results = {"successor_ov_truth": carriers, "truth": truth, "settings": {"truth_delta": 0.01}}
     (line,) = _successor_truth_lines(results)
     assert "2 heads whose single-head test costs `successor_items` >= 0.01 nats" in line
-    assert "(local_context 1, (none) 1)" in line and "**100%**" in line
+    assert "(by label, a head may carry several: local_context 1, (none) 1)" in line
+    assert "**100%**" in line
     assert _successor_truth_lines({}) == []
 
 
@@ -1011,6 +1012,26 @@ def test_the_report_counts_heads_by_number_of_labels():
     families[b]["heads"] = families[c]["heads"] = two
     assert _labels_per_head({"families": families}) == (
         "Labelled heads by number of labels: 1 label: 1, 3 labels: 2 (the 2 with 3: L2 1, L3 1)."
+    )
+
+
+def test_the_successor_carriers_labels_are_not_read_as_a_partition():
+    """The heads carrying the successor task are counted by label, and labels overlap: the
+    default's '19 heads ... (local_context 16, previous_token 4, (none) 3, successor 1)' summed
+    to 24 with nothing saying why (every previous-token head is a local-context one)."""
+    heads = [{"layer": 0, "head": h, "increase": 0.1, "labels": labels}
+             for h, labels in enumerate([["previous_token", "local_context"],
+                                         ["local_context"], []])]  # fmt: skip
+    key = "successor_items"
+    results = {"truth": {key: {"task": key, "true_heads": heads}},
+               "successor_ov_truth": {"truth": key, "n_heads": 3, "top": 10, "in_top": 0.5,
+                                      "random_in_top": 0.04, "median_rank": 8,
+                                      "above_item": 0.9},
+               "settings": {"truth_delta": 0.01}}  # fmt: skip
+    (line,) = _successor_truth_lines(results)
+    assert "3 heads whose single-head test" in line
+    assert (
+        "(by label, a head may carry several: local_context 2, previous_token 1, (none) 1)" in line
     )
 
 

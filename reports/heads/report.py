@@ -292,7 +292,8 @@ def _successor_truth_lines(results: dict) -> list[str]:
     which = ", ".join(f"{name} {n}" for name, n in sorted(labelled.items(), key=lambda x: -x[1]))
     return [
         f"- the same test on the {ov['n_heads']} heads whose single-head test costs "
-        f"`{truth['task']}` >= {results['settings']['truth_delta']} nats ({which}): successor "
+        f"`{truth['task']}` >= {results['settings']['truth_delta']} nats (by label, a head "
+        f"may carry several: {which}): successor "
         f"in the top {ov['top']} at **{ov['in_top']:.0%}** (random heads "
         f"{ov['random_in_top']:.0%}), median rank {ov['median_rank']}, above the item at "
         f"{ov['above_item']:.0%}{_in_sequence_text(ov)}: where the successor map lives among "
@@ -492,7 +493,8 @@ def _ground_truth(results: dict) -> list[str]:
         "counts them on one task: 7 of 28 on the default); tasks that share documents share "
         "the run.",
         "",
-        "| task / test | forward passes | heads >= threshold | their labels | strongest |",
+        "| task / test | forward passes | heads >= threshold | their labels (a head may carry "
+        "several) | strongest |",
         "|---|---|---|---|---|",
     ]
     for t in results["truth"].values():

@@ -1035,6 +1035,23 @@ def test_the_successor_carriers_labels_are_not_read_as_a_partition():
     )
 
 
+def test_each_familys_name_stands_under_the_middle_of_its_bars():
+    """ablation.png: a family's name sat under its first bar (the family's own), the left
+    end of its group of three, so the names drifted left of what they named."""
+    from matplotlib.figure import Figure
+
+    from reports.heads.plots import _ablations
+
+    results = {"ablation": {f: {"increase": 1.0, "random_mean": 0.1, "matched_random_mean": 0.2}
+                            for f in H.HEAD_FAMILIES}}  # fmt: skip
+    fig = Figure()
+    _ablations(fig, results)
+    (ax,) = fig.axes
+    groups = [sorted(p.get_x() + p.get_width() / 2 for p in c) for c in ax.containers]
+    middles = [sorted(x)[1] for x in zip(*groups, strict=True)]
+    assert list(ax.get_xticks()) == pytest.approx(middles)
+
+
 def test_the_direct_effect_table_has_a_cell_under_every_heading():
     """heads.md's direct effects on the target logit: each row fills its heading's columns
     (errors and biases too). Rows left both out, so that a renderer put ``rest`` (0.00)

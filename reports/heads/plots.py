@@ -67,18 +67,24 @@ def _counts_per_layer(fig, results: dict) -> None:
     fig.tight_layout()
 
 
+ABLATION_BAR = 0.27  # width of each of a family's three bars in ``ablation.png``
+
+
 def _ablations(fig, results: dict) -> None:
     ax = fig.subplots()
     abl = results["ablation"]
-    for j, (key, label) in enumerate(
-        [("increase", "family heads"), ("random_mean", "random heads"),
-         ("matched_random_mean", "random active heads")]
-    ):  # fmt: skip
+    bars = [("increase", "family heads"), ("random_mean", "random heads"),
+            ("matched_random_mean", "random active heads")]  # fmt: skip
+    for j, (key, label) in enumerate(bars):
         values = [abl[f].get(key, 0.0) for f in HEAD_FAMILIES]
-        ax.bar([i + j * 0.27 for i in range(len(HEAD_FAMILIES))], values, 0.27, label=label)
+        ax.bar([i + j * ABLATION_BAR for i in range(len(HEAD_FAMILIES))], values, ABLATION_BAR,
+               label=label)  # fmt: skip
     ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xticks(range(len(HEAD_FAMILIES)), [f.replace("_", "\n") for f in HEAD_FAMILIES],
-                  fontsize=7)  # fmt: skip
+    # each name under its group's middle bar (it stood under the family's own bar, the
+    # group's left end, so that the names drifted left of their bars)
+    middle = (len(bars) - 1) / 2 * ABLATION_BAR
+    ax.set_xticks([i + middle for i in range(len(HEAD_FAMILIES))],
+                  [f.replace("_", "\n") for f in HEAD_FAMILIES], fontsize=7)  # fmt: skip
     ax.set_ylabel("task loss increase (nats)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("Each family's test (zeroing; BOS masking for sinks) vs as many random heads, "

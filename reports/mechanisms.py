@@ -1713,23 +1713,38 @@ def group_title(g: GroupRecord, describe: bool = True) -> str:
     return f"{g.name} {{no concept: {', '.join(words)}}}"
 
 
-def member_concepts_text(g: GroupRecord, min_f1: float) -> str:
-    """The concepts a group without one has among its members, by share of its |flow|
-    (``... 45% (14 members, F1 0.42-0.50), ...; no concept 30%``), and what its flow reads
-    (feature groups); empty for a group with a concept or none of these."""
-    parts = []
+def member_concepts_blocks(g: GroupRecord, min_f1: float) -> list[list]:
+    """The concepts a group without one has among its members, by share of its |flow|, as a
+    block (``block_lines``: a heading, a line per concept, ``... 45% (14 members, F1
+    0.42-0.50)``, then the share of none), and what its flow reads (feature groups) as
+    another; none for a group with a concept or none of these. (One line of both ran to 309
+    characters.)"""
+    blocks: list[list] = []
     if g.member_concepts:
-        said = ", ".join(f"{c.concept} {_percent(c.share)} ({c.members} member"
-                         f"{'s' if c.members > 1 else ''}, {_f1_range(c.f1_low, c.f1_high)})"
-                         for c in g.member_concepts)  # fmt: skip
-        parts.append(f"members' concepts by share of its |flow|: {said}; none (or F1 below "
-                     f"{min_f1:.2g}) {_percent(g.no_concept_share or 0.0)}")  # fmt: skip
+        blocks.append([
+            "members' concepts by share of its |flow|:",
+            *(f"{c.concept} {_percent(c.share)} ({c.members} member"
+              f"{'s' if c.members > 1 else ''}, {_f1_range(c.f1_low, c.f1_high)})"
+              for c in g.member_concepts),
+            f"none (or F1 below {min_f1:.2g}) {_percent(g.no_concept_share or 0.0)}",
+        ])  # fmt: skip
     elif g.no_concept_share is not None and g.kind == "transcoder":  # (what its title says)
-        parts.append(f"no member has a concept of F1 {min_f1:.2g} or more")
+        blocks.append([f"no member has a concept of F1 {min_f1:.2g} or more"])
     if g.reads:
-        parts.append("its flow reads " + ", ".join(f"{x.token!r}@{x.pos} {_signed(x.flow)}"
-                                                   for x in g.reads))  # fmt: skip
-    return "; ".join(parts)
+        blocks.append(["its flow reads " + ", ".join(f"{x.token!r}@{x.pos} {_signed(x.flow)}"
+                                                     for x in g.reads)])  # fmt: skip
+    return blocks
+
+
+def member_concepts_text(g: GroupRecord, min_f1: float) -> str:
+    """``member_concepts_blocks`` in one line (the report's table, the viewer's panel):
+    ``members' concepts by share of its |flow|: ... 45% (14 members, F1 0.42-0.50), ...;
+    none (or F1 below 0.3) 30%; its flow reads ...``; empty where there are none."""
+    said = []
+    for block in member_concepts_blocks(g, min_f1):
+        head, rest = block[0], block[1:]
+        said.append(head if not rest else f"{head} {', '.join(rest[:-1])}; {rest[-1]}")
+    return "; ".join(said)
 
 
 def format_summary(
@@ -1804,7 +1819,9 @@ def format_summary(
         for p in [p for p in summary.paths if p.target == t.node]:
             # "=>" between steps: a head group's name holds "->" to the key it reads (a
             # reviewer read `... -> L0 19 heads @7 -> ' Wednesday'@6` as ending at the key)
-            chain = " => ".join(group_title(names[k]) for k in p.groups)
+            # (titles without their no-concept descriptions, which the groups give: a path of
+            # four described groups ran to 285 characters)
+            chain = " => ".join(group_title(names[k], False) for k in p.groups)
             lines.append(f"    {_signed(p.flow):>8}  {chain}")
     if any(g.kind not in ("embedding", "error", "bias") for g in summary.groups):
         lines.append("groups:")  # (a layer-0 head target's are tokens alone: no bare heading)
@@ -1827,8 +1844,8 @@ def format_summary(
         lines.append(f"  {g.key:>4} {group_title(g, False)}: flow {flow}{extra}")
         if brings:  # (on the line above it ran to 190 characters)
             lines.append(f"       {per_target(first)}{brings}")
-        if members := member_concepts_text(g, summary.settings.get("member_min_f1", 0.0)):
-            lines.append(f"       {members}")
+        for block in member_concepts_blocks(g, summary.settings.get("member_min_f1", 0.0)):
+            lines += block_lines(block, "       ")
         if writes := writes_qk_text(g, summary, said):
             lines.append(f"       {writes}")
         for i, r in enumerate(g.qk):

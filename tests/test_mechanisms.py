@@ -4262,7 +4262,7 @@ def test_a_group_without_a_concept_says_its_members_and_what_its_flow_reads(
     from circuits.mechanism_file import MemberConcept
     from circuits.mechanisms import MEMBER_MIN_F1
     from circuits.nodes import unit_id
-    from reports.mechanisms import group_title
+    from reports.mechanisms import group_title, member_concepts_text
 
     t = int(graph.is_kind("logit").nonzero()[0])
     flow, _ = node_flows(graph, t)
@@ -4322,8 +4322,12 @@ def test_a_group_without_a_concept_says_its_members_and_what_its_flow_reads(
         rec.member_concepts[0], share=0.5)], no_concept_share=0.5)  # fmt: skip
     assert group_title(high) == f"{rec.name} [members: x, 50% of flow, F1 0.40]"
     text = format_summary(summary)
+    lines = text.splitlines()  # a block: a heading, a line per concept, then the share of none
+    at = lines.index("       members' concepts by share of its |flow|:")
+    assert lines[at + 1] == f"         x {math.floor(share * 100 + 1e-6)}% (1 member, F1 0.40)"
+    assert lines[at + 2].startswith("         none (or F1 below 0.3) ")
     assert f"members' concepts by share of its |flow|: x {math.floor(share * 100 + 1e-6)}% " \
-        "(1 member, F1 0.40); none (or F1 below 0.3)" in text  # fmt: skip
+        "(1 member, F1 0.40); none (or F1 below 0.3)" in member_concepts_text(rec, 0.3)  # fmt: skip
     assert f"{rec.key} {group_title(rec, False)}: flow" in text
     # the file keeps them, and refuses a label below the floor or on a group with a concept
     save_summary(summary, tmp_path / "m.json")

@@ -52,6 +52,7 @@ th { background: #eee; }
 td.num { text-align: right; font-family: Menlo, Consolas, monospace; }
 .pos { color: #2166ac; } .neg { color: #b2182b; }
 .graph { overflow: auto; border: 1px solid #ddd; padding: 4px; max-height: 90vh; }
+.graph.fit svg { max-width: 100%; height: auto; }
 .note { background: #fff8dc; border: 1px solid #e0c97f; padding: 6px; }
 .kind-embedding { background: #eeeeee; } .kind-lorsa { background: #fdd49e; }
 .kind-transcoder { background: #c6dbef; } .kind-error { background: #d9d9d9; }
@@ -306,8 +307,10 @@ def _svg_element(svg_text: str) -> str:
 def _figure_html(svg_text: str) -> str:
     return (
         "<details open><summary>Mechanism figure (the summary's groups; also "
-        "<code>mechanism.svg</code>)</summary>"
-        f'\n<div class="graph">\n{_svg_element(svg_text)}\n</div>\n</details>'
+        "<code>mechanism.svg</code>, at full size)</summary>"
+        # fitted to the page's width (a three-target figure, 1860 px, scrolled sideways):
+        # the figure is one picture to take in at once, the node-level drawing is not
+        f'\n<div class="graph fit">\n{_svg_element(svg_text)}\n</div>\n</details>'
     )
 
 

@@ -406,3 +406,27 @@ def test_a_summary_of_many_targets_draws_its_first_ones_and_says_so(replacement,
     tokens_drawn = sum(g.kind == "embedding" for g in drawn_groups(shown))
     inner = len(drawn_groups(shown)) - tokens_drawn
     assert f"({inner} groups and {tokens_drawn} token" in caption
+
+
+@needs_dot
+def test_the_pages_figure_fits_the_pages_width(tmp_path, traced, browser):
+    """The page showed the figure at its natural size in a scroll box: a three-target figure,
+    about 1860 px wide, scrolled sideways in a 1400 px window. It is one picture to take in at
+    once: scaled to the section's width (``mechanism.svg`` keeps its full size)."""
+    graph, summary = traced
+    wide = subprocess.run(["dot", "-Tsvg"], input=mechanism_dot(summary), text=True,
+                          capture_output=True, timeout=60, check=True).stdout  # fmt: skip
+    natural = float(re.search(r'<svg width="([0-9.]+)pt"', wide).group(1)) * 4 / 3
+    # (the random model's figure is small: made wider than the window, as a real one can be)
+    wide = re.sub(r'<svg width="[0-9.]+pt"', '<svg width="2400pt"', wide, count=1)
+    path = tmp_path / "graph.html"
+    from reports.html import write_html
+
+    write_html(prune_graph(graph), path, None, mechanisms=summary, figure_svg=wide)
+    browser.load(path)
+    box, svg, scroll = browser.evaluate(
+        "(() => { const d = document.getElementById('mechanism_graph').closest('div.graph');"
+        " return [d.clientWidth, d.querySelector('svg').getBoundingClientRect().width,"
+        " d.scrollWidth]; })()"
+    )
+    assert natural > 0 and svg <= box and scroll <= box + 1, (box, svg, scroll)

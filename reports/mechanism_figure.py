@@ -68,6 +68,7 @@ from .mechanisms import (
     predicting_role,
     probability_text,
     sparse_words,
+    why_checks,
     why_term,
 )
 
@@ -172,10 +173,11 @@ def _role_lines(g: GroupRecord, summary: MechanismSummary, several: bool) -> lis
                               WHY_CHARS)]  # fmt: skip
 
 
-def _why_lines(record: GroupRecord | TargetRecord) -> list[str]:
+def _why_lines(record: GroupRecord | TargetRecord, summary: MechanismSummary) -> list[str]:
     """The record's ``why it attends there`` in a few lines: the term of its first QK reason
     that the printout names (``reports.mechanisms.why_term``), the constants' or errors' sum
-    beside it where that raises the score more; the token checks are left to the printout."""
+    beside it where that raises the score more, then what making its tokens the mean token did
+    to the attention (``why_checks``: whether the term is causal, as the printout says)."""
     why = why_term(record)
     if why is None:
         return []
@@ -183,7 +185,10 @@ def _why_lines(record: GroupRecord | TargetRecord) -> list[str]:
             f"(QK {why.reason.qk_head}'s {why.term}")  # fmt: skip
     text += "".join(f"; the {part[:-1]} terms bring more, {_num(v)}" for part, v in why.larger)
     text += ")"
-    return _wrap(text, WHY_CHARS)
+    lines = _wrap(text, WHY_CHARS)
+    if checks := why_checks(why, summary):
+        lines += _wrap("made the mean token: " + ", ".join(checks), WHY_CHARS)
+    return lines
 
 
 def _group_lines(
@@ -196,7 +201,7 @@ def _group_lines(
         return lines
     lines += [(x, False) for x in _role_lines(g, summary, several)]
     if any(t.predicting_group == g.key for t in summary.targets):
-        lines += [(x, False) for x in _why_lines(g)]
+        lines += [(x, False) for x in _why_lines(g, summary)]
     checks = {c.target: c for c in g.checks}
     # one line per target, in the targets' order (a file's flows are keyed in another): its
     # flow, then its ablation check, red where flagged (not a QK source's)
@@ -244,7 +249,7 @@ def _target_label(t: TargetRecord, summary: MechanismSummary) -> str:
     parts = [("tokens", t.tokens), ("constants", t.constants), ("errors", t.errors)]
     lines += _wrap("= " + ", ".join(f"{name}\u00a0{_signed(v)}" for name, v in parts), 20)
     if t.node in head_targets(summary):  # a head target: why it attends the key it reads
-        lines += _why_lines(t)
+        lines += _why_lines(t, summary)
     return "\n".join(lines)
 
 

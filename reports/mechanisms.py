@@ -981,18 +981,25 @@ def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
                   if part == "constants" and summary.settings.get("constants") is False
                   else "")  # fmt: skip
         text += f"; the {part[:-1]} terms bring more, {_signed(value)}{folded}"
+    if shown := why_checks(why, summary):
+        return [text, f"made the mean token, {rerun_words(summary)}: " + ", ".join(shown)]
+    return [text]
+
+
+def why_checks(why: WhyTerm, summary: MechanismSummary) -> list[str]:
+    """The token checks of the tokens a ``why_term`` names, each as ``' harbor'@12 0.98 ->
+    5e-05 (as they say)`` (verdict as ``token_verdict``): whether making each the mean token
+    moves the attention as the term says. The why line and the mechanism figure give them."""
+    r, p = why.reason, why.pair
     named = [x.pos for x in (p.query, p.key) if x.kind == "embedding" and x.pos is not None]
     checks = {c.pos: c for c in r.token_checks}
     terms = named_token_terms(r)
-    shown = [
+    return [
         f"{checks[pos].token!r}@{pos} {attention_change(r.attention, checks[pos].attention)} "
         f"({token_verdict(r, checks[pos], terms.get(pos, 0.0), summary.tokens)})"
         for pos in dict.fromkeys(named)
         if pos in checks
     ]
-    if shown:
-        return [text, f"made the mean token, {rerun_words(summary)}: " + ", ".join(shown)]
-    return [text]
 
 
 def why_blocks(summary: MechanismSummary) -> dict[str, list[str]]:

@@ -35,6 +35,7 @@ from reports.mechanisms import (
     predicting_role,
     probability_text,
     sparse_words,
+    why_checks,
     why_term,
     why_text,
 )
@@ -300,6 +301,16 @@ def test_the_predicting_heads_say_what_they_are_and_why_they_attend_there(traced
         said = f"{why.place}{why.query} x {why.key} {why.value:+.3g}"
         assert f"why it attends there: {said} (QK {why.reason.qk_head}'s {why.term}" in text
         assert said in why_text(g, summary)  # the printout's line names the same term
+    # ... and what making its tokens the mean token did, as the printout's next line (the
+    # fixture's term is an error pair, which names no token: made to name a checked one)
+    edited = copy.deepcopy(summary)
+    g = edited.group(sorted(predicting)[0])
+    pair = why_term(g).pair
+    pair.query.kind, pair.query.pos = "embedding", g.qk[0].token_checks[0].pos
+    checks = why_checks(why_term(g), edited)
+    assert checks and not why_checks(why_term(summary.group(g.key)), summary)
+    text = _text(drawn(mechanism_dot(edited))["nodes"][f"group:{g.key}"])
+    assert f"made the mean token: {', '.join(checks)}" in text
     # a head target's box: its own QK reason's term, and the errors' sum that raises it more
     (t,) = head_traced.targets
     why = why_term(t)

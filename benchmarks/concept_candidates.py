@@ -76,40 +76,30 @@ def candidates(example, offsets) -> list[set[str]]:
 
 def measure(replacement, tokenizer, dash) -> dict:
     import torch
-    from group_labels import PROMPTS
+    from group_labels import summaries
 
-    from circuits.attribution import attribute, run_prompt
     from circuits.concepts import CONCEPTS, concept_matrix, corpus_rows
     from circuits.flows import many_node_flows
-    from circuits.mechanisms import summarize
     from toy_models.data import pad_rows
-    from toy_models.tokenizer import encode_prompt
 
     concepts = dash.summary_concepts()
     groups = []
-    for family, prompts in PROMPTS.items():
-        for prompt in prompts:
-            tokens = encode_prompt(tokenizer, prompt, replacement.model.trained_positions)
-            run = run_prompt(replacement, tokens, "local", constants=True)
-            full = attribute(replacement, tokens, mode="local", tokenizer=tokenizer,
-                             prompt=prompt, run=run)  # fmt: skip
-            summary = summarize(replacement, full, run, concepts=concepts, check=False,
-                                tokenizer=tokenizer)  # fmt: skip
-            t = full.id_to_index[summary.targets[0].node]
-            flow = many_node_flows(full, [t])[t][0]
-            for key in dict.fromkeys(g for p in summary.paths for g in p.groups):
-                g = summary.group(key)
-                if g.kind != "transcoder" or g.concept is not None:
-                    continue
-                members = [full.id_to_index[m] for m in g.members]
-                groups.append(
-                    (
-                        family,
-                        prompt,
-                        g.name,
-                        [(int(full.layer[i]), int(full.index[i]), float(flow[i])) for i in members],
-                    )
+    for family, prompt, full, summary in summaries(replacement, tokenizer, concepts):
+        t = full.id_to_index[summary.targets[0].node]
+        flow = many_node_flows(full, [t])[t][0]
+        for key in dict.fromkeys(g for p in summary.paths for g in p.groups):
+            g = summary.group(key)
+            if g.kind != "transcoder" or g.concept is not None:
+                continue
+            members = [full.id_to_index[m] for m in g.members]
+            groups.append(
+                (
+                    family,
+                    prompt,
+                    g.name,
+                    [(int(full.layer[i]), int(full.index[i]), float(flow[i])) for i in members],
                 )
+            )
     rows = corpus_rows(tokenizer, N_CTX, SEED, 0, N_ROWS)
     extra = candidate_names()
     at = {n: i for i, n in enumerate(extra)}

@@ -67,18 +67,13 @@ PROMPTS = {
 }
 
 
-def measure(replacement, tokenizer, dash) -> dict:
+def summaries(replacement, tokenizer, concepts):
+    """Each prompt of ``PROMPTS`` traced as ``circuits.trace`` does (local mode, constants as
+    nodes; no checks): (family, prompt, full graph, its summary). Both benchmarks read these."""
     from circuits.attribution import attribute, run_prompt
-    from circuits.concepts import CONCEPTS
     from circuits.mechanisms import summarize
-    from circuits.nodes import Kind, unit_id
     from toy_models.tokenizer import encode_prompt
 
-    concepts = dash.summary_concepts()
-    index, f1 = dash.concept_labels()
-    chance = dash.concept_chance(index)
-    unit_of = {u: k for k, u in enumerate(dash.layout.ids())}
-    records = []
     for family, prompts in PROMPTS.items():
         for prompt in prompts:
             tokens = encode_prompt(tokenizer, prompt, replacement.model.trained_positions)
@@ -87,36 +82,49 @@ def measure(replacement, tokenizer, dash) -> dict:
                              prompt=prompt, run=run)  # fmt: skip
             summary = summarize(replacement, full, run, concepts=concepts, check=False,
                                 tokenizer=tokenizer)  # fmt: skip
-            on_paths = list(dict.fromkeys(g for p in summary.paths for g in p.groups))
-            groups = []
-            for key in on_paths:
-                grp = summary.group(key)
-                if grp.kind not in ("lorsa", "transcoder"):
-                    continue
-                entry = {"name": grp.name, "title": _title(grp), "kind": grp.kind,
-                         "concept": grp.concept, "label": _label(grp),
-                         "members": len(grp.members),
-                         "flow": grp.flow[summary.targets[0].node]}  # fmt: skip
-                if grp.concept is None and grp.kind == "transcoder":
-                    entry["members_by_label"] = _by_label(
-                        full, grp.members, unit_of, index, f1, chance, CONCEPTS, Kind, unit_id
-                    )
-                groups.append(entry)
-            records.append({
-                "family": family, "prompt": prompt,
-                "targets": [t.token for t in summary.targets],
-                "groups": len(groups),
-                "unnamed": sum(g["label"] == "none" for g in groups),
-                "feature_groups": sum(g["kind"] == "transcoder" for g in groups),
-                "unnamed_feature_groups": sum(g["label"] == "none" and g["kind"] == "transcoder"
-                                              for g in groups),
-                "feature_labels": {k: sum(g["label"] == k and g["kind"] == "transcoder"
-                                          for g in groups) for k in LABELS},
-                "group_records": groups,
-            })  # fmt: skip
-            print(f"{family:10s} {records[-1]['unnamed']:2d}/{records[-1]['groups']:2d} unnamed "
-                  f"(features {records[-1]['unnamed_feature_groups']}/"
-                  f"{records[-1]['feature_groups']})  {prompt!r}", flush=True)  # fmt: skip
+            yield family, prompt, full, summary
+
+
+def measure(replacement, tokenizer, dash) -> dict:
+    from circuits.concepts import CONCEPTS
+    from circuits.nodes import Kind, unit_id
+
+    concepts = dash.summary_concepts()
+    index, f1 = dash.concept_labels()
+    chance = dash.concept_chance(index)
+    unit_of = {u: k for k, u in enumerate(dash.layout.ids())}
+    records = []
+    for family, prompt, full, summary in summaries(replacement, tokenizer, concepts):
+        on_paths = list(dict.fromkeys(g for p in summary.paths for g in p.groups))
+        groups = []
+        for key in on_paths:
+            grp = summary.group(key)
+            if grp.kind not in ("lorsa", "transcoder"):
+                continue
+            entry = {"name": grp.name, "title": _title(grp), "kind": grp.kind,
+                     "concept": grp.concept, "label": _label(grp),
+                     "members": len(grp.members),
+                     "flow": grp.flow[summary.targets[0].node]}  # fmt: skip
+            if grp.concept is None and grp.kind == "transcoder":
+                entry["members_by_label"] = _by_label(
+                    full, grp.members, unit_of, index, f1, chance, CONCEPTS, Kind, unit_id
+                )
+            groups.append(entry)
+        records.append({
+            "family": family, "prompt": prompt,
+            "targets": [t.token for t in summary.targets],
+            "groups": len(groups),
+            "unnamed": sum(g["label"] == "none" for g in groups),
+            "feature_groups": sum(g["kind"] == "transcoder" for g in groups),
+            "unnamed_feature_groups": sum(g["label"] == "none" and g["kind"] == "transcoder"
+                                          for g in groups),
+            "feature_labels": {k: sum(g["label"] == k and g["kind"] == "transcoder"
+                                      for g in groups) for k in LABELS},
+            "group_records": groups,
+        })  # fmt: skip
+        print(f"{family:10s} {records[-1]['unnamed']:2d}/{records[-1]['groups']:2d} unnamed "
+              f"(features {records[-1]['unnamed_feature_groups']}/"
+              f"{records[-1]['feature_groups']})  {prompt!r}", flush=True)  # fmt: skip
     counts = ("groups", "unnamed", "feature_groups", "unnamed_feature_groups")
     total = {k: sum(r[k] for r in records) for k in counts}
     total["feature_labels"] = {k: sum(r["feature_labels"][k] for r in records) for k in LABELS}

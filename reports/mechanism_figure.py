@@ -92,7 +92,6 @@ ID_PREFIX = "mechanism_"
 MIN_PENWIDTH, MAX_PENWIDTH = 0.8, 6.0
 FLAGGED_COLOR = "#b2182b"  # a flagged check's line (the page's viewer: its box's red badge)
 QK_SOURCE_COLOR = "#3f007d"  # a QK source's border, as the viewer outlines its box
-TARGET_RANK = "targets"
 
 
 def _wrap(text: str, width: int = LINE_CHARS) -> list[str]:

@@ -1449,14 +1449,7 @@ def reason_block(
             f"{r.query_vs_mean_key:+.3g}, mean q x k {r.mean_query_vs_key:+.3g}) + specific "
             f"{r.specific:+.3g}"
         ]
-    for part, has, whole, words in (
-        ("roots", r.root_pairs, lambda: root_block(r, max_pairs), "specific by roots"),
-        ("checks", r.token_checks, lambda: token_checks_block(r, summary),
-         "each named token made the mean token"),
-    ):  # fmt: skip
-        if not has or said.get(part) == said.get("reason", ""):
-            continue
-        block.append([f"{words}: as under {said[part]} above"] if part in said else whole())
+    block += reason_parts(r, max_pairs, summary, said)
     if "reason" in said:
         return block
     heading, pairs = unit_pairs(r, max_pairs)
@@ -1465,6 +1458,25 @@ def reason_block(
         block.append([heading, *units] if units else heading)
     block += [x if len(x) > 1 else x[0] for side in SIDES if (x := side_from_block(r, side))]
     return block
+
+
+def reason_parts(
+    r: QKReasonRecord, max_pairs: int, summary: MechanismSummary, said: dict[str, str]
+) -> list[list]:
+    """The blocks a QK reason gives after its score, the printout's (``reason_block``) and the
+    report's (``_reason_html``): its split by roots (``root_block``) and its token checks
+    (``token_checks_block``), each one given above (``said``) a pointer there instead, and
+    none that was given with the whole reason it belongs to."""
+    out = []
+    for part, has, whole, words in (
+        ("roots", r.root_pairs, lambda: root_block(r, max_pairs), "specific by roots"),
+        ("checks", r.token_checks, lambda: token_checks_block(r, summary),
+         "each named token made the mean token"),
+    ):  # fmt: skip
+        if not has or said.get(part) == said.get("reason", ""):
+            continue
+        out.append([f"{words}: as under {said[part]} above"] if part in said else whole())
+    return out
 
 
 def _same_reason(a: QKReasonRecord, b: QKReasonRecord) -> bool:
@@ -1928,16 +1940,7 @@ def _reason_html(
     numbers coloured and its unit pairs linked to their rows."""
     said = said or {}
     head = f"QK {r.qk_head} reads {_esc(repr(r.key_token))}@{r.key} (attention {r.attention:.2f})"
-    parts = []
-    for part, has, block, words in (
-        ("roots", r.root_pairs, lambda: root_block(r, PAIRS_SHOWN), "specific by roots"),
-        ("checks", r.token_checks, lambda: token_checks_block(r, summary),
-         "each named token made the mean token"),
-    ):  # fmt: skip
-        if not has or said.get(part) == said.get("reason", ""):
-            continue
-        text = [f"{words}: as under {said[part]} above"] if part in said else block()
-        parts.append(block_html(text, "div"))
+    parts = [block_html(b, "div") for b in reason_parts(r, PAIRS_SHOWN, summary, said)]
     if "reason" in said:
         return f"<div>{head}: as under {_esc(said['reason'])} above</div>{''.join(parts)}"
     heading, listed = unit_pairs(r, PAIRS_SHOWN)

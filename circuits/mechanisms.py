@@ -242,9 +242,8 @@ def _summarize(
     for t, (ranking, _) in zip(targets, segments, strict=True):
         if ranking:
             weighed_by.setdefault(ranking[0], t)
-    reasons = _Reasons(replacement, full, run, view, concepts, flows,
-                       {g: weighed_by.get(g, targets[0]) for g in range(view.n_groups)}
-                       if targets else {})  # fmt: skip
+    reasons = _Reasons(replacement, full, run, view, concepts, flows, weighed_by,
+                       targets[0] if targets else None)  # fmt: skip
     # Each predicting head group's QK reason first, and a head target's own: the head groups
     # that write its query and its key (its QK sources) join the summary with checks, whatever
     # their flow: of those that raise a side most (CANDIDATES a round, up to MAX_CANDIDATES)
@@ -471,9 +470,10 @@ class _Reasons:
 
     def __init__(self, replacement, full: Graph, run: PromptRun, view: GroupedGraph,
                  concepts: Mapping, flows: Mapping[int, np.ndarray],
-                 weighed_by: Mapping[int, int]):  # fmt: skip
+                 weighed_by: Mapping[int, int], first: int | None):  # fmt: skip
         self.replacement, self.full, self.run, self.view = replacement, full, run, view
-        self.concepts, self.flows, self.weighed_by = concepts, flows, weighed_by
+        self.concepts, self.flows = concepts, flows
+        self.weighed_by, self.first_target = weighed_by, first
         self.units = unit_nodes(full)
         self.sides: dict = {}  # qk_record's per-layer cache
         self.pending: list = []  # (QK reason, its root-pair request): split by roots later
@@ -497,7 +497,8 @@ class _Reasons:
             self.of[g] = []
             return []
         by_head: dict[int, float] = {}
-        flow = self.flows[self.weighed_by[g]] if g in self.weighed_by else None
+        t = self.weighed_by.get(g, self.first_target)  # (the first target: none predicted)
+        flow = self.flows[t] if t is not None else None
         for m in grp.members:
             head = self.full.qk_head(m)
             weight = abs(float(flow[m])) if flow is not None else 0.0

@@ -113,10 +113,6 @@ def _wrap(text: str, width: int = LINE_CHARS) -> list[str]:
     return lines
 
 
-def _num(x: float) -> str:
-    return f"{x:+.3g}"
-
-
 def head_targets(summary: MechanismSummary) -> set[str]:
     """The head targets with a QK reason of their own (their node ids): a QK source can write
     their score as it writes a head group's (``MechanismSummary.qk_subject``)."""
@@ -180,9 +176,9 @@ def _why_lines(record: GroupRecord | TargetRecord, summary: MechanismSummary) ->
     why = why_term(record)
     if why is None:
         return []
-    text = (f"why it attends there: {why.place}{why.query} x {why.key} {_num(why.value)} "
+    text = (f"why it attends there: {why.place}{why.query} x {why.key} {_signed(why.value)} "
             f"(QK {why.reason.qk_head}'s {why.term}")  # fmt: skip
-    text += "".join(f"; the {part[:-1]} terms bring more, {_num(v)}" for part, v in why.larger)
+    text += "".join(f"; the {part[:-1]} terms bring more, {_signed(v)}" for part, v in why.larger)
     text += ")"
     lines = _wrap(text, WHY_CHARS)
     if checks := why_checks(why, summary):
@@ -207,10 +203,10 @@ def _group_lines(
     for t in summary.targets:
         if t.node not in g.flow and t.node not in checks:
             continue
-        parts, red = [f"flow {_num(g.flow[t.node])}"] if t.node in g.flow else [], False
+        parts, red = [f"flow {_signed(g.flow[t.node])}"] if t.node in g.flow else [], False
         if (c := checks.get(t.node)) is not None:
             mark = "  FLAGGED" if c.flagged else ""
-            parts.append(f"ablated: frozen {_num(c.frozen)}, free {_num(c.free)}{mark}")
+            parts.append(f"ablated: frozen {_signed(c.frozen)}, free {_signed(c.free)}{mark}")
             red = c.flagged and not g.writes_qk
         lines.append(((f"{shorten(t.label, 16)}: " if several else "") + "; ".join(parts), red))
     return lines
@@ -240,7 +236,7 @@ def _target_label(t: TargetRecord, summary: MechanismSummary) -> str:
     # first token's, named (a bare "(p 0.982)" under ' Thursday' - ' Friday' read as the
     # difference's), the model's beside the replacement's in sparse mode, a head's or
     # feature's value a pre-activation
-    lines += _wrap(f"value {_num(t.value)} {probability_text(t)}")
+    lines += _wrap(f"value {_signed(t.value)} {probability_text(t)}")
     # its exact split, as the printout's "parts:" line: how much the figure's groups, all
     # rooted in tokens, can explain, and how much is constant or the replacement's error
     # (a no-break space in each pair: a line never parts a name from its number; a pair a
@@ -378,8 +374,8 @@ def mechanism_dot(summary: MechanismSummary) -> str:
     for (a, b), (hop, widest) in hops.items():
         pen = MIN_PENWIDTH + (MAX_PENWIDTH - MIN_PENWIDTH) * widest / strongest
         lines.append(edge(a, b, color=POSITIVE_COLOR if hop > 0 else NEGATIVE_COLOR,
-                          penwidth=pen, label=_num(hop),
-                          tooltip=f"summed direct edges {_num(hop)}; the largest top path "
+                          penwidth=pen, label=_signed(hop),
+                          tooltip=f"summed direct edges {_signed(hop)}; the largest top path "
                                   f"through it carries {widest:.3g} of its target"))  # fmt: skip
 
     heads = head_targets(summary)
@@ -400,6 +396,6 @@ def mechanism_dot(summary: MechanismSummary) -> str:
                               fontcolor=QK_COLOR, style="dashed", label=label,
                               constraint="false",
                               tooltip=f"writes the {w.side} side of {w.group}'s QK {w.qk_head} "
-                                      f"score ({_num(w.value)})"))  # fmt: skip
+                                      f"score ({_signed(w.value)})"))  # fmt: skip
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -441,3 +441,21 @@ def test_the_pages_figure_fits_the_pages_width(tmp_path, traced, browser):
         " d.scrollWidth]; })()"
     )
     assert natural > 0 and svg <= box and scroll <= box + 1, (box, svg, scroll)
+
+
+@needs_dot
+def test_the_figure_writes_a_number_as_the_printout_does(traced):
+    """The figure's numbers are the printout's (``reports.mechanisms._signed``): a flow that is
+    float rounding reads 0 in both (the figure wrote +1e-13 where the printout wrote 0)."""
+    from reports.mechanisms import format_summary
+
+    _, summary = traced
+    summary = copy.deepcopy(summary)
+    g = next(x for x in drawn_groups(summary) if x.kind == "transcoder")
+    t = summary.targets[0]
+    g.flow[t.node] = 1e-13
+    label = drawn(mechanism_dot(summary))["nodes"][f"group:{g.key}"]["label"]
+    lines = re.split(r"<BR/>|\\n", label)
+    assert any("flow 0;" in x for x in lines) and "1e-13" not in label, lines
+    (said,) = [x for x in format_summary(summary).splitlines() if x.startswith(f"    {g.key} ")]
+    assert f": flow {t.label} 0, " in said or ": flow 0 " in said, said

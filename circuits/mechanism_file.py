@@ -47,7 +47,8 @@ VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a
 # ``free_attention_held``, ``margin_frozen`` / ``margin_free``; a group's ``writes_qk`` and
 # ``attention_checks`` (with ``query_side`` / ``key_side``); a target's ``model_probability``;
 # a QK source's ``raisers`` and ``at_position``; a head target's ``own_attention_sides``; a
-# group's ``key_share``; a target's ``model_negative_probability``; the summary's ``model_top``)
+# group's ``key_share``; a target's ``model_negative_probability``; the summary's ``model_top``;
+# a QK reason's ``moved_by``)
 TOLERANCE = 0.01  # effects below this (logit units) on both sides agree whatever their sign
 SIDES = ("query", "key")  # a ``QKSourceRole``'s side
 ROOT_PARTS = ("tokens", "positions", "errors", "constants")  # a QK reason's ``root_parts``
@@ -170,6 +171,32 @@ class TokenCheck:
 
 
 @dataclass
+class Mover:
+    """A head group at a QK reason's key that brings a moved token's position there
+    (``MovedBy``): the group's fields, its ``value`` what its heads bring from that position
+    to the key side (``key_at``), exactly (``circuits.flows.key_flows`` of the side's flow:
+    each head's share of the side split by its z-pattern, ``A[key, p] x_p w_v``); ``key`` its
+    key in the summary where it is one of its groups (None: not listed there)."""
+
+    group: SourceShare
+    key: str | None = None
+
+
+@dataclass
+class MovedBy:
+    """Which head groups at a QK reason's key moved a token there (``QKReasonRecord.moved_by``):
+    for a token position ``pos`` (``token``) named on the key side of its ``moved_pairs``, what
+    every head at the key brings from ``pos`` to the key side (``total``), and the ``MOVERS``
+    groups bringing most, largest first (``movers``, none that lowers it): the heads that read
+    the token before the key (an induction head's previous-token heads)."""
+
+    pos: int
+    token: str
+    total: float
+    movers: list[Mover] = field(default_factory=list)
+
+
+@dataclass
 class QKReasonRecord:
     """A head group's attention at its key, split as ``circuits.graph.QKReason`` (the four parts
     sum to ``score``).
@@ -207,7 +234,9 @@ class QKReasonRecord:
     often a moved token: on ``My sister plays violin on stage and my sister plays`` changing
     ``violin`` keeps the induction heads' attention at 0.80-0.90 where changing the ``plays``
     before it takes it to 0.00. ``token_checks``: the tokens its printed root terms name
-    (``TERMS_SHOWN`` of each list), each replaced by the mean token (``TokenCheck``)."""
+    (``TERMS_SHOWN`` of each list), each replaced by the mean token (``TokenCheck``);
+    ``moved_by``: the head groups at the key that moved the tokens of ``moved_pairs`` there
+    (``MovedBy``)."""
 
     layer: int
     qk_head: int
@@ -234,6 +263,7 @@ class QKReasonRecord:
     moved_pairs: list[RootPair] = field(default_factory=list)
     position_pairs: list[RootPair] = field(default_factory=list)
     token_checks: list[TokenCheck] = field(default_factory=list)
+    moved_by: list[MovedBy] = field(default_factory=list)
 
     # the same parts as ``circuits.graph.QKReason``'s: one sum, read by every view
     always_on = QKReason.always_on
@@ -974,6 +1004,14 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
     # one source a side of a QK score (a duplicate role loaded: a review)
     roles = [(w.group, w.side) for g in summary.groups for w in g.writes_qk]
     _expect(len(set(roles)) == len(roles), "writes_qk: two QK sources of one side of one score")
+    # a mover's key names the summary's group of its fields (a forged key drew another box)
+    listed = {g.key: g for g in summary.groups}
+    movers = [m for x in (*summary.groups, *summary.targets) for r in x.qk for y in r.moved_by
+              for m in y.movers if m.key is not None]  # fmt: skip
+    _expect(all(m.key in listed and (listed[m.key].name, listed[m.key].pos, listed[m.key].layer)
+                == (m.group.name, m.group.pos, m.group.layer) for m in movers),
+            "moved_by: a mover's key names no group of the summary, or one of other "
+            "fields")  # fmt: skip
     flows = {g.key: g.flow for g in summary.groups}
     for i, t in enumerate(summary.targets):  # the groups it names (defined: checked above)
         named = [t.predicting_group] if t.predicting_group is not None else []
@@ -1044,6 +1082,8 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
         shares += [(f"{name}.{side}", getattr(p, side))
                    for name in ("root_pairs", "own_pairs", "moved_pairs", "position_pairs")
                    for p in getattr(r, name) for side in ("query", "key")]  # fmt: skip
+        shares += [(f"moved_by[{i}].movers", m.group) for i, x in enumerate(r.moved_by)
+                   for m in x.movers]  # fmt: skip
         for name, x in shares:
             _check_place(x, len(tokens), f"{where}.qk[{j}].{name}")
         at = [c.pos for c in r.token_checks]
@@ -1052,6 +1092,16 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
             len(set(at)) == len(at) and held,
             f"{where}.qk[{j}].token_checks: each a prompt position once, with its token",
         )
+        # a moved token comes from another position up to the key, through heads at the key
+        moved = [x.pos for x in r.moved_by]
+        _expect(len(set(moved)) == len(moved)
+                and all(0 <= x.pos < r.key and tokens[x.pos] == x.token
+                        and is_finite_number(x.total) for x in r.moved_by)
+                and all(m.group.kind == "lorsa" and m.group.pos == r.key
+                        and m.group.layer is not None and m.group.layer < r.layer
+                        for x in r.moved_by for m in x.movers),
+                f"{where}.qk[{j}].moved_by: each a position before the key once, with its "
+                "token, moved by head groups at the key below the head")  # fmt: skip
         _expect(
             all((c.rival is None) == (c.rival_attention is None) == (c.rival_before is None)
                 and (c.rival is None or (0 <= c.rival <= r.query and c.rival != r.key

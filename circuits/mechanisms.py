@@ -116,6 +116,8 @@ from .mechanism_file import (
     GroupRecord,
     MechanismSummary,
     MemberConcept,
+    MovedBy,
+    Mover,
     NodeRef,
     PathRecord,
     QKReasonRecord,
@@ -158,6 +160,7 @@ MEMBER_CONCEPTS = 3  # concepts kept of the members of a group without one (``me
 # label can be far above chance and still predict little of its firing (F1 0.05 named a head)
 MEMBER_MIN_F1 = 0.3
 READS = 3  # token positions kept of what a feature group's flow reads (``group_reads``)
+MOVERS = 2  # head groups named per moved token of a QK reason (``MovedBy``)
 
 
 def summarize(
@@ -354,6 +357,7 @@ def _summarize(
         records.append(record)
     reasons.resolve_sides(edge_sweep)
     reasons.split_by_roots(edge_sweep)
+    reasons.moved_by(keys)
     if check:
         _token_checks(replacement, run, full.token_strings, reasons.first)
     target_records = []
@@ -480,6 +484,7 @@ class _Reasons:
         self.side_requests: list = []  # (QK reason, its side-flow request): resolved later
         self.of: dict[int, list[QKReasonRecord]] = {}  # a head group's, once made
         self.weights: dict[int, tuple[list[int], list[float]]] = {}  # QK heads, |flow| shares
+        self.key_flow: dict[int, np.ndarray] = {}  # each reason's key side flow, by its ``id``
 
     @property
     def first(self) -> list[QKReasonRecord]:
@@ -538,6 +543,7 @@ class _Reasons:
             reason.query_sources = _side_sources(self.view, q_flow)
             reason.key_sources = _side_sources(self.view, k_flow)
             out[id(reason)] = (q_flow, k_flow)
+            self.key_flow[id(reason)] = k_flow
         self.side_requests.clear()
         return out
 
@@ -551,6 +557,41 @@ class _Reasons:
             )
             reason.own_pairs, reason.moved_pairs = by_key["key_own"], by_key["moved"]
             reason.position_pairs = by_key["positions"]
+
+    def moved_by(self, keys: Mapping[int, str]) -> None:
+        """Each first reason's ``moved_by`` (after ``split_by_roots`` and ``resolve_sides``):
+        for each token position its ``moved_pairs`` name on the key side, what the heads at
+        the key bring from there to the key side (``key_flows`` of the side's flow, by the
+        groups of the view; ``keys``: the summary's key of each group it lists), the
+        ``MOVERS`` groups bringing most."""
+        full, view = self.full, self.view
+        act = full.activation.double().numpy()
+        kinds, pos, layer = full.kind.numpy(), full.pos.numpy(), full.layer.numpy()
+        for reason, _ in self.pending:
+            named = dict.fromkeys(p.key.pos for p in reason.moved_pairs
+                                  if p.key.kind == "embedding" and p.key.pos is not None
+                                  and p.key.pos < reason.key)  # fmt: skip
+            if not named:
+                continue
+            flow = self.key_flow[id(reason)]
+            h = np.divide(flow, act, out=np.zeros_like(flow), where=act != 0)
+            heads = np.flatnonzero((kinds == Kind.LORSA) & (pos == reason.key)
+                                   & (layer < reason.layer))  # fmt: skip
+            carried, _ = key_flows(full, h, heads)
+            groups = view.of_node[heads]
+            for p in named:
+                by_group = np.bincount(groups, carried[:, p], minlength=view.n_groups)
+                order = [g for g in np.argsort(-by_group, kind="stable")[:MOVERS].tolist()
+                         if by_group[g] > 0]  # fmt: skip
+                movers = []
+                for g in order:
+                    grp = view.groups[g]
+                    share = SourceShare(grp.name, grp.kind, grp.layer, grp.pos, grp.attends,
+                                        grp.concept, float(by_group[g]))  # fmt: skip
+                    movers.append(Mover(share, keys.get(g)))
+                reason.moved_by.append(
+                    MovedBy(p, full.token_strings[p], float(carried[:, p].sum()), movers)
+                )
 
 
 def _qk_sources(

@@ -5,7 +5,8 @@ a reader looking for the mechanism has to find it there. This draws what the sum
 (``circuits.mechanism_file.MechanismSummary``), at group level, as a paper's circuit figure
 would: the groups on the summary's top paths from each target down to the tokens, each
 target's predicting head group and the head groups the summary names as writing its QK score
-(or a head target's), and nothing else (the caption says how many groups of the summary are
+(or a head target's), the head groups that moved the token their why line names to their key,
+and nothing else (the caption says how many groups of the summary are
 left out; every one is in ``mechanisms.json``, the printout and the page).
 
 - A box is a group: its title as the printout gives it (``reports.mechanisms.group_title``: a
@@ -30,6 +31,12 @@ left out; every one is in ``mechanisms.json``, the printout and the page).
   own QK score the summary splits) attend, through their query (``q``) or key (``k``) side
   alone, from the attention before to after (``AttentionCheck.mean_side``,
   ``MechanismSummary.attention_after``).
+- A dotted green edge is a mover (``QKReasonRecord.moved_by``, ``reports.mechanisms.why_moved``):
+  where the why term is a token moved to the key (induction: the token before the key), the
+  head groups at the key bringing most of that token's position to the key side, each with
+  what it brings (``Mover``), into the heads whose score it is; a mover that is no group of
+  the summary is drawn from its fields, dashed, without flow or check. The box's why lines
+  give what every head at the key brings from there.
 
 Rows are the model's stages, bottom to top (tokens, then each block's heads and features),
 as in ``graph.dot``; everything is read from the summary's records, never from its text.
@@ -42,7 +49,7 @@ from dataclasses import replace
 from html import escape
 from itertools import count
 
-from circuits.mechanism_file import GroupRecord, MechanismSummary, TargetRecord
+from circuits.mechanism_file import GroupRecord, MechanismSummary, MovedBy, Mover, TargetRecord
 from circuits.nodes import EMBEDDING_STAGE, Kind, block_of, lorsa_stage, stage_of
 
 from .graphviz import (
@@ -69,6 +76,7 @@ from .mechanisms import (
     probability_text,
     sparse_words,
     why_checks,
+    why_moved,
     why_term,
 )
 
@@ -92,6 +100,7 @@ ID_PREFIX = "mechanism_"
 MIN_PENWIDTH, MAX_PENWIDTH = 0.8, 6.0
 FLAGGED_COLOR = "#b2182b"  # a flagged check's line (the page's viewer: its box's red badge)
 QK_SOURCE_COLOR = "#3f007d"  # a QK source's border, as the viewer outlines its box
+MOVED_COLOR = "#1b7837"  # a mover's dotted edge: the heads at the key that moved its token there
 
 
 def _wrap(text: str, width: int = LINE_CHARS) -> list[str]:
@@ -127,7 +136,26 @@ def drawn_groups(summary: MechanismSummary) -> list[GroupRecord]:
     keys |= {t.predicting_group for t in summary.targets if t.predicting_group is not None}
     heads = keys | head_targets(summary)
     keys |= {g.key for g in summary.groups for w in g.writes_qk if w.group in heads}
+    keys |= {m.key for _, _, m in movers(summary) if m.key is not None}
     return [g for g in summary.groups if g.key in keys]
+
+
+def movers(summary: MechanismSummary) -> list[tuple[str, MovedBy, Mover]]:
+    """The head groups at the key that moved the token each predicting head group's (or head
+    target's) why term names there (``reports.mechanisms.why_moved``), each with the figure's
+    name of the box it moved it for and what it moved: an induction head's previous-token
+    heads, whose value flow into the target is small and whose box no path draws."""
+    subjects = [(f"group:{k}", summary.group(k)) for k in
+                dict.fromkeys(t.predicting_group for t in summary.targets
+                              if t.predicting_group is not None)]  # fmt: skip
+    subjects += [(f"target:{t.node}", t) for t in summary.targets
+                 if t.node in head_targets(summary)]  # fmt: skip
+    out = []
+    for name, record in subjects:
+        why = why_term(record)
+        moved = why_moved(why) if why is not None else None
+        out += [(name, moved, m) for m in (moved.movers if moved is not None else [])]
+    return out
 
 
 def _stage(g: GroupRecord) -> int:
@@ -181,6 +209,10 @@ def _why_lines(record: GroupRecord | TargetRecord, summary: MechanismSummary) ->
     text += "".join(f"; the {part[:-1]} terms bring more, {_signed(v)}" for part, v in why.larger)
     text += ")"
     lines = _wrap(text, WHY_CHARS)
+    if (moved := why_moved(why)) is not None:  # the movers' dotted edges say which heads
+        lines += _wrap(f"{moved.token!r}@{moved.pos} moved there: {_signed(moved.total)} of "
+                       f"the key side from @{moved.pos}, by the dotted edges' heads most",
+                       WHY_CHARS)  # fmt: skip
     if checks := why_checks(why, summary):
         lines += _wrap("made the mean token: " + ", ".join(checks), WHY_CHARS)
     return lines
@@ -281,7 +313,13 @@ def _caption(summary: MechanismSummary, drawn: list[GroupRecord], n_targets: int
         "edges: the summed direct edges from group to group (in the units of the one entered), "
         "blue +, red −, wide as the top paths through them; dashed purple: a QK source, the "
         "attention of the heads it points to through its query (q) or key (k) side, before -> "
-        "after its ablation",
+        "after its ablation"
+        + (
+            "; dotted green: heads at the key that moved the token the why line names there, "
+            "what they bring from its position to the key side of the QK score"
+            if movers(summary)
+            else ""
+        ),
     ]
     return "\n".join(line for text in said for line in _wrap(text, CAPTION_CHARS))
 
@@ -336,11 +374,23 @@ def mechanism_dot(summary: MechanismSummary) -> str:
     by_stage: dict[int, list[GroupRecord]] = {}
     for g in drawn:
         by_stage.setdefault(_stage(g), []).append(g)
+    # a mover that is no group of the summary: a box of its fields, without checks
+    outside: dict[int, list[Mover]] = {}
+    for _, _, m in movers(summary):
+        if m.key is None and m not in outside.get(lorsa_stage(m.group.layer), []):
+            outside.setdefault(lorsa_stage(m.group.layer), []).append(m)
     rows = []
-    for stage in sorted(by_stage):
+    for stage in sorted(set(by_stage) | set(outside)):
         rows.append(f"stage:{stage}")
         lines += ["  { rank=same;", node(rows[-1], label=_stage_name(stage), **AXIS_STYLE)]
-        for g in sorted(by_stage[stage], key=lambda g: (g.pos is None, g.pos or 0)):
+        for m in outside.get(stage, []):
+            text = _wrap(shorten(m.group.name, 4 * LINE_CHARS)) + _wrap(
+                "not among the summary's groups: no flow or check here"
+            )
+            lines.append(node(_mover_node(m), label="\n".join(text),
+                              tooltip=f"{m.group.name}: in no record of the summary but this",
+                              **{**KIND_STYLE["lorsa"], "style": "filled,dashed"}))  # fmt: skip
+        for g in sorted(by_stage.get(stage, []), key=lambda g: (g.pos is None, g.pos or 0)):
             box = _group_lines(g, summary, several)
             label = ({"html": _html_label(box)} if any(red for _, red in box)
                      else {"label": "\n".join(x for x, _ in box)})  # fmt: skip
@@ -397,5 +447,21 @@ def mechanism_dot(summary: MechanismSummary) -> str:
                               constraint="false",
                               tooltip=f"writes the {w.side} side of {w.group}'s QK {w.qk_head} "
                                       f"score ({_signed(w.value)})"))  # fmt: skip
+    for into, moved, m in movers(summary):
+        label = f"moves {moved.token!r}@{moved.pos} to the key: {_signed(m.group.value)}"
+        lines.append(edge(_mover_node(m), into, color=MOVED_COLOR, fontcolor=MOVED_COLOR,
+                          style="dotted", penwidth="1.6", label="\n".join(_wrap(label, 24)),
+                          constraint="false",
+                          tooltip=f"brings {moved.token!r}@{moved.pos} to the key side of "
+                                  f"the QK score it points to: {_signed(m.group.value)} of "
+                                  f"{_signed(moved.total)} from there by every head at the "
+                                  "key"))  # fmt: skip
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _mover_node(m: Mover) -> str:
+    """A mover's box: the summary group's where it is one, else its own (by its fields)."""
+    if m.key is not None:
+        return f"group:{m.key}"
+    return f"mover:{m.group.layer}:{m.group.pos}:{m.group.name}"

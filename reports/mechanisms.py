@@ -28,6 +28,8 @@ from circuits.mechanism_file import (
     GroupRecord,
     MechanismSummary,
     MemberConcept,
+    MovedBy,
+    Mover,
     NodeRef,
     QKReasonRecord,
     QKSourceRole,
@@ -981,9 +983,42 @@ def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
                   if part == "constants" and summary.settings.get("constants") is False
                   else "")  # fmt: skip
         text += f"; the {part[:-1]} terms bring more, {_signed(value)}{folded}"
+    lines = [text]
+    if moved := moved_by_text(why):
+        lines.append(moved)
     if shown := why_checks(why, summary):
-        return [text, f"made the mean token, {rerun_words(summary)}: " + ", ".join(shown)]
-    return [text]
+        lines.append(f"made the mean token, {rerun_words(summary)}: " + ", ".join(shown))
+    return lines
+
+
+def why_moved(why: WhyTerm) -> MovedBy | None:
+    """The head groups at the key that moved the token a ``why_term`` names on its key side
+    there (``QKReasonRecord.moved_by``), where the term is a moved one: the printout's why
+    line and the mechanism figure name them from here."""
+    if why.kind != "moved":
+        return None
+    return next((x for x in why.reason.moved_by if x.pos == why.pair.key.pos), None)
+
+
+def mover_name(m: Mover) -> str:
+    """A mover as the printout names a group: its summary key first where it is one."""
+    return (f"{m.key} " if m.key is not None else "") + m.group.name
+
+
+def moved_by_text(why: WhyTerm) -> str:
+    """``' seven'@15 moved to the key @16 by g9 L0 8 heads @16 -> ' seven'@15 (+0.886 of the
+    key side), ...; every head there brings +1.43 from @15``: the heads at the key that
+    moved the why term's token there (``why_moved``), each with what it brings from the
+    token's position to the key side; empty where the term is no moved one."""
+    moved = why_moved(why)
+    if moved is None:
+        return ""
+    r = why.reason
+    who = ", ".join(f"{mover_name(m)} ({_signed(m.group.value)} of the key side)"
+                    for m in moved.movers)  # fmt: skip
+    return (f"{moved.token!r}@{moved.pos} moved to the key @{r.key} by "
+            f"{who or 'no head group raising the key side'}; every head there brings "
+            f"{_signed(moved.total)} from @{moved.pos}")  # fmt: skip
 
 
 def why_checks(why: WhyTerm, summary: MechanismSummary) -> list[str]:

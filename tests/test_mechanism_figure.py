@@ -444,6 +444,62 @@ def test_the_pages_figure_fits_the_pages_width(tmp_path, traced, browser):
 
 
 @needs_dot
+def test_the_figure_links_a_moved_token_to_the_heads_at_the_key_that_moved_it(traced):
+    """Where the predicting heads' why term is a token moved to their key, the head groups at
+    the key that moved it are drawn (a summary group's box, or one of its fields where it is
+    none), each with a dotted edge into the predicting heads saying what it brings from the
+    token's position to the key side, the number the printout's why line gives. A reviewer's
+    induction figure drew the heads at the key reading the key's own token as the key
+    side's source, never the previous-token heads moving ' seven'@15 to @16."""
+    from circuits.mechanism_file import MovedBy, Mover, RootPair, SourceShare
+    from reports.mechanism_figure import MOVED_COLOR
+    from reports.mechanisms import why_block
+
+    _, summary = traced
+    summary = copy.deepcopy(summary)
+    g = summary.group(summary.targets[0].predicting_group)
+    r = g.qk[0]
+    assert r.key >= 2
+    p = r.key - 1
+    query = SourceShare(f"token {summary.tokens[r.query]!r}@{r.query}", "embedding", None,
+                        r.query, None, None, 0.0)  # fmt: skip
+    moved = SourceShare(f"token {summary.tokens[p]!r}@{p}", "embedding", None, p, None, None, 0)
+    r.own_pairs, r.position_pairs = [], []
+    r.moved_pairs = [RootPair(query, moved, 5.0)]
+    inside = next(x for x in summary.groups if x not in drawn_groups(summary))
+    outside = SourceShare(f"L0 3 heads @{r.key} -> x@{p}", "lorsa", 0, r.key, p, None, 0.25)
+    r.moved_by = [MovedBy(p, summary.tokens[p], 1.5, [
+        Mover(SourceShare(inside.name, "lorsa", 0, r.key, p, None, 0.75), inside.key),
+        Mover(outside),
+    ])]  # fmt: skip
+    assert inside in drawn_groups(summary)
+    fig = drawn(mechanism_dot(summary))
+    nodes = fig["nodes"]
+    (out_box,) = [n for n in nodes if n.startswith("mover:")]
+    assert nodes[out_box]["label"].replace("\\n", " ").startswith(outside.name)
+    assert "dashed" in nodes[out_box]["style"]
+    dotted = sorted((a, b, e["label"].replace("\\n", " "), e["color"])
+                    for a, b, e in fig["edges"] if e.get("style") == "dotted")  # fmt: skip
+    token = f"{summary.tokens[p]!r}@{p}"
+    assert dotted == sorted([
+        (f"group:{inside.key}", f"group:{g.key}", f"moves {token} to the key: +0.75",
+         MOVED_COLOR),
+        (out_box, f"group:{g.key}", f"moves {token} to the key: +0.25", MOVED_COLOR),
+    ])  # fmt: skip
+    # the box says what every head at the key brings, the caption what the edges are
+    box = " ".join(re.split(r"<BR/>|\\n", nodes[f"group:{g.key}"]["label"]))
+    assert f"{token} moved there: +1.5 of the key side from @{p}, by the dotted" in box
+    assert "dotted green: heads at the key that moved" in fig["caption"].replace("\\n", " ")
+    # the printout's why line names the same groups with the same numbers
+    assert (f"{token} moved to the key @{r.key} by {inside.key} {inside.name} (+0.75 of the key "
+            f"side), {outside.name} (+0.25 of the key side); every head there brings +1.5 from "
+            f"@{p}") in why_block(g, summary)  # fmt: skip
+    # a why term that is no moved token draws none
+    r.own_pairs = [RootPair(query, moved, 9.0)]
+    assert not [e for *_, e in drawn(mechanism_dot(summary))["edges"] if e.get("style") == "dotted"]
+
+
+@needs_dot
 def test_the_figure_writes_a_number_as_the_printout_does(traced):
     """The figure's numbers are the printout's (``reports.mechanisms._signed``): a flow that is
     float rounding reads 0 in both (the figure wrote +1e-13 where the printout wrote 0)."""

@@ -4343,3 +4343,69 @@ def test_a_group_without_a_concept_says_its_members_and_what_its_flow_reads(
     bad["groups"][k]["concept"] = "x"
     with pytest.raises(ValueError, match="member_concepts"):
         MechanismSummary.from_dict(bad)
+
+
+def test_a_qk_reasons_moved_tokens_name_the_head_groups_at_the_key_that_moved_them(
+    graph, replacement, run, tmp_path
+):
+    """Each moved token of a first QK reason (``moved_pairs``) names the head groups at the
+    key that brought its position there (``moved_by``): a reviewer's induction figure drew
+    the heads at the key reading the key's own token as its key side's source, never the
+    previous-token heads moving ' seven'@15 to @16 that its why line's term is about. Each
+    number is exact: what the heads bring from that position to the key side, the side's
+    flow split by their z-patterns (here summed from the dense edges)."""
+    from circuits.flows import qk_side_flows
+    from reports.mechanisms import moved_by_text, why_term
+
+    summary = summarize(replacement, graph, run, max_groups=6, check=False)
+    view = auto_groups(graph, {})
+    keys = {g.name: g.key for g in summary.groups}
+    edges = graph.edges.toarray().astype(np.float64)
+    act = graph.activation.double().numpy()
+    pos, kinds, layer = graph.pos.numpy(), graph.kind.numpy(), graph.layer.numpy()
+    reasons = [r for x in (*summary.groups, *summary.targets) for r in x.qk[:1] if r.moved_pairs]
+    assert reasons
+    seen = 0
+    for r in reasons:
+        named = list(dict.fromkeys(p.key.pos for p in r.moved_pairs if p.key.kind == "embedding"))
+        assert [x.pos for x in r.moved_by] == named
+        with torch.no_grad():
+            side = QKSides(run, replacement, r.layer)
+            _, k_flow, _ = qk_side_flows(graph, side, r.qk_head, r.query, r.key)
+        h = np.where(act != 0, k_flow / np.where(act != 0, act, 1.0), 0.0)
+        heads = np.flatnonzero((kinds == Kind.LORSA) & (pos == r.key) & (layer < r.layer))
+        for x in r.moved_by:
+            assert x.token == graph.token_strings[x.pos]
+            brought = {m: h[m] * edges[m, pos == x.pos].sum() for m in heads}
+            assert x.total == pytest.approx(sum(brought.values()), rel=1e-9, abs=1e-12)
+            per_group = {}
+            for m, v in brought.items():
+                per_group[int(view.of_node[m])] = per_group.get(int(view.of_node[m]), 0.0) + v
+            best = sorted((v for v in per_group.values() if v > 0), reverse=True)[:2]
+            assert [m.group.value for m in x.movers] == pytest.approx(best, rel=1e-9)
+            for m in x.movers:
+                assert (m.group.kind, m.group.pos) == ("lorsa", r.key) and m.group.layer < r.layer
+                assert m.key == keys.get(m.group.name)
+                seen += 1
+    assert seen
+    # the why line says it where its term is a moved one
+    for g in summary.groups:
+        why = why_term(g)
+        if why is not None and why.kind == "moved" and why.reason.moved_by:
+            (moved,) = [x for x in why.reason.moved_by if x.pos == why.pair.key.pos]
+            text = moved_by_text(why)
+            assert text.startswith(
+                f"{moved.token!r}@{moved.pos} moved to the key @{why.reason.key} by "
+            )
+            for m in moved.movers:
+                assert f"{m.group.name} ({m.group.value:+.3g} of the key side)" in text
+    # written and read back whole; a forged one refused in a line
+    path = tmp_path / "m.json"
+    save_summary(summary, path)
+    assert load_summary(path) == summary
+    bad = json.loads(path.read_text())
+    holder = next(x for x in bad["groups"] + bad["targets"] if x["qk"] and x["qk"][0]["moved_by"])
+    holder["qk"][0]["moved_by"][0]["pos"] = holder["qk"][0]["key"]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="moved_by: each a position before the key"):
+        load_summary(path)

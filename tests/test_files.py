@@ -1284,3 +1284,27 @@ def test_a_stage_folder_that_cannot_be_made_names_the_output_folder(tmp_path, mo
     assert str(info.value) == f"cannot write {out}: Read-only file system"
     monkeypatch.undo()
     assert snapshot(out) == before
+
+
+def test_a_lock_is_not_taken_twice_by_one_process(tmp_path):
+    """A review: ``take_lock`` returned where this process held the lock already, so two
+    writers of one process (two trainings or graph writes into one folder, from two threads or
+    nested calls) shared the folder, and the first ``release_lock`` freed it under the other.
+    The second take is refused as another process's would be; the first holder keeps it."""
+    from toy_models.files import process_start
+
+    lock = tmp_path / ".writing.lock"
+    files.take_lock(lock, "writing there")
+    held = lock.read_text()
+    assert held == f"{os.getpid()} {process_start(os.getpid())}"
+    with pytest.raises(files.WriteError) as refused:
+        files.take_lock(lock, "writing there")
+    assert str(refused.value) == (
+        f"cannot write {tmp_path}: another run in this process (process {os.getpid()}) is "
+        "writing there"
+    )
+    assert lock.read_text() == held and sorted(p.name for p in tmp_path.iterdir()) == [lock.name]
+    files.release_lock(lock)
+    assert not lock.exists()
+    files.take_lock(lock, "writing there")  # free again: taken
+    files.release_lock(lock)

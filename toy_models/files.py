@@ -112,7 +112,9 @@ def take_lock(lock: Path, busy: str) -> None:
     EBUSY naming the folder: ``busy``, with the other process's id, and the lock to remove if
     no such run is active) where a live process holds it. A killed process's lock (its id gone,
     or reused by a process that started later), or a file no process could have written, is
-    taken over. Released with ``release_lock``."""
+    taken over. Released with ``release_lock``. Not re-entrant: this process's own live lock
+    refuses a second take too (it returned, so two writers of one process shared the folder,
+    and the first release freed it under the other)."""
     remove_dead_temps(lock)  # a killed run's, cut between writing its temp file and the link
     mine = temp_path(lock)
     try:  # the temp file is removed whatever happens, a full disk while writing it too (a fuzz
@@ -129,8 +131,9 @@ def take_lock(lock: Path, busy: str) -> None:
             except FileExistsError:
                 owner, start = _lock_owner(lock)
                 if owner > 0 and _holds(owner, start):
-                    if owner == os.getpid():
-                        return  # this process's own, taken before
+                    if owner == os.getpid():  # not re-entrant: two writers here are two runs
+                        mine_too = f"another run in this process (process {owner}) is {busy}"
+                        raise WriteError(errno.EBUSY, mine_too, str(lock.parent)) from None
                     raise WriteError(errno.EBUSY, f"another run (process {owner}) is {busy}; if "
                                      f"no run is, remove its lock {lock}",
                                      str(lock.parent)) from None  # fmt: skip

@@ -71,9 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--downstream", action="store_true",
                         help="grow towards what the unit drives (default: its inputs)")  # fmt: skip
     parser.add_argument("--budget", type=int, default=40,
-                        help="units to grow to, the start included; a grown unit none of whose "
-                        "candidates joined gets its best end unit (a token or error upstream, a "
-                        "logit downstream) beyond it: the graph can hold a few more")  # fmt: skip
+                        help="units the graph holds, the start included: a grown unit none of "
+                        "whose candidates joined gets its best end unit (a token or error "
+                        "upstream, a logit downstream), counted in it; --qk adds each Lorsa "
+                        "head's query and key units beyond it")  # fmt: skip
     parser.add_argument("--per-node", type=int, default=8, help="candidates per unit")
     parser.add_argument("--no-prune", action="store_true", help="keep every grown unit")
     parser.add_argument("--qk", action=argparse.BooleanOptionalAction, default=True,

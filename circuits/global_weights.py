@@ -152,8 +152,10 @@ def global_graph(
     """A circuit grown from ``start``, best first: each unit's ``per_node`` strongest
     neighbours are candidates, scored by their share of the unit's total |weight| (over every
     neighbour, kept in the statistics or not) times the unit's own score; the best candidate
-    joins until ``budget`` units. A unit none of whose candidates joined then gets its best
-    candidate where paths end (a token or an error term upstream, a logit downstream).
+    joins. A grown unit none of whose candidates joined gets its best candidate where paths
+    end (a token or an error term upstream, a logit downstream), and the budget counts these
+    ends: a unit joins only where it and the ends then needed fit in ``budget`` units (the
+    start always joins; ``budget=1`` is the start alone).
 
     Upstream, weights are mean inputs (what feeds a unit per occurrence of it: the drivers
     that matter most often; a logit's occurrences are the positions where its token came
@@ -161,8 +163,8 @@ def global_graph(
     returned ``Graph`` (units at position 0) holds the same kind of weight among all chosen
     units, records which in ``settings["edge_weights"]``, and has target weight 1 on ``start``
     (so ``prune_graph`` works on upstream graphs). ``qk``: give its Lorsa heads their QK side
-    (``with_qk_side``; after pruning, prune first and add it then). ``tokenizer`` (optional)
-    gives the text of the tokens the graph refers to."""
+    (``with_qk_side``, whose units join beyond ``budget``; after pruning, prune first and add
+    it then). ``tokenizer`` (optional) gives the text of the tokens the graph refers to."""
     units = stats.units
     start = units.check(start, "start")
     budget, per_node = checked_count(budget, "budget"), checked_count(per_node, "per_node")
@@ -174,31 +176,35 @@ def global_graph(
         stop = (Kind.LOGIT,)
     chosen: dict[int, float] = {}
     candidates: dict[int, list[int]] = {}  # per grown unit, its candidates, best first
+    is_end = lambda v: units.describe(v)[0] in stop  # noqa: E731 (nothing flows further that way)
     heap = [(-1.0, start)]
     while heap and len(chosen) < budget:
         neg_score, u = heapq.heappop(heap)
         if u in chosen:
             continue
+        ids, weights = neighbours(u) if not is_end(u) else ([], [])
+        top = weights.abs().topk(min(per_node, len(weights))).indices if len(weights) else []
+        grown = {u: ids[top].tolist()} if len(weights) else {}
+        # The budget holds the path ends too: a unit joins only where it and the ends the
+        # grown units then need fit in it (the start always joins)
+        ends = _path_ends({**candidates, **grown}, {*chosen, u}, is_end)
+        if chosen and len(chosen) + 1 + len(ends) > budget:
+            continue
         score = chosen[u] = -neg_score
-        if units.describe(u)[0] in stop:
-            continue  # nothing flows further that way
-        ids, weights = neighbours(u)
-        if not len(weights):
+        candidates.update(grown)
+        if not grown:
             continue
         whole = max(total(u), WEIGHT_FLOOR)
-        top = weights.abs().topk(min(per_node, len(weights))).indices
-        candidates[u] = ids[top].tolist()
         for v, w in zip(ids[top].tolist(), weights[top].abs().tolist(), strict=True):
             if v not in chosen and w > 0:
                 heapq.heappush(heap, (-score * w / whole, v))
     # A path must end where nothing flows further (a token or an error term; downstream, a
     # logit): a unit none of whose candidates joined gets its best such candidate, or a
-    # budget spent high up would leave units without inputs, and pruning would drop them all.
-    for vs in list(candidates.values()):
-        if not any(v in chosen for v in vs):
-            ends = [v for v in vs if units.describe(v)[0] in stop]
-            if ends:
-                chosen[ends[0]] = 0.0
+    # budget spent high up would leave units without inputs, and pruning would drop them all
+    # (only ``budget=1``, the start alone, has no room for its end).
+    ends = _path_ends(candidates, chosen, is_end)
+    if len(chosen) + len(ends) <= budget:
+        chosen.update(dict.fromkeys(ends, 0.0))
 
     edges = _edges_among(stats, sorted(chosen), upstream)
     settings = {
@@ -211,6 +217,18 @@ def global_graph(
     graph = _unit_graph(replacement, stats, sorted(chosen), edges, {start: 1.0}, tokenizer,
                         settings)  # fmt: skip
     return with_qk_side(replacement, stats, graph, tokenizer) if qk else graph
+
+
+def _path_ends(candidates: dict[int, list[int]], chosen, is_end) -> list[int]:
+    """The end units (``is_end``) a grown circuit needs: for each grown unit none of whose
+    ``candidates`` are ``chosen``, its best candidate among the ends, where it has one."""
+    need: list[int] = []  # in growth order, an end already needed serving the later units
+    for vs in candidates.values():
+        if not any(v in chosen or v in need for v in vs):
+            ends = [v for v in vs if is_end(v)]
+            if ends:
+                need.append(ends[0])
+    return need
 
 
 def _edges_among(stats: Statistics, order: list[int], upstream: bool) -> dict:

@@ -584,6 +584,8 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
                          "value]")  # fmt: skip
         contrast = d.get("contrast")
         _require(contrast is None or is_finite_number(contrast), "qk.contrast", "expected a number")
+        if contrast is not None:
+            _check_contrast(contrast, d["score"], d["attention"], query)
         _closes([p[2] for p in d.get("pairs", [])] + [d["rest"]], d["score"], "qk.pairs",
                 "its pairs plus rest are not its score")  # fmt: skip
         if d.get("reason") is not None:
@@ -647,6 +649,20 @@ def _closes(terms: list[float], total: float, field: str, problem: str) -> None:
     scale = max([1.0, abs(total), *(abs(x) for x in terms)])
     _require(abs(math.fsum(terms) - total) <= SAME * scale * max(1, len(terms)) ** 0.5, field,
              problem)  # fmt: skip
+
+
+def _check_contrast(contrast: float, score: float, attention: float, query: int) -> None:
+    """A QK record's contrast, its key's score minus the mean score of the ``query + 1`` keys
+    the query reads, is bounded by its attention even without a reason to close it against
+    (a review: any finite number loaded): the mean is at most the log-mean-exp (Jensen), so
+    ``contrast >= log(attention) + log(query + 1)``; with one key it is 0. Within float32's
+    error on scores of the record's size."""
+    slack = 1e-4 * max(1.0, abs(score), abs(contrast))
+    _require(query > 0 or abs(contrast) <= slack, "qk.contrast", "not 0 at a query of one key")
+    if attention > 0:
+        least = math.log(attention) + math.log(query + 1)
+        _require(contrast >= least - slack, "qk.contrast", f"below log(attention) + "
+                 f"log(query + 1) = {least:.6g}, the least its attention allows")  # fmt: skip
 
 
 _REASON_FLOATS = (

@@ -168,6 +168,14 @@ FORGED = {
         _set("attention", lambda t: torch.where(t.isnan(), t, t * 0 + 5)), None, "attention",
     ),
     "qk pairs not a list": (None, _qk_record(pairs=5), "qk.pairs: expected a list"),
+    # a contrast without a reason (nothing to close against): finite, and not below what its
+    # attention allows (0.8 at a query of 3 keys: log 0.8 + log 3 = 0.875; a review)
+    "a NaN qk contrast": (None, _qk_record(contrast=float("nan")), "qk.contrast: expected a"),
+    "an infinite qk contrast": (None, _qk_record(contrast=-float("inf")), "qk.contrast: expect"),
+    "a qk contrast below its attention's least": (
+        None, _qk_record(contrast=-1e30), "qk.contrast: below log.* = 0.875469, the least its "
+        "attention allows",
+    ),
     "qk contrast pairs null": (None, _qk_record(contrast_pairs=None), "qk.contrast_pairs"),
     "qk query marginals a number": (None, _qk_record(query_marginals=5), "qk.query_marginals"),
     "qk key marginals null": (None, _qk_record(key_marginals=None), "qk.key_marginals"),
@@ -817,3 +825,25 @@ def test_a_graph_without_token_texts_bounds_no_token_id(tmp_path):
     graph.token_text = {}
     graph.save(tmp_path / "g.safetensors")
     assert Graph.load(tmp_path / "g.safetensors").token_text == {}
+
+
+def test_a_qk_contrast_is_bounded_by_its_attention():
+    """A QK record's contrast (its key's score against the mean over the query + 1 keys it
+    could read) is at least log(attention) + log(query + 1), however the others score, and 0
+    with one key: a review found a forged file's any finite contrast loaded where the record
+    has no reason to close it against. The bound is met with equality by uniform attention."""
+    from circuits.graph_file import _Bad, _check_contrast
+
+    _check_contrast(0.0, 3.0, 0.25, 3)  # uniform over 4 keys: exactly the least
+    _check_contrast(-1e-5, 3.0, 0.25, 3)  # within float32's error
+    _check_contrast(0.875469, 3.0, 0.8, 2)
+    _check_contrast(1e6, 3.0, 0.8, 2)  # the other keys may score anything lower
+    _check_contrast(5.0, 3.0, 0.0, 7)  # an attention that underflowed bounds nothing
+    for contrast, attention, query, message in (
+        (-0.01, 0.25, 3, "below log(attention) + log(query + 1) = 0, the least"),
+        (-2.0, 0.8, 2, "below log(attention) + log(query + 1) = 0.875469, the least"),
+        (0.5, 1.0, 0, "not 0 at a query of one key"),
+    ):
+        with pytest.raises(_Bad) as refused:
+            _check_contrast(contrast, 3.0, attention, query)
+        assert refused.value.field == "qk.contrast" and refused.value.problem.startswith(message)

@@ -12,7 +12,7 @@ Two modes, chosen per call with ``forward(tokens, mode=...)``:
 Hook points (TransformerLens names, so ``run_with_cache`` / ``run_with_hooks`` work as usual)::
 
     hook_embed                              batch pos d_model
-    hook_pos_embed                          pos d_model          (added to every row)
+    hook_pos_embed                          batch pos d_model    (W_pos's rows, per row)
     blocks.{l}.hook_resid_pre               batch pos d_model
     blocks.{l}.ln1.hook_scale               batch pos 1          the toy model's own LayerNorm
     blocks.{l}.ln1.hook_normalized          batch pos d_model
@@ -81,6 +81,7 @@ from toy_models.model import (
     has_hooks,
     hook_name,
     load_checked,
+    position_rows,
 )
 
 from .lorsa import LorsaConfig, LorsaLayer
@@ -368,10 +369,10 @@ class ReplacementModel(HookedRootModule):
             if start:
                 raise ValueError(f"start_at_layer={start} needs resid, the residual stream "
                                  f"entering a block 0..{cfg.n_layers}")  # fmt: skip
-            n = check_tokens(tokens, cfg.n_ctx, cfg.d_vocab)
-            # a copy for a hook, as the toy model's: an edit in place would edit W_pos itself
-            pos = m.W_pos[:n].clone() if has_hooks(self.hook_pos_embed) else m.W_pos[:n]
-            resid = self.hook_embed(m.W_E[tokens]) + self.hook_pos_embed(pos)
+            check_tokens(tokens, cfg.n_ctx, cfg.d_vocab)
+            embed = m.W_E[tokens]
+            pos = position_rows(m.W_pos, embed, self.hook_pos_embed)  # as the toy model's
+            resid = self.hook_embed(embed) + self.hook_pos_embed(pos)
         else:
             _check_resid(resid, cfg, m.W_E.dtype)
             if tokens is not None:

@@ -202,7 +202,7 @@ def test_hook_names_and_shapes(replacement, tokens):
     b, n = tokens.shape
     d_model = replacement.cfg.d_model
     d = (b, n, d_model)
-    expected = {"hook_embed": d, "hook_pos_embed": (n, d_model), "ln_final.hook_scale": (b, n, 1)}
+    expected = {"hook_embed": d, "hook_pos_embed": d, "ln_final.hook_scale": (b, n, 1)}
     for l in range(2):
         for name in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
             expected[f"blocks.{l}.{name}"] = d
@@ -305,17 +305,17 @@ def test_an_edit_of_the_position_vectors_in_place_leaves_the_weights(
     replacement, random_model, tokens
 ):
     """A review: ``hook_pos_embed`` was handed ``W_pos[:n]``, a view of the weight, so a hook
-    zeroing a position's vector in place (``act[3] = 0; return act``) zeroed ``W_pos[3]`` for
-    every later run, of the toy model and of the replacement model alike."""
+    zeroing a position's vector in place (``act[:, 3] = 0; return act``) zeroed ``W_pos[3]``
+    for every later run, of the toy model and of the replacement model alike."""
     weights = random_model.W_pos.detach().clone()
 
     def in_place(act, hook):
-        act[3] = 0
+        act[:, 3] = 0
         return act
 
     def copied(act, hook):
         act = act.clone()
-        act[3] = 0
+        act[:, 3] = 0
         return act
 
     hooks = [("hook_pos_embed", in_place)]
@@ -328,6 +328,37 @@ def test_an_edit_of_the_position_vectors_in_place_leaves_the_weights(
             assert torch.equal(model.run_with_hooks(tokens, fwd_hooks=hooks, **kw), edited)
             assert torch.equal(random_model.W_pos.detach(), weights)
             assert not torch.equal(model(tokens, **kw), edited)
+
+
+def test_the_position_vectors_hook_has_transformer_lenss_shape(replacement, random_model, tokens):
+    """A review: ``hook_pos_embed`` held ``W_pos[:n]`` (pos, d_model), where TransformerLens's
+    is (batch, pos, d_model): its idiom for zeroing position 3's vector, ``act[:, 3] = 0``,
+    zeroed component 3 of every position's without an error, and ``cache[name][b, p]`` was one
+    number. Now each row's vectors: the cache holds ``W_pos[p]`` at ``[b, p]``, and the idiom
+    does what zeroing ``W_pos[3]`` in the weights does, one row's edit that row alone."""
+    import copy
+
+    b, n = tokens.shape
+    for model, kw in ((random_model, {}), (replacement, {"mode": "local"})):
+        _, cache = model.run_with_cache(tokens, names_filter="hook_pos_embed", **kw)
+        assert torch.equal(cache["hook_pos_embed"], random_model.W_pos[:n].expand(b, n, -1))
+
+        def zero_3(act, hook):
+            act[:, 3] = 0
+            return act
+
+        def zero_3_of_row_0(act, hook):
+            act[0, 3] = 0
+            return act
+
+        hooked = model.run_with_hooks(tokens, fwd_hooks=[("hook_pos_embed", zero_3)], **kw)
+        edited = copy.deepcopy(model)
+        toy = edited if model is random_model else edited.model
+        with torch.no_grad():
+            toy.W_pos[3] = 0
+        assert torch.equal(hooked, edited(tokens, **kw))
+        row_0 = model.run_with_hooks(tokens, fwd_hooks=[("hook_pos_embed", zero_3_of_row_0)], **kw)
+        assert torch.equal(row_0[0], hooked[0]) and torch.equal(row_0[1:], model(tokens, **kw)[1:])
 
 
 def test_toy_model_stays_frozen_and_replacement_layers_train(replacement, random_model, tokens):

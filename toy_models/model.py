@@ -79,6 +79,18 @@ def has_hooks(hook: HookPoint) -> bool:
     return hook.has_hooks()
 
 
+def position_rows(
+    W_pos: Float[Tensor, "n_ctx d_model"], embed: Float[Tensor, "batch pos d_model"], hook
+) -> Float[Tensor, "batch pos d_model"]:
+    """What ``hook_pos_embed`` sees: each row's position vectors, (batch, pos, d_model) as in
+    TransformerLens (it was (pos, d_model): a TL user's ``act[:, 3] = 0``, zero position 3,
+    zeroed component 3 of every position without an error, and ``cache[...][b, p]`` read one
+    number; a review). A view of ``W_pos`` where no hook is on it; a copy for a hook, which
+    a hook editing it in place (TransformerLens's idiom) would otherwise edit for good."""
+    pos = W_pos[: embed.shape[-2]].expand_as(embed)
+    return pos.clone() if has_hooks(hook) else pos
+
+
 def hook_name(layer: int, site: str) -> str:
     """The full name of a hook point of block ``layer`` (TransformerLens's ``get_act_name``):
     ``hook_name(1, "attn.hook_pattern") == "blocks.1.attn.hook_pattern"``."""
@@ -211,14 +223,12 @@ class ToyTransformer(HookedRootModule):
         self.W_pos[:, 1::2] = torch.cos(pos * freq) * self.cfg.init_std * math.sqrt(2)
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
-        n = check_tokens(tokens, self.cfg.n_ctx, self.cfg.d_vocab)
+        check_tokens(tokens, self.cfg.n_ctx, self.cfg.d_vocab)
         # F.embedding, not W_E[tokens]: the same rows, but its backward sums a token's
         # gradients in a fixed order, where indexing's accumulates them in whatever order the
         # threads reach them, so that two training runs of one command would differ.
         embed = F.embedding(tokens, self.W_E)
-        # A copy for a hook: W_pos[:n] is a view of the weight, which a hook editing it in place
-        # (TransformerLens's idiom) edited for good (a review).
-        pos = self.W_pos[:n].clone() if has_hooks(self.hook_pos_embed) else self.W_pos[:n]
+        pos = position_rows(self.W_pos, embed, self.hook_pos_embed)
         resid = self.hook_embed(embed) + self.hook_pos_embed(pos)
         for block in self.blocks:
             resid = block(resid)

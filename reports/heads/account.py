@@ -66,7 +66,7 @@ def direct_effects(replacement, corpus: list[TaskBatch]) -> dict[str, dict]:
             row["targets"] += len(token)
             demeaned = logits[b, p] - logits[b, p].mean(-1, keepdim=True)
             row["total"] += float(demeaned.gather(1, token[:, None]).sum())
-            row["embedding"] += effect(cache["hook_embed"][b, p] + cache["hook_pos_embed"][p])
+            row["embedding"] += effect(cache["hook_embed"][b, p] + cache["hook_pos_embed"][b, p])
             for l, (lorsa, tc) in enumerate(pairs):
                 row["heads"][l] += effect(cache[hook_name(l, "lorsa.hook_z")][b, p] @ lorsa.W_O)
                 acts = cache[hook_name(l, "transcoder.hook_acts")][b, p]

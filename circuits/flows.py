@@ -18,7 +18,9 @@ was traced from, whose value is its pre-activation):
 - **paths.** Group-level paths from the target down to a root group (embedding, error or
   constant), found by a beam search. A path's flow is exact: the part of the target that flows
   along that sequence of groups (at node level, the sum over every member-level path through
-  those groups in that order). ``hops`` are the summed edges between consecutive groups.
+  those groups in that order; a hop between two members of one group, which a hand-made group
+  spanning stages has, stays in that group, and such a group can come again after another).
+  ``hops`` are the summed edges between consecutive groups.
 
 The same backward sweep (``EdgeSweep``) reads any linear readout of the nodes
 (``linear_flows``): the two sides of a QK reason (``qk_side_flows``) and its ``specific``
@@ -609,17 +611,16 @@ def top_paths(
     while frontier:
         children = []
         for path, b, _ in frontier:
-            rows = np.fromiter(b, dtype=np.int64)
-            weights = np.fromiter(b.values(), dtype=np.float64)
-            block = edges[rows]
-            r = np.asarray(weights @ block).ravel() if block.nnz else np.zeros(graph.n_nodes)
+            r = _through_group(edges, activation, view, path[-1], b)
             cols = np.flatnonzero(r)
             if not len(cols):
                 continue
             groups = view.of_node[cols]
             sums = np.bincount(groups, r[cols], minlength=view.n_groups)
             candidates = np.unique(groups)
-            candidates = candidates[~np.isin(candidates, path)]
+            # the group itself is not a next hop (its members' edges among themselves are
+            # inside ``r``); a group met before can be again, at another stage
+            candidates = candidates[candidates != path[-1]]
             order = np.argsort(-np.abs(sums[candidates]), kind="stable")[:beam]
             for g in candidates[order].tolist():
                 members = cols[groups == g]
@@ -639,6 +640,35 @@ def top_paths(
                 for i in range(len(up) - 1)]  # fmt: skip
         out.append((up[:-1], flow, hops))
     return out
+
+
+def _through_group(
+    edges, activation: np.ndarray, view: GroupedGraph, g: int, b: dict
+) -> np.ndarray:
+    """What a partial path ending in group ``g`` brings each node: ``b`` holds the
+    d(target)/d(value) of the members it reached; a member reached pushes on into the group's
+    members below it (a hand-made group may span stages: those member-to-member hops are the
+    group's, one group-level hop), and every member reached then into its sources. Returns
+    each node's flow along the path (``sum_m b_m edges[m, n]``), the group's own members
+    included."""
+    members = np.asarray(view.members(g), dtype=np.int64)
+    total = dict(b)
+    step = b
+    while step:  # edges go down the stages: at most one round per stage of the group
+        rows = np.fromiter(step, dtype=np.int64)
+        inside = np.asarray(
+            np.fromiter(step.values(), dtype=np.float64) @ edges[rows][:, members]
+        ).ravel()
+        step = {
+            int(m): float(x / activation[m]) for m, x in zip(members, inside, strict=True) if x != 0
+        }
+        for m, x in step.items():
+            total[m] = total.get(m, 0.0) + x
+    rows = np.fromiter(total, dtype=np.int64)
+    block = edges[rows]
+    if not block.nnz:
+        return np.zeros(edges.shape[1])
+    return np.asarray(np.fromiter(total.values(), dtype=np.float64) @ block).ravel()
 
 
 def _summed_edge(edges, targets: list[int], sources: list[int]) -> float:

@@ -1027,14 +1027,17 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
 
 def _check_path(p: PathRecord, groups: list[GroupRecord], where: str) -> None:
     """A path (``circuits.flows.top_paths``) as the graph makes one: one hop per group, from a
-    token embedding group up through distinct groups, each in a later stage than the one
-    before and not at an earlier position (a head's value comes from a key at or before its
-    query), and a path of the root alone bringing its hop into the target (its flow is that
-    summed edge). A hand-made group spanning stages or positions is not ordered."""
+    token embedding group up through groups, none twice in a row, each in a later stage than
+    the one before and not at an earlier position (a head's value comes from a key at or
+    before its query), and a path of the root alone bringing its hop into the target (its flow
+    is that summed edge). A hand-made group spanning stages or positions is not ordered, and
+    may come again after another group."""
     _expect(len(p.hops) == len(p.groups), f"{where}: one hop per group")
     _expect(bool(groups) and groups[0].kind == Kind.EMBEDDING.label,
             f"{where}: does not start at a token embedding group")  # fmt: skip
-    _expect(len(set(p.groups)) == len(p.groups), f"{where}: a group twice")
+    # a group twice in a row is one hop inside it; apart, a group spanning stages met again
+    _expect(all(a != b for a, b in itertools.pairwise(p.groups)), f"{where}: a group twice in a "
+            "row")  # fmt: skip
     for a, b in itertools.pairwise(groups):
         low, high = _stage(a), _stage(b)
         _expect(low is None or high is None or low < high,

@@ -1026,6 +1026,66 @@ def test_flows_swept_together_equal_flows_swept_alone(graph, replacement, run):
     np.testing.assert_array_equal(flow1, flow)
 
 
+def member_level_path_flows(graph, view, t: int) -> dict[tuple, float]:
+    """Brute force: every member-level path from node ``t`` down to a token embedding, its
+    flow summed by its group sequence (target's group first; a hop between two members of one
+    group stays in that group)."""
+    dense = graph.edges.toarray().astype(np.float64)
+    activation = graph.activation.double().numpy()
+    kinds, of = graph.kind.numpy(), view.of_node
+    states = {t: {(int(of[t]),): 1.0}}  # node -> {group sequence: d(target)/d(value)}
+    out: dict[tuple, float] = {}
+    for n in sorted(range(graph.n_nodes), key=lambda i: -int(graph.stage[i])):
+        for seq, b in states.pop(n, {}).items():
+            for s in np.flatnonzero(dense[n]).tolist():
+                nxt = seq if of[s] == seq[-1] else seq + (int(of[s]),)
+                if kinds[s] == Kind.EMBEDDING:
+                    out[nxt] = out.get(nxt, 0.0) + b * dense[n, s]
+                elif kinds[s] in (Kind.LORSA, Kind.TRANSCODER):
+                    at = states.setdefault(s, {})
+                    at[nxt] = at.get(nxt, 0.0) + b * dense[n, s] / activation[s]
+    return out
+
+
+def test_path_flows_of_a_group_spanning_stages_are_its_member_level_paths(
+    graph, replacement, run, tmp_path
+):
+    """A review: ``top_paths`` never stepped from a group to itself nor back to a group met
+    before, so in a hand-made group spanning stages the member-level paths through two of its
+    members (one hop inside it, or out of it and back in) were in no path, and a path's flow
+    was not the sum over the member-level paths it stands for. Checked against every
+    member-level path, with a beam wide enough to keep every group-level path."""
+    t = int(graph.is_kind("logit").nonzero()[0])
+    flow, _ = node_flows(graph, t)
+    strongest = {}
+    for kind, stage in ((Kind.LORSA, 1), (Kind.TRANSCODER, 2), (Kind.TRANSCODER, 4)):
+        at = ((graph.kind == kind) & (graph.stage == stage)).nonzero().squeeze(1).tolist()
+        strongest[stage] = sorted(at, key=lambda i: -abs(flow[i]))[:2]
+    span = strongest[1] + strongest[2][:1] + strongest[4]  # stages 1, 2 and 4
+    view = group(graph, span, "span")
+    brute = member_level_path_flows(graph, view, t)
+    g = view.group_of(span[0])
+    inside = [seq for seq in brute if seq.count(g) == 1 and len(view.members(g)) > 1]
+    again = [seq for seq in brute if seq.count(g) > 1]
+    assert inside and again  # the case: paths with hops inside the group, and out and back
+    found = {
+        (view.group_of(t), *groups[::-1]): f
+        for groups, f, _ in top_paths(view, t, beam=10**6, keep=10**6)
+    }
+    assert set(found) == {seq for seq, f in brute.items() if f != 0}
+    for seq, f in found.items():
+        assert f == pytest.approx(brute[seq], rel=1e-6, abs=1e-7), seq
+    # together, every token's flow: nothing is in no path
+    tokens = graph.is_kind("embedding").numpy()
+    assert sum(found.values()) == pytest.approx(float(flow[tokens].sum()), rel=1e-6, abs=1e-6)
+    # a summary's paths may meet the group again after another (its file takes them back)
+    summary = summarize(replacement, graph, run, view=view, check=False)
+    save_summary(summary, tmp_path / "mechanisms.json")
+    assert load_summary(tmp_path / "mechanisms.json").paths == summary.paths
+    twice = [p.groups for p in summary.paths if len(set(p.groups)) < len(p.groups)]
+    assert all(a != b for groups in twice for a, b in zip(groups, groups[1:], strict=False))
+
+
 def test_a_path_flow_is_the_sum_over_its_member_level_paths(graph):
     t = int(graph.is_kind("logit").nonzero()[0])
     view = auto_groups(graph)

@@ -70,6 +70,7 @@ from .mechanisms import (
     NOT_BORNE_OUT,
     PREDICTING,
     _signed,
+    any_query_text,
     attention_change,
     group_title,
     predicting_role,
@@ -207,7 +208,7 @@ def _why_lines(record: GroupRecord | TargetRecord, summary: MechanismSummary) ->
     text = (f"why it attends there: {why.place}{why.query} x {why.key} {_signed(why.value)} "
             f"(QK {why.reason.qk_head}'s {why.term}")  # fmt: skip
     text += "".join(f"; the {part[:-1]} terms bring more, {_signed(v)}" for part, v in why.larger)
-    text += ")"
+    text += any_query_text(why, summary) + ")"
     lines = _wrap(text, WHY_CHARS)
     if (moved := why_moved(why)) is not None:  # the movers' dotted edges say which heads
         lines += _wrap(f"{moved.token!r}@{moved.pos} moved there: {_signed(moved.total)} of "

@@ -894,7 +894,11 @@ class WhyTerm:
     ``position``) with the largest raising value, each side as a reader meets it (``query``,
     ``key``: ``token ' harbor'@12 at the query``, ``token ' harbor'@5 moved to the key @6``),
     and the errors' or constants' summed terms that raise the score more (``larger``: then the
-    pair is the largest token or position term, not the score's largest)."""
+    pair is the largest token or position term, not the score's largest). ``any_query``: the
+    reason's ``mean_query_vs_key`` (what the mean query finds at this key against the other
+    keys) where it sets the key apart more than the specific part does, else None: the key
+    then draws any query, and the pair, a term of the specific part, is not why this one
+    attends there."""
 
     reason: QKReasonRecord
     kind: str
@@ -902,6 +906,7 @@ class WhyTerm:
     query: str
     key: str
     larger: list[tuple[str, float]]
+    any_query: float | None = None
 
     @property
     def value(self) -> float:
@@ -950,7 +955,25 @@ def why_term(g: GroupRecord | TargetRecord | None) -> WhyTerm | None:
     # constants +2.5)
     larger = [(part, value) for part in ("constants", "errors")
               for value in [r.root_parts.get(part, 0.0)] if value > p.value]  # fmt: skip
-    return WhyTerm(r, kind, p, query, key, larger)
+    # what sets the key apart from the other keys for this query is the mean query's term at
+    # it plus the specific part (the other two always-on terms are the same at every key):
+    # where the first is the larger, any query attends there (a reviewer's sparse "one two
+    # three five six": QK 12 reads 'one'@1 0.58 with the specific part -0.029 and mean q x k
+    # +1.94; every query of the prompt gave 'one'@1 0.56-0.66, while the line named only
+    # "token ' six'@5 at the query x the key's own token 'one'@1 +0.703")
+    any_query = r.mean_query_vs_key if r.mean_query_vs_key > max(r.specific, 0.0) else None
+    return WhyTerm(r, kind, p, query, key, larger, any_query)
+
+
+def any_query_text(why: WhyTerm, summary: MechanismSummary) -> str:
+    """``why.any_query`` in words, for the printout and the figure: the key draws any query
+    more than the specific part this term belongs to sets it apart. Empty where None, and on a
+    prompt of one query after BOS, whose mean query is that query (``circuits.qk``'s
+    ``reference_queries``): its specific part is 0 and says nothing of other queries."""
+    if why.any_query is None or len(summary.tokens) <= 2:
+        return ""
+    return (f"; the key stands out more for any query: mean q x k {_signed(why.any_query)}, the "
+            f"specific part {_signed(why.reason.specific)}")  # fmt: skip
 
 
 def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
@@ -983,6 +1006,7 @@ def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
                   if part == "constants" and summary.settings.get("constants") is False
                   else "")  # fmt: skip
         text += f"; the {part[:-1]} terms bring more, {_signed(value)}{folded}"
+    text += any_query_text(why, summary)
     lines = [text]
     if moved := moved_by_text(why):
         lines.append(moved)

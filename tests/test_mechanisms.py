@@ -4248,6 +4248,47 @@ def test_the_predicting_groups_qk_reason_is_said_in_one_line_beside_it():
     assert why_text(SimpleNamespace(qk=[]), summary) == ""
 
 
+def test_the_why_line_says_when_the_key_draws_any_query_more_than_this_ones_match():
+    """What sets a key apart from the other keys for this query is the mean query's term at it
+    (``mean q x k``) plus the specific part; the why line names a term of the specific part
+    alone. Where ``mean q x k`` is the larger, the key draws any query and the line says so, in
+    the printout (and so the page) and the figure. A reviewer's sparse "one two three five
+    six": QK 12 read 'one'@1 0.58 with the specific part -0.029 and mean q x k +1.94 (every
+    query of the prompt gave it 0.56-0.66), and the line named only a token match, +0.703."""
+    from types import SimpleNamespace
+
+    from circuits.mechanism_file import QKReasonRecord, RootPair, SourceShare
+    from reports.mechanism_figure import _why_lines
+    from reports.mechanisms import why_text
+
+    def token(name, pos):
+        return SourceShare(name, "embedding", None, pos, None, None, 0.0)
+
+    r = QKReasonRecord(1, 12, 5, 1, "one", 0.58, -1.94, -3.51, -0.345, 1.94, -0.029, 0, 0, [])
+    r.own_pairs = [RootPair(token("token ' six'@5", 5), token("token 'one'@1", 1), 0.703)]
+    summary = SimpleNamespace(mode="sparse", tokens=["x"] * 6)
+    group = SimpleNamespace(qk=[r])
+    assert why_text(group, summary) == (
+        "why it attends there (QK 12's largest score term, of the specific part -0.029): token "
+        "' six'@5 at the query x the key's own token 'one'@1 +0.703; the key stands out more "
+        "for any query: mean q x k +1.94, the specific part -0.029"
+    )
+    figure = " ".join(_why_lines(group, summary))
+    assert "the key stands out more for any query: mean q x k" in figure
+    # the specific part the larger: this query's match sets the key apart, nothing added
+    r.specific = 2.5
+    assert "any query" not in why_text(group, summary)
+    assert "any query" not in " ".join(_why_lines(group, summary))
+    r.specific, r.mean_query_vs_key = -0.2, -0.1  # neither raises the key: nothing to say
+    assert "any query" not in why_text(group, summary)
+    # one query after BOS: the mean query is the query, the specific part 0 by construction
+    r.query, r.specific, r.mean_query_vs_key = 1, 0.0, 1.15
+    one = SimpleNamespace(mode="local", tokens=["<|bos|>", "x"])
+    assert "any query" in why_text(group, summary)
+    assert "any query" not in why_text(group, one)
+    assert "any query" not in " ".join(_why_lines(group, one))
+
+
 def test_the_why_line_stands_under_the_predicting_heads_in_every_view(graph, replacement, run):
     """The printout, the report and the viewer's data carry the predicting group's one-line
     QK reason under its name (after its flagged check, which stays right under it), before

@@ -1053,12 +1053,21 @@ def why_checks(why: WhyTerm, summary: MechanismSummary) -> list[str]:
     named = [x.pos for x in (p.query, p.key) if x.kind == "embedding" and x.pos is not None]
     checks = {c.pos: c for c in r.token_checks}
     terms = named_token_terms(r)
-    return [
-        f"{checks[pos].token!r}@{pos} {attention_change(r.attention, checks[pos].attention)} "
-        f"({token_verdict(r, checks[pos], terms.get(pos, 0.0), summary.tokens)})"
-        for pos in dict.fromkeys(named)
-        if pos in checks
-    ]
+    out = []
+    for pos in dict.fromkeys(named):
+        if pos not in checks:
+            continue
+        total = terms.get(pos, 0.0)
+        # the verdict weighs every printed term naming the token: where they sum the other way
+        # from the one named here, the sum is said (a reviewer read "+0.0709 ... ' a'@11 0.18
+        # -> 0.23 (as they say)", the attention rising as the token's terms of -0.318 say)
+        against = (f"its terms {_signed(total)} in all, the other way from this one: "
+                   if (total > 0) != (p.value > 0) else "")  # fmt: skip
+        verdict = token_verdict(r, checks[pos], total, summary.tokens)
+        out.append(f"{checks[pos].token!r}@{pos} "
+                   f"{attention_change(r.attention, checks[pos].attention)} "
+                   f"({against}{verdict})")  # fmt: skip
+    return out
 
 
 def why_blocks(summary: MechanismSummary) -> dict[str, list[str]]:

@@ -4289,6 +4289,38 @@ def test_the_why_line_says_when_the_key_draws_any_query_more_than_this_ones_matc
     assert "any query" not in " ".join(_why_lines(group, one))
 
 
+def test_the_why_lines_token_check_says_when_the_tokens_terms_sum_the_other_way():
+    """A why line's token check is judged against every printed term naming the token (the
+    group's lines print that sum); where the sum has the other sign from the term the line
+    names, the line says so, or "as they say" reads as bearing the named term out. A
+    reviewer's "Sara gave Hugo a lamp. Hugo gave Sara a": "+0.0709 ... ' a'@11 0.18 -> 0.23
+    (as they say)", the attention rising without the token as its terms of -0.318 say."""
+    from types import SimpleNamespace
+
+    from circuits.mechanism_file import QKReasonRecord, RootPair, SourceShare, TokenCheck
+    from reports.mechanism_figure import _why_lines
+    from reports.mechanisms import why_text
+
+    def token(name, pos):
+        return SourceShare(name, "embedding", None, pos, None, None, 0.0)
+
+    error = SourceShare("L0 mlp error @9", "error", 0, 9, None, None, 0.0)
+    a11, a5 = token("token ' a'@11", 11), token("token ' a'@5", 5)
+    r = QKReasonRecord(1, 2, 11, 9, " gave", 0.18, -2.88, -3.99, 0.198, -1.2, -0.136, 0, 0, [])
+    r.own_pairs = [RootPair(a11, error, -0.209)]
+    r.moved_pairs = [RootPair(a11, a5, 0.0709)]
+    r.token_checks = [TokenCheck(11, " a", 0.23, -0.05), TokenCheck(5, " a", 0.17, -0.14)]
+    summary = SimpleNamespace(mode="local", tokens=["x"] * 12)
+    group = SimpleNamespace(qk=[r])
+    text = why_text(group, summary)
+    assert ": token ' a'@11 at the query x token ' a'@5 moved to the key @9 +0.0709" in text
+    assert "' a'@11 0.18 -> 0.23 (its terms -0.138 in all, the other way from this one: " in text
+    assert "' a'@5 0.18 -> 0.17 (little change)" in text  # its one term, this one's sign
+    assert "the other way from this one" in " ".join(_why_lines(group, summary))
+    r.own_pairs = []  # the token's terms now this one alone: nothing added
+    assert "' a'@11 0.18 -> 0.23 (the other way)" in why_text(group, summary)
+
+
 def test_the_why_line_stands_under_the_predicting_heads_in_every_view(graph, replacement, run):
     """The printout, the report and the viewer's data carry the predicting group's one-line
     QK reason under its name (after its flagged check, which stays right under it), before

@@ -526,6 +526,32 @@ def test_a_ratio_to_a_random_control_of_about_nothing_is_not_printed():
     assert "random ≈ 0 (n/a)" in text and "18523" not in text and "n/ax" not in text
 
 
+def test_a_control_under_the_floor_is_printed_under_it():
+    """A review read `0.0010 | random ≈ 0` for a sink control of 0.00098: the number, rounded
+    up to the floor, said the control reached it while the ratio said it did not. Under
+    ``RANDOM_FLOOR`` a control is printed to two significant digits, in every table."""
+    from reports.heads.report import _every_task_section, _evidence
+
+    a = {"n_heads": 3, "test": "mask_bos", "task": "all_tokens", "increase": 0.041,
+         "random_mean": 0.00098, "ratio": 41.8, "tasks_met": ["all_tokens"],
+         "every_task": {"all_tokens": {"increase": 0.041, "random_mean": 0.00098,
+                                       "ratio": 41.8, "meets_target": True},
+                        "answer_units": {"increase": 0.02, "random_mean": 0.0012,
+                                         "ratio": 16.7, "meets_target": True}}}  # fmt: skip
+    results = {
+        "settings": {"ratio_target": 5.0, "truth_delta": 0.01},
+        "ablation": {f: a if f == "attention_sink" else {} for f in H.HEAD_FAMILIES},
+        "families": {"attention_sink": {"total": 3}},
+        "found": {"attention_sink": True}, "successor_ov": {}, "detectors": {}, "truth": {},
+    }  # fmt: skip
+    text = "\n".join(_every_task_section(results))
+    assert "| `all_tokens` | 0.0410 | 0.00098 | random ≈ 0 | yes |" in text
+    assert "| `answer_units` | 0.0200 | 0.0012 | 16.7 | yes |" in text
+    assert "0.0010" not in text
+    evidence = _evidence(results, "attention_sink")
+    assert "vs 0.00098 for random heads (ratio random ≈ 0" in evidence
+
+
 def test_precision_recall():
     r = H.precision_recall({(0, 1), (0, 2), (1, 3)}, {(0, 1), (1, 4)})
     assert (r["precision"], r["recall"]) == (pytest.approx(1 / 3), 0.5)

@@ -87,9 +87,9 @@ def summary(results: dict) -> str:
         lines.append(
             f"{f:19s} {fam['test']:8s} {fam['total']:5d} {str(fam['counts_per_layer']):14s} "
             f"{a['task']:20s} {_fmt(a.get('increase'), '8.4f'):>8s} "
-            f"{_fmt(a.get('random_mean'), '8.4f'):>8s} "
+            f"{_control(a.get('random_mean')):>8s} "
             f"{_ratio_text(a.get('ratio'), a.get('random_mean')):>6s} "
-            f"{_fmt(a.get('matched_random_mean'), '8.4f'):>8s} "
+            f"{_control(a.get('matched_random_mean')):>8s} "
             f"{_ratio_text(a.get('matched_ratio'), a.get('matched_random_mean')):>6s} "
             f"{'met' if results['met'][f] else 'NOT':4s} {_fmt(d.get('precision'), '4.2f'):>4s} "
             f"{_fmt(d.get('recall'), '4.2f'):>4s}"
@@ -147,6 +147,15 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 # A random control's mean increase below this (nats) prints no ratio: the quotient of noise (a
 # reviewer read `4853543.8` against a control printed 0.0000). The JSON keeps the exact ratio.
 RANDOM_FLOOR = 1e-3
+
+
+def _control(x: float | None, spec: str = ".4f") -> str:
+    """A random control's mean increase as printed: ``spec``, but under ``RANDOM_FLOOR`` two
+    significant digits, so that the number agrees with the "random ≈ 0" beside it (a review
+    read `0.0010 | random ≈ 0` for a control of 0.00098)."""
+    if x is not None and abs(x) < RANDOM_FLOOR:
+        return format(x, ".2g")
+    return _fmt(x, spec)
 
 
 def _ratio_text(ratio: float | None, random_mean: float | None, spec: str = ".1f",
@@ -216,9 +225,9 @@ def _summary_table(results: dict) -> list[str]:
         lines.append(
             f"| {f} | {_test_name(fam['test'])} | {t['score']} (>= {t['min_active']} q) | "
             f"{counts} | {fam['total']} | `{fam['task']}` | {_fmt(a.get('increase'), '.4f')} | "
-            f"{_fmt(a.get('random_mean'), '.4f')} | "
+            f"{_control(a.get('random_mean'))} | "
             f"{_ratio_text(a.get('ratio'), a.get('random_mean'))} | "
-            f"{_fmt(a.get('matched_random_mean'), '.4f')} | "
+            f"{_control(a.get('matched_random_mean'))} | "
             f"{_ratio_text(a.get('matched_ratio'), a.get('matched_random_mean'))} "
             f"| {met} | {_fmt(d.get('precision'), '.2f')} | {_fmt(d.get('recall'), '.2f')} |"
         )
@@ -328,7 +337,7 @@ def _every_task_section(results: dict) -> list[str]:
         ]
         for task, row in a["every_task"].items():
             lines.append(
-                f"| `{task}` | {row['increase']:.4f} | {row['random_mean']:.4f} | "
+                f"| `{task}` | {row['increase']:.4f} | {_control(row['random_mean'])} | "
                 f"{_ratio_text(row['ratio'], row['random_mean'])} | "
                 f"{'yes' if row['meets_target'] else 'no'} |"
             )
@@ -587,7 +596,7 @@ def _sweep_section(results: dict) -> list[str]:
             listed = ", ".join(head_id(l, h) for l, h in row.get("listed", []))
             cells = [
                 f"{row['score']:g}", str(row["heads"]), str(row["per_layer"]),
-                _fmt(row["increase"], ".4f"), _fmt(row["random_mean"], ".4f"),
+                _fmt(row["increase"], ".4f"), _control(row["random_mean"]),
                 _ratio_text(row["ratio"], row["random_mean"]),
                 _ratio_text(row["matched_ratio"], row.get("matched_random_mean")),
             ]  # fmt: skip
@@ -644,7 +653,7 @@ def _evidence(results: dict, f: str) -> str:
     else:
         evidence = (
             f"{fam['total']} heads found; under their test ({_test_name(a['test'])}) "
-            f"`{a['task']}` loss rises by {a['increase']:.4f} nats vs {a['random_mean']:.4f} "
+            f"`{a['task']}` loss rises by {a['increase']:.4f} nats vs {_control(a['random_mean'])} "
             f"for random heads (ratio {_ratio_text(a['ratio'], a['random_mean'], '.2f')}; target "
             f"{s['ratio_target']:g}x and >= {s['truth_delta']} nats)."
         )

@@ -208,6 +208,37 @@ def test_score_heads_equals_brute_force(replacement, probes):
         torch.testing.assert_close(s.active, active)
 
 
+def test_an_example_at_a_silent_query_says_the_head_is_silent(replacement, probes, tokenizer):
+    """A sink's example is where it rests on BOS most, often where it is silent: a review read
+    "n/a of z from the key" there. The example records the head's ``z`` (the local run's
+    ``hook_z``), no share of a z that is 0, and the page says the head writes nothing there."""
+    from reports.heads.report import _per_layer
+
+    scores = H.score_heads(replacement, probes, progress=False)
+    cache = {}
+    for j, probe in enumerate(probes["repeat"]):
+        with torch.no_grad():
+            cache[j] = replacement.run_with_cache(torch.tensor([probe.ids]), mode="local")[1]
+    silent = 0
+    for l in range(len(replacement.lorsas)):
+        for h in range(8):
+            ex = H.example(replacement, tokenizer, scores, probes, "attention_sink", l, h)
+            z = float(cache[ex["doc"]][hook_name(l, "lorsa.hook_z")][0, ex["query"], h])
+            assert ex["z"] == pytest.approx(z, abs=1e-6)
+            assert (ex["share_of_z"] is None) == (z == 0)
+            silent += z == 0
+            if z == 0:
+                example_at_silence = ex
+    assert silent  # the tiny model has such heads: the case is tried
+    head = {"layer": 0, "head": 1, "score": 0.9, "active": 12, "example": example_at_silence}
+    results = {"n_ov_heads": [8], "families": {
+        f: {"heads": [head] if f == "attention_sink" else [], "min_layer": 0}
+        for f in H.HEAD_FAMILIES}}  # fmt: skip
+    row = next(line for line in _per_layer(results) if line.startswith("| attention_sink"))
+    assert "n/a" not in row and "silent there, z = 0: it writes nothing" in row
+    assert f"its attention on the key {example_at_silence['attention']:.2f}" in row
+
+
 def test_labels_follow_thresholds_and_min_layer():
     def fam(score, active):
         s = H.FamilyScores.zeros(len(score))

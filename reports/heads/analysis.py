@@ -331,8 +331,9 @@ def _family_summary(replacement, tokenizer, scores, probes, labelled, family, se
 
 def example(replacement, tokenizer, scores: HeadScores, probes, family: str, layer: int, head: int):
     """The probe query where the head read most from the family's keys (a sink: attended most
-    to BOS): the query token, the expected key it read most from, that key's share of ``z``
-    (``LorsaLayer.contributions``) and the head's attention on it."""
+    to BOS): the query token, the expected key it read most from, the head's activation ``z``
+    there, that key's share of ``z`` (``LorsaLayer.contributions``; None where the head is
+    silent, as a sink often is where it rests on BOS) and the head's attention on it."""
     where = scores.families[family][layer].best_at[head]
     if where is None:
         return None
@@ -343,6 +344,7 @@ def example(replacement, tokenizer, scores: HeadScores, probes, family: str, lay
     with torch.no_grad():
         c = lorsa.contributions(x, q, torch.tensor([head]))[0]
         attention = lorsa.patterns(x[None, : q + 1])[0, head // lorsa.cfg.group_size, q]
+        z = float(lorsa.encode(x[None, : q + 1])[0, q, head])  # after ReLU and TopK
     key = max(probe.keys[family][q], key=lambda k: float(c[k]))
     return {
         "corpus": corpus,
@@ -351,7 +353,8 @@ def example(replacement, tokenizer, scores: HeadScores, probes, family: str, lay
         "query_token": _token(tokenizer, probe.ids[q]),
         "key": key,
         "key_token": _token(tokenizer, probe.ids[key]),
-        "share_of_z": float(c[key] / c.sum()) if float(c.sum()) > 0 else None,
+        "z": z,
+        "share_of_z": float(c[key] / c.sum()) if z > 0 else None,
         "attention": float(attention[key]),
         "context": _context(tokenizer, probe.ids, key, q),
     }

@@ -370,11 +370,7 @@ def _per_layer(results: dict) -> list[str]:
             ex = next((h["example"] for h in heads if h.get("example")), None)
             shown = ""
             if ex:
-                shown = (
-                    f"{head_id(l, heads[0]['head'])}: `{_md(ex['context'])}` "
-                    f"({_fmt(ex['share_of_z'], '.0%')} of z from the key, attention "
-                    f"{_fmt(ex.get('attention'), '.2f')})"
-                )
+                shown = f"{head_id(l, heads[0]['head'])}: `{_md(ex['context'])}` " + _read(ex)
             elif l < fams[f]["min_layer"]:
                 shown = (
                     f"not labelled below layer {fams[f]['min_layer']} "
@@ -382,6 +378,18 @@ def _per_layer(results: dict) -> list[str]:
                 )
             lines.append(f"| {f} | {len(heads)} | {top} | {shown} |")
     return lines
+
+
+def _read(example: dict) -> str:
+    """What a per-layer example says the head read at its query: the key's share of ``z``, or,
+    where the head is silent (z = 0, as a sink often is where it rests on BOS), that it wrote
+    nothing there, so that its attention is the reading (a review read "n/a of z from the
+    key")."""
+    attention = _fmt(example.get("attention"), ".2f")
+    if example.get("share_of_z") is None:
+        return (f"(silent there, z = 0: it writes nothing, so no share of z; its attention on "
+                f"the key {attention} is what it does there)")  # fmt: skip
+    return f"({example['share_of_z']:.0%} of z from the key, attention {attention})"
 
 
 def _overlaps(results: dict) -> list[str]:

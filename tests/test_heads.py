@@ -1092,6 +1092,33 @@ def test_the_successor_carriers_labels_are_not_read_as_a_partition():
     )
 
 
+def test_a_bin_of_one_head_stands_clear_of_the_log_axis_floor():
+    """scores.png: on a log count axis whose floor matplotlib put at 0.8, the sink panel's
+    few heads past the threshold were slivers along the bottom edge. The floor is
+    ``LOG_FLOOR`` (a bin of one head half a decade high) and each layer's legend entry says
+    how many heads reach the threshold."""
+    from matplotlib.figure import Figure
+
+    from reports.heads.plots import LOG_FLOOR, _score_histograms
+
+    n = 200
+    low = [0.01 * (i % 20) for i in range(n)]  # every head under 0.25 ...
+    sink = [low, [*low[:-1], 0.9]]  # ... but one of layer 1's
+    scores = {f: {"score": [low, low], "active": [[20] * n] * 2}
+              for f in (*H.HEAD_FAMILIES, *H.DIAGNOSTICS)}  # fmt: skip
+    scores["attention_sink"]["score"] = sink
+    fig = Figure(figsize=(16, 13))
+    _score_histograms(fig, {"scores": scores})
+    ax = next(a for a in fig.axes if a.get_title() == "attention_sink")
+    assert ax.get_yscale() == "log" and ax.get_ylim()[0] == LOG_FLOOR
+    # layer 1's step rises to 1 at the bin of 0.9, from the floor on either side
+    steps = ax.patches[1].get_path().vertices
+    in_bin = steps[(steps[:, 0] > 0.875) & (steps[:, 0] < 0.925)]
+    assert in_bin[:, 1].max() == 1 and LOG_FLOOR < 1
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["L0 (200; 0 >= 0.25)", "L1 (200; 1 >= 0.25)"]
+
+
 def test_each_familys_name_stands_under_the_middle_of_its_bars():
     """ablation.png: a family's name sat under its first bar (the family's own), the left
     end of its group of three, so the names drifted left of what they named."""

@@ -11,6 +11,7 @@ from toy_models.files import write_png_atomic
 from .config import DIAGNOSTICS, HEAD_FAMILIES, THRESHOLDS
 
 PLOT_FILES = ("scores.png", "counts.png", "ablation.png")
+LOG_FLOOR = 0.3  # the score histograms' lowest count drawn (log axis)
 
 
 def write_plots(results: dict, out: Path) -> list[Path]:
@@ -38,16 +39,24 @@ def _score_histograms(fig, results: dict) -> None:
         drawn = 0
         for l, (score, active) in enumerate(zip(sc["score"], sc["active"], strict=True)):
             kept = [v for v, a in zip(score, active, strict=True) if a >= t.min_active]
-            ax.hist(kept, bins=40, range=(0, 1), histtype="step", label=f"L{l} ({len(kept)})")
+            above = sum(v >= t.score for v in kept)
+            ax.hist(kept, bins=40, range=(0, 1), histtype="step",
+                    label=f"L{l} ({len(kept)}; {above} >= {t.score:g})")  # fmt: skip
             drawn += len(kept)
         ax.axvline(t.score, color="k", linestyle="--", linewidth=1)
         if drawn:  # a log axis needs a positive count
             ax.set_yscale("log")
+            # The floor well under 1, so that a bin of one head stands as a step half a decade
+            # high: on the axis's own floor (0.8) the few heads past a threshold (the sink
+            # panel's) were slivers along the bottom edge.
+            ax.set_ylim(bottom=LOG_FLOOR)
+        ax.set_ylabel("heads (log scale)" if drawn else "heads")
         ax.set_title(f + (" (diagnostic)" if f in DIAGNOSTICS else ""))
         what = "attention on BOS" if f == "attention_sink" else "score"
         ax.set_xlabel(f"{what} (heads with >= {t.min_active} active queries)")
         ax.legend(fontsize=7)
-    fig.suptitle("Family scores of every Lorsa head (dashed: label threshold)")
+    fig.suptitle("Family scores of every Lorsa head (dashed: label threshold; legend: heads "
+                 "drawn, and how many reach it; counts on a log axis)")  # fmt: skip
     fig.tight_layout()
 
 

@@ -251,7 +251,36 @@ def check_counts(stats) -> None:
         raise ValueError("activity of a logit is more than one probability per occurrence")
 
 
+# How far a both-halves total may stand from its halves' sum, relative to the halves' absolute
+# totals: each total is a float32 sum (unit roundoff 2**-24 = 6e-8) of at most a few tens of
+# thousands of terms by torch's cascade summation (error under about log2(n) u = 1e-6 of the
+# absolute sum), accumulated over at most 2L+1 stages, of terms each rounded once more where
+# the halves were added: under 1e-5 in all; the fixture measures 8.3e-8. 1e-4 is the margin
+# the edge values' bound below uses.
+TOTALS_RTOL = 1e-4
+
+
+def _check_totals(stats) -> None:
+    """``edges.into`` and ``edges.out``: in each view the absolute total is non-negative and
+    at least the signed one's size, and the both-halves view is the halves' sum (the signed
+    totals within rounding, the absolute ones at most it: |a + b| <= |a| + |b|). A forged
+    both-halves total was printed as the share of a unit's total its graph keeps (a fuzz
+    pass)."""
+    for name, totals in (("edges.into", stats.into_totals), ("edges.out", stats.out_totals)):
+        signed, size = totals[:, 0].double(), totals[:, 1].double()
+        if (size < 0).any():
+            raise ValueError(f"{name} holds negative absolute totals")
+        halves = size[0] + size[1]
+        if ((signed[2] - signed[0] - signed[1]).abs() > halves * TOTALS_RTOL).any() or (
+            size[2] > halves * (1 + TOTALS_RTOL)
+        ).any():
+            raise ValueError(f"{name}'s both-halves totals are not the halves' sums")
+        if (signed.abs() > size * (1 + TOTALS_RTOL)).any():
+            raise ValueError(f"{name} holds absolute totals below their signed totals' size")
+
+
 def _check_edges(stats) -> None:
+    _check_totals(stats)
     indptr, source, units = stats.edge_indptr, stats.edge_source, stats.units
     if indptr[0] != 0 or indptr[-1] != len(source) or (indptr.diff() < 0).any():
         raise ValueError("edges.indptr is not a CSR index of edges.source")

@@ -601,7 +601,8 @@ def damaged(stats, change):
     fields = {
         "activity": "activity", "count": "count", "edges.source": "edge_source",
         "edges.indptr": "edge_indptr", "qk.query_units": "qk_query_units",
-        "qk.scalars": "qk_scalars", "edges.value": "edge_value",
+        "qk.scalars": "qk_scalars", "edges.value": "edge_value", "edges.into": "into_totals",
+        "edges.out": "out_totals",
     }  # fmt: skip
     name, edit = change
     copy = Statistics(**{f: getattr(stats, f) for f in stats.__dataclass_fields__ if f != "_cache"})
@@ -645,12 +646,28 @@ def damaged(stats, change):
         (("qk.scalars", lambda t: t[:, 0, 3].fill_(2.0**100)), "not its OV heads' occurrences"),
         (("qk.scalars", lambda t: t.__setitem__((2, 0, 0), t[2, 0, 0] + 1)), "halves' sums"),
         (("qk.scalars", lambda t: t.__setitem__((0, 0, 4), -1.0)), "absolute sides"),
+        # and the edge totals' both-halves view, read as a unit's whole total (input_total,
+        # output_total), was never compared with its halves: any of it went through
+        (("edges.into", lambda t: t[2, 0].add_(t[0, 1] + t[1, 1])), "edges.into's both-halves"),
+        (("edges.out", lambda t: t[2, 1].mul_(3).add_(1)), "edges.out's both-halves"),
+        (("edges.out", lambda t: t[2].mul_(1e30)), "edges.out's both-halves"),
+        (("edges.into", lambda t: t[0, 1].neg_()), "edges.into holds negative absolute"),
+        (("edges.into", lambda t: t[1:, 0].add_(2 * t[1, 1] + 1)), "totals below their signed"),
     ],
 )
 def test_statistics_with_bad_values_are_refused(stats, tmp_path, change, message):
     damaged(stats, change).save(tmp_path / "stats.safetensors")
     with pytest.raises(ValueError, match=message):
         Statistics.load(tmp_path / "stats.safetensors")
+
+
+def test_both_halves_totals_within_their_rounding_are_read(stats, tmp_path):
+    """The both-halves totals are float32 sums of their own: a file whose signed ones stand
+    from the halves' sum by rounding (a few ulps, as gathering leaves them) is read."""
+    copy = damaged(stats, ("edges.into", lambda t: t[2, 0].add_((t[0, 1] + t[1, 1]) * 1e-6)))
+    copy.save(tmp_path / "stats.safetensors")
+    assert torch.equal(Statistics.load(tmp_path / "stats.safetensors").into_totals,
+                       copy.into_totals)  # fmt: skip
 
 
 def test_a_top_k_beyond_the_units_is_refused(stats, tmp_path):

@@ -57,7 +57,7 @@ from toy_models.checkpoint import (
     save_state_atomic,
 )
 from toy_models.cli import one_line
-from toy_models.records import is_finite_number, parse_json
+from toy_models.records import check_keys, is_finite_number, parse_json
 from toy_models.tokenizer import token_text
 
 from .concepts import CONCEPTS, DOCUMENT_CONCEPTS, at_chance, best_f1, chance_f1, f1_summary
@@ -81,6 +81,8 @@ _HIST_EDGES_F32 = torch.tensor(HIST_EDGES, dtype=torch.float32)
 DEFAULT_ROWS = 192  # about a minute on two CPU cores for the default model
 BATCH_ROWS = 32
 CHECKPOINT_SECONDS = 30.0
+# the keys a header's meta holds (circuits.dashboard_pass writes them)
+META_KEYS = ("rows", "n_ctx", "seed", "mode", "batch_rows", "rows_done", "seconds", "identity")
 MIN_FIRES = 10  # "fired enough" for coverage: a full top-k and a usable F1
 DEFAULT_DIR = Path("runs/dashboards")
 
@@ -454,6 +456,8 @@ def _check_header(header) -> tuple[Layout, dict]:
     if header.get("version") != VERSION:
         raise ValueError(f"format version {header.get('version')!r}, expected {VERSION}: "
                          "made by another version")  # fmt: skip
+    check_keys(header, "its header", ("version", "units", "concepts", "shape", "meta"),
+               ("sha256",))  # fmt: skip
     units = header.get("units")
     if not isinstance(units, dict) or set(units) != {"n_ov", "d_sae"}:
         raise ValueError("units must be an object with n_ov and d_sae")
@@ -473,6 +477,7 @@ def _check_header(header) -> tuple[Layout, dict]:
     meta = header.get("meta")
     if not isinstance(meta, dict):
         raise ValueError("meta must be an object")
+    check_keys(meta, "meta", META_KEYS)
     rows = check_int(meta.get("rows"), "meta.rows", 1, 1 << 24)
     check_int(meta.get("rows_done"), "meta.rows_done", 0, rows)
     check_int(meta.get("n_ctx"), "meta.n_ctx", 2, 1 << 16)

@@ -22,7 +22,7 @@ from torch import Tensor
 from replacement.model import MODES
 from toy_models.checkpoint import check_content_sha256, content_sha256, save_state_atomic
 from toy_models.cli import one_line
-from toy_models.records import is_finite_number, parse_json
+from toy_models.records import check_keys, is_finite_number, parse_json
 
 from .nodes import lorsa_stage
 from .units import Units
@@ -33,6 +33,9 @@ STATS_VERSION = 5  # 3: halves, compact top-k edges, conditioned logits, QK term
 SPLIT = "heldout"  # statistics describe text the model was not trained on
 QK_SCALARS = ("total", "bias_query", "bias_key", "firings", "query_abs", "key_abs")
 MAX_ROWS = 1 << 20  # rows of a sample: they are drawn and held in memory before gathering
+# the keys a header's meta holds (circuits.gathering writes them; compaction adds top_k)
+META_KEYS = ("rows", "n_ctx", "seed", "mode", "split", "rows_done", "seconds", "identity",
+             "qk_units")  # fmt: skip
 
 
 def write_file(path: Path, tensors: dict[str, Tensor], header: dict) -> None:
@@ -124,6 +127,9 @@ def check_header_meta(header: dict) -> tuple[Units, dict, list[int]]:
             f"format version {version!r}, expected {STATS_VERSION}: made by an older version; "
             "remove it to gather again"
         )
+    partial = header.get("partial") is True  # (its layout refuses any other value)
+    check_keys(header, "its header", ("version", "units", "n_qk", "meta"),
+               ("sha256", "partial"))  # fmt: skip
     units, meta, n_qk = header.get("units"), header.get("meta"), header.get("n_qk")
     if not isinstance(units, dict) or set(units) != {"d_vocab", "n_ov", "d_sae"}:
         raise ValueError("units must be an object with d_vocab, n_ov and d_sae")
@@ -142,6 +148,7 @@ def check_header_meta(header: dict) -> tuple[Units, dict, list[int]]:
         check_int(n, "n_qk[]", 1, n_ov)
     if not isinstance(meta, dict):
         raise ValueError("meta must be an object")
+    check_keys(meta, "meta", META_KEYS if partial else (*META_KEYS, "top_k"))
     rows = check_int(meta.get("rows"), "meta.rows", 1, MAX_ROWS)
     check_int(meta.get("rows_done"), "meta.rows_done", 0, rows)
     check_int(meta.get("n_ctx"), "meta.n_ctx", 2)
@@ -149,7 +156,7 @@ def check_header_meta(header: dict) -> tuple[Units, dict, list[int]]:
     check_int(meta.get("qk_units"), "meta.qk_units", 1, 1 << 16)
     if meta.get("mode") not in MODES or meta.get("split") != SPLIT:
         raise ValueError(f"meta.mode must be one of {MODES} and meta.split {SPLIT!r}")
-    seconds = meta.get("seconds", 0.0)
+    seconds = meta["seconds"]
     if not is_finite_number(seconds) or seconds < 0:
         raise ValueError("meta.seconds must be a finite number >= 0")
     check_identity_record(meta.get("identity"))

@@ -460,6 +460,37 @@ def test_a_forged_file_with_keys_or_sums_the_pass_never_writes_is_refused(
     assert message in refusal
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h["meta"].update(rows_hidden=1), r"meta holds unknown keys \('rows_hidden'\)"),
+        (lambda h: h.update(made_by="another"), r"its header holds unknown keys \('made_by'\)"),
+        (lambda h: h["meta"].pop("batch_rows"), "meta lacks 'batch_rows'"),
+    ],
+)
+def test_a_forged_file_with_keys_its_reader_does_not_know_is_refused(setup, edit, message):
+    """A fuzz pass: a file re-signed with keys of any name in its header or its meta was read,
+    the keys ignored (another version's file, or a forgery)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from toy_models.checkpoint import content_sha256
+
+    replacement, tokenizer, tmp = setup
+    path, forged = tmp / "d.safetensors", tmp / "forged.safetensors"
+    with torch.no_grad():
+        _build(replacement, tokenizer, path)
+    with safe_open(str(path), "pt") as f:
+        header = json.loads(f.metadata()[D.HEADER_KEY])
+    tensors = load_file(str(path))
+    edit(header)
+    header["sha256"] = content_sha256(tensors, header)
+    save_file(tensors, str(forged), metadata={D.HEADER_KEY: json.dumps(header)})
+    with pytest.raises(ValueError, match=message) as info:
+        D.read_file(forged, replacement, tokenizer)
+    assert str(info.value).startswith(f"dashboards file {forged}: ")
+
+
 def _logits_times(state, layout, n_ctx):
     state["logit_value"].mul_(1e30)
 

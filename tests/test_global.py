@@ -670,6 +670,40 @@ def test_both_halves_totals_within_their_rounding_are_read(stats, tmp_path):
                        copy.into_totals)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda meta: meta | {"rows_hidden": 1}, r"meta holds unknown keys \('rows_hidden'\)"),
+        (lambda meta: meta | {"x" * 10**5: 1}, r"meta holds unknown keys \('x{39}\)"),
+        (lambda meta: {k: v for k, v in meta.items() if k != "seconds"}, "meta lacks 'seconds'"),
+        (lambda meta: {k: v for k, v in meta.items() if k != "top_k"}, "meta lacks 'top_k'"),
+    ],
+)
+def test_statistics_with_keys_their_reader_does_not_know_are_refused(
+    stats, sums, tmp_path, change, message
+):
+    """A fuzz pass: a re-signed file whose meta held keys of any name was read, the keys
+    ignored (another version's file, or a forgery); a missing seconds was read as 0. The
+    header, the meta of a finished file and of a partial one hold exactly what is written."""
+    from circuits.statistics_file import save_partial, units_header, write_file
+
+    path = tmp_path / "stats.safetensors"
+    copy = damaged(stats, ("count", lambda t: None))
+    copy.meta = change(stats.meta)
+    copy.save(path)
+    with pytest.raises(ValueError, match=message) as info:
+        Statistics.load(path)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300 + len(str(path))
+    header = {"units": units_header(stats.units), "n_qk": stats.n_qk, "meta": stats.meta}
+    write_file(path, stats.tensors(), header | {"made_by": "another version"})
+    with pytest.raises(ValueError, match=r"its header holds unknown keys \('made_by'\)"):
+        Statistics.load(path)
+    sums.meta |= {"rows_hidden": 1}
+    save_partial(sums, partial_path(path))
+    with pytest.raises(ValueError, match=r"not a readable partial .*meta holds unknown keys"):
+        load_partial(partial_path(path))
+
+
 def test_a_top_k_beyond_the_units_is_refused(stats, tmp_path):
     """A fuzz pass: a re-signed file's top_k of 10**30 loaded and went into a global graph's
     settings (beyond int64); a target keeps at most the units below it."""

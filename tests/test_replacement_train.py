@@ -416,8 +416,9 @@ def test_a_resume_with_another_base_is_refused(tiny_run, tiny_pretrained, tmp_pa
         lambda s: s["recent"][-1].update(tc_fvu=1e308),  # beyond float32, which computes it
         lambda s: s["recent"][-1].update(lorsa_fvu=10**400),  # was an OverflowError
         lambda s: s.update(elapsed_s=0),  # ten steps in no time
+        lambda s: s.update(base="elsewhere"),  # a key no reader knows was ignored
     ],
-    ids=["dead<0", "dead>1", "fvu<0", "fvu 1e308", "fvu 401 digits", "no time"],
+    ids=["dead<0", "dead>1", "fvu<0", "fvu 1e308", "fvu 401 digits", "no time", "unknown key"],
 )
 def test_statistics_no_run_computes_are_refused_on_resume(tiny_run, tmp_path, edit):
     """Found by fuzz pass 22: a checkpoint's recent statistics were checked only for being

@@ -687,8 +687,15 @@ def test_a_run_stopped_while_writing_its_final_model_finishes_on_resume(tiny_run
         (lambda s: [r.update(loss=-7.5) for r in s["recent"]], "not a training state"),
         (lambda s: s["recent"][-1].update(loss=10**400), "not a training state"),
         (lambda s: s["recent"][-1].update(loss=1e308), "not a training state"),  # not float32
+        # a key the reader does not know (another version's, or a forgery) was ignored
+        (lambda s: s.update(lr=1.0), r"not a training state \(its state holds unknown keys "
+                                     r"\('lr'\): written by another version"),
+        # a state of no files was resumed with its weights unchecked (those of a version
+        # before 2026-12-06: none is kept anywhere, and another run's files read the same)
+        (lambda s: s.pop("files"), "records no SHA-256 of its weights and optimizer .* start a "
+                                   r"new run \(without --resume\)"),
     ],
-)
+)  # fmt: skip
 def test_a_forged_training_state_is_refused(tiny_run, tmp_path, edit, message):
     """state.json is read from disk: statistics that are not the trainer's or that no run
     computes (a negative loss, no time spent on ten steps, a number beyond float32's range), a
@@ -900,7 +907,8 @@ def test_an_unfinished_run_is_said_to_be_unfinished_when_shipped(tmp_path):
     [
         ({}, r"state.json: not a training state \(no 'identity'\)"),
         ({"identity": {"config": "default", "train": {}}, "step": 10, "elapsed_s": 1.0,
-          "recent": []}, r"belongs to another run \(config: 'default' there, 'tiny' here\)"),
+          "recent": [], "files": {}},
+         r"belongs to another run \(config: 'default' there, 'tiny' here\)"),
     ],
 )  # fmt: skip
 def test_a_resume_it_cannot_continue_writes_nothing(tmp_path, cli, state, message):

@@ -51,6 +51,21 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
+def check_keys(value: dict, where: str, required, optional=()) -> None:
+    """A JSON object read from disk holding exactly the keys its reader knows: every one of
+    ``required`` and none but those and ``optional``. A key the reader does not know is another
+    version's or a forgery, never ignored (a fuzz pass found statistics, dashboards and
+    checkpoint states read with keys of any name); a ``ValueError`` names ``where`` and the
+    first keys wrong (each clipped: a key may be any string)."""
+    known = set(required) | set(optional)
+    if unknown := sorted(set(value) - known):
+        keys = ", ".join(f"{k!r:.40}" for k in unknown[:3])
+        raise ValueError(f"{where} holds unknown keys ({keys}): written by another version, or "
+                         "edited")  # fmt: skip
+    if missing := [k for k in required if k not in value]:
+        raise ValueError(f"{where} lacks {', '.join(map(repr, missing))}")
+
+
 def finite_or_null(data) -> tuple[object, int]:
     """``data`` (JSON-like: dicts, lists, numbers, strings) with every NaN or infinite float
     made None (``null``: not measured), and how many were: results written with bare ``NaN``

@@ -43,13 +43,14 @@ from .files import (
     swap_directory,
     take_lock,
 )
-from .records import Bounds, is_finite_number
+from .records import Bounds, check_keys, is_finite_number
 
 CHECKPOINT_DIR = "checkpoint"
 LOCK_FILE = ".training.lock"  # the process id of the run training in ``out``
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+STATE_KEYS = ("identity", "step", "elapsed_s", "recent", "files")  # what ``save`` writes
 # The range of a statistic that its trainer names without one (``toy_models.train``'s
 # ``loss``): every statistic a trainer here returns is a loss or a fraction of variance
 # unexplained, never below 0; a trainer whose statistics have other ranges gives them
@@ -163,12 +164,10 @@ class ResumableRun:
 
     def _check_files(self) -> None:
         """The checkpoint's weights and optimizer are the files its state.json was written with
-        (their SHA-256, ``files``; a checkpoint saved before it records none)."""
+        (their SHA-256, ``files``, which ``check_resumable`` requires)."""
         from .checkpoint import read_json
 
         recorded = read_json(self.checkpoint / STATE_FILE).get("files")
-        if recorded is None:
-            return
         names = (WEIGHTS_FILE, OPTIMIZER_FILE)
         if not (isinstance(recorded, dict) and sorted(recorded) == sorted(names)):
             raise ValueError(f"{self.checkpoint / STATE_FILE}: 'files' must give the SHA-256 of "
@@ -209,7 +208,16 @@ class ResumableRun:
             )
         path = self.checkpoint / STATE_FILE
         state = read_json(path)
+        if isinstance(state, dict) and "files" not in state and set(STATE_KEYS[:4]) <= set(state):
+            # every save since 2026-12-06 records them, and no checkpoint of an older one is
+            # kept anywhere (the zoo ships none): its files cannot be told from another run's
+            raise ValueError(f"{path}: records no SHA-256 of its weights and optimizer (saved "
+                            "by a version before 2026-12-06), so they cannot be checked as "
+                            "this run's; start a new run (without --resume) or choose "
+                            "another --out")  # fmt: skip
         try:
+            if isinstance(state, dict):
+                check_keys(state, "its state", (), STATE_KEYS)
             saved, step, elapsed = state["identity"], state["step"], state["elapsed_s"]
             recent = state["recent"]
             valid = (
@@ -225,6 +233,8 @@ class ResumableRun:
             diverged = valid and not all(math.isfinite(v) for r in recent for v in r.values())
         except KeyError as exc:
             raise ValueError(f"{path}: not a training state (no {exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a training state ({exc})") from None
         if not valid:
             raise ValueError(f"{path}: not a training state (identity, step, elapsed_s or "
                              "recent invalid)")  # fmt: skip

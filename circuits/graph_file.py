@@ -46,7 +46,7 @@ from torch import Tensor
 from toy_models.checkpoint import check_content_sha256, content_sha256, save_state_atomic
 from toy_models.cli import one_line
 from toy_models.files import check_readable_file, set_cut_short
-from toy_models.records import is_finite_number, parse_json
+from toy_models.records import check_keys, is_finite_number, parse_json
 from toy_models.tokenizer import text_of_token_texts
 
 from .graph import (
@@ -74,6 +74,10 @@ MAX_NODES = 50_000_000
 # the largest value of the file's int64 arrays: a header integer is compared with them or made
 # a tensor (a group size of 10**20 raised OverflowError), so each is bounded by it
 MAX_INT = 2**63 - 1
+# the header's keys, as ``save_graph`` writes them
+HEADER_KEYS = ("format_version", "prompt", "token_strings", "n_layers", "token_text",
+               "logit_targets", "mode", "group_size", "positional", "qk", "model", "settings",
+               "sha256")  # fmt: skip
 
 _INT = (torch.int64, torch.int32)
 _FLOAT = (torch.float32,)
@@ -206,6 +210,12 @@ def _header(metadata: dict) -> dict:
         "format_version",
         f"{version!r}, expected {FORMAT_VERSION} (re-run the trace to rewrite the file)",
     )
+    # a key ``save_graph`` never writes is another version's or a forgery, never ignored (a
+    # fuzz pass read a re-signed file with keys of any name); settings and model stay free-form
+    try:
+        check_keys(header, "header", (), HEADER_KEYS)
+    except ValueError as exc:
+        raise _Bad("graph", str(exc)) from None
     return header
 
 

@@ -389,6 +389,16 @@ def test_crafted_headers_are_refused_naming_the_field(tmp_path, case):
     assert str(bad) in str(info.value) and name.split(".")[0] in str(info.value)
 
 
+def test_a_header_key_the_reader_does_not_know_is_refused(tmp_path):
+    """A fuzz pass: a re-signed graph file whose header held a key of any name loaded, the
+    key ignored (another version's file, or a forgery)."""
+    bad = craft(tmp_path, edit_header=lambda h: h.__setitem__("edges_scale", 1e30))
+    with pytest.raises(GraphFileError) as info:
+        Graph.load(bad)
+    assert str(info.value) == (f"{bad}: field graph: header holds unknown keys ('edges_scale'): "
+                               "written by another version, or edited")  # fmt: skip
+
+
 @pytest.mark.parametrize("value", [None, "0", 0, [0, 0], [99], [True], {"0": 1}])
 def test_untrained_positions_are_a_list_of_prompt_positions_or_absent(tmp_path, value):
     """Found by a fuzz pass: ``model.untrained_positions: null`` loaded, then the report and

@@ -142,6 +142,22 @@ def test_load_refuses_truncated_and_missing_files(random_model, tmp_path):
         ToyTransformer.load(tmp_path)
 
 
+def test_a_config_key_beside_the_model_config_that_no_run_writes_is_refused(random_model, tmp_path):
+    """A fuzz pass: a model directory whose config.json held a key of any name beside
+    ``model`` (another version's, or an edit) loaded with the key ignored. A run's figures
+    (``toy_models.ship.RunFields``) are what may stand there."""
+    random_model.save(tmp_path, extra={"zoo_config": "tiny", "untrained_tokens": [3]})
+    assert ToyTransformer.load(tmp_path).untrained_tokens == {3}
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"colour": "red"}))
+    with pytest.raises(ValueError) as info:
+        ToyTransformer.load(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'config.json'}: not a valid model config (its config holds unknown keys "
+        "('colour'): written by another version, or edited)"
+    )
+
+
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({"d_vocab": 10, "n_layer": 2})

@@ -399,6 +399,17 @@ def load_model(directory: Path) -> ToyTransformer:
     data = read_json(config_path)
     if "model" not in data:
         raise ValueError(f"{config_path}: not a valid model config (no 'model' entry)")
+    # beside the model config, a run's figures (``toy_models.ship.RunFields``) and nothing
+    # else: a key of any name was read and ignored (a fuzz pass)
+    from dataclasses import fields
+
+    from .records import check_keys
+    from .ship import RunFields
+
+    try:
+        check_keys(data, "its config", ("model",), [f.name for f in fields(RunFields)])
+    except ValueError as exc:
+        raise ValueError(f"{config_path}: not a valid model config ({exc})") from None
     try:
         cfg = ModelConfig.from_dict(data["model"])
     except ValueError as exc:

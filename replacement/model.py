@@ -556,7 +556,9 @@ class ReplacementModel(HookedRootModule):
                              "saved set has one)") from None  # fmt: skip
         if content != recorded_content:
             raise ValueError(f"{config_path}: edited after it was saved (content_sha256 differs)")
-        check_recorded_hashes(directory)
+        from .ship import RECORD_FIGURES
+
+        check_recorded_hashes(directory, RECORD_FIGURES)
         try:
             replacement = cls(model, lorsas, transcoders)
         except ValueError as exc:  # e.g. a Lorsa config whose d_model is not the model's

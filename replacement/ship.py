@@ -22,6 +22,9 @@ SHIPPED_DIR = Path(__file__).parent / "zoo"  # = replacement.model.SHIPPED_DIR, 
 RECORD_BATCHES = 2
 
 
+RECORD_FIGURES = ("record_batches", "reconstruction")  # what ``record_for`` gives a record
+
+
 def record_for(directory: Path, model_name: str) -> dict:
     from toy_models.zoo import load_pretrained
 

@@ -77,6 +77,31 @@ def test_a_changed_shipped_file_is_refused(tmp_path):
         load_pretrained(str(d))
 
 
+def test_a_ship_record_holds_its_figures_and_nothing_else(tmp_path):
+    """A fuzz pass: a shipped model's and a shipped set's record.json with a key of any name
+    beside the hashes and the ship's figures loaded, the key ignored."""
+    import shutil
+
+    from replacement.model import SHIPPED_DIR as SETS_DIR
+    from replacement.model import ReplacementModel
+
+    d = shipped_copy(tmp_path)
+    model, _ = load_pretrained(str(d))
+    sets = tmp_path / "set"
+    shutil.copytree(SETS_DIR / "default", sets)
+    ReplacementModel.load(sets, model)  # as shipped: read
+    for directory, load in ((d, lambda: load_pretrained(str(d))),
+                            (sets, lambda: ReplacementModel.load(sets, model))):  # fmt: skip
+        record = json.loads((directory / "record.json").read_text())
+        (directory / "record.json").write_text(json.dumps(record | {"verified": True}))
+        with pytest.raises(ValueError) as info:
+            load()
+        assert str(info.value) == (
+            f"{directory / 'record.json'}: not a ship record (it holds unknown keys "
+            "('verified'): written by another version, or edited)"
+        )
+
+
 def test_evaluate_refuses_a_changed_shipped_model_in_one_line(tmp_path, capsys):
     from toy_models.cli import run_cli
     from toy_models.evaluate import main

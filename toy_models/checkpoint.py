@@ -349,13 +349,22 @@ def json_sha256(data: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def check_recorded_hashes(directory: Path) -> None:
+def check_recorded_hashes(directory: Path, figures: tuple[str, ...]) -> None:
     """If ``directory`` holds a ``record.json`` (a shipped entry), every file it lists must
-    still have its recorded SHA-256."""
+    still have its recorded SHA-256; beside the table it holds the ship's ``figures`` (its
+    ``record`` function's keys) and nothing else (a key of any name was read and ignored: a
+    fuzz pass)."""
+    from .records import check_keys
+
     record_path = directory / RECORD_FILE
     if not record_path.exists():
         return
-    hashes = read_json(record_path).get("sha256")
+    record = read_json(record_path)
+    try:
+        check_keys(record, "it", ("sha256",), figures)
+    except ValueError as exc:
+        raise ValueError(f"{record_path}: not a ship record ({exc})") from None
+    hashes = record.get("sha256")
     if not isinstance(hashes, dict) or not all(isinstance(h, str) for h in hashes.values()):
         raise ValueError(f"{record_path}: no valid 'sha256' table")
     for name, recorded in sorted(hashes.items()):
@@ -418,7 +427,9 @@ def load_model(directory: Path) -> ToyTransformer:
     tokenizer_path = directory / TOKENIZER_FILE
     model.tokenizer_sha256 = file_sha256(tokenizer_path) if tokenizer_path.is_file() else None
     model.untrained_tokens = _untrained_tokens(data, cfg.d_vocab, config_path)
-    check_recorded_hashes(directory)
+    from .ship import RECORD_FIGURES
+
+    check_recorded_hashes(directory, RECORD_FIGURES)
     return model
 
 

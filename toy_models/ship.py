@@ -82,6 +82,9 @@ def run_fields(meta: dict, where: Path) -> RunFields:
         raise UserError(f"{where}: {exc}") from None
 
 
+RECORD_FIGURES = ("record_docs", "heldout_loss")  # what ``record_for`` gives a record
+
+
 def record_for(directory: Path) -> dict:
     from .evaluate import heldout_loss
     from .zoo import load_pretrained

@@ -1736,17 +1736,27 @@ def checks_legend_block(summary: MechanismSummary) -> list[str]:
     ]
 
 
+def legend_blocks(summary: MechanismSummary) -> dict[str, list[str]]:
+    """The definitions of the summary's words, by what they define (flows, groups, where the
+    summary has them QK reasons and ablation checks), each a block (``block_lines``): the
+    printout's legend (``legend_lines``) and the viewer panel's (``reports.viewer``, which
+    had none: a review read "always-on", "against the means", "weak" there undefined)."""
+    blocks = {"flows": list(FLOWS_CLAUSES), "groups": list(GROUPS_LEGEND)}
+    if any(g.qk for g in summary.groups) or any(t.qk for t in summary.targets):
+        blocks["qk"] = list(QK_LEGEND)
+    if any(g.checks for g in summary.groups):
+        blocks["checks"] = checks_legend_block(summary)
+    return blocks
+
+
 def legend_lines(summary: MechanismSummary, width: int = LEGEND_WIDTH) -> list[str]:
-    """The printout's legend: its heading, then each definition (flows, groups, where the
-    summary has them QK reasons and ablation checks) as a block whose lines are wrapped at
-    ``width`` (the legends were a 318- and a 1,156-character line: a review)."""
+    """The printout's legend: its heading, then each definition (``legend_blocks``) as a block
+    whose lines are wrapped at ``width`` (the legends were a 318- and a 1,156-character line:
+    a review)."""
     import textwrap
 
-    qk = any(g.qk for g in summary.groups) or any(t.qk for t in summary.targets)
-    blocks = [list(FLOWS_CLAUSES), list(GROUPS_LEGEND), *[list(QK_LEGEND)] * qk]
-    blocks += [checks_legend_block(summary)] * any(g.checks for g in summary.groups)
     out = ["legend:"]
-    for line in (x for b in blocks for x in block_lines(b, "  ")):
+    for line in (x for b in legend_blocks(summary).values() for x in block_lines(b, "  ")):
         indent = line[: len(line) - len(line.lstrip())]
         out += textwrap.wrap(line, width, initial_indent="", subsequent_indent=indent + "    ",
                              break_on_hyphens=False, break_long_words=False)  # fmt: skip

@@ -234,6 +234,7 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
         check_texts,
         flagged_text,
         group_title,
+        legend_blocks,
         member_concepts_text,
         moved_text,
         own_attention_block,
@@ -262,6 +263,8 @@ def mechanisms_data(summary, graph: Graph) -> dict | None:
     whys, qk_blocks = why_blocks(summary), qk_sources_blocks(summary)
     said, repeats = sources_said(summary), reason_repeats(summary)
     return {
+        # the printout's legend, by what each block defines: the panel's words defined
+        "legend": [{"name": k, "lines": b} for k, b in legend_blocks(summary).items()],
         "targets": [
             {"node": t.node, "token": t.token, "negative": t.negative, "value": _num(t.value),
              "probability": _num(t.probability), "tokens": _num(t.tokens),

@@ -1372,6 +1372,70 @@ def test_a_summary_supernodes_panel_gives_its_checks(browser, tmp_path):
         assert ("[FLAGGED" in text) == mark == any(c.flagged for c in group.checks)
 
 
+def legend_words(browser: Browser, where: str) -> str:
+    """The words of the folded legend under ``where`` in the panel, opened (closed, the page
+    shows its heading alone)."""
+    sel = js(f"#viewer .panel {where} details.legend")
+    assert browser.evaluate(f"!document.querySelector({sel}).open")
+    text = browser.evaluate(
+        f"(() => {{ const d = document.querySelector({sel}); d.open = true;"
+        " return [...d.children].slice(1).map(e => e.innerText).join(' '); })()"
+    )
+    return " ".join(text.split())
+
+
+def test_the_panel_defines_the_summarys_words_as_the_printouts_legend_does(
+    browser, tmp_path, weekday_trace
+):
+    """A review: the panel gave "always-on", "specific by roots", "against the means", "weak",
+    "brings" and the ablate lines' marks with no definition, where the printout ends with a
+    legend. The overview, a head's panel under its group's QK reason and a summary
+    supernode's panel under its checks fold the printout's legend (one source:
+    ``legend_blocks``), and a QK reason's and a check's line give their block as a tooltip."""
+    from reports.mechanisms import QK_LEGEND, legend_blocks, legend_lines
+
+    def printed(summary) -> str:  # the printout's legend, unwrapped
+        return " ".join(" ".join(legend_lines(summary)[1:]).split())
+
+    # a summary with ablation checks: the overview, then a summary supernode's panel
+    summary, path = checked_weekday_page(tmp_path, [" Thursday"])
+    assert "checks" in legend_blocks(summary)
+    open_page(browser, path)
+    assert "Legend: what the summary's words mean" in panel_text(browser)
+    assert legend_words(browser, "") == printed(summary)
+    tips = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .panel .mech-groups > li > div')]"
+        ".filter(e => e.textContent.startsWith('ablate')).map(e => e.title)"
+    )
+    checks = " ".join(legend_blocks(summary)["checks"])
+    assert tips and all(" ".join(t.split("\n")[:-1]) == checks for t in tips)
+    box = browser.evaluate("document.querySelector('#viewer svg g.node[data-group]').dataset.group")
+    browser.click(*centre(browser, f'#viewer svg g.node[data-group="{box}"]'))
+    assert "ablate: predicted" in panel_text(browser)
+    assert legend_words(browser, "") == printed(summary)
+    # a QK reason: a head of a group with one, in its panel (no checks in this summary)
+    _, graph, summary, path = weekday_trace
+    assert "qk" in legend_blocks(summary) and "checks" not in legend_blocks(summary)
+    g = next(g for g in summary.groups if g.kind == "lorsa" and g.qk
+             and any(m in graph.id_to_index for m in g.members))  # fmt: skip
+    head = next(graph.id_to_index[m] for m in g.members if m in graph.id_to_index
+                and graph.qk_for(graph.id_to_index[m]))  # fmt: skip
+    open_page(browser, path)
+    show_in_panel(browser, head)
+    words = legend_words(browser, "")
+    assert words == printed(summary) and "always-on: " in words and "'weak': " in words
+    tip = browser.evaluate(
+        "document.querySelector('#viewer .panel .summary-reason > div + div').title"
+    )
+    assert tip.split("\n")[:-1] == list(QK_LEGEND)
+    # a head outside every group shows no summary reason and no legend
+    other = next(i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
+                 if graph.ids[i] not in {m for x in summary.groups for m in x.members}
+                 and graph.qk_for(i))  # fmt: skip
+    show_in_panel(browser, other)
+    assert browser.evaluate("document.querySelector('#viewer .panel details.legend')") is None
+
+
 def test_the_first_view_leads_with_the_predicting_path(browser, tmp_path, weekday_trace):
     """A review: on a first view the flagged supernodes (5 of 10 boxes in red dashes on
     ``Thursday then Friday then``) and the tangle of dashed q/k edges drew the eye from the

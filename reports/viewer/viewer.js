@@ -1683,7 +1683,7 @@
     const flowOf = (k, node) => signed(((groups.get(k) || {}).flow || {})[node]);
     // a QK sources block: its heading, then a block per side (qk_sources_block)
     const block = (lines) => blockEl(lines, "qk-sources");
-    const out = [el("h4", {}, "Mechanisms")];
+    const out = [el("h4", {}, "Mechanisms"), legendEl()];
     for (const t of m.targets) {
       const what = named(t.node);
       const at = (t.byPosition || []).map((x) => `${quote(x.token)}@${x.pos} ${signed(x.flow)}`);
@@ -1722,7 +1722,7 @@
       const li = el("li", {}, el("b", {}, g.key), " " + (g.title || g.name) + " · flow " + Object.entries(g.flow).map(([node, v]) => (several ? named(node) + " " : "") + signed(v)).join(", "));
       if (g.memberConcepts) li.append(el("div", { class: "muted member-concepts" }, g.memberConcepts));
       for (const [node, text] of Object.entries(g.brings || {})) {
-        li.append(el("div", { class: "muted" }, (several ? named(node) + ": " : "") + text));
+        li.append(el("div", { class: "muted", title: legendTip("groups") }, (several ? named(node) + ": " : "") + text));
       }
       if (g.writesQk) li.append(el("div", { class: "writes-qk" }, g.writesQk));
       for (const r of g.qk) li.append(...reasonLines(r, true));
@@ -1744,7 +1744,7 @@
   // A summary group's ablation checks, one line each (a flagged one red; `named`, where there
   // are several targets, says which each is for), then its attention checks.
   function checkLines(g, named) {
-    const out = g.checks.map((c) => el("div", { class: c[4] ? "neg" : "muted" },
+    const out = g.checks.map((c) => el("div", { class: c[4] ? "neg" : "muted", title: legendTip("checks") },
       `ablate${named ? " " + named(c[0]) : ""}: predicted ${signed(c[1])}, frozen ${signed(c[2])}${c[5]}, free ${signed(c[3])}${c[6]} [${c[7]}]`));
     if (g.attention) out.push(el("div", { class: "muted attention-checks" }, g.attention));
     return out;
@@ -1758,6 +1758,20 @@
     return el("ul", {}, ...items.map((x) => Array.isArray(x)
       ? el("li", {}, x[0], ...(x.length > 1 ? [blockList(x.slice(1))] : [])) : el("li", {}, x)));
   }
+  // The summary's words defined (reports.mechanisms.legend_blocks, the printout's legend: one
+  // source), folded away under the Mechanisms heading and wherever the panel shows a QK
+  // reason or a check; a reason's and a check's line say their block in a tooltip too.
+  function legendEl() {
+    const m = data.mechanisms;
+    if (!m || !m.legend.length) return "";
+    return el("details", { class: "legend" }, el("summary", {}, "Legend: what the summary's words mean"),
+      ...m.legend.map((b) => blockEl(b.lines, "legend-" + b.name)));
+  }
+  function legendTip(name) {
+    const b = data.mechanisms && data.mechanisms.legend.find((x) => x.name === name);
+    const flat = (lines) => lines.flatMap((x) => Array.isArray(x) ? flat(x) : [x]);
+    return b ? flat(b.lines).join("\n") + "\n(the Legend, folded under the Mechanisms heading and here)" : "";
+  }
   // A summary's QK reason (a group's or a head target's own): the score's parts, tokens first
   // (which token at the query meets which at the key), then the units and each side's sources.
   // `listed`: in the summary's list of groups, where a reason given under an earlier group
@@ -1765,7 +1779,7 @@
   function reasonLines(r, listed) {
     const said = (listed && r.said) || {};
     const head = `QK ${r.qkHead} → ${quote(r.keyToken)}@${r.key}`;
-    const out = [el("div", { class: "muted" }, said.reason ? `${head}: as under ${said.reason} above`
+    const out = [el("div", { class: "muted", title: legendTip("qk") }, said.reason ? `${head}: as under ${said.reason} above`
       : `${head}: score ${signed(r.score)} = always-on ${signed(r.alwaysOn)} + specific ${signed(r.specific)}`)];
     const part = (name, lines, words) => {
       if (!lines || said[name] === (said.reason || "")) return;
@@ -1820,7 +1834,10 @@
       parts.push(el("p", { class: "promotes" }, "Promotes " + n.promotes.map(quote).join(", ")));
     }
     const qkTitle = meta.positional ? "QK: why it attends the key it reads" : "QK: what its group attends with";
-    if (n.qk) parts.push(el("h4", {}, qkTitle), ...summaryReasons(n), ...n.qk.map((rec) => qkBlock(rec, n)));
+    if (n.qk) {
+      const reasons = summaryReasons(n);
+      parts.push(el("h4", {}, qkTitle), ...reasons, ...(reasons.length ? [legendEl()] : []), ...n.qk.map((rec) => qkBlock(rec, n)));
+    }
     // by drawn item, as a supernode's panel lists them: another supernode's members together
     parts.push(el("h4", {}, "Top incoming edges (by node or supernode)"), edgeTable(edgesByItem([i], -1, inE, src), -1));
     parts.push(el("h4", {}, "Top outgoing edges (by node or supernode)"), edgeTable(edgesByItem([i], -1, outE, tgt), -1));
@@ -2098,7 +2115,7 @@
     const checks = known && (known.checks.length || known.attention || known.writesQk)
       ? [el("h4", {}, `Checks (the mechanism summary's ${known.key})`),
         ...(known.writesQk ? [el("div", { class: "writes-qk" }, known.writesQk)] : []),
-        ...checkLines(known, several ? named : null)] : [];
+        ...checkLines(known, several ? named : null), legendEl()] : [];
     // a supernode the reader named gives the summary's box as its own would (its box does not)
     const box = known && !summaryNamed(g, known)
       ? [el("div", { class: "summary-box muted" }, "the mechanism summary's group: " + known.box.join(" · "))] : [];

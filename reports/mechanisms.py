@@ -83,26 +83,33 @@ NO_MOVER = (
 # raising the side most, the one whose ablation lowers the attention most through that side
 # (a reviewer read "written most by" over a group 4th of 4 by score and +0.018 of -0.77)
 QK_SOURCES_WHAT = "what makes it attend there"
-_QK_SOURCES = (
-    QK_SOURCES_WHAT + " (of the head groups raising each side of its QK score most{}, the one "
-    "whose ablation lowers its attention most through that side)"
+# how a side's source was chosen: the lines under QK_SOURCES_WHAT (one heading of both ran to
+# 193 characters: a review)
+_CHOSEN = "each side's source: the one whose ablation lowers its attention most through that side"
+QK_SOURCES = (
+    "candidates: the head groups raising each side of its QK score most and those at that "
+    "side's position",
+    _CHOSEN,
 )
-QK_SOURCES = _QK_SOURCES.format(" and those at that side's position")
 # the same for files written before the groups at a side's position were tested
-QK_SOURCES_RAISERS = _QK_SOURCES.format("")
+QK_SOURCES_RAISERS = ("candidates: the head groups raising each side of its QK score most", _CHOSEN)
 # without checks nothing was ablated: a side's source is its largest raiser (a reviewer read
 # "whose ablation lowers its attention most" on a --no-checks summary)
 QK_SOURCES_UNCHECKED = (
-    f"{QK_SOURCES_WHAT} (the head group raising each side of its QK score most by its linear "
-    "share; none ablated: a summary without checks)"
+    "each side's source: the head group raising it most by its linear share; none ablated: "
+    "a summary without checks",
 )
 
 
-def qk_sources_heading(summary: MechanismSummary) -> str:
-    """The QK sources line's heading: what chose them, as the summary's settings say."""
+def qk_sources_heading(summary: MechanismSummary) -> list[str]:
+    """The QK sources block's heading and the lines saying what chose them, as the summary's
+    settings say."""
     if summary.settings.get("checks") is False:
-        return QK_SOURCES_UNCHECKED
-    return QK_SOURCES if summary.settings.get("qk_sources_at_position") else QK_SOURCES_RAISERS
+        chosen = QK_SOURCES_UNCHECKED
+    else:
+        at_position = summary.settings.get("qk_sources_at_position")
+        chosen = QK_SOURCES if at_position else QK_SOURCES_RAISERS
+    return [f"{QK_SOURCES_WHAT}:", *chosen]
 
 
 ATTENTION_AFTER = "with it ablated (attention free)"  # before a group's ``attention_checks``
@@ -797,13 +804,13 @@ def root_block(r: QKReasonRecord, top: int) -> list[str]:
                      f"{_signed(parts['means'], whole)}")  # fmt: skip
         split.append(text)
 
-    def terms(pairs, held: bool = True) -> str:  # held: each side is what the own vectors
-        return "; ".join(  # hold, so a key side at another position was moved to the key
+    def terms(pairs, held: bool = True) -> list[str]:  # held: each side is what the own
+        return [  # vectors hold, so a key side at another position was moved to the key
             f"{side_name(p.query)} x {side_name(p.key)}"
             + (f" -> @{r.key}" if held and p.key.pos is not None and p.key.pos != r.key else "")
             + f" {_signed(p.value)}"
             for p in pairs[:top]
-        )
+        ]
 
     heading = f"specific by roots ({', '.join(split)}):"
     if r.own_pairs or r.moved_pairs:  # each term against the key's own vector
@@ -811,14 +818,25 @@ def root_block(r: QKReasonRecord, top: int) -> list[str]:
         # under errors rather than the tokens' "the key's own" (a reviewer read them as tokens)
         lists = [("the key's own vector", r.own_pairs), ("moved to the key", r.moved_pairs),
                  ("by position, apart from the other keys", r.position_pairs)]  # fmt: skip
-        return [heading, *(f"{name}: {terms(pairs)}" for name, pairs in lists if pairs)]
-    return [heading, terms(r.root_pairs, held=False)]
+        # each list a block of its own, a term a line (a list on one line ran to 192
+        # characters: a review)
+        return [heading, *([f"{name}:", *terms(pairs)] for name, pairs in lists if pairs)]
+    return [heading, *terms(r.root_pairs, held=False)]
 
 
 def root_text(r: QKReasonRecord, top: int) -> str:
-    """``root_block`` in one line (its heading, then its lines joined by "; ")."""
+    """``root_block`` in one line (its heading, then its lists, each its name and its terms,
+    joined by "; ")."""
     heading, *rest = root_block(r, top)
-    return f"{heading} {'; '.join(rest)}"
+    return f"{heading} {'; '.join(_joined(x) for x in rest)}"
+
+
+def _joined(item: str | list) -> str:
+    """A block's line, or a nested block in one line: its heading, then its lines joined by
+    "; "."""
+    if isinstance(item, str):
+        return item
+    return " ".join([item[0], "; ".join(_joined(x) for x in item[1:])][: 1 + (len(item) > 1)])
 
 
 def token_checks_block(r: QKReasonRecord, summary: MechanismSummary) -> list[str]:
@@ -1152,8 +1170,10 @@ def _role_parts(w: QKSourceRole, g: GroupRecord, summary: MechanismSummary) -> l
         others = f"beside the {raising} raising it most" if raising else "(none raises it)"
         share = "not raising it by its linear share" if w.value <= 0 else \
             "raising it less by its linear share than the raisers tested"  # fmt: skip
-        parts.append(f"at the side's position, {share}: of {such} tested {others}, its "
-                     "ablation lowers the attention most")  # fmt: skip
+        parts += [
+            f"at the side's position, {share}",
+            f"of {such} tested {others}, its ablation lowers the attention most",
+        ]
     elif raising > 1 and w.rank == 1:
         parts.append(f"the largest of {raising} raising the side tested" + besides * (placed > 0))
     elif raising > 1:
@@ -1252,8 +1272,8 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
     """``qk_sources_side_blocks``, each side in one line: ``query side of QK 9 g1 L0 12 heads
     @21 -> 'ak'@21 [weak ...] (+8.24 of the side's +13.6, ...), ablated, through its query
     side alone: ...``."""
-    out = [f"{name}" + (f" [{verdict}]" if verdict else "") + f" ({', '.join([score, *chosen])})"
-           + (f", {tested}" if tested else "")
+    out = [f"{name}" + (f" [{_joined(verdict)}]" if verdict else "")
+           + f" ({', '.join([score, *chosen])})" + (f", {_joined(tested)}" if tested else "")
            for name, verdict, score, chosen, tested in _source_sides(summary, key)]  # fmt: skip
     return out + _sourceless_sides(summary, key)
 
@@ -1261,22 +1281,30 @@ def qk_sources_sides(summary: MechanismSummary, key: str) -> list[str]:
 def qk_sources_side_blocks(summary: MechanismSummary, key: str) -> list[str | list[str]]:
     """The groups that write head group (or head target) ``key``'s QK score, a block each
     (``block_lines``; ``_source_sides``): the side and the group's name; a source whose
-    ablation does not halve the attention through that side says so next (``_weak_text``),
+    ablation does not halve the attention through that side says so next (``_weak_block``),
     before the measurements it rests on; then the score it brings (``writes``), how it was
     chosen, and what its ablation did to the attention (``with it ablated``: a line of its own
     starting "ablate" would read as a check's). Then each side without one, said to
     have none (a line). (One line of a side ran to 660 characters: a review.)"""
-    out: list[str | list[str]] = [
-        [name, *[verdict] * bool(verdict), f"writes {score}",
-         *[f"chosen: {', '.join(chosen)}"] * bool(chosen), *[f"with it {tested}"] * bool(tested)]
+    out: list[str | list] = [
+        [name, *[verdict] * bool(verdict), f"writes {score}", *_chosen_lines(chosen),
+         *([[f"with it {tested[0]}", *tested[1:]]] if tested else [])]
         for name, verdict, score, chosen, tested in _source_sides(summary, key)
     ]  # fmt: skip
     return out + _sourceless_sides(summary, key)
 
 
+def _chosen_lines(chosen: list[str]) -> list[str | list[str]]:
+    """How a QK source was chosen (``_role_parts`` after its score) as a source's block gives
+    it: one line, or a block where it has several parts (one line ran to 176 characters)."""
+    if len(chosen) > 1:
+        return [["chosen:", *chosen]]
+    return [f"chosen: {x}" for x in chosen]
+
+
 def _source_sides(summary: MechanismSummary, key: str) -> list[tuple]:
     """The groups that write head group (or head target) ``key``'s QK score (their
-    ``writes_qk``), each as (name: the side and the group, verdict: ``_weak_text`` or None,
+    ``writes_qk``), each as (name: the side and the group, verdict: ``_weak_block`` or None,
     score: what it brings to the side, chosen: how it was chosen (``_role_parts``), tested:
     where measured, the group's attention after it is ablated, with the side's vectors alone
     as after it (the others clean; what the choice reads), or None): what makes the group
@@ -1292,17 +1320,18 @@ def _source_sides(summary: MechanismSummary, key: str) -> list[tuple]:
             both = attention_change(after.mean_before, after.mean_free)
             alone = after.mean_side(w.side)
             if alone is None:  # a file written before the sides were measured alone
-                tested = f"ablated: attention {both}" + "".join(f" ({x})" for x in weighed)
+                tested = [f"ablated: attention {both}" + "".join(f" ({x})" for x in weighed)]
             else:  # the side's own first: what chose it (a reviewer read 0.18 -> 0.04 where
-                # the key side alone gave 0.18 -> 0.16)
-                tested = (f"ablated, through its {w.side} side alone: "
+                # the key side alone gave 0.18 -> 0.16); its measurements under the heading
+                # (one line ran to 197 characters)
+                tested = [f"ablated, through its {w.side} side alone:",
                           f"{_named_head_text(after, w.qk_head, w.side)}attention "
                           f"{attention_change(after.mean_before, alone)} "
-                          f"({'; '.join([f'both sides {both}', *weighed])})")  # fmt: skip
+                          f"({'; '.join([f'both sides {both}', *weighed])})"]  # fmt: skip
                 if alone > after.mean_before * HALVES:  # (a reviewer read 0.97 -> 0.90 as
                     # what makes it attend, where every layer-0 feature at the query, no
                     # candidate, took it to 0.0003)
-                    verdict = _weak_text(summary, key, w.side, alone)
+                    verdict = _weak_block(summary, key, w.side, alone)
         # the verdict beside the name, before the measurements it rests on (a reviewer read
         # "weak", or the group that really carries the side, last in 600-700 characters)
         score, *chosen = _role_parts(w, g, summary)
@@ -1343,12 +1372,13 @@ def _named_head_text(after: AttentionCheck, qk_head: int, side: str) -> str:
             "the group's ")  # fmt: skip
 
 
-def _weak_text(summary: MechanismSummary, key: str, side: str, alone: float) -> str:
-    """Beside a QK source of head group (or head target) ``key``'s ``side`` whose ablation
-    does not halve that attention through the side (``alone``): that no head group tested
-    does (the source is the lowest of them), and the checked group of any kind (features too,
-    which are no candidates, or a head group that was none) whose ablation halves it and lowers
-    it most, or, where none does, that the side is no one group's doing.
+def _weak_block(summary: MechanismSummary, key: str, side: str, alone: float) -> list[str]:
+    """A block (``block_lines``; one line ran to 201 characters), beside a QK source of head
+    group (or head target) ``key``'s ``side`` whose ablation does not halve that attention
+    through the side (``alone``): that no head group tested does (the source is the lowest of
+    them), and the checked group of any kind (features too, which are no candidates, or a
+    head group that was none) whose ablation halves it and lowers it most, or, where none
+    does, that the side is no one group's doing.
 
     On the key side a group written after the key cannot change the key's own vector (its
     position is later: causal); the keys' vectors as after its ablation take the attention
@@ -1365,20 +1395,20 @@ def _weak_text(summary: MechanismSummary, key: str, side: str, alone: float) -> 
             (later if after_key else found).append((low, g, a))
     # read on the group's attention (its QK heads' mean), which the line's measurements give
     # after a named QK head's own (a review found a head halved beside "weak")
-    words = "weak (the group's attention): no head group tested halves it"
+    words, none = "weak (the group's attention):", "no head group tested halves it"
     if found:
         low, g, a = min(found, key=lambda x: x[0])
-        return (f"{words}; of the summary's checked groups, {g.key} {g.name} takes it through "
-                f"this side {attention_change(a.mean_before, low)}")  # fmt: skip
+        return [words, none, f"of the summary's checked groups, {g.key} {g.name} takes it "
+                f"through this side {attention_change(a.mean_before, low)}"]  # fmt: skip
+    nobody = ("this side is no one group's doing (its position's own token and features, or "
+              "many groups at once)")  # fmt: skip
     if not later:
-        return (f"{words}, nor any group the summary checks: this side is no one group's doing "
-                "(its position's own token and features, or many groups at once)")  # fmt: skip
+        return [words, f"{none}, nor any group the summary checks", nobody]
     low, g, a = min(later, key=lambda x: x[0])
-    return (f"{words}, nor any group the summary checks at or before the key: this side is no "
-            "one group's doing (its position's own token and features, or many groups at "
-            f"once); of the summary's checked groups after the key, {g.key} {g.name} takes it "
-            f"{attention_change(a.mean_before, low)} through the keys from @{g.pos} on, not "
-            "the key's own vector: its ablation makes a later key compete")  # fmt: skip
+    return [words, f"{none}, nor any group the summary checks at or before the key", nobody,
+            f"of the summary's checked groups after the key, {g.key} {g.name} takes it "
+            f"{attention_change(a.mean_before, low)} through the keys from @{g.pos} on",
+            "not the key's own vector: its ablation makes a later key compete"]  # fmt: skip
 
 
 def _no_source_words(summary: MechanismSummary, what: str) -> str:
@@ -1425,7 +1455,7 @@ def qk_sources_block(summary: MechanismSummary, key: str | None) -> list[str] | 
     if key is None or (head := summary.qk_subject(key)) is None:
         return None
     if sources := qk_sources_side_blocks(summary, key):
-        return [f"{qk_sources_heading(summary)}:", *sources]
+        return [*qk_sources_heading(summary), *sources]
     return [text] if (text := no_sources_text(head, summary)) else None
 
 

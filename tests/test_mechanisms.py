@@ -45,7 +45,13 @@ from circuits.nodes import Kind
 from circuits.prune import prune_graph
 from circuits.qk import QKSides, qk_attribution
 from reports.html import html_page
-from reports.mechanisms import QK_SOURCES, attention_text, format_summary, mechanisms_html
+from reports.mechanisms import (
+    QK_SOURCES,
+    QK_SOURCES_WHAT,
+    attention_text,
+    format_summary,
+    mechanisms_html,
+)
 
 MODES = ("local", "sparse")
 
@@ -664,7 +670,13 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
     import circuits.mechanisms
     from circuits.attribution import LogitTarget, NodeTarget
     from circuits.interventions import target_nodes
-    from reports.mechanisms import _role_text, block_lines, qk_sources_block, score_text
+    from reports.mechanisms import (
+        _role_text,
+        block_lines,
+        qk_sources_block,
+        qk_sources_heading,
+        score_text,
+    )
     from reports.viewer import mechanisms_data
 
     monkeypatch.setattr(circuits.mechanisms, "SIDE_SOURCES", 64)  # every candidate listed
@@ -689,9 +701,9 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
         for g, w in sources:  # in the summary with checks, its QK head the target's own
             assert g.checks and w.qk_head == head.qk[0].qk_head and g.layer < layer
             assert summary.attention_after(g, head.node).mean_before == head.own_attention
-        block = qk_sources_block(summary, head.node)  # the heading, then a block per side
-        assert block[0] == f"{QK_SOURCES}:" and len(block) == 3
-        names = [x[0] if isinstance(x, list) else x for x in block[1:]]  # a side's block
+        block = qk_sources_block(summary, head.node)  # the heading, how they were chosen,
+        assert block[:3] == [QK_SOURCES_WHAT + ":", *QK_SOURCES] and len(block) == 5  # a side
+        names = [x[0] if isinstance(x, list) else x for x in block[3:]]  # a side's block
         assert {x.split(" side")[0] for x in names} == {"query", "key"}  # or its one line
         text = format_summary(summary)
         printed = "\n".join(block_lines(block, "    "))
@@ -722,7 +734,8 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
     from reports.mechanisms import QK_SOURCES_UNCHECKED
 
     unchecked = summarize(replacement, graph, run, max_groups=1, check=False)
-    assert qk_sources_block(unchecked, head.node)[0] == f"{QK_SOURCES_UNCHECKED}:"
+    assert qk_sources_block(unchecked, head.node)[:2] == [QK_SOURCES_WHAT + ":",
+                                                          *QK_SOURCES_UNCHECKED]  # fmt: skip
     # two head targets: a source's box says which one it writes (it said "target" for both)
     two = [NodeTarget("lorsa", int(full.layer[i]), int(full.pos[i]), int(full.index[i]))
            for i in sorted(heads, key=lambda i: -float(full.activation[i]))[:2]]  # fmt: skip
@@ -732,7 +745,8 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
     for t in both.targets:  # each block's sides: the query's first
         sides = [w.side for _, w in both.qk_sources(t.node)]
         block = qk_sources_block(both, t.node) or []
-        assert [x[0].split(" side")[0] for x in block[1:1 + len(sides)]] == sorted(
+        h = len(qk_sources_heading(both))  # its heading and how they were chosen
+        assert [x[0].split(" side")[0] for x in block[h:h + len(sides)]] == sorted(
             sides, key=["query", "key"].index)  # fmt: skip
     # a file written before head targets' sources were looked for says nothing of them (it
     # said no head group lowers the attention), and words its groups at a side's position as
@@ -1965,7 +1979,10 @@ def _check_qk_sources(summary, graph, replacement) -> int:
     )
 
     text = format_summary(summary)
-    assert not roles or f"{QK_SOURCES}:\n" in text
+    # the heading, then how each side's source was chosen, a line each
+    lines = [x.strip() for x in text.splitlines()]
+    at = lines.index(f"{QK_SOURCES_WHAT}:") if roles else 0
+    assert not roles or lines[at + 1 : at + 3] == list(QK_SOURCES)
     # each side's source in one line (the printout gives it as a block of labelled lines, and
     # a source's own group line points to it: ``qk_sources_side_blocks``, ``sources_said``)
     subjects = dict.fromkeys(w.group for g in summary.groups for w in g.writes_qk)
@@ -2010,8 +2027,8 @@ def _check_qk_sources(summary, graph, replacement) -> int:
                 sides = a.query_side if w.side == "query" else a.key_side
                 own = (f"QK {w.qk_head}'s attention {attention_change(a.before[i], sides[i])}, "
                        "the group's ")  # fmt: skip
-            assert (f"through its {w.side} side alone: {own}attention {alone} (both sides "
-                    f"{both}") in text  # fmt: skip
+            measured = f"{own}attention {alone} (both sides {both}"
+            assert f"through its {w.side} side alone: {measured}" in one_line
             # a source that does not halve the attention is said to be weak
             named = f"side of QK {w.qk_head} {g.key} {g.name} "
             line = next(x for x in one_line.splitlines()
@@ -2022,6 +2039,10 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             assert text.splitlines()[at + 1].strip().startswith("weak (") == (
                 a.mean_side(w.side) > a.mean_before / 2
             )
+            # the measurements on the line under their heading (one line ran to 197
+            # characters)
+            tested = lines.index(f"with it ablated, through its {w.side} side alone:", at)
+            assert lines[tested + 1].startswith(measured)
             weak = a.mean_side(w.side) > a.mean_before / 2
             said = f"{named}[weak (the group's attention): no head group tested halves it" in line
             assert said == weak
@@ -2041,7 +2062,7 @@ def _check_qk_sources(summary, graph, replacement) -> int:
             lower = sorted(h[:2] for h in halving if h not in after_key)
             said = "; of the summary's checked groups, "
             assert (said in line) == (weak and bool(lower))
-            nor = ", nor any group the summary checks: this side is no one group's doing"
+            nor = ", nor any group the summary checks; this side is no one group's doing"
             assert (nor in line) == (weak and not lower and not after_key)
             later = "; of the summary's checked groups after the key, "
             assert (later in line) == (weak and not lower and bool(after_key))
@@ -2139,11 +2160,11 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     assert w.value > 0 and w.rank > w.tested - w.at_position and w.raisers > 2
     text = "; ".join(qk_sources_sides(stopped, p.key))
     assert (
-        "at the side's position, not raising it by its linear share: of the 1 other group there "
+        "at the side's position, not raising it by its linear share, of the 1 other group there "
         "tested beside the 1 raising it most, its ablation lowers the attention most" in text
     )
     assert "at the side's position, raising it less by its linear share than the raisers " \
-        "tested: of " in text  # fmt: skip
+        "tested, of " in text  # fmt: skip
     monkeypatch.setattr(circuits.mechanisms, "CANDIDATES", CANDIDATES)
     monkeypatch.undo()  # SIDE_SOURCES, CANDIDATES and MAX_CANDIDATES; ATTENTION_LOWERED below
     monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)
@@ -3043,7 +3064,8 @@ def test_the_viewer_panel_shows_the_summary_and_draws_its_groups(browser, replac
     assert "the heads there bring" in text and "; their constant terms" in text
     assert "brings " in text  # each head group: the keys its flow comes from
     # the predicting group's QK sources, each with what its ablation does to the attention
-    assert f"{QK_SOURCES}:\n" in text and " side alone: attention " in text
+    assert f"{QK_SOURCES_WHAT}:\n" in text and all(f"{x}\n" in text for x in QK_SOURCES)
+    assert " side alone:\n" in text
     assert "writes the key side of " in text and "with it ablated (attention free): " in text
     # the summary's groups are the first supernodes, a flagged one marked on its box
     present = set(graph.ids)
@@ -4181,11 +4203,11 @@ def test_a_key_sides_weak_source_never_names_a_group_after_the_key():
 
     text = line(at_query)
     assert "; of the summary's checked groups, g2" not in text
-    assert ("nor any group the summary checks at or before the key: this side is no one "
+    assert ("nor any group the summary checks at or before the key; this side is no one "
             "group's doing") in text  # fmt: skip
     assert (
         "of the summary's checked groups after the key, g2 L0 features @6 takes it "
-        "0.90 -> 0.05 through the keys from @6 on, not the key's own vector"
+        "0.90 -> 0.05 through the keys from @6 on; not the key's own vector"
     ) in text
     # one at the key that halves it is named as before, the later one left out
     text = line(at_query, checked("g3", 3, 0.3))
@@ -4196,7 +4218,7 @@ def test_a_key_sides_weak_source_never_names_a_group_after_the_key():
     assert "g2" not in text
     # nothing halving it: the words as they were
     assert text.count("weak") == 1
-    assert "nor any group the summary checks: this side is no one group's doing" in line()
+    assert "nor any group the summary checks; this side is no one group's doing" in line()
 
 
 def test_the_predicting_groups_qk_reason_is_said_in_one_line_beside_it():

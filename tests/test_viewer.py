@@ -23,7 +23,7 @@ from reports import layout
 from reports.browser import Browser, find_chromium
 from reports.html import write_html
 from reports.labels import node_label, short_label_lines
-from reports.mechanisms import PAIRS_SHOWN, predicting_heading, root_block
+from reports.mechanisms import PAIRS_SHOWN, block_lines, predicting_heading, root_block
 from reports.viewer import check_dashboards, check_q_params, script_json, viewer_data
 
 DASHBOARDS = {
@@ -1763,7 +1763,8 @@ def test_a_heads_panel_gives_its_groups_reason_from_the_summary(browser, weekday
     assert heading in text, text
     after = text.split(heading, 1)[1]
     assert after.lstrip().startswith(f"QK {r.qk_head} → {r.key_token!r}@{r.key}: score ")
-    roots = root_block(r, PAIRS_SHOWN)  # its heading, then a line per list of terms
+    # its heading, then a block per list of terms, a term a line
+    roots = [x.strip() for x in block_lines(root_block(r, PAIRS_SHOWN), "")]
     assert [x for x in after.splitlines() if x.strip()][1 : 1 + len(roots)] == roots
     other = next(i for i in graph.is_kind("lorsa").nonzero().squeeze(1).tolist()
                  if graph.ids[i] not in {m for x in summary.groups for m in x.members}

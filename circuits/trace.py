@@ -208,6 +208,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     # the defaults of the flags above, once it is known whether they were given
     args.checks = args.mechanisms if args.checks is None else args.checks
     args.dashboard_rows = DASHBOARD_ROWS if args.dashboard_rows is None else args.dashboard_rows
+    args.max_logits_named = args.max_logits is not None  # checked on the vocabulary: _trace
     args.max_logits = MAX_LOGITS if args.max_logits is None else args.max_logits
     if args.logit_probability is None:
         args.logit_probability = LOGIT_PROBABILITY
@@ -530,6 +531,11 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     from .prune import influence_scores, prune_graph
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
+    d_vocab = replacement.cfg.d_vocab  # a review's --max-logits 100000 explained 312 targets,
+    if args.max_logits_named and args.max_logits > d_vocab:  # as if it were a vocabulary's
+        raise UserError(f"--max-logits {args.max_logits} is more than the model's {d_vocab} "
+                        f"tokens: give at most {d_vocab} (the top logits stop first where "
+                        "their probabilities reach --logit-probability)")  # fmt: skip
     # not n_ctx: the last position of the context never trains (``trained_positions``)
     tokens = encode_prompt(tokenizer, args.prompt, replacement.model.trained_positions)
     targets = _targets(args, tokenizer)
@@ -601,7 +607,9 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     if unlike:
         print(f"note: {unlike}", file=sys.stderr)
     named = bool(args.target or args.target_diff or args.target_node)
-    print(summary(full, graph, scored.scores, timings, labels, automatic=not named))
+    chosen = None if named else (args.max_logits, args.logit_probability)
+    print(summary(full, graph, scored.scores, timings, labels, automatic=not named,
+                  chosen_by=chosen))  # fmt: skip
     if mechanisms is not None:
         print(format_summary(mechanisms))
     for note in written.notes:
@@ -609,6 +617,24 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     for path in written.paths:
         print(f"wrote {path}")
     return unrendered_status(args.format, written.unrendered)
+
+
+def chosen_words(records, max_logits: int, logit_probability: float) -> str:
+    """How many top logits the targets are and which setting stopped them (``records``:
+    ``Graph.logit_targets``, by probability): a review's ``--max-logits 100000`` explained 312
+    targets, a 520 KB printout, with nothing saying how many or why. Empty for the one top
+    logit that holds ``logit_probability`` alone (a prediction, the common case)."""
+    n, held = len(records), sum(r.probability for r in records)
+    if n == 0 or (n == 1 and held >= logit_probability):
+        return ""
+    what = f"the top {n} logit{'s' * (n != 1)} by probability, holding {held:.3g}: "
+    reaching = f"the fewest reaching --logit-probability {logit_probability:g}"
+    if n < max_logits:
+        return f"{what}{reaching} (--max-logits {max_logits} allows more)"
+    if held < logit_probability:
+        return (f"{what}--max-logits {max_logits} stops there, short of --logit-probability "
+                f"{logit_probability:g}")  # fmt: skip
+    return f"{what}{reaching}, as many as --max-logits {max_logits} allows"
 
 
 def unrendered_status(asked: str | None, unrendered: list[str]) -> int:
@@ -773,8 +799,12 @@ def _check_replacement_runs(replacement, tokens) -> None:
                         "sparsified logits are not finite); nothing written")  # fmt: skip
 
 
-def summary(full, graph, scores, timings, labels=None, automatic: bool = False) -> str:
+def summary(
+    full, graph, scores, timings, labels=None, automatic: bool = False, chosen_by=None
+) -> str:
     """A few lines: what the model predicts, how big the graph is, how good, how fast.
+    ``chosen_by``: (--max-logits, --logit-probability) where they chose the targets, which a
+    line under them says how (``chosen_words``).
     ``automatic``: the targets are the top logits (none named), so the first is the model's
     most likely token: under ``UNSURE`` the lines say the model is unsure (a reviewer read ten
     targets of p 0.02-0.04, each explained at length, with nothing saying none was a
@@ -793,6 +823,8 @@ def summary(full, graph, scores, timings, labels=None, automatic: bool = False) 
         for i in targets
     )]  # fmt: skip
     records = graph.logit_targets
+    if chosen_by is not None and (words := chosen_words(records, *chosen_by)):
+        lines.append(f"  ({words})")
     top = max((r.probability for r in records), default=None)
     if automatic and top is not None and top < UNSURE:
         held = sum(r.probability for r in records)

@@ -243,7 +243,7 @@ def test_trace_says_when_the_model_is_unsure(tmp_path, capsys):
     """A reviewer's ``after Tuesday comes``: ten targets of p 0.02-0.04, each explained at
     length, nothing saying none was a prediction. Under ``UNSURE`` the top logit's probability
     is said, with what the targets hold; not for a confident prompt, nor for a target named."""
-    from circuits.trace import UNSURE
+    from circuits.trace import UNSURE, chosen_words
 
     unsure = "  (the model is unsure here: its most likely next token has p "
     for args, said in ((["--prompt", "after Tuesday comes"], True),
@@ -261,6 +261,9 @@ def test_trace_says_when_the_model_is_unsure(tmp_path, capsys):
             first = top
         elif len(args) == 2 and args[1] == PROMPT:
             assert top >= UNSURE
+        # how many top logits and which setting stopped them, where none is named
+        chosen = [x for x in out.splitlines() if " by probability, holding " in x]
+        assert chosen == ([f"  ({chosen_words(graph.logit_targets, 10, 0.95)})"] if said else [])
     code, out, _ = trace(capsys, "--prompt", "after Tuesday comes", "--max-logits", "1",
                          "--out", str(tmp_path / "u"), "--no-mechanisms", "--no-qk",
                          "--format", "")  # fmt: skip
@@ -276,6 +279,38 @@ def test_trace_says_when_the_model_is_unsure(tmp_path, capsys):
     assert code == 0 and top < UNSURE and "model is unsure" not in out
     assert f"  (the replacement is unsure here: its most likely next token has p {top:.2g}" in out
     assert "not a prediction the replacement makes" in out
+
+
+def test_the_targets_line_says_how_many_top_logits_and_what_stopped_them():
+    """A review's ``--max-logits 100000`` explained 312 targets (a 520 KB printout) with
+    nothing saying how many or why: under the targets a line gives their number, the
+    probability they hold and the setting that stopped them; none for one top logit that
+    holds the probability asked for alone."""
+    from types import SimpleNamespace
+
+    from circuits.trace import chosen_words
+
+    def records(*ps):
+        return [SimpleNamespace(probability=p) for p in ps]
+
+    assert chosen_words(records(0.97), 10, 0.95) == ""
+    assert chosen_words(records(), 10, 0.95) == ""
+    assert chosen_words(records(0.5, 0.3, 0.2), 100000, 0.95) == (
+        "the top 3 logits by probability, holding 1: the fewest reaching --logit-probability "
+        "0.95 (--max-logits 100000 allows more)"
+    )
+    assert chosen_words(records(0.4, 0.3), 2, 0.95) == (
+        "the top 2 logits by probability, holding 0.7: --max-logits 2 stops there, short of "
+        "--logit-probability 0.95"
+    )
+    assert chosen_words(records(0.4), 1, 0.95) == (
+        "the top 1 logit by probability, holding 0.4: --max-logits 1 stops there, short of "
+        "--logit-probability 0.95"
+    )
+    assert chosen_words(records(0.6, 0.4), 2, 0.95) == (
+        "the top 2 logits by probability, holding 1: the fewest reaching --logit-probability "
+        "0.95, as many as --max-logits 2 allows"
+    )
 
 
 def test_sparse_mode_says_the_probabilities_are_the_replacements():
@@ -591,6 +626,12 @@ def test_the_last_position_never_trains(tiny_run):
             "--target-diff ' a' '<|bos|>': <|bos|> only begins a sequence and is never predicted",
         ),
         (["--prompt", PROMPT, "--node-threshold", "0"], "--node-threshold must be in (0, 1]"),
+        # a review's --max-logits 100000 explained 312 targets without a word: more top logits
+        # than the vocabulary holds is no cap
+        (
+            ["--prompt", PROMPT, "--max-logits", "100000"],
+            "--max-logits 100000 is more than the model's ",
+        ),
         (["--prompt", PROMPT, "--format", "gif"], "--format: unknown ['gif']"),
         # a fuzz pass: drawn twice, and nothing drawn without a word
         (["--prompt", PROMPT, "--format", "svg,svg"], "--format: svg named twice"),

@@ -1805,7 +1805,8 @@ def test_a_head_targets_panel_says_where_it_reads_and_why(browser, tmp_path):
     assert reads_text(t, summary.tokens) in text
     r = t.qk[0]
     assert f"QK {r.qk_head} → ' m'@{t.reads}: score " in text
-    assert "moved to the key: token ' the'@" in text  # its induction reason, tokens first
+    lines = [x.strip() for x in text.splitlines()]  # its induction reason, tokens first:
+    assert lines[lines.index("moved to the key:") + 1].startswith("token ' the'@")  # a term a line
     assert summary.group(t.predicting_group).pos == t.reads
 
 

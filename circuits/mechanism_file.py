@@ -1100,11 +1100,12 @@ def _check_reasons(reasons: list[QKReasonRecord], where: str, tokens: list[str])
         _expect(len(set(moved)) == len(moved)
                 and all(0 <= x.pos < r.key and tokens[x.pos] == x.token
                         and is_finite_number(x.total) for x in r.moved_by)
-                and all(m.group.kind == "lorsa" and m.group.pos == r.key
-                        and m.group.layer is not None and m.group.layer < r.layer
+                and all(m.group.kind in ("lorsa", "mixed") and m.group.pos in (r.key, None)
+                        and (m.group.layer is None or m.group.layer < r.layer)
                         for x in r.moved_by for m in x.movers),
                 f"{where}.qk[{j}].moved_by: each a position before the key once, with its "
-                "token, moved by head groups at the key below the head")  # fmt: skip
+                "token, moved by head groups at the key below the head (a hand-made group "
+                "holding such heads may span places)")  # fmt: skip
         _expect(
             all((c.rival is None) == (c.rival_attention is None) == (c.rival_before is None)
                 and (c.rival is None or (0 <= c.rival <= r.query and c.rival != r.key

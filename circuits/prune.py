@@ -211,6 +211,19 @@ def influence(
     return influences([Normalized(edges) if a_hat is None else a_hat], stage, weights)[0]
 
 
+def reach(edges: sp.csr_array, stage: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``influence``'s mirror, from the sources up: ``weights^T (I - Ã)^-1`` with ``Ã`` the
+    transpose of ``|A|`` with each *column* divided by its sum, so a node passes its reach on
+    to its targets in proportion to its outgoing |edges|. A node's reach is the share of the
+    weighted nodes' (a downstream global graph's start: weight 1) |effect| that flows through
+    it, the weighted nodes' own weight included: at most 1 for a weight of 1. It is
+    ``influence`` of the reversed graph (edges turned round, nodes and stages in reverse
+    order), so one sweep computes both."""
+    back = np.arange(len(stage))[::-1]
+    mirrored = sp.csr_array(edges.T.tocsr()[back][:, back])
+    return influence(mirrored, -stage[back], weights[back])[back] + weights
+
+
 def influences(a_hats: list[Normalized], stage: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``influence`` under each of ``a_hats`` (one ``A``, several row normalisations), in one
     sweep: each block of ``|A|`` is made once for all of them. Returns (len(a_hats), nodes)."""

@@ -29,6 +29,7 @@ from toy_models.files import replace_atomic, write_text_atomic
 
 from .labels import node_label, shorten, stage_name
 from .layout import (
+    ACTIVATION,
     FONT_SIZE,
     LABEL_COLUMN_IN,
     MAX_NODES,
@@ -37,6 +38,7 @@ from .layout import (
     Selection,
     check_selection,
     layout,
+    node_scores,
     placeholder,
     select,
 )
@@ -134,14 +136,15 @@ def _attrs(**attrs: str | float) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
-def _node_tooltip(graph: Graph, i: int) -> str:
+def _node_tooltip(graph: Graph, i: int, scores: list[float], ranked_by: str) -> str:
+    """``scores``, ``ranked_by``: ``node_scores``' (its |activation| is on a line already)."""
     lines = [
         f"{graph.ids[i]} ({graph.kinds[i]}, layer {int(graph.layer[i])}, pos {int(graph.pos[i])})",
         node_label(graph, i),
         f"activation {float(graph.activation[i]):.4g}",
     ]
-    if graph.influence is not None:
-        lines.append(f"influence {float(graph.influence[i]):.4g}")
+    if ranked_by != ACTIVATION:
+        lines.append(f"{ranked_by} {scores[i]:.4g}")
     return "\n".join(line for line in lines if line)
 
 
@@ -239,11 +242,12 @@ def to_dot(
             attrs = _attrs(label=placeholder(graph, p), pos=_pos(*lay.xy[-1 - p]), **AXIS_STYLE)
             lines.append(f"  {_q(f'pos:{p}')} {attrs};")
 
+    scores, ranked_by = node_scores(graph)
     for i in s.nodes:
         (x, y), (w, h) = lay.xy[i], lay.size[i]
         attrs = _attrs(
             label=lay.labels[i],
-            tooltip=_node_tooltip(graph, i),
+            tooltip=_node_tooltip(graph, i, scores, ranked_by),
             **KIND_STYLE[kinds[i]],
             fixedsize="shape",
             width=f"{w:.2f}",

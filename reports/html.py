@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ from toy_models.files import write_text_atomic
 
 from .graphviz import show_bidi
 from .labels import fields_label, node_labels
-from .layout import Selection, check_selection, select
+from .layout import ACTIVATION, INFLUENCE, REACH, Selection, check_selection, node_scores, select
 from .mechanisms import CSS as MECHANISMS_CSS
 from .mechanisms import mechanisms_html, summary_for
 from .viewer import NODE_ANCHOR, assets, script_json, viewer_data
@@ -348,19 +347,22 @@ def _drawn_note_html(graph: Graph, drawn: set[int]) -> str:
 
 
 def _node_order_words(graph: Graph) -> str:
-    """How ``_node_order`` sorts, as the node table's heading says it: a graph without
-    influence (a downstream global graph, any unpruned one) is listed in stage order, which
-    the heading called "most influential first" (a review)."""
-    return "in stage order" if graph.influence is None else "most influential first"
+    """How ``_node_order`` sorts, as the node table's heading says it: a graph ranked by
+    |activation| (an unpruned upstream one) is listed in stage order, which the heading
+    called "most influential first" (a review)."""
+    name = node_scores(graph)[1]
+    return {INFLUENCE: "most influential first", REACH: f"highest {REACH} first"}.get(
+        name, "in stage order"
+    )
 
 
 def _node_order(graph: Graph) -> list[int]:
-    """Most influential first when influence is known; else the graph's stage order."""
-    n = graph.n_nodes
-    if graph.influence is None:
-        return list(range(n))
-    influence = graph.influence.tolist()
-    return sorted(range(n), key=lambda i: (math.isnan(influence[i]), -influence[i], i))
+    """Highest first by ``node_scores`` (influence, or a downstream global graph's reach
+    from its start); by |activation|, the graph's stage order."""
+    scores, name = node_scores(graph)
+    if name == ACTIVATION:
+        return list(range(graph.n_nodes))
+    return sorted(range(graph.n_nodes), key=lambda i: (-scores[i], i))
 
 
 def _top(indices: np.ndarray, weights: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -460,14 +462,15 @@ def _marginals_html(a: QKAttribution, name, top: int) -> str:
 def _node_table_html(
     graph: Graph, labels: list[str], top_edges: int, drawn: set[int] | None = None
 ) -> str:
-    has_influence = graph.influence is not None
+    scores, ranked_by = node_scores(graph)
+    has_score = ranked_by != ACTIVATION  # activation has its own column
     csr = graph.edges.tocsr()
     csc = graph.edges.tocsc()
     layers = graph.layer.tolist()
     kinds = graph.kinds
     head = ["id", "kind", "layer", "pos", "label", "activation"]
-    if has_influence:
-        head.append("influence")
+    if has_score:
+        head.append(ranked_by)
     head += ["top incoming", "top outgoing", "QK"]
     rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for i in _node_order(graph):
@@ -485,8 +488,8 @@ def _node_table_html(
             f"<td>{escape(labels[i])}</td>",
             f'<td class="num">{float(graph.activation[i]):.4g}</td>',
         ]
-        if has_influence:
-            cells.append(f'<td class="num">{float(graph.influence[i]):.4g}</td>')
+        if has_score:
+            cells.append(f'<td class="num">{scores[i]:.4g}</td>')
         cells += [
             f"<td>{_edge_list(graph, labels, incoming)}</td>",
             f"<td>{_edge_list(graph, labels, outgoing)}</td>",

@@ -26,6 +26,7 @@ import numpy as np
 
 from circuits.graph import Graph, checked_count, checked_graph
 from circuits.nodes import Kind
+from circuits.prune import reach
 
 from .labels import at_position, prompt_token, short_label_lines
 
@@ -96,7 +97,7 @@ class Selection:
     qk: list[QKEdge]
     n_nodes: int
     n_edges: int
-    ranked_by: str  # what chose the heads, features and errors: "influence" or "|activation|"
+    ranked_by: str  # what chose the heads, features and errors: ``node_scores``' name
     trimmed: bool  # whether the budget left out any head, feature, error or edge
     behind: tuple[int, ...] = ()  # nodes drawn beyond the budget as drawn heads' QK sources
     # edges drawn below the threshold: each influential token's strongest edge (a prompt's;
@@ -213,12 +214,24 @@ def qk_edges(
     return list(edges.values())
 
 
-def _node_scores(graph: Graph) -> tuple[list[float], str]:
-    """What ranks nodes for the drawing: influence when known, else |activation|."""
+INFLUENCE, ACTIVATION = "influence", "|activation|"
+REACH = "reach from the start"  # a downstream global graph's (never pruned: no influence)
+
+
+def node_scores(graph: Graph) -> tuple[list[float], str]:
+    """What ranks nodes for the drawing and the node table, and its name: influence when
+    known; in a downstream global graph, which is never pruned, each unit's reach from the
+    start (``circuits.prune.reach``: the share of the start's |effect| that flows through it;
+    a reviewer found such a page ranking units by their mean activation when active, which
+    says nothing of the start and compares heads with features in different units); else
+    |activation|."""
     if graph.influence is not None:
-        values, name = graph.influence.tolist(), "influence"
+        values, name = graph.influence.tolist(), INFLUENCE
+    elif not graph.positional and graph.settings.get("direction") == "downstream":
+        weights = graph.target_weight.double().numpy()
+        values, name = reach(graph.edges, graph.stage.numpy(), weights).tolist(), REACH
     else:
-        values, name = graph.activation.abs().tolist(), "|activation|"
+        values, name = graph.activation.abs().tolist(), ACTIVATION
     return [-math.inf if math.isnan(v) else v for v in values], name
 
 
@@ -251,7 +264,7 @@ def select(
     if max_edges is not None and max_edges != "auto":
         max_edges = checked_count(max_edges, "max_edges", least=0)
     kinds = graph.kinds
-    scores, ranked_by = _node_scores(graph)
+    scores, ranked_by = node_scores(graph)
     inner = [i for i, k in enumerate(kinds) if k in INNER_KINDS]
     trimmed = max_nodes is not None and len(inner) > max_nodes
     if trimmed:
@@ -454,7 +467,7 @@ def layout(graph: Graph, selection: Selection) -> Layout:
     so that the drawing is about ``TARGET_ASPECT`` times as wide as tall. Within a cell, nodes
     are ordered by the mean x of their drawn neighbours (``SWEEPS`` sweeps, alternately up and
     down) and dealt round-robin over its rows, which keeps edges short and few crossings."""
-    scores, _ = _node_scores(graph)
+    scores, _ = node_scores(graph)
     kinds = graph.kinds
     lines = {i: short_label_lines(graph, i) for i in selection.nodes}
     labels = {i: "\n".join(lines[i]) for i in selection.nodes}

@@ -66,8 +66,10 @@ from .layout import (
     INNER_KINDS,
     MAX_NODES,
     QK_MIN_SHARE,
+    REACH,
     TOKEN_EDGE_NOTE,
     Selection,
+    node_scores,
     placeholder,
     select,
 )
@@ -399,6 +401,8 @@ def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
         "activation": _num(arrays["activation"][i]),
         "influence": None if graph.influence is None else _num(arrays["influence"][i]),
     }
+    if arrays["reach"] is not None:  # a downstream global graph's (``layout.node_scores``)
+        node["reach"] = _num(arrays["reach"][i])
     if kind != Kind.LOGIT and arrays["target"][i]:
         node["target"] = True  # a head, feature or token the graph starts from: always drawn
     if kind in (Kind.LORSA, Kind.TRANSCODER, Kind.LOGIT):
@@ -664,6 +668,8 @@ def viewer_data(
         "promotes": graph.promotes.tolist(),
         "influence": None if graph.influence is None else graph.influence.tolist(),
     }
+    scores, ranked_by = node_scores(graph)  # the page ranks by it (viewer.js, score)
+    arrays["reach"] = scores if ranked_by == REACH else None
     nodes = [_node(graph, i, labels[i], arrays) for i in range(graph.n_nodes)]
     coo = graph.edges.tocoo()
     keep = coo.data != 0

@@ -913,6 +913,72 @@ def test_global_graph_grows_from_the_start(replacement, units, stats, tmp_path):
     assert back.ids == down.ids and (back.edges != down.edges).nnz == 0
 
 
+def brute_force_reach(graph: Graph) -> np.ndarray:
+    """Every node's reach from the weighted nodes, path by path: the product along each path
+    of |edge| / its source's summed outgoing |edges|, summed over every path (the empty path
+    from a weighted node to itself gives its weight)."""
+    a = np.abs(graph.edges.toarray().astype(np.float64))  # [target, source]
+    out = a.sum(0)
+    share = np.divide(a, out, out=np.zeros_like(a), where=out > 0)
+
+    def paths_from(s: int, carried: float, into: np.ndarray) -> None:
+        into[s] += carried
+        for t in np.flatnonzero(share[:, s]):
+            paths_from(int(t), carried * share[t, s], into)
+
+    reach = np.zeros(graph.n_nodes)
+    for s in np.flatnonzero(graph.target_weight.numpy()):
+        paths_from(int(s), float(graph.target_weight[s]), reach)
+    return reach
+
+
+def test_a_downstream_graph_is_ranked_by_reach_from_its_start(replacement, units, stats):
+    """A reviewer found a downstream global graph (never pruned, so without influence)
+    drawn and tabled by its units' mean activation when active, which says nothing of the
+    start and compares heads with features in different units. Its nodes rank by their reach
+    from the start (``circuits.prune.reach``, from ``layout.node_scores``): the budget, the
+    node table, its column and heading, the tooltips and the page's data all say it."""
+    from reports.graphviz import to_dot
+    from reports.html import _node_order, _node_order_words, _node_table_html
+    from reports.labels import node_labels
+    from reports.layout import REACH, node_scores, select
+    from reports.viewer import viewer_data
+
+    start = units.unit("embedding", 0, 3)
+    graph = global_graph(replacement, stats, start, budget=14, per_node=4, upstream=False)
+    graph = with_qk_side(replacement, stats, graph)  # units without value edges: reach 0
+    assert graph.influence is None and graph.n_edges > 10
+    want = brute_force_reach(graph)
+    scores, ranked_by = node_scores(graph)
+    assert ranked_by == REACH == "reach from the start"
+    np.testing.assert_allclose(scores, want, rtol=1e-12, atol=0)
+    first = int(graph.target_weight.argmax())
+    assert scores[first] == 1 and max(scores) <= 1 + 1e-12
+    inner = [i for i, k in enumerate(graph.kinds) if k in ("lorsa", "transcoder", "error")]
+    by_reach = sorted(inner, key=lambda i: (-want[i], i))
+    by_activation = sorted(inner, key=lambda i: (-abs(float(graph.activation[i])), i))
+    assert set(by_reach[:4]) != set(by_activation[:4])  # the ranking the page had is not it
+    selection = select(graph, max_nodes=4)
+    assert selection.ranked_by == REACH
+    assert set(by_reach[:4]) <= set(selection.nodes)
+    assert not set(by_reach[4:]) & (set(selection.nodes) - set(selection.behind))
+    assert _node_order(graph) == sorted(range(graph.n_nodes), key=lambda i: (-want[i], i))
+    assert _node_order_words(graph) == "highest reach from the start first"
+    table = _node_table_html(graph, node_labels(graph), 3)
+    assert "<th>reach from the start</th>" in table and "<th>influence</th>" not in table
+    assert f'<td class="num">{want[by_reach[0]]:.4g}</td>' in table
+    data = viewer_data(graph, selection)
+    assert data["view"]["rankedBy"] == REACH
+    for node, r in zip(data["nodes"], want, strict=True):
+        assert node["reach"] == pytest.approx(r, rel=1e-5) and node["influence"] is None
+    assert f"reach from the start {want[by_reach[0]]:.4g}" in to_dot(graph, selection)
+    # an upstream graph keeps its ranking: influence when pruned, |activation| when not
+    up = global_graph(replacement, stats, units_of(graph, units)[by_reach[0]], budget=10)
+    assert node_scores(up)[1] == "|activation|" and _node_order(up) == list(range(up.n_nodes))
+    assert "reach" not in viewer_data(up)["nodes"][0]
+    assert node_scores(prune_graph(up))[1] == "influence"
+
+
 def test_a_logit_rooted_graph_reads_where_its_token_came_next(replacement, units, stats):
     counts = stats.unit_count[units.start(units.logit_stage) :]
     token = int(counts.argmax())

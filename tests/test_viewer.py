@@ -1187,6 +1187,37 @@ def test_a_qk_circuits_pairs_read_as_from_the_weights(browser, tmp_path):
     assert "per firing" not in block and "score lift" not in block
 
 
+def test_a_downstream_global_graph_draws_and_tells_its_units_by_reach_from_the_start(
+    browser, tmp_path
+):
+    """A reviewer found a downstream global graph (never pruned: no influence) drawn by its
+    units' |activation|. Grown from token E_4_1, its units rank by their reach from it, from
+    the page's data (``layout.node_scores``): E_4_1's |edges| 1.5 and 2.0 split its reach
+    3:4 between 0_5_2 and 1_17_1, which pass it on whole to 1_3_3 and 2_2_3; both meet in
+    3_9_3 (reach 1). At a budget of 3 the page draws 3_9_3, 1_17_1 and 2_2_3 (1_17_1 before
+    1_3_3: 4/7 against 3/7), where |activation| (rising with the index here) drew 1_-1_3, an
+    error no path from the token reaches; the status line and a unit's panel name it."""
+    local = make_graph(influence=False)
+    graph = dataclasses.replace(local, positional=False, pos=torch.zeros_like(local.pos),
+                                target_weight=torch.zeros(local.n_nodes),
+                                settings={**local.settings, "direction": "downstream"})  # fmt: skip
+    graph.target_weight[local.ids.index("E_4_1")] = 1.0
+    path = tmp_path / "graph.html"
+    write_html(graph, path, None, title="Global circuit")
+    open_page(browser, path)
+    set_control(browser, "#viewer input[type=number]", 3, "change")
+    name = dict(zip(graph.ids, local.ids, strict=True))  # a unit's id has no position
+    kinds = dict(zip(graph.ids, graph.kinds, strict=True))
+    inner = {name[d] for d in drawn(browser) if kinds[d] in layout.INNER_KINDS}
+    assert {"3_9_3", "1_17_1", "2_2_3"} <= inner and "1_-1_3" not in inner, inner
+    expected = layout.select(graph, max_nodes=3, max_edges=None)
+    assert sorted(drawn(browser)) == sorted(graph.ids[i] for i in expected.nodes)
+    status = browser.evaluate("document.querySelector('#viewer .status').textContent")
+    assert "ranked by reach from the start" in status, status
+    click_node(browser, graph.ids[local.ids.index("1_17_1")])
+    assert "\nactivation\n1.25\nreach from the start\n0.5714\n" in panel_text(browser)
+
+
 def test_a_wide_global_graph_starts_at_its_middle_a_prompts_at_its_right(tmp_path):
     """In a narrow window the canvas scrolls: a prompt's graph starts at its right (the last
     position, the logits), a global graph, which has no positions, at its middle (it started

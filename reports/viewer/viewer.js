@@ -75,7 +75,8 @@
     outE[i].sort((a, b) => Math.abs(wt[b]) - Math.abs(wt[a]) || tgt[a] - tgt[b]);
   }
   const score = nodes.map((n) => {
-    const v = n.influence != null ? n.influence : n.activation != null ? Math.abs(n.activation) : null;
+    // layout.node_scores, as the data holds it: a downstream global graph's reach from its start
+    const v = n.reach != null ? n.reach : n.influence != null ? n.influence : n.activation != null ? Math.abs(n.activation) : null;
     return v == null ? -Infinity : v;
   });
   const byScore = (a, b) => (score[b] > score[a]) - (score[b] < score[a]) || a - b;
@@ -313,7 +314,7 @@
 
   // ------------------------------------------------------------------------- what is drawn
   // Items are what the drawing shows: single nodes and supernodes. Like reports.layout.select:
-  // the `budget` highest heads, features and errors (influence, else |activation|; below, how
+  // the `budget` highest heads, features and errors (layout.node_scores: influence, reach or |activation|; below, how
   // a supernode counts), every target (logits, a head or feature traced from), pinned nodes
   // and supernode members, and the embeddings a drawn edge leaves; edges between items are
   // summed and drawn when |weight| >= edgeMin.
@@ -1815,6 +1816,7 @@
       // is the vector itself): not shown, as graph.json writes none (a review)
       ["activation", ["embedding", "error", "bias"].includes(n.kind) ? "" : fmt(n.activation)],
       ["influence", n.influence == null ? "" : fmt(n.influence)],
+      [data.view.rankedBy, n.reach == null ? "" : fmt(n.reach)],
       ["pre-activation", n.value == null ? "" : fmt(n.value)],
       ["constant term", n.bias == null ? "" : fmt(n.bias)],
       ["firings in sample", n.occurrences == null ? "" : fmt(n.occurrences)],

@@ -60,8 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="A global circuit around one unit of the replacement model (Lorsa heads and "
         "transcoder features reading the original model's activations, what each dictionary "
         "misses as error units: local mode, as a trace's default): exact local edges summed "
-        "over a corpus sample, grown best-first to a budget and pruned by "
-        "influence like local graphs. Upstream (the default) an edge is the mean input per "
+        "over a corpus sample, grown best-first to a budget and, upstream, pruned by "
+        "influence like local graphs (downstream, its page ranks units by their reach from "
+        "the start). Upstream (the default) an edge is the mean input per "
         "occurrence of its target; --downstream, the expected attribution per unit of its "
         "source's activity.",
     )

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, file_arg, run_cli, seed_arg
+from toy_models.cli import ArgumentParser, UserError, file_arg, path_text, run_cli, seed_arg
 
 MODES = ("local", "sparse")  # = replacement.model.MODES (not imported: start-up)
 # Rows of a dashboards pass: rows x n_ctx must stay below 2**31 (``dashboard_pass``), which
@@ -34,7 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "ground-truth concept.",
     )
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
-    parser.add_argument("--replacement", help="replacement set directory (default: shipped)")
+    parser.add_argument(
+        "--replacement", type=path_text, help="replacement set directory (default: shipped)"
+    )
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS,
                         help=f"held-out documents to read (default {DEFAULT_ROWS}, about a "
                         "minute on two cores; more rows let rare units fire)")  # fmt: skip

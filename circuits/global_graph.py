@@ -29,7 +29,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, run_cli, whole_numbers
+from toy_models.cli import (
+    ArgumentParser,
+    UserError,
+    file_arg,
+    path_arg,
+    path_text,
+    run_cli,
+    whole_numbers,
+)
 from toy_models.files import check_writable_dir, check_writable_file, earlier_set
 from toy_models.tokenizer import BOS, NEVER_PREDICTED, single_token
 
@@ -67,7 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "source's activity.",
     )
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
-    parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
+    parser.add_argument(
+        "--replacement", type=path_text, help="replacement set (default: shipped with --model)"
+    )
     parser.add_argument("--start", required=True, metavar="UNIT", help=START_FORMS)
     parser.add_argument("--downstream", action="store_true",
                         help="grow towards what the unit drives (default: its inputs)")  # fmt: skip

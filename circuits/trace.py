@@ -25,7 +25,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, run_cli, whole_numbers
+from toy_models.cli import (
+    ArgumentParser,
+    UserError,
+    file_arg,
+    path_arg,
+    path_text,
+    run_cli,
+    whole_numbers,
+)
 from toy_models.files import (
     STAGING_DIR,
     STAGING_MARK,
@@ -73,7 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt", required=True, help="the text to trace (BOS is prepended)")
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
     parser.add_argument(
-        "--replacement", help="replacement set directory (default: the one shipped with --model)"
+        "--replacement",
+        type=path_text,
+        help="replacement set directory (default: the one shipped with --model)",
     )
     parser.add_argument("--out", type=path_arg, default=Path("runs/trace"), help="output directory")
     parser.add_argument("--mode", choices=("local", "sparse"), default="local",

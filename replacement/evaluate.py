@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toy_models.cli import ArgumentParser, UserError, file_arg, run_cli
+from toy_models.cli import ArgumentParser, UserError, file_arg, path_text, run_cli
 from toy_models.data import stream_rows
 
 from . import SUBLAYERS
@@ -359,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Reconstruction, sparsity and loss recovered of a replacement set.",
     )
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
-    parser.add_argument("--replacement", required=True, help="replacement set directory")
+    parser.add_argument(
+        "--replacement", type=path_text, required=True, help="replacement set directory"
+    )
     parser.add_argument("--batches", type=int, default=8, help="held-out batches of 16 rows")
     parser.add_argument("--docs", type=int, default=100, help="documents per family (probes)")
     parser.add_argument("--json", type=file_arg, help="also write the results here as JSON")

@@ -43,6 +43,7 @@ from toy_models.cli import (
     ArgumentParser,
     UserError,
     path_arg,
+    path_text,
     refuse_repeats,
     run_cli,
     seed_arg,
@@ -76,7 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
     parser.add_argument(
-        "--replacement", help="replacement set directory (default: the one shipped with --model)"
+        "--replacement",
+        type=path_text,
+        help="replacement set directory (default: the one shipped with --model)",
     )
     parser.add_argument(
         "--out", type=path_arg, default=Path("runs/superposition"), help="output directory"

@@ -703,3 +703,27 @@ def test_the_error_line_comes_after_a_progress_bar_left_open(fault):
     assert done.returncode == (130 if fault == "interrupt" else 2), done.stderr
     last = "interrupted" if fault == "interrupt" else "error: cannot write stats.safetensors"
     assert done.stderr.rstrip("\n").split("\n")[-1].startswith(last), repr(done.stderr)
+
+
+@pytest.mark.parametrize(
+    ("module", "parse", "rest"),
+    [
+        ("circuits.trace", "parse_args", ["--prompt", "1+1="]),
+        ("circuits.dashboard_cli", "parse_args", []),
+        ("circuits.global_graph", "parse_args", ["--start", "lorsa:0:0"]),
+        ("reports.heads.cli", "parse_args", []),
+        ("reports.superposition", "parse_args", []),
+        ("replacement.evaluate", "main", []),
+    ],
+)
+def test_an_empty_replacement_path_is_refused_by_argparse(module, parse, rest, capsys):
+    """Found by a fuzz pass: ``--replacement ""`` was read as the current directory once the
+    model had loaded ("replacement file missing: replacement.json", or a set that happened to
+    be there was used); like every path option's, an empty one is a usage error at once."""
+    import importlib
+
+    for value in ("", "  "):
+        with pytest.raises(SystemExit) as exc:
+            getattr(importlib.import_module(module), parse)([*rest, "--replacement", value])
+        assert exc.value.code == 2
+        assert "argument --replacement: an empty path" in capsys.readouterr().err

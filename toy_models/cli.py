@@ -90,12 +90,20 @@ class ArgumentParser(argparse.ArgumentParser):
         super().error(message)
 
 
+def path_text(text: str) -> str:
+    """``path_arg``'s check, the text kept as written: for a path a command records as given
+    (``--replacement``, in results files). An empty ``--replacement`` read as the current
+    directory, after the model loaded ("replacement file missing: replacement.json"), or used
+    a set that happened to be there (a fuzz pass)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
 def path_arg(text: str) -> Path:
     """An argparse ``type`` for paths: an empty string is refused (``Path("")`` would be the
     current directory, where nobody asked a run to write)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path")
-    return Path(text)
+    return Path(path_text(text))
 
 
 def file_arg(text: str) -> Path:

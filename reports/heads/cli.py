@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from toy_models.cli import ArgumentParser, UserError, path_arg, seed_arg
+from toy_models.cli import ArgumentParser, UserError, path_arg, path_text, seed_arg
 from toy_models.files import check_writable_dir, earlier_set
 from toy_models.zoo import resolve_model_dir
 
@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
     parser.add_argument(
-        "--replacement", help="replacement set directory (default: the one shipped with --model)"
+        "--replacement",
+        type=path_text,
+        help="replacement set directory (default: the one shipped with --model)",
     )
     parser.add_argument("--out", type=path_arg, default=Path("runs/heads"), help="output directory")
     parser.add_argument(

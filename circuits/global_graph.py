@@ -204,7 +204,12 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     replacement.group_size  # noqa: B018 (a set whose layers differ: refused before the work)
-    start = resolve_start(spec, Units.of(replacement), tokenizer)
+    units = Units.of(replacement)
+    start = resolve_start(spec, units, tokenizer)
+    for flag, value in (("--budget", args.budget), ("--per-node", args.per_node)):
+        if value > units.total:  # a graph, or a unit's candidates, never holds more (a fuzz
+            # pass's --budget 10**21 started gathering, and the graph would have recorded it)
+            raise UserError(f"{flag} {value}: more than the model's {units.total} units")
     stats = statistics_for(replacement, tokenizer, args.model, args.stats, args.rows)
     upstream = not args.downstream
     if float(stats.unit_count[start]) == 0:  # its graph would be empty, its reliability moot

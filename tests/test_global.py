@@ -1119,6 +1119,8 @@ def test_split_half_reliability_compares_the_halves_graphs(replacement, units, s
         (["--start", "logit:<|bos|>"], "only begins a sequence and is never predicted"),
         (["--start", "lorsa:1:2", "--budget", "0"], "must be positive"),
         (["--start", "lorsa:1:2", "--rows", "-3"], "must be positive"),
+        (["--start", "lorsa:1:2", "--budget", "10" * 11], "more than the model's"),
+        (["--start", "lorsa:1:2", "--per-node", "10" * 11], "more than the model's"),
         (["--start", "lorsa:1:2", "--rows", "99999999999999999999"], "--rows must be at most"),
         (["--start", "lorsa:1:x"], "expected lorsa:L:HEAD"),
         (["--start", "lorsa:1:\u0663"], "expected lorsa:L:HEAD"),  # an Arabic-Indic 3

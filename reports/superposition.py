@@ -174,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     seconds = {"load": time.perf_counter() - t0}
+    tokens = args.rows * replacement.cfg.n_ctx  # a head fires at most once a token: a fuzz
+    if args.min_fires > tokens:  # pass's --min-fires 10**20 ended in an OverflowError traceback
+        n_ctx = replacement.cfg.n_ctx
+        raise UserError(f"no Lorsa head fired {args.min_fires} times in {args.rows} rows: a "
+                        f"head fires at most once a token, {tokens} times in {args.rows} rows "
+                        f"of {n_ctx}; lower --min-fires or raise --rows")  # fmt: skip
     t1 = time.perf_counter()
     # Read before the measurement (a minute or more): a bad --dashboards file is refused now
     labels = concept_labels(replacement, tokenizer, args)

@@ -456,6 +456,32 @@ def test_a_measurement_of_no_heads_is_refused(
     assert "no Lorsa head fired 100000 times in 4 rows" in err and not out.exists()
 
 
+@pytest.mark.parametrize("min_fires", ["257", "100000000000000000000"])
+def test_a_min_fires_above_the_rows_tokens_is_refused_before_the_measurement(
+    min_fires, tiny_run, tiny_pretrained, make_layers, tmp_path, cli, monkeypatch
+):
+    """Found by a fuzz pass: ``--min-fires 100000000000000000000`` ended in an OverflowError
+    traceback after the model loaded. A head fires at most once a token: more firings than
+    the rows' tokens (4 rows of 64: 256) are refused in one line before the measurement."""
+    from reports.superposition import main
+
+    def measure(*args, **kwargs):
+        raise AssertionError("measured a --min-fires no head can reach")
+
+    monkeypatch.setattr(S, "measure", measure)
+    model, _ = tiny_pretrained
+    assert model.cfg.n_ctx == 64
+    lorsas, transcoders = make_layers(model.cfg.n_layers, model.cfg.d_model, n_qk=2, n_ov=16)
+    ReplacementModel(model, lorsas, transcoders).save(tmp_path / "rep", str(tiny_run))
+    out = tmp_path / "sp"
+    code, _, err = cli(main, "--model", tiny_run, "--replacement", tmp_path / "rep", "--out", out,
+                       "--rows", "4", "--min-fires", min_fires, "--quiet")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"no Lorsa head fired {min_fires} times in 4 rows: a head fires at most once a " \
+        "token, 256 times in 4 rows of 64" in err, err  # fmt: skip
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("meta", "why"), [
     ({"mode": "sparse", "rows_done": 8, "rows": 8}, "built in sparse mode, not local"),
     ({"mode": "local", "rows_done": 3, "rows": 8}, "an unfinished build (3 of 8 rows)"),

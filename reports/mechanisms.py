@@ -1718,7 +1718,8 @@ QK_LEGEND = (
     "(mean q x k); the means are over the prompt's queries after BOS and over the query's "
     "keys, and hold the biases and dense features",
     "specific: the rest, what this query and this key hold beyond the means: what sets this "
-    "key apart from the others",
+    "key apart from the others for this query (mean q x k sets a key apart for any query: "
+    "where it is the larger, the why line says so)",
     "specific by roots: the specific part split by what each side traces back to (tokens, "
     "position vectors, errors, constants); the key's own: what the key position's token holds "
     "itself; moved to the key ('a'@5 -> @6): a token that heads at the key copied there; "

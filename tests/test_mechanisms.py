@@ -4311,6 +4311,17 @@ def test_the_why_line_says_when_the_key_draws_any_query_more_than_this_ones_matc
     assert "any query" not in " ".join(_why_lines(group, one))
 
 
+def test_the_legend_says_the_specific_part_sets_a_key_apart_for_this_query_alone():
+    """The legend defined the specific part as "what sets this key apart from the others",
+    where ``mean q x k`` sets a key apart too, for any query (a reviewer's 'one'@1 drew every
+    query of its prompt): the definition says which, and points to the why line's clause."""
+    from reports.mechanisms import QK_LEGEND
+
+    specific = next(x for x in QK_LEGEND if x.startswith("specific:"))
+    assert "for this query" in specific
+    assert "mean q x k sets a key apart for any query" in specific
+
+
 def test_the_why_lines_token_check_says_when_the_tokens_terms_sum_the_other_way():
     """A why line's token check is judged against every printed term naming the token (the
     group's lines print that sum); where the sum has the other sign from the term the line

@@ -23,7 +23,15 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import ArgumentParser, UserError, file_arg, path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import (  # noqa: E402
+    ArgumentParser,
+    UserError,
+    file_arg,
+    path_arg,
+    path_text,
+    positive_int,
+    run_cli,
+)
 
 RESULTS = Path(__file__).parent / "results"
 # The keys of the JSON object written to the results file: a file there without them is
@@ -108,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python benchmarks/attn_sae_baseline.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
     parser.add_argument(
-        "--replacement", default="replacement/zoo/default", help="replacement set directory"
+        "--replacement",
+        type=path_text,
+        default="replacement/zoo/default",
+        help="replacement set directory",
     )
     parser.add_argument(
         "--steps",

@@ -29,7 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 from reports.results_cli import add_results_args, results_paths  # noqa: E402
-from toy_models.cli import ArgumentParser, UserError, count_arg, path_arg, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, UserError, count_arg, path_arg, path_text, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # The keys of the JSON object written to the results file: a file there without them is
@@ -46,7 +46,9 @@ def parse_args(argv):
     )
     parser.add_argument("--model", default="default", help="toy model: zoo name or directory")
     parser.add_argument(
-        "--replacement", help="replacement set directory (default: the one shipped with --model)"
+        "--replacement",
+        type=path_text,
+        help="replacement set directory (default: the one shipped with --model)",
     )
     parser.add_argument("--layers", default="all", help="'all' or layers such as 1 or 1,2")
     parser.add_argument("--rows", type=int, default=256, help="held-out documents (256)")

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import ArgumentParser, path_arg, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, path_arg, path_text, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CHECK_TASK = "repeat_second_copy"
@@ -63,7 +63,8 @@ def cli_startup() -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python benchmarks/heads.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
-    parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
+    parser.add_argument("--replacement", type=path_text,
+                        help="replacement set (default: shipped with --model)")  # fmt: skip
     parser.add_argument(
         "--report", type=path_arg, help="keep the report files (heads.json, heads.md, plots) there"
     )

@@ -207,6 +207,7 @@ from toy_models.cli import (  # noqa: E402
     count_arg,
     file_arg,
     path_arg,
+    path_text,
     positive_int,
     run_cli,
 )
@@ -1048,7 +1049,8 @@ def family_rates(family: str | None, records: list[dict]) -> dict:
 def parse_args(argv):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="zoo name or directory")
-    parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
+    parser.add_argument("--replacement", type=path_text,
+                        help="replacement set (default: shipped with --model)")  # fmt: skip
     parser.add_argument("--dashboards-file", type=path_arg,
                         help="the concept labels' dashboards file (default "
                         "runs/dashboards/<model>-<mode>-<key>.safetensors, the one "

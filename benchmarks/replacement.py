@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, path_text, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -66,7 +66,8 @@ def targets(r: dict, meta: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python benchmarks/replacement.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
-    parser.add_argument("--replacement", required=True, help="replacement set directory")
+    parser.add_argument("--replacement", type=path_text, required=True,
+                        help="replacement set directory")  # fmt: skip
     parser.add_argument(
         "--batches", type=positive_int, default=8, help="held-out batches of 16 rows"
     )

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from toy_models.cli import ArgumentParser, path_arg, positive_int, run_cli  # noqa: E402
+from toy_models.cli import ArgumentParser, path_arg, path_text, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MIX_EVEN = (1, 3)  # head 3 := head 1
@@ -132,7 +132,8 @@ def split_half(replacement, rows, min_fires: int, thresholds) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python benchmarks/superposition.py", description=__doc__)
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
-    parser.add_argument("--replacement", help="replacement set (default: shipped with --model)")
+    parser.add_argument("--replacement", type=path_text,
+                        help="replacement set (default: shipped with --model)")  # fmt: skip
     parser.add_argument(
         "--rows", type=positive_int, default=256, help="held-out rows (the CLI default)"
     )

@@ -727,3 +727,19 @@ def test_an_empty_replacement_path_is_refused_by_argparse(module, parse, rest, c
             getattr(importlib.import_module(module), parse)([*rest, "--replacement", value])
         assert exc.value.code == 2
         assert "argument --replacement: an empty path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["attn_sae_baseline", "error_analysis", "heads", "mechanisms", "replacement", "superposition"],
+)
+def test_a_benchmarks_empty_replacement_path_is_refused_by_argparse(script):
+    """The benchmarks' own ``--replacement`` as the commands' (above): an empty one ran the
+    shipped set (``heads``, ``mechanisms``, ``superposition``, ``error_analysis``: an empty
+    value read as not given) or the current folder, the results file recording neither."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "benchmarks" / f"{script}.py"), "--replacement", ""]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith("argument --replacement: an empty path")

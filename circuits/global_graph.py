@@ -235,7 +235,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     seconds = time.perf_counter() - t0
     reliability = split_half(grow, stats)
     # what the graph keeps of the start's own total, in its settings (the page's summary)
-    graph.settings[START_EDGES] = start_coverage(graph, stats, start, upstream)
+    coverage = graph.settings[START_EDGES] = start_coverage(graph, stats, start)
     fired = int(stats.unit_count[start])
     # and how far its sample bears it out: the split-half overlap and the start's firings, as
     # printed (a page or graph.json read later said neither; NaN, no edges to compare: None)
@@ -251,11 +251,11 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     labels = node_labels(graph)
     print(
         f"{labels[int(graph.target_weight.argmax())]}: {graph.n_nodes} units, "
-        f"{graph.n_edges} edges ({graph.settings['direction']}, {seconds:.2f} s; statistics "
+        f"{graph.n_edges} edges ({graph.direction}, {seconds:.2f} s; statistics "
         f"over {stats.meta['rows_done']} rows of {stats.meta['n_ctx']} tokens); edges: "
-        f"{graph.settings['edge_weights']}"
+        f"{graph.global_record.edge_weights}"
     )  # (upstream and downstream weights are not the same measure: said with them)
-    for line in _start_lines(graph, labels, upstream):
+    for line in _start_lines(graph, labels, coverage):
         print(line)
     strongest = graph.edges.tocoo()
     if len(strongest.data):
@@ -303,17 +303,18 @@ def _check_finite(graph, stats_path: Path) -> None:
                         "gather again, or pass another --stats")  # fmt: skip
 
 
-def start_coverage(graph, stats, start: int, upstream: bool) -> dict:
-    """How much of the start's own total the graph keeps: its value edges into the start
-    (upstream) or out of it (downstream), their sum of |weight| (``kept``), the same over
-    every partner the statistics keep (``reachable``: they keep each unit's strongest
-    partners only) and over every partner, kept or not (``total``: the sum of |mean input|
-    into it, ``Statistics.input_total``, or of |expected attribution| from it,
-    ``output_total``), with ``share`` = kept / total and ``reachable_share`` (None for a total
-    of 0; at most 1). A reviewer read the strongest edges of a graph grown from a layer-2
-    head, none of them the head's, and a graph showing a sixth of its input with nothing
-    saying so. Units joined only as QK partners bring no value edge and are not counted."""
-    weights = _own_edges(graph, upstream)[1]
+def start_coverage(graph, stats, start: int) -> dict:
+    """How much of the start's own total the grown graph keeps: its value edges into the start
+    (upstream) or out of it (downstream: ``graph.direction``), their sum of |weight|
+    (``kept``), the same over every partner the statistics keep (``reachable``: they keep
+    each unit's strongest partners only) and over every partner, kept or not (``total``: the
+    sum of |mean input| into it, ``Statistics.input_total``, or of |expected attribution|
+    from it, ``output_total``), with ``share`` = kept / total and ``reachable_share`` (None
+    for a total of 0; at most 1). A reviewer read the strongest edges of a graph grown from a
+    layer-2 head, none of them the head's, and a graph showing a sixth of its input with
+    nothing saying so. Units joined only as QK partners bring no value edge and are not counted."""
+    upstream = _upstream(graph)
+    weights = _own_edges(graph)[1]
     total = stats.input_total(start) if upstream else stats.output_total(start)
     kept = float(abs(weights).sum())
     reachable = float((stats.mean_input(start) if upstream else stats.expected_from(start))[1]
@@ -327,21 +328,28 @@ def start_coverage(graph, stats, start: int, upstream: bool) -> dict:
             "reachable_share": share(reachable)}  # fmt: skip
 
 
-def _own_edges(graph, upstream: bool):
+def _upstream(graph) -> bool:
+    """Whether a grown graph grew upstream (its ``global_record``), refused in one line for
+    any other graph (a prompt's or a QK circuit's has no start to grow from)."""
+    if graph.direction is None:
+        raise ValueError("not a grown global graph: it has no start and no direction")
+    return graph.direction == "upstream"
+
+
+def _own_edges(graph):
     """The start's (the graph's target's) value edges: its sources upstream, its targets
     downstream, as (node indices, weights)."""
     i = int(graph.target_weight.argmax())
-    edges = graph.edges.tocsr() if upstream else graph.edges.T.tocsr()  # [target, source]
+    edges = graph.edges.tocsr() if _upstream(graph) else graph.edges.T.tocsr()  # [target, source]
     lo, hi = int(edges.indptr[i]), int(edges.indptr[i + 1])
     return edges.indices[lo:hi], edges.data[lo:hi]
 
 
-def _start_lines(graph, labels: list[str], upstream: bool) -> list[str]:
+def _start_lines(graph, labels: list[str], c: dict) -> list[str]:
     """The start's own value edges in the graph (its inputs upstream, its outputs downstream),
-    largest first, headed by how much of its total they hold (``start_coverage``, in the
-    graph's settings)."""
-    c = graph.settings[START_EDGES]
-    others, weights = _own_edges(graph, upstream)
+    largest first, headed by how much of its total they hold (``c``: ``start_coverage``)."""
+    upstream = _upstream(graph)
+    others, weights = _own_edges(graph)
     what = "inputs (mean input)" if upstream else "outputs (expected attribution)"
     if c["share"] is None:
         head = f"its own {what}: none in the statistics (a total of 0)"

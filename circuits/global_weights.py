@@ -39,6 +39,7 @@ from toy_models.tokenizer import token_text
 
 from .attribution import promoted_tokens
 from .graph import (
+    GlobalRecord,
     Graph,
     LogitRecord,
     NamedSide,
@@ -59,9 +60,6 @@ WEIGHT_FLOOR = 1e-12  # divisor floor for a unit's total |weight| (0 when nothin
 QK_BLOCK = 2048  # query units per block of the QK table: bounds the (block x units) temporary
 QK_RECORD_TERMS = 10  # pairs and marginals per side kept in a global QK record
 SPLIT_HALF_EDGES = 20  # top edges compared between the two halves' graphs
-# What a global graph's value edges are (``settings["edge_weights"]``, said on its page)
-MEAN_INPUT = "mean input per target occurrence"
-EXPECTED_ATTRIBUTION = "expected attribution per unit of source activity"
 
 
 # ----------------------------------------------------------------- read/write vectors
@@ -161,10 +159,11 @@ def global_graph(
     that matter most often; a logit's occurrences are the positions where its token came
     next); downstream, expected attributions (a source's effect per unit of its activity). The
     returned ``Graph`` (units at position 0) holds the same kind of weight among all chosen
-    units, records which in ``settings["edge_weights"]``, and has target weight 1 on ``start``
-    (so ``prune_graph`` works on upstream graphs). ``qk``: give its Lorsa heads their QK side
-    (``with_qk_side``, whose units join beyond ``budget``; after pruning, prune first and add
-    it then). ``tokenizer`` (optional) gives the text of the tokens the graph refers to."""
+    units, says which way it grew in its ``global_record`` (its ``edge_weights``), and has
+    target weight 1 on ``start`` (so ``prune_graph`` works on upstream graphs). ``qk``: give
+    its Lorsa heads their QK side (``with_qk_side``, whose units join beyond ``budget``; after
+    pruning, prune first and add it then). ``tokenizer`` (optional) gives the text of the
+    tokens the graph refers to."""
     units = stats.units
     start = units.check(start, "start")
     budget, per_node = checked_count(budget, "budget"), checked_count(per_node, "per_node")
@@ -207,15 +206,10 @@ def global_graph(
         chosen.update(dict.fromkeys(ends, 0.0))
 
     edges = _edges_among(stats, sorted(chosen), upstream)
-    settings = {
-        "start": units.unit_id(start),
-        "direction": "upstream" if upstream else "downstream",
-        "edge_weights": MEAN_INPUT if upstream else EXPECTED_ATTRIBUTION,
-        "budget": budget,
-        "per_node": per_node,
-    }
+    settings = {"start": units.unit_id(start), "budget": budget, "per_node": per_node}
+    method = GlobalRecord("upstream" if upstream else "downstream")
     graph = _unit_graph(replacement, stats, sorted(chosen), edges, {start: 1.0}, tokenizer,
-                        settings)  # fmt: skip
+                        settings, method)  # fmt: skip
     return with_qk_side(replacement, stats, graph, tokenizer) if qk else graph
 
 
@@ -296,7 +290,8 @@ def with_qk_side(
                                 strict=True)}  # fmt: skip
     weight = {have[i]: float(w) for i, w in enumerate(graph.target_weight.tolist()) if w}
     out = _unit_graph(replacement, stats, order, edges, weight, tokenizer,
-                      {**graph.settings, "qk_side": {"pairs": pairs}}, records)  # fmt: skip
+                      {**graph.settings, "qk_side": {"pairs": pairs}}, graph.global_record,
+                      records)  # fmt: skip
     if graph.influence is not None:
         at = {u: i for i, u in enumerate(have)}
         out.influence = torch.tensor(
@@ -429,12 +424,11 @@ def qk_circuit(
     record.name_fields({f.id: f for f in fields.values()}.__getitem__)
     weight = {units.unit(Kind.LORSA, layer, h): 1 / len(heads) for h in heads}
     # its edges are mean inputs, said on its page as a grown graph's are (the induction
-    # circuit's page said nothing under its heading, a review), its pairs weights alone
-    settings = {"qk_circuit": {"layer": layer, "qk_head": qk_head, "heads": heads, "pairs": k},
-                "edge_weights": MEAN_INPUT}  # fmt: skip
-    return _unit_graph(
-        replacement, stats, sorted(chosen), edges, weight, tokenizer, settings, [record]
-    )
+    # circuit's page said nothing under its heading, a review), its pairs weights alone: both
+    # its record's (``GlobalRecord``); which heads and how many pairs, provenance
+    settings = {"qk_circuit": {"layer": layer, "qk_head": qk_head, "heads": heads, "pairs": k}}
+    return _unit_graph(replacement, stats, sorted(chosen), edges, weight, tokenizer, settings,
+                       GlobalRecord("qk_circuit"), [record])  # fmt: skip
 
 
 def _unit_graph(
@@ -445,6 +439,7 @@ def _unit_graph(
     target_weight: dict[int, float],
     tokenizer,
     settings: dict,
+    method: GlobalRecord,
     qk: list[QKAttribution] | None = None,
 ) -> Graph:
     """A ``Graph`` over units (sorted, so in stage order) at position 0: ``edges`` maps
@@ -501,6 +496,7 @@ def _unit_graph(
         occurrences=count.clone(),
         model={"name": replacement.model_name or "unnamed"},
         settings={**settings, "statistics": _provenance(stats)},
+        global_record=method,
     )
 
 

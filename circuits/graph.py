@@ -16,8 +16,9 @@ Structure lives in fields, never in text: ``attends``/``attention`` (the key a L
 reads: the largest term of its z-pattern, where its activation comes from most; and its
 attention there), ``promotes`` (the tokens a head's or feature's decoder
 promotes most through the unembedding), ``logit_targets`` (the resolved logit targets, one
-record per logit node, in node order), ``mode``, ``group_size`` (OV heads per Lorsa QK head)
-and ``positional`` (False for global graphs, whose nodes are units). ``token_text`` holds the
+record per logit node, in node order), ``mode``, ``group_size`` (OV heads per Lorsa QK head),
+``positional`` (False for global graphs, whose nodes are units) and ``global_record`` (how a
+global graph was made: grown upstream or downstream, or a QK circuit). ``token_text`` holds the
 text of every token id the graph refers to. Ids (``ids``) are derived from the fields for
 files and people; readable labels are made in ``reports.labels``. ``settings`` is provenance
 only (thresholds, timings, scores).
@@ -55,15 +56,17 @@ from .nodes import KINDS, Kind, block_of, logit_stage, node_id, unit_id
 # and a sparse graph's logit targets the model's probability (``LogitRecord.model_probability``);
 # 8: a difference's record gives its negative token's probability too
 # (``LogitRecord.negative_probability``, and the model's in sparse mode), and a sparse graph's
-# ``model`` entry the model's own most likely next token (``Graph.model_top``)
-FORMAT_VERSION = 8
+# ``model`` entry the model's own most likely next token (``Graph.model_top``); 9: a global
+# graph says how it was made in a typed record (``Graph.global_record``), no longer in its
+# settings' ``direction``, ``edge_weights`` and ``qk_circuit``
+FORMAT_VERSION = 9
 SAME_P = 1e-6  # two float32 probabilities of one token read apart (a file's checks)
 MODES = ("local", "sparse")
 N_PROMOTED = 3  # tokens kept per head/feature in ``promotes``
 QK_BIAS = "bias"  # the query/key bias side where a record names units (None where nodes)
 # The graph-level attributes ``Graph.to_networkx`` sets itself, beside ``settings``' keys (a
 # setting of one of these names is refused there and in a graph file, never let to shadow it).
-RESERVED_SETTINGS = ("prompt", "tokens", "mode", "positional")
+RESERVED_SETTINGS = ("prompt", "tokens", "mode", "positional", "global")
 # the setting naming a graph's head and feature targets (``NodeTarget``) in the order they were
 # given (``circuits.attribution.attribute``): ``circuits.interventions.target_nodes`` follows it
 NODE_TARGETS = "node_targets"
@@ -73,6 +76,53 @@ START_EDGES = "start_edges"
 # its split-half reliability and its start's firings (``circuits.global_graph``): of the graph
 # as grown from each half of the sample, so a subgraph drops it too
 RELIABILITY = "reliability"
+# What a global graph's value edges are (``GlobalRecord.edge_weights``, said on its page)
+MEAN_INPUT = "mean input per target occurrence"
+EXPECTED_ATTRIBUTION = "expected attribution per unit of source activity"
+# How a global graph was made (``GlobalRecord.method``): grown from one unit towards its inputs
+# or towards what it drives (``circuits.global_weights.global_graph``), or a QK group's pairs
+# from the weights alone with their units' writers (``circuits.global_weights.qk_circuit``)
+GLOBAL_METHODS = ("upstream", "downstream", "qk_circuit")
+
+
+@dataclass(frozen=True)
+class GlobalRecord:
+    """How a global graph (``positional`` False: its nodes are units) was made, which decides
+    what its edges, QK records and rankings are: ``method`` is one of ``GLOBAL_METHODS``. A
+    prompt's graph has none (``Graph.global_record`` None). Its parameters (budget, start,
+    statistics) are provenance, in ``Graph.settings``."""
+
+    method: str
+
+    def __post_init__(self):
+        if self.method not in GLOBAL_METHODS:
+            raise ValueError(f"a global graph's method must be one of "
+                             f"{', '.join(GLOBAL_METHODS)}, got {self.method!r:.60}")  # fmt: skip
+
+    @property
+    def direction(self) -> str | None:
+        """The way a grown graph grew from its start ("upstream" or "downstream"); None for a
+        QK circuit, which grows no way."""
+        return None if self.method == "qk_circuit" else self.method
+
+    @property
+    def edge_weights(self) -> str:
+        """What its value edges are, in words: expected attributions downstream, else mean
+        inputs (a QK circuit's edges are its units' strongest writers' mean inputs)."""
+        return EXPECTED_ATTRIBUTION if self.method == "downstream" else MEAN_INPUT
+
+    @property
+    def qk_from_weights(self) -> bool:
+        """Whether its QK pairs come from the weights alone (no prompt or corpus), not an
+        expected QK attribution per firing."""
+        return self.method == "qk_circuit"
+
+    def to_dict(self) -> dict:
+        """The record for files and exports, its derived fields beside it for their readers
+        (a graph file holds ``method`` alone: ``circuits.graph_file``)."""
+        return {"method": self.method, "direction": self.direction,
+                "edge_weights": self.edge_weights,
+                "qk_from_weights": self.qk_from_weights}  # fmt: skip
 
 
 @dataclass
@@ -363,6 +413,7 @@ class Graph:
     key_share: Float[Tensor, " node"] | None = None
     model: dict = field(default_factory=dict)  # names and weight hashes
     settings: dict = field(default_factory=dict)  # provenance: thresholds, timings, scores
+    global_record: GlobalRecord | None = None  # how a global graph was made; None: a prompt's
 
     @property
     def n_nodes(self) -> int:
@@ -390,10 +441,16 @@ class Graph:
 
     @property
     def qk_from_weights(self) -> bool:
-        """A QK circuit's graph (``circuits.global_weights.qk_circuit``, its record in
-        ``settings["qk_circuit"]``): its QK pairs come from the weights alone (no prompt or
-        corpus), not an expected QK attribution per firing."""
-        return isinstance(self.settings.get("qk_circuit"), dict)
+        """A QK circuit's graph (``circuits.global_weights.qk_circuit``, its
+        ``global_record``): its QK pairs come from the weights alone (no prompt or corpus), not
+        an expected QK attribution per firing."""
+        return self.global_record is not None and self.global_record.qk_from_weights
+
+    @property
+    def direction(self) -> str | None:
+        """The way a grown global graph grew from its start ("upstream" or "downstream",
+        ``GlobalRecord.direction``); None for a prompt's graph or a QK circuit."""
+        return None if self.global_record is None else self.global_record.direction
 
     @property
     def is_target(self) -> Tensor:
@@ -694,9 +751,10 @@ class Graph:
     def to_networkx(self, labels: list[str] | None = None) -> nx.DiGraph:
         """Nodes keyed by id with every attribute (``labels``, e.g. ``reports.labels
         .node_labels(graph)``, adds a ``label``); edges source -> target with ``weight``.
-        Graph attributes: ``prompt``, ``tokens`` (token strings), ``mode``, ``positional``
-        and each entry of ``settings`` beside them, as ``g.graph["closure_error"]``; a
-        setting named like one of the four is refused rather than let to shadow it."""
+        Graph attributes: ``prompt``, ``tokens`` (token strings), ``mode``, ``positional``,
+        ``global`` (a global graph's ``GlobalRecord.to_dict()``, None for a prompt's) and each
+        entry of ``settings`` beside them, as ``g.graph["closure_error"]``; a setting named
+        like one of the five is refused rather than let to shadow it."""
         reserved = [key for key in RESERVED_SETTINGS if key in self.settings]
         if reserved:
             raise ValueError(f"settings[{reserved[0]!r}] would shadow the graph's own "
@@ -704,6 +762,7 @@ class Graph:
         g = nx.DiGraph(
             prompt=self.prompt, tokens=self.token_strings, mode=self.mode,
             positional=self.positional,
+            **{"global": None if self.global_record is None else self.global_record.to_dict()},
         )  # fmt: skip
         g.graph.update(self.settings)  # any key a dict holds (a keyword must be a string)
         if labels is not None and len(labels) != self.n_nodes:
@@ -849,7 +908,7 @@ def no_promotes(n: int) -> Tensor:
 
 
 __all__ = [
-    "FORMAT_VERSION", "Graph", "KINDS", "Kind", "LogitRecord", "QKAttribution", "QKPair",
-    "QKReason", "QKSource",
+    "FORMAT_VERSION", "GlobalRecord", "Graph", "KINDS", "Kind", "LogitRecord", "QKAttribution",
+    "QKPair", "QKReason", "QKSource",
     "block_of", "logit_stage", "no_promotes", "node_id",
 ]  # fmt: skip

@@ -2,9 +2,9 @@
 
 Layout: the per-node arrays, the CSR edge arrays (``edges.indptr``, ``edges.indices``,
 ``edges.data``) and the prompt's ``tokens`` as tensors; everything else (prompt, token texts,
-logit targets, QK records, mode, model identity, settings) as one JSON header in the file's
-metadata. Nothing is unpickled: a ``.pt`` graph (a pickle, written by earlier versions) is
-refused.
+logit targets, QK records, mode, a global graph's record, model identity, settings) as one
+JSON header in the file's metadata. Nothing is unpickled: a ``.pt`` graph (a pickle, written
+by earlier versions) is refused.
 
 ``load_graph`` checks every field before building the ``Graph``: the SHA-256 of the tensors and
 the rest of the header against the header's (a damaged file), dtypes, shapes, ranges,
@@ -51,12 +51,14 @@ from toy_models.tokenizer import text_of_token_texts
 
 from .graph import (
     FORMAT_VERSION,
+    GLOBAL_METHODS,
     MODES,
     NODE_TARGETS,
     QK_BIAS,
     QK_SOURCE_KINDS,
     QK_SOURCE_SIDES,
     RESERVED_SETTINGS,
+    GlobalRecord,
     Graph,
     LogitRecord,
     NamedSide,
@@ -76,8 +78,8 @@ MAX_NODES = 50_000_000
 MAX_INT = 2**63 - 1
 # the header's keys, as ``save_graph`` writes them
 HEADER_KEYS = ("format_version", "prompt", "token_strings", "n_layers", "token_text",
-               "logit_targets", "mode", "group_size", "positional", "qk", "model", "settings",
-               "sha256")  # fmt: skip
+               "logit_targets", "mode", "group_size", "positional", "global", "qk", "model",
+               "settings", "sha256")  # fmt: skip
 
 _INT = (torch.int64, torch.int32)
 _FLOAT = (torch.float32,)
@@ -145,6 +147,7 @@ def _to_file(graph: Graph) -> tuple[dict[str, Tensor], dict[str, str]]:
         "mode": graph.mode,
         "group_size": graph.group_size,
         "positional": graph.positional,
+        "global": None if graph.global_record is None else {"method": graph.global_record.method},
         "qk": [a.to_dict() for a in graph.qk],
         "model": graph.model,
         "settings": graph.settings,
@@ -280,6 +283,7 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     group_size = _typed(header, "group_size", int)
     _require(1 <= group_size <= MAX_INT, "group_size", f"{group_size} is outside 1..{MAX_INT}")
     positional = _typed(header, "positional", bool)
+    global_record = _global_record(header, positional)
     token_text = _token_text(_typed(header, "token_text", list))
 
     _check_nodes(node, n_layers, len(tokens), positional, group_size)
@@ -347,9 +351,14 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
         **optional,
         model=_model(_typed(header, "model", dict), len(tokens), mode),
         settings=settings,
+        global_record=global_record,
     )
     _require(len(set(graph.ids)) == n, "kind", "two nodes have one id (kind, stage, position "
              "and index repeated)")  # fmt: skip
+    if graph.direction is not None:  # grown from one unit, the target its page is titled by
+        weights = node["target_weight"]
+        _require(int((weights != 0).sum()) == 1 and float(weights.max()) == 1, "target_weight",
+                 "a grown global graph's is not 1 on its start and 0 elsewhere")  # fmt: skip
     # the order the head and feature targets were given in (``Graph.given_targets``)
     _require(NODE_TARGETS not in settings or graph.given_targets() is not None,
              f"settings.{NODE_TARGETS}", "not the ids of the graph's head and feature targets, "
@@ -379,6 +388,20 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
                  "a full graph's incoming edges plus bias are not a node's activation (no "
                  "'unpruned' setting says edges were dropped)")  # fmt: skip
     return graph
+
+
+def _global_record(header: dict, positional: bool) -> GlobalRecord | None:
+    """The header's ``global``: null for a prompt's graph, ``{"method": ...}`` (one of
+    ``GLOBAL_METHODS``) for a global graph, which always says how it was made."""
+    _require("global" in header, "global", "missing")
+    value = header["global"]
+    if positional:
+        _require(value is None, "global", "a prompt's graph (positional) is no global graph")
+        return None
+    ok = isinstance(value, dict) and set(value) == {"method"} and value["method"] in GLOBAL_METHODS
+    _require(ok, "global", f"a global graph's must be {{\"method\": one of "
+             f"{', '.join(GLOBAL_METHODS)}}}, got {json.dumps(value)[:60]}")  # fmt: skip
+    return GlobalRecord(value["method"])
 
 
 def _model(model: dict, n_pos: int, mode: str) -> dict:

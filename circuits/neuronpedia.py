@@ -161,6 +161,8 @@ def to_json(
             "model": graph.model,
             "mode": graph.mode,
             "positional": graph.positional,
+            # how a global graph was made (``GlobalRecord.to_dict``); None: a prompt's graph
+            "global": None if graph.global_record is None else graph.global_record.to_dict(),
             "settings": graph.settings,
             # in the order the summary and the printout give (logits, then head and feature
             # targets as given: a review found node order here against the given one there)

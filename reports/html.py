@@ -205,8 +205,8 @@ def _default_title(graph: Graph) -> str:
     if graph.positional or not graph.n_nodes:  # its newlines and tabs drawn, as in the boxes
         prompt = graph.prompt.translate(BOX_MARKS)  # (a heading shows them as spaces)
         return "Attribution graph" + (f": {clipped(prompt)}" if prompt else "")
-    direction = graph.settings.get("direction")
-    if direction not in ("upstream", "downstream") or not bool(graph.target_weight.any()):
+    direction = graph.direction  # None: a QK circuit, which grows from no one unit
+    if direction is None or not bool(graph.target_weight.any()):
         return "Global graph"
     from circuits.groups import node_name  # its words without the label's firing counts
 
@@ -242,19 +242,19 @@ def _prompt_html(graph: Graph) -> str:
 
 def _global_html(graph: Graph) -> str:
     """What a global graph's edges are, under its heading (a reviewer found the page saying it
-    only in its summary table's ``edge_weights`` row): the weight its settings record and, for
-    a graph grown downstream, that an edge into a logit is summed where its token comes next, so
-    it weighs how often the token follows too (L3 F528, which promotes ' twelfth', had a larger
-    edge into 'th')."""
-    what = graph.settings.get("edge_weights")
-    if not isinstance(what, str):
+    only in its summary table's ``edge_weights`` row): the weight its record says
+    (``GlobalRecord.edge_weights``) and, for a graph grown downstream, that an edge into a
+    logit is summed where its token comes next, so it weighs how often the token follows too
+    (L3 F528, which promotes ' twelfth', had a larger edge into 'th')."""
+    record = graph.global_record
+    if record is None:
         return _prompt_html(graph)
-    text = (f"No prompt: each edge is the {what}, from exact local edges summed over a corpus "
-            "sample.")  # fmt: skip
-    if graph.settings.get("direction") == "downstream":
+    text = (f"No prompt: each edge is the {record.edge_weights}, from exact local edges summed "
+            "over a corpus sample.")  # fmt: skip
+    if record.direction == "downstream":
         text += (" An edge into a logit is summed where its token comes next, so it weighs how "
                  "often that token follows as well as how much the unit raises it.")  # fmt: skip
-    if "qk_circuit" in graph.settings:  # circuits.global_weights.qk_circuit's pairs
+    if record.qk_from_weights:  # circuits.global_weights.qk_circuit's pairs
         text += (" Its q/k pairs come from the weights alone, (P d_q) W_Q W_K^T (P d_k) / "
                  "sqrt(d_qk) for a query-side and a key-side unit: what the heads look for, "
                  "not weighed by how often the two units occur together.")  # fmt: skip
@@ -289,6 +289,10 @@ def _summary_html(graph: Graph) -> str:
         rows.extend((f"{name} score", _format_setting(v)) for name, v in scores.items())
     elif scores is not None:
         rows.append(("scores", _format_setting(scores)))
+    record = graph.global_record
+    if record is not None:  # how it was made, in the rows its settings gave before format 9
+        grown = {} if record.direction is None else {"direction": record.direction}
+        settings |= grown | {"edge_weights": record.edge_weights}
     rows.extend((str(k), _format_setting(v)) for k, v in sorted(settings.items(), key=str))
     body = "\n".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
     return f'<table class="summary">\n{body}\n</table>'

@@ -688,6 +688,8 @@ def viewer_data(
         "tokenIds": list(graph.tokens),
         "positional": graph.positional,
         "qkFromWeights": graph.qk_from_weights,
+        # how a global graph was made (``GlobalRecord.to_dict``); None: a prompt's graph
+        "global": None if graph.global_record is None else graph.global_record.to_dict(),
         "mode": graph.mode,
         "model": graph.model.get("name", ""),
         # sparse mode: the model's own most likely next token and its probability

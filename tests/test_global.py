@@ -36,7 +36,7 @@ from circuits.global_weights import (
     with_qk_side,
 )
 from circuits.global_weights import qk_record as global_qk_record
-from circuits.graph import Graph
+from circuits.graph import GlobalRecord, Graph
 from circuits.nodes import Kind, block_of, is_attention, lorsa_stage
 from circuits.prune import prune_graph
 from circuits.qk import QKSides
@@ -902,15 +902,19 @@ def test_global_graph_grows_from_the_start(replacement, units, stats, tmp_path):
     for t, s, w in zip(coo.row, coo.col, coo.data, strict=True):
         ids, weights = stats.mean_input(int(unit[t]))
         assert w == pytest.approx(float(weights[ids == int(unit[s])][0]), rel=1e-5)
-    assert graph.settings["edge_weights"] == "mean input per target occurrence"
+    assert graph.global_record == GlobalRecord("upstream") and graph.direction == "upstream"
+    assert graph.global_record.edge_weights == "mean input per target occurrence"
     torch.testing.assert_close(graph.occurrences, stats.unit_count[unit])
     assert not graph.positional
     down = global_graph(replacement, stats, units.unit("embedding", 0, 5), budget=6, upstream=False)
-    assert down.settings["direction"] == "downstream"
+    assert down.direction == "downstream" and down.global_record.method == "downstream"
+    # how it was made is its record's, not its settings' (provenance: start, budget, sample)
+    assert set(down.settings) == {"start", "budget", "per_node", "statistics"}
     # The graph file of a global graph passes the loader's checks.
     down.save(tmp_path / "down.safetensors")
     back = Graph.load(tmp_path / "down.safetensors")
     assert back.ids == down.ids and (back.edges != down.edges).nnz == 0
+    assert back.global_record == down.global_record and back.settings == down.settings
 
 
 def brute_force_reach(graph: Graph) -> np.ndarray:
@@ -977,6 +981,117 @@ def test_a_downstream_graph_is_ranked_by_reach_from_its_start(replacement, units
     assert node_scores(up)[1] == "|activation|" and _node_order(up) == list(range(up.n_nodes))
     assert "reach" not in viewer_data(up)["nodes"][0]
     assert node_scores(prune_graph(up))[1] == "influence"
+
+
+def test_the_ranking_reads_how_a_graph_was_made_from_its_record(replacement, units, stats):
+    """A downstream graph ranks by reach, an upstream one by influence, from the graph's
+    ``global_record`` (``Graph.direction``): its settings are provenance, which the ranking read
+    ``direction`` from (a graph without that key ranked by |activation|)."""
+    from reports.layout import INFLUENCE, REACH, node_scores
+
+    down = global_graph(replacement, stats, units.unit("embedding", 0, 3), budget=10, per_node=4,
+                        upstream=False)  # fmt: skip
+    down.settings.pop("direction", None)  # where format 8 kept it
+    assert node_scores(down)[1] == REACH
+    said = {**down.settings, "direction": "upstream"}  # a setting decides nothing
+    assert node_scores(dataclasses.replace(down, settings=said))[1] == REACH
+    up = prune_graph(global_graph(replacement, stats, units.unit("lorsa", 1, 0), budget=10,
+                                  per_node=4))  # fmt: skip
+    said = {**up.settings, "direction": "downstream"}
+    assert node_scores(dataclasses.replace(up, settings=said))[1] == INFLUENCE
+    assert node_scores(dataclasses.replace(up, global_record=GlobalRecord("downstream"),
+                                           influence=None))[1] == REACH  # fmt: skip
+
+
+def resigned(path: Path, edit) -> Path:
+    """A copy of the graph file ``path`` whose JSON header ``edit`` changed, its checksum
+    recomputed (a forged file: the field checks are what refuse it)."""
+    from toy_models.checkpoint import content_sha256
+
+    with safe_open(str(path), "pt") as f:
+        header = json.loads(f.metadata()["graph"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    edit(header)
+    header["sha256"] = content_sha256(tensors, header)
+    out = path.with_name(f"forged-{path.name}")
+    save_file(tensors, str(out), metadata={"graph": json.dumps(header)})
+    return out
+
+
+def test_how_a_global_graph_was_made_is_a_typed_record_every_export_carries(
+    replacement, units, stats, tmp_path
+):
+    """Format 9: the way a global graph grew (which its page's ranking, title and heading
+    read) and whether its QK pairs are weights alone were ``settings`` keys (``direction``,
+    ``edge_weights``, ``qk_circuit``) read back from a free-form dict; they are its
+    ``global_record``, written and checked by its file, carried by graph.json, the viewer's
+    data and networkx; a forged record is refused in one line naming the field, and a file of
+    format 8 as every older format is."""
+    from circuits.graph_file import GraphFileError
+    from circuits.neuronpedia import to_json
+    from reports.labels import node_labels
+    from reports.viewer import viewer_data
+
+    start = units.unit("lorsa", 1, int(stats.unit_count[units.unit("lorsa", 1, 0) :][:8].argmax()))
+    graphs = {
+        "upstream": global_graph(replacement, stats, start, budget=10, per_node=4),
+        "downstream": global_graph(replacement, stats, start, budget=10, per_node=4,
+                                   upstream=False),
+        "qk_circuit": qk_circuit(replacement, stats, 1, [4, 5], k=5, writers=2),
+    }  # fmt: skip
+    for method, graph in graphs.items():
+        record = graph.global_record
+        assert record == GlobalRecord(method) and graph.qk_from_weights == (method == "qk_circuit")
+        assert graph.direction == (None if method == "qk_circuit" else method)
+        assert not {"direction", "edge_weights"} & set(graph.settings)
+        path = tmp_path / f"{method}.safetensors"
+        graph.save(path)
+        back = Graph.load(path)
+        assert back.global_record == record and back.settings == graph.settings
+        said = record.to_dict()
+        assert said["method"] == method and said["edge_weights"] == record.edge_weights
+        info = to_json(back, node_labels(back))["metadata"]["info"]
+        assert info["global"] == said and "direction" not in info["settings"]
+        assert viewer_data(back)["metadata"]["global"] == said
+        assert back.to_networkx().graph["global"] == said
+    assert graphs["downstream"].global_record.edge_weights == (
+        "expected attribution per unit of source activity")  # fmt: skip
+    with pytest.raises(ValueError, match="^a global graph's method must be one of upstream, "
+                       "downstream, qk_circuit, got 'sideways'$"):  # fmt: skip
+        GlobalRecord("sideways")
+    up = tmp_path / "upstream.safetensors"
+    forged = {
+        "an unknown method": ({"method": "sideways"}, "global: a global graph's must be"),
+        "a record of another form": ({"method": "upstream", "start": 3}, "global: a global"),
+        "a bare string": ("upstream", "global: a global graph's must be"),
+        "none for a global graph": (None, "global: a global graph's must be"),
+    }
+    for case, (value, message) in forged.items():
+        bad = resigned(up, lambda h, v=value: h.__setitem__("global", v))
+        with pytest.raises(GraphFileError) as info:
+            Graph.load(bad)
+        assert str(info.value).startswith(f"{bad}: field {message}"), case
+        assert "\n" not in str(info.value), case
+    bad = resigned(up, lambda h: h.pop("global"))
+    with pytest.raises(GraphFileError, match=re.escape(f"{bad}: field global: missing")):
+        Graph.load(bad)
+    # a QK circuit (two heads of weight 1/2) passed off as grown from one unit
+    bad = resigned(tmp_path / "qk_circuit.safetensors",
+                   lambda h: h.__setitem__("global", {"method": "upstream"}))  # fmt: skip
+    said = f"{bad}: field target_weight: a grown global graph's is not 1 on its start"
+    with pytest.raises(GraphFileError, match=re.escape(said)):
+        Graph.load(bad)
+
+    def format_8(header):  # as format 8 wrote it: in the settings, no record
+        record = GlobalRecord(header.pop("global")["method"])
+        header["format_version"] = 8
+        header["settings"] |= {"direction": record.direction, "edge_weights": record.edge_weights}
+
+    bad = resigned(up, format_8)
+    with pytest.raises(GraphFileError) as info:
+        Graph.load(bad)
+    assert str(info.value) == (f"{bad}: field format_version: 8, expected 9 (re-run the trace "
+                               "to rewrite the file)")  # fmt: skip
 
 
 def test_a_logit_rooted_graph_reads_where_its_token_came_next(replacement, units, stats):
@@ -1315,9 +1430,7 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
 
     said = "No prompt: each edge is the mean input per target occurrence, from exact local edges"
     assert f"<h2>Global graph</h2>\n<p>{said}" in page
-    down = dataclasses.replace(graph, settings={**graph.settings, "direction": "downstream",
-                                                "edge_weights": "expected attribution per unit "
-                                                "of source activity"})  # fmt: skip
+    down = dataclasses.replace(graph, global_record=GlobalRecord("downstream"))
     assert "summed where its token comes next" in _global_html(down)
     # read as a sentence: "each edge is a expected attribution" was printed downstream
     assert "each edge is the expected attribution per unit of source activity" in _global_html(down)
@@ -1794,8 +1907,8 @@ def test_the_printout_leads_with_the_starts_own_edges_and_how_much_of_its_total_
         dense = graph.edges.toarray()
         own = dense[i] if upstream else dense[:, i]
         total = stats.input_total(start) if upstream else stats.output_total(start)
-        graph.settings["start_edges"] = c = start_coverage(graph, stats, start, upstream)
-        lines = _start_lines(graph, node_labels(graph), upstream)
+        graph.settings["start_edges"] = c = start_coverage(graph, stats, start)
+        lines = _start_lines(graph, node_labels(graph), c)
         kept = float(abs(own).sum())
         partners = (stats.mean_input(start) if upstream else stats.expected_from(start))[1]
         reachable = float(partners.abs().sum())
@@ -1825,7 +1938,7 @@ def test_the_printout_leads_with_the_starts_own_edges_and_how_much_of_its_total_
         assert n >= 2
         with monkeypatch.context() as m:  # fewer listed than drawn: the rest counted
             m.setattr("circuits.global_graph.N_STRONGEST", 1)
-            cut = _start_lines(graph, node_labels(graph), upstream)
+            cut = _start_lines(graph, node_labels(graph), c)
         assert cut[1:] == [lines[1], f"  ... and {n - 1} weaker (graph.json has every edge)"]
         assert lines[1].startswith(f"  {own[abs(own).argmax()]:+.3f}  {'<-' if upstream else '->'}")
 

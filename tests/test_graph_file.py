@@ -373,6 +373,9 @@ CRAFTED_HEADERS = {
     "newer format": ("format_version", 99),
     # format 4 held each head's attention argmax in ``attends``; a read key now has that field
     "format before the read key": ("format_version", 4),
+    # format 8 kept how a global graph was made in its settings (``direction``, ...)
+    "format before the global record": ("format_version", 8),
+    "a prompt's graph with a global record": ("global", {"method": "upstream"}),
     "settings not a dict": ("settings", [1]),
     # the writer refuses NaN there; read back, such a graph could not be saved (a fuzz pass)
     "NaN in settings": ("settings", {"x": float("nan")}),

@@ -18,7 +18,7 @@ import torch
 from conftest import benchmark
 from report_graphs import NASTY, make_big_graph, make_graph, name_sides
 
-from circuits.graph import Graph, QKPair, QKReason
+from circuits.graph import GlobalRecord, Graph, QKPair, QKReason
 from reports import layout
 from reports.browser import Browser, find_chromium
 from reports.html import write_html
@@ -1174,7 +1174,7 @@ def test_a_qk_circuits_pairs_read_as_from_the_weights(browser, tmp_path):
     local = make_graph()
     graph = dataclasses.replace(local, positional=False, pos=torch.zeros_like(local.pos))
     graph.qk = [dataclasses.replace(a, query=0) for a in local.qk]
-    graph.settings = {**graph.settings, "qk_circuit": {"layer": 0, "qk_head": 2}}
+    graph.global_record = GlobalRecord("qk_circuit")  # how ``qk_circuit`` makes it
     path = tmp_path / "graph.html"
     write_html(graph, path, None, title="QK circuit")
     page = path.read_text(encoding="utf-8")
@@ -1200,7 +1200,7 @@ def test_a_downstream_global_graph_draws_and_tells_its_units_by_reach_from_the_s
     local = make_graph(influence=False)
     graph = dataclasses.replace(local, positional=False, pos=torch.zeros_like(local.pos),
                                 target_weight=torch.zeros(local.n_nodes),
-                                settings={**local.settings, "direction": "downstream"})  # fmt: skip
+                                global_record=GlobalRecord("downstream"))  # fmt: skip
     graph.target_weight[local.ids.index("E_4_1")] = 1.0
     path = tmp_path / "graph.html"
     write_html(graph, path, None, title="Global circuit")

@@ -87,7 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "upstream, a logit downstream), counted in it; --qk adds each Lorsa "
                         "head's query and key units beyond it")  # fmt: skip
     parser.add_argument("--per-node", type=int, default=8, help="candidates per unit")
-    parser.add_argument("--no-prune", action="store_true", help="keep every grown unit")
+    parser.add_argument("--no-prune", action="store_true",
+                        help="keep every grown unit (ranked by influence on the start all the "
+                        "same)")  # fmt: skip
     parser.add_argument("--qk", action=argparse.BooleanOptionalAction, default=True,
                         help="give every Lorsa head its QK group's expected QK attribution, "
                         "drawn as q/k edges (default: on)")  # fmt: skip

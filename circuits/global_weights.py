@@ -49,6 +49,7 @@ from .graph import (
     checked_index,
 )
 from .nodes import Kind, lorsa_stage
+from .prune import influence
 from .statistics import Statistics
 from .units import Units
 from .units import decoder as unit_decoder
@@ -160,10 +161,13 @@ def global_graph(
     next); downstream, expected attributions (a source's effect per unit of its activity). The
     returned ``Graph`` (units at position 0) holds the same kind of weight among all chosen
     units, says which way it grew in its ``global_record`` (its ``edge_weights``), and has
-    target weight 1 on ``start`` (so ``prune_graph`` works on upstream graphs). ``qk``: give
-    its Lorsa heads their QK side (``with_qk_side``, whose units join beyond ``budget``; after
-    pruning, prune first and add it then). ``tokenizer`` (optional) gives the text of the
-    tokens the graph refers to."""
+    target weight 1 on ``start`` (so ``prune_graph`` works on upstream graphs); upstream, its
+    ``influence`` on the start (``circuits.prune.influence``, which ``prune_graph`` gives the
+    nodes it keeps: an unpruned graph ranks its units by it too; a downstream graph ranks them
+    by their reach from the start, ``reports.layout.node_scores``). ``qk``: give its Lorsa
+    heads their QK side (``with_qk_side``, whose units join beyond ``budget``; after pruning,
+    prune first and add it then). ``tokenizer`` (optional) gives the text of the tokens the
+    graph refers to."""
     units = stats.units
     start = units.check(start, "start")
     budget, per_node = checked_count(budget, "budget"), checked_count(per_node, "per_node")
@@ -210,6 +214,10 @@ def global_graph(
     method = GlobalRecord("upstream" if upstream else "downstream")
     graph = _unit_graph(replacement, stats, sorted(chosen), edges, {start: 1.0}, tokenizer,
                         settings, method)  # fmt: skip
+    if upstream:  # what ranks its units, pruned (``prune_graph`` keeps these values) or not
+        weights = graph.target_weight.numpy()
+        graph.influence = torch.from_numpy(influence(graph.edges, graph.stage.numpy(), weights))
+        graph.influence = graph.influence.float()
     return with_qk_side(replacement, stats, graph, tokenizer) if qk else graph
 
 

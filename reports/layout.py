@@ -220,8 +220,9 @@ REACH = "reach from the start"  # a downstream global graph's (never pruned: no 
 
 def node_scores(graph: Graph) -> tuple[list[float], str]:
     """What ranks nodes for the drawing and the node table, and its name: influence when
-    known; in a downstream global graph (``Graph.direction``, its ``global_record``'s), which
-    is never pruned, each unit's reach from the
+    known (a pruned graph's, an upstream global graph's, pruned or not:
+    ``circuits.global_weights.global_graph``); in a downstream global graph (``Graph.direction``,
+    its ``global_record``'s), which is never pruned, each unit's reach from the
     start (``circuits.prune.reach``: the share of the start's |effect| that flows through it;
     a reviewer found such a page ranking units by their mean activation when active, which
     says nothing of the start and compares heads with features in different units); else

@@ -976,11 +976,70 @@ def test_a_downstream_graph_is_ranked_by_reach_from_its_start(replacement, units
     for node, r in zip(data["nodes"], want, strict=True):
         assert node["reach"] == pytest.approx(r, rel=1e-5) and node["influence"] is None
     assert f"reach from the start {want[by_reach[0]]:.4g}" in to_dot(graph, selection)
-    # an upstream graph keeps its ranking: influence when pruned, |activation| when not
+    # an upstream graph keeps its ranking: influence, pruned or not (the test below)
     up = global_graph(replacement, stats, units_of(graph, units)[by_reach[0]], budget=10)
-    assert node_scores(up)[1] == "|activation|" and _node_order(up) == list(range(up.n_nodes))
-    assert "reach" not in viewer_data(up)["nodes"][0]
+    assert node_scores(up)[1] == "influence" and "reach" not in viewer_data(up)["nodes"][0]
     assert node_scores(prune_graph(up))[1] == "influence"
+
+
+def brute_force_influence(graph: Graph) -> np.ndarray:
+    """Every node's influence on the weighted nodes, path by path (circuit-tracer's
+    ``w^T ((I - Â)^-1 - I)``): from each weighted node down its inputs, the product along each
+    path of |edge| / its target's summed incoming |edges|, summed over every path of one edge
+    or more (``brute_force_reach``'s mirror)."""
+    a = np.abs(graph.edges.toarray().astype(np.float64))  # [target, source]
+    into = a.sum(1, keepdims=True)
+    share = np.divide(a, into, out=np.zeros_like(a), where=into > 0)
+
+    def paths_into(t: int, carried: float, into: np.ndarray) -> None:
+        for s in np.flatnonzero(share[t]):
+            into[s] += carried * share[t, s]
+            paths_into(int(s), carried * share[t, s], into)
+
+    influence = np.zeros(graph.n_nodes)
+    for t in np.flatnonzero(graph.target_weight.numpy()):
+        paths_into(int(t), float(graph.target_weight[t]), influence)
+    return influence
+
+
+def test_an_unpruned_upstream_graph_is_ranked_by_its_influence_on_the_start(
+    replacement, units, stats
+):
+    """``--no-prune`` upstream graphs ranked their page's units by mean |activation| while
+    pruned ones used influence on the start: an upstream graph has its influence where it is
+    grown (``circuits.prune.influence``), the values ``prune_graph`` gives the units it keeps,
+    so its page ranks by it pruned or not (checked path by path)."""
+    from reports.html import _node_order, _node_order_words
+    from reports.layout import INFLUENCE, node_scores
+    from reports.viewer import viewer_data
+
+    start = units.unit("lorsa", 1, int(stats.unit_count[units.unit("lorsa", 1, 0) :][:8].argmax()))
+    graph = global_graph(replacement, stats, start, budget=12, per_node=4)
+    want = brute_force_influence(graph)
+    assert graph.influence is not None and graph.n_edges > 10 and want.max() > 0
+    np.testing.assert_allclose(graph.influence.double().numpy(), want, rtol=1e-5, atol=1e-7)
+    scores, ranked_by = node_scores(graph)
+    assert ranked_by == INFLUENCE and scores == graph.influence.tolist()
+    assert _node_order(graph) == sorted(range(graph.n_nodes), key=lambda i: (-want[i], i))
+    assert _node_order_words(graph) == "most influential first"
+    inner = [i for i, k in enumerate(graph.kinds) if k in ("lorsa", "transcoder", "error")]
+    by_influence = sorted(inner, key=lambda i: (-want[i], i))
+    by_activation = sorted(inner, key=lambda i: (-abs(float(graph.activation[i])), i))
+    assert by_influence[:3] != by_activation[:3]  # the ranking the page had is not it
+    data = viewer_data(graph)
+    assert data["view"]["rankedBy"] == INFLUENCE
+    for node, x in zip(data["nodes"], want, strict=True):
+        assert node["influence"] == pytest.approx(x, rel=1e-5, abs=1e-7)
+    # pruning keeps the very values at the units it keeps, and with_qk_side too (0 for the
+    # units it adds, which have no value edges)
+    pruned = prune_graph(graph)
+    kept = [graph.id_to_index[i] for i in pruned.ids]
+    assert torch.equal(pruned.influence, graph.influence[kept])
+    with_qk = with_qk_side(replacement, stats, graph)
+    at = {name: i for i, name in enumerate(graph.ids)}
+    for i, name in enumerate(with_qk.ids):
+        assert float(with_qk.influence[i]) == (float(graph.influence[at[name]]) if name in at
+                                               else 0.0)  # fmt: skip
 
 
 def test_the_ranking_reads_how_a_graph_was_made_from_its_record(replacement, units, stats):
@@ -995,8 +1054,7 @@ def test_the_ranking_reads_how_a_graph_was_made_from_its_record(replacement, uni
     assert node_scores(down)[1] == REACH
     said = {**down.settings, "direction": "upstream"}  # a setting decides nothing
     assert node_scores(dataclasses.replace(down, settings=said))[1] == REACH
-    up = prune_graph(global_graph(replacement, stats, units.unit("lorsa", 1, 0), budget=10,
-                                  per_node=4))  # fmt: skip
+    up = global_graph(replacement, stats, units.unit("lorsa", 1, 0), budget=10, per_node=4)
     said = {**up.settings, "direction": "downstream"}
     assert node_scores(dataclasses.replace(up, settings=said))[1] == INFLUENCE
     assert node_scores(dataclasses.replace(up, global_record=GlobalRecord("downstream"),

@@ -16,8 +16,10 @@ at or before their query and terms naming sides in the form a trace writes them
 one text per token, a prompt that is their text (or none), a logit difference of two
 tokens, header types and lengths, header integers within the int64 arrays'; per node the
 fields of its kind alone (a key read by a prompt's heads, ``promotes`` by heads and features,
-the writer's -1 or NaN elsewhere), target weights in 0..1 summing to at most 1, and every
-token id with a text where ``token_text`` has any (the file holds no vocabulary size nor a
+the writer's -1 or NaN elsewhere), target weights in 0..1 summing to at most 1 (a grown
+global graph's: 1 on its start alone), a global graph's record of how it was made
+(``GlobalRecord``; none for a prompt's graph), and every token id with a text where
+``token_text`` has any (the file holds no vocabulary size nor a
 layer's width: a model checks indices against its own); a problem is one ``ValueError``
 naming the file and the field.
 

@@ -459,8 +459,9 @@ def _check_header(header) -> tuple[Layout, dict]:
     check_keys(header, "its header", ("version", "units", "concepts", "shape", "meta"),
                ("sha256",))  # fmt: skip
     units = header.get("units")
-    if not isinstance(units, dict) or set(units) != {"n_ov", "d_sae"}:
+    if not isinstance(units, dict):
         raise ValueError("units must be an object with n_ov and d_sae")
+    check_keys(units, "units", ("n_ov", "d_sae"))
     for name in ("n_ov", "d_sae"):
         if not isinstance(units[name], list) or not 0 < len(units[name]) <= 1024:
             raise ValueError(f"units.{name} must be a non-empty list")

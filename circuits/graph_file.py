@@ -48,7 +48,7 @@ from torch import Tensor
 from toy_models.checkpoint import check_content_sha256, content_sha256, save_state_atomic
 from toy_models.cli import one_line
 from toy_models.files import check_readable_file, set_cut_short
-from toy_models.records import check_keys, is_finite_number, parse_json
+from toy_models.records import check_keys, dataclass_keys, is_finite_number, parse_json
 from toy_models.tokenizer import text_of_token_texts
 
 from .graph import (
@@ -217,11 +217,16 @@ def _header(metadata: dict) -> dict:
     )
     # a key ``save_graph`` never writes is another version's or a forgery, never ignored (a
     # fuzz pass read a re-signed file with keys of any name); settings and model stay free-form
-    try:
-        check_keys(header, "header", (), HEADER_KEYS)
-    except ValueError as exc:
-        raise _Bad("graph", str(exc)) from None
+    _keys(header, "graph", "header", (), HEADER_KEYS)
     return header
+
+
+def _keys(value: dict, field: str, where: str, required, optional=()) -> None:
+    """``check_keys`` as this reader's refusal of ``field``."""
+    try:
+        check_keys(value, where, required, optional)
+    except ValueError as exc:
+        raise _Bad(field, str(exc)) from None
 
 
 def _typed(header: dict, name: str, kind: type | tuple[type, ...]):
@@ -586,8 +591,9 @@ _QK_FLOATS = ("attention", "score", "rest")
 
 def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
     out, seen = [], set()
-    for d in items:
+    for i, d in enumerate(items):
         _require(isinstance(d, dict), "qk", "records must be objects")
+        _keys(d, "qk", f"record {i}", *dataclass_keys(QKAttribution))
         for name in _QK_INTS:
             _require(_is_int(d.get(name)), f"qk.{name}", "expected a non-negative integer")
         _require(d["layer"] < n_layers, "qk.layer", f"outside 0..{n_layers - 1}")
@@ -634,8 +640,6 @@ def _qk(items: list, n_layers: int, n_pos: int) -> list[QKAttribution]:
                 _closes([r["mean_query_vs_key"], r["specific"]], contrast, "qk.contrast",
                         "not the reason's mean query x key plus its specific part")  # fmt: skip
         _check_sources(d.get("sources", []), named, d["query"], d["key"])
-        known = set(QKAttribution.__dataclass_fields__)
-        _require(set(d) <= known, "qk", f"unknown keys {sorted(set(d) - known)}")
         try:
             record = QKAttribution.from_dict(d)
         except (KeyError, TypeError) as exc:
@@ -708,8 +712,7 @@ _REASON_FLOATS = (
 
 def _check_reason(r, named: dict[str, NamedSide], query: int, key: int) -> None:
     _require(isinstance(r, dict), "qk.reason", "expected an object or null")
-    known = set(QKReason.__dataclass_fields__)
-    _require(set(r) == known, "qk.reason", f"keys must be {sorted(known)}")
+    _keys(r, "qk.reason", "it", QKReason.__dataclass_fields__)
     for name in _REASON_FLOATS:
         _require(is_finite_number(r[name]), f"qk.reason.{name}", "expected a number")
     # a share of the specific terms' magnitude (as a summary file bounds it; -1e308 loaded)
@@ -747,10 +750,9 @@ def _check_sources(sources, named: dict[str, NamedSide], query: int, key: int) -
     """A QK record's ``QKSource`` entries: every field typed, a known side and kind, at a
     position up to its side's (the query's or the key's), members named."""
     _require(isinstance(sources, list), "qk.sources", "expected a list")
-    known = set(QKSource.__dataclass_fields__)
-    for x in sources:
-        _require(isinstance(x, dict) and set(x) == known, "qk.sources",
-                 f"entries must be objects with keys {sorted(known)}")  # fmt: skip
+    for i, x in enumerate(sources):
+        _require(isinstance(x, dict), "qk.sources", "entries must be objects")
+        _keys(x, "qk.sources", f"entry {i}", QKSource.__dataclass_fields__)
         _require(x["side"] in QK_SOURCE_SIDES, "qk.sources.side", f"not one of {QK_SOURCE_SIDES}")
         _require(x["kind"] in QK_SOURCE_KINDS, "qk.sources.kind", f"not one of {QK_SOURCE_KINDS}")
         _require(_is_int(x["pos"]), "qk.sources.pos", "expected a non-negative integer")

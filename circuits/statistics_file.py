@@ -113,8 +113,9 @@ def check_identity_record(found) -> None:
     """A file's ``meta.identity`` as ``circuits.statistics.identity`` makes it (a statistics
     file's and a dashboards file's): the digests of the model, the replacement set and the
     tokenizer, each a string or null."""
-    if not isinstance(found, dict) or set(found) != {"model", "replacement", "tokenizer"}:
+    if not isinstance(found, dict):
         raise ValueError("meta.identity must be an object with model, replacement, tokenizer")
+    check_keys(found, "meta.identity", ("model", "replacement", "tokenizer"))
     if not all(v is None or isinstance(v, str) for v in found.values()):
         raise ValueError("meta.identity values must be strings or null")
 
@@ -131,8 +132,9 @@ def check_header_meta(header: dict) -> tuple[Units, dict, list[int]]:
     check_keys(header, "its header", ("version", "units", "n_qk", "meta"),
                ("sha256", "partial"))  # fmt: skip
     units, meta, n_qk = header.get("units"), header.get("meta"), header.get("n_qk")
-    if not isinstance(units, dict) or set(units) != {"d_vocab", "n_ov", "d_sae"}:
+    if not isinstance(units, dict):
         raise ValueError("units must be an object with d_vocab, n_ov and d_sae")
+    check_keys(units, "units", ("d_vocab", "n_ov", "d_sae"))
     check_int(units["d_vocab"], "units.d_vocab", 1, 1 << 24)
     for name in ("n_ov", "d_sae"):
         sizes = units[name]

@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from toy_models.cli import UserError, one_line
+from toy_models.records import check_keys
 
 from .activations import ActivationStore, layer_activations, shuffle_in
 from .cache import MAX_PLAN_VALUE
@@ -120,12 +121,7 @@ class CachePlan:
         """Every field checked: a manifest is untrusted input."""
         if not isinstance(data, dict):
             raise ValueError(f"{where}: 'plan' must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        if set(data) != known:
-            raise ValueError(
-                f"{where}: plan fields differ (missing {sorted(known - set(data))}, "
-                f"unexpected {sorted(set(data) - known)})"
-            )
+        check_keys(data, f"{where}: its plan", [f.name for f in fields(cls)])
 
         def positive(name, lo=1):
             v = data[name]
@@ -186,13 +182,12 @@ def read_manifest(directory: Path) -> tuple[CachePlan, list[dict]]:
         raise ValueError(
             f"{path}: not an activation cache manifest (format {data.get('format')!r})"
         )
+    check_keys(data, str(path), ("format", "plan", "cache_id", "chunks"))
     plan = CachePlan.from_json(data.get("plan"), str(path))
     if data.get("cache_id") != plan.cache_id():  # written with its plan: the two agree
         raise ValueError(f"{path}: its cache_id is not its plan's ({plan.cache_id()[:12]}...): "
                          "the manifest was edited; remove the cache to build it again, or "
                          "build into another --out")  # fmt: skip
-    if set(data) != {"format", "plan", "cache_id", "chunks"}:
-        raise ValueError(f"{path}: keys {sorted(data)}, expected format, plan, cache_id, chunks")
     chunks = data.get("chunks")
     if not isinstance(chunks, list) or len(chunks) > plan.n_chunks:
         raise ValueError(f"{path}: 'chunks' must be a list of at most {plan.n_chunks} chunks")

@@ -83,6 +83,7 @@ from toy_models.model import (
     load_checked,
     position_rows,
 )
+from toy_models.records import check_keys
 
 from .lorsa import LorsaConfig, LorsaLayer
 from .transcoder import Transcoder, TranscoderConfig
@@ -92,6 +93,9 @@ CONFIG_FILE = "replacement.json"
 LORSA_FILE = "lorsa.{}.safetensors"
 TRANSCODER_FILE = "transcoder.{}.safetensors"
 FORMAT_VERSION = 2  # 2: model identity covers config and tokenizer; file hashes
+# the keys ``save`` writes in CONFIG_FILE (and "meta") and in its "model" entry
+CONFIG_KEYS = ("format_version", "model", "lorsa", "transcoders", "files", "content_sha256")
+IDENTITY_KEYS = ("name", "sha256", "n_layers", "d_model")
 MODES = ("sparse", "local")
 
 Sublayer = Callable[[Tensor], Tensor]
@@ -486,20 +490,21 @@ class ReplacementModel(HookedRootModule):
                 "saved before model identities covered config and tokenizer must be retrained)"
             )
         try:
+            # what ``save`` writes and nothing else: a key of any name was read and ignored
+            check_keys(config, "it", CONFIG_KEYS, ("meta",))
             identity = _entry(config, "model", dict)
-            name, sha256, n_layers, d_model = (
-                _entry(identity, key, object, "model")
-                for key in ("name", "sha256", "n_layers", "d_model")
-            )
+            check_keys(identity, "model", IDENTITY_KEYS)
+            name, sha256, n_layers, d_model = (identity[key] for key in IDENTITY_KEYS)
             name, sha256 = str(name), str(sha256)
             check_value("int", n_layers, "model.n_layers", MAX_MODULES)
             check_value("int", d_model, "model.d_model")
             lorsa_cfgs = [
-                config_from_dict(LorsaConfig, c, "lorsa") for c in _entry(config, "lorsa", list)
+                config_from_dict(LorsaConfig, c, f"lorsa[{l}]")
+                for l, c in enumerate(_entry(config, "lorsa", list))
             ]
             transcoder_cfgs = [
-                config_from_dict(TranscoderConfig, c, "transcoder")
-                for c in _entry(config, "transcoders", list)
+                config_from_dict(TranscoderConfig, c, f"transcoders[{l}]")
+                for l, c in enumerate(_entry(config, "transcoders", list))
             ]
             files = {str(k): str(v) for k, v in _entry(config, "files", dict).items()}
             recorded_content = _entry(config, "content_sha256", str)
@@ -507,9 +512,8 @@ class ReplacementModel(HookedRootModule):
             if not isinstance(meta, dict):
                 raise ValueError(f"'meta' must be an object, got {type(meta).__name__}")
             meta = dict(meta)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            detail = f"missing key {exc.args[0]!r}" if isinstance(exc, KeyError) else exc
-            raise ValueError(f"{config_path}: not a valid replacement config ({detail})") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{config_path}: not a valid replacement config ({exc})") from None
         if not len(lorsa_cfgs) == len(transcoder_cfgs) == n_layers:
             raise ValueError(
                 f"{config_path}: {len(lorsa_cfgs)} Lorsa and {len(transcoder_cfgs)} transcoder "
@@ -571,15 +575,12 @@ class ReplacementModel(HookedRootModule):
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string"}
 
 
-def _entry(data: dict, key: str, kind: type, where: str = ""):
-    """``data[key]``, a JSON value of ``kind`` (``object``: any), or a ValueError naming the
-    key by its path (a KeyError's message was only the bare key, quoted)."""
-    path = f"{where}.{key}" if where else key
-    if key not in data:
-        raise ValueError(f"missing key {path!r}")
+def _entry(data: dict, key: str, kind: type):
+    """``data[key]`` (there: ``check_keys``), a JSON value of ``kind``, or a ValueError naming
+    the key."""
     value = data[key]
-    if kind is not object and not isinstance(value, kind):
-        raise ValueError(f"{path!r} must be {_JSON_TYPES[kind]}, got {type(value).__name__}")
+    if not isinstance(value, kind):
+        raise ValueError(f"{key!r} must be {_JSON_TYPES[kind]}, got {type(value).__name__}")
     return value
 
 

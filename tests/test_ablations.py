@@ -414,10 +414,11 @@ def _set_nested(path: str, value):
          "results.settings.base_shapes: 1024 OV heads are not whole blocks of 48 QK heads"),
         ("reports.ablations", "lorsa_ablations_default.json",
          deleting("settings.base_shapes.lorsa_top_k"),
-         "results.settings.base_shapes: missing key 'lorsa_top_k'"),
+         "results.settings.base_shapes lacks 'lorsa_top_k': written by another version, or edited"),
         ("reports.ablations", "lorsa_ablations_default.json",
          _set_nested("settings.base_shapes.colour", 1),
-         "results.settings.base_shapes: unknown keys ['colour']"),
+         "results.settings.base_shapes holds unknown keys ('colour'): "
+         "written by another version, or edited"),
         ("reports.ablations", "lorsa_ablations_default.json",
          _set_nested("settings.train.norm_batches", -1),
          "results.settings.train.norm_batches: expected a number in [1, inf]"),

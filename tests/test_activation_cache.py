@@ -289,7 +289,11 @@ def test_damaged_caches_are_refused_naming_the_file(tiny_pretrained, tiny_cache,
             lambda m: m.update(cache_id="0" * 64),
             "its cache_id is not its plan's .*: the manifest was edited; remove the cache",
         ),
-        ("extra-key", lambda m: m.update(note="mine"), "expected format, plan, cache_id"),
+        (
+            "extra-key",
+            lambda m: m.update(note="mine"),
+            r"holds unknown keys \('note'\): written by another version, or edited",
+        ),
     ):
         bad = _copy(tiny_cache, tmp_path / name)
         manifest = json.loads((bad / MANIFEST_FILE).read_text())
@@ -535,3 +539,26 @@ def test_one_plan_bound_and_a_closed_form_space_check(tiny_cache, monkeypatch):
     with pytest.raises(UserError, match="the cache needs"):
         ac._check_space(tiny_cache, huge, 0)
     assert time.perf_counter() - start < 1
+
+
+def test_a_manifest_key_of_any_name_is_refused_in_one_clipped_line(tiny_cache, tmp_path):
+    """A fuzz-style edit: a manifest or its plan with a key of 10**5 characters was refused
+    with the key written out whole ("plan fields differ (missing [], unexpected ['xxx...])",
+    100 kB on one line); ``check_keys``'s form now, as every reader of JSON from disk says it."""
+    from replacement.activation_cache import read_manifest
+
+    long = "x" * 10**5
+    said, clipped = "written by another version, or edited", f"('{'x' * 39}...)"
+    for name, change, message in (
+        ("plan", lambda m: m["plan"].update({long: 1}), f": its plan holds unknown keys {clipped}"),
+        ("top", lambda m: m.update({long: 1}), f" holds unknown keys {clipped}"),
+        ("seed", lambda m: m["plan"].pop("seed"), ": its plan lacks 'seed'"),
+        ("chunks", lambda m: m.pop("chunks"), " lacks 'chunks'"),
+    ):  # fmt: skip
+        bad = _copy(tiny_cache, tmp_path / name)
+        manifest = json.loads((bad / MANIFEST_FILE).read_text())
+        change(manifest)
+        (bad / MANIFEST_FILE).write_text(json.dumps(manifest))
+        with pytest.raises(ValueError) as info:
+            read_manifest(bad)
+        assert str(info.value) == f"{bad / MANIFEST_FILE}{message}: {said}"

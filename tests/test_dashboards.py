@@ -666,7 +666,9 @@ def test_write_file_refuses_what_read_file_would(setup):
         ({"seconds": -1.0}, "meta.seconds must be a finite number"),
         # the bound above said (it said ">= 0, not 12" of 12 rows done of 11)
         ({"rows_done": rows + 1}, f"meta.rows_done must be an integer in 0..{rows}, not "),
-        ({"identity": {"model": None}}, "meta.identity must be an object with model, replacement"),
+        ({"identity": {"model": None}}, "meta.identity lacks 'replacement', 'tokenizer': written"),
+        ({"identity": dict.fromkeys(("model", "replacement", "tokenizer", "x" * 10**5))},
+         r"meta.identity holds unknown keys \('x{39}\.\.\.\): written"),
         ({"identity": dict.fromkeys(("model", "replacement", "tokenizer"), 1)},
          "meta.identity values must be strings or null"),
     ):  # fmt: skip

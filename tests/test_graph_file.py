@@ -392,6 +392,27 @@ def test_crafted_headers_are_refused_naming_the_field(tmp_path, case):
     assert str(bad) in str(info.value) and name.split(".")[0] in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_qk_record(**{"x" * 10**5: 1}), f"field qk: record 0 holds unknown keys ('{'x' * 39}...)"),
+        (lambda h: h["qk"][1].pop("pairs"), "field qk: record 1 lacks 'pairs'"),
+        (lambda h: h["qk"][0].pop("layer"), "field qk: record 0 lacks 'layer'"),
+        (_qk_record(reason={"colour": 1}), "field qk.reason: it holds unknown keys ('colour')"),
+        (_qk_record(sources=[{"y": 1}]), "field qk.sources: entry 0 holds unknown keys ('y')"),
+    ],
+)  # fmt: skip
+def test_a_qk_record_holds_exactly_its_keys_said_in_one_clipped_form(tmp_path, edit, message):
+    """A QK record's keys, its reason's and its sources' are ``check_keys``'s (one form, each
+    key clipped): a 10**5-character key was written out whole in the refusal, a missing
+    ``pairs`` read "field qk: 'pairs'" (a KeyError's repr), and the reason and the sources
+    listed every key they hold instead of the one wrong."""
+    bad = craft(tmp_path, edit_header=edit)
+    with pytest.raises(GraphFileError) as info:
+        Graph.load(bad)
+    assert str(info.value) == f"{bad}: {message}: written by another version, or edited"
+
+
 def test_a_header_key_the_reader_does_not_know_is_refused(tmp_path):
     """A fuzz pass: a re-signed graph file whose header held a key of any name loaded, the
     key ignored (another version's file, or a forgery)."""

@@ -2714,8 +2714,10 @@ def tampered_summaries_are_refused(good: dict) -> None:
         (f"groups[{g}]: flow carried", ("groups", g, "carried_own", node), 1e6),
         (f"groups[{g}]: carried and carried_own name other targets", ("groups", g, "carried_own"),
          {}),
-        ("targets[0]: unknown keys ['surprise']", ("targets", 0, "surprise"), 1),
-        (f"groups[{g}]: missing key 'members'", ("groups", g, "members"), missing),
+        ("targets[0] holds unknown keys ('surprise'): written by another version",
+         ("targets", 0, "surprise"), 1),
+        (f"groups[{g}] lacks 'members': written by another version", ("groups", g, "members"),
+         missing),
         (f"groups[{g}]: members", ("groups", g, "members"), []),
         (f"groups[{g}].flow: a flow into a node that is no target", ("groups", g, "flow"),
          {"nope": 1.0}),
@@ -2946,8 +2948,9 @@ def test_a_key_sides_main_input_is_checked_field_by_field(graph, replacement, ru
     assert sides, "the summary has a key side with its main input"
     i, j, k = sides[0]
     at = f"groups[{i}].qk[{j}].pairs[{k}].key.main_input"
+    WRITTEN = "written by another version, or edited"
     n_pos = len(good["tokens"])
-    edits = [(key, None, f"{at}: missing key {key!r}")
+    edits = [(key, None, f"{at} lacks {key!r}: {WRITTEN}")
              for key in ("id", "kind", "layer", "pos", "attends", "share")]  # fmt: skip
     edits += [
         ("pos", "3", f"{at}.pos: expected an integer"),
@@ -2957,7 +2960,7 @@ def test_a_key_sides_main_input_is_checked_field_by_field(graph, replacement, ru
         ("layer", -2, f"{at}.layer: -2 is below -1"),
         ("share", 1.5, f"{at}.share: expected a number in [0, 1]"),
         ("share", float("nan"), f"{at}.share: expected a finite number"),
-        ("surprise", 1, f"{at}: unknown keys ['surprise']"),
+        ("surprise", 1, f"{at} holds unknown keys ('surprise'): {WRITTEN}"),
     ]
     mi = good["groups"][i]["qk"][j]["pairs"][k]["key"]["main_input"]
     if mi["kind"] != "lorsa":

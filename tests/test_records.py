@@ -44,6 +44,9 @@ def test_a_good_record_is_built_with_its_types():
     assert from_json(Outer, short).items == []  # defaults fill what is missing
 
 
+WRITTEN = "written by another version, or edited"
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
@@ -53,8 +56,12 @@ def test_a_good_record_is_built_with_its_types():
         ("pair", ["a"], "record.pair: expected a list of 2"),
         ("pair", ["a", "b"], "record.pair[1]: expected a finite number"),
         ("inner", {"name": "x", "share": float("inf")}, "record.inner.share: expected a finite"),
-        ("inner", {"name": "x"}, "record.inner: missing key 'share'"),
-        ("items", [{"name": "y", "share": 1, "z": 0}], "record.items[0]: unknown keys ['z']"),
+        ("inner", {"name": "x"}, f"record.inner lacks 'share': {WRITTEN}"),
+        (
+            "items",
+            [{"name": "y", "share": 1, "z": 0}],
+            f"record.items[0] holds unknown keys ('z'): {WRITTEN}",
+        ),
         ("items", {"name": "y"}, "record.items: expected a list"),
         ("table", {"k": None}, "record.table.k: expected a finite number"),
         # JSON parses a 401-digit integer; math.isfinite overflowed on it (a fuzz pass's
@@ -68,8 +75,40 @@ def test_a_bad_field_is_refused_naming_it(key, value, message):
         from_json(Outer, {**GOOD, key: value})
 
 
+def test_keys_are_refused_in_one_form_clipped_counted_and_explained():
+    """``check_keys`` is the one message of every reader of JSON from disk (records, model and
+    dictionary configs, states, headers, QK records, cache plans): where, the first three keys
+    each clipped to 40 characters (a key may be any string: a 10**5-character key was
+    written out whole by ``from_json``, a config and a cache plan), how many more, and what it
+    means. The missing form said no more than the key."""
+    from toy_models.checkpoint import config_from_dict
+    from toy_models.model import ModelConfig
+    from toy_models.records import check_keys
+
+    long = "a" * 10**5
+    with pytest.raises(ValueError) as info:
+        check_keys({long: 1, "b": 2, "c": 3, "d": 4, "e": 5, "kept": 6}, "its header", ["kept"])
+    assert str(info.value) == (f"its header holds unknown keys ('{'a' * 39}..., 'b', 'c' and 2 "
+                               f"more): {WRITTEN}")  # fmt: skip
+    with pytest.raises(ValueError) as info:
+        check_keys({}, "meta", ("rows", "seed"), ("top_k",))
+    assert str(info.value) == f"meta lacks 'rows', 'seed': {WRITTEN}"
+    check_keys({"rows": 1, "seed": 2}, "meta", ("rows", "seed"), ("top_k",))  # optional: may lack
+    config = {"d_vocab": 10, "n_ctx": 8, "d_model": 8, "n_layers": 1, "n_heads": 2, "d_head": 4,
+              "d_mlp": 16, "ln_eps": 1e-5, "init_std": 0.02}  # fmt: skip
+    for read, good in ((lambda d: from_json(Outer, d), GOOD),
+                       (lambda d: config_from_dict(ModelConfig, d), config)):  # fmt: skip
+        with pytest.raises(ValueError) as info:
+            read({**good, long: 1})
+        assert str(info.value).endswith(f"holds unknown keys ('{'a' * 39}...): {WRITTEN}")
+        assert len(str(info.value)) < 200
+    with pytest.raises(ValueError) as info:
+        from_json(Outer, {k: v for k, v in GOOD.items() if k != "pair"} | {"items": [{}]})
+    assert str(info.value) == f"record lacks 'pair': {WRITTEN}"
+
+
 def test_a_missing_field_or_a_non_object_is_refused():
-    with pytest.raises(ValueError, match="record: missing key 'count'"):
+    with pytest.raises(ValueError, match="record lacks 'count': written by another version"):
         from_json(Outer, {k: v for k, v in GOOD.items() if k != "count"})
     with pytest.raises(ValueError, match="expected a JSON object"):
         from_json(Outer, [GOOD])
@@ -133,7 +172,7 @@ def test_finite_numbers_from_json_never_overflow():
         config_from_dict(ModelConfig, full | {"ln_eps": 1e30})
     with pytest.raises(ValueError, match=r"init_std must be at most 1"):
         config_from_dict(ModelConfig, full | {"init_std": 5.0})
-    with pytest.raises(ValueError, match=r"missing \['d_head'\]"):
+    with pytest.raises(ValueError, match="config lacks 'd_head': written by another version"):
         config_from_dict(ModelConfig, {k: v for k, v in full.items() if k != "d_head"})
     with pytest.raises(ValueError, match="ln_eps must be at most 0.01"):  # made, not read
         ModelConfig(**full | {"ln_eps": 0.5})

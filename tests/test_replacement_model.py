@@ -478,18 +478,21 @@ def _set(path: str, value):
     return edit
 
 
+WRITTEN = "written by another version, or edited"
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (deleting("content_sha256"), "missing key 'content_sha256'"),
-        (deleting("model"), "missing key 'model'"),
-        (deleting("model.name"), "missing key 'model.name'"),
-        (deleting("model.sha256"), "missing key 'model.sha256'"),
-        (deleting("model.n_layers"), "missing key 'model.n_layers'"),
-        (deleting("model.d_model"), "missing key 'model.d_model'"),
-        (deleting("lorsa"), "missing key 'lorsa'"),
-        (deleting("transcoders"), "missing key 'transcoders'"),
-        (deleting("files"), "missing key 'files'"),
+        (deleting("content_sha256"), f"it lacks 'content_sha256': {WRITTEN}"),
+        (deleting("model"), f"it lacks 'model': {WRITTEN}"),
+        (deleting("model.name"), f"model lacks 'name': {WRITTEN}"),
+        (deleting("model.sha256"), f"model lacks 'sha256': {WRITTEN}"),
+        (deleting("model.n_layers"), f"model lacks 'n_layers': {WRITTEN}"),
+        (deleting("model.d_model"), f"model lacks 'd_model': {WRITTEN}"),
+        (deleting("lorsa"), f"it lacks 'lorsa': {WRITTEN}"),
+        (deleting("transcoders"), f"it lacks 'transcoders': {WRITTEN}"),
+        (deleting("files"), f"it lacks 'files': {WRITTEN}"),
         (_set("model", "random"), "'model' must be an object, got str"),
         (_set("lorsa", 3), "'lorsa' must be an array, got int"),
         (_set("files", []), "'files' must be an object, got list"),
@@ -515,3 +518,32 @@ def test_dtype_and_device_moves_reach_the_toy_model(replacement, random_model, t
     assert random_model.W_E.dtype == torch.float64
     assert replacement.lorsas[0].W_Q.dtype == torch.float64
     torch.testing.assert_close(replacement(tokens, mode="local"), random_model(tokens))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_set("colour", "red"), f"it holds unknown keys ('colour'): {WRITTEN}"),
+        (_set("model.note", 1), f"model holds unknown keys ('note'): {WRITTEN}"),
+        (lambda c: c["transcoders"][1].clear(),
+         f"transcoders[1] lacks 'd_model', 'd_sae', 'top_k' and 1 more: {WRITTEN}"),
+    ],
+)  # fmt: skip
+def test_a_resigned_config_with_keys_save_never_writes_is_refused(
+    replacement, random_model, tmp_path, edit, message
+):
+    """A key ``save`` never writes, with ``content_sha256`` recomputed (which anyone can),
+    loaded and was ignored, at the top and in the model identity (another version's file, or a
+    forgery); a layer's config was named "transcoder", not which. ``check_keys``'s form."""
+    from toy_models.checkpoint import json_sha256
+
+    replacement.save(tmp_path, "random")
+    config_path = tmp_path / "replacement.json"
+    config = json.loads(config_path.read_text())
+    edit(config)
+    config["content_sha256"] = json_sha256({k: v for k, v in config.items()
+                                            if k != "content_sha256"})  # fmt: skip
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError) as error:
+        ReplacementModel.load(tmp_path, random_model)
+    assert str(error.value) == f"{config_path}: not a valid replacement config ({message})"

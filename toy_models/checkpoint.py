@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from .cli import one_line
 from .files import check_readable_file, file_sha256, write_bytes_atomic, write_json_atomic
-from .records import is_finite_number, parse_json
+from .records import check_keys, is_finite_number, parse_json
 
 if TYPE_CHECKING:
     import torch
@@ -301,17 +301,13 @@ def config_from_dict(cls, data, where: str = "config"):
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ValueError(f"unknown {where} keys: {sorted(unknown)}")
+    check_keys(data, where, (), known)  # a key it does not know; then each value's check
     for name, value in data.items():
         kind = known[name].type  # a string under ``from __future__ import annotations``
         kind = kind if isinstance(kind, str) else kind.__name__
         limit = MAX_MODULES if name in MANY_MODULES else FLOAT_LIMITS.get(name, MAX_SIZE)
         check_value(kind, value, f"{where}.{name}", limit)
-    missing = set(known) - set(data)
-    if missing:
-        raise ValueError(f"{where}: missing {sorted(missing)} (every field is written with it)")
+    check_keys(data, where, known)  # every field: a default filled in is another model
     try:
         return cls(**data)
     except TypeError as exc:  # (every field is there and typed: a dataclass's own check)
@@ -354,8 +350,6 @@ def check_recorded_hashes(directory: Path, figures: tuple[str, ...]) -> None:
     still have its recorded SHA-256; beside the table it holds the ship's ``figures`` (its
     ``record`` function's keys) and nothing else (a key of any name was read and ignored: a
     fuzz pass)."""
-    from .records import check_keys
-
     record_path = directory / RECORD_FILE
     if not record_path.exists():
         return
@@ -412,7 +406,6 @@ def load_model(directory: Path) -> ToyTransformer:
     # else: a key of any name was read and ignored (a fuzz pass)
     from dataclasses import fields
 
-    from .records import check_keys
     from .ship import RunFields
 
     try:

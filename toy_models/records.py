@@ -13,7 +13,8 @@ NaN and infinities are refused), ``bool``, ``X | None``, ``list[T]``, ``tuple[A,
 array of that length), ``dict[str, T]``, a bare ``dict`` (any JSON object) and nested
 dataclasses, and ``Annotated[float, Bounds(low, high)]`` (or ``int``) for a number in a range
 (with ``nan=True``, NaN too: a figure its writer leaves undefined). Unknown keys are refused;
-missing keys are allowed only where the field has a default. A problem raises one
+missing keys are allowed only where the field has a default (``check_keys``, the one check of
+the keys of every JSON object read from disk). A problem raises one
 ``ValueError`` naming the field's path (``groups[3].qk[0].score: expected a finite number,
 got 'x'``).
 """
@@ -55,15 +56,38 @@ def check_keys(value: dict, where: str, required, optional=()) -> None:
     """A JSON object read from disk holding exactly the keys its reader knows: every one of
     ``required`` and none but those and ``optional``. A key the reader does not know is another
     version's or a forgery, never ignored (a fuzz pass found statistics, dashboards and
-    checkpoint states read with keys of any name); a ``ValueError`` names ``where`` and the
-    first keys wrong (each clipped: a key may be any string)."""
+    checkpoint states read with keys of any name), and one it needs is never filled in. The one
+    message of every such refusal (records, configs, states, headers): a ``ValueError`` naming
+    ``where``, the first few keys wrong (each clipped: a key may be any string) and what that
+    means."""
     known = set(required) | set(optional)
     if unknown := sorted(set(value) - known):
-        keys = ", ".join(f"{k!r:.40}" for k in unknown[:3])
-        raise ValueError(f"{where} holds unknown keys ({keys}): written by another version, or "
-                         "edited")  # fmt: skip
+        raise ValueError(f"{where} holds unknown keys ({some_keys(unknown)}): {_WRITTEN_ELSEWHERE}")
     if missing := [k for k in required if k not in value]:
-        raise ValueError(f"{where} lacks {', '.join(map(repr, missing))}")
+        raise ValueError(f"{where} lacks {some_keys(missing)}: {_WRITTEN_ELSEWHERE}")
+
+
+_WRITTEN_ELSEWHERE = "written by another version, or edited"
+
+
+def some_keys(keys, shown: int = 3, width: int = 40) -> str:
+    """The first ``shown`` of ``keys`` for a message, each quoted and clipped to ``width``
+    characters (a key read from disk may be a string of any length), and how many more."""
+    keys = list(keys)
+    text = ", ".join(f"{k!r:.{width}}" + ("..." if len(repr(k)) > width else "")
+                     for k in keys[:shown])  # fmt: skip
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def dataclass_keys(cls) -> tuple[list[str], list[str]]:
+    """The JSON keys of the dataclass ``cls`` as ``check_keys`` takes them: its init fields
+    without a default (required) and with one (optional)."""
+    required, optional = [], []
+    for f in dataclasses.fields(cls):
+        if f.init:
+            bare = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            (required if bare else optional).append(f.name)
+    return required, optional
 
 
 def finite_or_null(data) -> tuple[object, int]:
@@ -284,18 +308,19 @@ def _dataclass_reader(cls):
                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
               for f in dataclasses.fields(cls) if f.init]  # fmt: skip
     known = {name for name, *_ in fields}
+    keys = dataclass_keys(cls)
 
     def read(value, path):
         if not isinstance(value, dict):
             _fail(_where(path), f"a JSON object ({cls.__name__})", value)
-        if not known.issuperset(value):
-            raise ValueError(f"{_where(path)}: unknown keys {sorted(set(value) - known)[:5]}")
+        if not known.issuperset(value):  # (the fast test first: a record is read per value)
+            check_keys(value, _where(path), *keys)
         out = {}
         for name, part, reader, required in fields:
             if name in value:
                 out[name] = reader(value[name], (path, part))
             elif required:
-                raise ValueError(f"{_where(path)}: missing key {name!r}")
+                check_keys(value, _where(path), *keys)
         return cls(**out)
 
     return read

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"no Lorsa head fired {args.min_fires} times in {args.rows} rows: a "
                         f"head fires at most once a token, {tokens} times in {args.rows} rows "
                         f"of {n_ctx}; lower --min-fires or raise --rows")  # fmt: skip
+    check_example_sizes(args, replacement)
     t1 = time.perf_counter()
     # Read before the measurement (a minute or more): a bad --dashboards file is refused now
     labels = concept_labels(replacement, tokenizer, args)
@@ -195,6 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def check_example_sizes(args: argparse.Namespace, replacement) -> None:
+    """``--examples`` and ``--units`` up to what the model holds, refused above it before the
+    measurement (a fuzz pass: any count ran, 10**20 as well, and wrote the few it could): an
+    example is one MHSA head, a unit one of the Lorsa heads of its layer it hosts."""
+    cfg = replacement.cfg
+    heads = cfg.n_layers * cfg.n_heads
+    if args.examples > heads:
+        raise UserError(f"--examples {args.examples}: a worked example is one MHSA head and the "
+                        f"model has {heads} ({cfg.n_layers} layers of {cfg.n_heads})")  # fmt: skip
+    units = max(lorsa.cfg.n_ov_heads for lorsa in replacement.lorsas)
+    if args.units > units:
+        raise UserError(f"--units {args.units}: a worked example's units are Lorsa heads of "
+                        f"its layer, and a layer has at most {units}")  # fmt: skip
 
 
 def write_report_set(results: dict, out: Path) -> list[Path]:

@@ -7,6 +7,7 @@ separate blocks of the residual stream."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -480,6 +481,45 @@ def test_a_min_fires_above_the_rows_tokens_is_refused_before_the_measurement(
     assert f"no Lorsa head fired {min_fires} times in 4 rows: a head fires at most once a " \
         "token, 256 times in 4 rows of 64" in err, err  # fmt: skip
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [
+        ("--examples", "5", "--examples 5: a worked example is one MHSA head and the model has 4 "
+         "(2 layers of 2)"),
+        ("--examples", "100000000000000000000", "--examples 100000000000000000000: a worked"),
+        ("--units", "17", "--units 17: a worked example's units are Lorsa heads of its layer, "
+         "and a layer has at most 16"),
+        ("--units", "100000000000000000000", "--units 100000000000000000000: a worked"),
+    ],
+)  # fmt: skip
+def test_examples_and_units_beyond_the_model_are_refused_before_the_measurement(
+    flag, value, said, tiny_run, tiny_pretrained, make_layers, tmp_path, cli, monkeypatch
+):
+    """A fuzz pass: ``--examples`` and ``--units`` took any count (10**20 too), measured for a
+    minute or more and wrote the few there are. An example is an MHSA head (the tiny model has
+    2 x 2) and its units Lorsa heads of its layer (16 here): more is refused in one line
+    before the measurement, exit 2; the bounds themselves pass."""
+    from reports.superposition import main
+
+    def measure(*args, **kwargs):
+        raise AssertionError("measured for worked examples the model cannot have")
+
+    monkeypatch.setattr(S, "measure", measure)
+    model, _ = tiny_pretrained
+    lorsas, transcoders = make_layers(model.cfg.n_layers, model.cfg.d_model, n_qk=2, n_ov=16)
+    replacement = ReplacementModel(model, lorsas, transcoders)
+    replacement.save(tmp_path / "rep", str(tiny_run))
+    out = tmp_path / "sp"
+    code, _, err = cli(main, "--model", tiny_run, "--replacement", tmp_path / "rep", "--out", out,
+                       "--rows", "4", flag, value, "--quiet")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert said in err, err
+    assert not out.exists()
+    from reports.superposition import check_example_sizes
+
+    check_example_sizes(SimpleNamespace(examples=4, units=16), replacement)
 
 
 @pytest.mark.parametrize(("meta", "why"), [

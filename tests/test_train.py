@@ -903,6 +903,34 @@ def test_an_unfinished_run_is_said_to_be_unfinished_when_shipped(tmp_path):
     assert not (tmp_path / "zoo").exists()
 
 
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_a_ship_pointed_at_the_other_trainers_folder_says_what_it_holds(tmp_path, cli, checkpoint):
+    """A fuzz pass: ``toy_models.ship`` on a finished replacement-training folder said "the run
+    has not finished ... finish it with toy_models.train --resume" (and without a checkpoint
+    "checkpoint file missing: config.json"); ``replacement.ship`` said the same of a toy
+    model's run. Each names what the folder holds and the command that ships it."""
+    from replacement.ship import main as ship_set
+    from toy_models.resumable import CHECKPOINT_DIR
+    from toy_models.ship import main as ship_model
+
+    cases = (
+        (ship_model, "replacement.json", ["--name", "tiny"],
+         "holds a replacement set (replacement.json, as replacement.train writes it), not a "
+         "toy_models.train run; ship it with python -m replacement.ship {} --model MODEL"),
+        (ship_set, "config.json", [],
+         "holds a toy model (config.json, as toy_models.train writes it), not a "
+         "replacement.train run; ship it with python -m toy_models.ship {} --name NAME"),
+    )  # fmt: skip
+    for main, file, args, said in cases:
+        run = tmp_path / f"{main.__module__}-run"
+        run.mkdir()
+        if checkpoint:
+            (run / CHECKPOINT_DIR).mkdir()
+        (run / file).write_text("{}")
+        code, out, err = cli(main, run, *args)
+        assert code == 2 and err == f"error: {run}: {said.format(run)}\n", err
+
+
 @pytest.mark.parametrize(
     "state, message",
     [

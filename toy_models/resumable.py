@@ -65,12 +65,31 @@ Stats = tuple[str, ...] | Mapping[str, Bounds]
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+# The runs this project trains, by trainer: the file a finished run holds, what that is, and
+# the command that ships it (the ships refuse the other kind's folder by these).
+RUN_KINDS = {
+    "toy_models.train": ("config.json", "a toy model", "toy_models.ship {} --name NAME"),
+    "replacement.train": (
+        "replacement.json", "a replacement set", "replacement.ship {} --model MODEL"
+    ),
+}  # fmt: skip
+
+
 def check_finished(run_dir: Path, finished: bool, final: str, trainer: str) -> None:
     """Refuse in one line a run directory that an interrupted run left (``finished`` false, a
     checkpoint there), naming what it lacks (``final``) and the command that finishes it
-    (``trainer``): a ship's "checkpoint file missing: config.json" said what, not why. The
-    check of both ships (``toy_models.ship``, ``replacement.ship``)."""
-    if not finished and (run_dir / CHECKPOINT_DIR).is_dir():
+    (``trainer``): a ship's "checkpoint file missing: config.json" said what, not why. A
+    folder of another trainer's (``RUN_KINDS``) is said to be one, with the command that ships
+    it (a finished replacement-training folder was "not finished" to ``toy_models.ship``, a
+    toy model's to ``replacement.ship``: a fuzz pass). The check of both ships."""
+    if finished:
+        return
+    for other, (file, what, ship) in RUN_KINDS.items():
+        if other != trainer and (run_dir / file).is_file():
+            raise UserError(f"{run_dir}: holds {what} ({file}, as {other} writes it), not a "
+                            f"{trainer} run; ship it with python -m "
+                            f"{ship.format(run_dir)}")  # fmt: skip
+    if (run_dir / CHECKPOINT_DIR).is_dir():
         raise UserError(f"{run_dir}: the run has not finished (a checkpoint, no {final}); "
                         f"finish it with {trainer} --resume first")  # fmt: skip
 

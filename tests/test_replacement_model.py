@@ -547,3 +547,27 @@ def test_a_resigned_config_with_keys_save_never_writes_is_refused(
     with pytest.raises(ValueError) as error:
         ReplacementModel.load(tmp_path, random_model)
     assert str(error.value) == f"{config_path}: not a valid replacement config ({message})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_weights_stored_in_any_float_type_load_to_run_in_float32(
+    replacement, random_model, tokens, tmp_path, dtype
+):
+    """The formats allow a weights file of any float type (``WEIGHT_DTYPES``: the zoo ships
+    float16; a fuzz pass loaded float64 model and dictionary files): every model here runs in
+    float32, and loaded they do, every parameter and buffer, the toy model and the set; a
+    float64 file of float32 weights computes bit for bit what they did."""
+    from toy_models.model import ToyTransformer
+
+    random_model.save(tmp_path / "model", dtype=dtype)
+    replacement.save(tmp_path / "set", "random", dtype=dtype)
+    model = ToyTransformer.load(tmp_path / "model")
+    exact = dtype == torch.float64  # (a narrower file rounds: another model's identity)
+    loaded = ReplacementModel.load(tmp_path / "set", model if exact else random_model)
+    tensors = [*loaded.parameters(), *loaded.buffers(), *model.parameters(), *model.buffers()]
+    assert {t.dtype for t in tensors} == {torch.float32}
+    assert model(tokens).dtype == loaded(tokens, mode="sparse").dtype == torch.float32
+    if exact:
+        assert torch.equal(model(tokens), random_model(tokens))
+        for mode in ("sparse", "local"):
+            assert torch.equal(loaded(tokens, mode=mode), replacement(tokens, mode=mode))

@@ -129,6 +129,8 @@ def load_checked(
     module: nn.Module | Callable[[], nn.Module], path: Path, config_name: str
 ) -> nn.Module:
     """Fill a module from a safetensors file after checking tensor names, shapes and dtypes.
+    A file may store any float type of ``WEIGHT_DTYPES`` (the zoo ships float16); the module
+    runs in float32 whatever it is, the dtype every model here computes in.
 
     ``module`` was built from the config in ``config_name``; a mismatch names both files. Pass
     a function that builds it instead, and it is first built without memory (on the meta

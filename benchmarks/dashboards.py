@@ -27,7 +27,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import ArgumentParser, UserError, count_arg, path_arg, positive_int, run_cli  # noqa: E402
+from circuits.dashboard_cli import MAX_ROWS  # noqa: E402  (light: argparse only)
+from toy_models.cli import MAX_STEPS, ArgumentParser, UserError, int_in, path_arg, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 RESULT_KEYS = frozenset({"model", "build_seconds", "best_f1"})  # an earlier results file's
@@ -81,10 +82,11 @@ def sae_f1(replacement, tokenizer, dash, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--rows", type=positive_int, default=192)
+    parser.add_argument("--rows", type=int_in(1, MAX_ROWS), default=192,
+                        help="dashboard rows (as circuits.dashboard_cli bounds them)")  # fmt: skip
     parser.add_argument(
         "--sae-steps",
-        type=count_arg,
+        type=int_in(0, MAX_STEPS),  # a training config's bound
         help="SAE training steps (default: as many as the replacement set; 0: no SAE baseline)",
     )
     parser.add_argument("--work", type=path_arg, default=Path("runs/error-analysis"))

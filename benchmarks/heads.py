@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         from toy_models.files import check_writable_dir
 
         check_writable_dir(args.report, "--report")  # before, not after, the analysis
+    from toy_models.zoo import resolve_model_dir
+
+    resolve_model_dir(args.model)  # an unknown model: now, not after the start-up runs
     startup = cli_startup()
 
     t0 = time.perf_counter()

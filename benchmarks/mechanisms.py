@@ -190,6 +190,7 @@ its key, its top pair, the criteria, the positions holding a token the model nev
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import sys
@@ -206,10 +207,12 @@ from toy_models.cli import (  # noqa: E402
     UserError,
     count_arg,
     file_arg,
+    int_in,
     path_arg,
     path_text,
     positive_int,
     run_cli,
+    seed_arg,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -222,6 +225,10 @@ FAMILIES = {  # probe family -> corpus family
 INDUCTION = ("induction", "subtoken_induction")
 SOURCES = ("heldout", "heldout_forms", "new_frames")
 SEED = 1234
+# Prompts per family a command line may ask for: each is a traced graph (about a second), so
+# 10000 is hours a family, 50 times the default's 200 (a fuzz pass's 10**11 built prompts
+# without end before the first graph)
+MAX_PROMPTS = 10_000
 # What the graph explains besides the expected token's logit: --vs-runner-up, --vs-other-item
 # (the contrast's name, its file suffix, and the "target" the result file records).
 CONTRASTS = {
@@ -1056,15 +1063,17 @@ def parse_args(argv):
                         "runs/dashboards/<model>-<mode>-<key>.safetensors, the one "
                         "circuits.trace builds, used when valid; a file "
                         "named here must be valid for the replacement set)")  # fmt: skip
-    parser.add_argument("--prompts", type=int, default=40, help="prompts per probe family")
+    parser.add_argument("--prompts", type=int_in(1, MAX_PROMPTS), default=40,
+                        help="prompts per probe family")  # fmt: skip
     parser.add_argument(
         "--min-correct",
-        type=int,
+        type=count_arg,
         default=30,
-        help="then more prompts until this many are ones the model gets right",
+        help="then more prompts until this many are ones the model gets right (at most "
+        "--max-prompts)",
     )
-    parser.add_argument("--max-prompts", type=int, default=200,
-                        help="at most this many prompts per family")  # fmt: skip
+    parser.add_argument("--max-prompts", type=int_in(1, MAX_PROMPTS), default=200,
+                        help=f"prompts per family at most (up to {MAX_PROMPTS})")  # fmt: skip
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma-separated among {', '.join(FAMILIES)}")  # fmt: skip
     parser.add_argument("--mode", choices=("local", "sparse"), default="local")
@@ -1076,12 +1085,13 @@ def parse_args(argv):
                         help="successor only: explain logit(target) - logit(the most likely "
                         "other item of the same list), the question which item, instead of "
                         "the target's logit")  # fmt: skip
-    parser.add_argument("--seed", type=count_arg, default=SEED,
+    parser.add_argument("--seed", type=seed_arg, default=SEED,
                         help=f"draws the prompts (default {SEED}; another seed is a fresh "
                         "draw of the same sources)")  # fmt: skip
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="torch threads (default 1: the graphs are small, and a second "
-                        "thread mostly spins on a shared machine)")  # fmt: skip
+    parser.add_argument("--threads", type=int_in(1, os.cpu_count() or 1), default=1,
+                        help="torch threads, at most the machine's cores (default 1: the "
+                        "graphs are small, and a second thread mostly spins on a shared "
+                        "machine)")  # fmt: skip
     parser.add_argument("--out", type=file_arg, help="result file (default: benchmarks/results/"
                         "mechanisms_{model}.json; _seed{seed} added for another seed, "
                         "_vs_runner_up with --vs-runner-up, _vs_other_item with "
@@ -1091,10 +1101,11 @@ def parse_args(argv):
     bad = sorted(set(families) - set(FAMILIES))
     if bad or not families:
         parser.error(f"--families: unknown {bad}; choose among {', '.join(FAMILIES)}")
-    if args.prompts < 1:
-        parser.error("--prompts must be positive")
-    if args.min_correct < 0 or args.max_prompts < args.prompts:
-        parser.error("--min-correct must be >= 0 and --max-prompts >= --prompts")
+    if args.max_prompts < args.prompts:
+        parser.error("--max-prompts must be >= --prompts")
+    if args.min_correct > args.max_prompts:  # it would run every prompt and never meet it
+        parser.error(f"--min-correct {args.min_correct}: more right prompts than "
+                     f"--max-prompts {args.max_prompts} can give")  # fmt: skip
     if args.vs_runner_up and args.vs_other_item:
         parser.error("--vs-runner-up and --vs-other-item name two different targets: pick one")
     if args.vs_other_item and families != ["successor"]:
@@ -1115,6 +1126,14 @@ def main(argv=None) -> int:
 
     # before, not after, the run; an earlier results file of it alone is replaced
     check_writable_file(out, "--out", frozenset({"model", "mode", "families"}))
+    if args.dashboards_file is not None:  # named here: it must be there (after the load, it
+        # said so after the model and its set had loaded)
+        from toy_models.files import check_readable_file
+
+        try:
+            check_readable_file(args.dashboards_file, "--dashboards-file")
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
     import torch
 
     from replacement.model import load_pretrained

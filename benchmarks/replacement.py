@@ -17,7 +17,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toy_models.cli import ArgumentParser, path_text, positive_int, run_cli  # noqa: E402
+from replacement.evaluate import MAX_BATCHES, MAX_DOCS  # noqa: E402  (light: no torch)
+from toy_models.cli import ArgumentParser, UserError, int_in, path_text, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -68,13 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default", help="toy model (zoo name or directory)")
     parser.add_argument("--replacement", type=path_text, required=True,
                         help="replacement set directory")  # fmt: skip
-    parser.add_argument(
-        "--batches", type=positive_int, default=8, help="held-out batches of 16 rows"
-    )
-    parser.add_argument(
-        "--docs", type=positive_int, default=100, help="documents per family (probes)"
-    )
+    parser.add_argument("--batches", type=int_in(1, MAX_BATCHES), default=8,
+                        help="held-out batches of 16 rows")  # fmt: skip
+    parser.add_argument("--docs", type=int_in(1, MAX_DOCS), default=100,
+                        help="documents per family (probes)")  # fmt: skip
     args = parser.parse_args(argv)
+    from replacement.train import SET_FILE  # (light: names, no torch)
+    from toy_models.zoo import resolve_model_dir
+
+    resolve_model_dir(args.model)  # an unknown model and a folder that holds no set: now,
+    if not (Path(args.replacement) / SET_FILE).is_file():  # not after the model's load
+        raise UserError(f"--replacement {args.replacement}: no {SET_FILE} there")
     from replacement.evaluate import evaluate_replacement, summary_lines
     from replacement.model import ReplacementModel
     from toy_models.files import write_json_atomic

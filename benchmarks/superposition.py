@@ -137,26 +137,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rows", type=positive_int, default=256, help="held-out rows (the CLI default)"
     )
-    parser.add_argument("--validation-rows", type=positive_int, default=64)
+    parser.add_argument("--validation-rows", type=positive_int,
+                        help="the first of the rows that validate the shares (default 64, or "
+                        "--rows when fewer)")  # fmt: skip
     parser.add_argument("--out", type=path_arg, default=Path("runs/superposition"))
     args = parser.parse_args(argv)
+    if args.validation_rows is None:
+        args.validation_rows = min(64, args.rows)
+    if args.validation_rows > args.rows:  # they are the first of the rows (a fuzz pass's 300
+        # of 256 validated 256 and recorded no word of it)
+        parser.error(f"--validation-rows {args.validation_rows}: more than the --rows "
+                     f"{args.rows} they are drawn from")  # fmt: skip
+    from reports import superposition as R
+
+    # the report's own checks (--rows, --out, the model), before the load, not after it
+    argv = ["--model", args.model, "--rows", str(args.rows), "--out", str(args.out), "--quiet"]
+    argv += ["--replacement", args.replacement] if args.replacement else []
+    cli_args = R.parse_args(argv)
+    R.check_args(cli_args)
 
     t0 = time.perf_counter()
     import torch
 
     from circuits.concepts import corpus_rows
     from replacement.model import load_pretrained
-    from reports import superposition as R
     from toy_models.files import write_json_atomic
 
     torch.set_grad_enabled(False)
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     startup = time.perf_counter() - t0
-
-    argv = ["--model", args.model, "--rows", str(args.rows), "--out", str(args.out), "--quiet"]
-    argv += ["--replacement", args.replacement] if args.replacement else []
-    cli_args = R.parse_args(argv)
-    R.check_args(cli_args)
     seconds: dict[str, float] = {}
     t0, c0 = time.perf_counter(), time.process_time()
     labels = R.concept_labels(replacement, tokenizer, cli_args)  # as the report reads them

@@ -200,6 +200,55 @@ def test_bad_arguments_of_the_benchmarks_are_one_line_before_any_work():
         assert text in proc.stderr.strip().splitlines()[-1], (script, proc.stderr)
 
 
+_SCRIPT_IN_A_FRESH_PROCESS = """
+import json, runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformer_lens"})
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+def test_counts_and_paths_the_benchmarks_cannot_use_are_refused_before_torch(tmp_path):
+    """Left by the argument fuzz pass: counts of 10**11 (prompts, rows, batches, documents,
+    SAE steps), more right prompts than prompts, 10**9 threads, a 30-digit seed, validation
+    rows beyond the rows, a missing --dashboards-file or set, an --out that is a file were
+    taken, and the run loaded the model and built prompts or rows for hours, or failed after
+    its load. Each is now one line and exit 2 before torch is imported."""
+    root = Path(__file__).parent.parent
+    huge, set_dir = "100000000000", str(root / "replacement" / "zoo" / "default")
+    for script, args, text in (
+        ("mechanisms", ["--dashboards-file", str(tmp_path / "no.safetensors")],
+         "--dashboards-file missing"),
+        ("mechanisms", ["--prompts", huge, "--max-prompts", huge], "--prompts: must be at most"),
+        ("mechanisms", ["--max-prompts", huge], "--max-prompts: must be at most 10000"),
+        ("mechanisms", ["--min-correct", "201"], "more right prompts than --max-prompts 200"),
+        ("mechanisms", ["--threads", "1000000"], "--threads: must be at most"),
+        ("mechanisms", ["--seed", "1" + "0" * 30], "--seed: must be at most 2**63 - 1"),
+        ("superposition", ["--rows", huge], "--rows must be between 1 and 1048576"),
+        ("superposition", ["--validation-rows", "300"], "more than the --rows 256"),
+        ("superposition", ["--out", "README.md"], "--out README.md: exists and is not a dir"),
+        ("replacement", ["--replacement", set_dir, "--batches", huge], "--batches: must be at"),
+        ("replacement", ["--replacement", set_dir, "--docs", huge], "--docs: must be at most"),
+        ("replacement", ["--replacement", str(tmp_path)], "no replacement.json there"),
+        ("dashboards", ["--rows", huge], "--rows: must be at most 1048576"),
+        ("dashboards", ["--sae-steps", "1" + "0" * 20], "--sae-steps: must be at most"),
+        ("heads", ["--model", "nope"], "unknown model 'nope'"),
+    ):  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", _SCRIPT_IN_A_FRESH_PROCESS,
+                               str(root / "benchmarks" / f"{script}.py"), *args],
+                              capture_output=True, text=True, cwd=root, timeout=300)  # fmt: skip
+        *lines, ran = proc.stderr.strip().splitlines()
+        assert json.loads(ran) == {"code": 2, "heavy": []}, (script, args, proc.stderr)
+        assert text in lines[-1] and "Traceback" not in proc.stderr, (script, proc.stderr)
+        assert len(lines) == 1 or lines[0].startswith("usage:"), (script, proc.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_replacement_evaluate_refuses_a_set_whose_weights_overflow(tmp_path):
     """Finite weights load, but x1e30 overflows in use: the figures would be NaN (and NaN is
     not JSON); one line saying so, and no results file."""

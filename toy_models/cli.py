@@ -128,6 +128,20 @@ def count_arg(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type`` for a count in ``low..high``: the most a command can use (a fuzz
+    pass gave the benchmarks counts of 10**11 that built prompts or rows for hours, or could
+    never be met, without a word)."""
+
+    def bounded(text: str) -> int:
+        value = _int_at_least(text, low)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+
+    return bounded
+
+
 MAX_STEPS = 2**40  # a training run's steps, at most (``TrainConfig.steps``' bound)
 MAX_SEED = 2**63 - 1  # what a seeded generator takes (``torch.Generator().manual_seed``)
 

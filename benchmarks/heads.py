@@ -42,6 +42,7 @@ if __package__ in (None, ""):
 from toy_models.cli import ArgumentParser, path_arg, path_text, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+RESULT_KEYS = frozenset({"model", "targets", "families"})  # an earlier results file's
 CHECK_TASK = "repeat_second_copy"
 
 
@@ -73,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         from toy_models.files import check_writable_dir
 
         check_writable_dir(args.report, "--report")  # before, not after, the analysis
+    from toy_models.files import check_writable_file
     from toy_models.zoo import resolve_model_dir
 
     resolve_model_dir(args.model)  # an unknown model: now, not after the start-up runs
+    path = RESULTS / f"heads_{Path(args.model).name}.json"
+    check_writable_file(path, "results file", RESULT_KEYS)  # before the analysis, not after
     startup = cli_startup()
 
     t0 = time.perf_counter()
@@ -208,8 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:40s} {value:>10s}  {'met' if t['met'] else 'NOT met'}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     print("cli start-up: " + ", ".join(f"{k} {v:.2f} s" for k, v in startup.items()))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"heads_{Path(args.model).name}.json"
     write_json_atomic(path, report)
     print(f"wrote {path}")
     return 0

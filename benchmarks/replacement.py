@@ -21,6 +21,7 @@ from replacement.evaluate import MAX_BATCHES, MAX_DOCS  # noqa: E402  (light: no
 from toy_models.cli import ArgumentParser, UserError, int_in, path_text, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+RESULT_KEYS = frozenset({"model", "replacement", "evaluation", "targets"})  # an earlier file's
 
 
 def targets(r: dict, meta: dict) -> dict:
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     resolve_model_dir(args.model)  # an unknown model and a folder that holds no set: now,
     if not (Path(args.replacement) / SET_FILE).is_file():  # not after the model's load
         raise UserError(f"--replacement {args.replacement}: no {SET_FILE} there")
+    from toy_models.files import check_writable_file
+
+    path = RESULTS / f"replacement_{Path(args.replacement).name}.json"
+    check_writable_file(path, "results file", RESULT_KEYS)  # before the evaluation
     from replacement.evaluate import evaluate_replacement, summary_lines
     from replacement.model import ReplacementModel
     from toy_models.files import write_json_atomic
@@ -98,8 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, t in report["targets"].items():
         print(f"{name:48s} {t['value']:10.4g}  {'met' if t['met'] else 'NOT met'}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"replacement_{Path(args.replacement).name}.json"
     write_json_atomic(path, json.loads(json.dumps(report)))
     print(f"wrote {path}")
     return 0

@@ -36,6 +36,7 @@ if __package__ in (None, ""):
 from toy_models.cli import ArgumentParser, path_arg, path_text, positive_int, run_cli  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+RESULT_KEYS = frozenset({"model", "settings", "summary", "per_layer"})  # an earlier file's
 MIX_EVEN = (1, 3)  # head 3 := head 1
 MIX_THIRD = (5, 6)  # head 6 := head 5 with a third of its output
 
@@ -155,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     argv += ["--replacement", args.replacement] if args.replacement else []
     cli_args = R.parse_args(argv)
     R.check_args(cli_args)
+    from toy_models.files import check_writable_file
+
+    path = RESULTS / f"superposition_{Path(args.model).name}.json"
+    check_writable_file(path, "results file", RESULT_KEYS)  # before the analysis, not after
 
     t0 = time.perf_counter()
     import torch
@@ -231,9 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         },
         "torch_threads": torch.get_num_threads(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    slug = Path(args.model).name
-    path = RESULTS / f"superposition_{slug}.json"
     write_json_atomic(path, record)
     print(R.console_summary(results))
     print(f"validation max share error: {record['validation_max_share_error']}")

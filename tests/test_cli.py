@@ -249,6 +249,37 @@ def test_counts_and_paths_the_benchmarks_cannot_use_are_refused_before_torch(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("script", ["heads", "superposition", "replacement"])
+def test_a_benchmarks_results_file_that_cannot_be_written_is_refused_before_its_work(
+    script, tiny_run, tiny_pretrained, make_replacement, tmp_path, cli, monkeypatch
+):
+    """These three wrote their results file (``benchmarks/results/{script}_{name}.json``) only
+    at the end, unchecked: a directory or a user's file there failed, or was replaced, after
+    the analysis. Checked now as the others' are, before any of it."""
+    from conftest import benchmark
+
+    import replacement.evaluate
+    from reports import superposition as R
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the work ran")
+
+    bench = benchmark(script)
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(bench, "cli_startup", ran, raising=False)
+    monkeypatch.setattr(R, "analyse", ran)
+    monkeypatch.setattr(replacement.evaluate, "evaluate_replacement", ran)
+    model, _ = tiny_pretrained
+    make_replacement(model, n_qk=2, n_ov=8).save(tmp_path / "set", str(tiny_run))
+    name = "set" if script == "replacement" else tiny_run.name
+    target = tmp_path / "results" / f"{script}_{name}.json"
+    target.mkdir(parents=True)
+    args = ["--model", tiny_run, "--replacement", tmp_path / "set"]
+    args += ["--out", tmp_path / "sp"] if script == "superposition" else []
+    code, _, err = cli(bench.main, *args)
+    assert (code, err) == (2, f"error: results file {target}: is a directory\n")
+
+
 def test_replacement_evaluate_refuses_a_set_whose_weights_overflow(tmp_path):
     """Finite weights load, but x1e30 overflows in use: the figures would be NaN (and NaN is
     not JSON); one line saying so, and no results file."""

@@ -931,8 +931,18 @@ def _matching(nodes: PromptRun | Graph, target: NodeTarget) -> Tensor:
 
 
 def find_node(graph: Graph, target: NodeTarget) -> int:
-    """The graph index of a node target (``resolve_targets`` has checked that it is active)."""
-    return int(_matching(graph, target).nonzero()[0])
+    """The graph index of a node target (a head or feature by its fields); a ValueError in
+    one line where the graph holds no such node (a pruned graph keeps few: an IndexError
+    from torch before)."""
+    if not isinstance(target, NodeTarget):
+        raise TypeError(f"target must be a NodeTarget, got a {type(target).__name__}")
+    target_kind(target.kind)
+    found = _matching(graph, target).nonzero()
+    if not len(found):
+        raise ValueError(f"no {target.kind} {target.index} of layer {target.layer} at "
+                         f"position {target.pos} in this graph (inactive there, or pruned "
+                         "away)")  # fmt: skip
+    return int(found[0])
 
 
 def closure_error(graph: Graph) -> dict[str, float]:

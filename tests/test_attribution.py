@@ -16,6 +16,7 @@ from circuits.attribution import (
     NodeTarget,
     attribute,
     closure_error,
+    find_node,
     run_prompt,
 )
 from circuits.graph import QK_BIAS, Graph
@@ -338,6 +339,25 @@ def test_node_target_starts_influence_at_that_node(replacement, tokens):
     assert graph.target_weight.nonzero().squeeze(1).tolist() == [head]
     pruned = prune_graph(graph)
     assert full.ids[head] in pruned.ids
+
+
+def test_find_node_names_a_node_the_graph_lacks_in_one_line(replacement, tokens):
+    """Found by a reviewer using the library: ``find_node`` on a pruned graph for a head it
+    had pruned away was an IndexError ("index 0 is out of bounds for dimension 0 with size
+    0"); a kind that is no head or feature was read as a stage of its own."""
+    full = attribute(replacement, tokens, max_logits=2)
+    pruned = prune_graph(full, node_threshold=0.3)
+    gone = next(i for i in full.is_kind("lorsa").nonzero().squeeze(1).tolist()
+                if full.ids[i] not in pruned.id_to_index)  # fmt: skip
+    target = NodeTarget("lorsa", int(full.layer[gone]), int(full.pos[gone]), int(full.index[gone]))
+    assert find_node(full, target) == gone
+    with pytest.raises(ValueError, match=f"no lorsa {target.index} of layer {target.layer} at "
+                                         f"position {target.pos} in this graph"):  # fmt: skip
+        find_node(pruned, target)
+    with pytest.raises(ValueError, match="node targets are lorsa or transcoder nodes"):
+        find_node(full, NodeTarget("logit", 0, 0, 0))
+    with pytest.raises(TypeError, match="target must be a NodeTarget"):
+        find_node(full, gone)
 
 
 def test_the_json_of_a_graph_traced_from_a_node_marks_that_node_as_its_target(replacement, tokens):

@@ -50,7 +50,8 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 @dataclass(frozen=True)
 class Intervention:
-    """``ablate`` a node (set it to 0), ``clamp`` it to ``value`` or ``scale`` it by ``value``.
+    """``ablate`` a node (set it to 0), ``clamp`` it to ``value`` or ``scale`` it by ``value``
+    (which these two must be given: ``Intervention(node, "scale", 2.0)``).
 
     Embedding and error nodes have activation 1 (their write vector is the vector itself), so
     clamping one to 2 doubles the vector.
@@ -58,14 +59,16 @@ class Intervention:
 
     node: str  # a node id of the graph
     action: str = "ablate"
-    value: float = 0.0
+    value: float | None = None  # clamp's and scale's; ablate's is 0
 
     def __post_init__(self) -> None:
         """Checked here, whatever the graph: ``node`` a node id (a str), ``action`` one of
         ``ACTIONS``, and ``value`` a finite number within float32's range (the model computes
         in float32), kept as a Python float: any real number, a NumPy scalar or a one-element
         tensor (``graph.value[i] * 2``). Anything else is refused in one line (an int of 401
-        digits was an OverflowError, a list as the node "unhashable type": fuzz pass 13)."""
+        digits was an OverflowError, a list as the node "unhashable type": fuzz pass 13), and
+        so are a clamp or scale with no value and an ablation with one other than 0 (a
+        reviewer's ``Intervention(node, "scale")`` scaled by 0, an ablation, without a word)."""
         if not isinstance(self.node, str):
             raise TypeError(f"Intervention node must be a node id (a str), got a "
                             f"{type(self.node).__name__}")  # fmt: skip
@@ -73,6 +76,10 @@ class Intervention:
             raise ValueError(f"{self.node!r}: unknown action {self.action!r}; expected one of "
                              f"{', '.join(ACTIONS)}")  # fmt: skip
         value = self.value
+        if value is None and self.action != "ablate":
+            raise ValueError(f"{self.action} of {self.node!r} needs a value: "
+                             f"Intervention(node, {self.action!r}, value)")  # fmt: skip
+        value = 0.0 if value is None else value
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
@@ -86,6 +93,9 @@ class Intervention:
             raise ValueError(f"{self.action} of {self.node!r}: the value must be a finite number "
                              f"within float32's range ({FLOAT32_MAX:.3g}), in which the model "
                              f"computes; got {_short(self.value)}")  # fmt: skip
+        if self.action == "ablate" and number != 0:
+            raise ValueError(f"ablate of {self.node!r} sets it to 0, not {_short(self.value)}: "
+                             "clamp it to a value, or scale it by one")  # fmt: skip
         object.__setattr__(self, "value", number)
 
     def apply(self, clean: float) -> float:

@@ -880,6 +880,22 @@ def test_intervention_changes_agree_with_the_graph(graph, replacement):
             predict(graph, [Intervention(node, "scale", value)])
 
 
+def test_a_clamp_or_scale_needs_its_value_and_an_ablation_takes_none_but_0(graph):
+    """Found by a reviewer using the library: ``Intervention(node, "scale")`` scaled the node
+    by 0 and ``Intervention(node, "clamp")`` clamped it to 0 (both an ablation, without a
+    word), and ``Intervention(node, "ablate", 5.0)`` ablated, the 5 ignored."""
+    node = graph.ids[int(graph.is_kind("lorsa").nonzero()[0])]
+    for action in ("clamp", "scale"):
+        with pytest.raises(ValueError, match=f"{action} of '{node}' needs a value"):
+            Intervention(node, action)
+        with pytest.raises(ValueError, match=f"{action} of '{node}' needs a value"):
+            Intervention(node, action, None)
+    with pytest.raises(ValueError, match=f"ablate of '{node}' sets it to 0, not 5.0"):
+        Intervention(node, "ablate", 5.0)
+    assert Intervention(node).value == Intervention(node, "ablate", 0).value == 0.0
+    assert Intervention(node, "scale", 0).value == 0.0  # said: a scale by 0 is taken
+
+
 def test_an_edit_to_a_value_beyond_float32_is_refused(graph, replacement):
     """Found by fuzz pass 13: an int of 401 digits or a huge Fraction as an Intervention's
     value was an OverflowError from ``float``, and a scale by 3e38 (a float32) of a node of

@@ -27,7 +27,7 @@ from toy_models.cli import one_line
 from toy_models.records import Bounds, Share, from_json, is_finite_number, parse_json, to_plain
 
 from .graph import MODES, QKReason, softmax_pair, top_contradiction, untrained_words
-from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, kind_at_stage, stage_of
+from .nodes import EMBEDDING_STAGE, KINDS, Kind, block_of, kind_at_stage, node_id, stage_of
 
 VERSION = 9  # 2: a group's ``carried`` holds every key, with ``carried_own``; a target's
 # ``constants_by_source`` ranks ``own`` with the rest and leaves out zeros; 3: a head group's
@@ -498,6 +498,11 @@ class GroupRecord:
     # embeddings it comes from (BOS, a constant, left out; largest |flow| first, ``READS`` of
     # them): what the group's flow reads, as ``carried`` says it of a head group
     reads: list[TokenShare] = field(default_factory=list)
+    # each member's fields (``NodeRef``: kind, layer, stage, pos, index, the token there; a
+    # head's key read and QK head), in ``members``' order, so that a reader of the file needs
+    # no id parsed (a reviewer found a head group's head indices only in its member ids); empty
+    # in files written before it
+    member_nodes: list[NodeRef] = field(default_factory=list)
 
     def attention_of(self, key: str) -> AttentionCheck | None:
         """Its ablation's check of head group ``key``'s attention, if it has one."""
@@ -867,6 +872,7 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(all(h >= 0 for h in g.qk_heads) and len(set(g.qk_heads)) == len(g.qk_heads)
                 and (g.kind in ("lorsa", "mixed") or not g.qk_heads),
                 f"{where}.qk_heads: a head group's QK heads, each once")  # fmt: skip
+        _check_members(g, len(summary.tokens), where)  # (of those QK heads: after them)
         # a group's QK reasons are of its own QK heads, at its query and the key it reads
         # (a fuzz pass loaded a reason of layer 10**9 and printed it)
         _expect(all((r.layer, r.query, r.key) == (g.layer, g.pos, g.attends)
@@ -1211,6 +1217,30 @@ def _check_ref(ref: NodeRef, n_pos: int, at: str) -> None:
             "others)")  # fmt: skip
     _expect(ref.attends is None or (kind == Kind.LORSA and 0 <= ref.attends <= ref.pos),
             f"{at}.attends: {ref.attends} is not a key up to a head's position")  # fmt: skip
+
+
+def _check_members(g: GroupRecord, n_pos: int, where: str) -> None:
+    """A group's ``member_nodes`` (none in files before them): one per member, in order, each
+    a node (``_check_ref``) whose id its fields make, of the group's kind (any but a logit in
+    a mixed group), block and position where the group has one, a head of its QK heads."""
+    if not g.member_nodes:
+        return
+    _expect([ref.id for ref in g.member_nodes] == g.members,
+            f"{where}.member_nodes: not one per member, in the members' order")  # fmt: skip
+    for k, ref in enumerate(g.member_nodes):
+        at = f"{where}.member_nodes[{k}]"
+        _expect(ref.present and ref.kind in KINDS and ref.kind != "logit",
+                f"{at}: a member is a node of the prompt, not a {ref.kind!r}")  # fmt: skip
+        _check_ref(ref, n_pos, at)
+        _expect(node_id(Kind.parse(ref.kind), ref.stage, ref.pos, ref.index) == ref.id,
+                f"{at}: its fields make another id than {ref.id!r}")  # fmt: skip
+        _expect((g.kind == "mixed" or ref.kind == g.kind)
+                and (g.layer is None or ref.layer == g.layer)
+                and (g.pos is None or ref.pos == g.pos),
+                f"{at}: a {ref.kind} node of block {ref.layer} at {ref.pos}, not of its group's "
+                "kind and place")  # fmt: skip
+        _expect(ref.kind != "lorsa" or ref.qk_head in g.qk_heads,
+                f"{at}.qk_head: {ref.qk_head}, not a QK head of its group")  # fmt: skip
 
 
 def _main_input(ref: NodeRef, n_pos: int, at: str) -> dict:

@@ -328,6 +328,7 @@ def _summarize(
             attends_token=None if grp.attends is None else full.token_strings[grp.attends],
             qk_heads=grp.qk_heads, concept=grp.concept,
             members=[ids[m] for m in grp.members],
+            member_nodes=[node_ref(full, m, {}, unit=False) for m in grp.members],
             in_pruned=[ids[m] for m in grp.members if ids[m] in pruned_ids],
             flow=total,
             promotes=[token(x) for x in group_promoted_tokens(rw, full, grp.members)],
@@ -843,8 +844,11 @@ def _moved_fields(parts: dict) -> dict:
     return {k: parts[k] for k in ("heads_flow", "heads_own", "moved_by_position")}
 
 
-def node_ref(graph: Graph, i: int, concepts: Mapping, with_input: bool = False) -> NodeRef:
-    """A ``NodeRef`` of node ``i`` from the graph's fields."""
+def node_ref(
+    graph: Graph, i: int, concepts: Mapping, with_input: bool = False, unit: bool = True
+) -> NodeRef:
+    """A ``NodeRef`` of node ``i`` from the graph's fields (``unit`` False: without its
+    unit's concept and promoted tokens, as a group's ``member_nodes`` give it)."""
     kind = Kind(int(graph.kind[i]))
     stage, pos, index = int(graph.stage[i]), int(graph.pos[i]), int(graph.index[i])
     ref = NodeRef(
@@ -854,7 +858,7 @@ def node_ref(graph: Graph, i: int, concepts: Mapping, with_input: bool = False) 
     if kind == Kind.LORSA:
         ref.attends = int(graph.attends[i])
         ref.qk_head = graph.qk_head(i)
-    if kind in (Kind.LORSA, Kind.TRANSCODER):
+    if kind in (Kind.LORSA, Kind.TRANSCODER) and unit:
         found = concepts.get(unit_id(kind, stage, index))
         if found is not None:
             ref.concept, ref.concept_f1 = found[0], found[1]

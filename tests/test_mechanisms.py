@@ -3595,6 +3595,49 @@ def test_a_summary_with_a_hand_made_group_of_several_kinds_saves_and_loads(
         load_summary(path)
 
 
+def test_a_groups_members_have_their_fields_in_the_summary_file(graph, replacement, run, tmp_path):
+    """A reviewer reading mechanisms.json in a notebook found a group's members only as node
+    ids ('4_315_26'): a head group's head indices, or the place of any member the pruned graph
+    had dropped, could be had only by parsing them. Each member's fields are in
+    ``member_nodes`` (a ``NodeRef`` per member, in order); a file whose fields make another id,
+    or place a member outside its group, is refused."""
+    summary = summarize(replacement, graph, run, check=False)
+    for g in summary.groups:
+        assert [ref.id for ref in g.member_nodes] == g.members
+        for ref in g.member_nodes:
+            i = graph.id_to_index[ref.id]
+            assert (ref.kind, ref.layer, ref.stage, ref.pos, ref.index) == (
+                graph.kinds[i], int(graph.layer[i]), int(graph.stage[i]), int(graph.pos[i]),
+                int(graph.index[i]))  # fmt: skip
+            assert ref.qk_head == (graph.qk_head(i) if ref.kind == "lorsa" else None)
+    path = tmp_path / "mechanisms.json"
+    save_summary(summary, path)
+    assert load_summary(path).to_dict() == summary.to_dict()
+    d = summary.to_dict()
+    i, g = next((i, g) for i, g in enumerate(d["groups"]) if g["kind"] == "lorsa")
+    for edit, message in (
+        (lambda m: m[0].update(index=m[0]["index"] + 1), "its fields make another id"),
+        (lambda m: m.reverse() if len(m) > 1 else m.append(dict(m[0])), "one per member"),
+        (lambda m: m[0].update(kind="logit"), "a member is a node of the prompt"),
+    ):
+        forged = copy.deepcopy(d)
+        edit(forged["groups"][i]["member_nodes"])
+        path.write_text(json.dumps(forged))
+        with pytest.raises(ValueError, match=message):
+            load_summary(path)
+    forged = copy.deepcopy(d)  # a head group's member at another query, its id to match
+    ref = forged["groups"][i]["member_nodes"][0]
+    ref["pos"] = ref["attends"] = 0
+    ref["id"] = forged["groups"][i]["members"][0] = f"{ref['stage'] - 1}_{ref['index']}_0"
+    forged["groups"][i]["in_pruned"] = []
+    path.write_text(json.dumps(forged))
+    with pytest.raises(ValueError, match="not of its group's kind and place"):
+        load_summary(path)
+    del d["groups"][i]["member_nodes"]  # a file written before them
+    path.write_text(json.dumps(d))
+    assert load_summary(path).groups[i].member_nodes == []
+
+
 def test_a_share_and_its_whole_print_apart_where_they_differ():
     """A QK source's share beside its side's whole: three figures, more where those print two
     different numbers alike (a reviewer read "+13.2 of the side's +13.2 (more than the

@@ -34,7 +34,7 @@ from replacement.model import ReplacementModel, hook_name
 from toy_models.model import attention_pattern
 
 from .attribution import PromptRun, decoder_bias, run_for_graph
-from .graph import Graph, checked_flag, checked_graph
+from .graph import Graph, checked_flag, checked_graph, checked_index
 from .nodes import Kind, block_of, logit_stage, stage_of, sublayer_kind
 from .prune import check_rows_close, row_block
 
@@ -516,6 +516,7 @@ def _rerun_batch(
     return out
 
 
+@torch.no_grad()  # a float of each: called alone, torch warned of the weights' gradients
 def side_attention(
     lorsa,
     clean: Float[Tensor, "pos d_model"],
@@ -529,7 +530,15 @@ def side_attention(
     the other way round: through which side a change of the input moves the attention (a
     reviewer: a group at the key named as the writer of the query side, its ablation taking
     the attention 0.57 -> 0.005, when the query alone took it to 0.54 and the keys alone to
-    0.008). The two need not add up to the change with both: the softmax is not linear."""
+    0.008). The two need not add up to the change with both: the softmax is not linear.
+    ``qk_head``, ``query`` and ``key`` (at or before the query) are refused in one line outside
+    the layer and the prompt (a key of -1 read the query's own attention, without a word)."""
+    if clean.shape != after.shape or clean.ndim != 2:
+        raise ValueError(f"clean and after must be one prompt's Lorsa inputs (pos, d_model) "
+                         f"alike, got {tuple(clean.shape)} and {tuple(after.shape)}")  # fmt: skip
+    qk_head = checked_index(qk_head, "qk_head", lorsa.cfg.n_qk_heads)
+    query = checked_index(query, "query", len(clean))
+    key = checked_index(key, "key (at or before the query)", query + 1)
     keys = slice(0, query + 1)
     W_Q, b_Q = lorsa.W_Q[qk_head], lorsa.b_Q[qk_head]
     W_K, b_K = lorsa.W_K[qk_head], lorsa.b_K[qk_head]

@@ -27,6 +27,7 @@ from circuits.interventions import (
     first_order,
     intervene,
     predict,
+    side_attention,
 )
 from circuits.neuronpedia import to_json
 from circuits.prune import (
@@ -894,6 +895,30 @@ def test_a_clamp_or_scale_needs_its_value_and_an_ablation_takes_none_but_0(graph
         Intervention(node, "ablate", 5.0)
     assert Intervention(node).value == Intervention(node, "ablate", 0).value == 0.0
     assert Intervention(node, "scale", 0).value == 0.0  # said: a scale by 0 is taken
+
+
+def test_side_attention_refuses_a_key_or_query_outside_the_prompt(replacement, tokens):
+    """Found by a reviewer using the library: ``side_attention(..., query=5, key=-1)`` read
+    the attention to the query itself (a key read from the end), and a key after its query or a
+    query of -1 was torch's IndexError. Each is refused in one line naming the argument."""
+    run = run_prompt(replacement, tokens)
+    x, lorsa = run.lorsa_in[1], replacement.lorsas[1]
+    q = len(tokens) - 1
+    assert side_attention(lorsa, x, x, 0, q, q) == pytest.approx(
+        (float(run.patterns[1][0, q, q]),) * 2, rel=1e-5)  # fmt: skip
+    n_qk = lorsa.cfg.n_qk_heads
+    for args, message in (
+        ((0, q, -1), rf"key \(at or before the query\) -1 is outside 0..{q}"),
+        ((0, 1, 2), r"key \(at or before the query\) 2 is outside 0..1"),
+        ((0, -1, 0), rf"query -1 is outside 0..{q}"),
+        ((0, q + 1, 0), rf"query {q + 1} is outside 0..{q}"),
+        ((n_qk, q, 0), rf"qk_head {n_qk} is outside 0..{n_qk - 1}"),
+        ((0, float(q), 0), "query must be an integer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            side_attention(lorsa, x, x, *args)
+    with pytest.raises(ValueError, match="one prompt's Lorsa inputs"):
+        side_attention(lorsa, x, x[:-1], 0, 1, 0)
 
 
 def test_an_edit_to_a_value_beyond_float32_is_refused(graph, replacement):

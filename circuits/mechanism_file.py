@@ -872,7 +872,6 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         _expect(all(h >= 0 for h in g.qk_heads) and len(set(g.qk_heads)) == len(g.qk_heads)
                 and (g.kind in ("lorsa", "mixed") or not g.qk_heads),
                 f"{where}.qk_heads: a head group's QK heads, each once")  # fmt: skip
-        _check_members(g, len(summary.tokens), where)  # (of those QK heads: after them)
         # a group's QK reasons are of its own QK heads, at its query and the key it reads
         # (a fuzz pass loaded a reason of layer 10**9 and printed it)
         _expect(all((r.layer, r.query, r.key) == (g.layer, g.pos, g.attends)
@@ -1028,6 +1027,8 @@ def _summary_from_dict(d: dict) -> MechanismSummary:
         where = f"paths[{i}]"
         _expect(p.target in targets and set(p.groups) <= set(keys), f"{where}: unknown names")
         _check_path(p, [groups[k] for k in p.groups], where)
+    for i, g in enumerate(summary.groups):  # last: a forged group's own fields are named first
+        _check_members(g, len(summary.tokens), f"groups[{i}]")
     return summary
 
 

@@ -1390,16 +1390,3 @@ def test_a_graph_attribute_builds_is_known_to_close_without_a_second_pass(graph,
     with pytest.raises(ValueError, match="incoming edges and bias sum to"):
         check_full_graph(broken)
     assert not known_closed(broken)
-
-
-def test_an_edit_of_a_logit_node_is_refused_by_predict_and_intervene(graph, replacement):
-    """Found by a reviewer using the library: ``predict`` took a clamp of a logit node (a
-    target, no source) and gave the clamp itself back as the logit's predicted change
-    (-13.85 on ``x7 y3 z9 :: x7 y3``), while ``intervene`` refused the same edit only after
-    the clean rerun. Both refuse it in one line, before any work."""
-    logit = graph.ids[int(graph.is_kind("logit").nonzero()[0])]
-    for edit in ([Intervention(logit, "clamp", 1.0)], [Intervention(logit)]):
-        with pytest.raises(ValueError, match=f"{logit} is a logit node: only sources"):
-            predict(graph, edit)
-        with pytest.raises(ValueError, match=f"{logit} is a logit node: only sources"):
-            intervene(replacement, graph, edit)

@@ -34,7 +34,6 @@ from toy_models.tokenizer import BOS, bos_id, token_text, tokenizer_sha256
 
 from .graph import (
     N_PROMOTED,
-    NODE_TARGETS,
     Graph,
     LogitRecord,
     checked_count,
@@ -613,7 +612,7 @@ def attribute(
     for i in given:
         graph.target_weight[i] = 1.0
     if given:  # their order, which node order is not (a reviewer's two printed reversed)
-        graph.settings[NODE_TARGETS] = [graph.ids[i] for i in given]
+        graph.node_targets = given
     if targets is not None:
         graph.target_weight /= graph.target_weight.sum()
     graph.settings["closure_error"] = _closure(edges.row_sum, edges.row_abs, bias, value)

@@ -17,11 +17,12 @@ reads: the largest term of its z-pattern, where its activation comes from most; 
 attention there), ``promotes`` (the tokens a head's or feature's decoder
 promotes most through the unembedding), ``logit_targets`` (the resolved logit targets, one
 record per logit node, in node order), ``mode``, ``group_size`` (OV heads per Lorsa QK head),
-``positional`` (False for global graphs, whose nodes are units) and ``global_record`` (how a
-global graph was made: grown upstream or downstream, or a QK circuit). ``token_text`` holds the
-text of every token id the graph refers to. Ids (``ids``) are derived from the fields for
-files and people; readable labels are made in ``reports.labels``. ``settings`` is provenance
-only (thresholds, timings, scores).
+``positional`` (False for global graphs, whose nodes are units), ``global_record`` (how a
+global graph was made: grown upstream or downstream, or a QK circuit), ``node_targets`` (the
+head and feature targets in the order given) and ``pruned`` (a part of the full graph, whose
+rows need not close). ``token_text`` holds the text of every token id the graph refers to.
+Ids (``ids``) are derived from the fields for files and people; readable labels are made in
+``reports.labels``. ``settings`` is provenance only (thresholds, timings, scores).
 
 A loaded graph is untrusted: ``load`` validates every field (``circuits.graph_file``) before
 anything uses it, and refuses with one line naming the file and the field.
@@ -58,7 +59,10 @@ from .nodes import KINDS, Kind, block_of, logit_stage, node_id, unit_id
 # (``LogitRecord.negative_probability``, and the model's in sparse mode), and a sparse graph's
 # ``model`` entry the model's own most likely next token (``Graph.model_top``); 9: a global
 # graph says how it was made in a typed record (``Graph.global_record``), no longer in its
-# settings' ``direction``, ``edge_weights`` and ``qk_circuit``
+# settings' ``direction``, ``edge_weights`` and ``qk_circuit``, and a prompt's graph gives the
+# order its head and feature targets were given in (``Graph.node_targets``) and whether it is a
+# part of its full graph (``Graph.pruned``), no longer its settings' ``node_targets`` and
+# ``unpruned``
 FORMAT_VERSION = 9
 SAME_P = 1e-6  # two float32 probabilities of one token read apart (a file's checks)
 MODES = ("local", "sparse")
@@ -66,10 +70,8 @@ N_PROMOTED = 3  # tokens kept per head/feature in ``promotes``
 QK_BIAS = "bias"  # the query/key bias side where a record names units (None where nodes)
 # The graph-level attributes ``Graph.to_networkx`` sets itself, beside ``settings``' keys (a
 # setting of one of these names is refused there and in a graph file, never let to shadow it).
-RESERVED_SETTINGS = ("prompt", "tokens", "mode", "positional", "global")
-# the setting naming a graph's head and feature targets (``NodeTarget``) in the order they were
-# given (``circuits.attribution.attribute``): ``circuits.interventions.target_nodes`` follows it
-NODE_TARGETS = "node_targets"
+RESERVED_SETTINGS = ("prompt", "tokens", "mode", "positional", "global", "node_targets",
+                     "pruned")  # fmt: skip
 # the setting of a global graph holding what it keeps of its start's own total
 # (``circuits.global_graph.start_coverage``): of its edges as grown, so a subgraph drops it
 START_EDGES = "start_edges"
@@ -414,6 +416,14 @@ class Graph:
     model: dict = field(default_factory=dict)  # names and weight hashes
     settings: dict = field(default_factory=dict)  # provenance: thresholds, timings, scores
     global_record: GlobalRecord | None = None  # how a global graph was made; None: a prompt's
+    # the head and feature targets (``NodeTarget``, positive ``target_weight``) in the order
+    # they were given (``circuits.attribution.attribute``), as node indices; None: node order
+    # (none given, or a graph built by hand). ``target_order`` follows it
+    node_targets: list[int] | None = None
+    # a part of its prompt's full graph (``subgraph``, ``prune_graph``): nodes or edges were
+    # dropped, so its rows need not close (a full graph's must: ``circuits.graph_file``); the
+    # full graph's size is provenance, ``settings["unpruned"]``
+    pruned: bool = False
 
     @property
     def n_nodes(self) -> int:
@@ -635,19 +645,21 @@ class Graph:
         qk_keys = self.qk_keys(keep)
         logit_nodes = (self.kind == Kind.LOGIT).nonzero().squeeze(1).tolist()
         kept_logits = set(idx[self.kind[keep].numpy() == Kind.LOGIT].tolist())
-        settings = self.settings
+        settings, pruned = self.settings, self.pruned
         if edges is not None or len(idx) < self.n_nodes:  # no longer every node and edge:
-            # say so (``unpruned``, the whole graph's size), as ``prune_graph`` does, or its
-            # file would be read as a full graph, whose rows must close
+            # say so (``pruned``), as ``prune_graph`` does, or its file would be read as a
+            # full graph, whose rows must close; the whole graph's size is provenance
+            pruned = True
             whole = {"nodes": self.n_nodes, "edges": self.n_edges}
             settings = {**settings, "unpruned": settings.get("unpruned", whole)}
             settings.pop(START_EDGES, None)  # of the edges as grown: no longer these
             settings.pop(RELIABILITY, None)
         targets = [r for n, r in zip(logit_nodes, self.logit_targets, strict=True)
                    if n in kept_logits]  # fmt: skip
-        if isinstance(settings.get(NODE_TARGETS), list):  # the order given, of those kept
-            kept = {self.ids[i] for i in idx.tolist()}
-            settings = {**settings, NODE_TARGETS: [x for x in settings[NODE_TARGETS] if x in kept]}
+        node_targets = self.node_targets
+        if node_targets is not None:  # the order given, of those kept, as the new indices
+            new = {old: i for i, old in enumerate(idx.tolist())}
+            node_targets = [new[i] for i in node_targets if i in new]
         model = self.model
         if "untrained_targets" in model:  # of the targets kept
             named = {x for r in targets for x in r.tokens}
@@ -657,6 +669,8 @@ class Graph:
             self,
             settings=settings,
             model=model,
+            node_targets=node_targets,
+            pruned=pruned,
             kind=self.kind[keep],
             stage=self.stage[keep],
             pos=self.pos[keep],
@@ -711,25 +725,47 @@ class Graph:
     def target_order(self) -> list[int]:
         """The nodes the graph explains: its logit nodes in node order, then the heads and
         features it was traced from (positive ``target_weight``) in the order they were given
-        (its ``NODE_TARGETS`` setting, checked where a file is read; node order without one).
-        The first is the summary's first target, whose flows rank the groups it checks beyond
-        each target's own (so the order given decides which groups fill the checks)."""
-        logits = self.is_kind(Kind.LOGIT)
-        others = self.given_targets()
-        if others is None:
-            others = (self.is_target & ~logits).nonzero().squeeze(1).tolist()
-        return logits.nonzero().squeeze(1).tolist() + others
+        (``given_targets``). The first is the summary's first target, whose flows rank the
+        groups it checks beyond each target's own (so the order given decides which groups
+        fill the checks)."""
+        return self.is_kind(Kind.LOGIT).nonzero().squeeze(1).tolist() + self.given_targets()
 
-    def given_targets(self) -> list[int] | None:
-        """The head and feature targets in the order its ``NODE_TARGETS`` setting gives them,
-        or None where that setting is absent or not the ids of exactly those targets, each
-        once (a graph file with one is refused: ``circuits.graph_file``)."""
-        given, index = self.settings.get(NODE_TARGETS), self.id_to_index
-        others = (self.is_target & (self.kind != Kind.LOGIT)).nonzero().squeeze(1).tolist()
-        if not (isinstance(given, list) and all(isinstance(x, str) for x in given)):
+    def given_targets(self) -> list[int]:
+        """The head and feature targets in the order given (``node_targets``; node order where
+        None), checked (``node_targets_problem``): a one-line ValueError where they are not
+        those targets."""
+        problem = self.node_targets_problem()
+        if problem is not None:
+            raise ValueError(f"node_targets {problem}")
+        if self.node_targets is None:
+            return (self.is_target & (self.kind != Kind.LOGIT)).nonzero().squeeze(1).tolist()
+        return [int(i) for i in self.node_targets]
+
+    def node_targets_problem(self) -> str | None:
+        """What is wrong with ``node_targets`` (None: nothing; None itself is node order): each
+        must be a node index in range, once, of a head or feature with a positive target
+        weight, and together every target that is not a logit. The one check of them, for
+        ``given_targets`` and a graph file (``circuits.graph_file``)."""
+        given = self.node_targets
+        if given is None:
             return None
-        order = [index.get(x, -1) for x in given]
-        return order if sorted(order) == others else None
+        if not isinstance(given, list) or not all(is_integer(i) for i in given):
+            return f"must be a list of node indices, got {given!r:.60}"
+        outside = [i for i in given if not 0 <= i < self.n_nodes]
+        if outside:
+            return f"names node {outside[0]}, outside 0..{self.n_nodes - 1}"
+        twice = [i for n, i in enumerate(given) if i in given[:n]]
+        if twice:
+            return f"names node {self.ids[twice[0]]} twice"
+        other = [i for i in given if Kind(int(self.kind[i])) not in (Kind.LORSA, Kind.TRANSCODER)]
+        if other:
+            return f"names node {self.ids[other[0]]}, no head or feature"
+        weightless = [i for i in given if not self.target_weight[i] > 0]
+        if weightless:
+            return f"names node {self.ids[weightless[0]]}, which has no target weight"
+        others = (self.is_target & (self.kind != Kind.LOGIT)).nonzero().squeeze(1).tolist()
+        left = [i for i in others if i not in given]
+        return f"leaves out the target {self.ids[left[0]]}" if left else None
 
     def read_key(self, node: int) -> int | None:
         """The key position a Lorsa head node reads (``attends``: the one its activation comes
@@ -752,9 +788,11 @@ class Graph:
         """Nodes keyed by id with every attribute (``labels``, e.g. ``reports.labels
         .node_labels(graph)``, adds a ``label``); edges source -> target with ``weight``.
         Graph attributes: ``prompt``, ``tokens`` (token strings), ``mode``, ``positional``,
-        ``global`` (a global graph's ``GlobalRecord.to_dict()``, None for a prompt's) and each
-        entry of ``settings`` beside them, as ``g.graph["closure_error"]``; a setting named
-        like one of the five is refused rather than let to shadow it."""
+        ``global`` (a global graph's ``GlobalRecord.to_dict()``, None for a prompt's),
+        ``node_targets`` (the ids of the head and feature targets in the order given:
+        ``given_targets``), ``pruned`` and each entry of ``settings`` beside them, as
+        ``g.graph["closure_error"]``; a setting named like one of the seven is refused rather
+        than let to shadow it."""
         reserved = [key for key in RESERVED_SETTINGS if key in self.settings]
         if reserved:
             raise ValueError(f"settings[{reserved[0]!r}] would shadow the graph's own "
@@ -763,6 +801,7 @@ class Graph:
             prompt=self.prompt, tokens=self.token_strings, mode=self.mode,
             positional=self.positional,
             **{"global": None if self.global_record is None else self.global_record.to_dict()},
+            node_targets=[self.ids[i] for i in self.given_targets()], pruned=self.pruned,
         )  # fmt: skip
         g.graph.update(self.settings)  # any key a dict holds (a keyword must be a string)
         if labels is not None and len(labels) != self.n_nodes:

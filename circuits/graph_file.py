@@ -18,19 +18,22 @@ tokens, header types and lengths, header integers within the int64 arrays'; per 
 fields of its kind alone (a key read by a prompt's heads, ``promotes`` by heads and features,
 the writer's -1 or NaN elsewhere), target weights in 0..1 summing to at most 1 (a grown
 global graph's: 1 on its start alone), a global graph's record of how it was made
-(``GlobalRecord``; none for a prompt's graph), and every token id with a text where
-``token_text`` has any (the file holds no vocabulary size nor a
-layer's width: a model checks indices against its own); a problem is one ``ValueError``
+(``GlobalRecord``; none for a prompt's graph), the head and feature targets in the order given
+(``node_targets``: null, or node indices in range, each once, of heads and features with a
+positive target weight, together every target that is not a logit), and every token id with a
+text where ``token_text`` has any (the file holds no vocabulary size nor a layer's width: a
+model checks indices against its own); a problem is one ``ValueError``
 naming the file and the field.
 
 And the sums that tie fields together, what the graph's "exact" claims rest on: a prompt's
 heads, features and logits have their value as their activation; influence is never
 negative; each QK record's listed pairs plus its ``rest`` make its score, and its reason's
-four parts the score and its pairs plus ``rest`` the specific part; a prompt's full graph (no
-``unpruned`` setting: ``prune_graph`` writes one) closes row by row (each head, feature and
-target's incoming edges plus its bias are its activation). A pruned graph has lost edges by
-design, so its edges can be checked against nothing in the file: they are what the trace
-wrote, as far as the checksum goes (a reviewer doubled every edge and recomputed it).
+four parts the score and its pairs plus ``rest`` the specific part; a prompt's full graph
+(``pruned`` false: ``Graph.subgraph`` and ``prune_graph`` set it) closes row by row (each
+head, feature and target's incoming edges plus its bias are its activation). A pruned graph
+(``pruned`` true; the full graph's size is provenance, ``settings["unpruned"]``) has lost
+edges by design, so its edges can be checked against nothing in the file: they are what the
+trace wrote, as far as the checksum goes (a reviewer doubled every edge and recomputed it).
 """
 
 from __future__ import annotations
@@ -55,7 +58,6 @@ from .graph import (
     FORMAT_VERSION,
     GLOBAL_METHODS,
     MODES,
-    NODE_TARGETS,
     QK_BIAS,
     QK_SOURCE_KINDS,
     QK_SOURCE_SIDES,
@@ -80,8 +82,8 @@ MAX_NODES = 50_000_000
 MAX_INT = 2**63 - 1
 # the header's keys, as ``save_graph`` writes them
 HEADER_KEYS = ("format_version", "prompt", "token_strings", "n_layers", "token_text",
-               "logit_targets", "mode", "group_size", "positional", "global", "qk", "model",
-               "settings", "sha256")  # fmt: skip
+               "logit_targets", "mode", "group_size", "positional", "global", "node_targets",
+               "pruned", "qk", "model", "settings", "sha256")  # fmt: skip
 
 _INT = (torch.int64, torch.int32)
 _FLOAT = (torch.float32,)
@@ -150,6 +152,8 @@ def _to_file(graph: Graph) -> tuple[dict[str, Tensor], dict[str, str]]:
         "group_size": graph.group_size,
         "positional": graph.positional,
         "global": None if graph.global_record is None else {"method": graph.global_record.method},
+        "node_targets": graph.node_targets,
+        "pruned": graph.pruned,
         "qk": [a.to_dict() for a in graph.qk],
         "model": graph.model,
         "settings": graph.settings,
@@ -291,6 +295,12 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     _require(1 <= group_size <= MAX_INT, "group_size", f"{group_size} is outside 1..{MAX_INT}")
     positional = _typed(header, "positional", bool)
     global_record = _global_record(header, positional)
+    pruned = _typed(header, "pruned", bool)
+    _require("node_targets" in header, "node_targets", "missing")
+    node_targets = header["node_targets"]  # null, or indices (``Graph.given_targets`` checks)
+    _require(node_targets is None or (isinstance(node_targets, list) and all(
+        type(i) is int for i in node_targets)), "node_targets",
+        "expected null or a list of node indices")  # fmt: skip
     token_text = _token_text(_typed(header, "token_text", list))
 
     _check_nodes(node, n_layers, len(tokens), positional, group_size)
@@ -359,6 +369,8 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
         model=_model(_typed(header, "model", dict), len(tokens), mode),
         settings=settings,
         global_record=global_record,
+        node_targets=node_targets,
+        pruned=pruned,
     )
     _require(len(set(graph.ids)) == n, "kind", "two nodes have one id (kind, stage, position "
              "and index repeated)")  # fmt: skip
@@ -366,10 +378,9 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
         weights = node["target_weight"]
         _require(int((weights != 0).sum()) == 1 and float(weights.max()) == 1, "target_weight",
                  "a grown global graph's is not 1 on its start and 0 elsewhere")  # fmt: skip
-    # the order the head and feature targets were given in (``Graph.given_targets``)
-    _require(NODE_TARGETS not in settings or graph.given_targets() is not None,
-             f"settings.{NODE_TARGETS}", "not the ids of the graph's head and feature targets, "
-             "each once")  # fmt: skip
+    # the order the head and feature targets were given in (the graph owns the check)
+    problem = graph.node_targets_problem()
+    _require(problem is None, "node_targets", str(problem))
     # each QK record is of a head the graph holds at its query (``qk_attribution`` makes them
     # so, ``Graph.subgraph`` keeps them so), which ties ``group_size`` to the records
     heads = graph.qk_keys(torch.arange(n))
@@ -390,10 +401,10 @@ def _build(metadata: dict, tensors: dict[str, Tensor], check_sha: bool = True) -
     # to 1), so at most their sum, itself at most 1 (checked above)
     top = 0.0 if influence is None or not len(influence) else float(influence.max())
     _require(top <= 1 + SAME, "influence", "above 1 (a share of the targets' weight, 1 at most)")
-    if positional and "unpruned" not in settings:  # a full graph: every row closes
+    if positional and not pruned:  # a full graph: every row closes
         _require(not len(open_rows(graph, *row_sums(graph.edges))), "edges",
-                 "a full graph's incoming edges plus bias are not a node's activation (no "
-                 "'unpruned' setting says edges were dropped)")  # fmt: skip
+                 "a full graph's incoming edges plus bias are not a node's activation (it "
+                 "does not say it is pruned)")  # fmt: skip
     return graph
 
 

@@ -163,6 +163,10 @@ def to_json(
             "positional": graph.positional,
             # how a global graph was made (``GlobalRecord.to_dict``); None: a prompt's graph
             "global": None if graph.global_record is None else graph.global_record.to_dict(),
+            # the head and feature targets in the order given (``Graph.given_targets``), and
+            # whether the graph is a part of its full graph (``Graph.pruned``)
+            "node_targets": [ids[i] for i in graph.given_targets()],
+            "pruned": graph.pruned,
             "settings": graph.settings,
             # in the order the summary and the printout give (logits, then head and feature
             # targets as given: a review found node order here against the given one there)

@@ -293,6 +293,8 @@ def _summary_html(graph: Graph) -> str:
     if record is not None:  # how it was made, in the rows its settings gave before format 9
         grown = {} if record.direction is None else {"direction": record.direction}
         settings |= grown | {"edge_weights": record.edge_weights}
+    if graph.node_targets is not None:  # the order given, in the row its setting gave before
+        settings["node_targets"] = [graph.ids[i] for i in graph.given_targets()]
     rows.extend((str(k), _format_setting(v)) for k, v in sorted(settings.items(), key=str))
     body = "\n".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
     return f'<table class="summary">\n{body}\n</table>'

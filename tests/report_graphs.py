@@ -186,6 +186,7 @@ def make_graph(*, influence: bool = True) -> Graph:
         mode="local",
         group_size=2,
         # an excerpt of a larger graph, as a trace's pruned one is (its rows need not close)
+        pruned=True,
         settings={
             "scores": {"replacement": 0.75, "completeness": 0.9},
             "node_threshold": 0.8,

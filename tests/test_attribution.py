@@ -381,6 +381,28 @@ def test_the_json_of_a_graph_traced_from_a_node_marks_that_node_as_its_target(re
     assert len(data["metadata"]["info"]["targets"]) == 2
 
 
+def test_node_targets_keep_the_order_given_whatever_the_settings(replacement, tokens):
+    """The order head and feature targets were given in is a field (``Graph.node_targets``),
+    not a setting: with the provenance replaced it holds, and a subgraph keeps it in its own
+    indices (before, a graph whose settings lacked ``node_targets`` explained them in node
+    order)."""
+    from circuits.interventions import target_nodes
+
+    full = attribute(replacement, tokens)
+    features = full.is_kind("transcoder").nonzero().squeeze(1).tolist()
+    low, high = features[0], features[-1]
+    spec = lambda i: NodeTarget("transcoder", int(full.layer[i]), int(full.pos[i]),  # noqa: E731
+                                int(full.index[i]))  # fmt: skip
+    graph = attribute(replacement, tokens, targets=[LogitTarget(7), spec(high), spec(low)])
+    given = [full.ids[high], full.ids[low]]
+    graph.settings = {}  # provenance replaced
+    assert [graph.ids[i] for i in target_nodes(graph)[1:]] == given
+    part = graph.subgraph(list(range(1, graph.n_nodes)))  # every index one lower
+    assert [part.ids[i] for i in target_nodes(part)[1:]] == given
+    pruned = prune_graph(graph)  # node targets always stay
+    assert [pruned.ids[i] for i in target_nodes(pruned)[1:]] == given
+
+
 @pytest.mark.parametrize("mode", ["local", "sparse"])
 def test_interventions_read_a_node_targets_pre_activation(replacement, tokens, mode):
     """With a head or feature as a target (beside a logit), an intervention measures its

@@ -236,9 +236,11 @@ FORGED = {
         _set("value", lambda t: t * 3), None, "value: a head's, feature's or logit's value is not",
     ),
     "negative influence": (_set("influence", lambda t: -t - 1), None, "influence: negative"),
-    "a graph without the setting that says it was pruned": (
-        None, lambda h: h["settings"].pop("unpruned"), "edges: a full graph's incoming edges",
+    "a graph that does not say it was pruned": (
+        None, lambda h: h.__setitem__("pruned", False), "edges: a full graph's incoming edges",
     ),
+    "pruned that is no bool": (None, lambda h: h.__setitem__("pruned", 1), "pruned: expected bool"),
+    "no pruned": (None, lambda h: h.pop("pruned"), "pruned: missing"),
 }  # fmt: skip
 
 
@@ -280,22 +282,30 @@ def test_a_qk_reason_must_close(tmp_path):
 
 
 def test_a_full_graph_closes_or_is_refused(tmp_path, random_model, make_replacement):
-    """A prompt's full graph (``attribute``'s, no ``unpruned`` setting) loads back; with one
-    edge doubled and its checksum recomputed it is refused: its rows no longer close."""
+    """A prompt's full graph (``attribute``'s, ``pruned`` False) loads back; with one edge
+    doubled and its checksum recomputed it is refused: its rows no longer close. A part of it
+    says so in a field (``Graph.pruned``), not its provenance: with its settings replaced it
+    still saves and loads (it was refused, read as a full graph, without ``unpruned``)."""
     from circuits.attribution import attribute
 
     replacement = make_replacement(random_model)
     full = attribute(replacement, torch.tensor([1, 5, 9, 3, 7]), mode="local", max_logits=2)
-    assert "unpruned" not in full.settings
+    assert not full.pruned and "unpruned" not in full.settings
     path = tmp_path / "full.safetensors"
     full.save(path)
-    assert Graph.load(path).n_edges == full.n_edges
+    assert Graph.load(path).n_edges == full.n_edges and not Graph.load(path).pruned
     # a subgraph holds fewer nodes: marked as such (as prune_graph marks), it saves and loads
     part = full.subgraph(list(range(0, full.n_nodes, 2)))
+    assert part.pruned and not full.pruned
     assert part.settings["unpruned"] == {"nodes": full.n_nodes, "edges": full.n_edges}
+    part.settings = {}  # provenance replaced: the graph is still a part
     part.save(tmp_path / "part.safetensors")
     assert Graph.load(tmp_path / "part.safetensors").n_nodes == part.n_nodes
-    assert "unpruned" not in full.subgraph(list(range(full.n_nodes))).settings  # all of it
+    assert Graph.load(tmp_path / "part.safetensors").pruned
+    whole = full.subgraph(list(range(full.n_nodes)))  # all of it
+    assert not whole.pruned and "unpruned" not in whole.settings
+    pruned = prune_graph(full, node_threshold=0.5, edge_threshold=0.5)
+    assert pruned.pruned and pruned.settings["unpruned"]["edges"] == full.n_edges
     header, tensors = read(path)
     tensors["edges.data"] = tensors["edges.data"].clone()
     tensors["edges.data"][int(tensors["edges.data"].abs().argmax())] *= 2
@@ -881,3 +891,90 @@ def test_a_qk_contrast_is_bounded_by_its_attention():
         with pytest.raises(_Bad) as refused:
             _check_contrast(contrast, 3.0, attention, query)
         assert refused.value.field == "qk.contrast" and refused.value.problem.startswith(message)
+
+
+def with_node_targets() -> Graph:
+    """``make_graph`` traced from two of its nodes beside its logits, given in the reverse
+    of node order (a head, then a feature before it): ``Graph.node_targets``."""
+    graph = make_graph()
+    graph.target_weight = graph.target_weight / 2
+    feature, head = graph.ids.index("1_17_1"), graph.ids.index("2_2_3")
+    graph.target_weight[[feature, head]] = 0.25
+    graph.value[[feature, head]] = graph.activation[[feature, head]]  # a target's is known
+    graph.node_targets = [head, feature]
+    return graph
+
+
+def test_the_order_node_targets_were_given_in_is_a_field_every_export_carries(tmp_path):
+    """The head and feature targets' order (``Graph.node_targets``, once the ids in
+    ``settings["node_targets"]``) round-trips through the file, graph.json and networkx, and
+    a subgraph keeps it in its own indices: before, a graph whose settings lacked the key (a
+    caller's settings replaced) explained its targets in node order."""
+    from circuits.neuronpedia import to_json
+
+    graph = with_node_targets()
+    graph.settings = {"unpruned": {"nodes": 40, "edges": 400}}  # provenance alone
+    given = ["2_2_3", "1_17_1"]
+    assert [graph.ids[i] for i in graph.target_order()] == ["5_11_3", "5_7_3", *given]
+    graph.save(tmp_path / "g.safetensors")
+    back = Graph.load(tmp_path / "g.safetensors")
+    assert back.node_targets == graph.node_targets and back.pruned
+    assert [back.ids[i] for i in back.target_order()][2:] == given
+    info = to_json(back, back.ids)["metadata"]["info"]
+    assert info["node_targets"] == given and info["pruned"] is True
+    assert "node_targets" not in info["settings"]
+    assert back.to_networkx().graph["node_targets"] == given
+    write_html(back, tmp_path / "g.html", None)  # the page's row its setting gave before
+    row = "<th>node_targets</th><td>[&quot;2_2_3&quot;, &quot;1_17_1&quot;]</td>"
+    assert row in (tmp_path / "g.html").read_text(encoding="utf-8")
+    # a subgraph without the first token and the feature: the head alone, at its new index
+    dropped = ("E_0_0", "1_17_1")
+    part = graph.subgraph([i for i in range(graph.n_nodes) if graph.ids[i] not in dropped])
+    assert [part.ids[i] for i in part.node_targets] == ["2_2_3"]
+    # none given (node order), saved as null
+    plain = make_graph()
+    plain.save(tmp_path / "plain.safetensors")
+    assert Graph.load(tmp_path / "plain.safetensors").node_targets is None
+    assert read(tmp_path / "plain.safetensors")[0]["node_targets"] is None
+
+
+NODE_TARGETS_FORGED = {
+    "not a list": ("2_2_3", "node_targets: expected null or a list of node indices"),
+    "a bool": ([True, 6], "node_targets: expected null or a list of node indices"),
+    "an index outside the graph": ([9, 6, 13], r"node_targets: names node 13, outside 0\.\.12"),
+    "a negative index": ([9, -1], r"node_targets: names node -1, outside 0\.\.12"),
+    "a node twice": ([9, 6, 9], "node_targets: names node 2_2_3 twice"),
+    "a logit": ([9, 6, 11], "node_targets: names node 5_11_3, no head or feature"),
+    "a head of no target weight": ([9, 6, 4], "node_targets: names node 0_5_2, which has no t"),
+    "a target left out": ([9], "node_targets: leaves out the target 1_17_1"),
+    "missing": (None, "node_targets: missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NODE_TARGETS_FORGED))
+def test_forged_node_targets_are_refused_in_one_line(tmp_path, case):
+    value, message = NODE_TARGETS_FORGED[case]
+    good = tmp_path / "good.safetensors"
+    with_node_targets().save(good)
+    header, tensors = read(good)
+    assert header["node_targets"] == [9, 6]
+    if case == "missing":
+        del header["node_targets"]
+    else:
+        header["node_targets"] = value
+    header["sha256"] = content_sha256(tensors, header)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"graph": json.dumps(header)})
+    with pytest.raises(GraphFileError, match=f"^{re.escape(str(bad))}: field {message}") as info:
+        Graph.load(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_a_setting_named_like_a_field_is_refused(tmp_path):
+    """``node_targets`` and ``pruned`` are fields now: a setting of either name is another
+    writer's (or a forgery) and refused, never read as the field."""
+    for name in ("node_targets", "pruned"):
+        graph = with_node_targets()
+        graph.settings[name] = True
+        with pytest.raises(GraphFileError, match=f"settings: keys \\['{name}'\\] are the graph"):
+            graph.save(tmp_path / "g.safetensors")

@@ -1252,10 +1252,9 @@ def test_links_that_lead_nowhere_or_loop_are_refused_before_any_work(tmp_path, c
 
 def test_head_and_feature_targets_are_explained_in_the_order_given(tmp_path, capsys):
     """Two ``--target-node``s printed in node order, not the order given (a note left for
-    several sessions): the graph records the order (``NODE_TARGETS``), which the targets line,
-    the mechanism summary and its file follow; a graph file naming other ids there is
+    several sessions): the graph records the order (``Graph.node_targets``), which the targets
+    line, the mechanism summary and its file follow; a graph file naming other nodes there is
     refused."""
-    from circuits.graph import NODE_TARGETS
     from circuits.graph_file import GraphFileError
     from circuits.interventions import target_nodes
 
@@ -1274,15 +1273,16 @@ def test_head_and_feature_targets_are_explained_in_the_order_given(tmp_path, cap
     assert code == 0, err
     traced = Graph.load(out / "graph.safetensors")
     given = [graph.ids[high], graph.ids[low]]
-    assert traced.settings[NODE_TARGETS] == given
+    assert [traced.ids[i] for i in traced.node_targets] == given
+    assert "node_targets" not in traced.settings  # structure, not provenance
     assert [traced.ids[i] for i in target_nodes(traced)] == given
     assert [t.node for t in load_summary(out / "mechanisms.json").targets] == given
     info = json.loads((out / "graph.json").read_text(encoding="utf-8"))["metadata"]["info"]
     assert info["targets"] == given  # graph.json too (a review found node order there)
     (line,) = [x for x in stdout.splitlines() if x.startswith("targets: ")]
     assert line.index(node_label(graph, high)) < line.index(node_label(graph, low))
-    traced.settings[NODE_TARGETS] = given[:1]
-    with pytest.raises(GraphFileError, match=f"settings.{NODE_TARGETS}: not the ids"):
+    traced.node_targets = traced.node_targets[:1]
+    with pytest.raises(GraphFileError, match="field node_targets: leaves out the target "):
         traced.save(tmp_path / "forged.safetensors")
 
 

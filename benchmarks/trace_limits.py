@@ -18,6 +18,7 @@ benchmarks/results/trace_limits_{model}.json.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import shutil
 import subprocess
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(["dot", "-Tsvg", str(out / "graph.dot"), "-o", "/dev/null"],
                                check=True, capture_output=True)  # fmt: skip
                 dot_seconds = round(time.perf_counter() - t0, 2)
-        summary = [line for line in proc.stdout.splitlines() if line.startswith(("graph:", "sec"))]
+        # a long line with the lines it goes on in (reports.mechanisms.fitted), joined back
+        said = re.sub(r"\n {4,}", " ", proc.stdout)
+        summary = [line for line in said.splitlines() if line.startswith(("graph:", "sec"))]
         runs.append({
             "tokens": n_tokens, "targets": "ten" if extra else "automatic",
             "exit": proc.returncode, "seconds": round(seconds, 1),

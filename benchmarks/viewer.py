@@ -17,6 +17,7 @@ benchmarks/results/viewer.json (another model's to ``viewer_{model}.json``, a pa
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -84,7 +85,9 @@ def trace_page(model: str, out: Path) -> tuple[Path, dict]:
     if proc.returncode != 0:
         said = (proc.stderr.strip().splitlines() or ["(nothing)"])[-1].removeprefix("error: ")
         raise UserError(f"the trace failed (exit {proc.returncode}): {said}")
-    summary = [line for line in proc.stdout.splitlines() if line.startswith("graph:")]
+    # a long line with the lines it goes on in (reports.mechanisms.fitted), joined back
+    said = re.sub(r"\n {4,}", " ", proc.stdout)
+    summary = [line for line in said.splitlines() if line.startswith("graph:")]
     info = {
         "tokens": len(tokenizer.encode(prompt).ids),
         "trace_seconds": round(time.perf_counter() - start, 1),

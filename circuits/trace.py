@@ -822,16 +822,18 @@ def summary(
     sparse note gives the model's own: a reviewer read "the model is unsure ... p 0.082" where
     the model gave its top token 0.276)."""
     from reports.labels import node_label
+    from reports.mechanisms import fitted
 
     from .interventions import target_nodes
     from .nodes import Kind
 
     targets = target_nodes(graph)  # the logits, then a head or feature traced from
-    lines = ["targets: " + ", ".join(
-        node_label(graph, i) + ("" if graph.kind[i] == Kind.LOGIT else
-                                f" (pre-activation {float(graph.value[i]):.4g})")
-        for i in targets
-    )]  # fmt: skip
+    named = [node_label(graph, i) + ("" if graph.kind[i] == Kind.LOGIT else
+                                     f" (pre-activation {float(graph.value[i]):.4g})")
+             for i in targets]  # fmt: skip
+    # several: one a line (ten on one line ran to 230 characters: a review)
+    one = len(named) == 1
+    lines = [f"targets: {named[0]}"] if one else ["targets:", *(f"  {x}" for x in named)]
     records = graph.logit_targets
     if chosen_by is not None and (words := chosen_words(records, *chosen_by)):
         lines.append(f"  ({words})")
@@ -847,19 +849,29 @@ def summary(
     lines += [
         f"graph: {full.n_nodes} nodes, {full.n_edges} edges -> pruned to {graph.n_nodes} nodes "
         f"({_count_kinds(graph)}), {graph.n_edges} edges; {len(graph.qk)} QK attributions",
+        # the closure error a line of its own (on one line: 173 characters, a review)
         f"scores: replacement {scores['replacement']:.3f}, completeness "
-        f"{scores['completeness']:.3f}; closure error (a target's incoming edges + bias "
-        f"against its value) max {closure['max_abs']:.2e}, relative to the target's |value| "
-        f"max {closure['max_rel_value']:.2e}",
+        f"{scores['completeness']:.3f}",
+        f"  closure error (a target's incoming edges + bias against its value) max "
+        f"{closure['max_abs']:.2e}, relative to the target's |value| max "
+        f"{closure['max_rel_value']:.2e}",
         "seconds: " + json.dumps({k: round(v, 3) for k, v in timings.items()}),
     ]
+    return "\n".join(x for line in lines + _influential(graph, labels) for x in fitted(line))
+
+
+def _influential(graph, labels) -> list[str]:
+    """The most influential heads and features, a line each (where long, its concept on the
+    line under it: ``reports.mechanisms.fitted``)."""
+    from reports.labels import node_label
+
     # A target has no influence on itself (its own influence is 0 by definition): leave it out.
     inner = (graph.is_kind("lorsa", "transcoder") & ~graph.is_target).nonzero().squeeze(1)
     top = inner[graph.influence[inner].argsort(descending=True, stable=True)[:5]].tolist()
     if not top:
-        return "\n".join(lines + ["most influential: none (the pruned graph keeps no head or "
-                                   "feature besides the targets)"])  # fmt: skip
-    lines += [
+        return ["most influential: none (the pruned graph keeps no head or feature besides the "
+                "targets)"]  # fmt: skip
+    return [
         "most influential heads and features (influence on the targets, either sign: the "
         "mechanism summary's groups give signed flows):"
     ] + [
@@ -867,7 +879,6 @@ def summary(
         + _concept(graph, i, labels or {})
         for i in top
     ]
-    return "\n".join(lines)
 
 
 def _concept(graph, i: int, labels: dict) -> str:

@@ -497,22 +497,33 @@ def flagged_text(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) 
     """When the ablation check of group ``g`` on target ``t`` is flagged, what it measured, to
     stand beside the line that names ``g`` (the predicting group): the graph's word on it is
     not to be trusted there; else empty."""
+    block = flagged_block(g, t, tolerance)
+    if not block:
+        return ""
+    heading, *measured = block
+    return f"{heading.removesuffix(':')}: " + ", ".join(measured)
+
+
+def flagged_block(g: GroupRecord, t: TargetRecord, tolerance: float = TOLERANCE) -> list:
+    """``flagged_text`` as a block (``block_lines``): ``its ablation check is FLAGGED (its
+    verdict's clauses):``, then the prediction and each measurement a line (one line of them
+    ran to 370 characters: a review); empty where the check is not flagged."""
     c = next((c for c in g.checks if c.target == t.node and c.flagged), None)
     if c is None:
-        return ""
+        return []
     frozen, free, _ = check_texts(c, t, tolerance)
     flags, notes = check_verdict(c, t, tolerance)
-    why = "; ".join(flags + notes)
     # both reruns the other way: the flow that made it the predicting group is linear credit
     # the model does not bear out (a reviewer's "predicting heads" raised the target ablated)
     against = "" if not against_both(g, t, tolerance) else (
         ". Ablated, it moves the target the other way with attention frozen and free: its "
         "flow is not what the model does here")  # fmt: skip
-    return (
-        f"its ablation check is FLAGGED{f' ({why})' if why else ''}: predicted "
-        f"{_signed(c.predicted)}, frozen attention {_signed(c.frozen)}{frozen}, free "
-        f"{_signed(c.free)}{free}{against}"
-    )
+    why = "; ".join(flags + notes)
+    return [
+        f"its ablation check is FLAGGED{f' ({why})' if why else ''}:",
+        f"predicted {_signed(c.predicted)}", f"frozen attention {_signed(c.frozen)}{frozen}",
+        f"free {_signed(c.free)}{free}{against}",
+    ]  # fmt: skip
 
 
 STRONGER = 2.0  # another head group there whose free ablation moves the target this many
@@ -995,8 +1006,15 @@ def any_query_text(why: WhyTerm, summary: MechanismSummary) -> str:
 
 
 def why_text(g: GroupRecord | None, summary: MechanismSummary) -> str:
-    """``why_block`` in one line (its lines joined by "; ")."""
-    return "; ".join(why_block(g, summary))
+    """``why_block`` in one line: its heading and term, then its other lines joined by "; "
+    (the movers by ", ", as ``moved_by_text``)."""
+    block = why_block(g, summary)
+    if not block:
+        return ""
+    heading, term, *rest = block
+    why = why_term(g)
+    rest = [moved_by_text(why) if isinstance(x, list) else x for x in rest]
+    return "; ".join([f"{heading} {term}", *rest])
 
 
 def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
@@ -1015,22 +1033,33 @@ def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
     why = why_term(g)
     if why is None:
         return []
-    r, p = why.reason, why.pair
-    text = (f"{WHY_THERE} (QK {r.qk_head}'s {why.term}, of the specific part "
-            f"{_signed(r.specific)}): {why.place}{why.query} x {why.key} "
-            f"{_signed(p.value)}")  # fmt: skip
-    for part, value in why.larger:
-        folded = (" (the position vectors among them: --no-constants folds them in)"
-                  if part == "constants" and summary.settings.get("constants") is False
-                  else "")  # fmt: skip
-        text += f"; the {part[:-1]} terms bring more, {_signed(value)}{folded}"
-    text += any_query_text(why, summary)
-    lines = [text]
-    if moved := moved_by_text(why):
+    heading, clauses = _why_clauses(why, summary)
+    # the heading, then the term and each clause after it a line (one line of them ran to 270
+    # characters: a review), the movers a line each
+    lines: list = [heading, *clauses]
+    if moved := moved_by_block(why):
         lines.append(moved)
     if shown := why_checks(why, summary):
         lines.append(f"made the mean token, {rerun_words(summary)}: " + ", ".join(shown))
     return lines
+
+
+def _why_clauses(why: WhyTerm, summary: MechanismSummary) -> tuple[str, list[str]]:
+    """A why line's heading (``why it attends there (QK 9's largest score term, of the
+    specific part +10.1):``) and its clauses: the term, then the error or constant terms that
+    bring more and what any query finds at the key, where they are said."""
+    r, p = why.reason, why.pair
+    heading = (f"{WHY_THERE} (QK {r.qk_head}'s {why.term}, of the specific part "
+               f"{_signed(r.specific)}):")  # fmt: skip
+    clauses = [f"{why.place}{why.query} x {why.key} {_signed(p.value)}"]
+    for part, value in why.larger:
+        folded = (" (the position vectors among them: --no-constants folds them in)"
+                  if part == "constants" and summary.settings.get("constants") is False
+                  else "")  # fmt: skip
+        clauses.append(f"the {part[:-1]} terms bring more, {_signed(value)}{folded}")
+    if any_query := any_query_text(why, summary):
+        clauses.append(any_query.removeprefix("; "))
+    return heading, clauses
 
 
 def why_moved(why: WhyTerm) -> MovedBy | None:
@@ -1052,15 +1081,34 @@ def moved_by_text(why: WhyTerm) -> str:
     key side), ...; every head there brings +1.43 from @15``: the heads at the key that
     moved the why term's token there (``why_moved``), each with what it brings from the
     token's position to the key side; empty where the term is no moved one."""
-    moved = why_moved(why)
-    if moved is None:
+    parts = _moved_parts(why)
+    if parts is None:
         return ""
-    r = why.reason
-    who = ", ".join(f"{mover_name(m)} ({_signed(m.group.value)} of the key side)"
-                    for m in moved.movers)  # fmt: skip
-    return (f"{moved.token!r}@{moved.pos} moved to the key @{r.key} by "
-            f"{who or 'no head group raising the key side'}; every head there brings "
-            f"{_signed(moved.total)} from @{moved.pos}")  # fmt: skip
+    moved, who, total = parts
+    return f"{moved} by {', '.join(who)}; {total}"
+
+
+def moved_by_block(why: WhyTerm | None) -> list[str]:
+    """``moved_by_text`` as a block (``block_lines``): ``' seven'@15 moved to the key @16
+    (every head there brings +1.43 from @15) by:``, then each mover a line (a line of two ran
+    to 208 characters: a review); empty where the term is no moved one."""
+    parts = _moved_parts(why)
+    if parts is None:
+        return []
+    moved, who, total = parts
+    return [f"{moved} ({total}) by:", *who]
+
+
+def _moved_parts(why: WhyTerm | None) -> tuple[str, list[str], str] | None:
+    """What ``moved_by_text`` says: the token moved to the key, each mover, what every head
+    there brings; None where the term is no moved one."""
+    moved = None if why is None else why_moved(why)
+    if moved is None:
+        return None
+    who = [f"{mover_name(m)} ({_signed(m.group.value)} of the key side)" for m in moved.movers]
+    return (f"{moved.token!r}@{moved.pos} moved to the key @{why.reason.key}",
+            who or ["no head group raising the key side"],
+            f"every head there brings {_signed(moved.total)} from @{moved.pos}")  # fmt: skip
 
 
 def why_checks(why: WhyTerm, summary: MechanismSummary) -> list[str]:
@@ -1214,14 +1262,22 @@ def writes_qk_text(
     of g0's QK 9 score (+12.5)``; empty when none. ``said`` (``sources_said``): the head groups
     whose sources were given under a target above, where this points instead of saying the
     score and choice again."""
+    return "; ".join(writes_qk_lines(g, summary, said))
+
+
+def writes_qk_lines(
+    g: GroupRecord, summary: MechanismSummary, said: dict[str, str] | None = None
+) -> list[str]:
+    """``writes_qk_text``'s sides, one a line (the printout's: two on one line ran to 223
+    characters, a review)."""
     said = said or {}
-    return "; ".join(
+    return [
         f"writes the {w.side} side of {score_text(summary, w.group, w.qk_head)} "
         + (f"(its share and how it was chosen: as under target {said[w.group]} above)"
            if w.group in said
            else f"({_role_text(w, g, summary)})")
         for w in g.writes_qk
-    )  # fmt: skip
+    ]  # fmt: skip
 
 
 HEADS_NAMED = 3  # QK heads named in an attention check's text
@@ -1485,6 +1541,37 @@ def block_lines(block: list | None, indent: str) -> list[str]:
     for item in block[1:]:
         out += block_lines(item, indent + "  ") if isinstance(item, list) else [f"{indent}  {item}"]
     return out
+
+
+PRINT_WIDTH = 150  # the printout's lines: a longer one is broken (``fitted``)
+# where a long printed line breaks, the first of these that fits: between clauses, between
+# columns (a unit's label and its concept), between a list's items, before a parenthesis,
+# then at any space
+BREAKS = ("; ", "  ", ", ", " (", " ")
+
+
+def fitted(
+    line: str, width: int = PRINT_WIDTH, more: str | None = None, breaks: tuple = BREAKS
+) -> list[str]:
+    """A printed line as lines of at most ``width`` characters: broken at the last place
+    within the width of the first of ``breaks`` that leaves a first line of a third of the
+    width or more (after a ";" or ",", before a space's text), the rest on lines ``more``
+    in (default: four spaces further in than the line); a part no break fits (a single word
+    longer than the width) stays whole. The blocks (``block_lines``) keep most lines short;
+    this breaks what they leave long (a review found lines of 151-370 characters)."""
+    more = line[: len(line) - len(line.lstrip())] + "    " if more is None else more
+    out, rest = [], line
+    while len(rest) > width:
+        for b in breaks:
+            keep = len(b.split(" ")[0])  # its text before its first space ends the line
+            at = rest.rfind(b, width // 3, width - keep + len(b))
+            if at > len(more):
+                out.append(rest[: at + keep].rstrip())
+                rest = more + rest[at + keep :].lstrip()
+                break
+        else:
+            break
+    return [*out, rest]
 
 
 def block_html(block: list | None, tag: str = "p", cls: str = "") -> str:
@@ -1930,8 +2017,7 @@ def format_summary(
                 f"  {predicting_heading(g, t, summary.tolerance)}: {short(g.key)}, flow "
                 f"{_signed(g.flow[t.node])}" + (f" ({spread})" if spread else "")
             )
-            if flagged := flagged_text(g, t, summary.tolerance):
-                lines.append(f"    {flagged}")
+            lines += block_lines(flagged_block(g, t, summary.tolerance), "    ")
             if stronger := stronger_text(g, t, summary):
                 lines.append(f"    {stronger}")
             # (its flagged check stays right under it)
@@ -1950,7 +2036,9 @@ def format_summary(
             # (titles without their no-concept descriptions, which the groups give: a path of
             # four described groups ran to 285 characters)
             chain = " => ".join(group_title(names[k], False) for k in p.groups)
-            lines.append(f"    {_signed(p.flow):>8}  {chain}")
+            # a long chain goes on under its first step, broken before a "=>" (one path ran
+            # to 239 characters: a review)
+            lines += fitted(f"    {_signed(p.flow):>8}  {chain}", more=" " * 14, breaks=(" => ",))
     if any(g.kind not in ("embedding", "error", "bias") for g in summary.groups):
         lines.append("groups:")  # (a layer-0 head target's are tokens alone: no bare heading)
     checks_legend = checks_legend_text(summary)
@@ -1969,13 +2057,16 @@ def format_summary(
         extra = f" promotes {', '.join(map(repr, g.promotes[:PROMOTED_SHOWN]))}" \
             if g.promotes else ""  # fmt: skip
         brings = carried_text(g, first) if first is not None else ""
-        lines.append(f"  {g.key:>4} {group_title(g, False)}: flow {flow}{extra}")
+        if several and extra:  # its promoted tokens under a flow of each target (a line of
+            # both ran to 280 characters: a review)
+            lines += [f"  {g.key:>4} {group_title(g, False)}: flow {flow}", f"      {extra}"]
+        else:
+            lines.append(f"  {g.key:>4} {group_title(g, False)}: flow {flow}{extra}")
         if brings:  # (on the line above it ran to 190 characters)
             lines.append(f"       {per_target(first)}{brings}")
         for block in member_concepts_blocks(g, summary.settings.get("member_min_f1", 0.0)):
             lines += block_lines(block, "       ")
-        if writes := writes_qk_text(g, summary, said):
-            lines.append(f"       {writes}")
+        lines += [f"       {x}" for x in writes_qk_lines(g, summary, said)]
         for i, r in enumerate(g.qk):
             lines += reason_lines(r, max_pairs, "       ", summary, repeats.get((g.key, i)))
         shown = [c for c in g.checks if every_check or c.target == first]
@@ -1983,11 +2074,14 @@ def format_summary(
         for c in shown:  # its verdict beside the prediction, each measurement under it (one
             # line of the three ran to 250 characters)
             frozen, free, mark = check_texts(c, by_node.get(c.target), summary.tolerance)
-            lines += block_lines([
-                f"ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
-                f"predicted {_signed(c.predicted)}  [{mark}]",
-                f"frozen attention {_signed(c.frozen)}{frozen}", f"free {_signed(c.free)}{free}",
-            ], "       ")  # fmt: skip
+            head = (f"ablate{': ' + labels.get(c.target, c.target) if several else ''}: "
+                    f"predicted {_signed(c.predicted)}")  # fmt: skip
+            # a long mark on its own line under the prediction (one line of both ran to 248
+            # characters: a review)
+            fits = len(f"       {head}  [{mark}]") <= PRINT_WIDTH
+            head = [f"{head}  [{mark}]"] if fits else [head, f"[{mark}]"]
+            lines += block_lines([*head, f"frozen attention {_signed(c.frozen)}{frozen}",
+                                  f"free {_signed(c.free)}{free}"], "       ")  # fmt: skip
         lines += block_lines(attention_checks_block(g, summary), "       ")
         if rest:
             lines.append(
@@ -1999,7 +2093,7 @@ def format_summary(
             )
     # the definitions once, after the content they define (a reviewer found a 330- and a
     # 1,300-character legend inside the first 40 lines, pushing the targets and groups down)
-    return "\n".join(lines + legend_lines(summary))
+    return "\n".join([x for line in lines for x in fitted(line)] + legend_lines(summary))
 
 
 CSS = """

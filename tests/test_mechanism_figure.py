@@ -453,7 +453,7 @@ def test_the_figure_links_a_moved_token_to_the_heads_at_the_key_that_moved_it(tr
     side's source, never the previous-token heads moving ' seven'@15 to @16."""
     from circuits.mechanism_file import MovedBy, Mover, RootPair, SourceShare
     from reports.mechanism_figure import MOVED_COLOR
-    from reports.mechanisms import why_block
+    from reports.mechanisms import why_block, why_text
 
     _, summary = traced
     summary = copy.deepcopy(summary)
@@ -490,10 +490,14 @@ def test_the_figure_links_a_moved_token_to_the_heads_at_the_key_that_moved_it(tr
     box = " ".join(re.split(r"<BR/>|\\n", nodes[f"group:{g.key}"]["label"]))
     assert f"{token} moved there: +1.5 of the key side from @{p}, by the dotted" in box
     assert "dotted green: heads at the key that moved" in fig["caption"].replace("\\n", " ")
-    # the printout's why line names the same groups with the same numbers
+    # the printout's why line names the same groups with the same numbers: in its block a
+    # mover a line, in its one-line form as before
+    assert [f"{token} moved to the key @{r.key} (every head there brings +1.5 from @{p}) by:",
+            f"{inside.key} {inside.name} (+0.75 of the key side)",
+            f"{outside.name} (+0.25 of the key side)"] in why_block(g, summary)  # fmt: skip
     assert (f"{token} moved to the key @{r.key} by {inside.key} {inside.name} (+0.75 of the key "
             f"side), {outside.name} (+0.25 of the key side); every head there brings +1.5 from "
-            f"@{p}") in why_block(g, summary)  # fmt: skip
+            f"@{p}") in why_text(g, summary)  # fmt: skip
     # a why term that is no moved token draws none
     r.own_pairs = [RootPair(query, moved, 9.0)]
     assert not [e for *_, e in drawn(mechanism_dot(summary))["edges"] if e.get("style") == "dotted"]

@@ -56,6 +56,19 @@ from reports.mechanisms import (
 MODES = ("local", "sparse")
 
 
+def flat(text: str) -> str:
+    """Text with each run of spaces and line breaks one space: the printout's words where
+    ``reports.mechanisms.fitted`` broke a long line, for a check of what it says."""
+    return " ".join(text.split())
+
+
+def as_printed(lines: list[str]) -> str:
+    """Lines as the printout gives them, each long one broken (``fitted``)."""
+    from reports.mechanisms import fitted
+
+    return "\n".join(x for line in lines for x in fitted(line))
+
+
 @pytest.fixture(params=MODES)
 def run(request, replacement, tokens):
     return run_prompt(replacement, tokens, request.param, constants=True)
@@ -580,7 +593,7 @@ def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run
 
     if record.predicting_group is not None:  # a head predicts nothing: "heads at the key"
         heading = predicting_heading(summary.group(record.predicting_group), record)
-        assert heading != PREDICTING and heading in text
+        assert heading != PREDICTING and flat(heading) in flat(text)
         assert HEAD_TARGET.startswith("heads at the key it reads")
     assert f"QK {reason.qk_head} reads {graph.token_strings[k]!r}@{k}" in text
     # a file naming a key for a logit target, or a reason at another key, is refused
@@ -636,7 +649,7 @@ def test_a_head_target_is_explained_at_the_key_it_reads(replacement, tokens, run
     # printed a line per group under its heading (one line of it ran to 586 characters)
     block = own_attention_block(mine, checked.tokens)
     assert line == f"{block[0]} {', '.join(block[1:-1])} {block[-1]}"
-    assert "\n".join(block_lines(block, "  ")) in format_summary(checked)
+    assert as_printed(block_lines(block, "  ")) in format_summary(checked)
     assert checked.targets[0].own_attention is None
     data = json.loads(json.dumps(checked.to_dict()))
     data["targets"][-1]["own_attention_free"]["g999"] = 0.5
@@ -706,7 +719,7 @@ def test_a_head_targets_qk_sources_are_found_as_a_predicting_groups_are(
         names = [x[0] if isinstance(x, list) else x for x in block[3:]]  # a side's block
         assert {x.split(" side")[0] for x in names} == {"query", "key"}  # or its one line
         text = format_summary(summary)
-        printed = "\n".join(block_lines(block, "    "))
+        printed = as_printed(block_lines(block, "    "))
         assert printed in text and printed.splitlines()[1].startswith("      ")
         assert text.index(printed) < text.index("\ngroups:\n")  # under the target
         g, w = sources[0]
@@ -1206,7 +1219,9 @@ def test_the_predicting_groups_own_flagged_check_stands_beside_it(graph, replace
         assert check.flagged == flagged
         lines = format_summary(summary).splitlines()
         at = next(i for i, x in enumerate(lines) if x.startswith("  predicting heads"))
-        assert lines[at + 1].startswith("    its ablation check is FLAGGED") == flagged
+        at += next(i for i, x in enumerate(lines[at + 1 :], 1) if not x.startswith(" " * 6))
+        assert lines[at].startswith("    its ablation check is FLAGGED") == flagged  # (under
+        # the predicting heads' line, and the lines a long one goes on in, further in)
         assert bool(flagged_text(g, t)) == flagged
         assert ("its ablation check is FLAGGED" in mechanisms_html(summary)) == flagged
     why = mark_text(check, t).removeprefix("FLAGGED")
@@ -1291,7 +1306,7 @@ def test_a_reasons_named_tokens_are_tested_by_making_each_the_mean_token(
             assert re.search(rf"<b>{k}</b> {name},? (flow )?<span class=", page)
     # a sparse summary's probabilities are the replacement's: said in both renderings
     says_sparse = "the replacement's, except those said to be the model's, and can differ"
-    assert (says_sparse in format_summary(summary)) == (summary.mode == "sparse")
+    assert (says_sparse in flat(format_summary(summary))) == (summary.mode == "sparse")
     assert (escape(says_sparse) in page) == (summary.mode == "sparse")
     # ... with the model's own top token, which the replacement can rank below others (a
     # reviewer's sparse summary explained a near-tie the model did not have)
@@ -1434,6 +1449,40 @@ def test_a_token_check_that_changes_nothing_measures_the_reasons_own_parts(
             assert float(after.attention[0, j]) == pytest.approx(r.attention, abs=1e-5)
             assert float(after.specific[0, j]) == pytest.approx(r.specific, abs=1e-4)
             assert int(after.rival[0, j]) == -1
+
+
+def test_a_long_printed_line_breaks_at_a_clause_its_rest_further_in():
+    """The printout's lines of 151-370 characters (a review): ``fitted`` breaks what its
+    blocks leave long at a clause (after ";"), else between columns, list items (after ","),
+    before a parenthesis, at a space, each part within the width, the rest four spaces further
+    in; every character but the spaces at a break kept, in order; a single word longer than
+    the width stays whole."""
+    from reports.mechanisms import PRINT_WIDTH, fitted
+
+    def flat(lines):
+        return " ".join(" ".join(lines).split())
+
+    line = "  scores: " + "; ".join(f"part {i}, of {i} and {i + 1}" for i in range(9))
+    out = fitted(line, width=60)
+    assert len(out) > 1 and all(len(x) <= 60 for x in out) and flat(out) == flat([line])
+    assert all(x.endswith(";") for x in out[:-1])  # at clauses first, never inside one
+    assert all(x.startswith("      part ") for x in out[1:])  # four further in
+    items = "  flow " + ", ".join(f"'token {i}' +{i}.5" for i in range(12))
+    out = fitted(items, width=50)
+    assert all(len(x) <= 50 and x.endswith(",") for x in out[:-1]) and flat(out) == flat([items])
+    columns = "  1_686_7  0.051  L0 feature 686 @7 -> 'four'  [concept: family: x, F1 0.44]"
+    head = "  1_686_7  0.051  L0 feature 686 @7 -> 'four'"  # its concept under it
+    assert fitted(columns, width=60) == [head, "      [concept: family: x, F1 0.44]"]
+    assert fitted(columns) == [columns] and PRINT_WIDTH == 150  # short lines as they were
+    # a path: before a step's "=>", the rest under its first step
+    path = "    +1.21  " + " => ".join(f"L{i} 30 features @{i}" for i in range(8))
+    out = fitted(path, width=70, more=" " * 11, breaks=(" => ",))
+    assert all(len(x) <= 70 for x in out) and all(x.startswith(" " * 11 + "=> L") for x in out[1:])
+    assert flat(out) == flat([path])
+    # a word longer than the width: alone on its line, whole
+    long = "x" * 80
+    assert fitted(f"  a; {long}", width=60) == [f"  a; {long}"]  # no break within the width
+    assert fitted(f"  {'b ' * 25}{long}", width=60) == [f"  {'b ' * 25}".rstrip(), f"      {long}"]
 
 
 def test_an_attention_change_is_never_printed_as_none():
@@ -1608,10 +1657,13 @@ def test_a_mark_reads_small_effects_at_the_summarys_tolerance(
     text = format_summary(summary, every_check=True)
     targets = {t.node: t for t in summary.targets}
     checks = [c for g in summary.groups for c in g.checks]
-    lines = [x for x in text.splitlines() if x.strip().startswith("ablate")]
-    assert len(lines) == len(checks)  # printed in order, each ending in its mark
-    for line, c in zip(lines, checks, strict=True):
-        assert line.endswith(f"[{check_texts(c, targets[c.target], 0.5)[2]}]")
+    lines = text.splitlines()
+    at = [i for i, x in enumerate(lines) if x.strip().startswith("ablate")]
+    assert len(at) == len(checks)  # printed in order, each ending in its mark (a long one on
+    for i, c in zip(at, checks, strict=True):  # the lines under the prediction)
+        end = next(j for j in range(i, len(lines)) if lines[j].endswith("]"))
+        mark = f"[{check_texts(c, targets[c.target], 0.5)[2]}]"
+        assert flat(" ".join(lines[i : end + 1])).endswith(flat(mark))
     moved = [c for c in checks if check_texts(c, targets[c.target], 0.5)[2]
              != check_texts(c, targets[c.target])[2]]  # fmt: skip
     assert moved or graph.mode == "sparse"  # local: an "ok ... through attention" at 0.01
@@ -2193,7 +2245,7 @@ def test_the_predicting_groups_qk_sources_are_checked_through_its_attention(
     w.tie_attention = alone + min(TIE, a.mean_before - alone) / 2
     text = format_summary(other_summary)
     assert f"with L0 2 heads @3 -> 'x'@2 ablated instead, {attention_text(w.tie_attention)}; " \
-        "named as the lower, but the ablations barely tell the two apart" in text  # fmt: skip
+        "named as the lower, but the ablations barely tell the two apart" in flat(text)  # fmt: skip
     w.tie_attention = alone + 2 * TIE
     with pytest.raises(ValueError, match="a tie not within"):
         format_summary(other_summary)
@@ -2617,7 +2669,8 @@ def test_summary_records(graph, replacement, run, tmp_path):
     whose = f"{back.targets[0].label} " if len(back.targets) > 1 else ""
     lines = text.splitlines()  # what it brings on the line under its name (one line of both
     at = next(i for i, x in enumerate(lines) if f"{head.name}: flow " in x)  # ran to 190)
-    line = lines[at + 1]
+    # (after the flows' lines and, with several targets, its promoted tokens' line)
+    line = next(x for x in lines[at + 1 :] if x.strip().startswith((f"{whose}brings", "brings")))
     assert line.startswith(f"       {whose}brings {brings.token!r}@{brings.pos} ")
     assert line.endswith(f"; constant terms {head.carried_own[back.targets[0].node]:+.3g}") or \
         line.endswith("; constant terms 0")  # fmt: skip
@@ -2792,10 +2845,10 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
 
     for attends, heading in ((g.pos, NO_MOVER), (0, NO_MOVER), (None, NO_MOVER)):
         set_key(attends)
-        assert f"  {heading}: {g.key} {g.name}, flow" in format_summary(summary)
+        assert flat(f"{heading}: {g.key} {g.name}, flow") in flat(format_summary(summary))
     set_key(max(g.pos - 1, 1))
     set_flow(1.0)
-    assert f"  {PREDICTING}: {g.key} {g.name}, flow" in format_summary(summary)
+    assert flat(f"{PREDICTING}: {g.key} {g.name}, flow") in flat(format_summary(summary))
     # a difference's heading names the token its way favours (a reviewer read "predicting"
     # for a group pushing toward the negative token, the model's answer)
     from reports.mechanisms import DEMEANED_SHORT, DEMEANED_WORDS, predicting_heading
@@ -2811,7 +2864,7 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
     assert DEMEANED_SHORT in lines[0] and DEMEANED_WORDS not in lines[0]
     assert DEMEANED_WORDS in " ".join(x.strip() for x in lines[lines.index("legend:") :])
     set_flow(-1.0)
-    assert f"  {NO_MOVER}: {g.key}" in format_summary(summary)
+    assert flat(f"{NO_MOVER}: {g.key}") in flat(format_summary(summary))
 
 
 def test_flows_refuse_a_pruned_graph_and_nodes_nothing_flows_into(graph):
@@ -3881,7 +3934,7 @@ def test_a_predicting_groups_qk_sources_are_printed_once(replacement, tokens, mo
     assert shared  # the fixture's targets share a predicting group with sources
     for key in first:
         if summary.qk_sources(key):
-            block = "\n".join(block_lines(qk_sources_block(summary, key), "    "))
+            block = as_printed(block_lines(qk_sources_block(summary, key), "    "))
             assert text.count(block) == 1
     for t in shared:
         assert f"{QK_SOURCES_WHAT}: as under {first[t.predicting_group]} above" in text
@@ -3966,7 +4019,7 @@ def test_what_was_said_once_is_pointed_to_after(replacement, tokens, monkeypatch
     text = format_summary(doubled)
     for r in g.qk:
         whole = reason_lines(r, 3, "       ", doubled)
-        assert text.count("\n".join(whole)) == 1  # said once, under g
+        assert text.count(as_printed(whole)) == 1  # said once, under g
         pointer = f"       QK {r.qk_head} reads {r.key_token!r}@{r.key} (attention " \
             f"{r.attention:.2f}): as under {g.key} above"  # fmt: skip
         assert pointer in text.splitlines()
@@ -4412,14 +4465,21 @@ def test_the_why_line_stands_under_the_predicting_heads_in_every_view(graph, rep
     why = why_text(summary.group(t.predicting_group), summary)
     assert why.startswith("why it attends there (QK ")
     block = why_block(summary.group(t.predicting_group), summary)  # the term, then its checks
-    assert why == "; ".join(block)
+    # the heading, its term a line under it (one line of both ran to 270 characters: a
+    # review), the one-line form the same words
+    assert block[0].startswith("why it attends there (QK ") and block[0].endswith("):")
+    assert why.startswith(f"{block[0]} {block[1]}; " if len(block) > 2 else block[0])
+    assert all(x in why for x in block[2:] if isinstance(x, str))
     lines = format_summary(summary).splitlines()
     at = next(i for i, x in enumerate(lines) if x.startswith(f"  {PREDICTING}: "))
-    # after its own flagged check and the stronger groups, which stay right under it
-    at += 1 + sum(x.startswith(("    its ablation check is", "    head groups there whose"))
-                  for x in lines[at + 1 : at + 3])  # fmt: skip
-    assert lines[at : at + len(block)] == block_lines(block, "    ")
-    after = lines[at + len(block)]
+    # after its own flagged check and the stronger groups, which stay right under it (and
+    # the lines a long one goes on in, further in)
+    start, at = at, next(i for i in range(at, len(lines)) if lines[i].startswith("    why it"))
+    assert all(x.startswith((" " * 6, "    its ablation check is", "    head groups there whose"))
+               for x in lines[start + 1 : at])  # fmt: skip
+    printed = as_printed(block_lines(block, "    ")).splitlines()
+    assert lines[at : at + len(printed)] == printed
+    after = lines[at + len(printed)]
     assert after.startswith("    what makes it attend there") or "its QK score" in after
     assert block_html(block, cls="why") in mechanisms_html(summary)
     assert mechanisms_data(summary, graph)["targets"][0]["why"] == block

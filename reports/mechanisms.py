@@ -572,7 +572,6 @@ LN_CLAUSES = (
     '"margin over" the change of the margin over the most likely other token, where that '
     f"has p >= {MARGIN_SHOWN}",
 )
-LN_WORDS = "; ".join(LN_CLAUSES)
 
 
 def _held_agrees(
@@ -1782,20 +1781,20 @@ def sparse_words(summary: MechanismSummary) -> str:
 LEGEND_AT_END = "the legend at the end"
 # at the head all the same (a reviewer's hooks read the raw logit, and one check's sign flipped)
 DEMEANED_SHORT = "a logit's numbers are less the mean logit"
-LEGEND_ID = "mechanisms-legend"  # the report's legend paragraph, which its pointer links to
+LEGEND_ID = "mechanisms-legend"  # the report's legend (its blocks), which its pointer links to
 FLOWS_CLAUSES = (
     "exact flows: each group's total linear contribution to the target, through the graph's "
     "frozen attention and errors; what zeroing it does is its ablation check",
     DEMEANED_WORDS,
 )
-FLOWS_LEGEND = "; ".join(FLOWS_CLAUSES)
 # The words of a group's lines and its QK reasons, said once (a reviewer new to the tool could
 # not decode "always-on", "specific by roots", "against the means")
 GROUPS_LEGEND = (
     "groups: heads at one block and query position reading one key (named '-> key'; "
     "'(brings 12%)' where that key brings under half their activation), or features at one "
-    "block and position; 'promotes': the tokens its writes raise most; 'brings': its flow "
-    "split by the key position each part comes from",
+    "block and position (with one concept label, where one fits); 'promotes': the "
+    "tokens its writes raise most; 'brings': its flow split by the key position each part "
+    "comes from",
 )
 QK_LEGEND = (
     "QK reasons (each 'QK h reads ...' line and the lines under it): a QK head's "
@@ -1844,12 +1843,13 @@ def checks_legend_block(summary: MechanismSummary) -> list[str]:
         probability = (", with the target token's probability before and after (for a "
                        f"difference, {whose})")  # fmt: skip
     return [
-        "the ablate lines: the group zeroed; the change of the target predicted by the linear "
-        "graph and "
-        "measured with",
+        # (the report's words were its own: one source now, the report's column named)
+        "the ablate lines (the report's ablation column): the group zeroed; the change of the "
+        "target predicted by the linear graph and measured with",
         f"{frozen_words(summary.mode)} and",
         f"{free_words(summary.mode)}{probability}",
-        f"FLAGGED where a measured change has the other sign or is over {RATIO:g}x off",
+        f"FLAGGED where a measured change has the other sign or is over {RATIO:g}x off: there "
+        "the linear graph is not to be trusted",
         *LN_CLAUSES,
     ]
 
@@ -1857,8 +1857,9 @@ def checks_legend_block(summary: MechanismSummary) -> list[str]:
 def legend_blocks(summary: MechanismSummary) -> dict[str, list[str]]:
     """The definitions of the summary's words, by what they define (flows, groups, where the
     summary has them QK reasons and ablation checks), each a block (``block_lines``): the
-    printout's legend (``legend_lines``) and the viewer panel's (``reports.viewer``, which
-    had none: a review read "always-on", "against the means", "weak" there undefined)."""
+    printout's legend (``legend_lines``), the viewer panel's (``reports.viewer``, which
+    had none: a review read "always-on", "against the means", "weak" there undefined) and the
+    report's (``mechanisms_html``, which had prose of its own)."""
     blocks = {"flows": list(FLOWS_CLAUSES), "groups": list(GROUPS_LEGEND)}
     if any(g.qk for g in summary.groups) or any(t.qk for t in summary.targets):
         blocks["qk"] = list(QK_LEGEND)
@@ -2101,6 +2102,8 @@ CSS = """
 .mech .flagged { background: #fde0dd; }
 .mech .path { font-family: Menlo, Consolas, monospace; font-size: 0.85em; }
 .mech ul { margin: 2px 0 2px 1.2em; padding: 0; }
+.mech .legend { color: #444; }
+.mech .legend p { margin: 6px 0 2px; }
 """
 
 
@@ -2198,21 +2201,11 @@ def mechanisms_html(
     names = {g.key: group_title(g) for g in summary.groups}
     target_names = {t.node: t.label for t in summary.targets}
     by_node = {t.node: t for t in summary.targets}
-    # the definitions after the section's content, as in the printout, with a pointer here
-    legend = (
-        f'<p id="{LEGEND_ID}"><b>Legend.</b> '
-        f"{_esc(DEMEANED_WORDS[0].upper() + DEMEANED_WORDS[1:])}. "
-        "Groups are heads (same block, query position and key) and features (same block "
-        "and position, and the same concept label where one fits) read as one; a <em>flow</em> "
-        "is a group's exact total linear "
-        "contribution to the target through every path. Checks ablate a group and compare the "
-        f"graph's prediction with the model rerun, {_esc(frozen_words(summary.mode))} and "
-        f"{_esc(free_words(summary.mode))}: flagged rows (sign differs, or more "
-        f"than {RATIO:g}x off) are where the linear graph is not to be trusted; "
-        f"{_esc(LN_WORDS)}.</p>"
-    )
-    if any(g.qk for g in summary.groups) or any(t.qk for t in summary.targets):
-        legend += f"<p>{_esc('; '.join([*GROUPS_LEGEND, *QK_LEGEND]))}.</p>"
+    # the definitions after the section's content, as in the printout, with a pointer here:
+    # the printout's legend, a block each (it had prose of its own, which defined the checks'
+    # words where no group had checks, and 'promotes' and 'brings' only beside QK reasons)
+    blocks = "".join(block_html(b) for b in legend_blocks(summary).values())
+    legend = f'<div id="{LEGEND_ID}" class="legend"><p><b>Legend.</b></p>{blocks}</div>'
     parts = [
         '<div class="mech">',
         f"<p>{_esc(DEMEANED_SHORT[0].upper() + DEMEANED_SHORT[1:])}; how to read the flows, "

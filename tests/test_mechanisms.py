@@ -2720,7 +2720,9 @@ def test_summary_records(graph, replacement, run, tmp_path):
         assert flat.count(clause) == 1 and text.count(clause.split()[0] + " ") >= 1
     assert lines[0].endswith(f"; how to read them: {LEGEND_AT_END}):")
     assert f"  (how to read the ablate lines and their marks: {LEGEND_AT_END})" in lines
-    assert checks_legend_text(back).startswith("the ablate lines: the group zeroed; ")
+    assert checks_legend_text(back).startswith(
+        "the ablate lines (the report's ablation column): the group zeroed; "
+    )
     unchecked = copy.deepcopy(back)
     for g in unchecked.groups:
         g.checks, g.attention_checks = [], []
@@ -2731,6 +2733,18 @@ def test_summary_records(graph, replacement, run, tmp_path):
     assert "how to read the ablate lines" not in format_summary(unchecked)
     page = html_page(graph, mechanisms=back)
     assert "<h2>Mechanisms</h2>" in page and "always-on" in page
+    # the report's legend is the printout's, a block each (it had prose of its own, which
+    # defined the checks' words where there were none)
+    from reports.mechanisms import LEGEND_ID, block_html, legend_blocks
+
+    def report_legend(summary) -> str:
+        blocks = "".join(block_html(b) for b in legend_blocks(summary).values())
+        return f'<div id="{LEGEND_ID}" class="legend"><p><b>Legend.</b></p>{blocks}</div>'
+
+    bare = html_page(graph, mechanisms=unchecked)
+    for x, shown in ((back, page), (unchecked, bare)):
+        assert shown.count(f'id="{LEGEND_ID}"') == 1 and report_legend(x) in shown
+    assert "the ablate lines" not in bare and "FLAGGED where" not in bare
     assert "the heads there bring" in page and "brings " in page
     for old in (1, 2, 3):  # before carried held every key; the read key; a head target's key
         with pytest.raises(ValueError, match=f"version {old}, expected .*re-run the trace"):

@@ -100,10 +100,10 @@ def test_the_summary_prints_its_content_before_its_legend(tmp_path, capsys):
     assert lines[legend + 1].startswith(f"  {FLOWS_CLAUSES[0][:40]}")
     assert max(len(x) for x in lines[legend:end]) <= LEGEND_WIDTH
     heads = [x for x in lines[legend + 1 : end] if not x.startswith("   ")]
-    assert heads[0].startswith("  exact flows: ") and heads[-1].startswith("  the ablate lines: ")
+    assert heads[0].startswith("  exact flows: ") and heads[-1].startswith("  the ablate lines ")
     assert any(x.startswith("  QK reasons ") for x in heads)
     # each definition said once, in the legend; a pointer where it stood
-    assert stdout.count("exact flows: ") == 1 and stdout.count("the ablate lines: the group") == 1
+    assert stdout.count("exact flows: ") == 1 and stdout.count("the ablate lines (the") == 1
     assert lines[start].endswith(f"how to read them: {LEGEND_AT_END}):")
     groups = lines.index("groups:")
     assert lines[groups + 1] == f"  (how to read the ablate lines and their marks: {LEGEND_AT_END})"
@@ -140,8 +140,9 @@ def test_the_summary_prints_its_content_before_its_legend(tmp_path, capsys):
     section = page[page.index("<h2>Mechanisms</h2>") :]
     pointer = section.index(f'<a href="#{LEGEND_ID}">')
     assert pointer < section.index("<h3>Target ") < section.index("<table><tr><th>group</th>")
-    assert section.index("<table><tr><th>group</th>") < section.index(f'<p id="{LEGEND_ID}">')
-    assert page.count("Groups are heads (same block") == 1
+    legend = section.index(f'<div id="{LEGEND_ID}" class="legend">')
+    assert section.index("<table><tr><th>group</th>") < legend
+    assert section.count("exact flows: ") == 1 and section.index("exact flows: ") > legend
 
 
 def test_trace_targets_modes_and_formats(tmp_path, capsys):

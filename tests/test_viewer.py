@@ -23,7 +23,13 @@ from reports import layout
 from reports.browser import Browser, find_chromium
 from reports.html import write_html
 from reports.labels import node_label, short_label_lines
-from reports.mechanisms import PAIRS_SHOWN, block_lines, predicting_heading, root_block
+from reports.mechanisms import (
+    LEGEND_ID,
+    PAIRS_SHOWN,
+    block_lines,
+    predicting_heading,
+    root_block,
+)
 from reports.viewer import check_dashboards, check_q_params, script_json, viewer_data
 
 DASHBOARDS = {
@@ -1415,6 +1421,16 @@ def legend_words(browser: Browser, where: str) -> str:
     return " ".join(text.split())
 
 
+def report_legend_words(browser: Browser) -> str:
+    """The words of the report's legend (the Mechanisms section's, under the viewer) as the
+    page shows them, its heading aside."""
+    text = browser.evaluate(
+        f"[...document.getElementById({js(LEGEND_ID)}).children].slice(1)"
+        ".map(e => e.innerText).join(' ')"
+    )
+    return " ".join(text.split())
+
+
 def test_the_panel_defines_the_summarys_words_as_the_printouts_legend_does(
     browser, tmp_path, weekday_trace
 ):
@@ -1422,7 +1438,9 @@ def test_the_panel_defines_the_summarys_words_as_the_printouts_legend_does(
     "brings" and the ablate lines' marks with no definition, where the printout ends with a
     legend. The overview, a head's panel under its group's QK reason and a summary
     supernode's panel under its checks fold the printout's legend (one source:
-    ``legend_blocks``), and a QK reason's and a check's line give their block as a tooltip."""
+    ``legend_blocks``), and a QK reason's and a check's line give their block as a tooltip.
+    The report's Mechanisms section, under the viewer, ends with the same legend (it had prose
+    of its own)."""
     from reports.mechanisms import QK_LEGEND, legend_blocks, legend_lines
 
     def printed(summary) -> str:  # the printout's legend, unwrapped
@@ -1434,6 +1452,7 @@ def test_the_panel_defines_the_summarys_words_as_the_printouts_legend_does(
     open_page(browser, path)
     assert "Legend: what the summary's words mean" in panel_text(browser)
     assert legend_words(browser, "") == printed(summary)
+    assert report_legend_words(browser) == printed(summary)  # the report's, under the viewer
     tips = browser.evaluate(
         "[...document.querySelectorAll('#viewer .panel .mech-groups > li > div')]"
         ".filter(e => e.textContent.startsWith('ablate')).map(e => e.title)"
@@ -1455,6 +1474,7 @@ def test_the_panel_defines_the_summarys_words_as_the_printouts_legend_does(
     show_in_panel(browser, head)
     words = legend_words(browser, "")
     assert words == printed(summary) and "always-on: " in words and "'weak': " in words
+    assert report_legend_words(browser) == words  # (no checks: none of their words)
     tip = browser.evaluate(
         "document.querySelector('#viewer .panel .summary-reason > div + div').title"
     )

@@ -1365,5 +1365,8 @@ def load_summary(path: str | Path) -> MechanismSummary:
         raise ValueError(f"{path}: {mixed}")
     try:
         return MechanismSummary.from_dict(parse_json(Path(path).read_text(encoding="utf-8")))
+    except UnicodeDecodeError:  # a graph's safetensors or an image given by mistake
+        raise ValueError(f"{path}: not a mechanisms summary (mechanisms.json, written by "
+                         "circuits.trace): not UTF-8 text") from None  # fmt: skip
     except (ValueError, OSError) as exc:
         raise ValueError(f"{path}: {exc}") from None

@@ -1165,6 +1165,18 @@ def test_a_run_killed_after_any_rename_leaves_a_set_refused_then_put_back_exactl
                                      "graph.json"]  # fmt: skip
 
 
+def test_a_summary_loader_given_a_binary_file_says_it_is_no_summary(tmp_path):
+    """A graph's safetensors given where mechanisms.json belongs read "'utf-8' codec can't
+    decode byte 0xf0": one line, but not saying what is wrong (a notebook review)."""
+    from circuits.mechanism_file import load_summary
+
+    wrong = tmp_path / "graph.safetensors"
+    wrong.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}\xf0\x9f\xff\xfe")
+    with pytest.raises(ValueError, match="not a mechanisms summary") as info:
+        load_summary(wrong)
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(wrong))
+
+
 def test_a_sets_loaders_refuse_its_files_while_a_killed_runs_renames_are_undone(tmp_path):
     """The graph file's and the summary's loaders refuse a file of a set cut short among its
     renames, in one line, before reading it (it may be another run's than the files beside

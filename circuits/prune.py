@@ -343,6 +343,8 @@ def prune_graph(
         checked_count(max_nodes, "max_nodes")
     node_threshold = checked_fraction(node_threshold, "node_threshold")
     edge_threshold = checked_fraction(edge_threshold, "edge_threshold")
+    if graph.positional:  # its thresholds are fractions of the full graph's influence
+        check_rows_close(graph, "pruning needs", ": prune the graph attribute returned")
     if scored is not None and scored.influence.shape != (graph.n_nodes,):
         raise ValueError(f"scored holds {len(scored.influence)} nodes' influence, the graph has "
                          f"{graph.n_nodes}: pass this graph's influence_scores")  # fmt: skip

@@ -856,6 +856,11 @@ def test_scores_of_a_pruned_graph_are_refused(graph):
         influence_scores(pruned)
     everything = graph.subgraph(torch.ones(graph.n_nodes, dtype=torch.bool))
     assert graph_scores(everything) == scores
+    # Pruning a pruned graph (a notebook review): its thresholds read as fractions of the kept
+    # edges' influence alone, a smaller graph returned without a word; refused the same way.
+    with pytest.raises(ValueError, match=r"pruning needs the full \(unpruned\) graph.*: prune "):
+        prune_graph(pruned, node_threshold=0.5)
+    assert prune_graph(everything).n_nodes == prune_graph(graph).n_nodes
 
 
 def test_scores_do_not_depend_on_constants_as_nodes(graph, replacement, tokens):

@@ -217,7 +217,8 @@ def _header(metadata: dict) -> dict:
     _require(
         version == FORMAT_VERSION,
         "format_version",
-        f"{version!r}, expected {FORMAT_VERSION} (re-run the trace to rewrite the file)",
+        f"{version!r}, expected {FORMAT_VERSION} (re-run the trace, or the global graph, that "
+        "wrote it to rewrite the file)",
     )
     # a key ``save_graph`` never writes is another version's or a forgery, never ignored (a
     # fuzz pass read a re-signed file with keys of any name); settings and model stay free-form

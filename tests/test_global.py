@@ -1148,8 +1148,9 @@ def test_how_a_global_graph_was_made_is_a_typed_record_every_export_carries(
     bad = resigned(up, format_8)
     with pytest.raises(GraphFileError) as info:
         Graph.load(bad)
-    assert str(info.value) == (f"{bad}: field format_version: 8, expected 9 (re-run the trace "
-                               "to rewrite the file)")  # fmt: skip
+    assert str(info.value) == (f"{bad}: field format_version: 8, expected 9 (re-run the "
+                               "trace, or the global graph, that wrote it to rewrite the "
+                               "file)")  # fmt: skip
 
 
 def test_a_logit_rooted_graph_reads_where_its_token_came_next(replacement, units, stats):

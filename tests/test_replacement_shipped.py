@@ -110,7 +110,7 @@ DAMAGE = {
     "top_k_type": (
         lambda d: edit_config(d, lambda c: c["transcoders"][0].update(top_k="32")),
         ValueError,
-        r"set/replacement.json: not a valid replacement config \(transcoder.top_k must be an "
+        r"set/replacement.json: not a valid replacement config \(transcoders\[0\].top_k must be an "
         r"integer, got '32'\)",
     ),
     "swapped": (

@@ -11,14 +11,15 @@ memory of the child, wall time) and must exit 0 with every file (JSON, graph, DO
 ``dot`` is installed, HTML), with its automatic targets and again with the most the default
 takes (the top ten logits: an unsure prompt's). Target (issue 11): peak RSS <= 2 GB. Then
 ``dot -Tsvg`` is timed
-on each written DOT file (the default drawing budget). Results go to
+on each written DOT file (the default drawing budget). Each run records the graph's size
+as its file holds it (``graph_figures``); the trace's stage timings are in its printout
+alone (no file holds timings: its outputs are byte-reproducible). Results go to
 benchmarks/results/trace_limits_{model}.json.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import resource
 import shutil
 import subprocess
@@ -52,6 +53,30 @@ def full_context_prompt(tokenizer, n_ctx: int, offset: int) -> str:
             text += next(docs[f]).text
     ids = tokenizer.encode(text).ids[1:n_ctx]  # BOS comes back when the trace encodes it
     return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def graph_figures(out: Path) -> dict | None:
+    """The size of the graph a trace wrote into ``out``, from its file's fields (never its
+    printout): the full graph's nodes and edges (the pruned graph's provenance,
+    ``settings["unpruned"]``; the graph's own where it is not pruned), the pruned graph's,
+    its nodes by kind, its QK records and its scores. None where no graph was written (a
+    failed trace)."""
+    from collections import Counter
+
+    from circuits.graph_file import load_graph
+
+    path = out / "graph.safetensors"
+    if not path.is_file():
+        return None
+    graph = load_graph(path)
+    whole = {"nodes": graph.n_nodes, "edges": graph.n_edges}
+    return {
+        "unpruned": graph.settings.get("unpruned") if graph.pruned else whole,
+        **whole,
+        "nodes_by_kind": dict(sorted(Counter(graph.kinds).items())),
+        "qk_records": len(graph.qk),
+        "scores": graph.settings.get("scores"),
+    }
 
 
 def child_peak_gb() -> float:
@@ -97,14 +122,12 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(["dot", "-Tsvg", str(out / "graph.dot"), "-o", "/dev/null"],
                                check=True, capture_output=True)  # fmt: skip
                 dot_seconds = round(time.perf_counter() - t0, 2)
-        # a long line with the lines it goes on in (reports.mechanisms.fitted), joined back
-        said = re.sub(r"\n {4,}", " ", proc.stdout)
-        summary = [line for line in said.splitlines() if line.startswith(("graph:", "sec"))]
+            graph = graph_figures(out)  # read before the folder goes
         runs.append({
             "tokens": n_tokens, "targets": "ten" if extra else "automatic",
             "exit": proc.returncode, "seconds": round(seconds, 1),
             "peak_rss_gb_so_far": round(peak, 3), "files": files, "dot_svg_seconds": dot_seconds,
-            "summary": summary, "stderr_tail": proc.stderr[-300:],
+            "graph": graph, "stderr_tail": proc.stderr[-300:],
         })  # fmt: skip
         print(json.dumps(runs[-1]), flush=True)
     result = {

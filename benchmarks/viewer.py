@@ -17,7 +17,6 @@ benchmarks/results/viewer.json (another model's to ``viewer_{model}.json``, a pa
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -71,7 +70,7 @@ MEASURE = """(async () => {
 def trace_page(model: str, out: Path) -> tuple[Path, dict]:
     """Trace the first held-out prompt as long as the model was trained on (its
     ``trained_positions``); the page and what the trace reported."""
-    from benchmarks.trace_limits import full_context_prompt
+    from benchmarks.trace_limits import full_context_prompt, graph_figures
     from toy_models.zoo import load_pretrained
 
     toy, tokenizer = load_pretrained(model)
@@ -85,13 +84,10 @@ def trace_page(model: str, out: Path) -> tuple[Path, dict]:
     if proc.returncode != 0:
         said = (proc.stderr.strip().splitlines() or ["(nothing)"])[-1].removeprefix("error: ")
         raise UserError(f"the trace failed (exit {proc.returncode}): {said}")
-    # a long line with the lines it goes on in (reports.mechanisms.fitted), joined back
-    said = re.sub(r"\n {4,}", " ", proc.stdout)
-    summary = [line for line in said.splitlines() if line.startswith("graph:")]
     info = {
         "tokens": len(tokenizer.encode(prompt).ids),
         "trace_seconds": round(time.perf_counter() - start, 1),
-        "trace_summary": summary,
+        "graph": graph_figures(out),  # the page's graph, from its file's fields
     }
     return out / "graph.html", info
 

@@ -943,6 +943,41 @@ def test_outputs_are_byte_reproducible(tmp_path, capsys):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
 
 
+def test_the_benchmarks_read_the_graphs_size_from_its_file(tmp_path, capsys):
+    """benchmarks/trace_limits.py and viewer.py record the traced graph's size from its
+    file's fields (``graph_figures``), read before their temporary folder goes: they kept the
+    printout's ``graph:`` line, joined back from its wrapped lines with a regex. The figures
+    are the graph's and agree with what the trace printed; no graph written (a failed trace):
+    None. A stored results file of the old shape is still one a rerun may replace."""
+    from conftest import benchmark
+
+    from toy_models.files import check_writable_file
+
+    limits = benchmark("trace_limits")
+    out = tmp_path / "t"
+    code, stdout, err = trace(capsys, "--prompt", PROMPT, "--out", str(out), "--format", "",
+                              "--no-mechanisms", "--max-nodes", "30")  # fmt: skip
+    assert code == 0, err
+    graph = Graph.load(out / "graph.safetensors")
+    got = limits.graph_figures(out)
+    kinds = {k: graph.kinds.count(k) for k in sorted(set(graph.kinds))}
+    assert got == {
+        "unpruned": graph.settings["unpruned"], "nodes": graph.n_nodes, "edges": graph.n_edges,
+        "nodes_by_kind": kinds, "qk_records": len(graph.qk), "scores": graph.settings["scores"],
+    }  # fmt: skip
+    assert graph.pruned and got["unpruned"]["nodes"] > got["nodes"] == sum(kinds.values())
+    by_kind = ", ".join(f"{n} {k}" for k, n in kinds.items())
+    printed = (f"graph: {got['unpruned']['nodes']} nodes, {got['unpruned']['edges']} edges -> "
+               f"pruned to {got['nodes']} nodes ({by_kind}), {got['edges']} edges; "
+               f"{got['qk_records']} QK attributions")  # fmt: skip
+    assert printed in " ".join(stdout.split())
+    assert limits.graph_figures(tmp_path / "failed") is None
+    results = limits.RESULTS
+    check_writable_file(results / "trace_limits_default.json", "results", limits.RESULT_KEYS)
+    viewer = benchmark("viewer")
+    check_writable_file(results / "viewer.json", "results", viewer.RESULT_KEYS)
+
+
 def test_trace_builds_small_dashboards_on_first_use_then_reuses_them(tmp_path, capsys):
     dashboards = tmp_path / "dashboards.safetensors"
     small = ["--dashboards-file", str(dashboards), "--dashboard-rows", "4", "--max-nodes", "20"]

@@ -30,7 +30,7 @@ from toy_models.files import write_text_atomic
 
 from .graphviz import show_bidi
 from .labels import fields_label, node_labels
-from .layout import ACTIVATION, INFLUENCE, REACH, Selection, check_selection, node_scores, select
+from .layout import ACTIVATION, INFLUENCE, Selection, check_selection, node_scores, select
 from .mechanisms import CSS as MECHANISMS_CSS
 from .mechanisms import mechanisms_html, summary_for
 from .viewer import NODE_ANCHOR, assets, script_json, viewer_data
@@ -357,14 +357,14 @@ def _node_order_words(graph: Graph) -> str:
     |activation| (an unpruned upstream one) is listed in stage order, which the heading
     called "most influential first" (a review)."""
     name = node_scores(graph)[1]
-    return {INFLUENCE: "most influential first", REACH: f"highest {REACH} first"}.get(
-        name, "in stage order"
+    return {INFLUENCE: "most influential first", ACTIVATION: "in stage order"}.get(
+        name, f"highest {name} first"
     )
 
 
 def _node_order(graph: Graph) -> list[int]:
-    """Highest first by ``node_scores`` (influence, or a downstream global graph's reach
-    from its start); by |activation|, the graph's stage order."""
+    """Highest first by ``node_scores`` (influence, a downstream global graph's reach from
+    its start, a QK circuit's shares); by |activation|, the graph's stage order."""
     scores, name = node_scores(graph)
     if name == ACTIVATION:
         return list(range(graph.n_nodes))

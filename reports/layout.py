@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits.graph import Graph, checked_count, checked_graph
+from circuits.graph import QK_BIAS, Graph, checked_count, checked_graph
 from circuits.nodes import Kind
-from circuits.prune import reach
+from circuits.prune import influence, reach
 
 from .labels import at_position, prompt_token, short_label_lines
 
@@ -216,18 +216,23 @@ def qk_edges(
 
 INFLUENCE, ACTIVATION = "influence", "|activation|"
 REACH = "reach from the start"  # a downstream global graph's (never pruned: no influence)
+QK_SHARE = "share of the QK pairs' |weight|"  # a QK circuit's (its pairs: weights alone)
 
 
 def node_scores(graph: Graph) -> tuple[list[float], str]:
-    """What ranks nodes for the drawing and the node table, and its name: influence when
-    known (a pruned graph's, an upstream global graph's, pruned or not:
-    ``circuits.global_weights.global_graph``); in a downstream global graph (``Graph.direction``,
-    its ``global_record``'s), which is never pruned, each unit's reach from the
-    start (``circuits.prune.reach``: the share of the start's |effect| that flows through it;
-    a reviewer found such a page ranking units by their mean activation when active, which
-    says nothing of the start and compares heads with features in different units); else
-    |activation|."""
-    if graph.influence is not None:
+    """What ranks nodes for the drawing and the node table, and its name: in a QK circuit's
+    graph (``Graph.qk_from_weights``), each unit's share of its pairs' |weight|
+    (``qk_shares``; it ranked its units by their mean activation when active, which says
+    nothing of the QK circuit); else influence when known (a pruned graph's, an upstream
+    global graph's, pruned or not: ``circuits.global_weights.global_graph``); in a downstream
+    global graph (``Graph.direction``, its ``global_record``'s), which is never pruned, each
+    unit's reach from the start (``circuits.prune.reach``: the share of the start's |effect|
+    that flows through it; a reviewer found such a page ranking units by their mean
+    activation when active, which says nothing of the start and compares heads with features
+    in different units); else |activation|."""
+    if graph.qk_from_weights:
+        values, name = qk_shares(graph).tolist(), QK_SHARE
+    elif graph.influence is not None:
         values, name = graph.influence.tolist(), INFLUENCE
     elif graph.direction == "downstream":  # its ``global_record``'s
         weights = graph.target_weight.double().numpy()
@@ -235,6 +240,28 @@ def node_scores(graph: Graph) -> tuple[list[float], str]:
     else:
         values, name = graph.activation.abs().tolist(), ACTIVATION
     return [-math.inf if math.isnan(v) else v for v in values], name
+
+
+def qk_shares(graph: Graph) -> np.ndarray:
+    """A QK circuit's ranking (``circuits.global_weights.qk_circuit``: its QK record's pairs
+    are query-unit x key-unit weights of its heads' QK group, its edges its pair units'
+    strongest writers' mean inputs): each unit's share of the pairs' total |weight| that the
+    pairs it takes part in hold, on either side (a pair of a unit with itself counted once),
+    plus the share it writes: each unit's share split among the writers the graph holds in
+    proportion to their |mean input| into it (``circuits.prune.influence`` with the shares as
+    the weights), so a writer's is the share that flows through it. The heads the circuit is
+    of (its targets) hold it whole: 1. A share is at most 1 for a pair unit, which may write
+    another too."""
+    at = graph.id_to_index
+    share = np.zeros(graph.n_nodes)
+    total = sum(abs(p.value) for a in graph.qk for p in a.pairs)
+    for p in (p for a in graph.qk for p in a.pairs) if total > 0 else ():
+        for node in {p.query, p.key} - {None, QK_BIAS}:  # a unit with itself: once
+            if node in at:
+                share[at[node]] += abs(p.value) / total
+    share += influence(graph.edges, graph.stage.numpy(), share)
+    share[graph.is_target.numpy()] = 1.0
+    return share
 
 
 def select(

@@ -62,11 +62,12 @@ from toy_models.records import is_finite_number
 
 from .labels import fields_label, node_labels, short_label_lines, stage_name
 from .layout import (
+    ACTIVATION,
     EDGES_PER_NODE,
+    INFLUENCE,
     INNER_KINDS,
     MAX_NODES,
     QK_MIN_SHARE,
-    REACH,
     TOKEN_EDGE_NOTE,
     Selection,
     node_scores,
@@ -401,8 +402,8 @@ def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
         "activation": _num(arrays["activation"][i]),
         "influence": None if graph.influence is None else _num(arrays["influence"][i]),
     }
-    if arrays["reach"] is not None:  # a downstream global graph's (``layout.node_scores``)
-        node["reach"] = _num(arrays["reach"][i])
+    if arrays["score"] is not None:  # a downstream global graph's reach, a QK circuit's
+        node["score"] = _num(arrays["score"][i])  # shares (``layout.node_scores``)
     if kind != Kind.LOGIT and arrays["target"][i]:
         node["target"] = True  # a head, feature or token the graph starts from: always drawn
     if kind in (Kind.LORSA, Kind.TRANSCODER, Kind.LOGIT):
@@ -669,7 +670,7 @@ def viewer_data(
         "influence": None if graph.influence is None else graph.influence.tolist(),
     }
     scores, ranked_by = node_scores(graph)  # the page ranks by it (viewer.js, score)
-    arrays["reach"] = scores if ranked_by == REACH else None
+    arrays["score"] = None if ranked_by in (INFLUENCE, ACTIVATION) else scores
     nodes = [_node(graph, i, labels[i], arrays) for i in range(graph.n_nodes)]
     coo = graph.edges.tocoo()
     keep = coo.data != 0

@@ -974,19 +974,20 @@ def test_a_downstream_graph_is_ranked_by_reach_from_its_start(replacement, units
     data = viewer_data(graph, selection)
     assert data["view"]["rankedBy"] == REACH
     for node, r in zip(data["nodes"], want, strict=True):
-        assert node["reach"] == pytest.approx(r, rel=1e-5) and node["influence"] is None
+        assert node["score"] == pytest.approx(r, rel=1e-5) and node["influence"] is None
     assert f"reach from the start {want[by_reach[0]]:.4g}" in to_dot(graph, selection)
     # an upstream graph keeps its ranking: influence, pruned or not (the test below)
     up = global_graph(replacement, stats, units_of(graph, units)[by_reach[0]], budget=10)
-    assert node_scores(up)[1] == "influence" and "reach" not in viewer_data(up)["nodes"][0]
+    assert node_scores(up)[1] == "influence" and "score" not in viewer_data(up)["nodes"][0]
     assert node_scores(prune_graph(up))[1] == "influence"
 
 
-def brute_force_influence(graph: Graph) -> np.ndarray:
+def brute_force_influence(graph: Graph, weights: np.ndarray | None = None) -> np.ndarray:
     """Every node's influence on the weighted nodes, path by path (circuit-tracer's
     ``w^T ((I - Â)^-1 - I)``): from each weighted node down its inputs, the product along each
     path of |edge| / its target's summed incoming |edges|, summed over every path of one edge
-    or more (``brute_force_reach``'s mirror)."""
+    or more (``brute_force_reach``'s mirror). ``weights``: the nodes' (default the graph's
+    target weights)."""
     a = np.abs(graph.edges.toarray().astype(np.float64))  # [target, source]
     into = a.sum(1, keepdims=True)
     share = np.divide(a, into, out=np.zeros_like(a), where=into > 0)
@@ -996,9 +997,10 @@ def brute_force_influence(graph: Graph) -> np.ndarray:
             into[s] += carried * share[t, s]
             paths_into(int(s), carried * share[t, s], into)
 
+    weights = graph.target_weight.double().numpy() if weights is None else weights
     influence = np.zeros(graph.n_nodes)
-    for t in np.flatnonzero(graph.target_weight.numpy()):
-        paths_into(int(t), float(graph.target_weight[t]), influence)
+    for t in np.flatnonzero(weights):
+        paths_into(int(t), float(weights[t]), influence)
     return influence
 
 
@@ -1578,6 +1580,55 @@ def test_a_qk_circuit_saves_and_loads(replacement, stats, tmp_path):
     assert loaded.ids == graph.ids and [p.value for p in loaded.qk[0].pairs] == [
         p.value for p in record.pairs
     ]
+
+
+def test_a_qk_circuit_is_ranked_by_its_units_share_of_its_pairs(replacement, stats):
+    """A QK circuit's page ranked its units by their mean activation when active, which says
+    nothing of the circuit (its pairs are weights alone). A unit's score is the share of the
+    pairs' total |weight| held by the pairs it takes part in, either side (a pair of a unit
+    with itself once), plus what flows to it as a writer: each unit's share split among its
+    writers in the graph by their |mean input| (path by path here); its heads 1. The budget,
+    the node table, its heading, the tooltips and the page's data all rank by it."""
+    from reports.graphviz import to_dot
+    from reports.html import _node_order, _node_order_words, _node_table_html
+    from reports.labels import node_labels
+    from reports.layout import QK_SHARE, node_scores, select
+    from reports.viewer import viewer_data
+
+    graph = qk_circuit(replacement, stats, 1, [4, 5], k=5, writers=2)
+    (record,) = graph.qk
+    total = sum(abs(p.value) for p in record.pairs)
+    pairs = np.zeros(graph.n_nodes)
+    for p in record.pairs:
+        pairs[graph.id_to_index[p.query]] += abs(p.value) / total
+        if p.key != p.query:
+            pairs[graph.id_to_index[p.key]] += abs(p.value) / total
+    want = pairs + brute_force_influence(graph, pairs)
+    heads = graph.target_weight.numpy() > 0
+    assert heads.sum() == 2 and not pairs[heads].any() and graph.n_edges > 0
+    want[heads] = 1.0
+    scores, ranked_by = node_scores(graph)
+    assert ranked_by == QK_SHARE == "share of the QK pairs' |weight|"
+    np.testing.assert_allclose(scores, want, rtol=1e-12, atol=0)
+    writers = set(graph.edges.tocoo().col.tolist()) - set(np.flatnonzero(pairs).tolist())
+    assert writers and all(0 < want[i] for i in writers)  # writers' share: through the pairs'
+    assert max(want[~heads]) <= 1 and pairs.sum() >= 1  # every pair on both sides
+    inner = [i for i, k in enumerate(graph.kinds) if k in ("lorsa", "transcoder", "error")]
+    inner = [i for i in inner if not heads[i]]
+    by_share = sorted(inner, key=lambda i: (-want[i], i))
+    by_activation = sorted(inner, key=lambda i: (-abs(float(graph.activation[i])), i))
+    assert by_share[:4] != by_activation[:4]  # the ranking the page had is not it
+    selection = select(graph, max_nodes=4)
+    assert selection.ranked_by == QK_SHARE and set(by_share[:2]) <= set(selection.nodes)
+    assert _node_order(graph) == sorted(range(graph.n_nodes), key=lambda i: (-want[i], i))
+    assert _node_order_words(graph) == "highest share of the QK pairs' |weight| first"
+    table = _node_table_html(graph, node_labels(graph), 3)
+    assert "<th>share of the QK pairs' |weight|</th>" in table
+    data = viewer_data(graph, selection)
+    assert data["view"]["rankedBy"] == QK_SHARE
+    for node, r in zip(data["nodes"], want, strict=True):
+        assert node["score"] == pytest.approx(r, rel=1e-5)
+    assert f"share of the QK pairs' |weight| {want[by_share[0]]:.4g}" in to_dot(graph, selection)
 
 
 START = 78  # a unit of the fixture's numbering: block 1's Lorsa head 2

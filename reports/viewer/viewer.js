@@ -75,8 +75,9 @@
     outE[i].sort((a, b) => Math.abs(wt[b]) - Math.abs(wt[a]) || tgt[a] - tgt[b]);
   }
   const score = nodes.map((n) => {
-    // layout.node_scores, as the data holds it: a downstream global graph's reach from its start
-    const v = n.reach != null ? n.reach : n.influence != null ? n.influence : n.activation != null ? Math.abs(n.activation) : null;
+    // layout.node_scores, as the data holds it: a downstream global graph's reach from its
+    // start, a QK circuit's shares (score), else influence or |activation|
+    const v = n.score != null ? n.score : n.influence != null ? n.influence : n.activation != null ? Math.abs(n.activation) : null;
     return v == null ? -Infinity : v;
   });
   const byScore = (a, b) => (score[b] > score[a]) - (score[b] < score[a]) || a - b;
@@ -1816,7 +1817,7 @@
       // is the vector itself): not shown, as graph.json writes none (a review)
       ["activation", ["embedding", "error", "bias"].includes(n.kind) ? "" : fmt(n.activation)],
       ["influence", n.influence == null ? "" : fmt(n.influence)],
-      [data.view.rankedBy, n.reach == null ? "" : fmt(n.reach)],
+      [data.view.rankedBy, n.score == null ? "" : fmt(n.score)],
       ["pre-activation", n.value == null ? "" : fmt(n.value)],
       ["constant term", n.bias == null ? "" : fmt(n.bias)],
       ["firings in sample", n.occurrences == null ? "" : fmt(n.occurrences)],

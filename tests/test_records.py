@@ -114,6 +114,40 @@ def test_a_missing_field_or_a_non_object_is_refused():
         from_json(Outer, [GOOD])
 
 
+@dataclass
+class Kinds:
+    """One field of each kind ``dataclass_keys`` tells apart."""
+
+    first: int
+    second: str
+    plain: float = 1.5
+    made: list[int] = field(default_factory=list)
+    derived: int = field(default=0, init=False)
+
+
+def test_a_records_required_and_optional_keys_are_dataclass_keys():
+    """The reader takes which keys a record needs from ``dataclass_keys``, the one place
+    that says it (it worked them out again beside it): fields without a default are required,
+    those with a default or a factory optional, and a field outside ``__init__`` is no key."""
+    from toy_models.records import dataclass_keys
+
+    assert dataclass_keys(Kinds) == (["first", "second"], ["plain", "made"])
+    assert from_json(Kinds, {"first": 1, "second": "a"}) == Kinds(1, "a")
+    assert from_json(Kinds, {"first": 1, "second": "a", "plain": 2, "made": [3]}) == Kinds(
+        1, "a", 2.0, [3]
+    )
+    for missing in ("first", "second"):
+        with pytest.raises(ValueError) as info:
+            from_json(Kinds, {k: v for k, v in {"first": 1, "second": "a"}.items() if k != missing})
+        assert str(info.value) == f"record lacks {missing!r}: {WRITTEN}"
+    with pytest.raises(ValueError) as info:
+        from_json(Kinds, {"second": "a", "plain": "x"})  # the first field read that fails
+    assert str(info.value) == f"record lacks 'first': {WRITTEN}"
+    with pytest.raises(ValueError) as info:
+        from_json(Kinds, {"first": 1, "second": "a", "derived": 2})
+    assert str(info.value) == f"record holds unknown keys ('derived'): {WRITTEN}"
+
+
 def test_parse_json_is_never_a_traceback():
     """JSON from disk: text that is not JSON, and nesting too deep to parse, are one
     ValueError line each, not a JSONDecodeError or a RecursionError traceback."""

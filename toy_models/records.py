@@ -304,11 +304,13 @@ def _unreadable(problem: str):
 
 def _dataclass_reader(cls):
     hints = _hints(cls)
-    fields = [(f.name, f".{f.name}", _reader(hints[f.name]),
-               f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-              for f in dataclasses.fields(cls) if f.init]  # fmt: skip
+    # the keys and which are required: ``dataclass_keys``'s, which ``check_keys`` is given
+    # too (the required first: the fields' order, as a dataclass without kw_only ones has it)
+    required, optional = keys = dataclass_keys(cls)
+    fields = [(name, f".{name}", _reader(hints[name]), needed)
+              for names, needed in ((required, True), (optional, False))
+              for name in names]  # fmt: skip
     known = {name for name, *_ in fields}
-    keys = dataclass_keys(cls)
 
     def read(value, path):
         if not isinstance(value, dict):

@@ -1817,7 +1817,12 @@ QK_LEGEND = (
     "feature group",
     "each named token made the mean token: that token's embedding replaced by the mean token's "
     "and the model rerun; 'as they say': the attention moved the way the terms naming the "
-    "token say, at least half as far as their size alone moves it; 'in part': less far",
+    "token say, at least half as far as their size alone moves it; 'in part': less far; "
+    "'the other way': against them; 'little change': by less than "
+    f"{LITTLE:g}; 'further than their size alone moves it (0.87)': the way they say, over "
+    f"{RATIO:g}x as far as their size alone moves it (to the attention in brackets); 'this "
+    "key's specific part not (+1.3 -> +1.4)': the attention moved as they say but the key's own "
+    "specific part did not, another key took it (the one named as gained)",
     "what makes it attend there: the head groups whose ablation lowers the attention most "
     "through one side (query or key) alone; 'weak': that ablation does not halve it",
 )
@@ -1848,8 +1853,9 @@ def checks_legend_block(summary: MechanismSummary) -> list[str]:
         "target predicted by the linear graph and measured with",
         f"{frozen_words(summary.mode)} and",
         f"{free_words(summary.mode)}{probability}",
-        f"FLAGGED where a measured change has the other sign or is over {RATIO:g}x off: there "
-        "the linear graph is not to be trusted",
+        f"FLAGGED where a measured change has the other sign or is over {RATIO:g}x off "
+        "('free 0.05x': the change measured free is 0.05 times the predicted one): there the "
+        "linear graph is not to be trusted",
         *LN_CLAUSES,
     ]
 

@@ -4435,6 +4435,41 @@ def test_the_legend_says_the_specific_part_sets_a_key_apart_for_this_query_alone
     assert "mean q x k sets a key apart for any query" in specific
 
 
+def test_the_legend_defines_every_token_check_verdict_and_a_flagged_ratio():
+    """The legend defined two of the six verdicts a token check prints ('as they say', 'in
+    part'); a reviewer's new prompts printed the other four undefined ("' '@20 0.83 (terms
+    +0.478: the attention as they say, this key's specific part not (+1.32 -> +1.41): '='@26
+    gained, 0.09 -> 0.16)", "'4'@22 0.79 (terms +0.385: the way they say, but further than
+    their size alone moves it (0.87))", "little change", "the other way"), and "FLAGGED (free
+    0.051x, ...)" with "0.051x" undefined. Each verdict ``token_verdict`` gives opens with
+    words the legend's clause defines."""
+    from types import SimpleNamespace
+
+    from circuits.mechanism_file import QKReasonRecord, TokenCheck
+    from reports.mechanisms import QK_LEGEND, checks_legend_block, token_verdict
+
+    clause = next(x for x in QK_LEGEND if x.startswith("each named token"))
+    r = QKReasonRecord(1, 2, 9, 4, " a", 0.6, 3.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, [])
+    tokens = [f"t{i}" for i in range(10)]
+    cases = {  # (attention after, specific after, the terms' sum) -> the verdict's opening
+        (0.58, 1.0, 3.0): "little change",
+        (0.9, 1.0, 3.0): "the other way",
+        (0.3, 2.5, 3.0): "this key's specific part not",
+        (0.1, 1.0, 0.05): "further than their size alone moves it",
+        (0.05, 0.5, 3.0): "as they say",
+        (0.5, 0.5, 30.0): "in part",
+    }
+    for (attention, specific, total), words in cases.items():
+        verdict = token_verdict(r, TokenCheck(3, " b", attention, specific, rival=5,
+                                              rival_attention=0.5, rival_before=0.1),
+                                total, tokens)  # fmt: skip
+        assert words in verdict, (words, verdict)
+        assert f"'{words}" in clause or f"{words}'" in clause, words
+    summary = SimpleNamespace(groups=[SimpleNamespace(checks=[object()])], targets=[], mode="local")
+    flagged = next(x for x in checks_legend_block(summary) if x.startswith("FLAGGED"))
+    assert "'free 0.05x': the change measured free is 0.05 times the predicted one" in flagged
+
+
 def test_the_why_lines_token_check_says_when_the_tokens_terms_sum_the_other_way():
     """A why line's token check is judged against every printed term naming the token (the
     group's lines print that sum); where the sum has the other sign from the term the line

@@ -1912,6 +1912,11 @@ def majority_concept(g: GroupRecord) -> MemberConcept | None:
     return top if top is not None and top.share >= MEMBERS_MAJORITY else None
 
 
+def read_text(x: TokenShare) -> str:
+    """One token a feature group's flow reads, with its signed part: ``' home'@7 +7.55``."""
+    return f"{x.token!r}@{x.pos} {_signed(x.flow)}"
+
+
 def group_title(g: GroupRecord, describe: bool = True) -> str:
     """A group's name as the summary prints it: with a concept of its own, its name (which
     gives it); without, its members' concept when the members carrying it bring at least
@@ -1929,7 +1934,9 @@ def group_title(g: GroupRecord, describe: bool = True) -> str:
         return g.name
     words = []
     if g.reads:
-        words.append("reads " + ", ".join(f"{x.token!r}@{x.pos}" for x in g.reads[:2]))
+        # signed: a token whose part runs against the group's flow is named first where it is
+        # the largest (a reviewer's g13 of flow +0.863 read "reads 'n'@16", whose part -0.877)
+        words.append("reads " + ", ".join(read_text(x) for x in g.reads[:2]))
     if g.promotes:
         words.append("promotes " + ", ".join(map(repr, g.promotes[:2])))
     return f"{g.name} {{no concept: {', '.join(words)}}}"
@@ -1953,8 +1960,7 @@ def member_concepts_blocks(g: GroupRecord, min_f1: float) -> list[list]:
     elif g.no_concept_share is not None and g.kind == "transcoder":  # (what its title says)
         blocks.append([f"no member has a concept of F1 {min_f1:.2g} or more"])
     if g.reads:
-        blocks.append(["its flow reads " + ", ".join(f"{x.token!r}@{x.pos} {_signed(x.flow)}"
-                                                     for x in g.reads)])  # fmt: skip
+        blocks.append(["its flow reads " + ", ".join(map(read_text, g.reads))])
     return blocks
 
 

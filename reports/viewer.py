@@ -335,7 +335,14 @@ def _box_lines(g, summary) -> list[str]:
     reads most, ``reports.mechanisms.group_title`` in short), then for a QK source the
     attention its ablation leaves the head whose score it writes (``AttentionCheck``): its
     flagged check is what a QK source is for, not a warning."""
-    from .mechanisms import HALVES, _percent, attention_change, described, majority_concept
+    from .mechanisms import (
+        HALVES,
+        _percent,
+        attention_change,
+        described,
+        majority_concept,
+        read_text,
+    )
 
     size = len(g.members)
     what = {"lorsa": "head", "transcoder": "feature"}.get(g.kind, "node")
@@ -354,7 +361,7 @@ def _box_lines(g, summary) -> list[str]:
                 f"F1 ≥{top.f1_low:.2f}"  # fmt: skip
             lines += [top.concept, f"members {_percent(top.share)}, {low}"]
         elif g.reads:
-            lines.append(f"reads {g.reads[0].token!r}@{g.reads[0].pos}")
+            lines.append(f"reads {read_text(g.reads[0])}")  # signed: it may be against
         elif g.promotes:
             lines.append(f"↑{g.promotes[0]!r}")
     heads = [t for t in summary.targets if isinstance(summary.qk_subject(t.node), TargetRecord)]

@@ -4629,7 +4629,8 @@ def test_a_group_without_a_concept_says_its_members_and_what_its_flow_reads(
                                                       reverse=True)  # fmt: skip
     assert abs(rec.reads[0].flow) == pytest.approx(max(abs(v) for v in by_pos.values()))
     # titled by its members' label only where they bring most of its flow
-    reads = ", ".join(f"{x.token!r}@{x.pos}" for x in rec.reads[:2])
+    # each with its signed part: the largest may run against the group's flow
+    reads = ", ".join(f"{x.token!r}@{x.pos} {x.flow:+.3g}" for x in rec.reads[:2])
     promotes = ", ".join(map(repr, rec.promotes[:2]))
     if share >= 0.5:
         want = f"{rec.name} [members: x, {math.floor(share * 100 + 1e-6)}% of flow, F1 0.40]"

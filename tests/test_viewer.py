@@ -2963,7 +2963,10 @@ def test_a_feature_group_without_a_concept_is_titled_as_the_printout_titles_it()
         return _box_lines(g, summary)
 
     head = "g3 L0 2 features @7"
-    assert box() == [head, "reads ' Wednesday'@6"]
+    assert box() == [head, "reads ' Wednesday'@6 +12.5"]
+    # signed: the token read most may run against the group's flow (a reviewer's box of a
+    # group of flow +0.863 read "reads 'n'@16", whose part is -0.877)
+    assert box(reads=[TokenShare(16, "n", -0.877)])[1:] == ["reads 'n'@16 -0.877"]
     assert box(reads=[]) == [head, "↑'four'"]
     assert box(reads=[], promotes=[]) == [head]
     weekdays = MemberConcept("next token: weekdays item", 0.53, 5, 0.31, 0.45)
@@ -2975,7 +2978,7 @@ def test_a_feature_group_without_a_concept_is_titled_as_the_printout_titles_it()
     one = MemberConcept("x", 0.5, 1, 0.4, 0.4)
     assert box(member_concepts=[one], no_concept_share=0.5) == [head, "x", "members 50%, F1 0.40"]
     below = MemberConcept("x", 0.49, 1, 0.4, 0.4)  # under half: what its flow reads
-    assert box(member_concepts=[below], no_concept_share=0.51)[1:] == ["reads ' Wednesday'@6"]
+    assert box(member_concepts=[below], no_concept_share=0.51)[1:] == ["reads ' Wednesday'@6 +12.5"]
     assert box(concept="successor: weekdays item") == [head, "successor: weekdays item"]
     assert box(no_concept_share=None) == [head]  # a file written before members' concepts
     assert box(kind="lorsa")[1:] == []  # a head group's name says the key it reads
@@ -2986,7 +2989,7 @@ def test_the_pages_summary_groups_say_what_the_printout_titles_them(browser, wee
     Wednesday'@6, ...}`` where the page said ``L0 28 features @7`` alone: its box says what
     its flow reads, its tooltip, its supernode's panel and the mechanisms panel its title
     whole and its members' concepts; the supernode keeps its name (the URL's state)."""
-    from reports.mechanisms import described, group_title, member_concepts_text
+    from reports.mechanisms import described, group_title, member_concepts_text, read_text
 
     _, graph, summary, path = weekday_trace
     present = set(graph.ids)
@@ -3003,7 +3006,7 @@ def test_the_pages_summary_groups_say_what_the_printout_titles_them(browser, wee
     )
     assert found, name
     tooltip, lines = found
-    assert lines[:2] == [name, f"reads {g.reads[0].token!r}@{g.reads[0].pos}"], lines
+    assert lines[:2] == [name, f"reads {read_text(g.reads[0])}"], lines
     assert title in tooltip, tooltip
     members = member_concepts_text(g, summary.settings.get("member_min_f1", 0.0))
     text = panel_text(browser)

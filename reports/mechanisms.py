@@ -1812,7 +1812,9 @@ QK_LEGEND = (
     "against the means: what the mean query and mean key take away from the token terms",
     "specific by units at the two positions: the same part split by the heads and features at "
     "the query and at the key, each unit's own vector (a token: its embedding alone, not what "
-    "it reaches through other units)",
+    "it reaches through other units); 'minus the mean's token '0' (not at this position)': a "
+    "unit of the mean query or mean key that this query or key does not hold, which its "
+    "deviation from that mean holds with a minus sign",
     "query side from, key side from: what writes each side's vector, by root, head group and "
     "feature group",
     "each named token made the mean token: that token's embedding replaced by the mean token's "

@@ -4470,6 +4470,20 @@ def test_the_legend_defines_every_token_check_verdict_and_a_flagged_ratio():
     assert "'free 0.05x': the change measured free is 0.05 times the predicted one" in flagged
 
 
+def test_the_legend_defines_a_unit_of_the_mean_not_at_this_position():
+    """A layer-0 head's unit pairs print ``minus the mean's token '0' (not at this position)
+    x token '0'@14`` (a reviewer's ``10, 20, 30, 40,``), which the legend did not define: its
+    units clause names the words ``ref_text`` gives such a unit and says what it is."""
+    from circuits.mechanism_file import NodeRef
+    from reports.mechanisms import QK_LEGEND, ref_text
+
+    clause = next(x for x in QK_LEGEND if x.startswith("specific by units"))
+    words = ref_text(NodeRef(None, "embedding", present=False, token="0"))
+    assert words == "minus the mean's token '0' (not at this position)"
+    assert f"'{words}'" in clause
+    assert "does not hold" in clause
+
+
 def test_the_why_lines_token_check_says_when_the_tokens_terms_sum_the_other_way():
     """A why line's token check is judged against every printed term naming the token (the
     group's lines print that sum); where the sum has the other sign from the term the line

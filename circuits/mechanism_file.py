@@ -533,8 +533,10 @@ class TargetRecord:
     tokens of the prompt the target comes from); the runner-up token and the margin over it; the
     predicting head group (a group key) and the ``HEAD_GROUPS`` head groups at the target's
     position ranked as it was chosen (positive flows first, largest first). ``heads_flow``:
-    the summed flow of every Lorsa head at the target's position (the target itself left
-    out); ``moved_by_position`` splits it by the key position each part comes from (largest
+    the flow of every Lorsa head at the target's position as one group (the target itself
+    left out): what zeroing them all takes away, a path through two of them counted once
+    (summed head by head it was counted twice until 2026-12-07); ``moved_by_position`` splits
+    it by the key position each part comes from (largest
     |flow| first, every position that brings any), ``heads_own`` the heads' constant terms,
     so that the two sum to ``heads_flow`` (``circuits.flows.key_flows``): which places the
     attention at this position brings the prediction from, whichever group holds the heads.

@@ -1781,6 +1781,19 @@ def sparse_words(summary: MechanismSummary) -> str:
 LEGEND_AT_END = "the legend at the end"
 # at the head all the same (a reviewer's hooks read the raw logit, and one check's sign flipped)
 DEMEANED_SHORT = "a logit's numbers are less the mean logit"
+DIFFERENCE_SHORT = "a difference's numbers are of the two logits' difference"
+
+
+def demeaned_short(summary: MechanismSummary) -> str:
+    """What the summary's targets' numbers are of, for its head: a logit's less the mean logit,
+    a difference's of the two logits (a reviewer's ``--vs-runner-up`` summary of ``'4' - '3'``
+    alone was headed "a logit's numbers are less the mean logit"), both where it has both;
+    empty where it has neither (head and feature targets)."""
+    kinds = {t.negative is not None for t in summary.targets if t.kind == "logit"}
+    return "; ".join(([DEMEANED_SHORT] if False in kinds else [])
+                     + ([DIFFERENCE_SHORT] if True in kinds else []))  # fmt: skip
+
+
 LEGEND_ID = "mechanisms-legend"  # the report's legend (its blocks), which its pointer links to
 FLOWS_CLAUSES = (
     "exact flows: each group's total linear contribution to the target, through the graph's "
@@ -1987,7 +2000,8 @@ def format_summary(
     would be (``checked_summary``)."""
     summary = checked_summary(summary)
     max_pairs = checked_count(max_pairs, "max_pairs", least=0)
-    lines = [f"mechanisms ({DEMEANED_SHORT}; how to read them: {LEGEND_AT_END}):"]
+    what = demeaned_short(summary)
+    lines = [f"mechanisms ({what + '; ' if what else ''}how to read them: {LEGEND_AT_END}):"]
     if summary.mode == "sparse":
         lines.append(f"  ({sparse_words(summary)})")
     if untrained := summary.untrained_note():
@@ -2220,10 +2234,12 @@ def mechanisms_html(
     # words where no group had checks, and 'promotes' and 'brings' only beside QK reasons)
     blocks = "".join(block_html(b) for b in legend_blocks(summary).values())
     legend = f'<div id="{LEGEND_ID}" class="legend"><p><b>Legend.</b></p>{blocks}</div>'
+    what = demeaned_short(summary)
+    head = f"{what + '; ' if what else ''}how to read the flows, checks and marks: "
     parts = [
         '<div class="mech">',
-        f"<p>{_esc(DEMEANED_SHORT[0].upper() + DEMEANED_SHORT[1:])}; how to read the flows, "
-        f'checks and marks: <a href="#{LEGEND_ID}">{LEGEND_AT_END} of this section</a>.</p>',
+        f"<p>{_esc(head[0].upper() + head[1:])}"
+        f'<a href="#{LEGEND_ID}">{LEGEND_AT_END} of this section</a>.</p>',
     ]
     if summary.mode == "sparse":
         words = sparse_words(summary)

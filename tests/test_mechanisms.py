@@ -2886,6 +2886,31 @@ def test_the_heading_says_when_no_head_group_moves_anything(graph, replacement, 
     assert flat(f"{NO_MOVER}: {g.key}") in flat(format_summary(summary))
 
 
+def test_the_head_says_what_a_difference_targets_numbers_are_of(replacement, tokens, run):
+    """A summary of a logit difference alone was headed "a logit's numbers are less the mean
+    logit" (a reviewer's ``--vs-runner-up`` on ``Monday: 12+31=43. Tuesday: 12+31=``: target
+    ``'4' - '3' = 3.38``, the difference itself); the head says what its targets' numbers are
+    of, in the printout and the page: a logit's, a difference's, or both."""
+    import html
+
+    from circuits.attribution import LogitDiffTarget, LogitTarget
+    from reports.mechanisms import DEMEANED_SHORT, DIFFERENCE_SHORT, mechanisms_html
+
+    for traced, want in (
+        ([LogitDiffTarget(7, 8)], [DIFFERENCE_SHORT]),
+        ([LogitTarget(7), LogitDiffTarget(7, 8)], [DEMEANED_SHORT, DIFFERENCE_SHORT]),
+        ([LogitTarget(7)], [DEMEANED_SHORT]),
+    ):
+        graph = attribute(replacement, tokens, run=run, targets=traced)
+        summary = summarize(replacement, graph, run, check=False, max_groups=3)
+        head = format_summary(summary).splitlines()[0]
+        page = html.unescape(mechanisms_html(summary).split("</p>")[0])  # its opening line
+        for words in (DEMEANED_SHORT, DIFFERENCE_SHORT):
+            assert (words in head) == (words in want), (head, want)
+            capital = words[0].upper() + words[1:]
+            assert (words in page or capital in page) == (words in want)
+
+
 def test_flows_refuse_a_pruned_graph_and_nodes_nothing_flows_into(graph):
     """Found by a fuzz pass: the flows of a pruned graph were returned though they do not close
     (tokens + errors + constants 18.07 for a value of 16.86), a negative target was read from

@@ -250,8 +250,8 @@ def run_prompt(
     """Run ``replacement`` on one prompt, caching what the linear graph is made of.
     ``constants``: every sublayer's decoder bias (``b_D``, ``b_dec``) at every position is a
     source of its own (kind ``bias``, activation 1) instead of part of the readers' bias terms.
-    ``tokens`` as ``prompt_tokens`` takes them: BOS first and nowhere else is the caller's to
-    ensure (the model does not know its BOS id; ``attribute`` checks it given a tokenizer)."""
+    ``tokens`` as ``prompt_tokens`` takes them: BOS first and nowhere else, checked when the
+    model knows its BOS id (a loaded one), else the caller's to ensure."""
     constants = checked_flag(constants, "constants")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -326,11 +326,13 @@ def prompt_tokens(replacement: ReplacementModel, tokens) -> Int[Tensor, " pos"]:
     """One prompt's token ids as a 1-D tensor (a ``(1, pos)`` batch of one is read as its
     row), refused in one line when it is anything else: text, several prompts (never run as
     one), nothing, or more tokens than the model trained positions for
-    (``ToyTransformer.trained_positions``: a prediction read past them is not the model's).
-    Ids and their type are checked where the model reads them (``check_tokens``). The model
-    was trained with BOS at position 0 and nowhere else, but neither it nor the replacement
-    set knows BOS's id: without the tokenizer that is the caller's to ensure (encode with
-    ``toy_models.tokenizer.encode_prompt``); ``check_prompt_tokenizer`` checks it with one."""
+    (``ToyTransformer.trained_positions``: a prediction read past them is not the model's),
+    or, for a model that knows its BOS id (``ToyTransformer.bos_id``: one ``load_pretrained``
+    loaded), not BOS at position 0 and nowhere else, as every sequence it trained on holds it
+    (a notebook review: ids without BOS gave a graph of another computation without a word).
+    Ids and their type are checked where the model reads them (``check_tokens``). A model
+    built in memory has no BOS id: BOS is then the caller's to ensure
+    (``check_prompt_tokenizer`` checks it with the tokenizer)."""
     if isinstance(tokens, str | bytes):
         raise ValueError("tokens are token ids: encode the text with the model's tokenizer")
     try:
@@ -350,7 +352,25 @@ def prompt_tokens(replacement: ReplacementModel, tokens) -> Int[Tensor, " pos"]:
         raise ValueError(f"{len(tokens)} tokens: the model was trained on {limit} positions "
                          "(its last one never trains), so a prompt holds at most "
                          "that many")  # fmt: skip
+    bos = replacement.model.bos_id
+    if bos is not None:
+        check_bos(tokens, bos)
     return tokens
+
+
+def check_bos(tokens: Int[Tensor, " pos"], bos: int) -> None:
+    """Refuse, in one line, ``tokens`` that do not hold ``bos`` at position 0 and there only,
+    as every sequence the model was trained on does (without BOS a prompt runs, to other
+    answers, with no sink at position 0)."""
+    if int(tokens[0]) != bos:
+        raise ValueError(f"tokens start with id {int(tokens[0])}, not {BOS} ({bos}), which "
+                         "begins every sequence the model was trained on: encode the prompt "
+                         "with the tokenizer (tokenizer.encode(text).ids puts it first, or "
+                         "toy_models.tokenizer.encode_prompt)")  # fmt: skip
+    later = (tokens[1:] == bos).nonzero()
+    if len(later):
+        raise ValueError(f"tokens hold {BOS} ({bos}) again at position {int(later[0]) + 1}: the "
+                         "model was trained with it at position 0 only")  # fmt: skip
 
 
 def check_prompt_tokenizer(
@@ -368,14 +388,7 @@ def check_prompt_tokenizer(
     bos = bos_id(tokenizer)
     if bos is None:
         raise ValueError(f"tokenizer has no {BOS} token: not a tokenizer of this project")
-    if int(tokens[0]) != bos:
-        raise ValueError(f"tokens start with id {int(tokens[0])}, not {BOS} ({bos}), which "
-                         "begins every sequence the model was trained on: encode the prompt "
-                         "with toy_models.tokenizer.encode_prompt")  # fmt: skip
-    later = (tokens[1:] == bos).nonzero()
-    if len(later):
-        raise ValueError(f"tokens hold {BOS} ({bos}) again at position {int(later[0]) + 1}: the "
-                         "model was trained with it at position 0 only")  # fmt: skip
+    check_bos(tokens, bos)
 
 
 def _tokenizer_sha256(tokenizer) -> str:
@@ -573,7 +586,8 @@ def attribute(
     otherwise the given logit tokens, logit differences and nodes, weighted equally.
     ``mode``: "local" (the default) or "sparse"; ``tokenizer`` (optional) gives the graph its
     token texts, and must be the model's, with ``tokens`` holding its BOS first and only there
-    (``check_prompt_tokenizer``; without one, that is the caller's to ensure); ``run``
+    (``check_prompt_tokenizer``; without one, ``prompt_tokens`` checks BOS for a model that
+    knows its id: one ``load_pretrained`` loaded); ``run``
     (optional) is this prompt's ``run_prompt``, when the caller has it already (its mode is
     the default then, and its ``constants`` decides). ``constants``: the decoder biases become
     ``bias`` nodes, one per sublayer and position, whose edges carry what the readers' bias

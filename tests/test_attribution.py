@@ -318,6 +318,38 @@ def test_a_tokenizer_is_the_models_and_its_bos_begins_the_prompt(tiny_pretrained
         attribute(replacement, [*ids[:3], bos, *ids[3:]], tokenizer=tokenizer)
 
 
+def test_a_loaded_models_bos_begins_the_prompt_without_a_tokenizer(
+    tiny_pretrained, make_replacement, random_model, tokens
+):
+    """A notebook review: ``attribute`` (and ``run_prompt``, and the interventions' reruns of
+    a graph's tokens) given ids without BOS built a graph without a word, of a computation the
+    model never trained on (no sink at position 0). A loaded model knows its BOS id
+    (``load_pretrained`` sets ``bos_id`` from its tokenizer): ids without it at position 0, or
+    with it again later, are refused in one line naming both; a model built in memory has
+    none, and its callers' ids run as given."""
+    import copy
+
+    model, tokenizer = tiny_pretrained
+    assert model.bos_id == tokenizer.token_to_id("<|bos|>") == 0
+    replacement = make_replacement(model)
+    ids = tokenizer.encode("Monday, Tuesday, Wednesday,").ids
+    graph = attribute(replacement, ids)
+    assert graph.tokens == ids
+    start = f"^tokens start with id {ids[1]}, not <\\|bos\\|> \\(0\\), which begins every "
+    for call in (lambda: attribute(replacement, ids[1:]),
+                 lambda: run_prompt(replacement, torch.tensor(ids[1:]))):  # fmt: skip
+        with pytest.raises(ValueError, match=start + ".*tokenizer.encode"):
+            call()
+    with pytest.raises(ValueError, match=r"again at position 3: .* at position 0 only$"):
+        attribute(replacement, [*ids[:3], 0, *ids[3:]])
+    shifted = copy.copy(graph)  # a graph (a file, say) whose tokens lack BOS
+    shifted.tokens = [ids[1], *ids[1:]]
+    with pytest.raises(ValueError, match=start):
+        intervene(replacement, shifted, [Intervention(graph.ids[len(ids)])])
+    assert random_model.bos_id is None and int(tokens[0]) != 0
+    assert attribute(make_replacement(random_model), tokens).tokens == tokens.tolist()
+
+
 # ----------------------------------------------------------------- targets
 def test_named_targets(replacement, tokens):
     graph = attribute(

@@ -54,7 +54,8 @@ class Intervention:
     (which these two must be given: ``Intervention(node, "scale", 2.0)``).
 
     Embedding and error nodes have activation 1 (their write vector is the vector itself), so
-    clamping one to 2 doubles the vector.
+    clamping one to 2 doubles the vector. A logit node (a target no node reads) is held at its
+    edited value by ``predict`` and ``intervene`` alike.
     """
 
     node: str  # a node id of the graph
@@ -362,7 +363,11 @@ def intervene(
     for these interventions (``predict``), when the caller has it. ``attention_reads``
     (optional): (layer, qk_head, query, key) reads whose attention after the intervention the
     result gives (``InterventionResult.attention``): what an edit does to a head's pattern,
-    the QK half of its effect. ``intervene_many`` reruns several sets of edits at once."""
+    the QK half of its effect. ``intervene_many`` reruns several sets of edits at once.
+    An edit of a logit node (a target: nothing in the model reads it) holds that target at
+    the edited value, as ``predict`` does (a group holding a target takes its value away once):
+    its actual change is the edit's, and the model's logits (``logits``) and the other targets
+    are the rerun's of the other edits."""
     return intervene_many(
         replacement, graph, [interventions], freeze_attention=freeze_attention,
         freeze_layernorm=freeze_layernorm, freeze_errors=freeze_errors, run=run,
@@ -436,6 +441,7 @@ def _rerun_batch(
     error_scale = {name: torch.ones(batch, n, 1) for name in _error_sites(cache, L)}
     embed_scale = torch.ones(batch, n)
     bias_scale: dict[int, Tensor] = {}
+    held_logits: dict[tuple[int, int], float] = {}  # (row, logit node): the edit's change
     for b, (edits, where) in enumerate(sets):
         for edit in edits:
             i = where[edit.node]
@@ -451,8 +457,8 @@ def _rerun_batch(
                 embed_scale[b, pos] = new
             elif kind == Kind.BIAS:
                 bias_scale.setdefault(stage, torch.ones(batch, n))[b, pos] = new
-            else:
-                raise ValueError(f"{edit.node} is a {kind.label} node: only sources can be changed")
+            else:  # a logit: nothing in the model reads it; held at its edit, as predict holds it
+                held_logits[b, i] = new - float(graph.activation[i])
 
     def patch(entries):
         rows, pos, index, value = (torch.tensor(x) for x in zip(*entries, strict=True))
@@ -488,6 +494,9 @@ def _rerun_batch(
     logits = replacement.run_with_hooks(tokens, mode=run.mode, fwd_hooks=hooks)[:, -1]
     rows, read = _logit_readout(graph)
     actual = read(logits) - read(run.logits[-1])  # batch target
+    column = {int(node): j for j, node in enumerate(rows.tolist())}
+    for (b, i), change in held_logits.items():
+        actual[b, column[i]] = change
     if nodes:
         moved = torch.stack([seen[_pre_activation_site(graph, i)][:, graph.pos[i], graph.index[i]]
                              - graph.value[i] for i in nodes], dim=1)  # fmt: skip

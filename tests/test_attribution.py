@@ -940,6 +940,32 @@ def test_intervention_changes_agree_with_the_graph(graph, replacement):
             predict(graph, [Intervention(node, "scale", value)])
 
 
+def test_an_edit_of_a_logit_node_is_held_by_predict_and_intervene_alike(graph, replacement):
+    """A notebook review: ``predict`` of a logit clamp gave the clamp's change while
+    ``intervene`` refused the same edit (after its clean rerun). A logit is a target no node
+    reads, and ``predict``'s edit of one is intended (a group holding a target takes its value
+    away once): ``intervene`` holds it at its edit too, its actual change the predicted one,
+    and reruns the model with the other edits alone."""
+    logit = int(graph.is_kind("logit").nonzero()[0])
+    head = int(graph.is_kind("lorsa").nonzero()[-1])
+    value = float(graph.value[logit])
+    alone = intervene(replacement, graph, [Intervention(graph.ids[head])])
+    j = alone.targets.index(graph.ids[logit])
+    for edit, new in ((Intervention(graph.ids[logit], "clamp", 1.5), 1.5),
+                      (Intervention(graph.ids[logit]), 0.0),
+                      (Intervention(graph.ids[logit], "scale", 2.0), 2 * value)):  # fmt: skip
+        predicted = predict(graph, [edit])
+        result = intervene(replacement, graph, [edit])
+        assert float(result.actual[j]) == float(result.predicted[j]) == float(predicted[logit])
+        assert float(predicted[logit]) == pytest.approx(new - value, rel=1e-6)
+        others = torch.arange(len(result.targets)) != j
+        assert result.actual[others].abs().max() == 0  # nothing in the model moved
+        both = intervene(replacement, graph, [Intervention(graph.ids[head]), edit])
+        assert torch.equal(both.actual[others], alone.actual[others])
+        assert float(both.actual[j]) == float(predicted[logit])
+        assert torch.equal(both.logits, alone.logits)
+
+
 def test_a_clamp_or_scale_needs_its_value_and_an_ablation_takes_none_but_0(graph):
     """Found by a reviewer using the library: ``Intervention(node, "scale")`` scaled the node
     by 0 and ``Intervention(node, "clamp")`` clamped it to 0 (both an ablation, without a

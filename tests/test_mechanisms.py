@@ -4209,6 +4209,24 @@ def test_a_hand_made_group_of_heads_and_features_is_checked_by_ablation(graph, r
     assert mixed.name in mechanisms_html(summary)
 
 
+def test_a_hand_made_group_holding_a_logit_is_checked_by_ablation(graph, replacement, run):
+    """A notebook review: a hand-made group holding a logit (``group_flows`` takes its value
+    away once, below) made ``summarize`` fail on its own ablation check ("is a logit node:
+    only sources can be changed", after the clean rerun): ``intervene`` holds an edited logit
+    as ``predict`` does. The group's checks leave the logit inside it out (not its own effect)
+    and the others' predictions are minus its flows."""
+    last = len(graph.tokens) - 1
+    heads = (graph.is_kind("lorsa") & (graph.pos == last)).nonzero().squeeze(1).tolist()
+    logit = int(graph.is_kind("logit").nonzero()[0])
+    view = grouped(graph, [[*heads, logit]], ["with a logit"])
+    summary = summarize(replacement, graph, run, view=view)
+    (record,) = [g for g in summary.groups if g.name.startswith("with a logit")]
+    checked = {c.target for c in record.checks}
+    assert checked and graph.ids[logit] not in checked
+    for c in record.checks:
+        assert c.predicted == pytest.approx(-record.flow[c.target], rel=1e-5, abs=1e-6)
+
+
 def test_a_hand_made_group_holding_a_target_takes_away_the_targets_value_once(
     replacement, tokens, run
 ):

@@ -1556,21 +1556,94 @@ def fitted(
     within the width of the first of ``breaks`` that leaves a first line of a third of the
     width or more (after a ";" or ",", before a space's text), the rest on lines ``more``
     in (default: four spaces further in than the line); a part no break fits (a single word
-    longer than the width) stays whole. The blocks (``block_lines``) keep most lines short;
-    this breaks what they leave long (a review found lines of 151-370 characters)."""
+    longer than the width) stays whole. Breaks outside parentheses and brackets come first
+    (a review read parentheses opened on one line and closed on the next): a bracketed part
+    that runs past the width goes whole onto the next line where that line holds it (the
+    first line shorter then), and is broken inside, at its least depth, only where it alone
+    is over the width. The blocks (``block_lines``) keep most lines short; this breaks what
+    they leave long (a review found lines of 151-370 characters)."""
     more = line[: len(line) - len(line.lstrip())] + "    " if more is None else more
-    out, rest = [], line
+    out, rest, open_ = [], line, 0
     while len(rest) > width:
-        for b in breaks:
-            keep = len(b.split(" ")[0])  # its text before its first space ends the line
-            at = rest.rfind(b, width // 3, width - keep + len(b))
-            if at > len(more):
-                out.append(rest[: at + keep].rstrip())
-                rest = more + rest[at + keep :].lstrip()
-                break
-        else:
+        depth = _bracket_depths(rest, open_)
+        cut = _break_at(rest, width, len(more), breaks, depth)
+        if cut is None:
             break
+        out.append(rest[:cut].rstrip())
+        rest, open_ = more + rest[cut:].lstrip(), depth[cut]  # still open on the next line
     return [*out, rest]
+
+
+def _break_at(rest: str, width: int, indent: int, breaks: tuple, depth: list[int]) -> int | None:
+    """Where ``fitted`` cuts ``rest`` (the first line is ``rest[:cut]``), or None: the last
+    break within the width of the first kind of ``breaks`` among those outside brackets.
+    Where a bracketed part runs past the width, a break before it if the next line holds it
+    whole (with what sticks to its end), else one inside it, at its least depth. A break is
+    past ``indent``, so the rest shrinks. ``depth``: ``_bracket_depths`` of ``rest``."""
+    found = _breaks(rest, max(width // 3, indent + 1), width, breaks, depth)
+    if not found:
+        return None
+    opener = -1  # the outermost bracketed part open at the width: where it opens
+    if depth[width] > 0:
+        opener = max((i for i in range(width) if depth[i] == 0 < depth[i + 1]), default=-1)
+    outside = [x for x in found if x[0] == 0]
+    if depth[width] == 0 and outside:
+        return _last(outside)
+    if opener >= 0:
+        closer = next((i for i in range(opener, len(rest)) if depth[i + 1] == 0), len(rest))
+        stuck = len(rest[closer:].split(" ")[0])  # its closer and what follows it unbroken
+        before = outside or [
+            x for x in _breaks(rest, indent + 1, opener, breaks, depth) if x[0] == 0
+        ]
+        for cut in [_last(before), max(c for _, _, c in before)] if before else []:
+            if indent + len(rest[cut:closer].lstrip()) + stuck <= width:
+                return cut  # its kind's last, else the last of any kind
+    inside = [x for x in found if x[2] > opener] or found
+    least = min(d for d, _, _ in inside)
+    return _last([x for x in inside if x[0] == least])
+
+
+def _breaks(rest: str, start: int, end: int, breaks: tuple, depth: list[int]) -> list[tuple]:
+    """Every break of ``rest`` at ``start`` or after whose line ends by ``end``: (its bracket
+    depth, its kind's place in ``breaks``, where the line ends)."""
+    out = []
+    for kind, b in enumerate(breaks):
+        keep = len(b.split(" ")[0])  # its text before its first space ends the line
+        for at in range(start, end - keep + 1):
+            if rest.startswith(b, at):
+                out.append((depth[at + keep], kind, at + keep))
+    return out
+
+
+def _last(found: list[tuple]) -> int:
+    """The last of ``found`` (``_breaks``) of the first kind among them."""
+    kind = min(k for _, k, _ in found)
+    return max(cut for _, k, cut in found if k == kind)
+
+
+def _bracket_depths(text: str, open_: int = 0) -> list[int]:
+    """How many parentheses and brackets are open before each position of ``text`` (one
+    more entry than characters), ``open_`` at its start (a line's rest after a break inside
+    brackets): a closer with none open counts for nothing, and brackets in
+    a quoted token (``'('@4``, a repr: a quote after a character that is no letter or digit,
+    to the same quote unescaped) count for nothing."""
+    out, depth, quote, escaped = [open_], open_, None, False
+    for i, c in enumerate(text):
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == quote:
+                quote = None
+        elif c in "'\"" and (i == 0 or not text[i - 1].isalnum()):
+            quote = c
+        elif c in "([":
+            depth += 1
+        elif c in ")]" and depth:
+            depth -= 1
+        out.append(depth)
+    return out
 
 
 def block_html(block: list | None, tag: str = "p", cls: str = "") -> str:

@@ -1486,6 +1486,51 @@ def test_a_long_printed_line_breaks_at_a_clause_its_rest_further_in():
     assert fitted(f"  {'b ' * 25}{long}", width=60) == [f"  {'b ' * 25}".rstrip(), f"      {long}"]
 
 
+def test_a_long_printed_line_breaks_outside_parentheses_where_it_can():
+    """A review: ``fitted`` broke the printout's long lines inside a parenthesis (``(...`` on
+    one line, ``...)`` on the next) where a break outside one fitted. Breaks outside
+    parentheses and brackets come first; a parenthesised part that runs past the width goes
+    whole onto the next line where it fits there, and is broken inside only where it alone
+    is over the width; a bracket in a quoted token counts for nothing. Every line within the
+    width, every character but the spaces at a break kept, in order."""
+    from reports.mechanisms import fitted
+
+    def flat(lines):
+        return " ".join(" ".join(lines).split())
+
+    # a clause inside the parenthesis was taken over an item outside it
+    line = ("  g1 heads L1 @9: reads 'a'@4 +0.51, 'b'@5 +0.22 (moved there by the layer-0 heads; "
+            "the rest from BOS) and more words that follow it here")  # fmt: skip
+    assert fitted(line, width=80) == [
+        "  g1 heads L1 @9: reads 'a'@4 +0.51,",
+        "      'b'@5 +0.22 (moved there by the layer-0 heads; the rest from BOS) and more",
+        "      words that follow it here",
+    ]
+    part = (
+        "(which the layer-0 heads moved there, through attention, from the key before it; checked)"
+    )
+    head = f"  g3 heads L1 @9: {'x' * 20} reads 'a'@4 +0.51, 'b'@5 +0.22"
+    line = f"{head} {part} and more words after it"
+    out = fitted(line, width=100)  # the part fits a line of its own: before it
+    assert out == [head, f"      {part} and", "      more words after it"]
+    out = fitted(line, width=80)  # it does not: inside it, the line as full as it goes
+    assert out == [
+        f"{head} (which the",
+        "      layer-0 heads moved there, through attention, from the key before it;",
+        "      checked) and more words after it",
+    ]
+    # a token's ')' does not close the parenthesis it stands in
+    line = ("  g2 heads: " + "y" * 30 + " (reads ')'@4 +0.50 and ' ('@5 +0.20; the rest from BOS, "
+            "a constant) then, after it, more words and more")  # fmt: skip
+    out = fitted(line, width=80)
+    assert (
+        out[1] == "      (reads ')'@4 +0.50 and ' ('@5 +0.20; the rest from BOS, a constant) then,"
+    )
+    for width in (80, 60, 50):
+        out = fitted(line, width=width)
+        assert all(len(x) <= width for x in out) and flat(out) == flat([line])
+
+
 def test_an_attention_change_is_never_printed_as_none():
     """Two decimals, or three figures where two would print a real change as none."""
     from reports.mechanisms import attention_change

@@ -191,7 +191,7 @@ class ToyTransformer(HookedRootModule):
     # The BOS id of the tokenizer it was loaded with (``toy_models.zoo.load_pretrained``): every
     # sequence it trained on holds it at position 0 and nowhere else, which the library's
     # entry points check (``circuits.attribution.prompt_tokens``); None for a model built in
-    # memory, whose callers ensure it.
+    # memory or loaded without its tokenizer (``ToyTransformer.load``), whose callers ensure it.
     bos_id: int | None = None
 
     def __init__(self, cfg: ModelConfig):

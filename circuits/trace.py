@@ -617,7 +617,11 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     if unlike:
         print(f"note: {unlike}", file=sys.stderr)
     named = bool(args.target or args.target_diff or args.target_node)
-    chosen = None if named else (args.max_logits, args.logit_probability)
+    # --vs-runner-up with none named takes the top token alone (``_targets``): the two
+    # settings chose nothing (a review read "the top 1 logit by probability, holding 0.826: the
+    # fewest reaching --logit-probability 0.95" there)
+    chosen = None if named else RUNNER_UP_ALONE if args.vs_runner_up else (
+        args.max_logits, args.logit_probability)  # fmt: skip
     print(summary(full, graph, scored.scores, timings, labels, automatic=not named,
                   chosen_by=chosen))  # fmt: skip
     if mechanisms is not None:
@@ -627,6 +631,9 @@ def _trace(args: argparse.Namespace, formats: list[str]) -> int:
     for path in written.paths:
         print(f"wrote {path}")
     return unrendered_status(args.format, written.unrendered)
+
+
+RUNNER_UP_ALONE = "vs-runner-up"  # ``summary``'s ``chosen_by`` where --vs-runner-up chose
 
 
 def chosen_words(records, max_logits: int, logit_probability: float) -> str:
@@ -814,7 +821,8 @@ def summary(
 ) -> str:
     """A few lines: what the model predicts, how big the graph is, how good, how fast.
     ``chosen_by``: (--max-logits, --logit-probability) where they chose the targets, which a
-    line under them says how (``chosen_words``).
+    line under them says how (``chosen_words``); ``RUNNER_UP_ALONE`` where --vs-runner-up
+    with no target named took the top token alone, which the line says instead.
     ``automatic``: the targets are the top logits (none named), so the first is the model's
     most likely token: under ``UNSURE`` the lines say the model is unsure (a reviewer read ten
     targets of p 0.02-0.04, each explained at length, with nothing saying none was a
@@ -835,7 +843,10 @@ def summary(
     one = len(named) == 1
     lines = [f"targets: {named[0]}"] if one else ["targets:", *(f"  {x}" for x in named)]
     records = graph.logit_targets
-    if chosen_by is not None and (words := chosen_words(records, *chosen_by)):
+    if chosen_by == RUNNER_UP_ALONE:
+        lines.append("  (--vs-runner-up with no target named: the most likely token alone, "
+                     "less the most likely other)")  # fmt: skip
+    elif chosen_by is not None and (words := chosen_words(records, *chosen_by)):
         lines.append(f"  ({words})")
     top = max((r.probability for r in records), default=None)
     if automatic and top is not None and top < UNSURE:

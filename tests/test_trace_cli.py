@@ -398,6 +398,25 @@ def test_a_margin_over_the_runner_up_names_its_negative_as_such(tmp_path, capsys
         load_summary(out / "forged.json")
 
 
+def test_vs_runner_up_alone_says_it_chose_the_top_token(tmp_path, capsys):
+    """With no target named, --vs-runner-up takes the top token alone (``_targets``), whatever
+    it holds: a reviewer read "(the top 1 logit by probability, holding 0.826: the fewest
+    reaching --logit-probability 0.95 (--max-logits 10 allows more))" under ``'ith' - 'oun'``,
+    which 0.826 does not reach and the two settings did not choose. The line says what did."""
+    code, stdout, err = trace(capsys, "--prompt", "after Tuesday comes", "--out",
+                              str(tmp_path / "t"), "--vs-runner-up", "--no-mechanisms",
+                              "--no-qk", "--format", "")  # fmt: skip
+    assert code == 0, err
+    (record,) = Graph.load(tmp_path / "t" / "graph.safetensors").logit_targets
+    assert record.probability < 0.95  # the prompt where the old line said it reached 0.95
+    lines = stdout.splitlines()
+    assert " by probability, holding " not in stdout and "--logit-probability" not in stdout
+    assert lines[lines.index(next(x for x in lines if x.startswith("targets: "))) + 1] == (
+        "  (--vs-runner-up with no target named: the most likely token alone, less the most "
+        "likely other)"
+    )
+
+
 def test_a_prompt_reaching_the_untrained_last_position_is_refused(tmp_path, capsys):
     """Found by the fourth fuzz pass: a prompt of exactly n_ctx tokens was traced, and its
     prediction read at position n_ctx - 1, which training never reaches (rows[:, :-1]): on a

@@ -82,6 +82,10 @@ PANEL_PAIRS = 8  # a head's own QK record: the unit pairs its panel lists (the h
 # (``reports.html.node_anchor``); the node links of the table and the mechanism summary point
 # there, and the script finds rows and links by it.
 NODE_ANCHOR = "node-"
+# A supernode box's line, in characters: the page cuts a longer one there with "…"
+# (viewer.js, ``data.view.boxChars``), so ``_box_lines`` puts a line's last word (a number, a
+# "(weak)") on a line of its own rather than let it be cut
+BOX_CHARS = 24
 
 
 def _num(value: float | None) -> float | None:
@@ -361,7 +365,7 @@ def _box_lines(g, summary) -> list[str]:
                 f"F1 ≥{top.f1_low:.2f}"  # fmt: skip
             lines += [top.concept, f"members {_percent(top.share)}, {low}"]
         elif g.reads:
-            lines.append(f"reads {read_text(g.reads[0])}")  # signed: it may be against
+            lines += _box_fit(f"reads {read_text(g.reads[0])}")  # signed: may be against
         elif g.promotes:
             lines.append(f"↑{g.promotes[0]!r}")
     heads = [t for t in summary.targets if isinstance(summary.qk_subject(t.node), TargetRecord)]
@@ -381,12 +385,22 @@ def _box_lines(g, summary) -> list[str]:
         # query's own token doing the work)
         alone = None if a is None else a.mean_side(w.side)
         weak = alone is not None and alone > a.mean_before * HALVES
-        lines.append(f"writes {whose}'s {w.side}" + (" (weak)" if weak else ""))
+        writes = f"writes {whose}'s {w.side}"  # a long one is cut as a name is, not split
+        lines += _box_fit(f"{writes} (weak)") if weak else [writes]
         if a is not None:  # through the side it writes, where measured: what chose it (the
             # panel's text gives both); a box holds no more (a reviewer read "…")
             after = a.mean_free if alone is None else alone
-            lines.append(f"{whose} attends {attention_change(a.mean_before, after, arrow='→')}")
+            change = attention_change(a.mean_before, after, arrow="→")
+            lines += _box_fit(f"{whose} attends {change}")
     return lines
+
+
+def _box_fit(line: str) -> list[str]:
+    """``line`` as a box's lines: a line longer than ``BOX_CHARS`` breaks before its last word,
+    which the page would cut (a reviewer's head target's source box read "target attends
+    0.53→0.0…" for 0.53→0.005; "reads ' Wednesday'@6 +1…", "writes target's query (…")."""
+    head, _, last = line.rpartition(" ")
+    return [head, last] if len(line) > BOX_CHARS and head else [line]
 
 
 def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:
@@ -469,6 +483,7 @@ def default_view(graph: Graph, selection: Selection) -> dict:
         "maxNodes": MAX_NODES,
         "edgesPerNode": EDGES_PER_NODE,
         "qkMinShare": QK_MIN_SHARE,
+        "boxChars": BOX_CHARS,
         "innerKinds": list(INNER_KINDS),
         "nodeAnchor": NODE_ANCHOR,
         "tokenEdgeNote": TOKEN_EDGE_NOTE,

@@ -2928,6 +2928,34 @@ def test_a_weak_qk_sources_box_says_it_is_weak():
     assert source(0.25)[2:] == ["writes g0's query", "g0 attends 0.99→0.25"]
 
 
+def test_a_box_line_the_page_would_cut_breaks_before_its_number():
+    """The page cuts a supernode box's line at ``BOX_CHARS`` with "…" (viewer.js): a reviewer's
+    head target (``--target-node lorsa:2:24:610``) had its key side's source box read "target
+    attends 0.53→0.0…" for 0.53→0.005. A longer line breaks before its last word (the number,
+    the "(weak)"), so no number is cut; lines that fit are kept as they are."""
+    from types import SimpleNamespace
+
+    from circuits.mechanism_file import TargetRecord
+    from reports.viewer import BOX_CHARS, _box_lines
+
+    target = object.__new__(TargetRecord)
+    target.node, target.qk = "4_610_24", [SimpleNamespace(layer=2, query=24)]  # its place
+
+    def source(alone: float, before: float = 0.53):
+        w = SimpleNamespace(group="4_610_24", side="key")
+        g = SimpleNamespace(key="g2", kind="lorsa", layer=0, pos=12, members=[1, 2],
+                            attends=11, attends_token=" quiet", key_share=0.9, concept=None,
+                            writes_qk=[w])  # fmt: skip
+        a = SimpleNamespace(mean_before=before, mean_free=alone, mean_side=lambda side: alone)
+        summary = SimpleNamespace(targets=[target], qk_subject=lambda key: target,
+                                  attention_after=lambda g, key: a)  # fmt: skip
+        return _box_lines(g, summary)
+
+    assert source(0.005)[2:] == ["writes target's key", "target attends", "0.53→0.005"]
+    assert source(0.4)[2:] == ["writes target's key", "(weak)", "target attends 0.53→0.40"]
+    assert all(len(line) <= BOX_CHARS for line in source(0.005) + source(0.4))
+
+
 def test_a_feature_group_without_a_concept_is_titled_as_the_printout_titles_it():
     """The printout titles a feature group without a concept of its own by its members'
     concept or by what its flow reads and promotes (``reports.mechanisms.group_title``); the
@@ -2963,7 +2991,7 @@ def test_a_feature_group_without_a_concept_is_titled_as_the_printout_titles_it()
         return _box_lines(g, summary)
 
     head = "g3 L0 2 features @7"
-    assert box() == [head, "reads ' Wednesday'@6 +12.5"]
+    assert box() == [head, "reads ' Wednesday'@6", "+12.5"]  # the page cut "+1…" (BOX_CHARS)
     # signed: the token read most may run against the group's flow (a reviewer's box of a
     # group of flow +0.863 read "reads 'n'@16", whose part is -0.877)
     assert box(reads=[TokenShare(16, "n", -0.877)])[1:] == ["reads 'n'@16 -0.877"]
@@ -2978,7 +3006,8 @@ def test_a_feature_group_without_a_concept_is_titled_as_the_printout_titles_it()
     one = MemberConcept("x", 0.5, 1, 0.4, 0.4)
     assert box(member_concepts=[one], no_concept_share=0.5) == [head, "x", "members 50%, F1 0.40"]
     below = MemberConcept("x", 0.49, 1, 0.4, 0.4)  # under half: what its flow reads
-    assert box(member_concepts=[below], no_concept_share=0.51)[1:] == ["reads ' Wednesday'@6 +12.5"]
+    assert box(member_concepts=[below], no_concept_share=0.51)[1:] == ["reads ' Wednesday'@6",
+                                                                        "+12.5"]  # fmt: skip
     assert box(concept="successor: weekdays item") == [head, "successor: weekdays item"]
     assert box(no_concept_share=None) == [head]  # a file written before members' concepts
     assert box(kind="lorsa")[1:] == []  # a head group's name says the key it reads

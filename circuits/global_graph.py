@@ -269,7 +269,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
         print(_weaker_line(len(strongest.data) - N_STRONGEST))
     for line in _qk_lines(graph, labels):
         print(line)
-    print(_reliability_line(reliability, graph.n_edges))
+    print(reliability_line(reliability, graph.n_edges))
     if fired < FEW_FIRINGS:  # the halves compare the graph's strongest edges, mostly not its own
         print(f"note: the start occurs {fired} times in the sample: its own edges rest on so "
               "few whatever the overlap says; gather more with --rows")  # fmt: skip
@@ -352,19 +352,26 @@ def _start_lines(graph, labels: list[str], c: dict) -> list[str]:
     largest first, headed by how much of its total they hold (``c``: ``start_coverage``)."""
     upstream = _upstream(graph)
     others, weights = _own_edges(graph)
-    what = "inputs (mean input)" if upstream else "outputs (expected attribution)"
-    if c["share"] is None:
-        head = f"its own {what}: none in the statistics (a total of 0)"
-    else:
-        head = (f"its own {what} drawn as value edges: {c['edges']}, sum of |weight| "
-                f"{c['kept']:.3g} of its {c['total']:.3g} over every partner ({c['share']:.0%}; "
-                f"the statistics keep {c['reachable_share']:.0%} of it, each unit's strongest "
-                "partners)")  # fmt: skip
+    head = coverage_words(c, upstream)
     arrow = "<-" if upstream else "->"
     more = len(weights) - N_STRONGEST  # said, not cut silently (a reviewer counted 8 of 9)
     return [head] + [f"  {weights[j]:+.3f}  {arrow} {labels[int(others[j])]}"
                      for j in abs(weights).argsort()[::-1][:N_STRONGEST]] + \
         [_weaker_line(more)] * (more > 0)  # fmt: skip
+
+
+def coverage_words(c: dict, upstream: bool) -> str:
+    """How much of the start's total its own value edges in the graph hold (``c``:
+    ``start_coverage``, the graph's ``start_edges`` setting): the printout's line over them,
+    and the page's summary row (which showed the record's raw JSON, "kept", "reachable_share"
+    and all: a review)."""
+    what = "inputs (mean input)" if upstream else "outputs (expected attribution)"
+    if c["share"] is None:
+        return f"its own {what}: none in the statistics (a total of 0)"
+    return (f"its own {what} drawn as value edges: {c['edges']}, sum of |weight| "
+            f"{c['kept']:.3g} of its {c['total']:.3g} over every partner ({c['share']:.0%}; "
+            f"the statistics keep {c['reachable_share']:.0%} of it, each unit's strongest "
+            "partners)")  # fmt: skip
 
 
 def _weaker_line(more: int) -> str:
@@ -441,8 +448,9 @@ def _qk_lines(graph, labels: list[str]) -> list[str]:
 FEW_FIRINGS = 50  # a start unit firing fewer times in the sample is said to rest on few
 
 
-def _reliability_line(r: dict, edges: int) -> str:
-    """The split-half line; ``edges``: the whole sample's graph's value edges. Where that
+def reliability_line(r: dict, edges: int) -> str:
+    """The split-half line (the printout's, and the page's summary row: ``r`` the graph's
+    ``reliability`` setting); ``edges``: the whole sample's graph's value edges. Where that
     graph has none either (``--budget 1`` holds the start alone), the halves' having none says
     nothing of the sample, and more rows would not give them any (a review: a head firing
     1140 times was told to gather more)."""

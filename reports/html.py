@@ -270,6 +270,25 @@ def _format_setting(value: object) -> str:
     return text if len(text) <= 300 else text[:299] + "…"
 
 
+def _global_words(graph: Graph) -> dict[str, str]:
+    """A grown global graph's ``start_edges`` and ``reliability`` settings in the printout's
+    words (``circuits.global_graph``), for its summary rows: the page showed their raw JSON
+    (``{"edges": 12, "kept": 25.669317, "reachable": 79.324753, "reachable_share": 0.8048,
+    ...}``: a review), words the printout says and the page did not; empty for any other
+    graph."""
+    from circuits.global_graph import coverage_words, reliability_line
+    from circuits.graph import RELIABILITY, START_EDGES
+
+    if graph.global_record is None or graph.direction is None:
+        return {}
+    words = {}
+    if isinstance(c := graph.settings.get(START_EDGES), dict):
+        words[START_EDGES] = coverage_words(c, graph.direction == "upstream")
+    if isinstance(r := graph.settings.get(RELIABILITY), dict):
+        words[RELIABILITY] = reliability_line(r, graph.n_edges)
+    return words
+
+
 def _summary_html(graph: Graph) -> str:
     kinds = graph.kinds
     counts = ", ".join(f"{kinds.count(k)} {k}" for k in KINDS if kinds.count(k))
@@ -295,7 +314,9 @@ def _summary_html(graph: Graph) -> str:
         settings |= grown | {"edge_weights": record.edge_weights}
     if graph.node_targets is not None:  # the order given, in the row its setting gave before
         settings["node_targets"] = [graph.ids[i] for i in graph.given_targets()]
-    rows.extend((str(k), _format_setting(v)) for k, v in sorted(settings.items(), key=str))
+    words = _global_words(graph)
+    rows.extend((str(k), words.get(k) or _format_setting(v))
+                for k, v in sorted(settings.items(), key=str))  # fmt: skip
     body = "\n".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
     return f'<table class="summary">\n{body}\n</table>'
 

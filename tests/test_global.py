@@ -1454,7 +1454,13 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     assert saved["start_firings"] == int(Statistics.load(stats).unit_count[
         units.unit(Kind.LORSA, 1, firing)])  # fmt: skip
     summary = (tmp_path / "qk" / "graph.html").read_text(encoding="utf-8")
-    assert "<tr><th>reliability</th>" in summary
+    # in the printout's words, not the record's JSON (a review read "reachable_share" there)
+    from reports.html import escape as page_escape
+
+    assert f"<tr><th>reliability</th><td>{page_escape(line)}</td></tr>" in summary
+    own = next(x for x in out.splitlines() if x.startswith("its own inputs"))
+    assert f"<tr><th>start_edges</th><td>{page_escape(own)}</td></tr>" in summary
+    assert "reachable_share" not in summary.split('<table class="summary">')[1]
     # what the edges measure, and a start of few firings said to rest on few (a review: the
     # halves compare the graph's strongest edges, mostly not the start's own)
     assert "edges: mean input per target occurrence" in out
@@ -1528,18 +1534,18 @@ def test_global_graph_cli_end_to_end_on_a_tiny_model(
     assert units and set(data["dashboards"]) <= units and data["dashboards"]
 
 
-def test_reliability_line_says_when_no_graph_has_edges_whatever_the_rows():
+def testreliability_line_says_when_no_graph_has_edges_whatever_the_rows():
     """A graph without value edges (``--budget 1``: the start alone, none of its candidates an
     end unit, as the default's L2 head 435, firing 1140 times) has halves without edges too,
     which more rows would not change: it said "gather more with --rows" (a review)."""
-    from circuits.global_graph import _reliability_line
+    from circuits.global_graph import reliability_line
 
     r = {"rows": [64, 64], "compared": 0, "shared": 0, "overlap": float("nan")}
-    assert _reliability_line(r, 0) == (
+    assert reliability_line(r, 0) == (
         "split-half reliability (64 + 64 rows): nothing to compare: the graph has no value "
         "edges (grow it: --budget)"
     )
-    assert _reliability_line(r, 3) == (
+    assert reliability_line(r, 3) == (
         "split-half reliability (64 + 64 rows): a half's graph has no edges; gather more with "
         "--rows"
     )

@@ -1360,11 +1360,15 @@ def save_summary(summary: MechanismSummary, path: str | Path) -> None:
 def load_summary(path: str | Path) -> MechanismSummary:
     """Read a summary written by ``save_summary``; a ValueError names the file (one whose set
     is being replaced, or was cut short among its renames, is refused: ``set_cut_short``)."""
-    from toy_models.files import set_cut_short
+    from toy_models.files import check_readable_file, set_cut_short
 
     mixed = set_cut_short(Path(path))
     if mixed:
         raise ValueError(f"{path}: {mixed}")
+    try:  # a link to /dev/zero was read without end (a MemoryError traceback; a fault pass)
+        check_readable_file(Path(path), "mechanisms summary")
+    except OSError as exc:
+        raise ValueError(str(exc)) from None
     try:
         return MechanismSummary.from_dict(parse_json(Path(path).read_text(encoding="utf-8")))
     except UnicodeDecodeError:  # a graph's safetensors or an image given by mistake

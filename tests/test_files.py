@@ -1320,3 +1320,67 @@ def test_a_lock_is_not_taken_twice_by_one_process(tmp_path):
     assert not lock.exists()
     files.take_lock(lock, "writing there")  # free again: taken
     files.release_lock(lock)
+
+
+_TAKE_LOCK = """
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from toy_models import files
+files.take_lock(Path(sys.argv[1]), "writing there")
+print(Path(sys.argv[1]).read_text())
+"""
+
+
+@pytest.mark.parametrize("forged", ["/dev/zero", "fifo"])
+def test_a_lock_that_is_a_link_to_dev_zero_or_a_fifo_is_taken_over(tmp_path, forged):
+    """A fault pass: a lock that is a symbolic link to /dev/zero was read whole (a MemoryError
+    traceback once the machine's memory was spent: here in a child held to 1 GiB), and a FIFO
+    in its place waited for a writer for ever. No run of this code writes either (a lock is a
+    regular file linked into place): it is taken over, as a file no process wrote is."""
+    lock = tmp_path / ".writing.lock"
+    if forged == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.symlink_to(forged)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", _TAKE_LOCK, str(lock)], env=env, timeout=60,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-300:]
+    pid = done.stdout.split()[0]
+    assert pid.isdigit() and not lock.is_symlink() and lock.is_file()
+
+
+_LOAD_SUMMARY = """
+import resource, sys
+from circuits.mechanism_file import load_summary
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))
+try:
+    load_summary(sys.argv[1])
+except ValueError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("forged", ["/dev/zero", "fifo", "directory"])
+def test_a_summary_loader_refuses_a_link_to_dev_zero_a_fifo_or_a_directory(tmp_path, forged):
+    """A fault pass: ``load_summary`` of a mechanisms.json that is a link to /dev/zero read
+    without end (a MemoryError traceback once memory was spent: here in a child held to 1 GiB
+    more than its start), and of a FIFO waited for ever. Each is refused in one line naming
+    the file and what stands there, as the other loaders' files are (``check_readable_file``)."""
+    path = tmp_path / "mechanisms.json"
+    if forged == "fifo":
+        os.mkfifo(path)
+    elif forged == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(forged)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", _LOAD_SUMMARY, str(path)], env=env, timeout=120,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-300:]
+    why = {"/dev/zero": "not a regular file (a FIFO, a device or a socket)",
+           "fifo": "not a regular file (a FIFO, a device or a socket)",
+           "directory": "a directory, not a file"}[forged]  # fmt: skip
+    assert done.stdout == f"mechanisms summary {path}: {why}\n"

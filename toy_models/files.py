@@ -85,11 +85,25 @@ def _lock_text() -> str:
     return str(os.getpid()) if start is None else f"{os.getpid()} {start}"
 
 
+# A lock's text is a process id and its start (``_lock_text``): far below this. Reading no more
+# keeps a lock that is a link to /dev/zero (or a huge file) from being read without end (a
+# fuzz pass: a MemoryError traceback, after all the machine's memory).
+_LOCK_BYTES = 64
+
+
 def _lock_owner(lock: Path) -> tuple[int, str | None]:
     """The process id and start (``process_start``; None in a lock without it) that ``lock``
-    holds; id 0 for a file no process of this code wrote."""
+    holds; id 0 for a file no process of this code wrote: a link (``take_lock`` links a
+    regular file into place), a FIFO or device (opening a FIFO waits for a writer for ever:
+    a fuzz pass), or more than a lock's text."""
     try:
-        pid, *start = lock.read_text().split()
+        if lock.is_symlink() or not lock.is_file():
+            return 0, None
+        with open(lock, "rb") as file:
+            text = file.read(_LOCK_BYTES + 1)
+        if len(text) > _LOCK_BYTES:
+            return 0, None
+        pid, *start = text.decode("ascii").split()
         if len(start) > 1 or not all(x.isdigit() for x in start):
             return 0, None
         return int(pid), start[0] if start else None

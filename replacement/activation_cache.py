@@ -287,7 +287,7 @@ def _build(model, tokenizer, out: Path, plan: CachePlan, layers, quiet, stop_aft
         if old_plan != plan:
             diff = _first_difference(asdict(old_plan), asdict(plan))
             raise UserError(f"{out} holds another activation cache ({diff})")
-        chunks = _intact_chunks(out, plan, chunks, quiet)
+        chunks = _intact_chunks(out, plan, chunks, quiet, model.cfg.d_vocab)
     else:  # a run writes its manifest before any chunk: chunks without one are someone's
         strays = sorted(out.glob(CHUNK_FILE.replace("{:05d}", "*")))
         if strays:  # (a fresh run overwrote them, exit 0: found by a fuzz pass)
@@ -351,13 +351,15 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def _intact_chunks(out: Path, plan: CachePlan, chunks: list[dict], quiet: bool) -> list[dict]:
+def _intact_chunks(
+    out: Path, plan: CachePlan, chunks: list[dict], quiet: bool, vocab: int
+) -> list[dict]:
     """The recorded chunks up to the first that is missing or damaged (read whole and checked
     against the manifest, ``read_chunk``): a rerun builds again from there, so the finished
     cache is whole whatever happened to its files."""
     for index, record in enumerate(chunks):
         try:
-            read_chunk(out, plan, index, record, plan.layers)
+            read_chunk(out, plan, index, record, plan.layers, vocab)
         except (OSError, ValueError) as exc:
             if not quiet:
                 print(f"rebuilding from chunk {index}: {exc}", file=sys.stderr)
@@ -366,10 +368,16 @@ def _intact_chunks(out: Path, plan: CachePlan, chunks: list[dict], quiet: bool) 
 
 
 # ----------------------------------------------------------------- reading
-def read_chunk(directory: Path, plan: CachePlan, index: int, record: dict, layers: list[int]):
+def read_chunk(
+    directory: Path, plan: CachePlan, index: int, record: dict, layers: list[int], vocab: int
+):
     """The tensors of chunk ``index`` for ``layers`` (and the tokens), float32 but the tokens,
     after checking the file against the plan and ``record`` (its manifest entry): tensor names,
-    the cache and chunk it says it is, each shape and dtype, each tensor's SHA-256."""
+    the cache and chunk it says it is, each shape and dtype, each tensor's SHA-256, and then
+    its values: activations finite, token ids below ``vocab`` (the model's). A manifest whose
+    hashes were made for the forged chunk passed every other check (a fault pass): a NaN was
+    reported as the training run diverging ("start a new run", which diverged again), and a
+    token id past the vocabulary reached the model's embedding."""
     from safetensors import safe_open
 
     path = Path(directory) / CHUNK_FILE.format(index)
@@ -395,6 +403,12 @@ def read_chunk(directory: Path, plan: CachePlan, index: int, record: dict, layer
                     raise ValueError(f"{path}: {name} is {t.dtype} {tuple(t.shape)}")
                 if tensor_sha256(t) != record["sha256"][name]:
                     raise ValueError(f"{path}: {name} differs from the manifest (sha256)")
+                if name == "tokens":
+                    if t.numel() and not (0 <= int(t.min()) and int(t.max()) < vocab):
+                        raise ValueError(f"{path}: tokens holds ids outside the model's "
+                                         f"vocabulary (0..{vocab - 1})")  # fmt: skip
+                elif not torch.isfinite(t).all():
+                    raise ValueError(f"{path}: {name} holds NaN or infinite values")
                 out[name] = t if name == "tokens" else t.float()
     except (ValueError, OSError):
         raise
@@ -426,6 +440,7 @@ class ActivationCache:
             )
         if (model.cfg.n_ctx, model.cfg.d_model) != (self.plan.n_ctx, self.plan.d_model):
             raise ValueError(f"{self.directory / MANIFEST_FILE}: n_ctx or d_model differ")
+        self.vocab = model.cfg.d_vocab
         self._loaded: tuple[int, tuple[int, ...], dict] | None = None
 
     def check_layers(self, layers: list[int]) -> None:
@@ -439,7 +454,7 @@ class ActivationCache:
         """The tensors of chunk ``index`` for ``layers`` (and the tokens), as float32."""
         if self._loaded is not None and self._loaded[:2] == (index, tuple(layers)):
             return self._loaded[2]
-        out = read_chunk(self.directory, self.plan, index, self.chunks[index], layers)
+        out = read_chunk(self.directory, self.plan, index, self.chunks[index], layers, self.vocab)
         self._loaded = (index, tuple(layers), out)
         return out
 

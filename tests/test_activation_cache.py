@@ -312,6 +312,43 @@ def test_damaged_caches_are_refused_naming_the_file(tiny_pretrained, tiny_cache,
         ActivationCache(tiny_cache, other)
 
 
+def test_a_chunk_forged_with_its_manifest_hashes_is_refused_for_its_values(
+    tiny_pretrained, tiny_cache, tmp_path
+):
+    """A fault pass: a chunk holding a NaN activation, or a token id past the vocabulary, with
+    the manifest's SHA-256 made for it, passed every check: the NaN was reported as the
+    training run diverging ("start a new run", which diverged again), the token id reached
+    the model's embedding. Each is refused naming the chunk and what is wrong."""
+    from safetensors import safe_open
+    from safetensors.torch import load, save
+
+    from replacement.activation_cache import tensor_sha256
+
+    model, _ = tiny_pretrained
+    vocab = model.cfg.d_vocab
+    for case, name, value, why in (
+        ("nan", "lorsa_x.1", float("nan"), "lorsa_x.1 holds NaN or infinite values"),
+        ("inf", "tc_y.0", float("inf"), "tc_y.0 holds NaN or infinite values"),
+        ("past", "tokens", vocab, f"tokens holds ids outside the model's vocabulary "
+                                  f"\\(0..{vocab - 1}\\)"),
+        ("negative", "tokens", -1, "tokens holds ids outside"),
+    ):  # fmt: skip
+        bad = _copy(tiny_cache, tmp_path / case)
+        chunk = bad / CHUNK_FILE.format(1)
+        with safe_open(str(chunk), "pt") as f:
+            metadata = f.metadata()
+        tensors = load(chunk.read_bytes())
+        tensors[name][2, 3, ...] = value
+        chunk.write_bytes(save(tensors, metadata))
+        manifest = json.loads((bad / MANIFEST_FILE).read_text())
+        manifest["chunks"][1]["sha256"][name] = tensor_sha256(tensors[name])
+        (bad / MANIFEST_FILE).write_text(json.dumps(manifest))
+        cache = ActivationCache(bad, model)
+        cache.chunk(0, cache.plan.layers)  # the other chunk reads
+        with pytest.raises(ValueError, match=f"^{chunk}: {why}"):
+            cache.chunk(1, cache.plan.layers)
+
+
 KILL_WHILE_WRITING_A_CHUNK = """
 import os, signal, sys
 from pathlib import Path

@@ -71,13 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     from replacement.model import load_pretrained
 
     from .dashboard_pass import build
-    from .dashboards import default_path, summary
+    from .dashboards import NotDashboards, default_path, summary
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
     if out is None:
         out = default_path(args.model, args.mode, replacement, tokenizer, args.rows, args.seed)
-    dash = build(replacement, tokenizer, out, rows=args.rows, seed=args.seed, mode=args.mode,
-                 progress=not args.quiet)  # fmt: skip
+    try:
+        dash = build(replacement, tokenizer, out, rows=args.rows, seed=args.seed,
+                     mode=args.mode, progress=not args.quiet)  # fmt: skip
+    except NotDashboards as exc:  # someone's file: said what to do (a fault pass: it was not)
+        raise UserError(f"{exc}; it is left as it is: choose another --out, or move it "
+                        "away") from None  # fmt: skip
     print(json.dumps(summary(dash, out), indent=2))
     print(f"wrote {out}")
     return 0

@@ -923,3 +923,26 @@ def test_a_link_that_leads_nowhere_is_refused_before_building(setup, how, monkey
     with pytest.raises(UserError, match=f"dashboards file {path}: is a symbolic link"):
         _build(replacement, tokenizer, path)
     assert path.is_symlink()
+
+
+def test_cli_says_what_to_do_with_an_out_that_is_no_dashboards_file(tiny_run, tiny_pretrained,
+                                                                    tmp_path, cli):  # fmt: skip
+    """A fault pass: ``--out`` naming someone's file (no dashboards header) was refused, and
+    left alone, with only "not readable as a dashboards file (Error while deserializing
+    header: header too small)": nothing said what to do. The line now says it."""
+    from conftest import random_replacement
+
+    from circuits import dashboard_cli
+
+    model, _ = tiny_pretrained
+    random_replacement(model, n_qk=2, n_ov=16, lorsa_k=4).save(tmp_path / "set", str(tiny_run))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    code, _, err = cli(dashboard_cli.main, "--model", tiny_run, "--replacement",
+                       tmp_path / "set", "--rows", 8, "--out", notes, "--quiet")  # fmt: skip
+    assert code == 2 and err == (
+        f"error: dashboards file {notes}: not readable as a dashboards file (Error while "
+        "deserializing header: header too small); it is left as it is: choose another --out, "
+        "or move it away\n"
+    )
+    assert notes.read_text() == "mine\n"

@@ -380,9 +380,11 @@ def read_chunk(
     token id past the vocabulary reached the model's embedding."""
     from safetensors import safe_open
 
+    from toy_models.files import check_readable_file
+
     path = Path(directory) / CHUNK_FILE.format(index)
-    if not path.is_file():
-        raise FileNotFoundError(f"activation cache chunk missing: {path}")
+    # what stands there said (a directory or a link to /dev/zero was called "missing")
+    check_readable_file(path, "activation cache chunk")
     n = record["rows"]
     out = {}
     try:

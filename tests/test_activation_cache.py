@@ -249,6 +249,20 @@ def test_damaged_caches_are_refused_naming_the_file(tiny_pretrained, tiny_cache,
     with pytest.raises(FileNotFoundError, match=f"chunk missing: .*missing/{chunk1}"):
         read_all(missing)
 
+    # a fault pass: each of these was called "missing"
+    for case, why in (("directory", "a directory, not a file"),
+                      ("/dev/zero", r"not a regular file \(a FIFO, a device or a socket\)"),
+                      ("itself", "a symbolic link that leads to no file")):  # fmt: skip
+        forged = _copy(tiny_cache, tmp_path / case.strip("/").replace("/", "-"))
+        (forged / chunk1).unlink()
+        if case == "directory":
+            (forged / chunk1).mkdir()
+        else:
+            (forged / chunk1).symlink_to(chunk1 if case == "itself" else case)
+        with pytest.raises(FileNotFoundError, match=f"^activation cache chunk {forged / chunk1}: "
+                           f"{why}"):  # fmt: skip
+            read_all(forged)
+
     truncated = _copy(tiny_cache, tmp_path / "truncated")
     data = (truncated / chunk1).read_bytes()
     (truncated / chunk1).write_bytes(data[: len(data) // 2])

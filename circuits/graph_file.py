@@ -71,7 +71,7 @@ from .graph import (
     QKSource,
     softmax_pair,
 )
-from .nodes import Kind, kind_at_stage, logit_stage, lorsa_stage
+from .nodes import Kind, block_of, kind_at_stage, logit_stage, lorsa_stage
 from .prune import open_rows, row_sums
 
 SUFFIX = ".safetensors"
@@ -784,6 +784,12 @@ def _check_sources(sources, named: dict[str, NamedSide], query: int, key: int) -
                  and m in named and named[m].pos is not None and named[m].pos <= at
                  for m in members), "qk.sources.members",
                  "expected ids of nodes the record names, up to its side's position")  # fmt: skip
+        # a group of heads, a feature or an error node is of its members' kind and block (a
+        # fault pass loaded a source of layer 10**12 in a 2-layer model)
+        _require(token or all(named[m].kind == Kind.parse(x["kind"])
+                              and block_of(named[m].stage) == layer for m in members),
+                 "qk.sources.members", "a member not of the source's kind and "
+                 "layer")  # fmt: skip
         _require(is_finite_number(x["value"]), "qk.sources.value", "expected a finite number")
 
 

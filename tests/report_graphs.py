@@ -31,6 +31,7 @@ OTHER_SIDES = {
         NamedSide(Kind.BIAS, 1, -1, 1),  # 0_bias_1
         NamedSide(Kind.BIAS, 3, -1, 1),  # 2_bias_1
         NamedSide(Kind.ERROR, 1, -1, 3),  # 0_-1_3
+        NamedSide(Kind.LORSA, 1, 6, 0),  # 0_6_0: a pruned head of block 0 (a QK source)
     )
 }
 

@@ -720,6 +720,10 @@ def test_subgraph_edges_of_the_wrong_shape_are_refused():
         ({"value": True}, "qk.sources.value"),
         ({"value": float("nan")}, "not a valid graph"),  # JSON cannot carry it
         ({"layer": -1}, "qk.sources.layer"),
+        # a fault pass: a source of layer 10**12 (its members of layer 0) loaded
+        ({"layer": 10**12}, "qk.sources.members: a member not of the source's kind and layer"),
+        ({"layer": 1}, "qk.sources.members"),
+        ({"kind": "transcoder"}, "qk.sources.members"),
     ],
 )
 def test_a_qk_records_sources_are_checked(tmp_path, change, field):
@@ -728,12 +732,13 @@ def test_a_qk_records_sources_are_checked(tmp_path, change, field):
     from circuits.graph import QKSource
 
     graph = make_graph()
-    a = graph.qk[0]
-    good = QKSource("key", "lorsa", 0, a.key, max(a.key - 1, 0), [graph.ids[0]], 1.5)
+    a = graph.qk[2]  # layer 1's: it reads layer 0's heads
+    good = QKSource("key", "lorsa", 0, a.key, max(a.key - 1, 0), ["0_6_0"], 1.5)
     a.sources = [good, dataclasses.replace(good, side="query", pos=a.query, attends=a.query),
-                 dataclasses.replace(good, kind="embedding", layer=-1, attends=None)]  # fmt: skip
+                 dataclasses.replace(good, kind="embedding", layer=-1, attends=None,
+                                     members=[graph.ids[0]])]  # fmt: skip
     name_sides(graph).save(tmp_path / "good.safetensors")
-    assert Graph.load(tmp_path / "good.safetensors").qk[0].sources == a.sources
+    assert Graph.load(tmp_path / "good.safetensors").qk[2].sources == a.sources
     a.sources = [dataclasses.replace(good, **change)]
     if all(isinstance(m, str) for m in a.sources[0].members):
         name_sides(graph)
@@ -747,11 +752,11 @@ def test_a_key_side_source_after_the_key_is_refused(tmp_path):
     from circuits.graph import QKSource
 
     graph = make_graph()
-    a = next(a for a in graph.qk if a.key < a.query)
-    a.sources = [QKSource("key", "lorsa", 0, a.key + 1, a.key, [graph.ids[0]], 1.0)]
+    a = next(a for a in graph.qk if a.key < a.query and a.layer == 1)  # reads layer 0's heads
+    a.sources = [QKSource("key", "lorsa", 0, a.key + 1, a.key, ["0_6_0"], 1.0)]
     with pytest.raises(GraphFileError, match="qk.sources.pos"):
         graph.save(tmp_path / "bad.safetensors")
-    a.sources = [QKSource("query", "lorsa", 0, a.key + 1, a.key, [graph.ids[0]], 1.0)]
+    a.sources = [QKSource("query", "lorsa", 0, a.key + 1, a.key, ["0_6_0"], 1.0)]
     name_sides(graph).save(tmp_path / "good.safetensors")  # the query side reaches up to the query
 
 

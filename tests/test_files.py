@@ -1322,6 +1322,26 @@ def test_a_lock_is_not_taken_twice_by_one_process(tmp_path):
     files.release_lock(lock)
 
 
+def _forge(path: Path, forged: str) -> None:
+    """Put a FIFO, a directory or a symbolic link to ``forged`` (/dev/zero) at ``path``."""
+    if forged == "fifo":
+        os.mkfifo(path)
+    elif forged == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(forged)
+
+
+def _held_child(script: str, path: Path) -> str:
+    """Run ``script`` with ``path`` in a child with this checkout on its path (the script holds
+    its own memory); its stdout, after checking that it exited 0."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", script, str(path)], env=env, timeout=120,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-300:]
+    return done.stdout
+
+
 _TAKE_LOCK = """
 import resource, sys
 from pathlib import Path
@@ -1339,15 +1359,8 @@ def test_a_lock_that_is_a_link_to_dev_zero_or_a_fifo_is_taken_over(tmp_path, for
     in its place waited for a writer for ever. No run of this code writes either (a lock is a
     regular file linked into place): it is taken over, as a file no process wrote is."""
     lock = tmp_path / ".writing.lock"
-    if forged == "fifo":
-        os.mkfifo(lock)
-    else:
-        lock.symlink_to(forged)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, "-c", _TAKE_LOCK, str(lock)], env=env, timeout=60,
-                          capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-300:]
-    pid = done.stdout.split()[0]
+    _forge(lock, forged)
+    pid = _held_child(_TAKE_LOCK, lock).split()[0]
     assert pid.isdigit() and not lock.is_symlink() and lock.is_file()
 
 
@@ -1370,17 +1383,9 @@ def test_a_summary_loader_refuses_a_link_to_dev_zero_a_fifo_or_a_directory(tmp_p
     more than its start), and of a FIFO waited for ever. Each is refused in one line naming
     the file and what stands there, as the other loaders' files are (``check_readable_file``)."""
     path = tmp_path / "mechanisms.json"
-    if forged == "fifo":
-        os.mkfifo(path)
-    elif forged == "directory":
-        path.mkdir()
-    else:
-        path.symlink_to(forged)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, "-c", _LOAD_SUMMARY, str(path)], env=env, timeout=120,
-                          capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-300:]
+    _forge(path, forged)
+    out = _held_child(_LOAD_SUMMARY, path)
     why = {"/dev/zero": "not a regular file (a FIFO, a device or a socket)",
            "fifo": "not a regular file (a FIFO, a device or a socket)",
            "directory": "a directory, not a file"}[forged]  # fmt: skip
-    assert done.stdout == f"mechanisms summary {path}: {why}\n"
+    assert out == f"mechanisms summary {path}: {why}\n"

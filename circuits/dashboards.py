@@ -497,7 +497,15 @@ def read_file(
     path: Path, replacement: ReplacementModel | None = None, tokenizer=None
 ) -> Dashboards:
     """A dashboards file, checked (module docstring); with ``replacement`` (and
-    ``tokenizer``), refused unless it was built from them. A ValueError names the file."""
+    ``tokenizer``), refused unless it was built from them. A ValueError names the file; what
+    is no regular file there (a directory, a link to itself) is said to be that, no one's
+    dashboards (a fault pass read "No such device (os error 19)" for a directory)."""
+    from toy_models.files import check_readable_file
+
+    try:
+        check_readable_file(Path(path), "dashboards file")
+    except OSError as exc:
+        raise NotDashboards(str(exc)) from None
     try:
         return _read(Path(path), replacement, tokenizer)
     except NotDashboards as exc:

@@ -946,3 +946,24 @@ def test_cli_says_what_to_do_with_an_out_that_is_no_dashboards_file(tiny_run, ti
         "or move it away\n"
     )
     assert notes.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("forged", ["directory", "itself", "/dev/zero"])
+def test_a_dashboards_path_that_is_no_regular_file_is_said_to_be_that(tmp_path, forged):
+    """A fault pass: a directory at a dashboards path was refused as "not readable as a
+    dashboards file (No such device (os error 19))", a link to itself as "(No such file or
+    directory ...)". Each is now said to be what it is (``check_readable_file``), as no one's
+    dashboards (``NotDashboards``: left alone)."""
+    from circuits.dashboards import NotDashboards, read_file
+
+    path = tmp_path / "d.safetensors"
+    if forged == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(path.name if forged == "itself" else forged)
+    why = {"directory": "a directory, not a file",
+           "itself": "a symbolic link that leads to no file (dangling, or in a loop)",
+           "/dev/zero": "not a regular file (a FIFO, a device or a socket)"}[forged]  # fmt: skip
+    with pytest.raises(NotDashboards) as info:
+        read_file(path)
+    assert str(info.value) == f"dashboards file {path}: {why}"

@@ -486,14 +486,19 @@ def summary_groups_step(replacement, graph, run, full, summary, scored, key_mass
     """The trace's step after the summary: where pruning dropped members of a target's
     predicting head group or of its QK sources (``GroupRecord.writes_qk``: heads whose value
     flow into the target can be small, all their effect through the attention they shape),
-    the graph is pruned again from ``full`` with the same settings keeping them and every node
-    it had (``prune_graph(keep=)``), so that the page draws these groups whole (as the
-    summary's supernodes, ``reports.viewer.summary_supernodes``); heads it adds get QK records
-    and sources when ``qk`` (``qk_step``, ``qk_sources``), and the summary's ``in_pruned``
-    follow. A ``--max-nodes`` cap holds: a group that would pass it stays out. Returns the
-    graph (the same one when nothing was added)."""
+    or of a head target's own QK sources, the graph is pruned again from ``full`` with the
+    same settings keeping them and every node it had (``prune_graph(keep=)``), so that the
+    page draws these groups whole (as the summary's supernodes,
+    ``reports.viewer.summary_supernodes``); heads it adds get QK records and sources when
+    ``qk`` (``qk_step``, ``qk_sources``), and the summary's ``in_pruned`` follow. A
+    ``--max-nodes`` cap holds: a group that would pass it stays out. Returns the graph (the
+    same one when nothing was added)."""
     named = []
     for t in summary.targets:
+        # a head target's own QK sources (``--target-node``), which the printout names under
+        # it as it names a predicting group's (a review: a head target's query-side source,
+        # L0 13 heads, was printed with none of its members on the page)
+        named += [g.key for g, _ in summary.qk_sources(t.node)]
         if t.predicting_group is not None:
             named.append(t.predicting_group)
             named += [g.key for g, _ in summary.qk_sources(t.predicting_group)]

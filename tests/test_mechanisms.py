@@ -4847,3 +4847,34 @@ def test_a_qk_reasons_moved_tokens_name_the_head_groups_at_the_key_that_moved_th
     path.write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="moved_by: each a position before the key"):
         load_summary(path)
+
+
+def test_the_drawn_graph_keeps_a_head_targets_qk_sources(replacement, tokens, run, monkeypatch):
+    """A head target's own QK sources (``--target-node``), named under it in the printout,
+    are kept by the summary step as a predicting group's are (a review: a head target's
+    query-side source, L0 13 heads, was printed with none of its members on the page)."""
+    import circuits.mechanisms
+    from circuits.attribution import LogitTarget, NodeTarget
+    from circuits.prune import influence_scores
+    from circuits.trace import summary_groups_step
+
+    monkeypatch.setattr(circuits.mechanisms, "ATTENTION_LOWERED", 0.0)  # random heads move little
+    full = attribute(replacement, tokens, max_logits=1, run=run)
+    heads = [i for i in full.is_kind("lorsa").nonzero().squeeze(1).tolist()
+             if full.layer[i] == 1 and full.read_key(i) not in (None, full.pos[i])]  # fmt: skip
+    tried = 0
+    for node in sorted(heads, key=lambda i: -float(full.activation[i]))[:3]:
+        layer, q, index = int(full.layer[node]), int(full.pos[node]), int(full.index[node])
+        traced = [LogitTarget(7), NodeTarget("lorsa", layer, q, index)]
+        graph = attribute(replacement, tokens, run=run, targets=traced)
+        scored = influence_scores(graph)
+        pruned = prune_graph(graph, node_threshold=0.1, edge_threshold=0.5, scored=scored)
+        summary = summarize(replacement, graph, run, pruned=pruned, max_groups=1)
+        head = summary.targets[-1]
+        wanted = {m for g, _ in summary.qk_sources(head.node) for m in g.members}
+        if not wanted - set(pruned.ids):
+            continue  # pruning kept them all: nothing to test on this head
+        tried += 1
+        kept = summary_groups_step(replacement, pruned, run, graph, summary, scored, None, False)
+        assert wanted <= set(kept.ids)
+    assert tried  # some head target's sources lost members to pruning

@@ -232,9 +232,14 @@ def test_identity_covers_config_tokenizer_and_weights(random_model, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     changed_config = fingerprint(ToyTransformer.load(tmp_path))
     random_model.save(tmp_path)
-    (tmp_path / "tokenizer.json").write_text("{}")
+    # a tokenizer file beside the model is loaded (``load_model`` reads BOS from it): the
+    # shipped one, then the same written out with other spacing (other bytes, another hash)
+    from toy_models.zoo import SHIPPED_DIR
+
+    shipped = (SHIPPED_DIR / "default" / "tokenizer.json").read_text()
+    (tmp_path / "tokenizer.json").write_text(shipped)
     with_tokenizer = fingerprint(ToyTransformer.load(tmp_path))
-    (tmp_path / "tokenizer.json").write_text('{"another": 1}')
+    (tmp_path / "tokenizer.json").write_text(json.dumps(json.loads(shipped), indent=1))
     other_tokenizer = fingerprint(ToyTransformer.load(tmp_path))
     with torch.no_grad():
         random_model.W_U[0, 0] += 1e-3

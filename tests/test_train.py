@@ -634,6 +634,28 @@ def test_a_config_with_bad_untrained_tokens_is_refused_in_one_line(tiny_run, tmp
     assert "config.json" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_toy_transformer_load_knows_bos_from_the_tokenizer_file_beside(tiny_run, tmp_path):
+    """``ToyTransformer.load`` left ``bos_id`` None where ``load_pretrained`` set it from the
+    same directory's tokenizer file, so ids without BOS went through the library's entry
+    points unchecked. The tokenizer beside the checkpoint records BOS; without it nothing
+    does, and a tokenizer there that is not one of this project's is refused in one line."""
+    from circuits.attribution import check_bos
+    from toy_models.model import ToyTransformer
+
+    model = ToyTransformer.load(tiny_run)
+    assert model.bos_id == 0
+    with pytest.raises(ValueError, match="tokens start with id 5, not"):
+        check_bos(torch.tensor([5, 6]), model.bos_id)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("data", "checkpoint*"))
+    (run / "tokenizer.json").unlink()
+    assert ToyTransformer.load(run).bos_id is None
+    (run / "tokenizer.json").write_text("{")
+    with pytest.raises(ValueError, match="tokenizer.json: not a valid tokenizer file") as err:
+        ToyTransformer.load(run)
+    assert "\n" not in str(err.value)
+
+
 # ----------------------------------------------------------------- faults at the end of a run
 def test_a_run_stopped_while_writing_its_final_model_finishes_on_resume(tiny_run, tmp_path):
     """A crash or a full disk between model.safetensors and config.json: --resume writes the

@@ -421,6 +421,15 @@ def load_model(directory: Path) -> ToyTransformer:
     model = load_checked(lambda: ToyTransformer(cfg), weights_path, config_path.name)
     tokenizer_path = directory / TOKENIZER_FILE
     model.tokenizer_sha256 = file_sha256(tokenizer_path) if tokenizer_path.is_file() else None
+    if model.tokenizer_sha256 is not None:
+        # The tokenizer beside it is what records BOS (``load_tokenizer`` refuses one whose BOS
+        # is not id 0, prepended once): with it set, the library's entry points check a
+        # caller's ids for BOS at position 0 (``circuits.attribution.prompt_tokens``) for
+        # ``ToyTransformer.load`` as for ``load_pretrained``. Without the file nothing in the
+        # directory says what BOS is (the config has no such field), and bos_id stays None.
+        from .tokenizer import bos_id, load_tokenizer
+
+        model.bos_id = bos_id(load_tokenizer(tokenizer_path))
     model.untrained_tokens = _untrained_tokens(data, cfg.d_vocab, config_path)
     from .ship import RECORD_FIGURES
 

@@ -188,10 +188,11 @@ class ToyTransformer(HookedRootModule):
     # The tokens never an input in training (``toy_models.train.untrained_tokens``, read by
     # ``load_model`` from the config); None when unknown (a model built in memory, an older run).
     untrained_tokens: frozenset[int] | None = None
-    # The BOS id of the tokenizer it was loaded with (``toy_models.zoo.load_pretrained``): every
-    # sequence it trained on holds it at position 0 and nowhere else, which the library's
-    # entry points check (``circuits.attribution.prompt_tokens``); None for a model built in
-    # memory or loaded without its tokenizer (``ToyTransformer.load``), whose callers ensure it.
+    # The BOS id of the tokenizer file beside its checkpoint (``toy_models.checkpoint.
+    # load_model``, under ``ToyTransformer.load`` and ``load_pretrained``): every sequence it
+    # trained on holds it at position 0 and nowhere else, which the library's entry points
+    # check (``circuits.attribution.prompt_tokens``); None for a model built in memory or
+    # loaded from a directory without its tokenizer file, whose callers ensure it.
     bos_id: int | None = None
 
     def __init__(self, cfg: ModelConfig):

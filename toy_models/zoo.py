@@ -158,10 +158,10 @@ def resolve_model_dir(name_or_path: str) -> Path:
 def load_pretrained(name_or_path: str):
     """``(model, tokenizer)`` from a zoo name or a checkpoint directory, checked together."""
     from .checkpoint import CONFIG_FILE, TOKENIZER_FILE, load_model, read_json
-    from .tokenizer import bos_id, load_tokenizer
+    from .tokenizer import load_tokenizer
 
     directory = resolve_model_dir(name_or_path)
-    model = load_model(directory)
+    model = load_model(directory)  # its bos_id from the tokenizer file read below
     tokenizer_path = directory / TOKENIZER_FILE
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.get_vocab_size() != model.cfg.d_vocab:
@@ -176,6 +176,5 @@ def load_pretrained(name_or_path: str):
         raise ValueError(
             f"{tokenizer_path}: not the tokenizer this model was trained with (hash differs)"
         )
-    model.bos_id = bos_id(tokenizer)  # 0 (``load_tokenizer`` refuses another)
     model.eval()
     return model, tokenizer

@@ -112,7 +112,8 @@ def _short(value) -> str:
 @dataclass
 class InterventionResult:
     """Effects on the graph's targets (``target_nodes``: logits, then heads or features, whose
-    pre-activations are read), and the new logits at the last position."""
+    pre-activations are read unless edited: an edited target's change is its edit's), and the
+    new logits at the last position."""
 
     targets: list[str]  # target node ids
     predicted: Float[Tensor, " target"]  # change predicted by the linear graph
@@ -364,10 +365,13 @@ def intervene(
     (optional): (layer, qk_head, query, key) reads whose attention after the intervention the
     result gives (``InterventionResult.attention``): what an edit does to a head's pattern,
     the QK half of its effect. ``intervene_many`` reruns several sets of edits at once.
-    An edit of a logit node (a target: nothing in the model reads it) holds that target at
-    the edited value, as ``predict`` does (a group holding a target takes its value away once):
-    its actual change is the edit's, and the model's logits (``logits``) and the other targets
-    are the rerun's of the other edits."""
+    An edited target is held at its edit, as ``predict`` holds it (a group holding a target
+    takes its value away once): its actual change is the edit's. For a logit node nothing in
+    the model reads it; for a head or feature target (``NodeTarget``) the edit sets the value
+    it passes on, which is what the target stands for in the graph's flows, while its
+    pre-activation, read for unedited targets, is not moved by its own edit (it was, and gave
+    0 for an ablation of the target alone). The model's logits (``logits``) and the other
+    targets are the rerun's of the edits."""
     return intervene_many(
         replacement, graph, [interventions], freeze_attention=freeze_attention,
         freeze_layernorm=freeze_layernorm, freeze_errors=freeze_errors, run=run,
@@ -441,13 +445,17 @@ def _rerun_batch(
     error_scale = {name: torch.ones(batch, n, 1) for name in _error_sites(cache, L)}
     embed_scale = torch.ones(batch, n)
     bias_scale: dict[int, Tensor] = {}
-    held_logits: dict[tuple[int, int], float] = {}  # (row, logit node): the edit's change
+    # (row, edited target): the edit's change, at which the target is held (``intervene``)
+    held_targets: dict[tuple[int, int], float] = {}
+    is_target = set(target_nodes(graph))
     for b, (edits, where) in enumerate(sets):
         for edit in edits:
             i = where[edit.node]
             kind, stage = Kind(int(graph.kind[i])), int(graph.stage[i])
             pos, index = int(graph.pos[i]), int(graph.index[i])
             new = edit.apply(float(graph.activation[i]))
+            if i in is_target:
+                held_targets[b, i] = new - float(graph.activation[i])
             if kind in ACTIVATION_SITE:
                 name = hook_name(block_of(stage), ACTIVATION_SITE[kind])
                 patches.setdefault(name, []).append((b, pos, index, new))
@@ -457,8 +465,7 @@ def _rerun_batch(
                 embed_scale[b, pos] = new
             elif kind == Kind.BIAS:
                 bias_scale.setdefault(stage, torch.ones(batch, n))[b, pos] = new
-            else:  # a logit: nothing in the model reads it; held at its edit, as predict holds it
-                held_logits[b, i] = new - float(graph.activation[i])
+            # else a logit: nothing in the model reads it; held at its edit (above)
 
     def patch(entries):
         rows, pos, index, value = (torch.tensor(x) for x in zip(*entries, strict=True))
@@ -494,14 +501,14 @@ def _rerun_batch(
     logits = replacement.run_with_hooks(tokens, mode=run.mode, fwd_hooks=hooks)[:, -1]
     rows, read = _logit_readout(graph)
     actual = read(logits) - read(run.logits[-1])  # batch target
-    column = {int(node): j for j, node in enumerate(rows.tolist())}
-    for (b, i), change in held_logits.items():
-        actual[b, column[i]] = change
     if nodes:
         moved = torch.stack([seen[_pre_activation_site(graph, i)][:, graph.pos[i], graph.index[i]]
                              - graph.value[i] for i in nodes], dim=1)  # fmt: skip
         rows = torch.cat([rows, torch.tensor(nodes, dtype=torch.long)])
         actual = torch.cat([actual, moved.to(actual.dtype)], dim=1)
+    column = {int(node): j for j, node in enumerate(rows.tolist())}
+    for (b, i), change in held_targets.items():
+        actual[b, column[i]] = change
     if not torch.isfinite(actual).all():  # an edit far outside the model's range
         raise ValueError("the model overflows under these edits (a target's value is not "
                          "finite): edit by values nearer the nodes' own")  # fmt: skip
@@ -847,7 +854,9 @@ def _edited_nodes(graph: Graph, interventions: list[Intervention]) -> dict[str, 
 def predict(graph: Graph, interventions: list[Intervention]) -> Float[Tensor, " node"]:
     """Every node's change under ``interventions`` according to the graph alone: changes flow
     along edges (per unit of the source's activation), stage by stage, through heads and
-    features that stay linear (active) and into the targets. Any graph is taken: a pruned
+    features that stay linear (active) and into the targets. An edited node's change is its
+    edit's, a target's too (a logit, or a head or feature traced as a target): the edit holds
+    it, whatever flows into it, and ``intervene`` measures it so. Any graph is taken: a pruned
     graph's prediction covers only its kept nodes and edges (the full graph's is the one that
     ``intervene`` compares with the model)."""
     where = _edited_nodes(graph, interventions)

@@ -966,6 +966,42 @@ def test_an_edit_of_a_logit_node_is_held_by_predict_and_intervene_alike(graph, r
         assert torch.equal(both.logits, alone.logits)
 
 
+@pytest.mark.parametrize("mode", ["local", "sparse"])
+def test_an_edited_head_or_feature_target_changes_by_its_edit_in_predict_and_intervene(
+    replacement, tokens, mode
+):
+    """A head or feature that is both edited and a ``--target-node`` target: ``predict`` gave
+    the edit's change and ``intervene`` its pre-activation's, which its own edit does not
+    move (0 for the edit alone). One definition for both, as for a logit: the target is held
+    at its edit, its change the edit's; the other targets are the rerun's."""
+    full = attribute(replacement, tokens, mode=mode)
+    feature = int(full.is_kind("transcoder").nonzero()[-1])
+    head = int(full.is_kind("lorsa").nonzero()[0])
+    spec = lambda i, kind: NodeTarget(kind, int(full.layer[i]), int(full.pos[i]),  # noqa: E731
+                                      int(full.index[i]))  # fmt: skip
+    given = [LogitTarget(7), spec(feature, "transcoder"), spec(head, "lorsa")]
+    graph = attribute(replacement, tokens, mode=mode, targets=given)
+    from circuits.interventions import target_nodes
+
+    for node in target_nodes(graph)[1:]:
+        activation = float(graph.activation[node])
+        other = int(np.abs(graph.edges[[node]].toarray()[0]).argmax())  # its strongest source
+        alone = intervene(replacement, graph, [Intervention(graph.ids[other])])
+        j = alone.targets.index(graph.ids[node])
+        edits = ((Intervention(graph.ids[node]), 0.0),
+                 (Intervention(graph.ids[node], "clamp", 1.5), 1.5),
+                 (Intervention(graph.ids[node], "scale", 2.0), 2 * activation))  # fmt: skip
+        for edit, new in edits:
+            predicted = float(predict(graph, [edit])[node])
+            result = intervene(replacement, graph, [edit])
+            assert predicted == pytest.approx(new - activation, rel=1e-6)
+            assert float(result.actual[j]) == float(result.predicted[j]) == predicted
+            both = intervene(replacement, graph, [Intervention(graph.ids[other]), edit])
+            assert float(both.actual[j]) == predicted  # held, whatever flows into it
+            assert float(both.predicted[j]) == predicted
+            assert float(alone.actual[j]) != 0  # (what flows in does move without the edit)
+
+
 def test_a_clamp_or_scale_needs_its_value_and_an_ablation_takes_none_but_0(graph):
     """Found by a reviewer using the library: ``Intervention(node, "scale")`` scaled the node
     by 0 and ``Intervention(node, "clamp")`` clamped it to 0 (both an ablation, without a

@@ -951,7 +951,10 @@ def _side_sources(view: GroupedGraph, flow: np.ndarray) -> dict[str, list[Source
     of each category (``roots``, ``heads``, ``features``) the ``SIDE_SOURCES`` largest
     positive sums, largest first, then the ``SIDE_SOURCES`` most negative, most negative first
     (what raises the side, then what lowers it: a side below zero was listed by its raisers
-    alone, and a category without enough raisers filled up with sums of -0.002)."""
+    alone, and a category without enough raisers filled up with sums of -0.002). A constant
+    group of every position whose flow here comes from one position's node alone is named as
+    that node, at its position (a layer-0 head's query side read ``position vector (all
+    positions)`` where only the query's own position vector reaches it)."""
     sums = np.bincount(view.of_node, flow, minlength=view.n_groups)
     out: dict[str, list[SourceShare]] = {"roots": [], "heads": [], "features": []}
     for sign in (1.0, -1.0):
@@ -966,9 +969,17 @@ def _side_sources(view: GroupedGraph, flow: np.ndarray) -> dict[str, list[Source
             if sign * sums[g] <= 0 or category is None or taken[category] >= SIDE_SOURCES:
                 continue
             taken[category] += 1
+            name, pos = grp.name, grp.pos
+            if grp.kind == "bias" and pos is None:
+                # a constant group of every position (``position vector (all positions)``)
+                # whose flow into this side comes from one position's node alone, as a layer-0
+                # head's query side reads its own position's vector only: named as that node
+                held = [i for i in grp.members if flow[i] != 0]
+                if len(held) == 1:
+                    name, pos = node_name(view.graph, held[0]), int(view.graph.pos[held[0]])
             out[category].append(
                 SourceShare(
-                    grp.name, grp.kind, grp.layer, grp.pos, grp.attends, grp.concept, float(sums[g])
+                    name, grp.kind, grp.layer, pos, grp.attends, grp.concept, float(sums[g])
                 )  # fmt: skip
             )
     return out

@@ -942,7 +942,15 @@ class WhyTerm:
 
     @property
     def term(self) -> str:
-        return "largest token or position term" if self.larger else "largest score term"
+        """What the pair is among the terms: the score's largest, or, where a summed part
+        brings more (``larger``), the largest of the terms listed one by one, which are
+        between tokens, errors and position vectors (``own_pairs`` and ``moved_pairs`` may
+        hold an error root: a pair with one is no token or position term)."""
+        if not self.larger:
+            return "largest score term"
+        sides = (self.pair.query.kind, self.pair.key.kind)
+        return ("largest token, error or position term" if "error" in sides
+                else "largest token or position term")  # fmt: skip
 
     @property
     def place(self) -> str:
@@ -1027,7 +1035,8 @@ def why_block(g: GroupRecord | None, summary: MechanismSummary) -> list[str]:
     token a previous-token head moved to the key, only in the group's lines far below,
     inside a line of 900 characters, under a "what makes it attend there" that named a weak
     group first. Where the reason's constant or error terms (``root_parts``) raise the score
-    more, the term is called the largest token or position term and that sum follows it.
+    more, the term is called the largest token or position term (token, error or position
+    term where one side is an error) and that sum follows it.
     Empty where the reason has no such split or no raising term."""
     why = why_term(g)
     if why is None:

@@ -4659,7 +4659,7 @@ def test_the_why_line_names_no_largest_score_term_where_constants_or_errors_rais
     --no-constants trace of ``The lamp of Quorrindash glowed; travelers praised Quorrin``:
     "QK 2's largest score term" +0.292 of a specific part +2.75, its constants +2.5, the
     position vectors folded into them)."""
-    from reports.mechanisms import why_text
+    from reports.mechanisms import why_term, why_text
 
     summary = summarize(replacement, graph, run, max_groups=4)
     g = summary.group(summary.targets[0].predicting_group)
@@ -4672,11 +4672,69 @@ def test_the_why_line_names_no_largest_score_term_where_constants_or_errors_rais
     parts["constants"] = term + 2.0
     g = dataclasses.replace(g, qk=[dataclasses.replace(r, root_parts=parts), *g.qk[1:]])
     why = why_text(g, summary)
-    assert "largest score term" not in why and "largest token or position term" in why
+    # (the local fixture's term is an error x token pair: said so, not a token or position term)
+    pair = why_term(g).pair
+    error = "error" in (pair.query.kind, pair.key.kind)
+    said = "largest token, error or position term" if error else "largest token or position term"
+    assert "largest score term" not in why and said in why
     assert f"; the constant terms bring more, {term + 2.0:+.3g}" in why
     assert "--no-constants" not in why  # constants on: the biases alone
     summary.settings["constants"] = False
     assert "(the position vectors among them: --no-constants folds them in)" in why_text(g, summary)
+
+
+def test_the_why_lines_term_says_error_where_its_pair_holds_one():
+    """A reviewer's printout: "largest token or position term" headed an error x token term
+    (``own_pairs`` and ``moved_pairs`` are between tokens and errors). The heading names what
+    the pair is: with an error on a side, the largest token, error or position term."""
+    from circuits.mechanism_file import QKReasonRecord, RootPair, SourceShare
+    from reports.mechanisms import WhyTerm
+
+    def side(name, kind, pos):
+        return SourceShare(name, kind, 0, pos, None, None, 0.0)
+
+    r = QKReasonRecord(1, 0, 5, 2, "x", 0.5, 1.0, 0, 0, 0, 1.0, 0, 0, [])
+    token = side("token 'a'@2", "embedding", 2)
+    error = side("L0 attn error @5", "error", 5)
+    larger = [("constants", 3.0)]
+    plain = side("token 'b'@5", "embedding", 5)
+    for query, term in ((error, "largest token, error or position term"),
+                        (plain, "largest token or position term")):  # fmt: skip
+        why = WhyTerm(r, "own", RootPair(query, token, 1.0), "q", "k", larger)
+        assert why.term == term
+        assert dataclasses.replace(why, larger=[]).term == "largest score term"
+
+
+def test_a_layer_0_heads_query_side_names_the_one_position_vector_it_reads(graph, replacement, run):
+    """A reviewer's printout: a layer-0 head's "query side from: position vector (all
+    positions) +2.14", where only the query's own position vector reaches its query side. A
+    constant group of every position whose flow into a side comes from one position's node
+    is named as that node, at that position; the record's value is the group's sum as it was."""
+    from circuits.mechanisms import _side_sources
+    from circuits.nodes import block_of
+
+    summary = summarize(replacement, graph, run, max_groups=4)
+    reasons = [r for x in [*summary.targets, *summary.groups] for r in x.qk]
+    seen = 0
+    for r in reasons:
+        for where, sources in ((r.query, r.query_sources), (r.key, r.key_sources)):
+            for x in sources.get("roots", []):
+                if x.is_position and r.layer == 0:
+                    seen += 1
+                    assert (x.name, x.pos) == (f"position vector @{where}", where)
+    assert seen
+    # a group whose flow comes from two positions keeps its group name
+    view = auto_groups(graph)
+    g = next(g for g, grp in enumerate(view.groups) if grp.kind == "bias"
+             and grp.layer == block_of(0) and grp.pos is None)  # fmt: skip
+    flow = np.zeros(graph.n_nodes)
+    flow[view.groups[g].members[:2]] = [1.0, 2.0]
+    (x,) = [x for x in _side_sources(view, flow)["roots"] if x.is_position]
+    assert (x.name, x.pos, x.value) == (view.groups[g].name, None, 3.0)
+    flow[view.groups[g].members[0]] = 0.0
+    (x,) = [x for x in _side_sources(view, flow)["roots"] if x.is_position]
+    pos = int(graph.pos[view.groups[g].members[1]])
+    assert (x.name, x.pos, x.value) == (f"position vector @{pos}", pos, 2.0)
 
 
 def html_escape(text: str) -> str:

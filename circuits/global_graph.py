@@ -4,6 +4,7 @@ mean input per occurrence, downstream through expected attribution per unit of a
     python -m circuits.global_graph --model default --start lorsa:1:318
     python -m circuits.global_graph --model default --start logit:" Thursday" --budget 30
     python -m circuits.global_graph --model default --start token:" Monday" --downstream
+    python -m circuits.global_graph --model default --start lorsa:2:40 --qk-circuit
 
 ``--start`` names a unit: ``lorsa:LAYER:HEAD``, ``transcoder:LAYER:FEATURE``,
 ``logit:TOKEN`` or ``token:TOKEN`` (a token's embedding; grow it ``--downstream``).
@@ -14,6 +15,11 @@ graph gets its QK group's expected QK attribution, drawn as q/k edges (``--no-qk
 edges only). The same graph is grown from each half of the sample, and how many of its top
 edges the halves share is printed (the split-half reliability: low means gather more rows),
 after the start's own edges with the share of its total (every partner's) that they hold.
+``--qk-circuit`` writes a Lorsa head's QK circuit instead (``circuits.global_weights.
+qk_circuit``): what its QK group's query side and key side read through the weights (the
+``--pairs`` largest query-unit x key-unit terms of ``W_Q W_K^T``, weights alone) and each of
+those units' ``--writers`` strongest inputs on the sample; it has no value edges into the head,
+so its printout says what its pairs cover and how far the halves bear out its writer edges.
 Writes, like ``circuits.trace``, ``graph.json``, ``graph.safetensors``, ``graph.dot``/``.svg``
 and ``graph.html`` (``reports.outputs``).
 
@@ -60,6 +66,8 @@ START_EDGES = "start_edges"  # = circuits.graph.START_EDGES (not imported: start
 RELIABILITY = "reliability"  # = circuits.graph.RELIABILITY (not imported: start-up)
 DEFAULT_STATS_DIR = Path("runs/global-stats")  # = circuits.statistics (not imported: start-up)
 MAX_ROWS = 1 << 20  # = circuits.statistics_file.MAX_ROWS (rows are held in memory)
+BUDGET, PER_NODE = 40, 8  # a grown graph's defaults
+QK_PAIRS, QK_WRITERS = 12, 2  # --qk-circuit's: = circuits.global_weights.qk_circuit's
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,12 +89,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start", required=True, metavar="UNIT", help=START_FORMS)
     parser.add_argument("--downstream", action="store_true",
                         help="grow towards what the unit drives (default: its inputs)")  # fmt: skip
-    parser.add_argument("--budget", type=int, default=40,
-                        help="units the graph holds, the start included: a grown unit none of "
-                        "whose candidates joined gets its best end unit (a token or error "
-                        "upstream, a logit downstream), counted in it; --qk adds each Lorsa "
-                        "head's query and key units beyond it")  # fmt: skip
-    parser.add_argument("--per-node", type=int, default=8, help="candidates per unit")
+    parser.add_argument("--budget", type=int,
+                        help="units the graph holds, the start included (default 40): a grown "
+                        "unit none of whose candidates joined gets its best end unit (a token "
+                        "or error upstream, a logit downstream), counted in it; --qk adds each "
+                        "Lorsa head's query and key units beyond it")  # fmt: skip
+    parser.add_argument("--per-node", type=int, help="candidates per unit (default 8)")
+    parser.add_argument("--qk-circuit", action="store_true",
+                        help="with --start lorsa:L:HEAD, the head's QK circuit instead of a grown "
+                        "graph: the --pairs largest query-unit x key-unit terms of its QK "
+                        "group's W_Q W_K^T (weights alone) and each of those units' --writers "
+                        "strongest inputs on the sample (--budget, --per-node, --downstream, "
+                        "--no-prune and --no-qk are a grown graph's)")  # fmt: skip
+    parser.add_argument("--pairs", type=int,
+                        help=f"--qk-circuit: query x key pairs (default {QK_PAIRS})")  # fmt: skip
+    parser.add_argument("--writers", type=int,
+                        help=f"--qk-circuit: inputs drawn per pair unit (default {QK_WRITERS}; "
+                        "0: none)")  # fmt: skip
     parser.add_argument("--no-prune", action="store_true",
                         help="keep every grown unit (ranked by influence on the start all the "
                         "same)")  # fmt: skip
@@ -156,11 +175,17 @@ def parse_unit(spec: str, units, tokenizer) -> int:
 
 def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
     formats = parse_formats(args.format)
+    _check_kind_options(args)
     if min(args.budget, args.per_node) <= 0 or (args.rows is not None and args.rows <= 0):
         raise UserError("--budget, --per-node and --rows must be positive")
+    if args.pairs <= 0 or args.writers < 0:
+        raise UserError("--pairs must be positive and --writers 0 or more")
     if args.rows is not None and args.rows > MAX_ROWS:
         raise UserError(f"--rows must be at most {MAX_ROWS}, got {args.rows}")
     start = parse_start(args.start)
+    if args.qk_circuit and start.kind != "lorsa":
+        raise UserError(f"--start {args.start!r}: --qk-circuit is a Lorsa head's: name one as "
+                        "lorsa:L:HEAD")  # fmt: skip
     if start.kind in ("logit", "token"):  # a text that is no token: said before the direction
         from toy_models.zoo import check_tokens
 
@@ -182,6 +207,28 @@ def _check_args(args: argparse.Namespace) -> tuple[StartSpec, list[str]]:
     earlier_set(args.out, GRAPH_MARK, OUTPUT_NAMES, GLOBAL_GRAPH)
     check_staging(args.out)
     return start, formats
+
+
+def _check_kind_options(args: argparse.Namespace) -> None:
+    """Refuse the options of the kind of graph not asked for (a grown graph's with
+    ``--qk-circuit``, the QK circuit's without it), then fill in the defaults."""
+    grown = [flag for flag, given in (("--budget", args.budget is not None),
+                                      ("--per-node", args.per_node is not None),
+                                      ("--downstream", args.downstream),
+                                      ("--no-prune", args.no_prune),
+                                      ("--no-qk", not args.qk)) if given]  # fmt: skip
+    qk = [flag for flag, value in (("--pairs", args.pairs), ("--writers", args.writers))
+          if value is not None]  # fmt: skip
+    if args.qk_circuit and grown:
+        raise UserError(f"{', '.join(grown)}: a grown graph's, not --qk-circuit's (its options: "
+                        "--pairs, --writers)")  # fmt: skip
+    if not args.qk_circuit and qk:
+        raise UserError(f"{', '.join(qk)}: --qk-circuit's (a head's QK circuit); a grown graph "
+                        "takes --budget and --per-node")  # fmt: skip
+    args.budget = BUDGET if args.budget is None else args.budget
+    args.per_node = PER_NODE if args.per_node is None else args.per_node
+    args.pairs = QK_PAIRS if args.pairs is None else args.pairs
+    args.writers = QK_WRITERS if args.writers is None else args.writers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,11 +255,15 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     replacement.group_size  # noqa: B018 (a set whose layers differ: refused before the work)
     units = Units.of(replacement)
     start = resolve_start(spec, units, tokenizer)
-    for flag, value in (("--budget", args.budget), ("--per-node", args.per_node)):
+    sizes = ((("--pairs", args.pairs), ("--writers", args.writers)) if args.qk_circuit
+             else (("--budget", args.budget), ("--per-node", args.per_node)))  # fmt: skip
+    for flag, value in sizes:
         if value > units.total:  # a graph, or a unit's candidates, never holds more (a fuzz
             # pass's --budget 10**21 started gathering, and the graph would have recorded it)
             raise UserError(f"{flag} {value}: more than the model's {units.total} units")
     stats = statistics_for(replacement, tokenizer, args.model, args.stats, args.rows)
+    if args.qk_circuit:
+        return _qk_circuit_graph(args, replacement, tokenizer, stats, spec, formats)
     upstream = not args.downstream
     if float(stats.unit_count[start]) == 0:  # its graph would be empty, its reliability moot
         what = "never occurs as the next token" if spec.kind == "logit" else "never fires"
@@ -259,14 +310,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     )  # (upstream and downstream weights are not the same measure: said with them)
     for line in _start_lines(graph, labels, coverage):
         print(line)
-    strongest = graph.edges.tocoo()
-    if len(strongest.data):
-        print("strongest edges of the graph:")
-    for j in abs(strongest.data).argsort()[::-1][:N_STRONGEST]:
-        s, t = strongest.col[j], strongest.row[j]
-        print(f"  {strongest.data[j]:+.3f}  {labels[s]}  ->  {labels[t]}")
-    if len(strongest.data) > N_STRONGEST:
-        print(_weaker_line(len(strongest.data) - N_STRONGEST))
+    _print_strongest(graph, labels)
     for line in _qk_lines(graph, labels):
         print(line)
     print(reliability_line(reliability, graph.n_edges))
@@ -278,6 +322,106 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     for path in written.paths:
         print(f"wrote {path}")
     return unrendered_status(args.format, written.unrendered)
+
+
+def _qk_circuit_graph(args, replacement, tokenizer, stats, spec: StartSpec, formats) -> int:
+    """``--qk-circuit``: the head's QK circuit (``circuits.global_weights.qk_circuit``), written
+    as a grown graph is, and printed with what is true of it: its pairs (weights alone, what
+    they cover), its writer edges (mean inputs on the sample) and how far the halves of the
+    sample bear those out; it has no value edges into the head, so no share of its own."""
+    from reports.labels import node_labels
+    from reports.outputs import write_graph_outputs
+
+    from .global_weights import qk_circuit, split_half
+    from .statistics import default_stats_path
+
+    def build(sample):
+        return qk_circuit(replacement, sample, spec.layer, [spec.index], k=args.pairs,
+                          writers=args.writers, tokenizer=tokenizer)  # fmt: skip
+
+    t0 = time.perf_counter()
+    graph = build(stats)
+    graph.model["name"] = args.model
+    seconds = time.perf_counter() - t0
+    reliability = split_half(build, stats)
+    overlap = reliability["overlap"]
+    graph.settings[RELIABILITY] = {
+        **reliability, "overlap": None if math.isnan(overlap) else overlap,
+        "of": "the pair units' input edges (the pairs are the weights': the same in each half)",
+    }  # fmt: skip
+    _check_finite(graph, args.stats or default_stats_path(args.model, replacement, tokenizer))
+    views = _unit_dashboards(args.model, replacement, tokenizer, graph)
+    written = write_graph_outputs(graph, args.out, formats, dashboards=views, feature_files=False,
+                                  by=GLOBAL_GRAPH)  # fmt: skip
+    labels = node_labels(graph)
+    print(
+        f"{labels[int(graph.target_weight.argmax())]}: QK circuit, {graph.n_nodes} units, "
+        f"{graph.n_edges} edges ({seconds:.2f} s; statistics over {stats.meta['rows_done']} "
+        f"rows of {stats.meta['n_ctx']} tokens); QK pairs: weights alone; edges: "
+        f"{graph.global_record.edge_weights}"
+    )
+    for line in qk_circuit_lines(graph, stats.units):
+        print(line)
+    _print_strongest(graph, labels)
+    for line in _qk_lines(graph, labels):
+        print(line)
+    print(_qk_reliability_line(reliability, graph.n_edges))
+    for note in written.notes:
+        print(note, file=sys.stderr)
+    for path in written.paths:
+        print(f"wrote {path}")
+    return unrendered_status(args.format, written.unrendered)
+
+
+def qk_circuit_lines(graph, units) -> list[str]:
+    """What a QK circuit's printout says in place of a grown graph's start coverage (which
+    would read 0: no value edge enters its head): which pairs it lists out of how many (every
+    unit below the head's layer on each side, weights alone: no sample), and what its value
+    edges are (the pair units' strongest inputs on the sample, not the head's)."""
+    from .nodes import lorsa_stage
+
+    made = graph.settings["qk_circuit"]
+    (record,) = graph.qk
+    below = units.start(lorsa_stage(made["layer"]))
+    lines = [
+        f"its QK pairs: the {len(record.pairs)} largest by |weight| of the {below * below:,} "
+        f"query-unit x key-unit terms of L{made['layer']} QK {made['qk_head']}'s W_Q W_K^T "
+        f"(the {below:,} units below block {made['layer']} on each side), summing to "
+        f"{record.score:+.3f}: weights alone, the same for any sample, no prompt's score"
+    ]
+    writers = graph.edges.nnz
+    lines.append(
+        f"its value edges: {writers}, each pair unit's strongest inputs (mean input on the "
+        "sample; a token has none); none enters the head: its value side is a grown graph's "
+        "(without --qk-circuit)"
+    )
+    return lines
+
+
+def _print_strongest(graph, labels: list[str]) -> None:
+    """The graph's ``N_STRONGEST`` strongest edges, the rest counted."""
+    strongest = graph.edges.tocoo()
+    if len(strongest.data):
+        print("strongest edges of the graph:")
+    for j in abs(strongest.data).argsort()[::-1][:N_STRONGEST]:
+        s, t = strongest.col[j], strongest.row[j]
+        print(f"  {strongest.data[j]:+.3f}  {labels[s]}  ->  {labels[t]}")
+    if len(strongest.data) > N_STRONGEST:
+        print(_weaker_line(len(strongest.data) - N_STRONGEST))
+
+
+def _qk_reliability_line(r: dict, edges: int) -> str:
+    """A QK circuit's split-half line: its pairs are the weights' (the same in each half), so
+    the halves compare its value edges, the pair units' inputs, alone."""
+    head = (f"split-half reliability of the pair units' inputs ({r['rows'][0]} + {r['rows'][1]} "
+            "rows; the pairs are the weights', the same in each half)")  # fmt: skip
+    if not r["compared"]:
+        more = ("the graph has none (--writers 0, or every pair unit a token)" if not edges
+                else "a half's graph has none; gather more with --rows")  # fmt: skip
+        return f"{head}: nothing to compare: {more}"
+    return (f"{head}: {r['shared']} of the top {r['compared']} edges shared by the graphs of "
+            f"the even and the odd rows ({r['overlap']:.2f}); below ~0.5, gather more with "
+            "--rows")  # fmt: skip
 
 
 def _check_finite(graph, stats_path: Path) -> None:
@@ -438,6 +582,13 @@ def _qk_lines(graph, labels: list[str]) -> list[str]:
         key = labels[at[p.key]] if p.key in at else side_words(graph, a, p.key)
         # signed: a pair that lowers the score holds a negative share (a reviewer read
         # `-0.181 (2.2% of the lift ...)`)
+        if graph.qk_from_weights:  # a QK circuit's: weights alone, no score of any firing
+            # (its pairs' sum is said above it, ``qk_circuit_lines``; a share of it misleads
+            # where pairs of both signs cancel: +0.202 was -93.8% of a sum of -0.215)
+            what = ("the pair raising its score most by the weights" if p.value > 0
+                    else "every pair listed lowers its score; the least")  # fmt: skip
+            lines.append(f"  {name}, {what}: q {query}  x  k {key}  {p.value:+.3f}")
+            continue
         share = f"{p.value / a.score:+.1%} of the lift; " if a.score else ""
         lines.append(f"  {name} (score lift {a.score:+.3f} per firing): q {query}  x  k {key}"
                      f"  {p.value:+.3f} ({share}the {len(a.pairs)} largest pairs "

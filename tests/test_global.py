@@ -1306,6 +1306,17 @@ def test_split_half_reliability_compares_the_halves_graphs(replacement, units, s
         (["--start", "lorsa: 1:2"], "expected lorsa:L:HEAD"),
         (["--start", "lorsa:1_0:2"], "expected lorsa:L:HEAD"),
         (["--start", "lorsa:1:2", "--stats", "/proc/stats.safetensors"], "--stats /proc/"),
+        # --qk-circuit: a head's, with its own options only
+        (["--start", "transcoder:1:2", "--qk-circuit"], "--qk-circuit is a Lorsa head's"),
+        (["--start", "lorsa:1:2", "--qk-circuit", "--budget", "5"], "--budget: a grown graph's"),
+        (
+            ["--start", "lorsa:1:2", "--qk-circuit", "--downstream", "--no-qk"],
+            "--downstream, --no-qk: a grown graph's",
+        ),
+        (["--start", "lorsa:1:2", "--pairs", "5"], "--pairs: --qk-circuit's"),
+        (["--start", "lorsa:1:2", "--qk-circuit", "--pairs", "0"], "--pairs must be positive"),
+        (["--start", "lorsa:1:2", "--qk-circuit", "--writers", "-1"], "--writers 0 or more"),
+        (["--start", "lorsa:9:2", "--qk-circuit"], "layer 9 is outside 0..3"),
     ],
 )
 def test_global_graph_cli_bad_input(tmp_path, capsys, args, message):
@@ -1412,6 +1423,56 @@ def test_global_graph_cli_parses_arguments_before_importing_torch(fresh_cli, tmp
     assert got == code, err[-2000:]
     assert heavy == [], err[-2000:]
     assert not (tmp_path / "x").exists()
+
+
+def test_global_graph_cli_writes_a_heads_qk_circuit_on_a_tiny_model(
+    tiny_run, tiny_pretrained, make_replacement, tmp_path, cli
+):
+    """``--qk-circuit``: the head's QK circuit (``qk_circuit``, reachable from Python and the
+    heads report only) written as a grown graph is, and printed with what is true of it: its
+    pairs are the weights' (how many of how many), its value edges the pair units' inputs,
+    none into the head (a grown graph's "own edges" share would read 0), and the split-half
+    line compares those edges alone."""
+    from circuits.global_graph import main
+    from circuits.global_weights import qk_circuit
+    from circuits.graph import Graph
+    from circuits.nodes import lorsa_stage
+
+    model, tokenizer = tiny_pretrained
+    rep = make_replacement(model, n_qk=2, n_ov=16, lorsa_k=4)
+    rep.save(tmp_path / "rep", str(tiny_run))
+    stats, out = tmp_path / "stats.safetensors", tmp_path / "qk"
+    code, printed, err = cli(main, "--model", tiny_run, "--replacement", tmp_path / "rep",
+                             "--stats", stats, "--rows", 4, "--start", "lorsa:1:3",
+                             "--qk-circuit", "--pairs", 5, "--writers", 2, "--format", "",
+                             "--out", out)  # fmt: skip
+    assert code == 0, err
+    graph = Graph.load(out / "graph.safetensors")
+    want = qk_circuit(rep, Statistics.load(stats), 1, [3], k=5, writers=2, tokenizer=tokenizer)
+    assert graph.qk_from_weights and graph.direction is None
+    assert graph.ids == want.ids and (graph.edges != want.edges).nnz == 0
+    assert [(p.query, p.key, p.value) for p in graph.qk[0].pairs] == \
+        [(p.query, p.key, p.value) for p in want.qk[0].pairs]  # fmt: skip
+    head = int(graph.target_weight.argmax())
+    assert graph.edges[[head]].nnz == 0  # no value edge enters the head
+    below = Units.of(rep).start(lorsa_stage(1))
+    lines = printed.splitlines()
+    lines = lines[next(i for i, x in enumerate(lines) if ": QK circuit, " in x) :]  # (gathering)
+    assert "QK pairs: weights alone" in lines[0]
+    assert lines[1] == (
+        f"its QK pairs: the 5 largest by |weight| of the {below * below:,} query-unit x key-unit "
+        f"terms of L1 QK 0's W_Q W_K^T (the {below:,} units below block 1 on each side), summing "
+        f"to {want.qk[0].score:+.3f}: weights alone, the same for any sample, no prompt's score"
+    )
+    assert lines[2].startswith(f"its value edges: {graph.edges.nnz}, each pair unit's strongest")
+    assert not any("its own inputs" in x or "score lift" in x or "per firing" in x for x in lines)
+    assert any(x.startswith("  L1 QK 0, the pair raising its score most by the weights: q ")
+               for x in lines)  # fmt: skip
+    split = next(x for x in lines if x.startswith("split-half reliability"))
+    assert split.startswith("split-half reliability of the pair units' inputs (2 + 2 rows; the "
+                            "pairs are the weights', the same in each half)")  # fmt: skip
+    assert graph.settings["reliability"]["of"].startswith("the pair units' input edges")
+    assert (out / "graph.html").is_file() and (out / "graph.json").is_file()
 
 
 def test_global_graph_cli_end_to_end_on_a_tiny_model(

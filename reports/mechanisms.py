@@ -1924,6 +1924,7 @@ QK_LEGEND = (
     "through one side (query or key) alone; 'weak': that ablation does not halve it",
 )
 LEGEND_WIDTH = 110  # the printout's legend is prose: wrapped at this width
+PROSE_BREAKS = (" ",)  # where ``fitted`` breaks the legend: any space (its lines are sentences)
 
 
 def checks_legend_text(summary: MechanismSummary) -> str:
@@ -1974,14 +1975,13 @@ def legend_blocks(summary: MechanismSummary) -> dict[str, list[str]]:
 def legend_lines(summary: MechanismSummary, width: int = LEGEND_WIDTH) -> list[str]:
     """The printout's legend: its heading, then each definition (``legend_blocks``) as a block
     whose lines are wrapped at ``width`` (the legends were a 318- and a 1,156-character line:
-    a review)."""
-    import textwrap
-
+    a review) by the printout's one rule (``fitted``: outside brackets where it can; textwrap
+    broke inside parentheses: "(named '-> key'; '(brings 12%)' where that key" / "brings under
+    half their activation)"),
+    at any space (``PROSE_BREAKS``: prose, not lists of terms)."""
     out = ["legend:"]
     for line in (x for b in legend_blocks(summary).values() for x in block_lines(b, "  ")):
-        indent = line[: len(line) - len(line.lstrip())]
-        out += textwrap.wrap(line, width, initial_indent="", subsequent_indent=indent + "    ",
-                             break_on_hyphens=False, break_long_words=False)  # fmt: skip
+        out += fitted(line, width, breaks=PROSE_BREAKS)
     return out
 
 

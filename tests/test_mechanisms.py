@@ -4683,6 +4683,32 @@ def test_the_why_line_names_no_largest_score_term_where_constants_or_errors_rais
     assert "(the position vectors among them: --no-constants folds them in)" in why_text(g, summary)
 
 
+def test_the_legend_is_wrapped_outside_brackets_by_the_printouts_one_rule(graph, replacement, run):
+    """The printout's legend was wrapped by textwrap, which broke inside parentheses
+    ("(named '-> key'; '(brings 12%)' where that key" / "brings under half ...)") where the
+    rest of the printout (``fitted``) breaks outside brackets where it can. One rule now: no
+    legend line ends inside a bracketed part (none here is longer than a line), every line is
+    within the width, and the words are the blocks' own, in order."""
+    from reports.mechanisms import (
+        LEGEND_WIDTH,
+        _bracket_depths,
+        block_lines,
+        legend_blocks,
+        legend_lines,
+    )
+
+    summary = summarize(replacement, graph, run, max_groups=4)
+    assert {"qk", "checks"} <= set(legend_blocks(summary))
+    legend = legend_lines(summary)
+    assert legend[0] == "legend:" and max(map(len, legend)) <= LEGEND_WIDTH
+    depth = 0
+    for line in legend[1:]:
+        depth = _bracket_depths(line, depth)[-1]
+        assert depth == 0, line
+    words = [x for b in legend_blocks(summary).values() for x in block_lines(b, "  ")]
+    assert " ".join(legend[1:]).split() == " ".join(words).split()
+
+
 def test_the_why_lines_term_says_error_where_its_pair_holds_one():
     """A reviewer's printout: "largest token or position term" headed an error x token term
     (``own_pairs`` and ``moved_pairs`` are between tokens and errors). The heading names what

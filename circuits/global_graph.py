@@ -242,13 +242,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str]) -> int:
     from replacement.model import load_pretrained
-    from reports.labels import node_labels
-    from reports.outputs import write_graph_outputs
 
     from .gathering import statistics_for
     from .global_weights import global_graph, split_half, with_qk_side
     from .prune import prune_graph
-    from .statistics import default_stats_path
     from .units import Units
 
     replacement, tokenizer = load_pretrained(args.model, args.replacement)
@@ -291,17 +288,9 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     coverage = graph.settings[START_EDGES] = start_coverage(graph, stats, start)
     fired = int(stats.unit_count[start])
     # and how far its sample bears it out: the split-half overlap and the start's firings, as
-    # printed (a page or graph.json read later said neither; NaN, no edges to compare: None)
-    overlap = reliability["overlap"]
-    graph.settings[RELIABILITY] = {
-        **reliability, "overlap": None if math.isnan(overlap) else overlap,
-        "start_firings": fired,
-    }  # fmt: skip
-    _check_finite(graph, args.stats or default_stats_path(args.model, replacement, tokenizer))
-    views = _unit_dashboards(args.model, replacement, tokenizer, graph)
-    written = write_graph_outputs(graph, args.out, formats, dashboards=views, feature_files=False,
-                                  by=GLOBAL_GRAPH)  # fmt: skip
-    labels = node_labels(graph)
+    # printed (a page or graph.json read later said neither)
+    written, labels = _write(args, replacement, tokenizer, graph, formats, reliability,
+                             start_firings=fired)  # fmt: skip
     print(
         f"{labels[int(graph.target_weight.argmax())]}: {graph.n_nodes} units, "
         f"{graph.n_edges} edges ({graph.direction}, {seconds:.2f} s; statistics "
@@ -317,11 +306,7 @@ def _global_graph(args: argparse.Namespace, spec: StartSpec, formats: list[str])
     if fired < FEW_FIRINGS:  # the halves compare the graph's strongest edges, mostly not its own
         print(f"note: the start occurs {fired} times in the sample: its own edges rest on so "
               "few whatever the overlap says; gather more with --rows")  # fmt: skip
-    for note in written.notes:
-        print(note, file=sys.stderr)
-    for path in written.paths:
-        print(f"wrote {path}")
-    return unrendered_status(args.format, written.unrendered)
+    return _said_written(args, written)
 
 
 def _qk_circuit_graph(args, replacement, tokenizer, stats, spec: StartSpec, formats) -> int:
@@ -329,11 +314,8 @@ def _qk_circuit_graph(args, replacement, tokenizer, stats, spec: StartSpec, form
     as a grown graph is, and printed with what is true of it: its pairs (weights alone, what
     they cover), its writer edges (mean inputs on the sample) and how far the halves of the
     sample bear those out; it has no value edges into the head, so no share of its own."""
-    from reports.labels import node_labels
-    from reports.outputs import write_graph_outputs
 
     from .global_weights import qk_circuit, split_half
-    from .statistics import default_stats_path
 
     def build(sample):
         return qk_circuit(replacement, sample, spec.layer, [spec.index], k=args.pairs,
@@ -344,16 +326,8 @@ def _qk_circuit_graph(args, replacement, tokenizer, stats, spec: StartSpec, form
     graph.model["name"] = args.model
     seconds = time.perf_counter() - t0
     reliability = split_half(build, stats)
-    overlap = reliability["overlap"]
-    graph.settings[RELIABILITY] = {
-        **reliability, "overlap": None if math.isnan(overlap) else overlap,
-        "of": "the pair units' input edges (the pairs are the weights': the same in each half)",
-    }  # fmt: skip
-    _check_finite(graph, args.stats or default_stats_path(args.model, replacement, tokenizer))
-    views = _unit_dashboards(args.model, replacement, tokenizer, graph)
-    written = write_graph_outputs(graph, args.out, formats, dashboards=views, feature_files=False,
-                                  by=GLOBAL_GRAPH)  # fmt: skip
-    labels = node_labels(graph)
+    of = "the pair units' input edges (the pairs are the weights': the same in each half)"
+    written, labels = _write(args, replacement, tokenizer, graph, formats, reliability, of=of)
     print(
         f"{labels[int(graph.target_weight.argmax())]}: QK circuit, {graph.n_nodes} units, "
         f"{graph.n_edges} edges ({seconds:.2f} s; statistics over {stats.meta['rows_done']} "
@@ -366,6 +340,31 @@ def _qk_circuit_graph(args, replacement, tokenizer, stats, spec: StartSpec, form
     for line in _qk_lines(graph, labels):
         print(line)
     print(_qk_reliability_line(reliability, graph.n_edges))
+    return _said_written(args, written)
+
+
+def _write(args, replacement, tokenizer, graph, formats, reliability: dict, **extra):
+    """Record the split-half ``reliability`` (with ``extra``) in the graph's settings (NaN,
+    no edges to compare: None), refuse statistics that overflow in use, and write the
+    outputs; returns what was written and the nodes' labels."""
+    from reports.labels import node_labels
+    from reports.outputs import write_graph_outputs
+
+    from .statistics import default_stats_path
+
+    overlap = reliability["overlap"]
+    graph.settings[RELIABILITY] = {
+        **reliability, "overlap": None if math.isnan(overlap) else overlap, **extra,
+    }  # fmt: skip
+    _check_finite(graph, args.stats or default_stats_path(args.model, replacement, tokenizer))
+    views = _unit_dashboards(args.model, replacement, tokenizer, graph)
+    written = write_graph_outputs(graph, args.out, formats, dashboards=views, feature_files=False,
+                                  by=GLOBAL_GRAPH)  # fmt: skip
+    return written, node_labels(graph)
+
+
+def _said_written(args, written) -> int:
+    """The outputs' notes (stderr) and paths, and the exit status (a render not drawn)."""
     for note in written.notes:
         print(note, file=sys.stderr)
     for path in written.paths:

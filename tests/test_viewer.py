@@ -428,6 +428,30 @@ def test_search_finds_nodes_by_label_and_by_token(browser, small_page):
     assert "kind" in panel_text(browser)
 
 
+def test_the_search_count_counts_found_nodes_drawn_inside_a_supernode(browser, small_page):
+    """A review: the count said how many boxes the search lit, so 9 heads found inside one
+    supernode read "10 found, 1 drawn" above a list giving 9 of them as drawn. It counts what
+    was found and is drawn, and names the boxes where they are fewer."""
+    graph, path = small_page
+    open_page(browser, path)
+    browser.evaluate("viewer.group(['1_3_3', '3_9_3'], 'pair')")
+    browser.click(*centre(browser, "#viewer input[type=search]"))
+    browser.type_text("feature")  # 1_17_1 alone, 1_3_3 and 3_9_3 inside 'pair'
+    count = "document.querySelector('#viewer input[type=search] + span').textContent"
+    assert browser.evaluate(count) == "3 found, 3 drawn in 2 boxes"
+    results = browser.evaluate(
+        "[...document.querySelectorAll('#viewer .results button')].map(b => b.textContent)"
+    )
+    assert len(results) == 3 and not any("not drawn" in r for r in results)
+    browser.evaluate("document.querySelector('#viewer input[type=search]').select()")
+    browser.type_text("pair")  # the supernode itself: one found, one drawn, one box
+    assert browser.evaluate(count) == "1 found, 1 drawn"
+    set_control(browser, "#viewer input[type=number]", 1, "change")  # the supernode alone
+    browser.evaluate("document.querySelector('#viewer input[type=search]').select()")
+    browser.type_text("feature")
+    assert browser.evaluate(count) == "3 found, 2 drawn in 1 box"
+
+
 def test_search_matches_across_sub_tokens_and_byte_tokens(browser, tmp_path):
     """A review: the search matched each token's own text, so a word the tokenizer split
     (' b' 'ak' 'er') or a character split into its bytes ('<0xC3>' '<0xA9>') found nothing.

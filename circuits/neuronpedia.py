@@ -25,7 +25,7 @@ token, -1 for errors).
 from __future__ import annotations
 
 from .graph import Graph, checked_count, checked_graph, probability_words
-from .nodes import Kind, is_attention, sublayer
+from .nodes import CONVENTION_ACTIVATION, Kind, is_attention, sublayer
 
 FEATURE_TYPE = {
     Kind.EMBEDDING: "embedding",
@@ -76,9 +76,7 @@ def _node(graph: Graph, i: int, label: str, target: bool) -> dict:
         "run_idx": 0,
         "feature_type": _feature_type(kind, stage),
         "clerp": label,
-        "activation": None
-        if kind in (Kind.EMBEDDING, Kind.ERROR, Kind.BIAS)
-        else float(graph.activation[i]),
+        "activation": None if kind in CONVENTION_ACTIVATION else float(graph.activation[i]),
         "influence": influence,
         "is_target_logit": kind == Kind.LOGIT,
         "is_target": target,

@@ -68,6 +68,10 @@ class Kind(IntEnum):
 
 KINDS = tuple(k.label for k in Kind)  # names by code, as in graph files
 TARGET_KINDS = (Kind.LORSA, Kind.TRANSCODER)  # what a node target (a unit traced from) is
+# Kinds whose activation is 1 by the graph's convention (their write vector is the vector
+# itself): graph.json writes none for them, and neither the page's panel nor its node table
+# shows one (a review read "activation 1" for a token in the table)
+CONVENTION_ACTIVATION = frozenset({Kind.EMBEDDING, Kind.ERROR, Kind.BIAS})
 
 
 def target_kind(name) -> Kind:

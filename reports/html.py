@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from circuits.graph import QK_BIAS, Graph, QKAttribution, checked_count, checked_graph
-from circuits.nodes import KINDS
+from circuits.nodes import CONVENTION_ACTIVATION, KINDS, Kind
 from toy_models.files import write_text_atomic
 
 from .graphviz import show_bidi
@@ -513,7 +513,10 @@ def _node_table_html(
             f'<td class="num">{layers[i]}</td>',
             f'<td class="num" title="{escape(token)}">{pos}</td>',
             f"<td>{escape(labels[i])}</td>",
-            f'<td class="num">{float(graph.activation[i]):.4g}</td>',
+            # none for a kind whose activation is a convention (graph.json's and the panel's)
+            '<td class="num"></td>'
+            if Kind(int(graph.kind[i])) in CONVENTION_ACTIVATION
+            else f'<td class="num">{float(graph.activation[i]):.4g}</td>',
         ]
         if has_score:
             cells.append(f'<td class="num">{scores[i]:.4g}</td>')

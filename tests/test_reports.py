@@ -591,6 +591,15 @@ def test_html_page_is_well_formed_and_lists_every_node(tmp_path, graph):
     assert by_id["3_9_3"]["top incoming"] == "1_3_3 (+3)2_2_3 (+1.25)"
     assert by_id["3_9_3"]["top outgoing"] == "5_7_3 (-4)5_11_3 (+2.5)"
     assert by_id["E_0_0"]["top outgoing"] == ""  # the explicit zero is not listed
+    # a token's, an error's or a constant's activation is 1 by convention: no number, as in
+    # graph.json and the page's panel (a review read "activation 1" for a token here)
+    kinds = dict(zip(graph.ids, graph.kinds, strict=True))
+    for name, row in by_id.items():
+        if kinds[name] in ("embedding", "error", "bias"):
+            assert row["activation"] == "", name
+    assert by_id["E_4_1"]["activation"] == "" and by_id["0_-1_2"]["activation"] == ""
+    assert by_id["0_5_2"]["activation"] == f"{float(graph.activation[4]):.4g}"
+    assert by_id["5_11_3"]["activation"] == f"{float(graph.activation[11]):.4g}"  # a logit's
     qk = by_id["2_2_3"]["QK"]
     assert "key pos 1" in qk and "attention 0.6" in qk
     # a pruned side by the label its record's fields give, not its bare id (1_99_3)

@@ -44,6 +44,7 @@ present. One dashboard is a dict; every key is optional::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -83,8 +84,9 @@ PANEL_PAIRS = 8  # a head's own QK record: the unit pairs its panel lists (the h
 # there, and the script finds rows and links by it.
 NODE_ANCHOR = "node-"
 # A supernode box's line, in characters: the page cuts a longer one there with "…"
-# (viewer.js, ``data.view.boxChars``), so ``_box_lines`` puts a line's last word (a number, a
-# "(weak)") on a line of its own rather than let it be cut
+# (viewer.js, ``data.view.boxChars``), so ``_box_fit`` puts a line's last word (a number, a
+# "(weak)") on a line of its own rather than let it be cut, and a "reads" line is fitted by
+# cutting its token instead (``_read_line``; cut there a reader saw "reads ' thanked'@20 +0.…")
 BOX_CHARS = 24
 
 
@@ -345,7 +347,6 @@ def _box_lines(g, summary) -> list[str]:
         attention_change,
         described,
         majority_concept,
-        read_text,
     )
 
     size = len(g.members)
@@ -365,7 +366,7 @@ def _box_lines(g, summary) -> list[str]:
                 f"F1 ≥{top.f1_low:.2f}"  # fmt: skip
             lines += [top.concept, f"members {_percent(top.share)}, {low}"]
         elif g.reads:
-            lines += _box_fit(f"reads {read_text(g.reads[0])}")  # signed: may be against
+            lines.append(_read_line(g.reads[0]))  # signed: it may be against
         elif g.promotes:
             lines.append(f"↑{g.promotes[0]!r}")
     heads = [t for t in summary.targets if isinstance(summary.qk_subject(t.node), TargetRecord)]
@@ -401,6 +402,18 @@ def _box_fit(line: str) -> list[str]:
     0.53→0.0…" for 0.53→0.005; "reads ' Wednesday'@6 +1…", "writes target's query (…")."""
     head, _, last = line.rpartition(" ")
     return [head, last] if len(line) > BOX_CHARS and head else [line]
+
+
+def _read_line(x) -> str:
+    """``reads ' is'@8 +7.55`` (``reports.mechanisms.read_text``) in ``BOX_CHARS`` at most: a
+    long token is cut, with "…" inside its quotes, its position and signed part kept whole."""
+    from .mechanisms import read_text
+
+    line, keep = f"reads {read_text(x)}", len(x.token)
+    while len(line) > BOX_CHARS and keep > 1:  # (a repr's escapes make its length uneven)
+        keep -= 1
+        line = f"reads {read_text(dataclasses.replace(x, token=x.token[:keep] + '…'))}"
+    return line
 
 
 def _node(graph: Graph, i: int, label: str, arrays: dict) -> dict:

@@ -3015,7 +3015,12 @@ def test_a_feature_group_without_a_concept_is_titled_as_the_printout_titles_it()
         return _box_lines(g, summary)
 
     head = "g3 L0 2 features @7"
-    assert box() == [head, "reads ' Wednesday'@6", "+12.5"]  # the page cut "+1…" (BOX_CHARS)
+    # a line fits the box's BOX_CHARS by its token, its number whole (the page cut this one
+    # to "reads ' Wednesday'@6 +1…", and a sparse trace's to "reads ' thanked'@20 +0.…")
+    assert box() == [head, "reads ' Wednes…'@6 +12.5"]
+    assert box(reads=[TokenShare(6, " Tue", 2.4)])[1:] == ["reads ' Tue'@6 +2.4"]
+    tab = box(reads=[TokenShare(120, "\t" * 30, -10.25)])[1]
+    assert tab == "reads '\\t\\t…'@120 -10.2" and len(tab) <= 24  # viewer.BOX_CHARS
     # signed: the token read most may run against the group's flow (a reviewer's box of a
     # group of flow +0.863 read "reads 'n'@16", whose part is -0.877)
     assert box(reads=[TokenShare(16, "n", -0.877)])[1:] == ["reads 'n'@16 -0.877"]
@@ -3030,8 +3035,7 @@ def test_a_feature_group_without_a_concept_is_titled_as_the_printout_titles_it()
     one = MemberConcept("x", 0.5, 1, 0.4, 0.4)
     assert box(member_concepts=[one], no_concept_share=0.5) == [head, "x", "members 50%, F1 0.40"]
     below = MemberConcept("x", 0.49, 1, 0.4, 0.4)  # under half: what its flow reads
-    assert box(member_concepts=[below], no_concept_share=0.51)[1:] == ["reads ' Wednesday'@6",
-                                                                        "+12.5"]  # fmt: skip
+    assert box(member_concepts=[below], no_concept_share=0.51)[1:] == ["reads ' Wednes…'@6 +12.5"]
     assert box(concept="successor: weekdays item") == [head, "successor: weekdays item"]
     assert box(no_concept_share=None) == [head]  # a file written before members' concepts
     assert box(kind="lorsa")[1:] == []  # a head group's name says the key it reads
@@ -3059,7 +3063,9 @@ def test_the_pages_summary_groups_say_what_the_printout_titles_them(browser, wee
     )
     assert found, name
     tooltip, lines = found
-    assert lines[:2] == [name, f"reads {read_text(g.reads[0])}"], lines
+    line = lines[1]  # what its flow reads, the number whole (the token cut to fit)
+    assert line.startswith("reads ") and line.endswith(read_text(g.reads[0]).rsplit("@", 1)[1])
+    assert "…'@" in line or line == f"reads {read_text(g.reads[0])}", lines
     assert title in tooltip, tooltip
     members = member_concepts_text(g, summary.settings.get("member_min_f1", 0.0))
     text = panel_text(browser)

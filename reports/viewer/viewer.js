@@ -369,7 +369,7 @@
       const size = known && known.size !== g.members.length ? [`${g.members.length} of them drawn`] : [];
       // a supernode the reader named shows the name, and which summary group it is (the
       // summary's facts are in its panel): the summary's box hid a reader's "my inducers"
-      const lines = own ? [...known.box.map((x) => fitText(x, data.view.boxChars || 24)), ...size]
+      const lines = own ? [...known.box.map((x) => fitText(x, data.view.boxChars)), ...size]
         : [fitText(g.name, 16), g.members.length + " nodes" + (known ? " · " + known.key : "")];
       items.push({
         group: k, kind: "supernode", members: g.members, name: g.name, flagged, qkSource: !!(known && known.writesQk), known,

@@ -2235,6 +2235,47 @@ def test_the_budget_counts_a_supernode_as_one_box(browser, small_page):
     assert browser.evaluate("viewer.state.budget") == 6
 
 
+def test_a_supernode_of_tokens_or_logits_takes_no_box_of_the_budget(browser, small_page):
+    """A review: grouping a name's sub-tokens into a supernode took a head out of the drawing
+    (the status line: "the budget's 33: 1 supernode holding 0, one box each, and the top 32
+    outside them"). Tokens and logits are drawn beside the budget; so is a supernode of them
+    alone. One holding a head, feature, error or constant counts as one box, as before."""
+    graph, path = small_page
+    open_page(browser, path, "#nodes=3")
+    inner = ("lorsa", "transcoder", "error")
+
+    def singles():
+        return sorted(d for d in drawn(browser) if graph.kinds[graph.ids.index(d)] in inner)
+
+    top3 = singles()
+    assert len(top3) == 3
+    toolbar = "document.querySelector('#viewer .toolbar').innerText"
+    status = "document.querySelector('#viewer .status').textContent"
+    browser.evaluate("viewer.group(['E_4_1', 'E_6_2'], 'name')")  # two tokens
+    assert browser.evaluate("viewer.supernodes()") == ["name"] and singles() == top3
+    assert browser.evaluate("viewer.state.budget") == 3 and url_state(browser)["nodes"] == "3"
+    assert "of 7 heads, features and errors" in browser.evaluate(toolbar)
+    assert "supernode holding 0" not in browser.evaluate(status)
+    assert "(2 of them in 1 supernode)" in browser.evaluate(status)
+    browser.evaluate("viewer.group(['5_11_3', '5_7_3'], 'logits')")  # two logits
+    assert browser.evaluate("viewer.supernodes()") == ["name", "logits"] and singles() == top3
+    # a supernode with a head in it is one box of the budget
+    browser.evaluate("viewer.group(['E_9_3', '1_3_3'], 'mixed')")
+    assert browser.evaluate("viewer.state.budget") == 3
+    assert len(singles()) == 2 and "1_3_3" not in singles()
+    assert "of 7: 1 supernode (one each) + 6 heads, features and errors outside them" in (
+        browser.evaluate(toolbar)
+    )
+    assert "1 supernode holding 1, one box each, and the top 2 outside them" in (
+        browser.evaluate(status)
+    )
+    # the URL gives the same picture back
+    url = browser.evaluate("location.href")
+    open_page(browser, path, "#" + url.split("#", 1)[1])
+    assert browser.evaluate("viewer.supernodes()") == ["name", "logits", "mixed"]
+    assert len(singles()) == 2 and browser.evaluate("viewer.state.budget") == 3
+
+
 def test_a_global_graphs_first_view_draws_its_influential_tokens_not_tiny_qk_partners(
     monkeypatch,
 ):

@@ -338,7 +338,7 @@
     const boxScores = state.groups.map((g) => maxOf(g.members.filter((i) => INNER.has(nodes[i].kind)), (i) => score[i], -Infinity));
     let fromBudget = 0, least = -maxOf(boxScores.filter((v) => v > -Infinity), (v) => -v, -Infinity);
     for (const i of innerRanked) {
-      if (fromBudget >= state.budget - state.groups.length) break;
+      if (fromBudget >= state.budget - rankedGroups(state.groups)) break;
       if (groupOf[i] < 0) { show[i] = 1; fromBudget++; least = Math.min(least, score[i]); }
     }
     nodes.forEach((n, i) => { if (n.kind === "logit" || n.target) show[i] = 1; });
@@ -453,15 +453,21 @@
   // them (computeView).
   function budgetMax() {
     const grouped = new Set(state.groups.flatMap((g) => g.members));
-    return state.groups.length + innerRanked.filter((i) => !grouped.has(i)).length;
+    return rankedGroups(state.groups) + innerRanked.filter((i) => !grouped.has(i)).length;
   }
   // The budget that draws what `n` nodes by rank drew (reports.layout.select's, which knows no
   // supernodes) beside `groups`: each supernode, and those of the top `n` outside them. The
   // page's first picture stays the one written for it.
   function boxBudget(n, groups) {
     const grouped = new Set(groups.flatMap((g) => g.members));
-    return groups.length + innerRanked.slice(0, n).filter((i) => !grouped.has(i)).length;
+    return rankedGroups(groups) + innerRanked.slice(0, n).filter((i) => !grouped.has(i)).length;
   }
+  // The supernodes the budget counts, one box each: those holding a head, feature, error or
+  // constant. One of tokens or logits alone is drawn beside the budget, as they are (a review:
+  // grouping a name's sub-tokens took a head out of the drawing, the status line reading "the
+  // budget's 33: 1 supernode holding 0, one box each, and the top 32 outside them").
+  function ranksInBudget(members) { return members.some((i) => INNER.has(nodes[i].kind)); }
+  function rankedGroups(groups) { return groups.filter((g) => ranksInBudget(g.members)).length; }
   // A record's largest source group on `side` other than a token with a member on the page
   // (its strongest such member, the group's total and its size), and before it the side's own
   // token where that leads the side (reports.layout._top_qk_sources). `present` (optional):
@@ -1316,7 +1322,7 @@
   }
 
   function updateControls() {
-    const most = String(budgetMax()), S = state.groups.length;
+    const most = String(budgetMax()), S = rankedGroups(state.groups);
     ui.budget.max = ui.budgetRange.max = most;
     ui.budgetOf.textContent = "of " + most + (!S ? (innerRanked.length ? " " + INNER_WORDS : " (no heads or features)")
       : `: ${S} ${S === 1 ? "supernode" : "supernodes"} (one each) + ${Number(most) - S} ${INNER_WORDS} outside them`);
@@ -1355,13 +1361,14 @@
   // nodes, targets and QK sources), tokens and targets, so that the parts add up to the whole.
   function drawnCounts(v) {
     const shownNodes = new Set();
-    let supernodes = 0, inSupernodes = 0, innerGrouped = 0;
+    let supernodes = 0, inSupernodes = 0, innerGrouped = 0, ranked = 0; // ranked: in the budget
     for (const it of v.items) {
       if (!it.drawn) continue;
       if (it.node !== undefined) shownNodes.add(it.node);
       else {
         supernodes++; inSupernodes += it.members.length; it.members.forEach((i) => shownNodes.add(i));
         innerGrouped += it.members.filter((i) => INNER.has(nodes[i].kind)).length;
+        if (ranksInBudget(it.members)) ranked++;
       }
     }
     const count = (f) => [[...shownNodes].filter((i) => f(nodes[i])).length, nodes.filter(f).length];
@@ -1373,9 +1380,9 @@
     const parts = [];
     if (innerAll) {
       const why = `${more} more: pinned, traced from, or QK sources`;
-      parts.push(`${inner} of ${innerAll} ${INNER_WORDS}` + (supernodes
-        ? ` (${state.budget < supernodes ? `past the budget's ${state.budget}, as supernodes are always drawn` : `the budget's ${state.budget}`}: ` +
-          `${supernodes} ${plural(supernodes, "supernode", "supernodes")} holding ${innerGrouped}, one box each, and the top ${top} outside them` +
+      parts.push(`${inner} of ${innerAll} ${INNER_WORDS}` + (ranked
+        ? ` (${state.budget < ranked ? `past the budget's ${state.budget}, as supernodes are always drawn` : `the budget's ${state.budget}`}: ` +
+          `${ranked} ${plural(ranked, "supernode", "supernodes")} holding ${innerGrouped}, one box each, and the top ${top} outside them` +
           (more > 0 ? `; ${why})` : ")")
         : more > 0 ? ` (the top ${top} and ${why})` : ""));
     }

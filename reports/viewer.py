@@ -58,7 +58,7 @@ from circuits.graph import Graph, NamedSide, QKAttribution
 from circuits.groups import spread_percent
 from circuits.mechanism_file import TargetRecord
 from circuits.neuronpedia import checked_supernodes
-from circuits.nodes import Kind, block_of, logit_stage, unit_id
+from circuits.nodes import CONVENTION_ACTIVATION, Kind, block_of, logit_stage, unit_id
 from toy_models.records import is_finite_number
 
 from .labels import fields_label, node_labels, short_label_lines, stage_name
@@ -497,6 +497,8 @@ def default_view(graph: Graph, selection: Selection) -> dict:
         "edgesPerNode": EDGES_PER_NODE,
         "qkMinShare": QK_MIN_SHARE,
         "boxChars": BOX_CHARS,
+        # kinds whose activation is 1 by convention: the panel shows none (circuits.nodes)
+        "noActivation": sorted(k.label for k in CONVENTION_ACTIVATION),
         "innerKinds": list(INNER_KINDS),
         "nodeAnchor": NODE_ANCHOR,
         "tokenEdgeNote": TOKEN_EDGE_NOTE,

@@ -91,6 +91,8 @@ def test_viewer_data_holds_every_node_and_edge_and_the_default_view():
     selection = layout.select(graph)
     assert view["selected"] == [graph.ids[i] for i in selection.nodes]
     assert view["budget"] == 7 and view["rankedBy"] == "influence"
+    # the kinds whose activation the panel leaves out, as graph.json and the node table do
+    assert view["noActivation"] == ["bias", "embedding", "error"]
     # A budget that binds: the page starts with as many heads, features and errors as
     # select keeps, and edges down to the weakest it draws.
     tight = layout.select(graph, max_nodes=3, max_edges=2)

@@ -1828,7 +1828,7 @@
       ["position", meta.positional ? n.pos + token : "(global: a unit)"],
       // a token's, error's or constant's is 1 by the graph's convention (its write vector
       // is the vector itself): not shown, as graph.json writes none (a review)
-      ["activation", ["embedding", "error", "bias"].includes(n.kind) ? "" : fmt(n.activation)],
+      ["activation", data.view.noActivation.includes(n.kind) ? "" : fmt(n.activation)],
       ["influence", n.influence == null ? "" : fmt(n.influence)],
       [data.view.rankedBy, n.score == null ? "" : fmt(n.score)],
       ["pre-activation", n.value == null ? "" : fmt(n.value)],

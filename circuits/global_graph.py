@@ -339,7 +339,7 @@ def _qk_circuit_graph(args, replacement, tokenizer, stats, spec: StartSpec, form
     _print_strongest(graph, labels)
     for line in _qk_lines(graph, labels):
         print(line)
-    print(_qk_reliability_line(reliability, graph.n_edges))
+    print(qk_reliability_line(reliability, graph.n_edges))
     return _said_written(args, written)
 
 
@@ -409,8 +409,9 @@ def _print_strongest(graph, labels: list[str]) -> None:
         print(_weaker_line(len(strongest.data) - N_STRONGEST))
 
 
-def _qk_reliability_line(r: dict, edges: int) -> str:
-    """A QK circuit's split-half line: its pairs are the weights' (the same in each half), so
+def qk_reliability_line(r: dict, edges: int) -> str:
+    """A QK circuit's split-half line (the printout's, and the page's summary row: ``r`` the
+    graph's ``reliability`` setting): its pairs are the weights' (the same in each half), so
     the halves compare its value edges, the pair units' inputs, alone."""
     head = (f"split-half reliability of the pair units' inputs ({r['rows'][0]} + {r['rows'][1]} "
             "rows; the pairs are the weights', the same in each half)")  # fmt: skip

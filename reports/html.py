@@ -274,13 +274,16 @@ def _global_words(graph: Graph) -> dict[str, str]:
     """A grown global graph's ``start_edges`` and ``reliability`` settings in the printout's
     words (``circuits.global_graph``), for its summary rows: the page showed their raw JSON
     (``{"edges": 12, "kept": 25.669317, "reachable": 79.324753, "reachable_share": 0.8048,
-    ...}``: a review), words the printout says and the page did not; empty for any other
-    graph."""
-    from circuits.global_graph import coverage_words, reliability_line
+    ...}``: a review), words the printout says and the page did not; a QK circuit's
+    ``reliability`` in its own printout's words; empty for any other graph."""
+    from circuits.global_graph import coverage_words, qk_reliability_line, reliability_line
     from circuits.graph import RELIABILITY, START_EDGES
 
-    if graph.global_record is None or graph.direction is None:
+    if graph.global_record is None:
         return {}
+    if graph.qk_from_weights:  # a QK circuit: its own split-half line (its page showed the
+        r = graph.settings.get(RELIABILITY)  # record's JSON, "compared", "of" and all)
+        return {RELIABILITY: qk_reliability_line(r, graph.n_edges)} if isinstance(r, dict) else {}
     words = {}
     if isinstance(c := graph.settings.get(START_EDGES), dict):
         words[START_EDGES] = coverage_words(c, graph.direction == "upstream")

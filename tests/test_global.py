@@ -1473,6 +1473,13 @@ def test_global_graph_cli_writes_a_heads_qk_circuit_on_a_tiny_model(
                             "pairs are the weights', the same in each half)")  # fmt: skip
     assert graph.settings["reliability"]["of"].startswith("the pair units' input edges")
     assert (out / "graph.html").is_file() and (out / "graph.json").is_file()
+    # the page's summary row in the printout's words (it showed the record's JSON: "compared",
+    # "of" and all)
+    from reports.html import escape as page_escape
+
+    page = (out / "graph.html").read_text(encoding="utf-8").split('<table class="summary">')[1]
+    assert f"<tr><th>reliability</th><td>{page_escape(split)}</td></tr>" in page
+    assert '"compared"' not in page.split("</table>")[0]
 
 
 def test_global_graph_cli_end_to_end_on_a_tiny_model(

@@ -1322,6 +1322,23 @@ def test_a_lock_is_not_taken_twice_by_one_process(tmp_path):
     files.release_lock(lock)
 
 
+def test_a_lock_that_is_a_directory_is_refused_saying_what_to_do(tmp_path):
+    """A fault pass: a directory in the lock's place gave "error: ...: Is a directory" with no
+    hint; it is refused naming it and what to do, left as it is, and no temp file stays."""
+    lock = tmp_path / ".writing.lock"
+    lock.mkdir()
+    with pytest.raises(files.WriteError) as refused:
+        files.take_lock(lock, "writing there")
+    assert str(refused.value) == (
+        f"cannot write {tmp_path}: a directory stands where its lock goes, {lock}: remove it if "
+        "no run is writing there"
+    )
+    assert lock.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == [lock.name]
+    lock.rmdir()
+    files.take_lock(lock, "writing there")  # removed: taken
+    files.release_lock(lock)
+
+
 def _forge(path: Path, forged: str) -> None:
     """Put a FIFO, a directory or a symbolic link to ``forged`` (/dev/zero) at ``path``."""
     if forged == "fifo":

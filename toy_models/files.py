@@ -151,6 +151,11 @@ def take_lock(lock: Path, busy: str) -> None:
                     raise WriteError(errno.EBUSY, f"another run (process {owner}) is {busy}; if "
                                      f"no run is, remove its lock {lock}",
                                      str(lock.parent)) from None  # fmt: skip
+                if lock.is_dir() and not lock.is_symlink():  # no run's: said what to do (a
+                    # fault pass read "error: c6/.writing.lock: Is a directory", no hint)
+                    raise WriteError(errno.EISDIR, f"a directory stands where its lock goes, "
+                                     f"{lock}: remove it if no run is {busy}",
+                                     str(lock.parent)) from None  # fmt: skip
                 lock.unlink(missing_ok=True)  # a killed run's: taken over
         raise WriteError(errno.EBUSY, "another run took the lock at the same moment",
                          str(lock.parent))  # fmt: skip

@@ -161,7 +161,7 @@ def load_pretrained(name_or_path: str):
     from .tokenizer import load_tokenizer
 
     directory = resolve_model_dir(name_or_path)
-    model = load_model(directory)  # its bos_id from the tokenizer file read below
+    model = load_model(directory)  # its bos_id from the tokenizer file beside it (load_model)
     tokenizer_path = directory / TOKENIZER_FILE
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.get_vocab_size() != model.cfg.d_vocab:
